@@ -1,0 +1,47 @@
+# tasklease: `make run` starts a broker, `make test` runs every check.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DATA   ?= .tasklease
+
+.PHONY: run test lint typecheck unit bench clean install
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,postgres]'
+	@touch $@ $(VENV)/.run-deps
+
+install: $(VENV)/.run-deps
+
+run: $(VENV)/.run-deps
+	@if [ ! -f $(DATA)/config.toml ]; then \
+	  $(BIN)/tasklease init --data-dir $(DATA) --secret-file $(DATA)/admin-secret; \
+	fi
+	@echo "Admin secret: run 'cat $(DATA)/admin-secret' (or set TASKLEASE_ADMIN_SECRET)."
+	@echo "Try: curl -s http://127.0.0.1:8080/v1/health"
+	$(BIN)/tasklease serve --data-dir $(DATA)
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+typecheck: $(VENV)/.test-deps
+	$(BIN)/mypy
+
+unit: $(VENV)/.test-deps
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+bench: $(VENV)/.test-deps
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,305 @@
+"""The append-only, hash-chained audit log and the group committer that writes it.
+
+Every broker operation runs as a *unit* inside :meth:`AuditLog.commit`: a function that
+makes its state changes through a :class:`~tasklease.core.store.WriteTx` and returns the
+audit entries that describe them. Units submitted concurrently share one transaction
+(group commit: one fsync per batch, not per event); each runs inside its own savepoint,
+so a unit that raises undoes only its own writes. The events are chained and appended in
+the same transaction as the state they describe, so either both become durable or
+neither does: the operation answers only after its event is durable, and an operation
+whose event cannot be written fails (fail-closed, :class:`~tasklease.core.errors.Unavailable`).
+
+Hash chain (format ``v1``)::
+
+    hash = SHA-256( "tasklease-audit-v1\\n" || prev_hash || "\\n" || canonical(event) )
+
+where ``prev_hash`` is the previous event's hash as 64 lowercase hex characters (64 zeros
+for the first event) and ``canonical(event)`` is the compact UTF-8 JSON array
+``[seq, timestamp, event_type, agent_id, task_id, orch_id, detail, resource, outcome,
+deleg_depth, deleg_chain_hash, request_id]``. A JSON array cannot be re-split the way a
+delimiter-joined string can, so no two events share an encoding.
+
+Details are sanitized *before* hashing: secrets and personal data never reach storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from tasklease.core.clock import Clock, format_rfc3339
+from tasklease.core.errors import TaskleaseError, Unavailable
+from tasklease.core.store import AuditEvent, Store, WriteTx
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditEntry",
+    "AuditLog",
+    "ChainReport",
+    "event_hash",
+    "sanitize",
+    "verify_chain",
+]
+
+GENESIS_HASH = "0" * 64
+_PREFIX = b"tasklease-audit-v1\n"
+_log = logging.getLogger("tasklease.audit")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """What an operation says about itself, before it is chained."""
+
+    event_type: str
+    outcome: str = "success"
+    detail: str = ""
+    agent_id: str = ""
+    task_id: str = ""
+    orch_id: str = ""
+    resource: str = ""
+    deleg_depth: int = 0
+    deleg_chain_hash: str = ""
+    request_id: str = ""
+
+
+# --- sanitization -----------------------------------------------------------------------
+
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_SECRET_KV = re.compile(
+    r"(?i)\b([\w-]*(?:secret|password|passwd|private_key|privkey|token_value|api_key|"
+    r"apikey|authorization|credential)[\w-]*)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;|\]]+)"
+)
+_BEARER = re.compile(r"(?i)\b(bearer|dpop)\s+[A-Za-z0-9._~+/=-]{8,}")
+_EMAIL = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})\b")
+_LONG_HEX = re.compile(r"\b[0-9a-f]{64}\b")
+_PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?(-----END [A-Z ]+-----|$)", re.S)
+MAX_DETAIL = 2048
+
+
+def sanitize(detail: str) -> str:
+    """Remove secrets and personal data from an audit detail.
+
+    Redacts: JWTs, bearer/DPoP credentials, PEM blocks, values of secret-looking keys
+    (``client_secret=...``, ``password: ...``), 64-hex strings (launch tokens, nonces,
+    secrets: audit events name things by their id or hash prefix instead) and e-mail
+    addresses (kept as ``a***@example.com``). Control characters become spaces and the
+    result is capped at :data:`MAX_DETAIL` characters.
+    """
+    out = _PEM.sub("[REDACTED:pem]", detail)
+    out = _JWT.sub("[REDACTED:jwt]", out)
+    out = _BEARER.sub(lambda m: f"{m.group(1)} [REDACTED]", out)
+    out = _SECRET_KV.sub(lambda m: f"{m.group(1)}{m.group(2)}***REDACTED***", out)
+    out = _LONG_HEX.sub("[REDACTED:hex]", out)
+    out = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", out)
+    out = "".join(ch if ch >= " " or ch == "\t" else " " for ch in out)
+    if len(out) > MAX_DETAIL:
+        out = out[: MAX_DETAIL - 12] + "[truncated]"
+    return out
+
+
+# --- hashing and verification -----------------------------------------------------------
+
+
+def _canonical(
+    seq: int,
+    timestamp: str,
+    e: AuditEntry | AuditEvent,
+) -> bytes:
+    return json.dumps(
+        [
+            seq,
+            timestamp,
+            e.event_type,
+            e.agent_id,
+            e.task_id,
+            e.orch_id,
+            e.detail,
+            e.resource,
+            e.outcome,
+            e.deleg_depth,
+            e.deleg_chain_hash,
+            e.request_id,
+        ],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode("utf-8")
+
+
+def event_hash(prev_hash: str, seq: int, timestamp: str, entry: AuditEntry | AuditEvent) -> str:
+    """The chain hash of one event (see the module docstring for the exact bytes)."""
+    h = hashlib.sha256(_PREFIX)
+    h.update(prev_hash.encode("ascii"))
+    h.update(b"\n")
+    h.update(_canonical(seq, timestamp, entry))
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    ok: bool
+    checked: int
+    broken_at: str = ""  # event id of the first broken link
+    reason: str = ""
+    head_hash: str = GENESIS_HASH
+
+
+def verify_chain(
+    events: Iterable[AuditEvent],
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> ChainReport:
+    """Walk events in ``seq`` order and report the first broken link.
+
+    A link is broken when a sequence number is skipped or repeated, when ``prev_hash`` is
+    not the previous event's hash, or when an event's stored hash is not the hash of its
+    own content (an edited row).
+    """
+    prev = GENESIS_HASH
+    expected_seq = 1
+    checked = 0
+    for ev in events:
+        if ev.seq != expected_seq:
+            return ChainReport(
+                False, checked, ev.id, f"sequence gap: expected {expected_seq}, found {ev.seq}", prev
+            )
+        if ev.prev_hash != prev:
+            return ChainReport(False, checked, ev.id, "prev_hash does not match the previous event", prev)
+        if event_hash(prev, ev.seq, ev.timestamp, ev) != ev.hash:
+            return ChainReport(False, checked, ev.id, "event content does not match its hash", prev)
+        prev = ev.hash
+        expected_seq += 1
+        checked += 1
+        if progress is not None and checked % 10000 == 0:
+            progress(checked)
+    return ChainReport(True, checked, head_hash=prev)
+
+
+# --- the group committer ----------------------------------------------------------------
+
+Unit = Callable[[WriteTx], Sequence[AuditEntry]]
+
+
+class _Slot:
+    __slots__ = ("done", "error", "events", "unit")
+
+    def __init__(self, unit: Unit) -> None:
+        self.unit = unit
+        self.done = False
+        self.error: BaseException | None = None
+        self.events: list[AuditEvent] = []
+
+
+class AuditLog:
+    """Runs operations and their audit events as group-committed units.
+
+    The first caller to take the commit lock becomes the leader and commits every unit
+    queued so far in one transaction; callers that queued meanwhile find their unit done
+    when they get the lock. No background thread, so nothing is lost to a thread that died.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._queue: list[_Slot] = []
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._on_batch = on_batch
+
+    def commit(self, unit: Unit) -> list[AuditEvent]:
+        """Run ``unit`` in a group-committed transaction; return its durable events.
+
+        Raises what the unit raised (its writes undone), or :class:`Unavailable` if the
+        transaction could not be made durable (nothing of the unit is kept).
+        """
+        slot = _Slot(unit)
+        with self._queue_lock:
+            self._queue.append(slot)
+        with self._commit_lock:
+            if not slot.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._run(batch)
+        if slot.error is not None:
+            raise slot.error
+        return slot.events
+
+    def record(self, *entries: AuditEntry) -> list[AuditEvent]:
+        """Append events that describe no state change (denials, reads)."""
+        return self.commit(lambda _tx: entries)
+
+    def _run(self, batch: list[_Slot]) -> None:
+        started = time.perf_counter()
+        try:
+            with self._store.write() as tx:
+                seq, prev = tx.audit_head()
+                rows: list[AuditEvent] = []
+                for slot in batch:
+                    try:
+                        with tx.savepoint():
+                            entries = slot.unit(tx)
+                    except TaskleaseError as exc:
+                        slot.error = exc
+                        continue
+                    timestamp = format_rfc3339(self._clock.now())
+                    for entry in entries:
+                        seq += 1
+                        clean = AuditEntry(
+                            event_type=entry.event_type,
+                            outcome=entry.outcome,
+                            detail=sanitize(entry.detail),
+                            agent_id=entry.agent_id,
+                            task_id=entry.task_id,
+                            orch_id=entry.orch_id,
+                            resource=entry.resource,
+                            deleg_depth=entry.deleg_depth,
+                            deleg_chain_hash=entry.deleg_chain_hash,
+                            request_id=entry.request_id,
+                        )
+                        digest = event_hash(prev, seq, timestamp, clean)
+                        event = AuditEvent(
+                            seq=seq,
+                            timestamp=timestamp,
+                            event_type=clean.event_type,
+                            agent_id=clean.agent_id,
+                            task_id=clean.task_id,
+                            orch_id=clean.orch_id,
+                            detail=clean.detail,
+                            resource=clean.resource,
+                            outcome=clean.outcome,
+                            deleg_depth=clean.deleg_depth,
+                            deleg_chain_hash=clean.deleg_chain_hash,
+                            request_id=clean.request_id,
+                            prev_hash=prev,
+                            hash=digest,
+                        )
+                        rows.append(event)
+                        slot.events.append(event)
+                        prev = digest
+                if rows:
+                    tx.append_audit(rows)
+        except Exception as exc:  # any storage failure: fail closed for the whole batch
+            _log.error("audit transaction failed: %s", type(exc).__name__)
+            for slot in batch:
+                if slot.error is None:
+                    slot.error = Unavailable(
+                        "the operation could not be recorded; nothing was changed",
+                        reason=f"audit transaction failed: {exc!r}",
+                    )
+                slot.events = []
+        finally:
+            for slot in batch:
+                slot.done = True
+        if self._on_batch is not None:
+            self._on_batch(len(batch), time.perf_counter() - started)

@@ -1,0 +1,61 @@
+"""Time as a dependency.
+
+The core never calls ``time.time()`` itself: it asks the injected :class:`Clock`.
+Tests pass a :class:`ManualClock` and move it; nothing sleeps and nothing patches time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+__all__ = ["Clock", "ManualClock", "SystemClock", "format_rfc3339", "format_rfc3339_seconds"]
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the Unix epoch (UTC)."""
+        ...
+
+
+class SystemClock:
+    """The wall clock."""
+
+    def now(self) -> float:
+        return time.time()
+
+
+class ManualClock:
+    """A clock that only moves when told to (for tests)."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+    def set(self, when: float) -> None:
+        with self._lock:
+            self._now = when
+
+
+def format_rfc3339(ts: float) -> str:
+    """RFC 3339 UTC with microseconds, trailing zeros trimmed (``2026-01-02T03:04:05.5Z``)."""
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    if dt.microsecond:
+        base += "." + f"{dt.microsecond:06d}".rstrip("0")
+    return base + "Z"
+
+
+def format_rfc3339_seconds(ts: float) -> str:
+    """RFC 3339 UTC at second precision (``2026-01-02T03:04:05Z``)."""
+    return datetime.fromtimestamp(int(ts), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

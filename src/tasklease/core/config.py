@@ -1,0 +1,85 @@
+"""One frozen configuration object, built at the edge and passed down.
+
+The core never reads the environment or files: :func:`tasklease.config_loader.load_config`
+(outside the core) turns a TOML file and ``TASKLEASE_*`` variables into a :class:`Config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasklease.core.spiffe import validate_trust_domain
+
+__all__ = ["Config"]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every setting of a broker. Durations are in seconds.
+
+    Attributes are documented in ``docs/configuration.md``; defaults are those a single
+    broker on one machine should run with.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: str = ".tasklease"
+    database: str = ""  # a path or URL; "" means <data_dir>/tasklease.db
+    key_dir: str = ""  # "" means <data_dir>/keys
+    admin_secret_hash: str = ""  # argon2id hash of the admin secret
+    trust_domain: str = "tasklease.local"
+    issuer: str = "tasklease"
+    audience: tuple[str, ...] = ("tasklease",)
+    default_ttl: int = 300
+    max_ttl: int = 3600
+    admin_token_ttl: int = 300
+    app_token_ttl: int = 1800
+    launch_token_ttl: int = 30
+    launch_token_max_ttl: int = 86400
+    delegation_default_ttl: int = 60
+    max_delegation_depth: int = 5
+    clock_skew: int = 30
+    nonce_ttl: int = 30
+    max_renewals: int = 10
+    renewal_ceiling: int = 3600
+    max_token_bytes: int = 8192
+    max_body_bytes: int = 1_048_576
+    admin_auth_rate: float = 5.0
+    admin_auth_burst: int = 10
+    app_auth_rate: float = 10.0 / 60.0
+    app_auth_burst: int = 3
+    prune_interval: float = 60.0
+    log_level: str = "info"
+    tls_mode: str = "none"  # "none" | "tls" | "mtls"
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+
+    def __post_init__(self) -> None:
+        validate_trust_domain(self.trust_domain)
+        for name in (
+            "default_ttl",
+            "max_ttl",
+            "admin_token_ttl",
+            "app_token_ttl",
+            "launch_token_ttl",
+            "delegation_default_ttl",
+            "nonce_ttl",
+            "renewal_ceiling",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
+        if self.default_ttl > self.max_ttl:
+            raise ValueError("default_ttl must not exceed max_ttl")
+        if self.clock_skew < 0 or self.clock_skew > 300:
+            raise ValueError("clock_skew must be between 0 and 300 seconds")
+        if self.max_renewals < 0:
+            raise ValueError("max_renewals must not be negative")
+        if not 1 <= self.max_delegation_depth <= 16:
+            raise ValueError("max_delegation_depth must be between 1 and 16")
+        if self.tls_mode not in ("none", "tls", "mtls"):
+            raise ValueError("tls_mode must be one of none, tls, mtls")
+        if not self.audience or not all(self.audience):
+            raise ValueError("audience must name at least one non-empty audience")
+        if not 1 <= self.port <= 65535:
+            raise ValueError("port must be between 1 and 65535")

@@ -1,0 +1,134 @@
+"""The one exception tree of tasklease.
+
+Every error has a short machine ``code`` (stable, part of the wire contract as the
+problem ``error_code``), a ``detail`` that is safe to show to the caller, an optional
+``hint`` and an internal ``reason`` that is only ever written to the audit log and debug
+logs. The core never knows HTTP status codes: ``tasklease.http.problems`` maps codes to
+statuses.
+
+    TaskleaseError
+    ├── InvalidRequest          invalid_request      malformed or missing input
+    │   └── InvalidTTL          invalid_ttl          a TTL outside its allowed range
+    ├── Unauthorized            unauthorized         no valid credential
+    ├── Forbidden               forbidden            authenticated, but not allowed
+    │   ├── InsufficientScope   insufficient_scope   the bearer lacks a route's scope
+    │   ├── ScopeViolation      scope_violation      a request would widen authority
+    │   ├── RenewalCountExceeded  renewal_count_exceeded
+    │   └── RenewalCeilingExceeded renewal_ceiling_exceeded
+    ├── NotFound                not_found
+    ├── Conflict                conflict
+    ├── RateLimited             rate_limited
+    ├── Unavailable             service_unavailable  fail-closed: state could not be made durable
+    └── InternalError           internal_error
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Conflict",
+    "Forbidden",
+    "InsufficientScope",
+    "InternalError",
+    "InvalidRequest",
+    "InvalidTTL",
+    "NotFound",
+    "RateLimited",
+    "RenewalCeilingExceeded",
+    "RenewalCountExceeded",
+    "ScopeViolation",
+    "TaskleaseError",
+    "Unauthorized",
+    "Unavailable",
+]
+
+
+class TaskleaseError(Exception):
+    """Root of every error tasklease raises on purpose.
+
+    ``detail`` is shown to callers; ``reason`` never is (it goes to the audit log).
+    """
+
+    code = "internal_error"
+    default_detail = "internal error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        reason: str | None = None,
+        hint: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        self.detail = detail if detail is not None else self.default_detail
+        self.reason = reason if reason is not None else self.detail
+        self.hint = hint
+        self.retry_after = retry_after
+        super().__init__(self.detail)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, detail={self.detail!r})"
+
+
+class InvalidRequest(TaskleaseError):
+    code = "invalid_request"
+    default_detail = "invalid request"
+
+
+class InvalidTTL(InvalidRequest):
+    code = "invalid_ttl"
+    default_detail = "invalid TTL"
+
+
+class Unauthorized(TaskleaseError):
+    code = "unauthorized"
+    default_detail = "unauthorized"
+
+
+class Forbidden(TaskleaseError):
+    code = "forbidden"
+    default_detail = "forbidden"
+
+
+class InsufficientScope(Forbidden):
+    code = "insufficient_scope"
+    default_detail = "token lacks required scope"
+
+
+class ScopeViolation(Forbidden):
+    code = "scope_violation"
+    default_detail = "requested scope exceeds allowed scope"
+
+
+class RenewalCountExceeded(Forbidden):
+    code = "renewal_count_exceeded"
+    default_detail = "token has reached its maximum number of renewals"
+
+
+class RenewalCeilingExceeded(Forbidden):
+    code = "renewal_ceiling_exceeded"
+    default_detail = "token has reached its maximum lifetime since registration"
+
+
+class NotFound(TaskleaseError):
+    code = "not_found"
+    default_detail = "not found"
+
+
+class Conflict(TaskleaseError):
+    code = "conflict"
+    default_detail = "conflict"
+
+
+class RateLimited(TaskleaseError):
+    code = "rate_limited"
+    default_detail = "rate limit exceeded, try again later"
+
+
+class Unavailable(TaskleaseError):
+    code = "service_unavailable"
+    default_detail = "service temporarily unavailable"
+
+
+class InternalError(TaskleaseError):
+    code = "internal_error"
+    default_detail = "internal error"

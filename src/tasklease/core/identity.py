@@ -1,0 +1,105 @@
+"""Challenge-response identity: nonces and the agent's proof of key possession.
+
+Nonces are *stateless until used*: 16 random bytes, an 8-byte expiry and an 8-byte
+HMAC-SHA256 tag under a broker secret, 32 bytes shown as 64 hex characters (the shape
+AgentWrit's SDK expects). ``GET /v1/challenge`` therefore costs no storage and no memory,
+however often it is called, and any replica sharing the secret accepts a nonce issued by
+another. Single use is enforced when a nonce is spent: its hash is recorded in the same
+transaction as the registration (``WriteTx.consume_nonce``) until it expires.
+
+The agent signs the 32 hex-decoded nonce bytes (not the ASCII text) with Ed25519; the
+public key and signature are standard base64 with padding (AgentWrit v2 wire contract).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+import struct
+
+from nacl.signing import VerifyKey
+
+from tasklease.core import _jws
+from tasklease.core.errors import InvalidRequest, Unauthorized
+
+__all__ = [
+    "NonceIssuer",
+    "decode_public_key",
+    "decode_signature",
+    "nonce_hash",
+    "verify_possession",
+]
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_STD_B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+
+
+class NonceIssuer:
+    """Issues and checks self-authenticating nonces (see the module docstring)."""
+
+    def __init__(self, secret: bytes, ttl: int) -> None:
+        if len(secret) < 32:
+            raise ValueError("nonce secret must be at least 32 bytes")
+        self._secret = secret
+        self.ttl = ttl
+
+    def _tag(self, body: bytes) -> bytes:
+        return hmac.new(self._secret, b"tasklease-nonce-v1" + body, hashlib.sha256).digest()[:8]
+
+    def issue(self, now: float) -> str:
+        body = os.urandom(16) + struct.pack(">Q", int(now) + self.ttl)
+        return (body + self._tag(body)).hex()
+
+    def check(self, nonce: str, now: float) -> int:
+        """Return the nonce's expiry, or raise :class:`Unauthorized` if not ours or expired."""
+        if not isinstance(nonce, str) or not _HEX64.match(nonce):
+            raise InvalidRequest("nonce must be the 64 lowercase hex characters from /v1/challenge")
+        raw = bytes.fromhex(nonce)
+        body, tag = raw[:24], raw[24:]
+        if not hmac.compare_digest(tag, self._tag(body)):
+            raise Unauthorized("nonce: nonce not found or expired", reason="nonce not issued by us")
+        (expires,) = struct.unpack(">Q", body[16:24])
+        if now > expires:
+            raise Unauthorized("nonce: nonce not found or expired", reason="nonce expired")
+        return int(expires)
+
+
+def nonce_hash(nonce: str) -> str:
+    return hashlib.sha256(nonce.encode("ascii")).hexdigest()
+
+
+def _std_b64(value: object, *, field: str, size: int) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"missing required field: {field}")
+    if len(value) % 4 or not _STD_B64.match(value):
+        raise InvalidRequest(f"invalid {field}: not standard base64 with padding")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(f"invalid {field}: not standard base64 with padding") from exc
+    if len(raw) != size:
+        raise InvalidRequest(f"invalid {field}: expected {size} bytes, got {len(raw)}")
+    return raw
+
+
+def decode_public_key(value: object) -> bytes:
+    """A raw 32-byte Ed25519 public key from standard base64 (400 on anything else)."""
+    raw = _std_b64(value, field="public_key", size=32)
+    try:
+        VerifyKey(raw)
+    except Exception as exc:
+        raise InvalidRequest("invalid public_key: not an Ed25519 public key") from exc
+    return raw
+
+
+def decode_signature(value: object) -> bytes:
+    return _std_b64(value, field="signature", size=64)
+
+
+def verify_possession(public_key: bytes, nonce: str, signature: bytes) -> bool:
+    """True iff ``signature`` is the key holder's Ed25519 signature of the nonce bytes."""
+    return _jws.verify_detached(bytes.fromhex(nonce), signature, VerifyKey(public_key))

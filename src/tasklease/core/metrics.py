@@ -1,0 +1,107 @@
+"""Prometheus metrics: the pattern's KPIs and the broker's own health.
+
+One :class:`Metrics` per broker, on its own registry (never the process-global one), so
+several brokers in one process (tests) do not mix their figures. Names are documented in
+``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.issuance_seconds = Histogram(
+            "tasklease_issuance_seconds",
+            "Time to issue a token, by kind (register, renew, delegate, admin, app).",
+            ["kind"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.validation_seconds = Histogram(
+            "tasklease_validation_seconds",
+            "Time to validate a presented token (signature, claims, revocation).",
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
+            registry=r,
+        )
+        self.revocation_propagation_seconds = Histogram(
+            "tasklease_revocation_propagation_seconds",
+            "From a revocation's durable commit to this process enforcing it.",
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+            registry=r,
+        )
+        self.scope_rejections = Counter(
+            "tasklease_scope_rejections_total",
+            "Requests refused because a scope was not covered, by endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.delegation_depth = Histogram(
+            "tasklease_delegation_depth",
+            "Depth of the delegation chain of each delegated token issued.",
+            buckets=(1, 2, 3, 4, 5, 6, 8, 12, 16),
+            registry=r,
+        )
+        self.tokens_issued = Counter(
+            "tasklease_tokens_issued_total", "Tokens issued, by kind.", ["kind"], registry=r
+        )
+        self.tokens_revoked = Counter(
+            "tasklease_tokens_revoked_total",
+            "Revocations, by level (token, agent, task, chain, release, renewal).",
+            ["level"],
+            registry=r,
+        )
+        self.registrations = Counter(
+            "tasklease_registrations_total", "Agent registrations, by status.", ["status"], registry=r
+        )
+        self.auth = Counter(
+            "tasklease_auth_total", "Admin and app authentications.", ["who", "status"], registry=r
+        )
+        self.launch_tokens_created = Counter(
+            "tasklease_launch_tokens_created_total", "Launch tokens created.", registry=r
+        )
+        self.active_agents = Gauge(
+            "tasklease_active_agents", "Agents registered by this process and not revoked.", registry=r
+        )
+        self.validation_failures = Counter(
+            "tasklease_validation_failures_total",
+            "Tokens refused, by the internal reason class.",
+            ["reason"],
+            registry=r,
+        )
+        self.audit_events = Counter(
+            "tasklease_audit_events_total", "Audit events written, by type.", ["event_type"], registry=r
+        )
+        self.audit_batch_seconds = Histogram(
+            "tasklease_audit_append_seconds",
+            "Time to commit one group-committed batch of operations and their audit events.",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.audit_batch_size = Histogram(
+            "tasklease_audit_batch_size",
+            "Operations per group-committed transaction.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.revocation_entries = Gauge(
+            "tasklease_revocation_entries",
+            "Revocation entries held in memory (pruned once nothing they match is valid).",
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "tasklease_rate_limited_total", "Requests refused by a rate limit.", ["endpoint"], registry=r
+        )
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.audit_batch_size.observe(size)
+        self.audit_batch_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,101 @@
+"""Four-level revocation and the in-memory index every validation consults.
+
+Levels and what they match (``iat`` is the token's issue time, ``revoked_at`` whole seconds):
+
+============  ===========================================================================
+``token``     the token whose ``jti`` is the target
+``agent``     tokens whose ``sub`` is the target, issued at or before ``revoked_at``, and
+              every token delegated from it (the target appears in the delegation chain)
+``task``      tokens whose ``task_id`` is the target, issued at or before ``revoked_at``
+``chain``     tokens delegated from the target (the target appears in the delegation
+              chain), issued at or before ``revoked_at``; the target's own tokens live on
+============  ===========================================================================
+
+Because agent, task and chain entries only match tokens issued before them, a revocation
+can never lock a subject out for ever (revoking ``admin`` kills today's admin tokens, not
+tomorrow's), and every entry has an expiry after which nothing it could match is still
+valid: tokens live at most ``max_ttl`` (validation enforces it), so an entry expires at
+``revoked_at + max_ttl + skew``. Expired entries are pruned from memory and storage, so
+revocation state stays bounded.
+
+Lookups are a handful of dictionary probes: no I/O on the validation path.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Iterable
+
+from tasklease.core.store import RevocationRecord
+from tasklease.core.tokens import Claims
+
+__all__ = ["LEVELS", "RevocationIndex"]
+
+LEVELS = ("token", "agent", "task", "chain")
+
+
+class RevocationIndex:
+    """The revocation entries currently in force, keyed for O(1) matching."""
+
+    def __init__(self) -> None:
+        self._levels: dict[str, dict[str, tuple[int, float]]] = {lv: {} for lv in LEVELS}
+        self._expiry: list[tuple[float, str, str]] = []
+        self._lock = threading.Lock()
+        self.last_seq = 0
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._levels.values())
+
+    def apply(self, records: Iterable[RevocationRecord]) -> None:
+        """Add or widen entries (idempotent; a later ``revoked_at`` widens an entry)."""
+        with self._lock:
+            for rec in records:
+                level = self._levels.get(rec.level)
+                if level is None:
+                    continue
+                old = level.get(rec.target)
+                if old is None or rec.revoked_at > old[0] or rec.expires_at > old[1]:
+                    new = (
+                        max(rec.revoked_at, old[0]) if old else rec.revoked_at,
+                        max(rec.expires_at, old[1]) if old else rec.expires_at,
+                    )
+                    level[rec.target] = new
+                    heapq.heappush(self._expiry, (new[1], rec.level, rec.target))
+                self.last_seq = max(self.last_seq, rec.seq)
+
+    def match(self, claims: Claims) -> str | None:
+        """The level at which ``claims`` is revoked, or ``None`` if it is not."""
+        levels = self._levels
+        if claims.jti in levels["token"]:
+            return "token"
+        iat = claims.iat
+        hit = levels["agent"].get(claims.sub)
+        if hit is not None and iat <= hit[0]:
+            return "agent"
+        if claims.task_id:
+            hit = levels["task"].get(claims.task_id)
+            if hit is not None and iat <= hit[0]:
+                return "task"
+        if claims.delegation_chain:
+            agents, chains = levels["agent"], levels["chain"]
+            for record in claims.delegation_chain:
+                hit = agents.get(record.agent)
+                if hit is not None and iat <= hit[0]:
+                    return "agent"
+                hit = chains.get(record.agent)
+                if hit is not None and iat <= hit[0]:
+                    return "chain"
+        return None
+
+    def prune(self, now: float) -> int:
+        """Drop entries that can no longer match a valid token; return how many."""
+        removed = 0
+        with self._lock:
+            while self._expiry and self._expiry[0][0] <= now:
+                expires_at, level, target = heapq.heappop(self._expiry)
+                current = self._levels[level].get(target)
+                if current is not None and current[1] <= now:
+                    del self._levels[level][target]
+                    removed += 1
+        return removed

@@ -1,0 +1,70 @@
+"""SPIFFE IDs for agent instances.
+
+``spiffe://<trust-domain>/agent/<orch_id>/<task_id>/<instance_id>`` following the SPIFFE
+ID specification: trust domain ``[a-z0-9.-_]``, path segments ``[A-Za-z0-9.-_]``, no empty,
+``.`` or ``..`` segments, at most 2048 bytes in all.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+from tasklease.core.errors import InvalidRequest
+
+__all__ = ["AgentId", "new_agent_id", "parse_agent_id", "validate_segment", "validate_trust_domain"]
+
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+MAX_ID_LENGTH = 2048
+
+
+def validate_trust_domain(td: str) -> str:
+    if not _TRUST_DOMAIN.match(td):
+        raise ValueError(f"invalid SPIFFE trust domain {td!r}: use lowercase a-z, 0-9, '.', '-', '_'")
+    return td
+
+
+def validate_segment(value: object, *, field: str) -> str:
+    """Check one SPIFFE path segment supplied by a caller (``orch_id``, ``task_id``)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"missing required field: {field}")
+    if value in (".", "..") or not _SEGMENT.match(value):
+        raise InvalidRequest(
+            f"invalid {field}: use 1-128 characters from A-Z a-z 0-9 . - _",
+            hint="the value becomes a segment of the agent's SPIFFE ID",
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class AgentId:
+    trust_domain: str
+    orch_id: str
+    task_id: str
+    instance_id: str
+
+    def __str__(self) -> str:
+        return f"spiffe://{self.trust_domain}/agent/{self.orch_id}/{self.task_id}/{self.instance_id}"
+
+
+def new_agent_id(trust_domain: str, orch_id: str, task_id: str) -> AgentId:
+    """A fresh identity: 8 random bytes as 16 hex characters for the instance."""
+    return AgentId(trust_domain, orch_id, task_id, secrets.token_hex(8))
+
+
+def parse_agent_id(value: str) -> AgentId | None:
+    """Parse an agent SPIFFE ID; ``None`` if it is not one."""
+    if not value.startswith("spiffe://") or len(value) > MAX_ID_LENGTH:
+        return None
+    rest = value[len("spiffe://") :]
+    parts = rest.split("/")
+    if len(parts) != 5 or parts[1] != "agent":
+        return None
+    td, _, orch, task, inst = parts
+    if not _TRUST_DOMAIN.match(td):
+        return None
+    if not all(_SEGMENT.match(p) and p not in (".", "..") for p in (orch, task, inst)):
+        return None
+    return AgentId(td, orch, task, inst)

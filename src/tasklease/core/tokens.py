@@ -1,0 +1,239 @@
+"""Token shapes: the kinds of JWT the broker mints, their claims, and minting.
+
+Every token is a compact EdDSA JWS (``core._jws``). The header ``typ`` names its kind, and
+each verification path accepts only the kinds it expects, so an admin token can never be
+used as an agent token or the reverse (RFC 8725 section 3.11).
+
+Agent access tokens keep AgentWrit v2's claim names (``iss sub aud exp nbf iat jti scope
+task_id orch_id delegation_chain chain_hash``) so its SDK reads them unchanged, and add
+``client_id`` (RFC 9068), ``oiat`` (the original registration time, which bounds renewal)
+and ``rnc`` (how many renewals led to this token).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from tasklease.core.keys import KeyRing
+
+__all__ = [
+    "ADMIN_SCOPES",
+    "APP_SCOPES",
+    "KIND_ADMIN",
+    "KIND_AGENT",
+    "KIND_APP",
+    "Claims",
+    "ClaimsError",
+    "DelegationRecord",
+    "chain_hash",
+    "claims_from_payload",
+    "mint",
+    "new_jti",
+]
+
+KIND_AGENT = "at+jwt"
+KIND_ADMIN = "tasklease-admin+jwt"
+KIND_APP = "tasklease-app+jwt"
+
+ADMIN_SCOPES = ("admin:launch-tokens:*", "admin:revoke:*", "admin:audit:*")
+APP_SCOPES = ("app:launch-tokens:*", "app:agents:*", "app:audit:read")
+
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class DelegationRecord:
+    """One hop: ``agent`` delegated (holding ``scope``) at ``delegated_at``.
+
+    ``signature`` is the broker's Ed25519 signature (hex) over
+    :func:`tasklease.core.delegation.record_signing_input`.
+    """
+
+    agent: str
+    scope: tuple[str, ...]
+    delegated_at: str
+    signature: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent,
+            "scope": list(self.scope),
+            "delegated_at": self.delegated_at,
+            "signature": self.signature,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """The verified claims of a token, typed. ``raw`` is the decoded payload as sent."""
+
+    kind: str
+    iss: str
+    sub: str
+    aud: tuple[str, ...]
+    exp: int
+    nbf: int
+    iat: int
+    jti: str
+    scope: tuple[str, ...]
+    task_id: str
+    orch_id: str
+    client_id: str
+    oiat: int
+    rnc: int
+    delegation_chain: tuple[DelegationRecord, ...]
+    chain_hash: str
+    raw: dict[str, Any]
+
+    @property
+    def depth(self) -> int:
+        return len(self.delegation_chain)
+
+
+def new_jti() -> str:
+    """16 random bytes as 32 lowercase hex characters."""
+    return secrets.token_hex(16)
+
+
+def chain_hash(chain: tuple[DelegationRecord, ...]) -> str:
+    """SHA-256 (hex) of the compact JSON array of the chain's records, keys in wire order."""
+    encoded = json.dumps(
+        [r.as_json() for r in chain], separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def mint(
+    keyring: KeyRing,
+    *,
+    kind: str,
+    iss: str,
+    sub: str,
+    aud: tuple[str, ...],
+    iat: int,
+    ttl: int,
+    scope: tuple[str, ...],
+    client_id: str,
+    task_id: str = "",
+    orch_id: str = "",
+    oiat: int | None = None,
+    rnc: int = 0,
+    delegation_chain: tuple[DelegationRecord, ...] = (),
+    jti: str | None = None,
+) -> tuple[str, Claims]:
+    """Build, sign and return ``(token, claims)``. ``nbf`` equals ``iat``."""
+    jti = jti or new_jti()
+    payload: dict[str, Any] = {
+        "iss": iss,
+        "sub": sub,
+        "aud": list(aud),
+        "exp": iat + ttl,
+        "nbf": iat,
+        "iat": iat,
+        "jti": jti,
+        "scope": list(scope),
+    }
+    if task_id:
+        payload["task_id"] = task_id
+    if orch_id:
+        payload["orch_id"] = orch_id
+    payload["client_id"] = client_id
+    c_hash = ""
+    if delegation_chain:
+        c_hash = chain_hash(delegation_chain)
+        payload["delegation_chain"] = [r.as_json() for r in delegation_chain]
+        payload["chain_hash"] = c_hash
+    if kind == KIND_AGENT:
+        payload["oiat"] = iat if oiat is None else oiat
+        payload["rnc"] = rnc
+    token = keyring.sign(_encoder.encode(payload), kind)
+    claims = Claims(
+        kind=kind,
+        iss=iss,
+        sub=sub,
+        aud=aud,
+        exp=iat + ttl,
+        nbf=iat,
+        iat=iat,
+        jti=jti,
+        scope=scope,
+        task_id=task_id,
+        orch_id=orch_id,
+        client_id=client_id,
+        oiat=payload.get("oiat", iat),
+        rnc=rnc,
+        delegation_chain=delegation_chain,
+        chain_hash=c_hash,
+        raw=payload,
+    )
+    return token, claims
+
+
+class ClaimsError(ValueError):
+    """A payload that is not a well-formed tasklease claim set (reason in ``args[0]``)."""
+
+
+def _str(payload: dict[str, Any], key: str, *, required: bool) -> str:
+    value = payload.get(key, "")
+    if not isinstance(value, str) or (required and not value):
+        raise ClaimsError(f"claim {key} missing or not a string")
+    return value
+
+
+def _int(payload: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = payload.get(key, default)
+    if type(value) is not int:
+        raise ClaimsError(f"claim {key} missing or not an integer")
+    return value
+
+
+def _str_list(payload: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = payload.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ClaimsError(f"claim {key} missing or not a list of strings")
+    return tuple(value)
+
+
+def claims_from_payload(kind: str, payload: dict[str, Any]) -> Claims:
+    """Type-check a verified payload into :class:`Claims` (raises :class:`ClaimsError`)."""
+    raw_chain = payload.get("delegation_chain", [])
+    if not isinstance(raw_chain, list):
+        raise ClaimsError("claim delegation_chain is not a list")
+    chain: list[DelegationRecord] = []
+    for item in raw_chain:
+        if not isinstance(item, dict):
+            raise ClaimsError("delegation record is not an object")
+        chain.append(
+            DelegationRecord(
+                agent=_str(item, "agent", required=True),
+                scope=_str_list(item, "scope"),
+                delegated_at=_str(item, "delegated_at", required=True),
+                signature=_str(item, "signature", required=True),
+            )
+        )
+    iat = _int(payload, "iat")
+    return Claims(
+        kind=kind,
+        iss=_str(payload, "iss", required=False),
+        sub=_str(payload, "sub", required=True),
+        aud=_str_list(payload, "aud"),
+        exp=_int(payload, "exp"),
+        nbf=_int(payload, "nbf"),
+        iat=iat,
+        jti=_str(payload, "jti", required=True),
+        scope=_str_list(payload, "scope"),
+        task_id=_str(payload, "task_id", required=False),
+        orch_id=_str(payload, "orch_id", required=False),
+        client_id=_str(payload, "client_id", required=True),
+        oiat=_int(payload, "oiat", iat),
+        rnc=_int(payload, "rnc", 0),
+        delegation_chain=tuple(chain),
+        chain_hash=_str(payload, "chain_hash", required=False),
+        raw=payload,
+    )

@@ -1,0 +1,441 @@
+"""The HTTP adapter: parse, call the Broker, translate. No decisions are made here.
+
+Blocking operations (anything that commits, and argon2 checks) run in the thread pool;
+token validation is pure CPU and runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tasklease.core.broker import ALL_KINDS, Broker, RequestContext, expires_at_text
+from tasklease.core.errors import InvalidRequest, RateLimited, TaskleaseError
+from tasklease.core.store import AuditQuery
+from tasklease.core.tokens import KIND_ADMIN, KIND_AGENT, KIND_APP, Claims
+from tasklease.core.validation import TokenRejected
+from tasklease.http import wire
+from tasklease.http.middleware import EnvelopeMiddleware
+from tasklease.http.problems import problem_body, problem_response_parts
+from tasklease.http.ratelimit import RateLimiter
+
+__all__ = ["create_app"]
+
+_log = logging.getLogger("tasklease.http")
+_encoder = msgspec.json.Encoder()
+T = TypeVar("T")
+Handler = Callable[[Request], Awaitable[Response]]
+
+ADMIN = frozenset({KIND_ADMIN})
+APP = frozenset({KIND_APP})
+AGENT = frozenset({KIND_AGENT})
+_INVALID = b'{"valid":false,"error":"token is invalid or expired"}\n'
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(_encoder.encode(data) + b"\n", status, media_type="application/json")
+
+
+def _ctx(request: Request) -> RequestContext:
+    client = request.client
+    return RequestContext(
+        request_id=request.scope.get("state", {}).get("request_id", ""),
+        remote=client.host if client else "",
+        path=request.url.path,
+    )
+
+
+async def _body(request: Request, kind: type[T]) -> T:
+    raw = await request.body()
+    if not raw.strip():
+        raise InvalidRequest("malformed JSON body: the body is empty")
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"malformed JSON body: {exc}") from None
+    except msgspec.DecodeError:
+        raise InvalidRequest("malformed JSON body") from None
+
+
+def _guard(handler: Handler) -> Handler:
+    """Turn core errors into problem responses; anything unexpected into a generic 500."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except TaskleaseError as exc:
+            status, body, headers = problem_response_parts(
+                exc, instance=request.url.path, request_id=_ctx(request).request_id
+            )
+            return Response(body, status, headers=headers, media_type="application/problem+json")
+        except Exception:
+            _log.exception("unhandled error on %s", request.url.path)
+            body = problem_body(
+                "internal_error",
+                "internal error",
+                instance=request.url.path,
+                request_id=_ctx(request).request_id,
+            )
+            return Response(body, 500, media_type="application/problem+json")
+
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
+
+def _parse_time(value: str | None, name: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an RFC 3339 timestamp") from None
+    if parsed.tzinfo is None:
+        raise InvalidRequest(f"{name} must include a time zone (for example Z)")
+    return parsed.timestamp()
+
+
+def _parse_int(value: str | None, name: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer") from None
+
+
+def create_app(broker: Broker, *, background: bool = True) -> Starlette:
+    """Build the ASGI application around a ready :class:`Broker`.
+
+    ``background`` starts the housekeeping tasks (pruning, picking up revocations that
+    other processes committed); tests that drive time by hand turn it off.
+    """
+    cfg = broker.config
+    admin_limiter = RateLimiter(cfg.admin_auth_rate, cfg.admin_auth_burst)
+    app_limiter = RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
+
+    def limit(limiter: RateLimiter, request: Request) -> None:
+        key = request.client.host if request.client else "unknown"
+        if not limiter.allow(key):
+            broker.metrics.rate_limited.labels(request.url.path).inc()
+            raise RateLimited(retry_after=limiter.retry_after())
+
+    async def authed(
+        request: Request,
+        kinds: frozenset[str],
+        scope: str | None,
+        op: Callable[[Claims, RequestContext], T],
+    ) -> T:
+        ctx = _ctx(request)
+        header = request.headers.get("authorization")
+
+        def run() -> T:
+            return op(broker.authenticate(header, ctx, kinds=kinds, scope=scope), ctx)
+
+        return await run_in_threadpool(run)
+
+    # --- public ---------------------------------------------------------------------
+
+    async def challenge(request: Request) -> Response:
+        nonce, ttl = broker.challenge()
+        return _json({"nonce": nonce, "expires_in": ttl})
+
+    async def health(request: Request) -> Response:
+        return _json(await run_in_threadpool(broker.health))
+
+    async def metrics(request: Request) -> Response:
+        return Response(
+            broker.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    async def jwks(request: Request) -> Response:
+        resp = _json(broker.keyring.jwks())
+        resp.headers["cache-control"] = "public, max-age=60"
+        return resp
+
+    async def validate(request: Request) -> Response:
+        req = await _body(request, wire.ValidateRequest)
+        if not req.token:
+            raise InvalidRequest("token field is required")
+        try:
+            claims = broker.validate(req.token)
+        except TokenRejected:
+            return Response(_INVALID, media_type="application/json")
+        return _json({"valid": True, "claims": claims.raw})
+
+    async def register(request: Request) -> Response:
+        req = await _body(request, wire.RegisterRequest)
+        ctx = _ctx(request)
+        issued = await run_in_threadpool(
+            lambda: broker.register(
+                launch_token=req.launch_token,
+                nonce=req.nonce,
+                public_key=req.public_key,
+                signature=req.signature,
+                orch_id=req.orch_id,
+                task_id=req.task_id,
+                requested_scope=req.requested_scope,
+                ctx=ctx,
+            )
+        )
+        return _json(
+            {
+                "agent_id": issued.claims.sub,
+                "access_token": issued.token,
+                "expires_in": issued.expires_in,
+                "token_type": "Bearer",
+            }
+        )
+
+    # --- agent token operations --------------------------------------------------------
+
+    async def renew(request: Request) -> Response:
+        issued = await authed(request, ALL_KINDS, None, broker.renew)
+        return _json({"access_token": issued.token, "expires_in": issued.expires_in})
+
+    async def release(request: Request) -> Response:
+        await authed(request, ALL_KINDS, None, broker.release)
+        return Response(status_code=204)
+
+    async def delegate(request: Request) -> Response:
+        req = await _body(request, wire.DelegateRequest)
+        issued = await authed(
+            request,
+            ALL_KINDS,
+            None,
+            lambda c, ctx: broker.delegate(
+                c, delegate_to=req.delegate_to, scope=req.scope, ttl=req.ttl, ctx=ctx
+            ),
+        )
+        return _json(
+            {
+                "access_token": issued.token,
+                "expires_in": issued.expires_in,
+                "delegation_chain": [r.as_json() for r in issued.claims.delegation_chain],
+            }
+        )
+
+    # --- operator ---------------------------------------------------------------------
+
+    async def revoke(request: Request) -> Response:
+        req = await _body(request, wire.RevokeRequest)
+        count = await authed(
+            request,
+            ADMIN,
+            "admin:revoke:*",
+            lambda c, ctx: broker.revoke(c, level=req.level, target=req.target, ctx=ctx),
+        )
+        return _json({"revoked": True, "level": req.level, "target": req.target, "count": count})
+
+    async def audit_events(request: Request) -> Response:
+        q = request.query_params
+        limit_ = _parse_int(q.get("limit"), "limit", 100)
+        offset = max(0, _parse_int(q.get("offset"), "offset", 0))
+        limit_ = 100 if limit_ <= 0 else min(limit_, 1000)
+        query = AuditQuery(
+            agent_id=q.get("agent_id") or None,
+            task_id=q.get("task_id") or None,
+            event_type=q.get("event_type") or None,
+            outcome=q.get("outcome") or None,
+            since=_parse_time(q.get("since"), "since"),
+            until=_parse_time(q.get("until"), "until"),
+            limit=limit_,
+            offset=offset,
+        )
+        events, total = await authed(
+            request, ADMIN, "admin:audit:*", lambda _c, _ctx: broker.audit_events(query)
+        )
+        return _json(
+            {
+                "events": [wire.event_json(e) for e in events],
+                "total": total,
+                "offset": offset,
+                "limit": limit_,
+            }
+        )
+
+    async def admin_auth(request: Request) -> Response:
+        limit(admin_limiter, request)
+        req = await _body(request, wire.AdminAuthRequest)
+        if req.client_id or req.client_secret:
+            raise InvalidRequest(
+                'Admin auth format changed. Use {"secret": "..."} instead of client_id/client_secret'
+            )
+        ctx = _ctx(request)
+        issued = await run_in_threadpool(lambda: broker.admin_auth(req.secret, ctx))
+        return _json(
+            {"access_token": issued.token, "expires_in": issued.expires_in, "token_type": "Bearer"}
+        )
+
+    async def app_auth(request: Request) -> Response:
+        limit(app_limiter, request)
+        req = await _body(request, wire.AppAuthRequest)
+        ctx = _ctx(request)
+        issued = await run_in_threadpool(
+            lambda: broker.app_auth(req.client_id, req.client_secret, ctx)
+        )
+        return _json(
+            {
+                "access_token": issued.token,
+                "expires_in": issued.expires_in,
+                "token_type": "Bearer",
+                "scopes": list(issued.claims.scope),
+            }
+        )
+
+    async def launch_tokens(request: Request, kinds: frozenset[str], scope: str) -> Response:
+        req = await _body(request, wire.LaunchTokenRequest)
+        token, record = await authed(
+            request,
+            kinds,
+            scope,
+            lambda c, ctx: broker.create_launch_token(
+                c,
+                agent_name=req.agent_name,
+                allowed_scope=req.allowed_scope,
+                max_ttl=req.max_ttl,
+                single_use=req.single_use,
+                ttl=req.ttl,
+                ctx=ctx,
+            ),
+        )
+        return _json(
+            {
+                "launch_token": token,
+                "expires_at": expires_at_text(record),
+                "policy": {
+                    "allowed_scope": list(record.allowed_scope),
+                    "max_ttl": record.max_ttl,
+                    "single_use": record.single_use,
+                },
+            },
+            201,
+        )
+
+    async def admin_launch_tokens(request: Request) -> Response:
+        return await launch_tokens(request, ADMIN, "admin:launch-tokens:*")
+
+    async def app_launch_tokens(request: Request) -> Response:
+        return await launch_tokens(request, APP, "app:launch-tokens:*")
+
+    apps_scope = "admin:launch-tokens:*"
+
+    async def create_app_(request: Request) -> Response:
+        req = await _body(request, wire.AppCreateRequest)
+        app, secret = await authed(
+            request,
+            ADMIN,
+            apps_scope,
+            lambda c, ctx: broker.register_app(
+                c, name=req.name, scopes=req.scopes, token_ttl=req.token_ttl, ctx=ctx
+            ),
+        )
+        return _json({**wire.app_json(app), "client_secret": secret}, 201)
+
+    async def list_apps(request: Request) -> Response:
+        apps = await authed(request, ADMIN, apps_scope, lambda _c, _ctx: broker.list_apps())
+        return _json({"apps": [wire.app_json(a) for a in apps], "total": len(apps)})
+
+    async def get_app(request: Request) -> Response:
+        app_id = request.path_params["app_id"]
+        app = await authed(request, ADMIN, apps_scope, lambda _c, _ctx: broker.get_app(app_id))
+        return _json(wire.app_json(app))
+
+    async def update_app(request: Request) -> Response:
+        app_id = request.path_params["app_id"]
+        req = await _body(request, wire.AppUpdateRequest)
+        app = await authed(
+            request,
+            ADMIN,
+            apps_scope,
+            lambda c, ctx: broker.update_app(
+                c, app_id, scopes=req.scopes, token_ttl=req.token_ttl, ctx=ctx
+            ),
+        )
+        return _json(wire.app_json(app))
+
+    async def delete_app(request: Request) -> Response:
+        app_id = request.path_params["app_id"]
+        app = await authed(
+            request, ADMIN, apps_scope, lambda c, ctx: broker.deregister_app(c, app_id, ctx)
+        )
+        return _json({**wire.app_json(app), "deregistered_at": wire.app_json(app)["updated_at"]})
+
+    routes = [
+        Route("/v1/challenge", _guard(challenge), methods=["GET"]),
+        Route("/v1/health", _guard(health), methods=["GET"]),
+        Route("/v1/metrics", _guard(metrics), methods=["GET"]),
+        Route("/.well-known/jwks.json", _guard(jwks), methods=["GET"]),
+        Route("/v1/token/validate", _guard(validate), methods=["POST"]),
+        Route("/v1/register", _guard(register), methods=["POST"]),
+        Route("/v1/token/renew", _guard(renew), methods=["POST"]),
+        Route("/v1/token/release", _guard(release), methods=["POST"]),
+        Route("/v1/delegate", _guard(delegate), methods=["POST"]),
+        Route("/v1/revoke", _guard(revoke), methods=["POST"]),
+        Route("/v1/audit/events", _guard(audit_events), methods=["GET"]),
+        Route("/v1/admin/auth", _guard(admin_auth), methods=["POST"]),
+        Route("/v1/admin/launch-tokens", _guard(admin_launch_tokens), methods=["POST"]),
+        Route("/v1/app/launch-tokens", _guard(app_launch_tokens), methods=["POST"]),
+        Route("/v1/admin/apps", _guard(create_app_), methods=["POST"]),
+        Route("/v1/admin/apps", _guard(list_apps), methods=["GET"]),
+        Route("/v1/admin/apps/{app_id}", _guard(get_app), methods=["GET"]),
+        Route("/v1/admin/apps/{app_id}", _guard(update_app), methods=["PUT"]),
+        Route("/v1/admin/apps/{app_id}", _guard(delete_app), methods=["DELETE"]),
+        Route("/v1/app/auth", _guard(app_auth), methods=["POST"]),
+    ]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "internal_error")
+        detail = {404: "no such endpoint", 405: "method not allowed"}.get(status, "internal error")
+        headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+        body = problem_body(
+            code, detail, instance=request.url.path, request_id=_ctx(request).request_id
+        )
+        return Response(body, status, headers=headers, media_type="application/problem+json")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        tasks: list[asyncio.Task[None]] = []
+        if background:
+            tasks.append(asyncio.create_task(_every(cfg.prune_interval, broker.prune)))
+            tasks.append(asyncio.create_task(_every(0.5, broker.refresh_revocations)))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )
+    app.add_middleware(
+        EnvelopeMiddleware, max_body=cfg.max_body_bytes, hsts=cfg.tls_mode != "none"
+    )
+    app.state.broker = broker
+    return app
+
+
+async def _every(interval: float, job: Callable[[], object]) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(job)
+        except Exception:  # housekeeping must never take the server down
+            _log.exception("background job failed")

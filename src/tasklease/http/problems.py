@@ -1,0 +1,83 @@
+"""RFC 9457 problem details: error code -> HTTP status, and the problem body.
+
+The core raises :class:`~tasklease.core.errors.TaskleaseError` with a machine code; this
+module is the one place that knows which HTTP status each code means. Bodies follow the
+AgentWrit v2 shape (``type title status detail instance error_code request_id`` and an
+optional ``hint``) so its SDK parses them unchanged.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import msgspec
+
+from tasklease.core.errors import TaskleaseError
+
+__all__ = ["STATUS_BY_CODE", "problem_body", "problem_response_parts", "status_for"]
+
+STATUS_BY_CODE: dict[str, int] = {
+    "invalid_request": 400,
+    "invalid_ttl": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "insufficient_scope": 403,
+    "scope_violation": 403,
+    "renewal_count_exceeded": 403,
+    "renewal_ceiling_exceeded": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "conflict": 409,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "rate_limited": 429,
+    "internal_error": 500,
+    "service_unavailable": 503,
+}
+TYPE_PREFIX = "urn:tasklease:error:"
+_encoder = msgspec.json.Encoder()
+
+
+def status_for(code: str) -> int:
+    return STATUS_BY_CODE.get(code, 500)
+
+
+def problem_body(
+    code: str,
+    detail: str,
+    *,
+    instance: str,
+    request_id: str,
+    hint: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> bytes:
+    status = status_for(code)
+    body: dict[str, Any] = {
+        "type": TYPE_PREFIX + code,
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "error_code": code,
+        "request_id": request_id,
+    }
+    if hint:
+        body["hint"] = hint
+    if extra:
+        body.update(extra)
+    return _encoder.encode(body) + b"\n"
+
+
+def problem_response_parts(
+    exc: TaskleaseError, *, instance: str, request_id: str
+) -> tuple[int, bytes, dict[str, str]]:
+    """(status, body, extra headers) for an error raised by the core."""
+    status = status_for(exc.code)
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="tasklease"'
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    body = problem_body(exc.code, exc.detail, instance=instance, request_id=request_id, hint=exc.hint)
+    return status, body, headers
