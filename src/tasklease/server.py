@@ -59,7 +59,7 @@ def serve(config: Config) -> None:
     app = create_app(broker)
     if config.host in ("0.0.0.0", "::"):  # noqa: S104 - a warning about exactly that
         _log.warning("listening on all interfaces without TLS: put it behind TLS")
-    print(  # noqa: T201 - the one line an operator waits for
+    print(
         f"tasklease broker listening on http://{config.host}:{config.port} "
         f"(database {config.database}, pid {os.getpid()})",
         flush=True,

@@ -32,10 +32,14 @@ out = Console()
 err = Console(stderr=True)
 
 ConfigOpt = Annotated[
-    str | None, typer.Option("--config", "-c", help="TOML config file (default: <data-dir>/config.toml).")
+    str | None,
+    typer.Option("--config", "-c", help="TOML config file (default: <data-dir>/config.toml)."),
 ]
 DataDirOpt = Annotated[
-    str | None, typer.Option("--data-dir", help="Directory for the database and keys.", envvar="TASKLEASE_DATA_DIR")
+    str | None,
+    typer.Option(
+        "--data-dir", help="Directory for the database and keys.", envvar="TASKLEASE_DATA_DIR"
+    ),
 ]
 
 
@@ -61,7 +65,9 @@ def init(
     data_dir: DataDirOpt = None,
     secret_file: Annotated[
         str | None,
-        typer.Option(help="Write the admin secret to this file (mode 0600) instead of printing it."),
+        typer.Option(
+            help="Write the admin secret to this file (mode 0600) instead of printing it."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing config and secret.")] = False,
 ) -> None:

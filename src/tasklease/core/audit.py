@@ -166,10 +166,16 @@ def verify_chain(
     for ev in events:
         if ev.seq != expected_seq:
             return ChainReport(
-                False, checked, ev.id, f"sequence gap: expected {expected_seq}, found {ev.seq}", prev
+                False,
+                checked,
+                ev.id,
+                f"sequence gap: expected {expected_seq}, found {ev.seq}",
+                prev,
             )
         if ev.prev_hash != prev:
-            return ChainReport(False, checked, ev.id, "prev_hash does not match the previous event", prev)
+            return ChainReport(
+                False, checked, ev.id, "prev_hash does not match the previous event", prev
+            )
         if event_hash(prev, ev.seq, ev.timestamp, ev) != ev.hash:
             return ChainReport(False, checked, ev.id, "event content does not match its hash", prev)
         prev = ev.hash
@@ -289,7 +295,7 @@ class AuditLog:
                         prev = digest
                 if rows:
                     tx.append_audit(rows)
-        except Exception as exc:  # any storage failure: fail closed for the whole batch
+        except Exception as exc:  # noqa: BLE001 - any storage failure fails the batch closed
             _log.error("audit transaction failed: %s", type(exc).__name__)
             for slot in batch:
                 if slot.error is None:

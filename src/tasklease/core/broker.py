@@ -97,6 +97,11 @@ class IssuedToken:
         return self.claims.exp - self.claims.iat
 
 
+def _about(claims: Claims) -> AuditEntry:
+    """The identifying fields of an audit entry about the holder of ``claims``."""
+    return AuditEntry("", agent_id=claims.sub, task_id=claims.task_id, orch_id=claims.orch_id)
+
+
 def _fmt(values: Sequence[str]) -> str:
     return "[" + " ".join(values) + "]"
 
@@ -306,19 +311,19 @@ class Broker:
             if not tx.consume_launch_token(lt_hash, now):
                 raise Unauthorized("consume launch token: launch token already consumed")
             tx.insert_agent(agent)
-            ids = {"agent_id": agent_id, "task_id": task, "orch_id": orch}
+            ids = AuditEntry("", agent_id=agent_id, task_id=task, orch_id=orch)
             return [
-                AuditEntry(
-                    "agent_registered",
+                replace(
+                    ids,
+                    event_type="agent_registered",
                     detail=f"Agent registered with scope {_fmt(scope)}{suffix}",
                     request_id=ctx.request_id,
-                    **ids,
                 ),
-                AuditEntry(
-                    "token_issued",
+                replace(
+                    ids,
+                    event_type="token_issued",
                     detail=f"Token issued, jti={claims.jti}, ttl={claims.exp - claims.iat}{suffix}",
                     request_id=ctx.request_id,
-                    **ids,
                 ),
             ]
 
@@ -375,39 +380,37 @@ class Broker:
             self.metrics.validation_failures.labels(exc.category).inc()
             raise self._deny(
                 Unauthorized("token verification failed", reason=exc.reason),
-                replace(
-                    base, detail=f"token verification failed: {exc.reason} | path={ctx.path}"
-                ),
+                replace(base, detail=f"token verification failed: {exc.reason} | path={ctx.path}"),
             ) from None
         finally:
             self.metrics.validation_seconds.observe(time.perf_counter() - started)
-        ids = {"agent_id": claims.sub, "task_id": claims.task_id, "orch_id": claims.orch_id}
+        ids = _about(claims)
         if claims.kind not in kinds:
             self.metrics.scope_rejections.labels(ctx.path).inc()
             raise self._deny(
                 InsufficientScope("this kind of token is not accepted here"),
-                AuditEntry(
-                    "scope_violation",
+                replace(
+                    ids,
+                    event_type="scope_violation",
                     outcome="denied",
                     resource=ctx.path,
                     request_id=ctx.request_id,
                     detail=f"scope_violation | token kind {claims.kind} not accepted | "
                     f"path={ctx.path}",
-                    **ids,
                 ),
             )
         if scope is not None and not scope_rules.is_subset([scope], claims.scope):
             self.metrics.scope_rejections.labels(ctx.path).inc()
             raise self._deny(
                 InsufficientScope(f"token lacks required scope: {scope}"),
-                AuditEntry(
-                    "scope_violation",
+                replace(
+                    ids,
+                    event_type="scope_violation",
                     outcome="denied",
                     resource=ctx.path,
                     request_id=ctx.request_id,
                     detail=f"scope_violation | required={scope} | "
                     f"actual={','.join(claims.scope)} | path={ctx.path}",
-                    **ids,
                 ),
             )
         return claims
@@ -442,7 +445,7 @@ class Broker:
         self._agent_only(claims, "renew", ctx)
         now = self._now()
         iat = int(now)
-        ids = {"agent_id": claims.sub, "task_id": claims.task_id, "orch_id": claims.orch_id}
+        ids = _about(claims)
         ceiling = claims.oiat + cfg.renewal_ceiling
         if claims.rnc >= cfg.max_renewals:
             raise self._deny(
@@ -450,13 +453,13 @@ class Broker:
                     f"token has been renewed {claims.rnc} times, the maximum",
                     hint="register a new agent instance with a fresh launch token",
                 ),
-                AuditEntry(
-                    "token_renewal_failed",
+                replace(
+                    ids,
+                    event_type="token_renewal_failed",
                     outcome="denied",
                     request_id=ctx.request_id,
                     detail=f"renewal count limit reached ({claims.rnc}/{cfg.max_renewals}) "
                     f"jti={claims.jti}",
-                    **ids,
                 ),
             )
         if iat >= ceiling:
@@ -465,12 +468,13 @@ class Broker:
                     "token has reached its maximum lifetime since registration",
                     hint="register a new agent instance with a fresh launch token",
                 ),
-                AuditEntry(
-                    "token_renewal_failed",
+                replace(
+                    ids,
+                    event_type="token_renewal_failed",
                     outcome="denied",
                     request_id=ctx.request_id,
-                    detail=f"renewal lifetime ceiling reached (oiat={claims.oiat}) jti={claims.jti}",
-                    **ids,
+                    detail=f"renewal lifetime ceiling reached (oiat={claims.oiat}) "
+                    f"jti={claims.jti}",
                 ),
             )
         lifetime = max(1, min(claims.exp - claims.iat, cfg.max_ttl))
@@ -491,9 +495,7 @@ class Broker:
             rnc=claims.rnc + 1,
             delegation_chain=claims.delegation_chain,
         )
-        predecessor = RevocationRecord(
-            "token", claims.jti, iat, claims.exp + cfg.clock_skew + 1
-        )
+        predecessor = RevocationRecord("token", claims.jti, iat, claims.exp + cfg.clock_skew + 1)
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if not tx.insert_revocation(predecessor):
@@ -501,13 +503,13 @@ class Broker:
                     "token verification failed", reason="token already renewed or revoked"
                 )
             return [
-                AuditEntry(
-                    "token_renewed",
+                replace(
+                    ids,
+                    event_type="token_renewed",
                     request_id=ctx.request_id,
                     detail=f"token renewed for agent={claims.sub} old_jti={claims.jti} "
                     f"new_jti={new_claims.jti} renewals={new_claims.rnc}/{cfg.max_renewals} "
                     f"ttl={ttl}",
-                    **ids,
                 )
             ]
 
@@ -516,12 +518,12 @@ class Broker:
         except Unauthorized as exc:
             raise self._deny(
                 exc,
-                AuditEntry(
-                    "token_renewal_failed",
+                replace(
+                    ids,
+                    event_type="token_renewal_failed",
                     outcome="denied",
                     request_id=ctx.request_id,
                     detail=f"{exc.reason} jti={claims.jti}",
-                    **ids,
                 ),
             ) from None
         self._apply_revocations([predecessor])
@@ -769,7 +771,13 @@ class Broker:
         return token_ttl
 
     def register_app(
-        self, claims: Claims, *, name: object, scopes: object, token_ttl: object, ctx: RequestContext
+        self,
+        claims: Claims,
+        *,
+        name: object,
+        scopes: object,
+        token_ttl: object,
+        ctx: RequestContext,
     ) -> tuple[AppRecord, str]:
         """Create an app; returns the record and its client secret (shown once)."""
         if not isinstance(name, str) or not name:
@@ -780,7 +788,7 @@ class Broker:
         if len(name) > 64 or not _APP_NAME.match(name):
             raise InvalidRequest(
                 "invalid app name: must be lowercase letters, digits, and hyphens",
-                hint="2-64 characters, starting with a letter, no leading, trailing or double hyphen",
+                hint="2-64 characters starting with a letter; hyphens only between letters",
             )
         ceiling = scope_rules.validate_scopes(scopes, field="scopes")
         now = self._now()
@@ -829,8 +837,10 @@ class Broker:
         """Change an app's scope ceiling and/or token TTL, atomically (both or neither)."""
         if (scopes is None or scopes == []) and token_ttl is None:
             raise InvalidRequest("at least one of scopes or token_ttl must be provided")
-        ceiling = None if scopes is None or scopes == [] else scope_rules.validate_scopes(
-            scopes, field="scopes"
+        ceiling = (
+            None
+            if scopes is None or scopes == []
+            else scope_rules.validate_scopes(scopes, field="scopes")
         )
         ttl = self._check_app_ttl(token_ttl)
         app = self.get_app(app_id)
@@ -880,17 +890,25 @@ class Broker:
         self._apply_revocations([record])
         return updated
 
-    def app_auth(self, client_id: object, client_secret: object, ctx: RequestContext) -> IssuedToken:
-        if not isinstance(client_id, str) or not client_id or not isinstance(
-            client_secret, str
-        ) or not client_secret:
+    def app_auth(
+        self, client_id: object, client_secret: object, ctx: RequestContext
+    ) -> IssuedToken:
+        if (
+            not isinstance(client_id, str)
+            or not client_id
+            or not isinstance(client_secret, str)
+            or not client_secret
+        ):
             raise InvalidRequest("client_id and client_secret are required")
         app = self.store.get_app_by_client_id(client_id) if len(client_id) <= 128 else None
         ok = verify_secret(app.secret_hash if app else None, client_secret)
         reason = (
-            "unknown_client_id" if app is None
-            else "wrong_secret" if not ok
-            else "app_inactive" if app.status != "active"
+            "unknown_client_id"
+            if app is None
+            else "wrong_secret"
+            if not ok
+            else "app_inactive"
+            if app.status != "active"
             else ""
         )
         if reason:
@@ -964,7 +982,8 @@ class Broker:
         validity = cfg.launch_token_ttl if not isinstance(ttl, int) or ttl <= 0 else ttl
         if validity > cfg.launch_token_max_ttl:
             raise InvalidTTL(
-                f"invalid launch token ttl: at most {cfg.launch_token_max_ttl} seconds, got {validity}"
+                f"invalid launch token ttl: at most {cfg.launch_token_max_ttl} seconds, "
+                f"got {validity}"
             )
         agent_ttl = self._ttl(max_ttl if isinstance(max_ttl, int) else None, cfg.default_ttl)
         app_id = ""
@@ -1035,7 +1054,7 @@ class Broker:
         try:
             count, _ = self.store.audit_head()
             connected = True
-        except Exception:  # a health check reports, it does not raise
+        except Exception:  # noqa: BLE001 - a health check reports, it does not raise
             count, connected = 0, False
         return {
             "status": "ok" if connected else "degraded",
@@ -1066,4 +1085,3 @@ class Broker:
 
 def expires_at_text(record: LaunchTokenRecord) -> str:
     return format_rfc3339_seconds(record.expires_at)
-

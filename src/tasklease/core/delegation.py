@@ -24,7 +24,9 @@ from tasklease.core.tokens import DelegationRecord
 __all__ = ["record_signing_input", "verify_chain_records"]
 
 
-def record_signing_input(agent: str, delegate: str, scope: tuple[str, ...], delegated_at: str) -> bytes:
+def record_signing_input(
+    agent: str, delegate: str, scope: tuple[str, ...], delegated_at: str
+) -> bytes:
     body = json.dumps([agent, delegate, list(scope), delegated_at], separators=(",", ":"))
     return b"tasklease-delegation-v1\n" + body.encode("utf-8")
 

@@ -58,7 +58,10 @@ class Metrics:
             registry=r,
         )
         self.registrations = Counter(
-            "tasklease_registrations_total", "Agent registrations, by status.", ["status"], registry=r
+            "tasklease_registrations_total",
+            "Agent registrations, by status.",
+            ["status"],
+            registry=r,
         )
         self.auth = Counter(
             "tasklease_auth_total", "Admin and app authentications.", ["who", "status"], registry=r
@@ -67,7 +70,9 @@ class Metrics:
             "tasklease_launch_tokens_created_total", "Launch tokens created.", registry=r
         )
         self.active_agents = Gauge(
-            "tasklease_active_agents", "Agents registered by this process and not revoked.", registry=r
+            "tasklease_active_agents",
+            "Agents registered by this process and not revoked.",
+            registry=r,
         )
         self.validation_failures = Counter(
             "tasklease_validation_failures_total",
@@ -76,7 +81,10 @@ class Metrics:
             registry=r,
         )
         self.audit_events = Counter(
-            "tasklease_audit_events_total", "Audit events written, by type.", ["event_type"], registry=r
+            "tasklease_audit_events_total",
+            "Audit events written, by type.",
+            ["event_type"],
+            registry=r,
         )
         self.audit_batch_seconds = Histogram(
             "tasklease_audit_append_seconds",
@@ -96,7 +104,10 @@ class Metrics:
             registry=r,
         )
         self.rate_limited = Counter(
-            "tasklease_rate_limited_total", "Requests refused by a rate limit.", ["endpoint"], registry=r
+            "tasklease_rate_limited_total",
+            "Requests refused by a rate limit.",
+            ["endpoint"],
+            registry=r,
         )
 
     def observe_batch(self, size: int, seconds: float) -> None:

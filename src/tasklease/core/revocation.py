@@ -93,7 +93,7 @@ class RevocationIndex:
         removed = 0
         with self._lock:
             while self._expiry and self._expiry[0][0] <= now:
-                expires_at, level, target = heapq.heappop(self._expiry)
+                _, level, target = heapq.heappop(self._expiry)
                 current = self._levels[level].get(target)
                 if current is not None and current[1] <= now:
                     del self._levels[level][target]

@@ -22,7 +22,9 @@ MAX_ID_LENGTH = 2048
 
 def validate_trust_domain(td: str) -> str:
     if not _TRUST_DOMAIN.match(td):
-        raise ValueError(f"invalid SPIFFE trust domain {td!r}: use lowercase a-z, 0-9, '.', '-', '_'")
+        raise ValueError(
+            f"invalid SPIFFE trust domain {td!r}: use lowercase a-z, 0-9, '.', '-', '_'"
+        )
     return td
 
 
@@ -46,7 +48,9 @@ class AgentId:
     instance_id: str
 
     def __str__(self) -> str:
-        return f"spiffe://{self.trust_domain}/agent/{self.orch_id}/{self.task_id}/{self.instance_id}"
+        return (
+            f"spiffe://{self.trust_domain}/agent/{self.orch_id}/{self.task_id}/{self.instance_id}"
+        )
 
 
 def new_agent_id(trust_domain: str, orch_id: str, task_id: str) -> AgentId:

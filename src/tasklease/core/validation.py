@@ -42,9 +42,7 @@ class Validator:
         self._clock = clock
         self._revocations = revocations
 
-    def validate(
-        self, token: str, kinds: Container[str], *, audience: str | None = None
-    ) -> Claims:
+    def validate(self, token: str, kinds: Container[str], *, audience: str | None = None) -> Claims:
         """Return the verified claims of ``token`` or raise :class:`TokenRejected`.
 
         ``kinds`` are the header ``typ`` values this caller accepts. ``audience``, when

@@ -80,7 +80,7 @@ def _guard(handler: Handler) -> Handler:
                 exc, instance=request.url.path, request_id=_ctx(request).request_id
             )
             return Response(body, status, headers=headers, media_type="application/problem+json")
-        except Exception:
+        except Exception:  # noqa: BLE001 - last line of defence: never leak a traceback
             _log.exception("unhandled error on %s", request.url.path)
             body = problem_body(
                 "internal_error",
@@ -270,7 +270,8 @@ def create_app(broker: Broker, *, background: bool = True) -> Starlette:
         req = await _body(request, wire.AdminAuthRequest)
         if req.client_id or req.client_secret:
             raise InvalidRequest(
-                'Admin auth format changed. Use {"secret": "..."} instead of client_id/client_secret'
+                'Admin auth format changed. Use {"secret": "..."} '
+                "instead of client_id/client_secret"
             )
         ctx = _ctx(request)
         issued = await run_in_threadpool(lambda: broker.admin_auth(req.secret, ctx))
@@ -425,9 +426,7 @@ def create_app(broker: Broker, *, background: bool = True) -> Starlette:
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
-    app.add_middleware(
-        EnvelopeMiddleware, max_body=cfg.max_body_bytes, hsts=cfg.tls_mode != "none"
-    )
+    app.add_middleware(EnvelopeMiddleware, max_body=cfg.max_body_bytes, hsts=cfg.tls_mode != "none")
     app.state.broker = broker
     return app
 
@@ -437,5 +436,5 @@ async def _every(interval: float, job: Callable[[], object]) -> None:
         await asyncio.sleep(interval)
         try:
             await run_in_threadpool(job)
-        except Exception:  # housekeeping must never take the server down
+        except Exception:  # noqa: BLE001 - housekeeping must never take the server down
             _log.exception("background job failed")

@@ -79,5 +79,7 @@ def problem_response_parts(
         headers["WWW-Authenticate"] = 'Bearer realm="tasklease"'
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
-    body = problem_body(exc.code, exc.detail, instance=instance, request_id=request_id, hint=exc.hint)
+    body = problem_body(
+        exc.code, exc.detail, instance=instance, request_id=request_id, hint=exc.hint
+    )
     return status, body, headers
