@@ -1,0 +1,594 @@
+"""The compact EdDSA JWS codec: RFC vectors, cross-verification, attacks, properties."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import string
+from typing import Any
+
+import jwt
+import nacl.signing
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from joserfc import jws as joserfc_jws
+from joserfc import jwt as joserfc_jwt
+from joserfc.jwk import OKPKey
+
+from tasklease.core import _jws
+from tasklease.core._jws import JWSError, b64url_decode, b64url_encode
+
+# RFC 8037 appendix A.1 (the key), A.4 (the JWS over "Example of Ed25519 signing").
+RFC8037_D = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"
+RFC8037_X = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+RFC8037_SIGNING_INPUT = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc"
+RFC8037_SIGNATURE = (
+    "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg"
+)
+
+# joserfc warns that RFC 9864 deprecates the polymorphic "EdDSA" for "Ed25519"; AgentWrit's
+# SDK and tokens use "EdDSA", so that is the name we sign and accept.
+_JOSERFC_EDDSA_DEPRECATED = pytest.mark.filterwarnings("ignore::joserfc.errors.SecurityWarning")
+
+TYP = "JWT"
+TYPS = frozenset({TYP})
+
+
+def _std_b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _compact(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class Signer:
+    """A key with its kid and a resolver that knows only it."""
+
+    def __init__(self, kid: str = "k1", key: nacl.signing.SigningKey | None = None) -> None:
+        self.kid = kid
+        self.key = key if key is not None else nacl.signing.SigningKey.generate()
+
+    def resolve(self, kid: str) -> nacl.signing.VerifyKey | None:
+        return self.key.verify_key if kid == self.kid else None
+
+    def token(self, claims: dict[str, Any], typ: str = TYP) -> str:
+        return _jws.encode(_compact(claims), typ=typ, kid=self.kid, key=self.key)
+
+    def forge(self, header: dict[str, Any] | bytes, payload: bytes) -> str:
+        """A token with an arbitrary header, correctly signed by this key."""
+        raw_header = header if isinstance(header, bytes) else _compact(header)
+        signing_input = f"{_std_b64url(raw_header)}.{_std_b64url(payload)}"
+        signature = self.key.sign(signing_input.encode()).signature
+        return f"{signing_input}.{_std_b64url(signature)}"
+
+    def decode(self, token: str, **kwargs: Any) -> _jws.Decoded:
+        kwargs.setdefault("allowed_typs", TYPS)
+        return _jws.decode(token, resolve_key=self.resolve, **kwargs)
+
+
+@pytest.fixture
+def signer() -> Signer:
+    return Signer()
+
+
+def _reason(excinfo: pytest.ExceptionInfo[JWSError]) -> str:
+    return excinfo.value.reason
+
+
+# -- known answers -------------------------------------------------------------------
+
+
+def test_rfc8037_a4_signature_verifies_and_is_reproduced() -> None:
+    private = nacl.signing.SigningKey(b64url_decode(RFC8037_D))
+    public = nacl.signing.VerifyKey(b64url_decode(RFC8037_X))
+    assert bytes(private.verify_key) == bytes(public)
+    signature = b64url_decode(RFC8037_SIGNATURE)
+    message = RFC8037_SIGNING_INPUT.encode("ascii")
+
+    assert _jws.verify_detached(message, signature, public)
+    # Ed25519 is deterministic (RFC 8032 section 5.1.6): same key, same input, same bytes.
+    assert _jws.sign_detached(message, private) == signature
+    assert not _jws.verify_detached(message + b"x", signature, public)
+
+
+def test_rfc8037_a4_token_is_refused_by_decode_for_its_header() -> None:
+    # The RFC's header carries no typ or kid; our profile requires both.
+    token = f"{RFC8037_SIGNING_INPUT}.{RFC8037_SIGNATURE}"
+    public = nacl.signing.VerifyKey(b64url_decode(RFC8037_X))
+    with pytest.raises(JWSError) as excinfo:
+        _jws.decode(token, resolve_key=lambda _kid: public, allowed_typs=TYPS)
+    assert _reason(excinfo) == "typ missing or not a string"
+
+
+def test_encode_header_is_exact(signer: Signer) -> None:
+    token = signer.token({"sub": "a"}, typ="at+jwt")
+    header_seg, payload_seg, signature_seg = token.split(".")
+    assert b64url_decode(header_seg) == b'{"alg":"EdDSA","typ":"at+jwt","kid":"k1"}'
+    assert b64url_decode(payload_seg) == b'{"sub":"a"}'
+    assert len(b64url_decode(signature_seg)) == 64
+    assert "=" not in token
+
+
+def test_encode_then_decode(signer: Signer) -> None:
+    claims = {"sub": "agent", "scope": ["read:x"], "nested": {"n": 1, "f": 1.5, "u": "é"}}
+    decoded = signer.decode(signer.token(claims))
+    assert decoded == _jws.Decoded(typ=TYP, kid="k1", claims=claims)
+
+
+def test_encode_refuses_bad_kid() -> None:
+    key = nacl.signing.SigningKey.generate()
+    for kid in ("", "a/b", "x" * 129, 'a"b'):
+        with pytest.raises(JWSError):
+            _jws.encode(b"{}", typ=TYP, kid=kid, key=key)
+
+
+def test_decode_accepts_every_allowed_typ(signer: Signer) -> None:
+    token = signer.token({"a": 1}, typ="tasklease-launch+jwt")
+    decoded = signer.decode(token, allowed_typs={"JWT", "tasklease-launch+jwt"})
+    assert decoded.typ == "tasklease-launch+jwt"
+
+
+def test_decode_unverified_returns_header_and_payload(signer: Signer) -> None:
+    token = signer.token({"sub": "a"})
+    header, payload = _jws.decode_unverified(token)
+    assert header == {"alg": "EdDSA", "typ": TYP, "kid": "k1"}
+    assert payload == {"sub": "a"}
+    # Inspection shows even what decode refuses, as long as it is structurally a JWS.
+    unsigned = _std_b64url(b'{"alg":"none"}') + "." + _std_b64url(b"{}") + "."
+    assert _jws.decode_unverified(unsigned) == ({"alg": "none"}, {})
+    with pytest.raises(JWSError):
+        _jws.decode_unverified("a.b")
+    with pytest.raises(JWSError):
+        _jws.decode_unverified("x" * 9000)
+
+
+# -- cross-verification with PyJWT and joserfc ---------------------------------------
+
+
+def _cryptography_pair(
+    signer: Signer,
+) -> tuple[Ed25519PrivateKey, Ed25519PublicKey]:
+    private = Ed25519PrivateKey.from_private_bytes(bytes(signer.key))
+    return private, private.public_key()
+
+
+def test_our_tokens_verify_with_pyjwt(signer: Signer) -> None:
+    claims = {"sub": "agent", "scope": ["read:data:*"], "iat": 1_700_000_000}
+    _, public = _cryptography_pair(signer)
+    token = signer.token(claims)
+    assert jwt.decode(token, public, algorithms=["EdDSA"]) == claims
+    header = jwt.get_unverified_header(token)
+    assert header == {"alg": "EdDSA", "typ": TYP, "kid": "k1"}
+
+
+@_JOSERFC_EDDSA_DEPRECATED
+def test_our_tokens_verify_with_joserfc(signer: Signer) -> None:
+    claims = {"sub": "agent", "n": 3}
+    key = OKPKey.import_key(
+        {"kty": "OKP", "crv": "Ed25519", "x": _std_b64url(bytes(signer.key.verify_key))}
+    )
+    token = signer.token(claims)
+    result = joserfc_jws.deserialize_compact(token, key, algorithms=["EdDSA"])
+    assert json.loads(result.payload) == claims
+    assert result.protected == {"alg": "EdDSA", "typ": TYP, "kid": "k1"}
+    assert joserfc_jwt.decode(token, key, algorithms=["EdDSA"]).claims == claims
+
+
+def test_pyjwt_tokens_verify_with_decode(signer: Signer) -> None:
+    private, _ = _cryptography_pair(signer)
+    claims = {"sub": "agent", "scope": ["a", "b"], "x": {"y": None}}
+    token = jwt.encode(claims, private, algorithm="EdDSA", headers={"kid": "k1", "typ": TYP})
+    decoded = signer.decode(token)
+    assert decoded.claims == claims
+    assert decoded.kid == "k1"
+
+
+@_JOSERFC_EDDSA_DEPRECATED
+def test_joserfc_tokens_verify_with_decode(signer: Signer) -> None:
+    key = OKPKey.import_key(
+        {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": _std_b64url(bytes(signer.key.verify_key)),
+            "d": _std_b64url(bytes(signer.key)),
+        }
+    )
+    claims = {"sub": "agent", "n": 1}
+    header = {"alg": "EdDSA", "typ": TYP, "kid": "k1"}
+    token = joserfc_jwt.encode(header, claims, key, algorithms=["EdDSA"])
+    assert signer.decode(token).claims == claims
+
+
+# -- attacks -------------------------------------------------------------------------
+
+
+def _refused(signer: Signer, token: str, **kwargs: Any) -> str:
+    with pytest.raises(JWSError) as excinfo:
+        signer.decode(token, **kwargs)
+    return _reason(excinfo)
+
+
+def test_alg_none_with_empty_signature(signer: Signer) -> None:
+    header = _std_b64url(_compact({"alg": "none", "typ": TYP, "kid": "k1"}))
+    payload = _std_b64url(b'{"sub":"admin"}')
+    assert _refused(signer, f"{header}.{payload}.") == "token has an empty segment"
+    # Even with something in the signature slot, none is not our algorithm.
+    assert _refused(signer, f"{header}.{payload}.AAAA") == "alg not allowed"
+
+
+def test_alg_confusion_hs256_keyed_with_public_key(signer: Signer) -> None:
+    header = _std_b64url(_compact({"alg": "HS256", "typ": TYP, "kid": "k1"}))
+    payload = _std_b64url(b'{"sub":"admin"}')
+    mac = hmac.new(
+        bytes(signer.key.verify_key), f"{header}.{payload}".encode(), hashlib.sha256
+    ).digest()
+    assert _refused(signer, f"{header}.{payload}.{_std_b64url(mac)}") == "alg not allowed"
+
+
+@pytest.mark.parametrize("alg", ["Ed25519", "ES256", "eddsa", "EdDSA ", "RS256", None, 1])
+def test_other_algs_refused_even_when_signed_by_our_key(signer: Signer, alg: Any) -> None:
+    token = signer.forge({"alg": alg, "typ": TYP, "kid": "k1"}, b"{}")
+    assert _refused(signer, token) == "alg not allowed"
+
+
+def test_missing_alg_refused(signer: Signer) -> None:
+    assert _refused(signer, signer.forge({"typ": TYP, "kid": "k1"}, b"{}")) == "alg not allowed"
+
+
+def test_unknown_kid(signer: Signer) -> None:
+    token = signer.forge({"alg": "EdDSA", "typ": TYP, "kid": "k2"}, b"{}")
+    assert _refused(signer, token) == "unknown kid"
+
+
+@pytest.mark.parametrize(
+    "kid", ["../../etc/passwd", "' OR 1=1 --", "", "a" * 129, "k1\x00", "k 1", 7, None]
+)
+def test_malformed_kid_never_reaches_the_resolver(kid: Any) -> None:
+    key = nacl.signing.SigningKey.generate()
+    forged = Signer(key=key).forge({"alg": "EdDSA", "typ": TYP, "kid": kid}, b"{}")
+
+    def resolver(_kid: str) -> nacl.signing.VerifyKey:
+        raise AssertionError("resolve_key called with a malformed kid")
+
+    with pytest.raises(JWSError) as excinfo:
+        _jws.decode(forged, resolve_key=resolver, allowed_typs=TYPS)
+    assert _reason(excinfo) == "kid malformed"
+
+
+def test_kid_of_128_chars_is_accepted() -> None:
+    kid = "a-_Z9" * 25 + "abc"
+    assert len(kid) == 128
+    holder = Signer(kid=kid)
+    assert holder.decode(holder.token({})).kid == kid
+
+
+@pytest.mark.parametrize("parameter", ["jku", "x5u", "jwk", "x5c", "crit", "b64", "cty", "zip"])
+def test_extra_header_parameters_refused(signer: Signer, parameter: str) -> None:
+    value: Any = "https://attacker.example/keys"
+    if parameter == "crit":
+        value = ["b64"]
+    elif parameter == "b64":
+        value = False
+    elif parameter == "jwk":
+        value = {"kty": "OKP", "crv": "Ed25519", "x": _std_b64url(b"\x00" * 32)}
+    header = {"alg": "EdDSA", "typ": TYP, "kid": "k1", parameter: value}
+    reason = _refused(signer, signer.forge(header, b"{}"))
+    assert reason == f"unexpected header parameter: {parameter}"
+
+
+def test_unprintable_header_parameter_is_not_echoed(signer: Signer) -> None:
+    header = {"alg": "EdDSA", "typ": TYP, "kid": "k1", "\n<script>": 1}
+    assert _refused(signer, signer.forge(header, b"{}")) == "unexpected header parameter"
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "jwt", "", None, ["JWT"], {"a": 1}])
+def test_wrong_typ(signer: Signer, typ: Any) -> None:
+    token = signer.forge({"alg": "EdDSA", "typ": typ, "kid": "k1"}, b"{}")
+    assert _refused(signer, token) in {"typ not allowed", "typ missing or not a string"}
+
+
+def test_tampered_payload_with_original_signature(signer: Signer) -> None:
+    header, _, signature = signer.token({"sub": "agent", "scope": ["read"]}).split(".")
+    evil = _std_b64url(_compact({"sub": "agent", "scope": ["admin"]}))
+    assert _refused(signer, f"{header}.{evil}.{signature}") == "bad signature"
+
+
+def test_signature_by_another_key(signer: Signer) -> None:
+    other = Signer(kid="k1")
+    assert _refused(signer, other.token({"sub": "a"})) == "bad signature"
+
+
+def test_truncated_signature(signer: Signer) -> None:
+    header, payload, signature = signer.token({"sub": "a"}).split(".")
+    raw = b64url_decode(signature)
+    for cut in (raw[:63], raw[:32], raw[:1], raw + b"\x00"):
+        token = f"{header}.{payload}.{b64url_encode(cut)}"
+        assert _refused(signer, token) == "signature length"
+    # Cut in the middle of a base64 quantum: not even base64url.
+    assert _refused(signer, f"{header}.{payload}.{signature[:-1]}").startswith("signature:")
+
+
+def test_padding_refused(signer: Signer) -> None:
+    header, payload, signature = signer.token({"sub": "ab"}).split(".")
+    assert len(signature) % 4 == 2
+    assert _refused(signer, f"{header}.{payload}.{signature}==").startswith("signature:")
+    padded_header = base64.urlsafe_b64encode(b64url_decode(header)).decode()
+    if padded_header != header:
+        assert _refused(signer, f"{padded_header}.{payload}.{signature}").startswith("header:")
+
+
+def test_non_canonical_last_char_refused(signer: Signer) -> None:
+    header, payload, signature = signer.token({"sub": "a"}).split(".")
+    # 64 bytes -> 86 characters; the last one carries 4 unused bits.
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    index = alphabet.index(signature[-1])
+    twin = signature[:-1] + alphabet[index | 1]
+    assert b64url_decode(signature) == base64.urlsafe_b64decode(twin + "==")
+    assert _refused(signer, f"{header}.{payload}.{twin}") == "signature: non-canonical base64url"
+
+
+def test_duplicate_key_in_header(signer: Signer) -> None:
+    raw = b'{"alg":"EdDSA","typ":"JWT","kid":"k1","alg":"EdDSA"}'
+    assert _refused(signer, signer.forge(raw, b"{}")) == "duplicate key in header"
+    # The classic: a parser that keeps the first sees "none", one that keeps the last sees
+    # "EdDSA".
+    raw = b'{"alg":"none","typ":"JWT","kid":"k1","alg":"EdDSA"}'
+    assert _refused(signer, signer.forge(raw, b"{}")) == "duplicate key in header"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"sub":"a","sub":"admin"}',
+        b'{"a":{"b":1,"b":2}}',
+        b'{"a":[{"x":1},{"y":1,"y":1}]}',
+        b'{"sub" : "a", "sub" : "a"}',
+    ],
+)
+def test_duplicate_key_in_payload(signer: Signer, payload: bytes) -> None:
+    token = signer.forge({"alg": "EdDSA", "typ": TYP, "kid": "k1"}, payload)
+    assert _refused(signer, token) == "duplicate key in payload"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"[]", "payload: not a JSON object"),
+        (b'"sub"', "payload: not a JSON object"),
+        (b"1", "payload: not a JSON object"),
+        (b"null", "payload: not a JSON object"),
+        (b"{", "payload: invalid JSON"),
+        (b'{"a":1}x', "payload: invalid JSON"),
+        (b'{"a":NaN}', "payload: number out of range"),
+        (b'{"a":Infinity}', "payload: number out of range"),
+        (b'{"a":1e999}', "payload: number out of range"),
+        (b'{"a":"\xff"}', "payload: not UTF-8"),
+        (b'{"a":"\xed\xa0\x80"}', "payload: not UTF-8"),
+        (b'{"a":"\\ud800"}', "payload: not UTF-8"),
+        (b"\xef\xbb\xbf{}", "payload: invalid JSON"),
+        ('{"a":1}'.encode("utf-16"), "payload: not UTF-8"),
+        (b"[" * 5000 + b"]" * 5000, "payload: nested too deeply"),
+        (b'{"a":' + b"9" * 5000 + b"}", "payload: invalid JSON"),
+    ],
+)
+def test_payload_must_be_a_strict_json_object(signer: Signer, payload: bytes, reason: str) -> None:
+    token = signer.forge({"alg": "EdDSA", "typ": TYP, "kid": "k1"}, payload)
+    assert _refused(signer, token, max_bytes=1 << 16) == reason
+
+
+def test_payload_accepts_non_canonical_but_valid_json(signer: Signer) -> None:
+    # Spacing, escapes and number spellings that msgspec would write differently go
+    # through the strict path and are accepted.
+    payload = b'{ "a" : 1E2, "b": "\\u00e9\\ud83d\\ude00", "c": [ ], "d": -0 }'
+    token = signer.forge({"alg": "EdDSA", "typ": TYP, "kid": "k1"}, payload)
+    assert signer.decode(token).claims == {"a": 100.0, "b": "é😀", "c": [], "d": 0}
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"[]", b"{", b'"alg"', b'{"alg":"EdDSA","typ":"JWT","kid":"k1"', b"\xff"],
+)
+def test_header_must_be_a_strict_json_object(signer: Signer, header: bytes) -> None:
+    assert _refused(signer, signer.forge(header, b"{}")).startswith("header:")
+
+
+def test_oversized_token_refused_before_any_work() -> None:
+    def resolver(_kid: str) -> nacl.signing.VerifyKey:
+        raise AssertionError("resolve_key called for an oversized token")
+
+    key = nacl.signing.SigningKey.generate()
+    big = _jws.encode(_compact({"pad": "x" * 9000}), typ=TYP, kid="k1", key=key)
+    with pytest.raises(JWSError) as excinfo:
+        _jws.decode(big, resolve_key=resolver, allowed_typs=TYPS)
+    assert _reason(excinfo) == "token too large"
+    # Not even a token: the cap comes before any parsing at all.
+    with pytest.raises(JWSError) as excinfo:
+        _jws.decode("é" * 10_000, resolve_key=resolver, allowed_typs=TYPS)
+    assert _reason(excinfo) == "token too large"
+    small = _jws.encode(b"{}", typ=TYP, kid="k1", key=key)
+    with pytest.raises(JWSError) as excinfo:
+        _jws.decode(small, resolve_key=resolver, allowed_typs=TYPS, max_bytes=len(small) - 1)
+    assert _reason(excinfo) == "token too large"
+
+
+def test_token_of_exactly_max_bytes_is_accepted(signer: Signer) -> None:
+    token = signer.token({"sub": "a"})
+    assert signer.decode(token, max_bytes=len(token)).claims == {"sub": "a"}
+
+
+def test_non_ascii_token(signer: Signer) -> None:
+    header, payload, signature = signer.token({"sub": "a"}).split(".")
+    assert _refused(signer, f"{header}.{payload}é.{signature}") == "token is not ASCII"
+    fullwidth_dot = "\uff0e"
+    assert _refused(signer, f"{header}{fullwidth_dot}{payload}.{signature}") == (
+        "token is not ASCII"
+    )
+
+
+@pytest.mark.parametrize("cut", ["two", "four", "empty_payload", "empty_header", "blank"])
+def test_segment_count(signer: Signer, cut: str) -> None:
+    header, payload, signature = signer.token({"sub": "a"}).split(".")
+    token = {
+        "two": f"{header}.{payload}",
+        "four": f"{header}.{payload}.{signature}.{signature}",
+        "empty_payload": f"{header}..{signature}",
+        "empty_header": f".{payload}.{signature}",
+        "blank": "",
+    }[cut]
+    reason = _refused(signer, token)
+    assert reason in {"token must have 3 segments", "token has an empty segment"}
+
+
+def test_non_string_token(signer: Signer) -> None:
+    token = signer.token({"sub": "a"})
+    assert _refused(signer, token.encode()) == "token is not a string"  # type: ignore[arg-type]
+
+
+def test_refusal_of_one_key_does_not_leak_to_a_cached_header(signer: Signer) -> None:
+    # A header seen with a valid signature is parsed once; kid and typ are still checked
+    # against the caller's ring and allow-list every time.
+    token = signer.token({"sub": "a"})
+    signer.decode(token)
+    assert _refused(signer, token, allowed_typs=frozenset({"other"})) == "typ not allowed"
+    with pytest.raises(JWSError) as excinfo:
+        _jws.decode(token, resolve_key=lambda _kid: None, allowed_typs=TYPS)
+    assert _reason(excinfo) == "unknown kid"
+
+
+# -- base64url -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", b"\xff\xfe", b"abc", bytes(range(256))])
+def test_b64url_round_trip(data: bytes) -> None:
+    text = b64url_encode(data)
+    assert text == _std_b64url(data)
+    assert b64url_decode(text) == data
+
+
+@pytest.mark.parametrize("text", ["A", "AB=", "AB==", "a+b/", "ab c", "ab\n", "AB", "ABC", "é"])
+def test_b64url_decode_strict(text: str) -> None:
+    # "AB" and "ABC" are non-canonical ("AA" and "AAA" encode the same bytes).
+    with pytest.raises(JWSError):
+        b64url_decode(text)
+
+
+@given(st.binary(max_size=80))
+def test_b64url_every_encoding_is_the_only_one(data: bytes) -> None:
+    text = b64url_encode(data)
+    assert b64url_decode(text) == data
+    for i in range(len(text)):
+        for replacement in "AB_-9z":
+            other = text[:i] + replacement + text[i + 1 :]
+            if other != text:
+                assert _decoded_or_none(other) != data
+
+
+def _decoded_or_none(text: str) -> bytes | None:
+    try:
+        return b64url_decode(text)
+    except JWSError:
+        return None
+
+
+# -- detached signatures -------------------------------------------------------------
+
+
+def test_verify_detached_never_raises() -> None:
+    key = nacl.signing.SigningKey.generate()
+    signature = _jws.sign_detached(b"m", key)
+    assert len(signature) == 64
+    assert _jws.verify_detached(b"m", signature, key.verify_key)
+    assert not _jws.verify_detached(b"m", signature[:-1], key.verify_key)
+    assert not _jws.verify_detached(b"m", signature + b"\x00", key.verify_key)
+    assert not _jws.verify_detached(b"m", b"", key.verify_key)
+    assert not _jws.verify_detached(b"m", bytes(64), key.verify_key)
+    assert not _jws.verify_detached(b"n", signature, key.verify_key)
+    assert not _jws.verify_detached(b"m", signature.hex(), key.verify_key)  # type: ignore[arg-type]
+    assert not _jws.verify_detached("m", signature, key.verify_key)  # type: ignore[arg-type]
+    other = nacl.signing.SigningKey.generate().verify_key
+    assert not _jws.verify_detached(b"m", signature, other)
+
+
+# -- properties ----------------------------------------------------------------------
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+_json_objects = st.dictionaries(st.text(max_size=8), _json_values, max_size=6)
+_PROPERTY_SIGNER = Signer(kid="prop")
+
+
+@settings(max_examples=200, deadline=None)
+@given(claims=_json_objects, compact=st.booleans())
+def test_round_trip_any_json_object(claims: dict[str, Any], compact: bool) -> None:
+    payload = (
+        json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode()
+        if compact
+        else json.dumps(claims).encode()
+    )
+    token = _jws.encode(payload, typ=TYP, kid="prop", key=_PROPERTY_SIGNER.key)
+    decoded = _PROPERTY_SIGNER.decode(token, max_bytes=1 << 20)
+    assert decoded.claims == claims
+    assert (decoded.typ, decoded.kid) == (TYP, "prop")
+
+
+@settings(max_examples=100, deadline=None)
+@given(claims=_json_objects, data=st.data())
+def test_any_single_byte_flip_is_refused(claims: dict[str, Any], data: st.DataObject) -> None:
+    token = _jws.encode(_compact(claims), typ=TYP, kid="prop", key=_PROPERTY_SIGNER.key)
+    raw = bytearray(token.encode("ascii"))
+    index = data.draw(st.integers(min_value=0, max_value=len(raw) - 1), label="index")
+    mask = data.draw(st.integers(min_value=1, max_value=255), label="mask")
+    raw[index] ^= mask
+    with pytest.raises(JWSError):
+        _PROPERTY_SIGNER.decode(raw.decode("latin-1"), max_bytes=1 << 20)
+
+
+def test_every_single_character_change_is_refused(signer: Signer) -> None:
+    # Exhaustive over positions for one token, with the replacements most likely to slip
+    # through (neighbouring characters share high bits).
+    token = signer.token({"sub": "a", "n": 1})
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    for i, char in enumerate(token):
+        if char == ".":
+            continue
+        j = alphabet.index(char)
+        for k in {j ^ 1, j ^ 2, j ^ 3, (j + 16) % 64}:
+            other = token[:i] + alphabet[k] + token[i + 1 :]
+            with pytest.raises(JWSError):
+                signer.decode(other)
+
+
+def test_public_surface() -> None:
+    assert sorted(_jws.__all__) == sorted(
+        [
+            "ALGORITHM",
+            "MAX_TOKEN_BYTES",
+            "Decoded",
+            "JWSError",
+            "b64url_decode",
+            "b64url_encode",
+            "decode",
+            "decode_unverified",
+            "encode",
+            "sign_detached",
+            "verify_detached",
+        ]
+    )
+    assert _jws.MAX_TOKEN_BYTES == 8192

@@ -1,0 +1,325 @@
+"""The key ring: RFC 7638 thumbprints, JWKS, rotation, and keys on disk."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import jwt
+import nacl.signing
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
+from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tasklease.core import _jws
+from tasklease.core.keys import (
+    KeyRing,
+    jwk_thumbprint,
+    load_or_create_keyring,
+    retire_keys,
+    rotate_key,
+)
+
+# RFC 8037 appendix A.1 (key) and A.3 (its RFC 7638 thumbprint).
+RFC8037_D = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"
+RFC8037_X = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+RFC8037_THUMBPRINT = "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+RFC8037_THUMBPRINT_HEX = "90facafea9b1556698540f70c0117a22ea37bd5cf3ed3c47093c1707282b4b89"
+
+TYPS = frozenset({"JWT"})
+
+
+def _key_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("signing-*.pem"))
+
+
+def _decode(ring: KeyRing, token: str) -> _jws.Decoded:
+    return _jws.decode(token, resolve_key=ring.verify_key, allowed_typs=TYPS)
+
+
+# -- thumbprint ----------------------------------------------------------------------
+
+
+def test_thumbprint_rfc8037_a3() -> None:
+    public = _jws.b64url_decode(RFC8037_X)
+    assert jwk_thumbprint(public) == RFC8037_THUMBPRINT
+    assert _jws.b64url_decode(RFC8037_THUMBPRINT).hex() == RFC8037_THUMBPRINT_HEX
+    private = nacl.signing.SigningKey(_jws.b64url_decode(RFC8037_D))
+    assert KeyRing(private).active_kid == RFC8037_THUMBPRINT
+
+
+def test_thumbprint_depends_on_the_key_and_checks_length() -> None:
+    public = bytearray(_jws.b64url_decode(RFC8037_X))
+    public[0] ^= 1
+    assert jwk_thumbprint(bytes(public)) != RFC8037_THUMBPRINT
+    with pytest.raises(ValueError, match="32 bytes"):
+        jwk_thumbprint(b"\x00" * 31)
+
+
+# -- the ring ------------------------------------------------------------------------
+
+
+def test_ring_signs_and_verifies_by_kid() -> None:
+    ring = KeyRing.generate()
+    token = ring.sign(b'{"sub":"a"}', "JWT")
+    decoded = _decode(ring, token)
+    assert decoded.kid == ring.active_kid
+    assert decoded.claims == {"sub": "a"}
+    signature = ring.sign_detached(b"record")
+    key = ring.verify_key(ring.active_kid)
+    assert key is not None
+    assert _jws.verify_detached(b"record", signature, key)
+    assert ring.verify_key("nope") is None
+    assert ring.public_key("nope") is None
+    assert ring.public_key(ring.active_kid) == bytes(key)
+
+
+def test_ring_keeps_previous_keys_verify_only() -> None:
+    old = nacl.signing.SigningKey.generate()
+    older = nacl.signing.SigningKey.generate()
+    new = nacl.signing.SigningKey.generate()
+    old_token = KeyRing(old).sign(b"{}", "JWT")
+    ring = KeyRing(new, [old, older.verify_key, new])
+    assert ring.kids() == [
+        jwk_thumbprint(bytes(new.verify_key)),
+        jwk_thumbprint(bytes(old.verify_key)),
+        jwk_thumbprint(bytes(older.verify_key)),
+    ]
+    assert _decode(ring, old_token).kid == jwk_thumbprint(bytes(old.verify_key))
+    assert _decode(ring, ring.sign(b"{}", "JWT")).kid == ring.active_kid
+
+
+def test_jwks_shape() -> None:
+    old = nacl.signing.SigningKey.generate()
+    ring = KeyRing(nacl.signing.SigningKey.generate(), [old])
+    jwks = ring.jwks()
+    assert list(jwks) == ["keys"]
+    assert [jwk["kid"] for jwk in jwks["keys"]] == ring.kids()
+    assert jwks["keys"][0]["kid"] == ring.active_kid
+    for jwk in jwks["keys"]:
+        assert set(jwk) == {"kty", "crv", "x", "kid", "use", "alg"}
+        assert (jwk["kty"], jwk["crv"], jwk["use"], jwk["alg"]) == (
+            "OKP",
+            "Ed25519",
+            "sig",
+            "EdDSA",
+        )
+        assert jwk["kid"] == jwk_thumbprint(_jws.b64url_decode(jwk["x"]))
+        assert ring.public_key(jwk["kid"]) == _jws.b64url_decode(jwk["x"])
+
+
+def test_jwks_verifies_tokens_with_pyjwt() -> None:
+    ring = KeyRing.generate()
+    token = ring.sign(b'{"sub":"a"}', "JWT")
+    jwk_set = jwt.PyJWKSet.from_dict(ring.jwks())
+    key = jwk_set[ring.active_kid]
+    assert jwt.decode(token, key, algorithms=["EdDSA"]) == {"sub": "a"}
+
+
+def test_repr_holds_no_key_material() -> None:
+    key = nacl.signing.SigningKey.generate()
+    text = repr(KeyRing(key))
+    assert bytes(key).hex() not in text
+    assert _jws.b64url_encode(bytes(key)) not in text
+
+
+# -- on disk -------------------------------------------------------------------------
+
+
+def test_first_load_creates_one_key_with_safe_modes(tmp_path: Path) -> None:
+    directory = tmp_path / "keys"
+    ring = load_or_create_keyring(directory)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    files = _key_files(directory)
+    assert len(files) == 1
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert files[0].name.endswith(f"-{ring.active_kid[:8]}.pem")
+    data = files[0].read_bytes()
+    assert data.startswith(b"-----BEGIN PRIVATE KEY-----\n")
+    loaded = serialization.load_pem_private_key(data, password=None)
+    assert isinstance(loaded, Ed25519PrivateKey)
+    assert jwk_thumbprint(loaded.public_key().public_bytes_raw()) == ring.active_kid
+    assert not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o277])
+def test_created_modes_do_not_depend_on_the_umask(tmp_path: Path, umask: int) -> None:
+    directory = tmp_path / "keys"
+    previous = os.umask(umask)
+    try:
+        load_or_create_keyring(directory)
+        rotate_key(directory)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for path in _key_files(directory):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(load_or_create_keyring(directory).kids()) == 2
+
+
+def test_reload_gives_the_same_key(tmp_path: Path) -> None:
+    first = load_or_create_keyring(tmp_path)
+    token = first.sign(b'{"n":1}', "JWT")
+    second = load_or_create_keyring(tmp_path)
+    assert second.active_kid == first.active_kid
+    assert second.kids() == [first.active_kid]
+    assert _decode(second, token).claims == {"n": 1}
+    assert len(_key_files(tmp_path)) == 1
+
+
+def test_rotation_keeps_old_kid_verifiable(tmp_path: Path) -> None:
+    first = load_or_create_keyring(tmp_path)
+    old_token = first.sign(b"{}", "JWT")
+    new_kid = rotate_key(tmp_path)
+    assert new_kid != first.active_kid
+    ring = load_or_create_keyring(tmp_path)
+    assert ring.active_kid == new_kid
+    assert ring.kids() == [new_kid, first.active_kid]
+    assert _decode(ring, old_token).kid == first.active_kid
+    assert _decode(ring, ring.sign(b"{}", "JWT")).kid == new_kid
+    third = rotate_key(tmp_path)
+    assert load_or_create_keyring(tmp_path).kids() == [third, new_kid, first.active_kid]
+    for path in _key_files(tmp_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_newest_key_is_active_even_if_the_clock_went_back(tmp_path: Path) -> None:
+    ring = load_or_create_keyring(tmp_path)
+    (only,) = _key_files(tmp_path)
+    future = only.with_name(f"signing-29991231T235959999999Z-{ring.active_kid[:8]}.pem")
+    only.rename(future)
+    new_kid = rotate_key(tmp_path)
+    assert load_or_create_keyring(tmp_path).active_kid == new_kid
+
+
+def test_retire_removes_old_keys_but_never_the_active_one(tmp_path: Path) -> None:
+    first = load_or_create_keyring(tmp_path).active_kid
+    second = rotate_key(tmp_path)
+    third = rotate_key(tmp_path)
+    assert retire_keys(tmp_path, keep_kids={second}) == [first]
+    assert load_or_create_keyring(tmp_path).kids() == [third, second]
+    assert retire_keys(tmp_path, keep_kids=()) == [second]
+    assert load_or_create_keyring(tmp_path).kids() == [third]
+
+
+def test_group_readable_key_file_refused(tmp_path: Path) -> None:
+    load_or_create_keyring(tmp_path)
+    (path,) = _key_files(tmp_path)
+    for mode in (0o640, 0o604, 0o660, 0o601):
+        path.chmod(mode)
+        with pytest.raises(ValueError, match="group or others"):
+            load_or_create_keyring(tmp_path)
+        with pytest.raises(ValueError, match="group or others"):
+            rotate_key(tmp_path)
+    path.chmod(0o600)
+    load_or_create_keyring(tmp_path)
+
+
+def test_group_writable_directory_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "keys"
+    load_or_create_keyring(directory)
+    directory.chmod(0o770)
+    with pytest.raises(ValueError, match="writable by group or others"):
+        load_or_create_keyring(directory)
+
+
+def test_symlinked_key_file_refused(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    ring = load_or_create_keyring(keys)
+    (path,) = _key_files(keys)
+    elsewhere = tmp_path / "elsewhere.pem"
+    path.rename(elsewhere)
+    path.symlink_to(elsewhere)
+    with pytest.raises(ValueError, match="symlink"):
+        load_or_create_keyring(keys)
+    assert ring.active_kid  # the ring in memory is unaffected
+
+
+def _plant(directory: Path, data: bytes, kid_prefix: str = "AAAAAAAA") -> Path:
+    path = directory / f"signing-20300101T000000000000Z-{kid_prefix}.pem"
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"garbage",
+        b"-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n",
+        b"-----BEGIN PRIVATE KEY-----\n" + b"A" * 5000 + b"\n-----END PRIVATE KEY-----\n",
+    ],
+)
+def test_corrupt_key_file_refused(tmp_path: Path, data: bytes) -> None:
+    load_or_create_keyring(tmp_path)
+    _plant(tmp_path, data)
+    with pytest.raises(ValueError, match="key file"):
+        load_or_create_keyring(tmp_path)
+
+
+def test_truncated_key_file_refused(tmp_path: Path) -> None:
+    load_or_create_keyring(tmp_path)
+    (path,) = _key_files(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="key file"):
+        load_or_create_keyring(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["ed448", "p256", "openssh", "pkcs1_traditional", "encrypted"])
+def test_other_key_kinds_refused(tmp_path: Path, kind: str) -> None:
+    load_or_create_keyring(tmp_path)
+    ed25519 = Ed25519PrivateKey.generate()
+    none = serialization.NoEncryption()
+    pem = serialization.Encoding.PEM
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    data = {
+        "ed448": lambda: Ed448PrivateKey.generate().private_bytes(pem, pkcs8, none),
+        "p256": lambda: generate_private_key(SECP256R1()).private_bytes(pem, pkcs8, none),
+        "openssh": lambda: ed25519.private_bytes(pem, serialization.PrivateFormat.OpenSSH, none),
+        "pkcs1_traditional": lambda: generate_private_key(SECP256R1()).private_bytes(
+            pem, serialization.PrivateFormat.TraditionalOpenSSL, none
+        ),
+        "encrypted": lambda: ed25519.private_bytes(
+            pem, pkcs8, serialization.BestAvailableEncryption(b"secret")
+        ),
+    }[kind]()
+    _plant(tmp_path, data)
+    with pytest.raises(ValueError, match="key file"):
+        load_or_create_keyring(tmp_path)
+
+
+def test_key_file_named_for_another_key_refused(tmp_path: Path) -> None:
+    load_or_create_keyring(tmp_path)
+    other = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _plant(tmp_path, other, kid_prefix="AAAAAAAA")
+    with pytest.raises(ValueError, match="does not hold the key its name says"):
+        load_or_create_keyring(tmp_path)
+
+
+def test_errors_never_carry_key_material(tmp_path: Path) -> None:
+    load_or_create_keyring(tmp_path)
+    (path,) = _key_files(tmp_path)
+    data = path.read_bytes()
+    path.chmod(0o644)
+    with pytest.raises(ValueError) as excinfo:
+        load_or_create_keyring(tmp_path)
+    body = b"".join(data.splitlines()[1:-1]).decode()
+    assert body not in str(excinfo.value)
+    assert body[:16] not in str(excinfo.value)
+
+
+def test_unrelated_files_are_ignored(tmp_path: Path) -> None:
+    ring = load_or_create_keyring(tmp_path)
+    (tmp_path / "README").write_text("keys live here")
+    (tmp_path / ".signing-20300101T000000000000Z-AAAAAAAA.pem.tmp").write_bytes(b"partial")
+    assert load_or_create_keyring(tmp_path).kids() == [ring.active_kid]
