@@ -28,6 +28,7 @@ from tasklease.core.tokens import KIND_ADMIN, KIND_AGENT, KIND_APP, Claims
 from tasklease.core.validation import TokenRejected
 from tasklease.http import wire
 from tasklease.http.middleware import EnvelopeMiddleware
+from tasklease.http.openapi import openapi_json
 from tasklease.http.problems import problem_body, problem_response_parts
 from tasklease.http.ratelimit import RateLimiter
 
@@ -163,6 +164,9 @@ def create_app(broker: Broker, *, background: bool = True) -> Starlette:
         resp = _json(broker.keyring.jwks())
         resp.headers["cache-control"] = "public, max-age=60"
         return resp
+
+    async def openapi(request: Request) -> Response:
+        return Response(openapi_json(), media_type="application/json")
 
     async def validate(request: Request) -> Response:
         req = await _body(request, wire.ValidateRequest)
@@ -378,6 +382,7 @@ def create_app(broker: Broker, *, background: bool = True) -> Starlette:
         Route("/v1/health", _guard(health), methods=["GET"]),
         Route("/v1/metrics", _guard(metrics), methods=["GET"]),
         Route("/.well-known/jwks.json", _guard(jwks), methods=["GET"]),
+        Route("/v1/openapi.json", _guard(openapi), methods=["GET"]),
         Route("/v1/token/validate", _guard(validate), methods=["POST"]),
         Route("/v1/register", _guard(register), methods=["POST"]),
         Route("/v1/token/renew", _guard(renew), methods=["POST"]),

@@ -1,0 +1,433 @@
+"""The OpenAPI document: complete, structurally valid, served as built, true to the
+handlers, and rendered into docs/api.md."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.util
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import nacl.signing
+import pytest
+from starlette.routing import Route
+
+from tasklease.core.broker import VERSION, Broker
+from tasklease.core.config import Config
+from tasklease.core.keys import KeyRing
+from tasklease.core.passwords import hash_secret
+from tasklease.http.app import create_app
+from tasklease.http.openapi import (
+    ERROR_CODES,
+    OPERATIONS,
+    REQUEST_FIELDS,
+    TAGS,
+    openapi_document,
+    openapi_json,
+)
+from tasklease.http.problems import STATUS_BY_CODE
+from tasklease.storage import open_store
+
+ROOT = Path(__file__).resolve().parents[2]
+ADMIN_SECRET = "s" * 40
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def _new_broker() -> Broker:
+    config = Config(admin_secret_hash=hash_secret(ADMIN_SECRET))
+    return Broker(config, open_store("memory://"), KeyRing.generate(), nonce_secret=b"x" * 32)
+
+
+@pytest.fixture
+def doc() -> dict[str, Any]:
+    return openapi_document()
+
+
+class Client:
+    """A synchronous face on httpx's ASGI transport (starlette's TestClient wants httpx2)."""
+
+    def __init__(self) -> None:
+        self.app = create_app(_new_broker(), background=False)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        async def send() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+                return await c.request(method, url, **kwargs)
+
+        return asyncio.run(send())
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+
+@pytest.fixture
+def client() -> Client:
+    return Client()
+
+
+def _operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in doc["paths"].items():
+        for method in METHODS:
+            if method in item:
+                yield method.upper(), path, item[method]
+
+
+def _resolve(doc: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), f"only local references are used: {ref}"
+    node: Any = doc
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        assert isinstance(node, dict) and part in node, f"unresolvable $ref {ref}"
+        node = node[part]
+    return node
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+# --- completeness ------------------------------------------------------------------------
+
+
+def test_every_route_is_documented_and_every_documented_route_exists(doc: dict[str, Any]) -> None:
+    app = create_app(_new_broker(), background=False)
+    routed = {
+        (method, route.path)
+        for route in app.routes
+        if isinstance(route, Route)
+        for method in (route.methods or set()) - {"HEAD"}
+    }
+    documented = {(method, path) for method, path, _ in _operations(doc)}
+    assert routed - documented == set(), "routes missing from the OpenAPI document"
+    assert documented - routed == set(), "documented operations that are not routed"
+
+
+def test_route_table_has_no_duplicates() -> None:
+    keys = [(op.method, op.path) for op in OPERATIONS]
+    assert len(keys) == len(set(keys))
+    ids = [op.operation_id for op in OPERATIONS]
+    assert len(ids) == len(set(ids))
+    assert {op.tag for op in OPERATIONS} == set(TAGS)
+
+
+# --- structure ------------------------------------------------------------------------------
+
+
+def test_document_header(doc: dict[str, Any]) -> None:
+    assert doc["openapi"] == "3.1.0"
+    assert doc["info"]["version"] == VERSION
+    assert doc["info"]["title"]
+    scheme = doc["components"]["securitySchemes"]["bearerAuth"]
+    assert scheme == scheme | {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+
+
+def test_every_ref_resolves(doc: dict[str, Any]) -> None:
+    refs = [node["$ref"] for node in _walk(doc) if "$ref" in node]
+    assert refs
+    for ref in refs:
+        _resolve(doc, ref)
+
+
+def test_every_path_parameter_is_declared(doc: dict[str, Any]) -> None:
+    for method, path, op in _operations(doc):
+        templated = set(re.findall(r"{([^}]+)}", path))
+        params = op.get("parameters", []) + doc["paths"][path].get("parameters", [])
+        declared = {p["name"] for p in params if p["in"] == "path"}
+        assert templated == declared, f"{method} {path}"
+        for p in params:
+            assert p["in"] in ("path", "query", "header", "cookie")
+            assert "schema" in p
+            if p["in"] == "path":
+                assert p["required"] is True, f"{method} {path}: {p['name']}"
+
+
+def test_operations_are_well_formed(doc: dict[str, Any]) -> None:
+    schemes = doc["components"]["securitySchemes"]
+    for method, path, op in _operations(doc):
+        where = f"{method} {path}"
+        assert op["summary"] and op["description"] and op["operationId"], where
+        assert "**Authentication:**" in op["description"], where
+        for requirement in op["security"]:
+            assert set(requirement) <= set(schemes), where
+        statuses = list(op["responses"])
+        assert all(re.fullmatch(r"[1-5]\d\d", s) for s in statuses), where
+        assert sum(s.startswith("2") for s in statuses) == 1, where
+        assert "500" in statuses, where
+        for status, response in op["responses"].items():
+            assert response["description"], where
+            if status[0] in "45":
+                content = response["content"]
+                assert content == {
+                    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+                }, where
+                codes = [f["error_code"] for f in response["x-error-codes"]]
+                assert codes and len(codes) == len(set(codes)), where
+                for code in codes:
+                    assert STATUS_BY_CODE[code] == int(status), f"{where}: {code}"
+        if "requestBody" in op:
+            assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+            assert "413" in statuses and "400" in statuses, where
+        if op["security"]:
+            assert "401" in statuses, where
+
+
+def test_problem_schema_lists_every_error_code(doc: dict[str, Any]) -> None:
+    assert set(ERROR_CODES) == set(STATUS_BY_CODE)
+    problem = doc["components"]["schemas"]["Problem"]
+    fields = ["type", "title", "status", "detail", "instance", "error_code", "request_id", "hint"]
+    assert list(problem["properties"]) == fields
+    assert set(problem["required"]) == set(fields) - {"hint"}
+    codes = [c["const"] for c in problem["properties"]["error_code"]["oneOf"]]
+    assert codes == list(STATUS_BY_CODE)
+
+
+def test_request_schemas_are_generated_from_the_wire_structs(doc: dict[str, Any]) -> None:
+    _, generated = msgspec.json.schema_components(
+        list(REQUEST_FIELDS), ref_template="#/components/schemas/{name}"
+    )
+    schemas = doc["components"]["schemas"]
+    for struct, fields in REQUEST_FIELDS.items():
+        name = struct.__name__
+        assert set(fields) == {f.name for f in msgspec.structs.fields(struct)}, name
+        ours = json.loads(json.dumps(schemas[name]))
+        for prop in ours["properties"].values():
+            assert prop.pop("description")
+        ours["required"] = []
+        assert ours == generated[name], name
+    used = {op.request for op in OPERATIONS if op.request is not None}
+    assert used == set(REQUEST_FIELDS)
+
+
+# --- serving -----------------------------------------------------------------------------
+
+
+def test_served_document_equals_the_built_one(client: Client, doc: dict[str, Any]) -> None:
+    response = client.get("/v1/openapi.json")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == doc
+    assert response.content == openapi_json()
+
+
+def test_document_is_a_fresh_copy() -> None:
+    first = openapi_document()
+    first["paths"].clear()
+    assert openapi_document()["paths"]
+
+
+# --- the document against the handlers ---------------------------------------------------
+
+
+def _errors(doc: dict[str, Any], schema: dict[str, Any], value: Any, at: str) -> list[str]:
+    """A small JSON Schema check: the keywords this document uses, strictly."""
+    if "$ref" in schema:
+        return _errors(doc, _resolve(doc, schema["$ref"]), value, at)
+    if "oneOf" in schema and "type" not in schema:
+        ok = [s for s in schema["oneOf"] if not _errors(doc, s, value, at)]
+        return [] if len(ok) == 1 else [f"{at}: matches {len(ok)} of oneOf"]
+    if "anyOf" in schema:
+        ok = any(not _errors(doc, s, value, at) for s in schema["anyOf"])
+        return [] if ok else [f"{at}: matches none of anyOf"]
+    problems: list[str] = []
+    if "const" in schema and value != schema["const"]:
+        problems.append(f"{at}: {value!r} != {schema['const']!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append(f"{at}: {value!r} not in {schema['enum']}")
+    if "oneOf" in schema and not any(value == s.get("const") for s in schema["oneOf"]):
+        problems.append(f"{at}: {value!r} is not one of the listed values")
+    kind = schema.get("type")
+    checks = {
+        "string": lambda v: isinstance(v, str),
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "boolean": lambda v: isinstance(v, bool),
+        "array": lambda v: isinstance(v, list),
+        "object": lambda v: isinstance(v, dict),
+        "null": lambda v: v is None,
+    }
+    if kind is not None and not checks[kind](value):
+        return [*problems, f"{at}: {value!r} is not {kind}"]
+    if kind == "array":
+        for i, item in enumerate(value):
+            problems += _errors(doc, schema.get("items", {}), item, f"{at}[{i}]")
+    if kind == "object":
+        props = schema.get("properties", {})
+        for name in schema.get("required", []):
+            if name not in value:
+                problems.append(f"{at}: missing {name}")
+        for name, item in value.items():
+            if name in props:
+                problems += _errors(doc, props[name], item, f"{at}.{name}")
+            elif schema.get("additionalProperties") is False:
+                problems.append(f"{at}: undocumented field {name}")
+    return problems
+
+
+class Recorder:
+    """Calls the app and holds every answer to what the document says of that route."""
+
+    def __init__(self, client: Client, doc: dict[str, Any]) -> None:
+        self.client = client
+        self.doc = doc
+        self.seen: set[tuple[str, str, int]] = set()
+
+    def __call__(
+        self,
+        method: str,
+        template: str,
+        *,
+        path: str | None = None,
+        token: str | None = None,
+        expect: int,
+        **kwargs: Any,
+    ) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = self.client.request(method, path or template, headers=headers, **kwargs)
+        where = f"{method} {template} -> {response.status_code}"
+        assert response.status_code == expect, f"{where}: {response.text}"
+        op = self.doc["paths"][template][method.lower()]
+        documented = op["responses"].get(str(response.status_code))
+        assert documented is not None, f"{where}: status not documented"
+        self.seen.add((method, template, response.status_code))
+        content = documented.get("content")
+        if content is None:
+            assert response.content == b"", where
+            return None
+        media, spec = next(iter(content.items()))
+        assert response.headers["content-type"].startswith(media), where
+        if not media.endswith("json"):
+            return response.text
+        body = response.json()
+        problems = _errors(self.doc, spec["schema"], body, "body")
+        assert problems == [], f"{where}: {problems}"
+        if response.status_code >= 400:
+            codes = [f["error_code"] for f in documented["x-error-codes"]]
+            assert body["error_code"] in codes, f"{where}: {body['error_code']} not documented"
+        return body
+
+
+def _register(call: Recorder, launch_token: str, task: str) -> dict[str, Any]:
+    key = nacl.signing.SigningKey.generate()
+    nonce = call("GET", "/v1/challenge", expect=200)["nonce"]
+    body = {
+        "launch_token": launch_token,
+        "nonce": nonce,
+        "public_key": base64.b64encode(bytes(key.verify_key)).decode(),
+        "signature": base64.b64encode(key.sign(bytes.fromhex(nonce)).signature).decode(),
+        "orch_id": "orch-1",
+        "task_id": task,
+        "requested_scope": ["read:data:x"],
+    }
+    result: dict[str, Any] = call("POST", "/v1/register", json=body, expect=200)
+    return result
+
+
+def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> None:
+    call = Recorder(client, doc)
+    call("GET", "/v1/health", expect=200)
+    call("GET", "/v1/metrics", expect=200)
+    call("GET", "/.well-known/jwks.json", expect=200)
+    call("GET", "/v1/openapi.json", expect=200)
+
+    call("POST", "/v1/admin/auth", json={"secret": "wrong"}, expect=401)
+    call("POST", "/v1/admin/auth", json={"client_id": "a", "client_secret": "b"}, expect=400)
+    admin = call("POST", "/v1/admin/auth", json={"secret": ADMIN_SECRET}, expect=200)[
+        "access_token"
+    ]
+
+    new_app = {"name": "demo-app", "scopes": ["read:data:*"]}
+    app = call("POST", "/v1/admin/apps", token=admin, json=new_app, expect=201)
+    call("POST", "/v1/admin/apps", token=admin, json=new_app, expect=409)
+    call("POST", "/v1/admin/apps", token=admin, json={**new_app, "token_ttl": 5}, expect=400)
+    call("GET", "/v1/admin/apps", token=admin, expect=200)
+    one = f"/v1/admin/apps/{app['app_id']}"
+    call("GET", "/v1/admin/apps/{app_id}", path=one, token=admin, expect=200)
+    call("GET", "/v1/admin/apps/{app_id}", path=one + "x", token=admin, expect=404)
+    call(
+        "PUT", "/v1/admin/apps/{app_id}", path=one, token=admin, json={"token_ttl": 600}, expect=200
+    )
+
+    creds = {"client_id": app["client_id"], "client_secret": app["client_secret"]}
+    app_token = call("POST", "/v1/app/auth", json=creds, expect=200)["access_token"]
+    lt = {"agent_name": "worker", "allowed_scope": ["read:data:*"]}
+    from_app = call("POST", "/v1/app/launch-tokens", token=app_token, json=lt, expect=201)
+    from_admin = call("POST", "/v1/admin/launch-tokens", token=admin, json=lt, expect=201)
+    call("POST", "/v1/admin/launch-tokens", token=app_token, json=lt, expect=403)
+    call("POST", "/v1/admin/launch-tokens", json=lt, expect=401)
+
+    first = _register(call, from_app["launch_token"], "task-1")
+    second = _register(call, from_admin["launch_token"], "task-2")
+    call("POST", "/v1/register", json={"nonce": "00"}, expect=400)
+
+    call("POST", "/v1/token/validate", json={"token": first["access_token"]}, expect=200)
+    call("POST", "/v1/token/validate", json={"token": "not-a-token"}, expect=200)
+    call("POST", "/v1/token/validate", content=b"{", expect=400)
+
+    renewed = call("POST", "/v1/token/renew", token=first["access_token"], expect=200)
+    call("POST", "/v1/token/renew", token=first["access_token"], expect=401)
+    call("POST", "/v1/token/renew", token=admin, expect=403)
+
+    hop = {"delegate_to": second["agent_id"], "scope": ["read:data:x"]}
+    call("POST", "/v1/delegate", token=renewed["access_token"], json=hop, expect=200)
+    wide = {**hop, "scope": ["write:data:x"]}
+    call("POST", "/v1/delegate", token=renewed["access_token"], json=wide, expect=403)
+
+    revoke = {"level": "agent", "target": second["agent_id"]}
+    call("POST", "/v1/revoke", token=admin, json=revoke, expect=200)
+    call("POST", "/v1/revoke", token=app_token, json=revoke, expect=403)
+
+    call("GET", "/v1/audit/events", path="/v1/audit/events?limit=3", token=admin, expect=200)
+    call("GET", "/v1/audit/events", path="/v1/audit/events?limit=x", token=admin, expect=400)
+
+    call("POST", "/v1/token/release", token=renewed["access_token"], expect=204)
+    call("DELETE", "/v1/admin/apps/{app_id}", path=one, token=admin, expect=200)
+
+    # The flow reached every documented operation's success answer.
+    succeeded = {(m, p) for m, p, status in call.seen if status < 300}
+    assert succeeded == {(m, p) for m, p, _ in _operations(doc)}
+
+
+# --- docs/api.md ---------------------------------------------------------------------------
+
+
+def _docs_script() -> Any:
+    spec = importlib.util.spec_from_file_location("gen_api_docs", ROOT / "scripts/gen_api_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_api_docs_are_current() -> None:
+    script = _docs_script()
+    assert script.main(["--check"]) == 0, "docs/api.md is stale: run python scripts/gen_api_docs.py"
+
+
+def test_api_docs_check_notices_a_change(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    script = _docs_script()
+    stale = tmp_path / "api.md"
+    stale.write_text(script.render(openapi_document()) + "drift\n", encoding="utf-8")
+    monkeypatch.setattr(script, "DOC_PATH", stale)
+    assert script.main(["--check"]) == 1
+    assert script.main([]) == 0
+    assert script.main(["--check"]) == 0
+
+
+def test_api_docs_mention_every_operation_and_code() -> None:
+    text = (ROOT / "docs/api.md").read_text(encoding="utf-8")
+    for op in OPERATIONS:
+        assert f"### `{op.method} {op.path}`" in text
+    for code in STATUS_BY_CODE:
+        assert f"| `{code}` | {STATUS_BY_CODE[code]} |" in text
