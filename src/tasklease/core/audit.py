@@ -80,6 +80,7 @@ _EMAIL = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-
 _LONG_HEX = re.compile(r"\b[0-9a-f]{64}\b")
 _PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?(-----END [A-Z ]+-----|$)", re.S)
 MAX_DETAIL = 2048
+_TRUNCATED = "[truncated]"
 
 
 def sanitize(detail: str) -> str:
@@ -99,8 +100,24 @@ def sanitize(detail: str) -> str:
     out = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", out)
     out = "".join(ch if ch >= " " or ch == "\t" else " " for ch in out)
     if len(out) > MAX_DETAIL:
-        out = out[: MAX_DETAIL - 12] + "[truncated]"
+        out = out[: MAX_DETAIL - len(_TRUNCATED)] + _TRUNCATED
     return out
+
+
+def _sanitized(entry: AuditEntry) -> AuditEntry:
+    """Every free-text field of an entry, sanitized (identifiers can be pasted secrets too)."""
+    return AuditEntry(
+        event_type=entry.event_type,
+        outcome=entry.outcome,
+        detail=sanitize(entry.detail),
+        agent_id=sanitize(entry.agent_id),
+        task_id=sanitize(entry.task_id),
+        orch_id=sanitize(entry.orch_id),
+        resource=sanitize(entry.resource),
+        deleg_depth=entry.deleg_depth,
+        deleg_chain_hash=entry.deleg_chain_hash,
+        request_id=sanitize(entry.request_id),
+    )
 
 
 # --- hashing and verification -----------------------------------------------------------
@@ -261,18 +278,7 @@ class AuditLog:
                     timestamp = format_rfc3339(self._clock.now())
                     for entry in entries:
                         seq += 1
-                        clean = AuditEntry(
-                            event_type=entry.event_type,
-                            outcome=entry.outcome,
-                            detail=sanitize(entry.detail),
-                            agent_id=entry.agent_id,
-                            task_id=entry.task_id,
-                            orch_id=entry.orch_id,
-                            resource=entry.resource,
-                            deleg_depth=entry.deleg_depth,
-                            deleg_chain_hash=entry.deleg_chain_hash,
-                            request_id=entry.request_id,
-                        )
+                        clean = _sanitized(entry)
                         digest = event_hash(prev, seq, timestamp, clean)
                         event = AuditEvent(
                             seq=seq,

@@ -60,7 +60,11 @@ class EnvelopeMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                # A handler may set its own policy (the JWKS is cacheable); keep it.
+                headers.extend(h for h in extra if h[0] not in present)
+                message["headers"] = headers
             await send(message)
 
         if declared > self.max_body:

@@ -1,0 +1,354 @@
+"""Four-level revocation: cascades, idempotence, no lock-out, bounded state, durability."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tasklease.core.broker import Broker
+from tasklease.core.errors import InvalidRequest, Unauthorized
+from tasklease.core.revocation import RevocationIndex
+from tasklease.core.store import AuditQuery, RevocationRecord
+from tasklease.core.validation import TokenRejected
+
+
+def events(broker: Any, event_type: str) -> list[Any]:
+    return broker.store.query_audit(AuditQuery(event_type=event_type, limit=1000))[0]
+
+
+def valid(broker: Any, token: str) -> bool:
+    try:
+        broker.validate(token)
+    except TokenRejected:
+        return False
+    return True
+
+
+def revoke(broker: Any, kit: Any, level: str, target: str) -> int:
+    return int(broker.revoke(kit.admin(broker).claims, level=level, target=target, ctx=kit.ctx))
+
+
+@pytest.fixture
+def launch(broker: Any, kit: Any) -> str:
+    return str(kit.launch(broker, ["read:data:*"], single_use=False, ttl=600))
+
+
+def test_revoke_token_level(broker: Any, kit: Any, launch: str) -> None:
+    a = kit.register(broker, launch)
+    other = broker.renew(kit.register(broker, launch).claims, kit.ctx)
+    assert revoke(broker, kit, "token", a.claims.jti) == 1
+    assert not valid(broker, a.token)
+    assert valid(broker, other.token)
+    with pytest.raises(Unauthorized) as info:
+        broker.authenticate(kit.bearer(a.token), kit.ctx)
+    assert info.value.detail == "token verification failed"
+    failed = events(broker, "token_auth_failed")
+    assert "revoked (level token)" in failed[-1].detail
+    revoked = events(broker, "token_revoked")
+    assert revoked[-1].agent_id == a.claims.jti
+    assert "level=token" in revoked[-1].detail
+
+
+def test_revoke_agent_level_cascades_to_delegated_tokens(
+    broker: Any, kit: Any, launch: str
+) -> None:
+    a = kit.register(broker, launch, task_id="ta")
+    b = kit.register(broker, launch, task_id="tb")
+    c = kit.register(broker, launch, task_id="tc")
+    a_to_b = broker.delegate(
+        a.claims, delegate_to=b.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+    )
+    b_to_c = broker.delegate(
+        a_to_b.claims, delegate_to=c.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+    )
+    c_to_b = broker.delegate(
+        c.claims, delegate_to=b.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+    )
+    revoke(broker, kit, "agent", a.sub)
+    assert not valid(broker, a.token)
+    assert not valid(broker, a_to_b.token)  # delegated from a
+    assert not valid(broker, b_to_c.token)  # a is further up its chain
+    assert valid(broker, b.token)
+    assert valid(broker, c.token)
+    assert valid(broker, c_to_b.token)
+    assert broker.store.get_agent(a.sub).status == "revoked"
+    assert broker.store.get_agent(b.sub).status == "active"
+
+
+def test_revoke_agent_level_kills_tokens_delegated_to_it(
+    broker: Any, kit: Any, launch: str
+) -> None:
+    a = kit.register(broker, launch)
+    b = kit.register(broker, launch)
+    a_to_b = broker.delegate(
+        a.claims, delegate_to=b.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+    )
+    revoke(broker, kit, "agent", b.sub)
+    assert not valid(broker, b.token)
+    assert not valid(broker, a_to_b.token)
+    assert valid(broker, a.token)
+
+
+def test_revoke_unknown_agent_id_succeeds(broker: Any, kit: Any) -> None:
+    """Revoking is idempotent and needs no existence check (AgentWrit: any target succeeds).
+
+    An agent SPIFFE ID the store does not know (another replica's typo, an agent already
+    pruned, an identity from a federated trust domain) must still be revocable.
+    """
+    target = "spiffe://tasklease.local/agent/orch/task/0123456789abcdef"
+    assert revoke(broker, kit, "agent", target) == 1
+    assert len(broker.revocations) == 1
+
+
+def test_revoke_task_level(broker: Any, kit: Any, launch: str) -> None:
+    a1 = kit.register(broker, launch, task_id="task-a")
+    a2 = kit.register(broker, launch, task_id="task-a")
+    b = kit.register(broker, launch, task_id="task-b")
+    b_from_a = broker.delegate(
+        a1.claims, delegate_to=b.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+    )
+    revoke(broker, kit, "task", "task-a")
+    assert not valid(broker, a1.token)
+    assert not valid(broker, a2.token)
+    assert not valid(broker, b_from_a.token)  # carries the delegator's task_id
+    assert valid(broker, b.token)
+
+
+def test_revoke_chain_level_spares_the_root(broker: Any, kit: Any, launch: str) -> None:
+    root = kit.register(broker, launch)
+    b = kit.register(broker, launch)
+    c = kit.register(broker, launch)
+    hop1 = broker.delegate(
+        root.claims, delegate_to=b.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+    )
+    hop2 = broker.delegate(
+        hop1.claims, delegate_to=c.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+    )
+    unrelated = broker.delegate(
+        c.claims, delegate_to=b.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+    )
+    revoke(broker, kit, "chain", root.sub)
+    assert valid(broker, root.token)  # the root's own token lives on
+    assert not valid(broker, hop1.token)
+    assert not valid(broker, hop2.token)
+    assert valid(broker, b.token)
+    assert valid(broker, c.token)
+    assert valid(broker, unrelated.token)
+    # The root can still delegate afresh after the clock moves on.
+    broker.clock.advance(1)
+    fresh = broker.delegate(
+        root.claims, delegate_to=b.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+    )
+    assert valid(broker, fresh.token)
+
+
+def test_revocation_is_idempotent(broker: Any, kit: Any, launch: str) -> None:
+    a = kit.register(broker, launch)
+    for _ in range(3):
+        assert revoke(broker, kit, "agent", a.sub) == 1
+        assert revoke(broker, kit, "token", a.claims.jti) == 1
+    assert not valid(broker, a.token)
+    assert len(broker.revocations) == 2
+    assert len(broker.store.revocations_since(0)) == 2
+    assert len(events(broker, "token_revoked")) == 6
+
+
+@pytest.mark.parametrize(
+    ("level", "target"),
+    [
+        ("session", "x"),
+        ("TOKEN", "x"),
+        ("", "x"),
+        (None, "x"),
+        ("token", ""),
+        ("token", None),
+        ("token", 42),
+        ("token", "x" * 2049),
+    ],
+)
+def test_invalid_revocation_is_invalid_request(
+    broker: Any, kit: Any, level: Any, target: Any
+) -> None:
+    with pytest.raises(InvalidRequest):
+        broker.revoke(kit.admin(broker).claims, level=level, target=target, ctx=kit.ctx)
+    assert len(broker.revocations) == 0
+    assert broker.store.revocations_since(0) == []
+    assert events(broker, "token_revoked") == []
+
+
+def test_revoking_admin_is_not_a_permanent_lockout(broker: Any, kit: Any) -> None:
+    admin = broker.admin_auth(kit.admin_secret, kit.ctx)
+    assert broker.authenticate(kit.bearer(admin.token), kit.ctx).sub == "admin"
+    broker.revoke(admin.claims, level="agent", target="admin", ctx=kit.ctx)
+    with pytest.raises(Unauthorized):
+        broker.authenticate(kit.bearer(admin.token), kit.ctx)
+    # Within the same second a new admin token is dead on arrival...
+    same_second = kit.admin(broker)
+    with pytest.raises(Unauthorized):
+        broker.authenticate(kit.bearer(same_second.token), kit.ctx)
+    # ...one second later the admin can work again.
+    broker.clock.advance(1)
+    fresh = broker.admin_auth(kit.admin_secret, kit.ctx)
+    assert broker.authenticate(kit.bearer(fresh.token), kit.ctx).jti == fresh.claims.jti
+
+
+def test_revoking_admin_kills_todays_token_only(broker: Any, kit: Any) -> None:
+    admin = kit.admin(broker)
+    assert broker.authenticate(kit.bearer(admin.token), kit.ctx).sub == "admin"
+    broker.revoke(admin.claims, level="agent", target="admin", ctx=kit.ctx)
+    with pytest.raises(Unauthorized):
+        broker.authenticate(kit.bearer(admin.token), kit.ctx)
+    broker.clock.advance(1)
+    fresh = kit.admin(broker)
+    assert broker.authenticate(kit.bearer(fresh.token), kit.ctx).sub == "admin"
+
+
+def test_revoke_prune_bounds_state(broker: Any, kit: Any, launch: str, store: Any) -> None:
+    a = kit.register(broker, launch)
+    for level, target in (
+        ("token", a.claims.jti),
+        ("agent", a.sub),
+        ("task", "task-1"),
+        ("chain", a.sub),
+    ):
+        revoke(broker, kit, level, target)
+    assert len(broker.revocations) == 4
+    cfg = broker.config
+    broker.clock.advance(cfg.max_ttl + cfg.clock_skew)
+    assert broker.prune() == 0  # nothing it could match is dead yet
+    assert len(broker.revocations) == 4
+    broker.clock.advance(2)  # max_ttl + skew + 2 since the revocation
+    assert broker.prune() == 4
+    assert len(broker.revocations) == 0
+    assert store.revocations_since(0) == []
+    assert store.load_revocations(0) == []
+
+
+def test_revoked_token_stays_dead_until_it_could_no_longer_validate(
+    broker: Any, kit: Any, launch: str
+) -> None:
+    """Pruning never resurrects a token: entries outlive everything they match."""
+    a = kit.register(broker, launch)  # ttl 300
+    revoke(broker, kit, "agent", a.sub)
+    clock = broker.clock
+    for step in range(0, a.claims.exp - a.claims.iat + broker.config.clock_skew + 1, 15):
+        clock.set(a.claims.iat + step)
+        broker.prune()
+        assert not valid(broker, a.token), step
+
+
+def test_new_broker_on_same_store_reloads_unexpired_revocations(
+    broker: Any, kit: Any, launch: str, store: Any, keyring: Any, clock: Any, make_broker: Any
+) -> None:
+    a = kit.register(broker, launch)
+    b = kit.register(broker, launch)
+    revoke(broker, kit, "agent", a.sub)
+    renewed = broker.renew(b.claims, kit.ctx)  # b's first token revoked by renewal
+    restarted = make_broker(store=store, keyring=keyring, clock=clock)
+    assert isinstance(restarted, Broker)
+    assert len(restarted.revocations) == 2
+    assert not valid(restarted, a.token)
+    assert not valid(restarted, b.token)
+    assert valid(restarted, renewed.token)
+    # After expiry, a restart loads nothing.
+    clock.advance(broker.config.max_ttl + broker.config.clock_skew + 2)
+    later = make_broker(store=store, keyring=keyring, clock=clock)
+    assert len(later.revocations) == 0
+
+
+def test_refresh_revocations_picks_up_another_replica(
+    broker: Any, kit: Any, launch: str, store: Any, keyring: Any, clock: Any, make_broker: Any
+) -> None:
+    replica = make_broker(store=store, keyring=keyring, clock=clock)
+    a = kit.register(broker, launch)
+    assert valid(replica, a.token)
+    revoke(broker, kit, "agent", a.sub)
+    assert valid(replica, a.token)  # not yet seen
+    assert replica.refresh_revocations() == 1
+    assert not valid(replica, a.token)
+    assert replica.refresh_revocations() == 0
+
+
+def test_release_revokes_the_token(broker: Any, kit: Any, launch: str) -> None:
+    a = kit.register(broker, launch)
+    broker.release(a.claims, kit.ctx)
+    assert not valid(broker, a.token)
+    assert len(events(broker, "token_released")) == 1
+
+
+def test_index_match_rules() -> None:
+    from tasklease.core.tokens import Claims, DelegationRecord
+
+    def claims(**kw: Any) -> Claims:
+        base: dict[str, Any] = {
+            "kind": "at+jwt",
+            "iss": "tasklease",
+            "sub": "s",
+            "aud": ("tasklease",),
+            "exp": 200,
+            "nbf": 100,
+            "iat": 100,
+            "jti": "j",
+            "scope": (),
+            "task_id": "t",
+            "orch_id": "o",
+            "client_id": "c",
+            "oiat": 100,
+            "rnc": 0,
+            "delegation_chain": (),
+            "chain_hash": "",
+            "raw": {},
+        }
+        base.update(kw)
+        return Claims(**base)
+
+    index = RevocationIndex()
+    index.apply(
+        [
+            RevocationRecord("agent", "s", 100, 1000),
+            RevocationRecord("task", "t", 50, 1000),
+            RevocationRecord("chain", "root", 100, 1000),
+            RevocationRecord("token", "dead", 0, 1000),
+            RevocationRecord("bogus", "s", 100, 1000),  # unknown level: ignored
+        ]
+    )
+    assert len(index) == 4
+    assert index.match(claims()) == "agent"
+    assert index.match(claims(iat=101)) is None  # issued after: not matched
+    assert index.match(claims(sub="x", iat=50)) == "task"
+    assert index.match(claims(sub="x", task_id="")) is None
+    assert index.match(claims(sub="x", iat=101, jti="dead")) == "token"
+    hop = DelegationRecord("root", (), "", "")
+    assert index.match(claims(sub="x", task_id="", delegation_chain=(hop,))) == "chain"
+    assert index.match(claims(sub="root", task_id="")) is None  # the root itself lives
+    # A later revocation widens the entry.
+    index.apply([RevocationRecord("agent", "s", 150, 1000)])
+    assert index.match(claims(iat=120)) == "agent"
+    assert index.prune(999) == 0
+    assert index.prune(1000) == 4
+    assert len(index) == 0
+
+
+# --- apps -------------------------------------------------------------------------------
+
+
+def test_deregistered_app_is_shut_out_at_once(broker: Any, kit: Any) -> None:
+    app, secret = broker.register_app(
+        kit.admin(broker).claims,
+        name="billing-bot",
+        scopes=["read:data:*"],
+        token_ttl=None,
+        ctx=kit.ctx,
+    )
+    issued = broker.app_auth(app.client_id, secret, kit.ctx)
+    claims = broker.authenticate(kit.bearer(issued.token), kit.ctx)
+    assert claims.sub == f"app:{app.app_id}"
+    broker.deregister_app(kit.admin(broker).claims, app.app_id, kit.ctx)
+    with pytest.raises(Unauthorized):
+        broker.authenticate(kit.bearer(issued.token), kit.ctx)
+    with pytest.raises(Unauthorized):
+        broker.app_auth(app.client_id, secret, kit.ctx)
+    failed = events(broker, "app_auth_failed")
+    assert "reason=app_inactive" in failed[-1].detail
+    assert broker.get_app(app.app_id).status == "inactive"

@@ -1,0 +1,351 @@
+"""Helpers for the end-to-end suite: start and stop a real ``tasklease serve`` process,
+and drive the admin/app/agent ceremonies against it over loopback HTTP.
+
+Named ``e2e_support`` (not ``conftest``) so test modules can import it unambiguously.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+TASKLEASE = str(VENV_BIN / "tasklease") if (VENV_BIN / "tasklease").exists() else "tasklease"
+ADMIN_SECRET = "e2e-admin-secret-" + "x" * 16
+STARTUP_TIMEOUT = 20.0
+HEX64 = set("0123456789abcdef")
+
+# Generous defaults for the shared broker: every test authenticates from 127.0.0.1.
+SHARED_ENV = {
+    "TASKLEASE_ADMIN_AUTH_BURST": "1000",
+    "TASKLEASE_APP_AUTH_BURST": "1000",
+}
+
+
+def b64(data: bytes) -> str:
+    """Standard base64 with padding (the AgentWrit wire encoding for keys and signatures)."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def jwt_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and payload of a compact JWS, unverified (for tests only)."""
+    header, payload, _ = token.split(".")
+    return json.loads(b64url_decode(header)), json.loads(b64url_decode(payload))
+
+
+def is_hex(text: str, length: int) -> bool:
+    return len(text) == length and set(text) <= HEX64
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Agent:
+    agent_id: str
+    access_token: str
+    expires_in: int
+    key: Ed25519PrivateKey
+    orch_id: str
+    task_id: str
+    scope: list[str]
+
+    @property
+    def bearer(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+@dataclass
+class RunningBroker:
+    """A live broker process and helpers for talking to it."""
+
+    url: str
+    admin_secret: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    client: httpx.Client = field(repr=False)
+    _admin_token: str | None = None
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.client.post(path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.client.get(path, **kwargs)
+
+    # -- admin ---------------------------------------------------------------------------
+
+    def admin_token(self) -> str:
+        if self._admin_token is None:
+            resp = self.post("/v1/admin/auth", json={"secret": self.admin_secret})
+            assert resp.status_code == 200, resp.text
+            self._admin_token = resp.json()["access_token"]
+        return self._admin_token
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token()}"}
+
+    def create_app(
+        self, scopes: list[str], *, name: str | None = None, token_ttl: int | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name or f"app-{secrets.token_hex(4)}", "scopes": scopes}
+        if token_ttl is not None:
+            body["token_ttl"] = token_ttl
+        resp = self.post("/v1/admin/apps", json=body, headers=self.admin_headers())
+        assert resp.status_code == 201, resp.text
+        return resp.json()
+
+    def app_token(self, app: dict[str, Any]) -> str:
+        resp = self.post(
+            "/v1/app/auth",
+            json={"client_id": app["client_id"], "client_secret": app["client_secret"]},
+        )
+        assert resp.status_code == 200, resp.text
+        return resp.json()["access_token"]
+
+    def launch_token(
+        self,
+        allowed_scope: list[str],
+        *,
+        bearer: str | None = None,
+        route: str = "/v1/admin/launch-tokens",
+        **extra: Any,
+    ) -> str:
+        token = bearer or self.admin_token()
+        resp = self.post(
+            route,
+            json={"agent_name": "e2e-agent", "allowed_scope": allowed_scope, **extra},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert resp.status_code == 201, resp.text
+        return resp.json()["launch_token"]
+
+    # -- agents ----------------------------------------------------------------------------
+
+    def nonce(self) -> str:
+        resp = self.get("/v1/challenge")
+        assert resp.status_code == 200, resp.text
+        return resp.json()["nonce"]
+
+    def register_body(
+        self,
+        launch_token: str,
+        scope: list[str],
+        *,
+        key: Ed25519PrivateKey | None = None,
+        nonce: str | None = None,
+        orch_id: str = "orch-e2e",
+        task_id: str | None = None,
+    ) -> tuple[dict[str, Any], Ed25519PrivateKey]:
+        key = key or Ed25519PrivateKey.generate()
+        nonce = nonce or self.nonce()
+        public = key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        body = {
+            "launch_token": launch_token,
+            "nonce": nonce,
+            "public_key": b64(public),
+            "signature": b64(key.sign(bytes.fromhex(nonce))),
+            "orch_id": orch_id,
+            "task_id": task_id or f"task-{secrets.token_hex(6)}",
+            "requested_scope": scope,
+        }
+        return body, key
+
+    def register(
+        self,
+        scope: list[str],
+        *,
+        launch_token: str | None = None,
+        orch_id: str = "orch-e2e",
+        task_id: str | None = None,
+        **launch: Any,
+    ) -> Agent:
+        lt = launch_token or self.launch_token(scope, **launch)
+        body, key = self.register_body(lt, scope, orch_id=orch_id, task_id=task_id)
+        resp = self.post("/v1/register", json=body)
+        assert resp.status_code == 200, resp.text
+        data = resp.json()
+        return Agent(
+            agent_id=data["agent_id"],
+            access_token=data["access_token"],
+            expires_in=data["expires_in"],
+            key=key,
+            orch_id=body["orch_id"],
+            task_id=body["task_id"],
+            scope=scope,
+        )
+
+    def validate(self, token: str) -> dict[str, Any]:
+        resp = self.post("/v1/token/validate", json={"token": token})
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["content-type"] == "application/json"
+        return resp.json()
+
+    def is_valid(self, token: str) -> bool:
+        data = self.validate(token)
+        if data["valid"]:
+            return True
+        assert data == {"valid": False, "error": "token is invalid or expired"}
+        return False
+
+    def delegate(
+        self, bearer: str, delegate_to: str, scope: list[str], **extra: Any
+    ) -> httpx.Response:
+        return self.post(
+            "/v1/delegate",
+            json={"delegate_to": delegate_to, "scope": scope, **extra},
+            headers={"Authorization": f"Bearer {bearer}"},
+        )
+
+    def revoke(self, level: str, target: str) -> httpx.Response:
+        return self.post(
+            "/v1/revoke", json={"level": level, "target": target}, headers=self.admin_headers()
+        )
+
+    def signing_key(self) -> tuple[str, Ed25519PrivateKey]:
+        """The broker's active signing key (newest PKCS#8 file) and its kid."""
+        pems = sorted((self.data_dir / "keys").glob("signing-*.pem"))
+        assert pems, "no signing key on disk"
+        key = serialization.load_pem_private_key(pems[-1].read_bytes(), password=None)
+        assert isinstance(key, Ed25519PrivateKey)
+        kid = self.get("/.well-known/jwks.json").json()["keys"][0]["kid"]
+        return kid, key
+
+
+def assert_problem(
+    resp: httpx.Response,
+    status: int,
+    code: str,
+    *,
+    detail: str | None = None,
+    instance: str | None = None,
+) -> dict[str, Any]:
+    """A problem+json body with every AgentWrit field, consistent with the response."""
+    assert resp.status_code == status, f"{resp.status_code} {resp.text}"
+    assert resp.headers["content-type"] == "application/problem+json", resp.headers
+    body = resp.json()
+    for name in ("type", "title", "status", "detail", "instance", "error_code", "request_id"):
+        assert name in body, f"problem body lacks {name}: {body}"
+    assert body["status"] == status
+    assert body["error_code"] == code
+    assert body["type"].endswith(":" + code)
+    assert body["type"].startswith("urn:")
+    assert body["request_id"] == resp.headers["x-request-id"]
+    assert isinstance(body["title"], str) and body["title"]
+    if instance is not None:
+        assert body["instance"] == instance
+    else:
+        assert body["instance"] == resp.request.url.path
+    if detail is not None:
+        assert body["detail"] == detail, body
+    return body
+
+
+def _clean_env(data_dir: Path, extra: dict[str, str], *, with_secret: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
+    env["TASKLEASE_DATA_DIR"] = str(data_dir)
+    if with_secret:
+        env["TASKLEASE_ADMIN_SECRET"] = ADMIN_SECRET
+    env.update(extra)
+    return env
+
+
+def launch_broker(
+    data_dir: Path,
+    env: dict[str, str] | None = None,
+    *,
+    admin_secret: str = ADMIN_SECRET,
+    use_env_secret: bool = True,
+) -> RunningBroker:
+    """Start ``tasklease serve`` on a free loopback port and wait for /v1/health."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    full_env = _clean_env(data_dir, env or {}, with_secret=use_env_secret)
+    port = free_port()
+    log_path = data_dir / f"broker-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tasklease.cli.main",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=str(data_dir),
+        )
+    url = f"http://127.0.0.1:{port}"
+    client = httpx.Client(base_url=url, timeout=15.0)
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            client.close()
+            raise RuntimeError(f"broker exited with {proc.returncode}: {log_path.read_text()}")
+        try:
+            if client.get("/v1/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            _terminate(proc)
+            client.close()
+            raise RuntimeError(f"broker did not become healthy: {log_path.read_text()}")
+        time.sleep(0.05)
+    return RunningBroker(url, admin_secret, data_dir, proc, log_path, client)
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
+def stop_broker(broker: RunningBroker) -> int:
+    """SIGTERM (then SIGKILL) the broker; returns its exit code."""
+    broker.client.close()
+    return _terminate(broker.proc)

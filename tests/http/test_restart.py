@@ -1,0 +1,178 @@
+"""State that must survive a restart, and the offline audit-chain check."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from e2e_support import TASKLEASE, RunningBroker, assert_problem, jwt_parts
+
+# uvicorn re-raises a captured SIGTERM after its graceful shutdown, so "stopped by
+# SIGTERM" is a clean exit as well as 0.
+CLEAN_EXIT = (0, -signal.SIGTERM)
+
+
+def _sigterm(running: RunningBroker) -> int:
+    running.client.close()
+    running.proc.send_signal(signal.SIGTERM)
+    code = running.proc.wait(timeout=15)
+    assert code in CLEAN_EXIT, (code, running.log())
+    return code
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TASKLEASE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(cwd),
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "NO_COLOR": "1"},
+        check=False,
+    )
+
+
+def test_restart_preserves_keys_revocations_apps_and_agents(
+    tmp_path: Path, start_broker: Callable[..., RunningBroker]
+) -> None:
+    data = tmp_path / "data"
+    secret_file = tmp_path / "admin-secret"
+    init = _cli("init", "--data-dir", str(data), "--secret-file", str(secret_file), cwd=tmp_path)
+    assert init.returncode == 0, init.stderr
+    secret = secret_file.read_text().strip()
+    assert secret not in init.stdout
+    assert (secret_file.stat().st_mode & 0o777) == 0o600
+
+    first = start_broker(data, admin_secret=secret, use_env_secret=False)
+    app = first.create_app(["read:data:*"])
+    assert first.app_token(app)
+    keeper = first.register(["read:data:*"], task_id="keeper")
+    target = first.register(["read:data:y"], task_id="target")
+    doomed = first.register(["read:data:z"], task_id="doomed")
+    doomed_jti = jwt_parts(doomed.access_token)[1]["jti"]
+    assert first.revoke("token", doomed_jti).status_code == 200
+    assert not first.is_valid(doomed.access_token)
+    kid_before = jwt_parts(keeper.access_token)[0]["kid"]
+    events_before = first.get("/v1/health").json()["audit_events_count"]
+
+    # Graceful stop: SIGTERM ends the process cleanly.
+    _sigterm(first)
+
+    second = start_broker(data, admin_secret=secret, use_env_secret=False)
+    assert second.url != first.url or second.proc.pid != first.proc.pid
+    health = second.get("/v1/health").json()
+    assert health["audit_events_count"] == events_before
+    # Same signing key: old tokens verify, and new ones are signed under the same kid.
+    assert second.is_valid(keeper.access_token)
+    assert second.is_valid(target.access_token)
+    jwks_kids = [k["kid"] for k in second.get("/.well-known/jwks.json").json()["keys"]]
+    assert kid_before in jwks_kids
+    # Revocations are durable.
+    assert not second.is_valid(doomed.access_token)
+    assert_problem(second.post("/v1/token/renew", headers=doomed.bearer), 401, "unauthorized")
+    # The app still authenticates with its original secret.
+    assert second.app_token(app)
+    # Agents are durable: delegation to an agent registered before the restart works.
+    resp = second.delegate(keeper.access_token, target.agent_id, ["read:data:1"])
+    assert resp.status_code == 200, resp.text
+    assert second.is_valid(resp.json()["access_token"])
+    # The previously issued admin token (same key) still works too.
+    assert second.get("/v1/admin/apps", headers=first.admin_headers()).status_code == 200
+
+    verify = _cli("audit", "verify", "--data-dir", str(data), cwd=tmp_path)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "intact" in verify.stdout
+
+    _sigterm(second)
+
+    # Tamper with one stored event: the offline check names it and exits 1.
+    database = data / "tasklease.db"
+    conn = sqlite3.connect(database)
+    try:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(audit_events)")]
+        assert {"seq", "detail", "hash", "prev_hash"} <= set(columns)
+        (count,) = conn.execute("SELECT COUNT(*) FROM audit_events").fetchone()
+        assert count >= 5
+        with conn:
+            changed = conn.execute(
+                "UPDATE audit_events SET detail = detail || ' (edited)' WHERE seq = 3"
+            ).rowcount
+        assert changed == 1
+    finally:
+        conn.close()
+    broken = _cli("audit", "verify", "--database", str(database), cwd=tmp_path)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "evt-000003" in broken.stdout + broken.stderr
+
+
+def test_audit_verify_detects_a_deleted_event(
+    tmp_path: Path, start_broker: Callable[..., RunningBroker]
+) -> None:
+    data = tmp_path / "data"
+    running = start_broker(data)
+    running.register(["read:data:x"])
+    running.register(["read:data:x"])
+    _sigterm(running)
+    database = data / "tasklease.db"
+    ok = _cli("audit", "verify", "--database", str(database), cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    conn = sqlite3.connect(database)
+    try:
+        with conn:
+            conn.execute("DELETE FROM audit_events WHERE seq = 2")
+    finally:
+        conn.close()
+    broken = _cli("audit", "verify", "--database", str(database), cwd=tmp_path)
+    assert broken.returncode == 1
+    assert "evt-000003" in broken.stdout + broken.stderr
+    missing = _cli("audit", "verify", "--database", str(tmp_path / "nope.db"), cwd=tmp_path)
+    assert missing.returncode == 2
+
+
+def test_sigterm_closes_the_database(
+    tmp_path: Path, start_broker: Callable[..., RunningBroker]
+) -> None:
+    """A graceful stop closes the store, so SQLite checkpoints and removes its WAL.
+
+    ``server.serve`` closes the store in a ``finally`` after ``uvicorn.run``; uvicorn
+    re-raises the captured SIGTERM on its way out (``signal.raise_signal``), which kills
+    the process before that ``finally`` runs: the close never happens and the
+    ``-wal``/``-shm`` files are left behind.
+    """
+    data = tmp_path / "data"
+    running = start_broker(data)
+    running.register(["read:data:x"])
+    assert (data / "tasklease.db-wal").exists()
+    _sigterm(running)
+    leftovers = sorted(p.name for p in data.glob("tasklease.db-*"))
+    assert leftovers == [], f"store not closed on SIGTERM: {leftovers}"
+
+
+def test_two_processes_on_one_data_dir_share_state(
+    tmp_path: Path, start_broker: Callable[..., RunningBroker]
+) -> None:
+    """A revocation committed by one process is enforced by another sharing the store."""
+    data = tmp_path / "data"
+    one = start_broker(data)
+    two = start_broker(data)
+    # A nonce from one process and a launch token from the other register fine.
+    lt = one.launch_token(["read:data:*"])
+    body, _ = two.register_body(lt, ["read:data:*"], nonce=one.nonce())
+    resp = two.post("/v1/register", json=body)
+    assert resp.status_code == 200, resp.text
+    token = resp.json()["access_token"]
+    assert one.is_valid(token)
+    assert two.is_valid(token)
+    assert one.revoke("agent", resp.json()["agent_id"]).status_code == 200
+    assert not one.is_valid(token)
+    deadline = time.monotonic() + 5.0
+    while two.is_valid(token):
+        assert time.monotonic() < deadline, "revocation never reached the second process"
+        time.sleep(0.1)
+    # The single-use token is spent for both.
+    again, _ = one.register_body(lt, ["read:data:*"])
+    assert_problem(one.post("/v1/register", json=again), 401, "unauthorized")
