@@ -1,0 +1,414 @@
+"""An in-process store: dicts under one lock. For tests and single-process experiments.
+
+It follows the same contracts as the durable stores (the conformance suite in
+``tests/storage`` runs against all of them) but keeps nothing across a restart.
+
+Concurrency: one :class:`threading.RLock` guards every dict. :meth:`MemoryStore.write`
+holds it for the whole transaction, so a transaction is serializable and readers in other
+threads only ever see committed state. Rollback and savepoints replay an undo log.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TypeVar
+
+from tasklease.core.errors import Conflict, NotFound
+from tasklease.core.store import (
+    AgentRecord,
+    AppRecord,
+    AuditEvent,
+    AuditQuery,
+    LaunchTokenRecord,
+    RevocationRecord,
+)
+
+__all__ = ["MemoryStore"]
+
+_GENESIS_HASH = "0" * 64
+
+_V = TypeVar("_V")
+
+
+def _timestamp_seconds(timestamp: str) -> float:
+    """Unix seconds of an RFC 3339 timestamp; it must carry an offset (``Z`` or ``±hh:mm``).
+
+    The SQLite store has the same function: keep the two in step.
+    """
+    parsed = datetime.fromisoformat(timestamp)
+    if parsed.tzinfo is None:
+        raise ValueError(f"audit timestamp {timestamp!r} has no UTC offset")
+    return parsed.timestamp()
+
+
+class _MemoryWriteTx:
+    """One transaction over a :class:`MemoryStore`; valid only inside ``write()``."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self._undo: list[Callable[[], None]] = []
+        self._open = True
+
+    # -- transaction machinery -------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise RuntimeError("this write transaction has ended")
+
+    def _rollback_to(self, mark: int) -> None:
+        while len(self._undo) > mark:
+            self._undo.pop()()
+
+    def _finish(self, *, commit: bool) -> None:
+        if not commit:
+            self._rollback_to(0)
+        self._undo.clear()
+        self._open = False
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Undo this block's writes if it raises (and re-raise); the transaction goes on."""
+        self._check_open()
+        mark = len(self._undo)
+        try:
+            yield
+        except BaseException:
+            self._rollback_to(mark)
+            raise
+
+    def _set(self, table: dict[str, _V], key: str, value: _V) -> None:
+        if key in table:
+            old = table[key]
+            self._undo.append(lambda: table.__setitem__(key, old))
+        else:
+            self._undo.append(lambda: table.__delitem__(key))
+        table[key] = value
+
+    # -- apps ----------------------------------------------------------------------------
+
+    def insert_app(self, app: AppRecord) -> None:
+        """Store a new app; raise ``Conflict`` if its app_id, name or client_id is taken."""
+        self._check_open()
+        s = self._store
+        if app.app_id in s._apps:
+            raise Conflict("app id already exists")
+        if any(a.name == app.name for a in s._apps.values()):
+            raise Conflict("app name already exists")
+        if any(a.client_id == app.client_id for a in s._apps.values()):
+            raise Conflict("app client_id already exists")
+        self._set(s._apps, app.app_id, app)
+
+    def update_app(self, app: AppRecord) -> None:
+        """Replace the app with ``app.app_id``.
+
+        Raise ``NotFound`` if there is none and ``Conflict`` if the new name or client_id
+        belongs to another app.
+        """
+        self._check_open()
+        s = self._store
+        if app.app_id not in s._apps:
+            raise NotFound("app not found")
+        others = [a for a in s._apps.values() if a.app_id != app.app_id]
+        if any(a.name == app.name for a in others):
+            raise Conflict("app name already exists")
+        if any(a.client_id == app.client_id for a in others):
+            raise Conflict("app client_id already exists")
+        self._set(s._apps, app.app_id, app)
+
+    # -- launch tokens and nonces --------------------------------------------------------
+
+    def insert_launch_token(self, record: LaunchTokenRecord) -> None:
+        """Store a launch token; raise ``Conflict`` if its hash is already present."""
+        self._check_open()
+        tokens = self._store._launch_tokens
+        if record.token_hash in tokens:
+            raise Conflict("launch token already exists")
+        self._set(tokens, record.token_hash, record)
+
+    def consume_launch_token(self, token_hash: str, now: float) -> bool:
+        self._check_open()
+        tokens = self._store._launch_tokens
+        record = tokens.get(token_hash)
+        if record is None or record.expires_at <= now:
+            return False
+        if not record.single_use:
+            return True
+        if record.consumed_at is not None:
+            return False
+        consumed = dataclasses.replace(record, consumed_at=now)
+        self._set(tokens, token_hash, consumed)
+        return True
+
+    def consume_nonce(self, nonce_hash: str, expires_at: float) -> bool:
+        self._check_open()
+        nonces = self._store._nonces
+        if nonce_hash in nonces:
+            return False
+        self._set(nonces, nonce_hash, expires_at)
+        return True
+
+    # -- agents --------------------------------------------------------------------------
+
+    def insert_agent(self, agent: AgentRecord) -> None:
+        """Store a new agent; raise ``Conflict`` if its agent_id is already present."""
+        self._check_open()
+        agents = self._store._agents
+        if agent.agent_id in agents:
+            raise Conflict("agent already exists")
+        self._set(agents, agent.agent_id, agent)
+
+    def set_agent_status(self, agent_id: str, status: str) -> None:
+        """Set an agent's status; an unknown agent_id is not an error (nothing to mark).
+
+        Revocation is idempotent and needs no existence check: the core revokes agent
+        IDs this store may never have seen (another replica's, a federated domain's).
+        """
+        self._check_open()
+        agents = self._store._agents
+        agent = agents.get(agent_id)
+        if agent is None:
+            return
+        self._set(agents, agent_id, dataclasses.replace(agent, status=status))
+
+    # -- revocations ---------------------------------------------------------------------
+
+    def _next_revocation_seq(self) -> int:
+        s = self._store
+        previous = s._revocation_seq
+        s._revocation_seq = previous + 1
+
+        def undo() -> None:
+            s._revocation_seq = previous
+
+        self._undo.append(undo)
+        return previous + 1
+
+    def insert_revocation(self, record: RevocationRecord) -> bool:
+        """Store a revocation with a fresh ``seq``; ``record.seq`` is ignored.
+
+        Return False if (level, target) is already present. If the new ``revoked_at`` or
+        ``expires_at`` is later, the entry takes the later of each and a new ``seq``
+        greater than every seq handed out before, so pollers of ``revocations_since``
+        see the change.
+        """
+        self._check_open()
+        revocations = self._store._revocations
+        key = f"{record.level}\x00{record.target}"
+        existing = revocations.get(key)
+        if existing is None:
+            seq = self._next_revocation_seq()
+            self._set(revocations, key, dataclasses.replace(record, seq=seq))
+            return True
+        revoked_at = max(existing.revoked_at, record.revoked_at)
+        expires_at = max(existing.expires_at, record.expires_at)
+        if (revoked_at, expires_at) != (existing.revoked_at, existing.expires_at):
+            extended = RevocationRecord(
+                level=existing.level,
+                target=existing.target,
+                revoked_at=revoked_at,
+                expires_at=expires_at,
+                seq=self._next_revocation_seq(),
+            )
+            self._set(revocations, key, extended)
+        return False
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def audit_head(self) -> tuple[int, str]:
+        self._check_open()
+        return self._store._audit_head_locked()
+
+    def append_audit(self, events: Sequence[AuditEvent]) -> None:
+        """Append events; each ``seq`` must be greater than the head's, else ``Conflict``."""
+        self._check_open()
+        s = self._store
+        head_seq = s._audit_head_locked()[0]
+        parsed: list[tuple[AuditEvent, float]] = []
+        for event in events:
+            if event.seq <= head_seq:
+                raise Conflict(f"audit seq {event.seq} is not after the head ({head_seq})")
+            head_seq = event.seq
+            parsed.append((event, _timestamp_seconds(event.timestamp)))
+        if not parsed:
+            return
+        mark = len(s._audit)
+        s._audit.extend(parsed)
+        s._audit_seqs.extend(event.seq for event, _ in parsed)
+
+        def undo() -> None:
+            del s._audit[mark:]
+            del s._audit_seqs[mark:]
+
+        self._undo.append(undo)
+
+
+class MemoryStore:
+    """:class:`tasklease.core.store.Store` in memory; state is lost when the process exits.
+
+    Reads return committed state when called from another thread than the writer's; a
+    read from inside ``write()`` on the writer's own thread sees that transaction's
+    uncommitted writes (the durable stores would not: read through the transaction).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._writer: int | None = None  # thread id inside write(), to refuse nesting
+        self._closed = False
+        self._apps: dict[str, AppRecord] = {}
+        self._launch_tokens: dict[str, LaunchTokenRecord] = {}
+        self._nonces: dict[str, float] = {}
+        self._agents: dict[str, AgentRecord] = {}
+        self._revocations: dict[str, RevocationRecord] = {}
+        self._revocation_seq = 0
+        # Audit events in seq order with their parsed timestamps, and the seqs alone
+        # for bisect (append_audit refuses a seq that is not after the head).
+        self._audit: list[tuple[AuditEvent, float]] = []
+        self._audit_seqs: list[int] = []
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("store is closed")
+
+    @contextmanager
+    def write(self) -> Iterator[_MemoryWriteTx]:
+        """One transaction: commit on a clean exit, roll back everything on an exception.
+
+        Not reentrant: calling ``write()`` inside ``write()`` raises ``RuntimeError``.
+        """
+        with self._lock:
+            self._check_open()
+            if self._writer is not None:
+                raise RuntimeError("write() is not reentrant: use the open transaction")
+            self._writer = threading.get_ident()
+            tx = _MemoryWriteTx(self)
+            try:
+                yield tx
+            except BaseException:
+                tx._finish(commit=False)
+                raise
+            else:
+                tx._finish(commit=True)
+            finally:
+                self._writer = None
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get_app(self, app_id: str) -> AppRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._apps.get(app_id)
+
+    def get_app_by_client_id(self, client_id: str) -> AppRecord | None:
+        with self._lock:
+            self._check_open()
+            return next((a for a in self._apps.values() if a.client_id == client_id), None)
+
+    def list_apps(self) -> list[AppRecord]:
+        """Newest first (by ``created_at``, ties by ``app_id`` descending)."""
+        with self._lock:
+            self._check_open()
+            return sorted(self._apps.values(), key=lambda a: (a.created_at, a.app_id), reverse=True)
+
+    def get_launch_token(self, token_hash: str) -> LaunchTokenRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._launch_tokens.get(token_hash)
+
+    def get_agent(self, agent_id: str) -> AgentRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._agents.get(agent_id)
+
+    def load_revocations(self, now: float) -> list[RevocationRecord]:
+        with self._lock:
+            self._check_open()
+            live = (r for r in self._revocations.values() if r.expires_at > now)
+            return sorted(live, key=lambda r: r.seq)
+
+    def revocations_since(self, seq: int) -> list[RevocationRecord]:
+        with self._lock:
+            self._check_open()
+            newer = (r for r in self._revocations.values() if r.seq > seq)
+            return sorted(newer, key=lambda r: r.seq)
+
+    def _audit_head_locked(self) -> tuple[int, str]:
+        if not self._audit:
+            return 0, _GENESIS_HASH
+        last = self._audit[-1][0]
+        return last.seq, last.hash
+
+    def audit_head(self) -> tuple[int, str]:
+        with self._lock:
+            self._check_open()
+            return self._audit_head_locked()
+
+    def query_audit(self, query: AuditQuery) -> tuple[list[AuditEvent], int]:
+        """Events matching every given filter, in seq order after offset/limit, and the count.
+
+        Raise ``ValueError`` for a negative limit or offset.
+        """
+        if query.limit < 0 or query.offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        with self._lock:
+            self._check_open()
+            matches = [
+                event
+                for event, ts in self._audit
+                if (query.agent_id is None or event.agent_id == query.agent_id)
+                and (query.task_id is None or event.task_id == query.task_id)
+                and (query.event_type is None or event.event_type == query.event_type)
+                and (query.outcome is None or event.outcome == query.outcome)
+                and (query.since is None or ts >= query.since)
+                and (query.until is None or ts <= query.until)
+            ]
+        return matches[query.offset : query.offset + query.limit], len(matches)
+
+    def iter_audit(self, after_seq: int = 0, batch: int = 5000) -> Iterator[AuditEvent]:
+        """Every event with ``seq > after_seq`` in seq order; the lock is taken per batch."""
+        if batch <= 0:
+            raise ValueError("batch must be positive")
+        cursor = after_seq
+        while True:
+            with self._lock:
+                self._check_open()
+                start = bisect.bisect_right(self._audit_seqs, cursor)
+                chunk = [event for event, _ in self._audit[start : start + batch]]
+            yield from chunk
+            if len(chunk) < batch:
+                return
+            cursor = chunk[-1].seq
+
+    def prune(self, now: float) -> int:
+        """Delete revocations, used nonces and launch tokens with ``expires_at <= now``.
+
+        Return the number of entries removed. Audit events are never touched.
+        """
+        # Through write(), so that it is refused inside a transaction like everywhere else.
+        with self.write():
+            removed = 0
+            for key in [k for k, r in self._revocations.items() if r.expires_at <= now]:
+                del self._revocations[key]
+                removed += 1
+            for key in [k for k, exp in self._nonces.items() if exp <= now]:
+                del self._nonces[key]
+                removed += 1
+            for key in [k for k, t in self._launch_tokens.items() if t.expires_at <= now]:
+                del self._launch_tokens[key]
+                removed += 1
+        return removed
+
+    def close(self) -> None:
+        """Drop all state; later calls raise ``RuntimeError``. Closing twice is harmless."""
+        with self._lock:
+            self._closed = True

@@ -1,0 +1,705 @@
+"""The storage conformance suite: every test runs unchanged against every backend.
+
+Each test takes the ``store`` fixture (see ``conftest.py``), so a new backend is covered
+by adding it there. Tests speak only the ``core.store`` Protocols.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import replace
+
+import pytest
+
+from tasklease.core.clock import format_rfc3339
+from tasklease.core.errors import Conflict, NotFound
+from tasklease.core.store import (
+    AgentRecord,
+    AppRecord,
+    AuditEvent,
+    AuditQuery,
+    LaunchTokenRecord,
+    RevocationRecord,
+    Store,
+)
+
+NOW = 1_800_000_000.0
+GENESIS = (0, "0" * 64)
+
+
+def make_app(n: int = 1, **changes: object) -> AppRecord:
+    app = AppRecord(
+        app_id=f"app-{n}",
+        name=f"name-{n}",
+        client_id=f"client-{n}",
+        secret_hash=f"$argon2id$v=19$m=65536,t=3,p=4$salt{n}$hash{n}",
+        scopes=("read:data:*", f"write:data:{n}"),
+        token_ttl=300,
+        status="active",
+        created_at=NOW + n,
+        updated_at=NOW + n,
+        created_by="admin",
+    )
+    return replace(app, **changes)  # type: ignore[arg-type]
+
+
+def make_launch_token(n: int = 1, **changes: object) -> LaunchTokenRecord:
+    record = LaunchTokenRecord(
+        token_hash=hashlib.sha256(f"launch-{n}".encode()).hexdigest(),
+        agent_name=f"agent-{n}",
+        allowed_scope=("read:data:*",),
+        max_ttl=300,
+        single_use=True,
+        created_at=NOW,
+        expires_at=NOW + 30,
+        created_by="admin",
+    )
+    return replace(record, **changes)  # type: ignore[arg-type]
+
+
+def make_agent(n: int = 1, **changes: object) -> AgentRecord:
+    agent = AgentRecord(
+        agent_id=f"spiffe://example.org/agent/orch-1/task-{n}/inst-{n}",
+        public_key=bytes(range(n, n + 32)),
+        orch_id="orch-1",
+        task_id=f"task-{n}",
+        scope=("read:data:*",),
+        app_id="app-1",
+        client_id="client-1",
+        registered_at=NOW,
+    )
+    return replace(agent, **changes)  # type: ignore[arg-type]
+
+
+def chain(
+    count: int, *, start: tuple[int, str] = GENESIS, ts0: float = NOW, **fields: str
+) -> list[AuditEvent]:
+    """``count`` events continuing ``start``, one second apart from ``ts0``.
+
+    Event i (0-based) has agent ``agent-{i % 3}``, task ``task-{i % 2}``, event type
+    ``type-{i % 4}`` and outcome ``denied`` for every fifth event, else ``success``.
+    """
+    seq, prev = start
+    events = []
+    for i in range(count):
+        seq += 1
+        digest = hashlib.sha256(f"{prev}|{seq}".encode()).hexdigest()
+        values = {
+            "agent_id": f"agent-{i % 3}",
+            "task_id": f"task-{i % 2}",
+            "event_type": f"type-{i % 4}",
+            "outcome": "denied" if i % 5 == 0 else "success",
+        }
+        values.update(fields)
+        events.append(
+            AuditEvent(
+                seq=seq,
+                timestamp=format_rfc3339(ts0 + i),
+                orch_id="orch-1",
+                detail=f"detail {seq}",
+                resource="/v1/resource",
+                deleg_depth=i % 3,
+                deleg_chain_hash="ab" * 32 if i % 3 else "",
+                request_id=f"req-{seq}",
+                prev_hash=prev,
+                hash=digest,
+                **values,
+            )
+        )
+        prev = digest
+    return events
+
+
+def append(store: Store, events: list[AuditEvent]) -> None:
+    with store.write() as tx:
+        tx.append_audit(events)
+
+
+# -- apps ---------------------------------------------------------------------------------
+
+
+def test_app_round_trip(store: Store) -> None:
+    app = make_app()
+    with store.write() as tx:
+        tx.insert_app(app)
+    assert store.get_app(app.app_id) == app
+    assert store.get_app_by_client_id(app.client_id) == app
+    assert store.get_app("app-missing") is None
+    assert store.get_app_by_client_id("client-missing") is None
+
+
+def test_app_duplicate_name_conflicts(store: Store) -> None:
+    with store.write() as tx:
+        tx.insert_app(make_app(1))
+    with pytest.raises(Conflict, match="app name already exists"), store.write() as tx:
+        tx.insert_app(make_app(2, name="name-1"))
+    assert store.get_app("app-2") is None
+
+
+def test_app_duplicate_client_id_conflicts(store: Store) -> None:
+    with store.write() as tx:
+        tx.insert_app(make_app(1))
+    with pytest.raises(Conflict, match="client_id"), store.write() as tx:
+        tx.insert_app(make_app(2, client_id="client-1"))
+    assert store.get_app("app-2") is None
+
+
+def test_app_duplicate_id_conflicts(store: Store) -> None:
+    with store.write() as tx:
+        tx.insert_app(make_app(1))
+    with pytest.raises(Conflict), store.write() as tx:
+        tx.insert_app(make_app(1, name="other", client_id="other"))
+    assert store.get_app("app-1") == make_app(1)
+
+
+def test_update_app(store: Store) -> None:
+    with store.write() as tx:
+        tx.insert_app(make_app(1))
+        tx.insert_app(make_app(2))
+    updated = make_app(
+        1,
+        name="renamed",
+        client_id="client-new",
+        scopes=("read:other:*",),
+        status="inactive",
+        token_ttl=60,
+        updated_at=NOW + 100,
+    )
+    with store.write() as tx:
+        tx.update_app(updated)
+    assert store.get_app("app-1") == updated
+    assert store.get_app_by_client_id("client-new") == updated
+    assert store.get_app_by_client_id("client-1") is None
+
+
+def test_update_app_conflicts_and_missing(store: Store) -> None:
+    with store.write() as tx:
+        tx.insert_app(make_app(1))
+        tx.insert_app(make_app(2))
+    with pytest.raises(Conflict, match="app name already exists"), store.write() as tx:
+        tx.update_app(make_app(2, name="name-1"))
+    with pytest.raises(Conflict, match="client_id"), store.write() as tx:
+        tx.update_app(make_app(2, client_id="client-1"))
+    with pytest.raises(NotFound), store.write() as tx:
+        tx.update_app(make_app(3))
+    assert store.get_app("app-2") == make_app(2)
+    # Keeping its own name and client_id is not a conflict.
+    with store.write() as tx:
+        tx.update_app(make_app(2, status="inactive"))
+    assert store.get_app("app-2") == make_app(2, status="inactive")
+
+
+def test_list_apps_newest_first(store: Store) -> None:
+    assert store.list_apps() == []
+    apps = [make_app(2), make_app(3), make_app(1), make_app(4, created_at=NOW + 3)]
+    with store.write() as tx:
+        for app in apps:
+            tx.insert_app(app)
+    listed = store.list_apps()
+    # created_at NOW+4 (app-4's tie at NOW+3 with app-3 breaks by app_id descending).
+    assert [a.app_id for a in listed] == ["app-4", "app-3", "app-2", "app-1"]
+    assert listed[0] == apps[3]
+
+
+# -- launch tokens --------------------------------------------------------------------------
+
+
+def test_launch_token_round_trip(store: Store) -> None:
+    admin = make_launch_token(1)
+    by_app = make_launch_token(2, app_id="app-1", single_use=False, allowed_scope=())
+    with store.write() as tx:
+        tx.insert_launch_token(admin)
+        tx.insert_launch_token(by_app)
+    assert store.get_launch_token(admin.token_hash) == admin
+    assert store.get_launch_token(by_app.token_hash) == by_app
+    assert store.get_launch_token("0" * 64) is None
+
+
+def test_launch_token_duplicate_conflicts(store: Store) -> None:
+    with store.write() as tx:
+        tx.insert_launch_token(make_launch_token(1))
+    with pytest.raises(Conflict), store.write() as tx:
+        tx.insert_launch_token(make_launch_token(1, agent_name="other"))
+    assert store.get_launch_token(make_launch_token(1).token_hash) == make_launch_token(1)
+
+
+def test_single_use_launch_token_is_consumed_once(store: Store) -> None:
+    token = make_launch_token()
+    with store.write() as tx:
+        tx.insert_launch_token(token)
+    with store.write() as tx:
+        assert tx.consume_launch_token(token.token_hash, NOW + 1) is True
+        assert tx.consume_launch_token(token.token_hash, NOW + 1) is False
+    with store.write() as tx:
+        assert tx.consume_launch_token(token.token_hash, NOW + 2) is False
+    assert store.get_launch_token(token.token_hash) == replace(token, consumed_at=NOW + 1)
+
+
+def test_expired_launch_token_is_never_consumable(store: Store) -> None:
+    single = make_launch_token(1)
+    multi = make_launch_token(2, single_use=False)
+    with store.write() as tx:
+        tx.insert_launch_token(single)
+        tx.insert_launch_token(multi)
+    with store.write() as tx:
+        for token in (single, multi):
+            # Expiry is exclusive: at expires_at the token is already dead.
+            assert tx.consume_launch_token(token.token_hash, token.expires_at) is False
+            assert tx.consume_launch_token(token.token_hash, token.expires_at + 1) is False
+        assert tx.consume_launch_token("f" * 64, NOW) is False
+    assert store.get_launch_token(single.token_hash) == single
+
+
+def test_multi_use_launch_token_is_never_marked(store: Store) -> None:
+    token = make_launch_token(single_use=False)
+    with store.write() as tx:
+        tx.insert_launch_token(token)
+    for i in range(3):
+        with store.write() as tx:
+            assert tx.consume_launch_token(token.token_hash, NOW + i) is True
+    assert store.get_launch_token(token.token_hash) == token
+
+
+def test_nonce_is_consumed_once(store: Store) -> None:
+    with store.write() as tx:
+        assert tx.consume_nonce("n1", NOW + 30) is True
+        assert tx.consume_nonce("n1", NOW + 30) is False
+        assert tx.consume_nonce("n2", NOW + 30) is True
+    with store.write() as tx:
+        assert tx.consume_nonce("n1", NOW + 60) is False
+
+
+# -- agents ---------------------------------------------------------------------------------
+
+
+def test_agent_round_trip_and_status(store: Store) -> None:
+    agent = make_agent()
+    with store.write() as tx:
+        tx.insert_agent(agent)
+    assert store.get_agent(agent.agent_id) == agent
+    assert store.get_agent("spiffe://example.org/agent/none") is None
+    with store.write() as tx:
+        tx.set_agent_status(agent.agent_id, "revoked")
+    assert store.get_agent(agent.agent_id) == replace(agent, status="revoked")
+
+
+def test_agent_duplicate_and_missing(store: Store) -> None:
+    with store.write() as tx:
+        tx.insert_agent(make_agent(1))
+    with pytest.raises(Conflict), store.write() as tx:
+        tx.insert_agent(make_agent(1, task_id="other"))
+    with store.write() as tx:
+        # Revoking an agent the store never saw is allowed: nothing to mark.
+        tx.set_agent_status("spiffe://example.org/agent/none", "revoked")
+    assert store.get_agent("spiffe://example.org/agent/none") is None
+    assert store.get_agent(make_agent(1).agent_id) == make_agent(1)
+
+
+# -- revocations ----------------------------------------------------------------------------
+
+
+def revoke(store: Store, level: str, target: str, revoked_at: int, expires_at: float) -> bool:
+    with store.write() as tx:
+        return tx.insert_revocation(RevocationRecord(level, target, revoked_at, expires_at))
+
+
+def test_revocation_insert_and_load(store: Store) -> None:
+    assert store.load_revocations(NOW) == []
+    assert revoke(store, "agent", "spiffe://x/a", 100, NOW + 60) is True
+    (entry,) = store.load_revocations(NOW)
+    assert (entry.level, entry.target, entry.revoked_at, entry.expires_at) == (
+        "agent",
+        "spiffe://x/a",
+        100,
+        NOW + 60,
+    )
+    assert entry.seq > 0
+
+
+def test_revocation_seq_is_assigned_not_taken(store: Store) -> None:
+    with store.write() as tx:
+        tx.insert_revocation(RevocationRecord("token", "jti-1", 1, NOW + 60, seq=999))
+        tx.insert_revocation(RevocationRecord("token", "jti-2", 1, NOW + 60, seq=5))
+    first, second = store.load_revocations(NOW)
+    assert 0 < first.seq < second.seq
+    assert first.target == "jti-1"
+
+
+def test_revocation_duplicate_returns_false_and_writes_nothing(store: Store) -> None:
+    revoke(store, "task", "task-1", 100, NOW + 60)
+    (before,) = store.load_revocations(NOW)
+    assert revoke(store, "task", "task-1", 100, NOW + 60) is False
+    assert revoke(store, "task", "task-1", 50, NOW + 10) is False  # earlier: ignored
+    assert store.load_revocations(NOW) == [before]
+    assert store.revocations_since(before.seq) == []
+    # Same target at another level is a separate entry.
+    assert revoke(store, "agent", "task-1", 100, NOW + 60) is True
+
+
+def test_revocation_extension_gets_a_new_seq(store: Store) -> None:
+    revoke(store, "agent", "a", 100, NOW + 60)
+    revoke(store, "agent", "b", 100, NOW + 60)
+    a, b = store.load_revocations(NOW)
+    assert revoke(store, "agent", "a", 100, NOW + 120) is False
+    extended = store.revocations_since(b.seq)
+    assert [(e.target, e.revoked_at, e.expires_at) for e in extended] == [("a", 100, NOW + 120)]
+    assert extended[0].seq > b.seq
+    assert [e.target for e in store.load_revocations(NOW)] == ["b", "a"]
+    # A later revoked_at alone also extends; each value keeps its maximum.
+    assert revoke(store, "agent", "a", 200, NOW + 30) is False
+    (again,) = store.revocations_since(extended[0].seq)
+    assert (again.revoked_at, again.expires_at) == (200, NOW + 120)
+    assert again.seq > extended[0].seq
+
+
+def test_revocation_seq_is_never_reused_after_prune(store: Store) -> None:
+    revoke(store, "token", "long", 1, NOW + 100)
+    revoke(store, "token", "short", 1, NOW + 10)
+    highest = max(r.seq for r in store.revocations_since(0))
+    assert store.prune(NOW + 50) == 1
+    revoke(store, "token", "new", 1, NOW + 100)
+    (new,) = store.revocations_since(highest)
+    assert new.target == "new"
+    assert new.seq > highest
+
+
+def test_load_revocations_filters_expired_in_seq_order(store: Store) -> None:
+    revoke(store, "token", "t1", 1, NOW + 10)
+    revoke(store, "token", "t2", 1, NOW)  # expires_at == now: no longer loaded
+    revoke(store, "chain", "c1", 1, NOW + 5)
+    revoke(store, "token", "t3", 1, NOW - 5)
+    live = store.load_revocations(NOW)
+    assert [r.target for r in live] == ["t1", "c1"]
+    assert [r.seq for r in live] == sorted(r.seq for r in live)
+
+
+def test_revocations_since(store: Store) -> None:
+    for i in range(5):
+        revoke(store, "token", f"t{i}", 1, NOW - 1 if i == 2 else NOW + 10)
+    everything = store.revocations_since(0)
+    assert [r.target for r in everything] == [f"t{i}" for i in range(5)]  # expired included
+    seqs = [r.seq for r in everything]
+    assert seqs == sorted(set(seqs))
+    assert [r.target for r in store.revocations_since(seqs[2])] == ["t3", "t4"]
+    assert store.revocations_since(seqs[-1]) == []
+
+
+# -- audit ----------------------------------------------------------------------------------
+
+
+def test_audit_head_genesis(store: Store) -> None:
+    assert store.audit_head() == GENESIS
+    with store.write() as tx:
+        assert tx.audit_head() == GENESIS
+
+
+def test_append_audit_and_head(store: Store) -> None:
+    events = chain(3)
+    with store.write() as tx:
+        tx.append_audit(events[:2])
+        assert tx.audit_head() == (2, events[1].hash)  # sees its own writes
+        tx.append_audit(events[2:])
+        tx.append_audit([])
+    assert store.audit_head() == (3, events[2].hash)
+    assert list(store.iter_audit()) == events
+
+
+def test_append_audit_refuses_seq_not_after_head(store: Store) -> None:
+    events = chain(2)
+    append(store, events)
+    with pytest.raises(Conflict), store.write() as tx:
+        tx.append_audit(chain(1, start=(1, events[0].hash)))
+    with pytest.raises(Conflict), store.write() as tx:
+        tx.append_audit([*chain(2, start=(2, events[1].hash))[::-1]])
+    assert store.audit_head() == (2, events[1].hash)
+
+
+def test_audit_event_fields_round_trip(store: Store) -> None:
+    event = AuditEvent(
+        seq=1,
+        timestamp="2027-01-15T08:00:00.123456Z",
+        event_type="token_issued",
+        agent_id="spiffe://example.org/agent/o/t/i",
+        task_id="task-ü",
+        orch_id="orch",
+        detail='scope=["read:data:*"] \n newline and "quotes"',
+        resource="/v1/token/renew",
+        outcome="success",
+        deleg_depth=2,
+        deleg_chain_hash="cd" * 32,
+        request_id="req-1",
+        prev_hash="0" * 64,
+        hash="ef" * 32,
+    )
+    append(store, [event])
+    assert list(store.iter_audit()) == [event]
+    assert store.query_audit(AuditQuery()) == ([event], 1)
+    assert event.id == "evt-000001"
+
+
+def test_query_audit_exact_filters(store: Store) -> None:
+    events = chain(20)
+    append(store, events)
+
+    def expect(query: AuditQuery, keep: list[AuditEvent]) -> None:
+        got, total = store.query_audit(query)
+        assert got == keep[: query.limit]
+        assert total == len(keep)
+
+    expect(AuditQuery(), events)
+    expect(AuditQuery(agent_id="agent-1"), [e for e in events if e.agent_id == "agent-1"])
+    expect(AuditQuery(task_id="task-0"), [e for e in events if e.task_id == "task-0"])
+    expect(AuditQuery(event_type="type-3"), [e for e in events if e.event_type == "type-3"])
+    expect(AuditQuery(outcome="denied"), [e for e in events if e.outcome == "denied"])
+    expect(
+        AuditQuery(agent_id="agent-0", task_id="task-0", outcome="denied"),
+        [
+            e
+            for e in events
+            if (e.agent_id, e.task_id, e.outcome) == ("agent-0", "task-0", "denied")
+        ],
+    )
+    expect(AuditQuery(agent_id="nobody"), [])
+    expect(AuditQuery(agent_id="agent"), [])  # exact match, not a prefix
+
+
+def test_query_audit_time_range_is_inclusive(store: Store) -> None:
+    events = chain(10, ts0=NOW)  # event i at NOW + i
+    append(store, events)
+    got, total = store.query_audit(AuditQuery(since=NOW + 3, until=NOW + 6))
+    assert [e.seq for e in got] == [4, 5, 6, 7]
+    assert total == 4
+    assert store.query_audit(AuditQuery(since=NOW + 8.5))[1] == 1
+    assert store.query_audit(AuditQuery(until=NOW + 0.5))[1] == 1
+    assert store.query_audit(AuditQuery(since=NOW + 20))[1] == 0
+
+
+def test_query_audit_reads_timestamp_offsets(store: Store) -> None:
+    event = replace(chain(1)[0], timestamp="2027-01-01T02:00:00+02:00")  # 00:00 UTC
+    append(store, [event])
+    midnight = 1798761600.0  # 2027-01-01T00:00:00Z
+    assert store.query_audit(AuditQuery(since=midnight, until=midnight))[1] == 1
+    assert store.query_audit(AuditQuery(since=midnight + 0.001))[1] == 0
+
+
+def test_query_audit_limit_offset_total(store: Store) -> None:
+    events = chain(30)
+    append(store, events)
+    denied = [e for e in events if e.outcome == "denied"]  # seq 1, 6, 11, 16, 21, 26
+    got, total = store.query_audit(AuditQuery(outcome="denied", limit=2, offset=1))
+    assert got == denied[1:3]
+    assert total == 6
+    got, total = store.query_audit(AuditQuery(limit=10, offset=25))
+    assert got == events[25:]
+    assert total == 30
+    assert store.query_audit(AuditQuery(limit=0)) == ([], 30)
+    assert store.query_audit(AuditQuery(offset=100)) == ([], 30)
+    with pytest.raises(ValueError):
+        store.query_audit(AuditQuery(limit=-1))
+    with pytest.raises(ValueError):
+        store.query_audit(AuditQuery(offset=-1))
+
+
+@pytest.mark.parametrize("batch", [1, 3, 5, 7, 5000])
+def test_iter_audit_order_and_batching(store: Store, batch: int) -> None:
+    events = chain(15)
+    append(store, events[:10])
+    append(store, events[10:])
+    assert list(store.iter_audit(batch=batch)) == events
+    assert list(store.iter_audit(after_seq=9, batch=batch)) == events[9:]
+    assert list(store.iter_audit(after_seq=15, batch=batch)) == []
+
+
+def test_iter_audit_on_empty_log_and_bad_batch(store: Store) -> None:
+    assert list(store.iter_audit()) == []
+    with pytest.raises(ValueError):
+        list(store.iter_audit(batch=0))
+
+
+# -- transactions ---------------------------------------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+def test_exception_in_write_rolls_back_everything(store: Store) -> None:
+    token = make_launch_token()
+    agent = make_agent()
+    with store.write() as tx:
+        tx.insert_launch_token(token)
+        tx.insert_agent(agent)
+        tx.insert_revocation(RevocationRecord("task", "t", 1, NOW + 60))
+    (revocation,) = store.load_revocations(NOW)
+    with pytest.raises(Boom), store.write() as tx:
+        tx.insert_app(make_app())
+        assert tx.consume_launch_token(token.token_hash, NOW) is True
+        assert tx.consume_nonce("n", NOW + 30) is True
+        tx.insert_agent(make_agent(2))
+        tx.set_agent_status(agent.agent_id, "revoked")
+        tx.insert_revocation(RevocationRecord("task", "t", 5, NOW + 600))
+        tx.insert_revocation(RevocationRecord("agent", "a", 5, NOW + 600))
+        tx.append_audit(chain(2))
+        raise Boom
+    assert store.list_apps() == []
+    assert store.get_launch_token(token.token_hash) == token
+    assert store.get_agent(agent.agent_id) == agent
+    assert store.get_agent(make_agent(2).agent_id) is None
+    assert store.load_revocations(NOW) == [revocation]
+    assert store.revocations_since(revocation.seq) == []
+    assert store.audit_head() == GENESIS
+    with store.write() as tx:
+        assert tx.consume_nonce("n", NOW + 30) is True
+        assert tx.consume_launch_token(token.token_hash, NOW) is True
+
+
+def test_savepoint_rollback_undoes_only_its_block(store: Store) -> None:
+    token = make_launch_token()
+    with store.write() as tx:
+        tx.insert_launch_token(token)
+    events = chain(2)
+    with store.write() as tx:
+        with tx.savepoint():
+            tx.insert_app(make_app(1))
+            tx.append_audit(events[:1])
+        with pytest.raises(Boom), tx.savepoint():
+            tx.insert_app(make_app(2))
+            assert tx.consume_launch_token(token.token_hash, NOW) is True
+            assert tx.consume_nonce("n", NOW + 30) is True
+            tx.insert_revocation(RevocationRecord("agent", "a", 1, NOW + 60))
+            tx.append_audit(events[1:])
+            raise Boom
+        assert tx.audit_head() == (1, events[0].hash)
+        with tx.savepoint():
+            tx.insert_agent(make_agent())
+    assert [a.app_id for a in store.list_apps()] == ["app-1"]
+    assert store.get_launch_token(token.token_hash) == token
+    assert store.load_revocations(NOW) == []
+    assert store.get_agent(make_agent().agent_id) == make_agent()
+    assert list(store.iter_audit()) == events[:1]
+    with store.write() as tx:
+        assert tx.consume_nonce("n", NOW + 30) is True
+
+
+def test_nested_savepoints(store: Store) -> None:
+    with store.write() as tx:
+        with tx.savepoint():
+            tx.insert_app(make_app(1))
+            with pytest.raises(Boom), tx.savepoint():
+                tx.insert_app(make_app(2))
+                raise Boom
+            tx.insert_app(make_app(3))
+        with pytest.raises(Boom), tx.savepoint():
+            tx.insert_app(make_app(4))
+            with tx.savepoint():
+                tx.insert_app(make_app(5))
+            raise Boom
+    assert sorted(a.app_id for a in store.list_apps()) == ["app-1", "app-3"]
+
+
+def test_failed_operation_in_savepoint_keeps_the_batch(store: Store) -> None:
+    """The group committer's pattern: one operation's Conflict does not sink the others."""
+    with store.write() as tx:
+        tx.insert_app(make_app(1))
+    with store.write() as tx:
+        for n in (2, 1, 3):
+            try:
+                with tx.savepoint():
+                    tx.insert_agent(make_agent(n))
+                    tx.insert_app(make_app(n))
+            except Conflict:
+                pass
+    assert sorted(a.app_id for a in store.list_apps()) == ["app-1", "app-2", "app-3"]
+    assert store.get_agent(make_agent(1).agent_id) is None
+    assert store.get_agent(make_agent(3).agent_id) == make_agent(3)
+
+
+def test_write_is_not_reentrant(store: Store) -> None:
+    with store.write() as tx:
+        tx.insert_app(make_app(1))
+        with pytest.raises(RuntimeError), store.write():
+            pass
+        with pytest.raises(RuntimeError):
+            store.prune(NOW)  # prune writes too
+    assert store.get_app("app-1") == make_app(1)
+
+
+def test_transaction_is_dead_after_write(store: Store) -> None:
+    with store.write() as tx:
+        pass
+    with pytest.raises(RuntimeError):
+        tx.insert_app(make_app())
+    assert store.list_apps() == []
+
+
+def test_other_threads_never_see_uncommitted_writes(store: Store) -> None:
+    seen: list[tuple[AppRecord | None, bool]] = []
+    committed = threading.Event()
+
+    def read() -> None:
+        app = store.get_app("app-1")
+        seen.append((app, committed.is_set()))
+
+    with store.write() as tx:
+        tx.insert_app(make_app(1))
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(timeout=0.5)  # a backend may block readers until the commit
+        committed.set()
+    reader.join()
+    ((app, after_commit),) = seen
+    assert app is None or after_commit
+
+
+def test_closed_store_refuses_work(store: Store) -> None:
+    store.close()
+    with pytest.raises(RuntimeError), store.write():
+        pass
+    with pytest.raises(RuntimeError):
+        store.get_app("app-1")
+    store.close()  # twice is harmless
+
+
+# -- prune ----------------------------------------------------------------------------------
+
+
+def test_prune(store: Store) -> None:
+    single = make_launch_token(1)  # expires NOW + 30
+    multi = make_launch_token(2, single_use=False)
+    live = make_launch_token(3, expires_at=NOW + 600)
+    consumed_live = make_launch_token(4, expires_at=NOW + 600)
+    events = chain(5)
+    with store.write() as tx:
+        for token in (single, multi, live, consumed_live):
+            tx.insert_launch_token(token)
+        assert tx.consume_launch_token(single.token_hash, NOW)
+        assert tx.consume_launch_token(consumed_live.token_hash, NOW)
+        tx.consume_nonce("old", NOW + 30)
+        tx.consume_nonce("edge", NOW + 100)
+        tx.consume_nonce("new", NOW + 600)
+        tx.insert_revocation(RevocationRecord("token", "old", 1, NOW + 30))
+        tx.insert_revocation(RevocationRecord("token", "edge", 1, NOW + 100))
+        tx.insert_revocation(RevocationRecord("token", "new", 1, NOW + 600))
+        tx.insert_app(make_app())
+        tx.insert_agent(make_agent())
+        tx.append_audit(events)
+
+    # 2 launch tokens + 2 nonces + 2 revocations; expires_at == now counts as expired.
+    assert store.prune(NOW + 100) == 6
+    assert store.get_launch_token(single.token_hash) is None
+    assert store.get_launch_token(multi.token_hash) is None
+    assert store.get_launch_token(live.token_hash) == live
+    assert store.get_launch_token(consumed_live.token_hash) == replace(
+        consumed_live, consumed_at=NOW
+    )
+    assert [r.target for r in store.revocations_since(0)] == ["new"]
+    with store.write() as tx:
+        assert tx.consume_nonce("old", NOW + 200) is True  # pruned, so new again
+        assert tx.consume_nonce("new", NOW + 600) is False  # still remembered
+    assert list(store.iter_audit()) == events
+    assert store.get_app("app-1") == make_app()
+    assert store.get_agent(make_agent().agent_id) == make_agent()
+    assert store.prune(NOW + 100) == 0
+    assert store.prune(NOW + 600) == 5  # 2 live tokens, "new" revocation, 2 nonces
+    assert store.prune(NOW + 600) == 0
