@@ -599,19 +599,23 @@ def test_group_commit_batches_queued_units_into_one_transaction() -> None:
     log = AuditLog(store, ManualClock(), on_batch=lambda size, _secs: batches.append(size))
     n = 16
     done: list[Any] = []
-    with log._commit_lock:  # hold the leader's seat while everybody queues
-        threads = [
-            threading.Thread(
-                target=lambda i=i: done.append(log.record(AuditEntry("e", detail=str(i))))
-            )
-            for i in range(n)
-        ]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 10
-        while len(log._queue) < n and time.monotonic() < deadline:
-            pass
-        assert len(log._queue) == n
+    with log._cond:  # take the leader's seat while everybody queues
+        log._leading = True
+    threads = [
+        threading.Thread(
+            target=lambda i=i: done.append(log.record(AuditEntry("e", detail=str(i))))
+        )
+        for i in range(n)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(log._queue) < n and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert len(log._queue) == n
+    with log._cond:  # hand the seat back: one waiter leads the whole queue
+        log._leading = False
+        log._cond.notify_all()
     for t in threads:
         t.join(timeout=10)
     assert batches == [n]
