@@ -602,9 +602,7 @@ def test_group_commit_batches_queued_units_into_one_transaction() -> None:
     with log._cond:  # take the leader's seat while everybody queues
         log._leading = True
     threads = [
-        threading.Thread(
-            target=lambda i=i: done.append(log.record(AuditEntry("e", detail=str(i))))
-        )
+        threading.Thread(target=lambda i=i: done.append(log.record(AuditEntry("e", detail=str(i)))))
         for i in range(n)
     ]
     for t in threads:

@@ -585,6 +585,7 @@ def test_public_surface() -> None:
             "b64url_decode",
             "b64url_encode",
             "decode",
+            "decode_embedded_key",
             "decode_unverified",
             "encode",
             "sign_detached",

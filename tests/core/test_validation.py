@@ -78,6 +78,7 @@ def rejected(broker: Any, token: str, reason: str) -> None:
     assert failures[-1].outcome == "denied"
     assert failures[-1].resource == "/v1/things"
     assert token not in failures[-1].detail
+    assert failures[-1].detail.endswith(f"| denial={outward.value.denial_id}")
 
 
 def test_a_fresh_token_validates(broker: Any) -> None:
@@ -117,8 +118,14 @@ def test_wrong_issuer(broker: Any) -> None:
 
 
 def test_wrong_audience(broker: Any) -> None:
-    rejected(broker, agent_token(broker, aud=("other",)), "audience mismatch")
-    rejected(broker, agent_token(broker, aud=()), "audience mismatch")
+    # An agent token audience-bound to a resource still manages itself at the broker
+    # (docs/decisions.md, "Audience-bound tokens"), so only validate() refuses it; the empty
+    # audience is refused everywhere.
+    other = agent_token(broker, aud=("other",))
+    with pytest.raises(TokenRejected, match="audience mismatch"):
+        broker.validate(other)
+    assert broker.authenticate(f"Bearer {other}", CTX).aud == ("other",)
+    rejected(broker, agent_token(broker, aud=()), "audience")
     token = agent_token(broker, aud=("tasklease", "mcp://files"))
     assert broker.validate(token, audience="mcp://files").aud == ("tasklease", "mcp://files")
     with pytest.raises(TokenRejected, match="audience"):
@@ -211,7 +218,7 @@ def test_missing_or_invalid_authorization_header(
     failures = auth_failures(broker)
     assert len(failures) == 1
     assert audited in failures[0].detail
-    assert failures[0].detail.endswith("| path=/v1/things")
+    assert failures[0].detail.endswith(f"| path=/v1/things | denial={info.value.denial_id}")
     assert failures[0].request_id == "req-v"
 
 

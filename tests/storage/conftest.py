@@ -30,9 +30,25 @@ def _sqlite(request: pytest.FixtureRequest) -> Iterator[Store]:
     store.close()
 
 
+def _postgres(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """A fresh database per test on the session's throwaway cluster (tests/postgres)."""
+    import pgcluster
+
+    try:
+        cluster = pgcluster.shared_cluster()
+    except pgcluster.ClusterUnavailable as exc:
+        pytest.skip(str(exc))
+    from tasklease.storage.postgres import PostgresStore
+
+    store = PostgresStore(cluster.new_database("conf"))
+    yield store
+    store.close()
+
+
 BACKENDS: dict[str, StoreFactory] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "postgres": _postgres,
 }
 
 

@@ -16,10 +16,13 @@ from tasklease.core.clock import format_rfc3339
 from tasklease.core.errors import Conflict, NotFound
 from tasklease.core.store import (
     AgentRecord,
+    AgentSession,
     AppRecord,
     AuditEvent,
     AuditQuery,
+    DiscoveryBinding,
     LaunchTokenRecord,
+    ReferenceTokenRecord,
     RevocationRecord,
     Store,
 )
@@ -703,3 +706,160 @@ def test_prune(store: Store) -> None:
     assert store.prune(NOW + 100) == 0
     assert store.prune(NOW + 600) == 5  # 2 live tokens, "new" revocation, 2 nonces
     assert store.prune(NOW + 600) == 0
+
+
+# --- agent sessions, leases, discovery bindings, launch-token principal (issue 7) ---------
+
+
+def _session(n: int = 1, **changes: object) -> AgentSession:
+    session = AgentSession(
+        agent_id=f"spiffe://example.org/agent/orch-1/task-{n}/inst-{n}",
+        principal="user:alice@example.com",
+        heartbeat_required=True,
+        last_heartbeat=NOW + n,
+        resumes=0,
+        state="active",
+        expires_at=NOW + 1000,
+    )
+    return replace(session, **changes)  # type: ignore[arg-type]
+
+
+def test_launch_token_principal_round_trips(store: Store) -> None:
+    record = make_launch_token(principal="user:alice@example.com")
+    with store.write() as tx:
+        tx.insert_launch_token(record)
+        tx.insert_launch_token(make_launch_token(2))
+    assert store.get_launch_token(record.token_hash) == record
+    assert store.get_launch_token(make_launch_token(2).token_hash).principal == ""  # type: ignore[union-attr]
+
+
+def test_agent_sessions_put_get_and_silent_query(store: Store) -> None:
+    assert store.get_agent_session(_session().agent_id) is None
+    with store.write() as tx:
+        tx.put_agent_session(_session(1))
+        tx.put_agent_session(_session(2, heartbeat_required=False))
+        tx.put_agent_session(_session(3, state="released"))
+        tx.put_agent_session(_session(4))
+        assert tx.get_agent_session(_session(1).agent_id) == _session(1)
+    assert store.get_agent_session(_session(2).agent_id) == _session(2, heartbeat_required=False)
+    # Only required, active sessions older than the bound; oldest first; limited.
+    assert store.silent_agents(NOW + 10, 10) == [_session(1), _session(4)]
+    assert store.silent_agents(NOW + 10, 1) == [_session(1)]
+    assert store.silent_agents(NOW + 1, 10) == []
+    with store.write() as tx:
+        tx.put_agent_session(_session(1, last_heartbeat=NOW + 50, resumes=2))
+    assert store.get_agent_session(_session(1).agent_id) == _session(
+        1, last_heartbeat=NOW + 50, resumes=2
+    )
+    assert store.silent_agents(NOW + 10, 10) == [_session(4)]
+
+
+def test_session_write_rolls_back(store: Store) -> None:
+    with pytest.raises(Boom), store.write() as tx:
+        tx.put_agent_session(_session())
+        raise Boom
+    assert store.get_agent_session(_session().agent_id) is None
+
+
+def test_lease_has_one_holder_until_it_expires(store: Store) -> None:
+    with store.write() as tx:
+        assert tx.acquire_lease("sweeper", "a", NOW, NOW + 60)
+        assert not tx.acquire_lease("sweeper", "b", NOW + 10, NOW + 70)
+        assert tx.acquire_lease("sweeper", "a", NOW + 10, NOW + 70)  # renewed by its holder
+        assert tx.acquire_lease("other", "b", NOW, NOW + 60)
+    with store.write() as tx:
+        assert not tx.acquire_lease("sweeper", "b", NOW + 69, NOW + 129)
+        assert tx.acquire_lease("sweeper", "b", NOW + 70, NOW + 130)  # expired: taken over
+        assert not tx.acquire_lease("sweeper", "a", NOW + 71, NOW + 131)
+
+
+def test_discovery_bindings_put_get(store: Store) -> None:
+    binding = DiscoveryBinding(
+        agent_id=make_agent().agent_id,
+        endpoint="https://a.example/x",
+        issued_at=int(NOW),
+        signature=bytes(range(64)),
+        expires_at=NOW + 100,
+    )
+    assert store.get_discovery_binding(binding.agent_id) is None
+    with store.write() as tx:
+        tx.put_discovery_binding(binding)
+    assert store.get_discovery_binding(binding.agent_id) == binding
+    newer = replace(binding, endpoint="https://b.example/y", issued_at=int(NOW) + 5)
+    with store.write() as tx:
+        tx.put_discovery_binding(newer)
+    assert store.get_discovery_binding(binding.agent_id) == newer
+
+
+def test_prune_removes_expired_sessions_bindings_and_leases(store: Store) -> None:
+    with store.write() as tx:
+        tx.put_agent_session(_session(1, expires_at=NOW + 10))
+        tx.put_agent_session(_session(2, expires_at=NOW + 1000))
+        tx.put_discovery_binding(
+            DiscoveryBinding(_session(1).agent_id, "https://a/x", int(NOW), bytes(64), NOW + 10)
+        )
+        tx.acquire_lease("sweeper", "a", NOW, NOW + 10)
+    assert store.prune(NOW + 10) == 3
+    assert store.get_agent_session(_session(1).agent_id) is None
+    assert store.get_agent_session(_session(2).agent_id) == _session(2, expires_at=NOW + 1000)
+    assert store.get_discovery_binding(_session(1).agent_id) is None
+    with store.write() as tx:
+        assert tx.acquire_lease("sweeper", "b", NOW + 10, NOW + 20)
+
+
+# -- zero-trust enforcement (issue 4): audience, binding, by-reference tokens ----------------
+
+
+def test_launch_token_audience_and_agent_binding_round_trip(store: Store) -> None:
+    record = make_launch_token(41, audience=("https://mcp.example/files", "mcp-mail"))
+    agent = make_agent(41, cnf='{"x5t#S256":"abc","jkt":"def"}')
+    with store.write() as tx:
+        tx.insert_launch_token(record)
+        tx.insert_launch_token(make_launch_token(42))
+        tx.insert_agent(agent)
+        tx.insert_agent(make_agent(42))
+    assert store.get_launch_token(record.token_hash) == record
+    assert store.get_launch_token(make_launch_token(42).token_hash) == make_launch_token(42)
+    assert store.get_agent(agent.agent_id) == agent
+    assert store.get_agent(make_agent(42).agent_id) == make_agent(42)  # cnf "" by default
+
+
+def _reference(n: int, expires_at: float = NOW + 60) -> ReferenceTokenRecord:
+    return ReferenceTokenRecord(
+        token_hash=hashlib.sha256(f"tlr-{n}".encode()).hexdigest(),
+        kind="at+jwt",
+        claims='{"sub":"spiffe://example.org/agent/o/t/i","scope":["read:data:*"]}',
+        jti=f"{n:032x}",
+        expires_at=expires_at,
+    )
+
+
+def test_reference_token_round_trip_conflict_and_prune(store: Store) -> None:
+    live, old = _reference(1), _reference(2, expires_at=NOW - 1)
+    with store.write() as tx:
+        tx.insert_reference_token(live)
+        tx.insert_reference_token(old)
+    assert store.get_reference_token(live.token_hash) == live
+    assert store.get_reference_token("0" * 64) is None
+    with pytest.raises(Conflict), store.write() as tx:
+        tx.insert_reference_token(live)
+    with pytest.raises(RuntimeError), store.write() as tx:  # rolled back with its unit
+        tx.insert_reference_token(_reference(3))
+        raise RuntimeError
+    assert store.get_reference_token(_reference(3).token_hash) is None
+    assert store.prune(NOW) >= 1
+    assert store.get_reference_token(old.token_hash) is None
+    assert store.get_reference_token(live.token_hash) == live
+
+
+def test_find_revocations_is_a_point_read(store: Store) -> None:
+    with store.write() as tx:
+        tx.insert_revocation(RevocationRecord("agent", "a-1", 10, NOW + 5))
+        tx.insert_revocation(RevocationRecord("token", "j-1", 10, NOW - 5))
+        tx.insert_revocation(RevocationRecord("chain", "a-1", 10, NOW + 5))
+    found = store.find_revocations([("agent", "a-1"), ("token", "j-1"), ("task", "a-1")])
+    assert [(r.level, r.target) for r in found] == [("agent", "a-1"), ("token", "j-1")]
+    assert all(r.seq > 0 for r in found)
+    assert found[0].seq < found[1].seq
+    assert store.find_revocations([]) == []
+    assert store.find_revocations([("agent", "nobody")]) == []

@@ -37,9 +37,13 @@ import re
 from collections.abc import Callable, Container
 from typing import Any, NamedTuple
 
-import msgspec
 import nacl.exceptions
 import nacl.signing
+
+try:
+    import msgspec
+except ImportError:  # pragma: no cover - tests/verify runs this without msgspec
+    msgspec = None  # type: ignore[assignment]  # see _fast_json_object
 
 __all__ = [
     "ALGORITHM",
@@ -49,6 +53,7 @@ __all__ = [
     "b64url_decode",
     "b64url_encode",
     "decode",
+    "decode_embedded_key",
     "decode_unverified",
     "encode",
     "sign_detached",
@@ -186,17 +191,35 @@ _JSON = json.JSONDecoder(
 # it is valid UTF-8 without lone surrogates or non-finite numbers. Anything else (other
 # spacing, escapes or number spellings, or invalid input) takes the strict stdlib path,
 # which also gives the precise reason for a refusal.
-_FAST_DECODER = msgspec.json.Decoder()
-_FAST_ENCODER = msgspec.json.Encoder()
+#
+# msgspec is optional here: the offline verifier (``tasklease.verify``) runs where only
+# PyNaCl is installed, and there every object takes the strict stdlib path (same answers).
+def _no_fast_path(_data: bytes) -> dict[str, Any] | None:
+    return None
+
+
+_fast_json_object: Callable[[bytes], dict[str, Any] | None] = _no_fast_path
+if msgspec is not None:
+    _FAST_DECODER = msgspec.json.Decoder()
+    _FAST_ENCODER = msgspec.json.Encoder()
+    _MSGSPEC_ERROR = msgspec.MsgspecError
+
+    def _msgspec_json_object(data: bytes) -> dict[str, Any] | None:
+        try:
+            value = _FAST_DECODER.decode(data)
+            if type(value) is dict and _FAST_ENCODER.encode(value) == data:
+                return value
+        except (_MSGSPEC_ERROR, ValueError, RecursionError):
+            pass
+        return None
+
+    _fast_json_object = _msgspec_json_object
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = _FAST_DECODER.decode(data)
-        if type(value) is dict and _FAST_ENCODER.encode(value) == data:
-            return value
-    except (msgspec.MsgspecError, ValueError, RecursionError):
-        pass
+    value = _fast_json_object(data)
+    if value is not None:
+        return value
     return _json_object_strict(data, what)
 
 
@@ -389,3 +412,52 @@ def verify_detached(message: bytes, signature: bytes, key: nacl.signing.VerifyKe
     except (nacl.exceptions.CryptoError, TypeError, ValueError):
         return False
     return True
+
+
+# -- JWS signed by the key in its own header (DPoP proofs, RFC 9449 section 4.2) ----------
+
+_EMBEDDED_HEADER_PARAMS = frozenset(("typ", "alg", "jwk"))
+_OKP_MEMBERS = frozenset(("kty", "crv", "x"))
+MAX_PROOF_BYTES = 2048
+
+
+def decode_embedded_key(
+    token: str, *, typ: str, max_bytes: int = MAX_PROOF_BYTES
+) -> tuple[bytes, dict[str, Any]]:
+    """Verify a compact JWS signed by the Ed25519 key in its own ``jwk`` header.
+
+    For DPoP proofs only: the header is exactly ``typ`` (equal to ``typ``), ``alg``
+    (``EdDSA``) and ``jwk`` (``kty: OKP``, ``crv: Ed25519``, ``x``, no private member),
+    the size cap comes first and the payload is parsed only after the signature verifies.
+    Returns ``(raw 32-byte public key, claims)``. The caller decides whether that key is
+    the one the access token is bound to.
+
+    Raises:
+        JWSError: at the first failed step, with its reason.
+    """
+    header_seg, payload_seg, signature_seg = _split(token, max_bytes)
+    header = _json_object(_b64url_decode(header_seg, "header"), "header")
+    if set(header) != _EMBEDDED_HEADER_PARAMS:
+        raise JWSError("proof header must be exactly typ, alg and jwk")
+    if header["typ"] != typ:
+        raise JWSError("typ not allowed")
+    if header["alg"] != ALGORITHM:
+        raise JWSError("alg not allowed")
+    jwk = header["jwk"]
+    if type(jwk) is not dict or set(jwk) != _OKP_MEMBERS:
+        raise JWSError("proof jwk must be exactly kty, crv and x")
+    if jwk["kty"] != "OKP" or jwk["crv"] != "Ed25519" or type(jwk["x"]) is not str:
+        raise JWSError("proof jwk is not an Ed25519 public key")
+    raw_key = _b64url_decode(jwk["x"], "jwk x")
+    if len(raw_key) != 32:
+        raise JWSError("proof jwk x length")
+    try:
+        key = nacl.signing.VerifyKey(raw_key)
+    except (nacl.exceptions.CryptoError, TypeError, ValueError):
+        raise JWSError("proof jwk is not an Ed25519 public key") from None
+    signature = _b64url_decode(signature_seg, "signature")
+    signing_input = token[: len(header_seg) + 1 + len(payload_seg)].encode("ascii")
+    if not verify_detached(signing_input, signature, key):
+        raise JWSError("bad signature")
+    claims = _json_object(_b64url_decode(payload_seg, "payload"), "payload")
+    return raw_key, claims

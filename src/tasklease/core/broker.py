@@ -8,25 +8,45 @@ event durable together, or raises a :class:`~tasklease.core.errors.TaskleaseErro
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
+import nacl.signing
+
+from tasklease.core import discovery, liveness, mutual
 from tasklease.core import scopes as scope_rules
+from tasklease.core.assurance import is_critical, live_denial
+from tasklease.core.audience import (
+    choose_audience,
+    narrow_audience,
+    validate_resource,
+    validate_resources,
+)
 from tasklease.core.audit import AuditEntry, AuditLog
+from tasklease.core.binding import BindingError, DPoPVerifier, Presentation, check_binding
 from tasklease.core.clock import Clock, SystemClock, format_rfc3339, format_rfc3339_seconds
 from tasklease.core.config import Config
-from tasklease.core.delegation import record_signing_input, verify_chain_records
+from tasklease.core.delegation import (
+    principal_ref,
+    record_signing_input,
+    validate_principal,
+    verify_chain_records,
+)
 from tasklease.core.errors import (
     Forbidden,
     InsufficientScope,
     InvalidRequest,
+    InvalidTarget,
     InvalidTTL,
     NotFound,
     RenewalCeilingExceeded,
@@ -34,6 +54,7 @@ from tasklease.core.errors import (
     ScopeViolation,
     TaskleaseError,
     Unauthorized,
+    Unavailable,
 )
 from tasklease.core.identity import (
     NonceIssuer,
@@ -42,18 +63,30 @@ from tasklease.core.identity import (
     nonce_hash,
     verify_possession,
 )
-from tasklease.core.keys import KeyRing
+from tasklease.core.introspection import (
+    INACTIVE,
+    claims_from_reference,
+    introspection_response,
+    is_reference_token,
+    new_reference,
+    reference_hash,
+)
+from tasklease.core.keys import KeyRing, load_or_create_keyring, rotate_key
 from tasklease.core.launch import LAUNCH_TOKEN_PATTERN, launch_token_hash, new_launch_token
+from tasklease.core.liveness import new_session
 from tasklease.core.metrics import Metrics
 from tasklease.core.passwords import hash_secret, new_secret, verify_secret
 from tasklease.core.revocation import LEVELS, RevocationIndex
 from tasklease.core.spiffe import new_agent_id, parse_agent_id, validate_segment
 from tasklease.core.store import (
     AgentRecord,
+    AgentSession,
     AppRecord,
     AuditEvent,
     AuditQuery,
+    DiscoveryBinding,
     LaunchTokenRecord,
+    ReferenceTokenRecord,
     RevocationRecord,
     Store,
     WriteTx,
@@ -65,7 +98,9 @@ from tasklease.core.tokens import (
     KIND_AGENT,
     KIND_APP,
     Claims,
+    ClaimsError,
     DelegationRecord,
+    agent_key_of,
     mint,
 )
 from tasklease.core.validation import TokenRejected, Validator
@@ -76,15 +111,29 @@ VERSION = "0.1.0"
 ALL_KINDS = frozenset({KIND_AGENT, KIND_ADMIN, KIND_APP})
 _APP_NAME = re.compile(r"^[a-z][a-z0-9]+(?:-[a-z0-9]+)*$")
 _log = logging.getLogger("tasklease.broker")
+_FEED_READER_KINDS = frozenset({KIND_ADMIN, KIND_APP})
+# How often a store watch checks in (confirms the revocation index is current).
+_WATCH_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
-    """Who is asking, for the audit trail: never used for an authorization decision."""
+    """Who is asking, for the audit trail, and what the request proves possession of.
+
+    ``request_id``, ``remote`` and ``path`` are never used for an authorization decision.
+    ``cert_thumbprint`` (the TLS client certificate's ``x5t#S256``, set by the HTTP layer
+    from the connection, never from a header), ``dpop`` (the ``DPoP`` header), ``method``
+    and ``url`` (scheme, host and path, for the proof's ``htm``/``htu``) are the request's
+    proof-of-possession material (RFC 8705, RFC 9449).
+    """
 
     request_id: str = ""
     remote: str = ""
     path: str = ""
+    cert_thumbprint: str = ""
+    dpop: str = ""
+    method: str = ""
+    url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +149,29 @@ class IssuedToken:
 def _about(claims: Claims) -> AuditEntry:
     """The identifying fields of an audit entry about the holder of ``claims``."""
     return AuditEntry("", agent_id=claims.sub, task_id=claims.task_id, orch_id=claims.orch_id)
+
+
+def _cnf_of(claims: Claims) -> dict[str, str] | None:
+    cnf = claims.raw.get("cnf")
+    return dict(cnf) if isinstance(cnf, dict) and cnf else None
+
+
+def _binding_suffix(claims: Claims, reference: ReferenceTokenRecord | None) -> str:
+    """Audit detail: which binding and form a freshly issued token has."""
+    out = ""
+    cnf = _cnf_of(claims)
+    if cnf:
+        out += " cnf=" + ",".join(sorted(cnf))
+    if claims.aud:
+        out += " aud=" + ",".join(claims.aud)
+    if reference is not None:
+        out += " by_reference=true"
+    return out
+
+
+def new_denial_id() -> str:
+    """``den_`` and 16 random hex characters: names one audited refusal."""
+    return "den_" + secrets.token_hex(8)
 
 
 def _fmt(values: Sequence[str]) -> str:
@@ -125,12 +197,27 @@ class Broker:
         self.clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
         self.revocations = RevocationIndex()
+        # Called (from any thread) after revocations are applied: the revocation feed wakes
+        # on it. A tuple swapped under a lock, so calling needs no lock and validation,
+        # which never touches it, stays as it was.
+        self._revocation_listeners: tuple[Callable[[], None], ...] = ()
+        self._listeners_lock = threading.Lock()
+        self._rotation_lock = threading.Lock()
         self.validator = Validator(config, keyring, self.clock, self.revocations)
+        self.dpop = DPoPVerifier(config.dpop_proof_window, capacity=config.dpop_replay_cache_size)
         self.audit = AuditLog(store, self.clock, on_batch=self.metrics.observe_batch)
         # Replicas that share a database must share this secret (server.build_broker
         # keeps it beside the signing keys); a lone in-process broker may use a random one.
         self.nonces = NonceIssuer(nonce_secret or os.urandom(32), config.nonce_ttl)
         self.started_at = time.monotonic()
+        # Names this process as the holder of store leases (the liveness sweeper's).
+        self.instance_id = secrets.token_hex(8)
+        # Revocation freshness: the monotonic time after which the index can no longer be
+        # trusted to hold every revocation other replicas committed. Infinite unless a
+        # store watch runs (watch_revocations); each confirmed check-in pushes it on.
+        self._current_until = math.inf
+        self._monotonic: Callable[[], float] = time.monotonic
+        self._watch: Any = None
         self.revocations.apply(store.load_revocations(self.clock.now()))
         self.metrics.revocation_entries.set(len(self.revocations))
 
@@ -146,8 +233,18 @@ class Broker:
         return events
 
     def _deny(self, exc: TaskleaseError, entry: AuditEntry) -> TaskleaseError:
-        """Audit a denial with its precise reason, then hand back the error to raise."""
-        self._commit(lambda _tx: [entry])
+        """Audit a denial with its precise reason, then hand back the error to raise.
+
+        The error gets a fresh ``denial_id`` (``den_`` + 16 hex), which the caller sees in
+        the problem body and which ends the audit detail as ``| denial=<id>`` (the detail
+        is shortened first, so sanitization's length cap can never cut the id off), so an
+        operator can find the precise reason for the refusal a caller reports.
+        """
+        denial_id = new_denial_id()
+        exc.denial_id = denial_id
+        detail = f"{entry.detail[:1800]} | denial={denial_id}" if entry.detail else ""
+        detail = detail or f"denial={denial_id}"
+        self._commit(lambda _tx: [replace(entry, detail=detail)])
         return exc
 
     def _ttl(self, requested: int | None, default: int) -> int:
@@ -160,6 +257,11 @@ class Broker:
     def _apply_revocations(self, records: Sequence[RevocationRecord]) -> None:
         self.revocations.apply(records)
         self.metrics.revocation_entries.set(len(self.revocations))
+        for listener in self._revocation_listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a subscriber must never undo a revocation
+                _log.exception("revocation listener failed")
 
     # --- identity: challenge and registration --------------------------------------------
 
@@ -178,8 +280,14 @@ class Broker:
         task_id: object,
         requested_scope: object,
         ctx: RequestContext,
+        resource: object = None,
     ) -> IssuedToken:
         """Register an agent instance and issue its first token.
+
+        ``resource`` (RFC 8707) names the one resource the token is for; it must be among
+        the launch token's resources when it names any. A registration over mTLS binds
+        the token to the client certificate, one with a DPoP proof (``ctx.dpop``) to the
+        proof's key (``cnf``); delegated tokens for this agent are bound the same way.
 
         Nothing is consumed by a request whose own fields are invalid: every field is
         checked first (400), then the launch token and scope ceiling (401/403, nothing
@@ -189,7 +297,15 @@ class Broker:
         started = time.perf_counter()
         try:
             issued = self._register(
-                launch_token, nonce, public_key, signature, orch_id, task_id, requested_scope, ctx
+                launch_token,
+                nonce,
+                public_key,
+                signature,
+                orch_id,
+                task_id,
+                requested_scope,
+                ctx,
+                resource=resource,
             )
         except TaskleaseError:
             self.metrics.registrations.labels("failure").inc()
@@ -210,6 +326,8 @@ class Broker:
         task_id: object,
         requested_scope: object,
         ctx: RequestContext,
+        *,
+        resource: object = None,
     ) -> IssuedToken:
         cfg = self.config
         if not isinstance(launch_token, str) or not launch_token:
@@ -223,11 +341,8 @@ class Broker:
         scope = scope_rules.validate_scopes(requested_scope, field="requested_scope")
         key = decode_public_key(public_key)
         sig = decode_signature(signature)
-        if not LAUNCH_TOKEN_PATTERN.match(launch_token):
-            raise Unauthorized("launch token: launch token not found")
-
+        named_resource = validate_resource(resource, field="resource")
         now = self._now()
-        lt_hash = launch_token_hash(launch_token)
         base = AuditEntry(
             event_type="registration_failed",
             outcome="denied",
@@ -235,13 +350,20 @@ class Broker:
             orch_id=orch,
             request_id=ctx.request_id,
         )
+        if not LAUNCH_TOKEN_PATTERN.match(launch_token):
+            raise self._deny(
+                Unauthorized("launch token: launch token not found"),
+                replace(base, detail="launch token malformed"),
+            )
+
+        lt_hash = launch_token_hash(launch_token)
         record = self.store.get_launch_token(lt_hash)
         if record is None:
             raise self._deny(
                 Unauthorized("launch token: launch token not found"),
                 replace(base, detail=f"launch token not found ({lt_hash[:12]})"),
             )
-        if now > record.expires_at:
+        if now >= record.expires_at:
             raise self._deny(
                 Unauthorized("launch token: launch token expired"),
                 replace(base, detail=f"launch token expired ({lt_hash[:12]})"),
@@ -263,16 +385,33 @@ class Broker:
                     f"{_fmt(record.allowed_scope)}",
                 ),
             )
+        try:
+            audience = choose_audience(named_resource, record.audience, cfg.audience)
+        except InvalidTarget as exc:
+            raise self._deny(
+                exc,
+                replace(
+                    base,
+                    event_type="registration_policy_violation",
+                    detail=f"resource refused: {exc.detail} requested={named_resource} "
+                    f"allowed={_fmt(record.audience)}",
+                ),
+            ) from None
+        cnf = self._registration_binding(ctx, now, base)
         nonce_expiry = self.nonces.check(nonce, now)
         n_hash = nonce_hash(nonce)
         if not verify_possession(key, nonce, sig):
             # Spend the nonce: a failed proof must not leave it reusable.
+            failure = Unauthorized("nonce signature verification failed")
+            failure.denial_id = new_denial_id()
+
             def burn(tx: WriteTx) -> list[AuditEntry]:
                 tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew)
-                return [replace(base, detail="nonce signature verification failed")]
+                detail = f"nonce signature verification failed | denial={failure.denial_id}"
+                return [replace(base, detail=detail)]
 
             self._commit(burn)
-            raise Unauthorized("nonce signature verification failed")
+            raise failure
 
         agent_id = str(new_agent_id(cfg.trust_domain, orch, task))
         client_id = "admin"
@@ -280,19 +419,24 @@ class Broker:
             app = self.store.get_app(record.app_id)
             client_id = app.client_id if app is not None else record.app_id
         iat = int(now)
+        principal = record.principal or (f"app:{record.app_id}" if record.app_id else "admin")
         token, claims = mint(
             self.keyring,
             kind=KIND_AGENT,
             iss=cfg.issuer,
             sub=agent_id,
-            aud=cfg.audience,
+            aud=audience,
             iat=iat,
-            ttl=self._ttl(record.max_ttl, cfg.default_ttl),
+            ttl=min(self._ttl(record.max_ttl, cfg.default_ttl), cfg.renewal_ceiling),
             scope=scope,
             client_id=client_id,
             task_id=task,
             orch_id=orch,
+            principal=principal,
+            agent_key=key,
+            cnf=cnf or None,
         )
+        token, reference = self._size_adapted(token, claims)
         agent = AgentRecord(
             agent_id=agent_id,
             public_key=key,
@@ -302,8 +446,10 @@ class Broker:
             app_id=record.app_id,
             client_id=client_id,
             registered_at=now,
+            cnf=json.dumps(cnf, separators=(",", ":"), sort_keys=True) if cnf else "",
         )
         suffix = f" app_id={record.app_id}" if record.app_id else ""
+        suffix += _binding_suffix(claims, reference)
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if not tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew):
@@ -311,12 +457,17 @@ class Broker:
             if not tx.consume_launch_token(lt_hash, now):
                 raise Unauthorized("consume launch token: launch token already consumed")
             tx.insert_agent(agent)
+            if reference is not None:
+                tx.insert_reference_token(reference)
+            tx.put_agent_session(new_session(cfg, agent_id, principal, now))
             ids = AuditEntry("", agent_id=agent_id, task_id=task, orch_id=orch)
             return [
                 replace(
                     ids,
                     event_type="agent_registered",
-                    detail=f"Agent registered with scope {_fmt(scope)}{suffix}",
+                    detail=f"Agent registered with scope {_fmt(scope)}{suffix} "
+                    f"principal={principal} principal_ref={principal_ref(principal)} "
+                    f"launch_token={lt_hash[:12]}",
                     request_id=ctx.request_id,
                 ),
                 replace(
@@ -335,16 +486,125 @@ class Broker:
 
     # --- validation -------------------------------------------------------------------
 
-    def validate(self, token: str, *, audience: str | None = None) -> Claims:
-        """Validate an agent access token (``/v1/token/validate``); raises TokenRejected."""
+    def validate(
+        self,
+        token: str,
+        *,
+        audience: str | None = None,
+        presented: Presentation | None = None,
+        ctx: RequestContext | None = None,
+    ) -> Claims:
+        """Validate an agent access token (``/v1/token/validate``); raises TokenRejected.
+
+        ``audience`` is the resource server's own identifier (RFC 8707): a token minted
+        for another resource is refused; without it the token must carry the broker's
+        default audience. ``presented`` is what the resource server saw on its request
+        (client certificate thumbprint, DPoP proof, method and URI): a bound token is
+        refused without the matching proof. By-reference tokens are resolved here, and
+        tokens with a critical scope are checked against the store (high assurance).
+        Raises :class:`Unavailable` while the revocation index is not confirmed current.
+        """
+        if self._monotonic() > self._current_until:
+            raise self._stale()
         started = time.perf_counter()
         try:
-            return self.validator.validate(token, (KIND_AGENT,), audience=audience)
+            claims = self._verify_token(token, (KIND_AGENT,), audience=audience)
+            self._check_binding(claims, token, presented or Presentation())
+            self._assure(claims, ctx or RequestContext(), audit_denial=True)
+            return claims
         except TokenRejected as exc:
             self.metrics.validation_failures.labels(exc.category).inc()
             raise
         finally:
             self.metrics.validation_seconds.observe(time.perf_counter() - started)
+
+    def _verify_token(
+        self,
+        token: str,
+        kinds: frozenset[str] | tuple[str, ...],
+        *,
+        audience: str | None = None,
+        any_audience: bool = False,
+    ) -> Claims:
+        """A signed JWT or a by-reference token, verified and its claims checked."""
+        if not is_reference_token(token):
+            return self.validator.validate(
+                token, kinds, audience=audience, any_audience=any_audience
+            )
+        record = self.store.get_reference_token(reference_hash(token))
+        if record is None:
+            raise TokenRejected("unknown by-reference token", "signature")
+        if record.kind not in kinds:
+            raise TokenRejected("typ not allowed", "signature")
+        try:
+            claims = claims_from_reference(record)
+        except ClaimsError as exc:
+            raise TokenRejected(f"by-reference token: {exc}", "claims") from None
+        return self.validator.check_claims(claims, audience=audience, any_audience=any_audience)
+
+    def _check_binding(self, claims: Claims, token: str, presented: Presentation) -> None:
+        try:
+            check_binding(claims.raw.get("cnf"), token, presented, dpop=self.dpop, now=self._now())
+        except BindingError as exc:
+            raise TokenRejected(exc.reason, "binding") from None
+
+    def _assure(self, claims: Claims, ctx: RequestContext, *, audit_denial: bool) -> bool:
+        """High-assurance validation for critical scopes (``core.assurance``).
+
+        Returns False (nothing done) for tokens without a critical scope. Otherwise reads
+        the live revocation state and the holder's record from the store, audits the
+        outcome with ``high_assurance=true`` and raises :class:`TokenRejected` on refusal
+        (audited here only when ``audit_denial``; the caller audits otherwise). A store
+        failure propagates: the request fails closed.
+        """
+        if not is_critical(claims.scope, self.config.critical_scopes):
+            return False
+        reason = live_denial(self.store, claims)
+        ids = replace(_about(claims), resource=ctx.path, request_id=ctx.request_id)
+        if reason is not None:
+            reason = f"{reason} high_assurance=true"
+            if audit_denial:
+                entry = replace(
+                    ids,
+                    event_type="token_validation_failed",
+                    outcome="denied",
+                    detail=f"{reason} jti={claims.jti}",
+                )
+                self._commit(lambda _tx: [entry])
+            raise TokenRejected(reason, "revoked")
+        entry = replace(
+            ids,
+            event_type="token_validated",
+            detail=f"high_assurance=true live revocation and agent record checked "
+            f"jti={claims.jti} path={ctx.path}",
+        )
+        self._commit(lambda _tx: [entry])
+        return True
+
+    def _registration_binding(
+        self, ctx: RequestContext, now: float, base: AuditEntry
+    ) -> dict[str, str]:
+        """The ``cnf`` a registration earns: its client certificate and/or DPoP key."""
+        cnf: dict[str, str] = {}
+        if ctx.cert_thumbprint:
+            cnf["x5t#S256"] = ctx.cert_thumbprint
+        if ctx.dpop:
+            try:
+                cnf["jkt"] = self.dpop.verify(ctx.dpop, htm=ctx.method, htu=ctx.url, now=now)
+            except BindingError as exc:
+                raise self._deny(
+                    Unauthorized("invalid DPoP proof", reason=exc.reason),
+                    replace(base, detail=f"registration DPoP proof refused: {exc.reason}"),
+                ) from None
+        return cnf
+
+    def _size_adapted(self, token: str, claims: Claims) -> tuple[str, ReferenceTokenRecord | None]:
+        """``token``, or a by-reference token (and its record) when it is too large."""
+        if len(token) <= self.config.reference_token_threshold:
+            return token, None
+        reference, record = new_reference(claims, clock_skew=self.config.clock_skew)
+        self.metrics.tokens_issued.labels("by_reference").inc()
+        return reference, record
 
     def authenticate(
         self,
@@ -358,8 +618,12 @@ class Broker:
 
         401 ``unauthorized`` for a missing, malformed, invalid, expired or revoked token
         (one generic detail outward, the reason in the audit log); 403
-        ``insufficient_scope`` for a valid token of the wrong kind or without ``scope``.
+        ``insufficient_scope`` for a valid token of the wrong kind or without ``scope``;
+        503 ``service_unavailable`` while the revocation index is not confirmed current.
         """
+        if self._monotonic() > self._current_until:
+            raise self._stale()
+        cfg = self.config
         base = AuditEntry(
             "token_auth_failed", outcome="denied", resource=ctx.path, request_id=ctx.request_id
         )
@@ -368,14 +632,31 @@ class Broker:
                 Unauthorized("missing authorization header"),
                 replace(base, detail=f"missing authorization header | path={ctx.path}"),
             )
-        if not authorization.startswith("Bearer "):
+        if authorization.startswith("Bearer "):
+            scheme, token = "Bearer", authorization[7:]
+        elif authorization.startswith("DPoP "):
+            scheme, token = "DPoP", authorization[5:]
+        else:
             raise self._deny(
                 Unauthorized("invalid authorization scheme"),
                 replace(base, detail=f"invalid authorization scheme | path={ctx.path}"),
             )
         started = time.perf_counter()
         try:
-            claims = self.validator.validate(authorization[7:], ALL_KINDS)
+            # Agent tokens may be audience-bound to a resource and still manage themselves
+            # here (renew, release, delegate): docs/decisions.md, "Audience-bound tokens".
+            claims = self._verify_token(token, ALL_KINDS, any_audience=True)
+            if claims.kind != KIND_AGENT and not any(a in claims.aud for a in cfg.audience):
+                raise TokenRejected("audience mismatch", "audience")
+            presented = Presentation(
+                scheme=scheme,
+                cert_thumbprint=ctx.cert_thumbprint,
+                dpop_proof=ctx.dpop,
+                htm=ctx.method,
+                htu=ctx.url,
+            )
+            self._check_binding(claims, token, presented)
+            self._assure(claims, ctx, audit_denial=False)
         except TokenRejected as exc:
             self.metrics.validation_failures.labels(exc.category).inc()
             raise self._deny(
@@ -494,7 +775,11 @@ class Broker:
             oiat=claims.oiat,
             rnc=claims.rnc + 1,
             delegation_chain=claims.delegation_chain,
+            principal=claims.principal,
+            agent_key=agent_key_of(claims.raw),
+            cnf=_cnf_of(claims),  # the holder keeps its binding (RFC 8705, RFC 9449)
         )
+        token, reference = self._size_adapted(token, new_claims)
         predecessor = RevocationRecord("token", claims.jti, iat, claims.exp + cfg.clock_skew + 1)
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -502,6 +787,8 @@ class Broker:
                 raise Unauthorized(
                     "token verification failed", reason="token already renewed or revoked"
                 )
+            if reference is not None:
+                tx.insert_reference_token(reference)
             return [
                 replace(
                     ids,
@@ -509,7 +796,7 @@ class Broker:
                     request_id=ctx.request_id,
                     detail=f"token renewed for agent={claims.sub} old_jti={claims.jti} "
                     f"new_jti={new_claims.jti} renewals={new_claims.rnc}/{cfg.max_renewals} "
-                    f"ttl={ttl}",
+                    f"ttl={ttl}{_binding_suffix(new_claims, reference)}",
                 )
             ]
 
@@ -563,13 +850,16 @@ class Broker:
         scope: object,
         ttl: object,
         ctx: RequestContext,
+        resource: object = None,
     ) -> IssuedToken:
         """Hand a subset of the caller's scope to another registered agent.
 
         The delegated token can only narrow: scope ⊆ the caller's, lifetime ≤ the caller's
         remaining lifetime, depth ≤ ``max_delegation_depth`` (checked here and on every
-        validation). Only agent tokens delegate: admin and app authority never flows
-        into an agent through delegation.
+        validation), audience equal to the caller's or narrower (``resource``, RFC 8707).
+        Only agent tokens delegate: admin and app authority never flows into an agent
+        through delegation. The token is bound to the delegate's own registered key or
+        certificate (``cnf``), never the delegator's: the delegate proves possession.
         """
         started = time.perf_counter()
         cfg = self.config
@@ -580,6 +870,7 @@ class Broker:
         requested = scope_rules.validate_scopes(scope, field="scope")
         if ttl is not None and (type(ttl) is not int):
             raise InvalidRequest("ttl must be an integer number of seconds")
+        named_resource = validate_resource(resource, field="resource")
         self._agent_only(claims, "delegate", ctx)
         depth = len(claims.delegation_chain)
         if depth >= cfg.max_delegation_depth:
@@ -618,6 +909,24 @@ class Broker:
         target = self.store.get_agent(delegate_to) if parse_agent_id(delegate_to) else None
         if target is None or target.status != "active":
             raise NotFound("delegate agent not found")
+        try:
+            audience = narrow_audience(named_resource, claims.aud, cfg.audience)
+        except InvalidTarget as exc:
+            raise self._deny(
+                exc,
+                AuditEntry(
+                    "delegation_attenuation_violation",
+                    outcome="denied",
+                    agent_id=claims.sub,
+                    task_id=claims.task_id,
+                    orch_id=claims.orch_id,
+                    request_id=ctx.request_id,
+                    deleg_depth=depth,
+                    detail=f"audience would widen | delegator={claims.sub} | "
+                    f"target={delegate_to} | requested={named_resource} | "
+                    f"allowed={_fmt(claims.aud)}",
+                ),
+            ) from None
         if not verify_chain_records(claims.delegation_chain, claims.sub, self._verify_keys):
             raise self._deny(
                 Unauthorized("token verification failed", reason="forged delegation record"),
@@ -643,13 +952,22 @@ class Broker:
         want = self._ttl(ttl if isinstance(ttl, int) else None, cfg.delegation_default_ttl)
         life = min(want, claims.exp - iat, claims.oiat + cfg.renewal_ceiling - iat)
         if life <= 0:
-            raise Unauthorized("token verification failed", reason="delegator token at its end")
+            raise self._deny(
+                Unauthorized("token verification failed", reason="delegator token at its end"),
+                replace(
+                    _about(claims),
+                    event_type="token_auth_failed",
+                    outcome="denied",
+                    request_id=ctx.request_id,
+                    detail=f"delegator token at its end jti={claims.jti}",
+                ),
+            )
         token, new_claims = mint(
             self.keyring,
             kind=KIND_AGENT,
             iss=cfg.issuer,
             sub=delegate_to,
-            aud=claims.aud,
+            aud=audience,
             iat=iat,
             ttl=life,
             scope=requested,
@@ -658,9 +976,16 @@ class Broker:
             orch_id=claims.orch_id,
             oiat=claims.oiat,
             delegation_chain=chain,
+            principal=claims.principal,
+            agent_key=target.public_key,
+            cnf=json.loads(target.cnf) if target.cnf else None,
         )
-        self._commit(
-            lambda _tx: [
+        token, reference = self._size_adapted(token, new_claims)
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            if reference is not None:
+                tx.insert_reference_token(reference)
+            return [
                 AuditEntry(
                     "delegation_created",
                     agent_id=delegate_to,
@@ -670,10 +995,12 @@ class Broker:
                     deleg_depth=len(chain),
                     deleg_chain_hash=new_claims.chain_hash,
                     detail=f"delegation from {claims.sub} to {delegate_to} "
-                    f"scope={_fmt(requested)} depth={len(chain)} jti={new_claims.jti}",
+                    f"scope={_fmt(requested)} depth={len(chain)} jti={new_claims.jti}"
+                    f"{_binding_suffix(new_claims, reference)}",
                 )
             ]
-        )
+
+        self._commit(unit)
         self.metrics.delegation_depth.observe(len(chain))
         self.metrics.tokens_issued.labels("delegate").inc()
         self.metrics.issuance_seconds.labels("delegate").observe(time.perf_counter() - started)
@@ -697,6 +1024,11 @@ class Broker:
             )
         if len(target) > 2048:
             raise InvalidRequest("target is too long")
+        if level == "token" and target.count(".") == 2:
+            raise InvalidRequest(
+                "target must be a token id (jti), not a token",
+                hint="read the jti with `tasklease token inspect`",
+            )
         now = self._now()
         revoked_at = math.floor(now)
         record = RevocationRecord(level, target, revoked_at, self._revocation_expiry(revoked_at))
@@ -964,8 +1296,19 @@ class Broker:
         single_use: object,
         ttl: object,
         ctx: RequestContext,
+        principal: object = None,
+        resource: object = None,
     ) -> tuple[str, LaunchTokenRecord]:
-        """Mint a launch token. App callers are held to their app's scope ceiling."""
+        """Mint a launch token. App callers are held to their app's scope ceiling.
+
+        ``resource`` (a string or a list, RFC 8707) names the resources its agents'
+        tokens may be for; a registration then names one of them (``invalid_target``).
+
+        ``principal`` (``kind:value``, e.g. ``user:alice@example.com``) names the human
+        the agents it launches work for; by default the creator (``admin`` or
+        ``app:<app_id>``). Every token of those agents, and every token delegated from
+        them, carries it (docs/agents.md).
+        """
         cfg = self.config
         if not isinstance(agent_name, str) or not agent_name:
             raise InvalidRequest("agent_name is required")
@@ -979,6 +1322,8 @@ class Broker:
                 raise InvalidRequest(f"{name} must be an integer number of seconds")
         if single_use is not None and not isinstance(single_use, bool):
             raise InvalidRequest("single_use must be a boolean")
+        named = None if principal is None else validate_principal(principal)
+        resources = validate_resources(resource, field="resource")
         validity = cfg.launch_token_ttl if not isinstance(ttl, int) or ttl <= 0 else ttl
         if validity > cfg.launch_token_max_ttl:
             raise InvalidTTL(
@@ -1026,8 +1371,13 @@ class Broker:
             expires_at=now + validity,
             created_by=claims.sub,
             app_id=app_id,
+            principal=named or (f"app:{app_id}" if app_id else "admin"),
+            audience=resources,
         )
         suffix = f" app_id={app_id}" if app_id else ""
+        if resources:
+            suffix += f" resource={_fmt(resources)}"
+        suffix += f" principal={record.principal} principal_ref={principal_ref(record.principal)}"
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             tx.insert_launch_token(record)
@@ -1045,6 +1395,48 @@ class Broker:
         self.metrics.launch_tokens_created.inc()
         return token, record
 
+    # --- signing keys --------------------------------------------------------------------
+
+    def rotate_signing_key(self, claims: Claims, ctx: RequestContext) -> tuple[str, str]:
+        """Make a new signing key active; returns ``(new_kid, previous_kid)``.
+
+        With a ``key_dir`` configured the key is written there (:func:`rotate_key`) and
+        the ring reloaded from disk, so a restart keeps it; otherwise (in-memory brokers)
+        a fresh in-memory key is added. Every older key stays in the ring and the JWKS:
+        tokens it signed verify until they expire. The ring and the validator built on
+        it are swapped by single reference assignments, so a concurrent request sees
+        either the old ring or the new one, never a mixture. Other processes sharing the
+        key directory pick the key up when they restart.
+
+        Raises:
+            Unavailable: the audit event could not be stored (the new key is then on
+                disk but not active in this process until it restarts).
+        """
+        with self._rotation_lock:
+            previous = self.keyring
+            if self.config.key_dir:
+                directory = Path(self.config.key_dir)
+                rotate_key(directory)
+                ring = load_or_create_keyring(directory)
+            else:
+                older = [k for kid in previous.kids() if (k := previous.verify_key(kid))]
+                ring = KeyRing(nacl.signing.SigningKey.generate(), older)
+            self._commit(
+                lambda _tx: [
+                    AuditEntry(
+                        "signing_key_rotated",
+                        request_id=ctx.request_id,
+                        detail=f"signing key rotated new_kid={ring.active_kid} "
+                        f"previous_kid={previous.active_kid} keys={len(ring.kids())} "
+                        f"by={claims.sub}",
+                    )
+                ]
+            )
+            validator = Validator(self.config, ring, self.clock, self.revocations)
+            self.validator = validator
+            self.keyring = ring
+        return ring.active_kid, previous.active_kid
+
     # --- audit, health, housekeeping -------------------------------------------------------
 
     def audit_events(self, query: AuditQuery) -> tuple[list[AuditEvent], int]:
@@ -1056,8 +1448,19 @@ class Broker:
             connected = True
         except Exception:  # noqa: BLE001 - a health check reports, it does not raise
             count, connected = 0, False
+        current = self._monotonic() <= self._current_until
+        reason = (
+            ""
+            if connected and current
+            else "database unreachable"
+            if current
+            else "revocation state not confirmed current within "
+            f"{self.config.revocation_staleness_bound:g}s: protected requests fail closed"
+        )
         return {
-            "status": "ok" if connected else "degraded",
+            "status": "degraded" if reason else "ok",
+            **({"reason": reason} if reason else {}),
+            "revocations_current": current,
             "version": VERSION,
             "uptime": int(time.monotonic() - self.started_at),
             "db_connected": connected,
@@ -1075,12 +1478,292 @@ class Broker:
         _log.debug("pruned %d index entries and %d rows", removed, removed_rows)
         return removed
 
+    # --- revocation feed (resource servers' verifiers) -----------------------------------
+
+    def add_revocation_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` after every batch of revocations this process applies.
+
+        It runs on the thread that applied them (a request thread or the refresher), so it
+        must be cheap and thread-safe, for example ``loop.call_soon_threadsafe(event.set)``.
+        It carries no data: the listener reads :meth:`revocation_feed` from its cursor.
+        Returns a function that removes the listener.
+        """
+        with self._listeners_lock:
+            self._revocation_listeners = (*self._revocation_listeners, listener)
+
+        def remove() -> None:
+            with self._listeners_lock:
+                self._revocation_listeners = tuple(
+                    other for other in self._revocation_listeners if other is not listener
+                )
+
+        return remove
+
+    def authenticate_feed_reader(self, authorization: str | None, ctx: RequestContext) -> Claims:
+        """Authenticate a revocation-feed reader: any valid admin or app token.
+
+        Raises as :meth:`authenticate` (401 ``unauthorized``; 403 ``insufficient_scope``
+        for an agent token), which audits every refusal; successful reads are not audited.
+        """
+        return self.authenticate(authorization, ctx, kinds=_FEED_READER_KINDS)
+
+    def revocation_feed(self, cursor: int | None) -> tuple[list[RevocationRecord], int]:
+        """Revocation entries in ``seq`` order and the cursor to continue from.
+
+        Without a cursor: a snapshot of every unexpired entry. With one: the unexpired
+        entries whose ``seq`` is greater. The returned cursor is the greatest ``seq``
+        returned, or the given cursor (0 without one) when nothing is new. An entry that
+        is widened later comes again with a new ``seq``.
+        """
+        now = self._now()
+        if cursor is None:
+            records = self.store.load_revocations(now)
+        else:
+            records = [r for r in self.store.revocations_since(cursor) if r.expires_at > now]
+        last = max((r.seq for r in records), default=cursor or 0)
+        return records, max(last, cursor or 0)
+
     def refresh_revocations(self) -> int:
         """Apply revocations other processes committed since we last looked."""
         fresh = self.store.revocations_since(self.revocations.last_seq)
         if fresh:
             self._apply_revocations(fresh)
         return len(fresh)
+
+    # --- revocation propagation between replicas (store watch) ---------------------------
+
+    def watch_revocations(self) -> Callable[[], None] | None:
+        """Follow the store's change notifications, if it offers them; return a stopper.
+
+        Returns None (nothing started) for a store without the optional ``start_watch``
+        capability (``core.store``): the caller polls :meth:`refresh_revocations`. With a
+        watch, every notification and check-in refreshes the index, and from now on
+        validation and protected requests fail closed (``Unavailable``) unless a refresh
+        succeeded within ``revocation_staleness_bound`` seconds.
+        """
+        start_watch = getattr(self.store, "start_watch", None)
+        if start_watch is None or self._watch is not None:
+            return None
+        self._current_until = self._monotonic() + self.config.revocation_staleness_bound
+        self._watch = start_watch(self._on_store_change, interval=_WATCH_INTERVAL)
+        watch = self._watch
+
+        def stop() -> None:
+            watch.close()
+            self._watch = None
+            self._current_until = math.inf
+
+        return stop
+
+    def _on_store_change(self, committed_at: float | None) -> None:
+        """The watch's callback (its own thread): refresh, then mark the index current.
+
+        Current as of when the read *started*: it sees every revocation committed before.
+        A failed read raises to the watch and leaves the deadline where it was.
+        """
+        checked = self._monotonic()
+        applied = self.refresh_revocations()
+        self._current_until = checked + self.config.revocation_staleness_bound
+        if applied and committed_at is not None:
+            self.metrics.revocation_propagation_seconds.observe(
+                max(0.0, self.clock.now() - committed_at)
+            )
+
+    def _stale(self) -> Unavailable:
+        return Unavailable(
+            "revocation state cannot be confirmed current; try again shortly",
+            reason="revocation index stale beyond revocation_staleness_bound",
+            retry_after=1,
+        )
+
+    # --- token holders' revocation (RFC 7009) and introspection (RFC 7662) -------------
+
+    def revoke_token(
+        self, caller: Claims, *, token: object, token_type_hint: object, ctx: RequestContext
+    ) -> bool:
+        """RFC 7009 revocation by a token holder; True iff something was revoked.
+
+        The caller authenticated with an agent token (with its binding proof, if bound);
+        the token to revoke must be one of the same agent's (``sub``), or the same token.
+        Idempotent; a token that is unknown, malformed, expired or already revoked is not
+        an error (RFC 7009 section 2.2: the answer is 200 either way); the attempt is
+        audited. ``token_type_hint`` is only a hint (section 2.1): both forms are tried.
+        A valid token of another agent is refused (403, audited).
+
+        Raises:
+            InvalidRequest: ``token`` missing or not a string (400, RFC 7009 section 2.2.1).
+            Forbidden: the token belongs to another agent.
+        """
+        if not isinstance(token, str) or not token:
+            raise InvalidRequest("missing required field: token")
+        if token_type_hint is not None and not isinstance(token_type_hint, str):
+            raise InvalidRequest("token_type_hint must be a string")
+        ids = replace(_about(caller), request_id=ctx.request_id, resource=ctx.path)
+        try:
+            target = self._verify_token(token, (KIND_AGENT,), any_audience=True)
+        except TokenRejected as exc:
+            entry = replace(
+                ids,
+                event_type="token_revocation_ignored",
+                detail=f"RFC 7009 revocation of an inactive token ignored: {exc.reason}",
+            )
+            self._commit(lambda _tx: [entry])
+            return False
+        if target.sub != caller.sub:
+            raise self._deny(
+                Forbidden("the token does not belong to the caller"),
+                replace(
+                    ids,
+                    event_type="token_revocation_denied",
+                    outcome="denied",
+                    detail=f"caller={caller.sub} may not revoke a token of {target.sub} "
+                    f"jti={target.jti}",
+                ),
+            )
+        record = RevocationRecord(
+            "token", target.jti, int(self._now()), target.exp + self.config.clock_skew + 1
+        )
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            tx.insert_revocation(record)
+            return [
+                replace(
+                    ids,
+                    event_type="token_revoked",
+                    detail=f"revoked by its holder (RFC 7009) level=token target={target.jti} "
+                    f"by={caller.sub} self={target.jti == caller.jti}",
+                )
+            ]
+
+        self._commit(unit)
+        self._apply_revocations([record])
+        self.metrics.tokens_revoked.labels("holder").inc()
+        return True
+
+    def authenticate_introspector(self, authorization: str | None, ctx: RequestContext) -> Claims:
+        """Authenticate an introspection caller: an admin or app token (any scope).
+
+        Raises as :meth:`authenticate` (agent tokens: 403 ``insufficient_scope``).
+        """
+        return self.authenticate(authorization, ctx, kinds=_FEED_READER_KINDS)
+
+    def introspect(
+        self, caller: Claims, *, token: object, audience: object = None, ctx: RequestContext
+    ) -> dict[str, Any]:
+        """RFC 7662 introspection of an agent access token (JWT or by-reference).
+
+        Returns the claims with ``active: true``, or exactly :data:`INACTIVE` for anything
+        else: unknown, malformed, expired, revoked, another kind of token, for another
+        ``audience`` when one is given, or (for an app caller) a token of another app's
+        agents. The binding (``cnf``) is reported, not checked: the resource server holds
+        the connection and the proof. Critical scopes are checked against the store.
+
+        Raises:
+            InvalidRequest: ``token`` missing or not a string.
+        """
+        if not isinstance(token, str) or not token:
+            raise InvalidRequest("missing required field: token")
+        wanted = validate_resource(audience, field="audience")
+        try:
+            claims = self._verify_token(
+                token, (KIND_AGENT,), audience=wanted, any_audience=wanted is None
+            )
+            if caller.kind == KIND_APP and claims.client_id != caller.client_id:
+                return dict(INACTIVE)
+            self._assure(claims, ctx, audit_denial=True)
+        except TokenRejected as exc:
+            self.metrics.validation_failures.labels(exc.category).inc()
+            return dict(INACTIVE)
+        return introspection_response(claims)
+
+    # --- agents that trust each other (issue 7): core/mutual.py, liveness.py, discovery.py
+
+    def mutual_initiate(
+        self, claims: Claims, *, responder: object, initiator_nonce: object, ctx: RequestContext
+    ) -> tuple[str, str, int]:
+        """Handshake step 1 (:func:`tasklease.core.mutual.initiate`)."""
+        self._agent_only(claims, "handshake", ctx)
+        return mutual.initiate(
+            self, claims, responder=responder, initiator_nonce=initiator_nonce, ctx=ctx
+        )
+
+    def mutual_respond(
+        self,
+        claims: Claims,
+        *,
+        offer: object,
+        responder_nonce: object,
+        signature: object,
+        ctx: RequestContext,
+    ) -> tuple[str, mutual.HandshakeResult]:
+        """Handshake step 2 (:func:`tasklease.core.mutual.respond`)."""
+        self._agent_only(claims, "handshake", ctx)
+        return mutual.respond(
+            self,
+            claims,
+            offer=offer,
+            responder_nonce=responder_nonce,
+            signature=signature,
+            ctx=ctx,
+        )
+
+    def mutual_complete(
+        self, claims: Claims, *, answer: object, signature: object, ctx: RequestContext
+    ) -> tuple[str, mutual.HandshakeResult]:
+        """Handshake step 3 (:func:`tasklease.core.mutual.complete`)."""
+        self._agent_only(claims, "handshake", ctx)
+        return mutual.complete(self, claims, answer=answer, signature=signature, ctx=ctx)
+
+    def heartbeat(
+        self,
+        claims: Claims,
+        *,
+        timestamp: object,
+        jti: object,
+        signature: object,
+        done: object,
+        ctx: RequestContext,
+    ) -> AgentSession:
+        """Record a signed heartbeat, or the agent's release (:mod:`tasklease.core.liveness`)."""
+        self._agent_only(claims, "heartbeat", ctx)
+        return liveness.heartbeat(
+            self,
+            claims,
+            timestamp=timestamp,
+            proof_jti=jti,
+            signature=signature,
+            done=done,
+            ctx=ctx,
+        )
+
+    def sweep_silent_agents(self) -> list[str]:
+        """Revoke (level ``agent``) supervised agents silent for interval x misses."""
+        return liveness.sweep_silent_agents(self, self.instance_id)
+
+    def resume(
+        self, *, agent_id: object, nonce: object, signature: object, ctx: RequestContext
+    ) -> IssuedToken:
+        """A fresh token for a restarted agent that proves its registered key."""
+        return liveness.resume(self, agent_id=agent_id, nonce=nonce, signature=signature, ctx=ctx)
+
+    def discovery_bind(
+        self,
+        claims: Claims,
+        *,
+        endpoint: object,
+        issued_at: object,
+        signature: object,
+        ctx: RequestContext,
+    ) -> DiscoveryBinding:
+        """Publish the caller's endpoint, signed by its registered key."""
+        self._agent_only(claims, "bind", ctx)
+        return discovery.bind(
+            self, claims, endpoint=endpoint, issued_at=issued_at, signature=signature, ctx=ctx
+        )
+
+    def discovery_resolve(self, agent_id: str) -> tuple[DiscoveryBinding, AgentRecord]:
+        """An active agent's signed endpoint binding and registration (NotFound if none)."""
+        return discovery.resolve(self, agent_id)
 
 
 def expires_at_text(record: LaunchTokenRecord) -> str:

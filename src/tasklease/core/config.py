@@ -49,11 +49,26 @@ class Config:
     app_auth_rate: float = 10.0 / 60.0
     app_auth_burst: int = 3
     prune_interval: float = 60.0
+    # Replicas on a shared store with change notification (PostgreSQL): if a replica
+    # cannot confirm its revocation index is current within this many seconds, protected
+    # requests and validation fail closed with 503 (docs/postgresql.md).
+    revocation_staleness_bound: float = 5.0
     log_level: str = "info"
     tls_mode: str = "none"  # "none" | "tls" | "mtls"
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # Issue 4: zero-trust enforcement (see docs/security.md).
+    critical_scopes: tuple[str, ...] = ()  # validated without any cache (high assurance)
+    reference_token_threshold: int = 4096  # larger JWTs are issued by reference
+    dpop_proof_window: int = 60  # seconds a DPoP proof's iat may differ from now
+    dpop_replay_cache_size: int = 1_000_000  # proof jtis remembered (per process)
+    # Issue 7: heartbeat liveness (see docs/agents.md). An agent is swept (revoked at
+    # level agent) once its last heartbeat is older than interval x misses; agents are
+    # supervised from their first heartbeat, or from registration when required.
+    heartbeat_interval: float = 30.0
+    heartbeat_misses: int = 3
+    heartbeat_required: bool = False
 
     def __post_init__(self) -> None:
         validate_trust_domain(self.trust_domain)
@@ -81,5 +96,21 @@ class Config:
             raise ValueError("tls_mode must be one of none, tls, mtls")
         if not self.audience or not all(self.audience):
             raise ValueError("audience must name at least one non-empty audience")
+        if self.reference_token_threshold < 512:
+            raise ValueError("reference_token_threshold must be at least 512 bytes")
+        if not 1 <= self.dpop_proof_window <= 600:
+            raise ValueError("dpop_proof_window must be between 1 and 600 seconds")
+        if self.dpop_replay_cache_size < 1:
+            raise ValueError("dpop_replay_cache_size must be positive")
+        if self.tls_mode in ("tls", "mtls") and not (self.tls_cert and self.tls_key):
+            raise ValueError("tls_mode tls and mtls need tls_cert and tls_key")
+        if self.tls_mode == "mtls" and not self.tls_client_ca:
+            raise ValueError("tls_mode mtls needs tls_client_ca")
+        if not 1 <= self.heartbeat_interval <= 3600:
+            raise ValueError("heartbeat_interval must be between 1 and 3600 seconds")
+        if not 1 <= self.heartbeat_misses <= 100:
+            raise ValueError("heartbeat_misses must be between 1 and 100")
         if not 1 <= self.port <= 65535:
             raise ValueError("port must be between 1 and 65535")
+        if not 0.1 <= self.revocation_staleness_bound <= 3600:
+            raise ValueError("revocation_staleness_bound must be between 0.1 and 3600 seconds")

@@ -13,15 +13,58 @@ extended and by :func:`verify_chain_records` for offline verifiers.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Callable
 
 from nacl.signing import VerifyKey
 
 from tasklease.core import _jws
+from tasklease.core.errors import InvalidRequest
 from tasklease.core.tokens import DelegationRecord
 
-__all__ = ["record_signing_input", "verify_chain_records"]
+__all__ = [
+    "PRINCIPAL_MAX_CHARS",
+    "principal_ref",
+    "record_signing_input",
+    "validate_principal",
+    "verify_chain_records",
+]
+
+PRINCIPAL_MAX_CHARS = 256
+# kind:value, e.g. user:alice@example.com, svc:billing, spiffe://td/ns/x. Printable ASCII
+# without spaces: no control characters can reach tokens, logs or the audit trail.
+_PRINCIPAL = re.compile(r"[a-z][a-z0-9-]{0,31}:[\x21-\x7e]+")
+
+
+def validate_principal(value: object) -> str:
+    """The principal a launch token is created for: ``kind:value``, at most 256 chars.
+
+    Raises:
+        InvalidRequest: not a string of that grammar.
+    """
+    if not isinstance(value, str) or len(value) > PRINCIPAL_MAX_CHARS:
+        raise InvalidRequest(
+            f"principal must be a string of at most {PRINCIPAL_MAX_CHARS} characters"
+        )
+    if _PRINCIPAL.fullmatch(value) is None:
+        raise InvalidRequest(
+            "principal must be kind:value (kind lowercase letters, digits and hyphens; "
+            "value printable ASCII without spaces), e.g. user:alice@example.com"
+        )
+    return value
+
+
+def principal_ref(principal: str) -> str:
+    """A stable pseudonym of a principal for the audit log (16 hex characters).
+
+    The audit sanitizer masks e-mail addresses (``a***@example.com``), which many
+    principals collide on; this SHA-256 prefix tells them apart, and an auditor who
+    knows a principal can recompute it to find that principal's work.
+    """
+    digest = hashlib.sha256(b"tasklease-principal-v1\n" + principal.encode("utf-8"))
+    return digest.hexdigest()[:16]
 
 
 def record_signing_input(

@@ -8,7 +8,8 @@ statuses.
 
     TaskleaseError
     ├── InvalidRequest          invalid_request      malformed or missing input
-    │   └── InvalidTTL          invalid_ttl          a TTL outside its allowed range
+    │   ├── InvalidTTL          invalid_ttl          a TTL outside its allowed range
+    │   └── InvalidTarget       invalid_target       an unusable resource/audience (RFC 8707)
     ├── Unauthorized            unauthorized         no valid credential
     ├── Forbidden               forbidden            authenticated, but not allowed
     │   ├── InsufficientScope   insufficient_scope   the bearer lacks a route's scope
@@ -31,6 +32,7 @@ __all__ = [
     "InternalError",
     "InvalidRequest",
     "InvalidTTL",
+    "InvalidTarget",
     "NotFound",
     "RateLimited",
     "RenewalCeilingExceeded",
@@ -46,6 +48,8 @@ class TaskleaseError(Exception):
     """Root of every error tasklease raises on purpose.
 
     ``detail`` is shown to callers; ``reason`` never is (it goes to the audit log).
+    ``denial_id`` is set by the broker when it audits a refusal: the caller sees the id,
+    the audit event with the same ``denial=<id>`` holds the precise reason.
     """
 
     code = "internal_error"
@@ -63,6 +67,7 @@ class TaskleaseError(Exception):
         self.reason = reason if reason is not None else self.detail
         self.hint = hint
         self.retry_after = retry_after
+        self.denial_id: str | None = None
         super().__init__(self.detail)
 
     def __repr__(self) -> str:
@@ -77,6 +82,11 @@ class InvalidRequest(TaskleaseError):
 class InvalidTTL(InvalidRequest):
     code = "invalid_ttl"
     default_detail = "invalid TTL"
+
+
+class InvalidTarget(InvalidRequest):
+    code = "invalid_target"
+    default_detail = "the requested resource is invalid or not allowed"
 
 
 class Unauthorized(TaskleaseError):

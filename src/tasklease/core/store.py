@@ -14,19 +14,24 @@ SHA-256 hex digests; app secrets as argon2id hashes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
     "AgentRecord",
+    "AgentSession",
     "AppRecord",
     "AuditEvent",
     "AuditQuery",
+    "DiscoveryBinding",
     "LaunchTokenRecord",
+    "ReferenceTokenRecord",
     "RevocationRecord",
     "Store",
+    "StoreWatch",
+    "WatchableStore",
     "WriteTx",
 ]
 
@@ -57,6 +62,11 @@ class LaunchTokenRecord:
     created_by: str
     app_id: str = ""  # "" when an admin created it
     consumed_at: float | None = None
+    # RFC 8707 resources a registration may name (empty: the broker's default audience).
+    audience: tuple[str, ...] = ()
+    # The human (or other principal) the work is done for, ``kind:value``; "" means the
+    # creator (``admin`` or ``app:<app_id>``). See docs/agents.md.
+    principal: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +80,55 @@ class AgentRecord:
     client_id: str
     registered_at: float
     status: str = "active"  # "active" | "revoked"
+    # The holder's proof-of-possession binding as compact JSON, e.g. {"jkt":"..."} or
+    # {"x5t#S256":"..."} (RFC 7800 ``cnf``); "" for an unbound agent. Delegated tokens
+    # for this agent are bound to it, so the delegate proves possession itself.
+    cnf: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSession:
+    """Per-agent task state beside the registration (issue 7; ``core.liveness``).
+
+    ``principal`` is the human the agent works for. The agent is swept when
+    ``heartbeat_required`` and ``last_heartbeat`` is older than interval x misses;
+    ``resumes`` counts crash-recovery resumptions. ``state``: ``active``, ``released``
+    (declared itself done) or ``silent_revoked`` (swept). Pruned after ``expires_at``.
+    """
+
+    agent_id: str
+    principal: str
+    heartbeat_required: bool
+    last_heartbeat: float
+    resumes: int
+    state: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryBinding:
+    """An agent's endpoint, signed by its registered key (``core.discovery``)."""
+
+    agent_id: str
+    endpoint: str
+    issued_at: int
+    signature: bytes  # 64-byte Ed25519 signature over discovery.statement(...)
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceTokenRecord:
+    """A by-reference (opaque) token: only its SHA-256 is stored, with its claims.
+
+    ``claims`` is the compact JSON payload the token would have carried as a JWT and
+    ``kind`` its ``typ``; ``expires_at`` is the claims' ``exp`` plus the clock skew.
+    """
+
+    token_hash: str  # sha256 hex of the opaque token
+    kind: str
+    claims: str
+    jti: str
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +221,30 @@ class WriteTx(Protocol):
         """
         ...
 
+    def get_agent_session(self, agent_id: str) -> AgentSession | None:
+        """The session as this transaction sees it (read under its write lock)."""
+        ...
+
+    def put_agent_session(self, session: AgentSession) -> None:
+        """Insert or replace the session of ``session.agent_id``."""
+        ...
+
+    def acquire_lease(self, name: str, holder: str, now: float, expires_at: float) -> bool:
+        """Take or extend the named lease; True iff it was free, expired or ours.
+
+        One holder at a time across every process sharing the store: the check and the
+        write happen under this transaction's lock.
+        """
+        ...
+
+    def put_discovery_binding(self, binding: DiscoveryBinding) -> None:
+        """Insert or replace the binding of ``binding.agent_id``."""
+        ...
+
+    def insert_reference_token(self, record: ReferenceTokenRecord) -> None:
+        """Store a by-reference token; raise ``Conflict`` if its hash is already present."""
+        ...
+
     def audit_head(self) -> tuple[int, str]:
         """(last seq, last hash) under this transaction's lock; (0, 64 zeros) when empty."""
         ...
@@ -194,6 +277,26 @@ class Store(Protocol):
         """Entries with ``seq`` greater than the argument, in ``seq`` order."""
         ...
 
+    def find_revocations(self, keys: Sequence[tuple[str, str]]) -> list[RevocationRecord]:
+        """The stored entries whose ``(level, target)`` is among ``keys`` (expired ones too).
+
+        A point read for high-assurance validation, which must not trust any cache.
+        """
+        ...
+
+    def get_agent_session(self, agent_id: str) -> AgentSession | None: ...
+
+    def silent_agents(self, before: float, limit: int) -> list[AgentSession]:
+        """Active sessions with ``heartbeat_required`` and ``last_heartbeat < before``,
+        oldest heartbeat first, at most ``limit``."""
+        ...
+
+    def get_discovery_binding(self, agent_id: str) -> DiscoveryBinding | None: ...
+
+    def get_reference_token(self, token_hash: str) -> ReferenceTokenRecord | None:
+        """The by-reference token with this hash, expired or not (the caller checks)."""
+        ...
+
     def audit_head(self) -> tuple[int, str]: ...
 
     def query_audit(self, query: AuditQuery) -> tuple[list[AuditEvent], int]:
@@ -205,7 +308,44 @@ class Store(Protocol):
         ...
 
     def prune(self, now: float) -> int:
-        """Delete expired revocations, used nonces and launch tokens; return rows removed."""
+        """Delete expired revocations, used nonces, launch tokens, by-reference tokens,
+        agent sessions, discovery bindings and leases; return rows removed."""
         ...
 
     def close(self) -> None: ...
+
+
+# -- optional capability: change notification -----------------------------------------------
+
+
+class StoreWatch(Protocol):
+    """A running watch (see :class:`WatchableStore`)."""
+
+    def close(self) -> None:
+        """Stop watching; no call of ``on_change`` starts after this returns."""
+        ...
+
+
+class WatchableStore(Protocol):
+    """A store that tells its processes when another process committed revocations.
+
+    Optional: the core looks for ``start_watch`` with ``getattr`` (``Broker``
+    ``.watch_revocations``), so a store without it (memory, SQLite) is polled with
+    ``revocations_since`` instead. PostgreSQL implements it with LISTEN/NOTIFY.
+    """
+
+    def start_watch(
+        self, on_change: Callable[[float | None], None], *, interval: float = 1.0
+    ) -> StoreWatch:
+        """Call ``on_change`` from a background thread whenever revocations may be new.
+
+        ``on_change(committed_at)`` gets the wall-clock time at which another process
+        committed a revocation (for the propagation metric), or None: for the store's own
+        commits, after every (re)connection (to pick up what was missed) and as a
+        check-in at least every ``interval`` seconds while the store is reachable. The
+        callee reads ``revocations_since``; a read that starts after a call has returned
+        sees every revocation committed before that call. While the store is unreachable
+        there are no calls, so the callee can tell it is no longer current. An exception
+        from ``on_change`` is logged and the watch goes on.
+        """
+        ...

@@ -4,10 +4,30 @@ Every token is a compact EdDSA JWS (``core._jws``). The header ``typ`` names its
 each verification path accepts only the kinds it expects, so an admin token can never be
 used as an agent token or the reverse (RFC 8725 section 3.11).
 
+Kinds (header ``typ``), each accepted only where that kind is expected:
+
+=======================  ==================================================================
+``at+jwt``               agent access tokens (RFC 9068 section 2.1)
+``tasklease-admin+jwt``  the operator's admin tokens
+``tasklease-app+jwt``    app tokens
+``dpop+jwt``             DPoP proofs (RFC 9449), minted by agents, verified by
+                         ``core.binding`` against the key in their own header, never ours
+=======================  ==================================================================
+
+Delegation records and challenge responses are detached signatures over domain-separated
+messages (``tasklease-delegation-v1``), not JWSs, so none can be read as a token.
+
 Agent access tokens keep AgentWrit v2's claim names (``iss sub aud exp nbf iat jti scope
 task_id orch_id delegation_chain chain_hash``) so its SDK reads them unchanged, and add
 ``client_id`` (RFC 9068), ``oiat`` (the original registration time, which bounds renewal)
 and ``rnc`` (how many renewals led to this token).
+
+Issue 7 adds ``principal`` (the human the work is done for, ``kind:value``), ``act`` on
+delegated tokens (RFC 8693 section 4.1: the current actor outermost, each earlier actor
+nested inside, the principal innermost; built by :func:`act_claim` from the verified
+chain, never from request input) and ``agent_jwk`` (the holder's registered Ed25519 key
+as an RFC 8037 JWK, so peers can verify its workload proofs offline; not ``cnf``, which
+``core.binding`` uses for sender-constraint by DPoP/mTLS).
 """
 
 from __future__ import annotations
@@ -20,7 +40,8 @@ from typing import Any
 
 import msgspec
 
-from tasklease.core.keys import KeyRing
+from tasklease.core import _jws
+from tasklease.core.keys import KeyRing, jwk_thumbprint
 
 __all__ = [
     "ADMIN_SCOPES",
@@ -28,9 +49,14 @@ __all__ = [
     "KIND_ADMIN",
     "KIND_AGENT",
     "KIND_APP",
+    "KIND_DPOP_PROOF",
     "Claims",
     "ClaimsError",
     "DelegationRecord",
+    "act_actors",
+    "act_claim",
+    "agent_jwk",
+    "agent_key_of",
     "chain_hash",
     "claims_from_payload",
     "mint",
@@ -40,6 +66,7 @@ __all__ = [
 KIND_AGENT = "at+jwt"
 KIND_ADMIN = "tasklease-admin+jwt"
 KIND_APP = "tasklease-app+jwt"
+KIND_DPOP_PROOF = "dpop+jwt"
 
 ADMIN_SCOPES = ("admin:launch-tokens:*", "admin:revoke:*", "admin:audit:*")
 APP_SCOPES = ("app:launch-tokens:*", "app:agents:*", "app:audit:read")
@@ -90,6 +117,7 @@ class Claims:
     delegation_chain: tuple[DelegationRecord, ...]
     chain_hash: str
     raw: dict[str, Any]
+    principal: str = ""
 
     @property
     def depth(self) -> int:
@@ -109,6 +137,61 @@ def chain_hash(chain: tuple[DelegationRecord, ...]) -> str:
     return hashlib.sha256(encoded).hexdigest()
 
 
+def act_claim(subject: str, chain: tuple[DelegationRecord, ...], principal: str) -> dict[str, Any]:
+    """The RFC 8693 ``act`` claim of a delegated token for ``subject``.
+
+    ``{"sub": subject, "act": {"sub": <last delegator>, ... {"sub": principal}}}``: the
+    current actor (the token's holder) outermost, every delegator inward to the root, and
+    the human principal innermost. Depth is ``len(chain) + 2``.
+    """
+    act: dict[str, Any] = {"sub": principal}
+    for record in chain:
+        act = {"sub": record.agent, "act": act}
+    return {"sub": subject, "act": act}
+
+
+def act_actors(act: object, limit: int) -> list[str] | None:
+    """The ``sub`` of every level of an ``act`` claim, outermost first.
+
+    None if it is not a chain of ``{"sub": str[, "act": {...}]}`` objects (no other
+    members) or is deeper than ``limit``: read iteratively, so no depth can recurse.
+    """
+    actors: list[str] = []
+    level = act
+    while level is not None:
+        if len(actors) >= limit or not isinstance(level, dict) or set(level) - {"sub", "act"}:
+            return None
+        sub = level.get("sub")
+        if not isinstance(sub, str) or not sub:
+            return None
+        actors.append(sub)
+        level = level.get("act")
+    return actors
+
+
+def agent_jwk(public_key: bytes) -> dict[str, str]:
+    """The RFC 8037 public JWK of a registered Ed25519 key (``kid``: RFC 7638 thumbprint)."""
+    return {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": _jws.b64url_encode(public_key),
+        "kid": jwk_thumbprint(public_key),
+    }
+
+
+def agent_key_of(payload: dict[str, Any]) -> bytes | None:
+    """The raw Ed25519 key in a verified payload's ``agent_jwk``, or None if absent/bad."""
+    jwk = payload.get("agent_jwk")
+    if not isinstance(jwk, dict) or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+        return None
+    x = jwk.get("x")
+    try:
+        raw = _jws.b64url_decode(x) if isinstance(x, str) else b""
+    except _jws.JWSError:
+        return None
+    return raw if len(raw) == 32 else None
+
+
 def mint(
     keyring: KeyRing,
     *,
@@ -126,8 +209,18 @@ def mint(
     rnc: int = 0,
     delegation_chain: tuple[DelegationRecord, ...] = (),
     jti: str | None = None,
+    cnf: dict[str, str] | None = None,
+    principal: str = "",
+    agent_key: bytes | None = None,
 ) -> tuple[str, Claims]:
-    """Build, sign and return ``(token, claims)``. ``nbf`` equals ``iat``."""
+    """Build, sign and return ``(token, claims)``. ``nbf`` equals ``iat``.
+
+    ``cnf`` (RFC 7800), when given, binds the token to its holder's key: ``x5t#S256``
+    (RFC 8705 section 3.1) and/or ``jkt`` (RFC 9449 section 6.1).
+
+    Agent tokens with a ``principal`` carry it, and delegated ones also the ``act`` chain
+    derived from ``delegation_chain``; ``agent_key`` adds ``agent_jwk`` (issue 7).
+    """
     jti = jti or new_jti()
     payload: dict[str, Any] = {
         "iss": iss,
@@ -152,6 +245,14 @@ def mint(
     if kind == KIND_AGENT:
         payload["oiat"] = iat if oiat is None else oiat
         payload["rnc"] = rnc
+        if principal:
+            payload["principal"] = principal
+            if delegation_chain:
+                payload["act"] = act_claim(sub, delegation_chain, principal)
+        if agent_key is not None:
+            payload["agent_jwk"] = agent_jwk(agent_key)
+    if cnf:
+        payload["cnf"] = dict(cnf)
     token = keyring.sign(_encoder.encode(payload), kind)
     claims = Claims(
         kind=kind,
@@ -171,6 +272,7 @@ def mint(
         delegation_chain=delegation_chain,
         chain_hash=c_hash,
         raw=payload,
+        principal=principal if kind == KIND_AGENT else "",
     )
     return token, claims
 
@@ -236,4 +338,5 @@ def claims_from_payload(kind: str, payload: dict[str, Any]) -> Claims:
         delegation_chain=tuple(chain),
         chain_hash=_str(payload, "chain_hash", required=False),
         raw=payload,
+        principal=_str(payload, "principal", required=False),
     )

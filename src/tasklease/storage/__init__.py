@@ -4,7 +4,8 @@
 
 * a filesystem path, or ``sqlite:///abs/path`` -> :class:`SQLiteStore` (the default)
 * ``memory://`` -> :class:`MemoryStore` (tests; nothing survives a restart)
-* ``postgresql://...`` -> PostgreSQL (not in this build yet)
+* ``postgresql://...`` (or ``postgres://``) -> :class:`PostgresStore` (several replicas;
+  needs the ``postgres`` extra: psycopg 3 and psycopg_pool)
 
 Every implementation passes the one conformance suite in ``tests/storage``.
 """
@@ -17,7 +18,37 @@ from tasklease.core.store import Store
 from tasklease.storage.memory import MemoryStore
 from tasklease.storage.sqlite import SchemaError, SQLiteStore
 
-__all__ = ["MemoryStore", "SQLiteStore", "SchemaError", "open_store"]
+__all__ = [
+    "MemoryStore",
+    "SQLiteStore",
+    "SchemaError",
+    "is_shared_database",
+    "open_store",
+    "redact_url",
+]
+
+
+def is_shared_database(url: str) -> bool:
+    """True for a database several replicas share (PostgreSQL).
+
+    Such a database is migrated only by ``tasklease db migrate``, never implicitly at
+    start-up: replicas of two versions must not race to change the schema under each
+    other during a rolling upgrade. SQLite (one host) migrates when it is opened.
+    """
+    return urlsplit(url).scheme.lower() in ("postgresql", "postgres") if "://" in url else False
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, fit for logs and messages."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparseable database URL>"
+    if password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
 
 
 def open_store(url: str, *, migrate: bool = True) -> Store:
@@ -47,5 +78,11 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
             raise ValueError("SQLite URLs name a local file: sqlite:///absolute/path")
         return SQLiteStore(path, migrate=migrate)
     if scheme in ("postgresql", "postgres"):
-        raise ValueError("PostgreSQL support is not installed in this build")
+        try:
+            from tasklease.storage.postgres import PostgresStore
+        except ImportError:
+            raise ValueError(
+                "PostgreSQL support needs psycopg: pip install 'tasklease[postgres]'"
+            ) from None
+        return PostgresStore(url, migrate=migrate)
     raise ValueError(f"unsupported store URL scheme {scheme!r}")

@@ -21,10 +21,13 @@ from typing import TypeVar
 from tasklease.core.errors import Conflict, NotFound
 from tasklease.core.store import (
     AgentRecord,
+    AgentSession,
     AppRecord,
     AuditEvent,
     AuditQuery,
+    DiscoveryBinding,
     LaunchTokenRecord,
+    ReferenceTokenRecord,
     RevocationRecord,
 )
 
@@ -217,6 +220,39 @@ class _MemoryWriteTx:
             self._set(revocations, key, extended)
         return False
 
+    # -- agent sessions, leases, discovery (issue 7) ------------------------------------
+
+    def get_agent_session(self, agent_id: str) -> AgentSession | None:
+        self._check_open()
+        return self._store._sessions.get(agent_id)
+
+    def put_agent_session(self, session: AgentSession) -> None:
+        self._check_open()
+        self._set(self._store._sessions, session.agent_id, session)
+
+    def acquire_lease(self, name: str, holder: str, now: float, expires_at: float) -> bool:
+        self._check_open()
+        leases = self._store._leases
+        current = leases.get(name)
+        if current is not None and current[0] != holder and current[1] > now:
+            return False
+        self._set(leases, name, (holder, expires_at))
+        return True
+
+    def put_discovery_binding(self, binding: DiscoveryBinding) -> None:
+        self._check_open()
+        self._set(self._store._bindings, binding.agent_id, binding)
+
+    # -- by-reference tokens -------------------------------------------------------------
+
+    def insert_reference_token(self, record: ReferenceTokenRecord) -> None:
+        """Store a by-reference token; raise ``Conflict`` if its hash is already present."""
+        self._check_open()
+        tokens = self._store._reference_tokens
+        if record.token_hash in tokens:
+            raise Conflict("reference token already exists")
+        self._set(tokens, record.token_hash, record)
+
     # -- audit ---------------------------------------------------------------------------
 
     def audit_head(self) -> tuple[int, str]:
@@ -264,6 +300,10 @@ class MemoryStore:
         self._nonces: dict[str, float] = {}
         self._agents: dict[str, AgentRecord] = {}
         self._revocations: dict[str, RevocationRecord] = {}
+        self._reference_tokens: dict[str, ReferenceTokenRecord] = {}
+        self._sessions: dict[str, AgentSession] = {}
+        self._bindings: dict[str, DiscoveryBinding] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
         self._revocation_seq = 0
         # Audit events in seq order with their parsed timestamps, and the seqs alone
         # for bisect (append_audit refuses a seq that is not after the head).
@@ -342,6 +382,37 @@ class MemoryStore:
             newer = (r for r in self._revocations.values() if r.seq > seq)
             return sorted(newer, key=lambda r: r.seq)
 
+    def find_revocations(self, keys: Sequence[tuple[str, str]]) -> list[RevocationRecord]:
+        with self._lock:
+            self._check_open()
+            found = (self._revocations.get(f"{level}\x00{target}") for level, target in keys)
+            return sorted({r.seq: r for r in found if r is not None}.values(), key=lambda r: r.seq)
+
+    def get_agent_session(self, agent_id: str) -> AgentSession | None:
+        with self._lock:
+            self._check_open()
+            return self._sessions.get(agent_id)
+
+    def silent_agents(self, before: float, limit: int) -> list[AgentSession]:
+        with self._lock:
+            self._check_open()
+            silent = [
+                s
+                for s in self._sessions.values()
+                if s.heartbeat_required and s.state == "active" and s.last_heartbeat < before
+            ]
+        return sorted(silent, key=lambda s: (s.last_heartbeat, s.agent_id))[:limit]
+
+    def get_discovery_binding(self, agent_id: str) -> DiscoveryBinding | None:
+        with self._lock:
+            self._check_open()
+            return self._bindings.get(agent_id)
+
+    def get_reference_token(self, token_hash: str) -> ReferenceTokenRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._reference_tokens.get(token_hash)
+
     def _audit_head_locked(self) -> tuple[int, str]:
         if not self._audit:
             return 0, _GENESIS_HASH
@@ -405,6 +476,16 @@ class MemoryStore:
                 removed += 1
             for key in [k for k, t in self._launch_tokens.items() if t.expires_at <= now]:
                 del self._launch_tokens[key]
+                removed += 1
+            for key in [k for k, r in self._reference_tokens.items() if r.expires_at <= now]:
+                del self._reference_tokens[key]
+                removed += 1
+            for table in (self._sessions, self._bindings):
+                for key in [k for k, v in table.items() if v.expires_at <= now]:
+                    del table[key]
+                    removed += 1
+            for key in [k for k, (_, exp) in self._leases.items() if exp <= now]:
+                del self._leases[key]
                 removed += 1
         return removed
 

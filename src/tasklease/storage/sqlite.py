@@ -20,6 +20,7 @@ commit), so that costs one fsync per batch rather than per operation.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import importlib.resources
 import json
@@ -40,10 +41,13 @@ from urllib.parse import quote
 from tasklease.core.errors import Conflict, InternalError, NotFound, Unavailable
 from tasklease.core.store import (
     AgentRecord,
+    AgentSession,
     AppRecord,
     AuditEvent,
     AuditQuery,
+    DiscoveryBinding,
     LaunchTokenRecord,
+    ReferenceTokenRecord,
     RevocationRecord,
 )
 
@@ -138,13 +142,21 @@ _SELECT_APP = (
 )
 _SELECT_LAUNCH = (
     "SELECT token_hash, agent_name, allowed_scope, max_ttl, single_use, created_at,"
-    " expires_at, created_by, app_id, consumed_at FROM launch_tokens"
+    " expires_at, created_by, app_id, consumed_at, audience, principal FROM launch_tokens"
+)
+_SELECT_SESSION = (
+    "SELECT agent_id, principal, heartbeat_required, last_heartbeat, resumes, state,"
+    " expires_at FROM agent_sessions"
+)
+_SELECT_BINDING = (
+    "SELECT agent_id, endpoint, issued_at, signature, expires_at FROM discovery_bindings"
 )
 _SELECT_AGENT = (
     "SELECT agent_id, public_key, orch_id, task_id, scope, app_id, client_id,"
-    " registered_at, status FROM agents"
+    " registered_at, status, cnf FROM agents"
 )
 _SELECT_REVOCATION = "SELECT seq, level, target, revoked_at, expires_at FROM revocations"
+_SELECT_REFERENCE = "SELECT token_hash, kind, claims, jti, expires_at FROM reference_tokens"
 _SELECT_AUDIT = (
     "SELECT seq, timestamp, event_type, agent_id, task_id, orch_id, detail, resource,"
     " outcome, deleg_depth, deleg_chain_hash, request_id, prev_hash, hash FROM audit_events"
@@ -205,7 +217,8 @@ def _app_params(app: AppRecord) -> tuple[object, ...]:
 
 
 def _launch_token_from_row(row: _Row) -> LaunchTokenRecord:
-    token_hash, agent_name, scope, max_ttl, single_use, created, expires, by, app_id, used = row
+    (token_hash, agent_name, scope, max_ttl, single_use, created, expires, by, app_id, used,
+     audience, principal) = row  # fmt: skip
     return LaunchTokenRecord(
         token_hash=str(token_hash),
         agent_name=str(agent_name),
@@ -217,11 +230,37 @@ def _launch_token_from_row(row: _Row) -> LaunchTokenRecord:
         created_by=str(by),
         app_id=str(app_id),
         consumed_at=None if used is None else float(used),
+        audience=_load_scopes(str(audience)),
+        principal=str(principal),
+    )
+
+
+def _session_from_row(row: _Row) -> AgentSession:
+    agent_id, principal, required, last_heartbeat, resumes, state, expires_at = row
+    return AgentSession(
+        agent_id=str(agent_id),
+        principal=str(principal),
+        heartbeat_required=bool(required),
+        last_heartbeat=float(last_heartbeat),
+        resumes=int(resumes),
+        state=str(state),
+        expires_at=float(expires_at),
+    )
+
+
+def _binding_from_row(row: _Row) -> DiscoveryBinding:
+    agent_id, endpoint, issued_at, signature, expires_at = row
+    return DiscoveryBinding(
+        agent_id=str(agent_id),
+        endpoint=str(endpoint),
+        issued_at=int(issued_at),
+        signature=bytes(signature),
+        expires_at=float(expires_at),
     )
 
 
 def _agent_from_row(row: _Row) -> AgentRecord:
-    agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered, status = row
+    agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered, status, cnf = row
     return AgentRecord(
         agent_id=str(agent_id),
         public_key=bytes(public_key),
@@ -232,6 +271,18 @@ def _agent_from_row(row: _Row) -> AgentRecord:
         client_id=str(client_id),
         registered_at=float(registered),
         status=str(status),
+        cnf=str(cnf),
+    )
+
+
+def _reference_from_row(row: _Row) -> ReferenceTokenRecord:
+    token_hash, kind, claims, jti, expires_at = row
+    return ReferenceTokenRecord(
+        token_hash=str(token_hash),
+        kind=str(kind),
+        claims=str(claims),
+        jti=str(jti),
+        expires_at=float(expires_at),
     )
 
 
@@ -352,8 +403,8 @@ class _SQLiteWriteTx:
             raise Conflict("launch token already exists")
         self._db().execute(
             "INSERT INTO launch_tokens (token_hash, agent_name, allowed_scope, max_ttl,"
-            " single_use, created_at, expires_at, created_by, app_id, consumed_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " single_use, created_at, expires_at, created_by, app_id, consumed_at, audience,"
+            " principal) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.token_hash,
                 record.agent_name,
@@ -365,6 +416,8 @@ class _SQLiteWriteTx:
                 record.created_by,
                 record.app_id,
                 record.consumed_at,
+                _dump_scopes(record.audience),
+                record.principal,
             ),
         )
 
@@ -401,7 +454,7 @@ class _SQLiteWriteTx:
             raise Conflict("agent already exists")
         self._db().execute(
             "INSERT INTO agents (agent_id, public_key, orch_id, task_id, scope, app_id,"
-            " client_id, registered_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " client_id, registered_at, status, cnf) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 agent.agent_id,
                 agent.public_key,
@@ -412,6 +465,7 @@ class _SQLiteWriteTx:
                 agent.client_id,
                 agent.registered_at,
                 agent.status,
+                agent.cnf,
             ),
         )
 
@@ -422,6 +476,66 @@ class _SQLiteWriteTx:
         IDs this store may never have seen (another replica's, a federated domain's).
         """
         self._db().execute("UPDATE agents SET status = ? WHERE agent_id = ?", (status, agent_id))
+
+    # -- by-reference tokens -------------------------------------------------------------
+
+    # -- agent sessions, leases, discovery (issue 7) ------------------------------------
+
+    def get_agent_session(self, agent_id: str) -> AgentSession | None:
+        row = self._db().execute(_SELECT_SESSION + " WHERE agent_id = ?", (agent_id,)).fetchone()
+        return None if row is None else _session_from_row(row)
+
+    def put_agent_session(self, session: AgentSession) -> None:
+        self._db().execute(
+            "INSERT OR REPLACE INTO agent_sessions (agent_id, principal, heartbeat_required,"
+            " last_heartbeat, resumes, state, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                session.agent_id,
+                session.principal,
+                int(session.heartbeat_required),
+                session.last_heartbeat,
+                session.resumes,
+                session.state,
+                session.expires_at,
+            ),
+        )
+
+    def acquire_lease(self, name: str, holder: str, now: float, expires_at: float) -> bool:
+        """Take the lease if free, expired or already ours: one upsert whose update only
+        applies under that condition (this transaction holds the write lock)."""
+        cursor = self._db().execute(
+            "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+            " expires_at = excluded.expires_at"
+            " WHERE leases.holder = excluded.holder OR leases.expires_at <= ?",
+            (name, holder, expires_at, now),
+        )
+        return cursor.rowcount == 1
+
+    def put_discovery_binding(self, binding: DiscoveryBinding) -> None:
+        self._db().execute(
+            "INSERT OR REPLACE INTO discovery_bindings (agent_id, endpoint, issued_at,"
+            " signature, expires_at) VALUES (?, ?, ?, ?, ?)",
+            (
+                binding.agent_id,
+                binding.endpoint,
+                binding.issued_at,
+                binding.signature,
+                binding.expires_at,
+            ),
+        )
+
+    def insert_reference_token(self, record: ReferenceTokenRecord) -> None:
+        """Store a by-reference token; raise ``Conflict`` if its hash is already present."""
+        if self._exists(
+            "SELECT 1 FROM reference_tokens WHERE token_hash = ?", (record.token_hash,)
+        ):
+            raise Conflict("reference token already exists")
+        self._db().execute(
+            "INSERT INTO reference_tokens (token_hash, kind, claims, jti, expires_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (record.token_hash, record.kind, record.claims, record.jti, record.expires_at),
+        )
 
     # -- revocations ---------------------------------------------------------------------
 
@@ -544,6 +658,7 @@ class SQLiteStore:
         self._closed = False
         self._write_lock = threading.Lock()
         self._write_owner: int | None = None
+        self._turn_fd: int | None = None  # see _writer_turn
         self._local = threading.local()
         self._readers: weakref.WeakSet[_ReaderSlot] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
@@ -717,6 +832,39 @@ class SQLiteStore:
             raise Unavailable("storage is busy", reason=f"BEGIN IMMEDIATE failed: {exc}") from exc
 
     @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """Take turns with writers in other processes (``--workers``) before BEGIN IMMEDIATE.
+
+        SQLite's busy handler sleeps 1, 2, 5, 10, 15, 20, 25... ms between attempts, so a
+        worker that found the write lock taken waited milliseconds after it was released.
+        An advisory ``flock`` on ``<database>.writelock``, held for the transaction, hands
+        the turn over within ~0.1 ms instead. It is only a queue in front of SQLite's own
+        lock (which still decides), and it keeps ``busy_timeout``: past it, ``Unavailable``.
+        """
+        fd = self._turn_fd
+        if fd is None:
+            fd = os.open(f"{self.path}.writelock", os.O_RDWR | os.O_CREAT, 0o600)
+            weakref.finalize(self, os.close, fd)
+            self._turn_fd = fd
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.00005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise Unavailable(
+                        "storage is busy", reason="another process holds the write turn"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.0005)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @contextmanager
     def write(self) -> Iterator[_SQLiteWriteTx]:
         """One transaction: commit on a clean exit, roll back everything on an exception.
 
@@ -726,7 +874,7 @@ class SQLiteStore:
         """
         if self._write_owner == threading.get_ident():
             raise RuntimeError("write() is not reentrant: use the open transaction")
-        with self._write_lock:
+        with self._write_lock, self._writer_turn():
             if self._closed:
                 raise RuntimeError("store is closed")
             self._write_owner = threading.get_ident()
@@ -763,6 +911,10 @@ class SQLiteStore:
                 "DELETE FROM revocations WHERE expires_at <= ?",
                 "DELETE FROM used_nonces WHERE expires_at <= ?",
                 "DELETE FROM launch_tokens WHERE expires_at <= ?",
+                "DELETE FROM reference_tokens WHERE expires_at <= ?",
+                "DELETE FROM agent_sessions WHERE expires_at <= ?",
+                "DELETE FROM discovery_bindings WHERE expires_at <= ?",
+                "DELETE FROM leases WHERE expires_at <= ?",
             ):
                 removed += conn.execute(statement, (now,)).rowcount
         return removed
@@ -798,6 +950,41 @@ class SQLiteStore:
         sql = _SELECT_REVOCATION + " WHERE expires_at > ? ORDER BY seq"
         rows = self._reader().execute(sql, (now,)).fetchall()
         return [_revocation_from_row(row) for row in rows]
+
+    def find_revocations(self, keys: Sequence[tuple[str, str]]) -> list[RevocationRecord]:
+        """Point reads by the ``UNIQUE (level, target)`` index; never a scan."""
+        sql = _SELECT_REVOCATION + " WHERE level = ? AND target = ?"
+        found: dict[int, RevocationRecord] = {}
+        with self._reading() as conn:
+            for key in keys:
+                row = conn.execute(sql, key).fetchone()
+                if row is not None:
+                    record = _revocation_from_row(row)
+                    found[record.seq] = record
+        return [found[seq] for seq in sorted(found)]
+
+    def get_agent_session(self, agent_id: str) -> AgentSession | None:
+        row = self._reader().execute(_SELECT_SESSION + " WHERE agent_id = ?", (agent_id,))
+        found = row.fetchone()
+        return None if found is None else _session_from_row(found)
+
+    def silent_agents(self, before: float, limit: int) -> list[AgentSession]:
+        sql = (
+            _SELECT_SESSION + " WHERE heartbeat_required = 1 AND state = 'active'"
+            " AND last_heartbeat < ? ORDER BY last_heartbeat, agent_id LIMIT ?"
+        )
+        rows = self._reader().execute(sql, (before, limit)).fetchall()
+        return [_session_from_row(row) for row in rows]
+
+    def get_discovery_binding(self, agent_id: str) -> DiscoveryBinding | None:
+        sql = _SELECT_BINDING + " WHERE agent_id = ?"
+        row = self._reader().execute(sql, (agent_id,)).fetchone()
+        return None if row is None else _binding_from_row(row)
+
+    def get_reference_token(self, token_hash: str) -> ReferenceTokenRecord | None:
+        sql = _SELECT_REFERENCE + " WHERE token_hash = ?"
+        row = self._reader().execute(sql, (token_hash,)).fetchone()
+        return None if row is None else _reference_from_row(row)
 
     def revocations_since(self, seq: int) -> list[RevocationRecord]:
         sql = _SELECT_REVOCATION + " WHERE seq > ? ORDER BY seq"

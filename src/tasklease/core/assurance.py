@@ -1,0 +1,58 @@
+"""High-assurance validation for critical scopes.
+
+Ordinary validation trusts the in-memory revocation index (decision 5): a revocation
+committed by another process is enforced here after the next poll. For scopes an operator
+declares critical (``critical_scopes``, e.g. ``write:payments:*``) that window is not
+acceptable, so validation of a token carrying one also reads the store: the revocation
+entries that could match this token, by primary key, and the holder's own agent record
+(it must exist and be active). Nothing cached is consulted for the decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tasklease.core import scopes as scope_rules
+from tasklease.core.revocation import RevocationIndex
+from tasklease.core.store import Store
+from tasklease.core.tokens import KIND_AGENT, Claims
+
+__all__ = ["is_critical", "live_denial"]
+
+
+def is_critical(token_scopes: Sequence[str], critical: Sequence[str]) -> bool:
+    """True iff some scope of the token overlaps a critical pattern (either covers the other)."""
+    if not critical:
+        return False
+    return any(
+        scope_rules.covers(pattern, scope) or scope_rules.covers(scope, pattern)
+        for scope in token_scopes
+        for pattern in critical
+    )
+
+
+def live_denial(store: Store, claims: Claims) -> str | None:
+    """Why the store says ``claims`` must be refused now, or ``None``.
+
+    Reads the revocation entries that could match (token, agent, task, and every agent of
+    the delegation chain at agent and chain level) and, for agent tokens, the agent
+    record of the holder. Storage errors propagate: the caller fails closed.
+    """
+    keys: list[tuple[str, str]] = [("token", claims.jti), ("agent", claims.sub)]
+    if claims.task_id:
+        keys.append(("task", claims.task_id))
+    for record in claims.delegation_chain:
+        keys.append(("agent", record.agent))
+        keys.append(("chain", record.agent))
+    index = RevocationIndex()
+    index.apply(store.find_revocations(keys))
+    level = index.match(claims)
+    if level is not None:
+        return f"token has been revoked (level {level}, live read)"
+    if claims.kind == KIND_AGENT:
+        agent = store.get_agent(claims.sub)
+        if agent is None:
+            return "no agent record for the token's subject (live read)"
+        if agent.status != "active":
+            return f"agent record is {agent.status} (live read)"
+    return None

@@ -1,0 +1,176 @@
+"""Secure discovery binding: an agent's endpoint, signed by the agent's registered key.
+
+An agent publishes where it can be reached (``POST /v1/discovery/bind``) by signing
+:func:`statement` - ``"tasklease-discovery-v1\\n" || JSON [agent_id, endpoint, issued_at]``
+- with the Ed25519 key it registered. The broker checks the signature against the
+registration and stores the statement; ``GET /v1/discovery/{agent_id}`` answers the
+endpoint *with* the signature and the public key, so a peer verifies
+(:func:`verify_binding`) that the holder of the ID's registered key chose this endpoint.
+A man in the middle who substitutes the endpoint (in storage, in transit, or a rogue
+replica) cannot produce the signature. Peers should take the public key from the agent's
+verified access token (its ``agent_jwk`` claim) or a completed handshake rather than
+from the discovery answer itself, so that the check needs no trust in the channel.
+
+``issued_at`` must be within the clock skew when binding and later than the stored
+binding's, so an old signed statement cannot be replayed to roll an endpoint back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from nacl.signing import VerifyKey
+
+from tasklease.core import _jws
+
+if TYPE_CHECKING:
+    from tasklease.core.broker import Broker, RequestContext
+    from tasklease.core.store import AgentRecord, DiscoveryBinding, WriteTx
+    from tasklease.core.tokens import Claims
+
+__all__ = ["DISCOVERY_CONTEXT", "bind", "resolve", "statement", "verify_binding"]
+
+DISCOVERY_CONTEXT = b"tasklease-discovery-v1\n"
+MAX_ENDPOINT_CHARS = 2048
+_SCHEMES = frozenset({"https", "http", "wss", "ws", "grpcs", "grpc"})
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
+
+
+def statement(agent_id: str, endpoint: str, issued_at: int) -> bytes:
+    """The exact bytes an agent signs to bind ``endpoint`` to its ID (known-answer tested)."""
+    body = json.dumps([agent_id, endpoint, issued_at], separators=(",", ":"), ensure_ascii=False)
+    return DISCOVERY_CONTEXT + body.encode("utf-8")
+
+
+def verify_binding(
+    agent_id: str, endpoint: str, issued_at: int, signature: bytes, public_key: bytes
+) -> bool:
+    """True iff ``signature`` is the key holder's signature binding ``endpoint`` to the ID.
+
+    Pure: peers run it offline on a discovery answer.
+    """
+    if len(public_key) != 32 or len(signature) != 64:
+        return False
+    message = statement(agent_id, endpoint, issued_at)
+    return _jws.verify_detached(message, signature, VerifyKey(public_key))
+
+
+def _endpoint(value: object) -> str:
+    from tasklease.core.errors import InvalidRequest
+
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest("missing required field: endpoint")
+    if len(value) > MAX_ENDPOINT_CHARS or _PRINTABLE.fullmatch(value) is None:
+        raise InvalidRequest("endpoint must be a URL of at most 2048 printable characters")
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise InvalidRequest("endpoint is not a URL") from None
+    if parts.scheme not in _SCHEMES or not parts.hostname or parts.fragment:
+        raise InvalidRequest(
+            "endpoint must be an absolute https, http, wss, ws, grpcs or grpc URL "
+            "without a fragment"
+        )
+    return value
+
+
+def bind(
+    broker: Broker,
+    claims: Claims,
+    *,
+    endpoint: object,
+    issued_at: object,
+    signature: object,
+    ctx: RequestContext,
+) -> DiscoveryBinding:
+    """Publish the caller's endpoint under its SPIFFE ID.
+
+    Raises:
+        InvalidRequest: a field is missing or malformed.
+        Unauthorized: the signature does not verify with the caller's registered key, or
+            ``issued_at`` is stale or not newer than the stored binding (audited).
+        Forbidden: the caller is not an active registered agent (audited).
+    """
+    from tasklease.core.audit import AuditEntry
+    from tasklease.core.errors import Forbidden, InvalidRequest, Unauthorized
+    from tasklease.core.identity import decode_signature
+    from tasklease.core.liveness import agent_standing
+    from tasklease.core.store import DiscoveryBinding
+
+    url = _endpoint(endpoint)
+    if type(issued_at) is not int:
+        raise InvalidRequest("missing required field: issued_at (integer Unix seconds)")
+    sig = decode_signature(signature)
+    cfg = broker.config
+    now = broker._now()
+    base = AuditEntry(
+        "discovery_bind_denied",
+        outcome="denied",
+        agent_id=claims.sub,
+        task_id=claims.task_id,
+        orch_id=claims.orch_id,
+        request_id=ctx.request_id,
+    )
+    agent, why = agent_standing(broker, claims.sub)
+    if agent is None or why:
+        raise broker._deny(Forbidden("agent is not active"), replace(base, detail=why))
+    if abs(now - issued_at) > cfg.clock_skew:
+        raise broker._deny(
+            Unauthorized("discovery binding verification failed"),
+            replace(base, detail=f"issued_at {issued_at} outside the clock skew"),
+        )
+    if not verify_binding(claims.sub, url, issued_at, sig, agent.public_key):
+        raise broker._deny(
+            Unauthorized("discovery binding verification failed"),
+            replace(base, detail="signature does not verify with the registered key"),
+        )
+    binding = DiscoveryBinding(
+        agent_id=claims.sub,
+        endpoint=url,
+        issued_at=issued_at,
+        signature=sig,
+        expires_at=agent.registered_at + cfg.renewal_ceiling + cfg.clock_skew,
+    )
+
+    def unit(tx: WriteTx) -> list[AuditEntry]:
+        current = broker.store.get_discovery_binding(claims.sub)
+        if current is not None and current.issued_at >= issued_at:
+            raise Unauthorized(
+                "discovery binding verification failed",
+                reason=f"issued_at not newer than the bound statement ({current.issued_at})",
+            )
+        tx.put_discovery_binding(binding)
+        return [
+            replace(
+                base,
+                event_type="discovery_bound",
+                outcome="success",
+                detail=f"endpoint bound: {url} issued_at={issued_at}",
+            )
+        ]
+
+    try:
+        broker._commit(unit)
+    except Unauthorized as exc:
+        raise broker._deny(exc, replace(base, detail=exc.reason)) from None
+    return binding
+
+
+def resolve(broker: Broker, agent_id: str) -> tuple[DiscoveryBinding, AgentRecord]:
+    """The binding of an active agent and its registration (for the public key).
+
+    Raises:
+        NotFound: no agent, not active, or no unexpired binding.
+    """
+    from tasklease.core.errors import NotFound
+    from tasklease.core.liveness import agent_standing
+
+    agent, why = agent_standing(broker, agent_id)
+    binding = broker.store.get_discovery_binding(agent_id) if agent is not None else None
+    if agent is None or why or binding is None or binding.expires_at <= broker._now():
+        raise NotFound("no endpoint bound for this agent")
+    return binding, agent
