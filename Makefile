@@ -36,12 +36,18 @@ typecheck: $(VENV)/.test-deps
 	$(BIN)/mypy
 
 unit: $(VENV)/.test-deps
+	sh scripts/ensure-postgres.sh
 	$(BIN)/pytest
 
 test: lint typecheck unit
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python -m bench
+
+.PHONY: bench-propagation
+bench-propagation: $(VENV)/.test-deps
+	sh scripts/ensure-postgres.sh
+	$(BIN)/python -m bench.propagation
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

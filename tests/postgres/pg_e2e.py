@@ -1,0 +1,38 @@
+"""Helpers for the replica tests: the CLI, migrations and (re)starting replicas."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from e2e_support import SHARED_ENV, TASKLEASE, RunningBroker, launch_broker
+
+
+def tasklease_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TASKLEASE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(cwd),
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "NO_COLOR": "1", **env},
+        check=False,
+    )
+
+
+def migrate(url: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = {"TASKLEASE_DATABASE": url, "TASKLEASE_DATA_DIR": str(data_dir)}
+    done = tasklease_cli("db", "migrate", env=env, cwd=data_dir)
+    assert done.returncode == 0, done.stderr + done.stdout
+    return done
+
+
+def verify_chain(url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``tasklease audit verify --database <url>``."""
+    return tasklease_cli("audit", "verify", "--database", url, env={}, cwd=cwd)
+
+
+def start_replica(url: str, data_dir: Path, env: dict[str, str] | None = None) -> RunningBroker:
+    """A replica on ``url`` using the keys in ``data_dir`` (shared by every replica)."""
+    return launch_broker(data_dir, {**SHARED_ENV, "TASKLEASE_DATABASE": url, **(env or {})})

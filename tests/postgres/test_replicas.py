@@ -1,0 +1,204 @@
+"""Two real broker replicas (two processes, two ports) on one PostgreSQL database."""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pgcluster
+import pytest
+from e2e_support import RunningBroker, assert_problem
+from pg_e2e import start_replica, verify_chain
+
+from tasklease.core.store import AuditQuery
+from tasklease.storage.postgres import PostgresStore
+
+pytestmark = pytest.mark.slow
+
+Replicas = Callable[..., list[RunningBroker]]
+PROPAGATION_BOUND = 2.0  # seconds; the notification normally lands in milliseconds
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.005) -> float:
+    """Poll ``condition`` until true; return the seconds it took (fail after ``timeout``)."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(step)
+    return time.monotonic() - started
+
+
+def metric(replica: RunningBroker, name: str) -> float:
+    text = replica.get("/v1/metrics").text
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(match[1]) if match else 0.0
+
+
+def test_register_on_a_validate_on_b_revoke_on_b_enforced_on_a(
+    pg_url: str, replicas: Replicas
+) -> None:
+    a, b = replicas(pg_url)
+    agent = a.register(["read:data:*"])
+    assert b.is_valid(agent.access_token)
+    assert a.is_valid(agent.access_token)
+
+    resp = b.revoke("agent", agent.agent_id)
+    assert resp.status_code == 200, resp.text
+    assert not b.is_valid(agent.access_token)  # the revoking replica: at once
+    took = wait_until(lambda: not a.is_valid(agent.access_token), PROPAGATION_BOUND)
+    assert took < PROPAGATION_BOUND
+    # A observed the propagation from B's commit (the metric is the other replica's view).
+    assert metric(a, "tasklease_revocation_propagation_seconds_count") >= 1
+    for replica in (a, b):
+        health = replica.get("/v1/health").json()
+        assert health["status"] == "ok", health
+        assert health["revocations_current"] is True
+
+
+def test_one_single_use_launch_token_twenty_registrations_one_winner(
+    pg_url: str, replicas: Replicas
+) -> None:
+    a, b = replicas(pg_url)
+    launch = a.launch_token(["read:data:*"])
+    bodies = [(a if i % 2 else b).register_body(launch, ["read:data:*"])[0] for i in range(20)]
+    barrier = threading.Barrier(20)
+
+    def register(i: int) -> int:
+        target = a if i % 2 == 0 else b
+        with httpx.Client(base_url=target.url, timeout=30) as client:
+            barrier.wait()
+            return client.post("/v1/register", json=bodies[i]).status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(register, range(20)))
+    assert statuses.count(200) == 1, statuses
+    assert set(statuses) == {200, 401}, statuses
+
+
+def test_interleaved_operations_on_both_replicas_keep_one_chain(
+    pg_url: str, replicas: Replicas, tmp_path: Path
+) -> None:
+    a, b = replicas(pg_url)
+
+    def work(replica: RunningBroker) -> None:
+        replica.create_app(["read:data:*"])  # argon2: once, not per round
+        for _ in range(6):
+            agent = replica.register(["read:data:*"])
+            assert replica.revoke("token", f"jti-{agent.agent_id[-8:]}").status_code == 200
+            replica.validate(agent.access_token)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in (a, b, a, b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    done = verify_chain(pg_url, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "audit chain intact" in done.stdout
+    count = int(re.search(r"intact: (\d+) events", done.stdout)[1])  # type: ignore[index]
+    assert count >= 4 * 6 * 4  # launch token, registered, issued, revoked per round
+
+
+def test_sigkill_during_registrations_loses_no_acknowledged_one(
+    pg_url: str, replicas: Replicas, tmp_path: Path
+) -> None:
+    victim, other = replicas(pg_url)
+    launch = other.launch_token(["read:data:*"], single_use=False, ttl=600)
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        with httpx.Client(base_url=victim.url, timeout=10) as client:
+            while not stop.is_set():
+                body, _ = other.register_body(launch, ["read:data:*"])
+                try:
+                    resp = client.post("/v1/register", json=body)
+                except httpx.TransportError:
+                    return
+                if resp.status_code == 200:
+                    acknowledged.append(resp.json()["agent_id"])
+
+    workers = [threading.Thread(target=stream) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    wait_until(lambda: len(acknowledged) >= 30, 30, step=0.01)
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait(timeout=10)
+    stop.set()
+    for worker in workers:
+        worker.join(timeout=30)
+    victim.client.close()
+
+    restarted = start_replica(pg_url, victim.data_dir)
+    replicas.track(restarted)  # type: ignore[attr-defined]
+    assert restarted.register(["read:data:*"]).agent_id  # the restarted replica works
+
+    with PostgresStore(pg_url, migrate=False) as store:
+        registered = {
+            event.agent_id
+            for event in store.query_audit(
+                AuditQuery(event_type="agent_registered", limit=100_000)
+            )[0]
+        }
+    missing = [agent_id for agent_id in acknowledged if agent_id not in registered]
+    assert missing == [], f"{len(missing)} acknowledged registrations not in the audit log"
+    done = verify_chain(pg_url, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_database_outage_fails_closed_and_recovers(replicas: Replicas, tmp_path: Path) -> None:
+    # A cluster of its own: this test stops PostgreSQL under the replica.
+    try:
+        cluster = pgcluster.Cluster.create()
+    except pgcluster.ClusterUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        url = cluster.new_database("outage")
+        (replica,) = replicas(url, n=1, env={"TASKLEASE_REVOCATION_STALENESS_BOUND": "2"})
+        agent = replica.register(["read:data:*"])
+        admin = replica.admin_headers()
+        launch = replica.launch_token(["read:data:*"], ttl=600)
+        body, _ = replica.register_body(launch, ["read:data:*"])
+        assert replica.is_valid(agent.access_token)
+
+        cluster.stop("fast")
+        # Writes fail at once: nothing succeeds that was not recorded.
+        resp = replica.post("/v1/admin/auth", json={"secret": replica.admin_secret})
+        assert_problem(resp, 503, "service_unavailable")
+        assert_problem(replica.post("/v1/register", json=body), 503, "service_unavailable")
+        # Past the staleness bound even validation, which needs no database, fails closed.
+        wait_until(
+            lambda: replica.post("/v1/token/validate", json={"token": agent.access_token})
+            .status_code == 503,
+            10,
+            step=0.1,
+        )  # fmt: skip
+        assert_problem(
+            replica.post("/v1/token/validate", json={"token": agent.access_token}),
+            503,
+            "service_unavailable",
+        )
+        assert_problem(replica.get("/v1/admin/apps", headers=admin), 503, "service_unavailable")
+        health = replica.get("/v1/health").json()
+        assert health["status"] == "degraded"
+        assert health["revocations_current"] is False
+        assert "revocation" in health["reason"]
+
+        cluster.start()
+        wait_until(lambda: replica.get("/v1/admin/apps", headers=admin).status_code == 200, 30, 0.2)
+        assert replica.is_valid(agent.access_token)
+        # The registration refused during the outage consumed nothing.
+        assert replica.register(["read:data:*"], launch_token=launch).agent_id
+        assert replica.get("/v1/health").json()["status"] == "ok"
+        done = verify_chain(url, tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        cluster.destroy()
