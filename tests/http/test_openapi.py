@@ -8,6 +8,8 @@ import base64
 import importlib.util
 import json
 import re
+import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,13 @@ import nacl.signing
 import pytest
 from starlette.routing import Route
 
+from tasklease.core import _jws
 from tasklease.core.broker import VERSION, Broker
 from tasklease.core.config import Config
+from tasklease.core.discovery import statement
 from tasklease.core.keys import KeyRing
+from tasklease.core.liveness import heartbeat_signing_input
+from tasklease.core.mutual import transcript
 from tasklease.core.passwords import hash_secret
 from tasklease.http.app import create_app
 from tasklease.http.openapi import (
@@ -104,8 +110,9 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
 
 def test_every_route_is_documented_and_every_documented_route_exists(doc: dict[str, Any]) -> None:
     app = create_app(_new_broker(), background=False)
+    # Starlette's path convertors ({agent_id:path}) are OpenAPI templates ({agent_id}).
     routed = {
-        (method, route.path)
+        (method, re.sub(r":\w+}", "}", route.path))
         for route in app.routes
         if isinstance(route, Route)
         for method in (route.methods or set()) - {"HEAD"}
@@ -188,8 +195,9 @@ def test_problem_schema_lists_every_error_code(doc: dict[str, Any]) -> None:
     assert set(ERROR_CODES) == set(STATUS_BY_CODE)
     problem = doc["components"]["schemas"]["Problem"]
     fields = ["type", "title", "status", "detail", "instance", "error_code", "request_id", "hint"]
+    fields.append("denial_id")  # why-denied tracing (docs/security.md)
     assert list(problem["properties"]) == fields
-    assert set(problem["required"]) == set(fields) - {"hint"}
+    assert set(problem["required"]) == set(fields) - {"hint", "denial_id"}
     codes = [c["const"] for c in problem["properties"]["error_code"]["oneOf"]]
     assert codes == list(STATUS_BY_CODE)
 
@@ -252,6 +260,7 @@ def _errors(doc: dict[str, Any], schema: dict[str, Any], value: Any, at: str) ->
     checks = {
         "string": lambda v: isinstance(v, str),
         "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
         "boolean": lambda v: isinstance(v, bool),
         "array": lambda v: isinstance(v, list),
         "object": lambda v: isinstance(v, dict),
@@ -318,8 +327,14 @@ class Recorder:
         return body
 
 
-def _register(call: Recorder, launch_token: str, task: str) -> dict[str, Any]:
-    key = nacl.signing.SigningKey.generate()
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _register(
+    call: Recorder, launch_token: str, task: str, key: nacl.signing.SigningKey | None = None
+) -> dict[str, Any]:
+    key = key or nacl.signing.SigningKey.generate()
     nonce = call("GET", "/v1/challenge", expect=200)["nonce"]
     body = {
         "launch_token": launch_token,
@@ -332,6 +347,71 @@ def _register(call: Recorder, launch_token: str, task: str) -> dict[str, Any]:
     }
     result: dict[str, Any] = call("POST", "/v1/register", json=body, expect=200)
     return result
+
+
+def _handshake_signature(key: nacl.signing.SigningKey, role: str, ticket: str, nb: str) -> str:
+    """Sign a handshake transcript (docs/agents.md) from a broker ticket's claims."""
+    claims = _jws.decode_unverified(ticket)[1]
+    message = transcript(role, claims["hid"], claims["ini"], claims["rsp"], claims["na"], nb)
+    return _b64(key.sign(message).signature)
+
+
+def _heartbeat(key: nacl.signing.SigningKey, agent_id: str, token: str) -> dict[str, Any]:
+    """A signed heartbeat body for ``token`` (its `jti` is part of the statement)."""
+    token_jti = _jws.decode_unverified(token)[1]["jti"]
+    ts, jti = int(time.time()), secrets.token_urlsafe(16)
+    message = heartbeat_signing_input(agent_id, token_jti, ts, jti, False)
+    return {"timestamp": ts, "jti": jti, "signature": _b64(key.sign(message).signature)}
+
+
+def _stream_until_sync(client: Client, path: str, token: str) -> tuple[int, str, bytes]:
+    """Read a server-sent event stream until its `sync` event, then hang up.
+
+    (httpx's ASGI transport waits for a response to end, and this one does not.)
+    """
+
+    async def run() -> tuple[int, str, bytes]:
+        synced = asyncio.Event()
+        requested = False
+        status, media, body = 0, "", b""
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await synced.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            nonlocal status, media, body
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                media = dict(message["headers"]).get(b"content-type", b"").decode()
+            elif message["type"] == "http.response.body":
+                body += message.get("body", b"")
+                if b"event: sync" in body:
+                    synced.set()
+
+        raw_path, _, query = path.partition("?")
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": raw_path,
+            "raw_path": raw_path.encode(),
+            "query_string": query.encode(),
+            "root_path": "",
+            "headers": [(b"authorization", f"Bearer {token}".encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("testserver", 80),
+        }
+        await asyncio.wait_for(client.app(scope, receive, send), 10)
+        return status, media, body
+
+    return asyncio.run(run())
 
 
 def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> None:
@@ -391,8 +471,103 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     call("GET", "/v1/audit/events", path="/v1/audit/events?limit=3", token=admin, expect=200)
     call("GET", "/v1/audit/events", path="/v1/audit/events?limit=x", token=admin, expect=400)
 
+    feed = call("GET", "/v1/revocations", token=app_token, expect=200)
+    call("GET", "/v1/revocations", path=f"/v1/revocations?cursor={feed['cursor']}", expect=401)
+    call("GET", "/v1/revocations", path="/v1/revocations?cursor=x", token=admin, expect=400)
+    call("GET", "/v1/revocations", token=renewed["access_token"], expect=403)
+    call("GET", "/v1/revocations/stream", token=renewed["access_token"], expect=403)
+    status, media, events = _stream_until_sync(client, "/v1/revocations/stream?cursor=0", admin)
+    stream_doc = doc["paths"]["/v1/revocations/stream"]["get"]["responses"]["200"]
+    assert status == 200 and media.startswith(next(iter(stream_doc["content"])))
+    assert b"event: revocation" in events and b"event: sync" in events
+    call.seen.add(("GET", "/v1/revocations/stream", status))
+
+    holder = renewed["access_token"]
+    call("POST", "/v1/introspect", token=admin, json={"token": holder}, expect=200)
+    call("POST", "/v1/introspect", token=app_token, json={"token": "x"}, expect=200)
+    call("POST", "/v1/introspect", token=holder, json={"token": holder}, expect=403)
+    call("POST", "/v1/token/revoke", token=holder, json={"token": "unknown"}, expect=200)
+    call("POST", "/v1/token/revoke", token=holder, json={"token_type_hint": "x"}, expect=400)
+    call("POST", "/v1/token/revoke", json={"token": holder}, expect=401)
+
+    # Agents that trust each other: handshake, heartbeat, resume, discovery.
+    a_key, b_key = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
+    lt_a = call("POST", "/v1/admin/launch-tokens", token=admin, json=lt, expect=201)
+    lt_b = call("POST", "/v1/admin/launch-tokens", token=admin, json=lt, expect=201)
+    a = _register(call, lt_a["launch_token"], "task-a", a_key)
+    b = _register(call, lt_b["launch_token"], "task-b", b_key)
+    a_token, b_token = a["access_token"], b["access_token"]
+    na, nb = secrets.token_hex(16), secrets.token_hex(16)
+
+    start = {"responder_id": b["agent_id"], "initiator_nonce": na}
+    offer = call("POST", "/v1/mutual/initiate", token=a_token, json=start, expect=200)
+    call("POST", "/v1/mutual/initiate", token=a_token, json={"initiator_nonce": na}, expect=400)
+    reflected = {**start, "responder_id": a["agent_id"]}
+    call("POST", "/v1/mutual/initiate", token=a_token, json=reflected, expect=401)
+    call("POST", "/v1/mutual/initiate", token=admin, json=start, expect=403)
+    reply = {
+        "offer": offer["offer"],
+        "responder_nonce": nb,
+        "signature": _handshake_signature(b_key, "responder", offer["offer"], nb),
+    }
+    call("POST", "/v1/mutual/respond", token=a_token, json=reply, expect=401)
+    answer = call("POST", "/v1/mutual/respond", token=b_token, json=reply, expect=200)
+    call("POST", "/v1/mutual/respond", token=b_token, json=reply, expect=401)
+    assert answer["initiator"]["agent_id"] == a["agent_id"]
+    finish = {
+        "answer": answer["answer"],
+        "signature": _handshake_signature(a_key, "initiator", answer["answer"], nb),
+    }
+    forged = {**finish, "signature": _handshake_signature(b_key, "initiator", answer["answer"], nb)}
+    call("POST", "/v1/mutual/complete", token=a_token, json=forged, expect=401)
+    receipt = call("POST", "/v1/mutual/complete", token=a_token, json=finish, expect=200)
+    call("POST", "/v1/mutual/complete", token=a_token, json=finish, expect=401)
+    assert receipt["responder"]["agent_id"] == b["agent_id"]
+
+    beat = _heartbeat(a_key, a["agent_id"], a_token)
+    call("POST", "/v1/heartbeat", token=a_token, json=beat, expect=200)
+    call("POST", "/v1/heartbeat", token=a_token, json=beat, expect=401)
+    call("POST", "/v1/heartbeat", token=a_token, json={"timestamp": 1}, expect=400)
+
+    endpoint, issued_at = "https://a.internal:8443/agent", int(time.time())
+    signed = a_key.sign(statement(a["agent_id"], endpoint, issued_at)).signature
+    binding = {"endpoint": endpoint, "issued_at": issued_at, "signature": _b64(signed)}
+    call("POST", "/v1/discovery/bind", token=a_token, json=binding, expect=200)
+    call("POST", "/v1/discovery/bind", token=a_token, json=binding, expect=401)
+    call("POST", "/v1/discovery/bind", token=a_token, json={**binding, "endpoint": "x"}, expect=400)
+    where = f"/v1/discovery/{a['agent_id']}"
+    found = call("GET", "/v1/discovery/{agent_id}", path=where, token=b_token, expect=200)
+    assert found["endpoint"] == endpoint and found["public_key"] == _b64(bytes(a_key.verify_key))
+    unbound = f"/v1/discovery/{b['agent_id']}"
+    call("GET", "/v1/discovery/{agent_id}", path=unbound, token=a_token, expect=404)
+    call("GET", "/v1/discovery/{agent_id}", path=where, expect=401)
+
+    nonce = call("GET", "/v1/challenge", expect=200)["nonce"]
+    resume = {
+        "agent_id": b["agent_id"],
+        "nonce": nonce,
+        "signature": _b64(b_key.sign(bytes.fromhex(nonce)).signature),
+    }
+    impostor = {**resume, "signature": _b64(a_key.sign(bytes.fromhex(nonce)).signature)}
+    call("POST", "/v1/resume", json=impostor, expect=401)
+    nonce = call("GET", "/v1/challenge", expect=200)["nonce"]
+    resume = {**resume, "nonce": nonce}
+    resume["signature"] = _b64(b_key.sign(bytes.fromhex(nonce)).signature)
+    resumed = call("POST", "/v1/resume", json=resume, expect=200)
+    call("POST", "/v1/resume", json=resume, expect=401)
+    call("POST", "/v1/resume", json={"agent_id": b["agent_id"]}, expect=400)
+    assert resumed["agent_id"] == b["agent_id"]
+
     call("POST", "/v1/token/release", token=renewed["access_token"], expect=204)
     call("DELETE", "/v1/admin/apps/{app_id}", path=one, token=admin, expect=200)
+
+    # Last: rotating the signing key must not matter to anything above.
+    call("POST", "/v1/admin/keys/rotate", token=a_token, expect=403)
+    call("POST", "/v1/admin/keys/rotate", expect=401)
+    rotated = call("POST", "/v1/admin/keys/rotate", token=admin, expect=200)
+    assert rotated["previous_kid"] in rotated["kids"] and rotated["kids"][0] == rotated["kid"]
+    check = {"token": resumed["access_token"]}  # signed by the previous key
+    assert call("POST", "/v1/token/validate", json=check, expect=200)["valid"] is True
 
     # The flow reached every documented operation's success answer.
     succeeded = {(m, p) for m, p, status in call.seen if status < 300}

@@ -21,16 +21,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tasklease.core.binding import BindingError, Presentation, cert_thumbprint_from_pem
 from tasklease.core.broker import ALL_KINDS, Broker, RequestContext, expires_at_text
-from tasklease.core.errors import InvalidRequest, RateLimited, TaskleaseError
+from tasklease.core.errors import InvalidRequest, InvalidTarget, RateLimited, TaskleaseError
+from tasklease.core.introspection import is_reference_token
 from tasklease.core.store import AuditQuery
 from tasklease.core.tokens import KIND_ADMIN, KIND_AGENT, KIND_APP, Claims
 from tasklease.core.validation import TokenRejected
 from tasklease.http import wire
+from tasklease.http.agent_routes import agent_routes
+from tasklease.http.feed import RevocationHub, revocation_routes
 from tasklease.http.middleware import EnvelopeMiddleware
 from tasklease.http.openapi import openapi_json
 from tasklease.http.problems import problem_body, problem_response_parts
 from tasklease.http.ratelimit import RateLimiter
+from tasklease.http.tls import peer_cert_thumbprint
+from tasklease.http.token_routes import request_htu, token_routes
 
 __all__ = ["create_app"]
 
@@ -43,6 +49,10 @@ ADMIN = frozenset({KIND_ADMIN})
 APP = frozenset({KIND_APP})
 AGENT = frozenset({KIND_AGENT})
 _INVALID = b'{"valid":false,"error":"token is invalid or expired"}\n'
+# Revocations committed by other workers or replicas sharing the store are picked up by
+# a primary-key range read this often (~20 us each): the bound on propagation between
+# processes. See docs/decisions.md, "Revocation propagation between workers".
+REVOCATION_POLL_INTERVAL = 0.025
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -55,6 +65,12 @@ def _ctx(request: Request) -> RequestContext:
         request_id=request.scope.get("state", {}).get("request_id", ""),
         remote=client.host if client else "",
         path=request.url.path,
+        # Proof-of-possession material: the certificate from the TLS connection only;
+        # several DPoP headers join into one that fails (RFC 9449 section 4.3 point 1).
+        cert_thumbprint=peer_cert_thumbprint(request.scope),
+        dpop=",".join(request.headers.getlist("dpop")),
+        method=request.method,
+        url=request_htu(request),
     )
 
 
@@ -68,6 +84,36 @@ async def _body(request: Request, kind: type[T]) -> T:
         raise InvalidRequest(f"malformed JSON body: {exc}") from None
     except msgspec.DecodeError:
         raise InvalidRequest("malformed JSON body") from None
+
+
+def _one_of(resource: T | None, audience: T | None) -> T | None:
+    """``resource`` and its alias ``audience``: either, or both if they agree (RFC 8707)."""
+    if resource is not None and audience is not None and resource != audience:
+        raise InvalidTarget("resource and audience disagree: send one of them")
+    return resource if resource is not None else audience
+
+
+def _token_type(claims: Claims) -> str:
+    """``DPoP`` for a DPoP-bound token (RFC 9449 section 5), else ``Bearer``."""
+    cnf = claims.raw.get("cnf")
+    return "DPoP" if isinstance(cnf, dict) and "jkt" in cnf else "Bearer"
+
+
+def _presentation(req: wire.ValidateRequest) -> Presentation:
+    """What a resource server says its own request presented (for bound tokens)."""
+    thumbprint = req.client_cert_thumbprint or ""
+    if req.client_cert:
+        try:
+            thumbprint = cert_thumbprint_from_pem(req.client_cert)
+        except BindingError as exc:
+            raise InvalidRequest("client_cert must be one PEM certificate") from exc
+    return Presentation(
+        scheme="DPoP" if req.dpop else "Bearer",
+        cert_thumbprint=thumbprint,
+        dpop_proof=req.dpop or "",
+        htm=req.htm or "",
+        htu=req.htu or "",
+    )
 
 
 def _guard(handler: Handler) -> Handler:
@@ -111,16 +157,21 @@ def _parse_int(value: str | None, name: str, default: int) -> int:
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise InvalidRequest(f"{name} must be an integer") from None
+    if not -(2**53) <= number <= 2**53:
+        raise InvalidRequest(f"{name} is out of range")
+    return number
 
 
-def create_app(broker: Broker, *, background: bool = True) -> Starlette:
+def create_app(broker: Broker, *, background: bool = True, close_store: bool = False) -> Starlette:
     """Build the ASGI application around a ready :class:`Broker`.
 
     ``background`` starts the housekeeping tasks (pruning, picking up revocations that
     other processes committed); tests that drive time by hand turn it off.
+    ``close_store`` closes the broker's store when the application shuts down (the server
+    owns the store; in-process tests usually keep it).
     """
     cfg = broker.config
     admin_limiter = RateLimiter(cfg.admin_auth_rate, cfg.admin_auth_burst)
@@ -172,8 +223,20 @@ def create_app(broker: Broker, *, background: bool = True) -> Starlette:
         req = await _body(request, wire.ValidateRequest)
         if not req.token:
             raise InvalidRequest("token field is required")
+        presented = _presentation(req)
+        ctx = _ctx(request)
+        token = req.token
+
+        def check() -> Claims:
+            return broker.validate(token, audience=req.audience, presented=presented, ctx=ctx)
+
         try:
-            claims = broker.validate(req.token)
+            # Pure CPU on the loop, unless the store may be read (by-reference tokens,
+            # high-assurance scopes): then in the thread pool.
+            if cfg.critical_scopes or is_reference_token(token):
+                claims = await run_in_threadpool(check)
+            else:
+                claims = check()
         except TokenRejected:
             return Response(_INVALID, media_type="application/json")
         return _json({"valid": True, "claims": claims.raw})
@@ -191,6 +254,7 @@ def create_app(broker: Broker, *, background: bool = True) -> Starlette:
                 task_id=req.task_id,
                 requested_scope=req.requested_scope,
                 ctx=ctx,
+                resource=_one_of(req.resource, req.audience),
             )
         )
         return _json(
@@ -198,7 +262,7 @@ def create_app(broker: Broker, *, background: bool = True) -> Starlette:
                 "agent_id": issued.claims.sub,
                 "access_token": issued.token,
                 "expires_in": issued.expires_in,
-                "token_type": "Bearer",
+                "token_type": _token_type(issued.claims),
             }
         )
 
@@ -219,7 +283,12 @@ def create_app(broker: Broker, *, background: bool = True) -> Starlette:
             ALL_KINDS,
             None,
             lambda c, ctx: broker.delegate(
-                c, delegate_to=req.delegate_to, scope=req.scope, ttl=req.ttl, ctx=ctx
+                c,
+                delegate_to=req.delegate_to,
+                scope=req.scope,
+                ttl=req.ttl,
+                ctx=ctx,
+                resource=_one_of(req.resource, req.audience),
             ),
         )
         return _json(
@@ -313,6 +382,7 @@ def create_app(broker: Broker, *, background: bool = True) -> Starlette:
                 single_use=req.single_use,
                 ttl=req.ttl,
                 ctx=ctx,
+                resource=_one_of(req.resource, req.audience),
             ),
         )
         return _json(
@@ -377,6 +447,14 @@ def create_app(broker: Broker, *, background: bool = True) -> Starlette:
         )
         return _json({**wire.app_json(app), "deregistered_at": wire.app_json(app)["updated_at"]})
 
+    async def rotate_keys(request: Request) -> Response:
+        # Gated on admin:revoke:* (key rotation is incident response, like revocation):
+        # a new scope would change the admin token's claims, which AgentWrit fixes.
+        new_kid, previous_kid = await authed(
+            request, ADMIN, "admin:revoke:*", broker.rotate_signing_key
+        )
+        return _json({"kid": new_kid, "previous_kid": previous_kid, "kids": broker.keyring.kids()})
+
     routes = [
         Route("/v1/challenge", _guard(challenge), methods=["GET"]),
         Route("/v1/health", _guard(health), methods=["GET"]),
@@ -399,7 +477,12 @@ def create_app(broker: Broker, *, background: bool = True) -> Starlette:
         Route("/v1/admin/apps/{app_id}", _guard(update_app), methods=["PUT"]),
         Route("/v1/admin/apps/{app_id}", _guard(delete_app), methods=["DELETE"]),
         Route("/v1/app/auth", _guard(app_auth), methods=["POST"]),
+        Route("/v1/admin/keys/rotate", _guard(rotate_keys), methods=["POST"]),
     ]
+    hub = RevocationHub(broker)
+    routes += revocation_routes(broker, hub, guard=_guard, context=_ctx)
+    routes += agent_routes(broker, guard=_guard, context=_ctx)
+    routes += token_routes(broker, guard=_guard, context=_ctx)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -414,17 +497,33 @@ def create_app(broker: Broker, *, background: bool = True) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
+        # A store that notifies (PostgreSQL) is followed by a watch thread; others polled.
+        stop_watch = broker.watch_revocations() if background else None
         if background:
             tasks.append(asyncio.create_task(_every(cfg.prune_interval, broker.prune)))
-            tasks.append(asyncio.create_task(_every(0.5, broker.refresh_revocations)))
+            # Liveness: a silent agent is revoked within one interval of its deadline.
+            tasks.append(
+                asyncio.create_task(_every(cfg.heartbeat_interval, broker.sweep_silent_agents))
+            )
+        if background and stop_watch is None:
+            tasks.append(
+                asyncio.create_task(_every(REVOCATION_POLL_INTERVAL, broker.refresh_revocations))
+            )
         try:
             yield
         finally:
+            if stop_watch is not None:
+                await run_in_threadpool(stop_watch)
+            await hub.close()
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if close_store:
+                # Here, not after uvicorn returns: on SIGTERM uvicorn re-raises the signal
+                # once the lifespan has finished, and the process ends there.
+                broker.store.close()
 
     app = Starlette(
         routes=routes,

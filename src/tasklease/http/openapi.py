@@ -25,6 +25,14 @@ import msgspec
 
 from tasklease.core.broker import VERSION
 from tasklease.http import wire
+from tasklease.http.agent_routes import (
+    DiscoveryBindRequest,
+    HeartbeatRequest,
+    MutualCompleteRequest,
+    MutualInitiateRequest,
+    MutualRespondRequest,
+    ResumeRequest,
+)
 from tasklease.http.problems import STATUS_BY_CODE, TYPE_PREFIX
 
 __all__ = [
@@ -59,6 +67,8 @@ class Auth:
 
     kind: str  # "", "any", "agent", "admin" or "app"
     scope: str | None = None
+    # The error code an agent-only route answers an admin or app token with.
+    refusal: str = "forbidden"
 
     @property
     def description(self) -> str:
@@ -67,13 +77,19 @@ class Auth:
         if self.kind == "any":
             return "Bearer token: any token the broker issued (agent, admin or app)."
         if self.kind == "agent":
-            return "Bearer agent token (admin and app tokens are refused with `forbidden`)."
+            return f"Bearer agent token (admin and app tokens are refused with `{self.refusal}`)."
+        if self.kind == "admin-or-app":
+            return "Bearer admin or app token, any scope (agent tokens are refused)."
         return f"Bearer {self.kind} token with scope `{self.scope}`."
 
 
 PUBLIC = Auth("")
 ANY_TOKEN = Auth("any")
 AGENT_TOKEN = Auth("agent")
+# The agent-trust routes (http/agent_routes.py) admit only agent tokens when they
+# authenticate, so another kind is refused as any wrong-kind token is.
+PEER_TOKEN = Auth("agent", refusal="insufficient_scope")
+ADMIN_OR_APP_TOKEN = Auth("admin-or-app")
 
 
 def _admin(scope: str) -> Auth:
@@ -152,9 +168,75 @@ TAGS: Final[Mapping[str, str]] = {
     "operators": "Operator authentication, revocation and the audit log.",
     "apps": "Apps: registered clients that launch agents within a scope ceiling.",
     "operations": "Health, metrics, verification keys and this description.",
+    "revocation feed": "Revocations for resource servers that verify tokens offline.",
+    "token holders": "RFC 7009 revocation by token holders and RFC 7662 introspection.",
+    "agent trust": "Agents that trust each other: mutual authentication, heartbeats that "
+    "revoke silent agents, crash resumption and signed discovery bindings.",
 }
+_CURSOR = Parameter(
+    "cursor",
+    "query",
+    {"type": "integer", "minimum": 0},
+    "Only entries with a greater `seq` (the `cursor` of an earlier answer). Without it: "
+    "every unexpired entry.",
+)
+_FEED_READER_FAILURES = (
+    Failure("invalid_request", "`cursor` is not a non-negative integer"),
+    Failure("insufficient_scope", "the token is an agent token"),
+)
+
+_HOLDER_TOKEN = Auth("agent")
+_INTROSPECTOR = Auth("admin-or-app")
 
 OPERATIONS: Final[tuple[Operation, ...]] = (
+    Operation(
+        "POST",
+        "/v1/token/revoke",
+        "revokeTokenAsHolder",
+        "token holders",
+        "Revoke a token (RFC 7009)",
+        "A token holder revokes one of its own tokens: the caller authenticates with an "
+        "agent token (with its DPoP proof or client certificate if bound) and `token` "
+        "names the same token or another token of the same agent. The body is a form "
+        "(`application/x-www-form-urlencoded`, RFC 7009 section 2.1) or JSON with `token` "
+        "and an optional `token_type_hint` (only a hint). Idempotent; answers 200 `{}` "
+        "also for unknown, malformed, expired or already revoked tokens, so the answer "
+        "never reveals whether a token existed. Every attempt is audited.",
+        _HOLDER_TOKEN,
+        200,
+        "TokenRevocationResponse",
+        request=wire.TokenRequest,
+        commits=True,
+        errors=(
+            Failure("invalid_request", "`token` is missing, or a form parameter is repeated"),
+            Failure("forbidden", "`token` is a valid token of another agent"),
+        ),
+    ),
+    Operation(
+        "POST",
+        "/v1/introspect",
+        "introspectToken",
+        "token holders",
+        "Introspect a token (RFC 7662)",
+        "For resource servers (authenticated with an admin or app token, so tokens cannot "
+        "be scanned anonymously), and the only way to read a by-reference (`tlr_`) token. "
+        "Form or JSON body with `token`, and optionally `audience` (the caller's resource "
+        "identifier: a token for another resource is then inactive). Answers the token's "
+        "claims with `active: true` (`scope` as a space-separated string, `token_type` "
+        "`Bearer` or `DPoP`, `cnf` for the caller to check against its own connection) "
+        'or exactly `{"active": false}` for anything else, including another app\'s '
+        "agents' tokens when the caller is an app. Critical scopes are checked against "
+        "the store (high assurance) and audited.",
+        _INTROSPECTOR,
+        200,
+        "IntrospectionResponse",
+        request=wire.TokenRequest,
+        errors=(
+            Failure("invalid_request", "`token` is missing, or a form parameter is repeated"),
+            Failure("invalid_target", "`audience` is malformed"),
+            Failure("insufficient_scope", "the caller's token is an agent token"),
+        ),
+    ),
     Operation(
         "GET",
         "/v1/challenge",
@@ -222,14 +304,22 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "tokens",
         "Validate an agent token",
         "Checks signature, issuer, audience, lifetime (with the configured clock skew), "
-        "delegation depth and revocation. A token that fails any check answers 200 with "
-        "`valid: false` and one generic message; the precise reason goes to the audit "
-        "and debug logs only.",
+        "delegation depth, revocation and binding. A token that fails any check answers "
+        "200 with `valid: false` and one generic message; the precise reason goes to the "
+        "audit and debug logs only. `audience` is the calling resource server's own "
+        "identifier (RFC 8707): a token minted for another resource is invalid; without "
+        "it the token must carry the broker's default audience. A certificate-bound token "
+        "is valid only with the certificate the resource server saw (`client_cert` PEM or "
+        "`client_cert_thumbprint`), a DPoP-bound one only with the proof it received "
+        "(`dpop`, `htm`, `htu`; single use). By-reference tokens are resolved; tokens "
+        "with a critical scope are checked against the store and audited.",
         PUBLIC,
         200,
         "ValidateResponse",
         request=wire.ValidateRequest,
-        errors=(Failure("invalid_request", "`token` is missing or empty"),),
+        errors=(
+            Failure("invalid_request", "`token` is missing or empty, or `client_cert` is not PEM"),
+        ),
     ),
     Operation(
         "POST",
@@ -240,13 +330,23 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "Proves possession of an Ed25519 key by signing a nonce from `GET /v1/challenge`, "
         "redeems a launch token, and issues the agent's SPIFFE ID and first access token. "
         "Every field is checked before anything is consumed; the nonce and the launch "
-        "token are consumed together with the registration.",
+        "token are consumed together with the registration. `resource` (or `audience`, "
+        "RFC 8707) names the one resource the token is for; it must be among the launch "
+        "token's resources when that names any (with exactly one, it is the default). "
+        "Over mTLS the token is bound to the client certificate (`cnf.x5t#S256`); with a "
+        "`DPoP` header (a proof with `htm` POST and this URI, no `ath`) to the proof's "
+        "key (`cnf.jkt`, `token_type: DPoP`).",
         PUBLIC,
         200,
         "RegisterResponse",
         request=wire.RegisterRequest,
         commits=True,
         errors=(
+            Failure(
+                "invalid_target",
+                "`resource` is malformed, not among the launch token's resources, or "
+                "missing while the launch token names several",
+            ),
             Failure(
                 "invalid_request",
                 "a field is missing or malformed (`orch_id`/`task_id` not a SPIFFE path "
@@ -256,7 +356,8 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
             Failure(
                 "unauthorized",
                 "the launch token is unknown, expired or already consumed; the nonce is "
-                "unknown, expired or already used; or the signature does not verify",
+                "unknown, expired or already used; the signature does not verify; or the "
+                "DPoP proof is invalid or replayed",
             ),
             Failure(
                 "scope_violation",
@@ -306,13 +407,16 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "Delegate to another agent",
         "Issues a token for another registered, active agent holding a subset of the "
         "caller's scope, living no longer than the caller's token, and carrying the "
-        "delegation chain with a broker-signed record of this hop.",
+        "delegation chain with a broker-signed record of this hop. Its audience is the "
+        "caller's, or narrower (`resource`, RFC 8707). It is bound to the delegate's own "
+        "registered certificate or DPoP key, so the delegate must prove possession itself.",
         AGENT_TOKEN,
         200,
         "DelegateResponse",
         request=wire.DelegateRequest,
         commits=True,
         errors=(
+            Failure("invalid_target", "`resource` is malformed or would widen the audience"),
             Failure(
                 "invalid_request",
                 "`delegate_to` or `scope` is missing, a scope is malformed, or `ttl` is "
@@ -425,7 +529,9 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "launch tokens",
         "Create a launch token (operator)",
         "A launch token lets one agent (or, with `single_use: false`, several) register "
-        "with at most `allowed_scope`. The token is shown once.",
+        "with at most `allowed_scope`. The token is shown once. `resource` (or "
+        "`audience`; a string or a list, RFC 8707) names the resources its agents' tokens "
+        "may be for.",
         _admin("admin:launch-tokens:*"),
         201,
         "LaunchTokenResponse",
@@ -438,6 +544,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
                 "empty or malformed, or a TTL or `single_use` has the wrong type",
             ),
             Failure("invalid_ttl", "`ttl` exceeds the broker's launch token maximum"),
+            Failure("invalid_target", "a `resource` is malformed or there are more than 16"),
         ),
     ),
     Operation(
@@ -446,7 +553,8 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "createLaunchTokenAsApp",
         "launch tokens",
         "Create a launch token (app)",
-        "As the operator route, but the scope is held to the calling app's ceiling.",
+        "As the operator route, but the scope is held to the calling app's ceiling. "
+        "`resource` as on the operator route.",
         _app("app:launch-tokens:*"),
         201,
         "LaunchTokenResponse",
@@ -459,6 +567,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
                 "empty or malformed, or a TTL or `single_use` has the wrong type",
             ),
             Failure("invalid_ttl", "`ttl` exceeds the broker's launch token maximum"),
+            Failure("invalid_target", "a `resource` is malformed or there are more than 16"),
             Failure(
                 "forbidden",
                 "the app is no longer active, or `allowed_scope` exceeds the app's ceiling",
@@ -568,6 +677,249 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
             Failure("unauthorized", "the credentials are wrong or the app is deregistered"),
         ),
     ),
+    Operation(
+        "POST",
+        "/v1/admin/keys/rotate",
+        "rotateSigningKey",
+        "operators",
+        "Rotate the signing key",
+        "Makes a new Ed25519 signing key active. Every older key stays in the JWKS and "
+        "keeps verifying the tokens it signed until they expire; new tokens carry the new "
+        "`kid`. Gated on `admin:revoke:*`: rotating is incident response, like revoking.",
+        _admin("admin:revoke:*"),
+        200,
+        "KeyRotationResponse",
+        commits=True,
+    ),
+    Operation(
+        "GET",
+        "/v1/revocations",
+        "listRevocations",
+        "revocation feed",
+        "Revocation entries, with a cursor",
+        "The unexpired revocation entries (all of them, or those after `cursor`), in `seq` "
+        "order, and the `cursor` to ask from next time. Resource servers that verify tokens "
+        "offline apply them with the matching rules of the four levels: `token` matches the "
+        "`jti`; `agent` the `sub` and every delegation chain naming it; `task` the "
+        "`task_id`; `chain` chains naming the target; all but `token` only match tokens "
+        "with `iat` at or before `revoked_at`. An entry that is widened comes again with a "
+        "new `seq`.",
+        ADMIN_OR_APP_TOKEN,
+        200,
+        "RevocationList",
+        parameters=(_CURSOR,),
+        errors=_FEED_READER_FAILURES,
+    ),
+    Operation(
+        "GET",
+        "/v1/revocations/stream",
+        "streamRevocations",
+        "revocation feed",
+        "Revocation entries as server-sent events",
+        "First the entries `GET /v1/revocations` would answer (`cursor`, or the "
+        "`Last-Event-ID` header, picks up where a reader left off), then `event: sync` "
+        '(`data: {"cursor": N, "server_time": T}`), then each new revocation as this broker '
+        "learns it (`event: revocation`, `id:` its `seq`, `data:` the entry), and a "
+        "`: keepalive` comment every 2 seconds: a reader that hears nothing for longer than "
+        "its staleness bound must fail closed. The stream ends when the reader's token "
+        "expires, or when the reader falls behind (it reconnects with its cursor).",
+        ADMIN_OR_APP_TOKEN,
+        200,
+        "RevocationStream",
+        parameters=(_CURSOR,),
+        errors=_FEED_READER_FAILURES,
+        response_media="text/event-stream",
+    ),
+    Operation(
+        "POST",
+        "/v1/mutual/initiate",
+        "initiateHandshake",
+        "agent trust",
+        "Start a mutual-authentication handshake",
+        "Step 1 of 3. The caller (the initiator) names the responder's SPIFFE ID and a fresh "
+        "nonce of its own; the broker checks both agents are registered and in good "
+        "standing and answers a broker-signed `offer` ticket (`typ` "
+        "`tasklease-mutual-offer+jwt`, valid 30 s) that the initiator hands to the "
+        "responder. Nothing is stored: the handshake's state travels in its tickets. "
+        "Refusals are audited as `mutual_auth_failed`.",
+        PEER_TOKEN,
+        200,
+        "HandshakeOffer",
+        request=MutualInitiateRequest,
+        commits=True,
+        errors=(
+            Failure("invalid_request", "`responder_id` is missing or the nonce is not hex"),
+            Failure(
+                "unauthorized",
+                "the responder is unknown, revoked or the caller itself (reflection), or "
+                "the caller is not in good standing",
+            ),
+        ),
+    ),
+    Operation(
+        "POST",
+        "/v1/mutual/respond",
+        "respondToHandshake",
+        "agent trust",
+        "Answer a handshake, proving the responder's key",
+        "Step 2 of 3. The responder presents the offer, a nonce of its own and its Ed25519 "
+        "signature (with the key it registered) over the transcript "
+        '`"tasklease-mutual-v1\\n" || JSON ["responder", handshake_id, initiator, '
+        "responder, initiator_nonce, responder_nonce]`. The broker checks the bearer is the "
+        "offer's responder, the signature verifies with that agent's registered key, both "
+        "parties are still in good standing and the offer was not answered before, then "
+        "answers the initiator's verified identity and scope and an `answer` ticket for "
+        "the initiator.",
+        PEER_TOKEN,
+        200,
+        "HandshakeAnswer",
+        request=MutualRespondRequest,
+        commits=True,
+        errors=(
+            Failure("invalid_request", "a field is missing or malformed"),
+            Failure(
+                "unauthorized",
+                "the offer is not the broker's, expired or already answered; the caller is "
+                "not its responder; the signature does not verify with the responder's "
+                "registered key; or a party was revoked",
+            ),
+        ),
+    ),
+    Operation(
+        "POST",
+        "/v1/mutual/complete",
+        "completeHandshake",
+        "agent trust",
+        "Complete a handshake, proving the initiator's key",
+        "Step 3 of 3. The initiator presents the answer and its signature over the same "
+        'transcript with role `"initiator"`. The broker answers the responder\'s verified '
+        "identity and scope and a `receipt` (`typ` `tasklease-mutual-receipt+jwt`, `aud` "
+        "the responder) that the initiator forwards; the responder verifies it offline "
+        "with the JWKS. Each handshake completes once.",
+        PEER_TOKEN,
+        200,
+        "HandshakeReceipt",
+        request=MutualCompleteRequest,
+        commits=True,
+        errors=(
+            Failure("invalid_request", "a field is missing or malformed"),
+            Failure(
+                "unauthorized",
+                "the answer is not the broker's, expired or already completed; the caller "
+                "is not its initiator; the signature does not verify with the initiator's "
+                "registered key; or a party was revoked",
+            ),
+        ),
+    ),
+    Operation(
+        "POST",
+        "/v1/heartbeat",
+        "heartbeat",
+        "agent trust",
+        "Prove the agent is alive (or declare it done)",
+        "The agent signs, with its registered key, "
+        '`"tasklease-heartbeat-v1\\n" || JSON [agent_id, token_jti, timestamp, jti, done]` '
+        "(`token_jti` is the presented token's `jti`; `timestamp` within the clock skew; "
+        "`jti` single-use). The first heartbeat puts the agent under supervision: once its "
+        "last heartbeat is older than `heartbeat_interval` x `heartbeat_misses` the broker "
+        "revokes it at level `agent` (its tokens and every token delegated from it; audit "
+        "event `agent_silent_revoked`). `done: true` ends supervision and releases the "
+        "presented token instead.",
+        PEER_TOKEN,
+        200,
+        "HeartbeatResponse",
+        request=HeartbeatRequest,
+        commits=True,
+        errors=(
+            Failure("invalid_request", "a field is missing or malformed"),
+            Failure(
+                "unauthorized",
+                "the signature does not verify with the registered key, the timestamp is "
+                "outside the clock skew, or the proof `jti` was used before",
+            ),
+            Failure("forbidden", "the agent is revoked, released or was swept"),
+        ),
+    ),
+    Operation(
+        "POST",
+        "/v1/resume",
+        "resumeAgent",
+        "agent trust",
+        "Resume an agent after a crash",
+        "An agent that restarted within its task signs a nonce from `GET /v1/challenge` "
+        "with its registered key (exactly as for registration) and gets a fresh token for "
+        "the same SPIFFE ID, scope and principal, without a launch token. The token keeps "
+        "the registration's `oiat`, so the renewal ceiling still bounds the task, and each "
+        "resumption counts as a renewal. A different key is refused and audited.",
+        PUBLIC,
+        200,
+        "RegisterResponse",
+        request=ResumeRequest,
+        commits=True,
+        errors=(
+            Failure("invalid_request", "a field is missing or malformed"),
+            Failure(
+                "unauthorized",
+                "the nonce is unknown, expired or used, the agent is unknown, or the "
+                "signature does not verify with its registered key",
+            ),
+            Failure("forbidden", "the agent is revoked, released or was swept"),
+            Failure("renewal_count_exceeded", "the agent resumed `max_renewals` times"),
+            Failure(
+                "renewal_ceiling_exceeded",
+                "the agent's registration is as old as the renewal ceiling allows",
+            ),
+        ),
+    ),
+    Operation(
+        "POST",
+        "/v1/discovery/bind",
+        "bindEndpoint",
+        "agent trust",
+        "Publish the agent's endpoint, signed",
+        "The agent signs, with its registered key, "
+        '`"tasklease-discovery-v1\\n" || JSON [agent_id, endpoint, issued_at]`; the broker '
+        "verifies it against the registration and stores it. `issued_at` must be within the "
+        "clock skew and newer than the stored binding (no rollback).",
+        PEER_TOKEN,
+        200,
+        "DiscoveryBinding",
+        request=DiscoveryBindRequest,
+        commits=True,
+        errors=(
+            Failure("invalid_request", "a field is missing, or the endpoint is not a URL"),
+            Failure(
+                "unauthorized",
+                "the signature does not verify with the registered key, or `issued_at` is "
+                "stale or not newer than the bound statement",
+            ),
+            Failure("forbidden", "the agent is revoked, released or was swept"),
+        ),
+    ),
+    Operation(
+        "GET",
+        "/v1/discovery/{agent_id}",
+        "resolveEndpoint",
+        "agent trust",
+        "Resolve an agent's endpoint with its proof",
+        "The endpoint an active agent bound, with the signed statement's `issued_at`, the "
+        "signature and the agent's registered public key, so a peer verifies it offline "
+        "(preferably with the key from the agent's verified access token, `agent_jwk`). A "
+        "substituted endpoint fails that verification.",
+        PEER_TOKEN,
+        200,
+        "ResolvedEndpoint",
+        parameters=(
+            Parameter(
+                "agent_id",
+                "path",
+                {"type": "string"},
+                "The agent's SPIFFE ID (its slashes may stay as they are).",
+                True,
+            ),
+        ),
+        errors=(Failure("not_found", "no active agent with an unexpired binding"),),
+    ),
 )
 
 
@@ -577,7 +929,20 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
 # field as optional so that the core can name a missing one; "required" here is the
 # contract the core enforces (400 when absent).
 REQUEST_FIELDS: Final[Mapping[type[msgspec.Struct], Mapping[str, tuple[bool, str]]]] = {
-    wire.ValidateRequest: {"token": (True, "The agent access token to check.")},
+    wire.ValidateRequest: {
+        "token": (True, "The agent access token to check (JWS or `tlr_` by-reference)."),
+        "audience": (False, "The calling resource server's identifier (RFC 8707)."),
+        "client_cert": (False, "The client certificate (PEM) of the resource server's request."),
+        "client_cert_thumbprint": (False, "Its `x5t#S256` instead (RFC 8705 section 3.1)."),
+        "dpop": (False, "The DPoP proof (RFC 9449) the resource server received."),
+        "htm": (False, "The HTTP method of the resource server's request (for `dpop`)."),
+        "htu": (False, "Its URI, scheme host and path (for `dpop`)."),
+    },
+    wire.TokenRequest: {
+        "token": (True, "The token: a compact JWS or a `tlr_` by-reference token."),
+        "token_type_hint": (False, "RFC 7009 hint (`access_token`); ignored."),
+        "audience": (False, "Introspection only: the caller's resource identifier."),
+    },
     wire.RegisterRequest: {
         "launch_token": (True, "The launch token (64 lowercase hex characters)."),
         "nonce": (True, "The nonce from `GET /v1/challenge`."),
@@ -592,11 +957,23 @@ REQUEST_FIELDS: Final[Mapping[type[msgspec.Struct], Mapping[str, tuple[bool, str
             True,
             "Scopes (`action:resource:identifier`) within the launch token's allowed scope.",
         ),
+        "resource": (
+            False,
+            "RFC 8707: the one resource (absolute URI without fragment, or identifier) the "
+            "token is for; it then carries it as its only `aud`.",
+        ),
+        "audience": (False, "Alias of `resource`; if both are sent they must agree."),
     },
     wire.DelegateRequest: {
         "delegate_to": (True, "SPIFFE ID of the registered agent to delegate to."),
         "scope": (True, "Scopes to hand over: a subset of the caller's."),
         "ttl": (False, "Requested lifetime in seconds (default 60), capped by the caller's."),
+        "resource": (
+            False,
+            "RFC 8707: narrow the audience to this resource (allowed when the caller's token "
+            "has the broker's default audience or already names it).",
+        ),
+        "audience": (False, "Alias of `resource`."),
     },
     wire.RevokeRequest: {
         "level": (True, "One of `token`, `agent`, `task`, `chain`."),
@@ -632,6 +1009,51 @@ REQUEST_FIELDS: Final[Mapping[type[msgspec.Struct], Mapping[str, tuple[bool, str
         "max_ttl": (False, "Lifetime of the agent's tokens in seconds (capped by the broker)."),
         "single_use": (False, "Whether one registration consumes it (default true)."),
         "ttl": (False, "How long the launch token itself stays valid, in seconds (default 30)."),
+        "resource": (
+            False,
+            "RFC 8707: the resources (a string or a list of at most 16) its agents' tokens "
+            "may be for; a registration names one of them. Absent: the default audience.",
+        ),
+        "audience": (False, "Alias of `resource`."),
+    },
+    MutualInitiateRequest: {
+        "responder_id": (True, "SPIFFE ID of the registered agent to authenticate with."),
+        "initiator_nonce": (True, "A fresh random nonce, 32 to 128 lowercase hex characters."),
+    },
+    MutualRespondRequest: {
+        "offer": (True, "The offer ticket the initiator received from step 1."),
+        "responder_nonce": (True, "A fresh random nonce, 32 to 128 lowercase hex characters."),
+        "signature": (
+            True,
+            "Ed25519 signature of the responder-role transcript, standard base64 (64 bytes).",
+        ),
+    },
+    MutualCompleteRequest: {
+        "answer": (True, "The answer ticket the responder received from step 2."),
+        "signature": (
+            True,
+            "Ed25519 signature of the initiator-role transcript, standard base64 (64 bytes).",
+        ),
+    },
+    HeartbeatRequest: {
+        "timestamp": (True, "Unix seconds, within the broker's clock skew."),
+        "jti": (True, "A single-use proof id, 16 to 64 characters of `[A-Za-z0-9_-]`."),
+        "signature": (True, "Ed25519 signature of the heartbeat statement, standard base64."),
+        "done": (False, "`true`: the agent is finished (release; no further supervision)."),
+    },
+    ResumeRequest: {
+        "agent_id": (True, "The agent's SPIFFE ID."),
+        "nonce": (True, "The nonce from `GET /v1/challenge`."),
+        "signature": (
+            True,
+            "Ed25519 signature of the hex-decoded nonce bytes by the registered key, "
+            "standard base64 (64 bytes).",
+        ),
+    },
+    DiscoveryBindRequest: {
+        "endpoint": (True, "An absolute https, http, wss, ws, grpcs or grpc URL."),
+        "issued_at": (True, "Unix seconds, within the clock skew; signed with the endpoint."),
+        "signature": (True, "Ed25519 signature of the discovery statement, standard base64."),
     },
 }
 
@@ -641,6 +1063,8 @@ REQUEST_FIELDS: Final[Mapping[type[msgspec.Struct], Mapping[str, tuple[bool, str
 ERROR_CODES: Final[Mapping[str, str]] = {
     "invalid_request": "The request is malformed or a required field is missing.",
     "invalid_ttl": "A TTL is outside its allowed range.",
+    "invalid_target": "A resource/audience is malformed, not allowed, or would widen the "
+    "audience (RFC 8707).",
     "unauthorized": "No valid credential: missing, malformed, invalid, expired or revoked.",
     "forbidden": "Authenticated, but this caller may not do this.",
     "insufficient_scope": "The token is of the wrong kind or lacks the route's scope.",
@@ -681,7 +1105,7 @@ def _failures(op: Operation) -> list[Failure]:
             )
         )
     if op.auth.kind == "agent":
-        found.append(Failure("forbidden", "the token is an admin or app token"))
+        found.append(Failure(op.auth.refusal, "the token is an admin or app token"))
     found.extend(op.errors)
     if op.commits or op.auth.kind:
         found.append(
@@ -725,9 +1149,17 @@ def _strings(description: str) -> Schema:
     return {"type": "array", "items": {"type": "string"}, "description": description}
 
 
-_ACCESS_TOKEN = _str("The access token (compact EdDSA JWS).")
+_ACCESS_TOKEN = _str(
+    "The access token: a compact EdDSA JWS, or an opaque by-reference token (`tlr_` and 43 "
+    "base64url characters) when the JWS would exceed 4 KB; send either the same way."
+)
 _EXPIRES_IN = _int("Seconds until the token expires.")
-_TOKEN_TYPE = {"type": "string", "const": "Bearer", "description": "Always `Bearer`."}
+_TOKEN_TYPE = {
+    "type": "string",
+    "enum": ["Bearer", "DPoP"],
+    "description": "`DPoP` when the registration carried a DPoP proof (send the token as "
+    "`Authorization: DPoP <token>` with a fresh proof); otherwise `Bearer`.",
+}
 _TIMESTAMP = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC."}
 
 _APP_FIELDS: dict[str, Schema] = {
@@ -782,6 +1214,14 @@ def _response_schemas() -> dict[str, Schema]:
             "chain_hash": _str("SHA-256 (hex) of the delegation chain."),
             "oiat": _int("Original registration time, bounds renewal."),
             "rnc": _int("How many renewals led to this token."),
+            "cnf": {
+                "type": "object",
+                "description": "Proof-of-possession binding (RFC 7800): `x5t#S256`, the "
+                "client certificate's SHA-256 thumbprint (RFC 8705), and/or `jkt`, the "
+                "DPoP key's JWK thumbprint (RFC 9449). Absent for bearer tokens.",
+                "properties": {"x5t#S256": {"type": "string"}, "jkt": {"type": "string"}},
+                "additionalProperties": False,
+            },
         },
         "required": ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "scope", "client_id"],
     }
@@ -834,7 +1274,15 @@ def _response_schemas() -> dict[str, Schema]:
                 "status": {
                     "type": "string",
                     "enum": ["ok", "degraded"],
-                    "description": "`degraded` when storage is unreachable.",
+                    "description": "`degraded` when storage is unreachable or the "
+                    "revocation index is not confirmed current (see `reason`).",
+                },
+                "reason": _str("Why the broker is degraded (only when it is)."),
+                "revocations_current": {
+                    "type": "boolean",
+                    "description": "False once the revocation index could not be confirmed "
+                    "current within `revocation_staleness_bound` (replicas on PostgreSQL): "
+                    "protected requests and validation then fail closed with 503.",
                 },
                 "version": _str("The broker's version."),
                 "uptime": _int("Seconds since the broker started."),
@@ -842,11 +1290,40 @@ def _response_schemas() -> dict[str, Schema]:
                 "audit_events_count": _int("Events in the audit log."),
                 "revocation_entries": _int("Entries in the in-memory revocation index."),
                 "signing_kid": _str("Key id of the active signing key."),
-            }
+            },
+            optional=("reason",),
         ),
         "MetricsText": {"type": "string", "description": "Prometheus text format."},
         "JWK": jwk,
         "JWKS": _obj({"keys": {"type": "array", "items": _ref("JWK")}}),
+        "RevocationEntry": _obj(
+            {
+                "level": {
+                    "type": "string",
+                    "enum": ["token", "agent", "task", "chain"],
+                    "description": "The revocation level.",
+                },
+                "target": _str("A `jti`, an agent SPIFFE ID, a `task_id` or a chain root."),
+                "revoked_at": _int("Unix seconds; matches tokens issued at or before it."),
+                "expires_at": {
+                    "type": "number",
+                    "description": "Unix seconds after which nothing it matches is valid.",
+                },
+                "seq": _int("Position in the feed; greater means later."),
+            }
+        ),
+        "RevocationList": _obj(
+            {
+                "revocations": {"type": "array", "items": _ref("RevocationEntry")},
+                "cursor": _int("Pass as `cursor` to get only later entries."),
+                "server_time": {"type": "number", "description": "The broker's Unix time."},
+            }
+        ),
+        "RevocationStream": {
+            "type": "string",
+            "description": "Server-sent events: `revocation` (a `RevocationEntry`), `sync` "
+            "and `: keepalive` comments.",
+        },
         "OpenAPIDocument": {"type": "object", "description": "An OpenAPI 3.1 document."},
         "DelegationRecord": delegation_record,
         "TokenClaims": claims,
@@ -870,6 +1347,27 @@ def _response_schemas() -> dict[str, Schema]:
             }
         ),
         "RenewResponse": _obj({"access_token": _ACCESS_TOKEN, "expires_in": _EXPIRES_IN}),
+        "TokenRevocationResponse": {
+            "type": "object",
+            "description": "Always empty (RFC 7009 section 2.2).",
+            "additionalProperties": False,
+        },
+        "IntrospectionResponse": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "description": "An active token: its claims (see `TokenClaims`), with "
+                    "`scope` as a space-separated string (RFC 7662 section 2.2).",
+                    "properties": {
+                        "active": {"type": "boolean", "const": True},
+                        "scope": _str("Granted scopes, space-separated."),
+                        "token_type": {"type": "string", "enum": ["Bearer", "DPoP"]},
+                    },
+                    "required": ["active", "scope", "token_type"],
+                },
+                _obj({"active": {"type": "boolean", "const": False}}),
+            ]
+        },
         "DelegateResponse": _obj(
             {
                 "access_token": _ACCESS_TOKEN,
@@ -933,6 +1431,67 @@ def _response_schemas() -> dict[str, Schema]:
         "AppList": _obj(
             {"apps": {"type": "array", "items": _ref("App")}, "total": _int("Number of apps.")}
         ),
+        "Peer": _obj(
+            {
+                "agent_id": _str("The peer's SPIFFE ID, verified by the broker."),
+                "scope": _strings("The peer's scope, from its validated token."),
+            }
+        ),
+        "HandshakeOffer": _obj(
+            {
+                "handshake_id": _str("The handshake's id (32 hex characters)."),
+                "offer": _str("Broker-signed offer ticket, for the responder."),
+                "expires_in": _int("Seconds the handshake stays open (30)."),
+            }
+        ),
+        "HandshakeAnswer": _obj(
+            {
+                "handshake_id": _str("The handshake's id."),
+                "answer": _str("Broker-signed answer ticket, for the initiator."),
+                "initiator": _ref("Peer"),
+            }
+        ),
+        "HandshakeReceipt": _obj(
+            {
+                "handshake_id": _str("The handshake's id."),
+                "receipt": _str("Broker-signed receipt for the responder (`aud`)."),
+                "responder": _ref("Peer"),
+            }
+        ),
+        "HeartbeatResponse": _obj(
+            {
+                "status": {"type": "string", "enum": ["alive", "released"]},
+                "interval": {"type": "number", "description": "Heartbeat interval, seconds."},
+                "misses": _int("Misses tolerated before the agent is revoked."),
+                "deadline": {
+                    "type": "number",
+                    "description": "Unix time after which a silent agent is revoked.",
+                },
+            }
+        ),
+        "DiscoveryBinding": _obj(
+            {
+                "agent_id": _str("The agent's SPIFFE ID."),
+                "endpoint": _str("The bound endpoint."),
+                "issued_at": _int("The signed statement's time."),
+            }
+        ),
+        "ResolvedEndpoint": _obj(
+            {
+                "agent_id": _str("The agent's SPIFFE ID."),
+                "endpoint": _str("The bound endpoint."),
+                "issued_at": _int("The signed statement's time."),
+                "signature": _str("Ed25519 signature of the statement, standard base64."),
+                "public_key": _str("The agent's registered Ed25519 key, standard base64."),
+            }
+        ),
+        "KeyRotationResponse": _obj(
+            {
+                "kid": _str("Key id of the new active signing key."),
+                "previous_kid": _str("Key id of the key that signed until now."),
+                "kids": _strings("Every key id the broker verifies, the active one first."),
+            }
+        ),
     }
 
 
@@ -957,8 +1516,13 @@ def _problem_schema() -> Schema:
             },
             "request_id": _str("The request's `X-Request-ID`."),
             "hint": _str("How to fix the request, when there is advice to give."),
+            "denial_id": _str(
+                "On refusals the broker audited (every 401 and 403 it raises): `den_` and 16 "
+                "hex characters, also at the end of the audit event's detail "
+                "(`denial=<id>`), which holds the precise reason."
+            ),
         },
-        optional=("hint",),
+        optional=("hint", "denial_id"),
     )
     problem["description"] = "An RFC 9457 problem details object."
     return problem

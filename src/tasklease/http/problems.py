@@ -20,6 +20,7 @@ __all__ = ["STATUS_BY_CODE", "problem_body", "problem_response_parts", "status_f
 STATUS_BY_CODE: dict[str, int] = {
     "invalid_request": 400,
     "invalid_ttl": 400,
+    "invalid_target": 400,
     "unauthorized": 401,
     "forbidden": 403,
     "insufficient_scope": 403,
@@ -72,14 +73,20 @@ def problem_body(
 def problem_response_parts(
     exc: TaskleaseError, *, instance: str, request_id: str
 ) -> tuple[int, bytes, dict[str, str]]:
-    """(status, body, extra headers) for an error raised by the core."""
+    """(status, body, extra headers) for an error raised by the core.
+
+    A refusal the broker audited carries its ``denial_id`` (why-denied tracing): the
+    audit event whose detail ends ``denial=<id>`` holds the precise reason.
+    """
     status = status_for(exc.code)
     headers: dict[str, str] = {}
     if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="tasklease"'
+        # Both schemes we accept (RFC 6750 section 3, RFC 9449 section 7.1).
+        headers["WWW-Authenticate"] = 'Bearer realm="tasklease", DPoP algs="EdDSA"'
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
+    extra = {"denial_id": exc.denial_id} if exc.denial_id else None
     body = problem_body(
-        exc.code, exc.detail, instance=instance, request_id=request_id, hint=exc.hint
+        exc.code, exc.detail, instance=instance, request_id=request_id, hint=exc.hint, extra=extra
     )
     return status, body, headers

@@ -24,6 +24,7 @@ __all__ = [
     "LaunchTokenRequest",
     "RegisterRequest",
     "RevokeRequest",
+    "TokenRequest",
     "ValidateRequest",
     "app_json",
     "event_json",
@@ -38,16 +39,41 @@ class RegisterRequest(msgspec.Struct, forbid_unknown_fields=False):
     orch_id: str | None = None
     task_id: str | None = None
     requested_scope: list[str] | None = None
+    # RFC 8707: the one resource the token is for (``audience`` is an alias).
+    resource: str | None = None
+    audience: str | None = None
 
 
 class ValidateRequest(msgspec.Struct):
     token: str | None = None
+    # The resource server's own identifier (RFC 8707): tokens for others are invalid.
+    audience: str | None = None
+    # What the resource server's own request presented, for bound tokens: the client
+    # certificate (PEM) or its x5t#S256 (RFC 8705), the DPoP proof with the request's
+    # method and URI (RFC 9449).
+    client_cert: str | None = None
+    client_cert_thumbprint: str | None = None
+    dpop: str | None = None
+    htm: str | None = None
+    htu: str | None = None
 
 
 class DelegateRequest(msgspec.Struct):
     delegate_to: str | None = None
     scope: list[str] | None = None
     ttl: int | None = None
+    # RFC 8707: keep the delegator's audience, or narrow it to one resource.
+    resource: str | None = None
+    audience: str | None = None
+
+
+class TokenRequest(msgspec.Struct):
+    """RFC 7009 revocation and RFC 7662 introspection (JSON form; forms also accepted)."""
+
+    token: str | None = None
+    token_type_hint: str | None = None
+    # Introspection only: refuse (active: false) tokens not for this resource.
+    audience: str | None = None
 
 
 class RevokeRequest(msgspec.Struct):
@@ -83,6 +109,9 @@ class LaunchTokenRequest(msgspec.Struct):
     max_ttl: int | None = None
     single_use: bool | None = None
     ttl: int | None = None
+    # RFC 8707: the resources its agents' tokens may be for (``audience`` is an alias).
+    resource: str | list[str] | None = None
+    audience: str | list[str] | None = None
 
 
 def app_json(app: AppRecord) -> dict[str, Any]:

@@ -1,0 +1,238 @@
+"""HTTP routes for agents that trust each other: handshake, heartbeat, resume, discovery.
+
+Thin adapters like the rest of ``tasklease.http``: parse a msgspec struct, call one
+:class:`~tasklease.core.broker.Broker` method in the thread pool, translate the answer.
+The Broker audits; nothing here decides anything. See docs/agents.md for the flows.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tasklease.core.broker import Broker, RequestContext
+from tasklease.core.errors import InvalidRequest
+from tasklease.core.mutual import HandshakeResult
+from tasklease.core.tokens import KIND_AGENT, Claims
+
+__all__ = [
+    "DiscoveryBindRequest",
+    "HeartbeatRequest",
+    "MutualCompleteRequest",
+    "MutualInitiateRequest",
+    "MutualRespondRequest",
+    "ResumeRequest",
+    "agent_routes",
+]
+
+T = TypeVar("T")
+Handler = Callable[[Request], Awaitable[Response]]
+_AGENT = frozenset({KIND_AGENT})
+_encoder = msgspec.json.Encoder()
+
+
+class MutualInitiateRequest(msgspec.Struct):
+    responder_id: str | None = None
+    initiator_nonce: str | None = None
+
+
+class MutualRespondRequest(msgspec.Struct):
+    offer: str | None = None
+    responder_nonce: str | None = None
+    signature: str | None = None
+
+
+class MutualCompleteRequest(msgspec.Struct):
+    answer: str | None = None
+    signature: str | None = None
+
+
+class HeartbeatRequest(msgspec.Struct):
+    timestamp: int | None = None
+    jti: str | None = None
+    signature: str | None = None
+    done: bool | None = None
+
+
+class ResumeRequest(msgspec.Struct):
+    agent_id: str | None = None
+    nonce: str | None = None
+    signature: str | None = None
+
+
+class DiscoveryBindRequest(msgspec.Struct):
+    endpoint: str | None = None
+    issued_at: int | None = None
+    signature: str | None = None
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(_encoder.encode(data) + b"\n", status, media_type="application/json")
+
+
+async def _body(request: Request, kind: type[T]) -> T:
+    raw = await request.body()
+    if not raw.strip():
+        raise InvalidRequest("malformed JSON body: the body is empty")
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"malformed JSON body: {exc}") from None
+    except msgspec.DecodeError:
+        raise InvalidRequest("malformed JSON body") from None
+
+
+def _peer(result: HandshakeResult) -> dict[str, Any]:
+    return {"agent_id": result.peer_id, "scope": list(result.peer_scope)}
+
+
+def agent_routes(
+    broker: Broker,
+    *,
+    guard: Callable[[Handler], Handler],
+    context: Callable[[Request], RequestContext],
+) -> list[Route]:
+    """The routes of issue 7, wrapped in the application's problem ``guard``."""
+
+    async def as_agent(request: Request, op: Callable[[Claims, RequestContext], T]) -> T:
+        ctx = context(request)
+        header = request.headers.get("authorization")
+
+        def run() -> T:
+            return op(broker.authenticate(header, ctx, kinds=_AGENT), ctx)
+
+        return await run_in_threadpool(run)
+
+    async def initiate(request: Request) -> Response:
+        req = await _body(request, MutualInitiateRequest)
+        hid, offer, ttl = await as_agent(
+            request,
+            lambda c, ctx: broker.mutual_initiate(
+                c, responder=req.responder_id, initiator_nonce=req.initiator_nonce, ctx=ctx
+            ),
+        )
+        return _json({"handshake_id": hid, "offer": offer, "expires_in": ttl})
+
+    async def respond(request: Request) -> Response:
+        req = await _body(request, MutualRespondRequest)
+        answer, initiator = await as_agent(
+            request,
+            lambda c, ctx: broker.mutual_respond(
+                c,
+                offer=req.offer,
+                responder_nonce=req.responder_nonce,
+                signature=req.signature,
+                ctx=ctx,
+            ),
+        )
+        return _json(
+            {
+                "handshake_id": initiator.handshake_id,
+                "answer": answer,
+                "initiator": _peer(initiator),
+            }
+        )
+
+    async def complete(request: Request) -> Response:
+        req = await _body(request, MutualCompleteRequest)
+        receipt, responder = await as_agent(
+            request,
+            lambda c, ctx: broker.mutual_complete(
+                c, answer=req.answer, signature=req.signature, ctx=ctx
+            ),
+        )
+        return _json(
+            {
+                "handshake_id": responder.handshake_id,
+                "receipt": receipt,
+                "responder": _peer(responder),
+            }
+        )
+
+    async def heartbeat(request: Request) -> Response:
+        req = await _body(request, HeartbeatRequest)
+        session = await as_agent(
+            request,
+            lambda c, ctx: broker.heartbeat(
+                c,
+                timestamp=req.timestamp,
+                jti=req.jti,
+                signature=req.signature,
+                done=req.done,
+                ctx=ctx,
+            ),
+        )
+        cfg = broker.config
+        return _json(
+            {
+                "status": "released" if session.state == "released" else "alive",
+                "interval": cfg.heartbeat_interval,
+                "misses": cfg.heartbeat_misses,
+                "deadline": session.last_heartbeat + cfg.heartbeat_interval * cfg.heartbeat_misses,
+            }
+        )
+
+    async def resume(request: Request) -> Response:
+        req = await _body(request, ResumeRequest)
+        ctx = context(request)
+        issued = await run_in_threadpool(
+            lambda: broker.resume(
+                agent_id=req.agent_id, nonce=req.nonce, signature=req.signature, ctx=ctx
+            )
+        )
+        return _json(
+            {
+                "agent_id": issued.claims.sub,
+                "access_token": issued.token,
+                "expires_in": issued.expires_in,
+                "token_type": "Bearer",
+            }
+        )
+
+    async def bind(request: Request) -> Response:
+        req = await _body(request, DiscoveryBindRequest)
+        binding = await as_agent(
+            request,
+            lambda c, ctx: broker.discovery_bind(
+                c, endpoint=req.endpoint, issued_at=req.issued_at, signature=req.signature, ctx=ctx
+            ),
+        )
+        return _json(
+            {
+                "agent_id": binding.agent_id,
+                "endpoint": binding.endpoint,
+                "issued_at": binding.issued_at,
+            }
+        )
+
+    async def resolve(request: Request) -> Response:
+        agent_id = request.path_params["agent_id"]
+        binding, agent = await as_agent(
+            request, lambda _c, _ctx: broker.discovery_resolve(agent_id)
+        )
+        return _json(
+            {
+                "agent_id": binding.agent_id,
+                "endpoint": binding.endpoint,
+                "issued_at": binding.issued_at,
+                "signature": base64.b64encode(binding.signature).decode("ascii"),
+                "public_key": base64.b64encode(agent.public_key).decode("ascii"),
+            }
+        )
+
+    return [
+        Route("/v1/mutual/initiate", guard(initiate), methods=["POST"]),
+        Route("/v1/mutual/respond", guard(respond), methods=["POST"]),
+        Route("/v1/mutual/complete", guard(complete), methods=["POST"]),
+        Route("/v1/heartbeat", guard(heartbeat), methods=["POST"]),
+        Route("/v1/resume", guard(resume), methods=["POST"]),
+        Route("/v1/discovery/bind", guard(bind), methods=["POST"]),
+        Route("/v1/discovery/{agent_id:path}", guard(resolve), methods=["GET"]),
+    ]

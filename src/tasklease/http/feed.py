@@ -1,0 +1,334 @@
+"""The revocation feed for resource servers: a snapshot with a cursor, and a live stream.
+
+``GET /v1/revocations[?cursor=N]`` answers the unexpired entries (all of them, or those
+after the cursor) and the cursor to continue from. ``GET /v1/revocations/stream`` sends
+the same entries as server-sent events (the WHATWG HTML "server-sent events" format),
+then every revocation this process learns of, as it learns it:
+
+* ``event: revocation`` with ``id:`` the entry's ``seq`` and the entry as JSON ``data:``;
+* ``event: sync`` once the backlog is out (``data: {"cursor": N, "server_time": T}``):
+  from here on the reader is current;
+* ``: keepalive`` comments every ``heartbeat`` seconds, so a reader can tell a quiet feed
+  from a dead one and fail closed when it hears nothing for too long.
+
+Both need an admin or app token. A stream ends when that token expires (the reader
+reconnects with a fresh token and its cursor, or ``Last-Event-ID``), when its reader falls
+more than ``queue_size`` entries behind, or when one write blocks for ``write_timeout``
+seconds: a reader that does not read is dropped, never buffered for ever.
+
+One :class:`RevocationHub` per application wakes on the broker's revocation listener,
+reads the new entries from the store once, and fans them out to the streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tasklease.core.broker import Broker, RequestContext
+from tasklease.core.errors import InvalidRequest
+from tasklease.core.store import RevocationRecord
+
+__all__ = ["HEARTBEAT_SECONDS", "RevocationHub", "revocation_routes"]
+
+HEARTBEAT_SECONDS = 2.0
+"""Keepalive period of the stream; verifiers fail closed after ``max_feed_staleness``."""
+QUEUE_SIZE = 1024
+WRITE_TIMEOUT = 10.0
+RETRY_MILLISECONDS = 1000
+
+_log = logging.getLogger("tasklease.http.feed")
+_encoder = msgspec.json.Encoder()
+_KEEPALIVE = b": keepalive\n\n"
+_MAX_CURSOR = 2**63 - 1
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def record_json(record: RevocationRecord) -> dict[str, Any]:
+    """The wire form of one entry (times are Unix seconds)."""
+    return {
+        "level": record.level,
+        "target": record.target,
+        "revoked_at": record.revoked_at,
+        "expires_at": record.expires_at,
+        "seq": record.seq,
+    }
+
+
+def _event(record: RevocationRecord) -> bytes:
+    data = _encoder.encode(record_json(record))
+    return b"id: %d\nevent: revocation\ndata: %s\n\n" % (record.seq, data)
+
+
+def _sync_event(cursor: int, server_time: float) -> bytes:
+    data = _encoder.encode({"cursor": cursor, "server_time": server_time})
+    return b"id: %d\nevent: sync\ndata: %s\n\n" % (cursor, data)
+
+
+def _parse_cursor(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    if not value.isascii() or not value.isdigit() or len(value) > 19:
+        raise InvalidRequest("cursor must be a non-negative integer")
+    cursor = int(value)
+    if cursor > _MAX_CURSOR:
+        raise InvalidRequest("cursor must be a non-negative integer")
+    return cursor
+
+
+class _Subscription:
+    __slots__ = ("dropped", "queue")
+
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[RevocationRecord] = asyncio.Queue(size)
+        self.dropped = False
+
+
+class RevocationHub:
+    """Reads new revocation entries once per wake-up and hands them to every stream.
+
+    Started lazily on the event loop of the first stream (and again if that loop is
+    replaced, as in tests that run each request in a fresh loop).
+    """
+
+    def __init__(self, broker: Broker, *, queue_size: int = QUEUE_SIZE) -> None:
+        self._broker = broker
+        self._queue_size = queue_size
+        self._subscriptions: set[_Subscription] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._remove_listener: Callable[[], None] | None = None
+        self._cursor = 0
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscriptions)
+
+    async def subscribe(self) -> _Subscription:
+        await self._ensure_started()
+        subscription = _Subscription(self._queue_size)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: _Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    async def _ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._task is not None and not self._task.done():
+            return
+        await self.close()
+        self._loop = loop
+        wake = self._wake = asyncio.Event()
+        _, self._cursor = await run_in_threadpool(self._broker.revocation_feed, None)
+
+        def listener() -> None:  # any thread
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to wake
+                loop.call_soon_threadsafe(wake.set)
+
+        self._remove_listener = self._broker.add_revocation_listener(listener)
+        self._task = loop.create_task(self._run(wake))
+
+    async def close(self) -> None:
+        if self._remove_listener is not None:
+            self._remove_listener()
+            self._remove_listener = None
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            with contextlib.suppress(RuntimeError):  # the task's loop is gone
+                task.cancel()
+                if task.get_loop() is asyncio.get_running_loop():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        self._subscriptions.clear()
+
+    async def _run(self, wake: asyncio.Event) -> None:
+        while True:
+            await wake.wait()
+            wake.clear()
+            try:
+                records, self._cursor = await run_in_threadpool(
+                    self._broker.revocation_feed, self._cursor
+                )
+            except Exception:  # noqa: BLE001 - retry on the next wake-up; streams keep beating
+                _log.exception("reading new revocations failed")
+                await asyncio.sleep(0.2)
+                wake.set()
+                continue
+            if records:
+                self._fan_out(records)
+
+    def _fan_out(self, records: list[RevocationRecord]) -> None:
+        for subscription in list(self._subscriptions):
+            for record in records:
+                try:
+                    subscription.queue.put_nowait(record)
+                except asyncio.QueueFull:
+                    subscription.dropped = True
+                    self._subscriptions.discard(subscription)
+                    break
+
+
+class _WriteBlocked(Exception):
+    pass
+
+
+class _EventStream(Response):
+    """A ``text/event-stream`` response fed by the hub (see the module docstring)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        broker: Broker,
+        hub: RevocationHub,
+        *,
+        cursor: int | None,
+        ends_at: float,
+        heartbeat: float,
+        write_timeout: float,
+    ) -> None:
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"cache-control": "no-store", "x-accel-buffering": "no"})
+        self._broker = broker
+        self._hub = hub
+        self._cursor = cursor
+        self._ends_at = ends_at
+        self._heartbeat = heartbeat
+        self._write_timeout = write_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        subscription = await self._hub.subscribe()
+        disconnected = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+
+        watcher = asyncio.create_task(watch())
+
+        async def write(chunk: bytes, *, more: bool = True) -> None:
+            message = {"type": "http.response.body", "body": chunk, "more_body": more}
+            try:
+                await asyncio.wait_for(send(message), self._write_timeout)
+            except TimeoutError:
+                raise _WriteBlocked from None
+
+        try:
+            start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+            await asyncio.wait_for(send(start), self._write_timeout)
+            # Subscribed first, then read: nothing committed in between can be missed, and
+            # what comes twice is skipped by seq.
+            records, last = await run_in_threadpool(self._broker.revocation_feed, self._cursor)
+            backlog = b"retry: %d\n\n" % RETRY_MILLISECONDS
+            backlog += b"".join(_event(r) for r in records)
+            await write(backlog + _sync_event(last, self._broker.clock.now()))
+            await self._follow(subscription, disconnected, write, last)
+            if not disconnected.is_set():
+                await write(b"", more=False)
+        except (_WriteBlocked, TimeoutError, OSError):
+            _log.info("revocation stream dropped: the reader stopped reading")
+        finally:
+            self._hub.unsubscribe(subscription)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _follow(
+        self,
+        subscription: _Subscription,
+        disconnected: asyncio.Event,
+        write: Callable[..., Awaitable[None]],
+        last: int,
+    ) -> None:
+        clock = self._broker.clock
+        while not disconnected.is_set() and not subscription.dropped:
+            remaining = self._ends_at - clock.now()
+            if remaining <= 0:
+                return  # the reader's token expired: it reconnects with a fresh one
+            getter = asyncio.ensure_future(subscription.queue.get())
+            hangup = asyncio.ensure_future(disconnected.wait())
+            await asyncio.wait(
+                {getter, hangup},
+                timeout=min(self._heartbeat, remaining),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            hangup.cancel()
+            if not getter.done():
+                getter.cancel()
+                if not disconnected.is_set():
+                    await write(_KEEPALIVE)
+                continue
+            batch = [getter.result()]
+            while not subscription.queue.empty():
+                batch.append(subscription.queue.get_nowait())
+            fresh = [r for r in batch if r.seq > last]
+            if fresh:
+                last = max(r.seq for r in fresh)
+                await write(b"".join(_event(r) for r in fresh))
+
+
+def revocation_routes(
+    broker: Broker,
+    hub: RevocationHub,
+    *,
+    guard: Callable[[Handler], Handler],
+    context: Callable[[Request], RequestContext],
+    heartbeat: float = HEARTBEAT_SECONDS,
+    write_timeout: float = WRITE_TIMEOUT,
+) -> list[Route]:
+    """The two feed routes, wrapped in the application's problem ``guard``."""
+
+    async def reader(request: Request) -> float:
+        """Authenticate the caller; return when its token expires (Unix seconds)."""
+        header = request.headers.get("authorization")
+        ctx = context(request)
+        claims = await run_in_threadpool(broker.authenticate_feed_reader, header, ctx)
+        return float(claims.exp)
+
+    async def snapshot(request: Request) -> Response:
+        cursor = _parse_cursor(request.query_params.get("cursor"))
+        await reader(request)
+        records, last = await run_in_threadpool(broker.revocation_feed, cursor)
+        body = {
+            "revocations": [record_json(r) for r in records],
+            "cursor": last,
+            "server_time": broker.clock.now(),
+        }
+        return Response(_encoder.encode(body) + b"\n", media_type="application/json")
+
+    async def stream(request: Request) -> Response:
+        cursor = _parse_cursor(
+            request.query_params.get("cursor") or request.headers.get("last-event-id")
+        )
+        ends_at = await reader(request)
+        return _EventStream(
+            broker,
+            hub,
+            cursor=cursor,
+            ends_at=ends_at,
+            heartbeat=heartbeat,
+            write_timeout=write_timeout,
+        )
+
+    return [
+        Route("/v1/revocations", guard(snapshot), methods=["GET"]),
+        Route("/v1/revocations/stream", guard(stream), methods=["GET"]),
+    ]

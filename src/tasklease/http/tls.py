@@ -1,0 +1,108 @@
+"""TLS and mutual TLS serving, and the client certificate in the ASGI scope.
+
+uvicorn terminates TLS but does not put the peer certificate in the scope. With
+``tls_mode = "mtls"`` the broker runs uvicorn with a protocol built on
+:class:`TLSScopeMixin` (:class:`MTLSHttpToolsProtocol`, or the server's own subclass of
+uvicorn's httptools protocol with the mixin in front), which reads the verified client
+certificate once
+per connection and adds it to every request's scope as the ASGI TLS extension
+(``scope["extensions"]["tls"]``, asgiref "TLS Extension"): ``client_cert_chain`` (PEM)
+plus our precomputed ``x5t#S256`` thumbprint (RFC 8705 section 3.1). The certificate comes
+from the TLS connection only; no request header can supply or override it.
+
+``tls``: server certificate only (clients verify us). ``mtls``: in addition the client
+must present a certificate issued by ``tls_client_ca`` (``CERT_REQUIRED``: the handshake
+fails otherwise), and agents registering over it get certificate-bound tokens.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from tasklease.core.binding import cert_thumbprint
+from tasklease.core.config import Config
+
+__all__ = [
+    "THUMBPRINT_KEY",
+    "MTLSHttpToolsProtocol",
+    "TLSScopeMixin",
+    "peer_cert_thumbprint",
+    "uvicorn_tls_options",
+]
+
+THUMBPRINT_KEY = "x5t#S256"
+
+
+def _tls_extension(transport: Any) -> dict[str, Any] | None:
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    extension: dict[str, Any] = {
+        "tls_version": None,
+        "cipher_suite": None,
+        "client_cert_chain": [],
+        "client_cert_name": None,
+        "client_cert_error": None,
+        THUMBPRINT_KEY: "",
+    }
+    if der:
+        extension["client_cert_chain"] = [ssl.DER_cert_to_PEM_cert(der)]
+        extension[THUMBPRINT_KEY] = cert_thumbprint(der)
+    return extension
+
+
+class TLSScopeMixin(HttpToolsProtocol):
+    """Put in front of an httptools protocol: adds the TLS extension to every scope.
+
+    The certificate is read from the transport before the base class sees it (a base may
+    wrap the transport), once per connection.
+    """
+
+    _tls: dict[str, Any] | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self._tls = _tls_extension(transport)
+        super().connection_made(transport)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._tls is not None:
+            extensions: dict[str, Any] = dict(self.scope.get("extensions") or {})
+            extensions["tls"] = self._tls
+            self.scope["extensions"] = extensions
+
+
+class MTLSHttpToolsProtocol(TLSScopeMixin, HttpToolsProtocol):
+    """uvicorn's httptools protocol with the TLS extension."""
+
+
+def peer_cert_thumbprint(scope: Mapping[str, Any]) -> str:
+    """The ``x5t#S256`` of the verified client certificate of this request, or ``""``."""
+    tls = (scope.get("extensions") or {}).get("tls")
+    if not isinstance(tls, dict):
+        return ""
+    value = tls.get(THUMBPRINT_KEY, "")
+    return value if isinstance(value, str) else ""
+
+
+def uvicorn_tls_options(config: Config) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` that implement ``config.tls_mode``.
+
+    In ``mtls`` mode the caller must also pass an ``http`` protocol class built on
+    :class:`TLSScopeMixin`, or no token is ever bound to a certificate.
+    """
+    if config.tls_mode == "none":
+        return {}
+    options: dict[str, Any] = {
+        "ssl_certfile": config.tls_cert,
+        "ssl_keyfile": config.tls_key,
+    }
+    if config.tls_mode == "mtls":
+        options["ssl_ca_certs"] = config.tls_client_ca
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options

@@ -1,0 +1,294 @@
+"""Mutual authentication: the broker-mediated handshake and offline workload proofs."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import httpx
+import pytest
+from agents_support import AgentHandle, Env, b64
+from nacl.signing import SigningKey
+
+from tasklease.core import _jws
+from tasklease.core.mutual import (
+    ProofRejected,
+    ReplayCache,
+    make_workload_proof,
+    transcript,
+    verify_peer,
+    verify_receipt,
+)
+
+NA = "a" * 32
+NB = "b" * 32
+
+
+def _sign(agent: AgentHandle, role: str, ticket: dict[str, Any], nb: str = NB) -> str:
+    message = transcript(role, ticket["hid"], ticket["ini"], ticket["rsp"], ticket["na"], nb)
+    return b64(agent.key.sign(message).signature)
+
+
+def _claims(ticket: str) -> dict[str, Any]:
+    return _jws.decode_unverified(ticket)[1]
+
+
+def _initiate(env: Env, a: AgentHandle, b: AgentHandle) -> httpx.Response:
+    return env.http.post(
+        "/v1/mutual/initiate",
+        headers=a.auth(),
+        json={"responder_id": b.agent_id, "initiator_nonce": NA},
+    )
+
+
+def _respond(env: Env, b: AgentHandle, offer: str, signer: AgentHandle | None = None) -> Any:
+    ticket = _claims(offer)
+    return env.http.post(
+        "/v1/mutual/respond",
+        headers=b.auth(),
+        json={
+            "offer": offer,
+            "responder_nonce": NB,
+            "signature": _sign(signer or b, "responder", ticket),
+        },
+    )
+
+
+def _complete(env: Env, a: AgentHandle, answer: str, signer: AgentHandle | None = None) -> Any:
+    ticket = _claims(answer)
+    return env.http.post(
+        "/v1/mutual/complete",
+        headers=a.auth(),
+        json={"answer": answer, "signature": _sign(signer or a, "initiator", ticket)},
+    )
+
+
+def _failures(env: Env) -> list[str]:
+    return [e.detail for e in env.audit("mutual_auth_failed", "denied")]
+
+
+def test_transcript_known_answer() -> None:
+    message = transcript("initiator", "h1", "spiffe://td/a", "spiffe://td/b", NA, NB)
+    assert message == (
+        b"tasklease-mutual-v1\n"
+        b'["initiator","h1","spiffe://td/a","spiffe://td/b",'
+        b'"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"]'
+    )
+    assert hashlib.sha256(message).hexdigest() == hashlib.sha256(message).hexdigest()
+    with pytest.raises(ValueError, match="role"):
+        transcript("both", "h1", "a", "b", NA, NB)
+
+
+def test_two_agents_complete_the_handshake(env: Env) -> None:
+    a = env.register("task-a", ["read:data:*"])
+    b = env.register("task-b", ["write:reports:*"])
+    offer = _initiate(env, a, b).json()
+    assert offer["expires_in"] == 30
+    responded = _respond(env, b, offer["offer"])
+    assert responded.status_code == 200, responded.text
+    assert responded.json()["initiator"] == {"agent_id": a.agent_id, "scope": ["read:data:*"]}
+    completed = _complete(env, a, responded.json()["answer"])
+    assert completed.status_code == 200, completed.text
+    body = completed.json()
+    assert body["responder"] == {"agent_id": b.agent_id, "scope": ["write:reports:*"]}
+    # B checks the receipt A forwards, offline, with the broker's JWKS.
+    keys = env.http.get("/.well-known/jwks.json").json()["keys"]
+    from nacl.signing import VerifyKey
+
+    by_kid = {k["kid"]: VerifyKey(_jws.b64url_decode(k["x"])) for k in keys}
+    seen = verify_receipt(
+        body["receipt"],
+        resolve_key=by_kid.get,
+        issuer=env.broker.config.issuer,
+        me=b.agent_id,
+        handshake_id=offer["handshake_id"],
+        responder_nonce=NB,
+        now=env.clock.now(),
+    )
+    assert seen.peer_id == a.agent_id and seen.peer_scope == ("read:data:*",)
+    with pytest.raises(ProofRejected):
+        verify_receipt(
+            body["receipt"],
+            resolve_key=by_kid.get,
+            issuer=env.broker.config.issuer,
+            me=a.agent_id,
+            handshake_id=offer["handshake_id"],
+            responder_nonce=NB,
+            now=env.clock.now(),
+        )
+    assert [e.event_type for e in env.audit("mutual_auth_completed")] == ["mutual_auth_completed"]
+
+
+def test_replayed_steps_fail_and_are_audited(env: Env) -> None:
+    a = env.register("task-a")
+    b = env.register("task-b")
+    offer = _initiate(env, a, b).json()["offer"]
+    answer = _respond(env, b, offer).json()["answer"]
+    assert _respond(env, b, offer).status_code == 401
+    assert _complete(env, a, answer).status_code == 200
+    assert _complete(env, a, answer).status_code == 401
+    assert sum("replayed" in d for d in _failures(env)) == 2
+
+
+def test_reflection_fails_and_is_audited(env: Env) -> None:
+    a = env.register("task-a")
+    b = env.register("task-b")
+    # A names itself as responder.
+    own = env.http.post(
+        "/v1/mutual/initiate",
+        headers=a.auth(),
+        json={"responder_id": a.agent_id, "initiator_nonce": NA},
+    )
+    assert own.status_code == 401
+    # A answers its own offer to B (with its own key and token).
+    offer = _initiate(env, a, b).json()["offer"]
+    assert _respond(env, a, offer).status_code == 401
+    # A replays its initiator-role signature as the responder's: the role differs.
+    ticket = _claims(offer)
+    wrong_role = transcript("initiator", ticket["hid"], ticket["ini"], ticket["rsp"], NA, NB)
+    reflected = env.http.post(
+        "/v1/mutual/respond",
+        headers=b.auth(),
+        json={
+            "offer": offer,
+            "responder_nonce": NB,
+            "signature": b64(b.key.sign(wrong_role).signature),
+        },
+    )
+    assert reflected.status_code == 401
+    details = _failures(env)
+    assert sum("reflection" in d for d in details) == 2
+    assert any("signature does not verify" in d for d in details)
+
+
+def test_responder_must_be_the_registered_holder(env: Env) -> None:
+    a = env.register("task-a")
+    b = env.register("task-b")
+    c = env.register("task-c")
+    offer = _initiate(env, a, b).json()["offer"]
+    # C, another registered agent, answers in B's place with its own token.
+    assert _respond(env, c, offer).status_code == 401
+    # Someone holding B's bearer token but not B's key.
+    thief = AgentHandle(b.agent_id, b.token, SigningKey.generate())
+    assert _respond(env, thief, offer).status_code == 401
+    details = _failures(env)
+    assert any("is not the responder" in d for d in details)
+    assert any("not its holder" in d for d in details)
+    # The offer is still usable by the real B (the failures spent nothing).
+    assert _respond(env, b, offer).status_code == 200
+
+
+def test_revoked_or_expired_party_fails(env: Env) -> None:
+    a = env.register("task-a")
+    b = env.register("task-b")
+    offer = _initiate(env, a, b).json()["offer"]
+    env.http.post(
+        "/v1/revoke",
+        headers={"Authorization": f"Bearer {env.admin_token()}"},
+        json={"level": "agent", "target": a.agent_id},
+    )
+    assert _respond(env, b, offer).status_code == 401  # the initiator was revoked
+    assert any("agent is revoked" in d for d in _failures(env))
+    # Expired handshake: the offer lives 30 s.
+    c = env.register("task-c")
+    d = env.register("task-d")
+    late = _initiate(env, c, d).json()["offer"]
+    env.clock.advance(31)
+    assert _respond(env, d, late).status_code == 401
+    assert any("handshake expired" in x for x in _failures(env))
+    # Expired bearer: the responder's token is past its life (default 300 s + skew).
+    e = env.register("task-e")
+    f = env.register("task-f")
+    env.clock.advance(200)
+    offer_ef = _initiate(env, e, f).json()["offer"]
+    env.clock.advance(140)
+    assert _respond(env, f, offer_ef).status_code == 401
+    assert env.audit("token_auth_failed", "denied")
+
+
+def test_transcript_from_another_handshake_fails(env: Env) -> None:
+    a = env.register("task-a")
+    b = env.register("task-b")
+    first = _claims(_initiate(env, a, b).json()["offer"])
+    second = _initiate(env, a, b).json()["offer"]
+    lifted = env.http.post(
+        "/v1/mutual/respond",
+        headers=b.auth(),
+        json={"offer": second, "responder_nonce": NB, "signature": _sign(b, "responder", first)},
+    )
+    assert lifted.status_code == 401
+    answer = _respond(env, b, second).json()["answer"]
+    other = _claims(_respond(env, b, _initiate(env, a, b).json()["offer"]).json()["answer"])
+    stolen = env.http.post(
+        "/v1/mutual/complete",
+        headers=a.auth(),
+        json={"answer": answer, "signature": _sign(a, "initiator", other)},
+    )
+    assert stolen.status_code == 401
+    assert sum("another handshake" in d for d in _failures(env)) == 2
+
+
+def test_tickets_are_not_tokens(env: Env) -> None:
+    a = env.register("task-a")
+    b = env.register("task-b")
+    offer = _initiate(env, a, b).json()["offer"]
+    assert env.validate(offer) is None
+    assert env.http.post("/v1/token/renew", headers=a.auth(offer)).status_code == 401
+    # An offer is not an answer.
+    assert _complete(env, a, offer).status_code == 401
+
+
+# --- offline: workload proof tokens ------------------------------------------------------
+
+
+def _jwks_resolver(env: Env) -> Any:
+    from nacl.signing import VerifyKey
+
+    keys = env.http.get("/.well-known/jwks.json").json()["keys"]
+    return {k["kid"]: VerifyKey(_jws.b64url_decode(k["x"])) for k in keys}.get
+
+
+def test_offline_peers_verify_each_other_with_the_jwks(env: Env) -> None:
+    a = env.register("task-a", ["read:data:*"])
+    b = env.register("task-b", ["write:data:*"])
+    resolve = _jwks_resolver(env)
+    now = env.clock.now()
+    cache_a, cache_b = ReplayCache(), ReplayCache()
+    cfg = env.broker.config
+    proof_a = make_workload_proof(a.key, access_token=a.token, audience=b.agent_id, now=now)
+    proof_b = make_workload_proof(b.key, access_token=b.token, audience=a.agent_id, now=now)
+    seen_by_b = verify_peer(
+        a.token, proof_a, resolve_key=resolve, issuer=cfg.issuer, me=b.agent_id, now=now,
+        replay=cache_b,
+    )  # fmt: skip
+    seen_by_a = verify_peer(
+        b.token, proof_b, resolve_key=resolve, issuer=cfg.issuer, me=a.agent_id, now=now,
+        replay=cache_a,
+    )  # fmt: skip
+    assert seen_by_b["sub"] == a.agent_id and seen_by_b["scope"] == ["read:data:*"]
+    assert seen_by_a["sub"] == b.agent_id
+    header = _jws.decode_unverified(proof_a)[0]
+    assert header["typ"] == "wpt+jwt"
+
+    def check(proof: str, token: str = a.token, at: float = now) -> None:
+        verify_peer(
+            token, proof, resolve_key=resolve, issuer=cfg.issuer, me=b.agent_id, now=at,
+            replay=cache_b,
+        )  # fmt: skip
+
+    with pytest.raises(ProofRejected, match="replayed"):
+        check(proof_a)
+    with pytest.raises(ProofRejected, match="audience"):
+        check(make_workload_proof(a.key, access_token=a.token, audience="spiffe://x/y", now=now))
+    with pytest.raises(ProofRejected, match="another access token"):
+        check(make_workload_proof(a.key, access_token=b.token, audience=b.agent_id, now=now))
+    with pytest.raises(ProofRejected):  # signed by another key than the token's agent_jwk
+        check(make_workload_proof(b.key, access_token=a.token, audience=b.agent_id, now=now))
+    with pytest.raises(ProofRejected, match="expired"):
+        late = make_workload_proof(a.key, access_token=a.token, audience=b.agent_id, now=now)
+        check(late, at=now + 120)
+    with pytest.raises(ValueError, match="ttl"):
+        make_workload_proof(a.key, access_token=a.token, audience=b.agent_id, now=now, ttl=61)
+    with pytest.raises(ProofRejected):  # a token that is not the broker's
+        forged = a.token[:-4] + ("AAAA" if not a.token.endswith("AAAA") else "BBBB")
+        check(make_workload_proof(a.key, access_token=forged, audience=b.agent_id, now=now), forged)
