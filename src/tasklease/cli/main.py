@@ -1,7 +1,13 @@
-"""The ``tasklease`` command: set up, serve, and check a broker.
+"""The ``tasklease`` command: set up, serve, check and operate a broker.
 
-Exit codes: 0 success; 1 the check failed (for example a broken audit chain); 2 usage or
-configuration error.
+Local commands (``init``, ``serve``, ``db migrate``, ``audit verify --database``) work on
+a data directory; the others talk to a running broker over HTTP through
+:class:`tasklease.client.AdminClient` (``--url``/``TASKLEASE_URL``, the admin secret from
+``TASKLEASE_ADMIN_SECRET``, ``--admin-secret`` or a 0600 profile file; see docs/cli.md).
+
+Exit codes: 0 success; 1 a check failed (for example a broken audit chain) or the thing
+asked for does not exist; 2 usage or configuration error; 3 the broker refused the
+request (4xx); 4 the broker is unreachable or failed (5xx).
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from tasklease.cli import _audit, _remote, _token
+from tasklease.cli._common import EXIT_CODES_HELP, AdminSecretOpt, ProfileOpt
 from tasklease.settings import ConfigError, load_config
 
 app = typer.Typer(
     name="tasklease",
-    help="A credential broker for AI agents.",
+    help=f"A credential broker for AI agents.\n\n{EXIT_CODES_HELP}",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -109,29 +117,47 @@ def serve(
     data_dir: DataDirOpt = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8080).")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, help="Worker processes sharing the database and revocations."),
+    ] = 1,
+    loop: Annotated[str, typer.Option(help="Event loop: asyncio (default) or uvloop.")] = "asyncio",
 ) -> None:
     """Run the broker in the foreground."""
+    from tasklease.server import LOOPS
     from tasklease.server import serve as run_server
 
+    if loop not in LOOPS:
+        raise _fail(f"--loop must be one of {', '.join(LOOPS)}")
     try:
         cfg = load_config(config, overrides={"host": host, "port": port, "data_dir": data_dir})
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    run_server(cfg)
+    from tasklease.core.errors import Unavailable
+    from tasklease.storage import SchemaError
+
+    try:
+        run_server(cfg, workers=workers, loop=loop)
+    except (SchemaError, Unavailable) as exc:
+        raise _fail(f"{exc} ({exc.reason})" if exc.reason != exc.detail else str(exc)) from None
 
 
 @db_app.command("migrate")
 def db_migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Apply pending schema migrations to the configured database."""
-    from tasklease.storage import open_store
+    from tasklease.core.errors import Unavailable
+    from tasklease.storage import SchemaError, open_store, redact_url
 
     try:
         cfg = load_config(config, overrides={"data_dir": data_dir})
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    store = open_store(cfg.database, migrate=True)
+    try:
+        store = open_store(cfg.database, migrate=True)
+    except (SchemaError, Unavailable, ValueError) as exc:
+        raise _fail(str(getattr(exc, "reason", None) or exc)) from None
     store.close()
-    out.print(f"database {cfg.database} is at the current schema")
+    out.print(f"database {redact_url(cfg.database)} is at the current schema", highlight=False)
 
 
 @audit_app.command("verify")
@@ -141,11 +167,27 @@ def audit_verify(
     ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="Verify a running broker's log over HTTP instead of a database."),
+    ] = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
 ) -> None:
-    """Walk the audit hash chain; exit 1 naming the first broken link."""
+    """Walk the audit hash chain; exit 1 naming the first broken link.
+
+    Without --url it reads the database directly (works offline, broker stopped or not);
+    with --url it pages through the broker's /v1/audit/events as the operator.
+    """
     from tasklease.core.audit import verify_chain
+    from tasklease.core.errors import Unavailable
     from tasklease.storage import SchemaError, open_store
 
+    if url is not None:
+        if database is not None:
+            raise _fail("give either --url or --database, not both")
+        _audit.verify_over_http(url, admin_secret, profile)
+        return
     if database is None:
         try:
             database = load_config(config, overrides={"data_dir": data_dir}).database
@@ -155,8 +197,8 @@ def audit_verify(
         raise _fail(f"database {database} does not exist")
     try:
         store = open_store(database, migrate=False)
-    except SchemaError as exc:
-        raise _fail(str(exc)) from None
+    except (SchemaError, Unavailable) as exc:
+        raise _fail(str(exc.reason or exc)) from None
     try:
         total, _ = store.audit_head()
         with out.status("verifying audit chain") as status:
@@ -175,6 +217,12 @@ def audit_verify(
         highlight=False,
     )
     raise typer.Exit(1)
+
+
+# The commands that talk to a running broker, after the local ones in --help.
+_remote.register(app)
+_audit.register(audit_app)
+_token.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,190 @@
+"""``tasklease audit events|export`` and the HTTP mode of ``audit verify``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Annotated, Any, TextIO
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tasklease.cli._common import (
+    EXIT_FAILED,
+    AdminSecretOpt,
+    ProfileOpt,
+    UrlOpt,
+    admin_client,
+    broker_errors,
+    err,
+    fail,
+    out,
+    print_json,
+)
+from tasklease.client import AdminClient
+from tasklease.core.store import AuditEvent
+
+__all__ = ["register", "verify_over_http"]
+
+AgentIdOpt = Annotated[str | None, typer.Option(help="Only events about this agent SPIFFE ID.")]
+TaskIdOpt = Annotated[str | None, typer.Option(help="Only events of this task id.")]
+EventTypeOpt = Annotated[str | None, typer.Option(help="Only events of this type.")]
+OutcomeOpt = Annotated[str | None, typer.Option(help="success or denied.")]
+SinceOpt = Annotated[str | None, typer.Option(help="RFC 3339 time, e.g. 2025-01-01T00:00:00Z.")]
+UntilOpt = Annotated[str | None, typer.Option(help="RFC 3339 time, inclusive.")]
+
+
+def _filters(**values: str | None) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v}
+
+
+def audit_events(
+    agent_id: AgentIdOpt = None,
+    task_id: TaskIdOpt = None,
+    event_type: EventTypeOpt = None,
+    outcome: OutcomeOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    limit: Annotated[int, typer.Option(help="Events per page (at most 1000).")] = 50,
+    offset: Annotated[int, typer.Option(help="Events to skip.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one event each.")] = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Query the audit log (one page, in chain order)."""
+    filters = _filters(
+        agent_id=agent_id,
+        task_id=task_id,
+        event_type=event_type,
+        outcome=outcome,
+        since=since,
+        until=until,
+    )
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        page = admin.audit_events(limit=limit, offset=offset, **filters)
+    events: list[dict[str, Any]] = page.get("events") or []
+    if as_json:
+        for event in events:
+            print_json(event)
+        return
+    table = Table("id", "time", "event", "outcome", "agent", "detail")
+    for e in events:
+        outcome_text = str(e.get("outcome", ""))
+        table.add_row(
+            str(e.get("id", "")),
+            str(e.get("timestamp", "")),
+            str(e.get("event_type", "")),
+            f"[red]{outcome_text}[/]" if outcome_text == "denied" else outcome_text,
+            str(e.get("agent_id", "")),
+            str(e.get("detail", "")),
+        )
+    out.print(table)
+    shown_to = offset + len(events)
+    out.print(f"[dim]events {offset + 1 if events else 0}-{shown_to} of {page.get('total')}[/]")
+
+
+def audit_export(
+    agent_id: AgentIdOpt = None,
+    task_id: TaskIdOpt = None,
+    event_type: EventTypeOpt = None,
+    outcome: OutcomeOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
+    ] = None,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Every matching event as JSON lines (for a SIEM), in chain order."""
+    filters = _filters(
+        agent_id=agent_id,
+        task_id=task_id,
+        event_type=event_type,
+        outcome=outcome,
+        since=since,
+        until=until,
+    )
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        if output is None:
+            count = _write_lines(admin.iter_audit_events(**filters), sys.stdout)
+        else:
+            with open(output, "w", encoding="utf-8") as fh:
+                count = _write_lines(admin.iter_audit_events(**filters), fh)
+    if output is not None:
+        err.print(f"{count} events written to {output}", highlight=False)
+
+
+def _write_lines(events: Iterable[dict[str, Any]], fh: TextIO) -> int:
+    count = 0
+    for event in events:
+        fh.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n")
+        count += 1
+    fh.flush()
+    return count
+
+
+def _as_event(data: dict[str, Any]) -> AuditEvent:
+    try:
+        return AuditEvent(
+            seq=int(data["seq"]),
+            timestamp=str(data["timestamp"]),
+            event_type=str(data["event_type"]),
+            agent_id=str(data["agent_id"]),
+            task_id=str(data["task_id"]),
+            orch_id=str(data["orch_id"]),
+            detail=str(data["detail"]),
+            resource=str(data["resource"]),
+            outcome=str(data["outcome"]),
+            deleg_depth=int(data["deleg_depth"]),
+            deleg_chain_hash=str(data["deleg_chain_hash"]),
+            request_id=str(data["request_id"]),
+            prev_hash=str(data["prev_hash"]),
+            hash=str(data["hash"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        fail(f"the broker sent a malformed audit event: {str(data)[:200]}", EXIT_FAILED)
+
+
+def verify_over_http(url: str | None, admin_secret: str | None, profile: str | None) -> None:
+    """Page through every event of the broker's log and walk the hash chain."""
+    from tasklease.core.audit import verify_chain
+
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        total = admin.audit_total()
+        with Progress(
+            TextColumn("verifying audit chain"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=total < 5000,
+        ) as progress:
+            task = progress.add_task("verify", total=total)
+            report = verify_chain(_tracked(admin, progress, task))
+    if report.ok:
+        out.print(f"audit chain intact: {report.checked} events, head {report.head_hash}")
+        return
+    err.print(
+        f"[bold red]audit chain broken[/] at {report.broken_at}: {report.reason} "
+        f"({report.checked} events verified before it)",
+        highlight=False,
+    )
+    raise typer.Exit(EXIT_FAILED)
+
+
+def _tracked(admin: AdminClient, progress: Progress, task: Any) -> Iterator[AuditEvent]:
+    for n, data in enumerate(admin.iter_audit_events(), 1):
+        yield _as_event(data)
+        if n % 500 == 0:
+            progress.update(task, completed=n)
+
+
+def register(audit_app: typer.Typer) -> None:
+    audit_app.command("events")(audit_events)
+    audit_app.command("export")(audit_export)

@@ -1,0 +1,260 @@
+"""Operator commands that talk to a broker over HTTP: apps, launch tokens, revocation,
+signing keys and status."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tasklease.cli._common import (
+    EXIT_CODES_HELP,
+    AdminSecretOpt,
+    JsonOpt,
+    ProfileOpt,
+    UrlOpt,
+    admin_client,
+    broker_errors,
+    fail,
+    out,
+    print_json,
+)
+
+__all__ = ["app_app", "keys_app", "launch_token_app", "register"]
+
+app_app = typer.Typer(
+    help=f"Register and manage apps (clients that launch agents).\n\n{EXIT_CODES_HELP}",
+    no_args_is_help=True,
+)
+launch_token_app = typer.Typer(
+    help=f"Create launch tokens that let one agent register.\n\n{EXIT_CODES_HELP}",
+    no_args_is_help=True,
+)
+keys_app = typer.Typer(
+    help=f"Manage the broker's signing keys.\n\n{EXIT_CODES_HELP}", no_args_is_help=True
+)
+
+ScopeOpt = Annotated[
+    list[str],
+    typer.Option("--scope", "-s", help="A scope action:resource:identifier (repeat for more)."),
+]
+
+
+def _apps_table(apps: list[dict[str, Any]]) -> Table:
+    table = Table("app_id", "name", "client_id", "scopes", "token ttl", "status", "created")
+    for a in apps:
+        table.add_row(
+            str(a.get("app_id", "")),
+            str(a.get("name", "")),
+            str(a.get("client_id", "")),
+            " ".join(a.get("scopes") or []),
+            f"{a.get('token_ttl', '')} s",
+            str(a.get("status", "")),
+            str(a.get("created_at", "")),
+        )
+    return table
+
+
+def _show_app(app: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(app)
+        return
+    table = Table.grid(padding=(0, 2))
+    for key, value in app.items():
+        shown = " ".join(value) if isinstance(value, list) else str(value)
+        table.add_row(f"[bold]{key}[/]", shown)
+    out.print(table)
+
+
+@app_app.command("register")
+def app_register(
+    name: Annotated[str, typer.Argument(help="2-64 lowercase letters, digits and hyphens.")],
+    scope: ScopeOpt,
+    token_ttl: Annotated[
+        int | None, typer.Option(help="App token lifetime in seconds (60-86400).")
+    ] = None,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Register an app with a scope ceiling. Its client secret is shown once."""
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        app = admin.register_app(name, scope, token_ttl=token_ttl)
+    _show_app(app, as_json)
+    if not as_json:
+        out.print("[yellow]The client_secret is shown only this once: store it now.[/]")
+
+
+@app_app.command("list")
+def app_list(
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """List every app, active and deregistered."""
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        apps = admin.list_apps()
+    if as_json:
+        for app in apps:
+            print_json(app)
+    else:
+        out.print(_apps_table(apps))
+
+
+@app_app.command("show")
+def app_show(
+    app_id: str,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Show one app (exit 1 when there is no such app)."""
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        app = admin.get_app(app_id)
+    _show_app(app, as_json)
+
+
+@app_app.command("update")
+def app_update(
+    app_id: str,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option("--scope", "-s", help="The new scope ceiling (repeat for more)."),
+    ] = None,
+    token_ttl: Annotated[int | None, typer.Option(help="New app token lifetime (s).")] = None,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Change an app's scope ceiling and/or token lifetime."""
+    if not scope and token_ttl is None:
+        fail("give --scope and/or --token-ttl")
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        app = admin.update_app(app_id, scopes=scope or None, token_ttl=token_ttl)
+    _show_app(app, as_json)
+
+
+@app_app.command("remove")
+def app_remove(
+    app_id: str,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Deregister an app: its secret stops working and its app tokens are revoked."""
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        app = admin.remove_app(app_id)
+    if as_json:
+        print_json(app)
+    else:
+        out.print(f"app {app.get('app_id')} deregistered at {app.get('deregistered_at')}")
+
+
+@launch_token_app.command("create")
+def launch_token_create(
+    agent_name: Annotated[str, typer.Option(help="A label for the agent it launches.")],
+    scope: ScopeOpt,
+    max_ttl: Annotated[
+        int | None, typer.Option(help="Lifetime of the agent's tokens in seconds.")
+    ] = None,
+    ttl: Annotated[
+        int | None, typer.Option(help="How long the launch token stays valid (s, default 30).")
+    ] = None,
+    multi_use: Annotated[bool, typer.Option(help="Let several agents register with it.")] = False,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Create a launch token allowing at most --scope. It is shown once."""
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        answer = admin.create_launch_token(
+            agent_name, scope, max_ttl=max_ttl, single_use=not multi_use, ttl=ttl
+        )
+    if as_json:
+        print_json(answer)
+        return
+    policy = answer.get("policy") or {}
+    out.print(str(answer.get("launch_token")), highlight=False)
+    out.print(
+        f"[dim]expires {answer.get('expires_at')}; "
+        f"scope {' '.join(policy.get('allowed_scope', []))}; "
+        f"agent tokens {policy.get('max_ttl')} s; single use {policy.get('single_use')}[/]",
+        highlight=False,
+    )
+
+
+def revoke(
+    level: Annotated[str, typer.Option(help="token (a jti), agent, task or chain.")],
+    target: Annotated[str, typer.Option(help="The jti, agent SPIFFE ID, task id or chain root.")],
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Revoke credentials at one of four levels (durable before it answers)."""
+    if level not in ("token", "agent", "task", "chain"):
+        fail(f"--level must be token, agent, task or chain, not {level!r}")
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        answer = admin.revoke(level, target)
+    if as_json:
+        print_json(answer)
+    else:
+        out.print(f"revoked {level} {target} ({answer.get('count')} entries)", highlight=False)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Make a new signing key active; older keys keep verifying until their tokens expire."""
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        answer = admin.rotate_signing_key()
+    if as_json:
+        print_json(answer)
+        return
+    out.print(f"new signing key {answer.get('kid')} (was {answer.get('previous_kid')})")
+    out.print(f"the JWKS now holds {len(answer.get('kids') or [])} keys", highlight=False)
+
+
+def status(
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Health, version, signing key and counters of a broker (exit 4 when it is down)."""
+    with broker_errors(), admin_client(url, admin_secret, profile, need_secret=False) as admin:
+        health = admin.health()
+        jwks = admin.jwks()
+    health = {**health, "url": admin.broker_url, "verification_keys": len(jwks.get("keys", []))}
+    if as_json:
+        print_json(health)
+    else:
+        table = Table.grid(padding=(0, 2))
+        for key, value in health.items():
+            style = ""
+            if key == "status":
+                style = "green" if value == "ok" else "bold red"
+            table.add_row(f"[bold]{key}[/]", f"[{style}]{value}[/]" if style else str(value))
+        out.print(table)
+    if health.get("status") != "ok":
+        raise typer.Exit(4)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach these commands to the top-level ``tasklease`` app."""
+    app.add_typer(app_app, name="app")
+    app.add_typer(launch_token_app, name="launch-token")
+    app.add_typer(keys_app, name="keys")
+    app.command("revoke")(revoke)
+    app.command("status")(status)

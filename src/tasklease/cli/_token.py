@@ -1,0 +1,197 @@
+"""``tasklease token inspect``: decode a token and check it against the broker's JWKS."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import nacl.signing
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from tasklease.cli._common import (
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    JsonOpt,
+    ProfileOpt,
+    UrlOpt,
+    broker_errors,
+    fail,
+    out,
+    print_json,
+    resolve_connection,
+)
+from tasklease.client import AdminClient
+from tasklease.core import _jws
+
+__all__ = ["in_words", "register", "token_app"]
+
+token_app = typer.Typer(help=f"Look inside tokens.\n\n{EXIT_CODES_HELP}", no_args_is_help=True)
+_AGENT_TYP = "at+jwt"
+
+
+def _span(duration: float) -> str:
+    seconds = round(duration)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def in_words(exp: float, now: float) -> str:
+    """``expires in 4 min 12 s`` or ``expired 3 min ago`` (coarser for old tokens)."""
+    if exp > now:
+        return f"expires in {_span(exp - now)}"
+    ago = now - exp
+    if ago < 60:
+        return f"expired {_span(ago)} ago"
+    if ago < 3600:
+        return f"expired {int(ago // 60)} min ago"
+    return f"expired {_span(ago)} ago"
+
+
+def _when(ts: Any) -> str:
+    if not isinstance(ts, int | float):
+        return str(ts)
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check_signature(token: str, header: dict[str, Any], jwks: dict[str, Any]) -> tuple[bool, str]:
+    keys: dict[str, nacl.signing.VerifyKey] = {}
+    for jwk in jwks.get("keys") or []:
+        if isinstance(jwk, dict) and jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519":
+            try:
+                keys[str(jwk["kid"])] = nacl.signing.VerifyKey(_jws.b64url_decode(jwk["x"]))
+            except (KeyError, ValueError, _jws.JWSError, TypeError):
+                continue
+    typ = header.get("typ")
+    try:
+        decoded = _jws.decode(
+            token, resolve_key=keys.get, allowed_typs={typ} if isinstance(typ, str) else set()
+        )
+    except _jws.JWSError as exc:
+        if exc.reason == "unknown kid":
+            return False, f"unknown kid: the broker's JWKS ({len(keys)} keys) does not hold it"
+        return False, f"invalid: {exc.reason}"
+    return True, f"valid (kid {decoded.kid})"
+
+
+def _chain_tree(payload: dict[str, Any]) -> Tree | None:
+    chain = payload.get("delegation_chain")
+    if not isinstance(chain, list) or not chain:
+        return None
+    tree = Tree("[bold]delegation chain[/] (root first)")
+    node = tree
+    for record in chain:
+        if not isinstance(record, dict):
+            continue
+        scope = " ".join(record.get("scope") or [])
+        node = node.add(
+            f"{escape(str(record.get('agent')))}  [dim]scope {escape(scope)} · "
+            f"delegated {escape(str(record.get('delegated_at')))}[/]"
+        )
+    holder_scope = " ".join(payload.get("scope") or [])
+    node.add(
+        f"[bold green]{escape(str(payload.get('sub')))}[/]  [dim]holds {escape(holder_scope)}[/]"
+    )
+    return tree
+
+
+@token_app.command("inspect")
+def token_inspect(
+    token: Annotated[str, typer.Argument(help="The token, or - to read it from stdin.")],
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    profile: ProfileOpt = None,
+    offline: Annotated[
+        bool, typer.Option(help="Only decode: do not fetch the JWKS from a broker.")
+    ] = False,
+) -> None:
+    """Decode a token, verify its signature with the broker's JWKS, show its chain.
+
+    Exit 1 when the token is malformed or its signature does not verify.
+    """
+    if token == "-":  # noqa: S105 - the conventional "read stdin" argument, not a secret
+        token = sys.stdin.read().strip()
+    token = token.removeprefix("Bearer ").strip()
+    try:
+        header, payload = _jws.decode_unverified(token)
+    except _jws.JWSError as exc:
+        fail(f"not a compact JWS: {exc.reason}", EXIT_FAILED)
+    signature_ok: bool | None = None
+    signature_text = "not checked (offline)"
+    broker_valid: bool | None = None
+    if not offline:
+        connection = resolve_connection(url, None, profile, need_secret=False)
+        with broker_errors(), AdminClient(connection.url, None) as client:
+            signature_ok, signature_text = _check_signature(token, header, client.jwks())
+            if signature_ok and header.get("typ") == _AGENT_TYP:
+                broker_valid = client.validate_token(token).get("valid") is True
+    now = time.time()
+    exp = payload.get("exp")
+    expiry = in_words(exp, now) if isinstance(exp, int | float) else "no expiry"
+    if as_json:
+        print_json(
+            {
+                "header": header,
+                "claims": payload,
+                "signature_valid": signature_ok,
+                "signature": signature_text,
+                "broker_valid": broker_valid,
+                "expiry": expiry,
+            }
+        )
+    else:
+        _show(header, payload, signature_ok, signature_text, broker_valid, expiry)
+    if signature_ok is False:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _show(
+    header: dict[str, Any],
+    payload: dict[str, Any],
+    signature_ok: bool | None,
+    signature_text: str,
+    broker_valid: bool | None,
+    expiry: str,
+) -> None:
+    mark = {True: "[green]", False: "[bold red]", None: "[yellow]"}[signature_ok]
+    out.print(f"[bold]signature[/]  {mark}{escape(signature_text)}[/]")
+    if broker_valid is not None:
+        verdict = (
+            "[green]valid[/]" if broker_valid else "[bold red]not valid[/] (expired or revoked)"
+        )
+        out.print(f"[bold]broker[/]     {verdict}")
+    style = "red" if expiry.startswith("expired") else "default"
+    out.print(f"[bold]expiry[/]     [{style}]{escape(expiry)}[/]")
+    out.print()
+    head = Table("header", "value", show_header=True)
+    for key, value in header.items():
+        head.add_row(escape(key), escape(str(value)))
+    out.print(head)
+    claims = Table("claim", "value", show_header=True)
+    for key, value in payload.items():
+        if key == "delegation_chain":
+            shown = f"{len(value)} hop(s), below" if isinstance(value, list) else str(value)
+        elif key in ("exp", "iat", "nbf", "oiat"):
+            shown = f"{value}  ({_when(value)})"
+        elif isinstance(value, list):
+            shown = " ".join(str(v) for v in value)
+        else:
+            shown = str(value)
+        claims.add_row(escape(key), escape(shown))
+    out.print(claims)
+    tree = _chain_tree(payload)
+    if tree is not None:
+        out.print(tree)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(token_app, name="token")

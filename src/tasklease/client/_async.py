@@ -1,0 +1,373 @@
+"""The asynchronous agent: :class:`AsyncAgent` and :class:`AsyncDelegatedToken`.
+
+The protocol and the renew decision are the same generators the sync agent drives
+(:mod:`tasklease.client._flows`); only the pumping is async here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Generator, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+import nacl.signing
+
+from tasklease.client._errors import TaskleaseError, TransportError
+from tasklease.client._flows import (
+    Clock,
+    Credential,
+    Delegation,
+    Flow,
+    SystemClock,
+    delegate_flow,
+    register_flow,
+    release_flow,
+)
+from tasklease.client._sync import _BearerAuth
+from tasklease.client._trust import (
+    Exchange,
+    Handshake,
+    HeartbeatStatus,
+    Peer,
+    complete_flow,
+    heartbeat_flow,
+    initiate_flow,
+    respond_flow,
+    resume_flow,
+)
+
+__all__ = ["AsyncAgent", "AsyncDelegatedToken", "arun_flow"]
+
+T = TypeVar("T")
+_log = logging.getLogger("tasklease.client")
+
+
+async def arun_flow(client: httpx.AsyncClient, flow: Flow[T]) -> T:
+    """Drive a sans-I/O flow through ``client``; network failures become TransportError."""
+    try:
+        request = next(flow)
+        while True:
+            request.extensions.setdefault("timeout", client.timeout.as_dict())
+            try:
+                response = await client.send(request)
+            except httpx.TransportError as exc:
+                raise TransportError(f"cannot reach the broker: {exc}") from exc
+            request = flow.send(response)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+
+
+class _AsyncAgentAuth(httpx.Auth):
+    """Attach the agent's current token, renewing it first when it is about to expire."""
+
+    def __init__(self, agent: AsyncAgent) -> None:
+        self._agent = agent
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:  # pragma: no cover
+        raise RuntimeError("AsyncAgent.auth is for httpx.AsyncClient; use Agent with Client")
+        yield request  # makes this a generator, as httpx expects
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        await self._agent.ensure_fresh()
+        request.headers["Authorization"] = f"Bearer {self._agent.token}"
+        yield request
+
+
+class AsyncDelegatedToken:
+    """The async twin of :class:`~tasklease.client.DelegatedToken`."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        delegation: Delegation,
+        agent_id: str,
+        scope: Sequence[str],
+        clock: Clock,
+    ) -> None:
+        self._client = client
+        self._base_url = base_url
+        self._clock = clock
+        self.token = delegation.token
+        self.agent_id = agent_id
+        self.scope: tuple[str, ...] = tuple(scope)
+        self.expires_at = clock.now() + delegation.expires_in
+        self.delegation_chain = delegation.delegation_chain
+
+    @property
+    def bearer_header(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def auth(self) -> httpx.Auth:
+        return _BearerAuth(self.token)
+
+    async def delegate(
+        self, delegate_to: str, scope: Sequence[str], ttl: int | None = None
+    ) -> AsyncDelegatedToken:
+        """As :meth:`tasklease.client.DelegatedToken.delegate`."""
+        flow = delegate_flow(self._base_url, self.token, delegate_to, scope, ttl)
+        delegation = await arun_flow(self._client, flow)
+        return AsyncDelegatedToken(
+            self._client, self._base_url, delegation, delegate_to, scope, self._clock
+        )
+
+    async def release(self) -> None:
+        """Give this token up (idempotent)."""
+        await arun_flow(self._client, release_flow(self._base_url, self.token))
+
+    def __repr__(self) -> str:
+        return f"AsyncDelegatedToken(agent_id={self.agent_id!r}, scope={list(self.scope)!r})"
+
+
+class AsyncAgent:
+    """The async twin of :class:`~tasklease.client.Agent`; same contract, awaited.
+
+    Use ``async with``: the credential is released on exit, also when the block raises.
+    Renewals are serialized by an ``asyncio.Lock`` (one event loop per agent).
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        credential: Credential,
+        *,
+        owns_client: bool,
+        key: nacl.signing.SigningKey | None = None,
+    ) -> None:
+        """Internal: use :meth:`AsyncAgent.register` or :meth:`AsyncAgent.resume`."""
+        self._client = client
+        self._credential = credential
+        self._owns_client = owns_client
+        self._lock = asyncio.Lock()
+        self._key = key
+        self._heartbeat_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def register(
+        cls,
+        broker_url: str,
+        launch_token: str,
+        orch_id: str,
+        task_id: str,
+        scope: Sequence[str],
+        *,
+        key: nacl.signing.SigningKey | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        renew_margin: float = 30,
+        clock: Clock | None = None,
+        timeout: float = 10.0,
+    ) -> AsyncAgent:
+        """As :meth:`tasklease.client.Agent.register` (same exceptions)."""
+        client = httpx.AsyncClient(transport=transport, timeout=timeout)
+        signing_key = key if key is not None else nacl.signing.SigningKey.generate()
+        try:
+            registration = await arun_flow(
+                client,
+                register_flow(broker_url, launch_token, orch_id, task_id, scope, signing_key),
+            )
+        except BaseException:
+            await client.aclose()
+            raise
+        credential = Credential(
+            broker_url,
+            registration,
+            scope,
+            clock=clock if clock is not None else SystemClock(),
+            renew_margin=renew_margin,
+        )
+        return cls(client, credential, owns_client=True, key=signing_key)
+
+    @property
+    def agent_id(self) -> str:
+        return self._credential.agent_id
+
+    @property
+    def token(self) -> str:
+        return self._credential.token
+
+    @property
+    def expires_at(self) -> float:
+        return self._credential.expires_at
+
+    @property
+    def scope(self) -> tuple[str, ...]:
+        return self._credential.scope
+
+    @property
+    def bearer_header(self) -> dict[str, str]:
+        """``{"Authorization": "Bearer <current token>"}``; does not renew (``auth`` does)."""
+        return {"Authorization": f"Bearer {self._credential.token}"}
+
+    @property
+    def auth(self) -> httpx.Auth:
+        """An ``httpx.Auth`` for ``httpx.AsyncClient``; renews when due (see ``Agent.auth``)."""
+        return _AsyncAgentAuth(self)
+
+    async def ensure_fresh(self) -> None:
+        async with self._lock:
+            await arun_flow(self._client, self._credential.refresh_flow())
+
+    async def renew(self) -> None:
+        async with self._lock:
+            await arun_flow(self._client, self._credential.renew_flow())
+
+    async def release(self) -> None:
+        if await self._stop_heartbeats() and not self._credential.released:
+            try:
+                await self.heartbeat(done=True)
+            except TaskleaseError as exc:
+                _log.warning("could not tell the broker %s is done: %s", self.agent_id, exc)
+        async with self._lock:
+            await arun_flow(self._client, self._credential.release_flow())
+
+    # -- agents that trust each other (docs/agents.md) ---------------------------------
+
+    @classmethod
+    async def resume(
+        cls,
+        broker_url: str,
+        agent_id: str,
+        key: nacl.signing.SigningKey,
+        scope: Sequence[str] = (),
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        renew_margin: float = 30,
+        clock: Clock | None = None,
+        timeout: float = 10.0,
+    ) -> AsyncAgent:
+        """As :meth:`tasklease.client.Agent.resume` (same exceptions)."""
+        client = httpx.AsyncClient(transport=transport, timeout=timeout)
+        try:
+            registration = await arun_flow(client, resume_flow(broker_url, agent_id, key))
+        except BaseException:
+            await client.aclose()
+            raise
+        credential = Credential(
+            broker_url,
+            registration,
+            scope,
+            clock=clock if clock is not None else SystemClock(),
+            renew_margin=renew_margin,
+        )
+        return cls(client, credential, owns_client=True, key=key)
+
+    def _signing_key(self) -> nacl.signing.SigningKey:
+        if self._key is None:
+            raise TaskleaseError("this agent was built without its signing key", code="no_key")
+        return self._key
+
+    async def handshake(self, peer_id: str, exchange: Exchange) -> Handshake:
+        """As :meth:`tasklease.client.Agent.handshake`; ``exchange`` is called as is
+        (run blocking I/O in a thread yourself)."""
+        await self.ensure_fresh()
+        base = self._credential.base_url
+        offer, _ = await arun_flow(self._client, initiate_flow(base, self.token, peer_id))
+        answer = exchange(offer)
+        return await arun_flow(
+            self._client, complete_flow(base, self.token, self._signing_key(), answer)
+        )
+
+    async def respond_to_handshake(self, offer: str) -> tuple[str, Peer, str, str]:
+        """As :meth:`tasklease.client.Agent.respond_to_handshake`."""
+        await self.ensure_fresh()
+        return await arun_flow(
+            self._client,
+            respond_flow(self._credential.base_url, self.token, self._signing_key(), offer),
+        )
+
+    async def heartbeat(self, *, done: bool = False) -> HeartbeatStatus:
+        """As :meth:`tasklease.client.Agent.heartbeat`."""
+        if not done:
+            await self.ensure_fresh()
+        return await arun_flow(
+            self._client,
+            heartbeat_flow(
+                self._credential.base_url,
+                self.token,
+                self.agent_id,
+                self._signing_key(),
+                self._credential.clock.now(),
+                done=done,
+            ),
+        )
+
+    async def start_heartbeats(self, interval: float = 30.0) -> None:
+        """Heartbeat every ``interval`` seconds in a task until release or exit."""
+        if self._heartbeat_task is not None:
+            return
+        await self.heartbeat()
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await self.heartbeat()
+                except TaskleaseError as exc:
+                    _log.warning("heartbeat of %s failed: %s", self.agent_id, exc)
+
+        self._heartbeat_task = asyncio.create_task(beat())
+
+    async def _stop_heartbeats(self) -> bool:
+        task, self._heartbeat_task = self._heartbeat_task, None
+        if task is None:
+            return False
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return True
+
+    async def delegate(
+        self, delegate_to: str, scope: Sequence[str], ttl: int | None = None
+    ) -> AsyncDelegatedToken:
+        await self.ensure_fresh()
+        delegation = await arun_flow(
+            self._client, self._credential.delegate_flow(delegate_to, scope, ttl)
+        )
+        return AsyncDelegatedToken(
+            self._client,
+            self._credential.base_url,
+            delegation,
+            delegate_to,
+            scope,
+            self._credential.clock,
+        )
+
+    async def aclose(self) -> None:
+        await self._stop_heartbeats()
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncAgent:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc is None:
+                await self.release()
+            else:
+                try:
+                    await self.release()
+                except TaskleaseError as release_error:
+                    _log.warning(
+                        "could not release agent %s on exit: %s", self.agent_id, release_error
+                    )
+        finally:
+            await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"AsyncAgent(agent_id={self.agent_id!r}, scope={list(self.scope)!r})"

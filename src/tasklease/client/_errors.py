@@ -1,0 +1,229 @@
+"""The SDK's exceptions: one root, one class per broker error code.
+
+The broker answers every failure with an RFC 9457 problem whose ``error_code`` is a
+stable machine code; :func:`error_from_response` turns such a response into the matching
+exception, keeping the code, status, detail, hint and request id. Network failures (no
+answer at all) raise :class:`TransportError`.
+
+    TaskleaseError                 any failure the SDK reports
+    ├── InvalidRequest             invalid_request (also payload_too_large, ...)
+    │   └── InvalidTTL             invalid_ttl
+    ├── Unauthorized               unauthorized
+    ├── Forbidden                  forbidden
+    │   ├── InsufficientScope      insufficient_scope
+    │   ├── ScopeViolation         scope_violation
+    │   └── RenewalLimitReached    the token can no longer be renewed
+    │       ├── RenewalCountExceeded    renewal_count_exceeded
+    │       └── RenewalCeilingExceeded  renewal_ceiling_exceeded
+    ├── NotFound                   not_found
+    ├── Conflict                   conflict
+    ├── RateLimited                rate_limited (``retry_after`` seconds)
+    ├── Unavailable                service_unavailable
+    ├── InternalError              internal_error and other 5xx answers
+    └── TransportError             the broker could not be reached
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "Conflict",
+    "Forbidden",
+    "InsufficientScope",
+    "InternalError",
+    "InvalidRequest",
+    "InvalidTTL",
+    "NotFound",
+    "RateLimited",
+    "RenewalCeilingExceeded",
+    "RenewalCountExceeded",
+    "RenewalLimitReached",
+    "ScopeViolation",
+    "TaskleaseError",
+    "TransportError",
+    "Unauthorized",
+    "Unavailable",
+    "error_from_response",
+]
+
+
+class TaskleaseError(Exception):
+    """Root of every error the SDK raises.
+
+    Attributes:
+        code: the broker's ``error_code`` (for example ``"scope_violation"``), or a
+            client-side code such as ``"transport_error"``.
+        status: the HTTP status, or None when the broker gave no answer.
+        detail: the problem's ``detail``, safe to show.
+        hint: the problem's ``hint``, when the broker gave advice.
+        request_id: the broker's ``request_id`` (``X-Request-ID``), for its logs.
+    """
+
+    code = "internal_error"
+    default_detail = "request failed"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        hint: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.detail = detail if detail is not None else self.default_detail
+        if code is not None:
+            self.code = code
+        self.status = status
+        self.hint = hint
+        self.request_id = request_id
+        super().__init__(self.detail)
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}(code={self.code!r}, status={self.status}, detail={self.detail!r})"
+
+
+class InvalidRequest(TaskleaseError):
+    code = "invalid_request"
+
+
+class InvalidTTL(InvalidRequest):
+    code = "invalid_ttl"
+
+
+class Unauthorized(TaskleaseError):
+    code = "unauthorized"
+
+
+class Forbidden(TaskleaseError):
+    code = "forbidden"
+
+
+class InsufficientScope(Forbidden):
+    code = "insufficient_scope"
+
+
+class ScopeViolation(Forbidden):
+    code = "scope_violation"
+
+
+class RenewalLimitReached(Forbidden):
+    """The token cannot be renewed any more: register a new agent instance.
+
+    Raised as one of its two subclasses, which say which limit was hit.
+    """
+
+    code = "renewal_limit_reached"
+
+
+class RenewalCountExceeded(RenewalLimitReached):
+    code = "renewal_count_exceeded"
+
+
+class RenewalCeilingExceeded(RenewalLimitReached):
+    code = "renewal_ceiling_exceeded"
+
+
+class NotFound(TaskleaseError):
+    code = "not_found"
+
+
+class Conflict(TaskleaseError):
+    code = "conflict"
+
+
+class RateLimited(TaskleaseError):
+    """Too many attempts; ``retry_after`` is the broker's ``Retry-After`` in seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int | None = None, **kw: Any):
+        super().__init__(detail, **kw)
+        self.retry_after = retry_after
+
+
+class Unavailable(TaskleaseError):
+    code = "service_unavailable"
+
+
+class InternalError(TaskleaseError):
+    code = "internal_error"
+
+
+class TransportError(TaskleaseError):
+    """The broker could not be reached (connection refused, timeout, TLS failure...)."""
+
+    code = "transport_error"
+
+
+_BY_CODE: dict[str, type[TaskleaseError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidRequest,
+        InvalidTTL,
+        Unauthorized,
+        Forbidden,
+        InsufficientScope,
+        ScopeViolation,
+        RenewalCountExceeded,
+        RenewalCeilingExceeded,
+        NotFound,
+        Conflict,
+        RateLimited,
+        Unavailable,
+        InternalError,
+    )
+}
+_BY_STATUS: dict[int, type[TaskleaseError]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: InvalidRequest,
+    415: InvalidRequest,
+    429: RateLimited,
+    503: Unavailable,
+}
+
+
+def error_from_response(response: httpx.Response) -> TaskleaseError:
+    """The exception for a failed broker response (status >= 400).
+
+    The class comes from the problem body's ``error_code`` when it is one the SDK knows,
+    else from the HTTP status; ``code`` is always the broker's own code when it sent one.
+    The response body must have been read.
+    """
+    body: dict[str, Any] = {}
+    try:
+        parsed = json.loads(response.content) if response.content else {}
+    except ValueError:
+        parsed = {}
+    if isinstance(parsed, dict):
+        body = parsed
+    code = body.get("error_code") if isinstance(body.get("error_code"), str) else None
+    status = response.status_code
+    cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status)
+    if cls is None:
+        cls = InternalError if status >= 500 else TaskleaseError
+    detail = body.get("detail") if isinstance(body.get("detail"), str) else None
+    if detail is None:
+        detail = f"HTTP {status} {response.reason_phrase}".strip()
+    hint = body.get("hint") if isinstance(body.get("hint"), str) else None
+    request_id = body.get("request_id") if isinstance(body.get("request_id"), str) else None
+    request_id = request_id or response.headers.get("x-request-id")
+    kwargs: dict[str, Any] = {
+        "code": code or (cls.code if cls is not TaskleaseError else f"http_{status}"),
+        "status": status,
+        "hint": hint,
+        "request_id": request_id,
+    }
+    if cls is RateLimited:
+        retry = response.headers.get("retry-after", "")
+        kwargs["retry_after"] = int(retry) if retry.isdigit() else None
+    return cls(detail, **kwargs)

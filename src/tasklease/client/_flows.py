@@ -1,0 +1,256 @@
+"""The agent's protocol with the broker, written once, without I/O (httpx ``_auth.py`` style).
+
+Every operation is a generator that yields the :class:`httpx.Request` it needs sent and
+receives the :class:`httpx.Response`; it returns its result (or raises a
+:class:`~tasklease.client.TaskleaseError`). The sync and async agents only pump these
+generators through ``httpx.Client.send`` or ``await httpx.AsyncClient.send``, so the
+renew-before-expiry decision and every wire detail live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import httpx
+import nacl.signing
+
+from tasklease.client._errors import (
+    InvalidRequest,
+    RenewalLimitReached,
+    TaskleaseError,
+    Unauthorized,
+    error_from_response,
+)
+
+__all__ = [
+    "Clock",
+    "Credential",
+    "Delegation",
+    "Flow",
+    "Registration",
+    "SystemClock",
+    "delegate_flow",
+    "register_flow",
+    "release_flow",
+]
+
+T = TypeVar("T")
+Flow = Generator[httpx.Request, httpx.Response, T]
+
+
+class Clock(Protocol):
+    """Where the SDK reads the time: seconds since the epoch (``tasklease`` clocks fit)."""
+
+    def now(self) -> float: ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+def _url(base_url: str, path: str) -> str:
+    return base_url.rstrip("/") + path
+
+
+def _json_request(
+    method: str, url: str, body: Any = None, token: str | None = None
+) -> httpx.Request:
+    headers = {"Accept": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if body is None:
+        return httpx.Request(method, url, headers=headers)
+    return httpx.Request(method, url, headers=headers, json=body)
+
+
+def expect_json(response: httpx.Response) -> dict[str, Any]:
+    """The JSON object of a successful answer; the matching exception otherwise."""
+    if response.status_code >= 400:
+        raise error_from_response(response)
+    try:
+        data = response.json()
+    except ValueError:
+        raise TaskleaseError(
+            "the broker answered with a body that is not JSON",
+            code="bad_response",
+            status=response.status_code,
+        ) from None
+    if not isinstance(data, dict):
+        raise TaskleaseError(
+            "the broker answered with JSON that is not an object",
+            code="bad_response",
+            status=response.status_code,
+        )
+    return data
+
+
+def _field(data: dict[str, Any], name: str, kind: type[T]) -> T:
+    value = data.get(name)
+    if not isinstance(value, kind):
+        raise TaskleaseError(f"the broker's answer lacks {name!r}", code="bad_response")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    agent_id: str
+    token: str
+    expires_in: int
+
+
+def register_flow(
+    base_url: str,
+    launch_token: str,
+    orch_id: str,
+    task_id: str,
+    scope: Sequence[str],
+    key: nacl.signing.SigningKey,
+) -> Flow[Registration]:
+    """Challenge, sign the hex-decoded nonce with ``key``, register (AgentWrit wire rule)."""
+    if isinstance(scope, str):
+        raise InvalidRequest("scope must be a list of scope strings, not one string")
+    challenge = expect_json((yield _json_request("GET", _url(base_url, "/v1/challenge"))))
+    nonce = _field(challenge, "nonce", str)
+    try:
+        message = bytes.fromhex(nonce)
+    except ValueError:
+        raise TaskleaseError(
+            "the broker sent a nonce that is not hex", code="bad_response"
+        ) from None
+    signature = key.sign(message).signature
+    body = {
+        "launch_token": launch_token,
+        "nonce": nonce,
+        "public_key": base64.b64encode(bytes(key.verify_key)).decode("ascii"),
+        "signature": base64.b64encode(signature).decode("ascii"),
+        "orch_id": orch_id,
+        "task_id": task_id,
+        "requested_scope": list(scope),
+    }
+    answer = expect_json((yield _json_request("POST", _url(base_url, "/v1/register"), body)))
+    return Registration(
+        agent_id=_field(answer, "agent_id", str),
+        token=_field(answer, "access_token", str),
+        expires_in=_field(answer, "expires_in", int),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Delegation:
+    token: str
+    expires_in: int
+    delegation_chain: list[dict[str, Any]]
+
+
+def delegate_flow(
+    base_url: str, token: str, delegate_to: str, scope: Sequence[str], ttl: int | None
+) -> Flow[Delegation]:
+    if isinstance(scope, str):
+        raise InvalidRequest("scope must be a list of scope strings, not one string")
+    body: dict[str, Any] = {"delegate_to": delegate_to, "scope": list(scope)}
+    if ttl is not None:
+        body["ttl"] = ttl
+    answer = expect_json((yield _json_request("POST", _url(base_url, "/v1/delegate"), body, token)))
+    chain = answer.get("delegation_chain")
+    return Delegation(
+        token=_field(answer, "access_token", str),
+        expires_in=_field(answer, "expires_in", int),
+        delegation_chain=[r for r in chain if isinstance(r, dict)]
+        if isinstance(chain, list)
+        else [],
+    )
+
+
+def release_flow(base_url: str, token: str) -> Flow[None]:
+    """Give ``token`` up. A token the broker no longer accepts counts as released."""
+    response = yield _json_request("POST", _url(base_url, "/v1/token/release"), None, token)
+    if response.status_code == 401:
+        return
+    if response.status_code >= 400:
+        raise error_from_response(response)
+
+
+class Credential:
+    """One agent's token and the decision when to renew it (the state machine).
+
+    States: *live* (renew when the token expires within ``renew_margin`` seconds),
+    *at its limit* (the broker refused renewal with ``renewal_count_exceeded`` or
+    ``renewal_ceiling_exceeded``: never renew again, keep using the token until it
+    expires, then raise that error), *released* (every use raises
+    :class:`~tasklease.client.Unauthorized`). Not thread-safe by itself: the sync and
+    async agents serialize :meth:`refresh_flow` behind a lock.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        registration: Registration,
+        scope: Sequence[str],
+        *,
+        clock: Clock,
+        renew_margin: float,
+    ) -> None:
+        if renew_margin < 0:
+            raise ValueError("renew_margin must not be negative")
+        self.base_url = base_url
+        self.agent_id = registration.agent_id
+        self.scope: tuple[str, ...] = tuple(scope)
+        self.clock = clock
+        self.renew_margin = renew_margin
+        self.limit: RenewalLimitReached | None = None
+        self.released = False
+        self._set(registration.token, registration.expires_in)
+
+    def _set(self, token: str, expires_in: int) -> None:
+        self.token = token
+        self.expires_at = self.clock.now() + expires_in
+
+    def renewal_due(self) -> bool:
+        """True when the next request should renew first."""
+        if self.released or self.limit is not None:
+            return False
+        return self.clock.now() >= self.expires_at - self.renew_margin
+
+    def check_usable(self) -> None:
+        if self.released:
+            raise Unauthorized("the agent's credential has been released", code="released")
+        if self.limit is not None and self.clock.now() >= self.expires_at:
+            raise self.limit
+
+    def refresh_flow(self) -> Flow[None]:
+        """Before a request: renew if the token is about to expire (see the class doc)."""
+        self.check_usable()
+        if self.renewal_due():
+            yield from self.renew_flow()
+
+    def renew_flow(self) -> Flow[None]:
+        """Renew now; on a renewal limit remember it (and stop renewing) and raise it."""
+        self.check_usable()
+        if self.limit is not None:
+            raise self.limit
+        response = yield _json_request(
+            "POST", _url(self.base_url, "/v1/token/renew"), None, self.token
+        )
+        try:
+            answer = expect_json(response)
+        except RenewalLimitReached as exc:
+            self.limit = exc
+            raise
+        self._set(_field(answer, "access_token", str), _field(answer, "expires_in", int))
+
+    def release_flow(self) -> Flow[None]:
+        if self.released:
+            return
+        yield from release_flow(self.base_url, self.token)
+        self.released = True
+
+    def delegate_flow(
+        self, delegate_to: str, scope: Sequence[str], ttl: int | None
+    ) -> Flow[Delegation]:
+        self.check_usable()
+        return (yield from delegate_flow(self.base_url, self.token, delegate_to, scope, ttl))

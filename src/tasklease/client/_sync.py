@@ -1,0 +1,479 @@
+"""The synchronous agent: :class:`Agent` and :class:`DelegatedToken`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Generator, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+import nacl.signing
+
+from tasklease.client._errors import TaskleaseError, TransportError
+from tasklease.client._flows import (
+    Clock,
+    Credential,
+    Delegation,
+    Flow,
+    SystemClock,
+    delegate_flow,
+    register_flow,
+    release_flow,
+)
+from tasklease.client._trust import (
+    Exchange,
+    Handshake,
+    HeartbeatStatus,
+    Peer,
+    complete_flow,
+    heartbeat_flow,
+    initiate_flow,
+    respond_flow,
+    resume_flow,
+)
+
+__all__ = ["Agent", "DelegatedToken", "run_flow"]
+
+T = TypeVar("T")
+_log = logging.getLogger("tasklease.client")
+
+
+def run_flow(client: httpx.Client, flow: Flow[T]) -> T:
+    """Drive a sans-I/O flow through ``client``; network failures become TransportError."""
+    try:
+        request = next(flow)
+        while True:
+            request.extensions.setdefault("timeout", client.timeout.as_dict())
+            try:
+                response = client.send(request)  # reads the body and closes the stream
+            except httpx.TransportError as exc:
+                raise TransportError(f"cannot reach the broker: {exc}") from exc
+            request = flow.send(response)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+
+
+class _BearerAuth(httpx.Auth):
+    """Attach a fixed bearer token (a delegated token: it is not renewed)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        yield request
+
+
+class _AgentAuth(httpx.Auth):
+    """Attach the agent's current token, renewing it first when it is about to expire."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        self._agent.ensure_fresh()
+        request.headers["Authorization"] = f"Bearer {self._agent.token}"
+        yield request
+
+    async def async_auth_flow(self, request: httpx.Request) -> Any:  # pragma: no cover
+        raise RuntimeError("Agent.auth is for httpx.Client; use AsyncAgent with AsyncClient")
+        yield request  # makes this an async generator, as httpx expects
+
+
+class DelegatedToken:
+    """A token another agent handed to ``agent_id`` through :meth:`Agent.delegate`.
+
+    ``token`` works as a bearer token (``bearer_header``, ``auth``) until ``expires_at``;
+    it is not renewed. It can be delegated further (narrowing again) and released.
+    """
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        base_url: str,
+        delegation: Delegation,
+        agent_id: str,
+        scope: Sequence[str],
+        clock: Clock,
+    ) -> None:
+        self._client = client
+        self._base_url = base_url
+        self._clock = clock
+        self.token = delegation.token
+        self.agent_id = agent_id
+        self.scope: tuple[str, ...] = tuple(scope)
+        self.expires_at = clock.now() + delegation.expires_in
+        self.delegation_chain = delegation.delegation_chain
+
+    @property
+    def bearer_header(self) -> dict[str, str]:
+        """``{"Authorization": "Bearer <token>"}``."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def auth(self) -> httpx.Auth:
+        """An ``httpx.Auth`` that attaches this token."""
+        return _BearerAuth(self.token)
+
+    def delegate(
+        self, delegate_to: str, scope: Sequence[str], ttl: int | None = None
+    ) -> DelegatedToken:
+        """Delegate a subset of this token's scope on to another registered agent.
+
+        Raises:
+            ScopeViolation: ``scope`` is not within this token's, or the chain is at its
+                maximum depth.
+            NotFound: ``delegate_to`` is not a registered, active agent.
+            Unauthorized: this token is expired or revoked.
+            TransportError: the broker could not be reached.
+        """
+        flow = delegate_flow(self._base_url, self.token, delegate_to, scope, ttl)
+        delegation = run_flow(self._client, flow)
+        return DelegatedToken(
+            self._client, self._base_url, delegation, delegate_to, scope, self._clock
+        )
+
+    def release(self) -> None:
+        """Give this token up (idempotent; an already invalid token counts as released)."""
+        run_flow(self._client, release_flow(self._base_url, self.token))
+
+    def __repr__(self) -> str:
+        return f"DelegatedToken(agent_id={self.agent_id!r}, scope={list(self.scope)!r})"
+
+
+class Agent:
+    """One registered agent instance and its short-lived, auto-renewed credential.
+
+    Create it with :meth:`register`. Use it as a context manager: the credential is
+    released on exit, also when the block raises. Thread-safe: renewals are serialized.
+    """
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        credential: Credential,
+        *,
+        owns_client: bool,
+        key: nacl.signing.SigningKey | None = None,
+    ):
+        """Internal: use :meth:`Agent.register` or :meth:`Agent.resume`."""
+        self._client = client
+        self._credential = credential
+        self._owns_client = owns_client
+        self._lock = threading.Lock()
+        self._key = key
+        self._heartbeat_stop: threading.Event | None = None
+        self._heartbeat_thread: threading.Thread | None = None
+
+    @classmethod
+    def register(
+        cls,
+        broker_url: str,
+        launch_token: str,
+        orch_id: str,
+        task_id: str,
+        scope: Sequence[str],
+        *,
+        key: nacl.signing.SigningKey | None = None,
+        transport: httpx.BaseTransport | None = None,
+        renew_margin: float = 30,
+        clock: Clock | None = None,
+        timeout: float = 10.0,
+    ) -> Agent:
+        """Register a new agent instance with the broker at ``broker_url``.
+
+        Generates an Ed25519 key (unless ``key`` is given), fetches a nonce from
+        ``GET /v1/challenge``, signs its hex-decoded bytes and redeems ``launch_token``
+        at ``POST /v1/register`` for ``scope``. ``renew_margin`` is how many seconds
+        before expiry :attr:`auth` renews; ``clock`` (an object with ``now()``) is the
+        time source for that decision.
+
+        Raises:
+            Unauthorized: the launch token is unknown, expired or consumed.
+            ScopeViolation: ``scope`` exceeds the launch token's allowed scope.
+            InvalidRequest: a field is malformed (ids, scopes).
+            TransportError: the broker could not be reached.
+        """
+        client = httpx.Client(transport=transport, timeout=timeout)
+        signing_key = key if key is not None else nacl.signing.SigningKey.generate()
+        try:
+            registration = run_flow(
+                client,
+                register_flow(broker_url, launch_token, orch_id, task_id, scope, signing_key),
+            )
+        except BaseException:
+            client.close()
+            raise
+        credential = Credential(
+            broker_url,
+            registration,
+            scope,
+            clock=clock if clock is not None else SystemClock(),
+            renew_margin=renew_margin,
+        )
+        return cls(client, credential, owns_client=True, key=signing_key)
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def agent_id(self) -> str:
+        """The agent's SPIFFE ID."""
+        return self._credential.agent_id
+
+    @property
+    def token(self) -> str:
+        """The current access token (changes on every renewal)."""
+        return self._credential.token
+
+    @property
+    def expires_at(self) -> float:
+        """When the current token expires, in seconds since the epoch (per ``clock``)."""
+        return self._credential.expires_at
+
+    @property
+    def scope(self) -> tuple[str, ...]:
+        return self._credential.scope
+
+    @property
+    def bearer_header(self) -> dict[str, str]:
+        """``{"Authorization": "Bearer <current token>"}``; does not renew (``auth`` does)."""
+        return {"Authorization": f"Bearer {self._credential.token}"}
+
+    @property
+    def auth(self) -> httpx.Auth:
+        """An ``httpx.Auth`` for ``httpx.Client`` that renews when due, then attaches the token.
+
+        Raises (from the request call): RenewalLimitReached once the broker refuses to
+        renew (the token is then used until it expires, then the same error is raised);
+        Unauthorized after :meth:`release`.
+        """
+        return _AgentAuth(self)
+
+    # -- operations ----------------------------------------------------------------------
+
+    def ensure_fresh(self) -> None:
+        """Renew now if the token expires within ``renew_margin`` seconds.
+
+        Raises: as :meth:`renew`, when a renewal was due.
+        """
+        with self._lock:
+            run_flow(self._client, self._credential.refresh_flow())
+
+    def renew(self) -> None:
+        """Exchange the token for a successor now (the predecessor is revoked).
+
+        Raises:
+            RenewalCountExceeded, RenewalCeilingExceeded: the broker will not renew any
+                more (both are RenewalLimitReached); automatic renewal stops.
+            Unauthorized: the token was revoked, expired, or released.
+            TransportError: the broker could not be reached.
+        """
+        with self._lock:
+            run_flow(self._client, self._credential.renew_flow())
+
+    def release(self) -> None:
+        """Give the credential up (``POST /v1/token/release``). Idempotent.
+
+        With background heartbeats running, they stop and the agent first tells the
+        broker it is done (so it is not swept as silent), which also releases the token.
+
+        Raises:
+            TransportError: the broker could not be reached (the token stays valid
+                until it expires).
+        """
+        if self._stop_heartbeats() and not self._credential.released:
+            try:
+                self.heartbeat(done=True)
+            except TaskleaseError as exc:
+                _log.warning("could not tell the broker %s is done: %s", self.agent_id, exc)
+        with self._lock:
+            run_flow(self._client, self._credential.release_flow())
+
+    # -- agents that trust each other (docs/agents.md) ---------------------------------
+
+    @classmethod
+    def resume(
+        cls,
+        broker_url: str,
+        agent_id: str,
+        key: nacl.signing.SigningKey,
+        scope: Sequence[str] = (),
+        *,
+        transport: httpx.BaseTransport | None = None,
+        renew_margin: float = 30,
+        clock: Clock | None = None,
+        timeout: float = 10.0,
+    ) -> Agent:
+        """Continue as ``agent_id`` after a restart, proving its registered ``key``.
+
+        No launch token: a fresh nonce is signed as at registration. The token keeps the
+        registration's ``oiat`` (the renewal ceiling still applies) and counts as a renewal.
+
+        Raises:
+            Unauthorized: ``key`` is not the agent's registered key, or it is unknown.
+            Forbidden: the agent was revoked, released or swept as silent.
+            RenewalLimitReached: its task reached the renewal ceiling or count.
+            TransportError: the broker could not be reached.
+        """
+        client = httpx.Client(transport=transport, timeout=timeout)
+        try:
+            registration = run_flow(client, resume_flow(broker_url, agent_id, key))
+        except BaseException:
+            client.close()
+            raise
+        credential = Credential(
+            broker_url,
+            registration,
+            scope,
+            clock=clock if clock is not None else SystemClock(),
+            renew_margin=renew_margin,
+        )
+        return cls(client, credential, owns_client=True, key=key)
+
+    def _signing_key(self) -> nacl.signing.SigningKey:
+        if self._key is None:
+            raise TaskleaseError("this agent was built without its signing key", code="no_key")
+        return self._key
+
+    def handshake(self, peer_id: str, exchange: Exchange) -> Handshake:
+        """Mutually authenticate with the agent ``peer_id`` through the broker.
+
+        ``exchange(offer) -> answer`` carries the offer to the peer (which calls
+        :meth:`respond_to_handshake`) and brings its answer back, over the agents' own
+        channel. Returns the peer's broker-verified identity and scope, and the receipt
+        to forward to the peer.
+
+        Raises:
+            Unauthorized: the broker refused a step (a party is revoked, a proof failed).
+        """
+        self.ensure_fresh()
+        offer, _ = run_flow(
+            self._client, initiate_flow(self._credential.base_url, self.token, peer_id)
+        )
+        answer = exchange(offer)
+        return run_flow(
+            self._client,
+            complete_flow(self._credential.base_url, self.token, self._signing_key(), answer),
+        )
+
+    def respond_to_handshake(self, offer: str) -> tuple[str, Peer, str, str]:
+        """The responder's step: ``(answer, initiator, handshake_id, our_nonce)``.
+
+        Send ``answer`` back to the initiator; check the receipt it then forwards with
+        ``tasklease.core.mutual.verify_receipt(..., handshake_id=, responder_nonce=our_nonce)``.
+        """
+        self.ensure_fresh()
+        return run_flow(
+            self._client,
+            respond_flow(self._credential.base_url, self.token, self._signing_key(), offer),
+        )
+
+    def heartbeat(self, *, done: bool = False) -> HeartbeatStatus:
+        """Send one signed heartbeat (``done``: this agent is finished)."""
+        if not done:
+            self.ensure_fresh()
+        return run_flow(
+            self._client,
+            heartbeat_flow(
+                self._credential.base_url,
+                self.token,
+                self.agent_id,
+                self._signing_key(),
+                self._credential.clock.now(),
+                done=done,
+            ),
+        )
+
+    def start_heartbeats(self, interval: float = 30.0) -> None:
+        """Heartbeat every ``interval`` seconds on a daemon thread until release or exit.
+
+        The first heartbeat is sent before this returns (it opts the agent in to liveness
+        supervision, so a failure shows here). Later failures are logged and retried.
+        """
+        if self._heartbeat_thread is not None:
+            return
+        self.heartbeat()
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.heartbeat()
+                except TaskleaseError as exc:
+                    _log.warning("heartbeat of %s failed: %s", self.agent_id, exc)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat {self.agent_id}", daemon=True)
+        self._heartbeat_stop, self._heartbeat_thread = stop, thread
+        thread.start()
+
+    def _stop_heartbeats(self) -> bool:
+        """Stop the heartbeat thread; True if one was running."""
+        stop, thread = self._heartbeat_stop, self._heartbeat_thread
+        if stop is None or thread is None:
+            return False
+        self._heartbeat_stop = self._heartbeat_thread = None
+        stop.set()
+        if thread is not threading.current_thread():
+            thread.join(timeout=5)
+        return True
+
+    def delegate(
+        self, delegate_to: str, scope: Sequence[str], ttl: int | None = None
+    ) -> DelegatedToken:
+        """Hand a subset of this agent's scope to the registered agent ``delegate_to``.
+
+        The result lives at most ``ttl`` seconds (broker default 60) and never longer
+        than this agent's token.
+
+        Raises:
+            ScopeViolation: ``scope`` exceeds this agent's, or the chain is too deep.
+            NotFound: ``delegate_to`` is not a registered, active agent.
+            Unauthorized: this agent's token is no longer valid.
+            TransportError: the broker could not be reached.
+        """
+        self.ensure_fresh()
+        delegation = run_flow(self._client, self._credential.delegate_flow(delegate_to, scope, ttl))
+        return DelegatedToken(
+            self._client,
+            self._credential.base_url,
+            delegation,
+            delegate_to,
+            scope,
+            self._credential.clock,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP connections (does not release; see :meth:`release`)."""
+        self._stop_heartbeats()
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc is None:
+                self.release()
+            else:
+                try:
+                    self.release()
+                except TaskleaseError as release_error:
+                    _log.warning(
+                        "could not release agent %s on exit: %s", self.agent_id, release_error
+                    )
+        finally:
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"Agent(agent_id={self.agent_id!r}, scope={list(self.scope)!r})"

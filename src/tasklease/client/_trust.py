@@ -1,0 +1,196 @@
+"""Agents that trust each other, SDK side: handshake, heartbeats and resumption flows.
+
+Written once as I/O-free generators (like ``_flows``); the sync and async agents pump
+them. The signed byte formats are the broker's (``tasklease.core.mutual.transcript``,
+``core.liveness.heartbeat_signing_input``); the test suite holds these copies to them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nacl.signing
+
+from tasklease.client._flows import Flow, Registration, _field, _json_request, _url, expect_json
+
+__all__ = [
+    "Handshake",
+    "HeartbeatStatus",
+    "Peer",
+    "complete_flow",
+    "heartbeat_flow",
+    "heartbeat_message",
+    "initiate_flow",
+    "respond_flow",
+    "resume_flow",
+    "transcript",
+]
+
+Exchange = Callable[[str], str]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _ticket_claims(ticket: str) -> dict[str, Any]:
+    """The claims of a broker ticket, read without verification: only to build the
+    transcript we sign; the broker verifies the ticket itself."""
+    payload = ticket.split(".")[1]
+    data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    if not isinstance(data, dict):
+        raise TypeError("ticket payload is not an object")
+    return data
+
+
+def transcript(
+    role: str, handshake_id: str, initiator: str, responder: str, na: str, nb: str
+) -> bytes:
+    """Same bytes as ``tasklease.core.mutual.transcript``."""
+    body = json.dumps(
+        [role, handshake_id, initiator, responder, na, nb],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return b"tasklease-mutual-v1\n" + body.encode("utf-8")
+
+
+def heartbeat_message(agent_id: str, token_jti: str, timestamp: int, jti: str, done: bool) -> bytes:
+    """Same bytes as ``tasklease.core.liveness.heartbeat_signing_input``."""
+    body = json.dumps([agent_id, token_jti, timestamp, jti, done], separators=(",", ":"))
+    return b"tasklease-heartbeat-v1\n" + body.encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The other agent of a handshake, as the broker verified it."""
+
+    agent_id: str
+    scope: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """A completed handshake, from the initiator's side.
+
+    ``receipt`` is for the responder (forward it: it verifies it offline with
+    ``tasklease.core.mutual.verify_receipt`` and the broker's JWKS).
+    """
+
+    handshake_id: str
+    peer: Peer
+    receipt: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatStatus:
+    status: str
+    interval: float
+    deadline: float
+
+
+def _peer(data: Any) -> Peer:
+    if not isinstance(data, dict):
+        raise TypeError("peer is not an object")
+    scope = data.get("scope")
+    return Peer(str(data.get("agent_id", "")), tuple(scope) if isinstance(scope, list) else ())
+
+
+def initiate_flow(base_url: str, token: str, responder_id: str) -> Flow[tuple[str, str]]:
+    """Step 1: ``(offer, initiator_nonce)``."""
+    nonce = secrets.token_hex(16)
+    body = {"responder_id": responder_id, "initiator_nonce": nonce}
+    answer = expect_json(
+        (yield _json_request("POST", _url(base_url, "/v1/mutual/initiate"), body, token))
+    )
+    return _field(answer, "offer", str), nonce
+
+
+def respond_flow(
+    base_url: str, token: str, key: nacl.signing.SigningKey, offer: str
+) -> Flow[tuple[str, Peer, str, str]]:
+    """Step 2 (responder): ``(answer, initiator, handshake_id, responder_nonce)``."""
+    ticket = _ticket_claims(offer)
+    nonce = secrets.token_hex(16)
+    message = transcript(
+        "responder", ticket["hid"], ticket["ini"], ticket["rsp"], ticket["na"], nonce
+    )
+    body = {
+        "offer": offer,
+        "responder_nonce": nonce,
+        "signature": _b64(key.sign(message).signature),
+    }
+    answer = expect_json(
+        (yield _json_request("POST", _url(base_url, "/v1/mutual/respond"), body, token))
+    )
+    return (
+        _field(answer, "answer", str),
+        _peer(answer.get("initiator")),
+        _field(answer, "handshake_id", str),
+        nonce,
+    )
+
+
+def complete_flow(
+    base_url: str, token: str, key: nacl.signing.SigningKey, answer_ticket: str
+) -> Flow[Handshake]:
+    """Step 3 (initiator): the responder's verified identity and the receipt."""
+    ticket = _ticket_claims(answer_ticket)
+    message = transcript(
+        "initiator", ticket["hid"], ticket["ini"], ticket["rsp"], ticket["na"], ticket["nb"]
+    )
+    body = {"answer": answer_ticket, "signature": _b64(key.sign(message).signature)}
+    answer = expect_json(
+        (yield _json_request("POST", _url(base_url, "/v1/mutual/complete"), body, token))
+    )
+    return Handshake(
+        _field(answer, "handshake_id", str),
+        _peer(answer.get("responder")),
+        _field(answer, "receipt", str),
+    )
+
+
+def heartbeat_flow(
+    base_url: str,
+    token: str,
+    agent_id: str,
+    key: nacl.signing.SigningKey,
+    now: float,
+    *,
+    done: bool = False,
+) -> Flow[HeartbeatStatus]:
+    """One signed heartbeat (``done``: the agent is finished)."""
+    token_jti = str(_ticket_claims(token).get("jti", ""))
+    timestamp = int(now)
+    jti = secrets.token_urlsafe(16)
+    signature = key.sign(heartbeat_message(agent_id, token_jti, timestamp, jti, done)).signature
+    body = {"timestamp": timestamp, "jti": jti, "signature": _b64(signature), "done": done}
+    answer = expect_json(
+        (yield _json_request("POST", _url(base_url, "/v1/heartbeat"), body, token))
+    )
+    interval = answer.get("interval")
+    deadline = answer.get("deadline")
+    return HeartbeatStatus(
+        _field(answer, "status", str),
+        float(interval) if isinstance(interval, int | float) else 30.0,
+        float(deadline) if isinstance(deadline, int | float) else 0.0,
+    )
+
+
+def resume_flow(base_url: str, agent_id: str, key: nacl.signing.SigningKey) -> Flow[Registration]:
+    """Prove the registered key with a fresh nonce; a new token for the same identity."""
+    challenge = expect_json((yield _json_request("GET", _url(base_url, "/v1/challenge"))))
+    nonce = _field(challenge, "nonce", str)
+    signature = key.sign(bytes.fromhex(nonce)).signature
+    body = {"agent_id": agent_id, "nonce": nonce, "signature": _b64(signature)}
+    answer = expect_json((yield _json_request("POST", _url(base_url, "/v1/resume"), body)))
+    return Registration(
+        agent_id=_field(answer, "agent_id", str),
+        token=_field(answer, "access_token", str),
+        expires_in=_field(answer, "expires_in", int),
+    )

@@ -1,0 +1,261 @@
+"""The operator CLI as a subprocess against real brokers on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import typer
+
+from tasklease.cli._common import EXIT_REFUSED, broker_errors, exit_code_for
+from tasklease.client import Agent, Forbidden, NotFound, TransportError
+from tasklease.client.testing import BrokerForTests
+
+SCOPE = ["read:data:*"]
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[BrokerForTests]:
+    with BrokerForTests() as running:
+        yield running
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def run(
+    *args: str,
+    broker: BrokerForTests | None = None,
+    home: Path,
+    secret: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
+    env.update({"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "COLUMNS": "200"})
+    if broker is not None:
+        env["TASKLEASE_URL"] = broker.url
+        env["TASKLEASE_ADMIN_SECRET"] = secret or broker.admin_secret
+    env.update(extra_env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "tasklease.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_status(broker: BrokerForTests, home: Path) -> None:
+    result = run("status", "--json", broker=broker, home=home)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["status"] == "ok" and status["version"] and status["signing_kid"]
+    table = run("status", broker=broker, home=home)
+    assert table.returncode == 0 and "signing_kid" in table.stdout
+
+
+def test_app_commands(broker: BrokerForTests, home: Path) -> None:
+    made = run(
+        "app",
+        "register",
+        "billing-bot",
+        "--scope",
+        "read:bills:*",
+        "--json",
+        broker=broker,
+        home=home,
+    )
+    assert made.returncode == 0, made.stderr
+    app = json.loads(made.stdout)
+    assert app["client_secret"] and app["scopes"] == ["read:bills:*"]
+    app_id = str(app["app_id"])
+
+    listed = run("app", "list", "--json", broker=broker, home=home)
+    assert app_id in [a["app_id"] for a in lines(listed.stdout)]
+    assert "billing-bot" in run("app", "list", broker=broker, home=home).stdout
+
+    shown = json.loads(run("app", "show", app_id, "--json", broker=broker, home=home).stdout)
+    assert shown["name"] == "billing-bot" and "client_secret" not in shown
+
+    updated = run("app", "update", app_id, "--token-ttl", "600", "--json", broker=broker, home=home)
+    assert json.loads(updated.stdout)["token_ttl"] == 600
+
+    removed = run("app", "remove", app_id, "--json", broker=broker, home=home)
+    assert json.loads(removed.stdout)["status"] == "inactive"
+
+    missing = run("app", "show", "app-nothing-000000", broker=broker, home=home)
+    assert missing.returncode == 1
+    assert "app not found" in missing.stderr and "Traceback" not in missing.stderr
+
+    dup = run("app", "register", "dup-app", "--scope", "read:x:*", broker=broker, home=home)
+    again = run("app", "register", "dup-app", "--scope", "read:x:*", broker=broker, home=home)
+    assert dup.returncode == 0 and again.returncode == 3
+    assert "conflict" in again.stderr
+
+
+def test_launch_token_revoke_and_audit(broker: BrokerForTests, home: Path) -> None:
+    made = run(
+        "launch-token",
+        "create",
+        "--agent-name",
+        "cli-agent",
+        "--scope",
+        "read:data:*",
+        "--json",
+        broker=broker,
+        home=home,
+    )
+    assert made.returncode == 0, made.stderr
+    launch = json.loads(made.stdout)["launch_token"]
+    with Agent.register(broker.url, launch, "orch-cli", "task-cli", SCOPE) as agent:
+        revoked = run(
+            "revoke",
+            "--level",
+            "agent",
+            "--target",
+            agent.agent_id,
+            "--json",
+            broker=broker,
+            home=home,
+        )
+        assert revoked.returncode == 0, revoked.stderr
+        assert json.loads(revoked.stdout)["level"] == "agent"
+        assert broker.admin().validate_token(agent.token)["valid"] is False
+
+    events = run("audit", "events", "--task-id", "task-cli", "--json", broker=broker, home=home)
+    assert events.returncode == 0, events.stderr
+    types = [e["event_type"] for e in lines(events.stdout)]
+    assert "agent_registered" in types and "token_issued" in types
+    table = run("audit", "events", "--event-type", "agent_registered", broker=broker, home=home)
+    assert table.returncode == 0 and "agent_registered" in table.stdout
+
+    bad = run("revoke", "--level", "everything", "--target", "x", broker=broker, home=home)
+    assert bad.returncode == 2
+
+
+def test_audit_export_and_verify_over_http(broker: BrokerForTests, home: Path) -> None:
+    out_file = home / "audit.jsonl"
+    exported = run("audit", "export", "--output", str(out_file), broker=broker, home=home)
+    assert exported.returncode == 0, exported.stderr
+    events = lines(out_file.read_text())
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    to_stdout = run("audit", "export", "--event-type", "admin_auth", broker=broker, home=home)
+    assert {e["event_type"] for e in lines(to_stdout.stdout)} == {"admin_auth"}
+
+    verified = run("audit", "verify", "--url", broker.url, broker=broker, home=home)
+    assert verified.returncode == 0, verified.stderr
+    assert "audit chain intact" in verified.stdout
+
+
+def test_audit_verify_names_the_edited_event(tmp_path: Path, home: Path) -> None:
+    data = tmp_path / "data"
+    with BrokerForTests(data_dir=data) as running:
+        with running.agent(SCOPE):
+            pass
+        secret = running.admin_secret
+    database = data / "tasklease.db"
+    intact = run("audit", "verify", "--database", str(database), home=home)
+    assert intact.returncode == 0, intact.stderr
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE audit_events SET detail = 'nothing to see' WHERE seq = 3")
+    broken = run("audit", "verify", "--database", str(database), home=home)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "evt-000003" in broken.stderr, broken.stderr
+    with BrokerForTests(data_dir=data, admin_secret=secret) as again:
+        over_http = run("audit", "verify", "--url", again.url, broker=again, home=home)
+    assert over_http.returncode == 1, over_http.stdout + over_http.stderr
+    assert "evt-000003" in over_http.stderr and "Traceback" not in over_http.stderr
+
+
+def test_token_inspect_shows_the_chain(broker: BrokerForTests, home: Path) -> None:
+    with (
+        broker.agent(SCOPE, task_id="inspect-root") as root,
+        broker.agent(SCOPE, task_id="inspect-child") as child,
+    ):
+        token = root.delegate(child.agent_id, ["read:data:9"]).token
+        shown = run("token", "inspect", token, broker=broker, home=home)
+        assert shown.returncode == 0, shown.stderr
+        assert "delegation chain" in shown.stdout
+        assert root.agent_id in shown.stdout and child.agent_id in shown.stdout
+        assert "expires in" in shown.stdout and "valid (kid" in shown.stdout
+        as_json = json.loads(
+            run("token", "inspect", token, "--json", broker=broker, home=home).stdout
+        )
+        assert as_json["signature_valid"] is True and as_json["broker_valid"] is True
+        assert as_json["claims"]["delegation_chain"][0]["agent"] == root.agent_id
+
+        forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        bad = run("token", "inspect", forged, broker=broker, home=home)
+        assert bad.returncode == 1
+        garbage = run("token", "inspect", "not-a-token", "--offline", home=home)
+        assert garbage.returncode == 1 and "not a compact JWS" in garbage.stderr
+
+
+def test_keys_rotate(tmp_path: Path, home: Path) -> None:
+    with BrokerForTests(data_dir=tmp_path / "keys-broker") as running:
+        old_agent = running.agent(SCOPE, task_id="before-rotation")
+        old_kid = running.admin().health()["signing_kid"]
+        rotated = run("keys", "rotate", "--json", broker=running, home=home)
+        assert rotated.returncode == 0, rotated.stderr
+        answer = json.loads(rotated.stdout)
+        assert answer["previous_kid"] == old_kid and answer["kid"] != old_kid
+        jwks = running.admin().jwks()
+        assert [k["kid"] for k in jwks["keys"]] == [answer["kid"], old_kid]
+        assert running.admin().validate_token(old_agent.token)["valid"] is True
+        with running.agent(SCOPE, task_id="after-rotation") as new_agent:
+            inspected = json.loads(
+                run("token", "inspect", new_agent.token, "--json", broker=running, home=home).stdout
+            )
+            assert inspected["header"]["kid"] == answer["kid"]
+        old_agent.renew()  # a token signed by the old key still authenticates
+        old_agent.close()
+
+
+def test_refused_and_unreachable(broker: BrokerForTests, home: Path) -> None:
+    wrong = run("app", "list", broker=broker, home=home, secret="not-the-secret-at-all")
+    assert wrong.returncode == 3
+    assert "invalid credentials" in wrong.stderr and "Traceback" not in wrong.stderr
+
+    down = run("status", home=home, extra_env={"TASKLEASE_URL": "http://127.0.0.1:9"})
+    assert down.returncode == 4 and "cannot reach" in down.stderr
+    no_url = run("app", "list", home=home)
+    assert no_url.returncode == 2 and "no broker URL" in no_url.stderr
+
+
+def test_forbidden_maps_to_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
+    # Admin tokens carry every admin scope, so no CLI command can draw a 403 from a real
+    # broker: check the mapping itself.
+    error = Forbidden("not allowed here", code="insufficient_scope", status=403, hint="ask")
+    assert exit_code_for(error) == EXIT_REFUSED
+    assert exit_code_for(NotFound("gone", status=404)) == 1
+    assert exit_code_for(TransportError("down")) == 4
+    with pytest.raises(typer.Exit) as info, broker_errors():
+        raise error
+    assert info.value.exit_code == EXIT_REFUSED
+    printed = capsys.readouterr().err
+    assert "not allowed here" in printed and "hint: ask" in printed
+
+
+def test_profile_file(broker: BrokerForTests, home: Path) -> None:
+    profile = home / ".config" / "tasklease" / "profile.toml"
+    profile.parent.mkdir(parents=True)
+    profile.write_text(f'url = "{broker.url}"\nadmin_secret = "{broker.admin_secret}"\n')
+    profile.chmod(0o644)
+    unsafe = run("app", "list", home=home)
+    assert unsafe.returncode == 2 and "chmod 600" in unsafe.stderr
+    profile.chmod(0o600)
+    assert run("app", "list", "--json", home=home).returncode == 0
+    elsewhere = home / "other.toml"
+    assert run("status", "--profile", str(elsewhere), home=home).returncode == 2

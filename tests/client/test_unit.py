@@ -1,0 +1,178 @@
+"""Transport-injection unit tests: error mapping, the wire rules, the public surface."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import textwrap
+
+import httpx
+import nacl.signing
+import pytest
+
+import tasklease.client
+from tasklease.client import (
+    AdminClient,
+    Agent,
+    Conflict,
+    InsufficientScope,
+    InternalError,
+    InvalidTTL,
+    RateLimited,
+    RenewalCeilingExceeded,
+    RenewalLimitReached,
+    TaskleaseError,
+    Unavailable,
+)
+
+NONCE = "ab" * 32
+
+
+def problem(status: int, code: str, **extra: object) -> httpx.Response:
+    body = {
+        "type": f"urn:tasklease:error:{code}",
+        "status": status,
+        "detail": f"{code} detail",
+        "error_code": code,
+        "request_id": "req-1",
+        **extra,
+    }
+    return httpx.Response(status, json=body, headers={"content-type": "application/problem+json"})
+
+
+def test_register_signs_the_hex_decoded_nonce() -> None:
+    key = nacl.signing.SigningKey.generate()
+    sent: dict[str, object] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/challenge":
+            return httpx.Response(200, json={"nonce": NONCE, "expires_in": 30})
+        sent.update(json.loads(request.content))
+        return httpx.Response(
+            200,
+            json={
+                "agent_id": "spiffe://x/agent/o/t/1",
+                "access_token": "a.b.c",
+                "expires_in": 300,
+                "token_type": "Bearer",
+            },
+        )
+
+    agent = Agent.register(
+        "http://broker",
+        "f" * 64,
+        "o",
+        "t",
+        ["read:x:*"],
+        key=key,
+        transport=httpx.MockTransport(handler),
+    )
+    assert agent.token == "a.b.c" and agent.agent_id == "spiffe://x/agent/o/t/1"
+    assert base64.b64decode(str(sent["public_key"])) == bytes(key.verify_key)
+    key.verify_key.verify(bytes.fromhex(NONCE), base64.b64decode(str(sent["signature"])))
+    assert sent["requested_scope"] == ["read:x:*"]
+    agent.close()
+
+
+@pytest.mark.parametrize(
+    ("response", "cls", "code"),
+    [
+        (problem(403, "insufficient_scope"), InsufficientScope, "insufficient_scope"),
+        (
+            problem(403, "renewal_ceiling_exceeded"),
+            RenewalCeilingExceeded,
+            "renewal_ceiling_exceeded",
+        ),
+        (problem(400, "invalid_ttl"), InvalidTTL, "invalid_ttl"),
+        (problem(409, "conflict"), Conflict, "conflict"),
+        (problem(503, "service_unavailable"), Unavailable, "service_unavailable"),
+        (problem(413, "payload_too_large"), tasklease.client.InvalidRequest, "payload_too_large"),
+        (httpx.Response(502, text="<html>bad gateway</html>"), InternalError, "internal_error"),
+        (httpx.Response(418, text="teapot"), TaskleaseError, "http_418"),
+    ],
+)
+def test_errors_mirror_codes(response: httpx.Response, cls: type, code: str) -> None:
+    admin = AdminClient("http://broker", None, transport=httpx.MockTransport(lambda _r: response))
+    with pytest.raises(cls) as info:
+        admin.health()
+    assert type(info.value) is cls
+    assert info.value.code == code
+    assert info.value.status == response.status_code
+    admin.close()
+
+
+def test_rate_limited_carries_retry_after() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = problem(429, "rate_limited", hint="slow down")
+        response.headers["Retry-After"] = "7"
+        return response
+
+    admin = AdminClient("http://broker", "secret", transport=httpx.MockTransport(handler))
+    with pytest.raises(RateLimited) as info:
+        admin.list_apps()
+    assert info.value.retry_after == 7
+    assert info.value.hint == "slow down" and info.value.request_id == "req-1"
+    admin.close()
+
+
+def test_renewal_limits_share_a_base() -> None:
+    assert issubclass(tasklease.client.RenewalCountExceeded, RenewalLimitReached)
+    assert issubclass(RenewalCeilingExceeded, RenewalLimitReached)
+    assert issubclass(RenewalLimitReached, tasklease.client.Forbidden)
+    assert issubclass(tasklease.client.TransportError, TaskleaseError)
+
+
+def test_exported_members() -> None:
+    """The public surface is exactly what we meant (httpx tests/test_exported_members.py)."""
+    assert set(tasklease.client.__all__) == {
+        "AdminClient",
+        "Agent",
+        "AsyncAgent",
+        "AsyncDelegatedToken",
+        "Clock",
+        "Conflict",
+        "DelegatedToken",
+        "Forbidden",
+        "Handshake",
+        "HeartbeatStatus",
+        "InsufficientScope",
+        "InternalError",
+        "InvalidRequest",
+        "InvalidTTL",
+        "NotFound",
+        "Peer",
+        "RateLimited",
+        "RenewalCeilingExceeded",
+        "RenewalCountExceeded",
+        "RenewalLimitReached",
+        "ScopeViolation",
+        "TaskleaseError",
+        "TransportError",
+        "Unauthorized",
+        "Unavailable",
+    }
+    exported = {n for n in dir(tasklease.client) if not n.startswith("_")}
+    assert exported - set(tasklease.client.__all__) <= {"annotations", "testing"}
+    for name in tasklease.client.__all__:
+        assert getattr(tasklease.client, name).__module__ == "tasklease.client", name
+
+
+def test_imports_without_the_server_dependencies() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {"starlette", "uvicorn", "argon2", "prometheus_client",
+                                          "msgspec", "structlog", "cryptography", "typer"}:
+                    raise ImportError(f"blocked: {name}")
+        sys.meta_path.insert(0, Block())
+        import tasklease.client, tasklease.client.testing
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
