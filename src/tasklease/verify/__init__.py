@@ -1,0 +1,36 @@
+"""Offline verification of tasklease tokens for resource servers (APIs, MCP servers).
+
+    from tasklease.verify import AppCredentials, Verifier
+
+    verifier = Verifier("https://broker.example", audience="orders-api",
+                        credentials=AppCredentials(client_id, client_secret))
+    verifier.start()
+    token = verifier.verify(bearer)          # VerifiedToken, or raises VerificationError
+    verifier.require_scope(token, "read:orders:42")
+
+Needs only PyNaCl and httpx. The Starlette/FastAPI middleware and ``require_scope`` are in
+:mod:`tasklease.verify.asgi`; the token verifier for the ``mcp`` SDK is in
+:mod:`tasklease.verify.mcp`. See ``docs/verifier.md``.
+"""
+
+from tasklease.verify._claims import DelegationHop, VerifiedToken
+from tasklease.verify._errors import (
+    InsufficientScope,
+    InvalidToken,
+    VerificationError,
+    VerifierUnavailable,
+)
+from tasklease.verify._feed import AppCredentials
+from tasklease.verify._verifier import TokenIntrospector, Verifier
+
+__all__ = [
+    "AppCredentials",
+    "DelegationHop",
+    "InsufficientScope",
+    "InvalidToken",
+    "TokenIntrospector",
+    "VerificationError",
+    "VerifiedToken",
+    "Verifier",
+    "VerifierUnavailable",
+]

@@ -1,0 +1,50 @@
+"""The verifier's one exception tree.
+
+    VerificationError          root; ``str()`` is generic, ``reason`` is internal
+    ├── InvalidToken           no, malformed, forged, expired, revoked or foreign token (401)
+    ├── InsufficientScope      a valid token without the scope a route needs (403)
+    └── VerifierUnavailable    the verifier cannot vouch for freshness: fail closed (503)
+
+Like the broker, the verifier shows one generic message outward; the precise ``reason``
+(for example ``"audience mismatch"`` or ``"revoked (level task)"``) is for logs only.
+"""
+
+from __future__ import annotations
+
+__all__ = ["InsufficientScope", "InvalidToken", "VerificationError", "VerifierUnavailable"]
+
+
+class VerificationError(Exception):
+    """Root of every refusal. ``reason`` is internal: never send it to the caller."""
+
+    code = "unauthorized"
+    message = "token verification failed"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(self.message)
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(reason={self.reason!r})"
+
+
+class InvalidToken(VerificationError):
+    """The token is missing, malformed, forged, expired, revoked or for another audience."""
+
+
+class InsufficientScope(VerificationError):
+    """The token is valid but does not carry the required scope."""
+
+    code = "insufficient_scope"
+    message = "token lacks the required scope"
+
+    def __init__(self, reason: str, required: str = "") -> None:
+        super().__init__(reason)
+        self.required = required
+
+
+class VerifierUnavailable(VerificationError):
+    """Revocation state is older than the staleness bound (or keys are unknown): fail closed."""
+
+    code = "service_unavailable"
+    message = "token verification is temporarily unavailable"

@@ -1,0 +1,175 @@
+"""Following the broker's revocation stream (``GET /v1/revocations/stream``).
+
+:class:`EventParser` is sans-IO (lines in, events out, per the WHATWG server-sent events
+format). :class:`FeedFollower` is a daemon thread that reads the stream with httpx,
+applies entries to the local index, remembers the cursor and reconnects with it, and
+records when it last heard from a broker it knows to be current. A thread rather than an
+asyncio task: it keeps the feed fresh whatever the application's event loop is doing, and
+serves sync and async applications alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+
+from tasklease.verify._revocations import RevocationIndex, parse_entry
+
+__all__ = ["AppCredentials", "Event", "EventParser", "FeedFollower"]
+
+_log = logging.getLogger("tasklease.verify")
+_MAX_EVENT_BYTES = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class AppCredentials:
+    """An app's client credentials: the verifier authenticates to the feed with them."""
+
+    client_id: str
+    client_secret: str
+
+    def __repr__(self) -> str:
+        return f"AppCredentials(client_id={self.client_id!r}, client_secret=...)"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str  # "" for a comment (keepalive)
+    data: str = ""
+    id: str = ""
+
+
+class EventParser:
+    """Server-sent events, one line at a time (no line terminators)."""
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+        self._size = 0
+        self._id = ""
+
+    def feed(self, line: str) -> Iterator[Event]:
+        if not line:
+            if self._data:
+                yield Event(self._event or "message", "\n".join(self._data), self._id)
+            self._event, self._data, self._size = "", [], 0
+            return
+        if line.startswith(":"):
+            yield Event("")
+            return
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._size += len(value)
+            if self._size > _MAX_EVENT_BYTES:
+                raise ValueError("event too large")
+            self._data.append(value)
+        elif name == "id" and "\x00" not in value:
+            self._id = value
+
+
+class FeedFollower:
+    """Keeps a :class:`RevocationIndex` current from the broker's stream, in a thread."""
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        index: RevocationIndex,
+        *,
+        token_source: Callable[[], str],
+        forget_token: Callable[[], None],
+        read_timeout: float,
+        on_revocation: Callable[[], None],
+        housekeeping: Callable[[], None],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._index = index
+        self._token_source = token_source
+        self._forget_token = forget_token
+        self._read_timeout = read_timeout
+        self._on_revocation = on_revocation
+        self._housekeeping = housekeeping
+        self._monotonic = monotonic
+        self._stop = threading.Event()
+        self._synced = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.cursor: int | None = None
+        self.last_heard = -float("inf")
+        self.connections = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="tasklease-revocation-feed", daemon=True
+            )
+            self._thread.start()
+
+    def wait_synced(self, timeout: float) -> bool:
+        return self._synced.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def staleness(self) -> float:
+        """Seconds since the feed last proved current (infinite before the first sync)."""
+        return self._monotonic() - self.last_heard
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                self._follow_once()
+                backoff = 0.05
+            except Exception as exc:  # noqa: BLE001 - reconnect whatever went wrong
+                _log.info("revocation feed disconnected: %s", exc)
+            self._housekeeping()
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    def _follow_once(self) -> None:
+        params = {} if self.cursor is None else {"cursor": str(self.cursor)}
+        headers = {
+            "Authorization": f"Bearer {self._token_source()}",
+            "Accept": "text/event-stream",
+        }
+        timeout = httpx.Timeout(self._read_timeout, read=self._read_timeout)
+        with self._client.stream(
+            "GET", "/v1/revocations/stream", params=params, headers=headers, timeout=timeout
+        ) as response:
+            if response.status_code == 401:
+                self._forget_token()
+            response.raise_for_status()
+            self.connections += 1
+            parser = EventParser()
+            synced = False
+            for line in response.iter_lines():
+                if self._stop.is_set():
+                    return
+                for event in parser.feed(line):
+                    if event.kind == "revocation":
+                        entry = parse_entry(json.loads(event.data))
+                        self._index.apply([entry])
+                        self.cursor = max(self.cursor or 0, entry[4])
+                        self._on_revocation()
+                    elif event.kind == "":  # keepalive: a moment for housekeeping
+                        self._housekeeping()
+                    elif event.kind == "sync":
+                        cursor = json.loads(event.data).get("cursor")
+                        if type(cursor) is int:
+                            self.cursor = max(self.cursor or 0, cursor)
+                        synced = True
+                        self._synced.set()
+                    if synced:
+                        self.last_heard = self._monotonic()

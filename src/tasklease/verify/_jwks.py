@@ -1,0 +1,146 @@
+"""The broker's verification keys, fetched from its JWKS and cached by ``kid``.
+
+Refreshed when the cache is older than ``ttl``, and when a token names an unknown ``kid``
+(a key rotated in) — but at most once per ``min_interval`` seconds, whatever the tokens
+say: a flood of tokens with invented kids costs the broker one request per interval.
+Each key's ``kid`` must be its RFC 7638 thumbprint, as the broker publishes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import nacl.signing
+
+from tasklease.core import _jws
+
+__all__ = ["KeySet", "parse_jwks", "thumbprint"]
+
+MAX_JWKS_BYTES = 65536
+_log = logging.getLogger("tasklease.verify")
+
+
+def thumbprint(public_key: bytes) -> str:
+    """RFC 7638 SHA-256 thumbprint of an Ed25519 public key (RFC 8037 section 2)."""
+    member_x = _jws.b64url_encode(public_key)
+    canonical = '{"crv":"Ed25519","kty":"OKP","x":"' + member_x + '"}'
+    return _jws.b64url_encode(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+def parse_jwks(document: Any) -> dict[str, nacl.signing.VerifyKey]:
+    """The usable Ed25519 keys of a JWK Set; anything else in it is skipped."""
+    keys: dict[str, nacl.signing.VerifyKey] = {}
+    if type(document) is not dict or type(document.get("keys")) is not list:
+        raise ValueError("not a JWK Set")
+    for jwk in document["keys"]:
+        if type(jwk) is not dict or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+            continue
+        if jwk.get("alg", _jws.ALGORITHM) != _jws.ALGORITHM or jwk.get("use", "sig") != "sig":
+            continue
+        kid, x = jwk.get("kid"), jwk.get("x")
+        if type(kid) is not str or type(x) is not str:
+            continue
+        try:
+            raw = _jws.b64url_decode(x)
+        except _jws.JWSError:
+            continue
+        if len(raw) != 32 or thumbprint(raw) != kid:
+            continue
+        keys[kid] = nacl.signing.VerifyKey(raw)
+    return keys
+
+
+class KeySet:
+    """Keys by ``kid``; lookups are a dict probe, refreshes are rate limited."""
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        *,
+        ttl: float,
+        min_interval: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._min_interval = min_interval
+        self._monotonic = monotonic
+        self._keys: dict[str, nacl.signing.VerifyKey] = {}
+        self._fetched_at = -float("inf")
+        self._last_attempt = -float("inf")  # any fetch
+        self._last_kid_attempt = -float("inf")  # fetches for an unknown kid
+        self._lock = threading.Lock()
+        self.fetches = 0
+
+    @property
+    def kids(self) -> list[str]:
+        return list(self._keys)
+
+    def get(self, kid: str) -> nacl.signing.VerifyKey | None:
+        """The key for ``kid`` from the cache only (never touches the network)."""
+        return self._keys.get(kid)
+
+    def may_refresh(self) -> bool:
+        """True when an unknown kid would be allowed to trigger a fetch now."""
+        return self._monotonic() - self._last_kid_attempt >= self._min_interval
+
+    def stale(self) -> bool:
+        return self._monotonic() - self._fetched_at >= self._ttl
+
+    def resolve(self, kid: str) -> nacl.signing.VerifyKey | None:
+        """The key for ``kid``; fetches (rate limited) when it is unknown or the set stale."""
+        key = self._keys.get(kid)
+        if key is None:
+            self.refresh_for_unknown_kid()
+            return self._keys.get(kid)
+        if self.stale():
+            self.refresh_if_stale()
+        return self._keys.get(kid) or key  # a failed refresh keeps the keys we had
+
+    def refresh_for_unknown_kid(self) -> bool:
+        """Fetch unless an unknown kid caused a fetch less than ``min_interval`` ago."""
+        return self._fetch(
+            lambda now: now - self._last_kid_attempt >= self._min_interval, for_kid=True
+        )
+
+    def refresh_if_stale(self) -> bool:
+        """Fetch when older than ``ttl`` (a failed attempt is retried after ``min_interval``)."""
+        return self._fetch(
+            lambda now: self.stale() and now - self._last_attempt >= self._min_interval
+        )
+
+    def refresh(self) -> bool:
+        """Fetch now, whatever the rate limits (start-up)."""
+        return self._fetch(lambda _now: True)
+
+    def _fetch(self, due: Callable[[float], bool], *, for_kid: bool = False) -> bool:
+        """One caller fetches while concurrent callers wait, then see it is no longer due.
+
+        Returns whether a fetch succeeded. A failure keeps the keys we had.
+        """
+        with self._lock:
+            now = self._monotonic()
+            if not due(now):
+                return False
+            self._last_attempt = now
+            if for_kid:
+                self._last_kid_attempt = now
+            self.fetches += 1
+            try:
+                response = self._client.get("/.well-known/jwks.json")
+                response.raise_for_status()
+                if len(response.content) > MAX_JWKS_BYTES:
+                    raise ValueError("JWKS too large")
+                keys = parse_jwks(response.json())
+            except (httpx.HTTPError, ValueError) as exc:
+                _log.warning("fetching the broker's JWKS failed: %s", exc)
+                return False
+            self._keys = keys
+            self._fetched_at = self._monotonic()
+            return True

@@ -1,0 +1,260 @@
+"""Starlette and FastAPI integration: an ASGI middleware and ``require_scope``.
+
+    app.add_middleware(TaskleaseAuthMiddleware, verifier=verifier)
+
+    @app.get("/data/42")                                   # FastAPI
+    def read(token: VerifiedToken = Depends(require_scope("read:data:42"))): ...
+
+    @require_scope("read:data:42")                          # Starlette
+    async def read(request): ...
+
+The middleware verifies the bearer token of every request (RFC 6750 section 2.1) and puts
+the :class:`~tasklease.verify.VerifiedToken` in ``request.state.tasklease_token``; a request
+without a valid token gets a 401 problem, a stale revocation feed a 503 problem (fail
+closed). ``require_scope`` answers 403 when the token lacks the scope. Problems have the
+broker's RFC 9457 body (``type title status detail instance error_code request_id``).
+For FastAPI, :func:`install_problem_handler` makes the dependency's 403 a problem body too.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from http import HTTPStatus
+from typing import Any, overload
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tasklease.verify._claims import VerifiedToken
+from tasklease.verify._errors import VerificationError, VerifierUnavailable
+from tasklease.verify._verifier import Verifier
+
+__all__ = [
+    "STATE_KEY",
+    "ScopeDenied",
+    "ScopeRequirement",
+    "TaskleaseAuthMiddleware",
+    "install_problem_handler",
+    "problem_response",
+    "require_scope",
+]
+
+STATE_KEY = "tasklease_token"
+_TYPE_PREFIX = "urn:tasklease:error:"
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _problem(
+    status: int, code: str, detail: str, *, instance: str, request_id: str
+) -> tuple[bytes, dict[str, str]]:
+    body = {
+        "type": _TYPE_PREFIX + code,
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "error_code": code,
+        "request_id": request_id,
+    }
+    headers = {
+        "content-type": "application/problem+json",
+        "cache-control": "no-store",
+        "x-request-id": request_id,
+    }
+    if status == 401:
+        headers["www-authenticate"] = 'Bearer realm="tasklease", error="invalid_token"'
+    elif status == 503:
+        headers["retry-after"] = "1"
+    return json.dumps(body, separators=(",", ":")).encode() + b"\n", headers
+
+
+def _request_id(headers: Collection[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _SAFE_ID.fullmatch(text):
+                return text
+    return secrets.token_hex(8)
+
+
+def problem_response(error: VerificationError, request: Request) -> Response:
+    """The RFC 9457 problem for a refusal; the detail is generic, never ``error.reason``."""
+    status = {"unauthorized": 401, "insufficient_scope": 403, "service_unavailable": 503}[
+        error.code
+    ]
+    body, headers = _problem(
+        status,
+        error.code,
+        error.message,
+        instance=request.url.path,
+        request_id=_request_id(request.scope.get("headers", [])),
+    )
+    required = getattr(error, "required", "")
+    if status == 403 and required:
+        headers["www-authenticate"] = (
+            f'Bearer realm="tasklease", error="insufficient_scope", scope="{required}"'
+        )
+    return Response(body, status, headers=headers)
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            text: str = value.decode("latin-1")
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            return None
+    return None
+
+
+class TaskleaseAuthMiddleware:
+    """Verify every request's bearer token; 401/503 problems for those that fail.
+
+    ``exempt_paths`` (exact paths, for health checks) pass without a token. The verifier is
+    started at application start-up (lifespan) or, without one, on the first request.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, verifier: Verifier, exempt_paths: Collection[str] = ()
+    ) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.exempt_paths = frozenset(exempt_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._lifespan_receive(receive), send)
+            return
+        if scope["type"] not in ("http", "websocket") or scope["path"] in self.exempt_paths:
+            await self.app(scope, receive, send)
+            return
+        if not self.verifier.started:
+            await self.verifier.astart()
+        token = _bearer(scope)
+        try:
+            if token is None:
+                raise VerificationError("missing or malformed authorization header")
+            verified = await self.verifier.averify(token)
+        except VerificationError as exc:
+            await self._refuse(scope, send, exc)
+            return
+        scope.setdefault("state", {})[STATE_KEY] = verified
+        await self.app(scope, receive, send)
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.verifier.astart()
+            elif message["type"] == "lifespan.shutdown":
+                await self.verifier.aclose()
+            return message
+
+        return wrapped
+
+    async def _refuse(self, scope: Scope, send: Send, error: VerificationError) -> None:
+        status = 503 if isinstance(error, VerifierUnavailable) else 401
+        code = "service_unavailable" if status == 503 else "unauthorized"
+        message = VerifierUnavailable.message if status == 503 else VerificationError.message
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body, headers = _problem(
+            status,
+            code,
+            message,
+            instance=scope.get("path", ""),
+            request_id=_request_id(scope.get("headers", [])),
+        )
+        raw = [(k.encode(), v.encode()) for k, v in headers.items()]
+        raw.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+
+class ScopeDenied(HTTPException):
+    """Raised by :class:`ScopeRequirement` used as a FastAPI dependency."""
+
+    def __init__(self, error: VerificationError) -> None:
+        status = 403 if error.code == "insufficient_scope" else 401
+        super().__init__(status, error.message)
+        self.error = error
+
+
+async def _problem_handler(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ScopeDenied):
+        return problem_response(exc.error, request)
+    raise exc
+
+
+def install_problem_handler(app: Any) -> None:
+    """Make FastAPI answer :class:`ScopeDenied` with the broker's problem body."""
+    app.add_exception_handler(ScopeDenied, _problem_handler)
+
+
+class ScopeRequirement:
+    """A FastAPI dependency and a Starlette endpoint decorator requiring one scope."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+
+    def check(self, request: Request) -> VerifiedToken:
+        """The request's verified token if it covers the scope; raise otherwise."""
+        from tasklease.verify._errors import InsufficientScope, InvalidToken
+
+        token = request.scope.get("state", {}).get(STATE_KEY)
+        if not isinstance(token, VerifiedToken):
+            raise InvalidToken("no verified token (is TaskleaseAuthMiddleware installed?)")
+        if not token.has_scope(self.scope):
+            raise InsufficientScope(f"token lacks required scope: {self.scope}", self.scope)
+        return token
+
+    @overload
+    def __call__(self, request: Request) -> VerifiedToken: ...
+
+    @overload
+    def __call__(self, request: Endpoint) -> Endpoint: ...
+
+    def __call__(self, request: Request) -> Any:  # type: ignore[misc]
+        # FastAPI reads this signature: one parameter annotated `Request` is injected.
+        if not isinstance(request, Request):
+            return self._decorate(request)
+        try:
+            return self.check(request)
+        except VerificationError as exc:
+            raise ScopeDenied(exc) from None
+
+    def _decorate(self, endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def guarded(request: Request) -> Response:
+            try:
+                self.check(request)
+            except VerificationError as exc:
+                return problem_response(exc, request)
+            return await endpoint(request)
+
+        return guarded
+
+
+def require_scope(scope: str) -> ScopeRequirement:
+    """Require ``scope`` (``action:resource:identifier``; wildcards as the broker's).
+
+    Use as ``Depends(require_scope(...))`` in FastAPI (the dependency returns the
+    :class:`~tasklease.verify.VerifiedToken`) or as a decorator on a Starlette endpoint.
+    Needs :class:`TaskleaseAuthMiddleware` in front: without a verified token it answers
+    401, without the scope 403.
+    """
+    return ScopeRequirement(scope)

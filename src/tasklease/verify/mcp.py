@@ -1,0 +1,67 @@
+"""A token verifier for the ``mcp`` Python SDK's resource servers.
+
+    verifier = Verifier(broker_url, audience="https://tools.example/mcp", credentials=...)
+    server = MCPServer("tools", token_verifier=TaskleaseTokenVerifier(verifier),
+                       auth=auth_settings(broker_url, "https://tools.example/mcp"))
+
+The MCP authorization spec makes MCP servers OAuth resource servers that MUST accept only
+tokens issued for themselves (audience, RFC 8707) and never pass tokens through: the
+verifier's audience is the server's resource URL, so a token minted for another resource
+is refused (``verify_token`` answers ``None``, which the SDK turns into a 401). A stale
+revocation feed also answers ``None``: fail closed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
+
+from tasklease.verify._errors import VerificationError
+from tasklease.verify._verifier import Verifier
+
+__all__ = ["TaskleaseTokenVerifier", "auth_settings"]
+
+_log = logging.getLogger("tasklease.verify")
+
+
+class TaskleaseTokenVerifier:
+    """Implements ``mcp.server.auth.provider.TokenVerifier`` with a :class:`Verifier`."""
+
+    def __init__(self, verifier: Verifier) -> None:
+        self.verifier = verifier
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        if not self.verifier.started:
+            await self.verifier.astart()
+        try:
+            verified = await self.verifier.averify(token)
+        except VerificationError as exc:
+            _log.debug("MCP bearer token refused: %s", exc.reason)
+            return None
+        return AccessToken(
+            token=token,
+            client_id=verified.client_id,
+            scopes=list(verified.scope),
+            expires_at=verified.exp,
+            resource=self.verifier.audience,
+            subject=verified.sub,
+            claims=dict(verified.claims),
+        )
+
+
+def auth_settings(
+    broker_url: str, resource_url: str, *, required_scopes: list[str] | None = None
+) -> AuthSettings:
+    """``AuthSettings`` for an MCP server that is a resource server of this broker.
+
+    ``resource_url`` must equal the verifier's audience; the SDK then also refuses tokens
+    reported for another resource (``validate_token_resource``).
+    """
+    return AuthSettings(
+        issuer_url=broker_url,  # type: ignore[arg-type]  # pydantic validates the string
+        resource_server_url=resource_url,  # type: ignore[arg-type]
+        required_scopes=required_scopes,
+        validate_token_resource=True,
+    )

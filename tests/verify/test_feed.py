@@ -1,0 +1,105 @@
+"""The broker's revocation feed: snapshot, cursor, server-sent events, authentication."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import httpx
+import pytest
+from e2e_support import RunningBroker, assert_problem
+
+pytestmark = pytest.mark.slow
+
+
+def _entries(body: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(e["level"], e["target"]) for e in body["revocations"]]
+
+
+def test_snapshot_then_cursor(broker: RunningBroker) -> None:
+    agent = broker.register(["read:data:1"])
+    assert broker.revoke("task", agent.task_id).status_code == 200
+    snapshot = broker.get("/v1/revocations", headers=broker.admin_headers())
+    assert snapshot.status_code == 200, snapshot.text
+    body = snapshot.json()
+    assert set(body) == {"revocations", "cursor", "server_time"}
+    assert ("task", agent.task_id) in _entries(body)
+    entry = body["revocations"][-1]
+    assert set(entry) == {"level", "target", "revoked_at", "expires_at", "seq"}
+    assert body["cursor"] == max(e["seq"] for e in body["revocations"])
+
+    again = broker.get(f"/v1/revocations?cursor={body['cursor']}", headers=broker.admin_headers())
+    assert again.json()["revocations"] == []
+    assert again.json()["cursor"] == body["cursor"]
+
+    assert broker.revoke("agent", agent.agent_id).status_code == 200
+    app_token = broker.app_token(broker.create_app(["read:data:*"]))
+    after = broker.get(
+        f"/v1/revocations?cursor={body['cursor']}",
+        headers={"Authorization": f"Bearer {app_token}"},
+    ).json()
+    assert _entries(after) == [("agent", agent.agent_id)]
+    assert after["cursor"] > body["cursor"]
+
+
+def test_feed_needs_an_admin_or_app_token(broker: RunningBroker) -> None:
+    for path in ("/v1/revocations", "/v1/revocations/stream"):
+        assert_problem(broker.get(path), 401, "unauthorized")
+        garbage = broker.get(path, headers={"Authorization": "Bearer x.y.z"})
+        assert_problem(garbage, 401, "unauthorized")
+        agent = broker.register(["read:data:1"])
+        assert_problem(broker.get(path, headers=agent.bearer), 403, "insufficient_scope")
+    bad = broker.get("/v1/revocations?cursor=-1", headers=broker.admin_headers())
+    assert_problem(bad, 400, "invalid_request")
+
+
+def test_stream_delivers_backlog_sync_and_new_revocations(broker: RunningBroker) -> None:
+    head = broker.get("/v1/revocations", headers=broker.admin_headers()).json()["cursor"]
+    agent = broker.register(["read:data:1"])
+    events: list[tuple[str, str, str]] = []
+    synced = threading.Event()
+    delivered = threading.Event()
+    keepalive = threading.Event()
+
+    def read() -> None:
+        with (
+            httpx.Client(base_url=broker.url, timeout=10) as client,
+            client.stream(
+                "GET", f"/v1/revocations/stream?cursor={head}", headers=broker.admin_headers()
+            ) as response,
+        ):
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            kind = data = ident = ""
+            for line in response.iter_lines():
+                if line.startswith(": keepalive"):
+                    keepalive.set()
+                elif line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    data = line[6:]
+                elif line.startswith("id: "):
+                    ident = line[4:]
+                elif line == "" and kind:
+                    events.append((kind, ident, data))
+                    if kind == "sync":
+                        synced.set()
+                    if kind == "revocation" and json.loads(data)["target"] == agent.agent_id:
+                        delivered.set()
+                    kind = data = ident = ""
+                if delivered.is_set() and keepalive.is_set():
+                    return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert synced.wait(10)
+    assert broker.revoke("agent", agent.agent_id).status_code == 200
+    assert delivered.wait(5)
+    assert keepalive.wait(5)
+    reader.join(5)
+    sync = next(e for e in events if e[0] == "sync")
+    assert json.loads(sync[2])["cursor"] == int(sync[1]) >= head
+    revocation = next(e for e in events if e[0] == "revocation")
+    entry = json.loads(revocation[2])
+    assert entry["level"] == "agent" and int(revocation[1]) == entry["seq"] > head

@@ -1,0 +1,245 @@
+"""tasklease.verify without the server's dependencies, and its mirrors of core rules."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import httpx
+import nacl.signing
+import pytest
+
+from tasklease.core import _jws
+from tasklease.core.keys import KeyRing, jwk_thumbprint
+from tasklease.core.revocation import RevocationIndex as CoreIndex
+from tasklease.core.store import RevocationRecord
+from tasklease.core.tokens import KIND_AGENT, DelegationRecord, chain_hash, mint
+from tasklease.verify import InvalidToken, VerifiedToken, Verifier
+from tasklease.verify._claims import DelegationHop, parse_claims
+from tasklease.verify._claims import chain_hash as verify_chain_hash
+from tasklease.verify._jwks import thumbprint
+from tasklease.verify._revocations import RevocationIndex
+
+SERVER_ONLY = ("msgspec", "starlette", "uvicorn", "argon2", "prometheus_client", "cryptography")
+
+_OFFLINE = textwrap.dedent(
+    """
+    import sys, json, time
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"blocked: {name}")
+            return None
+
+    BLOCKED = set(json.loads(sys.argv[1]))
+    sys.meta_path.insert(0, Block())
+
+    import httpx, nacl.signing
+    from tasklease.core import _jws
+    from tasklease.verify import Verifier, InvalidToken
+
+    key = nacl.signing.SigningKey(b"k" * 32)
+    from tasklease.verify._jwks import thumbprint
+    kid = thumbprint(bytes(key.verify_key))
+    jwks = {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": kid,
+                      "x": _jws.b64url_encode(bytes(key.verify_key))}]}
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=jwks))
+    verifier = Verifier("http://broker", audience="svc-a", feed=False, transport=transport)
+    now = int(time.time())
+    claims = {"iss": "tasklease", "sub": "spiffe://t/agent/o/t/i", "aud": ["svc-a"],
+              "exp": now + 60, "nbf": now, "iat": now, "jti": "j" * 32,
+              "scope": ["read:data:42"], "client_id": "c"}
+    # Spacing msgspec would not write: the strict stdlib path decides either way.
+    token = _jws.encode(json.dumps(claims).encode(), typ="at+jwt", kid=kid, key=key)
+    verified = verifier.verify(token)
+    assert verified.has_scope("read:data:42") and not verified.has_scope("read:data:43")
+    try:
+        verifier.verify(token[:-4] + "AAAA")
+    except InvalidToken:
+        pass
+    else:
+        raise SystemExit("forged token accepted")
+    assert not any(m.split(".")[0] in BLOCKED for m in sys.modules)
+    print("ok", _jws.msgspec)
+    """
+)
+
+
+def test_verify_imports_and_verifies_without_server_dependencies() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _OFFLINE, json.dumps(SERVER_ONLY)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok None"  # the stdlib JSON path was the one used
+
+
+def test_json_paths_agree_with_and_without_msgspec() -> None:
+    samples = [b'{"a":1}', b'{"a": 1}', b'{"a":1,"a":2}', b"[1]", b'{"x":"\\u00e9"}', b"{"]
+    for data in samples:
+        try:
+            fast: Any = _jws._json_object(data, "payload")
+        except _jws.JWSError as exc:
+            fast = exc.reason
+        try:
+            strict: Any = _jws._json_object_strict(data, "payload")
+        except _jws.JWSError as exc:
+            strict = exc.reason
+        assert fast == strict, data
+
+
+def test_thumbprint_matches_the_broker() -> None:
+    key = nacl.signing.SigningKey.generate().verify_key
+    assert thumbprint(bytes(key)) == jwk_thumbprint(bytes(key))
+
+
+def test_chain_hash_matches_the_broker() -> None:
+    records = (
+        DelegationRecord("spiffe://t/agent/a", ("read:data:*",), "2026-01-01T00:00:00Z", "ab"),
+        DelegationRecord("spiffe://t/agent/b", ("read:data:é",), "2026-01-01T00:00:01Z", "cd"),
+    )
+    hops = tuple(DelegationHop(r.agent, r.scope, r.delegated_at, r.signature) for r in records)
+    assert verify_chain_hash(hops) == chain_hash(records)
+
+
+@pytest.mark.parametrize(
+    ("level", "target", "revoked_at"),
+    [
+        ("token", "jti-1", 100),
+        ("agent", "sub-1", 100),
+        ("agent", "sub-1", 99),
+        ("agent", "root", 100),
+        ("task", "task-1", 100),
+        ("task", "task-1", 50),
+        ("chain", "root", 100),
+        ("chain", "sub-1", 100),
+        ("token", "other", 100),
+    ],
+)
+def test_revocation_matching_mirrors_the_core(level: str, target: str, revoked_at: int) -> None:
+    ring = KeyRing.generate()
+    delegated = (DelegationRecord("root", ("read:data:*",), "2026-01-01T00:00:00Z", "ab"),)
+    _, core_claims = mint(
+        ring,
+        kind=KIND_AGENT,
+        iss="tasklease",
+        sub="sub-1",
+        aud=("svc-a",),
+        iat=100,
+        ttl=60,
+        scope=("read:data:1",),
+        client_id="c",
+        task_id="task-1",
+        delegation_chain=delegated,
+        jti="jti-1",
+    )
+    ours = parse_claims(dict(core_claims.raw))
+    core, mirror = CoreIndex(), RevocationIndex()
+    core.apply([RevocationRecord(level, target, revoked_at, 1e12, 1)])
+    mirror.apply([(level, target, revoked_at, 1e12, 1)])
+    assert mirror.match(ours) == core.match(core_claims)
+
+
+def _verifier_for(ring: KeyRing, **kwargs: Any) -> Verifier:
+    jwks = ring.jwks()
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=jwks))
+    return Verifier("http://broker", audience="svc-a", feed=False, transport=transport, **kwargs)
+
+
+def test_claim_checks_refuse_what_the_broker_refuses() -> None:
+    ring = KeyRing.generate()
+    verifier = _verifier_for(ring, clock_skew=30)
+    import time
+
+    now = int(time.time())
+
+    def token(**overrides: Any) -> str:
+        claims = {
+            "iss": "tasklease",
+            "sub": "s",
+            "aud": ["svc-a"],
+            "exp": now + 60,
+            "nbf": now,
+            "iat": now,
+            "jti": "j",
+            "scope": ["read:data:1"],
+            "client_id": "c",
+            **overrides,
+        }
+        claims = {k: v for k, v in claims.items() if v is not None}
+        return ring.sign(json.dumps(claims).encode(), KIND_AGENT)
+
+    assert isinstance(verifier.verify(token()), VerifiedToken)
+    cases = {
+        "issuer mismatch": token(iss="evil"),
+        "audience mismatch": token(aud=["svc-b"]),
+        "token expired": token(exp=now - 31, iat=now - 90, nbf=now - 90),
+        "token not yet valid": token(nbf=now + 31),
+        "token lifetime outside the allowed range": token(exp=now + 7200),
+        "claim sub missing or not a string": token(sub=None),
+        "chain_hash without a delegation chain": token(chain_hash="00"),
+        "sender-constrained token: binding is not checked by this verifier": token(
+            cnf={"jkt": "x"}
+        ),
+    }
+    for reason, bad in cases.items():
+        with pytest.raises(InvalidToken) as caught:
+            verifier.verify(bad)
+        assert caught.value.reason == reason
+    admin = ring.sign(json.dumps({"sub": "admin"}).encode(), "tasklease-admin+jwt")
+    with pytest.raises(InvalidToken, match="token verification failed"):
+        verifier.verify(admin)  # only at+jwt is an access token here (RFC 9068)
+
+
+def test_cached_tokens_still_expire() -> None:
+    class Clock:
+        t = 1_000_000.0
+
+        def now(self) -> float:
+            return self.t
+
+    clock = Clock()
+    ring = KeyRing.generate()
+    verifier = _verifier_for(ring, clock=clock, clock_skew=0)
+    claims = {
+        "iss": "tasklease",
+        "sub": "s",
+        "aud": ["svc-a"],
+        "exp": 1_000_060,
+        "nbf": 1_000_000,
+        "iat": 1_000_000,
+        "jti": "j",
+        "scope": [],
+        "client_id": "c",
+    }
+    tok = ring.sign(json.dumps(claims).encode(), KIND_AGENT)
+    verifier.verify(tok)
+    verifier.verify(tok)  # cached
+    clock.t = 1_000_061.0
+    with pytest.raises(InvalidToken) as caught:
+        verifier.verify(tok)
+    assert caught.value.reason == "token expired"
+
+
+def test_public_surface() -> None:
+    import tasklease.verify as verify
+
+    assert set(verify.__all__) == {
+        "AppCredentials",
+        "DelegationHop",
+        "InsufficientScope",
+        "InvalidToken",
+        "TokenIntrospector",
+        "VerificationError",
+        "VerifiedToken",
+        "Verifier",
+        "VerifierUnavailable",
+    }
+    assert all(hasattr(verify, name) for name in verify.__all__)
