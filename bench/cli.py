@@ -1,0 +1,289 @@
+"""``python -m bench``: run every scenario, print one table, write the figures as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.report import format_table, write_json
+from bench.servers import ADMIN_SECRET, REPO, Broker, EmptyServer
+
+CORES = os.cpu_count() or 1
+
+# How many HTTP requests, Ed25519 verifications and signatures each operation needs at
+# the least: its floor is the empty-request cost plus that cryptography.
+COMPOSITION = {
+    "register": (2, 1, 1),  # challenge + register; verify the agent's proof; sign its token
+    "renew": (1, 1, 1),  # bearer check; sign the successor
+    "validate": (1, 1, 0),
+    "protected": (1, 1, 0),
+    "delegate": (1, 1, 2),  # bearer check; sign the delegation record and the token
+    "revoke": (1, 1, 0),
+}
+LABELS = {
+    "register": "full registration (challenge+register)",
+    "renew": "renew",
+    "validate": "validate /v1/token/validate",
+    "protected": "protected call (GET /v1/admin/apps/{id})",
+    "delegate": "delegate",
+    "revoke": "revoke (token level)",
+    "empty": "floor: empty Starlette GET",
+    "propagation": "revocation propagation across workers",
+}
+TARGETS = {
+    ("validate", 2): ">= 4,000/s, p99 < 20 ms",
+    ("register", 2): ">= 800/s, p99 < 50 ms",
+}
+
+FULL = {
+    "duration": 8.0,
+    "counts": {
+        "empty": 150_000,
+        "validate": 80_000,
+        "protected": 60_000,
+        "register": 12_000,
+        "renew": 12_000,
+        "delegate": 20_000,
+        "revoke": 20_000,
+        "propagation": 40,
+    },
+    "audit_append": {"threads": 16, "count": 300_000, "duration": 8.0},
+    "audit_verify": {"events": 1_000_000},
+    "memory": {"agents": 100_000, "tokens": 100_000, "revoked": 100_000},
+    "floor": {"n": 3000, "rows": 30_000, "batch": 64},
+}
+QUICK = {
+    "duration": 1.0,
+    "counts": {k: (3 if k == "propagation" else 30) for k in FULL["counts"]},
+    "audit_append": {"threads": 4, "count": 200, "duration": 1.0},
+    "audit_verify": {"events": 2000},
+    "memory": {"agents": 300, "tokens": 300, "revoked": 300},
+    "floor": {"n": 200, "rows": 640, "batch": 64},
+}
+
+
+def _python(args: list[str]) -> dict[str, Any]:
+    proc = subprocess.run(  # noqa: S603 - our own interpreter and modules
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:3])} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def loadgen(port: int, scenario: str, plan: dict[str, Any], connections: int) -> dict[str, Any]:
+    spec = {
+        "host": "127.0.0.1",
+        "port": port,
+        "scenario": scenario,
+        "connections": connections,
+        "count": plan["counts"][scenario],
+        "duration": plan["duration"],
+        "secret": ADMIN_SECRET,
+    }
+    return _python(["-m", "bench.loadgen", json.dumps(spec)])
+
+
+def inproc(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return _python(["-m", "bench.inproc", kind, json.dumps(spec)])
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _floor_rps(op: str, empty_rps: float, floor: dict[str, float], workers: int) -> float:
+    n_http, n_verify, n_sign = COMPOSITION[op]
+    crypto = n_verify / floor["nacl_verify_per_s"] + n_sign / floor["nacl_sign_per_s"]
+    per_op = n_http / empty_rps + crypto / min(workers, CORES)
+    return 1 / per_op
+
+
+def run_config(
+    workers: int,
+    loop: str,
+    scenarios: list[str],
+    plan: dict[str, Any],
+    connections: int,
+    floor: dict[str, float],
+) -> list[dict[str, Any]]:
+    """Measure the empty floor and ``scenarios`` against one broker configuration."""
+    rows = []
+    tag = f"{loop}, {workers}w"
+    with EmptyServer(workers=workers, loop=loop) as empty_server:
+        _log(f"empty floor [{tag}]")
+        empty = loadgen(empty_server.port, "empty", plan, connections)
+    rows.append(
+        {"operation": f"{LABELS['empty']} [{tag}]", "key": "empty", **_cfg(workers, loop), **empty}
+    )
+    with Broker(workers=workers, loop=loop) as broker:
+        for name in scenarios:
+            _log(f"{name} [{tag}]")
+            result = loadgen(broker.port, name, plan, connections)
+            row = {
+                "operation": f"{LABELS[name]} [{tag}]",
+                "key": name,
+                **_cfg(workers, loop),
+                **result,
+            }
+            if name in COMPOSITION:
+                row["floor_rps"] = round(_floor_rps(name, empty["rps"], floor, workers), 1)
+                row["ratio"] = round(result["rps"] / row["floor_rps"], 3)
+            if name == "propagation":
+                row["rps"] = None
+            row["target"] = TARGETS.get((name, workers), "")
+            rows.append(row)
+        rss = sum(_rss(pid) for pid in broker.worker_pids())
+        rows[-1]["server_rss_mb_total"] = round(rss / 1024, 1)
+    return rows
+
+
+def _rss(pid: int) -> int:
+    from bench.servers import rss_kib
+
+    try:
+        return rss_kib(pid)
+    except OSError:
+        return 0
+
+
+def _cfg(workers: int, loop: str) -> dict[str, Any]:
+    return {"workers": workers, "loop": loop}
+
+
+def _offline_verify_row(floor: dict[str, float]) -> dict[str, Any]:
+    import importlib.util
+
+    row: dict[str, Any] = {"operation": "offline verification (tasklease.verify)", "key": "offline"}
+    if importlib.util.find_spec("tasklease.verify") is None:
+        row["skipped"] = "tasklease.verify does not exist yet (target: >= 0.8 x PyNaCl verify)"
+    else:
+        row["skipped"] = (
+            "tasklease.verify is still being written; add its adapter here once its API settles"
+        )
+    row["floor_rps"] = round(floor["nacl_verify_per_s"], 1)
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--workers", type=int, default=2, help="broker workers (default 2)")
+    parser.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"))
+    parser.add_argument("--connections", type=int, default=32, help="client connections")
+    parser.add_argument("--duration", type=float, help="seconds per scenario (upper bound)")
+    parser.add_argument(
+        "--sweep",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also measure validate and register with 1/2 workers x asyncio/uvloop "
+        "(default: on, off with --quick)",
+    )
+    parser.add_argument(
+        "--only", help="comma-separated subset: http,sweep,audit,verify,memory (default all)"
+    )
+    args = parser.parse_args(argv)
+    plan = json.loads(json.dumps(QUICK if args.quick else FULL))
+    if args.duration:
+        plan["duration"] = args.duration
+    sweep = (not args.quick) if args.sweep is None else args.sweep
+    parts = set((args.only or "http,sweep,audit,verify,memory").split(","))
+    if not sweep:
+        parts.discard("sweep")
+    started = time.time()
+    _log(f"floors ({'quick' if args.quick else 'full'} mode, {CORES} cores)")
+    floor = inproc("floor", plan["floor"])
+    rows: list[dict[str, Any]] = []
+    main_scenarios = ["register", "renew", "validate", "protected", "delegate", "revoke"]
+    if args.workers > 1:
+        main_scenarios.append("propagation")
+    if "http" in parts:
+        rows += run_config(args.workers, args.loop, main_scenarios, plan, args.connections, floor)
+    if "audit" in parts:
+        _log("audit append (group commit, in-process)")
+        audit = inproc("audit_append", plan["audit_append"])
+        rows.append(
+            {
+                "operation": f"audit append, durable ({audit['threads']} threads, "
+                f"mean batch {audit['mean_batch']})",
+                "key": "audit_append",
+                **audit,
+                "floor_rps": round(floor["sqlite_chained_rows_per_s"], 1),
+                "ratio": round(audit["rps"] / floor["sqlite_chained_rows_per_s"], 3),
+                "target": ">= 20,000/s",
+            }
+        )
+    rows.append(_offline_verify_row(floor))
+    if "verify" in parts:
+        _log(f"audit verify over {plan['audit_verify']['events']:,} events")
+        verify = inproc("audit_verify", plan["audit_verify"])
+        rows.append(
+            {
+                "operation": f"tasklease audit verify, {verify['events']:,} events",
+                "key": "audit_verify",
+                "rps": verify["events_per_s"],
+                "n": verify["events"],
+                "errors": 0 if verify["ok"] else 1,
+                "note": f"{verify['verify_s']:.2f} s",
+                "target": "< 30 s for 1,000,000",
+                **{k: v for k, v in verify.items() if k not in ("events_per_s",)},
+            }
+        )
+    if "memory" in parts:
+        m = plan["memory"]
+        _log(f"memory: {m['agents']:,} agents, {m['tokens']:,} tokens, {m['revoked']:,} revoked")
+        mem = inproc("memory", m)
+        rows.append(
+            {
+                "operation": f"memory: {mem['agents']:,} agents / {mem['tokens']:,} live tokens "
+                f"/ {mem['revoked']:,} revoked",
+                "key": "memory",
+                "note": f"RSS {mem['rss_mb']} MB (empty broker {mem['rss_empty_mb']} MB); "
+                f"revocation index {mem['revocation_index_before_prune']:,} -> "
+                f"{mem['revocation_index_after_prune']:,} after pruning",
+                "target": "< 250 MB; index near empty",
+                **mem,
+            }
+        )
+    if "sweep" in parts:
+        for workers, loop in ((1, "asyncio"), (1, "uvloop"), (2, "asyncio"), (2, "uvloop")):
+            if workers == args.workers and loop == args.loop and "http" in parts:
+                continue
+            rows += run_config(
+                workers, loop, ["validate", "register"], plan, args.connections, floor
+            )
+    document = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": "quick" if args.quick else "full",
+        "cores": CORES,
+        "python": sys.version.split()[0],
+        "connections": args.connections,
+        "duration_per_scenario_s": plan["duration"],
+        "workers": args.workers,
+        "loop": args.loop,
+        "database": "sqlite",
+        "floor": {k: round(v, 1) for k, v in floor.items()},
+        "rows": rows,
+        "wall_s": round(time.time() - started, 1),
+    }
+    print(format_table(rows))
+    print(
+        f"\nfloor (one core): PyNaCl sign {floor['nacl_sign_per_s']:,.0f}/s, verify "
+        f"{floor['nacl_verify_per_s']:,.0f}/s, SHA-256 {floor['sha256_per_s']:,.0f}/s; "
+        f"SQLite chained rows (batch {plan['floor']['batch']}, FULL) "
+        f"{floor['sqlite_chained_rows_per_s']:,.0f}/s. Floor of an operation = its HTTP "
+        f"requests at the empty-Starlette rate + its Ed25519 work spread over the workers. "
+        f"{args.connections} connections, <= {plan['duration']} s per scenario."
+    )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = args.json or REPO / "bench" / "results" / f"{stamp}.json"
+    write_json(path, document)
+    print(f"JSON: {path}")

@@ -1,0 +1,338 @@
+"""In-process measurements, each run as its own process: ``python -m bench.inproc KIND JSON``.
+
+- ``floor``         raw PyNaCl sign and verify, SHA-256 (one core), and the raw SQLite floor
+                    for chained audit rows (hash + executemany + one fsync per batch).
+- ``audit_append``  the broker's group committer (``core.audit.AuditLog``) on the SQLite
+                    store, driven by N threads; every call returns only once durable.
+- ``audit_verify``  writes ``events`` chained events with the store's ``append_audit`` in big
+                    batches, then times ``tasklease audit verify --database`` on them.
+- ``memory``        a Broker (ManualClock, SQLite) holding registered agents, validated live
+                    tokens and revoked token ids; RSS; then time passes and pruning runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+
+from bench.report import summarize
+
+
+def _rate(fn: Any, n: int, rounds: int = 5) -> float:
+    """Best-of-``rounds`` operations per second of ``fn`` called ``n`` times."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, time.perf_counter() - t0)
+    return n / best
+
+
+def floor(spec: dict[str, Any]) -> dict[str, Any]:
+    n = spec.get("n", 3000)
+    key = nacl.signing.SigningKey.generate()
+    vkey = key.verify_key
+    msg = os.urandom(300)
+    signed = key.sign(msg)
+    sig = signed.signature
+    out = {
+        "nacl_sign_per_s": _rate(lambda: key.sign(msg), n),
+        "nacl_verify_per_s": _rate(lambda: vkey.verify(msg, sig), n),
+        "sha256_per_s": _rate(lambda: hashlib.sha256(msg).digest(), n * 20),
+    }
+    out["sqlite_chained_rows_per_s"] = _sqlite_floor(spec.get("rows", 20000), spec.get("batch", 64))
+    return out
+
+
+def _sqlite_floor(rows: int, batch: int) -> float:
+    """Chained ~300-byte rows, ``batch`` per transaction, WAL + synchronous=FULL."""
+    folder = Path(tempfile.mkdtemp(prefix="tasklease-bench-floor-"))
+    try:
+        conn = sqlite3.connect(folder / "floor.db", isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, body TEXT, prev TEXT, hash TEXT)")
+        prev = "0" * 64
+        detail = "x" * 200
+        started = time.perf_counter()
+        seq = 0
+        while seq < rows:
+            params = []
+            for _ in range(batch):
+                seq += 1
+                body = json.dumps([seq, "2026-01-01T00:00:00Z", "token_issued", detail])
+                digest = hashlib.sha256((prev + body).encode()).hexdigest()
+                params.append((seq, body, prev, digest))
+                prev = digest
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", params)
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - started
+        conn.close()
+        return seq / elapsed
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def audit_append(spec: dict[str, Any]) -> dict[str, Any]:
+    from tasklease.core.audit import AuditEntry, AuditLog
+    from tasklease.core.clock import SystemClock
+    from tasklease.storage import SQLiteStore
+
+    threads, count, duration = spec["threads"], spec["count"], spec["duration"]
+    folder = Path(tempfile.mkdtemp(prefix="tasklease-bench-audit-"))
+    batches: list[int] = []
+    try:
+        store = SQLiteStore(folder / "audit.db")
+        log = AuditLog(store, SystemClock(), on_batch=lambda size, _s: batches.append(size))
+        latencies: list[float] = []
+        lock = threading.Lock()
+        issued = [0]
+        deadline = time.perf_counter() + duration
+
+        def worker(k: int) -> None:
+            mine: list[float] = []
+            clock = time.perf_counter
+            while clock() < deadline:
+                with lock:
+                    if issued[0] >= count:
+                        break
+                    issued[0] += 1
+                    i = issued[0]
+                entry = AuditEntry(
+                    "token_issued",
+                    agent_id=f"spiffe://tasklease.local/agent/bench/t{k}/{i:08x}",
+                    task_id=f"t{k}",
+                    orch_id="bench",
+                    detail=f"Token issued, jti={i:032x}, ttl=300",
+                )
+                t0 = clock()
+                log.record(entry)
+                mine.append(clock() - t0)
+            with lock:
+                latencies.extend(mine)
+
+        started = time.perf_counter()
+        pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        elapsed = time.perf_counter() - started
+        head, _ = store.audit_head()
+        store.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    result = summarize(latencies, elapsed)
+    result.update(
+        threads=threads,
+        stored=head,
+        errors=len(latencies) - head,
+        mean_batch=round(sum(batches) / len(batches), 1) if batches else 0,
+    )
+    return result
+
+
+def audit_verify(spec: dict[str, Any]) -> dict[str, Any]:
+    from tasklease.core.audit import GENESIS_HASH, event_hash
+    from tasklease.core.clock import format_rfc3339
+    from tasklease.core.store import AuditEvent
+    from tasklease.storage import SQLiteStore
+
+    total, batch = spec["events"], spec.get("batch", 50_000)
+    folder = Path(tempfile.mkdtemp(prefix="tasklease-bench-verify-"))
+    try:
+        path = folder / "verify.db"
+        store = SQLiteStore(path)
+        started = time.perf_counter()
+        prev, seq = GENESIS_HASH, 0
+        base = time.time()
+        while seq < total:
+            rows = []
+            timestamp = format_rfc3339(base + seq / 1000)
+            for _ in range(min(batch, total - seq)):
+                seq += 1
+                ev = AuditEvent(
+                    seq=seq,
+                    timestamp=timestamp,
+                    event_type="token_issued",
+                    agent_id=f"spiffe://tasklease.local/agent/bench/t{seq % 97}/{seq:08x}",
+                    task_id=f"t{seq % 97}",
+                    orch_id="bench",
+                    detail=f"Token issued, jti={seq:032x}, ttl=300",
+                    resource="",
+                    outcome="success",
+                    deleg_depth=0,
+                    deleg_chain_hash="",
+                    request_id=f"{seq:016x}",
+                    prev_hash=prev,
+                    hash="",
+                )
+                digest = event_hash(prev, seq, timestamp, ev)
+                rows.append(dataclasses.replace(ev, hash=digest))
+                prev = digest
+            with store.write() as tx:
+                tx.append_audit(rows)
+        generated = time.perf_counter() - started
+        store.close()
+        t0 = time.perf_counter()
+        proc = subprocess.run(  # noqa: S603 - our own interpreter and modules
+            [
+                sys.executable,
+                "-c",
+                "from tasklease.cli.main import main; main()",
+                "audit",
+                "verify",
+                "--database",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        verify_s = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    ok = proc.returncode == 0 and "intact" in proc.stdout
+    return {
+        "events": total,
+        "generate_s": round(generated, 2),
+        "verify_s": round(verify_s, 3),
+        "events_per_s": round(total / verify_s, 1),
+        "ok": ok,
+        "output": (proc.stdout + proc.stderr).strip()[-300:],
+    }
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def memory(spec: dict[str, Any]) -> dict[str, Any]:
+    from tasklease.core.broker import Broker
+    from tasklease.core.clock import ManualClock
+    from tasklease.core.config import Config
+    from tasklease.core.keys import load_or_create_keyring
+    from tasklease.core.store import AgentRecord, RevocationRecord
+    from tasklease.core.tokens import KIND_AGENT, mint
+    from tasklease.http.app import create_app
+    from tasklease.storage import SQLiteStore
+
+    agents, tokens, revoked = spec["agents"], spec["tokens"], spec["revoked"]
+    folder = Path(tempfile.mkdtemp(prefix="tasklease-bench-memory-"))
+    try:
+        cfg = Config(data_dir=str(folder), database=str(folder / "m.db"), key_dir=str(folder / "k"))
+        clock = ManualClock(time.time())
+        store = SQLiteStore(cfg.database)
+        keyring = load_or_create_keyring(Path(cfg.key_dir))
+        broker = Broker(cfg, store, keyring, clock=clock)
+        create_app(broker, background=False)  # the HTTP layer's modules count too
+        gc.collect()
+        rss_empty = _rss_kib()
+        now = clock.now()
+        key = bytes(nacl.signing.SigningKey.generate().verify_key)
+        started = time.perf_counter()
+        # Agents as registration stores them (one row each), in large transactions.
+        for lo in range(0, agents, 10_000):
+            with store.write() as tx:
+                for i in range(lo, min(agents, lo + 10_000)):
+                    tx.insert_agent(
+                        AgentRecord(
+                            agent_id=f"spiffe://tasklease.local/agent/bench/t{i}/{i:016x}",
+                            public_key=key,
+                            orch_id="bench",
+                            task_id=f"t{i}",
+                            scope=("read:data:*",),
+                            app_id="",
+                            client_id="admin",
+                            registered_at=now,
+                        )
+                    )
+        # Live tokens: minted and validated once each through the broker (it keeps no
+        # per-token state; any cache it grew would show here). The bench keeps only jtis.
+        jtis: list[str] = []
+        for i in range(tokens):
+            token, claims = mint(
+                keyring,
+                kind=KIND_AGENT,
+                iss=cfg.issuer,
+                sub=f"spiffe://tasklease.local/agent/bench/t{i % agents}/{i:016x}",
+                aud=cfg.audience,
+                iat=int(now),
+                ttl=cfg.default_ttl,
+                scope=("read:data:*",),
+                client_id="admin",
+                task_id=f"t{i}",
+                orch_id="bench",
+            )
+            broker.validate(token)
+            if i < revoked:
+                jtis.append(claims.jti)
+        # Revoked token ids: written to the store in batches, then picked up the way a
+        # worker picks up another worker's revocations.
+        expiry = int(now) + cfg.default_ttl + cfg.clock_skew + 1
+        for lo in range(0, len(jtis), 10_000):
+            with store.write() as tx:
+                for jti in jtis[lo : lo + 10_000]:
+                    tx.insert_revocation(RevocationRecord("token", jti, int(now), expiry))
+        del jtis
+        broker.refresh_revocations()
+        build_s = time.perf_counter() - started
+        gc.collect()
+        rss_loaded = _rss_kib()
+        index_before = len(broker.revocations)
+        clock.advance(cfg.max_ttl + cfg.clock_skew + 2)
+        t0 = time.perf_counter()
+        pruned = broker.prune()
+        prune_s = time.perf_counter() - t0
+        gc.collect()
+        result = {
+            "agents": agents,
+            "tokens": tokens,
+            "revoked": revoked,
+            "build_s": round(build_s, 2),
+            "rss_empty_mb": round(rss_empty / 1024, 1),
+            "rss_mb": round(rss_loaded / 1024, 1),
+            "revocation_index_before_prune": index_before,
+            "pruned": pruned,
+            "revocation_index_after_prune": len(broker.revocations),
+            "prune_s": round(prune_s, 3),
+            "rss_after_prune_mb": round(_rss_kib() / 1024, 1),
+        }
+        store.close()
+        return result
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main() -> None:
+    kind, spec = sys.argv[1], json.loads(sys.argv[2])
+    fn = {
+        "floor": floor,
+        "audit_append": audit_append,
+        "audit_verify": audit_verify,
+        "memory": memory,
+    }[kind]
+    sys.stdout.write(json.dumps(fn(spec)) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""The load generator: a separate process that drives one scenario against a server.
+
+``python -m bench.loadgen '<json spec>'`` prints one JSON result on stdout. The spec names
+the server (loopback only), the scenario, the number of connections and both bounds: at
+most ``count`` measured operations and at most ``duration`` seconds. Setup (admin token,
+launch tokens, agents) happens before the clock starts and is reported separately.
+
+Latency is per *operation*: a full registration is ``GET /v1/challenge`` plus
+``POST /v1/register`` on one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import nacl.signing
+
+from bench.http import Connection
+from bench.report import summarize
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder()
+SCOPE = ["read:data:*"]
+Op = Callable[[Connection, int], Awaitable[bool]]
+
+
+class SetupError(Exception):
+    pass
+
+
+def _check(status: int, body: bytes, what: str, expect: int = 200) -> Any:
+    if status != expect:
+        raise SetupError(f"{what}: HTTP {status}: {body[:300]!r}")
+    return _dec.decode(body) if body else None
+
+
+def _bearer(token: str) -> bytes:
+    return f"Authorization: Bearer {token}\r\n".encode()
+
+
+async def admin_token(conn: Connection, secret: str) -> str:
+    status, body = await conn.request("POST", "/v1/admin/auth", _enc.encode({"secret": secret}))
+    return str(_check(status, body, "admin auth")["access_token"])
+
+
+async def new_launch_token(conn: Connection, admin: str) -> str:
+    status, body = await conn.request(
+        "POST",
+        "/v1/admin/launch-tokens",
+        _enc.encode({"agent_name": "bench", "allowed_scope": SCOPE, "max_ttl": 600, "ttl": 600}),
+        _bearer(admin),
+    )
+    return str(_check(status, body, "launch token", 201)["launch_token"])
+
+
+async def register(
+    conn: Connection, launch: str, key: nacl.signing.SigningKey, pub_b64: str, task: str
+) -> tuple[int, dict[str, Any]]:
+    """Challenge + register; returns (status, response)."""
+    status, body = await conn.request("GET", "/v1/challenge")
+    if status != 200:
+        return status, {}
+    nonce = _dec.decode(body)["nonce"]
+    signature = base64.b64encode(key.sign(bytes.fromhex(nonce)).signature).decode()
+    status, body = await conn.request(
+        "POST",
+        "/v1/register",
+        _enc.encode(
+            {
+                "launch_token": launch,
+                "nonce": nonce,
+                "public_key": pub_b64,
+                "signature": signature,
+                "orch_id": "bench",
+                "task_id": task,
+                "requested_scope": SCOPE,
+            }
+        ),
+    )
+    return status, (_dec.decode(body) if status == 200 else {})
+
+
+class Keys:
+    """A small pool of agent keys (generating one per registration would bill the client)."""
+
+    def __init__(self, n: int = 64) -> None:
+        self.keys = [nacl.signing.SigningKey.generate() for _ in range(n)]
+        self.pubs = [base64.b64encode(bytes(k.verify_key)).decode() for k in self.keys]
+
+    def get(self, i: int) -> tuple[nacl.signing.SigningKey, str]:
+        return self.keys[i % len(self.keys)], self.pubs[i % len(self.pubs)]
+
+
+async def _parallel(conns: list[Connection], n: int, job: Callable[[Connection, int], Any]) -> list:
+    """Run ``job(conn, i)`` for i in range(n) spread over the connections."""
+    out: list[Any] = [None] * n
+    counter = itertools.count()
+
+    async def worker(conn: Connection) -> None:
+        while (i := next(counter)) < n:
+            out[i] = await job(conn, i)
+
+    await asyncio.gather(*(worker(c) for c in conns))
+    return out
+
+
+async def register_agents(
+    conns: list[Connection], admin: str, n: int, keys: Keys, prefix: str
+) -> list[dict[str, Any]]:
+    async def job(conn: Connection, i: int) -> dict[str, Any]:
+        launch = await new_launch_token(conn, admin)
+        key, pub = keys.get(i)
+        status, resp = await register(conn, launch, key, pub, f"{prefix}{i}")
+        if status != 200:
+            raise SetupError(f"register: HTTP {status}")
+        return resp
+
+    return await _parallel(conns, n, job)
+
+
+async def drive(
+    conns: list[Connection], op: Op, count: int, duration: float, warmup: int = 0
+) -> dict[str, Any]:
+    """Run ``op`` on every connection until ``count`` ops or ``duration`` seconds."""
+    if warmup:
+        warm = itertools.count()
+
+        async def warm_worker(conn: Connection) -> None:
+            while next(warm) < warmup:
+                await op(conn, -1)
+
+        await asyncio.gather(*(warm_worker(c) for c in conns))
+    latencies: list[float] = []
+    errors = 0
+    issued = itertools.count()
+    started = time.perf_counter()
+    deadline = started + duration
+
+    async def worker(conn: Connection) -> None:
+        nonlocal errors
+        clock = time.perf_counter
+        while clock() < deadline:
+            i = next(issued)
+            if i >= count:
+                return
+            t0 = clock()
+            ok = await op(conn, i)
+            latencies.append(clock() - t0)
+            if not ok:
+                errors += 1
+
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - started
+    return {**summarize(latencies, elapsed), "errors": errors}
+
+
+# -- scenarios ---------------------------------------------------------------------------
+
+
+async def scenario(spec: dict[str, Any]) -> dict[str, Any]:
+    host, port = spec["host"], spec["port"]
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        raise SystemExit("the load generator only talks to loopback")
+    name = spec["scenario"]
+    n_conns = spec["connections"]
+    count, duration = spec["count"], spec["duration"]
+    conns = [await Connection.open(host, port) for _ in range(n_conns)]
+    setup_started = time.perf_counter()
+    extra: dict[str, Any] = {}
+    try:
+        if name == "empty":
+
+            async def op(conn: Connection, _i: int) -> bool:
+                status, _ = await conn.request("GET", "/empty")
+                return status == 200
+
+            warmup = min(500, count // 10)
+        else:
+            admin = await admin_token(conns[0], spec["secret"])
+            keys = Keys()
+            op, warmup = await _prepare(name, conns, admin, keys, spec, extra)
+        setup = time.perf_counter() - setup_started
+        if name == "propagation":
+            result = await _propagation(conns, extra.pop("tokens"), admin, spec)
+        else:
+            result = await drive(conns, op, count, duration, warmup)
+    finally:
+        for c in conns:
+            c.close()
+    return {"scenario": name, "connections": n_conns, "setup_seconds": setup, **result, **extra}
+
+
+async def _prepare(
+    name: str,
+    conns: list[Connection],
+    admin: str,
+    keys: Keys,
+    spec: dict[str, Any],
+    extra: dict[str, Any],
+) -> tuple[Op, int]:
+    count = spec["count"]
+    tag = os.urandom(3).hex()
+    if name == "register":
+        launches = await _parallel(conns, count, lambda c, _i: new_launch_token(c, admin))
+
+        async def op(conn: Connection, i: int) -> bool:
+            key, pub = keys.get(i)
+            status, _ = await register(conn, launches[i], key, pub, f"r{tag}{i}")
+            return status == 200
+
+        return op, 0
+
+    if name in ("validate", "renew", "delegate", "propagation"):
+        n_agents = len(conns) + (count // 10 + 1 if name == "renew" else 0)
+        if name == "propagation":
+            n_agents = count
+        agents = await register_agents(conns, admin, n_agents, keys, f"a{tag}")
+        tokens = [a["access_token"] for a in agents]
+        if name == "propagation":
+            extra["tokens"] = tokens
+            return _noop, 0
+        if name == "validate":
+            bodies = [_enc.encode({"token": t}) for t in tokens]
+
+            async def op(conn: Connection, i: int) -> bool:
+                status, body = await conn.request(
+                    "POST", "/v1/token/validate", bodies[i % len(bodies)]
+                )
+                return status == 200 and b'"valid":true' in body
+
+            return op, min(500, count // 10)
+        if name == "renew":
+            # Each token renews at most max_renewals (10) times: walk through the agents.
+            pool = iter(range(len(tokens)))
+            current: dict[int, list[Any]] = {}
+
+            async def op(conn: Connection, _i: int) -> bool:
+                slot = current.get(id(conn))
+                if slot is None or slot[1] >= 10:
+                    slot = current[id(conn)] = [tokens[next(pool)], 0]
+                status, body = await conn.request("POST", "/v1/token/renew", b"", _bearer(slot[0]))
+                if status != 200:
+                    slot[1] = 10
+                    return False
+                slot[0] = _dec.decode(body)["access_token"]
+                slot[1] += 1
+                return True
+
+            return op, 0
+        # delegate: every connection delegates from its own agent to one target agent.
+        target = agents[-1]["agent_id"]
+        body = _enc.encode({"delegate_to": target, "scope": ["read:data:x"], "ttl": 60})
+        by_conn = {id(c): _bearer(tokens[k]) for k, c in enumerate(conns)}
+
+        async def op(conn: Connection, _i: int) -> bool:
+            status, _ = await conn.request("POST", "/v1/delegate", body, by_conn[id(conn)])
+            return status == 200
+
+        return op, min(100, count // 10)
+
+    if name == "protected":
+        status, body = await conns[0].request(
+            "POST",
+            "/v1/admin/apps",
+            _enc.encode({"name": f"bench-{tag}", "scopes": SCOPE}),
+            _bearer(admin),
+        )
+        app_id = _check(status, body, "create app", 201)["app_id"]
+        path = f"/v1/admin/apps/{app_id}"
+        auth = _bearer(admin)
+
+        async def op(conn: Connection, _i: int) -> bool:
+            status, _ = await conn.request("GET", path, b"", auth)
+            return status == 200
+
+        return op, min(500, count // 10)
+
+    if name == "revoke":
+        auth = _bearer(admin)
+
+        async def op(conn: Connection, _i: int) -> bool:
+            body = _enc.encode({"level": "token", "target": os.urandom(16).hex()})
+            status, _ = await conn.request("POST", "/v1/revoke", body, auth)
+            return status == 200
+
+        return op, min(100, count // 10)
+    raise SystemExit(f"unknown scenario {name!r}")
+
+
+async def _noop(_conn: Connection, _i: int) -> bool:
+    return True
+
+
+async def _propagation(
+    conns: list[Connection], tokens: list[str], admin: str, spec: dict[str, Any]
+) -> dict[str, Any]:
+    """Revoke on one connection; time until every other connection's worker refuses it.
+
+    Connections are spread over the workers by the kernel, so the slowest poller measures
+    propagation to the last worker. Timed from the revoke response (the commit is durable
+    by then) to the first refusal seen by the last connection.
+    """
+    revoker, pollers = conns[0], conns[1:]
+    samples: list[float] = []
+    timeouts = 0
+    for token in tokens:
+        body = _enc.encode({"token": token})
+        status, resp = await revoker.request("POST", "/v1/token/validate", body)
+        jti = _dec.decode(resp)["claims"]["jti"]
+        status, resp = await revoker.request(
+            "POST",
+            "/v1/revoke",
+            _enc.encode({"level": "token", "target": jti}),
+            _bearer(admin),
+        )
+        if status != 200:
+            raise SetupError(f"revoke: HTTP {status}")
+        revoked = time.perf_counter()
+
+        async def poll(conn: Connection, body: bytes = body, revoked: float = revoked) -> float:
+            limit = revoked + 2.0
+            while time.perf_counter() < limit:
+                _, out = await conn.request("POST", "/v1/token/validate", body)
+                if b'"valid":false' in out:
+                    return time.perf_counter()
+            return float("inf")
+
+        seen = await asyncio.gather(*(poll(c) for c in pollers))
+        last = max(seen)
+        if last == float("inf"):
+            timeouts += 1
+        else:
+            samples.append(last - revoked)
+    elapsed = sum(samples) or 1e-9
+    return {**summarize(samples, elapsed), "errors": timeouts}
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    if spec.get("client_loop", "uvloop") == "uvloop":
+        import uvloop
+
+        uvloop.install()
+    result = asyncio.run(scenario(spec))
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

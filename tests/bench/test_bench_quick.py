@@ -1,0 +1,51 @@
+"""`python -m bench --quick` runs end to end and writes every row (no timing assertions)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXPECTED = {
+    "empty",
+    "register",
+    "renew",
+    "validate",
+    "protected",
+    "delegate",
+    "revoke",
+    "propagation",
+    "audit_append",
+    "offline",
+    "audit_verify",
+    "memory",
+}
+
+
+@pytest.mark.slow
+def test_quick_bench_completes_and_writes_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    document = json.loads(out.read_text())
+    keys = {row["key"] for row in document["rows"]}
+    assert keys >= EXPECTED, EXPECTED - keys
+    for row in document["rows"]:
+        if row["key"] in ("offline", "memory", "audit_verify", "propagation"):
+            continue
+        assert row["n"] > 0, row
+        assert row["errors"] == 0, row
+    memory = next(r for r in document["rows"] if r["key"] == "memory")
+    assert memory["revocation_index_after_prune"] == 0
+    verify = next(r for r in document["rows"] if r["key"] == "audit_verify")
+    assert verify["ok"], verify
+    assert "operation" in proc.stdout
