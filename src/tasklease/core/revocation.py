@@ -25,14 +25,36 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from tasklease.core.store import RevocationRecord
-from tasklease.core.tokens import Claims
 
-__all__ = ["LEVELS", "RevocationIndex"]
+__all__ = ["LEVELS", "RevocableToken", "RevocationIndex"]
 
 LEVELS = ("token", "agent", "task", "chain")
+
+
+class _Hop(Protocol):
+    @property
+    def agent(self) -> str: ...
+
+
+class RevocableToken(Protocol):
+    """What matching needs of a token: the broker's ``Claims`` and the verifier's
+    ``VerifiedToken`` both qualify, so the two share this one index (which imports only
+    the standard library and ``core.store``)."""
+
+    @property
+    def jti(self) -> str: ...
+    @property
+    def sub(self) -> str: ...
+    @property
+    def iat(self) -> int: ...
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def delegation_chain(self) -> Sequence[_Hop]: ...
 
 
 class RevocationIndex:
@@ -64,7 +86,7 @@ class RevocationIndex:
                     heapq.heappush(self._expiry, (new[1], rec.level, rec.target))
                 self.last_seq = max(self.last_seq, rec.seq)
 
-    def match(self, claims: Claims) -> str | None:
+    def match(self, claims: RevocableToken) -> str | None:
         """The level at which ``claims`` is revoked, or ``None`` if it is not."""
         levels = self._levels
         if claims.jti in levels["token"]:

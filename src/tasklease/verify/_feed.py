@@ -161,7 +161,7 @@ class FeedFollower:
                     if event.kind == "revocation":
                         entry = parse_entry(json.loads(event.data))
                         self._index.apply([entry])
-                        self.cursor = max(self.cursor or 0, entry[4])
+                        self.cursor = max(self.cursor or 0, entry.seq)
                         self._on_revocation()
                     elif event.kind == "":  # keepalive: a moment for housekeeping
                         self._housekeeping()
