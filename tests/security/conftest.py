@@ -1,4 +1,4 @@
-"""The zero-trust suite (issue 4) imports its helpers from security_support, beside this."""
+"""The zero-trust suite imports its helpers from security_support, beside this."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Zero-trust enforcement in the core (issue 4): audience binding, why-denied tracing,
+"""Zero-trust enforcement in the core: audience binding, why-denied tracing,
 token kinds, holder revocation, by-reference tokens and introspection, high assurance,
 certificate binding and DPoP."""
 

@@ -708,7 +708,7 @@ def test_prune(store: Store) -> None:
     assert store.prune(NOW + 600) == 0
 
 
-# --- agent sessions, leases, discovery bindings, launch-token principal (issue 7) ---------
+# --- agent sessions, leases, discovery bindings, launch-token principal ---------
 
 
 def _session(n: int = 1, **changes: object) -> AgentSession:
@@ -807,7 +807,7 @@ def test_prune_removes_expired_sessions_bindings_and_leases(store: Store) -> Non
         assert tx.acquire_lease("sweeper", "b", NOW + 10, NOW + 20)
 
 
-# -- zero-trust enforcement (issue 4): audience, binding, by-reference tokens ----------------
+# -- zero-trust enforcement: audience, binding, by-reference tokens ----------------
 
 
 def test_launch_token_audience_and_agent_binding_round_trip(store: Store) -> None:

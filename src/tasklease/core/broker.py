@@ -1676,7 +1676,7 @@ class Broker:
             return dict(INACTIVE)
         return introspection_response(claims)
 
-    # --- agents that trust each other (issue 7): core/mutual.py, liveness.py, discovery.py
+    # --- agents that trust each other: core/mutual.py, liveness.py, discovery.py
 
     def mutual_initiate(
         self, claims: Claims, *, responder: object, initiator_nonce: object, ctx: RequestContext

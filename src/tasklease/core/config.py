@@ -58,12 +58,12 @@ class Config:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
-    # Issue 4: zero-trust enforcement (see docs/security.md).
+    # Zero-trust enforcement (see docs/security.md).
     critical_scopes: tuple[str, ...] = ()  # validated without any cache (high assurance)
     reference_token_threshold: int = 4096  # larger JWTs are issued by reference
     dpop_proof_window: int = 60  # seconds a DPoP proof's iat may differ from now
     dpop_replay_cache_size: int = 1_000_000  # proof jtis remembered (per process)
-    # Issue 7: heartbeat liveness (see docs/agents.md). An agent is swept (revoked at
+    # Heartbeat liveness (see docs/agents.md). An agent is swept (revoked at
     # level agent) once its last heartbeat is older than interval x misses; agents are
     # supervised from their first heartbeat, or from registration when required.
     heartbeat_interval: float = 30.0

@@ -88,7 +88,7 @@ class AgentRecord:
 
 @dataclass(frozen=True, slots=True)
 class AgentSession:
-    """Per-agent task state beside the registration (issue 7; ``core.liveness``).
+    """Per-agent task state beside the registration (``core.liveness``).
 
     ``principal`` is the human the agent works for. The agent is swept when
     ``heartbeat_required`` and ``last_heartbeat`` is older than interval x misses;

@@ -22,7 +22,7 @@ task_id orch_id delegation_chain chain_hash``) so its SDK reads them unchanged, 
 ``client_id`` (RFC 9068), ``oiat`` (the original registration time, which bounds renewal)
 and ``rnc`` (how many renewals led to this token).
 
-Issue 7 adds ``principal`` (the human the work is done for, ``kind:value``), ``act`` on
+Agent tokens also carry ``principal`` (the human the work is done for, ``kind:value``), ``act`` on
 delegated tokens (RFC 8693 section 4.1: the current actor outermost, each earlier actor
 nested inside, the principal innermost; built by :func:`act_claim` from the verified
 chain, never from request input) and ``agent_jwk`` (the holder's registered Ed25519 key
@@ -219,7 +219,7 @@ def mint(
     (RFC 8705 section 3.1) and/or ``jkt`` (RFC 9449 section 6.1).
 
     Agent tokens with a ``principal`` carry it, and delegated ones also the ``act`` chain
-    derived from ``delegation_chain``; ``agent_key`` adds ``agent_jwk`` (issue 7).
+    derived from ``delegation_chain``; ``agent_key`` adds ``agent_jwk``.
     """
     jti = jti or new_jti()
     payload: dict[str, Any] = {

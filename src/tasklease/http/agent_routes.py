@@ -99,7 +99,10 @@ def agent_routes(
     guard: Callable[[Handler], Handler],
     context: Callable[[Request], RequestContext],
 ) -> list[Route]:
-    """The routes of issue 7, wrapped in the application's problem ``guard``."""
+    """The agent-trust routes (handshake, heartbeat, discovery, resume).
+
+    Each is wrapped in the application's problem ``guard``.
+    """
 
     async def as_agent(request: Request, op: Callable[[Claims, RequestContext], T]) -> T:
         ctx = context(request)

@@ -220,7 +220,7 @@ class _MemoryWriteTx:
             self._set(revocations, key, extended)
         return False
 
-    # -- agent sessions, leases, discovery (issue 7) ------------------------------------
+    # -- agent sessions, leases, discovery ------------------------------------
 
     def get_agent_session(self, agent_id: str) -> AgentSession | None:
         self._check_open()

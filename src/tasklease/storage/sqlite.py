@@ -479,7 +479,7 @@ class _SQLiteWriteTx:
 
     # -- by-reference tokens -------------------------------------------------------------
 
-    # -- agent sessions, leases, discovery (issue 7) ------------------------------------
+    # -- agent sessions, leases, discovery ------------------------------------
 
     def get_agent_session(self, agent_id: str) -> AgentSession | None:
         row = self._db().execute(_SELECT_SESSION + " WHERE agent_id = ?", (agent_id,)).fetchone()

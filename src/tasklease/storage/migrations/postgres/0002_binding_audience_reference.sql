@@ -1,4 +1,4 @@
--- tasklease PostgreSQL schema, version 2: zero-trust enforcement (issue 4).
+-- tasklease PostgreSQL schema, version 2: zero-trust enforcement.
 -- The same changes as sqlite/0002_binding_audience_reference.sql.
 --
 -- * launch_tokens.audience: the RFC 8707 resources a registration may name ('{}' means

@@ -1,4 +1,4 @@
--- tasklease PostgreSQL schema, version 3: agents that trust each other (issue 7).
+-- tasklease PostgreSQL schema, version 3: agents that trust each other.
 -- The same changes as sqlite/0003_agents_trust.sql.
 --
 -- * launch_tokens.principal: the principal (`kind:value`) a launch token was created

@@ -1,4 +1,4 @@
--- tasklease SQLite schema, version 2: zero-trust enforcement (issue 4).
+-- tasklease SQLite schema, version 2: zero-trust enforcement.
 --
 -- * launch_tokens.audience: the RFC 8707 resources a registration may name (JSON array;
 --   '[]' means the broker's default audience).

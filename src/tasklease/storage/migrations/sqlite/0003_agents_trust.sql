@@ -1,4 +1,4 @@
--- tasklease SQLite schema, version 3: agents that trust each other (issue 7).
+-- tasklease SQLite schema, version 3: agents that trust each other.
 --
 -- * launch_tokens.principal: the human (or other principal, `kind:value`) a launch token
 --   was created for; '' means its creator (`admin` or `app:<app_id>`).
