@@ -28,6 +28,7 @@ from tasklease.core.broker import Broker
 from tasklease.core.config import Config
 from tasklease.core.keys import load_or_create_keyring
 from tasklease.http.tls import TLSScopeMixin, uvicorn_tls_options
+from tasklease.logs import configure_logging
 from tasklease.storage import is_shared_database, open_store, redact_url
 
 if TYPE_CHECKING:
@@ -164,7 +165,9 @@ def worker_app() -> Starlette:
     """
     from tasklease.http.app import create_app
 
-    broker = build_broker(_config_from_env(), migrate=False)
+    config = _config_from_env()
+    configure_logging(config.log_level)
+    broker = build_broker(config, migrate=False)
     atexit.register(broker.store.close)
     return create_app(broker, close_store=True)
 
@@ -191,6 +194,7 @@ def serve(config: Config, *, workers: int = 1, loop: str = "asyncio") -> None:
         )
     if workers < 1:
         raise SystemExit("--workers must be at least 1")
+    configure_logging(config.log_level)
     if loop not in LOOPS:
         raise SystemExit(f"--loop must be one of {', '.join(LOOPS)}")
     if config.host in ("0.0.0.0", "::") and config.tls_mode == "none":  # noqa: S104
@@ -200,7 +204,8 @@ def serve(config: Config, *, workers: int = 1, loop: str = "asyncio") -> None:
         "port": config.port,
         "loop": loop,
         "http": NoDelayHttpToolsProtocol,
-        "log_level": "warning",
+        "log_level": config.log_level,
+        "log_config": None,  # our root handler renders uvicorn's records as JSON too
         "access_log": False,
         "server_header": False,
         "timeout_graceful_shutdown": 10,

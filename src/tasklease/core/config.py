@@ -92,6 +92,8 @@ class Config:
             raise ValueError("max_renewals must not be negative")
         if not 1 <= self.max_delegation_depth <= 16:
             raise ValueError("max_delegation_depth must be between 1 and 16")
+        if self.log_level not in ("debug", "info", "warning", "error", "critical"):
+            raise ValueError("log_level must be one of debug, info, warning, error, critical")
         if self.tls_mode not in ("none", "tls", "mtls"):
             raise ValueError("tls_mode must be one of none, tls, mtls")
         if not self.audience or not all(self.audience):
