@@ -287,6 +287,17 @@ def test_agent_round_trip_and_status(store: Store) -> None:
     assert store.get_agent(agent.agent_id) == replace(agent, status="revoked")
 
 
+def test_agent_binding_and_audience_round_trip(store: Store) -> None:
+    agent = replace(
+        make_agent(7),
+        cnf='{"jkt":"abc"}',
+        audience=("https://api.example.com", "mcp://tickets"),
+    )
+    with store.write() as tx:
+        tx.insert_agent(agent)
+    assert store.get_agent(agent.agent_id) == agent
+
+
 def test_agent_duplicate_and_missing(store: Store) -> None:
     with store.write() as tx:
         tx.insert_agent(make_agent(1))

@@ -8,6 +8,7 @@ event durable together, or raises a :class:`~tasklease.core.errors.TaskleaseErro
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import math
@@ -447,6 +448,7 @@ class Broker:
             client_id=client_id,
             registered_at=now,
             cnf=json.dumps(cnf, separators=(",", ":"), sort_keys=True) if cnf else "",
+            audience=audience if audience != cfg.audience else (),
         )
         suffix = f" app_id={record.app_id}" if record.app_id else ""
         suffix += _binding_suffix(claims, reference)
@@ -1743,8 +1745,50 @@ class Broker:
     def resume(
         self, *, agent_id: object, nonce: object, signature: object, ctx: RequestContext
     ) -> IssuedToken:
-        """A fresh token for a restarted agent that proves its registered key."""
+        """A fresh token for a restarted agent that proves its registered key.
+
+        The token keeps the registration's holder binding (``AgentRecord.cnf``), so the
+        request must prove it again (its client certificate and/or a DPoP proof for the
+        registered key, without ``ath``), and the registration's audience.
+        """
+        record = (
+            self.store.get_agent(agent_id)
+            if isinstance(agent_id, str) and parse_agent_id(agent_id)
+            else None
+        )
+        cnf: dict[str, str] = json.loads(record.cnf) if record is not None and record.cnf else {}
+        if record is not None and cnf:
+            self._resume_binding(record, cnf, ctx)
         return liveness.resume(self, agent_id=agent_id, nonce=nonce, signature=signature, ctx=ctx)
+
+    def _resume_binding(
+        self, record: AgentRecord, cnf: dict[str, str], ctx: RequestContext
+    ) -> None:
+        """Refuse (audited) a resumption that does not prove the registration's binding."""
+        try:
+            x5t = cnf.get("x5t#S256")
+            if x5t is not None and not hmac.compare_digest(
+                ctx.cert_thumbprint.encode(), str(x5t).encode()
+            ):
+                raise BindingError("resume without the registration's client certificate")
+            jkt = cnf.get("jkt")
+            if jkt is not None:
+                proven = self.dpop.verify(ctx.dpop, htm=ctx.method, htu=ctx.url, now=self._now())
+                if not hmac.compare_digest(proven.encode(), str(jkt).encode()):
+                    raise BindingError("resume DPoP proof signed by another key")
+        except BindingError as exc:
+            raise self._deny(
+                Unauthorized("resume refused", reason=exc.reason),
+                AuditEntry(
+                    "agent_resume_denied",
+                    outcome="denied",
+                    agent_id=record.agent_id,
+                    task_id=record.task_id,
+                    orch_id=record.orch_id,
+                    request_id=ctx.request_id,
+                    detail=f"resume refused: {exc.reason}",
+                ),
+            ) from None
 
     def discovery_bind(
         self,

@@ -425,7 +425,8 @@ def resume(
         kind=KIND_AGENT,
         iss=cfg.issuer,
         sub=agent_id,
-        aud=cfg.audience,
+        # The registration's resource and holder binding (the caller proved it already).
+        aud=agent.audience or cfg.audience,
         iat=iat,
         ttl=ttl,
         scope=agent.scope,
@@ -436,6 +437,7 @@ def resume(
         rnc=session.resumes + 1,
         principal=session.principal,
         agent_key=agent.public_key,
+        cnf=json.loads(agent.cnf) if agent.cnf else None,
     )
 
     def unit(tx: WriteTx) -> list[AuditEntry]:

@@ -84,6 +84,8 @@ class AgentRecord:
     # {"x5t#S256":"..."} (RFC 7800 ``cnf``); "" for an unbound agent. Delegated tokens
     # for this agent are bound to it, so the delegate proves possession itself.
     cnf: str = ""
+    # The resources (RFC 8707) the agent registered for; () means the broker's default.
+    audience: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,7 +124,7 @@ _SELECT_LAUNCH = (
 )
 _SELECT_AGENT = (
     "SELECT agent_id, public_key, orch_id, task_id, scope, app_id, client_id,"
-    " registered_at, status, cnf FROM agents"
+    " registered_at, status, cnf, audience FROM agents"
 )
 _SELECT_SESSION = (
     "SELECT agent_id, principal, heartbeat_required, last_heartbeat, resumes, state,"
@@ -218,7 +218,8 @@ def _launch_token_from_row(row: _Row) -> LaunchTokenRecord:
 
 
 def _agent_from_row(row: _Row) -> AgentRecord:
-    agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered, status, cnf = row
+    (agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered, status, cnf,
+     audience) = row  # fmt: skip
     return AgentRecord(
         agent_id=agent_id,
         public_key=bytes(public_key),
@@ -230,6 +231,7 @@ def _agent_from_row(row: _Row) -> AgentRecord:
         registered_at=float(registered),
         status=status,
         cnf=cnf,
+        audience=tuple(audience),
     )
 
 
@@ -461,8 +463,8 @@ class _PostgresWriteTx:
         """Store a new agent; raise ``Conflict`` if its agent_id is already present."""
         cursor = self._db().execute(
             "INSERT INTO agents (agent_id, public_key, orch_id, task_id, scope, app_id,"
-            " client_id, registered_at, status, cnf)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            " client_id, registered_at, status, cnf, audience)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             (
                 agent.agent_id,
                 agent.public_key,
@@ -474,6 +476,7 @@ class _PostgresWriteTx:
                 agent.registered_at,
                 agent.status,
                 agent.cnf,
+                list(agent.audience),
             ),
         )
         if cursor.rowcount != 1:

@@ -153,7 +153,7 @@ _SELECT_BINDING = (
 )
 _SELECT_AGENT = (
     "SELECT agent_id, public_key, orch_id, task_id, scope, app_id, client_id,"
-    " registered_at, status, cnf FROM agents"
+    " registered_at, status, cnf, audience FROM agents"
 )
 _SELECT_REVOCATION = "SELECT seq, level, target, revoked_at, expires_at FROM revocations"
 _SELECT_REFERENCE = "SELECT token_hash, kind, claims, jti, expires_at FROM reference_tokens"
@@ -260,7 +260,8 @@ def _binding_from_row(row: _Row) -> DiscoveryBinding:
 
 
 def _agent_from_row(row: _Row) -> AgentRecord:
-    agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered, status, cnf = row
+    (agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered, status, cnf,
+     audience) = row  # fmt: skip
     return AgentRecord(
         agent_id=str(agent_id),
         public_key=bytes(public_key),
@@ -272,6 +273,7 @@ def _agent_from_row(row: _Row) -> AgentRecord:
         registered_at=float(registered),
         status=str(status),
         cnf=str(cnf),
+        audience=_load_scopes(str(audience)),
     )
 
 
@@ -454,7 +456,8 @@ class _SQLiteWriteTx:
             raise Conflict("agent already exists")
         self._db().execute(
             "INSERT INTO agents (agent_id, public_key, orch_id, task_id, scope, app_id,"
-            " client_id, registered_at, status, cnf) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " client_id, registered_at, status, cnf, audience)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 agent.agent_id,
                 agent.public_key,
@@ -466,6 +469,7 @@ class _SQLiteWriteTx:
                 agent.registered_at,
                 agent.status,
                 agent.cnf,
+                _dump_scopes(agent.audience),
             ),
         )
 
