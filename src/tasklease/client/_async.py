@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import ssl
 from collections.abc import AsyncGenerator, Generator, Sequence
 from types import TracebackType
 from typing import TypeVar
@@ -27,7 +29,8 @@ from tasklease.client._flows import (
     register_flow,
     release_flow,
 )
-from tasklease.client._sync import _BearerAuth
+from tasklease.client._holder import CertArg, DPoPKey, bind_flow, dpop_key, ssl_context
+from tasklease.client._sync import _BearerAuth, _headers
 from tasklease.client._trust import (
     Exchange,
     Handshake,
@@ -79,7 +82,8 @@ class _AsyncAgentAuth(httpx.Auth):
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         await self._agent.ensure_fresh()
         request.headers["Authorization"] = f"Bearer {self._agent.token}"
-        yield request
+        dpop = self._agent._credential.dpop
+        yield dpop.bind(request) if dpop is not None else request
 
 
 class AsyncDelegatedToken:
@@ -129,6 +133,20 @@ class AsyncDelegatedToken:
         return f"AsyncDelegatedToken(agent_id={self.agent_id!r}, scope={list(self.scope)!r})"
 
 
+def _client(
+    client: httpx.AsyncClient | None,
+    transport: httpx.AsyncBaseTransport | None,
+    timeout: float,
+    cert: CertArg | None,
+    verify: ssl.SSLContext | str | os.PathLike[str] | bool,
+) -> tuple[httpx.AsyncClient, bool]:
+    """The client to use and whether the agent owns (closes) it."""
+    if client is not None:
+        return client, False
+    http = httpx.AsyncClient(transport=transport, timeout=timeout, verify=ssl_context(cert, verify))
+    return http, True
+
+
 class AsyncAgent:
     """The async twin of :class:`~tasklease.client.Agent`; same contract, awaited.
 
@@ -166,17 +184,26 @@ class AsyncAgent:
         renew_margin: float = 30,
         clock: Clock | None = None,
         timeout: float = 10.0,
+        dpop: bool | nacl.signing.SigningKey | DPoPKey = False,
+        cert: CertArg | None = None,
+        verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
+        client: httpx.AsyncClient | None = None,
     ) -> AsyncAgent:
-        """As :meth:`tasklease.client.Agent.register` (same exceptions)."""
-        client = httpx.AsyncClient(transport=transport, timeout=timeout)
+        """As :meth:`tasklease.client.Agent.register` (same arguments and exceptions)."""
+        http, owns = _client(client, transport, timeout, cert, verify)
         signing_key = key if key is not None else nacl.signing.SigningKey.generate()
+        proof_key = dpop_key(dpop)
         try:
             registration = await arun_flow(
-                client,
-                register_flow(broker_url, launch_token, orch_id, task_id, scope, signing_key),
+                http,
+                bind_flow(
+                    register_flow(broker_url, launch_token, orch_id, task_id, scope, signing_key),
+                    proof_key,
+                ),
             )
         except BaseException:
-            await client.aclose()
+            if owns:
+                await http.aclose()
             raise
         credential = Credential(
             broker_url,
@@ -184,8 +211,9 @@ class AsyncAgent:
             scope,
             clock=clock if clock is not None else SystemClock(),
             renew_margin=renew_margin,
+            dpop=proof_key,
         )
-        return cls(client, credential, owns_client=True, key=signing_key)
+        return cls(http, credential, owns_client=owns, key=signing_key)
 
     @property
     def agent_id(self) -> str:
@@ -209,17 +237,31 @@ class AsyncAgent:
         return {"Authorization": f"Bearer {self._credential.token}"}
 
     @property
+    def dpop_key(self) -> nacl.signing.SigningKey | None:
+        """The DPoP key the token is bound to (keep it to :meth:`resume`), or None."""
+        dpop = self._credential.dpop
+        return dpop.key if dpop is not None else None
+
+    def auth_headers(self, method: str, url: str) -> dict[str, str]:
+        """As :meth:`tasklease.client.Agent.auth_headers`."""
+        return _headers(self._credential.dpop, self._credential.token, method, url)
+
+    @property
     def auth(self) -> httpx.Auth:
         """An ``httpx.Auth`` for ``httpx.AsyncClient``; renews when due (see ``Agent.auth``)."""
         return _AsyncAgentAuth(self)
 
+    async def _run(self, flow: Flow[T]) -> T:
+        """Drive ``flow``, with a DPoP proof on each request when the token is bound."""
+        return await arun_flow(self._client, bind_flow(flow, self._credential.dpop))
+
     async def ensure_fresh(self) -> None:
         async with self._lock:
-            await arun_flow(self._client, self._credential.refresh_flow())
+            await self._run(self._credential.refresh_flow())
 
     async def renew(self) -> None:
         async with self._lock:
-            await arun_flow(self._client, self._credential.renew_flow())
+            await self._run(self._credential.renew_flow())
 
     async def release(self) -> None:
         if await self._stop_heartbeats() and not self._credential.released:
@@ -228,7 +270,7 @@ class AsyncAgent:
             except TaskleaseError as exc:
                 _log.warning("could not tell the broker %s is done: %s", self.agent_id, exc)
         async with self._lock:
-            await arun_flow(self._client, self._credential.release_flow())
+            await self._run(self._credential.release_flow())
 
     # -- agents that trust each other (docs/agents.md) ---------------------------------
 
@@ -244,13 +286,21 @@ class AsyncAgent:
         renew_margin: float = 30,
         clock: Clock | None = None,
         timeout: float = 10.0,
+        dpop: nacl.signing.SigningKey | DPoPKey | None = None,
+        cert: CertArg | None = None,
+        verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
+        client: httpx.AsyncClient | None = None,
     ) -> AsyncAgent:
-        """As :meth:`tasklease.client.Agent.resume` (same exceptions)."""
-        client = httpx.AsyncClient(transport=transport, timeout=timeout)
+        """As :meth:`tasklease.client.Agent.resume` (same arguments and exceptions)."""
+        http, owns = _client(client, transport, timeout, cert, verify)
+        proof_key = dpop_key(dpop)
         try:
-            registration = await arun_flow(client, resume_flow(broker_url, agent_id, key))
+            registration = await arun_flow(
+                http, bind_flow(resume_flow(broker_url, agent_id, key), proof_key)
+            )
         except BaseException:
-            await client.aclose()
+            if owns:
+                await http.aclose()
             raise
         credential = Credential(
             broker_url,
@@ -258,8 +308,9 @@ class AsyncAgent:
             scope,
             clock=clock if clock is not None else SystemClock(),
             renew_margin=renew_margin,
+            dpop=proof_key,
         )
-        return cls(client, credential, owns_client=True, key=key)
+        return cls(http, credential, owns_client=owns, key=key)
 
     def _signing_key(self) -> nacl.signing.SigningKey:
         if self._key is None:
@@ -271,17 +322,14 @@ class AsyncAgent:
         (run blocking I/O in a thread yourself)."""
         await self.ensure_fresh()
         base = self._credential.base_url
-        offer, _ = await arun_flow(self._client, initiate_flow(base, self.token, peer_id))
+        offer, _ = await self._run(initiate_flow(base, self.token, peer_id))
         answer = exchange(offer)
-        return await arun_flow(
-            self._client, complete_flow(base, self.token, self._signing_key(), answer)
-        )
+        return await self._run(complete_flow(base, self.token, self._signing_key(), answer))
 
     async def respond_to_handshake(self, offer: str) -> tuple[str, Peer, str, str]:
         """As :meth:`tasklease.client.Agent.respond_to_handshake`."""
         await self.ensure_fresh()
-        return await arun_flow(
-            self._client,
+        return await self._run(
             respond_flow(self._credential.base_url, self.token, self._signing_key(), offer),
         )
 
@@ -289,8 +337,7 @@ class AsyncAgent:
         """As :meth:`tasklease.client.Agent.heartbeat`."""
         if not done:
             await self.ensure_fresh()
-        return await arun_flow(
-            self._client,
+        return await self._run(
             heartbeat_flow(
                 self._credential.base_url,
                 self.token,
@@ -330,9 +377,7 @@ class AsyncAgent:
         self, delegate_to: str, scope: Sequence[str], ttl: int | None = None
     ) -> AsyncDelegatedToken:
         await self.ensure_fresh()
-        delegation = await arun_flow(
-            self._client, self._credential.delegate_flow(delegate_to, scope, ttl)
-        )
+        delegation = await self._run(self._credential.delegate_flow(delegate_to, scope, ttl))
         return AsyncDelegatedToken(
             self._client,
             self._credential.base_url,

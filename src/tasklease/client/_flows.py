@@ -10,6 +10,7 @@ renew-before-expiry decision and every wire detail live here and nowhere else.
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from tasklease.client._errors import (
     Unauthorized,
     error_from_response,
 )
+from tasklease.client._holder import DPoPKey, token_cnf
 
 __all__ = [
     "Clock",
@@ -39,6 +41,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_log = logging.getLogger("tasklease.client")
 Flow = Generator[httpx.Request, httpx.Response, T]
 
 
@@ -101,6 +104,7 @@ class Registration:
     agent_id: str
     token: str
     expires_in: int
+    token_type: str = "Bearer"  # noqa: S105 (a scheme name)
 
 
 def register_flow(
@@ -133,10 +137,12 @@ def register_flow(
         "requested_scope": list(scope),
     }
     answer = expect_json((yield _json_request("POST", _url(base_url, "/v1/register"), body)))
+    token_type = answer.get("token_type")
     return Registration(
         agent_id=_field(answer, "agent_id", str),
         token=_field(answer, "access_token", str),
         expires_in=_field(answer, "expires_in", int),
+        token_type=token_type if isinstance(token_type, str) else "Bearer",
     )
 
 
@@ -175,6 +181,22 @@ def release_flow(base_url: str, token: str) -> Flow[None]:
         raise error_from_response(response)
 
 
+def holder_dpop(key: DPoPKey | None, registration: Registration) -> DPoPKey | None:
+    """``key`` if the broker bound the token to it; None (bearer) if it did not.
+
+    A JWT's ``cnf.jkt`` decides; an opaque (by-reference) token trusts the answer's
+    ``token_type`` and otherwise the request: the broker binds whenever a proof is sent.
+    """
+    if key is None:
+        return None
+    if registration.token.count(".") == 2:
+        if token_cnf(registration.token).get("jkt") == key.thumbprint:
+            return key
+        _log.warning("the broker did not bind the token to the DPoP key: using it as bearer")
+        return None
+    return key
+
+
 class Credential:
     """One agent's token and the decision when to renew it (the state machine).
 
@@ -194,10 +216,13 @@ class Credential:
         *,
         clock: Clock,
         renew_margin: float,
+        dpop: DPoPKey | None = None,
     ) -> None:
         if renew_margin < 0:
             raise ValueError("renew_margin must not be negative")
         self.base_url = base_url
+        # The DPoP key the token is bound to (every request then carries a proof), or None.
+        self.dpop = holder_dpop(dpop, registration)
         self.agent_id = registration.agent_id
         self.scope: tuple[str, ...] = tuple(scope)
         self.clock = clock

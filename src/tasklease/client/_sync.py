@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 import threading
 from collections.abc import Generator, Sequence
 from types import TracebackType
@@ -22,6 +24,7 @@ from tasklease.client._flows import (
     register_flow,
     release_flow,
 )
+from tasklease.client._holder import CertArg, DPoPKey, bind_flow, dpop_key, ssl_context
 from tasklease.client._trust import (
     Exchange,
     Handshake,
@@ -56,6 +59,12 @@ def run_flow(client: httpx.Client, flow: Flow[T]) -> T:
         return result
 
 
+def _headers(dpop: DPoPKey | None, token: str, method: str, url: str) -> dict[str, str]:
+    if dpop is None:
+        return {"Authorization": f"Bearer {token}"}
+    return {"Authorization": f"DPoP {token}", "DPoP": dpop.proof(method, url, token)}
+
+
 class _BearerAuth(httpx.Auth):
     """Attach a fixed bearer token (a delegated token: it is not renewed)."""
 
@@ -78,7 +87,8 @@ class _AgentAuth(httpx.Auth):
     ) -> Generator[httpx.Request, httpx.Response, None]:
         self._agent.ensure_fresh()
         request.headers["Authorization"] = f"Bearer {self._agent.token}"
-        yield request
+        dpop = self._agent._credential.dpop
+        yield dpop.bind(request) if dpop is not None else request
 
     async def async_auth_flow(self, request: httpx.Request) -> Any:  # pragma: no cover
         raise RuntimeError("Agent.auth is for httpx.Client; use AsyncAgent with AsyncClient")
@@ -146,6 +156,21 @@ class DelegatedToken:
         return f"DelegatedToken(agent_id={self.agent_id!r}, scope={list(self.scope)!r})"
 
 
+def _client(
+    client: httpx.Client | None,
+    transport: httpx.BaseTransport | None,
+    timeout: float,
+    cert: CertArg | None,
+    verify: ssl.SSLContext | str | os.PathLike[str] | bool,
+) -> tuple[httpx.Client, bool]:
+    """The client to use and whether the agent owns (closes) it."""
+    if client is not None:
+        return client, False
+    return httpx.Client(
+        transport=transport, timeout=timeout, verify=ssl_context(cert, verify)
+    ), True
+
+
 class Agent:
     """One registered agent instance and its short-lived, auto-renewed credential.
 
@@ -184,6 +209,10 @@ class Agent:
         renew_margin: float = 30,
         clock: Clock | None = None,
         timeout: float = 10.0,
+        dpop: bool | nacl.signing.SigningKey | DPoPKey = False,
+        cert: CertArg | None = None,
+        verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
+        client: httpx.Client | None = None,
     ) -> Agent:
         """Register a new agent instance with the broker at ``broker_url``.
 
@@ -193,21 +222,35 @@ class Agent:
         before expiry :attr:`auth` renews; ``clock`` (an object with ``now()``) is the
         time source for that decision.
 
+        Holder binding, where the broker offers it: ``dpop=True`` (or an Ed25519
+        ``SigningKey`` to use) binds the token to a DPoP key (RFC 9449): every later
+        request, including those through :attr:`auth`, sends ``Authorization: DPoP`` and
+        a fresh proof. ``cert=(cert_path, key_path)`` with ``verify`` (a CA bundle path or
+        an ``ssl.SSLContext``) presents a client certificate on every connection; over a
+        broker in ``mtls`` mode the token is bound to it (RFC 8705). ``client``: an
+        ``httpx.Client`` of your own (its certificates, proxies, transport) that the
+        agent uses and does not close.
+
         Raises:
             Unauthorized: the launch token is unknown, expired or consumed.
             ScopeViolation: ``scope`` exceeds the launch token's allowed scope.
             InvalidRequest: a field is malformed (ids, scopes).
             TransportError: the broker could not be reached.
         """
-        client = httpx.Client(transport=transport, timeout=timeout)
+        http, owns = _client(client, transport, timeout, cert, verify)
         signing_key = key if key is not None else nacl.signing.SigningKey.generate()
+        proof_key = dpop_key(dpop)
         try:
             registration = run_flow(
-                client,
-                register_flow(broker_url, launch_token, orch_id, task_id, scope, signing_key),
+                http,
+                bind_flow(
+                    register_flow(broker_url, launch_token, orch_id, task_id, scope, signing_key),
+                    proof_key,
+                ),
             )
         except BaseException:
-            client.close()
+            if owns:
+                http.close()
             raise
         credential = Credential(
             broker_url,
@@ -215,8 +258,9 @@ class Agent:
             scope,
             clock=clock if clock is not None else SystemClock(),
             renew_margin=renew_margin,
+            dpop=proof_key,
         )
-        return cls(client, credential, owns_client=True, key=signing_key)
+        return cls(http, credential, owns_client=owns, key=signing_key)
 
     # -- state -------------------------------------------------------------------------
 
@@ -241,8 +285,23 @@ class Agent:
 
     @property
     def bearer_header(self) -> dict[str, str]:
-        """``{"Authorization": "Bearer <current token>"}``; does not renew (``auth`` does)."""
+        """``{"Authorization": "Bearer <current token>"}``; does not renew (``auth`` does).
+
+        Not enough for a DPoP-bound agent: use :attr:`auth` or :meth:`auth_headers`.
+        """
         return {"Authorization": f"Bearer {self._credential.token}"}
+
+    @property
+    def dpop_key(self) -> nacl.signing.SigningKey | None:
+        """The DPoP key the token is bound to (keep it to :meth:`resume`), or None."""
+        dpop = self._credential.dpop
+        return dpop.key if dpop is not None else None
+
+    def auth_headers(self, method: str, url: str) -> dict[str, str]:
+        """The headers that present the current token on one ``method`` ``url`` request:
+        ``Authorization: Bearer``, or ``Authorization: DPoP`` and a fresh ``DPoP`` proof
+        for a DPoP-bound agent. Does not renew."""
+        return _headers(self._credential.dpop, self._credential.token, method, url)
 
     @property
     def auth(self) -> httpx.Auth:
@@ -256,13 +315,17 @@ class Agent:
 
     # -- operations ----------------------------------------------------------------------
 
+    def _run(self, flow: Flow[T]) -> T:
+        """Drive ``flow``, with a DPoP proof on each request when the token is bound."""
+        return run_flow(self._client, bind_flow(flow, self._credential.dpop))
+
     def ensure_fresh(self) -> None:
         """Renew now if the token expires within ``renew_margin`` seconds.
 
         Raises: as :meth:`renew`, when a renewal was due.
         """
         with self._lock:
-            run_flow(self._client, self._credential.refresh_flow())
+            self._run(self._credential.refresh_flow())
 
     def renew(self) -> None:
         """Exchange the token for a successor now (the predecessor is revoked).
@@ -274,7 +337,7 @@ class Agent:
             TransportError: the broker could not be reached.
         """
         with self._lock:
-            run_flow(self._client, self._credential.renew_flow())
+            self._run(self._credential.renew_flow())
 
     def release(self) -> None:
         """Give the credential up (``POST /v1/token/release``). Idempotent.
@@ -292,7 +355,7 @@ class Agent:
             except TaskleaseError as exc:
                 _log.warning("could not tell the broker %s is done: %s", self.agent_id, exc)
         with self._lock:
-            run_flow(self._client, self._credential.release_flow())
+            self._run(self._credential.release_flow())
 
     # -- agents that trust each other (docs/agents.md) ---------------------------------
 
@@ -308,11 +371,18 @@ class Agent:
         renew_margin: float = 30,
         clock: Clock | None = None,
         timeout: float = 10.0,
+        dpop: nacl.signing.SigningKey | DPoPKey | None = None,
+        cert: CertArg | None = None,
+        verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
+        client: httpx.Client | None = None,
     ) -> Agent:
         """Continue as ``agent_id`` after a restart, proving its registered ``key``.
 
         No launch token: a fresh nonce is signed as at registration. The token keeps the
         registration's ``oiat`` (the renewal ceiling still applies) and counts as a renewal.
+        A bound agent proves its binding again: pass the registration's DPoP key
+        (:attr:`dpop_key`) as ``dpop``, or its client certificate as ``cert`` (see
+        :meth:`register`); the resumed token is bound the same way.
 
         Raises:
             Unauthorized: ``key`` is not the agent's registered key, or it is unknown.
@@ -320,11 +390,15 @@ class Agent:
             RenewalLimitReached: its task reached the renewal ceiling or count.
             TransportError: the broker could not be reached.
         """
-        client = httpx.Client(transport=transport, timeout=timeout)
+        http, owns = _client(client, transport, timeout, cert, verify)
+        proof_key = dpop_key(dpop)
         try:
-            registration = run_flow(client, resume_flow(broker_url, agent_id, key))
+            registration = run_flow(
+                http, bind_flow(resume_flow(broker_url, agent_id, key), proof_key)
+            )
         except BaseException:
-            client.close()
+            if owns:
+                http.close()
             raise
         credential = Credential(
             broker_url,
@@ -332,8 +406,9 @@ class Agent:
             scope,
             clock=clock if clock is not None else SystemClock(),
             renew_margin=renew_margin,
+            dpop=proof_key,
         )
-        return cls(client, credential, owns_client=True, key=key)
+        return cls(http, credential, owns_client=owns, key=key)
 
     def _signing_key(self) -> nacl.signing.SigningKey:
         if self._key is None:
@@ -352,12 +427,9 @@ class Agent:
             Unauthorized: the broker refused a step (a party is revoked, a proof failed).
         """
         self.ensure_fresh()
-        offer, _ = run_flow(
-            self._client, initiate_flow(self._credential.base_url, self.token, peer_id)
-        )
+        offer, _ = self._run(initiate_flow(self._credential.base_url, self.token, peer_id))
         answer = exchange(offer)
-        return run_flow(
-            self._client,
+        return self._run(
             complete_flow(self._credential.base_url, self.token, self._signing_key(), answer),
         )
 
@@ -368,8 +440,7 @@ class Agent:
         ``tasklease.core.mutual.verify_receipt(..., handshake_id=, responder_nonce=our_nonce)``.
         """
         self.ensure_fresh()
-        return run_flow(
-            self._client,
+        return self._run(
             respond_flow(self._credential.base_url, self.token, self._signing_key(), offer),
         )
 
@@ -377,8 +448,7 @@ class Agent:
         """Send one signed heartbeat (``done``: this agent is finished)."""
         if not done:
             self.ensure_fresh()
-        return run_flow(
-            self._client,
+        return self._run(
             heartbeat_flow(
                 self._credential.base_url,
                 self.token,
@@ -437,7 +507,7 @@ class Agent:
             TransportError: the broker could not be reached.
         """
         self.ensure_fresh()
-        delegation = run_flow(self._client, self._credential.delegate_flow(delegate_to, scope, ttl))
+        delegation = self._run(self._credential.delegate_flow(delegate_to, scope, ttl))
         return DelegatedToken(
             self._client,
             self._credential.base_url,

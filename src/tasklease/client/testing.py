@@ -29,6 +29,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 from tasklease.client._admin import AdminClient
 from tasklease.client._flows import Clock
 from tasklease.client._sync import Agent
@@ -51,9 +53,15 @@ class BrokerForTests:
         admin_secret: the operator secret; a random one when None.
         data_dir: where the database and keys live; a temporary directory (removed on
             exit) when None.
+        admin_transport: the transport of :meth:`admin` clients, for example an
+            ``httpx.HTTPTransport(verify=context)`` that trusts the test CA and presents
+            a client certificate when the broker runs in ``mtls`` mode.
         **settings: any other :class:`tasklease.core.config.Config` field, for example
             ``max_renewals=1`` or ``default_ttl=60``. Admin and app authentication rate
-            limits default to generous values so tests do not throttle themselves.
+            limits default to generous values so tests do not throttle themselves. With
+            ``tls_mode="tls"`` or ``"mtls"`` (and ``tls_cert``, ``tls_key``,
+            ``tls_client_ca``) the broker serves HTTPS, binding tokens registered over
+            mTLS to the client certificate; :attr:`url` is then ``https://``.
 
     Raises:
         RuntimeError: the server did not start within 20 seconds.
@@ -65,9 +73,11 @@ class BrokerForTests:
         clock: Clock | None = None,
         admin_secret: str | None = None,
         data_dir: str | Path | None = None,
+        admin_transport: httpx.BaseTransport | None = None,
         **settings: Any,
     ) -> None:
         self.clock = clock
+        self.admin_transport = admin_transport
         self.admin_secret = admin_secret or secrets.token_urlsafe(32)
         self._data_dir = Path(data_dir) if data_dir is not None else None
         self._settings = settings
@@ -91,6 +101,7 @@ class BrokerForTests:
         from tasklease.core.keys import load_or_create_keyring
         from tasklease.core.passwords import hash_secret
         from tasklease.http.app import create_app
+        from tasklease.http.tls import MTLSHttpToolsProtocol, uvicorn_tls_options
         from tasklease.storage import open_store
 
         if self._data_dir is None:
@@ -124,6 +135,9 @@ class BrokerForTests:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+        tls: dict[str, Any] = uvicorn_tls_options(config)
+        if config.tls_mode == "mtls":
+            tls["http"] = MTLSHttpToolsProtocol  # puts the client certificate in the scope
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -132,6 +146,7 @@ class BrokerForTests:
                 log_level="warning",
                 access_log=False,
                 server_header=False,
+                **tls,
             )
         )
         self._server = server
@@ -146,7 +161,8 @@ class BrokerForTests:
                 self.stop()
                 raise RuntimeError("the test broker did not start")
             time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{port}"
+        scheme = "http" if config.tls_mode == "none" else "https"
+        self.url = f"{scheme}://127.0.0.1:{port}"
         return self
 
     def stop(self) -> None:
@@ -185,7 +201,7 @@ class BrokerForTests:
 
     def admin(self) -> AdminClient:
         """An :class:`AdminClient` for this broker (closed when the broker stops)."""
-        client = AdminClient(self.url, self.admin_secret)
+        client = AdminClient(self.url, self.admin_secret, transport=self.admin_transport)
         self._admins.append(client)
         return client
 

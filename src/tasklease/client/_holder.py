@@ -1,0 +1,167 @@
+"""Proof of possession for a bound agent, without I/O: DPoP proofs (RFC 9449) and the
+transport settings that present a client certificate (RFC 8705).
+
+A DPoP-bound agent sends every request with ``Authorization: DPoP <token>`` (when it has
+a token) and a ``DPoP`` header: a fresh JWT (``typ: dpop+jwt``, ``alg: EdDSA``, the
+public ``jwk``) whose claims are ``htm`` (method), ``htu`` (URI without query and
+fragment), ``iat``, a unique ``jti`` and, with a token, ``ath`` (its SHA-256). The same
+:meth:`DPoPKey.bind` is used by the flows (sync and async alike) and by the ``httpx.Auth``
+for the agent's own calls to resource servers. PyNaCl and the standard library only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import ssl
+import time
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+import httpx
+import nacl.signing
+
+__all__ = ["DPoPKey", "bind_flow", "dpop_key", "ssl_context", "token_cnf"]
+
+T = TypeVar("T")
+Flow = Generator[httpx.Request, httpx.Response, T]
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _compact(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def htu_of(url: httpx.URL) -> str:
+    """The request URI as DPoP signs it: scheme, host, port and path (no query/fragment)."""
+    return str(url.copy_with(query=None, fragment=None))
+
+
+class DPoPKey:
+    """An Ed25519 DPoP key and the proofs it signs.
+
+    ``clock`` (seconds since the epoch) dates the proofs: it must agree with the broker's
+    clock within its ``dpop_proof_window``, so it is the system clock by default, not the
+    agent's (possibly injected) renewal clock.
+    """
+
+    def __init__(
+        self,
+        key: nacl.signing.SigningKey | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.key = key if key is not None else nacl.signing.SigningKey.generate()
+        self._clock = clock
+        x = _b64url(bytes(self.key.verify_key))
+        self.jwk = {"kty": "OKP", "crv": "Ed25519", "x": x}
+        canonical = '{"crv":"Ed25519","kty":"OKP","x":"' + x + '"}'  # RFC 7638
+        self.thumbprint = _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+        self._header = _b64url(_compact({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": self.jwk}))
+
+    def proof(self, method: str, url: str | httpx.URL, token: str | None = None) -> str:
+        """A fresh, single-use proof for ``method`` ``url`` (and ``token``, as ``ath``)."""
+        claims: dict[str, Any] = {
+            "jti": secrets.token_urlsafe(18),
+            "htm": method.upper(),
+            "htu": htu_of(httpx.URL(url)),
+            "iat": int(self._clock()),
+        }
+        if token is not None:
+            claims["ath"] = _b64url(hashlib.sha256(token.encode("ascii")).digest())
+        signing_input = self._header + "." + _b64url(_compact(claims))
+        signature = self.key.sign(signing_input.encode("ascii")).signature
+        return signing_input + "." + _b64url(signature)
+
+    def bind(self, request: httpx.Request) -> httpx.Request:
+        """Attach a proof to ``request``; a bearer ``Authorization`` becomes ``DPoP``."""
+        token: str | None = None
+        authorization = request.headers.get("Authorization", "")
+        scheme, _, credential = authorization.partition(" ")
+        if scheme.lower() in ("bearer", "dpop") and credential:
+            token = credential.strip()
+            request.headers["Authorization"] = f"DPoP {token}"
+        request.headers["DPoP"] = self.proof(request.method, request.url, token)
+        return request
+
+
+def dpop_key(dpop: bool | nacl.signing.SigningKey | DPoPKey | None) -> DPoPKey | None:
+    """The DPoP key a ``dpop=`` argument asks for: True generates one."""
+    if dpop is None or dpop is False:
+        return None
+    if dpop is True:
+        return DPoPKey()
+    if isinstance(dpop, DPoPKey):
+        return dpop
+    if isinstance(dpop, nacl.signing.SigningKey):
+        return DPoPKey(dpop)
+    raise TypeError("dpop must be a bool, a nacl.signing.SigningKey or None")
+
+
+def bind_flow(flow: Flow[T], key: DPoPKey | None) -> Flow[T]:
+    """``flow`` with a DPoP proof on every request it makes (``flow`` itself without key)."""
+    if key is None:
+        return (yield from flow)
+    try:
+        request = next(flow)
+    except StopIteration as stop:  # a flow with nothing to send
+        done: T = stop.value
+        return done
+    while True:
+        response = yield key.bind(request)
+        try:
+            request = flow.send(response)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+
+def token_cnf(token: str) -> dict[str, Any]:
+    """The ``cnf`` of a JWT access token, read without verification ({} if none or opaque).
+
+    Only to decide how the SDK presents the token; the broker verifies it.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return {}
+    cnf = payload.get("cnf") if isinstance(payload, dict) else None
+    return cnf if isinstance(cnf, dict) else {}
+
+
+CertArg = tuple[str | os.PathLike[str], str | os.PathLike[str]]
+
+
+def ssl_context(
+    cert: CertArg | None, verify: ssl.SSLContext | str | os.PathLike[str] | bool
+) -> ssl.SSLContext | bool:
+    """The ``verify=`` for httpx that trusts ``verify`` and presents ``cert`` (mTLS).
+
+    ``verify``: an ``ssl.SSLContext`` (used as is, ``cert`` loaded into it), a CA bundle
+    path, or a bool as httpx takes it. ``cert``: ``(certificate_path, key_path)``.
+    """
+    if cert is None and not isinstance(verify, str | os.PathLike):
+        return verify
+    if isinstance(verify, ssl.SSLContext):
+        context = verify
+    elif isinstance(verify, str | os.PathLike):
+        context = ssl.create_default_context(cafile=os.fspath(verify))
+    elif verify:
+        context = ssl.create_default_context()
+    else:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        certfile, keyfile = cert
+        context.load_cert_chain(os.fspath(certfile), os.fspath(keyfile))
+    return context

@@ -1,0 +1,289 @@
+"""DPoP-bound agents (RFC 9449) against a real broker over loopback HTTP: every request
+the SDK makes carries ``Authorization: DPoP`` and a fresh proof, sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import nacl.signing
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from tasklease.client import Agent, AsyncAgent, Unauthorized
+from tasklease.client.testing import BrokerForTests
+from tasklease.core.keys import jwk_thumbprint
+
+SCOPE = ["read:data:*"]
+
+
+class Served:
+    """An ASGI app on a free loopback port, in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "service did not start"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def _decode(part: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return data
+
+
+def claims_of(jwt: str) -> dict[str, Any]:
+    return _decode(jwt.split(".")[1])
+
+
+def ath(token: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(token.encode()).digest()).rstrip(b"=").decode()
+
+
+class Recorder(httpx.BaseTransport):
+    """Sends through a real transport and keeps every request it sent."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.requests: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncRecorder(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.requests: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def check_proofs(requests: list[httpx.Request], key: nacl.signing.SigningKey) -> set[str]:
+    """Every request carries a valid-looking proof by ``key``; returns the paths seen."""
+    jtis: set[str] = set()
+    paths: set[str] = set()
+    for request in requests:
+        proof = request.headers["DPoP"]
+        head, body, _ = proof.split(".")
+        header, claims = _decode(head), _decode(body)
+        assert header["typ"] == "dpop+jwt" and header["alg"] == "EdDSA"
+        assert base64.urlsafe_b64decode(header["jwk"]["x"] + "=") == bytes(key.verify_key)
+        assert claims["htm"] == request.method
+        assert claims["htu"] == str(request.url.copy_with(query=None))
+        assert isinstance(claims["iat"], int)
+        assert claims["jti"] not in jtis
+        jtis.add(claims["jti"])
+        authorization = request.headers.get("Authorization")
+        if authorization is not None:
+            scheme, token = authorization.split(" ", 1)
+            assert scheme == "DPoP"
+            assert claims["ath"] == ath(token)
+        else:
+            assert "ath" not in claims
+        paths.add(request.url.path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def dpop_echo(broker: BrokerForTests) -> Iterator[str]:
+    """A resource server that checks DPoP-bound tokens with the broker (validate with the
+    proof it received, its method and its own URI)."""
+
+    async def echo(request: Request) -> JSONResponse:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        body: dict[str, Any] = {"token": token}
+        if scheme == "DPoP":
+            body.update(
+                dpop=request.headers.get("dpop", ""),
+                htm=request.method,
+                htu=f"http://{request.headers['host']}{request.url.path}",
+            )
+        async with httpx.AsyncClient(base_url=broker.url) as client:
+            answer = (await client.post("/v1/token/validate", json=body)).json()
+        if not answer.get("valid"):
+            return JSONResponse({"error": answer.get("error", "invalid")}, 401)
+        return JSONResponse({"sub": answer["claims"]["sub"], "scheme": scheme})
+
+    served = Served(Starlette(routes=[Route("/echo", echo)]))
+    yield served.url + "/echo"
+    served.stop()
+
+
+def test_dpop_agent_proves_its_key_on_every_call(broker: BrokerForTests, dpop_echo: str) -> None:
+    recorder = Recorder()
+    with (
+        broker.agent(SCOPE, task_id="task-peer", dpop=True) as peer,
+        Agent.register(
+            broker.url,
+            broker.launch_token(SCOPE),
+            "orch-1",
+            "task-dpop",
+            SCOPE,
+            dpop=True,
+            transport=recorder,
+        ) as agent,
+    ):
+        key = agent.dpop_key
+        assert key is not None and peer.dpop_key is not None
+        assert claims_of(agent.token)["cnf"] == {"jkt": jwk_thumbprint(bytes(key.verify_key))}
+        first = agent.token
+
+        # The bound token is refused without its proof, even by the broker's own routes.
+        naked = httpx.post(f"{broker.url}/v1/token/renew", headers=agent.bearer_header)
+        assert naked.status_code == 401
+
+        agent.renew()
+        assert agent.token != first
+        assert claims_of(agent.token)["cnf"] == claims_of(first)["cnf"]
+
+        child = agent.delegate(peer.agent_id, ["read:data:7"], ttl=60)
+        assert claims_of(child.token)["cnf"]["jkt"] == jwk_thumbprint(
+            bytes(peer.dpop_key.verify_key)
+        )  # bound to the delegate's key, not ours
+
+        status = agent.heartbeat()
+        assert status.status == "alive"
+
+        def exchange(offer: str) -> str:
+            answer, initiator, _, _ = peer.respond_to_handshake(offer)
+            assert initiator.agent_id == agent.agent_id
+            return answer
+
+        done = agent.handshake(peer.agent_id, exchange)
+        assert done.peer.agent_id == peer.agent_id
+
+        # The agent's own calls to a resource server: DPoP with a proof for that URI
+        # (the query is not part of htu).
+        with httpx.Client(auth=agent.auth) as http:
+            answer = http.get(dpop_echo, params={"q": "1"})
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {"sub": agent.agent_id, "scheme": "DPoP"}
+            assert http.get(dpop_echo).status_code == 200  # a fresh proof each time
+        headers = agent.auth_headers("GET", dpop_echo)
+        assert headers["Authorization"] == f"DPoP {agent.token}"
+        assert httpx.get(dpop_echo, headers=headers).status_code == 200
+        assert httpx.get(dpop_echo, headers=headers).status_code == 401  # proof replayed
+        token = agent.token
+
+    paths = check_proofs(recorder.requests, key)
+    assert {
+        "/v1/register",
+        "/v1/token/renew",
+        "/v1/delegate",
+        "/v1/heartbeat",
+        "/v1/mutual/initiate",
+        "/v1/mutual/complete",
+        "/v1/token/release",
+    } <= paths
+    assert broker.admin().validate_token(token)["valid"] is False  # released
+
+
+def test_resume_of_a_dpop_agent_needs_its_dpop_key(broker: BrokerForTests) -> None:
+    key = nacl.signing.SigningKey.generate()
+    first = Agent.register(
+        broker.url, broker.launch_token(SCOPE), "orch-1", "task-dpop-r", SCOPE, key=key, dpop=True
+    )
+    dpop_key = first.dpop_key
+    assert dpop_key is not None
+    jkt = claims_of(first.token)["cnf"]["jkt"]
+    first.close()  # "crashes" without releasing
+
+    with pytest.raises(Unauthorized):  # the registered key alone is not enough
+        Agent.resume(broker.url, first.agent_id, key, SCOPE)
+    with pytest.raises(Unauthorized):  # nor another DPoP key
+        Agent.resume(
+            broker.url, first.agent_id, key, SCOPE, dpop=nacl.signing.SigningKey.generate()
+        )
+    recorder = Recorder()
+    with Agent.resume(
+        broker.url, first.agent_id, key, SCOPE, dpop=dpop_key, transport=recorder
+    ) as resumed:
+        assert resumed.agent_id == first.agent_id
+        assert claims_of(resumed.token)["cnf"] == {"jkt": jkt}
+        resumed.renew()
+        assert claims_of(resumed.token)["cnf"] == {"jkt": jkt}
+    assert {"/v1/resume", "/v1/token/renew", "/v1/token/release"} <= check_proofs(
+        recorder.requests, dpop_key
+    )
+
+
+def test_async_dpop_agent(broker: BrokerForTests, dpop_echo: str) -> None:
+    async def main() -> None:
+        recorder = AsyncRecorder()
+        given = nacl.signing.SigningKey.generate()
+        with broker.agent(SCOPE, task_id="task-apeer") as peer:
+            async with await AsyncAgent.register(
+                broker.url,
+                broker.launch_token(SCOPE),
+                "orch-1",
+                "task-adpop",
+                SCOPE,
+                dpop=given,
+                transport=recorder,
+            ) as agent:
+                assert agent.dpop_key is given
+                jkt = jwk_thumbprint(bytes(given.verify_key))
+                assert claims_of(agent.token)["cnf"] == {"jkt": jkt}
+                await agent.renew()
+                assert claims_of(agent.token)["cnf"] == {"jkt": jkt}
+                child = await agent.delegate(peer.agent_id, ["read:data:3"])
+                assert "cnf" not in claims_of(child.token)  # the peer is a bearer agent
+                await agent.heartbeat()
+                async with httpx.AsyncClient(auth=agent.auth) as http:
+                    answer = await http.get(dpop_echo, params={"x": "y"})
+                    assert answer.json() == {"sub": agent.agent_id, "scheme": "DPoP"}
+        paths = check_proofs(recorder.requests, given)
+        assert {
+            "/v1/register",
+            "/v1/token/renew",
+            "/v1/delegate",
+            "/v1/heartbeat",
+            "/v1/token/release",
+        } <= paths
+
+    asyncio.run(main())
+
+
+def test_bearer_agent_is_unchanged(broker: BrokerForTests, dpop_echo: str) -> None:
+    with broker.agent(SCOPE, task_id="task-bearer") as agent:
+        assert agent.dpop_key is None
+        assert "cnf" not in claims_of(agent.token)
+        assert agent.auth_headers("GET", dpop_echo) == agent.bearer_header
+        with httpx.Client(auth=agent.auth) as http:
+            assert http.get(dpop_echo).json() == {"sub": agent.agent_id, "scheme": "Bearer"}
