@@ -6,6 +6,10 @@
                     store, driven by N threads; every call returns only once durable.
 - ``audit_verify``  writes ``events`` chained events with the store's ``append_audit`` in big
                     batches, then times ``tasklease audit verify --database`` on them.
+- ``offline_verify`` the resource-server verifier (``tasklease.verify.Verifier``, JWKS served
+                    in memory, no feed): first-seen and cached verification rates of
+                    broker-shaped tokens, against raw PyNaCl verify of the same signing
+                    inputs, interleaved round by round in this one process.
 - ``memory``        a Broker (ManualClock, SQLite) holding registered agents, validated live
                     tokens and revoked token ids; RSS; then time passes and pruning runs.
 """
@@ -323,6 +327,98 @@ def memory(spec: dict[str, Any]) -> dict[str, Any]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def offline_verify(spec: dict[str, Any]) -> dict[str, Any]:
+    """First-seen and cached ``Verifier.verify`` rates vs raw ``VerifyKey.verify``.
+
+    Tokens are minted by the broker's own ``core.tokens.mint`` (claims of a registered
+    agent: SPIFFE subject, three audiences, task and orchestration ids, ``agent_jwk``), each
+    distinct, so every first-seen verification parses, verifies, checks claims and fills
+    the cache. Raw PyNaCl verifies the very same signing inputs. Best of ``rounds``,
+    interleaved so both see the same machine state.
+    """
+    import httpx
+
+    from tasklease.core.keys import KeyRing
+    from tasklease.core.tokens import KIND_AGENT, mint
+    from tasklease.verify import Verifier
+
+    n, rounds = spec.get("n", 3000), spec.get("rounds", 5)
+    ring = KeyRing.generate()
+    jwks = ring.jwks()
+    verifier = Verifier(
+        "http://broker.invalid",
+        audience="svc-a",
+        feed=False,
+        cache_size=n * rounds + 1,
+        transport=httpx.MockTransport(lambda _request: httpx.Response(200, json=jwks)),
+    )
+    verifier.start()
+    now = int(time.time())
+    agent_key = bytes(nacl.signing.SigningKey.generate().verify_key)
+
+    def token(i: int) -> str:
+        text, _ = mint(
+            ring,
+            kind=KIND_AGENT,
+            iss="tasklease",
+            sub=f"spiffe://tasklease.local/agent/bench-orch/task-{i:06d}/{os.urandom(8).hex()}",
+            aud=("svc-a", "svc-b", "https://tools.example/mcp"),
+            iat=now,
+            ttl=600,
+            scope=("read:data:*", "write:data:42"),
+            client_id="admin",
+            task_id=f"task-{i:06d}",
+            orch_id="bench-orch",
+            principal="admin",
+            agent_key=agent_key,
+        )
+        return text
+
+    batches = [[token(r * n + i) for i in range(n)] for r in range(rounds)]
+    vkey = ring.verify_key(ring.active_kid)
+    if vkey is None:
+        raise RuntimeError("the key ring has no active verify key")
+    from tasklease.core import _jws
+
+    def split(tok: str) -> tuple[bytes, bytes]:
+        head, _, sig = tok.rpartition(".")
+        return head.encode("ascii"), _jws.b64url_decode(sig)
+
+    raw_inputs = [[split(t) for t in batch] for batch in batches]
+    best_raw = best_first = best_cached = float("inf")
+    hot = batches[0][0]
+    verifier.verify(hot)
+    for r in range(rounds):
+        inputs = raw_inputs[r]
+        t0 = time.perf_counter()
+        for message, signature in inputs:
+            vkey.verify(message, signature)
+        best_raw = min(best_raw, time.perf_counter() - t0)
+        batch = batches[r]
+        t0 = time.perf_counter()
+        for tok in batch:
+            verifier.verify(tok)
+        best_first = min(best_first, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            verifier.verify(hot)
+        best_cached = min(best_cached, time.perf_counter() - t0)
+    stats = verifier.stats()
+    verifier.close()
+    raw, first, cached = n / best_raw, n / best_first, n / best_cached
+    return {
+        "n": n,
+        "rounds": rounds,
+        "token_bytes": len(hot),
+        "nacl_verify_per_s": round(raw, 1),
+        "first_seen_per_s": round(first, 1),
+        "cached_per_s": round(cached, 1),
+        "first_seen_ratio": round(first / raw, 3),
+        "cached_ratio": round(cached / raw, 3),
+        "cached_tokens": stats["cached_tokens"],
+    }
+
+
 def main() -> None:
     kind, spec = sys.argv[1], json.loads(sys.argv[2])
     fn = {
@@ -330,6 +426,7 @@ def main() -> None:
         "audit_append": audit_append,
         "audit_verify": audit_verify,
         "memory": memory,
+        "offline_verify": offline_verify,
     }[kind]
     sys.stdout.write(json.dumps(fn(spec)) + "\n")
 

@@ -42,8 +42,8 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBrok
 def serve() -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
-    def start(app: Any, port: int | None = None) -> Served:
-        served = serve_app(app, port)
+    def start(app: Any, port: int | None = None, **options: Any) -> Served:
+        served = serve_app(app, port, **options)
         started.append(served)
         return served
 

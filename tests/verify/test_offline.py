@@ -62,6 +62,27 @@ _OFFLINE = textwrap.dedent(
         pass
     else:
         raise SystemExit("forged token accepted")
+    # A DPoP-bound token and its proof, checked with PyNaCl alone.
+    import hashlib
+    holder = nacl.signing.SigningKey(b"h" * 32)
+    x = _jws.b64url_encode(bytes(holder.verify_key))
+    bound = _jws.encode(json.dumps({**claims, "jti": "d" * 32, "cnf": {"jkt": thumbprint(
+        bytes(holder.verify_key))}}).encode(), typ="at+jwt", kid=kid, key=key)
+    proof_claims = {"jti": "p1", "htm": "GET", "htu": "http://rs/x", "iat": now,
+                    "ath": _jws.b64url_encode(hashlib.sha256(bound.encode()).digest())}
+    head = {"typ": "dpop+jwt", "alg": "EdDSA", "jwk": {"kty": "OKP", "crv": "Ed25519", "x": x}}
+    signing_input = (_jws.b64url_encode(json.dumps(head).encode()) + "."
+                     + _jws.b64url_encode(json.dumps(proof_claims).encode()))
+    proof = signing_input + "." + _jws.b64url_encode(
+        holder.sign(signing_input.encode()).signature)
+    assert verifier.verify(bound, scheme="DPoP", dpop_proof=proof, htm="GET",
+                           htu="http://rs/x").cnf
+    try:
+        verifier.verify(bound)
+    except InvalidToken as exc:
+        assert exc.reason == "DPoP-bound token presented as a bearer token"
+    else:
+        raise SystemExit("bound token accepted as bearer")
     assert not any(m.split(".")[0] in BLOCKED for m in sys.modules)
     print("ok", _jws.msgspec)
     """
@@ -185,9 +206,12 @@ def test_claim_checks_refuse_what_the_broker_refuses() -> None:
         "token lifetime outside the allowed range": token(exp=now + 7200),
         "claim sub missing or not a string": token(sub=None),
         "chain_hash without a delegation chain": token(chain_hash="00"),
-        "sender-constrained token: binding is not checked by this verifier": token(
-            cnf={"jkt": "x"}
+        "DPoP-bound token presented as a bearer token": token(cnf={"jkt": "x"}),
+        "certificate-bound token presented without a client certificate": token(
+            cnf={"x5t#S256": "x"}
         ),
+        "cnf claim malformed": token(cnf={"x5t": "x"}),
+        "act claim on a token that is not delegated": token(principal="user:a", act={"sub": "s"}),
     }
     for reason, bad in cases.items():
         with pytest.raises(InvalidToken) as caught:
@@ -233,6 +257,7 @@ def test_public_surface() -> None:
 
     assert set(verify.__all__) == {
         "AppCredentials",
+        "BrokerIntrospector",
         "DelegationHop",
         "InsufficientScope",
         "InvalidToken",

@@ -40,10 +40,16 @@ class Served:
         self.thread.join(10)
 
 
-def serve_app(app: Any, port: int | None = None) -> Served:
-    """Run an ASGI app under uvicorn in a thread; return once it answers."""
+def serve_app(app: Any, port: int | None = None, **options: Any) -> Served:
+    """Run an ASGI app under uvicorn in a thread; return once it answers.
+
+    ``options`` go to ``uvicorn.Config`` (TLS files, an ``http`` protocol class); with
+    ``ssl_certfile`` the URL is ``https``.
+    """
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -52,7 +58,8 @@ def serve_app(app: Any, port: int | None = None) -> Served:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
-    return Served(server, thread, f"http://127.0.0.1:{port}")
+    scheme = "https" if options.get("ssl_certfile") else "http"
+    return Served(server, thread, f"{scheme}://127.0.0.1:{port}")
 
 
 class CountingTransport(httpx.HTTPTransport):
@@ -77,3 +84,56 @@ def poll(condition: Callable[[], bool], timeout: float, interval: float = 0.01) 
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
     return time.monotonic() - started
+
+
+def admin_source(broker: RunningBroker) -> Callable[[], str]:
+    """A fresh-enough admin token for the verifier (introspection sees every app's agents;
+    an app credential sees only its own agents' tokens)."""
+    cached: list[tuple[str, float]] = []
+
+    def source() -> str:
+        if not cached or time.monotonic() > cached[0][1]:
+            answer = broker.post("/v1/admin/auth", json={"secret": broker.admin_secret})
+            answer.raise_for_status()
+            cached[:] = [(answer.json()["access_token"], time.monotonic() + 60)]
+        return cached[0][0]
+
+    return source
+
+
+def dpop_proof(
+    key: Any,
+    *,
+    htm: str,
+    htu: str,
+    token: str | None = None,
+    iat: float | None = None,
+    jti: str | None = None,
+) -> str:
+    """An RFC 9449 proof signed by ``key`` (a PyNaCl ``SigningKey``)."""
+    import base64
+    import hashlib
+    import json
+
+    def b64url(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+    header = {
+        "typ": "dpop+jwt",
+        "alg": "EdDSA",
+        "jwk": {"kty": "OKP", "crv": "Ed25519", "x": b64url(bytes(key.verify_key))},
+    }
+    claims: dict[str, Any] = {
+        "jti": jti or secrets.token_hex(12),
+        "htm": htm,
+        "htu": htu,
+        "iat": int(time.time() if iat is None else iat),
+    }
+    if token is not None:
+        claims["ath"] = b64url(hashlib.sha256(token.encode()).digest())
+    signing_input = (
+        b64url(json.dumps(header, separators=(",", ":")).encode())
+        + "."
+        + b64url(json.dumps(claims, separators=(",", ":")).encode())
+    )
+    return signing_input + "." + b64url(key.sign(signing_input.encode()).signature)

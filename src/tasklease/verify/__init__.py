@@ -8,6 +8,10 @@
     token = verifier.verify(bearer)          # VerifiedToken, or raises VerificationError
     verifier.require_scope(token, "read:orders:42")
 
+Opaque by-reference tokens are resolved through the broker's introspection; bound tokens
+(``cnf``) need their proof: ``verify(token, client_cert=...)`` or ``verify(token,
+scheme="DPoP", dpop_proof=..., htm=..., htu=...)``.
+
 Needs only PyNaCl and httpx. The Starlette/FastAPI middleware and ``require_scope`` are in
 :mod:`tasklease.verify.asgi`; the token verifier for the ``mcp`` SDK is in
 :mod:`tasklease.verify.mcp`. See ``docs/verifier.md``.
@@ -21,10 +25,12 @@ from tasklease.verify._errors import (
     VerifierUnavailable,
 )
 from tasklease.verify._feed import AppCredentials
-from tasklease.verify._verifier import TokenIntrospector, Verifier
+from tasklease.verify._introspection import BrokerIntrospector, TokenIntrospector
+from tasklease.verify._verifier import Verifier
 
 __all__ = [
     "AppCredentials",
+    "BrokerIntrospector",
     "DelegationHop",
     "InsufficientScope",
     "InvalidToken",

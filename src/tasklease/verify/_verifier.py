@@ -13,8 +13,15 @@ depth and chain hash, revocation. Then freshness: when the feed has not proved c
 for ``max_feed_staleness`` seconds, every verification fails closed with
 :class:`VerifierUnavailable`.
 
-By-reference tokens (opaque handles resolved by RFC 7662 introspection) are not verified
-here yet: :class:`TokenIntrospector` is the extension point a future release plugs in.
+The ``act`` chain (RFC 8693) of a delegated token must agree with its delegation chain and
+principal. A sender-constrained token (``cnf``) must come with its proof: the client
+certificate (RFC 8705) or ``Authorization: DPoP`` and a DPoP proof (RFC 9449); see
+``_binding``. Binding is checked on every request, cached token or not.
+
+By-reference tokens (``tlr_...``, issued when a JWT would be too large) are resolved
+through the broker's RFC 7662 introspection with the verifier's credentials; active
+answers go through the same claim checks and are cached in their own bounded LRU until
+``exp`` or a matching revocation from the feed (not cached at all without a feed).
 """
 
 from __future__ import annotations
@@ -25,35 +32,48 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 
 from tasklease.core import _jws
 from tasklease.core.clock import Clock, SystemClock
-from tasklease.verify._claims import VerifiedToken, check_claims, check_time, parse_claims
+from tasklease.verify._binding import (
+    DPoPReplayCache,
+    Presentation,
+    check_binding,
+    presented_thumbprint,
+)
+from tasklease.verify._claims import (
+    VerifiedToken,
+    check_claims,
+    check_time,
+    claims_from_introspection,
+    parse_claims,
+)
 from tasklease.verify._errors import InsufficientScope, InvalidToken, VerifierUnavailable
 from tasklease.verify._feed import AppCredentials, FeedFollower
+from tasklease.verify._introspection import (
+    BrokerIntrospector,
+    TokenIntrospector,
+    is_reference_token,
+)
 from tasklease.verify._jwks import KeySet
 from tasklease.verify._revocations import RevocationIndex
 
-__all__ = ["TokenIntrospector", "Verifier"]
+__all__ = ["TokenIntrospector", "Verifier"]  # TokenIntrospector: re-exported
 
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a JWT type, not a secret
 _ALLOWED_TYPS = frozenset({ACCESS_TOKEN_TYPE})
 _log = logging.getLogger("tasklease.verify")
 
 
-class TokenIntrospector(Protocol):
-    """Extension point for by-reference tokens (RFC 7662), not wired in this release.
+_BEARER = Presentation()
 
-    An implementation returns the introspection response (``{"active": true, ...claims}``)
-    or ``None``; the verifier would then apply the same claim and revocation checks and
-    cache the answer no longer than the token's ``exp``.
-    """
 
-    def introspect(self, token: str) -> Mapping[str, Any] | None: ...
+class _NeedsIntrospection(Exception):
+    """Raised on the event loop when a by-reference token must be introspected (I/O)."""
 
 
 class _TokenCache:
@@ -68,6 +88,8 @@ class _TokenCache:
         return len(self._entries)
 
     def get(self, key: bytes) -> VerifiedToken | None:
+        if key not in self._entries:  # a miss (every first-seen token) takes no lock
+            return None
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
@@ -102,13 +124,23 @@ class Verifier:
             revocations reach this verifier only through token expiry: use it only where
             that is acceptable.
         credentials: an app's :class:`AppCredentials`, or a callable returning an admin or
-            app bearer token, to read the revocation feed.
+            app bearer token, to read the revocation feed and to introspect by-reference
+            tokens (an app sees only its own agents' tokens there).
         max_feed_staleness: seconds without news from a current feed after which every
             verification fails closed (:class:`VerifierUnavailable`).
         clock_skew: seconds of tolerance on ``exp``, ``nbf`` and ``iat``.
         max_token_lifetime: the broker's ``max_ttl``: longer-lived tokens are refused.
         max_delegation_depth: deepest delegation chain accepted.
         cache_size: verified tokens remembered (LRU); 0 disables the cache.
+        introspector: resolves by-reference tokens; default :class:`BrokerIntrospector`
+            (``POST /v1/introspect`` with ``credentials``). Without either, by-reference
+            tokens are refused.
+        introspection_cache_size: active introspection answers remembered (LRU, each
+            until its ``exp`` or a matching revocation); 0 disables it. Only with a feed.
+        dpop_proof_window: seconds a DPoP proof's ``iat`` may differ from now (the
+            broker's ``dpop_proof_window``); proof ``jti``s are remembered that long.
+        dpop_replay_cache_size: most DPoP proof ``jti``s remembered; when full, new proofs
+            are refused (fail closed).
         transport: an httpx transport (tests inject one to count or fake requests).
         clock: wall clock for ``exp``/``nbf``/``iat`` (tests inject one).
     """
@@ -128,6 +160,10 @@ class Verifier:
         max_token_lifetime: int = 3600,
         max_delegation_depth: int = 5,
         cache_size: int = 10_000,
+        introspector: TokenIntrospector | None = None,
+        introspection_cache_size: int = 1_000,
+        dpop_proof_window: int = 60,
+        dpop_replay_cache_size: int = 100_000,
         max_token_bytes: int = _jws.MAX_TOKEN_BYTES,
         timeout: float = 5.0,
         transport: httpx.BaseTransport | None = None,
@@ -153,6 +189,17 @@ class Verifier:
         self._cache = _TokenCache(cache_size)
         self._credentials = credentials
         self._feed_token: tuple[str, float] | None = None
+        self._feed_token_lock = threading.Lock()
+        if introspector is None and credentials is not None:
+            introspector = BrokerIntrospector(
+                self._client,
+                audience=audience,
+                token_source=self._bearer_for_feed,
+                forget_token=self._forget_feed_token,
+            )
+        self._introspector = introspector
+        self._references = _TokenCache(introspection_cache_size if feed else 0)
+        self._dpop = DPoPReplayCache(dpop_proof_window, capacity=dpop_replay_cache_size)
         self._feed: FeedFollower | None = None
         if feed:
             self._feed = FeedFollower(
@@ -224,6 +271,9 @@ class Verifier:
             "jwks_fetches": self._keys.fetches,
             "kids": self._keys.kids,
             "cached_tokens": len(self._cache),
+            "cached_references": len(self._references),
+            "introspections": getattr(self._introspector, "calls", None),
+            "dpop_jtis": len(self._dpop),
             "revocation_entries": len(self._revocations),
             "feed_cursor": None if self._feed is None else self._feed.cursor,
             "feed_staleness": self.feed_staleness(),
@@ -232,56 +282,124 @@ class Verifier:
 
     # --- verification -------------------------------------------------------------------
 
-    def verify(self, token: str) -> VerifiedToken:
-        """Verify ``token`` for this audience; may fetch the JWKS once for an unknown kid.
+    def verify(
+        self,
+        token: str,
+        *,
+        scheme: str = "Bearer",
+        client_cert: bytes | str | None = None,
+        client_cert_thumbprint: str | None = None,
+        dpop_proof: str | None = None,
+        htm: str = "",
+        htu: str = "",
+    ) -> VerifiedToken:
+        """Verify ``token`` for this audience; may fetch the JWKS once for an unknown kid,
+        and introspects a by-reference token not in the cache.
+
+        The rest is what the request presented besides the token, for sender-constrained
+        tokens: ``scheme`` (``Bearer`` or ``DPoP``, from the ``Authorization`` header);
+        the TLS client certificate as ``client_cert`` (DER bytes or PEM) or its
+        ``client_cert_thumbprint`` (``x5t#S256``); the ``DPoP`` header as ``dpop_proof``
+        with the request's method ``htm`` and URI ``htu`` (scheme, host, path).
 
         Raises:
             InvalidToken: any failed check (the reason is in ``.reason`` only).
-            VerifierUnavailable: the revocation feed is stale: fail closed.
+            VerifierUnavailable: the revocation feed is stale, or introspection failed:
+                fail closed.
         """
-        return self._verify(token, self._keys.resolve)
+        presented = (
+            None
+            if scheme == "Bearer" and client_cert is None and not client_cert_thumbprint
+            else self._presentation(
+                scheme, client_cert, client_cert_thumbprint, dpop_proof, htm, htu
+            )
+        )
+        return self._verify(token, self._keys.resolve, presented, introspect=True)
 
-    async def averify(self, token: str) -> VerifiedToken:
-        """:meth:`verify` for async code: the JWKS fetch, when due, runs in a thread."""
+    async def averify(
+        self,
+        token: str,
+        *,
+        scheme: str = "Bearer",
+        client_cert: bytes | str | None = None,
+        client_cert_thumbprint: str | None = None,
+        dpop_proof: str | None = None,
+        htm: str = "",
+        htu: str = "",
+    ) -> VerifiedToken:
+        """:meth:`verify` for async code: a JWKS fetch or an introspection runs in a thread."""
+        presented = self._presentation(
+            scheme, client_cert, client_cert_thumbprint, dpop_proof, htm, htu
+        )
         try:
-            return self._verify(token, self._keys.get)
+            return self._verify(token, self._keys.get, presented, introspect=False)
+        except _NeedsIntrospection:
+            return await asyncio.to_thread(
+                self._verify, token, self._keys.get, presented, introspect=True
+            )
         except InvalidToken as exc:
             if exc.reason != "unknown kid" or not self._keys.may_refresh():
                 raise
         await asyncio.to_thread(self._keys.refresh_for_unknown_kid)
-        return self._verify(token, self._keys.get)
+        return self._verify(token, self._keys.get, presented, introspect=False)
+
+    @staticmethod
+    def _presentation(
+        scheme: str,
+        client_cert: bytes | str | None,
+        client_cert_thumbprint: str | None,
+        dpop_proof: str | None,
+        htm: str,
+        htu: str,
+    ) -> Presentation | None:
+        """What the request presented; ``None`` for a plain bearer token (the fast path)."""
+        if scheme == "Bearer" and client_cert is None and not client_cert_thumbprint:
+            return None
+        thumbprint = client_cert_thumbprint or presented_thumbprint(client_cert)
+        return Presentation(
+            scheme=scheme,
+            cert_thumbprint=thumbprint,
+            dpop_proof=dpop_proof or "",
+            htm=htm,
+            htu=htu,
+        )
 
     def require_scope(self, token: VerifiedToken, scope: str) -> None:
         """Raise :class:`InsufficientScope` unless ``token`` covers ``scope``."""
         if not token.has_scope(scope):
             raise InsufficientScope(f"token lacks required scope: {scope}", scope)
 
-    def _verify(self, token: str, resolve_key: Callable[[str], Any]) -> VerifiedToken:
+    def _verify(
+        self,
+        token: str,
+        resolve_key: Callable[[str], Any],
+        presented: Presentation | None,
+        *,
+        introspect: bool,
+    ) -> VerifiedToken:
         if type(token) is not str or not token:
             raise InvalidToken("no token")
         if len(token) > self._max_bytes:
             raise InvalidToken("token too large")
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         now = self._clock.now()
-        verified = self._cache.get(digest)
+        reference = is_reference_token(token)
+        cache = self._references if reference else self._cache
+        verified = cache.get(digest)
         if verified is not None:
             try:
                 check_time(verified, now, self._skew)
             except InvalidToken:
-                self._cache.discard(digest)
+                cache.discard(digest)
                 raise
         else:
-            try:
-                decoded = _jws.decode(
-                    token,
-                    resolve_key=resolve_key,
-                    allowed_typs=_ALLOWED_TYPS,
-                    max_bytes=self._max_bytes,
-                )
-            except _jws.JWSError as exc:
-                raise InvalidToken(exc.reason) from None
-            verified = parse_claims(decoded.claims)
-            check_claims(
+            if reference:
+                if not introspect:
+                    raise _NeedsIntrospection
+                verified = self._introspect(token)
+            else:
+                verified = self._decode(token, resolve_key)
+            verified = check_claims(
                 verified,
                 issuer=self.issuer,
                 audience=self.audience,
@@ -290,14 +408,39 @@ class Verifier:
                 max_lifetime=self._max_lifetime,
                 max_depth=self._max_depth,
             )
-            self._cache.put(digest, verified)
+            cache.put(digest, verified)
         level = self._revocations.match(verified)
         if level is not None:
-            self._cache.discard(digest)
+            cache.discard(digest)
             raise InvalidToken(f"token has been revoked (level {level})")
         if self._feed is not None and self._feed.staleness() > self.max_feed_staleness:
             raise VerifierUnavailable("revocation feed is stale")
+        cnf = verified.cnf
+        if cnf is not None or presented is not None:
+            check_binding(cnf, token, presented or _BEARER, dpop=self._dpop, now=now)
         return verified
+
+    def _decode(self, token: str, resolve_key: Callable[[str], Any]) -> VerifiedToken:
+        try:
+            decoded = _jws.decode(
+                token,
+                resolve_key=resolve_key,
+                allowed_typs=_ALLOWED_TYPS,
+                max_bytes=self._max_bytes,
+            )
+        except _jws.JWSError as exc:
+            raise InvalidToken(exc.reason) from None
+        return parse_claims(decoded.claims)
+
+    def _introspect(self, token: str) -> VerifiedToken:
+        if self._introspector is None:
+            raise InvalidToken("by-reference token but no introspection credentials")
+        if self._feed is not None and self._feed.staleness() > self.max_feed_staleness:
+            raise VerifierUnavailable("revocation feed is stale")
+        body = self._introspector.introspect(token)
+        if body is None:
+            raise InvalidToken("by-reference token is not active")
+        return claims_from_introspection(dict(body))
 
     # --- feed plumbing ---------------------------------------------------------------------
 
@@ -307,19 +450,23 @@ class Verifier:
             raise RuntimeError("no feed credentials")
         if not isinstance(credentials, AppCredentials):
             return credentials()
-        cached = self._feed_token
-        if cached is not None and time.monotonic() < cached[1]:
-            return cached[0]
-        response = self._client.post(
-            "/v1/app/auth",
-            json={"client_id": credentials.client_id, "client_secret": credentials.client_secret},
-        )
-        response.raise_for_status()
-        body = response.json()
-        token, expires_in = body["access_token"], int(body["expires_in"])
-        # Renew well before expiry; the broker ends the stream when the token expires.
-        self._feed_token = (token, time.monotonic() + max(expires_in * 0.8, expires_in - 60))
-        return str(token)
+        with self._feed_token_lock:  # the feed thread and introspecting requests share it
+            cached = self._feed_token
+            if cached is not None and time.monotonic() < cached[1]:
+                return cached[0]
+            response = self._client.post(
+                "/v1/app/auth",
+                json={
+                    "client_id": credentials.client_id,
+                    "client_secret": credentials.client_secret,
+                },
+            )
+            response.raise_for_status()
+            body = response.json()
+            token, expires_in = body["access_token"], int(body["expires_in"])
+            # Renew well before expiry; the broker ends the stream when the token expires.
+            self._feed_token = (token, time.monotonic() + max(expires_in * 0.8, expires_in - 60))
+            return str(token)
 
     def _forget_feed_token(self) -> None:
         self._feed_token = None

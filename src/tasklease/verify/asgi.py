@@ -8,7 +8,9 @@
     @require_scope("read:data:42")                          # Starlette
     async def read(request): ...
 
-The middleware verifies the bearer token of every request (RFC 6750 section 2.1) and puts
+The middleware verifies the token of every request (``Authorization: Bearer``, RFC 6750
+section 2.1, or ``Authorization: DPoP`` with a ``DPoP`` proof, RFC 9449; a
+certificate-bound token against the client certificate of the ASGI TLS extension) and puts
 the :class:`~tasklease.verify.VerifiedToken` in ``request.state.tasklease_token``; a request
 without a valid token gets a 401 problem, a stale revocation feed a 503 problem (fail
 closed). ``require_scope`` answers 403 when the token lacks the scope. Problems have the
@@ -74,7 +76,10 @@ def _problem(
         "x-request-id": request_id,
     }
     if status == 401:
-        headers["www-authenticate"] = 'Bearer realm="tasklease", error="invalid_token"'
+        headers["www-authenticate"] = (
+            'Bearer realm="tasklease", error="invalid_token", '
+            'DPoP realm="tasklease", error="invalid_token", algs="EdDSA"'
+        )
     elif status == 503:
         headers["retry-after"] = "1"
     return json.dumps(body, separators=(",", ":")).encode() + b"\n", headers
@@ -109,19 +114,60 @@ def problem_response(error: VerificationError, request: Request) -> Response:
     return Response(body, status, headers=headers)
 
 
-def _bearer(scope: Scope) -> str | None:
+def _authorization(scope: Scope) -> tuple[str, str] | None:
+    """``(scheme, token)`` of a ``Bearer`` (RFC 6750) or ``DPoP`` (RFC 9449) header."""
     for name, value in scope.get("headers", []):
         if name == b"authorization":
             text: str = value.decode("latin-1")
             scheme, _, token = text.partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
+            if scheme.lower() in ("bearer", "dpop") and token.strip():
+                return ("DPoP" if scheme.lower() == "dpop" else "Bearer"), token.strip()
             return None
     return None
 
 
+def _dpop_proof(scope: Scope) -> str:
+    """The ``DPoP`` header; several join into one value that fails (RFC 9449 4.3 point 1)."""
+    values = [v.decode("latin-1") for n, v in scope.get("headers", []) if n == b"dpop"]
+    return ",".join(values)
+
+
+def _htu(scope: Scope) -> str:
+    """Scheme, ``Host`` and path of this request: what a DPoP client signs as ``htu``."""
+    raw_scheme = str(scope.get("scheme", "http"))
+    scheme = {"ws": "http", "wss": "https"}.get(raw_scheme, raw_scheme)
+    host = ""
+    for name, value in scope.get("headers", []):
+        if name == b"host":
+            host = value.decode("latin-1")
+            break
+    if not host and scope.get("server"):
+        server_host, port = scope["server"]
+        host = f"{server_host}:{port}"
+    return f"{scheme}://{host}{scope.get('root_path', '')}{scope.get('path', '')}"
+
+
+def tls_client_certificate(scope: Scope) -> tuple[str, str]:
+    """``(thumbprint, pem)`` of the client certificate from the ASGI TLS extension.
+
+    The broker's own servers (and ``tasklease.http.tls.TLSScopeMixin``) put the
+    precomputed ``x5t#S256`` there beside ``client_cert_chain``; other servers only the
+    chain, whose first entry is the client's certificate (PEM). ``("", "")`` without one.
+    """
+    tls = (scope.get("extensions") or {}).get("tls")
+    if not isinstance(tls, dict):
+        return "", ""
+    thumbprint = tls.get("x5t#S256")
+    if isinstance(thumbprint, str) and thumbprint:
+        return thumbprint, ""
+    chain = tls.get("client_cert_chain")
+    if isinstance(chain, list | tuple) and chain and isinstance(chain[0], str):
+        return "", chain[0]
+    return "", ""
+
+
 class TaskleaseAuthMiddleware:
-    """Verify every request's bearer token; 401/503 problems for those that fail.
+    """Verify every request's token and its binding; 401/503 problems for those that fail.
 
     ``exempt_paths`` (exact paths, for health checks) pass without a token. The verifier is
     started at application start-up (lifespan) or, without one, on the first request.
@@ -143,11 +189,21 @@ class TaskleaseAuthMiddleware:
             return
         if not self.verifier.started:
             await self.verifier.astart()
-        token = _bearer(scope)
+        authorization = _authorization(scope)
         try:
-            if token is None:
+            if authorization is None:
                 raise VerificationError("missing or malformed authorization header")
-            verified = await self.verifier.averify(token)
+            scheme, token = authorization
+            thumbprint, pem = tls_client_certificate(scope)
+            verified = await self.verifier.averify(
+                token,
+                scheme=scheme,
+                client_cert=pem or None,
+                client_cert_thumbprint=thumbprint or None,
+                dpop_proof=_dpop_proof(scope) if scheme == "DPoP" else None,
+                htm=scope.get("method", "GET"),
+                htu=_htu(scope),
+            )
         except VerificationError as exc:
             await self._refuse(scope, send, exc)
             return
