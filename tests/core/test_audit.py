@@ -647,3 +647,25 @@ def test_events_carry_the_clock_time(broker: Any, kit: Any, clock: Any) -> None:
     broker.release(kit.register(broker).claims, kit.ctx)
     last = list(broker.store.iter_audit())[-1]
     assert last.timestamp == "2027-01-15T08:00:00.25Z"
+
+
+def test_a_lone_surrogate_is_replaced_not_fatal_to_the_batch() -> None:
+    """Text that is not valid Unicode must not make the batch unencodable."""
+    store = MemoryStore()
+    log = AuditLog(store, ManualClock())
+    events = log.record(AuditEntry("odd", detail="agent=\ud800 name", agent_id="a\udfff"))
+    assert events[0].detail == "agent=? name"
+    assert events[0].agent_id == "a?"
+    assert verify_chain(store.iter_audit()).ok
+
+
+def test_canonical_encoding_is_compact_utf8_json() -> None:
+    entry = AuditEntry("e", detail='quote " backslash \\ tab\t é ✓', agent_id="spiffe://x/a")
+    stamp = "2026-01-01T00:00:00Z"
+    expected = json.dumps(
+        [7, stamp, "e", "spiffe://x/a", "", "", entry.detail, "", "success", 0, "", ""],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode("utf-8")
+    digest = hashlib.sha256(b"tasklease-audit-v1\n" + GENESIS_HASH.encode() + b"\n" + expected)
+    assert event_hash(GENESIS_HASH, 7, stamp, entry) == digest.hexdigest()

@@ -25,13 +25,14 @@ Details are sanitized *before* hashing: secrets and personal data never reach st
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+
+import msgspec
 
 from tasklease.core.clock import Clock, format_rfc3339
 from tasklease.core.errors import TaskleaseError, Unavailable
@@ -94,6 +95,20 @@ def _suspect(text: str) -> bool:
     return len(text) >= 64 and _LONG_HEX.search(text) is not None
 
 
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._/-]*")
+
+
+def _plain_identifier(text: str) -> bool:
+    """True for ids no rule can match: no space, ``=``, ``:`` (after a SPIFFE scheme), ``@``,
+    JWT prefix or 64-hex run, so neither a key=value, a credential nor an address."""
+    if len(text) > 256:
+        return False
+    rest = text.removeprefix("spiffe://")
+    if _PLAIN_ID.fullmatch(rest) is None or "eyJ" in rest:
+        return False
+    return len(rest) < 64 or _LONG_HEX.search(rest) is None
+
+
 _CONTROL_TO_SPACE = {c: " " for c in (*range(0x20), 0x7F) if c != 0x09}
 MAX_DETAIL = 2048
 _TRUNCATED = "[truncated]"
@@ -105,11 +120,12 @@ def sanitize(detail: str) -> str:
     Redacts: JWTs, bearer/DPoP credentials, PEM blocks, values of secret-looking keys
     (``client_secret=...``, ``password: ...``), 64-hex strings (launch tokens, nonces,
     secrets: audit events name things by their id or hash prefix instead) and e-mail
-    addresses (kept as ``a***@example.com``). Control characters become spaces and the
-    result is capped at :data:`MAX_DETAIL` characters.
+    addresses (kept as ``a***@example.com``). Control characters become spaces, text that
+    is not valid Unicode (lone surrogates) is replaced, and the result is capped at
+    :data:`MAX_DETAIL` characters.
     """
-    if not detail:
-        return detail
+    if not detail or _plain_identifier(detail):
+        return detail  # the common case, kept cheap
     out = detail
     # One scan decides whether any redaction rule can apply; most fields (ids, counts)
     # pass it untouched, which keeps sanitizing off the group commit's critical path.
@@ -121,6 +137,10 @@ def sanitize(detail: str) -> str:
         out = _LONG_HEX.sub("[REDACTED:hex]", out)
         out = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", out)
     out = out.translate(_CONTROL_TO_SPACE)
+    if not out.isascii():
+        # A lone surrogate (valid in a Python str, not in UTF-8) would make the event
+        # unencodable and fail every operation committed in the same batch.
+        out = out.encode("utf-8", "replace").decode("utf-8")
     if len(out) > MAX_DETAIL:
         out = out[: MAX_DETAIL - len(_TRUNCATED)] + _TRUNCATED
     return out
@@ -145,12 +165,18 @@ def _sanitized(entry: AuditEntry) -> AuditEntry:
 # --- hashing and verification -----------------------------------------------------------
 
 
+# Compact JSON, UTF-8, no escaping beyond JSON's own: byte for byte what
+# ``json.dumps(..., separators=(",", ":"), ensure_ascii=False).encode()`` gives for the
+# ints and (sanitized, valid Unicode) strings of an event, at a tenth of the cost.
+_ENCODER = msgspec.json.Encoder()
+
+
 def _canonical(
     seq: int,
     timestamp: str,
     e: AuditEntry | AuditEvent,
 ) -> bytes:
-    return json.dumps(
+    return _ENCODER.encode(
         [
             seq,
             timestamp,
@@ -164,10 +190,8 @@ def _canonical(
             e.deleg_depth,
             e.deleg_chain_hash,
             e.request_id,
-        ],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode("utf-8")
+        ]
+    )
 
 
 def event_hash(prev_hash: str, seq: int, timestamp: str, entry: AuditEntry | AuditEvent) -> str:
