@@ -54,7 +54,9 @@ FULL = {
         "revoke": 20_000,
         "propagation": 40,
     },
-    "audit_append": {"threads": 16, "count": 300_000, "duration": 8.0},
+    # 40 writers: the server's thread pool, i.e. the most operations that can be waiting
+    # on one commit at once.
+    "audit_append": {"threads": 40, "count": 300_000, "duration": 8.0},
     "audit_verify": {"events": 1_000_000},
     "memory": {"agents": 100_000, "tokens": 100_000, "revoked": 100_000},
     "floor": {"n": 3000, "rows": 30_000, "batch": 64},

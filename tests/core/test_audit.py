@@ -599,7 +599,7 @@ def test_group_commit_batches_queued_units_into_one_transaction() -> None:
     log = AuditLog(store, ManualClock(), on_batch=lambda size, _secs: batches.append(size))
     n = 16
     done: list[Any] = []
-    with log._cond:  # take the leader's seat while everybody queues
+    with log._lock:  # take the leader's seat while everybody queues
         log._leading = True
     threads = [
         threading.Thread(target=lambda i=i: done.append(log.record(AuditEntry("e", detail=str(i)))))
@@ -611,9 +611,8 @@ def test_group_commit_batches_queued_units_into_one_transaction() -> None:
     while len(log._queue) < n and time.monotonic() < deadline:
         time.sleep(0.001)
     assert len(log._queue) == n
-    with log._cond:  # hand the seat back: one waiter leads the whole queue
-        log._leading = False
-        log._cond.notify_all()
+    with log._lock:  # hand the seat to the first waiter: it leads the whole queue
+        log._queue[0].wake.set()
     for t in threads:
         t.join(timeout=10)
     assert batches == [n]

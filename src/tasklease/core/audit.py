@@ -255,24 +255,25 @@ Unit = Callable[[WriteTx], Sequence[AuditEntry]]
 
 
 class _Slot:
-    __slots__ = ("done", "error", "events", "unit")
+    __slots__ = ("done", "error", "events", "unit", "wake")
 
     def __init__(self, unit: Unit) -> None:
         self.unit = unit
         self.done = False
         self.error: BaseException | None = None
         self.events: list[AuditEvent] = []
+        self.wake = threading.Event()  # set when done, or when handed the leadership
 
 
 class AuditLog:
     """Runs operations and their audit events as group-committed units.
 
-    Callers queue their unit; if no transaction is being written, the caller becomes the
-    leader, takes the whole queue and commits it in one transaction, while later callers
-    wait on a condition and queue up behind it. When the leader finishes it wakes every
-    waiter: those whose unit it committed return, and one of the others leads the next
-    batch with everything that queued meanwhile. No background thread, so nothing is lost
-    to a thread that died.
+    Callers queue their unit. If no transaction is being written the caller leads: it
+    takes the whole queue and commits it in one transaction. Later callers wait on their
+    own event while they queue up behind it. When the batch is durable the leader wakes
+    exactly the callers it served and hands the leadership to the first caller still
+    queued, which commits everything that arrived meanwhile. One wake-up per caller, no
+    background thread (so nothing is lost to a thread that died).
     """
 
     def __init__(
@@ -285,7 +286,7 @@ class AuditLog:
         self._store = store
         self._clock = clock
         self._queue: list[_Slot] = []
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._leading = False
         self._on_batch = on_batch
 
@@ -296,24 +297,31 @@ class AuditLog:
         transaction could not be made durable (nothing of the unit is kept).
         """
         slot = _Slot(unit)
-        batch: list[_Slot] | None = None
-        with self._cond:
+        with self._lock:
             self._queue.append(slot)
-            while self._leading and not slot.done:
-                self._cond.wait()
-            if not slot.done:
-                self._leading = True
-                batch, self._queue = self._queue, []
-        if batch is not None:
-            try:
-                self._run(batch)
-            finally:
-                with self._cond:
-                    self._leading = False
-                    self._cond.notify_all()
+            follow = self._leading
+            self._leading = True
+        if follow:
+            slot.wake.wait()  # our batch is done, or the leadership was handed to us
+        if not slot.done:
+            self._lead()
         if slot.error is not None:
             raise slot.error
         return slot.events
+
+    def _lead(self) -> None:
+        with self._lock:
+            batch, self._queue = self._queue, []
+        try:
+            self._run(batch)
+        finally:
+            for served in batch:
+                served.wake.set()
+            with self._lock:
+                if self._queue:
+                    self._queue[0].wake.set()  # the next leader; _leading stays True
+                else:
+                    self._leading = False
 
     def record(self, *entries: AuditEntry) -> list[AuditEvent]:
         """Append events that describe no state change (denials, reads)."""
