@@ -176,3 +176,27 @@ def test_two_processes_on_one_data_dir_share_state(
     # The single-use token is spent for both.
     again, _ = one.register_body(lt, ["read:data:*"])
     assert_problem(one.post("/v1/register", json=again), 401, "unauthorized")
+
+
+def test_key_rotation_reaches_another_process_sharing_the_keys(
+    tmp_path: Path, start_broker: Callable[..., RunningBroker]
+) -> None:
+    """`keys rotate` on one process: the other adopts the new key without a restart."""
+    data = tmp_path / "data"
+    one = start_broker(data)
+    two = start_broker(data)
+    before = {k["kid"] for k in two.get("/.well-known/jwks.json").json()["keys"]}
+    rotated = one.post("/v1/admin/keys/rotate", headers=one.admin_headers())
+    assert rotated.status_code == 200, rotated.text
+    new_kid = rotated.json()["kid"]
+    assert new_kid not in before
+    deadline = time.monotonic() + 10.0
+    while new_kid not in {k["kid"] for k in two.get("/.well-known/jwks.json").json()["keys"]}:
+        assert time.monotonic() < deadline, "the second process never adopted the new key"
+        time.sleep(0.1)
+    # A token the first process signs with the new key validates on the second, and the
+    # second now signs with it too.
+    token = one.register(["read:data:*"]).access_token
+    assert jwt_parts(token)[0]["kid"] == new_kid
+    assert two.is_valid(token)
+    assert jwt_parts(two.admin_token())[0]["kid"] == new_kid

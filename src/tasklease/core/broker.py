@@ -204,6 +204,7 @@ class Broker:
         self._revocation_listeners: tuple[Callable[[], None], ...] = ()
         self._listeners_lock = threading.Lock()
         self._rotation_lock = threading.Lock()
+        self._known_key_files = self._key_files()
         self.validator = Validator(config, keyring, self.clock, self.revocations)
         self.dpop = DPoPVerifier(config.dpop_proof_window, capacity=config.dpop_replay_cache_size)
         self.audit = AuditLog(store, self.clock, on_batch=self.metrics.observe_batch)
@@ -1408,7 +1409,7 @@ class Broker:
         tokens it signed verify until they expire. The ring and the validator built on
         it are swapped by single reference assignments, so a concurrent request sees
         either the old ring or the new one, never a mixture. Other processes sharing the
-        key directory pick the key up when they restart.
+        key directory pick the key up within a second (:meth:`refresh_keys`).
 
         Raises:
             Unavailable: the audit event could not be stored (the new key is then on
@@ -1438,6 +1439,34 @@ class Broker:
             self.validator = validator
             self.keyring = ring
         return ring.active_kid, previous.active_kid
+
+    def _key_files(self) -> tuple[str, ...] | None:
+        if not self.config.key_dir:
+            return None
+        try:
+            return tuple(sorted(p.name for p in Path(self.config.key_dir).glob("signing-*.pem")))
+        except OSError:
+            return None
+
+    def refresh_keys(self) -> bool:
+        """Adopt signing keys another process sharing the key directory added or retired.
+
+        Cheap when nothing changed (one directory listing); run by the server's
+        housekeeping loop, so a rotation on one worker or replica reaches the others.
+        Returns True when the ring changed.
+        """
+        files = self._key_files()
+        if files is None or files == self._known_key_files:
+            return False
+        with self._rotation_lock:
+            ring = load_or_create_keyring(Path(self.config.key_dir))
+            self._known_key_files = files
+            if ring.kids() == self.keyring.kids():
+                return False
+            self.validator = Validator(self.config, ring, self.clock, self.revocations)
+            self.keyring = ring
+        _log.info("signing keys reloaded: active kid %s", ring.active_kid)
+        return True
 
     # --- audit, health, housekeeping -------------------------------------------------------
 

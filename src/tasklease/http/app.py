@@ -53,6 +53,8 @@ _INVALID = b'{"valid":false,"error":"token is invalid or expired"}\n'
 # a primary-key range read this often (~20 us each): the bound on propagation between
 # processes. See docs/decisions.md, "Revocation propagation between workers".
 REVOCATION_POLL_INTERVAL = 0.025
+# How often a process looks for signing keys another process added (`keys rotate`).
+KEY_REFRESH_INTERVAL = 1.0
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -501,6 +503,7 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
         stop_watch = broker.watch_revocations() if background else None
         if background:
             tasks.append(asyncio.create_task(_every(cfg.prune_interval, broker.prune)))
+            tasks.append(asyncio.create_task(_every(KEY_REFRESH_INTERVAL, broker.refresh_keys)))
             # Liveness: a silent agent is revoked within one interval of its deadline.
             tasks.append(
                 asyncio.create_task(_every(cfg.heartbeat_interval, broker.sweep_silent_agents))
