@@ -49,5 +49,10 @@ bench-propagation: $(VENV)/.test-deps
 	sh scripts/ensure-postgres.sh
 	$(BIN)/python -m bench.propagation
 
+.PHONY: bench-postgres
+bench-postgres: $(VENV)/.test-deps
+	sh scripts/ensure-postgres.sh
+	$(BIN)/python -m bench --database postgresql
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,9 @@
-"""``python -m bench``: run every scenario, print one table, write the figures as JSON."""
+"""``python -m bench``: run every scenario, print one table, write the figures as JSON.
+
+The broker runs on SQLite (default) or, with ``--database postgresql``, on PostgreSQL: a
+throwaway cluster in a temp directory (needs initdb/pg_ctl, see scripts/ensure-postgres.sh)
+with a fresh database per broker configuration, or ``--database postgresql://...``.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import format_table, write_json
-from bench.servers import ADMIN_SECRET, REPO, Broker, EmptyServer
+from bench.servers import ADMIN_SECRET, REPO, Broker, Databases, EmptyServer
 
 CORES = os.cpu_count() or 1
+NO_DB = "no database"
+IN_PROCESS = ("audit", "verify", "memory")
 
 # How many HTTP requests, Ed25519 verifications and signatures each operation needs at
 # the least: its floor is the empty-request cost plus that cryptography.
@@ -117,24 +124,35 @@ def run_config(
     plan: dict[str, Any],
     connections: int,
     floor: dict[str, float],
+    databases: Databases,
 ) -> list[dict[str, Any]]:
     """Measure the empty floor and ``scenarios`` against one broker configuration."""
     rows = []
+    db = databases.kind
     tag = f"{loop}, {workers}w"
     with EmptyServer(workers=workers, loop=loop) as empty_server:
         _log(f"empty floor [{tag}]")
         empty = loadgen(empty_server.port, "empty", plan, connections)
     rows.append(
-        {"operation": f"{LABELS['empty']} [{tag}]", "key": "empty", **_cfg(workers, loop), **empty}
+        {
+            "operation": f"{LABELS['empty']} [{tag}, {NO_DB}]",
+            "key": "empty",
+            **_cfg(workers, loop),
+            "database": None,
+            **empty,
+        }
     )
-    with Broker(workers=workers, loop=loop) as broker:
+    if db != "sqlite":
+        _log(f"preparing the {db} database [{tag}]")
+    with Broker(workers=workers, loop=loop, database_url=databases.new_url()) as broker:
         for name in scenarios:
-            _log(f"{name} [{tag}]")
+            _log(f"{name} [{tag}, {db}]")
             result = loadgen(broker.port, name, plan, connections)
             row = {
-                "operation": f"{LABELS[name]} [{tag}]",
+                "operation": f"{LABELS[name]} [{tag}, {db}]",
                 "key": name,
                 **_cfg(workers, loop),
+                "database": db,
                 **result,
             }
             if name in COMPOSITION:
@@ -162,77 +180,20 @@ def _cfg(workers: int, loop: str) -> dict[str, Any]:
     return {"workers": workers, "loop": loop}
 
 
-def _offline_verify_row(floor: dict[str, float], spec: dict[str, Any]) -> dict[str, Any]:
-    """The verifier's first-seen rate against raw PyNaCl verify measured in the same run.
-
-    ``floor_rps``/``ratio`` compare with PyNaCl verifying the very same signing inputs in
-    the same process (interleaved rounds); the one-core floor of this run is kept beside.
-    """
-    result = inproc("offline_verify", spec)
-    raw, first, cached = (
-        result["nacl_verify_per_s"],
-        result["first_seen_per_s"],
-        result["cached_per_s"],
-    )
-    return {
-        "operation": "offline verification (tasklease.verify), first-seen tokens",
-        "key": "offline",
-        "rps": first,
-        "n": result["n"],
-        "errors": 0,
-        "floor_rps": raw,
-        "ratio": result["first_seen_ratio"],
-        "note": f"cached {cached:,.0f}/s ({result['cached_ratio']:.1f} x raw verify); "
-        f"{result['token_bytes']}-byte tokens; one-core floor verify "
-        f"{floor['nacl_verify_per_s']:,.0f}/s",
-        "target": ">= 0.8 x PyNaCl verify (first-seen); cached far above",
-        **result,
-    }
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
-    parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--workers", type=int, default=2, help="broker workers (default 2)")
-    parser.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"))
-    parser.add_argument("--connections", type=int, default=32, help="client connections")
-    parser.add_argument("--duration", type=float, help="seconds per scenario (upper bound)")
-    parser.add_argument(
-        "--sweep",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="also measure validate and register with 1/2 workers x asyncio/uvloop "
-        "(default: on, off with --quick)",
-    )
-    parser.add_argument(
-        "--only", help="comma-separated subset: http,sweep,audit,verify,memory (default all)"
-    )
-    args = parser.parse_args(argv)
-    plan = json.loads(json.dumps(QUICK if args.quick else FULL))
-    if args.duration:
-        plan["duration"] = args.duration
-    sweep = (not args.quick) if args.sweep is None else args.sweep
-    parts = set((args.only or "http,sweep,audit,verify,memory").split(","))
-    if not sweep:
-        parts.discard("sweep")
-    started = time.time()
-    _log(f"floors ({'quick' if args.quick else 'full'} mode, {CORES} cores)")
-    floor = inproc("floor", plan["floor"])
+def _inproc_rows(
+    parts: set[str], plan: dict[str, Any], floor: dict[str, float]
+) -> list[dict[str, Any]]:
+    """The in-process parts: audit append/verify and memory on SQLite, offline verify."""
     rows: list[dict[str, Any]] = []
-    main_scenarios = ["register", "renew", "validate", "protected", "delegate", "revoke"]
-    if args.workers > 1:
-        main_scenarios.append("propagation")
-    if "http" in parts:
-        rows += run_config(args.workers, args.loop, main_scenarios, plan, args.connections, floor)
     if "audit" in parts:
         _log("audit append (group commit, in-process)")
         audit = inproc("audit_append", plan["audit_append"])
         rows.append(
             {
                 "operation": f"audit append, durable ({audit['threads']} threads, "
-                f"mean batch {audit['mean_batch']})",
+                f"mean batch {audit['mean_batch']}) [sqlite]",
                 "key": "audit_append",
+                "database": "sqlite",
                 **audit,
                 "floor_rps": round(floor["sqlite_chained_rows_per_s"], 1),
                 "ratio": round(audit["rps"] / floor["sqlite_chained_rows_per_s"], 3),
@@ -246,8 +207,9 @@ def main(argv: list[str] | None = None) -> None:
         verify = inproc("audit_verify", plan["audit_verify"])
         rows.append(
             {
-                "operation": f"tasklease audit verify, {verify['events']:,} events",
+                "operation": f"tasklease audit verify, {verify['events']:,} events [sqlite]",
                 "key": "audit_verify",
+                "database": "sqlite",
                 "rps": verify["events_per_s"],
                 "n": verify["events"],
                 "errors": 0 if verify["ok"] else 1,
@@ -263,8 +225,9 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(
             {
                 "operation": f"memory: {mem['agents']:,} agents / {mem['tokens']:,} live tokens "
-                f"/ {mem['revoked']:,} revoked",
+                f"/ {mem['revoked']:,} revoked [sqlite]",
                 "key": "memory",
+                "database": "sqlite",
                 "note": f"RSS {mem['rss_mb']} MB (empty broker {mem['rss_empty_mb']} MB); "
                 f"revocation index {mem['revocation_index_before_prune']:,} -> "
                 f"{mem['revocation_index_after_prune']:,} after pruning",
@@ -272,13 +235,125 @@ def main(argv: list[str] | None = None) -> None:
                 **mem,
             }
         )
-    if "sweep" in parts:
-        for workers, loop in ((1, "asyncio"), (1, "uvloop"), (2, "asyncio"), (2, "uvloop")):
-            if workers == args.workers and loop == args.loop and "http" in parts:
-                continue
+    return rows
+
+
+def _offline_verify_row(floor: dict[str, float], spec: dict[str, Any]) -> dict[str, Any]:
+    """The verifier's first-seen rate against raw PyNaCl verify measured in the same run.
+
+    ``floor_rps``/``ratio`` compare with PyNaCl verifying the very same signing inputs in
+    the same process (interleaved rounds); the one-core floor of this run is kept beside.
+    """
+    result = inproc("offline_verify", spec)
+    raw, first, cached = (
+        result["nacl_verify_per_s"],
+        result["first_seen_per_s"],
+        result["cached_per_s"],
+    )
+    return {
+        "operation": f"offline verification (tasklease.verify), first-seen tokens [{NO_DB}]",
+        "key": "offline",
+        "database": None,
+        "rps": first,
+        "n": result["n"],
+        "errors": 0,
+        "floor_rps": raw,
+        "ratio": result["first_seen_ratio"],
+        "note": f"cached {cached:,.0f}/s ({result['cached_ratio']:.1f} x raw verify); "
+        f"{result['token_bytes']}-byte tokens; one-core floor verify "
+        f"{floor['nacl_verify_per_s']:,.0f}/s",
+        "target": ">= 0.8 x PyNaCl verify (first-seen); cached far above",
+        **result,
+    }
+
+
+def _database_arg(value: str) -> str:
+    if value in ("sqlite", "postgresql") or value.startswith(("postgresql://", "postgres://")):
+        return value
+    raise argparse.ArgumentTypeError("expected sqlite, postgresql or a postgresql:// URL")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--workers", type=int, default=2, help="broker workers (default 2)")
+    parser.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"))
+    parser.add_argument("--connections", type=int, default=32, help="client connections")
+    parser.add_argument("--duration", type=float, help="seconds per scenario (upper bound)")
+    parser.add_argument(
+        "--database",
+        type=_database_arg,
+        default="sqlite",
+        metavar="{sqlite,postgresql,postgresql://...}",
+        help="the broker's database (default sqlite). postgresql: a throwaway cluster in a "
+        "temp dir (initdb/pg_ctl, see scripts/ensure-postgres.sh; fsync on) with a fresh "
+        "database per broker configuration. A postgresql:// URL: that existing database, "
+        "migrated and written to by every configuration (use a scratch database). With "
+        "PostgreSQL only the http and sweep parts run: the in-process parts (audit, "
+        "verify, memory, offline verification) measure SQLite or no database and are "
+        "skipped; run them without --database",
+    )
+    parser.add_argument(
+        "--sweep",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also measure validate and register with 1/2 workers x asyncio/uvloop "
+        "(default: on, off with --quick)",
+    )
+    parser.add_argument(
+        "--only",
+        help="comma-separated subset: http,sweep,audit,verify,memory (default all; "
+        "with PostgreSQL only http,sweep run)",
+    )
+    args = parser.parse_args(argv)
+    plan = json.loads(json.dumps(QUICK if args.quick else FULL))
+    if args.duration:
+        plan["duration"] = args.duration
+    sweep = (not args.quick) if args.sweep is None else args.sweep
+    parts = set((args.only or "http,sweep,audit,verify,memory").split(","))
+    if not sweep:
+        parts.discard("sweep")
+    databases = Databases(args.database)
+    in_process = databases.kind == "sqlite"
+    if not in_process:
+        skipped = [*sorted(parts.intersection(IN_PROCESS)), "offline verification"]
+        parts.difference_update(IN_PROCESS)
+        _log(
+            f"{databases.kind}: skipping the in-process parts ({', '.join(skipped)}): they "
+            "measure SQLite or no database; run them without --database"
+        )
+    started = time.time()
+    _log(f"floors ({'quick' if args.quick else 'full'} mode, {CORES} cores)")
+    floor = inproc("floor", plan["floor"])
+    rows: list[dict[str, Any]] = []
+    main_scenarios = ["register", "renew", "validate", "protected", "delegate", "revoke"]
+    if args.workers > 1:
+        main_scenarios.append("propagation")
+    server: dict[str, Any] = {}
+    with databases:
+        if databases.kind != "sqlite":
+            server = databases.describe()
+            _log(f"{databases.kind}: {server}")
+        if "http" in parts:
             rows += run_config(
-                workers, loop, ["validate", "register"], plan, args.connections, floor
+                args.workers, args.loop, main_scenarios, plan, args.connections, floor, databases
             )
+        if in_process:
+            rows += _inproc_rows(parts, plan, floor)
+        if "sweep" in parts:
+            for workers, loop in ((1, "asyncio"), (1, "uvloop"), (2, "asyncio"), (2, "uvloop")):
+                if workers == args.workers and loop == args.loop and "http" in parts:
+                    continue
+                rows += run_config(
+                    workers,
+                    loop,
+                    ["validate", "register"],
+                    plan,
+                    args.connections,
+                    floor,
+                    databases,
+                )
     document = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
@@ -288,19 +363,26 @@ def main(argv: list[str] | None = None) -> None:
         "duration_per_scenario_s": plan["duration"],
         "workers": args.workers,
         "loop": args.loop,
-        "database": "sqlite",
+        "database": databases.kind,
+        **({"database_server": server} if server else {}),
         "floor": {k: round(v, 1) for k, v in floor.items()},
         "rows": rows,
         "wall_s": round(time.time() - started, 1),
     }
     print(format_table(rows))
+    sqlite_floor = (
+        f"; SQLite chained rows (batch {plan['floor']['batch']}, FULL) "
+        f"{floor['sqlite_chained_rows_per_s']:,.0f}/s"
+        if in_process
+        else ""
+    )
     print(
         f"\nfloor (one core): PyNaCl sign {floor['nacl_sign_per_s']:,.0f}/s, verify "
-        f"{floor['nacl_verify_per_s']:,.0f}/s, SHA-256 {floor['sha256_per_s']:,.0f}/s; "
-        f"SQLite chained rows (batch {plan['floor']['batch']}, FULL) "
-        f"{floor['sqlite_chained_rows_per_s']:,.0f}/s. Floor of an operation = its HTTP "
+        f"{floor['nacl_verify_per_s']:,.0f}/s, SHA-256 {floor['sha256_per_s']:,.0f}/s"
+        f"{sqlite_floor}. Floor of an operation = its HTTP "
         f"requests at the empty-Starlette rate + its Ed25519 work spread over the workers. "
-        f"{args.connections} connections, <= {plan['duration']} s per scenario."
+        f"{args.connections} connections, <= {plan['duration']} s per scenario; "
+        f"database {databases.kind}."
     )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = args.json or REPO / "bench" / "results" / f"{stamp}.json"

@@ -1,14 +1,18 @@
 """Servers under test, each in its own process(es) on loopback.
 
 - :class:`Broker` runs ``tasklease serve`` in a fresh temporary data directory with
-  ``TASKLEASE_ADMIN_SECRET`` set (SQLite today; a ``--database postgresql://...`` option
-  would pass ``TASKLEASE_DATABASE`` here).
+  ``TASKLEASE_ADMIN_SECRET`` set: on SQLite in that directory, or on the PostgreSQL
+  database it is given (``TASKLEASE_DATABASE``).
+- :class:`Databases` hands out the database of each broker configuration: nothing for
+  SQLite; for PostgreSQL a fresh, migrated database in a throwaway cluster (or the one
+  existing database it was given).
 - :class:`EmptyServer` runs ``bench.emptyapp``, the HTTP floor.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 ADMIN_SECRET = "bench-admin-secret-" + os.urandom(8).hex()
 REPO = Path(__file__).resolve().parent.parent
@@ -81,11 +86,14 @@ def _is_worker(pid: int) -> bool:
 
 
 class Broker(_Process):
-    def __init__(self, *, workers: int, loop: str) -> None:
+    """``tasklease serve`` on SQLite in its temp directory, or on ``database_url``."""
+
+    def __init__(self, *, workers: int, loop: str, database_url: str | None = None) -> None:
         self.workers = workers
         self.loop = loop
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="tasklease-bench-"))
+        self.database_url = database_url
         self.database = self.dir / "data" / "tasklease.db"
 
     def __enter__(self) -> Broker:
@@ -93,8 +101,13 @@ class Broker(_Process):
             **os.environ,
             "TASKLEASE_ADMIN_SECRET": ADMIN_SECRET,
             "TASKLEASE_DATA_DIR": str(self.dir / "data"),
+            # The default, pinned: the readiness check reads uvicorn's info lines.
+            "TASKLEASE_LOG_LEVEL": "info",
         }
         env.pop("TASKLEASE_CONFIG", None)
+        env.pop("TASKLEASE_DATABASE", None)
+        if self.database_url is not None:
+            env["TASKLEASE_DATABASE"] = self.database_url
         self.log = open(self.dir / "server.log", "wb")
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
             [
@@ -116,30 +129,55 @@ class Broker(_Process):
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def _wait_ready(self) -> None:
+        """Until every worker has its database open and health answers ``ok`` 3 times running."""
         deadline = time.monotonic() + 60
-        url = f"http://127.0.0.1:{self.port}/v1/health"
+        in_a_row = 0
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"broker exited: {(self.dir / 'server.log').read_text()}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    if resp.status == 200 and self._workers_have_db():
-                        time.sleep(0.5)
-                        return
-            except OSError:
-                pass
+                raise RuntimeError(f"broker exited: {self._log_tail()}")
+            if self._health_ok() and self._workers_ready():
+                in_a_row += 1
+                if in_a_row >= 3:
+                    time.sleep(0.5)
+                    return
+            else:
+                in_a_row = 0
             time.sleep(0.1)
-        raise RuntimeError("broker did not become ready")
+        raise RuntimeError(f"broker did not become ready: {self._log_tail()}")
 
-    def _workers_have_db(self) -> bool:
-        """Every worker opened the database (it does so just before it starts serving)."""
+    def _health_ok(self) -> bool:
+        url = f"http://127.0.0.1:{self.port}/v1/health"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.status == 200 and b'"status":"ok"' in resp.read().replace(b" ", b"")
+        except OSError:
+            return False
+
+    def _log_tail(self) -> str:
+        try:
+            return (self.dir / "server.log").read_text(errors="replace")[-3000:]
+        except OSError:
+            return "(no server log)"
+
+    def _workers_ready(self) -> bool:
         pids = self.worker_pids()
         if len(pids) < self.workers:
             return False
+        if self.database_url is None:
+            return self._workers_have_db(pids)
+        return self._workers_started(pids)
+
+    @staticmethod
+    def _workers_have_db(pids: list[int]) -> bool:
+        """SQLite: every worker opened the database file (just before it starts serving)."""
         for pid in pids:
             try:
                 fds = list(Path(f"/proc/{pid}/fd").iterdir())
@@ -149,10 +187,110 @@ class Broker(_Process):
                 return False
         return True
 
+    def _workers_started(self, pids: list[int]) -> bool:
+        """PostgreSQL: every worker logged uvicorn's ``Started server process [pid]``.
+
+        uvicorn logs it after the worker built its app, i.e. after the worker's store
+        opened its connection pool (which waits for a first connection). Its connections
+        are unix sockets to a throwaway cluster, whose client ends name no path in /proc,
+        so the log is the check that works for unix and TCP alike.
+        """
+        try:
+            text = (self.dir / "server.log").read_text(errors="replace")
+        except OSError:
+            return False
+        started = {int(m) for m in re.findall(r"Started server process \[(\d+)\]", text)}
+        return all(pid in started for pid in pids)
+
     def __exit__(self, *exc: object) -> None:
         self.stop()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Databases:
+    """The database of each broker configuration.
+
+    ``spec`` is ``sqlite`` (every broker makes its own file: :meth:`new_url` is ``None``),
+    ``postgresql`` (a throwaway cluster, ``tests/postgres/pgcluster.py``, with a fresh
+    database per configuration) or a ``postgresql://`` URL (that one database, used by
+    every configuration). PostgreSQL databases are migrated before a broker starts on
+    them (``tasklease serve`` leaves a shared database to ``tasklease db migrate``).
+
+    The throwaway cluster is made durable like the SQLite broker (``synchronous=FULL``):
+    ``fsync``, ``synchronous_commit`` and ``full_page_writes`` on (the test cluster turns
+    them off for speed).
+    """
+
+    DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.kind = "sqlite" if spec == "sqlite" else "postgresql"
+        self.existing_url = spec if "://" in spec else None
+        self.cluster: Any = None
+
+    def __enter__(self) -> Databases:
+        if self.kind == "postgresql" and self.existing_url is None:
+            support = str(REPO / "tests" / "postgres")
+            if support not in sys.path:
+                sys.path.insert(0, support)
+            import pgcluster
+
+            self.cluster = pgcluster.Cluster.create()
+            try:
+                self._make_durable()
+            except BaseException:
+                self.cluster.destroy()
+                raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cluster is not None:
+            self.cluster.destroy()
+            self.cluster = None
+
+    def _make_durable(self) -> None:
+        import psycopg
+
+        url = self.cluster.url()
+        with psycopg.connect(url, autocommit=True) as conn:
+            for name, value in self.DURABLE.items():
+                conn.execute(f"ALTER SYSTEM SET {name} = {value}")
+            conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        while self._settings(url, tuple(self.DURABLE)) != self.DURABLE:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the throwaway cluster did not take the durable settings")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _settings(url: str, names: tuple[str, ...]) -> dict[str, str]:
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            return {name: str(conn.execute(f"SHOW {name}").fetchone()[0]) for name in names}
+
+    def new_url(self) -> str | None:
+        """A migrated database for the next broker configuration (``None``: SQLite)."""
+        if self.kind == "sqlite":
+            return None
+        from tasklease.storage.postgres import PostgresStore
+
+        url = self.existing_url or self.cluster.new_database("bench")
+        PostgresStore(url).close()  # migrate (what `tasklease db migrate` does)
+        return str(url)
+
+    def describe(self) -> dict[str, Any]:
+        """What the JSON document records about the database server."""
+        if self.kind == "sqlite":
+            return {}
+        url = self.existing_url or self.cluster.url()
+        names = ("server_version", *self.DURABLE, "shared_buffers")
+        return {
+            "server": "existing" if self.existing_url else "throwaway cluster",
+            **self._settings(url, names),
+        }
 
 
 class EmptyServer(_Process):

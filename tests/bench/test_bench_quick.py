@@ -1,4 +1,5 @@
-"""`python -m bench --quick` runs end to end and writes every row (no timing assertions)."""
+"""`python -m bench --quick` runs end to end and writes every row (no timing assertions),
+on SQLite and on PostgreSQL (a throwaway cluster; skipped without initdb/pg_ctl)."""
 
 import json
 import subprocess
@@ -22,6 +23,7 @@ EXPECTED = {
     "audit_verify",
     "memory",
 }
+HTTP = {"empty", "register", "renew", "validate", "protected", "delegate", "revoke", "propagation"}
 
 
 @pytest.mark.slow
@@ -48,4 +50,52 @@ def test_quick_bench_completes_and_writes_every_row(tmp_path: Path) -> None:
     assert memory["revocation_index_after_prune"] == 0
     verify = next(r for r in document["rows"] if r["key"] == "audit_verify")
     assert verify["ok"], verify
+    assert document["database"] == "sqlite"
+    for row in document["rows"]:
+        if row["key"] in HTTP - {"empty"}:
+            assert row["database"] == "sqlite", row
     assert "operation" in proc.stdout
+
+
+@pytest.mark.slow
+def test_quick_bench_on_postgresql_runs_every_http_scenario(tmp_path: Path) -> None:
+    import pgcluster
+
+    pytest.importorskip("psycopg")
+    try:
+        pgcluster.find_bin()
+    except pgcluster.ClusterUnavailable as exc:
+        pytest.skip(str(exc))
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--database",
+            "postgresql",
+            "--only",
+            "http",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    document = json.loads(out.read_text())
+    assert document["database"] == "postgresql"
+    assert document["database_server"]["fsync"] == "on"
+    rows = {row["key"]: row for row in document["rows"]}
+    assert set(rows) == HTTP, set(rows) ^ HTTP
+    for key in HTTP - {"empty"}:
+        assert rows[key]["database"] == "postgresql", rows[key]
+        assert "postgresql" in rows[key]["operation"], rows[key]
+    for row in document["rows"]:
+        assert row["n"] > 0, row
+        assert row["errors"] == 0, row
+    assert "skipping the in-process parts" in proc.stderr
