@@ -88,9 +88,11 @@ _MARKERS = (
 )  # fmt: skip
 
 
+_MARKER = re.compile("|".join(re.escape(marker) for marker in _MARKERS))
+
+
 def _suspect(text: str) -> bool:
-    low = text.lower()
-    if any(marker in low for marker in _MARKERS):
+    if _MARKER.search(text.lower()) is not None:
         return True
     return len(text) >= 64 and _LONG_HEX.search(text) is not None
 
@@ -255,10 +257,11 @@ Unit = Callable[[WriteTx], Sequence[AuditEntry]]
 
 
 class _Slot:
-    __slots__ = ("done", "error", "events", "unit", "wake")
+    __slots__ = ("done", "entries", "error", "events", "unit", "wake")
 
-    def __init__(self, unit: Unit) -> None:
-        self.unit = unit
+    def __init__(self, unit: Unit | None, entries: Sequence[AuditEntry] = ()) -> None:
+        self.unit = unit  # None: an audit-only slot whose ``entries`` are already sanitized
+        self.entries = entries
         self.done = False
         self.error: BaseException | None = None
         self.events: list[AuditEvent] = []
@@ -270,10 +273,11 @@ class AuditLog:
 
     Callers queue their unit. If no transaction is being written the caller leads: it
     takes the whole queue and commits it in one transaction. Later callers wait on their
-    own event while they queue up behind it. When the batch is durable the leader wakes
-    exactly the callers it served and hands the leadership to the first caller still
-    queued, which commits everything that arrived meanwhile. One wake-up per caller, no
-    background thread (so nothing is lost to a thread that died).
+    own event while they queue up behind it. When the batch is durable the leader hands
+    the leadership to the first caller still queued, which commits everything that
+    arrived meanwhile, then wakes exactly the callers it served. One wake-up per caller,
+    no background thread (so nothing is lost to a thread that died). Audit-only entries
+    (:meth:`record`) are sanitized by their caller and skip the savepoint.
     """
 
     def __init__(
@@ -296,7 +300,18 @@ class AuditLog:
         Raises what the unit raised (its writes undone), or :class:`Unavailable` if the
         transaction could not be made durable (nothing of the unit is kept).
         """
-        slot = _Slot(unit)
+        return self._submit(_Slot(unit))
+
+    def record(self, *entries: AuditEntry) -> list[AuditEvent]:
+        """Append events that describe no state change (denials, reads); return them durable.
+
+        The entries are sanitized here, in the caller's thread, and the committer only
+        chains and stores them: nothing of this runs inside the shared transaction but
+        the hashing and the row.
+        """
+        return self._submit(_Slot(None, [_sanitized(entry) for entry in entries]))
+
+    def _submit(self, slot: _Slot) -> list[AuditEvent]:
         with self._lock:
             self._queue.append(slot)
             follow = self._leading
@@ -315,17 +330,15 @@ class AuditLog:
         try:
             self._run(batch)
         finally:
-            for served in batch:
-                served.wake.set()
+            # Hand the leadership on first, so the next batch is being written while
+            # this one's callers are woken (each wake-up is a system call).
             with self._lock:
                 if self._queue:
                     self._queue[0].wake.set()  # the next leader; _leading stays True
                 else:
                     self._leading = False
-
-    def record(self, *entries: AuditEntry) -> list[AuditEvent]:
-        """Append events that describe no state change (denials, reads)."""
-        return self.commit(lambda _tx: entries)
+            for served in batch:
+                served.wake.set()
 
     def _run(self, batch: list[_Slot]) -> None:
         started = time.perf_counter()
@@ -334,16 +347,19 @@ class AuditLog:
                 seq, prev = tx.audit_head()
                 rows: list[AuditEvent] = []
                 for slot in batch:
-                    try:
-                        with tx.savepoint():
-                            entries = slot.unit(tx)
-                    except TaskleaseError as exc:
-                        slot.error = exc
-                        continue
+                    unit = slot.unit
+                    if unit is None:
+                        entries = slot.entries
+                    else:
+                        try:
+                            with tx.savepoint():
+                                entries = [_sanitized(e) for e in unit(tx)]
+                        except TaskleaseError as exc:
+                            slot.error = exc
+                            continue
                     timestamp = format_rfc3339(self._clock.now())
-                    for entry in entries:
+                    for clean in entries:
                         seq += 1
-                        clean = _sanitized(entry)
                         digest = event_hash(prev, seq, timestamp, clean)
                         event = AuditEvent(
                             seq=seq,

@@ -234,6 +234,13 @@ class Broker:
             self.metrics.audit_events.labels(ev.event_type).inc()
         return events
 
+    def _record(self, *entries: AuditEntry) -> list[AuditEvent]:
+        """Audit what changed no state (denials, reads): no unit, no savepoint."""
+        events = self.audit.record(*entries)
+        for ev in events:
+            self.metrics.audit_events.labels(ev.event_type).inc()
+        return events
+
     def _deny(self, exc: TaskleaseError, entry: AuditEntry) -> TaskleaseError:
         """Audit a denial with its precise reason, then hand back the error to raise.
 
@@ -246,7 +253,7 @@ class Broker:
         exc.denial_id = denial_id
         detail = f"{entry.detail[:1800]} | denial={denial_id}" if entry.detail else ""
         detail = detail or f"denial={denial_id}"
-        self._commit(lambda _tx: [replace(entry, detail=detail)])
+        self._record(replace(entry, detail=detail))
         return exc
 
     def _ttl(self, requested: int | None, default: int) -> int:
@@ -573,7 +580,7 @@ class Broker:
                     outcome="denied",
                     detail=f"{reason} jti={claims.jti}",
                 )
-                self._commit(lambda _tx: [entry])
+                self._record(entry)
             raise TokenRejected(reason, "revoked")
         entry = replace(
             ids,
@@ -581,7 +588,7 @@ class Broker:
             detail=f"high_assurance=true live revocation and agent record checked "
             f"jti={claims.jti} path={ctx.path}",
         )
-        self._commit(lambda _tx: [entry])
+        self._record(entry)
         return True
 
     def _registration_binding(
@@ -1082,14 +1089,12 @@ class Broker:
             scope=ADMIN_SCOPES,
             client_id="admin",
         )
-        self._commit(
-            lambda _tx: [
-                AuditEntry(
-                    "admin_auth",
-                    request_id=ctx.request_id,
-                    detail=f"admin authenticated as admin from {ctx.remote} jti={claims.jti}",
-                )
-            ]
+        self._record(
+            AuditEntry(
+                "admin_auth",
+                request_id=ctx.request_id,
+                detail=f"admin authenticated as admin from {ctx.remote} jti={claims.jti}",
+            )
         )
         self.metrics.auth.labels("admin", "success").inc()
         self.metrics.tokens_issued.labels("admin").inc()
@@ -1273,14 +1278,12 @@ class Broker:
             scope=APP_SCOPES,
             client_id=active_app.client_id,
         )
-        self._commit(
-            lambda _tx: [
-                AuditEntry(
-                    "app_authenticated",
-                    request_id=ctx.request_id,
-                    detail=f"client_id={active_app.client_id} app_id={active_app.app_id}",
-                )
-            ]
+        self._record(
+            AuditEntry(
+                "app_authenticated",
+                request_id=ctx.request_id,
+                detail=f"client_id={active_app.client_id} app_id={active_app.app_id}",
+            )
         )
         self.metrics.auth.labels("app", "success").inc()
         self.metrics.tokens_issued.labels("app").inc()
@@ -1424,16 +1427,14 @@ class Broker:
             else:
                 older = [k for kid in previous.kids() if (k := previous.verify_key(kid))]
                 ring = KeyRing(nacl.signing.SigningKey.generate(), older)
-            self._commit(
-                lambda _tx: [
-                    AuditEntry(
-                        "signing_key_rotated",
-                        request_id=ctx.request_id,
-                        detail=f"signing key rotated new_kid={ring.active_kid} "
-                        f"previous_kid={previous.active_kid} keys={len(ring.kids())} "
-                        f"by={claims.sub}",
-                    )
-                ]
+            self._record(
+                AuditEntry(
+                    "signing_key_rotated",
+                    request_id=ctx.request_id,
+                    detail=f"signing key rotated new_kid={ring.active_kid} "
+                    f"previous_kid={previous.active_kid} keys={len(ring.kids())} "
+                    f"by={claims.sub}",
+                )
             )
             validator = Validator(self.config, ring, self.clock, self.revocations)
             self.validator = validator
@@ -1638,7 +1639,7 @@ class Broker:
                 event_type="token_revocation_ignored",
                 detail=f"RFC 7009 revocation of an inactive token ignored: {exc.reason}",
             )
-            self._commit(lambda _tx: [entry])
+            self._record(entry)
             return False
         if target.sub != caller.sub:
             raise self._deny(

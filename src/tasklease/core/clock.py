@@ -47,12 +47,21 @@ class ManualClock:
             self._now = when
 
 
+# The last second formatted: every audit event stamps the time, and ``strftime`` was the
+# largest part of that. One (key, text) pair, replaced whole, so threads need no lock.
+_LAST_SECOND: list[tuple[tuple[int, int, int, int, int, int], str]] = [((0, 0, 0, 0, 0, 0), "")]
+
+
 def format_rfc3339(ts: float) -> str:
     """RFC 3339 UTC with microseconds, trailing zeros trimmed (``2026-01-02T03:04:05.5Z``)."""
     dt = datetime.fromtimestamp(ts, tz=UTC)
-    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    key = (dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second)
+    last_key, base = _LAST_SECOND[0]
+    if key != last_key:
+        base = dt.strftime("%Y-%m-%dT%H:%M:%S")
+        _LAST_SECOND[0] = (key, base)
     if dt.microsecond:
-        base += "." + f"{dt.microsecond:06d}".rstrip("0")
+        return f"{base}.{dt.microsecond:06d}".rstrip("0") + "Z"
     return base + "Z"
 
 

@@ -482,17 +482,15 @@ def initiate(
             "exp": now + HANDSHAKE_TTL,
         },
     )
-    broker._commit(
-        lambda _tx: [
-            AuditEntry(
-                "mutual_auth_initiated",
-                agent_id=claims.sub,
-                task_id=claims.task_id,
-                orch_id=claims.orch_id,
-                request_id=ctx.request_id,
-                detail=f"handshake {hid} initiated by {claims.sub} with {responder}",
-            )
-        ]
+    broker._record(
+        AuditEntry(
+            "mutual_auth_initiated",
+            agent_id=claims.sub,
+            task_id=claims.task_id,
+            orch_id=claims.orch_id,
+            request_id=ctx.request_id,
+            detail=f"handshake {hid} initiated by {claims.sub} with {responder}",
+        )
     )
     return hid, offer, HANDSHAKE_TTL
 

@@ -336,19 +336,25 @@ class _SQLiteWriteTx:
     def savepoint(self) -> Iterator[None]:
         """Undo this block's writes if it raises (and re-raise); the transaction goes on."""
         conn = self._db()
+        # Named by nesting depth: SQLite resolves a name to the innermost savepoint that
+        # has it, and a fixed text keeps the three statements in sqlite3's statement cache
+        # (a fresh name per savepoint was prepared anew every time, on the commit path).
         self._savepoints += 1
         name = f"sp_{self._savepoints}"  # an int we made: safe to put in SQL
-        conn.execute(f"SAVEPOINT {name}")
         try:
-            yield
-        except BaseException:
-            # If SQLite already aborted the whole transaction (disk full, I/O error) the
-            # savepoint is gone; write() will then fail the commit, which is fail-closed.
-            if conn.in_transaction:
-                conn.execute(f"ROLLBACK TO {name}")
-                conn.execute(f"RELEASE {name}")
-            raise
-        conn.execute(f"RELEASE {name}")
+            conn.execute(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                # If SQLite already aborted the whole transaction (disk full, I/O error)
+                # the savepoint is gone; write() then fails the commit: fail-closed.
+                if conn.in_transaction:
+                    conn.execute(f"ROLLBACK TO {name}")
+                    conn.execute(f"RELEASE {name}")
+                raise
+            conn.execute(f"RELEASE {name}")
+        finally:
+            self._savepoints -= 1
 
     def _exists(self, sql: str, params: _Row) -> bool:
         return self._db().execute(sql, params).fetchone() is not None
@@ -584,15 +590,18 @@ class _SQLiteWriteTx:
         conn = self._db()
         head_seq = _audit_head(conn)[0]
         rows: list[tuple[object, ...]] = []
+        stamp, seconds = "", 0.0  # events of one unit share a timestamp: parse it once
         for e in events:
             if e.seq <= head_seq:
                 raise Conflict(f"audit seq {e.seq} is not after the head ({head_seq})")
             head_seq = e.seq
+            if e.timestamp != stamp:
+                stamp, seconds = e.timestamp, _timestamp_seconds(e.timestamp)
             rows.append(
                 (
                     e.seq,
                     e.timestamp,
-                    _timestamp_seconds(e.timestamp),
+                    seconds,
                     e.event_type,
                     e.agent_id,
                     e.task_id,
