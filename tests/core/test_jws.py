@@ -384,6 +384,63 @@ def test_payload_must_be_a_strict_json_object(signer: Signer, payload: bytes, re
     assert _refused(signer, token, max_bytes=1 << 16) == reason
 
 
+def _signed_with_payload_segment(signer: Signer, segment: str) -> str:
+    header = _std_b64url(_compact({"alg": "EdDSA", "typ": TYP, "kid": "k1"}))
+    signing_input = f"{header}.{segment}"
+    signature = signer.key.sign(signing_input.encode()).signature
+    return f"{signing_input}.{_std_b64url(signature)}"
+
+
+@pytest.mark.parametrize(
+    ("segment", "reason"),
+    [
+        ("e30!", "payload: invalid base64url character"),  # outside the alphabet
+        ("e30=", "payload: invalid base64url character"),  # padding
+        ("e3+/", "payload: invalid base64url character"),  # the standard alphabet
+        ("e30", None),  # b"{}": the control
+        ("e30xx", "payload: invalid base64url length"),
+    ],
+)
+def test_a_signed_payload_segment_must_still_be_base64url(
+    signer: Signer, segment: str, reason: str | None
+) -> None:
+    token = _signed_with_payload_segment(signer, segment)
+    if reason is None:
+        assert signer.decode(token).claims == {}
+    else:
+        assert _refused(signer, token) == reason
+
+
+def test_signature_checks_agree_across_threads(signer: Signer) -> None:
+    """The token path reuses one output buffer per thread: answers never mix."""
+    import threading
+
+    good = [signer.token({"sub": f"a{i}", "pad": "x" * (i * 97)}) for i in range(40)]
+    other = Signer(kid="k1")
+    bad = [other.token({"sub": f"a{i}", "pad": "x" * (i * 89)}) for i in range(40)]
+    wrong: list[str] = []
+
+    def work(offset: int) -> None:
+        for round_ in range(20):
+            for i in range(40):
+                index = (i + offset + round_) % 40
+                if signer.decode(good[index], max_bytes=1 << 16).claims["sub"] != f"a{index}":
+                    wrong.append("good")
+                try:
+                    signer.decode(bad[index], max_bytes=1 << 16)
+                    wrong.append("bad accepted")
+                except JWSError as exc:
+                    if exc.reason != "bad signature":
+                        wrong.append(exc.reason)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert wrong == []
+
+
 def test_payload_accepts_non_canonical_but_valid_json(signer: Signer) -> None:
     # Spacing, escapes and number spellings that msgspec would write differently go
     # through the strict path and are accepted.

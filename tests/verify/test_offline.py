@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -268,3 +269,43 @@ def test_public_surface() -> None:
         "VerifierUnavailable",
     }
     assert all(hasattr(verify, name) for name in verify.__all__)
+
+
+def test_the_fast_claim_parse_builds_what_the_dataclass_would() -> None:
+    payload = {
+        "iss": "tasklease",
+        "sub": "spiffe://tasklease.local/agent/o/t/1",
+        "aud": ["svc-a", "svc-b"],
+        "exp": 3_000_000_000,
+        "nbf": 1_000,
+        "iat": 1_000,
+        "jti": "jti-1",
+        "scope": ["read:data:*"],
+        "task_id": "t",
+        "orch_id": "o",
+        "client_id": "admin",
+        "principal": "user:ada",
+        "chain_hash": "",
+    }
+    fast = parse_claims(payload)
+    assert type(fast) is VerifiedToken
+    assert fast == VerifiedToken(
+        sub=payload["sub"],
+        client_id="admin",
+        scope=("read:data:*",),
+        aud=("svc-a", "svc-b"),
+        iss="tasklease",
+        exp=3_000_000_000,
+        nbf=1_000,
+        iat=1_000,
+        jti="jti-1",
+        task_id="t",
+        orch_id="o",
+        delegation_chain=(),
+        chain_hash="",
+        claims=payload,
+        principal="user:ada",
+    )
+    assert parse_claims(payload, by_reference=True).by_reference is True
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.sub = "someone else"  # type: ignore[misc]

@@ -167,25 +167,58 @@ def parse_claims(payload: dict[str, Any], *, by_reference: bool = False) -> Veri
     for item in aud:
         if type(item) is not str:
             return _parse_claims_checked(payload, by_reference)
-    return VerifiedToken(
-        sub,
-        client_id,
-        tuple(scope),
-        tuple(aud),
-        iss,
-        exp,
-        nbf,
-        iat,
-        jti,
-        task_id,
-        orch_id,
-        (),
-        c_hash,
-        payload,
-        principal,
-        (),
-        by_reference,
-    )
+    token = _new(VerifiedToken)
+    _put_sub(token, sub)
+    _put_client_id(token, client_id)
+    _put_scope(token, tuple(scope))
+    _put_aud(token, tuple(aud))
+    _put_iss(token, iss)
+    _put_exp(token, exp)
+    _put_nbf(token, nbf)
+    _put_iat(token, iat)
+    _put_jti(token, jti)
+    _put_task_id(token, task_id)
+    _put_orch_id(token, orch_id)
+    _put_delegation_chain(token, ())
+    _put_chain_hash(token, c_hash)
+    _put_claims(token, payload)
+    _put_principal(token, principal)
+    _put_actors(token, ())
+    _put_by_reference(token, by_reference)
+    return token
+
+
+# parse_claims builds one VerifiedToken per first-seen token. A frozen dataclass's
+# __init__ stores each field through object.__setattr__; the slots' own descriptors make
+# the same stores in half the time. The list must name every field, in order (checked
+# here at import, and by tests/verify against the dataclass constructor).
+_new = object.__new__
+_SLOTS: dict[str, Any] = {name: VerifiedToken.__dict__[name] for name in VerifiedToken.__slots__}
+(
+    _put_sub,
+    _put_client_id,
+    _put_scope,
+    _put_aud,
+    _put_iss,
+    _put_exp,
+    _put_nbf,
+    _put_iat,
+    _put_jti,
+    _put_task_id,
+    _put_orch_id,
+    _put_delegation_chain,
+    _put_chain_hash,
+    _put_claims,
+    _put_principal,
+    _put_actors,
+    _put_by_reference,
+) = (_SLOTS[f.name].__set__ for f in dataclasses.fields(VerifiedToken))
+if [f.name for f in dataclasses.fields(VerifiedToken)] != [
+    "sub", "client_id", "scope", "aud", "iss", "exp", "nbf", "iat", "jti", "task_id",
+    "orch_id", "delegation_chain", "chain_hash", "claims", "principal", "actors",
+    "by_reference",
+]:  # fmt: skip
+    raise RuntimeError("VerifiedToken's fields changed: update parse_claims's fast path")
 
 
 def _parse_claims_checked(payload: dict[str, Any], by_reference: bool) -> VerifiedToken:
