@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -169,7 +170,22 @@ def worker_app() -> Starlette:
     configure_logging(config.log_level)
     broker = build_broker(config, migrate=False)
     atexit.register(broker.store.close)
-    return create_app(broker, close_store=True)
+    app = create_app(broker, close_store=True)
+    settle_heap()
+    return app
+
+
+def settle_heap() -> None:
+    """Move everything alive at start-up out of the garbage collector's sight.
+
+    Modules, routes and configuration live as long as the process; left in the collected
+    heap, every full collection (about once a second under load) walked them all while
+    the process stood still (20 to 40 ms on a 2-core machine, in the tail of registration
+    latency). Frozen, they are never examined again (``gc.freeze``); what requests
+    allocate is collected as before.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _prepare(config: Config) -> None:
@@ -226,6 +242,7 @@ def serve(config: Config, *, workers: int = 1, loop: str = "asyncio") -> None:
         return
     broker = build_broker(config)
     app = create_app(broker, close_store=True)
+    settle_heap()
     print(
         f"tasklease broker listening on {scheme}://{config.host}:{config.port} "
         f"(database {redact_url(config.database)}, pid {os.getpid()})",
