@@ -429,6 +429,21 @@ def test_append_audit_refuses_seq_not_after_head(store: Store) -> None:
     assert store.audit_head() == (2, events[1].hash)
 
 
+def test_an_append_undone_by_a_savepoint_leaves_the_head_where_it_was(store: Store) -> None:
+    events = chain(2)
+    with store.write() as tx:
+        assert tx.audit_head() == GENESIS
+        with pytest.raises(Conflict), tx.savepoint():
+            tx.append_audit(events[:1])
+            raise Conflict("undo")
+        tx.append_audit(events[:1])  # seq 1 again: it was undone
+        tx.append_audit(events[1:])
+        with pytest.raises(Conflict):
+            tx.append_audit(events[1:])  # seq 2 is now taken
+        assert tx.audit_head() == (2, events[1].hash)
+    assert store.audit_head() == (2, events[1].hash)
+
+
 def test_audit_event_fields_round_trip(store: Store) -> None:
     event = AuditEvent(
         seq=1,

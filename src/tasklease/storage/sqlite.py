@@ -323,6 +323,9 @@ class _SQLiteWriteTx:
         self._conn = conn
         self._savepoints = 0
         self._open = True
+        # The audit head's seq as last read or written in this transaction (None: read
+        # it). Only this transaction can append meanwhile: it holds the write lock.
+        self._head_seq: int | None = None
 
     def _db(self) -> sqlite3.Connection:
         if not self._open:
@@ -348,6 +351,7 @@ class _SQLiteWriteTx:
             except BaseException:
                 # If SQLite already aborted the whole transaction (disk full, I/O error)
                 # the savepoint is gone; write() then fails the commit: fail-closed.
+                self._head_seq = None  # an append inside the block may be undone
                 if conn.in_transaction:
                     conn.execute(f"ROLLBACK TO {name}")
                     conn.execute(f"RELEASE {name}")
@@ -583,12 +587,14 @@ class _SQLiteWriteTx:
 
     def audit_head(self) -> tuple[int, str]:
         """The true head: this transaction holds the write lock, so no one appends meanwhile."""
-        return _audit_head(self._db())
+        head = _audit_head(self._db())
+        self._head_seq = head[0]
+        return head
 
     def append_audit(self, events: Sequence[AuditEvent]) -> None:
         """Append events; each ``seq`` must be greater than the head's, else ``Conflict``."""
         conn = self._db()
-        head_seq = _audit_head(conn)[0]
+        head_seq = self._head_seq if self._head_seq is not None else _audit_head(conn)[0]
         rows: list[tuple[object, ...]] = []
         stamp, seconds = "", 0.0  # events of one unit share a timestamp: parse it once
         for e in events:
@@ -622,6 +628,7 @@ class _SQLiteWriteTx:
             " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
+        self._head_seq = head_seq
 
 
 # -- the store ---------------------------------------------------------------------------
