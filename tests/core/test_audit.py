@@ -621,6 +621,50 @@ def test_group_commit_batches_queued_units_into_one_transaction() -> None:
     assert verify_chain(store.iter_audit()).ok
 
 
+class _Interrupt(BaseException):
+    """Stands for KeyboardInterrupt or SystemExit raised inside a unit."""
+
+
+def test_an_interrupted_batch_acknowledges_nobody() -> None:
+    store = MemoryStore()
+    log = AuditLog(store, ManualClock())
+    outcomes: dict[str, Any] = {}
+
+    def call(name: str, fn: Any) -> None:
+        try:
+            outcomes[name] = fn()
+        except BaseException as exc:  # noqa: BLE001 - the test sorts them out below
+            outcomes[name] = exc
+
+    def interrupted(_tx: Any) -> list[AuditEntry]:
+        raise _Interrupt
+
+    with log._lock:  # take the leader's seat while everybody queues
+        log._leading = True
+    callers = [
+        ("leader", lambda: log.record(AuditEntry("first"))),
+        ("follower", lambda: log.record(AuditEntry("second"))),
+        ("interrupted", lambda: log.commit(interrupted)),
+    ]
+    threads = []
+    for name, fn in callers:
+        thread = threading.Thread(target=call, args=(name, fn))
+        thread.start()
+        threads.append(thread)
+        deadline = time.monotonic() + 10
+        while len(log._queue) < len(threads) and time.monotonic() < deadline:
+            time.sleep(0.001)
+    with log._lock:  # hand the seat to the first caller: it leads all three
+        log._queue[0].wake.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert isinstance(outcomes["leader"], _Interrupt)  # raised in the thread that led
+    assert isinstance(outcomes["follower"], Unavailable)  # not acknowledged: rolled back
+    assert isinstance(outcomes["interrupted"], Unavailable)
+    assert store.audit_head()[0] == 0
+    assert log.record(AuditEntry("after"))[0].seq == 1  # the log goes on
+
+
 def test_a_failing_unit_undoes_only_its_own_writes() -> None:
     store = MemoryStore()
     log = AuditLog(store, ManualClock())

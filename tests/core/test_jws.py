@@ -411,8 +411,24 @@ def test_a_signed_payload_segment_must_still_be_base64url(
         assert _refused(signer, token) == reason
 
 
+@pytest.mark.parametrize("wrong", ["raw bytes", "short bytes", "an int", "a signing key"])
+def test_a_resolver_must_hand_back_a_verify_key(signer: Signer, wrong: str) -> None:
+    """Only a VerifyKey reaches libsodium: raw bytes, even the right ones, are refused."""
+    key = {
+        "raw bytes": bytes(signer.key.verify_key),
+        "short bytes": bytes(signer.key.verify_key)[:31],
+        "an int": 5,
+        "a signing key": signer.key,
+    }[wrong]
+    token = signer.token({"sub": "a"})
+    with pytest.raises(JWSError) as excinfo:
+        _jws.decode(token, resolve_key=lambda _kid: key, allowed_typs=TYPS)  # type: ignore[arg-type,return-value]
+    assert _reason(excinfo) == "bad signature"
+    assert not _jws.verify_detached(b"m", b"\0" * 64, key)  # type: ignore[arg-type]
+
+
 def test_signature_checks_agree_across_threads(signer: Signer) -> None:
-    """The token path reuses one output buffer per thread: answers never mix."""
+    """Threads verifying good and bad tokens at once each get their own answer."""
     import threading
 
     good = [signer.token({"sub": f"a{i}", "pad": "x" * (i * 97)}) for i in range(40)]

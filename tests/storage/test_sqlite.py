@@ -20,7 +20,7 @@ import pytest
 
 import tasklease.storage
 from tasklease.core.clock import format_rfc3339
-from tasklease.core.errors import Unavailable
+from tasklease.core.errors import Conflict, Unavailable
 from tasklease.core.store import (
     AgentRecord,
     AppRecord,
@@ -362,3 +362,24 @@ def test_public_surface() -> None:
         "open_store",
         "redact_url",
     ]
+
+
+def test_an_event_without_a_timestamp_is_refused(store: SQLiteStore) -> None:
+    event = replace(chain(1)[0], timestamp="")
+    with pytest.raises(ValueError), store.write() as tx:
+        tx.append_audit([event])
+    assert store.audit_head()[0] == 0
+
+
+def test_a_failed_insert_does_not_leave_a_stale_head_behind(store: SQLiteStore) -> None:
+    events = chain(2)
+    broken = replace(events[1], detail=None)  # type: ignore[arg-type]  # NOT NULL column
+    with store.write() as tx:
+        tx.audit_head()
+        with pytest.raises(sqlite3.IntegrityError):
+            tx.append_audit([events[0], broken])
+        # Row 1 went in before the failure: the head is read again, not guessed.
+        with pytest.raises(Conflict):
+            tx.append_audit(events[:1])
+        tx.append_audit(events[1:])
+    assert store.audit_head() == (2, events[1].hash)

@@ -21,8 +21,8 @@ audit log and debug logs only; callers show one generic failure outward.
 Cost (2-core machine of the project's kind, Python 3.11, PyNaCl 1.6.2, 917-byte tokens,
 one core): raw ``VerifyKey.verify`` ~55 us; :func:`decode` ~9 us above it: ~2 us before
 the signature (split, header, kid, signature base64url), ~2.4 us payload base64url and
-~2.3 us payload JSON. The signature is checked by libsodium's ``crypto_sign_open`` with a
-reused buffer (~1.3 us less than ``VerifyKey.verify``). JSON is parsed by msgspec and
+~2.3 us payload JSON. The signature is checked by libsodium's ``crypto_sign_open`` without
+an output buffer (~1.3 us less than ``VerifyKey.verify``). JSON is parsed by msgspec and
 accepted on that fast path only if re-encoding gives the same bytes (which rules out
 duplicate names); otherwise the stdlib decoder with a duplicate-name hook decides.
 Headers that came with a valid signature are remembered by segment (~3 us per token).
@@ -34,7 +34,6 @@ import binascii
 import json
 import math
 import re
-import threading
 from collections.abc import Callable, Container
 from typing import Any, NamedTuple
 
@@ -417,11 +416,11 @@ def sign_detached(message: bytes, key: nacl.signing.SigningKey) -> bytes:
     return signature
 
 
-# The token path calls libsodium's ``crypto_sign_open`` through PyNaCl's own binding with
-# a reused per-thread output buffer. ``VerifyKey.verify`` makes the same call (same checks:
-# canonical S, small-order keys) but first allocates and zero-fills two C buffers and then
-# copies the message back out, ~1.3 us of a ~56 us verification that a verifier, which
-# needs only the yes or no, can skip. Without that binding, ``verify_detached`` does it.
+# The token path calls libsodium's ``crypto_sign_open`` through PyNaCl's own binding.
+# ``VerifyKey.verify`` makes the same call (same checks: canonical S, small-order keys)
+# but first allocates and zero-fills two C buffers and then copies the message back out,
+# ~1.3 us of a ~56 us verification; a verifier needs only the yes or no, and libsodium
+# takes NULL for the message it would copy out. Without that binding, ``verify_detached``.
 try:
     from nacl._sodium import ffi as _ffi
     from nacl._sodium import lib as _lib
@@ -429,28 +428,31 @@ try:
     _sodium_open: Callable[..., int] | None = _lib.crypto_sign_open
 except (ImportError, AttributeError):  # pragma: no cover - every PyNaCl 1.x has both
     _sodium_open = None
-_OPEN_BUFFERS = threading.local()
 
 
 def _verify_token_signature(message: bytes, signature: bytes, key: nacl.signing.VerifyKey) -> bool:
-    """:func:`verify_detached` for the token path: the same answer, fewer allocations."""
-    if _sodium_open is None or len(signature) != SIGNATURE_BYTES:
+    """:func:`verify_detached` for the token path: the same answer, no allocations."""
+    if (
+        _sodium_open is None
+        or type(key) is not nacl.signing.VerifyKey
+        or type(signature) is not bytes
+        or len(signature) != SIGNATURE_BYTES
+    ):
         return verify_detached(message, signature, key)
     signed = signature + message
-    buffer = getattr(_OPEN_BUFFERS, "buffer", None)
-    if buffer is None or len(buffer) < len(signed):
-        buffer = _ffi.new("unsigned char[]", max(len(signed), MAX_TOKEN_BYTES + 64))
-        _OPEN_BUFFERS.buffer = buffer
-    return _sodium_open(buffer, _ffi.NULL, signed, len(signed), bytes(key)) == 0
+    return _sodium_open(_ffi.NULL, _ffi.NULL, signed, len(signed), bytes(key)) == 0
 
 
 def verify_detached(message: bytes, signature: bytes, key: nacl.signing.VerifyKey) -> bool:
     """True when ``signature`` is a valid Ed25519 signature of ``message`` by ``key``.
 
     libsodium refuses non-canonical signatures and small-order keys (RFC 8032 section
-    5.1.7). Never raises: a signature of the wrong type or length is simply invalid.
+    5.1.7). Never raises: a signature of the wrong type or length, or a key that is not a
+    ``VerifyKey``, is simply invalid.
     """
     if type(signature) is not bytes or len(signature) != SIGNATURE_BYTES:
+        return False
+    if not isinstance(key, nacl.signing.VerifyKey):
         return False
     try:
         key.verify(message, signature)

@@ -391,6 +391,17 @@ class AuditLog:
                         reason=f"audit transaction failed: {exc!r}",
                     )
                 slot.events = []
+        except BaseException as exc:
+            # KeyboardInterrupt, SystemExit, ...: the transaction was rolled back, so no
+            # caller of this batch may see its events as durable. The leader re-raises.
+            for slot in batch:
+                if slot.error is None:
+                    slot.error = Unavailable(
+                        "the operation could not be recorded; nothing was changed",
+                        reason=f"audit transaction interrupted: {type(exc).__name__}",
+                    )
+                slot.events = []
+            raise
         finally:
             for slot in batch:
                 slot.done = True

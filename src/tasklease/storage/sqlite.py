@@ -596,7 +596,8 @@ class _SQLiteWriteTx:
         conn = self._db()
         head_seq = self._head_seq if self._head_seq is not None else _audit_head(conn)[0]
         rows: list[tuple[object, ...]] = []
-        stamp, seconds = "", 0.0  # events of one unit share a timestamp: parse it once
+        stamp: str | None = None  # events of one unit share a timestamp: parse it once
+        seconds = 0.0
         for e in events:
             if e.seq <= head_seq:
                 raise Conflict(f"audit seq {e.seq} is not after the head ({head_seq})")
@@ -622,6 +623,7 @@ class _SQLiteWriteTx:
                     e.hash,
                 )
             )
+        self._head_seq = None  # unknown until the insert has gone through whole
         conn.executemany(
             "INSERT INTO audit_events (seq, timestamp, ts, event_type, agent_id, task_id,"
             " orch_id, detail, resource, outcome, deleg_depth, deleg_chain_hash, request_id,"
