@@ -384,26 +384,24 @@ class AuditLog:
                     tx.append_audit(rows)
         except Exception as exc:  # noqa: BLE001 - any storage failure fails the batch closed
             _log.error("audit transaction failed: %s", type(exc).__name__)
-            for slot in batch:
-                if slot.error is None:
-                    slot.error = Unavailable(
-                        "the operation could not be recorded; nothing was changed",
-                        reason=f"audit transaction failed: {exc!r}",
-                    )
-                slot.events = []
+            _fail(batch, f"audit transaction failed: {exc!r}")
         except BaseException as exc:
             # KeyboardInterrupt, SystemExit, ...: the transaction was rolled back, so no
             # caller of this batch may see its events as durable. The leader re-raises.
-            for slot in batch:
-                if slot.error is None:
-                    slot.error = Unavailable(
-                        "the operation could not be recorded; nothing was changed",
-                        reason=f"audit transaction interrupted: {type(exc).__name__}",
-                    )
-                slot.events = []
+            _fail(batch, f"audit transaction interrupted: {type(exc).__name__}")
             raise
         finally:
             for slot in batch:
                 slot.done = True
         if self._on_batch is not None:
             self._on_batch(len(batch), time.perf_counter() - started)
+
+
+def _fail(batch: list[_Slot], reason: str) -> None:
+    """Nothing of ``batch`` is durable: every caller not already refused gets Unavailable."""
+    for slot in batch:
+        if slot.error is None:
+            slot.error = Unavailable(
+                "the operation could not be recorded; nothing was changed", reason=reason
+            )
+        slot.events = []

@@ -229,14 +229,13 @@ class Broker:
         return self.clock.now()
 
     def _commit(self, unit: Callable[[WriteTx], Sequence[AuditEntry]]) -> list[AuditEvent]:
-        events = self.audit.commit(unit)
-        for ev in events:
-            self.metrics.audit_events.labels(ev.event_type).inc()
-        return events
+        return self._counted(self.audit.commit(unit))
 
     def _record(self, *entries: AuditEntry) -> list[AuditEvent]:
         """Audit what changed no state (denials, reads): no unit, no savepoint."""
-        events = self.audit.record(*entries)
+        return self._counted(self.audit.record(*entries))
+
+    def _counted(self, events: list[AuditEvent]) -> list[AuditEvent]:
         for ev in events:
             self.metrics.audit_events.labels(ev.event_type).inc()
         return events
