@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -663,6 +665,38 @@ def test_an_interrupted_batch_acknowledges_nobody() -> None:
     assert isinstance(outcomes["interrupted"], Unavailable)
     assert store.audit_head()[0] == 0
     assert log.record(AuditEntry("after"))[0].seq == 1  # the log goes on
+
+
+@pytest.mark.parametrize("handed_the_lead", [False, True])
+def test_a_caller_interrupted_while_waiting_does_not_stall_the_queue(
+    handed_the_lead: bool,
+) -> None:
+    store = MemoryStore()
+    log = AuditLog(store, ManualClock())
+    with log._lock:  # someone else holds the leader's seat
+        log._leading = True
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        if handed_the_lead:
+            with log._lock:
+                log._queue[0].wake.set()  # the seat is handed to us ...
+        raise _Interrupt  # ... and we are interrupted before we can take it
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
+    try:
+        timer.start()
+        with pytest.raises(_Interrupt):
+            log.record(AuditEntry("never answered"))  # waits in the main thread
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    assert log._queue == []
+    if not handed_the_lead:
+        with log._lock:  # the seat's holder finishes with nothing left to do
+            log._leading = False
+    assert log._leading is False
+    assert log.record(AuditEntry("next"))[0].seq == 1  # nothing stalls, nothing was kept
 
 
 def test_a_failing_unit_undoes_only_its_own_writes() -> None:

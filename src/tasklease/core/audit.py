@@ -317,12 +317,33 @@ class AuditLog:
             follow = self._leading
             self._leading = True
         if follow:
-            slot.wake.wait()  # our batch is done, or the leadership was handed to us
+            try:
+                slot.wake.wait()  # our batch is done, or the leadership was handed to us
+            except BaseException:
+                self._withdraw(slot)  # interrupted (a signal in the main thread)
+                raise
         if not slot.done:
             self._lead()
         if slot.error is not None:
             raise slot.error
         return slot.events
+
+    def _withdraw(self, slot: _Slot) -> None:
+        """Take back a slot whose caller stopped waiting, so the queue never stalls.
+
+        Still queued, it is removed; if the leadership had been handed to it meanwhile,
+        it goes to the next caller. Already in a batch, it is committed (or not) as if
+        the caller were still there; only the answer is lost.
+        """
+        with self._lock:
+            if slot not in self._queue:
+                return
+            self._queue.remove(slot)
+            if slot.wake.is_set():  # a queued slot is woken only to lead
+                if self._queue:
+                    self._queue[0].wake.set()
+                else:
+                    self._leading = False
 
     def _lead(self) -> None:
         with self._lock:
