@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
 import hashlib
@@ -96,11 +97,15 @@ def _sqlite_floor(rows: int, batch: int) -> float:
 
 
 def audit_append(spec: dict[str, Any]) -> dict[str, Any]:
+    """Durable audit appends through the group committer: ``threads`` threads calling
+    ``AuditLog.record``, or (``"callers"`` in the spec) that many coroutines in one event
+    loop awaiting ``AuditLog.arecord``, the path the server's handlers take."""
     from tasklease.core.audit import AuditEntry, AuditLog
     from tasklease.core.clock import SystemClock
     from tasklease.storage import SQLiteStore
 
-    threads, count, duration = spec["threads"], spec["count"], spec["duration"]
+    count, duration = spec["count"], spec["duration"]
+    callers = spec.get("callers")
     folder = Path(tempfile.mkdtemp(prefix="tasklease-bench-audit-"))
     batches: list[int] = []
     try:
@@ -111,6 +116,15 @@ def audit_append(spec: dict[str, Any]) -> dict[str, Any]:
         issued = [0]
         deadline = time.perf_counter() + duration
 
+        def entry(k: int, i: int) -> AuditEntry:
+            return AuditEntry(
+                "token_issued",
+                agent_id=f"spiffe://tasklease.local/agent/bench/t{k}/{i:08x}",
+                task_id=f"t{k}",
+                orch_id="bench",
+                detail=f"Token issued, jti={i:032x}, ttl=300",
+            )
+
         def worker(k: int) -> None:
             mine: list[float] = []
             clock = time.perf_counter
@@ -120,33 +134,44 @@ def audit_append(spec: dict[str, Any]) -> dict[str, Any]:
                         break
                     issued[0] += 1
                     i = issued[0]
-                entry = AuditEntry(
-                    "token_issued",
-                    agent_id=f"spiffe://tasklease.local/agent/bench/t{k}/{i:08x}",
-                    task_id=f"t{k}",
-                    orch_id="bench",
-                    detail=f"Token issued, jti={i:032x}, ttl=300",
-                )
+                event = entry(k, i)
                 t0 = clock()
-                log.record(entry)
+                log.record(event)
                 mine.append(clock() - t0)
             with lock:
                 latencies.extend(mine)
 
+        async def caller(k: int) -> None:
+            clock = time.perf_counter
+            while clock() < deadline and issued[0] < count:
+                issued[0] += 1
+                event = entry(k, issued[0])
+                t0 = clock()
+                await log.arecord(event)
+                latencies.append(clock() - t0)
+
+        async def coroutines(n: int) -> None:
+            await asyncio.gather(*(caller(k) for k in range(n)))
+
         started = time.perf_counter()
-        pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
+        if callers:
+            asyncio.run(coroutines(callers))
+        else:
+            pool = [threading.Thread(target=worker, args=(k,)) for k in range(spec["threads"])]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
         elapsed = time.perf_counter() - started
+        log.close()
         head, _ = store.audit_head()
         store.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     result = summarize(latencies, elapsed)
     result.update(
-        threads=threads,
+        threads=0 if callers else spec["threads"],
+        callers=callers or 0,
         stored=head,
         errors=len(latencies) - head,
         mean_batch=round(sum(batches) / len(batches), 1) if batches else 0,

@@ -251,4 +251,5 @@ def serve(config: Config, *, workers: int = 1, loop: str = "asyncio") -> None:
     try:
         uvicorn.run(app, **common)
     finally:
+        broker.audit.close()
         broker.store.close()

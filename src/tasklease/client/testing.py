@@ -180,6 +180,7 @@ class BrokerForTests:
             self._socket.close()
             self._socket = None
         if self.broker is not None:
+            self.broker.audit.close()
             self.broker.store.close()
             self.broker = None
         if self._tmp is not None:

@@ -24,12 +24,14 @@ Details are sanitized *before* hashing: secrets and personal data never reach st
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import msgspec
@@ -112,6 +114,7 @@ def _plain_identifier(text: str) -> bool:
 
 
 _CONTROL_TO_SPACE = {c: " " for c in (*range(0x20), 0x7F) if c != 0x09}
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 MAX_DETAIL = 2048
 _TRUNCATED = "[truncated]"
 
@@ -138,7 +141,8 @@ def sanitize(detail: str) -> str:
         out = _SECRET_KV.sub(lambda m: f"{m.group(1)}{m.group(2)}***REDACTED***", out)
         out = _LONG_HEX.sub("[REDACTED:hex]", out)
         out = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", out)
-    out = out.translate(_CONTROL_TO_SPACE)
+    if _CONTROL.search(out) is not None:  # a search is ten times cheaper than translate
+        out = out.translate(_CONTROL_TO_SPACE)
     if not out.isascii():
         # A lone surrogate (valid in a Python str, not in UTF-8) would make the event
         # unencodable and fail every operation committed in the same batch.
@@ -149,18 +153,36 @@ def sanitize(detail: str) -> str:
 
 
 def _sanitized(entry: AuditEntry) -> AuditEntry:
-    """Every free-text field of an entry, sanitized (identifiers can be pasted secrets too)."""
+    """Every free-text field of an entry, sanitized (identifiers can be pasted secrets too).
+
+    Returns ``entry`` itself when sanitizing changes nothing (the common case).
+    """
+    detail = sanitize(entry.detail)
+    agent_id = sanitize(entry.agent_id)
+    task_id = sanitize(entry.task_id)
+    orch_id = sanitize(entry.orch_id)
+    resource = sanitize(entry.resource)
+    request_id = sanitize(entry.request_id)
+    if (
+        detail is entry.detail
+        and agent_id is entry.agent_id
+        and task_id is entry.task_id
+        and orch_id is entry.orch_id
+        and resource is entry.resource
+        and request_id is entry.request_id
+    ):
+        return entry
     return AuditEntry(
         event_type=entry.event_type,
         outcome=entry.outcome,
-        detail=sanitize(entry.detail),
-        agent_id=sanitize(entry.agent_id),
-        task_id=sanitize(entry.task_id),
-        orch_id=sanitize(entry.orch_id),
-        resource=sanitize(entry.resource),
+        detail=detail,
+        agent_id=agent_id,
+        task_id=task_id,
+        orch_id=orch_id,
+        resource=resource,
         deleg_depth=entry.deleg_depth,
         deleg_chain_hash=entry.deleg_chain_hash,
-        request_id=sanitize(entry.request_id),
+        request_id=request_id,
     )
 
 
@@ -257,15 +279,42 @@ Unit = Callable[[WriteTx], Sequence[AuditEntry]]
 
 
 class _Slot:
-    __slots__ = ("done", "entries", "error", "events", "unit", "wake")
+    __slots__ = ("done", "entries", "error", "events", "future", "loop", "unit", "wake")
 
-    def __init__(self, unit: Unit | None, entries: Sequence[AuditEntry] = ()) -> None:
+    def __init__(
+        self,
+        unit: Unit | None,
+        entries: Sequence[AuditEntry] = (),
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.unit = unit  # None: an audit-only slot whose ``entries`` are already sanitized
         self.entries = entries
         self.done = False
         self.error: BaseException | None = None
         self.events: list[AuditEvent] = []
-        self.wake = threading.Event()  # set when done, or when handed the leadership
+        # A thread's slot waits on ``wake`` (set when done, or when handed the leadership);
+        # a coroutine's slot on ``future``, resolved in its own loop. A coroutine's slot is
+        # never handed the leadership: the committer thread leads for it.
+        self.loop = loop
+        self.future: asyncio.Future[list[AuditEvent]] | None = None
+        self.wake: threading.Event | None = None
+        if loop is None:
+            self.wake = threading.Event()
+        else:
+            self.future = loop.create_future()
+
+
+def _settle(slots: list[_Slot]) -> None:
+    """In a slot's event loop: hand each waiting coroutine its answer."""
+    for slot in slots:
+        future = slot.future
+        if future is None or future.done():  # the caller stopped waiting
+            continue
+        if slot.error is not None:
+            future.set_exception(slot.error)
+        else:
+            future.set_result(slot.events)
 
 
 class AuditLog:
@@ -278,6 +327,11 @@ class AuditLog:
     arrived meanwhile, then wakes exactly the callers it served. One wake-up per caller,
     no background thread (so nothing is lost to a thread that died). Audit-only entries
     (:meth:`record`) are sanitized by their caller and skip the savepoint.
+
+    Coroutines queue the same way (:meth:`acommit`, :meth:`arecord`) but never block
+    their event loop: when one of them would lead, one committer thread leads instead,
+    and keeps leading while coroutines are queued. Their answers reach their loop with
+    one call per batch, not one wake-up per caller.
     """
 
     def __init__(
@@ -293,6 +347,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._leading = False
         self._on_batch = on_batch
+        self._committer: ThreadPoolExecutor | None = None
 
     def commit(self, unit: Unit) -> list[AuditEvent]:
         """Run ``unit`` in a group-committed transaction; return its durable events.
@@ -311,14 +366,38 @@ class AuditLog:
         """
         return self._submit(_Slot(None, [_sanitized(entry) for entry in entries]))
 
+    async def acommit(self, unit: Unit) -> list[AuditEvent]:
+        """:meth:`commit` for a coroutine: the unit runs in the committer thread.
+
+        Cancelled while still queued, the unit is withdrawn and never runs; cancelled
+        once its batch has started, it is committed (or not) all the same and only the
+        answer is lost, as for a thread interrupted while waiting.
+        """
+        return await self._asubmit(_Slot(unit, loop=asyncio.get_running_loop()))
+
+    async def arecord(self, *entries: AuditEntry) -> list[AuditEvent]:
+        """:meth:`record` for a coroutine (sanitized here, chained by the committer)."""
+        clean = [_sanitized(entry) for entry in entries]
+        return await self._asubmit(_Slot(None, clean, loop=asyncio.get_running_loop()))
+
+    def close(self) -> None:
+        """Stop the committer thread once it has written what is queued (idempotent)."""
+        with self._lock:
+            committer, self._committer = self._committer, None
+        if committer is not None:
+            committer.shutdown(wait=True)
+
     def _submit(self, slot: _Slot) -> list[AuditEvent]:
+        wake = slot.wake
+        if wake is None:  # pragma: no cover - a thread's slot always has one
+            raise TypeError("a coroutine's slot cannot be submitted from a thread")
         with self._lock:
             self._queue.append(slot)
             follow = self._leading
             self._leading = True
         if follow:
             try:
-                slot.wake.wait()  # our batch is done, or the leadership was handed to us
+                wake.wait()  # our batch is done, or the leadership was handed to us
             except BaseException:
                 self._withdraw(slot)  # interrupted (a signal in the main thread)
                 raise
@@ -328,6 +407,56 @@ class AuditLog:
             raise slot.error
         return slot.events
 
+    async def _asubmit(self, slot: _Slot) -> list[AuditEvent]:
+        future = slot.future
+        if future is None:  # pragma: no cover - a coroutine's slot always has one
+            raise TypeError("a thread's slot cannot be awaited")
+        with self._lock:
+            self._queue.append(slot)
+            refused: list[_Slot] = []
+            if not self._leading:
+                self._leading = True
+                refused = self._start_committer_locked()  # releases the seat if it fails
+        if refused:
+            self._wake(refused)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._withdraw(slot)
+            raise
+
+    def _start_committer_locked(self) -> list[_Slot]:
+        """Lead for the queued coroutines in the committer thread (lock held).
+
+        Returns the slots to fail if no thread can be started (the interpreter is
+        shutting down): they are taken off the queue and the leadership is released.
+        """
+        try:
+            if self._committer is None:
+                self._committer = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="tasklease-audit"
+                )
+            self._committer.submit(self._lead, committer=True)
+        except RuntimeError as exc:
+            refused, self._queue = self._queue, []
+            self._leading = False
+            _fail(refused, f"audit committer unavailable: {exc}")
+            for slot in refused:
+                slot.done = True
+            return refused
+        return []
+
+    def _hand_on_locked(self) -> list[_Slot]:
+        """Pass the leadership to the first queued caller (lock held); see _start_committer."""
+        if not self._queue:
+            self._leading = False
+            return []
+        head = self._queue[0]
+        if head.wake is not None:
+            head.wake.set()  # the next leader; _leading stays True
+            return []
+        return self._start_committer_locked()
+
     def _withdraw(self, slot: _Slot) -> None:
         """Take back a slot whose caller stopped waiting, so the queue never stalls.
 
@@ -335,37 +464,61 @@ class AuditLog:
         it goes to the next caller. Already in a batch, it is committed (or not) as if
         the caller were still there; only the answer is lost.
         """
+        refused: list[_Slot] = []
         with self._lock:
             if slot not in self._queue:
                 return
             self._queue.remove(slot)
-            if slot.wake.is_set():  # a queued slot is woken only to lead
-                if self._queue:
-                    self._queue[0].wake.set()
-                else:
-                    self._leading = False
+            if slot.wake is not None and slot.wake.is_set():  # woken while queued: to lead
+                refused = self._hand_on_locked()
+        if refused:
+            self._wake(refused)
 
-    def _lead(self) -> None:
-        with self._lock:
-            batch, self._queue = self._queue, []
-        try:
-            self._run(batch)
-        finally:
-            # Hand the leadership on first, so the next batch is being written while
-            # this one's callers are woken (each wake-up is a system call).
+    def _lead(self, *, committer: bool = False) -> None:
+        again = True
+        while again:
             with self._lock:
-                if self._queue:
-                    self._queue[0].wake.set()  # the next leader; _leading stays True
-                else:
-                    self._leading = False
-            for served in batch:
+                batch, self._queue = self._queue, []
+            refused: list[_Slot] = []
+            written = False
+            try:
+                self._run(batch)
+                written = True
+            finally:
+                # Hand the leadership on first, so the next batch is being written while
+                # this one's callers are woken (each wake-up is a system call). The
+                # committer thread keeps it while coroutines are queued first.
+                with self._lock:
+                    head = self._queue[0] if self._queue else None
+                    again = written and committer and head is not None and head.wake is None
+                    if not again:
+                        refused = self._hand_on_locked()
+                self._wake(batch)
+                if refused:
+                    self._wake(refused)
+
+    @staticmethod
+    def _wake(batch: list[_Slot]) -> None:
+        """Wake the threads of ``batch`` one by one, its coroutines with one call per loop."""
+        loops: dict[asyncio.AbstractEventLoop, list[_Slot]] = {}
+        for served in batch:
+            if served.wake is not None:
                 served.wake.set()
+            elif served.loop is not None:
+                loops.setdefault(served.loop, []).append(served)
+        for loop, slots in loops.items():
+            try:
+                loop.call_soon_threadsafe(_settle, slots)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                continue
 
     def _run(self, batch: list[_Slot]) -> None:
         started = time.perf_counter()
         try:
             with self._store.write() as tx:
                 seq, prev = tx.audit_head()
+                # One time for the whole batch: its events become durable together.
+                timestamp = format_rfc3339(self._clock.now())
                 rows: list[AuditEvent] = []
                 for slot in batch:
                     unit = slot.unit
@@ -378,25 +531,26 @@ class AuditLog:
                         except TaskleaseError as exc:
                             slot.error = exc
                             continue
-                    timestamp = format_rfc3339(self._clock.now())
                     for clean in entries:
                         seq += 1
                         digest = event_hash(prev, seq, timestamp, clean)
+                        # Positional (field order of AuditEvent): half the cost of
+                        # fourteen keywords, per event, inside the shared transaction.
                         event = AuditEvent(
-                            seq=seq,
-                            timestamp=timestamp,
-                            event_type=clean.event_type,
-                            agent_id=clean.agent_id,
-                            task_id=clean.task_id,
-                            orch_id=clean.orch_id,
-                            detail=clean.detail,
-                            resource=clean.resource,
-                            outcome=clean.outcome,
-                            deleg_depth=clean.deleg_depth,
-                            deleg_chain_hash=clean.deleg_chain_hash,
-                            request_id=clean.request_id,
-                            prev_hash=prev,
-                            hash=digest,
+                            seq,
+                            timestamp,
+                            clean.event_type,
+                            clean.agent_id,
+                            clean.task_id,
+                            clean.orch_id,
+                            clean.detail,
+                            clean.resource,
+                            clean.outcome,
+                            clean.deleg_depth,
+                            clean.deleg_chain_hash,
+                            clean.request_id,
+                            prev,
+                            digest,
                         )
                         rows.append(event)
                         slot.events.append(event)

@@ -147,6 +147,16 @@ class IssuedToken:
         return self.claims.exp - self.claims.iat
 
 
+@dataclass(frozen=True, slots=True)
+class PendingRegistration:
+    """A registration checked and signed, awaiting its commit (see `Broker.prepare_register`)."""
+
+    unit: Callable[[WriteTx], Sequence[AuditEntry]]
+    issued: IssuedToken
+    base: AuditEntry  # the denial entry, should the commit refuse (nonce or token spent)
+    started: float  # perf_counter at the start, for the issuance histogram
+
+
 def _about(claims: Claims) -> AuditEntry:
     """The identifying fields of an audit entry about the holder of ``claims``."""
     return AuditEntry("", agent_id=claims.sub, task_id=claims.task_id, orch_id=claims.orch_id)
@@ -168,6 +178,14 @@ def _binding_suffix(claims: Claims, reference: ReferenceTokenRecord | None) -> s
     if reference is not None:
         out += " by_reference=true"
     return out
+
+
+def _denial(exc: TaskleaseError, entry: AuditEntry) -> AuditEntry:
+    """Give ``exc`` a fresh denial id and return ``entry`` with the id ending its detail."""
+    denial_id = new_denial_id()
+    exc.denial_id = denial_id
+    detail = f"{entry.detail[:1800]} | denial={denial_id}" if entry.detail else ""
+    return replace(entry, detail=detail or f"denial={denial_id}")
 
 
 def new_denial_id() -> str:
@@ -235,6 +253,9 @@ class Broker:
         """Audit what changed no state (denials, reads): no unit, no savepoint."""
         return self._counted(self.audit.record(*entries))
 
+    async def _acommit(self, unit: Callable[[WriteTx], Sequence[AuditEntry]]) -> list[AuditEvent]:
+        return self._counted(await self.audit.acommit(unit))
+
     def _counted(self, events: list[AuditEvent]) -> list[AuditEvent]:
         for ev in events:
             self.metrics.audit_events.labels(ev.event_type).inc()
@@ -248,11 +269,12 @@ class Broker:
         is shortened first, so sanitization's length cap can never cut the id off), so an
         operator can find the precise reason for the refusal a caller reports.
         """
-        denial_id = new_denial_id()
-        exc.denial_id = denial_id
-        detail = f"{entry.detail[:1800]} | denial={denial_id}" if entry.detail else ""
-        detail = detail or f"denial={denial_id}"
-        self._record(replace(entry, detail=detail))
+        self._record(_denial(exc, entry))
+        return exc
+
+    async def _adeny(self, exc: TaskleaseError, entry: AuditEntry) -> TaskleaseError:
+        """:meth:`_deny` for a coroutine."""
+        self._counted(await self.audit.arecord(_denial(exc, entry)))
         return exc
 
     def _ttl(self, requested: int | None, default: int) -> int:
@@ -302,9 +324,47 @@ class Broker:
         consumed), then the nonce and the signature; the nonce, the launch token, the
         agent record and the audit events are then committed in one transaction.
         """
-        started = time.perf_counter()
         try:
-            issued = self._register(
+            pending = self._register(
+                launch_token,
+                nonce,
+                public_key,
+                signature,
+                orch_id,
+                task_id,
+                requested_scope,
+                ctx,
+                resource=resource,
+            )
+            try:
+                self._commit(pending.unit)
+            except Unauthorized as exc:
+                raise self._deny(exc, replace(pending.base, detail=exc.reason)) from None
+        except TaskleaseError:
+            self.metrics.registrations.labels("failure").inc()
+            raise
+        return self._registered(pending)
+
+    def prepare_register(
+        self,
+        *,
+        launch_token: object,
+        nonce: object,
+        public_key: object,
+        signature: object,
+        orch_id: object,
+        task_id: object,
+        requested_scope: object,
+        ctx: RequestContext,
+        resource: object = None,
+    ) -> PendingRegistration:
+        """The first half of :meth:`register` for an event loop: every check and the token.
+
+        Blocking (it reads the store and verifies a signature): run it in a thread, then
+        await :meth:`complete_register`, which commits without holding a thread.
+        """
+        try:
+            return self._register(
                 launch_token,
                 nonce,
                 public_key,
@@ -318,11 +378,26 @@ class Broker:
         except TaskleaseError:
             self.metrics.registrations.labels("failure").inc()
             raise
+
+    async def complete_register(self, pending: PendingRegistration) -> IssuedToken:
+        """Commit a :meth:`prepare_register` result (group-committed, then answered)."""
+        try:
+            try:
+                await self._acommit(pending.unit)
+            except Unauthorized as exc:
+                raise await self._adeny(exc, replace(pending.base, detail=exc.reason)) from None
+        except TaskleaseError:
+            self.metrics.registrations.labels("failure").inc()
+            raise
+        return self._registered(pending)
+
+    def _registered(self, pending: PendingRegistration) -> IssuedToken:
         self.metrics.registrations.labels("success").inc()
         self.metrics.tokens_issued.labels("agent").inc()
         self.metrics.active_agents.inc()
-        self.metrics.issuance_seconds.labels("register").observe(time.perf_counter() - started)
-        return issued
+        elapsed = time.perf_counter() - pending.started
+        self.metrics.issuance_seconds.labels("register").observe(elapsed)
+        return pending.issued
 
     def _register(
         self,
@@ -336,7 +411,8 @@ class Broker:
         ctx: RequestContext,
         *,
         resource: object = None,
-    ) -> IssuedToken:
+    ) -> PendingRegistration:
+        started = time.perf_counter()
         cfg = self.config
         if not isinstance(launch_token, str) or not launch_token:
             raise InvalidRequest("missing required field: launch_token")
@@ -487,11 +563,7 @@ class Broker:
                 ),
             ]
 
-        try:
-            self._commit(unit)
-        except Unauthorized as exc:
-            raise self._deny(exc, replace(base, detail=exc.reason)) from None
-        return IssuedToken(token, claims)
+        return PendingRegistration(unit, IssuedToken(token, claims), base, started)
 
     # --- validation -------------------------------------------------------------------
 

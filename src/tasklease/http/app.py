@@ -246,8 +246,10 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
     async def register(request: Request) -> Response:
         req = await _body(request, wire.RegisterRequest)
         ctx = _ctx(request)
-        issued = await run_in_threadpool(
-            lambda: broker.register(
+        # Checks and signing in a thread; the commit is awaited without holding one, so
+        # concurrent registrations share a transaction and are answered in one wake-up.
+        pending = await run_in_threadpool(
+            lambda: broker.prepare_register(
                 launch_token=req.launch_token,
                 nonce=req.nonce,
                 public_key=req.public_key,
@@ -259,6 +261,7 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
                 resource=_one_of(req.resource, req.audience),
             )
         )
+        issued = await broker.complete_register(pending)
         return _json(
             {
                 "agent_id": issued.claims.sub,
@@ -523,6 +526,8 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # Whatever the committer thread still has queued is written before we go.
+            await run_in_threadpool(broker.audit.close)
             if close_store:
                 # Here, not after uvicorn returns: on SIGTERM uvicorn re-raises the signal
                 # once the lifespan has finished, and the process ends there.
