@@ -3,7 +3,8 @@
 - ``floor``         raw PyNaCl sign and verify, SHA-256 (one core), and the raw SQLite floor
                     for chained audit rows (hash + executemany + one fsync per batch).
 - ``audit_append``  the broker's group committer (``core.audit.AuditLog``) on the SQLite
-                    store, driven by N threads; every call returns only once durable.
+                    store, driven by N threads (``record``) or N coroutines in one event
+                    loop (``arecord``); every call returns only once durable.
 - ``audit_verify``  writes ``events`` chained events with the store's ``append_audit`` in big
                     batches, then times ``tasklease audit verify --database`` on them.
 - ``offline_verify`` the resource-server verifier (``tasklease.verify.Verifier``, JWKS served

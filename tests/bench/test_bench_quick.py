@@ -19,6 +19,7 @@ EXPECTED = {
     "revoke",
     "propagation",
     "audit_append",
+    "audit_append_async_8",
     "offline",
     "audit_verify",
     "memory",
