@@ -380,3 +380,55 @@ def test_two_pending_registrations_of_one_launch_token_one_wins(broker: Any, kit
     assert denial.event_type == "registration_failed"
     assert f"denial={outcome[1].denial_id}" in denial.detail
     assert verify_chain(broker.store.iter_audit()).ok
+
+
+def _failures(broker: Any) -> float:
+    return float(broker.metrics.registrations.labels("failure")._value.get())
+
+
+def test_prepare_writes_nothing_for_a_refusal_and_complete_audits_it(
+    broker: Any, kit: Any
+) -> None:
+    args, _ = kit.register_args(broker, "a" * 64)  # well formed, never issued
+    head = broker.store.audit_head()
+    failures = _failures(broker)
+    pending = broker.prepare_register(**args)
+    assert pending.issued is None
+    assert broker.store.audit_head() == head  # nothing written on the caller's side
+    with pytest.raises(Unauthorized) as info:
+        asyncio.run(broker.complete_register(pending))
+    broker.audit.close()
+    assert info.value.denial_id.startswith("den_")
+    last = list(broker.store.iter_audit())[-1]
+    assert last.event_type == "registration_failed"
+    assert f"denial={info.value.denial_id}" in last.detail
+    assert "launch token not found" in last.detail
+    assert _failures(broker) == failures + 1  # counted once
+
+
+def test_a_failed_proof_spends_the_nonce_only_when_completed(broker: Any, kit: Any) -> None:
+    launch = kit.launch(broker)
+    args, _ = kit.register_args(broker, launch)
+    forged = dict(args, signature=kit.register_args(broker, launch)[0]["signature"])
+    pending = broker.prepare_register(**forged)  # signed over another nonce
+    assert pending.issued is None and pending.unit is not None
+    with pytest.raises(Unauthorized, match="nonce signature verification failed"):
+        asyncio.run(broker.complete_register(pending))
+    broker.audit.close()
+    last = list(broker.store.iter_audit())[-1]
+    assert last.event_type == "registration_failed"
+    assert pending.refusal is not None
+    assert f"denial={pending.refusal.denial_id}" in last.detail
+    with pytest.raises(Unauthorized, match="nonce already consumed"):
+        broker.register(**args)  # the honest request with the spent nonce
+    assert broker.store.get_launch_token(launch_token_hash(launch)).consumed_at is None
+
+
+def test_an_unaudited_bad_request_raises_from_prepare(broker: Any, kit: Any) -> None:
+    from tasklease.core.errors import InvalidRequest
+
+    args, _ = kit.register_args(broker, kit.launch(broker))
+    head = broker.store.audit_head()
+    with pytest.raises(InvalidRequest):
+        broker.prepare_register(**dict(args, orch_id="not a segment/"))
+    assert broker.store.audit_head() == head

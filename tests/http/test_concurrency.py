@@ -87,3 +87,29 @@ def test_one_nonce_raced_across_launch_tokens(broker: RunningBroker) -> None:
     # The losers' launch tokens are intact.
     loser = tokens[statuses.index(401)]
     assert broker.register(SCOPE, launch_token=loser)
+
+
+def test_refused_registrations_are_audited_with_their_denial_ids(broker: RunningBroker) -> None:
+    """Refusals decided on the event loop are still audited before the answer leaves."""
+    launch_token = broker.launch_token(SCOPE, ttl=120)
+    good, _ = broker.register_body(launch_token, SCOPE)
+    unknown = dict(broker.register_body(launch_token, SCOPE)[0], launch_token="b" * 64)
+    forged = dict(good, signature=broker.register_body(launch_token, SCOPE)[0]["signature"])
+
+    def post(body: dict[str, object]) -> httpx.Response:
+        return broker.post("/v1/register", json=body)
+
+    answers = [post(unknown), post(forged)]
+    for resp in answers:
+        assert_problem(resp, 401, "unauthorized", instance="/v1/register")
+    events = broker.get(
+        "/v1/audit/events",
+        params={"event_type": "registration_failed"},
+        headers=broker.admin_headers(),
+    ).json()["events"]
+    details = " ".join(e["detail"] for e in events)
+    for resp in answers:
+        assert f"denial={resp.json()['denial_id']}" in details
+    # The forged proof spent its nonce; the launch token is intact for an honest agent.
+    assert post(good).status_code == 401
+    assert post(broker.register_body(launch_token, SCOPE)[0]).status_code == 200

@@ -149,12 +149,36 @@ class IssuedToken:
 
 @dataclass(frozen=True, slots=True)
 class PendingRegistration:
-    """A registration checked and signed, awaiting its commit (see `Broker.prepare_register`)."""
+    """A registration checked and signed, or refused, and not yet written.
 
-    unit: Callable[[WriteTx], Sequence[AuditEntry]]
-    issued: IssuedToken
+    :meth:`Broker.prepare_register` returns it without writing anything;
+    :meth:`Broker.complete_register` writes ``unit`` (the registration, or for a failed
+    proof of possession only the spent nonce) or the audit-only ``denial``, then raises
+    ``refusal`` or answers ``issued``.
+    """
+
+    unit: Callable[[WriteTx], Sequence[AuditEntry]] | None
+    issued: IssuedToken | None
     base: AuditEntry  # the denial entry, should the commit refuse (nonce or token spent)
     started: float  # perf_counter at the start, for the issuance histogram
+    refusal: TaskleaseError | None = None
+    denial: AuditEntry | None = None
+
+
+class _Refused(Exception):
+    """Raised inside a deferred registration: what to write, then the error to raise."""
+
+    def __init__(
+        self,
+        error: TaskleaseError,
+        *,
+        denial: AuditEntry | None = None,
+        unit: Callable[[WriteTx], Sequence[AuditEntry]] | None = None,
+    ) -> None:
+        super().__init__(error.code)
+        self.error = error
+        self.denial = denial
+        self.unit = unit
 
 
 def _about(claims: Claims) -> AuditEntry:
@@ -186,6 +210,11 @@ def _denial(exc: TaskleaseError, entry: AuditEntry) -> AuditEntry:
     exc.denial_id = denial_id
     detail = f"{entry.detail[:1800]} | denial={denial_id}" if entry.detail else ""
     return replace(entry, detail=detail or f"denial={denial_id}")
+
+
+def _defer_denial(exc: TaskleaseError, entry: AuditEntry) -> Exception:
+    """A denial to be audited later, by whoever completes the operation (see _Refused)."""
+    return _Refused(exc, denial=_denial(exc, entry))
 
 
 def new_denial_id() -> str:
@@ -335,9 +364,11 @@ class Broker:
                 requested_scope,
                 ctx,
                 resource=resource,
+                deny=self._deny,
             )
             try:
-                self._commit(pending.unit)
+                if pending.unit is not None:
+                    self._commit(pending.unit)
             except Unauthorized as exc:
                 raise self._deny(exc, replace(pending.base, detail=exc.reason)) from None
         except TaskleaseError:
@@ -358,10 +389,12 @@ class Broker:
         ctx: RequestContext,
         resource: object = None,
     ) -> PendingRegistration:
-        """The first half of :meth:`register` for an event loop: every check and the token.
+        """The first half of :meth:`register` for an event loop: checks and signing only.
 
-        Blocking (it reads the store and verifies a signature): run it in a thread, then
-        await :meth:`complete_register`, which commits without holding a thread.
+        Writes nothing and never waits for a commit: an audited refusal comes back as a
+        pending result for :meth:`complete_register` to record and raise (a malformed
+        request, which is not audited, raises here). It reads the store and verifies a
+        signature, so a loop calls it inline only when ``store.local_reads``.
         """
         try:
             return self._register(
@@ -374,24 +407,42 @@ class Broker:
                 requested_scope,
                 ctx,
                 resource=resource,
+                deny=_defer_denial,
+            )
+        except _Refused as refused:
+            return PendingRegistration(
+                refused.unit,
+                None,
+                refused.denial or AuditEntry(""),
+                0.0,
+                refusal=refused.error,
+                denial=refused.denial,
             )
         except TaskleaseError:
             self.metrics.registrations.labels("failure").inc()
             raise
 
     async def complete_register(self, pending: PendingRegistration) -> IssuedToken:
-        """Commit a :meth:`prepare_register` result (group-committed, then answered)."""
+        """Write what :meth:`prepare_register` decided (group-committed), then answer."""
         try:
-            try:
-                await self._acommit(pending.unit)
-            except Unauthorized as exc:
-                raise await self._adeny(exc, replace(pending.base, detail=exc.reason)) from None
+            if pending.denial is not None:
+                self._counted(await self.audit.arecord(pending.denial))
+            elif pending.unit is not None:
+                try:
+                    await self._acommit(pending.unit)
+                except Unauthorized as exc:
+                    denial = replace(pending.base, detail=exc.reason)
+                    raise await self._adeny(exc, denial) from None
+            if pending.refusal is not None:
+                raise pending.refusal
         except TaskleaseError:
             self.metrics.registrations.labels("failure").inc()
             raise
         return self._registered(pending)
 
     def _registered(self, pending: PendingRegistration) -> IssuedToken:
+        if pending.issued is None:  # pragma: no cover - a refusal is raised before this
+            raise TypeError("a refused registration has no token")
         self.metrics.registrations.labels("success").inc()
         self.metrics.tokens_issued.labels("agent").inc()
         self.metrics.active_agents.inc()
@@ -411,7 +462,9 @@ class Broker:
         ctx: RequestContext,
         *,
         resource: object = None,
+        deny: Callable[[TaskleaseError, AuditEntry], Exception],
     ) -> PendingRegistration:
+        """Check and sign a registration; ``deny`` audits a refusal (or defers it)."""
         started = time.perf_counter()
         cfg = self.config
         if not isinstance(launch_token, str) or not launch_token:
@@ -435,7 +488,7 @@ class Broker:
             request_id=ctx.request_id,
         )
         if not LAUNCH_TOKEN_PATTERN.match(launch_token):
-            raise self._deny(
+            raise deny(
                 Unauthorized("launch token: launch token not found"),
                 replace(base, detail="launch token malformed"),
             )
@@ -443,24 +496,24 @@ class Broker:
         lt_hash = launch_token_hash(launch_token)
         record = self.store.get_launch_token(lt_hash)
         if record is None:
-            raise self._deny(
+            raise deny(
                 Unauthorized("launch token: launch token not found"),
                 replace(base, detail=f"launch token not found ({lt_hash[:12]})"),
             )
         if now >= record.expires_at:
-            raise self._deny(
+            raise deny(
                 Unauthorized("launch token: launch token expired"),
                 replace(base, detail=f"launch token expired ({lt_hash[:12]})"),
             )
         if record.single_use and record.consumed_at is not None:
-            raise self._deny(
+            raise deny(
                 Unauthorized("launch token: launch token already consumed"),
                 replace(base, detail=f"launch token already consumed ({lt_hash[:12]})"),
             )
         missing = scope_rules.uncovered(scope, record.allowed_scope)
         if missing:
             self.metrics.scope_rejections.labels("/v1/register").inc()
-            raise self._deny(
+            raise deny(
                 ScopeViolation("requested scope exceeds allowed scope"),
                 replace(
                     base,
@@ -472,7 +525,7 @@ class Broker:
         try:
             audience = choose_audience(named_resource, record.audience, cfg.audience)
         except InvalidTarget as exc:
-            raise self._deny(
+            raise deny(
                 exc,
                 replace(
                     base,
@@ -481,7 +534,7 @@ class Broker:
                     f"allowed={_fmt(record.audience)}",
                 ),
             ) from None
-        cnf = self._registration_binding(ctx, now, base)
+        cnf = self._registration_binding(ctx, now, base, deny)
         nonce_expiry = self.nonces.check(nonce, now)
         n_hash = nonce_hash(nonce)
         if not verify_possession(key, nonce, sig):
@@ -494,6 +547,8 @@ class Broker:
                 detail = f"nonce signature verification failed | denial={failure.denial_id}"
                 return [replace(base, detail=detail)]
 
+            if deny is _defer_denial:
+                raise _Refused(failure, unit=burn)
             self._commit(burn)
             raise failure
 
@@ -663,7 +718,11 @@ class Broker:
         return True
 
     def _registration_binding(
-        self, ctx: RequestContext, now: float, base: AuditEntry
+        self,
+        ctx: RequestContext,
+        now: float,
+        base: AuditEntry,
+        deny: Callable[[TaskleaseError, AuditEntry], Exception],
     ) -> dict[str, str]:
         """The ``cnf`` a registration earns: its client certificate and/or DPoP key."""
         cnf: dict[str, str] = {}
@@ -673,7 +732,7 @@ class Broker:
             try:
                 cnf["jkt"] = self.dpop.verify(ctx.dpop, htm=ctx.method, htu=ctx.url, now=now)
             except BindingError as exc:
-                raise self._deny(
+                raise deny(
                     Unauthorized("invalid DPoP proof", reason=exc.reason),
                     replace(base, detail=f"registration DPoP proof refused: {exc.reason}"),
                 ) from None

@@ -257,6 +257,10 @@ class WriteTx(Protocol):
 class Store(Protocol):
     """Durable state. Reads may run concurrently from many threads."""
 
+    # True when a read is served on this machine (a file or memory) in microseconds, so
+    # an event loop may read inline; False when a read is a network round trip.
+    local_reads: bool
+
     def write(self) -> AbstractContextManager[WriteTx]: ...
 
     def get_app(self, app_id: str) -> AppRecord | None: ...

@@ -291,6 +291,8 @@ class MemoryStore:
     uncommitted writes (the durable stores would not: read through the transaction).
     """
 
+    local_reads = True  # see Store.local_reads
+
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._writer: int | None = None  # thread id inside write(), to refuse nesting

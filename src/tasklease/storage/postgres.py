@@ -739,6 +739,8 @@ class PostgresStore:
     failing with ``Unavailable`` (while the database is down, requests fail after this).
     """
 
+    local_reads = False  # see Store.local_reads
+
     def __init__(
         self,
         url: str,

@@ -660,6 +660,8 @@ class SQLiteStore:
     write lock before failing with ``Unavailable``.
     """
 
+    local_reads = True  # see Store.local_reads
+
     def __init__(
         self,
         path: str | os.PathLike[str],
