@@ -386,9 +386,7 @@ def _failures(broker: Any) -> float:
     return float(broker.metrics.registrations.labels("failure")._value.get())
 
 
-def test_prepare_writes_nothing_for_a_refusal_and_complete_audits_it(
-    broker: Any, kit: Any
-) -> None:
+def test_prepare_writes_nothing_for_a_refusal_and_complete_audits_it(broker: Any, kit: Any) -> None:
     args, _ = kit.register_args(broker, "a" * 64)  # well formed, never issued
     head = broker.store.audit_head()
     failures = _failures(broker)
@@ -432,3 +430,27 @@ def test_an_unaudited_bad_request_raises_from_prepare(broker: Any, kit: Any) -> 
     with pytest.raises(InvalidRequest):
         broker.prepare_register(**dict(args, orch_id="not a segment/"))
     assert broker.store.audit_head() == head
+
+
+def test_a_committer_started_for_a_withdrawn_coroutine_writes_no_empty_batch() -> None:
+    store = MemoryStore()
+    batches: list[int] = []
+    log = AuditLog(store, ManualClock(), on_batch=lambda size, _s: batches.append(size))
+    gate = threading.Event()
+    # Occupy the committer thread so the job started for our coroutine waits behind it.
+    log._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tasklease-audit")
+    log._committer.submit(gate.wait, 10)
+
+    async def main() -> None:
+        task = asyncio.create_task(log.arecord(AuditEntry("withdrawn")))
+        await _await_for(lambda: len(log._queue) == 1, "the slot to queue")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gate.set()
+        await _await_for(lambda: not log._leading, "the committer to give up the seat")
+
+    asyncio.run(main())
+    log.close()
+    assert batches == []
+    assert store.audit_head()[0] == 0

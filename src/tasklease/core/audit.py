@@ -482,7 +482,8 @@ class AuditLog:
             refused: list[_Slot] = []
             written = False
             try:
-                self._run(batch)
+                if batch:  # empty when the only queued coroutine was cancelled meanwhile
+                    self._run(batch)
                 written = True
             finally:
                 # Hand the leadership on first, so the next batch is being written while
