@@ -571,6 +571,153 @@ def _decoded_or_none(text: str) -> bytes | None:
         return None
 
 
+# The fast base64url paths (one translate, then msgspec or binascii strict mode) must
+# answer exactly as the checked path, rule by rule: same bytes, or a refusal.
+
+_B64_TEXT = st.text(
+    alphabet=st.sampled_from(list(string.ascii_letters + string.digits + '-_+/=.!"\\ \n\x00é')),
+    max_size=24,
+)
+_SPANS = [_jws._b64_span_binascii]
+if hasattr(_jws, "_b64_span_msgspec"):  # with msgspec installed, as in the server's deps
+    _SPANS.append(_jws._b64_span_msgspec)
+
+
+def _outcome(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except JWSError as exc:
+        return exc.reason
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=_B64_TEXT | st.text(alphabet=string.ascii_letters + string.digits + "-_", max_size=90))
+def test_b64url_fast_path_answers_as_the_checked_path(text: str) -> None:
+    checked = _outcome(_jws._b64url_decode_checked, text, "base64url")
+    assert _outcome(b64url_decode, text) == checked
+    if text.isascii():
+        raw = text.encode("ascii")
+        # The spans check alphabet and length, not the canonical last character: as
+        # the payload of a signed token (_signed_payload_checked).
+        expected = _outcome(_jws._signed_payload_checked, raw)
+        expected = expected if isinstance(expected, bytes) else None
+        for span in _SPANS:
+            assert span(b"." + raw, 0, len(raw) + 1) == expected, span
+            # Inside a token: the segment between two separators.
+            assert span(b"xx." + raw + b".yy", 2, len(raw) + 3) == expected, span
+
+
+@pytest.mark.parametrize("span", _SPANS)
+@pytest.mark.parametrize(
+    "segment",
+    ["", "YQ", "YR", "YWI", "YWJ", "YWJj", "Y", "YQ=", "YQ==", "Y.Q", "YQ.", ".YQ", 'Y"Q', "Y\\Q"],
+)
+def test_b64_spans_refuse_what_the_checked_path_refuses(span: Any, segment: str) -> None:
+    raw = segment.encode()
+    expected = _outcome(_jws._signed_payload_checked, raw)
+    assert span(b"." + raw, 0, len(raw) + 1) == (expected if isinstance(expected, bytes) else None)
+
+
+def test_b64url_fast_path_is_the_one_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    # b64url_decode answers from the span (msgspec when installed), not the checked path.
+    calls: list[str] = []
+    real = _jws._b64url_decode_checked
+
+    def spy(text: str, what: str) -> bytes:
+        calls.append(text)
+        return real(text, what)
+
+    monkeypatch.setattr(_jws, "_b64url_decode_checked", spy)
+    assert b64url_decode("YWJj") == b"abc"
+    assert calls == []
+    with pytest.raises(JWSError) as excinfo:
+        b64url_decode("YWJ")  # non-canonical: the checked path gives the reason
+    assert _reason(excinfo) == "base64url: non-canonical base64url"
+    assert calls == ["YWJ"]
+
+
+def _token_variants(signer: Signer) -> dict[str, str]:
+    """Good and bad tokens whose refusals exercise every step of decode."""
+    good = signer.token({"sub": "a", "pad": "xy"})
+    header, payload, signature = good.split(".")
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    twin = signature[:-1] + alphabet[alphabet.index(signature[-1]) | 1]
+    return {
+        "good": good,
+        "good, every payload length": signer.token({"sub": "ab", "pad": "xyz"}),
+        "good, another length": signer.token({"sub": "abc", "pad": "x"}),
+        "bad signature": f"{header}.{payload[:-2]}AA.{signature}",
+        "non-canonical signature": f"{header}.{payload}.{twin}",
+        "padded signature": f"{header}.{payload}.{signature}==",
+        "standard alphabet signature": f"{header}.{payload}.{signature[:-3]}+/A",
+        "short signature": f"{header}.{payload}.{signature[:-4]}",
+        "signature length 1 mod 4": f"{header}.{payload}.{signature}A",
+        "bad payload character": _signed_with_payload_segment(signer, "e30!"),
+        "payload padding": _signed_with_payload_segment(signer, "e30="),
+        "payload length": _signed_with_payload_segment(signer, "e30xx"),
+        "payload standard alphabet": _signed_with_payload_segment(signer, "e3+/"),
+        "empty payload object": _signed_with_payload_segment(signer, "e30"),
+        "duplicate key": signer.forge(
+            {"alg": "EdDSA", "typ": TYP, "kid": "k1"}, b'{"sub":"a","sub":"b"}'
+        ),
+    }
+
+
+@pytest.mark.parametrize("span", _SPANS)
+@pytest.mark.parametrize("libsodium", [True, False])
+def test_decode_answers_alike_on_every_path(
+    signer: Signer, span: Any, libsodium: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reference: every token decoded with the checked paths only (binascii, and
+    # VerifyKey.verify through verify_detached).
+    variants = _token_variants(signer)
+    with monkeypatch.context() as m:
+        m.setattr(_jws, "_b64_span", lambda *_args: None)
+        m.setattr(_jws, "_sodium_open", None)
+        expected = {name: _outcome(signer.decode, token) for name, token in variants.items()}
+    assert isinstance(expected["good"], _jws.Decoded)
+    assert expected["bad signature"] == "bad signature"
+    assert expected["non-canonical signature"] == "signature: non-canonical base64url"
+    assert expected["payload length"] == "payload: invalid base64url length"
+    monkeypatch.setattr(_jws, "_b64_span", span)
+    if not libsodium:
+        monkeypatch.setattr(_jws, "_sodium_open", None)
+    for name, token in variants.items():
+        assert _outcome(signer.decode, token) == expected[name], name
+        if isinstance(expected[name], _jws.Decoded):
+            parts = _jws.decode_parts(token, signer.resolve, TYPS)
+            assert parts == tuple(expected[name])
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", ".", "..", "...", "a", "a.b", "a.b.", ".a.b", "a..b", "a.b.c.d", "a..", "..a", "a.b..c"],
+)
+def test_decode_splits_as_split(token: str) -> None:
+    def resolver(_kid: str) -> nacl.signing.VerifyKey:
+        raise AssertionError("resolve_key called for a token without three segments")
+
+    expected = _outcome(_jws._split, token, 100)
+    if isinstance(expected, tuple):  # three non-empty segments: refused later, not here
+        assert _outcome(_jws.decode_parts, token, resolver, TYPS) != "token must have 3 segments"
+    else:
+        assert _outcome(_jws.decode_parts, token, resolver, TYPS) == expected
+
+
+def test_token_signature_covers_exactly_the_signing_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = nacl.signing.SigningKey.generate()
+    signature = key.sign(b"head.body").signature
+    raw = b"head.body.rest"
+    for libsodium in (True, False):
+        if not libsodium:
+            monkeypatch.setattr(_jws, "_sodium_open", None)
+        assert _jws._verify_token_signature(raw, 9, signature, key.verify_key)
+        for length in (8, 10, len(raw), 0, -1, len(raw) + 1):
+            assert not _jws._verify_token_signature(raw, length, signature, key.verify_key)
+        assert not _jws._verify_token_signature(raw, 9, signature[:-1], key.verify_key)
+        assert not _jws._verify_token_signature(raw, 9, signature, key)  # type: ignore[arg-type]
+
+
 # -- detached signatures -------------------------------------------------------------
 
 
@@ -659,6 +806,7 @@ def test_public_surface() -> None:
             "b64url_encode",
             "decode",
             "decode_embedded_key",
+            "decode_parts",
             "decode_unverified",
             "encode",
             "sign_detached",

@@ -309,3 +309,120 @@ def test_the_fast_claim_parse_builds_what_the_dataclass_would() -> None:
     assert parse_claims(payload, by_reference=True).by_reference is True
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.sub = "someone else"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "missing", ["sub", "client_id", "jti", "exp", "nbf", "iat", "scope", "aud"]
+)
+def test_the_fast_claim_parse_names_a_missing_claim(missing: str) -> None:
+    payload: dict[str, Any] = {
+        "iss": "tasklease",
+        "sub": "s",
+        "aud": ["svc-a"],
+        "exp": 3_000_000_000,
+        "nbf": 1_000,
+        "iat": 1_000,
+        "jti": "j",
+        "scope": ["read:data:1"],
+        "client_id": "c",
+    }
+    assert parse_claims(dict(payload)) == parse_claims(dict(payload))
+    del payload[missing]
+    kind = "a list of strings" if missing in ("scope", "aud") else "a string"
+    kind = "an integer" if missing in ("exp", "nbf", "iat") else kind
+    with pytest.raises(InvalidToken) as caught:
+        parse_claims(payload)
+    assert caught.value.reason == f"claim {missing} missing or not {kind}"
+
+
+def _delegated(principal: str, **claims: Any) -> VerifiedToken:
+    hop = DelegationHop("spiffe://t/agent/root", ("read:data:*",), "2026-01-01T00:00:00Z", "ab")
+    return VerifiedToken(
+        sub="spiffe://t/agent/leaf",
+        client_id="c",
+        scope=("read:data:1",),
+        aud=("svc-a",),
+        iss="tasklease",
+        exp=1_060,
+        nbf=1_000,
+        iat=1_000,
+        jti="j",
+        task_id="",
+        orch_id="",
+        delegation_chain=(hop,),
+        chain_hash=verify_chain_hash((hop,)),
+        claims=claims,
+        principal=principal,
+    )
+
+
+def test_check_claims_on_act_and_time() -> None:
+    from tasklease.verify._claims import check_claims, check_time
+
+    def check(token: VerifiedToken, now: float = 1_010) -> str | VerifiedToken:
+        try:
+            return check_claims(
+                token,
+                issuer="tasklease",
+                audience="svc-a",
+                now=now,
+                skew=5,
+                max_lifetime=3600,
+                max_depth=5,
+            )
+        except InvalidToken as exc:
+            return exc.reason
+
+    leaf, root = "spiffe://t/agent/leaf", "spiffe://t/agent/root"
+    act = {"sub": leaf, "act": {"sub": root, "act": {"sub": "user:ada"}}}
+    full = check(_delegated("user:ada", act=act))
+    assert isinstance(full, VerifiedToken)
+    assert full.actors == (leaf, root, "user:ada")
+    # A delegated token without a principal carries no act (null counts as absent).
+    assert isinstance(check(_delegated("")), VerifiedToken)
+    assert isinstance(check(_delegated("", act=None)), VerifiedToken)
+    assert check(_delegated("", act={"sub": leaf})) == "act claim on a token that is not delegated"
+    assert check(_delegated("user:ada")) == "act chain disagrees with the delegation chain"
+    # The time checks written out in check_claims answer as check_time, at every edge.
+    token = _delegated("user:ada", act=act)
+    for now in (990, 994, 995, 1_000, 1_065, 1_066, 1_100):
+        try:
+            check_time(token, now, 5)
+            expected: str = "ok"
+        except InvalidToken as exc:
+            expected = exc.reason
+        got = check(token, now)
+        assert (got if isinstance(got, str) else "ok") == expected, now
+    future = dataclasses.replace(token, nbf=900, iat=1_020, exp=1_080)
+    assert check(future, 1_010) == "token issued in the future"
+
+
+def test_the_key_set_refreshes_a_stale_set_and_keeps_keys_when_that_fails() -> None:
+    from tasklease.verify._jwks import KeySet
+
+    ring = KeyRing.generate()
+    jwks = ring.jwks()
+    up = [True]
+
+    def answer(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=jwks) if up[0] else httpx.Response(503)
+
+    clock = [0.0]
+    client = httpx.Client(base_url="http://broker", transport=httpx.MockTransport(answer))
+    keys = KeySet(client, ttl=300, min_interval=30, monotonic=lambda: clock[0])
+    assert keys.refresh()
+    kid = ring.active_kid
+    key = keys.resolve(kid)
+    assert key is not None and keys.fetches == 1
+    clock[0] = 299.0
+    assert keys.resolve(kid) is key and keys.fetches == 1  # fresh: no fetch
+    clock[0] = 300.0
+    assert keys.resolve(kid) is not None and keys.fetches == 2  # stale: fetched again
+    up[0] = False
+    clock[0] = 700.0
+    assert keys.resolve(kid) is not None and keys.fetches == 3  # failed: old key kept
+    clock[0] = 710.0
+    assert keys.resolve(kid) is not None and keys.fetches == 3  # retried after min_interval
+    clock[0] = 731.0
+    assert keys.resolve(kid) is not None and keys.fetches == 4
+    client.close()

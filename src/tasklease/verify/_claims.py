@@ -137,12 +137,15 @@ def parse_claims(payload: dict[str, Any], *, by_reference: bool = False) -> Veri
     payload; anything else takes :func:`_parse_claims_checked`, which names the first bad
     claim in a fixed order.
     """
+    try:
+        sub, client_id, jti = payload["sub"], payload["client_id"], payload["jti"]
+        exp, nbf, iat = payload["exp"], payload["nbf"], payload["iat"]
+        scope, aud = payload["scope"], payload["aud"]
+    except KeyError:
+        return _parse_claims_checked(payload, by_reference)
     get = payload.get
-    sub, client_id, jti = get("sub"), get("client_id"), get("jti")
     iss, task_id, orch_id = get("iss", ""), get("task_id", ""), get("orch_id", "")
     c_hash, principal = get("chain_hash", ""), get("principal", "")
-    exp, nbf, iat = get("exp"), get("nbf"), get("iat")
-    scope, aud = get("scope"), get("aud")
     if (
         "delegation_chain" in payload
         or type(sub) is not str
@@ -167,58 +170,65 @@ def parse_claims(payload: dict[str, Any], *, by_reference: bool = False) -> Veri
     for item in aud:
         if type(item) is not str:
             return _parse_claims_checked(payload, by_reference)
-    token = _new(VerifiedToken)
-    _put_sub(token, sub)
-    _put_client_id(token, client_id)
-    _put_scope(token, tuple(scope))
-    _put_aud(token, tuple(aud))
-    _put_iss(token, iss)
-    _put_exp(token, exp)
-    _put_nbf(token, nbf)
-    _put_iat(token, iat)
-    _put_jti(token, jti)
-    _put_task_id(token, task_id)
-    _put_orch_id(token, orch_id)
-    _put_delegation_chain(token, ())
-    _put_chain_hash(token, c_hash)
-    _put_claims(token, payload)
-    _put_principal(token, principal)
-    _put_actors(token, ())
-    _put_by_reference(token, by_reference)
+    building = _new(_Building)
+    building.sub = sub
+    building.client_id = client_id
+    building.scope = tuple(scope)
+    building.aud = tuple(aud)
+    building.iss = iss
+    building.exp = exp
+    building.nbf = nbf
+    building.iat = iat
+    building.jti = jti
+    building.task_id = task_id
+    building.orch_id = orch_id
+    building.delegation_chain = ()
+    building.chain_hash = c_hash
+    building.claims = payload
+    building.principal = principal
+    building.actors = ()
+    building.by_reference = by_reference
+    building.__class__ = VerifiedToken
+    token: VerifiedToken = building
     return token
 
 
 # parse_claims builds one VerifiedToken per first-seen token. A frozen dataclass's
-# __init__ stores each field through object.__setattr__; the slots' own descriptors make
-# the same stores in half the time. The list must name every field, in order (checked
-# here at import, and by tests/verify against the dataclass constructor).
+# __init__ stores each field through object.__setattr__ (~2 us for these 17). Instead,
+# parse_claims fills a _Building, a class with exactly VerifiedToken's slots and no
+# __setattr__ of its own (so each store is a plain slot store), then gives it the class
+# VerifiedToken: Python allows __class__ assignment between two classes of the same
+# layout, and refuses it (TypeError) otherwise. The result is frozen like any other
+# VerifiedToken. Every slot must be filled: checked here at import, and by tests/verify
+# against the dataclass constructor.
 _new = object.__new__
-_SLOTS: dict[str, Any] = {name: VerifiedToken.__dict__[name] for name in VerifiedToken.__slots__}
-(
-    _put_sub,
-    _put_client_id,
-    _put_scope,
-    _put_aud,
-    _put_iss,
-    _put_exp,
-    _put_nbf,
-    _put_iat,
-    _put_jti,
-    _put_task_id,
-    _put_orch_id,
-    _put_delegation_chain,
-    _put_chain_hash,
-    _put_claims,
-    _put_principal,
-    _put_actors,
-    _put_by_reference,
-) = (_SLOTS[f.name].__set__ for f in dataclasses.fields(VerifiedToken))
-if [f.name for f in dataclasses.fields(VerifiedToken)] != [
-    "sub", "client_id", "scope", "aud", "iss", "exp", "nbf", "iat", "jti", "task_id",
-    "orch_id", "delegation_chain", "chain_hash", "claims", "principal", "actors",
-    "by_reference",
-]:  # fmt: skip
-    raise RuntimeError("VerifiedToken's fields changed: update parse_claims's fast path")
+_Building: Any = type("_Building", (), {"__slots__": VerifiedToken.__slots__})
+
+
+def _check_fast_parse() -> None:
+    fields = [f.name for f in dataclasses.fields(VerifiedToken)]
+    if sorted(fields) != sorted(VerifiedToken.__slots__) or fields != [
+        "sub", "client_id", "scope", "aud", "iss", "exp", "nbf", "iat", "jti", "task_id",
+        "orch_id", "delegation_chain", "chain_hash", "claims", "principal", "actors",
+        "by_reference",
+    ]:  # fmt: skip
+        raise RuntimeError("VerifiedToken's fields changed: update parse_claims's fast path")
+    payload = {
+        "sub": "s", "client_id": "c", "scope": ["p"], "aud": ["a"], "iss": "i", "exp": 3,
+        "nbf": 1, "iat": 2, "jti": "j", "task_id": "t", "orch_id": "o", "chain_hash": "",
+        "principal": "u",
+    }  # fmt: skip
+    fast = parse_claims(payload, by_reference=True)
+    slow = VerifiedToken(
+        sub="s", client_id="c", scope=("p",), aud=("a",), iss="i", exp=3, nbf=1, iat=2,
+        jti="j", task_id="t", orch_id="o", delegation_chain=(), chain_hash="",
+        claims=payload, principal="u", actors=(), by_reference=True,
+    )  # fmt: skip
+    if type(fast) is not VerifiedToken or fast != slow:
+        raise RuntimeError("parse_claims's fast path no longer builds a whole VerifiedToken")
+
+
+_check_fast_parse()
 
 
 def _parse_claims_checked(payload: dict[str, Any], by_reference: bool) -> VerifiedToken:
@@ -278,25 +288,38 @@ def check_claims(
         raise InvalidToken("issuer mismatch")
     if audience not in token.aud:
         raise InvalidToken("audience mismatch")
-    cnf = token.claims.get("cnf")
+    claims = token.claims
+    cnf = claims.get("cnf")
     if cnf is not None and not _well_formed_cnf(cnf):
         # An unknown confirmation method is refused, not ignored: ignoring it would turn a
         # token bound in a way we cannot check into a bearer token.
         raise InvalidToken("cnf claim malformed")
-    check_time(token, now, skew)
-    if token.exp <= token.iat or token.exp - token.iat > max_lifetime:
+    exp, iat = token.exp, token.iat
+    # check_time, written out (this is on the first-seen hot path).
+    if now > exp + skew:
+        raise InvalidToken("token expired")
+    if now + skew < token.nbf:
+        raise InvalidToken("token not yet valid")
+    if now + skew < iat:
+        raise InvalidToken("token issued in the future")
+    if exp <= iat or exp - iat > max_lifetime:
         raise InvalidToken("token lifetime outside the allowed range")
-    if token.delegation_chain:
-        if len(token.delegation_chain) > max_depth:
+    chain = token.delegation_chain
+    if chain:
+        if len(chain) > max_depth:
             raise InvalidToken("delegation chain longer than the depth limit")
-        if not hmac.compare_digest(token.chain_hash, chain_hash(token.delegation_chain)):
+        if not hmac.compare_digest(token.chain_hash, chain_hash(chain)):
             raise InvalidToken("delegation chain hash mismatch")
+        if token.principal:
+            actors = check_act(token, max_depth)
+            if actors:
+                return dataclasses.replace(token, actors=actors)
+            return token
     elif token.chain_hash:
         raise InvalidToken("chain_hash without a delegation chain")
-    if "act" in token.claims or token.principal:
-        actors = check_act(token, max_depth)
-        if actors:
-            return dataclasses.replace(token, actors=actors)
+    # check_act for a token that is not delegated, or has no principal: no act.
+    if claims.get("act") is not None:
+        raise InvalidToken("act claim on a token that is not delegated")
     return token
 
 

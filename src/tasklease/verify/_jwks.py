@@ -99,9 +99,10 @@ class KeySet:
         if key is None:
             self.refresh_for_unknown_kid()
             return self._keys.get(kid)
-        if self.stale():
+        if self._monotonic() - self._fetched_at >= self._ttl:  # self.stale(), inline
             self.refresh_if_stale()
-        return self._keys.get(kid) or key  # a failed refresh keeps the keys we had
+            return self._keys.get(kid) or key  # a failed refresh keeps the keys we had
+        return key
 
     def refresh_for_unknown_kid(self) -> bool:
         """Fetch unless an unknown kid caused a fetch less than ``min_interval`` ago."""
