@@ -273,6 +273,76 @@ def test_busy_database_fails_closed(db_path: Path) -> None:
         assert store.get_app("app-1") == make_app()
 
 
+def _probe_held(path: Path) -> bool:
+    """True while some store holds a lock on ``path`` (as another process would see it)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we may have taken
+    return False
+
+
+def _wait_until(predicate: object, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 10
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+def test_a_writer_that_releases_its_turn_lets_a_waiting_one_go_first(db_path: Path) -> None:
+    """Two stores on one file stand for two processes (each has its own lock files)."""
+    SQLiteStore(db_path).close()
+    waitfile = Path(f"{db_path}.writewait")
+    with SQLiteStore(db_path) as first, SQLiteStore(db_path) as second:
+        first._stand_back = 30.0  # long enough that only the fairness rule can decide
+        order: list[str] = []
+        holding = first.write()
+        holding.__enter__()  # first holds the turn
+
+        def other() -> None:
+            with second.write():
+                order.append("second")
+
+        waiter = threading.Thread(target=other)
+        waiter.start()
+        _wait_until(lambda: _probe_held(waitfile), "the second store to announce it waits")
+        holding.__exit__(None, None, None)  # first releases with a waiter announced ...
+        with first.write():  # ... and asks again at once: the waiter goes first
+            order.append("first again")
+        waiter.join(10)
+        assert order == ["second", "first again"]
+
+
+def test_standing_back_is_bounded(db_path: Path) -> None:
+    """A waiter that never takes its turn (here: a bare lock) delays the releaser briefly."""
+    import fcntl
+
+    SQLiteStore(db_path).close()
+    with SQLiteStore(db_path) as store:
+        store._stand_back = 0.05
+        with store.write() as tx:
+            tx.insert_app(make_app())
+        fd = os.open(f"{db_path}.writewait", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # someone "waits" forever
+            with store.write() as tx:  # releases with the waiter announced
+                tx.insert_app(replace(make_app(), app_id="app-2", name="n2", client_id="client-2"))
+            with store.write() as tx:  # stands back for at most 50 ms, then goes on
+                tx.insert_app(replace(make_app(), app_id="app-3", name="n3", client_id="client-3"))
+        finally:
+            os.close(fd)
+    with SQLiteStore(db_path) as store:
+        assert {a.app_id for a in store.list_apps()} == {"app-1", "app-2", "app-3"}
+
+
 def _append_worker(path: str, worker: int, count: int, start: ProcessEvent) -> None:
     """One OS process appending ``count`` events, each in its own transaction."""
     with SQLiteStore(path) as store:

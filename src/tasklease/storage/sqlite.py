@@ -648,6 +648,22 @@ class _ReaderSlot:
         self.close = weakref.finalize(self, conn.close)
 
 
+# Fair write turns between processes (SQLiteStore._writer_turn).
+_TURN_POLL = 0.00005  # first pause of a waiter, and the stand-back poll
+_TURN_POLL_MAX = 0.0002  # a waiter polls at least this often
+_STAND_BACK = 0.002  # the longest a releaser waits for a waiter to take the turn
+
+
+def _held_by_others(fd: int) -> bool:
+    """True while another process holds a lock on ``fd``'s file (probed, then released)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
 class SQLiteStore:
     """:class:`tasklease.core.store.Store` on one SQLite file.
 
@@ -682,7 +698,9 @@ class SQLiteStore:
         self._closed = False
         self._write_lock = threading.Lock()
         self._write_owner: int | None = None
-        self._turn_fd: int | None = None  # see _writer_turn
+        self._turn_fds: tuple[int, int] | None = None  # see _writer_turn
+        self._yield_until = 0.0  # see _writer_turn
+        self._stand_back = _STAND_BACK
         self._local = threading.local()
         self._readers: weakref.WeakSet[_ReaderSlot] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
@@ -864,29 +882,55 @@ class SQLiteStore:
         An advisory ``flock`` on ``<database>.writelock``, held for the transaction, hands
         the turn over within ~0.1 ms instead. It is only a queue in front of SQLite's own
         lock (which still decides), and it keeps ``busy_timeout``: past it, ``Unavailable``.
+
+        The turn is fair between processes. ``flock`` is not: a process that releases the
+        lock and asks again at once (a busy group committer does) gets it back before a
+        waiter that polls, which then waits for many turns. So a waiter also holds a
+        shared lock on ``<database>.writewait`` while it waits, and a process that finds
+        that lock held when it releases its turn stands back before its next one, until
+        the waiter has taken the turn (2 ms at most).
         """
-        fd = self._turn_fd
-        if fd is None:
-            fd = os.open(f"{self.path}.writelock", os.O_RDWR | os.O_CREAT, 0o600)
-            weakref.finalize(self, os.close, fd)
-            self._turn_fd = fd
+        fds = self._turn_fds
+        if fds is None:
+            fds = (
+                os.open(f"{self.path}.writelock", os.O_RDWR | os.O_CREAT, 0o600),
+                os.open(f"{self.path}.writewait", os.O_RDWR | os.O_CREAT, 0o600),
+            )
+            for fd in fds:
+                weakref.finalize(self, os.close, fd)
+            self._turn_fds = fds
+        turn, waiting = fds
         deadline = time.monotonic() + self._busy_timeout
-        pause = 0.00005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise Unavailable(
-                        "storage is busy", reason="another process holds the write turn"
-                    ) from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.0005)
+        while time.monotonic() < self._yield_until and _held_by_others(waiting):
+            time.sleep(_TURN_POLL)  # a waiter in another process goes first
+        pause = _TURN_POLL
+        announced = False
+        try:
+            while True:
+                try:
+                    fcntl.flock(turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise Unavailable(
+                            "storage is busy", reason="another process holds the write turn"
+                        ) from None
+                    if not announced:
+                        # Fails only while a releaser probes the file: try again next time.
+                        with contextlib.suppress(BlockingIOError):
+                            fcntl.flock(waiting, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                            announced = True
+                    time.sleep(pause)
+                    pause = min(pause * 2, _TURN_POLL_MAX)
+        finally:
+            if announced:
+                fcntl.flock(waiting, fcntl.LOCK_UN)
         try:
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.flock(turn, fcntl.LOCK_UN)
+            standing = _held_by_others(waiting)
+            self._yield_until = time.monotonic() + self._stand_back if standing else 0.0
 
     @contextmanager
     def write(self) -> Iterator[_SQLiteWriteTx]:
