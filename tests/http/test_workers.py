@@ -1,0 +1,181 @@
+"""``tasklease serve --workers 2``: each worker listens on its own socket, the kernel spreads
+connections over them, a worker that dies is replaced, and SIGTERM stops them all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import httpx
+import pytest
+from e2e_support import STARTUP_TIMEOUT, _clean_env, free_port
+
+CONNECTIONS = 32
+
+
+def _children(pid: int) -> set[int]:
+    """The worker processes of the supervisor ``pid`` (not multiprocessing's helpers)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and b"resource_tracker" not in cmdline:
+            found.add(int(entry))
+    return found
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def _listening_on(port: int) -> int:
+    """How many sockets listen on ``port`` (one per worker once it serves)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":  # TCP_LISTEN
+            count += 1
+    return count
+
+
+def _established_to(port: int) -> set[str]:
+    """Inodes of the established TCP sockets whose local port is ``port``."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == port and fields[3] == "01":  # TCP_ESTABLISHED
+            inodes.add(fields[9])
+    return inodes
+
+
+def _start(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    with open(tmp_path / "serve.log", "wb") as log:  # the child keeps its own descriptor
+        return _popen(data_dir, port, log)
+
+
+def _popen(data_dir: Path, port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tasklease.cli.main",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_clean_env(data_dir, {}, with_secret=True),
+        cwd=str(data_dir.parent),
+    )
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], workers: int) -> set[int]:
+    """Until ``workers`` workers run and every one of them listens (health answers)."""
+    port = int(url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + STARTUP_TIMEOUT * 2
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited with {proc.returncode}")
+        pids = _children(proc.pid)
+        try:
+            healthy = httpx.get(f"{url}/v1/health", timeout=5).status_code == 200
+        except httpx.TransportError:
+            healthy = False
+        if healthy and len(pids) == workers and _listening_on(port) == workers:
+            return pids
+        time.sleep(0.1)
+    raise AssertionError("the workers did not come up")
+
+
+@pytest.mark.slow
+def test_two_workers_share_connections_survive_a_crash_and_stop_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _start(tmp_path, port)
+    try:
+        workers = _wait_healthy(url, proc, 2)
+        up = time.monotonic()
+
+        # A burst of connections, all opened at once, as a load generator or a fleet of
+        # agents starting together does: both workers must get a fair share.
+        sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(CONNECTIONS)]
+        try:
+            for sock in sockets:
+                sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            for sock in sockets:
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            established = _established_to(port)
+            held = {pid: len(_socket_inodes(pid) & established) for pid in workers}
+        finally:
+            for sock in sockets:
+                sock.close()
+        assert sum(held.values()) == CONNECTIONS, held
+        # With one socket shared by the workers this was 31 to 1; spread by the kernel's
+        # hash, fewer than 6 of 32 on one side has a probability below 1e-4.
+        assert min(held.values()) >= 6, held
+
+        # A worker that dies after start-up is replaced (one that dies within 10 s of its
+        # start stops the broker instead); the broker keeps answering.
+        time.sleep(max(0.0, 11.0 - (time.monotonic() - up)))
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + STARTUP_TIMEOUT * 2
+        while time.monotonic() < deadline:
+            now = _children(proc.pid)
+            if len(now) == 2 and victim not in now:
+                break
+            time.sleep(0.1)
+        replacement = _wait_healthy(url, proc, 2)
+        assert victim not in replacement
+        assert httpx.get(f"{url}/v1/health", timeout=5).json()["status"] == "ok"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    assert _children(proc.pid) == set()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/v1/health", timeout=2)
+
+
+def test_a_port_taken_by_another_program_fails_with_a_clear_message(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        proc = _start(tmp_path, port)
+        code = proc.wait(timeout=60)
+    log = (tmp_path / "serve.log").read_text()
+    assert code != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in log, log[-2000:]
