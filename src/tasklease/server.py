@@ -225,66 +225,156 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker_process(common: dict[str, Any], host: str, port: int) -> None:
+# How often the supervisor pings each worker, and how long an answer may take before the
+# worker is taken for stuck (stopped, or holding the GIL) and replaced.
+_PING_INTERVAL = 5.0
+_PING_TIMEOUT = 10.0
+# Signals that stop the broker (SIGHUP too: a terminal that closes, or a service manager).
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGTERM this worker if its supervisor dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the supervisor's own shutdown remains
+        return
+    if os.getppid() != parent:  # the supervisor died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _answer_pings(conn: Any) -> None:
+    """In a worker: answer each of the supervisor's pings (it replaces a silent worker)."""
+    try:
+        while True:
+            conn.recv()
+            conn.send(True)
+    except (EOFError, OSError):
+        return
+
+
+def _worker_process(common: dict[str, Any], host: str, port: int, parent: int, conn: Any) -> None:
     """One worker (a spawned process): its own socket on the port, uvicorn, worker_app."""
     import uvicorn
 
+    _die_with_parent(parent)
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+    threading.Thread(target=_answer_pings, args=(conn,), daemon=True).start()
     sock = _listening_socket(host, port)
     config = uvicorn.Config("tasklease.server:worker_app", factory=True, **common)
     uvicorn.Server(config).run(sockets=[sock])
 
 
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """The supervisor's hold on the port; SystemExit if anything else listens on it.
+
+    First an ordinary bind (``SO_REUSEADDR`` only, as a single server binds): it fails
+    when any socket listens on the port, including another broker's ``SO_REUSEPORT``
+    workers, which would otherwise share the port with ours without a word.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+            if port == 0:
+                port = int(probe.getsockname()[1])
+        return _listening_socket(host, port)
+    except OSError as exc:
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 def _serve_workers(common: dict[str, Any], workers: int) -> None:
-    """Run ``workers`` worker processes until SIGINT/SIGTERM; restart one that dies.
+    """Run ``workers`` worker processes until a stop signal; replace one that dies or hangs.
 
     The parent keeps a bound (not listening) socket on the port for its lifetime: it
-    reserves the port, resolves port 0 to one port for every worker, and fails early
-    with a clear message when the port is taken.
+    reserves the port and resolves port 0 to one port for every worker. Every worker is
+    pinged every few seconds and replaced when it does not answer; a worker that dies
+    within ``_WORKER_MIN_LIFETIME`` of its start stops the broker instead (it would only
+    die again). Workers receive SIGTERM if the parent dies.
     """
     host = str(common["host"])
-    try:
-        reserved = _listening_socket(host, int(common["port"]))
-    except OSError as exc:
-        raise SystemExit(f"cannot listen on {host}:{common['port']}: {exc.strerror}") from None
+    reserved = _reserve_port(host, int(common["port"]))
     port = int(reserved.getsockname()[1])
     context = multiprocessing.get_context("spawn")
     stopping = threading.Event()
 
-    def start() -> tuple[multiprocessing.process.BaseProcess, float]:
-        process = context.Process(
-            target=_worker_process, args=({**common, "port": port}, host, port)
-        )
-        process.start()
-        return process, time.monotonic()
+    class Worker:
+        def __init__(self) -> None:
+            self.conn, child = context.Pipe()
+            self.process = context.Process(
+                target=_worker_process,
+                args=({**common, "port": port}, host, port, os.getpid(), child),
+            )
+            self.process.start()
+            child.close()
+            self.started = time.monotonic()
+            self.pinged = 0.0
+
+        def answers(self) -> bool:
+            try:
+                self.conn.send(b"ping")
+                if self.conn.poll(_PING_TIMEOUT):
+                    self.conn.recv()
+                    return True
+            except (OSError, EOFError):
+                pass
+            return False
+
+        def stop(self) -> None:
+            if self.process.exitcode is None and self.process.pid is not None:
+                os.kill(self.process.pid, signal.SIGTERM)  # uvicorn shuts down gracefully
+
+        def reap(self) -> None:
+            self.process.join(timeout=15)
+            if self.process.exitcode is None:
+                self.process.kill()
+                self.process.join()
+            self.conn.close()
 
     def stop(_signum: int, _frame: object) -> None:
         stopping.set()
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    running = [start() for _ in range(workers)]
+    previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
+    ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGUSR1, signal.SIGUSR2)}
+    running = [Worker() for _ in range(workers)]
     try:
         while not stopping.wait(0.2):
-            for index, (process, started) in enumerate(running):
-                if process.exitcode is None:
-                    continue
-                if time.monotonic() - started < _WORKER_MIN_LIFETIME:
+            for index, worker in enumerate(running):
+                now = time.monotonic()
+                if worker.process.exitcode is None:
+                    if now - worker.pinged < _PING_INTERVAL:
+                        continue
+                    worker.pinged = now
+                    if worker.answers() or stopping.is_set():
+                        continue
+                    _log.error("worker %s stopped answering: replacing it", worker.process.pid)
+                    worker.process.kill()
+                    worker.reap()
+                elif now - worker.started < _WORKER_MIN_LIFETIME:
                     raise SystemExit(
-                        f"a worker exited at start-up (exit code {process.exitcode}): "
+                        f"a worker exited at start-up (exit code {worker.process.exitcode}): "
                         "see its log above"
                     )
-                _log.error("worker %s exited (code %s): restarting", process.pid, process.exitcode)
-                running[index] = start()
+                else:
+                    _log.error(
+                        "worker %s exited (code %s): restarting",
+                        worker.process.pid,
+                        worker.process.exitcode,
+                    )
+                    worker.reap()
+                running[index] = Worker()
     finally:
-        for process, _ in running:
-            if process.exitcode is None and process.pid is not None:
-                os.kill(process.pid, signal.SIGTERM)  # uvicorn shuts down gracefully
-        for process, _ in running:
-            process.join(timeout=15)
-            if process.exitcode is None:
-                process.kill()
-                process.join()
+        for worker in running:
+            worker.stop()
+        for worker in running:
+            worker.reap()
         reserved.close()
-        for sig, handler in previous.items():
+        for sig, handler in {**previous, **ignored}.items():
             signal.signal(sig, handler)
 
 

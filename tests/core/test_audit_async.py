@@ -454,3 +454,41 @@ def test_a_committer_started_for_a_withdrawn_coroutine_writes_no_empty_batch() -
     log.close()
     assert batches == []
     assert store.audit_head()[0] == 0
+
+
+def test_a_refusal_is_audited_even_if_the_request_is_cancelled(broker: Any, kit: Any) -> None:
+    args, _ = kit.register_args(broker, "c" * 64)  # well formed, never issued
+    pending = broker.prepare_register(**args)
+    assert pending.refusal is not None
+    log = broker.audit
+
+    async def main() -> None:
+        with log._lock:  # someone else holds the leader's seat: the denial stays queued
+            log._leading = True
+        task = asyncio.create_task(broker.complete_register(pending))
+        await _await_for(lambda: len(log._queue) == 1, "the denial to queue")
+        task.cancel()  # the client went away, or the server is shutting down
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len(log._queue) == 1  # not withdrawn
+        with log._lock:  # the seat's holder leaves; the next caller's committer takes all
+            log._leading = False
+        await log.arecord(AuditEntry("next"))
+
+    asyncio.run(main())
+    log.close()
+    details = [e.detail for e in broker.store.iter_audit()]
+    assert any(f"denial={pending.refusal.denial_id}" in d for d in details)
+
+
+def test_a_failing_batch_callback_neither_fails_the_batch_nor_stalls_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(_size: int, _seconds: float) -> None:
+        raise RuntimeError("metrics backend down")
+
+    log = AuditLog(MemoryStore(), ManualClock(), on_batch=broken)
+    assert log.record(AuditEntry("one"))[0].seq == 1
+    assert asyncio.run(log.arecord(AuditEntry("two")))[0].seq == 2
+    log.close()
+    assert "audit batch callback failed" in caplog.text

@@ -117,8 +117,19 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], workers: int) -> set[
     raise AssertionError("the workers did not come up")
 
 
+def _wait_replaced(url: str, proc: subprocess.Popen[bytes], gone: int) -> set[int]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if gone not in _children(proc.pid):
+            break
+        time.sleep(0.2)
+    workers = _wait_healthy(url, proc, 2)
+    assert gone not in workers
+    return workers
+
+
 @pytest.mark.slow
-def test_two_workers_share_connections_survive_a_crash_and_stop_on_sigterm(
+def test_two_workers_share_the_port_and_are_replaced_when_stuck_or_dead(
     tmp_path: Path,
 ) -> None:
     port = free_port()
@@ -146,19 +157,25 @@ def test_two_workers_share_connections_survive_a_crash_and_stop_on_sigterm(
         # hash, fewer than 6 of 32 on one side has a probability below 1e-4.
         assert min(held.values()) >= 6, held
 
-        # A worker that dies after start-up is replaced (one that dies within 10 s of its
-        # start stops the broker instead); the broker keeps answering.
+        # Another broker cannot share the port, even though our workers use SO_REUSEPORT.
+        intruder_dir = tmp_path / "intruder"
+        intruder_dir.mkdir()
+        with open(intruder_dir / "serve.log", "wb") as log:
+            intruder = _popen(intruder_dir / "data", port, log)
+        assert intruder.wait(timeout=60) != 0
+        assert f"cannot listen on 127.0.0.1:{port}" in (intruder_dir / "serve.log").read_text()
+
+        # A worker that stops answering (here: stopped) is replaced.
+        stuck = min(workers)
+        os.kill(stuck, signal.SIGSTOP)
+        replaced = _wait_replaced(url, proc, stuck)
+        assert httpx.get(f"{url}/v1/health", timeout=5).json()["status"] == "ok"
+
+        # A worker that dies after start-up is replaced too.
         time.sleep(max(0.0, 11.0 - (time.monotonic() - up)))
-        victim = min(workers)
+        (victim,) = replaced & workers  # the original worker, up for more than 10 s
         os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + STARTUP_TIMEOUT * 2
-        while time.monotonic() < deadline:
-            now = _children(proc.pid)
-            if len(now) == 2 and victim not in now:
-                break
-            time.sleep(0.1)
-        replacement = _wait_healthy(url, proc, 2)
-        assert victim not in replacement
+        _wait_replaced(url, proc, victim)
         assert httpx.get(f"{url}/v1/health", timeout=5).json()["status"] == "ok"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -179,3 +196,40 @@ def test_a_port_taken_by_another_program_fails_with_a_clear_message(tmp_path: Pa
     log = (tmp_path / "serve.log").read_text()
     assert code != 0
     assert f"cannot listen on 127.0.0.1:{port}" in log, log[-2000:]
+
+
+@pytest.mark.slow
+def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _start(tmp_path, port)
+    try:
+        workers = _wait_healthy(url, proc, 2)
+    finally:
+        proc.kill()  # no chance to stop its workers itself
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.1)
+    for pid in workers:
+        # Gone, or a zombie waiting for a parent that no longer exists to reap it.
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text(), pid
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/v1/health", timeout=2)
+
+
+def test_sighup_stops_the_broker_and_its_workers(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _start(tmp_path, port)
+    try:
+        workers = _wait_healthy(url, proc, 2)
+    finally:
+        proc.send_signal(signal.SIGHUP)
+        code = proc.wait(timeout=30)
+    assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    for pid in workers:
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        )

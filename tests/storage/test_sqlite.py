@@ -337,10 +337,15 @@ def test_standing_back_is_bounded(db_path: Path) -> None:
                 tx.insert_app(replace(make_app(), app_id="app-2", name="n2", client_id="client-2"))
             with store.write() as tx:  # stands back for at most 50 ms, then goes on
                 tx.insert_app(replace(make_app(), app_id="app-3", name="n3", client_id="client-3"))
+            # The waiter never came: no more standing back until the wait file is free.
+            assert store._waiter_stalled is True
+            with store.write() as tx:
+                tx.insert_app(replace(make_app(), app_id="app-4", name="n4", client_id="client-4"))
+            assert store._yield_until == 0.0
         finally:
             os.close(fd)
     with SQLiteStore(db_path) as store:
-        assert {a.app_id for a in store.list_apps()} == {"app-1", "app-2", "app-3"}
+        assert {a.app_id for a in store.list_apps()} == {"app-1", "app-2", "app-3", "app-4"}
 
 
 def _append_worker(path: str, worker: int, count: int, start: ProcessEvent) -> None:

@@ -570,7 +570,10 @@ class AuditLog:
             for slot in batch:
                 slot.done = True
         if self._on_batch is not None:
-            self._on_batch(len(batch), time.perf_counter() - started)
+            try:
+                self._on_batch(len(batch), time.perf_counter() - started)
+            except Exception:  # noqa: BLE001 - metrics must not fail a durable batch
+                _log.exception("audit batch callback failed")
 
 
 def _fail(batch: list[_Slot], reason: str) -> None:

@@ -8,6 +8,7 @@ event durable together, or raises a :class:`~tasklease.core.errors.TaskleaseErro
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -210,6 +211,10 @@ def _denial(exc: TaskleaseError, entry: AuditEntry) -> AuditEntry:
     exc.denial_id = denial_id
     detail = f"{entry.detail[:1800]} | denial={denial_id}" if entry.detail else ""
     return replace(entry, detail=detail or f"denial={denial_id}")
+
+
+def _no_change(_tx: WriteTx) -> list[AuditEntry]:
+    return []
 
 
 def _defer_denial(exc: TaskleaseError, entry: AuditEntry) -> Exception:
@@ -425,8 +430,14 @@ class Broker:
     async def complete_register(self, pending: PendingRegistration) -> IssuedToken:
         """Write what :meth:`prepare_register` decided (group-committed), then answer."""
         try:
-            if pending.denial is not None:
-                self._counted(await self.audit.arecord(pending.denial))
+            if pending.refusal is not None:
+                # A refusal is written even if the request is cancelled meanwhile: its
+                # audit event, or the spent nonce of a failed proof, must not be lost.
+                if pending.denial is not None:
+                    write = self.audit.arecord(pending.denial)
+                else:
+                    write = self.audit.acommit(pending.unit or _no_change)
+                self._counted(await asyncio.shield(write))
             elif pending.unit is not None:
                 try:
                     await self._acommit(pending.unit)

@@ -654,6 +654,14 @@ _TURN_POLL_MAX = 0.0002  # a waiter polls at least this often
 _STAND_BACK = 0.002  # the longest a releaser waits for a waiter to take the turn
 
 
+def _held_by_others_quietly(fd: int) -> bool:
+    """:func:`_held_by_others`, False when the probe itself fails (it is only a courtesy)."""
+    try:
+        return _held_by_others(fd)
+    except OSError:
+        return False
+
+
 def _held_by_others(fd: int) -> bool:
     """True while another process holds a lock on ``fd``'s file (probed, then released)."""
     try:
@@ -701,6 +709,7 @@ class SQLiteStore:
         self._turn_fds: tuple[int, int] | None = None  # see _writer_turn
         self._yield_until = 0.0  # see _writer_turn
         self._stand_back = _STAND_BACK
+        self._waiter_stalled = False  # see _writer_turn
         self._local = threading.local()
         self._readers: weakref.WeakSet[_ReaderSlot] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
@@ -892,17 +901,27 @@ class SQLiteStore:
         """
         fds = self._turn_fds
         if fds is None:
-            fds = (
-                os.open(f"{self.path}.writelock", os.O_RDWR | os.O_CREAT, 0o600),
-                os.open(f"{self.path}.writewait", os.O_RDWR | os.O_CREAT, 0o600),
-            )
+            lock_fd = os.open(f"{self.path}.writelock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                wait_fd = os.open(f"{self.path}.writewait", os.O_RDWR | os.O_CREAT, 0o600)
+            except BaseException:
+                os.close(lock_fd)
+                raise
+            fds = (lock_fd, wait_fd)
             for fd in fds:
                 weakref.finalize(self, os.close, fd)
             self._turn_fds = fds
         turn, waiting = fds
         deadline = time.monotonic() + self._busy_timeout
-        while time.monotonic() < self._yield_until and _held_by_others(waiting):
-            time.sleep(_TURN_POLL)  # a waiter in another process goes first
+        if self._yield_until:
+            while _held_by_others_quietly(waiting):
+                if time.monotonic() >= self._yield_until:
+                    # The waiter did not come (stopped, or gone slow): stand back no more
+                    # until the wait file has been seen free, not 2 ms on every turn.
+                    self._waiter_stalled = True
+                    break
+                time.sleep(_TURN_POLL)  # a waiter in another process goes first
+            self._yield_until = 0.0
         pause = _TURN_POLL
         announced = False
         try:
@@ -929,8 +948,12 @@ class SQLiteStore:
             yield
         finally:
             fcntl.flock(turn, fcntl.LOCK_UN)
-            standing = _held_by_others(waiting)
-            self._yield_until = time.monotonic() + self._stand_back if standing else 0.0
+            # Only a courtesy: a failed probe must not turn a committed write into an error.
+            with contextlib.suppress(OSError):
+                if not _held_by_others(waiting):
+                    self._waiter_stalled = False
+                elif not self._waiter_stalled:
+                    self._yield_until = time.monotonic() + self._stand_back
 
     @contextmanager
     def write(self) -> Iterator[_SQLiteWriteTx]:
