@@ -335,17 +335,17 @@ def test_standing_back_is_bounded(db_path: Path) -> None:
             fcntl.flock(fd, fcntl.LOCK_SH)  # someone "waits" forever
             with store.write() as tx:  # releases with the waiter announced
                 tx.insert_app(replace(make_app(), app_id="app-2", name="n2", client_id="client-2"))
-            with store.write() as tx:  # stands back for at most 50 ms, then goes on
-                tx.insert_app(replace(make_app(), app_id="app-3", name="n3", client_id="client-3"))
-            # The waiter never came: no more standing back until the wait file is free.
-            assert store._waiter_stalled is True
-            with store.write() as tx:
-                tx.insert_app(replace(make_app(), app_id="app-4", name="n4", client_id="client-4"))
-            assert store._yield_until == 0.0
+            for n in range(3, 6):  # each stands back for at most 50 ms, then goes on
+                with store.write() as tx:
+                    tx.insert_app(
+                        replace(make_app(), app_id=f"app-{n}", name=f"n{n}", client_id=f"c{n}")
+                    )
+            # The waiter never came, three times running: no standing back for a while.
+            assert store._stand_back_after > 0
         finally:
             os.close(fd)
     with SQLiteStore(db_path) as store:
-        assert {a.app_id for a in store.list_apps()} == {"app-1", "app-2", "app-3", "app-4"}
+        assert {a.app_id for a in store.list_apps()} == {f"app-{n}" for n in range(1, 6)}
 
 
 def _append_worker(path: str, worker: int, count: int, start: ProcessEvent) -> None:

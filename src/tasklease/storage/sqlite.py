@@ -652,6 +652,8 @@ class _ReaderSlot:
 _TURN_POLL = 0.00005  # first pause of a waiter, and the stand-back poll
 _TURN_POLL_MAX = 0.0002  # a waiter polls at least this often
 _STAND_BACK = 0.002  # the longest a releaser waits for a waiter to take the turn
+_STAND_BACK_PAUSE = 0.05  # after waiters failed to come: no standing back for this long
+_STAND_BACK_MISSES = 3  # ... after this many in a row
 
 
 def _held_by_others_quietly(fd: int) -> bool:
@@ -709,7 +711,8 @@ class SQLiteStore:
         self._turn_fds: tuple[int, int] | None = None  # see _writer_turn
         self._yield_until = 0.0  # see _writer_turn
         self._stand_back = _STAND_BACK
-        self._waiter_stalled = False  # see _writer_turn
+        self._stand_back_after = 0.0  # see _writer_turn
+        self._stand_back_misses = 0
         self._local = threading.local()
         self._readers: weakref.WeakSet[_ReaderSlot] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
@@ -916,11 +919,17 @@ class SQLiteStore:
         if self._yield_until:
             while _held_by_others_quietly(waiting):
                 if time.monotonic() >= self._yield_until:
-                    # The waiter did not come (stopped, or gone slow): stand back no more
-                    # until the wait file has been seen free, not 2 ms on every turn.
-                    self._waiter_stalled = True
+                    # The waiter did not come. Once may be a descheduled process; several
+                    # times running is a frozen one: then stand back no more for a while,
+                    # so it costs 2 ms per 50 ms, not 2 ms per transaction.
+                    self._stand_back_misses += 1
+                    if self._stand_back_misses >= _STAND_BACK_MISSES:
+                        self._stand_back_after = time.monotonic() + _STAND_BACK_PAUSE
+                        self._stand_back_misses = 0
                     break
                 time.sleep(_TURN_POLL)  # a waiter in another process goes first
+            else:
+                self._stand_back_misses = 0
             self._yield_until = 0.0
         pause = _TURN_POLL
         announced = False
@@ -949,11 +958,10 @@ class SQLiteStore:
         finally:
             fcntl.flock(turn, fcntl.LOCK_UN)
             # Only a courtesy: a failed probe must not turn a committed write into an error.
+            now = time.monotonic()
             with contextlib.suppress(OSError):
-                if not _held_by_others(waiting):
-                    self._waiter_stalled = False
-                elif not self._waiter_stalled:
-                    self._yield_until = time.monotonic() + self._stand_back
+                if now >= self._stand_back_after and _held_by_others(waiting):
+                    self._yield_until = now + self._stand_back
 
     @contextmanager
     def write(self) -> Iterator[_SQLiteWriteTx]:
