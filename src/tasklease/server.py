@@ -205,6 +205,10 @@ def _prepare(config: Config) -> None:
 _WORKER_MIN_LIFETIME = 10.0
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET  # an IPv6 literal, as uvicorn
+
+
 def _listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``(host, port)`` with ``SO_REUSEPORT`` (not yet listening).
 
@@ -213,8 +217,7 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     accepted a whole burst of connections (31 of 32 at the start of a benchmark) and the
     others stayed idle.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -276,9 +279,8 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     when any socket listens on the port, including another broker's ``SO_REUSEPORT``
     workers, which would otherwise share the port with ours without a word.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
+        with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
             if port == 0:

@@ -24,14 +24,6 @@ from tasklease.core.store import RevocationRecord
 from tasklease.storage import MemoryStore, SQLiteStore
 
 
-def _wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
-
-
 async def _await_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
