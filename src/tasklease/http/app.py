@@ -304,6 +304,7 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
                 ttl=req.ttl,
                 ctx=ctx,
                 resource=_one_of(req.resource, req.audience),
+                principal=req.principal,
             ),
         )
         return _json(

@@ -112,6 +112,8 @@ class LaunchTokenRequest(msgspec.Struct):
     # RFC 8707: the resources its agents' tokens may be for (``audience`` is an alias).
     resource: str | list[str] | None = None
     audience: str | list[str] | None = None
+    # The human the launched agents work for, ``kind:value`` (docs/agents.md).
+    principal: str | None = None
 
 
 def app_json(app: AppRecord) -> dict[str, Any]:
