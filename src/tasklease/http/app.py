@@ -304,7 +304,6 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
                 ttl=req.ttl,
                 ctx=ctx,
                 resource=_one_of(req.resource, req.audience),
-                principal=req.principal,
             ),
         )
         return _json(
@@ -399,6 +398,7 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
                 ttl=req.ttl,
                 ctx=ctx,
                 resource=_one_of(req.resource, req.audience),
+                principal=req.principal,
             ),
         )
         return _json(
