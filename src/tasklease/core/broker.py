@@ -34,7 +34,7 @@ from tasklease.core.audience import (
     validate_resource,
     validate_resources,
 )
-from tasklease.core.audit import AuditEntry, AuditLog
+from tasklease.core.audit import AuditEntry
 from tasklease.core.binding import BindingError, DPoPVerifier, Presentation, check_binding
 from tasklease.core.clock import Clock, SystemClock, format_rfc3339, format_rfc3339_seconds
 from tasklease.core.config import Config
@@ -72,6 +72,13 @@ from tasklease.core.introspection import (
     is_reference_token,
     new_reference,
     reference_hash,
+)
+from tasklease.core.kernel import (
+    IssuedToken,
+    Kernel,
+    RequestContext,
+    new_denial_id,
+    with_denial,
 )
 from tasklease.core.keys import KeyRing, load_or_create_keyring, rotate_key
 from tasklease.core.launch import LAUNCH_TOKEN_PATTERN, launch_token_hash, new_launch_token
@@ -116,36 +123,6 @@ _log = logging.getLogger("tasklease.broker")
 _FEED_READER_KINDS = frozenset({KIND_ADMIN, KIND_APP})
 # How often a store watch checks in (confirms the revocation index is current).
 _WATCH_INTERVAL = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    """Who is asking, for the audit trail, and what the request proves possession of.
-
-    ``request_id``, ``remote`` and ``path`` are never used for an authorization decision.
-    ``cert_thumbprint`` (the TLS client certificate's ``x5t#S256``, set by the HTTP layer
-    from the connection, never from a header), ``dpop`` (the ``DPoP`` header), ``method``
-    and ``url`` (scheme, host and path, for the proof's ``htm``/``htu``) are the request's
-    proof-of-possession material (RFC 8705, RFC 9449).
-    """
-
-    request_id: str = ""
-    remote: str = ""
-    path: str = ""
-    cert_thumbprint: str = ""
-    dpop: str = ""
-    method: str = ""
-    url: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class IssuedToken:
-    token: str
-    claims: Claims
-
-    @property
-    def expires_in(self) -> int:
-        return self.claims.exp - self.claims.iat
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,26 +182,13 @@ def _binding_suffix(claims: Claims, reference: ReferenceTokenRecord | None) -> s
     return out
 
 
-def _denial(exc: TaskleaseError, entry: AuditEntry) -> AuditEntry:
-    """Give ``exc`` a fresh denial id and return ``entry`` with the id ending its detail."""
-    denial_id = new_denial_id()
-    exc.denial_id = denial_id
-    detail = f"{entry.detail[:1800]} | denial={denial_id}" if entry.detail else ""
-    return replace(entry, detail=detail or f"denial={denial_id}")
-
-
 def _no_change(_tx: WriteTx) -> list[AuditEntry]:
     return []
 
 
 def _defer_denial(exc: TaskleaseError, entry: AuditEntry) -> Exception:
     """A denial to be audited later, by whoever completes the operation (see _Refused)."""
-    return _Refused(exc, denial=_denial(exc, entry))
-
-
-def new_denial_id() -> str:
-    """``den_`` and 16 random hex characters: names one audited refusal."""
-    return "den_" + secrets.token_hex(8)
+    return _Refused(exc, denial=with_denial(exc, entry))
 
 
 def _fmt(values: Sequence[str]) -> str:
@@ -250,20 +214,16 @@ class Broker:
         self.clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
         self.revocations = RevocationIndex()
-        # Called (from any thread) after revocations are applied: the revocation feed wakes
-        # on it. A tuple swapped under a lock, so calling needs no lock and validation,
-        # which never touches it, stays as it was.
-        self._revocation_listeners: tuple[Callable[[], None], ...] = ()
-        self._listeners_lock = threading.Lock()
+        self.kernel = Kernel(config, store, self.clock, self.metrics, self.revocations)
+        self.audit = self.kernel.audit
         self._rotation_lock = threading.Lock()
         self._known_key_files = self._key_files()
         self.validator = Validator(config, keyring, self.clock, self.revocations)
         self.dpop = DPoPVerifier(config.dpop_proof_window, capacity=config.dpop_replay_cache_size)
-        self.audit = AuditLog(store, self.clock, on_batch=self.metrics.observe_batch)
         # Replicas that share a database must share this secret (server.build_broker
         # keeps it beside the signing keys); a lone in-process broker may use a random one.
         self.nonces = NonceIssuer(nonce_secret or os.urandom(32), config.nonce_ttl)
-        self.started_at = time.monotonic()
+        self.started_at = self.kernel.started_at
         # Names this process as the holder of store leases (the liveness sweeper's).
         self.instance_id = secrets.token_hex(8)
         # Revocation freshness: the monotonic time after which the index can no longer be
@@ -277,61 +237,15 @@ class Broker:
 
     # --- helpers --------------------------------------------------------------------
 
-    def _now(self) -> float:
-        return self.clock.now()
-
-    def _commit(self, unit: Callable[[WriteTx], Sequence[AuditEntry]]) -> list[AuditEvent]:
-        return self._counted(self.audit.commit(unit))
-
-    def _record(self, *entries: AuditEntry) -> list[AuditEvent]:
-        """Audit what changed no state (denials, reads): no unit, no savepoint."""
-        return self._counted(self.audit.record(*entries))
-
-    async def _acommit(self, unit: Callable[[WriteTx], Sequence[AuditEntry]]) -> list[AuditEvent]:
-        return self._counted(await self.audit.acommit(unit))
-
-    def _counted(self, events: list[AuditEvent]) -> list[AuditEvent]:
-        for ev in events:
-            self.metrics.audit_events.labels(ev.event_type).inc()
-        return events
-
-    def _deny(self, exc: TaskleaseError, entry: AuditEntry) -> TaskleaseError:
-        """Audit a denial with its precise reason, then hand back the error to raise.
-
-        The error gets a fresh ``denial_id`` (``den_`` + 16 hex), which the caller sees in
-        the problem body and which ends the audit detail as ``| denial=<id>`` (the detail
-        is shortened first, so sanitization's length cap can never cut the id off), so an
-        operator can find the precise reason for the refusal a caller reports.
-        """
-        self._record(_denial(exc, entry))
-        return exc
-
-    async def _adeny(self, exc: TaskleaseError, entry: AuditEntry) -> TaskleaseError:
-        """:meth:`_deny` for a coroutine."""
-        self._counted(await self.audit.arecord(_denial(exc, entry)))
-        return exc
-
     def _ttl(self, requested: int | None, default: int) -> int:
         ttl = default if requested is None or requested <= 0 else requested
         return min(ttl, self.config.max_ttl)
-
-    def _revocation_expiry(self, revoked_at: float) -> float:
-        return revoked_at + self.config.max_ttl + self.config.clock_skew + 1
-
-    def _apply_revocations(self, records: Sequence[RevocationRecord]) -> None:
-        self.revocations.apply(records)
-        self.metrics.revocation_entries.set(len(self.revocations))
-        for listener in self._revocation_listeners:
-            try:
-                listener()
-            except Exception:  # noqa: BLE001 - a subscriber must never undo a revocation
-                _log.exception("revocation listener failed")
 
     # --- identity: challenge and registration --------------------------------------------
 
     def challenge(self) -> tuple[str, int]:
         """A fresh nonce and its lifetime in seconds."""
-        return self.nonces.issue(self._now()), self.nonces.ttl
+        return self.nonces.issue(self.kernel.now()), self.nonces.ttl
 
     def register(
         self,
@@ -369,13 +283,13 @@ class Broker:
                 requested_scope,
                 ctx,
                 resource=resource,
-                deny=self._deny,
+                deny=self.kernel.deny,
             )
             try:
                 if pending.unit is not None:
-                    self._commit(pending.unit)
+                    self.kernel.commit(pending.unit)
             except Unauthorized as exc:
-                raise self._deny(exc, replace(pending.base, detail=exc.reason)) from None
+                raise self.kernel.deny(exc, replace(pending.base, detail=exc.reason)) from None
         except TaskleaseError:
             self.metrics.registrations.labels("failure").inc()
             raise
@@ -434,16 +348,16 @@ class Broker:
                 # A refusal is written even if the request is cancelled meanwhile: its
                 # audit event, or the spent nonce of a failed proof, must not be lost.
                 if pending.denial is not None:
-                    write = self.audit.arecord(pending.denial)
+                    write = self.kernel.arecord(pending.denial)
                 else:
-                    write = self.audit.acommit(pending.unit or _no_change)
-                self._counted(await asyncio.shield(write))
+                    write = self.kernel.acommit(pending.unit or _no_change)
+                await asyncio.shield(write)
             elif pending.unit is not None:
                 try:
-                    await self._acommit(pending.unit)
+                    await self.kernel.acommit(pending.unit)
                 except Unauthorized as exc:
                     denial = replace(pending.base, detail=exc.reason)
-                    raise await self._adeny(exc, denial) from None
+                    raise await self.kernel.adeny(exc, denial) from None
             if pending.refusal is not None:
                 raise pending.refusal
         except TaskleaseError:
@@ -490,7 +404,7 @@ class Broker:
         key = decode_public_key(public_key)
         sig = decode_signature(signature)
         named_resource = validate_resource(resource, field="resource")
-        now = self._now()
+        now = self.kernel.now()
         base = AuditEntry(
             event_type="registration_failed",
             outcome="denied",
@@ -560,7 +474,7 @@ class Broker:
 
             if deny is _defer_denial:
                 raise _Refused(failure, unit=burn)
-            self._commit(burn)
+            self.kernel.commit(burn)
             raise failure
 
         agent_id = str(new_agent_id(cfg.trust_domain, orch, task))
@@ -691,7 +605,9 @@ class Broker:
 
     def _check_binding(self, claims: Claims, token: str, presented: Presentation) -> None:
         try:
-            check_binding(claims.raw.get("cnf"), token, presented, dpop=self.dpop, now=self._now())
+            check_binding(
+                claims.raw.get("cnf"), token, presented, dpop=self.dpop, now=self.kernel.now()
+            )
         except BindingError as exc:
             raise TokenRejected(exc.reason, "binding") from None
 
@@ -717,7 +633,7 @@ class Broker:
                     outcome="denied",
                     detail=f"{reason} jti={claims.jti}",
                 )
-                self._record(entry)
+                self.kernel.record(entry)
             raise TokenRejected(reason, "revoked")
         entry = replace(
             ids,
@@ -725,7 +641,7 @@ class Broker:
             detail=f"high_assurance=true live revocation and agent record checked "
             f"jti={claims.jti} path={ctx.path}",
         )
-        self._record(entry)
+        self.kernel.record(entry)
         return True
 
     def _registration_binding(
@@ -779,7 +695,7 @@ class Broker:
             "token_auth_failed", outcome="denied", resource=ctx.path, request_id=ctx.request_id
         )
         if not authorization:
-            raise self._deny(
+            raise self.kernel.deny(
                 Unauthorized("missing authorization header"),
                 replace(base, detail=f"missing authorization header | path={ctx.path}"),
             )
@@ -788,7 +704,7 @@ class Broker:
         elif authorization.startswith("DPoP "):
             scheme, token = "DPoP", authorization[5:]
         else:
-            raise self._deny(
+            raise self.kernel.deny(
                 Unauthorized("invalid authorization scheme"),
                 replace(base, detail=f"invalid authorization scheme | path={ctx.path}"),
             )
@@ -810,7 +726,7 @@ class Broker:
             self._assure(claims, ctx, audit_denial=False)
         except TokenRejected as exc:
             self.metrics.validation_failures.labels(exc.category).inc()
-            raise self._deny(
+            raise self.kernel.deny(
                 Unauthorized("token verification failed", reason=exc.reason),
                 replace(base, detail=f"token verification failed: {exc.reason} | path={ctx.path}"),
             ) from None
@@ -819,7 +735,7 @@ class Broker:
         ids = _about(claims)
         if claims.kind not in kinds:
             self.metrics.scope_rejections.labels(ctx.path).inc()
-            raise self._deny(
+            raise self.kernel.deny(
                 InsufficientScope("this kind of token is not accepted here"),
                 replace(
                     ids,
@@ -833,7 +749,7 @@ class Broker:
             )
         if scope is not None and not scope_rules.is_subset([scope], claims.scope):
             self.metrics.scope_rejections.labels(ctx.path).inc()
-            raise self._deny(
+            raise self.kernel.deny(
                 InsufficientScope(f"token lacks required scope: {scope}"),
                 replace(
                     ids,
@@ -851,7 +767,7 @@ class Broker:
 
     def _agent_only(self, claims: Claims, what: str, ctx: RequestContext) -> None:
         if claims.kind != KIND_AGENT:
-            raise self._deny(
+            raise self.kernel.deny(
                 Forbidden(
                     f"only agent tokens can {what}",
                     hint="admin and app tokens are re-issued by authenticating again",
@@ -875,12 +791,12 @@ class Broker:
         started = time.perf_counter()
         cfg = self.config
         self._agent_only(claims, "renew", ctx)
-        now = self._now()
+        now = self.kernel.now()
         iat = int(now)
         ids = _about(claims)
         ceiling = claims.oiat + cfg.renewal_ceiling
         if claims.rnc >= cfg.max_renewals:
-            raise self._deny(
+            raise self.kernel.deny(
                 RenewalCountExceeded(
                     f"token has been renewed {claims.rnc} times, the maximum",
                     hint="register a new agent instance with a fresh launch token",
@@ -895,7 +811,7 @@ class Broker:
                 ),
             )
         if iat >= ceiling:
-            raise self._deny(
+            raise self.kernel.deny(
                 RenewalCeilingExceeded(
                     "token has reached its maximum lifetime since registration",
                     hint="register a new agent instance with a fresh launch token",
@@ -952,9 +868,9 @@ class Broker:
             ]
 
         try:
-            self._commit(unit)
+            self.kernel.commit(unit)
         except Unauthorized as exc:
-            raise self._deny(
+            raise self.kernel.deny(
                 exc,
                 replace(
                     ids,
@@ -964,7 +880,7 @@ class Broker:
                     detail=f"{exc.reason} jti={claims.jti}",
                 ),
             ) from None
-        self._apply_revocations([predecessor])
+        self.kernel.apply_revocations([predecessor])
         self.metrics.tokens_revoked.labels("renewal").inc()
         self.metrics.tokens_issued.labels("renew").inc()
         self.metrics.issuance_seconds.labels("renew").observe(time.perf_counter() - started)
@@ -973,7 +889,7 @@ class Broker:
     def release(self, claims: Claims, ctx: RequestContext) -> None:
         """The holder gives its token up (revoked at level ``token``)."""
         record = RevocationRecord(
-            "token", claims.jti, int(self._now()), claims.exp + self.config.clock_skew + 1
+            "token", claims.jti, int(self.kernel.now()), claims.exp + self.config.clock_skew + 1
         )
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -989,8 +905,8 @@ class Broker:
                 )
             ]
 
-        self._commit(unit)
-        self._apply_revocations([record])
+        self.kernel.commit(unit)
+        self.kernel.apply_revocations([record])
         self.metrics.tokens_revoked.labels("release").inc()
 
     def delegate(
@@ -1026,7 +942,7 @@ class Broker:
         depth = len(claims.delegation_chain)
         if depth >= cfg.max_delegation_depth:
             self.metrics.scope_rejections.labels("/v1/delegate").inc()
-            raise self._deny(
+            raise self.kernel.deny(
                 ScopeViolation("delegation depth limit exceeded"),
                 AuditEntry(
                     "delegation_depth_exceeded",
@@ -1042,7 +958,7 @@ class Broker:
             )
         if not scope_rules.is_subset(requested, claims.scope):
             self.metrics.scope_rejections.labels("/v1/delegate").inc()
-            raise self._deny(
+            raise self.kernel.deny(
                 ScopeViolation("delegated scope exceeds delegator scope"),
                 AuditEntry(
                     "delegation_attenuation_violation",
@@ -1063,7 +979,7 @@ class Broker:
         try:
             audience = narrow_audience(named_resource, claims.aud, cfg.audience)
         except InvalidTarget as exc:
-            raise self._deny(
+            raise self.kernel.deny(
                 exc,
                 AuditEntry(
                     "delegation_attenuation_violation",
@@ -1079,7 +995,7 @@ class Broker:
                 ),
             ) from None
         if not verify_chain_records(claims.delegation_chain, claims.sub, self._verify_keys):
-            raise self._deny(
+            raise self.kernel.deny(
                 Unauthorized("token verification failed", reason="forged delegation record"),
                 AuditEntry(
                     "token_auth_failed",
@@ -1089,7 +1005,7 @@ class Broker:
                     detail="delegation chain carries a record without a valid broker signature",
                 ),
             )
-        now = self._now()
+        now = self.kernel.now()
         iat = int(now)
         delegated_at = format_rfc3339(now)
         message = record_signing_input(claims.sub, delegate_to, claims.scope, delegated_at)
@@ -1103,7 +1019,7 @@ class Broker:
         want = self._ttl(ttl if isinstance(ttl, int) else None, cfg.delegation_default_ttl)
         life = min(want, claims.exp - iat, claims.oiat + cfg.renewal_ceiling - iat)
         if life <= 0:
-            raise self._deny(
+            raise self.kernel.deny(
                 Unauthorized("token verification failed", reason="delegator token at its end"),
                 replace(
                     _about(claims),
@@ -1151,7 +1067,7 @@ class Broker:
                 )
             ]
 
-        self._commit(unit)
+        self.kernel.commit(unit)
         self.metrics.delegation_depth.observe(len(chain))
         self.metrics.tokens_issued.labels("delegate").inc()
         self.metrics.issuance_seconds.labels("delegate").observe(time.perf_counter() - started)
@@ -1180,9 +1096,11 @@ class Broker:
                 "target must be a token id (jti), not a token",
                 hint="read the jti with `tasklease token inspect`",
             )
-        now = self._now()
+        now = self.kernel.now()
         revoked_at = math.floor(now)
-        record = RevocationRecord(level, target, revoked_at, self._revocation_expiry(revoked_at))
+        record = RevocationRecord(
+            level, target, revoked_at, self.kernel.revocation_expiry(revoked_at)
+        )
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             tx.insert_revocation(record)
@@ -1197,8 +1115,8 @@ class Broker:
                 )
             ]
 
-        self._commit(unit)
-        self._apply_revocations([record])
+        self.kernel.commit(unit)
+        self.kernel.apply_revocations([record])
         self.metrics.tokens_revoked.labels(level).inc()
         return 1
 
@@ -1209,7 +1127,7 @@ class Broker:
             raise InvalidRequest("secret is required")
         if not verify_secret(self.config.admin_secret_hash or None, secret):
             self.metrics.auth.labels("admin", "failure").inc()
-            raise self._deny(
+            raise self.kernel.deny(
                 Unauthorized("invalid credentials"),
                 AuditEntry(
                     "admin_auth_failed",
@@ -1225,12 +1143,12 @@ class Broker:
             iss=self.config.issuer,
             sub="admin",
             aud=self.config.audience,
-            iat=int(self._now()),
+            iat=int(self.kernel.now()),
             ttl=self._ttl(self.config.admin_token_ttl, self.config.default_ttl),
             scope=ADMIN_SCOPES,
             client_id="admin",
         )
-        self._record(
+        self.kernel.record(
             AuditEntry(
                 "admin_auth",
                 request_id=ctx.request_id,
@@ -1272,7 +1190,7 @@ class Broker:
                 hint="2-64 characters starting with a letter; hyphens only between letters",
             )
         ceiling = scope_rules.validate_scopes(scopes, field="scopes")
-        now = self._now()
+        now = self.kernel.now()
         parts = name.split("-")
         abbrev = "".join(p[0] for p in parts)[:3] if len(parts) > 1 else name[:2]
         secret = new_secret()
@@ -1300,7 +1218,7 @@ class Broker:
                 )
             ]
 
-        self._commit(unit)
+        self.kernel.commit(unit)
         return app, secret
 
     def list_apps(self) -> list[AppRecord]:
@@ -1329,7 +1247,7 @@ class Broker:
             app,
             scopes=ceiling if ceiling is not None else app.scopes,
             token_ttl=ttl if ttl is not None else app.token_ttl,
-            updated_at=self._now(),
+            updated_at=self.kernel.now(),
         )
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -1343,17 +1261,17 @@ class Broker:
                 )
             ]
 
-        self._commit(unit)
+        self.kernel.commit(unit)
         return updated
 
     def deregister_app(self, claims: Claims, app_id: str, ctx: RequestContext) -> AppRecord:
         """Deactivate an app: its secret stops working and its live app tokens are revoked."""
         app = self.get_app(app_id)
-        now = self._now()
+        now = self.kernel.now()
         updated = replace(app, status="inactive", updated_at=now)
         revoked_at = math.floor(now)
         record = RevocationRecord(
-            "agent", f"app:{app_id}", revoked_at, self._revocation_expiry(revoked_at)
+            "agent", f"app:{app_id}", revoked_at, self.kernel.revocation_expiry(revoked_at)
         )
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -1367,8 +1285,8 @@ class Broker:
                 )
             ]
 
-        self._commit(unit)
-        self._apply_revocations([record])
+        self.kernel.commit(unit)
+        self.kernel.apply_revocations([record])
         return updated
 
     def app_auth(
@@ -1395,7 +1313,7 @@ class Broker:
         if reason:
             self.metrics.auth.labels("app", "failure").inc()
             shown = client_id if app is not None else "<unknown>"
-            raise self._deny(
+            raise self.kernel.deny(
                 Unauthorized("Authentication failed"),
                 AuditEntry(
                     "app_auth_failed",
@@ -1414,12 +1332,12 @@ class Broker:
             iss=self.config.issuer,
             sub=f"app:{active_app.app_id}",
             aud=self.config.audience,
-            iat=int(self._now()),
+            iat=int(self.kernel.now()),
             ttl=self._ttl(active_app.token_ttl, self.config.app_token_ttl),
             scope=APP_SCOPES,
             client_id=active_app.client_id,
         )
-        self._record(
+        self.kernel.record(
             AuditEntry(
                 "app_authenticated",
                 request_id=ctx.request_id,
@@ -1483,7 +1401,7 @@ class Broker:
             app_id = claims.sub.removeprefix("app:")
             app = self.store.get_app(app_id)
             if app is None or app.status != "active":
-                raise self._deny(
+                raise self.kernel.deny(
                     Forbidden("app not found or not active"),
                     AuditEntry(
                         "launch_token_denied",
@@ -1496,7 +1414,7 @@ class Broker:
                 )
             if not scope_rules.is_subset(scope, app.scopes):
                 self.metrics.scope_rejections.labels(ctx.path or "launch-tokens").inc()
-                raise self._deny(
+                raise self.kernel.deny(
                     Forbidden(f"requested scopes exceed app ceiling; allowed: {_fmt(app.scopes)}"),
                     AuditEntry(
                         "scope_ceiling_exceeded",
@@ -1506,7 +1424,7 @@ class Broker:
                         detail=f"app={app_id} requested={_fmt(scope)} ceiling={_fmt(app.scopes)}",
                     ),
                 )
-        now = self._now()
+        now = self.kernel.now()
         token, digest = new_launch_token()
         record = LaunchTokenRecord(
             token_hash=digest,
@@ -1538,7 +1456,7 @@ class Broker:
                 )
             ]
 
-        self._commit(unit)
+        self.kernel.commit(unit)
         self.metrics.launch_tokens_created.inc()
         return token, record
 
@@ -1568,7 +1486,7 @@ class Broker:
             else:
                 older = [k for kid in previous.kids() if (k := previous.verify_key(kid))]
                 ring = KeyRing(nacl.signing.SigningKey.generate(), older)
-            self._record(
+            self.kernel.record(
                 AuditEntry(
                     "signing_key_rotated",
                     request_id=ctx.request_id,
@@ -1644,7 +1562,7 @@ class Broker:
 
     def prune(self) -> int:
         """Drop revocation entries, nonces and launch tokens nothing can use any more."""
-        now = self._now()
+        now = self.kernel.now()
         removed = self.revocations.prune(now)
         removed_rows = self.store.prune(now)
         self.metrics.revocation_entries.set(len(self.revocations))
@@ -1661,16 +1579,7 @@ class Broker:
         It carries no data: the listener reads :meth:`revocation_feed` from its cursor.
         Returns a function that removes the listener.
         """
-        with self._listeners_lock:
-            self._revocation_listeners = (*self._revocation_listeners, listener)
-
-        def remove() -> None:
-            with self._listeners_lock:
-                self._revocation_listeners = tuple(
-                    other for other in self._revocation_listeners if other is not listener
-                )
-
-        return remove
+        return self.kernel.add_listener(listener)
 
     def authenticate_feed_reader(self, authorization: str | None, ctx: RequestContext) -> Claims:
         """Authenticate a revocation-feed reader: any valid admin or app token.
@@ -1688,7 +1597,7 @@ class Broker:
         returned, or the given cursor (0 without one) when nothing is new. An entry that
         is widened later comes again with a new ``seq``.
         """
-        now = self._now()
+        now = self.kernel.now()
         if cursor is None:
             records = self.store.load_revocations(now)
         else:
@@ -1700,7 +1609,7 @@ class Broker:
         """Apply revocations other processes committed since we last looked."""
         fresh = self.store.revocations_since(self.revocations.last_seq)
         if fresh:
-            self._apply_revocations(fresh)
+            self.kernel.apply_revocations(fresh)
         return len(fresh)
 
     # --- revocation propagation between replicas (store watch) ---------------------------
@@ -1780,10 +1689,10 @@ class Broker:
                 event_type="token_revocation_ignored",
                 detail=f"RFC 7009 revocation of an inactive token ignored: {exc.reason}",
             )
-            self._record(entry)
+            self.kernel.record(entry)
             return False
         if target.sub != caller.sub:
-            raise self._deny(
+            raise self.kernel.deny(
                 Forbidden("the token does not belong to the caller"),
                 replace(
                     ids,
@@ -1794,7 +1703,7 @@ class Broker:
                 ),
             )
         record = RevocationRecord(
-            "token", target.jti, int(self._now()), target.exp + self.config.clock_skew + 1
+            "token", target.jti, int(self.kernel.now()), target.exp + self.config.clock_skew + 1
         )
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -1808,8 +1717,8 @@ class Broker:
                 )
             ]
 
-        self._commit(unit)
-        self._apply_revocations([record])
+        self.kernel.commit(unit)
+        self.kernel.apply_revocations([record])
         self.metrics.tokens_revoked.labels("holder").inc()
         return True
 
@@ -1944,11 +1853,13 @@ class Broker:
                 raise BindingError("resume without the registration's client certificate")
             jkt = cnf.get("jkt")
             if jkt is not None:
-                proven = self.dpop.verify(ctx.dpop, htm=ctx.method, htu=ctx.url, now=self._now())
+                proven = self.dpop.verify(
+                    ctx.dpop, htm=ctx.method, htu=ctx.url, now=self.kernel.now()
+                )
                 if not hmac.compare_digest(proven.encode(), str(jkt).encode()):
                     raise BindingError("resume DPoP proof signed by another key")
         except BindingError as exc:
-            raise self._deny(
+            raise self.kernel.deny(
                 Unauthorized("resume refused", reason=exc.reason),
                 AuditEntry(
                     "agent_resume_denied",

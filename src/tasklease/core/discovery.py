@@ -106,7 +106,7 @@ def bind(
         raise InvalidRequest("missing required field: issued_at (integer Unix seconds)")
     sig = decode_signature(signature)
     cfg = broker.config
-    now = broker._now()
+    now = broker.kernel.now()
     base = AuditEntry(
         "discovery_bind_denied",
         outcome="denied",
@@ -117,14 +117,14 @@ def bind(
     )
     agent, why = agent_standing(broker, claims.sub)
     if agent is None or why:
-        raise broker._deny(Forbidden("agent is not active"), replace(base, detail=why))
+        raise broker.kernel.deny(Forbidden("agent is not active"), replace(base, detail=why))
     if abs(now - issued_at) > cfg.clock_skew:
-        raise broker._deny(
+        raise broker.kernel.deny(
             Unauthorized("discovery binding verification failed"),
             replace(base, detail=f"issued_at {issued_at} outside the clock skew"),
         )
     if not verify_binding(claims.sub, url, issued_at, sig, agent.public_key):
-        raise broker._deny(
+        raise broker.kernel.deny(
             Unauthorized("discovery binding verification failed"),
             replace(base, detail="signature does not verify with the registered key"),
         )
@@ -154,9 +154,9 @@ def bind(
         ]
 
     try:
-        broker._commit(unit)
+        broker.kernel.commit(unit)
     except Unauthorized as exc:
-        raise broker._deny(exc, replace(base, detail=exc.reason)) from None
+        raise broker.kernel.deny(exc, replace(base, detail=exc.reason)) from None
     return binding
 
 
@@ -171,6 +171,6 @@ def resolve(broker: Broker, agent_id: str) -> tuple[DiscoveryBinding, AgentRecor
 
     agent, why = agent_standing(broker, agent_id)
     binding = broker.store.get_discovery_binding(agent_id) if agent is not None else None
-    if agent is None or why or binding is None or binding.expires_at <= broker._now():
+    if agent is None or why or binding is None or binding.expires_at <= broker.kernel.now():
         raise NotFound("no endpoint bound for this agent")
     return binding, agent

@@ -180,7 +180,7 @@ def heartbeat(
         raise InvalidRequest("done must be a boolean")
     finished = done is True
     sig = decode_signature(signature)
-    now = broker._now()
+    now = broker.kernel.now()
     base = AuditEntry(
         "heartbeat_denied",
         outcome="denied",
@@ -191,17 +191,17 @@ def heartbeat(
     )
     agent, why = agent_standing(broker, claims.sub)
     if agent is None or why:
-        raise broker._deny(
+        raise broker.kernel.deny(
             Forbidden("agent is not active"), replace(base, detail=f"heartbeat refused: {why}")
         )
     if abs(now - timestamp) > cfg.clock_skew:
-        raise broker._deny(
+        raise broker.kernel.deny(
             Unauthorized("heartbeat proof verification failed"),
             replace(base, detail=f"heartbeat timestamp {timestamp} outside the clock skew"),
         )
     message = heartbeat_signing_input(claims.sub, claims.jti, timestamp, proof_jti, finished)
     if not _jws.verify_detached(message, sig, VerifyKey(agent.public_key)):
-        raise broker._deny(
+        raise broker.kernel.deny(
             Unauthorized("heartbeat proof verification failed"),
             replace(base, detail="heartbeat signature does not verify with the registered key"),
         )
@@ -250,11 +250,13 @@ def heartbeat(
         return []
 
     try:
-        broker._commit(unit)
+        broker.kernel.commit(unit)
     except (Unauthorized, Forbidden) as exc:
-        raise broker._deny(exc, replace(base, detail=f"heartbeat refused: {exc.reason}")) from None
+        raise broker.kernel.deny(
+            exc, replace(base, detail=f"heartbeat refused: {exc.reason}")
+        ) from None
     if finished:
-        broker._apply_revocations([revoke_token])
+        broker.kernel.apply_revocations([revoke_token])
     return result[0]
 
 
@@ -270,7 +272,7 @@ def sweep_silent_agents(broker: Broker, holder: str) -> list[str]:
     heartbeated meanwhile, or was swept already, is left alone.
     """
     cfg = broker.config
-    now = broker._now()
+    now = broker.kernel.now()
     granted: list[bool] = []
 
     def lease(tx: WriteTx) -> list[AuditEntry]:
@@ -279,7 +281,7 @@ def sweep_silent_agents(broker: Broker, holder: str) -> list[str]:
         )
         return []
 
-    broker._commit(lease)
+    broker.kernel.commit(lease)
     if not granted[0]:
         return []
     allowed = cfg.heartbeat_interval * cfg.heartbeat_misses
@@ -295,7 +297,9 @@ def _sweep_one(broker: Broker, agent_id: str, now: float, bound: float) -> bool:
     """Revoke one silent agent unless it heartbeated or was swept meanwhile."""
     cfg = broker.config
     revoked_at = math.floor(now)
-    record = RevocationRecord("agent", agent_id, revoked_at, broker._revocation_expiry(revoked_at))
+    record = RevocationRecord(
+        "agent", agent_id, revoked_at, broker.kernel.revocation_expiry(revoked_at)
+    )
     swept: list[bool] = []
 
     def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -328,10 +332,10 @@ def _sweep_one(broker: Broker, agent_id: str, now: float, bound: float) -> bool:
             )
         ]
 
-    broker._commit(unit)
+    broker.kernel.commit(unit)
     if not swept:
         return False
-    broker._apply_revocations([record])
+    broker.kernel.apply_revocations([record])
     broker.metrics.tokens_revoked.labels("agent").inc()
     return True
 
@@ -365,7 +369,7 @@ def resume(
     if not isinstance(nonce, str) or not nonce:
         raise InvalidRequest("missing required field: nonce")
     sig = decode_signature(signature)
-    now = broker._now()
+    now = broker.kernel.now()
     nonce_expiry = broker.nonces.check(nonce, now)
     n_hash = nonce_hash(nonce)
     shown = agent_id[:512]
@@ -374,7 +378,7 @@ def resume(
     )
 
     def refuse(exc: TaskleaseError, why: str) -> TaskleaseError:
-        return broker._deny(exc, replace(base, detail=f"resume refused: {why}"))
+        return broker.kernel.deny(exc, replace(base, detail=f"resume refused: {why}"))
 
     agent = broker.store.get_agent(agent_id) if parse_agent_id(agent_id) else None
     if agent is None:
@@ -392,7 +396,7 @@ def resume(
                 )
             ]
 
-        broker._commit(burn)
+        broker.kernel.commit(burn)
         raise Unauthorized(_REFUSED)
     _, why = agent_standing(broker, agent_id)
     if why:
@@ -463,7 +467,7 @@ def resume(
         ]
 
     try:
-        broker._commit(unit)
+        broker.kernel.commit(unit)
     except Unauthorized as exc:
         raise refuse(exc, exc.reason) from None
     broker.metrics.tokens_issued.labels("resume").inc()

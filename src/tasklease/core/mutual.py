@@ -361,7 +361,7 @@ def _open_ticket(broker: Broker, token: object, kind: str) -> dict[str, Any]:
     if claims.get("iss") != broker.config.issuer:
         raise ProofRejected("ticket issuer mismatch")
     exp = claims.get("exp")
-    if type(exp) is not int or broker._now() > exp:
+    if type(exp) is not int or broker.kernel.now() > exp:
         raise ProofRejected("handshake expired")
     for name in ("hid", "ini", "rsp", "na"):
         if not isinstance(claims.get(name), str):
@@ -404,7 +404,7 @@ class _Step:
         from tasklease.core.errors import Unauthorized
 
         error = exc if exc is not None else Unauthorized(_FAILED)
-        return self.broker._deny(
+        return self.broker.kernel.deny(
             error,  # type: ignore[arg-type]
             replace(self.base, detail=f"mutual auth {self.step} refused: {why}"),
         )
@@ -435,7 +435,7 @@ class _Step:
             return [event]
 
         try:
-            self.broker._commit(unit)
+            self.broker.kernel.commit(unit)
         except Unauthorized as exc:
             raise self.fail(exc.reason) from None
 
@@ -466,7 +466,7 @@ def initiate(
         raise step.fail("reflection: the initiator named itself as responder")
     step.standing(claims.sub, "initiator")
     step.standing(responder, "responder")
-    now = int(broker._now())
+    now = int(broker.kernel.now())
     hid = secrets.token_hex(16)
     offer = _ticket(
         broker,
@@ -482,7 +482,7 @@ def initiate(
             "exp": now + HANDSHAKE_TTL,
         },
     )
-    broker._record(
+    broker.kernel.record(
         AuditEntry(
             "mutual_auth_initiated",
             agent_id=claims.sub,
@@ -579,7 +579,7 @@ def complete(
     initiator_agent = step.standing(ini, "initiator")
     step.verify(initiator_agent, transcript("initiator", hid, ini, rsp, na, nb), sig, "initiator")
     step.standing(rsp, "responder")
-    now = int(broker._now())
+    now = int(broker.kernel.now())
     receipt = _ticket(
         broker,
         KIND_RECEIPT,

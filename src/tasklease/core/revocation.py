@@ -8,7 +8,10 @@ Levels and what they match (``iat`` is the token's issue time, ``revoked_at`` wh
               every token delegated from it (the target appears in the delegation chain)
 ``task``      tokens whose ``task_id`` is the target, issued at or before ``revoked_at``
 ``chain``     tokens delegated from the target (the target appears in the delegation
-              chain), issued at or before ``revoked_at``; the target's own tokens live on
+              chain), issued at or before ``revoked_at``; the target's own tokens live on.
+              A target that is not a SPIFFE ID names a lineage ancestor (a token's
+              ``jti``, a grant id or ``app:<app_id>``): it matches every token whose
+              ``lineage`` claim lists it, whenever issued (``core.kernel``)
 ============  ===========================================================================
 
 Because agent, task and chain entries only match tokens issued before them, a revocation
@@ -55,6 +58,8 @@ class RevocableToken(Protocol):
     def task_id(self) -> str: ...
     @property
     def delegation_chain(self) -> Sequence[_Hop]: ...
+    @property
+    def lineage(self) -> Sequence[str]: ...
 
 
 class RevocationIndex:
@@ -99,6 +104,13 @@ class RevocationIndex:
             hit = levels["task"].get(claims.task_id)
             if hit is not None and iat <= hit[0]:
                 return "task"
+        if claims.lineage:
+            chains = levels["chain"]
+            for ancestor in claims.lineage:
+                # Lineage ids are unique (random jtis, app ids): no iat condition, so a
+                # descendant issued in a race with its ancestor's revocation dies too.
+                if ancestor in chains:
+                    return "chain"
         if claims.delegation_chain:
             agents, chains = levels["agent"], levels["chain"]
             for record in claims.delegation_chain:

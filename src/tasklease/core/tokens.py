@@ -72,6 +72,8 @@ ADMIN_SCOPES = ("admin:launch-tokens:*", "admin:revoke:*", "admin:audit:*")
 APP_SCOPES = ("app:launch-tokens:*", "app:agents:*", "app:audit:read")
 
 _encoder = msgspec.json.Encoder()
+# Ancestors a token may list: an app, and a grant and token per delegation hop, with room.
+_MAX_LINEAGE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +120,21 @@ class Claims:
     chain_hash: str
     raw: dict[str, Any]
     principal: str = ""
+    # The lineage (core.kernel): ancestors whose end ends this token, oldest first;
+    # the grant (renewal thread) this token belongs to; the latest ``exp`` any token of
+    # the lineage may have (0: none recorded, older tokens).
+    lineage: tuple[str, ...] = ()
+    grant: str = ""
+    max_exp: int = 0
 
     @property
     def depth(self) -> int:
         return len(self.delegation_chain)
+
+    @property
+    def grant_id(self) -> str:
+        """The grant this token continues: its first token's ``jti``."""
+        return self.grant or self.jti
 
 
 def new_jti() -> str:
@@ -212,6 +225,9 @@ def mint(
     cnf: dict[str, str] | None = None,
     principal: str = "",
     agent_key: bytes | None = None,
+    lineage: tuple[str, ...] = (),
+    grant: str = "",
+    max_exp: int = 0,
 ) -> tuple[str, Claims]:
     """Build, sign and return ``(token, claims)``. ``nbf`` equals ``iat``.
 
@@ -219,7 +235,9 @@ def mint(
     (RFC 8705 section 3.1) and/or ``jkt`` (RFC 9449 section 6.1).
 
     Agent tokens with a ``principal`` carry it, and delegated ones also the ``act`` chain
-    derived from ``delegation_chain``; ``agent_key`` adds ``agent_jwk``.
+    derived from ``delegation_chain``; ``agent_key`` adds ``agent_jwk``. ``lineage``,
+    ``grant`` and ``max_exp`` record where the token descends from (``core.kernel``);
+    ``grant`` is left out when it is the token's own ``jti``.
     """
     jti = jti or new_jti()
     payload: dict[str, Any] = {
@@ -251,6 +269,12 @@ def mint(
                 payload["act"] = act_claim(sub, delegation_chain, principal)
         if agent_key is not None:
             payload["agent_jwk"] = agent_jwk(agent_key)
+        if lineage:
+            payload["lineage"] = list(lineage)
+        if grant and grant != jti:
+            payload["grant"] = grant
+        if max_exp:
+            payload["max_exp"] = max_exp
     if cnf:
         payload["cnf"] = dict(cnf)
     token = keyring.sign(_encoder.encode(payload), kind)
@@ -273,6 +297,9 @@ def mint(
         chain_hash=c_hash,
         raw=payload,
         principal=principal if kind == KIND_AGENT else "",
+        lineage=tuple(lineage) if kind == KIND_AGENT else (),
+        grant=payload.get("grant", ""),
+        max_exp=payload.get("max_exp", 0),
     )
     return token, claims
 
@@ -320,6 +347,9 @@ def claims_from_payload(kind: str, payload: dict[str, Any]) -> Claims:
             )
         )
     iat = _int(payload, "iat")
+    lineage = _str_list(payload, "lineage") if "lineage" in payload else ()
+    if not all(lineage) or len(lineage) > _MAX_LINEAGE:
+        raise ClaimsError("claim lineage malformed or longer than the limit")
     return Claims(
         kind=kind,
         iss=_str(payload, "iss", required=False),
@@ -339,4 +369,7 @@ def claims_from_payload(kind: str, payload: dict[str, Any]) -> Claims:
         chain_hash=_str(payload, "chain_hash", required=False),
         raw=payload,
         principal=_str(payload, "principal", required=False),
+        lineage=lineage,
+        grant=_str(payload, "grant", required=False),
+        max_exp=_int(payload, "max_exp", 0),
     )

@@ -79,6 +79,14 @@ class VerifiedToken:
         return cnf if isinstance(cnf, dict) else None
 
     @property
+    def lineage(self) -> tuple[str, ...]:
+        """The ancestors whose revocation ends this token (``lineage`` claim), oldest first."""
+        value = self.claims.get("lineage")
+        if type(value) is not list:
+            return ()
+        return tuple(v for v in value if type(v) is str)
+
+    @property
     def depth(self) -> int:
         """How many delegation hops led to this token (0 for an agent's own token)."""
         return len(self.delegation_chain)

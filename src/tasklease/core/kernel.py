@@ -1,0 +1,452 @@
+"""The authority kernel: lineage, the one issuance check, and commit/deny/audit.
+
+Every credential descends from something: app → launch token → registration (agent
+instance) → access token → delegated token → …, with its task and its human principal.
+A token carries its lineage in three claims (``core.tokens``): ``lineage`` (the ancestors
+whose end ends it: ``app:<app_id>``, and for each delegation hop the delegator's grant
+id and ``jti``), ``grant`` (the renewal thread it continues) and ``max_exp`` (the latest
+``exp`` any token of the lineage may have).
+
+Register, renew, resume and delegate all create children through :func:`check_issuance`,
+one pure function: it refuses when an ancestor is gone, and otherwise computes the new
+token's ``exp``, renewal count, lineage and principal so that nothing grows along a
+lineage. The invariants (``DESIGN.md``, "The authority kernel"):
+
+1. every ancestor is alive: not removed, revoked, released, done or expired;
+2. ``exp`` ≤ every ancestor's ceiling (launch ``max_ttl``, registration lifetime
+   ceiling, the parent token's ``exp`` and ``max_exp``);
+3. the renewal budget is counted on the lineage and never reset;
+4. scope and audience only narrow (binding: the holder's own, never widened);
+5. the delegate is not already in the chain;
+6. the human principal reaches every descendant;
+7. a refusal is a problem with a ``denial_id`` and exactly one audit event
+   (:meth:`Kernel.deny`).
+
+Ending a credential ends its descendants: :func:`ending_records` gives the revocation
+entries that release, token-level revocation and a holder's RFC 7009 revocation write.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from tasklease.core import scopes as scope_rules
+from tasklease.core.audit import AuditEntry, AuditLog
+from tasklease.core.clock import Clock
+from tasklease.core.config import Config
+from tasklease.core.errors import (
+    Forbidden,
+    RenewalCeilingExceeded,
+    RenewalCountExceeded,
+    ScopeViolation,
+    TaskleaseError,
+)
+from tasklease.core.metrics import Metrics
+from tasklease.core.revocation import RevocationIndex
+from tasklease.core.spiffe import parse_agent_id
+from tasklease.core.store import AgentRecord, AuditEvent, RevocationRecord, Store, WriteTx
+from tasklease.core.tokens import Claims
+
+__all__ = [
+    "Issuance",
+    "IssuedToken",
+    "Kernel",
+    "Parent",
+    "Refusal",
+    "RequestContext",
+    "app_ancestor",
+    "check_issuance",
+    "ending_records",
+    "new_denial_id",
+    "with_denial",
+]
+
+_log = logging.getLogger("tasklease.kernel")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who is asking, for the audit trail, and what the request proves possession of.
+
+    ``request_id``, ``remote`` and ``path`` are never used for an authorization decision.
+    ``cert_thumbprint`` (the TLS client certificate's ``x5t#S256``, set by the HTTP layer
+    from the connection, never from a header), ``dpop`` (the ``DPoP`` header), ``method``
+    and ``url`` (the broker's public origin and the path, for the proof's ``htm``/``htu``)
+    are the request's proof-of-possession material (RFC 8705, RFC 9449).
+    """
+
+    request_id: str = ""
+    remote: str = ""
+    path: str = ""
+    cert_thumbprint: str = ""
+    dpop: str = ""
+    method: str = ""
+    url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    claims: Claims
+
+    @property
+    def expires_in(self) -> int:
+        return self.claims.exp - self.claims.iat
+
+
+def new_denial_id() -> str:
+    """``den_`` and 16 random hex characters: names one audited refusal."""
+    return "den_" + secrets.token_hex(8)
+
+
+def with_denial(exc: TaskleaseError, entry: AuditEntry) -> AuditEntry:
+    """Give ``exc`` a fresh denial id and return ``entry`` with the id ending its detail.
+
+    The detail is shortened first, so sanitization's length cap can never cut the id off.
+    """
+    denial_id = new_denial_id()
+    exc.denial_id = denial_id
+    detail = f"{entry.detail[:1800]} | denial={denial_id}" if entry.detail else ""
+    return replace(entry, detail=detail or f"denial={denial_id}")
+
+
+def app_ancestor(app_id: str) -> str:
+    """The lineage id of an app: removing the app ends every token listing it."""
+    return f"app:{app_id}"
+
+
+# --- the one issuance check ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Parent:
+    """What a new token descends from, as far as the issuance check needs it.
+
+    For a registration or a resumption, the launch token or registration (``grant`` is
+    "": a new grant starts); for a renewal or a delegation, the parent token's claims.
+    ``ceiling`` is the latest ``exp`` the lineage allows (``max_exp``), ``token_exp``
+    the parent token's own ``exp`` (0 when the parent is not a token), ``ttl`` the
+    longest lifetime one token of the lineage may have (launch ``max_ttl``).
+    """
+
+    holder: str
+    scope: tuple[str, ...]
+    audience: tuple[str, ...]
+    principal: str
+    lineage: tuple[str, ...]
+    ceiling: int
+    ttl: int
+    renewals: int
+    chain_agents: tuple[str, ...] = ()
+    grant: str = ""
+    jti: str = ""
+    token_exp: int = 0
+
+    @classmethod
+    def of_token(cls, claims: Claims, config: Config) -> Parent:
+        """A token as a parent: its ceiling is its recorded ``max_exp`` and, for tokens
+        minted before lineage was recorded, the registration lifetime ceiling."""
+        ceiling = claims.oiat + config.renewal_ceiling
+        if claims.max_exp:
+            ceiling = min(ceiling, claims.max_exp)
+        return cls(
+            holder=claims.sub,
+            scope=claims.scope,
+            audience=claims.aud,
+            principal=claims.principal,
+            lineage=claims.lineage,
+            ceiling=ceiling,
+            ttl=min(config.max_ttl, max(1, claims.exp - claims.iat)),
+            renewals=claims.rnc,
+            chain_agents=(*(r.agent for r in claims.delegation_chain), claims.sub),
+            grant=claims.grant_id,
+            jti=claims.jti,
+            token_exp=claims.exp,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Issuance:
+    """What the issuance check grants: the new token's lineage fields and lifetime."""
+
+    exp: int
+    renewals: int
+    lineage: tuple[str, ...]
+    grant: str
+    max_exp: int
+    principal: str
+    scope: tuple[str, ...]
+
+    def ttl(self, iat: int) -> int:
+        return self.exp - iat
+
+
+class Refusal(Exception):
+    """The issuance check refused: ``error`` to raise, ``detail`` for the audit log."""
+
+    def __init__(self, error: TaskleaseError, detail: str, event_type: str) -> None:
+        super().__init__(detail)
+        self.error = error
+        self.detail = detail
+        self.event_type = event_type
+
+
+OPERATIONS = ("register", "renew", "resume", "delegate")
+
+
+def check_issuance(
+    operation: str,
+    parent: Parent,
+    *,
+    holder: str,
+    scope: tuple[str, ...],
+    iat: int,
+    requested_ttl: int,
+    max_renewals: int,
+    dead_ancestor: str = "",
+) -> Issuance:
+    """The one issuance check every credential path calls. Raises :class:`Refusal`.
+
+    ``operation`` is one of ``register``, ``renew``, ``resume``, ``delegate``;
+    ``holder`` the new token's subject; ``scope`` what it asks for; ``requested_ttl``
+    the lifetime asked for (already capped by the broker's ``max_ttl``);
+    ``dead_ancestor``, when not empty, says why an ancestor the caller looked up in the
+    store (app, registration, delegate) is no longer alive.
+    """
+    if operation not in OPERATIONS:
+        raise ValueError(f"unknown issuance operation: {operation}")
+    if dead_ancestor:
+        raise Refusal(Forbidden("an ancestor credential has ended"), dead_ancestor, "denied")
+    if not scope_rules.is_subset(scope, parent.scope):
+        raise Refusal(
+            ScopeViolation("requested scope exceeds the parent's scope"),
+            f"scope would widen: requested [{' '.join(scope)}] allowed [{' '.join(parent.scope)}]",
+            "attenuation",
+        )
+    renewals = parent.renewals + (1 if operation in ("renew", "resume") else 0)
+    if renewals > max_renewals:
+        raise Refusal(
+            RenewalCountExceeded(
+                f"the lineage has been renewed {parent.renewals} times, the maximum",
+                hint="register a new agent instance with a fresh launch token",
+            ),
+            f"renewal count limit reached ({parent.renewals}/{max_renewals})",
+            "renewal",
+        )
+    if operation == "delegate" and holder in parent.chain_agents:
+        raise Refusal(
+            ScopeViolation("the delegate already holds this authority in the chain"),
+            f"delegation cycle: {holder} is already in the chain",
+            "attenuation",
+        )
+    ceiling = parent.ceiling
+    if parent.token_exp and operation == "delegate":
+        ceiling = min(ceiling, parent.token_exp)
+    exp = min(iat + min(requested_ttl, parent.ttl), ceiling)
+    if exp <= iat:
+        raise Refusal(
+            RenewalCeilingExceeded(
+                "the lineage has reached its maximum lifetime",
+                hint="register a new agent instance with a fresh launch token",
+            ),
+            f"lineage ceiling reached (max_exp={ceiling})",
+            "renewal",
+        )
+    if operation == "delegate":
+        # The delegate's token descends from the delegator's grant and token: ending
+        # either ends it (ending_records).
+        lineage = (*parent.lineage, parent.grant)
+        if parent.jti and parent.jti != parent.grant:
+            lineage = (*lineage, parent.jti)
+        grant = ""
+    elif operation == "renew":
+        lineage, grant = parent.lineage, parent.grant
+    else:
+        lineage, grant = parent.lineage, ""
+    return Issuance(
+        exp=exp,
+        renewals=renewals,
+        lineage=lineage,
+        grant=grant,
+        max_exp=ceiling,
+        principal=parent.principal,
+        scope=scope,
+    )
+
+
+def ending_records(claims: Claims, revoked_at: int, config: Config) -> list[RevocationRecord]:
+    """The revocation entries that end ``claims`` and every token descended from it.
+
+    Level ``token`` ends the token itself; level ``chain`` on its ``jti`` and on its grant
+    ends the tokens delegated from it or from any renewal of it (they list them in their
+    ``lineage``). Each lives until nothing it could match can still be valid.
+    """
+    expires = revoked_at + config.max_ttl + config.clock_skew + 1
+    records = [
+        RevocationRecord("token", claims.jti, revoked_at, claims.exp + config.clock_skew + 1),
+        RevocationRecord("chain", claims.jti, revoked_at, expires),
+    ]
+    if claims.grant_id != claims.jti:
+        records.append(RevocationRecord("chain", claims.grant_id, revoked_at, expires))
+    return records
+
+
+# --- commit, deny, audit, clock ----------------------------------------------------------
+
+
+class Kernel:
+    """The state every service shares: store, audit log, revocation index, clock.
+
+    Services call :meth:`commit` (a state change and its audit events, durable together),
+    :meth:`record` (audit only), :meth:`deny` (an audited refusal with a ``denial_id``)
+    and :meth:`apply_revocations`; they never write audit events another way.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        clock: Clock,
+        metrics: Metrics,
+        revocations: RevocationIndex,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.revocations = revocations
+        self.audit = AuditLog(store, clock, on_batch=metrics.observe_batch)
+        self._listeners: tuple[Callable[[], None], ...] = ()
+        self._listeners_lock = threading.Lock()
+        self.started_at = time.monotonic()
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    def commit(self, unit: Callable[[WriteTx], Sequence[AuditEntry]]) -> list[AuditEvent]:
+        return self._counted(self.audit.commit(unit))
+
+    async def acommit(self, unit: Callable[[WriteTx], Sequence[AuditEntry]]) -> list[AuditEvent]:
+        return self._counted(await self.audit.acommit(unit))
+
+    def record(self, *entries: AuditEntry) -> list[AuditEvent]:
+        """Audit what changed no state (denials, reads): no unit, no savepoint."""
+        return self._counted(self.audit.record(*entries))
+
+    async def arecord(self, *entries: AuditEntry) -> list[AuditEvent]:
+        return self._counted(await self.audit.arecord(*entries))
+
+    def _counted(self, events: list[AuditEvent]) -> list[AuditEvent]:
+        for ev in events:
+            self.metrics.audit_events.labels(ev.event_type).inc()
+        return events
+
+    def deny(self, exc: TaskleaseError, entry: AuditEntry) -> TaskleaseError:
+        """Audit a denial with its precise reason, then hand back the error to raise.
+
+        The error gets a fresh ``denial_id`` (``den_`` + 16 hex), which the caller sees in
+        the problem body and which ends the audit detail as ``| denial=<id>``, so an
+        operator can find the precise reason for the refusal a caller reports.
+        """
+        self.record(with_denial(exc, entry))
+        return exc
+
+    async def adeny(self, exc: TaskleaseError, entry: AuditEntry) -> TaskleaseError:
+        """:meth:`deny` for a coroutine."""
+        await self.arecord(with_denial(exc, entry))
+        return exc
+
+    def revocation_expiry(self, revoked_at: float) -> float:
+        """When an entry made at ``revoked_at`` can no longer match a valid token."""
+        return revoked_at + self.config.max_ttl + self.config.clock_skew + 1
+
+    def apply_revocations(self, records: Sequence[RevocationRecord]) -> None:
+        """Enforce committed revocations in this process and wake the feed's listeners."""
+        self.revocations.apply(records)
+        self.metrics.revocation_entries.set(len(self.revocations))
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a subscriber must never undo a revocation
+                _log.exception("revocation listener failed")
+
+    def add_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` after every batch of revocations; returns its remover."""
+        with self._listeners_lock:
+            self._listeners = (*self._listeners, listener)
+
+        def remove() -> None:
+            with self._listeners_lock:
+                self._listeners = tuple(o for o in self._listeners if o is not listener)
+
+        return remove
+
+    # --- ancestors' standing ---------------------------------------------------------
+
+    def agent_standing(self, agent_id: str) -> tuple[AgentRecord | None, str]:
+        """``(record, "")`` for a registered agent in good standing, else ``(record, why)``.
+
+        Good standing: registered, status ``active``, not matched by an agent- or
+        task-level revocation since it registered, its session neither released nor
+        swept, and its app (if any) not removed.
+        """
+        agent = self.store.get_agent(agent_id) if parse_agent_id(agent_id) else None
+        if agent is None:
+            return None, "agent not registered"
+        if agent.status != "active":
+            return agent, f"agent is {agent.status}"
+        level = self.revocations.match(_Probe(agent))
+        if level is not None:
+            return agent, f"agent revoked at level {level}"
+        session = self.store.get_agent_session(agent_id)
+        if session is not None and session.state != "active":
+            return agent, f"agent session is {session.state}"
+        why = self.app_standing(agent.app_id)
+        return agent, why
+
+    def app_standing(self, app_id: str) -> str:
+        """ "" when ``app_id`` is empty (admin-launched) or an active app, else why not."""
+        if not app_id:
+            return ""
+        app = self.store.get_app(app_id)
+        if app is None or app.status != "active":
+            return f"app {app_id} removed"
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    """Stands for an agent's first token in the revocation index: matched by any agent-,
+    task- or app-level revocation made since it registered."""
+
+    agent: AgentRecord
+
+    @property
+    def jti(self) -> str:
+        return ""
+
+    @property
+    def sub(self) -> str:
+        return self.agent.agent_id
+
+    @property
+    def iat(self) -> int:
+        return math.floor(self.agent.registered_at)
+
+    @property
+    def task_id(self) -> str:
+        return self.agent.task_id
+
+    @property
+    def delegation_chain(self) -> tuple[()]:
+        return ()
+
+    @property
+    def lineage(self) -> tuple[str, ...]:
+        return (app_ancestor(self.agent.app_id),) if self.agent.app_id else ()
