@@ -149,8 +149,9 @@ def test_revocation_is_idempotent(broker: Any, kit: Any, launch: str) -> None:
         assert revoke(broker, kit, "agent", a.sub) == 1
         assert revoke(broker, kit, "token", a.claims.jti) == 1
     assert not valid(broker, a.token)
-    assert len(broker.revocations) == 2
-    assert len(broker.store.revocations_since(0)) == 2
+    # agent a.sub; token jti, with its descendants (chain jti): one entry each, once.
+    assert len(broker.revocations) == 3
+    assert len(broker.store.revocations_since(0)) == 3
     assert len(events(broker, "token_revoked")) == 6
 
 
@@ -213,13 +214,14 @@ def test_revoke_prune_bounds_state(broker: Any, kit: Any, launch: str, store: An
         ("chain", a.sub),
     ):
         revoke(broker, kit, level, target)
-    assert len(broker.revocations) == 4
+    # Four levels, and the token-level entry's twin that ends its descendants.
+    assert len(broker.revocations) == 5
     cfg = broker.config
     broker.clock.advance(cfg.max_ttl + cfg.clock_skew)
     assert broker.prune() == 0  # nothing it could match is dead yet
-    assert len(broker.revocations) == 4
+    assert len(broker.revocations) == 5
     broker.clock.advance(2)  # max_ttl + skew + 2 since the revocation
-    assert broker.prune() == 4
+    assert broker.prune() == 5
     assert len(broker.revocations) == 0
     assert store.revocations_since(0) == []
     assert store.load_revocations(0) == []

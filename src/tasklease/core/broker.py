@@ -51,9 +51,6 @@ from tasklease.core.errors import (
     InvalidTarget,
     InvalidTTL,
     NotFound,
-    RenewalCeilingExceeded,
-    RenewalCountExceeded,
-    ScopeViolation,
     TaskleaseError,
     Unauthorized,
     Unavailable,
@@ -76,7 +73,12 @@ from tasklease.core.introspection import (
 from tasklease.core.kernel import (
     IssuedToken,
     Kernel,
+    Parent,
+    Refusal,
     RequestContext,
+    app_ancestor,
+    check_issuance,
+    ending_records,
     new_denial_id,
     with_denial,
 )
@@ -435,18 +437,45 @@ class Broker:
                 Unauthorized("launch token: launch token already consumed"),
                 replace(base, detail=f"launch token already consumed ({lt_hash[:12]})"),
             )
-        missing = scope_rules.uncovered(scope, record.allowed_scope)
-        if missing:
-            self.metrics.scope_rejections.labels("/v1/register").inc()
-            raise deny(
-                ScopeViolation("requested scope exceeds allowed scope"),
-                replace(
-                    base,
-                    event_type="registration_policy_violation",
-                    detail=f"scope violation: requested {_fmt(scope)} exceeds allowed "
-                    f"{_fmt(record.allowed_scope)}",
+        iat = int(now)
+        principal = record.principal or (f"app:{record.app_id}" if record.app_id else "admin")
+        try:
+            issuance = check_issuance(
+                "register",
+                Parent(
+                    holder="",
+                    scope=record.allowed_scope,
+                    audience=record.audience,
+                    principal=principal,
+                    lineage=(app_ancestor(record.app_id),) if record.app_id else (),
+                    ceiling=iat + cfg.renewal_ceiling,
+                    ttl=record.max_ttl,
+                    renewals=0,
                 ),
+                holder="",
+                scope=scope,
+                iat=iat,
+                requested_ttl=self._ttl(record.max_ttl, cfg.default_ttl),
+                config=cfg,
+                dead_ancestor=self.kernel.app_standing(record.app_id),
             )
+        except Refusal as refusal:
+            if refusal.event_type == "attenuation":
+                self.metrics.scope_rejections.labels("/v1/register").inc()
+                raise deny(
+                    refusal.error,
+                    replace(
+                        base,
+                        event_type="registration_policy_violation",
+                        detail=f"scope violation: requested {_fmt(scope)} exceeds allowed "
+                        f"{_fmt(record.allowed_scope)}",
+                    ),
+                ) from None
+            # The launch token's app was removed: the token is as dead as an unknown one.
+            raise deny(
+                Unauthorized("launch token: launch token not found"),
+                replace(base, detail=f"{refusal.detail} ({lt_hash[:12]})"),
+            ) from None
         try:
             audience = choose_audience(named_resource, record.audience, cfg.audience)
         except InvalidTarget as exc:
@@ -460,7 +489,10 @@ class Broker:
                 ),
             ) from None
         cnf = self._registration_binding(ctx, now, base, deny)
-        nonce_expiry = self.nonces.check(nonce, now)
+        try:
+            nonce_expiry = self.nonces.check(nonce, now)
+        except Unauthorized as exc:
+            raise deny(exc, replace(base, detail=f"nonce refused: {exc.reason}")) from None
         n_hash = nonce_hash(nonce)
         if not verify_possession(key, nonce, sig):
             # Spend the nonce: a failed proof must not leave it reusable.
@@ -482,8 +514,6 @@ class Broker:
         if record.app_id:
             app = self.store.get_app(record.app_id)
             client_id = app.client_id if app is not None else record.app_id
-        iat = int(now)
-        principal = record.principal or (f"app:{record.app_id}" if record.app_id else "admin")
         token, claims = mint(
             self.keyring,
             kind=KIND_AGENT,
@@ -491,7 +521,9 @@ class Broker:
             sub=agent_id,
             aud=audience,
             iat=iat,
-            ttl=min(self._ttl(record.max_ttl, cfg.default_ttl), cfg.renewal_ceiling),
+            ttl=issuance.ttl(iat),
+            lineage=issuance.lineage,
+            max_exp=issuance.max_exp,
             scope=scope,
             client_id=client_id,
             task_id=task,
@@ -512,6 +544,7 @@ class Broker:
             registered_at=now,
             cnf=json.dumps(cnf, separators=(",", ":"), sort_keys=True) if cnf else "",
             audience=audience if audience != cfg.audience else (),
+            token_ttl=record.max_ttl,
         )
         suffix = f" app_id={record.app_id}" if record.app_id else ""
         suffix += _binding_suffix(claims, reference)
@@ -794,39 +827,31 @@ class Broker:
         now = self.kernel.now()
         iat = int(now)
         ids = _about(claims)
-        ceiling = claims.oiat + cfg.renewal_ceiling
-        if claims.rnc >= cfg.max_renewals:
-            raise self.kernel.deny(
-                RenewalCountExceeded(
-                    f"token has been renewed {claims.rnc} times, the maximum",
-                    hint="register a new agent instance with a fresh launch token",
-                ),
-                replace(
-                    ids,
-                    event_type="token_renewal_failed",
-                    outcome="denied",
-                    request_id=ctx.request_id,
-                    detail=f"renewal count limit reached ({claims.rnc}/{cfg.max_renewals}) "
-                    f"jti={claims.jti}",
-                ),
+        failed = replace(
+            ids, event_type="token_renewal_failed", outcome="denied", request_id=ctx.request_id
+        )
+        parent = Parent.of_token(claims, cfg)
+        # A registration's own tokens count their renewals in its session too, so that a
+        # resumption (which has no token to read the count from) continues the budget.
+        own = not claims.delegation_chain
+        session = self.store.get_agent_session(claims.sub) if own else None
+        if session is not None and session.resumes > parent.renewals:
+            parent = replace(parent, renewals=session.resumes)
+        try:
+            issuance = check_issuance(
+                "renew",
+                parent,
+                holder=claims.sub,
+                scope=claims.scope,
+                iat=iat,
+                requested_ttl=parent.ttl,
+                config=cfg,
             )
-        if iat >= ceiling:
+        except Refusal as refusal:
             raise self.kernel.deny(
-                RenewalCeilingExceeded(
-                    "token has reached its maximum lifetime since registration",
-                    hint="register a new agent instance with a fresh launch token",
-                ),
-                replace(
-                    ids,
-                    event_type="token_renewal_failed",
-                    outcome="denied",
-                    request_id=ctx.request_id,
-                    detail=f"renewal lifetime ceiling reached (oiat={claims.oiat}) "
-                    f"jti={claims.jti}",
-                ),
-            )
-        lifetime = max(1, min(claims.exp - claims.iat, cfg.max_ttl))
-        ttl = min(lifetime, ceiling - iat)
+                refusal.error, replace(failed, detail=f"{refusal.detail} jti={claims.jti}")
+            ) from None
+        ttl = issuance.ttl(iat)
         token, new_claims = mint(
             self.keyring,
             kind=KIND_AGENT,
@@ -840,11 +865,14 @@ class Broker:
             task_id=claims.task_id,
             orch_id=claims.orch_id,
             oiat=claims.oiat,
-            rnc=claims.rnc + 1,
+            rnc=issuance.renewals,
             delegation_chain=claims.delegation_chain,
-            principal=claims.principal,
+            principal=issuance.principal,
             agent_key=agent_key_of(claims.raw),
             cnf=_cnf_of(claims),  # the holder keeps its binding (RFC 8705, RFC 9449)
+            lineage=issuance.lineage,
+            grant=issuance.grant,
+            max_exp=issuance.max_exp,
         )
         token, reference = self._size_adapted(token, new_claims)
         predecessor = RevocationRecord("token", claims.jti, iat, claims.exp + cfg.clock_skew + 1)
@@ -854,6 +882,15 @@ class Broker:
                 raise Unauthorized(
                     "token verification failed", reason="token already renewed or revoked"
                 )
+            if own:
+                current = tx.get_agent_session(claims.sub)
+                if current is not None:
+                    if current.resumes >= issuance.renewals:
+                        raise Unauthorized(
+                            "token verification failed",
+                            reason="the lineage was renewed or resumed meanwhile",
+                        )
+                    tx.put_agent_session(replace(current, resumes=issuance.renewals))
             if reference is not None:
                 tx.insert_reference_token(reference)
             return [
@@ -871,14 +908,7 @@ class Broker:
             self.kernel.commit(unit)
         except Unauthorized as exc:
             raise self.kernel.deny(
-                exc,
-                replace(
-                    ids,
-                    event_type="token_renewal_failed",
-                    outcome="denied",
-                    request_id=ctx.request_id,
-                    detail=f"{exc.reason} jti={claims.jti}",
-                ),
+                exc, replace(failed, detail=f"{exc.reason} jti={claims.jti}")
             ) from None
         self.kernel.apply_revocations([predecessor])
         self.metrics.tokens_revoked.labels("renewal").inc()
@@ -888,12 +918,11 @@ class Broker:
 
     def release(self, claims: Claims, ctx: RequestContext) -> None:
         """The holder gives its token up (revoked at level ``token``)."""
-        record = RevocationRecord(
-            "token", claims.jti, int(self.kernel.now()), claims.exp + self.config.clock_skew + 1
-        )
+        records = ending_records(claims, int(self.kernel.now()), self.config)
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            tx.insert_revocation(record)
+            for record in records:
+                tx.insert_revocation(record)
             return [
                 AuditEntry(
                     "token_released",
@@ -906,7 +935,7 @@ class Broker:
             ]
 
         self.kernel.commit(unit)
-        self.kernel.apply_revocations([record])
+        self.kernel.apply_revocations(records)
         self.metrics.tokens_revoked.labels("release").inc()
 
     def delegate(
@@ -940,57 +969,78 @@ class Broker:
         named_resource = validate_resource(resource, field="resource")
         self._agent_only(claims, "delegate", ctx)
         depth = len(claims.delegation_chain)
-        if depth >= cfg.max_delegation_depth:
-            self.metrics.scope_rejections.labels("/v1/delegate").inc()
-            raise self.kernel.deny(
-                ScopeViolation("delegation depth limit exceeded"),
-                AuditEntry(
-                    "delegation_depth_exceeded",
-                    outcome="denied",
-                    agent_id=claims.sub,
-                    task_id=claims.task_id,
-                    orch_id=claims.orch_id,
-                    request_id=ctx.request_id,
-                    deleg_depth=depth,
-                    detail=f"delegation depth {depth} at limit {cfg.max_delegation_depth} "
-                    f"| delegator={claims.sub} | target={delegate_to}",
-                ),
+        denied = AuditEntry(
+            "delegation_attenuation_violation",
+            outcome="denied",
+            agent_id=claims.sub,
+            task_id=claims.task_id,
+            orch_id=claims.orch_id,
+            request_id=ctx.request_id,
+            deleg_depth=depth,
+        )
+        about = f"delegator={claims.sub} | target={delegate_to[:256]}"
+        _, dead = self.kernel.agent_standing(delegate_to)
+        now = self.kernel.now()
+        iat = int(now)
+        want = self._ttl(ttl if isinstance(ttl, int) else None, cfg.delegation_default_ttl)
+        try:
+            issuance = check_issuance(
+                "delegate",
+                Parent.of_token(claims, cfg),
+                holder=delegate_to,
+                scope=requested,
+                iat=iat,
+                requested_ttl=want,
+                config=cfg,
+                dead_ancestor=dead,
             )
-        if not scope_rules.is_subset(requested, claims.scope):
-            self.metrics.scope_rejections.labels("/v1/delegate").inc()
+        except Refusal as refusal:
+            if refusal.event_type != "denied":
+                self.metrics.scope_rejections.labels("/v1/delegate").inc()
+            if refusal.event_type == "depth":
+                raise self.kernel.deny(
+                    refusal.error,
+                    replace(
+                        denied,
+                        event_type="delegation_depth_exceeded",
+                        detail=f"{refusal.detail} | {about}",
+                    ),
+                ) from None
+            if refusal.event_type == "attenuation":
+                raise self.kernel.deny(
+                    refusal.error,
+                    replace(
+                        denied,
+                        detail=f"delegation_attenuation_violation | {about} | {refusal.detail}",
+                    ),
+                ) from None
+            if refusal.event_type == "denied":
+                # An unknown delegate and a dead one look the same to the caller.
+                raise self.kernel.deny(
+                    NotFound("delegate agent not found"),
+                    replace(denied, event_type="delegation_denied", detail=f"{dead} | {about}"),
+                ) from None
             raise self.kernel.deny(
-                ScopeViolation("delegated scope exceeds delegator scope"),
-                AuditEntry(
-                    "delegation_attenuation_violation",
+                Unauthorized("token verification failed", reason=refusal.detail),
+                replace(
+                    _about(claims),
+                    event_type="token_auth_failed",
                     outcome="denied",
-                    agent_id=claims.sub,
-                    task_id=claims.task_id,
-                    orch_id=claims.orch_id,
                     request_id=ctx.request_id,
-                    deleg_depth=depth,
-                    detail=f"delegation_attenuation_violation | delegator={claims.sub} | "
-                    f"target={delegate_to} | requested={_fmt(requested)} | "
-                    f"allowed={_fmt(claims.scope)}",
+                    detail=f"delegator token at its end: {refusal.detail} jti={claims.jti}",
                 ),
-            )
-        target = self.store.get_agent(delegate_to) if parse_agent_id(delegate_to) else None
-        if target is None or target.status != "active":
+            ) from None
+        target = self.store.get_agent(delegate_to)
+        if target is None:  # pragma: no cover - agent_standing found it a moment ago
             raise NotFound("delegate agent not found")
         try:
             audience = narrow_audience(named_resource, claims.aud, cfg.audience)
         except InvalidTarget as exc:
             raise self.kernel.deny(
                 exc,
-                AuditEntry(
-                    "delegation_attenuation_violation",
-                    outcome="denied",
-                    agent_id=claims.sub,
-                    task_id=claims.task_id,
-                    orch_id=claims.orch_id,
-                    request_id=ctx.request_id,
-                    deleg_depth=depth,
-                    detail=f"audience would widen | delegator={claims.sub} | "
-                    f"target={delegate_to} | requested={named_resource} | "
+                replace(
+                    denied,
+                    detail=f"audience would widen | {about} | requested={named_resource} | "
                     f"allowed={_fmt(claims.aud)}",
                 ),
             ) from None
@@ -1005,8 +1055,6 @@ class Broker:
                     detail="delegation chain carries a record without a valid broker signature",
                 ),
             )
-        now = self.kernel.now()
-        iat = int(now)
         delegated_at = format_rfc3339(now)
         message = record_signing_input(claims.sub, delegate_to, claims.scope, delegated_at)
         record = DelegationRecord(
@@ -1016,19 +1064,7 @@ class Broker:
             signature=self.keyring.sign_detached(message).hex(),
         )
         chain = (*claims.delegation_chain, record)
-        want = self._ttl(ttl if isinstance(ttl, int) else None, cfg.delegation_default_ttl)
-        life = min(want, claims.exp - iat, claims.oiat + cfg.renewal_ceiling - iat)
-        if life <= 0:
-            raise self.kernel.deny(
-                Unauthorized("token verification failed", reason="delegator token at its end"),
-                replace(
-                    _about(claims),
-                    event_type="token_auth_failed",
-                    outcome="denied",
-                    request_id=ctx.request_id,
-                    detail=f"delegator token at its end jti={claims.jti}",
-                ),
-            )
+        life = issuance.ttl(iat)
         token, new_claims = mint(
             self.keyring,
             kind=KIND_AGENT,
@@ -1042,10 +1078,13 @@ class Broker:
             task_id=claims.task_id,
             orch_id=claims.orch_id,
             oiat=claims.oiat,
+            rnc=issuance.renewals,
             delegation_chain=chain,
-            principal=claims.principal,
+            principal=issuance.principal,
             agent_key=target.public_key,
             cnf=json.loads(target.cnf) if target.cnf else None,
+            lineage=issuance.lineage,
+            max_exp=issuance.max_exp,
         )
         token, reference = self._size_adapted(token, new_claims)
 
@@ -1091,19 +1130,23 @@ class Broker:
             )
         if len(target) > 2048:
             raise InvalidRequest("target is too long")
-        if level == "token" and target.count(".") == 2:
+        if (level == "token" and target.count(".") == 2) or is_reference_token(target):
+            # Never a credential as a target: it would be stored, audited and published.
             raise InvalidRequest(
                 "target must be a token id (jti), not a token",
                 hint="read the jti with `tasklease token inspect`",
             )
         now = self.kernel.now()
         revoked_at = math.floor(now)
-        record = RevocationRecord(
-            level, target, revoked_at, self.kernel.revocation_expiry(revoked_at)
-        )
+        expires_at = self.kernel.revocation_expiry(revoked_at)
+        records = [RevocationRecord(level, target, revoked_at, expires_at)]
+        if level == "token":
+            # A token's end is its descendants' end (they list its jti in their lineage).
+            records.append(RevocationRecord("chain", target, revoked_at, expires_at))
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            tx.insert_revocation(record)
+            for record in records:
+                tx.insert_revocation(record)
             if level == "agent" and parse_agent_id(target):
                 tx.set_agent_status(target, "revoked")
             return [
@@ -1116,7 +1159,7 @@ class Broker:
             ]
 
         self.kernel.commit(unit)
-        self.kernel.apply_revocations([record])
+        self.kernel.apply_revocations(records)
         self.metrics.tokens_revoked.labels(level).inc()
         return 1
 
@@ -1270,13 +1313,18 @@ class Broker:
         now = self.kernel.now()
         updated = replace(app, status="inactive", updated_at=now)
         revoked_at = math.floor(now)
-        record = RevocationRecord(
-            "agent", f"app:{app_id}", revoked_at, self.kernel.revocation_expiry(revoked_at)
-        )
+        expires_at = self.kernel.revocation_expiry(revoked_at)
+        records = [
+            # The app's own tokens (subject app:<app_id>) ...
+            RevocationRecord("agent", f"app:{app_id}", revoked_at, expires_at),
+            # ... and every agent token launched through it, with their descendants.
+            RevocationRecord("chain", app_ancestor(app_id), revoked_at, expires_at),
+        ]
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             tx.update_app(updated)
-            tx.insert_revocation(record)
+            for record in records:
+                tx.insert_revocation(record)
             return [
                 AuditEntry(
                     "app_deregistered",
@@ -1286,7 +1334,7 @@ class Broker:
             ]
 
         self.kernel.commit(unit)
-        self.kernel.apply_revocations([record])
+        self.kernel.apply_revocations(records)
         return updated
 
     def app_auth(
@@ -1702,12 +1750,11 @@ class Broker:
                     f"jti={target.jti}",
                 ),
             )
-        record = RevocationRecord(
-            "token", target.jti, int(self.kernel.now()), target.exp + self.config.clock_skew + 1
-        )
+        records = ending_records(target, int(self.kernel.now()), self.config)
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            tx.insert_revocation(record)
+            for record in records:
+                tx.insert_revocation(record)
             return [
                 replace(
                     ids,
@@ -1718,7 +1765,7 @@ class Broker:
             ]
 
         self.kernel.commit(unit)
-        self.kernel.apply_revocations([record])
+        self.kernel.apply_revocations(records)
         self.metrics.tokens_revoked.labels("holder").inc()
         return True
 

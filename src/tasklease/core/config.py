@@ -6,7 +6,9 @@ The core never reads the environment or files: :func:`tasklease.config_loader.lo
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from tasklease.core.spiffe import validate_trust_domain
 
@@ -69,9 +71,19 @@ class Config:
     heartbeat_interval: float = 30.0
     heartbeat_misses: int = 3
     heartbeat_required: bool = False
+    # The HTTP edge (see docs/configuration.md). Peers whose X-Forwarded-For and
+    # X-Forwarded-Proto are believed (addresses or CIDR networks); nobody's by default.
+    trusted_proxies: tuple[str, ...] = ()
+    # The origins (scheme://host[:port]) clients address the broker by; a DPoP proof's
+    # htu must be one of them + the request path. Unset: the address the server listens on.
+    public_url: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         validate_trust_domain(self.trust_domain)
+        for proxy in self.trusted_proxies:
+            _check_network(proxy)
+        for origin in self.public_url:
+            _check_origin(origin)
         for name in (
             "default_ttl",
             "max_ttl",
@@ -116,3 +128,33 @@ class Config:
             raise ValueError("port must be between 1 and 65535")
         if not 0.1 <= self.revocation_staleness_bound <= 3600:
             raise ValueError("revocation_staleness_bound must be between 0.1 and 3600 seconds")
+
+
+def _check_network(value: str) -> None:
+    try:
+        ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(
+            f"trusted_proxies: {value!r} is not an IP address or network (CIDR)"
+        ) from None
+
+
+def _check_origin(value: str) -> None:
+    """An absolute http(s) origin: no user info, path (but "/"), query or fragment."""
+    problem = f"public_url: {value!r} must be an origin such as https://broker.example.com"
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError(problem) from None
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or "@" in parts.netloc
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or "?" in value
+        or "#" in value
+    ):
+        raise ValueError(problem)

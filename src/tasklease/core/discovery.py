@@ -98,7 +98,6 @@ def bind(
     from tasklease.core.audit import AuditEntry
     from tasklease.core.errors import Forbidden, InvalidRequest, Unauthorized
     from tasklease.core.identity import decode_signature
-    from tasklease.core.liveness import agent_standing
     from tasklease.core.store import DiscoveryBinding
 
     url = _endpoint(endpoint)
@@ -115,7 +114,7 @@ def bind(
         orch_id=claims.orch_id,
         request_id=ctx.request_id,
     )
-    agent, why = agent_standing(broker, claims.sub)
+    agent, why = broker.kernel.agent_standing(claims.sub)
     if agent is None or why:
         raise broker.kernel.deny(Forbidden("agent is not active"), replace(base, detail=why))
     if abs(now - issued_at) > cfg.clock_skew:
@@ -167,9 +166,8 @@ def resolve(broker: Broker, agent_id: str) -> tuple[DiscoveryBinding, AgentRecor
         NotFound: no agent, not active, or no unexpired binding.
     """
     from tasklease.core.errors import NotFound
-    from tasklease.core.liveness import agent_standing
 
-    agent, why = agent_standing(broker, agent_id)
+    agent, why = broker.kernel.agent_standing(agent_id)
     binding = broker.store.get_discovery_binding(agent_id) if agent is not None else None
     if agent is None or why or binding is None or binding.expires_at <= broker.kernel.now():
         raise NotFound("no endpoint bound for this agent")

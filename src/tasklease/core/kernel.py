@@ -208,16 +208,15 @@ def check_issuance(
     scope: tuple[str, ...],
     iat: int,
     requested_ttl: int,
-    max_renewals: int,
+    config: Config,
     dead_ancestor: str = "",
 ) -> Issuance:
     """The one issuance check every credential path calls. Raises :class:`Refusal`.
 
     ``operation`` is one of ``register``, ``renew``, ``resume``, ``delegate``;
     ``holder`` the new token's subject; ``scope`` what it asks for; ``requested_ttl``
-    the lifetime asked for (already capped by the broker's ``max_ttl``);
-    ``dead_ancestor``, when not empty, says why an ancestor the caller looked up in the
-    store (app, registration, delegate) is no longer alive.
+    the lifetime asked for; ``dead_ancestor``, when not empty, says why an ancestor the
+    caller looked up in the store (app, registration, delegate) is no longer alive.
     """
     if operation not in OPERATIONS:
         raise ValueError(f"unknown issuance operation: {operation}")
@@ -226,9 +225,11 @@ def check_issuance(
     if not scope_rules.is_subset(scope, parent.scope):
         raise Refusal(
             ScopeViolation("requested scope exceeds the parent's scope"),
-            f"scope would widen: requested [{' '.join(scope)}] allowed [{' '.join(parent.scope)}]",
+            f"scope would widen | requested=[{' '.join(scope)}] | "
+            f"allowed=[{' '.join(parent.scope)}]",
             "attenuation",
         )
+    max_renewals = config.max_renewals
     renewals = parent.renewals + (1 if operation in ("renew", "resume") else 0)
     if renewals > max_renewals:
         raise Refusal(
@@ -239,6 +240,13 @@ def check_issuance(
             f"renewal count limit reached ({parent.renewals}/{max_renewals})",
             "renewal",
         )
+    depth = len(parent.chain_agents) - 1
+    if operation == "delegate" and depth >= config.max_delegation_depth:
+        raise Refusal(
+            ScopeViolation("delegation depth limit exceeded"),
+            f"delegation depth {depth} at limit {config.max_delegation_depth}",
+            "depth",
+        )
     if operation == "delegate" and holder in parent.chain_agents:
         raise Refusal(
             ScopeViolation("the delegate already holds this authority in the chain"),
@@ -248,7 +256,7 @@ def check_issuance(
     ceiling = parent.ceiling
     if parent.token_exp and operation == "delegate":
         ceiling = min(ceiling, parent.token_exp)
-    exp = min(iat + min(requested_ttl, parent.ttl), ceiling)
+    exp = min(iat + min(requested_ttl, parent.ttl, config.max_ttl), ceiling)
     if exp <= iat:
         raise Refusal(
             RenewalCeilingExceeded(

@@ -47,23 +47,30 @@ from tasklease.core.config import Config
 from tasklease.core.errors import (
     Forbidden,
     InvalidRequest,
-    RenewalCeilingExceeded,
-    RenewalCountExceeded,
     TaskleaseError,
     Unauthorized,
 )
 from tasklease.core.identity import decode_signature, nonce_hash, verify_possession
+from tasklease.core.kernel import (
+    IssuedToken,
+    Parent,
+    Refusal,
+    RequestContext,
+    app_ancestor,
+    check_issuance,
+    ending_records,
+    with_denial,
+)
 from tasklease.core.spiffe import parse_agent_id
-from tasklease.core.store import AgentRecord, AgentSession, RevocationRecord, WriteTx
+from tasklease.core.store import AgentSession, RevocationRecord, WriteTx
 from tasklease.core.tokens import KIND_AGENT, Claims, mint
 
 if TYPE_CHECKING:
-    from tasklease.core.broker import Broker, IssuedToken, RequestContext
+    from tasklease.core.broker import Broker
 
 __all__ = [
     "HEARTBEAT_CONTEXT",
     "SWEEPER_LEASE",
-    "agent_standing",
     "heartbeat",
     "heartbeat_signing_input",
     "new_session",
@@ -106,50 +113,6 @@ def heartbeat_signing_input(
     return HEARTBEAT_CONTEXT + body.encode("utf-8")
 
 
-def _probe(agent: AgentRecord) -> Claims:
-    """Claims standing for the agent's first token: matched by any agent- or task-level
-    revocation made since it registered."""
-    return Claims(
-        kind=KIND_AGENT,
-        iss="",
-        sub=agent.agent_id,
-        aud=(),
-        exp=0,
-        nbf=0,
-        iat=int(agent.registered_at),
-        jti="",
-        scope=(),
-        task_id=agent.task_id,
-        orch_id=agent.orch_id,
-        client_id="",
-        oiat=0,
-        rnc=0,
-        delegation_chain=(),
-        chain_hash="",
-        raw={},
-    )
-
-
-def agent_standing(broker: Broker, agent_id: str) -> tuple[AgentRecord | None, str]:
-    """``(record, "")`` for a registered agent in good standing, else ``(record, why)``.
-
-    Good standing: registered, status ``active``, not matched by an agent- or task-level
-    revocation since it registered, and its session neither released nor swept.
-    """
-    agent = broker.store.get_agent(agent_id) if parse_agent_id(agent_id) else None
-    if agent is None:
-        return None, "agent not registered"
-    if agent.status != "active":
-        return agent, f"agent is {agent.status}"
-    level = broker.revocations.match(_probe(agent))
-    if level is not None:
-        return agent, f"agent revoked at level {level}"
-    session = broker.store.get_agent_session(agent_id)
-    if session is not None and session.state != "active":
-        return agent, f"agent session is {session.state}"
-    return agent, ""
-
-
 # --- heartbeat ------------------------------------------------------------------------------
 
 
@@ -189,7 +152,7 @@ def heartbeat(
         orch_id=claims.orch_id,
         request_id=ctx.request_id,
     )
-    agent, why = agent_standing(broker, claims.sub)
+    agent, why = broker.kernel.agent_standing(claims.sub)
     if agent is None or why:
         raise broker.kernel.deny(
             Forbidden("agent is not active"), replace(base, detail=f"heartbeat refused: {why}")
@@ -206,9 +169,8 @@ def heartbeat(
             replace(base, detail="heartbeat signature does not verify with the registered key"),
         )
     proof_hash = hashlib.sha256(f"heartbeat\n{claims.sub}\n{proof_jti}".encode()).hexdigest()
-    revoke_token = RevocationRecord(
-        "token", claims.jti, math.floor(now), claims.exp + cfg.clock_skew + 1
-    )
+    # Done is a release: the token ends, and every token delegated from it.
+    ending = ending_records(claims, math.floor(now), cfg)
     result: list[AgentSession] = []
 
     def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -229,7 +191,8 @@ def heartbeat(
         result.append(updated)
         ids = replace(base, outcome="success", detail="")
         if finished:
-            tx.insert_revocation(revoke_token)
+            for record in ending:
+                tx.insert_revocation(record)
             return [
                 replace(
                     ids,
@@ -256,7 +219,7 @@ def heartbeat(
             exc, replace(base, detail=f"heartbeat refused: {exc.reason}")
         ) from None
     if finished:
-        broker.kernel.apply_revocations([revoke_token])
+        broker.kernel.apply_revocations(ending)
     return result[0]
 
 
@@ -361,8 +324,6 @@ def resume(
         RenewalCeilingExceeded / RenewalCountExceeded: the task's ceiling is reached, or
             it resumed ``max_renewals`` times (audited).
     """
-    from tasklease.core.broker import IssuedToken
-
     cfg = broker.config
     if not isinstance(agent_id, str) or not agent_id:
         raise InvalidRequest("missing required field: agent_id")
@@ -370,8 +331,6 @@ def resume(
         raise InvalidRequest("missing required field: nonce")
     sig = decode_signature(signature)
     now = broker.kernel.now()
-    nonce_expiry = broker.nonces.check(nonce, now)
-    n_hash = nonce_hash(nonce)
     shown = agent_id[:512]
     base = AuditEntry(
         "agent_resume_denied", outcome="denied", agent_id=shown, request_id=ctx.request_id
@@ -380,50 +339,63 @@ def resume(
     def refuse(exc: TaskleaseError, why: str) -> TaskleaseError:
         return broker.kernel.deny(exc, replace(base, detail=f"resume refused: {why}"))
 
+    try:
+        nonce_expiry = broker.nonces.check(nonce, now)
+    except Unauthorized as exc:
+        raise refuse(exc, f"nonce refused: {exc.reason}") from None
+    n_hash = nonce_hash(nonce)
     agent = broker.store.get_agent(agent_id) if parse_agent_id(agent_id) else None
     if agent is None:
         raise refuse(Unauthorized(_REFUSED), "agent not registered")
     base = replace(base, task_id=agent.task_id, orch_id=agent.orch_id)
     if not verify_possession(agent.public_key, nonce, sig):
+        failure = Unauthorized(_REFUSED)
+        burnt = with_denial(
+            failure,
+            replace(
+                base,
+                detail="resume refused: signature does not verify with the agent's "
+                "registered key (a different key: impostor)",
+            ),
+        )
 
         def burn(tx: WriteTx) -> list[AuditEntry]:
             tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew)
-            return [
-                replace(
-                    base,
-                    detail="resume refused: signature does not verify with the agent's "
-                    "registered key (a different key: impostor)",
-                )
-            ]
+            return [burnt]
 
         broker.kernel.commit(burn)
-        raise Unauthorized(_REFUSED)
-    _, why = agent_standing(broker, agent_id)
+        raise failure
+    _, why = broker.kernel.agent_standing(agent_id)
     if why:
         raise refuse(Forbidden("agent is not active"), why)
     session = broker.store.get_agent_session(agent_id) or new_session(
         cfg, agent_id, "", agent.registered_at
     )
     oiat = int(agent.registered_at)
-    ceiling = oiat + cfg.renewal_ceiling
     iat = int(now)
-    if iat >= ceiling:
-        raise refuse(
-            RenewalCeilingExceeded(
-                "the agent's task has reached its maximum lifetime since registration",
-                hint="register a new agent instance with a fresh launch token",
+    ttl_cap = agent.token_ttl or cfg.default_ttl
+    try:
+        issuance = check_issuance(
+            "resume",
+            Parent(
+                holder=agent_id,
+                scope=agent.scope,
+                audience=agent.audience or cfg.audience,
+                principal=session.principal,
+                lineage=(app_ancestor(agent.app_id),) if agent.app_id else (),
+                ceiling=oiat + cfg.renewal_ceiling,
+                ttl=ttl_cap,
+                renewals=session.resumes,
             ),
-            f"renewal ceiling reached (oiat={oiat})",
+            holder=agent_id,
+            scope=agent.scope,
+            iat=iat,
+            requested_ttl=ttl_cap,
+            config=cfg,
         )
-    if session.resumes >= cfg.max_renewals:
-        raise refuse(
-            RenewalCountExceeded(
-                f"the agent has resumed {session.resumes} times, the maximum",
-                hint="register a new agent instance with a fresh launch token",
-            ),
-            f"resume count limit reached ({session.resumes}/{cfg.max_renewals})",
-        )
-    ttl = max(1, min(cfg.default_ttl, cfg.max_ttl, ceiling - iat))
+    except Refusal as refusal:
+        raise refuse(refusal.error, refusal.detail) from None
+    ttl = issuance.ttl(iat)
     token, claims = mint(
         broker.keyring,
         kind=KIND_AGENT,
@@ -438,10 +410,12 @@ def resume(
         task_id=agent.task_id,
         orch_id=agent.orch_id,
         oiat=oiat,
-        rnc=session.resumes + 1,
-        principal=session.principal,
+        rnc=issuance.renewals,
+        principal=issuance.principal,
         agent_key=agent.public_key,
         cnf=json.loads(agent.cnf) if agent.cnf else None,
+        lineage=issuance.lineage,
+        max_exp=issuance.max_exp,
     )
 
     def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -450,14 +424,14 @@ def resume(
         current = tx.get_agent_session(agent_id) or session
         if current.state != "active" or current.resumes != session.resumes:
             raise Unauthorized(_REFUSED, reason="concurrent resume or session ended")
-        tx.put_agent_session(replace(current, resumes=current.resumes + 1, last_heartbeat=now))
+        tx.put_agent_session(replace(current, resumes=issuance.renewals, last_heartbeat=now))
         ids = replace(base, outcome="success", request_id=ctx.request_id)
         return [
             replace(
                 ids,
                 event_type="agent_resumed",
-                detail=f"agent resumed with its registered key; resumes="
-                f"{current.resumes + 1}/{cfg.max_renewals} oiat={oiat}",
+                detail=f"agent resumed with its registered key; renewals="
+                f"{issuance.renewals}/{cfg.max_renewals} oiat={oiat}",
             ),
             replace(
                 ids,

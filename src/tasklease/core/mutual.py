@@ -410,9 +410,8 @@ class _Step:
         )
 
     def standing(self, agent_id: str, who: str) -> Any:
-        from tasklease.core.liveness import agent_standing
 
-        agent, why = agent_standing(self.broker, agent_id)
+        agent, why = self.broker.kernel.agent_standing(agent_id)
         if agent is None or why:
             raise self.fail(f"{who} {agent_id}: {why or 'agent not registered'}")
         return agent

@@ -86,6 +86,9 @@ class AgentRecord:
     cnf: str = ""
     # The resources (RFC 8707) the agent registered for; () means the broker's default.
     audience: tuple[str, ...] = ()
+    # The longest lifetime one of its tokens may have (its launch token's ``max_ttl``);
+    # 0 for agents registered before it was recorded (the broker's default TTL then).
+    token_ttl: int = 0
 
 
 @dataclass(frozen=True, slots=True)
