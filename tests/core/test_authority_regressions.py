@@ -1,0 +1,326 @@
+"""Each authority leak seen when the broker was tried as an attacker would, made impossible.
+
+One test per behaviour (numbered as they were reported); each fails on the code that
+leaked. Every refusal must carry a ``denial_id`` that leads to exactly one audit event.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from typing import Any
+
+import pytest
+from nacl.signing import SigningKey
+
+from tasklease.core.errors import (
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RenewalCeilingExceeded,
+    RenewalCountExceeded,
+    ScopeViolation,
+    TaskleaseError,
+    Unauthorized,
+)
+from tasklease.core.liveness import heartbeat_signing_input
+from tasklease.core.store import AuditQuery
+from tasklease.core.validation import TokenRejected
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def valid(broker: Any, token: str) -> bool:
+    try:
+        broker.validate(token)
+    except TokenRejected:
+        return False
+    return True
+
+
+def audited_once(broker: Any, exc: TaskleaseError) -> None:
+    """The refusal names a denial id, and exactly one audit event carries it."""
+    assert exc.denial_id and exc.denial_id.startswith("den_"), exc
+    events, _ = broker.store.query_audit(AuditQuery(limit=10_000))
+    hits = [e for e in events if f"denial={exc.denial_id}" in e.detail]
+    assert len(hits) == 1, (exc.denial_id, hits)
+
+
+def refused(broker: Any, kind: type[TaskleaseError], call: Any) -> TaskleaseError:
+    with pytest.raises(kind) as info:
+        call()
+    audited_once(broker, info.value)
+    return info.value
+
+
+def delegate(broker: Any, kit: Any, claims: Any, to: str, scope: list[str], **kw: Any) -> Any:
+    return broker.delegate(
+        claims, delegate_to=to, scope=scope, ttl=kw.pop("ttl", None), ctx=kit.ctx
+    )
+
+
+def resume(broker: Any, kit: Any, agent_id: str, key: SigningKey, nonce: str | None = None) -> Any:
+    nonce = nonce or broker.challenge()[0]
+    signature = key.sign(bytes.fromhex(nonce)).signature
+    return broker.resume(agent_id=agent_id, nonce=nonce, signature=b64(signature), ctx=kit.ctx)
+
+
+def heartbeat_done(broker: Any, kit: Any, agent: Any) -> None:
+    now = int(broker.clock.now())
+    proof = secrets.token_hex(8)
+    message = heartbeat_signing_input(agent.sub, agent.claims.jti, now, proof, True)
+    broker.heartbeat(
+        agent.claims,
+        timestamp=now,
+        jti=proof,
+        signature=b64(agent.key.sign(message).signature),
+        done=True,
+        ctx=kit.ctx,
+    )
+
+
+# 1 -------------------------------------------------------------------------------------------
+
+
+def test_01_removed_app_launch_tokens_register_nobody(broker: Any, kit: Any) -> None:
+    admin = kit.admin(broker).claims
+    app, _secret = broker.register_app(
+        admin, name="billing", scopes=["read:data:*"], token_ttl=None, ctx=kit.ctx
+    )
+    app_claims = kit.app(broker, app.app_id).claims
+    early, _ = broker.create_launch_token(
+        app_claims,
+        agent_name="a",
+        allowed_scope=["read:data:*"],
+        max_ttl=None,
+        single_use=False,
+        ttl=600,
+        ctx=kit.ctx,
+    )
+    running = kit.register(broker, early)
+    assert running.claims.lineage == (f"app:{app.app_id}",)
+    broker.deregister_app(admin, app.app_id, kit.ctx)
+    args, _ = kit.register_args(broker, early)
+    refused(broker, Unauthorized, lambda: broker.register(**args))
+    # Offboarding also ends what the app had already launched.
+    assert not valid(broker, running.token)
+
+
+# 2 -------------------------------------------------------------------------------------------
+
+
+def test_02_delegation_never_rearms_a_revoked_task(broker: Any, kit: Any) -> None:
+    lt = kit.launch(broker, single_use=False, ttl=600)
+    a = kit.register(broker, lt, task_id="task-a")
+    b = kit.register(broker, lt, task_id="task-b")
+    broker.revoke(kit.admin(broker).claims, level="task", target="task-b", ctx=kit.ctx)
+    refused(broker, NotFound, lambda: delegate(broker, kit, a.claims, b.sub, ["read:data:*"]))
+
+
+def test_02_delegation_never_rearms_an_agent_that_is_done(broker: Any, kit: Any) -> None:
+    lt = kit.launch(broker, single_use=False, ttl=600)
+    a = kit.register(broker, lt, task_id="task-a")
+    b = kit.register(broker, lt, task_id="task-b")
+    heartbeat_done(broker, kit, b)
+    refused(broker, NotFound, lambda: delegate(broker, kit, a.claims, b.sub, ["read:data:*"]))
+
+
+# 3 -------------------------------------------------------------------------------------------
+
+
+def test_03_delegated_token_never_renews_past_its_parent(broker: Any, kit: Any) -> None:
+    lt = kit.launch(broker, single_use=False, ttl=600, max_ttl=120)
+    a = kit.register(broker, lt, task_id="task-a")
+    b = kit.register(broker, lt, task_id="task-b")
+    held = delegate(broker, kit, a.claims, b.sub, ["read:data:*"], ttl=60).claims
+    assert held.max_exp == a.claims.exp
+    while True:
+        broker.clock.advance(50)
+        try:
+            held = broker.renew(held, kit.ctx).claims
+        except TaskleaseError as exc:
+            assert isinstance(exc, RenewalCeilingExceeded | Unauthorized), exc
+            break
+        assert held.exp <= a.claims.exp
+    assert broker.clock.now() >= a.claims.exp - 50
+
+
+# 4 -------------------------------------------------------------------------------------------
+
+
+def test_04_resume_continues_the_renewal_budget(make_broker: Any, kit: Any) -> None:
+    broker = make_broker(max_renewals=3)
+    lt = kit.launch(broker)
+    a = kit.register(broker, lt)
+    held = a.claims
+    for _ in range(3):
+        held = broker.renew(held, kit.ctx).claims
+    assert held.rnc == 3
+    refused(broker, RenewalCountExceeded, lambda: resume(broker, kit, a.sub, a.key))
+
+
+def test_04_a_resumed_token_counts_from_the_renewals_already_spent(
+    make_broker: Any, kit: Any
+) -> None:
+    broker = make_broker(max_renewals=4)
+    a = kit.register(broker, kit.launch(broker))
+    held = broker.renew(broker.renew(a.claims, kit.ctx).claims, kit.ctx).claims
+    resumed = resume(broker, kit, a.sub, a.key).claims
+    assert resumed.rnc == held.rnc + 1 == 3
+    # The token from before the resumption continues the same budget, not one of its own.
+    assert broker.renew(held, kit.ctx).claims.rnc == 4
+    refused(broker, RenewalCountExceeded, lambda: broker.renew(resumed, kit.ctx))
+
+
+def test_04_delegation_hands_on_the_budget_spent(make_broker: Any, kit: Any) -> None:
+    broker = make_broker(max_renewals=2)
+    lt = kit.launch(broker, single_use=False, ttl=600)
+    a = kit.register(broker, lt, task_id="task-a")
+    b = kit.register(broker, lt, task_id="task-b")
+    renewed = broker.renew(a.claims, kit.ctx).claims
+    held = delegate(broker, kit, renewed, b.sub, ["read:data:*"]).claims
+    assert held.rnc == 1
+    held = broker.renew(held, kit.ctx).claims
+    refused(broker, RenewalCountExceeded, lambda: broker.renew(held, kit.ctx))
+
+
+# 5 -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store_url", ["memory://", "sqlite"])
+def test_05_resume_keeps_the_launch_tokens_max_ttl(
+    make_broker: Any, kit: Any, tmp_path: Any, store_url: str
+) -> None:
+    from tasklease.storage import open_store
+
+    url = store_url if store_url != "sqlite" else str(tmp_path / "broker.db")
+    broker = make_broker(store=open_store(url))
+    a = kit.register(broker, kit.launch(broker, max_ttl=45))
+    assert a.claims.exp - a.claims.iat == 45
+    resumed = resume(broker, kit, a.sub, a.key).claims
+    assert resumed.exp - resumed.iat == 45
+
+
+# 6 -------------------------------------------------------------------------------------------
+
+
+def test_06_no_self_delegation_and_no_cycles(broker: Any, kit: Any) -> None:
+    lt = kit.launch(broker, single_use=False, ttl=600)
+    a = kit.register(broker, lt, task_id="task-a")
+    b = kit.register(broker, lt, task_id="task-b")
+    refused(broker, ScopeViolation, lambda: delegate(broker, kit, a.claims, a.sub, ["read:data:*"]))
+    to_b = delegate(broker, kit, a.claims, b.sub, ["read:data:*"]).claims
+    refused(broker, ScopeViolation, lambda: delegate(broker, kit, to_b, a.sub, ["read:data:*"]))
+    refused(broker, ScopeViolation, lambda: delegate(broker, kit, to_b, b.sub, ["read:data:*"]))
+
+
+# 7 -------------------------------------------------------------------------------------------
+
+
+def test_07_a_by_reference_token_is_never_a_revocation_target(broker: Any, kit: Any) -> None:
+    secret = "tlr_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    admin = kit.admin(broker).claims
+    for level in ("token", "agent", "task", "chain"):
+        with pytest.raises(InvalidRequest):
+            broker.revoke(admin, level=level, target=secret, ctx=kit.ctx)
+    assert broker.store.revocations_since(0) == []
+    events, _ = broker.store.query_audit(AuditQuery(limit=10_000))
+    assert not any(secret in e.detail or secret in e.agent_id for e in events)
+
+
+# 8 -------------------------------------------------------------------------------------------
+
+
+def test_08_the_principal_reaches_every_descendant(broker: Any, kit: Any) -> None:
+    admin = kit.admin(broker).claims
+    lt, _ = broker.create_launch_token(
+        admin,
+        agent_name="a",
+        allowed_scope=["read:data:*"],
+        max_ttl=None,
+        single_use=False,
+        ttl=600,
+        ctx=kit.ctx,
+        principal="user:alice@example.com",
+    )
+    a = kit.register(broker, lt, task_id="task-a")
+    b = kit.register(broker, lt, task_id="task-b")
+    held = [a.claims, broker.renew(a.claims, kit.ctx).claims]
+    held.append(delegate(broker, kit, held[-1], b.sub, ["read:data:1"]).claims)
+    held.append(broker.renew(held[-1], kit.ctx).claims)
+    held.append(resume(broker, kit, a.sub, a.key).claims)
+    assert {c.principal for c in held} == {"user:alice@example.com"}
+
+
+# 9 -------------------------------------------------------------------------------------------
+
+
+def test_09_a_forged_nonce_at_registration_is_audited(broker: Any, kit: Any) -> None:
+    nonce, _ = broker.challenge()
+    flipped = format(int(nonce, 16) ^ 1, "064x")
+    args, _ = kit.register_args(broker, kit.launch(broker), nonce=flipped)
+    refused(broker, Unauthorized, lambda: broker.register(**args))
+
+
+def test_09_refusals_at_resume_are_audited(broker: Any, kit: Any) -> None:
+    a = kit.register(broker, kit.launch(broker))
+    nonce, _ = broker.challenge()
+    flipped = format(int(nonce, 16) ^ 1, "064x")
+    refused(broker, Unauthorized, lambda: resume(broker, kit, a.sub, a.key, flipped))
+    refused(broker, Unauthorized, lambda: resume(broker, kit, a.sub, SigningKey.generate()))
+    refused(broker, Unauthorized, lambda: resume(broker, kit, a.sub + "x", a.key))
+
+
+# 13 ------------------------------------------------------------------------------------------
+
+
+def test_13_released_parent_ends_its_delegated_descendants(broker: Any, kit: Any) -> None:
+    lt = kit.launch(broker, single_use=False, ttl=600)
+    a = kit.register(broker, lt, task_id="task-a")
+    b = kit.register(broker, lt, task_id="task-b")
+    c = kit.register(broker, lt, task_id="task-c")
+    to_b = delegate(broker, kit, a.claims, b.sub, ["read:data:*"])
+    to_c = delegate(broker, kit, to_b.claims, c.sub, ["read:data:*"])
+    broker.release(a.claims, kit.ctx)
+    assert not valid(broker, to_b.token)
+    assert not valid(broker, to_c.token)
+
+
+def test_13_delegations_of_a_renewed_parent_end_with_its_release(broker: Any, kit: Any) -> None:
+    lt = kit.launch(broker, single_use=False, ttl=600)
+    a = kit.register(broker, lt, task_id="task-a")
+    b = kit.register(broker, lt, task_id="task-b")
+    to_b = delegate(broker, kit, a.claims, b.sub, ["read:data:*"])
+    renewed = broker.renew(a.claims, kit.ctx)
+    assert valid(broker, to_b.token)  # a renewal is not an end
+    broker.release(renewed.claims, kit.ctx)
+    assert not valid(broker, to_b.token)
+
+
+def test_13_token_level_revocation_ends_descendants_chain_level_keeps_the_token(
+    broker: Any, kit: Any
+) -> None:
+    admin = kit.admin(broker).claims
+    lt = kit.launch(broker, single_use=False, ttl=600)
+    a = kit.register(broker, lt, task_id="task-a")
+    b = kit.register(broker, lt, task_id="task-b")
+    to_b = delegate(broker, kit, a.claims, b.sub, ["read:data:*"])
+    broker.revoke(admin, level="chain", target=a.claims.jti, ctx=kit.ctx)
+    assert valid(broker, a.token)
+    assert not valid(broker, to_b.token)
+    again = delegate(broker, kit, a.claims, b.sub, ["read:data:*"])
+    broker.revoke(admin, level="token", target=a.claims.jti, ctx=kit.ctx)
+    assert not valid(broker, a.token)
+    assert not valid(broker, again.token)
+
+
+def test_13_done_by_heartbeat_ends_the_tokens_delegations(broker: Any, kit: Any) -> None:
+    lt = kit.launch(broker, single_use=False, ttl=600)
+    a = kit.register(broker, lt, task_id="task-a")
+    b = kit.register(broker, lt, task_id="task-b")
+    to_b = delegate(broker, kit, a.claims, b.sub, ["read:data:*"])
+    heartbeat_done(broker, kit, a)
+    assert not valid(broker, to_b.token)
+    refused(broker, Forbidden, lambda: resume(broker, kit, a.sub, a.key))
