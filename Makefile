@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DATA   ?= .tasklease
 
-.PHONY: run test lint typecheck unit bench clean install
+.PHONY: run test lint typecheck unit bench clean install soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ unit: $(VENV)/.test-deps
 	$(BIN)/pytest
 
 test: lint typecheck unit
+
+# The authority model at 100,000 steps and more (not in CI): memory and SQLite stores.
+soak: $(VENV)/.test-deps
+	TASKLEASE_MODEL_EXAMPLES=1250 TASKLEASE_MODEL_STEPS=80 \
+	  $(BIN)/pytest -p no:cacheprovider -o addopts="" --timeout 0 tests/core/test_authority_model.py
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python -m bench
