@@ -1,12 +1,11 @@
-"""The OpenAPI document: complete, structurally valid, served as built, true to the
-handlers, and rendered into docs/api.md."""
+"""The OpenAPI document: generated from the wire declarations, complete, structurally
+valid, served as built, true to the handlers, and described by docs/api.md."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import importlib.util
-import json
 import re
 import secrets
 import time
@@ -28,16 +27,11 @@ from tasklease.core.keys import KeyRing
 from tasklease.core.liveness import heartbeat_signing_input
 from tasklease.core.mutual import transcript
 from tasklease.core.passwords import hash_secret
+from tasklease.http import wire
 from tasklease.http.app import create_app
-from tasklease.http.openapi import (
-    ERROR_CODES,
-    OPERATIONS,
-    REQUEST_FIELDS,
-    TAGS,
-    openapi_document,
-    openapi_json,
-)
+from tasklease.http.openapi import WWW_AUTHENTICATE, openapi_document, openapi_json
 from tasklease.http.problems import STATUS_BY_CODE
+from tasklease.http.wire import ERROR_CODES, OPERATIONS, SHAPES, TAGS
 from tasklease.storage import open_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -202,21 +196,54 @@ def test_problem_schema_lists_every_error_code(doc: dict[str, Any]) -> None:
     assert codes == list(STATUS_BY_CODE)
 
 
-def test_request_schemas_are_generated_from_the_wire_structs(doc: dict[str, Any]) -> None:
-    _, generated = msgspec.json.schema_components(
-        list(REQUEST_FIELDS), ref_template="#/components/schemas/{name}"
-    )
+def _without(schema: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in schema.items() if k not in keys}
+
+
+def test_schemas_are_generated_from_the_wire_structs(doc: dict[str, Any]) -> None:
+    _, generated = msgspec.json.schema_components(SHAPES, ref_template=wire.REF)
     schemas = doc["components"]["schemas"]
-    for struct, fields in REQUEST_FIELDS.items():
-        name = struct.__name__
-        assert set(fields) == {f.name for f in msgspec.structs.fields(struct)}, name
-        ours = json.loads(json.dumps(schemas[name]))
-        for prop in ours["properties"].values():
-            assert prop.pop("description")
-        ours["required"] = []
-        assert ours == generated[name], name
-    used = {op.request for op in OPERATIONS if op.request is not None}
-    assert used == set(REQUEST_FIELDS)
+    for shape in SHAPES:
+        name = shape.__name__
+        ours, theirs = schemas[name], generated[name]
+        assert _without(ours, "properties", "required") == _without(
+            theirs, "properties", "required"
+        ), name
+        fields = msgspec.structs.fields(shape)
+        assert list(ours["properties"]) == [f.encode_name for f in fields], name
+        for field in fields:
+            prop = ours["properties"][field.encode_name]
+            made = theirs["properties"][field.encode_name]
+            if "$ref" in made:  # a mapping documented by a Struct: only the reference stays
+                assert prop == _without(made, "type", "default"), f"{name}.{field.name}"
+            elif issubclass(shape, wire.Response):
+                assert prop == _without(made, "default"), f"{name}.{field.name}"
+            else:
+                assert prop == made, f"{name}.{field.name}"
+            if issubclass(shape, wire.Request):
+                assert prop.get("description"), f"{name}.{field.name} is not described"
+        if issubclass(shape, wire.Response):
+            sent = [f.encode_name for f in fields if f.default is not msgspec.UNSET]
+            assert ours["required"] == sent, name
+    # Every body a route takes or answers is one of the wire Structs, and every Struct is
+    # reachable from a route.
+    requests = {op.request for op in OPERATIONS if op.request is not None}
+    assert requests == {s for s in SHAPES if issubclass(s, wire.Request)}
+    reachable: set[str] = set()
+    pending = [
+        ref
+        for _, _, op in _operations(doc)
+        for node in _walk(op)
+        if isinstance(ref := node.get("$ref"), str)
+    ]
+    while pending:
+        ref = pending.pop()
+        if ref in reachable:
+            continue
+        reachable.add(ref)
+        pending += [n["$ref"] for n in _walk(_resolve(doc, ref)) if "$ref" in n]
+    named = {wire.REF.format(name=s.__name__) for s in SHAPES}
+    assert named - reachable == set(), "schemas no route uses"
 
 
 # --- serving -----------------------------------------------------------------------------
@@ -247,8 +274,8 @@ def _errors(doc: dict[str, Any], schema: dict[str, Any], value: Any, at: str) ->
         ok = [s for s in schema["oneOf"] if not _errors(doc, s, value, at)]
         return [] if len(ok) == 1 else [f"{at}: matches {len(ok)} of oneOf"]
     if "anyOf" in schema:
-        ok = any(not _errors(doc, s, value, at) for s in schema["anyOf"])
-        return [] if ok else [f"{at}: matches none of anyOf"]
+        some = any(not _errors(doc, s, value, at) for s in schema["anyOf"])
+        return [] if some else [f"{at}: matches none of anyOf"]
     problems: list[str] = []
     if "const" in schema and value != schema["const"]:
         problems.append(f"{at}: {value!r} != {schema['const']!r}")
@@ -309,6 +336,9 @@ class Recorder:
         op = self.doc["paths"][template][method.lower()]
         documented = op["responses"].get(str(response.status_code))
         assert documented is not None, f"{where}: status not documented"
+        if response.status_code == 401:
+            header = self.doc["components"]["headers"]["WWWAuthenticate"]["schema"]["const"]
+            assert response.headers["www-authenticate"] == header == WWW_AUTHENTICATE, where
         self.seen.add((method, template, response.status_code))
         content = documented.get("content")
         if content is None:
@@ -600,9 +630,74 @@ def test_api_docs_check_notices_a_change(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert script.main(["--check"]) == 0
 
 
-def test_api_docs_mention_every_operation_and_code() -> None:
+def test_api_docs_describe_the_document(doc: dict[str, Any]) -> None:
+    """docs/api.md names no endpoint, status, code, parameter or field the document lacks,
+    and describes every one it has."""
     text = (ROOT / "docs/api.md").read_text(encoding="utf-8")
+    assert _docs_script().check(doc, text) == []
     for op in OPERATIONS:
         assert f"### `{op.method} {op.path}`" in text
-    for code in STATUS_BY_CODE:
-        assert f"| `{code}` | {STATUS_BY_CODE[code]} |" in text
+
+
+def _drop_line(text: str, start: str) -> str:
+    lines = text.splitlines(keepends=True)
+    index = next(i for i, line in enumerate(lines) if line.startswith(start))
+    return "".join(lines[:index] + lines[index + 1 :])
+
+
+def _add_after(text: str, anchor: str, line: str) -> str:
+    head, sep, tail = text.partition(anchor)
+    assert sep, anchor
+    rest = tail.split("\n", 1)
+    return f"{head}{sep}{rest[0]}\n{line}\n{rest[1]}"
+
+
+_HEALTH_FIELDS = "| `status` | `ok` \\| `degraded` |"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            lambda t: t + "\n### `GET /v1/nowhere`\n",
+            "sections: GET /v1/nowhere is not in the document",
+        ),
+        (
+            lambda t: _drop_line(t, "### `GET /v1/challenge`"),
+            "sections: GET /v1/challenge is not described",
+        ),
+        (
+            lambda t: _drop_line(t, "| GET | `/v1/health` |"),
+            "endpoint table: GET /v1/health is not described",
+        ),
+        (
+            lambda t: _add_after(t, _HEALTH_FIELDS, "| `colour` | string | required | x |"),
+            "GET /v1/health: field `colour` is not in the document",
+        ),
+        (
+            lambda t: _drop_line(t, _HEALTH_FIELDS),
+            "GET /v1/health: field `status` is not described",
+        ),
+        (
+            lambda t: _add_after(t, "| 500 | `internal_error` |", "| 418 | `teapot` | x |"),
+            "GET /v1/challenge: status 418 is not in the document",
+        ),
+        (
+            lambda t: _drop_line(t, "| 413 | `payload_too_large` |"),
+            "POST /v1/register: 413 `payload_too_large` is not described",
+        ),
+        (
+            lambda t: _add_after(t, "| `app_id` | path |", "| `colour` | query | x | x | x |"),
+            "GET /v1/admin/apps/{app_id}: parameter `colour` is not in the document",
+        ),
+        (
+            lambda t: t.replace("| `conflict` | 409 |", "| `conflict` | 400 |"),
+            "error codes: `conflict` is 409, not 400",
+        ),
+    ],
+)
+def test_api_docs_check_finds_drift(doc: dict[str, Any], change: Any, expected: str) -> None:
+    text = (ROOT / "docs/api.md").read_text(encoding="utf-8")
+    changed = change(text)
+    assert changed != text
+    assert expected in _docs_script().check(doc, changed)

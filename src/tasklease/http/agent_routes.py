@@ -21,56 +21,14 @@ from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.errors import InvalidRequest
 from tasklease.core.mutual import HandshakeResult
 from tasklease.core.tokens import KIND_AGENT, Claims
+from tasklease.http import wire
 
-__all__ = [
-    "DiscoveryBindRequest",
-    "HeartbeatRequest",
-    "MutualCompleteRequest",
-    "MutualInitiateRequest",
-    "MutualRespondRequest",
-    "ResumeRequest",
-    "agent_routes",
-]
+__all__ = ["agent_routes"]
 
 T = TypeVar("T")
 Handler = Callable[[Request], Awaitable[Response]]
 _AGENT = frozenset({KIND_AGENT})
 _encoder = msgspec.json.Encoder()
-
-
-class MutualInitiateRequest(msgspec.Struct):
-    responder_id: str | None = None
-    initiator_nonce: str | None = None
-
-
-class MutualRespondRequest(msgspec.Struct):
-    offer: str | None = None
-    responder_nonce: str | None = None
-    signature: str | None = None
-
-
-class MutualCompleteRequest(msgspec.Struct):
-    answer: str | None = None
-    signature: str | None = None
-
-
-class HeartbeatRequest(msgspec.Struct):
-    timestamp: int | None = None
-    jti: str | None = None
-    signature: str | None = None
-    done: bool | None = None
-
-
-class ResumeRequest(msgspec.Struct):
-    agent_id: str | None = None
-    nonce: str | None = None
-    signature: str | None = None
-
-
-class DiscoveryBindRequest(msgspec.Struct):
-    endpoint: str | None = None
-    issued_at: int | None = None
-    signature: str | None = None
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -89,8 +47,8 @@ async def _body(request: Request, kind: type[T]) -> T:
         raise InvalidRequest("malformed JSON body") from None
 
 
-def _peer(result: HandshakeResult) -> dict[str, Any]:
-    return {"agent_id": result.peer_id, "scope": list(result.peer_scope)}
+def _peer(result: HandshakeResult) -> wire.Peer:
+    return wire.Peer(agent_id=result.peer_id, scope=list(result.peer_scope))
 
 
 def agent_routes(
@@ -114,17 +72,17 @@ def agent_routes(
         return await run_in_threadpool(run)
 
     async def initiate(request: Request) -> Response:
-        req = await _body(request, MutualInitiateRequest)
+        req = await _body(request, wire.MutualInitiateRequest)
         hid, offer, ttl = await as_agent(
             request,
             lambda c, ctx: broker.mutual_initiate(
                 c, responder=req.responder_id, initiator_nonce=req.initiator_nonce, ctx=ctx
             ),
         )
-        return _json({"handshake_id": hid, "offer": offer, "expires_in": ttl})
+        return _json(wire.HandshakeOffer(handshake_id=hid, offer=offer, expires_in=ttl))
 
     async def respond(request: Request) -> Response:
-        req = await _body(request, MutualRespondRequest)
+        req = await _body(request, wire.MutualRespondRequest)
         answer, initiator = await as_agent(
             request,
             lambda c, ctx: broker.mutual_respond(
@@ -136,15 +94,13 @@ def agent_routes(
             ),
         )
         return _json(
-            {
-                "handshake_id": initiator.handshake_id,
-                "answer": answer,
-                "initiator": _peer(initiator),
-            }
+            wire.HandshakeAnswer(
+                handshake_id=initiator.handshake_id, answer=answer, initiator=_peer(initiator)
+            )
         )
 
     async def complete(request: Request) -> Response:
-        req = await _body(request, MutualCompleteRequest)
+        req = await _body(request, wire.MutualCompleteRequest)
         receipt, responder = await as_agent(
             request,
             lambda c, ctx: broker.mutual_complete(
@@ -152,15 +108,13 @@ def agent_routes(
             ),
         )
         return _json(
-            {
-                "handshake_id": responder.handshake_id,
-                "receipt": receipt,
-                "responder": _peer(responder),
-            }
+            wire.HandshakeReceipt(
+                handshake_id=responder.handshake_id, receipt=receipt, responder=_peer(responder)
+            )
         )
 
     async def heartbeat(request: Request) -> Response:
-        req = await _body(request, HeartbeatRequest)
+        req = await _body(request, wire.HeartbeatRequest)
         session = await as_agent(
             request,
             lambda c, ctx: broker.heartbeat(
@@ -174,16 +128,16 @@ def agent_routes(
         )
         cfg = broker.config
         return _json(
-            {
-                "status": "released" if session.state == "released" else "alive",
-                "interval": cfg.heartbeat_interval,
-                "misses": cfg.heartbeat_misses,
-                "deadline": session.last_heartbeat + cfg.heartbeat_interval * cfg.heartbeat_misses,
-            }
+            wire.HeartbeatResponse(
+                status="released" if session.state == "released" else "alive",
+                interval=cfg.heartbeat_interval,
+                misses=cfg.heartbeat_misses,
+                deadline=session.last_heartbeat + cfg.heartbeat_interval * cfg.heartbeat_misses,
+            )
         )
 
     async def resume(request: Request) -> Response:
-        req = await _body(request, ResumeRequest)
+        req = await _body(request, wire.ResumeRequest)
         ctx = context(request)
         issued = await run_in_threadpool(
             lambda: broker.resume(
@@ -191,16 +145,16 @@ def agent_routes(
             )
         )
         return _json(
-            {
-                "agent_id": issued.claims.sub,
-                "access_token": issued.token,
-                "expires_in": issued.expires_in,
-                "token_type": "Bearer",
-            }
+            wire.RegisterResponse(
+                agent_id=issued.claims.sub,
+                access_token=issued.token,
+                expires_in=issued.expires_in,
+                token_type="Bearer",  # noqa: S106 - a token type, not a secret
+            )
         )
 
     async def bind(request: Request) -> Response:
-        req = await _body(request, DiscoveryBindRequest)
+        req = await _body(request, wire.DiscoveryBindRequest)
         binding = await as_agent(
             request,
             lambda c, ctx: broker.discovery_bind(
@@ -208,11 +162,9 @@ def agent_routes(
             ),
         )
         return _json(
-            {
-                "agent_id": binding.agent_id,
-                "endpoint": binding.endpoint,
-                "issued_at": binding.issued_at,
-            }
+            wire.DiscoveryBinding(
+                agent_id=binding.agent_id, endpoint=binding.endpoint, issued_at=binding.issued_at
+            )
         )
 
     async def resolve(request: Request) -> Response:
@@ -221,13 +173,13 @@ def agent_routes(
             request, lambda _c, _ctx: broker.discovery_resolve(agent_id)
         )
         return _json(
-            {
-                "agent_id": binding.agent_id,
-                "endpoint": binding.endpoint,
-                "issued_at": binding.issued_at,
-                "signature": base64.b64encode(binding.signature).decode("ascii"),
-                "public_key": base64.b64encode(agent.public_key).decode("ascii"),
-            }
+            wire.ResolvedEndpoint(
+                agent_id=binding.agent_id,
+                endpoint=binding.endpoint,
+                issued_at=binding.issued_at,
+                signature=base64.b64encode(binding.signature).decode("ascii"),
+                public_key=base64.b64encode(agent.public_key).decode("ascii"),
+            )
         )
 
     return [

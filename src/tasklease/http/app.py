@@ -54,7 +54,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 ADMIN = frozenset({KIND_ADMIN})
 APP = frozenset({KIND_APP})
 AGENT = frozenset({KIND_AGENT})
-_INVALID = b'{"valid":false,"error":"token is invalid or expired"}\n'
+_INVALID = msgspec.json.encode(wire.InvalidToken()) + b"\n"
 # Revocations committed by other workers or replicas sharing the store are picked up by
 # a primary-key range read this often (~20 us each): the bound on propagation between
 # processes. See docs/decisions.md, "Revocation propagation between workers".
@@ -209,7 +209,7 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
 
     async def challenge(request: Request) -> Response:
         nonce, ttl = broker.challenge()
-        return _json({"nonce": nonce, "expires_in": ttl})
+        return _json(wire.ChallengeResponse(nonce=nonce, expires_in=ttl))
 
     async def health(request: Request) -> Response:
         return _json(await run_in_threadpool(broker.health))
@@ -247,7 +247,7 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
                 claims = check()
         except TokenRejected:
             return Response(_INVALID, media_type="application/json")
-        return _json({"valid": True, "claims": claims.raw})
+        return _json(wire.ValidToken(valid=True, claims=claims.raw))
 
     async def register(request: Request) -> Response:
         req = await _body(request, wire.RegisterRequest)
@@ -273,19 +273,19 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
         pending = prepare() if broker.store.local_reads else await run_in_threadpool(prepare)
         issued = await broker.complete_register(pending)
         return _json(
-            {
-                "agent_id": issued.claims.sub,
-                "access_token": issued.token,
-                "expires_in": issued.expires_in,
-                "token_type": _token_type(issued.claims),
-            }
+            wire.RegisterResponse(
+                agent_id=issued.claims.sub,
+                access_token=issued.token,
+                expires_in=issued.expires_in,
+                token_type=_token_type(issued.claims),
+            )
         )
 
     # --- agent token operations --------------------------------------------------------
 
     async def renew(request: Request) -> Response:
         issued = await authed(request, ALL_KINDS, None, broker.renew)
-        return _json({"access_token": issued.token, "expires_in": issued.expires_in})
+        return _json(wire.RenewResponse(access_token=issued.token, expires_in=issued.expires_in))
 
     async def release(request: Request) -> Response:
         await authed(request, ALL_KINDS, None, broker.release)
@@ -307,11 +307,13 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
             ),
         )
         return _json(
-            {
-                "access_token": issued.token,
-                "expires_in": issued.expires_in,
-                "delegation_chain": [r.as_json() for r in issued.claims.delegation_chain],
-            }
+            wire.DelegateResponse(
+                access_token=issued.token,
+                expires_in=issued.expires_in,
+                delegation_chain=[
+                    wire.delegation_record(r) for r in issued.claims.delegation_chain
+                ],
+            )
         )
 
     # --- operator ---------------------------------------------------------------------
@@ -324,7 +326,11 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
             "admin:revoke:*",
             lambda c, ctx: broker.revoke(c, level=req.level, target=req.target, ctx=ctx),
         )
-        return _json({"revoked": True, "level": req.level, "target": req.target, "count": count})
+        return _json(
+            wire.RevokeResponse(
+                revoked=True, level=req.level or "", target=req.target or "", count=count
+            )
+        )
 
     async def audit_events(request: Request) -> Response:
         q = request.query_params
@@ -345,12 +351,12 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
             request, ADMIN, "admin:audit:*", lambda _c, _ctx: broker.audit_events(query)
         )
         return _json(
-            {
-                "events": [wire.event_json(e) for e in events],
-                "total": total,
-                "offset": offset,
-                "limit": limit_,
-            }
+            wire.AuditEventPage(
+                events=[wire.audit_event(e) for e in events],
+                total=total,
+                offset=offset,
+                limit=limit_,
+            )
         )
 
     async def admin_auth(request: Request) -> Response:
@@ -364,7 +370,11 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
         ctx = _ctx(request)
         issued = await run_in_threadpool(lambda: broker.admin_auth(req.secret, ctx))
         return _json(
-            {"access_token": issued.token, "expires_in": issued.expires_in, "token_type": "Bearer"}
+            wire.AdminAuthResponse(
+                access_token=issued.token,
+                expires_in=issued.expires_in,
+                token_type="Bearer",  # noqa: S106 - a token type, not a secret
+            )
         )
 
     async def app_auth(request: Request) -> Response:
@@ -375,12 +385,12 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
             lambda: broker.app_auth(req.client_id, req.client_secret, ctx)
         )
         return _json(
-            {
-                "access_token": issued.token,
-                "expires_in": issued.expires_in,
-                "token_type": "Bearer",
-                "scopes": list(issued.claims.scope),
-            }
+            wire.AppAuthResponse(
+                access_token=issued.token,
+                expires_in=issued.expires_in,
+                token_type="Bearer",  # noqa: S106 - a token type, not a secret
+                scopes=list(issued.claims.scope),
+            )
         )
 
     async def launch_tokens(request: Request, kinds: frozenset[str], scope: str) -> Response:
@@ -401,16 +411,15 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
                 principal=req.principal,
             ),
         )
+        policy = wire.LaunchTokenPolicy(
+            allowed_scope=list(record.allowed_scope),
+            max_ttl=record.max_ttl,
+            single_use=record.single_use,
+        )
         return _json(
-            {
-                "launch_token": token,
-                "expires_at": expires_at_text(record),
-                "policy": {
-                    "allowed_scope": list(record.allowed_scope),
-                    "max_ttl": record.max_ttl,
-                    "single_use": record.single_use,
-                },
-            },
+            wire.LaunchTokenResponse(
+                launch_token=token, expires_at=expires_at_text(record), policy=policy
+            ),
             201,
         )
 
@@ -432,16 +441,16 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
                 c, name=req.name, scopes=req.scopes, token_ttl=req.token_ttl, ctx=ctx
             ),
         )
-        return _json({**wire.app_json(app), "client_secret": secret}, 201)
+        return _json(wire.app_with_secret(app, secret), 201)
 
     async def list_apps(request: Request) -> Response:
         apps = await authed(request, ADMIN, apps_scope, lambda _c, _ctx: broker.list_apps())
-        return _json({"apps": [wire.app_json(a) for a in apps], "total": len(apps)})
+        return _json(wire.AppList(apps=[wire.app_view(a) for a in apps], total=len(apps)))
 
     async def get_app(request: Request) -> Response:
         app_id = request.path_params["app_id"]
         app = await authed(request, ADMIN, apps_scope, lambda _c, _ctx: broker.get_app(app_id))
-        return _json(wire.app_json(app))
+        return _json(wire.app_view(app))
 
     async def update_app(request: Request) -> Response:
         app_id = request.path_params["app_id"]
@@ -454,14 +463,14 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
                 c, app_id, scopes=req.scopes, token_ttl=req.token_ttl, ctx=ctx
             ),
         )
-        return _json(wire.app_json(app))
+        return _json(wire.app_view(app))
 
     async def delete_app(request: Request) -> Response:
         app_id = request.path_params["app_id"]
         app = await authed(
             request, ADMIN, apps_scope, lambda c, ctx: broker.deregister_app(c, app_id, ctx)
         )
-        return _json({**wire.app_json(app), "deregistered_at": wire.app_json(app)["updated_at"]})
+        return _json(wire.deregistered_app(app))
 
     async def rotate_keys(request: Request) -> Response:
         # Gated on admin:revoke:* (key rotation is incident response, like revocation):
@@ -469,7 +478,11 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
         new_kid, previous_kid = await authed(
             request, ADMIN, "admin:revoke:*", broker.rotate_signing_key
         )
-        return _json({"kid": new_kid, "previous_kid": previous_kid, "kids": broker.keyring.kids()})
+        return _json(
+            wire.KeyRotationResponse(
+                kid=new_kid, previous_kid=previous_kid, kids=broker.keyring.kids()
+            )
+        )
 
     routes = [
         Route("/v1/challenge", _guard(challenge), methods=["GET"]),

@@ -37,6 +37,7 @@ from starlette.routing import Route
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.errors import InvalidRequest
 from tasklease.core.store import RevocationRecord
+from tasklease.http import wire
 
 __all__ = ["HEARTBEAT_SECONDS", "RevocationHub", "revocation_routes"]
 
@@ -58,24 +59,13 @@ Send = Callable[[Message], Awaitable[None]]
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def record_json(record: RevocationRecord) -> dict[str, Any]:
-    """The wire form of one entry (times are Unix seconds)."""
-    return {
-        "level": record.level,
-        "target": record.target,
-        "revoked_at": record.revoked_at,
-        "expires_at": record.expires_at,
-        "seq": record.seq,
-    }
-
-
 def _event(record: RevocationRecord) -> bytes:
-    data = _encoder.encode(record_json(record))
+    data = _encoder.encode(wire.revocation_entry(record))
     return b"id: %d\nevent: revocation\ndata: %s\n\n" % (record.seq, data)
 
 
 def _sync_event(cursor: int, server_time: float) -> bytes:
-    data = _encoder.encode({"cursor": cursor, "server_time": server_time})
+    data = _encoder.encode(wire.RevocationSync(cursor=cursor, server_time=server_time))
     return b"id: %d\nevent: sync\ndata: %s\n\n" % (cursor, data)
 
 
@@ -307,11 +297,11 @@ def revocation_routes(
         cursor = _parse_cursor(request.query_params.get("cursor"))
         await reader(request)
         records, last = await run_in_threadpool(broker.revocation_feed, cursor)
-        body = {
-            "revocations": [record_json(r) for r in records],
-            "cursor": last,
-            "server_time": broker.clock.now(),
-        }
+        body = wire.RevocationList(
+            revocations=[wire.revocation_entry(r) for r in records],
+            cursor=last,
+            server_time=broker.clock.now(),
+        )
         return Response(_encoder.encode(body) + b"\n", media_type="application/json")
 
     async def stream(request: Request) -> Response:

@@ -106,7 +106,7 @@ def token_routes(
             )
 
         await run_in_threadpool(run)
-        return _json({})
+        return _json(wire.TokenRevocationResponse())
 
     async def introspect(request: Request) -> Response:
         req = await parse_token_request(request)

@@ -1,0 +1,194 @@
+"""The HTTP API's contract, declared once: every request and response body as a msgspec
+Struct, and every operation (route, who may call it, what it takes and answers, how it
+fails) in :data:`OPERATIONS`.
+
+The route handlers decode requests into these Structs and encode responses from them;
+:mod:`tasklease.http.openapi` generates the OpenAPI document from the same declarations.
+A field's description is its ``msgspec.Meta``; a shape's is its docstring. One module
+per area of the API.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from tasklease.http.wire import _apps, _broker, _operators, _tokens, _trust
+from tasklease.http.wire._apps import (
+    App,
+    AppAuthRequest,
+    AppAuthResponse,
+    AppCreateRequest,
+    AppList,
+    AppUpdateRequest,
+    AppWithSecret,
+    DeregisteredApp,
+    app_view,
+    app_with_secret,
+    deregistered_app,
+)
+from tasklease.http.wire._base import (
+    REF,
+    Auth,
+    Body,
+    Failure,
+    OneOf,
+    Operation,
+    Param,
+    Request,
+    Response,
+)
+from tasklease.http.wire._broker import (
+    JWK,
+    JWKS,
+    HealthResponse,
+    RevocationEntry,
+    RevocationList,
+    RevocationSync,
+    revocation_entry,
+)
+from tasklease.http.wire._operators import (
+    AdminAuthRequest,
+    AdminAuthResponse,
+    AuditEvent,
+    AuditEventPage,
+    KeyRotationResponse,
+    LaunchTokenPolicy,
+    LaunchTokenRequest,
+    LaunchTokenResponse,
+    RevokeRequest,
+    RevokeResponse,
+    audit_event,
+)
+from tasklease.http.wire._problem import ERROR_CODES, Problem
+from tasklease.http.wire._tokens import (
+    ActiveToken,
+    ChallengeResponse,
+    Confirmation,
+    DelegateRequest,
+    DelegateResponse,
+    DelegationRecord,
+    InactiveToken,
+    InvalidToken,
+    RegisterRequest,
+    RegisterResponse,
+    RenewResponse,
+    TokenClaims,
+    TokenRequest,
+    TokenRevocationResponse,
+    ValidateRequest,
+    ValidToken,
+    delegation_record,
+)
+from tasklease.http.wire._trust import (
+    DiscoveryBinding,
+    DiscoveryBindRequest,
+    HandshakeAnswer,
+    HandshakeOffer,
+    HandshakeReceipt,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    MutualCompleteRequest,
+    MutualInitiateRequest,
+    MutualRespondRequest,
+    Peer,
+    ResolvedEndpoint,
+    ResumeRequest,
+)
+
+__all__ = [
+    "ERROR_CODES",
+    "JWK",
+    "JWKS",
+    "OPERATIONS",
+    "REF",
+    "SHAPES",
+    "TAGS",
+    "ActiveToken",
+    "AdminAuthRequest",
+    "AdminAuthResponse",
+    "App",
+    "AppAuthRequest",
+    "AppAuthResponse",
+    "AppCreateRequest",
+    "AppList",
+    "AppUpdateRequest",
+    "AppWithSecret",
+    "AuditEvent",
+    "AuditEventPage",
+    "Auth",
+    "Body",
+    "ChallengeResponse",
+    "Confirmation",
+    "DelegateRequest",
+    "DelegateResponse",
+    "DelegationRecord",
+    "DeregisteredApp",
+    "DiscoveryBindRequest",
+    "DiscoveryBinding",
+    "Failure",
+    "HandshakeAnswer",
+    "HandshakeOffer",
+    "HandshakeReceipt",
+    "HealthResponse",
+    "HeartbeatRequest",
+    "HeartbeatResponse",
+    "InactiveToken",
+    "InvalidToken",
+    "KeyRotationResponse",
+    "LaunchTokenPolicy",
+    "LaunchTokenRequest",
+    "LaunchTokenResponse",
+    "MutualCompleteRequest",
+    "MutualInitiateRequest",
+    "MutualRespondRequest",
+    "OneOf",
+    "Operation",
+    "Param",
+    "Peer",
+    "Problem",
+    "RegisterRequest",
+    "RegisterResponse",
+    "RenewResponse",
+    "Request",
+    "ResolvedEndpoint",
+    "Response",
+    "ResumeRequest",
+    "RevocationEntry",
+    "RevocationList",
+    "RevocationSync",
+    "RevokeRequest",
+    "RevokeResponse",
+    "TokenClaims",
+    "TokenRequest",
+    "TokenRevocationResponse",
+    "ValidToken",
+    "ValidateRequest",
+    "app_view",
+    "app_with_secret",
+    "audit_event",
+    "delegation_record",
+    "deregistered_app",
+    "revocation_entry",
+]
+
+_AREAS = (_tokens, _operators, _apps, _broker, _trust)
+
+TAGS: Final[dict[str, str]] = {name: text for area in _AREAS for name, text in area.TAGS.items()}
+"""Each group of operations and what it is for, in the order the document lists them."""
+
+OPERATIONS: Final[tuple[Operation, ...]] = tuple(
+    sorted(
+        (op for area in _AREAS for op in area.OPERATIONS),
+        key=lambda op: list(TAGS).index(op.tag),
+    )
+)
+"""Every route of the broker, grouped by tag."""
+
+SHAPES: Final[tuple[type[Request | Response], ...]] = tuple(
+    value
+    for name in __all__
+    if isinstance(value := globals().get(name), type)
+    and issubclass(value, Request | Response)
+    and value not in (Request, Response)
+)
+"""Every body Struct: each is a named schema of the document."""

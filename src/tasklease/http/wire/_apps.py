@@ -1,0 +1,232 @@
+"""Apps on the wire: registered clients that launch agents within a scope ceiling."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from tasklease.core.clock import format_rfc3339_seconds
+from tasklease.core.store import AppRecord
+from tasklease.http.wire._base import (
+    PUBLIC,
+    AccessToken,
+    ExpiresIn,
+    Failure,
+    Operation,
+    Param,
+    Request,
+    Response,
+    Timestamp,
+    TokenType,
+    admin,
+    doc,
+    required,
+)
+
+__all__ = [
+    "OPERATIONS",
+    "TAGS",
+    "App",
+    "AppAuthRequest",
+    "AppAuthResponse",
+    "AppCreateRequest",
+    "AppList",
+    "AppUpdateRequest",
+    "AppWithSecret",
+    "DeregisteredApp",
+    "app_view",
+    "app_with_secret",
+    "deregistered_app",
+]
+
+TAGS = {"apps": "Apps: registered clients that launch agents within a scope ceiling."}
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+class AppAuthRequest(Request):
+    client_id: Annotated[str | None, required("The app's client id.")] = None
+    client_secret: Annotated[str | None, required("The app's client secret.")] = None
+
+
+class AppCreateRequest(Request):
+    name: Annotated[
+        str | None,
+        required("2-64 lowercase letters, digits and single hyphens, starting with a letter."),
+    ] = None
+    scopes: Annotated[list[str] | None, required("The app's scope ceiling.")] = None
+    token_ttl: Annotated[
+        int | None, doc("App token lifetime in seconds, 60 to 86400 (default 1800).")
+    ] = None
+
+
+class AppUpdateRequest(Request):
+    scopes: Annotated[list[str] | None, doc("A new scope ceiling.")] = None
+    token_ttl: Annotated[int | None, doc("A new app token lifetime in seconds, 60 to 86400.")] = (
+        None
+    )
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+class App(Response):
+    app_id: Annotated[str, doc("The app's id (`app-<name>-<6 hex>`).")]
+    name: Annotated[str, doc("The app's name.")]
+    client_id: Annotated[str, doc("The client id to authenticate with.")]
+    scopes: Annotated[list[str], doc("The app's scope ceiling.")]
+    token_ttl: Annotated[int, doc("Lifetime of the app's tokens, in seconds.")]
+    status: Annotated[str, doc("`inactive` once deregistered.", enum=["active", "inactive"])]
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class AppWithSecret(App):
+    client_secret: Annotated[str, doc("The app's secret, shown only once.")]
+
+
+class DeregisteredApp(App):
+    deregistered_at: Timestamp
+
+
+def app_view(record: AppRecord) -> App:
+    return App(**_app_fields(record))
+
+
+def app_with_secret(record: AppRecord, secret: str) -> AppWithSecret:
+    return AppWithSecret(**_app_fields(record), client_secret=secret)
+
+
+def deregistered_app(record: AppRecord) -> DeregisteredApp:
+    fields = _app_fields(record)
+    return DeregisteredApp(**fields, deregistered_at=fields["updated_at"])
+
+
+def _app_fields(record: AppRecord) -> dict[str, Any]:
+    return {
+        "app_id": record.app_id,
+        "name": record.name,
+        "client_id": record.client_id,
+        "scopes": list(record.scopes),
+        "token_ttl": record.token_ttl,
+        "status": record.status,
+        "created_at": format_rfc3339_seconds(record.created_at),
+        "updated_at": format_rfc3339_seconds(record.updated_at),
+    }
+
+
+class AppList(Response):
+    apps: list[App]
+    total: Annotated[int, doc("Number of apps.")]
+
+
+class AppAuthResponse(Response):
+    access_token: AccessToken
+    expires_in: ExpiresIn
+    token_type: TokenType
+    scopes: Annotated[list[str], doc("The app token's scopes.")]
+
+
+# --- operations ----------------------------------------------------------------------------
+
+_SCOPE = "admin:launch-tokens:*"
+_APP_ID = Param(
+    "app_id", "path", {"type": "string"}, "The app's `app_id` (`app-<name>-<6 hex>`).", True
+)
+_NO_SUCH_APP = Failure("not_found", "no app has this `app_id`")
+_BAD_TTL = Failure("invalid_ttl", "`token_ttl` is not an integer from 60 to 86400")
+
+OPERATIONS = (
+    Operation(
+        "POST /v1/admin/apps",
+        "createApp",
+        "apps",
+        "Register an app",
+        "Creates an app with a scope ceiling. The `client_secret` is shown once, here.",
+        admin(_SCOPE),
+        AppWithSecret,
+        status=201,
+        request=AppCreateRequest,
+        commits=True,
+        errors=(
+            Failure(
+                "invalid_request",
+                "`name` is missing or not 2-64 lowercase letters, digits and single "
+                "hyphens, or `scopes` is empty or malformed",
+            ),
+            _BAD_TTL,
+            Failure("conflict", "an app with this name already exists"),
+        ),
+    ),
+    Operation(
+        "GET /v1/admin/apps",
+        "listApps",
+        "apps",
+        "List apps",
+        "Every app, active and deregistered.",
+        admin(_SCOPE),
+        AppList,
+    ),
+    Operation(
+        "GET /v1/admin/apps/{app_id}",
+        "getApp",
+        "apps",
+        "Get an app",
+        "One app by its `app_id`.",
+        admin(_SCOPE),
+        App,
+        parameters=(_APP_ID,),
+        errors=(_NO_SUCH_APP,),
+    ),
+    Operation(
+        "PUT /v1/admin/apps/{app_id}",
+        "updateApp",
+        "apps",
+        "Update an app",
+        "Changes the scope ceiling and/or the token TTL, both or neither. Give at least "
+        "one of them.",
+        admin(_SCOPE),
+        App,
+        request=AppUpdateRequest,
+        parameters=(_APP_ID,),
+        commits=True,
+        errors=(
+            Failure(
+                "invalid_request",
+                "neither `scopes` nor `token_ttl` is given, or a scope is malformed",
+            ),
+            _BAD_TTL,
+            _NO_SUCH_APP,
+        ),
+    ),
+    Operation(
+        "DELETE /v1/admin/apps/{app_id}",
+        "deregisterApp",
+        "apps",
+        "Deregister an app",
+        "Deactivates the app: its secret stops working and its live app tokens are "
+        "revoked. The record is kept (status `inactive`) for the audit trail.",
+        admin(_SCOPE),
+        DeregisteredApp,
+        parameters=(_APP_ID,),
+        commits=True,
+        errors=(_NO_SUCH_APP,),
+    ),
+    Operation(
+        "POST /v1/app/auth",
+        "appAuth",
+        "apps",
+        "Authenticate as an app",
+        "Exchanges an app's `client_id` and `client_secret` for an app token. Unknown "
+        "client, wrong secret and deregistered app look the same to the caller.",
+        PUBLIC,
+        AppAuthResponse,
+        request=AppAuthRequest,
+        commits=True,
+        rate_limited=True,
+        errors=(
+            Failure("invalid_request", "`client_id` or `client_secret` is missing"),
+            Failure("unauthorized", "the credentials are wrong or the app is deregistered"),
+        ),
+    ),
+)

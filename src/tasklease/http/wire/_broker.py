@@ -1,0 +1,222 @@
+"""The broker's own resources on the wire: health, metrics, verification keys, this API's
+description, and the revocation feed for resource servers that verify offline."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import UNSET, UnsetType
+
+from tasklease.core.store import RevocationRecord
+from tasklease.http.wire._base import (
+    ADMIN_OR_APP_TOKEN,
+    PUBLIC,
+    REF,
+    Body,
+    Failure,
+    Operation,
+    Param,
+    Response,
+    constant,
+    doc,
+)
+
+__all__ = [
+    "JWK",
+    "JWKS",
+    "OPERATIONS",
+    "TAGS",
+    "HealthResponse",
+    "RevocationEntry",
+    "RevocationList",
+    "RevocationSync",
+    "revocation_entry",
+]
+
+TAGS = {
+    "operations": "Health, metrics, verification keys and this description.",
+    "revocation feed": "Revocations for resource servers that verify tokens offline.",
+}
+
+
+class HealthResponse(Response):
+    status: Annotated[
+        str,
+        doc(
+            "`degraded` when storage is unreachable or the revocation index is not "
+            "confirmed current (see `reason`).",
+            enum=["ok", "degraded"],
+        ),
+    ]
+    revocations_current: Annotated[
+        bool,
+        doc(
+            "False once the revocation index could not be confirmed current within "
+            "`revocation_staleness_bound` (replicas on PostgreSQL): protected requests and "
+            "validation then fail closed with 503."
+        ),
+    ]
+    version: Annotated[str, doc("The broker's version.")]
+    uptime: Annotated[int, doc("Seconds since the broker started.")]
+    db_connected: Annotated[bool, doc("Whether storage answered.")]
+    audit_events_count: Annotated[int, doc("Events in the audit log.")]
+    revocation_entries: Annotated[int, doc("Entries in the in-memory revocation index.")]
+    signing_kid: Annotated[str, doc("Key id of the active signing key.")]
+    reason: Annotated[str, doc("Why the broker is degraded (only when it is).")] | UnsetType = UNSET
+
+
+class JWK(Response):
+    kty: Annotated[str, constant("OKP")]
+    crv: Annotated[str, constant("Ed25519")]
+    x: Annotated[str, doc("The public key, base64url without padding.")]
+    kid: Annotated[str, doc("Key id.")]
+    use: Annotated[str, constant("sig")]
+    alg: Annotated[str, constant("EdDSA")]
+
+
+class JWKS(Response):
+    keys: list[JWK]
+
+
+_LEVEL = doc("The revocation level.", enum=["token", "agent", "task", "chain"])
+
+
+class RevocationEntry(Response):
+    level: Annotated[str, _LEVEL]
+    target: Annotated[str, doc("A `jti`, an agent SPIFFE ID, a `task_id` or a chain root.")]
+    revoked_at: Annotated[int, doc("Unix seconds; matches tokens issued at or before it.")]
+    expires_at: Annotated[float, doc("Unix seconds after which nothing it matches is valid.")]
+    seq: Annotated[int, doc("Position in the feed; greater means later.")]
+
+
+def revocation_entry(record: RevocationRecord) -> RevocationEntry:
+    return RevocationEntry(
+        level=record.level,
+        target=record.target,
+        revoked_at=record.revoked_at,
+        expires_at=record.expires_at,
+        seq=record.seq,
+    )
+
+
+class RevocationList(Response):
+    revocations: list[RevocationEntry]
+    cursor: Annotated[int, doc("Pass as `cursor` to get only later entries.")]
+    server_time: Annotated[float, doc("The broker's Unix time.")]
+
+
+class RevocationSync(Response):
+    """The data of the stream's `sync` event: the backlog is out, the reader is current."""
+
+    cursor: Annotated[int, doc("The last entry sent; reconnect from it.")]
+    server_time: Annotated[float, doc("The broker's Unix time.")]
+
+
+# --- operations ----------------------------------------------------------------------------
+
+_CURSOR = Param(
+    "cursor",
+    "query",
+    {"type": "integer", "minimum": 0},
+    "Only entries with a greater `seq` (the `cursor` of an earlier answer). Without it: "
+    "every unexpired entry.",
+)
+_FEED_READER_FAILURES = (
+    Failure("invalid_request", "`cursor` is not a non-negative integer"),
+    Failure("insufficient_scope", "the token is an agent token"),
+)
+
+OPERATIONS = (
+    Operation(
+        "GET /v1/health",
+        "getHealth",
+        "operations",
+        "Health and version",
+        "Liveness, storage connectivity and a few counters. Always 200: a storage "
+        "failure shows as `status: degraded` and `db_connected: false`.",
+        PUBLIC,
+        HealthResponse,
+    ),
+    Operation(
+        "GET /v1/metrics",
+        "getMetrics",
+        "operations",
+        "Prometheus metrics",
+        "The broker's metrics in the Prometheus text exposition format (version 0.0.4).",
+        PUBLIC,
+        Body(
+            "MetricsText",
+            "text/plain",
+            {"type": "string", "description": "Prometheus text format."},
+        ),
+    ),
+    Operation(
+        "GET /.well-known/jwks.json",
+        "getJwks",
+        "operations",
+        "Token verification keys (JWKS)",
+        "The public Ed25519 keys (RFC 7517 JWK Set, RFC 8037 OKP keys) that verify "
+        "broker-issued tokens; the active signing key comes first. Cacheable for 60 s.",
+        PUBLIC,
+        JWKS,
+    ),
+    Operation(
+        "GET /v1/openapi.json",
+        "getOpenApi",
+        "operations",
+        "This API description",
+        "The OpenAPI 3.1 document describing every route of this broker.",
+        PUBLIC,
+        Body(
+            "OpenAPIDocument",
+            "application/json",
+            {"type": "object", "description": "An OpenAPI 3.1 document."},
+        ),
+    ),
+    Operation(
+        "GET /v1/revocations",
+        "listRevocations",
+        "revocation feed",
+        "Revocation entries, with a cursor",
+        "The unexpired revocation entries (all of them, or those after `cursor`), in `seq` "
+        "order, and the `cursor` to ask from next time. Resource servers that verify tokens "
+        "offline apply them with the matching rules of the four levels: `token` matches the "
+        "`jti`; `agent` the `sub` and every delegation chain naming it; `task` the "
+        "`task_id`; `chain` chains naming the target; all but `token` only match tokens "
+        "with `iat` at or before `revoked_at`. An entry that is widened comes again with a "
+        "new `seq`.",
+        ADMIN_OR_APP_TOKEN,
+        RevocationList,
+        parameters=(_CURSOR,),
+        errors=_FEED_READER_FAILURES,
+    ),
+    Operation(
+        "GET /v1/revocations/stream",
+        "streamRevocations",
+        "revocation feed",
+        "Revocation entries as server-sent events",
+        "First the entries `GET /v1/revocations` would answer (`cursor`, or the "
+        "`Last-Event-ID` header, picks up where a reader left off), then `event: sync` "
+        '(`data: {"cursor": N, "server_time": T}`), then each new revocation as this broker '
+        "learns it (`event: revocation`, `id:` its `seq`, `data:` the entry), and a "
+        "`: keepalive` comment every 2 seconds: a reader that hears nothing for longer than "
+        "its staleness bound must fail closed. The stream ends when the reader's token "
+        "expires, or when the reader falls behind (it reconnects with its cursor).",
+        ADMIN_OR_APP_TOKEN,
+        Body(
+            "RevocationStream",
+            "text/event-stream",
+            {
+                "type": "string",
+                "description": "Server-sent events: `revocation` (data: a `RevocationEntry`), "
+                "`sync` (data: a `RevocationSync`) and `: keepalive` comments.",
+                "x-events": {
+                    "revocation": {"$ref": REF.format(name="RevocationEntry")},
+                    "sync": {"$ref": REF.format(name="RevocationSync")},
+                },
+            },
+        ),
+        parameters=(_CURSOR,),
+        errors=_FEED_READER_FAILURES,
+    ),
+)

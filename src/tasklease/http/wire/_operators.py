@@ -1,0 +1,346 @@
+"""The operator on the wire: authentication, revocation, the audit log, key rotation,
+and launch tokens (created by the operator or by an app)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from tasklease.core.store import AuditEvent as AuditRecord
+from tasklease.http.wire._base import (
+    PUBLIC,
+    AccessToken,
+    ExpiresIn,
+    Failure,
+    Operation,
+    Param,
+    Request,
+    Response,
+    Timestamp,
+    TokenType,
+    admin,
+    app,
+    constant,
+    doc,
+    required,
+)
+
+__all__ = [
+    "OPERATIONS",
+    "TAGS",
+    "AdminAuthRequest",
+    "AdminAuthResponse",
+    "AuditEvent",
+    "AuditEventPage",
+    "KeyRotationResponse",
+    "LaunchTokenPolicy",
+    "LaunchTokenRequest",
+    "LaunchTokenResponse",
+    "RevokeRequest",
+    "RevokeResponse",
+    "audit_event",
+]
+
+TAGS = {
+    "launch tokens": "Launch tokens, which let an agent register.",
+    "operators": "Operator authentication, revocation and the audit log.",
+}
+
+_Text = str | None
+_LEVELS = ["token", "agent", "task", "chain"]
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+class RevokeRequest(Request):
+    level: Annotated[_Text, required("One of `token`, `agent`, `task`, `chain`.")] = None
+    target: Annotated[
+        _Text,
+        required("What to revoke: a `jti`, an agent SPIFFE ID, a `task_id` or a chain root agent."),
+    ] = None
+
+
+class AdminAuthRequest(Request):
+    secret: Annotated[_Text, required("The admin secret.")] = None
+    client_id: Annotated[_Text, doc("Refused: the AgentWrit v1 form. Send `secret` only.")] = None
+    client_secret: Annotated[_Text, doc("Refused: the AgentWrit v1 form. Send `secret` only.")] = (
+        None
+    )
+
+
+_Resources = str | list[str] | None
+
+
+class LaunchTokenRequest(Request):
+    agent_name: Annotated[
+        _Text, required("A label for the agent(s) it launches, at most 256 characters.")
+    ] = None
+    allowed_scope: Annotated[
+        list[str] | None, required("The most an agent registered with it may request.")
+    ] = None
+    max_ttl: Annotated[
+        int | None, doc("Lifetime of the agent's tokens in seconds (capped by the broker).")
+    ] = None
+    single_use: Annotated[
+        bool | None, doc("Whether one registration consumes it (default true).")
+    ] = None
+    ttl: Annotated[
+        int | None,
+        doc("How long the launch token itself stays valid, in seconds (default 30)."),
+    ] = None
+    resource: Annotated[
+        _Resources,
+        doc(
+            "RFC 8707: the resources (a string or a list of at most 16) its agents' tokens "
+            "may be for; a registration names one of them. Absent: the default audience."
+        ),
+    ] = None
+    audience: Annotated[_Resources, doc("Alias of `resource`.")] = None
+    principal: Annotated[
+        _Text,
+        doc(
+            "The human its agents work for, `kind:value` (e.g. `user:alice@example.com`, at "
+            "most 256 characters); by default the creator (`admin` or `app:<app_id>`). Every "
+            "token of its agents, and every token delegated from them, carries it."
+        ),
+    ] = None
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+class RevokeResponse(Response):
+    revoked: Annotated[bool, constant(True)]
+    level: Annotated[str, doc("The revocation level.", enum=_LEVELS)]
+    target: Annotated[str, doc("What was revoked.")]
+    count: Annotated[int, doc("Revocation entries written.")]
+
+
+class AuditEvent(Response):
+    id: Annotated[str, doc("`evt-` and the sequence number, zero-padded.")]
+    seq: Annotated[int, doc("Position in the hash chain.")]
+    timestamp: Timestamp
+    event_type: Annotated[str, doc("What happened, e.g. `agent_registered`.")]
+    agent_id: Annotated[str, doc("The agent concerned, or empty.")]
+    task_id: Annotated[str, doc("The task concerned, or empty.")]
+    orch_id: Annotated[str, doc("The orchestrator concerned, or empty.")]
+    detail: Annotated[str, doc("Sanitized detail.")]
+    resource: Annotated[str, doc("The path concerned, or empty.")]
+    outcome: Annotated[str, doc("Whether the operation was allowed.", enum=["success", "denied"])]
+    deleg_depth: Annotated[int, doc("Delegation depth.")]
+    deleg_chain_hash: Annotated[str, doc("Delegation chain hash, or empty.")]
+    request_id: Annotated[str, doc("The request's `X-Request-ID`.")]
+    hash: Annotated[str, doc("SHA-256 (hex) of this event chained to `prev_hash`.")]
+    prev_hash: Annotated[str, doc("The previous event's hash.")]
+
+
+def audit_event(event: AuditRecord) -> AuditEvent:
+    return AuditEvent(
+        id=event.id,
+        seq=event.seq,
+        timestamp=event.timestamp,
+        event_type=event.event_type,
+        agent_id=event.agent_id,
+        task_id=event.task_id,
+        orch_id=event.orch_id,
+        detail=event.detail,
+        resource=event.resource,
+        outcome=event.outcome,
+        deleg_depth=event.deleg_depth,
+        deleg_chain_hash=event.deleg_chain_hash,
+        request_id=event.request_id,
+        hash=event.hash,
+        prev_hash=event.prev_hash,
+    )
+
+
+class AuditEventPage(Response):
+    events: list[AuditEvent]
+    total: Annotated[int, doc("Events matching the filters, over all pages.")]
+    offset: Annotated[int, doc("Events skipped.")]
+    limit: Annotated[int, doc("The page size used.")]
+
+
+class AdminAuthResponse(Response):
+    access_token: AccessToken
+    expires_in: ExpiresIn
+    token_type: TokenType
+
+
+class LaunchTokenPolicy(Response):
+    allowed_scope: Annotated[list[str], doc("The most an agent may request.")]
+    max_ttl: Annotated[int, doc("Lifetime of the agent's tokens, in seconds.")]
+    single_use: Annotated[bool, doc("Whether one registration consumes it.")]
+
+
+class LaunchTokenResponse(Response):
+    launch_token: Annotated[str, doc("The launch token (64 hex characters), shown once.")]
+    expires_at: Timestamp
+    policy: LaunchTokenPolicy
+
+
+class KeyRotationResponse(Response):
+    kid: Annotated[str, doc("Key id of the new active signing key.")]
+    previous_kid: Annotated[str, doc("Key id of the key that signed until now.")]
+    kids: Annotated[list[str], doc("Every key id the broker verifies, the active one first.")]
+
+
+# --- operations ----------------------------------------------------------------------------
+
+
+def _text_param(name: str, what: str) -> Param:
+    return Param(name, "query", {"type": "string"}, f"Only events with this {what}.")
+
+
+def _time_param(name: str, bound: str) -> Param:
+    return Param(
+        name,
+        "query",
+        {"type": "string", "format": "date-time"},
+        f"Only events at or {bound} this RFC 3339 time (with a time zone).",
+    )
+
+
+_LAUNCH_TOKEN_FAILURES = (
+    Failure(
+        "invalid_request",
+        "`agent_name` is missing or longer than 256 characters, `allowed_scope` is "
+        "empty or malformed, `principal` is not `kind:value`, or a TTL or `single_use` "
+        "has the wrong type",
+    ),
+    Failure("invalid_ttl", "`ttl` exceeds the broker's launch token maximum"),
+    Failure("invalid_target", "a `resource` is malformed or there are more than 16"),
+)
+
+OPERATIONS = (
+    Operation(
+        "POST /v1/revoke",
+        "revoke",
+        "operators",
+        "Revoke tokens",
+        "Revokes at one of four levels: `token` (a `jti`), `agent` (a SPIFFE ID), `task` "
+        "(a `task_id`) or `chain` (a delegation root agent). Durable before it answers, "
+        "enforced by this broker at once. Idempotent.",
+        admin("admin:revoke:*"),
+        RevokeResponse,
+        request=RevokeRequest,
+        commits=True,
+        errors=(
+            Failure(
+                "invalid_request",
+                "`level` or `target` is missing, `level` is not one of the four levels, "
+                "or `target` is longer than 2048 characters",
+            ),
+        ),
+    ),
+    Operation(
+        "GET /v1/audit/events",
+        "listAuditEvents",
+        "operators",
+        "Query the audit log",
+        "Audit events in chain order, filtered and paged. Each event carries its hash and "
+        "its predecessor's, so a page can be checked against the chain.",
+        admin("admin:audit:*"),
+        AuditEventPage,
+        parameters=(
+            _text_param("agent_id", "agent SPIFFE ID"),
+            _text_param("task_id", "task id"),
+            _text_param("event_type", "event type"),
+            Param(
+                "outcome",
+                "query",
+                {"type": "string", "enum": ["success", "denied"]},
+                "Only events with this outcome.",
+            ),
+            _time_param("since", "after"),
+            _time_param("until", "before"),
+            Param(
+                "limit",
+                "query",
+                {"type": "integer", "default": 100, "maximum": 1000},
+                "Page size; 0 or less means 100, more than 1000 means 1000.",
+            ),
+            Param(
+                "offset",
+                "query",
+                {"type": "integer", "default": 0, "minimum": 0},
+                "Events to skip; negative values count as 0.",
+            ),
+        ),
+        errors=(
+            Failure(
+                "invalid_request",
+                "`limit` or `offset` is not an integer, or `since`/`until` is not an "
+                "RFC 3339 time with a time zone",
+            ),
+        ),
+    ),
+    Operation(
+        "POST /v1/admin/auth",
+        "adminAuth",
+        "operators",
+        "Authenticate as the operator",
+        "Exchanges the admin secret for a short-lived admin token. The AgentWrit v1 body "
+        "(`client_id`/`client_secret`) is refused with a message naming the new one.",
+        PUBLIC,
+        AdminAuthResponse,
+        request=AdminAuthRequest,
+        commits=True,
+        rate_limited=True,
+        errors=(
+            Failure(
+                "invalid_request",
+                "`secret` is missing, or the old `client_id`/`client_secret` form was sent",
+            ),
+            Failure("unauthorized", "the secret is wrong"),
+        ),
+    ),
+    Operation(
+        "POST /v1/admin/keys/rotate",
+        "rotateSigningKey",
+        "operators",
+        "Rotate the signing key",
+        "Makes a new Ed25519 signing key active. Every older key stays in the JWKS and "
+        "keeps verifying the tokens it signed until they expire; new tokens carry the new "
+        "`kid`. Gated on `admin:revoke:*`: rotating is incident response, like revoking.",
+        admin("admin:revoke:*"),
+        KeyRotationResponse,
+        commits=True,
+    ),
+    Operation(
+        "POST /v1/admin/launch-tokens",
+        "createLaunchTokenAsAdmin",
+        "launch tokens",
+        "Create a launch token (operator)",
+        "A launch token lets one agent (or, with `single_use: false`, several) register "
+        "with at most `allowed_scope`. The token is shown once. `resource` (or "
+        "`audience`; a string or a list, RFC 8707) names the resources its agents' tokens "
+        "may be for; `principal` the human they work for.",
+        admin("admin:launch-tokens:*"),
+        LaunchTokenResponse,
+        status=201,
+        request=LaunchTokenRequest,
+        commits=True,
+        errors=_LAUNCH_TOKEN_FAILURES,
+    ),
+    Operation(
+        "POST /v1/app/launch-tokens",
+        "createLaunchTokenAsApp",
+        "launch tokens",
+        "Create a launch token (app)",
+        "As the operator route, but the scope is held to the calling app's ceiling. "
+        "`resource` and `principal` as on the operator route.",
+        app("app:launch-tokens:*"),
+        LaunchTokenResponse,
+        status=201,
+        request=LaunchTokenRequest,
+        commits=True,
+        errors=(
+            *_LAUNCH_TOKEN_FAILURES,
+            Failure(
+                "forbidden",
+                "the app is no longer active, or `allowed_scope` exceeds the app's ceiling",
+            ),
+        ),
+    ),
+)
