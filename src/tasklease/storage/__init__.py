@@ -15,8 +15,9 @@ from __future__ import annotations
 from urllib.parse import unquote, urlsplit
 
 from tasklease.core.store import Store
+from tasklease.storage._sql import SchemaError
 from tasklease.storage.memory import MemoryStore
-from tasklease.storage.sqlite import SchemaError, SQLiteStore
+from tasklease.storage.sqlite import SQLiteStore
 
 __all__ = [
     "MemoryStore",

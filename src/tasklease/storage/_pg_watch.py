@@ -1,0 +1,112 @@
+"""Following the revocations that other PostgreSQL stores commit: LISTEN on a thread.
+
+A transaction that stores a revocation sends ``pg_notify`` on :data:`NOTIFY_CHANNEL`
+with ``"<seq> <commit time> <origin>"`` just before it commits (``PostgresStore.write``);
+a :class:`RevocationWatch`, returned by ``PostgresStore.start_watch``, listens for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+
+from tasklease.storage._sql import Row
+
+__all__ = ["NOTIFY_CHANNEL", "RevocationWatch"]
+
+NOTIFY_CHANNEL = "tasklease_revocations"
+_log = logging.getLogger("tasklease.storage.postgres")  # the store's logger
+
+
+class RevocationWatch:
+    """A LISTEN connection on a background thread; see :meth:`PostgresStore.start_watch`."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        origin: str,
+        on_change: Callable[[float | None], None],
+        interval: float,
+        connect_timeout: float,
+    ) -> None:
+        self._conninfo = conninfo
+        self._origin = origin
+        self._on_change = on_change
+        self._interval = interval
+        self._connect_timeout = connect_timeout
+        self._stop = threading.Event()
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, name="tasklease-pg-watch", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _deliver(self, committed_at: float | None) -> None:
+        try:
+            self._on_change(committed_at)
+        except Exception as exc:  # noqa: BLE001 - the watch must outlive a failed refresh
+            if not self._failing:
+                _log.warning("revocation refresh failed: %s", exc)
+            self._failing = True
+        else:
+            self._failing = False
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(
+                    self._conninfo,
+                    autocommit=True,
+                    connect_timeout=max(1, round(self._connect_timeout)),
+                ) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    if self._failing:
+                        _log.warning("revocation watch reconnected")
+                    backoff = 0.05
+                    # Whatever was committed while we were not listening.
+                    self._deliver(None)
+                    self._listen(conn)
+            except psycopg.Error as exc:
+                if not self._failing:
+                    _log.warning("revocation watch lost its connection: %s", exc)
+                self._failing = True
+                # The broker is no longer confirmed current; it fails closed once its
+                # staleness bound passes without a successful check-in.
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    def _listen(self, conn: psycopg.Connection[Row]) -> None:
+        next_check = time.monotonic() + self._interval
+        while not self._stop.is_set():
+            wait = max(0.0, min(0.2, next_check - time.monotonic()))
+            for notify in conn.notifies(timeout=wait):
+                self._deliver(self._commit_time(notify.payload))
+            if time.monotonic() >= next_check:
+                # A round trip on the LISTEN connection: every notification committed
+                # before it was sent has now been received, so a refresh after it is
+                # current as of now. It also proves the connection is alive.
+                conn.execute("SELECT 1")
+                self._deliver(None)
+                next_check = time.monotonic() + self._interval
+
+    def _commit_time(self, payload: str) -> float | None:
+        """The commit time in a notification payload ``"<seq> <time> <origin>"``.
+
+        None for our own store's notifications (it applied them itself) or a payload we
+        cannot read (the refresh still runs).
+        """
+        parts = payload.split()
+        if len(parts) != 3 or parts[2] == self._origin:
+            return None
+        try:
+            return float(parts[1])
+        except ValueError:
+            return None

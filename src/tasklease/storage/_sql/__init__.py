@@ -1,0 +1,45 @@
+"""What the SQLite and PostgreSQL stores share, written once.
+
+Both stores keep the same tables with the same columns (``storage/migrations``), so most
+of what they do is the same SQL, told apart only by how a parameter is bound (``?`` or
+``%s``), how a boolean column is tested, whether a read inside a write locks its row and
+how a scope list is stored (JSON text or ``text[]``). Here are:
+
+* ``dialect``: :class:`Dialect`, one dialect's spelling of every shared statement,
+  built once when its store module is imported (so the drivers' statement caches see
+  the same strings every time), and the row conversions;
+* ``store``: :class:`SQLWriteTx` and :class:`SQLStore`, the operations whose logic is
+  the same in both. ``sqlite.py`` and ``postgres.py`` add what is their own:
+  connections, transactions and savepoints, the audit head, the revocation upsert and
+  applying migrations;
+* ``schema``: :class:`SchemaError` and the numbered migration files.
+
+Nothing here imports a database driver: the SQLite store must work without psycopg.
+"""
+
+from tasklease.storage._sql.dialect import (
+    GENESIS_HASH,
+    SELECT_REVOCATION,
+    Dialect,
+    Row,
+    audit_rows,
+    revocation_from_row,
+    timestamp_seconds,
+)
+from tasklease.storage._sql.schema import Migration, SchemaError, newer_error
+from tasklease.storage._sql.store import SQLStore, SQLWriteTx
+
+__all__ = [
+    "GENESIS_HASH",
+    "SELECT_REVOCATION",
+    "Dialect",
+    "Migration",
+    "Row",
+    "SQLStore",
+    "SQLWriteTx",
+    "SchemaError",
+    "audit_rows",
+    "newer_error",
+    "revocation_from_row",
+    "timestamp_seconds",
+]

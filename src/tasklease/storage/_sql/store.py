@@ -1,0 +1,351 @@
+"""The operations whose logic both SQL stores share, on top of which each adds its own."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+
+from tasklease.core.errors import Conflict, NotFound
+from tasklease.core.store import (
+    AgentRecord,
+    AgentSession,
+    AppRecord,
+    AuditEvent,
+    AuditQuery,
+    DiscoveryBinding,
+    LaunchTokenRecord,
+    ReferenceTokenRecord,
+    RevocationRecord,
+)
+from tasklease.storage._sql.dialect import (
+    Dialect,
+    Row,
+    binding_from_row,
+    reference_from_row,
+    revocation_from_row,
+    session_from_row,
+)
+from tasklease.storage._sql.schema import newer_error, older_error
+
+__all__ = ["SQLStore", "SQLWriteTx"]
+
+
+class _Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class _Connection(Protocol):
+    def execute(self, sql: str, params: Sequence[Any], /) -> _Cursor: ...
+
+
+_C = TypeVar("_C", bound=_Connection)
+
+
+class SQLWriteTx(Generic[_C]):
+    """The writes whose logic both dialects share; valid only inside the store's ``write()``.
+
+    Uniqueness is left to the database (``ON CONFLICT DO NOTHING``, then a look at which
+    key clashed): on PostgreSQL the insert waits for a concurrent insert of the same key
+    to end, so two replicas cannot both create it; on SQLite the transaction holds the
+    write lock, so nothing can slip in between. A subclass sets :attr:`dialect` and adds
+    ``savepoint``, ``insert_revocation``, ``audit_head`` and ``append_audit``.
+    """
+
+    dialect: ClassVar[Dialect]
+
+    def __init__(self, conn: _C) -> None:
+        self._conn = conn
+        self._open = True
+
+    def _db(self) -> _C:
+        if not self._open:
+            raise RuntimeError("this write transaction has ended")
+        return self._conn
+
+    def _end(self) -> None:
+        self._open = False
+
+    def _exists(self, sql: str, params: Row) -> bool:
+        return self._db().execute(sql, params).fetchone() is not None
+
+    def _update_app_row(self, params: Row) -> None:
+        """Run :attr:`Dialect.update_app`; PostgreSQL maps a unique violation to Conflict."""
+        self._db().execute(self.dialect.update_app, params)
+
+    def _delete_expired(self, now: float) -> int:
+        """Delete the rows that ``prune`` removes; return how many."""
+        conn = self._db()
+        removed = 0
+        for statement in self.dialect.prune:
+            removed += conn.execute(statement, (now,)).rowcount
+        return removed
+
+    # -- apps ----------------------------------------------------------------------------
+
+    def insert_app(self, app: AppRecord) -> None:
+        """Store a new app; raise ``Conflict`` if its app_id, name or client_id is taken."""
+        d = self.dialect
+        if self._db().execute(d.insert_app, d.app_params(app)).rowcount == 1:
+            return
+        if self._exists(d.app_id_taken, (app.app_id,)):
+            raise Conflict("app id already exists")
+        if self._exists(d.app_name_taken, (app.name,)):
+            raise Conflict("app name already exists")
+        raise Conflict("app client_id already exists")
+
+    def update_app(self, app: AppRecord) -> None:
+        """Replace the app with ``app.app_id``.
+
+        Raise ``NotFound`` if there is none and ``Conflict`` if the new name or client_id
+        belongs to another app (checked first for the message; on PostgreSQL the unique
+        constraints decide when two replicas race).
+        """
+        d = self.dialect
+        if not self._exists(d.lock_app, (app.app_id,)):
+            raise NotFound("app not found")
+        if self._exists(d.other_app_named, (app.name, app.app_id)):
+            raise Conflict("app name already exists")
+        if self._exists(d.other_app_client_id, (app.client_id, app.app_id)):
+            raise Conflict("app client_id already exists")
+        self._update_app_row((*d.app_params(app)[1:], app.app_id))
+
+    # -- launch tokens and nonces --------------------------------------------------------
+
+    def insert_launch_token(self, record: LaunchTokenRecord) -> None:
+        """Store a launch token; raise ``Conflict`` if its hash is already present."""
+        d = self.dialect
+        if self._db().execute(d.insert_launch_token, d.launch_token_params(record)).rowcount != 1:
+            raise Conflict("launch token already exists")
+
+    def consume_launch_token(self, token_hash: str, now: float) -> bool:
+        d = self.dialect
+        # One conditional UPDATE: the check and the mark cannot be separated. A concurrent
+        # consumer (PostgreSQL) waits for our row lock, then re-checks ``consumed_at IS
+        # NULL`` on the committed row and finds nothing.
+        params = (now, token_hash, now)
+        if self._db().execute(d.consume_launch_token, params).rowcount == 1:
+            return True
+        return self._exists(d.reusable_launch_token, (token_hash, now))
+
+    def consume_nonce(self, nonce_hash: str, expires_at: float) -> bool:
+        cursor = self._db().execute(self.dialect.consume_nonce, (nonce_hash, expires_at))
+        return cursor.rowcount == 1
+
+    # -- agents --------------------------------------------------------------------------
+
+    def insert_agent(self, agent: AgentRecord) -> None:
+        """Store a new agent; raise ``Conflict`` if its agent_id is already present."""
+        d = self.dialect
+        if self._db().execute(d.insert_agent, d.agent_params(agent)).rowcount != 1:
+            raise Conflict("agent already exists")
+
+    def set_agent_status(self, agent_id: str, status: str) -> None:
+        """Set an agent's status; an unknown agent_id is not an error (nothing to mark).
+
+        Revocation is idempotent and needs no existence check: the core revokes agent
+        IDs this store may never have seen (another replica's, a federated domain's).
+        """
+        self._db().execute(self.dialect.set_agent_status, (status, agent_id))
+
+    # -- by-reference tokens, agent sessions, leases, discovery --------------------------
+
+    def insert_reference_token(self, record: ReferenceTokenRecord) -> None:
+        """Store a by-reference token; raise ``Conflict`` if its hash is already present."""
+        params = (record.token_hash, record.kind, record.claims, record.jti, record.expires_at)
+        if self._db().execute(self.dialect.insert_reference, params).rowcount != 1:
+            raise Conflict("reference token already exists")
+
+    def get_agent_session(self, agent_id: str) -> AgentSession | None:
+        """The session, locked until this transaction ends, so that a read-modify-write
+        of it cannot interleave with another's (PostgreSQL: a row lock; SQLite: the
+        transaction holds the database write lock)."""
+        row = self._db().execute(self.dialect.lock_session, (agent_id,)).fetchone()
+        return None if row is None else session_from_row(row)
+
+    def put_agent_session(self, session: AgentSession) -> None:
+        self._db().execute(
+            self.dialect.put_session,
+            (
+                session.agent_id,
+                session.principal,
+                session.heartbeat_required,
+                session.last_heartbeat,
+                session.resumes,
+                session.state,
+                session.expires_at,
+            ),
+        )
+
+    def acquire_lease(self, name: str, holder: str, now: float, expires_at: float) -> bool:
+        """Take the lease if free, expired or already ours: one upsert whose update only
+        applies under that condition. On a conflict PostgreSQL locks the row and checks
+        the condition on its latest committed version (SQLite: the transaction holds the
+        write lock), so two replicas cannot both take it."""
+        cursor = self._db().execute(self.dialect.acquire_lease, (name, holder, expires_at, now))
+        return cursor.rowcount == 1
+
+    def put_discovery_binding(self, binding: DiscoveryBinding) -> None:
+        self._db().execute(
+            self.dialect.put_binding,
+            (
+                binding.agent_id,
+                binding.endpoint,
+                binding.issued_at,
+                binding.signature,
+                binding.expires_at,
+            ),
+        )
+
+
+# -- what the stores share ---------------------------------------------------------------
+
+
+class SQLStore(abc.ABC):
+    """The reads (and ``prune``) whose logic both dialects share.
+
+    A subclass sets :attr:`dialect` and provides ``write``, ``close``, ``schema_version``
+    and three ways to run a read: :meth:`_one`, :meth:`_all` and :meth:`_count_and_page`.
+    """
+
+    dialect: ClassVar[Dialect]
+
+    @abc.abstractmethod
+    def write(self) -> AbstractContextManager[SQLWriteTx[Any]]: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The schema version recorded in the database (0 before the first migration)."""
+
+    @abc.abstractmethod
+    def _one(self, sql: str, params: Row) -> Row | None:
+        """The first row of a read, or None."""
+
+    @abc.abstractmethod
+    def _all(self, sql: str, params: Row = ()) -> list[Row]:
+        """Every row of a read."""
+
+    @abc.abstractmethod
+    def _count_and_page(
+        self, count_sql: str, count_params: list[object], page_sql: str, page_params: list[object]
+    ) -> tuple[int, list[Row]]:
+        """The count of one read and the rows of another, both from one snapshot."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- schema --------------------------------------------------------------------------
+
+    @classmethod
+    def known_schema_version(cls) -> int:
+        """The newest schema version this code knows."""
+        return len(cls.dialect.migrations())
+
+    def _check_schema(self) -> None:
+        known = self.known_schema_version()
+        current = self.schema_version()
+        if current > known:
+            raise newer_error(current, known)
+        if current < known:
+            raise older_error(current, known)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def prune(self, now: float) -> int:
+        """Delete revocations, used nonces, launch tokens, by-reference tokens, agent
+        sessions, discovery bindings and leases with ``expires_at <= now``.
+
+        Return the number of rows removed. Audit events are never touched.
+        """
+        with self.write() as tx:
+            return tx._delete_expired(now)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get_app(self, app_id: str) -> AppRecord | None:
+        row = self._one(self.dialect.get_app, (app_id,))
+        return None if row is None else self.dialect.app_from_row(row)
+
+    def get_app_by_client_id(self, client_id: str) -> AppRecord | None:
+        row = self._one(self.dialect.get_app_by_client_id, (client_id,))
+        return None if row is None else self.dialect.app_from_row(row)
+
+    def list_apps(self) -> list[AppRecord]:
+        """Newest first (by ``created_at``, ties by ``app_id`` descending)."""
+        app_from_row = self.dialect.app_from_row
+        return [app_from_row(row) for row in self._all(self.dialect.list_apps)]
+
+    def get_launch_token(self, token_hash: str) -> LaunchTokenRecord | None:
+        row = self._one(self.dialect.get_launch_token, (token_hash,))
+        return None if row is None else self.dialect.launch_token_from_row(row)
+
+    def get_agent(self, agent_id: str) -> AgentRecord | None:
+        row = self._one(self.dialect.get_agent, (agent_id,))
+        return None if row is None else self.dialect.agent_from_row(row)
+
+    def load_revocations(self, now: float) -> list[RevocationRecord]:
+        rows = self._all(self.dialect.load_revocations, (now,))
+        return [revocation_from_row(row) for row in rows]
+
+    def revocations_since(self, seq: int) -> list[RevocationRecord]:
+        rows = self._all(self.dialect.revocations_since, (seq,))
+        return [revocation_from_row(row) for row in rows]
+
+    def get_agent_session(self, agent_id: str) -> AgentSession | None:
+        row = self._one(self.dialect.get_session, (agent_id,))
+        return None if row is None else session_from_row(row)
+
+    def silent_agents(self, before: float, limit: int) -> list[AgentSession]:
+        rows = self._all(self.dialect.silent_agents, (before, limit))
+        return [session_from_row(row) for row in rows]
+
+    def get_discovery_binding(self, agent_id: str) -> DiscoveryBinding | None:
+        row = self._one(self.dialect.get_binding, (agent_id,))
+        return None if row is None else binding_from_row(row)
+
+    def get_reference_token(self, token_hash: str) -> ReferenceTokenRecord | None:
+        row = self._one(self.dialect.get_reference, (token_hash,))
+        return None if row is None else reference_from_row(row)
+
+    def query_audit(self, query: AuditQuery) -> tuple[list[AuditEvent], int]:
+        """Events matching every given filter, in seq order after offset/limit, and the count.
+
+        Raise ``ValueError`` for a negative limit or offset.
+        """
+        count_sql, count_params, page_sql, page_params = self.dialect.audit_query(query)
+        total, rows = self._count_and_page(count_sql, count_params, page_sql, page_params)
+        # The audit columns are selected in AuditEvent's field order and their types map
+        # to exactly the field types (STRICT tables on SQLite): no per-column conversion.
+        return [AuditEvent(*row) for row in rows], total
+
+    def iter_audit(self, after_seq: int = 0, batch: int = 5000) -> Iterator[AuditEvent]:
+        """Every event with ``seq > after_seq`` in seq order.
+
+        Keyset pagination (``seq > last``, never OFFSET): each batch is one index range
+        read, however deep the walk. Nothing stays open between batches, so a slow
+        consumer holds no connection and pins no snapshot (on SQLite that would stop WAL
+        checkpoints).
+        """
+        if batch <= 0:
+            raise ValueError("batch must be positive")
+        sql = self.dialect.audit_after
+        cursor = after_seq
+        while True:
+            rows = self._all(sql, (cursor, batch))
+            for row in rows:
+                yield AuditEvent(*row)
+            if len(rows) < batch:
+                return
+            cursor = int(rows[-1][0])
