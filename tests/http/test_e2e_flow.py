@@ -491,17 +491,18 @@ def test_delegation(broker: RunningBroker) -> None:
 
 
 def test_delegation_depth_limit(broker: RunningBroker) -> None:
-    agents = [broker.register(["read:data:*"]) for _ in range(3)]
+    # Seven distinct agents: a chain may not pass through one agent twice (no cycles).
+    agents = [broker.register(["read:data:*"]) for _ in range(7)]
     token = agents[0].access_token
     for depth in range(1, 6):
-        target = agents[depth % 3]
+        target = agents[depth]
         resp = broker.delegate(token, target.agent_id, ["read:data:*"], ttl=60)
         assert resp.status_code == 200, (depth, resp.text)
         assert len(resp.json()["delegation_chain"]) == depth
         token = resp.json()["access_token"]
         assert broker.is_valid(token)
     assert_problem(
-        broker.delegate(token, agents[0].agent_id, ["read:data:*"]),
+        broker.delegate(token, agents[6].agent_id, ["read:data:*"]),
         403,
         "scope_violation",
         detail="delegation depth limit exceeded",

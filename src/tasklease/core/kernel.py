@@ -198,6 +198,13 @@ class Refusal(Exception):
 
 
 OPERATIONS = ("register", "renew", "resume", "delegate")
+# The wire's words for a widening, as clients have always read them.
+_WIDENING = {
+    "register": "requested scope exceeds allowed scope",
+    "renew": "renewal cannot change scope",
+    "resume": "resumption cannot change scope",
+    "delegate": "delegated scope exceeds delegator scope",
+}
 
 
 def check_issuance(
@@ -224,7 +231,7 @@ def check_issuance(
         raise Refusal(Forbidden("an ancestor credential has ended"), dead_ancestor, "denied")
     if not scope_rules.is_subset(scope, parent.scope):
         raise Refusal(
-            ScopeViolation("requested scope exceeds the parent's scope"),
+            ScopeViolation(_WIDENING[operation]),
             f"scope would widen | requested=[{' '.join(scope)}] | "
             f"allowed=[{' '.join(parent.scope)}]",
             "attenuation",
@@ -234,7 +241,7 @@ def check_issuance(
     if renewals > max_renewals:
         raise Refusal(
             RenewalCountExceeded(
-                f"the lineage has been renewed {parent.renewals} times, the maximum",
+                f"token has been renewed {parent.renewals} times, the maximum",
                 hint="register a new agent instance with a fresh launch token",
             ),
             f"renewal count limit reached ({parent.renewals}/{max_renewals})",
@@ -260,7 +267,7 @@ def check_issuance(
     if exp <= iat:
         raise Refusal(
             RenewalCeilingExceeded(
-                "the lineage has reached its maximum lifetime",
+                "token has reached its maximum lifetime since registration",
                 hint="register a new agent instance with a fresh launch token",
             ),
             f"lineage ceiling reached (max_exp={ceiling})",
