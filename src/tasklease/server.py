@@ -411,6 +411,10 @@ def serve(config: Config, *, workers: int = 1, loop: str = "asyncio") -> None:
         "log_config": None,  # our root handler renders uvicorn's records as JSON too
         "access_log": False,
         "server_header": False,
+        # uvicorn would believe X-Forwarded-For/-Proto from 127.0.0.1 (or $FORWARDED_ALLOW_IPS):
+        # any local process could choose its address. The application does it, only for
+        # the configured trusted_proxies (http/middleware.py).
+        "proxy_headers": False,
         "timeout_graceful_shutdown": 10,
         **uvicorn_tls_options(config),
     }

@@ -132,7 +132,7 @@ class Config:
 
 def _check_network(value: str) -> None:
     try:
-        ipaddress.ip_network(value.strip(), strict=False)
+        ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise ValueError(
             f"trusted_proxies: {value!r} is not an IP address or network (CIDR)"
@@ -143,8 +143,8 @@ def _check_origin(value: str) -> None:
     """An absolute http(s) origin: no user info, path (but "/"), query or fragment."""
     problem = f"public_url: {value!r} must be an origin such as https://broker.example.com"
     try:
-        parts = urlsplit(value.strip())
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
+        parts = urlsplit(value)
+        _ = parts.port  # ValueError for a port that is not a number in range
     except ValueError:
         raise ValueError(problem) from None
     if (

@@ -22,6 +22,7 @@ from tasklease.core.errors import InvalidRequest
 from tasklease.core.mutual import HandshakeResult
 from tasklease.core.tokens import KIND_AGENT, Claims
 from tasklease.http import wire
+from tasklease.http.middleware import json_nesting_error
 
 __all__ = ["agent_routes"]
 
@@ -39,11 +40,14 @@ async def _body(request: Request, kind: type[T]) -> T:
     raw = await request.body()
     if not raw.strip():
         raise InvalidRequest("malformed JSON body: the body is empty")
+    nested = json_nesting_error(raw)  # the envelope refused these already; stay safe alone
+    if nested is not None:
+        raise InvalidRequest(nested)
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"malformed JSON body: {exc}") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         raise InvalidRequest("malformed JSON body") from None
 
 

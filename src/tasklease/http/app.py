@@ -37,12 +37,16 @@ from tasklease.core.validation import TokenRejected
 from tasklease.http import wire
 from tasklease.http.agent_routes import agent_routes
 from tasklease.http.feed import RevocationHub, revocation_routes
-from tasklease.http.middleware import EnvelopeMiddleware
+from tasklease.http.middleware import (
+    EnvelopeMiddleware,
+    TrustedProxyMiddleware,
+    json_nesting_error,
+)
 from tasklease.http.openapi import openapi_json
 from tasklease.http.problems import problem_body, problem_response_parts
 from tasklease.http.ratelimit import RateLimiter
 from tasklease.http.tls import peer_cert_thumbprint
-from tasklease.http.token_routes import request_htu, token_routes
+from tasklease.http.token_routes import RequestURI, token_routes
 
 __all__ = ["create_app"]
 
@@ -67,30 +71,44 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(_encoder.encode(data) + b"\n", status, media_type="application/json")
 
 
-def _ctx(request: Request) -> RequestContext:
-    client = request.client
-    return RequestContext(
-        request_id=request.scope.get("state", {}).get("request_id", ""),
-        remote=client.host if client else "",
-        path=request.url.path,
+def _request_id(request: Request) -> str:
+    request_id: str = request.scope.get("state", {}).get("request_id", "")
+    return request_id
+
+
+def _context(uri: RequestURI) -> Callable[[Request], RequestContext]:
+    """Build each request's :class:`RequestContext`; ``uri`` gives the expected DPoP htu."""
+
+    def context(request: Request) -> RequestContext:
+        client = request.client  # the TCP peer, or what a trusted proxy says it saw
         # Proof-of-possession material: the certificate from the TLS connection only;
         # several DPoP headers join into one that fails (RFC 9449 section 4.3 point 1).
-        cert_thumbprint=peer_cert_thumbprint(request.scope),
-        dpop=",".join(request.headers.getlist("dpop")),
-        method=request.method,
-        url=request_htu(request),
-    )
+        dpop = ",".join(request.headers.getlist("dpop"))
+        return RequestContext(
+            request_id=_request_id(request),
+            remote=client.host if client else "",
+            path=request.url.path,
+            cert_thumbprint=peer_cert_thumbprint(request.scope),
+            dpop=dpop,
+            method=request.method,
+            url=uri.htu(request, dpop),
+        )
+
+    return context
 
 
 async def _body(request: Request, kind: type[T]) -> T:
     raw = await request.body()
     if not raw.strip():
         raise InvalidRequest("malformed JSON body: the body is empty")
+    nested = json_nesting_error(raw)  # the envelope refused these already; stay safe alone
+    if nested is not None:
+        raise InvalidRequest(nested)
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"malformed JSON body: {exc}") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         raise InvalidRequest("malformed JSON body") from None
 
 
@@ -132,7 +150,7 @@ def _guard(handler: Handler) -> Handler:
             return await handler(request)
         except TaskleaseError as exc:
             status, body, headers = problem_response_parts(
-                exc, instance=request.url.path, request_id=_ctx(request).request_id
+                exc, instance=request.url.path, request_id=_request_id(request)
             )
             return Response(body, status, headers=headers, media_type="application/problem+json")
         except Exception:  # noqa: BLE001 - last line of defence: never leak a traceback
@@ -141,7 +159,7 @@ def _guard(handler: Handler) -> Handler:
                 "internal_error",
                 "internal error",
                 instance=request.url.path,
-                request_id=_ctx(request).request_id,
+                request_id=_request_id(request),
             )
             return Response(body, 500, media_type="application/problem+json")
 
@@ -182,10 +200,12 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
     owns the store; in-process tests usually keep it).
     """
     cfg = broker.config
+    context = _context(RequestURI(cfg))
     admin_limiter = RateLimiter(cfg.admin_auth_rate, cfg.admin_auth_burst)
     app_limiter = RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
 
     def limit(limiter: RateLimiter, request: Request) -> None:
+        # The TCP peer, or the client a trusted proxy names (never a header from others).
         key = request.client.host if request.client else "unknown"
         if not limiter.allow(key):
             broker.metrics.rate_limited.labels(request.url.path).inc()
@@ -197,7 +217,7 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
         scope: str | None,
         op: Callable[[Claims, RequestContext], T],
     ) -> T:
-        ctx = _ctx(request)
+        ctx = context(request)
         header = request.headers.get("authorization")
 
         def run() -> T:
@@ -232,7 +252,7 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
         if not req.token:
             raise InvalidRequest("token field is required")
         presented = _presentation(req)
-        ctx = _ctx(request)
+        ctx = context(request)
         token = req.token
 
         def check() -> Claims:
@@ -251,7 +271,7 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
 
     async def register(request: Request) -> Response:
         req = await _body(request, wire.RegisterRequest)
-        ctx = _ctx(request)
+        ctx = context(request)
 
         def prepare() -> PendingRegistration:
             return broker.prepare_register(
@@ -367,7 +387,7 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
                 'Admin auth format changed. Use {"secret": "..."} '
                 "instead of client_id/client_secret"
             )
-        ctx = _ctx(request)
+        ctx = context(request)
         issued = await run_in_threadpool(lambda: broker.admin_auth(req.secret, ctx))
         return _json(
             wire.AdminAuthResponse(
@@ -380,7 +400,7 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
     async def app_auth(request: Request) -> Response:
         limit(app_limiter, request)
         req = await _body(request, wire.AppAuthRequest)
-        ctx = _ctx(request)
+        ctx = context(request)
         issued = await run_in_threadpool(
             lambda: broker.app_auth(req.client_id, req.client_secret, ctx)
         )
@@ -509,9 +529,9 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
         Route("/v1/admin/keys/rotate", _guard(rotate_keys), methods=["POST"]),
     ]
     hub = RevocationHub(broker)
-    routes += revocation_routes(broker, hub, guard=_guard, context=_ctx)
-    routes += agent_routes(broker, guard=_guard, context=_ctx)
-    routes += token_routes(broker, guard=_guard, context=_ctx)
+    routes += revocation_routes(broker, hub, guard=_guard, context=context)
+    routes += agent_routes(broker, guard=_guard, context=context)
+    routes += token_routes(broker, guard=_guard, context=context)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -519,7 +539,7 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
         detail = {404: "no such endpoint", 405: "method not allowed"}.get(status, "internal error")
         headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
         body = problem_body(
-            code, detail, instance=request.url.path, request_id=_ctx(request).request_id
+            code, detail, instance=request.url.path, request_id=_request_id(request)
         )
         return Response(body, status, headers=headers, media_type="application/problem+json")
 
@@ -563,6 +583,10 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
         lifespan=lifespan,
     )
     app.add_middleware(EnvelopeMiddleware, max_body=cfg.max_body_bytes, hsts=cfg.tls_mode != "none")
+    if cfg.trusted_proxies:
+        # Outermost, so every layer sees the client a trusted proxy names. The server does
+        # no proxy-header handling of its own (see server.py and docs/decisions.md).
+        app.add_middleware(TrustedProxyMiddleware, trusted=cfg.trusted_proxies)
     app.state.broker = broker
     return app
 

@@ -1,22 +1,36 @@
-"""The envelope every response gets, as one pure-ASGI middleware.
+"""The envelope every response gets, and the trusted-proxy rewrite, as pure-ASGI middleware.
+
+:class:`EnvelopeMiddleware`:
 
 - ``X-Request-ID``: echoed when the caller sent a sane one (at most 128 characters of
   ``[A-Za-z0-9._:-]``), otherwise 16 random hex characters; stored in the ASGI scope.
 - Security headers on every response, 413s included.
 - Body limit: the body is read eagerly through a cap (1 MiB by default); a larger body,
   declared or streamed, gets a 413 problem before any route runs.
+- Nesting limit: a body that is not a form and nests deeper than :data:`MAX_JSON_DEPTH`
+  arrays or objects gets a 400 problem before any route decodes it (a decoder recursing
+  a thousand levels runs out of stack: that was a 500 for a 2 KB unauthenticated body).
+
+:class:`TrustedProxyMiddleware`: ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are
+believed only from a peer in ``trusted_proxies``; from anyone else they are ignored.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from tasklease.http.problems import problem_body
+from tasklease.http.problems import problem_body, status_for
 
-__all__ = ["EnvelopeMiddleware"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "EnvelopeMiddleware",
+    "TrustedProxyMiddleware",
+    "json_nesting_error",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -33,6 +47,57 @@ _BASE_HEADERS = [
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
 ]
 _HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
+_FORM = b"application/x-www-form-urlencoded"
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects a request body may have (ours need 3)."""
+
+# Brackets only, both kinds as one: "(" opens, ")" closes (a decoder stops at a mismatched
+# pair, so treating them alike can only over-estimate how deep it would go).
+_BRACKETS = bytes.maketrans(b"[{]}", b"(())")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _outside_strings(body: bytes) -> bytes:
+    """``body`` without its JSON strings (to the end of the input if one is never closed).
+
+    Escapes go first: pairs of backslashes, then escaped quotes (pairing left to right, as a
+    decoder reads them; a backslash outside a string stops a decoder, so what this does
+    after one does not matter). What is left between quotes is string.
+    """
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    return b"".join(unescaped.split(b'"')[::2])
+
+
+def json_nesting_error(body: bytes, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """Why ``body`` must not reach a JSON decoder, or ``None``.
+
+    ``body`` is refused when a decoder reading it would go more than ``limit`` arrays or
+    objects deep (brackets inside strings do not count). Invalid JSON that stays shallow
+    is left for the decoder, which gives its own answer. At most ``limit`` passes of
+    C-level byte operations, so a megabyte of brackets costs milliseconds.
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return None  # fewer openers than levels: every ordinary request ends here
+    deep = f"malformed JSON body: nested deeper than {limit} levels"
+    skeleton = _outside_strings(body).translate(_BRACKETS, _NOT_BRACKETS)
+    too_many_openers = b"(" * (limit + 1)
+    rounds = 0
+    # Each pass removes the innermost pairs, so the nesting of what is matched drops by
+    # one a pass: still pairs after ``limit`` passes means deeper than ``limit``.
+    while b"()" in skeleton:
+        if rounds == limit or too_many_openers in skeleton:
+            return deep
+        skeleton = skeleton.replace(b"()", b"")
+        rounds += 1
+    # Left: unmatched brackets, ")" * a + "(" * b. A decoder stops at the first excess
+    # ")", before which everything was matched (at most ``rounds`` deep); without one it
+    # reads the b unclosed levels around the matched ones.
+    closers = len(skeleton) - len(skeleton.lstrip(b")"))
+    openers = len(skeleton) - closers
+    if closers == 0 and openers + rounds > limit:
+        return deep
+    return None
 
 
 class EnvelopeMiddleware:
@@ -47,11 +112,14 @@ class EnvelopeMiddleware:
             return
         request_id = b""
         declared = -1
+        form = False
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 request_id = value
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
+            elif name == b"content-type":
+                form = value.split(b";", 1)[0].strip().lower() == _FORM
         if not _SAFE_ID.match(request_id):
             request_id = secrets.token_hex(8).encode()
         rid = request_id.decode()
@@ -85,6 +153,13 @@ class EnvelopeMiddleware:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        if body and not form:
+            # Every route but the token routes' form bodies decodes JSON, whatever the
+            # Content-Type says; refuse here what no decoder should be handed.
+            nested = json_nesting_error(body)
+            if nested is not None:
+                await self._problem(scope, send_with_headers, rid, "invalid_request", nested)
+                return
         delivered = False
 
         async def replay() -> Message:
@@ -97,21 +172,109 @@ class EnvelopeMiddleware:
         await self.app(scope, replay, send_with_headers)
 
     async def _too_large(self, scope: Scope, send: Send, rid: str) -> None:
-        body = problem_body(
-            "payload_too_large",
-            f"request body must not exceed {self.max_body} bytes",
-            instance=scope.get("path", ""),
-            request_id=rid,
-        )
+        detail = f"request body must not exceed {self.max_body} bytes"
+        await self._problem(scope, send, rid, "payload_too_large", detail, close=True)
+
+    @staticmethod
+    async def _problem(
+        scope: Scope, send: Send, rid: str, code: str, detail: str, *, close: bool = False
+    ) -> None:
+        body = problem_body(code, detail, instance=scope.get("path", ""), request_id=rid)
+        headers = [
+            (b"content-type", b"application/problem+json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if close:  # the rest of an oversized body is not read
+            headers.append((b"connection", b"close"))
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/problem+json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
+                "status": status_for(code),
+                "headers": headers,
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_SCHEMES = {"http": ("http", "ws"), "https": ("https", "wss")}
+
+
+def _address(text: str) -> _Address | None:
+    """An IP address, also as ``[v6]:port`` or ``v4:port`` (some proxies add the port)."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    host, port = "", ""
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    if not port.isdigit():
+        return None
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+class TrustedProxyMiddleware:
+    """Take the client address and scheme from a trusted proxy's headers.
+
+    Only when the TCP peer is in ``trusted`` (addresses or CIDR networks): the client is
+    the right-most ``X-Forwarded-For`` address that is not itself a trusted proxy. Each
+    proxy appends the peer it saw, so that is the address the outermost trusted proxy saw;
+    everything left of it was written by the client and proves nothing. The scheme is the
+    last ``X-Forwarded-Proto`` value when it is ``http`` or ``https``. From any other peer
+    both headers are ignored: the client is the peer, the scheme the connection's.
+    """
+
+    def __init__(self, app: ASGIApp, *, trusted: Iterable[str]) -> None:
+        self.app = app
+        self.networks = tuple(ipaddress.ip_network(entry, strict=False) for entry in trusted)
+
+    def _trusts(self, address: _Address) -> bool:
+        mapped = getattr(address, "ipv4_mapped", None)  # a v4 peer on a dual-stack socket
+        return any(
+            address in net or (mapped is not None and mapped in net) for net in self.networks
+        )
+
+    def client_address(self, forwarded_for: str) -> str | None:
+        """The client named by an ``X-Forwarded-For`` value, or ``None`` (keep the peer).
+
+        A value that is not an address stops the walk at the last trusted hop.
+        """
+        nearest_trusted: str | None = None
+        for entry in reversed(forwarded_for.split(",")):
+            address = _address(entry.strip())
+            if address is None:
+                return nearest_trusted
+            if not self._trusts(address):
+                return str(address)
+            nearest_trusted = str(address)
+        return nearest_trusted
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            peer = scope.get("client")
+            address = _address(peer[0]) if peer else None
+            if address is not None and self._trusts(address):
+                self._rewrite(scope)
+        await self.app(scope, receive, send)
+
+    def _rewrite(self, scope: Scope) -> None:
+        forwarded_for: list[bytes] = []
+        proto = b""
+        for name, value in scope["headers"]:
+            if name == b"x-forwarded-for":
+                forwarded_for.append(value)
+            elif name == b"x-forwarded-proto":
+                proto = value
+        if forwarded_for:
+            client = self.client_address(b",".join(forwarded_for).decode("latin-1"))
+            if client is not None:
+                scope["client"] = (client, 0)
+        scheme = proto.decode("latin-1").rsplit(",", 1)[-1].strip().lower()
+        if scheme in _SCHEMES:
+            scope["scheme"] = _SCHEMES[scheme][scope["type"] == "websocket"]

@@ -1,6 +1,7 @@
 """Per-key token buckets for the two authentication endpoints.
 
-Keys are client addresses taken from the TCP peer (``X-Forwarded-For`` is not trusted:
+Keys are client addresses: the TCP peer, or the client a proxy listed in
+``trusted_proxies`` names in ``X-Forwarded-For`` (from anyone else that header is ignored:
 anyone can send it). The table is bounded: the least recently seen keys are dropped first.
 """
 

@@ -10,12 +10,13 @@ unknown token existed.
 is the token's claims with ``active: true`` or exactly ``{"active": false}``.
 
 Both take ``application/x-www-form-urlencoded`` bodies as the RFCs define them, and JSON.
-Also here: the request URI used for DPoP ``htu`` checks.
+Also here: the request URI a DPoP proof's ``htu`` must name (:class:`RequestURI`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import base64
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -25,29 +26,108 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tasklease.core.binding import normalize_htu
 from tasklease.core.broker import Broker, RequestContext
+from tasklease.core.config import Config
 from tasklease.core.errors import InvalidRequest
 from tasklease.core.tokens import KIND_AGENT
 from tasklease.http import wire
+from tasklease.http.middleware import json_nesting_error
 
-__all__ = ["parse_token_request", "request_htu", "token_routes"]
+__all__ = ["RequestURI", "parse_token_request", "token_routes"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 _FORM = "application/x-www-form-urlencoded"
 _FIELDS = ("token", "token_type_hint", "audience")
 _AGENT = frozenset({KIND_AGENT})
 _encoder = msgspec.json.Encoder()
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - names, not a bind
+_MAX_PROOF_PAYLOAD = 4096
 
 
-def request_htu(request: Request) -> str:
-    """Scheme, host and path of this request (RFC 9449 ``htu``: no query, no fragment).
+class _ProofURI(msgspec.Struct):
+    htu: str | None = None
 
-    The host is the ``Host`` header the client addressed, which is what it signs; the
-    scheme is the connection's.
+
+def _origin(scheme: str, host: str, port: int | None) -> str | None:
+    """``scheme://host[:port]`` normalized as RFC 9449 compares (default port dropped)."""
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc = f"{netloc}:{port}"
+    uri = normalize_htu(f"{scheme}://{netloc}/")
+    return uri[:-1] if uri is not None else None
+
+
+def _claimed_htu(proof: str) -> str | None:
+    """The ``htu`` a DPoP proof claims, normalized; unverified, only to choose an origin."""
+    parts = proof.split(".")
+    if len(parts) != 3 or len(parts[1]) > _MAX_PROOF_PAYLOAD:
+        return None
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        if json_nesting_error(payload) is not None:
+            return None
+        claimed = msgspec.json.decode(payload, type=_ProofURI).htu
+    except (ValueError, msgspec.MsgspecError):
+        return None
+    return normalize_htu(claimed) if claimed is not None else None
+
+
+class RequestURI:
+    """The request URI a DPoP proof's ``htu`` must name (RFC 9449 section 4.3 point 9).
+
+    It is one of the broker's own origins + the request path, never built from the
+    ``Host`` header: a proof minted for another server is not made valid here by sending
+    that server's name as ``Host``. The origins are ``public_url``; when that is unset,
+    the configured bind address (unless a wildcard) and the local address of the
+    connection, with the scheme the broker serves (``https`` when TLS is on).
+
+    With several origins, the one the proof names is chosen (its ``htu`` read without
+    verification, only to pick among our own origins); the broker then checks the proof
+    against that URI as usual. With none matching, the first is used, and the check fails.
     """
-    scheme = request.scope.get("scheme", "http")
-    host = request.headers.get("host", "")
-    return f"{scheme}://{host}{request.url.path}"
+
+    def __init__(self, config: Config) -> None:
+        self.scheme = "http" if config.tls_mode == "none" else "https"
+        configured: dict[str, None] = {}
+        for url in config.public_url:
+            normalized = normalize_htu(url.rstrip("/") + "/")
+            if normalized is not None:
+                configured[normalized[:-1]] = None
+        self.configured = tuple(configured)
+        self.bound = (
+            None if config.host in _WILDCARDS else _origin(self.scheme, config.host, config.port)
+        )
+        self._by_server: dict[tuple[str, int], tuple[str, ...]] = {}
+
+    def origins(self, scope: MutableMapping[str, Any]) -> tuple[str, ...]:
+        """The origins a proof for a request arriving on this scope's connection may name."""
+        if self.configured:
+            return self.configured
+        server = scope.get("server")
+        if not server or server[1] is None:
+            return (self.bound,) if self.bound else ()
+        key = (str(server[0]), int(server[1]))
+        found = self._by_server.get(key)
+        if found is None:
+            local = _origin(self.scheme, *key)
+            found = tuple(dict.fromkeys(o for o in (self.bound, local) if o is not None))
+            if len(self._by_server) < 64:  # the server's own addresses: a handful
+                self._by_server[key] = found
+        return found
+
+    def htu(self, request: Request, proof: str) -> str:
+        """The URI ``proof`` must name for ``request`` ("" when no origin is known)."""
+        origins = self.origins(request.scope)
+        if not origins:
+            return ""
+        path = request.url.path
+        if len(origins) > 1 and proof:
+            claimed = _claimed_htu(proof)
+            for origin in origins:
+                if claimed == normalize_htu(origin + path):
+                    return origin + path
+        return origins[0] + path
 
 
 async def parse_token_request(request: Request) -> wire.TokenRequest:
@@ -62,11 +142,14 @@ async def parse_token_request(request: Request) -> wire.TokenRequest:
         raise InvalidRequest("missing required field: token")
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != _FORM:
+        nested = json_nesting_error(raw)
+        if nested is not None:
+            raise InvalidRequest(nested)
         try:
             return msgspec.json.decode(raw, type=wire.TokenRequest)
         except msgspec.ValidationError as exc:
             raise InvalidRequest(f"malformed JSON body: {exc}") from None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             raise InvalidRequest("malformed body: send a form or JSON") from None
     try:
         pairs = parse_qsl(
