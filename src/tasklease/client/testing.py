@@ -146,6 +146,8 @@ class BrokerForTests:
                 log_level="warning",
                 access_log=False,
                 server_header=False,
+                # Forwarded headers are ours to judge (trusted_proxies), never uvicorn's.
+                proxy_headers=False,
                 **tls,
             )
         )
