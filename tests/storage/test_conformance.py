@@ -298,6 +298,16 @@ def test_agent_binding_and_audience_round_trip(store: Store) -> None:
     assert store.get_agent(agent.agent_id) == agent
 
 
+def test_agent_token_ttl_round_trip(store: Store) -> None:
+    """A resumed agent is held to its launch token's max_ttl: the store must keep it."""
+    agent = replace(make_agent(8), token_ttl=45)
+    with store.write() as tx:
+        tx.insert_agent(agent)
+    stored = store.get_agent(agent.agent_id)
+    assert stored is not None
+    assert stored.token_ttl == 45
+
+
 def test_agent_duplicate_and_missing(store: Store) -> None:
     with store.write() as tx:
         tx.insert_agent(make_agent(1))
