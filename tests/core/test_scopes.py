@@ -9,14 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tasklease.core.errors import InvalidRequest, ScopeViolation, TaskleaseError
-from tasklease.core.scopes import (
+from tasklease.core.scopes import validate_scopes
+from tasklease.rules.scopes import (
     MAX_SCOPE_LENGTH,
     MAX_SCOPES,
     covers,
     is_subset,
     parse_scope,
     uncovered,
-    validate_scopes,
 )
 
 # --- grammar ---------------------------------------------------------------------------

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
 
-from tasklease.core import _jws
 from tasklease.core.broker import RequestContext
 from tasklease.core.errors import InsufficientScope, Unauthorized
 from tasklease.core.keys import KeyRing
 from tasklease.core.store import AuditQuery
 from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, KIND_AGENT, KIND_APP, mint
 from tasklease.core.validation import TokenRejected
+from tasklease.rules import jws
+from tasklease.verify import InvalidToken, Verifier
 
 CTX = RequestContext(request_id="req-v", remote="10.0.0.1", path="/v1/things")
 SUB = "spiffe://tasklease.local/agent/o/t/00000000000000aa"
@@ -87,22 +89,67 @@ def test_a_fresh_token_validates(broker: Any) -> None:
     assert broker.authenticate(f"Bearer {token}", CTX).sub == SUB
 
 
-def test_expiry_with_thirty_seconds_of_skew(broker: Any, clock: Any) -> None:
+def test_a_token_is_dead_at_its_exp(broker: Any, clock: Any) -> None:
+    """No clock skew on ``exp`` (RFC 7519 section 4.1.4: not accepted on or after it)."""
     token = agent_token(broker)
     exp = int(clock.now()) + 300
-    for at, ok in ((exp, True), (exp + 29, True), (exp + 30, True), (exp + 30.5, False)):
+    for at, ok in ((exp - 1, True), (exp - 0.001, True), (exp, False), (exp + 0.5, False)):
         clock.set(at)
         if ok:
             assert broker.validate(token).exp == exp
         else:
-            with pytest.raises(TokenRejected, match="expired"):
+            with pytest.raises(TokenRejected, match="expired") as info:
                 broker.validate(token)
-    clock.set(exp + 31)
+            assert info.value.category == "expired"
+    clock.set(exp + 1)
     rejected(broker, token, "token expired")
+
+
+def _verifier(broker: Any, **options: Any) -> Verifier:
+    jwks = broker.keyring.jwks()
+    return Verifier(
+        "http://broker.invalid",
+        audience=broker.config.audience[0],
+        issuer=broker.config.issuer,
+        feed=False,
+        clock=broker.clock,
+        transport=httpx.MockTransport(lambda _request: httpx.Response(200, json=jwks)),
+        **options,
+    )
+
+
+def test_a_five_second_token_is_refused_after_five_seconds(
+    make_broker: Any, kit: Any, clock: Any
+) -> None:
+    """AgentWrit's SDK acceptance story 10: a 5 s token is invalid after 7 s; with the
+    30 s skew on exp it used to pass. The broker and a default verifier agree; only a
+    verifier configured with exp_leeway still accepts it."""
+    broker = make_broker(clock=clock)
+    agent = kit.register(broker, kit.launch(broker, max_ttl=5))
+    iat = agent.claims.iat
+    assert agent.claims.exp == iat + 5
+    with _verifier(broker) as default, _verifier(broker, exp_leeway=10) as lenient:
+        assert broker.validate(agent.token).jti == default.verify(agent.token).jti
+        for after in (5, 7):
+            clock.set(iat + after)
+            with pytest.raises(TokenRejected, match="token expired"):
+                broker.validate(agent.token)
+            with pytest.raises(InvalidToken) as refused:
+                default.verify(agent.token)  # cached since the first call: still refused
+            assert refused.value.reason == "token expired"
+        assert lenient.verify(agent.token).jti == agent.claims.jti
+        clock.set(iat + 15)
+        with pytest.raises(InvalidToken, match="token verification failed"):
+            lenient.verify(agent.token)
 
 
 def test_not_yet_valid_beyond_skew(broker: Any, clock: Any) -> None:
     now = int(clock.now())
+    # 20 s ahead (a broker replica whose clock runs ahead): within the 30 s skew.
+    future = agent_token(broker, iat=now + 20)
+    assert broker.validate(future).iat == now + 20
+    with _verifier(broker) as verifier:
+        assert verifier.verify(future).nbf == now + 20
     assert broker.validate(agent_token(broker, iat=now + 30)).iat == now + 30
     rejected(broker, agent_token(broker, iat=now + 31), "not yet valid")
     # iat in the future with nbf now: still refused.
@@ -136,7 +183,17 @@ def test_lifetime_longer_than_max_ttl(broker: Any) -> None:
     max_ttl = broker.config.max_ttl
     assert broker.validate(agent_token(broker, ttl=max_ttl))
     rejected(broker, agent_token(broker, ttl=max_ttl + 1), "lifetime")
-    rejected(broker, agent_token(broker, ttl=0), "lifetime")
+    rejected(broker, agent_token(broker, ttl=0), "token expired")  # dead on arrival
+    # exp before iat, both in the future (iat within the skew): the lifetime refuses it.
+    payload = base_payload(broker)
+    payload.update(iat=payload["iat"] + 20, exp=payload["iat"] + 10)
+    rejected(broker, signed(broker, payload), "lifetime")
+
+
+def test_max_exp_bounds_the_token(broker: Any) -> None:
+    payload = base_payload(broker)
+    assert broker.validate(signed(broker, {**payload, "max_exp": payload["exp"]}))
+    rejected(broker, signed(broker, {**payload, "max_exp": payload["exp"] - 1}), "max_exp")
 
 
 def test_unknown_key_and_bad_signature(broker: Any) -> None:
@@ -239,6 +296,6 @@ def test_jws_header_allow_list(broker: Any) -> None:
         {"alg": "EdDSA", "typ": KIND_AGENT, "kid": broker.keyring.active_kid, "jku": "x"},
         {"alg": "EdDSA", "typ": KIND_AGENT},
     ):
-        forged = _jws.b64url_encode(json.dumps(header).encode()) + "." + body + "." + sig
+        forged = jws.b64url_encode(json.dumps(header).encode()) + "." + body + "." + sig
         with pytest.raises(TokenRejected):
             broker.validate(forged)

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from e2e_support import RunningBroker, jwt_parts
 from verify_support import app_credentials
 
-from tasklease.core import _jws
+from tasklease.rules import jws
 from tasklease.verify import InvalidToken, Verifier
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def _resign(broker: RunningBroker, payload: dict[str, Any]) -> str:
         serialization.NoEncryption(),
     )
     data = json.dumps(payload, separators=(",", ":")).encode()
-    return _jws.encode(data, typ="at+jwt", kid=kid, key=nacl.signing.SigningKey(raw))
+    return jws.encode(data, typ="at+jwt", kid=kid, key=nacl.signing.SigningKey(raw))
 
 
 def test_a_three_hop_chain_exposes_principal_and_actors(broker: RunningBroker) -> None:

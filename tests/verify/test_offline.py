@@ -1,4 +1,4 @@
-"""tasklease.verify without the server's dependencies, and its mirrors of core rules."""
+"""tasklease.verify without the server's dependencies, and the broker's rules applied."""
 
 from __future__ import annotations
 
@@ -10,19 +10,18 @@ import textwrap
 from typing import Any
 
 import httpx
-import nacl.signing
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tasklease.core import _jws
-from tasklease.core.keys import KeyRing, jwk_thumbprint
+from tasklease.core.keys import KeyRing
 from tasklease.core.revocation import RevocationIndex as CoreIndex
-from tasklease.core.tokens import KIND_AGENT, DelegationRecord, chain_hash, mint
+from tasklease.core.tokens import KIND_AGENT, DelegationRecord, mint
 from tasklease.verify import InvalidToken, VerifiedToken, Verifier
-from tasklease.verify._claims import DelegationHop, parse_claims
-from tasklease.verify._claims import chain_hash as verify_chain_hash
-from tasklease.verify._jwks import thumbprint
+from tasklease.verify._claims import parse_claims
 from tasklease.verify._revocations import parse_entry
 
+_ABSENT = object()  # a claim left out
 SERVER_ONLY = ("msgspec", "starlette", "uvicorn", "argon2", "prometheus_client", "cryptography")
 
 _OFFLINE = textwrap.dedent(
@@ -39,11 +38,11 @@ _OFFLINE = textwrap.dedent(
     sys.meta_path.insert(0, Block())
 
     import httpx, nacl.signing
-    from tasklease.core import _jws
+    from tasklease.rules import jws as _jws
+    from tasklease.rules.jws import jwk_thumbprint as thumbprint
     from tasklease.verify import Verifier, InvalidToken
 
     key = nacl.signing.SigningKey(b"k" * 32)
-    from tasklease.verify._jwks import thumbprint
     kid = thumbprint(bytes(key.verify_key))
     jwks = {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": kid,
                       "x": _jws.b64url_encode(bytes(key.verify_key))}]}
@@ -102,34 +101,6 @@ def test_verify_imports_and_verifies_without_server_dependencies() -> None:
     assert result.stdout.strip() == "ok None"  # the stdlib JSON path was the one used
 
 
-def test_json_paths_agree_with_and_without_msgspec() -> None:
-    samples = [b'{"a":1}', b'{"a": 1}', b'{"a":1,"a":2}', b"[1]", b'{"x":"\\u00e9"}', b"{"]
-    for data in samples:
-        try:
-            fast: Any = _jws._json_object(data, "payload")
-        except _jws.JWSError as exc:
-            fast = exc.reason
-        try:
-            strict: Any = _jws._json_object_strict(data, "payload")
-        except _jws.JWSError as exc:
-            strict = exc.reason
-        assert fast == strict, data
-
-
-def test_thumbprint_matches_the_broker() -> None:
-    key = nacl.signing.SigningKey.generate().verify_key
-    assert thumbprint(bytes(key)) == jwk_thumbprint(bytes(key))
-
-
-def test_chain_hash_matches_the_broker() -> None:
-    records = (
-        DelegationRecord("spiffe://t/agent/a", ("read:data:*",), "2026-01-01T00:00:00Z", "ab"),
-        DelegationRecord("spiffe://t/agent/b", ("read:data:é",), "2026-01-01T00:00:01Z", "cd"),
-    )
-    hops = tuple(DelegationHop(r.agent, r.scope, r.delegated_at, r.signature) for r in records)
-    assert verify_chain_hash(hops) == chain_hash(records)
-
-
 @pytest.mark.parametrize(
     ("level", "target", "revoked_at"),
     [
@@ -142,6 +113,11 @@ def test_chain_hash_matches_the_broker() -> None:
         ("chain", "root", 100),
         ("chain", "sub-1", 100),
         ("token", "other", 100),
+        # Lineage ancestors: matched at chain level whenever the token was issued.
+        ("chain", "parent-jti", 50),
+        ("chain", "app:app-1", 50),
+        ("chain", "grant-1", 50),
+        ("chain", "unrelated-jti", 50),
     ],
 )
 def test_revocation_matching_mirrors_the_core(level: str, target: str, revoked_at: int) -> None:
@@ -160,8 +136,10 @@ def test_revocation_matching_mirrors_the_core(level: str, target: str, revoked_a
         task_id="task-1",
         delegation_chain=delegated,
         jti="jti-1",
+        lineage=("app:app-1", "grant-1", "parent-jti"),
     )
     ours = parse_claims(dict(core_claims.raw))
+    assert ours.lineage == core_claims.lineage == ("app:app-1", "grant-1", "parent-jti")
     index = CoreIndex()
     entry = {"level": level, "target": target, "revoked_at": revoked_at, "expires_at": 1e12}
     index.apply([parse_entry({**entry, "seq": 1})])
@@ -199,11 +177,20 @@ def test_claim_checks_refuse_what_the_broker_refuses() -> None:
         return ring.sign(json.dumps(claims).encode(), KIND_AGENT)
 
     assert isinstance(verifier.verify(token()), VerifiedToken)
+    assert verifier.verify(token(jti="j2", iat=now + 20, nbf=now + 20)).iat == now + 20  # skew
+    assert verifier.verify(token(jti="j3", lineage=["app:a", "g"], max_exp=now + 60)).lineage == (
+        "app:a",
+        "g",
+    )
     cases = {
         "issuer mismatch": token(iss="evil"),
         "audience mismatch": token(aud=["svc-b"]),
-        "token expired": token(exp=now - 31, iat=now - 90, nbf=now - 90),
+        # Dead at its exp: no clock skew on exp (RFC 7519 section 4.1.4).
+        "token expired": token(exp=now, iat=now - 90, nbf=now - 90),
         "token not yet valid": token(nbf=now + 31),
+        "token issued in the future": token(iat=now + 31),
+        "token outlives its lineage (exp after max_exp)": token(max_exp=now + 59),
+        "claim lineage malformed or longer than the limit": token(lineage=["app:a", ""]),
         "token lifetime outside the allowed range": token(exp=now + 7200),
         "claim sub missing or not a string": token(sub=None),
         "chain_hash without a delegation chain": token(chain_hash="00"),
@@ -246,8 +233,9 @@ def test_cached_tokens_still_expire() -> None:
     }
     tok = ring.sign(json.dumps(claims).encode(), KIND_AGENT)
     verifier.verify(tok)
+    clock.t = 1_000_059.5
     verifier.verify(tok)  # cached
-    clock.t = 1_000_061.0
+    clock.t = 1_000_060.0  # exp: dead, cached or not
     with pytest.raises(InvalidToken) as caught:
         verifier.verify(tok)
     assert caught.value.reason == "token expired"
@@ -286,6 +274,7 @@ def test_the_fast_claim_parse_builds_what_the_dataclass_would() -> None:
         "client_id": "admin",
         "principal": "user:ada",
         "chain_hash": "",
+        "lineage": ["app:app-1", "grant-1"],
     }
     fast = parse_claims(payload)
     assert type(fast) is VerifiedToken
@@ -305,6 +294,7 @@ def test_the_fast_claim_parse_builds_what_the_dataclass_would() -> None:
         chain_hash="",
         claims=payload,
         principal="user:ada",
+        lineage=("app:app-1", "grant-1"),
     )
     assert parse_claims(payload, by_reference=True).by_reference is True
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -333,68 +323,6 @@ def test_the_fast_claim_parse_names_a_missing_claim(missing: str) -> None:
     with pytest.raises(InvalidToken) as caught:
         parse_claims(payload)
     assert caught.value.reason == f"claim {missing} missing or not {kind}"
-
-
-def _delegated(principal: str, **claims: Any) -> VerifiedToken:
-    hop = DelegationHop("spiffe://t/agent/root", ("read:data:*",), "2026-01-01T00:00:00Z", "ab")
-    return VerifiedToken(
-        sub="spiffe://t/agent/leaf",
-        client_id="c",
-        scope=("read:data:1",),
-        aud=("svc-a",),
-        iss="tasklease",
-        exp=1_060,
-        nbf=1_000,
-        iat=1_000,
-        jti="j",
-        task_id="",
-        orch_id="",
-        delegation_chain=(hop,),
-        chain_hash=verify_chain_hash((hop,)),
-        claims=claims,
-        principal=principal,
-    )
-
-
-def test_check_claims_on_act_and_time() -> None:
-    from tasklease.verify._claims import check_claims, check_time
-
-    def check(token: VerifiedToken, now: float = 1_010) -> str | VerifiedToken:
-        try:
-            return check_claims(
-                token,
-                issuer="tasklease",
-                audience="svc-a",
-                now=now,
-                skew=5,
-                max_lifetime=3600,
-                max_depth=5,
-            )
-        except InvalidToken as exc:
-            return exc.reason
-
-    leaf, root = "spiffe://t/agent/leaf", "spiffe://t/agent/root"
-    act = {"sub": leaf, "act": {"sub": root, "act": {"sub": "user:ada"}}}
-    full = check(_delegated("user:ada", act=act))
-    assert isinstance(full, VerifiedToken)
-    assert full.actors == (leaf, root, "user:ada")
-    # A delegated token without a principal carries no act (null counts as absent).
-    assert isinstance(check(_delegated("")), VerifiedToken)
-    assert isinstance(check(_delegated("", act=None)), VerifiedToken)
-    assert check(_delegated("", act={"sub": leaf})) == "act claim on a token that is not delegated"
-    assert check(_delegated("user:ada")) == "act chain disagrees with the delegation chain"
-    # The time checks written out in check_claims answer as check_time, at every edge.
-    token = _delegated("user:ada", act=act)
-    for now in (990, 994, 995, 1_000, 1_065, 1_066, 1_100):
-        try:
-            check_time(token, now, 5)
-            expected: str = "ok"
-        except InvalidToken as exc:
-            expected = exc.reason
-        got = check(token, now)
-        assert (got if isinstance(got, str) else "ok") == expected, now
-    future = dataclasses.replace(token, nbf=900, iat=1_020, exp=1_080)
-    assert check(future, 1_010) == "token issued in the future"
 
 
 def test_the_key_set_refreshes_a_stale_set_and_keeps_keys_when_that_fails() -> None:
@@ -426,3 +354,55 @@ def test_the_key_set_refreshes_a_stale_set_and_keeps_keys_when_that_fails() -> N
     clock[0] = 731.0
     assert keys.resolve(kid) is not None and keys.fetches == 4
     client.close()
+
+
+_WELL_FORMED: dict[str, Any] = {
+    "iss": "tasklease",
+    "sub": "s",
+    "aud": ["svc-a"],
+    "exp": 3_000_000_000,
+    "nbf": 1_000,
+    "iat": 1_000,
+    "jti": "j",
+    "scope": ["read:data:1"],
+    "client_id": "c",
+}
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.text(max_size=3),
+    st.lists(st.one_of(st.text(max_size=3), st.integers()), max_size=3),
+    st.lists(st.text(min_size=1, max_size=3), min_size=60, max_size=70),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    changes=st.dictionaries(
+        st.sampled_from([*_WELL_FORMED, "lineage", "principal", "task_id", "chain_hash"]),
+        st.one_of(_VALUES, st.just(_ABSENT)),
+        max_size=3,
+    )
+)
+def test_the_fast_claim_parse_answers_as_the_checked_one(changes: dict[str, Any]) -> None:
+    """parse_claims's inline checks (lineage_of written out among them) give the answer of
+    the claim-by-claim path built on tasklease.rules.claims, for any payload."""
+    from tasklease.verify._claims import _parse_claims_checked
+
+    payload = {**_WELL_FORMED, **changes}
+    payload = {k: v for k, v in payload.items() if v is not _ABSENT}
+
+    def answer(parse: Any) -> Any:
+        try:
+            return parse(dict(payload))
+        except InvalidToken as exc:
+            return exc.reason
+
+    fast = answer(lambda p: parse_claims(p))
+    checked = answer(lambda p: _parse_claims_checked(p, False))
+    if isinstance(checked, VerifiedToken):
+        assert type(fast) is VerifiedToken
+        assert dataclasses.asdict(fast) == dataclasses.asdict(checked)
+    else:
+        assert fast == checked

@@ -6,13 +6,12 @@ a token) and a ``DPoP`` header: a fresh JWT (``typ: dpop+jwt``, ``alg: EdDSA``, 
 public ``jwk``) whose claims are ``htm`` (method), ``htu`` (URI without query and
 fragment), ``iat``, a unique ``jti`` and, with a token, ``ath`` (its SHA-256). The same
 :meth:`DPoPKey.bind` is used by the flows (sync and async alike) and by the ``httpx.Auth``
-for the agent's own calls to resource servers. PyNaCl and the standard library only.
+for the agent's own calls to resource servers. PyNaCl and the standard library only; the
+encodings and thumbprints are the broker's own (``tasklease.rules``).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import secrets
@@ -24,14 +23,13 @@ from typing import Any, TypeVar
 import httpx
 import nacl.signing
 
+from tasklease.rules import jws
+from tasklease.rules.binding import DPOP_PROOF_TYPE, access_token_hash
+
 __all__ = ["DPoPKey", "bind_flow", "dpop_key", "ssl_context", "token_cnf"]
 
 T = TypeVar("T")
 Flow = Generator[httpx.Request, httpx.Response, T]
-
-
-def _b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def _compact(data: dict[str, Any]) -> bytes:
@@ -59,11 +57,11 @@ class DPoPKey:
     ) -> None:
         self.key = key if key is not None else nacl.signing.SigningKey.generate()
         self._clock = clock
-        x = _b64url(bytes(self.key.verify_key))
-        self.jwk = {"kty": "OKP", "crv": "Ed25519", "x": x}
-        canonical = '{"crv":"Ed25519","kty":"OKP","x":"' + x + '"}'  # RFC 7638
-        self.thumbprint = _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
-        self._header = _b64url(_compact({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": self.jwk}))
+        public_key = bytes(self.key.verify_key)
+        self.jwk = {"kty": "OKP", "crv": "Ed25519", "x": jws.b64url_encode(public_key)}
+        self.thumbprint = jws.jwk_thumbprint(public_key)
+        header = {"typ": DPOP_PROOF_TYPE, "alg": jws.ALGORITHM, "jwk": self.jwk}
+        self._header = jws.b64url_encode(_compact(header))
 
     def proof(self, method: str, url: str | httpx.URL, token: str | None = None) -> str:
         """A fresh, single-use proof for ``method`` ``url`` (and ``token``, as ``ath``)."""
@@ -74,10 +72,10 @@ class DPoPKey:
             "iat": int(self._clock()),
         }
         if token is not None:
-            claims["ath"] = _b64url(hashlib.sha256(token.encode("ascii")).digest())
-        signing_input = self._header + "." + _b64url(_compact(claims))
-        signature = self.key.sign(signing_input.encode("ascii")).signature
-        return signing_input + "." + _b64url(signature)
+            claims["ath"] = access_token_hash(token)
+        signing_input = self._header + "." + jws.b64url_encode(_compact(claims))
+        signature = jws.sign_detached(signing_input.encode("ascii"), self.key)
+        return signing_input + "." + jws.b64url_encode(signature)
 
     def bind(self, request: httpx.Request) -> httpx.Request:
         """Attach a proof to ``request``; a bearer ``Authorization`` becomes ``DPoP``."""
@@ -127,14 +125,11 @@ def token_cnf(token: str) -> dict[str, Any]:
 
     Only to decide how the SDK presents the token; the broker verifies it.
     """
-    parts = token.split(".")
-    if len(parts) != 3:
-        return {}
     try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except ValueError:
+        _, payload = jws.decode_unverified(token)
+    except jws.JWSError:
         return {}
-    cnf = payload.get("cnf") if isinstance(payload, dict) else None
+    cnf = payload.get("cnf")
     return cnf if isinstance(cnf, dict) else {}
 
 

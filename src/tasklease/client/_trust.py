@@ -1,14 +1,12 @@
 """Agents that trust each other, SDK side: handshake, heartbeats and resumption flows.
 
 Written once as I/O-free generators (like ``_flows``); the sync and async agents pump
-them. The signed byte formats are the broker's (``tasklease.core.mutual.transcript``,
-``core.liveness.heartbeat_signing_input``); the test suite holds these copies to them.
+them. The signed byte formats are the broker's own, from ``tasklease.rules.messages``.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +15,9 @@ from typing import Any
 import nacl.signing
 
 from tasklease.client._flows import Flow, Registration, _field, _json_request, _url, expect_json
+from tasklease.rules import jws
+from tasklease.rules.messages import heartbeat_signing_input as heartbeat_message
+from tasklease.rules.messages import transcript
 
 __all__ = [
     "Handshake",
@@ -40,30 +41,16 @@ def _b64(raw: bytes) -> str:
 
 def _ticket_claims(ticket: str) -> dict[str, Any]:
     """The claims of a broker ticket, read without verification: only to build the
-    transcript we sign; the broker verifies the ticket itself."""
-    payload = ticket.split(".")[1]
-    data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    if not isinstance(data, dict):
-        raise TypeError("ticket payload is not an object")
-    return data
+    transcript we sign; the broker verifies the ticket itself.
 
-
-def transcript(
-    role: str, handshake_id: str, initiator: str, responder: str, na: str, nb: str
-) -> bytes:
-    """Same bytes as ``tasklease.core.mutual.transcript``."""
-    body = json.dumps(
-        [role, handshake_id, initiator, responder, na, nb],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return b"tasklease-mutual-v1\n" + body.encode("utf-8")
-
-
-def heartbeat_message(agent_id: str, token_jti: str, timestamp: int, jti: str, done: bool) -> bytes:
-    """Same bytes as ``tasklease.core.liveness.heartbeat_signing_input``."""
-    body = json.dumps([agent_id, token_jti, timestamp, jti, done], separators=(",", ":"))
-    return b"tasklease-heartbeat-v1\n" + body.encode("utf-8")
+    Raises:
+        ValueError: not a compact JWS with a JSON object as payload.
+    """
+    try:
+        _, claims = jws.decode_unverified(ticket)
+    except jws.JWSError as exc:
+        raise ValueError(f"not a broker ticket: {exc.reason}") from None
+    return claims
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,35 +1,25 @@
-"""Sender-constrained tokens: certificate binding (RFC 8705) and DPoP (RFC 9449).
+"""Sender-constrained tokens at the broker: the rules of :mod:`tasklease.rules.binding`.
 
-A bound token carries ``cnf`` (RFC 7800) naming the key its holder must prove it holds:
+Certificate binding (RFC 8705) and DPoP (RFC 9449) are checked by ``tasklease.rules.binding``,
+shared with the offline verifier; its names are importable from here too while callers
+move over. What is the broker's own is :func:`cert_thumbprint_from_pem`, which parses the
+certificate a resource server sends to ``/v1/token/validate`` as X.509 (``cryptography``).
 
-* ``x5t#S256`` — base64url(SHA-256(DER of the client certificate)), compared with the
-  certificate of the TLS connection the token arrived on (RFC 8705 section 3);
-* ``jkt`` — the RFC 7638 thumbprint of an Ed25519 JWK; every request carries a fresh
-  DPoP proof signed by that key (RFC 9449 section 4), sent with ``Authorization: DPoP``.
-
-A token with both members needs both proofs. An unbound token is a bearer token; a bound
-one presented as a bearer token, without its proof or with another key's, is refused.
-
-DPoP proofs are single use: their ``jti`` is remembered until the proof's ``iat`` leaves
-the acceptance window, so the replay cache is bounded by the window times the request
-rate, and capped; when full it refuses new proofs (fail closed) rather than forgetting.
-The cache is per process: see docs/security.md for what that means with several workers.
-
-Every failure raises :class:`BindingError`, whose ``reason`` is for the audit log only.
+The DPoP replay cache is per process: see docs/security.md for what that means with
+several workers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import heapq
-import hmac
-import threading
-from typing import Any
-from urllib.parse import urlsplit
-
-from tasklease.core import _jws
-from tasklease.core.keys import jwk_thumbprint
-from tasklease.core.tokens import KIND_DPOP_PROOF
+from tasklease.rules.binding import (
+    BindingError,
+    DPoPVerifier,
+    Presentation,
+    access_token_hash,
+    cert_thumbprint,
+    check_binding,
+    normalize_htu,
+)
 
 __all__ = [
     "BindingError",
@@ -41,21 +31,6 @@ __all__ = [
     "check_binding",
     "normalize_htu",
 ]
-
-_MAX_JTI_CHARS = 256
-
-
-class BindingError(Exception):
-    """A proof of possession was missing, malformed, stale, replayed or for another key."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def cert_thumbprint(der: bytes) -> str:
-    """RFC 8705 section 3.1: base64url(SHA-256(DER certificate)), no padding."""
-    return _jws.b64url_encode(hashlib.sha256(der).digest())
 
 
 def cert_thumbprint_from_pem(pem: str) -> str:
@@ -72,179 +47,3 @@ def cert_thumbprint_from_pem(pem: str) -> str:
     except (ValueError, UnicodeEncodeError):
         raise BindingError("presented certificate is not a PEM certificate") from None
     return cert_thumbprint(cert.public_bytes(Encoding.DER))
-
-
-def access_token_hash(token: str) -> str:
-    """RFC 9449 section 4.2 ``ath``: base64url(SHA-256(ASCII access token))."""
-    return _jws.b64url_encode(hashlib.sha256(token.encode("ascii", "replace")).digest())
-
-
-_DEFAULT_PORTS = {"http": "80", "https": "443"}
-
-
-def normalize_htu(uri: str) -> str | None:
-    """Scheme, host and path of an HTTP(S) URI, lowercased where case does not matter.
-
-    Query and fragment are dropped and default ports removed (RFC 9449 section 4.3 point
-    9 compares without query and fragment, with RFC 3986 section 6 normalization).
-    ``None`` for anything that is not an absolute http(s) URI.
-    """
-    if not isinstance(uri, str) or len(uri) > 2048:
-        return None
-    try:
-        parts = urlsplit(uri)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
-        return None
-    host = parts.hostname.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host if port is None or str(port) == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
-    return f"{scheme}://{netloc}{parts.path or '/'}"
-
-
-class DPoPVerifier:
-    """Checks DPoP proofs (RFC 9449 section 4.3) and remembers their ``jti``s."""
-
-    def __init__(self, window: int, *, capacity: int = 1_000_000) -> None:
-        self.window = window
-        self.capacity = capacity
-        self._seen: dict[str, float] = {}
-        self._expiry: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def verify(
-        self,
-        proof: str,
-        *,
-        htm: str,
-        htu: str,
-        now: float,
-        access_token: str | None = None,
-    ) -> str:
-        """Verify ``proof`` for this request; return the JWK thumbprint (``jkt``) it proves.
-
-        Checks, in order: size and structure, ``typ: dpop+jwt``, ``alg: EdDSA`` with an
-        Ed25519 ``jwk`` and nothing else in the header, the signature, then the claims:
-        ``htm`` equal to the request method, ``htu`` equal to the request URI (no query),
-        ``iat`` within ``window`` seconds of now, ``ath`` equal to the access token's hash
-        when one is presented (and absent otherwise), and finally that the ``jti`` was
-        never seen (it is then remembered until it could no longer be accepted).
-
-        Raises:
-            BindingError: with the precise reason.
-        """
-        if not isinstance(proof, str) or not proof:
-            raise BindingError("DPoP proof missing")
-        try:
-            raw_key, claims = _jws.decode_embedded_key(proof, typ=KIND_DPOP_PROOF)
-        except _jws.JWSError as exc:
-            raise BindingError(f"DPoP proof refused: {exc.reason}") from None
-        jti = claims.get("jti")
-        if type(jti) is not str or not 1 <= len(jti) <= _MAX_JTI_CHARS:
-            raise BindingError("DPoP proof jti missing or malformed")
-        if claims.get("htm") != htm:
-            raise BindingError("DPoP proof htm does not match the request method")
-        claimed = normalize_htu(claims.get("htu"))  # type: ignore[arg-type]
-        if claimed is None or claimed != normalize_htu(htu):
-            raise BindingError("DPoP proof htu does not match the request URI")
-        raw_iat = claims.get("iat")
-        if type(raw_iat) not in (int, float):  # bool is not int by type()
-            raise BindingError("DPoP proof iat missing")
-        iat = float(raw_iat)  # type: ignore[arg-type]
-        if abs(now - iat) > self.window:
-            raise BindingError("DPoP proof iat outside the acceptance window")
-        ath = claims.get("ath")
-        if access_token is None:
-            if ath is not None:
-                raise BindingError("DPoP proof carries ath without an access token")
-        elif type(ath) is not str or not hmac.compare_digest(
-            ath.encode(), access_token_hash(access_token).encode()
-        ):
-            raise BindingError("DPoP proof ath does not match the access token")
-        jkt = jwk_thumbprint(raw_key)
-        self._remember(f"{jkt}:{jti}", iat + self.window, now)
-        return jkt
-
-    def _remember(self, key: str, expires_at: float, now: float) -> None:
-        with self._lock:
-            while self._expiry and self._expiry[0][0] <= now:
-                _, old = heapq.heappop(self._expiry)
-                if self._seen.get(old, now + 1) <= now:
-                    del self._seen[old]
-            if key in self._seen:
-                raise BindingError("DPoP proof replayed (jti already used)")
-            if len(self._seen) >= self.capacity:
-                raise BindingError("DPoP replay cache full")
-            self._seen[key] = expires_at
-            heapq.heappush(self._expiry, (expires_at, key))
-
-
-class Presentation:
-    """What a request presented besides the token: its scheme and its proofs."""
-
-    __slots__ = ("cert_thumbprint", "dpop_proof", "htm", "htu", "scheme")
-
-    def __init__(
-        self,
-        *,
-        scheme: str = "Bearer",
-        cert_thumbprint: str = "",
-        dpop_proof: str = "",
-        htm: str = "",
-        htu: str = "",
-    ) -> None:
-        self.scheme = scheme
-        self.cert_thumbprint = cert_thumbprint
-        self.dpop_proof = dpop_proof
-        self.htm = htm
-        self.htu = htu
-
-
-def check_binding(
-    cnf: Any,
-    token: str,
-    presented: Presentation,
-    *,
-    dpop: DPoPVerifier,
-    now: float,
-) -> None:
-    """Refuse ``token`` unless ``presented`` proves possession of every key in ``cnf``.
-
-    ``cnf`` is the token's (already well-formed, see ``core.validation``) ``cnf`` claim
-    or ``None``. An unbound token must come with the ``Bearer`` scheme; a ``jkt``-bound
-    one with ``DPoP`` and a valid proof for it (RFC 9449 section 7.1); an ``x5t#S256``-
-    bound one over a connection with that certificate (RFC 8705 section 3).
-
-    Raises:
-        BindingError: with the precise reason.
-    """
-    bound = cnf if isinstance(cnf, dict) else {}
-    jkt = bound.get("jkt")
-    if jkt is None:
-        if presented.scheme != "Bearer":
-            raise BindingError("DPoP scheme used with a token not bound to a DPoP key")
-    else:
-        if presented.scheme != "DPoP":
-            raise BindingError("DPoP-bound token presented as a bearer token")
-        proven = dpop.verify(
-            presented.dpop_proof,
-            htm=presented.htm,
-            htu=presented.htu,
-            now=now,
-            access_token=token,
-        )
-        if not hmac.compare_digest(proven.encode(), str(jkt).encode()):
-            raise BindingError("DPoP proof signed by another key than the token's cnf.jkt")
-    x5t = bound.get("x5t#S256")
-    if x5t is not None:
-        if not presented.cert_thumbprint:
-            raise BindingError("certificate-bound token presented without a client certificate")
-        if not hmac.compare_digest(presented.cert_thumbprint.encode(), str(x5t).encode()):
-            raise BindingError("certificate-bound token presented with another certificate")

@@ -8,7 +8,6 @@ Each key's ``kid`` must be its RFC 7638 thumbprint, as the broker publishes it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -18,19 +17,12 @@ from typing import Any
 import httpx
 import nacl.signing
 
-from tasklease.core import _jws
+from tasklease.rules import jws
 
-__all__ = ["KeySet", "parse_jwks", "thumbprint"]
+__all__ = ["KeySet", "parse_jwks"]
 
 MAX_JWKS_BYTES = 65536
 _log = logging.getLogger("tasklease.verify")
-
-
-def thumbprint(public_key: bytes) -> str:
-    """RFC 7638 SHA-256 thumbprint of an Ed25519 public key (RFC 8037 section 2)."""
-    member_x = _jws.b64url_encode(public_key)
-    canonical = '{"crv":"Ed25519","kty":"OKP","x":"' + member_x + '"}'
-    return _jws.b64url_encode(hashlib.sha256(canonical.encode("ascii")).digest())
 
 
 def parse_jwks(document: Any) -> dict[str, nacl.signing.VerifyKey]:
@@ -41,16 +33,16 @@ def parse_jwks(document: Any) -> dict[str, nacl.signing.VerifyKey]:
     for jwk in document["keys"]:
         if type(jwk) is not dict or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
             continue
-        if jwk.get("alg", _jws.ALGORITHM) != _jws.ALGORITHM or jwk.get("use", "sig") != "sig":
+        if jwk.get("alg", jws.ALGORITHM) != jws.ALGORITHM or jwk.get("use", "sig") != "sig":
             continue
         kid, x = jwk.get("kid"), jwk.get("x")
         if type(kid) is not str or type(x) is not str:
             continue
         try:
-            raw = _jws.b64url_decode(x)
-        except _jws.JWSError:
+            raw = jws.b64url_decode(x)
+        except jws.JWSError:
             continue
-        if len(raw) != 32 or thumbprint(raw) != kid:
+        if len(raw) != 32 or jws.jwk_thumbprint(raw) != kid:
             continue
         keys[kid] = nacl.signing.VerifyKey(raw)
     return keys

@@ -5,18 +5,19 @@ at most once per interval), a copy of the broker's revocation index kept current
 revocation feed, and a bounded cache of tokens it has verified. Verification is local:
 no request to the broker per token.
 
-Checks, in order (as the broker's own validation): size cap, header allow-list (``alg``
-``EdDSA``, ``typ`` ``at+jwt``, known ``kid``), Ed25519 signature (PyNaCl), claim types,
-``iss``, ``aud`` contains this resource's audience (RFC 8707 / MCP: a token for another
-resource is refused), ``exp``/``nbf``/``iat`` with the clock skew, lifetime, delegation
-depth and chain hash, revocation. Then freshness: when the feed has not proved current
-for ``max_feed_staleness`` seconds, every verification fails closed with
-:class:`VerifierUnavailable`.
+Checks, in order (the broker's own rules, ``tasklease.rules``): size cap, header
+allow-list (``alg`` ``EdDSA``, ``typ`` ``at+jwt``, known ``kid``), Ed25519 signature
+(PyNaCl), claim types, ``iss``, ``aud`` contains this resource's audience (RFC 8707 / MCP:
+a token for another resource is refused), ``exp`` (no leeway unless ``exp_leeway``),
+``nbf``/``iat`` with the clock skew, lifetime, ``max_exp``, delegation depth and chain
+hash, revocation (the token, its subject, task, delegators and ``lineage``). Then
+freshness: when the feed has not proved current for ``max_feed_staleness`` seconds, every
+verification fails closed with :class:`VerifierUnavailable`.
 
 The ``act`` chain (RFC 8693) of a delegated token must agree with its delegation chain and
 principal. A sender-constrained token (``cnf``) must come with its proof: the client
 certificate (RFC 8705) or ``Authorization: DPoP`` and a DPoP proof (RFC 9449); see
-``_binding``. Binding is checked on every request, cached token or not.
+``tasklease.rules.binding``. Binding is checked on every request, cached token or not.
 
 By-reference tokens (``tlr_...``, issued when a JWT would be too large) are resolved
 through the broker's RFC 7662 introspection with the verifier's credentials; active
@@ -27,6 +28,7 @@ answers go through the same claim checks and are cached in their own bounded LRU
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -37,21 +39,17 @@ from typing import Any
 
 import httpx
 
-from tasklease.core import _jws
 from tasklease.core.clock import Clock, SystemClock
-from tasklease.verify._binding import (
-    DPoPReplayCache,
+from tasklease.rules import jws
+from tasklease.rules.binding import (
+    BindingError,
+    DPoPVerifier,
     Presentation,
     check_binding,
     presented_thumbprint,
 )
-from tasklease.verify._claims import (
-    VerifiedToken,
-    check_claims,
-    check_time,
-    claims_from_introspection,
-    parse_claims,
-)
+from tasklease.rules.claims import ClaimRejected, check_claims, check_time
+from tasklease.verify._claims import VerifiedToken, claims_from_introspection, parse_claims
 from tasklease.verify._errors import InsufficientScope, InvalidToken, VerifierUnavailable
 from tasklease.verify._feed import AppCredentials, FeedFollower
 from tasklease.verify._introspection import (
@@ -67,7 +65,7 @@ __all__ = ["TokenIntrospector", "Verifier"]  # TokenIntrospector: re-exported
 
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a JWT type, not a secret
 _ALLOWED_TYPS = frozenset({ACCESS_TOKEN_TYPE})
-_decode_parts = _jws.decode_parts
+_decode_parts = jws.decode_parts
 _log = logging.getLogger("tasklease.verify")
 
 
@@ -130,7 +128,10 @@ class Verifier:
             tokens (an app sees only its own agents' tokens there).
         max_feed_staleness: seconds without news from a current feed after which every
             verification fails closed (:class:`VerifierUnavailable`).
-        clock_skew: seconds of tolerance on ``exp``, ``nbf`` and ``iat``.
+        clock_skew: seconds an ``nbf`` or ``iat`` may lie in the future (clocks drift).
+        exp_leeway: seconds a token is still accepted after its ``exp``: 0, as at the
+            broker (a token is dead at its ``exp``), unless this resource server's clock
+            is known to run ahead. Revocation entries are kept that much longer too.
         max_token_lifetime: the broker's ``max_ttl``: longer-lived tokens are refused.
         max_delegation_depth: deepest delegation chain accepted.
         cache_size: verified tokens remembered (LRU); 0 disables the cache.
@@ -159,6 +160,7 @@ class Verifier:
         credentials: AppCredentials | Callable[[], str] | None = None,
         max_feed_staleness: float = 5.0,
         clock_skew: int = 30,
+        exp_leeway: float = 0,
         max_token_lifetime: int = 3600,
         max_delegation_depth: int = 5,
         cache_size: int = 10_000,
@@ -166,7 +168,7 @@ class Verifier:
         introspection_cache_size: int = 1_000,
         dpop_proof_window: int = 60,
         dpop_replay_cache_size: int = 100_000,
-        max_token_bytes: int = _jws.MAX_TOKEN_BYTES,
+        max_token_bytes: int = jws.MAX_TOKEN_BYTES,
         timeout: float = 5.0,
         transport: httpx.BaseTransport | None = None,
         clock: Clock | None = None,
@@ -175,10 +177,14 @@ class Verifier:
             raise ValueError("audience is required: tokens are checked against it")
         if feed and credentials is None:
             raise ValueError("the revocation feed needs credentials (AppCredentials or a token)")
+        if not 0 <= exp_leeway <= 300:
+            raise ValueError("exp_leeway must be between 0 and 300 seconds")
         self.audience = audience
         self.issuer = issuer
         self.max_feed_staleness = max_feed_staleness
+        self._audiences = (audience,)
         self._skew = clock_skew
+        self._exp_leeway = exp_leeway
         self._max_lifetime = max_token_lifetime
         self._max_depth = max_delegation_depth
         self._max_bytes = max_token_bytes
@@ -201,7 +207,7 @@ class Verifier:
             )
         self._introspector = introspector
         self._references = _TokenCache(introspection_cache_size if feed else 0)
-        self._dpop = DPoPReplayCache(dpop_proof_window, capacity=dpop_replay_cache_size)
+        self._dpop = DPoPVerifier(dpop_proof_window, capacity=dpop_replay_cache_size)
         self._feed: FeedFollower | None = None
         if feed:
             self._feed = FeedFollower(
@@ -357,7 +363,10 @@ class Verifier:
         """What the request presented; ``None`` for a plain bearer token (the fast path)."""
         if scheme == "Bearer" and client_cert is None and not client_cert_thumbprint:
             return None
-        thumbprint = client_cert_thumbprint or presented_thumbprint(client_cert)
+        try:
+            thumbprint = client_cert_thumbprint or presented_thumbprint(client_cert)
+        except BindingError as exc:
+            raise InvalidToken(exc.reason) from None
         return Presentation(
             scheme=scheme,
             cert_thumbprint=thumbprint,
@@ -392,10 +401,10 @@ class Verifier:
         verified = cache.get(digest)
         if verified is not None:
             try:
-                check_time(verified, now, self._skew)
-            except InvalidToken:
+                check_time(verified, now, self._skew, self._exp_leeway)
+            except ClaimRejected as exc:
                 cache.discard(digest)
-                raise
+                raise InvalidToken(exc.reason) from None
         else:
             if reference:
                 if not introspect:
@@ -404,18 +413,25 @@ class Verifier:
             else:
                 try:
                     _, _, claims = _decode_parts(token, resolve_key, _ALLOWED_TYPS, self._max_bytes)
-                except _jws.JWSError as exc:
+                except jws.JWSError as exc:
                     raise InvalidToken(exc.reason) from None
                 verified = parse_claims(claims)
-            verified = check_claims(
-                verified,
-                issuer=self.issuer,
-                audience=self.audience,
-                now=now,
-                skew=self._skew,
-                max_lifetime=self._max_lifetime,
-                max_depth=self._max_depth,
-            )
+            try:
+                actors = check_claims(
+                    verified,
+                    verified.claims,
+                    issuer=self.issuer,
+                    audiences=self._audiences,
+                    now=now,
+                    skew=self._skew,
+                    max_lifetime=self._max_lifetime,
+                    max_depth=self._max_depth,
+                    exp_leeway=self._exp_leeway,
+                )
+            except ClaimRejected as exc:
+                raise InvalidToken(exc.reason) from None
+            if actors:
+                verified = dataclasses.replace(verified, actors=actors)
             cache.put(digest, verified)
         level = self._revocations.match(verified)
         if level is not None:
@@ -425,7 +441,10 @@ class Verifier:
             raise VerifierUnavailable("revocation feed is stale")
         cnf = verified.cnf
         if cnf is not None or presented is not None:
-            check_binding(cnf, token, presented or _BEARER, dpop=self._dpop, now=now)
+            try:
+                check_binding(cnf, token, presented or _BEARER, dpop=self._dpop, now=now)
+            except BindingError as exc:
+                raise InvalidToken(exc.reason) from None
         return verified
 
     def _introspect(self, token: str) -> VerifiedToken:
@@ -468,5 +487,7 @@ class Verifier:
         self._feed_token = None
 
     def _housekeeping(self) -> None:
-        self._revocations.prune(self._clock.now())
+        # An entry expires when nothing it matches is still valid at the broker; this
+        # verifier accepts tokens exp_leeway seconds longer, so it keeps entries as long.
+        self._revocations.prune(self._clock.now() - self._exp_leeway)
         self._keys.refresh_if_stale()

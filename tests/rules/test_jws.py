@@ -22,8 +22,8 @@ from joserfc import jws as joserfc_jws
 from joserfc import jwt as joserfc_jwt
 from joserfc.jwk import OKPKey
 
-from tasklease.core import _jws
-from tasklease.core._jws import JWSError, b64url_decode, b64url_encode
+from tasklease.rules import jws
+from tasklease.rules.jws import JWSError, b64url_decode, b64url_encode
 
 # RFC 8037 appendix A.1 (the key), A.4 (the JWS over "Example of Ed25519 signing").
 RFC8037_D = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"
@@ -60,7 +60,7 @@ class Signer:
         return self.key.verify_key if kid == self.kid else None
 
     def token(self, claims: dict[str, Any], typ: str = TYP) -> str:
-        return _jws.encode(_compact(claims), typ=typ, kid=self.kid, key=self.key)
+        return jws.encode(_compact(claims), typ=typ, kid=self.kid, key=self.key)
 
     def forge(self, header: dict[str, Any] | bytes, payload: bytes) -> str:
         """A token with an arbitrary header, correctly signed by this key."""
@@ -69,9 +69,9 @@ class Signer:
         signature = self.key.sign(signing_input.encode()).signature
         return f"{signing_input}.{_std_b64url(signature)}"
 
-    def decode(self, token: str, **kwargs: Any) -> _jws.Decoded:
+    def decode(self, token: str, **kwargs: Any) -> jws.Decoded:
         kwargs.setdefault("allowed_typs", TYPS)
-        return _jws.decode(token, resolve_key=self.resolve, **kwargs)
+        return jws.decode(token, resolve_key=self.resolve, **kwargs)
 
 
 @pytest.fixture
@@ -93,10 +93,10 @@ def test_rfc8037_a4_signature_verifies_and_is_reproduced() -> None:
     signature = b64url_decode(RFC8037_SIGNATURE)
     message = RFC8037_SIGNING_INPUT.encode("ascii")
 
-    assert _jws.verify_detached(message, signature, public)
+    assert jws.verify_detached(message, signature, public)
     # Ed25519 is deterministic (RFC 8032 section 5.1.6): same key, same input, same bytes.
-    assert _jws.sign_detached(message, private) == signature
-    assert not _jws.verify_detached(message + b"x", signature, public)
+    assert jws.sign_detached(message, private) == signature
+    assert not jws.verify_detached(message + b"x", signature, public)
 
 
 def test_rfc8037_a4_token_is_refused_by_decode_for_its_header() -> None:
@@ -104,7 +104,7 @@ def test_rfc8037_a4_token_is_refused_by_decode_for_its_header() -> None:
     token = f"{RFC8037_SIGNING_INPUT}.{RFC8037_SIGNATURE}"
     public = nacl.signing.VerifyKey(b64url_decode(RFC8037_X))
     with pytest.raises(JWSError) as excinfo:
-        _jws.decode(token, resolve_key=lambda _kid: public, allowed_typs=TYPS)
+        jws.decode(token, resolve_key=lambda _kid: public, allowed_typs=TYPS)
     assert _reason(excinfo) == "typ missing or not a string"
 
 
@@ -120,14 +120,14 @@ def test_encode_header_is_exact(signer: Signer) -> None:
 def test_encode_then_decode(signer: Signer) -> None:
     claims = {"sub": "agent", "scope": ["read:x"], "nested": {"n": 1, "f": 1.5, "u": "é"}}
     decoded = signer.decode(signer.token(claims))
-    assert decoded == _jws.Decoded(typ=TYP, kid="k1", claims=claims)
+    assert decoded == jws.Decoded(typ=TYP, kid="k1", claims=claims)
 
 
 def test_encode_refuses_bad_kid() -> None:
     key = nacl.signing.SigningKey.generate()
     for kid in ("", "a/b", "x" * 129, 'a"b'):
         with pytest.raises(JWSError):
-            _jws.encode(b"{}", typ=TYP, kid=kid, key=key)
+            jws.encode(b"{}", typ=TYP, kid=kid, key=key)
 
 
 def test_decode_accepts_every_allowed_typ(signer: Signer) -> None:
@@ -138,16 +138,16 @@ def test_decode_accepts_every_allowed_typ(signer: Signer) -> None:
 
 def test_decode_unverified_returns_header_and_payload(signer: Signer) -> None:
     token = signer.token({"sub": "a"})
-    header, payload = _jws.decode_unverified(token)
+    header, payload = jws.decode_unverified(token)
     assert header == {"alg": "EdDSA", "typ": TYP, "kid": "k1"}
     assert payload == {"sub": "a"}
     # Inspection shows even what decode refuses, as long as it is structurally a JWS.
     unsigned = _std_b64url(b'{"alg":"none"}') + "." + _std_b64url(b"{}") + "."
-    assert _jws.decode_unverified(unsigned) == ({"alg": "none"}, {})
+    assert jws.decode_unverified(unsigned) == ({"alg": "none"}, {})
     with pytest.raises(JWSError):
-        _jws.decode_unverified("a.b")
+        jws.decode_unverified("a.b")
     with pytest.raises(JWSError):
-        _jws.decode_unverified("x" * 9000)
+        jws.decode_unverified("x" * 9000)
 
 
 # -- cross-verification with PyJWT and joserfc ---------------------------------------
@@ -259,7 +259,7 @@ def test_malformed_kid_never_reaches_the_resolver(kid: Any) -> None:
         raise AssertionError("resolve_key called with a malformed kid")
 
     with pytest.raises(JWSError) as excinfo:
-        _jws.decode(forged, resolve_key=resolver, allowed_typs=TYPS)
+        jws.decode(forged, resolve_key=resolver, allowed_typs=TYPS)
     assert _reason(excinfo) == "kid malformed"
 
 
@@ -422,9 +422,9 @@ def test_a_resolver_must_hand_back_a_verify_key(signer: Signer, wrong: str) -> N
     }[wrong]
     token = signer.token({"sub": "a"})
     with pytest.raises(JWSError) as excinfo:
-        _jws.decode(token, resolve_key=lambda _kid: key, allowed_typs=TYPS)  # type: ignore[arg-type,return-value]
+        jws.decode(token, resolve_key=lambda _kid: key, allowed_typs=TYPS)  # type: ignore[arg-type,return-value]
     assert _reason(excinfo) == "bad signature"
-    assert not _jws.verify_detached(b"m", b"\0" * 64, key)  # type: ignore[arg-type]
+    assert not jws.verify_detached(b"m", b"\0" * 64, key)  # type: ignore[arg-type]
 
 
 def test_signature_checks_agree_across_threads(signer: Signer) -> None:
@@ -478,17 +478,17 @@ def test_oversized_token_refused_before_any_work() -> None:
         raise AssertionError("resolve_key called for an oversized token")
 
     key = nacl.signing.SigningKey.generate()
-    big = _jws.encode(_compact({"pad": "x" * 9000}), typ=TYP, kid="k1", key=key)
+    big = jws.encode(_compact({"pad": "x" * 9000}), typ=TYP, kid="k1", key=key)
     with pytest.raises(JWSError) as excinfo:
-        _jws.decode(big, resolve_key=resolver, allowed_typs=TYPS)
+        jws.decode(big, resolve_key=resolver, allowed_typs=TYPS)
     assert _reason(excinfo) == "token too large"
     # Not even a token: the cap comes before any parsing at all.
     with pytest.raises(JWSError) as excinfo:
-        _jws.decode("é" * 10_000, resolve_key=resolver, allowed_typs=TYPS)
+        jws.decode("é" * 10_000, resolve_key=resolver, allowed_typs=TYPS)
     assert _reason(excinfo) == "token too large"
-    small = _jws.encode(b"{}", typ=TYP, kid="k1", key=key)
+    small = jws.encode(b"{}", typ=TYP, kid="k1", key=key)
     with pytest.raises(JWSError) as excinfo:
-        _jws.decode(small, resolve_key=resolver, allowed_typs=TYPS, max_bytes=len(small) - 1)
+        jws.decode(small, resolve_key=resolver, allowed_typs=TYPS, max_bytes=len(small) - 1)
     assert _reason(excinfo) == "token too large"
 
 
@@ -532,7 +532,7 @@ def test_refusal_of_one_key_does_not_leak_to_a_cached_header(signer: Signer) -> 
     signer.decode(token)
     assert _refused(signer, token, allowed_typs=frozenset({"other"})) == "typ not allowed"
     with pytest.raises(JWSError) as excinfo:
-        _jws.decode(token, resolve_key=lambda _kid: None, allowed_typs=TYPS)
+        jws.decode(token, resolve_key=lambda _kid: None, allowed_typs=TYPS)
     assert _reason(excinfo) == "unknown kid"
 
 
@@ -578,9 +578,9 @@ _B64_TEXT = st.text(
     alphabet=st.sampled_from(list(string.ascii_letters + string.digits + '-_+/=.!"\\ \n\x00é')),
     max_size=24,
 )
-_SPANS = [_jws._b64_span_binascii]
-if hasattr(_jws, "_b64_span_msgspec"):  # with msgspec installed, as in the server's deps
-    _SPANS.append(_jws._b64_span_msgspec)
+_SPANS = [jws._b64_span_binascii]
+if hasattr(jws, "_b64_span_msgspec"):  # with msgspec installed, as in the server's deps
+    _SPANS.append(jws._b64_span_msgspec)
 
 
 def _outcome(fn: Any, *args: Any) -> Any:
@@ -593,13 +593,13 @@ def _outcome(fn: Any, *args: Any) -> Any:
 @settings(max_examples=2000, deadline=None)
 @given(text=_B64_TEXT | st.text(alphabet=string.ascii_letters + string.digits + "-_", max_size=90))
 def test_b64url_fast_path_answers_as_the_checked_path(text: str) -> None:
-    checked = _outcome(_jws._b64url_decode_checked, text, "base64url")
+    checked = _outcome(jws._b64url_decode_checked, text, "base64url")
     assert _outcome(b64url_decode, text) == checked
     if text.isascii():
         raw = text.encode("ascii")
         # The spans check alphabet and length, not the canonical last character: as
         # the payload of a signed token (_signed_payload_checked).
-        expected = _outcome(_jws._signed_payload_checked, raw)
+        expected = _outcome(jws._signed_payload_checked, raw)
         expected = expected if isinstance(expected, bytes) else None
         for span in _SPANS:
             assert span(b"." + raw, 0, len(raw) + 1) == expected, span
@@ -614,20 +614,20 @@ def test_b64url_fast_path_answers_as_the_checked_path(text: str) -> None:
 )
 def test_b64_spans_refuse_what_the_checked_path_refuses(span: Any, segment: str) -> None:
     raw = segment.encode()
-    expected = _outcome(_jws._signed_payload_checked, raw)
+    expected = _outcome(jws._signed_payload_checked, raw)
     assert span(b"." + raw, 0, len(raw) + 1) == (expected if isinstance(expected, bytes) else None)
 
 
 def test_b64url_fast_path_is_the_one_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     # b64url_decode answers from the span (msgspec when installed), not the checked path.
     calls: list[str] = []
-    real = _jws._b64url_decode_checked
+    real = jws._b64url_decode_checked
 
     def spy(text: str, what: str) -> bytes:
         calls.append(text)
         return real(text, what)
 
-    monkeypatch.setattr(_jws, "_b64url_decode_checked", spy)
+    monkeypatch.setattr(jws, "_b64url_decode_checked", spy)
     assert b64url_decode("YWJj") == b"abc"
     assert calls == []
     with pytest.raises(JWSError) as excinfo:
@@ -672,20 +672,20 @@ def test_decode_answers_alike_on_every_path(
     # VerifyKey.verify through verify_detached).
     variants = _token_variants(signer)
     with monkeypatch.context() as m:
-        m.setattr(_jws, "_b64_span", lambda *_args: None)
-        m.setattr(_jws, "_sodium_open", None)
+        m.setattr(jws, "_b64_span", lambda *_args: None)
+        m.setattr(jws, "_sodium_open", None)
         expected = {name: _outcome(signer.decode, token) for name, token in variants.items()}
-    assert isinstance(expected["good"], _jws.Decoded)
+    assert isinstance(expected["good"], jws.Decoded)
     assert expected["bad signature"] == "bad signature"
     assert expected["non-canonical signature"] == "signature: non-canonical base64url"
     assert expected["payload length"] == "payload: invalid base64url length"
-    monkeypatch.setattr(_jws, "_b64_span", span)
+    monkeypatch.setattr(jws, "_b64_span", span)
     if not libsodium:
-        monkeypatch.setattr(_jws, "_sodium_open", None)
+        monkeypatch.setattr(jws, "_sodium_open", None)
     for name, token in variants.items():
         assert _outcome(signer.decode, token) == expected[name], name
-        if isinstance(expected[name], _jws.Decoded):
-            parts = _jws.decode_parts(token, signer.resolve, TYPS)
+        if isinstance(expected[name], jws.Decoded):
+            parts = jws.decode_parts(token, signer.resolve, TYPS)
             assert parts == tuple(expected[name])
 
 
@@ -697,11 +697,11 @@ def test_decode_splits_as_split(token: str) -> None:
     def resolver(_kid: str) -> nacl.signing.VerifyKey:
         raise AssertionError("resolve_key called for a token without three segments")
 
-    expected = _outcome(_jws._split, token, 100)
+    expected = _outcome(jws._split, token, 100)
     if isinstance(expected, tuple):  # three non-empty segments: refused later, not here
-        assert _outcome(_jws.decode_parts, token, resolver, TYPS) != "token must have 3 segments"
+        assert _outcome(jws.decode_parts, token, resolver, TYPS) != "token must have 3 segments"
     else:
-        assert _outcome(_jws.decode_parts, token, resolver, TYPS) == expected
+        assert _outcome(jws.decode_parts, token, resolver, TYPS) == expected
 
 
 def test_token_signature_covers_exactly_the_signing_input(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -710,12 +710,12 @@ def test_token_signature_covers_exactly_the_signing_input(monkeypatch: pytest.Mo
     raw = b"head.body.rest"
     for libsodium in (True, False):
         if not libsodium:
-            monkeypatch.setattr(_jws, "_sodium_open", None)
-        assert _jws._verify_token_signature(raw, 9, signature, key.verify_key)
+            monkeypatch.setattr(jws, "_sodium_open", None)
+        assert jws._verify_token_signature(raw, 9, signature, key.verify_key)
         for length in (8, 10, len(raw), 0, -1, len(raw) + 1):
-            assert not _jws._verify_token_signature(raw, length, signature, key.verify_key)
-        assert not _jws._verify_token_signature(raw, 9, signature[:-1], key.verify_key)
-        assert not _jws._verify_token_signature(raw, 9, signature, key)  # type: ignore[arg-type]
+            assert not jws._verify_token_signature(raw, length, signature, key.verify_key)
+        assert not jws._verify_token_signature(raw, 9, signature[:-1], key.verify_key)
+        assert not jws._verify_token_signature(raw, 9, signature, key)  # type: ignore[arg-type]
 
 
 # -- detached signatures -------------------------------------------------------------
@@ -723,18 +723,18 @@ def test_token_signature_covers_exactly_the_signing_input(monkeypatch: pytest.Mo
 
 def test_verify_detached_never_raises() -> None:
     key = nacl.signing.SigningKey.generate()
-    signature = _jws.sign_detached(b"m", key)
+    signature = jws.sign_detached(b"m", key)
     assert len(signature) == 64
-    assert _jws.verify_detached(b"m", signature, key.verify_key)
-    assert not _jws.verify_detached(b"m", signature[:-1], key.verify_key)
-    assert not _jws.verify_detached(b"m", signature + b"\x00", key.verify_key)
-    assert not _jws.verify_detached(b"m", b"", key.verify_key)
-    assert not _jws.verify_detached(b"m", bytes(64), key.verify_key)
-    assert not _jws.verify_detached(b"n", signature, key.verify_key)
-    assert not _jws.verify_detached(b"m", signature.hex(), key.verify_key)  # type: ignore[arg-type]
-    assert not _jws.verify_detached("m", signature, key.verify_key)  # type: ignore[arg-type]
+    assert jws.verify_detached(b"m", signature, key.verify_key)
+    assert not jws.verify_detached(b"m", signature[:-1], key.verify_key)
+    assert not jws.verify_detached(b"m", signature + b"\x00", key.verify_key)
+    assert not jws.verify_detached(b"m", b"", key.verify_key)
+    assert not jws.verify_detached(b"m", bytes(64), key.verify_key)
+    assert not jws.verify_detached(b"n", signature, key.verify_key)
+    assert not jws.verify_detached(b"m", signature.hex(), key.verify_key)  # type: ignore[arg-type]
+    assert not jws.verify_detached("m", signature, key.verify_key)  # type: ignore[arg-type]
     other = nacl.signing.SigningKey.generate().verify_key
-    assert not _jws.verify_detached(b"m", signature, other)
+    assert not jws.verify_detached(b"m", signature, other)
 
 
 # -- properties ----------------------------------------------------------------------
@@ -762,7 +762,7 @@ def test_round_trip_any_json_object(claims: dict[str, Any], compact: bool) -> No
         if compact
         else json.dumps(claims).encode()
     )
-    token = _jws.encode(payload, typ=TYP, kid="prop", key=_PROPERTY_SIGNER.key)
+    token = jws.encode(payload, typ=TYP, kid="prop", key=_PROPERTY_SIGNER.key)
     decoded = _PROPERTY_SIGNER.decode(token, max_bytes=1 << 20)
     assert decoded.claims == claims
     assert (decoded.typ, decoded.kid) == (TYP, "prop")
@@ -771,7 +771,7 @@ def test_round_trip_any_json_object(claims: dict[str, Any], compact: bool) -> No
 @settings(max_examples=100, deadline=None)
 @given(claims=_json_objects, data=st.data())
 def test_any_single_byte_flip_is_refused(claims: dict[str, Any], data: st.DataObject) -> None:
-    token = _jws.encode(_compact(claims), typ=TYP, kid="prop", key=_PROPERTY_SIGNER.key)
+    token = jws.encode(_compact(claims), typ=TYP, kid="prop", key=_PROPERTY_SIGNER.key)
     raw = bytearray(token.encode("ascii"))
     index = data.draw(st.integers(min_value=0, max_value=len(raw) - 1), label="index")
     mask = data.draw(st.integers(min_value=1, max_value=255), label="mask")
@@ -796,7 +796,7 @@ def test_every_single_character_change_is_refused(signer: Signer) -> None:
 
 
 def test_public_surface() -> None:
-    assert sorted(_jws.__all__) == sorted(
+    assert sorted(jws.__all__) == sorted(
         [
             "ALGORITHM",
             "MAX_TOKEN_BYTES",
@@ -809,8 +809,47 @@ def test_public_surface() -> None:
             "decode_parts",
             "decode_unverified",
             "encode",
+            "jwk_thumbprint",
             "sign_detached",
             "verify_detached",
         ]
     )
-    assert _jws.MAX_TOKEN_BYTES == 8192
+    assert jws.MAX_TOKEN_BYTES == 8192
+
+
+def test_jwk_thumbprint_rfc8037_vector() -> None:
+    # RFC 8037 appendix A.3: the thumbprint of the appendix A.1 public key.
+    assert jws.jwk_thumbprint(b64url_decode(RFC8037_X)) == (
+        "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+    )
+    with pytest.raises(ValueError, match="32 bytes"):
+        jws.jwk_thumbprint(b"\x00" * 31)
+
+
+def test_jwk_thumbprint_is_the_key_rings() -> None:
+    from tasklease.core.keys import jwk_thumbprint as key_ring_thumbprint
+
+    key = bytes(nacl.signing.SigningKey.generate().verify_key)
+    assert jws.jwk_thumbprint(key) == key_ring_thumbprint(key)
+
+
+def test_json_paths_agree_with_and_without_msgspec() -> None:
+    samples = [b'{"a":1}', b'{"a": 1}', b'{"a":1,"a":2}', b"[1]", b'{"x":"\\u00e9"}', b"{"]
+    for data in samples:
+        try:
+            fast: Any = jws._json_object(data, "payload")
+        except JWSError as exc:
+            fast = exc.reason
+        try:
+            strict: Any = jws._json_object_strict(data, "payload")
+        except JWSError as exc:
+            strict = exc.reason
+        assert fast == strict, data
+
+
+def test_the_old_module_name_is_the_same_codec() -> None:
+    from tasklease.core import _jws as old_name
+
+    assert old_name.__all__ == [n for n in old_name.__all__ if hasattr(jws, n)]
+    for name in old_name.__all__:
+        assert getattr(old_name, name) is getattr(jws, name), name

@@ -1,0 +1,17 @@
+"""The rules every side applies, written once: the broker, the agent SDK and the verifier.
+
+Standard library and PyNaCl only (msgspec is used when it is installed, never required),
+so ``tasklease.client`` and ``tasklease.verify`` import them without the server's
+dependencies. Pure functions: time comes in as ``now``.
+
+=====================  =========================================================================
+``rules.jws``          the compact EdDSA JWS codec, strict base64url and JSON, RFC 7638 key
+                       thumbprints
+``rules.claims``       claims after the signature: issuer, audience, ``exp`` (no leeway) and
+                       ``nbf``/``iat`` (skew), lifetime, ``max_exp``, ``cnf`` shape,
+                       delegation chain and its hash, the ``act`` chain, ``lineage``
+``rules.scopes``       the scope grammar and coverage (narrowing only)
+``rules.binding``      holder binding: certificate (RFC 8705) and DPoP (RFC 9449) proofs
+``rules.messages``     the domain-separated messages agents sign for the broker
+=====================  =========================================================================
+"""

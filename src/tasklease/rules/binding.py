@@ -1,0 +1,272 @@
+"""Sender-constrained tokens: certificate binding (RFC 8705) and DPoP (RFC 9449).
+
+The broker and the offline verifier check a bound token's proofs with these same rules.
+A bound token carries ``cnf`` (RFC 7800) naming the key its holder must prove it holds:
+
+* ``x5t#S256`` — base64url(SHA-256(DER of the client certificate)), compared with the
+  certificate of the TLS connection the token arrived on (RFC 8705 section 3);
+* ``jkt`` — the RFC 7638 thumbprint of an Ed25519 JWK; every request carries a fresh
+  DPoP proof signed by that key (RFC 9449 section 4), sent with ``Authorization: DPoP``.
+
+A token with both members needs both proofs. An unbound token is a bearer token; a bound
+one presented as a bearer token, without its proof or with another key's, is refused.
+(That ``cnf`` itself is well formed is a claim rule: :func:`tasklease.rules.claims.check_claims`.)
+
+DPoP proofs are single use: their ``jti`` is remembered until the proof's ``iat`` leaves
+the acceptance window, so the replay cache is bounded by the window times the request
+rate, and capped; when full it refuses new proofs (fail closed) rather than forgetting.
+The cache is per process (per :class:`DPoPVerifier`).
+
+Every failure raises :class:`BindingError`, whose ``reason`` is for the audit log only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import hmac
+import ssl
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+from tasklease.rules import jws
+
+__all__ = [
+    "DPOP_PROOF_TYPE",
+    "BindingError",
+    "DPoPVerifier",
+    "Presentation",
+    "access_token_hash",
+    "cert_thumbprint",
+    "check_binding",
+    "normalize_htu",
+    "presented_thumbprint",
+]
+
+DPOP_PROOF_TYPE = "dpop+jwt"
+"""The JWS ``typ`` of a DPoP proof (RFC 9449 section 4.2)."""
+
+_MAX_JTI_CHARS = 256
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+_THUMBPRINT_CHARS = 43  # base64url of 32 bytes, unpadded
+_PEM_MARKER = "-----BEGIN CERTIFICATE-----"
+
+
+class BindingError(Exception):
+    """A proof of possession was missing, malformed, stale, replayed or for another key."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def cert_thumbprint(der: bytes) -> str:
+    """RFC 8705 section 3.1: base64url(SHA-256(DER certificate)), no padding."""
+    return jws.b64url_encode(hashlib.sha256(der).digest())
+
+
+def presented_thumbprint(certificate: bytes | str | None) -> str:
+    """The ``x5t#S256`` of a presented certificate given as DER, PEM or its thumbprint.
+
+    ``bytes`` are DER unless they look like PEM; a ``str`` is PEM when it holds a
+    ``-----BEGIN CERTIFICATE-----`` block and a thumbprint otherwise. ``""`` for ``None``.
+    The PEM is only unwrapped (standard library), not parsed as X.509: the thumbprint is
+    over the DER bytes, whatever they hold.
+
+    Raises:
+        BindingError: a PEM that does not decode, or a string that is not a thumbprint.
+    """
+    if certificate is None:
+        return ""
+    if isinstance(certificate, bytes):
+        if _PEM_MARKER.encode("ascii") not in certificate:
+            return cert_thumbprint(certificate) if certificate else ""
+        certificate = certificate.decode("ascii", "replace")
+    if _PEM_MARKER in certificate:
+        try:
+            return cert_thumbprint(ssl.PEM_cert_to_DER_cert(certificate.strip()))
+        except ValueError:
+            raise BindingError("presented certificate is not a PEM certificate") from None
+    if len(certificate) != _THUMBPRINT_CHARS:
+        raise BindingError("presented certificate thumbprint malformed")
+    return certificate
+
+
+def access_token_hash(token: str) -> str:
+    """RFC 9449 section 4.2 ``ath``: base64url(SHA-256(ASCII access token))."""
+    return jws.b64url_encode(hashlib.sha256(token.encode("ascii", "replace")).digest())
+
+
+def normalize_htu(uri: object) -> str | None:
+    """Scheme, host and path of an HTTP(S) URI, lowercased where case does not matter.
+
+    Query and fragment are dropped and default ports removed (RFC 9449 section 4.3 point
+    9 compares without query and fragment, with RFC 3986 section 6 normalization).
+    ``None`` for anything that is not an absolute http(s) URI.
+    """
+    if not isinstance(uri, str) or len(uri) > 2048:
+        return None
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None or str(port) == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path or '/'}"
+
+
+class DPoPVerifier:
+    """Checks DPoP proofs (RFC 9449 section 4.3) and remembers their ``jti``s.
+
+    ``window``: seconds a proof's ``iat`` may differ from now; ``capacity``: most proof
+    ``jti``s remembered (new proofs are refused when full).
+    """
+
+    def __init__(self, window: int, *, capacity: int = 1_000_000) -> None:
+        self.window = window
+        self.capacity = capacity
+        self._seen: dict[str, float] = {}
+        self._expiry: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def verify(
+        self,
+        proof: str,
+        *,
+        htm: str,
+        htu: str,
+        now: float,
+        access_token: str | None = None,
+    ) -> str:
+        """Verify ``proof`` for this request; return the JWK thumbprint (``jkt``) it proves.
+
+        Checks, in order: size and structure, ``typ: dpop+jwt``, ``alg: EdDSA`` with an
+        Ed25519 ``jwk`` and nothing else in the header, the signature, then the claims:
+        ``htm`` equal to the request method, ``htu`` equal to the request URI (no query),
+        ``iat`` within ``window`` seconds of now, ``ath`` equal to the access token's hash
+        when one is presented (and absent otherwise), and finally that the ``jti`` was
+        never seen (it is then remembered until it could no longer be accepted).
+
+        Raises:
+            BindingError: with the precise reason.
+        """
+        if not isinstance(proof, str) or not proof:
+            raise BindingError("DPoP proof missing")
+        try:
+            raw_key, claims = jws.decode_embedded_key(proof, typ=DPOP_PROOF_TYPE)
+        except jws.JWSError as exc:
+            raise BindingError(f"DPoP proof refused: {exc.reason}") from None
+        jti = claims.get("jti")
+        if type(jti) is not str or not 1 <= len(jti) <= _MAX_JTI_CHARS:
+            raise BindingError("DPoP proof jti missing or malformed")
+        if claims.get("htm") != htm:
+            raise BindingError("DPoP proof htm does not match the request method")
+        claimed = normalize_htu(claims.get("htu"))
+        if claimed is None or claimed != normalize_htu(htu):
+            raise BindingError("DPoP proof htu does not match the request URI")
+        raw_iat = claims.get("iat")
+        if type(raw_iat) is not int and type(raw_iat) is not float:  # bool is not int here
+            raise BindingError("DPoP proof iat missing")
+        iat = float(raw_iat)
+        if abs(now - iat) > self.window:
+            raise BindingError("DPoP proof iat outside the acceptance window")
+        ath = claims.get("ath")
+        if access_token is None:
+            if ath is not None:
+                raise BindingError("DPoP proof carries ath without an access token")
+        elif type(ath) is not str or not hmac.compare_digest(
+            ath.encode(), access_token_hash(access_token).encode()
+        ):
+            raise BindingError("DPoP proof ath does not match the access token")
+        jkt = jws.jwk_thumbprint(raw_key)
+        self._remember(f"{jkt}:{jti}", iat + self.window, now)
+        return jkt
+
+    def _remember(self, key: str, expires_at: float, now: float) -> None:
+        with self._lock:
+            while self._expiry and self._expiry[0][0] <= now:
+                _, old = heapq.heappop(self._expiry)
+                if self._seen.get(old, now + 1) <= now:
+                    del self._seen[old]
+            if key in self._seen:
+                raise BindingError("DPoP proof replayed (jti already used)")
+            if len(self._seen) >= self.capacity:
+                raise BindingError("DPoP replay cache full")
+            self._seen[key] = expires_at
+            heapq.heappush(self._expiry, (expires_at, key))
+
+
+class Presentation:
+    """What a request presented besides the token: its scheme and its proofs."""
+
+    __slots__ = ("cert_thumbprint", "dpop_proof", "htm", "htu", "scheme")
+
+    def __init__(
+        self,
+        *,
+        scheme: str = "Bearer",
+        cert_thumbprint: str = "",
+        dpop_proof: str = "",
+        htm: str = "",
+        htu: str = "",
+    ) -> None:
+        self.scheme = scheme
+        self.cert_thumbprint = cert_thumbprint
+        self.dpop_proof = dpop_proof
+        self.htm = htm
+        self.htu = htu
+
+
+def check_binding(
+    cnf: Any,
+    token: str,
+    presented: Presentation,
+    *,
+    dpop: DPoPVerifier,
+    now: float,
+) -> None:
+    """Refuse ``token`` unless ``presented`` proves possession of every key in ``cnf``.
+
+    ``cnf`` is the token's (already well-formed) ``cnf`` claim or ``None``. An unbound
+    token must come with the ``Bearer`` scheme; a ``jkt``-bound one with ``DPoP`` and a
+    valid proof for it (RFC 9449 section 7.1); an ``x5t#S256``-bound one over a
+    connection with that certificate (RFC 8705 section 3). Schemes compare without case
+    (RFC 9110 section 11.1).
+
+    Raises:
+        BindingError: with the precise reason.
+    """
+    bound = cnf if isinstance(cnf, dict) else {}
+    scheme = presented.scheme.lower()
+    jkt = bound.get("jkt")
+    if jkt is None:
+        if scheme != "bearer":
+            raise BindingError("DPoP scheme used with a token not bound to a DPoP key")
+    else:
+        if scheme != "dpop":
+            raise BindingError("DPoP-bound token presented as a bearer token")
+        proven = dpop.verify(
+            presented.dpop_proof,
+            htm=presented.htm,
+            htu=presented.htu,
+            now=now,
+            access_token=token,
+        )
+        if not hmac.compare_digest(proven.encode(), str(jkt).encode()):
+            raise BindingError("DPoP proof signed by another key than the token's cnf.jkt")
+    x5t = bound.get("x5t#S256")
+    if x5t is not None:
+        if not presented.cert_thumbprint:
+            raise BindingError("certificate-bound token presented without a client certificate")
+        if not hmac.compare_digest(presented.cert_thumbprint.encode(), str(x5t).encode()):
+            raise BindingError("certificate-bound token presented with another certificate")

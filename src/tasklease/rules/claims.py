@@ -1,0 +1,356 @@
+"""Claim rules: what a token's claims must satisfy once its signature has verified.
+
+The broker's validation (``tasklease.core.validation``) and the offline verifier
+(``tasklease.verify``) apply exactly these rules, in this order: issuer, audience,
+``cnf`` shape, time, lifetime, ``max_exp``, delegation depth and chain hash, the ``act``
+chain. The functions are pure (time comes in as ``now``) and refuse with
+:class:`ClaimRejected`, whose ``reason`` is for the audit log and debug logs only.
+
+Time (RFC 7519 sections 4.1.4 to 4.1.6):
+
+* ``exp``: a token is dead at its ``exp``. It is refused when ``now >= exp``: "the JWT MUST
+  NOT be accepted for processing" on or after the expiration time. No clock-skew
+  tolerance applies. A verifier whose clock is known to run ahead may allow
+  ``exp_leeway`` seconds (0 unless configured); the broker allows none.
+* ``nbf`` and ``iat``: a token whose ``nbf`` or ``iat`` is at most ``skew`` seconds in the
+  future is accepted, because the clocks of the broker, its replicas and the resource
+  servers are never exactly in step; beyond that it is refused.
+
+Lineage (``core.kernel``): ``lineage`` lists the ancestors whose end ends the token
+(oldest first, at most :data:`MAX_LINEAGE` non-empty ids); ``max_exp``, when present, is
+the latest ``exp`` any token of the lineage may have, and a token past it is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = [
+    "CNF_MEMBERS",
+    "MAX_LINEAGE",
+    "ClaimRejected",
+    "ClaimSet",
+    "DelegationHopLike",
+    "DelegationRecord",
+    "act_actors",
+    "chain_hash",
+    "check_act",
+    "check_claims",
+    "check_time",
+    "delegation_chain_of",
+    "int_claim",
+    "lineage_of",
+    "string_claim",
+    "strings_claim",
+    "well_formed_cnf",
+]
+
+MAX_LINEAGE = 64
+"""Most ancestors a token may list: an app, and a grant and a token per delegation hop,
+with room to spare."""
+
+CNF_MEMBERS = frozenset(("x5t#S256", "jkt"))
+"""The confirmation methods tasklease can check (RFC 8705, RFC 9449)."""
+
+
+class ClaimRejected(Exception):
+    """A claim failed its rule.
+
+    ``reason`` says precisely why, for the audit log and debug logs only; ``category`` is
+    the broker's metric label (``issuer``, ``audience``, ``expired``, ``not_yet_valid``,
+    ``claims``, ``delegation``).
+    """
+
+    def __init__(self, reason: str, category: str = "claims") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.category = category
+
+
+class DelegationHopLike(Protocol):
+    """One delegation record as each side types it."""
+
+    @property
+    def agent(self) -> str: ...
+    @property
+    def scope(self) -> Sequence[str]: ...
+    @property
+    def delegated_at(self) -> str: ...
+    @property
+    def signature(self) -> str: ...
+
+
+class ClaimSet(Protocol):
+    """What the rules read of a typed token: the broker's ``Claims`` and the verifier's
+    ``VerifiedToken`` both qualify."""
+
+    @property
+    def iss(self) -> str: ...
+    @property
+    def sub(self) -> str: ...
+    @property
+    def aud(self) -> Sequence[str]: ...
+    @property
+    def exp(self) -> int: ...
+    @property
+    def nbf(self) -> int: ...
+    @property
+    def iat(self) -> int: ...
+    @property
+    def delegation_chain(self) -> Sequence[DelegationHopLike]: ...
+    @property
+    def chain_hash(self) -> str: ...
+    @property
+    def principal(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DelegationRecord:
+    """One hop: ``agent`` delegated (holding ``scope``) at ``delegated_at``.
+
+    ``signature`` is the broker's Ed25519 signature (hex) over the record's signing input
+    (``tasklease.core.delegation``).
+    """
+
+    agent: str
+    scope: tuple[str, ...]
+    delegated_at: str
+    signature: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent,
+            "scope": list(self.scope),
+            "delegated_at": self.delegated_at,
+            "signature": self.signature,
+        }
+
+
+# -- reading claims (types and shapes) ------------------------------------------------
+
+
+def string_claim(payload: Mapping[str, Any], key: str, *, required: bool) -> str:
+    """The string claim ``key`` (``""`` when absent and not ``required``)."""
+    value = payload.get(key, "")
+    if type(value) is not str or (required and not value):
+        raise ClaimRejected(f"claim {key} missing or not a string")
+    return value
+
+
+def int_claim(payload: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    """The integer claim ``key`` (``default`` when absent; ``None``: required)."""
+    value = payload.get(key, default)
+    if type(value) is not int:  # bool is not int here
+        raise ClaimRejected(f"claim {key} missing or not an integer")
+    return value
+
+
+def strings_claim(payload: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    """The required list-of-strings claim ``key``."""
+    value = payload.get(key)
+    if type(value) is not list:
+        raise ClaimRejected(f"claim {key} missing or not a list of strings")
+    for item in value:
+        if type(item) is not str:
+            raise ClaimRejected(f"claim {key} missing or not a list of strings")
+    return tuple(value)
+
+
+def delegation_chain_of(value: object) -> tuple[DelegationRecord, ...]:
+    """The ``delegation_chain`` claim's records, oldest first (``[]`` when undelegated)."""
+    if type(value) is not list:
+        raise ClaimRejected("claim delegation_chain is not a list")
+    hops = []
+    for item in value:
+        if type(item) is not dict:
+            raise ClaimRejected("delegation record is not an object")
+        hops.append(
+            DelegationRecord(
+                agent=string_claim(item, "agent", required=True),
+                scope=strings_claim(item, "scope"),
+                delegated_at=string_claim(item, "delegated_at", required=True),
+                signature=string_claim(item, "signature", required=True),
+            )
+        )
+    return tuple(hops)
+
+
+def lineage_of(value: object) -> tuple[str, ...]:
+    """The ``lineage`` claim's ancestor ids: a list of at most :data:`MAX_LINEAGE`
+    non-empty strings. (An absent claim is an empty lineage; that is the caller's.)"""
+    if type(value) is list and len(value) <= MAX_LINEAGE:
+        for item in value:
+            if type(item) is not str or not item:
+                break
+        else:
+            return tuple(value)
+    raise ClaimRejected("claim lineage malformed or longer than the limit")
+
+
+def well_formed_cnf(cnf: object) -> bool:
+    """``cnf`` is a non-empty object of known, non-empty string members (RFC 7800).
+
+    An unknown confirmation method must be refused, not ignored: ignoring it would turn a
+    token bound in a way we cannot check into a bearer token.
+    """
+    return (
+        isinstance(cnf, dict)
+        and bool(cnf)
+        and all(k in CNF_MEMBERS and isinstance(v, str) and v for k, v in cnf.items())
+    )
+
+
+# -- delegation ---------------------------------------------------------------------------
+
+
+def chain_hash(chain: Sequence[DelegationHopLike]) -> str:
+    """SHA-256 (hex) of the compact JSON array of the chain's records, keys in wire order."""
+    records = [
+        {
+            "agent": hop.agent,
+            "scope": list(hop.scope),
+            "delegated_at": hop.delegated_at,
+            "signature": hop.signature,
+        }
+        for hop in chain
+    ]
+    encoded = json.dumps(records, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def act_actors(act: object, limit: int) -> list[str] | None:
+    """The ``sub`` of every level of an ``act`` claim (RFC 8693 section 4.1), outermost first.
+
+    None if it is not a chain of ``{"sub": str[, "act": {...}]}`` objects (no other
+    members) or is deeper than ``limit``: read iteratively, so no depth can recurse.
+    """
+    actors: list[str] = []
+    level = act
+    while level is not None:
+        if len(actors) >= limit or not isinstance(level, dict) or set(level) - {"sub", "act"}:
+            return None
+        sub = level.get("sub")
+        if not isinstance(sub, str) or not sub:
+            return None
+        actors.append(sub)
+        level = level.get("act")
+    return actors
+
+
+def check_act(token: ClaimSet, payload: Mapping[str, Any], max_depth: int) -> tuple[str, ...]:
+    """The ``act`` chain must be exactly the one the delegation chain and principal imply.
+
+    A delegated token with a principal carries ``act`` whose actors, outermost first, are
+    the holder, the delegators from the last to the root, then the principal, so its depth
+    is the delegation depth + 2 and can never disagree with ``delegation_chain``. Any
+    other token carries no ``act`` (``null`` counts as absent). Returns the actors (empty
+    for a token that is not delegated or names no principal).
+    """
+    act = payload.get("act")
+    if not token.delegation_chain or not token.principal:
+        if act is not None:
+            raise ClaimRejected("act claim on a token that is not delegated", "delegation")
+        return ()
+    actors = act_actors(act, max_depth + 2)
+    if actors is None:
+        raise ClaimRejected("act claim malformed or deeper than the limit", "delegation")
+    expected = [token.sub, *(hop.agent for hop in reversed(token.delegation_chain))]
+    if actors != [*expected, token.principal]:
+        raise ClaimRejected("act chain disagrees with the delegation chain", "delegation")
+    return tuple(actors)
+
+
+# -- time ---------------------------------------------------------------------------------
+
+
+def check_time(token: ClaimSet, now: float, skew: float, exp_leeway: float = 0) -> None:
+    """``exp`` without tolerance (``exp_leeway``, 0 by default), ``nbf`` and ``iat`` with
+    ``skew`` seconds of it (RFC 7519 sections 4.1.4 to 4.1.6).
+
+    Expired means ``now >= exp + exp_leeway``: a token is dead from the instant of its
+    ``exp`` ("on or after"). Not yet valid means ``nbf`` or ``iat`` later than
+    ``now + skew``.
+    """
+    if now >= token.exp + exp_leeway:
+        raise ClaimRejected("token expired", "expired")
+    if now + skew < token.nbf:
+        raise ClaimRejected("token not yet valid", "not_yet_valid")
+    if now + skew < token.iat:
+        raise ClaimRejected("token issued in the future", "not_yet_valid")
+
+
+# -- all of them ------------------------------------------------------------------------
+
+
+def check_claims(
+    token: ClaimSet,
+    payload: Mapping[str, Any],
+    *,
+    issuer: str,
+    audiences: Collection[str] | None,
+    now: float,
+    skew: float,
+    max_lifetime: int,
+    max_depth: int,
+    exp_leeway: float = 0,
+) -> tuple[str, ...]:
+    """Every claim rule, in order, for a typed token and its payload as sent.
+
+    ``audiences``: the token's ``aud`` must name at least one of them (RFC 8707: a token
+    minted for one resource fails every other's check); ``None`` accepts any non-empty
+    ``aud``. Time as :func:`check_time`; the lifetime ``exp - iat`` must be positive and at
+    most ``max_lifetime``; ``exp`` at most ``max_exp`` when the token carries one; the
+    delegation chain at most ``max_depth`` hops with a matching ``chain_hash``; ``act`` as
+    :func:`check_act`. Returns the ``act`` actors (empty for an undelegated token).
+
+    Raises:
+        ClaimRejected: at the first rule that fails.
+    """
+    # This is on the verifier's first-seen hot path: the checks are written out, and
+    # check_time's three are repeated here (tests/rules holds the two to the same answers).
+    if not hmac.compare_digest(token.iss.encode(), issuer.encode()):
+        raise ClaimRejected("issuer mismatch", "issuer")
+    aud = token.aud
+    if audiences is not None:
+        for accepted in audiences:
+            if accepted in aud:
+                break
+        else:
+            raise ClaimRejected("audience mismatch", "audience")
+    if not aud:
+        raise ClaimRejected("empty audience", "audience")
+    cnf = payload.get("cnf")
+    if cnf is not None and not well_formed_cnf(cnf):
+        raise ClaimRejected("cnf claim malformed")
+    exp, iat = token.exp, token.iat
+    if now >= exp + exp_leeway:
+        raise ClaimRejected("token expired", "expired")
+    if now + skew < token.nbf:
+        raise ClaimRejected("token not yet valid", "not_yet_valid")
+    if now + skew < iat:
+        raise ClaimRejected("token issued in the future", "not_yet_valid")
+    if exp <= iat or exp - iat > max_lifetime:
+        raise ClaimRejected("token lifetime outside the allowed range")
+    if "max_exp" in payload:
+        max_exp = payload["max_exp"]
+        if type(max_exp) is not int or exp > max_exp:
+            raise ClaimRejected("token outlives its lineage (exp after max_exp)")
+    chain = token.delegation_chain
+    if chain:
+        if len(chain) > max_depth:
+            raise ClaimRejected("delegation chain longer than the depth limit", "delegation")
+        if not hmac.compare_digest(token.chain_hash.encode(), chain_hash(chain).encode()):
+            raise ClaimRejected("delegation chain hash mismatch", "delegation")
+        if token.principal:
+            return check_act(token, payload, max_depth)
+    elif token.chain_hash:
+        raise ClaimRejected("chain_hash without a delegation chain", "delegation")
+    # check_act for a token that is not delegated, or names no principal: no act.
+    if payload.get("act") is not None:
+        raise ClaimRejected("act claim on a token that is not delegated", "delegation")
+    return ()

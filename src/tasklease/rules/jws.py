@@ -1,0 +1,658 @@
+"""Compact EdDSA JWS: the only module that touches the bytes of a token.
+
+Hazmat: the recipes (``core.tokens``, ``core.keys``, the offline verifier, the agent SDK)
+build on it, and everything else calls those. It implements exactly one profile of JWS
+Compact Serialization (RFC 7515 section 7.1) with the ``EdDSA`` algorithm over Ed25519
+(RFC 8037 section 3.1):
+
+* the protected header is ``{"alg":"EdDSA","typ":<typ>,"kid":<kid>}`` and nothing else;
+* the signature is Ed25519 (PyNaCl / libsodium) over the ASCII signing input
+  ``BASE64URL(header) || '.' || BASE64URL(payload)`` (RFC 7515 section 5.1);
+* base64url is the unpadded, canonical form of RFC 7515 section 2 / RFC 4648 section 5.
+
+:func:`decode` parses, then verifies; the caller validates claims afterwards. The
+algorithm comes from our allow-list, never from the header: a header naming anything but
+``EdDSA`` is refused before a key is even looked up (RFC 8725 sections 2.1 and 3.1), and
+header parameters that point elsewhere for keys (``jku``, ``x5u``, ``jwk``, ``x5c``) or
+change processing (``crit``, ``b64``) are refused, never followed.
+
+Every failure raises :class:`JWSError` whose ``reason`` is precise and meant for the
+audit log and debug logs only; callers show one generic failure outward.
+
+Cost (2-core machine of the project's kind, Python 3.11, PyNaCl 1.6.2, msgspec 0.22,
+917-byte tokens, one core): raw ``VerifyKey.verify`` ~56 us; :func:`decode_parts` ~5 us
+of work besides libsodium's: ~0.5 us split and (remembered) header, ~0.25 us kid, ~0.6 us
+signature base64url, ~0.4 us handing the signature to libsodium, ~1.2 us payload
+base64url, ~2 us payload JSON. The signature is checked by ``crypto_sign_open`` without
+an output buffer, reading the signing input in place in the token's bytes (~2.5 us less
+than ``VerifyKey.verify``). Base64url is one ``bytes.translate`` (which also turns every
+byte outside the alphabet into one that strict decoders refuse) and a strict decoder:
+msgspec's (three times faster) or binascii's; any refusal is re-checked rule by rule for
+its reason. JSON is parsed by msgspec and accepted on that fast path only if re-encoding
+gives the same bytes (which rules out duplicate names); otherwise the stdlib decoder with
+a duplicate-name hook decides. Headers that came with a valid signature are remembered by
+segment (~3 us per token).
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Container
+from typing import Any, NamedTuple
+
+import nacl.exceptions
+import nacl.signing
+
+try:
+    import msgspec
+except ImportError:  # pragma: no cover - tests/rules runs this without msgspec
+    msgspec = None  # type: ignore[assignment]  # see _fast_json_object
+
+__all__ = [
+    "ALGORITHM",
+    "MAX_TOKEN_BYTES",
+    "Decoded",
+    "JWSError",
+    "b64url_decode",
+    "b64url_encode",
+    "decode",
+    "decode_embedded_key",
+    "decode_parts",
+    "decode_unverified",
+    "encode",
+    "jwk_thumbprint",
+    "sign_detached",
+    "verify_detached",
+]
+
+MAX_TOKEN_BYTES = 8192
+"""Default cap on a token's length, checked before any decoding or cryptography."""
+
+ALGORITHM = "EdDSA"
+"""The one JWS ``alg`` this codec signs and accepts (RFC 8037 section 3.1)."""
+SIGNATURE_BYTES = 64
+MAX_KID_CHARS = 128
+
+_ALLOWED_HEADER_PARAMS = frozenset(("alg", "typ", "kid"))
+_KID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_PRINTABLE_PARAM = re.compile(r"[A-Za-z0-9_.#-]{1,32}")
+
+_B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_URL_TO_STD = bytes.maketrans(b"-_", b"+/")
+_STD_TO_URL = bytes.maketrans(b"+/", b"-_")
+_PADDING = (b"", b"", b"==", b"=")
+# With 2 (or 3) characters in the last quantum, the last character carries 4 (or 2) bits
+# that encode nothing; they must be zero (RFC 4648 section 3.5). Only these characters
+# satisfy that, so each byte string has exactly one accepted encoding.
+_CANONICAL_LAST_CHAR: tuple[frozenset[str], ...] = (
+    frozenset(),
+    frozenset(),
+    frozenset("AQgw"),
+    frozenset("AEIMQUYcgkosw048"),
+)
+
+
+class JWSError(Exception):
+    """A token (or base64url text) was refused.
+
+    ``reason`` says precisely why (for example ``"alg not allowed"``, ``"unknown kid"``,
+    ``"bad signature"``). It is for the audit log and debug logs only: callers answer
+    with one generic failure, whatever the reason.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Decoded(NamedTuple):
+    """A token whose header was accepted and whose signature verified.
+
+    ``claims`` has not been validated: ``exp``, ``aud`` and the rest are the caller's.
+    """
+
+    typ: str
+    kid: str
+    claims: dict[str, Any]
+
+
+# -- base64url (RFC 7515 section 2, RFC 4648 section 5) ------------------------------
+
+
+def b64url_encode(data: bytes) -> str:
+    """Base64url without padding (RFC 7515 section 2)."""
+    return binascii.b2a_base64(data, newline=False).translate(_STD_TO_URL).rstrip(b"=").decode()
+
+
+def b64url_decode(text: str) -> bytes:
+    """Strict base64url decoding (RFC 7515 section 2, RFC 4648 sections 3.5 and 5).
+
+    Accepts only ``[A-Za-z0-9_-]``, no ``=`` padding, no length that is 1 modulo 4, and
+    only the canonical encoding (unused trailing bits zero), so that no two strings decode
+    to the same bytes. The empty string decodes to ``b""``.
+
+    Raises:
+        JWSError: the text is not strict, canonical base64url.
+    """
+    return _b64url_decode(text, "base64url")
+
+
+def _b64url_decode(text: str, what: str) -> bytes:
+    if type(text) is str and text.isascii():
+        raw = b"." + text.encode("ascii")
+        decoded = _b64_span(raw, 0, len(raw))
+        if decoded is not None:
+            rem = (len(raw) - 1) & 3
+            if not rem or raw[-1] in _CANONICAL_LAST_BYTE[rem]:
+                return decoded
+    return _b64url_decode_checked(text, what)
+
+
+def _b64url_decode_checked(text: str, what: str) -> bytes:
+    """:func:`_b64url_decode` one rule at a time: the reference, and the reason for a refusal.
+
+    :func:`_b64url_decode` answers from :func:`_b64_span` when that accepts the text and
+    the last character is canonical; anything else comes here, which decides.
+    """
+    try:
+        raw = text.encode("ascii")
+    except (UnicodeEncodeError, AttributeError):
+        raise JWSError(f"{what}: not ASCII text") from None
+    if raw.translate(None, _B64URL_ALPHABET):
+        raise JWSError(f"{what}: invalid base64url character")
+    rem = len(raw) % 4
+    if rem == 1:
+        raise JWSError(f"{what}: invalid base64url length")
+    if rem and text[-1] not in _CANONICAL_LAST_CHAR[rem]:
+        raise JWSError(f"{what}: non-canonical base64url")
+    # The alphabet is checked above, so the lenient decoder sees only valid input.
+    return binascii.a2b_base64(raw.translate(_URL_TO_STD) + _PADDING[rem])
+
+
+# The fast decoders. One translate maps the base64url alphabet onto the standard one and
+# every other byte (``+``, ``/`` and ``=`` included) to ``!``, which no strict decoder
+# accepts; the padding is ours, chosen from the length. So a strict standard decoder
+# accepts exactly the strict base64url texts of a valid length, and decodes them to the
+# same bytes. (Canonical last characters are the caller's to check.)
+#
+# ``_b64_span(raw, sep, end)`` decodes ``raw[sep + 1 : end]``, where ``raw[sep]`` is the
+# separator before the segment (``.`` in a token): with msgspec, the same translate turns
+# that separator into the opening quote of a JSON string that msgspec decodes as base64
+# (three times faster than binascii). Its table maps only the separator to ``"``: any
+# ``.`` inside the segment ends the string early, and msgspec refuses the trailing text.
+# Both return None for anything they refuse; callers then ask the checked path, which
+# gives the reason. tests/rules/test_jws.py holds both to the same answers as the checked
+# path.
+_STD_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_REFUSED = ord("!")
+_URL_TO_STRICT = bytes(
+    _STD_ALPHABET[_B64URL_ALPHABET.index(b)] if b in _B64URL_ALPHABET else _REFUSED
+    for b in range(256)
+)
+_SEP_URL_TO_QUOTED = bytes(ord('"') if b == ord(".") else _URL_TO_STRICT[b] for b in range(256))
+_QUOTED_PADDING = (b'"', b"", b'=="', b'="')
+_CANONICAL_LAST_BYTE: tuple[frozenset[int], ...] = tuple(
+    frozenset(map(ord, chars)) for chars in _CANONICAL_LAST_CHAR
+)
+
+
+def _b64_span_binascii(raw: bytes, sep: int, end: int) -> bytes | None:
+    """``raw[sep + 1 : end]`` decoded as strict base64url, or None (binascii strict mode)."""
+    rem = (end - sep - 1) & 3
+    if rem == 1:
+        return None
+    try:
+        return binascii.a2b_base64(
+            raw[sep + 1 : end].translate(_URL_TO_STRICT) + _PADDING[rem], strict_mode=True
+        )
+    except binascii.Error:
+        return None
+
+
+_b64_span: Callable[[bytes, int, int], bytes | None] = _b64_span_binascii
+
+
+# -- strict JSON (RFC 8259; RFC 7515 section 5.2 step 4 on duplicate names) ----------
+
+
+class _DuplicateKeyError(Exception):
+    pass
+
+
+class _BadNumberError(Exception):
+    pass
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKeyError
+    return obj
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf: not a JSON number we can keep
+        raise _BadNumberError
+    return value
+
+
+def _no_constant(_text: str) -> Any:
+    raise _BadNumberError  # NaN, Infinity, -Infinity are not JSON
+
+
+# One decoder, built once: json.loads(..., object_pairs_hook=...) builds a new decoder per
+# call, which costs more than the parse of a token's claims.
+_JSON = json.JSONDecoder(
+    object_pairs_hook=_object_without_duplicates,
+    parse_float=_finite_float,
+    parse_constant=_no_constant,
+)
+
+
+# The fast path: msgspec decodes, re-encodes, and the bytes must come back identical. If
+# they do, the text is the encoding of a dict, so no object in it can repeat a name, and
+# it is valid UTF-8 without lone surrogates or non-finite numbers. Anything else (other
+# spacing, escapes or number spellings, or invalid input) takes the strict stdlib path,
+# which also gives the precise reason for a refusal.
+#
+# msgspec is optional here: the offline verifier (``tasklease.verify``) runs where only
+# PyNaCl is installed, and there every object takes the strict stdlib path (same answers).
+def _no_fast_path(_data: bytes) -> dict[str, Any] | None:
+    return None
+
+
+_fast_json_object: Callable[[bytes], dict[str, Any] | None] = _no_fast_path
+if msgspec is not None:
+    _FAST_DECODER = msgspec.json.Decoder()
+    _FAST_ENCODER = msgspec.json.Encoder()
+    _BASE64_DECODER = msgspec.json.Decoder(bytes)
+    _MSGSPEC_ERROR = msgspec.MsgspecError
+
+    def _msgspec_json_object(data: bytes) -> dict[str, Any] | None:
+        try:
+            value = _FAST_DECODER.decode(data)
+            if type(value) is dict and _FAST_ENCODER.encode(value) == data:
+                return value
+        except (_MSGSPEC_ERROR, ValueError, RecursionError):
+            pass
+        return None
+
+    def _b64_span_msgspec(raw: bytes, sep: int, end: int) -> bytes | None:
+        """:func:`_b64_span_binascii`, decoded by msgspec as a JSON string of base64."""
+        rem = (end - sep - 1) & 3
+        if rem == 1:
+            return None
+        try:
+            decoded: bytes = _BASE64_DECODER.decode(
+                raw[sep:end].translate(_SEP_URL_TO_QUOTED) + _QUOTED_PADDING[rem]
+            )
+        except _MSGSPEC_ERROR:
+            return None
+        return decoded
+
+    _fast_json_object = _msgspec_json_object
+    _b64_span = _b64_span_msgspec
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    value = _fast_json_object(data)
+    if value is not None:
+        return value
+    return _json_object_strict(data, what)
+
+
+def _json_object_strict(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        text = data.decode("utf-8")  # strict: no other encoding is sniffed (RFC 7515 s. 5.2)
+    except UnicodeDecodeError:
+        raise JWSError(f"{what}: not UTF-8") from None
+    try:
+        value = _JSON.decode(text)
+    except _DuplicateKeyError:
+        raise JWSError(f"duplicate key in {what}") from None
+    except _BadNumberError:
+        raise JWSError(f"{what}: number out of range") from None
+    except RecursionError:
+        raise JWSError(f"{what}: nested too deeply") from None
+    except ValueError:  # JSONDecodeError, and int() refusing more than 4300 digits
+        raise JWSError(f"{what}: invalid JSON") from None
+    if type(value) is not dict:
+        raise JWSError(f"{what}: not a JSON object")
+    if "\\u" in text and not _encodes_as_utf8(value):
+        # An escaped lone surrogate ("\ud800") decodes to a str that is not Unicode text.
+        raise JWSError(f"{what}: not UTF-8")
+    return value
+
+
+def _encodes_as_utf8(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# -- compact serialization -----------------------------------------------------------
+
+
+def encode(payload: bytes, *, typ: str, kid: str, key: nacl.signing.SigningKey) -> str:
+    """Sign ``payload`` (already-serialized JSON) as a compact JWS (RFC 7515 section 7.1).
+
+    The protected header is exactly ``{"alg":"EdDSA","typ":<typ>,"kid":<kid>}`` in that
+    order; the signature is Ed25519 over the ASCII signing input (RFC 8037 section 3.1).
+
+    Raises:
+        JWSError: ``kid`` is not 1 to 128 characters of ``[A-Za-z0-9_-]``.
+    """
+    if type(kid) is not str or _KID.fullmatch(kid) is None:
+        raise JWSError("kid malformed")
+    if type(typ) is not str:
+        raise JWSError("typ not a string")
+    header = f'{{"alg":"EdDSA","typ":{json.dumps(typ)},"kid":"{kid}"}}'.encode("ascii")
+    signing_input = (b64url_encode(header) + "." + b64url_encode(payload)).encode("ascii")
+    signature: bytes = key.sign(signing_input).signature
+    return signing_input.decode("ascii") + "." + b64url_encode(signature)
+
+
+def decode(
+    token: str,
+    *,
+    resolve_key: Callable[[str], nacl.signing.VerifyKey | None],
+    allowed_typs: Container[str],
+    max_bytes: int = MAX_TOKEN_BYTES,
+) -> Decoded:
+    """Parse a compact JWS and verify its EdDSA signature.
+
+    In order, each step only when the one before passed:
+
+    1. the length is at most ``max_bytes`` (before any decoding or cryptography);
+    2. ASCII, exactly three non-empty ``.``-separated segments (RFC 7515 section 7.1);
+    3. the header: strict base64url, a JSON object without duplicate names
+       (RFC 7515 section 5.2), only ``alg``, ``typ`` and ``kid``; ``alg`` exactly
+       ``EdDSA`` (RFC 8037 section 3.1; RFC 8725 section 3.1); ``typ`` in
+       ``allowed_typs`` (RFC 8725 section 3.11); ``kid`` 1 to 128 characters of
+       ``[A-Za-z0-9_-]`` for which ``resolve_key`` returns a key;
+    4. the signature: strict base64url, 64 bytes, verifying over the ASCII signing input;
+    5. only then the payload: base64url (alphabet and length; its text is what was
+       signed, so the canonical-encoding test has nothing left to protect), UTF-8, a
+       JSON object without duplicate names at any depth.
+
+    Claims are not validated here.
+
+    Raises:
+        JWSError: at the first failed step, with its reason.
+    """
+    return tuple.__new__(Decoded, decode_parts(token, resolve_key, allowed_typs, max_bytes))
+
+
+def decode_parts(
+    token: str,
+    resolve_key: Callable[[str], nacl.signing.VerifyKey | None],
+    allowed_typs: Container[str],
+    max_bytes: int = MAX_TOKEN_BYTES,
+) -> tuple[str, str, dict[str, Any]]:
+    """:func:`decode`, every check the same, answering a plain ``(typ, kid, claims)``.
+
+    For the offline verifier's first-seen path, where building a :class:`Decoded`
+    costs more than it is worth.
+    """
+    # Steps 1 and 2 as _split, without building the list of segments.
+    if not isinstance(token, str):
+        raise JWSError("token is not a string")
+    if len(token) > max_bytes:
+        raise JWSError("token too large")
+    if not token.isascii():
+        raise JWSError("token is not ASCII")
+    first, last = token.find("."), token.rfind(".")
+    if first == last or token.find(".", first + 1) != last:
+        raise JWSError("token must have 3 segments")
+    if first == 0 or last == first + 1 or last == len(token) - 1:
+        raise JWSError("token has an empty segment")
+    header_seg = token[:first]
+    cached = _VERIFIED_HEADERS.get(header_seg)
+    typ, kid = _parse_header(header_seg) if cached is None else cached
+    if typ not in allowed_typs:
+        raise JWSError("typ not allowed")
+    key = resolve_key(kid)
+    if key is None:
+        raise JWSError("unknown kid")
+    raw = token.encode("ascii")
+    signature = _b64_span(raw, last, len(raw))
+    rem = (len(raw) - last - 1) & 3
+    if signature is None or (rem and raw[-1] not in _CANONICAL_LAST_BYTE[rem]):
+        signature = _b64url_decode_checked(token[last + 1 :], "signature")
+    if len(signature) != SIGNATURE_BYTES:
+        raise JWSError("signature length")
+    if not _verify_token_signature(raw, last, signature, key):
+        raise JWSError("bad signature")
+    if cached is None:
+        if len(_VERIFIED_HEADERS) >= _VERIFIED_HEADERS_MAX:
+            _VERIFIED_HEADERS.clear()  # old kids and typs fall out after rotation
+        _VERIFIED_HEADERS[header_seg] = (typ, kid)
+    # The payload segment's exact text is what the signature covered. b64url_decode also
+    # insists on the canonical encoding, so that no two texts decode to the same bytes;
+    # over a verified text that cannot matter, so only alphabet and length are checked.
+    payload = _b64_span(raw, first, last)
+    if payload is None:
+        payload = _signed_payload_checked(raw[first + 1 : last])
+    claims = _fast_json_object(payload)
+    if claims is None:
+        claims = _json_object_strict(payload, "payload")
+    return typ, kid, claims
+
+
+def _signed_payload_checked(segment: bytes) -> bytes:
+    """The payload decoding of :func:`decode` one rule at a time (the reason for a refusal).
+
+    Alphabet and length only, not the canonical encoding: see :func:`decode`.
+    """
+    rem = len(segment) % 4
+    if segment.translate(None, _B64URL_ALPHABET):
+        raise JWSError("payload: invalid base64url character")
+    if rem == 1:
+        raise JWSError("payload: invalid base64url length")
+    return binascii.a2b_base64(segment.translate(_URL_TO_STD) + _PADDING[rem])
+
+
+def decode_unverified(
+    token: str, *, max_bytes: int = MAX_TOKEN_BYTES
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return ``(header, payload)`` WITHOUT checking the signature or the header's values.
+
+    For inspection tools only (``tasklease token inspect``): nothing returned here may be
+    trusted or used to authorize anything. The structure is still parsed strictly (size
+    cap, three segments, strict base64url, JSON objects without duplicate names); the
+    signature segment may be empty.
+
+    Raises:
+        JWSError: the token is not structurally a compact JWS with JSON header and payload.
+    """
+    header_seg, payload_seg, signature_seg = _split(token, max_bytes, allow_empty_signature=True)
+    header = _json_object(_b64url_decode(header_seg, "header"), "header")
+    payload = _json_object(_b64url_decode(payload_seg, "payload"), "payload")
+    _b64url_decode(signature_seg, "signature")
+    return header, payload
+
+
+def _split(
+    token: str, max_bytes: int, *, allow_empty_signature: bool = False
+) -> tuple[str, str, str]:
+    if not isinstance(token, str):
+        raise JWSError("token is not a string")
+    # For ASCII text, characters are bytes; anything else is refused just below.
+    if len(token) > max_bytes:
+        raise JWSError("token too large")
+    if not token.isascii():
+        raise JWSError("token is not ASCII")
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise JWSError("token must have 3 segments")
+    header_seg, payload_seg, signature_seg = segments
+    if not (header_seg and payload_seg and (signature_seg or allow_empty_signature)):
+        raise JWSError("token has an empty segment")
+    return header_seg, payload_seg, signature_seg
+
+
+# Header segment -> (typ, kid), for headers that came with a valid signature. Parsing is a
+# pure function of the segment and saves ~3 us per token; only signed headers enter, so the
+# entries are bounded by our kids times typs, and the cap only guards against surprises.
+# typ and kid are still checked against the caller's allow-list and key ring every time.
+_VERIFIED_HEADERS: dict[str, tuple[str, str]] = {}
+_VERIFIED_HEADERS_MAX = 256
+
+
+def _parse_header(segment: str) -> tuple[str, str]:
+    header = _json_object(_b64url_decode(segment, "header"), "header")
+    if not _ALLOWED_HEADER_PARAMS.issuperset(header):
+        name = min(k for k in header if k not in _ALLOWED_HEADER_PARAMS)
+        if _PRINTABLE_PARAM.fullmatch(name):
+            raise JWSError(f"unexpected header parameter: {name}")
+        raise JWSError("unexpected header parameter")
+    if header.get("alg") != ALGORITHM:
+        raise JWSError("alg not allowed")
+    typ = header.get("typ")
+    if type(typ) is not str:  # unhashable values must not reach `in allowed_typs`
+        raise JWSError("typ missing or not a string")
+    kid = header.get("kid")
+    if type(kid) is not str or _KID.fullmatch(kid) is None:
+        raise JWSError("kid malformed")
+    return typ, kid
+
+
+# -- detached Ed25519 (delegation records, agent challenge signatures) ---------------
+
+
+def sign_detached(message: bytes, key: nacl.signing.SigningKey) -> bytes:
+    """Ed25519 signature (64 bytes) over ``message`` (RFC 8032 section 5.1.6)."""
+    signature: bytes = key.sign(message).signature
+    return signature
+
+
+# The token path calls libsodium's ``crypto_sign_open`` through PyNaCl's own binding.
+# ``VerifyKey.verify`` makes the same call (same checks: canonical S, small-order keys)
+# but first allocates and zero-fills two C buffers and then copies the message back out,
+# ~1.3 us of a ~56 us verification; a verifier needs only the yes or no, and libsodium
+# takes NULL for the message it would copy out. Without that binding, ``verify_detached``.
+try:
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+
+    _sodium_open: Callable[..., int] | None = _lib.crypto_sign_open
+    _NULL = _ffi.NULL
+except (ImportError, AttributeError):  # pragma: no cover - every PyNaCl 1.x has both
+    _sodium_open = None
+_VERIFY_KEY = nacl.signing.VerifyKey
+
+
+def _verify_token_signature(
+    raw: bytes, length: int, signature: bytes, key: nacl.signing.VerifyKey
+) -> bool:
+    """:func:`verify_detached` of ``raw[:length]`` for the token path: the same answer.
+
+    ``crypto_sign_open`` reads the signature and then exactly ``length`` bytes of ``raw``
+    from one buffer, so the signing input is never sliced out of the token's bytes.
+    """
+    if (
+        _sodium_open is not None
+        and type(key) is _VERIFY_KEY
+        and type(raw) is bytes
+        and type(signature) is bytes
+        and len(signature) == SIGNATURE_BYTES
+        and 0 <= length <= len(raw)
+    ):
+        signed = signature + raw
+        return _sodium_open(_NULL, _NULL, signed, SIGNATURE_BYTES + length, bytes(key)) == 0
+    return verify_detached(raw[:length], signature, key)
+
+
+def verify_detached(message: bytes, signature: bytes, key: nacl.signing.VerifyKey) -> bool:
+    """True when ``signature`` is a valid Ed25519 signature of ``message`` by ``key``.
+
+    libsodium refuses non-canonical signatures and small-order keys (RFC 8032 section
+    5.1.7). Never raises: a signature of the wrong type or length, or a key that is not a
+    ``VerifyKey``, is simply invalid.
+    """
+    if type(signature) is not bytes or len(signature) != SIGNATURE_BYTES:
+        return False
+    if not isinstance(key, nacl.signing.VerifyKey):
+        return False
+    try:
+        key.verify(message, signature)
+    except (nacl.exceptions.CryptoError, TypeError, ValueError):
+        return False
+    return True
+
+
+# -- JWS signed by the key in its own header (DPoP proofs, RFC 9449 section 4.2) ----------
+
+_EMBEDDED_HEADER_PARAMS = frozenset(("typ", "alg", "jwk"))
+_OKP_MEMBERS = frozenset(("kty", "crv", "x"))
+MAX_PROOF_BYTES = 2048
+
+
+def decode_embedded_key(
+    token: str, *, typ: str, max_bytes: int = MAX_PROOF_BYTES
+) -> tuple[bytes, dict[str, Any]]:
+    """Verify a compact JWS signed by the Ed25519 key in its own ``jwk`` header.
+
+    For DPoP proofs only: the header is exactly ``typ`` (equal to ``typ``), ``alg``
+    (``EdDSA``) and ``jwk`` (``kty: OKP``, ``crv: Ed25519``, ``x``, no private member),
+    the size cap comes first and the payload is parsed only after the signature verifies.
+    Returns ``(raw 32-byte public key, claims)``. The caller decides whether that key is
+    the one the access token is bound to.
+
+    Raises:
+        JWSError: at the first failed step, with its reason.
+    """
+    header_seg, payload_seg, signature_seg = _split(token, max_bytes)
+    header = _json_object(_b64url_decode(header_seg, "header"), "header")
+    if set(header) != _EMBEDDED_HEADER_PARAMS:
+        raise JWSError("proof header must be exactly typ, alg and jwk")
+    if header["typ"] != typ:
+        raise JWSError("typ not allowed")
+    if header["alg"] != ALGORITHM:
+        raise JWSError("alg not allowed")
+    jwk = header["jwk"]
+    if type(jwk) is not dict or set(jwk) != _OKP_MEMBERS:
+        raise JWSError("proof jwk must be exactly kty, crv and x")
+    if jwk["kty"] != "OKP" or jwk["crv"] != "Ed25519" or type(jwk["x"]) is not str:
+        raise JWSError("proof jwk is not an Ed25519 public key")
+    raw_key = _b64url_decode(jwk["x"], "jwk x")
+    if len(raw_key) != 32:
+        raise JWSError("proof jwk x length")
+    try:
+        key = nacl.signing.VerifyKey(raw_key)
+    except (nacl.exceptions.CryptoError, TypeError, ValueError):
+        raise JWSError("proof jwk is not an Ed25519 public key") from None
+    signature = _b64url_decode(signature_seg, "signature")
+    signing_input = token[: len(header_seg) + 1 + len(payload_seg)].encode("ascii")
+    if not verify_detached(signing_input, signature, key):
+        raise JWSError("bad signature")
+    claims = _json_object(_b64url_decode(payload_seg, "payload"), "payload")
+    return raw_key, claims
+
+
+# -- JWK thumbprints (RFC 7638) -------------------------------------------------------
+
+
+def jwk_thumbprint(public_key: bytes) -> str:
+    """RFC 7638 JWK SHA-256 thumbprint of an Ed25519 public key (RFC 8037 section 2).
+
+    SHA-256 over the exact ASCII ``{"crv":"Ed25519","kty":"OKP","x":"<base64url(key)>"}``
+    (required members only, in lexicographic order, no whitespace), base64url without
+    padding: 43 characters. Key ids (``kid``) and DPoP key bindings (``cnf.jkt``) are
+    these thumbprints.
+
+    Raises:
+        ValueError: ``public_key`` is not 32 bytes.
+    """
+    if len(public_key) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    member_x = b64url_encode(bytes(public_key))
+    canonical = '{"crv":"Ed25519","kty":"OKP","x":"' + member_x + '"}'
+    return b64url_encode(hashlib.sha256(canonical.encode("ascii")).digest())

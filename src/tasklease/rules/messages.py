@@ -1,0 +1,63 @@
+"""The messages agents sign for the broker with their registered keys (known-answer tested).
+
+Each starts with its own context line, so no signature made for one purpose is ever
+accepted for another (a heartbeat as a handshake, a handshake as a registration), and
+the rest is a compact JSON array, which cannot be re-split into other fields. The agent
+SDK builds these bytes and the broker checks them: both call this module.
+"""
+
+from __future__ import annotations
+
+import json
+
+__all__ = [
+    "HEARTBEAT_CONTEXT",
+    "MUTUAL_CONTEXT",
+    "heartbeat_signing_input",
+    "transcript",
+]
+
+MUTUAL_CONTEXT = b"tasklease-mutual-v1\n"
+HEARTBEAT_CONTEXT = b"tasklease-heartbeat-v1\n"
+_ROLES = ("initiator", "responder")
+
+
+def transcript(
+    role: str,
+    handshake_id: str,
+    initiator: str,
+    responder: str,
+    initiator_nonce: str,
+    responder_nonce: str,
+) -> bytes:
+    """The exact bytes a party signs in the mutual-authentication handshake.
+
+    ``"tasklease-mutual-v1\\n" || JSON [role, handshake_id, initiator, responder,
+    initiator_nonce, responder_nonce]`` (compact, UTF-8). ``role`` (``initiator`` or
+    ``responder``) makes a signature useless in the other role; the rest binds both
+    identities, both nonces and this handshake.
+
+    Raises:
+        ValueError: ``role`` is neither role.
+    """
+    if role not in _ROLES:
+        raise ValueError("role must be 'initiator' or 'responder'")
+    body = json.dumps(
+        [role, handshake_id, initiator, responder, initiator_nonce, responder_nonce],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return MUTUAL_CONTEXT + body.encode("utf-8")
+
+
+def heartbeat_signing_input(
+    agent_id: str, token_jti: str, timestamp: int, proof_jti: str, done: bool
+) -> bytes:
+    """The exact bytes an agent signs for ``POST /v1/heartbeat``.
+
+    ``"tasklease-heartbeat-v1\\n" || JSON [agent_id, token_jti, timestamp, proof_jti,
+    done]`` (compact, UTF-8): ``token_jti`` is the presented token's ``jti``,
+    ``proof_jti`` a fresh single-use value.
+    """
+    body = json.dumps([agent_id, token_jti, timestamp, proof_jti, done], separators=(",", ":"))
+    return HEARTBEAT_CONTEXT + body.encode("utf-8")

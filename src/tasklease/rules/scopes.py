@@ -1,0 +1,70 @@
+"""Scope grammar and coverage: the one attenuation rule of broker, verifier and SDK.
+
+A scope is ``action:resource:identifier``. The string is split on the first two colons, so
+the identifier may itself contain colons (``read:data:customers:42``). No part may be empty.
+``*`` is a wildcard only as a *whole identifier* of an *allowed* scope: ``read:data:*``
+covers ``read:data:42``; nothing covers more than its own action and resource, and
+``*:*:*`` is not a super-scope.
+
+Coverage is the whole of tasklease's authority model, so these functions are pure and
+property-tested: no chain of operations built from them can widen authority.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "MAX_SCOPES",
+    "MAX_SCOPE_LENGTH",
+    "covers",
+    "is_subset",
+    "parse_scope",
+    "uncovered",
+]
+
+MAX_SCOPE_LENGTH = 256
+MAX_SCOPES = 64
+_FORBIDDEN_CHARS = frozenset(" \t\r\n\x00,")
+
+
+def parse_scope(scope: str) -> tuple[str, str, str] | None:
+    """Split a scope into (action, resource, identifier); ``None`` if malformed.
+
+    Malformed: not three non-empty parts, whitespace, control characters or commas,
+    longer than :data:`MAX_SCOPE_LENGTH`, or a ``*`` inside a longer identifier.
+    """
+    if not scope or len(scope) > MAX_SCOPE_LENGTH:
+        return None
+    parts = scope.split(":", 2)
+    if len(parts) != 3 or not all(parts):
+        return None
+    if any(ch in _FORBIDDEN_CHARS or ord(ch) < 0x20 for ch in scope):
+        return None
+    action, resource, identifier = parts
+    if "*" in action or "*" in resource:
+        return None
+    if "*" in identifier and identifier != "*":
+        return None
+    return action, resource, identifier
+
+
+def covers(allowed: str, requested: str) -> bool:
+    """True iff the single scope ``allowed`` covers ``requested``."""
+    a = parse_scope(allowed)
+    r = parse_scope(requested)
+    if a is None or r is None:
+        return False
+    if a[0] != r[0] or a[1] != r[1]:
+        return False
+    return a[2] == "*" or a[2] == r[2]
+
+
+def uncovered(requested: Iterable[str], allowed: Sequence[str]) -> list[str]:
+    """The requested scopes that no allowed scope covers (empty list: all covered)."""
+    return [r for r in requested if not any(covers(a, r) for a in allowed)]
+
+
+def is_subset(requested: Iterable[str], allowed: Sequence[str]) -> bool:
+    """True iff every requested scope is covered by at least one allowed scope."""
+    return not uncovered(requested, allowed)

@@ -1,0 +1,89 @@
+"""Holder binding: the SDK's DPoP proofs against the rules both broker and verifier apply."""
+
+from __future__ import annotations
+
+import ssl
+
+import nacl.signing
+import pytest
+
+from tasklease.client._holder import DPoPKey
+from tasklease.rules import jws
+from tasklease.rules.binding import (
+    BindingError,
+    DPoPVerifier,
+    Presentation,
+    cert_thumbprint,
+    check_binding,
+    presented_thumbprint,
+)
+
+NOW = 1_800_000_000.0
+URL = "https://api.example/data/42"
+
+
+def refusal(cnf: object, token: str, presented: Presentation, dpop: DPoPVerifier) -> str:
+    try:
+        check_binding(cnf, token, presented, dpop=dpop, now=NOW)
+    except BindingError as exc:
+        return exc.reason
+    return "ok"
+
+
+def test_an_sdk_proof_proves_its_key_once() -> None:
+    key = DPoPKey(nacl.signing.SigningKey(b"k" * 32), clock=lambda: NOW)
+    assert key.thumbprint == jws.jwk_thumbprint(bytes(key.key.verify_key))
+    dpop = DPoPVerifier(60)
+    cnf = {"jkt": key.thumbprint}
+    proof = key.proof("GET", URL + "?q=1", "the.token.x")
+    # Schemes compare without case (RFC 9110 section 11.1).
+    presented = Presentation(scheme="dpop", dpop_proof=proof, htm="GET", htu=URL)
+    assert refusal(cnf, "the.token.x", presented, dpop) == "ok"
+    assert refusal(cnf, "the.token.x", presented, dpop) == "DPoP proof replayed (jti already used)"
+    other = key.proof("GET", URL, "another.token.x")
+    assert refusal(
+        cnf, "the.token.x", Presentation(scheme="DPoP", dpop_proof=other, htm="GET", htu=URL), dpop
+    ) == ("DPoP proof ath does not match the access token")
+    assert refusal(cnf, "the.token.x", Presentation(), dpop) == (
+        "DPoP-bound token presented as a bearer token"
+    )
+    assert refusal(None, "t", Presentation(scheme="DPoP"), dpop) == (
+        "DPoP scheme used with a token not bound to a DPoP key"
+    )
+    assert len(dpop) == 1
+
+
+def test_registration_proofs_carry_no_ath() -> None:
+    key = DPoPKey(clock=lambda: NOW)
+    dpop = DPoPVerifier(60)
+    assert dpop.verify(key.proof("POST", URL), htm="POST", htu=URL, now=NOW) == key.thumbprint
+    with pytest.raises(BindingError, match="ath without an access token"):
+        dpop.verify(key.proof("POST", URL, "t.t.t"), htm="POST", htu=URL, now=NOW)
+    with pytest.raises(BindingError, match="acceptance window"):
+        dpop.verify(key.proof("POST", URL), htm="POST", htu=URL, now=NOW + 61)
+
+
+def test_certificate_binding_and_presented_thumbprints() -> None:
+    der = b"0\x82certificate bytes"
+    x5t = cert_thumbprint(der)
+    pem = ssl.DER_cert_to_PEM_cert(der)
+    assert presented_thumbprint(der) == presented_thumbprint(pem) == x5t
+    assert presented_thumbprint(pem.encode("ascii")) == presented_thumbprint(x5t) == x5t
+    assert presented_thumbprint(None) == presented_thumbprint(b"") == ""
+    with pytest.raises(BindingError, match="thumbprint malformed"):
+        presented_thumbprint("short")
+    dpop = DPoPVerifier(60)
+    assert refusal({"x5t#S256": x5t}, "t", Presentation(cert_thumbprint=x5t), dpop) == "ok"
+    assert refusal({"x5t#S256": x5t}, "t", Presentation(), dpop) == (
+        "certificate-bound token presented without a client certificate"
+    )
+    assert refusal({"x5t#S256": x5t}, "t", Presentation(cert_thumbprint="x" * 43), dpop) == (
+        "certificate-bound token presented with another certificate"
+    )
+
+
+def test_the_broker_uses_these_rules() -> None:
+    from tasklease.core import binding
+
+    for name in ("BindingError", "DPoPVerifier", "Presentation", "check_binding"):
+        assert getattr(binding, name) is globals()[name]

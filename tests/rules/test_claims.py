@@ -1,0 +1,288 @@
+"""The claim rules: time (no leeway on exp), audience, lifetime, max_exp, chain, act, lineage."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tasklease.rules.claims import (
+    MAX_LINEAGE,
+    ClaimRejected,
+    DelegationRecord,
+    act_actors,
+    chain_hash,
+    check_act,
+    check_claims,
+    check_time,
+    delegation_chain_of,
+    lineage_of,
+    well_formed_cnf,
+)
+
+LEAF, ROOT = "spiffe://t/agent/leaf", "spiffe://t/agent/root"
+HOP = DelegationRecord(ROOT, ("read:data:*",), "2026-01-01T00:00:00Z", "ab")
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """The smallest ClaimSet: what the rules read of a typed token."""
+
+    exp: int = 1_060
+    nbf: int = 1_000
+    iat: int = 1_000
+    iss: str = "tasklease"
+    sub: str = LEAF
+    aud: tuple[str, ...] = ("svc-a",)
+    delegation_chain: tuple[DelegationRecord, ...] = ()
+    chain_hash: str = ""
+    principal: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+def delegated(principal: str = "user:ada", **payload: Any) -> Token:
+    return Token(
+        delegation_chain=(HOP,),
+        chain_hash=chain_hash((HOP,)),
+        principal=principal,
+        payload=payload,
+    )
+
+
+def outcome(
+    token: Token,
+    now: float = 1_010,
+    *,
+    skew: float = 5,
+    exp_leeway: float = 0,
+    audiences: tuple[str, ...] | None = ("svc-a",),
+    max_lifetime: int = 3600,
+) -> str | tuple[str, ...]:
+    """The actors of an accepted token, or the reason it was refused."""
+    try:
+        return check_claims(
+            token,
+            token.payload,
+            issuer="tasklease",
+            audiences=audiences,
+            now=now,
+            skew=skew,
+            max_lifetime=max_lifetime,
+            max_depth=5,
+            exp_leeway=exp_leeway,
+        )
+    except ClaimRejected as exc:
+        return exc.reason
+
+
+def time_outcome(token: Token, now: float, skew: float, exp_leeway: float = 0) -> str:
+    try:
+        check_time(token, now, skew, exp_leeway)
+    except ClaimRejected as exc:
+        return exc.reason
+    return "ok"
+
+
+# --- time -------------------------------------------------------------------------------
+
+
+def test_a_token_is_dead_at_its_exp() -> None:
+    """RFC 7519 section 4.1.4: not accepted "on or after" exp; no skew on exp."""
+    token = Token(iat=1_000, nbf=1_000, exp=1_005)  # a 5 s token
+    assert time_outcome(token, 1_004.999, skew=30) == "ok"
+    for now in (1_005, 1_005.001, 1_007, 1_035):
+        assert time_outcome(token, now, skew=30) == "token expired", now
+        assert outcome(token, now, skew=30) == "token expired", now
+
+
+def test_exp_leeway_is_only_what_a_verifier_configures() -> None:
+    token = Token(iat=1_000, nbf=1_000, exp=1_005)
+    assert time_outcome(token, 1_007, skew=30, exp_leeway=10) == "ok"
+    assert outcome(token, 1_007, skew=30, exp_leeway=10) == ()
+    assert time_outcome(token, 1_015, skew=30, exp_leeway=10) == "token expired"
+
+
+def test_skew_applies_to_nbf_and_iat() -> None:
+    future = Token(iat=1_020, nbf=1_020, exp=1_320)  # 20 s ahead of the clock at 1_000
+    assert outcome(future, 1_000, skew=30) == ()
+    assert outcome(future, 1_000, skew=19) == "token not yet valid"
+    issued_ahead = Token(iat=1_020, nbf=1_000, exp=1_320)
+    assert outcome(issued_ahead, 1_000, skew=30) == ()
+    assert outcome(issued_ahead, 1_000, skew=19) == "token issued in the future"
+    assert outcome(Token(iat=1_031, nbf=1_031, exp=1_100), 1_000, skew=30) == (
+        "token not yet valid"
+    )
+
+
+_instants = st.integers(min_value=0, max_value=200)
+
+
+@given(
+    now=st.one_of(_instants, st.floats(min_value=0, max_value=200, allow_nan=False)),
+    exp=_instants,
+    nbf=_instants,
+    iat=_instants,
+    skew=st.integers(min_value=0, max_value=60),
+    exp_leeway=st.integers(min_value=0, max_value=60),
+)
+def test_check_claims_decides_time_as_check_time(
+    now: float, exp: int, nbf: int, iat: int, skew: int, exp_leeway: int
+) -> None:
+    """check_claims writes check_time's comparisons out (hot path): same answers."""
+    token = Token(exp=exp, nbf=nbf, iat=iat)
+    expected = time_outcome(token, now, skew, exp_leeway)
+    got = outcome(token, now, skew=skew, exp_leeway=exp_leeway, max_lifetime=10_000)
+    if expected == "ok":
+        # Time passed: only the later rules (here the lifetime) may still refuse.
+        assert got in ((), "token lifetime outside the allowed range")
+        assert (got == ()) == (exp > iat)
+    else:
+        assert got == expected
+
+
+# --- the other rules ----------------------------------------------------------------
+
+
+def test_issuer_audience_and_lifetime() -> None:
+    assert outcome(Token(iss="evil")) == "issuer mismatch"
+    assert outcome(Token(aud=("svc-b",))) == "audience mismatch"
+    assert outcome(Token(aud=("svc-b", "svc-a"))) == ()
+    assert outcome(Token(aud=("svc-b",)), audiences=("svc-a", "svc-b")) == ()
+    assert outcome(Token(aud=("svc-b",)), audiences=None) == ()
+    assert outcome(Token(aud=()), audiences=None) == "empty audience"
+    assert outcome(Token(aud=()), audiences=("svc-a",)) == "audience mismatch"
+    assert outcome(Token(exp=1_060), max_lifetime=60) == ()
+    assert outcome(Token(exp=1_061), max_lifetime=60) == "token lifetime outside the allowed range"
+    # exp <= iat: refused even where the clock would let it through.
+    assert outcome(Token(iat=1_020, nbf=1_000, exp=1_015), skew=30) == (
+        "token lifetime outside the allowed range"
+    )
+
+
+def test_max_exp_bounds_exp_when_present() -> None:
+    assert outcome(Token(exp=1_060, payload={"max_exp": 1_060})) == ()
+    assert outcome(Token(exp=1_060, payload={"max_exp": 5_000})) == ()
+    for bad in (1_059, None, "1060", 1_060.0, True):
+        assert outcome(Token(exp=1_060, payload={"max_exp": bad})) == (
+            "token outlives its lineage (exp after max_exp)"
+        ), bad
+
+
+def test_cnf_shape() -> None:
+    assert well_formed_cnf({"jkt": "x"}) and well_formed_cnf({"x5t#S256": "a", "jkt": "b"})
+    for bad in ({}, {"x5t": "a"}, {"jkt": ""}, {"jkt": 1}, [], "jkt"):
+        assert not well_formed_cnf(bad), bad
+        assert outcome(Token(payload={"cnf": bad})) == "cnf claim malformed"
+
+
+def test_chain_and_act() -> None:
+    act = {"sub": LEAF, "act": {"sub": ROOT, "act": {"sub": "user:ada"}}}
+    assert outcome(delegated(act=act)) == (LEAF, ROOT, "user:ada")
+    # A delegated token without a principal carries no act (null counts as absent).
+    assert outcome(delegated("")) == ()
+    assert outcome(delegated("", act=None)) == ()
+    assert outcome(delegated("", act={"sub": LEAF})) == "act claim on a token that is not delegated"
+    assert outcome(Token(payload={"act": {"sub": LEAF}})) == (
+        "act claim on a token that is not delegated"
+    )
+    assert outcome(delegated()) == "act chain disagrees with the delegation chain"
+    assert outcome(delegated(act={"sub": LEAF, "x": 1})) == (
+        "act claim malformed or deeper than the limit"
+    )
+    assert outcome(dataclasses.replace(delegated(act=act), chain_hash="00")) == (
+        "delegation chain hash mismatch"
+    )
+    assert outcome(dataclasses.replace(delegated(act=act), chain_hash="é")) == (
+        "delegation chain hash mismatch"
+    )
+    assert outcome(Token(chain_hash="00")) == "chain_hash without a delegation chain"
+    deep = dataclasses.replace(Token(), delegation_chain=(HOP,) * 6)
+    assert outcome(dataclasses.replace(deep, chain_hash=chain_hash(deep.delegation_chain))) == (
+        "delegation chain longer than the depth limit"
+    )
+    assert check_act(delegated(act=act), {"act": act}, 5) == (LEAF, ROOT, "user:ada")
+
+
+def test_act_actors_reads_iteratively_and_bounded() -> None:
+    level: dict[str, Any] = {"sub": "user:ada"}
+    for i in range(10_000):
+        level = {"sub": f"a{i}", "act": level}
+    assert act_actors(level, 7) is None
+    assert act_actors({"sub": "a", "act": {"sub": "b"}}, 2) == ["a", "b"]
+    assert act_actors({"sub": ""}, 2) is None
+
+
+def test_chain_hash_and_records_match_the_brokers() -> None:
+    from tasklease.core.tokens import DelegationRecord as BrokerRecord
+    from tasklease.core.tokens import act_actors as broker_act_actors
+    from tasklease.core.tokens import chain_hash as broker_chain_hash
+
+    raw = [
+        {"agent": agent, "scope": [scope], "delegated_at": at, "signature": signature}
+        for agent, scope, at, signature in (
+            (ROOT, "read:data:*", "2026-01-01T00:00:00Z", "ab"),
+            (LEAF, "read:data:é", "2026-01-01T00:00:01Z", "cd"),
+        )
+    ]
+    ours = delegation_chain_of(raw)
+    theirs = tuple(BrokerRecord(r.agent, r.scope, r.delegated_at, r.signature) for r in ours)
+    assert chain_hash(ours) == broker_chain_hash(theirs) == chain_hash(theirs)
+    assert [r.as_json() for r in ours] == raw
+    act = {"sub": LEAF, "act": {"sub": ROOT, "act": {"sub": "user:ada"}}}
+    assert act_actors(act, 4) == broker_act_actors(act, 4)
+    for bad, reason in (
+        ({}, "claim delegation_chain is not a list"),
+        (["x"], "delegation record is not an object"),
+        ([{**raw[0], "agent": ""}], "claim agent missing or not a string"),
+        ([{**raw[0], "scope": "read:data:*"}], "claim scope missing or not a list of strings"),
+    ):
+        with pytest.raises(ClaimRejected) as caught:
+            delegation_chain_of(bad)
+        assert caught.value.reason == reason
+
+
+# --- lineage --------------------------------------------------------------------------
+
+
+@given(
+    st.one_of(
+        st.lists(st.text(max_size=3), max_size=MAX_LINEAGE + 2),
+        st.lists(st.one_of(st.text(min_size=1), st.integers(), st.none()), max_size=4),
+        st.none(),
+        st.text(),
+        st.dictionaries(st.text(), st.text(), max_size=2),
+    )
+)
+def test_lineage_is_a_short_list_of_non_empty_strings(value: object) -> None:
+    well_formed = (
+        type(value) is list
+        and len(value) <= MAX_LINEAGE
+        and all(type(v) is str and v for v in value)
+    )
+    if well_formed:
+        assert lineage_of(value) == tuple(value)  # type: ignore[arg-type]
+    else:
+        with pytest.raises(ClaimRejected) as caught:
+            lineage_of(value)
+        assert caught.value.reason == "claim lineage malformed or longer than the limit"
+
+
+def test_lineage_limit_is_the_brokers() -> None:
+    from tasklease.core.tokens import ClaimsError, claims_from_payload
+
+    base = {
+        "iss": "tasklease", "sub": "s", "aud": ["a"], "exp": 2, "nbf": 1, "iat": 1,
+        "jti": "j", "scope": [], "client_id": "c",
+    }  # fmt: skip
+    ids = [f"id-{i}" for i in range(MAX_LINEAGE + 1)]
+    assert claims_from_payload("at+jwt", {**base, "lineage": ids[:-1]}).lineage == lineage_of(
+        ids[:-1]
+    )
+    with pytest.raises(ClaimsError):
+        claims_from_payload("at+jwt", {**base, "lineage": ids})
+    with pytest.raises(ClaimRejected):
+        lineage_of(ids)

@@ -1,0 +1,37 @@
+"""The messages agents sign: known answers, and the broker's builders give the same bytes."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasklease.rules.messages import heartbeat_signing_input, transcript
+
+NA, NB = "a" * 32, "b" * 32
+
+
+def test_transcript_known_answer() -> None:
+    assert transcript("initiator", "h1", "spiffe://td/a", "spiffe://td/b", NA, NB) == (
+        b"tasklease-mutual-v1\n"
+        b'["initiator","h1","spiffe://td/a","spiffe://td/b",'
+        b'"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"]'
+    )
+    with pytest.raises(ValueError, match="role"):
+        transcript("both", "h1", "a", "b", NA, NB)
+
+
+def test_heartbeat_known_answer() -> None:
+    assert heartbeat_signing_input("spiffe://td/a", "j1", 1800000000, "p" * 16, False) == (
+        b'tasklease-heartbeat-v1\n["spiffe://td/a","j1",1800000000,"pppppppppppppppp",false]'
+    )
+
+
+def test_the_broker_checks_the_same_bytes() -> None:
+    from tasklease.core.liveness import heartbeat_signing_input as brokers_heartbeat
+    from tasklease.core.mutual import transcript as brokers_transcript
+
+    for role in ("initiator", "responder"):
+        args = (role, "h", "spiffe://td/é", "spiffe://td/b", NA, NB)
+        assert transcript(*args) == brokers_transcript(*args)
+    assert heartbeat_signing_input("a", "j", 7, "p", True) == brokers_heartbeat(
+        "a", "j", 7, "p", True
+    )
