@@ -11,13 +11,17 @@ entries that could match this token, by primary key, and the holder's own agent 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from tasklease.core import scopes as scope_rules
+from tasklease.core.callers import about
+from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.revocation import RevocationIndex
 from tasklease.core.store import Store
 from tasklease.core.tokens import KIND_AGENT, Claims
+from tasklease.core.validation import TokenRejected
 
-__all__ = ["is_critical", "live_denial"]
+__all__ = ["assure", "is_critical", "live_denial"]
 
 
 def is_critical(token_scopes: Sequence[str], critical: Sequence[str]) -> bool:
@@ -56,3 +60,37 @@ def live_denial(store: Store, claims: Claims) -> str | None:
         if agent.status != "active":
             return f"agent record is {agent.status} (live read)"
     return None
+
+
+def assure(kernel: Kernel, claims: Claims, ctx: RequestContext, *, audit_denial: bool) -> bool:
+    """High-assurance validation of ``claims`` if they carry a critical scope.
+
+    Returns False (nothing done) for tokens without a critical scope. Otherwise reads
+    the live revocation state and the holder's record from the store, audits the
+    outcome with ``high_assurance=true`` and raises :class:`TokenRejected` on refusal
+    (audited here only when ``audit_denial``; the caller audits otherwise). A store
+    failure propagates: the request fails closed.
+    """
+    if not is_critical(claims.scope, kernel.config.critical_scopes):
+        return False
+    reason = live_denial(kernel.store, claims)
+    ids = replace(about(claims), resource=ctx.path, request_id=ctx.request_id)
+    if reason is not None:
+        reason = f"{reason} high_assurance=true"
+        if audit_denial:
+            entry = replace(
+                ids,
+                event_type="token_validation_failed",
+                outcome="denied",
+                detail=f"{reason} jti={claims.jti}",
+            )
+            kernel.record(entry)
+        raise TokenRejected(reason, "revoked")
+    entry = replace(
+        ids,
+        event_type="token_validated",
+        detail=f"high_assurance=true live revocation and agent record checked "
+        f"jti={claims.jti} path={ctx.path}",
+    )
+    kernel.record(entry)
+    return True

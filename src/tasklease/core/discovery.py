@@ -20,19 +20,20 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from nacl.signing import VerifyKey
 
-from tasklease.core import _jws
+from tasklease.core.audit import AuditEntry
+from tasklease.core.callers import refused, require_agent
+from tasklease.core.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from tasklease.core.identity import decode_signature
+from tasklease.core.kernel import Kernel, RequestContext
+from tasklease.core.store import AgentRecord, DiscoveryBinding, WriteTx
+from tasklease.core.tokens import Claims
+from tasklease.rules import jws
 
-if TYPE_CHECKING:
-    from tasklease.core.broker import Broker, RequestContext
-    from tasklease.core.store import AgentRecord, DiscoveryBinding, WriteTx
-    from tasklease.core.tokens import Claims
-
-__all__ = ["DISCOVERY_CONTEXT", "bind", "resolve", "statement", "verify_binding"]
+__all__ = ["DISCOVERY_CONTEXT", "Discovery", "statement", "verify_binding"]
 
 DISCOVERY_CONTEXT = b"tasklease-discovery-v1\n"
 MAX_ENDPOINT_CHARS = 2048
@@ -56,12 +57,10 @@ def verify_binding(
     if len(public_key) != 32 or len(signature) != 64:
         return False
     message = statement(agent_id, endpoint, issued_at)
-    return _jws.verify_detached(message, signature, VerifyKey(public_key))
+    return jws.verify_detached(message, signature, VerifyKey(public_key))
 
 
 def _endpoint(value: object) -> str:
-    from tasklease.core.errors import InvalidRequest
-
     if not isinstance(value, str) or not value:
         raise InvalidRequest("missing required field: endpoint")
     if len(value) > MAX_ENDPOINT_CHARS or _PRINTABLE.fullmatch(value) is None:
@@ -78,97 +77,92 @@ def _endpoint(value: object) -> str:
     return value
 
 
-def bind(
-    broker: Broker,
-    claims: Claims,
-    *,
-    endpoint: object,
-    issued_at: object,
-    signature: object,
-    ctx: RequestContext,
-) -> DiscoveryBinding:
-    """Publish the caller's endpoint under its SPIFFE ID.
+class Discovery:
+    """Binding and resolving agents' endpoints. Thread-safe; one per broker."""
 
-    Raises:
-        InvalidRequest: a field is missing or malformed.
-        Unauthorized: the signature does not verify with the caller's registered key, or
-            ``issued_at`` is stale or not newer than the stored binding (audited).
-        Forbidden: the caller is not an active registered agent (audited).
-    """
-    from tasklease.core.audit import AuditEntry
-    from tasklease.core.errors import Forbidden, InvalidRequest, Unauthorized
-    from tasklease.core.identity import decode_signature
-    from tasklease.core.store import DiscoveryBinding
+    def __init__(self, kernel: Kernel) -> None:
+        self._kernel = kernel
+        self._config = kernel.config
+        self._store = kernel.store
 
-    url = _endpoint(endpoint)
-    if type(issued_at) is not int:
-        raise InvalidRequest("missing required field: issued_at (integer Unix seconds)")
-    sig = decode_signature(signature)
-    cfg = broker.config
-    now = broker.kernel.now()
-    base = AuditEntry(
-        "discovery_bind_denied",
-        outcome="denied",
-        agent_id=claims.sub,
-        task_id=claims.task_id,
-        orch_id=claims.orch_id,
-        request_id=ctx.request_id,
-    )
-    agent, why = broker.kernel.agent_standing(claims.sub)
-    if agent is None or why:
-        raise broker.kernel.deny(Forbidden("agent is not active"), replace(base, detail=why))
-    if abs(now - issued_at) > cfg.clock_skew:
-        raise broker.kernel.deny(
-            Unauthorized("discovery binding verification failed"),
-            replace(base, detail=f"issued_at {issued_at} outside the clock skew"),
-        )
-    if not verify_binding(claims.sub, url, issued_at, sig, agent.public_key):
-        raise broker.kernel.deny(
-            Unauthorized("discovery binding verification failed"),
-            replace(base, detail="signature does not verify with the registered key"),
-        )
-    binding = DiscoveryBinding(
-        agent_id=claims.sub,
-        endpoint=url,
-        issued_at=issued_at,
-        signature=sig,
-        expires_at=agent.registered_at + cfg.renewal_ceiling + cfg.clock_skew,
-    )
+    def bind(
+        self,
+        claims: Claims,
+        *,
+        endpoint: object,
+        issued_at: object,
+        signature: object,
+        ctx: RequestContext,
+    ) -> DiscoveryBinding:
+        """Publish the caller's endpoint under its SPIFFE ID.
 
-    def unit(tx: WriteTx) -> list[AuditEntry]:
-        current = broker.store.get_discovery_binding(claims.sub)
-        if current is not None and current.issued_at >= issued_at:
-            raise Unauthorized(
-                "discovery binding verification failed",
-                reason=f"issued_at not newer than the bound statement ({current.issued_at})",
+        Raises:
+            InvalidRequest: a field is missing or malformed.
+            Unauthorized: the signature does not verify with the caller's registered key, or
+                ``issued_at`` is stale or not newer than the stored binding (audited).
+            Forbidden: the caller is not an active registered agent, or its token is not
+                an agent's (audited).
+        """
+        require_agent(self._kernel, claims, "bind", ctx)
+        url = _endpoint(endpoint)
+        if type(issued_at) is not int:
+            raise InvalidRequest("missing required field: issued_at (integer Unix seconds)")
+        sig = decode_signature(signature)
+        cfg = self._config
+        now = self._kernel.now()
+        base = refused("discovery_bind_denied", claims, ctx)
+        agent, why = self._kernel.agent_standing(claims.sub)
+        if agent is None or why:
+            raise self._kernel.deny(Forbidden("agent is not active"), replace(base, detail=why))
+        if abs(now - issued_at) > cfg.clock_skew:
+            raise self._kernel.deny(
+                Unauthorized("discovery binding verification failed"),
+                replace(base, detail=f"issued_at {issued_at} outside the clock skew"),
             )
-        tx.put_discovery_binding(binding)
-        return [
-            replace(
-                base,
-                event_type="discovery_bound",
-                outcome="success",
-                detail=f"endpoint bound: {url} issued_at={issued_at}",
+        if not verify_binding(claims.sub, url, issued_at, sig, agent.public_key):
+            raise self._kernel.deny(
+                Unauthorized("discovery binding verification failed"),
+                replace(base, detail="signature does not verify with the registered key"),
             )
-        ]
+        binding = DiscoveryBinding(
+            agent_id=claims.sub,
+            endpoint=url,
+            issued_at=issued_at,
+            signature=sig,
+            expires_at=agent.registered_at + cfg.renewal_ceiling + cfg.clock_skew,
+        )
 
-    try:
-        broker.kernel.commit(unit)
-    except Unauthorized as exc:
-        raise broker.kernel.deny(exc, replace(base, detail=exc.reason)) from None
-    return binding
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            current = self._store.get_discovery_binding(claims.sub)
+            if current is not None and current.issued_at >= issued_at:
+                raise Unauthorized(
+                    "discovery binding verification failed",
+                    reason=f"issued_at not newer than the bound statement ({current.issued_at})",
+                )
+            tx.put_discovery_binding(binding)
+            return [
+                replace(
+                    base,
+                    event_type="discovery_bound",
+                    outcome="success",
+                    detail=f"endpoint bound: {url} issued_at={issued_at}",
+                )
+            ]
 
+        try:
+            self._kernel.commit(unit)
+        except Unauthorized as exc:
+            raise self._kernel.deny(exc, replace(base, detail=exc.reason)) from None
+        return binding
 
-def resolve(broker: Broker, agent_id: str) -> tuple[DiscoveryBinding, AgentRecord]:
-    """The binding of an active agent and its registration (for the public key).
+    def resolve(self, agent_id: str) -> tuple[DiscoveryBinding, AgentRecord]:
+        """The binding of an active agent and its registration (for the public key).
 
-    Raises:
-        NotFound: no agent, not active, or no unexpired binding.
-    """
-    from tasklease.core.errors import NotFound
-
-    agent, why = broker.kernel.agent_standing(agent_id)
-    binding = broker.store.get_discovery_binding(agent_id) if agent is not None else None
-    if agent is None or why or binding is None or binding.expires_at <= broker.kernel.now():
-        raise NotFound("no endpoint bound for this agent")
-    return binding, agent
+        Raises:
+            NotFound: no agent, not active, or no unexpired binding.
+        """
+        agent, why = self._kernel.agent_standing(agent_id)
+        binding = self._store.get_discovery_binding(agent_id) if agent is not None else None
+        if agent is None or why or binding is None or binding.expires_at <= self._kernel.now():
+            raise NotFound("no endpoint bound for this agent")
+        return binding, agent

@@ -1,33 +1,8 @@
-"""Agent-to-agent mutual authentication: a broker-mediated handshake and offline proofs.
+"""Agent-to-agent mutual authentication: the signed formats and the offline proofs.
 
-**Broker-mediated handshake** (three steps; each side proves possession of the Ed25519
-key it registered, by signing :func:`transcript`)::
-
-    A -> broker  initiate(responder=B, initiator_nonce=na)   bearer A
-                 <- offer: broker-signed ticket {hid, A, B, na, A's scope, exp = now+30s}
-    A -> B       the offer (over the agents' own channel)
-    B -> broker  respond(offer, responder_nonce=nb, sig_B(transcript("responder", ...)))
-                 <- answer: ticket {hid, A, B, na, nb, both scopes}, and A's identity+scope
-    B -> A       the answer
-    A -> broker  complete(answer, sig_A(transcript("initiator", ...)))   bearer A
-                 <- B's identity+scope, and a receipt {hid, A, B, na, nb, scopes, aud=B}
-    A -> B       the receipt; B verifies it offline with the JWKS (:func:`verify_receipt`)
-
-The handshake is *stateless*: its state travels in tickets the broker signs with its
-token key under their own ``typ`` (so no ticket is ever accepted as another kind of
-token), live for 30 s. Single use is enforced by spending ``respond:<hid>`` and
-``complete:<hid>`` in the used-nonce table inside each step's transaction, which works
-across replicas like registration nonces do; nothing is allocated until a party has
-authenticated. Each step re-checks both parties' standing (registered, active, not
-revoked, not swept), so a party revoked mid-handshake stops it.
-
-What fails, and why: a replayed respond/complete (the hid is spent); reflection (the
-initiator cannot name itself, cannot respond to its own offer - the bearer must be the
-offer's responder - and a signature made in one role never verifies in the other, the
-role is in the transcript); a responder that is not the registered holder of the target
-ID (wrong bearer, or a signature that does not verify with the target's registered key);
-a revoked or expired party (its bearer fails, or its standing does); a transcript from
-another handshake (the hid and both nonces are signed). Every failure is audited.
+The bytes both parties of the broker-mediated handshake (``core.handshake``) sign are
+:func:`transcript` (from ``rules.messages``, which the SDK signs with too); a responder
+checks the handshake's receipt offline with :func:`verify_receipt`.
 
 **Offline flow** (WIMSE workload proof tokens, draft-ietf-wimse-wpt): an agent signs a
 short JWT with its own registered key (``typ: wpt+jwt``, ``aud`` = the peer's SPIFFE ID,
@@ -43,21 +18,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from nacl.signing import SigningKey, VerifyKey
 
-from tasklease.core import _jws
-
-if TYPE_CHECKING:
-    from tasklease.core.broker import Broker, RequestContext
-    from tasklease.core.tokens import Claims
+from tasklease.rules import jws
+from tasklease.rules.jws import jwk_thumbprint
+from tasklease.rules.messages import MUTUAL_CONTEXT, transcript
 
 __all__ = [
     "HANDSHAKE_TTL",
@@ -70,10 +42,9 @@ __all__ = [
     "HandshakeResult",
     "ProofRejected",
     "ReplayCache",
-    "complete",
-    "initiate",
+    "decode_signed",
     "make_workload_proof",
-    "respond",
+    "string_list",
     "token_hash",
     "transcript",
     "verify_peer",
@@ -81,50 +52,17 @@ __all__ = [
     "verify_workload_proof",
 ]
 
-MUTUAL_CONTEXT = b"tasklease-mutual-v1\n"
 HANDSHAKE_TTL = 30
 KIND_OFFER = "tasklease-mutual-offer+jwt"
 KIND_ANSWER = "tasklease-mutual-answer+jwt"
 KIND_RECEIPT = "tasklease-mutual-receipt+jwt"
 KIND_WPT = "wpt+jwt"
 WPT_MAX_TTL = 60
-_ROLES = ("initiator", "responder")
-_NONCE = re.compile(r"[0-9a-f]{32,128}")
-_FAILED = "mutual authentication failed"
-
-
-def transcript(
-    role: str,
-    handshake_id: str,
-    initiator: str,
-    responder: str,
-    initiator_nonce: str,
-    responder_nonce: str,
-) -> bytes:
-    """The exact bytes a party signs in the handshake (known-answer tested).
-
-    ``"tasklease-mutual-v1\\n" || JSON [role, handshake_id, initiator, responder,
-    initiator_nonce, responder_nonce]`` (compact, UTF-8). The prefix separates it from
-    every other signature an agent makes; ``role`` (``initiator`` or ``responder``) makes
-    a signature useless in the other role; the rest binds both identities, both nonces
-    and this handshake.
-
-    Raises:
-        ValueError: ``role`` is neither role.
-    """
-    if role not in _ROLES:
-        raise ValueError("role must be 'initiator' or 'responder'")
-    body = json.dumps(
-        [role, handshake_id, initiator, responder, initiator_nonce, responder_nonce],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return MUTUAL_CONTEXT + body.encode("utf-8")
 
 
 def token_hash(token: str) -> str:
     """base64url(SHA-256(ASCII token)), the ``wth``/``ath`` form (RFC 9449 section 4.2)."""
-    return _jws.b64url_encode(hashlib.sha256(token.encode("ascii")).digest())
+    return jws.b64url_encode(hashlib.sha256(token.encode("ascii")).digest())
 
 
 # --- offline: receipts and workload proof tokens (pure) ------------------------------------
@@ -147,14 +85,18 @@ class HandshakeResult:
     peer_scope: tuple[str, ...]
 
 
-def _decode(token: str, typ: str, resolve_key: Callable[[str], VerifyKey | None]) -> dict[str, Any]:
+def decode_signed(
+    token: str, typ: str, resolve_key: Callable[[str], VerifyKey | None]
+) -> dict[str, Any]:
+    """The claims of a compact EdDSA JWS of ``typ``; raises ProofRejected otherwise."""
     try:
-        return _jws.decode(token, resolve_key=resolve_key, allowed_typs=(typ,)).claims
-    except _jws.JWSError as exc:
+        return jws.decode(token, resolve_key=resolve_key, allowed_typs=(typ,)).claims
+    except jws.JWSError as exc:
         raise ProofRejected(exc.reason) from None
 
 
-def _strs(value: object) -> tuple[str, ...]:
+def string_list(value: object) -> tuple[str, ...]:
+    """A claim that must be a list of strings (a scope); raises ProofRejected otherwise."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ProofRejected("scope is not a list of strings")
     return tuple(value)
@@ -180,7 +122,7 @@ def verify_receipt(
     Raises:
         ProofRejected: any check failed.
     """
-    claims = _decode(receipt, KIND_RECEIPT, resolve_key)
+    claims = decode_signed(receipt, KIND_RECEIPT, resolve_key)
     if claims.get("iss") != issuer:
         raise ProofRejected("issuer mismatch")
     if claims.get("aud") != me or claims.get("rsp") != me:
@@ -195,7 +137,7 @@ def verify_receipt(
     initiator = claims.get("ini")
     if not isinstance(initiator, str):
         raise ProofRejected("receipt without initiator")
-    return HandshakeResult(handshake_id, initiator, _strs(claims.get("ini_scope")))
+    return HandshakeResult(handshake_id, initiator, string_list(claims.get("ini_scope")))
 
 
 class ReplayCache:
@@ -243,8 +185,6 @@ def make_workload_proof(
     Raises:
         ValueError: ``ttl`` is not between 1 and 60 seconds.
     """
-    from tasklease.core.keys import jwk_thumbprint
-
     if not 1 <= ttl <= WPT_MAX_TTL:
         raise ValueError("ttl must be between 1 and 60 seconds")
     iat = int(now)
@@ -257,7 +197,7 @@ def make_workload_proof(
     }
     kid = jwk_thumbprint(bytes(key.verify_key))
     body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
-    return _jws.encode(body, typ=KIND_WPT, kid=kid, key=key)
+    return jws.encode(body, typ=KIND_WPT, kid=kid, key=key)
 
 
 def verify_workload_proof(
@@ -280,19 +220,17 @@ def verify_workload_proof(
     Raises:
         ProofRejected: any check failed.
     """
-    from tasklease.core.keys import jwk_thumbprint
-
     jwk = access_claims.get("agent_jwk")
     x = jwk.get("x") if isinstance(jwk, dict) else None
     try:
-        raw = _jws.b64url_decode(x) if isinstance(x, str) else b""
-    except _jws.JWSError:
+        raw = jws.b64url_decode(x) if isinstance(x, str) else b""
+    except jws.JWSError:
         raw = b""
     if len(raw) != 32:
         raise ProofRejected("access token carries no agent_jwk")
     kid = jwk_thumbprint(raw)
     peer_key = VerifyKey(raw)
-    claims = _decode(proof, KIND_WPT, lambda k: peer_key if k == kid else None)
+    claims = decode_signed(proof, KIND_WPT, lambda k: peer_key if k == kid else None)
     if claims.get("aud") != me:
         raise ProofRejected("proof addressed to another audience")
     if not hmac.compare_digest(str(claims.get("wth", "")), token_hash(access_token)):
@@ -333,7 +271,7 @@ def verify_peer(
     Raises:
         ProofRejected: any check failed.
     """
-    claims = _decode(access_token, "at+jwt", resolve_key)
+    claims = decode_signed(access_token, "at+jwt", resolve_key)
     if claims.get("iss") != issuer:
         raise ProofRejected("issuer mismatch")
     exp, nbf = claims.get("exp"), claims.get("nbf", 0)
@@ -343,257 +281,3 @@ def verify_peer(
         proof, access_token=access_token, access_claims=claims, me=me, now=now, replay=replay
     )
     return claims
-
-
-# --- the broker-mediated handshake (run by the Broker facade) --------------------------
-
-
-def _ticket(broker: Broker, kind: str, claims: dict[str, Any]) -> str:
-    body = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return broker.keyring.sign(body, kind)
-
-
-def _open_ticket(broker: Broker, token: object, kind: str) -> dict[str, Any]:
-    """The claims of one of our tickets of ``kind``; raises ProofRejected otherwise."""
-    if not isinstance(token, str) or not token:
-        raise ProofRejected("no ticket")
-    claims = _decode(token, kind, broker.keyring.verify_key)
-    if claims.get("iss") != broker.config.issuer:
-        raise ProofRejected("ticket issuer mismatch")
-    exp = claims.get("exp")
-    if type(exp) is not int or broker.kernel.now() > exp:
-        raise ProofRejected("handshake expired")
-    for name in ("hid", "ini", "rsp", "na"):
-        if not isinstance(claims.get(name), str):
-            raise ProofRejected(f"ticket without {name}")
-    return claims
-
-
-def _nonce(value: object, field: str) -> str:
-    from tasklease.core.errors import InvalidRequest
-
-    if not isinstance(value, str) or _NONCE.fullmatch(value) is None:
-        raise InvalidRequest(f"{field} must be 32 to 128 lowercase hex characters")
-    return value
-
-
-def _signature(value: object) -> bytes:
-    from tasklease.core.identity import decode_signature
-
-    return decode_signature(value)
-
-
-class _Step:
-    """Auditing helpers of one handshake step (the Broker facade audits every outcome)."""
-
-    def __init__(self, broker: Broker, claims: Claims, step: str, ctx: RequestContext) -> None:
-        from tasklease.core.audit import AuditEntry
-
-        self.broker = broker
-        self.base = AuditEntry(
-            "mutual_auth_failed",
-            outcome="denied",
-            agent_id=claims.sub,
-            task_id=claims.task_id,
-            orch_id=claims.orch_id,
-            request_id=ctx.request_id,
-        )
-        self.step = step
-
-    def fail(self, why: str, exc: Exception | None = None) -> Exception:
-        from tasklease.core.errors import Unauthorized
-
-        error = exc if exc is not None else Unauthorized(_FAILED)
-        return self.broker.kernel.deny(
-            error,  # type: ignore[arg-type]
-            replace(self.base, detail=f"mutual auth {self.step} refused: {why}"),
-        )
-
-    def standing(self, agent_id: str, who: str) -> Any:
-
-        agent, why = self.broker.kernel.agent_standing(agent_id)
-        if agent is None or why:
-            raise self.fail(f"{who} {agent_id}: {why or 'agent not registered'}")
-        return agent
-
-    def verify(self, agent: Any, message: bytes, signature: bytes, who: str) -> None:
-        if not _jws.verify_detached(message, signature, VerifyKey(agent.public_key)):
-            raise self.fail(
-                f"{who} signature does not verify with the registered key of "
-                f"{agent.agent_id} (not its holder, or a transcript of another handshake)"
-            )
-
-    def spend(self, marker: str, expires_at: float, event: Any) -> None:
-        from tasklease.core.errors import Unauthorized
-
-        marker_hash = hashlib.sha256(marker.encode("utf-8")).hexdigest()
-
-        def unit(tx: Any) -> list[Any]:
-            if not tx.consume_nonce(marker_hash, expires_at):
-                raise Unauthorized(_FAILED, reason="handshake step replayed")
-            return [event]
-
-        try:
-            self.broker.kernel.commit(unit)
-        except Unauthorized as exc:
-            raise self.fail(exc.reason) from None
-
-
-def initiate(
-    broker: Broker,
-    claims: Claims,
-    *,
-    responder: object,
-    initiator_nonce: object,
-    ctx: RequestContext,
-) -> tuple[str, str, int]:
-    """Step 1: ``(handshake_id, offer, expires_in)`` for a handshake with ``responder``.
-
-    Raises:
-        InvalidRequest: a field is missing or malformed.
-        Unauthorized: the responder is unknown, revoked or the caller itself; the caller
-            is not in good standing (audited as ``mutual_auth_failed``).
-    """
-    from tasklease.core.audit import AuditEntry
-    from tasklease.core.errors import InvalidRequest
-
-    if not isinstance(responder, str) or not responder or len(responder) > 2048:
-        raise InvalidRequest("missing required field: responder_id")
-    na = _nonce(initiator_nonce, "initiator_nonce")
-    step = _Step(broker, claims, "initiate", ctx)
-    if responder == claims.sub:
-        raise step.fail("reflection: the initiator named itself as responder")
-    step.standing(claims.sub, "initiator")
-    step.standing(responder, "responder")
-    now = int(broker.kernel.now())
-    hid = secrets.token_hex(16)
-    offer = _ticket(
-        broker,
-        KIND_OFFER,
-        {
-            "iss": broker.config.issuer,
-            "hid": hid,
-            "ini": claims.sub,
-            "rsp": responder,
-            "na": na,
-            "ini_scope": list(claims.scope),
-            "iat": now,
-            "exp": now + HANDSHAKE_TTL,
-        },
-    )
-    broker.kernel.record(
-        AuditEntry(
-            "mutual_auth_initiated",
-            agent_id=claims.sub,
-            task_id=claims.task_id,
-            orch_id=claims.orch_id,
-            request_id=ctx.request_id,
-            detail=f"handshake {hid} initiated by {claims.sub} with {responder}",
-        )
-    )
-    return hid, offer, HANDSHAKE_TTL
-
-
-def respond(
-    broker: Broker,
-    claims: Claims,
-    *,
-    offer: object,
-    responder_nonce: object,
-    signature: object,
-    ctx: RequestContext,
-) -> tuple[str, HandshakeResult]:
-    """Step 2: the responder proves its key; returns ``(answer, initiator's identity)``.
-
-    Raises:
-        InvalidRequest: a field is missing or malformed.
-        Unauthorized: the offer is not ours, expired or replayed; the caller is not the
-            offer's responder or not the holder of its registered key; either party is
-            no longer in good standing (audited as ``mutual_auth_failed``).
-    """
-    from tasklease.core.audit import AuditEntry
-
-    nb = _nonce(responder_nonce, "responder_nonce")
-    sig = _signature(signature)
-    step = _Step(broker, claims, "respond", ctx)
-    try:
-        ticket = _open_ticket(broker, offer, KIND_OFFER)
-    except ProofRejected as exc:
-        raise step.fail(f"offer: {exc.reason}") from None
-    hid, ini, rsp, na = ticket["hid"], ticket["ini"], ticket["rsp"], ticket["na"]
-    if claims.sub != rsp:
-        why = "reflection: the initiator answered its own offer" if claims.sub == ini else ""
-        raise step.fail(why or f"{claims.sub} is not the responder {rsp} of handshake {hid}")
-    responder_agent = step.standing(rsp, "responder")
-    step.verify(responder_agent, transcript("responder", hid, ini, rsp, na, nb), sig, "responder")
-    step.standing(ini, "initiator")
-    answer = _ticket(
-        broker,
-        KIND_ANSWER,
-        {**ticket, "nb": nb, "rsp_scope": list(claims.scope)},
-    )
-    step.spend(
-        f"mutual-respond\n{hid}",
-        ticket["exp"] + broker.config.clock_skew + 1,
-        AuditEntry(
-            "mutual_auth_responded",
-            agent_id=claims.sub,
-            task_id=claims.task_id,
-            orch_id=claims.orch_id,
-            request_id=ctx.request_id,
-            detail=f"handshake {hid}: responder {rsp} proved its registered key to {ini}",
-        ),
-    )
-    return answer, HandshakeResult(hid, ini, _strs(ticket.get("ini_scope")))
-
-
-def complete(
-    broker: Broker,
-    claims: Claims,
-    *,
-    answer: object,
-    signature: object,
-    ctx: RequestContext,
-) -> tuple[str, HandshakeResult]:
-    """Step 3: the initiator proves its key; returns ``(receipt, responder's identity)``.
-
-    Raises:
-        InvalidRequest: a field is missing or malformed.
-        Unauthorized: as :func:`respond`, for the initiator (audited).
-    """
-    from tasklease.core.audit import AuditEntry
-
-    sig = _signature(signature)
-    step = _Step(broker, claims, "complete", ctx)
-    try:
-        ticket = _open_ticket(broker, answer, KIND_ANSWER)
-        nb = ticket.get("nb")
-        if not isinstance(nb, str):
-            raise ProofRejected("answer without responder nonce")
-    except ProofRejected as exc:
-        raise step.fail(f"answer: {exc.reason}") from None
-    hid, ini, rsp, na = ticket["hid"], ticket["ini"], ticket["rsp"], ticket["na"]
-    if claims.sub != ini:
-        raise step.fail(f"{claims.sub} is not the initiator {ini} of handshake {hid}")
-    initiator_agent = step.standing(ini, "initiator")
-    step.verify(initiator_agent, transcript("initiator", hid, ini, rsp, na, nb), sig, "initiator")
-    step.standing(rsp, "responder")
-    now = int(broker.kernel.now())
-    receipt = _ticket(
-        broker,
-        KIND_RECEIPT,
-        {**ticket, "aud": rsp, "iat": now, "exp": now + HANDSHAKE_TTL},
-    )
-    step.spend(
-        f"mutual-complete\n{hid}",
-        ticket["exp"] + broker.config.clock_skew + 1,
-        AuditEntry(
-            "mutual_auth_completed",
-            agent_id=claims.sub,
-            task_id=claims.task_id,
-            orch_id=claims.orch_id,
-            request_id=ctx.request_id,
-            detail=f"handshake {hid} completed: {ini} and {rsp} each proved their registered key",
-        ),
-    )
-    return receipt, HandshakeResult(hid, rsp, _strs(ticket.get("rsp_scope")))

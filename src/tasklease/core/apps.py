@@ -1,0 +1,407 @@
+"""Operators and apps: admin and app sign-in, the app registry, and launch tokens.
+
+Admin and app tokens are minted here after a secret (argon2id) verifies; launch tokens
+are the ceiling (scope, audience, agent token lifetime, principal) an agent registers
+under. Removing an app ends every token it issued or launched, with their descendants.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from tasklease.core import scopes as scope_rules
+from tasklease.core.audience import validate_resources
+from tasklease.core.audit import AuditEntry
+from tasklease.core.clock import format_rfc3339_seconds
+from tasklease.core.delegation import principal_ref, validate_principal
+from tasklease.core.errors import Forbidden, InvalidRequest, InvalidTTL, NotFound, Unauthorized
+from tasklease.core.issuing import clamp_ttl, listed
+from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, app_ancestor
+from tasklease.core.launch import new_launch_token
+from tasklease.core.passwords import hash_secret, new_secret, verify_secret
+from tasklease.core.signing import SigningKeys
+from tasklease.core.store import AppRecord, LaunchTokenRecord, RevocationRecord, WriteTx
+from tasklease.core.tokens import ADMIN_SCOPES, APP_SCOPES, KIND_ADMIN, KIND_APP, Claims, mint
+
+__all__ = ["Apps", "expires_at_text"]
+
+_APP_NAME = re.compile(r"^[a-z][a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+def expires_at_text(record: LaunchTokenRecord) -> str:
+    """When a launch token expires, as RFC 3339 (whole seconds)."""
+    return format_rfc3339_seconds(record.expires_at)
+
+
+def _app_token_ttl(token_ttl: object) -> int | None:
+    """An app's token TTL as given (None: unchanged or the default), 60 s to 24 h."""
+    if token_ttl is None:
+        return None
+    if type(token_ttl) is not int or not 60 <= token_ttl <= 86400:
+        raise InvalidTTL(
+            f"invalid token TTL: must be between 60 and 86400 seconds, got {token_ttl}"
+        )
+    return token_ttl
+
+
+class Apps:
+    """Admin and app sign-in, app CRUD, launch tokens. Thread-safe; one per broker."""
+
+    def __init__(self, kernel: Kernel, keys: SigningKeys) -> None:
+        self._kernel = kernel
+        self._config = kernel.config
+        self._store = kernel.store
+        self._metrics = kernel.metrics
+        self._keys = keys
+
+    def admin_auth(self, secret: object, ctx: RequestContext) -> IssuedToken:
+        if not isinstance(secret, str) or not secret:
+            raise InvalidRequest("secret is required")
+        if not verify_secret(self._config.admin_secret_hash or None, secret):
+            self._metrics.auth.labels("admin", "failure").inc()
+            raise self._kernel.deny(
+                Unauthorized("invalid credentials"),
+                AuditEntry(
+                    "admin_auth_failed",
+                    outcome="denied",
+                    request_id=ctx.request_id,
+                    detail=f"admin authentication failed from {ctx.remote}",
+                ),
+            )
+        return self._sign_in(
+            "admin",
+            kind=KIND_ADMIN,
+            sub="admin",
+            ttl=clamp_ttl(self._config.admin_token_ttl, self._config.default_ttl, self._config),
+            scope=ADMIN_SCOPES,
+            client_id="admin",
+            ctx=ctx,
+            event="admin_auth",
+            detail=lambda claims: (
+                f"admin authenticated as admin from {ctx.remote} jti={claims.jti}"
+            ),
+        )
+
+    def register_app(
+        self,
+        claims: Claims,
+        *,
+        name: object,
+        scopes: object,
+        token_ttl: object,
+        ctx: RequestContext,
+    ) -> tuple[AppRecord, str]:
+        """Create an app; returns the record and its client secret (shown once)."""
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("name is required")
+        if scopes is None or scopes == []:
+            raise InvalidRequest("scopes must not be empty")
+        ttl = _app_token_ttl(token_ttl)
+        if len(name) > 64 or not _APP_NAME.match(name):
+            raise InvalidRequest(
+                "invalid app name: must be lowercase letters, digits, and hyphens",
+                hint="2-64 characters starting with a letter; hyphens only between letters",
+            )
+        ceiling = scope_rules.validate_scopes(scopes, field="scopes")
+        now = self._kernel.now()
+        parts = name.split("-")
+        abbrev = "".join(p[0] for p in parts)[:3] if len(parts) > 1 else name[:2]
+        secret = new_secret()
+        app = AppRecord(
+            app_id=f"app-{name}-{secrets.token_hex(3)}",
+            name=name,
+            client_id=f"{abbrev}-{secrets.token_hex(6)}",
+            secret_hash=hash_secret(secret),
+            scopes=ceiling,
+            token_ttl=ttl if ttl is not None else self._config.app_token_ttl,
+            status="active",
+            created_at=now,
+            updated_at=now,
+            created_by=claims.sub,
+        )
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            tx.insert_app(app)
+            return [
+                AuditEntry(
+                    "app_registered",
+                    request_id=ctx.request_id,
+                    detail=f"app={name} app_id={app.app_id} client_id={app.client_id} "
+                    f"scopes={listed(ceiling)} token_ttl={app.token_ttl} by={claims.sub}",
+                )
+            ]
+
+        self._kernel.commit(unit)
+        return app, secret
+
+    def list_apps(self) -> list[AppRecord]:
+        return self._store.list_apps()
+
+    def get_app(self, app_id: str) -> AppRecord:
+        app = self._store.get_app(app_id)
+        if app is None:
+            raise NotFound("app not found")
+        return app
+
+    def update_app(
+        self, claims: Claims, app_id: str, *, scopes: object, token_ttl: object, ctx: RequestContext
+    ) -> AppRecord:
+        """Change an app's scope ceiling and/or token TTL, atomically (both or neither)."""
+        if (scopes is None or scopes == []) and token_ttl is None:
+            raise InvalidRequest("at least one of scopes or token_ttl must be provided")
+        ceiling = (
+            None
+            if scopes is None or scopes == []
+            else scope_rules.validate_scopes(scopes, field="scopes")
+        )
+        ttl = _app_token_ttl(token_ttl)
+        app = self.get_app(app_id)
+        updated = replace(
+            app,
+            scopes=ceiling if ceiling is not None else app.scopes,
+            token_ttl=ttl if ttl is not None else app.token_ttl,
+            updated_at=self._kernel.now(),
+        )
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            tx.update_app(updated)
+            return [
+                AuditEntry(
+                    "app_updated",
+                    request_id=ctx.request_id,
+                    detail=f"app_id={app_id} scopes={listed(updated.scopes)} "
+                    f"token_ttl={app.token_ttl}->{updated.token_ttl} updated_by={claims.sub}",
+                )
+            ]
+
+        self._kernel.commit(unit)
+        return updated
+
+    def deregister_app(self, claims: Claims, app_id: str, ctx: RequestContext) -> AppRecord:
+        """Deactivate an app: its secret stops working and its live app tokens are revoked."""
+        app = self.get_app(app_id)
+        now = self._kernel.now()
+        updated = replace(app, status="inactive", updated_at=now)
+        revoked_at = math.floor(now)
+        expires_at = self._kernel.revocation_expiry(revoked_at)
+        records = [
+            # The app's own tokens (subject app:<app_id>) ...
+            RevocationRecord("agent", f"app:{app_id}", revoked_at, expires_at),
+            # ... and every agent token launched through it, with their descendants.
+            RevocationRecord("chain", app_ancestor(app_id), revoked_at, expires_at),
+        ]
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            tx.update_app(updated)
+            for record in records:
+                tx.insert_revocation(record)
+            return [
+                AuditEntry(
+                    "app_deregistered",
+                    request_id=ctx.request_id,
+                    detail=f"app_id={app_id} name={app.name} deregistered_by={claims.sub}",
+                )
+            ]
+
+        self._kernel.commit(unit)
+        self._kernel.apply_revocations(records)
+        return updated
+
+    def app_auth(
+        self, client_id: object, client_secret: object, ctx: RequestContext
+    ) -> IssuedToken:
+        if (
+            not isinstance(client_id, str)
+            or not client_id
+            or not isinstance(client_secret, str)
+            or not client_secret
+        ):
+            raise InvalidRequest("client_id and client_secret are required")
+        app = self._store.get_app_by_client_id(client_id) if len(client_id) <= 128 else None
+        ok = verify_secret(app.secret_hash if app else None, client_secret)
+        reason = (
+            "unknown_client_id"
+            if app is None
+            else "wrong_secret"
+            if not ok
+            else "app_inactive"
+            if app.status != "active"
+            else ""
+        )
+        if reason:
+            self._metrics.auth.labels("app", "failure").inc()
+            shown = client_id if app is not None else "<unknown>"
+            raise self._kernel.deny(
+                Unauthorized("Authentication failed"),
+                AuditEntry(
+                    "app_auth_failed",
+                    outcome="denied",
+                    request_id=ctx.request_id,
+                    detail=f"client_id={shown} reason={reason}",
+                ),
+            )
+        if app is None:  # unreachable: reason is set when app is None
+            raise Unauthorized("Authentication failed")
+        return self._sign_in(
+            "app",
+            kind=KIND_APP,
+            sub=f"app:{app.app_id}",
+            ttl=clamp_ttl(app.token_ttl, self._config.app_token_ttl, self._config),
+            scope=APP_SCOPES,
+            client_id=app.client_id,
+            ctx=ctx,
+            event="app_authenticated",
+            detail=lambda _: f"client_id={app.client_id} app_id={app.app_id}",
+        )
+
+    def _sign_in(
+        self,
+        label: str,
+        *,
+        kind: str,
+        sub: str,
+        ttl: int,
+        scope: tuple[str, ...],
+        client_id: str,
+        ctx: RequestContext,
+        event: str,
+        detail: Callable[[Claims], str],
+    ) -> IssuedToken:
+        """Mint an admin or app token for a caller whose secret verified; audit it."""
+        started = time.perf_counter()
+        cfg = self._config
+        token, claims = mint(
+            self._keys.ring,
+            kind=kind,
+            iss=cfg.issuer,
+            sub=sub,
+            aud=cfg.audience,
+            iat=int(self._kernel.now()),
+            ttl=ttl,
+            scope=scope,
+            client_id=client_id,
+        )
+        self._kernel.record(AuditEntry(event, request_id=ctx.request_id, detail=detail(claims)))
+        self._metrics.auth.labels(label, "success").inc()
+        self._metrics.tokens_issued.labels(label).inc()
+        self._metrics.issuance_seconds.labels(label).observe(time.perf_counter() - started)
+        return IssuedToken(token, claims)
+
+    # --- launch tokens ---------------------------------------------------------------------
+
+    def create_launch_token(
+        self,
+        claims: Claims,
+        *,
+        agent_name: object,
+        allowed_scope: object,
+        max_ttl: object,
+        single_use: object,
+        ttl: object,
+        ctx: RequestContext,
+        principal: object = None,
+        resource: object = None,
+    ) -> tuple[str, LaunchTokenRecord]:
+        """Mint a launch token. App callers are held to their app's scope ceiling.
+
+        ``resource`` (a string or a list, RFC 8707) names the resources its agents'
+        tokens may be for; a registration then names one of them (``invalid_target``).
+
+        ``principal`` (``kind:value``, e.g. ``user:alice@example.com``) names the human
+        the agents it launches work for; by default the creator (``admin`` or
+        ``app:<app_id>``). Every token of those agents, and every token delegated from
+        them, carries it (docs/agents.md).
+        """
+        cfg = self._config
+        if not isinstance(agent_name, str) or not agent_name:
+            raise InvalidRequest("agent_name is required")
+        if len(agent_name) > 256:
+            raise InvalidRequest("agent_name must be at most 256 characters")
+        if allowed_scope is None or allowed_scope == []:
+            raise InvalidRequest("allowed_scope must not be empty")
+        scope = scope_rules.validate_scopes(allowed_scope, field="allowed_scope")
+        for name, value in (("max_ttl", max_ttl), ("ttl", ttl)):
+            if value is not None and type(value) is not int:
+                raise InvalidRequest(f"{name} must be an integer number of seconds")
+        if single_use is not None and not isinstance(single_use, bool):
+            raise InvalidRequest("single_use must be a boolean")
+        named = None if principal is None else validate_principal(principal)
+        resources = validate_resources(resource, field="resource")
+        validity = cfg.launch_token_ttl if not isinstance(ttl, int) or ttl <= 0 else ttl
+        if validity > cfg.launch_token_max_ttl:
+            raise InvalidTTL(
+                f"invalid launch token ttl: at most {cfg.launch_token_max_ttl} seconds, "
+                f"got {validity}"
+            )
+        agent_ttl = clamp_ttl(max_ttl if isinstance(max_ttl, int) else None, cfg.default_ttl, cfg)
+        app_id = ""
+        if claims.kind == KIND_APP:
+            app_id = claims.sub.removeprefix("app:")
+            app = self._store.get_app(app_id)
+            if app is None or app.status != "active":
+                raise self._kernel.deny(
+                    Forbidden("app not found or not active"),
+                    AuditEntry(
+                        "launch_token_denied",
+                        outcome="denied",
+                        agent_id=claims.sub,
+                        request_id=ctx.request_id,
+                        detail=f"launch token denied for agent={agent_name} by={claims.sub} "
+                        "reason=app not active",
+                    ),
+                )
+            if not scope_rules.is_subset(scope, app.scopes):
+                self._metrics.scope_rejections.labels(ctx.path or "launch-tokens").inc()
+                raise self._kernel.deny(
+                    Forbidden(
+                        f"requested scopes exceed app ceiling; allowed: {listed(app.scopes)}"
+                    ),
+                    AuditEntry(
+                        "scope_ceiling_exceeded",
+                        outcome="denied",
+                        agent_id=claims.sub,
+                        request_id=ctx.request_id,
+                        detail=f"app={app_id} requested={listed(scope)} "
+                        f"ceiling={listed(app.scopes)}",
+                    ),
+                )
+        now = self._kernel.now()
+        token, digest = new_launch_token()
+        record = LaunchTokenRecord(
+            token_hash=digest,
+            agent_name=agent_name,
+            allowed_scope=scope,
+            max_ttl=agent_ttl,
+            single_use=single_use is not False,
+            created_at=now,
+            expires_at=now + validity,
+            created_by=claims.sub,
+            app_id=app_id,
+            principal=named or (f"app:{app_id}" if app_id else "admin"),
+            audience=resources,
+        )
+        suffix = f" app_id={app_id}" if app_id else ""
+        if resources:
+            suffix += f" resource={listed(resources)}"
+        suffix += f" principal={record.principal} principal_ref={principal_ref(record.principal)}"
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            tx.insert_launch_token(record)
+            return [
+                AuditEntry(
+                    "launch_token_issued",
+                    request_id=ctx.request_id,
+                    detail=f"launch token issued for agent={agent_name} scope={listed(scope)} "
+                    f"max_ttl={agent_ttl} single_use={record.single_use} id={digest[:12]} "
+                    f"created_by={claims.sub}{suffix}",
+                )
+            ]
+
+        self._kernel.commit(unit)
+        self._metrics.launch_tokens_created.inc()
+        return token, record

@@ -1,0 +1,210 @@
+"""Delegation: an agent hands a narrower part of its authority to another registered agent.
+
+The kernel's issuance check decides what the delegated token may be (scope and audience
+only narrow, lifetime within the delegator's, depth bounded, no agent twice in a chain,
+the human principal carried on); this service adds the hop's signed record
+(``core.delegation``) and binds the token to the delegate's own key or certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+
+from tasklease.core import scopes as scope_rules
+from tasklease.core.audience import narrow_audience, validate_resource
+from tasklease.core.audit import AuditEntry
+from tasklease.core.callers import about, refused, require_agent
+from tasklease.core.clock import format_rfc3339
+from tasklease.core.delegation import record_signing_input, verify_chain_records
+from tasklease.core.errors import InvalidRequest, InvalidTarget, NotFound, Unauthorized
+from tasklease.core.issuing import binding_suffix, clamp_ttl, listed, mint_granted, size_adapted
+from tasklease.core.kernel import (
+    IssuedToken,
+    Kernel,
+    Parent,
+    Refusal,
+    RequestContext,
+    check_issuance,
+)
+from tasklease.core.signing import SigningKeys, verify_keys
+from tasklease.core.store import WriteTx
+from tasklease.core.tokens import Claims, DelegationRecord
+
+__all__ = ["Delegating"]
+
+
+class Delegating:
+    """The delegate operation. Thread-safe; one per broker."""
+
+    def __init__(self, kernel: Kernel, keys: SigningKeys) -> None:
+        self._kernel = kernel
+        self._config = kernel.config
+        self._store = kernel.store
+        self._metrics = kernel.metrics
+        self._keys = keys
+
+    def delegate(
+        self,
+        claims: Claims,
+        *,
+        delegate_to: object,
+        scope: object,
+        ttl: object,
+        ctx: RequestContext,
+        resource: object = None,
+    ) -> IssuedToken:
+        """Hand a subset of the caller's scope to another registered agent.
+
+        The delegated token can only narrow: scope ⊆ the caller's, lifetime ≤ the caller's
+        remaining lifetime, depth ≤ ``max_delegation_depth`` (checked here and on every
+        validation), audience equal to the caller's or narrower (``resource``, RFC 8707).
+        Only agent tokens delegate: admin and app authority never flows into an agent
+        through delegation. The token is bound to the delegate's own registered key or
+        certificate (``cnf``), never the delegator's: the delegate proves possession.
+        """
+        started = time.perf_counter()
+        cfg = self._config
+        kernel = self._kernel
+        if not isinstance(delegate_to, str) or not delegate_to:
+            raise InvalidRequest("missing required field: delegate_to")
+        if scope is None or scope == []:
+            raise InvalidRequest("missing required field: scope")
+        requested = scope_rules.validate_scopes(scope, field="scope")
+        if ttl is not None and (type(ttl) is not int):
+            raise InvalidRequest("ttl must be an integer number of seconds")
+        named_resource = validate_resource(resource, field="resource")
+        require_agent(kernel, claims, "delegate", ctx)
+        depth = len(claims.delegation_chain)
+        denied = replace(
+            refused("delegation_attenuation_violation", claims, ctx), deleg_depth=depth
+        )
+        parties = f"delegator={claims.sub} | target={delegate_to[:256]}"
+        _, dead = kernel.agent_standing(delegate_to)
+        now = kernel.now()
+        iat = int(now)
+        want = clamp_ttl(ttl if isinstance(ttl, int) else None, cfg.delegation_default_ttl, cfg)
+        try:
+            issuance = check_issuance(
+                "delegate",
+                Parent.of_token(claims, cfg),
+                holder=delegate_to,
+                scope=requested,
+                iat=iat,
+                requested_ttl=want,
+                config=cfg,
+                dead_ancestor=dead,
+            )
+        except Refusal as refusal:
+            if refusal.event_type != "denied":
+                self._metrics.scope_rejections.labels("/v1/delegate").inc()
+            if refusal.event_type == "depth":
+                raise kernel.deny(
+                    refusal.error,
+                    replace(
+                        denied,
+                        event_type="delegation_depth_exceeded",
+                        detail=f"{refusal.detail} | {parties}",
+                    ),
+                ) from None
+            if refusal.event_type == "attenuation":
+                raise kernel.deny(
+                    refusal.error,
+                    replace(
+                        denied,
+                        detail=f"delegation_attenuation_violation | {parties} | {refusal.detail}",
+                    ),
+                ) from None
+            if refusal.event_type == "denied":
+                # An unknown delegate and a dead one look the same to the caller.
+                raise kernel.deny(
+                    NotFound("delegate agent not found"),
+                    replace(denied, event_type="delegation_denied", detail=f"{dead} | {parties}"),
+                ) from None
+            raise kernel.deny(
+                Unauthorized("token verification failed", reason=refusal.detail),
+                replace(
+                    about(claims),
+                    event_type="token_auth_failed",
+                    outcome="denied",
+                    request_id=ctx.request_id,
+                    detail=f"delegator token at its end: {refusal.detail} jti={claims.jti}",
+                ),
+            ) from None
+        target = self._store.get_agent(delegate_to)
+        if target is None:  # pragma: no cover - agent_standing found it a moment ago
+            raise NotFound("delegate agent not found")
+        try:
+            audience = narrow_audience(named_resource, claims.aud, cfg.audience)
+        except InvalidTarget as exc:
+            raise kernel.deny(
+                exc,
+                replace(
+                    denied,
+                    detail=f"audience would widen | {parties} | requested={named_resource} | "
+                    f"allowed={listed(claims.aud)}",
+                ),
+            ) from None
+        # One ring for the whole hop: the chain is checked, extended and signed under it.
+        ring = self._keys.ring
+        if not verify_chain_records(claims.delegation_chain, claims.sub, lambda: verify_keys(ring)):
+            raise kernel.deny(
+                Unauthorized("token verification failed", reason="forged delegation record"),
+                AuditEntry(
+                    "token_auth_failed",
+                    outcome="denied",
+                    agent_id=claims.sub,
+                    request_id=ctx.request_id,
+                    detail="delegation chain carries a record without a valid broker signature",
+                ),
+            )
+        delegated_at = format_rfc3339(now)
+        message = record_signing_input(claims.sub, delegate_to, claims.scope, delegated_at)
+        record = DelegationRecord(
+            agent=claims.sub,
+            scope=claims.scope,
+            delegated_at=delegated_at,
+            signature=ring.sign_detached(message).hex(),
+        )
+        chain = (*claims.delegation_chain, record)
+        token, new_claims = mint_granted(
+            ring,
+            cfg,
+            issuance,
+            iat=iat,
+            sub=delegate_to,
+            aud=audience,
+            client_id=claims.client_id,
+            task_id=claims.task_id,
+            orch_id=claims.orch_id,
+            oiat=claims.oiat,
+            chain=chain,
+            agent_key=target.public_key,
+            cnf=json.loads(target.cnf) if target.cnf else None,
+        )
+        token, reference = size_adapted(token, new_claims, cfg, self._metrics)
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            if reference is not None:
+                tx.insert_reference_token(reference)
+            return [
+                AuditEntry(
+                    "delegation_created",
+                    agent_id=delegate_to,
+                    task_id=claims.task_id,
+                    orch_id=claims.orch_id,
+                    request_id=ctx.request_id,
+                    deleg_depth=len(chain),
+                    deleg_chain_hash=new_claims.chain_hash,
+                    detail=f"delegation from {claims.sub} to {delegate_to} "
+                    f"scope={listed(requested)} depth={len(chain)} jti={new_claims.jti}"
+                    f"{binding_suffix(new_claims, reference)}",
+                )
+            ]
+
+        kernel.commit(unit)
+        self._metrics.delegation_depth.observe(len(chain))
+        self._metrics.tokens_issued.labels("delegate").inc()
+        self._metrics.issuance_seconds.labels("delegate").observe(time.perf_counter() - started)
+        return IssuedToken(token, new_claims)

@@ -1,0 +1,96 @@
+"""Keeping this process's revocation index current: loading, refreshing, the store watch,
+and the staleness bound past which protected requests fail closed."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tasklease.core.errors import Unavailable
+from tasklease.core.kernel import Kernel
+
+__all__ = ["WATCH_INTERVAL", "Freshness"]
+
+# How often a store watch checks in (confirms the revocation index is current).
+WATCH_INTERVAL = 1.0
+
+
+class Freshness:
+    """Whether the revocation index holds every revocation other replicas committed.
+
+    ``until`` is the monotonic time after which the index can no longer be trusted to:
+    infinite unless a store watch runs (:meth:`watch`); each confirmed check-in pushes it
+    on. ``monotonic`` is the clock it is read against (tests replace it).
+    """
+
+    def __init__(self, kernel: Kernel) -> None:
+        self._kernel = kernel
+        self.until = math.inf
+        self.monotonic: Callable[[], float] = time.monotonic
+        self._watch: Any = None
+
+    def load(self) -> None:
+        """Apply every unexpired revocation in the store (at start-up)."""
+        kernel = self._kernel
+        kernel.revocations.apply(kernel.store.load_revocations(kernel.now()))
+        kernel.metrics.revocation_entries.set(len(kernel.revocations))
+
+    def current(self) -> bool:
+        return self.monotonic() <= self.until
+
+    def stale(self) -> Unavailable:
+        """The error a protected request fails closed with while the index is not current."""
+        return Unavailable(
+            "revocation state cannot be confirmed current; try again shortly",
+            reason="revocation index stale beyond revocation_staleness_bound",
+            retry_after=1,
+        )
+
+    def refresh(self) -> int:
+        """Apply revocations other processes committed since we last looked."""
+        kernel = self._kernel
+        fresh = kernel.store.revocations_since(kernel.revocations.last_seq)
+        if fresh:
+            kernel.apply_revocations(fresh)
+        return len(fresh)
+
+    def watch(self) -> Callable[[], None] | None:
+        """Follow the store's change notifications, if it offers them; return a stopper.
+
+        Returns None (nothing started) for a store without the optional ``start_watch``
+        capability (``core.store``), or when a watch runs already: the caller polls
+        :meth:`refresh`. With a watch, every notification and check-in refreshes the
+        index, and from now on validation and protected requests fail closed
+        (``Unavailable``) unless a refresh succeeded within ``revocation_staleness_bound``
+        seconds.
+        """
+        start_watch = getattr(self._kernel.store, "start_watch", None)
+        if start_watch is None or self._watch is not None:
+            return None
+        self.until = self.monotonic() + self._kernel.config.revocation_staleness_bound
+        self._watch = start_watch(self._on_store_change, interval=WATCH_INTERVAL)
+        watch = self._watch
+
+        def stop() -> None:
+            watch.close()
+            self._watch = None
+            self.until = math.inf
+
+        return stop
+
+    def _on_store_change(self, committed_at: float | None) -> None:
+        """The watch's callback (its own thread): refresh, then mark the index current.
+
+        Current as of when the read *started*: it sees every revocation committed before.
+        A failed read raises to the watch and leaves the deadline where it was.
+        """
+        kernel = self._kernel
+        checked = self.monotonic()
+        applied = self.refresh()
+        self.until = checked + kernel.config.revocation_staleness_bound
+        if applied and committed_at is not None:
+            kernel.metrics.revocation_propagation_seconds.observe(
+                max(0.0, kernel.now() - committed_at)
+            )

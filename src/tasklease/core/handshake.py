@@ -1,0 +1,290 @@
+"""The broker-mediated handshake: two registered agents prove their keys to each other.
+
+Three steps; each side proves possession of the Ed25519 key it registered by signing
+:func:`~tasklease.core.mutual.transcript`::
+
+    A -> broker  initiate(responder=B, initiator_nonce=na)   bearer A
+                 <- offer: broker-signed ticket {hid, A, B, na, A's scope, exp = now+30s}
+    A -> B       the offer (over the agents' own channel)
+    B -> broker  respond(offer, responder_nonce=nb, sig_B(transcript("responder", ...)))
+                 <- answer: ticket {hid, A, B, na, nb, both scopes}, and A's identity+scope
+    B -> A       the answer
+    A -> broker  complete(answer, sig_A(transcript("initiator", ...)))   bearer A
+                 <- B's identity+scope, and a receipt {hid, A, B, na, nb, scopes, aud=B}
+    A -> B       the receipt; B verifies it offline with the JWKS
+                 (:func:`~tasklease.core.mutual.verify_receipt`)
+
+The handshake is *stateless*: its state travels in tickets the broker signs with its
+token key under their own ``typ`` (so no ticket is ever accepted as another kind of
+token), live for 30 s. Single use is enforced by spending ``respond:<hid>`` and
+``complete:<hid>`` in the used-nonce table inside each step's transaction, which works
+across replicas like registration nonces do; nothing is allocated until a party has
+authenticated. Each step re-checks both parties' standing (registered, active, not
+revoked, not swept), so a party revoked mid-handshake stops it.
+
+What fails, and why: a replayed respond/complete (the hid is spent); reflection (the
+initiator cannot name itself, cannot respond to its own offer - the bearer must be the
+offer's responder - and a signature made in one role never verifies in the other, the
+role is in the transcript); a responder that is not the registered holder of the target
+ID (wrong bearer, or a signature that does not verify with the target's registered key);
+a revoked or expired party (its bearer fails, or its standing does); a transcript from
+another handshake (the hid and both nonces are signed). Every failure is audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from dataclasses import replace
+from typing import Any
+
+from nacl.signing import VerifyKey
+
+from tasklease.core.audit import AuditEntry
+from tasklease.core.callers import about, refused, require_agent
+from tasklease.core.errors import InvalidRequest, TaskleaseError, Unauthorized
+from tasklease.core.identity import decode_signature
+from tasklease.core.kernel import Kernel, RequestContext
+from tasklease.core.mutual import (
+    HANDSHAKE_TTL,
+    KIND_ANSWER,
+    KIND_OFFER,
+    KIND_RECEIPT,
+    HandshakeResult,
+    ProofRejected,
+    decode_signed,
+    string_list,
+    transcript,
+)
+from tasklease.core.signing import SigningKeys
+from tasklease.core.store import AgentRecord, WriteTx
+from tasklease.core.tokens import Claims
+from tasklease.rules import jws
+
+__all__ = ["Handshakes"]
+
+_NONCE = re.compile(r"[0-9a-f]{32,128}")
+_FAILED = "mutual authentication failed"
+
+
+def _nonce(value: object, field: str) -> str:
+    if not isinstance(value, str) or _NONCE.fullmatch(value) is None:
+        raise InvalidRequest(f"{field} must be 32 to 128 lowercase hex characters")
+    return value
+
+
+class Handshakes:
+    """The three handshake steps. Thread-safe (stateless); one per broker."""
+
+    def __init__(self, kernel: Kernel, keys: SigningKeys) -> None:
+        self._kernel = kernel
+        self._config = kernel.config
+        self._keys = keys
+
+    def initiate(
+        self,
+        claims: Claims,
+        *,
+        responder: object,
+        initiator_nonce: object,
+        ctx: RequestContext,
+    ) -> tuple[str, str, int]:
+        """Step 1: ``(handshake_id, offer, expires_in)`` for a handshake with ``responder``.
+
+        Raises:
+            Forbidden: the caller's token is not an agent's (audited).
+            InvalidRequest: a field is missing or malformed.
+            Unauthorized: the responder is unknown, revoked or the caller itself; the
+                caller is not in good standing (audited as ``mutual_auth_failed``).
+        """
+        require_agent(self._kernel, claims, "handshake", ctx)
+        if not isinstance(responder, str) or not responder or len(responder) > 2048:
+            raise InvalidRequest("missing required field: responder_id")
+        na = _nonce(initiator_nonce, "initiator_nonce")
+        step = _Step(self._kernel, claims, "initiate", ctx)
+        if responder == claims.sub:
+            raise step.fail("reflection: the initiator named itself as responder")
+        step.standing(claims.sub, "initiator")
+        step.standing(responder, "responder")
+        now = int(self._kernel.now())
+        hid = secrets.token_hex(16)
+        offer = self._ticket(
+            KIND_OFFER,
+            {
+                "iss": self._config.issuer,
+                "hid": hid,
+                "ini": claims.sub,
+                "rsp": responder,
+                "na": na,
+                "ini_scope": list(claims.scope),
+                "iat": now,
+                "exp": now + HANDSHAKE_TTL,
+            },
+        )
+        self._kernel.record(
+            replace(
+                about(claims),
+                event_type="mutual_auth_initiated",
+                request_id=ctx.request_id,
+                detail=f"handshake {hid} initiated by {claims.sub} with {responder}",
+            )
+        )
+        return hid, offer, HANDSHAKE_TTL
+
+    def respond(
+        self,
+        claims: Claims,
+        *,
+        offer: object,
+        responder_nonce: object,
+        signature: object,
+        ctx: RequestContext,
+    ) -> tuple[str, HandshakeResult]:
+        """Step 2: the responder proves its key; returns ``(answer, initiator's identity)``.
+
+        Raises:
+            Forbidden: the caller's token is not an agent's (audited).
+            InvalidRequest: a field is missing or malformed.
+            Unauthorized: the offer is not ours, expired or replayed; the caller is not
+                the offer's responder or not the holder of its registered key; either
+                party is no longer in good standing (audited as ``mutual_auth_failed``).
+        """
+        require_agent(self._kernel, claims, "handshake", ctx)
+        nb = _nonce(responder_nonce, "responder_nonce")
+        sig = decode_signature(signature)
+        step = _Step(self._kernel, claims, "respond", ctx)
+        try:
+            ticket = self._open_ticket(offer, KIND_OFFER)
+        except ProofRejected as exc:
+            raise step.fail(f"offer: {exc.reason}") from None
+        hid, ini, rsp, na = ticket["hid"], ticket["ini"], ticket["rsp"], ticket["na"]
+        if claims.sub != rsp:
+            why = "reflection: the initiator answered its own offer" if claims.sub == ini else ""
+            raise step.fail(why or f"{claims.sub} is not the responder {rsp} of handshake {hid}")
+        responder_agent = step.standing(rsp, "responder")
+        message = transcript("responder", hid, ini, rsp, na, nb)
+        step.verify(responder_agent, message, sig, "responder")
+        step.standing(ini, "initiator")
+        answer = self._ticket(KIND_ANSWER, {**ticket, "nb": nb, "rsp_scope": list(claims.scope)})
+        step.spend(
+            f"mutual-respond\n{hid}",
+            ticket["exp"] + self._config.clock_skew + 1,
+            replace(
+                about(claims),
+                event_type="mutual_auth_responded",
+                request_id=ctx.request_id,
+                detail=f"handshake {hid}: responder {rsp} proved its registered key to {ini}",
+            ),
+        )
+        return answer, HandshakeResult(hid, ini, string_list(ticket.get("ini_scope")))
+
+    def complete(
+        self,
+        claims: Claims,
+        *,
+        answer: object,
+        signature: object,
+        ctx: RequestContext,
+    ) -> tuple[str, HandshakeResult]:
+        """Step 3: the initiator proves its key; returns ``(receipt, responder's identity)``.
+
+        Raises:
+            Forbidden: the caller's token is not an agent's (audited).
+            InvalidRequest: a field is missing or malformed.
+            Unauthorized: as :meth:`respond`, for the initiator (audited).
+        """
+        require_agent(self._kernel, claims, "handshake", ctx)
+        sig = decode_signature(signature)
+        step = _Step(self._kernel, claims, "complete", ctx)
+        try:
+            ticket = self._open_ticket(answer, KIND_ANSWER)
+            nb = ticket.get("nb")
+            if not isinstance(nb, str):
+                raise ProofRejected("answer without responder nonce")
+        except ProofRejected as exc:
+            raise step.fail(f"answer: {exc.reason}") from None
+        hid, ini, rsp, na = ticket["hid"], ticket["ini"], ticket["rsp"], ticket["na"]
+        if claims.sub != ini:
+            raise step.fail(f"{claims.sub} is not the initiator {ini} of handshake {hid}")
+        initiator_agent = step.standing(ini, "initiator")
+        message = transcript("initiator", hid, ini, rsp, na, nb)
+        step.verify(initiator_agent, message, sig, "initiator")
+        step.standing(rsp, "responder")
+        now = int(self._kernel.now())
+        receipt = self._ticket(
+            KIND_RECEIPT, {**ticket, "aud": rsp, "iat": now, "exp": now + HANDSHAKE_TTL}
+        )
+        step.spend(
+            f"mutual-complete\n{hid}",
+            ticket["exp"] + self._config.clock_skew + 1,
+            replace(
+                about(claims),
+                event_type="mutual_auth_completed",
+                request_id=ctx.request_id,
+                detail=f"handshake {hid} completed: {ini} and {rsp} each proved their "
+                "registered key",
+            ),
+        )
+        return receipt, HandshakeResult(hid, rsp, string_list(ticket.get("rsp_scope")))
+
+    def _ticket(self, kind: str, claims: dict[str, Any]) -> str:
+        body = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return self._keys.ring.sign(body, kind)
+
+    def _open_ticket(self, token: object, kind: str) -> dict[str, Any]:
+        """The claims of one of our tickets of ``kind``; raises ProofRejected otherwise."""
+        if not isinstance(token, str) or not token:
+            raise ProofRejected("no ticket")
+        claims = decode_signed(token, kind, self._keys.ring.verify_key)
+        if claims.get("iss") != self._config.issuer:
+            raise ProofRejected("ticket issuer mismatch")
+        exp = claims.get("exp")
+        if type(exp) is not int or self._kernel.now() > exp:
+            raise ProofRejected("handshake expired")
+        for name in ("hid", "ini", "rsp", "na"):
+            if not isinstance(claims.get(name), str):
+                raise ProofRejected(f"ticket without {name}")
+        return claims
+
+
+class _Step:
+    """One handshake step's refusals and its single-use marker, each audited once."""
+
+    def __init__(self, kernel: Kernel, claims: Claims, step: str, ctx: RequestContext) -> None:
+        self._kernel = kernel
+        self._base = refused("mutual_auth_failed", claims, ctx)
+        self._step = step
+
+    def fail(self, why: str) -> TaskleaseError:
+        return self._kernel.deny(
+            Unauthorized(_FAILED),
+            replace(self._base, detail=f"mutual auth {self._step} refused: {why}"),
+        )
+
+    def standing(self, agent_id: str, who: str) -> AgentRecord:
+        agent, why = self._kernel.agent_standing(agent_id)
+        if agent is None or why:
+            raise self.fail(f"{who} {agent_id}: {why or 'agent not registered'}")
+        return agent
+
+    def verify(self, agent: AgentRecord, message: bytes, signature: bytes, who: str) -> None:
+        if not jws.verify_detached(message, signature, VerifyKey(agent.public_key)):
+            raise self.fail(
+                f"{who} signature does not verify with the registered key of "
+                f"{agent.agent_id} (not its holder, or a transcript of another handshake)"
+            )
+
+    def spend(self, marker: str, expires_at: float, event: AuditEntry) -> None:
+        marker_hash = hashlib.sha256(marker.encode("utf-8")).hexdigest()
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            if not tx.consume_nonce(marker_hash, expires_at):
+                raise Unauthorized(_FAILED, reason="handshake step replayed")
+            return [event]
+
+        try:
+            self._kernel.commit(unit)
+        except Unauthorized as exc:
+            raise self.fail(exc.reason) from None

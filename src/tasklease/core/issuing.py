@@ -1,0 +1,99 @@
+"""What the issuing services share: the lifetime clamp, minting the token an issuance
+grants, the switch to a by-reference token, and how a new token reads in the audit log."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tasklease.core.config import Config
+from tasklease.core.introspection import new_reference
+from tasklease.core.kernel import Issuance
+from tasklease.core.keys import KeyRing
+from tasklease.core.metrics import Metrics
+from tasklease.core.store import ReferenceTokenRecord
+from tasklease.core.tokens import KIND_AGENT, Claims, DelegationRecord, mint
+
+__all__ = ["binding_suffix", "clamp_ttl", "cnf_of", "listed", "mint_granted", "size_adapted"]
+
+
+def clamp_ttl(requested: int | None, default: int, config: Config) -> int:
+    """``requested`` (``default`` when absent or not positive), at most ``max_ttl``."""
+    ttl = default if requested is None or requested <= 0 else requested
+    return min(ttl, config.max_ttl)
+
+
+def mint_granted(
+    ring: KeyRing,
+    config: Config,
+    issuance: Issuance,
+    *,
+    iat: int,
+    sub: str,
+    aud: tuple[str, ...],
+    client_id: str,
+    task_id: str,
+    orch_id: str,
+    agent_key: bytes | None,
+    cnf: dict[str, str] | None,
+    oiat: int | None = None,
+    chain: tuple[DelegationRecord, ...] = (),
+) -> tuple[str, Claims]:
+    """The agent token ``issuance`` (the kernel's check) grants: its scope, lifetime,
+    renewal count, principal and lineage come from the issuance and nowhere else."""
+    return mint(
+        ring,
+        kind=KIND_AGENT,
+        iss=config.issuer,
+        sub=sub,
+        aud=aud,
+        iat=iat,
+        ttl=issuance.ttl(iat),
+        scope=issuance.scope,
+        client_id=client_id,
+        task_id=task_id,
+        orch_id=orch_id,
+        oiat=oiat,
+        rnc=issuance.renewals,
+        delegation_chain=chain,
+        principal=issuance.principal,
+        agent_key=agent_key,
+        cnf=cnf,
+        lineage=issuance.lineage,
+        grant=issuance.grant,
+        max_exp=issuance.max_exp,
+    )
+
+
+def size_adapted(
+    token: str, claims: Claims, config: Config, metrics: Metrics
+) -> tuple[str, ReferenceTokenRecord | None]:
+    """``token``, or a by-reference token (and its record to store) when it is too large."""
+    if len(token) <= config.reference_token_threshold:
+        return token, None
+    reference, record = new_reference(claims, clock_skew=config.clock_skew)
+    metrics.tokens_issued.labels("by_reference").inc()
+    return reference, record
+
+
+def cnf_of(claims: Claims) -> dict[str, str] | None:
+    """The token's holder binding (``cnf``, RFC 7800), or None for a bearer token."""
+    cnf = claims.raw.get("cnf")
+    return dict(cnf) if isinstance(cnf, dict) and cnf else None
+
+
+def binding_suffix(claims: Claims, reference: ReferenceTokenRecord | None) -> str:
+    """Audit detail: which binding, audience and form a freshly issued token has."""
+    out = ""
+    cnf = cnf_of(claims)
+    if cnf:
+        out += " cnf=" + ",".join(sorted(cnf))
+    if claims.aud:
+        out += " aud=" + ",".join(claims.aud)
+    if reference is not None:
+        out += " by_reference=true"
+    return out
+
+
+def listed(values: Sequence[str]) -> str:
+    """Scopes, audiences or resources as audit text: ``[a b c]``."""
+    return "[" + " ".join(values) + "]"

@@ -1,0 +1,457 @@
+"""Registration: a challenge nonce, then an agent instance's identity and first token.
+
+Nothing is consumed by a request whose own fields are invalid: every field is checked
+first, then the launch token and the scope ceiling (nothing consumed), then the nonce and
+the proof of possession; the nonce, the launch token, the agent record, its session and
+the audit events are then committed in one transaction. An event loop runs the two
+halves apart (:meth:`Registration.prepare_register` reads and signs, writing nothing;
+:meth:`Registration.complete_register` group-commits what it decided).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from tasklease.core import scopes as scope_rules
+from tasklease.core.audience import choose_audience, validate_resource
+from tasklease.core.audit import AuditEntry
+from tasklease.core.binding import BindingError, DPoPVerifier
+from tasklease.core.delegation import principal_ref
+from tasklease.core.errors import InvalidRequest, InvalidTarget, TaskleaseError, Unauthorized
+from tasklease.core.identity import (
+    NonceIssuer,
+    decode_public_key,
+    decode_signature,
+    nonce_hash,
+    verify_possession,
+)
+from tasklease.core.issuing import binding_suffix, clamp_ttl, listed, mint_granted, size_adapted
+from tasklease.core.kernel import (
+    IssuedToken,
+    Kernel,
+    Parent,
+    Refusal,
+    RequestContext,
+    app_ancestor,
+    check_issuance,
+    new_denial_id,
+    with_denial,
+)
+from tasklease.core.launch import LAUNCH_TOKEN_PATTERN, launch_token_hash
+from tasklease.core.liveness import new_session
+from tasklease.core.signing import SigningKeys
+from tasklease.core.spiffe import new_agent_id, validate_segment
+from tasklease.core.store import AgentRecord, WriteTx
+
+__all__ = ["PendingRegistration", "Registration"]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRegistration:
+    """A registration checked and signed, or refused, and not yet written.
+
+    :meth:`Registration.prepare_register` returns it without writing anything;
+    :meth:`Registration.complete_register` writes ``unit`` (the registration, or for a failed
+    proof of possession only the spent nonce) or the audit-only ``denial``, then raises
+    ``refusal`` or answers ``issued``.
+    """
+
+    unit: Callable[[WriteTx], Sequence[AuditEntry]] | None
+    issued: IssuedToken | None
+    base: AuditEntry  # the denial entry, should the commit refuse (nonce or token spent)
+    started: float  # perf_counter at the start, for the issuance histogram
+    refusal: TaskleaseError | None = None
+    denial: AuditEntry | None = None
+
+
+class _Refused(Exception):
+    """Raised inside a deferred registration: what to write, then the error to raise."""
+
+    def __init__(
+        self,
+        error: TaskleaseError,
+        *,
+        denial: AuditEntry | None = None,
+        unit: Callable[[WriteTx], Sequence[AuditEntry]] | None = None,
+    ) -> None:
+        super().__init__(error.code)
+        self.error = error
+        self.denial = denial
+        self.unit = unit
+
+
+def _no_change(_tx: WriteTx) -> list[AuditEntry]:
+    return []
+
+
+def _defer_denial(exc: TaskleaseError, entry: AuditEntry) -> Exception:
+    """A denial to be audited later, by whoever completes the operation (see _Refused)."""
+    return _Refused(exc, denial=with_denial(exc, entry))
+
+
+class Registration:
+    """Challenges and registrations. Thread-safe; one per broker."""
+
+    def __init__(
+        self, kernel: Kernel, keys: SigningKeys, nonces: NonceIssuer, dpop: DPoPVerifier
+    ) -> None:
+        self._kernel = kernel
+        self._config = kernel.config
+        self._store = kernel.store
+        self._metrics = kernel.metrics
+        self._keys = keys
+        self._nonces = nonces
+        self._dpop = dpop
+
+    def challenge(self) -> tuple[str, int]:
+        """A fresh nonce and its lifetime in seconds."""
+        return self._nonces.issue(self._kernel.now()), self._nonces.ttl
+
+    def register(
+        self,
+        *,
+        launch_token: object,
+        nonce: object,
+        public_key: object,
+        signature: object,
+        orch_id: object,
+        task_id: object,
+        requested_scope: object,
+        ctx: RequestContext,
+        resource: object = None,
+    ) -> IssuedToken:
+        """Register an agent instance and issue its first token.
+
+        ``resource`` (RFC 8707) names the one resource the token is for; it must be among
+        the launch token's resources when it names any. A registration over mTLS binds
+        the token to the client certificate, one with a DPoP proof (``ctx.dpop``) to the
+        proof's key (``cnf``); delegated tokens for this agent are bound the same way.
+
+        Nothing is consumed by a request whose own fields are invalid: every field is
+        checked first (400), then the launch token and scope ceiling (401/403, nothing
+        consumed), then the nonce and the signature; the nonce, the launch token, the
+        agent record and the audit events are then committed in one transaction.
+        """
+        try:
+            pending = self._register(
+                launch_token,
+                nonce,
+                public_key,
+                signature,
+                orch_id,
+                task_id,
+                requested_scope,
+                ctx,
+                resource=resource,
+                deny=self._kernel.deny,
+            )
+            try:
+                if pending.unit is not None:
+                    self._kernel.commit(pending.unit)
+            except Unauthorized as exc:
+                raise self._kernel.deny(exc, replace(pending.base, detail=exc.reason)) from None
+        except TaskleaseError:
+            self._metrics.registrations.labels("failure").inc()
+            raise
+        return self._registered(pending)
+
+    def prepare_register(
+        self,
+        *,
+        launch_token: object,
+        nonce: object,
+        public_key: object,
+        signature: object,
+        orch_id: object,
+        task_id: object,
+        requested_scope: object,
+        ctx: RequestContext,
+        resource: object = None,
+    ) -> PendingRegistration:
+        """The first half of :meth:`register` for an event loop: checks and signing only.
+
+        Writes nothing and never waits for a commit: an audited refusal comes back as a
+        pending result for :meth:`complete_register` to record and raise (a malformed
+        request, which is not audited, raises here). It reads the store and verifies a
+        signature, so a loop calls it inline only when ``store.local_reads``.
+        """
+        try:
+            return self._register(
+                launch_token,
+                nonce,
+                public_key,
+                signature,
+                orch_id,
+                task_id,
+                requested_scope,
+                ctx,
+                resource=resource,
+                deny=_defer_denial,
+            )
+        except _Refused as refused:
+            return PendingRegistration(
+                refused.unit,
+                None,
+                refused.denial or AuditEntry(""),
+                0.0,
+                refusal=refused.error,
+                denial=refused.denial,
+            )
+        except TaskleaseError:
+            self._metrics.registrations.labels("failure").inc()
+            raise
+
+    async def complete_register(self, pending: PendingRegistration) -> IssuedToken:
+        """Write what :meth:`prepare_register` decided (group-committed), then answer."""
+        try:
+            if pending.refusal is not None:
+                # A refusal is written even if the request is cancelled meanwhile: its
+                # audit event, or the spent nonce of a failed proof, must not be lost.
+                if pending.denial is not None:
+                    write = self._kernel.arecord(pending.denial)
+                else:
+                    write = self._kernel.acommit(pending.unit or _no_change)
+                await asyncio.shield(write)
+            elif pending.unit is not None:
+                try:
+                    await self._kernel.acommit(pending.unit)
+                except Unauthorized as exc:
+                    denial = replace(pending.base, detail=exc.reason)
+                    raise await self._kernel.adeny(exc, denial) from None
+            if pending.refusal is not None:
+                raise pending.refusal
+        except TaskleaseError:
+            self._metrics.registrations.labels("failure").inc()
+            raise
+        return self._registered(pending)
+
+    def _registered(self, pending: PendingRegistration) -> IssuedToken:
+        if pending.issued is None:  # pragma: no cover - a refusal is raised before this
+            raise TypeError("a refused registration has no token")
+        self._metrics.registrations.labels("success").inc()
+        self._metrics.tokens_issued.labels("agent").inc()
+        self._metrics.active_agents.inc()
+        elapsed = time.perf_counter() - pending.started
+        self._metrics.issuance_seconds.labels("register").observe(elapsed)
+        return pending.issued
+
+    def _register(
+        self,
+        launch_token: object,
+        nonce: object,
+        public_key: object,
+        signature: object,
+        orch_id: object,
+        task_id: object,
+        requested_scope: object,
+        ctx: RequestContext,
+        *,
+        resource: object = None,
+        deny: Callable[[TaskleaseError, AuditEntry], Exception],
+    ) -> PendingRegistration:
+        """Check and sign a registration; ``deny`` audits a refusal (or defers it)."""
+        started = time.perf_counter()
+        cfg = self._config
+        if not isinstance(launch_token, str) or not launch_token:
+            raise InvalidRequest("missing required field: launch_token")
+        if not isinstance(nonce, str) or not nonce:
+            raise InvalidRequest("missing required field: nonce")
+        orch = validate_segment(orch_id, field="orch_id")
+        task = validate_segment(task_id, field="task_id")
+        if requested_scope is None or requested_scope == []:
+            raise InvalidRequest("missing required field: requested_scope")
+        scope = scope_rules.validate_scopes(requested_scope, field="requested_scope")
+        key = decode_public_key(public_key)
+        sig = decode_signature(signature)
+        named_resource = validate_resource(resource, field="resource")
+        now = self._kernel.now()
+        base = AuditEntry(
+            event_type="registration_failed",
+            outcome="denied",
+            task_id=task,
+            orch_id=orch,
+            request_id=ctx.request_id,
+        )
+        if not LAUNCH_TOKEN_PATTERN.match(launch_token):
+            raise deny(
+                Unauthorized("launch token: launch token not found"),
+                replace(base, detail="launch token malformed"),
+            )
+
+        lt_hash = launch_token_hash(launch_token)
+        record = self._store.get_launch_token(lt_hash)
+        if record is None:
+            raise deny(
+                Unauthorized("launch token: launch token not found"),
+                replace(base, detail=f"launch token not found ({lt_hash[:12]})"),
+            )
+        if now >= record.expires_at:
+            raise deny(
+                Unauthorized("launch token: launch token expired"),
+                replace(base, detail=f"launch token expired ({lt_hash[:12]})"),
+            )
+        if record.single_use and record.consumed_at is not None:
+            raise deny(
+                Unauthorized("launch token: launch token already consumed"),
+                replace(base, detail=f"launch token already consumed ({lt_hash[:12]})"),
+            )
+        iat = int(now)
+        principal = record.principal or (f"app:{record.app_id}" if record.app_id else "admin")
+        try:
+            issuance = check_issuance(
+                "register",
+                Parent(
+                    holder="",
+                    scope=record.allowed_scope,
+                    audience=record.audience,
+                    principal=principal,
+                    lineage=(app_ancestor(record.app_id),) if record.app_id else (),
+                    ceiling=iat + cfg.renewal_ceiling,
+                    ttl=record.max_ttl,
+                    renewals=0,
+                ),
+                holder="",
+                scope=scope,
+                iat=iat,
+                requested_ttl=clamp_ttl(record.max_ttl, cfg.default_ttl, cfg),
+                config=cfg,
+                dead_ancestor=self._kernel.app_standing(record.app_id),
+            )
+        except Refusal as refusal:
+            if refusal.event_type == "attenuation":
+                self._metrics.scope_rejections.labels("/v1/register").inc()
+                raise deny(
+                    refusal.error,
+                    replace(
+                        base,
+                        event_type="registration_policy_violation",
+                        detail=f"scope violation: requested {listed(scope)} exceeds allowed "
+                        f"{listed(record.allowed_scope)}",
+                    ),
+                ) from None
+            # The launch token's app was removed: the token is as dead as an unknown one.
+            raise deny(
+                Unauthorized("launch token: launch token not found"),
+                replace(base, detail=f"{refusal.detail} ({lt_hash[:12]})"),
+            ) from None
+        try:
+            audience = choose_audience(named_resource, record.audience, cfg.audience)
+        except InvalidTarget as exc:
+            raise deny(
+                exc,
+                replace(
+                    base,
+                    event_type="registration_policy_violation",
+                    detail=f"resource refused: {exc.detail} requested={named_resource} "
+                    f"allowed={listed(record.audience)}",
+                ),
+            ) from None
+        cnf = self._binding(ctx, now, base, deny)
+        try:
+            nonce_expiry = self._nonces.check(nonce, now)
+        except Unauthorized as exc:
+            raise deny(exc, replace(base, detail=f"nonce refused: {exc.reason}")) from None
+        n_hash = nonce_hash(nonce)
+        if not verify_possession(key, nonce, sig):
+            # Spend the nonce: a failed proof must not leave it reusable.
+            failure = Unauthorized("nonce signature verification failed")
+            failure.denial_id = new_denial_id()
+
+            def burn(tx: WriteTx) -> list[AuditEntry]:
+                tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew)
+                detail = f"nonce signature verification failed | denial={failure.denial_id}"
+                return [replace(base, detail=detail)]
+
+            if deny is _defer_denial:
+                raise _Refused(failure, unit=burn)
+            self._kernel.commit(burn)
+            raise failure
+
+        agent_id = str(new_agent_id(cfg.trust_domain, orch, task))
+        client_id = "admin"
+        if record.app_id:
+            app = self._store.get_app(record.app_id)
+            client_id = app.client_id if app is not None else record.app_id
+        token, claims = mint_granted(
+            self._keys.ring,
+            cfg,
+            issuance,
+            iat=iat,
+            sub=agent_id,
+            aud=audience,
+            client_id=client_id,
+            task_id=task,
+            orch_id=orch,
+            agent_key=key,
+            cnf=cnf or None,
+        )
+        token, reference = size_adapted(token, claims, cfg, self._metrics)
+        agent = AgentRecord(
+            agent_id=agent_id,
+            public_key=key,
+            orch_id=orch,
+            task_id=task,
+            scope=scope,
+            app_id=record.app_id,
+            client_id=client_id,
+            registered_at=now,
+            cnf=json.dumps(cnf, separators=(",", ":"), sort_keys=True) if cnf else "",
+            audience=audience if audience != cfg.audience else (),
+            token_ttl=record.max_ttl,
+        )
+        suffix = f" app_id={record.app_id}" if record.app_id else ""
+        suffix += binding_suffix(claims, reference)
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            if not tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew):
+                raise Unauthorized("nonce: nonce already consumed")
+            if not tx.consume_launch_token(lt_hash, now):
+                raise Unauthorized("consume launch token: launch token already consumed")
+            tx.insert_agent(agent)
+            if reference is not None:
+                tx.insert_reference_token(reference)
+            tx.put_agent_session(new_session(cfg, agent_id, principal, now))
+            ids = AuditEntry("", agent_id=agent_id, task_id=task, orch_id=orch)
+            return [
+                replace(
+                    ids,
+                    event_type="agent_registered",
+                    detail=f"Agent registered with scope {listed(scope)}{suffix} "
+                    f"principal={principal} principal_ref={principal_ref(principal)} "
+                    f"launch_token={lt_hash[:12]}",
+                    request_id=ctx.request_id,
+                ),
+                replace(
+                    ids,
+                    event_type="token_issued",
+                    detail=f"Token issued, jti={claims.jti}, ttl={claims.exp - claims.iat}{suffix}",
+                    request_id=ctx.request_id,
+                ),
+            ]
+
+        return PendingRegistration(unit, IssuedToken(token, claims), base, started)
+
+    def _binding(
+        self,
+        ctx: RequestContext,
+        now: float,
+        base: AuditEntry,
+        deny: Callable[[TaskleaseError, AuditEntry], Exception],
+    ) -> dict[str, str]:
+        """The ``cnf`` a registration earns: its client certificate and/or DPoP key."""
+        cnf: dict[str, str] = {}
+        if ctx.cert_thumbprint:
+            cnf["x5t#S256"] = ctx.cert_thumbprint
+        if ctx.dpop:
+            try:
+                cnf["jkt"] = self._dpop.verify(ctx.dpop, htm=ctx.method, htu=ctx.url, now=now)
+            except BindingError as exc:
+                raise deny(
+                    Unauthorized("invalid DPoP proof", reason=exc.reason),
+                    replace(base, detail=f"registration DPoP proof refused: {exc.reason}"),
+                ) from None
+        return cnf

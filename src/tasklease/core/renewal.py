@@ -1,0 +1,352 @@
+"""Continuing or ending a lineage: renewal, release, and a restarted agent's resumption.
+
+* **Renew**: a successor with the same lifetime; the predecessor is revoked in the same
+  transaction, so two concurrent renewals of one token cannot both win.
+* **Release**: the holder gives its token up; every token delegated from it ends too.
+* **Resume** (``POST /v1/resume``): an agent that restarts within its task signs a nonce
+  from ``GET /v1/challenge`` with its registered key (exactly as at registration) and gets
+  a fresh token for the same SPIFFE ID, scope, audience, binding and principal, without a
+  launch token. The original registration time stays ``oiat``, so the renewal ceiling
+  still bounds the task; each resumption counts as a renewal (at most ``max_renewals``).
+  A revoked, released or swept agent cannot resume, and a different key is refused and
+  audited.
+
+Renewals and resumptions count on one budget: a registration's own tokens record their
+count in its session (``AgentSession.resumes``), which a resumption continues from.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from dataclasses import replace
+
+from tasklease.core.audit import AuditEntry
+from tasklease.core.binding import BindingError, DPoPVerifier
+from tasklease.core.callers import about, refused, require_agent
+from tasklease.core.errors import Forbidden, InvalidRequest, TaskleaseError, Unauthorized
+from tasklease.core.identity import NonceIssuer, decode_signature, nonce_hash, verify_possession
+from tasklease.core.issuing import binding_suffix, cnf_of, mint_granted, size_adapted
+from tasklease.core.kernel import (
+    IssuedToken,
+    Kernel,
+    Parent,
+    Refusal,
+    RequestContext,
+    app_ancestor,
+    check_issuance,
+    ending_records,
+    with_denial,
+)
+from tasklease.core.liveness import new_session
+from tasklease.core.signing import SigningKeys
+from tasklease.core.spiffe import parse_agent_id
+from tasklease.core.store import AgentRecord, RevocationRecord, WriteTx
+from tasklease.core.tokens import Claims, agent_key_of
+
+__all__ = ["Renewal"]
+
+_REFUSED = "resume refused"
+
+
+class Renewal:
+    """Renew, release and resume. Thread-safe; one per broker."""
+
+    def __init__(
+        self, kernel: Kernel, keys: SigningKeys, nonces: NonceIssuer, dpop: DPoPVerifier
+    ) -> None:
+        self._kernel = kernel
+        self._config = kernel.config
+        self._store = kernel.store
+        self._metrics = kernel.metrics
+        self._keys = keys
+        self._nonces = nonces
+        self._dpop = dpop
+
+    def renew(self, claims: Claims, ctx: RequestContext) -> IssuedToken:
+        """Issue a successor with the same lifetime and revoke the predecessor, atomically.
+
+        Refused past ``max_renewals`` (``renewal_count_exceeded``) and once the original
+        registration is ``renewal_ceiling`` old (``renewal_ceiling_exceeded``); the
+        successor never outlives that ceiling. Two concurrent renewals: exactly one wins.
+        """
+        started = time.perf_counter()
+        cfg = self._config
+        kernel = self._kernel
+        require_agent(kernel, claims, "renew", ctx)
+        iat = int(kernel.now())
+        failed = refused("token_renewal_failed", claims, ctx)
+        parent = Parent.of_token(claims, cfg)
+        # A registration's own tokens count their renewals in its session too, so that a
+        # resumption (which has no token to read the count from) continues the budget.
+        own = not claims.delegation_chain
+        session = self._store.get_agent_session(claims.sub) if own else None
+        if session is not None and session.resumes > parent.renewals:
+            parent = replace(parent, renewals=session.resumes)
+        try:
+            issuance = check_issuance(
+                "renew",
+                parent,
+                holder=claims.sub,
+                scope=claims.scope,
+                iat=iat,
+                requested_ttl=parent.ttl,
+                config=cfg,
+            )
+        except Refusal as refusal:
+            raise kernel.deny(
+                refusal.error, replace(failed, detail=f"{refusal.detail} jti={claims.jti}")
+            ) from None
+        token, new_claims = mint_granted(
+            self._keys.ring,
+            cfg,
+            issuance,
+            iat=iat,
+            sub=claims.sub,
+            aud=claims.aud,
+            client_id=claims.client_id,
+            task_id=claims.task_id,
+            orch_id=claims.orch_id,
+            oiat=claims.oiat,
+            chain=claims.delegation_chain,
+            agent_key=agent_key_of(claims.raw),
+            cnf=cnf_of(claims),  # the holder keeps its binding (RFC 8705, RFC 9449)
+        )
+        token, reference = size_adapted(token, new_claims, cfg, self._metrics)
+        predecessor = RevocationRecord("token", claims.jti, iat, claims.exp + cfg.clock_skew + 1)
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            if not tx.insert_revocation(predecessor):
+                raise Unauthorized(
+                    "token verification failed", reason="token already renewed or revoked"
+                )
+            if own:
+                current = tx.get_agent_session(claims.sub)
+                if current is not None:
+                    if current.resumes >= issuance.renewals:
+                        raise Unauthorized(
+                            "token verification failed",
+                            reason="the lineage was renewed or resumed meanwhile",
+                        )
+                    tx.put_agent_session(replace(current, resumes=issuance.renewals))
+            if reference is not None:
+                tx.insert_reference_token(reference)
+            return [
+                replace(
+                    about(claims),
+                    event_type="token_renewed",
+                    request_id=ctx.request_id,
+                    detail=f"token renewed for agent={claims.sub} old_jti={claims.jti} "
+                    f"new_jti={new_claims.jti} renewals={new_claims.rnc}/{cfg.max_renewals} "
+                    f"ttl={issuance.ttl(iat)}{binding_suffix(new_claims, reference)}",
+                )
+            ]
+
+        try:
+            kernel.commit(unit)
+        except Unauthorized as exc:
+            raise kernel.deny(
+                exc, replace(failed, detail=f"{exc.reason} jti={claims.jti}")
+            ) from None
+        kernel.apply_revocations([predecessor])
+        self._metrics.tokens_revoked.labels("renewal").inc()
+        self._metrics.tokens_issued.labels("renew").inc()
+        self._metrics.issuance_seconds.labels("renew").observe(time.perf_counter() - started)
+        return IssuedToken(token, new_claims)
+
+    def release(self, claims: Claims, ctx: RequestContext) -> None:
+        """The holder gives its token up (revoked at level ``token``), with its descendants."""
+        kernel = self._kernel
+        records = ending_records(claims, int(kernel.now()), self._config)
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            for record in records:
+                tx.insert_revocation(record)
+            return [
+                replace(
+                    about(claims),
+                    event_type="token_released",
+                    request_id=ctx.request_id,
+                    detail=f"token released | jti={claims.jti}",
+                )
+            ]
+
+        kernel.commit(unit)
+        kernel.apply_revocations(records)
+        self._metrics.tokens_revoked.labels("release").inc()
+
+    # --- resume ----------------------------------------------------------------------------
+
+    def resume(
+        self, *, agent_id: object, nonce: object, signature: object, ctx: RequestContext
+    ) -> IssuedToken:
+        """A fresh token for a restarted agent that proves its registered key.
+
+        The token keeps the registration's holder binding (``AgentRecord.cnf``), so the
+        request must prove it again (its client certificate and/or a DPoP proof for the
+        registered key, without ``ath``), and the registration's audience.
+
+        Raises:
+            InvalidRequest: a field is missing or malformed.
+            Unauthorized: the binding is not proven; the nonce is unknown, expired or
+                used; the agent is unknown; or the signature does not verify with the
+                registered key (an impostor) - audited.
+            Forbidden: the agent is revoked, released or swept (audited).
+            RenewalCeilingExceeded / RenewalCountExceeded: the task's ceiling is reached,
+                or its lineage was renewed or resumed ``max_renewals`` times (audited).
+        """
+        kernel = self._kernel
+        cfg = self._config
+        agent = (
+            self._store.get_agent(agent_id)
+            if isinstance(agent_id, str) and parse_agent_id(agent_id)
+            else None
+        )
+        cnf: dict[str, str] = json.loads(agent.cnf) if agent is not None and agent.cnf else {}
+        if agent is not None and cnf:
+            self._prove_binding(agent, cnf, ctx)
+        if not isinstance(agent_id, str) or not agent_id:
+            raise InvalidRequest("missing required field: agent_id")
+        if not isinstance(nonce, str) or not nonce:
+            raise InvalidRequest("missing required field: nonce")
+        sig = decode_signature(signature)
+        now = kernel.now()
+        base = AuditEntry(
+            "agent_resume_denied",
+            outcome="denied",
+            agent_id=agent_id[:512],
+            request_id=ctx.request_id,
+        )
+
+        def refuse(exc: TaskleaseError, why: str) -> TaskleaseError:
+            return kernel.deny(exc, replace(base, detail=f"resume refused: {why}"))
+
+        try:
+            nonce_expiry = self._nonces.check(nonce, now)
+        except Unauthorized as exc:
+            raise refuse(exc, f"nonce refused: {exc.reason}") from None
+        n_hash = nonce_hash(nonce)
+        if agent is None:
+            raise refuse(Unauthorized(_REFUSED), "agent not registered")
+        base = replace(base, task_id=agent.task_id, orch_id=agent.orch_id)
+        if not verify_possession(agent.public_key, nonce, sig):
+            failure = Unauthorized(_REFUSED)
+            burnt = with_denial(
+                failure,
+                replace(
+                    base,
+                    detail="resume refused: signature does not verify with the agent's "
+                    "registered key (a different key: impostor)",
+                ),
+            )
+
+            def burn(tx: WriteTx) -> list[AuditEntry]:
+                tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew)
+                return [burnt]
+
+            kernel.commit(burn)
+            raise failure
+        _, why = kernel.agent_standing(agent_id)
+        if why:
+            raise refuse(Forbidden("agent is not active"), why)
+        session = self._store.get_agent_session(agent_id) or new_session(
+            cfg, agent_id, "", agent.registered_at
+        )
+        oiat = int(agent.registered_at)
+        iat = int(now)
+        ttl_cap = agent.token_ttl or cfg.default_ttl
+        try:
+            issuance = check_issuance(
+                "resume",
+                Parent(
+                    holder=agent_id,
+                    scope=agent.scope,
+                    audience=agent.audience or cfg.audience,
+                    principal=session.principal,
+                    lineage=(app_ancestor(agent.app_id),) if agent.app_id else (),
+                    ceiling=oiat + cfg.renewal_ceiling,
+                    ttl=ttl_cap,
+                    renewals=session.resumes,
+                ),
+                holder=agent_id,
+                scope=agent.scope,
+                iat=iat,
+                requested_ttl=ttl_cap,
+                config=cfg,
+            )
+        except Refusal as refusal:
+            raise refuse(refusal.error, refusal.detail) from None
+        token, claims = mint_granted(
+            self._keys.ring,
+            cfg,
+            issuance,
+            iat=iat,
+            sub=agent_id,
+            # The registration's resource and holder binding (the caller proved it already).
+            aud=agent.audience or cfg.audience,
+            client_id=agent.client_id,
+            task_id=agent.task_id,
+            orch_id=agent.orch_id,
+            oiat=oiat,
+            agent_key=agent.public_key,
+            cnf=cnf or None,
+        )
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            if not tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew):
+                raise Unauthorized(_REFUSED, reason="nonce already consumed")
+            current = tx.get_agent_session(agent_id) or session
+            if current.state != "active" or current.resumes != session.resumes:
+                raise Unauthorized(_REFUSED, reason="concurrent resume or session ended")
+            tx.put_agent_session(replace(current, resumes=issuance.renewals, last_heartbeat=now))
+            ids = replace(base, outcome="success", request_id=ctx.request_id)
+            return [
+                replace(
+                    ids,
+                    event_type="agent_resumed",
+                    detail=f"agent resumed with its registered key; renewals="
+                    f"{issuance.renewals}/{cfg.max_renewals} oiat={oiat}",
+                ),
+                replace(
+                    ids,
+                    event_type="token_issued",
+                    detail=f"Token issued, jti={claims.jti}, ttl={issuance.ttl(iat)} (resume)",
+                ),
+            ]
+
+        try:
+            kernel.commit(unit)
+        except Unauthorized as exc:
+            raise refuse(exc, exc.reason) from None
+        self._metrics.tokens_issued.labels("resume").inc()
+        return IssuedToken(token, claims)
+
+    def _prove_binding(self, agent: AgentRecord, cnf: dict[str, str], ctx: RequestContext) -> None:
+        """Refuse (audited) a resumption that does not prove the registration's binding."""
+        try:
+            x5t = cnf.get("x5t#S256")
+            if x5t is not None and not hmac.compare_digest(
+                ctx.cert_thumbprint.encode(), str(x5t).encode()
+            ):
+                raise BindingError("resume without the registration's client certificate")
+            jkt = cnf.get("jkt")
+            if jkt is not None:
+                proven = self._dpop.verify(
+                    ctx.dpop, htm=ctx.method, htu=ctx.url, now=self._kernel.now()
+                )
+                if not hmac.compare_digest(proven.encode(), str(jkt).encode()):
+                    raise BindingError("resume DPoP proof signed by another key")
+        except BindingError as exc:
+            raise self._kernel.deny(
+                Unauthorized(_REFUSED, reason=exc.reason),
+                AuditEntry(
+                    "agent_resume_denied",
+                    outcome="denied",
+                    agent_id=agent.agent_id,
+                    task_id=agent.task_id,
+                    orch_id=agent.orch_id,
+                    request_id=ctx.request_id,
+                    detail=f"resume refused: {exc.reason}",
+                ),
+            ) from None

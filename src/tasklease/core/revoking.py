@@ -1,0 +1,172 @@
+"""Revocation: by operators at four levels, by a token's holder (RFC 7009), the feed that
+carries revocations to resource servers' verifiers, and pruning what can match no more.
+
+A revocation is written to the store first (durable), then applied to this process's
+index (enforced at once), then published (the feed's listeners, other replicas through
+the store). Revocation is idempotent, and ending a token ends its descendants.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+
+from tasklease.core.audit import AuditEntry
+from tasklease.core.callers import about
+from tasklease.core.errors import Forbidden, InvalidRequest
+from tasklease.core.introspection import is_reference_token
+from tasklease.core.kernel import Kernel, RequestContext, ending_records
+from tasklease.core.revocation import LEVELS
+from tasklease.core.spiffe import parse_agent_id
+from tasklease.core.store import RevocationRecord, WriteTx
+from tasklease.core.tokencheck import TokenCheck
+from tasklease.core.tokens import KIND_AGENT, Claims
+from tasklease.core.validation import TokenRejected
+
+__all__ = ["Revoking"]
+
+_log = logging.getLogger("tasklease.broker")
+
+
+class Revoking:
+    """Revoke, revoke a held token, read the feed, prune. Thread-safe; one per broker."""
+
+    def __init__(self, kernel: Kernel, tokens: TokenCheck) -> None:
+        self._kernel = kernel
+        self._config = kernel.config
+        self._store = kernel.store
+        self._metrics = kernel.metrics
+        self._tokens = tokens
+
+    def revoke(self, claims: Claims, *, level: object, target: object, ctx: RequestContext) -> int:
+        """Revoke at ``token`` (a jti), ``agent`` (a subject), ``task`` or ``chain`` level.
+
+        Idempotent; durable before it returns; enforced by this process at once.
+        """
+        if not isinstance(level, str) or not level or not isinstance(target, str) or not target:
+            raise InvalidRequest("level and target are required")
+        if level not in LEVELS:
+            raise InvalidRequest(
+                f"invalid revocation level: {level[:32]}", hint="use token, agent, task or chain"
+            )
+        if len(target) > 2048:
+            raise InvalidRequest("target is too long")
+        if (level == "token" and target.count(".") == 2) or is_reference_token(target):
+            # Never a credential as a target: it would be stored, audited and published.
+            raise InvalidRequest(
+                "target must be a token id (jti), not a token",
+                hint="read the jti with `tasklease token inspect`",
+            )
+        now = self._kernel.now()
+        revoked_at = math.floor(now)
+        expires_at = self._kernel.revocation_expiry(revoked_at)
+        records = [RevocationRecord(level, target, revoked_at, expires_at)]
+        if level == "token":
+            # A token's end is its descendants' end (they list its jti in their lineage).
+            records.append(RevocationRecord("chain", target, revoked_at, expires_at))
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            for record in records:
+                tx.insert_revocation(record)
+            if level == "agent" and parse_agent_id(target):
+                tx.set_agent_status(target, "revoked")
+            return [
+                AuditEntry(
+                    "token_revoked",
+                    agent_id=target,
+                    request_id=ctx.request_id,
+                    detail=f"revoked at level={level} target={target} by={claims.sub}",
+                )
+            ]
+
+        self._kernel.commit(unit)
+        self._kernel.apply_revocations(records)
+        self._metrics.tokens_revoked.labels(level).inc()
+        return 1
+
+    def revoke_token(
+        self, caller: Claims, *, token: object, token_type_hint: object, ctx: RequestContext
+    ) -> bool:
+        """RFC 7009 revocation by a token holder; True iff something was revoked.
+
+        The caller authenticated with an agent token (with its binding proof, if bound);
+        the token to revoke must be one of the same agent's (``sub``), or the same token.
+        Idempotent; a token that is unknown, malformed, expired or already revoked is not
+        an error (RFC 7009 section 2.2: the answer is 200 either way); the attempt is
+        audited. ``token_type_hint`` is only a hint (section 2.1): both forms are tried.
+        A valid token of another agent is refused (403, audited).
+
+        Raises:
+            InvalidRequest: ``token`` missing or not a string (400, RFC 7009 section 2.2.1).
+            Forbidden: the token belongs to another agent.
+        """
+        if not isinstance(token, str) or not token:
+            raise InvalidRequest("missing required field: token")
+        if token_type_hint is not None and not isinstance(token_type_hint, str):
+            raise InvalidRequest("token_type_hint must be a string")
+        ids = replace(about(caller), request_id=ctx.request_id, resource=ctx.path)
+        try:
+            target = self._tokens.verify(token, (KIND_AGENT,), any_audience=True)
+        except TokenRejected as exc:
+            entry = replace(
+                ids,
+                event_type="token_revocation_ignored",
+                detail=f"RFC 7009 revocation of an inactive token ignored: {exc.reason}",
+            )
+            self._kernel.record(entry)
+            return False
+        if target.sub != caller.sub:
+            raise self._kernel.deny(
+                Forbidden("the token does not belong to the caller"),
+                replace(
+                    ids,
+                    event_type="token_revocation_denied",
+                    outcome="denied",
+                    detail=f"caller={caller.sub} may not revoke a token of {target.sub} "
+                    f"jti={target.jti}",
+                ),
+            )
+        records = ending_records(target, int(self._kernel.now()), self._config)
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            for record in records:
+                tx.insert_revocation(record)
+            return [
+                replace(
+                    ids,
+                    event_type="token_revoked",
+                    detail=f"revoked by its holder (RFC 7009) level=token target={target.jti} "
+                    f"by={caller.sub} self={target.jti == caller.jti}",
+                )
+            ]
+
+        self._kernel.commit(unit)
+        self._kernel.apply_revocations(records)
+        self._metrics.tokens_revoked.labels("holder").inc()
+        return True
+
+    def revocation_feed(self, cursor: int | None) -> tuple[list[RevocationRecord], int]:
+        """Revocation entries in ``seq`` order and the cursor to continue from.
+
+        Without a cursor: a snapshot of every unexpired entry. With one: the unexpired
+        entries whose ``seq`` is greater. The returned cursor is the greatest ``seq``
+        returned, or the given cursor (0 without one) when nothing is new. An entry that
+        is widened later comes again with a new ``seq``.
+        """
+        now = self._kernel.now()
+        if cursor is None:
+            records = self._store.load_revocations(now)
+        else:
+            records = [r for r in self._store.revocations_since(cursor) if r.expires_at > now]
+        last = max((r.seq for r in records), default=cursor or 0)
+        return records, max(last, cursor or 0)
+
+    def prune(self) -> int:
+        """Drop revocation entries, nonces and launch tokens nothing can use any more."""
+        now = self._kernel.now()
+        removed = self._kernel.revocations.prune(now)
+        removed_rows = self._store.prune(now)
+        self._metrics.revocation_entries.set(len(self._kernel.revocations))
+        _log.debug("pruned %d index entries and %d rows", removed, removed_rows)
+        return removed

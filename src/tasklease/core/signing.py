@@ -1,0 +1,117 @@
+"""The signing keys in use: the one place services read them from, and their rotation.
+
+The ring (one signing key, verify-only keys by ``kid``) and the validator built on it are
+replaced when a key is rotated here or by another process sharing the key directory.
+Services hold the :class:`SigningKeys` and read :attr:`~SigningKeys.ring` and
+:attr:`~SigningKeys.validator` at each use, never a copy kept from before, so none goes on
+signing or verifying with a ring that has been replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import nacl.signing
+
+from tasklease.core.audit import AuditEntry
+from tasklease.core.kernel import Kernel, RequestContext
+from tasklease.core.keys import KeyRing, load_or_create_keyring, rotate_key
+from tasklease.core.tokens import Claims
+from tasklease.core.validation import Validator
+
+__all__ = ["SigningKeys", "verify_keys"]
+
+_log = logging.getLogger("tasklease.broker")
+
+
+def verify_keys(ring: KeyRing) -> list[nacl.signing.VerifyKey]:
+    """Every key ``ring`` verifies with, the active one first."""
+    return [key for kid in ring.kids() if (key := ring.verify_key(kid)) is not None]
+
+
+class SigningKeys:
+    """The current key ring and validator, swapped together on rotation. Thread-safe.
+
+    ``ring`` and ``validator`` are plain attributes, each replaced by one reference
+    assignment (validator first), so a concurrent reader sees the old ring or the new
+    one, never a mixture, and pays nothing on the hot path beyond an attribute read.
+    """
+
+    def __init__(self, kernel: Kernel, ring: KeyRing) -> None:
+        self._kernel = kernel
+        self._lock = threading.Lock()
+        self.validator = self._validator(ring)
+        self.ring = ring
+        self._known_files = self._key_files()
+
+    def _validator(self, ring: KeyRing) -> Validator:
+        kernel = self._kernel
+        return Validator(kernel.config, ring, kernel.clock, kernel.revocations)
+
+    def _install(self, ring: KeyRing) -> None:
+        self.validator = self._validator(ring)
+        self.ring = ring
+
+    def rotate(self, claims: Claims, ctx: RequestContext) -> tuple[str, str]:
+        """Make a new signing key active; returns ``(new_kid, previous_kid)``.
+
+        With a ``key_dir`` configured the key is written there (:func:`rotate_key`) and
+        the ring reloaded from disk, so a restart keeps it; otherwise (in-memory brokers)
+        a fresh in-memory key is added. Every older key stays in the ring and the JWKS:
+        tokens it signed verify until they expire. Other processes sharing the key
+        directory pick the key up within a second (:meth:`refresh`).
+
+        Raises:
+            Unavailable: the audit event could not be stored (the new key is then on
+                disk but not active in this process until it restarts).
+        """
+        config = self._kernel.config
+        with self._lock:
+            previous = self.ring
+            if config.key_dir:
+                directory = Path(config.key_dir)
+                rotate_key(directory)
+                ring = load_or_create_keyring(directory)
+            else:
+                ring = KeyRing(nacl.signing.SigningKey.generate(), verify_keys(previous))
+            self._kernel.record(
+                AuditEntry(
+                    "signing_key_rotated",
+                    request_id=ctx.request_id,
+                    detail=f"signing key rotated new_kid={ring.active_kid} "
+                    f"previous_kid={previous.active_kid} keys={len(ring.kids())} "
+                    f"by={claims.sub}",
+                )
+            )
+            self._install(ring)
+        return ring.active_kid, previous.active_kid
+
+    def refresh(self) -> bool:
+        """Adopt signing keys another process sharing the key directory added or retired.
+
+        Cheap when nothing changed (one directory listing); run by the server's
+        housekeeping loop, so a rotation on one worker or replica reaches the others.
+        Returns True when the ring changed.
+        """
+        files = self._key_files()
+        if files is None or files == self._known_files:
+            return False
+        with self._lock:
+            ring = load_or_create_keyring(Path(self._kernel.config.key_dir))
+            self._known_files = files
+            if ring.kids() == self.ring.kids():
+                return False
+            self._install(ring)
+        _log.info("signing keys reloaded: active kid %s", ring.active_kid)
+        return True
+
+    def _key_files(self) -> tuple[str, ...] | None:
+        key_dir = self._kernel.config.key_dir
+        if not key_dir:
+            return None
+        try:
+            return tuple(sorted(p.name for p in Path(key_dir).glob("signing-*.pem")))
+        except OSError:
+            return None

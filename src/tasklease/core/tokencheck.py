@@ -1,0 +1,244 @@
+"""Checking presented tokens: validation, request authentication and introspection.
+
+Every path here verifies the same way (:meth:`TokenCheck.verify`: a signed JWT through the
+current validator, or a by-reference token through the store), then checks the holder
+binding and, for critical scopes, the live state (``core.assurance``). One precise reason
+goes inward (audit log, debug log); outward a caller sees one generic failure.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from tasklease.core import scopes as scope_rules
+from tasklease.core.assurance import assure
+from tasklease.core.audience import validate_resource
+from tasklease.core.audit import AuditEntry
+from tasklease.core.binding import BindingError, DPoPVerifier, Presentation, check_binding
+from tasklease.core.callers import about
+from tasklease.core.errors import InsufficientScope, InvalidRequest, TaskleaseError, Unauthorized
+from tasklease.core.freshness import Freshness
+from tasklease.core.introspection import (
+    INACTIVE,
+    claims_from_reference,
+    introspection_response,
+    is_reference_token,
+    reference_hash,
+)
+from tasklease.core.kernel import Kernel, RequestContext
+from tasklease.core.signing import SigningKeys
+from tasklease.core.tokens import KIND_ADMIN, KIND_AGENT, KIND_APP, Claims, ClaimsError
+from tasklease.core.validation import TokenRejected
+
+__all__ = ["ALL_KINDS", "OPERATOR_KINDS", "TokenCheck"]
+
+ALL_KINDS = frozenset({KIND_AGENT, KIND_ADMIN, KIND_APP})
+# Who reads the revocation feed and introspects: admin and app tokens, any scope.
+OPERATOR_KINDS = frozenset({KIND_ADMIN, KIND_APP})
+
+
+class TokenCheck:
+    """Validates and authenticates presented tokens. Thread-safe; one per broker."""
+
+    def __init__(
+        self, kernel: Kernel, keys: SigningKeys, dpop: DPoPVerifier, freshness: Freshness
+    ) -> None:
+        self._kernel = kernel
+        self._config = kernel.config
+        self._store = kernel.store
+        self._metrics = kernel.metrics
+        self._keys = keys
+        self._dpop = dpop
+        self._fresh = freshness
+
+    def validate(
+        self,
+        token: str,
+        *,
+        audience: str | None = None,
+        presented: Presentation | None = None,
+        ctx: RequestContext | None = None,
+    ) -> Claims:
+        """Validate an agent access token (``/v1/token/validate``); raises TokenRejected.
+
+        ``audience`` is the resource server's own identifier (RFC 8707): a token minted
+        for another resource is refused; without it the token must carry the broker's
+        default audience. ``presented`` is what the resource server saw on its request
+        (client certificate thumbprint, DPoP proof, method and URI): a bound token is
+        refused without the matching proof. By-reference tokens are resolved here, and
+        tokens with a critical scope are checked against the store (high assurance).
+        Raises :class:`Unavailable` while the revocation index is not confirmed current.
+        """
+        fresh = self._fresh
+        if fresh.monotonic() > fresh.until:
+            raise fresh.stale()
+        started = time.perf_counter()
+        try:
+            claims = self.verify(token, (KIND_AGENT,), audience=audience)
+            self._check_binding(claims, token, presented or Presentation())
+            assure(self._kernel, claims, ctx or RequestContext(), audit_denial=True)
+            return claims
+        except TokenRejected as exc:
+            self._metrics.validation_failures.labels(exc.category).inc()
+            raise
+        finally:
+            self._metrics.validation_seconds.observe(time.perf_counter() - started)
+
+    def verify(
+        self,
+        token: str,
+        kinds: frozenset[str] | tuple[str, ...],
+        *,
+        audience: str | None = None,
+        any_audience: bool = False,
+    ) -> Claims:
+        """A signed JWT or a by-reference token, verified and its claims checked.
+
+        Binding and high assurance are the caller's to check. Raises TokenRejected.
+        """
+        if not is_reference_token(token):
+            return self._keys.validator.validate(
+                token, kinds, audience=audience, any_audience=any_audience
+            )
+        record = self._store.get_reference_token(reference_hash(token))
+        if record is None:
+            raise TokenRejected("unknown by-reference token", "signature")
+        if record.kind not in kinds:
+            raise TokenRejected("typ not allowed", "signature")
+        try:
+            claims = claims_from_reference(record)
+        except ClaimsError as exc:
+            raise TokenRejected(f"by-reference token: {exc}", "claims") from None
+        return self._keys.validator.check_claims(
+            claims, audience=audience, any_audience=any_audience
+        )
+
+    def _check_binding(self, claims: Claims, token: str, presented: Presentation) -> None:
+        try:
+            check_binding(
+                claims.raw.get("cnf"), token, presented, dpop=self._dpop, now=self._kernel.now()
+            )
+        except BindingError as exc:
+            raise TokenRejected(exc.reason, "binding") from None
+
+    def authenticate(
+        self,
+        authorization: str | None,
+        ctx: RequestContext,
+        *,
+        kinds: frozenset[str] = ALL_KINDS,
+        scope: str | None = None,
+    ) -> Claims:
+        """Check a request's bearer credential; audit and raise on any failure.
+
+        401 ``unauthorized`` for a missing, malformed, invalid, expired or revoked token
+        (one generic detail outward, the reason in the audit log); 403
+        ``insufficient_scope`` for a valid token of the wrong kind or without ``scope``;
+        503 ``service_unavailable`` while the revocation index is not confirmed current.
+        """
+        fresh = self._fresh
+        if fresh.monotonic() > fresh.until:
+            raise fresh.stale()
+        kernel = self._kernel
+        base = AuditEntry(
+            "token_auth_failed", outcome="denied", resource=ctx.path, request_id=ctx.request_id
+        )
+        if not authorization:
+            raise kernel.deny(
+                Unauthorized("missing authorization header"),
+                replace(base, detail=f"missing authorization header | path={ctx.path}"),
+            )
+        if authorization.startswith("Bearer "):
+            scheme, token = "Bearer", authorization[7:]
+        elif authorization.startswith("DPoP "):
+            scheme, token = "DPoP", authorization[5:]
+        else:
+            raise kernel.deny(
+                Unauthorized("invalid authorization scheme"),
+                replace(base, detail=f"invalid authorization scheme | path={ctx.path}"),
+            )
+        started = time.perf_counter()
+        try:
+            # Agent tokens may be audience-bound to a resource and still manage themselves
+            # here (renew, release, delegate): docs/decisions.md, "Audience-bound tokens".
+            claims = self.verify(token, ALL_KINDS, any_audience=True)
+            if claims.kind != KIND_AGENT and not any(
+                a in claims.aud for a in self._config.audience
+            ):
+                raise TokenRejected("audience mismatch", "audience")
+            presented = Presentation(
+                scheme=scheme,
+                cert_thumbprint=ctx.cert_thumbprint,
+                dpop_proof=ctx.dpop,
+                htm=ctx.method,
+                htu=ctx.url,
+            )
+            self._check_binding(claims, token, presented)
+            assure(kernel, claims, ctx, audit_denial=False)
+        except TokenRejected as exc:
+            self._metrics.validation_failures.labels(exc.category).inc()
+            raise kernel.deny(
+                Unauthorized("token verification failed", reason=exc.reason),
+                replace(base, detail=f"token verification failed: {exc.reason} | path={ctx.path}"),
+            ) from None
+        finally:
+            self._metrics.validation_seconds.observe(time.perf_counter() - started)
+        if claims.kind not in kinds:
+            raise self._scope_violation(
+                claims,
+                ctx,
+                "this kind of token is not accepted here",
+                f"token kind {claims.kind} not accepted",
+            )
+        if scope is not None and not scope_rules.is_subset([scope], claims.scope):
+            raise self._scope_violation(
+                claims,
+                ctx,
+                f"token lacks required scope: {scope}",
+                f"required={scope} | actual={','.join(claims.scope)}",
+            )
+        return claims
+
+    def _scope_violation(
+        self, claims: Claims, ctx: RequestContext, outward: str, why: str
+    ) -> TaskleaseError:
+        """Audit a valid token that may not do this here; the error to raise (403)."""
+        self._metrics.scope_rejections.labels(ctx.path).inc()
+        entry = replace(
+            about(claims),
+            event_type="scope_violation",
+            outcome="denied",
+            resource=ctx.path,
+            request_id=ctx.request_id,
+            detail=f"scope_violation | {why} | path={ctx.path}",
+        )
+        return self._kernel.deny(InsufficientScope(outward), entry)
+
+    def introspect(
+        self, caller: Claims, *, token: object, audience: object = None, ctx: RequestContext
+    ) -> dict[str, Any]:
+        """RFC 7662 introspection of an agent access token (JWT or by-reference).
+
+        Returns the claims with ``active: true``, or exactly :data:`INACTIVE` for anything
+        else: unknown, malformed, expired, revoked, another kind of token, for another
+        ``audience`` when one is given, or (for an app caller) a token of another app's
+        agents. The binding (``cnf``) is reported, not checked: the resource server holds
+        the connection and the proof. Critical scopes are checked against the store.
+
+        Raises:
+            InvalidRequest: ``token`` missing or not a string.
+        """
+        if not isinstance(token, str) or not token:
+            raise InvalidRequest("missing required field: token")
+        wanted = validate_resource(audience, field="audience")
+        try:
+            claims = self.verify(token, (KIND_AGENT,), audience=wanted, any_audience=wanted is None)
+            if caller.kind == KIND_APP and claims.client_id != caller.client_id:
+                return dict(INACTIVE)
+            assure(self._kernel, claims, ctx, audit_denial=True)
+        except TokenRejected as exc:
+            self._metrics.validation_failures.labels(exc.category).inc()
+            return dict(INACTIVE)
+        return introspection_response(claims)
