@@ -1,6 +1,6 @@
 """Token shapes: the kinds of JWT the broker mints, their claims, and minting.
 
-Every token is a compact EdDSA JWS (``core._jws``). The header ``typ`` names its kind, and
+Every token is a compact EdDSA JWS (``rules.jws``). The header ``typ`` names its kind, and
 each verification path accepts only the kinds it expects, so an admin token can never be
 used as an agent token or the reverse (RFC 8725 section 3.11).
 
@@ -32,16 +32,26 @@ as an RFC 8037 JWK, so peers can verify its workload proofs offline; not ``cnf``
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from tasklease.core import _jws
-from tasklease.core.keys import KeyRing, jwk_thumbprint
+from tasklease.core.keys import KeyRing
+from tasklease.rules import jws as _jws
+from tasklease.rules.claims import (
+    ClaimRejected,
+    DelegationRecord,
+    act_actors,
+    chain_hash,
+    delegation_chain_of,
+    int_claim,
+    lineage_of,
+    string_claim,
+    strings_claim,
+)
+from tasklease.rules.jws import jwk_thumbprint
 
 __all__ = [
     "ADMIN_SCOPES",
@@ -72,30 +82,6 @@ ADMIN_SCOPES = ("admin:launch-tokens:*", "admin:revoke:*", "admin:audit:*")
 APP_SCOPES = ("app:launch-tokens:*", "app:agents:*", "app:audit:read")
 
 _encoder = msgspec.json.Encoder()
-# Ancestors a token may list: an app, and a grant and token per delegation hop, with room.
-_MAX_LINEAGE = 64
-
-
-@dataclass(frozen=True, slots=True)
-class DelegationRecord:
-    """One hop: ``agent`` delegated (holding ``scope``) at ``delegated_at``.
-
-    ``signature`` is the broker's Ed25519 signature (hex) over
-    :func:`tasklease.core.delegation.record_signing_input`.
-    """
-
-    agent: str
-    scope: tuple[str, ...]
-    delegated_at: str
-    signature: str
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "agent": self.agent,
-            "scope": list(self.scope),
-            "delegated_at": self.delegated_at,
-            "signature": self.signature,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,14 +128,6 @@ def new_jti() -> str:
     return secrets.token_hex(16)
 
 
-def chain_hash(chain: tuple[DelegationRecord, ...]) -> str:
-    """SHA-256 (hex) of the compact JSON array of the chain's records, keys in wire order."""
-    encoded = json.dumps(
-        [r.as_json() for r in chain], separators=(",", ":"), ensure_ascii=False
-    ).encode("utf-8")
-    return hashlib.sha256(encoded).hexdigest()
-
-
 def act_claim(subject: str, chain: tuple[DelegationRecord, ...], principal: str) -> dict[str, Any]:
     """The RFC 8693 ``act`` claim of a delegated token for ``subject``.
 
@@ -161,25 +139,6 @@ def act_claim(subject: str, chain: tuple[DelegationRecord, ...], principal: str)
     for record in chain:
         act = {"sub": record.agent, "act": act}
     return {"sub": subject, "act": act}
-
-
-def act_actors(act: object, limit: int) -> list[str] | None:
-    """The ``sub`` of every level of an ``act`` claim, outermost first.
-
-    None if it is not a chain of ``{"sub": str[, "act": {...}]}`` objects (no other
-    members) or is deeper than ``limit``: read iteratively, so no depth can recurse.
-    """
-    actors: list[str] = []
-    level = act
-    while level is not None:
-        if len(actors) >= limit or not isinstance(level, dict) or set(level) - {"sub", "act"}:
-            return None
-        sub = level.get("sub")
-        if not isinstance(sub, str) or not sub:
-            return None
-        actors.append(sub)
-        level = level.get("act")
-    return actors
 
 
 def agent_jwk(public_key: bytes) -> dict[str, str]:
@@ -308,68 +267,38 @@ class ClaimsError(ValueError):
     """A payload that is not a well-formed tasklease claim set (reason in ``args[0]``)."""
 
 
-def _str(payload: dict[str, Any], key: str, *, required: bool) -> str:
-    value = payload.get(key, "")
-    if not isinstance(value, str) or (required and not value):
-        raise ClaimsError(f"claim {key} missing or not a string")
-    return value
-
-
-def _int(payload: dict[str, Any], key: str, default: int | None = None) -> int:
-    value = payload.get(key, default)
-    if type(value) is not int:
-        raise ClaimsError(f"claim {key} missing or not an integer")
-    return value
-
-
-def _str_list(payload: dict[str, Any], key: str) -> tuple[str, ...]:
-    value = payload.get(key)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ClaimsError(f"claim {key} missing or not a list of strings")
-    return tuple(value)
-
-
 def claims_from_payload(kind: str, payload: dict[str, Any]) -> Claims:
-    """Type-check a verified payload into :class:`Claims` (raises :class:`ClaimsError`)."""
-    raw_chain = payload.get("delegation_chain", [])
-    if not isinstance(raw_chain, list):
-        raise ClaimsError("claim delegation_chain is not a list")
-    chain: list[DelegationRecord] = []
-    for item in raw_chain:
-        if not isinstance(item, dict):
-            raise ClaimsError("delegation record is not an object")
-        chain.append(
-            DelegationRecord(
-                agent=_str(item, "agent", required=True),
-                scope=_str_list(item, "scope"),
-                delegated_at=_str(item, "delegated_at", required=True),
-                signature=_str(item, "signature", required=True),
-            )
+    """Type-check a verified payload into :class:`Claims` (raises :class:`ClaimsError`).
+
+    The readers are the shared rules' (:mod:`tasklease.rules.claims`), so the broker and
+    every verifier read a claim the same way.
+    """
+    try:
+        chain = delegation_chain_of(payload.get("delegation_chain", []))
+        iat = int_claim(payload, "iat")
+        lineage = lineage_of(payload["lineage"]) if "lineage" in payload else ()
+        return Claims(
+            kind=kind,
+            iss=string_claim(payload, "iss", required=False),
+            sub=string_claim(payload, "sub", required=True),
+            aud=strings_claim(payload, "aud"),
+            exp=int_claim(payload, "exp"),
+            nbf=int_claim(payload, "nbf"),
+            iat=iat,
+            jti=string_claim(payload, "jti", required=True),
+            scope=strings_claim(payload, "scope"),
+            task_id=string_claim(payload, "task_id", required=False),
+            orch_id=string_claim(payload, "orch_id", required=False),
+            client_id=string_claim(payload, "client_id", required=True),
+            oiat=int_claim(payload, "oiat", iat),
+            rnc=int_claim(payload, "rnc", 0),
+            delegation_chain=chain,
+            chain_hash=string_claim(payload, "chain_hash", required=False),
+            raw=payload,
+            principal=string_claim(payload, "principal", required=False),
+            lineage=lineage,
+            grant=string_claim(payload, "grant", required=False),
+            max_exp=int_claim(payload, "max_exp", 0),
         )
-    iat = _int(payload, "iat")
-    lineage = _str_list(payload, "lineage") if "lineage" in payload else ()
-    if not all(lineage) or len(lineage) > _MAX_LINEAGE:
-        raise ClaimsError("claim lineage malformed or longer than the limit")
-    return Claims(
-        kind=kind,
-        iss=_str(payload, "iss", required=False),
-        sub=_str(payload, "sub", required=True),
-        aud=_str_list(payload, "aud"),
-        exp=_int(payload, "exp"),
-        nbf=_int(payload, "nbf"),
-        iat=iat,
-        jti=_str(payload, "jti", required=True),
-        scope=_str_list(payload, "scope"),
-        task_id=_str(payload, "task_id", required=False),
-        orch_id=_str(payload, "orch_id", required=False),
-        client_id=_str(payload, "client_id", required=True),
-        oiat=_int(payload, "oiat", iat),
-        rnc=_int(payload, "rnc", 0),
-        delegation_chain=tuple(chain),
-        chain_hash=_str(payload, "chain_hash", required=False),
-        raw=payload,
-        principal=_str(payload, "principal", required=False),
-        lineage=lineage,
-        grant=_str(payload, "grant", required=False),
-        max_exp=_int(payload, "max_exp", 0),
-    )
+    except ClaimRejected as exc:
+        raise ClaimsError(exc.reason) from None
