@@ -419,7 +419,7 @@ def offline_verify(spec: dict[str, Any]) -> dict[str, Any]:
     vkey = ring.verify_key(ring.active_kid)
     if vkey is None:
         raise RuntimeError("the key ring has no active verify key")
-    from tasklease.core import _jws
+    from tasklease.rules import jws as _jws
 
     def split(tok: str) -> tuple[bytes, bytes]:
         head, _, sig = tok.rpartition(".")

@@ -30,21 +30,6 @@ ROOT = "tasklease"
 # The domain imports none of these: they are its adapters.
 ADAPTERS = ("http", "storage", "cli", "client", "verify")
 
-# Offenders in work still in progress elsewhere, listed so that nothing else slips in.
-# Each entry is a debt to pay, never a permission: the test below fails once an entry
-# no longer occurs, so the list only shrinks. Remove an entry with the fix it waits for.
-#
-# Cycles, as their sorted members: storage/postgres.py imports ``redact_url`` from the
-# package, whose ``open_store`` imports postgres lazily (the fix: a module both import).
-CYCLES_IN_PROGRESS: frozenset[tuple[str, ...]] = frozenset(
-    {("tasklease.storage", "tasklease.storage.postgres")}
-)
-# (importer, private name): the codec moves from ``core/_jws.py`` to ``tasklease.rules``;
-# the CLI imports it from there once it has moved.
-PRIVATE_IMPORTS_IN_PROGRESS: frozenset[tuple[str, str]] = frozenset(
-    {("tasklease.cli._token", "tasklease.core._jws")}
-)
-
 
 @dataclass(frozen=True, slots=True)
 class Import:
@@ -237,7 +222,7 @@ def edges() -> list[Import]:
 
 
 def test_no_import_cycles(edges: list[Import]) -> None:
-    found = [c for c in cycles(edges) if tuple(c) not in CYCLES_IN_PROGRESS]
+    found = cycles(edges)
     assert not found, "import cycles among tasklease modules:\n" + "\n".join(
         f"{' <-> '.join(component)}\n  e.g. {cycle_path(component, edges)}" for component in found
     )
@@ -250,19 +235,9 @@ def test_core_imports_none_of_its_adapters(edges: list[Import]) -> None:
 
 def test_no_private_name_of_another_package_is_imported(edges: list[Import]) -> None:
     found = private_violations(edges, module_names(SOURCE))
-    unexpected = [pair for pair in found if pair not in PRIVATE_IMPORTS_IN_PROGRESS]
-    assert not unexpected, "private names imported from another package:\n" + "\n".join(
-        f"{importer} imports {name}" for importer, name in unexpected
+    assert not found, "private names imported from another package:\n" + "\n".join(
+        f"{importer} imports {name}" for importer, name in found
     )
-
-
-def test_the_in_progress_lists_hold_only_live_offenders(edges: list[Import]) -> None:
-    """An entry whose offence is gone must leave its list with it."""
-    live_cycles = {tuple(c) for c in cycles(edges)}
-    assert not CYCLES_IN_PROGRESS - live_cycles, sorted(CYCLES_IN_PROGRESS - live_cycles)
-    live_private = set(private_violations(edges, module_names(SOURCE)))
-    stale = PRIVATE_IMPORTS_IN_PROGRESS - live_private
-    assert not stale, sorted(stale)
 
 
 # --- the checker itself, on planted trees --------------------------------------------------

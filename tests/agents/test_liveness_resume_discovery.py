@@ -9,9 +9,9 @@ from typing import Any
 from agents_support import AgentHandle, Env, b64, make_env
 from nacl.signing import SigningKey
 
-from tasklease.core import _jws
 from tasklease.core.discovery import statement, verify_binding
 from tasklease.core.liveness import heartbeat_signing_input
+from tasklease.rules import jws as _jws
 from tasklease.storage import MemoryStore
 
 

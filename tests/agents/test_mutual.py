@@ -10,7 +10,6 @@ import pytest
 from agents_support import AgentHandle, Env, b64
 from nacl.signing import SigningKey
 
-from tasklease.core import _jws
 from tasklease.core.mutual import (
     ProofRejected,
     ReplayCache,
@@ -19,6 +18,7 @@ from tasklease.core.mutual import (
     verify_peer,
     verify_receipt,
 )
+from tasklease.rules import jws as _jws
 
 NA = "a" * 32
 NB = "b" * 32

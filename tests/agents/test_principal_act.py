@@ -7,10 +7,10 @@ import json
 import pytest
 from agents_support import CTX, Env
 
-from tasklease.core import _jws
 from tasklease.core.delegation import principal_ref, validate_principal
 from tasklease.core.errors import InvalidRequest
 from tasklease.core.tokens import act_actors, act_claim, claims_from_payload
+from tasklease.rules import jws as _jws
 
 ALICE = "user:alice@example.com"
 

@@ -9,9 +9,9 @@ from agents_support import Env
 from nacl.signing import SigningKey, VerifyKey
 
 from tasklease.client import Agent, AsyncAgent, Forbidden, Unauthorized, _trust
-from tasklease.core import _jws
 from tasklease.core.liveness import heartbeat_signing_input
 from tasklease.core.mutual import transcript, verify_receipt
+from tasklease.rules import jws as _jws
 
 
 def test_sdk_byte_formats_are_the_brokers() -> None:

@@ -47,10 +47,10 @@ from tasklease.core.config import Config
 from tasklease.core.errors import InvalidRequest, TaskleaseError
 from tasklease.core.keys import KeyRing
 from tasklease.core.liveness import heartbeat_signing_input
-from tasklease.core.scopes import is_subset
 from tasklease.core.store import AuditQuery
 from tasklease.core.tokens import APP_SCOPES, KIND_APP, Claims, mint
 from tasklease.core.validation import TokenRejected
+from tasklease.rules.scopes import is_subset
 from tasklease.storage import open_store
 
 CTX = RequestContext(request_id="req-model", remote="127.0.0.1", path="/v1/model")

@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_pri
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tasklease.core import _jws
 from tasklease.core.keys import (
     KeyRing,
     jwk_thumbprint,
@@ -22,6 +21,7 @@ from tasklease.core.keys import (
     retire_keys,
     rotate_key,
 )
+from tasklease.rules import jws as _jws
 
 # RFC 8037 appendix A.1 (key) and A.3 (its RFC 7638 thumbprint).
 RFC8037_D = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"

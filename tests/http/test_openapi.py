@@ -19,7 +19,6 @@ import nacl.signing
 import pytest
 from starlette.routing import Route
 
-from tasklease.core import _jws
 from tasklease.core.broker import VERSION, Broker
 from tasklease.core.config import Config
 from tasklease.core.discovery import statement
@@ -32,6 +31,7 @@ from tasklease.http.app import create_app
 from tasklease.http.openapi import WWW_AUTHENTICATE, openapi_document, openapi_json
 from tasklease.http.problems import STATUS_BY_CODE
 from tasklease.http.wire import ERROR_CODES, OPERATIONS, SHAPES, TAGS
+from tasklease.rules import jws as _jws
 from tasklease.storage import open_store
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -80,10 +80,3 @@ def test_certificate_binding_and_presented_thumbprints() -> None:
     assert refusal({"x5t#S256": x5t}, "t", Presentation(cert_thumbprint="x" * 43), dpop) == (
         "certificate-bound token presented with another certificate"
     )
-
-
-def test_the_broker_uses_these_rules() -> None:
-    from tasklease.core import binding
-
-    for name in ("BindingError", "DPoPVerifier", "Presentation", "check_binding"):
-        assert getattr(binding, name) is globals()[name]

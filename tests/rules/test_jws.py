@@ -845,11 +845,3 @@ def test_json_paths_agree_with_and_without_msgspec() -> None:
         except JWSError as exc:
             strict = exc.reason
         assert fast == strict, data
-
-
-def test_the_old_module_name_is_the_same_codec() -> None:
-    from tasklease.core import _jws as old_name
-
-    assert old_name.__all__ == [n for n in old_name.__all__ if hasattr(jws, n)]
-    for name in old_name.__all__:
-        assert getattr(old_name, name) is getattr(jws, name), name

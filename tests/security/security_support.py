@@ -19,12 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from nacl.signing import SigningKey
 
-from tasklease.core import _jws
 from tasklease.core.broker import Broker, IssuedToken, RequestContext
 from tasklease.core.clock import ManualClock
 from tasklease.core.config import Config
 from tasklease.core.keys import KeyRing
 from tasklease.core.tokens import ADMIN_SCOPES, APP_SCOPES, KIND_ADMIN, KIND_APP, mint
+from tasklease.rules import jws as _jws
 from tasklease.storage import MemoryStore
 
 START = 1_800_000_000.0

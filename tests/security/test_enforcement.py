@@ -23,14 +23,14 @@ from security_support import (
     token_parts,
 )
 
-from tasklease.core import _jws
-from tasklease.core.binding import BindingError, DPoPVerifier, normalize_htu
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.errors import Forbidden, InvalidRequest, InvalidTarget, Unauthorized
 from tasklease.core.introspection import is_reference_token
 from tasklease.core.store import AuditQuery
 from tasklease.core.tokens import KIND_ADMIN, KIND_AGENT, KIND_APP, KIND_DPOP_PROOF
 from tasklease.core.validation import TokenRejected
+from tasklease.rules import jws as _jws
+from tasklease.rules.binding import BindingError, DPoPVerifier, normalize_htu
 
 
 def events(broker: Broker, event_type: str | None = None) -> list[Any]:
@@ -340,7 +340,7 @@ def test_registration_over_mtls_binds_every_token_to_the_certificate() -> None:
         assert "certificate" in audited_denial(broker, info.value.denial_id).detail
     renewed = broker.renew(broker.authenticate(f"Bearer {agent.token}", over_mtls), over_mtls)
     assert renewed.claims.raw["cnf"] == {"x5t#S256": ALICE}
-    from tasklease.core.binding import Presentation
+    from tasklease.rules.binding import Presentation
 
     assert broker.validate(renewed.token, presented=Presentation(cert_thumbprint=ALICE))
     with pytest.raises(TokenRejected, match="certificate"):

@@ -26,7 +26,7 @@ from tasklease.cli._common import (
     resolve_connection,
 )
 from tasklease.client import AdminClient
-from tasklease.core import _jws
+from tasklease.rules import jws as _jws
 
 __all__ = ["in_words", "register", "token_app"]
 

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from tasklease.core import scopes as scope_rules
 from tasklease.core.audience import validate_resources
 from tasklease.core.audit import AuditEntry
 from tasklease.core.clock import format_rfc3339_seconds
@@ -24,9 +23,11 @@ from tasklease.core.issuing import clamp_ttl, listed
 from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, app_ancestor
 from tasklease.core.launch import new_launch_token
 from tasklease.core.passwords import hash_secret, new_secret, verify_secret
+from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys
 from tasklease.core.store import AppRecord, LaunchTokenRecord, RevocationRecord, WriteTx
 from tasklease.core.tokens import ADMIN_SCOPES, APP_SCOPES, KIND_ADMIN, KIND_APP, Claims, mint
+from tasklease.rules import scopes as scope_rules
 
 __all__ = ["Apps", "expires_at_text"]
 
@@ -107,7 +108,7 @@ class Apps:
                 "invalid app name: must be lowercase letters, digits, and hyphens",
                 hint="2-64 characters starting with a letter; hyphens only between letters",
             )
-        ceiling = scope_rules.validate_scopes(scopes, field="scopes")
+        ceiling = validate_scopes(scopes, field="scopes")
         now = self._kernel.now()
         parts = name.split("-")
         abbrev = "".join(p[0] for p in parts)[:3] if len(parts) > 1 else name[:2]
@@ -155,9 +156,7 @@ class Apps:
         if (scopes is None or scopes == []) and token_ttl is None:
             raise InvalidRequest("at least one of scopes or token_ttl must be provided")
         ceiling = (
-            None
-            if scopes is None or scopes == []
-            else scope_rules.validate_scopes(scopes, field="scopes")
+            None if scopes is None or scopes == [] else validate_scopes(scopes, field="scopes")
         )
         ttl = _app_token_ttl(token_ttl)
         app = self.get_app(app_id)
@@ -324,7 +323,7 @@ class Apps:
             raise InvalidRequest("agent_name must be at most 256 characters")
         if allowed_scope is None or allowed_scope == []:
             raise InvalidRequest("allowed_scope must not be empty")
-        scope = scope_rules.validate_scopes(allowed_scope, field="allowed_scope")
+        scope = validate_scopes(allowed_scope, field="allowed_scope")
         for name, value in (("max_ttl", max_ttl), ("ttl", ttl)):
             if value is not None and type(value) is not int:
                 raise InvalidRequest(f"{name} must be an integer number of seconds")

@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from tasklease.core import scopes as scope_rules
 from tasklease.core.callers import about
 from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.revocation import RevocationIndex
 from tasklease.core.store import Store
 from tasklease.core.tokens import KIND_AGENT, Claims
 from tasklease.core.validation import TokenRejected
+from tasklease.rules import scopes as scope_rules
 
 __all__ = ["assure", "is_critical", "live_denial"]
 

@@ -1,9 +1,9 @@
 """Sender-constrained tokens at the broker: the rules of :mod:`tasklease.rules.binding`.
 
-Certificate binding (RFC 8705) and DPoP (RFC 9449) are checked by ``tasklease.rules.binding``,
-shared with the offline verifier; its names are importable from here too while callers
-move over. What is the broker's own is :func:`cert_thumbprint_from_pem`, which parses the
-certificate a resource server sends to ``/v1/token/validate`` as X.509 (``cryptography``).
+Certificate binding (RFC 8705) and DPoP (RFC 9449) are checked by
+``tasklease.rules.binding``, shared with the offline verifier. What is the broker's own is
+:func:`cert_thumbprint_from_pem`, which parses the certificate a resource server sends
+to ``/v1/token/validate`` as X.509 (``cryptography``).
 
 The DPoP replay cache is per process: see docs/security.md for what that means with
 several workers.
@@ -11,26 +11,9 @@ several workers.
 
 from __future__ import annotations
 
-from tasklease.rules.binding import (
-    BindingError,
-    DPoPVerifier,
-    Presentation,
-    access_token_hash,
-    cert_thumbprint,
-    check_binding,
-    normalize_htu,
-)
+from tasklease.rules.binding import BindingError, cert_thumbprint
 
-__all__ = [
-    "BindingError",
-    "DPoPVerifier",
-    "Presentation",
-    "access_token_hash",
-    "cert_thumbprint",
-    "cert_thumbprint_from_pem",
-    "check_binding",
-    "normalize_htu",
-]
+__all__ = ["cert_thumbprint_from_pem"]
 
 
 def cert_thumbprint_from_pem(pem: str) -> str:

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 from tasklease.core.apps import Apps, expires_at_text
-from tasklease.core.binding import DPoPVerifier, Presentation
 from tasklease.core.clock import Clock, SystemClock
 from tasklease.core.config import Config
 from tasklease.core.delegating import Delegating
@@ -51,6 +50,7 @@ from tasklease.core.store import (
 from tasklease.core.tokencheck import ALL_KINDS, OPERATOR_KINDS, TokenCheck
 from tasklease.core.tokens import Claims
 from tasklease.core.validation import Validator
+from tasklease.rules.binding import DPoPVerifier, Presentation
 
 __all__ = [
     "ALL_KINDS",

@@ -12,7 +12,6 @@ import json
 import time
 from dataclasses import replace
 
-from tasklease.core import scopes as scope_rules
 from tasklease.core.audience import narrow_audience, validate_resource
 from tasklease.core.audit import AuditEntry
 from tasklease.core.callers import about, refused, require_agent
@@ -28,6 +27,7 @@ from tasklease.core.kernel import (
     RequestContext,
     check_issuance,
 )
+from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys, verify_keys
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims, DelegationRecord
@@ -71,7 +71,7 @@ class Delegating:
             raise InvalidRequest("missing required field: delegate_to")
         if scope is None or scope == []:
             raise InvalidRequest("missing required field: scope")
-        requested = scope_rules.validate_scopes(scope, field="scope")
+        requested = validate_scopes(scope, field="scope")
         if ttl is not None and (type(ttl) is not int):
             raise InvalidRequest("ttl must be an integer number of seconds")
         named_resource = validate_resource(resource, field="resource")

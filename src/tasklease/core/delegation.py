@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 from nacl.signing import VerifyKey
 
-from tasklease.core import _jws
 from tasklease.core.errors import InvalidRequest
 from tasklease.core.tokens import DelegationRecord
+from tasklease.rules import jws as _jws
 
 __all__ = [
     "PRINCIPAL_MAX_CHARS",

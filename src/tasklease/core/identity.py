@@ -23,8 +23,8 @@ import struct
 
 from nacl.signing import VerifyKey
 
-from tasklease.core import _jws
 from tasklease.core.errors import InvalidRequest, Unauthorized
+from tasklease.rules import jws as _jws
 
 __all__ = [
     "NonceIssuer",

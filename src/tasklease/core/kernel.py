@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from tasklease.core import scopes as scope_rules
 from tasklease.core.audit import AuditEntry, AuditLog
 from tasklease.core.clock import Clock
 from tasklease.core.config import Config
@@ -52,6 +51,7 @@ from tasklease.core.revocation import RevocationIndex
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import AgentRecord, AuditEvent, RevocationRecord, Store, WriteTx
 from tasklease.core.tokens import Claims
+from tasklease.rules import scopes as scope_rules
 
 __all__ = [
     "Issuance",

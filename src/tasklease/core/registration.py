@@ -16,10 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from tasklease.core import scopes as scope_rules
 from tasklease.core.audience import choose_audience, validate_resource
 from tasklease.core.audit import AuditEntry
-from tasklease.core.binding import BindingError, DPoPVerifier
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import InvalidRequest, InvalidTarget, TaskleaseError, Unauthorized
 from tasklease.core.identity import (
@@ -43,9 +41,11 @@ from tasklease.core.kernel import (
 )
 from tasklease.core.launch import LAUNCH_TOKEN_PATTERN, launch_token_hash
 from tasklease.core.liveness import new_session
+from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import new_agent_id, validate_segment
 from tasklease.core.store import AgentRecord, WriteTx
+from tasklease.rules.binding import BindingError, DPoPVerifier
 
 __all__ = ["PendingRegistration", "Registration"]
 
@@ -264,7 +264,7 @@ class Registration:
         task = validate_segment(task_id, field="task_id")
         if requested_scope is None or requested_scope == []:
             raise InvalidRequest("missing required field: requested_scope")
-        scope = scope_rules.validate_scopes(requested_scope, field="requested_scope")
+        scope = validate_scopes(requested_scope, field="requested_scope")
         key = decode_public_key(public_key)
         sig = decode_signature(signature)
         named_resource = validate_resource(resource, field="resource")

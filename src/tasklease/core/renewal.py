@@ -23,7 +23,6 @@ import time
 from dataclasses import replace
 
 from tasklease.core.audit import AuditEntry
-from tasklease.core.binding import BindingError, DPoPVerifier
 from tasklease.core.callers import about, refused, require_agent
 from tasklease.core.errors import Forbidden, InvalidRequest, TaskleaseError, Unauthorized
 from tasklease.core.identity import NonceIssuer, decode_signature, nonce_hash, verify_possession
@@ -44,6 +43,7 @@ from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import AgentRecord, RevocationRecord, WriteTx
 from tasklease.core.tokens import Claims, agent_key_of
+from tasklease.rules.binding import BindingError, DPoPVerifier
 
 __all__ = ["Renewal"]
 

@@ -1,33 +1,17 @@
 """Scope lists from requests: checked against the grammar of :mod:`tasklease.rules.scopes`.
 
 The grammar and coverage rules (``parse_scope``, ``covers``, ``uncovered``,
-``is_subset``) live in ``tasklease.rules.scopes``, shared with the verifier and the SDK;
-they are importable from here too while callers move over. What is the broker's own is
-:func:`validate_scopes`: a request's scope list becomes a tuple or an
+``is_subset``) live in ``tasklease.rules.scopes``, shared with the verifier and the SDK.
+What is the broker's own is :func:`validate_scopes`: a request's scope list becomes a tuple or an
 :class:`~tasklease.core.errors.InvalidRequest` naming the field.
 """
 
 from __future__ import annotations
 
 from tasklease.core.errors import InvalidRequest
-from tasklease.rules.scopes import (
-    MAX_SCOPE_LENGTH,
-    MAX_SCOPES,
-    covers,
-    is_subset,
-    parse_scope,
-    uncovered,
-)
+from tasklease.rules.scopes import MAX_SCOPES, parse_scope
 
-__all__ = [
-    "MAX_SCOPES",
-    "MAX_SCOPE_LENGTH",
-    "covers",
-    "is_subset",
-    "parse_scope",
-    "uncovered",
-    "validate_scopes",
-]
+__all__ = ["validate_scopes"]
 
 
 def validate_scopes(scopes: object, *, field: str) -> tuple[str, ...]:

@@ -12,11 +12,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from tasklease.core import scopes as scope_rules
 from tasklease.core.assurance import assure
 from tasklease.core.audience import validate_resource
 from tasklease.core.audit import AuditEntry
-from tasklease.core.binding import BindingError, DPoPVerifier, Presentation, check_binding
 from tasklease.core.callers import about
 from tasklease.core.errors import InsufficientScope, InvalidRequest, TaskleaseError, Unauthorized
 from tasklease.core.freshness import Freshness
@@ -31,6 +29,8 @@ from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.signing import SigningKeys
 from tasklease.core.tokens import KIND_ADMIN, KIND_AGENT, KIND_APP, Claims, ClaimsError
 from tasklease.core.validation import TokenRejected
+from tasklease.rules import scopes as scope_rules
+from tasklease.rules.binding import BindingError, DPoPVerifier, Presentation, check_binding
 
 __all__ = ["ALL_KINDS", "OPERATOR_KINDS", "TokenCheck"]
 

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tasklease.core.binding import BindingError, Presentation, cert_thumbprint_from_pem
+from tasklease.core.binding import cert_thumbprint_from_pem
 from tasklease.core.broker import (
     ALL_KINDS,
     Broker,
@@ -47,6 +47,7 @@ from tasklease.http.problems import problem_body, problem_response_parts
 from tasklease.http.ratelimit import RateLimiter
 from tasklease.http.tls import peer_cert_thumbprint
 from tasklease.http.token_routes import RequestURI, token_routes
+from tasklease.rules.binding import BindingError, Presentation
 
 __all__ = ["create_app"]
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from tasklease.core.binding import cert_thumbprint
 from tasklease.core.config import Config
+from tasklease.rules.binding import cert_thumbprint
 
 __all__ = [
     "THUMBPRINT_KEY",

@@ -26,13 +26,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tasklease.core.binding import normalize_htu
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.config import Config
 from tasklease.core.errors import InvalidRequest
 from tasklease.core.tokens import KIND_AGENT
 from tasklease.http import wire
 from tasklease.http.middleware import json_nesting_error
+from tasklease.rules.binding import normalize_htu
 
 __all__ = ["RequestURI", "parse_token_request", "token_routes"]
 

@@ -18,6 +18,7 @@ from tasklease.core.store import Store
 from tasklease.storage._sql import SchemaError
 from tasklease.storage.memory import MemoryStore
 from tasklease.storage.sqlite import SQLiteStore
+from tasklease.storage.urls import redact_url
 
 __all__ = [
     "MemoryStore",
@@ -37,19 +38,6 @@ def is_shared_database(url: str) -> bool:
     other during a rolling upgrade. SQLite (one host) migrates when it is opened.
     """
     return urlsplit(url).scheme.lower() in ("postgresql", "postgres") if "://" in url else False
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit for logs and messages."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<unparseable database URL>"
-    if password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
 
 
 def open_store(url: str, *, migrate: bool = True) -> Store:

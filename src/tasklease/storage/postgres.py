@@ -41,7 +41,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tasklease.core.errors import Conflict, Unavailable
 from tasklease.core.store import AuditEvent, RevocationRecord
-from tasklease.storage import redact_url
 from tasklease.storage._pg_watch import NOTIFY_CHANNEL, RevocationWatch
 from tasklease.storage._sql import (
     GENESIS_HASH,
@@ -56,6 +55,7 @@ from tasklease.storage._sql import (
     newer_error,
     revocation_from_row,
 )
+from tasklease.storage.urls import redact_url
 
 __all__ = ["NOTIFY_CHANNEL", "PostgresStore"]
 
