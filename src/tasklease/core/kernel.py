@@ -10,7 +10,7 @@ id and ``jti``), ``grant`` (the renewal thread it continues) and ``max_exp`` (th
 Register, renew, resume and delegate all create children through :func:`check_issuance`,
 one pure function: it refuses when an ancestor is gone, and otherwise computes the new
 token's ``exp``, renewal count, lineage and principal so that nothing grows along a
-lineage. The invariants (``DESIGN.md``, "The authority kernel"):
+lineage. The invariants (docs/authority.md):
 
 1. every ancestor is alive: not removed, revoked, released, done or expired;
 2. ``exp`` ≤ every ancestor's ceiling (launch ``max_ttl``, registration lifetime
