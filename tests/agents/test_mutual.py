@@ -287,6 +287,17 @@ def test_offline_peers_verify_each_other_with_the_jwks(env: Env) -> None:
     with pytest.raises(ProofRejected, match="expired"):
         late = make_workload_proof(a.key, access_token=a.token, audience=b.agent_id, now=now)
         check(late, at=now + 120)
+    # A proof is dead at its exp, not a skew later.
+    at_exp = make_workload_proof(a.key, access_token=a.token, audience=b.agent_id, now=now, ttl=10)
+    with pytest.raises(ProofRejected, match="expired"):
+        check(at_exp, at=int(now) + 10)
+    check(make_workload_proof(a.key, access_token=a.token, audience=b.agent_id, now=now, ttl=10),
+          at=int(now) + 9)  # fmt: skip
+    # So is the access token it rides on.
+    with pytest.raises(ProofRejected, match="access token expired"):
+        exp = _jws.decode_unverified(a.token)[1]["exp"]
+        late = make_workload_proof(a.key, access_token=a.token, audience=b.agent_id, now=exp)
+        check(late, at=exp)
     with pytest.raises(ValueError, match="ttl"):
         make_workload_proof(a.key, access_token=a.token, audience=b.agent_id, now=now, ttl=61)
     with pytest.raises(ProofRejected):  # a token that is not the broker's

@@ -28,6 +28,7 @@ from typing import Any
 from nacl.signing import SigningKey, VerifyKey
 
 from tasklease.rules import jws
+from tasklease.rules.claims import is_expired
 from tasklease.rules.jws import jwk_thumbprint
 from tasklease.rules.messages import MUTUAL_CONTEXT, transcript
 
@@ -132,7 +133,7 @@ def verify_receipt(
     if not hmac.compare_digest(str(claims.get("nb", "")), responder_nonce):
         raise ProofRejected("receipt does not carry our nonce")
     exp = claims.get("exp")
-    if type(exp) is not int or now > exp + skew:
+    if type(exp) is not int or is_expired(exp, now):
         raise ProofRejected("receipt expired")
     initiator = claims.get("ini")
     if not isinstance(initiator, str):
@@ -240,7 +241,7 @@ def verify_workload_proof(
         raise ProofRejected("proof lacks iat, exp or jti")
     if exp <= iat or exp - iat > WPT_MAX_TTL:
         raise ProofRejected("proof lifetime outside 1..60 seconds")
-    if now > exp + skew or now + skew < iat:
+    if is_expired(exp, now) or now + skew < iat:
         raise ProofRejected("proof expired or not yet valid")
     if not replay.check_and_add(jti, exp + skew, now):
         raise ProofRejected("proof replayed")
@@ -275,7 +276,7 @@ def verify_peer(
     if claims.get("iss") != issuer:
         raise ProofRejected("issuer mismatch")
     exp, nbf = claims.get("exp"), claims.get("nbf", 0)
-    if type(exp) is not int or type(nbf) is not int or now > exp + skew or now + skew < nbf:
+    if type(exp) is not int or type(nbf) is not int or is_expired(exp, now) or now + skew < nbf:
         raise ProofRejected("access token expired or not yet valid")
     verify_workload_proof(
         proof, access_token=access_token, access_claims=claims, me=me, now=now, replay=replay

@@ -44,6 +44,7 @@ __all__ = [
     "check_time",
     "delegation_chain_of",
     "int_claim",
+    "is_expired",
     "lineage_of",
     "string_claim",
     "strings_claim",
@@ -268,6 +269,12 @@ def check_act(token: ClaimSet, payload: Mapping[str, Any], max_depth: int) -> tu
 # -- time ---------------------------------------------------------------------------------
 
 
+def is_expired(exp: int, now: float, leeway: float = 0) -> bool:
+    """A token, proof or receipt is dead from the instant of its ``exp`` (plus ``leeway``,
+    which only a verifier configured for bad clocks sets; the broker never)."""
+    return now >= exp + leeway
+
+
 def check_time(token: ClaimSet, now: float, skew: float, exp_leeway: float = 0) -> None:
     """``exp`` without tolerance (``exp_leeway``, 0 by default), ``nbf`` and ``iat`` with
     ``skew`` seconds of it (RFC 7519 sections 4.1.4 to 4.1.6).
@@ -276,7 +283,7 @@ def check_time(token: ClaimSet, now: float, skew: float, exp_leeway: float = 0) 
     ``exp`` ("on or after"). Not yet valid means ``nbf`` or ``iat`` later than
     ``now + skew``.
     """
-    if now >= token.exp + exp_leeway:
+    if is_expired(token.exp, now, exp_leeway):
         raise ClaimRejected("token expired", "expired")
     if now + skew < token.nbf:
         raise ClaimRejected("token not yet valid", "not_yet_valid")
