@@ -516,11 +516,13 @@ class AuthorityMachine(RuleBasedStateMachine):
     @rule(index=st.integers(0, 10_000), live=st.booleans())
     def renew(self, index: int, live: bool) -> None:
         tok = self.pick(index, live)
-        if tok is None:
-            return
+        if tok is not None:
+            self.renew_token(tok)
+
+    def renew_token(self, tok: MToken) -> MToken | None:
         claims = self.authenticate(tok)
         if claims is None:
-            return
+            return None
         spent = max(tok.claims.rnc, tok.holder.renewals) if tok.own else tok.claims.rnc
         lifetime = min(tok.claims.exp - tok.claims.iat, MAX_TTL)
         may = spent + 1 <= MAX_RENEWALS and int(self.now) < tok.ceiling
@@ -529,7 +531,7 @@ class AuthorityMachine(RuleBasedStateMachine):
         except TaskleaseError as exc:
             assert not may, f"renewal refused: {exc!r}"
             self.refused(exc)
-            return
+            return None
         assert may, "renewal granted that the model forbids"
         assert issued.claims.rnc == spent + 1
         assert issued.claims.exp - issued.claims.iat <= lifetime
@@ -548,7 +550,7 @@ class AuthorityMachine(RuleBasedStateMachine):
             own=tok.own,
         )
         self.check_issued(new, tok.claims.scope)
-        self.track(new)
+        return self.track(new)
 
     @precondition(lambda self: self._tokens_room() and bool(self.model.tokens))
     @rule(
@@ -657,9 +659,20 @@ class AuthorityMachine(RuleBasedStateMachine):
         how=st.sampled_from(["release", "done", "rfc7009"]),
         index=st.integers(0, 10_000),
         live=st.booleans(),
+        renewed=st.booleans(),
     )
-    def end_token(self, how: str, index: int, live: bool) -> None:
+    def end_token(self, how: str, index: int, live: bool, renewed: bool) -> None:
         tok = self.pick(index, live)
+        if renewed:
+            # A delegator renewed after it delegated, then ended: its delegations must
+            # end with it (they descend from its grant, not from the renewed token).
+            parents = [
+                t
+                for t in self.model.tokens
+                if self.model.valid(t, self.now)
+                and any(self.model.valid(c, self.now) for c in t.children)
+            ]
+            tok = self.renew_token(parents[index % len(parents)]) if parents else tok
         if tok is None:
             return
         {"release": self.release, "done": self.heartbeat_done, "rfc7009": self.rfc7009}[how](tok)
