@@ -161,11 +161,12 @@ class Model:
     def app_alive(self, app_id: str) -> bool:
         return not app_id or self.apps[app_id].alive
 
-    def agent_alive(self, agent: MAgent) -> bool:
+    def agent_alive(self, agent: MAgent, now: float) -> bool:
         """In good standing: may resume and receive delegations."""
         revoked = self.task_revoked.get(agent.task)
         return (
-            agent.revoked_at is None
+            now < agent.registered_at + RENEWAL_CEILING
+            and agent.revoked_at is None
             and not agent.done
             and self.app_alive(agent.app_id)
             and not (revoked is not None and agent.registered_at <= revoked)
@@ -191,7 +192,13 @@ class Model:
                 return False
         parent = tok.parent
         while parent is not None:
-            if parent.jti in self.ended_jtis or parent.grant in self.ended_grants:
+            # A grant is named by its first token's jti: revoking that jti reaches the
+            # delegations of every renewal of it, as ending the grant does.
+            if (
+                parent.jti in self.ended_jtis
+                or parent.grant in self.ended_grants
+                or parent.grant in self.ended_jtis
+            ):
                 return False
             parent = parent.parent
         return True
@@ -482,7 +489,7 @@ class AuthorityMachine(RuleBasedStateMachine):
         signature = b64(agent.key.sign(bytes.fromhex(nonce)).signature)
         ceiling = agent.registered_at + RENEWAL_CEILING
         may = (
-            self.model.agent_alive(agent)
+            self.model.agent_alive(agent, self.now)
             and agent.renewals < MAX_RENEWALS
             and int(self.now) < ceiling
         )
@@ -565,7 +572,11 @@ class AuthorityMachine(RuleBasedStateMachine):
         if tok is None:
             return
         in_chain = [tok.holder, *(self.model.agent(a) for a in tok.chain)]
-        outside = [a for a in self.model.agents if self.model.agent_alive(a) and a not in in_chain]
+        outside = [
+            a
+            for a in self.model.agents
+            if self.model.agent_alive(a, self.now) and a not in in_chain
+        ]
         # Mostly hand on to a live agent outside the chain; else to anyone, itself and
         # its ancestors included.
         pool = outside if fresh and outside else [*self.model.agents]
@@ -580,7 +591,7 @@ class AuthorityMachine(RuleBasedStateMachine):
         chain = (*tok.chain, tok.holder.agent_id)
         ceiling = min(tok.ceiling, tok.claims.exp)
         may = (
-            self.model.agent_alive(target_agent)
+            self.model.agent_alive(target_agent, self.now)
             and target_agent.agent_id not in chain
             and len(chain) <= 3
             and is_subset(scope, tok.claims.scope)

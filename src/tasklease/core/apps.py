@@ -20,7 +20,7 @@ from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.delegation import principal_ref, validate_principal
 from tasklease.core.errors import Forbidden, InvalidRequest, InvalidTTL, NotFound, Unauthorized
 from tasklease.core.issuing import clamp_ttl, listed
-from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, app_ancestor
+from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service, app_ancestor
 from tasklease.core.launch import new_launch_token
 from tasklease.core.passwords import hash_secret, new_secret, verify_secret
 from tasklease.core.scopes import validate_scopes
@@ -50,14 +50,11 @@ def _app_token_ttl(token_ttl: object) -> int | None:
     return token_ttl
 
 
-class Apps:
+class Apps(Service):
     """Admin and app sign-in, app CRUD, launch tokens. Thread-safe; one per broker."""
 
     def __init__(self, kernel: Kernel, keys: SigningKeys) -> None:
-        self._kernel = kernel
-        self._config = kernel.config
-        self._store = kernel.store
-        self._metrics = kernel.metrics
+        super().__init__(kernel)
         self._keys = keys
 
     def admin_auth(self, secret: object, ctx: RequestContext) -> IssuedToken:

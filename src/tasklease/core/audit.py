@@ -4,7 +4,11 @@ Every broker operation runs as a *unit* inside :meth:`AuditLog.commit`: a functi
 makes its state changes through a :class:`~tasklease.core.store.WriteTx` and returns the
 audit entries that describe them. Units submitted concurrently share one transaction
 (group commit: one fsync per batch, not per event); each runs inside its own savepoint,
-so a unit that raises undoes only its own writes. The events are chained and appended in
+so a unit that raises, whatever it raises (a refusal, a driver's error about one value,
+a bug), undoes only its own writes and fails only its own caller. Only a failure of the
+shared transaction itself (storage unreachable, disk full: the store's savepoint or
+commit raises :class:`~tasklease.core.errors.Unavailable` and refuses every later
+statement) fails the whole batch. The events are chained and appended in
 the same transaction as the state they describe, so either both become durable or
 neither does: the operation answers only after its event is durable, and an operation
 whose event cannot be written fails (fail-closed, :class:`~tasklease.core.errors.Unavailable`).
@@ -37,7 +41,7 @@ from dataclasses import dataclass
 import msgspec
 
 from tasklease.core.clock import Clock, format_rfc3339
-from tasklease.core.errors import TaskleaseError, Unavailable
+from tasklease.core.errors import Unavailable
 from tasklease.core.store import AuditEvent, Store, WriteTx
 
 __all__ = [
@@ -45,6 +49,7 @@ __all__ = [
     "AuditEntry",
     "AuditLog",
     "ChainReport",
+    "WriteFailure",
     "event_hash",
     "sanitize",
     "verify_chain",
@@ -277,6 +282,24 @@ def verify_chain(
 
 Unit = Callable[[WriteTx], Sequence[AuditEntry]]
 
+RETRY_AFTER = 1
+"""Seconds a caller refused because its operation could not be recorded should wait,
+unless the store said otherwise."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFailure:
+    """A run of batches that could not be committed (see :meth:`AuditLog.failure`).
+
+    ``summary`` is why, in words safe to show; ``since`` and ``last`` are monotonic times
+    of the first and the latest failed batch.
+    """
+
+    summary: str
+    since: float
+    last: float
+    batches: int = 1
+
 
 class _Slot:
     __slots__ = ("done", "entries", "error", "events", "future", "loop", "unit", "wake")
@@ -348,6 +371,9 @@ class AuditLog:
         self._leading = False
         self._on_batch = on_batch
         self._committer: ThreadPoolExecutor | None = None
+        # The run of failed batches under way (None while batches commit); replaced, never
+        # mutated, so readers in other threads see a consistent value without the lock.
+        self._failure: WriteFailure | None = None
 
     def commit(self, unit: Unit) -> list[AuditEvent]:
         """Run ``unit`` in a group-committed transaction; return its durable events.
@@ -379,6 +405,39 @@ class AuditLog:
         """:meth:`record` for a coroutine (sanitized here, chained by the committer)."""
         clean = [_sanitized(entry) for entry in entries]
         return await self._asubmit(_Slot(None, clean, loop=asyncio.get_running_loop()))
+
+    def failure(self) -> WriteFailure | None:
+        """The failed batches since the last one that committed, or None if it committed.
+
+        Readiness reads it: while writes fail, the broker is not ready to take them.
+        """
+        return self._failure
+
+    def _failed(self, exc: BaseException) -> None:
+        """Count a failed batch; log the first of a run, and a change of cause, only."""
+        now = time.monotonic()
+        summary = _summary(exc)
+        previous = self._failure
+        if previous is None or previous.summary != summary:
+            _log.error(
+                "audit writes fail: %s; operations that change state are refused until "
+                "storage recovers (logged once)",
+                summary,
+            )
+            self._failure = WriteFailure(summary, now, now, 1)
+        else:
+            self._failure = WriteFailure(summary, previous.since, now, previous.batches + 1)
+
+    def _succeeded(self) -> None:
+        failure = self._failure
+        if failure is not None:
+            self._failure = None
+            _log.warning(
+                "audit writes succeed again after %d failed batches in %.1fs (%s)",
+                failure.batches,
+                time.monotonic() - failure.since,
+                failure.summary,
+            )
 
     def close(self) -> None:
         """Stop the committer thread once it has written what is queued (idempotent)."""
@@ -529,7 +588,10 @@ class AuditLog:
                         try:
                             with tx.savepoint():
                                 entries = [_sanitized(e) for e in unit(tx)]
-                        except TaskleaseError as exc:
+                        except Exception as exc:  # noqa: BLE001 - the unit's own failure
+                            # Its writes are undone; its caller gets what it raised. If
+                            # the shared transaction was lost with it, the store refuses
+                            # every later statement and the commit, so the batch fails.
                             slot.error = exc
                             continue
                     for clean in entries:
@@ -559,13 +621,15 @@ class AuditLog:
                 if rows:
                     tx.append_audit(rows)
         except Exception as exc:  # noqa: BLE001 - any storage failure fails the batch closed
-            _log.error("audit transaction failed: %s", type(exc).__name__)
-            _fail(batch, f"audit transaction failed: {exc!r}")
+            self._failed(exc)
+            _fail(batch, f"audit transaction failed: {exc!r}", exc)
         except BaseException as exc:
             # KeyboardInterrupt, SystemExit, ...: the transaction was rolled back, so no
             # caller of this batch may see its events as durable. The leader re-raises.
             _fail(batch, f"audit transaction interrupted: {type(exc).__name__}")
             raise
+        else:
+            self._succeeded()
         finally:
             for slot in batch:
                 slot.done = True
@@ -576,11 +640,27 @@ class AuditLog:
                 _log.exception("audit batch callback failed")
 
 
-def _fail(batch: list[_Slot], reason: str) -> None:
-    """Nothing of ``batch`` is durable: every caller not already refused gets Unavailable."""
+def _fail(batch: list[_Slot], reason: str, cause: BaseException | None = None) -> None:
+    """Nothing of ``batch`` is durable: every caller not already refused gets Unavailable.
+
+    When the store said why (its :class:`Unavailable`: the disk is full, the database did
+    not answer), the callers are told that too, and when to try again.
+    """
+    detail = "the operation could not be recorded; nothing was changed"
+    retry_after = RETRY_AFTER
+    if isinstance(cause, Unavailable):
+        detail = f"the operation could not be recorded ({cause.detail}); nothing was changed"
+        retry_after = cause.retry_after or RETRY_AFTER
     for slot in batch:
         if slot.error is None:
-            slot.error = Unavailable(
-                "the operation could not be recorded; nothing was changed", reason=reason
-            )
+            slot.error = Unavailable(detail, reason=reason, retry_after=retry_after)
         slot.events = []
+
+
+def _summary(exc: BaseException) -> str:
+    """What the log says about a failed batch: our own words for a store's Unavailable
+    (no data in them), only the type of anything else (a driver's message may quote a
+    value)."""
+    if isinstance(exc, Unavailable):
+        return exc.detail
+    return type(exc).__name__

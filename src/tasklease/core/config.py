@@ -55,6 +55,13 @@ class Config:
     # cannot confirm its revocation index is current within this many seconds, protected
     # requests and validation fail closed with 503 (docs/postgresql.md).
     revocation_staleness_bound: float = 5.0
+    # PostgreSQL's waits (docs/configuration.md, Database limits): a statement, a lock, a
+    # new connection, a pooled connection; and how long a silent TCP peer lives.
+    database_statement_timeout: float = 5.0
+    database_lock_timeout: float = 3.0
+    database_connect_timeout: float = 3.0
+    database_pool_timeout: float = 3.0
+    database_tcp_timeout: float = 10.0
     log_level: str = "info"
     tls_mode: str = "none"  # "none" | "tls" | "mtls"
     tls_cert: str = ""
@@ -77,6 +84,16 @@ class Config:
     # The origins (scheme://host[:port]) clients address the broker by; a DPoP proof's
     # htu must be one of them + the request path. Unset: the address the server listens on.
     public_url: tuple[str, ...] = ()
+    # Signing keys at rest (docs/operations.md, Keys): "file" (encrypted PKCS#8 under a
+    # passphrase from TASKLEASE_KEY_PASSPHRASE or key_passphrase_file, by default
+    # <data_dir>/key-passphrase), "pkcs11" (an HSM; PIN from TASKLEASE_PKCS11_PIN or
+    # pkcs11_pin_file), or "plaintext" (unencrypted files: only when set explicitly).
+    key_provider: str = "file"
+    key_passphrase_file: str = ""
+    pkcs11_module: str = ""
+    pkcs11_token_label: str = ""
+    pkcs11_pin_file: str = ""
+    pkcs11_key_label: str = "tasklease-signing-"
 
     def __post_init__(self) -> None:
         validate_trust_domain(self.trust_domain)
@@ -128,6 +145,27 @@ class Config:
             raise ValueError("port must be between 1 and 65535")
         if not 0.1 <= self.revocation_staleness_bound <= 3600:
             raise ValueError("revocation_staleness_bound must be between 0.1 and 3600 seconds")
+        for name in (
+            "database_statement_timeout",
+            "database_lock_timeout",
+            "database_connect_timeout",
+            "database_pool_timeout",
+        ):
+            if not 0.1 <= getattr(self, name) <= 3600:
+                raise ValueError(f"{name} must be between 0.1 and 3600 seconds")
+        if not 1 <= self.database_tcp_timeout <= 3600:
+            raise ValueError("database_tcp_timeout must be between 1 and 3600 seconds")
+        _check_key_provider(self)
+
+
+def _check_key_provider(config: Config) -> None:
+    if config.key_provider not in ("file", "pkcs11", "plaintext"):
+        raise ValueError("key_provider must be one of file, pkcs11, plaintext")
+    if config.key_provider == "pkcs11" and not (config.pkcs11_module and config.pkcs11_token_label):
+        raise ValueError('key_provider = "pkcs11" needs pkcs11_module and pkcs11_token_label')
+    label = config.pkcs11_key_label
+    if not 1 <= len(label) <= 64 or not label.isprintable():
+        raise ValueError("pkcs11_key_label must be 1 to 64 printable characters")
 
 
 def _check_network(value: str) -> None:

@@ -25,6 +25,7 @@ from tasklease.core.kernel import (
     Parent,
     Refusal,
     RequestContext,
+    Service,
     check_issuance,
 )
 from tasklease.core.scopes import validate_scopes
@@ -35,14 +36,11 @@ from tasklease.core.tokens import Claims, DelegationRecord
 __all__ = ["Delegating"]
 
 
-class Delegating:
+class Delegating(Service):
     """The delegate operation. Thread-safe; one per broker."""
 
     def __init__(self, kernel: Kernel, keys: SigningKeys) -> None:
-        self._kernel = kernel
-        self._config = kernel.config
-        self._store = kernel.store
-        self._metrics = kernel.metrics
+        super().__init__(kernel)
         self._keys = keys
 
     def delegate(

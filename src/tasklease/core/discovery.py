@@ -28,7 +28,7 @@ from tasklease.core.audit import AuditEntry
 from tasklease.core.callers import refused, require_agent
 from tasklease.core.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from tasklease.core.identity import decode_signature
-from tasklease.core.kernel import Kernel, RequestContext
+from tasklease.core.kernel import RequestContext, Service
 from tasklease.core.store import AgentRecord, DiscoveryBinding, WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules import jws
@@ -77,13 +77,8 @@ def _endpoint(value: object) -> str:
     return value
 
 
-class Discovery:
+class Discovery(Service):
     """Binding and resolving agents' endpoints. Thread-safe; one per broker."""
-
-    def __init__(self, kernel: Kernel) -> None:
-        self._kernel = kernel
-        self._config = kernel.config
-        self._store = kernel.store
 
     def bind(
         self,

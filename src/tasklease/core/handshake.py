@@ -46,7 +46,7 @@ from tasklease.core.audit import AuditEntry
 from tasklease.core.callers import about, refused, require_agent
 from tasklease.core.errors import InvalidRequest, TaskleaseError, Unauthorized
 from tasklease.core.identity import decode_signature
-from tasklease.core.kernel import Kernel, RequestContext
+from tasklease.core.kernel import Kernel, RequestContext, Service
 from tasklease.core.mutual import (
     HANDSHAKE_TTL,
     KIND_ANSWER,
@@ -75,12 +75,11 @@ def _nonce(value: object, field: str) -> str:
     return value
 
 
-class Handshakes:
+class Handshakes(Service):
     """The three handshake steps. Thread-safe (stateless); one per broker."""
 
     def __init__(self, kernel: Kernel, keys: SigningKeys) -> None:
-        self._kernel = kernel
-        self._config = kernel.config
+        super().__init__(kernel)
         self._keys = keys
 
     def initiate(

@@ -60,6 +60,7 @@ __all__ = [
     "Parent",
     "Refusal",
     "RequestContext",
+    "Service",
     "app_ancestor",
     "check_issuance",
     "ending_records",
@@ -378,8 +379,15 @@ class Kernel:
         return exc
 
     def revocation_expiry(self, revoked_at: float) -> float:
-        """When an entry made at ``revoked_at`` can no longer match a valid token."""
-        return revoked_at + self.config.max_ttl + self.config.clock_skew + 1
+        """When an operator's entry made at ``revoked_at`` can no longer matter.
+
+        Tokens live at most ``max_ttl``; but an agent- or task-level entry also keeps the
+        agents it names from resuming or receiving delegations (:meth:`agent_standing`),
+        which they could until their registration's lifetime ceiling. So it lives until
+        both have passed: pruning it earlier would re-arm a revoked task.
+        """
+        cfg = self.config
+        return revoked_at + max(cfg.max_ttl, cfg.renewal_ceiling) + cfg.clock_skew + 1
 
     def apply_revocations(self, records: Sequence[RevocationRecord]) -> None:
         """Enforce committed revocations in this process and wake the feed's listeners."""
@@ -404,16 +412,22 @@ class Kernel:
 
     # --- ancestors' standing ---------------------------------------------------------
 
-    def agent_standing(self, agent_id: str) -> tuple[AgentRecord | None, str]:
+    def agent_standing(
+        self, agent_id: str, *, lifetime: bool = True
+    ) -> tuple[AgentRecord | None, str]:
         """``(record, "")`` for a registered agent in good standing, else ``(record, why)``.
 
-        Good standing: registered, status ``active``, not matched by an agent- or
-        task-level revocation since it registered, its session neither released nor
-        swept, and its app (if any) not removed.
+        Good standing: registered, within its registration's lifetime ceiling, status
+        ``active``, not matched by an agent- or task-level revocation since it registered,
+        its session neither released nor swept, and its app (if any) not removed.
+        ``lifetime=False`` leaves the ceiling to the caller (a resumption's issuance check
+        refuses it with its own error).
         """
         agent = self.store.get_agent(agent_id) if parse_agent_id(agent_id) else None
         if agent is None:
             return None, "agent not registered"
+        if lifetime and self.now() >= agent.registered_at + self.config.renewal_ceiling:
+            return agent, "agent registration past its lifetime ceiling"
         if agent.status != "active":
             return agent, f"agent is {agent.status}"
         level = self.revocations.match(_Probe(agent))
@@ -433,6 +447,17 @@ class Kernel:
         if app is None or app.status != "active":
             return f"app {app_id} removed"
         return ""
+
+
+class Service:
+    """A capability built on the kernel (registration, renewal, …): what every service
+    reads of the kernel, named once."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self._kernel = kernel
+        self._config = kernel.config
+        self._store = kernel.store
+        self._metrics = kernel.metrics
 
 
 @dataclass(frozen=True, slots=True)

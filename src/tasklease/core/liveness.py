@@ -40,7 +40,7 @@ from tasklease.core.clock import format_rfc3339
 from tasklease.core.config import Config
 from tasklease.core.errors import Forbidden, InvalidRequest, Unauthorized
 from tasklease.core.identity import decode_signature
-from tasklease.core.kernel import Kernel, RequestContext, ending_records
+from tasklease.core.kernel import RequestContext, Service, ending_records
 from tasklease.core.store import AgentSession, RevocationRecord, WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules import jws
@@ -74,14 +74,8 @@ def new_session(config: Config, agent_id: str, principal: str, now: float) -> Ag
     )
 
 
-class Liveness:
+class Liveness(Service):
     """Heartbeats and the sweeper. Thread-safe; one per broker."""
-
-    def __init__(self, kernel: Kernel) -> None:
-        self._kernel = kernel
-        self._config = kernel.config
-        self._store = kernel.store
-        self._metrics = kernel.metrics
 
     # --- heartbeat -----------------------------------------------------------------------------
 

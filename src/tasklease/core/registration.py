@@ -34,6 +34,7 @@ from tasklease.core.kernel import (
     Parent,
     Refusal,
     RequestContext,
+    Service,
     app_ancestor,
     check_issuance,
     new_denial_id,
@@ -93,16 +94,13 @@ def _defer_denial(exc: TaskleaseError, entry: AuditEntry) -> Exception:
     return _Refused(exc, denial=with_denial(exc, entry))
 
 
-class Registration:
+class Registration(Service):
     """Challenges and registrations. Thread-safe; one per broker."""
 
     def __init__(
         self, kernel: Kernel, keys: SigningKeys, nonces: NonceIssuer, dpop: DPoPVerifier
     ) -> None:
-        self._kernel = kernel
-        self._config = kernel.config
-        self._store = kernel.store
-        self._metrics = kernel.metrics
+        super().__init__(kernel)
         self._keys = keys
         self._nonces = nonces
         self._dpop = dpop

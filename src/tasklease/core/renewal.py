@@ -33,6 +33,7 @@ from tasklease.core.kernel import (
     Parent,
     Refusal,
     RequestContext,
+    Service,
     app_ancestor,
     check_issuance,
     ending_records,
@@ -50,16 +51,13 @@ __all__ = ["Renewal"]
 _REFUSED = "resume refused"
 
 
-class Renewal:
+class Renewal(Service):
     """Renew, release and resume. Thread-safe; one per broker."""
 
     def __init__(
         self, kernel: Kernel, keys: SigningKeys, nonces: NonceIssuer, dpop: DPoPVerifier
     ) -> None:
-        self._kernel = kernel
-        self._config = kernel.config
-        self._store = kernel.store
-        self._metrics = kernel.metrics
+        super().__init__(kernel)
         self._keys = keys
         self._nonces = nonces
         self._dpop = dpop
@@ -247,7 +245,7 @@ class Renewal:
 
             kernel.commit(burn)
             raise failure
-        _, why = kernel.agent_standing(agent_id)
+        _, why = kernel.agent_standing(agent_id, lifetime=False)
         if why:
             raise refuse(Forbidden("agent is not active"), why)
         session = self._store.get_agent_session(agent_id) or new_session(

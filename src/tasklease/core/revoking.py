@@ -16,7 +16,7 @@ from tasklease.core.audit import AuditEntry
 from tasklease.core.callers import about
 from tasklease.core.errors import Forbidden, InvalidRequest
 from tasklease.core.introspection import is_reference_token
-from tasklease.core.kernel import Kernel, RequestContext, ending_records
+from tasklease.core.kernel import Kernel, RequestContext, Service, ending_records
 from tasklease.core.revocation import LEVELS
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import RevocationRecord, WriteTx
@@ -29,14 +29,11 @@ __all__ = ["Revoking"]
 _log = logging.getLogger("tasklease.broker")
 
 
-class Revoking:
+class Revoking(Service):
     """Revoke, revoke a held token, read the feed, prune. Thread-safe; one per broker."""
 
     def __init__(self, kernel: Kernel, tokens: TokenCheck) -> None:
-        self._kernel = kernel
-        self._config = kernel.config
-        self._store = kernel.store
-        self._metrics = kernel.metrics
+        super().__init__(kernel)
         self._tokens = tokens
 
     def revoke(self, claims: Claims, *, level: object, target: object, ctx: RequestContext) -> int:

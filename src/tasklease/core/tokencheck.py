@@ -25,7 +25,7 @@ from tasklease.core.introspection import (
     is_reference_token,
     reference_hash,
 )
-from tasklease.core.kernel import Kernel, RequestContext
+from tasklease.core.kernel import Kernel, RequestContext, Service
 from tasklease.core.signing import SigningKeys
 from tasklease.core.tokens import KIND_ADMIN, KIND_AGENT, KIND_APP, Claims, ClaimsError
 from tasklease.core.validation import TokenRejected
@@ -39,16 +39,13 @@ ALL_KINDS = frozenset({KIND_AGENT, KIND_ADMIN, KIND_APP})
 OPERATOR_KINDS = frozenset({KIND_ADMIN, KIND_APP})
 
 
-class TokenCheck:
+class TokenCheck(Service):
     """Validates and authenticates presented tokens. Thread-safe; one per broker."""
 
     def __init__(
         self, kernel: Kernel, keys: SigningKeys, dpop: DPoPVerifier, freshness: Freshness
     ) -> None:
-        self._kernel = kernel
-        self._config = kernel.config
-        self._store = kernel.store
-        self._metrics = kernel.metrics
+        super().__init__(kernel)
         self._keys = keys
         self._dpop = dpop
         self._fresh = freshness
