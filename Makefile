@@ -15,7 +15,7 @@ $(VENV)/.run-deps: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,postgres]'
+	$(BIN)/pip install --quiet -e '.[test,postgres,hsm]'
 	@touch $@ $(VENV)/.run-deps
 
 install: $(VENV)/.run-deps
@@ -25,6 +25,7 @@ run: $(VENV)/.run-deps
 	  $(BIN)/tasklease init --data-dir $(DATA) --secret-file $(DATA)/admin-secret; \
 	fi
 	@echo "Admin secret: run 'cat $(DATA)/admin-secret' (or set TASKLEASE_ADMIN_SECRET)."
+	@echo "Signing keys are encrypted; their passphrase (KEK): $(DATA)/key-passphrase, unless TASKLEASE_KEY_PASSPHRASE is set."
 	@echo "Try: curl -s http://127.0.0.1:8080/v1/health"
 	$(BIN)/tasklease serve --data-dir $(DATA)
 
@@ -37,6 +38,7 @@ typecheck: $(VENV)/.test-deps
 
 unit: $(VENV)/.test-deps
 	sh scripts/ensure-postgres.sh
+	sh scripts/ensure-softhsm.sh
 	$(BIN)/pytest
 
 test: lint typecheck unit

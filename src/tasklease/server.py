@@ -31,8 +31,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tasklease.core.broker import Broker
 from tasklease.core.config import Config
-from tasklease.core.keys import load_or_create_keyring
+from tasklease.core.keys import KeyRing, load_or_create_keyring
 from tasklease.http.tls import TLSScopeMixin, uvicorn_tls_options
+from tasklease.keystore import EncryptedFileKeyProvider, open_key_provider
 from tasklease.logs import configure_logging
 from tasklease.storage import is_shared_database, open_store, redact_url
 
@@ -117,12 +118,43 @@ class _CoalescingTransport:
 
 
 def build_broker(config: Config, *, migrate: bool = True) -> Broker:
-    """Open storage (migrating it if asked) and the key ring, and build the Broker."""
+    """Open the key ring and storage (migrating it if asked), and build the Broker.
+
+    The keys come first: a broker that cannot sign does not touch the database.
+
+    Raises:
+        tasklease.keystore.KeyStoreError: the keys cannot be opened with the configured
+            key provider (the message says why and what to do).
+    """
     Path(config.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    keyring = _load_keyring(config)
     # A shared (PostgreSQL) database is only migrated by `tasklease db migrate`.
     store = open_store(config.database, migrate=migrate and not is_shared_database(config.database))
-    keyring = load_or_create_keyring(Path(config.key_dir))
     return Broker(config, store, keyring, nonce_secret=_nonce_secret(Path(config.key_dir)))
+
+
+def _load_keyring(config: Config) -> KeyRing:
+    """The key ring, through the key provider the configuration names (``tasklease.keystore``).
+
+    On a data directory without keys or passphrase, the ``file`` provider makes a random
+    passphrase file (0600) at ``<data_dir>/key-passphrase`` and says so in the log.
+    """
+    provider = open_key_provider(config, create_kek_file="when-no-keys")
+    if isinstance(provider, EncryptedFileKeyProvider) and provider.new_passphrase_file:
+        _log.warning(
+            "created the signing-key passphrase file %s (random, mode 0600): the keys cannot "
+            "be read without it; keep it out of the data directory's backups, or move it "
+            "and set key_passphrase_file (or TASKLEASE_KEY_PASSPHRASE)",
+            provider.new_passphrase_file,
+        )
+    return load_or_create_keyring(Path(config.key_dir), provider)
+
+
+def _keys_banner(broker: Broker, config: Config) -> str:
+    """Where the signing keys are, for the start-up output (never a secret)."""
+    ring = broker.keyring
+    where = ring.provider.describe(Path(config.key_dir)) if ring.provider else "in memory"
+    return f"signing keys: {where}; active kid {ring.active_kid}"
 
 
 def _nonce_secret(key_dir: Path) -> bytes:
@@ -192,10 +224,14 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def _prepare(config: Config) -> None:
-    """Create once what every worker shares: schema, signing key, nonce secret."""
+def _prepare(config: Config) -> str:
+    """Create once what every worker shares: schema, signing key, nonce secret.
+
+    Returns the signing keys' line of the start-up output.
+    """
     broker = build_broker(config, migrate=True)
     broker.store.close()
+    return _keys_banner(broker, config)
 
 
 # --- several worker processes --------------------------------------------------------
@@ -422,7 +458,7 @@ def serve(config: Config, *, workers: int = 1, loop: str = "asyncio") -> None:
         common["http"] = MTLSNoDelayHttpToolsProtocol
     scheme = "https" if config.tls_mode != "none" else "http"
     if workers > 1:
-        _prepare(config)
+        print(_prepare(config), flush=True)
         os.environ[_WORKER_CONFIG_ENV] = _config_to_env(config)
         print(
             f"tasklease broker listening on {scheme}://{config.host}:{config.port} "
@@ -434,6 +470,7 @@ def serve(config: Config, *, workers: int = 1, loop: str = "asyncio") -> None:
     broker = build_broker(config)
     app = create_app(broker, close_store=True)
     settle_heap()
+    print(_keys_banner(broker, config), flush=True)
     print(
         f"tasklease broker listening on {scheme}://{config.host}:{config.port} "
         f"(database {redact_url(config.database)}, pid {os.getpid()})",

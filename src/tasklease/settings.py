@@ -6,6 +6,9 @@ explicit overrides (command-line flags). The file is ``--config``, else
 
 ``TASKLEASE_ADMIN_SECRET`` supplies the admin secret in plain text (containers, scripts); it
 is hashed with argon2id at start-up and the plain text is not kept.
+``TASKLEASE_KEY_PASSPHRASE`` and ``TASKLEASE_PKCS11_PIN`` are secrets, not settings: the
+key provider (:func:`tasklease.keystore.open_key_provider`) reads them, and they never
+become part of the :class:`Config`.
 """
 
 from __future__ import annotations

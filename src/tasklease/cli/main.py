@@ -1,7 +1,7 @@
 """The ``tasklease`` command: set up, serve, check and operate a broker.
 
-Local commands (``init``, ``serve``, ``db migrate``, ``audit verify --database``) work on
-a data directory; the others talk to a running broker over HTTP through
+Local commands (``init``, ``serve``, ``db migrate``, ``audit verify --database``,
+``keys encrypt``) work on a data directory; the others talk to a running broker over HTTP through
 :class:`tasklease.client.AdminClient` (``--url``/``TASKLEASE_URL``, the admin secret from
 ``TASKLEASE_ADMIN_SECRET``, ``--admin-secret`` or a 0600 profile file; see docs/cli.md).
 
@@ -20,8 +20,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from tasklease.cli import _audit, _remote, _token
-from tasklease.cli._common import EXIT_CODES_HELP, AdminSecretOpt, ProfileOpt
+from tasklease.cli import _audit, _keys, _remote, _token
+from tasklease.cli._common import EXIT_CODES_HELP, AdminSecretOpt, ProfileOpt, fail
 from tasklease.settings import ConfigError, load_config
 
 app = typer.Typer(
@@ -78,13 +78,29 @@ def init(
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing config and secret.")] = False,
+    key_provider: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the signing keys live: file (encrypted, the default), pkcs11 "
+            "(an HSM, set up by TASKLEASE_PKCS11_* variables) or plaintext.",
+            envvar="TASKLEASE_KEY_PROVIDER",
+        ),
+    ] = None,
+    key_passphrase_file: Annotated[
+        str | None,
+        typer.Option(
+            help="An existing 0600 file holding the signing-key passphrase (file provider). "
+            "Default: TASKLEASE_KEY_PASSPHRASE, else a new random key-passphrase file "
+            "beside the admin secret file (or in the data directory).",
+        ),
+    ] = None,
 ) -> None:
     """Create a data directory, a config with a fresh admin secret, and a signing key.
 
     The admin secret is shown once (or written once to --secret-file); only its argon2id
-    hash is kept in the config.
+    hash is kept in the config. The signing key is encrypted (key_provider file) under a
+    passphrase in a file of its own or in TASKLEASE_KEY_PASSPHRASE: the command says where.
     """
-    from tasklease.core.keys import load_or_create_keyring
     from tasklease.core.passwords import hash_secret, new_secret
 
     directory = Path(data_dir or ".tasklease")
@@ -100,10 +116,14 @@ def init(
         "port = 8080\n"
         f'admin_secret_hash = "{hash_secret(secret)}"\n'
     )
-    _write_private(config_path, document, force=force)
-    keyring = load_or_create_keyring(directory / "keys")
-    out.print(f"Config written to {config_path}")
-    out.print(f"Signing key {keyring.active_kid} in {directory / 'keys'}")
+    key_lines = _keys.init_keys(
+        directory,
+        secret_file=secret_file,
+        key_provider=key_provider,
+        key_passphrase_file=key_passphrase_file,
+    )
+    _write_private(config_path, document + "".join(line + "\n" for line in key_lines), force=force)
+    out.print(f"Config written to {config_path}", highlight=False)
     if secret_file:
         _write_private(Path(secret_file), secret + "\n", force=force)
         out.print(f"Admin secret written to {secret_file} (mode 0600); it is not shown again.")
@@ -134,12 +154,15 @@ def serve(
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     from tasklease.core.errors import Unavailable
+    from tasklease.keystore import KeyStoreError
     from tasklease.storage import SchemaError
 
     try:
         run_server(cfg, workers=workers, loop=loop)
     except (SchemaError, Unavailable) as exc:
         raise _fail(f"{exc} ({exc.reason})" if exc.reason != exc.detail else str(exc)) from None
+    except KeyStoreError as exc:
+        fail(f"signing keys: {exc}")
 
 
 @db_app.command("migrate")
@@ -223,6 +246,7 @@ def audit_verify(
 _remote.register(app)
 _audit.register(audit_app)
 _token.register(app)
+_keys.register(_remote.keys_app)
 
 
 def main() -> None:

@@ -1,0 +1,198 @@
+"""Local commands for the signing keys at rest: the key part of ``init``, and
+``keys encrypt`` (plaintext keys re-written under the ``file`` provider's passphrase).
+
+They work on a data directory, not through a broker: see docs/operations.md, Keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tasklease.cli._common import EXIT_USAGE, fail, out
+from tasklease.core.config import Config
+from tasklease.settings import ConfigError, load_config
+
+__all__ = ["KEY_PROVIDERS", "init_keys", "register"]
+
+KEY_PROVIDERS = ("file", "pkcs11", "plaintext")
+
+_DEFAULT_KEK_FILE = "key-passphrase"
+
+
+def _toml(value: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def init_keys(
+    directory: Path,
+    *,
+    secret_file: str | None,
+    key_provider: str | None,
+    key_passphrase_file: str | None,
+) -> list[str]:
+    """Set up the signing keys of a new data directory; return its config lines for them.
+
+    Settings not given as options come from ``TASKLEASE_*`` variables (the config file
+    being written is not read). With the ``file`` provider and no passphrase given
+    (neither ``TASKLEASE_KEY_PASSPHRASE`` nor a passphrase file), a random passphrase file
+    (0600) is made beside the admin secret file, or in the data directory; a path other
+    than the default (``<data_dir>/key-passphrase``) goes into the config, absolute.
+    Prints what it did and where the passphrase is; exits 2 when the keys cannot be set up.
+    """
+    from tasklease.core.keys import load_or_create_keyring
+    from tasklease.keystore import (
+        PASSPHRASE_ENV,
+        PIN_ENV,
+        KeyStoreError,
+        create_passphrase_file,
+        open_key_provider,
+    )
+
+    if key_provider is not None and key_provider not in KEY_PROVIDERS:
+        fail(f"--key-provider must be one of {', '.join(KEY_PROVIDERS)}")
+    try:
+        config = load_config(
+            os.devnull,
+            overrides={
+                "data_dir": str(directory),
+                "key_provider": key_provider,
+                "key_passphrase_file": key_passphrase_file,
+            },
+        )
+    except ConfigError as exc:
+        fail(str(exc))
+    lines = [f"key_provider = {_toml(config.key_provider)}"]
+    created: Path | None = None
+    if config.key_provider == "file" and not os.environ.get(PASSPHRASE_ENV):
+        if config.key_passphrase_file:
+            path = Path(config.key_passphrase_file)
+        else:
+            beside = Path(secret_file).parent if secret_file else directory
+            path = beside / _DEFAULT_KEK_FILE
+            if not os.path.lexists(path):
+                create_passphrase_file(path)
+                created = path
+        config = dataclasses.replace(config, key_passphrase_file=str(path))
+        if path == directory / _DEFAULT_KEK_FILE:
+            # The default place, found from data_dir wherever the broker is started from.
+            lines.append(f"# key_passphrase_file: {_DEFAULT_KEK_FILE} in the data directory")
+        else:
+            lines.append(f"key_passphrase_file = {_toml(path.absolute().as_posix())}")
+    elif config.key_provider == "pkcs11":
+        lines += [
+            f"{name} = {_toml(getattr(config, name))}"
+            for name in ("pkcs11_module", "pkcs11_token_label", "pkcs11_key_label")
+        ]
+        if config.pkcs11_pin_file:
+            pin_file = Path(config.pkcs11_pin_file).absolute().as_posix()
+            lines.append(f"pkcs11_pin_file = {_toml(pin_file)}")
+    try:
+        provider = open_key_provider(config)
+        key_dir = Path(config.key_dir)
+        ring = load_or_create_keyring(key_dir, provider)
+    except (KeyStoreError, OSError) as exc:
+        fail(f"cannot set up the signing keys: {exc}")
+    out.print(f"Signing key {ring.active_kid}: {provider.describe(key_dir)}", highlight=False)
+    if created is not None:
+        out.print(
+            f"Key passphrase (KEK) written to {created} (mode 0600): the signing keys cannot "
+            "be read without it. Keep it out of the data directory's backups; you may move "
+            f"it and update key_passphrase_file, or give it in {PASSPHRASE_ENV} instead.",
+            highlight=False,
+        )
+    elif config.key_provider == "file" and os.environ.get(PASSPHRASE_ENV):
+        out.print(f"Set {PASSPHRASE_ENV} for `tasklease serve` as well.", highlight=False)
+    elif config.key_provider == "pkcs11" and not config.pkcs11_pin_file:
+        out.print(f"Set {PIN_ENV} for `tasklease serve` as well.", highlight=False)
+    elif config.key_provider == "plaintext":
+        out.print(
+            "The signing key is NOT encrypted (key_provider = plaintext): anyone who can "
+            "read the key directory can sign tokens.",
+            highlight=False,
+        )
+    return lines
+
+
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option("--config", "-c", help="TOML config file (default: <data-dir>/config.toml)."),
+]
+DataDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data-dir", help="Directory for the database and keys.", envvar="TASKLEASE_DATA_DIR"
+    ),
+]
+
+
+def keys_encrypt(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Encrypt plaintext signing keys in place, for key_provider = "file".
+
+    Works on the data directory; stop the broker first. The passphrase is
+    TASKLEASE_KEY_PASSPHRASE, else key_passphrase_file, else a new random file
+    <data-dir>/key-passphrase (0600). Each key keeps its file name and kid; tokens it
+    signed stay valid. Then remove key_provider = "plaintext" from the configuration.
+    """
+    from tasklease.keystore import (
+        EncryptedFileKeyProvider,
+        KeyStoreError,
+        encrypt_directory,
+        open_key_provider,
+    )
+
+    try:
+        cfg = load_config(config, overrides={"data_dir": data_dir})
+    except ConfigError as exc:
+        fail(str(exc))
+    key_dir = Path(cfg.key_dir)
+    if not key_dir.is_dir():
+        fail(f"no key directory at {key_dir}")
+    try:
+        provider = open_key_provider(_as_file_provider(cfg), create_kek_file="yes")
+        if not isinstance(provider, EncryptedFileKeyProvider):  # pragma: no cover
+            fail("internal error: not the file key provider")
+        kids = encrypt_directory(key_dir, provider)
+    except (KeyStoreError, OSError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    if provider.new_passphrase_file is not None:
+        out.print(
+            f"Key passphrase (KEK) written to {provider.new_passphrase_file} (mode 0600): "
+            "keep it out of the data directory's backups.",
+            highlight=False,
+        )
+    if not kids:
+        out.print(f"Every signing key in {key_dir} is already encrypted.", highlight=False)
+    else:
+        out.print(
+            f"Encrypted {len(kids)} signing key(s) in {key_dir} "
+            f"(passphrase from {provider.source}).",
+            highlight=False,
+        )
+        out.print(
+            "Earlier plaintext copies may survive in backups and on disk: once the broker "
+            "runs, rotate (tasklease keys rotate) and retire the old keys after their tokens "
+            "expire.",
+            highlight=False,
+        )
+    if cfg.key_provider != "file":
+        out.print(
+            f'Now set key_provider = "file" (it is {cfg.key_provider!r}) in the configuration, '
+            "or remove the line: file is the default.",
+            highlight=False,
+        )
+
+
+def _as_file_provider(config: Config) -> Config:
+    return dataclasses.replace(config, key_provider="file")
+
+
+def register(keys_app: typer.Typer) -> None:
+    """Add ``encrypt`` to the ``keys`` command group."""
+    keys_app.command("encrypt")(keys_encrypt)

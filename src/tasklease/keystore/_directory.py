@@ -1,0 +1,369 @@
+"""The key directory every provider keeps, and what the providers share in it.
+
+One file per key, named ``signing-<UTC yyyymmddTHHMMSSffffff>Z-<kid[:8]>.pem``: names sort
+by creation time and the newest is the active key. What a file holds depends on the
+provider, and its PEM label says which:
+
+* ``ENCRYPTED PRIVATE KEY``: an encrypted PKCS#8 key (RFC 5958 section 3), ``file``;
+* ``PRIVATE KEY``: an unencrypted PKCS#8 key, ``plaintext``;
+* ``PUBLIC KEY``: the public half of a key held in a PKCS#11 token, ``pkcs11``.
+
+Files are 0600 in a 0700 directory and are written aside, fsynced and renamed into place,
+under an exclusive lock (``.lock``) that serializes every writer sharing the directory.
+:class:`DirectoryProvider` is the part of a provider that deals with all this; each
+provider says how a key is made, opened and discarded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import stat
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+import nacl.signing
+
+__all__ = [
+    "ENCRYPTED",
+    "PKCS11",
+    "PLAINTEXT",
+    "DirectoryProvider",
+    "KeyFile",
+    "KeyStoreError",
+    "ensure_directory",
+    "key_files",
+    "kind_of",
+    "locked",
+    "plaintext_refused",
+    "read_key_file",
+    "rewrite_key_file",
+]
+
+_KEY_FILE = re.compile(r"signing-(\d{8}T\d{12})Z-([A-Za-z0-9_-]{8})\.pem")
+_TIMESTAMP_FORMAT = "%Y%m%dT%H%M%S%f"
+_MAX_KEY_FILE_BYTES = 4096
+_LOCK_FILE = ".lock"
+
+# The three kinds of key file, named after the provider that reads them.
+ENCRYPTED = "file"
+PLAINTEXT = "plaintext"
+PKCS11 = "pkcs11"
+_LABELS = {
+    b"-----BEGIN ENCRYPTED PRIVATE KEY-----": ENCRYPTED,
+    b"-----BEGIN PRIVATE KEY-----": PLAINTEXT,
+    b"-----BEGIN PUBLIC KEY-----": PKCS11,
+}
+
+
+class KeyStoreError(ValueError):
+    """A signing key that cannot be read, written or used.
+
+    The message names the file or setting and says why (and what to do, where there is
+    something to do); it never carries key material, passphrases or PINs.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFile:
+    """One key file: its path, creation timestamp and the kid prefix its name carries."""
+
+    path: Path
+    timestamp: str
+    kid_prefix: str
+
+
+def kind_of(data: bytes) -> str | None:
+    """The provider a key file's contents belong to, by PEM label; None if unknown."""
+    head = data.lstrip()
+    for label, kind in _LABELS.items():
+        if head.startswith(label):
+            return kind
+    return None
+
+
+def ensure_directory(directory: Path) -> None:
+    """Create ``directory`` (0700) if needed; refuse one that others can write to.
+
+    Raises:
+        KeyStoreError: not a directory, or writable by group or others.
+    """
+    try:
+        directory.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    else:
+        directory.chmod(0o700)  # mkdir's mode is filtered by the umask
+        _fsync_directory(directory.parent)
+    st = directory.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise KeyStoreError(f"key directory {directory} is not a directory")
+    if st.st_mode & 0o022:
+        raise KeyStoreError(f"key directory {directory} is writable by group or others")
+
+
+@contextlib.contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """Serialize creation, rotation and rewriting between processes sharing the directory."""
+    fd = os.open(directory / _LOCK_FILE, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # created under a strict umask, it must still open next time
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def key_files(directory: Path) -> list[KeyFile]:
+    """Key files in creation order (oldest first); other names are ignored."""
+    found = []
+    for entry in os.scandir(directory):
+        match = _KEY_FILE.fullmatch(entry.name)
+        if match is not None:
+            found.append(KeyFile(Path(entry.path), match.group(1), match.group(2)))
+    found.sort(key=lambda item: item.path.name)
+    return found
+
+
+def read_key_file(path: Path) -> bytes:
+    """The contents of a key file that only this user can read or write.
+
+    Raises:
+        KeyStoreError: a symlink, not a regular file, owned by another user, accessible
+            by group or others, or too large to be a key.
+        OSError: it could not be read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeyStoreError(f"key file {path} is a symlink") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyStoreError(f"key file {path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise KeyStoreError(f"key file {path} is not owned by this user")
+        if st.st_mode & 0o077:
+            raise KeyStoreError(
+                f"key file {path} is accessible by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}; want 0600)"
+            )
+        data = os.read(fd, _MAX_KEY_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_KEY_FILE_BYTES:
+        raise KeyStoreError(f"key file {path} is too large to be a key")
+    return data
+
+
+def _write_aside(final: Path, data: bytes) -> None:
+    """Write ``data`` to a 0600 file beside ``final``, fsync it, rename it into place.
+
+    A crash never leaves a half-written key under a key name.
+    """
+    temporary = final.with_name(f".{final.name}.tmp")
+    temporary.unlink(missing_ok=True)  # left by a crash; we hold the directory lock
+    fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask, the owner must be able to read it
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        temporary.rename(final)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(final.parent)
+
+
+def rewrite_key_file(path: Path, data: bytes) -> None:
+    """Replace a key file's contents atomically (same name: same key, same place in order).
+
+    Call it under :func:`locked`.
+    """
+    _write_aside(path, data)
+
+
+def _next_timestamp(directory: Path) -> str:
+    """Now in UTC, or just after the newest existing key if the clock went backwards."""
+    now = datetime.now(UTC)
+    files = key_files(directory)
+    if files:
+        newest = datetime.strptime(files[-1].timestamp, _TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+        if now <= newest:
+            now = newest + timedelta(microseconds=1)
+    return now.strftime(_TIMESTAMP_FORMAT)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def plaintext_refused(directory: Path, count: int, provider: str) -> KeyStoreError:
+    keys = "an unencrypted signing key" if count == 1 else f"{count} unencrypted signing keys"
+    return KeyStoreError(
+        f"the key directory {directory} holds {keys} and key_provider is {provider!r}: "
+        "refusing to use plaintext keys without an explicit setting. Stop the broker and "
+        "encrypt them with `tasklease keys encrypt` (same data directory and configuration), "
+        'or keep them in plaintext by setting key_provider = "plaintext" '
+        "(docs/operations.md, Keys)"
+    )
+
+
+def _wrong_kind(path: Path, found: str | None, provider: str) -> KeyStoreError:
+    if found is None:
+        return KeyStoreError(f"key file {path} is not a PKCS#8 or public-key PEM file")
+    what = {
+        ENCRYPTED: 'an encrypted signing key (key_provider = "file")',
+        PLAINTEXT: 'an unencrypted signing key (key_provider = "plaintext")',
+        PKCS11: 'the public half of a key held in a PKCS#11 token (key_provider = "pkcs11")',
+    }[found]
+    return KeyStoreError(f"key file {path} is {what}, but key_provider is {provider!r}")
+
+
+class DirectoryProvider:
+    """What every provider does with the key directory: list, lock, order, name, retire.
+
+    Subclasses say how a key is opened (:meth:`_open`), made (:meth:`_create`) and
+    discarded (:meth:`_discard`); ``name`` is the ``key_provider`` value and the kind of
+    key file they read.
+    """
+
+    name: ClassVar[str]
+
+    def load_keys(self, directory: Path) -> tuple[Any, list[nacl.signing.VerifyKey]]:
+        """The active key and the older keys' verify keys, newest first.
+
+        Creates the first key when the directory holds none.
+
+        Raises:
+            KeyStoreError: a key file is unsafe, of another provider, corrupt or named
+                for another key, or the key cannot be opened (see the subclass).
+            OSError: the directory or a file could not be created or read.
+        """
+        ensure_directory(directory)
+        with locked(directory):
+            if not key_files(directory):
+                self._add(directory)
+            return self._load(directory)
+
+    def add_key(self, directory: Path) -> str:
+        """Create a new active key; return its ``kid``. Older keys stay.
+
+        Raises:
+            KeyStoreError, OSError: as :meth:`load_keys`.
+        """
+        ensure_directory(directory)
+        with locked(directory):
+            self._load(directory)  # refuse to add to a directory we would refuse to load
+            return self._add(directory)
+
+    def retire_keys(self, directory: Path, keep_kids: Collection[str]) -> list[str]:
+        """Remove the keys whose ``kid`` is not in ``keep_kids``; the active key stays.
+
+        Returns the removed kids.
+
+        Raises:
+            KeyStoreError, OSError: as :meth:`load_keys`.
+        """
+        ensure_directory(directory)
+        with locked(directory):
+            self._load(directory)
+            files = key_files(directory)
+            removed: list[str] = []
+            for entry in files[:-1]:
+                kid = self._kid_of(entry, read_key_file(entry.path))
+                if kid not in keep_kids:
+                    self._discard(entry, kid)
+                    entry.path.unlink()
+                    removed.append(kid)
+            if removed:
+                _fsync_directory(directory)
+            return removed
+
+    # -- shared steps ------------------------------------------------------------------
+
+    def _load(self, directory: Path) -> tuple[Any, list[nacl.signing.VerifyKey]]:
+        files = key_files(directory)
+        if not files:
+            raise KeyStoreError(f"no signing key in {directory}")
+        contents = [read_key_file(entry.path) for entry in files]
+        # Every file is of this provider's kind, or nothing is loaded: first the unsafe
+        # downgrade (plaintext keys under an encrypting provider), named with its remedy.
+        foreign = [
+            (entry, kind)
+            for entry, kind in zip(files, map(kind_of, contents), strict=True)
+            if kind != self.name
+        ]
+        if foreign:
+            plaintext = [entry for entry, kind in foreign if kind == PLAINTEXT]
+            if plaintext and self.name == ENCRYPTED:
+                raise plaintext_refused(directory, len(plaintext), self.name)
+            entry, kind = foreign[0]
+            raise _wrong_kind(entry.path, kind, self.name)
+        newest = len(files) - 1
+        active: Any = None
+        older: list[nacl.signing.VerifyKey] = []
+        for index in range(newest, -1, -1):
+            entry, data = files[index], contents[index]
+            key = self._open(entry, data, active=index == newest)
+            if index == newest:
+                active = key
+            else:
+                older.append(key)
+        return active, older
+
+    def _add(self, directory: Path) -> str:
+        timestamp = _next_timestamp(directory)
+        kid, data = self._create(directory, timestamp)
+        final = directory / f"signing-{timestamp}Z-{kid[:8]}.pem"
+        # Under the lock, with a timestamp later than every existing key's and the kid in
+        # the name, `final` cannot exist yet.
+        try:
+            _write_aside(final, data)
+        except BaseException:
+            self._abandon(kid, timestamp)
+            raise
+        return kid
+
+    @staticmethod
+    def check_name(entry: KeyFile, kid: str) -> None:
+        """Refuse a file whose name carries another key's kid prefix."""
+        if entry.kid_prefix != kid[:8]:
+            raise KeyStoreError(f"key file {entry.path} does not hold the key its name says")
+
+    # -- what each provider says ---------------------------------------------------------
+
+    def _open(self, entry: KeyFile, data: bytes, *, active: bool) -> Any:
+        """The active key (``active``) or a verify key, from a file of this kind."""
+        raise NotImplementedError
+
+    def _kid_of(self, entry: KeyFile, data: bytes) -> str:
+        """The kid of the key in a file of this kind."""
+        raise NotImplementedError
+
+    def _create(self, directory: Path, timestamp: str) -> tuple[str, bytes]:
+        """A new key: its kid and the contents of its file."""
+        raise NotImplementedError
+
+    def _discard(self, entry: KeyFile, kid: str) -> None:
+        """Undo what :meth:`_create` made outside the directory (retirement)."""
+
+    def _abandon(self, kid: str, timestamp: str) -> None:
+        """Undo what :meth:`_create` made outside the directory (its file was not written)."""
