@@ -190,18 +190,22 @@ class Model:
             hit = self.chain_agent_revoked.get(agent_id)
             if hit is not None and iat <= hit:
                 return False
-        parent = tok.parent
-        while parent is not None:
-            # A grant is named by its first token's jti: revoking that jti reaches the
-            # delegations of every renewal of it, as ending the grant does.
+        return tok.parent is None or not self.ends_descendants(tok.parent)
+
+    def ends_descendants(self, tok: MToken) -> bool:
+        """Whether a token delegated from ``tok`` would be dead at birth."""
+        if not self.app_alive(tok.root.app_id):
+            return True
+        node: MToken | None = tok
+        while node is not None:
             if (
-                parent.jti in self.ended_jtis
-                or parent.grant in self.ended_grants
-                or parent.grant in self.ended_jtis
+                node.jti in self.ended_jtis
+                or node.grant in self.ended_grants
+                or node.grant in self.ended_jtis
             ):
-                return False
-            parent = parent.parent
-        return True
+                return True
+            node = node.parent
+        return False
 
     def agent(self, agent_id: str) -> MAgent:
         return next(a for a in self.agents if a.agent_id == agent_id)
@@ -590,8 +594,11 @@ class AuthorityMachine(RuleBasedStateMachine):
             return
         chain = (*tok.chain, tok.holder.agent_id)
         ceiling = min(tok.ceiling, tok.claims.exp)
+        # A delegation whose lineage already ended would be born dead: never issued.
+        ended = self.model.ends_descendants(tok)
         may = (
-            self.model.agent_alive(target_agent, self.now)
+            not ended
+            and self.model.agent_alive(target_agent, self.now)
             and target_agent.agent_id not in chain
             and len(chain) <= 3
             and is_subset(scope, tok.claims.scope)

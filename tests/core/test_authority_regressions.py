@@ -310,10 +310,13 @@ def test_13_token_level_revocation_ends_descendants_chain_level_keeps_the_token(
     broker.revoke(admin, level="chain", target=a.claims.jti, ctx=kit.ctx)
     assert valid(broker, a.token)
     assert not valid(broker, to_b.token)
-    again = delegate(broker, kit, a.claims, b.sub, ["read:data:*"])
-    broker.revoke(admin, level="token", target=a.claims.jti, ctx=kit.ctx)
-    assert not valid(broker, a.token)
-    assert not valid(broker, again.token)
+    # What it would hand on now would be born dead: refused instead.
+    refused(broker, Unauthorized, lambda: delegate(broker, kit, a.claims, b.sub, ["read:data:*"]))
+    c = kit.register(broker, lt, task_id="task-c")
+    to_b = delegate(broker, kit, c.claims, b.sub, ["read:data:*"])
+    broker.revoke(admin, level="token", target=c.claims.jti, ctx=kit.ctx)
+    assert not valid(broker, c.token)
+    assert not valid(broker, to_b.token)
 
 
 def test_13_done_by_heartbeat_ends_the_tokens_delegations(broker: Any, kit: Any) -> None:
@@ -324,3 +327,38 @@ def test_13_done_by_heartbeat_ends_the_tokens_delegations(broker: Any, kit: Any)
     heartbeat_done(broker, kit, a)
     assert not valid(broker, to_b.token)
     refused(broker, Forbidden, lambda: resume(broker, kit, a.sub, a.key))
+
+
+# Found by the model-based test ---------------------------------------------------------------
+
+
+def test_model_pruning_a_task_revocation_never_rearms_its_agents(
+    make_broker: Any, kit: Any
+) -> None:
+    """Shrunk counterexample: revoke a task, let its entry age past max_ttl, prune, resume."""
+    broker = make_broker(max_ttl=600, default_ttl=120, renewal_ceiling=900)
+    lt = kit.launch(broker, single_use=False, ttl=600)
+    a = kit.register(broker, lt, task_id="task-1")
+    helper = kit.register(broker, lt, task_id="task-2")
+    broker.revoke(kit.admin(broker).claims, level="task", target="task-1", ctx=kit.ctx)
+    broker.clock.advance(631)
+    broker.prune()
+    refused(broker, TaskleaseError, lambda: resume(broker, kit, a.sub, a.key))
+    fresh = resume(broker, kit, helper.sub, helper.key).claims
+    refused(broker, NotFound, lambda: delegate(broker, kit, fresh, a.sub, ["read:data:*"]))
+
+
+def test_model_revoking_a_grants_first_jti_reaches_delegations_of_its_renewals(
+    broker: Any, kit: Any
+) -> None:
+    """Shrunk counterexample: chain-revoke a first token, renew it, delegate from the renewal."""
+    lt = kit.launch(broker, single_use=False, ttl=600)
+    a = kit.register(broker, lt, task_id="task-a")
+    b = kit.register(broker, lt, task_id="task-b")
+    broker.revoke(kit.admin(broker).claims, level="chain", target=a.claims.jti, ctx=kit.ctx)
+    renewed = broker.renew(a.claims, kit.ctx)
+    assert valid(broker, renewed.token)  # chain level keeps the token's own line alive
+    # Its delegations would be born dead: the kernel refuses to issue them at all.
+    refused(
+        broker, Unauthorized, lambda: delegate(broker, kit, renewed.claims, b.sub, ["read:data:*"])
+    )

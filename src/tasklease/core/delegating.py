@@ -26,7 +26,6 @@ from tasklease.core.kernel import (
     Refusal,
     RequestContext,
     Service,
-    check_issuance,
 )
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys, verify_keys
@@ -84,14 +83,13 @@ class Delegating(Service):
         iat = int(now)
         want = clamp_ttl(ttl if isinstance(ttl, int) else None, cfg.delegation_default_ttl, cfg)
         try:
-            issuance = check_issuance(
+            issuance = self._kernel.check_issuance(
                 "delegate",
                 Parent.of_token(claims, cfg),
                 holder=delegate_to,
                 scope=requested,
                 iat=iat,
                 requested_ttl=want,
-                config=cfg,
                 dead_ancestor=dead,
             )
         except Refusal as refusal:
@@ -114,12 +112,14 @@ class Delegating(Service):
                         detail=f"delegation_attenuation_violation | {parties} | {refusal.detail}",
                     ),
                 ) from None
-            if refusal.event_type == "denied":
+            if refusal.event_type == "denied" and dead:
                 # An unknown delegate and a dead one look the same to the caller.
                 raise kernel.deny(
                     NotFound("delegate agent not found"),
                     replace(denied, event_type="delegation_denied", detail=f"{dead} | {parties}"),
                 ) from None
+            # The delegator's own lineage has ended (a chain-level entry on an ancestor) or
+            # its token is at its end: it holds nothing left to hand on.
             raise kernel.deny(
                 Unauthorized("token verification failed", reason=refusal.detail),
                 replace(
@@ -127,7 +127,7 @@ class Delegating(Service):
                     event_type="token_auth_failed",
                     outcome="denied",
                     request_id=ctx.request_id,
-                    detail=f"delegator token at its end: {refusal.detail} jti={claims.jti}",
+                    detail=f"delegator has nothing to hand on: {refusal.detail} jti={claims.jti}",
                 ),
             ) from None
         target = self._store.get_agent(delegate_to)

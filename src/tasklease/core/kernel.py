@@ -378,6 +378,39 @@ class Kernel:
         await self.arecord(with_denial(exc, entry))
         return exc
 
+    def check_issuance(
+        self,
+        operation: str,
+        parent: Parent,
+        *,
+        holder: str,
+        scope: tuple[str, ...],
+        iat: int,
+        requested_ttl: int,
+        dead_ancestor: str = "",
+    ) -> Issuance:
+        """:func:`check_issuance` with this broker's config, then the lineage it grants
+        checked against the revocation index: an ancestor already ended (a chain-level
+        entry on it) makes the issuance impossible, rather than a token born dead."""
+        issuance = check_issuance(
+            operation,
+            parent,
+            holder=holder,
+            scope=scope,
+            iat=iat,
+            requested_ttl=requested_ttl,
+            config=self.config,
+            dead_ancestor=dead_ancestor,
+        )
+        ended = self.revocations.ended_ancestor(issuance.lineage)
+        if ended is not None:
+            raise Refusal(
+                Forbidden("an ancestor credential has ended"),
+                f"ancestor {ended} has ended",
+                "denied",
+            )
+        return issuance
+
     def revocation_expiry(self, revoked_at: float) -> float:
         """When an operator's entry made at ``revoked_at`` can no longer matter.
 

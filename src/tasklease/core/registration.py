@@ -36,7 +36,6 @@ from tasklease.core.kernel import (
     RequestContext,
     Service,
     app_ancestor,
-    check_issuance,
     new_denial_id,
     with_denial,
 )
@@ -300,7 +299,7 @@ class Registration(Service):
         iat = int(now)
         principal = record.principal or (f"app:{record.app_id}" if record.app_id else "admin")
         try:
-            issuance = check_issuance(
+            issuance = self._kernel.check_issuance(
                 "register",
                 Parent(
                     holder="",
@@ -316,7 +315,6 @@ class Registration(Service):
                 scope=scope,
                 iat=iat,
                 requested_ttl=clamp_ttl(record.max_ttl, cfg.default_ttl, cfg),
-                config=cfg,
                 dead_ancestor=self._kernel.app_standing(record.app_id),
             )
         except Refusal as refusal:

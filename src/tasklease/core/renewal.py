@@ -35,7 +35,6 @@ from tasklease.core.kernel import (
     RequestContext,
     Service,
     app_ancestor,
-    check_issuance,
     ending_records,
     with_denial,
 )
@@ -83,14 +82,13 @@ class Renewal(Service):
         if session is not None and session.resumes > parent.renewals:
             parent = replace(parent, renewals=session.resumes)
         try:
-            issuance = check_issuance(
+            issuance = self._kernel.check_issuance(
                 "renew",
                 parent,
                 holder=claims.sub,
                 scope=claims.scope,
                 iat=iat,
                 requested_ttl=parent.ttl,
-                config=cfg,
             )
         except Refusal as refusal:
             raise kernel.deny(
@@ -255,7 +253,7 @@ class Renewal(Service):
         iat = int(now)
         ttl_cap = agent.token_ttl or cfg.default_ttl
         try:
-            issuance = check_issuance(
+            issuance = self._kernel.check_issuance(
                 "resume",
                 Parent(
                     holder=agent_id,
@@ -271,7 +269,6 @@ class Renewal(Service):
                 scope=agent.scope,
                 iat=iat,
                 requested_ttl=ttl_cap,
-                config=cfg,
             )
         except Refusal as refusal:
             raise refuse(refusal.error, refusal.detail) from None

@@ -122,6 +122,14 @@ class RevocationIndex:
                     return "chain"
         return None
 
+    def ended_ancestor(self, lineage: Sequence[str]) -> str | None:
+        """The first of ``lineage`` whose end (a chain-level entry) ends its descendants."""
+        chains = self._levels["chain"]
+        for ancestor in lineage:
+            if ancestor in chains:
+                return ancestor
+        return None
+
     def prune(self, now: float) -> int:
         """Drop entries that can no longer match a valid token; return how many."""
         removed = 0
