@@ -239,7 +239,9 @@ class RunningBroker:
         """The broker's active signing key (newest PKCS#8 file) and its kid."""
         pems = sorted((self.data_dir / "keys").glob("signing-*.pem"))
         assert pems, "no signing key on disk"
-        key = serialization.load_pem_private_key(pems[-1].read_bytes(), password=None)
+        # Keys at rest are encrypted with the passphrase `tasklease init` left beside them.
+        passphrase = (self.data_dir / "key-passphrase").read_bytes().strip()
+        key = serialization.load_pem_private_key(pems[-1].read_bytes(), password=passphrase)
         assert isinstance(key, Ed25519PrivateKey)
         kid = self.get("/.well-known/jwks.json").json()["keys"][0]["kid"]
         return kid, key
