@@ -1,0 +1,157 @@
+# Would fail if: the audit sanitizer let a detail through unchanged (the revocation target
+# and the delegate name below carry live tokens into audited fields), or the store kept a
+# launch token, a client secret or a by-reference token instead of its hash.
+"""TM-29 — secrets leaking into the audit log, the service log, the database or error
+answers, where readers of logs and backups (or a log pipeline) would pick up usable
+credentials or personal data.
+
+After a full credential history, including mistakes that paste tokens where an
+identifier belongs and failed logins, none of the admin secret, client secrets, launch
+tokens, access tokens (not even their signatures), by-reference tokens or failed-login
+guesses appears in the audit events, the broker's log, the revocation feed, the database
+files, or any problem body; e-mail addresses appear only masked in the audit log.
+
+Known gap (docs/security.md, TM-29 "partly"): a whole token given as the target of an
+``agent``, ``task`` or ``chain`` revocation is refused only at level ``token``; at the other
+levels it is kept verbatim as the revocation's target, in the database and in the
+revocation feed that every app can read. The database and feed scans below leave that one
+token out, by name, until the broker refuses such targets at every level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from e2e_support import RunningBroker, jwt_parts
+from threat_support import audit_events, bearer
+
+pytestmark = pytest.mark.slow
+
+EMAIL = "alice.secret@example.com"
+
+
+@pytest.fixture(scope="module")
+def history(broker: RunningBroker) -> dict[str, Any]:
+    """A full history; returns the secrets it handled and the problem bodies it got."""
+    secrets: list[str] = [broker.admin_secret, broker.admin_token()]
+    problems: list[str] = []
+
+    def failed(resp: Any) -> None:
+        assert resp.status_code >= 400, resp.text
+        problems.append(resp.text)
+
+    guess = "wrong-admin-secret-" + "g" * 12
+    failed(broker.post("/v1/admin/auth", json={"secret": guess}))
+    secrets.append(guess)
+
+    app = broker.create_app(["read:tickets:*"])
+    app_token = broker.app_token(app)
+    secrets += [app["client_secret"], app_token]
+    wrong = "not-" + app["client_secret"]
+    failed(
+        broker.post("/v1/app/auth", json={"client_id": app["client_id"], "client_secret": wrong})
+    )
+    failed(
+        broker.post("/v1/app/auth", json={"client_id": app["client_secret"], "client_secret": "x"})
+    )
+    secrets.append(wrong)
+
+    admin_launch = broker.launch_token(
+        ["read:tickets:*"], principal=f"user:{EMAIL}", single_use=False
+    )
+    app_launch = broker.launch_token(
+        ["read:tickets:1"], bearer=app_token, route="/v1/app/launch-tokens"
+    )
+    secrets += [admin_launch, app_launch]
+
+    first = broker.register(["read:tickets:*"], launch_token=admin_launch)
+    second = broker.register(["read:tickets:1"], launch_token=app_launch)
+    renewed = broker.post("/v1/token/renew", headers=first.bearer).json()["access_token"]
+    delegated = broker.delegate(renewed, second.agent_id, ["read:tickets:1"]).json()["access_token"]
+    wide = [f"read:tickets:{'w' * 90}{i:02d}" for i in range(50)]
+    by_reference = broker.register(wide, launch_token=broker.launch_token(wide)).access_token
+    assert by_reference.startswith("tlr_")
+    secrets += [first.access_token, second.access_token, renewed, delegated, by_reference]
+
+    # Mistakes that put whole credentials where identifiers belong.
+    pasted = broker.revoke("agent", renewed)
+    assert pasted.status_code == 200, pasted.text  # the known gap: see the docstring
+    failed(broker.delegate(renewed, delegated, ["read:tickets:1"]))
+    failed(broker.post("/v1/token/renew", headers=bearer(first.access_token)))  # renewed: dead
+    failed(broker.post("/v1/token/renew", headers=bearer(renewed + "x")))
+    failed(
+        broker.post("/v1/token/renew", headers={"Authorization": f"Basic {app['client_secret']}"})
+    )
+    failed(broker.post("/v1/token/renew", headers=bearer(admin_launch)))
+    failed(broker.post("/v1/register", json={"launch_token": admin_launch}))
+    failed(
+        broker.post(
+            "/v1/revoke",
+            json={"level": "token", "target": by_reference},
+            headers=broker.admin_headers(),
+        )
+    )
+    broker.post("/v1/token/validate", json={"token": delegated})
+    broker.post("/v1/introspect", json={"token": by_reference}, headers=bearer(app_token))
+    broker.post("/v1/token/release", headers=bearer(delegated))
+    broker.get("/v1/health", headers={"X-Request-ID": app["client_secret"]})
+    return {
+        "secrets": secrets,
+        "tokens": [s for s in secrets if s.count(".") == 2],
+        "problems": problems,
+        "revocation_target": renewed,
+    }
+
+
+def _leaks(text: str, history: dict[str, Any], *, known_gap: bool = False) -> list[str]:
+    """The secrets of ``history`` found in ``text`` (their first characters)."""
+    skip = {history["revocation_target"]} if known_gap else set()
+    found = [s[:12] for s in history["secrets"] if s in text and s not in skip]
+    found += [t[:12] for t in history["tokens"] if t.rsplit(".", 1)[1] in text and t not in skip]
+    return found
+
+
+def test_the_audit_log_holds_no_secret(broker: RunningBroker, history: dict[str, Any]) -> None:
+    events = audit_events(broker)
+    assert len(events) > 20
+    text = repr(events)
+    assert _leaks(text, history) == []
+    assert EMAIL not in text
+    assert "a***@example.com" in text  # the principal is there, masked
+
+
+def test_the_broker_log_holds_no_secret(broker: RunningBroker, history: dict[str, Any]) -> None:
+    log = broker.log()
+    assert _leaks(log, history) == []
+    assert EMAIL not in log
+
+
+def test_the_revocation_feed_holds_no_secret(
+    broker: RunningBroker, history: dict[str, Any]
+) -> None:
+    feed = broker.get("/v1/revocations", headers=broker.admin_headers())
+    assert feed.status_code == 200, feed.text
+    assert feed.json()["revocations"]
+    assert _leaks(feed.text, history, known_gap=True) == []
+
+
+def test_the_database_files_hold_no_secret(broker: RunningBroker, history: dict[str, Any]) -> None:
+    files = [p for p in broker.data_dir.glob("tasklease.db*") if p.is_file()]
+    assert files
+    for path in files:
+        text = path.read_bytes().decode("latin-1")
+        assert _leaks(text, history, known_gap=True) == [], path.name
+
+
+def test_problem_answers_echo_no_secret(broker: RunningBroker, history: dict[str, Any]) -> None:
+    assert history["problems"]
+    for body in history["problems"]:
+        assert _leaks(body, history) == [], body
+
+
+def test_tokens_carry_no_secret_either(broker: RunningBroker, history: dict[str, Any]) -> None:
+    # A token travels to resource servers: it names its principal but no launch token or secret.
+    for token in history["tokens"]:
+        claims = repr(jwt_parts(token))
+        assert [s for s in history["secrets"] if s in claims and s not in history["tokens"]] == []
