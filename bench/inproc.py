@@ -266,6 +266,7 @@ def memory(spec: dict[str, Any]) -> dict[str, Any]:
     from tasklease.core.store import AgentRecord, RevocationRecord
     from tasklease.core.tokens import KIND_AGENT, mint
     from tasklease.http.app import create_app
+    from tasklease.keystore.plaintext import PlaintextKeyProvider
     from tasklease.storage import SQLiteStore
 
     agents, tokens, revoked = spec["agents"], spec["tokens"], spec["revoked"]
@@ -274,7 +275,7 @@ def memory(spec: dict[str, Any]) -> dict[str, Any]:
         cfg = Config(data_dir=str(folder), database=str(folder / "m.db"), key_dir=str(folder / "k"))
         clock = ManualClock(time.time())
         store = SQLiteStore(cfg.database)
-        keyring = load_or_create_keyring(Path(cfg.key_dir))
+        keyring = load_or_create_keyring(Path(cfg.key_dir), PlaintextKeyProvider())
         broker = Broker(cfg, store, keyring, clock=clock)
         create_app(broker, background=False)  # the HTTP layer's modules count too
         gc.collect()

@@ -225,9 +225,16 @@ def test_07_a_by_reference_token_is_never_a_revocation_target(broker: Any, kit: 
     for level in ("token", "agent", "task", "chain"):
         with pytest.raises(InvalidRequest):
             broker.revoke(admin, level=level, target=secret, ctx=kit.ctx)
+    # Nor a JWT, whole or inside another string, at any level.
+    jwt = a_token = kit.register(broker).token
+    for level in ("token", "agent", "task", "chain"):
+        for target in (jwt, f"task {jwt}", f"{secret}!"):
+            with pytest.raises(InvalidRequest):
+                broker.revoke(admin, level=level, target=target, ctx=kit.ctx)
     assert broker.store.revocations_since(0) == []
     events, _ = broker.store.query_audit(AuditQuery(limit=10_000))
     assert not any(secret in e.detail or secret in e.agent_id for e in events)
+    assert not any(a_token in e.detail for e in events)
 
 
 # 8 -------------------------------------------------------------------------------------------

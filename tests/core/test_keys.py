@@ -21,7 +21,10 @@ from tasklease.core.keys import (
     retire_keys,
     rotate_key,
 )
+from tasklease.keystore.plaintext import PlaintextKeyProvider
 from tasklease.rules import jws as _jws
+
+PLAIN = PlaintextKeyProvider()  # these tests are about the ring, not keys at rest
 
 # RFC 8037 appendix A.1 (key) and A.3 (its RFC 7638 thumbprint).
 RFC8037_D = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"
@@ -131,7 +134,7 @@ def test_repr_holds_no_key_material() -> None:
 
 def test_first_load_creates_one_key_with_safe_modes(tmp_path: Path) -> None:
     directory = tmp_path / "keys"
-    ring = load_or_create_keyring(directory)
+    ring = load_or_create_keyring(directory, PLAIN)
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     files = _key_files(directory)
     assert len(files) == 1
@@ -150,20 +153,20 @@ def test_created_modes_do_not_depend_on_the_umask(tmp_path: Path, umask: int) ->
     directory = tmp_path / "keys"
     previous = os.umask(umask)
     try:
-        load_or_create_keyring(directory)
-        rotate_key(directory)
+        load_or_create_keyring(directory, PLAIN)
+        rotate_key(directory, PLAIN)
     finally:
         os.umask(previous)
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     for path in _key_files(directory):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert len(load_or_create_keyring(directory).kids()) == 2
+    assert len(load_or_create_keyring(directory, PLAIN).kids()) == 2
 
 
 def test_reload_gives_the_same_key(tmp_path: Path) -> None:
-    first = load_or_create_keyring(tmp_path)
+    first = load_or_create_keyring(tmp_path, PLAIN)
     token = first.sign(b'{"n":1}', "JWT")
-    second = load_or_create_keyring(tmp_path)
+    second = load_or_create_keyring(tmp_path, PLAIN)
     assert second.active_kid == first.active_kid
     assert second.kids() == [first.active_kid]
     assert _decode(second, token).claims == {"n": 1}
@@ -171,70 +174,70 @@ def test_reload_gives_the_same_key(tmp_path: Path) -> None:
 
 
 def test_rotation_keeps_old_kid_verifiable(tmp_path: Path) -> None:
-    first = load_or_create_keyring(tmp_path)
+    first = load_or_create_keyring(tmp_path, PLAIN)
     old_token = first.sign(b"{}", "JWT")
-    new_kid = rotate_key(tmp_path)
+    new_kid = rotate_key(tmp_path, PLAIN)
     assert new_kid != first.active_kid
-    ring = load_or_create_keyring(tmp_path)
+    ring = load_or_create_keyring(tmp_path, PLAIN)
     assert ring.active_kid == new_kid
     assert ring.kids() == [new_kid, first.active_kid]
     assert _decode(ring, old_token).kid == first.active_kid
     assert _decode(ring, ring.sign(b"{}", "JWT")).kid == new_kid
-    third = rotate_key(tmp_path)
-    assert load_or_create_keyring(tmp_path).kids() == [third, new_kid, first.active_kid]
+    third = rotate_key(tmp_path, PLAIN)
+    assert load_or_create_keyring(tmp_path, PLAIN).kids() == [third, new_kid, first.active_kid]
     for path in _key_files(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_newest_key_is_active_even_if_the_clock_went_back(tmp_path: Path) -> None:
-    ring = load_or_create_keyring(tmp_path)
+    ring = load_or_create_keyring(tmp_path, PLAIN)
     (only,) = _key_files(tmp_path)
     future = only.with_name(f"signing-29991231T235959999999Z-{ring.active_kid[:8]}.pem")
     only.rename(future)
-    new_kid = rotate_key(tmp_path)
-    assert load_or_create_keyring(tmp_path).active_kid == new_kid
+    new_kid = rotate_key(tmp_path, PLAIN)
+    assert load_or_create_keyring(tmp_path, PLAIN).active_kid == new_kid
 
 
 def test_retire_removes_old_keys_but_never_the_active_one(tmp_path: Path) -> None:
-    first = load_or_create_keyring(tmp_path).active_kid
-    second = rotate_key(tmp_path)
-    third = rotate_key(tmp_path)
-    assert retire_keys(tmp_path, keep_kids={second}) == [first]
-    assert load_or_create_keyring(tmp_path).kids() == [third, second]
-    assert retire_keys(tmp_path, keep_kids=()) == [second]
-    assert load_or_create_keyring(tmp_path).kids() == [third]
+    first = load_or_create_keyring(tmp_path, PLAIN).active_kid
+    second = rotate_key(tmp_path, PLAIN)
+    third = rotate_key(tmp_path, PLAIN)
+    assert retire_keys(tmp_path, keep_kids={second}, provider=PLAIN) == [first]
+    assert load_or_create_keyring(tmp_path, PLAIN).kids() == [third, second]
+    assert retire_keys(tmp_path, keep_kids=(), provider=PLAIN) == [second]
+    assert load_or_create_keyring(tmp_path, PLAIN).kids() == [third]
 
 
 def test_group_readable_key_file_refused(tmp_path: Path) -> None:
-    load_or_create_keyring(tmp_path)
+    load_or_create_keyring(tmp_path, PLAIN)
     (path,) = _key_files(tmp_path)
     for mode in (0o640, 0o604, 0o660, 0o601):
         path.chmod(mode)
         with pytest.raises(ValueError, match="group or others"):
-            load_or_create_keyring(tmp_path)
+            load_or_create_keyring(tmp_path, PLAIN)
         with pytest.raises(ValueError, match="group or others"):
-            rotate_key(tmp_path)
+            rotate_key(tmp_path, PLAIN)
     path.chmod(0o600)
-    load_or_create_keyring(tmp_path)
+    load_or_create_keyring(tmp_path, PLAIN)
 
 
 def test_group_writable_directory_refused(tmp_path: Path) -> None:
     directory = tmp_path / "keys"
-    load_or_create_keyring(directory)
+    load_or_create_keyring(directory, PLAIN)
     directory.chmod(0o770)
     with pytest.raises(ValueError, match="writable by group or others"):
-        load_or_create_keyring(directory)
+        load_or_create_keyring(directory, PLAIN)
 
 
 def test_symlinked_key_file_refused(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
-    ring = load_or_create_keyring(keys)
+    ring = load_or_create_keyring(keys, PLAIN)
     (path,) = _key_files(keys)
     elsewhere = tmp_path / "elsewhere.pem"
     path.rename(elsewhere)
     path.symlink_to(elsewhere)
     with pytest.raises(ValueError, match="symlink"):
-        load_or_create_keyring(keys)
+        load_or_create_keyring(keys, PLAIN)
     assert ring.active_kid  # the ring in memory is unaffected
 
 
@@ -256,24 +259,24 @@ def _plant(directory: Path, data: bytes, kid_prefix: str = "AAAAAAAA") -> Path:
     ],
 )
 def test_corrupt_key_file_refused(tmp_path: Path, data: bytes) -> None:
-    load_or_create_keyring(tmp_path)
+    load_or_create_keyring(tmp_path, PLAIN)
     _plant(tmp_path, data)
     with pytest.raises(ValueError, match="key file"):
-        load_or_create_keyring(tmp_path)
+        load_or_create_keyring(tmp_path, PLAIN)
 
 
 def test_truncated_key_file_refused(tmp_path: Path) -> None:
-    load_or_create_keyring(tmp_path)
+    load_or_create_keyring(tmp_path, PLAIN)
     (path,) = _key_files(tmp_path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="key file"):
-        load_or_create_keyring(tmp_path)
+        load_or_create_keyring(tmp_path, PLAIN)
 
 
 @pytest.mark.parametrize("kind", ["ed448", "p256", "openssh", "pkcs1_traditional", "encrypted"])
 def test_other_key_kinds_refused(tmp_path: Path, kind: str) -> None:
-    load_or_create_keyring(tmp_path)
+    load_or_create_keyring(tmp_path, PLAIN)
     ed25519 = Ed25519PrivateKey.generate()
     none = serialization.NoEncryption()
     pem = serialization.Encoding.PEM
@@ -291,11 +294,11 @@ def test_other_key_kinds_refused(tmp_path: Path, kind: str) -> None:
     }[kind]()
     _plant(tmp_path, data)
     with pytest.raises(ValueError, match="key file"):
-        load_or_create_keyring(tmp_path)
+        load_or_create_keyring(tmp_path, PLAIN)
 
 
 def test_key_file_named_for_another_key_refused(tmp_path: Path) -> None:
-    load_or_create_keyring(tmp_path)
+    load_or_create_keyring(tmp_path, PLAIN)
     other = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -303,23 +306,23 @@ def test_key_file_named_for_another_key_refused(tmp_path: Path) -> None:
     )
     _plant(tmp_path, other, kid_prefix="AAAAAAAA")
     with pytest.raises(ValueError, match="does not hold the key its name says"):
-        load_or_create_keyring(tmp_path)
+        load_or_create_keyring(tmp_path, PLAIN)
 
 
 def test_errors_never_carry_key_material(tmp_path: Path) -> None:
-    load_or_create_keyring(tmp_path)
+    load_or_create_keyring(tmp_path, PLAIN)
     (path,) = _key_files(tmp_path)
     data = path.read_bytes()
     path.chmod(0o644)
     with pytest.raises(ValueError) as excinfo:
-        load_or_create_keyring(tmp_path)
+        load_or_create_keyring(tmp_path, PLAIN)
     body = b"".join(data.splitlines()[1:-1]).decode()
     assert body not in str(excinfo.value)
     assert body[:16] not in str(excinfo.value)
 
 
 def test_unrelated_files_are_ignored(tmp_path: Path) -> None:
-    ring = load_or_create_keyring(tmp_path)
+    ring = load_or_create_keyring(tmp_path, PLAIN)
     (tmp_path / "README").write_text("keys live here")
     (tmp_path / ".signing-20300101T000000000000Z-AAAAAAAA.pem.tmp").write_bytes(b"partial")
-    assert load_or_create_keyring(tmp_path).kids() == [ring.active_kid]
+    assert load_or_create_keyring(tmp_path, PLAIN).kids() == [ring.active_kid]

@@ -89,14 +89,13 @@ def test_rotation_keeps_old_keys_in_the_jwks_until_retired(tmp_path: Path) -> No
     assert load_or_create_keyring(keys, provider).kids() == [third_kid, second_kid]
 
 
-def test_rotation_by_directory_alone_uses_the_provider_the_keys_were_loaded_with(
-    tmp_path: Path,
-) -> None:
-    """Code that reloads or rotates by directory keeps the broker's provider (no downgrade)."""
+def test_rotation_through_the_rings_provider_keeps_keys_encrypted(tmp_path: Path) -> None:
+    """A ring remembers the provider it was loaded with; rotating through it never downgrades."""
     keys = tmp_path / "keys"
     ring = load_or_create_keyring(keys, _provider())
-    new_kid = rotate_key(keys)
-    assert load_or_create_keyring(keys).kids() == [new_kid, ring.active_kid]
+    assert ring.provider is not None
+    new_kid = rotate_key(keys, ring.provider)
+    assert load_or_create_keyring(keys, ring.provider).kids() == [new_kid, ring.active_kid]
     assert all(path.read_bytes().startswith(ENCRYPTED_HEADER) for path in key_files(keys))
 
 

@@ -83,9 +83,10 @@ def test_rotation_keeps_old_public_keys_and_retirement_destroys_token_objects(
     first = load_or_create_keyring(keys, provider)
     old_token = first.sign(b'{"n":1}', "JWT")
     second = rotate_key(keys, provider)
-    # By directory alone, as the broker's refresh does: the same provider.
-    third = rotate_key(keys)
-    ring = load_or_create_keyring(keys)
+    # Through the ring's own provider, as the broker's rotation and refresh do.
+    assert first.provider is provider
+    third = rotate_key(keys, first.provider)
+    ring = load_or_create_keyring(keys, first.provider)
     assert ring.kids() == [third, second, first.active_kid]
     assert verify_with_jwks(old_token, ring.jwks()) == {"n": 1}
     assert jwt_kid(ring.sign(b"{}", "JWT")) == third

@@ -102,6 +102,7 @@ class BrokerForTests:
         from tasklease.core.passwords import hash_secret
         from tasklease.http.app import create_app
         from tasklease.http.tls import MTLSHttpToolsProtocol, uvicorn_tls_options
+        from tasklease.keystore.plaintext import PlaintextKeyProvider
         from tasklease.storage import open_store
 
         if self._data_dir is None:
@@ -125,7 +126,8 @@ class BrokerForTests:
         }
         config = Config(**settings)
         store = open_store(config.database)
-        keyring = load_or_create_keyring(Path(config.key_dir))
+        # A throwaway broker in a temporary directory: its keys are plaintext on purpose.
+        keyring = load_or_create_keyring(Path(config.key_dir), PlaintextKeyProvider())
         self.broker = Broker(
             config, store, keyring, clock=self.clock, nonce_secret=secrets.token_bytes(32)
         )

@@ -38,6 +38,16 @@ _REFERENCE = re.compile(r"tlr_[A-Za-z0-9_-]{43}")
 INACTIVE: dict[str, Any] = {"active": False}
 
 
+# A compact JWS (its header is a JSON object, so base64url "eyJ…") or a by-reference token,
+# anywhere in a string: a credential pasted where an identifier belongs.
+_CREDENTIAL_INSIDE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.|tlr_[A-Za-z0-9_-]{43}")
+
+
+def holds_credential(text: str) -> bool:
+    """True when ``text`` carries a token (JWT or by-reference) anywhere in it."""
+    return _CREDENTIAL_INSIDE.search(text) is not None
+
+
 def is_reference_token(token: object) -> bool:
     """True for strings shaped like a by-reference token (checked before any lookup)."""
     return isinstance(token, str) and _REFERENCE.fullmatch(token) is not None

@@ -17,7 +17,6 @@ exception message.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import NamedTuple, Protocol, cast
@@ -245,34 +244,15 @@ def _verify_key_of(
 
 # -- through a provider ---------------------------------------------------------------
 #
-# The broker loads its keys with the provider its configuration names. These functions
-# remember that provider for the directory, so that code which reloads or rotates by
-# directory alone (``rotate_key(directory)``) goes on using it, with its secrets, and
-# never writes a key the configured provider would refuse. A directory no provider was
-# given for in this process is read as plaintext files, as before providers existed:
-# that is for tests and in-memory tooling; the broker itself always names its provider.
-
-_PROVIDERS: dict[str, KeyProvider] = {}
+# The broker loads and rotates its keys with the provider its configuration names (built
+# outside the core, by ``tasklease.keystore.open_key_provider``); the ring remembers it,
+# so rotation and reloading go on using it, with its secrets.
 
 
-def _provider_for(directory: Path, provider: KeyProvider | None) -> KeyProvider:
-    key = os.path.abspath(directory)
-    if provider is not None:
-        _PROVIDERS[key] = provider
-        return provider
-    known = _PROVIDERS.get(key)
-    if known is not None:
-        return known
-    from tasklease.keystore.plaintext import PlaintextKeyProvider
-
-    return PlaintextKeyProvider()
-
-
-def load_or_create_keyring(directory: Path, provider: KeyProvider | None = None) -> KeyRing:
+def load_or_create_keyring(directory: Path, provider: KeyProvider) -> KeyRing:
     """Load every key in ``directory`` through ``provider``; create a first key when empty.
 
-    The newest key is the active key; the others verify only. Without ``provider``, the
-    one this process last used for ``directory``, else plaintext files.
+    The newest key is the active key; the others verify only.
 
     Raises:
         ValueError: a key cannot be read or used (the message says which and why: a file
@@ -280,12 +260,11 @@ def load_or_create_keyring(directory: Path, provider: KeyProvider | None = None)
             provider, a token that does not hold the key, ...).
         OSError: the directory or a file could not be created or read.
     """
-    chosen = _provider_for(directory, provider)
-    active, previous = chosen.load_keys(directory)
-    return KeyRing(active, previous, provider=chosen)
+    active, previous = provider.load_keys(directory)
+    return KeyRing(active, previous, provider=provider)
 
 
-def rotate_key(directory: Path, provider: KeyProvider | None = None) -> str:
+def rotate_key(directory: Path, provider: KeyProvider) -> str:
     """Create a new active signing key through ``provider`` and return its ``kid``.
 
     Older keys stay and keep verifying after the next load. Brokers that already hold a
@@ -294,12 +273,10 @@ def rotate_key(directory: Path, provider: KeyProvider | None = None) -> str:
     Raises:
         ValueError, OSError: as :func:`load_or_create_keyring`.
     """
-    return _provider_for(directory, provider).add_key(directory)
+    return provider.add_key(directory)
 
 
-def retire_keys(
-    directory: Path, keep_kids: Collection[str], provider: KeyProvider | None = None
-) -> list[str]:
+def retire_keys(directory: Path, keep_kids: Collection[str], provider: KeyProvider) -> list[str]:
     """Remove the keys whose ``kid`` is not in ``keep_kids``; return the removed kids.
 
     The active (newest) key is always kept. Retire a key only after every token it signed
@@ -308,4 +285,4 @@ def retire_keys(
     Raises:
         ValueError, OSError: as :func:`load_or_create_keyring`.
     """
-    return _provider_for(directory, provider).retire_keys(directory, keep_kids)
+    return provider.retire_keys(directory, keep_kids)

@@ -15,7 +15,7 @@ from dataclasses import replace
 from tasklease.core.audit import AuditEntry
 from tasklease.core.callers import about
 from tasklease.core.errors import Forbidden, InvalidRequest
-from tasklease.core.introspection import is_reference_token
+from tasklease.core.introspection import holds_credential
 from tasklease.core.kernel import Kernel, RequestContext, Service, ending_records
 from tasklease.core.revocation import LEVELS
 from tasklease.core.spiffe import parse_agent_id
@@ -49,7 +49,7 @@ class Revoking(Service):
             )
         if len(target) > 2048:
             raise InvalidRequest("target is too long")
-        if (level == "token" and target.count(".") == 2) or is_reference_token(target):
+        if (level == "token" and target.count(".") == 2) or holds_credential(target):
             # Never a credential as a target: it would be stored, audited and published.
             raise InvalidRequest(
                 "target must be a token id (jti), not a token",

@@ -57,7 +57,8 @@ class SigningKeys:
     def rotate(self, claims: Claims, ctx: RequestContext) -> tuple[str, str]:
         """Make a new signing key active; returns ``(new_kid, previous_kid)``.
 
-        With a ``key_dir`` configured the key is written there (:func:`rotate_key`) and
+        With a ``key_dir`` configured the key is made by the ring's provider there
+        (:func:`rotate_key`: a file, encrypted by default, or a key inside an HSM) and
         the ring reloaded from disk, so a restart keeps it; otherwise (in-memory brokers)
         a fresh in-memory key is added. Every older key stays in the ring and the JWKS:
         tokens it signed verify until they expire. Other processes sharing the key
@@ -70,10 +71,11 @@ class SigningKeys:
         config = self._kernel.config
         with self._lock:
             previous = self.ring
-            if config.key_dir:
+            provider = previous.provider
+            if config.key_dir and provider is not None:
                 directory = Path(config.key_dir)
-                rotate_key(directory)
-                ring = load_or_create_keyring(directory)
+                rotate_key(directory, provider)
+                ring = load_or_create_keyring(directory, provider)
             else:
                 ring = KeyRing(nacl.signing.SigningKey.generate(), verify_keys(previous))
             self._kernel.record(
@@ -96,10 +98,11 @@ class SigningKeys:
         Returns True when the ring changed.
         """
         files = self._key_files()
-        if files is None or files == self._known_files:
+        provider = self.ring.provider
+        if files is None or files == self._known_files or provider is None:
             return False
         with self._lock:
-            ring = load_or_create_keyring(Path(self._kernel.config.key_dir))
+            ring = load_or_create_keyring(Path(self._kernel.config.key_dir), provider)
             self._known_files = files
             if ring.kids() == self.ring.kids():
                 return False
