@@ -221,6 +221,8 @@ async def _prepare(
 
     if name in ("validate", "renew", "delegate", "propagation"):
         n_agents = len(conns) + (count // 10 + 1 if name == "renew" else 0)
+        if name == "delegate":
+            n_agents += 1  # the target holds no delegator's token: no self-delegation
         if name == "propagation":
             n_agents = count
         agents = await register_agents(conns, admin, n_agents, keys, f"a{tag}")
