@@ -129,7 +129,8 @@ def build_broker(config: Config, *, migrate: bool = True) -> Broker:
     Path(config.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     keyring = _load_keyring(config)
     # A shared (PostgreSQL) database is only migrated by `tasklease db migrate`.
-    store = open_store(config.database, migrate=migrate and not is_shared_database(config.database))
+    shared = is_shared_database(config.database)
+    store = open_store(config.database, migrate=migrate and not shared, config=config)
     return Broker(config, store, keyring, nonce_secret=_nonce_secret(Path(config.key_dir)))
 
 

@@ -447,6 +447,8 @@ def _stream_until_sync(client: Client, path: str, token: str) -> tuple[int, str,
 def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> None:
     call = Recorder(client, doc)
     call("GET", "/v1/health", expect=200)
+    call("GET", "/v1/health/live", expect=200)
+    call("GET", "/v1/health/ready", expect=200)
     call("GET", "/v1/metrics", expect=200)
     call("GET", "/.well-known/jwks.json", expect=200)
     call("GET", "/v1/openapi.json", expect=200)

@@ -374,6 +374,7 @@ class AuditLog:
         # The run of failed batches under way (None while batches commit); replaced, never
         # mutated, so readers in other threads see a consistent value without the lock.
         self._failure: WriteFailure | None = None
+        self._last_seq = 0  # the audit head as of this process's last committed batch
 
     def commit(self, unit: Unit) -> list[AuditEvent]:
         """Run ``unit`` in a group-committed transaction; return its durable events.
@@ -405,6 +406,12 @@ class AuditLog:
         """:meth:`record` for a coroutine (sanitized here, chained by the committer)."""
         clean = [_sanitized(entry) for entry in entries]
         return await self._asubmit(_Slot(None, clean, loop=asyncio.get_running_loop()))
+
+    @property
+    def last_seq(self) -> int:
+        """The audit log's length as of the last batch this process committed (0 before
+        the first): known without reading storage; other processes may have added more."""
+        return self._last_seq
 
     def failure(self) -> WriteFailure | None:
         """The failed batches since the last one that committed, or None if it committed.
@@ -629,6 +636,7 @@ class AuditLog:
             _fail(batch, f"audit transaction interrupted: {type(exc).__name__}")
             raise
         else:
+            self._last_seq = max(self._last_seq, seq)
             self._succeeded()
         finally:
             for slot in batch:

@@ -24,13 +24,21 @@ from starlette.routing import Route
 from tasklease.core.binding import cert_thumbprint_from_pem
 from tasklease.core.broker import (
     ALL_KINDS,
+    VERSION,
     Broker,
     PendingRegistration,
     RequestContext,
     expires_at_text,
 )
-from tasklease.core.errors import InvalidRequest, InvalidTarget, RateLimited, TaskleaseError
+from tasklease.core.errors import (
+    InvalidRequest,
+    InvalidTarget,
+    RateLimited,
+    TaskleaseError,
+    Unavailable,
+)
 from tasklease.core.introspection import is_reference_token
+from tasklease.core.readiness import INTERVAL, Readiness
 from tasklease.core.store import AuditQuery
 from tasklease.core.tokens import KIND_ADMIN, KIND_AGENT, KIND_APP, Claims
 from tasklease.core.validation import TokenRejected
@@ -204,6 +212,13 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
     context = _context(RequestURI(cfg))
     admin_limiter = RateLimiter(cfg.admin_auth_rate, cfg.admin_auth_burst)
     app_limiter = RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
+    # Health and readiness from checks on threads of their own: the routes never wait on
+    # storage longer than the checks' bound (docs/operations.md, Health).
+    readiness = Readiness(
+        broker.kernel,
+        broker.health,
+        skeleton=lambda: {"version": VERSION, "signing_kid": broker.keyring.active_kid},
+    )
 
     def limit(limiter: RateLimiter, request: Request) -> None:
         # The TCP peer, or the client a trusted proxy names (never a header from others).
@@ -232,8 +247,31 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
         nonce, ttl = broker.challenge()
         return _json(wire.ChallengeResponse(nonce=nonce, expires_in=ttl))
 
+    async def checked(*, wait: bool) -> None:
+        """Start the health checks that are due; with ``wait``, give them up to the bound
+        to finish (on the loop: no thread is held while storage is slow)."""
+        pending = readiness.refresh()
+        if wait and not pending.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(pending)), readiness.bound
+                )
+
     async def health(request: Request) -> Response:
-        return _json(await run_in_threadpool(broker.health))
+        # From the last check, made every second in the background: only when nobody has
+        # checked lately (no background task, or a long pause) wait for a fresh one.
+        await checked(wait=readiness.stale())
+        return _json(readiness.health())
+
+    async def health_live(request: Request) -> Response:
+        return _json(wire.LiveResponse(status="ok"))
+
+    async def health_ready(request: Request) -> Response:
+        await checked(wait=True)
+        verdict = readiness.ready()
+        if not verdict.ready:
+            raise Unavailable(f"not ready: {verdict.reason}", retry_after=1)
+        return _json(wire.ReadyResponse(status="ready"))
 
     async def metrics(request: Request) -> Response:
         return Response(
@@ -508,6 +546,8 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
     routes = [
         Route("/v1/challenge", _guard(challenge), methods=["GET"]),
         Route("/v1/health", _guard(health), methods=["GET"]),
+        Route("/v1/health/live", _guard(health_live), methods=["GET"]),
+        Route("/v1/health/ready", _guard(health_ready), methods=["GET"]),
         Route("/v1/metrics", _guard(metrics), methods=["GET"]),
         Route("/.well-known/jwks.json", _guard(jwks), methods=["GET"]),
         Route("/v1/openapi.json", _guard(openapi), methods=["GET"]),
@@ -550,6 +590,7 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
         # A store that notifies (PostgreSQL) is followed by a watch thread; others polled.
         stop_watch = broker.watch_revocations() if background else None
         if background:
+            tasks.append(asyncio.create_task(_refreshing(readiness)))
             tasks.append(asyncio.create_task(_every(cfg.prune_interval, broker.prune)))
             tasks.append(asyncio.create_task(_every(KEY_REFRESH_INTERVAL, broker.refresh_keys)))
             # Liveness: a silent agent is revoked within one interval of its deadline.
@@ -583,13 +624,26 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
-    app.add_middleware(EnvelopeMiddleware, max_body=cfg.max_body_bytes, hsts=cfg.tls_mode != "none")
+    app.add_middleware(
+        EnvelopeMiddleware,
+        max_body=cfg.max_body_bytes,
+        hsts=cfg.tls_mode != "none",
+        multiline=wire.MULTILINE_FIELDS,
+    )
     if cfg.trusted_proxies:
         # Outermost, so every layer sees the client a trusted proxy names. The server does
         # no proxy-header handling of its own (see server.py and docs/decisions.md).
         app.add_middleware(TrustedProxyMiddleware, trusted=cfg.trusted_proxies)
     app.state.broker = broker
     return app
+
+
+async def _refreshing(readiness: Readiness) -> None:
+    """Start the health checks every interval, on the loop (they run on their own
+    threads): a thread pool taken up by requests stuck on storage cannot delay them."""
+    while True:
+        readiness.refresh()
+        await asyncio.sleep(INTERVAL)
 
 
 async def _every(interval: float, job: Callable[[], object]) -> None:

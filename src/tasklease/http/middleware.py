@@ -10,6 +10,10 @@
 - Nesting limit: a body that is not a form and nests deeper than :data:`MAX_JSON_DEPTH`
   arrays or objects gets a 400 problem before any route decodes it (a decoder recursing
   a thousand levels runs out of stack: that was a 500 for a 2 KB unauthenticated body).
+- Control characters: a path, query string, form or JSON string holding one (C0, DEL,
+  C1; line breaks only in the JSON fields named ``multiline``, PEM) gets a 400 problem
+  before any route runs (:func:`control_character_error`). No identifier or text of ours
+  needs one, and a NUL reaching PostgreSQL failed as a storage error.
 
 :class:`TrustedProxyMiddleware`: ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are
 believed only from a peer in ``trusted_proxies``; from anyone else they are ignored.
@@ -22,6 +26,9 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import msgspec
 
 from tasklease.http.problems import problem_body, status_for
 
@@ -29,6 +36,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "EnvelopeMiddleware",
     "TrustedProxyMiddleware",
+    "control_character_error",
     "json_nesting_error",
 ]
 
@@ -100,11 +108,93 @@ def json_nesting_error(body: bytes, limit: int = MAX_JSON_DEPTH) -> str | None:
     return None
 
 
+# C0 controls, DEL and C1 controls, as text and as UTF-8 bytes; and the same but for the
+# line breaks (LF, CR) of multi-line fields.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile("[\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]|\xc2[\x80-\x9f]")
+
+
+def _named(character: str) -> str:
+    return f"U+{ord(character):04X}"
+
+
+def _json_control_error(body: bytes, multiline: frozenset[str]) -> str | None:
+    """The first JSON string of ``body`` holding a control character, described.
+
+    Raw C0 characters in a string are invalid JSON (the route's decoder refuses them); a
+    string holds one only through an escape (a backslash) or as a raw DEL or C1 (bytes
+    0x7F, 0xC2 0x80-0x9F). A body without any of those, nearly every body, is passed by
+    three byte searches; the others are decoded and walked.
+    """
+    if b"\\" not in body and b"\x7f" not in body and b"\xc2" not in body:
+        return None
+    try:
+        document = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return None  # not JSON: the route's decoder answers that
+
+    def walk(node: Any, where: str, lines: bool) -> str | None:
+        if isinstance(node, str):
+            found = (_CONTROL_BUT_LINES if lines else _CONTROL).search(node)
+            if found is None:
+                return None
+            return f"{where} holds a control character ({_named(found.group())})"
+        if isinstance(node, dict):
+            for key, value in node.items():
+                found = _CONTROL.search(key)
+                if found is not None:
+                    return f"a field name holds a control character ({_named(found.group())})"
+                problem = walk(value, f"`{key}`", key in multiline)
+                if problem is not None:
+                    return problem
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                problem = walk(value, f"{where}[{index}]" if where else f"[{index}]", lines)
+                if problem is not None:
+                    return problem
+        return None
+
+    return walk(document, "the body", False)
+
+
+def control_character_error(
+    path: str, query: bytes, body: bytes, *, form: bool, multiline: frozenset[str] = frozenset()
+) -> str | None:
+    """Why a request must be refused for a control character, or ``None``.
+
+    Refused: a C0 control (U+0000-U+001F: NUL, TAB, LF, CR and the rest), DEL (U+007F) or
+    a C1 control (U+0080-U+009F) anywhere in the path or the query string (percent-decoded),
+    in a form body, or in a string of a JSON body; a JSON field named in ``multiline`` may
+    hold line breaks (LF, CR), for PEM. ``path`` is the percent-decoded path.
+    """
+    found = _CONTROL.search(path)
+    if found is not None:
+        return f"the request path holds a control character ({_named(found.group())})"
+    if query and _CONTROL_BYTES.search(unquote_to_bytes(query)) is not None:
+        return "the query string holds a control character"
+    if not body:
+        return None
+    if form:
+        if _CONTROL_BYTES.search(unquote_to_bytes(body)) is not None:
+            return "the form body holds a control character"
+        return None
+    return _json_control_error(body, multiline)
+
+
 class EnvelopeMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body: int, hsts: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        hsts: bool,
+        multiline: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.headers = [*_BASE_HEADERS, _HSTS] if hsts else list(_BASE_HEADERS)
+        self.multiline = multiline
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -160,6 +250,17 @@ class EnvelopeMiddleware:
             if nested is not None:
                 await self._problem(scope, send_with_headers, rid, "invalid_request", nested)
                 return
+        control = control_character_error(
+            scope.get("path", ""),
+            scope.get("query_string", b""),
+            body,
+            form=form,
+            multiline=self.multiline,
+        )
+        if control is not None:
+            detail = f"{control}: control characters are not accepted"
+            await self._problem(scope, send_with_headers, rid, "invalid_request", detail)
+            return
         delivered = False
 
         async def replay() -> Message:

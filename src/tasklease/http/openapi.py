@@ -96,6 +96,10 @@ def _schemas() -> dict[str, Schema]:
 _MALFORMED = Failure(
     "invalid_request", "the body is empty, not JSON, or a field has the wrong JSON type"
 )
+_CONTROL = Failure(
+    "invalid_request",
+    "a string holds a control character (C0, DEL or C1; line breaks only in PEM fields)",
+)
 
 
 def failures(op: Operation) -> list[Failure]:
@@ -107,6 +111,8 @@ def failures(op: Operation) -> list[Failure]:
     if op.request is not None:
         found.append(_MALFORMED)
         found.append(Failure("payload_too_large", "the body exceeds the broker's body limit"))
+    if op.request is not None or op.parameters:
+        found.append(_CONTROL)
     if op.auth.kind:
         found.append(
             Failure(
@@ -156,7 +162,7 @@ def _error_responses(op: Operation) -> dict[str, Any]:
             response["headers"] = {
                 "WWW-Authenticate": {"$ref": "#/components/headers/WWWAuthenticate"}
             }
-        if status == 429:
+        if status in (429, 503):
             response["headers"] = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
         responses[str(status)] = response
     return responses
@@ -223,7 +229,10 @@ def _build() -> dict[str, Any]:
             "minute-scale token scoped to its task, is re-validated on every request, can be "
             "revoked at four levels, and every credential operation is audited. Errors are "
             "RFC 9457 problem details (`application/problem+json`) with a stable "
-            "`error_code`. Every response carries an `X-Request-ID` header.",
+            "`error_code`; a 503 says in `Retry-After` when to try again. Every response "
+            "carries an `X-Request-ID` header. No string of a request (path, query, form or "
+            "JSON) may hold a control character (C0, DEL, C1), except line breaks in PEM "
+            "fields: such a request is refused with 400 `invalid_request` on every route.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "tags": [{"name": name, "description": text} for name, text in wire.TAGS.items()],

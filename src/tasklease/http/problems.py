@@ -15,7 +15,13 @@ import msgspec
 
 from tasklease.core.errors import TaskleaseError
 
-__all__ = ["STATUS_BY_CODE", "problem_body", "problem_response_parts", "status_for"]
+__all__ = [
+    "DEFAULT_RETRY_AFTER",
+    "STATUS_BY_CODE",
+    "problem_body",
+    "problem_response_parts",
+    "status_for",
+]
 
 STATUS_BY_CODE: dict[str, int] = {
     "invalid_request": 400,
@@ -37,6 +43,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "service_unavailable": 503,
 }
 TYPE_PREFIX = "urn:tasklease:error:"
+DEFAULT_RETRY_AFTER = 1
+"""Seconds a 503 tells the caller to wait when the error does not say (``Retry-After``)."""
 _encoder = msgspec.json.Encoder()
 
 
@@ -85,6 +93,9 @@ def problem_response_parts(
         headers["WWW-Authenticate"] = 'Bearer realm="tasklease", DPoP algs="EdDSA"'
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
+    elif status == 503:
+        # Every refusal for want of storage or currency is temporary: say when to retry.
+        headers["Retry-After"] = str(DEFAULT_RETRY_AFTER)
     extra = {"denial_id": exc.denial_id} if exc.denial_id else None
     body = problem_body(
         exc.code, exc.detail, instance=instance, request_id=request_id, hint=exc.hint, extra=extra

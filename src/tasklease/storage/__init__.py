@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
+from tasklease.core.config import Config
 from tasklease.core.store import Store
 from tasklease.storage._sql import SchemaError
 from tasklease.storage.memory import MemoryStore
@@ -40,11 +41,12 @@ def is_shared_database(url: str) -> bool:
     return urlsplit(url).scheme.lower() in ("postgresql", "postgres") if "://" in url else False
 
 
-def open_store(url: str, *, migrate: bool = True) -> Store:
+def open_store(url: str, *, migrate: bool = True, config: Config | None = None) -> Store:
     """Open the store that ``url`` names.
 
     ``migrate`` applies pending schema migrations (durable stores only); with
-    ``migrate=False`` an out-of-date database raises :class:`SchemaError`. Raise
+    ``migrate=False`` an out-of-date database raises :class:`SchemaError`. ``config``
+    gives PostgreSQL its limits (the ``database_*`` settings; defaults without it). Raise
     ``ValueError`` for a URL this build cannot open.
     """
     if "://" not in url:
@@ -73,5 +75,16 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
             raise ValueError(
                 "PostgreSQL support needs psycopg: pip install 'tasklease[postgres]'"
             ) from None
-        return PostgresStore(url, migrate=migrate)
+        from tasklease.storage._pg_guard import Limits
+
+        limits = Limits()
+        if config is not None:
+            limits = Limits(
+                statement_timeout=config.database_statement_timeout,
+                lock_timeout=config.database_lock_timeout,
+                connect_timeout=config.database_connect_timeout,
+                pool_timeout=config.database_pool_timeout,
+                tcp_timeout=config.database_tcp_timeout,
+            )
+        return PostgresStore(url, migrate=migrate, limits=limits)
     raise ValueError(f"unsupported store URL scheme {scheme!r}")

@@ -11,9 +11,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 
+from tasklease.storage._pg_guard import Watchdog
 from tasklease.storage._sql import Row
 
 __all__ = ["NOTIFY_CHANNEL", "RevocationWatch"]
@@ -31,13 +33,20 @@ class RevocationWatch:
         origin: str,
         on_change: Callable[[float | None], None],
         interval: float,
-        connect_timeout: float,
+        *,
+        connect_kwargs: dict[str, Any],
+        watchdog: Watchdog,
+        deadline: float,
     ) -> None:
         self._conninfo = conninfo
         self._origin = origin
         self._on_change = on_change
         self._interval = interval
-        self._connect_timeout = connect_timeout
+        # The store's connection parameters (timeouts, keepalives) and its watchdog: a
+        # check-in on a server that froze is cut after ``deadline``, then we reconnect.
+        self._connect_kwargs = connect_kwargs
+        self._watchdog = watchdog
+        self._deadline = deadline
         self._stop = threading.Event()
         self._failing = False
         self._thread = threading.Thread(target=self._run, name="tasklease-pg-watch", daemon=True)
@@ -63,11 +72,10 @@ class RevocationWatch:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(
-                    self._conninfo,
-                    autocommit=True,
-                    connect_timeout=max(1, round(self._connect_timeout)),
+                    self._conninfo, autocommit=True, **self._connect_kwargs
                 ) as conn:
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    with self._watchdog.bounded(conn, self._deadline):
+                        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     if self._failing:
                         _log.warning("revocation watch reconnected")
                     backoff = 0.05
@@ -93,7 +101,8 @@ class RevocationWatch:
                 # A round trip on the LISTEN connection: every notification committed
                 # before it was sent has now been received, so a refresh after it is
                 # current as of now. It also proves the connection is alive.
-                conn.execute("SELECT 1")
+                with self._watchdog.bounded(conn, self._deadline):
+                    conn.execute("SELECT 1")
                 self._deliver(None)
                 next_check = time.monotonic() + self._interval
 

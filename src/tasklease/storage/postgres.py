@@ -16,7 +16,16 @@ by the database, never by a process-local lock:
   skips an entry that committed late with a smaller number.
 
 Transactions run at READ COMMITTED on autocommit connections with explicit ``BEGIN``
-/``COMMIT``; savepoints give each unit of a batch its own undo.
+/``COMMIT``; savepoints give each unit of a batch its own undo. A statement that fails
+inside a unit's savepoint (a value the server refuses, the driver's refusal of NUL in
+text) is rolled back to it and fails that unit only; a refused value becomes
+``InvalidRequest``, as on SQLite.
+
+Bounded waits (``_pg_guard``): every connection carries a statement timeout, a lock
+timeout and TCP keepalives, every call a client-side deadline (a frozen server enforces
+no timeout of its own), and after the database stopped answering calls fail at once for
+a second instead of each waiting out its deadline. Storage failures are ``Unavailable``
+with ``retry_after``.
 
 Change notification (the optional ``start_watch`` capability, see ``core.store``): a
 transaction that stores a revocation sends ``pg_notify`` just before it commits, with
@@ -28,6 +37,7 @@ connection that LISTENs on the channel from a background thread.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -39,8 +49,9 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from tasklease.core.errors import Conflict, Unavailable
+from tasklease.core.errors import Conflict, InvalidRequest, TaskleaseError, Unavailable
 from tasklease.core.store import AuditEvent, RevocationRecord
+from tasklease.storage._pg_guard import TRIAL_DEADLINE, Limits, Outage, Timer, Watchdog
 from tasklease.storage._pg_watch import NOTIFY_CHANNEL, RevocationWatch
 from tasklease.storage._sql import (
     GENESIS_HASH,
@@ -58,6 +69,8 @@ from tasklease.storage._sql import (
 from tasklease.storage.urls import redact_url
 
 __all__ = ["NOTIFY_CHANNEL", "PostgresStore"]
+
+_log = logging.getLogger("tasklease.storage.postgres")
 
 # pg_advisory_xact_lock key that serializes migrations from several replicas ("tlmigrat").
 _MIGRATION_LOCK = 0x746C6D6967726174
@@ -114,13 +127,39 @@ _FIND_REVOCATIONS = (
 # -- the write transaction ---------------------------------------------------------------
 
 
+def _unit_error(exc: BaseException) -> BaseException:
+    """What a block that failed inside a savepoint raises, once rolled back to it: a value
+    the driver or the server refused as ``InvalidRequest`` (as on SQLite), a statement or
+    lock timeout as ``Unavailable``, anything else as it is."""
+    if isinstance(exc, psycopg.DataError):
+        return InvalidRequest(
+            "a value in the request cannot be stored", reason=f"{type(exc).__name__}: {exc}"
+        )
+    if isinstance(exc, pg_errors.QueryCanceled | pg_errors.LockNotAvailable):
+        return Unavailable(
+            "the database did not finish in time",
+            reason=f"{type(exc).__name__}: {exc}",
+            retry_after=1,
+        )
+    return exc
+
+
 class _PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
-    """Writes inside one transaction; valid only inside :meth:`PostgresStore.write`."""
+    """Writes inside one transaction; valid only inside :meth:`PostgresStore.write`.
+
+    ``lost_as`` turns the driver's error on a statement of the transaction's own (a
+    savepoint, its rollback) into the ``Unavailable`` that then fails the transaction.
+    """
 
     dialect = _DIALECT
 
-    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[Row],
+        lost_as: Callable[[psycopg.Error], Unavailable],
+    ) -> None:
         super().__init__(conn)
+        self._lost_as = lost_as
         self._depth = 0  # savepoints open
         self._savepoints = 0  # savepoint names handed out
         # The savepoint depth at which the head row lock was taken, or None. A lock taken
@@ -130,41 +169,54 @@ class _PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        """Undo this block's writes if it raises (and re-raise); the transaction goes on."""
-        conn = self._db()
+        """Undo this block's writes if it raises (and re-raise); the transaction goes on.
+
+        Whatever the block raised (a failed statement aborts a PostgreSQL transaction
+        until it is rolled back to a savepoint) fails the block only; a value the server
+        or the driver refused is re-raised as ``InvalidRequest``. If the rollback itself
+        fails (the connection is gone), raise ``Unavailable`` and refuse every later
+        statement and the commit.
+        """
         self._savepoints += 1
         name = f"sp_{self._savepoints}"  # an int we made: safe to put in SQL
-        conn.execute(f"SAVEPOINT {name}")
+        self._run(f"SAVEPOINT {name}")
         self._depth += 1
         depth = self._depth
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
             self._depth = depth - 1
             if self._head_locked_at is not None and self._head_locked_at >= depth:
                 self._head_locked_at = None
-            # If the connection is gone this raises too; write() then fails the whole
-            # transaction, which is fail-closed.
-            conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
-            conn.execute(f"RELEASE SAVEPOINT {name}")
-            raise
+            self._run(f"ROLLBACK TO SAVEPOINT {name}")
+            self._run(f"RELEASE SAVEPOINT {name}")
+            translated = _unit_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
         self._depth = depth - 1
         if self._head_locked_at is not None and self._head_locked_at >= depth:
             self._head_locked_at = depth - 1
-        conn.execute(f"RELEASE SAVEPOINT {name}")
+        self._run(f"RELEASE SAVEPOINT {name}")
+
+    def _run(self, statement: str) -> None:
+        """A statement of the transaction's own; if it fails, the transaction is lost."""
+        try:
+            self._db().execute(statement)
+        except psycopg.Error as exc:
+            raise self._lose(self._lost_as(exc)) from exc
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
         """Run one statement in its own savepoint so its failure leaves the tx usable."""
-        conn = self._db()
-        conn.execute("SAVEPOINT sp_stmt")
+        self._run("SAVEPOINT sp_stmt")
         try:
             yield
         except BaseException:
-            conn.execute("ROLLBACK TO SAVEPOINT sp_stmt")
-            conn.execute("RELEASE SAVEPOINT sp_stmt")
+            self._run("ROLLBACK TO SAVEPOINT sp_stmt")
+            self._run("RELEASE SAVEPOINT sp_stmt")
             raise
-        conn.execute("RELEASE SAVEPOINT sp_stmt")
+        self._run("RELEASE SAVEPOINT sp_stmt")
 
     def _update_app_row(self, params: Row) -> None:
         try:
@@ -237,8 +289,10 @@ class PostgresStore(SQLStore):
     version (``SchemaError``: run ``tasklease db migrate``). A database newer than this
     code is always refused. Raise ``Unavailable`` if the database cannot be reached.
 
-    ``pool_timeout`` is how long, in seconds, an operation waits for a connection before
-    failing with ``Unavailable`` (while the database is down, requests fail after this).
+    ``limits`` bounds every wait (:class:`~tasklease.storage._pg_guard.Limits`): a call
+    that gets no connection within ``pool_timeout``, or no answer within the statement
+    timeout and half a second, fails with ``Unavailable``; after such a failure calls fail
+    at once for a second, then try again with a one-second deadline until one succeeds.
     """
 
     dialect = _DIALECT
@@ -251,22 +305,26 @@ class PostgresStore(SQLStore):
         migrate: bool = True,
         pool_min: int = 1,
         pool_max: int = 10,
-        pool_timeout: float = 3.0,
-        connect_timeout: float = 3.0,
+        limits: Limits | None = None,
     ) -> None:
         self.url = url
         self._conninfo = url
-        self._connect_timeout = connect_timeout
+        self._limits = limits = limits or Limits()
+        self._connect_kwargs = limits.connect_kwargs(url)
         self._closed = False
         self._local = threading.local()
         self._origin = os.urandom(6).hex()
         self._watches: list[RevocationWatch] = []
+        self._watchdog = Watchdog()
+        self._outage = Outage()
+        self._purging = threading.Lock()  # one pool check at a time
+        self._connect_errors = 0  # the pool's count of failed connection attempts, last seen
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             url,
             min_size=pool_min,
             max_size=pool_max,
-            timeout=pool_timeout,
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout))},
+            timeout=limits.pool_timeout,
+            kwargs={"autocommit": True, **self._connect_kwargs},
             name="tasklease",
             # Give up a reconnection attempt after 5 s rather than psycopg_pool's 5 min of
             # doubling delays: the next request starts a fresh attempt (1 s delay), so a
@@ -275,7 +333,7 @@ class PostgresStore(SQLStore):
             open=False,
         )
         try:
-            self._pool.open(wait=True, timeout=connect_timeout + 1)
+            self._pool.open(wait=True, timeout=limits.connect_timeout + 1)
         except PoolTimeout as exc:
             self._pool.close()
             raise Unavailable(
@@ -288,35 +346,132 @@ class PostgresStore(SQLStore):
             else:
                 self._check_schema()
         except BaseException:
-            self._pool.close()
+            self.close()
             raise
 
     # -- connections ---------------------------------------------------------------------
 
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Row]]:
-        """A pooled connection; ``Unavailable`` if none can be had in ``pool_timeout``."""
+    def _checkout(
+        self, *, bounded: bool = True, retry: bool = False
+    ) -> tuple[contextlib.ExitStack, psycopg.Connection[Row], Timer | None]:
+        """A pooled connection and the stack that gives it back.
+
+        Fails at once during the pause after the database stopped answering. ``bounded``:
+        the watchdog cuts the connection if it is still in use after the deadline (the
+        statement timeout and a margin; one second while the database is not answering).
+        A ``retry`` (a pooled connection was just found dead) waits one second at most
+        for a connection: a server that is back gives one in milliseconds.
+        """
         if self._closed:
             raise RuntimeError("store is closed")
+        self._outage.check()
+        trial = self._outage.failing
+        limits = self._limits
+        short = trial or retry
+        wait = min(limits.pool_timeout, TRIAL_DEADLINE) if short else limits.pool_timeout
+        stack = contextlib.ExitStack()
         try:
-            with self._pool.connection() as conn:
-                yield conn
+            conn = stack.enter_context(self._pool.connection(timeout=wait))
         except PoolTimeout as exc:
-            raise Unavailable("storage is unavailable", reason=f"no connection: {exc}") from None
+            stack.close()
+            # No connection came: the database refuses them, or the pool is busy. Only
+            # the first is an outage (a busy pool must not turn into failing fast).
+            errors = self._pool.get_stats().get("connections_errors", 0)
+            if short or errors > self._connect_errors:
+                self._outage.fail(f"no connection within {wait:g}s")
+            self._connect_errors = errors
+            raise Unavailable(
+                "storage is unavailable", reason=f"no connection: {exc}", retry_after=1
+            ) from None
+        except BaseException:
+            stack.close()
+            raise
+        timer = None
+        if bounded:
+            deadline = min(limits.deadline, TRIAL_DEADLINE) if trial else limits.deadline
+            timer = stack.enter_context(self._watchdog.bounded(conn, deadline))
+        return stack, conn, timer
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Row]]:
+        """A pooled connection without a deadline (migrations: an operator's command)."""
+        stack, conn, _ = self._checkout(bounded=False)
+        with stack:
+            yield conn
+
+    def _failure(
+        self, exc: psycopg.Error, conn: psycopg.Connection[Row], timer: Timer | None
+    ) -> TaskleaseError:
+        """The error a caller gets for a driver's error; notes an outage when it is one."""
+        if timer is not None and timer.fired:
+            self._outage.fail(f"no answer within {timer.seconds:g}s")
+            return Unavailable(
+                f"the database did not answer within {timer.seconds:g}s",
+                reason=f"connection cut after {timer.seconds:g}s: {exc}",
+                retry_after=1,
+            )
+        if conn.broken:
+            # Not an outage by itself (an ended backend, a restart): the next call takes
+            # another connection, and finds out whether the server is there.
+            return Unavailable("the database connection was lost", reason=str(exc), retry_after=1)
+        translated = _unit_error(exc)
+        if isinstance(translated, TaskleaseError):
+            return translated
+        return Unavailable("storage error", reason=f"{type(exc).__name__}: {exc}", retry_after=1)
+
+    def _lost_as(
+        self, conn: psycopg.Connection[Row], timer: Timer | None
+    ) -> Callable[[psycopg.Error], Unavailable]:
+        def lost(exc: psycopg.Error) -> Unavailable:
+            error = self._failure(exc, conn, timer)
+            if isinstance(error, Unavailable):
+                return error
+            return Unavailable("storage lost the transaction", reason=error.reason, retry_after=1)
+
+        return lost
+
+    def _dead_on_arrival(self, conn: psycopg.Connection[Row], timer: Timer | None) -> bool:
+        """The pooled connection was dead before we used it (the server restarted or
+        closed it): worth one more try with a live one. Not after a deadline cut."""
+        return conn.broken and not (timer is not None and timer.fired)
+
+    def _purge_dead(self) -> None:
+        """Drop the pool's dead connections (after a restart every idle one is dead).
+
+        The pool's check talks to each idle connection with no deadline of ours, so it
+        runs on a thread of its own and we wait for it one second at most.
+        """
+        if not self._purging.acquire(blocking=False):
+            return  # another caller is at it
+
+        def check() -> None:
+            try:
+                self._pool.check()
+            except Exception as exc:  # noqa: BLE001 - a failed check only means no purge
+                _log.debug("pool check failed: %s", exc)
+            finally:
+                self._purging.release()
+
+        worker = threading.Thread(target=check, name="tasklease-pg-check", daemon=True)
+        worker.start()
+        worker.join(TRIAL_DEADLINE)
 
     def _read(self, work: Callable[[psycopg.Connection[Row]], Any]) -> Any:
-        """Run a read; after a connection failure, drop dead pooled connections and retry
-        once (after a database restart every idle connection in the pool is dead)."""
+        """Run a read within the deadline; past a dead pooled connection, once more."""
         for attempt in (1, 2):
-            try:
-                with self._connection() as conn:
-                    return work(conn)
-            except psycopg.OperationalError as exc:
-                if attempt == 2 or self._closed:
-                    raise Unavailable("storage is unavailable", reason=str(exc)) from None
-                self._pool.check()
-            except psycopg.Error as exc:
-                raise Unavailable("storage error", reason=f"{type(exc).__name__}: {exc}") from None
+            stack, conn, timer = self._checkout(retry=attempt == 2)
+            with stack:
+                try:
+                    result = work(conn)
+                except psycopg.Error as exc:
+                    retry = attempt == 1 and self._dead_on_arrival(conn, timer)
+                    error = None if retry else self._failure(exc, conn, timer)
+                else:
+                    self._outage.recover()
+                    return result
+            if error is not None:
+                raise error from None
+            self._purge_dead()
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- schema --------------------------------------------------------------------------
@@ -330,7 +485,8 @@ class PostgresStore(SQLStore):
 
         Safe to run from several replicas at once: each migration transaction takes one
         advisory lock and re-reads the version under it. Raise ``SchemaError`` if the
-        database is newer than this code or a migration fails.
+        database is newer than this code or a migration fails. No statement or lock
+        timeout applies: a migration may rewrite a large table, or wait for replicas.
         """
         migrations = _DIALECT.migrations()
         known = len(migrations)
@@ -344,6 +500,8 @@ class PostgresStore(SQLStore):
     def _apply(self, conn: psycopg.Connection[Row], migration: Migration, known: int) -> bool:
         try:
             with conn.transaction():
+                conn.execute("SET LOCAL statement_timeout = 0")
+                conn.execute("SET LOCAL lock_timeout = 0")
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
                 conn.execute(
                     "CREATE TABLE IF NOT EXISTS schema_version ("
@@ -370,30 +528,35 @@ class PostgresStore(SQLStore):
 
     # -- writes --------------------------------------------------------------------------
 
-    def _begin(self) -> tuple[contextlib.ExitStack, psycopg.Connection[Row]]:
-        """A connection with a transaction begun; retry once past a dead pooled connection."""
+    def _begin(
+        self,
+    ) -> tuple[contextlib.ExitStack, psycopg.Connection[Row], Timer | None]:
+        """A connection with a transaction begun; once more past a dead pooled connection."""
         for attempt in (1, 2):
-            stack = contextlib.ExitStack()
+            stack, conn, timer = self._checkout(retry=attempt == 2)
             try:
-                conn = stack.enter_context(self._connection())
                 conn.execute("BEGIN")
-                return stack, conn
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
+                retry = attempt == 1 and self._dead_on_arrival(conn, timer)
+                error = None if retry else self._failure(exc, conn, timer)
                 stack.close()
-                if attempt == 2 or self._closed:
-                    raise Unavailable("storage is unavailable", reason=f"BEGIN: {exc}") from None
-                self._pool.check()
+                if error is not None:
+                    raise error from None
+                self._purge_dead()
+                continue
             except BaseException:
                 stack.close()
                 raise
+            return stack, conn, timer
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
     def write(self) -> Iterator[_PostgresWriteTx]:
         """One transaction: commit on a clean exit, roll back everything on an exception.
 
-        Raise ``Unavailable`` if no connection can be had or the commit fails. Not
-        reentrant within a thread: ``write()`` inside ``write()`` raises ``RuntimeError``.
+        Raise ``Unavailable`` if no connection can be had, the database does not answer
+        within the deadline, the transaction was lost or the commit fails. Not reentrant
+        within a thread: ``write()`` inside ``write()`` raises ``RuntimeError``.
         Transactions on different threads (and replicas) run concurrently; those that
         append audit events or revocations take turns on the head lock.
         """
@@ -403,16 +566,24 @@ class PostgresStore(SQLStore):
             raise RuntimeError("store is closed")
         self._local.writing = True
         try:
-            stack, conn = self._begin()
+            stack, conn, timer = self._begin()
             with stack:
-                tx = _PostgresWriteTx(conn)
+                tx = _PostgresWriteTx(conn, self._lost_as(conn, timer))
                 try:
                     yield tx
+                except psycopg.Error as exc:
+                    # A statement outside any unit (the audit head, the append) failed.
+                    tx._end()
+                    _rollback_quietly(conn)
+                    raise self._failure(exc, conn, timer) from exc
                 except BaseException:
                     tx._end()
                     _rollback_quietly(conn)
                     raise
                 tx._end()
+                if tx.lost is not None:  # never commit what is left of a lost transaction
+                    _rollback_quietly(conn)
+                    raise tx.lost
                 try:
                     if tx.notify_seq:
                         # Sent at commit: delivered to listeners only if the commit holds.
@@ -421,11 +592,31 @@ class PostgresStore(SQLStore):
                     conn.execute("COMMIT")
                 except psycopg.Error as exc:
                     _rollback_quietly(conn)
-                    raise Unavailable(
-                        "storage could not commit", reason=f"COMMIT failed: {exc}"
-                    ) from exc
+                    error = self._failure(exc, conn, timer)
+                    if not isinstance(error, Unavailable):
+                        error = Unavailable(
+                            "storage could not commit",
+                            reason=f"COMMIT failed: {exc}",
+                            retry_after=1,
+                        )
+                    raise error from exc
+                self._outage.recover()
         finally:
             self._local.writing = False
+
+    def check_writable(self) -> None:
+        """Raise ``Unavailable`` unless the database answers and takes writes (for
+        readiness): not during an outage, not on a read-only server (a standby, or
+        ``default_transaction_read_only``). Bounded by the deadline."""
+
+        def probe(conn: psycopg.Connection[Row]) -> bool:
+            row = conn.execute(
+                "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'"
+            ).fetchone()
+            return bool(row and row[0])
+
+        if self._read(probe):
+            raise Unavailable("the database is read-only", retry_after=1)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -484,7 +675,13 @@ class PostgresStore(SQLStore):
         if self._closed:
             raise RuntimeError("store is closed")
         watch = RevocationWatch(
-            self._conninfo, self._origin, on_change, interval, self._connect_timeout
+            self._conninfo,
+            self._origin,
+            on_change,
+            interval,
+            connect_kwargs=self._connect_kwargs,
+            watchdog=self._watchdog,
+            deadline=self._limits.deadline,
         )
         self._watches.append(watch)
         return watch
@@ -500,6 +697,7 @@ class PostgresStore(SQLStore):
             watch.close()
         self._watches.clear()
         self._pool.close()
+        self._watchdog.close()
 
 
 def _rollback_quietly(conn: psycopg.Connection[Row]) -> None:

@@ -15,6 +15,14 @@ Concurrency model:
 Durability: ``synchronous=FULL`` fsyncs the WAL on every commit, so a transaction that
 returned is on disk. The core batches many operations into one ``write()`` (group
 commit), so that costs one fsync per batch rather than per operation.
+
+A full disk: SQLite fails the COMMIT (the WAL cannot grow) and rolls the transaction
+back; nothing of it is kept and the file stays intact. ``write()`` then raises
+:class:`Unavailable` saying the disk is full, reads go on, and the next commit after
+space is freed succeeds: there is nothing to reset. If SQLite abandons a transaction
+half-way (a full disk or an I/O error in a statement), the open transaction refuses every
+later statement and its commit, so nothing runs outside the transaction its caller
+believes in (SQLite would otherwise start a new one at the next ``SAVEPOINT``).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from tasklease.core.errors import Unavailable
+from tasklease.core.errors import InvalidRequest, Unavailable
 from tasklease.core.store import AuditEvent, RevocationRecord
 from tasklease.storage._sql import (
     GENESIS_HASH,
@@ -52,6 +60,32 @@ __all__ = ["SQLiteStore", "SchemaError"]
 
 # STRICT tables (3.37) set the floor; upserts (3.24) and WAL come well before.
 _MIN_SQLITE = (3, 37, 0)
+
+DISK_FULL = "the disk holding the database is full"
+# A full disk is not fixed in a second: callers are asked to wait longer than for a lock.
+_DISK_FULL_RETRY = 5
+# Free space below which the store does not call itself writable (check_writable): a
+# batch of registrations appends a few hundred KiB to the WAL before its commit.
+_MIN_FREE = 1 << 20
+
+
+def _disk_full(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL
+
+
+def _unit_error(exc: BaseException) -> BaseException:
+    """What a failed block in a savepoint raises: the driver's refusal of one value as
+    InvalidRequest (as on PostgreSQL), a full disk as Unavailable, anything else as is."""
+    if isinstance(exc, sqlite3.DataError) or (
+        isinstance(exc, OverflowError) and "SQLite" in str(exc)
+    ):
+        return InvalidRequest(
+            "a value in the request cannot be stored", reason=f"{type(exc).__name__}: {exc}"
+        )
+    if _disk_full(exc):
+        return Unavailable(DISK_FULL, reason=str(exc), retry_after=_DISK_FULL_RETRY)
+    return exc
 
 
 def _dump_scopes(scopes: Sequence[str]) -> str:
@@ -132,28 +166,47 @@ class _SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        """Undo this block's writes if it raises (and re-raise); the transaction goes on."""
+        """Undo this block's writes if it raises (and re-raise); the transaction goes on.
+
+        A driver's refusal of a value is re-raised as ``InvalidRequest``. If the
+        transaction itself is gone (SQLite rolled it back: disk full, I/O error), raise
+        ``Unavailable`` and refuse every later statement and the commit.
+        """
         conn = self._db()
+        if not conn.in_transaction:  # a SAVEPOINT now would silently begin a new one
+            raise self._lose(_transaction_lost("the transaction was rolled back by SQLite"))
         # Named by nesting depth: SQLite resolves a name to the innermost savepoint that
         # has it, and a fixed text keeps the three statements in sqlite3's statement cache
         # (a fresh name per savepoint was prepared anew every time, on the commit path).
         self._savepoints += 1
         name = f"sp_{self._savepoints}"  # an int we made: safe to put in SQL
         try:
-            conn.execute(f"SAVEPOINT {name}")
+            self._run(f"SAVEPOINT {name}")
             try:
                 yield
-            except BaseException:
-                # If SQLite already aborted the whole transaction (disk full, I/O error)
-                # the savepoint is gone; write() then fails the commit: fail-closed.
+            except BaseException as exc:
                 self._head_seq = None  # an append inside the block may be undone
-                if conn.in_transaction:
-                    conn.execute(f"ROLLBACK TO {name}")
-                    conn.execute(f"RELEASE {name}")
-                raise
-            conn.execute(f"RELEASE {name}")
+                if not conn.in_transaction:
+                    # SQLite aborted the whole transaction (disk full, I/O error): every
+                    # write of the batch is gone, not only this block's.
+                    raise self._lose(_transaction_lost(str(exc), full=_disk_full(exc))) from exc
+                self._run(f"ROLLBACK TO {name}")
+                self._run(f"RELEASE {name}")
+                translated = _unit_error(exc)
+                if translated is exc:
+                    raise
+                raise translated from exc
+            self._run(f"RELEASE {name}")
         finally:
             self._savepoints -= 1
+
+    def _run(self, statement: str) -> None:
+        """A savepoint statement; if it fails the transaction cannot be trusted any more."""
+        try:
+            self._db().execute(statement)
+        except sqlite3.Error as exc:
+            lost = _transaction_lost(f"{statement}: {exc}", full=_disk_full(exc))
+            raise self._lose(lost) from exc
 
     # -- revocations ---------------------------------------------------------------------
 
@@ -205,6 +258,12 @@ class _SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
         self._head_seq = events[-1].seq if events else head_seq
 
 
+def _transaction_lost(reason: str, *, full: bool = False) -> Unavailable:
+    if full:
+        return Unavailable(DISK_FULL, reason=reason, retry_after=_DISK_FULL_RETRY)
+    return Unavailable("storage lost the transaction", reason=reason, retry_after=1)
+
+
 # -- the store ---------------------------------------------------------------------------
 
 
@@ -253,6 +312,8 @@ class SQLiteStore(WriteTurns, SQLStore):
         self.path = Path(raw).absolute()
         self._busy_timeout = busy_timeout
         self._closed = False
+        # Free bytes when a commit last failed for want of space (None once one commits).
+        self._full_at: int | None = None
         self._write_lock = threading.Lock()
         self._write_owner: int | None = None
         self._init_write_turns()
@@ -419,7 +480,9 @@ class SQLiteStore(WriteTurns, SQLStore):
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise Unavailable("storage is busy", reason=f"BEGIN IMMEDIATE failed: {exc}") from exc
+            raise Unavailable(
+                "storage is busy", reason=f"BEGIN IMMEDIATE failed: {exc}", retry_after=1
+            ) from exc
 
     @contextmanager
     def write(self) -> Iterator[_SQLiteWriteTx]:
@@ -438,6 +501,7 @@ class SQLiteStore(WriteTurns, SQLStore):
             try:
                 conn = self._writer
                 self._begin(conn)
+                changes = conn.total_changes
                 tx = _SQLiteWriteTx(conn)
                 try:
                     yield tx
@@ -446,15 +510,56 @@ class SQLiteStore(WriteTurns, SQLStore):
                     _rollback_quietly(conn)
                     raise
                 tx._end()
+                if tx.lost is not None:  # never commit what is left of a lost transaction
+                    _rollback_quietly(conn)
+                    if tx.lost.detail == DISK_FULL:
+                        self._full_at = self._free_bytes()
+                    raise tx.lost
                 try:
                     conn.execute("COMMIT")
                 except sqlite3.Error as exc:
                     _rollback_quietly(conn)
+                    if _disk_full(exc):
+                        self._full_at = self._free_bytes()
+                        raise Unavailable(
+                            DISK_FULL, reason=f"COMMIT failed: {exc}", retry_after=_DISK_FULL_RETRY
+                        ) from exc
                     raise Unavailable(
-                        "storage could not commit", reason=f"COMMIT failed: {exc}"
+                        "storage could not commit", reason=f"COMMIT failed: {exc}", retry_after=1
                     ) from exc
+                if conn.total_changes != changes:  # it wrote, so there was room again
+                    self._full_at = None
             finally:
                 self._write_owner = None
+
+    def _free_bytes(self) -> int:
+        """Bytes this process may still write on the database's filesystem."""
+        try:
+            stats = os.statvfs(self.path.parent)
+        except OSError:
+            return 0
+        # root may write into the blocks reserved for it; others only up to f_bavail.
+        blocks = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
+        return blocks * stats.f_frsize
+
+    def check_writable(self) -> None:
+        """Raise ``Unavailable`` unless a write could commit now (for readiness).
+
+        The disk must have room (at least 1 MiB free, and 1 MiB more than when a commit
+        last failed for want of it, until a commit succeeds), and the write lock must be
+        obtainable (an empty transaction: it writes nothing, so it costs no space). May
+        wait up to ``busy_timeout`` for the lock: call it where a wait is bounded.
+        """
+        free = self._free_bytes()
+        full_at = self._full_at
+        if free < _MIN_FREE or (full_at is not None and free < full_at + _MIN_FREE):
+            raise Unavailable(
+                DISK_FULL,
+                reason=f"{free} bytes free beside {self.path}",
+                retry_after=_DISK_FULL_RETRY,
+            )
+        with self.write():
+            pass
 
     # -- reads ---------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Final
 
+import msgspec
+
 from tasklease.http.wire import _apps, _broker, _operators, _tokens, _trust
 from tasklease.http.wire._apps import (
     App,
@@ -41,6 +43,8 @@ from tasklease.http.wire._broker import (
     JWK,
     JWKS,
     HealthResponse,
+    LiveResponse,
+    ReadyResponse,
     RevocationEntry,
     RevocationList,
     RevocationSync,
@@ -99,6 +103,7 @@ __all__ = [
     "ERROR_CODES",
     "JWK",
     "JWKS",
+    "MULTILINE_FIELDS",
     "OPERATIONS",
     "REF",
     "SHAPES",
@@ -138,6 +143,7 @@ __all__ = [
     "LaunchTokenPolicy",
     "LaunchTokenRequest",
     "LaunchTokenResponse",
+    "LiveResponse",
     "MutualCompleteRequest",
     "MutualInitiateRequest",
     "MutualRespondRequest",
@@ -146,6 +152,7 @@ __all__ = [
     "Param",
     "Peer",
     "Problem",
+    "ReadyResponse",
     "RegisterRequest",
     "RegisterResponse",
     "RenewResponse",
@@ -192,3 +199,22 @@ SHAPES: Final[tuple[type[Request | Response], ...]] = tuple(
     and value not in (Request, Response)
 )
 """Every body Struct: each is a named schema of the document."""
+
+
+def _multiline_fields() -> frozenset[str]:
+    names: set[str] = set()
+    for shape in SHAPES:
+        if not issubclass(shape, Request):
+            continue
+        info = msgspec.inspect.type_info(shape)
+        if not isinstance(info, msgspec.inspect.StructType):
+            raise TypeError(f"{shape.__name__} is not a Struct")
+        for field in info.fields:
+            kind = field.type
+            if isinstance(kind, msgspec.inspect.Metadata) and (kind.extra or {}).get("multiline"):
+                names.add(field.encode_name)
+    return frozenset(names)
+
+
+MULTILINE_FIELDS: Final[frozenset[str]] = _multiline_fields()
+"""Request fields that may hold line breaks (PEM); see :func:`_base.multiline`."""

@@ -1,6 +1,11 @@
 """What every area of the HTTP contract shares: the two kinds of body, the helpers that
 document a field, and the route table's vocabulary (who may call, how it fails).
 
+No string of a request may hold a control character (C0, DEL, C1): the HTTP edge refuses
+it with 400 before any route decodes the body, except line breaks in the fields declared
+:func:`multiline` (PEM). None of our identifiers or texts needs one, and NUL cannot even
+be stored in PostgreSQL's text.
+
 A :class:`Request` decodes every field as optional, so that a missing field reaches the
 core, which answers ``missing required field: <name>`` (400) rather than a generic
 decoding error; the fields the core requires are marked with :func:`required` for the
@@ -41,6 +46,7 @@ __all__ = [
     "app",
     "constant",
     "doc",
+    "multiline",
     "required",
     "shaped_as",
 ]
@@ -74,6 +80,12 @@ def constant(value: object) -> msgspec.Meta:
 def required(description: str) -> msgspec.Meta:
     """A request field the core requires (it answers 400 when the field is absent)."""
     return msgspec.Meta(description=description, extra={"required": True})
+
+
+def multiline(description: str) -> msgspec.Meta:
+    """A request field whose format has lines (PEM): the one place line breaks (LF, CR)
+    are accepted. Every other control character is refused in every field."""
+    return msgspec.Meta(description=description, extra={"multiline": True})
 
 
 def shaped_as(struct: type[msgspec.Struct], description: str) -> msgspec.Meta:

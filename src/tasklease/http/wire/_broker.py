@@ -27,6 +27,8 @@ __all__ = [
     "OPERATIONS",
     "TAGS",
     "HealthResponse",
+    "LiveResponse",
+    "ReadyResponse",
     "RevocationEntry",
     "RevocationList",
     "RevocationSync",
@@ -40,11 +42,14 @@ TAGS = {
 
 
 class HealthResponse(Response):
+    """The broker's health as its last check found it (at most a second or two old):
+    answering it never waits on storage."""
+
     status: Annotated[
         str,
         doc(
-            "`degraded` when storage is unreachable or the revocation index is not "
-            "confirmed current (see `reason`).",
+            "`degraded` when storage did not answer, writes fail (a full disk, a lost "
+            "database) or the revocation index is not confirmed current (see `reason`).",
             enum=["ok", "degraded"],
         ),
     ]
@@ -58,11 +63,23 @@ class HealthResponse(Response):
     ]
     version: Annotated[str, doc("The broker's version.")]
     uptime: Annotated[int, doc("Seconds since the broker started.")]
-    db_connected: Annotated[bool, doc("Whether storage answered.")]
-    audit_events_count: Annotated[int, doc("Events in the audit log.")]
+    db_connected: Annotated[bool, doc("Whether storage answered the last check.")]
+    audit_events_count: Annotated[int, doc("Events in the audit log at the last check.")]
     revocation_entries: Annotated[int, doc("Entries in the in-memory revocation index.")]
     signing_kid: Annotated[str, doc("Key id of the active signing key.")]
     reason: Annotated[str, doc("Why the broker is degraded (only when it is).")] | UnsetType = UNSET
+
+
+class LiveResponse(Response):
+    """The process answers (liveness)."""
+
+    status: Annotated[str, constant("ok")]
+
+
+class ReadyResponse(Response):
+    """Storage answers and takes writes, and the revocation index is current."""
+
+    status: Annotated[str, constant("ready")]
 
 
 class JWK(Response):
@@ -132,10 +149,43 @@ OPERATIONS = (
         "getHealth",
         "operations",
         "Health and version",
-        "Liveness, storage connectivity and a few counters. Always 200: a storage "
-        "failure shows as `status: degraded` and `db_connected: false`.",
+        "Liveness, storage connectivity and a few counters (AgentWrit's shape). Always "
+        "200, and never waits on storage: the storage fields are from the last check, "
+        "made every second on a thread of its own; storage that did not answer it within "
+        "2 s, failing writes or a revocation index not confirmed current show as "
+        "`status: degraded` with a `reason`.",
         PUBLIC,
         HealthResponse,
+    ),
+    Operation(
+        "GET /v1/health/live",
+        "getLiveness",
+        "operations",
+        "Liveness",
+        "The process answers. Never touches storage: restart the broker when this fails, "
+        "not when storage does.",
+        PUBLIC,
+        LiveResponse,
+    ),
+    Operation(
+        "GET /v1/health/ready",
+        "getReadiness",
+        "operations",
+        "Readiness",
+        "Whether to send this broker traffic: storage answers and takes writes (a check "
+        "bounded to 2 s: free disk space and the write lock on SQLite; a live, writable "
+        "server on PostgreSQL), no write failed in the last seconds, and the revocation "
+        "index is current. A 503 says why in `detail`.",
+        PUBLIC,
+        ReadyResponse,
+        errors=(
+            Failure(
+                "service_unavailable",
+                "storage did not answer or does not take writes (the disk is full, the "
+                "database is read-only or unreachable), or the revocation index is not "
+                "confirmed current",
+            ),
+        ),
     ),
     Operation(
         "GET /v1/metrics",

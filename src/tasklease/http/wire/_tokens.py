@@ -24,6 +24,7 @@ from tasklease.http.wire._base import (
     TokenType,
     constant,
     doc,
+    multiline,
     required,
     shaped_as,
 )
@@ -99,7 +100,7 @@ class ValidateRequest(Request):
     ] = None
     audience: Annotated[_Text, doc("The calling resource server's identifier (RFC 8707).")] = None
     client_cert: Annotated[
-        _Text, doc("The client certificate (PEM) of the resource server's request.")
+        _Text, multiline("The client certificate (PEM) of the resource server's request.")
     ] = None
     client_cert_thumbprint: Annotated[
         _Text, doc("Its `x5t#S256` instead (RFC 8705 section 3.1).")

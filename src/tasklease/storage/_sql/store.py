@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
-from tasklease.core.errors import Conflict, NotFound
+from tasklease.core.errors import Conflict, NotFound, Unavailable
 from tasklease.core.store import (
     AgentRecord,
     AgentSession,
@@ -16,6 +16,7 @@ from tasklease.core.store import (
     AuditQuery,
     DiscoveryBinding,
     LaunchTokenRecord,
+    OperatorRecord,
     ReferenceTokenRecord,
     RevocationRecord,
 )
@@ -63,14 +64,32 @@ class SQLWriteTx(Generic[_C]):
     def __init__(self, conn: _C) -> None:
         self._conn = conn
         self._open = True
+        # Set when the transaction itself was lost (the connection died, the database
+        # rolled it back on a full disk): from then on every statement and the commit
+        # raise it, so nothing can run outside the transaction the caller believes in.
+        self._lost: Unavailable | None = None
 
     def _db(self) -> _C:
         if not self._open:
             raise RuntimeError("this write transaction has ended")
+        if self._lost is not None:
+            raise _again(self._lost)
         return self._conn
 
     def _end(self) -> None:
         self._open = False
+
+    def _lose(self, error: Unavailable) -> Unavailable:
+        """Mark the transaction lost with ``error`` (raised by every later use); return it."""
+        if self._lost is None:
+            self._lost = error
+        return _again(self._lost)
+
+    @property
+    def lost(self) -> Unavailable | None:
+        """Why the transaction was lost, or None; the store's ``write()`` then rolls back
+        and raises it instead of committing."""
+        return self._lost
 
     def _exists(self, sql: str, params: Row) -> bool:
         return self._db().execute(sql, params).fetchone() is not None
@@ -115,6 +134,21 @@ class SQLWriteTx(Generic[_C]):
         if self._exists(d.other_app_client_id, (app.client_id, app.app_id)):
             raise Conflict("app client_id already exists")
         self._update_app_row((*d.app_params(app)[1:], app.app_id))
+
+    # -- operators -----------------------------------------------------------------------
+
+    def insert_operator(self, operator: OperatorRecord) -> None:
+        """Store a new operator; raise ``Conflict`` if the name is taken."""
+        d = self.dialect
+        if self._db().execute(d.insert_operator, d.operator_params(operator)).rowcount != 1:
+            raise Conflict("operator name already exists")
+
+    def update_operator(self, operator: OperatorRecord) -> None:
+        """Replace the operator named ``operator.name``; raise ``NotFound`` if there is none."""
+        d = self.dialect
+        params = (*d.operator_params(operator)[1:], operator.name)
+        if self._db().execute(d.update_operator, params).rowcount != 1:
+            raise NotFound("operator not found")
 
     # -- launch tokens and nonces --------------------------------------------------------
 
@@ -204,6 +238,11 @@ class SQLWriteTx(Generic[_C]):
         )
 
 
+def _again(error: Unavailable) -> Unavailable:
+    """A fresh exception saying what ``error`` says (one instance is raised only once)."""
+    return Unavailable(error.detail, reason=error.reason, retry_after=error.retry_after)
+
+
 # -- what the stores share ---------------------------------------------------------------
 
 
@@ -286,6 +325,15 @@ class SQLStore(abc.ABC):
         """Newest first (by ``created_at``, ties by ``app_id`` descending)."""
         app_from_row = self.dialect.app_from_row
         return [app_from_row(row) for row in self._all(self.dialect.list_apps)]
+
+    def get_operator(self, name: str) -> OperatorRecord | None:
+        row = self._one(self.dialect.get_operator, (name,))
+        return None if row is None else self.dialect.operator_from_row(row)
+
+    def list_operators(self) -> list[OperatorRecord]:
+        """Every operator, removed ones too, by name."""
+        operator_from_row = self.dialect.operator_from_row
+        return [operator_from_row(row) for row in self._all(self.dialect.list_operators)]
 
     def get_launch_token(self, token_hash: str) -> LaunchTokenRecord | None:
         row = self._one(self.dialect.get_launch_token, (token_hash,))

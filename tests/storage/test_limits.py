@@ -1,0 +1,76 @@
+"""What bounds a store's waits, and what it says about writing: PostgreSQL's connection
+parameters (server timeouts, keepalives), and SQLite's ``check_writable``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pgcluster
+import pytest
+
+from tasklease.core.errors import Unavailable
+from tasklease.storage import SQLiteStore
+from tasklease.storage._pg_guard import Limits
+
+
+def test_connections_carry_server_timeouts_and_keepalives() -> None:
+    kwargs = Limits().connect_kwargs("postgresql:///db?host=/tmp")
+    assert kwargs["options"] == (
+        "-c statement_timeout=5000 -c lock_timeout=3000 "
+        "-c idle_in_transaction_session_timeout=10000"
+    )
+    assert kwargs["keepalives"] == 1
+    assert (kwargs["keepalives_idle"], kwargs["keepalives_interval"]) == (5, 2)
+    assert kwargs["keepalives_count"] == 3
+    assert kwargs["tcp_user_timeout"] == 10_000
+    assert kwargs["connect_timeout"] == 3
+
+
+def test_what_the_url_says_wins() -> None:
+    url = "postgresql:///db?keepalives_idle=60&connect_timeout=9&options=-c%20lock_timeout%3D0"
+    kwargs = Limits().connect_kwargs(url)
+    assert "keepalives_idle" not in kwargs and "connect_timeout" not in kwargs
+    # Ours first, the URL's after: PostgreSQL applies the last -c of a name.
+    assert kwargs["options"].endswith("-c lock_timeout=0")
+    assert kwargs["options"].startswith("-c statement_timeout=5000")
+
+
+def test_limits_are_checked() -> None:
+    with pytest.raises(ValueError, match="statement_timeout"):
+        Limits(statement_timeout=0)
+    with pytest.raises(ValueError, match="tcp_timeout"):
+        Limits(tcp_timeout=0.5)
+    assert Limits(statement_timeout=2).deadline == 2.5
+
+
+def test_the_server_applies_them() -> None:
+    try:
+        cluster = pgcluster.shared_cluster()
+    except pgcluster.ClusterUnavailable as exc:
+        pytest.skip(str(exc))
+    import psycopg
+
+    url = cluster.new_database("limits")
+    limits = Limits(statement_timeout=0.25, lock_timeout=0.1)
+    with psycopg.connect(url, autocommit=True, **limits.connect_kwargs(url)) as conn:
+        shown = [
+            conn.execute(f"SHOW {name}").fetchone()
+            for name in ("statement_timeout", "lock_timeout")
+        ]
+        assert shown == [("250ms",), ("100ms",)]
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(5)")
+
+
+def test_sqlite_is_not_writable_on_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteStore(tmp_path / "t.db")
+    try:
+        store.check_writable()  # room, and the write lock
+        monkeypatch.setattr(store, "_free_bytes", lambda: 4096)
+        with pytest.raises(Unavailable, match="disk holding the database is full") as info:
+            store.check_writable()
+        assert info.value.retry_after is not None
+    finally:
+        store.close()
