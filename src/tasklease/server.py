@@ -155,7 +155,7 @@ def _keys_banner(broker: Broker, config: Config) -> str:
     """Where the signing keys are, for the start-up output (never a secret)."""
     ring = broker.keyring
     where = ring.provider.describe(Path(config.key_dir)) if ring.provider else "in memory"
-    return f"signing keys: {where}; active kid {ring.active_kid}"
+    return f"tasklease broker signing keys: {where}; active kid {ring.active_kid}"
 
 
 def _nonce_secret(key_dir: Path) -> bytes:
