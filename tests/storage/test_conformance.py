@@ -22,6 +22,7 @@ from tasklease.core.store import (
     AuditQuery,
     DiscoveryBinding,
     LaunchTokenRecord,
+    OperatorRecord,
     ReferenceTokenRecord,
     RevocationRecord,
     Store,
@@ -899,3 +900,77 @@ def test_find_revocations_is_a_point_read(store: Store) -> None:
     assert found[0].seq < found[1].seq
     assert store.find_revocations([]) == []
     assert store.find_revocations([("agent", "nobody")]) == []
+
+
+# -- operators ------------------------------------------------------------------------------
+
+
+def make_operator(name: str = "alice", **changes: object) -> OperatorRecord:
+    operator = OperatorRecord(
+        name=name,
+        role="operator",
+        secret_hash=f"$argon2id$v=19$m=65536,t=3,p=4$salt$hash-{name}",
+        public_key=b"",
+        status="active",
+        created_at=NOW,
+        updated_at=NOW,
+        created_by="admin",
+    )
+    return replace(operator, **changes)  # type: ignore[arg-type]
+
+
+def test_operator_round_trip_with_a_secret_or_a_key(store: Store) -> None:
+    with_secret = make_operator("alice")
+    with_key = make_operator(
+        "bob", role="auditor", secret_hash="", public_key=bytes(range(32)), created_at=NOW + 1
+    )
+    with store.write() as tx:
+        tx.insert_operator(with_secret)
+        tx.insert_operator(with_key)
+    assert store.get_operator("alice") == with_secret
+    assert store.get_operator("bob") == with_key
+    assert store.get_operator("carol") is None
+    assert store.get_operator("ALICE") is None  # names are exact
+
+
+def test_operator_name_is_taken_once(store: Store) -> None:
+    with store.write() as tx:
+        tx.insert_operator(make_operator("alice"))
+    with pytest.raises(Conflict), store.write() as tx:
+        tx.insert_operator(make_operator("alice", role="admin"))
+    assert store.get_operator("alice") == make_operator("alice")
+    removed = make_operator("alice", status="removed", secret_hash="", updated_at=NOW + 5)
+    with store.write() as tx:
+        tx.update_operator(removed)
+    with pytest.raises(Conflict), store.write() as tx:  # a removed name stays taken
+        tx.insert_operator(make_operator("alice"))
+    assert store.get_operator("alice") == removed
+
+
+def test_update_operator_replaces_and_refuses_the_unknown(store: Store) -> None:
+    with store.write() as tx:
+        tx.insert_operator(make_operator("alice"))
+    rotated = make_operator(
+        "alice", secret_hash="", public_key=b"k" * 32, role="admin", updated_at=NOW + 9
+    )
+    with store.write() as tx:
+        tx.update_operator(rotated)
+    assert store.get_operator("alice") == rotated
+    with pytest.raises(NotFound), store.write() as tx:
+        tx.update_operator(make_operator("nobody"))
+    assert store.get_operator("nobody") is None
+    with pytest.raises(RuntimeError), store.write() as tx:  # rolled back with the unit
+        tx.update_operator(make_operator("alice"))
+        raise RuntimeError
+    assert store.get_operator("alice") == rotated
+
+
+def test_list_operators_by_name_removed_ones_too(store: Store) -> None:
+    assert store.list_operators() == []
+    with store.write() as tx:
+        for n, name in enumerate(("carol", "alice", "bob-2")):
+            tx.insert_operator(make_operator(name, created_at=NOW + n))
+        tx.update_operator(make_operator("carol", status="removed", secret_hash=""))
+    listed = store.list_operators()
+    assert [o.name for o in listed] == ["alice", "bob-2", "carol"]
+    assert [o.status for o in listed] == ["active", "active", "removed"]

@@ -9,7 +9,7 @@ operations in one such transaction, each inside :meth:`WriteTx.savepoint`, so on
 operation's failure undoes only its own writes.
 
 Secrets are never stored: launch tokens, nonces and by-reference tokens are kept as
-SHA-256 hex digests; app secrets as argon2id hashes.
+SHA-256 hex digests; app and operator secrets as argon2id hashes.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ __all__ = [
     "AuditQuery",
     "DiscoveryBinding",
     "LaunchTokenRecord",
+    "OperatorRecord",
     "ReferenceTokenRecord",
     "RevocationRecord",
     "Store",
@@ -67,6 +68,26 @@ class LaunchTokenRecord:
     # The human (or other principal) the work is done for, ``kind:value``; "" means the
     # creator (``admin`` or ``app:<app_id>``). See docs/agents.md.
     principal: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorRecord:
+    """A named operator (``core.operators``): one credential and one role.
+
+    The credential is either ``secret_hash`` (argon2id, never the secret) or
+    ``public_key`` (a raw 32-byte Ed25519 key that signs challenge nonces); the other is
+    empty. A removed operator keeps its record with both emptied, so its name is never
+    given to someone else. ``updated_at`` is the last change of credential or status.
+    """
+
+    name: str
+    role: str  # "admin" | "operator" | "auditor"
+    secret_hash: str
+    public_key: bytes
+    status: str  # "active" | "removed"
+    created_at: float
+    updated_at: float
+    created_by: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +222,14 @@ class WriteTx(Protocol):
 
     def update_app(self, app: AppRecord) -> None: ...
 
+    def insert_operator(self, operator: OperatorRecord) -> None:
+        """Raise ``core.errors.Conflict`` if the name is taken (by a removed one too)."""
+        ...
+
+    def update_operator(self, operator: OperatorRecord) -> None:
+        """Replace the operator named ``operator.name``; raise ``NotFound`` if none."""
+        ...
+
     def insert_launch_token(self, record: LaunchTokenRecord) -> None: ...
 
     def consume_launch_token(self, token_hash: str, now: float) -> bool:
@@ -272,6 +301,12 @@ class Store(Protocol):
 
     def list_apps(self) -> list[AppRecord]:
         """Newest first."""
+        ...
+
+    def get_operator(self, name: str) -> OperatorRecord | None: ...
+
+    def list_operators(self) -> list[OperatorRecord]:
+        """Every operator, removed ones too, by name."""
         ...
 
     def get_launch_token(self, token_hash: str) -> LaunchTokenRecord | None: ...

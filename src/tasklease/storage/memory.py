@@ -27,6 +27,7 @@ from tasklease.core.store import (
     AuditQuery,
     DiscoveryBinding,
     LaunchTokenRecord,
+    OperatorRecord,
     ReferenceTokenRecord,
     RevocationRecord,
 )
@@ -122,6 +123,24 @@ class _MemoryWriteTx:
         if any(a.client_id == app.client_id for a in others):
             raise Conflict("app client_id already exists")
         self._set(s._apps, app.app_id, app)
+
+    # -- operators -----------------------------------------------------------------------
+
+    def insert_operator(self, operator: OperatorRecord) -> None:
+        """Store a new operator; raise ``Conflict`` if the name is taken."""
+        self._check_open()
+        operators = self._store._operators
+        if operator.name in operators:
+            raise Conflict("operator name already exists")
+        self._set(operators, operator.name, operator)
+
+    def update_operator(self, operator: OperatorRecord) -> None:
+        """Replace the operator named ``operator.name``; raise ``NotFound`` if there is none."""
+        self._check_open()
+        operators = self._store._operators
+        if operator.name not in operators:
+            raise NotFound("operator not found")
+        self._set(operators, operator.name, operator)
 
     # -- launch tokens and nonces --------------------------------------------------------
 
@@ -298,6 +317,7 @@ class MemoryStore:
         self._writer: int | None = None  # thread id inside write(), to refuse nesting
         self._closed = False
         self._apps: dict[str, AppRecord] = {}
+        self._operators: dict[str, OperatorRecord] = {}
         self._launch_tokens: dict[str, LaunchTokenRecord] = {}
         self._nonces: dict[str, float] = {}
         self._agents: dict[str, AgentRecord] = {}
@@ -361,6 +381,17 @@ class MemoryStore:
         with self._lock:
             self._check_open()
             return sorted(self._apps.values(), key=lambda a: (a.created_at, a.app_id), reverse=True)
+
+    def get_operator(self, name: str) -> OperatorRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._operators.get(name)
+
+    def list_operators(self) -> list[OperatorRecord]:
+        """Every operator, removed ones too, by name."""
+        with self._lock:
+            self._check_open()
+            return sorted(self._operators.values(), key=lambda o: o.name)
 
     def get_launch_token(self, token_hash: str) -> LaunchTokenRecord | None:
         with self._lock:

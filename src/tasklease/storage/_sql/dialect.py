@@ -15,6 +15,7 @@ from tasklease.core.store import (
     AuditQuery,
     DiscoveryBinding,
     LaunchTokenRecord,
+    OperatorRecord,
     ReferenceTokenRecord,
     RevocationRecord,
 )
@@ -65,6 +66,9 @@ _AGENT = (
     "agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered_at,"
     " status, cnf, audience, token_ttl"
 )
+_OPERATOR = (
+    "name, role, secret_hash, public_key, status, created_at, updated_at, created_by"
+)
 _SESSION = "agent_id, principal, heartbeat_required, last_heartbeat, resumes, state, expires_at"
 _BINDING = "agent_id, endpoint, issued_at, signature, expires_at"
 _REFERENCE = "token_hash, kind, claims, jti, expires_at"
@@ -80,6 +84,7 @@ SELECT_REVOCATION = "SELECT seq, level, target, revoked_at, expires_at FROM revo
 _SELECT_APP = f"SELECT {_APP} FROM apps"  # noqa: S608
 _SELECT_LAUNCH = f"SELECT {_LAUNCH} FROM launch_tokens"  # noqa: S608
 _SELECT_AGENT = f"SELECT {_AGENT} FROM agents"  # noqa: S608
+_SELECT_OPERATOR = f"SELECT {_OPERATOR} FROM operators"  # noqa: S608
 _SELECT_SESSION = f"SELECT {_SESSION} FROM agent_sessions"  # noqa: S608
 _SELECT_BINDING = f"SELECT {_BINDING} FROM discovery_bindings"  # noqa: S608
 _SELECT_REFERENCE = f"SELECT {_REFERENCE} FROM reference_tokens"  # noqa: S608
@@ -152,6 +157,8 @@ class Dialect:
         self.list_apps = f"{_SELECT_APP} ORDER BY created_at DESC, app_id DESC"
         self.get_launch_token = q(f"{_SELECT_LAUNCH} WHERE token_hash = ?")
         self.get_agent = q(f"{_SELECT_AGENT} WHERE agent_id = ?")
+        self.get_operator = q(f"{_SELECT_OPERATOR} WHERE name = ?")
+        self.list_operators = f"{_SELECT_OPERATOR} ORDER BY name"
         self.load_revocations = q(f"{SELECT_REVOCATION} WHERE expires_at > ? ORDER BY seq")
         self.revocations_since = q(f"{SELECT_REVOCATION} WHERE seq > ? ORDER BY seq")
         self.get_session = q(f"{_SELECT_SESSION} WHERE agent_id = ?")
@@ -187,6 +194,11 @@ class Dialect:
             "UPDATE apps SET name = ?, client_id = ?, secret_hash = ?, scopes = ?,"
             " token_ttl = ?, status = ?, created_at = ?, updated_at = ?, created_by = ?"
             " WHERE app_id = ?"
+        )
+        self.insert_operator = q(f"{_insert('operators', _OPERATOR)} ON CONFLICT DO NOTHING")
+        self.update_operator = q(
+            "UPDATE operators SET role = ?, secret_hash = ?, public_key = ?, status = ?,"
+            " created_at = ?, updated_at = ?, created_by = ? WHERE name = ?"
         )
         self.insert_launch_token = q(f"{_insert('launch_tokens', _LAUNCH)} ON CONFLICT DO NOTHING")
         self.consume_launch_token = q(
@@ -321,6 +333,33 @@ class Dialect:
             record.consumed_at,
             self._dump_scopes(record.audience),
             record.principal,
+        )
+
+    @staticmethod
+    def operator_from_row(row: Row) -> OperatorRecord:
+        name, role, secret_hash, public_key, status, created, updated, by = row
+        return OperatorRecord(
+            name=name,
+            role=role,
+            secret_hash=secret_hash,
+            public_key=bytes(public_key),
+            status=status,
+            created_at=float(created),
+            updated_at=float(updated),
+            created_by=by,
+        )
+
+    @staticmethod
+    def operator_params(operator: OperatorRecord) -> tuple[object, ...]:
+        return (
+            operator.name,
+            operator.role,
+            operator.secret_hash,
+            operator.public_key,
+            operator.status,
+            operator.created_at,
+            operator.updated_at,
+            operator.created_by,
         )
 
     def agent_from_row(self, row: Row) -> AgentRecord:

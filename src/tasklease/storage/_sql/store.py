@@ -16,6 +16,7 @@ from tasklease.core.store import (
     AuditQuery,
     DiscoveryBinding,
     LaunchTokenRecord,
+    OperatorRecord,
     ReferenceTokenRecord,
     RevocationRecord,
 )
@@ -133,6 +134,21 @@ class SQLWriteTx(Generic[_C]):
         if self._exists(d.other_app_client_id, (app.client_id, app.app_id)):
             raise Conflict("app client_id already exists")
         self._update_app_row((*d.app_params(app)[1:], app.app_id))
+
+    # -- operators -----------------------------------------------------------------------
+
+    def insert_operator(self, operator: OperatorRecord) -> None:
+        """Store a new operator; raise ``Conflict`` if the name is taken."""
+        d = self.dialect
+        if self._db().execute(d.insert_operator, d.operator_params(operator)).rowcount != 1:
+            raise Conflict("operator name already exists")
+
+    def update_operator(self, operator: OperatorRecord) -> None:
+        """Replace the operator named ``operator.name``; raise ``NotFound`` if there is none."""
+        d = self.dialect
+        params = (*d.operator_params(operator)[1:], operator.name)
+        if self._db().execute(d.update_operator, params).rowcount != 1:
+            raise NotFound("operator not found")
 
     # -- launch tokens and nonces --------------------------------------------------------
 
@@ -309,6 +325,15 @@ class SQLStore(abc.ABC):
         """Newest first (by ``created_at``, ties by ``app_id`` descending)."""
         app_from_row = self.dialect.app_from_row
         return [app_from_row(row) for row in self._all(self.dialect.list_apps)]
+
+    def get_operator(self, name: str) -> OperatorRecord | None:
+        row = self._one(self.dialect.get_operator, (name,))
+        return None if row is None else self.dialect.operator_from_row(row)
+
+    def list_operators(self) -> list[OperatorRecord]:
+        """Every operator, removed ones too, by name."""
+        operator_from_row = self.dialect.operator_from_row
+        return [operator_from_row(row) for row in self._all(self.dialect.list_operators)]
 
     def get_launch_token(self, token_hash: str) -> LaunchTokenRecord | None:
         row = self._one(self.dialect.get_launch_token, (token_hash,))
