@@ -78,7 +78,9 @@ def measure(url: str, count: int) -> dict[str, Any]:
         a = launch_broker(data_dir, env)
         b = launch_broker(data_dir, env)
         try:
-            launch = a.launch_token(["read:data:*"], single_use=False, ttl=3600)
+            launch = a.launch_token(
+                ["read:data:*"], single_use=False, max_uses=max(count, 1), ttl=3600
+            )
             agents = [a.register(["read:data:*"], launch_token=launch) for _ in range(count)]
             admin = a.admin_headers()
             from_commit: list[float] = []

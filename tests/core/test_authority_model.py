@@ -1,12 +1,13 @@
 """A model-based test of the authority kernel: no sequence of operations leaks authority.
 
 Hypothesis drives random sequences of every credential operation — apps created and
-removed, launch tokens (single and multi-use, ``max_ttl``, principal), register, renew,
-resume, delegate (to anyone, itself and its ancestors included), release, heartbeat
-"done", revocation at all four levels and by RFC 7009, pruning, and the clock moving past
-expiries — against the real broker (in-memory store and SQLite) and against a small
-model of who may hold what, written independently of the broker's lineage claims: the
-model keeps explicit parent pointers and the history of every end.
+removed, launch tokens (single and multi-use with counted uses, ``max_ttl``, principal,
+resumption switched off), register, renew, resume, delegate (to anyone, itself and its
+ancestors included), release, heartbeat "done", revocation at all four levels and by RFC
+7009, pruning, and the clock moving past expiries — against the real broker (in-memory
+store and SQLite) and against a small model of who may hold what, written independently
+of the broker's lineage claims: the model keeps explicit parent pointers and the history
+of every end.
 
 After every step: a token is valid at the broker exactly when the model says it is; an
 issuance the model forbids never happens; nothing grows along a lineage (scope, lifetime
@@ -97,10 +98,10 @@ class MLaunch:
     app_id: str
     scope: tuple[str, ...]
     max_ttl: int
-    single_use: bool
+    uses_left: int
     expires_at: float
     principal: str
-    consumed: bool = False
+    allow_resume: bool
 
 
 @dataclass
@@ -113,6 +114,7 @@ class MAgent:
     registered_at: int
     token_ttl: int
     principal: str
+    allow_resume: bool
     revoked_at: int | None = None  # agent-level revocation
     done: bool = False
     renewals: int = 0  # the registration's own budget spent (renewals and resumes)
@@ -359,6 +361,8 @@ class AuthorityMachine(RuleBasedStateMachine):
         max_ttl=st.sampled_from([None, 30, 120, 600]),
         single_use=st.booleans(),
         principal=st.sampled_from([None, "user:alice@example.com", "user:bob@example.com"]),
+        max_uses=st.sampled_from([None, 1, 2, 3]),
+        allow_resume=st.sampled_from([None, True, False]),
     )
     def create_launch_token(
         self,
@@ -367,6 +371,8 @@ class AuthorityMachine(RuleBasedStateMachine):
         max_ttl: int | None,
         single_use: bool,
         principal: str | None,
+        max_uses: int | None = None,
+        allow_resume: bool | None = None,
     ) -> Any:
         apps = [a for a in self.model.apps.values() if a.app_id and a.alive]
         app_id = apps[by_app % len(apps)].app_id if apps and by_app else ""
@@ -393,19 +399,29 @@ class AuthorityMachine(RuleBasedStateMachine):
                 ttl=300,
                 ctx=CTX,
                 principal=principal,
+                max_uses=max_uses,
+                allow_resume=allow_resume,
             )
+        except InvalidRequest as exc:
+            # Input is refused before anything else: only more than one use of a
+            # single-use launch token is malformed here.
+            assert single_use and (max_uses or 1) > 1, exc
+            return None
         except TaskleaseError as exc:
             assert app_id and not is_subset(scope, CEILING), exc
             self.refused(exc)
             return None
+        uses = 1 if single_use else max_uses or 10
+        assert (record.max_uses, record.uses_left) == (uses, uses)
         return MLaunch(
             token,
             app_id,
             tuple(scope),
             record.max_ttl,
-            single_use,
+            uses,
             record.expires_at,
             record.principal,
+            allow_resume is not False,
         )
 
     # --- agents -------------------------------------------------------------------------
@@ -418,7 +434,7 @@ class AuthorityMachine(RuleBasedStateMachine):
         nonce, _ = self.broker.challenge()
         may = (
             self.now < launch.expires_at
-            and not (launch.single_use and launch.consumed)
+            and launch.uses_left > 0
             and self.model.app_alive(launch.app_id)
             and is_subset(scope, launch.scope)
         )
@@ -438,7 +454,7 @@ class AuthorityMachine(RuleBasedStateMachine):
             self.refused(exc)
             return None
         assert may, "registration granted that the model forbids"
-        launch.consumed = True
+        launch.uses_left -= 1
         agent = MAgent(
             issued.claims.sub,
             key,
@@ -448,6 +464,7 @@ class AuthorityMachine(RuleBasedStateMachine):
             issued.claims.iat,
             launch.max_ttl,
             launch.principal,
+            launch.allow_resume,
         )
         self.model.agents.append(agent)
         tok = MToken(
@@ -494,6 +511,7 @@ class AuthorityMachine(RuleBasedStateMachine):
         ceiling = agent.registered_at + RENEWAL_CEILING
         may = (
             self.model.agent_alive(agent, self.now)
+            and agent.allow_resume
             and agent.renewals < MAX_RENEWALS
             and int(self.now) < ceiling
         )

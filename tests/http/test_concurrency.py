@@ -1,4 +1,4 @@
-"""Races over real sockets: a single-use launch token registers exactly one agent."""
+"""Races over real sockets: a launch token registers exactly as many agents as it has uses."""
 
 from __future__ import annotations
 
@@ -45,6 +45,42 @@ def test_single_use_launch_token_under_concurrent_registration(broker: RunningBr
         headers=broker.admin_headers(),
     ).json()
     assert events["total"] == 1
+
+
+def test_five_uses_twenty_concurrent_registrations_five_winners(broker: RunningBroker) -> None:
+    created = broker.post(
+        "/v1/admin/launch-tokens",
+        json={"agent_name": "race", "allowed_scope": SCOPE, "single_use": False, "max_uses": 5},
+        headers=broker.admin_headers(),
+    )
+    assert created.status_code == 201, created.text
+    launch_token = created.json()["launch_token"]
+    bodies = [broker.register_body(launch_token, SCOPE)[0] for _ in range(WORKERS)]
+    barrier = threading.Barrier(WORKERS)
+
+    def contend(body: dict[str, object]) -> httpx.Response:
+        with httpx.Client(base_url=broker.url, timeout=30.0) as client:
+            client.get("/v1/health")
+            barrier.wait(timeout=30)
+            return client.post("/v1/register", json=body)
+
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        responses = list(pool.map(contend, bodies))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 5 + [401] * (WORKERS - 5), statuses
+    winners = {r.json()["agent_id"] for r in responses if r.status_code == 200}
+    assert len(winners) == 5
+    for resp in responses:
+        if resp.status_code == 401:
+            body = assert_problem(resp, 401, "unauthorized", instance="/v1/register")
+            assert "already consumed" in body["detail"], body
+    events = broker.get(
+        "/v1/audit/events",
+        params={"event_type": "agent_registered"},
+        headers=broker.admin_headers(),
+    ).json()["events"]
+    assert winners <= {e["agent_id"] for e in events}
+    assert sum(e["agent_id"] in winners for e in events) == 5
 
 
 def test_concurrent_renewals_of_one_token_yield_one_successor(broker: RunningBroker) -> None:

@@ -16,6 +16,7 @@ import pytest
 from e2e_support import RunningBroker, assert_problem
 from pg_e2e import start_replica, verify_chain
 
+from tasklease.core.launch import launch_token_hash
 from tasklease.core.store import AuditQuery
 from tasklease.storage.postgres import PostgresStore
 
@@ -82,6 +83,32 @@ def test_one_single_use_launch_token_twenty_registrations_one_winner(
     assert set(statuses) == {200, 401}, statuses
 
 
+def test_five_uses_twenty_registrations_on_two_replicas_five_winners(
+    pg_url: str, replicas: Replicas
+) -> None:
+    a, b = replicas(pg_url)
+    launch = a.launch_token(["read:data:*"], single_use=False, max_uses=5, ttl=120)
+    bodies = [a.register_body(launch, ["read:data:*"])[0] for _ in range(20)]
+    barrier = threading.Barrier(20)
+
+    def register(i: int) -> int:
+        target = a if i % 2 == 0 else b
+        with httpx.Client(base_url=target.url, timeout=30) as client:
+            client.get("/v1/health")
+            barrier.wait(timeout=30)
+            return client.post("/v1/register", json=bodies[i]).status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        statuses = sorted(pool.map(register, range(20)))
+    assert statuses == [200] * 5 + [401] * 15, statuses
+    with PostgresStore(pg_url, migrate=False) as store:
+        _, registered = store.query_audit(AuditQuery(event_type="agent_registered"))
+        record = store.get_launch_token(launch_token_hash(launch))
+    assert registered == 5
+    assert record is not None
+    assert (record.uses, record.uses_left) == (5, 0)
+
+
 def test_interleaved_operations_on_both_replicas_keep_one_chain(
     pg_url: str, replicas: Replicas, tmp_path: Path
 ) -> None:
@@ -111,7 +138,7 @@ def test_sigkill_during_registrations_loses_no_acknowledged_one(
     pg_url: str, replicas: Replicas, tmp_path: Path
 ) -> None:
     victim, other = replicas(pg_url)
-    launch = other.launch_token(["read:data:*"], single_use=False, ttl=600)
+    launch = other.launch_token(["read:data:*"], single_use=False, max_uses=10_000, ttl=600)
     acknowledged: list[str] = []
     stop = threading.Event()
 

@@ -211,7 +211,9 @@ def test_list_apps_newest_first(store: Store) -> None:
 
 def test_launch_token_round_trip(store: Store) -> None:
     admin = make_launch_token(1)
-    by_app = make_launch_token(2, app_id="app-1", single_use=False, allowed_scope=())
+    by_app = make_launch_token(
+        2, app_id="app-1", single_use=False, allowed_scope=(), max_uses=7, allow_resume=False
+    )
     with store.write() as tx:
         tx.insert_launch_token(admin)
         tx.insert_launch_token(by_app)
@@ -237,7 +239,9 @@ def test_single_use_launch_token_is_consumed_once(store: Store) -> None:
         assert tx.consume_launch_token(token.token_hash, NOW + 1) is False
     with store.write() as tx:
         assert tx.consume_launch_token(token.token_hash, NOW + 2) is False
-    assert store.get_launch_token(token.token_hash) == replace(token, consumed_at=NOW + 1)
+    used = replace(token, consumed_at=NOW + 1, uses=1)
+    assert store.get_launch_token(token.token_hash) == used
+    assert used.uses_left == 0
 
 
 def test_expired_launch_token_is_never_consumable(store: Store) -> None:
@@ -255,14 +259,72 @@ def test_expired_launch_token_is_never_consumable(store: Store) -> None:
     assert store.get_launch_token(single.token_hash) == single
 
 
-def test_multi_use_launch_token_is_never_marked(store: Store) -> None:
-    token = make_launch_token(single_use=False)
+def test_multi_use_launch_token_counts_its_uses(store: Store) -> None:
+    token = make_launch_token(single_use=False, max_uses=3)
     with store.write() as tx:
         tx.insert_launch_token(token)
     for i in range(3):
         with store.write() as tx:
             assert tx.consume_launch_token(token.token_hash, NOW + i) is True
-    assert store.get_launch_token(token.token_hash) == token
+        # consumed_at is set by the last use only.
+        stored = store.get_launch_token(token.token_hash)
+        assert stored == replace(token, uses=i + 1, consumed_at=NOW + 2 if i == 2 else None)
+    with store.write() as tx:
+        assert tx.consume_launch_token(token.token_hash, NOW + 3) is False
+    assert store.get_launch_token(token.token_hash) == replace(token, uses=3, consumed_at=NOW + 2)
+
+
+def test_a_use_undone_by_a_rollback_is_not_counted(store: Store) -> None:
+    token = make_launch_token(single_use=False, max_uses=2)
+    with store.write() as tx:
+        tx.insert_launch_token(token)
+    with pytest.raises(RuntimeError), store.write() as tx:
+        assert tx.consume_launch_token(token.token_hash, NOW) is True
+        raise RuntimeError
+    with store.write() as tx:
+        with pytest.raises(RuntimeError), tx.savepoint():
+            assert tx.consume_launch_token(token.token_hash, NOW) is True
+            raise RuntimeError
+        assert tx.consume_launch_token(token.token_hash, NOW) is True
+    assert store.get_launch_token(token.token_hash) == replace(token, uses=1)
+
+
+def test_concurrent_consumers_take_exactly_the_uses_left(store: Store) -> None:
+    """20 transactions race for a token with 5 uses: exactly 5 win, on every backend."""
+    token = make_launch_token(single_use=False, max_uses=5)
+    with store.write() as tx:
+        tx.insert_launch_token(token)
+    contenders = 20
+    barrier = threading.Barrier(contenders)
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def consume() -> None:
+        barrier.wait(timeout=30)
+        with store.write() as tx:
+            won = tx.consume_launch_token(token.token_hash, NOW)
+        with lock:
+            results.append(won)
+
+    threads = [threading.Thread(target=consume) for _ in range(contenders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(results) == [False] * 15 + [True] * 5
+    assert store.get_launch_token(token.token_hash) == replace(token, uses=5, consumed_at=NOW)
+
+
+def test_agent_allow_resume_round_trip(store: Store) -> None:
+    """Resume reads whether it is allowed from the agent: the store must keep it."""
+    agent = replace(make_agent(9), allow_resume=False)
+    with store.write() as tx:
+        tx.insert_agent(agent)
+        tx.insert_agent(make_agent(10))
+    assert store.get_agent(agent.agent_id) == agent
+    stored = store.get_agent(make_agent(10).agent_id)
+    assert stored is not None
+    assert stored.allow_resume is True
 
 
 def test_nonce_is_consumed_once(store: Store) -> None:
@@ -731,7 +793,7 @@ def test_prune(store: Store) -> None:
     assert store.get_launch_token(multi.token_hash) is None
     assert store.get_launch_token(live.token_hash) == live
     assert store.get_launch_token(consumed_live.token_hash) == replace(
-        consumed_live, consumed_at=NOW
+        consumed_live, consumed_at=NOW, uses=1
     )
     assert [r.target for r in store.revocations_since(0)] == ["new"]
     with store.write() as tx:

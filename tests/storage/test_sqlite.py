@@ -132,7 +132,7 @@ def test_data_survives_close_and_reopen(db_path: Path) -> None:
         tx.append_audit(events)
     with SQLiteStore(db_path, migrate=False) as second:
         assert second.get_app("app-1") == make_app()
-        assert second.get_launch_token(token.token_hash) == replace(token, consumed_at=NOW)
+        assert second.get_launch_token(token.token_hash) == replace(token, consumed_at=NOW, uses=1)
         assert second.get_agent(make_agent().agent_id) == make_agent()
         assert [r.target for r in second.load_revocations(NOW)] == ["a"]
         assert list(second.iter_audit()) == events

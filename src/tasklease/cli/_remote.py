@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tasklease.cli._common import (
@@ -28,7 +29,7 @@ app_app = typer.Typer(
     no_args_is_help=True,
 )
 launch_token_app = typer.Typer(
-    help=f"Create launch tokens that let one agent register.\n\n{EXIT_CODES_HELP}",
+    help=f"Create launch tokens that let agents register.\n\n{EXIT_CODES_HELP}",
     no_args_is_help=True,
 )
 keys_app = typer.Typer(
@@ -164,18 +165,35 @@ def launch_token_create(
         int | None, typer.Option(help="Lifetime of the agent's tokens in seconds.")
     ] = None,
     ttl: Annotated[
-        int | None, typer.Option(help="How long the launch token stays valid (s, default 30).")
+        int | None,
+        typer.Option(help="How long the launch token stays valid (s, default 30, at most 3600)."),
     ] = None,
-    multi_use: Annotated[bool, typer.Option(help="Let several agents register with it.")] = False,
+    multi_use: Annotated[
+        bool, typer.Option(help="Let several agents register with it (10 unless --max-uses).")
+    ] = False,
+    max_uses: Annotated[
+        int | None,
+        typer.Option(help="How many agents may register with it (implies --multi-use)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Whether its agents may resume by key after a restart.")
+    ] = True,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
     """Create a launch token allowing at most --scope. It is shown once."""
+    multi = multi_use or (max_uses is not None and max_uses != 1)
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         answer = admin.create_launch_token(
-            agent_name, scope, max_ttl=max_ttl, single_use=not multi_use, ttl=ttl
+            agent_name,
+            scope,
+            max_ttl=max_ttl,
+            single_use=not multi,
+            ttl=ttl,
+            max_uses=max_uses,
+            allow_resume=None if resume else False,
         )
     if as_json:
         print_json(answer)
@@ -183,9 +201,12 @@ def launch_token_create(
     policy = answer.get("policy") or {}
     out.print(str(answer.get("launch_token")), highlight=False)
     out.print(
-        f"[dim]expires {answer.get('expires_at')}; "
-        f"scope {' '.join(policy.get('allowed_scope', []))}; "
-        f"agent tokens {policy.get('max_ttl')} s; single use {policy.get('single_use')}[/]",
+        f"[dim]expires {escape(str(answer.get('expires_at')))}; "
+        f"uses left {escape(str(answer.get('uses_left')))} of "
+        f"{escape(str(answer.get('max_uses')))}; "
+        f"scope {escape(' '.join(policy.get('allowed_scope', [])))}; "
+        f"agent tokens {escape(str(policy.get('max_ttl')))} s; "
+        f"resume {'allowed' if policy.get('allow_resume', True) else 'off'}[/]",
         highlight=False,
     )
 

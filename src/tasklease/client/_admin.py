@@ -149,8 +149,11 @@ class AdminClient:
         max_ttl: int | None = None,
         single_use: bool = True,
         ttl: int | None = None,
+        max_uses: int | None = None,
+        allow_resume: bool | None = None,
     ) -> dict[str, Any]:
-        """A launch token (``launch_token``, ``expires_at``, ``policy``), shown once."""
+        """A launch token (``launch_token``, ``expires_at``, ``max_uses``, ``uses_left``,
+        ``policy``), shown once. ``max_uses`` needs ``single_use=False``."""
         body: dict[str, Any] = {
             "agent_name": agent_name,
             "allowed_scope": list(allowed_scope),
@@ -160,6 +163,10 @@ class AdminClient:
             body["max_ttl"] = max_ttl
         if ttl is not None:
             body["ttl"] = ttl
+        if max_uses is not None:
+            body["max_uses"] = max_uses
+        if allow_resume is not None:
+            body["allow_resume"] = allow_resume
         return self._json("POST", "/v1/admin/launch-tokens", json=body)
 
     def revoke(self, level: str, target: str) -> dict[str, Any]:

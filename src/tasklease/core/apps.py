@@ -21,7 +21,12 @@ from tasklease.core.delegation import principal_ref, validate_principal
 from tasklease.core.errors import Forbidden, InvalidRequest, InvalidTTL, NotFound, Unauthorized
 from tasklease.core.issuing import clamp_ttl, listed
 from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service, app_ancestor
-from tasklease.core.launch import new_launch_token
+from tasklease.core.launch import (
+    DEFAULT_MULTI_USES,
+    MAX_USES,
+    MULTI_USE_DEFAULT_TTL,
+    new_launch_token,
+)
 from tasklease.core.passwords import hash_secret, new_secret, verify_secret
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys
@@ -37,6 +42,31 @@ _APP_NAME = re.compile(r"^[a-z][a-z0-9]+(?:-[a-z0-9]+)*$")
 def expires_at_text(record: LaunchTokenRecord) -> str:
     """When a launch token expires, as RFC 3339 (whole seconds)."""
     return format_rfc3339_seconds(record.expires_at)
+
+
+def _positive_seconds(name: str, value: object) -> int | None:
+    """A launch token's ``ttl`` or ``max_ttl`` as given (None when absent): whole seconds
+    above zero, else 400 naming the field (never silently replaced by a default)."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InvalidRequest(f"{name} must be a positive integer number of seconds")
+    return value
+
+
+def _max_uses(value: object, *, multi_use: bool) -> int:
+    """How many registrations a launch token admits: 1 for a single-use token, else
+    ``max_uses`` (default :data:`DEFAULT_MULTI_USES`, 1 to :data:`MAX_USES`)."""
+    if value is None:
+        return DEFAULT_MULTI_USES if multi_use else 1
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_USES:
+        raise InvalidRequest(f"max_uses must be an integer from 1 to {MAX_USES}")
+    if value > 1 and not multi_use:
+        raise InvalidRequest(
+            "max_uses above 1 needs single_use: false",
+            hint="a launch token is single-use unless created with single_use: false",
+        )
+    return value
 
 
 def _app_token_ttl(token_ttl: object) -> int | None:
@@ -302,6 +332,8 @@ class Apps(Service):
         ctx: RequestContext,
         principal: object = None,
         resource: object = None,
+        max_uses: object = None,
+        allow_resume: object = None,
     ) -> tuple[str, LaunchTokenRecord]:
         """Mint a launch token. App callers are held to their app's scope ceiling.
 
@@ -312,6 +344,13 @@ class Apps(Service):
         the agents it launches work for; by default the creator (``admin`` or
         ``app:<app_id>``). Every token of those agents, and every token delegated from
         them, carries it (docs/agents.md).
+
+        A launch token admits one registration unless ``single_use`` is false; then
+        ``max_uses`` of them (default :data:`DEFAULT_MULTI_USES`), each taken atomically.
+        ``ttl`` (its own validity) defaults to ``launch_token_ttl`` and may not exceed
+        ``launch_token_max_ttl`` (``invalid_ttl``). ``allow_resume`` false keeps the
+        agents it launches from resuming by key. ``ttl``, ``max_ttl`` and ``max_uses``
+        must be positive integers: anything else is ``invalid_request`` naming the field.
         """
         cfg = self._config
         if not isinstance(agent_name, str) or not agent_name:
@@ -321,20 +360,24 @@ class Apps(Service):
         if allowed_scope is None or allowed_scope == []:
             raise InvalidRequest("allowed_scope must not be empty")
         scope = validate_scopes(allowed_scope, field="allowed_scope")
-        for name, value in (("max_ttl", max_ttl), ("ttl", ttl)):
-            if value is not None and type(value) is not int:
-                raise InvalidRequest(f"{name} must be an integer number of seconds")
-        if single_use is not None and not isinstance(single_use, bool):
-            raise InvalidRequest("single_use must be a boolean")
+        validity = _positive_seconds("ttl", ttl)
+        agent_ttl = clamp_ttl(_positive_seconds("max_ttl", max_ttl), cfg.default_ttl, cfg)
+        for name, flag in (("single_use", single_use), ("allow_resume", allow_resume)):
+            if flag is not None and not isinstance(flag, bool):
+                raise InvalidRequest(f"{name} must be a boolean")
+        multi_use = single_use is False
+        uses = _max_uses(max_uses, multi_use=multi_use)
         named = None if principal is None else validate_principal(principal)
         resources = validate_resources(resource, field="resource")
-        validity = cfg.launch_token_ttl if not isinstance(ttl, int) or ttl <= 0 else ttl
+        if validity is None:
+            validity = cfg.launch_token_ttl
+            if multi_use:
+                validity = min(validity, MULTI_USE_DEFAULT_TTL)
         if validity > cfg.launch_token_max_ttl:
             raise InvalidTTL(
                 f"invalid launch token ttl: at most {cfg.launch_token_max_ttl} seconds, "
                 f"got {validity}"
             )
-        agent_ttl = clamp_ttl(max_ttl if isinstance(max_ttl, int) else None, cfg.default_ttl, cfg)
         app_id = ""
         if claims.kind == KIND_APP:
             app_id = claims.sub.removeprefix("app:")
@@ -373,13 +416,15 @@ class Apps(Service):
             agent_name=agent_name,
             allowed_scope=scope,
             max_ttl=agent_ttl,
-            single_use=single_use is not False,
+            single_use=not multi_use,
             created_at=now,
             expires_at=now + validity,
             created_by=claims.sub,
             app_id=app_id,
             principal=named or (f"app:{app_id}" if app_id else "admin"),
             audience=resources,
+            max_uses=uses,
+            allow_resume=allow_resume is not False,
         )
         suffix = f" app_id={app_id}" if app_id else ""
         if resources:
@@ -393,7 +438,8 @@ class Apps(Service):
                     "launch_token_issued",
                     request_id=ctx.request_id,
                     detail=f"launch token issued for agent={agent_name} scope={listed(scope)} "
-                    f"max_ttl={agent_ttl} single_use={record.single_use} id={digest[:12]} "
+                    f"max_ttl={agent_ttl} single_use={record.single_use} max_uses={uses} "
+                    f"allow_resume={record.allow_resume} ttl={validity} id={digest[:12]} "
                     f"created_by={claims.sub}{suffix}",
                 )
             ]

@@ -363,8 +363,11 @@ class Broker:
         ctx: RequestContext,
         principal: object = None,
         resource: object = None,
+        max_uses: object = None,
+        allow_resume: object = None,
     ) -> tuple[str, LaunchTokenRecord]:
-        """Mint a launch token. App callers are held to their app's scope ceiling."""
+        """Mint a launch token. App callers are held to their app's scope ceiling; a
+        multi-use one admits ``max_uses`` registrations."""
         return self._apps.create_launch_token(
             claims,
             agent_name=agent_name,
@@ -375,6 +378,8 @@ class Broker:
             ctx=ctx,
             principal=principal,
             resource=resource,
+            max_uses=max_uses,
+            allow_resume=allow_resume,
         )
 
     # --- signing keys (core.signing) ---------------------------------------------------

@@ -37,7 +37,7 @@ class Config:
     admin_token_ttl: int = 300
     app_token_ttl: int = 1800
     launch_token_ttl: int = 30
-    launch_token_max_ttl: int = 86400
+    launch_token_max_ttl: int = 3600  # the longest validity a launch token may be given
     delegation_default_ttl: int = 60
     max_delegation_depth: int = 5
     clock_skew: int = 30
@@ -107,6 +107,7 @@ class Config:
             "admin_token_ttl",
             "app_token_ttl",
             "launch_token_ttl",
+            "launch_token_max_ttl",
             "delegation_default_ttl",
             "nonce_ttl",
             "renewal_ceiling",
@@ -115,6 +116,8 @@ class Config:
                 raise ValueError(f"{name} must be a positive number of seconds")
         if self.default_ttl > self.max_ttl:
             raise ValueError("default_ttl must not exceed max_ttl")
+        if self.launch_token_ttl > self.launch_token_max_ttl:
+            raise ValueError("launch_token_ttl must not exceed launch_token_max_ttl")
         if self.clock_skew < 0 or self.clock_skew > 300:
             raise ValueError("clock_skew must be between 0 and 300 seconds")
         if self.max_renewals < 0:

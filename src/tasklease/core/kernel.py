@@ -12,7 +12,8 @@ one pure function: it refuses when an ancestor is gone, and otherwise computes t
 token's ``exp``, renewal count, lineage and principal so that nothing grows along a
 lineage. The invariants (docs/authority.md):
 
-1. every ancestor is alive: not removed, revoked, released, done or expired;
+1. every ancestor is alive: not removed, revoked, released, done or expired, and
+   allows the operation (a launch token may switch resumption off);
 2. ``exp`` ≤ every ancestor's ceiling (launch ``max_ttl``, registration lifetime
    ceiling, the parent token's ``exp`` and ``max_exp``);
 3. the renewal budget is counted on the lineage and never reset;
@@ -134,6 +135,8 @@ class Parent:
     ``ceiling`` is the latest ``exp`` the lineage allows (``max_exp``), ``token_exp``
     the parent token's own ``exp`` (0 when the parent is not a token), ``ttl`` the
     longest lifetime one token of the lineage may have (launch ``max_ttl``).
+    ``resumable`` is false when the registration's launch token switched resumption off
+    (``allow_resume``).
     """
 
     holder: str
@@ -148,6 +151,7 @@ class Parent:
     grant: str = ""
     jti: str = ""
     token_exp: int = 0
+    resumable: bool = True
 
     @classmethod
     def of_token(cls, claims: Claims, config: Config) -> Parent:
@@ -230,6 +234,15 @@ def check_issuance(
         raise ValueError(f"unknown issuance operation: {operation}")
     if dead_ancestor:
         raise Refusal(Forbidden("an ancestor credential has ended"), dead_ancestor, "denied")
+    if operation == "resume" and not parent.resumable:
+        raise Refusal(
+            Forbidden(
+                "resume is switched off for this agent",
+                hint="its launch token was created with allow_resume: false; register anew",
+            ),
+            "its launch token switched resumption off (allow_resume false)",
+            "denied",
+        )
     if not scope_rules.is_subset(scope, parent.scope):
         raise Refusal(
             ScopeViolation(_WIDENING[operation]),

@@ -291,10 +291,14 @@ class Registration(Service):
                 Unauthorized("launch token: launch token expired"),
                 replace(base, detail=f"launch token expired ({lt_hash[:12]})"),
             )
-        if record.single_use and record.consumed_at is not None:
+        if record.uses >= record.max_uses:
             raise deny(
                 Unauthorized("launch token: launch token already consumed"),
-                replace(base, detail=f"launch token already consumed ({lt_hash[:12]})"),
+                replace(
+                    base,
+                    detail=f"launch token already consumed: {record.uses} of "
+                    f"{record.max_uses} uses ({lt_hash[:12]})",
+                ),
             )
         iat = int(now)
         principal = record.principal or (f"app:{record.app_id}" if record.app_id else "admin")
@@ -398,6 +402,7 @@ class Registration(Service):
             cnf=json.dumps(cnf, separators=(",", ":"), sort_keys=True) if cnf else "",
             audience=audience if audience != cfg.audience else (),
             token_ttl=record.max_ttl,
+            allow_resume=record.allow_resume,
         )
         suffix = f" app_id={record.app_id}" if record.app_id else ""
         suffix += binding_suffix(claims, reference)

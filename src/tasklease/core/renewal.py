@@ -8,8 +8,8 @@
   a fresh token for the same SPIFFE ID, scope, audience, binding and principal, without a
   launch token. The original registration time stays ``oiat``, so the renewal ceiling
   still bounds the task; each resumption counts as a renewal (at most ``max_renewals``).
-  A revoked, released or swept agent cannot resume, and a different key is refused and
-  audited.
+  A revoked, released or swept agent cannot resume, nor one whose launch token was
+  created with ``allow_resume: false``; a different key is refused and audited.
 
 Renewals and resumptions count on one budget: a registration's own tokens record their
 count in its session (``AgentSession.resumes``), which a resumption continues from.
@@ -188,7 +188,8 @@ class Renewal(Service):
             Unauthorized: the binding is not proven; the nonce is unknown, expired or
                 used; the agent is unknown; or the signature does not verify with the
                 registered key (an impostor) - audited.
-            Forbidden: the agent is revoked, released or swept (audited).
+            Forbidden: the agent is revoked, released or swept, or its launch token
+                switched resumption off (audited).
             RenewalCeilingExceeded / RenewalCountExceeded: the task's ceiling is reached,
                 or its lineage was renewed or resumed ``max_renewals`` times (audited).
         """
@@ -264,6 +265,7 @@ class Renewal(Service):
                     ceiling=oiat + cfg.renewal_ceiling,
                     ttl=ttl_cap,
                     renewals=session.resumes,
+                    resumable=agent.allow_resume,
                 ),
                 holder=agent_id,
                 scope=agent.scope,

@@ -62,12 +62,21 @@ class LaunchTokenRecord:
     expires_at: float
     created_by: str
     app_id: str = ""  # "" when an admin created it
-    consumed_at: float | None = None
+    consumed_at: float | None = None  # when its last use was taken
     # RFC 8707 resources a registration may name (empty: the broker's default audience).
     audience: tuple[str, ...] = ()
     # The human (or other principal) the work is done for, ``kind:value``; "" means the
     # creator (``admin`` or ``app:<app_id>``). See docs/agents.md.
     principal: str = ""
+    # How many registrations it admits (1 for a single-use token), and how many it did.
+    max_uses: int = 1
+    uses: int = 0
+    # Whether the agents it launches may resume by key (``core.renewal``).
+    allow_resume: bool = True
+
+    @property
+    def uses_left(self) -> int:
+        return max(0, self.max_uses - self.uses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +119,8 @@ class AgentRecord:
     # The longest lifetime one of its tokens may have (its launch token's ``max_ttl``);
     # 0 for agents registered before it was recorded (the broker's default TTL then).
     token_ttl: int = 0
+    # Its launch token's ``allow_resume``: whether it may resume by key after a restart.
+    allow_resume: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,10 +244,11 @@ class WriteTx(Protocol):
     def insert_launch_token(self, record: LaunchTokenRecord) -> None: ...
 
     def consume_launch_token(self, token_hash: str, now: float) -> bool:
-        """Atomically mark a single-use launch token consumed.
+        """Atomically take one use of a launch token.
 
-        True iff it existed, was unexpired at ``now`` and unconsumed (multi-use tokens:
-        True iff unexpired, and they are never marked). Exactly one concurrent caller wins.
+        True iff it existed, was unexpired at ``now`` and had a use left; the use is
+        counted (``uses``), and taking the last one sets ``consumed_at`` to ``now``. Of
+        any number of concurrent callers, exactly as many win as it had uses left.
         """
         ...
 

@@ -468,16 +468,23 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
                 ctx=ctx,
                 resource=_one_of(req.resource, req.audience),
                 principal=req.principal,
+                max_uses=req.max_uses,
+                allow_resume=req.allow_resume,
             ),
         )
         policy = wire.LaunchTokenPolicy(
             allowed_scope=list(record.allowed_scope),
             max_ttl=record.max_ttl,
             single_use=record.single_use,
+            allow_resume=record.allow_resume,
         )
         return _json(
             wire.LaunchTokenResponse(
-                launch_token=token, expires_at=expires_at_text(record), policy=policy
+                launch_token=token,
+                expires_at=expires_at_text(record),
+                max_uses=record.max_uses,
+                uses_left=record.uses_left,
+                policy=policy,
             ),
             201,
         )

@@ -156,14 +156,11 @@ class _MemoryWriteTx:
         self._check_open()
         tokens = self._store._launch_tokens
         record = tokens.get(token_hash)
-        if record is None or record.expires_at <= now:
+        if record is None or record.expires_at <= now or record.uses >= record.max_uses:
             return False
-        if not record.single_use:
-            return True
-        if record.consumed_at is not None:
-            return False
-        consumed = dataclasses.replace(record, consumed_at=now)
-        self._set(tokens, token_hash, consumed)
+        uses = record.uses + 1
+        used_up = now if uses >= record.max_uses else record.consumed_at
+        self._set(tokens, token_hash, dataclasses.replace(record, uses=uses, consumed_at=used_up))
         return True
 
     def consume_nonce(self, nonce_hash: str, expires_at: float) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from tasklease.core.launch import DEFAULT_MULTI_USES, MAX_USES
 from tasklease.core.store import AuditEvent as AuditRecord
 from tasklease.http.wire._base import (
     PUBLIC,
@@ -79,14 +80,37 @@ class LaunchTokenRequest(Request):
         list[str] | None, required("The most an agent registered with it may request.")
     ] = None
     max_ttl: Annotated[
-        int | None, doc("Lifetime of the agent's tokens in seconds (capped by the broker).")
+        int | None,
+        doc(
+            "Lifetime of the agent's tokens in seconds, above 0 (capped by the broker's "
+            "`max_ttl`; default the broker's `default_ttl`)."
+        ),
     ] = None
     single_use: Annotated[
-        bool | None, doc("Whether one registration consumes it (default true).")
+        bool | None,
+        doc("Whether one registration consumes it (default true); false admits `max_uses`."),
+    ] = None
+    max_uses: Annotated[
+        int | None,
+        doc(
+            "How many registrations a multi-use launch token (`single_use: false`) admits, "
+            f"1 to {MAX_USES} (default {DEFAULT_MULTI_USES}); each takes one use atomically. "
+            "Above 1 only with `single_use: false`."
+        ),
     ] = None
     ttl: Annotated[
         int | None,
-        doc("How long the launch token itself stays valid, in seconds (default 30)."),
+        doc(
+            "How long the launch token itself stays valid, in seconds above 0 (default the "
+            "broker's `launch_token_ttl`, 30; at most its `launch_token_max_ttl`, 3600)."
+        ),
+    ] = None
+    allow_resume: Annotated[
+        bool | None,
+        doc(
+            "Whether the agents it launches may resume by key after a restart "
+            "(`POST /v1/resume`; default true)."
+        ),
     ] = None
     resource: Annotated[
         _Resources,
@@ -171,11 +195,14 @@ class LaunchTokenPolicy(Response):
     allowed_scope: Annotated[list[str], doc("The most an agent may request.")]
     max_ttl: Annotated[int, doc("Lifetime of the agent's tokens, in seconds.")]
     single_use: Annotated[bool, doc("Whether one registration consumes it.")]
+    allow_resume: Annotated[bool, doc("Whether its agents may resume by key.")]
 
 
 class LaunchTokenResponse(Response):
     launch_token: Annotated[str, doc("The launch token (64 hex characters), shown once.")]
     expires_at: Timestamp
+    max_uses: Annotated[int, doc("How many registrations it admits (1: single use).")]
+    uses_left: Annotated[int, doc("How many registrations it still admits.")]
     policy: LaunchTokenPolicy
 
 
@@ -205,10 +232,11 @@ _LAUNCH_TOKEN_FAILURES = (
     Failure(
         "invalid_request",
         "`agent_name` is missing or longer than 256 characters, `allowed_scope` is "
-        "empty or malformed, `principal` is not `kind:value`, or a TTL or `single_use` "
-        "has the wrong type",
+        "empty or malformed, `principal` is not `kind:value`, `ttl`, `max_ttl` or "
+        f"`max_uses` is not a positive integer, `max_uses` is above {MAX_USES} or above 1 "
+        "without `single_use: false`, or `single_use` or `allow_resume` is not a boolean",
     ),
-    Failure("invalid_ttl", "`ttl` exceeds the broker's launch token maximum"),
+    Failure("invalid_ttl", "`ttl` exceeds the broker's `launch_token_max_ttl`"),
     Failure("invalid_target", "a `resource` is malformed or there are more than 16"),
 )
 
@@ -312,8 +340,9 @@ OPERATIONS = (
         "createLaunchTokenAsAdmin",
         "launch tokens",
         "Create a launch token (operator)",
-        "A launch token lets one agent (or, with `single_use: false`, several) register "
-        "with at most `allowed_scope`. The token is shown once. `resource` (or "
+        "A launch token lets one agent (or, with `single_use: false`, up to `max_uses`) "
+        "register with at most `allowed_scope`; `uses_left` counts what is left. The "
+        "token is shown once. `resource` (or "
         "`audience`; a string or a list, RFC 8707) names the resources its agents' tokens "
         "may be for; `principal` the human they work for.",
         admin("admin:launch-tokens:*"),

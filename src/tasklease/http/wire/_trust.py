@@ -274,7 +274,8 @@ OPERATIONS = (
         "with its registered key (exactly as for registration) and gets a fresh token for "
         "the same SPIFFE ID, scope and principal, without a launch token. The token keeps "
         "the registration's `oiat`, so the renewal ceiling still bounds the task, and each "
-        "resumption counts as a renewal. A different key is refused and audited.",
+        "resumption counts as a renewal. A different key is refused and audited, and so "
+        "is an agent whose launch token was created with `allow_resume: false`.",
         PUBLIC,
         RegisterResponse,
         request=ResumeRequest,
@@ -286,7 +287,11 @@ OPERATIONS = (
                 "the nonce is unknown, expired or used, the agent is unknown, or the "
                 "signature does not verify with its registered key",
             ),
-            _GONE,
+            Failure(
+                "forbidden",
+                "the agent is revoked, released or was swept, or its launch token switched "
+                "resumption off (`allow_resume: false`)",
+            ),
             Failure("renewal_count_exceeded", "the agent resumed `max_renewals` times"),
             Failure(
                 "renewal_ceiling_exceeded",

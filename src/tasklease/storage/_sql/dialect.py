@@ -60,11 +60,11 @@ _APP = (
 )
 _LAUNCH = (
     "token_hash, agent_name, allowed_scope, max_ttl, single_use, created_at, expires_at,"
-    " created_by, app_id, consumed_at, audience, principal"
+    " created_by, app_id, consumed_at, audience, principal, max_uses, uses, allow_resume"
 )
 _AGENT = (
     "agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered_at,"
-    " status, cnf, audience, token_ttl"
+    " status, cnf, audience, token_ttl, allow_resume"
 )
 _OPERATOR = (
     "name, role, secret_hash, public_key, status, created_at, updated_at, created_by"
@@ -201,13 +201,11 @@ class Dialect:
             " created_at = ?, updated_at = ?, created_by = ? WHERE name = ?"
         )
         self.insert_launch_token = q(f"{_insert('launch_tokens', _LAUNCH)} ON CONFLICT DO NOTHING")
+        # One use taken, and the time of the last one recorded, in one conditional UPDATE.
         self.consume_launch_token = q(
-            f"UPDATE launch_tokens SET consumed_at = ? WHERE token_hash = ?"  # noqa: S608
-            f" AND {is_set.format('single_use')} AND consumed_at IS NULL AND expires_at > ?"
-        )
-        self.reusable_launch_token = q(
-            f"SELECT 1 FROM launch_tokens WHERE token_hash = ?"  # noqa: S608
-            f" AND {is_clear.format('single_use')} AND expires_at > ?"
+            "UPDATE launch_tokens SET uses = uses + 1,"
+            " consumed_at = CASE WHEN uses + 1 >= max_uses THEN ? ELSE consumed_at END"
+            " WHERE token_hash = ? AND uses < max_uses AND expires_at > ?"
         )
         self.consume_nonce = q(
             "INSERT INTO used_nonces (nonce_hash, expires_at) VALUES (?, ?)"
@@ -303,7 +301,7 @@ class Dialect:
 
     def launch_token_from_row(self, row: Row) -> LaunchTokenRecord:
         (token_hash, agent_name, scope, max_ttl, single_use, created, expires, by, app_id,
-         used, audience, principal) = row  # fmt: skip
+         used, audience, principal, max_uses, uses, allow_resume) = row  # fmt: skip
         return LaunchTokenRecord(
             token_hash=token_hash,
             agent_name=agent_name,
@@ -317,6 +315,9 @@ class Dialect:
             consumed_at=None if used is None else float(used),
             audience=self._load_scopes(audience),
             principal=principal,
+            max_uses=int(max_uses),
+            uses=int(uses),
+            allow_resume=bool(allow_resume),
         )
 
     def launch_token_params(self, record: LaunchTokenRecord) -> tuple[object, ...]:
@@ -333,6 +334,9 @@ class Dialect:
             record.consumed_at,
             self._dump_scopes(record.audience),
             record.principal,
+            record.max_uses,
+            record.uses,
+            record.allow_resume,
         )
 
     @staticmethod
@@ -364,7 +368,7 @@ class Dialect:
 
     def agent_from_row(self, row: Row) -> AgentRecord:
         (agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered, status,
-         cnf, audience, token_ttl) = row  # fmt: skip
+         cnf, audience, token_ttl, allow_resume) = row  # fmt: skip
         return AgentRecord(
             agent_id=agent_id,
             public_key=bytes(public_key),
@@ -378,6 +382,7 @@ class Dialect:
             cnf=cnf,
             audience=self._load_scopes(audience),
             token_ttl=int(token_ttl),
+            allow_resume=bool(allow_resume),
         )
 
     def agent_params(self, agent: AgentRecord) -> tuple[object, ...]:
@@ -394,6 +399,7 @@ class Dialect:
             agent.cnf,
             self._dump_scopes(agent.audience),
             agent.token_ttl,
+            agent.allow_resume,
         )
 
 

@@ -159,14 +159,11 @@ class SQLWriteTx(Generic[_C]):
             raise Conflict("launch token already exists")
 
     def consume_launch_token(self, token_hash: str, now: float) -> bool:
-        d = self.dialect
-        # One conditional UPDATE: the check and the mark cannot be separated. A concurrent
-        # consumer (PostgreSQL) waits for our row lock, then re-checks ``consumed_at IS
-        # NULL`` on the committed row and finds nothing.
+        # One conditional UPDATE: the check and the count cannot be separated. A concurrent
+        # consumer (PostgreSQL) waits for our row lock, then re-checks ``uses < max_uses``
+        # on the committed row, so no more than ``max_uses`` registrations ever win.
         params = (now, token_hash, now)
-        if self._db().execute(d.consume_launch_token, params).rowcount == 1:
-            return True
-        return self._exists(d.reusable_launch_token, (token_hash, now))
+        return self._db().execute(self.dialect.consume_launch_token, params).rowcount == 1
 
     def consume_nonce(self, nonce_hash: str, expires_at: float) -> bool:
         cursor = self._db().execute(self.dialect.consume_nonce, (nonce_hash, expires_at))
