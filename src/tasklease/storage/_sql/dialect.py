@@ -118,9 +118,9 @@ class Dialect:
     """One dialect's spelling of the shared statements, and its row conversions.
 
     The statements are written below with ``?`` placeholders and turned into
-    ``placeholder`` once. ``is_set`` and ``is_clear`` test a boolean column (``{}`` is the
-    column): spelled as the dialect's partial indexes spell them, which the planners
-    match by their text. ``for_update`` ends a read inside a write transaction that locks
+    ``placeholder`` once. ``is_set`` tests a boolean column (``{}`` is the column):
+    spelled as the dialect's partial indexes spell it, which the planners match by its
+    text. ``for_update`` ends a read inside a write transaction that locks
     the row it reads. ``load_scopes`` and ``dump_scopes`` convert a scope list column.
     """
 
