@@ -82,7 +82,6 @@ _DIALECT = Dialect(
     folder="postgres",
     placeholder="%s",
     is_set="{}",
-    is_clear="NOT {}",
     for_update=" FOR UPDATE",
     load_scopes=tuple,
     dump_scopes=list,

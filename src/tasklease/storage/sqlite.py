@@ -104,7 +104,6 @@ _DIALECT = Dialect(
     folder="sqlite",
     placeholder="?",
     is_set="{} = 1",
-    is_clear="{} = 0",
     for_update="",
     load_scopes=_load_scopes,
     dump_scopes=_dump_scopes,

@@ -131,7 +131,6 @@ class Dialect:
         folder: str,
         placeholder: str,
         is_set: str,
-        is_clear: str,
         for_update: str,
         load_scopes: Callable[[Any], tuple[str, ...]],
         dump_scopes: Callable[[Sequence[str]], object],
