@@ -32,6 +32,7 @@ from tasklease.http.openapi import WWW_AUTHENTICATE, openapi_document, openapi_j
 from tasklease.http.problems import STATUS_BY_CODE
 from tasklease.http.wire import ERROR_CODES, OPERATIONS, SHAPES, TAGS
 from tasklease.rules import jws as _jws
+from tasklease.rules.messages import operator_sign_in_input
 from tasklease.storage import open_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -592,6 +593,44 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
 
     call("POST", "/v1/token/release", token=renewed["access_token"], expect=204)
     call("DELETE", "/v1/admin/apps/{app_id}", path=one, token=admin, expect=200)
+
+    # Named operators: added with a secret or a key, signed in both ways, rotated, removed.
+    alice = call(
+        "POST",
+        "/v1/admin/operators",
+        token=admin,
+        json={"name": "alice", "role": "operator"},
+        expect=201,
+    )
+    call("POST", "/v1/admin/operators", token=admin, json={"name": "alice"}, expect=400)
+    call(
+        "POST",
+        "/v1/admin/operators",
+        token=admin,
+        json={"name": "alice", "role": "auditor"},
+        expect=409,
+    )
+    op_key = nacl.signing.SigningKey.generate()
+    keyed = {"name": "bob", "role": "auditor", "public_key": _b64(bytes(op_key.verify_key))}
+    call("POST", "/v1/admin/operators", token=admin, json=keyed, expect=201)
+    call("GET", "/v1/admin/operators", token=admin, expect=200)
+    sign_in = {"name": "alice", "secret": alice["secret"]}
+    operator = call("POST", "/v1/operator/auth", json=sign_in, expect=200)["access_token"]
+    call("POST", "/v1/operator/auth", json={**sign_in, "secret": "x" * 64}, expect=401)
+    call("POST", "/v1/operator/auth", json={"name": "alice"}, expect=400)
+    nonce = call("GET", "/v1/challenge", expect=200)["nonce"]
+    proof = _b64(op_key.sign(operator_sign_in_input("bob", nonce)).signature)
+    by_key = {"name": "bob", "nonce": nonce, "signature": proof}
+    call("POST", "/v1/operator/auth", json=by_key, expect=200)
+    call("GET", "/v1/admin/operators", token=operator, expect=403)
+    alice_path = "/v1/admin/operators/alice"
+    rotate = "/v1/admin/operators/{name}/rotate"
+    call("POST", rotate, path=f"{alice_path}/rotate", token=admin, json={}, expect=200)
+    bad_key = {"public_key": "x"}
+    call("POST", rotate, path=f"{alice_path}/rotate", token=admin, json=bad_key, expect=400)
+    call("DELETE", "/v1/admin/operators/{name}", path=alice_path, token=admin, expect=200)
+    call("DELETE", "/v1/admin/operators/{name}", path=alice_path, token=admin, expect=404)
+    call("POST", rotate, path=f"{alice_path}/rotate", token=admin, json={}, expect=404)
 
     # Last: rotating the signing key must not matter to anything above.
     call("POST", "/v1/admin/keys/rotate", token=a_token, expect=403)

@@ -11,6 +11,8 @@ Exit codes (documented in ``tasklease --help`` and docs/cli.md):
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import stat
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from rich.console import Console
 from rich.markup import escape
 
@@ -47,6 +51,7 @@ __all__ = [
     "fail",
     "out",
     "print_json",
+    "read_public_key",
     "resolve_connection",
 ]
 
@@ -88,7 +93,8 @@ ProfileOpt = Annotated[
     typer.Option(
         "--profile",
         envvar="TASKLEASE_PROFILE",
-        help="Profile TOML with `url` and `admin_secret` "
+        help="Profile TOML with `url`, and `admin_secret` or `operator` with "
+        "`operator_secret` or `operator_key_file` "
         "(default ~/.config/tasklease/profile.toml; must be mode 0600).",
         show_envvar=False,
     ),
@@ -137,8 +143,13 @@ def print_json(value: Any) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Connection:
+    """Where the broker is, and who signs in: a named operator, else the admin secret."""
+
     url: str
     admin_secret: str | None
+    operator: str | None = None
+    operator_secret: str | None = None
+    operator_key: bytes | None = None  # the 32-byte Ed25519 private key seed
 
 
 def _default_profile() -> Path:
@@ -146,28 +157,36 @@ def _default_profile() -> Path:
     return Path(base) / "tasklease" / "profile.toml"
 
 
-def _read_profile(path: Path, *, explicit: bool) -> dict[str, Any]:
+def _read_private(path: Path, what: str, *, explicit: bool = True) -> bytes | None:
+    """The bytes of a file only its owner may read (None if absent and not ``explicit``)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         if explicit:
-            fail(f"profile {path} does not exist")
-        return {}
+            fail(f"{what} {path} does not exist")
+        return None
     except OSError as exc:
-        fail(f"cannot read profile {path}: {exc.strerror}")
+        fail(f"cannot read {what} {path}: {exc.strerror}")
     with os.fdopen(fd, "rb") as fh:
         mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
         if mode & 0o077:
             fail(
-                f"profile {path} is accessible by group or others (mode {mode:04o}); "
-                "it may hold the admin secret",
+                f"{what} {path} is accessible by group or others (mode {mode:04o}); "
+                "it may hold a secret",
                 hint=f"chmod 600 {path}",
             )
-        try:
-            document = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            fail(f"profile {path} is not valid TOML: {exc}")
-    for key in ("url", "admin_secret"):
+        return fh.read()
+
+
+def _read_profile(path: Path, *, explicit: bool) -> dict[str, Any]:
+    raw = _read_private(path, "profile", explicit=explicit)
+    if raw is None:
+        return {}
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        fail(f"profile {path} is not valid TOML: {exc}")
+    for key in ("url", "admin_secret", "operator", "operator_secret", "operator_key_file"):
         if key in document and not isinstance(document[key], str):
             fail(f"profile {path}: {key} must be a string")
     return document
@@ -182,14 +201,26 @@ def resolve_connection(
 ) -> Connection:
     """Flags (and their environment variables) win over the profile file.
 
-    Exits 2 when no URL (or, with ``need_secret``, no admin secret) can be found, or
-    the profile file is unsafe or malformed.
+    A named operator (``TASKLEASE_OPERATOR`` with ``TASKLEASE_OPERATOR_SECRET`` or
+    ``TASKLEASE_OPERATOR_KEY_FILE``, or ``operator`` with ``operator_secret`` or
+    ``operator_key_file`` in the profile) signs in rather than the admin secret.
+
+    Exits 2 when no URL (or, with ``need_secret``, no credential) can be found, or the
+    profile or key file is unsafe or malformed.
     """
-    if url is None or (need_secret and admin_secret is None):
+    operator = os.environ.get("TASKLEASE_OPERATOR") or None
+    operator_secret = os.environ.get("TASKLEASE_OPERATOR_SECRET") or None
+    key_file = os.environ.get("TASKLEASE_OPERATOR_KEY_FILE") or None
+    named = operator is not None and (operator_secret or key_file)
+    if url is None or (need_secret and admin_secret is None and not named):
         path = Path(profile).expanduser() if profile else _default_profile()
         document = _read_profile(path, explicit=profile is not None)
         url = url or document.get("url")
         admin_secret = admin_secret or document.get("admin_secret")
+        if operator is None and document.get("operator"):
+            operator = document["operator"]
+            operator_secret = document.get("operator_secret")
+            key_file = document.get("operator_key_file")
     if not url:
         fail(
             "no broker URL",
@@ -197,11 +228,20 @@ def resolve_connection(
         )
     if not url.startswith(("http://", "https://")):
         fail(f"broker URL must start with http:// or https://, got {url!r}")
+    if operator is not None:
+        if not (operator_secret or key_file):
+            fail(
+                f"no secret or key for operator {operator}",
+                hint="set TASKLEASE_OPERATOR_SECRET or TASKLEASE_OPERATOR_KEY_FILE, or put "
+                "operator_secret or operator_key_file in the profile file",
+            )
+        key = _read_private_key(Path(key_file).expanduser()) if key_file else None
+        return Connection(url.rstrip("/"), None, operator, operator_secret, key)
     if need_secret and not admin_secret:
         fail(
             "no admin secret",
-            hint="set TASKLEASE_ADMIN_SECRET, pass --admin-secret, or put admin_secret in "
-            "the profile file",
+            hint="set TASKLEASE_ADMIN_SECRET (or TASKLEASE_OPERATOR and its secret), pass "
+            "--admin-secret, or put admin_secret in the profile file",
         )
     return Connection(url.rstrip("/"), admin_secret)
 
@@ -210,4 +250,63 @@ def admin_client(
     url: str | None, admin_secret: str | None, profile: str | None, *, need_secret: bool = True
 ) -> AdminClient:
     connection = resolve_connection(url, admin_secret, profile, need_secret=need_secret)
-    return AdminClient(connection.url, connection.admin_secret)
+    return AdminClient(
+        connection.url,
+        connection.admin_secret,
+        operator=connection.operator,
+        operator_secret=connection.operator_secret,
+        operator_key=connection.operator_key,
+    )
+
+
+# -- Ed25519 key files ----------------------------------------------------------------------
+
+
+def _raw_base64(text: str, size: int) -> bytes | None:
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == size else None
+
+
+def _read_private_key(path: Path) -> bytes:
+    """An operator's Ed25519 private key (the 32-byte seed) from a 0600 file: PKCS#8 PEM
+    (``openssl genpkey -algorithm ed25519``, unencrypted) or the seed in base64."""
+    data = _read_private(path, "operator key file") or b""
+    if b"-----BEGIN" in data:
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
+            fail(f"operator key file {path} is not an unencrypted PEM private key: {exc}")
+        if not isinstance(key, Ed25519PrivateKey):
+            fail(f"operator key file {path} does not hold an Ed25519 key")
+        return key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+    seed = _raw_base64(data.decode("ascii", "replace"), 32)
+    if seed is None:
+        fail(f"operator key file {path} is neither a PEM Ed25519 key nor a base64 seed")
+    return seed
+
+
+def read_public_key(path: Path) -> bytes:
+    """A raw 32-byte Ed25519 public key from a file: PEM (``openssl pkey -pubout``) or base64."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read public key {path}: {exc.strerror}")
+    if b"-----BEGIN" in data:
+        try:
+            key = serialization.load_pem_public_key(data)
+        except (ValueError, TypeError) as exc:
+            fail(f"{path} is not a PEM public key: {exc}")
+        if not isinstance(key, Ed25519PublicKey):
+            fail(f"{path} does not hold an Ed25519 public key")
+        return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw = _raw_base64(data.decode("ascii", "replace"), 32)
+    if raw is None:
+        fail(f"{path} is neither a PEM Ed25519 public key nor 32 bytes in base64")
+    return raw

@@ -2,8 +2,10 @@
 
 Local commands (``init``, ``serve``, ``db migrate``, ``audit verify --database``,
 ``keys encrypt``) work on a data directory; the others talk to a running broker over HTTP through
-:class:`tasklease.client.AdminClient` (``--url``/``TASKLEASE_URL``, the admin secret from
-``TASKLEASE_ADMIN_SECRET``, ``--admin-secret`` or a 0600 profile file; see docs/cli.md).
+:class:`tasklease.client.AdminClient` (``--url``/``TASKLEASE_URL``; a named operator from
+``TASKLEASE_OPERATOR`` with ``TASKLEASE_OPERATOR_SECRET`` or ``TASKLEASE_OPERATOR_KEY_FILE``,
+or the admin secret from ``TASKLEASE_ADMIN_SECRET`` or ``--admin-secret``; or a 0600
+profile file; see docs/cli.md).
 
 Exit codes: 0 success; 1 a check failed (for example a broken audit chain) or the thing
 asked for does not exist; 2 usage or configuration error; 3 the broker refused the
@@ -20,7 +22,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from tasklease.cli import _audit, _keys, _remote, _token
+from tasklease.cli import _audit, _keys, _operators, _remote, _token
 from tasklease.cli._common import EXIT_CODES_HELP, AdminSecretOpt, ProfileOpt, fail
 from tasklease.settings import ConfigError, load_config
 
@@ -94,20 +96,39 @@ def init(
             "beside the admin secret file (or in the data directory).",
         ),
     ] = None,
+    operator_name: Annotated[
+        str,
+        typer.Option(
+            help="Name of the first admin operator; its secret goes to a 0600 file "
+            "operator-<name>-secret beside the admin secret file (or in the data directory).",
+        ),
+    ] = "admin",
 ) -> None:
-    """Create a data directory, a config with a fresh admin secret, and a signing key.
+    """Create a data directory, a config with a fresh admin secret, a signing key, and the
+    first admin operator.
 
     The admin secret is shown once (or written once to --secret-file); only its argon2id
     hash is kept in the config. The signing key is encrypted (key_provider file) under a
     passphrase in a file of its own or in TASKLEASE_KEY_PASSPHRASE: the command says where.
+    The first admin operator's secret is written to a 0600 file, whose path is printed.
     """
+    from tasklease.core.errors import InvalidRequest
+    from tasklease.core.operators import operator_name as valid_operator_name
     from tasklease.core.passwords import hash_secret, new_secret
 
+    try:
+        valid_operator_name(operator_name)
+    except InvalidRequest as exc:
+        raise _fail(f"--operator-name: {exc.detail}") from None
     directory = Path(data_dir or ".tasklease")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     config_path = directory / "config.toml"
     if config_path.exists() and not force:
         raise _fail(f"{config_path} already exists (use --force to replace it and its secret)")
+    beside = Path(secret_file).parent if secret_file else directory
+    operator_secret_path = beside / f"operator-{operator_name}-secret"
+    if os.path.lexists(operator_secret_path) and not force:
+        raise _fail(f"{operator_secret_path} already exists (use --force to replace it)")
     secret = new_secret()
     document = (
         "# tasklease broker configuration; every setting is documented in docs/configuration.md\n"
@@ -129,6 +150,35 @@ def init(
         out.print(f"Admin secret written to {secret_file} (mode 0600); it is not shown again.")
     else:
         out.print(f"Admin secret (shown once, save it now): {secret}", highlight=False)
+    _first_operator(config_path, operator_name, operator_secret_path, force=force)
+
+
+def _first_operator(config_path: Path, name: str, secret_path: Path, *, force: bool) -> None:
+    """Make (or, with --force, re-key) the first admin operator in the new data directory's
+    database, and write its secret to ``secret_path`` (0600)."""
+    from tasklease.core.errors import TaskleaseError
+    from tasklease.core.kernel import RequestContext
+    from tasklease.keystore import KeyStoreError
+    from tasklease.server import build_broker
+
+    try:
+        broker = build_broker(load_config(str(config_path)))
+    except (ConfigError, KeyStoreError, TaskleaseError) as exc:
+        raise _fail(f"cannot open the new broker to add its first operator: {exc}") from None
+    try:
+        _, secret = broker.set_up_first_admin(name, RequestContext())
+    except TaskleaseError as exc:
+        raise _fail(f"first operator {name}: {exc.detail}") from None
+    finally:
+        broker.audit.close()
+        broker.store.close()
+    _write_private(secret_path, secret + "\n", force=force)
+    out.print(
+        f"Admin operator {name}: its secret is in {secret_path} (mode 0600); sign in with "
+        f"TASKLEASE_OPERATOR={name} and TASKLEASE_OPERATOR_SECRET set to that secret",
+        highlight=False,
+        markup=False,
+    )
 
 
 @app.command()
@@ -244,6 +294,7 @@ def audit_verify(
 
 # The commands that talk to a running broker, after the local ones in --help.
 _remote.register(app)
+_operators.register(app)
 _audit.register(audit_app)
 _token.register(app)
 _keys.register(_remote.keys_app)

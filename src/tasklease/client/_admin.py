@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
@@ -9,9 +10,11 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import nacl.signing
 
 from tasklease.client._errors import TransportError, Unauthorized, error_from_response
 from tasklease.client._flows import expect_json
+from tasklease.rules.messages import operator_sign_in_input
 
 __all__ = ["AdminClient"]
 
@@ -19,11 +22,14 @@ _REAUTH_MARGIN = 30.0
 
 
 class AdminClient:
-    """Operator access to one broker over HTTP, authenticated with the admin secret.
+    """Operator access to one broker over HTTP, as a named operator or with the admin secret.
 
-    The admin token is fetched on first use (``POST /v1/admin/auth``) and fetched again
-    shortly before it expires, or once when the broker answers 401. Results are the
-    broker's JSON objects as documented in ``docs/api.md``.
+    With ``operator`` it signs in as that named operator (``POST /v1/operator/auth``) with
+    ``operator_secret``, or with ``operator_key`` (the 32-byte Ed25519 private key seed,
+    or a ``nacl.signing.SigningKey``) by signing a fresh challenge nonce; otherwise with
+    the admin secret (``POST /v1/admin/auth``, the built-in admin). The token is fetched
+    on first use and again shortly before it expires, or once when the broker answers
+    401. Results are the broker's JSON objects as documented in ``docs/api.md``.
 
     Every method raises the :class:`~tasklease.client.TaskleaseError` subclass matching
     the broker's ``error_code`` (for example ``Unauthorized`` for a wrong secret,
@@ -36,12 +42,23 @@ class AdminClient:
         broker_url: str,
         admin_secret: str | None,
         *,
+        operator: str | None = None,
+        operator_secret: str | None = None,
+        operator_key: bytes | nacl.signing.SigningKey | None = None,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 10.0,
     ) -> None:
-        """``admin_secret`` may be None for the public calls (health, jwks, metrics)."""
+        """``admin_secret`` may be None for the public calls (health, jwks, metrics) or
+        when ``operator`` is given with its secret or key."""
         self.broker_url = broker_url.rstrip("/")
         self._secret = admin_secret
+        self._operator = operator
+        self._operator_secret = operator_secret
+        self._operator_key = (
+            nacl.signing.SigningKey(operator_key)
+            if isinstance(operator_key, bytes)
+            else operator_key
+        )
         self._client = httpx.Client(base_url=self.broker_url, transport=transport, timeout=timeout)
         self._token: str | None = None
         self._token_deadline = 0.0
@@ -54,13 +71,37 @@ class AdminClient:
         except httpx.TransportError as exc:
             raise TransportError(f"cannot reach the broker at {self.broker_url}: {exc}") from exc
 
-    def _admin_token(self, *, force: bool = False) -> str:
-        if self._token is None or force or time.monotonic() >= self._token_deadline:
+    def _sign_in(self) -> dict[str, Any]:
+        """Sign in as the named operator, or with the admin secret; the broker's answer."""
+        name = self._operator
+        if name is None:
             if not self._secret:
                 raise Unauthorized("no admin secret given", code="no_admin_secret")
-            answer = expect_json(
-                self._send("POST", "/v1/admin/auth", json={"secret": self._secret})
+            return expect_json(self._send("POST", "/v1/admin/auth", json={"secret": self._secret}))
+        if self._operator_key is None and not self._operator_secret:
+            raise Unauthorized(
+                f"no secret or key given for operator {name}", code="no_operator_credential"
             )
+        response = self._send("POST", "/v1/operator/auth", json=self._operator_proof(name))
+        if response.status_code == 503 and response.headers.get("retry-after") == "1":
+            # The credential changed within this second (a rotation): once more, after it.
+            time.sleep(1.0)
+            response = self._send("POST", "/v1/operator/auth", json=self._operator_proof(name))
+        return expect_json(response)
+
+    def _operator_proof(self, name: str) -> dict[str, Any]:
+        """The sign-in body: the secret, or the key's signature of a fresh nonce."""
+        if self._operator_key is None:
+            return {"name": name, "secret": self._operator_secret}
+        nonce = expect_json(self._send("GET", "/v1/challenge")).get("nonce")
+        if not isinstance(nonce, str):
+            raise Unauthorized("the broker's challenge lacks a nonce")
+        signed = self._operator_key.sign(operator_sign_in_input(name, nonce)).signature
+        return {"name": name, "nonce": nonce, "signature": base64.b64encode(signed).decode()}
+
+    def _admin_token(self, *, force: bool = False) -> str:
+        if self._token is None or force or time.monotonic() >= self._token_deadline:
+            answer = self._sign_in()
             token = answer.get("access_token")
             if not isinstance(token, str):
                 raise Unauthorized("the broker's answer lacks an access token")
@@ -177,6 +218,38 @@ class AdminClient:
         """``POST /v1/admin/keys/rotate``: a new active key; old keys keep verifying."""
         return self._json("POST", "/v1/admin/keys/rotate")
 
+    # -- operators (the admin role) -------------------------------------------------------
+
+    def add_operator(
+        self, name: str, role: str, *, public_key: bytes | None = None
+    ) -> dict[str, Any]:
+        """Add an operator with ``role`` (``admin``, ``operator`` or ``auditor``).
+
+        With ``public_key`` (a raw 32-byte Ed25519 key) it signs in with that key;
+        otherwise the answer holds its generated ``secret``, shown only this once.
+        """
+        body: dict[str, Any] = {"name": name, "role": role}
+        if public_key is not None:
+            body["public_key"] = base64.b64encode(public_key).decode("ascii")
+        return self._json("POST", "/v1/admin/operators", json=body)
+
+    def list_operators(self) -> list[dict[str, Any]]:
+        """Every operator, active and removed, by name (no credential is ever shown)."""
+        found = self._json("GET", "/v1/admin/operators").get("operators")
+        return [o for o in found if isinstance(o, dict)] if isinstance(found, list) else []
+
+    def remove_operator(self, name: str) -> dict[str, Any]:
+        """Remove an operator: its credential stops working and its tokens are revoked."""
+        return self._json("DELETE", f"/v1/admin/operators/{_segment(name)}")
+
+    def rotate_operator(self, name: str, *, public_key: bytes | None = None) -> dict[str, Any]:
+        """Replace an operator's credential (``public_key``, else a new ``secret`` shown
+        once); its live tokens are revoked."""
+        body: dict[str, Any] = {}
+        if public_key is not None:
+            body["public_key"] = base64.b64encode(public_key).decode("ascii")
+        return self._json("POST", f"/v1/admin/operators/{_segment(name)}/rotate", json=body)
+
     # -- audit --------------------------------------------------------------------------
 
     def audit_events(
@@ -266,7 +339,8 @@ class AdminClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"AdminClient({self.broker_url!r})"
+        who = f", operator={self._operator!r}" if self._operator else ""
+        return f"AdminClient({self.broker_url!r}{who})"
 
 
 def _segment(value: str) -> str:

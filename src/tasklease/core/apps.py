@@ -111,7 +111,8 @@ class Apps(Service):
             ctx=ctx,
             event="admin_auth",
             detail=lambda claims: (
-                f"admin authenticated as admin from {ctx.remote} jti={claims.jti}"
+                f"admin authenticated as admin from {ctx.remote} jti={claims.jti} "
+                "operator=admin (built-in admin, the admin secret)"
             ),
         )
 
@@ -341,9 +342,9 @@ class Apps(Service):
         tokens may be for; a registration then names one of them (``invalid_target``).
 
         ``principal`` (``kind:value``, e.g. ``user:alice@example.com``) names the human
-        the agents it launches work for; by default the creator (``admin`` or
-        ``app:<app_id>``). Every token of those agents, and every token delegated from
-        them, carries it (docs/agents.md).
+        the agents it launches work for; by default the creator (``admin``,
+        ``operator:<name>`` or ``app:<app_id>``). Every token of those agents, and every
+        token delegated from them, carries it (docs/agents.md).
 
         A launch token admits one registration unless ``single_use`` is false; then
         ``max_uses`` of them (default :data:`DEFAULT_MULTI_USES`), each taken atomically.
@@ -421,7 +422,7 @@ class Apps(Service):
             expires_at=now + validity,
             created_by=claims.sub,
             app_id=app_id,
-            principal=named or (f"app:{app_id}" if app_id else "admin"),
+            principal=named or (f"app:{app_id}" if app_id else claims.sub),
             audience=resources,
             max_uses=uses,
             allow_resume=allow_resume is not False,

@@ -30,6 +30,7 @@ from tasklease.core.keys import KeyRing
 from tasklease.core.liveness import Liveness
 from tasklease.core.metrics import Metrics
 from tasklease.core.mutual import HandshakeResult
+from tasklease.core.operators import Operators
 from tasklease.core.registration import PendingRegistration, Registration
 from tasklease.core.renewal import Renewal
 from tasklease.core.revocation import RevocationIndex
@@ -44,6 +45,7 @@ from tasklease.core.store import (
     AuditQuery,
     DiscoveryBinding,
     LaunchTokenRecord,
+    OperatorRecord,
     RevocationRecord,
     Store,
 )
@@ -54,6 +56,7 @@ from tasklease.rules.binding import DPoPVerifier, Presentation
 
 __all__ = [
     "ALL_KINDS",
+    "FEED_SCOPE",
     "VERSION",
     "Broker",
     "IssuedToken",
@@ -61,6 +64,10 @@ __all__ = [
     "RequestContext",
     "expires_at_text",
 ]
+
+# What an operator's token needs to read the revocation feed or introspect: the
+# revocation power (the admin and operator roles hold it; the auditor role does not).
+FEED_SCOPE = "admin:revoke:*"
 
 
 class Broker:
@@ -103,6 +110,7 @@ class Broker:
         self._delegating = Delegating(kernel, keys)
         self._revoking = Revoking(kernel, tokens)
         self._apps = Apps(kernel, keys)
+        self._operators = Operators(kernel, keys, self.nonces)
         self._liveness = Liveness(kernel)
         self._handshakes = Handshakes(kernel, keys)
         self._discovery = Discovery(kernel)
@@ -225,12 +233,18 @@ class Broker:
         return self._tokens.authenticate(authorization, ctx, kinds=kinds, scope=scope)
 
     def authenticate_feed_reader(self, authorization: str | None, ctx: RequestContext) -> Claims:
-        """Authenticate a revocation-feed reader: any valid admin or app token."""
-        return self._tokens.authenticate(authorization, ctx, kinds=OPERATOR_KINDS)
+        """Authenticate a revocation-feed reader: an app token, or an operator's token
+        with ``admin:revoke:*`` (an auditor's is refused)."""
+        return self._tokens.authenticate(
+            authorization, ctx, kinds=OPERATOR_KINDS, admin_scope=FEED_SCOPE
+        )
 
     def authenticate_introspector(self, authorization: str | None, ctx: RequestContext) -> Claims:
-        """Authenticate an introspection caller: an admin or app token (any scope)."""
-        return self._tokens.authenticate(authorization, ctx, kinds=OPERATOR_KINDS)
+        """Authenticate an introspection caller: an app token, or an operator's token with
+        ``admin:revoke:*`` (an auditor's is refused)."""
+        return self._tokens.authenticate(
+            authorization, ctx, kinds=OPERATOR_KINDS, admin_scope=FEED_SCOPE
+        )
 
     def introspect(
         self, caller: Claims, *, token: object, audience: object = None, ctx: RequestContext
@@ -381,6 +395,52 @@ class Broker:
             max_uses=max_uses,
             allow_resume=allow_resume,
         )
+
+    # --- operators (core.operators) ----------------------------------------------------
+
+    def operator_auth(
+        self,
+        *,
+        name: object,
+        secret: object,
+        nonce: object,
+        signature: object,
+        ctx: RequestContext,
+    ) -> tuple[IssuedToken, OperatorRecord]:
+        """An operator token for a named operator's secret or key (:class:`Operators`)."""
+        return self._operators.authenticate(
+            name=name, secret=secret, nonce=nonce, signature=signature, ctx=ctx
+        )
+
+    def add_operator(
+        self,
+        claims: Claims,
+        *,
+        name: object,
+        role: object,
+        public_key: object,
+        ctx: RequestContext,
+    ) -> tuple[OperatorRecord, str]:
+        """Create an operator; returns it and its secret, shown once ("" for a key)."""
+        return self._operators.add(claims, name=name, role=role, public_key=public_key, ctx=ctx)
+
+    def list_operators(self) -> list[OperatorRecord]:
+        """Every operator, removed ones too, by name."""
+        return self._operators.list_operators()
+
+    def remove_operator(self, claims: Claims, name: object, ctx: RequestContext) -> OperatorRecord:
+        """Remove an operator: its credential stops working and its live tokens end."""
+        return self._operators.remove(claims, name, ctx)
+
+    def rotate_operator(
+        self, claims: Claims, name: object, *, public_key: object, ctx: RequestContext
+    ) -> tuple[OperatorRecord, str]:
+        """Replace an operator's credential (a new secret, or ``public_key``); its tokens end."""
+        return self._operators.rotate(claims, name, public_key=public_key, ctx=ctx)
+
+    def set_up_first_admin(self, name: object, ctx: RequestContext) -> tuple[OperatorRecord, str]:
+        """The admin operator ``tasklease init`` makes (or re-keys) on its own database."""
+        return self._operators.set_up_first_admin(name, ctx)
 
     # --- signing keys (core.signing) ---------------------------------------------------
 

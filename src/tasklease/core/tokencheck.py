@@ -27,16 +27,34 @@ from tasklease.core.introspection import (
 )
 from tasklease.core.kernel import Kernel, RequestContext, Service
 from tasklease.core.signing import SigningKeys
-from tasklease.core.tokens import KIND_ADMIN, KIND_AGENT, KIND_APP, Claims, ClaimsError
+from tasklease.core.tokens import (
+    BUILTIN_ADMIN,
+    KIND_ADMIN,
+    KIND_AGENT,
+    KIND_APP,
+    ROLE_SCOPES,
+    Claims,
+    ClaimsError,
+)
 from tasklease.core.validation import TokenRejected
 from tasklease.rules import scopes as scope_rules
 from tasklease.rules.binding import BindingError, DPoPVerifier, Presentation, check_binding
 
-__all__ = ["ALL_KINDS", "OPERATOR_KINDS", "TokenCheck"]
+__all__ = ["ALL_KINDS", "OPERATOR_KINDS", "TokenCheck", "held_scopes"]
 
 ALL_KINDS = frozenset({KIND_AGENT, KIND_ADMIN, KIND_APP})
-# Who reads the revocation feed and introspects: admin and app tokens, any scope.
+# Who reads the revocation feed and introspects: app tokens, and operators' tokens with
+# the scope the route names (an auditor's token is refused).
 OPERATOR_KINDS = frozenset({KIND_ADMIN, KIND_APP})
+
+
+def held_scopes(claims: Claims) -> tuple[str, ...]:
+    """The scopes a token holds for a route's gate: its ``scope`` claim, except that the
+    built-in admin's token (the admin secret's; its claim is AgentWrit's fixed set) holds
+    the ``admin`` role's."""
+    if claims.kind == KIND_ADMIN and claims.sub == BUILTIN_ADMIN:
+        return ROLE_SCOPES["admin"]
+    return claims.scope
 
 
 class TokenCheck(Service):
@@ -127,13 +145,15 @@ class TokenCheck(Service):
         *,
         kinds: frozenset[str] = ALL_KINDS,
         scope: str | None = None,
+        admin_scope: str | None = None,
     ) -> Claims:
         """Check a request's bearer credential; audit and raise on any failure.
 
         401 ``unauthorized`` for a missing, malformed, invalid, expired or revoked token
         (one generic detail outward, the reason in the audit log); 403
-        ``insufficient_scope`` for a valid token of the wrong kind or without ``scope``;
-        503 ``service_unavailable`` while the revocation index is not confirmed current.
+        ``insufficient_scope`` for a valid token of the wrong kind or without ``scope``
+        (``admin_scope``: required of operators' tokens only); 503
+        ``service_unavailable`` while the revocation index is not confirmed current.
         """
         fresh = self._fresh
         if fresh.monotonic() > fresh.until:
@@ -189,7 +209,9 @@ class TokenCheck(Service):
                 "this kind of token is not accepted here",
                 f"token kind {claims.kind} not accepted",
             )
-        if scope is not None and not scope_rules.is_subset([scope], claims.scope):
+        if claims.kind == KIND_ADMIN and admin_scope is not None:
+            scope = admin_scope
+        if scope is not None and not scope_rules.is_subset([scope], held_scopes(claims)):
             raise self._scope_violation(
                 claims,
                 ctx,
@@ -209,7 +231,7 @@ class TokenCheck(Service):
             outcome="denied",
             resource=ctx.path,
             request_id=ctx.request_id,
-            detail=f"scope_violation | {why} | path={ctx.path}",
+            detail=f"scope_violation | {why} | path={ctx.path} by={claims.sub}",
         )
         return self._kernel.deny(InsufficientScope(outward), entry)
 

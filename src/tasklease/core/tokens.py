@@ -8,7 +8,7 @@ Kinds (header ``typ``), each accepted only where that kind is expected:
 
 =======================  ==================================================================
 ``at+jwt``               agent access tokens (RFC 9068 section 2.1)
-``tasklease-admin+jwt``  the operator's admin tokens
+``tasklease-admin+jwt``  operators' tokens (the admin secret's and named operators')
 ``tasklease-app+jwt``    app tokens
 ``dpop+jwt``             DPoP proofs (RFC 9449), minted by agents, verified by
                          ``core.binding`` against the key in their own header, never ours
@@ -33,7 +33,9 @@ as an RFC 8037 JWK, so peers can verify its workload proofs offline; not ``cnf``
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -56,10 +58,13 @@ from tasklease.rules.jws import jwk_thumbprint
 __all__ = [
     "ADMIN_SCOPES",
     "APP_SCOPES",
+    "BUILTIN_ADMIN",
     "KIND_ADMIN",
     "KIND_AGENT",
     "KIND_APP",
     "KIND_DPOP_PROOF",
+    "ROLES",
+    "ROLE_SCOPES",
     "Claims",
     "ClaimsError",
     "DelegationRecord",
@@ -80,6 +85,22 @@ KIND_DPOP_PROOF = "dpop+jwt"
 
 ADMIN_SCOPES = ("admin:launch-tokens:*", "admin:revoke:*", "admin:audit:*")
 APP_SCOPES = ("app:launch-tokens:*", "app:agents:*", "app:audit:read")
+
+# Operators' roles and the scopes their tokens (kind ``tasklease-admin+jwt``, ``sub``
+# ``operator:<name>``) carry. ``operator`` holds exactly what AgentWrit's admin token holds
+# (apps and launch tokens, revocation, the audit log); ``admin`` adds managing operators
+# and rotating signing keys; ``auditor`` only reads the audit log.
+ROLE_SCOPES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "admin": (*ADMIN_SCOPES, "admin:operators:*", "admin:keys:*"),
+        "operator": ADMIN_SCOPES,
+        "auditor": ("admin:audit:*",),
+    }
+)
+ROLES = tuple(ROLE_SCOPES)
+# The subject of the token minted for the admin secret (``POST /v1/admin/auth``). Its
+# ``scope`` claim stays AgentWrit's ADMIN_SCOPES; it holds the ``admin`` role's scopes.
+BUILTIN_ADMIN = "admin"
 
 _encoder = msgspec.json.Encoder()
 

@@ -436,6 +436,68 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
             )
         )
 
+    async def operator_auth(request: Request) -> Response:
+        # One bucket with the admin secret's route: alternating them buys no attempts.
+        limit(admin_limiter, request)
+        req = await _body(request, wire.OperatorAuthRequest)
+        ctx = context(request)
+        issued, operator = await run_in_threadpool(
+            lambda: broker.operator_auth(
+                name=req.name, secret=req.secret, nonce=req.nonce, signature=req.signature, ctx=ctx
+            )
+        )
+        return _json(
+            wire.OperatorAuthResponse(
+                access_token=issued.token,
+                expires_in=issued.expires_in,
+                token_type="Bearer",  # noqa: S106 - a token type, not a secret
+                role=operator.role,
+                scopes=list(issued.claims.scope),
+            )
+        )
+
+    operators_scope = "admin:operators:*"
+
+    async def create_operator(request: Request) -> Response:
+        req = await _body(request, wire.OperatorCreateRequest)
+        operator, secret = await authed(
+            request,
+            ADMIN,
+            operators_scope,
+            lambda c, ctx: broker.add_operator(
+                c, name=req.name, role=req.role, public_key=req.public_key, ctx=ctx
+            ),
+        )
+        return _json(wire.operator_with_secret(operator, secret), 201)
+
+    async def list_operators(request: Request) -> Response:
+        operators = await authed(
+            request, ADMIN, operators_scope, lambda _c, _ctx: broker.list_operators()
+        )
+        return _json(
+            wire.OperatorList(
+                operators=[wire.operator_view(o) for o in operators], total=len(operators)
+            )
+        )
+
+    async def remove_operator(request: Request) -> Response:
+        name = request.path_params["name"]
+        operator = await authed(
+            request, ADMIN, operators_scope, lambda c, ctx: broker.remove_operator(c, name, ctx)
+        )
+        return _json(wire.removed_operator(operator))
+
+    async def rotate_operator(request: Request) -> Response:
+        name = request.path_params["name"]
+        req = await _body(request, wire.OperatorRotateRequest)
+        operator, secret = await authed(
+            request,
+            ADMIN,
+            operators_scope,
+            lambda c, ctx: broker.rotate_operator(c, name, public_key=req.public_key, ctx=ctx),
+        )
+        return _json(wire.operator_with_secret(operator, secret))
+
     async def app_auth(request: Request) -> Response:
         limit(app_limiter, request)
         req = await _body(request, wire.AppAuthRequest)
@@ -539,10 +601,9 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
         return _json(wire.deregistered_app(app))
 
     async def rotate_keys(request: Request) -> Response:
-        # Gated on admin:revoke:* (key rotation is incident response, like revocation):
-        # a new scope would change the admin token's claims, which AgentWrit fixes.
+        # The admin role's (and the built-in admin's); an operator may revoke but not rotate.
         new_kid, previous_kid = await authed(
-            request, ADMIN, "admin:revoke:*", broker.rotate_signing_key
+            request, ADMIN, "admin:keys:*", broker.rotate_signing_key
         )
         return _json(
             wire.KeyRotationResponse(
@@ -575,6 +636,11 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
         Route("/v1/admin/apps/{app_id}", _guard(delete_app), methods=["DELETE"]),
         Route("/v1/app/auth", _guard(app_auth), methods=["POST"]),
         Route("/v1/admin/keys/rotate", _guard(rotate_keys), methods=["POST"]),
+        Route("/v1/operator/auth", _guard(operator_auth), methods=["POST"]),
+        Route("/v1/admin/operators", _guard(create_operator), methods=["POST"]),
+        Route("/v1/admin/operators", _guard(list_operators), methods=["GET"]),
+        Route("/v1/admin/operators/{name}", _guard(remove_operator), methods=["DELETE"]),
+        Route("/v1/admin/operators/{name}/rotate", _guard(rotate_operator), methods=["POST"]),
     ]
     hub = RevocationHub(broker)
     routes += revocation_routes(broker, hub, guard=_guard, context=context)

@@ -1,9 +1,9 @@
-"""The messages agents sign for the broker with their registered keys (known-answer tested).
+"""The messages agents and operators sign for the broker with their keys (known-answer tested).
 
 Each starts with its own context line, so no signature made for one purpose is ever
 accepted for another (a heartbeat as a handshake, a handshake as a registration), and
-the rest is a compact JSON array, which cannot be re-split into other fields. The agent
-SDK builds these bytes and the broker checks them: both call this module.
+the rest is a compact JSON array, which cannot be re-split into other fields. The SDK
+builds these bytes and the broker checks them: both call this module.
 """
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ import json
 __all__ = [
     "HEARTBEAT_CONTEXT",
     "MUTUAL_CONTEXT",
+    "OPERATOR_CONTEXT",
     "heartbeat_signing_input",
+    "operator_sign_in_input",
     "transcript",
 ]
 
 MUTUAL_CONTEXT = b"tasklease-mutual-v1\n"
 HEARTBEAT_CONTEXT = b"tasklease-heartbeat-v1\n"
+OPERATOR_CONTEXT = b"tasklease-operator-v1\n"
 _ROLES = ("initiator", "responder")
 
 
@@ -61,3 +64,14 @@ def heartbeat_signing_input(
     """
     body = json.dumps([agent_id, token_jti, timestamp, proof_jti, done], separators=(",", ":"))
     return HEARTBEAT_CONTEXT + body.encode("utf-8")
+
+
+def operator_sign_in_input(name: str, nonce: str) -> bytes:
+    """The exact bytes an operator's key signs for ``POST /v1/operator/auth``.
+
+    ``"tasklease-operator-v1\\n" || JSON [name, nonce]`` (compact, UTF-8): ``nonce`` is
+    the 64 hex characters from ``GET /v1/challenge``, as received. An agent's proof signs
+    the bare nonce bytes, so neither signature is ever accepted as the other.
+    """
+    body = json.dumps([name, nonce], separators=(",", ":"), ensure_ascii=False)
+    return OPERATOR_CONTEXT + body.encode("utf-8")

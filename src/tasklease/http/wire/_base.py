@@ -137,7 +137,10 @@ class Auth:
         if self.kind == "agent":
             return f"Bearer agent token (admin and app tokens are refused with `{self.refusal}`)."
         if self.kind == "admin-or-app":
-            return "Bearer admin or app token, any scope (agent tokens are refused)."
+            return (
+                "Bearer app token, or an operator's token with `admin:revoke:*` (agent "
+                "tokens and an auditor's are refused)."
+            )
         return f"Bearer {self.kind} token with scope `{self.scope}`."
 
 

@@ -140,7 +140,10 @@ _CURSOR = Param(
 )
 _FEED_READER_FAILURES = (
     Failure("invalid_request", "`cursor` is not a non-negative integer"),
-    Failure("insufficient_scope", "the token is an agent token"),
+    Failure(
+        "insufficient_scope",
+        "the token is an agent token, or an operator's without `admin:revoke:*` (an auditor's)",
+    ),
 )
 
 OPERATIONS = (

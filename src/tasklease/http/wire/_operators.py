@@ -1,12 +1,18 @@
-"""The operator on the wire: authentication, revocation, the audit log, key rotation,
-and launch tokens (created by the operator or by an app)."""
+"""Operators on the wire: sign-in (the admin secret or a named operator's credential),
+operator identities and roles, revocation, the audit log, key rotation, and launch tokens
+(created by an operator or by an app)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
+from msgspec import UNSET, UnsetType
+
+from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.launch import DEFAULT_MULTI_USES, MAX_USES
 from tasklease.core.store import AuditEvent as AuditRecord
+from tasklease.core.store import OperatorRecord
+from tasklease.core.tokens import ROLE_SCOPES, ROLES
 from tasklease.http.wire._base import (
     PUBLIC,
     AccessToken,
@@ -36,18 +42,35 @@ __all__ = [
     "LaunchTokenPolicy",
     "LaunchTokenRequest",
     "LaunchTokenResponse",
+    "Operator",
+    "OperatorAuthRequest",
+    "OperatorAuthResponse",
+    "OperatorCreateRequest",
+    "OperatorList",
+    "OperatorRotateRequest",
+    "OperatorWithSecret",
+    "RemovedOperator",
     "RevokeRequest",
     "RevokeResponse",
     "audit_event",
+    "operator_view",
+    "operator_with_secret",
+    "removed_operator",
 ]
 
 TAGS = {
     "launch tokens": "Launch tokens, which let an agent register.",
-    "operators": "Operator authentication, revocation and the audit log.",
+    "operators": "Operators: sign-in, identities and roles, revocation, the audit log and "
+    "signing keys.",
 }
 
 _Text = str | None
 _LEVELS = ["token", "agent", "task", "chain"]
+_ROLES = list(ROLES)
+_PUBLIC_KEY = (
+    "Standard base64 (with padding) of a raw 32-byte Ed25519 public key: the operator "
+    "signs in with this key"
+)
 
 
 # --- requests ------------------------------------------------------------------------------
@@ -67,6 +90,40 @@ class AdminAuthRequest(Request):
     client_secret: Annotated[_Text, doc("Refused: the AgentWrit v1 form. Send `secret` only.")] = (
         None
     )
+
+
+class OperatorAuthRequest(Request):
+    name: Annotated[_Text, required("The operator's name.")] = None
+    secret: Annotated[_Text, doc("The operator's secret (an operator with a secret).")] = None
+    nonce: Annotated[
+        _Text, doc("A nonce from `GET /v1/challenge`, as received (an operator with a key).")
+    ] = None
+    signature: Annotated[
+        _Text,
+        doc(
+            "Standard base64 Ed25519 signature by the operator's key of `\"tasklease-operator-"
+            'v1\\n" || JSON [name, nonce]` (compact JSON, UTF-8; an operator with a key).'
+        ),
+    ] = None
+
+
+class OperatorCreateRequest(Request):
+    name: Annotated[
+        _Text,
+        required(
+            "1-64 lowercase letters, digits and hyphens, starting with a letter and not "
+            "ending with a hyphen. A name is never given to another operator, even after "
+            "removal."
+        ),
+    ] = None
+    role: Annotated[_Text, required("`admin`, `operator` or `auditor`.")] = None
+    public_key: Annotated[_Text, doc(f"{_PUBLIC_KEY}. Absent: a secret is generated.")] = None
+
+
+class OperatorRotateRequest(Request):
+    public_key: Annotated[
+        _Text, doc(f"{_PUBLIC_KEY} from now on. Absent (`{{}}`): a new secret is generated.")
+    ] = None
 
 
 _Resources = str | list[str] | None
@@ -124,8 +181,9 @@ class LaunchTokenRequest(Request):
         _Text,
         doc(
             "The human its agents work for, `kind:value` (e.g. `user:alice@example.com`, at "
-            "most 256 characters); by default the creator (`admin` or `app:<app_id>`). Every "
-            "token of its agents, and every token delegated from them, carries it."
+            "most 256 characters); by default the creator (`admin`, `operator:<name>` or "
+            "`app:<app_id>`). Every token of its agents, and every token delegated from "
+            "them, carries it."
         ),
     ] = None
 
@@ -206,6 +264,72 @@ class LaunchTokenResponse(Response):
     policy: LaunchTokenPolicy
 
 
+class OperatorAuthResponse(Response):
+    access_token: AccessToken
+    expires_in: ExpiresIn
+    token_type: TokenType
+    role: Annotated[str, doc("The operator's role.", enum=_ROLES)]
+    scopes: Annotated[list[str], doc("The token's scopes: its role's.")]
+
+
+class Operator(Response):
+    name: Annotated[str, doc("The operator's name; its tokens' `sub` is `operator:<name>`.")]
+    role: Annotated[str, doc("What it may do (see `scopes`).", enum=_ROLES)]
+    scopes: Annotated[list[str], doc("The scopes its tokens carry.")]
+    credential: Annotated[
+        str,
+        doc("How it signs in; `none` once removed.", enum=["secret", "key", "none"]),
+    ]
+    status: Annotated[str, doc("`removed` once removed.", enum=["active", "removed"])]
+    created_at: Timestamp
+    updated_at: Annotated[
+        str, doc("The last change of credential or status, RFC 3339, UTC.", format="date-time")
+    ]
+    created_by: Annotated[str, doc("Who added it (`admin`, `operator:<name>` or `init`).")]
+
+
+class OperatorWithSecret(Operator):
+    secret: (
+        Annotated[str, doc("The operator's secret, shown only this once (not for a key).")]
+        | UnsetType
+    ) = UNSET
+
+
+class RemovedOperator(Operator):
+    removed_at: Timestamp
+
+
+class OperatorList(Response):
+    operators: list[Operator]
+    total: Annotated[int, doc("Number of operators, removed ones included.")]
+
+
+def _operator_fields(record: OperatorRecord) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "role": record.role,
+        "scopes": list(ROLE_SCOPES.get(record.role, ())),
+        "credential": "key" if record.public_key else "secret" if record.secret_hash else "none",
+        "status": record.status,
+        "created_at": format_rfc3339_seconds(record.created_at),
+        "updated_at": format_rfc3339_seconds(record.updated_at),
+        "created_by": record.created_by,
+    }
+
+
+def operator_view(record: OperatorRecord) -> Operator:
+    return Operator(**_operator_fields(record))
+
+
+def operator_with_secret(record: OperatorRecord, secret: str) -> OperatorWithSecret:
+    return OperatorWithSecret(**_operator_fields(record), secret=secret or UNSET)
+
+
+def removed_operator(record: OperatorRecord) -> RemovedOperator:
+    fields = _operator_fields(record)
+    return RemovedOperator(**fields, removed_at=fields["updated_at"])
+
+
 class KeyRotationResponse(Response):
     kid: Annotated[str, doc("Key id of the new active signing key.")]
     previous_kid: Annotated[str, doc("Key id of the key that signed until now.")]
@@ -227,6 +351,10 @@ def _time_param(name: str, bound: str) -> Param:
         f"Only events at or {bound} this RFC 3339 time (with a time zone).",
     )
 
+
+_OPERATORS = "admin:operators:*"
+_NAME = Param("name", "path", {"type": "string"}, "The operator's name.", True)
+_NO_SUCH_OPERATOR = Failure("not_found", "no operator has this name, or it was removed")
 
 _LAUNCH_TOKEN_FAILURES = (
     Failure(
@@ -307,9 +435,11 @@ OPERATIONS = (
         "POST /v1/admin/auth",
         "adminAuth",
         "operators",
-        "Authenticate as the operator",
-        "Exchanges the admin secret for a short-lived admin token. The AgentWrit v1 body "
-        "(`client_id`/`client_secret`) is refused with a message naming the new one.",
+        "Authenticate with the admin secret",
+        "Exchanges the admin secret for a short-lived token of the built-in admin (`sub` "
+        "`admin`; its `scope` claim is AgentWrit's, and it holds the `admin` role). The "
+        "AgentWrit v1 body (`client_id`/`client_secret`) is refused with a message naming "
+        "the new one. Named operators sign in at `POST /v1/operator/auth`.",
         PUBLIC,
         AdminAuthResponse,
         request=AdminAuthRequest,
@@ -324,14 +454,103 @@ OPERATIONS = (
         ),
     ),
     Operation(
+        "POST /v1/operator/auth",
+        "operatorAuth",
+        "operators",
+        "Authenticate as a named operator",
+        "Exchanges a named operator's credential for a short-lived token (`typ` "
+        "`tasklease-admin+jwt`, `sub` `operator:<name>`, its role's scopes): `{name, "
+        "secret}`, or `{name, nonce, signature}` for an operator with a key. A nonce is "
+        "spent whether or not the signature verifies. Unknown name, removed operator, "
+        "the other kind of credential and a wrong one answer the same; the audit log "
+        "says which. Rate-limited with `POST /v1/admin/auth` (one bucket per client).",
+        PUBLIC,
+        OperatorAuthResponse,
+        request=OperatorAuthRequest,
+        commits=True,
+        rate_limited=True,
+        errors=(
+            Failure(
+                "invalid_request",
+                "`name` is missing or malformed, neither or both of `secret` and "
+                "`nonce`/`signature` are given, or the nonce or signature is malformed",
+            ),
+            Failure("unauthorized", "the credential does not prove the operator"),
+        ),
+    ),
+    Operation(
+        "POST /v1/admin/operators",
+        "createOperator",
+        "operators",
+        "Add an operator",
+        "Adds a named operator with a role (`admin`: everything; `operator`: apps, launch "
+        "tokens, revocation and the audit log; `auditor`: the audit log only) and a "
+        "credential of its own: the `public_key` given, or a generated `secret`, shown "
+        "once, here.",
+        admin(_OPERATORS),
+        OperatorWithSecret,
+        status=201,
+        request=OperatorCreateRequest,
+        commits=True,
+        errors=(
+            Failure(
+                "invalid_request",
+                "`name` or `role` is missing or malformed, or `public_key` is not a "
+                "base64 Ed25519 public key",
+            ),
+            Failure("conflict", "the name is taken, now or by a removed operator"),
+        ),
+    ),
+    Operation(
+        "GET /v1/admin/operators",
+        "listOperators",
+        "operators",
+        "List operators",
+        "Every operator, active and removed, by name. No credential is ever shown.",
+        admin(_OPERATORS),
+        OperatorList,
+    ),
+    Operation(
+        "DELETE /v1/admin/operators/{name}",
+        "removeOperator",
+        "operators",
+        "Remove an operator",
+        "Its credential stops working and every token it holds is revoked, at once "
+        "(level `agent` on `operator:<name>`). The record is kept (status `removed`) for "
+        "the audit trail, and the name is never reused.",
+        admin(_OPERATORS),
+        RemovedOperator,
+        parameters=(_NAME,),
+        commits=True,
+        errors=(_NO_SUCH_OPERATOR,),
+    ),
+    Operation(
+        "POST /v1/admin/operators/{name}/rotate",
+        "rotateOperatorCredential",
+        "operators",
+        "Rotate an operator's credential",
+        "Replaces the credential: with `public_key`, that key from now on; with `{}`, a "
+        "new secret, shown once, here. The old credential stops working and every token "
+        "the operator holds is revoked, at once.",
+        admin(_OPERATORS),
+        OperatorWithSecret,
+        request=OperatorRotateRequest,
+        parameters=(_NAME,),
+        commits=True,
+        errors=(
+            Failure("invalid_request", "`public_key` is not a base64 Ed25519 public key"),
+            _NO_SUCH_OPERATOR,
+        ),
+    ),
+    Operation(
         "POST /v1/admin/keys/rotate",
         "rotateSigningKey",
         "operators",
         "Rotate the signing key",
         "Makes a new Ed25519 signing key active. Every older key stays in the JWKS and "
         "keeps verifying the tokens it signed until they expire; new tokens carry the new "
-        "`kid`. Gated on `admin:revoke:*`: rotating is incident response, like revoking.",
-        admin("admin:revoke:*"),
+        "`kid`. Needs `admin:keys:*`: the `admin` role and the built-in admin hold it.",
+        admin("admin:keys:*"),
         KeyRotationResponse,
         commits=True,
     ),

@@ -466,7 +466,11 @@ OPERATIONS = (
         errors=(
             Failure("invalid_request", _REFUSED_FORM),
             Failure("invalid_target", "`audience` is malformed"),
-            Failure("insufficient_scope", "the caller's token is an agent token"),
+            Failure(
+                "insufficient_scope",
+                "the caller's token is an agent token, or an operator's without "
+                "`admin:revoke:*` (an auditor's)",
+            ),
         ),
     ),
 )

@@ -1,0 +1,156 @@
+"""``tasklease operator``: named operators, each with its own credential and role.
+
+These commands need the ``admin`` role (or the admin secret, the built-in admin).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tasklease.cli._common import (
+    EXIT_CODES_HELP,
+    AdminSecretOpt,
+    JsonOpt,
+    ProfileOpt,
+    UrlOpt,
+    admin_client,
+    broker_errors,
+    out,
+    print_json,
+    read_public_key,
+)
+
+__all__ = ["operator_app", "register"]
+
+operator_app = typer.Typer(
+    help="Named operators, each with its own credential and a role: admin (everything), "
+    "operator (apps, launch tokens, revocation, the audit log) or auditor (the audit log "
+    f"only).\n\n{EXIT_CODES_HELP}",
+    no_args_is_help=True,
+)
+
+KeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--key",
+        help="The operator's Ed25519 public key (PEM, e.g. from `openssl pkey -pubout`, or "
+        "32 bytes in base64): it signs in with the matching private key. Without: a secret "
+        "is generated and shown once.",
+    ),
+]
+
+
+def _show_credential(answer: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(answer)
+        return
+    name, secret = answer.get("name"), answer.get("secret")
+    out.print(
+        f"operator {escape(str(name))}: role {escape(str(answer.get('role')))}, "
+        f"signs in with a {escape(str(answer.get('credential')))}",
+        highlight=False,
+    )
+    if isinstance(secret, str):
+        out.print(f"secret (shown once, save it now): {secret}", highlight=False, markup=False)
+        out.print(
+            "[dim]sign in with TASKLEASE_OPERATOR and TASKLEASE_OPERATOR_SECRET, or "
+            "operator and operator_secret in the profile[/]"
+        )
+
+
+@operator_app.command("add")
+def operator_add(
+    name: Annotated[str, typer.Argument(help="1-64 lowercase letters, digits and hyphens.")],
+    role: Annotated[str, typer.Option(help="admin, operator or auditor.")],
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Add an operator. Its secret is shown once (or it signs in with --key)."""
+    public_key = read_public_key(key) if key is not None else None
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        answer = admin.add_operator(name, role, public_key=public_key)
+    _show_credential(answer, as_json)
+
+
+@operator_app.command("list")
+def operator_list(
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """List every operator, active and removed."""
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        operators = admin.list_operators()
+    if as_json:
+        for operator in operators:
+            print_json(operator)
+        return
+    table = Table("name", "role", "credential", "status", "created", "by", "changed")
+    for o in operators:
+        table.add_row(
+            *(
+                escape(str(o.get(field, "")))
+                for field in (
+                    "name",
+                    "role",
+                    "credential",
+                    "status",
+                    "created_at",
+                    "created_by",
+                    "updated_at",
+                )
+            )
+        )
+    out.print(table)
+
+
+@operator_app.command("remove")
+def operator_remove(
+    name: str,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Remove an operator: its credential stops working and its tokens are revoked."""
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        answer = admin.remove_operator(name)
+    if as_json:
+        print_json(answer)
+    else:
+        out.print(
+            f"operator {escape(str(answer.get('name')))} removed at "
+            f"{escape(str(answer.get('removed_at')))}; its tokens are revoked",
+            highlight=False,
+        )
+
+
+@operator_app.command("rotate")
+def operator_rotate(
+    name: str,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Replace an operator's credential (a new secret, shown once, or --key); its live
+    tokens are revoked."""
+    public_key = read_public_key(key) if key is not None else None
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        answer = admin.rotate_operator(name, public_key=public_key)
+    _show_credential(answer, as_json)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``operator`` to the top-level ``tasklease`` app."""
+    app.add_typer(operator_app, name="operator")

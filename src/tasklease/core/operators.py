@@ -1,0 +1,441 @@
+"""Named operators: who they are, what their role lets them do, and how they sign in.
+
+An operator has a name (its tokens' ``sub`` and the audit log's name for it are
+``operator:<name>``), one role (``core.tokens.ROLE_SCOPES``: ``admin``, ``operator`` or
+``auditor``) and one credential of its own: a secret (kept as an argon2id hash, shown once
+when made) or an Ed25519 public key, proven by signing a challenge nonce
+(``rules.messages.operator_sign_in_input``). Its tokens are ``tasklease-admin+jwt`` with
+its role's scopes; the routes' scope gates decide the rest.
+
+Removing an operator, or rotating its credential, empties or replaces the credential and
+ends every token it holds (an ``agent``-level revocation of ``operator:<name>``, which
+matches tokens with that subject issued until then): a credential is rotated because
+someone else may know it. A removed operator's name is never given to another.
+
+The admin secret (``POST /v1/admin/auth``, ``core.apps``) stays as the built-in admin
+(``sub`` ``admin``), which holds the ``admin`` role.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import replace
+
+from nacl.signing import VerifyKey
+
+from tasklease.core.audit import AuditEntry
+from tasklease.core.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    TaskleaseError,
+    Unauthorized,
+    Unavailable,
+)
+from tasklease.core.identity import NonceIssuer, decode_public_key, decode_signature, nonce_hash
+from tasklease.core.issuing import clamp_ttl
+from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service, with_denial
+from tasklease.core.passwords import hash_secret, new_secret, verify_secret
+from tasklease.core.signing import SigningKeys
+from tasklease.core.store import OperatorRecord, RevocationRecord, WriteTx
+from tasklease.core.tokens import KIND_ADMIN, ROLE_SCOPES, ROLES, Claims, mint
+from tasklease.rules import jws as _jws
+from tasklease.rules.messages import operator_sign_in_input
+
+__all__ = ["INIT", "Operators", "operator_name", "operator_subject"]
+
+_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+# Who the audit log names for what `tasklease init` does on the local database.
+INIT = "init"
+_SAME_SECOND = "credential changed this second"
+
+
+def operator_subject(name: str) -> str:
+    """The ``sub`` of an operator's tokens, and its name in the audit log."""
+    return f"operator:{name}"
+
+
+def operator_name(name: object) -> str:
+    """``name`` if it is a well-formed operator name; raises :class:`InvalidRequest`."""
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest("missing required field: name")
+    if not _NAME.match(name):
+        raise InvalidRequest(
+            "invalid operator name: must be lowercase letters, digits, and hyphens",
+            hint="1-64 characters, starting with a letter, not ending with a hyphen",
+        )
+    return name
+
+
+def _credential(record: OperatorRecord) -> str:
+    """How ``record`` signs in: ``key``, ``secret``, or ``none`` once removed."""
+    return "key" if record.public_key else "secret" if record.secret_hash else "none"
+
+
+class Operators(Service):
+    """Operator identities: add, remove, list, rotate, sign in. Thread-safe; one per broker."""
+
+    def __init__(self, kernel: Kernel, keys: SigningKeys, nonces: NonceIssuer) -> None:
+        super().__init__(kernel)
+        self._keys = keys
+        self._nonces = nonces
+
+    # --- management (admin role) ----------------------------------------------------------
+
+    def add(
+        self,
+        claims: Claims,
+        *,
+        name: object,
+        role: object,
+        public_key: object,
+        ctx: RequestContext,
+    ) -> tuple[OperatorRecord, str]:
+        """Create an operator; returns the record and its secret ("" when it has a key).
+
+        With ``public_key`` (standard base64 of a raw Ed25519 key) the operator signs in
+        with that key; without, a secret is generated and returned, shown only this once.
+
+        Raises:
+            InvalidRequest: a malformed name, role or key.
+            Conflict: the name is taken, now or by a removed operator (audited).
+        """
+        return self._add(claims.sub, name=name, role=role, public_key=public_key, ctx=ctx)
+
+    def _add(
+        self, by: str, *, name: object, role: object, public_key: object, ctx: RequestContext
+    ) -> tuple[OperatorRecord, str]:
+        name = operator_name(name)
+        if not isinstance(role, str) or not role:
+            raise InvalidRequest("missing required field: role")
+        if role not in ROLES:
+            raise InvalidRequest(
+                f"invalid role: {role[:32]}", hint=f"use one of {', '.join(ROLES)}"
+            )
+        key = b"" if public_key is None else decode_public_key(public_key)
+        if self._store.get_operator(name) is not None:
+            raise self._refuse(
+                Conflict("operator name already exists"),
+                name,
+                by,
+                ctx,
+                "name taken (operator names are never reused)",
+            )
+        secret = "" if key else new_secret()
+        now = self._kernel.now()
+        record = OperatorRecord(
+            name=name,
+            role=role,
+            secret_hash=hash_secret(secret) if secret else "",
+            public_key=key,
+            status="active",
+            created_at=now,
+            updated_at=now,
+            created_by=by,
+        )
+
+        how = _credential(record)
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            tx.insert_operator(record)
+            return [
+                AuditEntry(
+                    "operator_added",
+                    agent_id=operator_subject(name),
+                    request_id=ctx.request_id,
+                    detail=f"operator={name} role={role} credential={how} by={by}",
+                )
+            ]
+
+        self._kernel.commit(unit)
+        return record, secret
+
+    def list_operators(self) -> list[OperatorRecord]:
+        """Every operator, removed ones too, by name."""
+        return self._store.list_operators()
+
+    def remove(self, claims: Claims, name: object, ctx: RequestContext) -> OperatorRecord:
+        """Remove an operator: its credential stops working and its live tokens end, at once.
+
+        Raises:
+            NotFound: no such operator, or it was removed before (audited).
+        """
+        record = self._active(claims.sub, name, ctx, "remove")
+        now = self._kernel.now()
+        removed = replace(record, status="removed", secret_hash="", public_key=b"", updated_at=now)
+        ending = self._ending(record.name, now)
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            tx.update_operator(removed)
+            for entry in ending:
+                tx.insert_revocation(entry)
+            return [
+                AuditEntry(
+                    "operator_removed",
+                    agent_id=operator_subject(record.name),
+                    request_id=ctx.request_id,
+                    detail=f"operator={record.name} role={record.role} removed, its tokens "
+                    f"revoked by={claims.sub}",
+                )
+            ]
+
+        self._kernel.commit(unit)
+        self._kernel.apply_revocations(ending)
+        return removed
+
+    def rotate(
+        self, claims: Claims, name: object, *, public_key: object, ctx: RequestContext
+    ) -> tuple[OperatorRecord, str]:
+        """Replace an operator's credential; its live tokens end.
+
+        With ``public_key`` the operator signs in with that key from now on; without, a
+        new secret is generated and returned (shown only this once). The old credential
+        stops working at once.
+
+        Raises:
+            InvalidRequest: a malformed key.
+            NotFound: no such operator, or it was removed (audited).
+        """
+        return self._rotate(claims.sub, name, public_key=public_key, ctx=ctx)
+
+    def _rotate(
+        self, by: str, name: object, *, public_key: object, ctx: RequestContext
+    ) -> tuple[OperatorRecord, str]:
+        key = b"" if public_key is None else decode_public_key(public_key)
+        record = self._active(by, name, ctx, "rotate")
+        secret = "" if key else new_secret()
+        now = self._kernel.now()
+        rotated = replace(
+            record,
+            secret_hash=hash_secret(secret) if secret else "",
+            public_key=key,
+            updated_at=now,
+        )
+        ending = self._ending(record.name, now)
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            tx.update_operator(rotated)
+            for entry in ending:
+                tx.insert_revocation(entry)
+            return [
+                AuditEntry(
+                    "operator_credential_rotated",
+                    agent_id=operator_subject(record.name),
+                    request_id=ctx.request_id,
+                    detail=f"operator={record.name} credential={_credential(record)}->"
+                    f"{_credential(rotated)}, its tokens revoked by={by}",
+                )
+            ]
+
+        self._kernel.commit(unit)
+        self._kernel.apply_revocations(ending)
+        return rotated, secret
+
+    def set_up_first_admin(self, name: object, ctx: RequestContext) -> tuple[OperatorRecord, str]:
+        """An admin operator with a fresh secret, for ``tasklease init`` on its own database.
+
+        Made when there is none of that name; an active one has its secret replaced (init
+        ``--force`` replaces every secret it made). Audited as done by ``init``.
+
+        Raises:
+            InvalidRequest: a malformed name.
+            NotFound: an operator of that name was removed (names are never reused).
+        """
+        existing = self._store.get_operator(operator_name(name))
+        if existing is None:
+            return self._add(INIT, name=name, role="admin", public_key=None, ctx=ctx)
+        return self._rotate(INIT, name, public_key=None, ctx=ctx)
+
+    def _active(self, by: str, name: object, ctx: RequestContext, what: str) -> OperatorRecord:
+        """The active operator ``name``, or an audited NotFound."""
+        name = operator_name(name)
+        record = self._store.get_operator(name)
+        if record is None or record.status != "active":
+            why = "no such operator" if record is None else "operator was removed"
+            raise self._refuse(NotFound("operator not found"), name, by, ctx, f"{what}: {why}")
+        return record
+
+    def _ending(self, name: str, now: float) -> list[RevocationRecord]:
+        """The entry that ends every token ``operator:<name>`` holds, issued until ``now``."""
+        revoked_at = math.floor(now)
+        expires_at = self._kernel.revocation_expiry(revoked_at)
+        return [RevocationRecord("agent", operator_subject(name), revoked_at, expires_at)]
+
+    def _refuse(
+        self, exc: TaskleaseError, name: str, by: str, ctx: RequestContext, why: str
+    ) -> TaskleaseError:
+        return self._kernel.deny(
+            exc,
+            AuditEntry(
+                "operator_denied",
+                outcome="denied",
+                agent_id=operator_subject(name),
+                request_id=ctx.request_id,
+                detail=f"operator={name} refused: {why} by={by}",
+            ),
+        )
+
+    # --- sign-in ---------------------------------------------------------------------------
+
+    def authenticate(
+        self,
+        *,
+        name: object,
+        secret: object,
+        nonce: object,
+        signature: object,
+        ctx: RequestContext,
+    ) -> tuple[IssuedToken, OperatorRecord]:
+        """An operator token for ``name`` and its secret, or its key's signature of a nonce.
+
+        The key signs ``rules.messages.operator_sign_in_input(name, nonce)`` with a fresh
+        nonce from ``GET /v1/challenge``; the nonce is spent whether or not the signature
+        verifies. Unknown names, removed operators, the wrong kind of credential and wrong
+        credentials all answer the same (401 ``invalid credentials``); the audit log says
+        which.
+
+        Raises:
+            InvalidRequest: a malformed name, nonce or signature, or neither or both
+                kinds of credential.
+            Unauthorized: the credential did not prove the operator (audited).
+        """
+        name = operator_name(name)
+        by_key = nonce is not None or signature is not None
+        if by_key == (secret is not None):
+            raise InvalidRequest("send either secret, or nonce and signature")
+        if by_key:
+            return self._by_key(name, nonce, signature, ctx)
+        if not isinstance(secret, str) or not secret:
+            raise InvalidRequest("missing required field: secret")
+        started = time.perf_counter()
+        record = self._store.get_operator(name)
+        stored = record.secret_hash if record is not None and record.secret_hash else None
+        verified = verify_secret(stored, secret)  # the same work for every failure
+        reason = self._failure(record, "secret") or ("" if verified else "wrong secret")
+        if reason or record is None:
+            raise self._sign_in_refused(name, reason, ctx)
+        issued = self._mint(record)
+        if self._born_revoked(record, issued.claims):
+            raise self._sign_in_refused(name, _SAME_SECOND, ctx)
+        self._kernel.record(self._signed_in(record, issued.claims, ctx))
+        return self._issued(issued, started), record
+
+    def _by_key(
+        self, name: str, nonce: object, signature: object, ctx: RequestContext
+    ) -> tuple[IssuedToken, OperatorRecord]:
+        if not isinstance(nonce, str) or not nonce:
+            raise InvalidRequest("missing required field: nonce")
+        sig = decode_signature(signature)
+        started = time.perf_counter()
+        now = self._kernel.now()
+        try:
+            nonce_expiry = self._nonces.check(nonce, now)
+        except Unauthorized as exc:
+            raise self._sign_in_refused(name, f"nonce refused: {exc.reason}", ctx) from None
+        record = self._store.get_operator(name)
+        reason = self._failure(record, "key")
+        if not reason and record is not None:
+            message = operator_sign_in_input(name, nonce)
+            if not _jws.verify_detached(message, sig, VerifyKey(record.public_key)):
+                reason = "signature does not verify"
+        issued = self._mint(record) if not reason and record is not None else None
+        if issued is not None and record is not None and self._born_revoked(record, issued.claims):
+            reason, issued = _SAME_SECOND, None
+        spent_until = nonce_expiry + self._config.clock_skew
+        failure = _refusal(reason)
+        denial = self._failure_entry(name, reason or "nonce already used", ctx)
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            # The nonce is spent in every case: a failed proof must not leave it reusable.
+            fresh = tx.consume_nonce(nonce_hash(nonce), spent_until)
+            if issued is None or record is None or not fresh:
+                return [with_denial(failure, denial)]
+            return [self._signed_in(record, issued.claims, ctx)]
+
+        self._kernel.commit(unit)
+        if failure.denial_id or issued is None or record is None:
+            self._metrics.auth.labels("operator", "failure").inc()
+            raise failure
+        return self._issued(issued, started), record
+
+    @staticmethod
+    def _failure(record: OperatorRecord | None, credential: str) -> str:
+        """Why ``record`` cannot sign in with this kind of credential, or ""."""
+        if record is None:
+            return "no such operator"
+        if record.status != "active":
+            return "operator was removed"
+        if _credential(record) != credential:
+            return f"operator signs in with a {_credential(record)}, not a {credential}"
+        return ""
+
+    def _failure_entry(self, name: str, reason: str, ctx: RequestContext) -> AuditEntry:
+        return AuditEntry(
+            "operator_auth_failed",
+            outcome="denied",
+            agent_id=operator_subject(name),
+            request_id=ctx.request_id,
+            detail=f"operator sign-in failed: {reason} | operator={name} from {ctx.remote}",
+        )
+
+    def _sign_in_refused(self, name: str, reason: str, ctx: RequestContext) -> TaskleaseError:
+        self._metrics.auth.labels("operator", "failure").inc()
+        return self._kernel.deny(_refusal(reason), self._failure_entry(name, reason, ctx))
+
+    def _born_revoked(self, record: OperatorRecord, claims: Claims) -> bool:
+        """Whether a token just minted would be revoked already.
+
+        The entry a rotation (or an operator's ``agent``-level revocation) writes ends the
+        tokens issued up to and including its second: revocation matches ``iat <=
+        revoked_at`` in whole seconds. A token minted within that second is therefore not
+        issued; the caller is asked to come back in a second. The record's time of change
+        says so too where this process has not applied the entry yet (another replica's).
+        """
+        if self._kernel.revocations.match(claims) is not None:
+            return True
+        changed = record.updated_at > record.created_at
+        return changed and claims.iat <= math.floor(record.updated_at)
+
+    def _mint(self, record: OperatorRecord) -> IssuedToken:
+        cfg = self._config
+        sub = operator_subject(record.name)
+        iat = int(self._kernel.now())
+        token, claims = mint(
+            self._keys.ring,
+            kind=KIND_ADMIN,
+            iss=cfg.issuer,
+            sub=sub,
+            aud=cfg.audience,
+            iat=iat,
+            ttl=clamp_ttl(cfg.admin_token_ttl, cfg.default_ttl, cfg),
+            scope=ROLE_SCOPES[record.role],
+            client_id=sub,
+        )
+        return IssuedToken(token, claims)
+
+    @staticmethod
+    def _signed_in(record: OperatorRecord, claims: Claims, ctx: RequestContext) -> AuditEntry:
+        return AuditEntry(
+            "operator_authenticated",
+            agent_id=claims.sub,
+            request_id=ctx.request_id,
+            detail=f"operator={record.name} role={record.role} signed in with its "
+            f"{_credential(record)} from {ctx.remote} jti={claims.jti}",
+        )
+
+    def _issued(self, issued: IssuedToken, started: float) -> IssuedToken:
+        self._metrics.auth.labels("operator", "success").inc()
+        self._metrics.tokens_issued.labels("operator").inc()
+        self._metrics.issuance_seconds.labels("operator").observe(time.perf_counter() - started)
+        return issued
+
+
+def _refusal(reason: str) -> TaskleaseError:
+    """What a failed sign-in answers: one generic 401, or come back in a second."""
+    if reason == _SAME_SECOND:
+        return Unavailable(
+            "the operator's credential changed this second: sign in again", retry_after=1
+        )
+    return Unauthorized("invalid credentials")

@@ -1,0 +1,239 @@
+"""Named operators in the core, on an in-memory broker with a hand-driven clock: the
+sign-in message, role scopes, the built-in admin, credential changes and their tokens."""
+
+from __future__ import annotations
+
+import base64
+
+import nacl.signing
+import pytest
+
+from tasklease.core.broker import Broker, RequestContext
+from tasklease.core.clock import ManualClock
+from tasklease.core.config import Config
+from tasklease.core.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+)
+from tasklease.core.keys import KeyRing
+from tasklease.core.operators import INIT, operator_name, operator_subject
+from tasklease.core.passwords import hash_secret
+from tasklease.core.store import AuditQuery
+from tasklease.core.tokencheck import held_scopes
+from tasklease.core.tokens import ADMIN_SCOPES, BUILTIN_ADMIN, KIND_ADMIN, ROLE_SCOPES, ROLES
+from tasklease.rules.messages import operator_sign_in_input
+from tasklease.storage import open_store
+
+CTX = RequestContext(request_id="req-1", remote="127.0.0.1")
+ADMIN_SECRET = "a" * 40
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(1_800_000_000.5)  # half a second in: "the same second" is testable
+
+
+@pytest.fixture
+def broker(clock: ManualClock) -> Broker:
+    config = Config(admin_secret_hash=hash_secret(ADMIN_SECRET))
+    return Broker(
+        config, open_store("memory://"), KeyRing.generate(), clock=clock, nonce_secret=b"n" * 32
+    )
+
+
+def _builtin(broker: Broker) -> object:
+    return broker.admin_auth(ADMIN_SECRET, CTX).claims
+
+
+def _events(broker: Broker, event_type: str) -> list[str]:
+    events, _ = broker.audit_events(AuditQuery(event_type=event_type, limit=1000))
+    return [e.detail for e in events]
+
+
+def test_the_sign_in_message_is_domain_separated_known_answer() -> None:
+    nonce = "0f" * 32
+    assert operator_sign_in_input("alice", nonce) == (
+        b'tasklease-operator-v1\n["alice","' + nonce.encode() + b'"]'
+    )
+    # Never the bare nonce bytes an agent's registration proof signs.
+    assert operator_sign_in_input("alice", nonce) != bytes.fromhex(nonce)
+
+
+def test_role_scopes_and_the_builtin_admin() -> None:
+    assert set(ROLES) == {"admin", "operator", "auditor"}
+    assert ROLE_SCOPES["operator"] == ADMIN_SCOPES  # AgentWrit's admin token, exactly
+    assert set(ROLE_SCOPES["admin"]) == {*ADMIN_SCOPES, "admin:operators:*", "admin:keys:*"}
+    assert ROLE_SCOPES["auditor"] == ("admin:audit:*",)
+    with pytest.raises(TypeError):
+        ROLE_SCOPES["auditor"] = ADMIN_SCOPES  # type: ignore[index]
+    assert BUILTIN_ADMIN == "admin" and operator_subject("admin") == "operator:admin"
+
+
+def test_builtin_admin_keeps_agentwrit_claims_and_holds_the_admin_role(broker: Broker) -> None:
+    claims = broker.admin_auth(ADMIN_SECRET, CTX).claims
+    assert claims.kind == KIND_ADMIN and claims.sub == "admin" and claims.scope == ADMIN_SCOPES
+    assert held_scopes(claims) == ROLE_SCOPES["admin"]
+    (detail,) = _events(broker, "admin_auth")
+    assert "built-in admin" in detail
+    # A named operator called "admin" is not the built-in admin.
+    _, secret = broker.add_operator(claims, name="admin", role="auditor", public_key=None, ctx=CTX)
+    issued, _ = broker.operator_auth(
+        name="admin", secret=secret, nonce=None, signature=None, ctx=CTX
+    )
+    assert issued.claims.sub == "operator:admin"
+    assert held_scopes(issued.claims) == ("admin:audit:*",)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "Alice", "-a", "a-", "a_b", "a b", "1abc", "a" * 65, "é", None, 7],
+)
+def test_malformed_names_are_refused(name: object) -> None:
+    with pytest.raises(InvalidRequest):
+        operator_name(name)
+
+
+def test_well_formed_names() -> None:
+    for name in ("a", "ops", "alice-2", "a" * 64, "on-call-7"):
+        assert operator_name(name) == name
+
+
+def test_add_validates_before_anything_is_written(broker: Broker) -> None:
+    admin = broker.admin_auth(ADMIN_SECRET, CTX).claims
+    for bad in (
+        {"name": "alice", "role": "root", "public_key": None},
+        {"name": "alice", "role": None, "public_key": None},
+        {"name": "alice", "role": "operator", "public_key": "not-base64!"},
+        {"name": "alice", "role": "operator", "public_key": base64.b64encode(b"x" * 31).decode()},
+    ):
+        with pytest.raises(InvalidRequest):
+            broker.add_operator(admin, ctx=CTX, **bad)
+    assert broker.list_operators() == []
+    assert _events(broker, "operator_added") == []
+
+
+def test_a_credential_change_ends_tokens_and_no_token_is_born_revoked(
+    broker: Broker, clock: ManualClock
+) -> None:
+    admin = broker.admin_auth(ADMIN_SECRET, CTX).claims
+    record, secret = broker.add_operator(
+        admin, name="alice", role="operator", public_key=None, ctx=CTX
+    )
+    assert record.created_by == "admin" and record.secret_hash and not record.public_key
+    first, _ = broker.operator_auth(
+        name="alice", secret=secret, nonce=None, signature=None, ctx=CTX
+    )
+    assert first.claims.iat == int(clock.now())  # never dated ahead of the clock
+    assert broker.authenticate(f"Bearer {first.token}", CTX).sub == "operator:alice"
+
+    _, new_secret = broker.rotate_operator(admin, "alice", public_key=None, ctx=CTX)
+    with pytest.raises(Unauthorized):
+        broker.authenticate(f"Bearer {first.token}", CTX)
+    with pytest.raises(Unauthorized):
+        broker.operator_auth(name="alice", secret=secret, nonce=None, signature=None, ctx=CTX)
+    # Within the rotation's second a token would be born revoked: come back in a second.
+    with pytest.raises(Unavailable) as soon:
+        broker.operator_auth(name="alice", secret=new_secret, nonce=None, signature=None, ctx=CTX)
+    assert soon.value.retry_after == 1 and soon.value.denial_id
+    (hit,) = [d for d in _events(broker, "operator_auth_failed") if "changed this second" in d]
+    assert hit.endswith(f"denial={soon.value.denial_id}")
+    clock.advance(1)
+    second, _ = broker.operator_auth(
+        name="alice", secret=new_secret, nonce=None, signature=None, ctx=CTX
+    )
+    assert broker.authenticate(f"Bearer {second.token}", CTX).jti == second.claims.jti
+    with pytest.raises(Unauthorized):
+        broker.authenticate(f"Bearer {first.token}", CTX)
+
+
+def test_key_sign_in_spends_the_nonce_whatever_the_outcome(broker: Broker) -> None:
+    admin = broker.admin_auth(ADMIN_SECRET, CTX).claims
+    key = nacl.signing.SigningKey.generate()
+    public = base64.b64encode(bytes(key.verify_key)).decode()
+    record, secret = broker.add_operator(
+        admin, name="bob", role="auditor", public_key=public, ctx=CTX
+    )
+    assert secret == "" and record.public_key == bytes(key.verify_key)
+
+    def sign(signer: nacl.signing.SigningKey, nonce: str, name: str = "bob") -> str:
+        return base64.b64encode(signer.sign(operator_sign_in_input(name, nonce)).signature).decode()
+
+    nonce, _ = broker.challenge()
+    issued, _ = broker.operator_auth(
+        name="bob", secret=None, nonce=nonce, signature=sign(key, nonce), ctx=CTX
+    )
+    assert issued.claims.scope == ("admin:audit:*",)
+    with pytest.raises(Unauthorized) as replayed:
+        broker.operator_auth(
+            name="bob", secret=None, nonce=nonce, signature=sign(key, nonce), ctx=CTX
+        )
+    other = nacl.signing.SigningKey.generate()
+    nonce, _ = broker.challenge()
+    with pytest.raises(Unauthorized) as forged:
+        broker.operator_auth(
+            name="bob", secret=None, nonce=nonce, signature=sign(other, nonce), ctx=CTX
+        )
+    with pytest.raises(Unauthorized):  # the forged attempt spent that nonce
+        broker.operator_auth(
+            name="bob", secret=None, nonce=nonce, signature=sign(key, nonce), ctx=CTX
+        )
+    failures = _events(broker, "operator_auth_failed")
+    for exc, reason in ((replayed, "nonce already used"), (forged, "signature does not verify")):
+        denial = exc.value.denial_id
+        assert denial
+        (hit,) = [d for d in failures if d.endswith(f"denial={denial}")]
+        assert reason in hit and "operator=bob" in hit
+    # A key operator has no secret to sign in with, and a secret is not a signature.
+    with pytest.raises(Unauthorized):
+        broker.operator_auth(name="bob", secret="x" * 64, nonce=None, signature=None, ctx=CTX)
+    with pytest.raises(InvalidRequest):
+        broker.operator_auth(name="bob", secret="x", nonce=nonce, signature=None, ctx=CTX)
+    with pytest.raises(InvalidRequest):
+        broker.operator_auth(name="bob", secret=None, nonce=None, signature=None, ctx=CTX)
+
+
+def test_removal_is_final_and_names_are_never_reused(broker: Broker) -> None:
+    admin = broker.admin_auth(ADMIN_SECRET, CTX).claims
+    _, secret = broker.add_operator(admin, name="carol", role="admin", public_key=None, ctx=CTX)
+    carol, _ = broker.operator_auth(
+        name="carol", secret=secret, nonce=None, signature=None, ctx=CTX
+    )
+    removed = broker.remove_operator(admin, "carol", CTX)
+    assert removed.status == "removed" and not removed.secret_hash and not removed.public_key
+    with pytest.raises(Unauthorized):
+        broker.authenticate(f"Bearer {carol.token}", CTX)
+    with pytest.raises(Unauthorized):
+        broker.operator_auth(name="carol", secret=secret, nonce=None, signature=None, ctx=CTX)
+    for again in (
+        lambda: broker.remove_operator(admin, "carol", CTX),
+        lambda: broker.rotate_operator(admin, "carol", public_key=None, ctx=CTX),
+    ):
+        with pytest.raises(NotFound) as exc:
+            again()
+        assert exc.value.denial_id
+    with pytest.raises(Conflict) as taken:
+        broker.add_operator(admin, name="carol", role="auditor", public_key=None, ctx=CTX)
+    assert taken.value.denial_id
+    denials = _events(broker, "operator_denied")
+    assert len(denials) == 3 and all("by=admin" in d for d in denials)
+    (detail,) = _events(broker, "operator_removed")
+    assert "operator=carol" in detail and "by=admin" in detail
+
+
+def test_first_admin_is_made_then_re_keyed_by_init(broker: Broker, clock: ManualClock) -> None:
+    made, first = broker.set_up_first_admin("root", CTX)
+    assert made.role == "admin" and made.created_by == INIT and first
+    again, second = broker.set_up_first_admin("root", CTX)
+    clock.advance(1)
+    assert again.created_by == INIT and second and second != first
+    with pytest.raises(Unauthorized):
+        broker.operator_auth(name="root", secret=first, nonce=None, signature=None, ctx=CTX)
+    issued, _ = broker.operator_auth(
+        name="root", secret=second, nonce=None, signature=None, ctx=CTX
+    )
+    assert issued.claims.scope == ROLE_SCOPES["admin"]
+    assert any("by=init" in d for d in _events(broker, "operator_added"))
+    assert any("by=init" in d for d in _events(broker, "operator_credential_rotated"))
