@@ -35,7 +35,7 @@ for _support in (REPO / "tests" / "postgres", REPO / "tests" / "http"):
         sys.path.insert(0, str(_support))
 
 import pgcluster  # noqa: E402
-from e2e_support import RunningBroker, launch_broker, stop_broker  # noqa: E402
+from e2e_support import RunningBroker, launch_broker, metrics_url, stop_broker  # noqa: E402
 
 from tasklease.storage.postgres import PostgresStore  # noqa: E402
 
@@ -59,7 +59,7 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def _server_histogram(replica: RunningBroker) -> dict[str, float]:
-    text = replica.get("/v1/metrics").text
+    text = httpx.get(metrics_url(replica), timeout=10).text
     name = "tasklease_revocation_propagation_seconds"
     count = re.search(rf"^{name}_count (\S+)$", text, re.M)
     total = re.search(rf"^{name}_sum (\S+)$", text, re.M)

@@ -103,6 +103,8 @@ class Broker(_Process):
             "TASKLEASE_DATA_DIR": str(self.dir / "data"),
             # The default, pinned: the readiness check reads uvicorn's info lines.
             "TASKLEASE_LOG_LEVEL": "info",
+            # The metrics listener on any free port: never one another broker holds.
+            "TASKLEASE_METRICS_LISTEN": "127.0.0.1:0",
         }
         env.pop("TASKLEASE_CONFIG", None)
         env.pop("TASKLEASE_DATABASE", None)

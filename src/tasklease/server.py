@@ -16,6 +16,7 @@ import asyncio
 import atexit
 import dataclasses
 import gc
+import ipaddress
 import json
 import logging
 import multiprocessing
@@ -24,6 +25,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -32,6 +34,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from tasklease.core.broker import Broker
 from tasklease.core.config import Config
 from tasklease.core.keys import KeyRing, load_or_create_keyring
+from tasklease.http.metrics import (
+    MULTIPROCESS_ENV,
+    MetricsListener,
+    WorkerMetrics,
+    multiprocess_renderer,
+)
 from tasklease.http.tls import TLSScopeMixin, uvicorn_tls_options
 from tasklease.keystore import EncryptedFileKeyProvider, open_key_provider
 from tasklease.logs import configure_logging
@@ -207,7 +215,11 @@ def worker_app() -> Starlette:
     configure_logging(config.log_level)
     broker = build_broker(config, migrate=False)
     atexit.register(broker.store.close)
-    app = create_app(broker, close_store=True)
+    # Under a supervisor that sums its workers' metrics, /v1/metrics (metrics_public =
+    # "token") answers with the same sum as the metrics listener.
+    shared = os.environ.get(MULTIPROCESS_ENV)
+    render = multiprocess_renderer(shared) if shared else None
+    app = create_app(broker, close_store=True, metrics_render=render)
     settle_heap()
     return app
 
@@ -327,14 +339,17 @@ def _reserve_port(host: str, port: int) -> socket.socket:
         raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-def _serve_workers(common: dict[str, Any], workers: int) -> None:
+def _serve_workers(
+    common: dict[str, Any], workers: int, on_exit: Callable[[int], None] | None = None
+) -> None:
     """Run ``workers`` worker processes until a stop signal; replace one that dies or hangs.
 
     The parent keeps a bound (not listening) socket on the port for its lifetime: it
     reserves the port and resolves port 0 to one port for every worker. Every worker is
     pinged every few seconds and replaced when it does not answer; a worker that dies
     within ``_WORKER_MIN_LIFETIME`` of its start stops the broker instead (it would only
-    die again). Workers receive SIGTERM if the parent dies.
+    die again). Workers receive SIGTERM if the parent dies. ``on_exit`` is called with the
+    process id of each worker that has ended.
     """
     host = str(common["host"])
     reserved = _reserve_port(host, int(common["port"]))
@@ -374,6 +389,8 @@ def _serve_workers(common: dict[str, Any], workers: int) -> None:
                 self.process.kill()
                 self.process.join()
             self.conn.close()
+            if on_exit is not None and self.process.pid is not None:
+                on_exit(self.process.pid)
 
     def stop(_signum: int, _frame: object) -> None:
         stopping.set()
@@ -415,6 +432,38 @@ def _serve_workers(common: dict[str, Any], workers: int) -> None:
         reserved.close()
         for sig, handler in {**previous, **ignored}.items():
             signal.signal(sig, handler)
+
+
+def _metrics_served(config: Config) -> bool:
+    return config.metrics_address is not None or config.metrics_public == "token"
+
+
+def _start_metrics(config: Config, render: Callable[[], bytes]) -> MetricsListener | None:
+    """The listener of ``metrics_listen`` (None when it is off), serving ``render()``.
+
+    Raises:
+        SystemExit: the address cannot be bound: a broker that starts without the
+            metrics it was told to serve, or whose scraper reads another broker's on
+            the same port, fails unnoticed.
+    """
+    address = config.metrics_address
+    if address is None:
+        return None
+    host, port = address
+    try:
+        listener = MetricsListener(host, port, render)
+    except OSError as exc:
+        raise SystemExit(
+            f"cannot listen on {config.metrics_listen} for metrics (metrics_listen): "
+            f"{exc.strerror or exc}"
+        ) from None
+    if not ipaddress.ip_address(host).is_loopback:
+        _log.warning(
+            "metrics served on %s, not a loopback address: whoever reaches it reads them",
+            config.metrics_listen,
+        )
+    print(f"tasklease broker metrics on {listener.url}", flush=True)
+    return listener
 
 
 def serve(config: Config, *, workers: int = 1, loop: str = "asyncio") -> None:
@@ -461,24 +510,41 @@ def serve(config: Config, *, workers: int = 1, loop: str = "asyncio") -> None:
     if workers > 1:
         print(_prepare(config), flush=True)
         os.environ[_WORKER_CONFIG_ENV] = _config_to_env(config)
-        print(
-            f"tasklease broker listening on {scheme}://{config.host}:{config.port} "
-            f"(database {redact_url(config.database)}, {workers} workers, pid {os.getpid()})",
-            flush=True,
-        )
-        _serve_workers(common, workers)
+        shared = WorkerMetrics() if _metrics_served(config) else None
+        if shared is not None:
+            os.environ[MULTIPROCESS_ENV] = shared.directory  # the workers inherit it
+        listener = None
+        try:
+            listener = _start_metrics(config, shared.render) if shared is not None else None
+            print(
+                f"tasklease broker listening on {scheme}://{config.host}:{config.port} "
+                f"(database {redact_url(config.database)}, {workers} workers, "
+                f"pid {os.getpid()})",
+                flush=True,
+            )
+            _serve_workers(common, workers, shared.process_gone if shared else None)
+        finally:
+            if listener is not None:
+                listener.close()
+            if shared is not None:
+                os.environ.pop(MULTIPROCESS_ENV, None)
+                shared.close()
         return
     broker = build_broker(config)
     app = create_app(broker, close_store=True)
     settle_heap()
     print(_keys_banner(broker, config), flush=True)
-    print(
-        f"tasklease broker listening on {scheme}://{config.host}:{config.port} "
-        f"(database {redact_url(config.database)}, pid {os.getpid()})",
-        flush=True,
-    )
+    listener = None
     try:
+        listener = _start_metrics(config, broker.metrics.render)
+        print(
+            f"tasklease broker listening on {scheme}://{config.host}:{config.port} "
+            f"(database {redact_url(config.database)}, pid {os.getpid()})",
+            flush=True,
+        )
         uvicorn.run(app, **common)
     finally:
+        if listener is not None:
+            listener.close()
         broker.audit.close()
         broker.store.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -115,6 +116,19 @@ class RunningBroker:
 
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token()}"}
+
+    def operator_token(self, role: str) -> str:
+        """The token of a new named operator with ``role`` (admin, operator, auditor)."""
+        name = f"{role}-{secrets.token_hex(4)}"
+        created = self.post(
+            "/v1/admin/operators", json={"name": name, "role": role}, headers=self.admin_headers()
+        )
+        assert created.status_code == 201, created.text
+        signed = self.post(
+            "/v1/operator/auth", json={"name": name, "secret": created.json()["secret"]}
+        )
+        assert signed.status_code == 200, signed.text
+        return str(signed.json()["access_token"])
 
     def create_app(
         self, scopes: list[str], *, name: str | None = None, token_ttl: int | None = None
@@ -279,6 +293,8 @@ def assert_problem(
 def _clean_env(data_dir: Path, extra: dict[str, str], *, with_secret: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
     env["TASKLEASE_DATA_DIR"] = str(data_dir)
+    # The metrics listener on a free port: brokers running side by side never share one.
+    env["TASKLEASE_METRICS_LISTEN"] = "127.0.0.1:0"
     if with_secret:
         env["TASKLEASE_ADMIN_SECRET"] = ADMIN_SECRET
     env.update(extra)
@@ -291,8 +307,10 @@ def launch_broker(
     *,
     admin_secret: str = ADMIN_SECRET,
     use_env_secret: bool = True,
+    args: tuple[str, ...] = (),
 ) -> RunningBroker:
-    """Start ``tasklease serve`` on a free loopback port and wait for /v1/health."""
+    """Start ``tasklease serve`` on a free loopback port and wait for /v1/health;
+    ``args`` are more options for ``serve`` (``--workers 2``)."""
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     full_env = _clean_env(data_dir, env or {}, with_secret=use_env_secret)
     port = free_port()
@@ -310,6 +328,7 @@ def launch_broker(
                 "127.0.0.1",
                 "--port",
                 str(port),
+                *args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -334,6 +353,13 @@ def launch_broker(
             raise RuntimeError(f"broker did not become healthy: {log_path.read_text()}")
         time.sleep(0.05)
     return RunningBroker(url, admin_secret, data_dir, proc, log_path, client)
+
+
+def metrics_url(broker: RunningBroker) -> str:
+    """Where the broker serves its metrics listener (from its start-up output)."""
+    match = re.search(r"^tasklease broker metrics on (http://\S+)$", broker.log(), re.M)
+    assert match, f"no metrics listener in the start-up output: {broker.log()}"
+    return match[1]
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> int:

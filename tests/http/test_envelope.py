@@ -34,7 +34,7 @@ def _requests(broker: RunningBroker) -> list[tuple[str, Callable[..., httpx.Resp
     return [
         ("health 200", lambda **kw: c.get("/v1/health", **kw), 200),
         ("challenge 200", lambda **kw: c.get("/v1/challenge", **kw), 200),
-        ("metrics 200", lambda **kw: c.get("/v1/metrics", **kw), 200),
+        ("metrics elsewhere 404", lambda **kw: c.get("/v1/metrics", **kw), 404),
         ("validate 200", lambda **kw: c.post("/v1/token/validate", json={"token": "x"}, **kw), 200),
         ("bad json 400", lambda **kw: c.post("/v1/register", content=b"{", **kw), 400),
         ("no bearer 401", lambda **kw: c.post("/v1/token/renew", **kw), 401),

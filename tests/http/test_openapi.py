@@ -41,7 +41,8 @@ METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
 def _new_broker() -> Broker:
-    config = Config(admin_secret_hash=hash_secret(ADMIN_SECRET))
+    # /v1/metrics served on this listener too (to operators' tokens), so it can be called.
+    config = Config(admin_secret_hash=hash_secret(ADMIN_SECRET), metrics_public="token")
     return Broker(config, open_store("memory://"), KeyRing.generate(), nonce_secret=b"x" * 32)
 
 
@@ -450,7 +451,7 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     call("GET", "/v1/health", expect=200)
     call("GET", "/v1/health/live", expect=200)
     call("GET", "/v1/health/ready", expect=200)
-    call("GET", "/v1/metrics", expect=200)
+    call("GET", "/v1/metrics", expect=401)
     call("GET", "/.well-known/jwks.json", expect=200)
     call("GET", "/v1/openapi.json", expect=200)
 
@@ -459,6 +460,9 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     admin = call("POST", "/v1/admin/auth", json={"secret": ADMIN_SECRET}, expect=200)[
         "access_token"
     ]
+    call("GET", "/v1/metrics", token=admin, expect=200)
+    detailed = call("GET", "/v1/health", token=admin, expect=200)
+    assert detailed["signing_kid"] and detailed["version"]
 
     new_app = {"name": "demo-app", "scopes": ["read:data:*"]}
     app = call("POST", "/v1/admin/apps", token=admin, json=new_app, expect=201)
@@ -530,6 +534,8 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     a = _register(call, lt_a["launch_token"], "task-a", a_key)
     b = _register(call, lt_b["launch_token"], "task-b", b_key)
     a_token, b_token = a["access_token"], b["access_token"]
+    call("GET", "/v1/metrics", token=a_token, expect=403)
+    call("GET", "/v1/health", token=a_token, expect=403)
     na, nb = secrets.token_hex(16), secrets.token_hex(16)
 
     start = {"responder_id": b["agent_id"], "initiator_nonce": na}

@@ -57,14 +57,16 @@ def test_restart_preserves_keys_revocations_apps_and_agents(
     assert first.revoke("token", doomed_jti).status_code == 200
     assert not first.is_valid(doomed.access_token)
     kid_before = jwt_parts(keeper.access_token)[0]["kid"]
-    events_before = first.get("/v1/health").json()["audit_events_count"]
+    # The counts are an operator's to read (first's admin token holds from before the restart).
+    operator = first.admin_headers()
+    events_before = first.get("/v1/health", headers=operator).json()["audit_events_count"]
 
     # Graceful stop: SIGTERM ends the process cleanly.
     _sigterm(first)
 
     second = start_broker(data, admin_secret=secret, use_env_secret=False)
     assert second.url != first.url or second.proc.pid != first.proc.pid
-    health = second.get("/v1/health").json()
+    health = second.get("/v1/health", headers=operator).json()
     assert health["audit_events_count"] == events_before
     # Same signing key: old tokens verify, and new ones are signed under the same kid.
     assert second.is_valid(keeper.access_token)

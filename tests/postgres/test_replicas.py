@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pgcluster
 import pytest
-from e2e_support import RunningBroker, assert_problem
+from e2e_support import RunningBroker, assert_problem, metrics_url
 from pg_e2e import start_replica, verify_chain
 
 from tasklease.core.launch import launch_token_hash
@@ -37,7 +37,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.00
 
 
 def metric(replica: RunningBroker, name: str) -> float:
-    text = replica.get("/v1/metrics").text
+    text = httpx.get(metrics_url(replica), timeout=10).text
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     return float(match[1]) if match else 0.0
 

@@ -35,6 +35,7 @@ def tls_broker(data_dir: Path, pki: PKI, mode: str) -> Iterator[str]:
         TASKLEASE_TLS_KEY=str(pki.server_key),
         TASKLEASE_TLS_CLIENT_CA=str(pki.ca_cert),
         TASKLEASE_ADMIN_AUTH_BURST="1000",
+        TASKLEASE_METRICS_LISTEN="127.0.0.1:0",  # never a port another broker holds
     )
     log = data_dir / "broker.log"
     with open(log, "wb") as out:

@@ -48,8 +48,8 @@ class AdminClient:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 10.0,
     ) -> None:
-        """``admin_secret`` may be None for the public calls (health, jwks, metrics) or
-        when ``operator`` is given with its secret or key."""
+        """``admin_secret`` may be None for the public calls (health, jwks) or when
+        ``operator`` is given with its secret or key."""
         self.broker_url = broker_url.rstrip("/")
         self._secret = admin_secret
         self._operator = operator
@@ -125,7 +125,11 @@ class AdminClient:
     # -- public endpoints -------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        """``GET /v1/health``: status, version, uptime, counters, ``signing_kid``."""
+        """``GET /v1/health``: status and storage state; signed in (when the client has
+        credentials, whose role must hold ``admin:audit:*``) also the version, uptime,
+        counters and ``signing_kid``, which anonymous callers do not get."""
+        if self._secret or self._operator:
+            return self._json("GET", "/v1/health")
         return expect_json(self._send("GET", "/v1/health"))
 
     def jwks(self) -> dict[str, Any]:
@@ -133,8 +137,13 @@ class AdminClient:
         return expect_json(self._send("GET", "/.well-known/jwks.json"))
 
     def metrics(self) -> str:
-        """``GET /v1/metrics``: the Prometheus text exposition."""
-        response = self._send("GET", "/v1/metrics")
+        """``GET /v1/metrics``: the Prometheus text exposition, signed in when the client
+        has credentials. The broker serves it on its main port only with
+        ``metrics_public = "token"`` (else ``NotFound``: scrape the metrics listener)."""
+        if self._secret or self._operator:
+            response = self._authed("GET", "/v1/metrics")
+        else:
+            response = self._send("GET", "/v1/metrics")
         if response.status_code >= 400:
             raise error_from_response(response)
         return response.text

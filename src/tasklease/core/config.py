@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from tasklease.core.spiffe import validate_trust_domain
 
-__all__ = ["Config"]
+__all__ = ["Config", "listen_address"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +94,17 @@ class Config:
     pkcs11_token_label: str = ""
     pkcs11_pin_file: str = ""
     pkcs11_key_label: str = "tasklease-signing-"
+    # Metrics (docs/metrics.md): a listener of their own, "host:port" with an IP address
+    # (loopback by default; "" or "off": none), and whether the main listener serves
+    # /v1/metrics too: "off" (404, the default) or "token" (an operator's token with
+    # admin:audit:*, the auditor role's scope).
+    metrics_listen: str = "127.0.0.1:9464"
+    metrics_public: str = "off"
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``metrics_listen`` as ``(host, port)``, or None when there is no metrics listener."""
+        return listen_address(self.metrics_listen)
 
     def __post_init__(self) -> None:
         validate_trust_domain(self.trust_domain)
@@ -159,6 +170,9 @@ class Config:
         if not 1 <= self.database_tcp_timeout <= 3600:
             raise ValueError("database_tcp_timeout must be between 1 and 3600 seconds")
         _check_key_provider(self)
+        listen_address(self.metrics_listen)  # ValueError for a malformed one
+        if self.metrics_public not in ("off", "token"):
+            raise ValueError("metrics_public must be one of off, token")
 
 
 def _check_key_provider(config: Config) -> None:
@@ -169,6 +183,39 @@ def _check_key_provider(config: Config) -> None:
     label = config.pkcs11_key_label
     if not 1 <= len(label) <= 64 or not label.isprintable():
         raise ValueError("pkcs11_key_label must be 1 to 64 printable characters")
+
+
+def listen_address(value: str) -> tuple[str, int] | None:
+    """``host:port`` (``[v6]:port`` for IPv6) with an IP address and a port 0-65535 (0:
+    any free port), as ``(host, port)``; None for ``""`` or ``off``.
+
+    Raises:
+        ValueError: anything else (a host name included: what is bound must be visible
+            in the configuration).
+    """
+    text = value.strip()
+    if text in ("", "off"):
+        return None
+    problem = (
+        f"metrics_listen: {value!r} must be an IP address and a port, such as "
+        '127.0.0.1:9464 or [::1]:9464, or "" to have no metrics listener'
+    )
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or len(port) > 5:
+        raise ValueError(problem)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(problem)
+    elif ":" in host:
+        raise ValueError(problem)  # an IPv6 address goes in brackets
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(problem) from None
+    if int(port) > 65535:
+        raise ValueError(problem)
+    return host, int(port)
 
 
 def _check_network(value: str) -> None:

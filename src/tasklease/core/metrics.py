@@ -2,7 +2,9 @@
 
 One :class:`Metrics` per broker, on its own registry (never the process-global one), so
 several brokers in one process (tests) do not mix their figures. Names are documented in
-``docs/metrics.md``.
+``docs/metrics.md``. With several worker processes, prometheus-client's multiprocess mode
+keeps each worker's values in files that one scrape sums (``tasklease.http.metrics``);
+a gauge says there how its workers' values combine.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Metrics:
             "tasklease_active_agents",
             "Agents registered by this process and not revoked.",
             registry=r,
+            multiprocess_mode="livesum",  # with --workers: the sum over live workers
         )
         self.validation_failures = Counter(
             "tasklease_validation_failures_total",
@@ -102,6 +105,7 @@ class Metrics:
             "tasklease_revocation_entries",
             "Revocation entries held in memory (pruned once nothing they match is valid).",
             registry=r,
+            multiprocess_mode="livemax",  # every worker holds the whole index
         )
         self.rate_limited = Counter(
             "tasklease_rate_limited_total",

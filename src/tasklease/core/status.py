@@ -9,9 +9,16 @@ from tasklease.core.freshness import Freshness
 from tasklease.core.kernel import Kernel
 from tasklease.core.signing import SigningKeys
 
-__all__ = ["VERSION", "health"]
+__all__ = ["VERSION", "health", "public_health"]
 
 VERSION = "0.1.0"
+
+# What anyone may read of the health report: whether the broker is alive and serving, and
+# if not why. The AgentWrit SDK requires version, uptime and audit_events_count, so they
+# are there, with neutral values: a version names the vulnerabilities to try, uptime
+# dates restarts (and patches), counts measure traffic, and a key id tells rotations.
+_PUBLIC_FIELDS = ("status", "reason", "db_connected", "revocations_current")
+_NEUTRAL = {"version": "", "uptime": 0, "audit_events_count": 0}
 
 
 def health(kernel: Kernel, keys: SigningKeys, freshness: Freshness) -> dict[str, Any]:
@@ -42,3 +49,11 @@ def health(kernel: Kernel, keys: SigningKeys, freshness: Freshness) -> dict[str,
         "revocation_entries": len(kernel.revocations),
         "signing_kid": keys.ring.active_kid,
     }
+
+
+def public_health(report: dict[str, Any]) -> dict[str, Any]:
+    """What an anonymous caller sees of a :func:`health` report (see ``_PUBLIC_FIELDS``):
+    ``status`` (and ``reason``), ``db_connected`` and ``revocations_current`` as they
+    are; ``version`` ``""``, ``uptime`` and ``audit_events_count`` 0; nothing else."""
+    public = {name: report[name] for name in _PUBLIC_FIELDS if name in report}
+    return {"status": public.pop("status", "degraded"), **_NEUTRAL, **public}

@@ -39,12 +39,14 @@ from tasklease.core.errors import (
 )
 from tasklease.core.introspection import is_reference_token
 from tasklease.core.readiness import INTERVAL, Readiness
+from tasklease.core.status import public_health
 from tasklease.core.store import AuditQuery
 from tasklease.core.tokens import KIND_ADMIN, KIND_AGENT, KIND_APP, Claims
 from tasklease.core.validation import TokenRejected
 from tasklease.http import wire
 from tasklease.http.agent_routes import agent_routes
 from tasklease.http.feed import RevocationHub, revocation_routes
+from tasklease.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tasklease.http.middleware import (
     EnvelopeMiddleware,
     TrustedProxyMiddleware,
@@ -67,6 +69,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 ADMIN = frozenset({KIND_ADMIN})
 APP = frozenset({KIND_APP})
 AGENT = frozenset({KIND_AGENT})
+# What an operator's token must hold to read the metrics on this listener and the health
+# report's details: the auditor role's one scope (admin and operator roles hold it too).
+OBSERVER_SCOPE = "admin:audit:*"
 _INVALID = msgspec.json.encode(wire.InvalidToken()) + b"\n"
 # Revocations committed by other workers or replicas sharing the store are picked up by
 # a primary-key range read this often (~20 us each): the bound on propagation between
@@ -200,13 +205,22 @@ def _parse_int(value: str | None, name: str, default: int) -> int:
     return number
 
 
-def create_app(broker: Broker, *, background: bool = True, close_store: bool = False) -> Starlette:
+def create_app(
+    broker: Broker,
+    *,
+    background: bool = True,
+    close_store: bool = False,
+    metrics_render: Callable[[], bytes] | None = None,
+) -> Starlette:
     """Build the ASGI application around a ready :class:`Broker`.
 
     ``background`` starts the housekeeping tasks (pruning, picking up revocations that
     other processes committed); tests that drive time by hand turn it off.
     ``close_store`` closes the broker's store when the application shuts down (the server
     owns the store; in-process tests usually keep it).
+    ``metrics_render`` makes the text ``/v1/metrics`` answers with (when
+    ``metrics_public`` is ``token``); by default the broker's own metrics, a worker of
+    several passes the sum over all workers (``tasklease.http.metrics``).
     """
     cfg = broker.config
     context = _context(RequestURI(cfg))
@@ -214,6 +228,7 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
     app_limiter = RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
     # Health and readiness from checks on threads of their own: the routes never wait on
     # storage longer than the checks' bound (docs/operations.md, Health).
+    render_metrics = metrics_render or broker.metrics.render
     readiness = Readiness(
         broker.kernel,
         broker.health,
@@ -258,10 +273,20 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
                 )
 
     async def health(request: Request) -> Response:
+        # Anyone learns whether the broker is alive and serving; its version, key id and
+        # counts only an operator's token with the auditor role's scope (public_health).
+        detailed = False
+        if request.headers.get("authorization") is not None:
+            # While the revocation state is not confirmed current no token can be checked
+            # (Unavailable): the anonymous answer still says degraded, and why.
+            with contextlib.suppress(Unavailable):
+                await authed(request, ADMIN, OBSERVER_SCOPE, lambda _c, _ctx: None)
+                detailed = True
         # From the last check, made every second in the background: only when nobody has
         # checked lately (no background task, or a long pause) wait for a fresh one.
         await checked(wait=readiness.stale())
-        return _json(readiness.health())
+        report = readiness.health()
+        return _json(report if detailed else public_health(report))
 
     async def health_live(request: Request) -> Response:
         return _json(wire.LiveResponse(status="ok"))
@@ -274,9 +299,13 @@ def create_app(broker: Broker, *, background: bool = True, close_store: bool = F
         return _json(wire.ReadyResponse(status="ready"))
 
     async def metrics(request: Request) -> Response:
-        return Response(
-            broker.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-        )
+        # The metrics have a listener of their own (metrics_listen); here, by the
+        # operator's choice only, to operators' tokens: otherwise as unknown as any path.
+        if cfg.metrics_public != "token":
+            return await http_error(request, HTTPException(404))
+        await authed(request, ADMIN, OBSERVER_SCOPE, lambda _c, _ctx: None)
+        text = await run_in_threadpool(render_metrics)
+        return Response(text, media_type=METRICS_CONTENT_TYPE)
 
     async def jwks(request: Request) -> Response:
         resp = _json(broker.keyring.jwks())

@@ -17,6 +17,7 @@ from tasklease.http.wire._base import (
     Operation,
     Param,
     Response,
+    admin,
     constant,
     doc,
 )
@@ -43,7 +44,10 @@ TAGS = {
 
 class HealthResponse(Response):
     """The broker's health as its last check found it (at most a second or two old):
-    answering it never waits on storage."""
+    answering it never waits on storage. Anonymous callers get AgentWrit's fields with
+    `version` `""` and `uptime` and `audit_events_count` 0, and neither
+    `revocation_entries` nor `signing_kid`: those only with an operator's token holding
+    `admin:audit:*`."""
 
     status: Annotated[
         str,
@@ -61,12 +65,19 @@ class HealthResponse(Response):
             "validation then fail closed with 503."
         ),
     ]
-    version: Annotated[str, doc("The broker's version.")]
-    uptime: Annotated[int, doc("Seconds since the broker started.")]
+    version: Annotated[str, doc('The broker\'s version (`""` to anonymous callers).')]
+    uptime: Annotated[int, doc("Seconds since the broker started (0 to anonymous callers).")]
     db_connected: Annotated[bool, doc("Whether storage answered the last check.")]
-    audit_events_count: Annotated[int, doc("Events in the audit log at the last check.")]
-    revocation_entries: Annotated[int, doc("Entries in the in-memory revocation index.")]
-    signing_kid: Annotated[str, doc("Key id of the active signing key.")]
+    audit_events_count: Annotated[
+        int, doc("Events in the audit log at the last check (0 to anonymous callers).")
+    ]
+    revocation_entries: (
+        Annotated[int, doc("Entries in the in-memory revocation index (operators only).")]
+        | UnsetType
+    ) = UNSET
+    signing_kid: (
+        Annotated[str, doc("Key id of the active signing key (operators only).")] | UnsetType
+    ) = UNSET
     reason: Annotated[str, doc("Why the broker is degraded (only when it is).")] | UnsetType = UNSET
 
 
@@ -156,9 +167,25 @@ OPERATIONS = (
         "200, and never waits on storage: the storage fields are from the last check, "
         "made every second on a thread of its own; storage that did not answer it within "
         "2 s, failing writes or a revocation index not confirmed current show as "
-        "`status: degraded` with a `reason`.",
+        "`status: degraded` with a `reason`. Anonymous callers learn only whether the "
+        "broker is alive and serving: the version, uptime, counts and signing key id come "
+        "with an operator's bearer token holding `admin:audit:*` (an auditor's, or the "
+        "admin's). While the revocation index is not confirmed current no token can be "
+        "checked, and the anonymous answer is given.",
         PUBLIC,
         HealthResponse,
+        errors=(
+            Failure(
+                "unauthorized",
+                "an `Authorization` header was sent, and its token is malformed, invalid, "
+                "expired or revoked",
+            ),
+            Failure(
+                "insufficient_scope",
+                "an `Authorization` header was sent with a token that is not an operator's, "
+                "or lacks `admin:audit:*`",
+            ),
+        ),
     ),
     Operation(
         "GET /v1/health/live",
@@ -195,12 +222,23 @@ OPERATIONS = (
         "getMetrics",
         "operations",
         "Prometheus metrics",
-        "The broker's metrics in the Prometheus text exposition format (version 0.0.4).",
-        PUBLIC,
+        "The broker's metrics in the Prometheus text exposition format (version 0.0.4), "
+        "summed over every worker process. By default they are served only on the metrics "
+        "listener (`metrics_listen`, 127.0.0.1:9464), and this route answers 404 as for "
+        'any unknown path; with `metrics_public = "token"` it serves them here to an '
+        "operator's token holding `admin:audit:*` (an auditor's, or the admin's).",
+        admin("admin:audit:*"),
         Body(
             "MetricsText",
             "text/plain",
             {"type": "string", "description": "Prometheus text format."},
+        ),
+        errors=(
+            Failure(
+                "not_found",
+                '`metrics_public` is `"off"` (the default): the metrics are on the metrics '
+                "listener only",
+            ),
         ),
     ),
     Operation(

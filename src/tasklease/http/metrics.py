@@ -1,0 +1,184 @@
+"""The metrics listener: Prometheus text on an address of its own, one scrape for all workers.
+
+By default the broker's metrics are not served on its public port: they have a listener of
+their own (``metrics_listen``, loopback unless the operator says otherwise), so who may
+read them is decided by where they listen, and no scraper needs a credential. The
+listener is a small threaded HTTP server in the process that owns the figures: the
+broker's single process, or the supervisor of ``--workers``, which sums the workers'
+values from prometheus-client's multiprocess files (:func:`multiprocess_renderer`). It
+answers ``GET`` and ``HEAD`` on ``/metrics`` (Prometheus's default path) and
+``/v1/metrics``, and 404 on anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import socketserver
+import tempfile
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+__all__ = [
+    "CONTENT_TYPE",
+    "MULTIPROCESS_ENV",
+    "PATHS",
+    "MetricsListener",
+    "WorkerMetrics",
+    "multiprocess_renderer",
+]
+
+_log = logging.getLogger("tasklease.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The Prometheus text exposition format, version 0.0.4."""
+
+PATHS = ("/metrics", "/v1/metrics")
+"""Where the listener serves the metrics."""
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client's switch to multiprocess mode: a directory for each process's values.
+It must be set before a process first imports prometheus-client (the supervisor sets it
+for the workers it spawns)."""
+
+# A scraper that sends nothing for this long is dropped, and no more than this many
+# connections are served at once: a slow or flooding client cannot pile up threads.
+_CLIENT_TIMEOUT = 10.0
+_MAX_CONNECTIONS = 16
+
+
+def multiprocess_renderer(directory: str) -> Callable[[], bytes]:
+    """The text exposition of every worker's values in ``directory``, summed.
+
+    Counters and histograms add up over every worker that ever ran (a replaced worker's
+    counts stay, so counters never go backwards); gauges combine as each declares
+    (``core.metrics``).
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    # prometheus-client's multiprocess module is not annotated.
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+
+    def render() -> bytes:
+        return generate_latest(registry)
+
+    return render
+
+
+class WorkerMetrics:
+    """The metrics of several worker processes: a private directory (0700) for their
+    values, which a worker uses when it starts with ``MULTIPROCESS_ENV`` naming it."""
+
+    def __init__(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="tasklease-metrics-")
+        self.render = multiprocess_renderer(self.directory)
+
+    def process_gone(self, pid: int) -> None:
+        """A worker ended: its live gauges leave the sum (its counts stay)."""
+        mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    timeout = _CLIENT_TIMEOUT
+
+    def do_GET(self) -> None:
+        self._answer(with_body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(with_body=False)
+
+    def _answer(self, *, with_body: bool) -> None:
+        if urlsplit(self.path).path not in PATHS:
+            self._send(404, b"not found\n", "text/plain; charset=utf-8", with_body=with_body)
+            return
+        try:
+            data = cast("_Server", self.server).render()
+        except Exception:  # noqa: BLE001 - a scrape must not take the listener down
+            _log.exception("the metrics could not be rendered")
+            self._send(500, b"internal error\n", "text/plain; charset=utf-8", with_body=with_body)
+            return
+        self._send(200, data, CONTENT_TYPE, with_body=with_body)
+
+    def _send(self, status: int, data: bytes, content_type: str, *, with_body: bool) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        if with_body:
+            self.wfile.write(data)
+
+    def version_string(self) -> str:
+        return "tasklease"  # no Python version in the Server header
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged (one every few seconds would drown the log)."""
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+
+    def __init__(self, host: str, port: int, render: Callable[[], bytes]) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.render = render
+        self._slots = threading.BoundedSemaphore(_MAX_CONNECTIONS)
+        super().__init__((host, port), _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class MetricsListener:
+    """Serves ``render()`` on ``(host, port)`` from a thread of its own until :meth:`close`.
+
+    Raises:
+        OSError: the address cannot be bound (in use, not an address of this host).
+    """
+
+    def __init__(self, host: str, port: int, render: Callable[[], bytes]) -> None:
+        self._server = _Server(host, port, render)
+        self.host = host
+        self.port = int(self._server.server_address[1])  # the one chosen for port 0
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            name="tasklease-metrics",
+            daemon=True,
+        )
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1/metrics"
+
+    def close(self) -> None:
+        """Stop serving and release the address."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

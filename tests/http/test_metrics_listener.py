@@ -1,0 +1,210 @@
+"""The metrics: on a listener of their own, loopback by default; on the broker's port only
+by the operator's choice and then only to an operator's token; one scrape for every worker.
+
+Each test broker's metrics listener is on a free loopback port (``e2e_support``); the
+default address is checked on the configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from e2e_support import SHARED_ENV, RunningBroker, assert_problem, metrics_url
+
+from tasklease.core.config import Config
+from tasklease.settings import ConfigError, load_config
+
+TOKEN_ENV = {**SHARED_ENV, "TASKLEASE_METRICS_PUBLIC": "token"}
+
+
+def _sample(text: str, name: str) -> float:
+    """The value of the one unlabelled sample ``name`` (or with exactly these labels)."""
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert match, f"no sample {name} in:\n{text}"
+    return float(match[1])
+
+
+def test_the_default_is_a_listener_of_their_own_on_loopback() -> None:
+    config = Config()
+    assert config.metrics_listen == "127.0.0.1:9464"
+    assert config.metrics_address == ("127.0.0.1", 9464)
+    assert config.metrics_public == "off"
+    assert load_config(os.devnull, env={"TASKLEASE_METRICS_LISTEN": "off"}).metrics_address is None
+    assert Config(metrics_listen="").metrics_address is None
+    assert Config(metrics_listen="[::1]:0").metrics_address == ("::1", 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("METRICS_LISTEN", "localhost:9464"),  # an address, not a name to resolve
+        ("METRICS_LISTEN", "::1:9464"),  # IPv6 in brackets
+        ("METRICS_LISTEN", "127.0.0.1"),
+        ("METRICS_LISTEN", "127.0.0.1:65536"),
+        ("METRICS_PUBLIC", "open"),
+    ],
+)
+def test_malformed_metrics_settings_stop_the_broker(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name.lower()):
+        load_config(os.devnull, env={f"TASKLEASE_{name}": value})
+
+
+def test_metrics_on_the_loopback_listener_and_not_on_the_main_port(
+    broker: RunningBroker,
+) -> None:
+    broker.register(["read:data:x"])
+    url = metrics_url(broker)
+    assert urlsplit(url).hostname == "127.0.0.1"
+    scrape = httpx.get(url, timeout=10)
+    assert scrape.status_code == 200
+    assert scrape.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert scrape.headers["server"] == "tasklease"  # no Python version
+    assert "# TYPE tasklease_issuance_seconds histogram" in scrape.text
+    assert _sample(scrape.text, 'tasklease_registrations_total{status="success"}') >= 1
+    # Prometheus's default path works too; the listener serves nothing else.
+    assert httpx.get(url.replace("/v1/metrics", "/metrics"), timeout=10).status_code == 200
+    assert httpx.head(url, timeout=10).status_code == 200
+    assert httpx.get(url.replace("/v1/metrics", "/v1/health"), timeout=10).status_code == 404
+
+    # The broker's own port: as unknown as any path, to anyone, with any token.
+    unknown = assert_problem(broker.get("/v1/nope"), 404, "not_found")
+    for headers in ({}, broker.admin_headers()):
+        hidden = assert_problem(broker.get("/v1/metrics", headers=headers), 404, "not_found")
+        assert hidden["detail"] == unknown["detail"] == "no such endpoint"
+
+
+def test_token_mode_serves_the_main_port_to_operators_only(
+    start_broker: Callable[..., RunningBroker],
+) -> None:
+    running = start_broker(env=TOKEN_ENV)
+    agent = running.register(["read:data:x"])
+    app_token = running.app_token(running.create_app(["read:data:*"]))
+
+    assert_problem(running.get("/v1/metrics"), 401, "unauthorized")
+    garbage = {"Authorization": "Bearer not-a-token"}
+    assert_problem(running.get("/v1/metrics", headers=garbage), 401, "unauthorized")
+    assert_problem(running.get("/v1/metrics", headers=agent.bearer), 403, "insufficient_scope")
+    app_bearer = {"Authorization": f"Bearer {app_token}"}
+    assert_problem(running.get("/v1/metrics", headers=app_bearer), 403, "insufficient_scope")
+
+    scrape = running.get("/v1/metrics", headers=running.admin_headers())
+    assert scrape.status_code == 200, scrape.text
+    assert scrape.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert _sample(scrape.text, 'tasklease_registrations_total{status="success"}') == 1
+    # The auditor role, made for observers, reads them too.
+    auditor = {"Authorization": f"Bearer {running.operator_token('auditor')}"}
+    assert running.get("/v1/metrics", headers=auditor).status_code == 200
+    # The loopback listener serves them as well.
+    assert httpx.get(metrics_url(running), timeout=10).status_code == 200
+
+
+def test_no_listener_when_it_is_turned_off(start_broker: Callable[..., RunningBroker]) -> None:
+    running = start_broker(env={**SHARED_ENV, "TASKLEASE_METRICS_LISTEN": "off"})
+    assert "metrics on" not in running.log()
+    assert_problem(running.get("/v1/metrics"), 404, "not_found")
+
+
+# --- several workers -------------------------------------------------------------------------
+
+
+def _workers(supervisor: int) -> set[int]:
+    """The worker processes of ``supervisor`` (not multiprocessing's resource tracker)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == supervisor and b"resource_tracker" not in (
+            cmdline
+        ):
+            found.add(int(entry))
+    return found
+
+
+def _serving_worker(response: httpx.Response, port: int, workers: set[int]) -> int:
+    """The worker whose socket holds the (still open) connection ``response`` came on."""
+    client_port = response.extensions["network_stream"].get_extra_info("client_addr")[1]
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if (
+            int(local.split(":")[1], 16) == port
+            and int(remote.split(":")[1], 16) == client_port
+            and fields[3] == "01"  # established
+        ):
+            inode = fields[9]
+    assert inode is not None, "the connection is not open"
+    for pid in workers:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    raise AssertionError("no worker holds the connection")
+
+
+@pytest.mark.slow
+def test_one_scrape_sums_every_worker_and_outlives_a_replaced_one(
+    start_broker: Callable[..., RunningBroker],
+) -> None:
+    running = start_broker(env=TOKEN_ENV, args=("--workers", "2"))
+    started = time.monotonic()
+    port = int(urlsplit(running.url).port or 0)
+    deadline = time.monotonic() + 30
+    while len(workers := _workers(running.proc.pid)) != 2:
+        assert time.monotonic() < deadline, "the two workers did not start"
+        time.sleep(0.1)
+
+    # Registrations, each over a connection of its own, until each worker served some:
+    # each worker counts only its own, so a scrape that is right sums them.
+    served: dict[int, int] = dict.fromkeys(workers, 0)
+    for _ in range(60):
+        if min(served.values()) >= 2:
+            break
+        body, _ = running.register_body(running.launch_token(["read:data:x"]), ["read:data:x"])
+        with httpx.Client(base_url=running.url, timeout=10) as fresh:
+            answer = fresh.post("/v1/register", json=body)
+            assert answer.status_code == 200, answer.text
+            served[_serving_worker(answer, port, workers)] += 1
+    assert min(served.values()) >= 2, served
+    total = sum(served.values())
+
+    def registrations(text: str) -> float:
+        return _sample(text, 'tasklease_registrations_total{status="success"}')
+
+    listener = httpx.get(metrics_url(running), timeout=10).text
+    assert registrations(listener) == total
+    assert re.search(r"^tasklease_active_agents \S+$", listener, re.M)  # one sum, no pid label
+    for _ in range(4):  # whichever worker answers, the main port gives the same sum
+        with httpx.Client(base_url=running.url, timeout=10) as fresh:
+            scrape = fresh.get("/v1/metrics", headers=running.admin_headers())
+        assert scrape.status_code == 200, scrape.text
+        assert registrations(scrape.text) == total
+
+    # A worker replaced (killed once past its start-up grace): its counts stay in the sum.
+    time.sleep(max(0.0, 11 - (time.monotonic() - started)))
+    victim = next(iter(workers))
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        now = _workers(running.proc.pid)
+        if victim not in now and len(now) == 2:
+            break
+        assert time.monotonic() < deadline, "the worker was not replaced"
+        time.sleep(0.2)
+    assert running.proc.poll() is None
+    assert registrations(httpx.get(metrics_url(running), timeout=10).text) == total
