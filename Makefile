@@ -39,6 +39,7 @@ typecheck: $(VENV)/.test-deps
 unit: $(VENV)/.test-deps
 	sh scripts/ensure-postgres.sh
 	sh scripts/ensure-softhsm.sh
+	sh scripts/ensure-faketime.sh
 	$(BIN)/pytest
 
 test: lint typecheck unit

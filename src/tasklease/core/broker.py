@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from tasklease.core.delegating import Delegating
 from tasklease.core.discovery import Discovery
 from tasklease.core.freshness import Freshness
 from tasklease.core.handshake import Handshakes
+from tasklease.core.horizon import SafeHorizon
 from tasklease.core.identity import NonceIssuer
 from tasklease.core.kernel import IssuedToken, Kernel, RequestContext
 from tasklease.core.keys import KeyRing
@@ -87,6 +89,7 @@ class Broker:
         clock: Clock | None = None,
         metrics: Metrics | None = None,
         nonce_secret: bytes | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -94,6 +97,10 @@ class Broker:
         self.metrics = metrics or Metrics()
         self.revocations = RevocationIndex()
         self.kernel = kernel = Kernel(config, store, self.clock, self.metrics, self.revocations)
+        # What pruning takes as passed (core.horizon): elapsed time is read from
+        # ``monotonic``, by default the system's monotonic clock, or an injected clock itself.
+        elapsed = monotonic or (time.monotonic if clock is None else self.clock.now)
+        self.horizon = horizon = SafeHorizon(self.clock, store, self.metrics, monotonic=elapsed)
         self.audit = kernel.audit
         self.started_at = kernel.started_at
         # Names this process as the holder of store leases (the liveness sweeper's).
@@ -103,12 +110,12 @@ class Broker:
         # keeps it beside the signing keys); a lone in-process broker may use a random one.
         self.nonces = NonceIssuer(nonce_secret or os.urandom(32), config.nonce_ttl)
         self._keys = keys = SigningKeys(kernel, keyring)
-        self._freshness = freshness = Freshness(kernel)
+        self._freshness = freshness = Freshness(kernel, horizon)
         self._tokens = tokens = TokenCheck(kernel, keys, self.dpop, freshness)
         self._registration = Registration(kernel, keys, self.nonces, self.dpop)
         self._renewal = Renewal(kernel, keys, self.nonces, self.dpop)
         self._delegating = Delegating(kernel, keys)
-        self._revoking = Revoking(kernel, tokens)
+        self._revoking = Revoking(kernel, tokens, horizon)
         self._apps = Apps(kernel, keys)
         self._operators = Operators(kernel, keys, self.nonces)
         self._liveness = Liveness(kernel)

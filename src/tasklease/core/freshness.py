@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tasklease.core.errors import Unavailable
+from tasklease.core.horizon import SafeHorizon
 from tasklease.core.kernel import Kernel
 
 __all__ = ["WATCH_INTERVAL", "Freshness"]
@@ -25,16 +26,18 @@ class Freshness:
     on. ``monotonic`` is the clock it is read against (tests replace it).
     """
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, horizon: SafeHorizon) -> None:
         self._kernel = kernel
+        self._horizon = horizon
         self.until = math.inf
         self.monotonic: Callable[[], float] = time.monotonic
         self._watch: Any = None
 
     def load(self) -> None:
-        """Apply every unexpired revocation in the store (at start-up)."""
+        """Apply every revocation in the store unexpired by the safe horizon (at start-up):
+        an entry the wall clock, jumped ahead, takes for expired may still be needed."""
         kernel = self._kernel
-        kernel.revocations.apply(kernel.store.load_revocations(kernel.now()))
+        kernel.revocations.apply(kernel.store.load_revocations(self._horizon.now()))
         kernel.metrics.revocation_entries.set(len(kernel.revocations))
 
     def current(self) -> bool:

@@ -113,6 +113,19 @@ class Metrics:
             ["endpoint"],
             registry=r,
         )
+        self.clock_steps = Counter(
+            "tasklease_clock_steps_total",
+            "Steps of the wall clock (beyond 5 s of elapsed time between housekeeping ticks),"
+            " by direction (forward, backward).",
+            ["direction"],
+            registry=r,
+        )
+        self.prune_horizon_lag = Gauge(
+            "tasklease_prune_horizon_lag_seconds",
+            "How far pruning's safe horizon is behind the wall clock (core.horizon).",
+            multiprocess_mode="livemax",  # workers share the stored horizon: the largest
+            registry=r,
+        )
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.audit_batch_size.observe(size)

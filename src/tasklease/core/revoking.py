@@ -15,6 +15,7 @@ from dataclasses import replace
 from tasklease.core.audit import AuditEntry
 from tasklease.core.callers import about
 from tasklease.core.errors import Forbidden, InvalidRequest
+from tasklease.core.horizon import SafeHorizon
 from tasklease.core.introspection import holds_credential
 from tasklease.core.kernel import Kernel, RequestContext, Service, ending_records
 from tasklease.core.revocation import LEVELS
@@ -32,9 +33,10 @@ _log = logging.getLogger("tasklease.broker")
 class Revoking(Service):
     """Revoke, revoke a held token, read the feed, prune. Thread-safe; one per broker."""
 
-    def __init__(self, kernel: Kernel, tokens: TokenCheck) -> None:
+    def __init__(self, kernel: Kernel, tokens: TokenCheck, horizon: SafeHorizon) -> None:
         super().__init__(kernel)
         self._tokens = tokens
+        self._horizon = horizon
 
     def revoke(self, claims: Claims, *, level: object, target: object, ctx: RequestContext) -> int:
         """Revoke at ``token`` (a jti), ``agent`` (a subject), ``task`` or ``chain`` level.
@@ -149,9 +151,10 @@ class Revoking(Service):
         Without a cursor: a snapshot of every unexpired entry. With one: the unexpired
         entries whose ``seq`` is greater. The returned cursor is the greatest ``seq``
         returned, or the given cursor (0 without one) when nothing is new. An entry that
-        is widened later comes again with a new ``seq``.
+        is widened later comes again with a new ``seq``. Unexpired by the safe horizon
+        (``core.horizon``), so a wall clock jumped ahead leaves no entry out.
         """
-        now = self._kernel.now()
+        now = self._horizon.now()
         if cursor is None:
             records = self._store.load_revocations(now)
         else:
@@ -160,10 +163,15 @@ class Revoking(Service):
         return records, max(last, cursor or 0)
 
     def prune(self) -> int:
-        """Drop revocation entries, nonces and launch tokens nothing can use any more."""
-        now = self._kernel.now()
-        removed = self._kernel.revocations.prune(now)
-        removed_rows = self._store.prune(now)
+        """Drop revocation entries, nonces and launch tokens nothing can use any more.
+
+        Against the safe horizon, not the wall clock (``core.horizon``): an entry is
+        dropped only once its tokens are dead by every clock the broker may return to.
+        """
+        tick = self._horizon.tick()
+        removed = self._kernel.revocations.prune(tick.point)
+        removed_rows = self._store.prune(tick.point)
         self._metrics.revocation_entries.set(len(self._kernel.revocations))
+        self._metrics.prune_horizon_lag.set(tick.lag)
         _log.debug("pruned %d index entries and %d rows", removed, removed_rows)
         return removed

@@ -368,6 +368,14 @@ class Store(Protocol):
         agent sessions, discovery bindings and leases; return rows removed."""
         ...
 
+    def safe_horizon(self) -> float | None:
+        """The greatest horizon :meth:`raise_safe_horizon` recorded, or None (``core.horizon``)."""
+        ...
+
+    def raise_safe_horizon(self, horizon: float) -> float:
+        """Record ``horizon`` unless a greater one is recorded; return the greater (durable)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -324,6 +324,7 @@ class MemoryStore:
         self._bindings: dict[str, DiscoveryBinding] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._revocation_seq = 0
+        self._safe_horizon: float | None = None
         # Audit events in seq order with their parsed timestamps, and the seqs alone
         # for bisect (append_audit refuses a seq that is not after the head).
         self._audit: list[tuple[AuditEvent, float]] = []
@@ -518,6 +519,17 @@ class MemoryStore:
                 del self._leases[key]
                 removed += 1
         return removed
+
+    def safe_horizon(self) -> float | None:
+        with self._lock:
+            self._check_open()
+            return self._safe_horizon
+
+    def raise_safe_horizon(self, horizon: float) -> float:
+        with self.write():
+            if self._safe_horizon is None or horizon > self._safe_horizon:
+                self._safe_horizon = horizon
+            return self._safe_horizon
 
     def close(self) -> None:
         """Drop all state; later calls raise ``RuntimeError``. Closing twice is harmless."""

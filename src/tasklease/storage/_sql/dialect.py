@@ -229,6 +229,13 @@ class Dialect:
             q(f"DELETE FROM {table} WHERE expires_at <= ?")  # noqa: S608
             for table in _EXPIRING
         )
+        # One row (id 1): the greatest safe horizon any process recorded (core.horizon).
+        self.safe_horizon = "SELECT horizon FROM safe_horizon WHERE id = 1"
+        self.raise_safe_horizon = q(
+            "INSERT INTO safe_horizon (id, horizon) VALUES (1, ?)"
+            " ON CONFLICT (id) DO UPDATE SET horizon = excluded.horizon"
+            " WHERE safe_horizon.horizon < excluded.horizon"
+        )
 
     def migrations(self) -> tuple[Migration, ...]:
         """The numbered SQL files in ``storage/migrations/<folder>``, in order.

@@ -106,6 +106,13 @@ class SQLWriteTx(Generic[_C]):
             removed += conn.execute(statement, (now,)).rowcount
         return removed
 
+    def _raise_safe_horizon(self, horizon: float) -> float:
+        """Record ``horizon`` unless a greater one is; return the greater."""
+        conn = self._db()
+        conn.execute(self.dialect.raise_safe_horizon, (horizon,))
+        row = conn.execute(self.dialect.safe_horizon, ()).fetchone()
+        return float(row[0]) if row is not None else horizon
+
     # -- apps ----------------------------------------------------------------------------
 
     def insert_app(self, app: AppRecord) -> None:
@@ -307,6 +314,15 @@ class SQLStore(abc.ABC):
         """
         with self.write() as tx:
             return tx._delete_expired(now)
+
+    def raise_safe_horizon(self, horizon: float) -> float:
+        """Record ``horizon`` unless a greater one is recorded; return the greater."""
+        with self.write() as tx:
+            return tx._raise_safe_horizon(horizon)
+
+    def safe_horizon(self) -> float | None:
+        row = self._one(self.dialect.safe_horizon, ())
+        return None if row is None else float(row[0])
 
     # -- reads ---------------------------------------------------------------------------
 
