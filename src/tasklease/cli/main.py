@@ -22,7 +22,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from tasklease.cli import _audit, _keys, _operators, _remote, _token
+from tasklease.cli import _audit, _doctor, _keys, _operators, _remote, _token
 from tasklease.cli._common import EXIT_CODES_HELP, AdminSecretOpt, ProfileOpt, fail
 from tasklease.settings import ConfigError, load_config
 
@@ -291,6 +291,8 @@ def audit_verify(
     )
     raise typer.Exit(1)
 
+
+_doctor.register(app)  # local, like init and serve
 
 # The commands that talk to a running broker, after the local ones in --help.
 _remote.register(app)
