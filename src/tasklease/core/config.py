@@ -78,6 +78,11 @@ class Config:
     heartbeat_interval: float = 30.0
     heartbeat_misses: int = 3
     heartbeat_required: bool = False
+    # Slow clients (docs/operations.md, Slow clients): a request's headers must be
+    # complete this many seconds after its first byte, and a kept-alive connection with
+    # no request for this long is closed.
+    http_header_timeout: float = 10.0
+    http_keepalive_timeout: float = 5.0
     # The HTTP edge (see docs/configuration.md). Peers whose X-Forwarded-For and
     # X-Forwarded-Proto are believed (addresses or CIDR networks); nobody's by default.
     trusted_proxies: tuple[str, ...] = ()
@@ -169,6 +174,10 @@ class Config:
                 raise ValueError(f"{name} must be between 0.1 and 3600 seconds")
         if not 1 <= self.database_tcp_timeout <= 3600:
             raise ValueError("database_tcp_timeout must be between 1 and 3600 seconds")
+        if not 0.5 <= self.http_header_timeout <= 300:
+            raise ValueError("http_header_timeout must be between 0.5 and 300 seconds")
+        if not 0.5 <= self.http_keepalive_timeout <= 3600:
+            raise ValueError("http_keepalive_timeout must be between 0.5 and 3600 seconds")
         _check_key_provider(self)
         listen_address(self.metrics_listen)  # ValueError for a malformed one
         if self.metrics_public not in ("off", "token"):

@@ -1,0 +1,239 @@
+"""Slow clients: connections that trickle their request headers a byte at a time, or say
+nothing, are closed once ``http_header_timeout`` has passed, and while they trickle every
+other client is answered as usual. A kept-alive connection is closed after
+``http_keepalive_timeout`` without a request, and its next request's headers are held to
+the same deadline as the first's.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from e2e_support import (
+    SHARED_ENV,
+    STARTUP_TIMEOUT,
+    RunningBroker,
+    _clean_env,
+    free_port,
+    launch_broker,
+    stop_broker,
+)
+
+pytestmark = pytest.mark.slow
+
+HEADER_TIMEOUT = 2.0
+KEEPALIVE_TIMEOUT = 1.0
+TRICKLERS = 50
+# How long past its deadline a connection may take to be closed, and how long a
+# validation may take while the trickle goes on: loose bounds for a loaded CI machine.
+GRACE = 3.0
+ANSWER_WITHIN = 2.0
+ENV = {
+    **SHARED_ENV,
+    "TASKLEASE_HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
+    "TASKLEASE_HTTP_KEEPALIVE_TIMEOUT": str(KEEPALIVE_TIMEOUT),
+}
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBroker]:
+    running = launch_broker(tmp_path_factory.mktemp("slow") / "data", ENV)
+    yield running
+    stop_broker(running)
+
+
+def _connect(broker: RunningBroker) -> socket.socket:
+    host, port = broker.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.setblocking(False)
+    return sock
+
+
+def _closed_by_server(sock: socket.socket, received: bytearray) -> bool:
+    """Read what is there; True once the server has closed its side."""
+    while True:
+        try:
+            chunk = sock.recv(4096)
+        except BlockingIOError:
+            return False
+        except ConnectionResetError:
+            return True
+        if not chunk:
+            return True
+        received += chunk
+
+
+class Trickle:
+    """Connections that send a request line, then one header byte each at a time."""
+
+    def __init__(self, broker: RunningBroker, count: int) -> None:
+        self.socks = [_connect(broker) for _ in range(count)]
+        self.opened = time.monotonic()
+        self.received = {sock: bytearray() for sock in self.socks}
+        self.closed_at: dict[socket.socket, float] = {}
+        self._stop = threading.Event()
+        for sock in self.socks:
+            sock.send(b"POST /v1/token/validate HTTP/1.1\r\nHost: broker\r\nX-Slow: ")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for sock in self.socks:
+                if sock in self.closed_at:
+                    continue
+                if _closed_by_server(sock, self.received[sock]):
+                    self.closed_at[sock] = time.monotonic()
+                    continue
+                try:
+                    sock.send(b"a")
+                except (BrokenPipeError, ConnectionResetError):
+                    self.closed_at[sock] = time.monotonic()
+
+    def all_closed(self) -> bool:
+        return len(self.closed_at) == len(self.socks)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for sock in self.socks:
+            sock.close()
+
+
+def _wait_closed(sock: socket.socket, within: float) -> tuple[bytes, float]:
+    """What the server sent before closing ``sock``, and when it closed (monotonic)."""
+    received = bytearray()
+    deadline = time.monotonic() + within
+    while not _closed_by_server(sock, received):
+        left = deadline - time.monotonic()
+        assert left > 0, f"the server kept the connection open; it sent {bytes(received)!r}"
+        select.select([sock], [], [], left)
+    return bytes(received), time.monotonic()
+
+
+def test_trickling_headers_are_cut_off_and_others_are_answered(broker: RunningBroker) -> None:
+    agent = broker.register(["read:data:*"])
+    trickle = Trickle(broker, TRICKLERS)
+    try:
+        # While the trickle goes on, other clients are answered promptly.
+        answered = 0
+        while not trickle.all_closed():
+            started = time.monotonic()
+            assert broker.is_valid(agent.access_token)
+            took = time.monotonic() - started
+            assert took < ANSWER_WITHIN, f"a validation took {took:.2f} s during the trickle"
+            answered += 1
+            assert time.monotonic() - trickle.opened < HEADER_TIMEOUT + GRACE, (
+                f"{len(trickle.socks) - len(trickle.closed_at)} trickling connections "
+                f"still open {HEADER_TIMEOUT + GRACE:.0f} s after they opened"
+            )
+            time.sleep(0.05)
+        assert answered > 0
+        for sock in trickle.socks:
+            held = trickle.closed_at[sock] - trickle.opened
+            assert held >= HEADER_TIMEOUT - 0.5, f"closed after {held:.2f} s"
+            assert trickle.received[sock].startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+            assert b"connection: close" in trickle.received[sock].lower()
+    finally:
+        trickle.close()
+    assert broker.is_valid(agent.access_token)
+
+
+def test_a_silent_connection_is_closed(broker: RunningBroker) -> None:
+    sock = _connect(broker)
+    try:
+        opened = time.monotonic()
+        received, closed = _wait_closed(sock, HEADER_TIMEOUT + GRACE)
+        assert closed - opened >= HEADER_TIMEOUT - 0.5
+        assert received.startswith(b"HTTP/1.1 408 ")
+    finally:
+        sock.close()
+
+
+def test_kept_alive_connections_are_bounded_too(broker: RunningBroker) -> None:
+    """Idle after a response: closed after the keep-alive timeout, without a word. A
+    second request that trickles: cut off like a first one."""
+
+    def answered_once() -> socket.socket:
+        sock = _connect(broker)
+        sock.setblocking(True)
+        sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: broker\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        sock.setblocking(False)
+        return sock
+
+    slow = answered_once()
+    try:
+        slow.send(b"GET /v1/health HTTP/1.1\r\nX-Slow: ")
+        began = time.monotonic()
+        received = bytearray()
+        while not _closed_by_server(slow, received):
+            assert time.monotonic() - began < HEADER_TIMEOUT + GRACE, "never cut off"
+            slow.send(b"a")
+            time.sleep(0.2)
+        assert time.monotonic() - began >= HEADER_TIMEOUT - 0.5
+        assert bytes(received).startswith(b"HTTP/1.1 408 ")
+    finally:
+        slow.close()
+
+    idle = answered_once()
+    try:
+        answered = time.monotonic()
+        received_idle, closed = _wait_closed(idle, KEEPALIVE_TIMEOUT + GRACE)
+        assert received_idle == b""
+        assert closed - answered >= KEEPALIVE_TIMEOUT - 0.5
+    finally:
+        idle.close()
+
+
+def test_workers_cut_off_silent_connections(tmp_path: Path) -> None:
+    """With ``--workers`` the timeouts reach every worker process."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    port = free_port()
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tasklease.cli.main", "serve", "--data-dir", str(data)]
+            + ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_clean_env(data, ENV, with_secret=True),
+            cwd=str(tmp_path),
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + STARTUP_TIMEOUT * 2
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the workers did not come up"
+            time.sleep(0.1)
+        # Several connections, so both workers (SO_REUSEPORT spreads them) get some.
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
+        try:
+            opened = time.monotonic()
+            for sock in socks:
+                sock.setblocking(False)
+            for sock in socks:
+                received, closed = _wait_closed(sock, HEADER_TIMEOUT + GRACE)
+                assert received.startswith(b"HTTP/1.1 408 ")
+                assert closed - opened >= HEADER_TIMEOUT - 0.5
+        finally:
+            for sock in socks:
+                sock.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
