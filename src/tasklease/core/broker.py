@@ -33,6 +33,7 @@ from tasklease.core.liveness import Liveness
 from tasklease.core.metrics import Metrics
 from tasklease.core.mutual import HandshakeResult
 from tasklease.core.operators import Operators
+from tasklease.core.readiness import Readiness
 from tasklease.core.registration import PendingRegistration, Registration
 from tasklease.core.renewal import Renewal
 from tasklease.core.revocation import RevocationIndex
@@ -121,6 +122,14 @@ class Broker:
         self._liveness = Liveness(kernel)
         self._handshakes = Handshakes(kernel, keys)
         self._discovery = Discovery(kernel)
+        # Health and readiness from checks on threads of their own (core.readiness): the
+        # answers never wait on storage longer than the checks' bound.
+        self.readiness = Readiness(
+            kernel,
+            self.health,
+            skeleton=lambda: {"version": VERSION, "signing_kid": keys.ring.active_kid},
+            revocations_current=freshness.current,
+        )
         freshness.load()
 
     # --- what rotation and the store watch replace ---------------------------------------

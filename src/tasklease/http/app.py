@@ -24,7 +24,6 @@ from starlette.routing import Route
 from tasklease.core.binding import cert_thumbprint_from_pem
 from tasklease.core.broker import (
     ALL_KINDS,
-    VERSION,
     Broker,
     PendingRegistration,
     RequestContext,
@@ -229,11 +228,7 @@ def create_app(
     # Health and readiness from checks on threads of their own: the routes never wait on
     # storage longer than the checks' bound (docs/operations.md, Health).
     render_metrics = metrics_render or broker.metrics.render
-    readiness = Readiness(
-        broker.kernel,
-        broker.health,
-        skeleton=lambda: {"version": VERSION, "signing_kid": broker.keyring.active_kid},
-    )
+    readiness = broker.readiness
 
     def limit(limiter: RateLimiter, request: Request) -> None:
         # The TCP peer, or the client a trusted proxy names (never a header from others).
