@@ -111,8 +111,9 @@ def failures(op: Operation) -> list[Failure]:
     if op.request is not None:
         found.append(_MALFORMED)
         found.append(Failure("payload_too_large", "the body exceeds the broker's body limit"))
-    if op.request is not None or op.parameters:
-        found.append(_CONTROL)
+    # Every route: the edge refuses a control character in any path, query string or
+    # body, also a body sent to a route that reads none (http/middleware.py).
+    found.append(_CONTROL)
     if op.auth.kind:
         found.append(
             Failure(
