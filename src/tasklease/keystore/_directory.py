@@ -16,6 +16,7 @@ provider says how a key is made, opened and discarded.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import fcntl
@@ -237,7 +238,7 @@ def _wrong_kind(path: Path, found: str | None, provider: str) -> KeyStoreError:
     return KeyStoreError(f"key file {path} is {what}, but key_provider is {provider!r}")
 
 
-class DirectoryProvider:
+class DirectoryProvider(abc.ABC):
     """What every provider does with the key directory: list, lock, order, name, retire.
 
     Subclasses say how a key is opened (:meth:`_open`), made (:meth:`_create`) and
@@ -350,20 +351,20 @@ class DirectoryProvider:
 
     # -- what each provider says ---------------------------------------------------------
 
+    @abc.abstractmethod
     def _open(self, entry: KeyFile, data: bytes, *, active: bool) -> Any:
         """The active key (``active``) or a verify key, from a file of this kind."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _kid_of(self, entry: KeyFile, data: bytes) -> str:
         """The kid of the key in a file of this kind."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _create(self, directory: Path, timestamp: str) -> tuple[str, bytes]:
         """A new key: its kid and the contents of its file."""
-        raise NotImplementedError
 
-    def _discard(self, entry: KeyFile, kid: str) -> None:
+    def _discard(self, entry: KeyFile, kid: str) -> None:  # noqa: B027 - optional hook
         """Undo what :meth:`_create` made outside the directory (retirement)."""
 
-    def _abandon(self, kid: str, timestamp: str) -> None:
+    def _abandon(self, kid: str, timestamp: str) -> None:  # noqa: B027 - optional hook
         """Undo what :meth:`_create` made outside the directory (its file was not written)."""
