@@ -101,7 +101,8 @@ def audit_append(spec: dict[str, Any]) -> dict[str, Any]:
     """Durable audit appends through the group committer: ``threads`` threads calling
     ``AuditLog.record``, or (``"callers"`` in the spec) that many coroutines in one event
     loop awaiting ``AuditLog.arecord``, the path the server's handlers take."""
-    from tasklease.core.audit import AuditEntry, AuditLog
+    from tasklease.core.audit import AuditLog
+    from tasklease.core.auditformat import AuditEntry
     from tasklease.core.clock import SystemClock
     from tasklease.storage import SQLiteStore
 
@@ -181,7 +182,7 @@ def audit_append(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def audit_verify(spec: dict[str, Any]) -> dict[str, Any]:
-    from tasklease.core.audit import GENESIS_HASH, event_hash
+    from tasklease.core.auditformat import GENESIS_HASH, event_hash
     from tasklease.core.clock import format_rfc3339
     from tasklease.core.store import AuditEvent
     from tasklease.storage import SQLiteStore

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from tasklease.core.audit import (
+from tasklease.core.audit import AuditLog
+from tasklease.core.auditformat import (
     GENESIS_HASH,
     MAX_DETAIL,
     AuditEntry,
-    AuditLog,
     event_hash,
     sanitize,
     verify_chain,

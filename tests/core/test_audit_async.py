@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tasklease.core.audit import AuditEntry, AuditLog, _Slot, verify_chain
+from tasklease.core.audit import AuditLog, _Slot
+from tasklease.core.auditformat import AuditEntry, verify_chain
 from tasklease.core.clock import ManualClock
 from tasklease.core.errors import Conflict, Unauthorized, Unavailable
 from tasklease.core.launch import launch_token_hash

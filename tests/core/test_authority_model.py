@@ -41,7 +41,7 @@ from hypothesis.stateful import (
 )
 from nacl.signing import SigningKey
 
-from tasklease.core.audit import verify_chain
+from tasklease.core.auditformat import verify_chain
 from tasklease.core.broker import Broker, IssuedToken, RequestContext
 from tasklease.core.clock import ManualClock
 from tasklease.core.config import Config

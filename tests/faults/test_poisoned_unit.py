@@ -20,7 +20,8 @@ from typing import Any
 import pgcluster
 import pytest
 
-from tasklease.core.audit import AuditEntry, AuditLog, verify_chain
+from tasklease.core.audit import AuditLog
+from tasklease.core.auditformat import AuditEntry, verify_chain
 from tasklease.core.clock import ManualClock
 from tasklease.core.errors import InvalidRequest, Unavailable
 from tasklease.core.store import AppRecord, Store, WriteTx

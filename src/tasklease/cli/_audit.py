@@ -152,7 +152,7 @@ def _as_event(data: dict[str, Any]) -> AuditEvent:
 
 def verify_over_http(url: str | None, admin_secret: str | None, profile: str | None) -> None:
     """Page through every event of the broker's log and walk the hash chain."""
-    from tasklease.core.audit import verify_chain
+    from tasklease.core.auditformat import verify_chain
 
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         total = admin.audit_total()

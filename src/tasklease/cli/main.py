@@ -252,7 +252,7 @@ def audit_verify(
     Without --url it reads the database directly (works offline, broker stopped or not);
     with --url it pages through the broker's /v1/audit/events as the operator.
     """
-    from tasklease.core.audit import verify_chain
+    from tasklease.core.auditformat import verify_chain
     from tasklease.core.errors import Unavailable
     from tasklease.storage import SchemaError, open_store
 

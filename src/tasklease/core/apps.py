@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from tasklease.core.audience import validate_resources
-from tasklease.core.audit import AuditEntry
+from tasklease.core.auditformat import AuditEntry
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.delegation import principal_ref, validate_principal
 from tasklease.core.errors import Forbidden, InvalidRequest, InvalidTTL, NotFound, Unauthorized

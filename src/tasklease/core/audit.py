@@ -13,269 +13,30 @@ the same transaction as the state they describe, so either both become durable o
 neither does: the operation answers only after its event is durable, and an operation
 whose event cannot be written fails (fail-closed, :class:`~tasklease.core.errors.Unavailable`).
 
-Hash chain (format ``v1``)::
-
-    hash = SHA-256( "tasklease-audit-v1\\n" || prev_hash || "\\n" || canonical(event) )
-
-where ``prev_hash`` is the previous event's hash as 64 lowercase hex characters (64 zeros
-for the first event) and ``canonical(event)`` is the compact UTF-8 JSON array
-``[seq, timestamp, event_type, agent_id, task_id, orch_id, detail, resource, outcome,
-deleg_depth, deleg_chain_hash, request_id]``. A JSON array cannot be re-split the way a
-delimiter-joined string can, so no two events share an encoding.
-
-Details are sanitized *before* hashing: secrets and personal data never reach storage.
+The events' format, sanitizer and hash chain are :mod:`tasklease.core.auditformat`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import msgspec
-
+from tasklease.core.auditformat import (
+    AuditEntry,
+    event_hash,
+    sanitized_entry,
+)
 from tasklease.core.clock import Clock, format_rfc3339
 from tasklease.core.errors import Unavailable
 from tasklease.core.store import AuditEvent, Store, WriteTx
 
-__all__ = [
-    "GENESIS_HASH",
-    "AuditEntry",
-    "AuditLog",
-    "ChainReport",
-    "WriteFailure",
-    "event_hash",
-    "sanitize",
-    "verify_chain",
-]
-
-GENESIS_HASH = "0" * 64
-_PREFIX = b"tasklease-audit-v1\n"
+__all__ = ["AuditLog", "WriteFailure"]
 _log = logging.getLogger("tasklease.audit")
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    """What an operation says about itself, before it is chained."""
-
-    event_type: str
-    outcome: str = "success"
-    detail: str = ""
-    agent_id: str = ""
-    task_id: str = ""
-    orch_id: str = ""
-    resource: str = ""
-    deleg_depth: int = 0
-    deleg_chain_hash: str = ""
-    request_id: str = ""
-
-
-# --- sanitization -----------------------------------------------------------------------
-
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
-_SECRET_KV = re.compile(
-    r"(?i)\b([\w-]*(?:secret|password|passwd|private_key|privkey|token_value|api_key|"
-    r"apikey|authorization|credential)[\w-]*)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;|\]]+)"
-)
-_BEARER = re.compile(r"(?i)\b(bearer|dpop)\s+[A-Za-z0-9._~+/=-]{8,}")
-_EMAIL = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})\b")
-_LONG_HEX = re.compile(r"\b[0-9a-f]{64}\b")
-_PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?(-----END [A-Z ]+-----|$)", re.S)
-# Anything any rule above could match contains one of these (lower-cased) or 64 hex
-# characters in a row; the rules run only then.
-_MARKERS = (
-    "eyj", "-----begin", "@", "secret", "passw", "private_key", "privkey", "token_value",
-    "api_key", "apikey", "authorization", "credential", "bearer", "dpop",
-)  # fmt: skip
-
-
-_MARKER = re.compile("|".join(re.escape(marker) for marker in _MARKERS))
-
-
-def _suspect(text: str) -> bool:
-    if _MARKER.search(text.lower()) is not None:
-        return True
-    return len(text) >= 64 and _LONG_HEX.search(text) is not None
-
-
-_PLAIN_ID = re.compile(r"[A-Za-z0-9._/-]*")
-
-
-def _plain_identifier(text: str) -> bool:
-    """True for ids no rule can match: no space, ``=``, ``:`` (after a SPIFFE scheme), ``@``,
-    JWT prefix or 64-hex run, so neither a key=value, a credential nor an address."""
-    if len(text) > 256:
-        return False
-    rest = text.removeprefix("spiffe://")
-    if _PLAIN_ID.fullmatch(rest) is None or "eyJ" in rest:
-        return False
-    return len(rest) < 64 or _LONG_HEX.search(rest) is None
-
-
-_CONTROL_TO_SPACE = {c: " " for c in (*range(0x20), 0x7F) if c != 0x09}
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
-MAX_DETAIL = 2048
-_TRUNCATED = "[truncated]"
-
-
-def sanitize(detail: str) -> str:
-    """Remove secrets and personal data from an audit detail.
-
-    Redacts: JWTs, bearer/DPoP credentials, PEM blocks, values of secret-looking keys
-    (``client_secret=...``, ``password: ...``), 64-hex strings (launch tokens, nonces,
-    secrets: audit events name things by their id or hash prefix instead) and e-mail
-    addresses (kept as ``a***@example.com``). Control characters become spaces, text that
-    is not valid Unicode (lone surrogates) is replaced, and the result is capped at
-    :data:`MAX_DETAIL` characters.
-    """
-    if not detail or _plain_identifier(detail):
-        return detail  # the common case, kept cheap
-    out = detail
-    # One scan decides whether any redaction rule can apply; most fields (ids, counts)
-    # pass it untouched, which keeps sanitizing off the group commit's critical path.
-    if _suspect(out):
-        out = _PEM.sub("[REDACTED:pem]", out)
-        out = _JWT.sub("[REDACTED:jwt]", out)
-        out = _BEARER.sub(lambda m: f"{m.group(1)} [REDACTED]", out)
-        out = _SECRET_KV.sub(lambda m: f"{m.group(1)}{m.group(2)}***REDACTED***", out)
-        out = _LONG_HEX.sub("[REDACTED:hex]", out)
-        out = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", out)
-    if _CONTROL.search(out) is not None:  # a search is ten times cheaper than translate
-        out = out.translate(_CONTROL_TO_SPACE)
-    if not out.isascii():
-        # A lone surrogate (valid in a Python str, not in UTF-8) would make the event
-        # unencodable and fail every operation committed in the same batch.
-        out = out.encode("utf-8", "replace").decode("utf-8")
-    if len(out) > MAX_DETAIL:
-        out = out[: MAX_DETAIL - len(_TRUNCATED)] + _TRUNCATED
-    return out
-
-
-def _sanitized(entry: AuditEntry) -> AuditEntry:
-    """Every free-text field of an entry, sanitized (identifiers can be pasted secrets too).
-
-    Returns ``entry`` itself when sanitizing changes nothing (the common case).
-    """
-    detail = sanitize(entry.detail)
-    agent_id = sanitize(entry.agent_id)
-    task_id = sanitize(entry.task_id)
-    orch_id = sanitize(entry.orch_id)
-    resource = sanitize(entry.resource)
-    request_id = sanitize(entry.request_id)
-    if (
-        detail is entry.detail
-        and agent_id is entry.agent_id
-        and task_id is entry.task_id
-        and orch_id is entry.orch_id
-        and resource is entry.resource
-        and request_id is entry.request_id
-    ):
-        return entry
-    return AuditEntry(
-        event_type=entry.event_type,
-        outcome=entry.outcome,
-        detail=detail,
-        agent_id=agent_id,
-        task_id=task_id,
-        orch_id=orch_id,
-        resource=resource,
-        deleg_depth=entry.deleg_depth,
-        deleg_chain_hash=entry.deleg_chain_hash,
-        request_id=request_id,
-    )
-
-
-# --- hashing and verification -----------------------------------------------------------
-
-
-# Compact JSON, UTF-8, no escaping beyond JSON's own: byte for byte what
-# ``json.dumps(..., separators=(",", ":"), ensure_ascii=False).encode()`` gives for the
-# ints and (sanitized, valid Unicode) strings of an event, at a tenth of the cost.
-_ENCODER = msgspec.json.Encoder()
-
-
-def _canonical(
-    seq: int,
-    timestamp: str,
-    e: AuditEntry | AuditEvent,
-) -> bytes:
-    return _ENCODER.encode(
-        [
-            seq,
-            timestamp,
-            e.event_type,
-            e.agent_id,
-            e.task_id,
-            e.orch_id,
-            e.detail,
-            e.resource,
-            e.outcome,
-            e.deleg_depth,
-            e.deleg_chain_hash,
-            e.request_id,
-        ]
-    )
-
-
-def event_hash(prev_hash: str, seq: int, timestamp: str, entry: AuditEntry | AuditEvent) -> str:
-    """The chain hash of one event (see the module docstring for the exact bytes)."""
-    h = hashlib.sha256(_PREFIX)
-    h.update(prev_hash.encode("ascii"))
-    h.update(b"\n")
-    h.update(_canonical(seq, timestamp, entry))
-    return h.hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class ChainReport:
-    ok: bool
-    checked: int
-    broken_at: str = ""  # event id of the first broken link
-    reason: str = ""
-    head_hash: str = GENESIS_HASH
-
-
-def verify_chain(
-    events: Iterable[AuditEvent],
-    *,
-    progress: Callable[[int], None] | None = None,
-) -> ChainReport:
-    """Walk events in ``seq`` order and report the first broken link.
-
-    A link is broken when a sequence number is skipped or repeated, when ``prev_hash`` is
-    not the previous event's hash, or when an event's stored hash is not the hash of its
-    own content (an edited row).
-    """
-    prev = GENESIS_HASH
-    expected_seq = 1
-    checked = 0
-    for ev in events:
-        if ev.seq != expected_seq:
-            return ChainReport(
-                False,
-                checked,
-                ev.id,
-                f"sequence gap: expected {expected_seq}, found {ev.seq}",
-                prev,
-            )
-        if ev.prev_hash != prev:
-            return ChainReport(
-                False, checked, ev.id, "prev_hash does not match the previous event", prev
-            )
-        if event_hash(prev, ev.seq, ev.timestamp, ev) != ev.hash:
-            return ChainReport(False, checked, ev.id, "event content does not match its hash", prev)
-        prev = ev.hash
-        expected_seq += 1
-        checked += 1
-        if progress is not None and checked % 10000 == 0:
-            progress(checked)
-    return ChainReport(True, checked, head_hash=prev)
 
 
 # --- the group committer ----------------------------------------------------------------
@@ -391,7 +152,7 @@ class AuditLog:
         chains and stores them: nothing of this runs inside the shared transaction but
         the hashing and the row.
         """
-        return self._submit(_Slot(None, [_sanitized(entry) for entry in entries]))
+        return self._submit(_Slot(None, [sanitized_entry(entry) for entry in entries]))
 
     async def acommit(self, unit: Unit) -> list[AuditEvent]:
         """:meth:`commit` for a coroutine: the unit runs in the committer thread.
@@ -404,7 +165,7 @@ class AuditLog:
 
     async def arecord(self, *entries: AuditEntry) -> list[AuditEvent]:
         """:meth:`record` for a coroutine (sanitized here, chained by the committer)."""
-        clean = [_sanitized(entry) for entry in entries]
+        clean = [sanitized_entry(entry) for entry in entries]
         return await self._asubmit(_Slot(None, clean, loop=asyncio.get_running_loop()))
 
     @property
@@ -594,7 +355,7 @@ class AuditLog:
                     else:
                         try:
                             with tx.savepoint():
-                                entries = [_sanitized(e) for e in unit(tx)]
+                                entries = [sanitized_entry(e) for e in unit(tx)]
                         except Exception as exc:  # noqa: BLE001 - the unit's own failure
                             # Its writes are undone; its caller gets what it raised. If
                             # the shared transaction was lost with it, the store refuses

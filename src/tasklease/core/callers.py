@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasklease.core.audit import AuditEntry
+from tasklease.core.auditformat import AuditEntry
 from tasklease.core.errors import Forbidden
 from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.tokens import KIND_AGENT, Claims

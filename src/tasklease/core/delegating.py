@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 
 from tasklease.core.audience import narrow_audience, validate_resource
-from tasklease.core.audit import AuditEntry
+from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about, refused, require_agent
 from tasklease.core.clock import format_rfc3339
 from tasklease.core.delegation import record_signing_input, verify_chain_records

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from nacl.signing import VerifyKey
 
-from tasklease.core.audit import AuditEntry
+from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import refused, require_agent
 from tasklease.core.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from tasklease.core.identity import decode_signature

@@ -42,7 +42,7 @@ from typing import Any
 
 from nacl.signing import VerifyKey
 
-from tasklease.core.audit import AuditEntry
+from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about, refused, require_agent
 from tasklease.core.errors import InvalidRequest, TaskleaseError, Unauthorized
 from tasklease.core.identity import decode_signature

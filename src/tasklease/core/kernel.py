@@ -37,7 +37,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from tasklease.core.audit import AuditEntry, AuditLog
+from tasklease.core.audit import AuditLog
+from tasklease.core.auditformat import AuditEntry
 from tasklease.core.clock import Clock
 from tasklease.core.config import Config
 from tasklease.core.errors import (

@@ -34,7 +34,7 @@ from dataclasses import replace
 
 from nacl.signing import VerifyKey
 
-from tasklease.core.audit import AuditEntry
+from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import refused, require_agent
 from tasklease.core.clock import format_rfc3339
 from tasklease.core.config import Config

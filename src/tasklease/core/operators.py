@@ -25,7 +25,7 @@ from dataclasses import replace
 
 from nacl.signing import VerifyKey
 
-from tasklease.core.audit import AuditEntry
+from tasklease.core.auditformat import AuditEntry
 from tasklease.core.errors import (
     Conflict,
     InvalidRequest,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from tasklease.core.audience import choose_audience, validate_resource
-from tasklease.core.audit import AuditEntry
+from tasklease.core.auditformat import AuditEntry
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import InvalidRequest, InvalidTarget, TaskleaseError, Unauthorized
 from tasklease.core.identity import (

@@ -22,7 +22,7 @@ import json
 import time
 from dataclasses import replace
 
-from tasklease.core.audit import AuditEntry
+from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about, refused, require_agent
 from tasklease.core.errors import Forbidden, InvalidRequest, TaskleaseError, Unauthorized
 from tasklease.core.identity import NonceIssuer, decode_signature, nonce_hash, verify_possession

@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import replace
 
-from tasklease.core.audit import AuditEntry
+from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about
 from tasklease.core.errors import Forbidden, InvalidRequest
 from tasklease.core.horizon import SafeHorizon

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import nacl.signing
 
-from tasklease.core.audit import AuditEntry
+from tasklease.core.auditformat import AuditEntry
 from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.keys import KeyRing, load_or_create_keyring, rotate_key
 from tasklease.core.tokens import Claims

@@ -14,7 +14,7 @@ from typing import Any
 
 from tasklease.core.assurance import assure
 from tasklease.core.audience import validate_resource
-from tasklease.core.audit import AuditEntry
+from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about
 from tasklease.core.errors import InsufficientScope, InvalidRequest, TaskleaseError, Unauthorized
 from tasklease.core.freshness import Freshness
