@@ -8,47 +8,24 @@ The Broker audits; nothing here decides anything. See docs/agents.md for the flo
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
-import msgspec
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from tasklease.core.broker import Broker, RequestContext
-from tasklease.core.errors import InvalidRequest
 from tasklease.core.mutual import HandshakeResult
 from tasklease.core.tokens import KIND_AGENT, Claims
 from tasklease.http import wire
-from tasklease.http.middleware import json_nesting_error
+from tasklease.http._handling import Handler, json_response, read_body
 
 __all__ = ["agent_routes"]
 
 T = TypeVar("T")
-Handler = Callable[[Request], Awaitable[Response]]
 _AGENT = frozenset({KIND_AGENT})
-_encoder = msgspec.json.Encoder()
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(_encoder.encode(data) + b"\n", status, media_type="application/json")
-
-
-async def _body(request: Request, kind: type[T]) -> T:
-    raw = await request.body()
-    if not raw.strip():
-        raise InvalidRequest("malformed JSON body: the body is empty")
-    nested = json_nesting_error(raw)  # the envelope refused these already; stay safe alone
-    if nested is not None:
-        raise InvalidRequest(nested)
-    try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"malformed JSON body: {exc}") from None
-    except (msgspec.DecodeError, RecursionError):
-        raise InvalidRequest("malformed JSON body") from None
 
 
 def _peer(result: HandshakeResult) -> wire.Peer:
@@ -76,17 +53,17 @@ def agent_routes(
         return await run_in_threadpool(run)
 
     async def initiate(request: Request) -> Response:
-        req = await _body(request, wire.MutualInitiateRequest)
+        req = await read_body(request, wire.MutualInitiateRequest)
         hid, offer, ttl = await as_agent(
             request,
             lambda c, ctx: broker.mutual_initiate(
                 c, responder=req.responder_id, initiator_nonce=req.initiator_nonce, ctx=ctx
             ),
         )
-        return _json(wire.HandshakeOffer(handshake_id=hid, offer=offer, expires_in=ttl))
+        return json_response(wire.HandshakeOffer(handshake_id=hid, offer=offer, expires_in=ttl))
 
     async def respond(request: Request) -> Response:
-        req = await _body(request, wire.MutualRespondRequest)
+        req = await read_body(request, wire.MutualRespondRequest)
         answer, initiator = await as_agent(
             request,
             lambda c, ctx: broker.mutual_respond(
@@ -97,28 +74,28 @@ def agent_routes(
                 ctx=ctx,
             ),
         )
-        return _json(
+        return json_response(
             wire.HandshakeAnswer(
                 handshake_id=initiator.handshake_id, answer=answer, initiator=_peer(initiator)
             )
         )
 
     async def complete(request: Request) -> Response:
-        req = await _body(request, wire.MutualCompleteRequest)
+        req = await read_body(request, wire.MutualCompleteRequest)
         receipt, responder = await as_agent(
             request,
             lambda c, ctx: broker.mutual_complete(
                 c, answer=req.answer, signature=req.signature, ctx=ctx
             ),
         )
-        return _json(
+        return json_response(
             wire.HandshakeReceipt(
                 handshake_id=responder.handshake_id, receipt=receipt, responder=_peer(responder)
             )
         )
 
     async def heartbeat(request: Request) -> Response:
-        req = await _body(request, wire.HeartbeatRequest)
+        req = await read_body(request, wire.HeartbeatRequest)
         session = await as_agent(
             request,
             lambda c, ctx: broker.heartbeat(
@@ -131,7 +108,7 @@ def agent_routes(
             ),
         )
         cfg = broker.config
-        return _json(
+        return json_response(
             wire.HeartbeatResponse(
                 status="released" if session.state == "released" else "alive",
                 interval=cfg.heartbeat_interval,
@@ -141,14 +118,14 @@ def agent_routes(
         )
 
     async def resume(request: Request) -> Response:
-        req = await _body(request, wire.ResumeRequest)
+        req = await read_body(request, wire.ResumeRequest)
         ctx = context(request)
         issued = await run_in_threadpool(
             lambda: broker.resume(
                 agent_id=req.agent_id, nonce=req.nonce, signature=req.signature, ctx=ctx
             )
         )
-        return _json(
+        return json_response(
             wire.RegisterResponse(
                 agent_id=issued.claims.sub,
                 access_token=issued.token,
@@ -158,14 +135,14 @@ def agent_routes(
         )
 
     async def bind(request: Request) -> Response:
-        req = await _body(request, wire.DiscoveryBindRequest)
+        req = await read_body(request, wire.DiscoveryBindRequest)
         binding = await as_agent(
             request,
             lambda c, ctx: broker.discovery_bind(
                 c, endpoint=req.endpoint, issued_at=req.issued_at, signature=req.signature, ctx=ctx
             ),
         )
-        return _json(
+        return json_response(
             wire.DiscoveryBinding(
                 agent_id=binding.agent_id, endpoint=binding.endpoint, issued_at=binding.issued_at
             )
@@ -176,7 +153,7 @@ def agent_routes(
         binding, agent = await as_agent(
             request, lambda _c, _ctx: broker.discovery_resolve(agent_id)
         )
-        return _json(
+        return json_response(
             wire.ResolvedEndpoint(
                 agent_id=binding.agent_id,
                 endpoint=binding.endpoint,

@@ -1,0 +1,169 @@
+"""What every route module shares: reading a request, answering, and turning errors into
+problem responses.
+
+The route modules (``lease_routes``, ``admin_routes``, ``health_routes``,
+``agent_routes``, ``token_routes``, ``feed``) parse a request, call the Broker and
+translate its answer; the pieces they all need are here once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tasklease.core.broker import Broker, RequestContext
+from tasklease.core.errors import InvalidRequest, InvalidTarget, TaskleaseError
+from tasklease.core.tokens import Claims
+from tasklease.http.middleware import json_nesting_error
+from tasklease.http.problems import problem_body, problem_response_parts
+from tasklease.http.tls import peer_cert_thumbprint
+from tasklease.http.token_routes import RequestURI
+
+__all__ = [
+    "Authed",
+    "Handler",
+    "authenticated",
+    "guard",
+    "http_error",
+    "json_response",
+    "one_of",
+    "read_body",
+    "request_context",
+    "request_id",
+]
+
+_log = logging.getLogger("tasklease.http")
+_encoder = msgspec.json.Encoder()
+T = TypeVar("T")
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(_encoder.encode(data) + b"\n", status, media_type="application/json")
+
+
+def request_id(request: Request) -> str:
+    found: str = request.scope.get("state", {}).get("request_id", "")
+    return found
+
+
+def request_context(uri: RequestURI) -> Callable[[Request], RequestContext]:
+    """Build each request's :class:`RequestContext`; ``uri`` gives the expected DPoP htu."""
+
+    def context(request: Request) -> RequestContext:
+        client = request.client  # the TCP peer, or what a trusted proxy says it saw
+        # Proof-of-possession material: the certificate from the TLS connection only;
+        # several DPoP headers join into one that fails (RFC 9449 section 4.3 point 1).
+        dpop = ",".join(request.headers.getlist("dpop"))
+        return RequestContext(
+            request_id=request_id(request),
+            remote=client.host if client else "",
+            path=request.url.path,
+            cert_thumbprint=peer_cert_thumbprint(request.scope),
+            dpop=dpop,
+            method=request.method,
+            url=uri.htu(request, dpop),
+        )
+
+    return context
+
+
+async def read_body(request: Request, kind: type[T]) -> T:
+    """The request's JSON body as ``kind``.
+
+    Raises:
+        InvalidRequest: the body is empty, nested too deeply or not a valid ``kind``.
+    """
+    raw = await request.body()
+    if not raw.strip():
+        raise InvalidRequest("malformed JSON body: the body is empty")
+    nested = json_nesting_error(raw)  # the envelope refused these already; stay safe alone
+    if nested is not None:
+        raise InvalidRequest(nested)
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"malformed JSON body: {exc}") from None
+    except (msgspec.DecodeError, RecursionError):
+        raise InvalidRequest("malformed JSON body") from None
+
+
+def one_of(resource: T | None, audience: T | None) -> T | None:
+    """``resource`` and its alias ``audience``: either, or both if they agree (RFC 8707)."""
+    if resource is not None and audience is not None and resource != audience:
+        raise InvalidTarget("resource and audience disagree: send one of them")
+    return resource if resource is not None else audience
+
+
+class Authed(Protocol):
+    """Authenticate the request's bearer, then run ``op`` with its claims, in a thread."""
+
+    async def __call__(
+        self,
+        request: Request,
+        kinds: frozenset[str],
+        scope: str | None,
+        op: Callable[[Claims, RequestContext], T],
+    ) -> T: ...
+
+
+def authenticated(broker: Broker, context: Callable[[Request], RequestContext]) -> Authed:
+    """The :class:`Authed` of the routes that ``broker`` serves."""
+
+    async def authed(
+        request: Request,
+        kinds: frozenset[str],
+        scope: str | None,
+        op: Callable[[Claims, RequestContext], T],
+    ) -> T:
+        ctx = context(request)
+        header = request.headers.get("authorization")
+
+        def run() -> T:
+            return op(broker.authenticate(header, ctx, kinds=kinds, scope=scope), ctx)
+
+        return await run_in_threadpool(run)
+
+    return authed
+
+
+def guard(handler: Handler) -> Handler:
+    """Turn core errors into problem responses; anything unexpected into a generic 500."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except TaskleaseError as exc:
+            status, body, headers = problem_response_parts(
+                exc, instance=request.url.path, request_id=request_id(request)
+            )
+            return Response(body, status, headers=headers, media_type="application/problem+json")
+        except Exception:  # noqa: BLE001 - last line of defence: never leak a traceback
+            _log.exception("unhandled error on %s", request.url.path)
+            body = problem_body(
+                "internal_error",
+                "internal error",
+                instance=request.url.path,
+                request_id=request_id(request),
+            )
+            return Response(body, 500, media_type="application/problem+json")
+
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """The problem response for Starlette's own errors (no such route, wrong method)."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "internal_error")
+    detail = {404: "no such endpoint", 405: "method not allowed"}.get(status, "internal error")
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+    body = problem_body(code, detail, instance=request.url.path, request_id=request_id(request))
+    return Response(body, status, headers=headers, media_type="application/problem+json")

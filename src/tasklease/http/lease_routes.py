@@ -1,0 +1,166 @@
+"""HTTP routes of an agent's lease: challenge, register, validate, renew, release, delegate.
+
+Thin adapters like the rest of ``tasklease.http``: parse, call one
+:class:`~tasklease.core.broker.Broker` method, translate. These are the hot paths, so each
+handler calls the Broker itself, with no layer between. Token validation is pure CPU and
+runs on the event loop unless the store may be read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tasklease.core.binding import cert_thumbprint_from_pem
+from tasklease.core.broker import ALL_KINDS, Broker, PendingRegistration, RequestContext
+from tasklease.core.errors import InvalidRequest
+from tasklease.core.introspection import is_reference_token
+from tasklease.core.tokens import Claims
+from tasklease.core.validation import TokenRejected
+from tasklease.http import wire
+from tasklease.http._handling import Authed, guard, json_response, one_of, read_body
+from tasklease.rules.binding import BindingError, Presentation
+
+__all__ = ["lease_routes"]
+
+_INVALID = msgspec.json.encode(wire.InvalidToken()) + b"\n"
+
+
+def _token_type(claims: Claims) -> str:
+    """``DPoP`` for a DPoP-bound token (RFC 9449 section 5), else ``Bearer``."""
+    cnf = claims.raw.get("cnf")
+    return "DPoP" if isinstance(cnf, dict) and "jkt" in cnf else "Bearer"
+
+
+def _presentation(req: wire.ValidateRequest) -> Presentation:
+    """What a resource server says its own request presented (for bound tokens)."""
+    thumbprint = req.client_cert_thumbprint or ""
+    if req.client_cert:
+        try:
+            thumbprint = cert_thumbprint_from_pem(req.client_cert)
+        except BindingError as exc:
+            raise InvalidRequest("client_cert must be one PEM certificate") from exc
+    return Presentation(
+        scheme="DPoP" if req.dpop else "Bearer",
+        cert_thumbprint=thumbprint,
+        dpop_proof=req.dpop or "",
+        htm=req.htm or "",
+        htu=req.htu or "",
+    )
+
+
+def lease_routes(
+    broker: Broker,
+    *,
+    context: Callable[[Request], RequestContext],
+    authed: Authed,
+) -> list[Route]:
+    """The lease routes, each wrapped in the problem ``guard``."""
+    cfg = broker.config
+
+    async def challenge(request: Request) -> Response:
+        nonce, ttl = broker.challenge()
+        return json_response(wire.ChallengeResponse(nonce=nonce, expires_in=ttl))
+
+    async def validate(request: Request) -> Response:
+        req = await read_body(request, wire.ValidateRequest)
+        if not req.token:
+            raise InvalidRequest("token field is required")
+        presented = _presentation(req)
+        ctx = context(request)
+        token = req.token
+
+        def check() -> Claims:
+            return broker.validate(token, audience=req.audience, presented=presented, ctx=ctx)
+
+        try:
+            # Pure CPU on the loop, unless the store may be read (by-reference tokens,
+            # high-assurance scopes): then in the thread pool.
+            if cfg.critical_scopes or is_reference_token(token):
+                claims = await run_in_threadpool(check)
+            else:
+                claims = check()
+        except TokenRejected:
+            return Response(_INVALID, media_type="application/json")
+        return json_response(wire.ValidToken(valid=True, claims=claims.raw))
+
+    async def register(request: Request) -> Response:
+        req = await read_body(request, wire.RegisterRequest)
+        ctx = context(request)
+
+        def prepare() -> PendingRegistration:
+            return broker.prepare_register(
+                launch_token=req.launch_token,
+                nonce=req.nonce,
+                public_key=req.public_key,
+                signature=req.signature,
+                orch_id=req.orch_id,
+                task_id=req.task_id,
+                requested_scope=req.requested_scope,
+                ctx=ctx,
+                resource=one_of(req.resource, req.audience),
+            )
+
+        # Checks and signing write nothing: on the loop when the store reads locally (a
+        # thread hop costs more than they do), else in a thread. The commit is awaited
+        # without holding a thread, so concurrent registrations share a transaction and
+        # are answered with one wake-up of the loop.
+        pending = prepare() if broker.store.local_reads else await run_in_threadpool(prepare)
+        issued = await broker.complete_register(pending)
+        return json_response(
+            wire.RegisterResponse(
+                agent_id=issued.claims.sub,
+                access_token=issued.token,
+                expires_in=issued.expires_in,
+                token_type=_token_type(issued.claims),
+            )
+        )
+
+    async def renew(request: Request) -> Response:
+        issued = await authed(request, ALL_KINDS, None, broker.renew)
+        return json_response(
+            wire.RenewResponse(access_token=issued.token, expires_in=issued.expires_in)
+        )
+
+    async def release(request: Request) -> Response:
+        await authed(request, ALL_KINDS, None, broker.release)
+        return Response(status_code=204)
+
+    async def delegate(request: Request) -> Response:
+        req = await read_body(request, wire.DelegateRequest)
+        issued = await authed(
+            request,
+            ALL_KINDS,
+            None,
+            lambda c, ctx: broker.delegate(
+                c,
+                delegate_to=req.delegate_to,
+                scope=req.scope,
+                ttl=req.ttl,
+                ctx=ctx,
+                resource=one_of(req.resource, req.audience),
+            ),
+        )
+        return json_response(
+            wire.DelegateResponse(
+                access_token=issued.token,
+                expires_in=issued.expires_in,
+                delegation_chain=[
+                    wire.delegation_record(r) for r in issued.claims.delegation_chain
+                ],
+            )
+        )
+
+    return [
+        Route("/v1/challenge", guard(challenge), methods=["GET"]),
+        Route("/v1/token/validate", guard(validate), methods=["POST"]),
+        Route("/v1/register", guard(register), methods=["POST"]),
+        Route("/v1/token/renew", guard(renew), methods=["POST"]),
+        Route("/v1/token/release", guard(release), methods=["POST"]),
+        Route("/v1/delegate", guard(delegate), methods=["POST"]),
+    ]
