@@ -22,7 +22,7 @@ from joserfc import jws as joserfc_jws
 from joserfc import jwt as joserfc_jwt
 from joserfc.jwk import OKPKey
 
-from tasklease.rules import jws
+from tasklease.rules import _codec, jws
 from tasklease.rules.jws import JWSError, b64url_decode, b64url_encode
 
 # RFC 8037 appendix A.1 (the key), A.4 (the JWS over "Example of Ed25519 signing").
@@ -578,9 +578,9 @@ _B64_TEXT = st.text(
     alphabet=st.sampled_from(list(string.ascii_letters + string.digits + '-_+/=.!"\\ \n\x00é')),
     max_size=24,
 )
-_SPANS = [jws._b64_span_binascii]
-if hasattr(jws, "_b64_span_msgspec"):  # with msgspec installed, as in the server's deps
-    _SPANS.append(jws._b64_span_msgspec)
+_SPANS = [_codec.b64_span_binascii]
+if hasattr(_codec, "b64_span_msgspec"):  # with msgspec installed, as in the server's deps
+    _SPANS.append(_codec.b64_span_msgspec)
 
 
 def _outcome(fn: Any, *args: Any) -> Any:
@@ -593,13 +593,13 @@ def _outcome(fn: Any, *args: Any) -> Any:
 @settings(max_examples=2000, deadline=None)
 @given(text=_B64_TEXT | st.text(alphabet=string.ascii_letters + string.digits + "-_", max_size=90))
 def test_b64url_fast_path_answers_as_the_checked_path(text: str) -> None:
-    checked = _outcome(jws._b64url_decode_checked, text, "base64url")
+    checked = _outcome(_codec.b64url_decode_checked, text, "base64url")
     assert _outcome(b64url_decode, text) == checked
     if text.isascii():
         raw = text.encode("ascii")
         # The spans check alphabet and length, not the canonical last character: as
         # the payload of a signed token (_signed_payload_checked).
-        expected = _outcome(jws._signed_payload_checked, raw)
+        expected = _outcome(_codec.signed_payload_checked, raw)
         expected = expected if isinstance(expected, bytes) else None
         for span in _SPANS:
             assert span(b"." + raw, 0, len(raw) + 1) == expected, span
@@ -614,20 +614,20 @@ def test_b64url_fast_path_answers_as_the_checked_path(text: str) -> None:
 )
 def test_b64_spans_refuse_what_the_checked_path_refuses(span: Any, segment: str) -> None:
     raw = segment.encode()
-    expected = _outcome(jws._signed_payload_checked, raw)
+    expected = _outcome(_codec.signed_payload_checked, raw)
     assert span(b"." + raw, 0, len(raw) + 1) == (expected if isinstance(expected, bytes) else None)
 
 
 def test_b64url_fast_path_is_the_one_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     # b64url_decode answers from the span (msgspec when installed), not the checked path.
     calls: list[str] = []
-    real = jws._b64url_decode_checked
+    real = _codec.b64url_decode_checked
 
     def spy(text: str, what: str) -> bytes:
         calls.append(text)
         return real(text, what)
 
-    monkeypatch.setattr(jws, "_b64url_decode_checked", spy)
+    monkeypatch.setattr(_codec, "b64url_decode_checked", spy)
     assert b64url_decode("YWJj") == b"abc"
     assert calls == []
     with pytest.raises(JWSError) as excinfo:
@@ -663,6 +663,12 @@ def _token_variants(signer: Signer) -> dict[str, str]:
     }
 
 
+def _use_span(patch: pytest.MonkeyPatch, span: Any) -> None:
+    """Decode every base64url span with ``span``: the token path and the codec's own."""
+    patch.setattr(jws, "b64_span", span)
+    patch.setattr(_codec, "b64_span", span)
+
+
 @pytest.mark.parametrize("span", _SPANS)
 @pytest.mark.parametrize("libsodium", [True, False])
 def test_decode_answers_alike_on_every_path(
@@ -672,14 +678,14 @@ def test_decode_answers_alike_on_every_path(
     # VerifyKey.verify through verify_detached).
     variants = _token_variants(signer)
     with monkeypatch.context() as m:
-        m.setattr(jws, "_b64_span", lambda *_args: None)
+        _use_span(m, lambda *_args: None)
         m.setattr(jws, "_sodium_open", None)
         expected = {name: _outcome(signer.decode, token) for name, token in variants.items()}
     assert isinstance(expected["good"], jws.Decoded)
     assert expected["bad signature"] == "bad signature"
     assert expected["non-canonical signature"] == "signature: non-canonical base64url"
     assert expected["payload length"] == "payload: invalid base64url length"
-    monkeypatch.setattr(jws, "_b64_span", span)
+    _use_span(monkeypatch, span)
     if not libsodium:
         monkeypatch.setattr(jws, "_sodium_open", None)
     for name, token in variants.items():
@@ -837,11 +843,11 @@ def test_json_paths_agree_with_and_without_msgspec() -> None:
     samples = [b'{"a":1}', b'{"a": 1}', b'{"a":1,"a":2}', b"[1]", b'{"x":"\\u00e9"}', b"{"]
     for data in samples:
         try:
-            fast: Any = jws._json_object(data, "payload")
+            fast: Any = _codec.json_object(data, "payload")
         except JWSError as exc:
             fast = exc.reason
         try:
-            strict: Any = jws._json_object_strict(data, "payload")
+            strict: Any = _codec.json_object_strict(data, "payload")
         except JWSError as exc:
             strict = exc.reason
         assert fast == strict, data

@@ -39,6 +39,7 @@ _OFFLINE = textwrap.dedent(
 
     import httpx, nacl.signing
     from tasklease.rules import jws as _jws
+    from tasklease.rules import _codec
     from tasklease.rules.jws import jwk_thumbprint as thumbprint
     from tasklease.verify import Verifier, InvalidToken
 
@@ -84,7 +85,7 @@ _OFFLINE = textwrap.dedent(
     else:
         raise SystemExit("bound token accepted as bearer")
     assert not any(m.split(".")[0] in BLOCKED for m in sys.modules)
-    print("ok", _jws.msgspec)
+    print("ok", _codec.msgspec)
     """
 )
 
