@@ -16,10 +16,10 @@ by the database, never by a process-local lock:
   skips an entry that committed late with a smaller number.
 
 Transactions run at READ COMMITTED on autocommit connections with explicit ``BEGIN``
-/``COMMIT``; savepoints give each unit of a batch its own undo. A statement that fails
-inside a unit's savepoint (a value the server refuses, the driver's refusal of NUL in
-text) is rolled back to it and fails that unit only; a refused value becomes
-``InvalidRequest``, as on SQLite.
+/``COMMIT``; savepoints give each unit of a batch its own undo (``_pg_tx``, the write
+transaction). A statement that fails inside a unit's savepoint (a value the server
+refuses, the driver's refusal of NUL in text) is rolled back to it and fails that unit
+only; a refused value becomes ``InvalidRequest``, as on SQLite.
 
 Bounded waits (``_pg_guard``): every connection carries a statement timeout, a lock
 timeout and TCP keepalives, every call a client-side deadline (a frozen server enforces
@@ -46,23 +46,20 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from tasklease.core.errors import Conflict, InvalidRequest, TaskleaseError, Unavailable
-from tasklease.core.store import AuditEvent, RevocationRecord
+from tasklease.core.errors import TaskleaseError, Unavailable
+from tasklease.core.store import RevocationRecord
 from tasklease.storage._pg_guard import TRIAL_DEADLINE, Limits, Outage, Timer, Watchdog
+from tasklease.storage._pg_tx import DIALECT, PostgresWriteTx, unit_error
 from tasklease.storage._pg_watch import NOTIFY_CHANNEL, RevocationWatch
 from tasklease.storage._sql import (
     GENESIS_HASH,
     SELECT_REVOCATION,
-    Dialect,
     Migration,
     Row,
-    SchemaError,
     SQLStore,
-    SQLWriteTx,
-    audit_rows,
+    migration_failed,
     newer_error,
     revocation_from_row,
 )
@@ -75,18 +72,6 @@ _log = logging.getLogger("tasklease.storage.postgres")
 # pg_advisory_xact_lock key that serializes migrations from several replicas ("tlmigrat").
 _MIGRATION_LOCK = 0x746C6D6967726174
 
-# Scope lists are text[] (psycopg passes a list and returns one) and booleans are
-# boolean (the partial index on agent_sessions is written ``WHERE heartbeat_required``).
-_DIALECT = Dialect(
-    name="PostgreSQL",
-    folder="postgres",
-    placeholder="%s",
-    is_set="{}",
-    for_update=" FOR UPDATE",
-    load_scopes=tuple,
-    dump_scopes=list,
-)
-
 
 def _schema_version(conn: psycopg.Connection[Row]) -> int:
     row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
@@ -96,185 +81,10 @@ def _schema_version(conn: psycopg.Connection[Row]) -> int:
     return int(row[0]) if row else 0
 
 
-# -- statements --------------------------------------------------------------------------
-
-_LOCK_HEAD = "SELECT seq, hash FROM audit_head WHERE id FOR UPDATE"
-# An extension draws a fresh seq, so readers of revocations_since see the change; the
-# WHERE makes an entry that would not widen a no-op (no row returned).
-_UPSERT_REVOCATION = (
-    "INSERT INTO revocations (level, target, revoked_at, expires_at) VALUES (%s, %s, %s, %s)"
-    " ON CONFLICT (level, target) DO UPDATE SET"
-    " seq = nextval('revocation_seq'),"
-    " revoked_at = GREATEST(revocations.revoked_at, EXCLUDED.revoked_at),"
-    " expires_at = GREATEST(revocations.expires_at, EXCLUDED.expires_at)"
-    " WHERE revocations.revoked_at < EXCLUDED.revoked_at"
-    " OR revocations.expires_at < EXCLUDED.expires_at"
-    " RETURNING seq, (xmax = 0) AS inserted"
-)
-_APP_CONSTRAINTS = {
-    "apps_pkey": "app id already exists",
-    "apps_name_key": "app name already exists",
-    "apps_client_id_key": "app client_id already exists",
-}
-
 _FIND_REVOCATIONS = (
     SELECT_REVOCATION + " WHERE (level, target) IN"  # noqa: S608 - constant SQL
     " (SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY seq"
 )
-
-
-# -- the write transaction ---------------------------------------------------------------
-
-
-def _unit_error(exc: BaseException) -> BaseException:
-    """What a block that failed inside a savepoint raises, once rolled back to it: a value
-    the driver or the server refused as ``InvalidRequest`` (as on SQLite), a statement or
-    lock timeout as ``Unavailable``, anything else as it is."""
-    if isinstance(exc, psycopg.DataError):
-        return InvalidRequest(
-            "a value in the request cannot be stored", reason=f"{type(exc).__name__}: {exc}"
-        )
-    if isinstance(exc, pg_errors.QueryCanceled | pg_errors.LockNotAvailable):
-        return Unavailable(
-            "the database did not finish in time",
-            reason=f"{type(exc).__name__}: {exc}",
-            retry_after=1,
-        )
-    return exc
-
-
-class _PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
-    """Writes inside one transaction; valid only inside :meth:`PostgresStore.write`.
-
-    ``lost_as`` turns the driver's error on a statement of the transaction's own (a
-    savepoint, its rollback) into the ``Unavailable`` that then fails the transaction.
-    """
-
-    dialect = _DIALECT
-
-    def __init__(
-        self,
-        conn: psycopg.Connection[Row],
-        lost_as: Callable[[psycopg.Error], Unavailable],
-    ) -> None:
-        super().__init__(conn)
-        self._lost_as = lost_as
-        self._depth = 0  # savepoints open
-        self._savepoints = 0  # savepoint names handed out
-        # The savepoint depth at which the head row lock was taken, or None. A lock taken
-        # inside a savepoint that rolls back is released with it.
-        self._head_locked_at: int | None = None
-        self.notify_seq = 0  # highest revocation seq written (0: none), for pg_notify
-
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """Undo this block's writes if it raises (and re-raise); the transaction goes on.
-
-        Whatever the block raised (a failed statement aborts a PostgreSQL transaction
-        until it is rolled back to a savepoint) fails the block only; a value the server
-        or the driver refused is re-raised as ``InvalidRequest``. If the rollback itself
-        fails (the connection is gone), raise ``Unavailable`` and refuse every later
-        statement and the commit.
-        """
-        self._savepoints += 1
-        name = f"sp_{self._savepoints}"  # an int we made: safe to put in SQL
-        self._run(f"SAVEPOINT {name}")
-        self._depth += 1
-        depth = self._depth
-        try:
-            yield
-        except BaseException as exc:
-            self._depth = depth - 1
-            if self._head_locked_at is not None and self._head_locked_at >= depth:
-                self._head_locked_at = None
-            self._run(f"ROLLBACK TO SAVEPOINT {name}")
-            self._run(f"RELEASE SAVEPOINT {name}")
-            translated = _unit_error(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
-        self._depth = depth - 1
-        if self._head_locked_at is not None and self._head_locked_at >= depth:
-            self._head_locked_at = depth - 1
-        self._run(f"RELEASE SAVEPOINT {name}")
-
-    def _run(self, statement: str) -> None:
-        """A statement of the transaction's own; if it fails, the transaction is lost."""
-        try:
-            self._db().execute(statement)
-        except psycopg.Error as exc:
-            raise self._lose(self._lost_as(exc)) from exc
-
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        """Run one statement in its own savepoint so its failure leaves the tx usable."""
-        self._run("SAVEPOINT sp_stmt")
-        try:
-            yield
-        except BaseException:
-            self._run("ROLLBACK TO SAVEPOINT sp_stmt")
-            self._run("RELEASE SAVEPOINT sp_stmt")
-            raise
-        self._run("RELEASE SAVEPOINT sp_stmt")
-
-    def _update_app_row(self, params: Row) -> None:
-        try:
-            with self._guard():
-                self._db().execute(_DIALECT.update_app, params)
-        except pg_errors.UniqueViolation as exc:
-            name = exc.diag.constraint_name or ""
-            raise Conflict(_APP_CONSTRAINTS.get(name, "app already exists")) from None
-
-    # -- revocations ---------------------------------------------------------------------
-
-    def insert_revocation(self, record: RevocationRecord) -> bool:
-        """Store a revocation with a fresh ``seq``; ``record.seq`` is ignored.
-
-        Return False if (level, target) is already present; a later ``revoked_at`` or
-        ``expires_at`` widens it (each takes its maximum) under a new, larger ``seq``.
-        The head lock is taken first, so seqs commit in increasing order across replicas.
-        """
-        self._lock_head()
-        row = (
-            self._db()
-            .execute(
-                _UPSERT_REVOCATION,
-                (record.level, record.target, record.revoked_at, record.expires_at),
-            )
-            .fetchone()
-        )
-        if row is None:
-            return False
-        self.notify_seq = max(self.notify_seq, int(row[0]))
-        return bool(row[1])
-
-    # -- audit ---------------------------------------------------------------------------
-
-    def _lock_head(self) -> tuple[int, str]:
-        row = self._db().execute(_LOCK_HEAD).fetchone()
-        if row is None:
-            raise SchemaError("the audit_head row is missing: the schema is damaged")
-        if self._head_locked_at is None:
-            self._head_locked_at = self._depth
-        return int(row[0]), str(row[1])
-
-    def audit_head(self) -> tuple[int, str]:
-        """(last seq, last hash), read under the head row lock, which this transaction then
-        holds until it ends: no other replica can append meanwhile."""
-        return self._lock_head()
-
-    def append_audit(self, events: Sequence[AuditEvent]) -> None:
-        """Append events; each ``seq`` must be greater than the head's, else ``Conflict``."""
-        if not events:
-            return
-        head_seq, _ = self._lock_head()
-        rows = audit_rows(events, head_seq)
-        conn = self._db()
-        with conn.cursor() as cursor:
-            cursor.executemany(_DIALECT.insert_audit, rows)
-        conn.execute(
-            "UPDATE audit_head SET seq = %s, hash = %s WHERE id", (events[-1].seq, events[-1].hash)
-        )
 
 
 # -- the store ---------------------------------------------------------------------------
@@ -294,7 +104,7 @@ class PostgresStore(SQLStore):
     at once for a second, then try again with a one-second deadline until one succeeds.
     """
 
-    dialect = _DIALECT
+    dialect = DIALECT
     local_reads = False  # see Store.local_reads
 
     def __init__(
@@ -413,7 +223,7 @@ class PostgresStore(SQLStore):
             # Not an outage by itself (an ended backend, a restart): the next call takes
             # another connection, and finds out whether the server is there.
             return Unavailable("the database connection was lost", reason=str(exc), retry_after=1)
-        translated = _unit_error(exc)
+        translated = unit_error(exc)
         if isinstance(translated, TaskleaseError):
             return translated
         return Unavailable("storage error", reason=f"{type(exc).__name__}: {exc}", retry_after=1)
@@ -487,7 +297,7 @@ class PostgresStore(SQLStore):
         database is newer than this code or a migration fails. No statement or lock
         timeout applies: a migration may rewrite a large table, or wait for replicas.
         """
-        migrations = _DIALECT.migrations()
+        migrations = DIALECT.migrations()
         known = len(migrations)
         applied: list[int] = []
         with self._connection() as conn:
@@ -516,13 +326,10 @@ class PostgresStore(SQLStore):
                 # sends it as one simple query, inside this transaction.
                 conn.execute(migration.sql.encode("utf-8"))
                 conn.execute(
-                    "INSERT INTO schema_version (version, name, applied_at) VALUES (%s, %s, %s)",
-                    (migration.version, migration.name, time.time()),
+                    DIALECT.record_migration, (migration.version, migration.name, time.time())
                 )
         except psycopg.Error as exc:
-            raise SchemaError(
-                f"migration {migration.version:04d}_{migration.name} failed: {exc}"
-            ) from exc
+            raise migration_failed(migration, exc) from exc
         return True
 
     # -- writes --------------------------------------------------------------------------
@@ -550,7 +357,7 @@ class PostgresStore(SQLStore):
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
-    def write(self) -> Iterator[_PostgresWriteTx]:
+    def write(self) -> Iterator[PostgresWriteTx]:
         """One transaction: commit on a clean exit, roll back everything on an exception.
 
         Raise ``Unavailable`` if no connection can be had, the database does not answer
@@ -567,7 +374,7 @@ class PostgresStore(SQLStore):
         try:
             stack, conn, timer = self._begin()
             with stack:
-                tx = _PostgresWriteTx(conn, self._lost_as(conn, timer))
+                tx = PostgresWriteTx(conn, self._lost_as(conn, timer))
                 try:
                     yield tx
                 except psycopg.Error as exc:

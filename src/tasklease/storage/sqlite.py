@@ -28,7 +28,6 @@ believes in (SQLite would otherwise start a new one at the next ``SAVEPOINT``).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import threading
@@ -39,20 +38,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from tasklease.core.errors import InvalidRequest, Unavailable
-from tasklease.core.store import AuditEvent, RevocationRecord
+from tasklease.core.errors import Unavailable
+from tasklease.core.store import RevocationRecord
 from tasklease.storage._sql import (
-    GENESIS_HASH,
     SELECT_REVOCATION,
-    Dialect,
     Migration,
     Row,
     SchemaError,
     SQLStore,
-    SQLWriteTx,
-    audit_rows,
+    migration_failed,
     newer_error,
     revocation_from_row,
+)
+from tasklease.storage._sqlite_tx import (
+    DIALECT,
+    DISK_FULL,
+    DISK_FULL_RETRY,
+    SQLiteWriteTx,
+    disk_full,
+    read_audit_head,
 )
 from tasklease.storage._write_turns import WriteTurns
 
@@ -61,53 +65,10 @@ __all__ = ["SQLiteStore", "SchemaError"]
 # STRICT tables (3.37) set the floor; upserts (3.24) and WAL come well before.
 _MIN_SQLITE = (3, 37, 0)
 
-DISK_FULL = "the disk holding the database is full"
-# A full disk is not fixed in a second: callers are asked to wait longer than for a lock.
-_DISK_FULL_RETRY = 5
 # Free space below which the store does not call itself writable (check_writable): a
 # batch of registrations appends a few hundred KiB to the WAL before its commit.
 _MIN_FREE = 1 << 20
 
-
-def _disk_full(exc: BaseException) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL
-
-
-def _unit_error(exc: BaseException) -> BaseException:
-    """What a failed block in a savepoint raises: the driver's refusal of one value as
-    InvalidRequest (as on PostgreSQL), a full disk as Unavailable, anything else as is."""
-    if isinstance(exc, sqlite3.DataError) or (
-        isinstance(exc, OverflowError) and "SQLite" in str(exc)
-    ):
-        return InvalidRequest(
-            "a value in the request cannot be stored", reason=f"{type(exc).__name__}: {exc}"
-        )
-    if _disk_full(exc):
-        return Unavailable(DISK_FULL, reason=str(exc), retry_after=_DISK_FULL_RETRY)
-    return exc
-
-
-def _dump_scopes(scopes: Sequence[str]) -> str:
-    return json.dumps(list(scopes), separators=(",", ":"))
-
-
-def _load_scopes(text: str) -> tuple[str, ...]:
-    return tuple(json.loads(text))
-
-
-# Scope lists are JSON arrays in TEXT columns and booleans INTEGER 0/1 (the partial
-# index on agent_sessions is written ``heartbeat_required = 1``). No row locks: a write
-# transaction holds the database's write lock from its first statement.
-_DIALECT = Dialect(
-    name="SQLite",
-    folder="sqlite",
-    placeholder="?",
-    is_set="{} = 1",
-    for_update="",
-    load_scopes=_load_scopes,
-    dump_scopes=_dump_scopes,
-)
 _FIND_REVOCATION = SELECT_REVOCATION + " WHERE level = ? AND target = ?"
 
 
@@ -141,128 +102,6 @@ def _schema_version(conn: sqlite3.Connection) -> int:
     return int(version)
 
 
-def _audit_head(conn: sqlite3.Connection) -> tuple[int, str]:
-    row = conn.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
-    if row is None:
-        return 0, GENESIS_HASH
-    return int(row[0]), str(row[1])
-
-
-# -- the write transaction ---------------------------------------------------------------
-
-
-class _SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
-    """Writes inside one ``BEGIN IMMEDIATE`` transaction; valid only inside ``write()``."""
-
-    dialect = _DIALECT
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        super().__init__(conn)
-        self._savepoints = 0
-        # The audit head's seq as last read or written in this transaction (None: read
-        # it). Only this transaction can append meanwhile: it holds the write lock.
-        self._head_seq: int | None = None
-
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """Undo this block's writes if it raises (and re-raise); the transaction goes on.
-
-        A driver's refusal of a value is re-raised as ``InvalidRequest``. If the
-        transaction itself is gone (SQLite rolled it back: disk full, I/O error), raise
-        ``Unavailable`` and refuse every later statement and the commit.
-        """
-        conn = self._db()
-        if not conn.in_transaction:  # a SAVEPOINT now would silently begin a new one
-            raise self._lose(_transaction_lost("the transaction was rolled back by SQLite"))
-        # Named by nesting depth: SQLite resolves a name to the innermost savepoint that
-        # has it, and a fixed text keeps the three statements in sqlite3's statement cache
-        # (a fresh name per savepoint was prepared anew every time, on the commit path).
-        self._savepoints += 1
-        name = f"sp_{self._savepoints}"  # an int we made: safe to put in SQL
-        try:
-            self._run(f"SAVEPOINT {name}")
-            try:
-                yield
-            except BaseException as exc:
-                self._head_seq = None  # an append inside the block may be undone
-                if not conn.in_transaction:
-                    # SQLite aborted the whole transaction (disk full, I/O error): every
-                    # write of the batch is gone, not only this block's.
-                    raise self._lose(_transaction_lost(str(exc), full=_disk_full(exc))) from exc
-                self._run(f"ROLLBACK TO {name}")
-                self._run(f"RELEASE {name}")
-                translated = _unit_error(exc)
-                if translated is exc:
-                    raise
-                raise translated from exc
-            self._run(f"RELEASE {name}")
-        finally:
-            self._savepoints -= 1
-
-    def _run(self, statement: str) -> None:
-        """A savepoint statement; if it fails the transaction cannot be trusted any more."""
-        try:
-            self._db().execute(statement)
-        except sqlite3.Error as exc:
-            lost = _transaction_lost(f"{statement}: {exc}", full=_disk_full(exc))
-            raise self._lose(lost) from exc
-
-    # -- revocations ---------------------------------------------------------------------
-
-    def insert_revocation(self, record: RevocationRecord) -> bool:
-        """Store a revocation with a fresh ``seq``; ``record.seq`` is ignored.
-
-        Return False if (level, target) is already present. If the new ``revoked_at`` or
-        ``expires_at`` is later, the entry takes the later of each and a new ``seq``
-        greater than every seq handed out before, so pollers of ``revocations_since``
-        see the change.
-        """
-        conn = self._db()
-        row = conn.execute(
-            "SELECT seq, revoked_at, expires_at FROM revocations WHERE level = ? AND target = ?",
-            (record.level, record.target),
-        ).fetchone()
-        insert = (
-            "INSERT INTO revocations (level, target, revoked_at, expires_at) VALUES (?, ?, ?, ?)"
-        )
-        if row is None:
-            conn.execute(
-                insert, (record.level, record.target, record.revoked_at, record.expires_at)
-            )
-            return True
-        seq, old_revoked_at, old_expires_at = int(row[0]), int(row[1]), float(row[2])
-        revoked_at = max(old_revoked_at, record.revoked_at)
-        expires_at = max(old_expires_at, record.expires_at)
-        if (revoked_at, expires_at) != (old_revoked_at, old_expires_at):
-            # Delete and re-insert: AUTOINCREMENT hands out a seq above every one used.
-            conn.execute("DELETE FROM revocations WHERE seq = ?", (seq,))
-            conn.execute(insert, (record.level, record.target, revoked_at, expires_at))
-        return False
-
-    # -- audit ---------------------------------------------------------------------------
-
-    def audit_head(self) -> tuple[int, str]:
-        """The true head: this transaction holds the write lock, so no one appends meanwhile."""
-        head = _audit_head(self._db())
-        self._head_seq = head[0]
-        return head
-
-    def append_audit(self, events: Sequence[AuditEvent]) -> None:
-        """Append events; each ``seq`` must be greater than the head's, else ``Conflict``."""
-        conn = self._db()
-        head_seq = self._head_seq if self._head_seq is not None else _audit_head(conn)[0]
-        rows = audit_rows(events, head_seq)
-        self._head_seq = None  # unknown until the insert has gone through whole
-        conn.executemany(_DIALECT.insert_audit, rows)
-        self._head_seq = events[-1].seq if events else head_seq
-
-
-def _transaction_lost(reason: str, *, full: bool = False) -> Unavailable:
-    if full:
-        return Unavailable(DISK_FULL, reason=reason, retry_after=_DISK_FULL_RETRY)
-    return Unavailable("storage lost the transaction", reason=reason, retry_after=1)
-
-
 # -- the store ---------------------------------------------------------------------------
 
 
@@ -290,7 +129,7 @@ class SQLiteStore(WriteTurns, SQLStore):
     write lock before failing with ``Unavailable``.
     """
 
-    dialect = _DIALECT
+    dialect = DIALECT
     local_reads = True  # see Store.local_reads
 
     def __init__(
@@ -432,7 +271,7 @@ class SQLiteStore(WriteTurns, SQLStore):
         write lock, so each migration is applied exactly once. Raise ``SchemaError`` if the
         database is newer than this code or a migration fails.
         """
-        migrations = _DIALECT.migrations()
+        migrations = DIALECT.migrations()
         known = len(migrations)
         applied: list[int] = []
         with self._write_lock:
@@ -459,15 +298,12 @@ class SQLiteStore(WriteTurns, SQLStore):
                 for statement in _statements(migration.sql):
                     conn.execute(statement)
                 conn.execute(
-                    "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
-                    (migration.version, migration.name, time.time()),
+                    DIALECT.record_migration, (migration.version, migration.name, time.time())
                 )
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             _rollback_quietly(conn)
-            raise SchemaError(
-                f"migration {migration.version:04d}_{migration.name} failed: {exc}"
-            ) from exc
+            raise migration_failed(migration, exc) from exc
         except BaseException:
             _rollback_quietly(conn)
             raise
@@ -484,7 +320,7 @@ class SQLiteStore(WriteTurns, SQLStore):
             ) from exc
 
     @contextmanager
-    def write(self) -> Iterator[_SQLiteWriteTx]:
+    def write(self) -> Iterator[SQLiteWriteTx]:
         """One transaction: commit on a clean exit, roll back everything on an exception.
 
         Raise ``Unavailable`` if the write lock cannot be had within ``busy_timeout`` or
@@ -501,7 +337,7 @@ class SQLiteStore(WriteTurns, SQLStore):
                 conn = self._writer
                 self._begin(conn)
                 changes = conn.total_changes
-                tx = _SQLiteWriteTx(conn)
+                tx = SQLiteWriteTx(conn)
                 try:
                     yield tx
                 except BaseException:
@@ -518,10 +354,10 @@ class SQLiteStore(WriteTurns, SQLStore):
                     conn.execute("COMMIT")
                 except sqlite3.Error as exc:
                     _rollback_quietly(conn)
-                    if _disk_full(exc):
+                    if disk_full(exc):
                         self._full_at = self._free_bytes()
                         raise Unavailable(
-                            DISK_FULL, reason=f"COMMIT failed: {exc}", retry_after=_DISK_FULL_RETRY
+                            DISK_FULL, reason=f"COMMIT failed: {exc}", retry_after=DISK_FULL_RETRY
                         ) from exc
                     raise Unavailable(
                         "storage could not commit", reason=f"COMMIT failed: {exc}", retry_after=1
@@ -555,7 +391,7 @@ class SQLiteStore(WriteTurns, SQLStore):
             raise Unavailable(
                 DISK_FULL,
                 reason=f"{free} bytes free beside {self.path}",
-                retry_after=_DISK_FULL_RETRY,
+                retry_after=DISK_FULL_RETRY,
             )
         with self.write():
             pass
@@ -574,7 +410,7 @@ class SQLiteStore(WriteTurns, SQLStore):
         return [found[seq] for seq in sorted(found)]
 
     def audit_head(self) -> tuple[int, str]:
-        return _audit_head(self._reader())
+        return read_audit_head(self._reader())
 
     # -- lifecycle -----------------------------------------------------------------------
 

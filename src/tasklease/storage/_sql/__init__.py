@@ -10,8 +10,8 @@ how a scope list is stored (JSON text or ``text[]``). Here are:
   the same strings every time), and the row conversions;
 * ``store``: :class:`SQLWriteTx` and :class:`SQLStore`, the operations whose logic is
   the same in both. ``sqlite.py`` and ``postgres.py`` add what is their own:
-  connections, transactions and savepoints, the audit head, the revocation upsert and
-  applying migrations;
+  connections, transactions and applying migrations; ``_sqlite_tx.py`` and ``_pg_tx.py``
+  their write transactions' savepoints, audit head and revocation upsert;
 * ``schema``: :class:`SchemaError` and the numbered migration files.
 
 Nothing here imports a database driver: the SQLite store must work without psycopg.
@@ -26,7 +26,7 @@ from tasklease.storage._sql.dialect import (
     revocation_from_row,
     timestamp_seconds,
 )
-from tasklease.storage._sql.schema import Migration, SchemaError, newer_error
+from tasklease.storage._sql.schema import Migration, SchemaError, migration_failed, newer_error
 from tasklease.storage._sql.store import SQLStore, SQLWriteTx
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "SQLWriteTx",
     "SchemaError",
     "audit_rows",
+    "migration_failed",
     "newer_error",
     "revocation_from_row",
     "timestamp_seconds",

@@ -66,9 +66,7 @@ _AGENT = (
     "agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered_at,"
     " status, cnf, audience, token_ttl, allow_resume"
 )
-_OPERATOR = (
-    "name, role, secret_hash, public_key, status, created_at, updated_at, created_by"
-)
+_OPERATOR = "name, role, secret_hash, public_key, status, created_at, updated_at, created_by"
 _SESSION = "agent_id, principal, heartbeat_required, last_heartbeat, resumes, state, expires_at"
 _BINDING = "agent_id, endpoint, issued_at, signature, expires_at"
 _REFERENCE = "token_hash, kind, claims, jti, expires_at"
@@ -225,6 +223,8 @@ class Dialect:
             f"{_insert('reference_tokens', _REFERENCE)} ON CONFLICT DO NOTHING"
         )
         self.insert_audit = q(_insert("audit_events", _AUDIT_STORED))
+        # migrations: the version a migration brought the schema to
+        self.record_migration = q(_insert("schema_version", "version, name, applied_at"))
         self.prune = tuple(
             q(f"DELETE FROM {table} WHERE expires_at <= ?")  # noqa: S608
             for table in _EXPIRING

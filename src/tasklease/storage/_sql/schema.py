@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 from tasklease.core.errors import InternalError
 
-__all__ = ["Migration", "SchemaError", "migrations", "newer_error", "older_error"]
+__all__ = [
+    "Migration",
+    "SchemaError",
+    "migration_failed",
+    "migrations",
+    "newer_error",
+    "older_error",
+]
 
 
 class SchemaError(InternalError):
@@ -60,6 +67,11 @@ def newer_error(current: int, known: int) -> SchemaError:
         f"database schema version {current} is newer than this tasklease (knows {known}): "
         "upgrade tasklease"
     )
+
+
+def migration_failed(migration: Migration, exc: BaseException) -> SchemaError:
+    """The error for ``migration`` failing with the driver's ``exc`` (raise it ``from exc``)."""
+    return SchemaError(f"migration {migration.version:04d}_{migration.name} failed: {exc}")
 
 
 def older_error(current: int, known: int) -> SchemaError:

@@ -1,0 +1,207 @@
+"""The PostgreSQL write transaction: savepoints, the revocation upsert, the audit head.
+
+:class:`PostgresWriteTx` is what :meth:`tasklease.storage.postgres.PostgresStore.write`
+hands out; the store owns the connection, begins and commits. Here is what runs in
+between and is PostgreSQL's own: every unit of a batch in a savepoint of its own, the
+head row lock that makes replicas take turns on the audit chain and on revocation
+``seq`` values, and how a refused value or a timeout inside a unit is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from tasklease.core.errors import Conflict, InvalidRequest, Unavailable
+from tasklease.core.store import AuditEvent, RevocationRecord
+from tasklease.storage._sql import Dialect, Row, SchemaError, SQLWriteTx, audit_rows
+
+__all__ = ["DIALECT", "PostgresWriteTx", "unit_error"]
+
+# Scope lists are text[] (psycopg passes a list and returns one) and booleans are
+# boolean (the partial index on agent_sessions is written ``WHERE heartbeat_required``).
+DIALECT = Dialect(
+    name="PostgreSQL",
+    folder="postgres",
+    placeholder="%s",
+    is_set="{}",
+    for_update=" FOR UPDATE",
+    load_scopes=tuple,
+    dump_scopes=list,
+)
+
+
+# -- statements --------------------------------------------------------------------------
+
+_LOCK_HEAD = "SELECT seq, hash FROM audit_head WHERE id FOR UPDATE"
+# An extension draws a fresh seq, so readers of revocations_since see the change; the
+# WHERE makes an entry that would not widen a no-op (no row returned).
+_UPSERT_REVOCATION = (
+    "INSERT INTO revocations (level, target, revoked_at, expires_at) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT (level, target) DO UPDATE SET"
+    " seq = nextval('revocation_seq'),"
+    " revoked_at = GREATEST(revocations.revoked_at, EXCLUDED.revoked_at),"
+    " expires_at = GREATEST(revocations.expires_at, EXCLUDED.expires_at)"
+    " WHERE revocations.revoked_at < EXCLUDED.revoked_at"
+    " OR revocations.expires_at < EXCLUDED.expires_at"
+    " RETURNING seq, (xmax = 0) AS inserted"
+)
+_APP_CONSTRAINTS = {
+    "apps_pkey": "app id already exists",
+    "apps_name_key": "app name already exists",
+    "apps_client_id_key": "app client_id already exists",
+}
+
+
+def unit_error(exc: BaseException) -> BaseException:
+    """What a block that failed inside a savepoint raises, once rolled back to it: a value
+    the driver or the server refused as ``InvalidRequest`` (as on SQLite), a statement or
+    lock timeout as ``Unavailable``, anything else as it is."""
+    if isinstance(exc, psycopg.DataError):
+        return InvalidRequest(
+            "a value in the request cannot be stored", reason=f"{type(exc).__name__}: {exc}"
+        )
+    if isinstance(exc, pg_errors.QueryCanceled | pg_errors.LockNotAvailable):
+        return Unavailable(
+            "the database did not finish in time",
+            reason=f"{type(exc).__name__}: {exc}",
+            retry_after=1,
+        )
+    return exc
+
+
+class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
+    """Writes inside one transaction; valid only inside :meth:`PostgresStore.write`.
+
+    ``lost_as`` turns the driver's error on a statement of the transaction's own (a
+    savepoint, its rollback) into the ``Unavailable`` that then fails the transaction.
+    """
+
+    dialect = DIALECT
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Row],
+        lost_as: Callable[[psycopg.Error], Unavailable],
+    ) -> None:
+        super().__init__(conn)
+        self._lost_as = lost_as
+        self._depth = 0  # savepoints open
+        self._savepoints = 0  # savepoint names handed out
+        # The savepoint depth at which the head row lock was taken, or None. A lock taken
+        # inside a savepoint that rolls back is released with it.
+        self._head_locked_at: int | None = None
+        self.notify_seq = 0  # highest revocation seq written (0: none), for pg_notify
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Undo this block's writes if it raises (and re-raise); the transaction goes on.
+
+        Whatever the block raised (a failed statement aborts a PostgreSQL transaction
+        until it is rolled back to a savepoint) fails the block only; a value the server
+        or the driver refused is re-raised as ``InvalidRequest``. If the rollback itself
+        fails (the connection is gone), raise ``Unavailable`` and refuse every later
+        statement and the commit.
+        """
+        self._savepoints += 1
+        name = f"sp_{self._savepoints}"  # an int we made: safe to put in SQL
+        self._run(f"SAVEPOINT {name}")
+        self._depth += 1
+        depth = self._depth
+        try:
+            yield
+        except BaseException as exc:
+            self._depth = depth - 1
+            if self._head_locked_at is not None and self._head_locked_at >= depth:
+                self._head_locked_at = None
+            self._run(f"ROLLBACK TO SAVEPOINT {name}")
+            self._run(f"RELEASE SAVEPOINT {name}")
+            translated = unit_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        self._depth = depth - 1
+        if self._head_locked_at is not None and self._head_locked_at >= depth:
+            self._head_locked_at = depth - 1
+        self._run(f"RELEASE SAVEPOINT {name}")
+
+    def _run(self, statement: str) -> None:
+        """A statement of the transaction's own; if it fails, the transaction is lost."""
+        try:
+            self._db().execute(statement)
+        except psycopg.Error as exc:
+            raise self._lose(self._lost_as(exc)) from exc
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Run one statement in its own savepoint so its failure leaves the tx usable."""
+        self._run("SAVEPOINT sp_stmt")
+        try:
+            yield
+        except BaseException:
+            self._run("ROLLBACK TO SAVEPOINT sp_stmt")
+            self._run("RELEASE SAVEPOINT sp_stmt")
+            raise
+        self._run("RELEASE SAVEPOINT sp_stmt")
+
+    def _update_app_row(self, params: Row) -> None:
+        try:
+            with self._guard():
+                self._db().execute(DIALECT.update_app, params)
+        except pg_errors.UniqueViolation as exc:
+            name = exc.diag.constraint_name or ""
+            raise Conflict(_APP_CONSTRAINTS.get(name, "app already exists")) from None
+
+    # -- revocations ---------------------------------------------------------------------
+
+    def insert_revocation(self, record: RevocationRecord) -> bool:
+        """Store a revocation with a fresh ``seq``; ``record.seq`` is ignored.
+
+        Return False if (level, target) is already present; a later ``revoked_at`` or
+        ``expires_at`` widens it (each takes its maximum) under a new, larger ``seq``.
+        The head lock is taken first, so seqs commit in increasing order across replicas.
+        """
+        self._lock_head()
+        row = (
+            self._db()
+            .execute(
+                _UPSERT_REVOCATION,
+                (record.level, record.target, record.revoked_at, record.expires_at),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return False
+        self.notify_seq = max(self.notify_seq, int(row[0]))
+        return bool(row[1])
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def _lock_head(self) -> tuple[int, str]:
+        row = self._db().execute(_LOCK_HEAD).fetchone()
+        if row is None:
+            raise SchemaError("the audit_head row is missing: the schema is damaged")
+        if self._head_locked_at is None:
+            self._head_locked_at = self._depth
+        return int(row[0]), str(row[1])
+
+    def audit_head(self) -> tuple[int, str]:
+        """(last seq, last hash), read under the head row lock, which this transaction then
+        holds until it ends: no other replica can append meanwhile."""
+        return self._lock_head()
+
+    def append_audit(self, events: Sequence[AuditEvent]) -> None:
+        """Append events; each ``seq`` must be greater than the head's, else ``Conflict``."""
+        if not events:
+            return
+        head_seq, _ = self._lock_head()
+        rows = audit_rows(events, head_seq)
+        conn = self._db()
+        with conn.cursor() as cursor:
+            cursor.executemany(DIALECT.insert_audit, rows)
+        conn.execute(
+            "UPDATE audit_head SET seq = %s, hash = %s WHERE id", (events[-1].seq, events[-1].hash)
+        )
