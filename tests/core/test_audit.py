@@ -540,6 +540,24 @@ def test_revoke_fails_closed(flaky: Any, kit: Any) -> None:
     assert len(flaky.revocations) == 1
 
 
+def test_time_to_recover_from_a_storage_outage_is_a_metric(flaky: Any, kit: Any) -> None:
+    def recoveries() -> float:
+        value = flaky.metrics.registry.get_sample_value("tasklease_storage_recovery_seconds_count")
+        return value or 0.0
+
+    agent = kit.register(flaky)
+    assert recoveries() == 0
+    flaky.store.failing = True
+    for _ in range(2):
+        with pytest.raises(Unavailable):
+            flaky.revoke(kit.admin(flaky).claims, level="agent", target=agent.sub, ctx=kit.ctx)
+    assert recoveries() == 0  # still out
+    flaky.store.failing = False
+    flaky.revoke(kit.admin(flaky).claims, level="agent", target=agent.sub, ctx=kit.ctx)
+    assert recoveries() == 1
+    assert flaky.metrics.registry.get_sample_value("tasklease_storage_recovery_seconds_sum") > 0
+
+
 def test_renew_fails_closed(flaky: Any, kit: Any) -> None:
     agent = kit.register(flaky)
     flaky.store.failing = True

@@ -124,8 +124,10 @@ class AuditLog:
         clock: Clock,
         *,
         on_batch: Callable[[int, float], None] | None = None,
+        on_recovery: Callable[[float], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_recovery = on_recovery
         self._clock = clock
         self._queue: list[_Slot] = []
         self._lock = threading.Lock()
@@ -200,12 +202,15 @@ class AuditLog:
         failure = self._failure
         if failure is not None:
             self._failure = None
+            outage = time.monotonic() - failure.since
             _log.warning(
                 "audit writes succeed again after %d failed batches in %.1fs (%s)",
                 failure.batches,
-                time.monotonic() - failure.since,
+                outage,
                 failure.summary,
             )
+            if self._on_recovery is not None:
+                self._on_recovery(outage)
 
     def close(self) -> None:
         """Stop the committer thread once it has written what is queued (idempotent)."""

@@ -351,7 +351,12 @@ class Kernel:
         self.clock = clock
         self.metrics = metrics
         self.revocations = revocations
-        self.audit = AuditLog(store, clock, on_batch=metrics.observe_batch)
+        self.audit = AuditLog(
+            store,
+            clock,
+            on_batch=metrics.observe_batch,
+            on_recovery=metrics.storage_recovery_seconds.observe,
+        )
         self._listeners: tuple[Callable[[], None], ...] = ()
         self._listeners_lock = threading.Lock()
         self.started_at = time.monotonic()

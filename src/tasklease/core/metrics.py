@@ -113,6 +113,13 @@ class Metrics:
             ["endpoint"],
             registry=r,
         )
+        self.storage_recovery_seconds = Histogram(
+            "tasklease_storage_recovery_seconds",
+            "How long storage refused writes (first failed batch to the next committed one):"
+            " the time to recover from a database outage or a full disk.",
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800),
+            registry=r,
+        )
         self.clock_steps = Counter(
             "tasklease_clock_steps_total",
             "Steps of the wall clock (beyond 5 s of elapsed time between housekeeping ticks),"
