@@ -53,7 +53,8 @@ def test_keys_are_encrypted_pkcs8_and_do_not_load_without_the_passphrase(tmp_pat
     assert stat.S_IMODE(keys.stat().st_mode) == 0o700
     with pytest.raises(TypeError, match="encrypted"):
         serialization.load_pem_private_key(data, password=None)
-    with pytest.raises(ValueError, match="password"):
+    # A wrong passphrase: a padding failure, or (about 1 in 256) garbage that fails to parse.
+    with pytest.raises(ValueError):
         serialization.load_pem_private_key(data, password=b"not the passphrase at all")
     # The passphrase opens it, with any PKCS#8 reader.
     opened = serialization.load_pem_private_key(data, password=PASSPHRASE.encode())

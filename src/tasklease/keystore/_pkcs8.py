@@ -42,10 +42,13 @@ def decode(data: bytes, path: Path, passphrase: bytes | None) -> nacl.signing.Si
     """
     try:
         private_key: Any = serialization.load_pem_private_key(data, password=passphrase)
-    except ValueError as exc:
-        if passphrase is not None and "password" in str(exc).lower():
+    except ValueError:
+        # A wrong passphrase mostly fails the padding check ("bad password"), but about
+        # one time in 256 the padding happens to look right and the garbage fails to
+        # parse instead: for an encrypted file both mean the passphrase did not open it.
+        if passphrase is not None and b"ENCRYPTED PRIVATE KEY" in data:
             raise KeyStoreError(
-                f"cannot decrypt key file {path}: wrong key passphrase "
+                f"cannot decrypt key file {path}: wrong key passphrase, or a damaged file "
                 "(TASKLEASE_KEY_PASSPHRASE or the key_passphrase_file)"
             ) from None
         raise KeyStoreError(f"key file {path} is corrupt or not a PKCS#8 key") from None
