@@ -37,7 +37,7 @@ app = Starlette(routes=[Route("/empty", empty, methods=["GET"])], lifespan=_life
 def main() -> None:
     import uvicorn
 
-    from tasklease.server import NoDelayHttpToolsProtocol
+    from tasklease.http.protocol import NoDelayHttpToolsProtocol
 
     port, workers, loop, ready = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     os.environ["BENCH_READY_DIR"] = ready
