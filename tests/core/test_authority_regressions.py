@@ -369,3 +369,36 @@ def test_model_revoking_a_grants_first_jti_reaches_delegations_of_its_renewals(
     refused(
         broker, Unauthorized, lambda: delegate(broker, kit, renewed.claims, b.sub, ["read:data:*"])
     )
+
+
+def test_the_issuance_check_narrows_audience_itself(broker: Any) -> None:
+    """Audience, like scope, is narrowed in the one check: never wider than the parent's."""
+    from tasklease.core.kernel import Parent, Refusal, check_issuance
+
+    parent = Parent(
+        holder="spiffe://tasklease.local/agent/o/t/1",
+        scope=("read:data:*",),
+        audience=("https://orders.example",),
+        principal="user:alice@example.com",
+        lineage=(),
+        ceiling=2_000,
+        ttl=300,
+        renewals=0,
+        chain_agents=("spiffe://tasklease.local/agent/o/t/1",),
+        grant="g",
+        jti="g",
+        token_exp=1_500,
+    )
+    common: dict[str, Any] = {
+        "holder": "spiffe://tasklease.local/agent/o/t/2",
+        "scope": ("read:data:1",),
+        "iat": 1_000,
+        "requested_ttl": 60,
+        "config": broker.config,
+    }
+    granted = check_issuance("delegate", parent, resource="https://orders.example", **common)
+    assert granted.audience == ("https://orders.example",)
+    assert check_issuance("delegate", parent, **common).audience == parent.audience
+    with pytest.raises(Refusal) as refusal:
+        check_issuance("delegate", parent, resource="https://payments.example", **common)
+    assert refusal.value.event_type == "audience"

@@ -12,12 +12,12 @@ import json
 import time
 from dataclasses import replace
 
-from tasklease.core.audience import narrow_audience, validate_resource
+from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about, refused, require_agent
 from tasklease.core.clock import format_rfc3339
 from tasklease.core.delegation import record_signing_input, verify_chain_records
-from tasklease.core.errors import InvalidRequest, InvalidTarget, NotFound, Unauthorized
+from tasklease.core.errors import InvalidRequest, NotFound, Unauthorized
 from tasklease.core.issuing import binding_suffix, clamp_ttl, listed, mint_granted, size_adapted
 from tasklease.core.kernel import (
     IssuedToken,
@@ -91,8 +91,18 @@ class Delegating(Service):
                 iat=iat,
                 requested_ttl=want,
                 dead_ancestor=dead,
+                resource=named_resource,
             )
         except Refusal as refusal:
+            if refusal.event_type == "audience":
+                raise kernel.deny(
+                    refusal.error,
+                    replace(
+                        denied,
+                        detail=f"audience would widen | {parties} | requested={named_resource} "
+                        f"| allowed={listed(claims.aud)}",
+                    ),
+                ) from None
             if refusal.event_type != "denied":
                 self._metrics.scope_rejections.labels("/v1/delegate").inc()
             if refusal.event_type == "depth":
@@ -133,17 +143,7 @@ class Delegating(Service):
         target = self._store.get_agent(delegate_to)
         if target is None:  # pragma: no cover - agent_standing found it a moment ago
             raise NotFound("delegate agent not found")
-        try:
-            audience = narrow_audience(named_resource, claims.aud, cfg.audience)
-        except InvalidTarget as exc:
-            raise kernel.deny(
-                exc,
-                replace(
-                    denied,
-                    detail=f"audience would widen | {parties} | requested={named_resource} | "
-                    f"allowed={listed(claims.aud)}",
-                ),
-            ) from None
+        audience = issuance.audience
         # One ring for the whole hop: the chain is checked, extended and signed under it.
         ring = self._keys.ring
         if not verify_chain_records(claims.delegation_chain, claims.sub, lambda: verify_keys(ring)):

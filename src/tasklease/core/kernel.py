@@ -37,12 +37,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from tasklease.core.audience import choose_audience, narrow_audience
 from tasklease.core.audit import AuditLog
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.clock import Clock
 from tasklease.core.config import Config
 from tasklease.core.errors import (
     Forbidden,
+    InvalidTarget,
     RenewalCeilingExceeded,
     RenewalCountExceeded,
     ScopeViolation,
@@ -188,6 +190,7 @@ class Issuance:
     max_exp: int
     principal: str
     scope: tuple[str, ...]
+    audience: tuple[str, ...]
 
     def ttl(self, iat: int) -> int:
         return self.exp - iat
@@ -223,13 +226,16 @@ def check_issuance(
     requested_ttl: int,
     config: Config,
     dead_ancestor: str = "",
+    resource: str | None = None,
 ) -> Issuance:
     """The one issuance check every credential path calls. Raises :class:`Refusal`.
 
     ``operation`` is one of ``register``, ``renew``, ``resume``, ``delegate``;
     ``holder`` the new token's subject; ``scope`` what it asks for; ``requested_ttl``
     the lifetime asked for; ``dead_ancestor``, when not empty, says why an ancestor the
-    caller looked up in the store (app, registration, delegate) is no longer alive.
+    caller looked up in the store (app, registration, delegate) is no longer alive;
+    ``resource`` (RFC 8707) the one resource a registration or delegation asks its token
+    to be for: among the parent's, never wider.
     """
     if operation not in OPERATIONS:
         raise ValueError(f"unknown issuance operation: {operation}")
@@ -251,6 +257,19 @@ def check_issuance(
             f"allowed=[{' '.join(parent.scope)}]",
             "attenuation",
         )
+    try:
+        if operation == "register":
+            audience = choose_audience(resource, parent.audience, config.audience)
+        elif operation == "delegate":
+            audience = narrow_audience(resource, parent.audience, config.audience)
+        else:
+            audience = parent.audience
+    except InvalidTarget as exc:
+        raise Refusal(
+            exc,
+            f"audience would widen | requested={resource} | allowed=[{' '.join(parent.audience)}]",
+            "audience",
+        ) from None
     max_renewals = config.max_renewals
     renewals = parent.renewals + (1 if operation in ("renew", "resume") else 0)
     if renewals > max_renewals:
@@ -307,6 +326,7 @@ def check_issuance(
         max_exp=ceiling,
         principal=parent.principal,
         scope=scope,
+        audience=audience,
     )
 
 
@@ -407,6 +427,7 @@ class Kernel:
         iat: int,
         requested_ttl: int,
         dead_ancestor: str = "",
+        resource: str | None = None,
     ) -> Issuance:
         """:func:`check_issuance` with this broker's config, then the lineage it grants
         checked against the revocation index: an ancestor already ended (a chain-level
@@ -420,6 +441,7 @@ class Kernel:
             requested_ttl=requested_ttl,
             config=self.config,
             dead_ancestor=dead_ancestor,
+            resource=resource,
         )
         ended = self.revocations.ended_ancestor(issuance.lineage)
         if ended is not None:

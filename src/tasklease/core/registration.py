@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from tasklease.core.audience import choose_audience, validate_resource
+from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.delegation import principal_ref
-from tasklease.core.errors import InvalidRequest, InvalidTarget, TaskleaseError, Unauthorized
+from tasklease.core.errors import InvalidRequest, TaskleaseError, Unauthorized
 from tasklease.core.identity import (
     NonceIssuer,
     decode_public_key,
@@ -320,8 +320,19 @@ class Registration(Service):
                 iat=iat,
                 requested_ttl=clamp_ttl(record.max_ttl, cfg.default_ttl, cfg),
                 dead_ancestor=self._kernel.app_standing(record.app_id),
+                resource=named_resource,
             )
         except Refusal as refusal:
+            if refusal.event_type == "audience":
+                raise deny(
+                    refusal.error,
+                    replace(
+                        base,
+                        event_type="registration_policy_violation",
+                        detail=f"resource refused: {refusal.error.detail} "
+                        f"requested={named_resource} allowed={listed(record.audience)}",
+                    ),
+                ) from None
             if refusal.event_type == "attenuation":
                 self._metrics.scope_rejections.labels("/v1/register").inc()
                 raise deny(
@@ -338,18 +349,7 @@ class Registration(Service):
                 Unauthorized("launch token: launch token not found"),
                 replace(base, detail=f"{refusal.detail} ({lt_hash[:12]})"),
             ) from None
-        try:
-            audience = choose_audience(named_resource, record.audience, cfg.audience)
-        except InvalidTarget as exc:
-            raise deny(
-                exc,
-                replace(
-                    base,
-                    event_type="registration_policy_violation",
-                    detail=f"resource refused: {exc.detail} requested={named_resource} "
-                    f"allowed={listed(record.audience)}",
-                ),
-            ) from None
+        audience = issuance.audience
         cnf = self._binding(ctx, now, base, deny)
         try:
             nonce_expiry = self._nonces.check(nonce, now)
