@@ -32,6 +32,9 @@ class Freshness:
         self.until = math.inf
         self.monotonic: Callable[[], float] = time.monotonic
         self._watch: Any = None
+        # Wall time at which a refresh last applied something: a notification that finds
+        # its revocation applied already (a check-in got there first) still measures it.
+        self._applied_at = -math.inf
 
     def load(self) -> None:
         """Apply every revocation in the store unexpired by the safe horizon (at start-up):
@@ -57,6 +60,7 @@ class Freshness:
         fresh = kernel.store.revocations_since(kernel.revocations.last_seq)
         if fresh:
             kernel.apply_revocations(fresh)
+            self._applied_at = kernel.now()
         return len(fresh)
 
     def watch(self) -> Callable[[], None] | None:
@@ -91,9 +95,11 @@ class Freshness:
         """
         kernel = self._kernel
         checked = self.monotonic()
-        applied = self.refresh()
+        self.refresh()
         self.until = checked + kernel.config.revocation_staleness_bound
-        if applied and committed_at is not None:
+        # Propagation: from the other process's commit to when this one applied it (now,
+        # or by an earlier check-in that read it before its notification arrived).
+        if committed_at is not None and self._applied_at >= committed_at:
             kernel.metrics.revocation_propagation_seconds.observe(
-                max(0.0, kernel.now() - committed_at)
+                max(0.0, self._applied_at - committed_at)
             )
