@@ -13,10 +13,8 @@ sees a provider only through :class:`tasklease.core.keys.KeyProvider`.
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -30,6 +28,7 @@ from tasklease.keystore._directory import (
     kind_of,
     plaintext_refused,
     read_key_file,
+    read_private_file,
 )
 from tasklease.keystore.file import EncryptedFileKeyProvider, encrypt_directory
 from tasklease.keystore.pkcs11 import Pkcs11KeyProvider, Pkcs11Signer
@@ -149,27 +148,11 @@ def read_secret_file(path: Path, setting: str) -> str:
         OSError: it could not be read.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        data = read_private_file(
+            path, f"{setting}: {path}", _MAX_SECRET_FILE_BYTES, fix=f": chmod 600 {path}"
+        )
     except FileNotFoundError:
         raise KeyStoreError(f"{setting}: {path} does not exist") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise KeyStoreError(f"{setting}: {path} is a symlink") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyStoreError(f"{setting}: {path} is not a regular file")
-        if st.st_uid != os.geteuid():
-            raise KeyStoreError(f"{setting}: {path} is not owned by this user")
-        if st.st_mode & 0o077:
-            raise KeyStoreError(
-                f"{setting}: {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}; it must be 0600): chmod 600 {path}"
-            )
-        data = os.read(fd, _MAX_SECRET_FILE_BYTES + 1)
-    finally:
-        os.close(fd)
     try:
         text = data.decode("utf-8").strip()
     except UnicodeDecodeError:

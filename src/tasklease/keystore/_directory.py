@@ -132,6 +132,37 @@ def key_files(directory: Path) -> list[KeyFile]:
     return found
 
 
+def read_private_file(path: Path, label: str, limit: int, fix: str = "") -> bytes:
+    """Up to ``limit + 1`` bytes of a file only this user can read or write.
+
+    Raises:
+        KeyStoreError: ``label`` (which names the file) is a symlink, not a regular file,
+            owned by another user, or accessible by group or others (``fix`` is appended
+            to that message).
+        OSError: it could not be opened or read (FileNotFoundError when missing).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeyStoreError(f"{label} is a symlink") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyStoreError(f"{label} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise KeyStoreError(f"{label} is not owned by this user")
+        if st.st_mode & 0o077:
+            raise KeyStoreError(
+                f"{label} is accessible by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}; it must be 0600){fix}"
+            )
+        return os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+
+
 def read_key_file(path: Path) -> bytes:
     """The contents of a key file that only this user can read or write.
 
@@ -140,26 +171,7 @@ def read_key_file(path: Path) -> bytes:
             by group or others, or too large to be a key.
         OSError: it could not be read.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise KeyStoreError(f"key file {path} is a symlink") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyStoreError(f"key file {path} is not a regular file")
-        if st.st_uid != os.geteuid():
-            raise KeyStoreError(f"key file {path} is not owned by this user")
-        if st.st_mode & 0o077:
-            raise KeyStoreError(
-                f"key file {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}; want 0600)"
-            )
-        data = os.read(fd, _MAX_KEY_FILE_BYTES + 1)
-    finally:
-        os.close(fd)
+    data = read_private_file(path, f"key file {path}", _MAX_KEY_FILE_BYTES)
     if len(data) > _MAX_KEY_FILE_BYTES:
         raise KeyStoreError(f"key file {path} is too large to be a key")
     return data
