@@ -13,5 +13,6 @@ dependencies. Pure functions: time comes in as ``now``.
 ``rules.scopes``       the scope grammar and coverage (narrowing only)
 ``rules.binding``      holder binding: certificate (RFC 8705) and DPoP (RFC 9449) proofs
 ``rules.messages``     the domain-separated messages agents sign for the broker
+``rules.bundle``       SPIFFE trust bundles (federation): parse strictly, serialize
 =====================  =========================================================================
 """
