@@ -289,10 +289,19 @@ def test_unprintable_header_parameter_is_not_echoed(signer: Signer) -> None:
     assert _refused(signer, signer.forge(header, b"{}")) == "unexpected header parameter"
 
 
-@pytest.mark.parametrize("typ", ["at+jwt", "jwt", "", None, ["JWT"], {"a": 1}])
+@pytest.mark.parametrize("typ", ["at+jwt", "text/jwt", "application/", "", None, ["JWT"], {"a": 1}])
 def test_wrong_typ(signer: Signer, typ: Any) -> None:
     token = signer.forge({"alg": "EdDSA", "typ": typ, "kid": "k1"}, b"{}")
     assert _refused(signer, token) in {"typ not allowed", "typ missing or not a string"}
+
+
+@pytest.mark.parametrize("typ", ["jwt", "Jwt", "application/JWT", "APPLICATION/jwt"])
+def test_typ_compares_as_a_media_type(signer: Signer, typ: str) -> None:
+    # RFC 7515 section 4.1.9: no case, and "application/" may be left out; the caller
+    # gets the allowed spelling back.
+    token = signer.forge({"alg": "EdDSA", "typ": typ, "kid": "k1"}, b"{}")
+    assert signer.decode(token).typ == TYP
+    assert jws.decode_parts(token, signer.resolve, TYPS)[0] == TYP
 
 
 def test_tampered_payload_with_original_signature(signer: Signer) -> None:
@@ -816,6 +825,7 @@ def test_public_surface() -> None:
             "decode_unverified",
             "encode",
             "jwk_thumbprint",
+            "media_type",
             "sign_detached",
             "verify_detached",
         ]

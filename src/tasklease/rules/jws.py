@@ -40,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterable
 from typing import Any, NamedTuple
 
 import nacl.exceptions
@@ -73,6 +73,7 @@ __all__ = [
     "decode_unverified",
     "encode",
     "jwk_thumbprint",
+    "media_type",
     "sign_detached",
     "verify_detached",
 ]
@@ -138,8 +139,9 @@ def decode(
     2. ASCII, exactly three non-empty ``.``-separated segments (RFC 7515 section 7.1);
     3. the header: strict base64url, a JSON object without duplicate names
        (RFC 7515 section 5.2), only ``alg``, ``typ`` and ``kid``; ``alg`` exactly
-       ``EdDSA`` (RFC 8037 section 3.1; RFC 8725 section 3.1); ``typ`` in
-       ``allowed_typs`` (RFC 8725 section 3.11); ``kid`` 1 to 128 characters of
+       ``EdDSA`` (RFC 8037 section 3.1; RFC 8725 section 3.1); ``typ``, compared as a
+       media type (:func:`media_type`), in ``allowed_typs`` (RFC 8725 section 3.11);
+       ``kid`` 1 to 128 characters of
        ``[A-Za-z0-9_-]`` for which ``resolve_key`` returns a key;
     4. the signature: strict base64url, 64 bytes, verifying over the ASCII signing input;
     5. only then the payload: base64url (alphabet and length; its text is what was
@@ -181,7 +183,7 @@ def decode_parts(
     cached = _VERIFIED_HEADERS.get(header_seg)
     typ, kid = _parse_header(header_seg) if cached is None else cached
     if typ not in allowed_typs:
-        raise JWSError("typ not allowed")
+        typ = _allowed_spelling(typ, allowed_typs)
     key = resolve_key(kid)
     if key is None:
         raise JWSError("unknown kid")
@@ -247,6 +249,31 @@ def _split(
     if not (header_seg and payload_seg and (signature_seg or allow_empty_signature)):
         raise JWSError("token has an empty segment")
     return header_seg, payload_seg, signature_seg
+
+
+def media_type(typ: str) -> str:
+    """A ``typ`` header value as the media type it names, for comparison.
+
+    RFC 7515 section 4.1.9: media type names compare without case (RFC 2045), and a
+    ``typ`` without a ``/`` stands for ``application/<typ>``, so ``application/at+jwt``,
+    ``AT+JWT`` and ``at+jwt`` are one type (RFC 9068 section 4). Returned in the short,
+    lowercase form our allow-lists use.
+    """
+    lowered = typ.lower()
+    return lowered[12:] if lowered.startswith("application/") else lowered
+
+
+def _allowed_spelling(typ: str, allowed_typs: Container[str]) -> str:
+    """The entry of ``allowed_typs`` naming the same media type as ``typ``, or refuse.
+
+    Only for a ``typ`` not spelled exactly as allowed (``application/at+jwt``, ``AT+JWT``).
+    """
+    wanted = media_type(typ)
+    if isinstance(allowed_typs, Iterable):
+        for allowed in allowed_typs:
+            if type(allowed) is str and media_type(allowed) == wanted:
+                return allowed
+    raise JWSError("typ not allowed")
 
 
 # Header segment -> (typ, kid), for headers that came with a valid signature. Parsing is a
@@ -364,7 +391,7 @@ def decode_embedded_key(
     header = json_object(b64url_decode_for(header_seg, "header"), "header")
     if set(header) != _EMBEDDED_HEADER_PARAMS:
         raise JWSError("proof header must be exactly typ, alg and jwk")
-    if header["typ"] != typ:
+    if type(header["typ"]) is not str or media_type(header["typ"]) != media_type(typ):
         raise JWSError("typ not allowed")
     if header["alg"] != ALGORITHM:
         raise JWSError("alg not allowed")
