@@ -302,7 +302,7 @@ def test_a_writer_that_releases_its_turn_lets_a_waiting_one_go_first(db_path: Pa
     SQLiteStore(db_path).close()
     waitfile = Path(f"{db_path}.writewait")
     with SQLiteStore(db_path) as first, SQLiteStore(db_path) as second:
-        first._stand_back = 30.0  # long enough that only the fairness rule can decide
+        first._turns._stand_back = 30.0  # long enough that only the fairness rule can decide
         order: list[str] = []
         holding = first.write()
         holding.__enter__()  # first holds the turn
@@ -327,7 +327,7 @@ def test_standing_back_is_bounded(db_path: Path) -> None:
 
     SQLiteStore(db_path).close()
     with SQLiteStore(db_path) as store:
-        store._stand_back = 0.05
+        store._turns._stand_back = 0.05
         with store.write() as tx:
             tx.insert_app(make_app())
         fd = os.open(f"{db_path}.writewait", os.O_RDWR)
@@ -341,7 +341,7 @@ def test_standing_back_is_bounded(db_path: Path) -> None:
                         replace(make_app(), app_id=f"app-{n}", name=f"n{n}", client_id=f"c{n}")
                     )
             # The waiter never came, three times running: no standing back for a while.
-            assert store._stand_back_after > 0
+            assert store._turns._stand_back_after > 0
         finally:
             os.close(fd)
     with SQLiteStore(db_path) as store:

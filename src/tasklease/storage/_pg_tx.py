@@ -9,17 +9,27 @@ head row lock that makes replicas take turns on the audit chain and on revocatio
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from tasklease.core.errors import Conflict, InvalidRequest, Unavailable
 from tasklease.core.store import AuditEvent, RevocationRecord
-from tasklease.storage._sql import Dialect, Row, SchemaError, SQLWriteTx, audit_rows
+from tasklease.storage._sql import (
+    GENESIS_HASH,
+    Dialect,
+    Row,
+    SchemaError,
+    SQLWriteTx,
+    audit_rows,
+    check_tenant_id,
+)
 
-__all__ = ["DIALECT", "PostgresWriteTx", "unit_error"]
+__all__ = ["DIALECT", "PostgresWriteTx", "statements", "unit_error"]
 
 # Scope lists are text[] (psycopg passes a list and returns one) and booleans are
 # boolean (the partial index on agent_sessions is written ``WHERE heartbeat_required``).
@@ -36,19 +46,50 @@ DIALECT = Dialect(
 
 # -- statements --------------------------------------------------------------------------
 
-_LOCK_HEAD = "SELECT seq, hash FROM audit_head WHERE id FOR UPDATE"
-# An extension draws a fresh seq, so readers of revocations_since see the change; the
-# WHERE makes an entry that would not widen a no-op (no row returned).
-_UPSERT_REVOCATION = (
-    "INSERT INTO revocations (level, target, revoked_at, expires_at) VALUES (%s, %s, %s, %s)"
-    " ON CONFLICT (level, target) DO UPDATE SET"
-    " seq = nextval('revocation_seq'),"
-    " revoked_at = GREATEST(revocations.revoked_at, EXCLUDED.revoked_at),"
-    " expires_at = GREATEST(revocations.expires_at, EXCLUDED.expires_at)"
-    " WHERE revocations.revoked_at < EXCLUDED.revoked_at"
-    " OR revocations.expires_at < EXCLUDED.expires_at"
-    " RETURNING seq, (xmax = 0) AS inserted"
-)
+
+@dataclass(frozen=True)
+class _Statements:
+    """PostgreSQL's own statements for one tenant (its audit head row, revocation upsert).
+
+    Built like the Dialect's: constant text and the tenant id, checked by the Dialect.
+    """
+
+    lock_head: str
+    create_head: str
+    update_head: str
+    read_head: str
+    upsert_revocation: str
+
+
+@functools.cache
+def statements(tenant: str) -> _Statements:
+    """The statements of :class:`_Statements` for ``tenant`` (a checked tenant id)."""
+    t = f"tenant_id = '{check_tenant_id(tenant)}'"
+    return _Statements(
+        lock_head=f"SELECT seq, hash FROM audit_head WHERE {t} FOR UPDATE",
+        # A tenant's head row is made by its first append or revocation.
+        create_head=(
+            "INSERT INTO audit_head (tenant_id, seq, hash)"
+            f" VALUES ('{tenant}', 0, '{GENESIS_HASH}') ON CONFLICT DO NOTHING"
+        ),
+        update_head=f"UPDATE audit_head SET seq = %s, hash = %s WHERE {t}",
+        read_head=f"SELECT seq, hash FROM audit_head WHERE {t}",
+        # An extension draws a fresh seq, so readers of revocations_since see the change;
+        # the WHERE makes an entry that would not widen a no-op (no row returned).
+        upsert_revocation=(
+            "INSERT INTO revocations (tenant_id, level, target, revoked_at, expires_at)"
+            f" VALUES ('{tenant}', %s, %s, %s, %s)"
+            " ON CONFLICT (tenant_id, level, target) DO UPDATE SET"
+            " seq = nextval('revocation_seq'),"
+            " revoked_at = GREATEST(revocations.revoked_at, EXCLUDED.revoked_at),"
+            " expires_at = GREATEST(revocations.expires_at, EXCLUDED.expires_at)"
+            " WHERE revocations.revoked_at < EXCLUDED.revoked_at"
+            " OR revocations.expires_at < EXCLUDED.expires_at"
+            " RETURNING seq, (xmax = 0) AS inserted"
+        ),
+    )
+
+
 _APP_CONSTRAINTS = {
     "apps_pkey": "app id already exists",
     "apps_name_key": "app name already exists",
@@ -80,14 +121,14 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
     savepoint, its rollback) into the ``Unavailable`` that then fails the transaction.
     """
 
-    dialect = DIALECT
-
     def __init__(
         self,
         conn: psycopg.Connection[Row],
+        dialect: Dialect,
         lost_as: Callable[[psycopg.Error], Unavailable],
     ) -> None:
-        super().__init__(conn)
+        super().__init__(conn, dialect)
+        self._statements = statements(dialect.tenant)
         self._lost_as = lost_as
         self._depth = 0  # savepoints open
         self._savepoints = 0  # savepoint names handed out
@@ -150,7 +191,7 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
     def _update_app_row(self, params: Row) -> None:
         try:
             with self._guard():
-                self._db().execute(DIALECT.update_app, params)
+                self._db().execute(self.dialect.update_app, params)
         except pg_errors.UniqueViolation as exc:
             name = exc.diag.constraint_name or ""
             raise Conflict(_APP_CONSTRAINTS.get(name, "app already exists")) from None
@@ -168,7 +209,7 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
         row = (
             self._db()
             .execute(
-                _UPSERT_REVOCATION,
+                self._statements.upsert_revocation,
                 (record.level, record.target, record.revoked_at, record.expires_at),
             )
             .fetchone()
@@ -181,7 +222,11 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
     # -- audit ---------------------------------------------------------------------------
 
     def _lock_head(self) -> tuple[int, str]:
-        row = self._db().execute(_LOCK_HEAD).fetchone()
+        conn = self._db()
+        row = conn.execute(self._statements.lock_head).fetchone()
+        if row is None:
+            conn.execute(self._statements.create_head)
+            row = conn.execute(self._statements.lock_head).fetchone()
         if row is None:
             raise SchemaError("the audit_head row is missing: the schema is damaged")
         if self._head_locked_at is None:
@@ -201,7 +246,5 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
         rows = audit_rows(events, head_seq)
         conn = self._db()
         with conn.cursor() as cursor:
-            cursor.executemany(DIALECT.insert_audit, rows)
-        conn.execute(
-            "UPDATE audit_head SET seq = %s, hash = %s WHERE id", (events[-1].seq, events[-1].hash)
-        )
+            cursor.executemany(self.dialect.insert_audit, rows)
+        conn.execute(self._statements.update_head, (events[-1].seq, events[-1].hash))

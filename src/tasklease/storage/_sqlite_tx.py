@@ -72,8 +72,9 @@ DIALECT = Dialect(
 )
 
 
-def read_audit_head(conn: sqlite3.Connection) -> tuple[int, str]:
-    row = conn.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+def read_audit_head(conn: sqlite3.Connection, dialect: Dialect) -> tuple[int, str]:
+    """The last (seq, hash) of ``dialect``'s tenant's audit chain, or the genesis."""
+    row = conn.execute(dialect.audit_head).fetchone()
     if row is None:
         return 0, GENESIS_HASH
     return int(row[0]), str(row[1])
@@ -82,10 +83,8 @@ def read_audit_head(conn: sqlite3.Connection) -> tuple[int, str]:
 class SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
     """Writes inside one ``BEGIN IMMEDIATE`` transaction; valid only inside ``write()``."""
 
-    dialect = DIALECT
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        super().__init__(conn)
+    def __init__(self, conn: sqlite3.Connection, dialect: Dialect) -> None:
+        super().__init__(conn, dialect)
         self._savepoints = 0
         # The audit head's seq as last read or written in this transaction (None: read
         # it). Only this transaction can append meanwhile: it holds the write lock.
@@ -146,13 +145,9 @@ class SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
         see the change.
         """
         conn = self._db()
-        row = conn.execute(
-            "SELECT seq, revoked_at, expires_at FROM revocations WHERE level = ? AND target = ?",
-            (record.level, record.target),
-        ).fetchone()
-        insert = (
-            "INSERT INTO revocations (level, target, revoked_at, expires_at) VALUES (?, ?, ?, ?)"
-        )
+        d = self.dialect
+        row = conn.execute(d.lock_revocation, (record.level, record.target)).fetchone()
+        insert = d.insert_revocation
         if row is None:
             conn.execute(
                 insert, (record.level, record.target, record.revoked_at, record.expires_at)
@@ -163,7 +158,7 @@ class SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
         expires_at = max(old_expires_at, record.expires_at)
         if (revoked_at, expires_at) != (old_revoked_at, old_expires_at):
             # Delete and re-insert: AUTOINCREMENT hands out a seq above every one used.
-            conn.execute("DELETE FROM revocations WHERE seq = ?", (seq,))
+            conn.execute(d.delete_revocation, (seq,))
             conn.execute(insert, (record.level, record.target, revoked_at, expires_at))
         return False
 
@@ -171,17 +166,19 @@ class SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
 
     def audit_head(self) -> tuple[int, str]:
         """The true head: this transaction holds the write lock, so no one appends meanwhile."""
-        head = read_audit_head(self._db())
+        head = read_audit_head(self._db(), self.dialect)
         self._head_seq = head[0]
         return head
 
     def append_audit(self, events: Sequence[AuditEvent]) -> None:
         """Append events; each ``seq`` must be greater than the head's, else ``Conflict``."""
         conn = self._db()
-        head_seq = self._head_seq if self._head_seq is not None else read_audit_head(conn)[0]
+        head_seq = (
+            self._head_seq if self._head_seq is not None else read_audit_head(conn, self.dialect)[0]
+        )
         rows = audit_rows(events, head_seq)
         self._head_seq = None  # unknown until the insert has gone through whole
-        conn.executemany(DIALECT.insert_audit, rows)
+        conn.executemany(self.dialect.insert_audit, rows)
         self._head_seq = events[-1].seq if events else head_seq
 
 

@@ -47,15 +47,12 @@ def _held_by_others(fd: int) -> bool:
 
 
 class WriteTurns:
-    """Mixin: :meth:`_writer_turn` for a store on the database file ``path``.
+    """:meth:`_writer_turn` for the writers of one store on the database file ``path``
+    (one object per store, shared by its tenant views)."""
 
-    The store sets ``path`` and ``_busy_timeout`` and calls :meth:`_init_write_turns`.
-    """
-
-    path: Path
-    _busy_timeout: float
-
-    def _init_write_turns(self) -> None:
+    def __init__(self, path: Path, busy_timeout: float) -> None:
+        self.path = path
+        self._busy_timeout = busy_timeout
         self._turn_fds: tuple[int, int] | None = None  # opened at the first turn
         self._yield_until = 0.0  # stand back before the next turn until then (0: do not)
         self._stand_back = _STAND_BACK

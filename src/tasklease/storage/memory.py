@@ -26,11 +26,15 @@ from tasklease.core.store import (
     AuditEvent,
     AuditQuery,
     DiscoveryBinding,
+    FederationRecord,
     LaunchTokenRecord,
     OperatorRecord,
+    PublishedBundle,
     ReferenceTokenRecord,
     RevocationRecord,
+    TenantRecord,
 )
+from tasklease.core.tenants import DEFAULT_TENANT, check_tenant_id
 
 __all__ = ["MemoryStore"]
 
@@ -48,6 +52,19 @@ def _timestamp_seconds(timestamp: str) -> float:
     if parsed.tzinfo is None:
         raise ValueError(f"audit timestamp {timestamp!r} has no UTC offset")
     return parsed.timestamp()
+
+
+class _Shared:
+    """What a memory store and its tenant views share: the lock, the writer, the
+    tenant registry and the views themselves."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.writer: int | None = None  # thread id inside write(), to refuse nesting
+        self.closed = False
+        self.safe_horizon: float | None = None
+        self.tenants: dict[str, TenantRecord] = {}
+        self.views: dict[str, MemoryStore] = {}
 
 
 class _MemoryWriteTx:
@@ -92,6 +109,26 @@ class _MemoryWriteTx:
         else:
             self._undo.append(lambda: table.__delitem__(key))
         table[key] = value
+
+    # -- the tenant registry ---------------------------------------------------------------
+
+    def insert_tenant(self, tenant: TenantRecord) -> None:
+        """Record a new tenant; raise ``Conflict`` if its name or trust domain is taken."""
+        self._check_open()
+        tenants = self._store._shared.tenants
+        if tenant.name in tenants:
+            raise Conflict("tenant name already exists")
+        if any(t.trust_domain == tenant.trust_domain for t in tenants.values()):
+            raise Conflict("tenant trust domain already exists")
+        self._set(tenants, tenant.name, tenant)
+
+    def update_tenant(self, tenant: TenantRecord) -> None:
+        """Replace the tenant named ``tenant.name``; raise ``NotFound`` if there is none."""
+        self._check_open()
+        tenants = self._store._shared.tenants
+        if tenant.name not in tenants:
+            raise NotFound("tenant not found")
+        self._set(tenants, tenant.name, tenant)
 
     # -- apps ----------------------------------------------------------------------------
 
@@ -259,6 +296,33 @@ class _MemoryWriteTx:
         self._check_open()
         self._set(self._store._bindings, binding.agent_id, binding)
 
+    # -- federation ------------------------------------------------------------------------
+
+    def get_federation(self, trust_domain: str) -> FederationRecord | None:
+        self._check_open()
+        return self._store._federations.get(trust_domain)
+
+    def put_federation(self, record: FederationRecord) -> None:
+        self._check_open()
+        self._set(self._store._federations, record.trust_domain, record)
+
+    def delete_federation(self, trust_domain: str) -> bool:
+        self._check_open()
+        table = self._store._federations
+        if trust_domain not in table:
+            return False
+        old = table.pop(trust_domain)
+        self._undo.append(lambda: table.__setitem__(trust_domain, old))
+        return True
+
+    def get_published_bundle(self) -> PublishedBundle | None:
+        self._check_open()
+        return self._store._published.get("")
+
+    def put_published_bundle(self, bundle: PublishedBundle) -> None:
+        self._check_open()
+        self._set(self._store._published, "", bundle)
+
     # -- by-reference tokens -------------------------------------------------------------
 
     def insert_reference_token(self, record: ReferenceTokenRecord) -> None:
@@ -309,10 +373,12 @@ class MemoryStore:
 
     local_reads = True  # see Store.local_reads
 
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._writer: int | None = None  # thread id inside write(), to refuse nesting
-        self._closed = False
+    def __init__(self, *, _shared: _Shared | None = None, _tenant: str = DEFAULT_TENANT) -> None:
+        # What the default tenant's store and every tenant view share (for_tenant).
+        self._shared = shared = _Shared() if _shared is None else _shared
+        self._tenant = check_tenant_id(_tenant)
+        shared.views[_tenant] = self
+        self._lock = shared.lock
         self._apps: dict[str, AppRecord] = {}
         self._operators: dict[str, OperatorRecord] = {}
         self._launch_tokens: dict[str, LaunchTokenRecord] = {}
@@ -323,12 +389,64 @@ class MemoryStore:
         self._sessions: dict[str, AgentSession] = {}
         self._bindings: dict[str, DiscoveryBinding] = {}
         self._leases: dict[str, tuple[str, float]] = {}
+        self._federations: dict[str, FederationRecord] = {}
+        self._published: dict[str, PublishedBundle] = {}  # one entry, key ""
         self._revocation_seq = 0
-        self._safe_horizon: float | None = None
         # Audit events in seq order with their parsed timestamps, and the seqs alone
         # for bisect (append_audit refuses a seq that is not after the head).
         self._audit: list[tuple[AuditEvent, float]] = []
         self._audit_seqs: list[int] = []
+
+    # -- tenants -------------------------------------------------------------------------
+
+    @property
+    def tenant(self) -> str:
+        """The tenant whose rows this store reads and writes."""
+        return self._tenant
+
+    def for_tenant(self, tenant: str) -> MemoryStore:
+        """This store's data for ``tenant`` (a view kept for the store's life).
+
+        Raise ``ValueError`` if ``tenant`` is not a valid tenant id.
+        """
+        with self._lock:
+            view = self._shared.views.get(check_tenant_id(tenant))
+            return view if view is not None else MemoryStore(_shared=self._shared, _tenant=tenant)
+
+    def get_tenant(self, name: str) -> TenantRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._shared.tenants.get(name)
+
+    def list_tenants(self) -> list[TenantRecord]:
+        with self._lock:
+            self._check_open()
+            return [self._shared.tenants[name] for name in sorted(self._shared.tenants)]
+
+    # The state the views share, under the names used below.
+    @property
+    def _writer(self) -> int | None:
+        return self._shared.writer
+
+    @_writer.setter
+    def _writer(self, value: int | None) -> None:
+        self._shared.writer = value
+
+    @property
+    def _closed(self) -> bool:
+        return self._shared.closed
+
+    @_closed.setter
+    def _closed(self, value: bool) -> None:
+        self._shared.closed = value
+
+    @property
+    def _safe_horizon(self) -> float | None:
+        return self._shared.safe_horizon
+
+    @_safe_horizon.setter
+    def _safe_horizon(self, value: float | None) -> None:
+        self._shared.safe_horizon = value
 
     def __enter__(self) -> MemoryStore:
         return self
@@ -438,6 +556,22 @@ class MemoryStore:
         with self._lock:
             self._check_open()
             return self._bindings.get(agent_id)
+
+    def get_federation(self, trust_domain: str) -> FederationRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._federations.get(trust_domain)
+
+    def list_federations(self) -> list[FederationRecord]:
+        """Every federated domain, by name."""
+        with self._lock:
+            self._check_open()
+            return [self._federations[name] for name in sorted(self._federations)]
+
+    def get_published_bundle(self) -> PublishedBundle | None:
+        with self._lock:
+            self._check_open()
+            return self._published.get("")
 
     def get_reference_token(self, token_hash: str) -> ReferenceTokenRecord | None:
         with self._lock:

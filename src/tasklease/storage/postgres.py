@@ -51,13 +51,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from tasklease.core.errors import TaskleaseError, Unavailable
 from tasklease.core.store import RevocationRecord
 from tasklease.storage._pg_guard import TRIAL_DEADLINE, Limits, Outage, Timer, Watchdog
-from tasklease.storage._pg_tx import DIALECT, PostgresWriteTx, unit_error
+from tasklease.storage._pg_tx import DIALECT, PostgresWriteTx, statements, unit_error
 from tasklease.storage._pg_watch import NOTIFY_CHANNEL, RevocationWatch
 from tasklease.storage._sql import (
     GENESIS_HASH,
-    SELECT_REVOCATION,
     Migration,
     Row,
+    SharedState,
     SQLStore,
     migration_failed,
     newer_error,
@@ -79,12 +79,6 @@ def _schema_version(conn: psycopg.Connection[Row]) -> int:
         return 0
     row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
     return int(row[0]) if row else 0
-
-
-_FIND_REVOCATIONS = (
-    SELECT_REVOCATION + " WHERE (level, target) IN"  # noqa: S608 - constant SQL
-    " (SELECT * FROM unnest(%s::text[], %s::text[])) ORDER BY seq"
-)
 
 
 # -- the store ---------------------------------------------------------------------------
@@ -117,6 +111,7 @@ class PostgresStore(SQLStore):
         limits: Limits | None = None,
     ) -> None:
         self.url = url
+        self._shared = SharedState()
         self._conninfo = url
         self._limits = limits = limits or Limits()
         self._connect_kwargs = limits.connect_kwargs(url)
@@ -374,7 +369,7 @@ class PostgresStore(SQLStore):
         try:
             stack, conn, timer = self._begin()
             with stack:
-                tx = PostgresWriteTx(conn, self._lost_as(conn, timer))
+                tx = PostgresWriteTx(conn, self.dialect, self._lost_as(conn, timer))
                 try:
                     yield tx
                 except psycopg.Error as exc:
@@ -454,11 +449,11 @@ class PostgresStore(SQLStore):
             return []
         levels = [level for level, _ in keys]
         targets = [target for _, target in keys]
-        rows = self._all(_FIND_REVOCATIONS, (levels, targets))
+        rows = self._all(self.dialect.find_revocations, (levels, targets))
         return [revocation_from_row(row) for row in rows]
 
     def audit_head(self) -> tuple[int, str]:
-        row = self._one("SELECT seq, hash FROM audit_head WHERE id", ())
+        row = self._one(statements(self.tenant).read_head, ())
         if row is None:
             return 0, GENESIS_HASH
         return int(row[0]), str(row[1])

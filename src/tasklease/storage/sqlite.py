@@ -41,10 +41,10 @@ from urllib.parse import quote
 from tasklease.core.errors import Unavailable
 from tasklease.core.store import RevocationRecord
 from tasklease.storage._sql import (
-    SELECT_REVOCATION,
     Migration,
     Row,
     SchemaError,
+    SharedState,
     SQLStore,
     migration_failed,
     newer_error,
@@ -68,8 +68,6 @@ _MIN_SQLITE = (3, 37, 0)
 # Free space below which the store does not call itself writable (check_writable): a
 # batch of registrations appends a few hundred KiB to the WAL before its commit.
 _MIN_FREE = 1 << 20
-
-_FIND_REVOCATION = SELECT_REVOCATION + " WHERE level = ? AND target = ?"
 
 
 # -- migrations --------------------------------------------------------------------------
@@ -117,7 +115,7 @@ class _ReaderSlot:
         self.close = weakref.finalize(self, conn.close)
 
 
-class SQLiteStore(WriteTurns, SQLStore):
+class SQLiteStore(SQLStore):
     """:class:`tasklease.core.store.Store` on one SQLite file.
 
     ``SQLiteStore(path)`` creates the file (mode 0600) and its parent directory (0700) if
@@ -149,12 +147,13 @@ class SQLiteStore(WriteTurns, SQLStore):
         # Absolute, so that per-thread readers open the same file if the cwd changes.
         self.path = Path(raw).absolute()
         self._busy_timeout = busy_timeout
+        self._shared = SharedState()
         self._closed = False
         # Free bytes when a commit last failed for want of space (None once one commits).
         self._full_at: int | None = None
         self._write_lock = threading.Lock()
         self._write_owner: int | None = None
-        self._init_write_turns()
+        self._turns = WriteTurns(self.path, busy_timeout)
         self._local = threading.local()
         self._readers: weakref.WeakSet[_ReaderSlot] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
@@ -329,7 +328,7 @@ class SQLiteStore(WriteTurns, SQLStore):
         """
         if self._write_owner == threading.get_ident():
             raise RuntimeError("write() is not reentrant: use the open transaction")
-        with self._write_lock, self._writer_turn():
+        with self._write_lock, self._turns._writer_turn():
             if self._closed:
                 raise RuntimeError("store is closed")
             self._write_owner = threading.get_ident()
@@ -337,7 +336,7 @@ class SQLiteStore(WriteTurns, SQLStore):
                 conn = self._writer
                 self._begin(conn)
                 changes = conn.total_changes
-                tx = SQLiteWriteTx(conn)
+                tx = SQLiteWriteTx(conn, self.dialect)
                 try:
                     yield tx
                 except BaseException:
@@ -399,18 +398,18 @@ class SQLiteStore(WriteTurns, SQLStore):
     # -- reads ---------------------------------------------------------------------------
 
     def find_revocations(self, keys: Sequence[tuple[str, str]]) -> list[RevocationRecord]:
-        """Point reads by the ``UNIQUE (level, target)`` index; never a scan."""
+        """Point reads by the ``UNIQUE (tenant_id, level, target)`` index; never a scan."""
         found: dict[int, RevocationRecord] = {}
         with self._reading() as conn:
             for key in keys:
-                row = conn.execute(_FIND_REVOCATION, key).fetchone()
+                row = conn.execute(self.dialect.find_revocation, key).fetchone()
                 if row is not None:
                     record = revocation_from_row(row)
                     found[record.seq] = record
         return [found[seq] for seq in sorted(found)]
 
     def audit_head(self) -> tuple[int, str]:
-        return read_audit_head(self._reader())
+        return read_audit_head(self._reader(), self.dialect)
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -18,18 +18,21 @@ Nothing here imports a database driver: the SQLite store must work without psyco
 """
 
 from tasklease.storage._sql.dialect import (
+    DEFAULT_TENANT,
     GENESIS_HASH,
     SELECT_REVOCATION,
     Dialect,
     Row,
     audit_rows,
+    check_tenant_id,
     revocation_from_row,
     timestamp_seconds,
 )
 from tasklease.storage._sql.schema import Migration, SchemaError, migration_failed, newer_error
-from tasklease.storage._sql.store import SQLStore, SQLWriteTx
+from tasklease.storage._sql.store import SharedState, SQLStore, SQLWriteTx
 
 __all__ = [
+    "DEFAULT_TENANT",
     "GENESIS_HASH",
     "SELECT_REVOCATION",
     "Dialect",
@@ -38,7 +41,9 @@ __all__ = [
     "SQLStore",
     "SQLWriteTx",
     "SchemaError",
+    "SharedState",
     "audit_rows",
+    "check_tenant_id",
     "migration_failed",
     "newer_error",
     "revocation_from_row",

@@ -18,19 +18,25 @@ from tasklease.core.store import (
     OperatorRecord,
     ReferenceTokenRecord,
     RevocationRecord,
+    TenantRecord,
 )
+from tasklease.core.tenants import DEFAULT_TENANT, check_tenant_id
 from tasklease.storage._sql.schema import Migration, migrations
 
 __all__ = [
+    "DEFAULT_TENANT",
     "GENESIS_HASH",
     "SELECT_REVOCATION",
     "Dialect",
     "Row",
     "audit_rows",
     "binding_from_row",
+    "check_tenant_id",
     "reference_from_row",
     "revocation_from_row",
     "session_from_row",
+    "tenant_from_row",
+    "tenant_params",
     "timestamp_seconds",
 ]
 
@@ -70,6 +76,7 @@ _OPERATOR = "name, role, secret_hash, public_key, status, created_at, updated_at
 _SESSION = "agent_id, principal, heartbeat_required, last_heartbeat, resumes, state, expires_at"
 _BINDING = "agent_id, endpoint, issued_at, signature, expires_at"
 _REFERENCE = "token_hash, kind, claims, jti, expires_at"
+_TENANT = "name, trust_domain, status, created_at, created_by, removed_at"
 _AUDIT = (
     "seq, timestamp, event_type, agent_id, task_id, orch_id, detail, resource, outcome,"
     " deleg_depth, deleg_chain_hash, request_id, prev_hash, hash"
@@ -79,14 +86,14 @@ _AUDIT_STORED = _AUDIT.replace("timestamp,", "timestamp, ts,", 1)
 
 SELECT_REVOCATION = "SELECT seq, level, target, revoked_at, expires_at FROM revocations"
 # Built from the constant column lists above only, here and below.
-_SELECT_APP = f"SELECT {_APP} FROM apps"  # noqa: S608
-_SELECT_LAUNCH = f"SELECT {_LAUNCH} FROM launch_tokens"  # noqa: S608
-_SELECT_AGENT = f"SELECT {_AGENT} FROM agents"  # noqa: S608
-_SELECT_OPERATOR = f"SELECT {_OPERATOR} FROM operators"  # noqa: S608
-_SELECT_SESSION = f"SELECT {_SESSION} FROM agent_sessions"  # noqa: S608
-_SELECT_BINDING = f"SELECT {_BINDING} FROM discovery_bindings"  # noqa: S608
-_SELECT_REFERENCE = f"SELECT {_REFERENCE} FROM reference_tokens"  # noqa: S608
-_SELECT_AUDIT = f"SELECT {_AUDIT} FROM audit_events"  # noqa: S608
+_SELECT_APP = f"SELECT {_APP} FROM apps"
+_SELECT_LAUNCH = f"SELECT {_LAUNCH} FROM launch_tokens"
+_SELECT_AGENT = f"SELECT {_AGENT} FROM agents"
+_SELECT_OPERATOR = f"SELECT {_OPERATOR} FROM operators"
+_SELECT_SESSION = f"SELECT {_SESSION} FROM agent_sessions"
+_SELECT_BINDING = f"SELECT {_BINDING} FROM discovery_bindings"
+_SELECT_REFERENCE = f"SELECT {_REFERENCE} FROM reference_tokens"
+_SELECT_AUDIT = f"SELECT {_AUDIT} FROM audit_events"
 
 # What prune() empties of rows with expires_at <= now. Audit events are never pruned.
 _EXPIRING = (
@@ -100,26 +107,21 @@ _EXPIRING = (
 )
 
 
-def _insert(table: str, columns: str) -> str:
-    values = ", ".join("?" for _ in columns.split(","))
-    return f"INSERT INTO {table} ({columns}) VALUES ({values})"  # noqa: S608
-
-
-def _upsert(table: str, columns: str) -> str:
-    """An upsert by the first column (the primary key) that replaces every other one."""
-    key, *rest = (column.strip() for column in columns.split(","))
-    updates = ", ".join(f"{column} = excluded.{column}" for column in rest)
-    return f"{_insert(table, columns)} ON CONFLICT ({key}) DO UPDATE SET {updates}"
-
-
 class Dialect:
-    """One dialect's spelling of the shared statements, and its row conversions.
+    """One dialect's spelling of the shared statements for one tenant, and row conversions.
 
     The statements are written below with ``?`` placeholders and turned into
     ``placeholder`` once. ``is_set`` tests a boolean column (``{}`` is the column):
     spelled as the dialect's partial indexes spell it, which the planners match by its
     text. ``for_update`` ends a read inside a write transaction that locks
     the row it reads. ``load_scopes`` and ``dump_scopes`` convert a scope list column.
+
+    Every statement reads and writes the rows of one tenant only (``tenant``): each
+    carries ``tenant_id = '<tenant>'`` as a literal, so a tenant's statements are fixed
+    texts that the drivers prepare once, and no call site can forget the tenant. The id
+    is checked against a strict pattern first (lowercase letters, digits, ``-``), so no
+    other value can reach the SQL text. :meth:`for_tenant` makes the same dialect for
+    another tenant.
     """
 
     def __init__(
@@ -132,14 +134,18 @@ class Dialect:
         for_update: str,
         load_scopes: Callable[[Any], tuple[str, ...]],
         dump_scopes: Callable[[Sequence[str]], object],
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         self.name = name
         self.folder = folder
+        self.tenant = check_tenant_id(tenant)
+        self._fragments = (placeholder, is_set, for_update)
         self._load_scopes = load_scopes
         self._dump_scopes = dump_scopes
+        self._tenants: dict[str, Dialect] = {tenant: self}
 
-        # Every statement is built from constant text and the constructor's fragments,
-        # which the store modules pass as literals: no value ever reaches the SQL text.
+        # Every statement is built from constant text, the constructor's fragments, which
+        # the store modules pass as literals, and the checked tenant id.
         def q(sql: str) -> str:
             if placeholder == "?":
                 return sql
@@ -148,25 +154,49 @@ class Dialect:
                 raise ValueError(f"statement holds a literal %: {sql!r}")
             return sql.replace("?", placeholder)
 
+        t = f"tenant_id = '{self.tenant}'"
+
+        def insert(table: str, columns: str) -> str:
+            values = ", ".join("?" for _ in columns.split(","))
+            return f"INSERT INTO {table} (tenant_id, {columns}) VALUES ('{self.tenant}', {values})"
+
+        def upsert(table: str, columns: str) -> str:
+            """An upsert by the first column (the key within the tenant) that replaces every
+            other one."""
+            key, *rest = (column.strip() for column in columns.split(","))
+            updates = ", ".join(f"{column} = excluded.{column}" for column in rest)
+            return (
+                f"{insert(table, columns)} ON CONFLICT (tenant_id, {key}) DO UPDATE SET {updates}"
+            )
+
         # reads
-        self.get_app = q(f"{_SELECT_APP} WHERE app_id = ?")
-        self.get_app_by_client_id = q(f"{_SELECT_APP} WHERE client_id = ?")
-        self.list_apps = f"{_SELECT_APP} ORDER BY created_at DESC, app_id DESC"
-        self.get_launch_token = q(f"{_SELECT_LAUNCH} WHERE token_hash = ?")
-        self.get_agent = q(f"{_SELECT_AGENT} WHERE agent_id = ?")
-        self.get_operator = q(f"{_SELECT_OPERATOR} WHERE name = ?")
-        self.list_operators = f"{_SELECT_OPERATOR} ORDER BY name"
-        self.load_revocations = q(f"{SELECT_REVOCATION} WHERE expires_at > ? ORDER BY seq")
-        self.revocations_since = q(f"{SELECT_REVOCATION} WHERE seq > ? ORDER BY seq")
-        self.get_session = q(f"{_SELECT_SESSION} WHERE agent_id = ?")
+        self.get_app = q(f"{_SELECT_APP} WHERE {t} AND app_id = ?")
+        self.get_app_by_client_id = q(f"{_SELECT_APP} WHERE {t} AND client_id = ?")
+        self.list_apps = f"{_SELECT_APP} WHERE {t} ORDER BY created_at DESC, app_id DESC"
+        self.get_launch_token = q(f"{_SELECT_LAUNCH} WHERE {t} AND token_hash = ?")
+        self.get_agent = q(f"{_SELECT_AGENT} WHERE {t} AND agent_id = ?")
+        self.get_operator = q(f"{_SELECT_OPERATOR} WHERE {t} AND name = ?")
+        self.list_operators = f"{_SELECT_OPERATOR} WHERE {t} ORDER BY name"
+        self.load_revocations = q(f"{SELECT_REVOCATION} WHERE {t} AND expires_at > ? ORDER BY seq")
+        self.revocations_since = q(f"{SELECT_REVOCATION} WHERE {t} AND seq > ? ORDER BY seq")
+        self.find_revocation = q(f"{SELECT_REVOCATION} WHERE {t} AND level = ? AND target = ?")
+        # PostgreSQL's (SQLite reads one key at a time with find_revocation).
+        self.find_revocations = (
+            f"{SELECT_REVOCATION} WHERE {t} AND (level, target) IN"
+            f" (SELECT * FROM unnest({placeholder}::text[], {placeholder}::text[]))"
+            " ORDER BY seq"
+        )
+        self.get_session = q(f"{_SELECT_SESSION} WHERE {t} AND agent_id = ?")
         self.silent_agents = q(
-            f"{_SELECT_SESSION} WHERE {is_set.format('heartbeat_required')}"
+            f"{_SELECT_SESSION} WHERE {t} AND {is_set.format('heartbeat_required')}"
             " AND state = 'active' AND last_heartbeat < ? ORDER BY last_heartbeat, agent_id"
             " LIMIT ?"
         )
-        self.get_binding = q(f"{_SELECT_BINDING} WHERE agent_id = ?")
-        self.get_reference = q(f"{_SELECT_REFERENCE} WHERE token_hash = ?")
-        self.audit_after = q(f"{_SELECT_AUDIT} WHERE seq > ? ORDER BY seq LIMIT ?")
+        self.get_binding = q(f"{_SELECT_BINDING} WHERE {t} AND agent_id = ?")
+        self.get_reference = q(f"{_SELECT_REFERENCE} WHERE {t} AND token_hash = ?")
+        self.audit_after = q(f"{_SELECT_AUDIT} WHERE {t} AND seq > ? ORDER BY seq LIMIT ?")
+        self.audit_head = f"SELECT seq, hash FROM audit_events WHERE {t} ORDER BY seq DESC LIMIT 1"
+        self._audit_where = f" WHERE {t}"
         self._audit_filters = tuple(
             q(clause)
             for clause in (
@@ -181,61 +211,105 @@ class Dialect:
         self._audit_page = q(" ORDER BY seq LIMIT ? OFFSET ?")
 
         # writes
-        self.insert_app = q(f"{_insert('apps', _APP)} ON CONFLICT DO NOTHING")
-        self.app_id_taken = q("SELECT 1 FROM apps WHERE app_id = ?")
-        self.app_name_taken = q("SELECT 1 FROM apps WHERE name = ?")
-        self.lock_app = q(f"SELECT 1 FROM apps WHERE app_id = ?{for_update}")  # noqa: S608
-        self.other_app_named = q("SELECT 1 FROM apps WHERE name = ? AND app_id <> ?")
-        self.other_app_client_id = q("SELECT 1 FROM apps WHERE client_id = ? AND app_id <> ?")
+        self.insert_app = q(f"{insert('apps', _APP)} ON CONFLICT DO NOTHING")
+        self.app_id_taken = q(f"SELECT 1 FROM apps WHERE {t} AND app_id = ?")
+        self.app_name_taken = q(f"SELECT 1 FROM apps WHERE {t} AND name = ?")
+        self.lock_app = q(f"SELECT 1 FROM apps WHERE {t} AND app_id = ?{for_update}")
+        self.other_app_named = q(f"SELECT 1 FROM apps WHERE {t} AND name = ? AND app_id <> ?")
+        self.other_app_client_id = q(
+            f"SELECT 1 FROM apps WHERE {t} AND client_id = ? AND app_id <> ?"
+        )
         self.update_app = q(
             "UPDATE apps SET name = ?, client_id = ?, secret_hash = ?, scopes = ?,"
             " token_ttl = ?, status = ?, created_at = ?, updated_at = ?, created_by = ?"
-            " WHERE app_id = ?"
+            f" WHERE {t} AND app_id = ?"
         )
-        self.insert_operator = q(f"{_insert('operators', _OPERATOR)} ON CONFLICT DO NOTHING")
+        self.insert_operator = q(f"{insert('operators', _OPERATOR)} ON CONFLICT DO NOTHING")
         self.update_operator = q(
             "UPDATE operators SET role = ?, secret_hash = ?, public_key = ?, status = ?,"
-            " created_at = ?, updated_at = ?, created_by = ? WHERE name = ?"
+            f" created_at = ?, updated_at = ?, created_by = ? WHERE {t} AND name = ?"
         )
-        self.insert_launch_token = q(f"{_insert('launch_tokens', _LAUNCH)} ON CONFLICT DO NOTHING")
+        self.insert_launch_token = q(f"{insert('launch_tokens', _LAUNCH)} ON CONFLICT DO NOTHING")
         # One use taken, and the time of the last one recorded, in one conditional UPDATE.
         self.consume_launch_token = q(
             "UPDATE launch_tokens SET uses = uses + 1,"
             " consumed_at = CASE WHEN uses + 1 >= max_uses THEN ? ELSE consumed_at END"
-            " WHERE token_hash = ? AND uses < max_uses AND expires_at > ?"
+            f" WHERE {t} AND token_hash = ? AND uses < max_uses AND expires_at > ?"
         )
         self.consume_nonce = q(
-            "INSERT INTO used_nonces (nonce_hash, expires_at) VALUES (?, ?)"
-            " ON CONFLICT (nonce_hash) DO NOTHING"
+            f"{insert('used_nonces', 'nonce_hash, expires_at')}"
+            " ON CONFLICT (tenant_id, nonce_hash) DO NOTHING"
         )
-        self.insert_agent = q(f"{_insert('agents', _AGENT)} ON CONFLICT DO NOTHING")
-        self.set_agent_status = q("UPDATE agents SET status = ? WHERE agent_id = ?")
-        self.lock_session = q(f"{_SELECT_SESSION} WHERE agent_id = ?{for_update}")
-        self.put_session = q(_upsert("agent_sessions", _SESSION))
+        self.insert_agent = q(f"{insert('agents', _AGENT)} ON CONFLICT DO NOTHING")
+        self.set_agent_status = q(f"UPDATE agents SET status = ? WHERE {t} AND agent_id = ?")
+        self.lock_session = q(f"{_SELECT_SESSION} WHERE {t} AND agent_id = ?{for_update}")
+        self.put_session = q(upsert("agent_sessions", _SESSION))
         self.acquire_lease = q(
-            "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+            f"{insert('leases', 'name, holder, expires_at')}"
+            " ON CONFLICT (tenant_id, name) DO UPDATE SET holder = excluded.holder,"
             " expires_at = excluded.expires_at"
             " WHERE leases.holder = excluded.holder OR leases.expires_at <= ?"
         )
-        self.put_binding = q(_upsert("discovery_bindings", _BINDING))
+        self.put_binding = q(upsert("discovery_bindings", _BINDING))
         self.insert_reference = q(
-            f"{_insert('reference_tokens', _REFERENCE)} ON CONFLICT DO NOTHING"
+            f"{insert('reference_tokens', _REFERENCE)} ON CONFLICT DO NOTHING"
         )
-        self.insert_audit = q(_insert("audit_events", _AUDIT_STORED))
-        # migrations: the version a migration brought the schema to
-        self.record_migration = q(_insert("schema_version", "version, name, applied_at"))
+        self.insert_audit = q(insert("audit_events", _AUDIT_STORED))
+        # revocations (the dialects' own upserts use these pieces)
+        self.lock_revocation = q(
+            f"SELECT seq, revoked_at, expires_at FROM revocations WHERE {t}"
+            " AND level = ? AND target = ?"
+        )
+        self.insert_revocation = q(insert("revocations", "level, target, revoked_at, expires_at"))
+        self.delete_revocation = q(f"DELETE FROM revocations WHERE {t} AND seq = ?")
+        # the tenant registry: one table for the whole database, not per tenant
+        self.get_tenant = q(f"SELECT {_TENANT} FROM tenants WHERE name = ?")
+        self.list_tenants = f"SELECT {_TENANT} FROM tenants ORDER BY name"
+        self.insert_tenant = q(
+            f"INSERT INTO tenants ({_TENANT}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+        )
+        self.tenant_name_taken = q("SELECT 1 FROM tenants WHERE name = ?")
+        self.update_tenant = q(
+            "UPDATE tenants SET trust_domain = ?, status = ?, created_at = ?, created_by = ?,"
+            " removed_at = ? WHERE name = ?"
+        )
+        # migrations: the version a migration brought the schema to (not per tenant)
+        self.record_migration = q(
+            "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)"
+        )
         self.prune = tuple(
-            q(f"DELETE FROM {table} WHERE expires_at <= ?")  # noqa: S608
-            for table in _EXPIRING
+            q(f"DELETE FROM {table} WHERE {t} AND expires_at <= ?") for table in _EXPIRING
         )
-        # One row (id 1): the greatest safe horizon any process recorded (core.horizon).
+        # One row (id 1) for the whole database: the greatest safe horizon any process
+        # recorded (core.horizon). Time is not per tenant.
         self.safe_horizon = "SELECT horizon FROM safe_horizon WHERE id = 1"
         self.raise_safe_horizon = q(
             "INSERT INTO safe_horizon (id, horizon) VALUES (1, ?)"
             " ON CONFLICT (id) DO UPDATE SET horizon = excluded.horizon"
             " WHERE safe_horizon.horizon < excluded.horizon"
         )
+
+    def for_tenant(self, tenant: str) -> Dialect:
+        """This dialect for ``tenant`` (made once per tenant and kept).
+
+        Raise ``ValueError`` if ``tenant`` is not a valid tenant id.
+        """
+        found = self._tenants.get(tenant)
+        if found is None:
+            placeholder, is_set, for_update = self._fragments
+            found = Dialect(
+                name=self.name,
+                folder=self.folder,
+                placeholder=placeholder,
+                is_set=is_set,
+                for_update=for_update,
+                load_scopes=self._load_scopes,
+                dump_scopes=self._dump_scopes,
+                tenant=tenant,
+            )
+            found._tenants = self._tenants
+            self._tenants[tenant] = found
+        return found
 
     def migrations(self) -> tuple[Migration, ...]:
         """The numbered SQL files in ``storage/migrations/<folder>``, in order.
@@ -267,8 +341,8 @@ class Dialect:
             if value is not None:
                 clauses.append(clause)
                 params.append(value)
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        count_sql = "SELECT COUNT(*) FROM audit_events" + where  # noqa: S608 (see above)
+        where = self._audit_where + "".join(f" AND {clause}" for clause in clauses)
+        count_sql = "SELECT COUNT(*) FROM audit_events" + where
         page_sql = _SELECT_AUDIT + where + self._audit_page
         return count_sql, params, page_sql, [*params, query.limit, query.offset]
 
@@ -437,6 +511,29 @@ def reference_from_row(row: Row) -> ReferenceTokenRecord:
     token_hash, kind, claims, jti, expires_at = row
     return ReferenceTokenRecord(
         token_hash=token_hash, kind=kind, claims=claims, jti=jti, expires_at=float(expires_at)
+    )
+
+
+def tenant_from_row(row: Row) -> TenantRecord:
+    name, trust_domain, status, created_at, created_by, removed_at = row
+    return TenantRecord(
+        name=name,
+        trust_domain=trust_domain,
+        status=status,
+        created_at=float(created_at),
+        created_by=created_by,
+        removed_at=None if removed_at is None else float(removed_at),
+    )
+
+
+def tenant_params(tenant: TenantRecord) -> tuple[object, ...]:
+    return (
+        tenant.name,
+        tenant.trust_domain,
+        tenant.status,
+        tenant.created_at,
+        tenant.created_by,
+        tenant.removed_at,
     )
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import abc
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from tasklease.core.errors import Conflict, NotFound, Unavailable
 from tasklease.core.store import (
@@ -19,6 +20,7 @@ from tasklease.core.store import (
     OperatorRecord,
     ReferenceTokenRecord,
     RevocationRecord,
+    TenantRecord,
 )
 from tasklease.storage._sql.dialect import (
     Dialect,
@@ -27,10 +29,12 @@ from tasklease.storage._sql.dialect import (
     reference_from_row,
     revocation_from_row,
     session_from_row,
+    tenant_from_row,
+    tenant_params,
 )
 from tasklease.storage._sql.schema import newer_error, older_error
 
-__all__ = ["SQLStore", "SQLWriteTx"]
+__all__ = ["SQLStore", "SQLWriteTx", "SharedState"]
 
 
 class _Cursor(Protocol):
@@ -56,12 +60,12 @@ class SQLWriteTx(Generic[_C]):
     key clashed): on PostgreSQL the insert waits for a concurrent insert of the same key
     to end, so two replicas cannot both create it; on SQLite the transaction holds the
     write lock, so nothing can slip in between. A subclass sets :attr:`dialect` and adds
-    ``savepoint``, ``insert_revocation``, ``audit_head`` and ``append_audit``.
+    ``savepoint``, ``insert_revocation``, ``audit_head`` and ``append_audit``. Every
+    statement comes from ``dialect``, which names the one tenant the transaction writes.
     """
 
-    dialect: ClassVar[Dialect]
-
-    def __init__(self, conn: _C) -> None:
+    def __init__(self, conn: _C, dialect: Dialect) -> None:
+        self.dialect = dialect
         self._conn = conn
         self._open = True
         # Set when the transaction itself was lost (the connection died, the database
@@ -112,6 +116,23 @@ class SQLWriteTx(Generic[_C]):
         conn.execute(self.dialect.raise_safe_horizon, (horizon,))
         row = conn.execute(self.dialect.safe_horizon, ()).fetchone()
         return float(row[0]) if row is not None else horizon
+
+    # -- the tenant registry ---------------------------------------------------------------
+
+    def insert_tenant(self, tenant: TenantRecord) -> None:
+        """Record a new tenant; raise ``Conflict`` if its name or trust domain is taken."""
+        d = self.dialect
+        if self._db().execute(d.insert_tenant, tenant_params(tenant)).rowcount == 1:
+            return
+        if self._exists(d.tenant_name_taken, (tenant.name,)):
+            raise Conflict("tenant name already exists")
+        raise Conflict("tenant trust domain already exists")
+
+    def update_tenant(self, tenant: TenantRecord) -> None:
+        """Replace the tenant named ``tenant.name``; raise ``NotFound`` if there is none."""
+        params = (*tenant_params(tenant)[1:], tenant.name)
+        if self._db().execute(self.dialect.update_tenant, params).rowcount != 1:
+            raise NotFound("tenant not found")
 
     # -- apps ----------------------------------------------------------------------------
 
@@ -250,14 +271,77 @@ def _again(error: Unavailable) -> Unavailable:
 # -- what the stores share ---------------------------------------------------------------
 
 
+class SharedState:
+    """What a store and its tenant views (:meth:`SQLStore.for_tenant`) change together."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.write_owner: int | None = None  # the thread inside write(), if any
+        self.full_at: int | None = None  # free bytes when a commit last found the disk full
+        self.connect_errors = 0  # PostgreSQL: the pool's failed connection attempts, last seen
+
+
 class SQLStore(abc.ABC):
     """The reads (and ``prune``) whose logic both dialects share.
 
-    A subclass sets :attr:`dialect` and provides ``write``, ``close``, ``schema_version``
-    and three ways to run a read: :meth:`_one`, :meth:`_all` and :meth:`_count_and_page`.
+    A subclass sets :attr:`dialect` (the default tenant's), creates ``_shared`` first thing
+    in its constructor and provides ``write``, ``close``, ``schema_version`` and three ways
+    to run a read: :meth:`_one`, :meth:`_all` and :meth:`_count_and_page`.
+
+    A store reads and writes the default tenant's rows; :meth:`for_tenant` gives a view
+    of another tenant's that shares the connections, locks and state.
     """
 
-    dialect: ClassVar[Dialect]
+    dialect: Dialect
+    _shared: SharedState
+
+    def for_tenant(self, tenant: str) -> Self:
+        """This store limited to ``tenant``'s rows (every statement names it).
+
+        The view shares everything else with this store: closing either closes both.
+        Raise ``ValueError`` if ``tenant`` is not a valid tenant id.
+        """
+        view = copy.copy(self)
+        view.dialect = self.dialect.for_tenant(tenant)
+        return view
+
+    @property
+    def tenant(self) -> str:
+        """The tenant whose rows this store reads and writes."""
+        return self.dialect.tenant
+
+    # The state the views share, under the names the stores use.
+    @property
+    def _closed(self) -> bool:
+        return self._shared.closed
+
+    @_closed.setter
+    def _closed(self, value: bool) -> None:
+        self._shared.closed = value
+
+    @property
+    def _write_owner(self) -> int | None:
+        return self._shared.write_owner
+
+    @_write_owner.setter
+    def _write_owner(self, value: int | None) -> None:
+        self._shared.write_owner = value
+
+    @property
+    def _full_at(self) -> int | None:
+        return self._shared.full_at
+
+    @_full_at.setter
+    def _full_at(self, value: int | None) -> None:
+        self._shared.full_at = value
+
+    @property
+    def _connect_errors(self) -> int:
+        return self._shared.connect_errors
+
+    @_connect_errors.setter
+    def _connect_errors(self, value: int) -> None:
+        self._shared.connect_errors = value
 
     @abc.abstractmethod
     def write(self) -> AbstractContextManager[SQLWriteTx[Any]]: ...
@@ -325,6 +409,13 @@ class SQLStore(abc.ABC):
         return None if row is None else float(row[0])
 
     # -- reads ---------------------------------------------------------------------------
+
+    def get_tenant(self, name: str) -> TenantRecord | None:
+        row = self._one(self.dialect.get_tenant, (name,))
+        return None if row is None else tenant_from_row(row)
+
+    def list_tenants(self) -> list[TenantRecord]:
+        return [tenant_from_row(row) for row in self._all(self.dialect.list_tenants)]
 
     def get_app(self, app_id: str) -> AppRecord | None:
         row = self._one(self.dialect.get_app, (app_id,))
