@@ -26,8 +26,10 @@ __all__ = [
     "AuditEvent",
     "AuditQuery",
     "DiscoveryBinding",
+    "FederationRecord",
     "LaunchTokenRecord",
     "OperatorRecord",
+    "PublishedBundle",
     "ReferenceTokenRecord",
     "RevocationRecord",
     "Store",
@@ -185,6 +187,58 @@ class RevocationRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class FederationRecord:
+    """A federated trust domain (``core.federation``): where its bundle comes from, the
+    last good bundle, and the policy for credentials from it.
+
+    The bundle comes from ``bundle_endpoint_url`` (SPIFFE Federation ``https_web``; the
+    server certificate checked against ``ca_pem``, or the system store when empty), or is
+    static (``bundle_endpoint_url`` empty: the operator gave it). ``bundle`` is the last
+    good bundle as served (JSON text, "" before the first), ``fetched_at`` when it was
+    fetched or given, ``last_error`` why the latest attempt failed ("" if it did not).
+    A fetched bundle older than ``max_bundle_age`` seconds is no longer trusted.
+    ``scope_map`` pairs a foreign scope pattern (a scope; ``*`` as its identifier covers
+    any) with the local scope it maps to,
+    ``scope_ceiling`` bounds the local scopes, ``max_ttl`` the lifetime of tokens minted
+    from this domain's credentials. ``created_at`` changes when the record is replaced:
+    a refresh started before then does not write over the new record.
+    """
+
+    trust_domain: str
+    bundle_endpoint_url: str
+    ca_pem: str
+    max_bundle_age: int
+    scope_map: tuple[tuple[str, str], ...]
+    scope_ceiling: tuple[str, ...]
+    max_ttl: int
+    bundle: str
+    fetched_at: float | None
+    last_error: str
+    created_at: float
+    created_by: str
+
+    @property
+    def static(self) -> bool:
+        """Whether the bundle was given by the operator rather than fetched."""
+        return not self.bundle_endpoint_url
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedBundle:
+    """This broker's own trust bundle as last published (``core.trustbundle``).
+
+    ``kids`` is the space-separated key ids it holds, ``bundle`` the bundle as served but
+    for its refresh hint (``rules.bundle``), ``sequence`` its ``spiffe_sequence``: raised
+    by one on every change of the key set, never lowered.
+    """
+
+    sequence: int
+    kids: str
+    bundle: str
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
     """One stored audit event; ``hash`` chains it to ``prev_hash`` (see ``core.audit``)."""
 
@@ -291,6 +345,26 @@ class WriteTx(Protocol):
         """Store a by-reference token; raise ``Conflict`` if its hash is already present."""
         ...
 
+    def get_federation(self, trust_domain: str) -> FederationRecord | None:
+        """The federated domain as this transaction sees it, locked until it ends."""
+        ...
+
+    def put_federation(self, record: FederationRecord) -> None:
+        """Insert or replace the federated domain ``record.trust_domain``."""
+        ...
+
+    def delete_federation(self, trust_domain: str) -> bool:
+        """Remove the federated domain; False if there was none."""
+        ...
+
+    def get_published_bundle(self) -> PublishedBundle | None:
+        """This broker's published bundle, locked until the transaction ends."""
+        ...
+
+    def put_published_bundle(self, bundle: PublishedBundle) -> None:
+        """Insert or replace this broker's published bundle."""
+        ...
+
     def audit_head(self) -> tuple[int, str]:
         """(last seq, last hash) under this transaction's lock; (0, 64 zeros) when empty."""
         ...
@@ -352,6 +426,14 @@ class Store(Protocol):
     def get_reference_token(self, token_hash: str) -> ReferenceTokenRecord | None:
         """The by-reference token with this hash, expired or not (the caller checks)."""
         ...
+
+    def get_federation(self, trust_domain: str) -> FederationRecord | None: ...
+
+    def list_federations(self) -> list[FederationRecord]:
+        """Every federated domain, by name."""
+        ...
+
+    def get_published_bundle(self) -> PublishedBundle | None: ...
 
     def audit_head(self) -> tuple[int, str]: ...
 
