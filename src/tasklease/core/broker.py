@@ -23,6 +23,7 @@ from tasklease.core.clock import Clock, SystemClock
 from tasklease.core.config import Config
 from tasklease.core.delegating import Delegating
 from tasklease.core.discovery import Discovery
+from tasklease.core.federation import Federation
 from tasklease.core.freshness import Freshness
 from tasklease.core.handshake import Handshakes
 from tasklease.core.horizon import SafeHorizon
@@ -78,7 +79,8 @@ class Broker:
 
     ``keyring`` and ``validator`` are always the current ones (key rotation replaces
     them); ``config``, ``store``, ``clock``, ``metrics``, ``revocations``, ``audit``,
-    ``kernel``, ``nonces`` and ``dpop`` are fixed for the broker's life.
+    ``kernel``, ``nonces``, ``dpop`` and ``federation`` (the federated trust domains,
+    :class:`~tasklease.core.federation.Federation`) are fixed for the broker's life.
     """
 
     def __init__(
@@ -122,6 +124,8 @@ class Broker:
         self._liveness = Liveness(kernel)
         self._handshakes = Handshakes(kernel, keys)
         self._discovery = Discovery(kernel)
+        # Federated trust domains (core.federation): records, bundles, trusted keys.
+        self.federation = Federation(kernel)
         # Health and readiness from checks on threads of their own (core.readiness): the
         # answers never wait on storage longer than the checks' bound.
         self.readiness = Readiness(

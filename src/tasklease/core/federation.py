@@ -1,0 +1,486 @@
+"""Federated trust domains: their records, their last good bundles, the keys they trust.
+
+An operator declares another broker's trust domain (``tasklease federation add``): where
+its SPIFFE bundle comes from (a bundle endpoint, SPIFFE Federation ``https_web``, or a
+static bundle given once), how old the last good bundle may grow before it is no longer
+trusted (``max_bundle_age``: fail closed), and the policy for credentials from it
+(``scope_map``, ``scope_ceiling``, ``max_ttl``; cross-domain token exchange applies it).
+The records live in the store, so every replica sees the same bundles; the bundles are
+fetched outside the core (``tasklease.federation``, an adapter) and handed to
+:meth:`Federation.accept_bundle`, which refuses one that does not parse or whose
+``spiffe_sequence`` goes backwards and keeps the last good one.
+
+:meth:`Federation.trusted_keys` is what verifying a foreign token asks: the keys of one
+domain's last good bundle, never another domain's (bundles are never merged), or
+:class:`UntrustedDomain` (one generic refusal whatever the reason: unknown domain, no
+bundle yet, bundle too old).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from urllib.parse import urlsplit
+
+from cryptography import x509
+
+from tasklease.core.auditformat import AuditEntry
+from tasklease.core.errors import InvalidRequest, NotFound, TaskleaseError, Unauthorized
+from tasklease.core.kernel import Kernel, RequestContext, Service
+from tasklease.core.spiffe import validate_trust_domain
+from tasklease.core.store import FederationRecord, WriteTx
+from tasklease.core.tokens import Claims
+from tasklease.rules import scopes as scope_rules
+from tasklease.rules.bundle import BundleError, TrustBundle, parse_bundle
+
+__all__ = [
+    "DEFAULT_MAX_BUNDLE_AGE",
+    "DEFAULT_REFRESH_HINT",
+    "BundleRefused",
+    "Federation",
+    "FederationRecord",
+    "UntrustedDomain",
+]
+
+# SPIFFE Federation section 5: poll every refresh hint, five minutes without one.
+DEFAULT_REFRESH_HINT = 300
+DEFAULT_MAX_BUNDLE_AGE = 3600
+_MAX_BUNDLE_AGE = 30 * 86400
+_MAX_URL = 2048
+_MAX_CA_PEM = 65536
+_MAX_MAP = 256
+_MAX_ERROR = 300
+
+
+class UntrustedDomain(Unauthorized):
+    """A credential from this trust domain cannot be trusted now: the domain is not
+    federated, its bundle has not been fetched yet, or its last good bundle is older than
+    its ``max_bundle_age``. One generic refusal; ``reason`` says which (for the audit)."""
+
+    default_detail = "invalid token"
+
+
+class BundleRefused(TaskleaseError):
+    """A bundle offered for a federated domain was refused; the last good one is kept."""
+
+    code = "invalid_request"
+    default_detail = "bundle refused"
+
+
+class Federation(Service):
+    """The federated trust domains of one broker (one tenant). Thread-safe."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        super().__init__(kernel)
+        # Parsed bundles by (domain, bundle text): parsing is done once per bundle.
+        self._parsed: dict[tuple[str, str], TrustBundle] = {}
+        self._parsed_lock = threading.Lock()
+
+    # --- what verifying a foreign credential asks ---------------------------------------
+
+    def record(self, trust_domain: str) -> FederationRecord:
+        """The federated domain ``trust_domain``; raises :class:`UntrustedDomain`."""
+        record = self._store.get_federation(trust_domain) if isinstance(trust_domain, str) else None
+        if record is None:
+            raise UntrustedDomain(reason=f"trust domain {trust_domain!r:.80} is not federated")
+        return record
+
+    def trusted_keys(self, trust_domain: str, now: float) -> Mapping[str, bytes]:
+        """The keys (``kid`` -> raw Ed25519 public key) that sign ``trust_domain``'s
+        credentials, from its last good bundle.
+
+        Reads the store on every call, so a removal or another replica's refresh counts
+        at once. A fetched bundle older than the record's ``max_bundle_age`` is not used
+        (a static bundle does not age: the operator replaces it).
+
+        Raises:
+            UntrustedDomain: not federated, no bundle yet, or the bundle is too old.
+        """
+        record = self.record(trust_domain)
+        if not record.bundle or record.fetched_at is None:
+            raise UntrustedDomain(reason=f"no bundle of {trust_domain} fetched yet")
+        age = now - record.fetched_at
+        if not record.static and age > record.max_bundle_age:
+            raise UntrustedDomain(
+                reason=f"the bundle of {trust_domain} is {int(age)}s old, "
+                f"beyond its max_bundle_age {record.max_bundle_age}s"
+            )
+        return self._parse(record).keys
+
+    def bundle(self, record: FederationRecord) -> TrustBundle | None:
+        """The record's last good bundle, parsed; None before the first."""
+        return self._parse(record) if record.bundle else None
+
+    def _parse(self, record: FederationRecord) -> TrustBundle:
+        key = (record.trust_domain, record.bundle)
+        parsed = self._parsed.get(key)
+        if parsed is None:
+            try:
+                parsed = parse_bundle(record.bundle, record.trust_domain)
+            except BundleError as exc:  # stored only after parsing: a damaged row
+                raise UntrustedDomain(reason=f"stored bundle unusable: {exc.reason}") from None
+            with self._parsed_lock:
+                if len(self._parsed) > 1024:
+                    self._parsed.clear()
+                self._parsed[key] = parsed
+        return parsed
+
+    # --- management (operators) -----------------------------------------------------
+
+    def add(
+        self,
+        claims: Claims,
+        *,
+        trust_domain: object,
+        bundle_endpoint_url: object = None,
+        bundle: object = None,
+        ca_pem: object = None,
+        max_bundle_age: object = None,
+        scope_map: object = None,
+        scope_ceiling: object = None,
+        max_ttl: object = None,
+        ctx: RequestContext,
+    ) -> tuple[FederationRecord, bool]:
+        """Declare a federated domain, or replace its declaration; returns the record and
+        whether one was replaced.
+
+        Exactly one of ``bundle_endpoint_url`` (https, no userinfo, no fragment) and
+        ``bundle`` (a static SPIFFE bundle, JSON text) is given. ``ca_pem`` (PEM
+        certificates) is the trust anchor for the endpoint's server certificate; without
+        it, the system's. A static bundle is trusted from now; an endpoint's from its
+        first fetch. Replacing a record with the same endpoint keeps its last good bundle.
+
+        Raises:
+            InvalidRequest: a malformed field, our own trust domain, or a static bundle
+                that does not parse.
+        """
+        cfg = self._config
+        domain = _trust_domain(trust_domain)
+        if domain == cfg.trust_domain:
+            raise InvalidRequest(
+                "a broker does not federate with its own trust domain",
+                hint="name the other broker's trust domain",
+            )
+        url = _endpoint(bundle_endpoint_url)
+        static = _static_bundle(bundle, domain)
+        if bool(url) == (static is not None):
+            raise InvalidRequest("give either bundle_endpoint_url or bundle, not both or neither")
+        pem = _ca_pem(ca_pem)
+        if pem and not url:
+            raise InvalidRequest("ca_pem is for a bundle endpoint's server certificate")
+        age = _seconds(max_bundle_age, "max_bundle_age", DEFAULT_MAX_BUNDLE_AGE, _MAX_BUNDLE_AGE)
+        ttl = _seconds(max_ttl, "max_ttl", cfg.max_ttl, cfg.max_ttl)
+        mapping = _scope_map(scope_map)
+        ceiling = _scopes(scope_ceiling, "scope_ceiling")
+        now = self._kernel.now()
+        record = FederationRecord(
+            trust_domain=domain,
+            bundle_endpoint_url=url,
+            ca_pem=pem,
+            max_bundle_age=age,
+            scope_map=mapping,
+            scope_ceiling=ceiling,
+            max_ttl=ttl,
+            bundle=static or "",
+            fetched_at=now if static is not None else None,
+            last_error="",
+            created_at=now,
+            created_by=claims.sub,
+        )
+        replaced = False
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            nonlocal record, replaced
+            previous = tx.get_federation(domain)
+            replaced = previous is not None
+            if previous is not None and url and previous.bundle_endpoint_url == url:
+                # The same endpoint: what it served stays good until the next refresh.
+                record = replace(record, bundle=previous.bundle, fetched_at=previous.fetched_at)
+            tx.put_federation(record)
+            source = f"endpoint={url}" if url else f"static bundle {_describe(static, domain)}"
+            return [
+                AuditEntry(
+                    "federation_added",
+                    request_id=ctx.request_id,
+                    detail=f"trust_domain={domain} {source} ca={'pem' if pem else 'system'} "
+                    f"max_bundle_age={age} max_ttl={ttl} map={_map_text(mapping)} "
+                    f"ceiling=[{' '.join(ceiling)}] replaced={str(replaced).lower()} "
+                    f"by={claims.sub}",
+                )
+            ]
+
+        self._kernel.commit(unit)
+        return record, replaced
+
+    def list_federations(self) -> list[FederationRecord]:
+        """Every federated domain, by name."""
+        return self._store.list_federations()
+
+    def get(self, trust_domain: str) -> FederationRecord:
+        """The federated domain ``trust_domain``; raises NotFound (for operators)."""
+        record = self._store.get_federation(trust_domain)
+        if record is None:
+            raise NotFound("federated trust domain not found")
+        return record
+
+    def remove(self, claims: Claims, trust_domain: str, ctx: RequestContext) -> FederationRecord:
+        """Stop trusting ``trust_domain``: from now on its credentials are refused.
+
+        Raises:
+            NotFound: it is not federated (audited).
+        """
+        removed: FederationRecord | None = None
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            nonlocal removed
+            removed = tx.get_federation(trust_domain)
+            if removed is None or not tx.delete_federation(trust_domain):
+                return []
+            return [
+                AuditEntry(
+                    "federation_removed",
+                    request_id=ctx.request_id,
+                    detail=f"trust_domain={trust_domain} removed by={claims.sub}",
+                )
+            ]
+
+        self._kernel.commit(unit)
+        if removed is None:
+            raise self._kernel.deny(
+                NotFound("federated trust domain not found"),
+                AuditEntry(
+                    "federation_denied",
+                    outcome="denied",
+                    request_id=ctx.request_id,
+                    detail=f"remove trust_domain={trust_domain[:255]}: not federated "
+                    f"by={claims.sub}",
+                ),
+            )
+        return removed
+
+    # --- what the bundle refresher hands in ------------------------------------------
+
+    def accept_bundle(
+        self, trust_domain: str, document: bytes, *, version: float, now: float
+    ) -> FederationRecord:
+        """Keep ``document``, just fetched from ``trust_domain``'s endpoint, as its last
+        good bundle: it must parse, and its ``spiffe_sequence`` must not be lower than the
+        last good one's (equal is a re-confirmation: only ``fetched_at`` moves).
+
+        ``version`` is the ``created_at`` of the record the fetch was made for: if the
+        record was replaced or removed since, nothing is written. A bundle whose keys or
+        sequence changed is audited (``federation_bundle_updated``); a refusal records
+        ``last_error`` and is audited when the error is new.
+
+        Raises:
+            BundleRefused: the bundle does not parse, or its sequence went backwards.
+            NotFound: the record is gone or was replaced.
+        """
+        text = document.decode("utf-8", "replace")
+        try:
+            bundle = parse_bundle(document, trust_domain)
+        except BundleError as exc:
+            self._refused(trust_domain, f"bundle refused: {exc.reason}", version, now)
+            raise BundleRefused(reason=exc.reason) from None
+        outcome: FederationRecord | None = None
+        refusal = ""
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            nonlocal outcome, refusal
+            current = tx.get_federation(trust_domain)
+            if current is None or current.created_at != version or current.static:
+                return []
+            previous = self._stored(current)
+            if _goes_back(bundle, previous):
+                refusal = (
+                    f"bundle refused: spiffe_sequence {bundle.sequence} is lower than the "
+                    f"last good one's {previous.sequence if previous else None}"
+                )
+                outcome = replace(current, last_error=refusal)
+                tx.put_federation(outcome)
+                return [] if current.last_error == refusal else [_refused_entry(current, refusal)]
+            outcome = replace(current, bundle=text, fetched_at=now, last_error="")
+            tx.put_federation(outcome)
+            if previous is not None and _same(previous, bundle):
+                return []  # re-confirmed: the bundle's age starts again, nothing else moved
+            return [
+                AuditEntry(
+                    "federation_bundle_updated",
+                    detail=f"trust_domain={trust_domain} "
+                    f"sequence={previous.sequence if previous else None}->{bundle.sequence} "
+                    f"kids=[{' '.join(bundle.keys)}] skipped={bundle.skipped}",
+                )
+            ]
+
+        self._kernel.commit(unit)
+        if outcome is None:
+            raise NotFound("federated trust domain not found")
+        if refusal:
+            raise BundleRefused(reason=refusal)
+        return outcome
+
+    def fetch_failed(self, trust_domain: str, error: str, *, version: float, now: float) -> None:
+        """Record why fetching ``trust_domain``'s bundle failed; the last good one stays.
+
+        Audited when the error differs from the one recorded (``federation_bundle_refused``).
+        """
+        self._refused(trust_domain, error, version, now)
+
+    def _refused(self, trust_domain: str, error: str, version: float, now: float) -> None:
+        error = error[:_MAX_ERROR]
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            current = tx.get_federation(trust_domain)
+            if current is None or current.created_at != version:
+                return []
+            tx.put_federation(replace(current, last_error=error))
+            return [] if current.last_error == error else [_refused_entry(current, error)]
+
+        self._kernel.commit(unit)
+
+    def _stored(self, record: FederationRecord) -> TrustBundle | None:
+        try:
+            return self.bundle(record)
+        except UntrustedDomain:
+            return None
+
+
+# --- checks of operators' input ---------------------------------------------------------
+
+
+def _trust_domain(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest("missing required field: trust_domain")
+    try:
+        return validate_trust_domain(value)
+    except ValueError:
+        raise InvalidRequest(
+            "invalid trust_domain: use lowercase a-z, 0-9, '.', '-', '_' (at most 255)"
+        ) from None
+
+
+def _endpoint(value: object) -> str:
+    """An https URL without userinfo or fragment, or "" when not given."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or len(value) > _MAX_URL or not value.isprintable():
+        raise InvalidRequest("bundle_endpoint_url must be an https URL")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise InvalidRequest("bundle_endpoint_url must be an https URL") from None
+    if parts.scheme != "https" or not parts.hostname:
+        raise InvalidRequest(
+            "bundle_endpoint_url must be an https URL",
+            hint="SPIFFE Federation https_web: the bundle is served over TLS",
+        )
+    if "@" in parts.netloc:
+        raise InvalidRequest("bundle_endpoint_url must not carry userinfo")
+    if parts.fragment or value.endswith("#"):
+        raise InvalidRequest("bundle_endpoint_url must not carry a fragment")
+    if port == 0 or any(c.isspace() for c in value):
+        raise InvalidRequest("bundle_endpoint_url must be an https URL")
+    return value
+
+
+def _static_bundle(value: object, domain: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest("bundle must be the SPIFFE bundle's JSON text")
+    try:
+        parse_bundle(value, domain)
+    except BundleError as exc:
+        raise InvalidRequest(f"bundle refused: {exc.reason}") from None
+    return value
+
+
+def _ca_pem(value: object) -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or len(value) > _MAX_CA_PEM:
+        raise InvalidRequest("ca_pem must be PEM certificates")
+    try:
+        certificates = x509.load_pem_x509_certificates(value.encode("utf-8"))
+    except ValueError:
+        raise InvalidRequest("ca_pem must be PEM certificates") from None
+    if not certificates:
+        raise InvalidRequest("ca_pem must be PEM certificates")
+    return value
+
+
+def _seconds(value: object, name: str, default: int, maximum: int) -> int:
+    if value is None:
+        return default
+    if type(value) is not int or not 1 <= value <= maximum:
+        raise InvalidRequest(f"{name} must be a whole number of seconds from 1 to {maximum}")
+    return value
+
+
+def _scopes(value: object, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > _MAX_MAP:
+        raise InvalidRequest(f"{name} must be a list of scopes")
+    scopes: list[str] = []
+    for scope in value:
+        if not isinstance(scope, str) or scope_rules.parse_scope(scope) is None:
+            raise InvalidRequest(f"{name}: invalid scope {str(scope)[:64]!r}")
+        if scope not in scopes:
+            scopes.append(scope)
+    return tuple(scopes)
+
+
+def _scope_map(value: object) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > _MAX_MAP:
+        raise InvalidRequest("scope_map must be a list of [foreign_pattern, local_scope] pairs")
+    pairs: list[tuple[str, str]] = []
+    for pair in value:
+        if (
+            not isinstance(pair, list | tuple)
+            or len(pair) != 2
+            or not all(isinstance(part, str) for part in pair)
+        ):
+            raise InvalidRequest("scope_map must be a list of [foreign_pattern, local_scope] pairs")
+        foreign, local = pair
+        if scope_rules.parse_scope(foreign) is None:
+            raise InvalidRequest(f"scope_map: invalid foreign scope pattern {foreign[:64]!r}")
+        if scope_rules.parse_scope(local) is None:
+            raise InvalidRequest(f"scope_map: invalid local scope {local[:64]!r}")
+        pairs.append((foreign, local))
+    return tuple(pairs)
+
+
+def _map_text(mapping: Sequence[tuple[str, str]]) -> str:
+    return "[" + " ".join(f"{foreign}={local}" for foreign, local in mapping) + "]"
+
+
+def _describe(static: str | None, domain: str) -> str:
+    if static is None:
+        return ""
+    bundle = parse_bundle(static, domain)
+    return f"sequence={bundle.sequence} kids=[{' '.join(bundle.keys)}]"
+
+
+def _goes_back(bundle: TrustBundle, previous: TrustBundle | None) -> bool:
+    """Whether ``bundle`` would replace a newer one: its sequence is lower, or missing
+    where the last good one had one (a peer that sends sequences always does)."""
+    if previous is None or previous.sequence is None:
+        return False
+    return bundle.sequence is None or bundle.sequence < previous.sequence
+
+
+def _same(previous: TrustBundle, bundle: TrustBundle) -> bool:
+    return previous.sequence == bundle.sequence and dict(previous.keys) == dict(bundle.keys)
+
+
+def _refused_entry(record: FederationRecord, error: str) -> AuditEntry:
+    return AuditEntry(
+        "federation_bundle_refused",
+        outcome="denied",
+        detail=f"trust_domain={record.trust_domain} {error} (the last good bundle is kept)",
+    )
