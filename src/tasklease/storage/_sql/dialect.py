@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -14,8 +15,10 @@ from tasklease.core.store import (
     AuditEvent,
     AuditQuery,
     DiscoveryBinding,
+    FederationRecord,
     LaunchTokenRecord,
     OperatorRecord,
+    PublishedBundle,
     ReferenceTokenRecord,
     RevocationRecord,
     TenantRecord,
@@ -32,6 +35,7 @@ __all__ = [
     "audit_rows",
     "binding_from_row",
     "check_tenant_id",
+    "published_bundle_from_row",
     "reference_from_row",
     "revocation_from_row",
     "session_from_row",
@@ -77,6 +81,11 @@ _SESSION = "agent_id, principal, heartbeat_required, last_heartbeat, resumes, st
 _BINDING = "agent_id, endpoint, issued_at, signature, expires_at"
 _REFERENCE = "token_hash, kind, claims, jti, expires_at"
 _TENANT = "name, trust_domain, status, created_at, created_by, removed_at"
+_FEDERATION = (
+    "trust_domain, bundle_endpoint_url, ca_pem, max_bundle_age, scope_map, scope_ceiling,"
+    " max_ttl, bundle, fetched_at, last_error, created_at, created_by"
+)
+_PUBLISHED = "sequence, kids, bundle, updated_at"
 _AUDIT = (
     "seq, timestamp, event_type, agent_id, task_id, orch_id, detail, resource, outcome,"
     " deleg_depth, deleg_chain_hash, request_id, prev_hash, hash"
@@ -251,6 +260,21 @@ class Dialect:
             " WHERE leases.holder = excluded.holder OR leases.expires_at <= ?"
         )
         self.put_binding = q(upsert("discovery_bindings", _BINDING))
+        # federation (core.federation, core.trustbundle)
+        select_federation = f"SELECT {_FEDERATION} FROM federations WHERE {t}"
+        self.get_federation = q(f"{select_federation} AND trust_domain = ?")
+        self.lock_federation = q(f"{select_federation} AND trust_domain = ?{for_update}")
+        self.list_federations = f"{select_federation} ORDER BY trust_domain"
+        self.put_federation = q(upsert("federations", _FEDERATION))
+        self.delete_federation = q(f"DELETE FROM federations WHERE {t} AND trust_domain = ?")
+        select_published = f"SELECT {_PUBLISHED} FROM published_bundles WHERE {t}"
+        self.get_published_bundle = select_published
+        self.lock_published_bundle = f"{select_published}{for_update}"
+        self.put_published_bundle = q(
+            f"{insert('published_bundles', _PUBLISHED)} ON CONFLICT (tenant_id) DO UPDATE SET"
+            " sequence = excluded.sequence, kids = excluded.kids, bundle = excluded.bundle,"
+            " updated_at = excluded.updated_at"
+        )
         self.insert_reference = q(
             f"{insert('reference_tokens', _REFERENCE)} ON CONFLICT DO NOTHING"
         )
@@ -481,6 +505,47 @@ class Dialect:
             agent.token_ttl,
             agent.allow_resume,
         )
+
+    def federation_from_row(self, row: Row) -> FederationRecord:
+        (trust_domain, url, ca_pem, max_bundle_age, scope_map, ceiling, max_ttl, bundle,
+         fetched_at, last_error, created, by) = row  # fmt: skip
+        return FederationRecord(
+            trust_domain=trust_domain,
+            bundle_endpoint_url=url,
+            ca_pem=ca_pem,
+            max_bundle_age=int(max_bundle_age),
+            scope_map=tuple((str(f), str(local)) for f, local in json.loads(scope_map)),
+            scope_ceiling=self._load_scopes(ceiling),
+            max_ttl=int(max_ttl),
+            bundle=bundle,
+            fetched_at=None if fetched_at is None else float(fetched_at),
+            last_error=last_error,
+            created_at=float(created),
+            created_by=by,
+        )
+
+    def federation_params(self, record: FederationRecord) -> tuple[object, ...]:
+        return (
+            record.trust_domain,
+            record.bundle_endpoint_url,
+            record.ca_pem,
+            record.max_bundle_age,
+            json.dumps([list(pair) for pair in record.scope_map], separators=(",", ":")),
+            self._dump_scopes(record.scope_ceiling),
+            record.max_ttl,
+            record.bundle,
+            record.fetched_at,
+            record.last_error,
+            record.created_at,
+            record.created_by,
+        )
+
+
+def published_bundle_from_row(row: Row) -> PublishedBundle:
+    sequence, kids, bundle, updated_at = row
+    return PublishedBundle(
+        sequence=int(sequence), kids=kids, bundle=bundle, updated_at=float(updated_at)
+    )
 
 
 def session_from_row(row: Row) -> AgentSession:

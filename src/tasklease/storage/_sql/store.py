@@ -16,8 +16,10 @@ from tasklease.core.store import (
     AuditEvent,
     AuditQuery,
     DiscoveryBinding,
+    FederationRecord,
     LaunchTokenRecord,
     OperatorRecord,
+    PublishedBundle,
     ReferenceTokenRecord,
     RevocationRecord,
     TenantRecord,
@@ -26,6 +28,7 @@ from tasklease.storage._sql.dialect import (
     Dialect,
     Row,
     binding_from_row,
+    published_bundle_from_row,
     reference_from_row,
     revocation_from_row,
     session_from_row,
@@ -262,6 +265,32 @@ class SQLWriteTx(Generic[_C]):
             ),
         )
 
+    # -- federation ----------------------------------------------------------------------
+
+    def get_federation(self, trust_domain: str) -> FederationRecord | None:
+        """The federated domain, locked until this transaction ends (PostgreSQL: a row
+        lock; SQLite: the transaction holds the write lock)."""
+        d = self.dialect
+        row = self._db().execute(d.lock_federation, (trust_domain,)).fetchone()
+        return None if row is None else d.federation_from_row(row)
+
+    def put_federation(self, record: FederationRecord) -> None:
+        d = self.dialect
+        self._db().execute(d.put_federation, d.federation_params(record))
+
+    def delete_federation(self, trust_domain: str) -> bool:
+        cursor = self._db().execute(self.dialect.delete_federation, (trust_domain,))
+        return cursor.rowcount == 1
+
+    def get_published_bundle(self) -> PublishedBundle | None:
+        """This tenant's published bundle, locked until this transaction ends."""
+        row = self._db().execute(self.dialect.lock_published_bundle, ()).fetchone()
+        return None if row is None else published_bundle_from_row(row)
+
+    def put_published_bundle(self, bundle: PublishedBundle) -> None:
+        params = (bundle.sequence, bundle.kids, bundle.bundle, bundle.updated_at)
+        self._db().execute(self.dialect.put_published_bundle, params)
+
 
 def _again(error: Unavailable) -> Unavailable:
     """A fresh exception saying what ``error`` says (one instance is raised only once)."""
@@ -470,6 +499,19 @@ class SQLStore(abc.ABC):
     def get_reference_token(self, token_hash: str) -> ReferenceTokenRecord | None:
         row = self._one(self.dialect.get_reference, (token_hash,))
         return None if row is None else reference_from_row(row)
+
+    def get_federation(self, trust_domain: str) -> FederationRecord | None:
+        row = self._one(self.dialect.get_federation, (trust_domain,))
+        return None if row is None else self.dialect.federation_from_row(row)
+
+    def list_federations(self) -> list[FederationRecord]:
+        """Every federated domain, by name."""
+        federation_from_row = self.dialect.federation_from_row
+        return [federation_from_row(row) for row in self._all(self.dialect.list_federations)]
+
+    def get_published_bundle(self) -> PublishedBundle | None:
+        row = self._one(self.dialect.get_published_bundle, ())
+        return None if row is None else published_bundle_from_row(row)
 
     def query_audit(self, query: AuditQuery) -> tuple[list[AuditEvent], int]:
         """Events matching every given filter, in seq order after offset/limit, and the count.
