@@ -130,6 +130,34 @@ class RunningBroker:
         assert signed.status_code == 200, signed.text
         return str(signed.json()["access_token"])
 
+    # -- tenants -------------------------------------------------------------------------
+
+    def create_tenant(self, name: str, **extra: Any) -> RunningBroker:
+        """Create tenant ``name`` (as the default tenant's admin) and return a view of the
+        broker that speaks to that tenant, signed in as its first operator ``admin``."""
+        resp = self.post(
+            "/v1/admin/tenants", json={"name": name, **extra}, headers=self.admin_headers()
+        )
+        assert resp.status_code == 201, resp.text
+        return self.tenant(name, resp.json()["admin_secret"])
+
+    def tenant(self, name: str, admin_secret: str) -> RunningBroker:
+        """This broker as tenant ``name`` sees it (``/t/<name>/...``), signed in as its
+        operator ``admin`` with ``admin_secret``."""
+        client = httpx.Client(base_url=f"{self.url}/t/{name}", timeout=self.client.timeout)
+        view = RunningBroker(
+            url=f"{self.url}/t/{name}",
+            admin_secret="",
+            data_dir=self.data_dir,
+            proc=self.proc,
+            log_path=self.log_path,
+            client=client,
+        )
+        signed = view.post("/v1/operator/auth", json={"name": "admin", "secret": admin_secret})
+        assert signed.status_code == 200, signed.text
+        view._admin_token = str(signed.json()["access_token"])
+        return view
+
     def create_app(
         self, scopes: list[str], *, name: str | None = None, token_ttl: int | None = None
     ) -> dict[str, Any]:

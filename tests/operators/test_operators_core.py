@@ -65,7 +65,12 @@ def test_the_sign_in_message_is_domain_separated_known_answer() -> None:
 def test_role_scopes_and_the_builtin_admin() -> None:
     assert set(ROLES) == {"admin", "operator", "auditor"}
     assert ROLE_SCOPES["operator"] == ADMIN_SCOPES  # AgentWrit's admin token, exactly
-    assert set(ROLE_SCOPES["admin"]) == {*ADMIN_SCOPES, "admin:operators:*", "admin:keys:*"}
+    assert set(ROLE_SCOPES["admin"]) == {
+        *ADMIN_SCOPES,
+        "admin:operators:*",
+        "admin:keys:*",
+        "admin:tenants:*",
+    }
     assert ROLE_SCOPES["auditor"] == ("admin:audit:*",)
     with pytest.raises(TypeError):
         ROLE_SCOPES["auditor"] = ADMIN_SCOPES  # type: ignore[index]

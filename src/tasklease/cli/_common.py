@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tasklease.client import AdminClient, NotFound, TaskleaseError, TransportError
+from tasklease.core.tenants import tenant_id_error
 
 __all__ = [
     "EXIT_CODES_HELP",
@@ -53,6 +54,8 @@ __all__ = [
     "print_json",
     "read_public_key",
     "resolve_connection",
+    "select_tenant",
+    "selected_tenant",
 ]
 
 EXIT_OK = 0
@@ -186,10 +189,35 @@ def _read_profile(path: Path, *, explicit: bool) -> dict[str, Any]:
         document = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         fail(f"profile {path} is not valid TOML: {exc}")
-    for key in ("url", "admin_secret", "operator", "operator_secret", "operator_key_file"):
+    keys = ("url", "admin_secret", "operator", "operator_secret", "operator_key_file", "tenant")
+    for key in keys:
         if key in document and not isinstance(document[key], str):
             fail(f"profile {path}: {key} must be a string")
     return document
+
+
+# The tenant the remote commands address (``tasklease --tenant NAME ...``, or
+# TASKLEASE_TENANT, or ``tenant`` in the profile); None or "default": the default tenant.
+_tenant: list[str | None] = [None]
+
+
+def select_tenant(name: str | None) -> None:
+    """Address the tenant ``name`` in every remote command of this invocation."""
+    if name is not None and name != "default" and tenant_id_error(name) is not None:
+        fail(f"invalid tenant name {name!r}", hint=tenant_id_error(name))
+    _tenant[0] = name
+
+
+def selected_tenant() -> str | None:
+    """The tenant chosen for this invocation (None: the default tenant)."""
+    name = _tenant[0]
+    return None if name in (None, "", "default") else name
+
+
+def _tenant_url(url: str, tenant: str | None) -> str:
+    """The base URL of ``tenant``'s API on the broker at ``url``."""
+    base = url.rstrip("/")
+    return base if tenant in (None, "", "default") else f"{base}/t/{tenant}"
 
 
 def resolve_connection(
@@ -217,6 +245,8 @@ def resolve_connection(
         document = _read_profile(path, explicit=profile is not None)
         url = url or document.get("url")
         admin_secret = admin_secret or document.get("admin_secret")
+        if _tenant[0] is None and document.get("tenant"):
+            select_tenant(str(document["tenant"]))
         if operator is None and document.get("operator"):
             operator = document["operator"]
             operator_secret = document.get("operator_secret")
@@ -236,14 +266,14 @@ def resolve_connection(
                 "operator_secret or operator_key_file in the profile file",
             )
         key = _read_private_key(Path(key_file).expanduser()) if key_file else None
-        return Connection(url.rstrip("/"), None, operator, operator_secret, key)
+        return Connection(_tenant_url(url, _tenant[0]), None, operator, operator_secret, key)
     if need_secret and not admin_secret:
         fail(
             "no admin secret",
             hint="set TASKLEASE_ADMIN_SECRET (or TASKLEASE_OPERATOR and its secret), pass "
             "--admin-secret, or put admin_secret in the profile file",
         )
-    return Connection(url.rstrip("/"), admin_secret)
+    return Connection(_tenant_url(url, _tenant[0]), admin_secret)
 
 
 def admin_client(

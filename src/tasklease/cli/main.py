@@ -22,8 +22,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from tasklease.cli import _audit, _doctor, _keys, _operators, _remote, _token
-from tasklease.cli._common import EXIT_CODES_HELP, AdminSecretOpt, ProfileOpt, fail
+from tasklease.cli import _audit, _doctor, _keys, _operators, _remote, _tenants, _token
+from tasklease.cli._common import (
+    EXIT_CODES_HELP,
+    AdminSecretOpt,
+    ProfileOpt,
+    fail,
+    select_tenant,
+    selected_tenant,
+)
 from tasklease.settings import ConfigError, load_config
 
 app = typer.Typer(
@@ -37,6 +44,24 @@ audit_app = typer.Typer(help="Inspect and verify the audit log.", no_args_is_hel
 db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
+
+
+@app.callback()
+def _every_command(
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            "--tenant",
+            envvar="TASKLEASE_TENANT",
+            help="The tenant to address (its API under /t/<name>/; default: the default "
+            "tenant). Sign in as one of its operators.",
+            show_envvar=False,
+        ),
+    ] = None,
+) -> None:
+    """Options that apply to every command."""
+    select_tenant(tenant)
+
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -272,6 +297,9 @@ def audit_verify(
         store = open_store(database, migrate=False)
     except (SchemaError, Unavailable) as exc:
         raise _fail(str(exc.reason or exc)) from None
+    tenant = selected_tenant()
+    if tenant is not None:
+        store = store.for_tenant(tenant)  # that tenant's own chain
     try:
         total, _ = store.audit_head()
         with out.status("verifying audit chain") as status:
@@ -297,6 +325,7 @@ _doctor.register(app)  # local, like init and serve
 # The commands that talk to a running broker, after the local ones in --help.
 _remote.register(app)
 _operators.register(app)
+_tenants.register(app)
 _audit.register(audit_app)
 _token.register(app)
 _keys.register(_remote.keys_app)

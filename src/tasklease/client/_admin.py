@@ -259,6 +259,25 @@ class AdminClient:
             body["public_key"] = base64.b64encode(public_key).decode("ascii")
         return self._json("POST", f"/v1/admin/operators/{_segment(name)}/rotate", json=body)
 
+    # -- tenants (the default tenant's admin role) -----------------------------------------
+
+    def create_tenant(self, name: str, *, trust_domain: str | None = None) -> dict[str, Any]:
+        """Create a tenant; the answer holds its first operator's ``admin_secret``, shown
+        only this once. Its API is then served under ``/t/<name>/``."""
+        body: dict[str, Any] = {"name": name}
+        if trust_domain is not None:
+            body["trust_domain"] = trust_domain
+        return self._json("POST", "/v1/admin/tenants", json=body)
+
+    def list_tenants(self) -> list[dict[str, Any]]:
+        """Every tenant besides the default one, active and removed, by name."""
+        found = self._json("GET", "/v1/admin/tenants").get("tenants")
+        return [t for t in found if isinstance(t, dict)] if isinstance(found, list) else []
+
+    def remove_tenant(self, name: str) -> dict[str, Any]:
+        """Remove a tenant: it is no longer served, so none of its credentials work."""
+        return self._json("DELETE", f"/v1/admin/tenants/{_segment(name)}")
+
     # -- audit --------------------------------------------------------------------------
 
     def audit_events(

@@ -47,6 +47,12 @@ class NonceIssuer:
         self._secret = secret
         self.ttl = ttl
 
+    def for_tenant(self, tenant: str) -> NonceIssuer:
+        """The issuer of ``tenant``'s nonces: its secret derived from this one, so a nonce
+        one tenant issued is not accepted by another's."""
+        derived = hmac.new(self._secret, b"tasklease-tenant-nonce-v1:" + tenant.encode(), "sha256")
+        return NonceIssuer(derived.digest(), self.ttl)
+
     def _tag(self, body: bytes) -> bytes:
         return hmac.new(self._secret, b"tasklease-nonce-v1" + body, hashlib.sha256).digest()[:8]
 

@@ -248,6 +248,16 @@ class Operators(Service):
             return self._add(INIT, name=name, role="admin", public_key=None, ctx=ctx)
         return self._rotate(INIT, name, public_key=None, ctx=ctx)
 
+    def add_first_admin(self, by: str, ctx: RequestContext) -> tuple[OperatorRecord, str]:
+        """The operator ``admin`` (admin role, a fresh secret) of a new tenant, made by
+        ``by`` (the default tenant's operator who created the tenant).
+
+        Raises:
+            Conflict: the tenant has an operator ``admin`` already (audited): a second
+                call never replaces its secret.
+        """
+        return self._add(by, name="admin", role="admin", public_key=None, ctx=ctx)
+
     def _active(self, by: str, name: object, ctx: RequestContext, what: str) -> OperatorRecord:
         """The active operator ``name``, or an audited NotFound."""
         name = operator_name(name)

@@ -20,18 +20,22 @@ from collections.abc import AsyncIterator, Callable
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Mount
 
 from tasklease.core.broker import Broker
 from tasklease.core.readiness import INTERVAL, Readiness
 from tasklease.http import wire
-from tasklease.http._handling import authenticated, guard, http_error, request_context
-from tasklease.http.admin_routes import admin_routes
-from tasklease.http.agent_routes import agent_routes
-from tasklease.http.feed import RevocationHub, revocation_routes
-from tasklease.http.health_routes import health_routes
-from tasklease.http.lease_routes import lease_routes
+from tasklease.http._handling import http_error, request_context
 from tasklease.http.middleware import EnvelopeMiddleware, TrustedProxyMiddleware
-from tasklease.http.token_routes import RequestURI, token_routes
+from tasklease.http.tenant_routes import (
+    TENANT_MOUNT,
+    Closer,
+    TenantApps,
+    tenant_admin_routes,
+    tenant_routes,
+)
+from tasklease.http.token_routes import RequestURI
+from tasklease.tenancy import Tenancy
 
 __all__ = ["create_app"]
 
@@ -50,6 +54,7 @@ def create_app(
     background: bool = True,
     close_store: bool = False,
     metrics_render: Callable[[], bytes] | None = None,
+    tenancy: Tenancy | None = None,
 ) -> Starlette:
     """Build the ASGI application around a ready :class:`Broker`.
 
@@ -60,46 +65,50 @@ def create_app(
     ``metrics_render`` makes the text ``/v1/metrics`` answers with (when
     ``metrics_public`` is ``token``); by default the broker's own metrics, a worker of
     several passes the sum over all workers (``tasklease.http.metrics``).
+    ``tenancy`` serves the other tenants under ``/t/<name>/`` (by default one made for
+    ``broker``, which serves the default tenant at the root and the tenant registry).
     """
     cfg = broker.config
-    context = request_context(RequestURI(cfg))
-    authed = authenticated(broker, context)
-    readiness = broker.readiness
-    hub = RevocationHub(broker)
-    routes = [
-        *lease_routes(broker, context=context, authed=authed),
-        *health_routes(
-            broker, authed=authed, render_metrics=metrics_render or broker.metrics.render
-        ),
-        *admin_routes(broker, context=context, authed=authed),
-        *revocation_routes(broker, hub, guard=guard, context=context),
-        *agent_routes(broker, guard=guard, context=context),
-        *token_routes(broker, guard=guard, context=context),
+    tenancy = tenancy or Tenancy(broker)
+    render = metrics_render or broker.metrics.render
+    closers: list[Closer] = []
+    routes: list[BaseRoute] = [
+        *tenant_routes(broker, render_metrics=render, closers=closers),
+        *tenant_admin_routes(tenancy, context=request_context(RequestURI(cfg))),
+        Mount(TENANT_MOUNT, app=TenantApps(tenancy, render_metrics=render, closers=closers)),
     ]
+    readiness = broker.readiness
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
         # A store that notifies (PostgreSQL) is followed by a watch thread; others polled.
+        # Tenant brokers made later start theirs when they are made (Tenancy.watching).
         stop_watch = broker.watch_revocations() if background else None
         if background:
+            tenancy.watching = stop_watch is not None
             tasks.append(asyncio.create_task(_refreshing(readiness)))
-            tasks.append(asyncio.create_task(_every(cfg.prune_interval, broker.prune)))
-            tasks.append(asyncio.create_task(_every(KEY_REFRESH_INTERVAL, broker.refresh_keys)))
-            # Liveness: a silent agent is revoked within one interval of its deadline.
-            tasks.append(
-                asyncio.create_task(_every(cfg.heartbeat_interval, broker.sweep_silent_agents))
-            )
+            for interval, job in (
+                (cfg.prune_interval, Broker.prune),
+                (KEY_REFRESH_INTERVAL, Broker.refresh_keys),
+                # Liveness: a silent agent is revoked within one interval of its deadline.
+                (cfg.heartbeat_interval, Broker.sweep_silent_agents),
+            ):
+                tasks.append(asyncio.create_task(_every(interval, _each(tenancy, job))))
         if background and stop_watch is None:
             tasks.append(
-                asyncio.create_task(_every(REVOCATION_POLL_INTERVAL, broker.refresh_revocations))
+                asyncio.create_task(
+                    _every(REVOCATION_POLL_INTERVAL, _each(tenancy, Broker.refresh_revocations))
+                )
             )
         try:
             yield
         finally:
             if stop_watch is not None:
                 await run_in_threadpool(stop_watch)
-            await hub.close()
+            for close in closers:
+                await close()
+            await run_in_threadpool(tenancy.close)
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -129,6 +138,19 @@ def create_app(
         app.add_middleware(TrustedProxyMiddleware, trusted=cfg.trusted_proxies)
     app.state.broker = broker
     return app
+
+
+def _each(tenancy: Tenancy, job: Callable[[Broker], object]) -> Callable[[], None]:
+    """``job`` run on every tenant's broker in turn; one failing does not stop the rest."""
+
+    def run() -> None:
+        for broker in tenancy.brokers():
+            try:
+                job(broker)
+            except Exception:  # noqa: BLE001 - housekeeping must never take the server down
+                _log.exception("background job failed for tenant %s", broker.tenant)
+
+    return run
 
 
 async def _refreshing(readiness: Readiness) -> None:

@@ -14,7 +14,7 @@ from typing import Final
 
 import msgspec
 
-from tasklease.http.wire import _apps, _broker, _operators, _tokens, _trust
+from tasklease.http.wire import _apps, _broker, _operators, _tenants, _tokens, _trust
 from tasklease.http.wire._apps import (
     App,
     AppAuthRequest,
@@ -75,6 +75,14 @@ from tasklease.http.wire._operators import (
     removed_operator,
 )
 from tasklease.http.wire._problem import ERROR_CODES, Problem
+from tasklease.http.wire._tenants import (
+    Tenant,
+    TenantCreateRequest,
+    TenantList,
+    TenantWithAdmin,
+    tenant_view,
+    tenant_with_admin,
+)
 from tasklease.http.wire._tokens import (
     ActiveToken,
     ChallengeResponse,
@@ -184,6 +192,10 @@ __all__ = [
     "RevocationSync",
     "RevokeRequest",
     "RevokeResponse",
+    "Tenant",
+    "TenantCreateRequest",
+    "TenantList",
+    "TenantWithAdmin",
     "TokenClaims",
     "TokenRequest",
     "TokenRevocationResponse",
@@ -198,9 +210,11 @@ __all__ = [
     "operator_with_secret",
     "removed_operator",
     "revocation_entry",
+    "tenant_view",
+    "tenant_with_admin",
 ]
 
-_AREAS = (_tokens, _operators, _apps, _broker, _trust)
+_AREAS = (_tokens, _operators, _apps, _broker, _trust, _tenants)
 
 TAGS: Final[dict[str, str]] = {name: text for area in _AREAS for name, text in area.TAGS.items()}
 """Each group of operations and what it is for, in the order the document lists them."""

@@ -1,0 +1,125 @@
+"""``tasklease tenant``: tenants, each a trust domain of its own on the same broker.
+
+These commands need the default tenant's ``admin`` role (or its admin secret). Every
+other remote command addresses one tenant: ``tasklease --tenant NAME ...`` (or
+``TASKLEASE_TENANT``, or ``tenant`` in the profile), signed in as one of that tenant's
+operators.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tasklease.cli._common import (
+    EXIT_CODES_HELP,
+    AdminSecretOpt,
+    JsonOpt,
+    ProfileOpt,
+    UrlOpt,
+    admin_client,
+    broker_errors,
+    out,
+    print_json,
+    select_tenant,
+)
+
+__all__ = ["register", "tenant_app"]
+
+tenant_app = typer.Typer(
+    help="Tenants: each its own SPIFFE trust domain, signing keys, apps, agents, operators "
+    "and audit log, served under /t/<name>/ by the same broker. Managed by the default "
+    f"tenant's admins.\n\n{EXIT_CODES_HELP}",
+    no_args_is_help=True,
+)
+
+
+def _default_tenant_client(url: str | None, admin_secret: str | None, profile: str | None) -> Any:
+    # The registry is the default tenant's, whatever --tenant says.
+    select_tenant(None)
+    return admin_client(url, admin_secret, profile)
+
+
+@tenant_app.command("create")
+def tenant_create(
+    name: Annotated[str, typer.Argument(help="1-63 lowercase letters, digits and hyphens.")],
+    trust_domain: Annotated[
+        str | None,
+        typer.Option(help="Its SPIFFE trust domain (default: <name>.<the broker's>)."),
+    ] = None,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Create a tenant and its first operator, admin (its secret is shown once)."""
+    with broker_errors(), _default_tenant_client(url, admin_secret, profile) as admin:
+        answer = admin.create_tenant(name, trust_domain=trust_domain)
+    if as_json:
+        print_json(answer)
+        return
+    out.print(
+        f"tenant {escape(str(answer.get('name')))}: trust domain "
+        f"{escape(str(answer.get('trust_domain')))}, served under "
+        f"{escape(str(answer.get('base_path')))}/",
+        highlight=False,
+    )
+    out.print(
+        f"operator {escape(str(answer.get('admin_name')))} secret (shown once, save it now): "
+        f"{answer.get('admin_secret')}",
+        highlight=False,
+        markup=False,
+    )
+    out.print(
+        "[dim]use it with: tasklease --tenant NAME ... and TASKLEASE_OPERATOR=admin, "
+        "TASKLEASE_OPERATOR_SECRET[/]"
+    )
+
+
+@tenant_app.command("list")
+def tenant_list(
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """List every tenant besides the default one, active and removed."""
+    with broker_errors(), _default_tenant_client(url, admin_secret, profile) as admin:
+        tenants = admin.list_tenants()
+    if as_json:
+        for tenant in tenants:
+            print_json(tenant)
+        return
+    table = Table("name", "trust domain", "status", "created", "by", "issuer")
+    for t in tenants:
+        fields = ("name", "trust_domain", "status", "created_at", "created_by", "issuer")
+        table.add_row(*(escape(str(t.get(field, ""))) for field in fields))
+    out.print(table)
+
+
+@tenant_app.command("remove")
+def tenant_remove(
+    name: str,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Remove a tenant: it is no longer served, so none of its credentials work."""
+    with broker_errors(), _default_tenant_client(url, admin_secret, profile) as admin:
+        answer = admin.remove_tenant(name)
+    if as_json:
+        print_json(answer)
+    else:
+        out.print(
+            f"tenant {escape(str(answer.get('name')))} removed; its credentials are refused",
+            highlight=False,
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``tenant`` to the top-level ``tasklease`` app."""
+    app.add_typer(tenant_app, name="tenant")
