@@ -53,7 +53,9 @@ from tasklease.core.store import (
     RevocationRecord,
     Store,
 )
+    TenantRecord,
 from tasklease.core.tokencheck import ALL_KINDS, OPERATOR_KINDS, TokenCheck
+from tasklease.core.tenants import Tenants
 from tasklease.core.tokens import Claims
 from tasklease.core.validation import Validator
 from tasklease.rules.binding import DPoPVerifier, Presentation
@@ -94,6 +96,7 @@ class Broker:
         nonce_secret: bytes | None = None,
         monotonic: Callable[[], float] | None = None,
     ) -> None:
+        nonce_issuer: NonceIssuer | None = None,
         self.config = config
         self.store = store
         self.clock = clock or SystemClock()
@@ -111,7 +114,7 @@ class Broker:
         self.dpop = DPoPVerifier(config.dpop_proof_window, capacity=config.dpop_replay_cache_size)
         # Replicas that share a database must share this secret (server.build_broker
         # keeps it beside the signing keys); a lone in-process broker may use a random one.
-        self.nonces = NonceIssuer(nonce_secret or os.urandom(32), config.nonce_ttl)
+        self.nonces = nonce_issuer or NonceIssuer(nonce_secret or os.urandom(32), config.nonce_ttl)
         self._keys = keys = SigningKeys(kernel, keyring)
         self._freshness = freshness = Freshness(kernel, horizon)
         self._tokens = tokens = TokenCheck(kernel, keys, self.dpop, freshness)
@@ -123,6 +126,7 @@ class Broker:
         self._operators = Operators(kernel, keys, self.nonces)
         self._liveness = Liveness(kernel)
         self._handshakes = Handshakes(kernel, keys)
+        self._tenants = Tenants(kernel)
         self._discovery = Discovery(kernel)
         # Federated trust domains (core.federation): records, bundles, trusted keys.
         self.federation = Federation(kernel)
@@ -354,6 +358,34 @@ class Broker:
         *,
         name: object,
         scopes: object,
+    # --- tenants (core.tenants; served by the default tenant's broker) ---------------------
+
+    @property
+    def tenant(self) -> str:
+        """The tenant this broker serves."""
+        return self.store.tenant
+
+    def create_tenant(
+        self, claims: Claims, *, name: object, trust_domain: object, ctx: RequestContext
+    ) -> TenantRecord:
+        """Record a tenant (:meth:`Tenants.create`); ``tasklease.tenancy`` sets it up."""
+        return self._tenants.create(claims, name=name, trust_domain=trust_domain, ctx=ctx)
+
+    def list_tenants(self) -> list[TenantRecord]:
+        return self._tenants.list_tenants()
+
+    def get_tenant(self, name: str) -> TenantRecord | None:
+        """The active tenant ``name``, or None."""
+        return self._tenants.get(name)
+
+    def remove_tenant(self, claims: Claims, name: object, ctx: RequestContext) -> TenantRecord:
+        """Mark a tenant removed (:meth:`Tenants.remove`)."""
+        return self._tenants.remove(claims, name, ctx)
+
+    def set_up_tenant_admin(self, by: str, ctx: RequestContext) -> tuple[OperatorRecord, str]:
+        """This (new) tenant's first operator, ``admin``, and its secret (shown once)."""
+        return self._operators.add_first_admin(by, ctx)
+
         token_ttl: object,
         ctx: RequestContext,
     ) -> tuple[AppRecord, str]:
