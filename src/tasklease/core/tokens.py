@@ -92,7 +92,7 @@ APP_SCOPES = ("app:launch-tokens:*", "app:agents:*", "app:audit:read")
 # and rotating signing keys; ``auditor`` only reads the audit log.
 ROLE_SCOPES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        "admin": (*ADMIN_SCOPES, "admin:operators:*", "admin:keys:*"),
+        "admin": (*ADMIN_SCOPES, "admin:operators:*", "admin:keys:*", "admin:tenants:*"),
         "operator": ADMIN_SCOPES,
         "auditor": ("admin:audit:*",),
     }
