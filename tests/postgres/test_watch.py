@@ -85,3 +85,59 @@ def test_broker_follows_the_watch_and_fails_closed_when_it_goes_quiet(pg_url: st
     finally:
         store.close()
         other.close()
+
+
+def _listeners(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_tenant_views_share_one_watch_and_each_gets_its_tenants_revocations(pg_url: str) -> None:
+    # Would fail if: each tenant's broker opened a LISTEN connection of its own (100
+    # tenants, 100 connections per process), or a notification reached only one of them.
+    store, other = PostgresStore(pg_url), PostgresStore(pg_url)
+    config = Config(revocation_staleness_bound=5.0)
+    brokers = {
+        name: Broker(config, store.for_tenant(name), KeyRing(nacl.signing.SigningKey.generate()))
+        for name in ("acme", "globex", "initech")
+    }
+    stops = [broker.watch_revocations() for broker in brokers.values()]
+    try:
+        assert all(stop is not None for stop in stops)
+        deadline = time.monotonic() + 5
+        while _listeners(pg_url) != 1:
+            assert time.monotonic() < deadline, "expected one LISTEN connection"
+            time.sleep(0.05)
+        for name in brokers:
+            _revoke(other.for_tenant(name), f"jti-{name}")
+        for name, broker in brokers.items():
+            deadline = time.monotonic() + 5
+            while f"jti-{name}" not in broker.revocations._levels["token"]:
+                assert time.monotonic() < deadline, f"{name} missed its revocation"
+                time.sleep(0.005)
+            mine = set(broker.revocations._levels["token"])
+            assert mine == {f"jti-{name}"}  # never another tenant's
+        # Closing two followers keeps the third's watch; closing the last stops it.
+        for stop in stops[:2]:
+            stop()  # type: ignore[misc]
+        _revoke(other.for_tenant("initech"), "jti-late")
+        deadline = time.monotonic() + 5
+        while "jti-late" not in brokers["initech"].revocations._levels["token"]:
+            assert time.monotonic() < deadline, "the last follower lost its watch"
+            time.sleep(0.005)
+        stops[2]()  # type: ignore[misc]
+        deadline = time.monotonic() + 5
+        while _listeners(pg_url) != 0:
+            assert time.monotonic() < deadline, "the watch outlived its followers"
+            time.sleep(0.05)
+    finally:
+        for broker in brokers.values():
+            broker.audit.close()
+        store.close()
+        other.close()

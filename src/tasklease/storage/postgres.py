@@ -118,7 +118,9 @@ class PostgresStore(SQLStore):
         self._closed = False
         self._local = threading.local()
         self._origin = os.urandom(6).hex()
-        self._watches: list[RevocationWatch] = []
+        self._watches: list[RevocationWatch] = []  # at most one, shared by the views
+        self._watch_subscribers: list[_Subscription] = []
+        self._watch_lock = threading.Lock()
         self._watchdog = Watchdog()
         self._outage = Outage()
         self._purging = threading.Lock()  # one pool check at a time
@@ -462,7 +464,7 @@ class PostgresStore(SQLStore):
 
     def start_watch(
         self, on_change: Callable[[float | None], None], *, interval: float = 1.0
-    ) -> RevocationWatch:
+    ) -> _Subscription:
         """Follow revocations other processes commit (the ``core.store`` watch capability).
 
         A background thread LISTENs on a dedicated connection and calls
@@ -472,20 +474,43 @@ class PostgresStore(SQLStore):
         after a round trip on the LISTEN connection (a check-in: a refresh that follows
         it is current). While the database is unreachable it does not call at all and
         reconnects with a backoff of at most one second. ``close()`` the returned handle.
+
+        The store and its tenant views share one such thread and connection (the first
+        caller's ``interval``): each notification reaches every follower, and the last
+        one to close stops it.
         """
         if self._closed:
             raise RuntimeError("store is closed")
-        watch = RevocationWatch(
-            self._conninfo,
-            self._origin,
-            on_change,
-            interval,
-            connect_kwargs=self._connect_kwargs,
-            watchdog=self._watchdog,
-            deadline=self._limits.deadline,
-        )
-        self._watches.append(watch)
-        return watch
+        with self._watch_lock:
+            subscribers = self._watch_subscribers
+            if not self._watches:
+                # One LISTEN connection per store, whatever the number of tenant views
+                # that follow it: each notification is handed to every subscriber.
+                self._watches.append(
+                    RevocationWatch(
+                        self._conninfo,
+                        self._origin,
+                        lambda committed_at: _fan_out(subscribers, committed_at),
+                        interval,
+                        connect_kwargs=self._connect_kwargs,
+                        watchdog=self._watchdog,
+                        deadline=self._limits.deadline,
+                    )
+                )
+            subscription = _Subscription(self, on_change)
+            subscribers.append(subscription)
+        return subscription
+
+    def _unsubscribe(self, subscription: _Subscription) -> None:
+        with self._watch_lock:
+            if subscription in self._watch_subscribers:
+                self._watch_subscribers.remove(subscription)
+            if self._watch_subscribers or not self._watches:
+                return
+            watches = list(self._watches)
+            self._watches.clear()
+        for watch in watches:
+            watch.close()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -499,6 +524,30 @@ class PostgresStore(SQLStore):
         self._watches.clear()
         self._pool.close()
         self._watchdog.close()
+
+
+class _Subscription:
+    """One follower of a store's watch (``start_watch``); ``close()`` ends it alone."""
+
+    def __init__(self, store: PostgresStore, on_change: Callable[[float | None], None]) -> None:
+        self._store = store
+        self.on_change = on_change
+
+    def close(self) -> None:
+        self._store._unsubscribe(self)
+
+
+def _fan_out(subscribers: list[_Subscription], committed_at: float | None) -> None:
+    """Call every subscriber; the first failure is raised after all were called (the
+    watch then treats the round as failed, as it would for one follower)."""
+    failure: BaseException | None = None
+    for subscription in list(subscribers):
+        try:
+            subscription.on_change(committed_at)
+        except Exception as exc:  # noqa: BLE001 - raised again below
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 def _rollback_quietly(conn: psycopg.Connection[Row]) -> None:
