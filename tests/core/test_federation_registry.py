@@ -194,3 +194,43 @@ def test_malformed_records_are_refused(
         _add(broker, kit, **fields)
     assert message in caught.value.detail
     assert broker.federation.list_federations() == []
+
+
+def test_refresh_schedule_follows_the_hint_and_retries_sooner_after_a_failure(
+    broker: Broker, kit: Any
+) -> None:
+    record, _ = _add(broker, kit, max_bundle_age=3600)
+    federation = broker.federation
+    assert federation.next_refresh(record) == float("-inf")  # never fetched: now
+    assert [r.trust_domain for r in federation.due(START)] == [PEER]
+    key = SigningKey.generate()
+    version = record.created_at
+    fetched = federation.accept_bundle(PEER, _bundle(key, hint=120), version=version, now=START)
+    assert federation.next_refresh(fetched) == START + 120  # the bundle's hint
+    assert federation.due(START + 119) == []
+    assert len(federation.due(START + 120)) == 1
+    federation.fetch_failed(PEER, "connection refused", version=version, now=START + 120)
+    failing = federation.record(PEER)
+    assert failing.last_error == "connection refused" and failing.fetched_at == START
+    assert federation.next_refresh(failing) == START + 132  # a tenth of the interval
+    # No hint: five minutes; a hint beyond half the maximum age is cut to it; at least 1 s.
+    federation.accept_bundle(PEER, _bundle(key, hint=None), version=version, now=START + 200)
+    assert federation.next_refresh(federation.record(PEER)) == START + 500
+    federation.accept_bundle(PEER, _bundle(key, hint=86400), version=version, now=START + 300)
+    assert federation.next_refresh(federation.record(PEER)) == START + 300 + 1800
+    federation.accept_bundle(PEER, _bundle(key, hint=0), version=version, now=START + 400)
+    assert federation.next_refresh(federation.record(PEER)) == START + 401
+    # The bundle-age gauge follows every record, and forgets a removed one.
+    federation.due(START + 410)
+    metrics = broker.metrics.render().decode()
+    assert 'tasklease_federation_bundle_age_seconds{trust_domain="b.example"} 10.0' in metrics
+    assert 'tasklease_federation_refresh_failures_total{trust_domain="b.example"} 1.0' in metrics
+    federation.remove(kit.admin(broker).claims, PEER, kit.ctx)
+    federation.due(START + 420)
+    assert "tasklease_federation_bundle_age_seconds{" not in broker.metrics.render().decode()
+
+
+def test_static_bundles_are_never_due(broker: Broker, kit: Any) -> None:
+    record, _ = _add(broker, kit, bundle=_bundle(SigningKey.generate()).decode())
+    assert broker.federation.next_refresh(record) == float("inf")
+    assert broker.federation.due(START + 10**6) == []

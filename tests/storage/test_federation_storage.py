@@ -22,6 +22,7 @@ def _record(domain: str = "b.example", **fields: object) -> FederationRecord:
         "last_error": "",
         "created_at": 1_800_000_000.25,
         "created_by": "operator:alice",
+        "checked_at": None,
     }
     values.update(fields)
     return FederationRecord(**values)  # type: ignore[arg-type]
@@ -35,7 +36,13 @@ def test_federation_put_get_list_replace_delete(store: Store) -> None:
         tx.put_federation(second)
     assert store.get_federation("b.example") == first
     assert store.list_federations() == [second, first]  # by name
-    updated = _record("b.example", bundle='{"keys":[]}', fetched_at=1_800_000_100.5, last_error="x")
+    updated = _record(
+        "b.example",
+        bundle='{"keys":[]}',
+        fetched_at=1_800_000_100.5,
+        last_error="x",
+        checked_at=1_800_000_101.5,
+    )
     with store.write() as tx:
         assert tx.get_federation("b.example") == first
         tx.put_federation(updated)

@@ -57,6 +57,7 @@ from tasklease.core.store import (
 from tasklease.core.tokencheck import ALL_KINDS, OPERATOR_KINDS, TokenCheck
 from tasklease.core.tenants import Tenants
 from tasklease.core.tokens import Claims
+from tasklease.core.trustbundle import TrustBundles
 from tasklease.core.validation import Validator
 from tasklease.rules.binding import DPoPVerifier, Presentation
 
@@ -130,6 +131,7 @@ class Broker:
         self._discovery = Discovery(kernel)
         # Federated trust domains (core.federation): records, bundles, trusted keys.
         self.federation = Federation(kernel)
+        self._trust_bundles = TrustBundles(kernel, keys)
         # Health and readiness from checks on threads of their own (core.readiness): the
         # answers never wait on storage longer than the checks' bound.
         self.readiness = Readiness(
@@ -497,12 +499,28 @@ class Broker:
     # --- signing keys (core.signing) ---------------------------------------------------
 
     def rotate_signing_key(self, claims: Claims, ctx: RequestContext) -> tuple[str, str]:
-        """Make a new signing key active; returns ``(new_kid, previous_kid)``."""
-        return self._keys.rotate(claims, ctx)
+        """Make a new signing key active; returns ``(new_kid, previous_kid)``.
+
+        The trust bundle is published anew with the next ``spiffe_sequence``; should that
+        fail, :meth:`publish_trust_bundle` does it on its next run.
+        """
+        rotated = self._keys.rotate(claims, ctx)
+        self._trust_bundles.republish()
+        return rotated
 
     def refresh_keys(self) -> bool:
         """Adopt signing keys another process sharing the key directory added or retired."""
         return self._keys.refresh()
+
+    def publish_trust_bundle(self) -> bool:
+        """Publish the trust bundle when this process's key set is not the one it last
+        published (start-up, rotation, keys added or retired elsewhere); cheap otherwise.
+        Run every second beside :meth:`refresh_keys` (:mod:`tasklease.core.trustbundle`)."""
+        return self._trust_bundles.publish_if_changed()
+
+    def trust_bundle(self) -> bytes:
+        """This broker's SPIFFE trust bundle, as served at ``/v1/federation/bundle``."""
+        return self._trust_bundles.served()
 
     # --- audit and health ----------------------------------------------------------------
 

@@ -105,6 +105,9 @@ class Config:
     # admin:audit:*, the auditor role's scope).
     metrics_listen: str = "127.0.0.1:9464"
     metrics_public: str = "off"
+    # The spiffe_refresh_hint of this broker's trust bundle (GET /v1/federation/bundle):
+    # how often federated brokers should fetch it (docs/federation.md).
+    federation_refresh_hint: int = 300
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -182,6 +185,8 @@ class Config:
         listen_address(self.metrics_listen)  # ValueError for a malformed one
         if self.metrics_public not in ("off", "token"):
             raise ValueError("metrics_public must be one of off, token")
+        if not 1 <= self.federation_refresh_hint <= 86400:
+            raise ValueError("federation_refresh_hint must be between 1 and 86400 seconds")
 
 
 def _check_key_provider(config: Config) -> None:

@@ -18,6 +18,8 @@ bundle yet, bundle too old).
 
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -37,14 +39,20 @@ from tasklease.rules.bundle import BundleError, TrustBundle, parse_bundle
 __all__ = [
     "DEFAULT_MAX_BUNDLE_AGE",
     "DEFAULT_REFRESH_HINT",
+    "MIN_REFRESH_INTERVAL",
     "BundleRefused",
     "Federation",
     "FederationRecord",
     "UntrustedDomain",
 ]
 
-# SPIFFE Federation section 5: poll every refresh hint, five minutes without one.
+# SPIFFE Federation section 5: poll every refresh hint, five minutes without one. The
+# interval is bounded below (a peer cannot make us poll it in a loop) and by half the
+# maximum age (two chances to refresh before the bundle is too old to trust); after a
+# failure, the next attempt comes sooner: a tenth of the interval, 1 to 30 seconds.
 DEFAULT_REFRESH_HINT = 300
+MIN_REFRESH_INTERVAL = 1.0
+MAX_RETRY_INTERVAL = 30.0
 DEFAULT_MAX_BUNDLE_AGE = 3600
 _MAX_BUNDLE_AGE = 30 * 86400
 _MAX_URL = 2048
@@ -76,6 +84,7 @@ class Federation(Service):
         # Parsed bundles by (domain, bundle text): parsing is done once per bundle.
         self._parsed: dict[tuple[str, str], TrustBundle] = {}
         self._parsed_lock = threading.Lock()
+        self._gauged: set[str] = set()  # the domains the bundle-age gauge has a value for
 
     # --- what verifying a foreign credential asks ---------------------------------------
 
@@ -259,7 +268,41 @@ class Federation(Service):
             )
         return removed
 
-    # --- what the bundle refresher hands in ------------------------------------------
+    # --- what the bundle refresher asks and hands in ---------------------------------
+
+    def next_refresh(self, record: FederationRecord) -> float:
+        """When ``record``'s bundle should next be fetched (Unix seconds; ``-inf``: now,
+        ``inf``: never, for a static bundle). Read from the stored record alone, so every
+        replica and a restarted process agree: after one fetched, the others wait."""
+        if record.static:
+            return math.inf
+        stored = self._stored(record)
+        hint = DEFAULT_REFRESH_HINT
+        if stored is not None and stored.refresh_hint is not None:
+            hint = stored.refresh_hint
+        interval = max(MIN_REFRESH_INTERVAL, min(float(hint), record.max_bundle_age / 2))
+        if record.last_error or record.fetched_at is None:
+            if record.checked_at is None:
+                return -math.inf
+            retry = min(MAX_RETRY_INTERVAL, max(MIN_REFRESH_INTERVAL, interval / 10))
+            return record.checked_at + retry
+        return max(record.fetched_at, record.checked_at or 0.0) + interval
+
+    def due(self, now: float) -> list[FederationRecord]:
+        """The records whose bundle endpoint should be fetched now, and the metrics of
+        every record's bundle age brought up to date."""
+        records = self._store.list_federations()
+        gauge = self._metrics.federation_bundle_age
+        names = {record.trust_domain for record in records}
+        with self._parsed_lock:
+            gone, self._gauged = self._gauged - names, names
+        for name in gone:
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
+        for record in records:
+            if record.fetched_at is not None:
+                gauge.labels(record.trust_domain).set(max(0.0, now - record.fetched_at))
+        return [record for record in records if self.next_refresh(record) <= now]
 
     def accept_bundle(
         self, trust_domain: str, document: bytes, *, version: float, now: float
@@ -297,10 +340,10 @@ class Federation(Service):
                     f"bundle refused: spiffe_sequence {bundle.sequence} is lower than the "
                     f"last good one's {previous.sequence if previous else None}"
                 )
-                outcome = replace(current, last_error=refusal)
+                outcome = replace(current, last_error=refusal, checked_at=now)
                 tx.put_federation(outcome)
                 return [] if current.last_error == refusal else [_refused_entry(current, refusal)]
-            outcome = replace(current, bundle=text, fetched_at=now, last_error="")
+            outcome = replace(current, bundle=text, fetched_at=now, last_error="", checked_at=now)
             tx.put_federation(outcome)
             if previous is not None and _same(previous, bundle):
                 return []  # re-confirmed: the bundle's age starts again, nothing else moved
@@ -317,6 +360,7 @@ class Federation(Service):
         if outcome is None:
             raise NotFound("federated trust domain not found")
         if refusal:
+            self._metrics.federation_refresh_failures.labels(trust_domain).inc()
             raise BundleRefused(reason=refusal)
         return outcome
 
@@ -329,12 +373,13 @@ class Federation(Service):
 
     def _refused(self, trust_domain: str, error: str, version: float, now: float) -> None:
         error = error[:_MAX_ERROR]
+        self._metrics.federation_refresh_failures.labels(trust_domain).inc()
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             current = tx.get_federation(trust_domain)
             if current is None or current.created_at != version:
                 return []
-            tx.put_federation(replace(current, last_error=error))
+            tx.put_federation(replace(current, last_error=error, checked_at=now))
             return [] if current.last_error == error else [_refused_entry(current, error)]
 
         self._kernel.commit(unit)

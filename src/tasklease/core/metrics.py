@@ -133,6 +133,20 @@ class Metrics:
             multiprocess_mode="livemax",  # workers share the stored horizon: the largest
             registry=r,
         )
+        self.federation_bundle_age = Gauge(
+            "tasklease_federation_bundle_age_seconds",
+            "Age of the last good bundle of each federated trust domain; beyond the domain's"
+            " max_bundle_age its credentials are refused (fail closed).",
+            ["trust_domain"],
+            multiprocess_mode="livemax",  # workers read one stored bundle: the oldest view
+            registry=r,
+        )
+        self.federation_refresh_failures = Counter(
+            "tasklease_federation_refresh_failures_total",
+            "Bundle fetches that failed or whose bundle was refused, by trust domain.",
+            ["trust_domain"],
+            registry=r,
+        )
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.audit_batch_size.observe(size)

@@ -216,6 +216,7 @@ class FederationRecord:
     last_error: str
     created_at: float
     created_by: str
+    checked_at: float | None = None  # the latest attempt to fetch, successful or not
 
     @property
     def static(self) -> bool:

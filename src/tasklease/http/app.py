@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Mount
 
 from tasklease.core.broker import Broker
 from tasklease.core.readiness import INTERVAL, Readiness
+from tasklease.federation import refresh_due
 from tasklease.http import wire
 from tasklease.http._handling import http_error, request_context
 from tasklease.http.middleware import EnvelopeMiddleware, TrustedProxyMiddleware
@@ -46,6 +47,9 @@ _log = logging.getLogger("tasklease.http")
 REVOCATION_POLL_INTERVAL = 0.025
 # How often a process looks for signing keys another process added (`keys rotate`).
 KEY_REFRESH_INTERVAL = 1.0
+# How often a process looks for federated bundles that are due (each has its own
+# schedule, from its refresh hint: core.federation.Federation.next_refresh).
+FEDERATION_REFRESH_INTERVAL = 1.0
 
 
 def create_app(
@@ -91,6 +95,9 @@ def create_app(
             for interval, job in (
                 (cfg.prune_interval, Broker.prune),
                 (KEY_REFRESH_INTERVAL, Broker.refresh_keys),
+                # The trust bundle follows the keys (its sequence grows on each change).
+                (KEY_REFRESH_INTERVAL, Broker.publish_trust_bundle),
+                (FEDERATION_REFRESH_INTERVAL, refresh_due),
                 # Liveness: a silent agent is revoked within one interval of its deadline.
                 (cfg.heartbeat_interval, Broker.sweep_silent_agents),
             ):

@@ -24,6 +24,7 @@ from tasklease.http import wire
 from tasklease.http._handling import authenticated, guard, json_response, read_body, request_context
 from tasklease.http.admin_routes import admin_routes
 from tasklease.http.agent_routes import agent_routes
+from tasklease.http.federation_routes import federation_routes
 from tasklease.http.feed import RevocationHub, revocation_routes
 from tasklease.http.health_routes import health_routes
 from tasklease.http.lease_routes import lease_routes
@@ -56,6 +57,7 @@ def tenant_routes(
         *revocation_routes(broker, hub, guard=guard, context=context),
         *agent_routes(broker, guard=guard, context=context),
         *token_routes(broker, guard=guard, context=context),
+        *federation_routes(broker, authed=authed),
     ]
 
 

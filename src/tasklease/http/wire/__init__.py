@@ -14,7 +14,15 @@ from typing import Final
 
 import msgspec
 
-from tasklease.http.wire import _apps, _broker, _operators, _tenants, _tokens, _trust
+from tasklease.http.wire import (
+    _apps,
+    _broker,
+    _federation,
+    _operators,
+    _tenants,
+    _tokens,
+    _trust,
+)
 from tasklease.http.wire._apps import (
     App,
     AppAuthRequest,
@@ -49,6 +57,14 @@ from tasklease.http.wire._broker import (
     RevocationList,
     RevocationSync,
     revocation_entry,
+)
+from tasklease.http.wire._federation import (
+    Federation,
+    FederationAdded,
+    FederationCreateRequest,
+    FederationList,
+    RemovedFederation,
+    federation_view,
 )
 from tasklease.http.wire._operators import (
     AdminAuthRequest,
@@ -150,6 +166,10 @@ __all__ = [
     "DiscoveryBindRequest",
     "DiscoveryBinding",
     "Failure",
+    "Federation",
+    "FederationAdded",
+    "FederationCreateRequest",
+    "FederationList",
     "HandshakeAnswer",
     "HandshakeOffer",
     "HandshakeReceipt",
@@ -181,6 +201,7 @@ __all__ = [
     "ReadyResponse",
     "RegisterRequest",
     "RegisterResponse",
+    "RemovedFederation",
     "RemovedOperator",
     "RenewResponse",
     "Request",
@@ -206,6 +227,7 @@ __all__ = [
     "audit_event",
     "delegation_record",
     "deregistered_app",
+    "federation_view",
     "operator_view",
     "operator_with_secret",
     "removed_operator",
@@ -214,7 +236,7 @@ __all__ = [
     "tenant_with_admin",
 ]
 
-_AREAS = (_tokens, _operators, _apps, _broker, _trust, _tenants)
+_AREAS = (_tokens, _operators, _apps, _broker, _trust, _tenants, _federation)
 
 TAGS: Final[dict[str, str]] = {name: text for area in _AREAS for name, text in area.TAGS.items()}
 """Each group of operations and what it is for, in the order the document lists them."""

@@ -13,6 +13,7 @@ CREATE TABLE federations (
     last_error          text             NOT NULL,   -- why the latest attempt failed; ''
     created_at          double precision NOT NULL,
     created_by          text             NOT NULL,
+    checked_at          double precision,            -- the latest fetch attempt
     PRIMARY KEY (tenant_id, trust_domain)
 );
 

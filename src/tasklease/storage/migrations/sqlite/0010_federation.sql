@@ -18,6 +18,7 @@ CREATE TABLE federations (
     last_error          TEXT    NOT NULL,      -- why the latest attempt failed; ''
     created_at          REAL    NOT NULL,
     created_by          TEXT    NOT NULL,
+    checked_at          REAL,                  -- the latest fetch attempt
     PRIMARY KEY (tenant_id, trust_domain)
 ) STRICT;
 

@@ -1,0 +1,116 @@
+"""This broker's own SPIFFE trust bundle: its verification keys and their sequence.
+
+The bundle holds the keys the JWKS holds (the active key and those not yet retired), as
+``jwt-svid`` JWKs, and is what other brokers fetch from ``GET /v1/federation/bundle``
+(SPIFFE Federation, ``https_web``). Its ``spiffe_sequence`` must grow on every change of
+the key set and never go back, across restarts and replicas: so it lives in the store
+(``PublishedBundle``), and a process that sees a key set other than the stored one
+publishes it as the next sequence, in one transaction that reads and writes the row
+under its lock. A process publishes what its key ring holds when the ring changes
+(rotation here, keys another process added or retired, start-up), never when it merely
+serves: a replica a second behind another's rotation serves the stored bundle, which is
+newer than its ring, rather than publishing an older key set over it.
+
+The refresh hint (``spiffe_refresh_hint``) is the configuration's
+``federation_refresh_hint``; it is added when the bundle is served, not stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+from tasklease.core.auditformat import AuditEntry
+from tasklease.core.errors import Unavailable
+from tasklease.core.kernel import Kernel, Service
+from tasklease.core.signing import SigningKeys
+from tasklease.core.store import PublishedBundle, WriteTx
+from tasklease.rules.bundle import TrustBundle, parse_bundle, serialize_bundle
+
+__all__ = ["TrustBundles"]
+
+
+class TrustBundles(Service):
+    """Publishes this broker's bundle when its keys change, and serves it. Thread-safe."""
+
+    def __init__(self, kernel: Kernel, keys: SigningKeys) -> None:
+        super().__init__(kernel)
+        self._keys = keys
+        self._lock = threading.Lock()
+        self._published_kids: str | None = None  # what this process last saw stored
+        self._served: tuple[str, int, bytes] | None = None  # (stored text, hint, served)
+
+    def publish(self) -> PublishedBundle:
+        """Make the current key ring the published bundle, unless it is already.
+
+        The sequence is the stored one plus one when the key set differs from the
+        stored set (1 for the first bundle), and unchanged otherwise.
+
+        Raises:
+            Unavailable: the store could not be written (the next call tries again).
+        """
+        ring = self._keys.ring
+        kids = " ".join(sorted(ring.kids()))
+        keys = {kid: key for kid in ring.kids() if (key := ring.public_key(kid)) is not None}
+        result: PublishedBundle | None = None
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            nonlocal result
+            stored = tx.get_published_bundle()
+            if stored is not None and stored.kids == kids:
+                result = stored
+                return []
+            sequence = 1 if stored is None else stored.sequence + 1
+            bundle = TrustBundle(self._config.trust_domain, sequence, None, keys)
+            result = PublishedBundle(
+                sequence=sequence,
+                kids=kids,
+                bundle=serialize_bundle(bundle).decode("utf-8"),
+                updated_at=self._kernel.now(),
+            )
+            tx.put_published_bundle(result)
+            return []
+
+        with self._lock:
+            self._kernel.commit(unit)  # derived from the keys: no audit event of its own
+            if result is None:  # pragma: no cover - the unit always sets it
+                raise RuntimeError("publishing the trust bundle produced nothing")
+            self._published_kids = kids
+        return result
+
+    def republish(self) -> None:
+        """:meth:`publish` after a rotation here; when the store cannot be written, the
+        next :meth:`publish_if_changed` publishes instead (the rotation stands)."""
+        with contextlib.suppress(Unavailable):
+            self.publish()
+
+    def publish_if_changed(self) -> bool:
+        """:meth:`publish` when the ring's key set is not the one last published by this
+        process (cheap otherwise: no store access). Run every second with the key refresh;
+        returns whether it looked at the store."""
+        if " ".join(sorted(self._keys.ring.kids())) == self._published_kids:
+            return False
+        self.publish()
+        return True
+
+    def served(self) -> bytes:
+        """The bundle document to serve: the stored one with the refresh hint.
+
+        Publishes first when nothing is stored yet (a new database).
+
+        Raises:
+            Unavailable: nothing stored and the store could not be written.
+        """
+        stored = self._store.get_published_bundle()
+        if stored is None:
+            stored = self.publish()
+        hint = self._config.federation_refresh_hint
+        cached = self._served
+        if cached is not None and cached[0] == stored.bundle and cached[1] == hint:
+            return cached[2]
+        bundle = parse_bundle(stored.bundle, self._config.trust_domain)
+        document = serialize_bundle(
+            TrustBundle(bundle.trust_domain, bundle.sequence, hint, bundle.keys)
+        )
+        self._served = (stored.bundle, hint, document)
+        return document

@@ -1,0 +1,169 @@
+"""The bundle refresher: fetch each federated domain's bundle on its refresh hint.
+
+SPIFFE Federation ``https_web``: a plain HTTPS GET of the configured URL, the server's
+certificate checked as any web server's (RFC 6125: it chains to the record's CA
+certificates, or the system's trust store, and names the URL's host), no client
+authentication. A temporary redirect is followed only to another ``https`` URL without
+userinfo, at most :data:`MAX_REDIRECTS` times, and never remembered. The body is read up
+to :data:`~tasklease.rules.bundle.MAX_BUNDLE_BYTES` and no further; the whole exchange
+has a deadline of :data:`TIMEOUT` seconds per request.
+
+What is fetched goes to :meth:`Federation.accept_bundle` (parsed there, refused if
+malformed or if its sequence goes backwards; the last good bundle is kept); a fetch that
+fails is recorded with :meth:`Federation.fetch_failed`. When to fetch is read from the
+stored records (:meth:`Federation.due`), so replicas sharing a database share the
+schedule: after one has fetched, the others wait for the next refresh.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import ssl
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from tasklease.core.broker import Broker
+from tasklease.core.errors import NotFound
+from tasklease.core.federation import BundleRefused
+from tasklease.core.store import FederationRecord
+from tasklease.rules.bundle import MAX_BUNDLE_BYTES
+
+__all__ = [
+    "MAX_REDIRECTS",
+    "TIMEOUT",
+    "FetchError",
+    "fetch_bundle",
+    "refresh_domain",
+    "refresh_due",
+]
+
+TIMEOUT = 5.0
+MAX_REDIRECTS = 3
+_REDIRECTS = frozenset((302, 303, 307))  # temporary ones (SPIFFE Federation section 5.1)
+_log = logging.getLogger("tasklease.federation")
+
+
+class FetchError(Exception):
+    """A bundle could not be fetched; ``reason`` says why (for the record and the logs)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@functools.lru_cache(maxsize=64)
+def _tls_context(ca_pem: str) -> ssl.SSLContext:
+    """The client context of ``https_web``: certificate and host name checked, against
+    ``ca_pem`` or the system's trust store."""
+    # cadata=None loads the system's store; a PEM string trusts only what it holds.
+    context = ssl.create_default_context(cadata=ca_pem or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _allowed(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return False
+    return parts.scheme == "https" and bool(parts.hostname) and "@" not in parts.netloc
+
+
+def fetch_bundle(url: str, *, ca_pem: str = "") -> bytes:
+    """The body served at the bundle endpoint ``url`` (not parsed).
+
+    Raises:
+        FetchError: the URL or a redirect is not an allowed https URL, the connection or
+            the TLS handshake failed (an untrusted certificate, another host's name), the
+            status is not 200, or the body is larger than a bundle may be.
+    """
+    try:
+        context = _tls_context(ca_pem)
+    except ssl.SSLError:
+        raise FetchError("the CA certificates cannot be used") from None
+    with httpx.Client(
+        verify=context,
+        timeout=TIMEOUT,
+        follow_redirects=False,
+        trust_env=False,  # no proxy or CA bundle from the environment decides whom we trust
+        headers={"accept": "application/json"},
+    ) as client:
+        for _ in range(MAX_REDIRECTS + 1):
+            if not _allowed(url):
+                raise FetchError("not an https URL without userinfo")
+            try:
+                with client.stream("GET", url) as response:
+                    if response.status_code in _REDIRECTS:
+                        location = response.headers.get("location", "")
+                        url = urljoin(url, location)
+                        continue
+                    if response.status_code != 200:
+                        raise FetchError(f"HTTP status {response.status_code}")
+                    return _read_capped(response)
+            except httpx.HTTPError as exc:
+                raise FetchError(_describe(exc)) from None
+        raise FetchError("too many redirects")
+
+
+def _read_capped(response: httpx.Response) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BUNDLE_BYTES:
+        raise FetchError(f"bundle larger than {MAX_BUNDLE_BYTES} bytes")
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > MAX_BUNDLE_BYTES:
+            raise FetchError(f"bundle larger than {MAX_BUNDLE_BYTES} bytes")
+    return bytes(body)
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    """A short, stable reason: the exception's class, and for TLS the verification error."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS: {cause.verify_message or 'certificate verification failed'}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS: {cause.reason or 'handshake failed'}"
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(exc).__name__}: {str(exc)[:120]}"
+
+
+def refresh_domain(broker: Broker, record: FederationRecord) -> bool:
+    """Fetch ``record``'s bundle and hand it to the core; True iff it was accepted.
+
+    Never raises for what the peer does (an unreachable endpoint, a refused bundle): that
+    is recorded on the record (``last_error``) and counted in the metrics.
+    """
+    if record.static:
+        return False
+    domain, version = record.trust_domain, record.created_at
+    federation = broker.federation
+    try:
+        body = fetch_bundle(record.bundle_endpoint_url, ca_pem=record.ca_pem)
+    except FetchError as exc:
+        _log.warning("fetching the bundle of %s failed: %s", domain, exc.reason)
+        federation.fetch_failed(
+            domain, f"fetch failed: {exc.reason}", version=version, now=broker.clock.now()
+        )
+        return False
+    try:
+        federation.accept_bundle(domain, body, version=version, now=broker.clock.now())
+    except BundleRefused as exc:
+        _log.warning("the bundle of %s was refused: %s", domain, exc.reason)
+        return False
+    except NotFound:
+        return False  # removed or replaced meanwhile: the new record has its own schedule
+    return True
+
+
+def refresh_due(broker: Broker) -> int:
+    """Fetch every bundle that is due for ``broker``'s tenant; returns how many were
+    accepted. Run every second by the server (one tenant after another)."""
+    accepted = 0
+    for record in broker.federation.due(broker.clock.now()):
+        accepted += refresh_domain(broker, record)
+    return accepted

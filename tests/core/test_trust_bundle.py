@@ -1,0 +1,67 @@
+"""This broker's own trust bundle (core.trustbundle): the JWKS's keys as a SPIFFE bundle
+whose spiffe_sequence grows on every key change and never goes back, across restarts and
+replicas sharing the store."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from tasklease.core.broker import Broker
+from tasklease.core.keys import KeyRing
+from tasklease.rules.bundle import parse_bundle
+from tasklease.storage import MemoryStore
+
+
+def _served(broker: Broker) -> Any:
+    return parse_bundle(broker.trust_bundle(), broker.config.trust_domain)
+
+
+def test_bundle_holds_the_jwks_keys_with_sequence_and_hint(make_broker: Any) -> None:
+    broker = make_broker(trust_domain="a.example", federation_refresh_hint=7)
+    bundle = _served(broker)
+    assert bundle.sequence == 1 and bundle.refresh_hint == 7
+    jwks = {k["kid"]: k["x"] for k in broker.keyring.jwks()["keys"]}
+    assert list(bundle.keys) == list(jwks) == broker.keyring.kids()
+    document = json.loads(broker.trust_bundle())
+    assert [k["use"] for k in document["keys"]] == ["jwt-svid"]
+    assert broker.trust_bundle() is broker.trust_bundle()  # served from a cache
+
+
+def test_sequence_grows_on_rotation_and_survives_a_restart(make_broker: Any, kit: Any) -> None:
+    store = MemoryStore()
+    broker = make_broker(store=store)
+    assert _served(broker).sequence == 1
+    assert not broker.publish_trust_bundle()  # nothing changed: no store access
+    broker.rotate_signing_key(kit.admin(broker).claims, kit.ctx)
+    bundle = _served(broker)
+    assert bundle.sequence == 2 and list(bundle.keys) == broker.keyring.kids()
+    assert len(bundle.keys) == 2
+    # A restart with the same keys (a new Broker on the same store): the same sequence.
+    again = make_broker(store=store, keyring=broker.keyring)
+    assert again.publish_trust_bundle()  # it looked...
+    assert _served(again).sequence == 2  # ...and found the key set published
+    # Keys retired while no broker ran: the next start publishes the next sequence.
+    retired = KeyRing(SigningKey.generate())
+    later = make_broker(store=store, keyring=retired)
+    later.publish_trust_bundle()
+    bundle = _served(later)
+    assert bundle.sequence == 3 and list(bundle.keys) == retired.kids()
+
+
+def test_a_replica_behind_serves_the_stored_bundle_rather_than_its_own(
+    make_broker: Any, kit: Any
+) -> None:
+    store = MemoryStore()
+    ring = KeyRing.generate()
+    first = make_broker(store=store, keyring=ring)
+    second = make_broker(store=store, keyring=ring)
+    first.publish_trust_bundle()
+    second.publish_trust_bundle()
+    first.rotate_signing_key(kit.admin(first).claims, kit.ctx)
+    # The second has not reloaded its keys yet: it serves what the first published.
+    assert second.keyring.kids() != first.keyring.kids()
+    assert _served(second) == _served(first)
+    assert _served(second).sequence == 2
