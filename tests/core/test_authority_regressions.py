@@ -402,3 +402,121 @@ def test_the_issuance_check_narrows_audience_itself(broker: Any) -> None:
     with pytest.raises(Refusal) as refusal:
         check_issuance("delegate", parent, resource="https://payments.example", **common)
     assert refusal.value.event_type == "audience"
+
+
+# Token exchange (RFC 8693) through the one check: "exchange" and "narrow" ------------------
+
+
+def _token_parent(**changes: Any) -> Any:
+    from tasklease.core.kernel import Parent
+
+    fields: dict[str, Any] = {
+        "holder": "spiffe://a.example/agent/o/t/1",
+        "scope": ("read:data:*",),
+        "audience": ("spiffe://tasklease.local",),
+        "principal": "user:alice@example.com",
+        "lineage": ("fed:a.example",),
+        "ceiling": 2_000,
+        "ttl": 300,
+        "renewals": 3,
+        "chain_agents": ("spiffe://a.example/agent/o/t/0", "spiffe://a.example/agent/o/t/1"),
+        "grant": "fed:a.example:g",
+        "jti": "fed:a.example:j",
+        "token_exp": 1_500,
+    }
+    fields.update(changes)
+    return Parent(**fields)
+
+
+def test_exchange_is_a_delegation_whose_audience_is_chosen_among_ours(broker: Any) -> None:
+    """A foreign parent names this broker as its audience: the child gets our default
+    audience or one resource, lives within the parent's exp, keeps the renewal count and
+    the principal, and descends from the parent's grant and token."""
+    from tasklease.core.kernel import check_issuance
+
+    common: dict[str, Any] = {
+        "holder": "spiffe://tasklease.local/agent/o/t/9",
+        "scope": ("read:data:1",),
+        "iat": 1_000,
+        "requested_ttl": 3_000,
+        "config": broker.config,
+    }
+    granted = check_issuance("exchange", _token_parent(), **common)
+    assert granted.audience == broker.config.audience
+    assert granted.exp == 1_000 + 300  # the parent's ttl (the federation's max_ttl)
+    assert granted.renewals == 3 and granted.principal == "user:alice@example.com"
+    assert granted.lineage == ("fed:a.example", "fed:a.example:g", "fed:a.example:j")
+    assert granted.grant == ""
+    late = check_issuance("exchange", _token_parent(token_exp=1_100), **common)
+    assert late.exp == 1_100 and late.max_exp == 1_100
+    one = check_issuance("exchange", _token_parent(), resource="https://orders.example", **common)
+    assert one.audience == ("https://orders.example",)
+
+
+def test_exchange_refuses_what_delegation_refuses(broker: Any) -> None:
+    from tasklease.core.kernel import Refusal, check_issuance
+
+    common: dict[str, Any] = {"iat": 1_000, "requested_ttl": 60, "config": broker.config}
+    with pytest.raises(Refusal) as widening:
+        check_issuance(
+            "exchange",
+            _token_parent(),
+            holder="spiffe://tasklease.local/agent/o/t/9",
+            scope=("write:data:1",),
+            **common,
+        )
+    assert widening.value.event_type == "attenuation"
+    with pytest.raises(Refusal) as cycle:
+        check_issuance(
+            "exchange",
+            _token_parent(),
+            holder="spiffe://a.example/agent/o/t/0",
+            scope=("read:data:1",),
+            **common,
+        )
+    assert "cycle" in cycle.value.detail
+    deep = tuple(f"spiffe://a.example/agent/o/t/{i}" for i in range(6))
+    with pytest.raises(Refusal) as depth:
+        check_issuance(
+            "exchange",
+            _token_parent(chain_agents=deep),
+            holder="spiffe://tasklease.local/agent/o/t/9",
+            scope=("read:data:1",),
+            **common,
+        )
+    assert depth.value.event_type == "depth"
+    with pytest.raises(Refusal) as ended:
+        check_issuance(
+            "exchange",
+            _token_parent(token_exp=1_000),
+            holder="spiffe://tasklease.local/agent/o/t/9",
+            scope=("read:data:1",),
+            **common,
+        )
+    assert ended.value.event_type == "renewal"
+
+
+def test_narrowing_keeps_the_holder_and_only_narrows(broker: Any) -> None:
+    from tasklease.core.kernel import Refusal, check_issuance
+
+    holder = "spiffe://a.example/agent/o/t/1"
+    parent = _token_parent(audience=broker.config.audience)
+    common: dict[str, Any] = {"iat": 1_000, "requested_ttl": 60, "config": broker.config}
+    narrowed = check_issuance(
+        "narrow", parent, holder=holder, scope=("read:data:1",), resource="spiffe://b", **common
+    )
+    assert narrowed.audience == ("spiffe://b",) and narrowed.renewals == 3
+    assert narrowed.lineage[-2:] == ("fed:a.example:g", "fed:a.example:j")
+    # No new hop: the holder is already in the chain and that is no cycle.
+    assert holder in parent.chain_agents
+    with pytest.raises(ValueError, match="keeps the holder"):
+        check_issuance("narrow", parent, holder="spiffe://x/agent/o/t/2", scope=(), **common)
+    with pytest.raises(Refusal) as wider:
+        check_issuance("narrow", parent, holder=holder, scope=("write:data:1",), **common)
+    assert wider.value.event_type == "attenuation"
+    one = _token_parent(audience=("https://orders.example",))
+    with pytest.raises(Refusal) as audience:
+        check_issuance(
+            "narrow", one, holder=holder, scope=(), resource="https://pay.example", **common
+        )
+    assert audience.value.event_type == "audience"

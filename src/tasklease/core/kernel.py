@@ -7,7 +7,8 @@ whose end ends it: ``app:<app_id>``, and for each delegation hop the delegator's
 id and ``jti``), ``grant`` (the renewal thread it continues) and ``max_exp`` (the latest
 ``exp`` any token of the lineage may have).
 
-Register, renew, resume and delegate all create children through :func:`check_issuance`,
+Register, renew, resume, delegate and token exchange (``narrow`` in the domain,
+``exchange`` from a federated one) all create children through :func:`check_issuance`,
 one pure function: it refuses when an ancestor is gone, and otherwise computes the new
 token's ``exp``, renewal count, lineage and principal so that nothing grows along a
 lineage. The invariants (docs/authority.md):
@@ -206,14 +207,21 @@ class Refusal(Exception):
         self.event_type = event_type
 
 
-OPERATIONS = ("register", "renew", "resume", "delegate")
+OPERATIONS = ("register", "renew", "resume", "delegate", "exchange", "narrow")
 # The wire's words for a widening, as clients have always read them.
 _WIDENING = {
     "register": "requested scope exceeds allowed scope",
     "renew": "renewal cannot change scope",
     "resume": "resumption cannot change scope",
     "delegate": "delegated scope exceeds delegator scope",
+    "exchange": "requested scope exceeds what the subject token grants here",
+    "narrow": "requested scope exceeds the subject token's scope",
 }
+# Operations whose parent is a token that hands on part of itself: the child lives within
+# the parent token's exp and lists the parent's grant and jti in its lineage.
+_FROM_TOKEN = ("delegate", "exchange", "narrow")
+# Operations that add a hop to the chain: depth bounded, no agent twice.
+_NEW_HOLDER = ("delegate", "exchange")
 
 
 def check_issuance(
@@ -230,7 +238,11 @@ def check_issuance(
 ) -> Issuance:
     """The one issuance check every credential path calls. Raises :class:`Refusal`.
 
-    ``operation`` is one of ``register``, ``renew``, ``resume``, ``delegate``;
+    ``operation`` is one of ``register``, ``renew``, ``resume``, ``delegate``,
+    ``exchange`` (RFC 8693: a federated domain's token, as ``parent``, handed to a local
+    agent: a delegation whose parent named this broker as its audience, so the child's
+    audience is chosen among ours) or ``narrow`` (RFC 8693 within the domain: the holder
+    derives a narrower token from its own, same holder, no new hop);
     ``holder`` the new token's subject; ``scope`` what it asks for; ``requested_ttl``
     the lifetime asked for; ``dead_ancestor``, when not empty, says why an ancestor the
     caller looked up in the store (app, registration, delegate) is no longer alive;
@@ -239,6 +251,8 @@ def check_issuance(
     """
     if operation not in OPERATIONS:
         raise ValueError(f"unknown issuance operation: {operation}")
+    if operation == "narrow" and holder != parent.holder:
+        raise ValueError("narrowing keeps the holder: a new holder is a delegation")
     if dead_ancestor:
         raise Refusal(Forbidden("an ancestor credential has ended"), dead_ancestor, "denied")
     if operation == "resume" and not parent.resumable:
@@ -260,8 +274,12 @@ def check_issuance(
     try:
         if operation == "register":
             audience = choose_audience(resource, parent.audience, config.audience)
-        elif operation == "delegate":
+        elif operation in ("delegate", "narrow"):
             audience = narrow_audience(resource, parent.audience, config.audience)
+        elif operation == "exchange":
+            # The foreign parent was for this broker as a whole: any one of our resources,
+            # or our default audience, is within it.
+            audience = choose_audience(resource, (), config.audience)
         else:
             audience = parent.audience
     except InvalidTarget as exc:
@@ -282,20 +300,20 @@ def check_issuance(
             "renewal",
         )
     depth = len(parent.chain_agents) - 1
-    if operation == "delegate" and depth >= config.max_delegation_depth:
+    if operation in _NEW_HOLDER and depth >= config.max_delegation_depth:
         raise Refusal(
             ScopeViolation("delegation depth limit exceeded"),
             f"delegation depth {depth} at limit {config.max_delegation_depth}",
             "depth",
         )
-    if operation == "delegate" and holder in parent.chain_agents:
+    if operation in _NEW_HOLDER and holder in parent.chain_agents:
         raise Refusal(
             ScopeViolation("the delegate already holds this authority in the chain"),
             f"delegation cycle: {holder} is already in the chain",
             "attenuation",
         )
     ceiling = parent.ceiling
-    if parent.token_exp and operation == "delegate":
+    if parent.token_exp and operation in _FROM_TOKEN:
         ceiling = min(ceiling, parent.token_exp)
     exp = min(iat + min(requested_ttl, parent.ttl, config.max_ttl), ceiling)
     if exp <= iat:
@@ -307,9 +325,9 @@ def check_issuance(
             f"lineage ceiling reached (max_exp={ceiling})",
             "renewal",
         )
-    if operation == "delegate":
-        # The delegate's token descends from the delegator's grant and token: ending
-        # either ends it (ending_records).
+    if operation in _FROM_TOKEN:
+        # The new token descends from the parent's grant and token: ending either ends
+        # it (ending_records).
         lineage = (*parent.lineage, parent.grant)
         if parent.jti and parent.jti != parent.grant:
             lineage = (*lineage, parent.jti)
