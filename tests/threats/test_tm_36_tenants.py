@@ -14,6 +14,7 @@ introspection, revocation, feed or audit log.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -33,17 +34,19 @@ class Side:
         self.view = view
         self.app = view.create_app(SCOPE)
         self.app_token = view.app_token(self.app)
-        self.launch = view.launch_token(SCOPE, max_uses=5)
+        self.launch = view.launch_token(SCOPE, max_uses=5, single_use=False)
         self.agent = view.register(SCOPE, launch_token=self.launch)
         self.operator = view.admin_token()
 
 
 @pytest.fixture(scope="module")
-def sides(broker: RunningBroker) -> tuple[Side, Side, Side]:
+def sides(broker: RunningBroker) -> Iterator[tuple[Side, Side, Side]]:
     suffix = secrets.token_hex(3)
     blue = Side(broker.create_tenant(f"blue-{suffix}"))
     red = Side(broker.create_tenant(f"red-{suffix}"))
-    return blue, red, Side(broker)
+    yield blue, red, Side(broker)
+    blue.view.client.close()
+    red.view.client.close()
 
 
 def _problem(resp: httpx.Response) -> tuple[int, str, str]:
@@ -150,7 +153,7 @@ def test_a_tenant_sees_only_its_own_revocations_and_audit_events(
     assert resp.status_code == 200, resp.text
     assert red.view.validate(red.agent.access_token)["valid"] is False
     for other in (blue, default):
-        feed = other.view.get("/v1/revoked", headers=bearer(other.operator))
+        feed = other.view.get("/v1/revocations", headers=bearer(other.operator))
         assert feed.status_code == 200, feed.text
         assert task not in feed.text
         events = other.view.get(
@@ -184,6 +187,7 @@ def test_an_unknown_and_a_removed_tenant_answer_alike(broker: RunningBroker) -> 
     # Its name is never given again.
     again = broker.post("/v1/admin/tenants", json={"name": name}, headers=broker.admin_headers())
     assert again.status_code == 409
+    view.client.close()
 
 
 def _events(view: RunningBroker, token: str, **params: Any) -> list[dict[str, Any]]:

@@ -1,0 +1,107 @@
+# Would fail if: the tenant commands or the global --tenant stopped working as
+# docs/tenants.md shows them, or a tenant's keys rotated the default tenant's.
+"""``tasklease tenant`` and ``--tenant``, run as docs/tenants.md shows them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tasklease.client.testing import BrokerForTests
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "tenants.md"
+BIN = str(Path(sys.executable).parent)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[BrokerForTests]:
+    with BrokerForTests() as running:
+        yield running
+
+
+def _block(marker: str, language: str) -> str:
+    text = DOC.read_text()
+    found = re.search(rf"<!-- {marker}[^>]*-->\n```{language}\n(.*?)```", text, re.S)
+    assert found, f"no {marker} block in {DOC}"
+    return found.group(1)
+
+
+def _env(broker: BrokerForTests, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
+    env.update(
+        {
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "COLUMNS": "200",
+            "PATH": f"{BIN}:{env.get('PATH', '')}",
+            "TASKLEASE_ADMIN_SECRET": broker.admin_secret,
+        }
+    )
+    return env
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tasklease.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_the_walkthrough_runs_as_written(broker: BrokerForTests, tmp_path: Path) -> None:
+    script = _block("walkthrough", "sh").replace("http://127.0.0.1:8080", broker.url)
+    assert script.count("\n") < 10  # "in under ten commands"
+    env = _env(broker, tmp_path)
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    created = json.loads((tmp_path / "acme.json").read_text())
+    assert created["name"] == "acme" and created["base_path"] == "/t/acme"
+    assert created["trust_domain"].startswith("acme.")
+    # The app, the launch token and the key rotation happened in acme, not in the default.
+    env["TASKLEASE_URL"] = broker.url
+    default_apps = _cli(env, "app", "list", "--json")
+    assert default_apps.returncode == 0, default_apps.stderr
+    assert "billing" not in default_apps.stdout
+    acme = {
+        **env,
+        "TASKLEASE_OPERATOR": "admin",
+        "TASKLEASE_OPERATOR_SECRET": created["admin_secret"],
+    }
+    acme_apps = _cli(acme, "--tenant", "acme", "app", "list", "--json")
+    assert acme_apps.returncode == 0, acme_apps.stderr
+    assert "billing" in acme_apps.stdout
+    jwks = httpx.get(f"{broker.url}/t/acme/.well-known/jwks.json").json()["keys"]
+    assert len(jwks) == 2  # acme's first key and the one `keys rotate` made
+    assert len(httpx.get(f"{broker.url}/.well-known/jwks.json").json()["keys"]) == 1
+    # TASKLEASE_TENANT does what --tenant does; the default admin secret opens no tenant.
+    events = _cli({**acme, "TASKLEASE_TENANT": "acme"}, "audit", "events", "--json")
+    assert events.returncode == 0 and "tenant_created" not in events.stdout
+    refused = _cli(env, "--tenant", "acme", "app", "list")
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    listed = _cli(env, "tenant", "list", "--json")
+    assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["acme"]
+    bad = _cli(env, "--tenant", "Not A Tenant", "app", "list")
+    assert bad.returncode == 2 and "invalid tenant name" in bad.stderr
+    removed = _cli(env, "tenant", "remove", "acme")
+    assert removed.returncode == 0, removed.stderr
+    gone = _cli(acme, "--tenant", "acme", "app", "list")
+    assert gone.returncode == 1, gone.stdout + gone.stderr  # 404: no such tenant
