@@ -1,15 +1,13 @@
 # Would fail if: introspection stopped answering `{"active": false}` to an app for the
 # tokens of another app's agents (its `client_id` comparison), or an app token were
 # accepted on an operator route.
-"""TM-36 — cross-tenant access: one tenant's agents or operators read, revoke, reconfigure
-or launch into another tenant's credentials.
+"""TM-36 — cross-tenant access, inside one tenant: the app is the boundary there.
 
-Tenants do not exist yet (docs/security.md, TM-36 "partly"): the boundary today is the
-app. This module tests that boundary end to end, with two apps and their agents: an app
-introspects only its own agents' tokens, holds no operator power (revocation, audit,
-apps, keys), launches only within its own ceiling, cannot authenticate as another app,
-and the removal of one app leaves the other untouched; an agent revokes only its own
-tokens. What is missing for tenants is listed in the table, not tested here.
+Between tenants, ``test_tm_36_tenants.py``. Here, two apps of one tenant and their
+agents: an app introspects only its own agents' tokens, holds no operator power
+(revocation, audit, apps, keys), launches only within its own ceiling, cannot
+authenticate as another app, and the removal of one app leaves the other untouched; an
+agent revokes only its own tokens.
 """
 
 from __future__ import annotations
