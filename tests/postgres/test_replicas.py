@@ -232,3 +232,36 @@ def test_database_outage_fails_closed_and_recovers(replicas: Replicas, tmp_path:
         assert done.returncode == 0, done.stdout + done.stderr
     finally:
         cluster.destroy()
+
+
+def test_a_tenant_made_on_a_serves_on_b_and_its_revocations_cross(
+    pg_url: str, replicas: Replicas
+) -> None:
+    # Would fail if: a tenant created through one replica were unknown to another, a
+    # replica made signing keys of its own for it, or a tenant's revocation did not reach
+    # the other replica (tenant brokers follow the shared LISTEN connection) or reached
+    # another tenant.
+    a, b = replicas(pg_url)
+    acme_a = a.create_tenant("acme")
+    agent = acme_a.register(["read:data:*"])
+    acme_b = b.tenant("acme", _rotate_admin_secret(acme_a))
+    assert acme_b.is_valid(agent.access_token)
+    kids = {v.get("/.well-known/jwks.json").json()["keys"][0]["kid"] for v in (acme_a, acme_b)}
+    assert len(kids) == 1  # one key, shared by the replicas
+    other = a.create_tenant("globex")
+    bystander = other.register(["read:data:*"])
+    resp = acme_b.revoke("task", agent.task_id)
+    assert resp.status_code == 200, resp.text
+    wait_until(lambda: not acme_a.is_valid(agent.access_token), PROPAGATION_BOUND)
+    assert other.is_valid(bystander.access_token)
+    assert not a.is_valid(agent.access_token)  # nor is it valid in the default tenant
+    for view in (acme_a, acme_b, other):
+        view.client.close()
+
+
+def _rotate_admin_secret(view: RunningBroker) -> str:
+    """A fresh secret for the tenant's admin, to sign in on the other replica (the helper
+    keeps only the token it signed in for)."""
+    resp = view.post("/v1/admin/operators/admin/rotate", json={}, headers=view.admin_headers())
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["secret"])
