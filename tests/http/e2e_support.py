@@ -93,6 +93,7 @@ class RunningBroker:
     log_path: Path
     client: httpx.Client = field(repr=False)
     _admin_token: str | None = None
+    _views: list[RunningBroker] = field(default_factory=list, repr=False)
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -143,16 +144,17 @@ class RunningBroker:
 
     def tenant(self, name: str, admin_secret: str) -> RunningBroker:
         """This broker as tenant ``name`` sees it (``/t/<name>/...``), signed in as its
-        operator ``admin`` with ``admin_secret``."""
+        operator ``admin`` with ``admin_secret`` (kept as the view's ``admin_secret``)."""
         client = httpx.Client(base_url=f"{self.url}/t/{name}", timeout=self.client.timeout)
         view = RunningBroker(
             url=f"{self.url}/t/{name}",
-            admin_secret="",
+            admin_secret=admin_secret,
             data_dir=self.data_dir,
             proc=self.proc,
             log_path=self.log_path,
             client=client,
         )
+        self._views.append(view)  # closed with this broker
         signed = view.post("/v1/operator/auth", json={"name": "admin", "secret": admin_secret})
         assert signed.status_code == 200, signed.text
         view._admin_token = str(signed.json()["access_token"])
@@ -403,5 +405,7 @@ def _terminate(proc: subprocess.Popen[bytes]) -> int:
 
 def stop_broker(broker: RunningBroker) -> int:
     """SIGTERM (then SIGKILL) the broker; returns its exit code."""
+    for view in broker._views:
+        view.client.close()
     broker.client.close()
     return _terminate(broker.proc)
