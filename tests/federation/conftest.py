@@ -1,14 +1,46 @@
 """Federation between brokers: trust bundles over real HTTPS on loopback, with a test CA.
 
-The helpers live beside this file (``bundle_support``); under ``--import-mode=importlib``
-pytest does not put test directories on ``sys.path``, so this conftest does.
+The helpers live beside this file (``bundle_support``) and in tests/http
+(``e2e_support``, on the path from pyproject); under ``--import-mode=importlib`` pytest
+does not put test directories on ``sys.path``, so this conftest does for this one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
+# The bridge tests start broker processes with the end-to-end suite's helpers.
+_HTTP = str(Path(__file__).resolve().parents[1] / "http")
+if _HTTP not in sys.path:
+    sys.path.insert(0, _HTTP)
+
+from e2e_support import RunningBroker, launch_broker, stop_broker  # noqa: E402
+
+
+@pytest.fixture
+def start_broker(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., RunningBroker]]:
+    """Start ``tasklease serve`` processes owned by one test (stopped at its end)."""
+    started: list[RunningBroker] = []
+
+    def start(
+        data_dir: Path | None = None, env: dict[str, str] | None = None, **kwargs: Any
+    ) -> RunningBroker:
+        running = launch_broker(data_dir or tmp_path_factory.mktemp("broker"), env, **kwargs)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        with contextlib.suppress(Exception):
+            stop_broker(running)

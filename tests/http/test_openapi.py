@@ -638,6 +638,25 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     call("DELETE", "/v1/admin/operators/{name}", path=alice_path, token=admin, expect=404)
     call("POST", rotate, path=f"{alice_path}/rotate", token=admin, json={}, expect=404)
 
+    # Federation: this broker's trust bundle; a federated domain declared (a static bundle:
+    # no peer to fetch from here), listed, shown, removed.
+    own = call("GET", "/v1/federation/bundle", expect=200)
+    assert own["spiffe_sequence"] >= 1 and own["keys"]
+    static = msgspec.json.encode({"keys": own["keys"], "spiffe_sequence": 1}).decode()
+    declared = {"trust_domain": "peer.example", "bundle": static, "scope_ceiling": ["read:x:*"]}
+    federations, peer = "/v1/admin/federations", "/v1/admin/federations/peer.example"
+    added = call("POST", federations, token=admin, json=declared, expect=201)
+    assert added["status"] == "trusted" and added["replaced"] is False
+    call("POST", federations, token=admin, json={"trust_domain": "peer.example"}, expect=400)
+    call("POST", federations, token=a_token, json=declared, expect=403)
+    call("POST", federations, json=declared, expect=401)
+    call("GET", federations, token=admin, expect=200)
+    one_domain = "/v1/admin/federations/{trust_domain}"
+    call("GET", one_domain, path=peer, token=admin, expect=200)
+    call("DELETE", one_domain, path=peer, token=admin, expect=200)
+    call("DELETE", one_domain, path=peer, token=admin, expect=404)
+    call("GET", one_domain, path=peer, token=admin, expect=404)
+
     # Last: rotating the signing key must not matter to anything above.
     call("POST", "/v1/admin/keys/rotate", token=a_token, expect=403)
     call("POST", "/v1/admin/keys/rotate", expect=401)

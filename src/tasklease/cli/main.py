@@ -22,7 +22,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from tasklease.cli import _audit, _doctor, _keys, _operators, _remote, _tenants, _token
+from tasklease.cli import (
+    _audit,
+    _doctor,
+    _federation,
+    _keys,
+    _operators,
+    _remote,
+    _tenants,
+    _token,
+)
 from tasklease.cli._common import (
     EXIT_CODES_HELP,
     AdminSecretOpt,
@@ -326,6 +335,7 @@ _doctor.register(app)  # local, like init and serve
 _remote.register(app)
 _operators.register(app)
 _tenants.register(app)
+_federation.register(app)
 _audit.register(audit_app)
 _token.register(app)
 _keys.register(_remote.keys_app)

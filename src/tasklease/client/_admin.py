@@ -278,6 +278,55 @@ class AdminClient:
         """Remove a tenant: it is no longer served, so none of its credentials work."""
         return self._json("DELETE", f"/v1/admin/tenants/{_segment(name)}")
 
+    # -- federation (admin:keys:*: the admin role and the built-in admin) ---------------
+
+    def add_federation(
+        self,
+        trust_domain: str,
+        *,
+        bundle_endpoint_url: str | None = None,
+        bundle: str | None = None,
+        ca_pem: str | None = None,
+        max_bundle_age: int | None = None,
+        scope_map: Sequence[tuple[str, str]] | None = None,
+        scope_ceiling: Sequence[str] | None = None,
+        max_ttl: int | None = None,
+    ) -> dict[str, Any]:
+        """Federate with ``trust_domain``: its bundle from ``bundle_endpoint_url`` (https;
+        checked against ``ca_pem``, else the system's trust store) or the static ``bundle``
+        (its JSON text). Declaring it again replaces the record (``replaced`` in the
+        answer). The broker fetches an endpoint's bundle before answering: ``status`` and
+        ``last_error`` say how that went."""
+        body: dict[str, Any] = {"trust_domain": trust_domain}
+        optional = {
+            "bundle_endpoint_url": bundle_endpoint_url,
+            "bundle": bundle,
+            "ca_pem": ca_pem,
+            "max_bundle_age": max_bundle_age,
+            "scope_ceiling": None if scope_ceiling is None else list(scope_ceiling),
+            "scope_map": None if scope_map is None else [list(pair) for pair in scope_map],
+            "max_ttl": max_ttl,
+        }
+        body.update({key: value for key, value in optional.items() if value is not None})
+        return self._json("POST", "/v1/admin/federations", json=body)
+
+    def list_federations(self) -> list[dict[str, Any]]:
+        """Every federated trust domain, by name, with its bundle's state."""
+        found = self._json("GET", "/v1/admin/federations").get("federations")
+        return [f for f in found if isinstance(f, dict)] if isinstance(found, list) else []
+
+    def get_federation(self, trust_domain: str) -> dict[str, Any]:
+        """One federated trust domain; raises NotFound if it is not federated."""
+        return self._json("GET", f"/v1/admin/federations/{_segment(trust_domain)}")
+
+    def remove_federation(self, trust_domain: str) -> dict[str, Any]:
+        """Stop trusting ``trust_domain``: its credentials are refused from now on."""
+        return self._json("DELETE", f"/v1/admin/federations/{_segment(trust_domain)}")
+
+    def trust_bundle(self) -> dict[str, Any]:
+        """This broker's SPIFFE trust bundle (``GET /v1/federation/bundle``, public)."""
+        return expect_json(self._send("GET", "/v1/federation/bundle"))
+
     # -- audit --------------------------------------------------------------------------
 
     def audit_events(
