@@ -249,6 +249,7 @@ def test_public_surface() -> None:
         "AppCredentials",
         "BrokerIntrospector",
         "DelegationHop",
+        "FederatedDomain",
         "InsufficientScope",
         "InvalidToken",
         "TokenIntrospector",

@@ -12,6 +12,10 @@ Opaque by-reference tokens are resolved through the broker's introspection; boun
 (``cnf``) need their proof: ``verify(token, client_cert=...)`` or ``verify(token,
 scheme="DPoP", dpop_proof=..., htm=..., htu=...)``.
 
+Tokens of other brokers' trust domains are accepted when listed in ``federations``
+(:class:`FederatedDomain`: each its bundle endpoint, issuer and scope ceiling; see
+docs/federation.md).
+
 Needs only PyNaCl and httpx. The Starlette/FastAPI middleware and ``require_scope`` are in
 :mod:`tasklease.verify.asgi`; the token verifier for the ``mcp`` SDK is in
 :mod:`tasklease.verify.mcp`. See ``docs/verifier.md``.
@@ -24,6 +28,7 @@ from tasklease.verify._errors import (
     VerificationError,
     VerifierUnavailable,
 )
+from tasklease.verify._federation import FederatedDomain
 from tasklease.verify._feed import AppCredentials
 from tasklease.verify._introspection import BrokerIntrospector, TokenIntrospector
 from tasklease.verify._verifier import Verifier
@@ -32,6 +37,7 @@ __all__ = [
     "AppCredentials",
     "BrokerIntrospector",
     "DelegationHop",
+    "FederatedDomain",
     "InsufficientScope",
     "InvalidToken",
     "TokenIntrospector",

@@ -33,11 +33,12 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from hashlib import sha256 as _sha256
 from typing import Any
 
 import httpx
+import nacl.signing
 
 from tasklease.core.clock import Clock, SystemClock
 from tasklease.rules import jws
@@ -51,6 +52,7 @@ from tasklease.rules.binding import (
 from tasklease.rules.claims import ClaimRejected, check_claims, check_time
 from tasklease.verify._claims import VerifiedToken, claims_from_introspection, parse_claims
 from tasklease.verify._errors import InsufficientScope, InvalidToken, VerifierUnavailable
+from tasklease.verify._federation import FederatedDomain, FederationError, Federations
 from tasklease.verify._feed import AppCredentials, FeedFollower
 from tasklease.verify._introspection import (
     _REFERENCE_CHARS,
@@ -146,6 +148,12 @@ class Verifier:
             are refused (fail closed).
         transport: an httpx transport (tests inject one to count or fake requests).
         clock: wall clock for ``exp``/``nbf``/``iat`` (tests inject one).
+        federations: other brokers' trust domains whose tokens are accepted too, each
+            verified with its own SPIFFE bundle (fetched over HTTPS from its bundle
+            endpoint) and held to its own issuer and scope ceiling
+            (:class:`~tasklease.verify.FederatedDomain`; docs/federation.md). Their
+            tokens are checked against this verifier's revocations, not their broker's:
+            keep their lifetimes short (``max_token_lifetime``).
     """
 
     def __init__(
@@ -172,6 +180,7 @@ class Verifier:
         timeout: float = 5.0,
         transport: httpx.BaseTransport | None = None,
         clock: Clock | None = None,
+        federations: Sequence[FederatedDomain] = (),
     ) -> None:
         if not audience:
             raise ValueError("audience is required: tokens are checked against it")
@@ -193,6 +202,14 @@ class Verifier:
             base_url=broker_url.rstrip("/"), transport=transport, timeout=timeout
         )
         self._keys = KeySet(self._client, ttl=jwks_ttl, min_interval=jwks_min_refresh_interval)
+        self._federation = (
+            Federations(federations, timeout=timeout, min_interval=jwks_min_refresh_interval)
+            if federations
+            else None
+        )
+        # A federated domain's key id is not looked for in the broker's JWKS (no fetch).
+        self._resolve = self._local_only(self._keys.resolve)
+        self._cached_key = self._local_only(self._keys.get)
         self._revocations = RevocationIndex()
         self._cache = _TokenCache(cache_size)
         self._credentials = credentials
@@ -238,6 +255,8 @@ class Verifier:
             if not self._started:
                 self._started = True
                 self._keys.refresh()
+                if self._federation is not None:
+                    self._federation.refresh_all()
                 if self._feed is not None:
                     self._feed.start()
         if self._feed is not None:
@@ -277,6 +296,7 @@ class Verifier:
         """Counters for health endpoints and tests."""
         return {
             "jwks_fetches": self._keys.fetches,
+            "federations": {} if self._federation is None else self._federation.stats(),
             "kids": self._keys.kids,
             "cached_tokens": len(self._cache),
             "cached_references": len(self._references),
@@ -322,7 +342,7 @@ class Verifier:
                 scheme, client_cert, client_cert_thumbprint, dpop_proof, htm, htu
             )
         )
-        return self._verify(token, self._keys.resolve, presented, introspect=True)
+        return self._verify(token, self._resolve, presented, introspect=True)
 
     async def averify(
         self,
@@ -340,13 +360,19 @@ class Verifier:
             scheme, client_cert, client_cert_thumbprint, dpop_proof, htm, htu
         )
         try:
-            return self._verify(token, self._keys.get, presented, introspect=False)
+            return self._verify(token, self._cached_key, presented, introspect=False)
         except _NeedsIntrospection:
             return await asyncio.to_thread(
-                self._verify, token, self._keys.get, presented, introspect=True
+                self._verify, token, self._cached_key, presented, introspect=True
             )
         except InvalidToken as exc:
-            if exc.reason != "unknown kid" or not self._keys.may_refresh():
+            if exc.reason != "unknown kid":
+                raise
+            if self._federation is not None:  # its bundles may be fetched: in a thread
+                return await asyncio.to_thread(
+                    self._verify, token, self._resolve, presented, introspect=True
+                )
+            if not self._keys.may_refresh():
                 raise
         await asyncio.to_thread(self._keys.refresh_for_unknown_kid)
         return self._verify(token, self._keys.get, presented, introspect=False)
@@ -414,7 +440,9 @@ class Verifier:
                 try:
                     _, _, claims = _decode_parts(token, resolve_key, _ALLOWED_TYPS, self._max_bytes)
                 except jws.JWSError as exc:
-                    raise InvalidToken(exc.reason) from None
+                    if exc.reason != "unknown kid" or self._federation is None:
+                        raise InvalidToken(exc.reason) from None
+                    return self._federated(token, presented, now, network=introspect)
                 verified = parse_claims(claims)
             try:
                 actors = check_claims(
@@ -443,6 +471,73 @@ class Verifier:
         if cnf is not None or presented is not None:
             try:
                 check_binding(cnf, token, presented or _BEARER, dpop=self._dpop, now=now)
+            except BindingError as exc:
+                raise InvalidToken(exc.reason) from None
+        return verified
+
+    # --- tokens of federated trust domains (verify._federation) ---------------------------
+
+    def _local_only(
+        self, resolve: Callable[[str], nacl.signing.VerifyKey | None]
+    ) -> Callable[[str], nacl.signing.VerifyKey | None]:
+        federation = self._federation
+        if federation is None:
+            return resolve
+        return lambda kid: None if federation.knows(kid) else resolve(kid)
+
+    def _federated(
+        self, token: str, presented: Presentation | None, now: float, *, network: bool
+    ) -> VerifiedToken:
+        """Verify a token whose ``kid`` is not the broker's against the federated domain
+        whose bundle holds it; with ``network``, bundles may be fetched (rate limited).
+
+        Not cached: the bundle's age and the domain's configuration count at every use.
+        """
+        federation = self._federation
+        if federation is None:  # pragma: no cover - only called with federations
+            raise InvalidToken("unknown kid")
+        if network:
+            federation.refresh_due()
+        chosen: list[Any] = []
+
+        def resolve(kid: str) -> nacl.signing.VerifyKey | None:
+            domain = federation.owner(kid)
+            if domain is None and network and federation.refresh_for_unknown_kid():
+                domain = federation.owner(kid)
+            if domain is None:
+                return None
+            chosen.append(domain)
+            return federation.resolve_in(domain)(kid)
+
+        try:
+            _, _, claims = _decode_parts(token, resolve, _ALLOWED_TYPS, self._max_bytes)
+            domain = chosen[-1]
+            config = domain.config
+            verified = parse_claims(claims)
+            actors = check_claims(
+                verified,
+                verified.claims,
+                issuer=config.issuer,
+                audiences=self._audiences,
+                now=now,
+                skew=self._skew,
+                max_lifetime=config.max_token_lifetime or self._max_lifetime,
+                max_depth=self._max_depth,
+                exp_leeway=self._exp_leeway,
+            )
+            if actors:
+                verified = dataclasses.replace(verified, actors=actors)
+            federation.check_holder_and_ceiling(domain, verified.sub, verified.scope)
+        except (jws.JWSError, ClaimRejected, FederationError) as exc:
+            raise InvalidToken(exc.reason) from None
+        level = self._revocations.match(verified)
+        if level is not None:
+            raise InvalidToken(f"token has been revoked (level {level})")
+        if self._feed is not None and self._feed.staleness() > self.max_feed_staleness:
+            raise VerifierUnavailable("revocation feed is stale")
+        if verified.cnf is not None or presented is not None:
+            try:
+                check_binding(verified.cnf, token, presented or _BEARER, dpop=self._dpop, now=now)
             except BindingError as exc:
                 raise InvalidToken(exc.reason) from None
         return verified
@@ -491,3 +586,5 @@ class Verifier:
         # verifier accepts tokens exp_leeway seconds longer, so it keeps entries as long.
         self._revocations.prune(self._clock.now() - self._exp_leeway)
         self._keys.refresh_if_stale()
+        if self._federation is not None:
+            self._federation.refresh_due()

@@ -1,0 +1,255 @@
+"""``tasklease.verify`` accepting tokens of federated trust domains: each domain's own
+bundle (fetched over HTTPS from its bundle endpoint, with a test CA), issuer, agents and
+scope ceiling; nothing beyond, and never another domain's keys."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from bundle_support import CA, CTX, Served, admin, make_broker, make_ca, serve_broker
+
+from tasklease.core.broker import Broker
+from tasklease.core.clock import SystemClock
+from tasklease.core.keys import KeyRing
+from tasklease.core.tokens import KIND_AGENT, mint
+from tasklease.verify import FederatedDomain, InvalidToken, Verifier
+from tasklease.verify._federation import FederationError, Federations
+
+AUDIENCE = "orders-api"
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CA:
+    return make_ca(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def cert(ca: CA) -> tuple[Path, Path]:
+    return ca.server("127.0.0.1")
+
+
+def _broker(domain: str) -> Broker:
+    return make_broker(domain, clock=SystemClock(), audience=(AUDIENCE,))
+
+
+@pytest.fixture
+def home() -> Iterator[tuple[Broker, Served]]:
+    """The resource server's own broker (a.example), over plain HTTP here."""
+    broker = _broker("a.example")
+    with serve_broker(broker) as served:
+        yield broker, served
+
+
+@pytest.fixture
+def peer(cert: tuple[Path, Path]) -> Iterator[tuple[Broker, Served]]:
+    broker = _broker("b.example")
+    with serve_broker(broker, cert) as served:
+        yield broker, served
+
+
+def _token(
+    broker: Broker,
+    scope: tuple[str, ...],
+    *,
+    sub: str | None = None,
+    iss: str | None = None,
+    keyring: KeyRing | None = None,
+    ttl: int = 120,
+) -> str:
+    td = broker.config.trust_domain
+    token, _ = mint(
+        keyring or broker.keyring,
+        kind=KIND_AGENT,
+        iss=iss or broker.config.issuer,
+        sub=sub or f"spiffe://{td}/agent/orch/task/0123456789abcdef",
+        aud=(AUDIENCE,),
+        iat=int(time.time()),
+        ttl=ttl,
+        scope=scope,
+        client_id="app-1",
+        task_id="task",
+        orch_id="orch",
+    )
+    return token
+
+
+def _domain(peer: Served, ca: CA, **extra: object) -> FederatedDomain:
+    values: dict[str, object] = {
+        "trust_domain": "b.example",
+        "bundle_endpoint": f"{peer.url}/v1/federation/bundle",
+        "issuer": "https://b.example",
+        "scope_ceiling": ("read:data:*",),
+        "ca_file": str(ca.path),
+    }
+    values.update(extra)
+    return FederatedDomain(**values)  # type: ignore[arg-type]
+
+
+def _verifier(home: Served, *domains: FederatedDomain) -> Verifier:
+    verifier = Verifier(
+        home.url,
+        audience=AUDIENCE,
+        issuer="https://a.example",
+        feed=False,
+        federations=domains,
+    )
+    verifier.start()
+    return verifier
+
+
+def test_federated_token_within_its_ceiling_is_accepted(
+    home: tuple[Broker, Served], peer: tuple[Broker, Served], ca: CA
+) -> None:
+    local, home_served = home
+    remote, peer_served = peer
+    with _verifier(home_served, _domain(peer_served, ca)) as verifier:
+        verified = verifier.verify(_token(remote, ("read:data:42",)))
+        assert verified.iss == "https://b.example"
+        assert verified.sub.startswith("spiffe://b.example/")
+        assert verified.has_scope("read:data:42")
+        # The home broker's own tokens are verified as before, with its own JWKS.
+        assert verifier.verify(_token(local, ("write:orders:1",))).iss == "https://a.example"
+        assert verifier.stats()["federations"]["b.example"]["sequence"] == 1
+        # The async path takes the same decisions.
+        again = asyncio.run(verifier.averify(_token(remote, ("read:data:7",))))
+        assert again.scope == ("read:data:7",)
+
+
+def test_beyond_the_ceiling_or_another_domains_identity_is_refused(
+    home: tuple[Broker, Served], peer: tuple[Broker, Served], ca: CA
+) -> None:
+    local, home_served = home
+    remote, peer_served = peer
+    with _verifier(home_served, _domain(peer_served, ca)) as verifier:
+        cases = {
+            "scope beyond": _token(remote, ("read:data:1", "write:data:1")),
+            # Signed with B's key but naming A's issuer, or A's agent as holder: B may only
+            # speak for itself.
+            "issuer mismatch": _token(remote, ("read:data:1",), iss="https://a.example"),
+            "holder is not an agent": _token(
+                remote, ("read:data:1",), sub="spiffe://a.example/agent/o/t/0123456789abcdef"
+            ),
+            # A key in no configured bundle, claiming to be B: unknown.
+            "unknown kid": _token(remote, ("read:data:1",), keyring=KeyRing.generate()),
+            "lifetime": _token(remote, ("read:data:1",), ttl=7200),
+        }
+        for why, token in cases.items():
+            with pytest.raises(InvalidToken) as caught:
+                verifier.verify(token)
+            assert why.split()[0] in caught.value.reason, (why, caught.value.reason)
+        # A's own tokens are not held to B's ceiling, nor B's to A's issuer.
+        assert verifier.verify(_token(local, ("write:data:1",))).scope == ("write:data:1",)
+
+
+def test_an_unconfigured_domain_is_refused(
+    home: tuple[Broker, Served], peer: tuple[Broker, Served]
+) -> None:
+    _local, home_served = home
+    remote, _peer_served = peer
+    with _verifier(home_served) as verifier, pytest.raises(InvalidToken) as caught:
+        verifier.verify(_token(remote, ("read:data:1",)))
+    assert caught.value.reason == "unknown kid"
+
+
+def test_a_rotation_in_the_peer_is_fetched_for_its_new_kid(
+    home: tuple[Broker, Served], peer: tuple[Broker, Served], ca: CA
+) -> None:
+    _local, home_served = home
+    remote, peer_served = peer
+    verifier = Verifier(
+        home_served.url,
+        audience=AUDIENCE,
+        issuer="https://a.example",
+        feed=False,
+        jwks_min_refresh_interval=0.0,
+        federations=[_domain(peer_served, ca)],
+    )
+    with verifier:
+        verifier.verify(_token(remote, ("read:data:1",)))
+        remote.rotate_signing_key(admin(remote).claims, CTX)
+        verified = verifier.verify(_token(remote, ("read:data:2",)))
+        assert verified.scope == ("read:data:2",)
+        assert verifier.stats()["federations"]["b.example"]["sequence"] == 2
+
+
+def test_two_domains_keep_their_own_keys_and_ceilings(
+    home: tuple[Broker, Served], peer: tuple[Broker, Served], ca: CA, cert: tuple[Path, Path]
+) -> None:
+    _local, home_served = home
+    remote, peer_served = peer
+    third = _broker("c.example")
+    with serve_broker(third, cert) as third_served:
+        c_domain = FederatedDomain(
+            trust_domain="c.example",
+            bundle_endpoint=f"{third_served.url}/v1/federation/bundle",
+            issuer="https://c.example",
+            scope_ceiling=("write:data:*",),
+            ca_file=str(ca.path),
+        )
+        with _verifier(home_served, _domain(peer_served, ca), c_domain) as verifier:
+            assert verifier.verify(_token(third, ("write:data:1",))).iss == "https://c.example"
+            with pytest.raises(InvalidToken) as caught:
+                verifier.verify(_token(third, ("read:data:1",)))  # B's ceiling, not C's
+            assert "ceiling" in caught.value.reason
+            # C's key claiming to be B (B's issuer and agent): C's bundle holds the key, so
+            # the token is checked as C's, and fails C's issuer.
+            forged = _token(
+                third,
+                ("read:data:1",),
+                iss="https://b.example",
+                sub="spiffe://b.example/agent/o/t/0123456789abcdef",
+            )
+            with pytest.raises(InvalidToken) as caught:
+                verifier.verify(forged)
+            assert caught.value.reason == "issuer mismatch"
+
+
+def test_a_bundle_past_its_max_age_fails_closed(peer: tuple[Broker, Served], ca: CA) -> None:
+    _remote, served = peer
+    now = [1000.0]
+    federations = Federations(
+        [_domain(served, ca, max_bundle_age=60)],
+        timeout=5.0,
+        min_interval=30.0,
+        monotonic=lambda: now[0],
+    )
+    federations.refresh_all()
+    kid = _remote.keyring.active_kid
+    domain = federations.owner(kid)
+    assert domain is not None
+    assert federations.resolve_in(domain)(kid) is not None
+    served.stop()  # the endpoint goes away: the last good bundle serves until max age
+    now[0] += 45
+    federations.refresh_due()  # due (half the max age), fails, keeps the last good one
+    assert federations.stats()["b.example"]["last_error"].startswith("ConnectError")
+    assert federations.resolve_in(domain)(kid) is not None
+    now[0] += 16
+    with pytest.raises(FederationError, match="too old"):
+        federations.resolve_in(domain)
+
+
+def test_configuration_is_checked() -> None:
+    good = {
+        "trust_domain": "b.example",
+        "bundle_endpoint": "https://b.example/v1/federation/bundle",
+        "issuer": "https://b.example",
+        "scope_ceiling": ("read:data:*",),
+    }
+    for bad in (
+        {"trust_domain": "B.example"},
+        {"bundle_endpoint": "http://b.example/bundle"},
+        {"bundle_endpoint": "https://u:p@b.example/bundle"},
+        {"issuer": ""},
+        {"scope_ceiling": ()},
+        {"scope_ceiling": ("read:*:*",)},
+        {"max_bundle_age": 0},
+    ):
+        with pytest.raises(ValueError):
+            FederatedDomain(**{**good, **bad})  # type: ignore[arg-type]
+    domain = FederatedDomain(**good)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="twice"):
+        Federations([domain, domain], timeout=1.0, min_interval=1.0)
