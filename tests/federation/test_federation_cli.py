@@ -143,3 +143,32 @@ def test_usage_errors_are_refused_before_the_broker(
         assert message in result.stderr + result.stdout
     refused = cli(local, tmp_path, "federation", "add", PEER, "--bundle-endpoint", "http://x/")
     assert refused.returncode == 3 and "https" in refused.stderr + refused.stdout
+
+
+def _sequence(broker: RunningBroker) -> tuple[int, list[str]]:
+    document = broker.get("/v1/federation/bundle").json()
+    return document["spiffe_sequence"], [k["kid"] for k in document["keys"]]
+
+
+def test_keys_rotate_raises_the_sequence_which_survives_a_restart_and_other_workers(
+    start_broker: Callable[..., RunningBroker], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    broker = start_broker(data_dir, {"TASKLEASE_TRUST_DOMAIN": "a.example"})
+    first, kids = _sequence(broker)
+    assert first == 1 and len(kids) == 1
+    rotated = cli(broker, tmp_path, "keys", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    second, kids = _sequence(broker)
+    assert second == 2 and len(kids) == 2
+    broker.client.close()
+    broker.proc.terminate()
+    broker.proc.wait(timeout=20)
+    # A restart on the same data: the same keys, the same sequence (not 1, not 3).
+    again = start_broker(data_dir, {"TASKLEASE_TRUST_DOMAIN": "a.example"}, args=("--workers", "2"))
+    assert _sequence(again) == (2, kids)
+    # Two workers: whichever answers, after a rotation through one of them, every
+    # answer is the next sequence within the key refresh (a second).
+    assert cli(again, tmp_path, "keys", "rotate").returncode == 0
+    wait_for(lambda: all(_sequence(again)[0] == 3 for _ in range(20)))
+    assert all(_sequence(again)[0] == 3 for _ in range(20))
