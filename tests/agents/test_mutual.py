@@ -265,7 +265,7 @@ def test_offline_peers_verify_each_other_with_the_jwks(env: Env) -> None:
         b.token, proof_b, resolve_key=resolve, issuer=cfg.issuer, me=a.agent_id, now=now,
         replay=cache_a,
     )  # fmt: skip
-    assert seen_by_b["sub"] == a.agent_id and seen_by_b["scope"] == ["read:data:*"]
+    assert seen_by_b["sub"] == a.agent_id and seen_by_b["scope"] == "read:data:*"
     assert seen_by_a["sub"] == b.agent_id
     header = _jws.decode_unverified(proof_a)[0]
     assert header["typ"] == "wpt+jwt"

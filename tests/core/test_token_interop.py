@@ -69,7 +69,9 @@ def test_pyjwt_verifies_agent_token(live: Any) -> None:
             issuer="tasklease",
         )
         assert claims == issued.claims.raw
-        assert claims["sub"] == issued.claims.sub
+        # A delegated token's holder is its current actor (RFC 8693 section 4.1).
+        assert claims.get("act", claims)["sub"] == issued.claims.sub
+        assert claims["scope"] == " ".join(issued.claims.scope)  # RFC 9068 section 2.2.3.1
         assert claims["aud"] == ["tasklease"]
         assert claims["nbf"] == claims["iat"]
     assert (

@@ -27,7 +27,8 @@ def test_principal_given_on_a_launch_token_reaches_the_agents_tokens(
     assert resp.status_code == 200, resp.text
     _, delegated = jwt_parts(resp.json()["access_token"])
     assert delegated["principal"] == "user:alice@example.com"
-    assert a.agent_id in str(delegated["act"])
+    # RFC 8693 section 4.1: A is the subject, B (the holder) the current actor.
+    assert delegated["sub"] == a.agent_id and delegated["act"] == {"sub": b.agent_id}
 
 
 def test_removed_app_cannot_launch_and_its_agents_stop(broker: RunningBroker) -> None:

@@ -56,7 +56,8 @@ def test_admin_auth(broker: RunningBroker) -> None:
     assert body["expires_in"] == 300
     _, claims = jwt_parts(body["access_token"])
     assert claims["sub"] == "admin"
-    assert claims["scope"] == ["admin:launch-tokens:*", "admin:revoke:*", "admin:audit:*"]
+    # RFC 9068 section 2.2.3.1: one space-delimited string in the token.
+    assert claims["scope"] == "admin:launch-tokens:* admin:revoke:* admin:audit:*"
 
     assert_problem(
         broker.post("/v1/admin/auth", json={"secret": "wrong-secret-wrong"}),
@@ -314,7 +315,7 @@ def test_challenge_register_validate(broker: RunningBroker) -> None:
     assert header["alg"] == "EdDSA"
     assert header["kid"]
     assert claims["sub"] == data["agent_id"]
-    assert claims["scope"] == scope
+    assert claims["scope"] == " ".join(scope)
     assert claims["exp"] - claims["iat"] == 120
 
     result = broker.validate(data["access_token"])
@@ -411,7 +412,8 @@ def test_renew_and_release(broker: RunningBroker) -> None:
     resp = broker.post("/v1/token/renew", headers=agent.bearer)
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert set(body) == {"access_token", "expires_in"}
+    assert set(body) == {"access_token", "expires_in", "token_type"}
+    assert body["token_type"] == "Bearer"
     assert body["expires_in"] == 90
     new = body["access_token"]
     assert new != agent.access_token
@@ -446,7 +448,8 @@ def test_delegation(broker: RunningBroker) -> None:
     resp = broker.delegate(a.access_token, b.agent_id, ["read:data:42"], ttl=30)
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert set(body) == {"access_token", "expires_in", "delegation_chain"}
+    assert set(body) == {"access_token", "expires_in", "token_type", "delegation_chain"}
+    assert body["token_type"] == "Bearer"
     assert body["expires_in"] == 30
     chain = body["delegation_chain"]
     assert len(chain) == 1

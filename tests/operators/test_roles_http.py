@@ -181,7 +181,7 @@ def test_each_role_is_allowed_and_refused_exactly_what_it_says(
     assert answer["role"] == role and answer["scopes"] == list(ROLE_SCOPES[role])
     header, claims = jwt_parts(answer["access_token"])
     assert header["typ"] == "tasklease-admin+jwt"
-    assert claims["sub"] == f"operator:{name}" and claims["scope"] == list(ROLE_SCOPES[role])
+    assert claims["sub"] == f"operator:{name}" and claims["scope"].split(" ") == list(ROLE_SCOPES[role])
     headers = bearer(answer["access_token"])
 
     calls = routes(broker)
@@ -350,7 +350,7 @@ def test_the_admin_secret_still_works_as_the_builtin_admin(broker: RunningBroker
     assert set(resp.json()) == {"access_token", "expires_in", "token_type"}
     header, claims = jwt_parts(token)
     assert header["typ"] == "tasklease-admin+jwt"
-    assert claims["sub"] == "admin" and claims["scope"] == list(ADMIN_SCOPES)
+    assert claims["sub"] == "admin" and claims["scope"].split(" ") == list(ADMIN_SCOPES)
     (event,) = [
         e for e in audit(broker, event_type="admin_auth") if f"jti={claims['jti']}" in e["detail"]
     ]

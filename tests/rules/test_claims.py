@@ -15,11 +15,13 @@ from tasklease.rules.claims import (
     ClaimRejected,
     DelegationRecord,
     act_actors,
+    act_claim,
     chain_hash,
     check_act,
     check_claims,
     check_time,
     delegation_chain_of,
+    holder_of,
     lineage_of,
     well_formed_cnf,
 )
@@ -180,23 +182,40 @@ def test_cnf_shape() -> None:
 
 
 def test_chain_and_act() -> None:
-    act = {"sub": LEAF, "act": {"sub": ROOT, "act": {"sub": "user:ada"}}}
-    assert outcome(delegated(act=act)) == (LEAF, ROOT, "user:ada")
-    # A delegated token without a principal carries no act (null counts as absent).
-    assert outcome(delegated("")) == ()
-    assert outcome(delegated("", act=None)) == ()
-    assert outcome(delegated("", act={"sub": LEAF})) == "act claim on a token that is not delegated"
+    # RFC 8693 section 4.1: sub is the subject acted for (the root delegator), act the
+    # current actor (the holder); the principal is no actor.
+    act = {"sub": LEAF}
+    assert outcome(delegated(sub=ROOT, act=act)) == (LEAF,)
+    assert outcome(delegated("", sub=ROOT, act=act)) == (LEAF,)
+    assert act_claim(LEAF, (HOP,)) == act
+    # The shape minted before (sub the holder, principal innermost) is read exactly.
+    legacy = {"sub": LEAF, "act": {"sub": ROOT, "act": {"sub": "user:ada"}}}
+    assert outcome(delegated(sub=LEAF, act=legacy)) == (LEAF, ROOT, "user:ada")
+    assert outcome(delegated("", sub=LEAF)) == ()
+    assert outcome(delegated("", sub=LEAF, act=None)) == ()
+    assert outcome(delegated(sub=LEAF)) == "delegated token without an act claim"
+    assert outcome(delegated(sub=ROOT, act=legacy)) == (
+        "act chain disagrees with the delegation chain"
+    )
+    assert outcome(delegated(sub=LEAF, act=act)) == (
+        "act chain disagrees with the delegation chain"
+    )
+    assert outcome(delegated(sub=ROOT, act={"sub": LEAF, "act": {"sub": ROOT}})) == (
+        "act chain disagrees with the delegation chain"
+    )
+    assert outcome(delegated(sub=ROOT, act={"sub": ROOT})) == (
+        "act chain disagrees with the delegation chain"
+    )
     assert outcome(Token(payload={"act": {"sub": LEAF}})) == (
         "act claim on a token that is not delegated"
     )
-    assert outcome(delegated()) == "act chain disagrees with the delegation chain"
-    assert outcome(delegated(act={"sub": LEAF, "x": 1})) == (
+    assert outcome(delegated(sub=ROOT, act={"sub": LEAF, "x": 1})) == (
         "act claim malformed or deeper than the limit"
     )
-    assert outcome(dataclasses.replace(delegated(act=act), chain_hash="00")) == (
+    assert outcome(dataclasses.replace(delegated(sub=ROOT, act=act), chain_hash="00")) == (
         "delegation chain hash mismatch"
     )
-    assert outcome(dataclasses.replace(delegated(act=act), chain_hash="é")) == (
+    assert outcome(dataclasses.replace(delegated(sub=ROOT, act=act), chain_hash="é")) == (
         "delegation chain hash mismatch"
     )
     assert outcome(Token(chain_hash="00")) == "chain_hash without a delegation chain"
@@ -204,7 +223,20 @@ def test_chain_and_act() -> None:
     assert outcome(dataclasses.replace(deep, chain_hash=chain_hash(deep.delegation_chain))) == (
         "delegation chain longer than the depth limit"
     )
-    assert check_act(delegated(act=act), {"act": act}, 5) == (LEAF, ROOT, "user:ada")
+    assert check_act(delegated(act=act), {"sub": ROOT, "act": act}, 5) == (LEAF,)
+
+
+def test_act_claim_nests_earlier_actors() -> None:
+    hops = tuple(DelegationRecord(f"spiffe://t/agent/{n}", (), "", "") for n in "abc")
+    assert act_claim(LEAF, hops) == {
+        "sub": LEAF,
+        "act": {"sub": "spiffe://t/agent/c", "act": {"sub": "spiffe://t/agent/b"}},
+    }
+    assert holder_of({"sub": "spiffe://t/agent/a", "act": act_claim(LEAF, hops)}) == LEAF
+    assert holder_of({"sub": LEAF}) == LEAF
+    for bad in ({"sub": ""}, [], "x", {"act": {}}):
+        with pytest.raises(ClaimRejected):
+            holder_of({"sub": LEAF, "act": bad})
 
 
 def test_act_actors_reads_iteratively_and_bounded() -> None:

@@ -72,10 +72,11 @@ def test_a_proof_for_another_host_is_refused_whatever_the_host_header(
     local: RunningBroker,
 ) -> None:
     key = SigningKey.generate()
+    # A refused proof at registration is RFC 9449 section 5's invalid_dpop_proof (400).
     status, _ = _register(local, key, f"{ELSEWHERE}/v1/register", host="evil.example")
-    assert status == 401
+    assert status == 400
     status, _ = _register(local, key, "http://localhost:1/v1/register", host="localhost:1")
-    assert status == 401
+    assert status == 400
     # The broker's own address is what a proof must name.
     status, token = _register(local, key, f"{local.url}/v1/register")
     assert status == 200
@@ -102,14 +103,14 @@ def test_public_url_is_the_origin_proofs_must_name(public: RunningBroker) -> Non
     assert status == 200
     # Not the address it listens on, once public_url is set...
     status, _ = _register(public, key, f"{public.url}/v1/register")
-    assert status == 401
+    assert status == 400  # invalid_dpop_proof (RFC 9449 section 5)
     # ...and never another host, Host header or not.
     status, _ = _register(public, key, f"{ELSEWHERE}/v1/register", host="evil.example")
-    assert status == 401
+    assert status == 400
     status, _ = _register(public, key, f"{PUBLIC}/v1/token/renew")  # wrong path
-    assert status == 401
+    assert status == 400
     status, _ = _register(public, key, "http://broker.example.com/v1/register")  # scheme
-    assert status == 401
+    assert status == 400
 
 
 def test_public_url_setting(tmp_path: Path) -> None:

@@ -24,7 +24,13 @@ from security_support import (
 )
 
 from tasklease.core.broker import Broker, RequestContext
-from tasklease.core.errors import Forbidden, InvalidRequest, InvalidTarget, Unauthorized
+from tasklease.core.errors import (
+    Forbidden,
+    InvalidDPoPProof,
+    InvalidRequest,
+    InvalidTarget,
+    Unauthorized,
+)
 from tasklease.core.introspection import is_reference_token
 from tasklease.core.store import AuditQuery
 from tasklease.core.tokens import KIND_ADMIN, KIND_AGENT, KIND_APP, KIND_DPOP_PROOF
@@ -427,7 +433,7 @@ def test_dpop_registration_proof_is_checked_before_anything_is_consumed() -> Non
     bad = dataclasses.replace(
         CTX, dpop=dpop_proof(SigningKey.generate(), htm="GET"), method="POST", url=HTU
     )
-    with pytest.raises(Unauthorized) as info:
+    with pytest.raises(InvalidDPoPProof) as info:  # RFC 9449 section 5
         register(broker, launch_token=lt, ctx=bad)
     assert "DPoP" in audited_denial(broker, info.value.denial_id).detail
     assert register(broker, launch_token=lt)  # the launch token is still there

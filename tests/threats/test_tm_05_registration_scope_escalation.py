@@ -39,7 +39,7 @@ def test_scope_above_the_launch_ceiling_is_refused(
     assert event["event_type"] == "registration_policy_violation"
     # Refused before anything was consumed: the ticket still registers within its ceiling.
     agent = broker.register(CEILING, launch_token=launch)
-    assert jwt_parts(agent.access_token)[1]["scope"] == CEILING
+    assert jwt_parts(agent.access_token)[1]["scope"].split(" ") == CEILING
 
 
 @pytest.mark.parametrize("pattern", ["read:*:*", "*:tickets:4711", "read:tickets:47*", "read"])
@@ -57,7 +57,7 @@ def test_a_registration_gets_what_it_asked_for_not_the_ceiling(broker: RunningBr
     agent = broker.register(
         ["read:tickets:4711"], launch_token=broker.launch_token(["read:tickets:*"])
     )
-    assert jwt_parts(agent.access_token)[1]["scope"] == ["read:tickets:4711"]
+    assert jwt_parts(agent.access_token)[1]["scope"] == "read:tickets:4711"
 
 
 def test_an_app_cannot_launch_beyond_its_own_ceiling(broker: RunningBroker) -> None:

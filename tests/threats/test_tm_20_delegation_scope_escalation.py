@@ -51,7 +51,7 @@ def test_a_delegate_cannot_widen_what_it_was_given(broker: RunningBroker) -> Non
     given = broker.delegate(root.access_token, middle.agent_id, ["read:tickets:7"])
     assert given.status_code == 200, given.text
     narrow = given.json()["access_token"]
-    assert jwt_parts(narrow)[1]["scope"] == ["read:tickets:7"]
+    assert jwt_parts(narrow)[1]["scope"] == "read:tickets:7"
     # The middle agent registered with read:tickets:* itself, but the delegated token
     # carries only what was handed to it: it cannot pass on more than that.
     resp = broker.delegate(narrow, leaf.agent_id, ["read:tickets:*"])
@@ -59,7 +59,7 @@ def test_a_delegate_cannot_widen_what_it_was_given(broker: RunningBroker) -> Non
     # Renewing the delegated token does not widen it either.
     renewed = broker.post("/v1/token/renew", headers=bearer(narrow))
     assert renewed.status_code == 200, renewed.text
-    assert jwt_parts(renewed.json()["access_token"])[1]["scope"] == ["read:tickets:7"]
+    assert jwt_parts(renewed.json()["access_token"])[1]["scope"] == "read:tickets:7"
 
 
 def test_operator_and_app_tokens_never_delegate(broker: RunningBroker) -> None:

@@ -58,14 +58,12 @@ def test_the_chain_is_the_brokers_whatever_the_caller_sends(broker: RunningBroke
         chain_hash="00" * 32,
     )
     claims = jwt_parts(token)[1]
-    assert claims["sub"] == helper.agent_id
+    # RFC 8693 section 4.1: the root delegator is the subject, the helper the actor.
+    assert claims["sub"] == root.agent_id
     assert [r["agent"] for r in claims["delegation_chain"]] == [root.agent_id]
     assert claims["delegation_chain"][0]["scope"] == SCOPE
     assert claims["principal"] == PRINCIPAL
-    assert claims["act"] == {
-        "sub": helper.agent_id,
-        "act": {"sub": root.agent_id, "act": {"sub": PRINCIPAL}},
-    }
+    assert claims["act"] == {"sub": helper.agent_id}
     assert broker.is_valid(token)
 
 
@@ -77,7 +75,11 @@ def test_an_edited_chain_is_a_broken_token(broker: RunningBroker) -> None:
     record = claims["delegation_chain"][0]
     edits = [
         # Look like a root token of the delegate's own.
-        {k: v for k, v in claims.items() if k not in ("delegation_chain", "chain_hash", "act")},
+        {
+            **{k: v for k, v in claims.items() if k not in ("delegation_chain", "chain_hash")},
+            "sub": helper.agent_id,
+            "act": None,
+        },
         # Claim the delegator held operator authority.
         {**claims, "delegation_chain": [{**record, "scope": ["admin:revoke:*"]}]},
         # Claim another delegator, or another human.

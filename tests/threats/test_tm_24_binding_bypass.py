@@ -115,6 +115,7 @@ def test_a_bad_registration_proof_consumes_nothing(broker: RunningBroker) -> Non
     body, _ = broker.register_body(launch, SCOPE)
     wrong = dpop_proof(SigningKey.generate(), "POST", f"{broker.url}/v1/delegate")
     resp = broker.post("/v1/register", json=body, headers={"DPoP": wrong})
-    assert resp.status_code == 401, resp.text
+    assert resp.status_code == 400, resp.text  # invalid_dpop_proof (RFC 9449 section 5)
+    assert resp.json()["error"] == "invalid_dpop_proof"
     assert "access_token" not in resp.json()
     broker.register(SCOPE, launch_token=launch)

@@ -56,7 +56,7 @@ def test_an_app_introspects_only_its_own_agents(
     resp = broker.post(
         "/v1/introspect", json={"token": red.agent.access_token}, headers=blue.agent.bearer
     )
-    refused(broker, resp, 403, "insufficient_scope")
+    refused(broker, resp, 401, "unauthorized")  # RFC 7662 section 2.3
 
 
 @pytest.mark.parametrize(

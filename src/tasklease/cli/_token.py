@@ -97,10 +97,11 @@ def _chain_tree(payload: dict[str, Any]) -> Tree | None:
             f"{escape(str(record.get('agent')))}  [dim]scope {escape(scope)} · "
             f"delegated {escape(str(record.get('delegated_at')))}[/]"
         )
-    holder_scope = " ".join(payload.get("scope") or [])
-    node.add(
-        f"[bold green]{escape(str(payload.get('sub')))}[/]  [dim]holds {escape(holder_scope)}[/]"
-    )
+    held = payload.get("scope")
+    holder_scope = held if isinstance(held, str) else " ".join(held or [])
+    act = payload.get("act")
+    holder = act.get("sub") if isinstance(act, dict) else payload.get("sub")
+    node.add(f"[bold green]{escape(str(holder))}[/]  [dim]holds {escape(holder_scope)}[/]")
     return tree
 
 

@@ -23,6 +23,7 @@ from tasklease.core.clock import Clock, SystemClock
 from tasklease.core.config import Config
 from tasklease.core.delegating import Delegating
 from tasklease.core.discovery import Discovery
+from tasklease.core.errors import InsufficientScope, Unauthorized
 from tasklease.core.federation import Federation
 from tasklease.core.freshness import Freshness
 from tasklease.core.handshake import Handshakes
@@ -267,10 +268,19 @@ class Broker:
 
     def authenticate_introspector(self, authorization: str | None, ctx: RequestContext) -> Claims:
         """Authenticate an introspection caller: an app token, or an operator's token with
-        ``admin:revoke:*`` (an auditor's is refused)."""
-        return self._tokens.authenticate(
-            authorization, ctx, kinds=OPERATOR_KINDS, admin_scope=FEED_SCOPE
-        )
+        ``admin:revoke:*`` (an auditor's is refused).
+
+        A caller without that privilege is refused with 401, not 403 (RFC 7662 section
+        2.3); the refusal keeps its audit event and ``denial_id``.
+        """
+        try:
+            return self._tokens.authenticate(
+                authorization, ctx, kinds=OPERATOR_KINDS, admin_scope=FEED_SCOPE
+            )
+        except InsufficientScope as exc:
+            refused = Unauthorized(exc.detail, reason=exc.reason, challenge=exc.challenge)
+            refused.denial_id = exc.denial_id
+            raise refused from None
 
     def introspect(
         self, caller: Claims, *, token: object, audience: object = None, ctx: RequestContext

@@ -18,7 +18,14 @@ from tasklease.core.callers import about, refused, require_agent
 from tasklease.core.clock import format_rfc3339
 from tasklease.core.delegation import record_signing_input, verify_chain_records
 from tasklease.core.errors import InvalidRequest, NotFound, Unauthorized
-from tasklease.core.issuing import binding_suffix, clamp_ttl, listed, mint_granted, size_adapted
+from tasklease.core.issuing import (
+    binding_suffix,
+    clamp_ttl,
+    listed,
+    mint_granted,
+    size_adapted,
+    token_challenge,
+)
 from tasklease.core.kernel import (
     IssuedToken,
     Kernel,
@@ -115,6 +122,9 @@ class Delegating(Service):
                     ),
                 ) from None
             if refusal.event_type == "attenuation":
+                if refusal.detail.startswith("scope would widen"):
+                    # More than the presented token holds (RFC 6750 section 3.1).
+                    refusal.error.challenge = token_challenge(claims, "insufficient_scope")
                 raise kernel.deny(
                     refusal.error,
                     replace(
@@ -131,7 +141,11 @@ class Delegating(Service):
             # The delegator's own lineage has ended (a chain-level entry on an ancestor) or
             # its token is at its end: it holds nothing left to hand on.
             raise kernel.deny(
-                Unauthorized("token verification failed", reason=refusal.detail),
+                Unauthorized(
+                    "token verification failed",
+                    reason=refusal.detail,
+                    challenge=token_challenge(claims),
+                ),
                 replace(
                     about(claims),
                     event_type="token_auth_failed",
@@ -148,7 +162,11 @@ class Delegating(Service):
         ring = self._keys.ring
         if not verify_chain_records(claims.delegation_chain, claims.sub, lambda: verify_keys(ring)):
             raise kernel.deny(
-                Unauthorized("token verification failed", reason="forged delegation record"),
+                Unauthorized(
+                    "token verification failed",
+                    reason="forged delegation record",
+                    challenge=token_challenge(claims),
+                ),
                 AuditEntry(
                     "token_auth_failed",
                     outcome="denied",

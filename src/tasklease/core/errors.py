@@ -4,12 +4,16 @@ Every error has a short machine ``code`` (stable, part of the wire contract as t
 problem ``error_code``), a ``detail`` that is safe to show to the caller, an optional
 ``hint`` and an internal ``reason`` that is only ever written to the audit log and debug
 logs. The core never knows HTTP status codes: ``tasklease.http.problems`` maps codes to
-statuses.
+statuses. A refusal of a presented access token also names its ``challenge``: the
+authentication scheme and the OAuth error code (RFC 6750 section 3.1, RFC 9449 sections
+7.1 and 9) the ``WWW-Authenticate`` answer carries.
 
     TaskleaseError
     ├── InvalidRequest          invalid_request      malformed or missing input
     │   ├── InvalidTTL          invalid_ttl          a TTL outside its allowed range
-    │   └── InvalidTarget       invalid_target       an unusable resource/audience (RFC 8707)
+    │   ├── InvalidTarget       invalid_target       an unusable resource/audience (RFC 8707)
+    │   ├── InvalidDPoPProof    invalid_dpop_proof   a DPoP proof refused at issuance (RFC 9449)
+    │   └── UseDPoPNonce        use_dpop_nonce       a DPoP proof without the nonce we ask for
     ├── Unauthorized            unauthorized         no valid credential
     ├── Forbidden               forbidden            authenticated, but not allowed
     │   ├── InsufficientScope   insufficient_scope   the bearer lacks a route's scope
@@ -26,10 +30,14 @@ statuses.
 from __future__ import annotations
 
 __all__ = [
+    "INSUFFICIENT_SCOPE",
+    "INVALID_REQUEST",
+    "INVALID_TOKEN",
     "Conflict",
     "Forbidden",
     "InsufficientScope",
     "InternalError",
+    "InvalidDPoPProof",
     "InvalidRequest",
     "InvalidTTL",
     "InvalidTarget",
@@ -41,7 +49,15 @@ __all__ = [
     "TaskleaseError",
     "Unauthorized",
     "Unavailable",
+    "UseDPoPNonce",
 ]
+
+INVALID_TOKEN = ("Bearer", "invalid_token")
+"""The challenge of a presented bearer token that failed (RFC 6750 section 3.1)."""
+INVALID_REQUEST = ("Bearer", "invalid_request")
+"""The challenge of a malformed ``Authorization`` header (RFC 6750 section 3.1)."""
+INSUFFICIENT_SCOPE = ("Bearer", "insufficient_scope")
+"""The challenge of a valid token without the authority asked for (RFC 6750 section 3.1)."""
 
 
 class TaskleaseError(Exception):
@@ -62,12 +78,21 @@ class TaskleaseError(Exception):
         reason: str | None = None,
         hint: str | None = None,
         retry_after: int | None = None,
+        challenge: tuple[str, str] | None = None,
+        required_scope: str | None = None,
+        oauth_error: str | None = None,
     ) -> None:
         self.detail = detail if detail is not None else self.default_detail
         self.reason = reason if reason is not None else self.detail
         self.hint = hint
         self.retry_after = retry_after
         self.denial_id: str | None = None
+        # (scheme, error code) for WWW-Authenticate: ("Bearer", "invalid_token"),
+        # ("DPoP", "invalid_dpop_proof"), ...; None when no token was presented.
+        self.challenge = challenge
+        self.required_scope = required_scope
+        # The RFC 6749 section 5.2 ``error`` of the answer, where the code implies none.
+        self.oauth_error = oauth_error
         super().__init__(self.detail)
 
     def __repr__(self) -> str:
@@ -87,6 +112,16 @@ class InvalidTTL(InvalidRequest):
 class InvalidTarget(InvalidRequest):
     code = "invalid_target"
     default_detail = "the requested resource is invalid or not allowed"
+
+
+class InvalidDPoPProof(InvalidRequest):
+    code = "invalid_dpop_proof"
+    default_detail = "invalid DPoP proof"
+
+
+class UseDPoPNonce(InvalidRequest):
+    code = "use_dpop_nonce"
+    default_detail = "the DPoP proof must carry the nonce in the DPoP-Nonce header"
 
 
 class Unauthorized(TaskleaseError):

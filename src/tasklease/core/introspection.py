@@ -21,7 +21,7 @@ import secrets
 from typing import Any
 
 from tasklease.core.store import ReferenceTokenRecord
-from tasklease.core.tokens import Claims, ClaimsError, claims_from_payload
+from tasklease.core.tokens import Claims, ClaimsError, claims_from_payload, token_type_of
 
 __all__ = [
     "INACTIVE",
@@ -90,6 +90,5 @@ def introspection_response(claims: Claims) -> dict[str, Any]:
     body: dict[str, Any] = {"active": True}
     body.update(claims.raw)
     body["scope"] = " ".join(claims.scope)
-    cnf = claims.raw.get("cnf")
-    body["token_type"] = "DPoP" if isinstance(cnf, dict) and "jkt" in cnf else "Bearer"
+    body["token_type"] = token_type_of(claims)
     return body

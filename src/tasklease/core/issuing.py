@@ -13,7 +13,15 @@ from tasklease.core.metrics import Metrics
 from tasklease.core.store import ReferenceTokenRecord
 from tasklease.core.tokens import KIND_AGENT, Claims, DelegationRecord, mint
 
-__all__ = ["binding_suffix", "clamp_ttl", "cnf_of", "listed", "mint_granted", "size_adapted"]
+__all__ = [
+    "binding_suffix",
+    "clamp_ttl",
+    "cnf_of",
+    "listed",
+    "mint_granted",
+    "size_adapted",
+    "token_challenge",
+]
 
 
 def clamp_ttl(requested: int | None, default: int, config: Config) -> int:
@@ -79,6 +87,13 @@ def cnf_of(claims: Claims) -> dict[str, str] | None:
     """The token's holder binding (``cnf``, RFC 7800), or None for a bearer token."""
     cnf = claims.raw.get("cnf")
     return dict(cnf) if isinstance(cnf, dict) and cnf else None
+
+
+def token_challenge(claims: Claims, error: str = "invalid_token") -> tuple[str, str]:
+    """The ``WWW-Authenticate`` challenge for a refusal of the presented token: in the
+    scheme the token is presented with (``DPoP`` when bound to a DPoP key)."""
+    cnf = cnf_of(claims)
+    return ("DPoP" if cnf is not None and "jkt" in cnf else "Bearer"), error
 
 
 def binding_suffix(claims: Claims, reference: ReferenceTokenRecord | None) -> str:

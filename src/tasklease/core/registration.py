@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.delegation import principal_ref
-from tasklease.core.errors import InvalidRequest, TaskleaseError, Unauthorized
+from tasklease.core.errors import InvalidDPoPProof, InvalidRequest, TaskleaseError, Unauthorized
 from tasklease.core.identity import (
     NonceIssuer,
     decode_public_key,
@@ -452,7 +452,7 @@ class Registration(Service):
                 cnf["jkt"] = self._dpop.verify(ctx.dpop, htm=ctx.method, htu=ctx.url, now=now)
             except BindingError as exc:
                 raise deny(
-                    Unauthorized("invalid DPoP proof", reason=exc.reason),
+                    InvalidDPoPProof("invalid DPoP proof", reason=exc.reason),
                     replace(base, detail=f"registration DPoP proof refused: {exc.reason}"),
                 ) from None
         return cnf

@@ -26,7 +26,13 @@ from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about, refused, require_agent
 from tasklease.core.errors import Forbidden, InvalidRequest, TaskleaseError, Unauthorized
 from tasklease.core.identity import NonceIssuer, decode_signature, nonce_hash, verify_possession
-from tasklease.core.issuing import binding_suffix, cnf_of, mint_granted, size_adapted
+from tasklease.core.issuing import (
+    binding_suffix,
+    cnf_of,
+    mint_granted,
+    size_adapted,
+    token_challenge,
+)
 from tasklease.core.kernel import (
     IssuedToken,
     Kernel,
@@ -115,7 +121,9 @@ class Renewal(Service):
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if not tx.insert_revocation(predecessor):
                 raise Unauthorized(
-                    "token verification failed", reason="token already renewed or revoked"
+                    "token verification failed",
+                    reason="token already renewed or revoked",
+                    challenge=token_challenge(claims),
                 )
             if own:
                 current = tx.get_agent_session(claims.sub)
@@ -124,6 +132,7 @@ class Renewal(Service):
                         raise Unauthorized(
                             "token verification failed",
                             reason="the lineage was renewed or resumed meanwhile",
+                            challenge=token_challenge(claims),
                         )
                     tx.put_agent_session(replace(current, resumes=issuance.renewals))
             if reference is not None:

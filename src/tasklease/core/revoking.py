@@ -117,7 +117,11 @@ class Revoking(Service):
             return False
         if target.sub != caller.sub:
             raise self._kernel.deny(
-                Forbidden("the token does not belong to the caller"),
+                Forbidden(
+                    "the token does not belong to the caller",
+                    # RFC 7009 section 2.1: not issued to the caller (RFC 6749 section 5.2).
+                    oauth_error="unauthorized_client",
+                ),
                 replace(
                     ids,
                     event_type="token_revocation_denied",

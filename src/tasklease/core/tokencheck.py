@@ -16,7 +16,13 @@ from tasklease.core.assurance import assure
 from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about
-from tasklease.core.errors import InsufficientScope, InvalidRequest, TaskleaseError, Unauthorized
+from tasklease.core.errors import (
+    INVALID_REQUEST,
+    InsufficientScope,
+    InvalidRequest,
+    TaskleaseError,
+    Unauthorized,
+)
 from tasklease.core.freshness import Freshness
 from tasklease.core.introspection import (
     INACTIVE,
@@ -38,7 +44,15 @@ from tasklease.core.tokens import (
 )
 from tasklease.core.validation import TokenRejected
 from tasklease.rules import scopes as scope_rules
-from tasklease.rules.binding import BindingError, DPoPVerifier, Presentation, check_binding
+from tasklease.rules.binding import (
+    BindingError,
+    DPoPProofError,
+    DPoPVerifier,
+    MalformedAuthorization,
+    Presentation,
+    authorization_credentials,
+    check_binding,
+)
 
 __all__ = ["ALL_KINDS", "OPERATOR_KINDS", "TokenCheck", "held_scopes"]
 
@@ -55,6 +69,15 @@ def held_scopes(claims: Claims) -> tuple[str, ...]:
     if claims.kind == KIND_ADMIN and claims.sub == BUILTIN_ADMIN:
         return ROLE_SCOPES["admin"]
     return claims.scope
+
+
+def _challenge(scheme: str, rejected: TokenRejected) -> tuple[str, str]:
+    """The ``WWW-Authenticate`` error for a presented token that failed: a DPoP proof
+    that failed is ``invalid_dpop_proof`` (RFC 9449 section 7.1), anything else about
+    the token ``invalid_token`` (RFC 6750 section 3.1), in the scheme it came with."""
+    if scheme == "DPoP" and rejected.dpop_proof:
+        return scheme, "invalid_dpop_proof"
+    return scheme, "invalid_token"
 
 
 class TokenCheck(Service):
@@ -136,7 +159,9 @@ class TokenCheck(Service):
                 claims.raw.get("cnf"), token, presented, dpop=self._dpop, now=self._kernel.now()
             )
         except BindingError as exc:
-            raise TokenRejected(exc.reason, "binding") from None
+            raise TokenRejected(
+                exc.reason, "binding", dpop_proof=isinstance(exc, DPoPProofError)
+            ) from None
 
     def authenticate(
         self,
@@ -167,15 +192,19 @@ class TokenCheck(Service):
                 Unauthorized("missing authorization header"),
                 replace(base, detail=f"missing authorization header | path={ctx.path}"),
             )
-        if authorization.startswith("Bearer "):
-            scheme, token = "Bearer", authorization[7:]
-        elif authorization.startswith("DPoP "):
-            scheme, token = "DPoP", authorization[5:]
-        else:
+        try:
+            credentials = authorization_credentials(authorization)
+        except MalformedAuthorization as exc:
+            raise kernel.deny(
+                InvalidRequest("malformed authorization header", challenge=INVALID_REQUEST),
+                replace(base, detail=f"malformed authorization header: {exc} | path={ctx.path}"),
+            ) from None
+        if credentials is None:
             raise kernel.deny(
                 Unauthorized("invalid authorization scheme"),
                 replace(base, detail=f"invalid authorization scheme | path={ctx.path}"),
             )
+        scheme, token = credentials
         started = time.perf_counter()
         try:
             # Agent tokens may be audience-bound to a resource and still manage themselves
@@ -197,7 +226,11 @@ class TokenCheck(Service):
         except TokenRejected as exc:
             self._metrics.validation_failures.labels(exc.category).inc()
             raise kernel.deny(
-                Unauthorized("token verification failed", reason=exc.reason),
+                Unauthorized(
+                    "token verification failed",
+                    reason=exc.reason,
+                    challenge=_challenge(scheme, exc),
+                ),
                 replace(base, detail=f"token verification failed: {exc.reason} | path={ctx.path}"),
             ) from None
         finally:
@@ -208,6 +241,7 @@ class TokenCheck(Service):
                 ctx,
                 "this kind of token is not accepted here",
                 f"token kind {claims.kind} not accepted",
+                scheme,
             )
         if claims.kind == KIND_ADMIN and admin_scope is not None:
             scope = admin_scope
@@ -217,11 +251,19 @@ class TokenCheck(Service):
                 ctx,
                 f"token lacks required scope: {scope}",
                 f"required={scope} | actual={','.join(claims.scope)}",
+                scheme,
+                scope,
             )
         return claims
 
     def _scope_violation(
-        self, claims: Claims, ctx: RequestContext, outward: str, why: str
+        self,
+        claims: Claims,
+        ctx: RequestContext,
+        outward: str,
+        why: str,
+        scheme: str,
+        required: str | None = None,
     ) -> TaskleaseError:
         """Audit a valid token that may not do this here; the error to raise (403)."""
         self._metrics.scope_rejections.labels(ctx.path).inc()
@@ -233,7 +275,10 @@ class TokenCheck(Service):
             request_id=ctx.request_id,
             detail=f"scope_violation | {why} | path={ctx.path} by={claims.sub}",
         )
-        return self._kernel.deny(InsufficientScope(outward), entry)
+        error = InsufficientScope(
+            outward, challenge=(scheme, "insufficient_scope"), required_scope=required
+        )
+        return self._kernel.deny(error, entry)
 
     def introspect(
         self, caller: Claims, *, token: object, audience: object = None, ctx: RequestContext

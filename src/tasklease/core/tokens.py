@@ -18,16 +18,20 @@ Delegation records and challenge responses are detached signatures over domain-s
 messages (``tasklease-delegation-v1``), not JWSs, so none can be read as a token.
 
 Agent access tokens keep AgentWrit v2's claim names (``iss sub aud exp nbf iat jti scope
-task_id orch_id delegation_chain chain_hash``) so its SDK reads them unchanged, and add
-``client_id`` (RFC 9068), ``oiat`` (the original registration time, which bounds renewal)
-and ``rnc`` (how many renewals led to this token).
+task_id orch_id delegation_chain chain_hash``), and add ``client_id`` (RFC 9068), ``oiat``
+(the original registration time, which bounds renewal) and ``rnc`` (how many renewals led
+to this token). ``scope`` is the space-delimited string of RFC 9068 section 2.2.3.1 (scope
+tokens never contain spaces); the AgentWrit SDK reads scopes only from
+``/v1/token/validate``, whose answer lists them as an array.
 
-Agent tokens also carry ``principal`` (the human the work is done for, ``kind:value``), ``act`` on
-delegated tokens (RFC 8693 section 4.1: the current actor outermost, each earlier actor
-nested inside, the principal innermost; built by :func:`act_claim` from the verified
-chain, never from request input) and ``agent_jwk`` (the holder's registered Ed25519 key
-as an RFC 8037 JWK, so peers can verify its workload proofs offline; not ``cnf``, which
-``core.binding`` uses for sender-constraint by DPoP/mTLS).
+Agent tokens also carry ``principal`` (the human the work is done for, ``kind:value``) and
+``agent_jwk`` (the holder's registered Ed25519 key as an RFC 8037 JWK, so peers can verify
+its workload proofs offline; not ``cnf``, which ``core.binding`` uses for sender-constraint
+by DPoP/mTLS). A delegated token is shaped as RFC 8693 section 4.1 has it: ``sub`` is the
+subject on whose behalf it acts (the root delegator) and ``act`` the current actor (the
+holder) outermost, each earlier actor (the later delegators) nested inside; built by
+:func:`act_claim` from the verified chain, never from request input. :class:`Claims`'s
+``sub`` is always the holder (AgentWrit's subject), read back by :func:`holder_of`.
 """
 
 from __future__ import annotations
@@ -46,10 +50,13 @@ from tasklease.rules.claims import (
     ClaimRejected,
     DelegationRecord,
     act_actors,
+    act_claim,
     chain_hash,
     delegation_chain_of,
+    holder_of,
     int_claim,
     lineage_of,
+    scope_claim,
     string_claim,
     strings_claim,
 )
@@ -76,6 +83,7 @@ __all__ = [
     "claims_from_payload",
     "mint",
     "new_jti",
+    "token_type_of",
 ]
 
 KIND_AGENT = "at+jwt"
@@ -144,22 +152,16 @@ class Claims:
         return self.grant or self.jti
 
 
+def token_type_of(claims: Claims) -> str:
+    """How the token is presented: ``DPoP`` when bound to a DPoP key (RFC 9449 section
+    5), else ``Bearer`` (RFC 6750); the ``token_type`` of every answer that issues it."""
+    cnf = claims.raw.get("cnf")
+    return "DPoP" if isinstance(cnf, dict) and "jkt" in cnf else "Bearer"
+
+
 def new_jti() -> str:
     """16 random bytes as 32 lowercase hex characters."""
     return secrets.token_hex(16)
-
-
-def act_claim(subject: str, chain: tuple[DelegationRecord, ...], principal: str) -> dict[str, Any]:
-    """The RFC 8693 ``act`` claim of a delegated token for ``subject``.
-
-    ``{"sub": subject, "act": {"sub": <last delegator>, ... {"sub": principal}}}``: the
-    current actor (the token's holder) outermost, every delegator inward to the root, and
-    the human principal innermost. Depth is ``len(chain) + 2``.
-    """
-    act: dict[str, Any] = {"sub": principal}
-    for record in chain:
-        act = {"sub": record.agent, "act": act}
-    return {"sub": subject, "act": act}
 
 
 def agent_jwk(public_key: bytes) -> dict[str, str]:
@@ -211,24 +213,27 @@ def mint(
 ) -> tuple[str, Claims]:
     """Build, sign and return ``(token, claims)``. ``nbf`` equals ``iat``.
 
-    ``cnf`` (RFC 7800), when given, binds the token to its holder's key: ``x5t#S256``
-    (RFC 8705 section 3.1) and/or ``jkt`` (RFC 9449 section 6.1).
+    ``sub`` is the holder. ``cnf`` (RFC 7800), when given, binds the token to its holder's
+    key: ``x5t#S256`` (RFC 8705 section 3.1) and/or ``jkt`` (RFC 9449 section 6.1).
 
-    Agent tokens with a ``principal`` carry it, and delegated ones also the ``act`` chain
-    derived from ``delegation_chain``; ``agent_key`` adds ``agent_jwk``. ``lineage``,
+    Agent tokens with a ``principal`` carry it; delegated ones the root delegator as
+    ``sub`` and the ``act`` chain derived from ``delegation_chain``; ``agent_key`` adds
+    ``agent_jwk``. ``lineage``,
     ``grant`` and ``max_exp`` record where the token descends from (``core.kernel``);
     ``grant`` is left out when it is the token's own ``jti``.
     """
     jti = jti or new_jti()
     payload: dict[str, Any] = {
         "iss": iss,
-        "sub": sub,
+        # A delegated token's subject is the root delegator; its holder is the actor
+        # (RFC 8693 section 4.1, act_claim).
+        "sub": delegation_chain[0].agent if delegation_chain else sub,
         "aud": list(aud),
         "exp": iat + ttl,
         "nbf": iat,
         "iat": iat,
         "jti": jti,
-        "scope": list(scope),
+        "scope": " ".join(scope),
     }
     if task_id:
         payload["task_id"] = task_id
@@ -245,8 +250,8 @@ def mint(
         payload["rnc"] = rnc
         if principal:
             payload["principal"] = principal
-            if delegation_chain:
-                payload["act"] = act_claim(sub, delegation_chain, principal)
+        if delegation_chain:
+            payload["act"] = act_claim(sub, delegation_chain)
         if agent_key is not None:
             payload["agent_jwk"] = agent_jwk(agent_key)
         if lineage:
@@ -301,13 +306,13 @@ def claims_from_payload(kind: str, payload: dict[str, Any]) -> Claims:
         return Claims(
             kind=kind,
             iss=string_claim(payload, "iss", required=False),
-            sub=string_claim(payload, "sub", required=True),
+            sub=holder_of(payload),
             aud=strings_claim(payload, "aud"),
             exp=int_claim(payload, "exp"),
             nbf=int_claim(payload, "nbf"),
             iat=iat,
             jti=string_claim(payload, "jti", required=True),
-            scope=strings_claim(payload, "scope"),
+            scope=scope_claim(payload),
             task_id=string_claim(payload, "task_id", required=False),
             orch_id=string_claim(payload, "orch_id", required=False),
             client_id=string_claim(payload, "client_id", required=True),

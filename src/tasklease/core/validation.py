@@ -29,10 +29,12 @@ __all__ = ["TokenRejected", "Validator"]
 class TokenRejected(Exception):
     """A token failed validation. ``reason`` is internal; never show it to the caller."""
 
-    def __init__(self, reason: str, category: str) -> None:
+    def __init__(self, reason: str, category: str, *, dpop_proof: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.category = category
+        # The failure was the request's DPoP proof, not the token (RFC 9449 section 7.1).
+        self.dpop_proof = dpop_proof
 
 
 class Validator:

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.mutual import HandshakeResult
-from tasklease.core.tokens import KIND_AGENT, Claims
+from tasklease.core.tokens import KIND_AGENT, Claims, token_type_of
 from tasklease.http import wire
 from tasklease.http._handling import Handler, json_response, read_body
 
@@ -130,7 +130,7 @@ def agent_routes(
                 agent_id=issued.claims.sub,
                 access_token=issued.token,
                 expires_in=issued.expires_in,
-                token_type="Bearer",  # noqa: S106 - a token type, not a secret
+                token_type=token_type_of(issued.claims),
             )
         )
 

@@ -9,6 +9,7 @@ runs on the event loop unless the store may be read.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
@@ -20,7 +21,7 @@ from tasklease.core.binding import cert_thumbprint_from_pem
 from tasklease.core.broker import ALL_KINDS, Broker, PendingRegistration, RequestContext
 from tasklease.core.errors import InvalidRequest
 from tasklease.core.introspection import is_reference_token
-from tasklease.core.tokens import Claims
+from tasklease.core.tokens import Claims, token_type_of
 from tasklease.core.validation import TokenRejected
 from tasklease.http import wire
 from tasklease.http._handling import Authed, guard, json_response, one_of, read_body
@@ -31,10 +32,18 @@ __all__ = ["lease_routes"]
 _INVALID = msgspec.json.encode(wire.InvalidToken()) + b"\n"
 
 
-def _token_type(claims: Claims) -> str:
-    """``DPoP`` for a DPoP-bound token (RFC 9449 section 5), else ``Bearer``."""
-    cnf = claims.raw.get("cnf")
-    return "DPoP" if isinstance(cnf, dict) and "jkt" in cnf else "Bearer"
+def validated_claims(claims: Claims) -> dict[str, Any]:
+    """The token's claims as ``/v1/token/validate`` answers them (AgentWrit's shape).
+
+    The claims as signed, except ``scope``, a list here (the ``agentwrit`` SDK reads it
+    as one; the token carries RFC 9068's space-delimited string) and ``sub``, the holder
+    (AgentWrit's subject; a delegated token's ``sub`` is RFC 8693's subject, and its
+    holder the current actor in ``act``).
+    """
+    shown = dict(claims.raw)
+    shown["scope"] = list(claims.scope)
+    shown["sub"] = claims.sub
+    return shown
 
 
 def _presentation(req: wire.ValidateRequest) -> Presentation:
@@ -87,7 +96,7 @@ def lease_routes(
                 claims = check()
         except TokenRejected:
             return Response(_INVALID, media_type="application/json")
-        return json_response(wire.ValidToken(valid=True, claims=claims.raw))
+        return json_response(wire.ValidToken(valid=True, claims=validated_claims(claims)))
 
     async def register(request: Request) -> Response:
         req = await read_body(request, wire.RegisterRequest)
@@ -117,14 +126,18 @@ def lease_routes(
                 agent_id=issued.claims.sub,
                 access_token=issued.token,
                 expires_in=issued.expires_in,
-                token_type=_token_type(issued.claims),
+                token_type=token_type_of(issued.claims),
             )
         )
 
     async def renew(request: Request) -> Response:
         issued = await authed(request, ALL_KINDS, None, broker.renew)
         return json_response(
-            wire.RenewResponse(access_token=issued.token, expires_in=issued.expires_in)
+            wire.RenewResponse(
+                access_token=issued.token,
+                expires_in=issued.expires_in,
+                token_type=token_type_of(issued.claims),
+            )
         )
 
     async def release(request: Request) -> Response:
@@ -150,6 +163,7 @@ def lease_routes(
             wire.DelegateResponse(
                 access_token=issued.token,
                 expires_in=issued.expires_in,
+                token_type=token_type_of(issued.claims),
                 delegation_chain=[
                     wire.delegation_record(r) for r in issued.claims.delegation_chain
                 ],

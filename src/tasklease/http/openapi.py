@@ -35,8 +35,14 @@ __all__ = ["WWW_AUTHENTICATE", "failures", "openapi_document", "openapi_json"]
 
 Schema = dict[str, Any]
 _PROBLEM_MEDIA = "application/problem+json"
-WWW_AUTHENTICATE = 'Bearer realm="tasklease", DPoP algs="EdDSA"'
-"""The challenge every 401 carries (RFC 6750 section 3, RFC 9449 section 7.1)."""
+_CHALLENGE_ERROR = r'(, error="[a-z_]+"(, scope="[\x21\x23-\x5b\x5d-\x7e ]+")?)?'
+WWW_AUTHENTICATE = (
+    rf'^Bearer realm="tasklease"{_CHALLENGE_ERROR}, '
+    rf'DPoP realm="tasklease"{_CHALLENGE_ERROR}, algs="EdDSA"$'
+)
+"""The pattern of the challenges every 401, and a 403 for want of scope, carry (RFC 6750
+section 3, RFC 9449 section 7.1): both schemes, the error code (and for
+``insufficient_scope`` the scope) in the scheme the failed credential came with."""
 
 
 def _ref(name: str) -> Schema:
@@ -159,7 +165,7 @@ def _error_responses(op: Operation) -> dict[str, Any]:
             "content": {_PROBLEM_MEDIA: {"schema": _ref("Problem")}},
             "x-error-codes": [{"error_code": f.code, "when": f.when} for f in found],
         }
-        if status == 401:
+        if status in (401, 403):
             response["headers"] = {
                 "WWW-Authenticate": {"$ref": "#/components/headers/WWWAuthenticate"}
             }
@@ -254,8 +260,12 @@ def _build() -> dict[str, Any]:
             "headers": {
                 "WWWAuthenticate": {
                     "description": "The authentication schemes (RFC 6750 section 3, RFC 9449 "
-                    "section 7.1).",
-                    "schema": {"type": "string", "const": WWW_AUTHENTICATE},
+                    "section 7.1). A presented credential that failed adds `error` to the "
+                    "challenge of its scheme: `invalid_token`, `invalid_request` (a malformed "
+                    "header), `invalid_dpop_proof`, `use_dpop_nonce`, or `insufficient_scope` "
+                    "with the `scope` needed (on 403). Without a credential, no `error`: "
+                    '`Bearer realm="tasklease", DPoP realm="tasklease", algs="EdDSA"`.',
+                    "schema": {"type": "string", "pattern": WWW_AUTHENTICATE},
                 },
                 "RetryAfter": {
                     "description": "Seconds to wait before trying again.",

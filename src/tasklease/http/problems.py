@@ -14,9 +14,11 @@ from typing import Any
 import msgspec
 
 from tasklease.core.errors import TaskleaseError
+from tasklease.rules.binding import www_authenticate
 
 __all__ = [
     "DEFAULT_RETRY_AFTER",
+    "OAUTH_ERRORS",
     "STATUS_BY_CODE",
     "problem_body",
     "problem_response_parts",
@@ -27,6 +29,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_request": 400,
     "invalid_ttl": 400,
     "invalid_target": 400,
+    "invalid_dpop_proof": 400,
+    "use_dpop_nonce": 400,
     "unauthorized": 401,
     "forbidden": 403,
     "insufficient_scope": 403,
@@ -41,6 +45,17 @@ STATUS_BY_CODE: dict[str, int] = {
     "rate_limited": 429,
     "internal_error": 500,
     "service_unavailable": 503,
+}
+# The OAuth error code (RFC 6749 section 5.2, RFC 6750 section 3.1, RFC 8707, RFC 9449)
+# a problem also carries as ``error`` when its condition has one and the refusal names no
+# challenge of its own.
+OAUTH_ERRORS: dict[str, str] = {
+    "invalid_request": "invalid_request",
+    "invalid_ttl": "invalid_request",
+    "invalid_target": "invalid_target",
+    "invalid_dpop_proof": "invalid_dpop_proof",
+    "use_dpop_nonce": "use_dpop_nonce",
+    "insufficient_scope": "insufficient_scope",
 }
 TYPE_PREFIX = "urn:tasklease:error:"
 DEFAULT_RETRY_AFTER = 1
@@ -88,16 +103,31 @@ def problem_response_parts(
     """
     status = status_for(exc.code)
     headers: dict[str, str] = {}
-    if status == 401:
-        # Both schemes we accept (RFC 6750 section 3, RFC 9449 section 7.1).
-        headers["WWW-Authenticate"] = 'Bearer realm="tasklease", DPoP algs="EdDSA"'
+    if status == 401 or exc.challenge is not None:
+        # Every 401 (RFC 9110 section 11.6.1), and every refusal of a presented token,
+        # 403 insufficient_scope included (RFC 6750 section 3).
+        headers["WWW-Authenticate"] = www_authenticate(exc.challenge, exc.required_scope)
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     elif status == 503:
         # Every refusal for want of storage or currency is temporary: say when to retry.
         headers["Retry-After"] = str(DEFAULT_RETRY_AFTER)
-    extra = {"denial_id": exc.denial_id} if exc.denial_id else None
+    extra: dict[str, Any] = {}
+    oauth_error = exc.oauth_error
+    if oauth_error is None:
+        oauth_error = exc.challenge[1] if exc.challenge else OAUTH_ERRORS.get(exc.code)
+    if oauth_error is not None:
+        # RFC 6749 section 5.2 members, for OAuth clients reading the same body.
+        extra["error"] = oauth_error
+        extra["error_description"] = exc.detail
+    if exc.denial_id:
+        extra["denial_id"] = exc.denial_id
     body = problem_body(
-        exc.code, exc.detail, instance=instance, request_id=request_id, hint=exc.hint, extra=extra
+        exc.code,
+        exc.detail,
+        instance=instance,
+        request_id=request_id,
+        hint=exc.hint,
+        extra=extra or None,
     )
     return status, body, headers

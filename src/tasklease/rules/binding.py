@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
+import re
 import ssl
 import threading
 from typing import Any
@@ -35,13 +36,17 @@ from tasklease.rules import jws
 __all__ = [
     "DPOP_PROOF_TYPE",
     "BindingError",
+    "DPoPProofError",
     "DPoPVerifier",
+    "MalformedAuthorization",
     "Presentation",
     "access_token_hash",
+    "authorization_credentials",
     "cert_thumbprint",
     "check_binding",
     "normalize_htu",
     "presented_thumbprint",
+    "www_authenticate",
 ]
 
 DPOP_PROOF_TYPE = "dpop+jwt"
@@ -53,12 +58,75 @@ _THUMBPRINT_CHARS = 43  # base64url of 32 bytes, unpadded
 _PEM_MARKER = "-----BEGIN CERTIFICATE-----"
 
 
+_SCHEMES = {"bearer": "Bearer", "dpop": "DPoP"}
+_TOKEN68 = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+_SCOPE_TOKENS = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*")
+
+
+class MalformedAuthorization(ValueError):
+    """A ``Bearer`` or ``DPoP`` ``Authorization`` header whose credential is not one token."""
+
+
+def authorization_credentials(header: str | None) -> tuple[str, str] | None:
+    """``(scheme, token)`` of an ``Authorization`` header with the Bearer or DPoP scheme.
+
+    The scheme is matched without case (RFC 9110 section 11.1) and returned as ``Bearer``
+    or ``DPoP``; one or more spaces separate it from the credential, which must be one
+    ``token68`` (RFC 6750 section 2.1, RFC 9449 section 7.1). Whitespace around the field
+    value is not part of it (RFC 9110 section 5.5).
+
+    Returns None when there is no header or it names another scheme (``Basic``): the
+    request then carries no token at all (RFC 6750 section 3.1: no error code).
+
+    Raises:
+        MalformedAuthorization: the Bearer or DPoP scheme without exactly one token68.
+    """
+    if not header:
+        return None
+    text = header.strip(" \t")
+    scheme, _, credential = text.partition(" ")
+    canonical = _SCHEMES.get(scheme.lower())
+    if canonical is None:
+        return None
+    credential = credential.lstrip(" ")
+    if _TOKEN68.fullmatch(credential) is None:
+        raise MalformedAuthorization(f"{canonical} credential is not one token")
+    return canonical, credential
+
+
+def www_authenticate(
+    challenge: tuple[str, str] | None, scope: str | None = None, *, realm: str = "tasklease"
+) -> str:
+    """The ``WWW-Authenticate`` value: a challenge for each scheme we accept.
+
+    ``Bearer`` (RFC 6750 section 3) and ``DPoP`` with the one algorithm we verify (RFC
+    9449 section 7.1). ``challenge`` is ``(scheme, error)`` when a presented credential
+    failed; the error goes in that scheme's challenge, with ``scope`` for
+    ``insufficient_scope``. Without one (no credential was sent, RFC 6750 section 3.1)
+    neither challenge has an error.
+    """
+    params = {"Bearer": [f'realm="{realm}"'], "DPoP": [f'realm="{realm}"']}
+    if challenge is not None:
+        scheme, error = challenge
+        target = params["DPoP" if scheme == "DPoP" else "Bearer"]
+        target.append(f'error="{error}"')
+        if error == "insufficient_scope" and scope and _SCOPE_TOKENS.fullmatch(scope):
+            target.append(f'scope="{scope}"')
+    params["DPoP"].append('algs="EdDSA"')
+    return f"Bearer {', '.join(params['Bearer'])}, DPoP {', '.join(params['DPoP'])}"
+
+
 class BindingError(Exception):
     """A proof of possession was missing, malformed, stale, replayed or for another key."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class DPoPProofError(BindingError):
+    """The DPoP proof itself was refused (RFC 9449 ``invalid_dpop_proof``), as opposed
+    to a token presented with the wrong scheme or certificate."""
 
 
 def cert_thumbprint(der: bytes) -> str:
@@ -161,33 +229,33 @@ class DPoPVerifier:
             BindingError: with the precise reason.
         """
         if not isinstance(proof, str) or not proof:
-            raise BindingError("DPoP proof missing")
+            raise DPoPProofError("DPoP proof missing")
         try:
             raw_key, claims = jws.decode_embedded_key(proof, typ=DPOP_PROOF_TYPE)
         except jws.JWSError as exc:
-            raise BindingError(f"DPoP proof refused: {exc.reason}") from None
+            raise DPoPProofError(f"DPoP proof refused: {exc.reason}") from None
         jti = claims.get("jti")
         if type(jti) is not str or not 1 <= len(jti) <= _MAX_JTI_CHARS:
-            raise BindingError("DPoP proof jti missing or malformed")
+            raise DPoPProofError("DPoP proof jti missing or malformed")
         if claims.get("htm") != htm:
-            raise BindingError("DPoP proof htm does not match the request method")
+            raise DPoPProofError("DPoP proof htm does not match the request method")
         claimed = normalize_htu(claims.get("htu"))
         if claimed is None or claimed != normalize_htu(htu):
-            raise BindingError("DPoP proof htu does not match the request URI")
+            raise DPoPProofError("DPoP proof htu does not match the request URI")
         raw_iat = claims.get("iat")
         if type(raw_iat) is not int and type(raw_iat) is not float:  # bool is not int here
-            raise BindingError("DPoP proof iat missing")
+            raise DPoPProofError("DPoP proof iat missing")
         iat = float(raw_iat)
         if abs(now - iat) > self.window:
-            raise BindingError("DPoP proof iat outside the acceptance window")
+            raise DPoPProofError("DPoP proof iat outside the acceptance window")
         ath = claims.get("ath")
         if access_token is None:
             if ath is not None:
-                raise BindingError("DPoP proof carries ath without an access token")
+                raise DPoPProofError("DPoP proof carries ath without an access token")
         elif type(ath) is not str or not hmac.compare_digest(
             ath.encode(), access_token_hash(access_token).encode()
         ):
-            raise BindingError("DPoP proof ath does not match the access token")
+            raise DPoPProofError("DPoP proof ath does not match the access token")
         jkt = jws.jwk_thumbprint(raw_key)
         self._remember(f"{jkt}:{jti}", iat + self.window, now)
         return jkt
@@ -199,9 +267,9 @@ class DPoPVerifier:
                 if self._seen.get(old, now + 1) <= now:
                     del self._seen[old]
             if key in self._seen:
-                raise BindingError("DPoP proof replayed (jti already used)")
+                raise DPoPProofError("DPoP proof replayed (jti already used)")
             if len(self._seen) >= self.capacity:
-                raise BindingError("DPoP replay cache full")
+                raise DPoPProofError("DPoP replay cache full")
             self._seen[key] = expires_at
             heapq.heappush(self._expiry, (expires_at, key))
 
@@ -263,7 +331,7 @@ def check_binding(
             access_token=token,
         )
         if not hmac.compare_digest(proven.encode(), str(jkt).encode()):
-            raise BindingError("DPoP proof signed by another key than the token's cnf.jkt")
+            raise DPoPProofError("DPoP proof signed by another key than the token's cnf.jkt")
     x5t = bound.get("x5t#S256")
     if x5t is not None:
         if not presented.cert_thumbprint:

@@ -38,14 +38,17 @@ __all__ = [
     "DelegationHopLike",
     "DelegationRecord",
     "act_actors",
+    "act_claim",
     "chain_hash",
     "check_act",
     "check_claims",
     "check_time",
     "delegation_chain_of",
+    "holder_of",
     "int_claim",
     "is_expired",
     "lineage_of",
+    "scope_claim",
     "string_claim",
     "strings_claim",
     "well_formed_cnf",
@@ -162,6 +165,26 @@ def strings_claim(payload: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def scope_claim(payload: Mapping[str, Any], key: str = "scope") -> tuple[str, ...]:
+    """The required scope claim ``key``: a space-delimited string (RFC 9068 section
+    2.2.3.1, RFC 8693 section 4.2; one space between scope tokens, none around).
+
+    A list of strings is read too: tokens minted before the string form, live for at
+    most ``max_ttl`` after an upgrade.
+    """
+    value = payload.get(key)
+    if type(value) is str:
+        if not value:
+            return ()
+        scopes = value.split(" ")
+        if "" in scopes:
+            raise ClaimRejected(f"claim {key} is not space-delimited scope tokens")
+        return tuple(scopes)
+    if type(value) is list:
+        return strings_claim(payload, key)
+    raise ClaimRejected(f"claim {key} missing or not a string")
+
+
 def delegation_chain_of(value: object) -> tuple[DelegationRecord, ...]:
     """The ``delegation_chain`` claim's records, oldest first (``[]`` when undelegated)."""
     if type(value) is not list:
@@ -243,27 +266,76 @@ def act_actors(act: object, limit: int) -> list[str] | None:
     return actors
 
 
-def check_act(token: ClaimSet, payload: Mapping[str, Any], max_depth: int) -> tuple[str, ...]:
-    """The ``act`` chain must be exactly the one the delegation chain and principal imply.
+def holder_of(payload: Mapping[str, Any]) -> str:
+    """The agent holding a token: the current actor (``act.sub``) of a token that names
+    one, else its ``sub``.
 
-    A delegated token with a principal carries ``act`` whose actors, outermost first, are
-    the holder, the delegators from the last to the root, then the principal, so its depth
-    is the delegation depth + 2 and can never disagree with ``delegation_chain``. Any
-    other token carries no ``act`` (``null`` counts as absent). Returns the actors (empty
-    for a token that is not delegated or names no principal).
+    A delegated token is RFC 8693's: ``sub`` is the subject on whose behalf it acts (the
+    delegation's root agent) and ``act.sub`` the actor using it now, its holder. That the
+    ``act`` chain agrees with the delegation chain is :func:`check_act`'s.
     """
     act = payload.get("act")
-    if not token.delegation_chain or not token.principal:
+    if act is None:
+        return string_claim(payload, "sub", required=True)
+    sub = act.get("sub") if type(act) is dict else None
+    if type(sub) is not str or not sub:
+        raise ClaimRejected("act claim malformed or deeper than the limit", "delegation")
+    return sub
+
+
+def act_claim(holder: str, chain: Sequence[DelegationHopLike]) -> dict[str, Any]:
+    """The RFC 8693 ``act`` claim of a token ``holder`` received through ``chain``.
+
+    Section 4.1: the outermost ``act`` is the current actor (the holder), each nested one
+    an earlier actor: the delegators from the last back to the second; the first
+    delegator is the token's ``sub``, the subject on whose behalf they all act. The human
+    principal is no actor: it is the ``principal`` claim. Depth is ``len(chain)``.
+    """
+    act: dict[str, Any] = {"sub": chain[1].agent} if len(chain) > 1 else {}
+    for hop in chain[2:]:  # inside out: the second delegator innermost
+        act = {"sub": hop.agent, "act": act}
+    return {"sub": holder, "act": act} if act else {"sub": holder}
+
+
+def check_act(token: ClaimSet, payload: Mapping[str, Any], max_depth: int) -> tuple[str, ...]:
+    """A delegated token's ``act`` and ``sub`` must be exactly what its chain implies.
+
+    ``sub`` is the root delegator (the first record's agent) and ``act`` the holder
+    (``token.sub``) outermost, then the delegators from the last back to the second: its
+    depth is the delegation depth, and it can never disagree with ``delegation_chain``.
+    A token that is not delegated carries no ``act`` (``null`` counts as absent). Returns
+    the actors, outermost first (empty for a token that is not delegated).
+
+    Tokens minted before this shape (live for at most ``max_ttl`` after an upgrade) are
+    read too, exactly: ``sub`` the holder, ``act`` the holder, the delegators from the
+    last to the root and the principal innermost; or, naming no principal, no ``act``.
+    """
+    act = payload.get("act")
+    chain = token.delegation_chain
+    if not chain:
         if act is not None:
             raise ClaimRejected("act claim on a token that is not delegated", "delegation")
         return ()
+    subject = payload.get("sub")
+    if act is None:
+        if token.principal or subject != token.sub:
+            raise ClaimRejected("delegated token without an act claim", "delegation")
+        return ()  # the earlier shape, without a principal
     actors = act_actors(act, max_depth + 2)
     if actors is None:
         raise ClaimRejected("act claim malformed or deeper than the limit", "delegation")
-    expected = [token.sub, *(hop.agent for hop in reversed(token.delegation_chain))]
-    if actors != [*expected, token.principal]:
+    earlier = [hop.agent for hop in reversed(chain)]
+    if token.sub in earlier:  # no agent delegates to itself or back into its chain
         raise ClaimRejected("act chain disagrees with the delegation chain", "delegation")
-    return tuple(actors)
+    if subject == chain[0].agent and actors == [token.sub, *earlier[:-1]]:
+        return tuple(actors)
+    if (
+        subject == token.sub
+        and token.principal
+        and actors == [token.sub, *earlier, token.principal]
+    ):
+        return tuple(actors)  # the earlier shape
+    raise ClaimRejected("act chain disagrees with the delegation chain", "delegation")
 
 
 # -- time ---------------------------------------------------------------------------------
@@ -353,11 +425,10 @@ def check_claims(
             raise ClaimRejected("delegation chain longer than the depth limit", "delegation")
         if not hmac.compare_digest(token.chain_hash.encode(), chain_hash(chain).encode()):
             raise ClaimRejected("delegation chain hash mismatch", "delegation")
-        if token.principal:
-            return check_act(token, payload, max_depth)
-    elif token.chain_hash:
+        return check_act(token, payload, max_depth)
+    if token.chain_hash:
         raise ClaimRejected("chain_hash without a delegation chain", "delegation")
-    # check_act for a token that is not delegated, or names no principal: no act.
+    # check_act for a token that is not delegated: no act.
     if payload.get("act") is not None:
         raise ClaimRejected("act claim on a token that is not delegated", "delegation")
     return ()

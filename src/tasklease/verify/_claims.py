@@ -18,8 +18,10 @@ from tasklease.rules.claims import (
     ClaimRejected,
     DelegationRecord,
     delegation_chain_of,
+    holder_of,
     int_claim,
     lineage_of,
+    scope_claim,
     string_claim,
     strings_claim,
 )
@@ -40,11 +42,14 @@ DelegationHop = DelegationRecord
 class VerifiedToken:
     """A token whose signature, issuer, audience, lifetime, chain and revocation checked out.
 
-    ``claims`` is the payload as sent (for a by-reference token, the introspected claims
-    with ``scope`` as a list). ``principal`` is the human the work is done for
-    (``kind:value``, empty when the token names none); ``actors`` are the ``sub`` of every
-    level of the RFC 8693 ``act`` claim, outermost first: the holder, the delegators from
-    the last to the root, then the principal (empty for a token that is not delegated).
+    ``claims`` is the payload as sent (for a by-reference token, the introspected claims;
+    ``scope`` is a space-delimited string in both, RFC 9068 section 2.2.3.1). ``sub`` is
+    the agent holding the token: for a delegated token the current actor of its RFC 8693
+    ``act`` claim, while ``claims["sub"]`` is the subject it acts for (the root
+    delegator). ``principal`` is the human the work is done for (``kind:value``, empty
+    when the token names none); ``actors`` are the ``sub`` of every level of the ``act``
+    claim, outermost first: the holder, then the delegators from the last back to the
+    second (empty for a token that is not delegated).
     ``by_reference`` is true for an opaque token resolved by introspection. ``scope`` is
     the token's scope list (``action:resource:identifier``); :meth:`has_scope` applies
     tasklease's wildcard rule. ``lineage`` are the ancestors whose end ends this token
@@ -125,13 +130,14 @@ def parse_claims(payload: dict[str, Any], *, by_reference: bool = False) -> Veri
         or type(exp) is not int
         or type(nbf) is not int
         or type(iat) is not int
-        or type(scope) is not list
+        or type(scope) is not str
         or type(aud) is not list
     ):
         return _parse_claims_checked(payload, by_reference)
-    for item in scope:
-        if type(item) is not str:
-            return _parse_claims_checked(payload, by_reference)
+    # RFC 9068 section 2.2.3.1: space-delimited; an empty token is malformed.
+    scopes = tuple(scope.split(" ")) if scope else ()
+    if "" in scopes:
+        return _parse_claims_checked(payload, by_reference)
     for item in aud:
         if type(item) is not str:
             return _parse_claims_checked(payload, by_reference)
@@ -146,7 +152,7 @@ def parse_claims(payload: dict[str, Any], *, by_reference: bool = False) -> Veri
     building = _new(_Building)
     building.sub = sub
     building.client_id = client_id
-    building.scope = tuple(scope)
+    building.scope = scopes
     building.aud = tuple(aud)
     building.iss = iss
     building.exp = exp
@@ -188,7 +194,7 @@ def _check_fast_parse() -> None:
     ]:  # fmt: skip
         raise RuntimeError("VerifiedToken's fields changed: update parse_claims's fast path")
     payload = {
-        "sub": "s", "client_id": "c", "scope": ["p"], "aud": ["a"], "iss": "i", "exp": 3,
+        "sub": "s", "client_id": "c", "scope": "p", "aud": ["a"], "iss": "i", "exp": 3,
         "nbf": 1, "iat": 2, "jti": "j", "task_id": "t", "orch_id": "o", "chain_hash": "",
         "principal": "u", "lineage": ["app:x"],
     }  # fmt: skip
@@ -211,9 +217,9 @@ def _parse_claims_checked(payload: dict[str, Any], by_reference: bool) -> Verifi
         chain = delegation_chain_of(payload.get("delegation_chain", []))
         aud = payload.get("aud")
         return VerifiedToken(
-            sub=string_claim(payload, "sub", required=True),
+            sub=holder_of(payload),
             client_id=string_claim(payload, "client_id", required=True),
-            scope=strings_claim(payload, "scope"),
+            scope=scope_claim(payload),
             aud=(aud,) if type(aud) is str else strings_claim(payload, "aud"),
             iss=string_claim(payload, "iss", required=False),
             exp=int_claim(payload, "exp"),
@@ -242,8 +248,6 @@ def claims_from_introspection(body: Mapping[str, Any]) -> VerifiedToken:
     if type(body) is not dict or body.get("active") is not True:
         raise InvalidToken("by-reference token is not active")
     payload = {k: v for k, v in body.items() if k not in ("active", "token_type")}
-    scope = payload.get("scope", "")
-    if type(scope) is not str:
+    if type(payload.get("scope", "")) is not str:
         raise InvalidToken("introspected scope is not a string")
-    payload["scope"] = scope.split()
     return parse_claims(payload, by_reference=True)

@@ -29,7 +29,15 @@ class VerificationError(Exception):
 
 
 class InvalidToken(VerificationError):
-    """The token is missing, malformed, forged, expired, revoked or for another audience."""
+    """The token is missing, malformed, forged, expired, revoked or for another audience.
+
+    ``dpop_proof`` is true when the request's DPoP proof failed rather than the token
+    (RFC 9449 section 7.1 ``invalid_dpop_proof``).
+    """
+
+    def __init__(self, reason: str, *, dpop_proof: bool = False) -> None:
+        super().__init__(reason)
+        self.dpop_proof = dpop_proof
 
 
 class InsufficientScope(VerificationError):

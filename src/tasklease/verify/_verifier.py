@@ -44,6 +44,7 @@ from tasklease.core.clock import Clock, SystemClock
 from tasklease.rules import jws
 from tasklease.rules.binding import (
     BindingError,
+    DPoPProofError,
     DPoPVerifier,
     Presentation,
     check_binding,
@@ -472,7 +473,7 @@ class Verifier:
             try:
                 check_binding(cnf, token, presented or _BEARER, dpop=self._dpop, now=now)
             except BindingError as exc:
-                raise InvalidToken(exc.reason) from None
+                raise InvalidToken(exc.reason, dpop_proof=isinstance(exc, DPoPProofError)) from None
         return verified
 
     # --- tokens of federated trust domains (verify._federation) ---------------------------

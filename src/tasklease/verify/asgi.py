@@ -32,8 +32,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tasklease.rules.binding import (
+    MalformedAuthorization,
+    authorization_credentials,
+    www_authenticate,
+)
 from tasklease.verify._claims import VerifiedToken
-from tasklease.verify._errors import VerificationError, VerifierUnavailable
+from tasklease.verify._errors import InvalidToken, VerificationError, VerifierUnavailable
 from tasklease.verify._verifier import Verifier
 
 __all__ = [
@@ -59,7 +64,13 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _problem(
-    status: int, code: str, detail: str, *, instance: str, request_id: str
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    instance: str,
+    request_id: str,
+    challenge: tuple[str, str] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     body = {
         "type": _TYPE_PREFIX + code,
@@ -75,11 +86,12 @@ def _problem(
         "cache-control": "no-store",
         "x-request-id": request_id,
     }
-    if status == 401:
-        headers["www-authenticate"] = (
-            'Bearer realm="tasklease", error="invalid_token", '
-            'DPoP realm="tasklease", error="invalid_token", algs="EdDSA"'
-        )
+    if challenge is not None:
+        body["error"] = challenge[1]
+        body["error_description"] = detail
+    if status == 401 or challenge is not None:
+        # RFC 6750 section 3.1: no error code when the request carried no token.
+        headers["www-authenticate"] = www_authenticate(challenge)
     elif status == 503:
         headers["retry-after"] = "1"
     return json.dumps(body, separators=(",", ":")).encode() + b"\n", headers
@@ -99,31 +111,53 @@ def problem_response(error: VerificationError, request: Request) -> Response:
     status = {"unauthorized": 401, "insufficient_scope": 403, "service_unavailable": 503}[
         error.code
     ]
+    scheme = _scheme(request.scope)
+    challenge: tuple[str, str] | None = None
+    if status == 403:
+        challenge = (scheme, "insufficient_scope")
+    elif status == 401 and isinstance(error, InvalidToken) and scheme:
+        challenge = _token_challenge(scheme, error)
     body, headers = _problem(
         status,
         error.code,
         error.message,
         instance=request.url.path,
         request_id=_request_id(request.scope.get("headers", [])),
+        challenge=challenge,
     )
     required = getattr(error, "required", "")
-    if status == 403 and required:
-        headers["www-authenticate"] = (
-            f'Bearer realm="tasklease", error="insufficient_scope", scope="{required}"'
-        )
+    if status == 403:
+        headers["www-authenticate"] = www_authenticate(challenge, required)
     return Response(body, status, headers=headers)
 
 
+def _token_challenge(scheme: str, error: InvalidToken) -> tuple[str, str]:
+    """The challenge of a presented token that failed (RFC 6750 3.1, RFC 9449 7.1)."""
+    return scheme, "invalid_dpop_proof" if error.dpop_proof else "invalid_token"
+
+
+def _scheme(scope: Scope) -> str:
+    """The scheme of a well-formed Bearer or DPoP ``Authorization`` header, else ``""``."""
+    try:
+        found = _authorization(scope)
+    except MalformedAuthorization:
+        return ""
+    return found[0] if found is not None else ""
+
+
 def _authorization(scope: Scope) -> tuple[str, str] | None:
-    """``(scheme, token)`` of a ``Bearer`` (RFC 6750) or ``DPoP`` (RFC 9449) header."""
-    for name, value in scope.get("headers", []):
-        if name == b"authorization":
-            text: str = value.decode("latin-1")
-            scheme, _, token = text.partition(" ")
-            if scheme.lower() in ("bearer", "dpop") and token.strip():
-                return ("DPoP" if scheme.lower() == "dpop" else "Bearer"), token.strip()
-            return None
-    return None
+    """``(scheme, token)`` of a ``Bearer`` (RFC 6750) or ``DPoP`` (RFC 9449) header.
+
+    None without one (or with another scheme). Several ``Authorization`` fields are one
+    malformed value (RFC 6750 section 3.1: more than one method).
+
+    Raises:
+        MalformedAuthorization: Bearer or DPoP without exactly one token.
+    """
+    values = [v.decode("latin-1") for n, v in scope.get("headers", []) if n == b"authorization"]
+    if not values:
+        return None
+    return authorization_credentials(",".join(values))
 
 
 def _dpop_proof(scope: Scope) -> str:
@@ -189,10 +223,14 @@ class TaskleaseAuthMiddleware:
             return
         if not self.verifier.started:
             await self.verifier.astart()
-        authorization = _authorization(scope)
+        try:
+            authorization = _authorization(scope)
+        except MalformedAuthorization as exc:
+            await self._malformed(scope, send, str(exc))
+            return
         try:
             if authorization is None:
-                raise VerificationError("missing or malformed authorization header")
+                raise VerificationError("missing authorization header or another scheme")
             scheme, token = authorization
             thumbprint, pem = tls_client_certificate(scope)
             verified = await self.verifier.averify(
@@ -205,7 +243,7 @@ class TaskleaseAuthMiddleware:
                 htu=_htu(scope),
             )
         except VerificationError as exc:
-            await self._refuse(scope, send, exc)
+            await self._refuse(scope, send, exc, authorization[0] if authorization else "")
             return
         scope.setdefault("state", {})[STATE_KEY] = verified
         await self.app(scope, receive, send)
@@ -221,10 +259,37 @@ class TaskleaseAuthMiddleware:
 
         return wrapped
 
-    async def _refuse(self, scope: Scope, send: Send, error: VerificationError) -> None:
+    async def _refuse(
+        self, scope: Scope, send: Send, error: VerificationError, scheme: str
+    ) -> None:
         status = 503 if isinstance(error, VerifierUnavailable) else 401
         code = "service_unavailable" if status == 503 else "unauthorized"
         message = VerifierUnavailable.message if status == 503 else VerificationError.message
+        challenge = None
+        if status == 401 and scheme and isinstance(error, InvalidToken):
+            challenge = _token_challenge(scheme, error)
+        await self._send_problem(scope, send, status, code, message, challenge)
+
+    async def _malformed(self, scope: Scope, send: Send, reason: str) -> None:
+        """400 ``invalid_request`` for a malformed Bearer/DPoP header (RFC 6750 3.1)."""
+        await self._send_problem(
+            scope,
+            send,
+            400,
+            "invalid_request",
+            "malformed authorization header",
+            ("Bearer", "invalid_request"),
+        )
+
+    async def _send_problem(
+        self,
+        scope: Scope,
+        send: Send,
+        status: int,
+        code: str,
+        message: str,
+        challenge: tuple[str, str] | None,
+    ) -> None:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
@@ -234,6 +299,7 @@ class TaskleaseAuthMiddleware:
             message,
             instance=scope.get("path", ""),
             request_id=_request_id(scope.get("headers", [])),
+            challenge=challenge,
         )
         raw = [(k.encode(), v.encode()) for k, v in headers.items()]
         raw.append((b"content-length", str(len(body)).encode()))
@@ -269,7 +335,7 @@ class ScopeRequirement:
 
     def check(self, request: Request) -> VerifiedToken:
         """The request's verified token if it covers the scope; raise otherwise."""
-        from tasklease.verify._errors import InsufficientScope, InvalidToken
+        from tasklease.verify._errors import InsufficientScope
 
         token = request.scope.get("state", {}).get(STATE_KEY)
         if not isinstance(token, VerifiedToken):

@@ -107,8 +107,9 @@ ExpiresIn = Annotated[int, doc("Seconds until the token expires.")]
 TokenType = Annotated[
     str,
     doc(
-        "`DPoP` when the registration carried a DPoP proof (send the token as "
-        "`Authorization: DPoP <token>` with a fresh proof); otherwise `Bearer`.",
+        "`DPoP` when the token is bound to a DPoP key (RFC 9449 section 5: the "
+        "registration carried a DPoP proof; send the token as `Authorization: DPoP <token>` "
+        "with a fresh proof); otherwise `Bearer`.",
         enum=["Bearer", "DPoP"],
     ),
 ]

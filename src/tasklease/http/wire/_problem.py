@@ -20,6 +20,9 @@ ERROR_CODES: Final = {
     "invalid_ttl": "A TTL is outside its allowed range.",
     "invalid_target": "A resource/audience is malformed, not allowed, or would widen the "
     "audience (RFC 8707).",
+    "invalid_dpop_proof": "The DPoP proof sent to obtain a token was refused (RFC 9449 section 5).",
+    "use_dpop_nonce": "The DPoP proof lacks the nonce the broker asks for: retry with the "
+    "`DPoP-Nonce` header's value (RFC 9449 section 8).",
     "unauthorized": "No valid credential: missing, malformed, invalid, expired or revoked.",
     "forbidden": "Authenticated, but this caller may not do this.",
     "insufficient_scope": "The token is of the wrong kind or lacks the route's scope.",
@@ -54,6 +57,21 @@ class Problem(Response):
     request_id: Annotated[str, doc("The request's `X-Request-ID`.")]
     hint: (
         Annotated[str, doc("How to fix the request, when there is advice to give.")] | UnsetType
+    ) = UNSET
+    error: (
+        Annotated[
+            str,
+            doc(
+                "The OAuth error code of the refusal (RFC 6749 section 5.2, RFC 6750 section "
+                "3.1, RFC 8707, RFC 9449), when it has one: `invalid_request`, "
+                "`invalid_target`, `invalid_token`, `insufficient_scope`, "
+                "`invalid_dpop_proof`, `use_dpop_nonce`."
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    error_description: (
+        Annotated[str, doc("With `error`: the same text as `detail`.")] | UnsetType
     ) = UNSET
     denial_id: (
         Annotated[

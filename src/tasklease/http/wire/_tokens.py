@@ -13,6 +13,7 @@ from tasklease.http.wire._base import (
     ADMIN_OR_APP_TOKEN,
     AGENT_TOKEN,
     ANY_TOKEN,
+    PEER_TOKEN,
     PUBLIC,
     AccessToken,
     ExpiresIn,
@@ -161,6 +162,7 @@ class RegisterResponse(Response):
 class RenewResponse(Response):
     access_token: AccessToken
     expires_in: ExpiresIn
+    token_type: TokenType
 
 
 class DelegationRecord(Response):
@@ -182,6 +184,7 @@ def delegation_record(record: ChainRecord) -> DelegationRecord:
 class DelegateResponse(Response):
     access_token: AccessToken
     expires_in: ExpiresIn
+    token_type: TokenType
     delegation_chain: Annotated[
         list[DelegationRecord], doc("The new token's chain, root first; the last is this hop.")
     ]
@@ -197,17 +200,20 @@ class Confirmation(Response):
 
 
 class TokenClaims(Response, forbid_unknown_fields=False):
-    """The token's claims as signed (RFC 7519, RFC 9068). Optional claims are present
-    only on the tokens they concern."""
+    """The token's claims (RFC 7519, RFC 9068) in AgentWrit's validation shape: as
+    signed, except `scope`, an array here (the token carries RFC 9068's space-delimited
+    string), and `sub`, the agent holding the token (a delegated token signs RFC 8693's
+    subject as `sub` and its holder as the current actor, `act.sub`). Optional claims are
+    present only on the tokens they concern."""
 
     iss: Annotated[str, doc("Issuer.")]
-    sub: Annotated[str, doc("The agent's SPIFFE ID.")]
+    sub: Annotated[str, doc("The SPIFFE ID of the agent holding the token.")]
     aud: Annotated[list[str], doc("Audiences.")]
     exp: Annotated[int, doc("Expiry, seconds since the epoch.")]
     nbf: Annotated[int, doc("Not before, seconds since the epoch.")]
     iat: Annotated[int, doc("Issued at, seconds since the epoch.")]
     jti: Annotated[str, doc("Token id (32 hex characters).")]
-    scope: Annotated[list[str], doc("Granted scopes.")]
+    scope: Annotated[list[str], doc("Granted scopes (in the token: one space-separated string).")]
     client_id: Annotated[str, doc("`admin` or the client id of the app that launched the agent.")]
     task_id: Annotated[str, doc("Task id.")] | UnsetType = UNSET
     orch_id: Annotated[str, doc("Orchestrator id.")] | UnsetType = UNSET
@@ -251,7 +257,9 @@ class TokenClaims(Response, forbid_unknown_fields=False):
 
 class ValidToken(Response):
     valid: Annotated[bool, constant(True)]
-    claims: Annotated[dict[str, Any], shaped_as(TokenClaims, "The token's claims as signed.")]
+    claims: Annotated[
+        dict[str, Any], shaped_as(TokenClaims, "The token's claims, in AgentWrit's shape.")
+    ]
 
 
 class InvalidToken(Response):
@@ -437,13 +445,16 @@ OPERATIONS = (
         "and an optional `token_type_hint` (only a hint). Idempotent; answers 200 `{}` "
         "also for unknown, malformed, expired or already revoked tokens, so the answer "
         "never reveals whether a token existed. Every attempt is audited.",
-        AGENT_TOKEN,
+        PEER_TOKEN,
         TokenRevocationResponse,
         request=TokenRequest,
         commits=True,
         errors=(
             Failure("invalid_request", _REFUSED_FORM),
-            Failure("forbidden", "`token` is a valid token of another agent"),
+            Failure(
+                "forbidden",
+                "`token` is a valid token of another agent (`error`: `unauthorized_client`)",
+            ),
         ),
     ),
     Operation(
@@ -467,9 +478,10 @@ OPERATIONS = (
             Failure("invalid_request", _REFUSED_FORM),
             Failure("invalid_target", "`audience` is malformed"),
             Failure(
-                "insufficient_scope",
+                "unauthorized",
                 "the caller's token is an agent token, or an operator's without "
-                "`admin:revoke:*` (an auditor's)",
+                '`admin:revoke:*` (an auditor\'s): 401 with `error="insufficient_scope"` '
+                "(RFC 7662 section 2.3)",
             ),
         ),
     ),
