@@ -54,6 +54,18 @@ def test_federation_put_get_list_replace_delete(store: Store) -> None:
     assert store.list_federations() == [second]
 
 
+def test_federation_keeps_where_its_revocations_come_from(store: Store) -> None:
+    """The feed's base URL and the path of its credential file (never a secret)."""
+    record = _record(
+        revocation_feed="https://b.example:8443/t/acme",
+        feed_credentials_file="/etc/tasklease/b-feed.json",
+    )
+    with store.write() as tx:
+        tx.put_federation(record)
+    assert store.get_federation("b.example") == record
+    assert store.list_federations()[0].revocation_feed == "https://b.example:8443/t/acme"
+
+
 def test_federation_write_rolls_back(store: Store) -> None:
     with pytest.raises(RuntimeError), store.write() as tx:
         tx.put_federation(_record())

@@ -86,6 +86,7 @@ def _show(answer: dict[str, Any]) -> None:
     line("scope map", ", ".join(f"{p[0]}={p[1]}" for p in mapping if len(p) == 2) or "-")
     line("scope ceiling", " ".join(str(s) for s in answer.get("scope_ceiling") or []) or "-")
     line("max ttl", f"{answer.get('max_ttl')} s")
+    line("revocation feed", answer.get("revocation_feed") or "-")
     line("declared", f"{answer.get('created_at')} by {answer.get('created_by')}")
 
 
@@ -142,6 +143,23 @@ def federation_add(
             "--max-ttl", help="Longest lifetime of a token minted here from its credentials."
         ),
     ] = None,
+    revocation_feed: Annotated[
+        str | None,
+        typer.Option(
+            "--revocation-feed",
+            help="The other broker's base URL (https): follow its revocation feed, so that "
+            "its revocations end what this broker derived from its tokens.",
+        ),
+    ] = None,
+    feed_credentials: Annotated[
+        Path | None,
+        typer.Option(
+            "--feed-credentials",
+            help="With --revocation-feed: a 0600 JSON file on the broker's host with the "
+            "client_id and client_secret of the app the other broker's operator made for "
+            "this one (`app register --json`). Only its absolute path is sent.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
@@ -164,6 +182,8 @@ def federation_add(
             scope_map=_pairs(mapping or []) if mapping else None,
             scope_ceiling=ceiling or None,
             max_ttl=max_ttl,
+            revocation_feed=revocation_feed,
+            feed_credentials_file=str(feed_credentials.resolve()) if feed_credentials else None,
         )
     if as_json:
         print_json(answer)

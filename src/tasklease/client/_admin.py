@@ -291,12 +291,16 @@ class AdminClient:
         scope_map: Sequence[tuple[str, str]] | None = None,
         scope_ceiling: Sequence[str] | None = None,
         max_ttl: int | None = None,
+        revocation_feed: str | None = None,
+        feed_credentials_file: str | None = None,
     ) -> dict[str, Any]:
         """Federate with ``trust_domain``: its bundle from ``bundle_endpoint_url`` (https;
         checked against ``ca_pem``, else the system's trust store) or the static ``bundle``
         (its JSON text). Declaring it again replaces the record (``replaced`` in the
         answer). The broker fetches an endpoint's bundle before answering: ``status`` and
-        ``last_error`` say how that went."""
+        ``last_error`` say how that went. ``revocation_feed`` (the other broker's base URL)
+        with ``feed_credentials_file`` (the path, on the broker's host, of the app
+        credentials the other broker's operator gave) makes its revocations cross over."""
         body: dict[str, Any] = {"trust_domain": trust_domain}
         optional = {
             "bundle_endpoint_url": bundle_endpoint_url,
@@ -306,6 +310,8 @@ class AdminClient:
             "scope_ceiling": None if scope_ceiling is None else list(scope_ceiling),
             "scope_map": None if scope_map is None else [list(pair) for pair in scope_map],
             "max_ttl": max_ttl,
+            "revocation_feed": revocation_feed,
+            "feed_credentials_file": feed_credentials_file,
         }
         body.update({key: value for key, value in optional.items() if value is not None})
         return self._json("POST", "/v1/admin/federations", json=body)

@@ -149,6 +149,8 @@ class Federation(Service):
         scope_map: object = None,
         scope_ceiling: object = None,
         max_ttl: object = None,
+        revocation_feed: object = None,
+        feed_credentials_file: object = None,
         ctx: RequestContext,
     ) -> tuple[FederationRecord, bool]:
         """Declare a federated domain, or replace its declaration; returns the record and
@@ -159,6 +161,10 @@ class Federation(Service):
         certificates) is the trust anchor for the endpoint's server certificate; without
         it, the system's. A static bundle is trusted from now; an endpoint's from its
         first fetch. Replacing a record with the same endpoint keeps its last good bundle.
+        ``revocation_feed`` (the peer broker's base URL, https) and ``feed_credentials_file``
+        (an absolute path; the file is read where the feed is followed, never here) go
+        together: the peer's revocations are followed and made ours (``core.peerfeed``);
+        ``ca_pem`` checks that server too.
 
         Raises:
             InvalidRequest: a malformed field, our own trust domain, or a static bundle
@@ -176,7 +182,11 @@ class Federation(Service):
         if bool(url) == (static is not None):
             raise InvalidRequest("give either bundle_endpoint_url or bundle, not both or neither")
         pem = _ca_pem(ca_pem)
-        if pem and not url:
+        feed = _endpoint(revocation_feed, "revocation_feed")
+        credentials = _absolute_path(feed_credentials_file, "feed_credentials_file")
+        if bool(feed) != bool(credentials):
+            raise InvalidRequest("give revocation_feed and feed_credentials_file together")
+        if pem and not (url or feed):
             raise InvalidRequest("ca_pem is for a bundle endpoint's server certificate")
         age = _seconds(max_bundle_age, "max_bundle_age", DEFAULT_MAX_BUNDLE_AGE, _MAX_BUNDLE_AGE)
         ttl = _seconds(max_ttl, "max_ttl", cfg.max_ttl, cfg.max_ttl)
@@ -196,6 +206,8 @@ class Federation(Service):
             last_error="",
             created_at=now,
             created_by=claims.sub,
+            revocation_feed=feed,
+            feed_credentials_file=credentials,
         )
         replaced = False
 
@@ -214,7 +226,8 @@ class Federation(Service):
                     request_id=ctx.request_id,
                     detail=f"trust_domain={domain} {source} ca={'pem' if pem else 'system'} "
                     f"max_bundle_age={age} max_ttl={ttl} map={_map_text(mapping)} "
-                    f"ceiling=[{' '.join(ceiling)}] replaced={str(replaced).lower()} "
+                    f"ceiling=[{' '.join(ceiling)}] feed={feed or 'none'} "
+                    f"replaced={str(replaced).lower()} "
                     f"by={claims.sub}",
                 )
             ]
@@ -405,28 +418,42 @@ def _trust_domain(value: object) -> str:
         ) from None
 
 
-def _endpoint(value: object) -> str:
+def _endpoint(value: object, name: str = "bundle_endpoint_url") -> str:
     """An https URL without userinfo or fragment, or "" when not given."""
     if value is None or value == "":
         return ""
     if not isinstance(value, str) or len(value) > _MAX_URL or not value.isprintable():
-        raise InvalidRequest("bundle_endpoint_url must be an https URL")
+        raise InvalidRequest(f"{name} must be an https URL")
     try:
         parts = urlsplit(value)
         port = parts.port
     except ValueError:
-        raise InvalidRequest("bundle_endpoint_url must be an https URL") from None
+        raise InvalidRequest(f"{name} must be an https URL") from None
     if parts.scheme != "https" or not parts.hostname:
         raise InvalidRequest(
-            "bundle_endpoint_url must be an https URL",
+            f"{name} must be an https URL",
             hint="SPIFFE Federation https_web: the bundle is served over TLS",
         )
     if "@" in parts.netloc:
-        raise InvalidRequest("bundle_endpoint_url must not carry userinfo")
+        raise InvalidRequest(f"{name} must not carry userinfo")
     if parts.fragment or value.endswith("#"):
-        raise InvalidRequest("bundle_endpoint_url must not carry a fragment")
+        raise InvalidRequest(f"{name} must not carry a fragment")
     if port == 0 or any(c.isspace() for c in value):
-        raise InvalidRequest("bundle_endpoint_url must be an https URL")
+        raise InvalidRequest(f"{name} must be an https URL")
+    return value
+
+
+def _absolute_path(value: object, name: str) -> str:
+    """An absolute file path, or "" when not given (the file itself is not read here)."""
+    if value is None or value == "":
+        return ""
+    if (
+        not isinstance(value, str)
+        or len(value) > 4096
+        or not value.startswith("/")
+        or not value.isprintable()
+    ):
+        raise InvalidRequest(f"{name} must be an absolute file path")
     return value
 
 

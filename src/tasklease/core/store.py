@@ -217,6 +217,12 @@ class FederationRecord:
     created_at: float
     created_by: str
     checked_at: float | None = None  # the latest attempt to fetch, successful or not
+    # Revocation across the bridge (core.peerfeed): the peer broker's base URL whose
+    # /v1/revocations/stream we follow ("" none), and the path of a 0600 JSON file with the
+    # client_id and client_secret of the app the peer's operator made for us (only the
+    # path is stored, never the secret).
+    revocation_feed: str = ""
+    feed_credentials_file: str = ""
 
     @property
     def static(self) -> bool:

@@ -64,6 +64,8 @@ def federation_routes(broker: Broker, *, authed: Authed) -> list[Route]:
                 scope_map=req.scope_map,
                 scope_ceiling=req.scope_ceiling,
                 max_ttl=req.max_ttl,
+                revocation_feed=req.revocation_feed,
+                feed_credentials_file=req.feed_credentials_file,
                 ctx=ctx,
             ),
         )

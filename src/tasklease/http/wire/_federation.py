@@ -103,6 +103,23 @@ class FederationCreateRequest(Request):
             minimum=1,
         ),
     ] = None
+    revocation_feed: Annotated[
+        _Text,
+        doc(
+            "The other broker's base URL (`https`, its tenant's for a tenant, e.g. "
+            "`https://a.example:8443`): its revocation feed is followed and every revocation "
+            "there ends what this broker derived from the domain's tokens. With "
+            "`feed_credentials_file`."
+        ),
+    ] = None
+    feed_credentials_file: Annotated[
+        _Text,
+        doc(
+            "Absolute path, on this broker's host, of a 0600 JSON file with the `client_id` "
+            "and `client_secret` of the app the other broker's operator made for this one "
+            "(to read its feed). Only the path is stored."
+        ),
+    ] = None
 
 
 class Federation(Response):
@@ -133,6 +150,9 @@ class Federation(Response):
     last_error: Annotated[str, doc('Why the latest attempt failed; "" when it did not.')]
     created_at: Timestamp
     created_by: Annotated[str, doc("Who declared it.")]
+    revocation_feed: Annotated[
+        str | None, doc("The base URL whose revocation feed is followed; null when none.")
+    ]
 
 
 class FederationAdded(Federation):
@@ -181,6 +201,7 @@ def federation_view(
         "last_error": record.last_error,
         "created_at": format_rfc3339_seconds(record.created_at),
         "created_by": record.created_by,
+        "revocation_feed": record.revocation_feed or None,
     }
 
 

@@ -83,7 +83,8 @@ _REFERENCE = "token_hash, kind, claims, jti, expires_at"
 _TENANT = "name, trust_domain, status, created_at, created_by, removed_at"
 _FEDERATION = (
     "trust_domain, bundle_endpoint_url, ca_pem, max_bundle_age, scope_map, scope_ceiling,"
-    " max_ttl, bundle, fetched_at, last_error, created_at, created_by, checked_at"
+    " max_ttl, bundle, fetched_at, last_error, created_at, created_by, checked_at,"
+    " revocation_feed, feed_credentials_file"
 )
 _PUBLISHED = "sequence, kids, bundle, updated_at"
 _AUDIT = (
@@ -508,7 +509,7 @@ class Dialect:
 
     def federation_from_row(self, row: Row) -> FederationRecord:
         (trust_domain, url, ca_pem, max_bundle_age, scope_map, ceiling, max_ttl, bundle,
-         fetched_at, last_error, created, by, checked_at) = row  # fmt: skip
+         fetched_at, last_error, created, by, checked_at, feed, feed_credentials) = row  # fmt: skip
         return FederationRecord(
             trust_domain=trust_domain,
             bundle_endpoint_url=url,
@@ -523,6 +524,8 @@ class Dialect:
             created_at=float(created),
             created_by=by,
             checked_at=None if checked_at is None else float(checked_at),
+            revocation_feed=feed,
+            feed_credentials_file=feed_credentials,
         )
 
     def federation_params(self, record: FederationRecord) -> tuple[object, ...]:
@@ -540,6 +543,8 @@ class Dialect:
             record.created_at,
             record.created_by,
             record.checked_at,
+            record.revocation_feed,
+            record.feed_credentials_file,
         )
 
 

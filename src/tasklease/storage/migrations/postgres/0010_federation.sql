@@ -14,6 +14,8 @@ CREATE TABLE federations (
     created_at          double precision NOT NULL,
     created_by          text             NOT NULL,
     checked_at          double precision,            -- the latest fetch attempt
+    revocation_feed     text             NOT NULL DEFAULT '',  -- peer's base URL for its feed
+    feed_credentials_file text           NOT NULL DEFAULT '',  -- path of the app credential file
     PRIMARY KEY (tenant_id, trust_domain)
 );
 

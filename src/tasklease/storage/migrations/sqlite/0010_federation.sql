@@ -19,6 +19,8 @@ CREATE TABLE federations (
     created_at          REAL    NOT NULL,
     created_by          TEXT    NOT NULL,
     checked_at          REAL,                  -- the latest fetch attempt
+    revocation_feed     TEXT    NOT NULL DEFAULT '',  -- peer's base URL for its feed; ''
+    feed_credentials_file TEXT  NOT NULL DEFAULT '',  -- path of the 0600 app credential file
     PRIMARY KEY (tenant_id, trust_domain)
 ) STRICT;
 
