@@ -129,8 +129,10 @@ def _operation(document: dict[str, Any], method: str, path: str, op: dict[str, A
         lines.append("")
     body = op.get("requestBody")
     if body:
-        schema = body["content"]["application/json"]["schema"]
-        lines += [f"**Request body** ({_type(document, schema)}, JSON)", ""]
+        content = body["content"]
+        schema = content["application/json"]["schema"]
+        kind = "form or JSON" if "application/x-www-form-urlencoded" in content else "JSON"
+        lines += [f"**Request body** ({_type(document, schema)}, {kind})", ""]
         lines += [*_fields_table(document, schema), ""]
     for status, response in op["responses"].items():
         if not status.startswith("2"):

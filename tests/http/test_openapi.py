@@ -508,6 +508,20 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     wide = {**hop, "scope": ["write:data:x"]}
     call("POST", "/v1/delegate", token=renewed["access_token"], json=wide, expect=403)
 
+    # RFC 8693: an agent narrows its own token (a form, as OAuth clients send it).
+    narrowing = {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": second["access_token"],
+        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "scope": "read:data:x",
+        "audience": "https://orders.example",
+    }
+    narrowed = call("POST", "/v1/oauth/token", data=narrowing, expect=200)
+    assert narrowed["scope"] == "read:data:x" and narrowed["token_type"] == "Bearer"
+    call("POST", "/v1/oauth/token", data={**narrowing, "scope": "write:data:x"}, expect=400)
+    call("POST", "/v1/oauth/token", data={**narrowing, "grant_type": "password"}, expect=400)
+    call("POST", "/v1/oauth/token", json={**narrowing, "subject_token": "x.y.z"}, expect=400)
+
     revoke = {"level": "agent", "target": second["agent_id"]}
     call("POST", "/v1/revoke", token=admin, json=revoke, expect=200)
     call("POST", "/v1/revoke", token=app_token, json=revoke, expect=403)

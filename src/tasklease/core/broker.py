@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tasklease.core.apps import Apps, expires_at_text
@@ -24,6 +24,7 @@ from tasklease.core.config import Config
 from tasklease.core.delegating import Delegating
 from tasklease.core.discovery import Discovery
 from tasklease.core.errors import InsufficientScope, Unauthorized
+from tasklease.core.exchange import Exchange, Exchanged, ExchangeRequest
 from tasklease.core.federation import Federation
 from tasklease.core.freshness import Freshness
 from tasklease.core.handshake import Handshakes
@@ -35,6 +36,7 @@ from tasklease.core.liveness import Liveness
 from tasklease.core.metrics import Metrics
 from tasklease.core.mutual import HandshakeResult
 from tasklease.core.operators import Operators
+from tasklease.core.peerfeed import PeerFeeds
 from tasklease.core.readiness import Readiness
 from tasklease.core.registration import PendingRegistration, Registration
 from tasklease.core.renewal import Renewal
@@ -132,6 +134,8 @@ class Broker:
         self._discovery = Discovery(kernel)
         # Federated trust domains (core.federation): records, bundles, trusted keys.
         self.federation = Federation(kernel)
+        self._exchange = Exchange(kernel, keys, tokens, self.federation)
+        self._peer_feeds = PeerFeeds(kernel)
         self._trust_bundles = TrustBundles(kernel, keys)
         # Health and readiness from checks on threads of their own (core.readiness): the
         # answers never wait on storage longer than the checks' bound.
@@ -318,6 +322,26 @@ class Broker:
         return self._delegating.delegate(
             claims, delegate_to=delegate_to, scope=scope, ttl=ttl, ctx=ctx, resource=resource
         )
+
+    def exchange_token(self, request: ExchangeRequest, ctx: RequestContext) -> Exchanged:
+        """RFC 8693 token exchange: narrow a token, or carry a federated domain's token
+        across to a local agent (:class:`~tasklease.core.exchange.Exchange`)."""
+        return self._exchange.exchange(request, ctx)
+
+    def hold_feed_lease(self, ttl: float) -> bool:
+        """Take or extend the lease of the one process that follows the federated
+        domains' revocation feeds (:class:`~tasklease.core.peerfeed.PeerFeeds`)."""
+        return self._peer_feeds.hold_lease(self.instance_id, ttl)
+
+    def apply_federated_revocations(
+        self,
+        trust_domain: str,
+        records: Sequence[RevocationRecord],
+        *,
+        sent_at: float | None = None,
+    ) -> list[RevocationRecord]:
+        """Make a federated domain's revocation feed entries ours; the entries written."""
+        return self._peer_feeds.apply(trust_domain, records, sent_at=sent_at)
 
     # --- revocation (core.revoking, core.freshness) --------------------------------------
 

@@ -13,7 +13,9 @@ authentication scheme and the OAuth error code (RFC 6750 section 3.1, RFC 9449 s
     │   ├── InvalidTTL          invalid_ttl          a TTL outside its allowed range
     │   ├── InvalidTarget       invalid_target       an unusable resource/audience (RFC 8707)
     │   ├── InvalidDPoPProof    invalid_dpop_proof   a DPoP proof refused at issuance (RFC 9449)
-    │   └── UseDPoPNonce        use_dpop_nonce       a DPoP proof without the nonce we ask for
+    │   ├── UseDPoPNonce        use_dpop_nonce       a DPoP proof without the nonce we ask for
+    │   ├── InvalidScope        invalid_scope        a token request's scope beyond its grant
+    │   └── UnsupportedGrantType unsupported_grant_type  a grant the token endpoint lacks
     ├── Unauthorized            unauthorized         no valid credential
     ├── Forbidden               forbidden            authenticated, but not allowed
     │   ├── InsufficientScope   insufficient_scope   the bearer lacks a route's scope
@@ -39,6 +41,7 @@ __all__ = [
     "InternalError",
     "InvalidDPoPProof",
     "InvalidRequest",
+    "InvalidScope",
     "InvalidTTL",
     "InvalidTarget",
     "NotFound",
@@ -49,6 +52,7 @@ __all__ = [
     "TaskleaseError",
     "Unauthorized",
     "Unavailable",
+    "UnsupportedGrantType",
     "UseDPoPNonce",
 ]
 
@@ -122,6 +126,20 @@ class InvalidDPoPProof(InvalidRequest):
 class UseDPoPNonce(InvalidRequest):
     code = "use_dpop_nonce"
     default_detail = "the DPoP proof must carry the nonce in the DPoP-Nonce header"
+
+
+class InvalidScope(InvalidRequest):
+    """A token request's ``scope`` beyond what can be granted (RFC 6749 section 5.2)."""
+
+    code = "invalid_scope"
+    default_detail = "the requested scope is invalid or exceeds what can be granted"
+
+
+class UnsupportedGrantType(InvalidRequest):
+    """A token request's ``grant_type`` the token endpoint does not serve (RFC 6749 5.2)."""
+
+    code = "unsupported_grant_type"
+    default_detail = "unsupported grant_type"
 
 
 class Unauthorized(TaskleaseError):

@@ -148,6 +148,22 @@ class Metrics:
             registry=r,
         )
 
+        self.federation_revocation_seconds = Histogram(
+            "tasklease_federation_revocation_seconds",
+            "From a federated domain's feed sending a revocation (its clock) to this broker"
+            " enforcing it as its own (committed and applied): cross-domain propagation.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30),
+            registry=r,
+        )
+        self.federation_feed_up = Gauge(
+            "tasklease_federation_feed_up",
+            "1 while this broker is current with a federated trust domain's revocation feed"
+            " (connected and past its backlog), else 0.",
+            ["trust_domain"],
+            multiprocess_mode="livemax",  # one follower per deployment: any worker's 1
+            registry=r,
+        )
+
     def observe_batch(self, size: int, seconds: float) -> None:
         self.audit_batch_size.observe(size)
         self.audit_batch_seconds.observe(seconds)

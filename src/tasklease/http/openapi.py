@@ -214,9 +214,12 @@ def _operation(op: Operation) -> dict[str, Any]:
             for p in op.parameters
         ]
     if op.request is not None:
+        media = ("application/x-www-form-urlencoded",) if op.form else ()
         body["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": _ref(op.request.__name__)}},
+            "content": {
+                m: {"schema": _ref(op.request.__name__)} for m in (*media, "application/json")
+            },
         }
     body["responses"] = {str(op.status): _success(op), **_error_responses(op)}
     return body

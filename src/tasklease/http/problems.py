@@ -31,6 +31,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_target": 400,
     "invalid_dpop_proof": 400,
     "use_dpop_nonce": 400,
+    "invalid_scope": 400,
+    "unsupported_grant_type": 400,
     "unauthorized": 401,
     "forbidden": 403,
     "insufficient_scope": 403,
@@ -55,6 +57,8 @@ OAUTH_ERRORS: dict[str, str] = {
     "invalid_target": "invalid_target",
     "invalid_dpop_proof": "invalid_dpop_proof",
     "use_dpop_nonce": "use_dpop_nonce",
+    "invalid_scope": "invalid_scope",
+    "unsupported_grant_type": "unsupported_grant_type",
     "insufficient_scope": "insufficient_scope",
 }
 TYPE_PREFIX = "urn:tasklease:error:"

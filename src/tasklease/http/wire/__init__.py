@@ -17,6 +17,7 @@ import msgspec
 from tasklease.http.wire import (
     _apps,
     _broker,
+    _exchange,
     _federation,
     _operators,
     _tenants,
@@ -90,6 +91,7 @@ from tasklease.http.wire._operators import (
     operator_with_secret,
     removed_operator,
 )
+from tasklease.http.wire._exchange import TokenExchangeRequest, TokenExchangeResponse
 from tasklease.http.wire._problem import ERROR_CODES, Problem
 from tasklease.http.wire._tenants import (
     Tenant,
@@ -218,6 +220,8 @@ __all__ = [
     "TenantList",
     "TenantWithAdmin",
     "TokenClaims",
+    "TokenExchangeRequest",
+    "TokenExchangeResponse",
     "TokenRequest",
     "TokenRevocationResponse",
     "ValidToken",
@@ -236,7 +240,7 @@ __all__ = [
     "tenant_with_admin",
 ]
 
-_AREAS = (_tokens, _operators, _apps, _broker, _trust, _tenants, _federation)
+_AREAS = (_tokens, _exchange, _operators, _apps, _broker, _trust, _tenants, _federation)
 
 TAGS: Final[dict[str, str]] = {name: text for area in _AREAS for name, text in area.TAGS.items()}
 """Each group of operations and what it is for, in the order the document lists them."""

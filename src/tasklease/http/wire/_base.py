@@ -220,6 +220,9 @@ class Operation:
     errors: tuple[Failure, ...] = ()
     commits: bool = False  # writes state and an audit event: can fail closed with 503
     rate_limited: bool = False
+    # The body may also be a form (application/x-www-form-urlencoded, as OAuth endpoints
+    # take them, RFC 6749 section 3.2) with the request Struct's field names.
+    form: bool = False
 
     @property
     def method(self) -> str:

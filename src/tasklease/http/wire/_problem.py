@@ -23,6 +23,10 @@ ERROR_CODES: Final = {
     "invalid_dpop_proof": "The DPoP proof sent to obtain a token was refused (RFC 9449 section 5).",
     "use_dpop_nonce": "The DPoP proof lacks the nonce the broker asks for: retry with the "
     "`DPoP-Nonce` header's value (RFC 9449 section 8).",
+    "invalid_scope": "A token request asks for more scope than can be granted (RFC 6749 "
+    "section 5.2).",
+    "unsupported_grant_type": "The token endpoint does not serve this `grant_type` (RFC 6749 "
+    "section 5.2).",
     "unauthorized": "No valid credential: missing, malformed, invalid, expired or revoked.",
     "forbidden": "Authenticated, but this caller may not do this.",
     "insufficient_scope": "The token is of the wrong kind or lacks the route's scope.",
@@ -65,7 +69,8 @@ class Problem(Response):
                 "The OAuth error code of the refusal (RFC 6749 section 5.2, RFC 6750 section "
                 "3.1, RFC 8707, RFC 9449), when it has one: `invalid_request`, "
                 "`invalid_target`, `invalid_token`, `insufficient_scope`, "
-                "`invalid_dpop_proof`, `use_dpop_nonce`."
+                "`invalid_dpop_proof`, `use_dpop_nonce`, `invalid_scope`, "
+                "`unsupported_grant_type`."
             ),
         ]
         | UnsetType

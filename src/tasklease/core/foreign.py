@@ -1,0 +1,422 @@
+"""Foreign tokens: a federated trust domain's agent token, verified, and read in our terms.
+
+A token issued by a federated domain ``D`` can be the parent of one of ours (token
+exchange, ``core.exchange``). This module is the pure part of that: no store, no clock
+but the ``now`` it is given.
+
+**Which domain.** A foreign token belongs to the trust domain of its holder (a SPIFFE
+ID: ``act.sub`` of a delegated token, else ``sub``), as a JWT-SVID belongs to its
+``sub``'s: the holder is read before the signature only to choose which domain's bundle
+keys may verify it, and the verified holder must be of the same domain.
+``iss`` is recorded, never used to choose keys (two brokers may both call themselves
+``tasklease``). Only ``at+jwt`` tokens signed with ``EdDSA`` by a key of that domain's
+last good bundle are accepted; ``exp`` with no leeway, ``nbf``/``iat`` with our skew, a
+lifetime within our ``max_ttl``, the chain within our depth limit with its hash, ``act``
+as the chain implies, and every delegation record signed by a key of that bundle.
+
+**Audience.** A foreign token is exchanged here only if its ``aud`` names
+``spiffe://<our trust domain>`` (:func:`federation_audience`): a token made for one
+domain cannot be replayed at another.
+
+**Namespaced lineage.** Our token records its foreign ancestry so that the foreign
+domain's revocations can end it here (``docs/federation.md``). For a token of ``D``:
+
+* ``fed:D`` — everything that came from ``D`` (an operator can end it all at once);
+* ``fed:D:task:<task_id>`` — its task, ``fed:D:agent:<spiffe id>`` for its holder and
+  every delegator in its chain;
+* ``fed:D:<id>`` for every entry of its own ``lineage`` (apps, grants, token ids,
+  themselves possibly namespaced by a third domain) and, added by the issuance check,
+  its grant and ``jti``.
+
+An entry that passes through our own domain (``fed:D:x`` where ``x`` was ours, or
+``fed:D:fed:E:...:fed:<us>:x``) is mapped back to our local id ``x``, so our own
+revocation index applies to a token that went out and came back; our own agents and
+tasks named that way are checked in our store by the exchange service instead.
+
+**Revocations crossing.** :func:`converted` turns one entry of ``D``'s revocation feed
+into our own chain-level entry on the namespaced target, which the ``lineage`` of every
+token we derived from ``D`` lists: task, agent, chain and token entries alike, matched
+regardless of issue time (a token we minted after ``D`` revoked but before we heard of
+it dies too).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import nacl.exceptions
+import nacl.signing
+
+from tasklease.core.config import Config
+from tasklease.core.delegation import verify_chain_records
+from tasklease.core.kernel import Parent
+from tasklease.core.spiffe import parse_agent_id
+from tasklease.core.store import RevocationRecord
+from tasklease.core.tokens import (
+    KIND_AGENT,
+    Claims,
+    ClaimsError,
+    DelegationRecord,
+    claims_from_payload,
+)
+from tasklease.rules import jws
+from tasklease.rules import scopes as scope_rules
+from tasklease.rules.claims import MAX_LINEAGE, ClaimRejected, check_claims
+
+__all__ = [
+    "FOREIGN_PREFIX",
+    "ForeignProbe",
+    "ForeignRejected",
+    "ForeignToken",
+    "LocalAncestry",
+    "agent_entry",
+    "converted",
+    "federation_audience",
+    "foreign_parent",
+    "local_part",
+    "map_scopes",
+    "namespaced",
+    "read_foreign",
+    "subject_domain",
+    "task_entry",
+]
+
+FOREIGN_PREFIX = "fed:"
+
+
+class ForeignRejected(Exception):
+    """A foreign token was refused: ``reason`` for the audit log, never the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def federation_audience(trust_domain: str) -> str:
+    """The audience a federated domain's token must name to be exchanged here."""
+    return f"spiffe://{trust_domain}"
+
+
+def namespaced(domain: str, entry: str) -> str:
+    """``entry`` of domain ``domain``'s lineage, as our lineage lists it."""
+    return f"{FOREIGN_PREFIX}{domain}:{entry}"
+
+
+def agent_entry(domain: str, agent_id: str) -> str:
+    return namespaced(domain, f"agent:{agent_id}")
+
+
+def task_entry(domain: str, task_id: str) -> str:
+    return namespaced(domain, f"task:{task_id}")
+
+
+def local_part(entry: str, own_domain: str) -> str | None:
+    """The id ``own_domain`` gave a namespaced entry that passes through it, else None.
+
+    ``fed:a:fed:b:x`` is ``x`` for ``b``; ``fed:a:fed:b`` (``b``'s own root, as ``a``
+    recorded it) is ``""`` for ``b``: nothing of ``b``'s to list.
+    """
+    rest = entry
+    while rest.startswith(FOREIGN_PREFIX):
+        domain, sep, tail = rest[len(FOREIGN_PREFIX) :].partition(":")
+        if domain == own_domain:
+            return tail
+        if not sep:
+            return None
+        rest = tail
+    return None
+
+
+def subject_domain(token: str, max_bytes: int) -> str:
+    """The trust domain of an agent token's holder, read WITHOUT verifying anything.
+
+    The holder is the current actor (the outermost ``act.sub``) of a token that names
+    one, else its ``sub``: a broker only issues tokens to its own agents, so the holder's
+    domain is the issuer's. Only to choose whose keys may verify the token
+    (:func:`read_foreign` checks the verified holder is of the same domain). Raises
+    :class:`ForeignRejected`.
+    """
+    try:
+        _, payload = jws.decode_unverified(token, max_bytes=max_bytes)
+    except jws.JWSError as exc:
+        raise ForeignRejected(f"subject_token is not a compact JWS: {exc.reason}") from None
+    act = payload.get("act")
+    holder = act.get("sub") if isinstance(act, dict) else payload.get("sub")
+    agent = parse_agent_id(holder) if isinstance(holder, str) else None
+    if agent is None:
+        raise ForeignRejected("subject_token's holder is not an agent SPIFFE ID")
+    return agent.trust_domain
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignToken:
+    """A verified token of the federated trust domain ``domain``."""
+
+    domain: str
+    claims: Claims
+
+
+def read_foreign(
+    token: str,
+    domain: str,
+    keys: Mapping[str, bytes],
+    *,
+    own_domain: str,
+    now: float,
+    config: Config,
+) -> ForeignToken:
+    """Verify ``token`` as an agent token of ``domain`` with its bundle ``keys``.
+
+    ``keys`` maps ``kid`` to a raw Ed25519 public key (the domain's last good bundle).
+    Raises :class:`ForeignRejected` (the reason for the audit log).
+    """
+    verify_keys: dict[str, nacl.signing.VerifyKey] = {}
+    for kid, raw in keys.items():
+        try:
+            verify_keys[kid] = nacl.signing.VerifyKey(raw)
+        except (nacl.exceptions.CryptoError, TypeError, ValueError):
+            continue
+    try:
+        decoded = jws.decode(
+            token,
+            resolve_key=verify_keys.get,
+            allowed_typs=(KIND_AGENT,),
+            max_bytes=config.max_token_bytes,
+        )
+        claims = claims_from_payload(decoded.typ, decoded.claims)
+    except jws.JWSError as exc:
+        raise ForeignRejected(f"subject_token of {domain}: {exc.reason}") from None
+    except ClaimsError as exc:
+        raise ForeignRejected(f"subject_token of {domain}: {exc}") from None
+    agent = parse_agent_id(claims.sub)
+    if agent is None or agent.trust_domain != domain:
+        raise ForeignRejected(f"subject_token's holder is not an agent of {domain}")
+    try:
+        # The issuer is whatever the domain calls itself: its bundle key is what vouches.
+        check_claims(
+            claims,
+            claims.raw,
+            issuer=claims.iss,
+            audiences=(federation_audience(own_domain),),
+            now=now,
+            skew=config.clock_skew,
+            max_lifetime=config.max_ttl,
+            max_depth=config.max_delegation_depth,
+        )
+    except ClaimRejected as exc:
+        raise ForeignRejected(f"subject_token of {domain}: {exc.reason}") from None
+    chain_keys = list(verify_keys.values())
+    if not verify_chain_records(claims.delegation_chain, claims.sub, lambda: chain_keys):
+        raise ForeignRejected(
+            f"subject_token of {domain}: a delegation record {domain} never signed"
+        )
+    return ForeignToken(domain, claims)
+
+
+def map_scopes(
+    held: Iterable[str],
+    scope_map: Sequence[tuple[str, str]],
+    ceiling: Sequence[str],
+) -> tuple[str, ...]:
+    """What a foreign token's scopes grant here: mapped, then held to the ceiling.
+
+    Each pair ``(foreign, local)`` grants ``local`` for every held scope ``foreign``
+    covers; when both end in the wildcard identifier ``*``, the held scope's identifier
+    carries over (``read:data:*`` → ``read:records:*`` grants ``read:records:42`` for a
+    held ``read:data:42``). Unmapped scopes grant nothing. Every result is then kept
+    only as far as a ceiling scope covers it (a wildcard result meets a narrower ceiling
+    scope as that scope); an empty ceiling leaves the mapping, itself a list of the
+    local scopes the operator allows, as the only bound. Only narrows: nothing is
+    granted that no pair maps to, or that a ceiling does not cover.
+    """
+    mapped: list[str] = []
+    for scope in held:
+        parsed = scope_rules.parse_scope(scope)
+        if parsed is None:
+            continue
+        for foreign, local in scope_map:
+            if not scope_rules.covers(foreign, scope):
+                continue
+            local_parts = scope_rules.parse_scope(local)
+            if local_parts is None:
+                continue
+            grant = local
+            if local_parts[2] == "*" and foreign.endswith(":*"):
+                grant = f"{local_parts[0]}:{local_parts[1]}:{parsed[2]}"
+            if grant not in mapped:
+                mapped.append(grant)
+    if not ceiling:
+        return tuple(mapped)
+    granted: list[str] = []
+    for scope in mapped:
+        for limit in ceiling:
+            if scope_rules.covers(limit, scope):
+                meet = scope
+            elif scope_rules.covers(scope, limit):
+                meet = limit
+            else:
+                continue
+            if meet not in granted:
+                granted.append(meet)
+    return tuple(granted)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAncestry:
+    """Ancestors of a foreign token that are ours (it went out and came back): our
+    agents and our tasks it names, for the exchange service to check in our store."""
+
+    agents: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+
+
+def _ancestry(ft: ForeignToken, own_domain: str) -> tuple[list[str], LocalAncestry]:
+    """The foreign token's ancestry as our lineage lists it (without its grant and jti,
+    which the issuance check appends), and which of its ancestors are our own."""
+    d, claims = ft.domain, ft.claims
+    raw = [f"{FOREIGN_PREFIX}{d}"]
+    if claims.task_id:
+        raw.append(task_entry(d, claims.task_id))
+    hops = [record.agent for record in claims.delegation_chain]
+    raw += [agent_entry(d, agent) for agent in (*hops, claims.sub)]
+    raw += [namespaced(d, entry) for entry in claims.lineage]
+    lineage: list[str] = []
+    agents: list[str] = []
+    tasks: list[str] = []
+    for entry in raw:
+        mine = local_part(entry, own_domain)
+        if mine is None:
+            found = entry
+        elif not mine:
+            continue
+        elif mine.startswith("agent:"):
+            agents.append(mine[len("agent:") :])
+            continue
+        elif mine.startswith("task:"):
+            tasks.append(mine[len("task:") :])
+            continue
+        else:
+            found = mine
+        if found not in lineage:
+            lineage.append(found)
+    for agent in (*hops, claims.sub):
+        parsed = parse_agent_id(agent)
+        if parsed is not None and parsed.trust_domain == own_domain and agent not in agents:
+            agents.append(agent)
+    return lineage, LocalAncestry(tuple(agents), tuple(tasks))
+
+
+def _as_ours(entry: str, own_domain: str) -> str:
+    mine = local_part(entry, own_domain)
+    return mine or entry
+
+
+def foreign_parent(
+    ft: ForeignToken,
+    *,
+    scope: tuple[str, ...],
+    max_ttl: int,
+    own_domain: str,
+    config: Config,
+) -> tuple[Parent, LocalAncestry]:
+    """The kernel :class:`Parent` a verified foreign token stands for here.
+
+    ``scope`` is what it grants here (:func:`map_scopes`); ``max_ttl`` the federation
+    record's cap on one token's lifetime. Its ceiling is the token's ``max_exp`` (or its
+    ``exp``), its renewal count carries on, its chain agents are its delegators and its
+    holder, its principal is its own, its lineage namespaced (module docstring).
+
+    Raises:
+        ForeignRejected: the namespaced lineage would be longer than a token may carry.
+    """
+    claims = ft.claims
+    lineage, local = _ancestry(ft, own_domain)
+    grant = _as_ours(namespaced(ft.domain, claims.grant_id), own_domain)
+    jti = _as_ours(namespaced(ft.domain, claims.jti), own_domain)
+    if len(lineage) + 2 > MAX_LINEAGE:
+        raise ForeignRejected(f"lineage of {len(lineage) + 2} ancestors exceeds {MAX_LINEAGE}")
+    ceiling = min(claims.max_exp, claims.exp) if claims.max_exp else claims.exp
+    parent = Parent(
+        holder=claims.sub,
+        scope=scope,
+        audience=claims.aud,
+        principal=claims.principal,
+        lineage=tuple(lineage),
+        ceiling=ceiling,
+        ttl=max(1, min(max_ttl, config.max_ttl)),
+        renewals=claims.rnc,
+        chain_agents=(*(r.agent for r in claims.delegation_chain), claims.sub),
+        grant=grant,
+        jti=jti,
+        token_exp=claims.exp,
+    )
+    return parent, local
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignProbe:
+    """A foreign token as our revocation index sees it: our operators' own entries on
+    its agents (by SPIFFE ID) and on its namespaced lineage match it."""
+
+    claims: Claims
+    lineage: tuple[str, ...]
+
+    @property
+    def jti(self) -> str:
+        return ""
+
+    @property
+    def sub(self) -> str:
+        return self.claims.sub
+
+    @property
+    def iat(self) -> int:
+        return self.claims.iat
+
+    @property
+    def task_id(self) -> str:
+        return self.claims.task_id
+
+    @property
+    def delegation_chain(self) -> Sequence[DelegationRecord]:
+        return self.claims.delegation_chain
+
+
+def converted(
+    record: RevocationRecord,
+    domain: str,
+    *,
+    now: float,
+    expiry: Callable[[float], float],
+) -> RevocationRecord | None:
+    """Our own revocation entry for one entry of federated domain ``domain``'s feed.
+
+    Every level becomes a chain-level entry on the namespaced target our tokens derived
+    from ``domain`` list in their lineage: ``token`` and ``chain`` on a lineage id →
+    ``fed:D:<id>``; ``agent`` and ``chain`` on a SPIFFE ID → ``fed:D:agent:<id>``;
+    ``task`` → ``fed:D:task:<id>``. Other entries (an operator's, level ``agent`` on a
+    name that is no SPIFFE ID) concern nothing we derived: None.
+
+    ``revoked_at`` is the peer's, but never later than ``now`` (a peer's clock cannot
+    date an entry into our future); the entry lives until ``expiry(now)``, counted from
+    when we heard of it: long enough to outlive every token we minted before then.
+    """
+    level, target = record.level, record.target
+    if not target:
+        return None
+    if level in ("agent", "chain") and target.startswith("spiffe://"):
+        if parse_agent_id(target) is None:
+            return None
+        ours = agent_entry(domain, target)
+    elif level == "agent":
+        return None
+    elif level == "task":
+        ours = task_entry(domain, target)
+    elif level in ("token", "chain"):
+        ours = namespaced(domain, target)
+    else:
+        return None
+    revoked_at = min(int(record.revoked_at), math.floor(now))
+    return RevocationRecord("chain", ours, revoked_at, expiry(now))

@@ -1,0 +1,149 @@
+"""Token exchange on the wire (RFC 8693): one agent token becomes the parent of another,
+narrowed in the same domain, or carried across from a federated domain."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from tasklease.http.wire._base import (
+    PUBLIC,
+    AccessToken,
+    ExpiresIn,
+    Failure,
+    Operation,
+    Request,
+    Response,
+    TokenType,
+    doc,
+    required,
+)
+
+__all__ = ["OPERATIONS", "TAGS", "TokenExchangeRequest", "TokenExchangeResponse"]
+
+TAGS = {
+    "token exchange": "RFC 8693: narrow an agent token, or carry a federated domain's token "
+    "across to an agent of this broker.",
+}
+
+_Text = str | None
+
+
+class TokenExchangeRequest(Request):
+    """An RFC 8693 section 2.1 request, as a form (`application/x-www-form-urlencoded`,
+    RFC 6749 section 3.2) or JSON with the same names; a form parameter may not repeat."""
+
+    grant_type: Annotated[_Text, required("`urn:ietf:params:oauth:grant-type:token-exchange`.")] = (
+        None
+    )
+    subject_token: Annotated[
+        _Text,
+        required(
+            "The token to exchange: the caller's own agent token (narrowing), or an agent "
+            "token of a federated trust domain whose `aud` names `spiffe://<this broker's "
+            "trust domain>`."
+        ),
+    ] = None
+    subject_token_type: Annotated[
+        _Text,
+        required(
+            "`urn:ietf:params:oauth:token-type:access_token` or "
+            "`urn:ietf:params:oauth:token-type:jwt`."
+        ),
+    ] = None
+    actor_token: Annotated[
+        _Text,
+        doc(
+            "The caller's own agent token, required when `subject_token` is a federated "
+            "domain's: the new token is the actor's. Checked like any presented token, "
+            "with its DPoP proof (`DPoP` header, `ath` of this token) or client "
+            "certificate when it is bound."
+        ),
+    ] = None
+    actor_token_type: Annotated[
+        _Text, doc("Required with `actor_token`, as `subject_token_type`.")
+    ] = None
+    requested_token_type: Annotated[
+        _Text, doc("Only `urn:ietf:params:oauth:token-type:access_token` (the default).")
+    ] = None
+    scope: Annotated[
+        _Text,
+        doc(
+            "Space-separated scopes (RFC 6749 section 3.3) within what the subject token "
+            "grants here; all of it when absent."
+        ),
+    ] = None
+    resource: Annotated[
+        _Text,
+        doc(
+            "RFC 8707: the one resource the new token is for (narrowing: within the "
+            "subject token's audience; cross-domain: any of this broker's)."
+        ),
+    ] = None
+    audience: Annotated[
+        _Text, doc("RFC 8693 `audience`, the same as `resource`; if both, they must agree.")
+    ] = None
+
+
+class TokenExchangeResponse(Response):
+    """RFC 8693 section 2.2.1."""
+
+    access_token: AccessToken
+    issued_token_type: Annotated[
+        str, doc("Always `urn:ietf:params:oauth:token-type:access_token`.")
+    ]
+    token_type: TokenType
+    expires_in: ExpiresIn
+    scope: Annotated[str, doc("The new token's scopes, space-separated.")]
+
+
+OPERATIONS = (
+    Operation(
+        "POST /v1/oauth/token",
+        "exchangeToken",
+        "token exchange",
+        "Exchange a token (RFC 8693)",
+        "Issues an agent token whose parent is `subject_token`, through the same issuance "
+        "check as every other token (docs/authority.md): scope, audience and lifetime only "
+        "narrow, the renewal count carries on, the principal is the subject token's. "
+        "**Narrowing**: `subject_token` is the caller's own token (with its DPoP proof or "
+        "client certificate if bound); the new token has the same holder, binding and "
+        "chain, and ends with it. **Cross-domain** (docs/federation.md): `subject_token` is "
+        "an agent token of a federated trust domain, verified with that domain's last good "
+        "bundle (EdDSA, `exp` with no leeway, `aud` naming `spiffe://<our trust domain>`); "
+        "`actor_token` is the caller's own token. The federation's mapping policy turns "
+        "the subject's scopes into ours (only narrower); the new token is the actor's, "
+        "bound to its registered key, with the subject's delegation chain and `act` hops "
+        "plus this one, the subject's principal, and the subject's ancestry in `lineage` "
+        "(so that domain's revocations end it here). Errors are problems that also carry "
+        "RFC 6749 section 5.2's `error` and `error_description`, and `denial_id` when "
+        "audited.",
+        PUBLIC,
+        TokenExchangeResponse,
+        request=TokenExchangeRequest,
+        form=True,
+        commits=True,
+        errors=(
+            Failure(
+                "invalid_request",
+                "a parameter is missing, malformed or repeated; a token type is not an "
+                "access token or JWT; `actor_token` is missing for a federated domain's "
+                "subject token; or either token is invalid, expired, revoked, of an "
+                "unknown or untrusted domain (its bundle unknown or older than its maximum "
+                "age), or not acceptable (its lineage has ended, the actor is already in "
+                "its chain, the chain is at its depth limit)",
+            ),
+            Failure(
+                "unsupported_grant_type",
+                "`grant_type` is not `urn:ietf:params:oauth:grant-type:token-exchange`",
+            ),
+            Failure(
+                "invalid_scope",
+                "`scope` asks for more than the subject token grants here, or it grants "
+                "nothing here",
+            ),
+            Failure(
+                "invalid_target", "`resource`/`audience` is malformed or would widen the audience"
+            ),
+        ),
+    ),
+)

@@ -1,0 +1,399 @@
+"""RFC 8693 token exchange in the core: narrowing a token, and carrying a federated
+domain's token across (A→B, A→B→A, three domains), with the mapping policy narrowing,
+refusals audited once each, and revocations crossing the bridge (core.peerfeed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tasklease.core.broker import Broker
+from tasklease.core.clock import ManualClock
+from tasklease.core.errors import (
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    TaskleaseError,
+    UnsupportedGrantType,
+)
+from tasklease.core.exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, Exchanged, ExchangeRequest
+from tasklease.core.foreign import local_part, map_scopes
+from tasklease.core.keys import KeyRing
+from tasklease.core.store import AuditQuery
+from tasklease.core.validation import TokenRejected
+from tasklease.rules.bundle import TrustBundle, serialize_bundle
+
+START = 1_800_000_000.0
+A, B, C = "a.example", "b.example", "c.example"
+
+
+def bundle_of(broker: Broker) -> str:
+    ring = broker.keyring
+    keys = {kid: bytes(key) for kid in ring.kids() if (key := ring.verify_key(kid)) is not None}
+    return serialize_bundle(TrustBundle(broker.config.trust_domain, 1, 60, keys)).decode()
+
+
+def federate(
+    at: Broker,
+    peer: Broker,
+    kit: Any,
+    *,
+    scope_map: list[list[str]] | None = None,
+    ceiling: list[str] | None = None,
+    max_ttl: int = 120,
+) -> None:
+    at.federation.add(
+        kit.admin(at).claims,
+        trust_domain=peer.config.trust_domain,
+        bundle=bundle_of(peer),
+        scope_map=scope_map if scope_map is not None else [["read:data:*", "read:data:*"]],
+        scope_ceiling=ceiling,
+        max_ttl=max_ttl,
+        ctx=kit.ctx,
+    )
+
+
+def narrow(broker: Broker, kit: Any, token: str, **params: Any) -> Exchanged:
+    fields: dict[str, Any] = {
+        "grant_type": GRANT_TYPE,
+        "subject_token": token,
+        "subject_token_type": ACCESS_TOKEN_TYPE,
+    }
+    return broker.exchange_token(ExchangeRequest(**{**fields, **params}), kit.ctx)
+
+
+def exchange(broker: Broker, kit: Any, subject: str, actor: str, **params: Any) -> Exchanged:
+    return narrow(
+        broker, kit, subject, actor_token=actor, actor_token_type=ACCESS_TOKEN_TYPE, **params
+    )
+
+
+def for_domain(broker: Broker, kit: Any, token: str, domain: str, **params: Any) -> str:
+    """The holder narrows its token to another domain's audience."""
+    return narrow(broker, kit, token, resource=f"spiffe://{domain}", **params).token
+
+
+def valid(broker: Broker, token: str) -> bool:
+    try:
+        broker.validate(token)
+    except TokenRejected:
+        return False
+    return True
+
+
+def refused(broker: Broker, kind: type[TaskleaseError], call: Any) -> TaskleaseError:
+    with pytest.raises(kind) as info:
+        call()
+    exc = info.value
+    assert exc.denial_id and exc.denial_id.startswith("den_"), exc
+    events, _ = broker.store.query_audit(AuditQuery(limit=10_000))
+    assert len([e for e in events if f"denial={exc.denial_id}" in e.detail]) == 1
+    return exc
+
+
+def cross(source: Broker, target: Broker) -> int:
+    """Carry ``source``'s whole revocation feed to ``target``; entries written there."""
+    records, _ = source.revocation_feed(None)
+    return len(target.apply_federated_revocations(source.config.trust_domain, records))
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+def a(make_broker: Any, clock: ManualClock) -> Broker:
+    return make_broker(clock=clock, trust_domain=A, keyring=KeyRing.generate())
+
+
+@pytest.fixture
+def b(make_broker: Any, clock: ManualClock) -> Broker:
+    return make_broker(clock=clock, trust_domain=B, keyring=KeyRing.generate())
+
+
+@pytest.fixture
+def c(make_broker: Any, clock: ManualClock) -> Broker:
+    return make_broker(clock=clock, trust_domain=C, keyring=KeyRing.generate())
+
+
+# --- narrowing ---------------------------------------------------------------------------
+
+
+def test_narrowing_keeps_the_holder_and_ends_with_its_parent(a: Broker, kit: Any) -> None:
+    agent = kit.register(a, scope=["read:data:*", "write:data:*"])
+    done = narrow(a, kit, agent.token, scope="read:data:7", resource="https://orders.example")
+    new = done.issued.claims
+    assert new.sub == agent.sub and new.scope == ("read:data:7",)
+    assert new.aud == ("https://orders.example",) and done.scope == ("read:data:7",)
+    assert new.exp <= agent.claims.exp and new.rnc == agent.claims.rnc
+    assert new.lineage[-1] == agent.claims.jti and new.principal == agent.claims.principal
+    assert done.token_type == "Bearer" and done.issued_token_type == ACCESS_TOKEN_TYPE
+    assert a.validate(done.token, audience="https://orders.example").jti == new.jti
+    a.release(agent.claims, kit.ctx)
+    assert not valid(a, done.token) and not valid(a, agent.token)
+
+
+def test_narrowing_never_widens(a: Broker, kit: Any) -> None:
+    agent = kit.register(a, scope=["read:data:*"])
+    refused(a, InvalidScope, lambda: narrow(a, kit, agent.token, scope="write:data:1"))
+    one = narrow(a, kit, agent.token, resource="https://orders.example").token
+    refused(a, InvalidTarget, lambda: narrow(a, kit, one, resource="https://pay.example"))
+
+
+def test_a_bad_request_is_named_as_rfc_6749_says(a: Broker, kit: Any) -> None:
+    agent = kit.register(a)
+    with pytest.raises(UnsupportedGrantType):
+        narrow(a, kit, agent.token, grant_type="client_credentials")
+    with pytest.raises(InvalidRequest, match="subject_token_type"):
+        narrow(a, kit, agent.token, subject_token_type="urn:x")
+    with pytest.raises(InvalidRequest, match="requested_token_type"):
+        narrow(
+            a, kit, agent.token, requested_token_type="urn:ietf:params:oauth:token-type:id_token"
+        )
+    with pytest.raises(InvalidRequest, match="actor_token_type"):
+        narrow(a, kit, agent.token, actor_token_type=ACCESS_TOKEN_TYPE)
+    # An invalid subject token is invalid_request (RFC 8693 section 2.2.2), audited.
+    refused(a, InvalidRequest, lambda: narrow(a, kit, agent.token[:-4] + "AAAA"))
+
+
+# --- across domains ----------------------------------------------------------------------
+
+
+def test_a_token_of_a_crosses_to_b_narrowed_by_the_mapping(a: Broker, b: Broker, kit: Any) -> None:
+    federate(b, a, kit, scope_map=[["read:data:*", "read:records:*"]], ceiling=["read:records:*"])
+    alice = kit.register(a, scope=["read:data:*", "write:data:*"])
+    bob = kit.register(b, scope=["write:x:1"])
+    subject = for_domain(a, kit, alice.token, B, scope="read:data:42 write:data:42")
+    done = exchange(b, kit, subject, bob.token)
+    new = done.issued.claims
+    assert new.sub == bob.sub and new.scope == ("read:records:42",)  # write: not mapped
+    assert new.aud == b.config.audience and new.client_id == bob.claims.client_id
+    assert new.exp <= START + 120 and new.max_exp <= alice.claims.exp
+    assert new.principal == alice.claims.principal
+    assert [r.agent for r in new.delegation_chain] == [alice.sub]
+    assert new.lineage[:3] == (f"fed:{A}", f"fed:{A}:task:task-1", f"fed:{A}:agent:{alice.sub}")
+    assert b.validate(done.token).sub == bob.sub
+    # What the mapping does not grant is refused, audited once.
+    refused(b, InvalidScope, lambda: exchange(b, kit, subject, bob.token, scope="read:data:42"))
+
+
+def test_the_act_chain_keeps_a_hops_and_b_hands_it_on(a: Broker, b: Broker, kit: Any) -> None:
+    federate(b, a, kit)
+    first = kit.register(a, scope=["read:data:*"], task_id="t-a")
+    second = kit.register(a, scope=["read:data:*"], task_id="t-a2")
+    hop = a.delegate(
+        first.claims, delegate_to=second.sub, scope=["read:data:*"], ttl=None, ctx=kit.ctx
+    )
+    subject = for_domain(a, kit, hop.token, B)
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-b")
+    carol = kit.register(b, scope=["read:data:*"], task_id="t-c")
+    held = exchange(b, kit, subject, bob.token).issued.claims
+    assert [r.agent for r in held.delegation_chain] == [first.sub, second.sub]
+    assert held.raw["act"]["sub"] == bob.sub
+    # The chain was re-signed by B: B's own delegation extends it.
+    onward = b.delegate(held, delegate_to=carol.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx)
+    assert [r.agent for r in onward.claims.delegation_chain] == [first.sub, second.sub, bob.sub]
+    assert onward.claims.principal == first.claims.principal and valid(b, onward.token)
+
+
+def test_refusals_at_the_bridge_are_audited_once(a: Broker, b: Broker, kit: Any) -> None:
+    alice = kit.register(a, scope=["read:data:*"])
+    bob = kit.register(b, scope=["read:data:*"])
+    subject = for_domain(a, kit, alice.token, B)
+    # Not federated yet: refused like any invalid token.
+    refused(b, InvalidRequest, lambda: exchange(b, kit, subject, bob.token))
+    federate(b, a, kit)
+    # Not for B: a token for the default audience (or another domain) is not exchanged.
+    refused(b, InvalidRequest, lambda: exchange(b, kit, alice.token, bob.token))
+    other = for_domain(a, kit, alice.token, C)
+    refused(b, InvalidRequest, lambda: exchange(b, kit, other, bob.token))
+    # Without the actor's own token there is no one to hold the new one.
+    with pytest.raises(InvalidRequest, match="actor_token"):
+        narrow(b, kit, subject)
+    # A forged token: A's claims signed by a key not in A's bundle.
+    forger = make_like(a)
+    mallory = kit.register(forger, scope=["read:data:*"])
+    forged = for_domain(forger, kit, mallory.token, B)
+    refused(b, InvalidRequest, lambda: exchange(b, kit, forged, bob.token))
+    # The actor must be a valid local agent token.
+    refused(b, InvalidRequest, lambda: exchange(b, kit, subject, kit.admin(b).token))
+    assert exchange(b, kit, subject, bob.token).issued.claims.sub == bob.sub
+
+
+def make_like(broker: Broker) -> Broker:
+    """Another broker claiming ``broker``'s trust domain, with keys of its own."""
+    from tasklease.core.config import Config
+    from tasklease.storage import MemoryStore
+
+    return Broker(
+        Config(
+            trust_domain=broker.config.trust_domain,
+            admin_secret_hash=broker.config.admin_secret_hash,
+        ),
+        MemoryStore(),
+        KeyRing.generate(),
+        clock=broker.clock,
+        nonce_secret=b"x" * 32,
+    )
+
+
+def test_a_stale_bundle_fails_closed(a: Broker, b: Broker, kit: Any, clock: ManualClock) -> None:
+    b.federation.add(
+        kit.admin(b).claims,
+        trust_domain=A,
+        bundle_endpoint_url="https://a.example/v1/federation/bundle",
+        scope_map=[["read:data:*", "read:data:*"]],
+        max_bundle_age=300,
+        ctx=kit.ctx,
+    )
+    record = b.federation.record(A)
+    b.federation.accept_bundle(A, bundle_of(a).encode(), version=record.created_at, now=START)
+    alice = kit.register(a, scope=["read:data:*"])
+    bob = kit.register(b, scope=["read:data:*"])
+    assert exchange(b, kit, for_domain(a, kit, alice.token, B), bob.token)
+    clock.advance(301)
+    alice = kit.register(a, scope=["read:data:*"], task_id="task-2")
+    bob = kit.register(b, scope=["read:data:*"], task_id="task-2")
+    subject = for_domain(a, kit, alice.token, B)
+    refused(b, InvalidRequest, lambda: exchange(b, kit, subject, bob.token))
+
+
+def test_a_to_b_to_a_maps_back_to_a_and_refuses_a_cycle(a: Broker, b: Broker, kit: Any) -> None:
+    federate(b, a, kit)
+    federate(a, b, kit)
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    dave = kit.register(a, scope=["read:data:*"], task_id="t-dave")
+    at_b = exchange(b, kit, for_domain(a, kit, alice.token, B), bob.token).token
+    back = for_domain(b, kit, at_b, A)
+    done = exchange(a, kit, back, dave.token)
+    home = done.issued.claims
+    # A's own ancestors are A's local ids again; B's are namespaced.
+    assert alice.claims.jti in home.lineage and f"fed:{B}" in home.lineage
+    assert not any(entry.startswith(f"fed:{B}:fed:{A}") for entry in home.lineage)
+    assert [r.agent for r in home.delegation_chain] == [alice.sub, bob.sub]
+    # The agent that started the chain may not receive it back: no cycles.
+    refused(a, InvalidRequest, lambda: exchange(a, kit, back, alice.token))
+    # A's own revocation of the root's token ends the token that went out and came back,
+    # with no feed in between: A's own index applies to A's own ids.
+    assert valid(a, done.token)
+    a.revoke(kit.admin(a).claims, level="chain", target=alice.claims.jti, ctx=kit.ctx)
+    assert not valid(a, done.token)
+    refused(a, InvalidRequest, lambda: exchange(a, kit, back, dave.token))
+
+
+def test_a_to_b_to_a_home_agents_standing_counts(a: Broker, b: Broker, kit: Any) -> None:
+    federate(b, a, kit)
+    federate(a, b, kit)
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    dave = kit.register(a, scope=["read:data:*"], task_id="t-dave")
+    back = for_domain(
+        b, kit, exchange(b, kit, for_domain(a, kit, alice.token, B), bob.token).token, A
+    )
+    a.revoke(kit.admin(a).claims, level="agent", target=alice.sub, ctx=kit.ctx)
+    refused(a, InvalidRequest, lambda: exchange(a, kit, back, dave.token))
+
+
+def test_a_to_b_to_a_home_task_revocation_counts(a: Broker, b: Broker, kit: Any) -> None:
+    federate(b, a, kit)
+    federate(a, b, kit)
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    dave = kit.register(a, scope=["read:data:*"], task_id="t-dave")
+    back = for_domain(
+        b, kit, exchange(b, kit, for_domain(a, kit, alice.token, B), bob.token).token, A
+    )
+    a.revoke(kit.admin(a).claims, level="task", target="t-alice", ctx=kit.ctx)
+    refused(a, InvalidRequest, lambda: exchange(a, kit, back, dave.token))
+
+
+# --- revocation across the bridge --------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", ["task", "agent", "chain", "token"])
+def test_revocation_in_a_ends_what_b_derived(a: Broker, b: Broker, kit: Any, level: str) -> None:
+    federate(b, a, kit)
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    subject = for_domain(a, kit, alice.token, B)
+    held = exchange(b, kit, subject, bob.token)
+    assert valid(b, held.token) and valid(b, bob.token)
+    target = {
+        "task": "t-alice",
+        "agent": alice.sub,
+        "chain": alice.claims.jti,
+        "token": alice.claims.jti,
+    }[level]
+    a.revoke(kit.admin(a).claims, level=level, target=target, ctx=kit.ctx)
+    assert cross(a, b) >= 1
+    assert not valid(b, held.token)
+    assert valid(b, bob.token)  # B's own agent's own token is B's business
+    refused(b, InvalidRequest, lambda: exchange(b, kit, subject, bob.token))
+    events, _ = b.audit_events(AuditQuery(event_type="federation_revocation"))
+    assert events and A in events[0].detail
+    # Read again after a reconnection: nothing new is written.
+    assert cross(a, b) == 0
+
+
+def test_a_domain_can_only_end_what_came_from_it(a: Broker, b: Broker, kit: Any) -> None:
+    federate(b, a, kit)
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    # A revokes B's agent, B's task name and B's token id in its own records.
+    admin = kit.admin(a).claims
+    a.revoke(admin, level="agent", target=bob.sub, ctx=kit.ctx)
+    a.revoke(admin, level="task", target="t-bob", ctx=kit.ctx)
+    a.revoke(admin, level="chain", target=bob.claims.jti, ctx=kit.ctx)
+    assert cross(a, b) == 3
+    assert valid(b, bob.token)
+    assert valid(b, kit.register(b, scope=["read:data:*"], task_id="t-bob").token)
+    # A domain no longer federated writes nothing.
+    b.federation.remove(kit.admin(b).claims, A, kit.ctx)
+    a.revoke(admin, level="task", target="t-other", ctx=kit.ctx)
+    assert cross(a, b) == 0
+
+
+def test_three_domains_c_to_a_to_b_revocation_travels_two_bridges(
+    a: Broker, b: Broker, c: Broker, kit: Any
+) -> None:
+    federate(a, c, kit)
+    federate(b, a, kit)
+    carol = kit.register(c, scope=["read:data:*"], task_id="t-carol")
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    at_a = exchange(a, kit, for_domain(c, kit, carol.token, A), alice.token)
+    at_b = exchange(b, kit, for_domain(a, kit, at_a.token, B), bob.token)
+    chain = [r.agent for r in at_b.issued.claims.delegation_chain]
+    assert chain == [carol.sub, alice.sub]
+    assert f"fed:{A}:fed:{C}" in at_b.issued.claims.lineage
+    assert at_b.issued.claims.principal == carol.claims.principal
+    c.revoke(kit.admin(c).claims, level="agent", target=carol.sub, ctx=kit.ctx)
+    cross(c, a)
+    assert not valid(a, at_a.token) and valid(b, at_b.token)
+    cross(a, b)
+    assert not valid(b, at_b.token)
+
+
+# --- the pure parts ----------------------------------------------------------------------
+
+
+def test_scope_mapping_only_narrows() -> None:
+    pairs = [("read:data:*", "read:records:*"), ("write:data:1", "write:records:9")]
+    held = ["read:data:42", "write:data:1", "write:data:2", "delete:data:1"]
+    assert map_scopes(held, pairs, ()) == ("read:records:42", "write:records:9")
+    assert map_scopes(held, pairs, ["read:records:*"]) == ("read:records:42",)
+    assert map_scopes(["read:data:*"], pairs, ["read:records:7"]) == ("read:records:7",)
+    assert map_scopes(["read:data:*"], pairs, ["read:other:*"]) == ()
+    assert map_scopes(["read:data:*"], [], []) == ()
+
+
+def test_local_part_finds_our_own_ids_through_any_number_of_bridges() -> None:
+    assert local_part("fed:b:x", "b") == "x"
+    assert local_part("fed:a:fed:b:agent:spiffe://b/agent/o/t/i", "b") == (
+        "agent:spiffe://b/agent/o/t/i"
+    )
+    assert local_part("fed:a:fed:b", "b") == ""
+    assert local_part("fed:a:x", "b") is None
+    assert local_part("app:fed:b:x", "b") is None
