@@ -483,6 +483,19 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
         "PUT", "/v1/admin/apps/{app_id}", path=one, token=admin, json={"token_ttl": 600}, expect=200
     )
 
+    tenant = call("POST", "/v1/admin/tenants", token=admin, json={"name": "acme"}, expect=201)
+    assert tenant["admin_secret"] and tenant["base_path"] == "/t/acme"
+    taken = {"name": "acme", "trust_domain": "elsewhere.example"}
+    call("POST", "/v1/admin/tenants", token=admin, json=taken, expect=409)
+    call("POST", "/v1/admin/tenants", token=admin, json={"name": "default"}, expect=400)
+    call("GET", "/v1/admin/tenants", token=admin, expect=200)
+    call(
+        "DELETE", "/v1/admin/tenants/{name}", path="/v1/admin/tenants/acme", token=admin, expect=200
+    )
+    call(
+        "DELETE", "/v1/admin/tenants/{name}", path="/v1/admin/tenants/acme", token=admin, expect=404
+    )
+
     creds = {"client_id": app["client_id"], "client_secret": app["client_secret"]}
     app_token = call("POST", "/v1/app/auth", json=creds, expect=200)["access_token"]
     lt = {"agent_name": "worker", "allowed_scope": ["read:data:*"]}
