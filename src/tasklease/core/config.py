@@ -12,7 +12,26 @@ from urllib.parse import urlsplit
 
 from tasklease.core.spiffe import validate_trust_domain
 
-__all__ = ["Config", "listen_address"]
+__all__ = ["DEFAULT_ISSUER", "Config", "issuer_from", "listen_address"]
+
+DEFAULT_ISSUER = "tasklease"
+"""The ``iss`` of a broker configured with neither ``issuer`` nor ``public_url``."""
+
+
+def issuer_from(issuer: str, public_url: tuple[str, ...]) -> str:
+    """The ``iss`` of a broker's tokens, from its configuration.
+
+    ``issuer`` when set; otherwise the first ``public_url`` (without a trailing ``/``),
+    because the issuer identifier is the URL the authorization server is known by (RFC
+    8414 sections 2 and 3.3, RFC 9068 section 4): an MCP or OAuth client that finds the
+    broker at that URL must find the same ``iss`` in its tokens; otherwise
+    :data:`DEFAULT_ISSUER`. Tenants derive theirs from it (``core.tenants``).
+    """
+    if issuer:
+        return issuer
+    if public_url:
+        return public_url[0].rstrip("/")
+    return DEFAULT_ISSUER
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +49,8 @@ class Config:
     key_dir: str = ""  # "" means <data_dir>/keys
     admin_secret_hash: str = ""  # argon2id hash of the admin secret
     trust_domain: str = "tasklease.local"
-    issuer: str = "tasklease"
+    # "" means issuer_from(): the first public_url, else "tasklease" (resolved on creation).
+    issuer: str = ""
     audience: tuple[str, ...] = ("tasklease",)
     default_ttl: int = 300
     max_ttl: int = 3600
@@ -120,6 +140,8 @@ class Config:
             _check_network(proxy)
         for origin in self.public_url:
             _check_origin(origin)
+        # Frozen, so set as the dataclass's own __init__ does.
+        object.__setattr__(self, "issuer", issuer_from(self.issuer, self.public_url))
         for name in (
             "default_ttl",
             "max_ttl",

@@ -52,15 +52,22 @@ class TaskleaseTokenVerifier:
 
 
 def auth_settings(
-    broker_url: str, resource_url: str, *, required_scopes: list[str] | None = None
+    broker_url: str,
+    resource_url: str,
+    *,
+    required_scopes: list[str] | None = None,
+    issuer: str | None = None,
 ) -> AuthSettings:
     """``AuthSettings`` for an MCP server that is a resource server of this broker.
 
     ``resource_url`` must equal the verifier's audience; the SDK then also refuses tokens
-    reported for another resource (``validate_token_resource``).
+    reported for another resource (``validate_token_resource``). The authorization
+    server advertised is ``issuer`` (default ``broker_url``): it must be the ``iss`` of
+    the broker's tokens (RFC 8414 section 3.3, RFC 9068 section 4), which is the
+    broker's first ``public_url`` unless its ``issuer`` is set otherwise.
     """
     return AuthSettings(
-        issuer_url=broker_url,  # type: ignore[arg-type]  # pydantic validates the string
+        issuer_url=issuer or broker_url,  # type: ignore[arg-type]  # pydantic validates it
         resource_server_url=resource_url,  # type: ignore[arg-type]
         required_scopes=required_scopes,
         validate_token_resource=True,
