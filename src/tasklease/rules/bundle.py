@@ -42,6 +42,7 @@ __all__ = [
     "USE_X509_SVID",
     "BundleError",
     "TrustBundle",
+    "jwt_svid_jwks",
     "parse_bundle",
     "serialize_bundle",
     "valid_trust_domain",
@@ -200,6 +201,33 @@ def _jwk(entry: object, index: int, kids: set[str]) -> tuple[str, bytes] | None:
     if alg != jws.ALGORITHM or _KID.fullmatch(kid) is None:
         return None  # the key is declared for another algorithm, or no token can name it
     return kid, public_key
+
+
+def jwt_svid_jwks(data: bytes | str, trust_domain: str) -> tuple[Mapping[str, Any], ...]:
+    """Every ``jwt-svid`` JWK of the bundle ``data``, of any key type, as JSON objects.
+
+    For verifiers of JWT-SVIDs minted by a SPIFFE implementation, whose keys are EC or RSA
+    (JWT-SVID.md section 3: RS, ES and PS algorithms), which :class:`TrustBundle` does not
+    keep. The bundle is first checked as :func:`parse_bundle` checks it (size, duplicate
+    names, ``kid`` required and unique); turning a JWK into a key, and refusing one with
+    private members, is the caller's.
+
+    Raises:
+        BundleError: ``data`` is not a valid SPIFFE bundle.
+    """
+    parse_bundle(data, trust_domain)
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    try:
+        document = json_object_strict(raw, "bundle")
+    except JWSError as exc:  # pragma: no cover - parse_bundle read the same bytes
+        raise BundleError(exc.reason) from None
+    return tuple(
+        MappingProxyType(dict(entry))
+        for entry in document["keys"]
+        if type(entry) is dict
+        and entry.get("use") == USE_JWT_SVID
+        and entry.get("kty") in _KNOWN_KTYS
+    )
 
 
 def serialize_bundle(bundle: TrustBundle) -> bytes:

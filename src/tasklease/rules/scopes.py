@@ -18,6 +18,7 @@ __all__ = [
     "MAX_SCOPES",
     "MAX_SCOPE_LENGTH",
     "covers",
+    "intersect",
     "is_subset",
     "parse_scope",
     "uncovered",
@@ -68,3 +69,27 @@ def uncovered(requested: Iterable[str], allowed: Sequence[str]) -> list[str]:
 def is_subset(requested: Iterable[str], allowed: Sequence[str]) -> bool:
     """True iff every requested scope is covered by at least one allowed scope."""
     return not uncovered(requested, allowed)
+
+
+def intersect(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]:
+    """The scopes both lists cover: for every pair of the same action and resource, the
+    narrower one (a ``*`` identifier yields the other's).
+
+    ``is_subset(r, intersect(a, b))`` holds exactly when ``is_subset(r, a)`` and
+    ``is_subset(r, b)`` both do: a credential with two ceilings (a launch token and an
+    attestation policy, say) is bounded by this one list. Malformed scopes are dropped.
+    """
+    out: dict[str, None] = {}
+    for a in first:
+        pa = parse_scope(a)
+        if pa is None:
+            continue
+        for b in second:
+            pb = parse_scope(b)
+            if pb is None or pa[:2] != pb[:2]:
+                continue
+            if pa[2] == "*":
+                out[b] = None
+            elif pb[2] == "*" or pa[2] == pb[2]:
+                out[a] = None
+    return tuple(out)
