@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import ssl
 import subprocess
 import sys
@@ -172,3 +174,34 @@ def test_keys_rotate_raises_the_sequence_which_survives_a_restart_and_other_work
     assert cli(again, tmp_path, "keys", "rotate").returncode == 0
     wait_for(lambda: all(_sequence(again)[0] == 3 for _ in range(20)))
     assert all(_sequence(again)[0] == 3 for _ in range(20))
+
+
+def test_the_commands_of_docs_federation_md(
+    start_broker: Callable[..., RunningBroker],
+    peer: BrokerForTests,
+    pki: tuple[Path, Path, Path],
+    tmp_path: Path,
+) -> None:
+    ca_path, _cert, _key = pki
+    text = (Path(__file__).resolve().parents[2] / "docs" / "federation.md").read_text()
+    found = re.search(
+        r"<!-- commands: run by tests/federation/test_federation_cli.py -->\n```sh\n(.*?)```",
+        text,
+        re.S,
+    )
+    assert found, "no commands block in docs/federation.md"
+    block = (
+        found.group(1)
+        .replace("https://b.example/v1/federation/bundle", f"{peer.url}/v1/federation/bundle")
+        .replace("b-ca.pem", str(ca_path))
+    )
+    commands = [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line]
+    assert [c[:3] for c in commands] == [["tasklease", "federation", v] for v in
+                                        ("add", "list", "show", "remove")]  # fmt: skip
+    local = start_broker()
+    for command in commands:
+        result = cli(local, tmp_path, *command[1:])
+        assert result.returncode == 0, (command, result.stdout, result.stderr)
+        if command[2] == "show":
+            assert "trusted" in result.stdout and "read:partner-orders:*" in result.stdout
+    assert "b.example" not in cli(local, tmp_path, "federation", "list").stdout
