@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Mount
 from tasklease.core.broker import Broker
 from tasklease.core.readiness import INTERVAL, Readiness
 from tasklease.federation import refresh_due
+from tasklease.federation.revocations import FeedFollowers
 from tasklease.http import wire
 from tasklease.http._handling import http_error, request_context
 from tasklease.http.middleware import EnvelopeMiddleware, TrustedProxyMiddleware
@@ -82,6 +83,8 @@ def create_app(
         Mount(TENANT_MOUNT, app=TenantApps(tenancy, render_metrics=render, closers=closers)),
     ]
     readiness = broker.readiness
+    # The federated domains' revocation feeds, followed by one process of the deployment.
+    followers = FeedFollowers()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -98,6 +101,7 @@ def create_app(
                 # The trust bundle follows the keys (its sequence grows on each change).
                 (KEY_REFRESH_INTERVAL, Broker.publish_trust_bundle),
                 (FEDERATION_REFRESH_INTERVAL, refresh_due),
+                (FEDERATION_REFRESH_INTERVAL, followers.tick),
                 # Liveness: a silent agent is revoked within one interval of its deadline.
                 (cfg.heartbeat_interval, Broker.sweep_silent_agents),
             ):
@@ -115,6 +119,7 @@ def create_app(
                 await run_in_threadpool(stop_watch)
             for close in closers:
                 await close()
+            await run_in_threadpool(followers.close)
             await run_in_threadpool(tenancy.close)
             for task in tasks:
                 task.cancel()

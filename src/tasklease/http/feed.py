@@ -5,7 +5,8 @@ after the cursor) and the cursor to continue from. ``GET /v1/revocations/stream`
 the same entries as server-sent events (the WHATWG HTML "server-sent events" format),
 then every revocation this process learns of, as it learns it:
 
-* ``event: revocation`` with ``id:`` the entry's ``seq`` and the entry as JSON ``data:``;
+* ``event: revocation`` with ``id:`` the entry's ``seq`` and the entry as JSON ``data:``
+  (an entry sent as it happens also carries ``sent_at``, when it was sent);
 * ``event: sync`` once the backlog is out (``data: {"cursor": N, "server_time": T}``):
   from here on the reader is current;
 * ``: keepalive`` comments every ``heartbeat`` seconds, so a reader can tell a quiet feed
@@ -59,8 +60,8 @@ Send = Callable[[Message], Awaitable[None]]
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _event(record: RevocationRecord) -> bytes:
-    data = _encoder.encode(wire.revocation_entry(record))
+def _event(record: RevocationRecord, sent_at: float | None = None) -> bytes:
+    data = _encoder.encode(wire.revocation_entry(record, sent_at))
     return b"id: %d\nevent: revocation\ndata: %s\n\n" % (record.seq, data)
 
 
@@ -272,7 +273,8 @@ class _EventStream(Response):
             fresh = [r for r in batch if r.seq > last]
             if fresh:
                 last = max(r.seq for r in fresh)
-                await write(b"".join(_event(r) for r in fresh))
+                now = clock.now()
+                await write(b"".join(_event(r, now) for r in fresh))
 
 
 def revocation_routes(

@@ -115,15 +115,27 @@ class RevocationEntry(Response):
     revoked_at: Annotated[int, doc("Unix seconds; matches tokens issued at or before it.")]
     expires_at: Annotated[float, doc("Unix seconds after which nothing it matches is valid.")]
     seq: Annotated[int, doc("Position in the feed; greater means later.")]
+    sent_at: (
+        Annotated[
+            float,
+            doc(
+                "The stream only, for entries sent as they happen (not the backlog): the "
+                "broker's Unix time when it sent the entry, for readers that measure how "
+                "long a revocation takes to reach them."
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
-def revocation_entry(record: RevocationRecord) -> RevocationEntry:
+def revocation_entry(record: RevocationRecord, sent_at: float | None = None) -> RevocationEntry:
     return RevocationEntry(
         level=record.level,
         target=record.target,
         revoked_at=record.revoked_at,
         expires_at=record.expires_at,
         seq=record.seq,
+        sent_at=UNSET if sent_at is None else sent_at,
     )
 
 

@@ -1,0 +1,281 @@
+"""Following federated domains' revocation feeds: revocation across the bridge.
+
+For each federated domain whose record names a revocation feed (``revocation_feed``: the
+peer broker's base URL, the tenant's if the peer is one; ``feed_credentials_file``: a
+0600 JSON file with the ``client_id`` and ``client_secret`` of an app the peer's operator
+made for us), one thread reads ``<base>/v1/revocations/stream`` (server-sent events) with
+an app token from ``<base>/v1/app/auth``, over HTTPS checked like the bundle endpoint
+(the record's CA certificates or the system store, and the URL's host). Every entry read
+goes to :meth:`Broker.apply_federated_revocations`, which makes it our own revocation of
+what we derived from that domain (``core.peerfeed``). The stream is resumed from the last
+entry seen after a disconnection; the first connection reads every unexpired entry.
+
+One follower per deployment: every process calls :meth:`FeedFollowers.tick` each second
+for each tenant, and only the holder of the tenant's store lease runs that tenant's
+followers (another process takes over within :data:`LEASE_TTL` of its holder's end). The
+credential is read from its file at each sign-in, never stored or logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from tasklease.core.broker import Broker
+from tasklease.core.store import FederationRecord, RevocationRecord
+from tasklease.federation.refresher import _tls_context
+from tasklease.keystore import KeyStoreError, read_secret_file
+
+__all__ = ["LEASE_TTL", "FeedError", "FeedFollowers", "FeedSource", "feed_source", "parse_event"]
+
+LEASE_TTL = 5.0
+"""Seconds the follower lease outlives its holder's last tick."""
+READ_TIMEOUT = 10.0
+"""Seconds without a byte before the stream is taken for dead (the feed beats every 2 s)."""
+_STREAM = "/v1/revocations/stream"
+_AUTH = "/v1/app/auth"
+_MAX_LINE = 65536
+_log = logging.getLogger("tasklease.federation")
+
+
+class FeedError(Exception):
+    """The feed cannot be followed now; ``reason`` never holds a secret."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSource:
+    """Where and how to follow one federated domain's revocations."""
+
+    trust_domain: str
+    base_url: str
+    ca_pem: str
+    credentials_file: str
+
+
+def feed_source(record: FederationRecord) -> FeedSource | None:
+    """The feed ``record`` names, or None when it names none."""
+    if not record.revocation_feed or not record.feed_credentials_file:
+        return None
+    return FeedSource(
+        record.trust_domain,
+        record.revocation_feed.rstrip("/"),
+        record.ca_pem,
+        record.feed_credentials_file,
+    )
+
+
+def read_credentials(path: str) -> tuple[str, str]:
+    """``(client_id, client_secret)`` from a 0600 JSON file of this user's."""
+    try:
+        text = read_secret_file(Path(path), "feed_credentials_file")
+    except KeyStoreError as exc:
+        raise FeedError(str(exc)) from None
+    except OSError as exc:
+        raise FeedError(f"feed_credentials_file: {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    client_id = data.get("client_id") if isinstance(data, dict) else None
+    secret = data.get("client_secret") if isinstance(data, dict) else None
+    if not isinstance(client_id, str) or not isinstance(secret, str) or not client_id:
+        raise FeedError(
+            f"feed_credentials_file: {path} must be a JSON object with client_id and "
+            "client_secret"
+        )
+    return client_id, secret
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str  # "" for a comment (keepalive)
+    data: str = ""
+
+
+def parse_event(lines: Iterator[str]) -> Iterator[Event]:
+    """Server-sent events (the WHATWG format) from a stream's lines."""
+    kind, data = "", list[str]()
+    for line in lines:
+        if len(line) > _MAX_LINE:
+            raise FeedError("feed line too long")
+        if not line:
+            if data:
+                yield Event(kind or "message", "\n".join(data))
+            kind, data = "", []
+        elif line.startswith(":"):
+            yield Event("")
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                kind = value
+            elif name == "data":
+                data.append(value)
+
+
+def _entry(data: str) -> tuple[RevocationRecord, float | None]:
+    entry: Any = json.loads(data)
+    if not isinstance(entry, dict):
+        raise FeedError("feed entry is not an object")
+    level, target = entry.get("level"), entry.get("target")
+    revoked_at, expires_at, seq = entry.get("revoked_at"), entry.get("expires_at"), entry.get("seq")
+    sent_at = entry.get("sent_at")
+    if type(level) is not str or type(target) is not str or type(seq) is not int:
+        raise FeedError("feed entry without level, target or seq")
+    if type(revoked_at) is not int or not isinstance(expires_at, int | float):
+        raise FeedError("feed entry with a bad revoked_at or expires_at")
+    if isinstance(expires_at, bool) or isinstance(sent_at, bool):
+        raise FeedError("feed entry with a bad expires_at or sent_at")
+    sent = float(sent_at) if isinstance(sent_at, int | float) else None
+    return RevocationRecord(level, target, revoked_at, float(expires_at), seq), sent
+
+
+class _Follower:
+    """One domain's feed, followed by a daemon thread until stopped."""
+
+    def __init__(self, broker: Broker, source: FeedSource) -> None:
+        self.broker = broker
+        self.source = source
+        self._stop = threading.Event()
+        self._token: tuple[str, float] | None = None
+        self.cursor: int | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"tasklease-feed-{source.trust_domain}", daemon=True
+        )
+        self._gauge = broker.metrics.federation_feed_up.labels(source.trust_domain)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self._follow_once()
+                backoff = 0.1
+            except FeedError as exc:
+                _log.warning("revocation feed of %s: %s", self.source.trust_domain, exc.reason)
+            except (httpx.HTTPError, ValueError) as exc:
+                _log.info(
+                    "revocation feed of %s disconnected: %s",
+                    self.source.trust_domain,
+                    type(exc).__name__,
+                )
+            except Exception:  # noqa: BLE001 - a follower must outlive whatever happened
+                _log.exception("revocation feed of %s failed", self.source.trust_domain)
+            self._gauge.set(0)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+        self._gauge.set(0)
+
+    def _client(self) -> httpx.Client:
+        parts = urlsplit(self.source.base_url)
+        if parts.scheme != "https" or not parts.hostname or "@" in parts.netloc:
+            raise FeedError("revocation_feed must be an https URL without userinfo")
+        return httpx.Client(
+            base_url=self.source.base_url,
+            verify=_tls_context(self.source.ca_pem),
+            trust_env=False,
+            timeout=httpx.Timeout(READ_TIMEOUT),
+            follow_redirects=False,
+        )
+
+    def _bearer(self, client: httpx.Client) -> str:
+        if self._token is not None and time.monotonic() < self._token[1]:
+            return self._token[0]
+        client_id, secret = read_credentials(self.source.credentials_file)
+        response = client.post(_AUTH, json={"client_id": client_id, "client_secret": secret})
+        if response.status_code != 200:
+            raise FeedError(f"signing in to the feed: HTTP {response.status_code}")
+        body = response.json()
+        token, expires_in = body.get("access_token"), body.get("expires_in")
+        if not isinstance(token, str) or type(expires_in) is not int:
+            raise FeedError("signing in to the feed: unexpected answer")
+        self._token = (token, time.monotonic() + max(expires_in * 0.8, expires_in - 60))
+        return token
+
+    def _follow_once(self) -> None:
+        broker, domain = self.broker, self.source.trust_domain
+        with self._client() as client:
+            params = {} if self.cursor is None else {"cursor": str(self.cursor)}
+            headers = {
+                "authorization": f"Bearer {self._bearer(client)}",
+                "accept": "text/event-stream",
+            }
+            with client.stream("GET", _STREAM, params=params, headers=headers) as response:
+                if response.status_code == 401:
+                    self._token = None
+                if response.status_code != 200:
+                    raise FeedError(f"feed answered HTTP {response.status_code}")
+                for event in parse_event(response.iter_lines()):
+                    if self._stop.is_set():
+                        return
+                    if event.kind == "revocation":
+                        record, sent_at = _entry(event.data)
+                        broker.apply_federated_revocations(domain, [record], sent_at=sent_at)
+                        self.cursor = max(self.cursor or 0, record.seq)
+                    elif event.kind == "sync":
+                        cursor = json.loads(event.data).get("cursor")
+                        if type(cursor) is int:
+                            self.cursor = max(self.cursor or 0, cursor)
+                        self._gauge.set(1)
+
+
+class FeedFollowers:
+    """The feed followers of one process, across its tenants. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[tuple[int, str], _Follower] = {}
+
+    def tick(self, broker: Broker) -> int:
+        """Take or keep ``broker``'s follower lease and follow its domains' feeds while
+        held (stop them when not); returns how many of its feeds are followed."""
+        sources: dict[str, FeedSource] = {}
+        for record in broker.federation.list_federations():
+            source = feed_source(record)
+            if source is not None:
+                sources[source.trust_domain] = source
+        # The lease is a write: taken only by a tenant that has feeds to follow.
+        if sources and not broker.hold_feed_lease(LEASE_TTL):
+            sources.clear()
+        owner = id(broker)
+        with self._lock:
+            for key, follower in list(self._running.items()):
+                if key[0] == owner and sources.get(key[1]) != follower.source:
+                    follower.stop()
+                    del self._running[key]
+            for domain, source in sources.items():
+                if (owner, domain) not in self._running:
+                    follower = _Follower(broker, source)
+                    self._running[(owner, domain)] = follower
+                    follower.start()
+        return len(sources)
+
+    def close(self, timeout: float = 2.0) -> None:
+        with self._lock:
+            followers = list(self._running.values())
+            self._running.clear()
+        for follower in followers:
+            follower.stop()
+        for follower in followers:
+            follower.join(timeout)
