@@ -247,20 +247,7 @@ def map_scopes(
                 grant = f"{local_parts[0]}:{local_parts[1]}:{parsed[2]}"
             if grant not in mapped:
                 mapped.append(grant)
-    if not ceiling:
-        return tuple(mapped)
-    granted: list[str] = []
-    for scope in mapped:
-        for limit in ceiling:
-            if scope_rules.covers(limit, scope):
-                meet = scope
-            elif scope_rules.covers(scope, limit):
-                meet = limit
-            else:
-                continue
-            if meet not in granted:
-                granted.append(meet)
-    return tuple(granted)
+    return scope_rules.intersect(mapped, ceiling) if ceiling else tuple(mapped)
 
 
 @dataclass(frozen=True, slots=True)
