@@ -10,6 +10,7 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from tasklease.core.broker import Broker
+from tasklease.core.clock import ManualClock
 from tasklease.core.keys import KeyRing
 from tasklease.rules.bundle import parse_bundle
 from tasklease.storage import MemoryStore
@@ -56,12 +57,17 @@ def test_a_replica_behind_serves_the_stored_bundle_rather_than_its_own(
 ) -> None:
     store = MemoryStore()
     ring = KeyRing.generate()
-    first = make_broker(store=store, keyring=ring)
-    second = make_broker(store=store, keyring=ring)
+    clock = ManualClock(1_800_000_000.0)
+    first = make_broker(store=store, keyring=ring, clock=clock)
+    second = make_broker(store=store, keyring=ring, clock=clock)
     first.publish_trust_bundle()
     second.publish_trust_bundle()
+    assert _served(second).sequence == 1
     first.rotate_signing_key(kit.admin(first).claims, kit.ctx)
-    # The second has not reloaded its keys yet: it serves what the first published.
+    # The second reads the stored bundle again after a second at most...
+    assert _served(second).sequence == 1
+    clock.advance(1)
+    # ...and though it has not reloaded its keys yet, serves what the first published.
     assert second.keyring.kids() != first.keyring.kids()
     assert _served(second) == _served(first)
     assert _served(second).sequence == 2

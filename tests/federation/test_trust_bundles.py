@@ -3,6 +3,7 @@ refresher (SPIFFE Federation ``https_web``), failing closed, and forged bundles.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,6 +245,16 @@ def test_malformed_bundle_sequence_going_back_and_oversize_are_refused(
     assert list(local.federation.trusted_keys(PEER, clock.now())) == [
         jwk_thumbprint(bytes(forged.verify_key))
     ]
+
+
+def test_a_compressed_bundle_is_refused(server_cert: tuple[Path, Path], ca: CA) -> None:
+    # Decompressed, a small body could grow far past the size cap before it is counted.
+    bomb = gzip.compress(b'{"keys":[],"pad":"' + b"a" * 10_000_000 + b'"}')
+    document = Document(bomb, headers=[("content-encoding", "gzip")])
+    with Served(document.app(), server_cert) as served:
+        with pytest.raises(FetchError, match="compressed"):
+            fetch_bundle(served.url, ca_pem=ca.pem)
+        assert document.hits == 1
 
 
 def test_redirects_are_followed_only_to_https(

@@ -136,7 +136,7 @@ class Broker:
         self.federation = Federation(kernel)
         self._exchange = Exchange(kernel, keys, tokens, self.federation)
         self._peer_feeds = PeerFeeds(kernel)
-        self._trust_bundles = TrustBundles(kernel, keys)
+        self._trust_bundles = TrustBundles(kernel, keys, monotonic=elapsed)
         # Health and readiness from checks on threads of their own (core.readiness): the
         # answers never wait on storage longer than the checks' bound.
         self.readiness = Readiness(

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
+from collections.abc import Callable
 
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.errors import Unavailable
@@ -29,16 +31,24 @@ from tasklease.rules.bundle import TrustBundle, parse_bundle, serialize_bundle
 
 __all__ = ["TrustBundles"]
 
+_REREAD = 1.0
+
 
 class TrustBundles(Service):
     """Publishes this broker's bundle when its keys change, and serves it. Thread-safe."""
 
-    def __init__(self, kernel: Kernel, keys: SigningKeys) -> None:
+    def __init__(
+        self, kernel: Kernel, keys: SigningKeys, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__(kernel)
         self._keys = keys
         self._lock = threading.Lock()
         self._published_kids: str | None = None  # what this process last saw stored
         self._served: tuple[str, int, bytes] | None = None  # (stored text, hint, served)
+        # The stored row as last read, and when (monotonic): the endpoint is public, so a
+        # flood of requests costs at most one read of the store per second.
+        self._stored: tuple[float, PublishedBundle] | None = None
+        self._monotonic = monotonic
 
     def publish(self) -> PublishedBundle:
         """Make the current key ring the published bundle, unless it is already.
@@ -76,6 +86,7 @@ class TrustBundles(Service):
             if result is None:  # pragma: no cover - the unit always sets it
                 raise RuntimeError("publishing the trust bundle produced nothing")
             self._published_kids = kids
+            self._stored = (self._monotonic(), result)
         return result
 
     def republish(self) -> None:
@@ -96,14 +107,21 @@ class TrustBundles(Service):
     def served(self) -> bytes:
         """The bundle document to serve: the stored one with the refresh hint.
 
-        Publishes first when nothing is stored yet (a new database).
+        Publishes first when nothing is stored yet (a new database). The stored row is
+        read again after a second at most (this process's own publications at once), so
+        a rotation by another replica is served within a second.
 
         Raises:
             Unavailable: nothing stored and the store could not be written.
         """
-        stored = self._store.get_published_bundle()
-        if stored is None:
-            stored = self.publish()
+        now = self._monotonic()
+        remembered = self._stored
+        if remembered is not None and now - remembered[0] < _REREAD:
+            stored = remembered[1]
+        else:
+            found = self._store.get_published_bundle()
+            stored = self.publish() if found is None else found
+            self._stored = (now, stored)
         hint = self._config.federation_refresh_hint
         cached = self._served
         if cached is not None and cached[0] == stored.bundle and cached[1] == hint:

@@ -5,8 +5,9 @@ certificate checked as any web server's (RFC 6125: it chains to the record's CA
 certificates, or the system's trust store, and names the URL's host), no client
 authentication. A temporary redirect is followed only to another ``https`` URL without
 userinfo, at most :data:`MAX_REDIRECTS` times, and never remembered. The body is read up
-to :data:`~tasklease.rules.bundle.MAX_BUNDLE_BYTES` and no further; the whole exchange
-has a deadline of :data:`TIMEOUT` seconds per request.
+to :data:`~tasklease.rules.bundle.MAX_BUNDLE_BYTES` and no further, uncompressed (a
+compressed body could expand beyond the cap before it is counted); each request has a
+deadline of :data:`TIMEOUT` seconds.
 
 What is fetched goes to :meth:`Federation.accept_bundle` (parsed there, refused if
 malformed or if its sequence goes backwards; the last good bundle is kept); a fetch that
@@ -89,7 +90,8 @@ def fetch_bundle(url: str, *, ca_pem: str = "") -> bytes:
         timeout=TIMEOUT,
         follow_redirects=False,
         trust_env=False,  # no proxy or CA bundle from the environment decides whom we trust
-        headers={"accept": "application/json"},
+        # Uncompressed only: a compressed body could expand far beyond the size cap.
+        headers={"accept": "application/json", "accept-encoding": "identity"},
     ) as client:
         for _ in range(MAX_REDIRECTS + 1):
             if not _allowed(url):
@@ -109,11 +111,13 @@ def fetch_bundle(url: str, *, ca_pem: str = "") -> bytes:
 
 
 def _read_capped(response: httpx.Response) -> bytes:
+    if response.headers.get("content-encoding", "identity").lower() not in ("identity", ""):
+        raise FetchError("a compressed bundle is refused")
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BUNDLE_BYTES:
         raise FetchError(f"bundle larger than {MAX_BUNDLE_BYTES} bytes")
     body = bytearray()
-    for chunk in response.iter_bytes():
+    for chunk in response.iter_raw():
         body += chunk
         if len(body) > MAX_BUNDLE_BYTES:
             raise FetchError(f"bundle larger than {MAX_BUNDLE_BYTES} bytes")

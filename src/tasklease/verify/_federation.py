@@ -264,14 +264,18 @@ def _get(url: str, context: ssl.SSLContext, timeout: float) -> bytes:
             if not _https(url):
                 raise FederationError("not an https URL without userinfo")
             try:
-                with client.stream("GET", url, headers={"accept": "application/json"}) as response:
+                headers = {"accept": "application/json", "accept-encoding": "identity"}
+                with client.stream("GET", url, headers=headers) as response:
                     if response.status_code in _REDIRECTS:
                         url = urljoin(url, response.headers.get("location", ""))
                         continue
                     if response.status_code != 200:
                         raise FederationError(f"HTTP status {response.status_code}")
+                    encoding = response.headers.get("content-encoding", "identity").lower()
+                    if encoding not in ("identity", ""):
+                        raise FederationError("a compressed bundle is refused")
                     body = bytearray()
-                    for chunk in response.iter_bytes():
+                    for chunk in response.iter_raw():
                         body += chunk
                         if len(body) > MAX_BUNDLE_BYTES:
                             raise FederationError("bundle too large")
