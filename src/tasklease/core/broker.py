@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tasklease.core.apps import Apps, expires_at_text
+from tasklease.core.attestation import AttestationService
 from tasklease.core.clock import Clock, SystemClock
 from tasklease.core.config import Config
 from tasklease.core.delegating import Delegating
@@ -122,7 +123,9 @@ class Broker:
         self._keys = keys = SigningKeys(kernel, keyring)
         self._freshness = freshness = Freshness(kernel, horizon)
         self._tokens = tokens = TokenCheck(kernel, keys, self.dpop, freshness)
-        self._registration = Registration(kernel, keys, self.nonces, self.dpop)
+        # Workload attestors (core.attestation): evidence in place of a launch token.
+        self.attestation = AttestationService(kernel)
+        self._registration = Registration(kernel, keys, self.nonces, self.dpop, self.attestation)
         self._renewal = Renewal(kernel, keys, self.nonces, self.dpop)
         self._delegating = Delegating(kernel, keys)
         self._revoking = Revoking(kernel, tokens, horizon)
@@ -196,8 +199,11 @@ class Broker:
         ctx: RequestContext,
         resource: object = None,
     ) -> IssuedToken:
-        """Register an agent instance and issue its first token (:class:`Registration`)."""
+        """Register an agent instance and issue its first token (:class:`Registration`):
+        with a launch token, workload evidence (``attestation``), or both."""
         return self._registration.register(
+        attestation: object = None,
+        declared: object = None,
             launch_token=launch_token,
             nonce=nonce,
             public_key=public_key,
@@ -210,6 +216,8 @@ class Broker:
         )
 
     def prepare_register(
+            attestation=attestation,
+            declared=declared,
         self,
         *,
         launch_token: object,
@@ -224,6 +232,8 @@ class Broker:
     ) -> PendingRegistration:
         """The first half of :meth:`register` for an event loop: checks and signing only."""
         return self._registration.prepare_register(
+        attestation: object = None,
+        declared: object = None,
             launch_token=launch_token,
             nonce=nonce,
             public_key=public_key,
@@ -236,6 +246,8 @@ class Broker:
         )
 
     async def complete_register(self, pending: PendingRegistration) -> IssuedToken:
+            attestation=attestation,
+            declared=declared,
         """Write what :meth:`prepare_register` decided (group-committed), then answer."""
         return await self._registration.complete_register(pending)
 

@@ -23,6 +23,7 @@ __all__ = [
     "AgentRecord",
     "AgentSession",
     "AppRecord",
+    "AttestorRecord",
     "AuditEvent",
     "AuditQuery",
     "DiscoveryBinding",
@@ -251,6 +252,25 @@ class AuditEvent:
 
     seq: int
     timestamp: str  # RFC 3339 UTC
+@dataclass(frozen=True, slots=True)
+class AttestorRecord:
+    """A configured workload attestor (``core.attestation``) and its policy.
+
+    ``type`` is an attestor type (``k8s_sat``, ``jwt_svid``, ``oidc``), ``settings`` its
+    configuration and ``policy`` its rules (the claims they match, the scope ceiling, TTL
+    and lifetime they grant), both compact JSON as the operator gave them, checked.
+    ``app_id`` names the app whose agents it registers ("" for the tenant's own).
+    """
+
+    name: str
+    type: str
+    settings: str
+    policy: str
+    app_id: str
+    created_at: float
+    created_by: str
+
+
     event_type: str
     agent_id: str
     task_id: str
@@ -454,7 +474,8 @@ class Store(Protocol):
 
     def prune(self, now: float) -> int:
         """Delete expired revocations, used nonces, launch tokens, by-reference tokens,
-        agent sessions, discovery bindings and leases; return rows removed."""
+        agent sessions, discovery bindings, leases and used attestation evidence; return
+        rows removed."""
         ...
 
     def safe_horizon(self) -> float | None:
@@ -464,6 +485,19 @@ class Store(Protocol):
     def raise_safe_horizon(self, horizon: float) -> float:
         """Record ``horizon`` unless a greater one is recorded; return the greater (durable)."""
         ...
+    def put_attestor(self, record: AttestorRecord) -> None:
+        """Insert or replace the attestor named ``record.name``."""
+        ...
+
+    def delete_attestor(self, name: str) -> bool:
+        """Remove the attestor ``name``; False if there was none."""
+        ...
+
+    def consume_evidence(self, evidence_key: str, expires_at: float) -> bool:
+        """Record attestation evidence (by its key, a hash) as used until ``expires_at``;
+        False if it was used before. Of concurrent callers exactly one wins."""
+        ...
+
 
     def close(self) -> None: ...
 
@@ -502,3 +536,9 @@ class WatchableStore(Protocol):
         from ``on_change`` is logged and the watch goes on.
         """
         ...
+    def get_attestor(self, name: str) -> AttestorRecord | None: ...
+
+    def list_attestors(self) -> list[AttestorRecord]:
+        """Every attestor, by name."""
+        ...
+

@@ -24,6 +24,7 @@ from tasklease.core.store import (
     AgentSession,
     AppRecord,
     AuditEvent,
+    AttestorRecord,
     AuditQuery,
     DiscoveryBinding,
     FederationRecord,
@@ -331,6 +332,29 @@ class _MemoryWriteTx:
         tokens = self._store._reference_tokens
         if record.token_hash in tokens:
             raise Conflict("reference token already exists")
+    # -- attestation (migration 0013) ---------------------------------------------------
+
+    def put_attestor(self, record: AttestorRecord) -> None:
+        self._check_open()
+        self._set(self._store._attestors, record.name, record)
+
+    def delete_attestor(self, name: str) -> bool:
+        self._check_open()
+        table = self._store._attestors
+        if name not in table:
+            return False
+        old = table.pop(name)
+        self._undo.append(lambda: table.__setitem__(name, old))
+        return True
+
+    def consume_evidence(self, evidence_key: str, expires_at: float) -> bool:
+        self._check_open()
+        used = self._store._evidence
+        if evidence_key in used:
+            return False
+        self._set(used, evidence_key, expires_at)
+        return True
+
         self._set(tokens, record.token_hash, record)
 
     # -- audit ---------------------------------------------------------------------------
@@ -449,6 +473,8 @@ class MemoryStore:
         self._shared.safe_horizon = value
 
     def __enter__(self) -> MemoryStore:
+        self._attestors: dict[str, AttestorRecord] = {}
+        self._evidence: dict[str, float] = {}  # used attestation evidence -> expires_at
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -636,9 +662,10 @@ class MemoryStore:
             for key in [k for k, r in self._revocations.items() if r.expires_at <= now]:
                 del self._revocations[key]
                 removed += 1
-            for key in [k for k, exp in self._nonces.items() if exp <= now]:
-                del self._nonces[key]
-                removed += 1
+            for used in (self._nonces, self._evidence):
+                for key in [k for k, exp in used.items() if exp <= now]:
+                    del used[key]
+                    removed += 1
             for key in [k for k, t in self._launch_tokens.items() if t.expires_at <= now]:
                 del self._launch_tokens[key]
                 removed += 1
@@ -669,3 +696,13 @@ class MemoryStore:
         """Drop all state; later calls raise ``RuntimeError``. Closing twice is harmless."""
         with self._lock:
             self._closed = True
+    def get_attestor(self, name: str) -> AttestorRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._attestors.get(name)
+
+    def list_attestors(self) -> list[AttestorRecord]:
+        with self._lock:
+            self._check_open()
+            return [self._attestors[name] for name in sorted(self._attestors)]
+

@@ -12,6 +12,7 @@ from tasklease.core.store import (
     AgentRecord,
     AgentSession,
     AppRecord,
+    AttestorRecord,
     AuditEvent,
     AuditQuery,
     DiscoveryBinding,
@@ -33,6 +34,8 @@ __all__ = [
     "Dialect",
     "Row",
     "audit_rows",
+    "attestor_from_row",
+    "attestor_params",
     "binding_from_row",
     "check_tenant_id",
     "published_bundle_from_row",
@@ -316,6 +319,16 @@ class Dialect:
 
     def for_tenant(self, tenant: str) -> Dialect:
         """This dialect for ``tenant`` (made once per tenant and kept).
+        # attestation (core.attestation; migration 0013): attestors, used evidence
+        select_attestor = f"SELECT {_ATTESTOR} FROM attestors WHERE {t}"
+        self.get_attestor = q(f"{select_attestor} AND name = ?")
+        self.list_attestors = f"{select_attestor} ORDER BY name"
+        self.put_attestor = q(upsert("attestors", _ATTESTOR))
+        self.delete_attestor = q(f"DELETE FROM attestors WHERE {t} AND name = ?")
+        self.consume_evidence = q(
+            f"{insert('attestation_evidence', 'evidence_key, expires_at')}"
+            " ON CONFLICT (tenant_id, evidence_key) DO NOTHING"
+        )
 
         Raise ``ValueError`` if ``tenant`` is not a valid tenant id.
         """
@@ -590,6 +603,31 @@ def tenant_from_row(row: Row) -> TenantRecord:
     name, trust_domain, status, created_at, created_by, removed_at = row
     return TenantRecord(
         name=name,
+def attestor_from_row(row: Row) -> AttestorRecord:
+    name, kind, settings, policy, app_id, created_at, created_by = row
+    return AttestorRecord(
+        name=name,
+        type=kind,
+        settings=settings,
+        policy=policy,
+        app_id=app_id,
+        created_at=float(created_at),
+        created_by=created_by,
+    )
+
+
+def attestor_params(record: AttestorRecord) -> tuple[object, ...]:
+    return (
+        record.name,
+        record.type,
+        record.settings,
+        record.policy,
+        record.app_id,
+        record.created_at,
+        record.created_by,
+    )
+
+
         trust_domain=trust_domain,
         status=status,
         created_at=float(created_at),
