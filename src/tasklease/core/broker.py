@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tasklease.core.apps import Apps, expires_at_text
-from tasklease.core.attestation import AttestationService
 from tasklease.core.clock import Clock, SystemClock
 from tasklease.core.config import Config
 from tasklease.core.delegating import Delegating
@@ -123,9 +122,7 @@ class Broker:
         self._keys = keys = SigningKeys(kernel, keyring)
         self._freshness = freshness = Freshness(kernel, horizon)
         self._tokens = tokens = TokenCheck(kernel, keys, self.dpop, freshness)
-        # Workload attestors (core.attestation): evidence in place of a launch token.
-        self.attestation = AttestationService(kernel)
-        self._registration = Registration(kernel, keys, self.nonces, self.dpop, self.attestation)
+        self._registration = Registration(kernel, keys, self.nonces, self.dpop)
         self._renewal = Renewal(kernel, keys, self.nonces, self.dpop)
         self._delegating = Delegating(kernel, keys)
         self._revoking = Revoking(kernel, tokens, horizon)
@@ -199,11 +196,8 @@ class Broker:
         ctx: RequestContext,
         resource: object = None,
     ) -> IssuedToken:
-        """Register an agent instance and issue its first token (:class:`Registration`):
-        with a launch token, workload evidence (``attestation``), or both."""
+        """Register an agent instance and issue its first token (:class:`Registration`)."""
         return self._registration.register(
-        attestation: object = None,
-        declared: object = None,
             launch_token=launch_token,
             nonce=nonce,
             public_key=public_key,
@@ -216,8 +210,6 @@ class Broker:
         )
 
     def prepare_register(
-            attestation=attestation,
-            declared=declared,
         self,
         *,
         launch_token: object,
@@ -232,8 +224,6 @@ class Broker:
     ) -> PendingRegistration:
         """The first half of :meth:`register` for an event loop: checks and signing only."""
         return self._registration.prepare_register(
-        attestation: object = None,
-        declared: object = None,
             launch_token=launch_token,
             nonce=nonce,
             public_key=public_key,
@@ -246,8 +236,6 @@ class Broker:
         )
 
     async def complete_register(self, pending: PendingRegistration) -> IssuedToken:
-            attestation=attestation,
-            declared=declared,
         """Write what :meth:`prepare_register` decided (group-committed), then answer."""
         return await self._registration.complete_register(pending)
 

@@ -20,14 +20,9 @@ lineage. The invariants (docs/authority.md):
 3. the renewal budget is counted on the lineage and never reset;
 4. scope and audience only narrow (binding: the holder's own, never widened);
 5. the delegate is not already in the chain;
-6. the human principal reaches every descendant, and so does the attestation (the
-   ``attest`` claim: the facts a workload proved at registration, ``rules.attest``);
+6. the human principal reaches every descendant;
 7. a refusal is a problem with a ``denial_id`` and exactly one audit event
    (:meth:`Kernel.deny`).
-
-An attestation is an ancestor like a launch token: its policy's ceiling is a
-:class:`Parent` (``core.attestation``), and a registration with both a launch token and an
-attestation descends from both (:func:`joint_parent`: the narrower of each bound).
 
 Ending a credential ends its descendants: :func:`ending_records` gives the revocation
 entries that release, token-level revocation and a holder's RFC 7009 revocation write.
@@ -40,9 +35,8 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from tasklease.core.audience import choose_audience, narrow_audience
 from tasklease.core.audit import AuditLog
@@ -82,7 +76,6 @@ __all__ = [
 _log = logging.getLogger("tasklease.kernel")
 
 
-    "joint_parent",
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     """Who is asking, for the audit trail, and what the request proves possession of.
@@ -147,8 +140,7 @@ class Parent:
     the parent token's own ``exp`` (0 when the parent is not a token), ``ttl`` the
     longest lifetime one token of the lineage may have (launch ``max_ttl``).
     ``resumable`` is false when the registration's launch token switched resumption off
-    (``allow_resume``). ``attest`` is the attestation the lineage carries (the ``attest``
-    claim), handed on unchanged to every descendant.
+    (``allow_resume``).
     """
 
     holder: str
@@ -171,7 +163,6 @@ class Parent:
         minted before lineage was recorded, the registration lifetime ceiling."""
         ceiling = claims.oiat + config.renewal_ceiling
         if claims.max_exp:
-    attest: Mapping[str, Any] | None = None
             ceiling = min(ceiling, claims.max_exp)
         return cls(
             holder=claims.sub,
@@ -193,51 +184,9 @@ class Parent:
 class Issuance:
     """What the issuance check grants: the new token's lineage fields and lifetime."""
 
-            attest=_attest_of(claims),
     exp: int
     renewals: int
     lineage: tuple[str, ...]
-def _attest_of(claims: Claims) -> Mapping[str, Any] | None:
-    attest = claims.raw.get("attest")
-    return attest if isinstance(attest, dict) else None
-
-
-def joint_parent(first: Parent, second: Parent) -> Parent:
-    """The parent of a registration that descends from two ancestors at once (a launch
-    token and an attestation): every bound the narrower of the two, the lineage both.
-
-    Scope is the scopes both cover (``rules.scopes.intersect``); resources (audience) the
-    ones both allow, where an empty tuple allows any; the lifetimes the smaller; the
-    principal the first's; the attestation the second's, else the first's.
-
-    Raises:
-        Refusal: both name resources and none is common (no token could be for any).
-    """
-    if first.audience and second.audience:
-        audience = tuple(a for a in first.audience if a in second.audience)
-        if not audience:
-            raise Refusal(
-                InvalidTarget("no resource is allowed by both the launch token and the policy"),
-                f"audience would widen | launch=[{' '.join(first.audience)}] | "
-                f"attested=[{' '.join(second.audience)}]",
-                "audience",
-            )
-    else:
-        audience = first.audience or second.audience
-    return Parent(
-        holder=first.holder,
-        scope=scope_rules.intersect(first.scope, second.scope),
-        audience=audience,
-        principal=first.principal or second.principal,
-        lineage=(*first.lineage, *(a for a in second.lineage if a not in first.lineage)),
-        ceiling=min(first.ceiling, second.ceiling),
-        ttl=min(first.ttl, second.ttl),
-        renewals=max(first.renewals, second.renewals),
-        resumable=first.resumable and second.resumable,
-        attest=second.attest or first.attest,
-    )
-
-
     grant: str
     max_exp: int
     principal: str
@@ -250,7 +199,6 @@ def joint_parent(first: Parent, second: Parent) -> Parent:
 
 class Refusal(Exception):
     """The issuance check refused: ``error`` to raise, ``detail`` for the audit log."""
-    attest: Mapping[str, Any] | None = None
 
     def __init__(self, error: TaskleaseError, detail: str, event_type: str) -> None:
         super().__init__(detail)
@@ -404,7 +352,6 @@ def ending_records(claims: Claims, revoked_at: int, config: Config) -> list[Revo
     """The revocation entries that end ``claims`` and every token descended from it.
 
     Level ``token`` ends the token itself; level ``chain`` on its ``jti`` and on its grant
-        attest=parent.attest,
     ends the tokens delegated from it or from any renewal of it (they list them in their
     ``lineage``). Each lives until nothing it could match can still be valid.
     """

@@ -23,7 +23,6 @@ __all__ = [
     "AgentRecord",
     "AgentSession",
     "AppRecord",
-    "AttestorRecord",
     "AuditEvent",
     "AuditQuery",
     "DiscoveryBinding",
@@ -32,6 +31,7 @@ __all__ = [
     "OperatorRecord",
     "PublishedBundle",
     "ReferenceTokenRecord",
+    "ListQuery",
     "RevocationRecord",
     "Store",
     "StoreWatch",
@@ -252,25 +252,6 @@ class AuditEvent:
 
     seq: int
     timestamp: str  # RFC 3339 UTC
-@dataclass(frozen=True, slots=True)
-class AttestorRecord:
-    """A configured workload attestor (``core.attestation``) and its policy.
-
-    ``type`` is an attestor type (``k8s_sat``, ``jwt_svid``, ``oidc``), ``settings`` its
-    configuration and ``policy`` its rules (the claims they match, the scope ceiling, TTL
-    and lifetime they grant), both compact JSON as the operator gave them, checked.
-    ``app_id`` names the app whose agents it registers ("" for the tenant's own).
-    """
-
-    name: str
-    type: str
-    settings: str
-    policy: str
-    app_id: str
-    created_at: float
-    created_by: str
-
-
     event_type: str
     agent_id: str
     task_id: str
@@ -355,6 +336,54 @@ class WriteTx(Protocol):
     def put_agent_session(self, session: AgentSession) -> None:
         """Insert or replace the session of ``session.agent_id``."""
         ...
+    principal: str | None = None  # the human principal (lineage, format v2 events)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditTree:
+    """A tenant's Merkle tree over its audit events (``core.audittree``): its size, its
+    root, and its right edge: the hashes of the complete subtrees that make up its leaves,
+    largest first (one per set bit of ``size``), from which the next append goes on."""
+
+    size: int
+    root: bytes
+    edge: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TileAppend:
+    """Hashes appended to one tile of the tree: ``level`` and ``index`` name the tile,
+    ``offset`` is how many 32-byte hashes it held before, ``hashes`` what follows them."""
+
+    level: int
+    index: int
+    offset: int
+    hashes: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    """The latest checkpoint of one kind: ``signed`` by the log key, or ``final`` (with
+    the witnesses' cosignatures the configuration requires). ``note`` is the signed note."""
+
+    kind: str
+    size: int
+    note: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """One page of an operator's listing (``core.inventory``): the rows after ``after``
+    (the last key of the previous page) in the listing's order, at most ``limit``, with
+    the equality filters given (None: any)."""
+
+    app_id: str | None = None
+    task_id: str | None = None
+    principal: str | None = None
+    level: str | None = None  # revocations
+    after: tuple[float, str] | None = None
+    limit: int = 100
 
     def acquire_lease(self, name: str, holder: str, now: float, expires_at: float) -> bool:
         """Take or extend the named lease; True iff it was free, expired or ours.
@@ -474,8 +503,7 @@ class Store(Protocol):
 
     def prune(self, now: float) -> int:
         """Delete expired revocations, used nonces, launch tokens, by-reference tokens,
-        agent sessions, discovery bindings, leases and used attestation evidence; return
-        rows removed."""
+        agent sessions, discovery bindings and leases; return rows removed."""
         ...
 
     def safe_horizon(self) -> float | None:
@@ -485,19 +513,6 @@ class Store(Protocol):
     def raise_safe_horizon(self, horizon: float) -> float:
         """Record ``horizon`` unless a greater one is recorded; return the greater (durable)."""
         ...
-    def put_attestor(self, record: AttestorRecord) -> None:
-        """Insert or replace the attestor named ``record.name``."""
-        ...
-
-    def delete_attestor(self, name: str) -> bool:
-        """Remove the attestor ``name``; False if there was none."""
-        ...
-
-    def consume_evidence(self, evidence_key: str, expires_at: float) -> bool:
-        """Record attestation evidence (by its key, a hash) as used until ``expires_at``;
-        False if it was used before. Of concurrent callers exactly one wins."""
-        ...
-
 
     def close(self) -> None: ...
 
@@ -536,9 +551,29 @@ class WatchableStore(Protocol):
         from ``on_change`` is logged and the watch goes on.
         """
         ...
-    def get_attestor(self, name: str) -> AttestorRecord | None: ...
+    # -- operators' listings (core.inventory): newest first, keyset-paged ----------------
 
-    def list_attestors(self) -> list[AttestorRecord]:
-        """Every attestor, by name."""
+    def list_agents(self, query: ListQuery) -> list[tuple[AgentRecord, AgentSession | None]]:
+        """Registered agents, each with its session if it still has one, newest first:
+        by ``(registered_at, agent_id)`` descending, after ``query.after``. Filters:
+        ``app_id``, ``task_id``, ``principal`` (the session's)."""
+        ...
+
+    def list_launch_tokens(self, query: ListQuery, now: float) -> list[LaunchTokenRecord]:
+        """Outstanding launch tokens (a use left, unexpired at ``now``), newest first: by
+        ``(created_at, token_hash)`` descending, after ``query.after``. Filters:
+        ``app_id``, ``principal``."""
+        ...
+
+    def list_revocations(self, query: ListQuery) -> list[RevocationRecord]:
+        """Stored revocation entries, newest first: by ``seq`` descending, below
+        ``query.after[0]``. Filter: ``level``."""
+        ...
+
+    def audit_mentioning(
+        self, text: str, event_types: Sequence[str], limit: int
+    ) -> list[AuditEvent]:
+        """Events of the given types whose detail holds ``text`` (letters, digits, ``=``
+        and ``_`` only), in ``seq`` order, at most ``limit``: a scan of those types."""
         ...
 

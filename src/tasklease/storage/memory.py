@@ -24,7 +24,6 @@ from tasklease.core.store import (
     AgentSession,
     AppRecord,
     AuditEvent,
-    AttestorRecord,
     AuditQuery,
     DiscoveryBinding,
     FederationRecord,
@@ -33,6 +32,7 @@ from tasklease.core.store import (
     PublishedBundle,
     ReferenceTokenRecord,
     RevocationRecord,
+    ListQuery,
     TenantRecord,
 )
 from tasklease.core.tenants import DEFAULT_TENANT, check_tenant_id
@@ -49,6 +49,13 @@ def _timestamp_seconds(timestamp: str) -> float:
 
     The SQLite store has the same function: keep the two in step.
     """
+def _page_limit(query: ListQuery) -> int:
+    """A listing's page size: positive, at most 1000 (as the SQL stores)."""
+    if query.limit <= 0:
+        raise ValueError("limit must be positive")
+    return min(query.limit, 1000)
+
+
     parsed = datetime.fromisoformat(timestamp)
     if parsed.tzinfo is None:
         raise ValueError(f"audit timestamp {timestamp!r} has no UTC offset")
@@ -332,29 +339,6 @@ class _MemoryWriteTx:
         tokens = self._store._reference_tokens
         if record.token_hash in tokens:
             raise Conflict("reference token already exists")
-    # -- attestation (migration 0013) ---------------------------------------------------
-
-    def put_attestor(self, record: AttestorRecord) -> None:
-        self._check_open()
-        self._set(self._store._attestors, record.name, record)
-
-    def delete_attestor(self, name: str) -> bool:
-        self._check_open()
-        table = self._store._attestors
-        if name not in table:
-            return False
-        old = table.pop(name)
-        self._undo.append(lambda: table.__setitem__(name, old))
-        return True
-
-    def consume_evidence(self, evidence_key: str, expires_at: float) -> bool:
-        self._check_open()
-        used = self._store._evidence
-        if evidence_key in used:
-            return False
-        self._set(used, evidence_key, expires_at)
-        return True
-
         self._set(tokens, record.token_hash, record)
 
     # -- audit ---------------------------------------------------------------------------
@@ -473,8 +457,6 @@ class MemoryStore:
         self._shared.safe_horizon = value
 
     def __enter__(self) -> MemoryStore:
-        self._attestors: dict[str, AttestorRecord] = {}
-        self._evidence: dict[str, float] = {}  # used attestation evidence -> expires_at
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -658,14 +640,80 @@ class MemoryStore:
         """
         # Through write(), so that it is refused inside a transaction like everywhere else.
         with self.write():
+    # -- the operators' listings (core.inventory): newest first, keyset-paged ------------
+
+    def list_agents(self, query: ListQuery) -> list[tuple[AgentRecord, AgentSession | None]]:
+        limit = _page_limit(query)
+        with self._lock:
+            self._check_open()
+            rows = [(a, self._sessions.get(a.agent_id)) for a in self._agents.values()]
+        found = [
+            (agent, session)
+            for agent, session in rows
+            if (query.app_id is None or agent.app_id == query.app_id)
+            and (query.task_id is None or agent.task_id == query.task_id)
+            and (
+                query.principal is None
+                or (session is not None and session.principal == query.principal)
+            )
+            and (query.after is None or (agent.registered_at, agent.agent_id) < query.after)
+        ]
+        found.sort(key=lambda row: (row[0].registered_at, row[0].agent_id), reverse=True)
+        return found[:limit]
+
+    def list_launch_tokens(self, query: ListQuery, now: float) -> list[LaunchTokenRecord]:
+        limit = _page_limit(query)
+        with self._lock:
+            self._check_open()
+            records = list(self._launch_tokens.values())
+        found = [
+            r
+            for r in records
+            if r.uses < r.max_uses
+            and r.expires_at > now
+            and (query.app_id is None or r.app_id == query.app_id)
+            and (query.principal is None or r.principal == query.principal)
+            and (query.after is None or (r.created_at, r.token_hash) < query.after)
+        ]
+        found.sort(key=lambda r: (r.created_at, r.token_hash), reverse=True)
+        return found[:limit]
+
+    def list_revocations(self, query: ListQuery) -> list[RevocationRecord]:
+        limit = _page_limit(query)
+        with self._lock:
+            self._check_open()
+            records = list(self._revocations.values())
+        found = [
+            r
+            for r in records
+            if (query.level is None or r.level == query.level)
+            and (query.after is None or r.seq < int(query.after[0]))
+        ]
+        found.sort(key=lambda r: r.seq, reverse=True)
+        return found[:limit]
+
+    def audit_mentioning(
+        self, text: str, event_types: Sequence[str], limit: int
+    ) -> list[AuditEvent]:
+        if not text or not all(c.isalnum() or c in "=_" for c in text) or len(text) > 128:
+            raise ValueError("text must be letters, digits, = and _")
+        types = set(event_types)
+        with self._lock:
+            self._check_open()
+            found = [
+                event
+                for event, _ in self._audit
+                if (not types or event.event_type in types) and text in event.detail
+            ]
+        return found[: max(1, min(limit, 1000))]
+
             removed = 0
             for key in [k for k, r in self._revocations.items() if r.expires_at <= now]:
                 del self._revocations[key]
                 removed += 1
-            for used in (self._nonces, self._evidence):
-                for key in [k for k, exp in used.items() if exp <= now]:
-                    del used[key]
-                    removed += 1
+            for key in [k for k, exp in self._nonces.items() if exp <= now]:
+                del self._nonces[key]
+                removed += 1
             for key in [k for k, t in self._launch_tokens.items() if t.expires_at <= now]:
                 del self._launch_tokens[key]
                 removed += 1
@@ -696,13 +744,3 @@ class MemoryStore:
         """Drop all state; later calls raise ``RuntimeError``. Closing twice is harmless."""
         with self._lock:
             self._closed = True
-    def get_attestor(self, name: str) -> AttestorRecord | None:
-        with self._lock:
-            self._check_open()
-            return self._attestors.get(name)
-
-    def list_attestors(self) -> list[AttestorRecord]:
-        with self._lock:
-            self._check_open()
-            return [self._attestors[name] for name in sorted(self._attestors)]
-

@@ -12,7 +12,6 @@ from tasklease.core.store import (
     AgentRecord,
     AgentSession,
     AppRecord,
-    AttestorRecord,
     AuditEvent,
     AuditQuery,
     DiscoveryBinding,
@@ -26,6 +25,7 @@ from tasklease.core.store import (
 )
 from tasklease.core.tenants import DEFAULT_TENANT, check_tenant_id
 from tasklease.storage._sql.schema import Migration, migrations
+from tasklease.storage._sql.listings import Listings
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -34,8 +34,6 @@ __all__ = [
     "Dialect",
     "Row",
     "audit_rows",
-    "attestor_from_row",
-    "attestor_params",
     "binding_from_row",
     "check_tenant_id",
     "published_bundle_from_row",
@@ -192,6 +190,10 @@ class Dialect:
         self.list_operators = f"{_SELECT_OPERATOR} WHERE {t} ORDER BY name"
         self.load_revocations = q(f"{SELECT_REVOCATION} WHERE {t} AND expires_at > ? ORDER BY seq")
         self.revocations_since = q(f"{SELECT_REVOCATION} WHERE {t} AND seq > ? ORDER BY seq")
+        # the operators' listings (core.inventory)
+        self.listings = Listings(
+            self.tenant, q, agent=_AGENT, session=_SESSION, launch=_LAUNCH, audit=_SELECT_AUDIT
+        )
         self.find_revocation = q(f"{SELECT_REVOCATION} WHERE {t} AND level = ? AND target = ?")
         # PostgreSQL's (SQLite reads one key at a time with find_revocation).
         self.find_revocations = (
@@ -319,16 +321,6 @@ class Dialect:
 
     def for_tenant(self, tenant: str) -> Dialect:
         """This dialect for ``tenant`` (made once per tenant and kept).
-        # attestation (core.attestation; migration 0013): attestors, used evidence
-        select_attestor = f"SELECT {_ATTESTOR} FROM attestors WHERE {t}"
-        self.get_attestor = q(f"{select_attestor} AND name = ?")
-        self.list_attestors = f"{select_attestor} ORDER BY name"
-        self.put_attestor = q(upsert("attestors", _ATTESTOR))
-        self.delete_attestor = q(f"DELETE FROM attestors WHERE {t} AND name = ?")
-        self.consume_evidence = q(
-            f"{insert('attestation_evidence', 'evidence_key, expires_at')}"
-            " ON CONFLICT (tenant_id, evidence_key) DO NOTHING"
-        )
 
         Raise ``ValueError`` if ``tenant`` is not a valid tenant id.
         """
@@ -603,31 +595,6 @@ def tenant_from_row(row: Row) -> TenantRecord:
     name, trust_domain, status, created_at, created_by, removed_at = row
     return TenantRecord(
         name=name,
-def attestor_from_row(row: Row) -> AttestorRecord:
-    name, kind, settings, policy, app_id, created_at, created_by = row
-    return AttestorRecord(
-        name=name,
-        type=kind,
-        settings=settings,
-        policy=policy,
-        app_id=app_id,
-        created_at=float(created_at),
-        created_by=created_by,
-    )
-
-
-def attestor_params(record: AttestorRecord) -> tuple[object, ...]:
-    return (
-        record.name,
-        record.type,
-        record.settings,
-        record.policy,
-        record.app_id,
-        record.created_at,
-        record.created_by,
-    )
-
-
         trust_domain=trust_domain,
         status=status,
         created_at=float(created_at),

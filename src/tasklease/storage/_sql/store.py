@@ -13,7 +13,6 @@ from tasklease.core.store import (
     AgentRecord,
     AgentSession,
     AppRecord,
-    AttestorRecord,
     AuditEvent,
     AuditQuery,
     DiscoveryBinding,
@@ -31,8 +30,6 @@ from tasklease.storage._sql.dialect import (
     binding_from_row,
     published_bundle_from_row,
     reference_from_row,
-    attestor_from_row,
-    attestor_params,
     revocation_from_row,
     session_from_row,
     tenant_from_row,
@@ -44,6 +41,7 @@ __all__ = ["SQLStore", "SQLWriteTx", "SharedState"]
 
 
 class _Cursor(Protocol):
+from tasklease.storage._sql.listings import ListingReads
     @property
     def rowcount(self) -> int: ...
 
@@ -298,55 +296,6 @@ class SQLWriteTx(Generic[_C]):
 def _again(error: Unavailable) -> Unavailable:
     """A fresh exception saying what ``error`` says (one instance is raised only once)."""
     return Unavailable(error.detail, reason=error.reason, retry_after=error.retry_after)
-    # -- attestation (migration 0013) ------------------------------------------------------
-
-    def put_attestor(self, record: AttestorRecord) -> None:
-        self._db().execute(self.dialect.put_attestor, attestor_params(record))
-
-    def delete_attestor(self, name: str) -> bool:
-        return self._db().execute(self.dialect.delete_attestor, (name,)).rowcount == 1
-
-    def consume_evidence(self, evidence_key: str, expires_at: float) -> bool:
-        params = (evidence_key, expires_at)
-        return self._db().execute(self.dialect.consume_evidence, params).rowcount == 1
-
-    # -- the audit log's Merkle tree and checkpoints ---------------------------------------
-
-    def audit_tree(self) -> AuditTree | None:
-        """The tenant's tree as this transaction sees it (after ``audit_head``: locked)."""
-        row = self._db().execute(self.dialect.audit_tree, ()).fetchone()
-        return None if row is None else tree_from_row(row)
-
-    def audit_hashes(self, after_seq: int, limit: int) -> list[str]:
-        rows = self._db().execute(self.dialect.audit_hashes, (after_seq, limit)).fetchall()
-        return [str(row[0]) for row in rows]
-
-    def append_audit_tree(self, tree: AuditTree, tiles: Sequence[TileAppend]) -> None:
-        """Append to the tiles and record ``tree``. A new tile is inserted, a growing one
-        extended only if it holds exactly ``offset`` hashes: else ``Conflict``."""
-        d = self.dialect
-        conn = self._db()
-        for tile in tiles:
-            if tile.offset == 0:
-                cursor = conn.execute(d.insert_tile, (tile.level, tile.index, tile.hashes))
-            else:
-                params = (tile.hashes, tile.level, tile.index, tile.offset * 32)
-                cursor = conn.execute(d.extend_tile, params)
-            if cursor.rowcount != 1:
-                raise Conflict(
-                    f"audit tile ({tile.level}, {tile.index}) does not hold {tile.offset} hashes"
-                )
-        conn.execute(d.put_audit_tree, (tree.size, tree.root, b"".join(tree.edge)))
-
-    def put_checkpoint(self, record: CheckpointRecord) -> bool:
-        params = (record.kind, record.size, record.note, record.created_at)
-        return self._db().execute(self.dialect.put_checkpoint, params).rowcount == 1
-
-
-def tree_from_row(row: Row) -> AuditTree:
-    size, root, edge = int(row[0]), bytes(row[1]), bytes(row[2])
-    return AuditTree(size, root, tuple(edge[i : i + 32] for i in range(0, len(edge), 32)))
-
 
 
 # -- what the stores share ---------------------------------------------------------------
@@ -362,7 +311,7 @@ class SharedState:
         self.connect_errors = 0  # PostgreSQL: the pool's failed connection attempts, last seen
 
 
-class SQLStore(abc.ABC):
+class SQLStore(ListingReads, abc.ABC):
     """The reads (and ``prune``) whose logic both dialects share.
 
     A subclass sets :attr:`dialect` (the default tenant's), creates ``_shared`` first thing
@@ -569,13 +518,6 @@ class SQLStore(abc.ABC):
         """Events matching every given filter, in seq order after offset/limit, and the count.
 
         Raise ``ValueError`` for a negative limit or offset.
-    def get_attestor(self, name: str) -> AttestorRecord | None:
-        row = self._one(self.dialect.get_attestor, (name,))
-        return None if row is None else attestor_from_row(row)
-
-    def list_attestors(self) -> list[AttestorRecord]:
-        return [attestor_from_row(row) for row in self._all(self.dialect.list_attestors)]
-
         """
         count_sql, count_params, page_sql, page_params = self.dialect.audit_query(query)
         total, rows = self._count_and_page(count_sql, count_params, page_sql, page_params)
