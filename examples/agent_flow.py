@@ -5,6 +5,10 @@ a sub-agent that calls the service too, and release.
     SERVICE_URL=http://127.0.0.1:8001 MCP_URL=http://127.0.0.1:8002/mcp \
     python examples/agent_flow.py
 
+A token is for one resource (RFC 8707): the service's token carries the broker's default
+audience (the service's ``SERVICE_AUDIENCE``), and the MCP server's is minted for its URL
+by a launch token that names it.
+
 Prints one JSON line per step; exits non-zero if a step does not go as expected.
 """
 
@@ -56,6 +60,22 @@ def call_mcp_tool(
     return response.json()["result"]["content"][0]["text"]
 
 
+def call_mcp_status(mcp_url: str, bearer: dict[str, str]) -> int:
+    """The status of an MCP initialize with ``bearer`` (401 for a token of another resource)."""
+    headers = {**bearer, "Accept": "application/json, text/event-stream"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "agent-flow", "version": "1"},
+        },
+    }
+    return httpx.post(mcp_url, json=init, headers=headers, timeout=10).status_code
+
+
 def main() -> None:
     broker = os.environ["TASKLEASE_BROKER_URL"]
     service = os.environ["SERVICE_URL"]
@@ -78,7 +98,17 @@ def main() -> None:
         step("write refused", status=refused.status_code, error=refused.json()["error_code"])
 
         if mcp_url:
-            text = call_mcp_tool(mcp_url, agent.bearer_header, "lookup_ticket", {"ticket_id": "7"})
+            # The service's token is refused there: another resource takes its own token.
+            wrong = call_mcp_status(mcp_url, agent.bearer_header)
+            expect(wrong == 401, f"the service's token at the MCP server: {wrong}")
+            with AdminClient(broker, os.environ["TASKLEASE_ADMIN_SECRET"]) as admin:
+                mcp_launch = admin.create_launch_token("researcher", scope, resource=mcp_url)
+            with Agent.register(
+                broker, mcp_launch["launch_token"], "orch-demo", "task-4711", scope
+            ) as for_mcp:
+                text = call_mcp_tool(
+                    mcp_url, for_mcp.bearer_header, "lookup_ticket", {"ticket_id": "7"}
+                )
             step("called MCP tool", result=text)
 
         with Agent.register(

@@ -4,8 +4,9 @@
     TASKLEASE_CLIENT_SECRET=... MCP_RESOURCE_URL=http://127.0.0.1:8002/mcp PORT=8002 \
     python examples/mcp_server.py
 
-The resource URL is the audience: the broker must list it in its ``audience`` setting,
-and a token minted for any other resource is answered with 401.
+The resource URL is the audience: tokens for it come from a launch token that names it as
+its ``resource`` (RFC 8707), and a token minted for any other resource is answered with
+401.
 """
 
 from __future__ import annotations

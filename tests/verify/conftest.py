@@ -21,7 +21,8 @@ from verify_support import AUDIENCES, Served, serve_app  # noqa: E402
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBroker]:
-    """One broker for the module: tokens carry every configured audience."""
+    """One broker for the module: tokens that name no resource are for svc-a (the first
+    configured audience); the others are accepted at the broker."""
     env = {**SHARED_ENV, "TASKLEASE_AUDIENCE": AUDIENCES}
     running = launch_broker(tmp_path_factory.mktemp("verify-broker"), env)
     yield running

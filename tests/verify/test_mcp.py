@@ -56,7 +56,8 @@ def test_mcp_server_accepts_its_own_audience_and_refuses_another(
     other_resource = f"http://127.0.0.1:{other_port}/mcp"
     other_app, _ = _server(broker, other_resource)  # the broker never mints this audience
     other = serve(other_app, other_port)
-    agent = broker.register(["read:data:42"])
+    # A token is for one resource: this one names the MCP server (RFC 8707).
+    agent = broker.register(["read:data:42"], resource=[MCP_RESOURCE])
     bearer = {**_HEADERS, **agent.bearer}
     with httpx.Client(timeout=10) as client:
         ok = client.post(f"{own.url}/mcp", json=_INITIALIZE, headers=bearer)

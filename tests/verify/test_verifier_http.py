@@ -74,7 +74,7 @@ def test_middleware_accepts_a_valid_token_and_refuses_wrong_scope_and_bad_tokens
 
 
 def test_a_token_for_another_audience_is_refused(broker: RunningBroker, serve: Any) -> None:
-    # The broker issues svc-a, svc-b and the MCP resource: never svc-z.
+    # A token that names no resource is for svc-a, the first configured audience.
     verifier = new_verifier(broker, audience="svc-z")
     service: Served = serve(protected_app(verifier))
     agent = broker.register(["read:data:42"])

@@ -201,9 +201,12 @@ class AdminClient:
         ttl: int | None = None,
         max_uses: int | None = None,
         allow_resume: bool | None = None,
+        resource: str | Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """A launch token (``launch_token``, ``expires_at``, ``max_uses``, ``uses_left``,
-        ``policy``), shown once. ``max_uses`` needs ``single_use=False``."""
+        ``policy``), shown once. ``max_uses`` needs ``single_use=False``. ``resource``
+        (RFC 8707: absolute URIs) names what its agents' tokens may be for: with one, the
+        registration's token is for it alone."""
         body: dict[str, Any] = {
             "agent_name": agent_name,
             "allowed_scope": list(allowed_scope),
@@ -217,6 +220,8 @@ class AdminClient:
             body["max_uses"] = max_uses
         if allow_resume is not None:
             body["allow_resume"] = allow_resume
+        if resource is not None:
+            body["resource"] = resource if isinstance(resource, str) else list(resource)
         return self._json("POST", "/v1/admin/launch-tokens", json=body)
 
     def revoke(self, level: str, target: str) -> dict[str, Any]:

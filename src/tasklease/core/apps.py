@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from tasklease.core.audience import validate_resources
+from tasklease.core.audience import default_audience, validate_resources
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.delegation import principal_ref, validate_principal
@@ -307,7 +307,7 @@ class Apps(Service):
             kind=kind,
             iss=cfg.issuer,
             sub=sub,
-            aud=cfg.audience,
+            aud=default_audience(cfg.audience),
             iat=int(self._kernel.now()),
             ttl=ttl,
             scope=scope,

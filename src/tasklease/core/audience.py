@@ -1,14 +1,19 @@
 """Audience-bound tokens (RFC 8707 resource indicators).
 
-A launch token may name the resources its agent's tokens may be for; a registration may
-name one of them; the token then carries that single resource as its ``aud`` instead of
-the broker's default audience, and every resource server's check (``aud`` contains *my*
-identifier) refuses it everywhere else. Delegation can keep or narrow the audience, never
-widen it: the broker's default audience counts as "not yet restricted", a single
-resource as narrower than that.
+A token is for one resource. A launch token may name the resources its agent's tokens
+may be for; a registration may name one of them; the token then carries that single
+resource as its ``aud``, and every resource server's check (``aud`` contains *my*
+identifier) refuses it everywhere else. A token that names no resource carries the
+broker's default audience: the first configured ``audience`` only, never all of them
+(the others are accepted at the broker, for renaming it). Delegation can keep or narrow
+the audience, never widen it: a token for the broker's audiences only counts as "not
+yet restricted", a single resource as narrower than that. Reaching another resource
+takes a new registration or a token exchange.
 
-Resource values are absolute URIs without a fragment (RFC 8707 section 2) or plain
-identifiers (``mcp-payments``), at most 512 printable ASCII characters without spaces.
+Values are at most 512 printable ASCII characters without spaces: an RFC 8707
+``resource`` is an absolute URI without a fragment (:func:`validate_resource_uri`, at the
+edge, section 2: ``invalid_target`` otherwise); an ``audience`` (RFC 8693 section 2.1) is
+a logical name or a URI.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from tasklease.core.errors import InvalidTarget
 __all__ = [
     "MAX_RESOURCES",
     "choose_audience",
+    "default_audience",
     "narrow_audience",
     "validate_resource",
+    "validate_resource_uri",
     "validate_resources",
 ]
 
@@ -47,6 +54,33 @@ def validate_resource(value: object, *, field: str) -> str | None:
     return value
 
 
+def validate_resource_uri(value: object, *, field: str = "resource") -> None:
+    """RFC 8707 section 2: each ``resource`` value (a string or a list of them) is an
+    absolute URI (RFC 3986 section 4.3: a scheme) without a fragment.
+
+    Raises:
+        InvalidTarget: a value that is not.
+    """
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if item is None:
+            continue
+        if not isinstance(item, str) or not _SCHEME.match(item) or "#" in item:
+            raise InvalidTarget(
+                f"{field} must be an absolute URI without a fragment (RFC 8707); "
+                "a logical name goes in audience"
+            )
+        validate_resource(item, field=field)
+
+
+def default_audience(configured: Sequence[str]) -> tuple[str, ...]:
+    """The ``aud`` of a token that names no resource: the first configured audience.
+
+    One, not all: a token valid at every configured resource would be a token for
+    none in particular (threat TM-39)."""
+    return (configured[0],)
+
+
 def validate_resources(value: object, *, field: str) -> tuple[str, ...]:
     """A list of resources (or one string) for a launch token; ``()`` when absent."""
     if value is None:
@@ -68,15 +102,16 @@ def choose_audience(
     """The ``aud`` of a registration's first token.
 
     Without a resource ceiling on the launch token, a named resource is taken as is and
-    no resource means the broker's default audience. With one, the resource must be in
-    it; a registration that names none gets the only allowed resource, and must choose
-    when there are several (a token names a single resource).
+    no resource means the broker's default audience (its first, :func:`default_audience`).
+    With one, the resource must be in it; a registration that names none gets the only
+    allowed resource, and must choose when there are several (a token names a single
+    resource).
 
     Raises:
         InvalidTarget: the resource is outside the launch token's, or ambiguous.
     """
     if not allowed:
-        return (requested,) if requested is not None else default
+        return (requested,) if requested is not None else default_audience(default)
     if requested is None:
         if len(allowed) == 1:
             return (allowed[0],)
@@ -96,6 +131,8 @@ def narrow_audience(
     """
     if requested is None or current == (requested,):
         return current
-    if tuple(current) == tuple(default) or requested in current:
+    # Not yet restricted: for the broker's own audiences only (tokens minted before the
+    # default became one audience carry all of them).
+    if set(current) <= set(default) or requested in current:
         return (requested,)
     raise InvalidTarget("a delegated token's audience can only narrow the delegator's")

@@ -25,6 +25,7 @@ from dataclasses import replace
 
 from nacl.signing import VerifyKey
 
+from tasklease.core.audience import default_audience
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.errors import (
     Conflict,
@@ -417,7 +418,7 @@ class Operators(Service):
             kind=KIND_ADMIN,
             iss=cfg.issuer,
             sub=sub,
-            aud=cfg.audience,
+            aud=default_audience(cfg.audience),
             iat=iat,
             ttl=clamp_ttl(cfg.admin_token_ttl, cfg.default_ttl, cfg),
             scope=ROLE_SCOPES[record.role],

@@ -22,6 +22,7 @@ import json
 import time
 from dataclasses import replace
 
+from tasklease.core.audience import default_audience
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about, refused, require_agent
 from tasklease.core.errors import Forbidden, InvalidRequest, TaskleaseError, Unauthorized
@@ -268,7 +269,7 @@ class Renewal(Service):
                 Parent(
                     holder=agent_id,
                     scope=agent.scope,
-                    audience=agent.audience or cfg.audience,
+                    audience=agent.audience or default_audience(cfg.audience),
                     principal=session.principal,
                     lineage=(app_ancestor(agent.app_id),) if agent.app_id else (),
                     ceiling=oiat + cfg.renewal_ceiling,
@@ -290,7 +291,7 @@ class Renewal(Service):
             iat=iat,
             sub=agent_id,
             # The registration's resource and holder binding (the caller proved it already).
-            aud=agent.audience or cfg.audience,
+            aud=agent.audience or default_audience(cfg.audience),
             client_id=agent.client_id,
             task_id=agent.task_id,
             orch_id=agent.orch_id,

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tasklease.core.audience import validate_resource_uri
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.errors import InvalidRequest, InvalidTarget, TaskleaseError
 from tasklease.core.tokens import Claims
@@ -96,7 +97,13 @@ async def read_body(request: Request, kind: type[T]) -> T:
 
 
 def one_of(resource: T | None, audience: T | None) -> T | None:
-    """``resource`` and its alias ``audience``: either, or both if they agree (RFC 8707)."""
+    """``resource`` and its alias ``audience``: either, or both if they agree.
+
+    ``resource`` is RFC 8707's: absolute URIs only (``invalid_target`` otherwise);
+    ``audience`` may also be a logical name (RFC 8693 section 2.1).
+    """
+    if resource is not None:
+        validate_resource_uri(resource)
     if resource is not None and audience is not None and resource != audience:
         raise InvalidTarget("resource and audience disagree: send one of them")
     return resource if resource is not None else audience

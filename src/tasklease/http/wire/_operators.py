@@ -172,11 +172,12 @@ class LaunchTokenRequest(Request):
     resource: Annotated[
         _Resources,
         doc(
-            "RFC 8707: the resources (a string or a list of at most 16) its agents' tokens "
-            "may be for; a registration names one of them. Absent: the default audience."
+            "RFC 8707: the resources (absolute URIs; a string or a list of at most 16) its "
+            "agents' tokens may be for; a registration names one of them. Absent: the "
+            "broker's first configured audience."
         ),
     ] = None
-    audience: Annotated[_Resources, doc("Alias of `resource`.")] = None
+    audience: Annotated[_Resources, doc("Alias of `resource`; may be logical names.")] = None
     principal: Annotated[
         _Text,
         doc(

@@ -88,11 +88,18 @@ class RegisterRequest(Request):
     resource: Annotated[
         _Text,
         doc(
-            "RFC 8707: the one resource (absolute URI without fragment, or identifier) the "
-            "token is for; it then carries it as its only `aud`."
+            "RFC 8707: the one resource (an absolute URI without fragment) the token is "
+            "for; it then carries it as its only `aud`. Without it, the launch token's one "
+            "resource, or the broker's first configured audience."
         ),
     ] = None
-    audience: Annotated[_Text, doc("Alias of `resource`; if both are sent they must agree.")] = None
+    audience: Annotated[
+        _Text,
+        doc(
+            "Alias of `resource` that may also be a logical name (RFC 8693 section 2.1); "
+            "if both are sent they must agree."
+        ),
+    ] = None
 
 
 class ValidateRequest(Request):
@@ -125,11 +132,11 @@ class DelegateRequest(Request):
     resource: Annotated[
         _Text,
         doc(
-            "RFC 8707: narrow the audience to this resource (allowed when the caller's token "
-            "has the broker's default audience or already names it)."
+            "RFC 8707: narrow the audience to this resource, an absolute URI (allowed when "
+            "the caller's token has the broker's default audience or already names it)."
         ),
     ] = None
-    audience: Annotated[_Text, doc("Alias of `resource`.")] = None
+    audience: Annotated[_Text, doc("Alias of `resource`; may be a logical name.")] = None
 
 
 class TokenRequest(Request):
