@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tasklease.core.apps import Apps, expires_at_text
+from tasklease.core.attestation import AttestationService
 from tasklease.core.clock import Clock, SystemClock
 from tasklease.core.config import Config
 from tasklease.core.delegating import Delegating
@@ -122,7 +123,9 @@ class Broker:
         self._keys = keys = SigningKeys(kernel, keyring)
         self._freshness = freshness = Freshness(kernel, horizon)
         self._tokens = tokens = TokenCheck(kernel, keys, self.dpop, freshness)
-        self._registration = Registration(kernel, keys, self.nonces, self.dpop)
+        # Workload attestors (core.attestation): evidence in place of a launch token.
+        self.attestation = AttestationService(kernel)
+        self._registration = Registration(kernel, keys, self.nonces, self.dpop, self.attestation)
         self._renewal = Renewal(kernel, keys, self.nonces, self.dpop)
         self._delegating = Delegating(kernel, keys)
         self._revoking = Revoking(kernel, tokens, horizon)
@@ -195,8 +198,11 @@ class Broker:
         requested_scope: object,
         ctx: RequestContext,
         resource: object = None,
+        attestation: object = None,
+        declared: object = None,
     ) -> IssuedToken:
-        """Register an agent instance and issue its first token (:class:`Registration`)."""
+        """Register an agent instance and issue its first token (:class:`Registration`):
+        with a launch token, workload evidence (``attestation``), or both."""
         return self._registration.register(
             launch_token=launch_token,
             nonce=nonce,
@@ -207,6 +213,8 @@ class Broker:
             requested_scope=requested_scope,
             ctx=ctx,
             resource=resource,
+            attestation=attestation,
+            declared=declared,
         )
 
     def prepare_register(
@@ -221,6 +229,8 @@ class Broker:
         requested_scope: object,
         ctx: RequestContext,
         resource: object = None,
+        attestation: object = None,
+        declared: object = None,
     ) -> PendingRegistration:
         """The first half of :meth:`register` for an event loop: checks and signing only."""
         return self._registration.prepare_register(
@@ -233,6 +243,8 @@ class Broker:
             requested_scope=requested_scope,
             ctx=ctx,
             resource=resource,
+            attestation=attestation,
+            declared=declared,
         )
 
     async def complete_register(self, pending: PendingRegistration) -> IssuedToken:

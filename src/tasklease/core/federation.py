@@ -106,6 +106,15 @@ class Federation(Service):
         Raises:
             UntrustedDomain: not federated, no bundle yet, or the bundle is too old.
         """
+        return self._parse(self._trusted(trust_domain, now)).keys
+
+    def trusted_bundle(self, trust_domain: str, now: float) -> str:
+        """The text of ``trust_domain``'s last good bundle, trusted as :meth:`trusted_keys`
+        trusts it: for verifiers of JWT-SVIDs (``core.attestors.jwt_svid``), whose EC and
+        RSA keys :class:`TrustBundle` does not keep. Raises :class:`UntrustedDomain`."""
+        return self._trusted(trust_domain, now).bundle
+
+    def _trusted(self, trust_domain: str, now: float) -> FederationRecord:
         record = self.record(trust_domain)
         if not record.bundle or record.fetched_at is None:
             raise UntrustedDomain(reason=f"no bundle of {trust_domain} fetched yet")

@@ -69,6 +69,7 @@ def mint_granted(
         lineage=issuance.lineage,
         grant=issuance.grant,
         max_exp=issuance.max_exp,
+        attest=issuance.attest,
     )
 
 

@@ -20,9 +20,14 @@ lineage. The invariants (docs/authority.md):
 3. the renewal budget is counted on the lineage and never reset;
 4. scope and audience only narrow (binding: the holder's own, never widened);
 5. the delegate is not already in the chain;
-6. the human principal reaches every descendant;
+6. the human principal reaches every descendant, and so does the attestation (the
+   ``attest`` claim: the facts a workload proved at registration, ``rules.attest``);
 7. a refusal is a problem with a ``denial_id`` and exactly one audit event
    (:meth:`Kernel.deny`).
+
+An attestation is an ancestor like a launch token: its policy's ceiling is a
+:class:`Parent` (``core.attestation``), and a registration with both a launch token and an
+attestation descends from both (:func:`joint_parent`: the narrower of each bound).
 
 Ending a credential ends its descendants: :func:`ending_records` gives the revocation
 entries that release, token-level revocation and a holder's RFC 7009 revocation write.
@@ -35,8 +40,9 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from tasklease.core.audience import choose_audience, narrow_audience
 from tasklease.core.audit import AuditLog
@@ -69,6 +75,7 @@ __all__ = [
     "app_ancestor",
     "check_issuance",
     "ending_records",
+    "joint_parent",
     "new_denial_id",
     "with_denial",
 ]
@@ -140,7 +147,8 @@ class Parent:
     the parent token's own ``exp`` (0 when the parent is not a token), ``ttl`` the
     longest lifetime one token of the lineage may have (launch ``max_ttl``).
     ``resumable`` is false when the registration's launch token switched resumption off
-    (``allow_resume``).
+    (``allow_resume``). ``attest`` is the attestation the lineage carries (the ``attest``
+    claim), handed on unchanged to every descendant.
     """
 
     holder: str
@@ -156,6 +164,7 @@ class Parent:
     jti: str = ""
     token_exp: int = 0
     resumable: bool = True
+    attest: Mapping[str, Any] | None = None
 
     @classmethod
     def of_token(cls, claims: Claims, config: Config) -> Parent:
@@ -177,7 +186,49 @@ class Parent:
             grant=claims.grant_id,
             jti=claims.jti,
             token_exp=claims.exp,
+            attest=_attest_of(claims),
         )
+
+
+def _attest_of(claims: Claims) -> Mapping[str, Any] | None:
+    attest = claims.raw.get("attest")
+    return attest if isinstance(attest, dict) else None
+
+
+def joint_parent(first: Parent, second: Parent) -> Parent:
+    """The parent of a registration that descends from two ancestors at once (a launch
+    token and an attestation): every bound the narrower of the two, the lineage both.
+
+    Scope is the scopes both cover (``rules.scopes.intersect``); resources (audience) the
+    ones both allow, where an empty tuple allows any; the lifetimes the smaller; the
+    principal the first's; the attestation the second's, else the first's.
+
+    Raises:
+        Refusal: both name resources and none is common (no token could be for any).
+    """
+    if first.audience and second.audience:
+        audience = tuple(a for a in first.audience if a in second.audience)
+        if not audience:
+            raise Refusal(
+                InvalidTarget("no resource is allowed by both the launch token and the policy"),
+                f"audience would widen | launch=[{' '.join(first.audience)}] | "
+                f"attested=[{' '.join(second.audience)}]",
+                "audience",
+            )
+    else:
+        audience = first.audience or second.audience
+    return Parent(
+        holder=first.holder,
+        scope=scope_rules.intersect(first.scope, second.scope),
+        audience=audience,
+        principal=first.principal or second.principal,
+        lineage=(*first.lineage, *(a for a in second.lineage if a not in first.lineage)),
+        ceiling=min(first.ceiling, second.ceiling),
+        ttl=min(first.ttl, second.ttl),
+        renewals=max(first.renewals, second.renewals),
+        resumable=first.resumable and second.resumable,
+        attest=second.attest or first.attest,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +243,7 @@ class Issuance:
     principal: str
     scope: tuple[str, ...]
     audience: tuple[str, ...]
+    attest: Mapping[str, Any] | None = None
 
     def ttl(self, iat: int) -> int:
         return self.exp - iat
@@ -345,6 +397,7 @@ def check_issuance(
         principal=parent.principal,
         scope=scope,
         audience=audience,
+        attest=parent.attest,
     )
 
 

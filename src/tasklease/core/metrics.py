@@ -65,6 +65,12 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.attestation_refusals = Counter(
+            "tasklease_attestation_refusals_total",
+            "Registrations whose workload evidence was refused, by kind of refusal.",
+            ["category"],
+            registry=r,
+        )
         self.auth = Counter(
             "tasklease_auth_total", "Admin and app authentications.", ["who", "status"], registry=r
         )

@@ -16,6 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from tasklease.core.attestation import AttestationOutcome, AttestationService, declared_facts
+from tasklease.core.attestors import LAUNCH_TOKEN, AttestationRefused, evidence_hash
+from tasklease.core.attestors.launch_token import refusal as launch_refusal
 from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.delegation import principal_ref
@@ -36,6 +39,7 @@ from tasklease.core.kernel import (
     RequestContext,
     Service,
     app_ancestor,
+    joint_parent,
     new_denial_id,
     with_denial,
 )
@@ -44,7 +48,8 @@ from tasklease.core.liveness import new_session
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import new_agent_id, validate_segment
-from tasklease.core.store import AgentRecord, WriteTx
+from tasklease.core.store import AgentRecord, LaunchTokenRecord, WriteTx
+from tasklease.rules.attest import Attestation
 from tasklease.rules.binding import BindingError, DPoPVerifier
 
 __all__ = ["PendingRegistration", "Registration"]
@@ -97,12 +102,18 @@ class Registration(Service):
     """Challenges and registrations. Thread-safe; one per broker."""
 
     def __init__(
-        self, kernel: Kernel, keys: SigningKeys, nonces: NonceIssuer, dpop: DPoPVerifier
+        self,
+        kernel: Kernel,
+        keys: SigningKeys,
+        nonces: NonceIssuer,
+        dpop: DPoPVerifier,
+        attestation: AttestationService,
     ) -> None:
         super().__init__(kernel)
         self._keys = keys
         self._nonces = nonces
         self._dpop = dpop
+        self._attestation = attestation
 
     def challenge(self) -> tuple[str, int]:
         """A fresh nonce and its lifetime in seconds."""
@@ -120,13 +131,20 @@ class Registration(Service):
         requested_scope: object,
         ctx: RequestContext,
         resource: object = None,
+        attestation: object = None,
+        declared: object = None,
     ) -> IssuedToken:
         """Register an agent instance and issue its first token.
 
         ``resource`` (RFC 8707) names the one resource the token is for; it must be among
-        the launch token's resources when it names any. A registration over mTLS binds
-        the token to the client certificate, one with a DPoP proof (``ctx.dpop``) to the
-        proof's key (``cnf``); delegated tokens for this agent are bound the same way.
+        the launch token's resources when it names any. ``attestation``
+        (``{type, evidence, attestor?}``, ``core.attestation``) registers with workload
+        evidence in place of the launch token or beside it (then the registration descends
+        from both, within both ceilings); ``declared`` is what the agent says of itself
+        (``model``, ``runtime``, ``sdk``), carried apart in the ``attest`` claim. A
+        registration over mTLS binds the token to the client certificate, one with a DPoP
+        proof (``ctx.dpop``) to the proof's key (``cnf``); delegated tokens for this agent
+        are bound the same way.
 
         Nothing is consumed by a request whose own fields are invalid: every field is
         checked first (400), then the launch token and scope ceiling (401/403, nothing
@@ -144,6 +162,8 @@ class Registration(Service):
                 requested_scope,
                 ctx,
                 resource=resource,
+                attestation=attestation,
+                declared=declared,
                 deny=self._kernel.deny,
             )
             try:
@@ -168,6 +188,8 @@ class Registration(Service):
         requested_scope: object,
         ctx: RequestContext,
         resource: object = None,
+        attestation: object = None,
+        declared: object = None,
     ) -> PendingRegistration:
         """The first half of :meth:`register` for an event loop: checks and signing only.
 
@@ -187,6 +209,8 @@ class Registration(Service):
                 requested_scope,
                 ctx,
                 resource=resource,
+                attestation=attestation,
+                declared=declared,
                 deny=_defer_denial,
             )
         except _Refused as refused:
@@ -248,12 +272,17 @@ class Registration(Service):
         ctx: RequestContext,
         *,
         resource: object = None,
+        attestation: object = None,
+        declared: object = None,
         deny: Callable[[TaskleaseError, AuditEntry], Exception],
     ) -> PendingRegistration:
         """Check and sign a registration; ``deny`` audits a refusal (or defers it)."""
         started = time.perf_counter()
         cfg = self._config
-        if not isinstance(launch_token, str) or not launch_token:
+        with_launch = launch_token is not None and launch_token != ""
+        if (with_launch or attestation is None) and (
+            not isinstance(launch_token, str) or not launch_token
+        ):
             raise InvalidRequest("missing required field: launch_token")
         if not isinstance(nonce, str) or not nonce:
             raise InvalidRequest("missing required field: nonce")
@@ -265,7 +294,9 @@ class Registration(Service):
         key = decode_public_key(public_key)
         sig = decode_signature(signature)
         named_resource = validate_resource(resource, field="resource")
+        declaration = declared_facts(declared)
         now = self._kernel.now()
+        iat = int(now)
         base = AuditEntry(
             event_type="registration_failed",
             outcome="denied",
@@ -273,53 +304,34 @@ class Registration(Service):
             orch_id=orch,
             request_id=ctx.request_id,
         )
-        if not LAUNCH_TOKEN_PATTERN.match(launch_token):
-            raise deny(
-                Unauthorized("launch token: launch token not found"),
-                replace(base, detail="launch token malformed"),
-            )
-
-        lt_hash = launch_token_hash(launch_token)
-        record = self._store.get_launch_token(lt_hash)
-        if record is None:
-            raise deny(
-                Unauthorized("launch token: launch token not found"),
-                replace(base, detail=f"launch token not found ({lt_hash[:12]})"),
-            )
-        if now >= record.expires_at:
-            raise deny(
-                Unauthorized("launch token: launch token expired"),
-                replace(base, detail=f"launch token expired ({lt_hash[:12]})"),
-            )
-        if record.uses >= record.max_uses:
-            raise deny(
-                Unauthorized("launch token: launch token already consumed"),
-                replace(
-                    base,
-                    detail=f"launch token already consumed: {record.uses} of "
-                    f"{record.max_uses} uses ({lt_hash[:12]})",
-                ),
-            )
-        iat = int(now)
-        principal = record.principal or (f"app:{record.app_id}" if record.app_id else "admin")
+        record: LaunchTokenRecord | None = None
+        lt_hash = ""
+        parent: Parent | None = None
+        if isinstance(launch_token, str) and launch_token:
+            record, lt_hash, parent = self._launch_parent(launch_token, now, base, deny)
+        attested: AttestationOutcome | None = None
+        if attestation is not None:
+            attested = self._attested(attestation, declaration, iat, base, deny)
+        elif declaration and parent is not None:
+            # A launch token's agent may declare facts too; nothing is attested.
+            claim = Attestation(LAUNCH_TOKEN, declared=declaration)
+            parent = replace(parent, attest=claim.as_json())
         try:
+            if attested is not None:
+                parent = (
+                    attested.parent if parent is None else joint_parent(parent, attested.parent)
+                )
+            if parent is None:  # pragma: no cover - one of the two is required above
+                raise InvalidRequest("missing required field: launch_token")
+            app_id = _app_of(record, attested)
             issuance = self._kernel.check_issuance(
                 "register",
-                Parent(
-                    holder="",
-                    scope=record.allowed_scope,
-                    audience=record.audience,
-                    principal=principal,
-                    lineage=(app_ancestor(record.app_id),) if record.app_id else (),
-                    ceiling=iat + cfg.renewal_ceiling,
-                    ttl=record.max_ttl,
-                    renewals=0,
-                ),
+                parent,
                 holder="",
                 scope=scope,
                 iat=iat,
-                requested_ttl=clamp_ttl(record.max_ttl, cfg.default_ttl, cfg),
-                dead_ancestor=self._kernel.app_standing(record.app_id),
+                requested_ttl=clamp_ttl(parent.ttl, cfg.default_ttl, cfg),
+                dead_ancestor=self._kernel.app_standing(app_id),
                 resource=named_resource,
             )
         except Refusal as refusal:
@@ -330,10 +342,11 @@ class Registration(Service):
                         base,
                         event_type="registration_policy_violation",
                         detail=f"resource refused: {refusal.error.detail} "
-                        f"requested={named_resource} allowed={listed(record.audience)}",
+                        f"requested={named_resource} "
+                        f"allowed={listed(parent.audience if parent else ())}",
                     ),
                 ) from None
-            if refusal.event_type == "attenuation":
+            if refusal.event_type == "attenuation" and parent is not None:
                 self._metrics.scope_rejections.labels("/v1/register").inc()
                 raise deny(
                     refusal.error,
@@ -341,8 +354,14 @@ class Registration(Service):
                         base,
                         event_type="registration_policy_violation",
                         detail=f"scope violation: requested {listed(scope)} exceeds allowed "
-                        f"{listed(record.allowed_scope)}",
+                        f"{listed(parent.scope)}{_attested_suffix(attested)}",
                     ),
+                ) from None
+            if record is None:
+                # The attestor's app was removed, or an ancestor revoked.
+                raise deny(
+                    Unauthorized("attestation refused"),
+                    replace(base, detail=f"{refusal.detail}{_attested_suffix(attested)}"),
                 ) from None
             # The launch token's app was removed: the token is as dead as an unknown one.
             raise deny(
@@ -372,10 +391,11 @@ class Registration(Service):
             raise failure
 
         agent_id = str(new_agent_id(cfg.trust_domain, orch, task))
-        client_id = "admin"
-        if record.app_id:
-            app = self._store.get_app(record.app_id)
-            client_id = app.client_id if app is not None else record.app_id
+        client_id = "admin" if attested is None or record is not None else "attestor"
+        if app_id:
+            app = self._store.get_app(app_id)
+            client_id = app.client_id if app is not None else app_id
+        principal = issuance.principal
         token, claims = mint_granted(
             self._keys.ring,
             cfg,
@@ -396,22 +416,32 @@ class Registration(Service):
             orch_id=orch,
             task_id=task,
             scope=scope,
-            app_id=record.app_id,
+            app_id=app_id,
             client_id=client_id,
             registered_at=now,
             cnf=json.dumps(cnf, separators=(",", ":"), sort_keys=True) if cnf else "",
             audience=audience if audience != cfg.audience else (),
-            token_ttl=record.max_ttl,
-            allow_resume=record.allow_resume,
+            token_ttl=parent.ttl,
+            allow_resume=parent.resumable and (record is None or record.allow_resume),
         )
-        suffix = f" app_id={record.app_id}" if record.app_id else ""
+        suffix = f" app_id={app_id}" if app_id else ""
         suffix += binding_suffix(claims, reference)
+        origin = f" launch_token={lt_hash[:12]}" if record is not None else ""
+        origin += _attested_suffix(attested)
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if not tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew):
                 raise Unauthorized("nonce: nonce already consumed")
-            if not tx.consume_launch_token(lt_hash, now):
+            if record is not None and not tx.consume_launch_token(lt_hash, now):
                 raise Unauthorized("consume launch token: launch token already consumed")
+            if attested is not None:
+                used = attested.attested
+                # Single use within its validity: by a hash, never the evidence itself.
+                if not tx.consume_evidence(used.replay_key, used.valid_until + cfg.clock_skew):
+                    raise Unauthorized(
+                        "attestation refused",
+                        reason=f"evidence already used{_attested_suffix(attested)}",
+                    )
             tx.insert_agent(agent)
             if reference is not None:
                 tx.insert_reference_token(reference)
@@ -422,8 +452,8 @@ class Registration(Service):
                     ids,
                     event_type="agent_registered",
                     detail=f"Agent registered with scope {listed(scope)}{suffix} "
-                    f"principal={principal} principal_ref={principal_ref(principal)} "
-                    f"launch_token={lt_hash[:12]}",
+                    f"principal={principal} principal_ref={principal_ref(principal)}"
+                    f"{origin}",
                     request_id=ctx.request_id,
                 ),
                 replace(
@@ -435,6 +465,72 @@ class Registration(Service):
             ]
 
         return PendingRegistration(unit, IssuedToken(token, claims), base, started)
+
+    def _launch_parent(
+        self,
+        launch_token: str,
+        now: float,
+        base: AuditEntry,
+        deny: Callable[[TaskleaseError, AuditEntry], Exception],
+    ) -> tuple[LaunchTokenRecord, str, Parent]:
+        """The launch token's record, its hash and the parent it makes (nothing consumed).
+
+        Today's registration path (``core.attestors.launch_token``): looked up by hash,
+        unexpired, with a use left; its ceiling the parent's.
+        """
+        if not LAUNCH_TOKEN_PATTERN.match(launch_token):
+            raise deny(
+                Unauthorized("launch token: launch token not found"),
+                replace(base, detail="launch token malformed"),
+            )
+        lt_hash = launch_token_hash(launch_token)
+        record = self._store.get_launch_token(lt_hash)
+        why = launch_refusal(
+            found=record is not None,
+            expired=record is not None and now >= record.expires_at,
+            uses=record.uses if record is not None else 0,
+            max_uses=record.max_uses if record is not None else 1,
+        )
+        if record is None or why:
+            detail = f"{why} ({lt_hash[:12]})"
+            if record is not None and record.uses >= record.max_uses:
+                detail = (
+                    f"launch token already consumed: {record.uses} of {record.max_uses} uses "
+                    f"({lt_hash[:12]})"
+                )
+            raise deny(Unauthorized(f"launch token: {why}"), replace(base, detail=detail))
+        iat = int(now)
+        principal = record.principal or (f"app:{record.app_id}" if record.app_id else "admin")
+        parent = Parent(
+            holder="",
+            scope=record.allowed_scope,
+            audience=record.audience,
+            principal=principal,
+            lineage=(app_ancestor(record.app_id),) if record.app_id else (),
+            ceiling=iat + self._config.renewal_ceiling,
+            ttl=record.max_ttl,
+            renewals=0,
+        )
+        return record, lt_hash, parent
+
+    def _attested(
+        self,
+        attestation: object,
+        declaration: dict[str, str],
+        iat: int,
+        base: AuditEntry,
+        deny: Callable[[TaskleaseError, AuditEntry], Exception],
+    ) -> AttestationOutcome:
+        """The evidence verified and the policy's ceiling (``core.attestation``); a
+        refusal is one generic 401 outward and its precise reason in the audit log."""
+        try:
+            return self._attestation.attest(attestation, declaration, iat=iat)
+        except AttestationRefused as exc:
+            self._metrics.attestation_refusals.labels(exc.category).inc()
+            detail = f"attestation refused ({exc.category}): {exc.reason}"
+            if isinstance(attestation, dict) and isinstance(attestation.get("evidence"), str):
+                detail += f" evidence={evidence_hash(attestation['evidence'])[:12]}"
+            raise deny(Unauthorized("attestation refused"), replace(base, detail=detail)) from None
 
     def _binding(
         self,
@@ -456,3 +552,21 @@ class Registration(Service):
                     replace(base, detail=f"registration DPoP proof refused: {exc.reason}"),
                 ) from None
         return cnf
+
+
+def _app_of(record: LaunchTokenRecord | None, attested: AttestationOutcome | None) -> str:
+    """The app an agent registers under: its launch token's, else its attestor's."""
+    if record is not None:
+        return record.app_id
+    return attested.attestor.app_id if attested is not None else ""
+
+
+def _attested_suffix(attested: AttestationOutcome | None) -> str:
+    """Audit detail: which attestor, subject, rule and evidence (by hash) admitted it."""
+    if attested is None:
+        return ""
+    used = attested.attested
+    return (
+        f" attestor={used.attestor} type={used.type} subject={used.subject} "
+        f"rule={attested.grant.rule} evidence={used.digest}"
+    )

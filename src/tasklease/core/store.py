@@ -23,6 +23,7 @@ __all__ = [
     "AgentRecord",
     "AgentSession",
     "AppRecord",
+    "AttestorRecord",
     "AuditEvent",
     "AuditQuery",
     "DiscoveryBinding",
@@ -232,6 +233,25 @@ class FederationRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AttestorRecord:
+    """A configured workload attestor (``core.attestation``) and its policy.
+
+    ``type`` is an attestor type (``k8s_sat``, ``jwt_svid``, ``oidc``), ``settings`` its
+    configuration and ``policy`` its rules (the claims they match, the scope ceiling, TTL
+    and lifetime they grant), both compact JSON as the operator gave them, checked.
+    ``app_id`` names the app whose agents it registers ("" for the tenant's own).
+    """
+
+    name: str
+    type: str
+    settings: str
+    policy: str
+    app_id: str
+    created_at: float
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
 class PublishedBundle:
     """This broker's own trust bundle as last published (``core.trustbundle``).
 
@@ -417,6 +437,19 @@ class ListQuery:
         """This broker's published bundle, locked until the transaction ends."""
         ...
 
+    def put_attestor(self, record: AttestorRecord) -> None:
+        """Insert or replace the attestor named ``record.name``."""
+        ...
+
+    def delete_attestor(self, name: str) -> bool:
+        """Remove the attestor ``name``; False if there was none."""
+        ...
+
+    def consume_evidence(self, evidence_key: str, expires_at: float) -> bool:
+        """Record attestation evidence (by its key, a hash) as used until ``expires_at``;
+        False if it was used before. Of concurrent callers exactly one wins."""
+        ...
+
     def put_published_bundle(self, bundle: PublishedBundle) -> None:
         """Insert or replace this broker's published bundle."""
         ...
@@ -491,6 +524,12 @@ class Store(Protocol):
 
     def get_published_bundle(self) -> PublishedBundle | None: ...
 
+    def get_attestor(self, name: str) -> AttestorRecord | None: ...
+
+    def list_attestors(self) -> list[AttestorRecord]:
+        """Every attestor, by name."""
+        ...
+
     def audit_head(self) -> tuple[int, str]: ...
 
     def query_audit(self, query: AuditQuery) -> tuple[list[AuditEvent], int]:
@@ -503,7 +542,8 @@ class Store(Protocol):
 
     def prune(self, now: float) -> int:
         """Delete expired revocations, used nonces, launch tokens, by-reference tokens,
-        agent sessions, discovery bindings and leases; return rows removed."""
+        agent sessions, discovery bindings, leases and used attestation evidence; return
+        rows removed."""
         ...
 
     def safe_horizon(self) -> float | None:

@@ -210,6 +210,7 @@ def mint(
     lineage: tuple[str, ...] = (),
     grant: str = "",
     max_exp: int = 0,
+    attest: Mapping[str, Any] | None = None,
 ) -> tuple[str, Claims]:
     """Build, sign and return ``(token, claims)``. ``nbf`` equals ``iat``.
 
@@ -260,6 +261,9 @@ def mint(
             payload["grant"] = grant
         if max_exp:
             payload["max_exp"] = max_exp
+        if attest:
+            # What the lineage's workload proved at registration (rules.attest).
+            payload["attest"] = dict(attest)
     if cnf:
         payload["cnf"] = dict(cnf)
     token = keyring.sign(_encoder.encode(payload), kind)

@@ -41,6 +41,7 @@ __all__ = [
     "FACT_NAME",
     "MAX_FACTS",
     "MAX_FACT_CHARS",
+    "MAX_PATTERN_CHARS",
     "AttestClaimError",
     "Attestation",
     "attestation_of",

@@ -23,6 +23,7 @@ from tasklease.core.store import (
     AgentRecord,
     AgentSession,
     AppRecord,
+    AttestorRecord,
     AuditEvent,
     AuditQuery,
     DiscoveryBinding,
@@ -327,6 +328,29 @@ class _MemoryWriteTx:
         self._check_open()
         return self._store._published.get("")
 
+    # -- attestation (migration 0013) ---------------------------------------------------
+
+    def put_attestor(self, record: AttestorRecord) -> None:
+        self._check_open()
+        self._set(self._store._attestors, record.name, record)
+
+    def delete_attestor(self, name: str) -> bool:
+        self._check_open()
+        table = self._store._attestors
+        if name not in table:
+            return False
+        old = table.pop(name)
+        self._undo.append(lambda: table.__setitem__(name, old))
+        return True
+
+    def consume_evidence(self, evidence_key: str, expires_at: float) -> bool:
+        self._check_open()
+        used = self._store._evidence
+        if evidence_key in used:
+            return False
+        self._set(used, evidence_key, expires_at)
+        return True
+
     def put_published_bundle(self, bundle: PublishedBundle) -> None:
         self._check_open()
         self._set(self._store._published, "", bundle)
@@ -399,6 +423,8 @@ class MemoryStore:
         self._leases: dict[str, tuple[str, float]] = {}
         self._federations: dict[str, FederationRecord] = {}
         self._published: dict[str, PublishedBundle] = {}  # one entry, key ""
+        self._attestors: dict[str, AttestorRecord] = {}
+        self._evidence: dict[str, float] = {}  # used attestation evidence -> expires_at
         self._revocation_seq = 0
         # Audit events in seq order with their parsed timestamps, and the seqs alone
         # for bisect (append_audit refuses a seq that is not after the head).
@@ -581,6 +607,16 @@ class MemoryStore:
             self._check_open()
             return self._published.get("")
 
+    def get_attestor(self, name: str) -> AttestorRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._attestors.get(name)
+
+    def list_attestors(self) -> list[AttestorRecord]:
+        with self._lock:
+            self._check_open()
+            return [self._attestors[name] for name in sorted(self._attestors)]
+
     def get_reference_token(self, token_hash: str) -> ReferenceTokenRecord | None:
         with self._lock:
             self._check_open()
@@ -711,9 +747,10 @@ class MemoryStore:
             for key in [k for k, r in self._revocations.items() if r.expires_at <= now]:
                 del self._revocations[key]
                 removed += 1
-            for key in [k for k, exp in self._nonces.items() if exp <= now]:
-                del self._nonces[key]
-                removed += 1
+            for used in (self._nonces, self._evidence):
+                for key in [k for k, exp in used.items() if exp <= now]:
+                    del used[key]
+                    removed += 1
             for key in [k for k, t in self._launch_tokens.items() if t.expires_at <= now]:
                 del self._launch_tokens[key]
                 removed += 1

@@ -18,6 +18,13 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from tasklease.core.attestors import jwt_svid, k8s_sat, launch_token, oidc
+from tasklease.core.attestors._jwt import (
+    VerifyKey,
+    evidence_hash,
+    keys_from_jwks,
+    parse_jwks,
+    unverified_claims,
+)
 from tasklease.core.attestors.base import (
     AttestationRefused,
     Attested,
@@ -38,6 +45,11 @@ __all__ = [
     "Keys",
     "SettingsError",
     "VerifyContext",
+    "VerifyKey",
+    "evidence_hash",
+    "keys_from_jwks",
+    "parse_jwks",
+    "unverified_claims",
 ]
 
 ATTESTORS: Mapping[str, Attestor] = MappingProxyType(

@@ -12,6 +12,7 @@ from tasklease.core.store import (
     AgentRecord,
     AgentSession,
     AppRecord,
+    AttestorRecord,
     AuditEvent,
     AuditQuery,
     DiscoveryBinding,
@@ -33,6 +34,8 @@ __all__ = [
     "SELECT_REVOCATION",
     "Dialect",
     "Row",
+    "attestor_from_row",
+    "attestor_params",
     "audit_rows",
     "binding_from_row",
     "check_tenant_id",
@@ -283,6 +286,16 @@ class Dialect:
         )
         self.insert_reference = q(
             f"{insert('reference_tokens', _REFERENCE)} ON CONFLICT DO NOTHING"
+        )
+        # attestation (core.attestation; migration 0013): attestors, used evidence
+        select_attestor = f"SELECT {_ATTESTOR} FROM attestors WHERE {t}"
+        self.get_attestor = q(f"{select_attestor} AND name = ?")
+        self.list_attestors = f"{select_attestor} ORDER BY name"
+        self.put_attestor = q(upsert("attestors", _ATTESTOR))
+        self.delete_attestor = q(f"DELETE FROM attestors WHERE {t} AND name = ?")
+        self.consume_evidence = q(
+            f"{insert('attestation_evidence', 'evidence_key, expires_at')}"
+            " ON CONFLICT (tenant_id, evidence_key) DO NOTHING"
         )
         self.insert_audit = q(insert("audit_events", _AUDIT_STORED))
         # revocations (the dialects' own upserts use these pieces)
@@ -551,6 +564,31 @@ class Dialect:
             record.revocation_feed,
             record.feed_credentials_file,
         )
+
+
+def attestor_from_row(row: Row) -> AttestorRecord:
+    name, kind, settings, policy, app_id, created_at, created_by = row
+    return AttestorRecord(
+        name=name,
+        type=kind,
+        settings=settings,
+        policy=policy,
+        app_id=app_id,
+        created_at=float(created_at),
+        created_by=created_by,
+    )
+
+
+def attestor_params(record: AttestorRecord) -> tuple[object, ...]:
+    return (
+        record.name,
+        record.type,
+        record.settings,
+        record.policy,
+        record.app_id,
+        record.created_at,
+        record.created_by,
+    )
 
 
 def published_bundle_from_row(row: Row) -> PublishedBundle:

@@ -13,6 +13,7 @@ from tasklease.core.store import (
     AgentRecord,
     AgentSession,
     AppRecord,
+    AttestorRecord,
     AuditEvent,
     AuditQuery,
     DiscoveryBinding,
@@ -27,6 +28,8 @@ from tasklease.core.store import (
 from tasklease.storage._sql.dialect import (
     Dialect,
     Row,
+    attestor_from_row,
+    attestor_params,
     binding_from_row,
     published_bundle_from_row,
     reference_from_row,
@@ -292,6 +295,55 @@ class SQLWriteTx(Generic[_C]):
         params = (bundle.sequence, bundle.kids, bundle.bundle, bundle.updated_at)
         self._db().execute(self.dialect.put_published_bundle, params)
 
+    # -- attestation (migration 0013) ------------------------------------------------------
+
+    def put_attestor(self, record: AttestorRecord) -> None:
+        self._db().execute(self.dialect.put_attestor, attestor_params(record))
+
+    def delete_attestor(self, name: str) -> bool:
+        return self._db().execute(self.dialect.delete_attestor, (name,)).rowcount == 1
+
+    def consume_evidence(self, evidence_key: str, expires_at: float) -> bool:
+        params = (evidence_key, expires_at)
+        return self._db().execute(self.dialect.consume_evidence, params).rowcount == 1
+
+    # -- the audit log's Merkle tree and checkpoints ---------------------------------------
+
+    def audit_tree(self) -> AuditTree | None:
+        """The tenant's tree as this transaction sees it (after ``audit_head``: locked)."""
+        row = self._db().execute(self.dialect.audit_tree, ()).fetchone()
+        return None if row is None else tree_from_row(row)
+
+    def audit_hashes(self, after_seq: int, limit: int) -> list[str]:
+        rows = self._db().execute(self.dialect.audit_hashes, (after_seq, limit)).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def append_audit_tree(self, tree: AuditTree, tiles: Sequence[TileAppend]) -> None:
+        """Append to the tiles and record ``tree``. A new tile is inserted, a growing one
+        extended only if it holds exactly ``offset`` hashes: else ``Conflict``."""
+        d = self.dialect
+        conn = self._db()
+        for tile in tiles:
+            if tile.offset == 0:
+                cursor = conn.execute(d.insert_tile, (tile.level, tile.index, tile.hashes))
+            else:
+                params = (tile.hashes, tile.level, tile.index, tile.offset * 32)
+                cursor = conn.execute(d.extend_tile, params)
+            if cursor.rowcount != 1:
+                raise Conflict(
+                    f"audit tile ({tile.level}, {tile.index}) does not hold {tile.offset} hashes"
+                )
+        conn.execute(d.put_audit_tree, (tree.size, tree.root, b"".join(tree.edge)))
+
+    def put_checkpoint(self, record: CheckpointRecord) -> bool:
+        params = (record.kind, record.size, record.note, record.created_at)
+        return self._db().execute(self.dialect.put_checkpoint, params).rowcount == 1
+
+
+def tree_from_row(row: Row) -> AuditTree:
+    size, root, edge = int(row[0]), bytes(row[1]), bytes(row[2])
+    return AuditTree(size, root, tuple(edge[i : i + 32] for i in range(0, len(edge), 32)))
+
 
 def _again(error: Unavailable) -> Unavailable:
     """A fresh exception saying what ``error`` says (one instance is raised only once)."""
@@ -513,6 +565,13 @@ class SQLStore(ListingReads, abc.ABC):
     def get_published_bundle(self) -> PublishedBundle | None:
         row = self._one(self.dialect.get_published_bundle, ())
         return None if row is None else published_bundle_from_row(row)
+
+    def get_attestor(self, name: str) -> AttestorRecord | None:
+        row = self._one(self.dialect.get_attestor, (name,))
+        return None if row is None else attestor_from_row(row)
+
+    def list_attestors(self) -> list[AttestorRecord]:
+        return [attestor_from_row(row) for row in self._all(self.dialect.list_attestors)]
 
     def query_audit(self, query: AuditQuery) -> tuple[list[AuditEvent], int]:
         """Events matching every given filter, in seq order after offset/limit, and the count.

@@ -1,0 +1,168 @@
+"""Registration with workload evidence, in process: the kernel's ceiling, the lineage,
+the attest claim, replay, and every refusal audited once with its denial id."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from core_support import CTX, ISSUER, START, admin, audit_detail, make_broker, register
+from issuers import SigningKey, k8s_claims, mint
+
+from tasklease.core.errors import InvalidRequest, ScopeViolation, TaskleaseError, Unauthorized
+
+K8S_ISS = "https://kubernetes.default.svc.cluster.local"
+POLICY = [
+    {
+        "match": {"namespace": "billing", "service_account": "agent-runner"},
+        "scope": ["read:invoices:*"],
+        "ttl": 120,
+        "lifetime": 900,
+    },
+    {"match": {"namespace": "ops"}, "scope": ["read:metrics:*"]},
+]
+
+
+def configured(**settings: Any) -> tuple[Any, SigningKey]:
+    broker = make_broker()
+    key = SigningKey.generate("RS256")
+    raw = {"issuer": K8S_ISS, "jwks": json.dumps({"keys": [key.jwk()]}), **settings}
+    broker.attestation.add(
+        admin(broker), name="prod", type="k8s_sat", settings=raw, policy=POLICY, ctx=CTX
+    )
+    return broker, key
+
+
+def evidence(key: SigningKey, **claims: Any) -> dict[str, str]:
+    now = claims.pop("now", START)
+    token = mint(key, {**k8s_claims(K8S_ISS, ISSUER, now, **claims)})
+    return {"type": "k8s_sat", "evidence": token}
+
+
+def refusal(call: Any) -> TaskleaseError:
+    with pytest.raises(TaskleaseError) as info:
+        call()
+    return info.value
+
+
+def test_an_agent_registers_with_evidence_and_no_launch_token() -> None:
+    broker, key = configured()
+    issued = register(
+        broker,
+        ["read:invoices:42"],
+        attestation=evidence(key),
+        declared={"model": "acme/gpt/7", "sdk": "tasklease-python/0.1"},
+    )
+    claims = issued.claims
+    assert claims.scope == ("read:invoices:42",)
+    assert claims.exp - claims.iat == 120  # the rule's ttl, not the broker's default
+    assert claims.max_exp == int(START) + 900  # the rule's lifetime ceiling
+    attest = claims.raw["attest"]
+    assert attest["type"] == "k8s_sat" and attest["attestor"] == "prod"
+    assert attest["sub"] == "system:serviceaccount:billing:agent-runner"
+    assert attest["facts"]["namespace"] == "billing"
+    assert attest["declared"] == {"model": "acme/gpt/7", "sdk": "tasklease-python/0.1"}
+    assert "model" not in attest["facts"]
+    assert claims.lineage == ("attest:k8s_sat:prod:system:serviceaccount:billing:agent-runner",)
+    assert claims.principal == "attestor:prod"
+    # Renewal and delegation keep the attestation.
+    renewed = broker.renew(claims, CTX)
+    assert renewed.claims.raw["attest"] == attest
+    assert renewed.claims.max_exp == claims.max_exp
+
+
+def test_the_policy_ceiling_holds_in_the_issuance_check() -> None:
+    broker, key = configured()
+    error = refusal(lambda: register(broker, ["write:invoices:42"], attestation=evidence(key)))
+    assert isinstance(error, ScopeViolation) and error.denial_id
+    assert len(audit_detail(broker, error.denial_id)) == 1
+    # Another namespace earns the other rule; a namespace no rule names earns nothing.
+    ops = register(broker, ["read:metrics:cpu"], attestation=evidence(key, namespace="ops"))
+    assert ops.claims.scope == ("read:metrics:cpu",)
+    error = refusal(
+        lambda: register(broker, ["read:metrics:cpu"], attestation=evidence(key, namespace="dev"))
+    )
+    assert isinstance(error, Unauthorized) and error.denial_id
+    [detail] = audit_detail(broker, error.denial_id)
+    assert "(policy)" in detail and "evidence=" in detail
+
+
+def test_evidence_is_single_use_and_never_stored_in_clear() -> None:
+    broker, key = configured()
+    used = evidence(key)
+    register(broker, ["read:invoices:1"], attestation=used)
+    error = refusal(lambda: register(broker, ["read:invoices:1"], attestation=used, task="t2"))
+    assert isinstance(error, Unauthorized) and error.denial_id
+    [detail] = audit_detail(broker, error.denial_id)
+    assert "evidence already used" in detail
+    store = broker.store
+    assert used["evidence"] not in repr(vars(store))
+    events, _ = broker.audit_events(
+        __import__("tasklease.core.store", fromlist=["x"]).AuditQuery(limit=1000)
+    )
+    assert all(used["evidence"] not in e.detail for e in events)
+
+
+def test_refusals_each_carry_a_denial_id_and_one_audit_event() -> None:
+    broker, key = configured()
+    other = SigningKey.generate("RS256")
+    cases = {
+        "audience": evidence(key)
+        | {"evidence": mint(key, k8s_claims(K8S_ISS, "https://other", START))},
+        "expired": evidence(key, now=START - 601),
+        "key": {"type": "k8s_sat", "evidence": mint(other, k8s_claims(K8S_ISS, ISSUER, START))},
+        "not_configured": {
+            "type": "k8s_sat",
+            "evidence": mint(key, k8s_claims("https://elsewhere", ISSUER, START)),
+        },
+        "not_configured ": {
+            "type": "oidc",
+            "evidence": mint(key, k8s_claims(K8S_ISS, ISSUER, START)),
+        },
+    }
+    for category, attestation in cases.items():
+        error = refusal(lambda a=attestation: register(broker, ["read:invoices:1"], attestation=a))
+        assert isinstance(error, Unauthorized), category
+        assert error.detail == "attestation refused"
+        [detail] = audit_detail(broker, error.denial_id or "?")
+        assert f"({category.strip()})" in detail, detail
+
+
+def test_a_malformed_attestation_is_a_bad_request() -> None:
+    broker, _key = configured()
+    for bad in ({"type": "k8s_sat"}, {"type": "magic", "evidence": "x"}, "text"):
+        with pytest.raises(InvalidRequest):
+            register(broker, ["read:invoices:1"], attestation=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest):
+        register(broker, ["read:invoices:1"], attestation=evidence(_key), declared={"ceo": "yes"})
+
+
+def test_launch_token_and_evidence_together_are_bounded_by_both() -> None:
+    broker, key = configured()
+    claims = admin(broker)
+    token = broker.create_launch_token(
+        claims,
+        agent_name="a",
+        allowed_scope=["read:invoices:7", "read:users:1"],
+        max_ttl=300,
+        single_use=True,
+        ttl=300,
+        ctx=CTX,
+    )[0]
+    issued = register(broker, ["read:invoices:7"], launch_token=token, attestation=evidence(key))
+    assert issued.claims.raw["attest"]["type"] == "k8s_sat"
+    assert issued.claims.exp - issued.claims.iat == 120
+    token = broker.create_launch_token(
+        claims,
+        agent_name="b",
+        allowed_scope=["read:users:1"],
+        max_ttl=300,
+        single_use=True,
+        ttl=300,
+        ctx=CTX,
+    )[0]
+    error = refusal(
+        lambda: register(broker, ["read:users:1"], launch_token=token, attestation=evidence(key))
+    )
+    assert isinstance(error, ScopeViolation)  # the launch token allows it; the policy does not
