@@ -31,6 +31,7 @@ from tasklease.core.freshness import Freshness
 from tasklease.core.handshake import Handshakes
 from tasklease.core.horizon import SafeHorizon
 from tasklease.core.identity import NonceIssuer
+from tasklease.core.inventory import Inventory
 from tasklease.core.kernel import IssuedToken, Kernel, RequestContext
 from tasklease.core.keys import KeyRing
 from tasklease.core.liveness import Liveness
@@ -56,10 +57,10 @@ from tasklease.core.store import (
     OperatorRecord,
     RevocationRecord,
     Store,
-)
     TenantRecord,
-from tasklease.core.tokencheck import ALL_KINDS, OPERATOR_KINDS, TokenCheck
+)
 from tasklease.core.tenants import Tenants
+from tasklease.core.tokencheck import ALL_KINDS, OPERATOR_KINDS, TokenCheck
 from tasklease.core.tokens import Claims
 from tasklease.core.trustbundle import TrustBundles
 from tasklease.core.validation import Validator
@@ -99,9 +100,9 @@ class Broker:
         clock: Clock | None = None,
         metrics: Metrics | None = None,
         nonce_secret: bytes | None = None,
+        nonce_issuer: NonceIssuer | None = None,
         monotonic: Callable[[], float] | None = None,
     ) -> None:
-        nonce_issuer: NonceIssuer | None = None,
         self.config = config
         self.store = store
         self.clock = clock or SystemClock()
@@ -131,12 +132,14 @@ class Broker:
         self._revoking = Revoking(kernel, tokens, horizon)
         self._apps = Apps(kernel, keys)
         self._operators = Operators(kernel, keys, self.nonces)
+        self._tenants = Tenants(kernel)
         self._liveness = Liveness(kernel)
         self._handshakes = Handshakes(kernel, keys)
-        self._tenants = Tenants(kernel)
         self._discovery = Discovery(kernel)
         # Federated trust domains (core.federation): records, bundles, trusted keys.
         self.federation = Federation(kernel)
+        # What operators see (core.inventory): listings, trees, tasks; read-only.
+        self.inventory = Inventory(kernel)
         self._exchange = Exchange(kernel, keys, tokens, self.federation)
         self._peer_feeds = PeerFeeds(kernel)
         self._trust_bundles = TrustBundles(kernel, keys, monotonic=elapsed)
@@ -394,18 +397,6 @@ class Broker:
         """Follow the store's change notifications, if it offers them; return a stopper."""
         return self._freshness.watch()
 
-    # --- admin, apps and launch tokens (core.apps) ---------------------------------------
-
-    def admin_auth(self, secret: object, ctx: RequestContext) -> IssuedToken:
-        """An admin token for the admin secret."""
-        return self._apps.admin_auth(secret, ctx)
-
-    def register_app(
-        self,
-        claims: Claims,
-        *,
-        name: object,
-        scopes: object,
     # --- tenants (core.tenants; served by the default tenant's broker) ---------------------
 
     @property
@@ -434,6 +425,18 @@ class Broker:
         """This (new) tenant's first operator, ``admin``, and its secret (shown once)."""
         return self._operators.add_first_admin(by, ctx)
 
+    # --- admin, apps and launch tokens (core.apps) ---------------------------------------
+
+    def admin_auth(self, secret: object, ctx: RequestContext) -> IssuedToken:
+        """An admin token for the admin secret."""
+        return self._apps.admin_auth(secret, ctx)
+
+    def register_app(
+        self,
+        claims: Claims,
+        *,
+        name: object,
+        scopes: object,
         token_ttl: object,
         ctx: RequestContext,
     ) -> tuple[AppRecord, str]:

@@ -26,19 +26,39 @@ __all__ = [
     "AttestorRecord",
     "AuditEvent",
     "AuditQuery",
+    "AuditTree",
+    "CheckpointRecord",
     "DiscoveryBinding",
     "FederationRecord",
     "LaunchTokenRecord",
+    "ListQuery",
     "OperatorRecord",
     "PublishedBundle",
     "ReferenceTokenRecord",
-    "ListQuery",
     "RevocationRecord",
     "Store",
     "StoreWatch",
+    "TileAppend",
+    "TenantRecord",
     "WatchableStore",
     "WriteTx",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    """A tenant other than the default one: its own trust domain, keys, apps and audit.
+
+    Tenants are never deleted: a removed one keeps its row (``status`` "removed"), so its
+    name and trust domain are never given to another and its audit chain stays readable.
+    """
+
+    name: str  # the tenant id: in URLs (/t/<name>) and on each of its rows
+    trust_domain: str
+    status: str  # "active" | "removed"
+    created_at: float
+    created_by: str
+    removed_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +288,13 @@ class PublishedBundle:
 
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
-    """One stored audit event; ``hash`` chains it to ``prev_hash`` (see ``core.audit``)."""
+    """One stored audit event; ``hash`` chains it to ``prev_hash`` (see ``core.audit``).
+
+    ``version`` is the format its hash was computed in (``rules.auditchain``): 1 for
+    events written before lineage was recorded, 2 since, whose hash also covers
+    ``tenant``, ``app_id``, ``principal`` and ``chain_root``. Leaf ``index`` of the
+    tenant's Merkle tree is this event.
+    """
 
     seq: int
     timestamp: str  # RFC 3339 UTC
@@ -284,10 +310,20 @@ class AuditEvent:
     request_id: str
     prev_hash: str
     hash: str
+    tenant: str = "default"
+    app_id: str = ""
+    principal: str = ""
+    chain_root: str = ""
+    version: int = 1
 
     @property
     def id(self) -> str:
         return f"evt-{self.seq:06d}"
+
+    @property
+    def index(self) -> int:
+        """Its leaf index in the tenant's Merkle tree (``seq - 1``)."""
+        return self.seq - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,62 +336,6 @@ class AuditQuery:
     until: float | None = None  # Unix seconds, inclusive
     limit: int = 100
     offset: int = 0
-
-
-class WriteTx(Protocol):
-    """Writes inside one transaction."""
-
-    def savepoint(self) -> AbstractContextManager[None]:
-        """Undo this block's writes if it raises; the transaction goes on."""
-        ...
-
-    def insert_app(self, app: AppRecord) -> None:
-        """Raise ``core.errors.Conflict`` if the name or client_id is taken."""
-        ...
-
-    def update_app(self, app: AppRecord) -> None: ...
-
-    def insert_operator(self, operator: OperatorRecord) -> None:
-        """Raise ``core.errors.Conflict`` if the name is taken (by a removed one too)."""
-        ...
-
-    def update_operator(self, operator: OperatorRecord) -> None:
-        """Replace the operator named ``operator.name``; raise ``NotFound`` if none."""
-        ...
-
-    def insert_launch_token(self, record: LaunchTokenRecord) -> None: ...
-
-    def consume_launch_token(self, token_hash: str, now: float) -> bool:
-        """Atomically take one use of a launch token.
-
-        True iff it existed, was unexpired at ``now`` and had a use left; the use is
-        counted (``uses``), and taking the last one sets ``consumed_at`` to ``now``. Of
-        any number of concurrent callers, exactly as many win as it had uses left.
-        """
-        ...
-
-    def consume_nonce(self, nonce_hash: str, expires_at: float) -> bool:
-        """Record a nonce as used; False if it was used before."""
-        ...
-
-    def insert_agent(self, agent: AgentRecord) -> None: ...
-
-    def set_agent_status(self, agent_id: str, status: str) -> None: ...
-
-    def insert_revocation(self, record: RevocationRecord) -> bool:
-        """Store a revocation; False (and nothing written) if (level, target) is present.
-
-        A present entry whose ``expires_at`` is earlier is extended to the new values.
-        """
-        ...
-
-    def get_agent_session(self, agent_id: str) -> AgentSession | None:
-        """The session as this transaction sees it (read under its write lock)."""
-        ...
-
-    def put_agent_session(self, session: AgentSession) -> None:
-        """Insert or replace the session of ``session.agent_id``."""
-        ...
     principal: str | None = None  # the human principal (lineage, format v2 events)
 
 
@@ -404,6 +384,78 @@ class ListQuery:
     level: str | None = None  # revocations
     after: tuple[float, str] | None = None
     limit: int = 100
+
+
+class WriteTx(Protocol):
+    """Writes inside one transaction, to the rows of the store's tenant."""
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """Undo this block's writes if it raises; the transaction goes on."""
+        ...
+
+    def insert_tenant(self, tenant: TenantRecord) -> None:
+        """Record a new tenant (the registry is shared by every tenant's store).
+
+        Raise ``core.errors.Conflict`` if its name or trust domain is already recorded.
+        """
+        ...
+
+    def update_tenant(self, tenant: TenantRecord) -> None:
+        """Replace the tenant named ``tenant.name``; raise ``NotFound`` if there is none."""
+        ...
+
+    def insert_app(self, app: AppRecord) -> None:
+        """Raise ``core.errors.Conflict`` if the name or client_id is taken."""
+        ...
+
+    def update_app(self, app: AppRecord) -> None: ...
+
+    def insert_operator(self, operator: OperatorRecord) -> None:
+        """Raise ``core.errors.Conflict`` if the name is taken (by a removed one too)."""
+        ...
+
+    def update_operator(self, operator: OperatorRecord) -> None:
+        """Replace the operator named ``operator.name``; raise ``NotFound`` if none."""
+        ...
+
+    def insert_launch_token(self, record: LaunchTokenRecord) -> None: ...
+
+    def consume_launch_token(self, token_hash: str, now: float) -> bool:
+        """Atomically take one use of a launch token.
+
+        True iff it existed, was unexpired at ``now`` and had a use left; the use is
+        counted (``uses``), and taking the last one sets ``consumed_at`` to ``now``. Of
+        any number of concurrent callers, exactly as many win as it had uses left.
+        """
+        ...
+
+    def consume_nonce(self, nonce_hash: str, expires_at: float) -> bool:
+        """Record a nonce as used; False if it was used before."""
+        ...
+
+    def consume_dpop_proof(self, proof_hash: str, expires_at: float) -> bool:
+        """Record a DPoP proof (its key's hash) as used until ``expires_at``; False if it
+        was used before: by any worker or replica sharing the store (RFC 9449 11.1)."""
+        ...
+
+    def insert_agent(self, agent: AgentRecord) -> None: ...
+
+    def set_agent_status(self, agent_id: str, status: str) -> None: ...
+
+    def insert_revocation(self, record: RevocationRecord) -> bool:
+        """Store a revocation; False (and nothing written) if (level, target) is present.
+
+        A present entry whose ``expires_at`` is earlier is extended to the new values.
+        """
+        ...
+
+    def get_agent_session(self, agent_id: str) -> AgentSession | None:
+        """The session as this transaction sees it (read under its write lock)."""
+        ...
+
+    def put_agent_session(self, session: AgentSession) -> None:
+        """Insert or replace the session of ``session.agent_id``."""
+        ...
 
     def acquire_lease(self, name: str, holder: str, now: float, expires_at: float) -> bool:
         """Take or extend the named lease; True iff it was free, expired or ours.
@@ -460,13 +512,57 @@ class ListQuery:
 
     def append_audit(self, events: Sequence[AuditEvent]) -> None: ...
 
+    def audit_tree(self) -> AuditTree | None:
+        """The tenant's Merkle tree as this transaction sees it (None before its first
+        leaf); read after :meth:`audit_head`, under the same lock."""
+        ...
+
+    def audit_hashes(self, after_seq: int, limit: int) -> list[str]:
+        """The hashes of at most ``limit`` events with ``seq > after_seq``, in seq order."""
+        ...
+
+    def append_audit_tree(self, tree: AuditTree, tiles: Sequence[TileAppend]) -> None:
+        """Append to the tiles and record ``tree`` as the tenant's tree.
+
+        Raise ``Conflict`` if a tile does not hold exactly ``offset`` hashes: the tree on
+        record is not the one the append extends.
+        """
+        ...
+
+    def put_checkpoint(self, record: CheckpointRecord) -> bool:
+        """Keep ``record`` as the latest of its kind unless a larger one is kept; True if
+        it was stored."""
+        ...
+
 
 class Store(Protocol):
-    """Durable state. Reads may run concurrently from many threads."""
+    """Durable state of one tenant. Reads may run concurrently from many threads.
+
+    Every read and write is limited to the rows of :attr:`tenant`; a store opened on a
+    database is the default tenant's, and :meth:`for_tenant` gives another tenant's
+    view of the same database (sharing its connections; closing one closes all).
+    """
 
     # True when a read is served on this machine (a file or memory) in microseconds, so
     # an event loop may read inline; False when a read is a network round trip.
     local_reads: bool
+
+    @property
+    def tenant(self) -> str:
+        """The tenant whose rows this store reads and writes."""
+        ...
+
+    def for_tenant(self, tenant: str) -> Store:
+        """This database limited to ``tenant``'s rows; ``ValueError`` for a bad tenant id."""
+        ...
+
+    def get_tenant(self, name: str) -> TenantRecord | None:
+        """The tenant registry's record of ``name`` (whichever tenant's store is asked)."""
+        ...
+
+    def list_tenants(self) -> list[TenantRecord]:
+        """Every recorded tenant, removed ones too, by name."""
+        ...
 
     def write(self) -> AbstractContextManager[WriteTx]: ...
 
@@ -516,6 +612,32 @@ class Store(Protocol):
         """The by-reference token with this hash, expired or not (the caller checks)."""
         ...
 
+    # -- operators' listings (core.inventory): newest first, keyset-paged ----------------
+
+    def list_agents(self, query: ListQuery) -> list[tuple[AgentRecord, AgentSession | None]]:
+        """Registered agents, each with its session if it still has one, newest first:
+        by ``(registered_at, agent_id)`` descending, after ``query.after``. Filters:
+        ``app_id``, ``task_id``, ``principal`` (the session's)."""
+        ...
+
+    def list_launch_tokens(self, query: ListQuery, now: float) -> list[LaunchTokenRecord]:
+        """Outstanding launch tokens (a use left, unexpired at ``now``), newest first: by
+        ``(created_at, token_hash)`` descending, after ``query.after``. Filters:
+        ``app_id``, ``principal``."""
+        ...
+
+    def list_revocations(self, query: ListQuery) -> list[RevocationRecord]:
+        """Stored revocation entries, newest first: by ``seq`` descending, below
+        ``query.after[0]``. Filter: ``level``."""
+        ...
+
+    def audit_mentioning(
+        self, text: str, event_types: Sequence[str], limit: int
+    ) -> list[AuditEvent]:
+        """Events of the given types whose detail holds ``text`` (letters, digits, ``=``
+        and ``_`` only), in ``seq`` order, at most ``limit``: a scan of those types."""
+        ...
+
     def get_federation(self, trust_domain: str) -> FederationRecord | None: ...
 
     def list_federations(self) -> list[FederationRecord]:
@@ -540,8 +662,20 @@ class Store(Protocol):
         """Every event with ``seq > after_seq`` in ``seq`` order, fetched in batches."""
         ...
 
+    def audit_tree(self) -> AuditTree | None:
+        """The tenant's Merkle tree as last committed (None before its first leaf)."""
+        ...
+
+    def audit_tiles(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """The tiles named ``(level, index)`` that exist, each its hashes concatenated."""
+        ...
+
+    def get_checkpoint(self, kind: str) -> CheckpointRecord | None:
+        """The latest checkpoint of ``kind`` (``signed`` or ``final``), or None."""
+        ...
+
     def prune(self, now: float) -> int:
-        """Delete expired revocations, used nonces, launch tokens, by-reference tokens,
+        """Delete expired revocations, used nonces and DPoP proofs, launch tokens, by-reference tokens,
         agent sessions, discovery bindings, leases and used attestation evidence; return
         rows removed."""
         ...
@@ -591,29 +725,3 @@ class WatchableStore(Protocol):
         from ``on_change`` is logged and the watch goes on.
         """
         ...
-    # -- operators' listings (core.inventory): newest first, keyset-paged ----------------
-
-    def list_agents(self, query: ListQuery) -> list[tuple[AgentRecord, AgentSession | None]]:
-        """Registered agents, each with its session if it still has one, newest first:
-        by ``(registered_at, agent_id)`` descending, after ``query.after``. Filters:
-        ``app_id``, ``task_id``, ``principal`` (the session's)."""
-        ...
-
-    def list_launch_tokens(self, query: ListQuery, now: float) -> list[LaunchTokenRecord]:
-        """Outstanding launch tokens (a use left, unexpired at ``now``), newest first: by
-        ``(created_at, token_hash)`` descending, after ``query.after``. Filters:
-        ``app_id``, ``principal``."""
-        ...
-
-    def list_revocations(self, query: ListQuery) -> list[RevocationRecord]:
-        """Stored revocation entries, newest first: by ``seq`` descending, below
-        ``query.after[0]``. Filter: ``level``."""
-        ...
-
-    def audit_mentioning(
-        self, text: str, event_types: Sequence[str], limit: int
-    ) -> list[AuditEvent]:
-        """Events of the given types whose detail holds ``text`` (letters, digits, ``=``
-        and ``_`` only), in ``seq`` order, at most ``limit``: a scan of those types."""
-        ...
-
