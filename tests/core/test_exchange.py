@@ -397,3 +397,21 @@ def test_local_part_finds_our_own_ids_through_any_number_of_bridges() -> None:
     assert local_part("fed:a:fed:b", "b") == ""
     assert local_part("fed:a:x", "b") is None
     assert local_part("app:fed:b:x", "b") is None
+
+
+def test_a_feed_credential_is_named_never_a_path(b: Broker, kit: Any) -> None:
+    """The admin API names a file in the tenant's credentials directory, never a path:
+    it cannot make the broker read another file (another tenant's credentials)."""
+    common: dict[str, Any] = {
+        "trust_domain": A,
+        "bundle_endpoint_url": "https://a.example/v1/federation/bundle",
+        "revocation_feed": "https://a.example",
+        "ctx": kit.ctx,
+    }
+    for bad in ("/etc/passwd", "../tenants/acme/a.json", "..", ".hidden", "a b.json"):
+        with pytest.raises(InvalidRequest, match="file name"):
+            b.federation.add(kit.admin(b).claims, feed_credentials_file=bad, **common)
+    with pytest.raises(InvalidRequest, match="together"):
+        b.federation.add(kit.admin(b).claims, **common)
+    record, _ = b.federation.add(kit.admin(b).claims, feed_credentials_file="a.json", **common)
+    assert record.feed_credentials_file == "a.json"

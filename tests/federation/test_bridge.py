@@ -246,22 +246,31 @@ def test_three_domains_c_to_a_to_b(bridged: dict[str, Peer]) -> None:
 @pytest.fixture(scope="module")
 def followed(bridged: dict[str, Peer]) -> dict[str, Peer]:
     """B follows A's revocation feed, signed in as an app A's operator made for B; its
-    credentials are in a 0600 file on B's side that only the record names."""
+    credentials are in a 0600 file in B's data directory that the record names."""
     a, b = bridged[A], bridged[B]
     app = json.loads(
         a.cli("app", "register", "peer-b", "--scope", "read:feed:revocations", "--json").stdout
     )
-    credentials = dump(
-        b.home / "a-feed.json",
+    directory = b.running.data_dir / "federation"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    dump(
+        directory / "a-feed.json",
         {"client_id": app["client_id"], "client_secret": app["client_secret"]},
     )
+    # A path, not a name, is refused: the admin API cannot make B read another file.
+    outside = b.cli(
+        "federation", "add", A, "--bundle-endpoint", f"{a.url}/v1/federation/bundle",
+        "--revocation-feed", a.url, "--feed-credentials", "../a.example/key-passphrase",
+        check=False,
+    )  # fmt: skip
+    assert outside.returncode == 3 and "file name" in outside.stderr, outside.stderr
     record = federate(
         b,
         a,
         "read:data:*=read:records:*",
         ceiling=("read:records:*",),
         revocation_feed=a.url,
-        feed_credentials=str(credentials),
+        feed_credentials="a-feed.json",
     )
     assert record["revocation_feed"] == a.url
     secret = app["client_secret"]

@@ -60,6 +60,7 @@ def _run(script: str, a: Peer, b: Peer, cwd: Path, **env: str) -> subprocess.Com
         path.chmod(0o600)
     (cwd / "ca.pem").write_text(a.ca.pem)
     text = script.replace("https://a.example:8443", a.url).replace("https://b.example:8443", b.url)
+    text = text.replace("/srv/tasklease-b", str(b.running.data_dir))
     shell = a.env()
     for name in ("TASKLEASE_URL", "TASKLEASE_ADMIN_SECRET"):
         shell.pop(name)  # each command names its broker by its profile
@@ -83,7 +84,7 @@ def test_the_walkthrough_federates_two_brokers_as_written(
     done = _run(script, a, b, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "trusted" in done.stdout and a.url in done.stdout  # federation show, on B
-    credentials = tmp_path / "peer-b.json"
+    credentials = b.running.data_dir / "federation" / "a.example.json"
     assert credentials.stat().st_mode & 0o077 == 0
     shown = json.loads(b.cli("federation", "show", A, "--json").stdout)
     assert shown["revocation_feed"] == a.url and shown["status"] == "trusted"

@@ -58,7 +58,7 @@ def test_federation_keeps_where_its_revocations_come_from(store: Store) -> None:
     """The feed's base URL and the path of its credential file (never a secret)."""
     record = _record(
         revocation_feed="https://b.example:8443/t/acme",
-        feed_credentials_file="/etc/tasklease/b-feed.json",
+        feed_credentials_file="b-feed.json",
     )
     with store.write() as tx:
         tx.put_federation(record)

@@ -152,12 +152,13 @@ def federation_add(
         ),
     ] = None,
     feed_credentials: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--feed-credentials",
-            help="With --revocation-feed: a 0600 JSON file on the broker's host with the "
-            "client_id and client_secret of the app the other broker's operator made for "
-            "this one (`app register --json`). Only its absolute path is sent.",
+            help="With --revocation-feed: the name of a 0600 JSON file in the broker's "
+            "<data-dir>/federation/ directory (<data-dir>/federation/tenants/<tenant>/ for a "
+            "tenant) holding the client_id and client_secret of the app the other broker's "
+            "operator made for this one (`app register --json`). Only the name is sent.",
         ),
     ] = None,
     as_json: JsonOpt = False,
@@ -183,7 +184,7 @@ def federation_add(
             scope_ceiling=ceiling or None,
             max_ttl=max_ttl,
             revocation_feed=revocation_feed,
-            feed_credentials_file=str(feed_credentials.resolve()) if feed_credentials else None,
+            feed_credentials_file=feed_credentials,
         )
     if as_json:
         print_json(answer)

@@ -304,8 +304,9 @@ class AdminClient:
         (its JSON text). Declaring it again replaces the record (``replaced`` in the
         answer). The broker fetches an endpoint's bundle before answering: ``status`` and
         ``last_error`` say how that went. ``revocation_feed`` (the other broker's base URL)
-        with ``feed_credentials_file`` (the path, on the broker's host, of the app
-        credentials the other broker's operator gave) makes its revocations cross over."""
+        with ``feed_credentials_file`` (the name of the file, in the broker's
+        ``<data_dir>/federation/`` directory, holding the app credentials the other
+        broker's operator gave) makes its revocations cross over."""
         body: dict[str, Any] = {"trust_domain": trust_domain}
         optional = {
             "bundle_endpoint_url": bundle_endpoint_url,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -171,9 +172,11 @@ class Federation(Service):
         it, the system's. A static bundle is trusted from now; an endpoint's from its
         first fetch. Replacing a record with the same endpoint keeps its last good bundle.
         ``revocation_feed`` (the peer broker's base URL, https) and ``feed_credentials_file``
-        (an absolute path; the file is read where the feed is followed, never here) go
+        (a file name in this tenant's credentials directory on the broker's host,
+        ``<data_dir>/federation/``; read where the feed is followed, never here) go
         together: the peer's revocations are followed and made ours (``core.peerfeed``);
-        ``ca_pem`` checks that server too.
+        ``ca_pem`` checks that server too. A name, not a path: the admin API cannot point
+        the broker at a file outside that directory (another tenant's, say).
 
         Raises:
             InvalidRequest: a malformed field, our own trust domain, or a static bundle
@@ -192,7 +195,7 @@ class Federation(Service):
             raise InvalidRequest("give either bundle_endpoint_url or bundle, not both or neither")
         pem = _ca_pem(ca_pem)
         feed = _endpoint(revocation_feed, "revocation_feed")
-        credentials = _absolute_path(feed_credentials_file, "feed_credentials_file")
+        credentials = _file_name(feed_credentials_file, "feed_credentials_file")
         if bool(feed) != bool(credentials):
             raise InvalidRequest("give revocation_feed and feed_credentials_file together")
         if pem and not (url or feed):
@@ -452,17 +455,18 @@ def _endpoint(value: object, name: str = "bundle_endpoint_url") -> str:
     return value
 
 
-def _absolute_path(value: object, name: str) -> str:
-    """An absolute file path, or "" when not given (the file itself is not read here)."""
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _file_name(value: object, name: str) -> str:
+    """A plain file name (no directory), or "" when not given (the file is not read here)."""
     if value is None or value == "":
         return ""
-    if (
-        not isinstance(value, str)
-        or len(value) > 4096
-        or not value.startswith("/")
-        or not value.isprintable()
-    ):
-        raise InvalidRequest(f"{name} must be an absolute file path")
+    if not isinstance(value, str) or _FILE_NAME.fullmatch(value) is None:
+        raise InvalidRequest(
+            f"{name} must be a file name (letters, digits, '.', '-', '_'), not a path",
+            hint="the file lives in the broker's <data_dir>/federation/ directory",
+        )
     return value
 
 

@@ -1,10 +1,11 @@
 """Following federated domains' revocation feeds: revocation across the bridge.
 
 For each federated domain whose record names a revocation feed (``revocation_feed``: the
-peer broker's base URL, the tenant's if the peer is one; ``feed_credentials_file``: a
-0600 JSON file with the ``client_id`` and ``client_secret`` of an app the peer's operator
-made for us), one thread reads ``<base>/v1/revocations/stream`` (server-sent events) with
-an app token from ``<base>/v1/app/auth``, over HTTPS checked like the bundle endpoint
+peer broker's base URL, the tenant's if the peer is one; ``feed_credentials_file``: the
+name of a 0600 JSON file in :func:`credentials_dir` with the ``client_id`` and
+``client_secret`` of an app the peer's operator made for us), one thread reads
+``<base>/v1/revocations/stream`` (server-sent events) with an app token from
+``<base>/v1/app/auth``, over HTTPS checked like the bundle endpoint
 (the record's CA certificates or the system store, and the URL's host). Every entry read
 goes to :meth:`Broker.apply_federated_revocations`, which makes it our own revocation of
 what we derived from that domain (``core.peerfeed``). The stream is resumed from the last
@@ -32,10 +33,19 @@ import httpx
 
 from tasklease.core.broker import Broker
 from tasklease.core.store import FederationRecord, RevocationRecord
+from tasklease.core.tenants import DEFAULT_TENANT
 from tasklease.federation.refresher import _tls_context
 from tasklease.keystore import KeyStoreError, read_secret_file
 
-__all__ = ["LEASE_TTL", "FeedError", "FeedFollowers", "FeedSource", "feed_source", "parse_event"]
+__all__ = [
+    "LEASE_TTL",
+    "FeedError",
+    "FeedFollowers",
+    "FeedSource",
+    "credentials_dir",
+    "feed_source",
+    "parse_event",
+]
 
 LEASE_TTL = 5.0
 """Seconds the follower lease outlives its holder's last tick."""
@@ -65,15 +75,25 @@ class FeedSource:
     credentials_file: str
 
 
-def feed_source(record: FederationRecord) -> FeedSource | None:
-    """The feed ``record`` names, or None when it names none."""
-    if not record.revocation_feed or not record.feed_credentials_file:
+def credentials_dir(broker: Broker) -> Path:
+    """Where a tenant's feed credential files live on the broker's host:
+    ``<data_dir>/federation/`` (``<data_dir>/federation/tenants/<name>/`` for a tenant).
+    Records name a file here, never a path, so the admin API cannot make the broker read
+    a file elsewhere (another tenant's)."""
+    base = Path(broker.config.data_dir) / "federation"
+    return base if broker.tenant == DEFAULT_TENANT else base / "tenants" / broker.tenant
+
+
+def feed_source(record: FederationRecord, directory: Path) -> FeedSource | None:
+    """The feed ``record`` names, its credential file in ``directory``; None if none."""
+    name = record.feed_credentials_file
+    if not record.revocation_feed or not name or "/" in name or name in (".", ".."):
         return None
     return FeedSource(
         record.trust_domain,
         record.revocation_feed.rstrip("/"),
         record.ca_pem,
-        record.feed_credentials_file,
+        str(directory / name),
     )
 
 
@@ -251,8 +271,9 @@ class FeedFollowers:
         """Take or keep ``broker``'s follower lease and follow its domains' feeds while
         held (stop them when not); returns how many of its feeds are followed."""
         sources: dict[str, FeedSource] = {}
+        directory = credentials_dir(broker)
         for record in broker.federation.list_federations():
-            source = feed_source(record)
+            source = feed_source(record, directory)
             if source is not None:
                 sources[source.trust_domain] = source
         # The lease is a write: taken only by a tenant that has feeds to follow.

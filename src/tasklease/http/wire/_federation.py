@@ -115,9 +115,10 @@ class FederationCreateRequest(Request):
     feed_credentials_file: Annotated[
         _Text,
         doc(
-            "Absolute path, on this broker's host, of a 0600 JSON file with the `client_id` "
-            "and `client_secret` of the app the other broker's operator made for this one "
-            "(to read its feed). Only the path is stored."
+            "The name of a 0600 JSON file, on this broker's host in `<data_dir>/federation/` "
+            "(`<data_dir>/federation/tenants/<name>/` for a tenant), with the `client_id` and "
+            "`client_secret` of the app the other broker's operator made for this one (to "
+            "read its feed). Only the name is stored; it is read when the feed is followed."
         ),
     ] = None
 
