@@ -517,7 +517,7 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     call("POST", "/v1/token/renew", token=admin, expect=403)
 
     hop = {"delegate_to": second["agent_id"], "scope": ["read:data:x"]}
-    call("POST", "/v1/delegate", token=renewed["access_token"], json=hop, expect=200)
+    delegated = call("POST", "/v1/delegate", token=renewed["access_token"], json=hop, expect=200)
     wide = {**hop, "scope": ["write:data:x"]}
     call("POST", "/v1/delegate", token=renewed["access_token"], json=wide, expect=403)
 
@@ -541,6 +541,43 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
 
     call("GET", "/v1/audit/events", path="/v1/audit/events?limit=3", token=admin, expect=200)
     call("GET", "/v1/audit/events", path="/v1/audit/events?limit=x", token=admin, expect=400)
+
+    # What operators see: agents, launch tokens, revocations, delegation trees, tasks.
+    agents = call(
+        "GET", "/v1/admin/agents", path="/v1/admin/agents?limit=1", token=admin, expect=200
+    )
+    assert len(agents["agents"]) == 1 and agents["next_cursor"]
+    more = f"/v1/admin/agents?limit=1&cursor={agents['next_cursor']}"
+    call("GET", "/v1/admin/agents", path=more, token=admin, expect=200)
+    call("GET", "/v1/admin/agents", path="/v1/admin/agents?state=x", token=admin, expect=400)
+    call("GET", "/v1/admin/launch-tokens", token=admin, expect=200)
+    bad = "/v1/admin/launch-tokens?cursor=x"
+    call("GET", "/v1/admin/launch-tokens", path=bad, token=admin, expect=400)
+    call("GET", "/v1/admin/revocations", token=admin, expect=200)
+    call(
+        "GET",
+        "/v1/admin/revocations",
+        path="/v1/admin/revocations?level=x",
+        token=admin,
+        expect=400,
+    )
+    jti = _jws.decode_unverified(delegated["access_token"])[1]["jti"]
+    tree = call(
+        "GET",
+        "/v1/admin/delegations/{jti}",
+        path=f"/v1/admin/delegations/{jti}",
+        token=admin,
+        expect=200,
+    )
+    assert tree["token"]["operation"] == "delegate" and len(tree["chain"]) == 2
+    unknown = "/v1/admin/delegations/" + "0" * 32
+    call("GET", "/v1/admin/delegations/{jti}", path=unknown, token=admin, expect=404)
+    call("GET", "/v1/admin/delegations/{jti}", path=unknown[:-1], token=admin, expect=400)
+    task = call(
+        "GET", "/v1/admin/tasks/{task_id}", path="/v1/admin/tasks/task-1", token=admin, expect=200
+    )
+    assert task["agents"] and task["tokens"]
+    call("GET", "/v1/admin/tasks/{task_id}", path="/v1/admin/tasks/none", token=admin, expect=404)
 
     feed = call("GET", "/v1/revocations", token=app_token, expect=200)
     call("GET", "/v1/revocations", path=f"/v1/revocations?cursor={feed['cursor']}", expect=401)

@@ -214,7 +214,8 @@ class Delegating(Service):
                     deleg_depth=len(chain),
                     deleg_chain_hash=new_claims.chain_hash,
                     detail=f"delegation from {claims.sub} to {delegate_to} "
-                    f"scope={listed(requested)} depth={len(chain)} jti={new_claims.jti}"
+                    f"scope={listed(requested)} depth={len(chain)} jti={new_claims.jti} "
+                    f"parent_jti={claims.jti} ttl={new_claims.exp - new_claims.iat}"
                     f"{binding_suffix(new_claims, reference)}",
                 )
             ]

@@ -60,7 +60,14 @@ from tasklease.core.errors import (
 from tasklease.core.metrics import Metrics
 from tasklease.core.revocation import RevocationIndex
 from tasklease.core.spiffe import parse_agent_id
-from tasklease.core.store import AgentRecord, AuditEvent, RevocationRecord, Store, WriteTx
+from tasklease.core.store import (
+    AgentRecord,
+    AgentSession,
+    AuditEvent,
+    RevocationRecord,
+    Store,
+    WriteTx,
+)
 from tasklease.core.tokens import Claims
 from tasklease.rules import scopes as scope_rules
 
@@ -571,18 +578,30 @@ class Kernel:
         agent = self.store.get_agent(agent_id) if parse_agent_id(agent_id) else None
         if agent is None:
             return None, "agent not registered"
+        return agent, self.standing(agent, self.store.get_agent_session, lifetime=lifetime)
+
+    def standing(
+        self,
+        agent: AgentRecord,
+        session: Callable[[str], AgentSession | None],
+        *,
+        lifetime: bool = True,
+        app_standing: Callable[[str], str] | None = None,
+    ) -> str:
+        """Why ``agent`` is not in good standing ("" when it is), as :meth:`agent_standing`
+        says; ``session`` reads its session (only once the cheaper checks passed), and
+        ``app_standing`` its app's standing (default :meth:`app_standing`)."""
         if lifetime and self.now() >= agent.registered_at + self.config.renewal_ceiling:
-            return agent, "agent registration past its lifetime ceiling"
+            return "agent registration past its lifetime ceiling"
         if agent.status != "active":
-            return agent, f"agent is {agent.status}"
+            return f"agent is {agent.status}"
         level = self.revocations.match(_Probe(agent))
         if level is not None:
-            return agent, f"agent revoked at level {level}"
-        session = self.store.get_agent_session(agent_id)
-        if session is not None and session.state != "active":
-            return agent, f"agent session is {session.state}"
-        why = self.app_standing(agent.app_id)
-        return agent, why
+            return f"agent revoked at level {level}"
+        found = session(agent.agent_id)
+        if found is not None and found.state != "active":
+            return f"agent session is {found.state}"
+        return (app_standing or self.app_standing)(agent.app_id)
 
     def app_standing(self, app_id: str) -> str:
         """ "" when ``app_id`` is empty (admin-launched) or an active app, else why not."""

@@ -29,6 +29,7 @@ from tasklease.http.federation_routes import federation_routes
 from tasklease.http.feed import RevocationHub, revocation_routes
 from tasklease.http.health_routes import health_routes
 from tasklease.http.lease_routes import lease_routes
+from tasklease.http.inventory_routes import inventory_routes
 from tasklease.http.token_routes import RequestURI, token_routes
 from tasklease.tenancy import Tenancy
 
@@ -62,6 +63,7 @@ def tenant_routes(
         *exchange_routes(broker, guard=guard, context=context),
     ]
 
+        *inventory_routes(broker, authed=authed),
 
 def tenant_admin_routes(
     tenancy: Tenancy, *, context: Callable[[Request], RequestContext]

@@ -20,6 +20,7 @@ from tasklease.http.wire import (
     _exchange,
     _federation,
     _operators,
+    _inventory,
     _tenants,
     _tokens,
     _trust,
@@ -104,6 +105,22 @@ from tasklease.http.wire._tenants import (
 from tasklease.http.wire._tokens import (
     ActiveToken,
     ChallengeResponse,
+from tasklease.http.wire._inventory import (
+    AgentPage,
+    AgentView,
+    DelegationTree,
+    LaunchTokenPage,
+    LaunchTokenView,
+    RevocationPage,
+    TaskDetail,
+    TokenNode,
+    agent_page,
+    agent_view,
+    delegation_tree,
+    launch_token_page,
+    revocation_page,
+    task_detail,
+)
     Confirmation,
     DelegateRequest,
     DelegateResponse,
@@ -161,6 +178,8 @@ __all__ = [
     "Body",
     "ChallengeResponse",
     "Confirmation",
+    "AgentPage",
+    "AgentView",
     "DelegateRequest",
     "DelegateResponse",
     "DelegationRecord",
@@ -184,6 +203,7 @@ __all__ = [
     "LaunchTokenPolicy",
     "LaunchTokenRequest",
     "LaunchTokenResponse",
+    "DelegationTree",
     "LiveResponse",
     "MutualCompleteRequest",
     "MutualInitiateRequest",
@@ -201,9 +221,11 @@ __all__ = [
     "Peer",
     "Problem",
     "ReadyResponse",
+    "LaunchTokenPage",
     "RegisterRequest",
     "RegisterResponse",
     "RemovedFederation",
+    "LaunchTokenView",
     "RemovedOperator",
     "RenewResponse",
     "Request",
@@ -233,32 +255,51 @@ __all__ = [
     "deregistered_app",
     "federation_view",
     "operator_view",
+    "RevocationPage",
     "operator_with_secret",
     "removed_operator",
     "revocation_entry",
+    "TaskDetail",
     "tenant_view",
     "tenant_with_admin",
 ]
 
-_AREAS = (_tokens, _exchange, _operators, _apps, _broker, _trust, _tenants, _federation)
+_AREAS = (
+    _tokens,
+    _exchange,
+    _operators,
+    _inventory,
+    _apps,
+    _broker,
+    _trust,
+    _tenants,
+    _federation,
+)
 
 TAGS: Final[dict[str, str]] = {name: text for area in _AREAS for name, text in area.TAGS.items()}
+    "TokenNode",
 """Each group of operations and what it is for, in the order the document lists them."""
 
 OPERATIONS: Final[tuple[Operation, ...]] = tuple(
     sorted(
+    "agent_page",
+    "agent_view",
         (op for area in _AREAS for op in area.OPERATIONS),
         key=lambda op: list(TAGS).index(op.tag),
     )
 )
 """Every route of the broker, grouped by tag."""
 
+    "delegation_tree",
 SHAPES: Final[tuple[type[Request | Response], ...]] = tuple(
     value
+    "launch_token_page",
     for name in __all__
     if isinstance(value := globals().get(name), type)
     and issubclass(value, Request | Response)
     and value not in (Request, Response)
+    "revocation_page",
+    "task_detail",
 )
 """Every body Struct: each is a named schema of the document."""
 
