@@ -415,3 +415,56 @@ def test_a_feed_credential_is_named_never_a_path(b: Broker, kit: Any) -> None:
         b.federation.add(kit.admin(b).claims, **common)
     record, _ = b.federation.add(kit.admin(b).claims, feed_credentials_file="a.json", **common)
     assert record.feed_credentials_file == "a.json"
+
+
+def _proof(key: Any, url: str, now: float, token: str | None = None) -> str:
+    """An RFC 9449 DPoP proof by ``key`` for a POST to ``url`` (``ath`` of ``token``)."""
+    import base64
+    import hashlib
+    import json
+    import secrets
+
+    def b64u(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64u(bytes(key.verify_key))}
+    head: dict[str, Any] = {"typ": "dpop+jwt", "alg": "EdDSA", "jwk": jwk}
+    body: dict[str, Any] = {"jti": secrets.token_hex(8), "htm": "POST", "htu": url, "iat": int(now)}
+    if token is not None:
+        body["ath"] = b64u(hashlib.sha256(token.encode()).digest())
+    signing = b64u(json.dumps(head).encode()) + "." + b64u(json.dumps(body).encode())
+    return signing + "." + b64u(key.sign(signing.encode()).signature)
+
+
+def test_a_bound_actor_proves_possession_and_the_new_token_is_bound_to_it(
+    a: Broker, b: Broker, kit: Any
+) -> None:
+    from dataclasses import replace
+
+    from nacl.signing import SigningKey
+
+    federate(b, a, kit)
+    alice = kit.register(a, scope=["read:data:*"])
+    subject = for_domain(a, kit, alice.token, B)
+    key = SigningKey.generate()
+    register = "https://b.example/v1/register"
+    args, _ = kit.register_args(b, kit.launch(b), ["read:data:*"])
+    ctx = replace(kit.ctx, dpop=_proof(key, register, START), method="POST", url=register)
+    bob = b.register(**{**args, "ctx": ctx})
+    assert "jkt" in bob.claims.raw["cnf"]
+    token_url = "https://b.example/v1/oauth/token"
+    request = ExchangeRequest(
+        grant_type=GRANT_TYPE,
+        subject_token=subject,
+        subject_token_type=ACCESS_TOKEN_TYPE,
+        actor_token=bob.token,
+        actor_token_type=ACCESS_TOKEN_TYPE,
+    )
+    bare = replace(kit.ctx, method="POST", url=token_url)
+    refused(b, InvalidRequest, lambda: b.exchange_token(request, bare))  # no proof
+    stranger = _proof(SigningKey.generate(), token_url, START, bob.token)
+    refused(b, InvalidRequest, lambda: b.exchange_token(request, replace(bare, dpop=stranger)))
+    proven = replace(bare, dpop=_proof(key, token_url, START, bob.token))
+    done = b.exchange_token(request, proven)
+    assert done.token_type == "DPoP"
+    assert done.issued.claims.raw["cnf"] == bob.claims.raw["cnf"]
