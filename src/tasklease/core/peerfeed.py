@@ -92,7 +92,5 @@ class PeerFeeds(Service):
             kernel.apply_revocations(written)
             self._metrics.tokens_revoked.labels("federation").inc(len(written))
             if sent_at is not None:
-                self._metrics.federation_revocation_seconds.observe(
-                    max(0.0, now - sent_at)
-                )
+                self._metrics.federation_revocation_seconds.observe(max(0.0, now - sent_at))
         return written

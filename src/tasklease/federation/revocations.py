@@ -113,8 +113,7 @@ def read_credentials(path: str) -> tuple[str, str]:
     secret = data.get("client_secret") if isinstance(data, dict) else None
     if not isinstance(client_id, str) or not isinstance(secret, str) or not client_id:
         raise FeedError(
-            f"feed_credentials_file: {path} must be a JSON object with client_id and "
-            "client_secret"
+            f"feed_credentials_file: {path} must be a JSON object with client_id and client_secret"
         )
     return client_id, secret
 
