@@ -336,6 +336,29 @@ def test_nonce_is_consumed_once(store: Store) -> None:
         assert tx.consume_nonce("n1", NOW + 60) is False
 
 
+def test_dpop_proof_is_consumed_once_pruned_at_expiry_and_per_tenant(store: Store) -> None:
+    # The DPoP replay cache (RFC 9449 section 11.1): one row per proof, shared by every
+    # process on the store; a rolled-back use is no use; expired rows are pruned.
+    with store.write() as tx:
+        assert tx.consume_dpop_proof("p1", NOW + 30) is True
+        assert tx.consume_dpop_proof("p1", NOW + 30) is False
+        assert tx.consume_dpop_proof("p2", NOW + 600) is True
+        assert tx.consume_nonce("p1", NOW + 30) is True  # another table than nonces
+    with pytest.raises(Boom), store.write() as tx:
+        assert tx.consume_dpop_proof("p3", NOW + 30) is True
+        raise Boom
+    with store.write() as tx:
+        assert tx.consume_dpop_proof("p1", NOW + 60) is False
+        assert tx.consume_dpop_proof("p3", NOW + 30) is True
+    other = store.for_tenant("acme")
+    with other.write() as tx:
+        assert tx.consume_dpop_proof("p1", NOW + 30) is True  # each tenant its own
+    assert store.prune(NOW + 30) == 3  # p1, p3 and the nonce; p2 lives on
+    with store.write() as tx:
+        assert tx.consume_dpop_proof("p1", NOW + 60) is True
+        assert tx.consume_dpop_proof("p2", NOW + 600) is False
+
+
 # -- agents ---------------------------------------------------------------------------------
 
 

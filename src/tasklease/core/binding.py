@@ -5,15 +5,39 @@ Certificate binding (RFC 8705) and DPoP (RFC 9449) are checked by
 :func:`cert_thumbprint_from_pem`, which parses the certificate a resource server sends
 to ``/v1/token/validate`` as X.509 (``cryptography``).
 
-The DPoP replay cache is per process: see docs/security.md for what that means with
-several workers.
+The DPoP replay cache is the store's (:class:`StoreProofLedger`): a proof is single use
+across every worker and replica sharing it (RFC 9449 section 11.1).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from tasklease.core.auditformat import AuditEntry
+from tasklease.core.kernel import Kernel
+from tasklease.core.store import WriteTx
 from tasklease.rules.binding import BindingError, cert_thumbprint
 
-__all__ = ["cert_thumbprint_from_pem"]
+__all__ = ["StoreProofLedger", "cert_thumbprint_from_pem"]
+
+
+class StoreProofLedger:
+    """The broker's :class:`~tasklease.rules.binding.ProofLedger`: DPoP proofs recorded
+    in the store (``used_dpop_proofs``), group-committed like every write, and pruned once
+    expired. A registration records its proof in its own transaction instead."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self._kernel = kernel
+
+    def remember(self, key: str, expires_at: float, now: float) -> bool:
+        first: list[bool] = []
+
+        def unit(tx: WriteTx) -> Sequence[AuditEntry]:
+            first.append(tx.consume_dpop_proof(key, expires_at))
+            return ()
+
+        self._kernel.commit(unit)
+        return first[0]
 
 
 def cert_thumbprint_from_pem(pem: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 from tasklease.core.apps import Apps, expires_at_text
 from tasklease.core.attestation import AttestationService
+from tasklease.core.binding import StoreProofLedger
 from tasklease.core.clock import Clock, SystemClock
 from tasklease.core.config import Config
 from tasklease.core.delegating import Delegating
@@ -117,7 +118,8 @@ class Broker:
         self.started_at = kernel.started_at
         # Names this process as the holder of store leases (the liveness sweeper's).
         self.instance_id = secrets.token_hex(8)
-        self.dpop = DPoPVerifier(config.dpop_proof_window, capacity=config.dpop_replay_cache_size)
+        # DPoP proofs are single use across workers and replicas: the store remembers them.
+        self.dpop = DPoPVerifier(config.dpop_proof_window, ledger=StoreProofLedger(kernel))
         # Replicas that share a database must share this secret (server.build_broker
         # keeps it beside the signing keys); a lone in-process broker may use a random one.
         self.nonces = nonce_issuer or NonceIssuer(nonce_secret or os.urandom(32), config.nonce_ttl)

@@ -91,7 +91,9 @@ class Config:
     critical_scopes: tuple[str, ...] = ()  # validated without any cache (high assurance)
     reference_token_threshold: int = 4096  # larger JWTs are issued by reference
     dpop_proof_window: int = 60  # seconds a DPoP proof's iat may differ from now
-    dpop_replay_cache_size: int = 1_000_000  # proof jtis remembered (per process)
+    # Not read by the broker since its replay cache is in the store (used_dpop_proofs,
+    # shared by workers and replicas, pruned at expiry); kept so configurations load.
+    dpop_replay_cache_size: int = 1_000_000
     # Heartbeat liveness (see docs/agents.md). An agent is swept (revoked at
     # level agent) once its last heartbeat is older than interval x misses; agents are
     # supervised from their first heartbeat, or from registration when required.

@@ -50,7 +50,7 @@ from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import new_agent_id, validate_segment
 from tasklease.core.store import AgentRecord, LaunchTokenRecord, WriteTx
 from tasklease.rules.attest import Attestation
-from tasklease.rules.binding import BindingError, DPoPVerifier
+from tasklease.rules.binding import BindingError, DPoPProof, DPoPVerifier
 
 __all__ = ["PendingRegistration", "Registration"]
 
@@ -169,7 +169,7 @@ class Registration(Service):
             try:
                 if pending.unit is not None:
                     self._kernel.commit(pending.unit)
-            except Unauthorized as exc:
+            except (Unauthorized, InvalidDPoPProof) as exc:
                 raise self._kernel.deny(exc, replace(pending.base, detail=exc.reason)) from None
         except TaskleaseError:
             self._metrics.registrations.labels("failure").inc()
@@ -240,7 +240,7 @@ class Registration(Service):
             elif pending.unit is not None:
                 try:
                     await self._kernel.acommit(pending.unit)
-                except Unauthorized as exc:
+                except (Unauthorized, InvalidDPoPProof) as exc:
                     denial = replace(pending.base, detail=exc.reason)
                     raise await self._kernel.adeny(exc, denial) from None
             if pending.refusal is not None:
@@ -369,7 +369,7 @@ class Registration(Service):
                 replace(base, detail=f"{refusal.detail} ({lt_hash[:12]})"),
             ) from None
         audience = issuance.audience
-        cnf = self._binding(ctx, now, base, deny)
+        cnf, proof = self._binding(ctx, now, base, deny)
         try:
             nonce_expiry = self._nonces.check(nonce, now)
         except Unauthorized as exc:
@@ -432,6 +432,10 @@ class Registration(Service):
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if not tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew):
                 raise Unauthorized("nonce: nonce already consumed")
+            if proof is not None and not tx.consume_dpop_proof(proof.key, proof.expires_at):
+                raise InvalidDPoPProof(
+                    "invalid DPoP proof", reason="DPoP proof replayed (jti already used)"
+                )
             if record is not None and not tx.consume_launch_token(lt_hash, now):
                 raise Unauthorized("consume launch token: launch token already consumed")
             if attested is not None:
@@ -538,20 +542,24 @@ class Registration(Service):
         now: float,
         base: AuditEntry,
         deny: Callable[[TaskleaseError, AuditEntry], Exception],
-    ) -> dict[str, str]:
-        """The ``cnf`` a registration earns: its client certificate and/or DPoP key."""
+    ) -> tuple[dict[str, str], DPoPProof | None]:
+        """The ``cnf`` a registration earns (its client certificate and/or DPoP key), and
+        the DPoP proof for the registration's transaction to record as used (RFC 9449
+        section 11.1: single use, in the store every worker and replica shares)."""
         cnf: dict[str, str] = {}
         if ctx.cert_thumbprint:
             cnf["x5t#S256"] = ctx.cert_thumbprint
+        proof = None
         if ctx.dpop:
             try:
-                cnf["jkt"] = self._dpop.verify(ctx.dpop, htm=ctx.method, htu=ctx.url, now=now)
+                proof = self._dpop.check(ctx.dpop, htm=ctx.method, htu=ctx.url, now=now)
             except BindingError as exc:
                 raise deny(
                     InvalidDPoPProof("invalid DPoP proof", reason=exc.reason),
                     replace(base, detail=f"registration DPoP proof refused: {exc.reason}"),
                 ) from None
-        return cnf
+            cnf["jkt"] = proof.jkt
+        return cnf, proof
 
 
 def _app_of(record: LaunchTokenRecord | None, attested: AttestationOutcome | None) -> str:

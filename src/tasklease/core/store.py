@@ -675,9 +675,9 @@ class Store(Protocol):
         ...
 
     def prune(self, now: float) -> int:
-        """Delete expired revocations, used nonces and DPoP proofs, launch tokens, by-reference tokens,
-        agent sessions, discovery bindings, leases and used attestation evidence; return
-        rows removed."""
+        """Delete expired revocations, used nonces and DPoP proofs, launch tokens,
+        by-reference tokens, agent sessions, discovery bindings, leases and used
+        attestation evidence; return rows removed."""
         ...
 
     def safe_horizon(self) -> float | None:

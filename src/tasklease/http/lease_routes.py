@@ -89,8 +89,9 @@ def lease_routes(
 
         try:
             # Pure CPU on the loop, unless the store may be read (by-reference tokens,
-            # high-assurance scopes): then in the thread pool.
-            if cfg.critical_scopes or is_reference_token(token):
+            # high-assurance scopes) or written (a DPoP proof, recorded as used): then
+            # in the thread pool.
+            if cfg.critical_scopes or is_reference_token(token) or req.dpop:
                 claims = await run_in_threadpool(check)
             else:
                 claims = check()

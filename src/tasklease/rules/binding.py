@@ -12,10 +12,11 @@ A token with both members needs both proofs. An unbound token is a bearer token;
 one presented as a bearer token, without its proof or with another key's, is refused.
 (That ``cnf`` itself is well formed is a claim rule: :func:`tasklease.rules.claims.check_claims`.)
 
-DPoP proofs are single use: their ``jti`` is remembered until the proof's ``iat`` leaves
-the acceptance window, so the replay cache is bounded by the window times the request
-rate, and capped; when full it refuses new proofs (fail closed) rather than forgetting.
-The cache is per process (per :class:`DPoPVerifier`).
+DPoP proofs are single use: their ``jti`` (with the key) is remembered until the proof's
+``iat`` leaves the acceptance window, so the replay cache is bounded by the window times
+the request rate. Where it is remembered is a :class:`ProofLedger`: this process's memory
+(:class:`MemoryProofLedger`, capped; when full it refuses new proofs, fail closed, rather
+than forgetting), or the broker's store, shared by its workers and replicas.
 
 Every failure raises :class:`BindingError`, whose ``reason`` is for the audit log only.
 """
@@ -28,7 +29,8 @@ import hmac
 import re
 import ssl
 import threading
-from typing import Any
+from collections.abc import Sized
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from tasklease.rules import jws
@@ -36,10 +38,13 @@ from tasklease.rules import jws
 __all__ = [
     "DPOP_PROOF_TYPE",
     "BindingError",
+    "DPoPProof",
     "DPoPProofError",
     "DPoPVerifier",
     "MalformedAuthorization",
+    "MemoryProofLedger",
     "Presentation",
+    "ProofLedger",
     "access_token_hash",
     "authorization_credentials",
     "cert_thumbprint",
@@ -190,15 +195,42 @@ def normalize_htu(uri: object) -> str | None:
     return f"{scheme}://{netloc}{parts.path or '/'}"
 
 
-class DPoPVerifier:
-    """Checks DPoP proofs (RFC 9449 section 4.3) and remembers their ``jti``s.
+class DPoPProof(NamedTuple):
+    """A DPoP proof that passed every check but the replay check.
 
-    ``window``: seconds a proof's ``iat`` may differ from now; ``capacity``: most proof
-    ``jti``s remembered (new proofs are refused when full).
+    ``jkt`` is the thumbprint of the key it proves; ``key`` names it in a replay ledger
+    (SHA-256 hex of ``jkt`` and its ``jti``); it must be remembered until ``expires_at``.
     """
 
-    def __init__(self, window: int, *, capacity: int = 1_000_000) -> None:
-        self.window = window
+    jkt: str
+    key: str
+    expires_at: float
+
+
+class ProofLedger(Protocol):
+    """Where proofs already presented are remembered: one use each.
+
+    :class:`MemoryProofLedger` for one process; the broker's records them in its store, so
+    a proof is single use across its workers and replicas (``core.binding``).
+    """
+
+    def remember(self, key: str, expires_at: float, now: float) -> bool:
+        """Record ``key`` until ``expires_at``; False if it is already recorded.
+
+        Raises:
+            DPoPProofError: the ledger cannot take it (full): refuse, never forget.
+        """
+        ...
+
+
+class MemoryProofLedger:
+    """A :class:`ProofLedger` in this process: at most ``capacity`` live keys.
+
+    Keys leave once expired; when full, new proofs are refused (fail closed) rather than
+    old ones forgotten.
+    """
+
+    def __init__(self, capacity: int = 1_000_000) -> None:
         self.capacity = capacity
         self._seen: dict[str, float] = {}
         self._expiry: list[tuple[float, str]] = []
@@ -206,6 +238,38 @@ class DPoPVerifier:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+    def remember(self, key: str, expires_at: float, now: float) -> bool:
+        with self._lock:
+            while self._expiry and self._expiry[0][0] <= now:
+                _, old = heapq.heappop(self._expiry)
+                if self._seen.get(old, now + 1) <= now:
+                    del self._seen[old]
+            if key in self._seen:
+                return False
+            if len(self._seen) >= self.capacity:
+                raise DPoPProofError("DPoP replay cache full")
+            self._seen[key] = expires_at
+            heapq.heappush(self._expiry, (expires_at, key))
+            return True
+
+
+class DPoPVerifier:
+    """Checks DPoP proofs (RFC 9449 section 4.3) and remembers them in a ledger.
+
+    ``window``: seconds a proof's ``iat`` may differ from now; ``ledger``: where proofs
+    already presented are remembered (default: this process's, of at most ``capacity``
+    entries).
+    """
+
+    def __init__(
+        self, window: int, *, capacity: int = 1_000_000, ledger: ProofLedger | None = None
+    ) -> None:
+        self.window = window
+        self.ledger: ProofLedger = ledger if ledger is not None else MemoryProofLedger(capacity)
+
+    def __len__(self) -> int:
+        return len(self.ledger) if isinstance(self.ledger, Sized) else 0
 
     def verify(
         self,
@@ -218,15 +282,37 @@ class DPoPVerifier:
     ) -> str:
         """Verify ``proof`` for this request; return the JWK thumbprint (``jkt``) it proves.
 
-        Checks, in order: size and structure, ``typ: dpop+jwt``, ``alg: EdDSA`` with an
-        Ed25519 ``jwk`` and nothing else in the header, the signature, then the claims:
-        ``htm`` equal to the request method, ``htu`` equal to the request URI (no query),
-        ``iat`` within ``window`` seconds of now, ``ath`` equal to the access token's hash
-        when one is presented (and absent otherwise), and finally that the ``jti`` was
-        never seen (it is then remembered until it could no longer be accepted).
+        :meth:`check`, then the proof is recorded in the ledger: a proof presented before
+        (its ``jti`` with the same key) is refused.
 
         Raises:
-            BindingError: with the precise reason.
+            DPoPProofError: with the precise reason.
+        """
+        checked = self.check(proof, htm=htm, htu=htu, now=now, access_token=access_token)
+        if not self.ledger.remember(checked.key, checked.expires_at, now):
+            raise DPoPProofError("DPoP proof replayed (jti already used)")
+        return checked.jkt
+
+    def check(
+        self,
+        proof: str,
+        *,
+        htm: str,
+        htu: str,
+        now: float,
+        access_token: str | None = None,
+    ) -> DPoPProof:
+        """Every check of a proof but the replay check, which is the caller's.
+
+        In order: size and structure, ``typ: dpop+jwt``, ``alg: EdDSA`` with an Ed25519
+        ``jwk`` and nothing else in the header, the signature, then the claims: ``htm``
+        equal to the request method, ``htu`` equal to the request URI (no query), ``iat``
+        within ``window`` seconds of now, ``ath`` equal to the access token's hash when one
+        is presented (and absent otherwise). The proof is to be remembered until its
+        ``iat`` leaves the window.
+
+        Raises:
+            DPoPProofError: with the precise reason.
         """
         if not isinstance(proof, str) or not proof:
             raise DPoPProofError("DPoP proof missing")
@@ -257,21 +343,8 @@ class DPoPVerifier:
         ):
             raise DPoPProofError("DPoP proof ath does not match the access token")
         jkt = jws.jwk_thumbprint(raw_key)
-        self._remember(f"{jkt}:{jti}", iat + self.window, now)
-        return jkt
-
-    def _remember(self, key: str, expires_at: float, now: float) -> None:
-        with self._lock:
-            while self._expiry and self._expiry[0][0] <= now:
-                _, old = heapq.heappop(self._expiry)
-                if self._seen.get(old, now + 1) <= now:
-                    del self._seen[old]
-            if key in self._seen:
-                raise DPoPProofError("DPoP proof replayed (jti already used)")
-            if len(self._seen) >= self.capacity:
-                raise DPoPProofError("DPoP replay cache full")
-            self._seen[key] = expires_at
-            heapq.heappush(self._expiry, (expires_at, key))
+        key = hashlib.sha256(f"{jkt}:{jti}".encode()).hexdigest()
+        return DPoPProof(jkt, key, iat + self.window)
 
 
 class Presentation:

@@ -217,6 +217,14 @@ class _MemoryWriteTx:
         self._set(nonces, nonce_hash, expires_at)
         return True
 
+    def consume_dpop_proof(self, proof_hash: str, expires_at: float) -> bool:
+        self._check_open()
+        proofs = self._store._dpop_proofs
+        if proof_hash in proofs:
+            return False
+        self._set(proofs, proof_hash, expires_at)
+        return True
+
     # -- agents --------------------------------------------------------------------------
 
     def insert_agent(self, agent: AgentRecord) -> None:
@@ -415,6 +423,7 @@ class MemoryStore:
         self._operators: dict[str, OperatorRecord] = {}
         self._launch_tokens: dict[str, LaunchTokenRecord] = {}
         self._nonces: dict[str, float] = {}
+        self._dpop_proofs: dict[str, float] = {}  # DPoP proof hash -> expires_at
         self._agents: dict[str, AgentRecord] = {}
         self._revocations: dict[str, RevocationRecord] = {}
         self._reference_tokens: dict[str, ReferenceTokenRecord] = {}
@@ -747,7 +756,7 @@ class MemoryStore:
             for key in [k for k, r in self._revocations.items() if r.expires_at <= now]:
                 del self._revocations[key]
                 removed += 1
-            for used in (self._nonces, self._evidence):
+            for used in (self._nonces, self._dpop_proofs, self._evidence):
                 for key in [k for k, exp in used.items() if exp <= now]:
                     del used[key]
                     removed += 1

@@ -47,6 +47,7 @@ from tasklease.rules.binding import (
     DPoPProofError,
     DPoPVerifier,
     Presentation,
+    ProofLedger,
     check_binding,
     presented_thumbprint,
 )
@@ -147,6 +148,10 @@ class Verifier:
             broker's ``dpop_proof_window``); proof ``jti``s are remembered that long.
         dpop_replay_cache_size: most DPoP proof ``jti``s remembered; when full, new proofs
             are refused (fail closed).
+        dpop_replay: where DPoP proofs already presented are remembered
+            (:class:`~tasklease.rules.binding.ProofLedger`); default: this process's
+            memory. A resource server running several processes passes one they share,
+            so that a proof is single use across them (RFC 9449 section 11.1).
         transport: an httpx transport (tests inject one to count or fake requests).
         clock: wall clock for ``exp``/``nbf``/``iat`` (tests inject one).
         federations: other brokers' trust domains whose tokens are accepted too, each
@@ -177,6 +182,7 @@ class Verifier:
         introspection_cache_size: int = 1_000,
         dpop_proof_window: int = 60,
         dpop_replay_cache_size: int = 100_000,
+        dpop_replay: ProofLedger | None = None,
         max_token_bytes: int = jws.MAX_TOKEN_BYTES,
         timeout: float = 5.0,
         transport: httpx.BaseTransport | None = None,
@@ -225,7 +231,9 @@ class Verifier:
             )
         self._introspector = introspector
         self._references = _TokenCache(introspection_cache_size if feed else 0)
-        self._dpop = DPoPVerifier(dpop_proof_window, capacity=dpop_replay_cache_size)
+        self._dpop = DPoPVerifier(
+            dpop_proof_window, capacity=dpop_replay_cache_size, ledger=dpop_replay
+        )
         self._feed: FeedFollower | None = None
         if feed:
             self._feed = FeedFollower(

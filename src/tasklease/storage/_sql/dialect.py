@@ -113,6 +113,7 @@ _SELECT_AUDIT = f"SELECT {_AUDIT} FROM audit_events"
 _EXPIRING = (
     "revocations",
     "used_nonces",
+    "used_dpop_proofs",
     "launch_tokens",
     "reference_tokens",
     "agent_sessions",
@@ -257,6 +258,11 @@ class Dialect:
         self.consume_nonce = q(
             f"{insert('used_nonces', 'nonce_hash, expires_at')}"
             " ON CONFLICT (tenant_id, nonce_hash) DO NOTHING"
+        )
+        # The DPoP replay cache (migration 0011).
+        self.consume_dpop_proof = q(
+            f"{insert('used_dpop_proofs', 'proof_hash, expires_at')}"
+            " ON CONFLICT (tenant_id, proof_hash) DO NOTHING"
         )
         self.insert_agent = q(f"{insert('agents', _AGENT)} ON CONFLICT DO NOTHING")
         self.set_agent_status = q(f"UPDATE agents SET status = ? WHERE {t} AND agent_id = ?")

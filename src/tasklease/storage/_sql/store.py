@@ -204,6 +204,10 @@ class SQLWriteTx(Generic[_C]):
         cursor = self._db().execute(self.dialect.consume_nonce, (nonce_hash, expires_at))
         return cursor.rowcount == 1
 
+    def consume_dpop_proof(self, proof_hash: str, expires_at: float) -> bool:
+        cursor = self._db().execute(self.dialect.consume_dpop_proof, (proof_hash, expires_at))
+        return cursor.rowcount == 1
+
     # -- agents --------------------------------------------------------------------------
 
     def insert_agent(self, agent: AgentRecord) -> None:
