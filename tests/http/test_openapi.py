@@ -670,6 +670,7 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
 
     call("POST", "/v1/token/release", token=renewed["access_token"], expect=204)
     call("DELETE", "/v1/admin/apps/{app_id}", path=one, token=admin, expect=200)
+    call("DELETE", "/v1/admin/apps/{app_id}", path=one, token=admin, expect=409)
 
     # Named operators: added with a secret or a key, signed in both ways, rotated, removed.
     alice = call(

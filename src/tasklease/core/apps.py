@@ -18,7 +18,14 @@ from tasklease.core.audience import default_audience, validate_resources
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.delegation import principal_ref, validate_principal
-from tasklease.core.errors import Forbidden, InvalidRequest, InvalidTTL, NotFound, Unauthorized
+from tasklease.core.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    InvalidTTL,
+    NotFound,
+    Unauthorized,
+)
 from tasklease.core.issuing import clamp_ttl, listed
 from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service, app_ancestor
 from tasklease.core.launch import (
@@ -210,8 +217,23 @@ class Apps(Service):
         return updated
 
     def deregister_app(self, claims: Claims, app_id: str, ctx: RequestContext) -> AppRecord:
-        """Deactivate an app: its secret stops working and its live app tokens are revoked."""
+        """Deactivate an app: its secret stops working and its live app tokens are revoked.
+
+        Raises:
+            NotFound: no such app.
+            Conflict: the app was deregistered before (audited; nothing else is written).
+        """
         app = self.get_app(app_id)
+        if app.status != "active":
+            raise self._kernel.deny(
+                Conflict("app is already deregistered"),
+                AuditEntry(
+                    "app_deregistration_denied",
+                    outcome="denied",
+                    request_id=ctx.request_id,
+                    detail=f"app_id={app_id} is already deregistered; by={claims.sub}",
+                ),
+            )
         now = self._kernel.now()
         updated = replace(app, status="inactive", updated_at=now)
         revoked_at = math.floor(now)

@@ -65,15 +65,17 @@ class Revoking(Service):
             # A token's end is its descendants' end (they list its jti in their lineage).
             records.append(RevocationRecord("chain", target, revoked_at, expires_at))
 
+        named = self._named(level, target)
+
         def unit(tx: WriteTx) -> list[AuditEntry]:
             for record in records:
                 tx.insert_revocation(record)
             if level == "agent" and parse_agent_id(target):
                 tx.set_agent_status(target, "revoked")
             return [
-                AuditEntry(
-                    "token_revoked",
-                    agent_id=target,
+                replace(
+                    named,
+                    event_type="token_revoked",
                     request_id=ctx.request_id,
                     detail=f"revoked at level={level} target={target} by={claims.sub}",
                 )
@@ -83,6 +85,21 @@ class Revoking(Service):
         self._kernel.apply_revocations(records)
         self._metrics.tokens_revoked.labels(level).inc()
         return 1
+
+    def _named(self, level: str, target: str) -> AuditEntry:
+        """The audit event's ids for a revocation's target, so that filters find it: the
+        task (``task_id``) for a task; the agent, with its task and orchestrator, for an
+        agent or a chain root; nothing for a token (its ``jti`` is in the detail)."""
+        if level == "task":
+            return AuditEntry("", task_id=target)
+        if level in ("agent", "chain") and parse_agent_id(target):
+            agent = self._store.get_agent(target)
+            if agent is not None:
+                return AuditEntry("", agent_id=target, task_id=agent.task_id, orch_id=agent.orch_id)
+            return AuditEntry("", agent_id=target)
+        if level == "agent":  # an operator's or an app's subject (operator:<name>, app:<id>)
+            return AuditEntry("", agent_id=target)
+        return AuditEntry("")
 
     def revoke_token(
         self, caller: Claims, *, token: object, token_type_hint: object, ctx: RequestContext

@@ -205,12 +205,13 @@ OPERATIONS = (
         "apps",
         "Deregister an app",
         "Deactivates the app: its secret stops working and its live app tokens are "
-        "revoked. The record is kept (status `inactive`) for the audit trail.",
+        "revoked. The record is kept (status `inactive`) for the audit trail. An app "
+        "deregistered before is refused (409), and nothing more is written.",
         admin(_SCOPE),
         DeregisteredApp,
         parameters=(_APP_ID,),
         commits=True,
-        errors=(_NO_SUCH_APP,),
+        errors=(_NO_SUCH_APP, Failure("conflict", "the app was deregistered before")),
     ),
     Operation(
         "POST /v1/app/auth",
