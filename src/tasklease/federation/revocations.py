@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,8 @@ LEASE_TTL = 5.0
 """Seconds the follower lease outlives its holder's last tick."""
 READ_TIMEOUT = 10.0
 """Seconds without a byte before the stream is taken for dead (the feed beats every 2 s)."""
+CONFIG_RETRY = 30.0
+"""Seconds before trying again after a refusal that needs fixing (credentials, URL)."""
 _STREAM = "/v1/revocations/stream"
 _AUTH = "/v1/app/auth"
 _MAX_LINE = 65536
@@ -188,11 +190,15 @@ class _Follower:
     def _run(self) -> None:
         backoff = 0.1
         while not self._stop.is_set():
+            delay = backoff
             try:
                 self._follow_once()
-                backoff = 0.1
+                backoff = delay = 0.1
             except FeedError as exc:
+                # A configuration the peer or the operator must fix: do not hammer the
+                # peer's sign-in (it is rate limited); a fixed file is read within 30 s.
                 _log.warning("revocation feed of %s: %s", self.source.trust_domain, exc.reason)
+                delay = CONFIG_RETRY
             except (httpx.HTTPError, ValueError) as exc:
                 _log.info(
                     "revocation feed of %s disconnected: %s",
@@ -202,7 +208,7 @@ class _Follower:
             except Exception:  # noqa: BLE001 - a follower must outlive whatever happened
                 _log.exception("revocation feed of %s failed", self.source.trust_domain)
             self._gauge.set(0)
-            self._stop.wait(backoff)
+            self._stop.wait(delay)
             backoff = min(backoff * 2, 5.0)
         self._gauge.set(0)
 
@@ -262,9 +268,11 @@ class _Follower:
 class FeedFollowers:
     """The feed followers of one process, across its tenants. Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._running: dict[tuple[int, str], _Follower] = {}
+        self._ticked: dict[int, float] = {}
+        self._monotonic = monotonic
 
     def tick(self, broker: Broker) -> int:
         """Take or keep ``broker``'s follower lease and follow its domains' feeds while
@@ -278,18 +286,28 @@ class FeedFollowers:
         # The lease is a write: taken only by a tenant that has feeds to follow.
         if sources and not broker.hold_feed_lease(LEASE_TTL):
             sources.clear()
-        owner = id(broker)
+        owner, now = id(broker), self._monotonic()
         with self._lock:
+            self._ticked[owner] = now
+            # A tenant removed is ticked no more: its followers stop (its lease lapses).
+            gone = {o for o, at in self._ticked.items() if now - at > 2 * LEASE_TTL}
             for key, follower in list(self._running.items()):
-                if key[0] == owner and sources.get(key[1]) != follower.source:
+                if key[0] in gone or (key[0] == owner and sources.get(key[1]) != follower.source):
                     follower.stop()
                     del self._running[key]
+            for stale in gone:
+                del self._ticked[stale]
             for domain, source in sources.items():
                 if (owner, domain) not in self._running:
                     follower = _Follower(broker, source)
                     self._running[(owner, domain)] = follower
                     follower.start()
         return len(sources)
+
+    def following(self) -> list[tuple[str, str]]:
+        """``(tenant, trust domain)`` of every feed this process follows now."""
+        with self._lock:
+            return sorted((f.broker.tenant, domain) for (_, domain), f in self._running.items())
 
     def close(self, timeout: float = 2.0) -> None:
         with self._lock:
