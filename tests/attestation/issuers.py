@@ -211,7 +211,7 @@ def spiffe_bundle(*keys: SigningKey, sequence: int = 1) -> str:
 
 
 @dataclass
-class TestCA:
+class IssuerCA:
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
     directory: Path
@@ -251,7 +251,7 @@ class TestCA:
         return cert_path, key_path
 
 
-def make_ca(directory: Path) -> TestCA:
+def make_ca(directory: Path) -> IssuerCA:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attestation test CA")])
@@ -266,26 +266,23 @@ def make_ca(directory: Path) -> TestCA:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .sign(key, hashes.SHA256())
     )
-    return TestCA(key, cert, directory)
+    return IssuerCA(key, cert, directory)
 
 
 class Served:
-    """An ASGI app served by uvicorn over HTTPS on a free loopback port, in a thread."""
+    """An ASGI app served by uvicorn on a free loopback port, in a thread: over HTTPS with
+    ``cert``, else over plain HTTP."""
 
-    def __init__(self, app: Any, cert: tuple[Path, Path]) -> None:
+    def __init__(self, app: Any, cert: tuple[Path, Path] | None = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.url = f"https://127.0.0.1:{self.port}"
+        self.url = f"{'https' if cert else 'http'}://127.0.0.1:{self.port}"
+        tls: dict[str, Any] = {}
+        if cert is not None:
+            tls = {"ssl_certfile": str(cert[0]), "ssl_keyfile": str(cert[1])}
         self.server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                ssl_certfile=str(cert[0]),
-                ssl_keyfile=str(cert[1]),
-            )
+            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", **tls)
         )
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
@@ -309,7 +306,7 @@ class OidcIssuer:
     ``/keys`` (the JWKS). ``keys`` is what the JWKS serves (rotate by changing it);
     ``up`` False makes both answer 503 (an outage); ``hits`` counts JWKS fetches."""
 
-    ca: TestCA
+    ca: IssuerCA
     keys: list[SigningKey] = field(default_factory=list)
     up: bool = True
     hits: int = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib.util
+import json
 import re
 import secrets
 import time
@@ -14,13 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt as pyjwt
 import msgspec
 import nacl.signing
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 from starlette.routing import Route
 
 from tasklease.core.broker import VERSION, Broker
-from tasklease.core.config import Config
+from tasklease.core.config import DEFAULT_ISSUER, Config
 from tasklease.core.discovery import statement
 from tasklease.core.keys import KeyRing
 from tasklease.core.liveness import heartbeat_signing_input
@@ -728,6 +732,44 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     call("DELETE", one_domain, path=peer, token=admin, expect=200)
     call("DELETE", one_domain, path=peer, token=admin, expect=404)
     call("GET", one_domain, path=peer, token=admin, expect=404)
+
+    # Attestation: an attestor configured (a JWK Set given: no issuer to fetch from here),
+    # listed, shown, tested with sample evidence, removed.
+    attestors, prod = "/v1/admin/attestors", "/v1/admin/attestors/prod"
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**json.loads(RSAAlgorithm.to_jwk(sa_key.public_key())), "kid": "sa-1"}
+    attestor = {
+        "name": "prod",
+        "type": "k8s_sat",
+        "settings": {"issuer": "https://k8s.example", "jwks": json.dumps({"keys": [jwk]})},
+        "policy": [{"match": {"namespace": "billing"}, "scope": ["read:data:*"], "ttl": 60}],
+    }
+    added = call("POST", attestors, token=admin, json=attestor, expect=201)
+    assert added["replaced"] is False and added["policy"][0]["ttl"] == 60
+    call("POST", attestors, token=admin, json={**attestor, "type": "magic"}, expect=400)
+    call("POST", attestors, token=a_token, json=attestor, expect=403)
+    call("GET", attestors, token=admin, expect=200)
+    one_attestor = "/v1/admin/attestors/{name}"
+    call("GET", one_attestor, path=prod, token=admin, expect=200)
+    now = int(time.time())
+    sa_claims = {
+        "iss": "https://k8s.example", "aud": [DEFAULT_ISSUER], "exp": now + 600, "iat": now,
+        "sub": "system:serviceaccount:billing:runner",
+        "kubernetes.io": {
+            "namespace": "billing", "serviceaccount": {"name": "runner", "uid": "u1"},
+            "pod": {"name": "runner-1", "uid": "p1"},
+        },
+    }  # fmt: skip
+    evidence = pyjwt.encode(sa_claims, sa_key, algorithm="RS256", headers={"kid": "sa-1"})
+    test = "/v1/admin/attestors/{name}/test"
+    tested = call(
+        "POST", test, path=f"{prod}/test", token=admin, json={"evidence": evidence}, expect=200
+    )
+    assert tested["matched"] is True and tested["scope"] == ["read:data:*"]
+    call("POST", test, path=f"{prod}/test", token=admin, json={"evidence": "a.b.c"}, expect=400)
+    call("DELETE", one_attestor, path=prod, token=admin, expect=200)
+    call("DELETE", one_attestor, path=prod, token=admin, expect=404)
+    call("GET", one_attestor, path=prod, token=admin, expect=404)
 
     # Last: rotating the signing key must not matter to anything above.
     call("POST", "/v1/admin/keys/rotate", token=a_token, expect=403)

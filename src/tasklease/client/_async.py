@@ -11,13 +11,14 @@ import contextlib
 import logging
 import os
 import ssl
-from collections.abc import AsyncGenerator, Generator, Sequence
+from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import nacl.signing
 
+from tasklease.client._attest import KUBERNETES_TOKEN_PATH, attestation, kubernetes_token
 from tasklease.client._errors import TaskleaseError, TransportError
 from tasklease.client._flows import (
     Clock,
@@ -174,7 +175,7 @@ class AsyncAgent:
     async def register(
         cls,
         broker_url: str,
-        launch_token: str,
+        launch_token: str | None,
         orch_id: str,
         task_id: str,
         scope: Sequence[str],
@@ -188,6 +189,8 @@ class AsyncAgent:
         cert: CertArg | None = None,
         verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
         client: httpx.AsyncClient | None = None,
+        attestation: Mapping[str, str] | None = None,
+        declared: Mapping[str, str] | None = None,
     ) -> AsyncAgent:
         """As :meth:`tasklease.client.Agent.register` (same arguments and exceptions)."""
         http, owns = _client(client, transport, timeout, cert, verify)
@@ -197,7 +200,16 @@ class AsyncAgent:
             registration = await arun_flow(
                 http,
                 bind_flow(
-                    register_flow(broker_url, launch_token, orch_id, task_id, scope, signing_key),
+                    register_flow(
+                        broker_url,
+                        launch_token,
+                        orch_id,
+                        task_id,
+                        scope,
+                        signing_key,
+                        attestation=attestation,
+                        declared=declared,
+                    ),
                     proof_key,
                 ),
             )
@@ -214,6 +226,43 @@ class AsyncAgent:
             dpop=proof_key,
         )
         return cls(http, credential, owns_client=owns, key=signing_key)
+
+    @classmethod
+    async def from_kubernetes(
+        cls,
+        broker_url: str,
+        orch_id: str,
+        task_id: str,
+        scope: Sequence[str],
+        *,
+        token_path: str | os.PathLike[str] = KUBERNETES_TOKEN_PATH,
+        attestor: str | None = None,
+        **options: Any,
+    ) -> AsyncAgent:
+        """As :meth:`tasklease.client.Agent.from_kubernetes`."""
+        evidence = attestation("k8s_sat", kubernetes_token(token_path), attestor)
+        return await cls.register(
+            broker_url, None, orch_id, task_id, scope, attestation=evidence, **options
+        )
+
+    @classmethod
+    async def from_oidc(
+        cls,
+        broker_url: str,
+        token: str,
+        orch_id: str,
+        task_id: str,
+        scope: Sequence[str],
+        *,
+        kind: str = "oidc",
+        attestor: str | None = None,
+        **options: Any,
+    ) -> AsyncAgent:
+        """As :meth:`tasklease.client.Agent.from_oidc`."""
+        evidence = attestation(kind, token, attestor)
+        return await cls.register(
+            broker_url, None, orch_id, task_id, scope, attestation=evidence, **options
+        )
 
     @property
     def agent_id(self) -> str:

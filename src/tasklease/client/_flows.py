@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -109,15 +109,24 @@ class Registration:
 
 def register_flow(
     base_url: str,
-    launch_token: str,
+    launch_token: str | None,
     orch_id: str,
     task_id: str,
     scope: Sequence[str],
     key: nacl.signing.SigningKey,
+    *,
+    attestation: Mapping[str, str] | None = None,
+    declared: Mapping[str, str] | None = None,
 ) -> Flow[Registration]:
-    """Challenge, sign the hex-decoded nonce with ``key``, register (AgentWrit wire rule)."""
+    """Challenge, sign the hex-decoded nonce with ``key``, register (AgentWrit wire rule).
+
+    ``attestation`` (``{"type", "evidence"[, "attestor"]}``) is workload evidence in place
+    of ``launch_token`` or beside it; ``declared`` what the agent says of itself.
+    """
     if isinstance(scope, str):
         raise InvalidRequest("scope must be a list of scope strings, not one string")
+    if not launch_token and attestation is None:
+        raise InvalidRequest("give a launch token or workload evidence (attestation)")
     challenge = expect_json((yield _json_request("GET", _url(base_url, "/v1/challenge"))))
     nonce = _field(challenge, "nonce", str)
     try:
@@ -127,7 +136,7 @@ def register_flow(
             "the broker sent a nonce that is not hex", code="bad_response"
         ) from None
     signature = key.sign(message).signature
-    body = {
+    body: dict[str, Any] = {
         "launch_token": launch_token,
         "nonce": nonce,
         "public_key": base64.b64encode(bytes(key.verify_key)).decode("ascii"),
@@ -136,6 +145,12 @@ def register_flow(
         "task_id": task_id,
         "requested_scope": list(scope),
     }
+    if not launch_token:
+        del body["launch_token"]
+    if attestation is not None:
+        body["attestation"] = dict(attestation)
+    if declared:
+        body["declared"] = dict(declared)
     answer = expect_json((yield _json_request("POST", _url(base_url, "/v1/register"), body)))
     token_type = answer.get("token_type")
     return Registration(

@@ -6,13 +6,19 @@ import logging
 import os
 import ssl
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
 import nacl.signing
 
+from tasklease.client._attest import (
+    KUBERNETES_TOKEN_PATH,
+    attestation,
+    github_actions_token_flow,
+    kubernetes_token,
+)
 from tasklease.client._errors import TaskleaseError, TransportError
 from tasklease.client._flows import (
     Clock,
@@ -199,7 +205,7 @@ class Agent:
     def register(
         cls,
         broker_url: str,
-        launch_token: str,
+        launch_token: str | None,
         orch_id: str,
         task_id: str,
         scope: Sequence[str],
@@ -213,6 +219,8 @@ class Agent:
         cert: CertArg | None = None,
         verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
         client: httpx.Client | None = None,
+        attestation: Mapping[str, str] | None = None,
+        declared: Mapping[str, str] | None = None,
     ) -> Agent:
         """Register a new agent instance with the broker at ``broker_url``.
 
@@ -231,8 +239,16 @@ class Agent:
         ``httpx.Client`` of your own (its certificates, proxies, transport) that the
         agent uses and does not close.
 
+        Workload attestation (docs/attestation.md): ``attestation`` is evidence of where
+        the agent runs (``{"type": "k8s_sat" | "jwt_svid" | "oidc", "evidence": token}``),
+        in place of ``launch_token`` (None) or beside it; :meth:`from_kubernetes`,
+        :meth:`from_oidc` and :meth:`from_github_actions` build it. ``declared`` is what
+        the agent says of itself (``model``, ``runtime``, ``sdk``): carried in the token,
+        marked as declared, never trusted.
+
         Raises:
-            Unauthorized: the launch token is unknown, expired or consumed.
+            Unauthorized: the launch token is unknown, expired or consumed, or the
+                evidence was refused.
             ScopeViolation: ``scope`` exceeds the launch token's allowed scope.
             InvalidRequest: a field is malformed (ids, scopes).
             TransportError: the broker could not be reached.
@@ -244,7 +260,16 @@ class Agent:
             registration = run_flow(
                 http,
                 bind_flow(
-                    register_flow(broker_url, launch_token, orch_id, task_id, scope, signing_key),
+                    register_flow(
+                        broker_url,
+                        launch_token,
+                        orch_id,
+                        task_id,
+                        scope,
+                        signing_key,
+                        attestation=attestation,
+                        declared=declared,
+                    ),
                     proof_key,
                 ),
             )
@@ -261,6 +286,67 @@ class Agent:
             dpop=proof_key,
         )
         return cls(http, credential, owns_client=owns, key=signing_key)
+
+    @classmethod
+    def from_kubernetes(
+        cls,
+        broker_url: str,
+        orch_id: str,
+        task_id: str,
+        scope: Sequence[str],
+        *,
+        token_path: str | os.PathLike[str] = KUBERNETES_TOKEN_PATH,
+        attestor: str | None = None,
+        **options: Any,
+    ) -> Agent:
+        """Register with the pod's projected service-account token (attestor ``k8s_sat``),
+        read from ``token_path`` now; no launch token. ``options`` as :meth:`register`'s."""
+        evidence = attestation("k8s_sat", kubernetes_token(token_path), attestor)
+        return cls.register(
+            broker_url, None, orch_id, task_id, scope, attestation=evidence, **options
+        )
+
+    @classmethod
+    def from_oidc(
+        cls,
+        broker_url: str,
+        token: str,
+        orch_id: str,
+        task_id: str,
+        scope: Sequence[str],
+        *,
+        kind: str = "oidc",
+        attestor: str | None = None,
+        **options: Any,
+    ) -> Agent:
+        """Register with an OIDC workload token the agent holds (attestor ``oidc``; a
+        JWT-SVID with ``kind="jwt_svid"``); no launch token. ``options`` as :meth:`register`'s."""
+        evidence = attestation(kind, token, attestor)
+        return cls.register(
+            broker_url, None, orch_id, task_id, scope, attestation=evidence, **options
+        )
+
+    @classmethod
+    def from_github_actions(
+        cls,
+        broker_url: str,
+        orch_id: str,
+        task_id: str,
+        scope: Sequence[str],
+        *,
+        audience: str,
+        attestor: str | None = None,
+        env: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> Agent:
+        """In a GitHub Actions job (``permissions: id-token: write``): ask the runner for an
+        OIDC token whose audience is ``audience`` (the broker's issuer), then register
+        with it as :meth:`from_oidc` does."""
+        with httpx.Client(timeout=options.get("timeout", 10.0)) as runner:
+            token = run_flow(runner, github_actions_token_flow(audience, env))
+        return cls.from_oidc(
+            broker_url, token, orch_id, task_id, scope, attestor=attestor, **options
+        )
 
     # -- state -------------------------------------------------------------------------
 

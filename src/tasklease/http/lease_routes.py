@@ -114,13 +114,18 @@ def lease_routes(
                 requested_scope=req.requested_scope,
                 ctx=ctx,
                 resource=one_of(req.resource, req.audience),
+                attestation=attestation,
+                declared=req.declared,
             )
 
+        # Evidence never reaches the core as a Struct, and its keys may need a fetch.
+        attestation = None if req.attestation is None else msgspec.structs.asdict(req.attestation)
         # Checks and signing write nothing: on the loop when the store reads locally (a
         # thread hop costs more than they do), else in a thread. The commit is awaited
         # without holding a thread, so concurrent registrations share a transaction and
         # are answered with one wake-up of the loop.
-        pending = prepare() if broker.store.local_reads else await run_in_threadpool(prepare)
+        inline = broker.store.local_reads and attestation is None
+        pending = prepare() if inline else await run_in_threadpool(prepare)
         issued = await broker.complete_register(pending)
         return json_response(
             wire.RegisterResponse(

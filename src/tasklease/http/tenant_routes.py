@@ -24,6 +24,7 @@ from tasklease.http import wire
 from tasklease.http._handling import authenticated, guard, json_response, read_body, request_context
 from tasklease.http.admin_routes import admin_routes
 from tasklease.http.agent_routes import agent_routes
+from tasklease.http.attestation_routes import attestation_routes
 from tasklease.http.exchange_routes import exchange_routes
 from tasklease.http.federation_routes import federation_routes
 from tasklease.http.feed import RevocationHub, revocation_routes
@@ -60,6 +61,7 @@ def tenant_routes(
         *agent_routes(broker, guard=guard, context=context),
         *token_routes(broker, guard=guard, context=context),
         *federation_routes(broker, authed=authed),
+        *attestation_routes(broker, authed=authed),
         *exchange_routes(broker, guard=guard, context=context),
     ]
 

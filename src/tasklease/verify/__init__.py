@@ -12,6 +12,9 @@ Opaque by-reference tokens are resolved through the broker's introspection; boun
 (``cnf``) need their proof: ``verify(token, client_cert=...)`` or ``verify(token,
 scheme="DPoP", dpop_proof=..., htm=..., htu=...)``.
 
+Tokens of agents that registered with workload evidence carry what it proved
+(``token.attestation``); :func:`require_attested` admits only the facts a route needs.
+
 Tokens of other brokers' trust domains are accepted when listed in ``federations``
 (:class:`FederatedDomain`: each its bundle endpoint, issuer and scope ceiling; see
 docs/federation.md).
@@ -21,6 +24,7 @@ Needs only PyNaCl and httpx. The Starlette/FastAPI middleware and ``require_scop
 :mod:`tasklease.verify.mcp`. See ``docs/verifier.md``.
 """
 
+from tasklease.verify._attest import require_attested
 from tasklease.verify._claims import DelegationHop, VerifiedToken
 from tasklease.verify._errors import (
     InsufficientScope,
@@ -45,4 +49,5 @@ __all__ = [
     "VerifiedToken",
     "Verifier",
     "VerifierUnavailable",
+    "require_attested",
 ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasklease.rules import scopes as scope_rules
+from tasklease.rules.attest import Attestation, AttestClaimError, attestation_of
 from tasklease.rules.claims import (
     MAX_LINEAGE,
     ClaimRejected,
@@ -85,6 +86,21 @@ class VerifiedToken:
     def depth(self) -> int:
         """How many delegation hops led to this token (0 for an agent's own token)."""
         return len(self.delegation_chain)
+
+    @property
+    def attestation(self) -> Attestation | None:
+        """What the agent's workload proved at registration (the ``attest`` claim: the
+        attestor type, the attested ``facts``, and apart from them the ``declared`` ones),
+        kept by every renewal and delegation; None when it registered with a launch token
+        alone. Require facts with :func:`tasklease.verify.require_attested`.
+
+        Raises:
+            InvalidToken: the claim is malformed.
+        """
+        try:
+            return attestation_of(self.claims)
+        except AttestClaimError as exc:
+            raise InvalidToken(exc.reason) from None
 
     def has_scope(self, required: str) -> bool:
         """True when one of the token's scopes covers ``required``.

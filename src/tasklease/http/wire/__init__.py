@@ -16,6 +16,7 @@ import msgspec
 
 from tasklease.http.wire import (
     _apps,
+    _attestation,
     _broker,
     _exchange,
     _federation,
@@ -37,6 +38,17 @@ from tasklease.http.wire._apps import (
     app_view,
     app_with_secret,
     deregistered_app,
+)
+from tasklease.http.wire._attestation import (
+    Attestor,
+    AttestorAdded,
+    AttestorCreateRequest,
+    AttestorList,
+    AttestorTestRequest,
+    AttestorTestResult,
+    RemovedAttestor,
+    attestor_test_result,
+    attestor_view,
 )
 from tasklease.http.wire._base import (
     REF,
@@ -172,6 +184,12 @@ __all__ = [
     "AppList",
     "AppUpdateRequest",
     "AppWithSecret",
+    "Attestor",
+    "AttestorAdded",
+    "AttestorCreateRequest",
+    "AttestorList",
+    "AttestorTestRequest",
+    "AttestorTestResult",
     "AuditEvent",
     "AuditEventPage",
     "Auth",
@@ -224,6 +242,7 @@ __all__ = [
     "LaunchTokenPage",
     "RegisterRequest",
     "RegisterResponse",
+    "RemovedAttestor",
     "RemovedFederation",
     "LaunchTokenView",
     "RemovedOperator",
@@ -250,6 +269,8 @@ __all__ = [
     "ValidateRequest",
     "app_view",
     "app_with_secret",
+    "attestor_test_result",
+    "attestor_view",
     "audit_event",
     "delegation_record",
     "deregistered_app",
@@ -274,6 +295,7 @@ _AREAS = (
     _trust,
     _tenants,
     _federation,
+    _attestation,
 )
 
 TAGS: Final[dict[str, str]] = {name: text for area in _AREAS for name, text in area.TAGS.items()}

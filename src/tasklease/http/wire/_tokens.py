@@ -34,6 +34,7 @@ __all__ = [
     "OPERATIONS",
     "TAGS",
     "ActiveToken",
+    "AttestationEvidence",
     "ChallengeResponse",
     "Confirmation",
     "DelegateRequest",
@@ -65,10 +66,28 @@ _Texts = list[str] | None
 # --- requests ------------------------------------------------------------------------------
 
 
+class AttestationEvidence(Request):
+    """Workload evidence for registration (docs/attestation.md); never stored or logged."""
+
+    type: Annotated[_Text, required("The attestor type: `k8s_sat`, `jwt_svid` or `oidc`.")] = None
+    evidence: Annotated[
+        _Text,
+        required(
+            "The evidence: a Kubernetes projected service-account token, a JWT-SVID or an "
+            "OIDC token whose audience is this broker's issuer. Single use."
+        ),
+    ] = None
+    attestor: Annotated[
+        _Text,
+        doc("The configured attestor to verify it; absent: the one of `type` trusting its issuer."),
+    ] = None
+
+
 class RegisterRequest(Request):
-    launch_token: Annotated[_Text, required("The launch token (64 lowercase hex characters).")] = (
-        None
-    )
+    launch_token: Annotated[
+        _Text,
+        required("The launch token (64 lowercase hex characters); optional with `attestation`."),
+    ] = None
     nonce: Annotated[_Text, required("The nonce from `GET /v1/challenge`.")] = None
     public_key: Annotated[
         _Text, required("The agent's Ed25519 public key, standard base64 (32 bytes).")
@@ -98,6 +117,20 @@ class RegisterRequest(Request):
         doc(
             "Alias of `resource` that may also be a logical name (RFC 8693 section 2.1); "
             "if both are sent they must agree."
+        ),
+    ] = None
+    attestation: Annotated[
+        AttestationEvidence | None,
+        doc(
+            "Workload evidence in place of the launch token, or beside it (then both "
+            "ceilings bound the registration). The token then carries an `attest` claim."
+        ),
+    ] = None
+    declared: Annotated[
+        dict[str, str] | None,
+        doc(
+            "What the agent says of itself: `model`, `runtime`, `sdk` (short strings). "
+            "Carried in `attest.declared`, apart from attested facts; never trusted."
         ),
     ] = None
 
@@ -325,7 +358,10 @@ OPERATIONS = (
         "token's resources when that names any (with exactly one, it is the default). "
         "Over mTLS the token is bound to the client certificate (`cnf.x5t#S256`); with a "
         "`DPoP` header (a proof with `htm` POST and this URI, no `ath`) to the proof's "
-        "key (`cnf.jkt`, `token_type: DPoP`).",
+        "key (`cnf.jkt`, `token_type: DPoP`). With `attestation` (workload evidence: a "
+        "Kubernetes service-account token, a JWT-SVID, an OIDC token) the agent registers "
+        "without a launch token, within the ceiling its attestor's policy grants; the "
+        "token carries the attested facts in its `attest` claim.",
         PUBLIC,
         RegisterResponse,
         request=RegisterRequest,
@@ -345,8 +381,9 @@ OPERATIONS = (
             Failure(
                 "unauthorized",
                 "the launch token is unknown, expired or already consumed; the nonce is "
-                "unknown, expired or already used; the signature does not verify; or the "
-                "DPoP proof is invalid or replayed",
+                "unknown, expired or already used; the signature does not verify; the "
+                "DPoP proof is invalid or replayed; or the attestation is refused (`detail` "
+                "`attestation refused`, the reason in the audit log under `denial_id`)",
             ),
             Failure(
                 "scope_violation",
