@@ -338,12 +338,13 @@ def launch_broker(
     admin_secret: str = ADMIN_SECRET,
     use_env_secret: bool = True,
     args: tuple[str, ...] = (),
+    port: int | None = None,
 ) -> RunningBroker:
-    """Start ``tasklease serve`` on a free loopback port and wait for /v1/health;
-    ``args`` are more options for ``serve`` (``--workers 2``)."""
+    """Start ``tasklease serve`` on a free loopback port (or ``port``) and wait for
+    /v1/health; ``args`` are more options for ``serve`` (``--workers 2``)."""
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     full_env = _clean_env(data_dir, env or {}, with_secret=use_env_secret)
-    port = free_port()
+    port = port or free_port()
     log_path = data_dir / f"broker-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

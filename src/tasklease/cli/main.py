@@ -23,7 +23,6 @@ import typer
 from rich.console import Console
 
 from tasklease.cli import (
-    _attestors,
     _audit,
     _doctor,
     _federation,
@@ -337,7 +336,6 @@ _remote.register(app)
 _operators.register(app)
 _tenants.register(app)
 _federation.register(app)
-_attestors.register(app)
 _audit.register(audit_app)
 _token.register(app)
 _keys.register(_remote.keys_app)

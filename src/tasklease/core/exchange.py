@@ -212,7 +212,7 @@ class Exchange(Service):
                 raise InvalidRequest("missing required field: grant_type")
             raise UnsupportedGrantType(
                 f"unsupported grant_type: {request.grant_type[:80]}",
-                hint=f"this endpoint serves {GRANT_TYPE}",
+                hint=f"this endpoint serves {GRANT_TYPE} and client_credentials",
             )
         subject = _token_param(request.subject_token, "subject_token")
         _token_type_param(request.subject_token_type, "subject_token_type")

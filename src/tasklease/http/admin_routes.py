@@ -59,11 +59,15 @@ def admin_routes(
     *,
     context: Callable[[Request], RequestContext],
     authed: Authed,
+    app_limiter: RateLimiter | None = None,
 ) -> list[Route]:
-    """The administration routes, each wrapped in the problem ``guard``."""
+    """The administration routes, each wrapped in the problem ``guard``.
+
+    ``app_limiter`` limits app sign-ins; the token endpoint's client credentials share it.
+    """
     cfg = broker.config
     admin_limiter = RateLimiter(cfg.admin_auth_rate, cfg.admin_auth_burst)
-    app_limiter = RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
+    app_limiter = app_limiter or RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
 
     def limit(limiter: RateLimiter, request: Request) -> None:
         # The TCP peer, or the client a trusted proxy names (never a header from others).

@@ -29,6 +29,7 @@ from tasklease.federation.revocations import FeedFollowers
 from tasklease.http import wire
 from tasklease.http._handling import http_error, request_context
 from tasklease.http.middleware import EnvelopeMiddleware, TrustedProxyMiddleware
+from tasklease.http.oauth_routes import inserted_metadata_routes
 from tasklease.http.tenant_routes import (
     TENANT_MOUNT,
     Closer,
@@ -80,6 +81,8 @@ def create_app(
     routes: list[BaseRoute] = [
         *tenant_routes(broker, render_metrics=render, closers=closers),
         *tenant_admin_routes(tenancy, context=request_context(RequestURI(cfg))),
+        # RFC 8414 section 3.1: a tenant's metadata, its issuer's path after the well-known.
+        *inserted_metadata_routes(tenancy, uri=RequestURI(cfg)),
         Mount(TENANT_MOUNT, app=TenantApps(tenancy, render_metrics=render, closers=closers)),
     ]
     readiness = broker.readiness

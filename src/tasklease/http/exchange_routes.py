@@ -1,17 +1,26 @@
-"""The OAuth token endpoint for RFC 8693 token exchange: ``POST /v1/oauth/token``.
+"""The OAuth token endpoint, ``POST /v1/oauth/token``: RFC 8693 token exchange for agents
+and the ``client_credentials`` grant (RFC 6749 section 4.4) for apps.
 
 The body is a form (RFC 6749 section 3.2; a parameter may not repeat, section 3.1) or
-JSON with the same names. No ``Authorization`` header: the tokens in the body are the
-credentials, and the one the caller holds (``actor_token``, or ``subject_token`` when
-narrowing) is checked with the request's DPoP proof or client certificate when bound.
-The answer is RFC 8693 section 2.2.1's, never cached (RFC 6749 section 5.1); a refusal
-is a problem carrying RFC 6749 section 5.2's ``error`` and ``error_description``.
+JSON with the same names. **Token exchange** takes no ``Authorization`` header: the
+tokens in the body are the credentials, and the one the caller holds (``actor_token``, or
+``subject_token`` when narrowing) is checked with the request's DPoP proof or client
+certificate when bound. **Client credentials** authenticate the app with its client
+secret, in an HTTP Basic header (``client_secret_basic``, RFC 6749 section 2.3.1: each
+part form-urlencoded) or in the body (``client_secret_post``), never both; the answer is
+the app token ``POST /v1/app/auth`` gives, through the same service and the same rate
+limit. The answer is never cached (RFC 6749 section 5.1); a refusal is a problem that
+also carries RFC 6749 section 5.2's ``error`` and ``error_description``, with
+``invalid_client`` (401, and a ``Basic`` challenge when Basic was used) for a client that
+does not authenticate.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Awaitable, Callable
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
@@ -19,20 +28,90 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tasklease.core.audience import default_audience
 from tasklease.core.broker import Broker, RequestContext
-from tasklease.core.errors import InvalidRequest
-from tasklease.core.exchange import ExchangeRequest
+from tasklease.core.errors import (
+    InvalidDPoPProof,
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    RateLimited,
+    Unauthorized,
+)
+from tasklease.core.exchange import ACCESS_TOKEN_TYPE, ExchangeRequest
+from tasklease.core.tokens import APP_SCOPES
 from tasklease.http import wire
-from tasklease.http._handling import one_of
+from tasklease.http._handling import one_of, request_id
 from tasklease.http.middleware import json_nesting_error
+from tasklease.http.problems import problem_response_parts
+from tasklease.http.ratelimit import RateLimiter
 
-__all__ = ["exchange_routes", "parse_exchange_request"]
+__all__ = ["CLIENT_CREDENTIALS", "exchange_routes", "parse_exchange_request"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 _FORM = "application/x-www-form-urlencoded"
 _FIELDS = frozenset(f.name for f in msgspec.structs.fields(wire.TokenExchangeRequest))
 _encoder = msgspec.json.Encoder()
 _NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
+CLIENT_CREDENTIALS = "client_credentials"
+_ASSERTION = "client_assertion"
+_BASIC_CHALLENGE = 'Basic realm="tasklease", charset="UTF-8"'
+
+
+def _invalid_client(reason: str, *, basic: bool) -> Unauthorized:
+    hint = "HTTP Basic: form-urlencoded client_id ':' client_secret, base64-encoded"
+    return Unauthorized(
+        "client authentication failed",
+        reason=reason,
+        hint=hint if basic else None,
+        oauth_error="invalid_client",
+    )
+
+
+def _basic_credentials(header: str) -> tuple[str, str]:
+    """``client_id`` and ``client_secret`` of an RFC 6749 section 2.3.1 Basic header.
+
+    Raises:
+        Unauthorized: (``invalid_client``) the header is not Basic or is malformed.
+    """
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise _invalid_client("the Authorization header is not Basic", basic=True)
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise _invalid_client("malformed Basic credentials", basic=True) from None
+    client_id, colon, secret = decoded.partition(":")
+    if not colon:
+        raise _invalid_client("malformed Basic credentials", basic=True)
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+def _app_credentials(request: Request, req: wire.TokenExchangeRequest) -> tuple[str, str]:
+    """The app's ``(client_id, client_secret)``, by exactly one method.
+
+    Raises:
+        InvalidRequest: two authentication methods at once (RFC 6749 section 2.3).
+        Unauthorized: (``invalid_client``) none, a malformed one, or a JWT assertion.
+    """
+    header = request.headers.get("authorization")
+    if req.client_assertion is not None or req.client_assertion_type is not None:
+        raise _invalid_client(
+            "private_key_jwt is not a client authentication method here", basic=False
+        )
+    if header is not None:
+        if req.client_secret is not None:
+            raise InvalidRequest(
+                "client authenticated twice: send the secret in the Basic header or in the "
+                "body, not both"
+            )
+        client_id, secret = _basic_credentials(header)
+        if req.client_id is not None and req.client_id != client_id:
+            raise InvalidRequest("client_id in the body differs from the Basic header's")
+        return client_id, secret
+    if not req.client_id or not req.client_secret:
+        raise _invalid_client("no client credentials", basic=False)
+    return req.client_id, req.client_secret
 
 
 async def parse_exchange_request(request: Request) -> wire.TokenExchangeRequest:
@@ -69,17 +148,87 @@ async def parse_exchange_request(request: Request) -> wire.TokenExchangeRequest:
     return wire.TokenExchangeRequest(**{k: v for k, v in values.items() if k in _FIELDS})
 
 
+def _token_response(body: wire.TokenExchangeResponse) -> Response:
+    return Response(
+        _encoder.encode(body) + b"\n", 200, headers=_NO_STORE, media_type="application/json"
+    )
+
+
 def exchange_routes(
     broker: Broker,
     *,
     guard: Callable[[Handler], Handler],
     context: Callable[[Request], RequestContext],
+    app_limiter: RateLimiter | None = None,
 ) -> list[Route]:
-    """The token endpoint, wrapped by the application's problem ``guard``."""
+    """The token endpoint, wrapped by the application's problem ``guard``.
+
+    ``app_limiter`` is the rate limit of app sign-ins (``POST /v1/app/auth``'s), which
+    ``client_credentials`` shares: two doors to one secret get one limit.
+    """
+    cfg = broker.config
+    limiter = app_limiter or RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
+    own_audience = default_audience(cfg.audience)
+
+    async def client_credentials(
+        request: Request, req: wire.TokenExchangeRequest, ctx: RequestContext
+    ) -> Response:
+        key = request.client.host if request.client else "unknown"
+        if not limiter.allow(key):
+            broker.metrics.rate_limited.labels(request.url.path).inc()
+            raise RateLimited(retry_after=limiter.retry_after())
+        client_id, secret = _app_credentials(request, req)
+        if req.scope:
+            extra = [s for s in req.scope.split(" ") if s and s not in APP_SCOPES]
+            if extra:
+                raise InvalidScope(
+                    f"an app token holds {' '.join(APP_SCOPES)}; not {' '.join(extra)[:200]}"
+                )
+        resource = one_of(req.resource, req.audience)
+        if resource is not None and resource not in own_audience:
+            raise InvalidTarget(
+                "an app token is for this broker only",
+                hint=f"omit resource, or send {own_audience[0]}",
+            )
+        if ctx.dpop:
+            raise InvalidDPoPProof(
+                "app tokens are not bound to DPoP keys",
+                hint="send client_credentials without a DPoP header; agents bind theirs",
+            )
+        try:
+            issued = await run_in_threadpool(broker.app_auth, client_id, secret, ctx)
+        except Unauthorized as exc:
+            exc.oauth_error = "invalid_client"  # RFC 6749 section 5.2
+            raise
+        return _token_response(
+            wire.TokenExchangeResponse(
+                access_token=issued.token,
+                issued_token_type=ACCESS_TOKEN_TYPE,
+                token_type="Bearer",  # noqa: S106 - a token type, not a secret
+                expires_in=issued.expires_in,
+                scope=" ".join(issued.claims.scope),
+            )
+        )
 
     async def token(request: Request) -> Response:
         req = await parse_exchange_request(request)
         ctx = context(request)
+        if req.grant_type == CLIENT_CREDENTIALS:
+            try:
+                return await client_credentials(request, req, ctx)
+            except Unauthorized as exc:
+                # RFC 6749 section 5.2: a client that tried the Authorization header is
+                # challenged with the scheme it used.
+                basic = request.headers.get("authorization") is not None
+                if exc.oauth_error != "invalid_client" or not basic:
+                    raise
+                status, body, headers = problem_response_parts(
+                    exc, instance=request.url.path, request_id=request_id(request)
+                )
+                headers["WWW-Authenticate"] = _BASIC_CHALLENGE
+                return Response(
+                    body, status, headers=headers, media_type="application/problem+json"
+                )
         exchange = ExchangeRequest(
             grant_type=req.grant_type,
             subject_token=req.subject_token,
@@ -91,15 +240,14 @@ def exchange_routes(
             resource=one_of(req.resource, req.audience),
         )
         done = await run_in_threadpool(broker.exchange_token, exchange, ctx)
-        body = wire.TokenExchangeResponse(
-            access_token=done.token,
-            issued_token_type=done.issued_token_type,
-            token_type=done.token_type,
-            expires_in=done.issued.expires_in,
-            scope=" ".join(done.scope),
-        )
-        return Response(
-            _encoder.encode(body) + b"\n", 200, headers=_NO_STORE, media_type="application/json"
+        return _token_response(
+            wire.TokenExchangeResponse(
+                access_token=done.token,
+                issued_token_type=done.issued_token_type,
+                token_type=done.token_type,
+                expires_in=done.issued.expires_in,
+                scope=" ".join(done.scope),
+            )
         )
 
     return [Route("/v1/oauth/token", guard(token), methods=["POST"])]

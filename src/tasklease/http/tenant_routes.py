@@ -29,8 +29,10 @@ from tasklease.http.exchange_routes import exchange_routes
 from tasklease.http.federation_routes import federation_routes
 from tasklease.http.feed import RevocationHub, revocation_routes
 from tasklease.http.health_routes import health_routes
-from tasklease.http.lease_routes import lease_routes
 from tasklease.http.inventory_routes import inventory_routes
+from tasklease.http.lease_routes import lease_routes
+from tasklease.http.oauth_routes import metadata_routes
+from tasklease.http.ratelimit import RateLimiter
 from tasklease.http.token_routes import RequestURI, token_routes
 from tasklease.tenancy import Tenancy
 
@@ -53,19 +55,23 @@ def tenant_routes(
     authed = authenticated(broker, context)
     hub = RevocationHub(broker)
     closers.append(hub.close)
+    cfg = broker.config
+    # App sign-ins at /v1/app/auth and as client credentials at /v1/oauth/token: one limit.
+    app_limiter = RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
     return [
         *lease_routes(broker, context=context, authed=authed),
         *health_routes(broker, authed=authed, render_metrics=render_metrics),
-        *admin_routes(broker, context=context, authed=authed),
+        *admin_routes(broker, context=context, authed=authed, app_limiter=app_limiter),
         *revocation_routes(broker, hub, guard=guard, context=context),
         *agent_routes(broker, guard=guard, context=context),
         *token_routes(broker, guard=guard, context=context),
         *federation_routes(broker, authed=authed),
         *attestation_routes(broker, authed=authed),
-        *exchange_routes(broker, guard=guard, context=context),
+        *exchange_routes(broker, guard=guard, context=context, app_limiter=app_limiter),
+        *metadata_routes(broker),
+        *inventory_routes(broker, authed=authed),
     ]
 
-        *inventory_routes(broker, authed=authed),
 
 def tenant_admin_routes(
     tenancy: Tenancy, *, context: Callable[[Request], RequestContext]

@@ -20,8 +20,9 @@ from tasklease.http.wire import (
     _broker,
     _exchange,
     _federation,
-    _operators,
     _inventory,
+    _oauth,
+    _operators,
     _tenants,
     _tokens,
     _trust,
@@ -72,6 +73,7 @@ from tasklease.http.wire._broker import (
     RevocationSync,
     revocation_entry,
 )
+from tasklease.http.wire._exchange import TokenExchangeRequest, TokenExchangeResponse
 from tasklease.http.wire._federation import (
     Federation,
     FederationAdded,
@@ -80,6 +82,23 @@ from tasklease.http.wire._federation import (
     RemovedFederation,
     federation_view,
 )
+from tasklease.http.wire._inventory import (
+    AgentPage,
+    AgentView,
+    DelegationTree,
+    LaunchTokenPage,
+    LaunchTokenView,
+    RevocationPage,
+    TaskDetail,
+    TokenNode,
+    agent_page,
+    agent_view,
+    delegation_tree,
+    launch_token_page,
+    revocation_page,
+    task_detail,
+)
+from tasklease.http.wire._oauth import AuthorizationServerMetadata
 from tasklease.http.wire._operators import (
     AdminAuthRequest,
     AdminAuthResponse,
@@ -104,7 +123,6 @@ from tasklease.http.wire._operators import (
     operator_with_secret,
     removed_operator,
 )
-from tasklease.http.wire._exchange import TokenExchangeRequest, TokenExchangeResponse
 from tasklease.http.wire._problem import ERROR_CODES, Problem
 from tasklease.http.wire._tenants import (
     Tenant,
@@ -117,22 +135,6 @@ from tasklease.http.wire._tenants import (
 from tasklease.http.wire._tokens import (
     ActiveToken,
     ChallengeResponse,
-from tasklease.http.wire._inventory import (
-    AgentPage,
-    AgentView,
-    DelegationTree,
-    LaunchTokenPage,
-    LaunchTokenView,
-    RevocationPage,
-    TaskDetail,
-    TokenNode,
-    agent_page,
-    agent_view,
-    delegation_tree,
-    launch_token_page,
-    revocation_page,
-    task_detail,
-)
     Confirmation,
     DelegateRequest,
     DelegateResponse,
@@ -177,6 +179,8 @@ __all__ = [
     "ActiveToken",
     "AdminAuthRequest",
     "AdminAuthResponse",
+    "AgentPage",
+    "AgentView",
     "App",
     "AppAuthRequest",
     "AppAuthResponse",
@@ -193,14 +197,14 @@ __all__ = [
     "AuditEvent",
     "AuditEventPage",
     "Auth",
+    "AuthorizationServerMetadata",
     "Body",
     "ChallengeResponse",
     "Confirmation",
-    "AgentPage",
-    "AgentView",
     "DelegateRequest",
     "DelegateResponse",
     "DelegationRecord",
+    "DelegationTree",
     "DeregisteredApp",
     "DiscoveryBindRequest",
     "DiscoveryBinding",
@@ -218,10 +222,11 @@ __all__ = [
     "InactiveToken",
     "InvalidToken",
     "KeyRotationResponse",
+    "LaunchTokenPage",
     "LaunchTokenPolicy",
     "LaunchTokenRequest",
     "LaunchTokenResponse",
-    "DelegationTree",
+    "LaunchTokenView",
     "LiveResponse",
     "MutualCompleteRequest",
     "MutualInitiateRequest",
@@ -239,12 +244,10 @@ __all__ = [
     "Peer",
     "Problem",
     "ReadyResponse",
-    "LaunchTokenPage",
     "RegisterRequest",
     "RegisterResponse",
     "RemovedAttestor",
     "RemovedFederation",
-    "LaunchTokenView",
     "RemovedOperator",
     "RenewResponse",
     "Request",
@@ -253,9 +256,11 @@ __all__ = [
     "ResumeRequest",
     "RevocationEntry",
     "RevocationList",
+    "RevocationPage",
     "RevocationSync",
     "RevokeRequest",
     "RevokeResponse",
+    "TaskDetail",
     "Tenant",
     "TenantCreateRequest",
     "TenantList",
@@ -263,24 +268,29 @@ __all__ = [
     "TokenClaims",
     "TokenExchangeRequest",
     "TokenExchangeResponse",
+    "TokenNode",
     "TokenRequest",
     "TokenRevocationResponse",
     "ValidToken",
     "ValidateRequest",
+    "agent_page",
+    "agent_view",
     "app_view",
     "app_with_secret",
     "attestor_test_result",
     "attestor_view",
     "audit_event",
     "delegation_record",
+    "delegation_tree",
     "deregistered_app",
     "federation_view",
+    "launch_token_page",
     "operator_view",
-    "RevocationPage",
     "operator_with_secret",
     "removed_operator",
     "revocation_entry",
-    "TaskDetail",
+    "revocation_page",
+    "task_detail",
     "tenant_view",
     "tenant_with_admin",
 ]
@@ -288,6 +298,7 @@ __all__ = [
 _AREAS = (
     _tokens,
     _exchange,
+    _oauth,
     _operators,
     _inventory,
     _apps,
@@ -299,29 +310,22 @@ _AREAS = (
 )
 
 TAGS: Final[dict[str, str]] = {name: text for area in _AREAS for name, text in area.TAGS.items()}
-    "TokenNode",
 """Each group of operations and what it is for, in the order the document lists them."""
 
 OPERATIONS: Final[tuple[Operation, ...]] = tuple(
     sorted(
-    "agent_page",
-    "agent_view",
         (op for area in _AREAS for op in area.OPERATIONS),
         key=lambda op: list(TAGS).index(op.tag),
     )
 )
 """Every route of the broker, grouped by tag."""
 
-    "delegation_tree",
 SHAPES: Final[tuple[type[Request | Response], ...]] = tuple(
     value
-    "launch_token_page",
     for name in __all__
     if isinstance(value := globals().get(name), type)
     and issubclass(value, Request | Response)
     and value not in (Request, Response)
-    "revocation_page",
-    "task_detail",
 )
 """Every body Struct: each is a named schema of the document."""
 

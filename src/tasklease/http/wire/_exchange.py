@@ -1,5 +1,6 @@
-"""Token exchange on the wire (RFC 8693): one agent token becomes the parent of another,
-narrowed in the same domain, or carried across from a federated domain."""
+"""The token endpoint on the wire: token exchange (RFC 8693), where one agent token becomes
+the parent of another, narrowed in the same domain or carried across from a federated
+domain; and the client credentials grant (RFC 6749 section 4.4), where an app signs in."""
 
 from __future__ import annotations
 
@@ -21,32 +22,36 @@ from tasklease.http.wire._base import (
 __all__ = ["OPERATIONS", "TAGS", "TokenExchangeRequest", "TokenExchangeResponse"]
 
 TAGS = {
-    "token exchange": "RFC 8693: narrow an agent token, or carry a federated domain's token "
-    "across to an agent of this broker.",
+    "token exchange": "The OAuth token endpoint: RFC 8693 token exchange (narrow an agent "
+    "token, or carry a federated domain's token across to an agent of this broker) and "
+    "the client credentials grant for apps.",
 }
 
 _Text = str | None
 
 
 class TokenExchangeRequest(Request):
-    """An RFC 8693 section 2.1 request, as a form (`application/x-www-form-urlencoded`,
-    RFC 6749 section 3.2) or JSON with the same names; a form parameter may not repeat."""
+    """An RFC 8693 section 2.1 or RFC 6749 section 4.4.2 request, as a form
+    (`application/x-www-form-urlencoded`, RFC 6749 section 3.2) or JSON with the same
+    names; a form parameter may not repeat."""
 
-    grant_type: Annotated[_Text, required("`urn:ietf:params:oauth:grant-type:token-exchange`.")] = (
-        None
-    )
+    grant_type: Annotated[
+        _Text,
+        required("`urn:ietf:params:oauth:grant-type:token-exchange` or `client_credentials`."),
+    ] = None
     subject_token: Annotated[
         _Text,
-        required(
-            "The token to exchange: the caller's own agent token (narrowing), or an agent "
+        doc(
+            "Token exchange (required): the token to exchange: the caller's own agent "
+            "token (narrowing), or an agent "
             "token of a federated trust domain whose `aud` names `spiffe://<this broker's "
             "trust domain>`."
         ),
     ] = None
     subject_token_type: Annotated[
         _Text,
-        required(
-            "`urn:ietf:params:oauth:token-type:access_token` or "
+        doc(
+            "Token exchange (required): `urn:ietf:params:oauth:token-type:access_token` or "
             "`urn:ietf:params:oauth:token-type:jwt`."
         ),
     ] = None
@@ -69,7 +74,8 @@ class TokenExchangeRequest(Request):
         _Text,
         doc(
             "Space-separated scopes (RFC 6749 section 3.3) within what the subject token "
-            "grants here; all of it when absent."
+            "grants here; all of it when absent. Client credentials: among the app token's "
+            "(`app:launch-tokens:*`, `app:agents:*`, `app:audit:read`), which it always holds."
         ),
     ] = None
     resource: Annotated[
@@ -82,6 +88,24 @@ class TokenExchangeRequest(Request):
     audience: Annotated[
         _Text, doc("RFC 8693 `audience`, the same as `resource`; if both, they must agree.")
     ] = None
+    client_id: Annotated[
+        _Text,
+        doc(
+            "Client credentials: the app's client id (`client_secret_post`), or the same "
+            "as in the Basic header if sent there too."
+        ),
+    ] = None
+    client_secret: Annotated[
+        _Text,
+        doc(
+            "Client credentials: the app's secret (`client_secret_post`). Or send both in "
+            "`Authorization: Basic` (`client_secret_basic`, RFC 6749 section 2.3.1), not both."
+        ),
+    ] = None
+    client_assertion: Annotated[
+        _Text, doc("Refused (`invalid_client`): no JWT client authentication (RFC 7523).")
+    ] = None
+    client_assertion_type: Annotated[_Text, doc("Refused with `client_assertion`.")] = None
 
 
 class TokenExchangeResponse(Response):
@@ -101,8 +125,15 @@ OPERATIONS = (
         "POST /v1/oauth/token",
         "exchangeToken",
         "token exchange",
-        "Exchange a token (RFC 8693)",
-        "Issues an agent token whose parent is `subject_token`, through the same issuance "
+        "The OAuth token endpoint: token exchange (RFC 8693) and client credentials",
+        "**Client credentials** (`grant_type=client_credentials`, RFC 6749 section 4.4): "
+        "an app authenticates with its client secret, in `Authorization: Basic` or in the "
+        "body (never both; no JWT assertions), and gets the app token `POST /v1/app/auth` "
+        "gives (same service, same rate limit, same audit); `resource` may only name this "
+        "broker, and no DPoP binding (a DPoP header is refused). A failed client "
+        "authentication is 401 with `error=invalid_client` (and a `Basic` challenge when "
+        "Basic was used). **Token exchange** issues an agent token whose parent is "
+        "`subject_token`, through the same issuance "
         "check as every other token (docs/authority.md): scope, audience and lifetime only "
         "narrow, the renewal count carries on, the principal is the subject token's. "
         "**Narrowing**: `subject_token` is the caller's own token (with its DPoP proof or "
@@ -122,7 +153,17 @@ OPERATIONS = (
         request=TokenExchangeRequest,
         form=True,
         commits=True,
+        rate_limited=True,
         errors=(
+            Failure(
+                "unauthorized",
+                "client credentials: the app's credentials are missing, malformed, wrong, "
+                "or the app is inactive (`error=invalid_client`)",
+            ),
+            Failure(
+                "invalid_dpop_proof",
+                "client credentials: a DPoP header was sent (app tokens are not bound)",
+            ),
             Failure(
                 "invalid_request",
                 "a parameter is missing, malformed or repeated; a token type is not an "
@@ -134,7 +175,8 @@ OPERATIONS = (
             ),
             Failure(
                 "unsupported_grant_type",
-                "`grant_type` is not `urn:ietf:params:oauth:grant-type:token-exchange`",
+                "`grant_type` is neither `urn:ietf:params:oauth:grant-type:token-exchange` nor "
+                "`client_credentials`",
             ),
             Failure(
                 "invalid_scope",
@@ -142,7 +184,9 @@ OPERATIONS = (
                 "nothing here",
             ),
             Failure(
-                "invalid_target", "`resource`/`audience` is malformed or would widen the audience"
+                "invalid_target",
+                "`resource`/`audience` is malformed or would widen the audience (client "
+                "credentials: names anything but this broker)",
             ),
         ),
     ),
