@@ -12,13 +12,13 @@ from nacl.signing import SigningKey
 
 from tasklease.core.mutual import (
     ProofRejected,
-    ReplayCache,
-    make_workload_proof,
     transcript,
     verify_peer,
     verify_receipt,
 )
 from tasklease.rules import jws as _jws
+from tasklease.rules.binding import MemoryProofLedger
+from tasklease.rules.wimse import make_wpt
 
 NA = "a" * 32
 NB = "b" * 32
@@ -248,58 +248,70 @@ def _jwks_resolver(env: Env) -> Any:
     return {k["kid"]: VerifyKey(_jws.b64url_decode(k["x"])) for k in keys}.get
 
 
+def _wit(env: Env, agent: AgentHandle) -> str:
+    answer = env.http.post("/v1/workload/identity", headers=agent.auth())
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["workload_identity_token"])
+
+
 def test_offline_peers_verify_each_other_with_the_jwks(env: Env) -> None:
+    # WIMSE: each agent sends its access token, its WIT and a WPT for the request's URI.
     a = env.register("task-a", ["read:data:*"])
     b = env.register("task-b", ["write:data:*"])
     resolve = _jwks_resolver(env)
     now = env.clock.now()
-    cache_a, cache_b = ReplayCache(), ReplayCache()
+    cache_a, cache_b = MemoryProofLedger(), MemoryProofLedger()
     cfg = env.broker.config
-    proof_a = make_workload_proof(a.key, access_token=a.token, audience=b.agent_id, now=now)
-    proof_b = make_workload_proof(b.key, access_token=b.token, audience=a.agent_id, now=now)
+    wit_a, wit_b = _wit(env, a), _wit(env, b)
+    at_b, at_a = "https://b.example/work", "https://a.example/work"
+    proof_a = make_wpt(a.key, wit=wit_a, target_uri=at_b, now=now, access_token=a.token)
+    proof_b = make_wpt(b.key, wit=wit_b, target_uri=at_a, now=now, access_token=b.token)
     seen_by_b = verify_peer(
-        a.token, proof_a, resolve_key=resolve, issuer=cfg.issuer, me=b.agent_id, now=now,
-        replay=cache_b,
+        a.token, wit_a, proof_a, resolve_key=resolve, issuer=cfg.issuer, target_uri=at_b,
+        now=now, replay=cache_b,
     )  # fmt: skip
     seen_by_a = verify_peer(
-        b.token, proof_b, resolve_key=resolve, issuer=cfg.issuer, me=a.agent_id, now=now,
-        replay=cache_a,
+        b.token, wit_b, proof_b, resolve_key=resolve, issuer=cfg.issuer, target_uri=at_a,
+        now=now, replay=cache_a,
     )  # fmt: skip
     assert seen_by_b["sub"] == a.agent_id and seen_by_b["scope"] == "read:data:*"
     assert seen_by_a["sub"] == b.agent_id
-    header = _jws.decode_unverified(proof_a)[0]
-    assert header["typ"] == "wpt+jwt"
+    assert _jws.decode_unverified(proof_a)[0] == {"alg": "EdDSA", "typ": "wpt+jwt"}
+    assert _jws.decode_unverified(wit_a)[0]["typ"] == "wit+jwt"
 
-    def check(proof: str, token: str = a.token, at: float = now) -> None:
+    def check(proof: str, token: str = a.token, at: float = now, wit: str = wit_a) -> None:
         verify_peer(
-            token, proof, resolve_key=resolve, issuer=cfg.issuer, me=b.agent_id, now=at,
-            replay=cache_b,
+            token, wit, proof, resolve_key=resolve, issuer=cfg.issuer, target_uri=at_b,
+            now=at, replay=cache_b,
         )  # fmt: skip
+
+    def wpt(**changes: Any) -> str:
+        args: dict[str, Any] = {
+            "wit": wit_a, "target_uri": at_b, "now": now, "access_token": a.token,
+        }  # fmt: skip
+        args.update(changes)
+        key = args.pop("key", a.key)
+        return make_wpt(key, **args)
 
     with pytest.raises(ProofRejected, match="replayed"):
         check(proof_a)
-    with pytest.raises(ProofRejected, match="audience"):
-        check(make_workload_proof(a.key, access_token=a.token, audience="spiffe://x/y", now=now))
-    with pytest.raises(ProofRejected, match="another access token"):
-        check(make_workload_proof(a.key, access_token=b.token, audience=b.agent_id, now=now))
-    with pytest.raises(ProofRejected):  # signed by another key than the token's agent_jwk
-        check(make_workload_proof(b.key, access_token=a.token, audience=b.agent_id, now=now))
+    with pytest.raises(ProofRejected, match="target URI"):
+        check(wpt(target_uri="https://elsewhere.example/work"))
+    with pytest.raises(ProofRejected, match="ath"):
+        check(wpt(access_token=b.token))
+    with pytest.raises(ProofRejected, match="wth"):
+        check(wpt(wit=wit_b))
+    with pytest.raises(ProofRejected, match="another workload"):
+        check(wpt(wit=wit_b, key=b.key), wit=wit_b)
+    with pytest.raises(ProofRejected, match="WIT's key"):  # signed by another key
+        check(wpt(key=b.key))
     with pytest.raises(ProofRejected, match="expired"):
-        late = make_workload_proof(a.key, access_token=a.token, audience=b.agent_id, now=now)
-        check(late, at=now + 120)
+        check(wpt(), at=now + 120)
     # A proof is dead at its exp, not a skew later.
-    at_exp = make_workload_proof(a.key, access_token=a.token, audience=b.agent_id, now=now, ttl=10)
     with pytest.raises(ProofRejected, match="expired"):
-        check(at_exp, at=int(now) + 10)
-    check(make_workload_proof(a.key, access_token=a.token, audience=b.agent_id, now=now, ttl=10),
-          at=int(now) + 9)  # fmt: skip
+        check(wpt(ttl=10), at=int(now) + 10)
+    check(wpt(ttl=10), at=int(now) + 9)
     # So is the access token it rides on.
     with pytest.raises(ProofRejected, match="access token expired"):
         exp = _jws.decode_unverified(a.token)[1]["exp"]
-        late = make_workload_proof(a.key, access_token=a.token, audience=b.agent_id, now=exp)
-        check(late, at=exp)
-    with pytest.raises(ValueError, match="ttl"):
-        make_workload_proof(a.key, access_token=a.token, audience=b.agent_id, now=now, ttl=61)
-    with pytest.raises(ProofRejected):  # a token that is not the broker's
-        forged = a.token[:-4] + ("AAAA" if not a.token.endswith("AAAA") else "BBBB")
-        check(make_workload_proof(a.key, access_token=forged, audience=b.agent_id, now=now), forged)
+        check(wpt(now=exp), at=exp)

@@ -656,6 +656,11 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     call("GET", "/v1/discovery/{agent_id}", path=unbound, token=a_token, expect=404)
     call("GET", "/v1/discovery/{agent_id}", path=where, expect=401)
 
+    identity = call("POST", "/v1/workload/identity", token=a_token, expect=200)
+    assert identity["workload_identity_token"].count(".") == 2
+    call("POST", "/v1/workload/identity", token=admin, expect=403)
+    call("POST", "/v1/workload/identity", expect=401)
+
     nonce = call("GET", "/v1/challenge", expect=200)["nonce"]
     resume = {
         "agent_id": b["agent_id"],

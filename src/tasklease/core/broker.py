@@ -65,6 +65,7 @@ from tasklease.core.tokencheck import ALL_KINDS, OPERATOR_KINDS, TokenCheck
 from tasklease.core.tokens import Claims
 from tasklease.core.trustbundle import TrustBundles
 from tasklease.core.validation import Validator
+from tasklease.core.workload import WorkloadIdentities
 from tasklease.rules.binding import DPoPVerifier, Presentation
 
 __all__ = [
@@ -138,6 +139,7 @@ class Broker:
         self._liveness = Liveness(kernel)
         self._handshakes = Handshakes(kernel, keys)
         self._discovery = Discovery(kernel)
+        self._workload = WorkloadIdentities(kernel, keys)
         # Federated trust domains (core.federation): records, bundles, trusted keys.
         self.federation = Federation(kernel)
         # What operators see (core.inventory): listings, trees, tasks; read-only.
@@ -643,6 +645,11 @@ class Broker:
         return self._discovery.bind(
             claims, endpoint=endpoint, issued_at=issued_at, signature=signature, ctx=ctx
         )
+
+    def workload_identity(self, claims: Claims, ctx: RequestContext) -> tuple[str, int]:
+        """A WIMSE Workload Identity Token for the agent holding ``claims``
+        (:class:`WorkloadIdentities`); ``(wit, expires_in)``."""
+        return self._workload.issue(claims, ctx)
 
     def discovery_resolve(self, agent_id: str) -> tuple[DiscoveryBinding, AgentRecord]:
         """An active agent's signed endpoint binding and registration (NotFound if none)."""

@@ -38,7 +38,7 @@ def agent_routes(
     guard: Callable[[Handler], Handler],
     context: Callable[[Request], RequestContext],
 ) -> list[Route]:
-    """The agent-trust routes (handshake, heartbeat, discovery, resume).
+    """The agent-trust routes (handshake, heartbeat, discovery, resume, WIMSE identity).
 
     Each is wrapped in the application's problem ``guard``.
     """
@@ -163,6 +163,12 @@ def agent_routes(
             )
         )
 
+    async def workload_identity(request: Request) -> Response:
+        wit, expires_in = await as_agent(request, broker.workload_identity)
+        return json_response(
+            wire.WorkloadIdentityResponse(workload_identity_token=wit, expires_in=expires_in)
+        )
+
     return [
         Route("/v1/mutual/initiate", guard(initiate), methods=["POST"]),
         Route("/v1/mutual/respond", guard(respond), methods=["POST"]),
@@ -171,4 +177,5 @@ def agent_routes(
         Route("/v1/resume", guard(resume), methods=["POST"]),
         Route("/v1/discovery/bind", guard(bind), methods=["POST"]),
         Route("/v1/discovery/{agent_id:path}", guard(resolve), methods=["GET"]),
+        Route("/v1/workload/identity", guard(workload_identity), methods=["POST"]),
     ]

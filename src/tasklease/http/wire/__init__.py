@@ -165,6 +165,7 @@ from tasklease.http.wire._trust import (
     Peer,
     ResolvedEndpoint,
     ResumeRequest,
+    WorkloadIdentityResponse,
 )
 
 __all__ = [
@@ -273,6 +274,7 @@ __all__ = [
     "TokenRevocationResponse",
     "ValidToken",
     "ValidateRequest",
+    "WorkloadIdentityResponse",
     "agent_page",
     "agent_view",
     "app_view",

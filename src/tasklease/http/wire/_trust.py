@@ -34,11 +34,13 @@ __all__ = [
     "Peer",
     "ResolvedEndpoint",
     "ResumeRequest",
+    "WorkloadIdentityResponse",
 ]
 
 TAGS = {
     "agent trust": "Agents that trust each other: mutual authentication, heartbeats that "
-    "revoke silent agents, crash resumption and signed discovery bindings.",
+    "revoke silent agents, crash resumption, signed discovery bindings and WIMSE workload "
+    "identity tokens.",
 }
 
 _Text = str | None
@@ -155,6 +157,19 @@ class DiscoveryBinding(Response):
 class ResolvedEndpoint(DiscoveryBinding):
     signature: Annotated[str, doc("Ed25519 signature of the statement, standard base64.")]
     public_key: Annotated[str, doc("The agent's registered Ed25519 key, standard base64.")]
+
+
+class WorkloadIdentityResponse(Response):
+    workload_identity_token: Annotated[
+        str,
+        doc(
+            "The WIT (`typ: wit+jwt`, signed with the broker's token key): `iss`, `sub` "
+            "(the agent's SPIFFE ID), `iat`, `exp`, `jti`, `cnf.jwk` (its registered "
+            "Ed25519 key, `alg: EdDSA`). Send it in the `Workload-Identity-Token` header "
+            "with a Workload Proof Token signed by that key; never as a bearer token."
+        ),
+    ]
+    expires_in: Annotated[int, doc("Seconds until it expires: never after the token's `exp`.")]
 
 
 # --- operations ----------------------------------------------------------------------------
@@ -343,5 +358,21 @@ OPERATIONS = (
             ),
         ),
         errors=(Failure("not_found", "no active agent with an unexpired binding"),),
+    ),
+    Operation(
+        "POST /v1/workload/identity",
+        "issueWorkloadIdentity",
+        "agent trust",
+        "Get a Workload Identity Token (WIMSE)",
+        "A WIMSE Workload Identity Token (draft-ietf-wimse-workload-creds-02) for the agent "
+        "holding the presented token: the broker states that this SPIFFE ID holds the key "
+        "it registered. With it the agent proves itself to peers on each request with a "
+        "Workload Proof Token (draft-ietf-wimse-wpt-02: `aud` the request's target URI, "
+        "`wth` the WIT's hash, `ath` its access token's) in the `Workload-Proof-Token` "
+        "header, which peers verify offline (`tasklease.rules.wimse`). The WIT carries no "
+        "scope and lives no longer than the presented token. Audited "
+        "(`workload_identity_issued`).",
+        PEER_TOKEN,
+        WorkloadIdentityResponse,
     ),
 )
