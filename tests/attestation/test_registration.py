@@ -11,6 +11,7 @@ from core_support import CTX, ISSUER, START, admin, audit_detail, make_broker, r
 from issuers import SigningKey, k8s_claims, mint
 
 from tasklease.core.errors import InvalidRequest, ScopeViolation, TaskleaseError, Unauthorized
+from tasklease.core.validation import TokenRejected
 
 K8S_ISS = "https://kubernetes.default.svc.cluster.local"
 POLICY = [
@@ -166,3 +167,32 @@ def test_launch_token_and_evidence_together_are_bounded_by_both() -> None:
         lambda: register(broker, ["read:users:1"], launch_token=token, attestation=evidence(key))
     )
     assert isinstance(error, ScopeViolation)  # the launch token allows it; the policy does not
+
+
+def test_a_delegated_token_keeps_the_delegators_attestation() -> None:
+    broker, key = configured()
+    runner = register(broker, ["read:invoices:*"], attestation=evidence(key))
+    helper = register(
+        broker, ["read:metrics:cpu"], attestation=evidence(key, namespace="ops"), task="t-ops"
+    )
+    delegated = broker.delegate(
+        runner.claims,
+        delegate_to=helper.claims.sub,
+        scope=["read:invoices:42"],
+        ttl=60,
+        ctx=CTX,
+    )
+    # The delegate acts under the delegator's attestation, not its own.
+    assert delegated.claims.raw["attest"] == runner.claims.raw["attest"]
+    assert delegated.claims.raw["attest"]["facts"]["namespace"] == "billing"
+    ancestor = "attest:k8s_sat:prod:system:serviceaccount:billing:agent-runner"
+    assert ancestor in delegated.claims.lineage
+    # Revoking the attestation's ancestor (level chain) ends both, and refuses new
+    # registrations through that subject while the entry lives.
+    broker.revoke(admin(broker), level="chain", target=ancestor, ctx=CTX)
+    with pytest.raises(TokenRejected):
+        broker.validate(runner.token, ctx=CTX)
+    with pytest.raises(TokenRejected):
+        broker.validate(delegated.token, ctx=CTX)
+    error = refusal(lambda: register(broker, ["read:invoices:1"], attestation=evidence(key)))
+    assert error.denial_id and len(audit_detail(broker, error.denial_id)) == 1
