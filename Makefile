@@ -1,10 +1,17 @@
-# tasklease: `make run` starts a broker, `make test` runs every check.
+# tasklease: `make run` starts a broker, `make test` runs every check; `make help` lists all.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 DATA   ?= .tasklease
+# Where `make run` serves: TASKLEASE_HOST and TASKLEASE_PORT, as `tasklease serve` reads them.
+RUN_HOST := $(or $(TASKLEASE_HOST),127.0.0.1)
+RUN_PORT := $(or $(TASKLEASE_PORT),8080)
 
-.PHONY: run test lint typecheck unit bench clean install soak
+.PHONY: run test lint typecheck unit bench clean install soak help
+
+help: ## this list
+	@echo "tasklease: make TARGET"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)$$/  \1\t\2/' | expand -t 22
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,49 +25,51 @@ $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test,postgres,hsm]'
 	@touch $@ $(VENV)/.run-deps
 
-install: $(VENV)/.run-deps
+install: $(VENV)/.run-deps ## install tasklease in .venv
 
-run: $(VENV)/.run-deps
+run: $(VENV)/.run-deps ## start a broker on 127.0.0.1:8080 (TASKLEASE_PORT to change), data in .tasklease
+	@$(BIN)/python scripts/port_free.py $(RUN_HOST) $(RUN_PORT)
 	@if [ ! -f $(DATA)/config.toml ]; then \
 	  $(BIN)/tasklease init --data-dir $(DATA) --secret-file $(DATA)/admin-secret; \
 	fi
 	@echo "Admin secret: run 'cat $(DATA)/admin-secret' (or set TASKLEASE_ADMIN_SECRET)."
 	@echo "Signing keys are encrypted; their passphrase (KEK): $(DATA)/key-passphrase, unless TASKLEASE_KEY_PASSPHRASE is set."
-	@echo "Try: curl -s http://127.0.0.1:8080/v1/health"
+	@echo "Try: curl -s http://$(RUN_HOST):$(RUN_PORT)/v1/health  (console: http://$(RUN_HOST):$(RUN_PORT)/console)"
 	$(BIN)/tasklease serve --data-dir $(DATA)
 
-lint: $(VENV)/.test-deps
+lint: $(VENV)/.test-deps ## ruff: lint and format check
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
-typecheck: $(VENV)/.test-deps
+typecheck: $(VENV)/.test-deps ## mypy --strict
 	$(BIN)/mypy
 
-unit: $(VENV)/.test-deps
+unit: $(VENV)/.test-deps ## the test suite (installs PostgreSQL, SoftHSM, faketime, Chromium if missing)
 	sh scripts/ensure-postgres.sh
+	sh scripts/ensure-chromium.sh
 	sh scripts/ensure-softhsm.sh
 	sh scripts/ensure-faketime.sh
 	$(BIN)/pytest
 
-test: lint typecheck unit
+test: lint typecheck unit ## every check: lint, typecheck, unit
 
 # The authority model at 100,000 steps and more (not in CI): memory and SQLite stores.
-soak: $(VENV)/.test-deps
+soak: $(VENV)/.test-deps ## the authority model at 100,000 steps (not in CI)
 	TASKLEASE_MODEL_EXAMPLES=1250 TASKLEASE_MODEL_STEPS=80 \
 	  $(BIN)/pytest -p no:cacheprovider -o addopts="" --timeout 0 tests/core/test_authority_model.py
 
-bench: $(VENV)/.test-deps
+bench: $(VENV)/.test-deps ## throughput benchmarks
 	$(BIN)/python -m bench
 
 .PHONY: bench-propagation
-bench-propagation: $(VENV)/.test-deps
+bench-propagation: $(VENV)/.test-deps ## revocation propagation benchmark (PostgreSQL)
 	sh scripts/ensure-postgres.sh
 	$(BIN)/python -m bench.propagation
 
 .PHONY: bench-postgres
-bench-postgres: $(VENV)/.test-deps
+bench-postgres: $(VENV)/.test-deps ## benchmarks on PostgreSQL
 	sh scripts/ensure-postgres.sh
 	$(BIN)/python -m bench --database postgresql
 
-clean:
+clean: ## remove .venv and build outputs
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

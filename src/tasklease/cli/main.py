@@ -243,6 +243,12 @@ def serve(
 
     try:
         run_server(cfg, workers=workers, loop=loop)
+    busy = _port_taken(cfg.host, cfg.port)
+    if busy:
+        fail(
+            busy,
+            hint=f"stop it, or pass --port (or set TASKLEASE_PORT), e.g. --port {cfg.port + 1}",
+        )
     except (SchemaError, Unavailable) as exc:
         raise _fail(f"{exc} ({exc.reason})" if exc.reason != exc.detail else str(exc)) from None
     except KeyStoreError as exc:
@@ -251,6 +257,29 @@ def serve(
 
 @db_app.command("migrate")
 def db_migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+def _port_taken(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be listened on ("" when it can): said before anything
+    else, rather than after a start-up that cannot end well."""
+    import errno
+    import socket
+
+    if port == 0:
+        return ""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is taken "
+                    "(another broker, or another program, is listening there)"
+                )
+            return f"cannot listen on {host}:{port}: {exc.strerror}"
+    return ""
+
+
     """Apply pending schema migrations to the configured database."""
     from tasklease.core.errors import Unavailable
     from tasklease.storage import SchemaError, open_store, redact_url

@@ -25,6 +25,8 @@ from tasklease.http._handling import authenticated, guard, json_response, read_b
 from tasklease.http.admin_routes import admin_routes
 from tasklease.http.agent_routes import agent_routes
 from tasklease.http.attestation_routes import attestation_routes
+from tasklease.http.audit_routes import audit_routes
+from tasklease.http.console import console_routes
 from tasklease.http.exchange_routes import exchange_routes
 from tasklease.http.federation_routes import federation_routes
 from tasklease.http.feed import RevocationHub, revocation_routes
@@ -70,6 +72,8 @@ def tenant_routes(
         *exchange_routes(broker, guard=guard, context=context, app_limiter=app_limiter),
         *metadata_routes(broker),
         *inventory_routes(broker, authed=authed),
+        *audit_routes(broker, authed=authed),
+        *console_routes(broker, context=context),
     ]
 
 

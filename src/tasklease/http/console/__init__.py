@@ -1,0 +1,465 @@
+"""The operator's web console at ``/console``: server-rendered pages (Jinja2, autoescaped)
+over the same Broker the API calls, a little vendored script for the parts that update
+themselves, and a strict Content-Security-Policy (no inline script or style).
+
+Every page authenticates the session's token with the broker (``_session``) for the
+scope the matching API route needs: reading needs ``admin:audit:*`` (every role), revoking
+``admin:revoke:*`` (not the auditor: the buttons are not drawn, and the broker refuses
+the action anyway). Every action is a Broker call, as the API makes it: no rule is
+written twice. Turned off with ``console = false`` (docs/console.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.resources import files
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from tasklease.core.auditformat import verify_chain
+from tasklease.core.broker import Broker, RequestContext
+from tasklease.core.clock import format_rfc3339_seconds
+from tasklease.core.errors import InsufficientScope, NotFound, TaskleaseError, Unauthorized
+from tasklease.core.store import AuditQuery
+from tasklease.core.tokens import KIND_ADMIN, Claims
+from tasklease.http.console._charts import MetricSampler, sparkline
+from tasklease.http.console._session import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    csrf_for,
+    login_csrf,
+    plain_http_refused,
+    same_origin,
+    set_cookie,
+    valid_csrf,
+)
+from tasklease.http.console._static import static_route
+from tasklease.http.ratelimit import RateLimiter
+from tasklease.http.token_routes import RequestURI
+from tasklease.rules.scopes import covers
+
+__all__ = ["CONSOLE_CSP", "console_routes"]
+
+CONSOLE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+_READ = "admin:audit:*"
+_REVOKE = "admin:revoke:*"
+_ADMIN = frozenset({KIND_ADMIN})
+_LEVELS = ("token", "agent", "task", "chain")
+
+_templates = Environment(
+    loader=FileSystemLoader(str(files("tasklease.http.console") / "templates")),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_templates.filters["q"] = lambda value: quote(str(value), safe="")
+_templates.filters["plural"] = lambda n, word: f"{n} {word}" if n == 1 else f"{n} {word}s"
+_templates.filters["when"] = lambda ts: format_rfc3339_seconds(ts) if ts else ""
+
+
+class _SignIn(Exception):
+    """No valid session: send the browser to the sign-in page."""
+
+
+def console_routes(
+    broker: Broker, *, context: Callable[[Request], RequestContext]
+) -> list[BaseRoute]:
+    """The console's routes under ``/console`` (none when the config turns it off)."""
+    if not broker.config.console:
+        return []
+    inventory = broker.inventory
+    sampler = MetricSampler(broker.metrics.registry)
+    limiter = RateLimiter(broker.config.admin_auth_rate, broker.config.admin_auth_burst)
+    uri = RequestURI(broker.config)
+
+    def own_origin(request: Request) -> bool:
+        return same_origin(request, uri.origins(request.scope))
+
+    def base(request: Request) -> str:
+        # Inside the console's Mount the root path ends with /console already (and starts
+        # with /t/<name> for another tenant's console).
+        root = str(request.scope.get("root_path", ""))
+        return root if root.endswith("/console") else root + "/console"
+
+    def page(request: Request, template: str, status: int = 200, **values: Any) -> Response:
+        html = _templates.get_template(template).render(base=base(request), **values)
+        response = HTMLResponse(html, status)
+        response.headers["content-security-policy"] = CONSOLE_CSP
+        # Browsers send ``Origin: null`` under no-referrer; the CSRF check reads Origin.
+        response.headers["referrer-policy"] = "same-origin"
+        return response
+
+    async def session(request: Request, scope: str = _READ) -> tuple[Claims, str]:
+        token = request.cookies.get(SESSION_COOKIE, "")
+        if not token:
+            raise _SignIn
+        ctx = context(request)
+
+        def check() -> Claims:
+            return broker.authenticate(f"Bearer {token}", ctx, kinds=_ADMIN, scope=scope)
+
+        try:
+            return await run_in_threadpool(check), token
+        except InsufficientScope:
+            raise
+        except Unauthorized:
+            raise _SignIn from None
+
+    def viewer(claims: Claims, token: str) -> dict[str, Any]:
+        return {
+            "who": claims.sub,
+            "can_revoke": any(covers(s, _REVOKE) for s in claims.scope),
+            "csrf": csrf_for(token),
+            "expires": format_rfc3339_seconds(claims.exp),
+        }
+
+    def guarded(
+        handler: Callable[[Request, dict[str, Any]], Any], scope: str = _READ
+    ) -> Callable[[Request], Any]:
+        async def run(request: Request) -> Response:
+            if plain_http_refused(request):
+                return page(request, "error.html", 403, message=_PLAIN_HTTP, signed_in=False)
+            try:
+                claims, token = await session(request, scope)
+                result: Response = await handler(request, viewer(claims, token))
+                return result
+            except _SignIn:
+                if request.headers.get("x-console-fragment"):
+                    return Response("session ended", 401)
+                return RedirectResponse(f"{base(request)}/login", 303)
+            except NotFound as exc:
+                return page(request, "error.html", 404, message=exc.detail, signed_in=True)
+            except TaskleaseError as exc:
+                status = 403 if isinstance(exc, InsufficientScope) else 400
+                return page(request, "error.html", status, message=exc.detail, signed_in=True)
+
+        run.__name__ = getattr(handler, "__name__", "page")
+        return run
+
+    # -- sign-in ------------------------------------------------------------------------
+
+    async def login_form(request: Request) -> Response:
+        if plain_http_refused(request):
+            return page(request, "error.html", 403, message=_PLAIN_HTTP, signed_in=False)
+        value = login_csrf()
+        response = page(request, "login.html", csrf=value, error="")
+        set_cookie(response, request, LOGIN_COOKIE, value, path=base(request), max_age=600)
+        return response
+
+    async def login(request: Request) -> Response:
+        if plain_http_refused(request):
+            return page(request, "error.html", 403, message=_PLAIN_HTTP, signed_in=False)
+        if not own_origin(request):
+            return page(request, "error.html", 403, message=_STALE_FORM, signed_in=False)
+        form = await _form(request)
+        expected = request.cookies.get(LOGIN_COOKIE, "")
+        if not valid_csrf(expected, form.get("csrf", "")):
+            return page(request, "error.html", 403, message=_STALE_FORM, signed_in=False)
+        key = request.client.host if request.client else "unknown"
+        if not limiter.allow(key):
+            return page(request, "login.html", 429, csrf=expected, error=_TOO_MANY)
+        name, secret = form.get("operator", "").strip(), form.get("secret", "")
+        ctx = context(request)
+
+        def sign_in() -> tuple[str, int]:
+            if name:
+                issued, _ = broker.operator_auth(
+                    name=name, secret=secret, nonce=None, signature=None, ctx=ctx
+                )
+            else:
+                issued = broker.admin_auth(secret, ctx)
+            return issued.token, issued.expires_in
+
+        try:
+            token, lifetime = await run_in_threadpool(sign_in)
+        except TaskleaseError:
+            return page(request, "login.html", 401, csrf=expected, error=_WRONG)
+        response = RedirectResponse(f"{base(request)}/", 303)
+        set_cookie(response, request, SESSION_COOKIE, token, path=base(request), max_age=lifetime)
+        set_cookie(response, request, LOGIN_COOKIE, "", path=base(request), max_age=0)
+        return response
+
+    async def logout(request: Request) -> Response:
+        form = await _form(request)
+        token = request.cookies.get(SESSION_COOKIE, "")
+        fresh = bool(token) and valid_csrf(csrf_for(token), form.get("csrf", ""))
+        if not fresh or not own_origin(request):
+            return page(request, "error.html", 403, message=_STALE_FORM, signed_in=False)
+        response = RedirectResponse(f"{base(request)}/login", 303)
+        set_cookie(response, request, SESSION_COOKIE, "", path=base(request), max_age=0)
+        return response
+
+    # -- pages --------------------------------------------------------------------------
+
+    async def overview(request: Request, me: dict[str, Any]) -> Response:
+        return page(request, "overview.html", me=me, nav="overview", **await _overview())
+
+    async def overview_live(request: Request, me: dict[str, Any]) -> Response:
+        return page(request, "_overview_live.html", me=me, **await _overview())
+
+    async def _overview() -> dict[str, Any]:
+        def read() -> dict[str, Any]:
+            agents = inventory.agents(state="active", limit=500)
+            tokens = inventory.launch_tokens(limit=500)
+            revocations = inventory.revocations(limit=500)
+            charts, p99 = sampler.charts()
+            return {
+                "live_agents": len(agents.items),
+                "more_agents": bool(agents.next_cursor),
+                "launch_tokens": len(tokens.items),
+                "revocations": len(revocations.items),
+                "charts": [(c, Markup(sparkline(c.rates))) for c in charts],  # noqa: S704 - numbers only
+                "p99": _seconds_text(p99),
+            }
+
+        return await run_in_threadpool(read)
+
+    def _agent_filters(request: Request) -> dict[str, str]:
+        q = request.query_params
+        return {k: q.get(k, "") for k in ("app_id", "task_id", "principal", "state") if q.get(k)}
+
+    async def agents(request: Request, me: dict[str, Any]) -> Response:
+        filters = _agent_filters(request)
+        listing = await _agents(filters, request.query_params.get("cursor"))
+        return page(
+            request,
+            "agents.html",
+            me=me,
+            nav="agents",
+            filters=filters,
+            query=urlencode(filters),
+            **listing,
+        )
+
+    async def agents_rows(request: Request, me: dict[str, Any]) -> Response:
+        listing = await _agents(_agent_filters(request), request.query_params.get("cursor"))
+        return page(request, "_agent_rows.html", me=me, **listing)
+
+    async def _agents(filters: dict[str, str], cursor: str | None) -> dict[str, Any]:
+        found = await run_in_threadpool(
+            lambda: inventory.agents(
+                app_id=filters.get("app_id"),
+                task_id=filters.get("task_id"),
+                principal=filters.get("principal"),
+                state=filters.get("state"),
+                cursor=cursor,
+                limit=100,
+            )
+        )
+        return {"agents": found.items, "next_cursor": found.next_cursor}
+
+    async def agent(request: Request, me: dict[str, Any]) -> Response:
+        agent_id = request.path_params["agent_id"]
+
+        def read() -> dict[str, Any]:
+            view = inventory.agent(agent_id)
+            task = inventory.task(view.agent.task_id)
+            events, total = broker.audit_events(AuditQuery(agent_id=agent_id, limit=100))
+            return {"view": view, "task": task, "events": events, "events_total": total}
+
+        return page(request, "agent.html", me=me, nav="agents", **await run_in_threadpool(read))
+
+    async def task(request: Request, me: dict[str, Any]) -> Response:
+        task_id = request.path_params["task_id"]
+        view = await run_in_threadpool(lambda: inventory.task(task_id))
+        return page(request, "task.html", me=me, nav="agents", task=view)
+
+    async def token(request: Request, me: dict[str, Any]) -> Response:
+        jti = request.path_params["jti"]
+        view = await run_in_threadpool(lambda: inventory.delegations(jti))
+        return page(request, "token.html", me=me, nav="agents", view=view)
+
+    async def launch_tokens(request: Request, me: dict[str, Any]) -> Response:
+        found = await run_in_threadpool(
+            lambda: inventory.launch_tokens(cursor=request.query_params.get("cursor"), limit=100)
+        )
+        return page(
+            request,
+            "launch_tokens.html",
+            me=me,
+            nav="launch-tokens",
+            tokens=found.items,
+            next_cursor=found.next_cursor,
+        )
+
+    async def apps(request: Request, me: dict[str, Any]) -> Response:
+        found = await run_in_threadpool(broker.list_apps)
+        return page(request, "apps.html", me=me, nav="apps", apps=found)
+
+    async def revocations(request: Request, me: dict[str, Any]) -> Response:
+        level = request.query_params.get("level") or None
+        found = await run_in_threadpool(
+            lambda: inventory.revocations(
+                level=level, cursor=request.query_params.get("cursor"), limit=100
+            )
+        )
+        return page(
+            request,
+            "revocations.html",
+            me=me,
+            nav="revocations",
+            level=level or "",
+            entries=found.items,
+            next_cursor=found.next_cursor,
+            levels=_LEVELS,
+        )
+
+    def _audit_query(
+        request: Request, limit: int, offset: int
+    ) -> tuple[AuditQuery, dict[str, str]]:
+        q = request.query_params
+        names = ("agent_id", "task_id", "event_type", "outcome")
+        filters = {k: q.get(k, "") for k in names if q.get(k)}
+        if filters.get("outcome") not in (None, "success", "denied"):
+            filters.pop("outcome")
+        return AuditQuery(limit=limit, offset=offset, **filters), filters  # type: ignore[arg-type]
+
+    async def audit(request: Request, me: dict[str, Any]) -> Response:
+        try:
+            offset = max(0, int(request.query_params.get("offset", "0")))
+        except ValueError:
+            offset = 0
+        query, filters = _audit_query(request, 100, offset)
+
+        def read() -> dict[str, Any]:
+            events, total = broker.audit_events(query)
+            report = verify_chain(broker.store.iter_audit())
+            tree = getattr(broker.store, "audit_tree", None)
+            merkle = tree() if callable(tree) else None
+            return {"events": events, "total": total, "report": report, "merkle": merkle}
+
+        return page(
+            request,
+            "audit.html",
+            me=me,
+            nav="audit",
+            filters=filters,
+            offset=offset,
+            query=urlencode(filters),
+            **await run_in_threadpool(read),
+        )
+
+    async def audit_export(request: Request, me: dict[str, Any]) -> Response:
+        import json
+
+        query, _ = _audit_query(request, 100_000, 0)
+
+        def read() -> bytes:
+            events, _ = broker.audit_events(query)
+            lines = (
+                json.dumps({k: getattr(e, k) for k in _EXPORTED}, separators=(",", ":"))
+                for e in events
+            )
+            return ("\n".join(lines) + "\n").encode() if events else b""
+
+        body = await run_in_threadpool(read)
+        return Response(
+            body,
+            media_type="application/x-ndjson",
+            headers={"content-disposition": 'attachment; filename="audit.jsonl"'},
+        )
+
+    async def revoke_confirm(request: Request, me: dict[str, Any]) -> Response:
+        level = request.query_params.get("level", "")
+        target = request.query_params.get("target", "")
+        back = _local(request.query_params.get("back", ""), base(request))
+        preview = await run_in_threadpool(lambda: inventory.preview(level, target))
+        return page(request, "revoke.html", me=me, nav="", preview=preview, back=back)
+
+    async def revoke(request: Request, me: dict[str, Any]) -> Response:
+        form = await _form(request)
+        if not own_origin(request) or not valid_csrf(me["csrf"], form.get("csrf", "")):
+            return page(request, "error.html", 403, message=_STALE_FORM, signed_in=True)
+        token = request.cookies.get(SESSION_COOKIE, "")
+        ctx = context(request)
+        level, target = form.get("level", ""), form.get("target", "")
+
+        def act() -> int:
+            # The broker authenticates the session for the revocation scope, then revokes:
+            # an auditor's session is refused here whatever the page showed.
+            claims = broker.authenticate(f"Bearer {token}", ctx, kinds=_ADMIN, scope=_REVOKE)
+            return broker.revoke(claims, level=level, target=target, ctx=ctx)
+
+        await run_in_threadpool(act)
+        back = _local(form.get("back", ""), base(request))
+        return RedirectResponse(back, 303)
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse(f"{base(request)}/", 308)
+
+    routes = [
+        Route("/", guarded(overview), methods=["GET"]),
+        Route("/live/overview", guarded(overview_live), methods=["GET"]),
+        Route("/login", login_form, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/agents", guarded(agents), methods=["GET"]),
+        Route("/live/agents", guarded(agents_rows), methods=["GET"]),
+        Route("/agents/{agent_id:path}", guarded(agent), methods=["GET"]),
+        Route("/tasks/{task_id:path}", guarded(task), methods=["GET"]),
+        Route("/tokens/{jti}", guarded(token), methods=["GET"]),
+        Route("/launch-tokens", guarded(launch_tokens), methods=["GET"]),
+        Route("/apps", guarded(apps), methods=["GET"]),
+        Route("/revocations", guarded(revocations), methods=["GET"]),
+        Route("/audit", guarded(audit), methods=["GET"]),
+        Route("/audit/export", guarded(audit_export), methods=["GET"]),
+        Route("/revoke", guarded(revoke_confirm, _REVOKE), methods=["GET"]),
+        Route("/revoke", guarded(revoke, _REVOKE), methods=["POST"]),
+        static_route(),
+    ]
+    return [Route("/console", home, methods=["GET"]), Mount("/console", routes=routes)]
+
+
+_PLAIN_HTTP = (
+    "The console is served over plain HTTP to this machine only: its session cookie would "
+    "cross the network in clear. Turn TLS on (tls_mode) to use it from elsewhere."
+)
+_STALE_FORM = "This form is stale or came from another site. Reload the page and try again."
+_WRONG = "Sign-in failed: check the operator name and secret."
+_TOO_MANY = "Too many sign-in attempts: wait a little and try again."
+_EXPORTED = (
+    "id",
+    "seq",
+    "timestamp",
+    "event_type",
+    "agent_id",
+    "task_id",
+    "orch_id",
+    "detail",
+    "resource",
+    "outcome",
+    "deleg_depth",
+    "deleg_chain_hash",
+    "request_id",
+    "hash",
+    "prev_hash",
+)
+
+
+def _seconds_text(value: float | None) -> str:
+    if value is None:
+        return "none yet"
+    return "over 10 s" if value == float("inf") else f"{value:.3f} s"
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The urlencoded form of a POST (the last value of each field)."""
+    raw = (await request.body()).decode("utf-8", "replace")
+    return {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+
+
+def _local(path: str, fallback: str) -> str:
+    """``path`` when it is a path on this console (never another site), else ``fallback``."""
+    if path.startswith(fallback) and "//" not in path and "\\" not in path:
+        return path
+    return fallback + "/"

@@ -1,0 +1,203 @@
+"""The web console in a real browser: Debian's Chromium, headless, driven by Playwright,
+against a real broker process. One walk through an operator's incident, then an auditor's
+visit; a screenshot of each page goes to tests/artifacts/console/ (git-ignored).
+
+Chromium comes from scripts/ensure-chromium.sh (make test runs it); if it cannot start,
+the test fails saying so: it never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import RunningBroker, launch_broker, stop_broker
+
+CHROMIUM = os.environ.get("TASKLEASE_CHROMIUM", "/usr/bin/chromium")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "console"
+SCOPE = ["read:data:*"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBroker]:
+    running = launch_broker(tmp_path_factory.mktemp("console-broker"))
+    yield running
+    stop_broker(running)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:  # pragma: no cover - the test extra installs it
+        pytest.fail(f"Playwright for Python is not installed ({exc}): pip install -e '.[test]'")
+    with sync_playwright() as p:
+        try:
+            chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        except Exception as exc:  # noqa: BLE001 - any launch failure is the message
+            pytest.fail(
+                f"Chromium could not start from {CHROMIUM}: {exc}\n"
+                "Install it with `sh scripts/ensure-chromium.sh` (Debian's `chromium` "
+                "package) or point TASKLEASE_CHROMIUM at a Chromium binary."
+            )
+        yield chromium
+        chromium.close()
+
+
+def _shot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def _sign_in(page: Any, url: str, secret: str, operator: str = "") -> Any:
+    response = page.goto(f"{url}/console/")
+    assert page.url.endswith("/console/login")
+    if operator:
+        page.get_by_label("Operator name").fill(operator)
+    page.get_by_label("Secret", exact=True).fill(secret)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{url}/console/")
+    return response
+
+
+def test_an_operator_watches_an_agent_appear_opens_its_tree_and_revokes_its_task(
+    broker: RunningBroker, browser: Any
+) -> None:
+    url = broker.url
+    context = browser.new_context(viewport={"width": 1366, "height": 800})
+    page = context.new_page()
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
+
+    login = page.goto(f"{url}/console/login")
+    csp = login.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    _shot(page, "01-login")
+    _sign_in(page, url, broker.admin_secret)
+    cookie = next(c for c in context.cookies() if c["name"] == "tasklease_console")
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+    assert cookie["path"] == "/console"
+    page.wait_for_selector("#live-agents")
+    _shot(page, "02-overview")
+
+    # A registered agent appears in the agents table without a reload.
+    page.goto(f"{url}/console/agents")
+    page.evaluate("window.__sameDocument = true")
+    task = f"incident-{secrets.token_hex(4)}"
+    launch = broker.launch_token(SCOPE, single_use=False, max_uses=3, ttl=300)
+    first = broker.register(SCOPE, launch_token=launch, task_id=task)
+    second = broker.register(SCOPE, launch_token=launch, task_id=task)
+    bystander = broker.register(SCOPE)
+    row = page.wait_for_selector(f'tr[data-agent="{first.agent_id}"]', timeout=15_000)
+    assert row.get_attribute("data-state") == "active"
+    assert page.evaluate("window.__sameDocument") is True  # the page was not reloaded
+    hop = broker.delegate(first.access_token, second.agent_id, ["read:data:7"])
+    assert hop.status_code == 200, hop.text
+    _shot(page, "03-agents")
+
+    # Its page draws the delegation tree up to the principal.
+    page.click(f'a[href$="/agents/{first.agent_id.replace(":", "%3A").replace("/", "%2F")}"]')
+    page.wait_for_selector("#tree")
+    tree = page.locator("ul.tree").first.inner_text()
+    assert "register" in tree and "delegate" in tree and second.agent_id in tree
+    assert "Principal: admin" in page.content()
+    _shot(page, "04-agent")
+    page.locator('ul.tree a[href*="/tokens/"]').nth(1).click()
+    page.wait_for_selector("text=Chain above it")
+    assert "delegate" in page.content()
+    _shot(page, "05-token")
+    page.go_back()
+
+    # Revoke its task: the confirmation says what will die, then the agents are revoked.
+    page.get_by_role("link", name="Revoke its task").click()
+    page.wait_for_selector("#will-die")
+    doomed = page.locator("#will-die").inner_text()
+    assert first.agent_id in doomed and second.agent_id in doomed
+    assert bystander.agent_id not in doomed
+    _shot(page, "06-revoke-confirm")
+    page.get_by_role("button", name="Revoke task").click()
+    page.wait_for_selector("#tree")
+    page.goto(f"{url}/console/agents")
+    for agent in (first, second):
+        page.wait_for_selector(f'tr[data-agent="{agent.agent_id}"][data-state="revoked"]')
+    live = page.locator(f'tr[data-agent="{bystander.agent_id}"]').get_attribute("data-state")
+    assert live == "active"
+    assert not broker.is_valid(first.access_token)
+    _shot(page, "07-agents-after-revoke")
+
+    page.goto(f"{url}/console/tasks/{task}")
+    assert page.locator("tr[data-state=revoked]").count() == 2
+    _shot(page, "08-task")
+    for name, path in (
+        ("09-launch-tokens", "launch-tokens"),
+        ("10-apps", "apps"),
+        ("11-revocations", "revocations"),
+        ("12-audit", "audit"),
+    ):
+        page.goto(f"{url}/console/{path}")
+        _shot(page, name)
+    assert "Hash chain intact" in page.locator("#chain-status").inner_text()
+    assert violations == []
+    context.close()
+
+
+def test_an_auditor_sees_no_revoke_button_and_cannot_revoke(
+    broker: RunningBroker, browser: Any
+) -> None:
+    name = f"auditor-{secrets.token_hex(3)}"
+    made = broker.post(
+        "/v1/admin/operators",
+        json={"name": name, "role": "auditor"},
+        headers=broker.admin_headers(),
+    )
+    assert made.status_code == 201, made.text
+    alive = broker.register(SCOPE)
+    context = browser.new_context()
+    page = context.new_page()
+    _sign_in(page, broker.url, made.json()["secret"], operator=name)
+    page.goto(f"{broker.url}/console/agents")
+    page.wait_for_selector(f'tr[data-agent="{alive.agent_id}"]')
+    assert page.locator(".button.danger").count() == 0
+    assert "(read only)" in page.content()
+    _shot(page, "13-auditor-agents")
+
+    # The server refuses anyway: the confirmation page, and the action with a valid form.
+    confirm = page.goto(f"{broker.url}/console/revoke?level=agent&target={alive.agent_id}")
+    assert confirm.status == 403
+    csrf = page.goto(f"{broker.url}/console/agents") and page.locator(
+        "input[name=csrf]"
+    ).first.get_attribute("value")
+    refused = context.request.post(
+        f"{broker.url}/console/revoke",
+        form={"csrf": csrf, "level": "agent", "target": alive.agent_id},
+        max_redirects=0,
+    )
+    assert refused.status == 403
+    assert broker.is_valid(alive.access_token)
+    forged = context.request.post(
+        f"{broker.url}/console/revoke",
+        form={"csrf": "0" * 64, "level": "agent", "target": alive.agent_id},
+        max_redirects=0,
+    )
+    assert forged.status == 403
+    context.close()
