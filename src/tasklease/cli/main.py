@@ -23,14 +23,18 @@ import typer
 from rich.console import Console
 
 from tasklease.cli import (
+    _attestors,
     _audit,
     _doctor,
     _federation,
+    _inventory,
     _keys,
+    _login,
     _operators,
     _remote,
     _tenants,
     _token,
+    _transparency,
 )
 from tasklease.cli._common import (
     EXIT_CODES_HELP,
@@ -46,13 +50,26 @@ app = typer.Typer(
     name="tasklease",
     help=f"A credential broker for AI agents.\n\n{EXIT_CODES_HELP}",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 audit_app = typer.Typer(help="Inspect and verify the audit log.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
+        try:
+            number = installed("tasklease")
+        except PackageNotFoundError:  # pragma: no cover - run from a source tree
+            number = "unknown"
+        sys.stdout.write(f"tasklease {number}\n")
+        raise typer.Exit(0)
 
 
 @app.callback()
@@ -67,6 +84,12 @@ def _every_command(
             show_envvar=False,
         ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_version
+        ),
+    ] = False,
 ) -> None:
     """Options that apply to every command."""
     select_tenant(tenant)
@@ -241,22 +264,20 @@ def serve(
     from tasklease.keystore import KeyStoreError
     from tasklease.storage import SchemaError
 
-    try:
-        run_server(cfg, workers=workers, loop=loop)
     busy = _port_taken(cfg.host, cfg.port)
     if busy:
         fail(
             busy,
             hint=f"stop it, or pass --port (or set TASKLEASE_PORT), e.g. --port {cfg.port + 1}",
         )
+    try:
+        run_server(cfg, workers=workers, loop=loop)
     except (SchemaError, Unavailable) as exc:
         raise _fail(f"{exc} ({exc.reason})" if exc.reason != exc.detail else str(exc)) from None
     except KeyStoreError as exc:
         fail(f"signing keys: {exc}")
 
 
-@db_app.command("migrate")
-def db_migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
 def _port_taken(host: str, port: int) -> str:
     """Why ``host:port`` cannot be listened on ("" when it can): said before anything
     else, rather than after a start-up that cannot end well."""
@@ -280,6 +301,8 @@ def _port_taken(host: str, port: int) -> str:
     return ""
 
 
+@db_app.command("migrate")
+def db_migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Apply pending schema migrations to the configured database."""
     from tasklease.core.errors import Unavailable
     from tasklease.storage import SchemaError, open_store, redact_url
@@ -309,19 +332,37 @@ def audit_verify(
     ] = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="A checkpoint you kept: prove the log only grew since (with --url, against "
+            "the broker's latest checkpoint; else against the database's events)."
+        ),
+    ] = None,
+    log_key: _transparency.LogKeyOpt = None,
+    update: Annotated[
+        bool, typer.Option(help="With --checkpoint and --url: keep the newer checkpoint.")
+    ] = False,
 ) -> None:
-    """Walk the audit hash chain; exit 1 naming the first broken link.
+    """Walk the audit hash chain and its Merkle tree; exit 1 naming the first broken link.
 
     Without --url it reads the database directly (works offline, broker stopped or not);
-    with --url it pages through the broker's /v1/audit/events as the operator.
+    with --url it pages through the broker's /v1/audit/events as the operator. With
+    --checkpoint it proves against a checkpoint kept outside the database (a fork, a
+    rewritten or cut log, exits 1).
     """
-    from tasklease.core.auditformat import verify_chain
     from tasklease.core.errors import Unavailable
     from tasklease.storage import SchemaError, open_store
 
     if url is not None:
         if database is not None:
             raise _fail("give either --url or --database, not both")
+        if checkpoint is not None:
+            _transparency.verify_checkpoint_file(
+                checkpoint, log_key, url=url, admin_secret=admin_secret, profile=profile,
+                update=update,
+            )  # fmt: skip
+            return
         _audit.verify_over_http(url, admin_secret, profile)
         return
     if database is None:
@@ -339,32 +380,21 @@ def audit_verify(
     if tenant is not None:
         store = store.for_tenant(tenant)  # that tenant's own chain
     try:
-        total, _ = store.audit_head()
-        with out.status("verifying audit chain") as status:
-            report = verify_chain(
-                store.iter_audit(),
-                progress=lambda n: status.update(f"verifying audit chain: {n}/{total} events"),
-            )
+        _transparency.verify_database(store, checkpoint_file=checkpoint, log_keys=log_key)
     finally:
         store.close()
-    if report.ok:
-        out.print(f"audit chain intact: {report.checked} events, head {report.head_hash}")
-        return
-    err.print(
-        f"[bold red]audit chain broken[/] at {report.broken_at}: {report.reason} "
-        f"({report.checked} events verified before it)",
-        highlight=False,
-    )
-    raise typer.Exit(1)
 
 
 _doctor.register(app)  # local, like init and serve
 
 # The commands that talk to a running broker, after the local ones in --help.
 _remote.register(app)
+_inventory.register(app, _remote.launch_token_app)
+_login.register(app)
 _operators.register(app)
 _tenants.register(app)
 _federation.register(app)
+_attestors.register(app)
 _audit.register(audit_app)
 _token.register(app)
 _keys.register(_remote.keys_app)

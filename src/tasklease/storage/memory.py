@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,15 +27,18 @@ from tasklease.core.store import (
     AttestorRecord,
     AuditEvent,
     AuditQuery,
+    AuditTree,
+    CheckpointRecord,
     DiscoveryBinding,
     FederationRecord,
     LaunchTokenRecord,
+    ListQuery,
     OperatorRecord,
     PublishedBundle,
     ReferenceTokenRecord,
     RevocationRecord,
-    ListQuery,
     TenantRecord,
+    TileAppend,
 )
 from tasklease.core.tenants import DEFAULT_TENANT, check_tenant_id
 
@@ -45,11 +49,6 @@ _GENESIS_HASH = "0" * 64
 _V = TypeVar("_V")
 
 
-def _timestamp_seconds(timestamp: str) -> float:
-    """Unix seconds of an RFC 3339 timestamp; it must carry an offset (``Z`` or ``±hh:mm``).
-
-    The SQLite store has the same function: keep the two in step.
-    """
 def _page_limit(query: ListQuery) -> int:
     """A listing's page size: positive, at most 1000 (as the SQL stores)."""
     if query.limit <= 0:
@@ -57,6 +56,11 @@ def _page_limit(query: ListQuery) -> int:
     return min(query.limit, 1000)
 
 
+def _timestamp_seconds(timestamp: str) -> float:
+    """Unix seconds of an RFC 3339 timestamp; it must carry an offset (``Z`` or ``±hh:mm``).
+
+    The SQLite store has the same function: keep the two in step.
+    """
     parsed = datetime.fromisoformat(timestamp)
     if parsed.tzinfo is None:
         raise ValueError(f"audit timestamp {timestamp!r} has no UTC offset")
@@ -402,6 +406,52 @@ class _MemoryWriteTx:
 
         self._undo.append(undo)
 
+    def audit_tree(self) -> AuditTree | None:
+        self._check_open()
+        return self._store._tree
+
+    def audit_hashes(self, after_seq: int, limit: int) -> list[str]:
+        self._check_open()
+        s = self._store
+        start = bisect.bisect_right(s._audit_seqs, after_seq)
+        return [event.hash for event, _ in s._audit[start : start + max(0, limit)]]
+
+    def append_audit_tree(self, tree: AuditTree, tiles: Sequence[TileAppend]) -> None:
+        """Append to the tiles and record ``tree``; ``Conflict`` if a tile does not hold
+        exactly ``offset`` hashes."""
+        self._check_open()
+        s = self._store
+        for tile in tiles:
+            key = (tile.level, tile.index)
+            held = s._tiles.get(key, b"")
+            if len(held) != tile.offset * 32:
+                raise Conflict(f"audit tile {key} does not hold {tile.offset} hashes")
+            s._tiles[key] = held + tile.hashes
+            self._undo.append(functools.partial(_restore, s._tiles, key, held))
+        previous = s._tree
+
+        def undo() -> None:
+            s._tree = previous
+
+        s._tree = tree
+        self._undo.append(undo)
+
+    def put_checkpoint(self, record: CheckpointRecord) -> bool:
+        self._check_open()
+        checkpoints = self._store._checkpoints
+        current = checkpoints.get(record.kind)
+        if current is not None and current.size > record.size:
+            return False
+        self._set(checkpoints, record.kind, record)
+        return True
+
+
+def _restore(tiles: dict[tuple[int, int], bytes], key: tuple[int, int], held: bytes) -> None:
+    if held:
+        tiles[key] = held
+    else:
+        tiles.pop(key, None)
+
 
 class MemoryStore:
     """:class:`tasklease.core.store.Store` in memory; state is lost when the process exits.
@@ -439,6 +489,10 @@ class MemoryStore:
         # for bisect (append_audit refuses a seq that is not after the head).
         self._audit: list[tuple[AuditEvent, float]] = []
         self._audit_seqs: list[int] = []
+        # The Merkle tree over them (core.audittree) and the latest checkpoints by kind.
+        self._tree: AuditTree | None = None
+        self._tiles: dict[tuple[int, int], bytes] = {}
+        self._checkpoints: dict[str, CheckpointRecord] = {}
 
     # -- tenants -------------------------------------------------------------------------
 
@@ -595,96 +649,6 @@ class MemoryStore:
             ]
         return sorted(silent, key=lambda s: (s.last_heartbeat, s.agent_id))[:limit]
 
-    def get_discovery_binding(self, agent_id: str) -> DiscoveryBinding | None:
-        with self._lock:
-            self._check_open()
-            return self._bindings.get(agent_id)
-
-    def get_federation(self, trust_domain: str) -> FederationRecord | None:
-        with self._lock:
-            self._check_open()
-            return self._federations.get(trust_domain)
-
-    def list_federations(self) -> list[FederationRecord]:
-        """Every federated domain, by name."""
-        with self._lock:
-            self._check_open()
-            return [self._federations[name] for name in sorted(self._federations)]
-
-    def get_published_bundle(self) -> PublishedBundle | None:
-        with self._lock:
-            self._check_open()
-            return self._published.get("")
-
-    def get_attestor(self, name: str) -> AttestorRecord | None:
-        with self._lock:
-            self._check_open()
-            return self._attestors.get(name)
-
-    def list_attestors(self) -> list[AttestorRecord]:
-        with self._lock:
-            self._check_open()
-            return [self._attestors[name] for name in sorted(self._attestors)]
-
-    def get_reference_token(self, token_hash: str) -> ReferenceTokenRecord | None:
-        with self._lock:
-            self._check_open()
-            return self._reference_tokens.get(token_hash)
-
-    def _audit_head_locked(self) -> tuple[int, str]:
-        if not self._audit:
-            return 0, _GENESIS_HASH
-        last = self._audit[-1][0]
-        return last.seq, last.hash
-
-    def audit_head(self) -> tuple[int, str]:
-        with self._lock:
-            self._check_open()
-            return self._audit_head_locked()
-
-    def query_audit(self, query: AuditQuery) -> tuple[list[AuditEvent], int]:
-        """Events matching every given filter, in seq order after offset/limit, and the count.
-
-        Raise ``ValueError`` for a negative limit or offset.
-        """
-        if query.limit < 0 or query.offset < 0:
-            raise ValueError("limit and offset must not be negative")
-        with self._lock:
-            self._check_open()
-            matches = [
-                event
-                for event, ts in self._audit
-                if (query.agent_id is None or event.agent_id == query.agent_id)
-                and (query.task_id is None or event.task_id == query.task_id)
-                and (query.event_type is None or event.event_type == query.event_type)
-                and (query.outcome is None or event.outcome == query.outcome)
-                and (query.since is None or ts >= query.since)
-                and (query.until is None or ts <= query.until)
-            ]
-        return matches[query.offset : query.offset + query.limit], len(matches)
-
-    def iter_audit(self, after_seq: int = 0, batch: int = 5000) -> Iterator[AuditEvent]:
-        """Every event with ``seq > after_seq`` in seq order; the lock is taken per batch."""
-        if batch <= 0:
-            raise ValueError("batch must be positive")
-        cursor = after_seq
-        while True:
-            with self._lock:
-                self._check_open()
-                start = bisect.bisect_right(self._audit_seqs, cursor)
-                chunk = [event for event, _ in self._audit[start : start + batch]]
-            yield from chunk
-            if len(chunk) < batch:
-                return
-            cursor = chunk[-1].seq
-
-    def prune(self, now: float) -> int:
-        """Delete revocations, used nonces and launch tokens with ``expires_at <= now``.
-
-        Return the number of entries removed. Audit events are never touched.
-        """
-        # Through write(), so that it is refused inside a transaction like everywhere else.
-        with self.write():
     # -- the operators' listings (core.inventory): newest first, keyset-paged ------------
 
     def list_agents(self, query: ListQuery) -> list[tuple[AgentRecord, AgentSession | None]]:
@@ -752,6 +716,112 @@ class MemoryStore:
             ]
         return found[: max(1, min(limit, 1000))]
 
+    def get_discovery_binding(self, agent_id: str) -> DiscoveryBinding | None:
+        with self._lock:
+            self._check_open()
+            return self._bindings.get(agent_id)
+
+    def get_federation(self, trust_domain: str) -> FederationRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._federations.get(trust_domain)
+
+    def list_federations(self) -> list[FederationRecord]:
+        """Every federated domain, by name."""
+        with self._lock:
+            self._check_open()
+            return [self._federations[name] for name in sorted(self._federations)]
+
+    def get_published_bundle(self) -> PublishedBundle | None:
+        with self._lock:
+            self._check_open()
+            return self._published.get("")
+
+    def get_attestor(self, name: str) -> AttestorRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._attestors.get(name)
+
+    def list_attestors(self) -> list[AttestorRecord]:
+        with self._lock:
+            self._check_open()
+            return [self._attestors[name] for name in sorted(self._attestors)]
+
+    def get_reference_token(self, token_hash: str) -> ReferenceTokenRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._reference_tokens.get(token_hash)
+
+    def _audit_head_locked(self) -> tuple[int, str]:
+        if not self._audit:
+            return 0, _GENESIS_HASH
+        last = self._audit[-1][0]
+        return last.seq, last.hash
+
+    def audit_head(self) -> tuple[int, str]:
+        with self._lock:
+            self._check_open()
+            return self._audit_head_locked()
+
+    def query_audit(self, query: AuditQuery) -> tuple[list[AuditEvent], int]:
+        """Events matching every given filter, in seq order after offset/limit, and the count.
+
+        Raise ``ValueError`` for a negative limit or offset.
+        """
+        if query.limit < 0 or query.offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        with self._lock:
+            self._check_open()
+            matches = [
+                event
+                for event, ts in self._audit
+                if (query.agent_id is None or event.agent_id == query.agent_id)
+                and (query.task_id is None or event.task_id == query.task_id)
+                and (query.event_type is None or event.event_type == query.event_type)
+                and (query.outcome is None or event.outcome == query.outcome)
+                and (query.since is None or ts >= query.since)
+                and (query.until is None or ts <= query.until)
+                and (query.principal_ref is None or event.principal_ref == query.principal_ref)
+            ]
+        return matches[query.offset : query.offset + query.limit], len(matches)
+
+    def iter_audit(self, after_seq: int = 0, batch: int = 5000) -> Iterator[AuditEvent]:
+        """Every event with ``seq > after_seq`` in seq order; the lock is taken per batch."""
+        if batch <= 0:
+            raise ValueError("batch must be positive")
+        cursor = after_seq
+        while True:
+            with self._lock:
+                self._check_open()
+                start = bisect.bisect_right(self._audit_seqs, cursor)
+                chunk = [event for event, _ in self._audit[start : start + batch]]
+            yield from chunk
+            if len(chunk) < batch:
+                return
+            cursor = chunk[-1].seq
+
+    def audit_tree(self) -> AuditTree | None:
+        with self._lock:
+            self._check_open()
+            return self._tree
+
+    def audit_tiles(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        with self._lock:
+            self._check_open()
+            return {key: self._tiles[key] for key in keys if key in self._tiles}
+
+    def get_checkpoint(self, kind: str) -> CheckpointRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._checkpoints.get(kind)
+
+    def prune(self, now: float) -> int:
+        """Delete revocations, used nonces and launch tokens with ``expires_at <= now``.
+
+        Return the number of entries removed. Audit events are never touched.
+        """
+        # Through write(), so that it is refused inside a transaction like everywhere else.
+        with self.write():
             removed = 0
             for key in [k for k, r in self._revocations.items() if r.expires_at <= now]:
                 del self._revocations[key]

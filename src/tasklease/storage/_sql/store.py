@@ -16,6 +16,8 @@ from tasklease.core.store import (
     AttestorRecord,
     AuditEvent,
     AuditQuery,
+    AuditTree,
+    CheckpointRecord,
     DiscoveryBinding,
     FederationRecord,
     LaunchTokenRecord,
@@ -24,6 +26,7 @@ from tasklease.core.store import (
     ReferenceTokenRecord,
     RevocationRecord,
     TenantRecord,
+    TileAppend,
 )
 from tasklease.storage._sql.dialect import (
     Dialect,
@@ -38,13 +41,13 @@ from tasklease.storage._sql.dialect import (
     tenant_from_row,
     tenant_params,
 )
+from tasklease.storage._sql.listings import ListingReads
 from tasklease.storage._sql.schema import newer_error, older_error
 
 __all__ = ["SQLStore", "SQLWriteTx", "SharedState"]
 
 
 class _Cursor(Protocol):
-from tasklease.storage._sql.listings import ListingReads
     @property
     def rowcount(self) -> int: ...
 
@@ -607,3 +610,21 @@ class SQLStore(ListingReads, abc.ABC):
             if len(rows) < batch:
                 return
             cursor = int(rows[-1][0])
+
+    def audit_tree(self) -> AuditTree | None:
+        row = self._one(self.dialect.audit_tree, ())
+        return None if row is None else tree_from_row(row)
+
+    def audit_tiles(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """The tiles among ``keys`` that exist, from one statement."""
+        if not keys:
+            return {}
+        params = tuple(value for key in keys for value in key)
+        rows = self._all(self.dialect.audit_tiles(len(keys)), params)
+        return {(int(level), int(index)): bytes(hashes) for level, index, hashes in rows}
+
+    def get_checkpoint(self, kind: str) -> CheckpointRecord | None:
+        row = self._one(self.dialect.get_checkpoint, (kind,))
+        if row is None:
+            return None
+        return CheckpointRecord(str(row[0]), int(row[1]), str(row[2]), float(row[3]))
