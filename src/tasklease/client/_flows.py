@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -29,6 +30,7 @@ from tasklease.client._errors import (
 from tasklease.client._holder import DPoPKey, token_cnf
 
 __all__ = [
+    "SDK",
     "Clock",
     "Credential",
     "Delegation",
@@ -41,6 +43,17 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+def _sdk() -> str:
+    try:
+        return f"tasklease-python/{metadata.version('tasklease')}"
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "tasklease-python"
+
+
+SDK = _sdk()
+"""This SDK's name and version, as an attested agent declares it (``declared.sdk``)."""
 _log = logging.getLogger("tasklease.client")
 Flow = Generator[httpx.Request, httpx.Response, T]
 
@@ -149,6 +162,8 @@ def register_flow(
         del body["launch_token"]
     if attestation is not None:
         body["attestation"] = dict(attestation)
+        # An attested agent says which SDK it runs (a declared fact, never trusted).
+        declared = {"sdk": SDK, **(declared or {})}
     if declared:
         body["declared"] = dict(declared)
     answer = expect_json((yield _json_request("POST", _url(base_url, "/v1/register"), body)))
