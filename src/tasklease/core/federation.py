@@ -20,21 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
-from urllib.parse import urlsplit
 
-from cryptography import x509
-
+from tasklease.core import federationfields as fields
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.errors import InvalidRequest, NotFound, TaskleaseError, Unauthorized
 from tasklease.core.kernel import Kernel, RequestContext, Service
-from tasklease.core.spiffe import validate_trust_domain
 from tasklease.core.store import FederationRecord, WriteTx
 from tasklease.core.tokens import Claims
-from tasklease.rules import scopes as scope_rules
 from tasklease.rules.bundle import BundleError, TrustBundle, parse_bundle
 
 __all__ = [
@@ -56,9 +51,6 @@ MIN_REFRESH_INTERVAL = 1.0
 MAX_RETRY_INTERVAL = 30.0
 DEFAULT_MAX_BUNDLE_AGE = 3600
 _MAX_BUNDLE_AGE = 30 * 86400
-_MAX_URL = 2048
-_MAX_CA_PEM = 65536
-_MAX_MAP = 256
 _MAX_ERROR = 300
 
 
@@ -125,7 +117,7 @@ class Federation(Service):
                 reason=f"the bundle of {trust_domain} is {int(age)}s old, "
                 f"beyond its max_bundle_age {record.max_bundle_age}s"
             )
-        return self._parse(record).keys
+        return record
 
     def bundle(self, record: FederationRecord) -> TrustBundle | None:
         """The record's last good bundle, parsed; None before the first."""
@@ -180,30 +172,73 @@ class Federation(Service):
 
         Raises:
             InvalidRequest: a malformed field, our own trust domain, or a static bundle
-                that does not parse.
+                that does not parse (audited: an attempt to install trust anchors).
         """
+        try:
+            return self._add(
+                claims,
+                trust_domain=trust_domain,
+                bundle_endpoint_url=bundle_endpoint_url,
+                bundle=bundle,
+                ca_pem=ca_pem,
+                max_bundle_age=max_bundle_age,
+                scope_map=scope_map,
+                scope_ceiling=scope_ceiling,
+                max_ttl=max_ttl,
+                revocation_feed=revocation_feed,
+                feed_credentials_file=feed_credentials_file,
+                ctx=ctx,
+            )
+        except InvalidRequest as exc:
+            shown = trust_domain[:64] if isinstance(trust_domain, str) else ""
+            entry = AuditEntry(
+                "federation_refused",
+                outcome="denied",
+                request_id=ctx.request_id,
+                detail=f"trust_domain={shown} by={claims.sub}: {exc.detail}",
+            )
+            raise self._kernel.deny(exc, entry) from None
+
+    def _add(
+        self,
+        claims: Claims,
+        *,
+        trust_domain: object,
+        bundle_endpoint_url: object,
+        bundle: object,
+        ca_pem: object,
+        max_bundle_age: object,
+        scope_map: object,
+        scope_ceiling: object,
+        max_ttl: object,
+        revocation_feed: object,
+        feed_credentials_file: object,
+        ctx: RequestContext,
+    ) -> tuple[FederationRecord, bool]:
         cfg = self._config
-        domain = _trust_domain(trust_domain)
+        domain = fields.trust_domain(trust_domain)
         if domain == cfg.trust_domain:
             raise InvalidRequest(
                 "a broker does not federate with its own trust domain",
                 hint="name the other broker's trust domain",
             )
-        url = _endpoint(bundle_endpoint_url)
-        static = _static_bundle(bundle, domain)
+        url = fields.endpoint(bundle_endpoint_url)
+        static = fields.static_bundle(bundle, domain)
         if bool(url) == (static is not None):
             raise InvalidRequest("give either bundle_endpoint_url or bundle, not both or neither")
-        pem = _ca_pem(ca_pem)
-        feed = _endpoint(revocation_feed, "revocation_feed")
-        credentials = _file_name(feed_credentials_file, "feed_credentials_file")
+        pem = fields.ca_pem(ca_pem)
+        feed = fields.endpoint(revocation_feed, "revocation_feed")
+        credentials = fields.file_name(feed_credentials_file, "feed_credentials_file")
         if bool(feed) != bool(credentials):
             raise InvalidRequest("give revocation_feed and feed_credentials_file together")
         if pem and not (url or feed):
             raise InvalidRequest("ca_pem is for a bundle endpoint's server certificate")
-        age = _seconds(max_bundle_age, "max_bundle_age", DEFAULT_MAX_BUNDLE_AGE, _MAX_BUNDLE_AGE)
-        ttl = _seconds(max_ttl, "max_ttl", cfg.max_ttl, cfg.max_ttl)
-        mapping = _scope_map(scope_map)
-        ceiling = _scopes(scope_ceiling, "scope_ceiling")
+        age = fields.seconds(
+            max_bundle_age, "max_bundle_age", DEFAULT_MAX_BUNDLE_AGE, _MAX_BUNDLE_AGE
+        )
+        ttl = fields.seconds(max_ttl, "max_ttl", cfg.max_ttl, cfg.max_ttl)
+        mapping = fields.scope_map(scope_map)
+        ceiling = fields.scopes(scope_ceiling, "scope_ceiling")
         now = self._kernel.now()
         record = FederationRecord(
             trust_domain=domain,
@@ -237,7 +272,7 @@ class Federation(Service):
                     "federation_added",
                     request_id=ctx.request_id,
                     detail=f"trust_domain={domain} {source} ca={'pem' if pem else 'system'} "
-                    f"max_bundle_age={age} max_ttl={ttl} map={_map_text(mapping)} "
+                    f"max_bundle_age={age} max_ttl={ttl} map={fields.map_text(mapping)} "
                     f"ceiling=[{' '.join(ceiling)}] feed={feed or 'none'} "
                     f"replaced={str(replaced).lower()} "
                     f"by={claims.sub}",
@@ -417,131 +452,6 @@ class Federation(Service):
 
 
 # --- checks of operators' input ---------------------------------------------------------
-
-
-def _trust_domain(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidRequest("missing required field: trust_domain")
-    try:
-        return validate_trust_domain(value)
-    except ValueError:
-        raise InvalidRequest(
-            "invalid trust_domain: use lowercase a-z, 0-9, '.', '-', '_' (at most 255)"
-        ) from None
-
-
-def _endpoint(value: object, name: str = "bundle_endpoint_url") -> str:
-    """An https URL without userinfo or fragment, or "" when not given."""
-    if value is None or value == "":
-        return ""
-    if not isinstance(value, str) or len(value) > _MAX_URL or not value.isprintable():
-        raise InvalidRequest(f"{name} must be an https URL")
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an https URL") from None
-    if parts.scheme != "https" or not parts.hostname:
-        raise InvalidRequest(
-            f"{name} must be an https URL",
-            hint="SPIFFE Federation https_web: the bundle is served over TLS",
-        )
-    if "@" in parts.netloc:
-        raise InvalidRequest(f"{name} must not carry userinfo")
-    if parts.fragment or value.endswith("#"):
-        raise InvalidRequest(f"{name} must not carry a fragment")
-    if port == 0 or any(c.isspace() for c in value):
-        raise InvalidRequest(f"{name} must be an https URL")
-    return value
-
-
-_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def _file_name(value: object, name: str) -> str:
-    """A plain file name (no directory), or "" when not given (the file is not read here)."""
-    if value is None or value == "":
-        return ""
-    if not isinstance(value, str) or _FILE_NAME.fullmatch(value) is None:
-        raise InvalidRequest(
-            f"{name} must be a file name (letters, digits, '.', '-', '_'), not a path",
-            hint="the file lives in the broker's <data_dir>/federation/ directory",
-        )
-    return value
-
-
-def _static_bundle(value: object, domain: str) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise InvalidRequest("bundle must be the SPIFFE bundle's JSON text")
-    try:
-        parse_bundle(value, domain)
-    except BundleError as exc:
-        raise InvalidRequest(f"bundle refused: {exc.reason}") from None
-    return value
-
-
-def _ca_pem(value: object) -> str:
-    if value is None or value == "":
-        return ""
-    if not isinstance(value, str) or len(value) > _MAX_CA_PEM:
-        raise InvalidRequest("ca_pem must be PEM certificates")
-    try:
-        certificates = x509.load_pem_x509_certificates(value.encode("utf-8"))
-    except ValueError:
-        raise InvalidRequest("ca_pem must be PEM certificates") from None
-    if not certificates:
-        raise InvalidRequest("ca_pem must be PEM certificates")
-    return value
-
-
-def _seconds(value: object, name: str, default: int, maximum: int) -> int:
-    if value is None:
-        return default
-    if type(value) is not int or not 1 <= value <= maximum:
-        raise InvalidRequest(f"{name} must be a whole number of seconds from 1 to {maximum}")
-    return value
-
-
-def _scopes(value: object, name: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or len(value) > _MAX_MAP:
-        raise InvalidRequest(f"{name} must be a list of scopes")
-    scopes: list[str] = []
-    for scope in value:
-        if not isinstance(scope, str) or scope_rules.parse_scope(scope) is None:
-            raise InvalidRequest(f"{name}: invalid scope {str(scope)[:64]!r}")
-        if scope not in scopes:
-            scopes.append(scope)
-    return tuple(scopes)
-
-
-def _scope_map(value: object) -> tuple[tuple[str, str], ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or len(value) > _MAX_MAP:
-        raise InvalidRequest("scope_map must be a list of [foreign_pattern, local_scope] pairs")
-    pairs: list[tuple[str, str]] = []
-    for pair in value:
-        if (
-            not isinstance(pair, list | tuple)
-            or len(pair) != 2
-            or not all(isinstance(part, str) for part in pair)
-        ):
-            raise InvalidRequest("scope_map must be a list of [foreign_pattern, local_scope] pairs")
-        foreign, local = pair
-        if scope_rules.parse_scope(foreign) is None:
-            raise InvalidRequest(f"scope_map: invalid foreign scope pattern {foreign[:64]!r}")
-        if scope_rules.parse_scope(local) is None:
-            raise InvalidRequest(f"scope_map: invalid local scope {local[:64]!r}")
-        pairs.append((foreign, local))
-    return tuple(pairs)
-
-
-def _map_text(mapping: Sequence[tuple[str, str]]) -> str:
-    return "[" + " ".join(f"{foreign}={local}" for foreign, local in mapping) + "]"
 
 
 def _describe(static: str | None, domain: str) -> str:
