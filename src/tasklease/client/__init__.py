@@ -7,26 +7,42 @@
         httpx.get(service_url, auth=agent.auth)   # renewed before it expires
     # released here, also if the block raised
 
-Needs only httpx and PyNaCl. :class:`AsyncAgent` is the same for asyncio;
-:class:`AdminClient` is for operators (and the ``tasklease`` CLI);
-:mod:`tasklease.client.testing` runs an in-process broker for tests.
+Needs only httpx and PyNaCl (``pip install tasklease``). :class:`AsyncAgent` is the
+same for asyncio; :class:`AppClient` is an app (client credentials, launch tokens, its
+agents); :class:`AdminClient` is for operators (and the ``tasklease`` CLI);
+``Agent.exchange`` and ``Agent.auth_for`` give tokens for one resource (RFC 8693), and
+:func:`discover` finds a resource's broker (RFC 9728, RFC 8414);
+:mod:`tasklease.client.testing` runs an in-process broker for tests (needs the
+``server`` extra). Every ``auth`` works with httpx and with httpx2 clients.
 
 Every error is a :class:`TaskleaseError` whose subclass mirrors the broker's
-``error_code``; network failures raise :class:`TransportError`.
+``error_code``; network failures raise :class:`TransportError`. Requests answered 429
+or 503, or that could not connect, are retried with backoff, honouring ``Retry-After``
+(:class:`Retry`).
 """
 
 from __future__ import annotations
 
+from types import FunctionType as _FunctionType
+
 from tasklease.client._admin import AdminClient
+from tasklease.client._app import AppClient
 from tasklease.client._async import AsyncAgent, AsyncDelegatedToken
+from tasklease.client._discovery import adiscover, discover
 from tasklease.client._errors import (
     Conflict,
     Forbidden,
     InsufficientScope,
     InternalError,
+    InvalidClient,
+    InvalidDPoPProof,
     InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
     InvalidTTL,
+    MethodNotAllowed,
     NotFound,
+    PayloadTooLarge,
     RateLimited,
     RenewalCeilingExceeded,
     RenewalCountExceeded,
@@ -36,16 +52,22 @@ from tasklease.client._errors import (
     TransportError,
     Unauthorized,
     Unavailable,
+    UnsupportedGrantType,
+    UseDPoPNonce,
 )
 from tasklease.client._flows import Clock
+from tasklease.client._oauth import AuthorizationServer, ProtectedResource, ResourceToken
+from tasklease.client._retry import Retry
 from tasklease.client._sync import Agent, DelegatedToken
 from tasklease.client._trust import Handshake, HeartbeatStatus, Peer
 
 __all__ = [
     "AdminClient",
     "Agent",
+    "AppClient",
     "AsyncAgent",
     "AsyncDelegatedToken",
+    "AuthorizationServer",
     "Clock",
     "Conflict",
     "DelegatedToken",
@@ -54,24 +76,37 @@ __all__ = [
     "HeartbeatStatus",
     "InsufficientScope",
     "InternalError",
+    "InvalidClient",
+    "InvalidDPoPProof",
     "InvalidRequest",
+    "InvalidScope",
     "InvalidTTL",
+    "InvalidTarget",
+    "MethodNotAllowed",
     "NotFound",
+    "PayloadTooLarge",
     "Peer",
+    "ProtectedResource",
     "RateLimited",
     "RenewalCeilingExceeded",
     "RenewalCountExceeded",
     "RenewalLimitReached",
+    "ResourceToken",
+    "Retry",
     "ScopeViolation",
     "TaskleaseError",
     "TransportError",
     "Unauthorized",
     "Unavailable",
+    "UnsupportedGrantType",
+    "UseDPoPNonce",
+    "adiscover",
+    "discover",
 ]
 
 # Show the public names as living here (tracebacks, help(), docs), as httpx does.
 for _name in __all__:
     _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("tasklease.client._"):
+    if isinstance(_obj, type | _FunctionType) and _obj.__module__.startswith("tasklease.client._"):
         _obj.__module__ = __name__
 del _name, _obj

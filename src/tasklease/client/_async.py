@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import ssl
-from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -19,6 +19,7 @@ import httpx
 import nacl.signing
 
 from tasklease.client._attest import KUBERNETES_TOKEN_PATH, attestation, kubernetes_token
+from tasklease.client._compat import dual
 from tasklease.client._errors import TaskleaseError, TransportError
 from tasklease.client._flows import (
     Clock,
@@ -31,6 +32,8 @@ from tasklease.client._flows import (
     release_flow,
 )
 from tasklease.client._holder import CertArg, DPoPKey, bind_flow, dpop_key, ssl_context
+from tasklease.client._oauth import AsyncResourceAuth, ResourceToken, exchange_flow
+from tasklease.client._retry import DEFAULT_RETRY, Retry
 from tasklease.client._sync import _BearerAuth, _headers
 from tasklease.client._trust import (
     Exchange,
@@ -50,16 +53,41 @@ T = TypeVar("T")
 _log = logging.getLogger("tasklease.client")
 
 
-async def arun_flow(client: httpx.AsyncClient, flow: Flow[T]) -> T:
-    """Drive a sans-I/O flow through ``client``; network failures become TransportError."""
+async def arun_flow(
+    client: httpx.AsyncClient,
+    flow: Flow[T],
+    *,
+    retry: Retry = DEFAULT_RETRY,
+    rebind: Callable[[httpx.Request], httpx.Request] | None = None,
+) -> T:
+    """Drive a sans-I/O flow through ``client``; network failures become TransportError.
+
+    Retries as :func:`tasklease.client._sync.run_flow` does.
+    """
     try:
         request = next(flow)
         while True:
             request.extensions.setdefault("timeout", client.timeout.as_dict())
-            try:
-                response = await client.send(request)
-            except httpx.TransportError as exc:
-                raise TransportError(f"cannot reach the broker: {exc}") from exc
+            attempt = 0
+            while True:
+                try:
+                    response = await client.send(request)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    attempt += 1
+                    wait = retry.wait(attempt)
+                    if wait is None:
+                        raise TransportError(f"cannot reach the broker: {exc}") from exc
+                except httpx.TransportError as exc:
+                    raise TransportError(f"cannot reach the broker: {exc}") from exc
+                else:
+                    attempt += 1
+                    wait = retry.wait(attempt, response)
+                    # A DPoP proof is single use: resent only with a fresh one.
+                    if wait is None or (rebind is None and "dpop" in request.headers):
+                        break
+                await asyncio.sleep(wait)
+                if rebind is not None and "dpop" in request.headers:
+                    request = rebind(request)
             request = flow.send(response)
     except StopIteration as stop:
         result: T = stop.value
@@ -114,7 +142,7 @@ class AsyncDelegatedToken:
 
     @property
     def auth(self) -> httpx.Auth:
-        return _BearerAuth(self.token)
+        return dual(_BearerAuth)(self.token)
 
     async def delegate(
         self, delegate_to: str, scope: Sequence[str], ttl: int | None = None
@@ -191,6 +219,7 @@ class AsyncAgent:
         client: httpx.AsyncClient | None = None,
         attestation: Mapping[str, str] | None = None,
         declared: Mapping[str, str] | None = None,
+        resource: str | None = None,
     ) -> AsyncAgent:
         """As :meth:`tasklease.client.Agent.register` (same arguments and exceptions)."""
         http, owns = _client(client, transport, timeout, cert, verify)
@@ -209,6 +238,7 @@ class AsyncAgent:
                         signing_key,
                         attestation=attestation,
                         declared=declared,
+                        resource=resource,
                     ),
                     proof_key,
                 ),
@@ -298,11 +328,14 @@ class AsyncAgent:
     @property
     def auth(self) -> httpx.Auth:
         """An ``httpx.Auth`` for ``httpx.AsyncClient``; renews when due (see ``Agent.auth``)."""
-        return _AsyncAgentAuth(self)
+        return dual(_AsyncAgentAuth)(self)
 
     async def _run(self, flow: Flow[T]) -> T:
         """Drive ``flow``, with a DPoP proof on each request when the token is bound."""
-        return await arun_flow(self._client, bind_flow(flow, self._credential.dpop))
+        dpop = self._credential.dpop
+        return await arun_flow(
+            self._client, bind_flow(flow, dpop), rebind=dpop.bind if dpop is not None else None
+        )
 
     async def ensure_fresh(self) -> None:
         async with self._lock:
@@ -435,6 +468,32 @@ class AsyncAgent:
             scope,
             self._credential.clock,
         )
+
+    async def exchange(
+        self, resource: str | None = None, scope: Sequence[str] | None = None
+    ) -> ResourceToken:
+        """As :meth:`tasklease.client.Agent.exchange`."""
+        await self.ensure_fresh()
+        cred = self._credential
+        flow = exchange_flow(
+            cred.base_url,
+            cred.token,
+            resource=resource,
+            scope=scope,
+            clock=cred.clock,
+            dpop=cred.dpop,
+        )
+        return await arun_flow(self._client, flow)
+
+    def auth_for(
+        self, resource: str, scope: Sequence[str] | None = None, *, margin: float = 30
+    ) -> httpx.Auth:
+        """As :meth:`tasklease.client.Agent.auth_for`, for ``AsyncClient`` (httpx or
+        httpx2, the ``mcp`` package's client)."""
+        auth: httpx.Auth = dual(AsyncResourceAuth)(
+            lambda: self.exchange(resource, scope), self._credential.clock, margin
+        )
+        return auth
 
     async def aclose(self) -> None:
         await self._stop_heartbeats()

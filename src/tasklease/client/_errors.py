@@ -6,9 +6,16 @@ exception, keeping the code, status, detail, hint and request id. Network failur
 answer at all) raise :class:`TransportError`.
 
     TaskleaseError                 any failure the SDK reports
-    ├── InvalidRequest             invalid_request (also payload_too_large, ...)
-    │   └── InvalidTTL             invalid_ttl
+    ├── InvalidRequest             invalid_request (also unsupported_media_type, ...)
+    │   ├── InvalidTTL             invalid_ttl
+    │   ├── InvalidScope           invalid_scope (token endpoint, RFC 6749 section 5.2)
+    │   ├── InvalidTarget          invalid_target (RFC 8707)
+    │   ├── UnsupportedGrantType   unsupported_grant_type
+    │   ├── InvalidDPoPProof       invalid_dpop_proof (RFC 9449)
+    │   ├── UseDPoPNonce           use_dpop_nonce (RFC 9449 section 8)
+    │   └── PayloadTooLarge        payload_too_large
     ├── Unauthorized               unauthorized
+    │   └── InvalidClient          unauthorized with OAuth error invalid_client
     ├── Forbidden                  forbidden
     │   ├── InsufficientScope      insufficient_scope
     │   ├── ScopeViolation         scope_violation
@@ -16,6 +23,7 @@ answer at all) raise :class:`TransportError`.
     │       ├── RenewalCountExceeded    renewal_count_exceeded
     │       └── RenewalCeilingExceeded  renewal_ceiling_exceeded
     ├── NotFound                   not_found
+    ├── MethodNotAllowed           method_not_allowed
     ├── Conflict                   conflict
     ├── RateLimited                rate_limited (``retry_after`` seconds)
     ├── Unavailable                service_unavailable
@@ -35,9 +43,15 @@ __all__ = [
     "Forbidden",
     "InsufficientScope",
     "InternalError",
+    "InvalidClient",
+    "InvalidDPoPProof",
     "InvalidRequest",
+    "InvalidScope",
     "InvalidTTL",
+    "InvalidTarget",
+    "MethodNotAllowed",
     "NotFound",
+    "PayloadTooLarge",
     "RateLimited",
     "RenewalCeilingExceeded",
     "RenewalCountExceeded",
@@ -47,6 +61,8 @@ __all__ = [
     "TransportError",
     "Unauthorized",
     "Unavailable",
+    "UnsupportedGrantType",
+    "UseDPoPNonce",
     "error_from_response",
 ]
 
@@ -61,6 +77,9 @@ class TaskleaseError(Exception):
         detail: the problem's ``detail``, safe to show.
         hint: the problem's ``hint``, when the broker gave advice.
         request_id: the broker's ``request_id`` (``X-Request-ID``), for its logs.
+        denial_id: the broker's ``denial_id`` of an audited refusal: the audit event
+            holding the precise reason.
+        oauth_error: the RFC 6749 section 5.2 ``error`` (``invalid_client``...), if any.
     """
 
     code = "internal_error"
@@ -74,6 +93,8 @@ class TaskleaseError(Exception):
         status: int | None = None,
         hint: str | None = None,
         request_id: str | None = None,
+        denial_id: str | None = None,
+        oauth_error: str | None = None,
     ) -> None:
         self.detail = detail if detail is not None else self.default_detail
         if code is not None:
@@ -81,6 +102,8 @@ class TaskleaseError(Exception):
         self.status = status
         self.hint = hint
         self.request_id = request_id
+        self.denial_id = denial_id
+        self.oauth_error = oauth_error
         super().__init__(self.detail)
 
     def __repr__(self) -> str:
@@ -96,7 +119,37 @@ class InvalidTTL(InvalidRequest):
     code = "invalid_ttl"
 
 
+class InvalidScope(InvalidRequest):
+    code = "invalid_scope"
+
+
+class InvalidTarget(InvalidRequest):
+    code = "invalid_target"
+
+
+class UnsupportedGrantType(InvalidRequest):
+    code = "unsupported_grant_type"
+
+
+class InvalidDPoPProof(InvalidRequest):
+    code = "invalid_dpop_proof"
+
+
+class UseDPoPNonce(InvalidRequest):
+    code = "use_dpop_nonce"
+
+
+class PayloadTooLarge(InvalidRequest):
+    code = "payload_too_large"
+
+
 class Unauthorized(TaskleaseError):
+    code = "unauthorized"
+
+
+class InvalidClient(Unauthorized):
+    """The token endpoint did not authenticate the app (wrong or missing credentials)."""
+
     code = "unauthorized"
 
 
@@ -133,6 +186,10 @@ class NotFound(TaskleaseError):
     code = "not_found"
 
 
+class MethodNotAllowed(TaskleaseError):
+    code = "method_not_allowed"
+
+
 class Conflict(TaskleaseError):
     code = "conflict"
 
@@ -166,6 +223,12 @@ _BY_CODE: dict[str, type[TaskleaseError]] = {
     for cls in (
         InvalidRequest,
         InvalidTTL,
+        InvalidScope,
+        InvalidTarget,
+        UnsupportedGrantType,
+        InvalidDPoPProof,
+        UseDPoPNonce,
+        PayloadTooLarge,
         Unauthorized,
         Forbidden,
         InsufficientScope,
@@ -173,6 +236,7 @@ _BY_CODE: dict[str, type[TaskleaseError]] = {
         RenewalCountExceeded,
         RenewalCeilingExceeded,
         NotFound,
+        MethodNotAllowed,
         Conflict,
         RateLimited,
         Unavailable,
@@ -184,8 +248,9 @@ _BY_STATUS: dict[int, type[TaskleaseError]] = {
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
+    405: MethodNotAllowed,
     409: Conflict,
-    413: InvalidRequest,
+    413: PayloadTooLarge,
     415: InvalidRequest,
     429: RateLimited,
     503: Unavailable,
@@ -208,9 +273,12 @@ def error_from_response(response: httpx.Response) -> TaskleaseError:
         body = parsed
     code = body.get("error_code") if isinstance(body.get("error_code"), str) else None
     status = response.status_code
+    oauth_error = body.get("error") if isinstance(body.get("error"), str) else None
     cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status)
     if cls is None:
         cls = InternalError if status >= 500 else TaskleaseError
+    if oauth_error == "invalid_client" and issubclass(cls, Unauthorized):
+        cls = InvalidClient
     detail = body.get("detail") if isinstance(body.get("detail"), str) else None
     if detail is None:
         detail = f"HTTP {status} {response.reason_phrase}".strip()
@@ -222,6 +290,8 @@ def error_from_response(response: httpx.Response) -> TaskleaseError:
         "status": status,
         "hint": hint,
         "request_id": request_id,
+        "denial_id": body.get("denial_id") if isinstance(body.get("denial_id"), str) else None,
+        "oauth_error": oauth_error,
     }
     if cls is RateLimited:
         retry = response.headers.get("retry-after", "")

@@ -130,11 +130,13 @@ def register_flow(
     *,
     attestation: Mapping[str, str] | None = None,
     declared: Mapping[str, str] | None = None,
+    resource: str | None = None,
 ) -> Flow[Registration]:
     """Challenge, sign the hex-decoded nonce with ``key``, register (AgentWrit wire rule).
 
     ``attestation`` (``{"type", "evidence"[, "attestor"]}``) is workload evidence in place
-    of ``launch_token`` or beside it; ``declared`` what the agent says of itself.
+    of ``launch_token`` or beside it; ``declared`` what the agent says of itself;
+    ``resource`` the one resource (RFC 8707) the token is for, among the launch token's.
     """
     if isinstance(scope, str):
         raise InvalidRequest("scope must be a list of scope strings, not one string")
@@ -166,6 +168,8 @@ def register_flow(
         declared = {"sdk": SDK, **(declared or {})}
     if declared:
         body["declared"] = dict(declared)
+    if resource is not None:
+        body["resource"] = resource
     answer = expect_json((yield _json_request("POST", _url(base_url, "/v1/register"), body)))
     token_type = answer.get("token_type")
     return Registration(

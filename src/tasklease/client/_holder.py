@@ -68,7 +68,7 @@ class DPoPKey:
         claims: dict[str, Any] = {
             "jti": secrets.token_urlsafe(18),
             "htm": method.upper(),
-            "htu": htu_of(httpx.URL(url)),
+            "htu": htu_of(httpx.URL(str(url))),  # an httpx2.URL too
             "iat": int(self._clock()),
         }
         if token is not None:

@@ -6,7 +6,8 @@ import logging
 import os
 import ssl
 import threading
-from collections.abc import Generator, Mapping, Sequence
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from tasklease.client._attest import (
     github_actions_token_flow,
     kubernetes_token,
 )
+from tasklease.client._compat import dual
 from tasklease.client._errors import TaskleaseError, TransportError
 from tasklease.client._flows import (
     Clock,
@@ -31,6 +33,8 @@ from tasklease.client._flows import (
     release_flow,
 )
 from tasklease.client._holder import CertArg, DPoPKey, bind_flow, dpop_key, ssl_context
+from tasklease.client._oauth import ResourceAuth, ResourceToken, exchange_flow
+from tasklease.client._retry import DEFAULT_RETRY, Retry
 from tasklease.client._trust import (
     Exchange,
     Handshake,
@@ -49,16 +53,42 @@ T = TypeVar("T")
 _log = logging.getLogger("tasklease.client")
 
 
-def run_flow(client: httpx.Client, flow: Flow[T]) -> T:
-    """Drive a sans-I/O flow through ``client``; network failures become TransportError."""
+def run_flow(
+    client: httpx.Client,
+    flow: Flow[T],
+    *,
+    retry: Retry = DEFAULT_RETRY,
+    rebind: Callable[[httpx.Request], httpx.Request] | None = None,
+) -> T:
+    """Drive a sans-I/O flow through ``client``; network failures become TransportError.
+
+    A 429 or 503, or a connection never made, is tried again as ``retry`` says (with a
+    fresh DPoP proof from ``rebind`` when the request carries one).
+    """
     try:
         request = next(flow)
         while True:
             request.extensions.setdefault("timeout", client.timeout.as_dict())
-            try:
-                response = client.send(request)  # reads the body and closes the stream
-            except httpx.TransportError as exc:
-                raise TransportError(f"cannot reach the broker: {exc}") from exc
+            attempt = 0
+            while True:
+                try:
+                    response = client.send(request)  # reads the body and closes the stream
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    attempt += 1
+                    wait = retry.wait(attempt)
+                    if wait is None:
+                        raise TransportError(f"cannot reach the broker: {exc}") from exc
+                except httpx.TransportError as exc:
+                    raise TransportError(f"cannot reach the broker: {exc}") from exc
+                else:
+                    attempt += 1
+                    wait = retry.wait(attempt, response)
+                    # A DPoP proof is single use: resent only with a fresh one.
+                    if wait is None or (rebind is None and "dpop" in request.headers):
+                        break
+                time.sleep(wait)
+                if rebind is not None and "dpop" in request.headers:
+                    request = rebind(request)
             request = flow.send(response)
     except StopIteration as stop:
         result: T = stop.value
@@ -134,7 +164,7 @@ class DelegatedToken:
     @property
     def auth(self) -> httpx.Auth:
         """An ``httpx.Auth`` that attaches this token."""
-        return _BearerAuth(self.token)
+        return dual(_BearerAuth)(self.token)
 
     def delegate(
         self, delegate_to: str, scope: Sequence[str], ttl: int | None = None
@@ -221,6 +251,7 @@ class Agent:
         client: httpx.Client | None = None,
         attestation: Mapping[str, str] | None = None,
         declared: Mapping[str, str] | None = None,
+        resource: str | None = None,
     ) -> Agent:
         """Register a new agent instance with the broker at ``broker_url``.
 
@@ -246,6 +277,10 @@ class Agent:
         the agent says of itself (``model``, ``runtime``, ``sdk``): carried in the token,
         marked as declared, never trusted.
 
+        ``resource`` (RFC 8707) is the one resource the token is for, among those the
+        launch token names; without it, the launch token's only one or the broker's
+        first audience. For tokens for several resources over time, see :meth:`exchange`.
+
         Raises:
             Unauthorized: the launch token is unknown, expired or consumed, or the
                 evidence was refused.
@@ -269,6 +304,7 @@ class Agent:
                         signing_key,
                         attestation=attestation,
                         declared=declared,
+                        resource=resource,
                     ),
                     proof_key,
                 ),
@@ -397,13 +433,16 @@ class Agent:
         renew (the token is then used until it expires, then the same error is raised);
         Unauthorized after :meth:`release`.
         """
-        return _AgentAuth(self)
+        return dual(_AgentAuth)(self)
 
     # -- operations ----------------------------------------------------------------------
 
     def _run(self, flow: Flow[T]) -> T:
         """Drive ``flow``, with a DPoP proof on each request when the token is bound."""
-        return run_flow(self._client, bind_flow(flow, self._credential.dpop))
+        dpop = self._credential.dpop
+        return run_flow(
+            self._client, bind_flow(flow, dpop), rebind=dpop.bind if dpop is not None else None
+        )
 
     def ensure_fresh(self) -> None:
         """Renew now if the token expires within ``renew_margin`` seconds.
@@ -602,6 +641,41 @@ class Agent:
             scope,
             self._credential.clock,
         )
+
+    def exchange(
+        self, resource: str | None = None, scope: Sequence[str] | None = None
+    ) -> ResourceToken:
+        """A token for ``resource`` alone (RFC 8707) with ``scope`` (default: all of this
+        agent's), by RFC 8693 token exchange of the current token: same holder, same
+        binding, no longer lifetime; it ends when this agent's token is revoked.
+
+        Raises:
+            InvalidTarget: ``resource`` is malformed or not among this token's audiences.
+            InvalidScope: ``scope`` is not within this agent's.
+            Unauthorized: this agent's token is no longer valid.
+        """
+        self.ensure_fresh()
+        cred = self._credential
+        flow = exchange_flow(
+            cred.base_url,
+            cred.token,
+            resource=resource,
+            scope=scope,
+            clock=cred.clock,
+            dpop=cred.dpop,
+        )
+        return run_flow(self._client, flow)
+
+    def auth_for(
+        self, resource: str, scope: Sequence[str] | None = None, *, margin: float = 30
+    ) -> httpx.Auth:
+        """An ``httpx.Auth`` (also an ``httpx2.Auth`` when httpx2 is installed) presenting
+        a token for ``resource`` from :meth:`exchange`, exchanged again ``margin`` seconds
+        before it expires and once when the resource answers 401."""
+        auth: httpx.Auth = dual(ResourceAuth)(
+            lambda: self.exchange(resource, scope), self._credential.clock, margin
+        )
+        return auth
 
     def close(self) -> None:
         """Close the HTTP connections (does not release; see :meth:`release`)."""

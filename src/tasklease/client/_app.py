@@ -1,0 +1,229 @@
+"""The app's client: its credentials become an app token (OAuth client credentials), the
+app token launch tokens, and each launch token one agent.
+
+    with AppClient(broker_url, client_id, client_secret) as app:
+        with app.create_agent("support", "ticket-4711", ["read:tickets:4711"]) as agent:
+            httpx.get(url, auth=agent.auth)
+
+The app token comes from ``POST /v1/oauth/token`` with ``grant_type=client_credentials``
+(HTTP Basic, RFC 6749 section 2.3.1), on first use and again a minute before it expires or
+once when the broker answers 401, as the ``agentwrit`` SDK's ``AgentWritApp`` does.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import threading
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote_plus
+
+import httpx
+import nacl.signing
+
+from tasklease.client._errors import TaskleaseError, Unauthorized
+from tasklease.client._flows import Clock, Flow, SystemClock, expect_json
+from tasklease.client._holder import DPoPKey
+from tasklease.client._retry import DEFAULT_RETRY, Retry
+from tasklease.client._sync import Agent, run_flow
+
+__all__ = ["AppClient"]
+
+_REAUTH_MARGIN = 60.0
+
+
+def _basic(client_id: str, client_secret: str) -> str:
+    raw = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+class AppClient:
+    """One app of one broker (or tenant: its base URL ``<broker>/t/<name>``).
+
+    Every method raises the :class:`~tasklease.client.TaskleaseError` subclass matching
+    the broker's answer (``InvalidClient`` for wrong credentials); requests refused with
+    429 or 503, or that could not connect, are retried as ``retry`` says. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        broker_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        timeout: float = 10.0,
+        retry: Retry = DEFAULT_RETRY,
+        transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | str | bool = True,
+        clock: Clock | None = None,
+    ) -> None:
+        """No request is made until one is needed."""
+        self.broker_url = broker_url.rstrip("/")
+        self.client_id = client_id
+        self._authorization = _basic(client_id, client_secret)
+        self._retry = retry
+        self._clock = clock if clock is not None else SystemClock()
+        self._client = httpx.Client(transport=transport, timeout=timeout, verify=verify)
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._deadline = 0.0
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _run(self, flow: Flow[dict[str, Any]]) -> dict[str, Any]:
+        return run_flow(self._client, flow, retry=self._retry)
+
+    def _url(self, path: str) -> str:
+        return self.broker_url + path
+
+    def _sign_in_flow(self) -> Flow[dict[str, Any]]:
+        request = httpx.Request(
+            "POST",
+            self._url("/v1/oauth/token"),
+            data={"grant_type": "client_credentials"},
+            headers={"Authorization": self._authorization, "Accept": "application/json"},
+        )
+        return expect_json((yield request))
+
+    def app_token(self, *, force: bool = False) -> str:
+        """The current app token, signed in again when it expires within a minute."""
+        with self._lock:
+            if self._token is None or force or self._clock.now() >= self._deadline:
+                answer = self._run(self._sign_in_flow())
+                token, expires_in = answer.get("access_token"), answer.get("expires_in")
+                if not isinstance(token, str) or not isinstance(expires_in, int):
+                    raise TaskleaseError("the broker's answer lacks the token", code="bad_response")
+                self._token = token
+                self._deadline = self._clock.now() + max(1.0, expires_in - _REAUTH_MARGIN)
+            return self._token
+
+    def _authed(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        def flow(token: str) -> Flow[dict[str, Any]]:
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            request = httpx.Request(method, self._url(path), headers=headers, json=body)
+            return expect_json((yield request))
+
+        try:
+            return self._run(flow(self.app_token()))
+        except Unauthorized:  # expired or revoked app token: once more, signed in afresh
+            return self._run(flow(self.app_token(force=True)))
+
+    # -- the app's operations ----------------------------------------------------------
+
+    def create_launch_token(
+        self,
+        agent_name: str,
+        allowed_scope: Sequence[str],
+        *,
+        max_ttl: int | None = None,
+        single_use: bool = True,
+        ttl: int | None = None,
+        max_uses: int | None = None,
+        allow_resume: bool | None = None,
+        resource: str | Sequence[str] | None = None,
+        principal: str | None = None,
+    ) -> dict[str, Any]:
+        """A launch token (``POST /v1/app/launch-tokens``), within the app's scopes.
+
+        ``resource`` (RFC 8707) names what its agents' tokens may be for; ``principal``
+        (``kind:value``, e.g. ``user:alice@example.com``) the human its agents work for,
+        carried by every token of theirs (default: this app).
+        """
+        if isinstance(allowed_scope, str):
+            raise TypeError("allowed_scope must be a list of scope strings, not one string")
+        body: dict[str, Any] = {
+            "agent_name": agent_name,
+            "allowed_scope": list(allowed_scope),
+            "single_use": single_use,
+        }
+        optional: dict[str, Any] = {
+            "max_ttl": max_ttl,
+            "ttl": ttl,
+            "max_uses": max_uses,
+            "allow_resume": allow_resume,
+            "principal": principal,
+            "resource": list(resource) if isinstance(resource, list | tuple) else resource,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return self._authed("POST", "/v1/app/launch-tokens", body)
+
+    def create_agent(
+        self,
+        orch_id: str,
+        task_id: str,
+        scope: Sequence[str],
+        *,
+        agent_name: str | None = None,
+        max_ttl: int = 300,
+        resource: str | None = None,
+        principal: str | None = None,
+        key: nacl.signing.SigningKey | None = None,
+        dpop: bool | nacl.signing.SigningKey | DPoPKey = False,
+        renew_margin: float = 30,
+    ) -> Agent:
+        """Launch and register one agent run: a single-use launch token for ``scope``,
+        then :meth:`Agent.register` with it (a fresh key unless ``key`` is given).
+
+        The agent shares this client's connections; close the agent (or leave its
+        ``with`` block, which releases it) before closing this client.
+        """
+        launch = self.create_launch_token(
+            agent_name or f"{orch_id}/{task_id}",
+            scope,
+            max_ttl=max_ttl,
+            resource=resource,
+            principal=principal,
+        )
+        token = launch.get("launch_token")
+        if not isinstance(token, str):
+            raise TaskleaseError("the broker's answer lacks the launch token", code="bad_response")
+        return Agent.register(
+            self.broker_url,
+            token,
+            orch_id,
+            task_id,
+            scope,
+            key=key,
+            dpop=dpop,
+            renew_margin=renew_margin,
+            clock=self._clock,
+            client=self._client,
+            resource=resource,
+        )
+
+    def validate(self, token: str) -> dict[str, Any]:
+        """The broker's verdict on ``token`` (``POST /v1/token/validate``): ``valid`` and
+        ``claims``, or ``valid: false`` and ``error``."""
+
+        def flow() -> Flow[dict[str, Any]]:
+            request = httpx.Request("POST", self._url("/v1/token/validate"), json={"token": token})
+            return expect_json((yield request))
+
+        return self._run(flow())
+
+    def health(self) -> dict[str, Any]:
+        """``GET /v1/health``."""
+
+        def flow() -> Flow[dict[str, Any]]:
+            return expect_json((yield httpx.Request("GET", self._url("/v1/health"))))
+
+        return self._run(flow())
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> AppClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"AppClient(broker_url={self.broker_url!r}, client_id={self.client_id!r})"

@@ -1,0 +1,79 @@
+"""When the SDK tries a request again: on 429 and 503, and when no connection was made.
+
+A 429 (rate limited) or 503 (the broker could not make the operation durable, or is not
+current yet: it failed closed and changed nothing) is retried after the broker's
+``Retry-After`` when it gives one, else after an exponential backoff with jitter. A
+request that never reached the broker (connection refused, connect timeout) is retried
+the same way. Anything else is answered at once. A ``Retry-After`` longer than
+``max_wait`` is not waited for: the error is raised with it (``RateLimited.retry_after``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+__all__ = ["DEFAULT_RETRY", "NO_RETRY", "Retry", "retry_after_seconds"]
+
+_RETRY_STATUSES = frozenset({429, 503})
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A ``Retry-After`` value (RFC 9110 section 10.2.3: seconds or an HTTP date) in
+    seconds from now, or None when absent or malformed."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """How often and how long to wait before trying a request again.
+
+    ``attempts`` retries after the first try; the n-th waits ``backoff * 2**(n-1)``
+    seconds (at most ``max_wait``), scaled by a random factor in [0.5, 1] so that clients
+    refused together do not return together; or the broker's ``Retry-After``.
+    """
+
+    attempts: int = 3
+    backoff: float = 0.25
+    max_wait: float = 10.0
+    statuses: frozenset[int] = field(default=_RETRY_STATUSES)
+
+    def __post_init__(self) -> None:
+        if self.attempts < 0 or self.backoff < 0 or self.max_wait < 0:
+            raise ValueError("attempts, backoff and max_wait must not be negative")
+
+    def wait(self, attempt: int, response: httpx.Response | None = None) -> float | None:
+        """Seconds to wait before retry number ``attempt`` (from 1) after ``response``
+        (None: no connection was made), or None to give up and report it."""
+        if attempt > self.attempts:
+            return None
+        if response is not None:
+            if response.status_code not in self.statuses:
+                return None
+            asked = retry_after_seconds(response.headers.get("retry-after"))
+            if asked is not None:
+                return asked if asked <= self.max_wait else None
+        computed = min(self.max_wait, self.backoff * 2.0 ** (attempt - 1))
+        jitter: float = 0.5 + random.random() / 2  # noqa: S311 - jitter, not a secret
+        return computed * jitter
+
+
+DEFAULT_RETRY = Retry()
+"""Three retries, from a quarter of a second, never more than 10 s at a time."""
+
+NO_RETRY = Retry(attempts=0)
+"""Every failure is reported at once."""
