@@ -9,7 +9,6 @@ from typing import Annotated, Any, TextIO
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from tasklease.cli._common import (
     EXIT_FAILED,
@@ -24,6 +23,7 @@ from tasklease.cli._common import (
     print_json,
 )
 from tasklease.client import AdminClient
+from tasklease.cli._output import OutputOpt, emit, field
 from tasklease.core.store import AuditEvent
 
 __all__ = ["register", "verify_over_http"]
@@ -56,11 +56,13 @@ def audit_events(
 ) -> None:
     """Query the audit log (one page, in chain order)."""
     filters = _filters(
+    output: OutputOpt = None,
         agent_id=agent_id,
         task_id=task_id,
         event_type=event_type,
         outcome=outcome,
         since=since,
+    _check_outcome(outcome)
         until=until,
     )
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
@@ -70,20 +72,27 @@ def audit_events(
         for event in events:
             print_json(event)
         return
-    table = Table("id", "time", "event", "outcome", "agent", "detail")
-    for e in events:
-        outcome_text = str(e.get("outcome", ""))
-        table.add_row(
-            str(e.get("id", "")),
-            str(e.get("timestamp", "")),
-            str(e.get("event_type", "")),
-            f"[red]{outcome_text}[/]" if outcome_text == "denied" else outcome_text,
-            str(e.get("agent_id", "")),
-            str(e.get("detail", "")),
-        )
-    out.print(table)
-    shown_to = offset + len(events)
-    out.print(f"[dim]events {offset + 1 if events else 0}-{shown_to} of {page.get('total')}[/]")
+    # Every cell is data, never markup: an app named "[/]" is shown as written.
+    emit(events, _EVENT_COLUMNS, output)
+    if output is None and sys.stdout.isatty():
+        shown_to = offset + len(events)
+        out.print(f"[dim]events {offset + 1 if events else 0}-{shown_to} of {page.get('total')}[/]")
+
+
+_EVENT_COLUMNS = [
+    ("id", "id", field("id")),
+    ("timestamp", "time", field("timestamp")),
+    ("event_type", "event", field("event_type")),
+    ("outcome", "outcome", field("outcome")),
+    ("agent_id", "agent", field("agent_id")),
+    ("task_id", "task", field("task_id")),
+    ("detail", "detail", field("detail")),
+]
+
+
+def _check_outcome(outcome: str | None) -> None:
+    if outcome is not None and outcome not in ("success", "denied"):
+        fail(f"--outcome must be success or denied, not {outcome!r}")
 
 
 def audit_export(
@@ -109,6 +118,7 @@ def audit_export(
         since=since,
         until=until,
     )
+    _check_outcome(outcome)
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         if output is None:
             count = _write_lines(admin.iter_audit_events(**filters), sys.stdout)

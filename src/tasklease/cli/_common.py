@@ -47,6 +47,7 @@ __all__ = [
     "UrlOpt",
     "admin_client",
     "broker_errors",
+    "config_dir",
     "err",
     "exit_code_for",
     "fail",
@@ -155,9 +156,14 @@ class Connection:
     operator_key: bytes | None = None  # the 32-byte Ed25519 private key seed
 
 
-def _default_profile() -> Path:
+def config_dir() -> Path:
+    """The user's tasklease configuration directory (``$XDG_CONFIG_HOME/tasklease``)."""
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "tasklease" / "profile.toml"
+    return Path(base) / "tasklease"
+
+
+def _default_profile() -> Path:
+    return config_dir() / "profile.toml"
 
 
 def _read_private(path: Path, what: str, *, explicit: bool = True) -> bytes | None:
@@ -270,8 +276,8 @@ def resolve_connection(
     if need_secret and not admin_secret:
         fail(
             "no admin secret",
-            hint="set TASKLEASE_ADMIN_SECRET (or TASKLEASE_OPERATOR and its secret), pass "
-            "--admin-secret, or put admin_secret in the profile file",
+            hint="run `tasklease login`, set TASKLEASE_ADMIN_SECRET (or TASKLEASE_OPERATOR "
+            "and its secret), pass --admin-secret, or put admin_secret in the profile file",
         )
     return Connection(_tenant_url(url, _tenant[0]), admin_secret)
 
@@ -279,13 +285,23 @@ def resolve_connection(
 def admin_client(
     url: str | None, admin_secret: str | None, profile: str | None, *, need_secret: bool = True
 ) -> AdminClient:
-    connection = resolve_connection(url, admin_secret, profile, need_secret=need_secret)
+    """A client for the broker, signed in with the session ``tasklease login`` cached for
+    it while that lasts, else with the credential found (flags, environment, profile)."""
+    from tasklease.cli._login import cached_session
+
+    connection = resolve_connection(url, admin_secret, profile, need_secret=False)
+    cached = cached_session(connection.url)
+    if cached is None and need_secret:
+        connection = resolve_connection(url, admin_secret, profile, need_secret=True)
+    token, left = cached if cached is not None else (None, 0.0)
     return AdminClient(
         connection.url,
         connection.admin_secret,
         operator=connection.operator,
         operator_secret=connection.operator_secret,
         operator_key=connection.operator_key,
+        access_token=token,
+        token_expires_in=left,
     )
 
 

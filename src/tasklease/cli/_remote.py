@@ -227,7 +227,9 @@ def revoke(
     if as_json:
         print_json(answer)
     else:
-        out.print(f"revoked {level} {target} ({answer.get('count')} entries)", highlight=False)
+        count = int(answer.get("count") or 0)
+        entries = "1 entry" if count == 1 else f"{count} entries"
+        out.print(f"revoked {level} {target} ({entries} written)", highlight=False, markup=False)
 
 
 @keys_app.command("rotate")

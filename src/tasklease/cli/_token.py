@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -22,7 +23,6 @@ from tasklease.cli._common import (
     broker_errors,
     fail,
     out,
-    print_json,
     resolve_connection,
 )
 from tasklease.client import AdminClient
@@ -139,7 +139,7 @@ def token_inspect(
     exp = payload.get("exp")
     expiry = in_words(exp, now) if isinstance(exp, int | float) else "no expiry"
     if as_json:
-        print_json(
+        print_pretty_json(
             {
                 "header": header,
                 "claims": payload,
@@ -153,6 +153,12 @@ def token_inspect(
         _show(header, payload, signature_ok, signature_text, broker_valid, expiry)
     if signature_ok is False:
         raise typer.Exit(EXIT_FAILED)
+
+
+def print_pretty_json(document: dict[str, Any]) -> None:
+    """One JSON document, indented for a person (``--json`` of ``token inspect``)."""
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 def _show(

@@ -1,0 +1,148 @@
+"""``tasklease login`` and ``logout``: sign in once, then use a cached short-lived
+operator token, so each command no longer pays the broker's argon2 check of a secret.
+
+The token (never the secret) is kept in ``$XDG_CONFIG_HOME/tasklease/sessions/`` (or
+``~/.config/tasklease/sessions/``), one 0600 file per broker URL and tenant, until it
+expires (the broker's ``admin_token_ttl``, 5 minutes by default). ``logout`` deletes it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from tasklease.cli._common import (
+    AdminSecretOpt,
+    ProfileOpt,
+    UrlOpt,
+    broker_errors,
+    config_dir,
+    fail,
+    out,
+    resolve_connection,
+)
+from tasklease.client import AdminClient
+
+__all__ = ["cached_session", "register", "session_path"]
+
+
+def session_path(url: str) -> Path:
+    """The file that holds the cached session for the broker (and tenant) at ``url``."""
+    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:24]
+    return config_dir() / "sessions" / f"{digest}.json"
+
+
+def cached_session(url: str) -> tuple[str, float] | None:
+    """The cached token for ``url`` and the seconds it has left, if any is still good."""
+    path = session_path(url)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if os.fstat(fh.fileno()).st_mode & 0o077:
+            return None  # not ours alone: ignore it (login rewrites it 0600)
+        try:
+            data: Any = json.loads(fh.read())
+        except ValueError:
+            return None
+    if not isinstance(data, dict) or data.get("url") != url.rstrip("/"):
+        return None
+    token, expires_at = data.get("access_token"), data.get("expires_at")
+    if not isinstance(token, str) or not isinstance(expires_at, int | float):
+        return None
+    left = float(expires_at) - time.time() - 10.0
+    return (token, left) if left > 0 else None
+
+
+def _write(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    temporary = path.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(document, fh)
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, path)
+
+
+def login(
+    operator: Annotated[
+        str | None,
+        typer.Option(help="Sign in as this named operator (default TASKLEASE_OPERATOR)."),
+    ] = None,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Sign in once; the next commands use a cached short-lived operator token (0600)."""
+    if operator:
+        os.environ["TASKLEASE_OPERATOR"] = operator
+    connection = resolve_connection(url, admin_secret, profile, need_secret=False)
+    name, secret, key = connection.operator, connection.operator_secret, connection.operator_key
+    admin = connection.admin_secret
+    if name is None and admin is None:
+        name = (
+            typer.prompt("Operator name (empty: the admin secret)", default="", show_default=False)
+            or None
+        )
+    if name is not None and not secret and key is None:
+        secret = getpass.getpass(f"Secret of operator {name}: ")
+    elif name is None and not admin:
+        admin = getpass.getpass("Admin secret: ")
+    if not (secret or key or admin):
+        fail("no secret given")
+    with (
+        broker_errors(),
+        AdminClient(
+            connection.url, admin, operator=name, operator_secret=secret, operator_key=key
+        ) as client,
+    ):
+        answer = client.sign_in()
+    life = int(answer.get("expires_in") or 0)
+    path = session_path(connection.url)
+    _write(
+        path,
+        {
+            "url": connection.url.rstrip("/"),
+            "operator": name or "admin",
+            "access_token": answer.get("access_token"),
+            "expires_at": time.time() + life,
+        },
+    )
+    who = name or "admin (the admin secret)"
+    out.print(
+        f"signed in to {escape(connection.url)} as {escape(who)} for {life} s; "
+        f"the token is cached in {escape(str(path))} (mode 0600)",
+        highlight=False,
+    )
+
+
+def logout(
+    url: UrlOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Forget the cached session for the broker (exit 0 whether or not there was one)."""
+    connection = resolve_connection(url, None, profile, need_secret=False)
+    path = session_path(connection.url)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        out.print(f"no cached session for {escape(connection.url)}", highlight=False)
+        return
+    out.print(
+        f"signed out of {escape(connection.url)} (removed {escape(str(path))})", highlight=False
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("login")(login)
+    app.command("logout")(logout)
