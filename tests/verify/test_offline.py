@@ -257,6 +257,7 @@ def test_public_surface() -> None:
         "VerifiedToken",
         "Verifier",
         "VerifierUnavailable",
+        "require_attested",
     }
     assert all(hasattr(verify, name) for name in verify.__all__)
 
