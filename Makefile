@@ -17,12 +17,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# The broker and its command: the `cli` extra (with `server`); `pip install tasklease`
+# alone is the agent SDK and the verifier.
 $(VENV)/.run-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[cli]'
 	@touch $@
 
 $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,postgres,hsm]'
+	$(BIN)/pip install --quiet -e '.[cli,postgres,hsm,otel,test]'
 	@touch $@ $(VENV)/.run-deps
 
 install: $(VENV)/.run-deps ## install tasklease in .venv
