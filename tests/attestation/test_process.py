@@ -81,3 +81,34 @@ def test_evidence_registers_once_across_workers(
     assert register(broker.url, fresh, "t-fresh").status_code == 200
     database = b"".join(p.read_bytes() for p in Path(broker.data_dir).rglob("*.db*"))
     assert evidence.encode() not in database and fresh.encode() not in database
+
+
+def test_a_tenant_has_its_own_attestors_and_accepts_only_evidence_for_its_issuer(
+    start_broker: Callable[..., RunningBroker], issuer: tuple[OidcIssuer, IssuerCA]
+) -> None:
+    oidc, ca = issuer
+    broker = start_broker()
+    acme = broker.create_tenant("acme")
+    home_issuer = jwt_parts(broker.admin_token())[1]["iss"]
+    acme_issuer = jwt_parts(acme.admin_token())[1]["iss"]
+    assert acme_issuer != home_issuer
+    body: dict[str, Any] = {
+        "name": "prod",
+        "type": "k8s_sat",
+        "settings": {"issuer": oidc.url, "ca_pem": ca.pem},
+        "policy": [{"match": {}, "scope": ["read:invoices:*"]}],
+    }
+    added = acme.post("/v1/admin/attestors", json=body, headers=acme.admin_headers())
+    assert added.status_code == 201, added.text
+    listed = broker.get("/v1/admin/attestors", headers=broker.admin_headers()).json()
+    assert listed["attestors"] == []  # the default tenant has none of acme's
+    # Evidence made for the default tenant's issuer is refused by acme, and the reverse.
+    for_home = mint(oidc.keys[0], k8s_claims(oidc.url, home_issuer, time.time()))
+    refused = register(acme.url, for_home, "t1")
+    assert refused.status_code == 401 and refused.json()["denial_id"], refused.text
+    for_acme = mint(oidc.keys[0], k8s_claims(oidc.url, acme_issuer, time.time()))
+    assert register(broker.url, for_acme, "t2").status_code == 401  # no attestor there
+    accepted = register(acme.url, for_acme, "t3")
+    assert accepted.status_code == 200, accepted.text
+    claims = jwt_parts(accepted.json()["access_token"])[1]
+    assert claims["iss"] == acme_issuer and claims["attest"]["attestor"] == "prod"
