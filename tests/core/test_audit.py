@@ -93,9 +93,31 @@ def test_known_answer_vector() -> None:
     for seq, (entry, ts, expected) in enumerate(
         zip(KAT_ENTRIES, KAT_TIMESTAMPS, KAT_HASHES, strict=True), start=1
     ):
-        assert event_hash(prev, seq, ts, entry) == expected
+        assert event_hash(prev, seq, ts, entry, version=1) == expected
         assert documented_hash(prev, seq, ts, entry) == expected
         prev = expected
+
+
+def test_known_answer_vector_v2_literal_bytes() -> None:
+    """Format v2 adds the lineage (tenant, app, principal_ref, chain root) to the hashed array,
+    under its own prefix: the exact bytes of one event, written out by hand."""
+    entry = dataclasses.replace(
+        KAT_ENTRIES[0], app_id="app-1", principal_ref="0123456789abcdef", chain_root="spiffe://r"
+    )
+    message = (
+        b"tasklease-audit-v2\n"
+        + b"0" * 64
+        + b"\n"
+        + b'[1,"2027-01-15T08:00:00Z","agent_registered",'
+        + b'"spiffe://tasklease.local/agent/o/t/0123456789abcdef","t","o",'
+        + b'"Agent registered with scope [read:data:*]","","success",0,"","req-1",'
+        + b'"acme","app-1","0123456789abcdef","spiffe://r"]'
+    )
+    expected = hashlib.sha256(message).hexdigest()
+    assert event_hash(GENESIS_HASH, 1, KAT_TIMESTAMPS[0], entry, "acme") == expected
+    assert event_hash(GENESIS_HASH, 1, KAT_TIMESTAMPS[0], entry, "acme", 2) == expected
+    # The same event in format v1 (what it was before lineage) hashes differently.
+    assert event_hash(GENESIS_HASH, 1, KAT_TIMESTAMPS[0], entry, "acme", 1) == KAT_HASHES[0]
 
 
 def test_known_answer_vector_first_event_literal_bytes() -> None:
@@ -765,4 +787,4 @@ def test_canonical_encoding_is_compact_utf8_json() -> None:
         ensure_ascii=False,
     ).encode("utf-8")
     digest = hashlib.sha256(b"tasklease-audit-v1\n" + GENESIS_HASH.encode() + b"\n" + expected)
-    assert event_hash(GENESIS_HASH, 7, stamp, entry) == digest.hexdigest()
+    assert event_hash(GENESIS_HASH, 7, stamp, entry, version=1) == digest.hexdigest()

@@ -13,7 +13,10 @@ the same transaction as the state they describe, so either both become durable o
 neither does: the operation answers only after its event is durable, and an operation
 whose event cannot be written fails (fail-closed, :class:`~tasklease.core.errors.Unavailable`).
 
-The events' format, sanitizer and hash chain are :mod:`tasklease.core.auditformat`.
+The events' format, sanitizer and hash chain are :mod:`tasklease.core.auditformat`. The
+same transaction appends the events' leaves to the tenant's Merkle tree
+(:mod:`tasklease.core.audittree`), so the tree and the chain never disagree on what is
+durable.
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tasklease.core.auditformat import (
+    CURRENT_FORMAT,
     AuditEntry,
     event_hash,
     sanitized_entry,
 )
+from tasklease.core.audittree import append_leaves
 from tasklease.core.clock import Clock, format_rfc3339
-from tasklease.core.errors import Unavailable
+from tasklease.core.errors import Conflict, Unavailable
 from tasklease.core.store import AuditEvent, Store, WriteTx
+from tasklease.rules.auditchain import event_leaf
 
 __all__ = ["AuditLog", "WriteFailure"]
 _log = logging.getLogger("tasklease.audit")
@@ -219,6 +225,23 @@ class AuditLog:
         if committer is not None:
             committer.shutdown(wait=True)
 
+    def catch_up_tree(self, limit: int = 50_000) -> int:
+        """Give the Merkle tree up to ``limit`` events it has not taken yet (events written
+        before it existed); return how many are still missing after this transaction.
+
+        Appends do this themselves for whatever is missing, in their own transaction; at
+        start-up the broker calls this until it returns 0, so no request pays for it.
+        """
+        with self._store.write() as tx:
+            head, _ = tx.audit_head()
+            tree = tx.audit_tree()
+            size = tree.size if tree is not None else 0
+            hashes = tx.audit_hashes(size, min(limit, head - size)) if head > size else []
+            if hashes:
+                tree, tiles = append_leaves(tree, [event_leaf(h) for h in hashes])
+                tx.append_audit_tree(tree, tiles)
+            return head - size - len(hashes)
+
     def _submit(self, slot: _Slot) -> list[AuditEvent]:
         wake = slot.wake
         if wake is None:  # pragma: no cover - a thread's slot always has one
@@ -348,6 +371,7 @@ class AuditLog:
     def _run(self, batch: list[_Slot]) -> None:
         started = time.perf_counter()
         try:
+            tenant = self._store.tenant
             with self._store.write() as tx:
                 seq, prev = tx.audit_head()
                 # One time for the whole batch: its events become durable together.
@@ -369,9 +393,9 @@ class AuditLog:
                             continue
                     for clean in entries:
                         seq += 1
-                        digest = event_hash(prev, seq, timestamp, clean)
+                        digest = event_hash(prev, seq, timestamp, clean, tenant)
                         # Positional (field order of AuditEvent): half the cost of
-                        # fourteen keywords, per event, inside the shared transaction.
+                        # nineteen keywords, per event, inside the shared transaction.
                         event = AuditEvent(
                             seq,
                             timestamp,
@@ -387,12 +411,18 @@ class AuditLog:
                             clean.request_id,
                             prev,
                             digest,
+                            tenant,
+                            clean.app_id,
+                            clean.principal_ref,
+                            clean.chain_root,
+                            CURRENT_FORMAT,
                         )
                         rows.append(event)
                         slot.events.append(event)
                         prev = digest
                 if rows:
                     tx.append_audit(rows)
+                    _grow_tree(tx, rows)
         except Exception as exc:  # noqa: BLE001 - any storage failure fails the batch closed
             self._failed(exc)
             _fail(batch, f"audit transaction failed: {exc!r}", exc)
@@ -412,6 +442,26 @@ class AuditLog:
                 self._on_batch(len(batch), time.perf_counter() - started)
             except Exception:  # noqa: BLE001 - metrics must not fail a durable batch
                 _log.exception("audit batch callback failed")
+
+
+def _grow_tree(tx: WriteTx, rows: Sequence[AuditEvent]) -> None:
+    """Append ``rows``' leaves to the tenant's Merkle tree, in the events' transaction.
+
+    Events the tree has not taken yet (written before it existed) go first, so leaf
+    ``seq - 1`` is always event ``seq``. A tree ahead of the chain fails the batch: the
+    two were written apart, which only a hand on the database can do.
+    """
+    tree = tx.audit_tree()
+    size = tree.size if tree is not None else 0
+    first = rows[0].seq - 1
+    leaves: list[bytes] = []
+    if size < first:
+        leaves = [event_leaf(h) for h in tx.audit_hashes(size, first - size)]
+    if size + len(leaves) != first:
+        raise Conflict(f"the audit tree holds {size} leaves but the chain {first} events")
+    leaves.extend(event_leaf(e.hash) for e in rows)
+    tree, tiles = append_leaves(tree, leaves)
+    tx.append_audit_tree(tree, tiles)
 
 
 def _fail(batch: list[_Slot], reason: str, cause: BaseException | None = None) -> None:

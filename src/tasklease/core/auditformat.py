@@ -1,14 +1,9 @@
 """What an audit event is: its entry, the sanitizer every detail passes, and the hash chain.
 
-Hash chain (format ``v1``)::
-
-    hash = SHA-256( "tasklease-audit-v1\\n" || prev_hash || "\\n" || canonical(event) )
-
-where ``prev_hash`` is the previous event's hash as 64 lowercase hex characters (64 zeros
-for the first event) and ``canonical(event)`` is the compact UTF-8 JSON array
-``[seq, timestamp, event_type, agent_id, task_id, orch_id, detail, resource, outcome,
-deleg_depth, deleg_chain_hash, request_id]``. A JSON array cannot be re-split the way a
-delimiter-joined string can, so no two events share an encoding.
+The hash chain's formats are :mod:`tasklease.rules.auditchain` (where verifiers read
+them): ``v1`` for events written before lineage was recorded, ``v2`` for every event
+since, which adds the event's tenant, app, human principal and delegation chain root to
+the hashed fields. The bytes hashed are the same here, written with a faster encoder.
 
 Details are sanitized *before* hashing: secrets and personal data never reach storage.
 """
@@ -23,8 +18,10 @@ from dataclasses import dataclass
 import msgspec
 
 from tasklease.core.store import AuditEvent
+from tasklease.rules.auditchain import GENESIS_HASH, prefix
 
 __all__ = [
+    "CURRENT_FORMAT",
     "GENESIS_HASH",
     "MAX_DETAIL",
     "AuditEntry",
@@ -35,8 +32,8 @@ __all__ = [
     "verify_chain",
 ]
 
-GENESIS_HASH = "0" * 64
-_PREFIX = b"tasklease-audit-v1\n"
+CURRENT_FORMAT = 2
+_PREFIXES = {1: prefix(1), 2: prefix(2)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +50,12 @@ class AuditEntry:
     deleg_depth: int = 0
     deleg_chain_hash: str = ""
     request_id: str = ""
+    # Lineage (format v2): the app the credential descends from, the human it acts for
+    # and the root agent of its delegation chain, where they exist. The tenant is the
+    # store's, added when the event is chained.
+    app_id: str = ""
+    principal_ref: str = ""
+    chain_root: str = ""
 
 
 # --- sanitization -----------------------------------------------------------------------
@@ -167,6 +170,9 @@ def sanitized_entry(entry: AuditEntry) -> AuditEntry:
         deleg_depth=entry.deleg_depth,
         deleg_chain_hash=entry.deleg_chain_hash,
         request_id=request_id,
+        app_id=sanitize(entry.app_id),
+        principal_ref=sanitize(entry.principal_ref),
+        chain_root=sanitize(entry.chain_root),
     )
 
 
@@ -183,31 +189,52 @@ def _canonical(
     seq: int,
     timestamp: str,
     e: AuditEntry | AuditEvent,
+    tenant: str,
+    version: int,
 ) -> bytes:
-    return _ENCODER.encode(
-        [
-            seq,
-            timestamp,
-            e.event_type,
-            e.agent_id,
-            e.task_id,
-            e.orch_id,
-            e.detail,
-            e.resource,
-            e.outcome,
-            e.deleg_depth,
-            e.deleg_chain_hash,
-            e.request_id,
-        ]
-    )
+    fields: list[object] = [
+        seq,
+        timestamp,
+        e.event_type,
+        e.agent_id,
+        e.task_id,
+        e.orch_id,
+        e.detail,
+        e.resource,
+        e.outcome,
+        e.deleg_depth,
+        e.deleg_chain_hash,
+        e.request_id,
+    ]
+    if version == 2:
+        fields += (tenant, e.app_id, e.principal_ref, e.chain_root)
+    elif version != 1:
+        raise ValueError(f"unknown audit event format {version}")
+    return _ENCODER.encode(fields)
 
 
-def event_hash(prev_hash: str, seq: int, timestamp: str, entry: AuditEntry | AuditEvent) -> str:
-    """The chain hash of one event (see the module docstring for the exact bytes)."""
-    h = hashlib.sha256(_PREFIX)
+def event_hash(
+    prev_hash: str,
+    seq: int,
+    timestamp: str,
+    entry: AuditEntry | AuditEvent,
+    tenant: str | None = None,
+    version: int | None = None,
+) -> str:
+    """The chain hash of one event (see :mod:`tasklease.rules.auditchain` for the bytes).
+
+    A stored event is hashed in its own format and tenant unless told otherwise; a new
+    entry in the current format, for ``tenant`` (by default the default tenant).
+    """
+    if isinstance(entry, AuditEvent):
+        tenant = entry.tenant if tenant is None else tenant
+        version = entry.version if version is None else version
+    tenant = "default" if tenant is None else tenant
+    version = CURRENT_FORMAT if version is None else version
+    h = hashlib.sha256(_PREFIXES[version] if version in _PREFIXES else prefix(version))
     h.update(prev_hash.encode("ascii"))
     h.update(b"\n")
-    h.update(_canonical(seq, timestamp, entry))
+    h.update(_canonical(seq, timestamp, entry, tenant, version))
     return h.hexdigest()
 
 
@@ -228,12 +255,14 @@ def verify_chain(
     """Walk events in ``seq`` order and report the first broken link.
 
     A link is broken when a sequence number is skipped or repeated, when ``prev_hash`` is
-    not the previous event's hash, or when an event's stored hash is not the hash of its
-    own content (an edited row).
+    not the previous event's hash, when an event's stored hash is not the hash of its
+    own content (an edited row), or when an event is in an older format than one before
+    it (formats only move forward).
     """
     prev = GENESIS_HASH
     expected_seq = 1
     checked = 0
+    version = 1
     for ev in events:
         if ev.seq != expected_seq:
             return ChainReport(
@@ -247,7 +276,16 @@ def verify_chain(
             return ChainReport(
                 False, checked, ev.id, "prev_hash does not match the previous event", prev
             )
-        if event_hash(prev, ev.seq, ev.timestamp, ev) != ev.hash:
+        if ev.version < version:
+            return ChainReport(
+                False, checked, ev.id, f"format v{ev.version} after format v{version}", prev
+            )
+        version = ev.version
+        try:
+            digest = event_hash(prev, ev.seq, ev.timestamp, ev)
+        except ValueError:
+            return ChainReport(False, checked, ev.id, f"unknown format v{ev.version}", prev)
+        if digest != ev.hash:
             return ChainReport(False, checked, ev.id, "event content does not match its hash", prev)
         prev = ev.hash
         expected_seq += 1

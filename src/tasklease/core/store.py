@@ -38,8 +38,8 @@ __all__ = [
     "RevocationRecord",
     "Store",
     "StoreWatch",
-    "TileAppend",
     "TenantRecord",
+    "TileAppend",
     "WatchableStore",
     "WriteTx",
 ]
@@ -292,7 +292,7 @@ class AuditEvent:
 
     ``version`` is the format its hash was computed in (``rules.auditchain``): 1 for
     events written before lineage was recorded, 2 since, whose hash also covers
-    ``tenant``, ``app_id``, ``principal`` and ``chain_root``. Leaf ``index`` of the
+    ``tenant``, ``app_id``, ``principal_ref`` and ``chain_root``. Leaf ``index`` of the
     tenant's Merkle tree is this event.
     """
 
@@ -312,7 +312,7 @@ class AuditEvent:
     hash: str
     tenant: str = "default"
     app_id: str = ""
-    principal: str = ""
+    principal_ref: str = ""
     chain_root: str = ""
     version: int = 1
 
@@ -336,7 +336,7 @@ class AuditQuery:
     until: float | None = None  # Unix seconds, inclusive
     limit: int = 100
     offset: int = 0
-    principal: str | None = None  # the human principal (lineage, format v2 events)
+    principal_ref: str | None = None  # the human principal's pseudonym (format v2 events)
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,12 +91,16 @@ _FEDERATION = (
     " revocation_feed, feed_credentials_file"
 )
 _PUBLISHED = "sequence, kids, bundle, updated_at"
-_AUDIT = (
+_AUDIT_CHAIN = (
     "seq, timestamp, event_type, agent_id, task_id, orch_id, detail, resource, outcome,"
     " deleg_depth, deleg_chain_hash, request_id, prev_hash, hash"
 )
-# As stored: ts (the timestamp in Unix seconds, for range filters) follows the timestamp.
-_AUDIT_STORED = _AUDIT.replace("timestamp,", "timestamp, ts,", 1)
+# Lineage and the hash format (migration 0012); the tenant comes before them in AuditEvent.
+_AUDIT_LINEAGE = "app_id, principal_ref, chain_root, version"
+_AUDIT = f"{_AUDIT_CHAIN}, tenant_id, {_AUDIT_LINEAGE}"
+# As stored: ts (the timestamp in Unix seconds, for range filters) follows the timestamp;
+# the tenant is named by insert().
+_AUDIT_STORED = _AUDIT_CHAIN.replace("timestamp,", "timestamp, ts,", 1) + f", {_AUDIT_LINEAGE}"
 
 SELECT_REVOCATION = "SELECT seq, level, target, revoked_at, expires_at FROM revocations"
 # Built from the constant column lists above only, here and below.
@@ -225,9 +229,42 @@ class Dialect:
                 "outcome = ?",
                 "ts >= ?",
                 "ts <= ?",
+                "principal_ref = ?",
             )
         )
         self._audit_page = q(" ORDER BY seq LIMIT ? OFFSET ?")
+        # The Merkle tree over the chain (core.audittree) and its checkpoints (0012).
+        self.audit_hashes = q(
+            f"SELECT hash FROM audit_events WHERE {t} AND seq > ? ORDER BY seq LIMIT ?"
+        )
+        self.audit_tree = f"SELECT size, root, edge FROM audit_tree WHERE {t}"
+        self.put_audit_tree = q(
+            f"{insert('audit_tree', 'size, root, edge')} ON CONFLICT (tenant_id) DO UPDATE SET"
+            " size = excluded.size, root = excluded.root, edge = excluded.edge"
+        )
+        self.insert_tile = q(
+            f"{insert('audit_tiles', 'level, idx, hashes')} ON CONFLICT DO NOTHING"
+        )
+        # SQLite's || makes text of two blobs (byte for byte), which the CAST turns back.
+        blob = "BLOB" if placeholder == "?" else "bytea"
+        self.extend_tile = q(
+            f"UPDATE audit_tiles SET hashes = CAST(hashes || ? AS {blob})"
+            f" WHERE {t} AND level = ? AND idx = ? AND length(hashes) = ?"
+        )
+        # One primary-key lookup per tile (a row-value IN list is a scan of the tenant's
+        # tiles on SQLite), joined into one statement.
+        self._tile_select = q(f"SELECT level, idx, hashes FROM audit_tiles WHERE {t}") + (
+            f" AND level = {placeholder} AND idx = {placeholder}"
+        )
+        self.get_checkpoint = q(
+            f"SELECT kind, size, note, created_at FROM audit_checkpoints WHERE {t} AND kind = ?"
+        )
+        self.put_checkpoint = q(
+            f"{insert('audit_checkpoints', 'kind, size, note, created_at')}"
+            " ON CONFLICT (tenant_id, kind) DO UPDATE SET size = excluded.size,"
+            " note = excluded.note, created_at = excluded.created_at"
+            " WHERE audit_checkpoints.size <= excluded.size"
+        )
 
         # writes
         self.insert_app = q(f"{insert('apps', _APP)} ON CONFLICT DO NOTHING")
@@ -385,6 +422,7 @@ class Dialect:
             query.outcome,
             query.since,
             query.until,
+            query.principal_ref,
         )
         for clause, value in zip(self._audit_filters, values, strict=True):
             if value is not None:
@@ -394,6 +432,10 @@ class Dialect:
         count_sql = "SELECT COUNT(*) FROM audit_events" + where
         page_sql = _SELECT_AUDIT + where + self._audit_page
         return count_sql, params, page_sql, [*params, query.limit, query.offset]
+
+    def audit_tiles(self, count: int) -> str:
+        """The read of ``count`` tiles, named by ``(level, idx)`` parameter pairs."""
+        return " UNION ALL ".join([self._tile_select] * count)
 
     # -- row conversions -----------------------------------------------------------------
     # Both drivers return text columns as str (on SQLite the tables are STRICT and the
@@ -701,6 +743,10 @@ def audit_rows(events: Sequence[AuditEvent], head_seq: int) -> list[tuple[object
                 e.request_id,
                 e.prev_hash,
                 e.hash,
+                e.app_id,
+                e.principal_ref,
+                e.chain_root,
+                e.version,
             )
         )
     return rows
