@@ -196,3 +196,41 @@ def test_a_delegated_token_keeps_the_delegators_attestation() -> None:
         broker.validate(delegated.token, ctx=CTX)
     error = refusal(lambda: register(broker, ["read:invoices:1"], attestation=evidence(key)))
     assert error.denial_id and len(audit_detail(broker, error.denial_id)) == 1
+
+
+def test_an_apps_attestor_grants_within_the_app_and_lists_it_in_the_lineage() -> None:
+    broker = make_broker()
+    key = SigningKey.generate("RS256")
+    claims = admin(broker)
+    app, _secret = broker.register_app(
+        claims, name="billing", scopes=["read:invoices:*"], token_ttl=300, ctx=CTX
+    )
+    settings = {"issuer": K8S_ISS, "jwks": json.dumps({"keys": [key.jwk()]})}
+    wider = [{"match": {}, "scope": ["write:invoices:*"]}]
+    with pytest.raises(InvalidRequest):
+        broker.attestation.add(
+            claims,
+            name="p",
+            type="k8s_sat",
+            settings=settings,
+            policy=wider,
+            app_id=app.app_id,
+            ctx=CTX,
+        )
+    broker.attestation.add(
+        claims,
+        name="p",
+        type="k8s_sat",
+        settings=settings,
+        policy=POLICY[:1],
+        app_id=app.app_id,
+        ctx=CTX,
+    )
+    issued = register(broker, ["read:invoices:1"], attestation=evidence(key))
+    assert issued.claims.client_id == app.client_id
+    assert issued.claims.lineage[0] == f"app:{app.app_id}"
+    assert issued.claims.principal == f"app:{app.app_id}"
+    # Removing the app ends its agents' registrations through the attestor too.
+    broker.deregister_app(claims, app.app_id, CTX)
+    error = refusal(lambda: register(broker, ["read:invoices:1"], attestation=evidence(key)))
+    assert isinstance(error, Unauthorized) and error.denial_id
