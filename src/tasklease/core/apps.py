@@ -460,6 +460,11 @@ class Apps(Service):
                 AuditEntry(
                     "launch_token_issued",
                     request_id=ctx.request_id,
+                    app_id=record.app_id,
+                    principal_ref=principal_ref(
+                        record.principal
+                        or (f"app:{record.app_id}" if record.app_id else "admin")
+                    ),
                     detail=f"launch token issued for agent={agent_name} scope={listed(scope)} "
                     f"max_ttl={agent_ttl} single_use={record.single_use} max_uses={uses} "
                     f"allow_resume={record.allow_resume} ttl={validity} id={digest[:12]} "

@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from tasklease.core.auditformat import AuditEntry
+from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden
 from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.tokens import KIND_AGENT, Claims
 
-__all__ = ["about", "refused", "require_agent"]
+__all__ = ["Lineage", "about", "lineage", "refused", "require_agent"]
+
+
+class Lineage(TypedDict):
+    app_id: str
+    principal_ref: str
+    chain_root: str
+
+
+def lineage(claims: Claims) -> Lineage:
+    """The lineage an audit entry about ``claims`` records (format v2): the app the
+    credential descends from, the human principal (its pseudonym: the sanitizer would
+    mask an e-mail address), the root agent of its delegation chain; each "" where the
+    token has none."""
+    app_id = next((a[4:] for a in claims.lineage if a.startswith("app:")), "")
+    chain = claims.delegation_chain
+    return Lineage(
+        app_id=app_id,
+        principal_ref=principal_ref(claims.principal) if claims.principal else "",
+        chain_root=chain[0].agent if chain else "",
+    )
 
 
 def about(claims: Claims) -> AuditEntry:
     """The identifying fields of an audit entry about the holder of ``claims``."""
-    return AuditEntry("", agent_id=claims.sub, task_id=claims.task_id, orch_id=claims.orch_id)
+    return AuditEntry(
+        "",
+        agent_id=claims.sub,
+        task_id=claims.task_id,
+        orch_id=claims.orch_id,
+        **lineage(claims),
+    )
 
 
 def refused(event_type: str, claims: Claims, ctx: RequestContext) -> AuditEntry:
@@ -24,6 +53,7 @@ def refused(event_type: str, claims: Claims, ctx: RequestContext) -> AuditEntry:
         task_id=claims.task_id,
         orch_id=claims.orch_id,
         request_id=ctx.request_id,
+        **lineage(claims),
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
-from tasklease.core.callers import about, refused, require_agent
+from tasklease.core.callers import about, lineage, refused, require_agent
 from tasklease.core.clock import format_rfc3339
 from tasklease.core.delegation import record_signing_input, verify_chain_records
 from tasklease.core.errors import InvalidRequest, NotFound, Unauthorized
@@ -213,6 +213,7 @@ class Delegating(Service):
                     request_id=ctx.request_id,
                     deleg_depth=len(chain),
                     deleg_chain_hash=new_claims.chain_hash,
+                    **lineage(new_claims),
                     detail=f"delegation from {claims.sub} to {delegate_to} "
                     f"scope={listed(requested)} depth={len(chain)} jti={new_claims.jti} "
                     f"parent_jti={claims.jti} ttl={new_claims.exp - new_claims.iat}"

@@ -13,7 +13,6 @@ extended and by :func:`verify_chain_records` for offline verifiers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from nacl.signing import VerifyKey
 from tasklease.core.errors import InvalidRequest
 from tasklease.core.tokens import DelegationRecord
 from tasklease.rules import jws as _jws
+from tasklease.rules.auditchain import principal_ref
 
 __all__ = [
     "PRINCIPAL_MAX_CHARS",
@@ -56,15 +56,8 @@ def validate_principal(value: object) -> str:
     return value
 
 
-def principal_ref(principal: str) -> str:
-    """A stable pseudonym of a principal for the audit log (16 hex characters).
-
-    The audit sanitizer masks e-mail addresses (``a***@example.com``), which many
-    principals collide on; this SHA-256 prefix tells them apart, and an auditor who
-    knows a principal can recompute it to find that principal's work.
-    """
-    digest = hashlib.sha256(b"tasklease-principal-v1\n" + principal.encode("utf-8"))
-    return digest.hexdigest()[:16]
+# principal_ref (rules.auditchain): a principal's pseudonym in the audit log, which the
+# SDK computes too (tasklease audit events --principal).
 
 
 def record_signing_input(

@@ -38,6 +38,7 @@ from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import refused, require_agent
 from tasklease.core.clock import format_rfc3339
 from tasklease.core.config import Config
+from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden, InvalidRequest, Unauthorized
 from tasklease.core.identity import decode_signature
 from tasklease.core.kernel import RequestContext, Service, ending_records
@@ -242,6 +243,8 @@ class Liveness(Service):
                     agent_id=agent_id,
                     task_id=agent.task_id if agent else "",
                     orch_id=agent.orch_id if agent else "",
+                    app_id=agent.app_id if agent else "",
+                    principal_ref=principal_ref(session.principal) if session.principal else "",
                     detail=f"no heartbeat since {format_rfc3339(session.last_heartbeat)} "
                     f"({now - session.last_heartbeat:.0f}s silent; allowed "
                     f"{cfg.heartbeat_misses} misses x {cfg.heartbeat_interval:g}s = "

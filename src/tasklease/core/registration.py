@@ -450,7 +450,14 @@ class Registration(Service):
             if reference is not None:
                 tx.insert_reference_token(reference)
             tx.put_agent_session(new_session(cfg, agent_id, principal, now))
-            ids = AuditEntry("", agent_id=agent_id, task_id=task, orch_id=orch)
+            ids = AuditEntry(
+                "",
+                agent_id=agent_id,
+                task_id=task,
+                orch_id=orch,
+                app_id=app_id,
+                principal_ref=principal_ref(principal),
+            )
             return [
                 replace(
                     ids,

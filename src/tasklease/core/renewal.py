@@ -25,6 +25,7 @@ from dataclasses import replace
 from tasklease.core.audience import default_audience
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about, refused, require_agent
+from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden, InvalidRequest, TaskleaseError, Unauthorized
 from tasklease.core.identity import NonceIssuer, decode_signature, nonce_hash, verify_possession
 from tasklease.core.issuing import (
@@ -236,7 +237,7 @@ class Renewal(Service):
         n_hash = nonce_hash(nonce)
         if agent is None:
             raise refuse(Unauthorized(_REFUSED), "agent not registered")
-        base = replace(base, task_id=agent.task_id, orch_id=agent.orch_id)
+        base = replace(base, task_id=agent.task_id, orch_id=agent.orch_id, app_id=agent.app_id)
         if not verify_possession(agent.public_key, nonce, sig):
             failure = Unauthorized(_REFUSED)
             burnt = with_denial(
@@ -307,7 +308,12 @@ class Renewal(Service):
             if current.state != "active" or current.resumes != session.resumes:
                 raise Unauthorized(_REFUSED, reason="concurrent resume or session ended")
             tx.put_agent_session(replace(current, resumes=issuance.renewals, last_heartbeat=now))
-            ids = replace(base, outcome="success", request_id=ctx.request_id)
+            ids = replace(
+                base,
+                outcome="success",
+                request_id=ctx.request_id,
+                principal_ref=principal_ref(current.principal) if current.principal else "",
+            )
             return [
                 replace(
                     ids,

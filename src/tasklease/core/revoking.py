@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about
+from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden, InvalidRequest
 from tasklease.core.horizon import SafeHorizon
 from tasklease.core.introspection import holds_credential
@@ -95,7 +96,17 @@ class Revoking(Service):
         if level in ("agent", "chain") and parse_agent_id(target):
             agent = self._store.get_agent(target)
             if agent is not None:
-                return AuditEntry("", agent_id=target, task_id=agent.task_id, orch_id=agent.orch_id)
+                session = self._store.get_agent_session(target)
+                return AuditEntry(
+                    "",
+                    agent_id=target,
+                    task_id=agent.task_id,
+                    orch_id=agent.orch_id,
+                    app_id=agent.app_id,
+                    principal_ref=principal_ref(session.principal)
+                    if session is not None and session.principal
+                    else "",
+                )
             return AuditEntry("", agent_id=target)
         if level == "agent":  # an operator's or an app's subject (operator:<name>, app:<id>)
             return AuditEntry("", agent_id=target)
