@@ -18,6 +18,7 @@ from tasklease.core.store import (
     AgentRecord,
     AgentSession,
     AppRecord,
+    AttestorRecord,
     AuditEvent,
     AuditQuery,
     DiscoveryBinding,
@@ -357,6 +358,55 @@ def test_dpop_proof_is_consumed_once_pruned_at_expiry_and_per_tenant(store: Stor
     with store.write() as tx:
         assert tx.consume_dpop_proof("p1", NOW + 60) is True
         assert tx.consume_dpop_proof("p2", NOW + 600) is False
+
+
+def test_attestors_round_trip_replace_and_delete_per_tenant(store: Store) -> None:
+    record = AttestorRecord(
+        name="prod",
+        type="k8s_sat",
+        settings='{"issuer":"https://k8s.example"}',
+        policy='[{"match":{},"scope":["read:x:*"]}]',
+        app_id="",
+        created_at=NOW,
+        created_by="admin",
+    )
+    other = replace(record, name="ci", type="oidc", app_id="app-1")
+    with store.write() as tx:
+        tx.put_attestor(record)
+        tx.put_attestor(other)
+    assert store.get_attestor("prod") == record
+    assert store.list_attestors() == [other, record]  # by name
+    replaced = replace(record, policy="[]", created_at=NOW + 1)
+    with store.write() as tx:
+        tx.put_attestor(replaced)
+    assert store.get_attestor("prod") == replaced
+    assert store.for_tenant("acme").get_attestor("prod") is None  # each tenant its own
+    with pytest.raises(Boom), store.write() as tx:
+        assert tx.delete_attestor("prod") is True
+        raise Boom
+    assert store.get_attestor("prod") == replaced
+    with store.write() as tx:
+        assert tx.delete_attestor("prod") is True
+        assert tx.delete_attestor("prod") is False
+    assert store.list_attestors() == [other]
+
+
+def test_attestation_evidence_is_used_once_per_tenant_and_pruned_at_expiry(store: Store) -> None:
+    with store.write() as tx:
+        assert tx.consume_evidence("e1", NOW + 30) is True
+        assert tx.consume_evidence("e1", NOW + 30) is False
+        assert tx.consume_evidence("e2", NOW + 600) is True
+    with pytest.raises(Boom), store.write() as tx:
+        assert tx.consume_evidence("e3", NOW + 30) is True
+        raise Boom
+    with store.write() as tx:
+        assert tx.consume_evidence("e3", NOW + 30) is True  # the rolled-back use was none
+    with store.for_tenant("acme").write() as tx:
+        assert tx.consume_evidence("e1", NOW + 30) is True
+    assert store.prune(NOW + 30) == 2  # e1 and e3 of this tenant; e2 lives on
+    with store.write() as tx:
+        assert tx.consume_evidence("e1", NOW + 60) is True
+        assert tx.consume_evidence("e2", NOW + 600) is False
 
 
 # -- agents ---------------------------------------------------------------------------------

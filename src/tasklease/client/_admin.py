@@ -340,6 +340,50 @@ class AdminClient:
         """Stop trusting ``trust_domain``: its credentials are refused from now on."""
         return self._json("DELETE", f"/v1/admin/federations/{_segment(trust_domain)}")
 
+    # -- workload attestors (admin:keys:*) -----------------------------------------------
+
+    def add_attestor(
+        self,
+        name: str,
+        kind: str,
+        *,
+        settings: dict[str, Any],
+        policy: Sequence[dict[str, Any]],
+        app_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Configure the attestor ``name`` of type ``kind`` (``k8s_sat``, ``jwt_svid``,
+        ``oidc``) with its ``settings`` and ``policy`` rules (docs/attestation.md); adding
+        it again replaces it (``replaced`` in the answer)."""
+        body: dict[str, Any] = {
+            "name": name,
+            "type": kind,
+            "settings": dict(settings),
+            "policy": [dict(rule) for rule in policy],
+        }
+        if app_id:
+            body["app_id"] = app_id
+        return self._json("POST", "/v1/admin/attestors", json=body)
+
+    def list_attestors(self) -> list[dict[str, Any]]:
+        """Every configured attestor, by name."""
+        found = self._json("GET", "/v1/admin/attestors").get("attestors")
+        return [a for a in found if isinstance(a, dict)] if isinstance(found, list) else []
+
+    def get_attestor(self, name: str) -> dict[str, Any]:
+        """One attestor; raises NotFound if there is none of that name."""
+        return self._json("GET", f"/v1/admin/attestors/{_segment(name)}")
+
+    def remove_attestor(self, name: str) -> dict[str, Any]:
+        """Remove an attestor: its evidence is refused from now on."""
+        return self._json("DELETE", f"/v1/admin/attestors/{_segment(name)}")
+
+    def test_attestor(self, name: str, evidence: str) -> dict[str, Any]:
+        """Verify sample ``evidence`` with attestor ``name`` (not consumed) and answer the
+        ``attest`` claim and the ceiling its policy would grant; InvalidRequest (with
+        the reason) when the evidence is refused."""
+        path = f"/v1/admin/attestors/{_segment(name)}/test"
+        return self._json("POST", path, json={"evidence": evidence})
+
     def trust_bundle(self) -> dict[str, Any]:
         """This broker's SPIFFE trust bundle (``GET /v1/federation/bundle``, public)."""
         return expect_json(self._send("GET", "/v1/federation/bundle"))

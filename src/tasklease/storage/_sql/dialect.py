@@ -91,6 +91,7 @@ _FEDERATION = (
     " revocation_feed, feed_credentials_file"
 )
 _PUBLISHED = "sequence, kids, bundle, updated_at"
+_ATTESTOR = "name, type, settings, policy, app_id, created_at, created_by"
 _AUDIT_CHAIN = (
     "seq, timestamp, event_type, agent_id, task_id, orch_id, detail, resource, outcome,"
     " deleg_depth, deleg_chain_hash, request_id, prev_hash, hash"
@@ -123,6 +124,7 @@ _EXPIRING = (
     "agent_sessions",
     "discovery_bindings",
     "leases",
+    "attestation_evidence",
 )
 
 
