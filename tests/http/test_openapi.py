@@ -546,6 +546,21 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     call("GET", "/v1/audit/events", path="/v1/audit/events?limit=3", token=admin, expect=200)
     call("GET", "/v1/audit/events", path="/v1/audit/events?limit=x", token=admin, expect=400)
 
+    # The transparent audit log (docs/audit.md): nothing is final before a checkpoint.
+    call("GET", "/v1/audit/checkpoint", token=admin, expect=404)
+    client.app.state.broker.transparency.sign_if_due(force=True)
+    call("GET", "/v1/audit/checkpoint", token=admin, expect=200)
+    call("GET", "/v1/audit/checkpoint", token=app_token, expect=403)
+    call("GET", "/v1/audit/log-keys", token=admin, expect=200)
+    inclusion = "/v1/audit/proof/inclusion"
+    call("GET", inclusion, path=f"{inclusion}?index=0&size=2", token=admin, expect=200)
+    call("GET", inclusion, path=f"{inclusion}?index=2&size=2", token=admin, expect=400)
+    consistency = "/v1/audit/proof/consistency"
+    call("GET", consistency, path=f"{consistency}?first=1&second=2", token=admin, expect=200)
+    call("GET", consistency, path=f"{consistency}?first=0&second=2", token=admin, expect=400)
+    call("POST", "/v1/admin/audit/log-key/rotate", token=admin, expect=200)
+    call("POST", "/v1/admin/audit/log-key/rotate", token=app_token, expect=403)
+
     # What operators see: agents, launch tokens, revocations, delegation trees, tasks.
     agents = call(
         "GET", "/v1/admin/agents", path="/v1/admin/agents?limit=1", token=admin, expect=200

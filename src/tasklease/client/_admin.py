@@ -12,8 +12,14 @@ from urllib.parse import quote
 import httpx
 import nacl.signing
 
-from tasklease.client._errors import TransportError, Unauthorized, error_from_response
+from tasklease.client._errors import (
+    NotFound,
+    TransportError,
+    Unauthorized,
+    error_from_response,
+)
 from tasklease.client._flows import expect_json
+from tasklease.rules.auditchain import principal_ref
 from tasklease.rules.messages import operator_sign_in_input
 
 __all__ = ["AdminClient"]
@@ -401,6 +407,7 @@ class AdminClient:
         until: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        principal: str | None = None,
     ) -> dict[str, Any]:
         """One page: ``{"events": [...], "total", "offset", "limit"}``, in chain order."""
         params: dict[str, str | int] = {"limit": limit, "offset": offset}
@@ -411,6 +418,7 @@ class AdminClient:
             ("outcome", outcome),
             ("since", since),
             ("until", until),
+            ("principal_ref", principal_ref(principal) if principal else None),
         ):
             if value:
                 params[name] = value
@@ -426,6 +434,7 @@ class AdminClient:
         since: str | None = None,
         until: str | None = None,
         page_size: int = 1000,
+        principal: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every matching event in chain order, fetched page by page.
 
@@ -444,6 +453,7 @@ class AdminClient:
                 until=until,
                 limit=page_size,
                 offset=offset,
+                principal=principal,
             )
             events = page.get("events")
             if not isinstance(events, list) or not events:
@@ -459,6 +469,41 @@ class AdminClient:
         """How many events the log holds."""
         total = self.audit_events(limit=1).get("total")
         return total if isinstance(total, int) else 0
+
+    # -- the transparent audit log (docs/audit.md) -----------------------------------------
+
+    def audit_event(self, seq: int) -> dict[str, Any]:
+        """The event ``seq`` (``evt-<seq>``); ``NotFound`` if the log has no such event."""
+        events = self.audit_events(limit=1, offset=seq - 1).get("events") if seq > 0 else []
+        if not isinstance(events, list) or not events or events[0].get("seq") != seq:
+            raise NotFound(f"no audit event evt-{seq:06d}")
+        event: dict[str, Any] = events[0]
+        return event
+
+    def audit_checkpoint(self) -> str:
+        """``GET /v1/audit/checkpoint``: the latest final checkpoint, a signed note."""
+        response = self._authed("GET", "/v1/audit/checkpoint")
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return response.text
+
+    def audit_log_keys(self) -> dict[str, Any]:
+        """``GET /v1/audit/log-keys``: the origin, log vkeys, witness vkeys and quorum."""
+        return self._json("GET", "/v1/audit/log-keys")
+
+    def audit_inclusion_proof(self, index: int, size: int) -> dict[str, Any]:
+        """``GET /v1/audit/proof/inclusion``: ``{"index", "size", "proof", "root"}``."""
+        params = {"index": index, "size": size}
+        return self._json("GET", "/v1/audit/proof/inclusion", params=params)
+
+    def audit_consistency_proof(self, first: int, second: int) -> dict[str, Any]:
+        """``GET /v1/audit/proof/consistency``: ``{"first", "second", "proof"}``."""
+        params = {"first": first, "second": second}
+        return self._json("GET", "/v1/audit/proof/consistency", params=params)
+
+    def rotate_audit_log_key(self) -> dict[str, Any]:
+        """``POST /v1/admin/audit/log-key/rotate``: a new log key signs from now on."""
+        return self._json("POST", "/v1/admin/audit/log-key/rotate")
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -63,6 +63,7 @@ from tasklease.core.store import (
 from tasklease.core.tenants import Tenants
 from tasklease.core.tokencheck import ALL_KINDS, OPERATOR_KINDS, TokenCheck
 from tasklease.core.tokens import Claims
+from tasklease.core.transparency import AuditTransparency
 from tasklease.core.trustbundle import TrustBundles
 from tasklease.core.validation import Validator
 from tasklease.core.workload import WorkloadIdentities
@@ -147,6 +148,9 @@ class Broker:
         self._exchange = Exchange(kernel, keys, tokens, self.federation)
         self._peer_feeds = PeerFeeds(kernel)
         self._trust_bundles = TrustBundles(kernel, keys, monotonic=elapsed)
+        # The transparent audit log (core.transparency): log key, checkpoints, proofs,
+        # witnesses, on the Broker as broker.transparency.
+        self.transparency = AuditTransparency(kernel, keyring, self.instance_id)
         # Health and readiness from checks on threads of their own (core.readiness): the
         # answers never wait on storage longer than the checks' bound.
         self.readiness = Readiness(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from tasklease.core.spiffe import validate_trust_domain
+from tasklease.rules.note import COSIGNATURE, NoteError, VerifierKey
 
 __all__ = ["DEFAULT_ISSUER", "Config", "issuer_from", "listen_address"]
 
@@ -132,6 +133,26 @@ class Config:
     console: bool = True
     # how often federated brokers should fetch it (docs/federation.md).
     federation_refresh_hint: int = 300
+    # The transparent audit log (docs/audit.md). A checkpoint (the Merkle tree's head,
+    # signed by the log key) at least every this many events or seconds; the origin its
+    # checkpoints name ("" means the issuer without its scheme, + "/audit"); witnesses,
+    # each "<url> <vkey>", and how many of them must cosign before a checkpoint is final;
+    # whether GET /v1/audit/checkpoint answers without a token (an auditor's otherwise).
+    audit_checkpoint_events: int = 1000
+    audit_checkpoint_interval: float = 10.0
+    audit_log_origin: str = ""
+    audit_witnesses: tuple[str, ...] = ()
+    audit_witness_quorum: int = 0
+    audit_checkpoint_public: bool = False
+
+    @property
+    def audit_origin(self) -> str:
+        """The log's origin: ``audit_log_origin``, else the issuer without its scheme and
+        trailing slashes, + ``/audit``."""
+        if self.audit_log_origin:
+            return self.audit_log_origin
+        issuer = self.issuer.split("://", 1)[-1].rstrip("/")
+        return f"{issuer}/audit"
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -213,6 +234,42 @@ class Config:
             raise ValueError("metrics_public must be one of off, token")
         if not 1 <= self.federation_refresh_hint <= 86400:
             raise ValueError("federation_refresh_hint must be between 1 and 86400 seconds")
+        _check_audit_log(self)
+
+
+def _check_audit_log(config: Config) -> None:
+    if not 1 <= config.audit_checkpoint_events <= 10_000_000:
+        raise ValueError("audit_checkpoint_events must be between 1 and 10000000")
+    if not 0.1 <= config.audit_checkpoint_interval <= 86400:
+        raise ValueError("audit_checkpoint_interval must be between 0.1 and 86400 seconds")
+    origin = config.audit_origin
+    if (
+        not origin
+        or len(origin) > 256
+        or not origin.isprintable()
+        or " " in origin
+        or "+" in origin
+    ):
+        raise ValueError(
+            "audit_log_origin (or the issuer it is derived from) must be 1-256 printable "
+            "characters without spaces or '+', such as broker.example.com/audit"
+        )
+    seen: set[str] = set()
+    for entry in config.audit_witnesses:
+        url, _, vkey = entry.partition(" ")
+        try:
+            key = VerifierKey.parse(vkey)
+        except NoteError as exc:
+            raise ValueError(f"audit_witnesses: {entry!r}: {exc}") from None
+        if key.sig_type != COSIGNATURE or not url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"audit_witnesses: {entry!r} must be '<http(s) URL> <cosignature vkey>'"
+            )
+        if key.vkey in seen:
+            raise ValueError(f"audit_witnesses: the key of {entry!r} is listed twice")
+        seen.add(key.vkey)
+    if not 0 <= config.audit_witness_quorum <= len(config.audit_witnesses):
+        raise ValueError("audit_witness_quorum must be between 0 and the number of witnesses")
 
 
 def _check_key_provider(config: Config) -> None:

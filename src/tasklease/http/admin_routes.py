@@ -100,6 +100,7 @@ def admin_routes(
             task_id=q.get("task_id") or None,
             event_type=q.get("event_type") or None,
             outcome=q.get("outcome") or None,
+            principal_ref=q.get("principal_ref") or None,
             since=_parse_time(q.get("since"), "since"),
             until=_parse_time(q.get("until"), "until"),
             limit=limit_,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -38,6 +39,7 @@ from tasklease.http.tenant_routes import (
     tenant_routes,
 )
 from tasklease.http.token_routes import RequestURI
+from tasklease.http.witnesses import CHECKPOINT_TICK, WitnessClient, checkpoint_job
 from tasklease.tenancy import Tenancy
 
 __all__ = ["create_app"]
@@ -92,6 +94,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
+        witness_client = WitnessClient()
         # A store that notifies (PostgreSQL) is followed by a watch thread; others polled.
         # Tenant brokers made later start theirs when they are made (Tenancy.watching).
         stop_watch = broker.watch_revocations() if background else None
@@ -107,6 +110,8 @@ def create_app(
                 (FEDERATION_REFRESH_INTERVAL, followers.tick),
                 # Liveness: a silent agent is revoked within one interval of its deadline.
                 (cfg.heartbeat_interval, Broker.sweep_silent_agents),
+                # The audit log's checkpoints, and their witnesses' cosignatures.
+                (CHECKPOINT_TICK, functools.partial(checkpoint_job, client=witness_client)),
             ):
                 tasks.append(asyncio.create_task(_every(interval, _each(tenancy, job))))
         if background and stop_watch is None:
@@ -124,6 +129,7 @@ def create_app(
                 await close()
             await run_in_threadpool(followers.close)
             await run_in_threadpool(tenancy.close)
+            witness_client.close()
             for task in tasks:
                 task.cancel()
             for task in tasks:

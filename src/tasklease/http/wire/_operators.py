@@ -215,6 +215,27 @@ class AuditEvent(Response):
     request_id: Annotated[str, doc("The request's `X-Request-ID`.")]
     hash: Annotated[str, doc("SHA-256 (hex) of this event chained to `prev_hash`.")]
     prev_hash: Annotated[str, doc("The previous event's hash.")]
+    index: Annotated[
+        int,
+        doc("Its leaf in the log's Merkle tree (`seq` - 1): what inclusion proofs name."),
+    ]
+    version: Annotated[
+        int,
+        doc(
+            "The format its `hash` is in: 1 (events before lineage was recorded) or 2 "
+            "(the hash also covers `tenant`, `app_id`, `principal_ref` and `chain_root`)."
+        ),
+    ]
+    tenant: Annotated[str, doc("The tenant whose log it is in.")]
+    app_id: Annotated[str, doc("The app the credential descends from, or empty.")]
+    principal_ref: Annotated[
+        str,
+        doc(
+            "Pseudonym of the human principal it acts for: 16 hex characters of "
+            "SHA-256(`tasklease-principal-v1\n` || principal), or empty."
+        ),
+    ]
+    chain_root: Annotated[str, doc("The root agent of its delegation chain, or empty.")]
 
 
 def audit_event(event: AuditRecord) -> AuditEvent:
@@ -234,6 +255,12 @@ def audit_event(event: AuditRecord) -> AuditEvent:
         request_id=event.request_id,
         hash=event.hash,
         prev_hash=event.prev_hash,
+        index=event.index,
+        version=event.version,
+        tenant=event.tenant,
+        app_id=event.app_id,
+        principal_ref=event.principal_ref,
+        chain_root=event.chain_root,
     )
 
 
@@ -396,13 +423,21 @@ OPERATIONS = (
         "operators",
         "Query the audit log",
         "Audit events in chain order, filtered and paged. Each event carries its hash and "
-        "its predecessor's, so a page can be checked against the chain.",
+        "its predecessor's, so a page can be checked against the chain, its `index` in "
+        "the log's Merkle tree (`GET /v1/audit/proof/inclusion`), and its lineage.",
         admin("admin:audit:*"),
         AuditEventPage,
         parameters=(
             _text_param("agent_id", "agent SPIFFE ID"),
             _text_param("task_id", "task id"),
             _text_param("event_type", "event type"),
+            Param(
+                "principal_ref",
+                "query",
+                {"type": "string"},
+                "Only events done for the human principal with this pseudonym (see the "
+                "events' `principal_ref`; `tasklease audit events --principal` computes it).",
+            ),
             Param(
                 "outcome",
                 "query",

@@ -1,0 +1,386 @@
+"""The transparent audit log: the log key, checkpoints, proofs and witness cosignatures.
+
+Each tenant's audit events are the leaves of a Merkle tree (``core.audittree``) kept in
+the events' own transactions. Here that tree is made answerable to outsiders:
+
+* the **log key**: an Ed25519 key of its own (never a token signing key), in
+  ``<key_dir>/log`` through the same key provider as the signing keys (encrypted file,
+  HSM, ...), rotated like them (:meth:`AuditTransparency.rotate_key`); its verifier keys
+  are published;
+* **checkpoints** (C2SP ``tlog-checkpoint``): the tree's origin, size and root in a
+  signed note, made at least every ``audit_checkpoint_events`` events or
+  ``audit_checkpoint_interval`` seconds (:meth:`AuditTransparency.sign_if_due`) by the one
+  process holding the checkpoint lease;
+* **witnesses** (C2SP ``tlog-witness``): the checkpoint goes to every configured witness
+  with a consistency proof from what it last cosigned (:meth:`AuditTransparency.publish`,
+  through a ``push`` the HTTP adapter gives); once ``audit_witness_quorum`` of them have
+  cosigned it, it is *final*, and the final checkpoint is what the log serves;
+* **proofs**: inclusion and consistency proofs (RFC 9162) read from the tiles.
+
+No checkpoint is ever audited as an event: that would grow the log it describes, forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.signing
+
+from tasklease.core.auditformat import AuditEntry
+from tasklease.core.audittree import consistency_proof, inclusion_proof, root_at
+from tasklease.core.errors import NotFound
+from tasklease.core.kernel import Kernel, RequestContext
+from tasklease.core.keys import KeyRing, load_or_create_keyring, rotate_key
+from tasklease.core.store import AuditTree, CheckpointRecord, WriteTx
+from tasklease.core.tokens import Claims
+from tasklease.rules.merkle import EMPTY_ROOT
+from tasklease.rules.note import (
+    COSIGNATURE,
+    ED25519,
+    Checkpoint,
+    Note,
+    NoteError,
+    Signature,
+    VerifierKey,
+    checkpoint_note,
+    parse_note,
+)
+from tasklease.rules.witness import (
+    SIZE_CONTENT_TYPE,
+    WitnessError,
+    cosigned_by,
+    format_request,
+    parse_cosignatures,
+)
+
+__all__ = [
+    "CHECKPOINT_LEASE",
+    "AuditTransparency",
+    "PushResult",
+    "Witness",
+    "log_origin",
+]
+
+_log = logging.getLogger("tasklease.audit")
+
+CHECKPOINT_LEASE = "audit-checkpoints"
+# Seconds before witnesses that did not all cosign the latest checkpoint are asked again.
+RETRY_WITNESSES = 5.0
+LOG_KEY_DIR = "log"
+
+
+@dataclass(frozen=True, slots=True)
+class Witness:
+    """A configured witness: where its ``add-checkpoint`` is and its cosignature key."""
+
+    url: str
+    key: VerifierKey
+
+    @classmethod
+    def parse(cls, entry: str) -> Witness:
+        url, _, vkey = entry.partition(" ")
+        key = VerifierKey.parse(vkey)
+        if key.sig_type != COSIGNATURE:
+            raise NoteError("a witness's key is a cosignature (type 0x04) key")
+        return cls(url.rstrip("/"), key)
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """What a witness answered ``add-checkpoint``: status, content type and body."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+Push = Callable[[str, bytes], PushResult]
+"""``push(url, body)``: POST ``body`` to ``<url>/add-checkpoint``; raise ``OSError`` (or
+anything the transport raises) when the witness cannot be reached."""
+
+
+def log_origin(config_origin: str, explicit: bool, tenant: str) -> str:
+    """The origin a tenant's checkpoints name: an origin derived from the issuer is the
+    tenant's already (its issuer is); an explicit one gets ``/t/<tenant>`` for tenants
+    other than the default one."""
+    if explicit and tenant != "default":
+        return f"{config_origin}/t/{tenant}"
+    return config_origin
+
+
+class AuditTransparency:
+    """Checkpoints, proofs and witnesses of one tenant's audit log. Thread-safe."""
+
+    def __init__(self, kernel: Kernel, signing: KeyRing, holder: str) -> None:
+        self._kernel = kernel
+        config = kernel.config
+        self._store = kernel.store
+        self._holder = holder
+        self.origin = log_origin(
+            config.audit_origin, bool(config.audit_log_origin), self._store.tenant
+        )
+        self.witnesses = tuple(Witness.parse(entry) for entry in config.audit_witnesses)
+        self.quorum = config.audit_witness_quorum
+        self._every_events = config.audit_checkpoint_events
+        self._every_seconds = config.audit_checkpoint_interval
+        self._lock = threading.Lock()
+        self._key_dir = Path(config.key_dir) / LOG_KEY_DIR if config.key_dir else None
+        self.ring = self._load(signing)
+        self._key_files = self._list_key_files()
+        # This process's view, refreshed whenever it signs or reads the store.
+        self._signed_size = -1
+        self._last_check = float("-inf")
+        self._witness_sizes: dict[str, int] = {}
+        self._lease_held = False  # whether this process signed last: only it publishes
+        self._pushed: tuple[int, str] = (-1, "")  # the checkpoint every witness cosigned
+        self._retry_at = float("-inf")
+        # Whether the tree has taken every event written before it existed (the
+        # checkpoint job catches up first, in bounded transactions).
+        self.tree_current = False
+
+    # -- the log key ------------------------------------------------------------------------
+
+    def _load(self, signing: KeyRing) -> KeyRing:
+        provider = signing.provider
+        if self._key_dir is None or provider is None:
+            return KeyRing(nacl.signing.SigningKey.generate())
+        return load_or_create_keyring(self._key_dir, provider)
+
+    def _list_key_files(self) -> tuple[str, ...]:
+        if self._key_dir is None:
+            return ()
+        try:
+            return tuple(sorted(p.name for p in self._key_dir.glob("signing-*.pem")))
+        except OSError:
+            return ()
+
+    def log_keys(self) -> list[VerifierKey]:
+        """The log's verifier keys (type 0x01, named by the origin), the active one first."""
+        ring = self.ring
+        keys = (ring.public_key(kid) for kid in ring.kids())
+        return [VerifierKey(self.origin, ED25519, key) for key in keys if key is not None]
+
+    def rotate_key(self, claims: Claims, ctx: RequestContext) -> tuple[str, str]:
+        """Make a new log key active; return the new and the previous vkey.
+
+        Checkpoints signed before stay verifiable with the previous key (it stays
+        published). Witnesses must be given the new vkey before they cosign again.
+        """
+        with self._lock:
+            previous = self.ring
+            provider = previous.provider
+            if self._key_dir is not None and provider is not None:
+                rotate_key(self._key_dir, provider)
+                ring = load_or_create_keyring(self._key_dir, provider)
+                self._key_files = self._list_key_files()
+            else:
+                older = [k for kid in previous.kids() if (k := previous.verify_key(kid))]
+                ring = KeyRing(nacl.signing.SigningKey.generate(), older)
+            new, old = self._vkey(ring), self._vkey(previous)
+            self._kernel.record(
+                AuditEntry(
+                    "audit_log_key_rotated",
+                    request_id=ctx.request_id,
+                    detail=f"audit log key rotated new={new} previous={old} by={claims.sub}",
+                )
+            )
+            self.ring = ring
+            self._signed_size = -1  # sign anew under the new key
+        return new, old
+
+    def _vkey(self, ring: KeyRing) -> str:
+        key = ring.public_key(ring.active_kid)
+        if key is None:  # pragma: no cover - a ring always holds its active key
+            raise RuntimeError("the log key ring has no active key")
+        return VerifierKey(self.origin, ED25519, key).vkey
+
+    def refresh_keys(self) -> bool:
+        """Adopt a log key another process sharing the key directory made; True if so."""
+        files = self._list_key_files()
+        provider = self.ring.provider
+        if self._key_dir is None or provider is None or files == self._key_files:
+            return False
+        with self._lock:
+            self.ring = load_or_create_keyring(self._key_dir, provider)
+            self._key_files = files
+        return True
+
+    # -- the tree and its proofs ----------------------------------------------------------
+
+    def tree(self) -> AuditTree | None:
+        return self._store.audit_tree()
+
+    def inclusion(self, index: int, size: int) -> list[bytes]:
+        """The inclusion proof of leaf ``index`` in the tree of ``size`` leaves."""
+        return inclusion_proof(self._store, self.tree(), index, size)
+
+    def consistency(self, first: int, second: int) -> list[bytes]:
+        """The consistency proof from the tree of ``first`` leaves to ``second``."""
+        return consistency_proof(self._store, self.tree(), first, second)
+
+    def root(self, size: int) -> bytes:
+        return root_at(self._store, self.tree(), size)
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def checkpoint(self, kind: str = "final") -> CheckpointRecord:
+        """The latest checkpoint of ``kind``; raise ``NotFound`` before the first."""
+        record = self._store.get_checkpoint(kind)
+        if record is None:
+            raise NotFound("no checkpoint has been published yet")
+        return record
+
+    def due(self, now: float | None = None) -> bool:
+        """Whether this process should try to sign: ``audit_checkpoint_events`` events
+        appended here since the last checkpoint it knows of, or the interval passed."""
+        now = time.monotonic() if now is None else now
+        appended = self._kernel.audit.last_seq - self._signed_size
+        return appended >= self._every_events or now - self._last_check >= self._every_seconds
+
+    def sign_if_due(self, *, force: bool = False) -> CheckpointRecord | None:
+        """Sign a checkpoint of the tree as it is, if due and the tree grew since the last
+        one; return it (None when not due, not grown, or another process holds the
+        checkpoint lease). With no witnesses required, it is final at once."""
+        now_mono = time.monotonic()
+        if not force and not self.due(now_mono):
+            return None
+        self._last_check = now_mono
+        with self._lock:
+            ring, origin = self.ring, self.origin
+            now = self._kernel.now()
+            lease = max(30.0, 3 * self._every_seconds)
+            made: list[CheckpointRecord] = []
+
+            def unit(tx: WriteTx) -> list[AuditEntry]:
+                self._lease_held = tx.acquire_lease(
+                    CHECKPOINT_LEASE, self._holder, now, now + lease
+                )
+                if not self._lease_held:
+                    return []
+                tree = tx.audit_tree()
+                size, root = (tree.size, tree.root) if tree else (0, EMPTY_ROOT)
+                signed = self._store.get_checkpoint("signed")
+                if signed is not None and signed.size >= size and not force:
+                    self._signed_size = signed.size
+                    return []
+                public = ring.public_key(ring.active_kid) or b""
+                note = checkpoint_note(Checkpoint(origin, size, root), public, ring.sign_detached)
+                record = CheckpointRecord("signed", size, str(note), now)
+                if tx.put_checkpoint(record):
+                    made.append(record)
+                    if not self.quorum:
+                        tx.put_checkpoint(CheckpointRecord("final", size, str(note), now))
+                return []
+
+            self._kernel.commit(unit)
+            if made:
+                self._signed_size = made[0].size
+        return made[0] if made else None
+
+    def publish(self, push: Push, *, now: float | None = None) -> CheckpointRecord | None:
+        """Take the latest signed checkpoint to the witnesses; once ``quorum`` of them
+        cosigned it, store it, with their cosignatures, as final and return it.
+
+        A witness that refuses (a fork it detected, a key it does not know) or cannot be
+        reached is logged, and asked again at most every :data:`RETRY_WITNESSES` seconds;
+        short of the quorum the checkpoint stays signed but not final, and the previous
+        final one stays what the log serves. With a quorum of 0 the checkpoint was final
+        when signed; the cosignatures are added to it as they come.
+        """
+        if not self.witnesses or not self._lease_held:
+            return None
+        signed = self._store.get_checkpoint("signed")
+        if signed is None:
+            return None
+        now = time.monotonic() if now is None else now
+        if self._pushed == (signed.size, signed.note) or now < self._retry_at:
+            return None
+        note = parse_note(signed.note)
+        cosignatures = []
+        for witness in self.witnesses:
+            line = self._ask(witness, note, signed.size, push)
+            if line is not None:
+                cosignatures.append(line)
+        if len(cosignatures) == len(self.witnesses):
+            self._pushed = (signed.size, signed.note)
+        else:
+            self._retry_at = now + RETRY_WITNESSES
+        cosigned = note.with_signatures(cosignatures)
+        valid = cosigned_by(cosigned, [w.key for w in self.witnesses])
+        if len(valid) < self.quorum:
+            _log.warning(
+                "audit checkpoint of size %d has %d of the %d witness cosignatures it needs; "
+                "it is not final",
+                signed.size,
+                len(valid),
+                self.quorum,
+            )
+            return None
+        if not valid:
+            return None
+        record = CheckpointRecord("final", signed.size, str(cosigned), self._kernel.now())
+        stored: list[bool] = []
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            stored.append(tx.put_checkpoint(record))
+            return []
+
+        self._kernel.commit(unit)
+        return record if stored[0] else None
+
+    def _ask(self, witness: Witness, note: Note, size: int, push: Push) -> Signature | None:
+        """One witness's cosignature of ``note`` (its Signature), or None."""
+        old = self._witness_sizes.get(witness.url, 0)
+        for _ in range(2):  # a 409 tells the size it holds: ask once more from there
+            if old > size:
+                _log.error(
+                    "witness %s holds a checkpoint of size %d, larger than ours (%d): "
+                    "this log was rolled back or forked",
+                    witness.url,
+                    old,
+                    size,
+                )
+                return None
+            proof = self.consistency(old, size) if 0 < old < size else []
+            try:
+                answer = push(witness.url, format_request(old, proof, note))
+            except Exception as exc:  # noqa: BLE001 - any transport failure: try next time
+                _log.warning("witness %s unreachable: %s", witness.url, type(exc).__name__)
+                return None
+            if answer.status == 409 and answer.content_type.startswith(SIZE_CONTENT_TYPE):
+                try:
+                    old = int(answer.body.decode("ascii").strip())
+                except ValueError:
+                    return None
+                self._witness_sizes[witness.url] = old
+                continue
+            if answer.status != 200:
+                _log.error(
+                    "witness %s refused the audit checkpoint of size %d (HTTP %d): %s",
+                    witness.url,
+                    size,
+                    answer.status,
+                    answer.body[:200].decode("utf-8", "replace").strip(),
+                )
+                return None
+            try:
+                lines = parse_cosignatures(answer.body)
+            except WitnessError as exc:
+                _log.error("witness %s answered a malformed cosignature: %s", witness.url, exc)
+                return None
+            mine = [s for s in lines if s.by(witness.key)]
+            if not mine or not cosigned_by(note.with_signatures(mine), [witness.key]):
+                _log.error("witness %s answered no valid cosignature", witness.url)
+                return None
+            self._witness_sizes[witness.url] = size
+            return mine[0]
+        return None
+
+    def witness_sizes(self) -> dict[str, int]:
+        """The size each witness was last seen to hold (this process's view)."""
+        return dict(self._witness_sizes)
