@@ -10,6 +10,7 @@ from typing import Annotated, Any, TextIO
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tasklease.cli import _transparency, _witness
 from tasklease.cli._common import (
     EXIT_FAILED,
     AdminSecretOpt,
@@ -22,8 +23,8 @@ from tasklease.cli._common import (
     out,
     print_json,
 )
-from tasklease.client import AdminClient
 from tasklease.cli._output import OutputOpt, emit, field
+from tasklease.client import AdminClient
 from tasklease.core.store import AuditEvent
 
 __all__ = ["register", "verify_over_http"]
@@ -32,6 +33,10 @@ AgentIdOpt = Annotated[str | None, typer.Option(help="Only events about this age
 TaskIdOpt = Annotated[str | None, typer.Option(help="Only events of this task id.")]
 EventTypeOpt = Annotated[str | None, typer.Option(help="Only events of this type.")]
 OutcomeOpt = Annotated[str | None, typer.Option(help="success or denied.")]
+PrincipalOpt = Annotated[
+    str | None,
+    typer.Option(help="Only events done for this human principal (kind:value, e.g. user:ada)."),
+]
 SinceOpt = Annotated[str | None, typer.Option(help="RFC 3339 time, e.g. 2025-01-01T00:00:00Z.")]
 UntilOpt = Annotated[str | None, typer.Option(help="RFC 3339 time, inclusive.")]
 
@@ -47,23 +52,25 @@ def audit_events(
     outcome: OutcomeOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    principal: PrincipalOpt = None,
     limit: Annotated[int, typer.Option(help="Events per page (at most 1000).")] = 50,
     offset: Annotated[int, typer.Option(help="Events to skip.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one event each.")] = False,
+    output: OutputOpt = None,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
     """Query the audit log (one page, in chain order)."""
+    _check_outcome(outcome)
     filters = _filters(
-    output: OutputOpt = None,
         agent_id=agent_id,
         task_id=task_id,
         event_type=event_type,
         outcome=outcome,
         since=since,
-    _check_outcome(outcome)
         until=until,
+        principal=principal,
     )
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         page = admin.audit_events(limit=limit, offset=offset, **filters)
@@ -102,6 +109,7 @@ def audit_export(
     outcome: OutcomeOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    principal: PrincipalOpt = None,
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
     ] = None,
@@ -110,6 +118,7 @@ def audit_export(
     profile: ProfileOpt = None,
 ) -> None:
     """Every matching event as JSON lines (for a SIEM), in chain order."""
+    _check_outcome(outcome)
     filters = _filters(
         agent_id=agent_id,
         task_id=task_id,
@@ -117,8 +126,8 @@ def audit_export(
         outcome=outcome,
         since=since,
         until=until,
+        principal=principal,
     )
-    _check_outcome(outcome)
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         if output is None:
             count = _write_lines(admin.iter_audit_events(**filters), sys.stdout)
@@ -155,6 +164,11 @@ def _as_event(data: dict[str, Any]) -> AuditEvent:
             request_id=str(data["request_id"]),
             prev_hash=str(data["prev_hash"]),
             hash=str(data["hash"]),
+            tenant=str(data.get("tenant", "default")),
+            app_id=str(data.get("app_id", "")),
+            principal_ref=str(data.get("principal_ref", "")),
+            chain_root=str(data.get("chain_root", "")),
+            version=int(data.get("version", 1)),
         )
     except (KeyError, TypeError, ValueError):
         fail(f"the broker sent a malformed audit event: {str(data)[:200]}", EXIT_FAILED)
@@ -198,3 +212,5 @@ def _tracked(admin: AdminClient, progress: Progress, task: Any) -> Iterator[Audi
 def register(audit_app: typer.Typer) -> None:
     audit_app.command("events")(audit_events)
     audit_app.command("export")(audit_export)
+    _transparency.register(audit_app)
+    _witness.register(audit_app)

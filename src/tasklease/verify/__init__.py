@@ -22,9 +22,21 @@ docs/federation.md).
 Needs only PyNaCl and httpx. The Starlette/FastAPI middleware and ``require_scope`` are in
 :mod:`tasklease.verify.asgi`; the token verifier for the ``mcp`` SDK is in
 :mod:`tasklease.verify.mcp`. See ``docs/verifier.md``.
+
+The broker's audit log is verified offline too, from a checkpoint and the log's keys
+(``verify_checkpoint``, ``verify_event_inclusion``, ``verify_log_consistency``,
+``verify_proof_bundle``; see ``docs/audit.md``).
 """
 
 from tasklease.verify._attest import require_attested
+from tasklease.verify._audit import (
+    AuditProofError,
+    Checkpoint,
+    verify_checkpoint,
+    verify_event_inclusion,
+    verify_log_consistency,
+    verify_proof_bundle,
+)
 from tasklease.verify._claims import DelegationHop, VerifiedToken
 from tasklease.verify._errors import (
     InsufficientScope,
@@ -39,7 +51,9 @@ from tasklease.verify._verifier import Verifier
 
 __all__ = [
     "AppCredentials",
+    "AuditProofError",
     "BrokerIntrospector",
+    "Checkpoint",
     "DelegationHop",
     "FederatedDomain",
     "InsufficientScope",
@@ -50,4 +64,8 @@ __all__ = [
     "Verifier",
     "VerifierUnavailable",
     "require_attested",
+    "verify_checkpoint",
+    "verify_event_inclusion",
+    "verify_log_consistency",
+    "verify_proof_bundle",
 ]

@@ -1,0 +1,363 @@
+"""``tasklease audit checkpoint|prove|rotate-log-key`` and ``audit verify --checkpoint``.
+
+Everything that proves something is checked here, on this machine, with
+:mod:`tasklease.verify` (the broker's answers are only material): a checkpoint against
+the log keys given with ``--log-key`` (or, failing that, the keys the broker serves, which
+is said), an event's inclusion in it, a newer checkpoint's consistency with an older one,
+or a database's events against a checkpoint (docs/audit.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tasklease.cli._common import (
+    EXIT_FAILED,
+    AdminSecretOpt,
+    ProfileOpt,
+    UrlOpt,
+    admin_client,
+    broker_errors,
+    err,
+    fail,
+    out,
+    print_json,
+)
+from tasklease.client import AdminClient
+from tasklease.core.auditformat import ChainReport, verify_chain
+from tasklease.core.store import AuditEvent, Store
+from tasklease.rules.auditchain import event_leaf
+from tasklease.rules.merkle import CompactRange
+from tasklease.verify import (
+    AuditProofError,
+    Checkpoint,
+    verify_checkpoint,
+    verify_event_inclusion,
+    verify_log_consistency,
+    verify_proof_bundle,
+)
+
+__all__ = ["LogKeyOpt", "register", "verify_checkpoint_file", "verify_database"]
+
+LogKeyOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--log-key",
+        help="A verifier key (vkey) of the log, from a channel you trust; repeat for "
+        "several. Without it, the keys the broker serves are used (and that is said).",
+    ),
+]
+
+
+def _trusted_keys(admin: AdminClient | None, log_keys: list[str] | None) -> list[str]:
+    if log_keys:
+        return log_keys
+    if admin is None:
+        fail("give the log's verifier key with --log-key")
+    served = admin.audit_log_keys().get("keys") or []
+    err.print(
+        "[yellow]warning:[/] checking against the log keys the broker serves; pin them "
+        "with --log-key for a check that does not trust the broker",
+        highlight=False,
+    )
+    return [str(k) for k in served]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}")
+
+
+def _write(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _proof_failed(exc: AuditProofError) -> typer.Exit:
+    err.print(f"[bold red]FAILED:[/] {exc.reason}", highlight=False)
+    return typer.Exit(EXIT_FAILED)
+
+
+def audit_checkpoint(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write it to this file.")
+    ] = None,
+    log_key: LogKeyOpt = None,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Fetch the log's latest final checkpoint, check its signature, print or save it.
+
+    Keep it: a later `audit verify --checkpoint FILE` proves the log only grew since.
+    """
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        note = admin.audit_checkpoint()
+        keys = _trusted_keys(admin, log_key)
+    try:
+        checkpoint = verify_checkpoint(note, keys)
+    except AuditProofError as exc:
+        raise _proof_failed(exc) from None
+    if output is None:
+        out.print(note, end="", highlight=False, markup=False)
+        return
+    _write(output, note)
+    out.print(
+        f"checkpoint of {checkpoint.origin} at size {checkpoint.size} written to {output}",
+        highlight=False,
+    )
+
+
+def audit_log_keys(
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
+    """Print the log's verifier keys (vkeys), the active one first, to hand to auditors and
+    witnesses through a channel they trust."""
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        answer = admin.audit_log_keys()
+    if as_json:
+        print_json(answer)
+        return
+    for key in answer.get("keys") or []:
+        out.print(str(key), highlight=False, soft_wrap=True)
+
+
+def audit_prove(
+    event_id: Annotated[
+        str | None, typer.Argument(help="The event, as evt-000042 or 42.", show_default=False)
+    ] = None,
+    checkpoint_file: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="Prove against this checkpoint (default: latest)."),
+    ] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(help="Verify this proof bundle offline instead (needs --log-key)."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the proof bundle (JSON) to this file."),
+    ] = None,
+    log_key: LogKeyOpt = None,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Prove that an event is in the log: its inclusion in a signed checkpoint.
+
+    The event's hash is recomputed from its fields and the proof checked here. With
+    --output the event, the checkpoint and the proof go to a bundle anyone can check
+    offline with --bundle (or tasklease.verify.verify_proof_bundle).
+    """
+    if bundle is not None:
+        if not log_key:
+            fail("--bundle needs the log's verifier key: --log-key")
+        try:
+            data: Any = json.loads(_read(bundle))
+            checkpoint, index = verify_proof_bundle(data, log_key)
+        except AuditProofError as exc:
+            raise _proof_failed(exc) from None
+        except ValueError:
+            fail(f"{bundle} is not a JSON proof bundle")
+        out.print(_proved(data["event"], index, checkpoint), highlight=False)
+        return
+    if event_id is None:
+        fail("name the event to prove (or give --bundle)")
+    seq = _seq(event_id)
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        note = _read(checkpoint_file) if checkpoint_file else admin.audit_checkpoint()
+        keys = _trusted_keys(admin, log_key)
+        try:
+            checkpoint = verify_checkpoint(note, keys)
+        except AuditProofError as exc:
+            raise _proof_failed(exc) from None
+        if seq > checkpoint.size:
+            fail(
+                f"evt-{seq:06d} is not covered by the checkpoint (size {checkpoint.size}) yet",
+                EXIT_FAILED,
+                hint="wait for the next checkpoint, or fetch it with `tasklease audit checkpoint`",
+            )
+        event = admin.audit_event(seq)
+        proof = admin.audit_inclusion_proof(seq - 1, checkpoint.size)["proof"]
+    try:
+        index = verify_event_inclusion(event, proof, checkpoint)
+    except AuditProofError as exc:
+        raise _proof_failed(exc) from None
+    if output is not None:
+        bundle_data = {"checkpoint": note, "event": event, "proof": proof}
+        _write(output, json.dumps(bundle_data, indent=1, ensure_ascii=False) + "\n")
+    out.print(_proved(event, index, checkpoint), highlight=False)
+
+
+def _seq(event_id: str) -> int:
+    text = event_id.removeprefix("evt-")
+    if not text.isdigit() or int(text) < 1:
+        fail(f"{event_id!r} is not an event id (evt-000042 or 42)")
+    return int(text)
+
+
+def _proved(event: dict[str, Any], index: int, checkpoint: Checkpoint) -> str:
+    return (
+        f"PROVED: evt-{index + 1:06d} ({event.get('event_type')}) is leaf {index} of "
+        f"{checkpoint.origin} at size {checkpoint.size}"
+    )
+
+
+def audit_rotate_log_key(
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
+    """Make a new log key sign the checkpoints (give its vkey to the witnesses first)."""
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        answer = admin.rotate_audit_log_key()
+    if as_json:
+        print_json(answer)
+        return
+    out.print(f"log key rotated: {answer['key']} (was {answer['previous_key']})", highlight=False)
+
+
+# -- audit verify --checkpoint ------------------------------------------------------------
+
+
+def verify_checkpoint_file(
+    path: Path,
+    log_keys: list[str] | None,
+    *,
+    url: str | None,
+    admin_secret: str | None,
+    profile: str | None,
+    update: bool,
+) -> None:
+    """Online: check that the broker's latest checkpoint extends the one in ``path``."""
+    held_note = _read(path)
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        keys = _trusted_keys(admin, log_keys)
+        try:
+            held = verify_checkpoint(held_note, keys)
+        except AuditProofError as exc:
+            raise _proof_failed(exc) from None
+        latest_note = admin.audit_checkpoint()
+        try:
+            latest = verify_checkpoint(latest_note, keys, origin=held.origin)
+        except AuditProofError as exc:
+            raise _proof_failed(exc) from None
+        proof: list[str] = []
+        if 0 < held.size < latest.size:
+            proof = admin.audit_consistency_proof(held.size, latest.size)["proof"]
+    try:
+        verify_log_consistency(held, latest, proof)
+    except AuditProofError as exc:
+        err.print(
+            f"[bold red]FORK:[/] the log's checkpoint of size {latest.size} does not extend "
+            f"the one you hold (size {held.size}): {exc.reason}",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_FAILED) from None
+    out.print(
+        f"CONSISTENT: {held.origin} grew from {held.size} to {latest.size} events; "
+        "none of the ones you held changed",
+        highlight=False,
+    )
+    if update and latest.size > held.size:
+        _write(path, latest_note)
+        out.print(f"{path} now holds the checkpoint of size {latest.size}", highlight=False)
+
+
+def verify_database(
+    store: Store, *, checkpoint_file: Path | None, log_keys: list[str] | None
+) -> None:
+    """Offline: walk the chain, rebuild the Merkle tree, and compare it with the tree on
+    record and, with ``checkpoint_file``, with the checkpoint (a signed tree head kept
+    outside the database)."""
+    checkpoint: Checkpoint | None = None
+    if checkpoint_file is not None:
+        note = _read(checkpoint_file)
+        try:
+            checkpoint = verify_checkpoint(note, _trusted_keys(None, log_keys))
+        except AuditProofError as exc:
+            raise _proof_failed(exc) from None
+    tree = store.audit_tree()
+    total, _ = store.audit_head()
+    compact = CompactRange()
+    roots: dict[int, bytes] = {}
+    wanted = {tree.size if tree else 0, checkpoint.size if checkpoint else 0}
+
+    def leaves(events: Iterator[AuditEvent]) -> Iterator[AuditEvent]:
+        for event in events:
+            compact.append(event_leaf(event.hash))
+            if compact.size in wanted:
+                roots[compact.size] = compact.root()
+            yield event
+
+    with out.status("verifying audit chain") as status:
+        report = verify_chain(
+            leaves(store.iter_audit()),
+            progress=lambda n: status.update(f"verifying audit chain: {n}/{total} events"),
+        )
+    _chain_verdict(report)
+    if tree is not None and tree.size and roots.get(tree.size) != tree.root:
+        err.print(
+            f"[bold red]audit tree broken:[/] the tree on record (size {tree.size}) is not "
+            "the tree of the chain's events",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_FAILED)
+    tree_text = f"; Merkle tree of {tree.size} leaves matches" if tree else ""
+    out.print(
+        f"audit chain intact: {report.checked} events, head {report.head_hash}{tree_text}",
+        highlight=False,
+    )
+    if checkpoint is None:
+        return
+    if checkpoint.size > report.checked:
+        err.print(
+            f"[bold red]CUT:[/] the database holds {report.checked} events, fewer than the "
+            f"{checkpoint.size} the checkpoint covers: the log was cut, or this is a copy "
+            "older than the checkpoint",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_FAILED)
+    if checkpoint.size and roots.get(checkpoint.size) != checkpoint.root:
+        err.print(
+            f"[bold red]FORK:[/] the database's first {checkpoint.size} events are not the "
+            "ones the checkpoint covers: the log was rewritten",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_FAILED)
+    out.print(
+        f"CONSISTENT: the database holds the {checkpoint.size} events of the checkpoint of "
+        f"{checkpoint.origin}, unchanged, and {report.checked - checkpoint.size} after them",
+        highlight=False,
+    )
+
+
+def _chain_verdict(report: ChainReport) -> None:
+    if report.ok:
+        return
+    err.print(
+        f"[bold red]audit chain broken[/] at {report.broken_at}: {report.reason} "
+        f"({report.checked} events verified before it)",
+        highlight=False,
+    )
+    raise typer.Exit(EXIT_FAILED)
+
+
+def register(audit_app: typer.Typer) -> None:
+    audit_app.command("checkpoint")(audit_checkpoint)
+    audit_app.command("log-keys")(audit_log_keys)
+    audit_app.command("prove")(audit_prove)
+    audit_app.command("rotate-log-key")(audit_rotate_log_key)
