@@ -13,10 +13,10 @@ import httpx
 import pytest
 from http_support import ISSUER, Deployment, deploy
 from issuers import (
+    IssuerCA,
     OidcIssuer,
     Served,
     SigningKey,
-    IssuerCA,
     github_claims,
     hs256_with_public_key,
     k8s_claims,
@@ -131,7 +131,9 @@ def test_a_pod_registers_with_its_service_account_token(
     assert issuer.hits == 1  # keys fetched once, then served from the cache
 
 
-def test_a_github_actions_job_registers_with_its_oidc_token(broker: Deployment, ca: IssuerCA) -> None:
+def test_a_github_actions_job_registers_with_its_oidc_token(
+    broker: Deployment, ca: IssuerCA
+) -> None:
     github = OidcIssuer(ca, keys=[SigningKey.generate("RS256")]).start()
     try:
         settings = {
