@@ -22,7 +22,7 @@ from bench.servers import ADMIN_SECRET, REPO, Broker, Databases, EmptyServer
 
 CORES = os.cpu_count() or 1
 NO_DB = "no database"
-IN_PROCESS = ("audit", "verify", "memory")
+IN_PROCESS = ("audit", "verify", "proof", "memory")
 
 # How many HTTP requests, Ed25519 verifications and signatures each operation needs at
 # the least: its floor is the empty-request cost plus that cryptography.
@@ -70,6 +70,7 @@ FULL = {
         {"callers": 1000, "count": 300_000, "duration": 8.0},
     ],
     "audit_verify": {"events": 1_000_000},
+    "audit_proof": {"leaves": 10_000_000, "proofs": 2000},
     "memory": {"agents": 100_000, "tokens": 100_000, "revoked": 100_000},
     "floor": {"n": 3000, "rows": 30_000, "batch": 64},
     "offline": {"n": 3000, "rounds": 7},
@@ -80,6 +81,7 @@ QUICK = {
     "audit_append": {"threads": 4, "count": 200, "duration": 1.0},
     "audit_append_async": [{"callers": 8, "count": 200, "duration": 1.0}],
     "audit_verify": {"events": 2000},
+    "audit_proof": {"leaves": 5000, "proofs": 50},
     "memory": {"agents": 300, "tokens": 300, "revoked": 300},
     "floor": {"n": 200, "rows": 640, "batch": 64},
     "offline": {"n": 300, "rounds": 3, "steady_cache": 300},
@@ -239,6 +241,27 @@ def _inproc_rows(
                 **{k: v for k, v in verify.items() if k not in ("events_per_s",)},
             }
         )
+    if "proof" in parts:
+        leaves = plan["audit_proof"]["leaves"]
+        _log(f"audit log proofs at {leaves:,} leaves")
+        proof = inproc("audit_proof", plan["audit_proof"])
+        rows.append(
+            {
+                "operation": f"audit inclusion proof, server side, {leaves:,} leaves [sqlite]",
+                "key": "audit_proof",
+                "database": "sqlite",
+                "rps": proof["inclusion_rps"],
+                "n": proof["proofs"],
+                "errors": 0 if proof["verified"] else 1,
+                "p50_ms": proof["inclusion_p50_ms"],
+                "p99_ms": proof["inclusion_p99_ms"],
+                "note": f"consistency p50 {proof['consistency_p50_ms']} ms, p99 "
+                f"{proof['consistency_p99_ms']} ms; tree built in {proof['build_s']} s, "
+                f"{proof['db_mb']} MB",
+                "target": "< 1 ms",
+                **proof,
+            }
+        )
     if "memory" in parts:
         m = plan["memory"]
         _log(f"memory: {m['agents']:,} agents, {m['tokens']:,} tokens, {m['revoked']:,} revoked")
@@ -326,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only",
-        help="comma-separated subset: http,sweep,audit,verify,memory (default all; "
+        help="comma-separated subset: http,sweep,audit,verify,proof,memory (default all; "
         "with PostgreSQL only http,sweep run)",
     )
     args = parser.parse_args(argv)
@@ -334,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.duration:
         plan["duration"] = args.duration
     sweep = (not args.quick) if args.sweep is None else args.sweep
-    parts = set((args.only or "http,sweep,audit,verify,memory").split(","))
+    parts = set((args.only or "http,sweep,audit,verify,proof,memory").split(","))
     if not sweep:
         parts.discard("sweep")
     databases = Databases(args.database)

@@ -5,8 +5,11 @@
 - ``audit_append``  the broker's group committer (``core.audit.AuditLog``) on the SQLite
                     store, driven by N threads (``record``) or N coroutines in one event
                     loop (``arecord``); every call returns only once durable.
-- ``audit_verify``  writes ``events`` chained events with the store's ``append_audit`` in big
-                    batches, then times ``tasklease audit verify --database`` on them.
+- ``audit_verify``  writes ``events`` chained events (format v2) and their Merkle tree with
+                    the store's ``append_audit`` in big batches, then times ``tasklease
+                    audit verify --database`` on them (chain walk and tree rebuilt).
+- ``audit_proof``   inclusion and consistency proofs from a tree of ``leaves`` leaves
+                    (``bench.auditlog``).
 - ``offline_verify`` the resource-server verifier (``tasklease.verify.Verifier``, JWKS served
                     in memory, no feed): first-seen and cached verification rates of
                     broker-shaped tokens, against raw PyNaCl verify of the same signing
@@ -37,6 +40,7 @@ from typing import Any
 
 import nacl.signing
 
+from bench.auditlog import audit_proof
 from bench.report import summarize
 
 
@@ -183,8 +187,10 @@ def audit_append(spec: dict[str, Any]) -> dict[str, Any]:
 
 def audit_verify(spec: dict[str, Any]) -> dict[str, Any]:
     from tasklease.core.auditformat import GENESIS_HASH, event_hash
+    from tasklease.core.audittree import append_leaves
     from tasklease.core.clock import format_rfc3339
     from tasklease.core.store import AuditEvent
+    from tasklease.rules.auditchain import event_leaf
     from tasklease.storage import SQLiteStore
 
     total, batch = spec["events"], spec.get("batch", 50_000)
@@ -194,6 +200,7 @@ def audit_verify(spec: dict[str, Any]) -> dict[str, Any]:
         store = SQLiteStore(path)
         started = time.perf_counter()
         prev, seq = GENESIS_HASH, 0
+        tree = None
         base = time.time()
         while seq < total:
             rows = []
@@ -215,12 +222,17 @@ def audit_verify(spec: dict[str, Any]) -> dict[str, Any]:
                     request_id=f"{seq:016x}",
                     prev_hash=prev,
                     hash="",
+                    app_id=f"app-{seq % 7}",
+                    principal_ref=f"{seq % 13:016x}",
+                    version=2,
                 )
                 digest = event_hash(prev, seq, timestamp, ev)
                 rows.append(dataclasses.replace(ev, hash=digest))
                 prev = digest
+            tree, tiles = append_leaves(tree, [event_leaf(e.hash) for e in rows])
             with store.write() as tx:
                 tx.append_audit(rows)
+                tx.append_audit_tree(tree, tiles)
         generated = time.perf_counter() - started
         store.close()
         t0 = time.perf_counter()
@@ -241,7 +253,7 @@ def audit_verify(spec: dict[str, Any]) -> dict[str, Any]:
         verify_s = time.perf_counter() - t0
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    ok = proc.returncode == 0 and "intact" in proc.stdout
+    ok = proc.returncode == 0 and "intact" in proc.stdout and "Merkle tree" in proc.stdout
     return {
         "events": total,
         "generate_s": round(generated, 2),
@@ -479,6 +491,7 @@ def main() -> None:
         "audit_verify": audit_verify,
         "memory": memory,
         "offline_verify": offline_verify,
+        "audit_proof": audit_proof,
     }[kind]
     sys.stdout.write(json.dumps(fn(spec)) + "\n")
 
