@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from rich.console import Console
 from rich.markup import escape
 
+from tasklease.cli._sessions import cached_session, config_dir
 from tasklease.client import AdminClient, NotFound, TaskleaseError, TransportError
 from tasklease.core.tenants import tenant_id_error
 
@@ -154,12 +155,6 @@ class Connection:
     operator: str | None = None
     operator_secret: str | None = None
     operator_key: bytes | None = None  # the 32-byte Ed25519 private key seed
-
-
-def config_dir() -> Path:
-    """The user's tasklease configuration directory (``$XDG_CONFIG_HOME/tasklease``)."""
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "tasklease"
 
 
 def _default_profile() -> Path:
@@ -287,8 +282,6 @@ def admin_client(
 ) -> AdminClient:
     """A client for the broker, signed in with the session ``tasklease login`` cached for
     it while that lasts, else with the credential found (flags, environment, profile)."""
-    from tasklease.cli._login import cached_session
-
     connection = resolve_connection(url, admin_secret, profile, need_secret=False)
     cached = cached_session(connection.url)
     if cached is None and need_secret:

@@ -9,7 +9,6 @@ expires (the broker's ``admin_token_ttl``, 5 minutes by default). ``logout`` del
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import os
 import time
@@ -24,43 +23,14 @@ from tasklease.cli._common import (
     ProfileOpt,
     UrlOpt,
     broker_errors,
-    config_dir,
     fail,
     out,
     resolve_connection,
 )
+from tasklease.cli._sessions import session_path
 from tasklease.client import AdminClient
 
-__all__ = ["cached_session", "register", "session_path"]
-
-
-def session_path(url: str) -> Path:
-    """The file that holds the cached session for the broker (and tenant) at ``url``."""
-    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:24]
-    return config_dir() / "sessions" / f"{digest}.json"
-
-
-def cached_session(url: str) -> tuple[str, float] | None:
-    """The cached token for ``url`` and the seconds it has left, if any is still good."""
-    path = session_path(url)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        if os.fstat(fh.fileno()).st_mode & 0o077:
-            return None  # not ours alone: ignore it (login rewrites it 0600)
-        try:
-            data: Any = json.loads(fh.read())
-        except ValueError:
-            return None
-    if not isinstance(data, dict) or data.get("url") != url.rstrip("/"):
-        return None
-    token, expires_at = data.get("access_token"), data.get("expires_at")
-    if not isinstance(token, str) or not isinstance(expires_at, int | float):
-        return None
-    left = float(expires_at) - time.time() - 10.0
-    return (token, left) if left > 0 else None
+__all__ = ["register"]
 
 
 def _write(path: Path, document: dict[str, Any]) -> None:

@@ -196,14 +196,21 @@ class Dialect:
         self.list_apps = f"{_SELECT_APP} WHERE {t} ORDER BY created_at DESC, app_id DESC"
         self.get_launch_token = q(f"{_SELECT_LAUNCH} WHERE {t} AND token_hash = ?")
         self.get_agent = q(f"{_SELECT_AGENT} WHERE {t} AND agent_id = ?")
+        # the operators' listings (core.inventory)
+        self.listings = Listings(
+            self.tenant,
+            q,
+            agent=_AGENT,
+            session=_SESSION,
+            launch=_LAUNCH,
+            audit=_SELECT_AUDIT,
+            session_from_row=session_from_row,
+            revocation_from_row=revocation_from_row,
+        )
         self.get_operator = q(f"{_SELECT_OPERATOR} WHERE {t} AND name = ?")
         self.list_operators = f"{_SELECT_OPERATOR} WHERE {t} ORDER BY name"
         self.load_revocations = q(f"{SELECT_REVOCATION} WHERE {t} AND expires_at > ? ORDER BY seq")
         self.revocations_since = q(f"{SELECT_REVOCATION} WHERE {t} AND seq > ? ORDER BY seq")
-        # the operators' listings (core.inventory)
-        self.listings = Listings(
-            self.tenant, q, agent=_AGENT, session=_SESSION, launch=_LAUNCH, audit=_SELECT_AUDIT
-        )
         self.find_revocation = q(f"{SELECT_REVOCATION} WHERE {t} AND level = ? AND target = ?")
         # PostgreSQL's (SQLite reads one key at a time with find_revocation).
         self.find_revocations = (

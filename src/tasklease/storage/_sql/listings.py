@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from tasklease.core.store import (
     AgentRecord,
@@ -23,8 +23,7 @@ from tasklease.core.store import (
 )
 from tasklease.core.store import RevocationRecord as _Revocation
 
-if TYPE_CHECKING:
-    from tasklease.storage._sql.dialect import Dialect, Row
+Row = tuple[Any, ...]
 
 __all__ = ["ListingReads", "Listings"]
 
@@ -48,8 +47,12 @@ class Listings:
         session: str,
         launch: str,
         audit: str,
+        session_from_row: Callable[[Row], AgentSession],
+        revocation_from_row: Callable[[Row], _Revocation],
     ) -> None:
         self.q = q
+        self.session_from_row = session_from_row
+        self.revocation_from_row = revocation_from_row
         self.agent_width = len(agent.split(","))
         a = f"a.tenant_id = '{tenant}'"
         t = f"tenant_id = '{tenant}'"
@@ -92,18 +95,30 @@ def _limit(query: ListQuery) -> int:
     return min(query.limit, _MAX_PAGE)
 
 
+class _Dialect(Protocol):
+    """What the listings need of a dialect (``storage._sql.dialect.Dialect``)."""
+
+    @property
+    def listings(self) -> Listings: ...
+
+    def agent_from_row(self, row: Row) -> AgentRecord: ...
+
+    def launch_token_from_row(self, row: Row) -> LaunchTokenRecord: ...
+
+
 class ListingReads(abc.ABC):
     """The listing reads of :class:`~tasklease.storage._sql.store.SQLStore`."""
 
-    dialect: Dialect
+    @property
+    @abc.abstractmethod
+    def dialect(self) -> _Dialect:
+        """The tenant's dialect."""
 
     @abc.abstractmethod
     def _all(self, sql: str, params: Row = ()) -> list[Row]:
         """Every row of a read."""
 
     def list_agents(self, query: ListQuery) -> list[tuple[AgentRecord, AgentSession | None]]:
-        from tasklease.storage._sql.dialect import session_from_row
-
         dialect = self.dialect
         statements = dialect.listings
         sql = statements.agents
@@ -123,7 +138,7 @@ class ListingReads(abc.ABC):
         for row in self._all(sql, tuple(params)):
             agent = dialect.agent_from_row(row[:width])
             rest = row[width:]
-            found.append((agent, None if rest[0] is None else session_from_row(rest)))
+            found.append((agent, None if rest[0] is None else statements.session_from_row(rest)))
         return found
 
     def list_launch_tokens(self, query: ListQuery, now: float) -> list[LaunchTokenRecord]:
@@ -144,8 +159,6 @@ class ListingReads(abc.ABC):
         return [dialect.launch_token_from_row(row) for row in self._all(sql, tuple(params))]
 
     def list_revocations(self, query: ListQuery) -> list[_Revocation]:
-        from tasklease.storage._sql.dialect import revocation_from_row
-
         statements = self.dialect.listings
         sql = statements.revocations
         params: list[object] = []
@@ -157,7 +170,7 @@ class ListingReads(abc.ABC):
             params.append(int(query.after[0]))
         sql += statements.revocations_page
         params.append(_limit(query))
-        return [revocation_from_row(row) for row in self._all(sql, tuple(params))]
+        return [statements.revocation_from_row(row) for row in self._all(sql, tuple(params))]
 
     def audit_mentioning(
         self, text: str, event_types: Sequence[str], limit: int

@@ -1,0 +1,49 @@
+"""The cached operator sessions of ``tasklease login`` (docs/cli.md): where they are
+kept, and reading one back. Imported by every remote command, so it imports nothing of
+the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["cached_session", "config_dir", "session_path"]
+
+
+def config_dir() -> Path:
+    """The user's tasklease configuration directory (``$XDG_CONFIG_HOME/tasklease``)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "tasklease"
+
+
+def session_path(url: str) -> Path:
+    """The file that holds the cached session for the broker (and tenant) at ``url``."""
+    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:24]
+    return config_dir() / "sessions" / f"{digest}.json"
+
+
+def cached_session(url: str) -> tuple[str, float] | None:
+    """The cached token for ``url`` and the seconds it has left, if any is still good."""
+    path = session_path(url)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if os.fstat(fh.fileno()).st_mode & 0o077:
+            return None  # not ours alone: ignore it (login rewrites it 0600)
+        try:
+            data: Any = json.loads(fh.read())
+        except ValueError:
+            return None
+    if not isinstance(data, dict) or data.get("url") != url.rstrip("/"):
+        return None
+    token, expires_at = data.get("access_token"), data.get("expires_at")
+    if not isinstance(token, str) or not isinstance(expires_at, int | float):
+        return None
+    left = float(expires_at) - time.time() - 10.0
+    return (token, left) if left > 0 else None
