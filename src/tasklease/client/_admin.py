@@ -53,6 +53,8 @@ class AdminClient:
         operator_key: bytes | nacl.signing.SigningKey | None = None,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 10.0,
+        access_token: str | None = None,
+        token_expires_in: float = 0.0,
     ) -> None:
         """``admin_secret`` may be None for the public calls (health, jwks) or when
         ``operator`` is given with its secret or key. ``access_token`` is an operator token
@@ -62,8 +64,6 @@ class AdminClient:
         self.broker_url = broker_url.rstrip("/")
         self._secret = admin_secret
         self._operator = operator
-        access_token: str | None = None,
-        token_expires_in: float = 0.0,
         self._operator_secret = operator_secret
         self._operator_key = (
             nacl.signing.SigningKey(operator_key)
@@ -465,6 +465,41 @@ class AdminClient:
             if len(events) < (used if isinstance(used, int) and used > 0 else page_size):
                 return
 
+    # -- what is alive (docs/api.md, inventory) -----------------------------------------
+
+    def sign_in(self) -> dict[str, Any]:
+        """Sign in now; the broker's answer (``access_token``, ``expires_in``, ...)."""
+        answer = self._sign_in()
+        token = answer.get("access_token")
+        if isinstance(token, str):
+            life = answer.get("expires_in")
+            self._token = token
+            self._token_deadline = time.monotonic() + max(
+                1.0, (float(life) if isinstance(life, int) else 60.0) - _REAUTH_MARGIN
+            )
+        return answer
+
+    def list_agents(self, **filters: Any) -> dict[str, Any]:
+        """``GET /v1/admin/agents``: one page (``agents``, ``next_cursor``); filters
+        ``app_id``, ``task_id``, ``principal``, ``state``, ``cursor``, ``limit``."""
+        return self._json("GET", "/v1/admin/agents", params=_params(filters))
+
+    def list_launch_tokens(self, **filters: Any) -> dict[str, Any]:
+        """``GET /v1/admin/launch-tokens``: outstanding launch tokens, one page."""
+        return self._json("GET", "/v1/admin/launch-tokens", params=_params(filters))
+
+    def list_revocations(self, **filters: Any) -> dict[str, Any]:
+        """``GET /v1/admin/revocations``: stored revocation entries, one page."""
+        return self._json("GET", "/v1/admin/revocations", params=_params(filters))
+
+    def delegation_tree(self, jti: str) -> dict[str, Any]:
+        """``GET /v1/admin/delegations/{jti}``; raises NotFound for an unknown token."""
+        return self._json("GET", f"/v1/admin/delegations/{_segment(jti)}")
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        """``GET /v1/admin/tasks/{task_id}``; raises NotFound for an unknown task."""
+        return self._json("GET", f"/v1/admin/tasks/{_segment(task_id)}")
+
     def audit_total(self) -> int:
         """How many events the log holds."""
         total = self.audit_events(limit=1).get("total")
@@ -528,41 +563,6 @@ class AdminClient:
 
 def _segment(value: str) -> str:
     return quote(value, safe="")
-    # -- what is alive (docs/api.md, inventory) -----------------------------------------
-
-    def sign_in(self) -> dict[str, Any]:
-        """Sign in now; the broker's answer (``access_token``, ``expires_in``, ...)."""
-        answer = self._sign_in()
-        token = answer.get("access_token")
-        if isinstance(token, str):
-            life = answer.get("expires_in")
-            self._token = token
-            self._token_deadline = time.monotonic() + max(
-                1.0, (float(life) if isinstance(life, int) else 60.0) - _REAUTH_MARGIN
-            )
-        return answer
-
-    def list_agents(self, **filters: Any) -> dict[str, Any]:
-        """``GET /v1/admin/agents``: one page (``agents``, ``next_cursor``); filters
-        ``app_id``, ``task_id``, ``principal``, ``state``, ``cursor``, ``limit``."""
-        return self._json("GET", "/v1/admin/agents", params=_params(filters))
-
-    def list_launch_tokens(self, **filters: Any) -> dict[str, Any]:
-        """``GET /v1/admin/launch-tokens``: outstanding launch tokens, one page."""
-        return self._json("GET", "/v1/admin/launch-tokens", params=_params(filters))
-
-    def list_revocations(self, **filters: Any) -> dict[str, Any]:
-        """``GET /v1/admin/revocations``: stored revocation entries, one page."""
-        return self._json("GET", "/v1/admin/revocations", params=_params(filters))
-
-    def delegation_tree(self, jti: str) -> dict[str, Any]:
-        """``GET /v1/admin/delegations/{jti}``; raises NotFound for an unknown token."""
-        return self._json("GET", f"/v1/admin/delegations/{_segment(jti)}")
-
-    def task(self, task_id: str) -> dict[str, Any]:
-        """``GET /v1/admin/tasks/{task_id}``; raises NotFound for an unknown task."""
-        return self._json("GET", f"/v1/admin/tasks/{_segment(task_id)}")
-
 
 
 def _params(filters: dict[str, Any]) -> dict[str, Any]:
