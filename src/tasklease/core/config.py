@@ -128,9 +128,9 @@ class Config:
     # admin:audit:*, the auditor role's scope).
     metrics_listen: str = "127.0.0.1:9464"
     metrics_public: str = "off"
-    # The spiffe_refresh_hint of this broker's trust bundle (GET /v1/federation/bundle):
     # The operator's web console at /console (docs/console.md); false: not served.
     console: bool = True
+    # The spiffe_refresh_hint of this broker's trust bundle (GET /v1/federation/bundle):
     # how often federated brokers should fetch it (docs/federation.md).
     federation_refresh_hint: int = 300
     # The transparent audit log (docs/audit.md). A checkpoint (the Merkle tree's head,

@@ -25,8 +25,8 @@ from tasklease.core.store import (
     TenantRecord,
 )
 from tasklease.core.tenants import DEFAULT_TENANT, check_tenant_id
-from tasklease.storage._sql.schema import Migration, migrations
 from tasklease.storage._sql.listings import Listings
+from tasklease.storage._sql.schema import Migration, migrations
 
 __all__ = [
     "DEFAULT_TENANT",
