@@ -114,7 +114,9 @@ def test_revocations_newest_first_by_level(store: Store) -> None:
 
 def test_audit_mentioning_finds_a_token_among_its_types(store: Store) -> None:
     events = chain(6)
-    events[2] = replace(events[2], event_type="token_issued", detail="Token issued, jti=ab12, ttl=5")
+    events[2] = replace(
+        events[2], event_type="token_issued", detail="Token issued, jti=ab12, ttl=5"
+    )
     events[4] = replace(events[4], event_type="other", detail="jti=ab12")
     with store.write() as tx:
         tx.append_audit(events)
