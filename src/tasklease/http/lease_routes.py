@@ -118,7 +118,8 @@ def lease_routes(
                 declared=req.declared,
             )
 
-        # Evidence never reaches the core as a Struct, and its keys may need a fetch.
+        # The core reads the attestation as a mapping. Verifying it may fetch an issuer's
+        # keys over the network, so a registration with evidence runs in a thread.
         attestation = None if req.attestation is None else msgspec.structs.asdict(req.attestation)
         # Checks and signing write nothing: on the loop when the store reads locally (a
         # thread hop costs more than they do), else in a thread. The commit is awaited
