@@ -13,9 +13,11 @@ import sys
 
 import structlog
 
-__all__ = ["LEVELS", "configure_logging"]
+__all__ = ["ACCESS_FIELDS", "LEVELS", "configure_logging"]
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
+# The fields of an access record (tasklease.http.access); no other ``extra`` is rendered.
+ACCESS_FIELDS = ("method", "route", "status", "duration_ms", "request_id", "client")
 
 
 def configure_logging(level: str) -> None:
@@ -24,6 +26,8 @@ def configure_logging(level: str) -> None:
         raise ValueError(f"log_level must be one of {', '.join(LEVELS)}")
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
+            # A record's ``extra`` fields (the access log's method, route, status...).
+            structlog.stdlib.ExtraAdder(allow=ACCESS_FIELDS),
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),

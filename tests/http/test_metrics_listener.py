@@ -188,6 +188,12 @@ def test_one_scrape_sums_every_worker_and_outlives_a_replaced_one(
 
     listener = httpx.get(metrics_url(running), timeout=10).text
     assert registrations(listener) == total
+    # The HTTP request metrics add up the same way, by route template.
+    served_requests = (
+        'tasklease_http_requests_total{method="POST",route="/v1/register",status="200"}'
+    )
+    assert _sample(listener, served_requests) == total
+    assert not re.search(r"^\w+_created[{ ]", listener, re.M)
     assert re.search(r"^tasklease_active_agents \S+$", listener, re.M)  # one sum, no pid label
     for _ in range(4):  # whichever worker answers, the main port gives the same sum
         with httpx.Client(base_url=running.url, timeout=10) as fresh:

@@ -9,9 +9,21 @@ a gauge says there how its workers' values combine.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
 __all__ = ["Metrics"]
+
+# No `<name>_created` series beside each counter and histogram: one series per figure,
+# the same with one process or several (multiprocess mode has none either).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -169,6 +181,24 @@ class Metrics:
             multiprocess_mode="livemax",  # one follower per deployment: any worker's 1
             registry=r,
         )
+
+        self.http_requests = Counter(
+            "tasklease_http_requests_total",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_request_seconds = Histogram(
+            "tasklease_http_request_duration_seconds",
+            "Time to answer an HTTP request (to the end of its body), by method, route"
+            " template and status.",
+            ["method", "route", "status"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        # process_cpu_seconds_total, process_resident_memory_bytes... of this process
+        # (one process; with --workers the sum has no process series).
+        ProcessCollector(registry=r)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.audit_batch_size.observe(size)

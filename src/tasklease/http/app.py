@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -29,6 +30,7 @@ from tasklease.federation import refresh_due
 from tasklease.federation.revocations import FeedFollowers
 from tasklease.http import wire
 from tasklease.http._handling import http_error, request_context
+from tasklease.http.access import AccessMiddleware
 from tasklease.http.middleware import EnvelopeMiddleware, TrustedProxyMiddleware
 from tasklease.http.oauth_routes import inserted_metadata_routes
 from tasklease.http.tenant_routes import (
@@ -63,6 +65,7 @@ def create_app(
     close_store: bool = False,
     metrics_render: Callable[[], bytes] | None = None,
     tenancy: Tenancy | None = None,
+    tracer_provider: object | None = None,
 ) -> Starlette:
     """Build the ASGI application around a ready :class:`Broker`.
 
@@ -75,6 +78,8 @@ def create_app(
     several passes the sum over all workers (``tasklease.http.metrics``).
     ``tenancy`` serves the other tenants under ``/t/<name>/`` (by default one made for
     ``broker``, which serves the default tenant at the root and the tenant registry).
+    ``tracer_provider`` (an OpenTelemetry ``TracerProvider``) turns tracing on
+    (``tasklease.http.tracing``); so does a global one configured before this is called.
     """
     cfg = broker.config
     tenancy = tenancy or Tenancy(broker)
@@ -153,12 +158,33 @@ def create_app(
         hsts=cfg.tls_mode != "none",
         multiline=wire.MULTILINE_FIELDS,
     )
+    # Around the envelope (its own refusals are requests too); it reads the request id,
+    # the route and the client once the answer is done.
+    app.add_middleware(AccessMiddleware, metrics=broker.metrics)
+    if tracing_configured(tracer_provider):
+        from tasklease.http.tracing import TracingMiddleware, instrument
+
+        instrument(broker, tracer_provider=tracer_provider)  # type: ignore[arg-type]
+        app.add_middleware(TracingMiddleware)
     if cfg.trusted_proxies:
         # Outermost, so every layer sees the client a trusted proxy names. The server does
         # no proxy-header handling of its own (see server.py and docs/decisions.md).
         app.add_middleware(TrustedProxyMiddleware, trusted=cfg.trusted_proxies)
     app.state.broker = broker
     return app
+
+
+def tracing_configured(tracer_provider: object | None) -> bool:
+    """Whether to trace: a provider given, or OpenTelemetry installed with a global
+    provider that records (set by ``opentelemetry-instrument`` or the embedding program)."""
+    if tracer_provider is not None:
+        return True
+    if importlib.util.find_spec("opentelemetry") is None:
+        return False
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
 def _each(tenancy: Tenancy, job: Callable[[Broker], object]) -> Callable[[], None]:

@@ -1,0 +1,180 @@
+"""OpenTelemetry traces of the broker (the ``otel`` extra: ``pip install 'tasklease[otel]'``).
+
+:func:`instrument` makes, for every HTTP request, a server span named after its route
+template (``POST /v1/register``), continuing the caller's trace from its W3C
+``traceparent``/``tracestate`` headers; inside it a span per broker operation
+(``tasklease.register`` and ``tasklease.register.commit``, ``tasklease.renew``,
+``tasklease.delegate``,
+``tasklease.validate``, ``tasklease.revoke`` and the rest of :data:`OPERATIONS`) and per
+storage call (``tasklease.storage.commit`` for every durable write with its audit
+events, ``tasklease.storage.<method>`` for reads). Spans carry the route, the status and
+the request id; never a token, a secret or a claim.
+
+Spans go to the tracer provider given, else OpenTelemetry's global one: configure the
+SDK and an exporter as usual (for example ``opentelemetry-instrument tasklease serve``
+with ``OTEL_*`` variables, or ``trace.set_tracer_provider`` in an embedding program).
+Without a provider the API's no-op tracer makes every span nearly free.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, TypeVar
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+
+from tasklease.core.broker import Broker
+from tasklease.core.kernel import Kernel
+from tasklease.http.access import route_template
+
+__all__ = ["OPERATIONS", "TracingMiddleware", "instrument", "uninstrument"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+F = TypeVar("F", bound=Callable[..., Any])
+
+OPERATIONS = {
+    "prepare_register": "register",
+    "complete_register": "register.commit",
+    "renew": "renew",
+    "delegate": "delegate",
+    "validate": "validate",
+    "authenticate": "authenticate",
+    "revoke": "revoke",
+    "revoke_token": "revoke_token",
+    "release": "release",
+    "introspect": "introspect",
+    "exchange_token": "exchange_token",
+    "app_auth": "app_auth",
+    "admin_auth": "admin_auth",
+    "create_launch_token": "create_launch_token",
+}
+"""The :class:`~tasklease.core.broker.Broker` methods that get a span of their own, and
+the span's name after ``tasklease.``."""
+
+_SCOPE = "tasklease"
+_lock = threading.Lock()
+_provider: TracerProvider | None = None
+_originals: dict[tuple[type, str], Any] = {}
+
+
+def _tracer() -> trace.Tracer:
+    return trace.get_tracer(_SCOPE, tracer_provider=_provider)
+
+
+def _spanned(name: str, function: F) -> F:
+    """``function`` inside a span ``name`` (a coroutine function awaited inside it)."""
+    if inspect.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def awaited(*args: Any, **kwargs: Any) -> Any:
+            with _tracer().start_as_current_span(name):
+                return await function(*args, **kwargs)
+
+        awaited.__wrapped_by_tracing__ = True  # type: ignore[attr-defined]
+        return awaited  # type: ignore[return-value]
+
+    @functools.wraps(function)
+    def called(*args: Any, **kwargs: Any) -> Any:
+        with _tracer().start_as_current_span(name):
+            return function(*args, **kwargs)
+
+    called.__wrapped_by_tracing__ = True  # type: ignore[attr-defined]
+    return called  # type: ignore[return-value]
+
+
+def _patch(cls: type, names: Mapping[str, str], prefix: str) -> None:
+    """Wrap each method ``name`` of ``cls`` in a span ``<prefix><names[name]>``, once."""
+    for name, span in names.items():
+        method = cls.__dict__.get(name)
+        if callable(method) and not getattr(method, "__wrapped_by_tracing__", False):
+            _originals[(cls, name)] = method
+            setattr(cls, name, _spanned(prefix + span, method))
+
+
+def _store_reads(cls: type) -> dict[str, str]:
+    """The store's read methods: what a request may wait on besides the commit."""
+    return {
+        name: name
+        for name in vars(cls)
+        if name.startswith(("get_", "list_", "find_", "count_", "read_"))
+        and callable(getattr(cls, name, None))
+    }
+
+
+def instrument(broker: Broker, *, tracer_provider: TracerProvider | None = None) -> None:
+    """Give the broker's operations and storage calls spans (every broker of the
+    process: the methods are wrapped on their classes, once). ``tracer_provider``:
+    where spans go (default: OpenTelemetry's global provider)."""
+    global _provider  # noqa: PLW0603 - one provider per process, as OpenTelemetry's own
+    with _lock:
+        if tracer_provider is not None:
+            _provider = tracer_provider
+        _patch(Broker, OPERATIONS, "tasklease.")
+        _patch(Kernel, {"commit": "commit", "acommit": "commit"}, "tasklease.storage.")
+        # Kernel.commit / acommit spans are named by the method; both are "the commit".
+        store_class = type(broker.store)
+        _patch(store_class, _store_reads(store_class), "tasklease.storage.")
+
+
+def uninstrument() -> None:
+    """Undo :func:`instrument`: the methods as they were, the global provider again."""
+    global _provider  # noqa: PLW0603
+    with _lock:
+        for (cls, name), method in _originals.items():
+            setattr(cls, name, method)
+        _originals.clear()
+        _provider = None
+
+
+class TracingMiddleware:
+    """A server span per HTTP request, continuing the caller's W3C trace context."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        carrier = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope.get("headers", [])
+            if name in (b"traceparent", b"tracestate")
+        }
+        parent = propagate.extract(carrier) if carrier else context.get_current()
+        method = scope.get("method", "")
+        status = 500
+        started = time.perf_counter()
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        with _tracer().start_as_current_span(
+            f"{method} request", context=parent, kind=SpanKind.SERVER
+        ) as span:
+            try:
+                await self.app(scope, receive, sending)
+            finally:
+                route = route_template(scope)
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.request.method", method)
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                span.set_attribute(
+                    "tasklease.request_id", scope.get("state", {}).get("request_id", "")
+                )
+                span.set_attribute("tasklease.duration_ms", (time.perf_counter() - started) * 1e3)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))

@@ -1,0 +1,92 @@
+"""Every request: one access log record (method, route template, status, duration,
+request id, never a token), counted and timed by route template and status; a
+well-formed ``X-Request-ID`` is kept, echoed and written to the audit events, any other
+replaced by a generated one."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+import httpx
+from e2e_support import RunningBroker, metrics_url, stop_broker
+
+
+def _access_records(log: str) -> list[dict[str, object]]:
+    records = []
+    for line in log.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            if record.get("event") == "access":
+                records.append(record)
+    return records
+
+
+def test_access_log_metrics_and_request_ids(start_broker: Callable[..., RunningBroker]) -> None:
+    running = start_broker(env={"TASKLEASE_LOG_LEVEL": "info"})
+    admin = running.admin_token()
+    secret_in_query = "tl-query-secret-" + "q" * 20
+
+    kept = running.get("/v1/health", headers={"X-Request-ID": "trace-4711.a:b"})
+    assert kept.headers["x-request-id"] == "trace-4711.a:b"
+    for bad in ("has space", "x" * 129, "semi;colon"):
+        replaced = running.get("/v1/health", headers={"X-Request-ID": bad})
+        assert re.fullmatch(r"[0-9a-f]{16}", replaced.headers["x-request-id"]), bad
+    signed = running.post(
+        "/v1/admin/auth",
+        json={"secret": running.admin_secret},
+        headers={"X-Request-ID": "audit-me-1"},
+    )
+    assert signed.status_code == 200
+    events = running.get(
+        "/v1/audit/events?event_type=admin_auth&limit=50",
+        headers={"Authorization": f"Bearer {admin}"},
+    ).json()["events"]
+    assert any(event["request_id"] == "audit-me-1" for event in events)
+
+    app = running.create_app(["read:data:*"])
+    assert running.get(f"/v1/admin/apps/{app['app_id']}", headers=running.admin_headers())
+    assert running.get(f"/nowhere?token={secret_in_query}").status_code == 404
+    tenant = running.create_tenant("acme")
+    assert tenant.get("/v1/health").status_code == 200
+    assert running.post("/v1/register", json={"nonce": "00"}).status_code == 400
+
+    scrape = httpx.get(metrics_url(running), timeout=10).text
+    stop_broker(running)
+    log = running.log()
+    assert secret_in_query not in log and admin not in log
+    assert app["client_secret"] not in log
+
+    records = _access_records(log)
+    by_route = {(r["method"], r["route"], r["status"]) for r in records}
+    assert ("GET", "/v1/health", 200) in by_route
+    assert ("GET", "/v1/admin/apps/{app_id}", 200) in by_route
+    assert ("GET", "unmatched", 404) in by_route
+    assert ("GET", "/t/{tenant}/v1/health", 200) in by_route
+    assert ("POST", "/v1/register", 400) in by_route
+    [traced] = [r for r in records if r["request_id"] == "trace-4711.a:b"]
+    assert traced["route"] == "/v1/health" and traced["client"] == "127.0.0.1"
+    assert isinstance(traced["duration_ms"], float) and traced["duration_ms"] >= 0
+
+    def sample(series: str) -> float:
+        match = re.search(rf"^{re.escape(series)} (\S+)$", scrape, re.M)
+        assert match, f"no {series}"
+        return float(match[1])
+
+    assert (
+        sample('tasklease_http_requests_total{method="GET",route="/v1/health",status="200"}') >= 5
+    )
+    assert sample('tasklease_http_requests_total{method="GET",route="unmatched",status="404"}') == 1
+    tenant_health = (
+        'tasklease_http_requests_total{method="GET",route="/t/{tenant}/v1/health",status="200"}'
+    )
+    assert sample(tenant_health) == 1
+    count = (
+        "tasklease_http_request_duration_seconds_count"
+        '{method="POST",route="/v1/register",status="400"}'
+    )
+    assert sample(count) == 1
+    assert not re.search(r"^\w+_created[{ ]", scrape, re.M)  # one series per figure
+    assert re.search(r"^process_resident_memory_bytes \S+$", scrape, re.M)
+    assert secret_in_query not in scrape and "/nowhere" not in scrape
