@@ -574,6 +574,8 @@ def test_time_to_recover_from_a_storage_outage_is_a_metric(flaky: Any, kit: Any)
         with pytest.raises(Unavailable):
             flaky.revoke(kit.admin(flaky).claims, level="agent", target=agent.sub, ctx=kit.ctx)
     assert recoveries() == 0  # still out
+    failures = flaky.metrics.registry.get_sample_value("tasklease_audit_append_failures_total")
+    assert failures == 2  # each failed batch, for the audit-append alert (deploy/)
     flaky.store.failing = False
     flaky.revoke(kit.admin(flaky).claims, level="agent", target=agent.sub, ctx=kit.ctx)
     assert recoveries() == 1

@@ -131,9 +131,11 @@ class AuditLog:
         *,
         on_batch: Callable[[int, float], None] | None = None,
         on_recovery: Callable[[float], None] | None = None,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._on_recovery = on_recovery
+        self._on_failure = on_failure  # each failed batch (the audit append failures metric)
         self._clock = clock
         self._queue: list[_Slot] = []
         self._lock = threading.Lock()
@@ -193,6 +195,8 @@ class AuditLog:
         """Count a failed batch; log the first of a run, and a change of cause, only."""
         now = time.monotonic()
         summary = _summary(exc)
+        if self._on_failure is not None:
+            self._on_failure()
         previous = self._failure
         if previous is None or previous.summary != summary:
             _log.error(

@@ -454,6 +454,7 @@ class Kernel:
             clock,
             on_batch=metrics.observe_batch,
             on_recovery=metrics.storage_recovery_seconds.observe,
+            on_failure=metrics.audit_append_failures.inc,
         )
         self._listeners: tuple[Callable[[], None], ...] = ()
         self._listeners_lock = threading.Lock()

@@ -113,6 +113,12 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.audit_append_failures = Counter(
+            "tasklease_audit_append_failures_total",
+            "Group-committed batches whose transaction failed (their operations were refused"
+            " with 503 and nothing of them was written).",
+            registry=r,
+        )
         self.audit_batch_size = Histogram(
             "tasklease_audit_batch_size",
             "Operations per group-committed transaction.",
