@@ -38,8 +38,9 @@ from tasklease.core.auditformat import (
 from tasklease.core.audittree import append_leaves
 from tasklease.core.clock import Clock, format_rfc3339
 from tasklease.core.errors import Conflict, Unavailable
-from tasklease.core.store import AuditEvent, Store, WriteTx
+from tasklease.core.store import AuditEvent, AuditTree, Store, WriteTx
 from tasklease.rules.auditchain import event_leaf
+from tasklease.rules.merkle import leaf_hash
 
 __all__ = ["AuditLog", "WriteFailure"]
 _log = logging.getLogger("tasklease.audit")
@@ -146,6 +147,9 @@ class AuditLog:
         # mutated, so readers in other threads see a consistent value without the lock.
         self._failure: WriteFailure | None = None
         self._last_seq = 0  # the audit head as of this process's last committed batch
+        # The tree as this process's last committed batch left it: the next batch goes on
+        # from it without reading it, if no other process appended meanwhile.
+        self._tree: AuditTree | None = None
 
     def commit(self, unit: Unit) -> list[AuditEvent]:
         """Run ``unit`` in a group-committed transaction; return its durable events.
@@ -424,9 +428,10 @@ class AuditLog:
                         rows.append(event)
                         slot.events.append(event)
                         prev = digest
+                tree = None
                 if rows:
                     tx.append_audit(rows)
-                    _grow_tree(tx, rows)
+                    tree = _grow_tree(tx, rows, self._tree)
         except Exception as exc:  # noqa: BLE001 - any storage failure fails the batch closed
             self._failed(exc)
             _fail(batch, f"audit transaction failed: {exc!r}", exc)
@@ -437,6 +442,8 @@ class AuditLog:
             raise
         else:
             self._last_seq = max(self._last_seq, seq)
+            if tree is not None:
+                self._tree = tree
             self._succeeded()
         finally:
             for slot in batch:
@@ -448,24 +455,30 @@ class AuditLog:
                 _log.exception("audit batch callback failed")
 
 
-def _grow_tree(tx: WriteTx, rows: Sequence[AuditEvent]) -> None:
-    """Append ``rows``' leaves to the tenant's Merkle tree, in the events' transaction.
+def _grow_tree(tx: WriteTx, rows: Sequence[AuditEvent], known: AuditTree | None) -> AuditTree:
+    """Append ``rows``' leaves to the tenant's Merkle tree, in the events' transaction;
+    return the tree.
 
-    Events the tree has not taken yet (written before it existed) go first, so leaf
-    ``seq - 1`` is always event ``seq``. A tree ahead of the chain fails the batch: the
-    two were written apart, which only a hand on the database can do.
+    ``known`` is the tree this process last committed: when it ends right before the
+    first row, no one appended since and it is the tree on record (a tile that does not
+    fit would fail the batch all the same). Otherwise the tree is read, and events it has
+    not taken yet (written before it existed) go first, so leaf ``seq - 1`` is always
+    event ``seq``. A tree ahead of the chain fails the batch: the two were written apart,
+    which only a hand on the database can do.
     """
-    tree = tx.audit_tree()
-    size = tree.size if tree is not None else 0
     first = rows[0].seq - 1
+    tree = known if known is not None and known.size == first else tx.audit_tree()
+    size = tree.size if tree is not None else 0
     leaves: list[bytes] = []
     if size < first:
         leaves = [event_leaf(h) for h in tx.audit_hashes(size, first - size)]
     if size + len(leaves) != first:
         raise Conflict(f"the audit tree holds {size} leaves but the chain {first} events")
-    leaves.extend(event_leaf(e.hash) for e in rows)
+    # Our own hashes, well-formed by construction: no need for event_leaf's check.
+    leaves.extend(leaf_hash(bytes.fromhex(e.hash)) for e in rows)
     tree, tiles = append_leaves(tree, leaves)
     tx.append_audit_tree(tree, tiles)
+    return tree
 
 
 def _fail(batch: list[_Slot], reason: str, cause: BaseException | None = None) -> None:
