@@ -46,11 +46,12 @@ lint: $(VENV)/.test-deps ## ruff: lint and format check
 typecheck: $(VENV)/.test-deps ## mypy --strict
 	$(BIN)/mypy
 
-unit: $(VENV)/.test-deps ## the test suite (installs PostgreSQL, SoftHSM, faketime, Chromium if missing)
+unit: $(VENV)/.test-deps ## the test suite (installs PostgreSQL, SoftHSM, faketime, Chromium, systemd-analyze if missing)
 	sh scripts/ensure-postgres.sh
 	sh scripts/ensure-chromium.sh
 	sh scripts/ensure-softhsm.sh
 	sh scripts/ensure-faketime.sh
+	sh scripts/ensure-systemd-analyze.sh
 	$(BIN)/pytest
 
 test: lint typecheck unit ## every check: lint, typecheck, unit
