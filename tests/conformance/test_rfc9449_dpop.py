@@ -181,17 +181,55 @@ def test_rfc9449_s7_1_an_unbound_token_is_not_dpop(kit: Kit) -> None:
     assert _renew(kit, key, agent.token).status_code == 401
 
 
-@deviation(
-    "server-provided nonces (DPoP-Nonce, use_dpop_nonce) are not issued: see "
-    "docs/compatibility.md, DPoP nonces"
-)
-def test_rfc9449_s8_s9_proofs_without_a_server_nonce_are_accepted(kit: Kit) -> None:
-    """§8 and §9: a server MAY require a nonce it provides; the broker provides none and
-    accepts proofs without one (single use, within the window)."""
-    agent = kit.register(dpop=True)
-    assert agent.dpop is not None
-    answer = _renew(kit, agent.dpop, agent.token)
-    assert answer.status_code == 200 and "dpop-nonce" not in answer.headers
+def test_rfc9449_s8_registration_asks_for_the_servers_nonce(start_broker: Any) -> None:
+    """§8: with nonces required, a token request whose proof lacks a current nonce is 400
+    `use_dpop_nonce` with a fresh `DPoP-Nonce`; the proof made with it is accepted."""
+    kit = Kit(start_broker({"TASKLEASE_DPOP_NONCE": "required"}))
+    key = nacl.signing.SigningKey.generate()
+    body, _ = kit.broker.register_body(kit.launch(), ["read:data:42"])
+    htu = f"{kit.url}/v1/register"
+    first = kit.post(
+        "/v1/register", json=body, headers={"DPoP": dpop_proof(key, htm="POST", htu=htu)}
+    )
+    assert first.status_code == 400 and first.json()["error"] == "use_dpop_nonce"
+    nonce = first.headers["DPoP-Nonce"]
+    forged = nonce[:-4] + ("AAAA" if not nonce.endswith("AAAA") else "BBBB")
+    stale = dpop_proof(key, htm="POST", htu=htu, extra={"nonce": forged})
+    assert kit.post("/v1/register", json=body, headers={"DPoP": stale}).status_code == 400
+    proof = dpop_proof(key, htm="POST", htu=htu, extra={"nonce": nonce})
+    answer = kit.post("/v1/register", json=body, headers={"DPoP": proof})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["token_type"] == "DPoP"
+
+
+def test_rfc9449_s9_the_broker_as_resource_asks_for_its_nonce(start_broker: Any) -> None:
+    """§9: at a protected route, a proof without a current nonce is 401 with
+    `WWW-Authenticate: DPoP error="use_dpop_nonce"` and a `DPoP-Nonce`; the SDK retries by
+    itself, and proofs a resource server forwards to validation need none."""
+    from tasklease.client import Agent as SdkAgent
+
+    broker = start_broker({"TASKLEASE_DPOP_NONCE": "required"})
+    kit = Kit(broker)
+    launch = kit.launch(["read:data:42"])
+    with SdkAgent.register(
+        broker.url, launch, "orch", "task", ["read:data:42"], dpop=True
+    ) as agent:
+        key = agent.dpop_key
+        assert key is not None
+        token = agent.token
+        bare = kit.post(
+            "/v1/token/renew",
+            headers={
+                "Authorization": f"DPoP {token}",
+                "DPoP": dpop_proof(key, htm="POST", htu=f"{kit.url}/v1/token/renew", token=token),
+            },
+        )
+        assert bare.status_code == 401 and bare.headers["DPoP-Nonce"], bare.headers
+        assert www_authenticate(bare)["DPoP"]["error"] == "use_dpop_nonce", bare.headers
+        agent.renew()  # the SDK sends the nonce it was given, retrying once if asked
+        assert agent.token != token
+        forwarded = dpop_proof(key, htm="GET", htu=RS, token=agent.token)
+        assert kit.validate(agent.token, dpop=forwarded, htm="GET", htu=RS)["valid"] is True
 
 
 @deviation(

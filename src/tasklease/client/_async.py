@@ -112,7 +112,12 @@ class _AsyncAgentAuth(httpx.Auth):
         await self._agent.ensure_fresh()
         request.headers["Authorization"] = f"Bearer {self._agent.token}"
         dpop = self._agent._credential.dpop
-        yield dpop.bind(request) if dpop is not None else request
+        if dpop is None:
+            yield request
+            return
+        response = yield dpop.bind(request)
+        if dpop.observe(response):  # a resource server's nonce (RFC 9449 section 9)
+            yield dpop.bind(request)
 
 
 class AsyncDelegatedToken:

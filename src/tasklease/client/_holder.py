@@ -4,7 +4,9 @@ transport settings that present a client certificate (RFC 8705).
 A DPoP-bound agent sends every request with ``Authorization: DPoP <token>`` (when it has
 a token) and a ``DPoP`` header: a fresh JWT (``typ: dpop+jwt``, ``alg: EdDSA``, the
 public ``jwk``) whose claims are ``htm`` (method), ``htu`` (URI without query and
-fragment), ``iat``, a unique ``jti`` and, with a token, ``ath`` (its SHA-256). The same
+fragment), ``iat``, a unique ``jti``, with a token ``ath`` (its SHA-256), and the
+``nonce`` a server provided (``DPoP-Nonce``): a request refused with ``use_dpop_nonce``
+is resent once with it (RFC 9449 sections 8 and 9). The same
 :meth:`DPoPKey.bind` is used by the flows (sync and async alike) and by the ``httpx.Auth``
 for the agent's own calls to resource servers. PyNaCl and the standard library only; the
 encodings and thumbprints are the broker's own (``tasklease.rules``).
@@ -62,6 +64,8 @@ class DPoPKey:
         self.thumbprint = jws.jwk_thumbprint(public_key)
         header = {"typ": DPOP_PROOF_TYPE, "alg": jws.ALGORITHM, "jwk": self.jwk}
         self._header = jws.b64url_encode(_compact(header))
+        # The nonce a server asked for (RFC 9449 sections 8 and 9), sent in every proof.
+        self.nonce: str | None = None
 
     def proof(self, method: str, url: str | httpx.URL, token: str | None = None) -> str:
         """A fresh, single-use proof for ``method`` ``url`` (and ``token``, as ``ath``)."""
@@ -73,9 +77,27 @@ class DPoPKey:
         }
         if token is not None:
             claims["ath"] = access_token_hash(token)
+        if self.nonce is not None:
+            claims["nonce"] = self.nonce
         signing_input = self._header + "." + jws.b64url_encode(_compact(claims))
         signature = jws.sign_detached(signing_input.encode("ascii"), self.key)
         return signing_input + "." + jws.b64url_encode(signature)
+
+    def observe(self, response: httpx.Response) -> bool:
+        """Remember the nonce a response provides (``DPoP-Nonce``); True when the response
+        refused the request for want of it (``use_dpop_nonce``): resend it, re-bound."""
+        nonce = response.headers.get("DPoP-Nonce")
+        if not nonce:
+            return False
+        self.nonce = nonce
+        if response.status_code not in (400, 401):
+            return False
+        if 'error="use_dpop_nonce"' in response.headers.get("WWW-Authenticate", ""):
+            return True
+        try:
+            return bool(response.json().get("error") == "use_dpop_nonce")
+        except (ValueError, AttributeError, httpx.ResponseNotRead):
+            return False
 
     def bind(self, request: httpx.Request) -> httpx.Request:
         """Attach a proof to ``request``; a bearer ``Authorization`` becomes ``DPoP``."""
@@ -113,6 +135,9 @@ def bind_flow(flow: Flow[T], key: DPoPKey | None) -> Flow[T]:
         return done
     while True:
         response = yield key.bind(request)
+        if key.observe(response):  # the server asks for its nonce: once more, with it
+            response = yield key.bind(request)
+            key.observe(response)
         try:
             request = flow.send(response)
         except StopIteration as stop:

@@ -124,7 +124,12 @@ class _AgentAuth(httpx.Auth):
         self._agent.ensure_fresh()
         request.headers["Authorization"] = f"Bearer {self._agent.token}"
         dpop = self._agent._credential.dpop
-        yield dpop.bind(request) if dpop is not None else request
+        if dpop is None:
+            yield request
+            return
+        response = yield dpop.bind(request)
+        if dpop.observe(response):  # a resource server's nonce (RFC 9449 section 9)
+            yield dpop.bind(request)
 
     async def async_auth_flow(self, request: httpx.Request) -> Any:  # pragma: no cover
         raise RuntimeError("Agent.auth is for httpx.Client; use AsyncAgent with AsyncClient")

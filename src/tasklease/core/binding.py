@@ -11,14 +11,50 @@ across every worker and replica sharing it (RFC 9449 section 11.1).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import struct
 from collections.abc import Sequence
 
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.kernel import Kernel
 from tasklease.core.store import WriteTx
+from tasklease.rules import jws
 from tasklease.rules.binding import BindingError, cert_thumbprint
 
-__all__ = ["StoreProofLedger", "cert_thumbprint_from_pem"]
+__all__ = ["DPoPNonces", "StoreProofLedger", "cert_thumbprint_from_pem"]
+
+
+class DPoPNonces:
+    """Server-provided DPoP nonces (RFC 9449 sections 8 and 9), stateless.
+
+    A nonce names a time slot of ``lifetime`` seconds and carries an HMAC of it under
+    ``key`` (derived from the nonce secret the broker's replicas share, so any of them
+    accepts any of theirs): base64url(8-byte slot || 16-byte tag). The current and the
+    previous slot are accepted, so a nonce lives between one and two lifetimes; a proof
+    pre-computed before that cannot be used (section 11.2).
+    """
+
+    _CONTEXT = b"tasklease-dpop-nonce-v1"
+
+    def __init__(self, key: bytes, lifetime: int) -> None:
+        self._key = key
+        self._lifetime = max(1, lifetime)
+
+    def _nonce(self, slot: int) -> str:
+        body = struct.pack(">Q", slot)
+        tag = hmac.new(self._key, self._CONTEXT + body, hashlib.sha256).digest()[:16]
+        return jws.b64url_encode(body + tag)
+
+    def issue(self, now: float) -> str:
+        return self._nonce(int(now // self._lifetime))
+
+    def check(self, nonce: str, now: float) -> bool:
+        current = int(now // self._lifetime)
+        return any(
+            hmac.compare_digest(nonce.encode(), self._nonce(slot).encode())
+            for slot in (current, current - 1)
+        )
 
 
 class StoreProofLedger:

@@ -20,7 +20,7 @@ from typing import Any
 
 from tasklease.core.apps import Apps, expires_at_text
 from tasklease.core.attestation import AttestationService
-from tasklease.core.binding import StoreProofLedger
+from tasklease.core.binding import DPoPNonces, StoreProofLedger
 from tasklease.core.clock import Clock, SystemClock
 from tasklease.core.config import Config
 from tasklease.core.delegating import Delegating
@@ -120,14 +120,24 @@ class Broker:
         self.started_at = kernel.started_at
         # Names this process as the holder of store leases (the liveness sweeper's).
         self.instance_id = secrets.token_hex(8)
-        # DPoP proofs are single use across workers and replicas: the store remembers them.
-        self.dpop = DPoPVerifier(config.dpop_proof_window, ledger=StoreProofLedger(kernel))
         # Replicas that share a database must share this secret (server.build_broker
         # keeps it beside the signing keys); a lone in-process broker may use a random one.
         self.nonces = nonce_issuer or NonceIssuer(nonce_secret or os.urandom(32), config.nonce_ttl)
+        # DPoP proofs are single use across workers and replicas: the store remembers them.
+        # Proofs made for the broker carry its nonce when dpop_nonce = "required" (RFC 9449
+        # sections 8 and 9); proofs a resource server forwards to validate never do.
+        ledger = StoreProofLedger(kernel)
+        self.dpop_nonces = DPoPNonces(
+            self.nonces.derived_key(b"dpop-nonce"), config.dpop_proof_window
+        )
+        required = self.dpop_nonces if config.dpop_nonce == "required" else None
+        self.dpop = DPoPVerifier(config.dpop_proof_window, ledger=ledger, nonces=required)
+        forwarded = DPoPVerifier(config.dpop_proof_window, ledger=ledger)
         self._keys = keys = SigningKeys(kernel, keyring)
         self._freshness = freshness = Freshness(kernel, horizon)
-        self._tokens = tokens = TokenCheck(kernel, keys, self.dpop, freshness)
+        self._tokens = tokens = TokenCheck(
+            kernel, keys, self.dpop, freshness, forwarded=forwarded
+        )
         # Workload attestors (core.attestation): evidence in place of a launch token.
         self.attestation = AttestationService(kernel)
         self._registration = Registration(kernel, keys, self.nonces, self.dpop, self.attestation)

@@ -92,6 +92,9 @@ class Config:
     critical_scopes: tuple[str, ...] = ()  # validated without any cache (high assurance)
     reference_token_threshold: int = 4096  # larger JWTs are issued by reference
     dpop_proof_window: int = 60  # seconds a DPoP proof's iat may differ from now
+    # "required": proofs sent to the broker must carry a nonce it provided (RFC 9449
+    # sections 8 and 9: DPoP-Nonce, use_dpop_nonce); "off": none is asked for.
+    dpop_nonce: str = "off"
     # Not read by the broker since its replay cache is in the store (used_dpop_proofs,
     # shared by workers and replicas, pruned at expiry); kept so configurations load.
     dpop_replay_cache_size: int = 1_000_000
@@ -200,6 +203,8 @@ class Config:
             raise ValueError("reference_token_threshold must be at least 512 bytes")
         if not 1 <= self.dpop_proof_window <= 600:
             raise ValueError("dpop_proof_window must be between 1 and 600 seconds")
+        if self.dpop_nonce not in ("off", "required"):
+            raise ValueError("dpop_nonce must be one of off, required")
         if self.dpop_replay_cache_size < 1:
             raise ValueError("dpop_replay_cache_size must be positive")
         if self.tls_mode in ("tls", "mtls") and not (self.tls_cert and self.tls_key):

@@ -85,6 +85,7 @@ class TaskleaseError(Exception):
         challenge: tuple[str, str] | None = None,
         required_scope: str | None = None,
         oauth_error: str | None = None,
+        dpop_nonce: str | None = None,
     ) -> None:
         self.detail = detail if detail is not None else self.default_detail
         self.reason = reason if reason is not None else self.detail
@@ -97,6 +98,8 @@ class TaskleaseError(Exception):
         self.required_scope = required_scope
         # The RFC 6749 section 5.2 ``error`` of the answer, where the code implies none.
         self.oauth_error = oauth_error
+        # A fresh DPoP nonce for the client to retry with (RFC 9449 ``DPoP-Nonce``).
+        self.dpop_nonce = dpop_nonce
         super().__init__(self.detail)
 
     def __repr__(self) -> str:

@@ -53,6 +53,11 @@ class NonceIssuer:
         derived = hmac.new(self._secret, b"tasklease-tenant-nonce-v1:" + tenant.encode(), "sha256")
         return NonceIssuer(derived.digest(), self.ttl)
 
+    def derived_key(self, label: bytes) -> bytes:
+        """A 32-byte key for another purpose (``label``), derived from this secret: shared
+        by the replicas that share it, and never the nonces' own key."""
+        return hmac.new(self._secret, b"tasklease-derived-v1:" + label, hashlib.sha256).digest()
+
     def _tag(self, body: bytes) -> bytes:
         return hmac.new(self._secret, b"tasklease-nonce-v1" + body, hashlib.sha256).digest()[:8]
 

@@ -22,7 +22,13 @@ from tasklease.core.attestors.launch_token import refusal as launch_refusal
 from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.delegation import principal_ref
-from tasklease.core.errors import InvalidDPoPProof, InvalidRequest, TaskleaseError, Unauthorized
+from tasklease.core.errors import (
+    InvalidDPoPProof,
+    InvalidRequest,
+    TaskleaseError,
+    Unauthorized,
+    UseDPoPNonce,
+)
 from tasklease.core.identity import (
     NonceIssuer,
     decode_public_key,
@@ -50,7 +56,7 @@ from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import new_agent_id, validate_segment
 from tasklease.core.store import AgentRecord, LaunchTokenRecord, WriteTx
 from tasklease.rules.attest import Attestation
-from tasklease.rules.binding import BindingError, DPoPProof, DPoPVerifier
+from tasklease.rules.binding import BindingError, DPoPNonceRequired, DPoPProof, DPoPVerifier
 
 __all__ = ["PendingRegistration", "Registration"]
 
@@ -560,6 +566,11 @@ class Registration(Service):
         if ctx.dpop:
             try:
                 proof = self._dpop.check(ctx.dpop, htm=ctx.method, htu=ctx.url, now=now)
+            except DPoPNonceRequired as exc:  # RFC 9449 section 8: retry with this nonce
+                raise deny(
+                    UseDPoPNonce(reason=exc.reason, dpop_nonce=exc.nonce),
+                    replace(base, detail=f"registration DPoP proof refused: {exc.reason}"),
+                ) from None
             except BindingError as exc:
                 raise deny(
                     InvalidDPoPProof("invalid DPoP proof", reason=exc.reason),

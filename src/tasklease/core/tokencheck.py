@@ -46,6 +46,7 @@ from tasklease.core.validation import TokenRejected
 from tasklease.rules import scopes as scope_rules
 from tasklease.rules.binding import (
     BindingError,
+    DPoPNonceRequired,
     DPoPProofError,
     DPoPVerifier,
     MalformedAuthorization,
@@ -75,6 +76,8 @@ def _challenge(scheme: str, rejected: TokenRejected) -> tuple[str, str]:
     """The ``WWW-Authenticate`` error for a presented token that failed: a DPoP proof
     that failed is ``invalid_dpop_proof`` (RFC 9449 section 7.1), anything else about
     the token ``invalid_token`` (RFC 6750 section 3.1), in the scheme it came with."""
+    if scheme == "DPoP" and rejected.dpop_nonce:
+        return scheme, "use_dpop_nonce"  # RFC 9449 section 9
     if scheme == "DPoP" and rejected.dpop_proof:
         return scheme, "invalid_dpop_proof"
     return scheme, "invalid_token"
@@ -84,11 +87,20 @@ class TokenCheck(Service):
     """Validates and authenticates presented tokens. Thread-safe; one per broker."""
 
     def __init__(
-        self, kernel: Kernel, keys: SigningKeys, dpop: DPoPVerifier, freshness: Freshness
+        self,
+        kernel: Kernel,
+        keys: SigningKeys,
+        dpop: DPoPVerifier,
+        freshness: Freshness,
+        *,
+        forwarded: DPoPVerifier | None = None,
     ) -> None:
         super().__init__(kernel)
         self._keys = keys
         self._dpop = dpop
+        # Proofs a resource server forwards to validate were made for its own URI: the
+        # broker's nonces (if required) are not asked of them.
+        self._forwarded = dpop if forwarded is None else forwarded
         self._fresh = freshness
 
     def validate(
@@ -115,7 +127,7 @@ class TokenCheck(Service):
         started = time.perf_counter()
         try:
             claims = self.verify(token, (KIND_AGENT,), audience=audience)
-            self._check_binding(claims, token, presented or Presentation())
+            self._check_binding(claims, token, presented or Presentation(), self._forwarded)
             assure(self._kernel, claims, ctx or RequestContext(), audit_denial=True)
             return claims
         except TokenRejected as exc:
@@ -153,14 +165,27 @@ class TokenCheck(Service):
             claims, audience=audience, any_audience=any_audience
         )
 
-    def _check_binding(self, claims: Claims, token: str, presented: Presentation) -> None:
+    def _check_binding(
+        self,
+        claims: Claims,
+        token: str,
+        presented: Presentation,
+        dpop: DPoPVerifier | None = None,
+    ) -> None:
         try:
             check_binding(
-                claims.raw.get("cnf"), token, presented, dpop=self._dpop, now=self._kernel.now()
+                claims.raw.get("cnf"),
+                token,
+                presented,
+                dpop=self._dpop if dpop is None else dpop,
+                now=self._kernel.now(),
             )
         except BindingError as exc:
             raise TokenRejected(
-                exc.reason, "binding", dpop_proof=isinstance(exc, DPoPProofError)
+                exc.reason,
+                "binding",
+                dpop_proof=isinstance(exc, DPoPProofError),
+                dpop_nonce=exc.nonce if isinstance(exc, DPoPNonceRequired) else "",
             ) from None
 
     def authenticate(
@@ -230,6 +255,7 @@ class TokenCheck(Service):
                     "token verification failed",
                     reason=exc.reason,
                     challenge=_challenge(scheme, exc),
+                    dpop_nonce=exc.dpop_nonce or None,
                 ),
                 replace(base, detail=f"token verification failed: {exc.reason} | path={ctx.path}"),
             ) from None

@@ -29,12 +29,16 @@ __all__ = ["TokenRejected", "Validator"]
 class TokenRejected(Exception):
     """A token failed validation. ``reason`` is internal; never show it to the caller."""
 
-    def __init__(self, reason: str, category: str, *, dpop_proof: bool = False) -> None:
+    def __init__(
+        self, reason: str, category: str, *, dpop_proof: bool = False, dpop_nonce: str = ""
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.category = category
-        # The failure was the request's DPoP proof, not the token (RFC 9449 section 7.1).
+        # The failure was the request's DPoP proof, not the token (RFC 9449 section 7.1);
+        # dpop_nonce: it lacked a current server nonce, and this is a fresh one.
         self.dpop_proof = dpop_proof
+        self.dpop_nonce = dpop_nonce
 
 
 class Validator:

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tasklease.core.broker import Broker, RequestContext
+from tasklease.core.errors import TaskleaseError
 from tasklease.core.mutual import HandshakeResult
 from tasklease.core.tokens import KIND_AGENT, Claims, token_type_of
 from tasklease.http import wire
@@ -120,11 +121,18 @@ def agent_routes(
     async def resume(request: Request) -> Response:
         req = await read_body(request, wire.ResumeRequest)
         ctx = context(request)
-        issued = await run_in_threadpool(
-            lambda: broker.resume(
-                agent_id=req.agent_id, nonce=req.nonce, signature=req.signature, ctx=ctx
+        try:
+            issued = await run_in_threadpool(
+                lambda: broker.resume(
+                    agent_id=req.agent_id, nonce=req.nonce, signature=req.signature, ctx=ctx
+                )
             )
-        )
+        except TaskleaseError as exc:
+            # A resumption answers every failure alike; a DPoP client gets the current
+            # nonce either way, so that a missing one is no oracle (RFC 9449 section 8).
+            if ctx.dpop and broker.config.dpop_nonce == "required":
+                exc.dpop_nonce = broker.dpop_nonces.issue(broker.clock.now())
+            raise
         return json_response(
             wire.RegisterResponse(
                 agent_id=issued.claims.sub,

@@ -111,6 +111,8 @@ def problem_response_parts(
         # Every 401 (RFC 9110 section 11.6.1), and every refusal of a presented token,
         # 403 insufficient_scope included (RFC 6750 section 3).
         headers["WWW-Authenticate"] = www_authenticate(exc.challenge, exc.required_scope)
+    if exc.dpop_nonce is not None:
+        headers["DPoP-Nonce"] = exc.dpop_nonce  # RFC 9449 sections 8 and 9
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     elif status == 503:

@@ -38,11 +38,13 @@ from tasklease.rules import jws
 __all__ = [
     "DPOP_PROOF_TYPE",
     "BindingError",
+    "DPoPNonceRequired",
     "DPoPProof",
     "DPoPProofError",
     "DPoPVerifier",
     "MalformedAuthorization",
     "MemoryProofLedger",
+    "NonceSource",
     "Presentation",
     "ProofLedger",
     "access_token_hash",
@@ -195,6 +197,27 @@ def normalize_htu(uri: object) -> str | None:
     return f"{scheme}://{netloc}{parts.path or '/'}"
 
 
+class DPoPNonceRequired(DPoPProofError):
+    """The proof lacks a current nonce the server provided (RFC 9449 ``use_dpop_nonce``);
+    ``nonce`` is a fresh one for the client to retry with (the ``DPoP-Nonce`` header)."""
+
+    def __init__(self, reason: str, nonce: str) -> None:
+        super().__init__(reason)
+        self.nonce = nonce
+
+
+class NonceSource(Protocol):
+    """Server-provided DPoP nonces (RFC 9449 sections 8 and 9): issued, then checked."""
+
+    def issue(self, now: float) -> str:
+        """A nonce for proofs made from ``now`` on."""
+        ...
+
+    def check(self, nonce: str, now: float) -> bool:
+        """True when ``nonce`` is one of ours and still current at ``now``."""
+        ...
+
+
 class DPoPProof(NamedTuple):
     """A DPoP proof that passed every check but the replay check.
 
@@ -259,14 +282,20 @@ class DPoPVerifier:
 
     ``window``: seconds a proof's ``iat`` may differ from now; ``ledger``: where proofs
     already presented are remembered (default: this process's, of at most ``capacity``
-    entries).
+    entries); ``nonces``: when given, every proof must carry a current nonce from it.
     """
 
     def __init__(
-        self, window: int, *, capacity: int = 1_000_000, ledger: ProofLedger | None = None
+        self,
+        window: int,
+        *,
+        capacity: int = 1_000_000,
+        ledger: ProofLedger | None = None,
+        nonces: NonceSource | None = None,
     ) -> None:
         self.window = window
         self.ledger: ProofLedger = ledger if ledger is not None else MemoryProofLedger(capacity)
+        self.nonces = nonces
 
     def __len__(self) -> int:
         return len(self.ledger) if isinstance(self.ledger, Sized) else 0
@@ -308,8 +337,9 @@ class DPoPVerifier:
         ``jwk`` and nothing else in the header, the signature, then the claims: ``htm``
         equal to the request method, ``htu`` equal to the request URI (no query), ``iat``
         within ``window`` seconds of now, ``ath`` equal to the access token's hash when one
-        is presented (and absent otherwise). The proof is to be remembered until its
-        ``iat`` leaves the window.
+        is presented (and absent otherwise), and, with ``nonces``, a current ``nonce``
+        (:class:`DPoPNonceRequired` otherwise, carrying a fresh one). The proof is to be
+        remembered until its ``iat`` leaves the window.
 
         Raises:
             DPoPProofError: with the precise reason.
@@ -342,6 +372,12 @@ class DPoPVerifier:
             ath.encode(), access_token_hash(access_token).encode()
         ):
             raise DPoPProofError("DPoP proof ath does not match the access token")
+        if self.nonces is not None:  # RFC 9449 section 4.3 point 10
+            nonce = claims.get("nonce")
+            if type(nonce) is not str or not self.nonces.check(nonce, now):
+                raise DPoPNonceRequired(
+                    "DPoP proof without a current server nonce", self.nonces.issue(now)
+                )
         jkt = jws.jwk_thumbprint(raw_key)
         key = hashlib.sha256(f"{jkt}:{jti}".encode()).hexdigest()
         return DPoPProof(jkt, key, iat + self.window)

@@ -379,11 +379,20 @@ OPERATIONS = (
                 "padded standard base64 of the right length, a nonce not 64 hex characters)",
             ),
             Failure(
+                "invalid_dpop_proof",
+                "the `DPoP` proof is invalid or replayed (RFC 9449 section 5)",
+            ),
+            Failure(
+                "use_dpop_nonce",
+                "`dpop_nonce` is `required` and the proof lacks a current nonce: retry with "
+                "the `DPoP-Nonce` header's value (RFC 9449 section 8)",
+            ),
+            Failure(
                 "unauthorized",
                 "the launch token is unknown, expired or already consumed; the nonce is "
-                "unknown, expired or already used; the signature does not verify; the "
-                "DPoP proof is invalid or replayed; or the attestation is refused (`detail` "
-                "`attestation refused`, the reason in the audit log under `denial_id`)",
+                "unknown, expired or already used; the signature does not verify; or the "
+                "attestation is refused (`detail` `attestation refused`, the reason in the "
+                "audit log under `denial_id`)",
             ),
             Failure(
                 "scope_violation",
