@@ -14,5 +14,6 @@ dependencies. Pure functions: time comes in as ``now``.
 ``rules.binding``      holder binding: certificate (RFC 8705) and DPoP (RFC 9449) proofs
 ``rules.messages``     the domain-separated messages agents sign for the broker
 ``rules.bundle``       SPIFFE trust bundles (federation): parse strictly, serialize
+``rules.wimse``        WIMSE workload identity and proof tokens (WIT, WPT): make and verify
 =====================  =========================================================================
 """
