@@ -493,6 +493,17 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     call("POST", "/v1/admin/tenants", token=admin, json=taken, expect=409)
     call("POST", "/v1/admin/tenants", token=admin, json={"name": "default"}, expect=400)
     call("GET", "/v1/admin/tenants", token=admin, expect=200)
+    # RFC 8414 metadata: the default tenant's, and a tenant's where section 3.1 puts it.
+    for well_known in (
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ):
+        meta = call("GET", well_known, expect=200)
+        assert meta["issuer"] == "tasklease" and meta["token_endpoint"].endswith("/v1/oauth/token")
+        inserted = f"{well_known}/t/{{tenant}}"
+        acme = call("GET", inserted, path=f"{well_known}/t/acme", expect=200)
+        assert acme["issuer"] == "tasklease/t/acme"
+        call("GET", inserted, path=f"{well_known}/t/nobody", expect=404)
     call(
         "DELETE", "/v1/admin/tenants/{name}", path="/v1/admin/tenants/acme", token=admin, expect=200
     )
@@ -538,6 +549,15 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     call("POST", "/v1/oauth/token", data={**narrowing, "scope": "write:data:x"}, expect=400)
     call("POST", "/v1/oauth/token", data={**narrowing, "grant_type": "password"}, expect=400)
     call("POST", "/v1/oauth/token", json={**narrowing, "subject_token": "x.y.z"}, expect=400)
+    # RFC 6749 section 4.4: an app's client credentials, in the body or as HTTP Basic.
+    cc = {"grant_type": "client_credentials"}
+    pair = (app["client_id"], app["client_secret"])
+    call("POST", "/v1/oauth/token", data={**cc, "scope": "read:data:x"}, auth=pair, expect=400)
+    issued = call("POST", "/v1/oauth/token", data={**cc, **creds}, expect=200)
+    assert issued["token_type"] == "Bearer" and "app:launch-tokens:*" in issued["scope"]
+    wrong = (app["client_id"], "wrong")  # the app sign-in limit's third attempt
+    refused = call("POST", "/v1/oauth/token", data=cc, auth=wrong, expect=401)
+    assert refused["error"] == "invalid_client"
 
     revoke = {"level": "agent", "target": second["agent_id"]}
     call("POST", "/v1/revoke", token=admin, json=revoke, expect=200)

@@ -173,10 +173,6 @@ def exchange_routes(
     async def client_credentials(
         request: Request, req: wire.TokenExchangeRequest, ctx: RequestContext
     ) -> Response:
-        key = request.client.host if request.client else "unknown"
-        if not limiter.allow(key):
-            broker.metrics.rate_limited.labels(request.url.path).inc()
-            raise RateLimited(retry_after=limiter.retry_after())
         client_id, secret = _app_credentials(request, req)
         if req.scope:
             extra = [s for s in req.scope.split(" ") if s and s not in APP_SCOPES]
@@ -195,6 +191,11 @@ def exchange_routes(
                 "app tokens are not bound to DPoP keys",
                 hint="send client_credentials without a DPoP header; agents bind theirs",
             )
+        # The limit guards the secret's check (argon2id): the cheap refusals come first.
+        key = request.client.host if request.client else "unknown"
+        if not limiter.allow(key):
+            broker.metrics.rate_limited.labels(request.url.path).inc()
+            raise RateLimited(retry_after=limiter.retry_after())
         try:
             issued = await run_in_threadpool(broker.app_auth, client_id, secret, ctx)
         except Unauthorized as exc:

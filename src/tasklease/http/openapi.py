@@ -39,10 +39,13 @@ _CHALLENGE_ERROR = r'(, error="[a-z_]+"(, scope="[\x21\x23-\x5b\x5d-\x7e ]+")?)?
 WWW_AUTHENTICATE = (
     rf'^Bearer realm="tasklease"{_CHALLENGE_ERROR}, '
     rf'DPoP realm="tasklease"{_CHALLENGE_ERROR}, algs="EdDSA"$'
+    r'|^Basic realm="tasklease", charset="UTF-8"$'
 )
 """The pattern of the challenges every 401, and a 403 for want of scope, carry (RFC 6750
 section 3, RFC 9449 section 7.1): both schemes, the error code (and for
-``insufficient_scope`` the scope) in the scheme the failed credential came with."""
+``insufficient_scope`` the scope) in the scheme the failed credential came with. The
+token endpoint answers an app that tried HTTP Basic with a ``Basic`` challenge instead
+(RFC 6749 section 5.2, ``invalid_client``)."""
 
 
 def _ref(name: str) -> Schema:
@@ -267,7 +270,9 @@ def _build() -> dict[str, Any]:
                     "challenge of its scheme: `invalid_token`, `invalid_request` (a malformed "
                     "header), `invalid_dpop_proof`, `use_dpop_nonce`, or `insufficient_scope` "
                     "with the `scope` needed (on 403). Without a credential, no `error`: "
-                    '`Bearer realm="tasklease", DPoP realm="tasklease", algs="EdDSA"`.',
+                    '`Bearer realm="tasklease", DPoP realm="tasklease", algs="EdDSA"`. The '
+                    "token endpoint answers an app's failed HTTP Basic client authentication "
+                    'with `Basic realm="tasklease", charset="UTF-8"` (RFC 6749 section 5.2).',
                     "schema": {"type": "string", "pattern": WWW_AUTHENTICATE},
                 },
                 "RetryAfter": {
