@@ -177,7 +177,7 @@ def test_plaintext_keys_need_the_explicit_setting_and_keys_encrypt_migrates_them
     encrypted = cli("keys", "encrypt", "--data-dir", str(data), cwd=tmp_path)
     assert encrypted.returncode == 0, encrypted.stderr
     said = " ".join(encrypted.stdout.split())
-    assert "Encrypted 1 signing key(s)" in said
+    assert "Encrypted 2 signing key(s)" in said  # the token key and the audit log's
     assert f"Key passphrase (KEK) written to {data / 'key-passphrase'}" in said
     assert all(p.read_bytes().startswith(ENCRYPTED_HEADER) for p in key_files(data / "keys"))
     again = cli("keys", "encrypt", "--data-dir", str(data), cwd=tmp_path)
@@ -246,10 +246,12 @@ def test_a_broker_on_softhsm_registers_agents_and_rotates(
     (path,) = key_files(data / "keys")
     assert path.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
     assert not (data / "key-passphrase").exists()
-    (protection,) = softhsm.protection(label).values()
-    assert protection["EXTRACTABLE"] is False
-    assert protection["SENSITIVE"] is True
-    assert protection["NEVER_EXTRACTABLE"] is True
+    # Two token keys: the signing key and the audit log's key (docs/audit.md).
+    assert len(softhsm.protection(label)) == 2
+    for protection in softhsm.protection(label).values():
+        assert protection["EXTRACTABLE"] is False
+        assert protection["SENSITIVE"] is True
+        assert protection["NEVER_EXTRACTABLE"] is True
 
     # Rotation: a new token key; the second process sharing the directory adopts it.
     two = _start(brokers, data, env)
@@ -257,7 +259,7 @@ def test_a_broker_on_softhsm_registers_agents_and_rotates(
     assert rotated.status_code == 200, rotated.text
     new_kid = rotated.json()["kid"]
     _wait_for_kid(two, new_kid)
-    assert len(softhsm.protection(label)) == 2
+    assert len(softhsm.protection(label)) == 3
     later = two.register(["read:data:*"])
     assert jwt_parts(later.access_token)[0]["kid"] == new_kid
     jwks = _jwks(one)
@@ -288,4 +290,4 @@ def test_init_with_pkcs11_writes_its_settings(softhsm: SoftHSM, tmp_path: Path) 
     assert 'key_provider = "pkcs11"' in config
     assert f"pkcs11_token_label = {json.dumps(softhsm.token_label)}" in config
     assert f"pkcs11_pin_file = {json.dumps(str(pin_file))}" in config
-    assert len(softhsm.protection(label)) == 1
+    assert len(softhsm.protection(label)) == 2  # the signing key and the audit log's

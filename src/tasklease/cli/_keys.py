@@ -140,6 +140,7 @@ def keys_encrypt(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     <data-dir>/key-passphrase (0600). Each key keeps its file name and kid; tokens it
     signed stay valid. Then remove key_provider = "plaintext" from the configuration.
     """
+    from tasklease.core.transparency import LOG_KEY_DIR
     from tasklease.keystore import (
         EncryptedFileKeyProvider,
         KeyStoreError,
@@ -159,6 +160,9 @@ def keys_encrypt(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
         if not isinstance(provider, EncryptedFileKeyProvider):  # pragma: no cover
             fail("internal error: not the file key provider")
         kids = encrypt_directory(key_dir, provider)
+        # The audit log's key lives beside them, kept by the same provider (docs/audit.md).
+        if (key_dir / LOG_KEY_DIR).is_dir():
+            kids += encrypt_directory(key_dir / LOG_KEY_DIR, provider)
     except (KeyStoreError, OSError) as exc:
         fail(str(exc), EXIT_USAGE)
     if provider.new_passphrase_file is not None:
