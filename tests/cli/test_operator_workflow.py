@@ -226,3 +226,38 @@ def test_make_help_lists_the_targets() -> None:
     assert shown.returncode == 0, shown.stderr
     for target in ("run", "test", "unit", "lint", "typecheck", "help"):
         assert f"  {target} " in shown.stdout
+
+
+def test_every_listing_takes_an_output_format(broker: BrokerForTests, tmp_path: Path) -> None:
+    made = run(
+        "app",
+        "register",
+        "listed-app",
+        "--scope",
+        "read:data:*",
+        "--json",
+        home=tmp_path,
+        broker=broker,
+    )
+    assert made.returncode == 0, made.stderr
+    for command in (
+        ("app", "list"),
+        ("operator", "list"),
+        ("tenant", "list"),
+        ("federation", "list"),
+        ("revocation", "list"),
+        ("launch-token", "list"),
+        ("agents", "list"),
+        ("audit", "events"),
+    ):
+        as_json = run(*command, "-o", "json", home=tmp_path, broker=broker)
+        assert as_json.returncode == 0, (command, as_json.stderr)
+        document = json.loads(as_json.stdout)
+        assert isinstance(document, list), command
+        as_yaml = run(*command, "-o", "yaml", home=tmp_path, broker=broker)
+        loaded = yaml.safe_load(as_yaml.stdout)
+        assert isinstance(loaded, list), command
+        if command[0] != "audit":  # each audit call signs in: one more event each time
+            assert loaded == document, command
+    apps = json.loads(run("app", "list", "-o", "json", home=tmp_path, broker=broker).stdout)
+    assert "listed-app" in [a["name"] for a in apps]

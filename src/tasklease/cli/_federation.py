@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from tasklease.cli._common import (
     EXIT_CODES_HELP,
@@ -27,6 +26,7 @@ from tasklease.cli._common import (
     out,
     print_json,
 )
+from tasklease.cli._output import OutputOpt, emit, field
 
 __all__ = ["federation_app", "register"]
 
@@ -201,6 +201,7 @@ def federation_add(
 @federation_app.command("list")
 def federation_list(
     as_json: JsonOpt = False,
+    output: OutputOpt = None,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
@@ -212,18 +213,16 @@ def federation_list(
         for federation in federations:
             print_json(federation)
         return
-    table = Table("trust domain", "bundle", "status", "sequence", "keys", "fetched", "error")
-    for f in federations:
-        table.add_row(
-            escape(str(f.get("trust_domain"))),
-            escape(str(f.get("bundle_endpoint_url") or "static")),
-            escape(str(f.get("status"))),
-            escape(str(f.get("sequence"))),
-            escape(str(len(f.get("kids") or []))),
-            escape(str(f.get("fetched_at") or "-")),
-            escape(str(f.get("last_error") or "")),
-        )
-    out.print(table)
+    columns = [
+        ("trust_domain", "trust domain", field("trust_domain")),
+        ("bundle_endpoint_url", "bundle", lambda f: str(f.get("bundle_endpoint_url") or "static")),
+        ("status", "status", field("status")),
+        ("sequence", "sequence", field("sequence")),
+        ("kids", "keys", lambda f: str(len(f.get("kids") or []))),
+        ("fetched_at", "fetched", lambda f: str(f.get("fetched_at") or "-")),
+        ("last_error", "error", field("last_error")),
+    ]
+    emit(federations, columns, output)
 
 
 @federation_app.command("show")

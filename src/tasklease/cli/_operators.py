@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from tasklease.cli._common import (
     EXIT_CODES_HELP,
@@ -24,6 +23,7 @@ from tasklease.cli._common import (
     print_json,
     read_public_key,
 )
+from tasklease.cli._output import OutputOpt, emit, field
 
 __all__ = ["operator_app", "register"]
 
@@ -83,6 +83,7 @@ def operator_add(
 @operator_app.command("list")
 def operator_list(
     as_json: JsonOpt = False,
+    output: OutputOpt = None,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
@@ -94,23 +95,19 @@ def operator_list(
         for operator in operators:
             print_json(operator)
         return
-    table = Table("name", "role", "credential", "status", "created", "by", "changed")
-    for o in operators:
-        table.add_row(
-            *(
-                escape(str(o.get(field, "")))
-                for field in (
-                    "name",
-                    "role",
-                    "credential",
-                    "status",
-                    "created_at",
-                    "created_by",
-                    "updated_at",
-                )
-            )
+    columns = [
+        (key, header, field(key))
+        for key, header in (
+            ("name", "name"),
+            ("role", "role"),
+            ("credential", "credential"),
+            ("status", "status"),
+            ("created_at", "created"),
+            ("created_by", "by"),
+            ("updated_at", "changed"),
         )
-    out.print(table)
+    ]
+    emit(operators, columns, output)
 
 
 @operator_app.command("remove")

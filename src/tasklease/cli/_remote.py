@@ -21,6 +21,7 @@ from tasklease.cli._common import (
     out,
     print_json,
 )
+from tasklease.cli._output import OutputOpt, emit, field
 
 __all__ = ["app_app", "keys_app", "launch_token_app", "register"]
 
@@ -40,21 +41,6 @@ ScopeOpt = Annotated[
     list[str],
     typer.Option("--scope", "-s", help="A scope action:resource:identifier (repeat for more)."),
 ]
-
-
-def _apps_table(apps: list[dict[str, Any]]) -> Table:
-    table = Table("app_id", "name", "client_id", "scopes", "token ttl", "status", "created")
-    for a in apps:
-        table.add_row(
-            str(a.get("app_id", "")),
-            str(a.get("name", "")),
-            str(a.get("client_id", "")),
-            " ".join(a.get("scopes") or []),
-            f"{a.get('token_ttl', '')} s",
-            str(a.get("status", "")),
-            str(a.get("created_at", "")),
-        )
-    return table
 
 
 def _show_app(app: dict[str, Any], as_json: bool) -> None:
@@ -91,6 +77,7 @@ def app_register(
 @app_app.command("list")
 def app_list(
     as_json: JsonOpt = False,
+    output: OutputOpt = None,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
@@ -101,8 +88,17 @@ def app_list(
     if as_json:
         for app in apps:
             print_json(app)
-    else:
-        out.print(_apps_table(apps))
+        return
+    columns = [
+        ("app_id", "app_id", field("app_id")),
+        ("name", "name", field("name")),
+        ("client_id", "client_id", field("client_id")),
+        ("scopes", "scopes", field("scopes")),
+        ("token_ttl", "token ttl", lambda a: f"{a.get('token_ttl', '')} s"),
+        ("status", "status", field("status")),
+        ("created_at", "created", field("created_at")),
+    ]
+    emit(apps, columns, output)
 
 
 @app_app.command("show")

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from tasklease.cli._common import (
     EXIT_CODES_HELP,
@@ -26,6 +25,7 @@ from tasklease.cli._common import (
     print_json,
     select_tenant,
 )
+from tasklease.cli._output import OutputOpt, emit, field
 
 __all__ = ["register", "tenant_app"]
 
@@ -82,6 +82,7 @@ def tenant_create(
 @tenant_app.command("list")
 def tenant_list(
     as_json: JsonOpt = False,
+    output: OutputOpt = None,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
@@ -93,11 +94,18 @@ def tenant_list(
         for tenant in tenants:
             print_json(tenant)
         return
-    table = Table("name", "trust domain", "status", "created", "by", "issuer")
-    for t in tenants:
-        fields = ("name", "trust_domain", "status", "created_at", "created_by", "issuer")
-        table.add_row(*(escape(str(t.get(field, ""))) for field in fields))
-    out.print(table)
+    columns = [
+        (key, header, field(key))
+        for key, header in (
+            ("name", "name"),
+            ("trust_domain", "trust domain"),
+            ("status", "status"),
+            ("created_at", "created"),
+            ("created_by", "by"),
+            ("issuer", "issuer"),
+        )
+    ]
+    emit(tenants, columns, output)
 
 
 @tenant_app.command("remove")
