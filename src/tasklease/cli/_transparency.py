@@ -32,8 +32,7 @@ from tasklease.cli._common import (
 from tasklease.client import AdminClient
 from tasklease.core.auditformat import ChainReport, verify_chain
 from tasklease.core.store import AuditEvent, Store
-from tasklease.rules.auditchain import event_leaf
-from tasklease.rules.merkle import CompactRange
+from tasklease.rules.merkle import CompactRange, leaf_hash
 from tasklease.verify import (
     AuditProofError,
     Checkpoint,
@@ -297,8 +296,12 @@ def verify_database(
     wanted = {tree.size if tree else 0, checkpoint.size if checkpoint else 0}
 
     def leaves(events: Iterator[AuditEvent]) -> Iterator[AuditEvent]:
+        append = compact.append
         for event in events:
-            compact.append(event_leaf(event.hash))
+            try:
+                append(leaf_hash(bytes.fromhex(event.hash)))
+            except ValueError:  # not hex: the chain walk names this event broken
+                append(leaf_hash(event.hash.encode()))
             if compact.size in wanted:
                 roots[compact.size] = compact.root()
             yield event
