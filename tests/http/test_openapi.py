@@ -565,6 +565,8 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
 
     call("GET", "/v1/audit/events", path="/v1/audit/events?limit=3", token=admin, expect=200)
     call("GET", "/v1/audit/events", path="/v1/audit/events?limit=x", token=admin, expect=400)
+    nope = "/v1/audit/events?outcome=nope"
+    call("GET", "/v1/audit/events", path=nope, token=admin, expect=400)
 
     # The transparent audit log (docs/audit.md): nothing is final before a checkpoint.
     call("GET", "/v1/audit/checkpoint", token=admin, expect=404)

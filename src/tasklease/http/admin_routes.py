@@ -42,6 +42,14 @@ def _parse_time(value: str | None, name: str) -> float | None:
     return parsed.timestamp()
 
 
+def _outcome(value: str | None) -> str | None:
+    if not value:
+        return None
+    if value not in ("success", "denied"):
+        raise InvalidRequest("outcome must be success or denied")
+    return value
+
+
 def _parse_int(value: str | None, name: str, default: int) -> int:
     if value is None or value == "":
         return default
@@ -99,7 +107,7 @@ def admin_routes(
             agent_id=q.get("agent_id") or None,
             task_id=q.get("task_id") or None,
             event_type=q.get("event_type") or None,
-            outcome=q.get("outcome") or None,
+            outcome=_outcome(q.get("outcome")),
             principal_ref=q.get("principal_ref") or None,
             since=_parse_time(q.get("since"), "since"),
             until=_parse_time(q.get("until"), "until"),

@@ -394,9 +394,6 @@ def console_routes(
         back = _local(form.get("back", ""), base(request))
         return RedirectResponse(back, 303)
 
-    async def home(request: Request) -> Response:
-        return RedirectResponse(f"{base(request)}/", 308)
-
     routes = [
         Route("/", guarded(overview), methods=["GET"]),
         Route("/live/overview", guarded(overview_live), methods=["GET"]),
@@ -417,7 +414,8 @@ def console_routes(
         Route("/revoke", guarded(revoke, _REVOKE), methods=["POST"]),
         static_route(),
     ]
-    return [Route("/console", home, methods=["GET"]), Mount("/console", routes=routes)]
+    # ``/console`` itself is redirected to ``/console/`` by the router (redirect_slashes).
+    return [Mount("/console", routes=routes)]
 
 
 _PLAIN_HTTP = (

@@ -462,7 +462,8 @@ OPERATIONS = (
         errors=(
             Failure(
                 "invalid_request",
-                "`limit` or `offset` is not an integer, or `since`/`until` is not an "
+                "`limit` or `offset` is not an integer, `outcome` is not `success` or "
+                "`denied`, or `since`/`until` is not an "
                 "RFC 3339 time with a time zone",
             ),
         ),
