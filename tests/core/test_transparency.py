@@ -198,3 +198,44 @@ def test_witness_configuration_is_checked(make_broker: Any) -> None:
         make_broker(audit_witnesses=(f"http://w {key}",), audit_witness_quorum=2)
     with pytest.raises(ValueError, match="audit_log_origin"):
         make_broker(audit_log_origin="has space")
+
+
+def test_each_tenant_has_its_own_log(make_broker: Any) -> None:
+    from tasklease.storage import MemoryStore
+
+    store = MemoryStore()
+    default = make_broker(store=store)
+    acme = make_broker(store=store.for_tenant("acme"), issuer="tasklease/t/acme")
+    events(default, 3)
+    events(acme, 5)
+    mine = parse_checkpoint(parse_note(default.transparency.sign_if_due(force=True).note).text)
+    theirs = parse_checkpoint(parse_note(acme.transparency.sign_if_due(force=True).note).text)
+    assert (mine.origin, mine.size) == ("tasklease/audit", 3)
+    assert (theirs.origin, theirs.size) == ("tasklease/t/acme/audit", 5)
+    assert mine.root != theirs.root
+    # An origin set explicitly is the default tenant's; a tenant's is beneath it.
+    named = make_broker(store=store.for_tenant("beta"), audit_log_origin="broker.example/log")
+    assert named.transparency.origin == "broker.example/log/t/beta"
+    verify_note(parse_note(acme.transparency.checkpoint().note), acme.transparency.log_keys())
+    with pytest.raises(NoteError):  # each tenant's log key is its own
+        verify_note(
+            parse_note(acme.transparency.checkpoint().note), default.transparency.log_keys()
+        )
+
+
+def test_with_no_quorum_a_checkpoint_is_final_at_once_and_cosigned_later(
+    make_broker: Any,
+) -> None:
+    logs: dict[str, list[VerifierKey]] = {}
+    witness = LocalWitness("w.example", logs)
+    broker = make_broker(audit_witnesses=(witness.entry,), audit_witness_quorum=0)
+    logs["tasklease/audit"] = broker.transparency.log_keys()
+    events(broker, 3)
+    broker.transparency.sign_if_due(force=True)
+    first = parse_note(broker.transparency.checkpoint().note)
+    assert verify_cosignature(first, witness.key) is None
+    assert broker.transparency.publish(witness) is not None
+    later = parse_note(broker.transparency.checkpoint().note)
+    assert later.text == first.text
+    assert verify_cosignature(later, witness.key) == 1_800_000_000
+    assert broker.transparency.publish(witness) is None  # nothing new to take
