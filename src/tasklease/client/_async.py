@@ -34,7 +34,7 @@ from tasklease.client._flows import (
 from tasklease.client._holder import CertArg, DPoPKey, bind_flow, dpop_key, ssl_context
 from tasklease.client._oauth import AsyncResourceAuth, ResourceToken, exchange_flow
 from tasklease.client._retry import DEFAULT_RETRY, Retry
-from tasklease.client._sync import _BearerAuth, _headers
+from tasklease.client._transport import BearerAuth, auth_headers
 from tasklease.client._trust import (
     Exchange,
     Handshake,
@@ -62,7 +62,7 @@ async def arun_flow(
 ) -> T:
     """Drive a sans-I/O flow through ``client``; network failures become TransportError.
 
-    Retries as :func:`tasklease.client._sync.run_flow` does.
+    Retries as :func:`tasklease.client._transport.run_flow` does.
     """
     try:
         request = next(flow)
@@ -147,7 +147,7 @@ class AsyncDelegatedToken:
 
     @property
     def auth(self) -> httpx.Auth:
-        return dual(_BearerAuth)(self.token)
+        return dual(BearerAuth)(self.token)
 
     async def delegate(
         self, delegate_to: str, scope: Sequence[str], ttl: int | None = None
@@ -328,7 +328,7 @@ class AsyncAgent:
 
     def auth_headers(self, method: str, url: str) -> dict[str, str]:
         """As :meth:`tasklease.client.Agent.auth_headers`."""
-        return _headers(self._credential.dpop, self._credential.token, method, url)
+        return auth_headers(self._credential.dpop, self._credential.token, method, url)
 
     @property
     def auth(self) -> httpx.Auth:

@@ -1,0 +1,157 @@
+"""What the synchronous client runs on: driving a flow over httpx (with retries), the
+bearer auth of a fixed token, the delegated token, and the HTTP client an agent owns."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import TypeVar
+
+import httpx
+
+from tasklease.client._compat import dual
+from tasklease.client._errors import TransportError
+from tasklease.client._flows import Clock, Delegation, Flow, delegate_flow, release_flow
+from tasklease.client._holder import CertArg, DPoPKey, ssl_context
+from tasklease.client._retry import DEFAULT_RETRY, Retry
+
+__all__ = ["BearerAuth", "DelegatedToken", "auth_headers", "http_client", "run_flow"]
+
+T = TypeVar("T")
+
+
+def run_flow(
+    client: httpx.Client,
+    flow: Flow[T],
+    *,
+    retry: Retry = DEFAULT_RETRY,
+    rebind: Callable[[httpx.Request], httpx.Request] | None = None,
+) -> T:
+    """Drive a sans-I/O flow through ``client``; network failures become TransportError.
+
+    A 429 or 503, or a connection never made, is tried again as ``retry`` says (with a
+    fresh DPoP proof from ``rebind`` when the request carries one).
+    """
+    try:
+        request = next(flow)
+        while True:
+            request.extensions.setdefault("timeout", client.timeout.as_dict())
+            attempt = 0
+            while True:
+                try:
+                    response = client.send(request)  # reads the body and closes the stream
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    attempt += 1
+                    wait = retry.wait(attempt)
+                    if wait is None:
+                        raise TransportError(f"cannot reach the broker: {exc}") from exc
+                except httpx.TransportError as exc:
+                    raise TransportError(f"cannot reach the broker: {exc}") from exc
+                else:
+                    attempt += 1
+                    wait = retry.wait(attempt, response)
+                    # A DPoP proof is single use: resent only with a fresh one.
+                    if wait is None or (rebind is None and "dpop" in request.headers):
+                        break
+                time.sleep(wait)
+                if rebind is not None and "dpop" in request.headers:
+                    request = rebind(request)
+            request = flow.send(response)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+
+
+def auth_headers(dpop: DPoPKey | None, token: str, method: str, url: str) -> dict[str, str]:
+    if dpop is None:
+        return {"Authorization": f"Bearer {token}"}
+    return {"Authorization": f"DPoP {token}", "DPoP": dpop.proof(method, url, token)}
+
+
+class BearerAuth(httpx.Auth):
+    """Attach a fixed bearer token (a delegated token: it is not renewed)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        yield request
+
+
+class DelegatedToken:
+    """A token another agent handed to ``agent_id`` through :meth:`Agent.delegate`.
+
+    ``token`` works as a bearer token (``bearer_header``, ``auth``) until ``expires_at``;
+    it is not renewed. It can be delegated further (narrowing again) and released.
+    """
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        base_url: str,
+        delegation: Delegation,
+        agent_id: str,
+        scope: Sequence[str],
+        clock: Clock,
+    ) -> None:
+        self._client = client
+        self._base_url = base_url
+        self._clock = clock
+        self.token = delegation.token
+        self.agent_id = agent_id
+        self.scope: tuple[str, ...] = tuple(scope)
+        self.expires_at = clock.now() + delegation.expires_in
+        self.delegation_chain = delegation.delegation_chain
+
+    @property
+    def bearer_header(self) -> dict[str, str]:
+        """``{"Authorization": "Bearer <token>"}``."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def auth(self) -> httpx.Auth:
+        """An ``httpx.Auth`` that attaches this token."""
+        return dual(BearerAuth)(self.token)
+
+    def delegate(
+        self, delegate_to: str, scope: Sequence[str], ttl: int | None = None
+    ) -> DelegatedToken:
+        """Delegate a subset of this token's scope on to another registered agent.
+
+        Raises:
+            ScopeViolation: ``scope`` is not within this token's, or the chain is at its
+                maximum depth.
+            NotFound: ``delegate_to`` is not a registered, active agent.
+            Unauthorized: this token is expired or revoked.
+            TransportError: the broker could not be reached.
+        """
+        flow = delegate_flow(self._base_url, self.token, delegate_to, scope, ttl)
+        delegation = run_flow(self._client, flow)
+        return DelegatedToken(
+            self._client, self._base_url, delegation, delegate_to, scope, self._clock
+        )
+
+    def release(self) -> None:
+        """Give this token up (idempotent; an already invalid token counts as released)."""
+        run_flow(self._client, release_flow(self._base_url, self.token))
+
+    def __repr__(self) -> str:
+        return f"DelegatedToken(agent_id={self.agent_id!r}, scope={list(self.scope)!r})"
+
+
+def http_client(
+    client: httpx.Client | None,
+    transport: httpx.BaseTransport | None,
+    timeout: float,
+    cert: CertArg | None,
+    verify: ssl.SSLContext | str | os.PathLike[str] | bool,
+) -> tuple[httpx.Client, bool]:
+    """The client to use and whether the agent owns (closes) it."""
+    if client is not None:
+        return client, False
+    return httpx.Client(
+        transport=transport, timeout=timeout, verify=ssl_context(cert, verify)
+    ), True
