@@ -14,6 +14,9 @@ __all__ = ["CHECKPOINT_TICK", "WitnessClient", "checkpoint_job"]
 
 # How often the checkpoint job looks whether a checkpoint is due (a check in memory).
 CHECKPOINT_TICK = 0.5
+# The most of a witness's answer read: a witness is listed by the operator, but its
+# answer is still input.
+MAX_ANSWER = 65536
 
 _log = logging.getLogger("tasklease.audit")
 
@@ -26,14 +29,18 @@ class WitnessClient:
         self._client = httpx.Client(timeout=timeout, follow_redirects=False)
 
     def __call__(self, url: str, body: bytes) -> PushResult:
-        response = self._client.post(
-            f"{url}/add-checkpoint",
-            content=body,
-            headers={"content-type": "text/plain; charset=utf-8"},
-        )
-        return PushResult(
-            response.status_code, response.headers.get("content-type", ""), response.content
-        )
+        headers = {"content-type": "text/plain; charset=utf-8"}
+        with self._client.stream(
+            "POST", f"{url}/add-checkpoint", content=body, headers=headers
+        ) as response:
+            answer = b""
+            for chunk in response.iter_bytes():
+                answer += chunk
+                if len(answer) > MAX_ANSWER:  # a cosignature line is a hundred bytes
+                    raise OSError(f"the witness's answer is over {MAX_ANSWER} bytes")
+            return PushResult(
+                response.status_code, response.headers.get("content-type", ""), answer
+            )
 
     def close(self) -> None:
         self._client.close()
