@@ -181,7 +181,8 @@ def test_each_role_is_allowed_and_refused_exactly_what_it_says(
     assert answer["role"] == role and answer["scopes"] == list(ROLE_SCOPES[role])
     header, claims = jwt_parts(answer["access_token"])
     assert header["typ"] == "tasklease-admin+jwt"
-    assert claims["sub"] == f"operator:{name}" and claims["scope"].split(" ") == list(ROLE_SCOPES[role])
+    assert claims["sub"] == f"operator:{name}"
+    assert claims["scope"].split(" ") == list(ROLE_SCOPES[role])
     headers = bearer(answer["access_token"])
 
     calls = routes(broker)
@@ -191,7 +192,11 @@ def test_each_role_is_allowed_and_refused_exactly_what_it_says(
         if what in ALLOWED[role]:
             assert resp.status_code < 300, (role, what, resp.text)
             continue
-        assert_problem(resp, 403, "insufficient_scope")
+        if what == "introspect":  # RFC 7662 section 2.3: 401, insufficient_scope named
+            assert_problem(resp, 401, "unauthorized")
+            assert resp.json()["error"] == "insufficient_scope"
+        else:
+            assert_problem(resp, 403, "insufficient_scope")
         event = denial(broker, resp, "scope_violation")
         assert event["agent_id"] == f"operator:{name}", (what, event)
         assert f"by=operator:{name}" in event["detail"], (what, event)
