@@ -64,6 +64,7 @@ def test_metadata_names_each_tenants_issuer_where_rfc_8414_clients_look(
     assert root["token_endpoint_auth_methods_supported"] == [
         "client_secret_basic",
         "client_secret_post",
+        "private_key_jwt",
         "none",
     ]
     assert root["dpop_signing_alg_values_supported"] == ["EdDSA"]
@@ -162,13 +163,15 @@ def test_client_credentials_refusals_are_rfc_6749_errors(
         "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
         "client_assertion": "a.b.c",
     }
-    assert _post(issuer_broker, assertion).json()["error"] == "invalid_client"
+    assert _post(issuer_broker, assertion).json()["error"] == "invalid_client"  # unparsable
     both = _post(issuer_broker, {**cc, "client_secret": app["client_secret"]}, headers=good)
     assert both.status_code == 400 and both.json()["error"] == "invalid_request"
     scope = _post(issuer_broker, {**cc, "scope": "read:data:1"}, headers=good)
     assert scope.status_code == 400 and scope.json()["error"] == "invalid_scope"
     target = _post(issuer_broker, {**cc, "resource": "https://other.example/"}, headers=good)
     assert target.status_code == 400 and target.json()["error"] == "invalid_target"
+    # A DPoP proof binds the app token (tests/http/test_oauth_private_key_jwt.py); a
+    # malformed one is refused, never answered with an unbound token.
     dpop = _post(issuer_broker, cc, headers={**good, "DPoP": "x.y.z"})
     assert dpop.status_code == 400 and dpop.json()["error"] == "invalid_dpop_proof"
     grant = _post(issuer_broker, {"grant_type": "password"}, headers=good)

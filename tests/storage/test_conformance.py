@@ -134,6 +134,19 @@ def test_app_round_trip(store: Store) -> None:
     assert store.get_app_by_client_id("client-missing") is None
 
 
+def test_app_public_key_is_kept_changed_and_removed(store: Store) -> None:
+    key = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"  # base64url of 32 bytes
+    with store.write() as tx:
+        tx.insert_app(make_app(1, public_key=key))
+        tx.insert_app(make_app(2))
+    assert store.get_app_by_client_id("client-1") == make_app(1, public_key=key)
+    assert store.get_app("app-2") == make_app(2)  # none: ""
+    with store.write() as tx:
+        tx.update_app(make_app(2, public_key=key))
+        tx.update_app(make_app(1, public_key=""))
+    assert [a.public_key for a in store.list_apps()] == [key, ""]
+
+
 def test_app_duplicate_name_conflicts(store: Store) -> None:
     with store.write() as tx:
         tx.insert_app(make_app(1))

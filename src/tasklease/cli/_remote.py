@@ -3,6 +3,7 @@ signing keys and status."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -43,6 +44,40 @@ ScopeOpt = Annotated[
 ]
 
 
+PublicKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--public-key",
+        help="A file with the app's Ed25519 public key for private_key_jwt: a JWK, the raw "
+        "key in base64, or a PEM public key.",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+
+
+def _public_key(path: Path | None) -> str | None:
+    """The public key in ``path`` as the broker takes it (PEM is turned into base64)."""
+    if path is None:
+        return None
+    text = path.read_text(encoding="utf-8").strip()
+    if not text.startswith("-----BEGIN"):
+        return text
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(text.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        fail(f"{path}: not a PEM public key")
+    if not isinstance(key, Ed25519PublicKey):
+        fail(f"{path}: not an Ed25519 public key")
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
 def _show_app(app: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(app)
@@ -61,14 +96,16 @@ def app_register(
     token_ttl: Annotated[
         int | None, typer.Option(help="App token lifetime in seconds (60-86400).")
     ] = None,
+    public_key: PublicKeyOpt = None,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
     """Register an app with a scope ceiling. Its client secret is shown once."""
+    key = _public_key(public_key)
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
-        app = admin.register_app(name, scope, token_ttl=token_ttl)
+        app = admin.register_app(name, scope, token_ttl=token_ttl, public_key=key)
     _show_app(app, as_json)
     if not as_json:
         out.print("[yellow]The client_secret is shown only this once: store it now.[/]")
@@ -123,16 +160,23 @@ def app_update(
         typer.Option("--scope", "-s", help="The new scope ceiling (repeat for more)."),
     ] = None,
     token_ttl: Annotated[int | None, typer.Option(help="New app token lifetime (s).")] = None,
+    public_key: PublicKeyOpt = None,
+    no_public_key: Annotated[
+        bool, typer.Option("--no-public-key", help="Remove the app's public key.")
+    ] = False,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
-    """Change an app's scope ceiling and/or token lifetime."""
-    if not scope and token_ttl is None:
-        fail("give --scope and/or --token-ttl")
+    """Change an app's scope ceiling, token lifetime and/or public key."""
+    if public_key is not None and no_public_key:
+        fail("give --public-key or --no-public-key, not both")
+    key = "" if no_public_key else _public_key(public_key)
+    if not scope and token_ttl is None and key is None:
+        fail("give --scope, --token-ttl, --public-key and/or --no-public-key")
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
-        app = admin.update_app(app_id, scopes=scope or None, token_ttl=token_ttl)
+        app = admin.update_app(app_id, scopes=scope or None, token_ttl=token_ttl, public_key=key)
     _show_app(app, as_json)
 
 

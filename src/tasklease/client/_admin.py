@@ -166,12 +166,22 @@ class AdminClient:
     # -- apps -------------------------------------------------------------------------
 
     def register_app(
-        self, name: str, scopes: Sequence[str], *, token_ttl: int | None = None
+        self,
+        name: str,
+        scopes: Sequence[str],
+        *,
+        token_ttl: int | None = None,
+        public_key: str | None = None,
     ) -> dict[str, Any]:
-        """Create an app; the answer holds its ``client_secret``, shown only this once."""
+        """Create an app; the answer holds its ``client_secret``, shown only this once.
+
+        ``public_key`` (an Ed25519 JWK as JSON text, or the raw key in base64) lets the
+        app authenticate with client assertions it signs (``private_key_jwt``)."""
         body: dict[str, Any] = {"name": name, "scopes": list(scopes)}
         if token_ttl is not None:
             body["token_ttl"] = token_ttl
+        if public_key is not None:
+            body["public_key"] = public_key
         return self._json("POST", "/v1/admin/apps", json=body)
 
     def list_apps(self) -> list[dict[str, Any]]:
@@ -188,12 +198,16 @@ class AdminClient:
         *,
         scopes: Sequence[str] | None = None,
         token_ttl: int | None = None,
+        public_key: str | None = None,
     ) -> dict[str, Any]:
+        """Change an app; ``public_key`` ``""`` removes its key."""
         body: dict[str, Any] = {}
         if scopes is not None:
             body["scopes"] = list(scopes)
         if token_ttl is not None:
             body["token_ttl"] = token_ttl
+        if public_key is not None:
+            body["public_key"] = public_key
         return self._json("PUT", f"/v1/admin/apps/{_segment(app_id)}", json=body)
 
     def remove_app(self, app_id: str) -> dict[str, Any]:

@@ -6,15 +6,20 @@ app token launch tokens, and each launch token one agent.
             httpx.get(url, auth=agent.auth)
 
 The app token comes from ``POST /v1/oauth/token`` with ``grant_type=client_credentials``
-(HTTP Basic, RFC 6749 section 2.3.1), on first use and again a minute before it expires or
-once when the broker answers 401, as the ``agentwrit`` SDK's ``AgentWritApp`` does.
+(HTTP Basic, RFC 6749 section 2.3.1; or, with ``private_key``, a client assertion the app
+signs, RFC 7523 ``private_key_jwt``), on first use and again a minute before it expires or
+once when the broker answers 401, as the ``agentwrit`` SDK's ``AgentWritApp`` does. With
+``dpop`` the app token is bound to a DPoP key (RFC 9449) and every request carries a proof.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+import secrets
 import ssl
 import threading
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -25,13 +30,36 @@ import nacl.signing
 
 from tasklease.client._errors import TaskleaseError, Unauthorized
 from tasklease.client._flows import Clock, Flow, SystemClock, expect_json
-from tasklease.client._holder import DPoPKey
+from tasklease.client._holder import DPoPKey, bind_flow, dpop_key
 from tasklease.client._retry import DEFAULT_RETRY, Retry
 from tasklease.client._sync import Agent, run_flow
+from tasklease.rules import jws
 
-__all__ = ["AppClient"]
+__all__ = ["ASSERTION_TYPE", "AppClient", "client_assertion"]
 
 _REAUTH_MARGIN = 60.0
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+_ASSERTION_LIFETIME = 60
+
+
+def client_assertion(
+    client_id: str, key: nacl.signing.SigningKey, audience: str, *, now: float | None = None
+) -> str:
+    """A ``private_key_jwt`` client assertion (RFC 7523 section 2.2): ``iss`` and ``sub``
+    the client id, ``aud`` the token endpoint's URL, a minute's life and a fresh ``jti``;
+    EdDSA, ``kid`` the key's RFC 7638 thumbprint."""
+    issued = int(time.time() if now is None else now)
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "iat": issued,
+        "exp": issued + _ASSERTION_LIFETIME,
+        "jti": secrets.token_urlsafe(18),
+    }
+    payload = json.dumps(claims, separators=(",", ":")).encode()
+    kid = jws.jwk_thumbprint(bytes(key.verify_key))
+    return jws.encode(payload, typ="JWT", kid=kid, key=key)
 
 
 def _basic(client_id: str, client_secret: str) -> str:
@@ -51,18 +79,29 @@ class AppClient:
         self,
         broker_url: str,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
         *,
+        private_key: nacl.signing.SigningKey | None = None,
+        dpop: bool | nacl.signing.SigningKey | DPoPKey = False,
         timeout: float = 10.0,
         retry: Retry = DEFAULT_RETRY,
         transport: httpx.BaseTransport | None = None,
         verify: ssl.SSLContext | str | bool = True,
         clock: Clock | None = None,
     ) -> None:
-        """No request is made until one is needed."""
+        """No request is made until one is needed.
+
+        Authenticate with ``client_secret`` or with ``private_key`` (the Ed25519 key whose
+        public half the app registered), exactly one. ``dpop`` (True, a key) binds the app
+        token to a DPoP key; its proofs then go with every request.
+        """
+        if (client_secret is None) == (private_key is None):
+            raise TypeError("give client_secret or private_key, exactly one")
         self.broker_url = broker_url.rstrip("/")
         self.client_id = client_id
-        self._authorization = _basic(client_id, client_secret)
+        self._authorization = _basic(client_id, client_secret) if client_secret else None
+        self._private_key = private_key
+        self.dpop = dpop_key(dpop)
         self._retry = retry
         self._clock = clock if clock is not None else SystemClock()
         self._client = httpx.Client(transport=transport, timeout=timeout, verify=verify)
@@ -73,18 +112,22 @@ class AppClient:
     # -- plumbing ------------------------------------------------------------------------
 
     def _run(self, flow: Flow[dict[str, Any]]) -> dict[str, Any]:
-        return run_flow(self._client, flow, retry=self._retry)
+        rebind = self.dpop.bind if self.dpop is not None else None
+        return run_flow(self._client, bind_flow(flow, self.dpop), retry=self._retry, rebind=rebind)
 
     def _url(self, path: str) -> str:
         return self.broker_url + path
 
     def _sign_in_flow(self) -> Flow[dict[str, Any]]:
-        request = httpx.Request(
-            "POST",
-            self._url("/v1/oauth/token"),
-            data={"grant_type": "client_credentials"},
-            headers={"Authorization": self._authorization, "Accept": "application/json"},
-        )
+        url = self._url("/v1/oauth/token")
+        form = {"grant_type": "client_credentials"}
+        headers = {"Accept": "application/json"}
+        if self._authorization is not None:
+            headers["Authorization"] = self._authorization
+        if self._private_key is not None:  # a fresh assertion (single use) per attempt
+            form["client_assertion_type"] = ASSERTION_TYPE
+            form["client_assertion"] = client_assertion(self.client_id, self._private_key, url)
+        request = httpx.Request("POST", url, data=form, headers=headers)
         return expect_json((yield request))
 
     def app_token(self, *, force: bool = False) -> str:

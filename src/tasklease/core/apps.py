@@ -1,8 +1,11 @@
 """Operators and apps: admin and app sign-in, the app registry, and launch tokens.
 
-Admin and app tokens are minted here after a secret (argon2id) verifies; launch tokens
-are the ceiling (scope, audience, agent token lifetime, principal) an agent registers
-under. Removing an app ends every token it issued or launched, with their descendants.
+Admin and app tokens are minted here after a secret (argon2id) verifies, or, for an app
+with a public key, its signed client assertion (``core.clientauth``, RFC 7523); an app
+token asked for with a DPoP proof is bound to the proof's key (RFC 9449 section 5).
+Launch tokens are the ceiling (scope, audience, agent token lifetime, principal) an
+agent registers under. Removing an app ends every token it issued or launched, with
+their descendants.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from tasklease.core.appauth import AppSignIn
 from tasklease.core.audience import default_audience, validate_resources
 from tasklease.core.auditformat import AuditEntry
+from tasklease.core.clientauth import app_public_key
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.delegation import principal_ref, validate_principal
 from tasklease.core.errors import (
@@ -24,6 +29,7 @@ from tasklease.core.errors import (
     InvalidRequest,
     InvalidTTL,
     NotFound,
+    TaskleaseError,
     Unauthorized,
 )
 from tasklease.core.issuing import clamp_ttl, listed
@@ -38,8 +44,10 @@ from tasklease.core.passwords import hash_secret, new_secret, verify_secret
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys
 from tasklease.core.store import AppRecord, LaunchTokenRecord, RevocationRecord, WriteTx
-from tasklease.core.tokens import ADMIN_SCOPES, APP_SCOPES, KIND_ADMIN, KIND_APP, Claims, mint
+from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, KIND_APP, Claims, mint
+from tasklease.rules import jws
 from tasklease.rules import scopes as scope_rules
+from tasklease.rules.binding import DPoPVerifier
 
 __all__ = ["Apps", "expires_at_text"]
 
@@ -76,6 +84,13 @@ def _max_uses(value: object, *, multi_use: bool) -> int:
     return value
 
 
+def _key_suffix(public_key: str) -> str:
+    """Audit detail: the app's public key, by its RFC 7638 thumbprint."""
+    if not public_key:
+        return " public_key=none"
+    return f" public_key_jkt={jws.jwk_thumbprint(jws.b64url_decode(public_key))}"
+
+
 def _app_token_ttl(token_ttl: object) -> int | None:
     """An app's token TTL as given (None: unchanged or the default), 60 s to 24 h."""
     if token_ttl is None:
@@ -90,9 +105,10 @@ def _app_token_ttl(token_ttl: object) -> int | None:
 class Apps(Service):
     """Admin and app sign-in, app CRUD, launch tokens. Thread-safe; one per broker."""
 
-    def __init__(self, kernel: Kernel, keys: SigningKeys) -> None:
+    def __init__(self, kernel: Kernel, keys: SigningKeys, dpop: DPoPVerifier | None = None) -> None:
         super().__init__(kernel)
         self._keys = keys
+        self._app_sign_in = AppSignIn(kernel, dpop, self._sign_in)
 
     def admin_auth(self, secret: object, ctx: RequestContext) -> IssuedToken:
         if not isinstance(secret, str) or not secret:
@@ -131,8 +147,12 @@ class Apps(Service):
         scopes: object,
         token_ttl: object,
         ctx: RequestContext,
+        public_key: object = None,
     ) -> tuple[AppRecord, str]:
-        """Create an app; returns the record and its client secret (shown once)."""
+        """Create an app; returns the record and its client secret (shown once).
+
+        ``public_key`` (an Ed25519 JWK or raw key, :func:`app_public_key`) lets the app
+        authenticate with signed client assertions (``private_key_jwt``) too."""
         if not isinstance(name, str) or not name:
             raise InvalidRequest("name is required")
         if scopes is None or scopes == []:
@@ -144,6 +164,7 @@ class Apps(Service):
                 hint="2-64 characters starting with a letter; hyphens only between letters",
             )
         ceiling = validate_scopes(scopes, field="scopes")
+        key = "" if public_key is None else app_public_key(public_key)
         now = self._kernel.now()
         parts = name.split("-")
         abbrev = "".join(p[0] for p in parts)[:3] if len(parts) > 1 else name[:2]
@@ -159,6 +180,7 @@ class Apps(Service):
             created_at=now,
             updated_at=now,
             created_by=claims.sub,
+            public_key=key,
         )
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -168,7 +190,8 @@ class Apps(Service):
                     "app_registered",
                     request_id=ctx.request_id,
                     detail=f"app={name} app_id={app.app_id} client_id={app.client_id} "
-                    f"scopes={listed(ceiling)} token_ttl={app.token_ttl} by={claims.sub}",
+                    f"scopes={listed(ceiling)} token_ttl={app.token_ttl}"
+                    f"{_key_suffix(key)} by={claims.sub}",
                 )
             ]
 
@@ -185,20 +208,30 @@ class Apps(Service):
         return app
 
     def update_app(
-        self, claims: Claims, app_id: str, *, scopes: object, token_ttl: object, ctx: RequestContext
+        self,
+        claims: Claims,
+        app_id: str,
+        *,
+        scopes: object,
+        token_ttl: object,
+        ctx: RequestContext,
+        public_key: object = None,
     ) -> AppRecord:
-        """Change an app's scope ceiling and/or token TTL, atomically (both or neither)."""
-        if (scopes is None or scopes == []) and token_ttl is None:
-            raise InvalidRequest("at least one of scopes or token_ttl must be provided")
+        """Change an app's scope ceiling, token TTL and/or public key, atomically (all or
+        none). ``public_key`` ``""`` removes the key (secret only from then on)."""
+        if (scopes is None or scopes == []) and token_ttl is None and public_key is None:
+            raise InvalidRequest("at least one of scopes, token_ttl or public_key must be provided")
         ceiling = (
             None if scopes is None or scopes == [] else validate_scopes(scopes, field="scopes")
         )
         ttl = _app_token_ttl(token_ttl)
+        key = None if public_key is None or public_key == "" else app_public_key(public_key)
         app = self.get_app(app_id)
         updated = replace(
             app,
             scopes=ceiling if ceiling is not None else app.scopes,
             token_ttl=ttl if ttl is not None else app.token_ttl,
+            public_key=app.public_key if public_key is None else (key or ""),
             updated_at=self._kernel.now(),
         )
 
@@ -209,7 +242,8 @@ class Apps(Service):
                     "app_updated",
                     request_id=ctx.request_id,
                     detail=f"app_id={app_id} scopes={listed(updated.scopes)} "
-                    f"token_ttl={app.token_ttl}->{updated.token_ttl} updated_by={claims.sub}",
+                    f"token_ttl={app.token_ttl}->{updated.token_ttl}"
+                    f"{_key_suffix(updated.public_key)} updated_by={claims.sub}",
                 )
             ]
 
@@ -262,50 +296,23 @@ class Apps(Service):
         return updated
 
     def app_auth(
-        self, client_id: object, client_secret: object, ctx: RequestContext
+        self, client_id: object, client_secret: object, ctx: RequestContext, *, bind: bool = False
     ) -> IssuedToken:
-        if (
-            not isinstance(client_id, str)
-            or not client_id
-            or not isinstance(client_secret, str)
-            or not client_secret
-        ):
-            raise InvalidRequest("client_id and client_secret are required")
-        app = self._store.get_app_by_client_id(client_id) if len(client_id) <= 128 else None
-        ok = verify_secret(app.secret_hash if app else None, client_secret)
-        reason = (
-            "unknown_client_id"
-            if app is None
-            else "wrong_secret"
-            if not ok
-            else "app_inactive"
-            if app.status != "active"
-            else ""
-        )
-        if reason:
-            self._metrics.auth.labels("app", "failure").inc()
-            shown = client_id if app is not None else "<unknown>"
-            raise self._kernel.deny(
-                Unauthorized("Authentication failed"),
-                AuditEntry(
-                    "app_auth_failed",
-                    outcome="denied",
-                    request_id=ctx.request_id,
-                    detail=f"client_id={shown} reason={reason}",
-                ),
-            )
-        if app is None:  # unreachable: reason is set when app is None
-            raise Unauthorized("Authentication failed")
-        return self._sign_in(
-            "app",
-            kind=KIND_APP,
-            sub=f"app:{app.app_id}",
-            ttl=clamp_ttl(app.token_ttl, self._config.app_token_ttl, self._config),
-            scope=APP_SCOPES,
-            client_id=app.client_id,
-            ctx=ctx,
-            event="app_authenticated",
-            detail=lambda _: f"client_id={app.client_id} app_id={app.app_id}",
+        """An app token for an app's client id and secret (:class:`AppSignIn`)."""
+        return self._app_sign_in.app_auth(client_id, client_secret, ctx, bind=bind)
+
+    def app_auth_assertion(
+        self,
+        assertion: str,
+        ctx: RequestContext,
+        *,
+        client_id: str | None,
+        audiences: tuple[str, ...],
+        bind: bool = False,
+    ) -> IssuedToken:
+        """An app token for an app's signed client assertion (:class:`AppSignIn`)."""
+        return self._app_sign_in.app_auth_assertion(
+            assertion, ctx, client_id=client_id, audiences=audiences, bind=bind
         )
 
     def _sign_in(
@@ -320,8 +327,15 @@ class Apps(Service):
         ctx: RequestContext,
         event: str,
         detail: Callable[[Claims], str],
+        cnf: dict[str, str] | None = None,
+        spend: Callable[[WriteTx], tuple[TaskleaseError, str] | None] | None = None,
     ) -> IssuedToken:
-        """Mint an admin or app token for a caller whose secret verified; audit it."""
+        """Mint an admin or app token for a caller who authenticated; audit it.
+
+        ``spend`` records single-use credentials (an assertion's ``jti``, a DPoP proof) in
+        the transaction of the audit event; when one was used before it returns the error
+        and reason, and the sign-in is refused instead (audited, nothing issued).
+        """
         started = time.perf_counter()
         cfg = self._config
         token, claims = mint(
@@ -334,8 +348,34 @@ class Apps(Service):
             ttl=ttl,
             scope=scope,
             client_id=client_id,
+            cnf=cnf,
         )
-        self._kernel.record(AuditEntry(event, request_id=ctx.request_id, detail=detail(claims)))
+        entry = AuditEntry(event, request_id=ctx.request_id, detail=detail(claims))
+        if spend is None:
+            self._kernel.record(entry)
+        else:
+            refused: list[tuple[TaskleaseError, str]] = []
+
+            def unit(tx: WriteTx) -> list[AuditEntry]:
+                refusal = spend(tx)
+                if refusal is not None:
+                    refused.append(refusal)
+                    return []
+                return [entry]
+
+            self._kernel.commit(unit)
+            if refused:
+                error, why = refused[0]
+                self._metrics.auth.labels(label, "failure").inc()
+                raise self._kernel.deny(
+                    error,
+                    AuditEntry(
+                        f"{label}_auth_failed",
+                        outcome="denied",
+                        request_id=ctx.request_id,
+                        detail=f"client_id={client_id} reason={why}",
+                    ),
+                )
         self._metrics.auth.labels(label, "success").inc()
         self._metrics.tokens_issued.labels(label).inc()
         self._metrics.issuance_seconds.labels(label).observe(time.perf_counter() - started)
@@ -462,8 +502,7 @@ class Apps(Service):
                     request_id=ctx.request_id,
                     app_id=record.app_id,
                     principal_ref=principal_ref(
-                        record.principal
-                        or (f"app:{record.app_id}" if record.app_id else "admin")
+                        record.principal or (f"app:{record.app_id}" if record.app_id else "admin")
                     ),
                     detail=f"launch token issued for agent={agent_name} scope={listed(scope)} "
                     f"max_ttl={agent_ttl} single_use={record.single_use} max_uses={uses} "

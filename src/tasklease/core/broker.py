@@ -135,16 +135,14 @@ class Broker:
         forwarded = DPoPVerifier(config.dpop_proof_window, ledger=ledger)
         self._keys = keys = SigningKeys(kernel, keyring)
         self._freshness = freshness = Freshness(kernel, horizon)
-        self._tokens = tokens = TokenCheck(
-            kernel, keys, self.dpop, freshness, forwarded=forwarded
-        )
+        self._tokens = tokens = TokenCheck(kernel, keys, self.dpop, freshness, forwarded=forwarded)
         # Workload attestors (core.attestation): evidence in place of a launch token.
         self.attestation = AttestationService(kernel)
         self._registration = Registration(kernel, keys, self.nonces, self.dpop, self.attestation)
         self._renewal = Renewal(kernel, keys, self.nonces, self.dpop)
         self._delegating = Delegating(kernel, keys)
         self._revoking = Revoking(kernel, tokens, horizon)
-        self._apps = Apps(kernel, keys)
+        self._apps = Apps(kernel, keys, self.dpop)
         self._operators = Operators(kernel, keys, self.nonces)
         self._tenants = Tenants(kernel)
         self._liveness = Liveness(kernel)
@@ -457,10 +455,11 @@ class Broker:
         scopes: object,
         token_ttl: object,
         ctx: RequestContext,
+        public_key: object = None,
     ) -> tuple[AppRecord, str]:
         """Create an app; returns the record and its client secret (shown once)."""
         return self._apps.register_app(
-            claims, name=name, scopes=scopes, token_ttl=token_ttl, ctx=ctx
+            claims, name=name, scopes=scopes, token_ttl=token_ttl, ctx=ctx, public_key=public_key
         )
 
     def list_apps(self) -> list[AppRecord]:
@@ -471,20 +470,44 @@ class Broker:
         return self._apps.get_app(app_id)
 
     def update_app(
-        self, claims: Claims, app_id: str, *, scopes: object, token_ttl: object, ctx: RequestContext
+        self,
+        claims: Claims,
+        app_id: str,
+        *,
+        scopes: object,
+        token_ttl: object,
+        ctx: RequestContext,
+        public_key: object = None,
     ) -> AppRecord:
-        """Change an app's scope ceiling and/or token TTL, atomically (both or neither)."""
-        return self._apps.update_app(claims, app_id, scopes=scopes, token_ttl=token_ttl, ctx=ctx)
+        """Change an app's scope ceiling, token TTL and/or public key, atomically."""
+        return self._apps.update_app(
+            claims, app_id, scopes=scopes, token_ttl=token_ttl, ctx=ctx, public_key=public_key
+        )
 
     def deregister_app(self, claims: Claims, app_id: str, ctx: RequestContext) -> AppRecord:
         """Deactivate an app: its secret stops working and its live app tokens are revoked."""
         return self._apps.deregister_app(claims, app_id, ctx)
 
     def app_auth(
-        self, client_id: object, client_secret: object, ctx: RequestContext
+        self, client_id: object, client_secret: object, ctx: RequestContext, *, bind: bool = False
     ) -> IssuedToken:
-        """An app token for an app's client credentials."""
-        return self._apps.app_auth(client_id, client_secret, ctx)
+        """An app token for an app's client credentials (DPoP-bound when ``bind`` and the
+        request carries a proof)."""
+        return self._apps.app_auth(client_id, client_secret, ctx, bind=bind)
+
+    def app_auth_assertion(
+        self,
+        assertion: str,
+        ctx: RequestContext,
+        *,
+        client_id: str | None,
+        audiences: tuple[str, ...],
+        bind: bool = False,
+    ) -> IssuedToken:
+        """An app token for an app's signed client assertion (``private_key_jwt``)."""
+        return self._apps.app_auth_assertion(
+            assertion, ctx, client_id=client_id, audiences=audiences, bind=bind
+        )
 
     def create_launch_token(
         self,

@@ -73,6 +73,8 @@ class AppRecord:
     created_at: float
     updated_at: float
     created_by: str
+    # base64url of the raw Ed25519 key for private_key_jwt (RFC 7523); "" for none.
+    public_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -274,7 +274,12 @@ def admin_routes(
             _ADMIN,
             apps_scope,
             lambda c, ctx: broker.register_app(
-                c, name=req.name, scopes=req.scopes, token_ttl=req.token_ttl, ctx=ctx
+                c,
+                name=req.name,
+                scopes=req.scopes,
+                token_ttl=req.token_ttl,
+                ctx=ctx,
+                public_key=req.public_key,
             ),
         )
         return json_response(wire.app_with_secret(app, secret), 201)
@@ -296,7 +301,12 @@ def admin_routes(
             _ADMIN,
             apps_scope,
             lambda c, ctx: broker.update_app(
-                c, app_id, scopes=req.scopes, token_ttl=req.token_ttl, ctx=ctx
+                c,
+                app_id,
+                scopes=req.scopes,
+                token_ttl=req.token_ttl,
+                ctx=ctx,
+                public_key=req.public_key,
             ),
         )
         return json_response(wire.app_view(app))

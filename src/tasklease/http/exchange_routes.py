@@ -7,12 +7,14 @@ tokens in the body are the credentials, and the one the caller holds (``actor_to
 ``subject_token`` when narrowing) is checked with the request's DPoP proof or client
 certificate when bound. **Client credentials** authenticate the app with its client
 secret, in an HTTP Basic header (``client_secret_basic``, RFC 6749 section 2.3.1: each
-part form-urlencoded) or in the body (``client_secret_post``), never both; the answer is
-the app token ``POST /v1/app/auth`` gives, through the same service and the same rate
-limit. The answer is never cached (RFC 6749 section 5.1); a refusal is a problem that
-also carries RFC 6749 section 5.2's ``error`` and ``error_description``, with
-``invalid_client`` (401, and a ``Basic`` challenge when Basic was used) for a client that
-does not authenticate.
+part form-urlencoded) or in the body (``client_secret_post``), or with a JWT it signed
+with the key it registered (``private_key_jwt``, RFC 7523 section 2.2: its ``aud`` this
+endpoint's URL or the issuer), exactly one of them; the answer is the app token
+``POST /v1/app/auth`` gives, through the same service and the same rate limit, bound to
+the DPoP key of the request's proof when it carries one (RFC 9449 section 5). The answer
+is never cached (RFC 6749 section 5.1); a refusal is a problem that also carries RFC 6749
+section 5.2's ``error`` and ``error_description``, with ``invalid_client`` (401, and a
+``Basic`` challenge when Basic was used) for a client that does not authenticate.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from starlette.routing import Route
 
 from tasklease.core.audience import default_audience
 from tasklease.core.broker import Broker, RequestContext
+from tasklease.core.clientauth import ASSERTION_TYPE
 from tasklease.core.errors import (
-    InvalidDPoPProof,
     InvalidRequest,
     InvalidScope,
     InvalidTarget,
@@ -39,12 +41,13 @@ from tasklease.core.errors import (
     Unauthorized,
 )
 from tasklease.core.exchange import ACCESS_TOKEN_TYPE, ExchangeRequest
-from tasklease.core.tokens import APP_SCOPES
+from tasklease.core.tokens import APP_SCOPES, token_type_of
 from tasklease.http import wire
 from tasklease.http._handling import one_of, request_id
 from tasklease.http.middleware import json_nesting_error
 from tasklease.http.problems import problem_response_parts
 from tasklease.http.ratelimit import RateLimiter
+from tasklease.http.token_routes import RequestURI
 
 __all__ = ["CLIENT_CREDENTIALS", "exchange_routes", "parse_exchange_request"]
 
@@ -87,18 +90,38 @@ def _basic_credentials(header: str) -> tuple[str, str]:
     return unquote_plus(client_id), unquote_plus(secret)
 
 
+def _client_assertion(request: Request, req: wire.TokenExchangeRequest) -> str | None:
+    """The request's ``client_assertion`` (``private_key_jwt``), or None when it uses a
+    secret.
+
+    Raises:
+        InvalidRequest: an assertion with a secret or a Basic header (RFC 6749 section
+            2.3: one method), or ``client_assertion`` and its type not both present.
+        Unauthorized: (``invalid_client``) an assertion type other than RFC 7523's.
+    """
+    if req.client_assertion is None and req.client_assertion_type is None:
+        return None
+    if req.client_secret is not None or request.headers.get("authorization") is not None:
+        raise InvalidRequest(
+            "client authenticated twice: send a client assertion or a secret, not both"
+        )
+    if not req.client_assertion or not req.client_assertion_type:
+        raise InvalidRequest("client_assertion and client_assertion_type go together")
+    if req.client_assertion_type != ASSERTION_TYPE:
+        raise _invalid_client(
+            f"client_assertion_type is not {ASSERTION_TYPE} (private_key_jwt)", basic=False
+        )
+    return req.client_assertion
+
+
 def _app_credentials(request: Request, req: wire.TokenExchangeRequest) -> tuple[str, str]:
     """The app's ``(client_id, client_secret)``, by exactly one method.
 
     Raises:
         InvalidRequest: two authentication methods at once (RFC 6749 section 2.3).
-        Unauthorized: (``invalid_client``) none, a malformed one, or a JWT assertion.
+        Unauthorized: (``invalid_client``) none or a malformed one.
     """
     header = request.headers.get("authorization")
-    if req.client_assertion is not None or req.client_assertion_type is not None:
-        raise _invalid_client(
-            "private_key_jwt is not a client authentication method here", basic=False
-        )
     if header is not None:
         if req.client_secret is not None:
             raise InvalidRequest(
@@ -169,11 +192,26 @@ def exchange_routes(
     cfg = broker.config
     limiter = app_limiter or RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
     own_audience = default_audience(cfg.audience)
+    uri = RequestURI(cfg)
+    issuer_endpoint = (
+        (cfg.issuer.rstrip("/") + "/v1/oauth/token",)
+        if cfg.issuer.startswith(("https://", "http://"))
+        else ()
+    )
+
+    def assertion_audiences(request: Request) -> tuple[str, ...]:
+        """What a client assertion's ``aud`` may be (RFC 7523 section 3 point 3): this
+        endpoint's URL at one of the broker's own origins (never from ``Host``), the
+        issuer's token endpoint (the metadata's), or the issuer itself."""
+        path = request.url.path
+        here = tuple(origin + path for origin in uri.origins(request.scope))
+        return (*here, *issuer_endpoint, cfg.issuer)
 
     async def client_credentials(
         request: Request, req: wire.TokenExchangeRequest, ctx: RequestContext
     ) -> Response:
-        client_id, secret = _app_credentials(request, req)
+        assertion = _client_assertion(request, req)
+        client_id, secret = ("", "") if assertion else _app_credentials(request, req)
         if req.scope:
             extra = [s for s in req.scope.split(" ") if s and s not in APP_SCOPES]
             if extra:
@@ -186,18 +224,26 @@ def exchange_routes(
                 "an app token is for this broker only",
                 hint=f"omit resource, or send {own_audience[0]}",
             )
-        if ctx.dpop:
-            raise InvalidDPoPProof(
-                "app tokens are not bound to DPoP keys",
-                hint="send client_credentials without a DPoP header; agents bind theirs",
-            )
         # The limit guards the secret's check (argon2id): the cheap refusals come first.
         key = request.client.host if request.client else "unknown"
         if not limiter.allow(key):
             broker.metrics.rate_limited.labels(request.url.path).inc()
             raise RateLimited(retry_after=limiter.retry_after())
         try:
-            issued = await run_in_threadpool(broker.app_auth, client_id, secret, ctx)
+            if assertion:
+                issued = await run_in_threadpool(
+                    lambda: broker.app_auth_assertion(
+                        assertion,
+                        ctx,
+                        client_id=req.client_id,
+                        audiences=assertion_audiences(request),
+                        bind=True,
+                    )
+                )
+            else:
+                issued = await run_in_threadpool(
+                    lambda: broker.app_auth(client_id, secret, ctx, bind=True)
+                )
         except Unauthorized as exc:
             exc.oauth_error = "invalid_client"  # RFC 6749 section 5.2
             raise
@@ -205,7 +251,7 @@ def exchange_routes(
             wire.TokenExchangeResponse(
                 access_token=issued.token,
                 issued_token_type=ACCESS_TOKEN_TYPE,
-                token_type="Bearer",  # noqa: S106 - a token type, not a secret
+                token_type=token_type_of(issued.claims),
                 expires_in=issued.expires_in,
                 scope=" ".join(issued.claims.scope),
             )

@@ -29,6 +29,7 @@ from tasklease.core.tenants import DEFAULT_TENANT, TENANT_PATH_PREFIX
 from tasklease.http import wire
 from tasklease.http._handling import guard, http_error, json_response
 from tasklease.http.token_routes import RequestURI
+from tasklease.rules import jws
 from tasklease.tenancy import Tenancy
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
 
 METADATA_PATHS = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
 GRANT_TYPES = ["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"]
-_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 _SCOPE_PATTERNS = ["<action>:<resource>:<identifier>", "<action>:<resource>:*"]
 _CACHE = "public, max-age=300"
 
@@ -62,6 +63,7 @@ def authorization_server_metadata(config: Config, base: str) -> wire.Authorizati
         grant_types_supported=list(GRANT_TYPES),
         response_types_supported=["none"],
         token_endpoint_auth_methods_supported=list(_AUTH_METHODS),
+        token_endpoint_auth_signing_alg_values_supported=list(jws.KNOWN_KEY_ALGORITHMS),
         dpop_signing_alg_values_supported=["EdDSA"],
         scopes_supported=list(_SCOPE_PATTERNS),
         tls_client_certificate_bound_access_tokens=config.tls_mode == "mtls",

@@ -62,6 +62,7 @@ from tasklease.rules._codec import (
 
 __all__ = [
     "ALGORITHM",
+    "KNOWN_KEY_ALGORITHMS",
     "MAX_TOKEN_BYTES",
     "Decoded",
     "JWSError",
@@ -71,6 +72,7 @@ __all__ = [
     "decode_embedded_key",
     "decode_parts",
     "decode_unverified",
+    "decode_with_key",
     "encode",
     "jwk_thumbprint",
     "media_type",
@@ -413,6 +415,55 @@ def decode_embedded_key(
         raise JWSError("bad signature")
     claims = json_object(b64url_decode_for(payload_seg, "payload"), "payload")
     return raw_key, claims
+
+
+# -- JWS signed by a key the verifier holds (client assertions, RFC 7523 section 2.2) ----
+
+_KNOWN_KEY_HEADER_PARAMS = frozenset(("alg", "typ", "kid"))
+KNOWN_KEY_ALGORITHMS = ("EdDSA", "Ed25519")
+"""The ``alg`` values :func:`decode_with_key` accepts: RFC 8037's ``EdDSA`` and RFC
+9864's fully specified ``Ed25519``, both Ed25519 signatures; never ``none`` or ``HS*``."""
+
+
+def decode_with_key(
+    token: str,
+    key: nacl.signing.VerifyKey,
+    *,
+    typs: Container[str],
+    max_bytes: int = MAX_PROOF_BYTES,
+) -> dict[str, Any]:
+    """Verify a compact JWS signed by ``key`` (one the verifier holds); return its claims.
+
+    For JWTs made by clients' own libraries (RFC 7523 client assertions): the header has
+    ``alg`` (one of :data:`KNOWN_KEY_ALGORITHMS`) and optionally ``typ`` (its media type
+    in ``typs``) and ``kid`` (any well-formed value: there is one key), and nothing else,
+    so no parameter can point to another key (``jwk``, ``jku``, ``x5c``...) or change
+    processing (``crit``, ``b64``). The size cap comes first and the payload is parsed
+    only after the signature verifies. Claims are not validated here.
+
+    Raises:
+        JWSError: at the first failed step, with its reason.
+    """
+    header_seg, payload_seg, signature_seg = _split(token, max_bytes)
+    header = json_object(b64url_decode_for(header_seg, "header"), "header")
+    if not _KNOWN_KEY_HEADER_PARAMS.issuperset(header):
+        name = min(k for k in header if k not in _KNOWN_KEY_HEADER_PARAMS)
+        if _PRINTABLE_PARAM.fullmatch(name):
+            raise JWSError(f"unexpected header parameter: {name}")
+        raise JWSError("unexpected header parameter")
+    if header.get("alg") not in KNOWN_KEY_ALGORITHMS:
+        raise JWSError("alg not allowed")
+    typ = header.get("typ")
+    if typ is not None and (type(typ) is not str or media_type(typ) not in typs):
+        raise JWSError("typ not allowed")
+    kid = header.get("kid")
+    if kid is not None and (type(kid) is not str or not 1 <= len(kid) <= MAX_KID_CHARS):
+        raise JWSError("kid malformed")
+    signature = b64url_decode_for(signature_seg, "signature")
+    signing_input = token[: len(header_seg) + 1 + len(payload_seg)].encode("ascii")
+    if not verify_detached(signing_input, signature, key):
+        raise JWSError("bad signature")
+    return json_object(b64url_decode_for(payload_seg, "payload"), "payload")
 
 
 # -- JWK thumbprints (RFC 7638) -------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from msgspec import UNSET, UnsetType
+
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.store import AppRecord
 from tasklease.http.wire._base import (
@@ -58,6 +60,14 @@ class AppCreateRequest(Request):
     token_ttl: Annotated[
         int | None, doc("App token lifetime in seconds, 60 to 86400 (default 1800).")
     ] = None
+    public_key: Annotated[
+        str | None,
+        doc(
+            "An Ed25519 public key the app signs client assertions with (`private_key_jwt`, "
+            "RFC 7523, at `POST /v1/oauth/token`): a JWK (`kty` OKP, `crv` Ed25519, `x`; "
+            "JSON text) or the 32 raw bytes in base64 or base64url. The secret works too."
+        ),
+    ] = None
 
 
 class AppUpdateRequest(Request):
@@ -65,6 +75,13 @@ class AppUpdateRequest(Request):
     token_ttl: Annotated[int | None, doc("A new app token lifetime in seconds, 60 to 86400.")] = (
         None
     )
+    public_key: Annotated[
+        str | None,
+        doc(
+            "A new Ed25519 public key for `private_key_jwt` (as in `createApp`); the empty "
+            "string removes it."
+        ),
+    ] = None
 
 
 # --- responses -----------------------------------------------------------------------------
@@ -79,13 +96,23 @@ class App(Response):
     status: Annotated[str, doc("`inactive` once deregistered.", enum=["active", "inactive"])]
     created_at: Timestamp
     updated_at: Timestamp
+    public_key: (
+        Annotated[
+            str,
+            doc(
+                "The app's Ed25519 public key for `private_key_jwt`, base64url of its 32 "
+                "bytes; absent when it has none."
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
-class AppWithSecret(App):
+class AppWithSecret(App, kw_only=True):
     client_secret: Annotated[str, doc("The app's secret, shown only once.")]
 
 
-class DeregisteredApp(App):
+class DeregisteredApp(App, kw_only=True):
     deregistered_at: Timestamp
 
 
@@ -112,6 +139,7 @@ def _app_fields(record: AppRecord) -> dict[str, Any]:
         "status": record.status,
         "created_at": format_rfc3339_seconds(record.created_at),
         "updated_at": format_rfc3339_seconds(record.updated_at),
+        "public_key": record.public_key or UNSET,
     }
 
 
@@ -152,7 +180,8 @@ OPERATIONS = (
             Failure(
                 "invalid_request",
                 "`name` is missing or not 2-64 lowercase letters, digits and single "
-                "hyphens, or `scopes` is empty or malformed",
+                "hyphens, `scopes` is empty or malformed, or `public_key` is not an "
+                "Ed25519 public key",
             ),
             _BAD_TTL,
             Failure("conflict", "an app with this name already exists"),
@@ -183,8 +212,8 @@ OPERATIONS = (
         "updateApp",
         "apps",
         "Update an app",
-        "Changes the scope ceiling and/or the token TTL, both or neither. Give at least "
-        "one of them.",
+        "Changes the scope ceiling, the token TTL and/or the public key, all or none. Give "
+        "at least one of them.",
         admin(_SCOPE),
         App,
         request=AppUpdateRequest,
@@ -193,7 +222,8 @@ OPERATIONS = (
         errors=(
             Failure(
                 "invalid_request",
-                "neither `scopes` nor `token_ttl` is given, or a scope is malformed",
+                "none of `scopes`, `token_ttl` and `public_key` is given, a scope is "
+                "malformed, or `public_key` is not an Ed25519 public key",
             ),
             _BAD_TTL,
             _NO_SUCH_APP,

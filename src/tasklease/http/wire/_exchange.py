@@ -103,9 +103,18 @@ class TokenExchangeRequest(Request):
         ),
     ] = None
     client_assertion: Annotated[
-        _Text, doc("Refused (`invalid_client`): no JWT client authentication (RFC 7523).")
+        _Text,
+        doc(
+            "Client credentials (`private_key_jwt`, RFC 7523 section 2.2): a JWT the app "
+            "signed with the Ed25519 key it registered (`alg` EdDSA or Ed25519); `iss` and "
+            "`sub` its client id, `aud` this endpoint's URL or the issuer, `exp` at most 5 "
+            "minutes away, a `jti` used once. Not with a secret or a Basic header."
+        ),
     ] = None
-    client_assertion_type: Annotated[_Text, doc("Refused with `client_assertion`.")] = None
+    client_assertion_type: Annotated[
+        _Text,
+        doc("With `client_assertion`: `urn:ietf:params:oauth:client-assertion-type:jwt-bearer`."),
+    ] = None
 
 
 class TokenExchangeResponse(Response):
@@ -128,9 +137,12 @@ OPERATIONS = (
         "The OAuth token endpoint: token exchange (RFC 8693) and client credentials",
         "**Client credentials** (`grant_type=client_credentials`, RFC 6749 section 4.4): "
         "an app authenticates with its client secret, in `Authorization: Basic` or in the "
-        "body (never both; no JWT assertions), and gets the app token `POST /v1/app/auth` "
-        "gives (same service, same rate limit, same audit); `resource` may only name this "
-        "broker, and no DPoP binding (a DPoP header is refused). A failed client "
+        "body, or with a JWT signed by the key it registered (`private_key_jwt`, RFC 7523: "
+        "`client_assertion`), exactly one of them, and gets the app token `POST "
+        "/v1/app/auth` gives (same service, same rate limit, same audit); `resource` may "
+        "only name this broker. With a DPoP proof (`DPoP` header, no `ath`) the app token "
+        "is bound to the proof's key (`cnf.jkt`, `token_type` `DPoP`, RFC 9449 section 5) "
+        "and must then be presented with a proof wherever it is used. A failed client "
         "authentication is 401 with `error=invalid_client` (and a `Basic` challenge when "
         "Basic was used). **Token exchange** issues an agent token whose parent is "
         "`subject_token`, through the same issuance "
@@ -158,11 +170,19 @@ OPERATIONS = (
             Failure(
                 "unauthorized",
                 "client credentials: the app's credentials are missing, malformed, wrong, "
-                "or the app is inactive (`error=invalid_client`)",
+                "or the app is inactive; its client assertion is unsigned by its key, for "
+                "another audience, expired, too long-lived or replayed "
+                "(`error=invalid_client`)",
             ),
             Failure(
                 "invalid_dpop_proof",
-                "client credentials: a DPoP header was sent (app tokens are not bound)",
+                "client credentials: the DPoP proof is malformed, not for this request, or "
+                "replayed",
+            ),
+            Failure(
+                "use_dpop_nonce",
+                'client credentials with DPoP, `dpop_nonce = "required"`: the proof lacks a '
+                "current nonce; retry with the one in the `DPoP-Nonce` header",
             ),
             Failure(
                 "invalid_request",

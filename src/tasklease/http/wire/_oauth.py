@@ -49,8 +49,16 @@ class AuthorizationServerMetadata(Response):
     token_endpoint_auth_methods_supported: Annotated[
         list[str],
         doc(
-            "`client_secret_basic` and `client_secret_post` for apps (client credentials); "
-            "`none` for token exchange, where the tokens in the request are the credentials."
+            "`client_secret_basic`, `client_secret_post` and `private_key_jwt` (RFC 7523, for "
+            "an app that registered a public key) for apps (client credentials); `none` for "
+            "token exchange, where the tokens in the request are the credentials."
+        ),
+    ]
+    token_endpoint_auth_signing_alg_values_supported: Annotated[
+        list[str],
+        doc(
+            "The `alg` of `private_key_jwt` assertions: `EdDSA` (RFC 8037) and `Ed25519` "
+            "(RFC 9864), both Ed25519 signatures."
         ),
     ]
     dpop_signing_alg_values_supported: Annotated[

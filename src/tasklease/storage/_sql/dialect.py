@@ -70,7 +70,7 @@ def timestamp_seconds(timestamp: str) -> float:
 
 _APP = (
     "app_id, name, client_id, secret_hash, scopes, token_ttl, status, created_at,"
-    " updated_at, created_by"
+    " updated_at, created_by, public_key"
 )
 _LAUNCH = (
     "token_hash, agent_name, allowed_scope, max_ttl, single_use, created_at, expires_at,"
@@ -286,8 +286,8 @@ class Dialect:
         )
         self.update_app = q(
             "UPDATE apps SET name = ?, client_id = ?, secret_hash = ?, scopes = ?,"
-            " token_ttl = ?, status = ?, created_at = ?, updated_at = ?, created_by = ?"
-            f" WHERE {t} AND app_id = ?"
+            " token_ttl = ?, status = ?, created_at = ?, updated_at = ?, created_by = ?,"
+            f" public_key = ? WHERE {t} AND app_id = ?"
         )
         self.insert_operator = q(f"{insert('operators', _OPERATOR)} ON CONFLICT DO NOTHING")
         self.update_operator = q(
@@ -451,18 +451,19 @@ class Dialect:
     # columns NOT NULL), so only scope lists, numbers, booleans and blobs are converted.
 
     def app_from_row(self, row: Row) -> AppRecord:
-        app_id, name, client_id, secret_hash, scopes, token_ttl, status, created, updated, by = row
+        (app_id, name, client_id, secret_hash, scopes, ttl, status, created, updated, by, key) = row
         return AppRecord(
             app_id=app_id,
             name=name,
             client_id=client_id,
             secret_hash=secret_hash,
             scopes=self._load_scopes(scopes),
-            token_ttl=int(token_ttl),
+            token_ttl=int(ttl),
             status=status,
             created_at=float(created),
             updated_at=float(updated),
             created_by=by,
+            public_key=key,
         )
 
     def app_params(self, app: AppRecord) -> tuple[object, ...]:
@@ -477,6 +478,7 @@ class Dialect:
             app.created_at,
             app.updated_at,
             app.created_by,
+            app.public_key,
         )
 
     def launch_token_from_row(self, row: Row) -> LaunchTokenRecord:

@@ -1,0 +1,196 @@
+"""App sign-in at the token endpoint and ``POST /v1/app/auth``: by client secret or by a
+client assertion the app signs (``private_key_jwt``, RFC 7523 section 2.2, checked by
+``core.clientauth``), bound to the request's DPoP key when asked (RFC 9449 section 5).
+
+The assertion's ``jti`` and the DPoP proof are spent in the store (shared by workers and
+replicas) in the transaction that audits the sign-in; every refusal is one generic error
+outward and one audit event (``app_auth_failed``) with the precise reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tasklease.core.auditformat import AuditEntry
+from tasklease.core.clientauth import AssertionRefused, assertion_issuer, check_assertion
+from tasklease.core.errors import (
+    InvalidDPoPProof,
+    InvalidRequest,
+    TaskleaseError,
+    Unauthorized,
+    UseDPoPNonce,
+)
+from tasklease.core.issuing import clamp_ttl
+from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service
+from tasklease.core.passwords import verify_secret
+from tasklease.core.store import AppRecord, WriteTx
+from tasklease.core.tokens import APP_SCOPES, KIND_APP
+from tasklease.rules.binding import BindingError, DPoPNonceRequired, DPoPProof, DPoPVerifier
+
+__all__ = ["AppSignIn"]
+
+
+class AppSignIn(Service):
+    """Apps signing in. Thread-safe; one per broker, inside ``core.apps.Apps``.
+
+    ``sign_in`` mints and audits the token (``Apps._sign_in``, shared with the admin's).
+    """
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        dpop: DPoPVerifier | None,
+        sign_in: Callable[..., IssuedToken],
+    ) -> None:
+        super().__init__(kernel)
+        self._dpop = dpop
+        self._sign_in = sign_in
+
+    def app_auth(
+        self, client_id: object, client_secret: object, ctx: RequestContext, *, bind: bool = False
+    ) -> IssuedToken:
+        """An app token for an app's client id and secret (``client_secret_*``).
+
+        ``bind``: the request's DPoP proof (``ctx.dpop``), when it has one, binds the token
+        to the proof's key (``cnf.jkt``, RFC 9449 section 5): the token endpoint's.
+        """
+        if (
+            not isinstance(client_id, str)
+            or not client_id
+            or not isinstance(client_secret, str)
+            or not client_secret
+        ):
+            raise InvalidRequest("client_id and client_secret are required")
+        app = self._store.get_app_by_client_id(client_id) if len(client_id) <= 128 else None
+        ok = verify_secret(app.secret_hash if app else None, client_secret)
+        reason = (
+            "unknown_client_id"
+            if app is None
+            else "wrong_secret"
+            if not ok
+            else "app_inactive"
+            if app.status != "active"
+            else ""
+        )
+        if reason or app is None:
+            raise self._auth_failed(client_id if app is not None else "<unknown>", reason, ctx)
+        return self._app_token(app, ctx, bind=bind, method="client_secret")
+
+    def app_auth_assertion(
+        self,
+        assertion: str,
+        ctx: RequestContext,
+        *,
+        client_id: str | None,
+        audiences: tuple[str, ...],
+        bind: bool = False,
+    ) -> IssuedToken:
+        """An app token for an app's signed client assertion (``private_key_jwt``, RFC 7523
+        section 2.2): checked with the app's registered public key against ``audiences``
+        (the token endpoint's URLs and the issuer), its ``jti`` spent in the store until
+        the assertion's ``exp`` (single use across workers and replicas). ``client_id``,
+        when the request names one, must be the assertion's ``iss``. Any failure is one
+        generic 401 and one audit event with the precise reason.
+        """
+        issuer = assertion_issuer(assertion)
+        if issuer is None or (client_id is not None and client_id != issuer):
+            why = "malformed_assertion" if issuer is None else "client_id_differs_from_iss"
+            raise self._auth_failed("<unknown>", why, ctx)
+        app = self._store.get_app_by_client_id(issuer)
+        if app is None:
+            raise self._auth_failed("<unknown>", "unknown_client_id", ctx)
+        try:
+            checked = check_assertion(
+                assertion,
+                public_key=app.public_key,
+                client_id=app.client_id,
+                audiences=audiences,
+                now=self._kernel.now(),
+                skew=self._config.clock_skew,
+            )
+        except AssertionRefused as exc:
+            raise self._auth_failed(app.client_id, exc.reason, ctx) from None
+        if app.status != "active":
+            raise self._auth_failed(app.client_id, "app_inactive", ctx)
+        return self._app_token(
+            app,
+            ctx,
+            bind=bind,
+            method="private_key_jwt",
+            spent=(checked.replay_key, checked.expires_at),
+        )
+
+    def _auth_failed(self, shown: str, reason: str, ctx: RequestContext) -> TaskleaseError:
+        """Audit an app's failed authentication; the generic 401 to raise."""
+        self._metrics.auth.labels("app", "failure").inc()
+        return self._kernel.deny(
+            Unauthorized("Authentication failed"),
+            AuditEntry(
+                "app_auth_failed",
+                outcome="denied",
+                request_id=ctx.request_id,
+                detail=f"client_id={shown} reason={reason}",
+            ),
+        )
+
+    def _dpop_proof(self, app: AppRecord, ctx: RequestContext) -> DPoPProof:
+        """The request's DPoP proof for the token endpoint, checked (replay aside) with the
+        broker's verifier, as registration's; a refusal is audited (400)."""
+        if self._dpop is None:
+            raise InvalidDPoPProof("DPoP is not available here")
+        shown = f"client_id={app.client_id}"
+        try:
+            return self._dpop.check(ctx.dpop, htm=ctx.method, htu=ctx.url, now=self._kernel.now())
+        except DPoPNonceRequired as exc:  # RFC 9449 section 8: retry with this nonce
+            error: TaskleaseError = UseDPoPNonce(reason=exc.reason, dpop_nonce=exc.nonce)
+            why = exc.reason
+        except BindingError as exc:
+            error, why = InvalidDPoPProof("invalid DPoP proof", reason=exc.reason), exc.reason
+        raise self._kernel.deny(
+            error,
+            AuditEntry(
+                "app_auth_failed",
+                outcome="denied",
+                request_id=ctx.request_id,
+                detail=f"{shown} reason=dpop_proof_refused: {why}",
+            ),
+        )
+
+    def _app_token(
+        self,
+        app: AppRecord,
+        ctx: RequestContext,
+        *,
+        bind: bool,
+        method: str,
+        spent: tuple[str, float] | None = None,
+    ) -> IssuedToken:
+        """Mint the app token of an authenticated app, bound to the request's DPoP key when
+        ``bind`` and a proof came; the assertion's ``jti`` (``spent``) and the proof are
+        recorded as used in the transaction that audits the sign-in."""
+        proof = self._dpop_proof(app, ctx) if bind and ctx.dpop else None
+
+        def spend(tx: WriteTx) -> tuple[TaskleaseError, str] | None:
+            if spent is not None and not tx.consume_nonce(*spent):
+                return Unauthorized("Authentication failed"), "assertion_replayed (jti used)"
+            if proof is not None and not tx.consume_dpop_proof(proof.key, proof.expires_at):
+                why = "DPoP proof replayed (jti already used)"
+                return InvalidDPoPProof("invalid DPoP proof", reason=why), why
+            return None
+
+        bound = f" cnf.jkt={proof.jkt}" if proof is not None else ""
+        return self._sign_in(
+            "app",
+            kind=KIND_APP,
+            sub=f"app:{app.app_id}",
+            ttl=clamp_ttl(app.token_ttl, self._config.app_token_ttl, self._config),
+            scope=APP_SCOPES,
+            client_id=app.client_id,
+            ctx=ctx,
+            event="app_authenticated",
+            detail=lambda _: (
+                f"client_id={app.client_id} app_id={app.app_id} method={method}{bound}"
+            ),
+            cnf={"jkt": proof.jkt} if proof is not None else None,
+            spend=spend if spent is not None or proof is not None else None,
+        )
