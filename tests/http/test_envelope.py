@@ -172,3 +172,14 @@ def test_app_auth_is_rate_limited(start_broker: Callable[..., RunningBroker]) ->
     assert_problem(resp, 429, "rate_limited")
     assert int(resp.headers["retry-after"]) >= 1
     assert_envelope(resp)
+
+
+def test_a_request_id_shaped_like_a_credential_is_replaced(broker: RunningBroker) -> None:
+    # Would fail if: a secret, a JWT or a by-reference token sent as X-Request-ID were
+    # echoed, and so written to the access log and the audit log (TM-29).
+    for pasted in ("ab" * 32, "eyJhbGciOiJFZERTQSJ9.e30.sig", "tlr_" + "x" * 40):
+        resp = broker.get("/v1/health", headers={"X-Request-ID": pasted})
+        assert resp.headers["x-request-id"] != pasted
+        assert len(resp.headers["x-request-id"]) == 16
+    kept = broker.get("/v1/health", headers={"X-Request-ID": "trace-42.a:b"})
+    assert kept.headers["x-request-id"] == "trace-42.a:b"

@@ -247,6 +247,8 @@ def test_public_surface() -> None:
 
     assert set(verify.__all__) == {
         "AppCredentials",
+        "AuditProofError",
+        "Checkpoint",
         "BrokerIntrospector",
         "DelegationHop",
         "FederatedDomain",
@@ -258,6 +260,10 @@ def test_public_surface() -> None:
         "Verifier",
         "VerifierUnavailable",
         "require_attested",
+        "verify_checkpoint",
+        "verify_event_inclusion",
+        "verify_log_consistency",
+        "verify_proof_bundle",
     }
     assert all(hasattr(verify, name) for name in verify.__all__)
 

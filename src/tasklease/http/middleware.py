@@ -3,7 +3,8 @@
 :class:`EnvelopeMiddleware`:
 
 - ``X-Request-ID``: echoed when the caller sent a sane one (at most 128 characters of
-  ``[A-Za-z0-9._:-]``), otherwise 16 random hex characters; stored in the ASGI scope.
+  ``[A-Za-z0-9._:-]``, not shaped like one of our credentials), otherwise 16 random hex
+  characters; stored in the ASGI scope.
 - Security headers on every response, 413s included.
 - Body limit: the body is read eagerly through a cap (1 MiB by default); a larger body,
   declared or streamed, gets a 413 problem before any route runs.
@@ -47,6 +48,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+# A request id shaped like one of our credentials (a secret or launch token: 64 hex; a
+# JWT; a by-reference token) is replaced: the id goes into the access log and audit
+# events, and a credential pasted there by mistake must reach neither (TM-29).
+_CREDENTIAL_SHAPED = re.compile(rb"^(?:[0-9a-fA-F]{40,}|eyJ.*|tlr_.*)$")
 _BASE_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"cache-control", b"no-store"),
@@ -210,7 +215,7 @@ class EnvelopeMiddleware:
                 declared = int(value)
             elif name == b"content-type":
                 form = value.split(b";", 1)[0].strip().lower() == _FORM
-        if not _SAFE_ID.match(request_id):
+        if not _SAFE_ID.match(request_id) or _CREDENTIAL_SHAPED.match(request_id):
             request_id = secrets.token_hex(8).encode()
         rid = request_id.decode()
         scope.setdefault("state", {})["request_id"] = rid
