@@ -83,6 +83,11 @@ def _nested(document: dict[str, Any], schema: dict[str, Any]) -> list[tuple[str,
     found: list[tuple[str, dict[str, Any]]] = []
     for name, prop in _resolve(document, schema).get("properties", {}).items():
         target = prop.get("items", prop) if prop.get("type") == "array" else prop
+        # A nullable object field is anyOf [the object, null]: document the object.
+        for alternative in target.get("anyOf", target.get("oneOf", [])):
+            if "$ref" in alternative:
+                target = alternative
+                break
         if "$ref" in target:
             found.append((f"`{target['$ref'].rsplit('/', 1)[-1]}`", target))
         elif target.get("type") == "object" and "properties" in target:
@@ -133,7 +138,7 @@ def _operation(document: dict[str, Any], method: str, path: str, op: dict[str, A
         schema = content["application/json"]["schema"]
         kind = "form or JSON" if "application/x-www-form-urlencoded" in content else "JSON"
         lines += [f"**Request body** ({_type(document, schema)}, {kind})", ""]
-        lines += [*_fields_table(document, schema), ""]
+        lines += _tables(document, schema, set())
     for status, response in op["responses"].items():
         if not status.startswith("2"):
             continue
