@@ -255,4 +255,3 @@ def test_a_tenant_made_on_a_serves_on_b_and_its_revocations_cross(
     wait_until(lambda: not acme_a.is_valid(agent.access_token), PROPAGATION_BOUND)
     assert other.is_valid(bystander.access_token)
     assert not a.is_valid(agent.access_token)  # nor is it valid in the default tenant
-
