@@ -11,6 +11,8 @@ dependencies. Pure functions: time comes in as ``now``.
                        ``nbf``/``iat`` (skew), lifetime, ``max_exp``, ``cnf`` shape,
                        delegation chain and its hash, the ``act`` chain, ``lineage``
 ``rules.scopes``       the scope grammar and coverage (narrowing only)
+``rules.grants``       structured grants (RFC 9396 ``authorization_details``): types, limits,
+                       narrowing per type, and what a grant allows a resource server
 ``rules.binding``      holder binding: certificate (RFC 8705) and DPoP (RFC 9449) proofs
 ``rules.messages``     the domain-separated messages agents sign for the broker
 ``rules.bundle``       SPIFFE trust bundles (federation): parse strictly, serialize
