@@ -14,8 +14,9 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from tasklease.core.appauth import AppSignIn
 from tasklease.core.audience import default_audience, validate_resources
@@ -33,7 +34,14 @@ from tasklease.core.errors import (
     Unauthorized,
 )
 from tasklease.core.issuing import clamp_ttl, listed
-from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service, app_ancestor
+from tasklease.core.kernel import (
+    IssuedToken,
+    Kernel,
+    Refusal,
+    RequestContext,
+    Service,
+    app_ancestor,
+)
 from tasklease.core.launch import (
     DEFAULT_MULTI_USES,
     MAX_USES,
@@ -41,13 +49,14 @@ from tasklease.core.launch import (
     new_launch_token,
 )
 from tasklease.core.passwords import hash_secret, new_secret, verify_secret
+from tasklease.core.policyrequest import Actor
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys
 from tasklease.core.store import AppRecord, LaunchTokenRecord, RevocationRecord, WriteTx
 from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, KIND_APP, Claims, mint
 from tasklease.rules import jws
-from tasklease.rules import scopes as scope_rules
 from tasklease.rules.binding import DPoPVerifier
+from tasklease.rules.grants import digest
 
 __all__ = ["Apps", "expires_at_text"]
 
@@ -89,6 +98,13 @@ def _key_suffix(public_key: str) -> str:
     if not public_key:
         return " public_key=none"
     return f" public_key_jkt={jws.jwk_thumbprint(jws.b64url_decode(public_key))}"
+
+
+def _grants(details: Sequence[Mapping[str, Any]]) -> str:
+    """Audit detail: structured grants by type and digest (`` grants=[type#digest ...]``)."""
+    if not details:
+        return ""
+    return " grants=" + listed([f"{d.get('type')}#{digest(d)[:12]}" for d in details])
 
 
 def _app_token_ttl(token_ttl: object) -> int | None:
@@ -148,14 +164,21 @@ class Apps(Service):
         token_ttl: object,
         ctx: RequestContext,
         public_key: object = None,
+        authorization_details: object = None,
     ) -> tuple[AppRecord, str]:
         """Create an app; returns the record and its client secret (shown once).
+
+        Its ceiling is ``scopes`` and ``authorization_details`` (RFC 9396 structured
+        grants; either may be empty, not both): its launch tokens stay within them.
 
         ``public_key`` (an Ed25519 JWK or raw key, :func:`app_public_key`) lets the app
         authenticate with signed client assertions (``private_key_jwt``) too."""
         if not isinstance(name, str) or not name:
             raise InvalidRequest("name is required")
-        if scopes is None or scopes == []:
+        details = self._kernel.grant_types.check(
+            authorization_details, field="authorization_details"
+        )
+        if (scopes is None or scopes == []) and not details:
             raise InvalidRequest("scopes must not be empty")
         ttl = _app_token_ttl(token_ttl)
         if len(name) > 64 or not _APP_NAME.match(name):
@@ -163,7 +186,7 @@ class Apps(Service):
                 "invalid app name: must be lowercase letters, digits, and hyphens",
                 hint="2-64 characters starting with a letter; hyphens only between letters",
             )
-        ceiling = validate_scopes(scopes, field="scopes")
+        ceiling = () if scopes is None or scopes == [] else validate_scopes(scopes, field="scopes")
         key = "" if public_key is None else app_public_key(public_key)
         now = self._kernel.now()
         parts = name.split("-")
@@ -181,6 +204,7 @@ class Apps(Service):
             updated_at=now,
             created_by=claims.sub,
             public_key=key,
+            authorization_details=details,
         )
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -190,7 +214,7 @@ class Apps(Service):
                     "app_registered",
                     request_id=ctx.request_id,
                     detail=f"app={name} app_id={app.app_id} client_id={app.client_id} "
-                    f"scopes={listed(ceiling)} token_ttl={app.token_ttl}"
+                    f"scopes={listed(ceiling)}{_grants(details)} token_ttl={app.token_ttl}"
                     f"{_key_suffix(key)} by={claims.sub}",
                 )
             ]
@@ -216,11 +240,29 @@ class Apps(Service):
         token_ttl: object,
         ctx: RequestContext,
         public_key: object = None,
+        authorization_details: object = None,
     ) -> AppRecord:
-        """Change an app's scope ceiling, token TTL and/or public key, atomically (all or
-        none). ``public_key`` ``""`` removes the key (secret only from then on)."""
-        if (scopes is None or scopes == []) and token_ttl is None and public_key is None:
-            raise InvalidRequest("at least one of scopes, token_ttl or public_key must be provided")
+        """Change an app's ceiling (scopes, grants), token TTL and/or public key,
+        atomically (all or none). ``public_key`` ``""`` removes the key (secret only from
+        then on); ``authorization_details`` replaces the app's grants (``[]`` removes them).
+        """
+        details = (
+            None
+            if authorization_details is None
+            else self._kernel.grant_types.check(
+                authorization_details, field="authorization_details"
+            )
+        )
+        if (
+            (scopes is None or scopes == [])
+            and token_ttl is None
+            and public_key is None
+            and details is None
+        ):
+            raise InvalidRequest(
+                "at least one of scopes, authorization_details, token_ttl or public_key "
+                "must be provided"
+            )
         ceiling = (
             None if scopes is None or scopes == [] else validate_scopes(scopes, field="scopes")
         )
@@ -233,6 +275,7 @@ class Apps(Service):
             token_ttl=ttl if ttl is not None else app.token_ttl,
             public_key=app.public_key if public_key is None else (key or ""),
             updated_at=self._kernel.now(),
+            authorization_details=details if details is not None else app.authorization_details,
         )
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -241,7 +284,8 @@ class Apps(Service):
                 AuditEntry(
                     "app_updated",
                     request_id=ctx.request_id,
-                    detail=f"app_id={app_id} scopes={listed(updated.scopes)} "
+                    detail=f"app_id={app_id} scopes={listed(updated.scopes)}"
+                    f"{_grants(updated.authorization_details)} "
                     f"token_ttl={app.token_ttl}->{updated.token_ttl}"
                     f"{_key_suffix(updated.public_key)} updated_by={claims.sub}",
                 )
@@ -397,8 +441,13 @@ class Apps(Service):
         resource: object = None,
         max_uses: object = None,
         allow_resume: object = None,
+        authorization_details: object = None,
     ) -> tuple[str, LaunchTokenRecord]:
-        """Mint a launch token. App callers are held to their app's scope ceiling.
+        """Mint a launch token. App callers are held to their app's ceiling (scopes and
+        grants); the tenant's issuance policy decides (``core.policy``).
+
+        ``authorization_details`` (RFC 9396) are structured grants of its ceiling besides
+        ``allowed_scope`` (either may be empty, not both).
 
         ``resource`` (a string or a list, RFC 8707) names the resources its agents'
         tokens may be for; a registration then names one of them (``invalid_target``).
@@ -420,9 +469,15 @@ class Apps(Service):
             raise InvalidRequest("agent_name is required")
         if len(agent_name) > 256:
             raise InvalidRequest("agent_name must be at most 256 characters")
+        details = self._kernel.grant_types.check(
+            authorization_details, field="authorization_details"
+        )
         if allowed_scope is None or allowed_scope == []:
-            raise InvalidRequest("allowed_scope must not be empty")
-        scope = validate_scopes(allowed_scope, field="allowed_scope")
+            if not details:
+                raise InvalidRequest("allowed_scope must not be empty")
+            scope: tuple[str, ...] = ()
+        else:
+            scope = validate_scopes(allowed_scope, field="allowed_scope")
         validity = _positive_seconds("ttl", ttl)
         agent_ttl = clamp_ttl(_positive_seconds("max_ttl", max_ttl), cfg.default_ttl, cfg)
         for name, flag in (("single_use", single_use), ("allow_resume", allow_resume)):
@@ -442,6 +497,7 @@ class Apps(Service):
                 f"got {validity}"
             )
         app_id = ""
+        app: AppRecord | None = None
         if claims.kind == KIND_APP:
             app_id = claims.sub.removeprefix("app:")
             app = self._store.get_app(app_id)
@@ -457,7 +513,18 @@ class Apps(Service):
                         "reason=app not active",
                     ),
                 )
-            if not scope_rules.is_subset(scope, app.scopes):
+        principal_of = named or (f"app:{app_id}" if app_id else claims.sub)
+        try:
+            decision = self._kernel.check_launch(
+                Actor("App", app_id) if app is not None else Actor("Operator", claims.sub),
+                scope=scope,
+                details=details,
+                ceiling=(app.scopes, app.authorization_details) if app is not None else None,
+                ttl=agent_ttl,
+                human=principal_of,
+            )
+        except Refusal as refusal:
+            if refusal.event_type == "attenuation" and app is not None:
                 self._metrics.scope_rejections.labels(ctx.path or "launch-tokens").inc()
                 raise self._kernel.deny(
                     Forbidden(
@@ -468,10 +535,22 @@ class Apps(Service):
                         outcome="denied",
                         agent_id=claims.sub,
                         request_id=ctx.request_id,
-                        detail=f"app={app_id} requested={listed(scope)} "
-                        f"ceiling={listed(app.scopes)}",
+                        detail=f"app={app_id} requested={listed(scope)}{_grants(details)} "
+                        f"ceiling={listed(app.scopes)}{_grants(app.authorization_details)}"
+                        f"{refusal.detail.removeprefix('ceiling would widen')}",
                     ),
-                )
+                ) from None
+            raise self._kernel.deny(
+                refusal.error,
+                AuditEntry(
+                    "launch_token_denied",
+                    outcome="denied",
+                    agent_id=claims.sub,
+                    request_id=ctx.request_id,
+                    detail=f"launch token denied for agent={agent_name} by={claims.sub} "
+                    f"reason={refusal.detail}",
+                ),
+            ) from None
         now = self._kernel.now()
         token, digest = new_launch_token()
         record = LaunchTokenRecord(
@@ -484,15 +563,17 @@ class Apps(Service):
             expires_at=now + validity,
             created_by=claims.sub,
             app_id=app_id,
-            principal=named or (f"app:{app_id}" if app_id else claims.sub),
+            principal=principal_of,
             audience=resources,
             max_uses=uses,
             allow_resume=allow_resume is not False,
+            authorization_details=details,
         )
         suffix = f" app_id={app_id}" if app_id else ""
         if resources:
             suffix += f" resource={listed(resources)}"
         suffix += f" principal={record.principal} principal_ref={principal_ref(record.principal)}"
+        suffix += _grants(details) + decision.audit()
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             tx.insert_launch_token(record)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tasklease.core.apps import Apps, expires_at_text
 from tasklease.core.attestation import AttestationService
+from tasklease.core.auditformat import AuditEntry
 from tasklease.core.binding import DPoPNonces, StoreProofLedger
+from tasklease.core.calls import CallCount, CallCounting
 from tasklease.core.clock import Clock, SystemClock
 from tasklease.core.config import Config
 from tasklease.core.delegating import Delegating
@@ -29,6 +31,7 @@ from tasklease.core.errors import InsufficientScope, Unauthorized
 from tasklease.core.exchange import Exchange, Exchanged, ExchangeRequest
 from tasklease.core.federation import Federation
 from tasklease.core.freshness import Freshness
+from tasklease.core.grantadmin import GrantTypes
 from tasklease.core.handshake import Handshakes
 from tasklease.core.horizon import SafeHorizon
 from tasklease.core.identity import NonceIssuer
@@ -40,6 +43,7 @@ from tasklease.core.metrics import Metrics
 from tasklease.core.mutual import HandshakeResult
 from tasklease.core.operators import Operators
 from tasklease.core.peerfeed import PeerFeeds
+from tasklease.core.policy import PolicyEngine, PolicySource, Reloaded
 from tasklease.core.readiness import Readiness
 from tasklease.core.registration import PendingRegistration, Registration
 from tasklease.core.renewal import Renewal
@@ -143,6 +147,9 @@ class Broker:
         self._delegating = Delegating(kernel, keys)
         self._revoking = Revoking(kernel, tokens, horizon)
         self._apps = Apps(kernel, keys, self.dpop)
+        # Structured grants: operators' grant types, and call budgets (max_calls).
+        self.grant_types = GrantTypes(kernel)
+        self._calls = CallCounting(kernel)
         self._operators = Operators(kernel, keys, self.nonces)
         self._tenants = Tenants(kernel)
         self._liveness = Liveness(kernel)
@@ -219,6 +226,7 @@ class Broker:
         resource: object = None,
         attestation: object = None,
         declared: object = None,
+        authorization_details: object = None,
     ) -> IssuedToken:
         """Register an agent instance and issue its first token (:class:`Registration`):
         with a launch token, workload evidence (``attestation``), or both."""
@@ -234,6 +242,7 @@ class Broker:
             resource=resource,
             attestation=attestation,
             declared=declared,
+            authorization_details=authorization_details,
         )
 
     def prepare_register(
@@ -250,6 +259,7 @@ class Broker:
         resource: object = None,
         attestation: object = None,
         declared: object = None,
+        authorization_details: object = None,
     ) -> PendingRegistration:
         """The first half of :meth:`register` for an event loop: checks and signing only."""
         return self._registration.prepare_register(
@@ -264,6 +274,7 @@ class Broker:
             resource=resource,
             attestation=attestation,
             declared=declared,
+            authorization_details=authorization_details,
         )
 
     async def complete_register(self, pending: PendingRegistration) -> IssuedToken:
@@ -348,10 +359,17 @@ class Broker:
         ttl: object,
         ctx: RequestContext,
         resource: object = None,
+        authorization_details: object = None,
     ) -> IssuedToken:
-        """Hand a subset of the caller's scope to another registered agent."""
+        """Hand a subset of the caller's scope and grants to another registered agent."""
         return self._delegating.delegate(
-            claims, delegate_to=delegate_to, scope=scope, ttl=ttl, ctx=ctx, resource=resource
+            claims,
+            delegate_to=delegate_to,
+            scope=scope,
+            ttl=ttl,
+            ctx=ctx,
+            resource=resource,
+            authorization_details=authorization_details,
         )
 
     def exchange_token(self, request: ExchangeRequest, ctx: RequestContext) -> Exchanged:
@@ -456,10 +474,17 @@ class Broker:
         token_ttl: object,
         ctx: RequestContext,
         public_key: object = None,
+        authorization_details: object = None,
     ) -> tuple[AppRecord, str]:
         """Create an app; returns the record and its client secret (shown once)."""
         return self._apps.register_app(
-            claims, name=name, scopes=scopes, token_ttl=token_ttl, ctx=ctx, public_key=public_key
+            claims,
+            name=name,
+            scopes=scopes,
+            token_ttl=token_ttl,
+            ctx=ctx,
+            public_key=public_key,
+            authorization_details=authorization_details,
         )
 
     def list_apps(self) -> list[AppRecord]:
@@ -478,10 +503,18 @@ class Broker:
         token_ttl: object,
         ctx: RequestContext,
         public_key: object = None,
+        authorization_details: object = None,
     ) -> AppRecord:
-        """Change an app's scope ceiling, token TTL and/or public key, atomically."""
+        """Change an app's ceiling (scopes, grants), token TTL and/or public key,
+        atomically."""
         return self._apps.update_app(
-            claims, app_id, scopes=scopes, token_ttl=token_ttl, ctx=ctx, public_key=public_key
+            claims,
+            app_id,
+            scopes=scopes,
+            token_ttl=token_ttl,
+            ctx=ctx,
+            public_key=public_key,
+            authorization_details=authorization_details,
         )
 
     def deregister_app(self, claims: Claims, app_id: str, ctx: RequestContext) -> AppRecord:
@@ -523,6 +556,7 @@ class Broker:
         resource: object = None,
         max_uses: object = None,
         allow_resume: object = None,
+        authorization_details: object = None,
     ) -> tuple[str, LaunchTokenRecord]:
         """Mint a launch token. App callers are held to their app's scope ceiling; a
         multi-use one admits ``max_uses`` registrations."""
@@ -538,7 +572,65 @@ class Broker:
             resource=resource,
             max_uses=max_uses,
             allow_resume=allow_resume,
+            authorization_details=authorization_details,
         )
+
+    # --- grants and issuance policy (core.granttypes, core.calls, core.policy) ---------
+
+    @property
+    def policy(self) -> PolicyEngine:
+        """The tenant's issuance policy in force (Cedar; ``core.policy``)."""
+        return self.kernel.policy
+
+    def use_policy_source(self, source: PolicySource) -> None:
+        """Follow ``source`` for the tenant's policies (an adapter's), loading it now."""
+        self._audit_policy_load(self.kernel.policy.use_source(source))
+
+    def reload_policies(self) -> bool:
+        """Reload the tenant's policies if their source changed; audit what happened.
+
+        True when a new set is in force. A set that fails to load is refused whole and the
+        one in force stays (audited as ``policy_load_failed``)."""
+        return self._audit_policy_load(self.kernel.policy.reload())
+
+    def _audit_policy_load(self, outcome: Reloaded | None) -> bool:
+        if outcome is None:
+            return False
+        if outcome.policies is not None:
+            loaded = outcome.policies
+            self.kernel.record(
+                AuditEntry(
+                    "policy_loaded",
+                    detail=f"policy set {loaded.digest[:12]} from {loaded.origin[:256]} "
+                    f"policies=[{','.join(loaded.ids)[:1200]}]",
+                )
+            )
+            return True
+        error = outcome.error
+        self.kernel.record(
+            AuditEntry(
+                "policy_load_failed",
+                outcome="denied",
+                detail=f"policies refused, the set in force stays "
+                f"{self.kernel.policy.current.digest[:12]}: {str(error)[:1500]}",
+            )
+        )
+        return False
+
+    def count_call(
+        self,
+        token: str,
+        *,
+        kind: object,
+        call: Mapping[str, Any],
+        audience: str | None,
+        presented: Presentation | None,
+        ctx: RequestContext,
+    ) -> tuple[Claims, CallCount]:
+        """Validate ``token`` for ``audience`` (as :meth:`validate`), then count one call of
+        its grant that allows ``call`` (``core.calls``: ``max_calls``)."""
+        claims = self._tokens.validate(token, audience=audience, presented=presented, ctx=ctx)
+        return claims, self._calls.count(claims, kind, call, ctx)
 
     # --- operators (core.operators) ----------------------------------------------------
 

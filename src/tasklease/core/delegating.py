@@ -15,6 +15,7 @@ from dataclasses import replace
 from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about, lineage, refused, require_agent
+from tasklease.core.calls import budget_holder, budgets_for
 from tasklease.core.clock import format_rfc3339
 from tasklease.core.delegation import record_signing_input, verify_chain_records
 from tasklease.core.errors import InvalidRequest, NotFound, Unauthorized
@@ -34,6 +35,7 @@ from tasklease.core.kernel import (
     RequestContext,
     Service,
 )
+from tasklease.core.policyrequest import agent_actor
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys, verify_keys
 from tasklease.core.store import WriteTx
@@ -58,24 +60,32 @@ class Delegating(Service):
         ttl: object,
         ctx: RequestContext,
         resource: object = None,
+        authorization_details: object = None,
     ) -> IssuedToken:
-        """Hand a subset of the caller's scope to another registered agent.
+        """Hand a subset of the caller's scope and grants to another registered agent.
 
         The delegated token can only narrow: scope ⊆ the caller's, lifetime ≤ the caller's
         remaining lifetime, depth ≤ ``max_delegation_depth`` (checked here and on every
         validation), audience equal to the caller's or narrower (``resource``, RFC 8707).
-        Only agent tokens delegate: admin and app authority never flows into an agent
-        through delegation. The token is bound to the delegate's own registered key or
-        certificate (``cnf``), never the delegator's: the delegate proves possession.
+        ``authorization_details`` (RFC 9396) are the structured grants handed on, each
+        covered by one of the caller's scopes or grants (``rules.grants``); ``scope`` may
+        be absent when they are given. Only agent tokens delegate: admin and app authority
+        never flows into an agent through delegation. The token is bound to the delegate's
+        own registered key or certificate (``cnf``), never the delegator's: the delegate
+        proves possession.
         """
         started = time.perf_counter()
         cfg = self._config
         kernel = self._kernel
         if not isinstance(delegate_to, str) or not delegate_to:
             raise InvalidRequest("missing required field: delegate_to")
+        details = kernel.grant_types.check(authorization_details, field="authorization_details")
         if scope is None or scope == []:
-            raise InvalidRequest("missing required field: scope")
-        requested = validate_scopes(scope, field="scope")
+            if not details:
+                raise InvalidRequest("missing required field: scope")
+            requested: tuple[str, ...] = ()
+        else:
+            requested = validate_scopes(scope, field="scope")
         if ttl is not None and (type(ttl) is not int):
             raise InvalidRequest("ttl must be an integer number of seconds")
         named_resource = validate_resource(resource, field="resource")
@@ -99,6 +109,8 @@ class Delegating(Service):
                 requested_ttl=want,
                 dead_ancestor=dead,
                 resource=named_resource,
+                details=details,
+                actor=agent_actor(claims),
             )
         except Refusal as refusal:
             if refusal.event_type == "audience":
@@ -121,8 +133,17 @@ class Delegating(Service):
                         detail=f"{refusal.detail} | {parties}",
                     ),
                 ) from None
+            if refusal.event_type == "policy":
+                raise kernel.deny(
+                    refusal.error,
+                    replace(
+                        denied,
+                        event_type="delegation_denied",
+                        detail=f"{refusal.detail} | {parties}",
+                    ),
+                ) from None
             if refusal.event_type == "attenuation":
-                if refusal.detail.startswith("scope would widen"):
+                if refusal.detail.startswith(("scope would widen", "grants would widen")):
                     # More than the presented token holds (RFC 6750 section 3.1).
                     refusal.error.challenge = token_challenge(claims, "insufficient_scope")
                 raise kernel.deny(
@@ -200,10 +221,20 @@ class Delegating(Service):
             cnf=json.loads(target.cnf) if target.cnf else None,
         )
         token, reference = size_adapted(token, new_claims, cfg, self._metrics)
+        budgets = budgets_for(
+            budget_holder(new_claims),
+            issuance.details,
+            expires_at=issuance.max_exp + cfg.clock_skew,
+            parent_holder=budget_holder(claims),
+            parent_grants=claims.details,
+            rules=kernel.grant_types.rules({str(d["type"]) for d in issuance.details}),
+        )
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if reference is not None:
                 tx.insert_reference_token(reference)
+            for budget in budgets:
+                tx.put_call_budget(budget)
             return [
                 AuditEntry(
                     "delegation_created",
@@ -217,7 +248,7 @@ class Delegating(Service):
                     detail=f"delegation from {claims.sub} to {delegate_to} "
                     f"scope={listed(requested)} depth={len(chain)} jti={new_claims.jti} "
                     f"parent_jti={claims.jti} ttl={new_claims.exp - new_claims.iat}"
-                    f"{binding_suffix(new_claims, reference)}",
+                    f"{binding_suffix(new_claims, reference)}{issuance.decision}",
                 )
             ]
 

@@ -39,6 +39,7 @@ __all__ = [
     "Forbidden",
     "InsufficientScope",
     "InternalError",
+    "InvalidAuthorizationDetails",
     "InvalidDPoPProof",
     "InvalidRequest",
     "InvalidScope",
@@ -136,6 +137,14 @@ class InvalidScope(InvalidRequest):
 
     code = "invalid_scope"
     default_detail = "the requested scope is invalid or exceeds what can be granted"
+
+
+class InvalidAuthorizationDetails(InvalidRequest):
+    """``authorization_details`` with an unknown type, unknown or malformed members, or
+    one its type's schema refuses (RFC 9396 section 5)."""
+
+    code = "invalid_authorization_details"
+    default_detail = "invalid authorization_details"
 
 
 class UnsupportedGrantType(InvalidRequest):

@@ -28,17 +28,19 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
+from tasklease.core.calls import budget_holder, budgets_for
 from tasklease.core.clock import format_rfc3339
 from tasklease.core.delegation import record_signing_input
 from tasklease.core.errors import (
     Forbidden,
     InternalError,
+    InvalidAuthorizationDetails,
     InvalidRequest,
     InvalidScope,
     RateLimited,
@@ -70,9 +72,10 @@ from tasklease.core.issuing import (
 )
 from tasklease.core.kernel import IssuedToken, Kernel, Parent, Refusal, RequestContext, Service
 from tasklease.core.keys import KeyRing
+from tasklease.core.policyrequest import agent_actor
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys
-from tasklease.core.store import WriteTx
+from tasklease.core.store import CallBudget, WriteTx
 from tasklease.core.tokencheck import TokenCheck
 from tasklease.core.tokens import KIND_AGENT, Claims, DelegationRecord, agent_key_of
 
@@ -98,7 +101,8 @@ class ExchangeRequest:
 
     ``scope`` is the space-separated string of RFC 6749 section 3.3; ``resource`` the one
     resource or audience asked for (the adapter merges RFC 8707 ``resource`` and RFC 8693
-    ``audience``).
+    ``audience``); ``authorization_details`` the structured grants asked for (RFC 9396
+    section 6: a JSON array, as text in a form or as a list).
     """
 
     grant_type: object = None
@@ -109,6 +113,7 @@ class ExchangeRequest:
     requested_token_type: object = None
     scope: object = None
     resource: object = None
+    authorization_details: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,7 @@ class Exchanged:
     token_type: str  # "DPoP" for a DPoP-bound token, else "Bearer"
     scope: tuple[str, ...]
     issued_token_type: str = ACCESS_TOKEN_TYPE
+    details: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,13 +164,30 @@ def _token_type_param(value: object, name: str) -> None:
 
 def _outward(refusal: Refusal) -> TaskleaseError:
     """The error a refusal of the issuance check answers with: a widening of scope is
-    ``invalid_scope``; depth and cycles are not about scope."""
+    ``invalid_scope``, of grants ``invalid_authorization_details`` (RFC 9396 section 5);
+    depth and cycles are not about scope."""
     error = refusal.error
     if isinstance(error, ScopeViolation):
         if refusal.detail.startswith("scope would widen"):
             return InvalidScope(error.detail)
+        if refusal.detail.startswith("grants would widen"):
+            return InvalidAuthorizationDetails(
+                "requested authorization_details exceed what the subject token grants"
+            )
         return Forbidden(error.detail)
     return error
+
+
+def _details_param(value: object) -> object:
+    """RFC 9396 section 6: ``authorization_details`` in a form is JSON text."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise InvalidAuthorizationDetails(
+                "authorization_details must be a JSON array"
+            ) from None
+    return value
 
 
 def _as_token_endpoint_error(exc: TaskleaseError) -> TaskleaseError:
@@ -229,6 +252,11 @@ class Exchange(Service):
             )
         scope = _scope_param(request.scope)
         resource = validate_resource(request.resource, field="resource")
+        details: tuple[Mapping[str, Any], ...] | None = None
+        if request.authorization_details not in (None, ""):
+            details = self._kernel.grant_types.check(
+                _details_param(request.authorization_details), field="authorization_details"
+            )
         own = self._config.trust_domain
         if is_reference_token(subject):
             domain = own
@@ -246,7 +274,7 @@ class Exchange(Service):
                     "actor_token is for a federated domain's subject_token",
                     hint="to hand authority to another agent of this broker, use /v1/delegate",
                 )
-            issued = self._narrow(subject, scope, resource, ctx)
+            issued = self._narrow(subject, scope, resource, ctx, details)
             kind = "narrow"
         else:
             if actor is None:
@@ -254,6 +282,12 @@ class Exchange(Service):
                     "missing required field: actor_token",
                     hint="a federated domain's token is exchanged by the agent that will hold "
                     "the new one: send its own token as actor_token",
+                )
+            if details:
+                raise InvalidAuthorizationDetails(
+                    "a federated domain's token is exchanged for scopes only",
+                    hint="its federation record maps scopes; ask for authorization_details "
+                    "by delegation here",
                 )
             issued = self._cross(domain, subject, actor, scope, resource, ctx)
             kind = "exchange"
@@ -299,12 +333,15 @@ class Exchange(Service):
         scope: tuple[str, ...] | None,
         resource: str | None,
         ctx: RequestContext,
+        details: tuple[Mapping[str, Any], ...] | None = None,
     ) -> Exchanged:
         kernel, cfg = self._kernel, self._config
         claims = self._credential(subject, ctx)
         _, dead = kernel.agent_standing(claims.sub, lifetime=False)
         iat = int(kernel.now())
         wanted = scope if scope is not None else claims.scope
+        # Absent, each keeps what the subject token holds; given, each narrows apart.
+        grants = details if details is not None else claims.details
         try:
             issuance = kernel.check_issuance(
                 "narrow",
@@ -315,6 +352,8 @@ class Exchange(Service):
                 requested_ttl=clamp_ttl(None, cfg.default_ttl, cfg),
                 dead_ancestor=dead,
                 resource=resource,
+                details=grants,
+                actor=agent_actor(claims),
             )
         except Refusal as refusal:
             self._refused(refusal, ctx, claims, f"narrowing jti={claims.jti}")
@@ -335,8 +374,17 @@ class Exchange(Service):
         )
         detail = (
             f"narrowed jti={claims.jti} to jti={new.jti} scope={listed(new.scope)} exp={new.exp}"
+            f"{issuance.decision}"
         )
-        return self._issue(token, new, claims, detail, ctx)
+        budgets = budgets_for(
+            budget_holder(new),
+            issuance.details,
+            expires_at=issuance.max_exp + cfg.clock_skew,
+            parent_holder=budget_holder(claims),
+            parent_grants=claims.details,
+            rules=kernel.grant_types.rules({str(d["type"]) for d in issuance.details}),
+        )
+        return self._issue(token, new, claims, detail, ctx, budgets)
 
     # --- cross-domain ------------------------------------------------------------------
 
@@ -402,6 +450,8 @@ class Exchange(Service):
                 requested_ttl=clamp_ttl(None, cfg.default_ttl, cfg),
                 dead_ancestor=dead,
                 resource=resource,
+                actor=agent_actor(actor),
+                domain=domain,
             )
         except Refusal as refusal:
             self._refused(refusal, ctx, actor, about)
@@ -441,7 +491,7 @@ class Exchange(Service):
         detail = (
             f"cross-domain exchange {about} iss={foreign.iss[:128]} "
             f"granted={listed(granted)} scope={listed(new.scope)} depth={len(chain)} "
-            f"jti={new.jti}"
+            f"jti={new.jti}{issuance.decision}"
         )
         return self._issue(token, new, actor, detail, ctx)
 
@@ -466,13 +516,21 @@ class Exchange(Service):
     # --- issuing -----------------------------------------------------------------------
 
     def _issue(
-        self, token: str, new: Claims, caller: Claims, detail: str, ctx: RequestContext
+        self,
+        token: str,
+        new: Claims,
+        caller: Claims,
+        detail: str,
+        ctx: RequestContext,
+        budgets: Sequence[CallBudget] = (),
     ) -> Exchanged:
         token, reference = size_adapted(token, new, self._config, self._metrics)
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if reference is not None:
                 tx.insert_reference_token(reference)
+            for budget in budgets:
+                tx.put_call_budget(budget)
             return [
                 AuditEntry(
                     "token_exchanged",
@@ -493,6 +551,7 @@ class Exchange(Service):
             token=token,
             token_type="DPoP" if cnf and "jkt" in cnf else "Bearer",
             scope=new.scope,
+            details=new.details,
         )
 
 

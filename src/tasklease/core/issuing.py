@@ -12,6 +12,7 @@ from tasklease.core.keys import KeyRing
 from tasklease.core.metrics import Metrics
 from tasklease.core.store import ReferenceTokenRecord
 from tasklease.core.tokens import KIND_AGENT, Claims, DelegationRecord, mint
+from tasklease.rules.grants import digest
 
 __all__ = [
     "binding_suffix",
@@ -46,8 +47,9 @@ def mint_granted(
     oiat: int | None = None,
     chain: tuple[DelegationRecord, ...] = (),
 ) -> tuple[str, Claims]:
-    """The agent token ``issuance`` (the kernel's check) grants: its scope, lifetime,
-    renewal count, principal and lineage come from the issuance and nowhere else."""
+    """The agent token ``issuance`` (the kernel's check) grants: its scope and grants,
+    lifetime, renewal count, principal and lineage come from the issuance and nowhere
+    else."""
     return mint(
         ring,
         kind=KIND_AGENT,
@@ -70,6 +72,7 @@ def mint_granted(
         grant=issuance.grant,
         max_exp=issuance.max_exp,
         attest=issuance.attest,
+        details=issuance.details,
     )
 
 
@@ -98,8 +101,10 @@ def token_challenge(claims: Claims, error: str = "invalid_token") -> tuple[str, 
 
 
 def binding_suffix(claims: Claims, reference: ReferenceTokenRecord | None) -> str:
-    """Audit detail: which binding, audience and form a freshly issued token has."""
+    """Audit detail: which binding, audience, grants and form a freshly issued token has."""
     out = ""
+    if claims.details:
+        out += " grants=" + ",".join(f"{d.get('type')}#{digest(d)[:12]}" for d in claims.details)
     cnf = cnf_of(claims)
     if cnf:
         out += " cnf=" + ",".join(sorted(cnf))

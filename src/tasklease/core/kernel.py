@@ -18,12 +18,18 @@ lineage. The invariants (docs/authority.md):
 2. ``exp`` ≤ every ancestor's ceiling (launch ``max_ttl``, registration lifetime
    ceiling, the parent token's ``exp`` and ``max_exp``);
 3. the renewal budget is counted on the lineage and never reset;
-4. scope and audience only narrow (binding: the holder's own, never widened);
+4. scope, grants (``authorization_details``, ``rules.grants``) and audience only narrow
+   (binding: the holder's own, never widened);
 5. the delegate is not already in the chain;
 6. the human principal reaches every descendant, and so does the attestation (the
    ``attest`` claim: the facts a workload proved at registration, ``rules.attest``);
 7. a refusal is a problem with a ``denial_id`` and exactly one audit event
    (:meth:`Kernel.deny`).
+
+Issuance policy (``core.policy``, Cedar) decides who may obtain what among the issuances
+these invariants admit: :meth:`Kernel.check_issuance` asks it first for a registration, a
+delegation or an exchange (:meth:`Kernel.check_launch` for a launch token), and the
+invariants hold whatever it says. Each issuance names the policies that decided it.
 
 An attestation is an ancestor like a launch token: its policy's ceiling is a
 :class:`Parent` (``core.attestation``), and a registration with both a launch token and an
@@ -57,7 +63,10 @@ from tasklease.core.errors import (
     ScopeViolation,
     TaskleaseError,
 )
+from tasklease.core.granttypes import GrantTypeRegistry
 from tasklease.core.metrics import Metrics
+from tasklease.core.policy import Decision, PolicyEngine
+from tasklease.core.policyrequest import Actor, PolicyRequest
 from tasklease.core.revocation import RevocationIndex
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import (
@@ -69,7 +78,9 @@ from tasklease.core.store import (
     WriteTx,
 )
 from tasklease.core.tokens import Claims
+from tasklease.rules import grants as grant_rules
 from tasklease.rules import scopes as scope_rules
+from tasklease.rules.grants import TypeRule
 
 __all__ = [
     "Issuance",
@@ -85,6 +96,7 @@ __all__ = [
     "joint_parent",
     "new_denial_id",
     "with_denial",
+    "within_ceiling",
 ]
 
 _log = logging.getLogger("tasklease.kernel")
@@ -172,6 +184,7 @@ class Parent:
     token_exp: int = 0
     resumable: bool = True
     attest: Mapping[str, Any] | None = None
+    details: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
     def of_token(cls, claims: Claims, config: Config) -> Parent:
@@ -194,6 +207,7 @@ class Parent:
             jti=claims.jti,
             token_exp=claims.exp,
             attest=_attest_of(claims),
+            details=claims.details,
         )
 
 
@@ -206,7 +220,8 @@ def joint_parent(first: Parent, second: Parent) -> Parent:
     """The parent of a registration that descends from two ancestors at once (a launch
     token and an attestation): every bound the narrower of the two, the lineage both.
 
-    Scope is the scopes both cover (``rules.scopes.intersect``); resources (audience) the
+    Scope is the scopes both cover (``rules.scopes.intersect``), grants those both cover
+    (``rules.grants.common``; an operator's type only when identical); resources (audience) the
     ones both allow, where an empty tuple allows any; the lifetimes the smaller; the
     principal the first's; the attestation the second's, else the first's.
 
@@ -224,9 +239,14 @@ def joint_parent(first: Parent, second: Parent) -> Parent:
             )
     else:
         audience = first.audience or second.audience
+    shared = grant_rules.common(
+        grant_rules.grants_of(first.scope, first.details),
+        grant_rules.grants_of(second.scope, second.details),
+    )
     return Parent(
         holder=first.holder,
         scope=scope_rules.intersect(first.scope, second.scope),
+        details=grant_rules.plain_scopes(shared)[1],
         audience=audience,
         principal=first.principal or second.principal,
         lineage=(*first.lineage, *(a for a in second.lineage if a not in first.lineage)),
@@ -251,6 +271,10 @@ class Issuance:
     scope: tuple[str, ...]
     audience: tuple[str, ...]
     attest: Mapping[str, Any] | None = None
+    details: tuple[Mapping[str, Any], ...] = ()
+    # The policy decision, as audit text (``core.policy.Decision.audit``); "" when none
+    # was asked (renewal and resumption change nothing).
+    decision: str = ""
 
     def ttl(self, iat: int) -> int:
         return self.exp - iat
@@ -276,6 +300,10 @@ _WIDENING = {
     "exchange": "requested scope exceeds what the subject token grants here",
     "narrow": "requested scope exceeds the subject token's scope",
 }
+# What widening grants reads as: the scope's words, for grants.
+_GRANTS_WIDENING = "grants would widen"
+# Operations issuance policy decides (core.policy); renewal and resumption change nothing.
+_DECIDED = ("register", "delegate", "exchange", "narrow")
 # Operations whose parent is a token that hands on part of itself: the child lives within
 # the parent token's exp and lists the parent's grant and jti in its lineage.
 _FROM_TOKEN = ("delegate", "exchange", "narrow")
@@ -294,6 +322,8 @@ def check_issuance(
     config: Config,
     dead_ancestor: str = "",
     resource: str | None = None,
+    details: tuple[Mapping[str, Any], ...] = (),
+    rules: Mapping[str, TypeRule] | None = None,
 ) -> Issuance:
     """The one issuance check every credential path calls. Raises :class:`Refusal`.
 
@@ -306,7 +336,10 @@ def check_issuance(
     the lifetime asked for; ``dead_ancestor``, when not empty, says why an ancestor the
     caller looked up in the store (app, registration, delegate) is no longer alive;
     ``resource`` (RFC 8707) the one resource a registration or delegation asks its token
-    to be for: among the parent's, never wider.
+    to be for: among the parent's, never wider; ``details`` the structured grants it asks
+    for (``rules.grants``), each covered by one of the parent's scopes or grants under
+    its type's rule (``rules``: operators' types; one without a rule narrows only to an
+    identical grant). Renewal and resumption change neither.
     """
     if operation not in OPERATIONS:
         raise ValueError(f"unknown issuance operation: {operation}")
@@ -328,6 +361,14 @@ def check_issuance(
             ScopeViolation(_WIDENING[operation]),
             f"scope would widen | requested=[{' '.join(scope)}] | "
             f"allowed=[{' '.join(parent.scope)}]",
+            "attenuation",
+        )
+    wider = _wider_grants(operation, parent, details, rules)
+    if wider:
+        raise Refusal(
+            ScopeViolation(_WIDENING[operation]),
+            f"{_GRANTS_WIDENING} | requested={wider[:900]} | allowed="
+            f"{grant_rules.canonical({'d': list(parent.details)})[5:-1][:600]}",
             "attenuation",
         )
     try:
@@ -405,7 +446,44 @@ def check_issuance(
         scope=scope,
         audience=audience,
         attest=parent.attest,
+        details=details,
     )
+
+
+def within_ceiling(
+    scope: Sequence[str],
+    details: Sequence[Mapping[str, Any]],
+    ceiling_scope: Sequence[str],
+    ceiling_details: Sequence[Mapping[str, Any]],
+    rules: Mapping[str, TypeRule] | None = None,
+) -> bool:
+    """True iff every scope and grant asked for is covered by the ceiling's."""
+    if not scope_rules.is_subset(scope, ceiling_scope):
+        return False
+    if not details:
+        return True
+    ceiling = grant_rules.grants_of(ceiling_scope, ceiling_details)
+    return not grant_rules.uncovered(details, ceiling, rules)
+
+
+def _wider_grants(
+    operation: str,
+    parent: Parent,
+    details: tuple[Mapping[str, Any], ...],
+    rules: Mapping[str, TypeRule] | None,
+) -> str:
+    """The first requested grant the parent does not cover, as JSON ("" when none);
+    renewal and resumption must keep the parent's grants exactly."""
+    if operation in ("renew", "resume"):
+        if details == parent.details:
+            return ""
+        changed = [d for d in details if d not in parent.details] or list(parent.details)
+        return grant_rules.canonical(changed[0])
+    if not details:
+        return ""
+    ceiling = grant_rules.grants_of(parent.scope, parent.details)
+    wider = grant_rules.uncovered(details, ceiling, rules)
+    return grant_rules.canonical(wider[0]) if wider else ""
 
 
 def ending_records(claims: Claims, revoked_at: int, config: Config) -> list[RevocationRecord]:
@@ -459,6 +537,12 @@ class Kernel:
         self._listeners: tuple[Callable[[], None], ...] = ()
         self._listeners_lock = threading.Lock()
         self.started_at = time.monotonic()
+        # Issuance policy (core.policy): the tenant's Cedar policies, the default until
+        # an adapter gives it a source.
+        self.policy = PolicyEngine()
+        # Operators' grant types (core.granttypes): their rules and schemas, read from
+        # the store when a grant names one.
+        self.grant_types = GrantTypeRegistry(store)
 
     def now(self) -> float:
         return self.clock.now()
@@ -507,10 +591,59 @@ class Kernel:
         requested_ttl: int,
         dead_ancestor: str = "",
         resource: str | None = None,
+        details: tuple[Mapping[str, Any], ...] = (),
+        actor: Actor | None = None,
+        domain: str = "",
     ) -> Issuance:
-        """:func:`check_issuance` with this broker's config, then the lineage it grants
-        checked against the revocation index: an ancestor already ended (a chain-level
-        entry on it) makes the issuance impossible, rather than a token born dead."""
+        """The tenant's issuance policy, then :func:`check_issuance` with this broker's
+        config, then the lineage it grants checked against the revocation index: an
+        ancestor already ended (a chain-level entry on it) makes the issuance impossible,
+        rather than a token born dead.
+
+        A registration, delegation or exchange is decided by the policy first
+        (``actor`` asks; ``domain`` is the federated domain of an exchange): a denial
+        that asked beyond the parent's grants is refused as the invariant refuses it (the
+        widening's own error), naming the policy decision too; any other denial is a
+        :class:`Refusal` of event type ``policy``. The invariants hold whatever the
+        policy allows.
+        """
+        names = {str(d.get("type")) for d in (*details, *parent.details)}
+        names.difference_update(grant_rules.BUILTIN_TYPES)
+        rules = self.grant_types.rules(names) if names else None
+        decision: Decision | None = None
+        if operation in _DECIDED:
+            within = within_ceiling(scope, details, parent.scope, parent.details, rules)
+            depth = len(parent.chain_agents) - (0 if operation in _NEW_HOLDER else 1)
+            decision = self.policy.decide(
+                PolicyRequest(
+                    operation,
+                    actor or Actor("Agent", parent.holder or "unknown"),
+                    scopes=scope,
+                    details=details,
+                    ttl=requested_ttl,
+                    now=iat,
+                    tenant=self.store.tenant,
+                    within_ceiling=within,
+                    human=parent.principal,
+                    depth=max(0, depth),
+                    domain=domain,
+                )
+            )
+            if not decision.allowed:
+                self._policy_refusal(
+                    operation,
+                    parent,
+                    decision,
+                    within,
+                    holder=holder,
+                    scope=scope,
+                    iat=iat,
+                    requested_ttl=requested_ttl,
+                    dead_ancestor=dead_ancestor,
+                    resource=resource,
+                    details=details,
+                    rules=rules,
+                )
         issuance = check_issuance(
             operation,
             parent,
@@ -521,7 +654,11 @@ class Kernel:
             config=self.config,
             dead_ancestor=dead_ancestor,
             resource=resource,
+            details=details,
+            rules=rules,
         )
+        if decision is not None:
+            issuance = replace(issuance, decision=decision.audit())
         ended = self.revocations.ended_ancestor(issuance.lineage)
         if ended is not None:
             raise Refusal(
@@ -530,6 +667,83 @@ class Kernel:
                 "denied",
             )
         return issuance
+
+    def _policy_refusal(
+        self,
+        operation: str,
+        parent: Parent,
+        decision: Decision,
+        within: bool,
+        **request: Any,
+    ) -> None:
+        """Raise the refusal of an issuance the policy denied: the invariant's own when the
+        request went beyond its parent (what it has always answered), else ``policy``."""
+        if not within:
+            try:
+                check_issuance(operation, parent, config=self.config, **request)
+            except Refusal as refusal:
+                refusal.detail += decision.audit()
+                raise
+        raise Refusal(
+            Forbidden(
+                "the issuance is refused by policy",
+                hint="the denial_id names the policies that decided it in the audit log",
+            ),
+            f"policy denied {operation}{decision.audit()}",
+            "policy",
+        )
+
+    def check_launch(
+        self,
+        actor: Actor,
+        *,
+        scope: tuple[str, ...],
+        details: tuple[Mapping[str, Any], ...],
+        ceiling: tuple[tuple[str, ...], tuple[Mapping[str, Any], ...]] | None,
+        ttl: int,
+        human: str,
+    ) -> Decision:
+        """Decide a launch token: ``actor`` (an app or an operator) asks for ``scope`` and
+        ``details`` under ``ceiling`` (the app's scopes and grants; None for an operator).
+
+        Raises :class:`Refusal` (event type ``attenuation`` beyond the ceiling, which no
+        policy can allow; ``policy`` for another denial).
+        """
+        names = {str(d.get("type")) for d in details}
+        if ceiling is not None:
+            names.update(str(d.get("type")) for d in ceiling[1])
+        names.difference_update(grant_rules.BUILTIN_TYPES)
+        rules = self.grant_types.rules(names) if names else None
+        within = ceiling is None or within_ceiling(scope, details, ceiling[0], ceiling[1], rules)
+        decision = self.policy.decide(
+            PolicyRequest(
+                "launch",
+                actor,
+                scopes=scope,
+                details=details,
+                ttl=ttl,
+                now=int(self.now()),
+                tenant=self.store.tenant,
+                within_ceiling=within,
+                human=human,
+            )
+        )
+        if not within:
+            raise Refusal(
+                ScopeViolation("requested scopes exceed app ceiling"),
+                f"ceiling would widen{decision.audit()}",
+                "attenuation",
+            )
+        if not decision.allowed:
+            raise Refusal(
+                Forbidden(
+                    "the launch token is refused by policy",
+                    hint="the denial_id names the policies that decided it in the audit log",
+                ),
+                f"policy denied launch{decision.audit()}",
+                "policy",
+            )
+        return decision
 
     def revocation_expiry(self, revoked_at: float) -> float:
         """When an operator's entry made at ``revoked_at`` can no longer matter.

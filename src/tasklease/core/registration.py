@@ -21,6 +21,7 @@ from tasklease.core.attestors import LAUNCH_TOKEN, AttestationRefused, evidence_
 from tasklease.core.attestors.launch_token import refusal as launch_refusal
 from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
+from tasklease.core.calls import budgets_for
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import (
     InvalidDPoPProof,
@@ -51,6 +52,7 @@ from tasklease.core.kernel import (
 )
 from tasklease.core.launch import LAUNCH_TOKEN_PATTERN, launch_token_hash
 from tasklease.core.liveness import new_session
+from tasklease.core.policyrequest import Actor
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import new_agent_id, validate_segment
@@ -139,6 +141,7 @@ class Registration(Service):
         resource: object = None,
         attestation: object = None,
         declared: object = None,
+        authorization_details: object = None,
     ) -> IssuedToken:
         """Register an agent instance and issue its first token.
 
@@ -147,7 +150,10 @@ class Registration(Service):
         (``{type, evidence, attestor?}``, ``core.attestation``) registers with workload
         evidence in place of the launch token or beside it (then the registration descends
         from both, within both ceilings); ``declared`` is what the agent says of itself
-        (``model``, ``runtime``, ``sdk``), carried apart in the ``attest`` claim. A
+        (``model``, ``runtime``, ``sdk``), carried apart in the ``attest`` claim.
+        ``authorization_details`` (RFC 9396) are structured grants asked for besides
+        ``requested_scope`` (either may be absent, not both): each within the launch
+        token's (or attestation policy's) scopes and grants. A
         registration over mTLS binds the token to the client certificate, one with a DPoP
         proof (``ctx.dpop``) to the proof's key (``cnf``); delegated tokens for this agent
         are bound the same way.
@@ -170,6 +176,7 @@ class Registration(Service):
                 resource=resource,
                 attestation=attestation,
                 declared=declared,
+                authorization_details=authorization_details,
                 deny=self._kernel.deny,
             )
             try:
@@ -196,6 +203,7 @@ class Registration(Service):
         resource: object = None,
         attestation: object = None,
         declared: object = None,
+        authorization_details: object = None,
     ) -> PendingRegistration:
         """The first half of :meth:`register` for an event loop: checks and signing only.
 
@@ -217,6 +225,7 @@ class Registration(Service):
                 resource=resource,
                 attestation=attestation,
                 declared=declared,
+                authorization_details=authorization_details,
                 deny=_defer_denial,
             )
         except _Refused as refused:
@@ -280,6 +289,7 @@ class Registration(Service):
         resource: object = None,
         attestation: object = None,
         declared: object = None,
+        authorization_details: object = None,
         deny: Callable[[TaskleaseError, AuditEntry], Exception],
     ) -> PendingRegistration:
         """Check and sign a registration; ``deny`` audits a refusal (or defers it)."""
@@ -294,9 +304,15 @@ class Registration(Service):
             raise InvalidRequest("missing required field: nonce")
         orch = validate_segment(orch_id, field="orch_id")
         task = validate_segment(task_id, field="task_id")
+        details = self._kernel.grant_types.check(
+            authorization_details, field="authorization_details"
+        )
         if requested_scope is None or requested_scope == []:
-            raise InvalidRequest("missing required field: requested_scope")
-        scope = validate_scopes(requested_scope, field="requested_scope")
+            if not details:
+                raise InvalidRequest("missing required field: requested_scope")
+            scope: tuple[str, ...] = ()
+        else:
+            scope = validate_scopes(requested_scope, field="requested_scope")
         key = decode_public_key(public_key)
         sig = decode_signature(signature)
         named_resource = validate_resource(resource, field="resource")
@@ -339,6 +355,8 @@ class Registration(Service):
                 requested_ttl=clamp_ttl(parent.ttl, cfg.default_ttl, cfg),
                 dead_ancestor=self._kernel.app_standing(app_id),
                 resource=named_resource,
+                details=details,
+                actor=_actor(record, lt_hash, attested, app_id),
             )
         except Refusal as refusal:
             if refusal.event_type == "audience":
@@ -354,13 +372,26 @@ class Registration(Service):
                 ) from None
             if refusal.event_type == "attenuation" and parent is not None:
                 self._metrics.scope_rejections.labels("/v1/register").inc()
+                what = f"scope violation: requested {listed(scope)} exceeds allowed " + listed(
+                    parent.scope
+                )
+                if refusal.detail.startswith("grants would widen"):
+                    what = f"grants violation: {refusal.detail}"
                 raise deny(
                     refusal.error,
                     replace(
                         base,
                         event_type="registration_policy_violation",
-                        detail=f"scope violation: requested {listed(scope)} exceeds allowed "
-                        f"{listed(parent.scope)}{_attested_suffix(attested)}",
+                        detail=f"{what}{_policy_of(refusal.detail)}{_attested_suffix(attested)}",
+                    ),
+                ) from None
+            if refusal.event_type == "policy":
+                raise deny(
+                    refusal.error,
+                    replace(
+                        base,
+                        event_type="registration_policy_violation",
+                        detail=f"{refusal.detail}{_attested_suffix(attested)}",
                     ),
                 ) from None
             if record is None:
@@ -429,9 +460,13 @@ class Registration(Service):
             audience=audience if audience != cfg.audience else (),
             token_ttl=parent.ttl,
             allow_resume=parent.resumable and (record is None or record.allow_resume),
+            authorization_details=issuance.details,
+        )
+        budgets = budgets_for(
+            f"agent:{agent_id}", issuance.details, expires_at=issuance.max_exp + cfg.clock_skew
         )
         suffix = f" app_id={app_id}" if app_id else ""
-        suffix += binding_suffix(claims, reference)
+        suffix += binding_suffix(claims, reference) + issuance.decision
         origin = f" launch_token={lt_hash[:12]}" if record is not None else ""
         origin += _attested_suffix(attested)
 
@@ -453,6 +488,8 @@ class Registration(Service):
                         reason=f"evidence already used{_attested_suffix(attested)}",
                     )
             tx.insert_agent(agent)
+            for budget in budgets:
+                tx.put_call_budget(budget)
             if reference is not None:
                 tx.insert_reference_token(reference)
             tx.put_agent_session(new_session(cfg, agent_id, principal, now))
@@ -521,6 +558,7 @@ class Registration(Service):
         parent = Parent(
             holder="",
             scope=record.allowed_scope,
+            details=record.authorization_details,
             audience=record.audience,
             principal=principal,
             lineage=(app_ancestor(record.app_id),) if record.app_id else (),
@@ -578,6 +616,31 @@ class Registration(Service):
                 ) from None
             cnf["jkt"] = proof.jkt
         return cnf, proof
+
+
+def _actor(
+    record: LaunchTokenRecord | None,
+    lt_hash: str,
+    attested: AttestationOutcome | None,
+    app_id: str,
+) -> Actor:
+    """Who asks, for the issuance policy: the launch token (with the attested facts as
+    tags when evidence came too), else the attested workload."""
+    facts = dict(attested.claim.facts) if attested is not None else {}
+    if record is not None:
+        attrs = {"agent_name": record.agent_name, "created_by": record.created_by}
+        return Actor("LaunchToken", lt_hash[:16], attrs, facts, app_id)
+    if attested is None:  # pragma: no cover - one of the two is required
+        return Actor("LaunchToken", "unknown")
+    used = attested.attested
+    attrs = {"attestor": used.attestor, "type": used.type, "subject": used.subject}
+    return Actor("Workload", f"{used.attestor}:{used.subject}"[:512], attrs, facts, app_id)
+
+
+def _policy_of(detail: str) -> str:
+    """The policy decision a refusal's detail ends with (`` policy=...``), or ""."""
+    at = detail.find(" policy=")
+    return detail[at:] if at >= 0 else ""
 
 
 def _app_of(record: LaunchTokenRecord | None, attested: AttestationOutcome | None) -> str:

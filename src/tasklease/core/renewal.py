@@ -97,6 +97,7 @@ class Renewal(Service):
                 scope=claims.scope,
                 iat=iat,
                 requested_ttl=parent.ttl,
+                details=claims.details,
             )
         except Refusal as refusal:
             raise kernel.deny(
@@ -270,6 +271,7 @@ class Renewal(Service):
                 Parent(
                     holder=agent_id,
                     scope=agent.scope,
+                    details=agent.authorization_details,
                     audience=agent.audience or default_audience(cfg.audience),
                     principal=session.principal,
                     lineage=(app_ancestor(agent.app_id),) if agent.app_id else (),
@@ -282,6 +284,7 @@ class Renewal(Service):
                 scope=agent.scope,
                 iat=iat,
                 requested_ttl=ttl_cap,
+                details=agent.authorization_details,
             )
         except Refusal as refusal:
             raise refuse(refusal.error, refusal.detail) from None

@@ -14,10 +14,10 @@ SHA-256 hex digests; app and operator secrets as argon2id hashes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = [
     "AgentRecord",
@@ -27,9 +27,11 @@ __all__ = [
     "AuditEvent",
     "AuditQuery",
     "AuditTree",
+    "CallBudget",
     "CheckpointRecord",
     "DiscoveryBinding",
     "FederationRecord",
+    "GrantTypeRecord",
     "LaunchTokenRecord",
     "ListQuery",
     "OperatorRecord",
@@ -75,6 +77,8 @@ class AppRecord:
     created_by: str
     # base64url of the raw Ed25519 key for private_key_jwt (RFC 7523); "" for none.
     public_key: str = ""
+    # Structured grants of the app's ceiling besides its scopes (RFC 9396, rules.grants).
+    authorization_details: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,8 @@ class LaunchTokenRecord:
     uses: int = 0
     # Whether the agents it launches may resume by key (``core.renewal``).
     allow_resume: bool = True
+    # Structured grants of its ceiling besides ``allowed_scope`` (RFC 9396, rules.grants).
+    authorization_details: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def uses_left(self) -> int:
@@ -147,6 +153,8 @@ class AgentRecord:
     token_ttl: int = 0
     # Its launch token's ``allow_resume``: whether it may resume by key after a restart.
     allow_resume: bool = True
+    # The structured grants it registered with besides ``scope`` (RFC 9396).
+    authorization_details: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +279,36 @@ class AttestorRecord:
     app_id: str
     created_at: float
     created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class GrantTypeRecord:
+    """An operator's grant type (``core.granttypes``): the JSON Schema its grants must
+    match and the rule by which one narrows (``rules.grants.TypeRule``), both compact
+    JSON as the operator gave them, checked."""
+
+    name: str
+    schema: str
+    narrowing: str
+    description: str
+    created_at: float
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallBudget:
+    """The calls a grant with ``max_calls`` has left (``core.calls``).
+
+    ``key`` names the grant of one credential (``<grant thread>:<grant digest>``);
+    ``parent`` the budget of the grant it was narrowed from ("" for none): a call counts
+    against it too, so no delegation multiplies calls. Pruned after ``expires_at``.
+    """
+
+    key: str
+    parent: str
+    max_calls: int
+    calls: int
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,6 +542,31 @@ class WriteTx(Protocol):
         False if it was used before. Of concurrent callers exactly one wins."""
         ...
 
+    def put_grant_type(self, record: GrantTypeRecord) -> None:
+        """Insert or replace the grant type named ``record.name``."""
+        ...
+
+    def delete_grant_type(self, name: str) -> bool:
+        """Remove the grant type ``name``; False if there was none."""
+        ...
+
+    def put_call_budget(self, budget: CallBudget) -> None:
+        """Record a grant's call budget unless one with its key exists (then nothing)."""
+        ...
+
+    def count_call(self, key: str) -> str:
+        """Count one call against the budget ``key`` and every budget above it (its
+        ``parent``, theirs, ...), all or none, under this transaction's lock.
+
+        Returns "" when counted, else the key of the budget that is spent or missing
+        (nothing is counted then).
+        """
+        ...
+
+    def get_call_budget(self, key: str) -> CallBudget | None:
+        """The budget ``key`` as this transaction sees it."""
+        ...
+
     def put_published_bundle(self, bundle: PublishedBundle) -> None:
         """Insert or replace this broker's published bundle."""
         ...
@@ -654,6 +717,12 @@ class Store(Protocol):
         """Every attestor, by name."""
         ...
 
+    def get_grant_type(self, name: str) -> GrantTypeRecord | None: ...
+
+    def list_grant_types(self) -> list[GrantTypeRecord]:
+        """Every operator's grant type, by name."""
+        ...
+
     def audit_head(self) -> tuple[int, str]: ...
 
     def query_audit(self, query: AuditQuery) -> tuple[list[AuditEvent], int]:
@@ -678,8 +747,8 @@ class Store(Protocol):
 
     def prune(self, now: float) -> int:
         """Delete expired revocations, used nonces and DPoP proofs, launch tokens,
-        by-reference tokens, agent sessions, discovery bindings, leases and used
-        attestation evidence; return rows removed."""
+        by-reference tokens, agent sessions, discovery bindings, leases, used
+        attestation evidence and call budgets; return rows removed."""
         ...
 
     def safe_horizon(self) -> float | None:

@@ -46,6 +46,7 @@ import msgspec
 
 from tasklease.core.keys import KeyRing
 from tasklease.rules import jws as _jws
+from tasklease.rules.grants import GrantError, details_of
 from tasklease.rules.claims import (
     ClaimRejected,
     DelegationRecord,
@@ -141,6 +142,9 @@ class Claims:
     lineage: tuple[str, ...] = ()
     grant: str = ""
     max_exp: int = 0
+    # Structured grants besides ``scope`` (RFC 9396 ``authorization_details``, as
+    # ``rules.grants`` checks them); () for a token with scopes only.
+    details: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def depth(self) -> int:
@@ -211,6 +215,7 @@ def mint(
     grant: str = "",
     max_exp: int = 0,
     attest: Mapping[str, Any] | None = None,
+    details: tuple[Mapping[str, Any], ...] = (),
 ) -> tuple[str, Claims]:
     """Build, sign and return ``(token, claims)``. ``nbf`` equals ``iat``.
 
@@ -221,7 +226,8 @@ def mint(
     ``sub`` and the ``act`` chain derived from ``delegation_chain``; ``agent_key`` adds
     ``agent_jwk``. ``lineage``,
     ``grant`` and ``max_exp`` record where the token descends from (``core.kernel``);
-    ``grant`` is left out when it is the token's own ``jti``.
+    ``grant`` is left out when it is the token's own ``jti``. ``details`` are its
+    structured grants, the ``authorization_details`` claim (RFC 9396 section 9.1).
     """
     jti = jti or new_jti()
     payload: dict[str, Any] = {
@@ -236,6 +242,8 @@ def mint(
         "jti": jti,
         "scope": " ".join(scope),
     }
+    if details:
+        payload["authorization_details"] = [dict(d) for d in details]
     if task_id:
         payload["task_id"] = task_id
     if orch_id:
@@ -289,6 +297,7 @@ def mint(
         lineage=tuple(lineage) if kind == KIND_AGENT else (),
         grant=payload.get("grant", ""),
         max_exp=payload.get("max_exp", 0),
+        details=tuple(details),
     )
     return token, claims
 
@@ -329,6 +338,9 @@ def claims_from_payload(kind: str, payload: dict[str, Any]) -> Claims:
             lineage=lineage,
             grant=string_claim(payload, "grant", required=False),
             max_exp=int_claim(payload, "max_exp", 0),
+            details=details_of(payload) if "authorization_details" in payload else (),
         )
     except ClaimRejected as exc:
         raise ClaimsError(exc.reason) from None
+    except GrantError as exc:
+        raise ClaimsError(f"authorization_details: {exc.reason}") from None

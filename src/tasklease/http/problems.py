@@ -32,6 +32,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_dpop_proof": 400,
     "use_dpop_nonce": 400,
     "invalid_scope": 400,
+    "invalid_authorization_details": 400,
     "unsupported_grant_type": 400,
     "unauthorized": 401,
     "forbidden": 403,
@@ -58,6 +59,7 @@ OAUTH_ERRORS: dict[str, str] = {
     "invalid_dpop_proof": "invalid_dpop_proof",
     "use_dpop_nonce": "use_dpop_nonce",
     "invalid_scope": "invalid_scope",
+    "invalid_authorization_details": "invalid_authorization_details",
     "unsupported_grant_type": "unsupported_grant_type",
     "insufficient_scope": "insufficient_scope",
 }

@@ -63,6 +63,7 @@ __all__ = [
     "details_of",
     "digest",
     "grants_of",
+    "is_type_name",
     "location_covers",
     "parse_detail",
     "parse_details",
@@ -86,7 +87,7 @@ NARROWING_OPERATORS = ("equal", "subset", "at_most", "at_least", "prefix")
 _TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:/-]{0,127}")
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 _CURRENCY = re.compile(r"[A-Z]{3}")
-_AMOUNT = re.compile(r"\d{1,15}(\.\d{1,4})?")
+_AMOUNT = re.compile(r"\d{1,14}(\.\d{1,4})?")
 _RESOURCE_ACCESS = frozenset(
     ("type", "actions", "locations", "datatypes", "privileges", "identifier", "limits")
 )
@@ -230,6 +231,11 @@ def _values(value: object, where: str) -> list[Any]:
         else:
             out[_text(item, f"{where}[]")] = None
     return list(out)
+
+
+def is_type_name(name: str) -> bool:
+    """True iff ``name`` may name a grant type."""
+    return _TYPE_NAME.fullmatch(name) is not None
 
 
 def parse_detail(raw: object, where: str = "authorization_details[]") -> dict[str, Any]:

@@ -28,9 +28,11 @@ from tasklease.core.store import (
     AuditEvent,
     AuditQuery,
     AuditTree,
+    CallBudget,
     CheckpointRecord,
     DiscoveryBinding,
     FederationRecord,
+    GrantTypeRecord,
     LaunchTokenRecord,
     ListQuery,
     OperatorRecord,
@@ -367,6 +369,46 @@ class _MemoryWriteTx:
         self._check_open()
         self._set(self._store._published, "", bundle)
 
+    # -- grant types and call budgets (migration 0016) ----------------------------------
+
+    def put_grant_type(self, record: GrantTypeRecord) -> None:
+        self._check_open()
+        self._set(self._store._grant_types, record.name, record)
+
+    def delete_grant_type(self, name: str) -> bool:
+        self._check_open()
+        table = self._store._grant_types
+        if name not in table:
+            return False
+        old = table.pop(name)
+        self._undo.append(lambda: table.__setitem__(name, old))
+        return True
+
+    def put_call_budget(self, budget: CallBudget) -> None:
+        self._check_open()
+        if budget.key not in self._store._budgets:
+            self._set(self._store._budgets, budget.key, budget)
+
+    def count_call(self, key: str) -> str:
+        self._check_open()
+        budgets = self._store._budgets
+        path: list[CallBudget] = []
+        while key and len(path) <= 64:
+            found = budgets.get(key)
+            if found is None or found.calls >= found.max_calls:
+                return key
+            path.append(found)
+            key = found.parent
+        if key:
+            return key
+        for budget in path:
+            self._set(budgets, budget.key, dataclasses.replace(budget, calls=budget.calls + 1))
+        return ""
+
+    def get_call_budget(self, key: str) -> CallBudget | None:
+        self._check_open()
+        return self._store._budgets.get(key)
+
     # -- by-reference tokens -------------------------------------------------------------
 
     def insert_reference_token(self, record: ReferenceTokenRecord) -> None:
@@ -484,6 +526,8 @@ class MemoryStore:
         self._published: dict[str, PublishedBundle] = {}  # one entry, key ""
         self._attestors: dict[str, AttestorRecord] = {}
         self._evidence: dict[str, float] = {}  # used attestation evidence -> expires_at
+        self._grant_types: dict[str, GrantTypeRecord] = {}
+        self._budgets: dict[str, CallBudget] = {}
         self._revocation_seq = 0
         # Audit events in seq order with their parsed timestamps, and the seqs alone
         # for bisect (append_audit refuses a seq that is not after the head).
@@ -747,6 +791,16 @@ class MemoryStore:
             self._check_open()
             return [self._attestors[name] for name in sorted(self._attestors)]
 
+    def get_grant_type(self, name: str) -> GrantTypeRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._grant_types.get(name)
+
+    def list_grant_types(self) -> list[GrantTypeRecord]:
+        with self._lock:
+            self._check_open()
+            return [self._grant_types[name] for name in sorted(self._grant_types)]
+
     def get_reference_token(self, token_hash: str) -> ReferenceTokenRecord | None:
         with self._lock:
             self._check_open()
@@ -836,7 +890,7 @@ class MemoryStore:
             for key in [k for k, r in self._reference_tokens.items() if r.expires_at <= now]:
                 del self._reference_tokens[key]
                 removed += 1
-            for table in (self._sessions, self._bindings):
+            for table in (self._sessions, self._bindings, self._budgets):
                 for key in [k for k, v in table.items() if v.expires_at <= now]:
                     del table[key]
                     removed += 1

@@ -25,6 +25,8 @@ ERROR_CODES: Final = {
     "`DPoP-Nonce` header's value (RFC 9449 section 8).",
     "invalid_scope": "A token request asks for more scope than can be granted (RFC 6749 "
     "section 5.2).",
+    "invalid_authorization_details": "`authorization_details` with an unknown type, unknown "
+    "or malformed members, or a grant its type's schema refuses (RFC 9396 section 5).",
     "unsupported_grant_type": "The token endpoint does not serve this `grant_type` (RFC 6749 "
     "section 5.2).",
     "unauthorized": "No valid credential: missing, malformed, invalid, expired or revoked.",

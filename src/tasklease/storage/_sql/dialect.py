@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,8 +15,10 @@ from tasklease.core.store import (
     AttestorRecord,
     AuditEvent,
     AuditQuery,
+    CallBudget,
     DiscoveryBinding,
     FederationRecord,
+    GrantTypeRecord,
     LaunchTokenRecord,
     OperatorRecord,
     PublishedBundle,
@@ -38,7 +40,12 @@ __all__ = [
     "attestor_params",
     "audit_rows",
     "binding_from_row",
+    "budget_from_row",
     "check_tenant_id",
+    "dump_details",
+    "grant_type_from_row",
+    "grant_type_params",
+    "load_details",
     "published_bundle_from_row",
     "reference_from_row",
     "revocation_from_row",
@@ -92,6 +99,8 @@ _FEDERATION = (
 )
 _PUBLISHED = "sequence, kids, bundle, updated_at"
 _ATTESTOR = "name, type, settings, policy, app_id, created_at, created_by"
+_GRANT_TYPE = "name, json_schema, narrowing, description, created_at, created_by"
+_BUDGET = "budget_key, parent_key, max_calls, calls, expires_at"
 _AUDIT_CHAIN = (
     "seq, timestamp, event_type, agent_id, task_id, orch_id, detail, resource, outcome,"
     " deleg_depth, deleg_chain_hash, request_id, prev_hash, hash"
@@ -348,6 +357,20 @@ class Dialect:
         self.consume_evidence = q(
             f"{insert('attestation_evidence', 'evidence_key, expires_at')}"
             " ON CONFLICT (tenant_id, evidence_key) DO NOTHING"
+        )
+        # structured grants (core.granttypes, core.calls; migration 0016)
+        select_grant_type = f"SELECT {_GRANT_TYPE} FROM grant_types WHERE {t}"
+        self.get_grant_type = q(f"{select_grant_type} AND name = ?")
+        self.list_grant_types = f"{select_grant_type} ORDER BY name"
+        self.put_grant_type = q(upsert("grant_types", _GRANT_TYPE))
+        self.delete_grant_type = q(f"DELETE FROM grant_types WHERE {t} AND name = ?")
+        self.put_call_budget = q(f"{insert('call_budgets', _BUDGET)} ON CONFLICT DO NOTHING")
+        self.lock_call_budget = q(
+            f"SELECT {_BUDGET} FROM call_budgets WHERE {t} AND budget_key = ?{for_update}"
+        )
+        self.count_call = q(
+            "UPDATE call_budgets SET calls = calls + 1"
+            f" WHERE {t} AND budget_key = ? AND calls < max_calls"
         )
         self.insert_audit = q(insert("audit_events", _AUDIT_STORED))
         # revocations (the dialects' own upserts use these pieces)
@@ -647,6 +670,49 @@ def attestor_params(record: AttestorRecord) -> tuple[object, ...]:
         record.app_id,
         record.created_at,
         record.created_by,
+    )
+
+
+def load_details(text: str) -> tuple[dict[str, Any], ...]:
+    """A stored ``authorization_details`` column ("" for none), checked when written."""
+    return tuple(json.loads(text)) if text else ()
+
+
+def dump_details(details: Sequence[Mapping[str, Any]]) -> str:
+    return json.dumps(list(details), separators=(",", ":"), ensure_ascii=False) if details else ""
+
+
+def grant_type_from_row(row: Row) -> GrantTypeRecord:
+    name, schema, narrowing, description, created_at, created_by = row
+    return GrantTypeRecord(
+        name=name,
+        schema=schema,
+        narrowing=narrowing,
+        description=description,
+        created_at=float(created_at),
+        created_by=created_by,
+    )
+
+
+def grant_type_params(record: GrantTypeRecord) -> tuple[object, ...]:
+    return (
+        record.name,
+        record.schema,
+        record.narrowing,
+        record.description,
+        record.created_at,
+        record.created_by,
+    )
+
+
+def budget_from_row(row: Row) -> CallBudget:
+    key, parent, max_calls, calls, expires_at = row
+    return CallBudget(
+        key=key,
+        parent=parent,
+        max_calls=int(max_calls),
+        calls=int(calls),
+        expires_at=float(expires_at),
     )
 
 

@@ -17,9 +17,11 @@ from tasklease.core.store import (
     AuditEvent,
     AuditQuery,
     AuditTree,
+    CallBudget,
     CheckpointRecord,
     DiscoveryBinding,
     FederationRecord,
+    GrantTypeRecord,
     LaunchTokenRecord,
     OperatorRecord,
     PublishedBundle,
@@ -34,6 +36,9 @@ from tasklease.storage._sql.dialect import (
     attestor_from_row,
     attestor_params,
     binding_from_row,
+    budget_from_row,
+    grant_type_from_row,
+    grant_type_params,
     published_bundle_from_row,
     reference_from_row,
     revocation_from_row,
@@ -314,6 +319,40 @@ class SQLWriteTx(Generic[_C]):
         params = (evidence_key, expires_at)
         return self._db().execute(self.dialect.consume_evidence, params).rowcount == 1
 
+    # -- grant types and call budgets (migration 0016) -----------------------------------
+
+    def put_grant_type(self, record: GrantTypeRecord) -> None:
+        self._db().execute(self.dialect.put_grant_type, grant_type_params(record))
+
+    def delete_grant_type(self, name: str) -> bool:
+        return self._db().execute(self.dialect.delete_grant_type, (name,)).rowcount == 1
+
+    def put_call_budget(self, budget: CallBudget) -> None:
+        params = (budget.key, budget.parent, budget.max_calls, budget.calls, budget.expires_at)
+        self._db().execute(self.dialect.put_call_budget, params)
+
+    def get_call_budget(self, key: str) -> CallBudget | None:
+        row = self._db().execute(self.dialect.lock_call_budget, (key,)).fetchone()
+        return None if row is None else budget_from_row(row)
+
+    def count_call(self, key: str) -> str:
+        """Every budget from ``key`` up, read locked (PostgreSQL: row locks; SQLite: the
+        transaction's write lock), then each counted: all or none."""
+        path: list[str] = []
+        while key and len(path) <= 64:
+            budget = self.get_call_budget(key)
+            if budget is None or budget.calls >= budget.max_calls:
+                return key
+            path.append(key)
+            key = budget.parent
+        if key:
+            return key
+        conn = self._db()
+        for found in path:
+            if conn.execute(self.dialect.count_call, (found,)).rowcount != 1:
+                raise Conflict(f"call budget {found} changed under its lock")
+        return ""
+
     # -- the audit log's Merkle tree and checkpoints ---------------------------------------
 
     def audit_tree(self) -> AuditTree | None:
@@ -576,6 +615,13 @@ class SQLStore(ListingReads, abc.ABC):
     def get_attestor(self, name: str) -> AttestorRecord | None:
         row = self._one(self.dialect.get_attestor, (name,))
         return None if row is None else attestor_from_row(row)
+
+    def get_grant_type(self, name: str) -> GrantTypeRecord | None:
+        row = self._one(self.dialect.get_grant_type, (name,))
+        return None if row is None else grant_type_from_row(row)
+
+    def list_grant_types(self) -> list[GrantTypeRecord]:
+        return [grant_type_from_row(row) for row in self._all(self.dialect.list_grant_types)]
 
     def list_attestors(self) -> list[AttestorRecord]:
         return [attestor_from_row(row) for row in self._all(self.dialect.list_attestors)]

@@ -1,0 +1,221 @@
+"""Call budgets: ``max_calls`` of a grant, counted by the broker when a resource server
+asks it to.
+
+A grant with ``limits.max_calls`` gets a budget when its token is issued (in the
+issuance's own transaction): keyed by the credential's grant thread and the grant's
+digest (:func:`budget_key`), with the budget of the parent grant it was narrowed from
+(a delegator's, or the subject token's in an RFC 8693 narrowing) as its ``parent``. A
+counted call takes one call from the budget and from every budget above it, all or none
+(``WriteTx.count_call``), so delegating never multiplies calls: the children of a grant
+with ten calls make at most ten calls between them and it.
+
+An agent's own tokens (registration, renewals, resumption) share one thread (the agent
+instance); a delegated or narrowed token and its renewals another. Registrations from one
+multi-use launch token each get their own budget: a launch token bounds each
+registration, not their sum.
+
+A resource server asks for a count (``POST /v1/token/calls``) on the broker's
+high-assurance path: the token's live revocation state and agent record are read from
+the store, never a cache (``core.assurance``), and the count is written and audited in
+one transaction (:class:`CallCounting`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tasklease.core.assurance import live_denial
+from tasklease.core.auditformat import AuditEntry
+from tasklease.core.callers import about
+from tasklease.core.errors import Forbidden, InsufficientScope, InvalidRequest
+from tasklease.core.kernel import RequestContext, Service
+from tasklease.core.store import CallBudget, WriteTx
+from tasklease.core.tokens import Claims
+from tasklease.rules import grants as grant_rules
+from tasklease.rules.grants import TypeRule
+
+__all__ = [
+    "CallCount",
+    "CallCounting",
+    "budget_holder",
+    "budget_key",
+    "budgets_for",
+    "counted_grant",
+]
+
+
+def budget_holder(claims: Claims) -> str:
+    """The thread a token's budgets belong to: its agent instance for an agent's own
+    tokens, else its grant (a delegated or narrowed token and its renewals)."""
+    if not claims.delegation_chain:
+        return f"agent:{claims.sub}"
+    return f"grant:{claims.grant_id}"
+
+
+def budget_key(holder: str, grant: Mapping[str, Any]) -> str:
+    return f"{holder}:{grant_rules.digest(grant)}"
+
+
+def _calls(grant: Mapping[str, Any]) -> int:
+    limits = grant.get("limits") or {}
+    return int(limits.get("max_calls", 0))
+
+
+def budgets_for(
+    holder: str,
+    details: Iterable[Mapping[str, Any]],
+    *,
+    expires_at: float,
+    parent_holder: str = "",
+    parent_grants: Sequence[Mapping[str, Any]] = (),
+    rules: Mapping[str, TypeRule] | None = None,
+) -> list[CallBudget]:
+    """The budgets of a new credential's grants with ``max_calls``: each under the first
+    parent grant with ``max_calls`` that covers it (none for a registration)."""
+    out = []
+    for grant in details:
+        calls = _calls(grant)
+        if not calls:
+            continue
+        parent = ""
+        if parent_holder:
+            for candidate in parent_grants:
+                if _calls(candidate) and grant_rules.covers(candidate, grant, rules):
+                    parent = budget_key(parent_holder, candidate)
+                    break
+        out.append(CallBudget(budget_key(holder, grant), parent, calls, 0, expires_at))
+    return out
+
+
+def counted_grant(
+    claims: Claims, kind: str, *, now: float, **call: Any
+) -> tuple[Mapping[str, Any] | None, bool]:
+    """``(grant, allowed)``: whether the token's grants allow the call at all, and the
+    grant whose budget counts it (None when a grant without ``max_calls`` allows it: it
+    is not counted)."""
+    grants = grant_rules.grants_of(claims.scope, claims.details)
+    allowing = [g for g in grants if grant_rules.allows([g], kind, now=now, **call) is not None]
+    if not allowing:
+        return None, False
+    if any(not _calls(g) for g in allowing):
+        return None, True
+    return allowing[0], True
+
+
+@dataclass(frozen=True, slots=True)
+class CallCount:
+    """What counting a call did: ``counted`` (False when a grant without ``max_calls``
+    allows the call), the budget's ``remaining`` calls and its ``max_calls`` (0, 0 when
+    not counted), and the grant that allowed it."""
+
+    counted: bool
+    remaining: int
+    max_calls: int
+    grant: Mapping[str, Any] | None
+
+
+_CALL_ARGS = (
+    "scope",
+    "action",
+    "location",
+    "datatype",
+    "privilege",
+    "identifier",
+    "amount",
+    "currency",
+    "values",
+    "fields",
+)
+
+
+class CallCounting(Service):
+    """Counting calls against grants' budgets, for resource servers. Thread-safe."""
+
+    def count(
+        self, claims: Claims, kind: object, call: Mapping[str, Any], ctx: RequestContext
+    ) -> CallCount:
+        """Count one call of ``kind`` (``call``: the arguments of ``rules.grants.allows``)
+        against the token's grant that allows it, after reading the token's live state
+        (``core.assurance``: never a cache).
+
+        Raises (audited, with a ``denial_id``):
+            InvalidRequest: ``kind`` or ``call`` malformed (not audited).
+            InsufficientScope: no grant of the token allows the call.
+            Forbidden: the budget, or one above it, is spent (or gone: fail closed); or
+                the live state refuses the token.
+        """
+        kernel = self._kernel
+        if not isinstance(kind, str) or not kind:
+            raise InvalidRequest("type is required")
+        unknown = set(call) - set(_CALL_ARGS)
+        if unknown:
+            raise InvalidRequest(f"unknown call members: {', '.join(sorted(unknown))}")
+        base = replace(
+            about(claims), request_id=ctx.request_id, resource=ctx.path, outcome="denied"
+        )
+        live = live_denial(self._store, claims)
+        if live is not None:
+            raise kernel.deny(
+                Forbidden("the token is no longer valid"),
+                replace(base, event_type="grant_call_denied", detail=f"{live} jti={claims.jti}"),
+            )
+        now = kernel.now()
+        try:
+            grant, allowed = counted_grant(claims, kind, now=now, **call)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"malformed call: {exc}"[:200]) from None
+        what = f"type={kind[:64]} action={str(call.get('action'))[:64]} jti={claims.jti}"
+        if not allowed:
+            raise kernel.deny(
+                InsufficientScope("no grant of the token allows this call"),
+                replace(base, event_type="grant_call_denied", detail=f"not allowed {what}"),
+            )
+        if grant is None:
+            return CallCount(False, 0, 0, None)
+        key = budget_key(budget_holder(claims), grant)
+        left: list[CallBudget] = []
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            spent = tx.count_call(key)
+            if spent:
+                raise _Spent(spent)
+            budget = tx.get_call_budget(key)
+            if budget is not None:
+                left.append(budget)
+            return [
+                replace(
+                    base,
+                    event_type="grant_call_counted",
+                    outcome="success",
+                    detail=f"call counted {what} budget={key[-32:]} "
+                    f"calls={budget.calls if budget else '?'}/{_calls(grant)}",
+                )
+            ]
+
+        try:
+            kernel.commit(unit)
+        except _Spent as spent:
+            which = "its own" if spent.key == key else "a delegator's"
+            raise kernel.deny(
+                Forbidden(
+                    "the grant's calls are used up",
+                    hint="max_calls of the grant (or of one it was narrowed from) is reached",
+                ),
+                replace(
+                    base,
+                    event_type="grant_calls_exhausted",
+                    detail=f"max_calls reached ({which} budget {spent.key[-32:]}) {what}",
+                ),
+            ) from None
+        budget = left[0] if left else None
+        if budget is None:  # pragma: no cover - count_call found it a moment ago
+            return CallCount(True, 0, _calls(grant), grant)
+        return CallCount(True, budget.max_calls - budget.calls, budget.max_calls, grant)
+
+
+class _Spent(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key

@@ -1,0 +1,308 @@
+"""Issuance policy in Cedar: which app, workload or agent may obtain which grants.
+
+A tenant's policy set is Cedar text (``cedarpy``: Cedar's own engine), checked against
+:data:`~tasklease.core.policyrequest.SCHEMA` when it is loaded: every policy must parse,
+type-check and name itself with a unique ``@id`` annotation, or the whole set is refused
+and the set in force stays (never half-loaded). A set is compiled once
+(:func:`compile_policies`) and each decision evaluates the compiled set
+(:meth:`PolicyEngine.decide`): Allow only when Cedar says Allow; Deny and NoDecision
+(an error, a request the schema refuses) deny. The decision names its determining
+policies by their ``@id``, for the audit log.
+
+:data:`DEFAULT_POLICY` is what the broker decided before policies were files (an app's
+launch tokens within the app's ceiling; registrations, delegations and exchanges within
+their parent's grants), so there is one way decisions are made. The kernel's invariants
+(``core.kernel``: grants only narrow, ancestors alive, lifetimes bounded) hold whatever a
+policy says; a policy can refuse more, never grant more.
+
+Where the text comes from is an adapter's business (:class:`PolicySource`: the files of
+a directory per tenant, ``tasklease.policyfiles``); :meth:`PolicyEngine.reload` swaps in
+a changed set without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import cedarpy
+
+from tasklease.core.policyrequest import SCHEMA, PolicyRequest
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "DEFAULT_SOURCE",
+    "CompiledPolicies",
+    "Decision",
+    "PolicyEngine",
+    "PolicyError",
+    "PolicySnapshot",
+    "PolicySource",
+    "Reloaded",
+    "compile_policies",
+    "default_policies",
+]
+
+DEFAULT_SOURCE = "built-in default"
+DEFAULT_POLICY = """\
+// tasklease's default issuance policy: the ceilings it has always applied.
+
+// An app's launch tokens stay within the app's ceiling (its scopes and grants).
+@id("app-launch-within-ceiling")
+permit (principal is App, action == Action::"launch", resource)
+when { context.within_ceiling };
+
+// Operators create launch tokens of any grants.
+@id("operator-launch")
+permit (principal is Operator, action == Action::"launch", resource);
+
+// Registrations, delegations and exchanges stay within their parent's grants: the
+// launch token's (or the attestation policy's) ceiling, the delegator's token, the
+// federated domain's mapped scopes. The kernel refuses anything wider whatever a
+// policy says.
+@id("issue-within-parent")
+permit (
+  principal,
+  action in [Action::"register", Action::"delegate", Action::"narrow", Action::"exchange"],
+  resource
+)
+when { context.within_ceiling };
+"""
+
+MAX_POLICY_BYTES = 1_048_576
+
+
+class PolicyError(Exception):
+    """A policy set that cannot be loaded; ``errors`` says why, one line each."""
+
+    def __init__(self, reason: str, errors: Sequence[str] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errors = tuple(errors)
+
+    def __str__(self) -> str:
+        return "; ".join((self.reason, *self.errors))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A decision: ``allowed``, the ``@id`` of each determining policy (the permits that
+    allowed it, or the forbids that denied it; none when nothing permitted), and Cedar's
+    errors (an error denies)."""
+
+    allowed: bool
+    policies: tuple[str, ...]
+    errors: tuple[str, ...] = ()
+    digest: str = ""
+
+    def audit(self) -> str:
+        """The decision as audit text: `` policy=allow[a,b] set=<digest>``."""
+        verdict = "allow" if self.allowed else "deny"
+        text = f" policy={verdict}[{','.join(self.policies)}] policy_set={self.digest[:12]}"
+        if self.errors:
+            text += f" policy_errors={len(self.errors)}:{self.errors[0][:200]}"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySnapshot:
+    """A source's policy files as read: ``(name, text)`` pairs, where they came from,
+    and a signature that changes whenever they do."""
+
+    files: tuple[tuple[str, str], ...]
+    origin: str
+    signature: str
+
+
+class PolicySource(Protocol):
+    """Where a tenant's policies come from (an adapter's: a directory of ``.cedar``
+    files). ``snapshot()`` returns None when the tenant has no policies of its own (the
+    default applies), and raises :class:`PolicyError` when they cannot be read."""
+
+    def snapshot(self) -> PolicySnapshot | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicies:
+    """A checked, compiled policy set: its files, their ``@id``s in order, a digest of
+    the text, where it came from."""
+
+    files: tuple[tuple[str, str], ...]
+    ids: tuple[str, ...]
+    digest: str
+    origin: str
+    compiled: Any  # cedarpy.PolicySet; None: no set in force (every decision denies)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(text for _, text in self.files)
+
+
+_schema = cedarpy.Schema.from_str(SCHEMA)
+
+
+def compile_policies(files: Sequence[tuple[str, str]], origin: str) -> CompiledPolicies:
+    """Parse, check and compile ``files`` (``(name, text)`` pairs) as one set.
+
+    Raises:
+        PolicyError: no policy; a file does not parse; a template, a policy without an
+            ``@id`` or an ``@id`` used twice; or the set fails validation against the
+            schema (each error names its policy's ``@id``).
+    """
+    files = tuple(files)
+    if sum(len(text) for _, text in files) > MAX_POLICY_BYTES:
+        raise PolicyError(f"policies of {origin} exceed {MAX_POLICY_BYTES} bytes")
+    ids: list[str] = []
+    errors: list[str] = []
+    for name, text in files:
+        try:
+            est = json.loads(cedarpy.policies_to_json_str(text))
+        except ValueError as exc:
+            errors.append(f"{name}: does not parse: {exc}")
+            continue
+        if est.get("templates") or est.get("templateLinks"):
+            errors.append(f"{name}: templates are not supported")
+        for position, policy in est.get("staticPolicies", {}).items():
+            ident = (policy.get("annotations") or {}).get("id")
+            if not isinstance(ident, str) or not ident:
+                errors.append(f"{name}: {position} has no @id annotation")
+            elif ident in ids:
+                errors.append(f"{name}: @id {ident!r} is used twice")
+            else:
+                ids.append(ident)
+    if errors:
+        raise PolicyError(f"the policies of {origin} are refused", errors)
+    if not ids:
+        raise PolicyError(f"{origin} holds no policy (remove it to use the default)")
+    text = "\n".join(text for _, text in files)
+    result = cedarpy.validate_policies(text, _schema)
+    if not result.validation_passed:
+        names = result.id_annotations_by_policy_id
+        raise PolicyError(
+            f"the policies of {origin} do not match the schema",
+            [f"{names.get(e.policy_id, e.policy_id)}: {e.error}" for e in result.errors],
+        )
+    compiled = cedarpy.PolicySet.from_str(text)
+    digest = hashlib.sha256(
+        json.dumps(files, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
+    return CompiledPolicies(files, tuple(ids), digest, origin, compiled)
+
+
+_DEFAULT: CompiledPolicies | None = None
+
+
+def default_policies() -> CompiledPolicies:
+    """:data:`DEFAULT_POLICY`, compiled once per process."""
+    global _DEFAULT  # noqa: PLW0603 - a process-wide cache of a constant's compilation
+    if _DEFAULT is None:
+        _DEFAULT = compile_policies((("default.cedar", DEFAULT_POLICY),), DEFAULT_SOURCE)
+    return _DEFAULT
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded:
+    """What a reload did: the set now in force, or the error that kept the old one."""
+
+    policies: CompiledPolicies | None
+    error: PolicyError | None
+
+
+class PolicyEngine:
+    """A tenant's policy set in force, and its decisions. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._current = default_policies()
+        self._signature: str | None = None
+        self._source: PolicySource | None = None
+        self._failure: PolicyError | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> CompiledPolicies:
+        return self._current
+
+    @property
+    def failure(self) -> PolicyError | None:
+        """Why the set in force is not what the source holds (None when it is)."""
+        return self._failure
+
+    def use(self, policies: CompiledPolicies) -> None:
+        """Put ``policies`` in force."""
+        self._current = policies
+        self._failure = None
+
+    def use_source(self, source: PolicySource) -> Reloaded | None:
+        """Follow ``source`` from now on, loading it at once (:meth:`reload`).
+
+        A source that cannot be loaded at the start leaves no set in force: every
+        decision denies (fail closed) until it loads.
+        """
+        with self._lock:
+            self._source = source
+            self._signature = None
+        outcome = self.reload()
+        if outcome is not None and outcome.error is not None:
+            self._current = _refusing(outcome.error)
+        return outcome
+
+    def reload(self) -> Reloaded | None:
+        """Read the source; if it changed, compile it and put it in force, or keep the set
+        in force and report why not. None when nothing changed (or there is no source)."""
+        with self._lock:
+            source = self._source
+            if source is None:
+                return None
+            try:
+                snapshot = source.snapshot()
+            except PolicyError as exc:
+                return self._failed(exc, "unreadable:" + exc.reason)
+            signature = snapshot.signature if snapshot is not None else "default"
+            if signature == self._signature:
+                return None
+            self._signature = signature
+            try:
+                policies = (
+                    default_policies()
+                    if snapshot is None
+                    else compile_policies(snapshot.files, snapshot.origin)
+                )
+            except PolicyError as exc:
+                self._failure = exc
+                return Reloaded(None, exc)
+            self.use(policies)
+            return Reloaded(policies, None)
+
+    def _failed(self, exc: PolicyError, signature: str) -> Reloaded | None:
+        if signature == self._signature:
+            return None
+        self._signature = signature
+        self._failure = exc
+        return Reloaded(None, exc)
+
+    def decide(self, request: PolicyRequest) -> Decision:
+        """Evaluate ``request`` against the set in force."""
+        return evaluate(self._current, request)
+
+
+def evaluate(policies: CompiledPolicies, request: PolicyRequest) -> Decision:
+    """The decision of ``policies`` on ``request`` (Allow only on Cedar's Allow)."""
+    if policies.compiled is None:
+        return Decision(False, (), (policies.origin,), policies.digest)
+    cedar_request, entities = request.cedar()
+    result = cedarpy.is_authorized(cedar_request, policies.compiled, entities, schema=_schema)
+    names = result.diagnostics.id_annotations_by_reason
+    determining = tuple(sorted(names.get(p, p) for p in result.diagnostics.reasons))
+    errors = tuple(str(e) for e in result.diagnostics.errors)
+    allowed = result.decision == cedarpy.Decision.Allow and not errors
+    return Decision(allowed, determining, errors, policies.digest)
+
+
+def _refusing(error: PolicyError) -> CompiledPolicies:
+    """No set in force: every decision denies, naming why."""
+    origin = f"no policy in force: {error}"[:500]
+    return CompiledPolicies((), (), "none", origin, None)

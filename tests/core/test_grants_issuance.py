@@ -1,0 +1,271 @@
+"""Structured grants through the kernel: launch tokens, registration, delegation, renewal,
+resumption, RFC 8693 narrowing and app ceilings; operators' grant types; call budgets;
+issuance decided by Cedar policies, named in the audit log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tasklease.core.errors import (
+    Forbidden,
+    InsufficientScope,
+    InvalidAuthorizationDetails,
+    InvalidRequest,
+    ScopeViolation,
+)
+from tasklease.core.exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, ExchangeRequest
+from tasklease.core.introspection import is_reference_token
+from tasklease.core.policy import DEFAULT_POLICY, PolicyError, compile_policies
+from tasklease.core.store import AuditQuery
+from tasklease.rules import grants as g
+
+DAY = 86400
+NOON = 1_800_000_000  # the test clock's start: today, 08:00 UTC
+TODAY = NOON - NOON % DAY
+PAYEE = "https://pay.example/payees/"
+
+
+def pay(amount: str, payee: str = "P", start: int = TODAY, end: int = TODAY + DAY, **more: Any) -> dict[str, Any]:
+    return {
+        "type": "resource_access",
+        "actions": ["pay"],
+        "locations": [PAYEE + payee],
+        "limits": {
+            "max_amount": amount,
+            "currency": "EUR",
+            "not_before": start,
+            "not_after": end,
+            "allowed_values": {"payee": [payee]},
+            **more,
+        },
+    }
+
+
+def events(broker: Any, event_type: str) -> list[Any]:
+    return broker.store.query_audit(AuditQuery(event_type=event_type, limit=1000))[0]
+
+
+def launch(broker: Any, kit: Any, details: list[dict[str, Any]], scope: list[str] | None = None,
+           **kw: Any) -> str:
+    token, _ = broker.create_launch_token(
+        kit.admin(broker).claims,
+        agent_name="payer",
+        allowed_scope=scope or [],
+        max_ttl=None,
+        single_use=False,
+        ttl=600,
+        ctx=kit.ctx,
+        authorization_details=details,
+        **kw,
+    )
+    return str(token)
+
+
+def register(broker: Any, kit: Any, launch_token: str, details: list[dict[str, Any]],
+             scope: list[str] | None = None, task: str = "task-1") -> Any:
+    args, key = kit.register_args(broker, launch_token, scope or [], task_id=task)
+    args["authorization_details"] = details
+    if not scope:
+        args["requested_scope"] = None
+    return broker.register(**args)
+
+
+@pytest.fixture
+def payer(broker: Any, kit: Any) -> Any:
+    """An agent holding "pay at most 500 EUR to payee P today", and one to delegate to."""
+    lt = launch(broker, kit, [pay("500")], ["read:data:*"])
+    holder = register(broker, kit, lt, [pay("500")], ["read:data:*"])
+    other = register(broker, kit, lt, [], ["read:data:1"], task="task-2")
+    return holder, other
+
+
+def delegate(broker: Any, kit: Any, claims: Any, to: Any, details: list[dict[str, Any]]) -> Any:
+    return broker.delegate(claims, delegate_to=to.claims.sub, scope=None, ttl=None, ctx=kit.ctx,
+                           authorization_details=details)
+
+
+def test_the_payment_grant_narrows_and_never_widens(broker: Any, kit: Any, payer: Any) -> None:
+    holder, other = payer
+    assert holder.claims.details == (g.parse_detail(pay("500")),)
+    assert holder.claims.raw["authorization_details"][0]["limits"]["max_amount"] == "500"
+    child = delegate(broker, kit, holder.claims, other, [pay("100")])
+    assert child.claims.details[0]["limits"]["max_amount"] == "100"
+    assert child.claims.scope == ()
+    for wider in (pay("600"), pay("100", payee="Q"), pay("100", start=TODAY + DAY,
+                                                        end=TODAY + 2 * DAY)):
+        with pytest.raises(ScopeViolation) as refused:
+            delegate(broker, kit, holder.claims, other, [wider])
+        assert refused.value.denial_id
+        found = [e for e in events(broker, "delegation_attenuation_violation")
+                 if refused.value.denial_id in e.detail]
+        assert len(found) == 1 and "grants would widen" in found[0].detail
+    # The refused delegations issued nothing; the allowed one names its deciding policy.
+    (created,) = events(broker, "delegation_created")
+    assert "policy=allow[issue-within-parent]" in created.detail
+    assert "grants=resource_access#" in created.detail
+
+
+def test_registration_stays_within_the_launch_token(broker: Any, kit: Any) -> None:
+    lt = launch(broker, kit, [pay("500")])
+    with pytest.raises(ScopeViolation):
+        register(broker, kit, lt, [pay("501")])
+    (violation,) = events(broker, "registration_policy_violation")
+    assert "grants violation" in violation.detail and "policy=deny[]" in violation.detail
+    agent = register(broker, kit, lt, [pay("20")])
+    assert agent.claims.details[0]["limits"]["max_amount"] == "20"
+    (registered,) = events(broker, "agent_registered")
+    assert "policy=allow[issue-within-parent]" in registered.detail
+    with pytest.raises(InvalidRequest):  # neither scope nor grants
+        register(broker, kit, lt, [])
+
+
+def test_renewal_and_resumption_keep_the_grants(broker: Any, kit: Any, payer: Any) -> None:
+    holder, _ = payer
+    renewed = broker.renew(holder.claims, kit.ctx)
+    assert renewed.claims.details == holder.claims.details
+    assert renewed.claims.scope == holder.claims.scope
+
+
+def test_malformed_or_unknown_grants_are_invalid_authorization_details(
+    broker: Any, kit: Any
+) -> None:
+    for bad in ([{"type": "wire_transfer", "amount": 1}], [{"type": "resource_access"}], "x"):
+        with pytest.raises(InvalidAuthorizationDetails):
+            launch(broker, kit, bad)  # type: ignore[arg-type]
+
+
+def test_scope_grants_with_limits_are_not_plain_scopes(broker: Any, kit: Any) -> None:
+    limited = {"type": "scope", "scope": "write:payments:*", "limits": {"max_calls": 3}}
+    lt = launch(broker, kit, [limited], ["read:data:*"])
+    with pytest.raises(ScopeViolation):  # the plain scope would drop the limit
+        register(broker, kit, lt, [], ["write:payments:1"])
+    agent = register(broker, kit, lt, [{**limited, "scope": "write:payments:1"}])
+    assert agent.claims.scope == ()
+    assert agent.claims.details[0]["scope"] == "write:payments:1"
+
+
+def test_app_ceiling_holds_grants(broker: Any, kit: Any) -> None:
+    app, _ = broker.register_app(kit.admin(broker).claims, name="payments", scopes=["read:data:*"],
+                                 token_ttl=None, ctx=kit.ctx, authorization_details=[pay("500")])
+    app_claims = kit.app(broker, app.app_id).claims
+    ok, record = broker.create_launch_token(
+        app_claims, agent_name="a", allowed_scope=[], max_ttl=None, single_use=None, ttl=None,
+        ctx=kit.ctx, authorization_details=[pay("300")])
+    assert record.authorization_details[0]["limits"]["max_amount"] == "300"
+    with pytest.raises(Forbidden):
+        broker.create_launch_token(
+            app_claims, agent_name="a", allowed_scope=[], max_ttl=None, single_use=None, ttl=None,
+            ctx=kit.ctx, authorization_details=[pay("900")])
+    (exceeded,) = events(broker, "scope_ceiling_exceeded")
+    assert "policy=deny[]" in exceeded.detail
+    (issued,) = events(broker, "launch_token_issued")
+    assert "policy=allow[app-launch-within-ceiling]" in issued.detail
+
+
+def test_narrowing_by_token_exchange(broker: Any, kit: Any, payer: Any) -> None:
+    holder, _ = payer
+    request = ExchangeRequest(
+        grant_type=GRANT_TYPE, subject_token=holder.token,
+        subject_token_type=ACCESS_TOKEN_TYPE, authorization_details='[' + g.canonical(
+            g.parse_detail(pay("50"))) + ']')
+    narrowed = broker.exchange_token(request, kit.ctx)
+    assert narrowed.details[0]["limits"]["max_amount"] == "50"
+    assert narrowed.scope == holder.claims.scope  # scope absent: kept
+    wider = ExchangeRequest(
+        grant_type=GRANT_TYPE, subject_token=holder.token,
+        subject_token_type=ACCESS_TOKEN_TYPE, authorization_details=[pay("5000")])
+    with pytest.raises(InvalidAuthorizationDetails) as refused:
+        broker.exchange_token(wider, kit.ctx)
+    assert refused.value.denial_id
+
+
+def test_large_grants_go_by_reference_and_introspect(make_broker: Any, kit: Any) -> None:
+    broker = make_broker(reference_token_threshold=1024)
+    many = [pay(str(100 + i), payee=f"P{i}") for i in range(6)]
+    lt = launch(broker, kit, many)
+    agent = register(broker, kit, lt, many)
+    assert is_reference_token(agent.token)
+    claims = broker.validate(agent.token)
+    assert len(claims.details) == 6
+
+
+def test_a_forbid_policy_decides_and_is_named(broker: Any, kit: Any) -> None:
+    cap = """
+@id("payments-need-prod")
+forbid (principal, action == Action::"register", resource)
+when { resource.actions.contains("pay") }
+unless { principal.hasTag("cluster") && principal.getTag("cluster") == "prod" };
+"""
+    broker.policy.use(compile_policies([("default.cedar", DEFAULT_POLICY), ("cap.cedar", cap)],
+                                       "test"))
+    lt = launch(broker, kit, [pay("500")], ["read:data:*"])
+    with pytest.raises(Forbidden) as refused:
+        register(broker, kit, lt, [pay("100")])
+    (denied,) = [e for e in events(broker, "registration_policy_violation")
+                 if refused.value.denial_id in e.detail]
+    assert "policy=deny[payments-need-prod]" in denied.detail
+    plain = register(broker, kit, lt, [], ["read:data:1"])  # no payment: allowed
+    assert plain.claims.scope == ("read:data:1",)
+
+
+def test_a_broken_policy_is_refused_whole(broker: Any) -> None:
+    with pytest.raises(PolicyError) as refused:
+        compile_policies([("ok.cedar", DEFAULT_POLICY),
+                          ("bad.cedar", '@id("x") permit (principal, action, resource) '
+                                        'when { resource.nope };')], "test")
+    assert "x:" in str(refused.value)
+    assert broker.policy.current.ids == (
+        "app-launch-within-ceiling", "operator-launch", "issue-within-parent")
+
+
+def test_an_operators_grant_type(broker: Any, kit: Any) -> None:
+    broker.grant_types.add(
+        kit.admin(broker).claims,
+        name="dataset_query",
+        schema={"type": "object", "properties": {
+            "type": {"const": "dataset_query"},
+            "datasets": {"type": "array", "items": {"type": "string"}},
+            "max_rows": {"type": "integer"}}, "required": ["datasets"],
+            "additionalProperties": False},
+        narrowing={"datasets": "subset", "max_rows": "at_most"},
+        ctx=kit.ctx,
+    )
+    grant = {"type": "dataset_query", "datasets": ["sales", "hr"], "max_rows": 1000}
+    lt = launch(broker, kit, [grant])
+    agent = register(broker, kit, lt, [{"type": "dataset_query", "datasets": ["sales"],
+                                        "max_rows": 10}])
+    assert agent.claims.details[0]["datasets"] == ["sales"]
+    with pytest.raises(ScopeViolation):
+        register(broker, kit, lt, [{"type": "dataset_query", "datasets": ["sales", "ops"]}])
+    with pytest.raises(InvalidAuthorizationDetails):
+        register(broker, kit, lt, [{"type": "dataset_query", "datasets": "sales"}])
+    assert [t.name for t in broker.grant_types.list_types()] == ["dataset_query"]
+
+
+def test_max_calls_are_counted_across_delegation(broker: Any, kit: Any, payer: Any) -> None:
+    holder, other = payer
+    lt = launch(broker, kit, [pay("500", max_calls=2)])
+    parent = register(broker, kit, lt, [pay("500", max_calls=2)], task="task-3")
+    child = delegate(broker, kit, parent.claims, other, [pay("100", max_calls=2)])
+    call = {"action": "pay", "location": PAYEE + "P", "amount": "80", "currency": "EUR",
+            "values": {"payee": "P"}}
+    _, first = broker.count_call(child.token, kind="resource_access", call=call, audience=None,
+                                 presented=None, ctx=kit.ctx)
+    assert (first.counted, first.remaining, first.max_calls) == (True, 1, 2)
+    _, second = broker.count_call(parent.token, kind="resource_access", call=call,
+                                  audience=None, presented=None, ctx=kit.ctx)
+    assert second.remaining == 0
+    with pytest.raises(Forbidden) as spent:  # the child's own budget has one, its parent none
+        broker.count_call(child.token, kind="resource_access", call=call, audience=None,
+                          presented=None, ctx=kit.ctx)
+    assert [e for e in events(broker, "grant_calls_exhausted")
+            if spent.value.denial_id in e.detail]
+    with pytest.raises(InsufficientScope):  # 600 EUR is no call the child's grant allows
+        broker.count_call(child.token, kind="resource_access", call={**call, "amount": "600"},
+                          audience=None, presented=None, ctx=kit.ctx)
+    # A grant without max_calls allows the call uncounted.
+    _, free = broker.count_call(holder.token, kind="resource_access", call=call,
+                                audience=None, presented=None, ctx=kit.ctx)
+    assert free.counted is False
