@@ -375,7 +375,11 @@ def _b64(raw: bytes) -> str:
 
 
 def _register(
-    call: Recorder, launch_token: str, task: str, key: nacl.signing.SigningKey | None = None
+    call: Recorder,
+    launch_token: str,
+    task: str,
+    key: nacl.signing.SigningKey | None = None,
+    details: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     key = key or nacl.signing.SigningKey.generate()
     nonce = call("GET", "/v1/challenge", expect=200)["nonce"]
@@ -388,6 +392,8 @@ def _register(
         "task_id": task,
         "requested_scope": ["read:data:x"],
     }
+    if details is not None:
+        body.update(requested_scope=None, authorization_details=details)
     result: dict[str, Any] = call("POST", "/v1/register", json=body, expect=200)
     return result
 
@@ -812,6 +818,72 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     call("DELETE", one_attestor, path=prod, token=admin, expect=200)
     call("DELETE", one_attestor, path=prod, token=admin, expect=404)
     call("GET", one_attestor, path=prod, token=admin, expect=404)
+
+    # Structured grants (docs/grants.md): an operator's type; a payment grant launched,
+    # registered, delegated narrower (not wider) and counted; the issuance policy.
+    types, dq = "/v1/admin/grant-types", "/v1/admin/grant-types/dataset_query"
+    dataset = {
+        "name": "dataset_query",
+        "schema": {"type": "object", "properties": {"datasets": {"type": "array"}}},
+        "narrowing": {"datasets": "subset"},
+    }
+    call("POST", types, token=admin, json=dataset, expect=201)
+    call("POST", types, token=admin, json=dataset, expect=409)
+    call("POST", types, token=admin, json={**dataset, "name": "scope"}, expect=400)
+    call("POST", types, token=a_token, json=dataset, expect=403)
+    call("GET", types, token=admin, expect=200)
+    one_type = "/v1/admin/grant-types/{name}"
+    call("GET", one_type, path=dq, token=admin, expect=200)
+    call("DELETE", one_type, path=dq, token=admin, expect=200)
+    call("DELETE", one_type, path=dq, token=admin, expect=404)
+    pay = {
+        "type": "resource_access",
+        "actions": ["pay"],
+        "locations": ["https://pay.example/payees/P"],
+        "limits": {"max_amount": "500", "currency": "EUR", "max_calls": 2},
+    }
+    lt_pay = {"agent_name": "payer", "authorization_details": [pay], "single_use": False}
+    lt_pay = call("POST", "/v1/admin/launch-tokens", token=admin, json=lt_pay, expect=201)
+    assert lt_pay["policy"]["authorization_details"][0]["limits"]["max_amount"] == "500"
+    call(
+        "POST",
+        "/v1/admin/launch-tokens",
+        token=admin,
+        json={"agent_name": "x", "authorization_details": [{"type": "nope"}]},
+        expect=400,
+    )
+    payer = _register(call, lt_pay["launch_token"], "task-pay", details=[pay])
+    payee = _register(call, lt_pay["launch_token"], "task-payee", details=[pay])
+    assert payer["authorization_details"][0]["limits"]["max_calls"] == 2
+    small = {**pay, "limits": {**pay["limits"], "max_amount": "100"}}
+    hop = {"delegate_to": payee["agent_id"], "authorization_details": [small]}
+    handed = call("POST", "/v1/delegate", token=payer["access_token"], json=hop, expect=200)
+    assert handed["authorization_details"][0]["limits"]["max_amount"] == "100"
+    big = {
+        **hop,
+        "authorization_details": [{**pay, "limits": {**pay["limits"], "max_amount": "600"}}],
+    }
+    call("POST", "/v1/delegate", token=payer["access_token"], json=big, expect=403)
+    one_call = {
+        "token": handed["access_token"],
+        "type": "resource_access",
+        "action": "pay",
+        "location": "https://pay.example/payees/P",
+        "amount": "80",
+        "currency": "EUR",
+    }
+    counted = call("POST", "/v1/token/calls", json=one_call, expect=200)
+    assert counted["counted"] is True and counted["remaining"] == 1
+    call("POST", "/v1/token/calls", json={**one_call, "amount": "101"}, expect=403)
+    call("POST", "/v1/token/calls", json={**one_call, "token": "x"}, expect=401)
+    call("POST", "/v1/token/calls", json={"token": "x"}, expect=400)
+    shown = call("GET", "/v1/admin/policy", token=admin, expect=200)
+    assert (
+        shown["policies"] == ["app-launch-within-ceiling", "operator-launch", "issue-within-parent"]
+        and shown["failure"] is None
+    )
+    call("GET", "/v1/admin/policy", token=a_token, expect=403)
+    call("POST", "/v1/admin/policy/reload", token=admin, expect=200)
 
     # Last: rotating the signing key must not matter to anything above.
     call("POST", "/v1/admin/keys/rotate", token=a_token, expect=403)

@@ -27,7 +27,7 @@ from tasklease.core.clock import Clock, SystemClock
 from tasklease.core.config import Config
 from tasklease.core.delegating import Delegating
 from tasklease.core.discovery import Discovery
-from tasklease.core.errors import InsufficientScope, Unauthorized
+from tasklease.core.errors import InsufficientScope, InvalidRequest, Unauthorized
 from tasklease.core.exchange import Exchange, Exchanged, ExchangeRequest
 from tasklease.core.federation import Federation
 from tasklease.core.freshness import Freshness
@@ -69,7 +69,7 @@ from tasklease.core.tokencheck import ALL_KINDS, OPERATOR_KINDS, TokenCheck
 from tasklease.core.tokens import Claims
 from tasklease.core.transparency import AuditTransparency
 from tasklease.core.trustbundle import TrustBundles
-from tasklease.core.validation import Validator
+from tasklease.core.validation import TokenRejected, Validator
 from tasklease.core.workload import WorkloadIdentities
 from tasklease.rules.binding import DPoPVerifier, Presentation
 
@@ -582,6 +582,11 @@ class Broker:
         """The tenant's issuance policy in force (Cedar; ``core.policy``)."""
         return self.kernel.policy
 
+    @property
+    def policy_source(self) -> PolicySource | None:
+        """Where the tenant's policies are read from (None: the default policy)."""
+        return self.kernel.policy.source
+
     def use_policy_source(self, source: PolicySource) -> None:
         """Follow ``source`` for the tenant's policies (an adapter's), loading it now."""
         self._audit_policy_load(self.kernel.policy.use_source(source))
@@ -629,7 +634,21 @@ class Broker:
     ) -> tuple[Claims, CallCount]:
         """Validate ``token`` for ``audience`` (as :meth:`validate`), then count one call of
         its grant that allows ``call`` (``core.calls``: ``max_calls``)."""
-        claims = self._tokens.validate(token, audience=audience, presented=presented, ctx=ctx)
+        if not isinstance(kind, str) or not kind:
+            raise InvalidRequest("type is required")
+        try:
+            claims = self._tokens.validate(token, audience=audience, presented=presented, ctx=ctx)
+        except TokenRejected as exc:
+            raise self.kernel.deny(
+                Unauthorized("token is invalid or expired", reason=exc.reason),
+                AuditEntry(
+                    "grant_call_denied",
+                    outcome="denied",
+                    request_id=ctx.request_id,
+                    resource=ctx.path,
+                    detail=f"token refused: {exc.reason}",
+                ),
+            ) from None
         return claims, self._calls.count(claims, kind, call, ctx)
 
     # --- operators (core.operators) ----------------------------------------------------

@@ -90,6 +90,10 @@ class Config:
     tls_client_ca: str = ""
     # Zero-trust enforcement (see docs/security.md).
     critical_scopes: tuple[str, ...] = ()  # validated without any cache (high assurance)
+    # Issuance policy (docs/policy.md): a directory with one subdirectory of Cedar files
+    # per tenant (<policy_dir>/<tenant>/*.cedar), reloaded when they change; "" or a
+    # tenant without one: the built-in default policy.
+    policy_dir: str = ""
     reference_token_threshold: int = 4096  # larger JWTs are issued by reference
     dpop_proof_window: int = 60  # seconds a DPoP proof's iat may differ from now
     # "required": proofs sent to the broker must carry a nonce it provided (RFC 9449

@@ -36,6 +36,7 @@ from tasklease.core.policyrequest import SCHEMA, PolicyRequest
 __all__ = [
     "DEFAULT_POLICY",
     "DEFAULT_SOURCE",
+    "MAX_POLICY_BYTES",
     "CompiledPolicies",
     "Decision",
     "PolicyEngine",
@@ -225,6 +226,11 @@ class PolicyEngine:
     @property
     def current(self) -> CompiledPolicies:
         return self._current
+
+    @property
+    def source(self) -> PolicySource | None:
+        """The source followed, or None (the default set, or one put in force by hand)."""
+        return self._source
 
     @property
     def failure(self) -> PolicyError | None:

@@ -46,7 +46,6 @@ import msgspec
 
 from tasklease.core.keys import KeyRing
 from tasklease.rules import jws as _jws
-from tasklease.rules.grants import GrantError, details_of
 from tasklease.rules.claims import (
     ClaimRejected,
     DelegationRecord,
@@ -61,6 +60,7 @@ from tasklease.rules.claims import (
     string_claim,
     strings_claim,
 )
+from tasklease.rules.grants import GrantError, details_of
 from tasklease.rules.jws import jwk_thumbprint
 
 __all__ = [

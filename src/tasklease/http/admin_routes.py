@@ -240,6 +240,7 @@ def admin_routes(
                 principal=req.principal,
                 max_uses=req.max_uses,
                 allow_resume=req.allow_resume,
+                authorization_details=req.authorization_details,
             ),
         )
         policy = wire.LaunchTokenPolicy(
@@ -247,6 +248,7 @@ def admin_routes(
             max_ttl=record.max_ttl,
             single_use=record.single_use,
             allow_resume=record.allow_resume,
+            authorization_details=wire.details_out(record.authorization_details),
         )
         return json_response(
             wire.LaunchTokenResponse(
@@ -280,6 +282,7 @@ def admin_routes(
                 token_ttl=req.token_ttl,
                 ctx=ctx,
                 public_key=req.public_key,
+                authorization_details=req.authorization_details,
             ),
         )
         return json_response(wire.app_with_secret(app, secret), 201)
@@ -307,6 +310,7 @@ def admin_routes(
                 token_ttl=req.token_ttl,
                 ctx=ctx,
                 public_key=req.public_key,
+                authorization_details=req.authorization_details,
             ),
         )
         return json_response(wire.app_view(app))

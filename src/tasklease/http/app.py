@@ -56,6 +56,8 @@ KEY_REFRESH_INTERVAL = 1.0
 # How often a process looks for federated bundles that are due (each has its own
 # schedule, from its refresh hint: core.federation.Federation.next_refresh).
 FEDERATION_REFRESH_INTERVAL = 1.0
+# How often each tenant's policy directory is looked at for changes (docs/policy.md).
+POLICY_RELOAD_INTERVAL = 2.0
 
 
 def create_app(
@@ -115,6 +117,8 @@ def create_app(
                 (FEDERATION_REFRESH_INTERVAL, followers.tick),
                 # Liveness: a silent agent is revoked within one interval of its deadline.
                 (cfg.heartbeat_interval, Broker.sweep_silent_agents),
+                # Issuance policies: a changed policy directory is in force within this.
+                (POLICY_RELOAD_INTERVAL, Broker.reload_policies),
                 # The audit log's checkpoints, and their witnesses' cosignatures.
                 (CHECKPOINT_TICK, functools.partial(checkpoint_job, client=witness_client)),
             ):

@@ -285,6 +285,7 @@ def exchange_routes(
             requested_token_type=req.requested_token_type,
             scope=req.scope,
             resource=one_of(req.resource, req.audience),
+            authorization_details=req.authorization_details,
         )
         done = await run_in_threadpool(broker.exchange_token, exchange, ctx)
         return _token_response(
@@ -294,6 +295,7 @@ def exchange_routes(
                 token_type=done.token_type,
                 expires_in=done.issued.expires_in,
                 scope=" ".join(done.scope),
+                authorization_details=wire.details_out(done.details),
             )
         )
 

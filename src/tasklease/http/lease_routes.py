@@ -27,7 +27,7 @@ from tasklease.http import wire
 from tasklease.http._handling import Authed, guard, json_response, one_of, read_body
 from tasklease.rules.binding import BindingError, Presentation
 
-__all__ = ["lease_routes"]
+__all__ = ["lease_routes", "presentation"]
 
 _INVALID = msgspec.json.encode(wire.InvalidToken()) + b"\n"
 
@@ -46,7 +46,7 @@ def validated_claims(claims: Claims) -> dict[str, Any]:
     return shown
 
 
-def _presentation(req: wire.ValidateRequest) -> Presentation:
+def presentation(req: wire.ValidateRequest | wire.CallCountRequest) -> Presentation:
     """What a resource server says its own request presented (for bound tokens)."""
     thumbprint = req.client_cert_thumbprint or ""
     if req.client_cert:
@@ -80,7 +80,7 @@ def lease_routes(
         req = await read_body(request, wire.ValidateRequest)
         if not req.token:
             raise InvalidRequest("token field is required")
-        presented = _presentation(req)
+        presented = presentation(req)
         ctx = context(request)
         token = req.token
 
@@ -116,6 +116,7 @@ def lease_routes(
                 resource=one_of(req.resource, req.audience),
                 attestation=attestation,
                 declared=req.declared,
+                authorization_details=req.authorization_details,
             )
 
         # The core reads the attestation as a mapping. Verifying it may fetch an issuer's
@@ -134,6 +135,7 @@ def lease_routes(
                 access_token=issued.token,
                 expires_in=issued.expires_in,
                 token_type=token_type_of(issued.claims),
+                authorization_details=wire.details_out(issued.claims.details),
             )
         )
 
@@ -164,6 +166,7 @@ def lease_routes(
                 ttl=req.ttl,
                 ctx=ctx,
                 resource=one_of(req.resource, req.audience),
+                authorization_details=req.authorization_details,
             ),
         )
         return json_response(
@@ -174,6 +177,7 @@ def lease_routes(
                 delegation_chain=[
                     wire.delegation_record(r) for r in issued.claims.delegation_chain
                 ],
+                authorization_details=wire.details_out(issued.claims.details),
             )
         )
 

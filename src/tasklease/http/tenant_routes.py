@@ -30,6 +30,7 @@ from tasklease.http.console import console_routes
 from tasklease.http.exchange_routes import exchange_routes
 from tasklease.http.federation_routes import federation_routes
 from tasklease.http.feed import RevocationHub, revocation_routes
+from tasklease.http.grant_routes import grant_routes
 from tasklease.http.health_routes import health_routes
 from tasklease.http.inventory_routes import inventory_routes
 from tasklease.http.lease_routes import lease_routes
@@ -69,6 +70,7 @@ def tenant_routes(
         *token_routes(broker, guard=guard, context=context),
         *federation_routes(broker, authed=authed),
         *attestation_routes(broker, authed=authed),
+        *grant_routes(broker, context=context, authed=authed),
         *exchange_routes(broker, guard=guard, context=context, app_limiter=app_limiter),
         *metadata_routes(broker),
         *inventory_routes(broker, authed=authed),

@@ -23,6 +23,7 @@ from tasklease.http.wire._base import (
     doc,
     required,
 )
+from tasklease.http.wire._grants import DETAILS_FAILURE, details_out
 
 __all__ = [
     "OPERATIONS",
@@ -51,12 +52,22 @@ class AppAuthRequest(Request):
     client_secret: Annotated[str | None, required("The app's client secret.")] = None
 
 
+APP_DETAILS = doc(
+    "The app's grants ceiling (RFC 9396 structured grants, docs/grants.md): its launch "
+    "tokens' grants must be covered by them."
+)
+
+
 class AppCreateRequest(Request):
     name: Annotated[
         str | None,
         required("2-64 lowercase letters, digits and single hyphens, starting with a letter."),
     ] = None
-    scopes: Annotated[list[str] | None, required("The app's scope ceiling.")] = None
+    scopes: Annotated[
+        list[str] | None,
+        required("The app's scope ceiling; may be absent with `authorization_details`."),
+    ] = None
+    authorization_details: Annotated[list[dict[str, Any]] | None, APP_DETAILS] = None
     token_ttl: Annotated[
         int | None, doc("App token lifetime in seconds, 60 to 86400 (default 1800).")
     ] = None
@@ -72,6 +83,10 @@ class AppCreateRequest(Request):
 
 class AppUpdateRequest(Request):
     scopes: Annotated[list[str] | None, doc("A new scope ceiling.")] = None
+    authorization_details: Annotated[
+        list[dict[str, Any]] | None,
+        doc("A new grants ceiling (RFC 9396 structured grants); `[]` removes it."),
+    ] = None
     token_ttl: Annotated[int | None, doc("A new app token lifetime in seconds, 60 to 86400.")] = (
         None
     )
@@ -103,6 +118,13 @@ class App(Response):
                 "The app's Ed25519 public key for `private_key_jwt`, base64url of its 32 "
                 "bytes; absent when it has none."
             ),
+        ]
+        | UnsetType
+    ) = UNSET
+    authorization_details: (
+        Annotated[
+            list[dict[str, Any]],
+            doc("The app's grants ceiling (RFC 9396); absent when it has none."),
         ]
         | UnsetType
     ) = UNSET
@@ -140,6 +162,7 @@ def _app_fields(record: AppRecord) -> dict[str, Any]:
         "created_at": format_rfc3339_seconds(record.created_at),
         "updated_at": format_rfc3339_seconds(record.updated_at),
         "public_key": record.public_key or UNSET,
+        "authorization_details": details_out(record.authorization_details),
     }
 
 
@@ -177,6 +200,7 @@ OPERATIONS = (
         request=AppCreateRequest,
         commits=True,
         errors=(
+            DETAILS_FAILURE,
             Failure(
                 "invalid_request",
                 "`name` is missing or not 2-64 lowercase letters, digits and single "
@@ -220,6 +244,7 @@ OPERATIONS = (
         parameters=(_APP_ID,),
         commits=True,
         errors=(
+            DETAILS_FAILURE,
             Failure(
                 "invalid_request",
                 "none of `scopes`, `token_ttl` and `public_key` is given, a scope is "

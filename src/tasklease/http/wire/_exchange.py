@@ -4,7 +4,9 @@ domain; and the client credentials grant (RFC 6749 section 4.4), where an app si
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
+
+from msgspec import UNSET, UnsetType
 
 from tasklease.http.wire._base import (
     PUBLIC,
@@ -18,6 +20,7 @@ from tasklease.http.wire._base import (
     doc,
     required,
 )
+from tasklease.http.wire._grants import DETAILS_FAILURE, DETAILS_OUT
 
 __all__ = ["OPERATIONS", "TAGS", "TokenExchangeRequest", "TokenExchangeResponse"]
 
@@ -88,6 +91,14 @@ class TokenExchangeRequest(Request):
     audience: Annotated[
         _Text, doc("RFC 8693 `audience`, the same as `resource`; if both, they must agree.")
     ] = None
+    authorization_details: Annotated[
+        _Text | list[dict[str, Any]],
+        doc(
+            "Narrowing: structured grants (RFC 9396 section 6; in a form, JSON text) each "
+            "covered by the subject token's; all of them when absent. Not for a federated "
+            "domain's token."
+        ),
+    ] = None
     client_id: Annotated[
         _Text,
         doc(
@@ -127,6 +138,7 @@ class TokenExchangeResponse(Response):
     token_type: TokenType
     expires_in: ExpiresIn
     scope: Annotated[str, doc("The new token's scopes, space-separated.")]
+    authorization_details: Annotated[list[dict[str, Any]], DETAILS_OUT] | UnsetType = UNSET
 
 
 OPERATIONS = (
@@ -167,6 +179,7 @@ OPERATIONS = (
         commits=True,
         rate_limited=True,
         errors=(
+            DETAILS_FAILURE,
             Failure(
                 "unauthorized",
                 "client credentials: the app's credentials are missing, malformed, wrong, "

@@ -30,6 +30,7 @@ from tasklease.http.wire._base import (
     doc,
     required,
 )
+from tasklease.http.wire._grants import DETAILS_FAILURE
 
 __all__ = [
     "OPERATIONS",
@@ -134,7 +135,18 @@ class LaunchTokenRequest(Request):
         _Text, required("A label for the agent(s) it launches, at most 256 characters.")
     ] = None
     allowed_scope: Annotated[
-        list[str] | None, required("The most an agent registered with it may request.")
+        list[str] | None,
+        required(
+            "The most an agent registered with it may request; may be absent with "
+            "`authorization_details`."
+        ),
+    ] = None
+    authorization_details: Annotated[
+        list[dict[str, Any]] | None,
+        doc(
+            "Structured grants of its ceiling (RFC 9396, docs/grants.md): an agent may ask "
+            "for grants each covered by one of these. An app's must be covered by the app's."
+        ),
     ] = None
     max_ttl: Annotated[
         int | None,
@@ -282,6 +294,9 @@ class LaunchTokenPolicy(Response):
     max_ttl: Annotated[int, doc("Lifetime of the agent's tokens, in seconds.")]
     single_use: Annotated[bool, doc("Whether one registration consumes it.")]
     allow_resume: Annotated[bool, doc("Whether its agents may resume by key.")]
+    authorization_details: (
+        Annotated[list[dict[str, Any]], doc("The structured grants of its ceiling.")] | UnsetType
+    ) = UNSET
 
 
 class LaunchTokenResponse(Response):
@@ -385,6 +400,7 @@ _NAME = Param("name", "path", {"type": "string"}, "The operator's name.", True)
 _NO_SUCH_OPERATOR = Failure("not_found", "no operator has this name, or it was removed")
 
 _LAUNCH_TOKEN_FAILURES = (
+    DETAILS_FAILURE,
     Failure(
         "invalid_request",
         "`agent_name` is missing or longer than 256 characters, `allowed_scope` is "

@@ -29,6 +29,7 @@ from tasklease.http.wire._base import (
     required,
     shaped_as,
 )
+from tasklease.http.wire._grants import DETAILS_FAILURE, DETAILS_IN, DETAILS_OUT
 
 __all__ = [
     "OPERATIONS",
@@ -102,8 +103,12 @@ class RegisterRequest(Request):
     task_id: Annotated[_Text, required("Task id; becomes a segment of the SPIFFE ID.")] = None
     requested_scope: Annotated[
         _Texts,
-        required("Scopes (`action:resource:identifier`) within the launch token's allowed scope."),
+        required(
+            "Scopes (`action:resource:identifier`) within the launch token's allowed scope; "
+            "may be absent with `authorization_details`."
+        ),
     ] = None
+    authorization_details: Annotated[list[dict[str, Any]] | None, DETAILS_IN] = None
     resource: Annotated[
         _Text,
         doc(
@@ -157,7 +162,14 @@ class DelegateRequest(Request):
     delegate_to: Annotated[_Text, required("SPIFFE ID of the registered agent to delegate to.")] = (
         None
     )
-    scope: Annotated[_Texts, required("Scopes to hand over: a subset of the caller's.")] = None
+    scope: Annotated[
+        _Texts,
+        required(
+            "Scopes to hand over: a subset of the caller's; may be absent with "
+            "`authorization_details`."
+        ),
+    ] = None
+    authorization_details: Annotated[list[dict[str, Any]] | None, DETAILS_IN] = None
     ttl: Annotated[
         int | None,
         doc("Requested lifetime in seconds (default 60), capped by the caller's."),
@@ -197,6 +209,7 @@ class RegisterResponse(Response):
     access_token: AccessToken
     expires_in: ExpiresIn
     token_type: TokenType
+    authorization_details: Annotated[list[dict[str, Any]], DETAILS_OUT] | UnsetType = UNSET
 
 
 class RenewResponse(Response):
@@ -228,6 +241,7 @@ class DelegateResponse(Response):
     delegation_chain: Annotated[
         list[DelegationRecord], doc("The new token's chain, root first; the last is this hop.")
     ]
+    authorization_details: Annotated[list[dict[str, Any]], DETAILS_OUT] | UnsetType = UNSET
 
 
 class Confirmation(Response):
@@ -290,6 +304,13 @@ class TokenClaims(Response, forbid_unknown_fields=False):
                 "Proof-of-possession binding: `x5t#S256` (a client certificate), and/or "
                 "`jkt` (a DPoP key). Absent for bearer tokens."
             ),
+        ]
+        | UnsetType
+    ) = UNSET
+    authorization_details: (
+        Annotated[
+            list[dict[str, Any]],
+            doc("Structured grants besides `scope` (RFC 9396 section 9.1; docs/grants.md)."),
         ]
         | UnsetType
     ) = UNSET
@@ -367,6 +388,7 @@ OPERATIONS = (
         request=RegisterRequest,
         commits=True,
         errors=(
+            DETAILS_FAILURE,
             Failure(
                 "invalid_target",
                 "`resource` is malformed, not among the launch token's resources, or "
@@ -468,6 +490,7 @@ OPERATIONS = (
         request=DelegateRequest,
         commits=True,
         errors=(
+            DETAILS_FAILURE,
             Failure("invalid_target", "`resource` is malformed or would widen the audience"),
             Failure(
                 "invalid_request",
