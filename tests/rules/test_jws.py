@@ -823,6 +823,7 @@ def test_public_surface() -> None:
             "decode_embedded_key",
             "decode_parts",
             "decode_unverified",
+            "decode_with_key",
             "encode",
             "jwk_thumbprint",
             "media_type",
