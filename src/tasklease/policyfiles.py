@@ -4,8 +4,9 @@ The adapter ``core.policy`` reads policies through (:class:`PolicyDirectory`, a
 ``PolicySource``). A snapshot is every ``*.cedar`` file of the tenant's directory, by
 name, with a signature of their names, sizes and modification times, so the broker
 reloads only what changed (every few seconds, and on ``POST /v1/admin/policy/reload``).
-No directory: the tenant has no policies of its own (the default applies). A directory
-that cannot be read, or a file that is not UTF-8, fails the load (the set in force stays).
+No directory, or one without a ``.cedar`` file: the tenant has no policies of its own (the
+default applies). A directory that cannot be read, or a file that is not UTF-8, fails the
+load (the set in force stays).
 """
 
 from __future__ import annotations
@@ -56,26 +57,16 @@ class PolicyDirectory:
     def __init__(self, root: str | Path, tenant: str) -> None:
         self.path = Path(root) / tenant
 
-    def _signature(self) -> str | None:
-        try:
-            entries = sorted(
-                (p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                for p in self.path.iterdir()
-                if p.suffix == ".cedar"
-            )
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise PolicyError(f"cannot read {self.path}: {exc.strerror or exc}") from None
-        return hashlib.sha256(repr(entries).encode()).hexdigest()
-
     def snapshot(self) -> PolicySnapshot | None:
-        """The directory's policy files now, or None when it does not exist."""
-        signature = self._signature()
-        if signature is None:
+        """The directory's policy files now, or None when it has none (or does not exist).
+
+        The signature is a digest of every file's name and text: a file rewritten within
+        the clock's resolution at the same size is still seen.
+        """
+        if not self.path.exists():
             return None
         files = read_policy_files(self.path)
-        # The text decides too: a file rewritten within the clock's resolution at the
-        # same size is still seen.
+        if not files:
+            return None
         digest = hashlib.sha256(repr(files).encode()).hexdigest()
-        return PolicySnapshot(files, str(self.path), f"{signature}:{digest}")
+        return PolicySnapshot(files, str(self.path), digest)

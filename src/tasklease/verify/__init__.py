@@ -15,6 +15,11 @@ scheme="DPoP", dpop_proof=..., htm=..., htu=...)``.
 Tokens of agents that registered with workload evidence carry what it proved
 (``token.attestation``); :func:`require_attested` admits only the facts a route needs.
 
+Structured grants (RFC 9396 ``authorization_details``, docs/grants.md):
+``token.allows("resource_access", action="pay", amount="80", currency="EUR")`` names the
+grant that allows a call; :func:`require_grant` raises when none does; a grant's
+``max_calls`` is counted by the broker (``verifier.count_call``).
+
 Tokens of other brokers' trust domains are accepted when listed in ``federations``
 (:class:`FederatedDomain`: each its bundle endpoint, issuer and scope ceiling; see
 docs/federation.md).
@@ -46,6 +51,7 @@ from tasklease.verify._errors import (
 )
 from tasklease.verify._federation import FederatedDomain
 from tasklease.verify._feed import AppCredentials
+from tasklease.verify._grants import CallCount, has_max_calls, require_grant
 from tasklease.verify._introspection import BrokerIntrospector, TokenIntrospector
 from tasklease.verify._verifier import Verifier
 
@@ -53,6 +59,7 @@ __all__ = [
     "AppCredentials",
     "AuditProofError",
     "BrokerIntrospector",
+    "CallCount",
     "Checkpoint",
     "DelegationHop",
     "FederatedDomain",
@@ -63,7 +70,9 @@ __all__ = [
     "VerifiedToken",
     "Verifier",
     "VerifierUnavailable",
+    "has_max_calls",
     "require_attested",
+    "require_grant",
     "verify_checkpoint",
     "verify_event_inclusion",
     "verify_log_consistency",

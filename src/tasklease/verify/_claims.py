@@ -8,10 +8,12 @@ a :class:`VerifiedToken` fast, with the same types and shapes the rules read.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tasklease.rules import grants as grant_rules
 from tasklease.rules import scopes as scope_rules
 from tasklease.rules.attest import Attestation, AttestClaimError, attestation_of
 from tasklease.rules.claims import (
@@ -101,6 +103,40 @@ class VerifiedToken:
             return attestation_of(self.claims)
         except AttestClaimError as exc:
             raise InvalidToken(exc.reason) from None
+
+    @property
+    def authorization_details(self) -> tuple[Mapping[str, Any], ...]:
+        """The token's structured grants besides ``scope`` (RFC 9396, the
+        ``authorization_details`` claim; ``()`` when it has scopes only).
+
+        Raises:
+            InvalidToken: the claim is malformed.
+        """
+        try:
+            return grant_rules.details_of(self.claims)
+        except grant_rules.GrantError as exc:
+            raise InvalidToken(f"authorization_details: {exc.reason}") from None
+
+    def allows(
+        self, kind: str, *, now: float | None = None, **call: Any
+    ) -> Mapping[str, Any] | None:
+        """The token's grant of type ``kind`` that allows this call, or None.
+
+        ``call`` is what the call does: ``scope`` (for a ``scope`` grant), ``action``,
+        ``location``, ``datatype``, ``privilege``, ``identifier``, ``amount`` with
+        ``currency``, ``values`` (fields that ``allowed_values`` restricts) and
+        ``fields`` (an operator's type's members). Every argument given must be allowed;
+        a grant with ``max_amount`` needs the ``amount``, one with ``allowed_values`` the
+        ``values``, one with a time window a call inside it (``now``, default the
+        clock). Plain scopes are ``scope`` grants. ``max_calls`` is the broker's to
+        count (:meth:`~tasklease.verify.Verifier.count_call`).
+
+        Raises:
+            InvalidToken: the token's ``authorization_details`` claim is malformed.
+        """
+        grants = grant_rules.grants_of(self.scope, self.authorization_details)
+        moment = time.time() if now is None else now
+        return grant_rules.allows(grants, kind, now=moment, **call)
 
     def has_scope(self, required: str) -> bool:
         """True when one of the token's scopes covers ``required``.

@@ -56,6 +56,7 @@ from tasklease.verify._claims import VerifiedToken, claims_from_introspection, p
 from tasklease.verify._errors import InsufficientScope, InvalidToken, VerifierUnavailable
 from tasklease.verify._federation import FederatedDomain, FederationError, Federations
 from tasklease.verify._feed import AppCredentials, FeedFollower
+from tasklease.verify._grants import CallCount, count_call
 from tasklease.verify._introspection import (
     _REFERENCE_CHARS,
     BrokerIntrospector,
@@ -414,6 +415,34 @@ class Verifier:
         """Raise :class:`InsufficientScope` unless ``token`` covers ``scope``."""
         if not token.has_scope(scope):
             raise InsufficientScope(f"token lacks required scope: {scope}", scope)
+
+    def count_call(
+        self,
+        token: str,
+        kind: str,
+        *,
+        scheme: str = "Bearer",
+        client_cert: bytes | str | None = None,
+        client_cert_thumbprint: str | None = None,
+        dpop_proof: str | None = None,
+        htm: str = "",
+        htu: str = "",
+        **call: Any,
+    ) -> CallCount:
+        """Ask the broker to count one call of ``token``'s grant that allows ``call``
+        against its ``max_calls`` (``POST /v1/token/calls``; the arguments of
+        :meth:`VerifiedToken.allows`, and what the request presented as for
+        :meth:`verify`). Raises :class:`InsufficientScope` when the calls are used up."""
+        presented = self._presentation(
+            scheme, client_cert, client_cert_thumbprint, dpop_proof, htm, htu
+        )
+        return count_call(
+            self._client, token, kind, audience=self.audience, presented=presented, call=call
+        )
+
+    async def acount_call(self, token: str, kind: str, **kwargs: Any) -> CallCount:
+        """:meth:`count_call` for async code (the request runs in a thread)."""
+        return await asyncio.to_thread(self.count_call, token, kind, **kwargs)
 
     def _verify(
         self,

@@ -8,23 +8,35 @@
     @require_scope("read:data:42")                          # Starlette
     async def read(request): ...
 
+    pay = require_grant("resource_access", action="pay",     # structured grants
+                        call=lambda request: {"amount": request.query_params["amount"],
+                                              "currency": "EUR"})
+    @app.post("/pay")                                       # FastAPI
+    def send(token: VerifiedToken = Depends(pay)): ...
+    @pay.guard                                              # Starlette
+    async def send(request): ...
+
 The middleware verifies the token of every request (``Authorization: Bearer``, RFC 6750
 section 2.1, or ``Authorization: DPoP`` with a ``DPoP`` proof, RFC 9449; a
 certificate-bound token against the client certificate of the ASGI TLS extension) and puts
 the :class:`~tasklease.verify.VerifiedToken` in ``request.state.tasklease_token``; a request
 without a valid token gets a 401 problem, a stale revocation feed a 503 problem (fail
-closed). ``require_scope`` answers 403 when the token lacks the scope. Problems have the
-broker's RFC 9457 body (``type title status detail instance error_code request_id``).
-For FastAPI, :func:`install_problem_handler` makes the dependency's 403 a problem body too.
+closed). ``require_scope`` answers 403 when the token lacks the scope; ``require_grant``
+when no structured grant (RFC 9396, docs/grants.md) allows the call, and asks the broker
+to count the call when the grant carries ``max_calls`` (403 once they are used up).
+Problems have the broker's RFC 9457 body (``type title status detail instance error_code
+request_id``). For FastAPI, :func:`install_problem_handler` makes the dependency's 403 a
+problem body too.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, MutableMapping
 from http import HTTPStatus
 from typing import Any, overload
 
@@ -37,21 +49,28 @@ from tasklease.rules.binding import (
     authorization_credentials,
     www_authenticate,
 )
+from tasklease.verify import _errors, _grants
 from tasklease.verify._claims import VerifiedToken
 from tasklease.verify._errors import InvalidToken, VerificationError, VerifierUnavailable
 from tasklease.verify._verifier import Verifier
 
 __all__ = [
     "STATE_KEY",
+    "GrantRequirement",
     "ScopeDenied",
     "ScopeRequirement",
     "TaskleaseAuthMiddleware",
     "install_problem_handler",
     "problem_response",
+    "require_grant",
     "require_scope",
 ]
 
 STATE_KEY = "tasklease_token"
+# What a grant requirement needs to have a call counted at the broker: the verifier and
+# what the request presented (the token, its scheme and proofs).
+_STATE_VERIFIER = "tasklease_verifier"
+_STATE_PRESENTED = "tasklease_presented"
 _TYPE_PREFIX = "urn:tasklease:error:"
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -245,7 +264,18 @@ class TaskleaseAuthMiddleware:
         except VerificationError as exc:
             await self._refuse(scope, send, exc, authorization[0] if authorization else "")
             return
-        scope.setdefault("state", {})[STATE_KEY] = verified
+        state = scope.setdefault("state", {})
+        state[STATE_KEY] = verified
+        state[_STATE_VERIFIER] = self.verifier
+        state[_STATE_PRESENTED] = {
+            "token": token,
+            "scheme": scheme,
+            "client_cert": pem or None,
+            "client_cert_thumbprint": thumbprint or None,
+            "dpop_proof": _dpop_proof(scope) if scheme == "DPoP" else None,
+            "htm": scope.get("method", "GET"),
+            "htu": _htu(scope),
+        }
         await self.app(scope, receive, send)
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
@@ -380,3 +410,77 @@ def require_scope(scope: str) -> ScopeRequirement:
     401, without the scope 403.
     """
     return ScopeRequirement(scope)
+
+
+CallArgs = Callable[[Request], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
+
+
+class GrantRequirement:
+    """Requires a structured grant allowing the request's call: a FastAPI dependency
+    (``Depends(requirement)``, async) and, through :meth:`guard`, a Starlette endpoint
+    decorator."""
+
+    def __init__(self, kind: str, call: CallArgs | None, count: bool, fixed: Mapping[str, Any]):
+        self.kind = kind
+        self.call = call
+        self.count = count
+        self.fixed = dict(fixed)
+
+    async def check(self, request: Request) -> VerifiedToken:
+        """The request's verified token if a grant allows its call (counted at the broker
+        when the grant has ``max_calls``); raise otherwise."""
+        state = request.scope.get("state", {})
+        token = state.get(STATE_KEY)
+        if not isinstance(token, VerifiedToken):
+            raise InvalidToken("no verified token (is TaskleaseAuthMiddleware installed?)")
+        args = dict(self.fixed)
+        if self.call is not None:
+            extra = self.call(request)
+            if inspect.isawaitable(extra):
+                extra = await extra
+            args.update(extra)
+        grant = _grants.require_grant(token, self.kind, **args)
+        if self.count and _grants.has_max_calls(grant):
+            verifier = state.get(_STATE_VERIFIER)
+            presented = state.get(_STATE_PRESENTED)
+            if not isinstance(verifier, Verifier) or not isinstance(presented, dict):
+                raise _errors.InsufficientScope("the grant's calls cannot be counted here")
+            rest = {k: v for k, v in presented.items() if k != "token"}
+            await verifier.acount_call(presented["token"], self.kind, **rest, **args)
+        return token
+
+    async def __call__(self, request: Request) -> VerifiedToken:
+        # FastAPI reads this signature: one parameter annotated `Request` is injected.
+        try:
+            return await self.check(request)
+        except VerificationError as exc:
+            raise ScopeDenied(exc) from None
+
+    def guard(self, endpoint: Endpoint) -> Endpoint:
+        """Decorate a Starlette endpoint: it runs only when the requirement holds."""
+
+        @functools.wraps(endpoint)
+        async def guarded(request: Request) -> Response:
+            try:
+                await self.check(request)
+            except VerificationError as exc:
+                return problem_response(exc, request)
+            return await endpoint(request)
+
+        return guarded
+
+
+def require_grant(
+    kind: str, *, call: CallArgs | None = None, count: bool = True, **fixed: Any
+) -> GrantRequirement:
+    """Require a grant of type ``kind`` allowing the request's call (docs/grants.md).
+
+    ``fixed`` are the call's arguments known per route (``action``, ``location``,
+    ``scope``...); ``call(request)`` (sync or async) returns those that come with the
+    request (``amount``, ``currency``, ``values``...). Every one must be allowed by one
+    grant of the token (:meth:`VerifiedToken.allows`). When that grant carries
+    ``max_calls`` the broker counts the call first (``count=False``: the route counts
+    itself). Needs :class:`TaskleaseAuthMiddleware` in front; answers 401 without a
+    verified token, 403 when no grant allows the call or its calls are used up.
+    """
+    return GrantRequirement(kind, call, count, fixed)

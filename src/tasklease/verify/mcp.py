@@ -9,19 +9,33 @@ tokens issued for themselves (audience, RFC 8707) and never pass tokens through:
 verifier's audience is the server's resource URL, so a token minted for another resource
 is refused (``verify_token`` answers ``None``, which the SDK turns into a 401). A stale
 revocation feed also answers ``None``: fail closed.
+
+A tool that needs a structured grant (docs/grants.md) asks for it with
+:func:`require_tool_grant` (its ``max_calls`` counted at the broker)::
+
+    @server.tool()
+    async def pay(payee: str, amount: str) -> str:
+        await require_tool_grant(verifier, "resource_access", action="pay",
+                                 location=f"https://pay.example/payees/{payee}",
+                                 amount=amount, currency="EUR", values={"payee": payee})
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 
-from tasklease.verify._errors import VerificationError
+from tasklease.verify._claims import parse_claims
+from tasklease.verify._errors import InvalidToken, VerificationError
+from tasklease.verify._grants import has_max_calls, require_grant
 from tasklease.verify._verifier import Verifier
 
-__all__ = ["TaskleaseTokenVerifier", "auth_settings"]
+__all__ = ["TaskleaseTokenVerifier", "auth_settings", "require_tool_grant"]
 
 _log = logging.getLogger("tasklease.verify")
 
@@ -72,3 +86,22 @@ def auth_settings(
         required_scopes=required_scopes,
         validate_token_resource=True,
     )
+
+
+async def require_tool_grant(verifier: Verifier, kind: str, **call: Any) -> Mapping[str, Any]:
+    """Inside an MCP tool: the grant of the request's token (``get_access_token``) of type
+    ``kind`` that allows ``call`` (``VerifiedToken.allows``'s arguments); its call is
+    counted at the broker when it carries ``max_calls``.
+
+    Raises:
+        InsufficientScope: no grant allows the call, or its calls are used up.
+        InvalidToken: the request carries no token verified by :class:`TaskleaseTokenVerifier`.
+    """
+    access = get_access_token()
+    if access is None or not access.claims:
+        raise InvalidToken("no verified token in this request")
+    token = parse_claims(dict(access.claims))
+    grant = require_grant(token, kind, **call)
+    if has_max_calls(grant):
+        await verifier.acount_call(access.token, kind, **call)
+    return grant

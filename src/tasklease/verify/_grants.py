@@ -1,0 +1,138 @@
+"""Structured grants at the resource server: is this call within the token's grants, and
+counting a grant's calls at the broker.
+
+    token = verifier.verify(bearer)
+    grant = require_grant(token, "resource_access", action="pay",
+                          location="https://pay.example/payees/P", amount="80",
+                          currency="EUR", values={"payee": "P"})
+    if has_max_calls(grant):
+        verifier.count_call(bearer, "resource_access", action="pay", ...)
+
+The rules are the broker's (``tasklease.rules.grants``): every argument given must be
+allowed; a grant with ``max_amount`` allows only a call that states its amount, one with
+``allowed_values`` only a call that gives each named field, one with a time window only
+calls inside it. ``max_calls`` is counted by the broker (``POST /v1/token/calls``), which
+also counts the calls of every grant it was narrowed from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from tasklease.rules.binding import Presentation
+from tasklease.verify._claims import VerifiedToken
+from tasklease.verify._errors import InsufficientScope, InvalidToken, VerifierUnavailable
+
+__all__ = ["CallCount", "count_call", "has_max_calls", "require_grant"]
+
+CALL_ARGS = frozenset(
+    (
+        "scope",
+        "action",
+        "location",
+        "datatype",
+        "privilege",
+        "identifier",
+        "amount",
+        "currency",
+        "values",
+        "fields",
+    )
+)
+
+
+def require_grant(
+    token: VerifiedToken, kind: str, *, now: float | None = None, **call: Any
+) -> Mapping[str, Any]:
+    """The token's grant of type ``kind`` that allows ``call`` (the arguments of
+    :meth:`VerifiedToken.allows`), or raise.
+
+    Raises:
+        InsufficientScope: no grant allows it (403: the token is valid, it only lacks the
+            authority); ``required`` is ``grant:<kind>``.
+        InvalidToken: the token's ``authorization_details`` claim is malformed.
+    """
+    unknown = set(call) - CALL_ARGS
+    if unknown:
+        raise TypeError(f"unknown call arguments: {', '.join(sorted(unknown))}")
+    grant = token.allows(kind, now=now, **call)
+    if grant is None:
+        raise InsufficientScope(f"no {kind} grant allows this call", required=f"grant:{kind}")
+    return grant
+
+
+def has_max_calls(grant: Mapping[str, Any]) -> bool:
+    """True when ``grant`` limits its calls (``limits.max_calls``): count each at the broker."""
+    limits = grant.get("limits")
+    return isinstance(limits, Mapping) and "max_calls" in limits
+
+
+@dataclass(frozen=True, slots=True)
+class CallCount:
+    """The broker's answer to a count: ``counted`` (False: a grant without ``max_calls``
+    allowed it), and the calls ``remaining`` of ``max_calls`` (None when not counted)."""
+
+    counted: bool
+    remaining: int | None
+    max_calls: int | None
+
+
+def count_call(
+    client: httpx.Client,
+    token: str,
+    kind: str,
+    *,
+    audience: str,
+    presented: Presentation | None,
+    call: Mapping[str, Any],
+) -> CallCount:
+    """``POST /v1/token/calls``: count one call of ``token``'s grant of type ``kind`` that
+    allows ``call``, as the resource ``audience``.
+
+    Raises:
+        InsufficientScope: no grant allows the call, or its calls (or a delegator's) are
+            used up.
+        InvalidToken: the broker refused the token.
+        VerifierUnavailable: the broker could not be asked: fail closed.
+    """
+    unknown = set(call) - CALL_ARGS
+    if unknown:
+        raise TypeError(f"unknown call arguments: {', '.join(sorted(unknown))}")
+    body: dict[str, Any] = {"token": token, "type": kind, "audience": audience}
+    body.update({k: v for k, v in call.items() if v is not None})
+    if "amount" in body and not isinstance(body["amount"], str | int):
+        body["amount"] = str(body["amount"])
+    if presented is not None:
+        if presented.cert_thumbprint:
+            body["client_cert_thumbprint"] = presented.cert_thumbprint
+        if presented.dpop_proof:
+            body.update(dpop=presented.dpop_proof, htm=presented.htm, htu=presented.htu)
+    try:
+        response = client.post("/v1/token/calls", json=body)
+    except httpx.HTTPError as exc:
+        raise VerifierUnavailable(f"counting the call failed: {type(exc).__name__}") from None
+    if response.status_code == 200:
+        answer = response.json()
+        return CallCount(
+            bool(answer.get("counted")), answer.get("remaining"), answer.get("max_calls")
+        )
+    detail = _problem_detail(response)
+    if response.status_code == 403:
+        raise InsufficientScope(f"broker refused the call: {detail}", required=f"grant:{kind}")
+    if response.status_code in (400, 401):
+        raise InvalidToken(f"broker refused the token: {detail}")
+    raise VerifierUnavailable(f"counting the call failed: HTTP {response.status_code}")
+
+
+def _problem_detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    if not isinstance(body, dict):
+        return f"HTTP {response.status_code}"
+    return f"{body.get('detail', '')} (denial_id={body.get('denial_id', '-')})"[:300]
