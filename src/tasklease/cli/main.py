@@ -31,6 +31,7 @@ from tasklease.cli import (
     _keys,
     _login,
     _operators,
+    _policy,
     _remote,
     _tenants,
     _token,
@@ -395,6 +396,7 @@ _operators.register(app)
 _tenants.register(app)
 _federation.register(app)
 _attestors.register(app)
+_policy.register(app)
 _audit.register(audit_app)
 _token.register(app)
 _keys.register(_remote.keys_app)

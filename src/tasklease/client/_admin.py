@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -227,11 +227,13 @@ class AdminClient:
         max_uses: int | None = None,
         allow_resume: bool | None = None,
         resource: str | Sequence[str] | None = None,
+        authorization_details: Sequence[Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """A launch token (``launch_token``, ``expires_at``, ``max_uses``, ``uses_left``,
         ``policy``), shown once. ``max_uses`` needs ``single_use=False``. ``resource``
         (RFC 8707: absolute URIs) names what its agents' tokens may be for: with one, the
-        registration's token is for it alone."""
+        registration's token is for it alone. ``authorization_details`` are structured
+        grants of its ceiling (RFC 9396, docs/grants.md) besides ``allowed_scope``."""
         body: dict[str, Any] = {
             "agent_name": agent_name,
             "allowed_scope": list(allowed_scope),
@@ -247,6 +249,8 @@ class AdminClient:
             body["allow_resume"] = allow_resume
         if resource is not None:
             body["resource"] = resource if isinstance(resource, str) else list(resource)
+        if authorization_details:
+            body["authorization_details"] = [dict(d) for d in authorization_details]
         return self._json("POST", "/v1/admin/launch-tokens", json=body)
 
     def revoke(self, level: str, target: str) -> dict[str, Any]:
@@ -403,6 +407,43 @@ class AdminClient:
         the reason) when the evidence is refused."""
         path = f"/v1/admin/attestors/{_segment(name)}/test"
         return self._json("POST", path, json={"evidence": evidence})
+
+    # -- structured grants and issuance policy (admin:keys:*) ---------------------------
+
+    def add_grant_type(
+        self,
+        name: str,
+        *,
+        schema: dict[str, Any],
+        narrowing: dict[str, str],
+        description: str | None = None,
+    ) -> dict[str, Any]:
+        """Register grant type ``name``: the JSON Schema its grants match and how one
+        narrows, member by member (docs/grants.md)."""
+        body: dict[str, Any] = {"name": name, "schema": schema, "narrowing": narrowing}
+        if description:
+            body["description"] = description
+        return self._json("POST", "/v1/admin/grant-types", json=body)
+
+    def list_grant_types(self) -> list[dict[str, Any]]:
+        """The tenant's grant types, by name."""
+        found = self._json("GET", "/v1/admin/grant-types").get("grant_types")
+        return [t for t in found if isinstance(t, dict)] if isinstance(found, list) else []
+
+    def get_grant_type(self, name: str) -> dict[str, Any]:
+        """One grant type; raises NotFound if there is none of that name."""
+        return self._json("GET", f"/v1/admin/grant-types/{_segment(name)}")
+
+    def remove_grant_type(self, name: str) -> dict[str, Any]:
+        """Remove a grant type: requests naming it are refused from now on."""
+        return self._json("DELETE", f"/v1/admin/grant-types/{_segment(name)}")
+
+    def policy(self, *, reload: bool = False) -> dict[str, Any]:
+        """The tenant's issuance policy in force (Cedar files, ``@id``s, digest, and why
+        the latest files were refused if they were); ``reload`` reads them first."""
+        if reload:
+            return self._json("POST", "/v1/admin/policy/reload")
+        return self._json("GET", "/v1/admin/policy")
 
     def trust_bundle(self) -> dict[str, Any]:
         """This broker's SPIFFE trust bundle (``GET /v1/federation/bundle``, public)."""

@@ -225,6 +225,7 @@ class AsyncAgent:
         attestation: Mapping[str, str] | None = None,
         declared: Mapping[str, str] | None = None,
         resource: str | None = None,
+        authorization_details: Sequence[Mapping[str, Any]] | None = None,
     ) -> AsyncAgent:
         """As :meth:`tasklease.client.Agent.register` (same arguments and exceptions)."""
         http, owns = _client(client, transport, timeout, cert, verify)
@@ -244,6 +245,7 @@ class AsyncAgent:
                         attestation=attestation,
                         declared=declared,
                         resource=resource,
+                        authorization_details=authorization_details,
                     ),
                     proof_key,
                 ),
@@ -461,10 +463,17 @@ class AsyncAgent:
         return True
 
     async def delegate(
-        self, delegate_to: str, scope: Sequence[str], ttl: int | None = None
+        self,
+        delegate_to: str,
+        scope: Sequence[str],
+        ttl: int | None = None,
+        *,
+        authorization_details: Sequence[Mapping[str, Any]] | None = None,
     ) -> AsyncDelegatedToken:
         await self.ensure_fresh()
-        delegation = await self._run(self._credential.delegate_flow(delegate_to, scope, ttl))
+        delegation = await self._run(
+            self._credential.delegate_flow(delegate_to, scope, ttl, authorization_details)
+        )
         return AsyncDelegatedToken(
             self._client,
             self._credential.base_url,

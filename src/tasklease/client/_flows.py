@@ -131,12 +131,14 @@ def register_flow(
     attestation: Mapping[str, str] | None = None,
     declared: Mapping[str, str] | None = None,
     resource: str | None = None,
+    authorization_details: Sequence[Mapping[str, Any]] | None = None,
 ) -> Flow[Registration]:
     """Challenge, sign the hex-decoded nonce with ``key``, register (AgentWrit wire rule).
 
     ``attestation`` (``{"type", "evidence"[, "attestor"]}``) is workload evidence in place
     of ``launch_token`` or beside it; ``declared`` what the agent says of itself;
-    ``resource`` the one resource (RFC 8707) the token is for, among the launch token's.
+    ``resource`` the one resource (RFC 8707) the token is for, among the launch token's;
+    ``authorization_details`` structured grants (RFC 9396) besides ``scope``.
     """
     if isinstance(scope, str):
         raise InvalidRequest("scope must be a list of scope strings, not one string")
@@ -170,6 +172,10 @@ def register_flow(
         body["declared"] = dict(declared)
     if resource is not None:
         body["resource"] = resource
+    if authorization_details:
+        body["authorization_details"] = [dict(d) for d in authorization_details]
+        if not scope:
+            del body["requested_scope"]
     answer = expect_json((yield _json_request("POST", _url(base_url, "/v1/register"), body)))
     token_type = answer.get("token_type")
     return Registration(
@@ -188,11 +194,20 @@ class Delegation:
 
 
 def delegate_flow(
-    base_url: str, token: str, delegate_to: str, scope: Sequence[str], ttl: int | None
+    base_url: str,
+    token: str,
+    delegate_to: str,
+    scope: Sequence[str],
+    ttl: int | None,
+    authorization_details: Sequence[Mapping[str, Any]] | None = None,
 ) -> Flow[Delegation]:
     if isinstance(scope, str):
         raise InvalidRequest("scope must be a list of scope strings, not one string")
     body: dict[str, Any] = {"delegate_to": delegate_to, "scope": list(scope)}
+    if authorization_details:
+        body["authorization_details"] = [dict(d) for d in authorization_details]
+        if not scope:
+            del body["scope"]
     if ttl is not None:
         body["ttl"] = ttl
     answer = expect_json((yield _json_request("POST", _url(base_url, "/v1/delegate"), body, token)))
@@ -309,7 +324,15 @@ class Credential:
         self.released = True
 
     def delegate_flow(
-        self, delegate_to: str, scope: Sequence[str], ttl: int | None
+        self,
+        delegate_to: str,
+        scope: Sequence[str],
+        ttl: int | None,
+        authorization_details: Sequence[Mapping[str, Any]] | None = None,
     ) -> Flow[Delegation]:
         self.check_usable()
-        return (yield from delegate_flow(self.base_url, self.token, delegate_to, scope, ttl))
+        return (
+            yield from delegate_flow(
+                self.base_url, self.token, delegate_to, scope, ttl, authorization_details
+            )
+        )

@@ -118,6 +118,7 @@ class Agent:
         attestation: Mapping[str, str] | None = None,
         declared: Mapping[str, str] | None = None,
         resource: str | None = None,
+        authorization_details: Sequence[Mapping[str, Any]] | None = None,
     ) -> Agent:
         """Register a new agent instance with the broker at ``broker_url``.
 
@@ -142,6 +143,9 @@ class Agent:
         :meth:`from_oidc` and :meth:`from_github_actions` build it. ``declared`` is what
         the agent says of itself (``model``, ``runtime``, ``sdk``): carried in the token,
         marked as declared, never trusted.
+
+        ``authorization_details`` are structured grants (RFC 9396, docs/grants.md) asked
+        for besides ``scope`` (which may then be empty), each within the launch token's.
 
         ``resource`` (RFC 8707) is the one resource the token is for, among those the
         launch token names; without it, the launch token's only one or the broker's
@@ -171,6 +175,7 @@ class Agent:
                         attestation=attestation,
                         declared=declared,
                         resource=resource,
+                        authorization_details=authorization_details,
                     ),
                     proof_key,
                 ),
@@ -484,9 +489,16 @@ class Agent:
         return True
 
     def delegate(
-        self, delegate_to: str, scope: Sequence[str], ttl: int | None = None
+        self,
+        delegate_to: str,
+        scope: Sequence[str],
+        ttl: int | None = None,
+        *,
+        authorization_details: Sequence[Mapping[str, Any]] | None = None,
     ) -> DelegatedToken:
-        """Hand a subset of this agent's scope to the registered agent ``delegate_to``.
+        """Hand a subset of this agent's scope to the registered agent ``delegate_to``,
+        and of its structured grants (``authorization_details``, RFC 9396: each covered
+        by one of this agent's; ``scope`` may then be empty).
 
         The result lives at most ``ttl`` seconds (broker default 60) and never longer
         than this agent's token.
@@ -498,7 +510,9 @@ class Agent:
             TransportError: the broker could not be reached.
         """
         self.ensure_fresh()
-        delegation = self._run(self._credential.delegate_flow(delegate_to, scope, ttl))
+        delegation = self._run(
+            self._credential.delegate_flow(delegate_to, scope, ttl, authorization_details)
+        )
         return DelegatedToken(
             self._client,
             self._credential.base_url,
