@@ -35,7 +35,8 @@ OPERATOR_POLICIES = "\n".join(
     [
         f'@id("payments-cap-{i}")\n'
         "forbid (principal, action, resource)\n"
-        f'when {{ resource has max_amount && resource.max_amount.greaterThan(decimal("{10_000 + i}.0")) }};'
+        "when { resource has max_amount && "
+        f'resource.max_amount.greaterThan(decimal("{10_000 + i}.0")) }};'
         for i in range(8)
     ]
     + [
@@ -53,7 +54,7 @@ OPERATOR_POLICIES = "\n".join(
     ]
     + [
         f'@id("scopes-{i}")\n'
-        'forbid (principal, action, resource)\n'
+        "forbid (principal, action, resource)\n"
         f'when {{ resource.scope_kinds.contains("admin:root{i}") }};'
         for i in range(4)
     ]
@@ -183,7 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(row, dict):
             growth = row.get("p99_growth_ms")
             shown = "-" if growth is None else f"{growth:+.3f}"
-            print(f"{label:<18}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}{shown:>10}{row['n']:>8}")
+            print(
+                f"{label:<18}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}{shown:>10}{row['n']:>8}"
+            )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ TODAY = NOON - NOON % DAY
 PAYEE = "https://pay.example/payees/"
 
 
-def pay(amount: str, payee: str = "P", start: int = TODAY, end: int = TODAY + DAY, **more: Any) -> dict[str, Any]:
+def pay(
+    amount: str, payee: str = "P", start: int = TODAY, end: int = TODAY + DAY, **more: Any
+) -> dict[str, Any]:
     return {
         "type": "resource_access",
         "actions": ["pay"],
@@ -47,8 +49,9 @@ def events(broker: Any, event_type: str) -> list[Any]:
     return broker.store.query_audit(AuditQuery(event_type=event_type, limit=1000))[0]
 
 
-def launch(broker: Any, kit: Any, details: list[dict[str, Any]], scope: list[str] | None = None,
-           **kw: Any) -> str:
+def launch(
+    broker: Any, kit: Any, details: list[dict[str, Any]], scope: list[str] | None = None, **kw: Any
+) -> str:
     token, _ = broker.create_launch_token(
         kit.admin(broker).claims,
         agent_name="payer",
@@ -63,8 +66,14 @@ def launch(broker: Any, kit: Any, details: list[dict[str, Any]], scope: list[str
     return str(token)
 
 
-def register(broker: Any, kit: Any, launch_token: str, details: list[dict[str, Any]],
-             scope: list[str] | None = None, task: str = "task-1") -> Any:
+def register(
+    broker: Any,
+    kit: Any,
+    launch_token: str,
+    details: list[dict[str, Any]],
+    scope: list[str] | None = None,
+    task: str = "task-1",
+) -> Any:
     args, key = kit.register_args(broker, launch_token, scope or [], task_id=task)
     args["authorization_details"] = details
     if not scope:
@@ -82,8 +91,14 @@ def payer(broker: Any, kit: Any) -> Any:
 
 
 def delegate(broker: Any, kit: Any, claims: Any, to: Any, details: list[dict[str, Any]]) -> Any:
-    return broker.delegate(claims, delegate_to=to.claims.sub, scope=None, ttl=None, ctx=kit.ctx,
-                           authorization_details=details)
+    return broker.delegate(
+        claims,
+        delegate_to=to.claims.sub,
+        scope=None,
+        ttl=None,
+        ctx=kit.ctx,
+        authorization_details=details,
+    )
 
 
 def test_the_payment_grant_narrows_and_never_widens(broker: Any, kit: Any, payer: Any) -> None:
@@ -93,13 +108,19 @@ def test_the_payment_grant_narrows_and_never_widens(broker: Any, kit: Any, payer
     child = delegate(broker, kit, holder.claims, other, [pay("100")])
     assert child.claims.details[0]["limits"]["max_amount"] == "100"
     assert child.claims.scope == ()
-    for wider in (pay("600"), pay("100", payee="Q"), pay("100", start=TODAY + DAY,
-                                                        end=TODAY + 2 * DAY)):
+    for wider in (
+        pay("600"),
+        pay("100", payee="Q"),
+        pay("100", start=TODAY + DAY, end=TODAY + 2 * DAY),
+    ):
         with pytest.raises(ScopeViolation) as refused:
             delegate(broker, kit, holder.claims, other, [wider])
         assert refused.value.denial_id
-        found = [e for e in events(broker, "delegation_attenuation_violation")
-                 if refused.value.denial_id in e.detail]
+        found = [
+            e
+            for e in events(broker, "delegation_attenuation_violation")
+            if refused.value.denial_id in e.detail
+        ]
         assert len(found) == 1 and "grants would widen" in found[0].detail
     # The refused delegations issued nothing; the allowed one names its deciding policy.
     (created,) = events(broker, "delegation_created")
@@ -147,17 +168,37 @@ def test_scope_grants_with_limits_are_not_plain_scopes(broker: Any, kit: Any) ->
 
 
 def test_app_ceiling_holds_grants(broker: Any, kit: Any) -> None:
-    app, _ = broker.register_app(kit.admin(broker).claims, name="payments", scopes=["read:data:*"],
-                                 token_ttl=None, ctx=kit.ctx, authorization_details=[pay("500")])
+    app, _ = broker.register_app(
+        kit.admin(broker).claims,
+        name="payments",
+        scopes=["read:data:*"],
+        token_ttl=None,
+        ctx=kit.ctx,
+        authorization_details=[pay("500")],
+    )
     app_claims = kit.app(broker, app.app_id).claims
     ok, record = broker.create_launch_token(
-        app_claims, agent_name="a", allowed_scope=[], max_ttl=None, single_use=None, ttl=None,
-        ctx=kit.ctx, authorization_details=[pay("300")])
+        app_claims,
+        agent_name="a",
+        allowed_scope=[],
+        max_ttl=None,
+        single_use=None,
+        ttl=None,
+        ctx=kit.ctx,
+        authorization_details=[pay("300")],
+    )
     assert record.authorization_details[0]["limits"]["max_amount"] == "300"
     with pytest.raises(Forbidden):
         broker.create_launch_token(
-            app_claims, agent_name="a", allowed_scope=[], max_ttl=None, single_use=None, ttl=None,
-            ctx=kit.ctx, authorization_details=[pay("900")])
+            app_claims,
+            agent_name="a",
+            allowed_scope=[],
+            max_ttl=None,
+            single_use=None,
+            ttl=None,
+            ctx=kit.ctx,
+            authorization_details=[pay("900")],
+        )
     (exceeded,) = events(broker, "scope_ceiling_exceeded")
     assert "policy=deny[]" in exceeded.detail
     (issued,) = events(broker, "launch_token_issued")
@@ -167,15 +208,20 @@ def test_app_ceiling_holds_grants(broker: Any, kit: Any) -> None:
 def test_narrowing_by_token_exchange(broker: Any, kit: Any, payer: Any) -> None:
     holder, _ = payer
     request = ExchangeRequest(
-        grant_type=GRANT_TYPE, subject_token=holder.token,
-        subject_token_type=ACCESS_TOKEN_TYPE, authorization_details='[' + g.canonical(
-            g.parse_detail(pay("50"))) + ']')
+        grant_type=GRANT_TYPE,
+        subject_token=holder.token,
+        subject_token_type=ACCESS_TOKEN_TYPE,
+        authorization_details="[" + g.canonical(g.parse_detail(pay("50"))) + "]",
+    )
     narrowed = broker.exchange_token(request, kit.ctx)
     assert narrowed.details[0]["limits"]["max_amount"] == "50"
     assert narrowed.scope == holder.claims.scope  # scope absent: kept
     wider = ExchangeRequest(
-        grant_type=GRANT_TYPE, subject_token=holder.token,
-        subject_token_type=ACCESS_TOKEN_TYPE, authorization_details=[pay("5000")])
+        grant_type=GRANT_TYPE,
+        subject_token=holder.token,
+        subject_token_type=ACCESS_TOKEN_TYPE,
+        authorization_details=[pay("5000")],
+    )
     with pytest.raises(InvalidAuthorizationDetails) as refused:
         broker.exchange_token(wider, kit.ctx)
     assert refused.value.denial_id
@@ -198,13 +244,17 @@ forbid (principal, action == Action::"register", resource)
 when { resource.actions.contains("pay") }
 unless { principal.hasTag("cluster") && principal.getTag("cluster") == "prod" };
 """
-    broker.policy.use(compile_policies([("default.cedar", DEFAULT_POLICY), ("cap.cedar", cap)],
-                                       "test"))
+    broker.policy.use(
+        compile_policies([("default.cedar", DEFAULT_POLICY), ("cap.cedar", cap)], "test")
+    )
     lt = launch(broker, kit, [pay("500")], ["read:data:*"])
     with pytest.raises(Forbidden) as refused:
         register(broker, kit, lt, [pay("100")])
-    (denied,) = [e for e in events(broker, "registration_policy_violation")
-                 if refused.value.denial_id in e.detail]
+    (denied,) = [
+        e
+        for e in events(broker, "registration_policy_violation")
+        if refused.value.denial_id in e.detail
+    ]
     assert "policy=deny[payments-need-prod]" in denied.detail
     plain = register(broker, kit, lt, [], ["read:data:1"])  # no payment: allowed
     assert plain.claims.scope == ("read:data:1",)
@@ -212,30 +262,46 @@ unless { principal.hasTag("cluster") && principal.getTag("cluster") == "prod" };
 
 def test_a_broken_policy_is_refused_whole(broker: Any) -> None:
     with pytest.raises(PolicyError) as refused:
-        compile_policies([("ok.cedar", DEFAULT_POLICY),
-                          ("bad.cedar", '@id("x") permit (principal, action, resource) '
-                                        'when { resource.nope };')], "test")
+        compile_policies(
+            [
+                ("ok.cedar", DEFAULT_POLICY),
+                (
+                    "bad.cedar",
+                    '@id("x") permit (principal, action, resource) when { resource.nope };',
+                ),
+            ],
+            "test",
+        )
     assert "x:" in str(refused.value)
     assert broker.policy.current.ids == (
-        "app-launch-within-ceiling", "operator-launch", "issue-within-parent")
+        "app-launch-within-ceiling",
+        "operator-launch",
+        "issue-within-parent",
+    )
 
 
 def test_an_operators_grant_type(broker: Any, kit: Any) -> None:
     broker.grant_types.add(
         kit.admin(broker).claims,
         name="dataset_query",
-        schema={"type": "object", "properties": {
-            "type": {"const": "dataset_query"},
-            "datasets": {"type": "array", "items": {"type": "string"}},
-            "max_rows": {"type": "integer"}}, "required": ["datasets"],
-            "additionalProperties": False},
+        schema={
+            "type": "object",
+            "properties": {
+                "type": {"const": "dataset_query"},
+                "datasets": {"type": "array", "items": {"type": "string"}},
+                "max_rows": {"type": "integer"},
+            },
+            "required": ["datasets"],
+            "additionalProperties": False,
+        },
         narrowing={"datasets": "subset", "max_rows": "at_most"},
         ctx=kit.ctx,
     )
     grant = {"type": "dataset_query", "datasets": ["sales", "hr"], "max_rows": 1000}
     lt = launch(broker, kit, [grant])
-    agent = register(broker, kit, lt, [{"type": "dataset_query", "datasets": ["sales"],
-                                        "max_rows": 10}])
+    agent = register(
+        broker, kit, lt, [{"type": "dataset_query", "datasets": ["sales"], "max_rows": 10}]
+    )
     assert agent.claims.details[0]["datasets"] == ["sales"]
     with pytest.raises(ScopeViolation):
         register(broker, kit, lt, [{"type": "dataset_query", "datasets": ["sales", "ops"]}])
@@ -249,23 +315,42 @@ def test_max_calls_are_counted_across_delegation(broker: Any, kit: Any, payer: A
     lt = launch(broker, kit, [pay("500", max_calls=2)])
     parent = register(broker, kit, lt, [pay("500", max_calls=2)], task="task-3")
     child = delegate(broker, kit, parent.claims, other, [pay("100", max_calls=2)])
-    call = {"action": "pay", "location": PAYEE + "P", "amount": "80", "currency": "EUR",
-            "values": {"payee": "P"}}
-    _, first = broker.count_call(child.token, kind="resource_access", call=call, audience=None,
-                                 presented=None, ctx=kit.ctx)
+    call = {
+        "action": "pay",
+        "location": PAYEE + "P",
+        "amount": "80",
+        "currency": "EUR",
+        "values": {"payee": "P"},
+    }
+    _, first = broker.count_call(
+        child.token, kind="resource_access", call=call, audience=None, presented=None, ctx=kit.ctx
+    )
     assert (first.counted, first.remaining, first.max_calls) == (True, 1, 2)
-    _, second = broker.count_call(parent.token, kind="resource_access", call=call,
-                                  audience=None, presented=None, ctx=kit.ctx)
+    _, second = broker.count_call(
+        parent.token, kind="resource_access", call=call, audience=None, presented=None, ctx=kit.ctx
+    )
     assert second.remaining == 0
     with pytest.raises(Forbidden) as spent:  # the child's own budget has one, its parent none
-        broker.count_call(child.token, kind="resource_access", call=call, audience=None,
-                          presented=None, ctx=kit.ctx)
-    assert [e for e in events(broker, "grant_calls_exhausted")
-            if spent.value.denial_id in e.detail]
+        broker.count_call(
+            child.token,
+            kind="resource_access",
+            call=call,
+            audience=None,
+            presented=None,
+            ctx=kit.ctx,
+        )
+    assert [e for e in events(broker, "grant_calls_exhausted") if spent.value.denial_id in e.detail]
     with pytest.raises(InsufficientScope):  # 600 EUR is no call the child's grant allows
-        broker.count_call(child.token, kind="resource_access", call={**call, "amount": "600"},
-                          audience=None, presented=None, ctx=kit.ctx)
+        broker.count_call(
+            child.token,
+            kind="resource_access",
+            call={**call, "amount": "600"},
+            audience=None,
+            presented=None,
+            ctx=kit.ctx,
+        )
     # A grant without max_calls allows the call uncounted.
-    _, free = broker.count_call(holder.token, kind="resource_access", call=call,
-                                audience=None, presented=None, ctx=kit.ctx)
+    _, free = broker.count_call(
+        holder.token, kind="resource_access", call=call, audience=None, presented=None, ctx=kit.ctx
+    )
     assert free.counted is False
