@@ -69,7 +69,7 @@ def test_metadata_names_each_tenants_issuer_where_rfc_8414_clients_look(
     ]
     assert root["dpop_signing_alg_values_supported"] == ["EdDSA"]
     assert "authorization_endpoint" not in root  # no grant here goes through a browser
-    assert "authorization_details_types_supported" not in root
+    assert root["authorization_details_types_supported"] == ["scope", "resource_access"]
     AuthorizationServerMetadata(root).validate()  # authlib's RFC 8414 checks
     assert _metadata(well_known(url, "openid-configuration")) == root
 

@@ -30,6 +30,7 @@ from tasklease.http import wire
 from tasklease.http._handling import guard, http_error, json_response
 from tasklease.http.token_routes import RequestURI
 from tasklease.rules import jws
+from tasklease.rules.grants import BUILTIN_TYPES
 from tasklease.tenancy import Tenancy
 
 __all__ = [
@@ -66,6 +67,7 @@ def authorization_server_metadata(config: Config, base: str) -> wire.Authorizati
         token_endpoint_auth_signing_alg_values_supported=list(jws.KNOWN_KEY_ALGORITHMS),
         dpop_signing_alg_values_supported=["EdDSA"],
         scopes_supported=list(_SCOPE_PATTERNS),
+        authorization_details_types_supported=list(BUILTIN_TYPES),
         tls_client_certificate_bound_access_tokens=config.tls_mode == "mtls",
         service_documentation=f"{base}/v1/openapi.json",
     )

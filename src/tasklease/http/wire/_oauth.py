@@ -71,6 +71,13 @@ class AuthorizationServerMetadata(Response):
             "scopes themselves are chosen per app and launch token."
         ),
     ]
+    authorization_details_types_supported: Annotated[
+        list[str],
+        doc(
+            "RFC 9396 section 10: the built-in structured grant types (`scope`, "
+            "`resource_access`); a tenant's operators may add their own (docs/grants.md)."
+        ),
+    ]
     tls_client_certificate_bound_access_tokens: Annotated[
         bool, doc("RFC 8705 section 3.3: true when the broker serves mTLS.")
     ] = False
