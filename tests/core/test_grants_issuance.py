@@ -4,6 +4,7 @@ issuance decided by Cedar policies, named in the audit log."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -147,6 +148,17 @@ def test_renewal_and_resumption_keep_the_grants(broker: Any, kit: Any, payer: An
     renewed = broker.renew(holder.claims, kit.ctx)
     assert renewed.claims.details == holder.claims.details
     assert renewed.claims.scope == holder.claims.scope
+    lt = launch(broker, kit, [pay("500")])
+    args, key = kit.register_args(broker, lt, [])
+    args.update(requested_scope=None, authorization_details=[pay("200")])
+    agent = broker.register(**args)
+    nonce, _ = broker.challenge()
+    signature = base64.b64encode(key.sign(bytes.fromhex(nonce)).signature).decode()
+    resumed = broker.resume(
+        agent_id=agent.claims.sub, nonce=nonce, signature=signature, ctx=kit.ctx
+    )
+    assert resumed.claims.details == agent.claims.details
+    assert resumed.claims.details[0]["limits"]["max_amount"] == "200"
 
 
 def test_malformed_or_unknown_grants_are_invalid_authorization_details(
