@@ -5,8 +5,8 @@ Python blocks run in a fresh interpreter; Cedar blocks load as a tenant's policy
 (with the default policy beside them, except the default itself, which must be the
 broker's own); a JSON block marked ``file=<name>`` is written to the document's working
 directory; shell blocks run there under ``bash -euo pipefail``, in order, with the
-``tasklease`` command on the PATH and, for the grant types, a broker to talk to (the
-application on the memory store, served on loopback).
+``tasklease`` command on the PATH and a broker to talk to (the application on the memory
+store, served on loopback).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def test_the_blocks_run_as_written(name: str, tmp_path: Path, serve: Any) -> Non
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    if any(lang == "sh" and "grant-type" in body for lang, _, body in blocks(name)):
+    if any(lang == "sh" and "tasklease" in body for lang, _, body in blocks(name)):
         core = Broker(
             Config(admin_secret_hash=hash_secret(ADMIN_SECRET)),
             open_store("memory://"),
