@@ -26,7 +26,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-import tasklease.storage
 from tasklease.core.broker import Broker
 from tasklease.core.config import Config
 from tasklease.core.keys import KeyRing
@@ -64,20 +63,7 @@ def payment(
     }
 
 
-_MIGRATION = Path(tasklease.storage.__file__).parent / "migrations/sqlite/0016_grants.sql"
-
-
-@pytest.fixture(
-    params=[
-        "memory",
-        pytest.param(
-            "process",
-            marks=pytest.mark.skipif(
-                not _MIGRATION.exists(), reason="the grants' storage (migration 0016) is not here"
-            ),
-        ),
-    ]
-)
+@pytest.fixture(params=["memory", "process"])
 def broker(request: pytest.FixtureRequest, tmp_path: Path, serve: Any) -> Iterator[RunningBroker]:
     """The broker: ``tasklease serve`` on SQLite, or ``create_app`` on the memory store."""
     policies = tmp_path / "policies"

@@ -1,15 +1,11 @@
-"""Structured grants in the store (migration 0016), on every backend: grants beside the
+"""Structured grants in the store (migration 0015), on every backend: grants beside the
 scopes of apps, launch tokens and agents; operators' grant types; call budgets counted
 all or none along their parents, per tenant, pruned at expiry."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
-import pytest
-
-import tasklease.storage
 from tasklease.core.store import (
     AgentRecord,
     AppRecord,
@@ -18,16 +14,6 @@ from tasklease.core.store import (
     LaunchTokenRecord,
     Store,
 )
-
-_MIGRATION = Path(tasklease.storage.__file__).parent / "migrations/sqlite/0016_grants.sql"
-
-
-@pytest.fixture(autouse=True)
-def _grants_storage(store: Store) -> None:
-    """The SQL stores keep grants from migration 0016 on."""
-    if type(store).__name__ != "MemoryStore" and not _MIGRATION.exists():
-        pytest.skip("the grants' storage (migration 0016) is not here")
-
 
 GRANTS = (
     {

@@ -369,7 +369,7 @@ class _MemoryWriteTx:
         self._check_open()
         self._set(self._store._published, "", bundle)
 
-    # -- grant types and call budgets (migration 0016) ----------------------------------
+    # -- grant types and call budgets (migration 0015) ----------------------------------
 
     def put_grant_type(self, record: GrantTypeRecord) -> None:
         self._check_open()

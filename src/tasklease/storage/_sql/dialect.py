@@ -77,15 +77,16 @@ def timestamp_seconds(timestamp: str) -> float:
 
 _APP = (
     "app_id, name, client_id, secret_hash, scopes, token_ttl, status, created_at,"
-    " updated_at, created_by, public_key"
+    " updated_at, created_by, public_key, authorization_details"
 )
 _LAUNCH = (
     "token_hash, agent_name, allowed_scope, max_ttl, single_use, created_at, expires_at,"
-    " created_by, app_id, consumed_at, audience, principal, max_uses, uses, allow_resume"
+    " created_by, app_id, consumed_at, audience, principal, max_uses, uses, allow_resume,"
+    " authorization_details"
 )
 _AGENT = (
     "agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered_at,"
-    " status, cnf, audience, token_ttl, allow_resume"
+    " status, cnf, audience, token_ttl, allow_resume, authorization_details"
 )
 _OPERATOR = "name, role, secret_hash, public_key, status, created_at, updated_at, created_by"
 _SESSION = "agent_id, principal, heartbeat_required, last_heartbeat, resumes, state, expires_at"
@@ -134,6 +135,7 @@ _EXPIRING = (
     "discovery_bindings",
     "leases",
     "attestation_evidence",
+    "call_budgets",
 )
 
 
@@ -296,7 +298,7 @@ class Dialect:
         self.update_app = q(
             "UPDATE apps SET name = ?, client_id = ?, secret_hash = ?, scopes = ?,"
             " token_ttl = ?, status = ?, created_at = ?, updated_at = ?, created_by = ?,"
-            f" public_key = ? WHERE {t} AND app_id = ?"
+            f" public_key = ?, authorization_details = ? WHERE {t} AND app_id = ?"
         )
         self.insert_operator = q(f"{insert('operators', _OPERATOR)} ON CONFLICT DO NOTHING")
         self.update_operator = q(
@@ -358,7 +360,7 @@ class Dialect:
             f"{insert('attestation_evidence', 'evidence_key, expires_at')}"
             " ON CONFLICT (tenant_id, evidence_key) DO NOTHING"
         )
-        # structured grants (core.granttypes, core.calls; migration 0016)
+        # structured grants (core.granttypes, core.calls; migration 0015)
         select_grant_type = f"SELECT {_GRANT_TYPE} FROM grant_types WHERE {t}"
         self.get_grant_type = q(f"{select_grant_type} AND name = ?")
         self.list_grant_types = f"{select_grant_type} ORDER BY name"
@@ -474,7 +476,8 @@ class Dialect:
     # columns NOT NULL), so only scope lists, numbers, booleans and blobs are converted.
 
     def app_from_row(self, row: Row) -> AppRecord:
-        (app_id, name, client_id, secret_hash, scopes, ttl, status, created, updated, by, key) = row
+        (app_id, name, client_id, secret_hash, scopes, ttl, status, created, updated, by, key,
+         details) = row  # fmt: skip
         return AppRecord(
             app_id=app_id,
             name=name,
@@ -487,6 +490,7 @@ class Dialect:
             updated_at=float(updated),
             created_by=by,
             public_key=key,
+            authorization_details=load_details(details),
         )
 
     def app_params(self, app: AppRecord) -> tuple[object, ...]:
@@ -502,11 +506,12 @@ class Dialect:
             app.updated_at,
             app.created_by,
             app.public_key,
+            dump_details(app.authorization_details),
         )
 
     def launch_token_from_row(self, row: Row) -> LaunchTokenRecord:
         (token_hash, agent_name, scope, max_ttl, single_use, created, expires, by, app_id,
-         used, audience, principal, max_uses, uses, allow_resume) = row  # fmt: skip
+         used, audience, principal, max_uses, uses, allow_resume, details) = row  # fmt: skip
         return LaunchTokenRecord(
             token_hash=token_hash,
             agent_name=agent_name,
@@ -523,6 +528,7 @@ class Dialect:
             max_uses=int(max_uses),
             uses=int(uses),
             allow_resume=bool(allow_resume),
+            authorization_details=load_details(details),
         )
 
     def launch_token_params(self, record: LaunchTokenRecord) -> tuple[object, ...]:
@@ -542,6 +548,7 @@ class Dialect:
             record.max_uses,
             record.uses,
             record.allow_resume,
+            dump_details(record.authorization_details),
         )
 
     @staticmethod
@@ -573,7 +580,7 @@ class Dialect:
 
     def agent_from_row(self, row: Row) -> AgentRecord:
         (agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered, status,
-         cnf, audience, token_ttl, allow_resume) = row  # fmt: skip
+         cnf, audience, token_ttl, allow_resume, details) = row  # fmt: skip
         return AgentRecord(
             agent_id=agent_id,
             public_key=bytes(public_key),
@@ -588,6 +595,7 @@ class Dialect:
             audience=self._load_scopes(audience),
             token_ttl=int(token_ttl),
             allow_resume=bool(allow_resume),
+            authorization_details=load_details(details),
         )
 
     def agent_params(self, agent: AgentRecord) -> tuple[object, ...]:
@@ -605,6 +613,7 @@ class Dialect:
             self._dump_scopes(agent.audience),
             agent.token_ttl,
             agent.allow_resume,
+            dump_details(agent.authorization_details),
         )
 
     def federation_from_row(self, row: Row) -> FederationRecord:

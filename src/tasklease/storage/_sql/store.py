@@ -319,7 +319,7 @@ class SQLWriteTx(Generic[_C]):
         params = (evidence_key, expires_at)
         return self._db().execute(self.dialect.consume_evidence, params).rowcount == 1
 
-    # -- grant types and call budgets (migration 0016) -----------------------------------
+    # -- grant types and call budgets (migration 0015) -----------------------------------
 
     def put_grant_type(self, record: GrantTypeRecord) -> None:
         self._db().execute(self.dialect.put_grant_type, grant_type_params(record))
