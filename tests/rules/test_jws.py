@@ -814,6 +814,7 @@ def test_public_surface() -> None:
     assert sorted(jws.__all__) == sorted(
         [
             "ALGORITHM",
+            "KNOWN_KEY_ALGORITHMS",
             "MAX_TOKEN_BYTES",
             "Decoded",
             "JWSError",
