@@ -439,7 +439,10 @@ def serve(config: Config, *, workers: int = 1, loop: str = "asyncio") -> None:
         # any local process could choose its address. The application does it, only for
         # the configured trusted_proxies (http/middleware.py).
         "proxy_headers": False,
-        "timeout_graceful_shutdown": 10,
+        # On SIGTERM, requests in flight get this long to finish; open revocation-feed
+        # streams never finish by themselves and are cut then (their readers reconnect,
+        # to another replica if this one is going away).
+        "timeout_graceful_shutdown": 3,
         **uvicorn_tls_options(config),
     }
     scheme = "https" if config.tls_mode != "none" else "http"
