@@ -23,6 +23,7 @@ from tasklease.http.wire import (
     _federation,
     _grants,
     _inventory,
+    _launch,
     _oauth,
     _operators,
     _tenants,
@@ -119,6 +120,7 @@ from tasklease.http.wire._inventory import (
     revocation_page,
     task_detail,
 )
+from tasklease.http.wire._launch import LaunchTokenPolicy, LaunchTokenRequest, LaunchTokenResponse
 from tasklease.http.wire._oauth import AuthorizationServerMetadata
 from tasklease.http.wire._operators import (
     AdminAuthRequest,
@@ -126,9 +128,6 @@ from tasklease.http.wire._operators import (
     AuditEvent,
     AuditEventPage,
     KeyRotationResponse,
-    LaunchTokenPolicy,
-    LaunchTokenRequest,
-    LaunchTokenResponse,
     Operator,
     OperatorAuthRequest,
     OperatorAuthResponse,
@@ -337,6 +336,7 @@ _AREAS = (
     _tokens,
     _exchange,
     _oauth,
+    _launch,
     _operators,
     _audit,
     _inventory,
