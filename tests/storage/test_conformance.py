@@ -422,6 +422,28 @@ def test_attestation_evidence_is_used_once_per_tenant_and_pruned_at_expiry(store
         assert tx.consume_evidence("e2", NOW + 600) is False
 
 
+def test_offline_reports_are_audited_once_per_tenant_and_pruned_at_expiry(store: Store) -> None:
+    # A report sent again (a retry after a lost answer, a replay) finds its key and is
+    # audited once; a rolled-back report was not recorded; each tenant keeps its own.
+    with store.write() as tx:
+        assert tx.consume_offline_report("d:j1", NOW + 30) is True
+        assert tx.consume_offline_report("d:j1", NOW + 30) is False
+        assert tx.consume_offline_report("u:j1:app:c1:100", NOW + 600) is True
+        assert tx.consume_evidence("d:j1", NOW + 30) is True  # another table
+    with pytest.raises(Boom), store.write() as tx:
+        assert tx.consume_offline_report("d:j2", NOW + 30) is True
+        raise Boom
+    with store.write() as tx:
+        assert tx.consume_offline_report("d:j2", NOW + 30) is True
+        assert tx.consume_offline_report("u:j1:app:c1:100", NOW + 600) is False
+    with store.for_tenant("acme").write() as tx:
+        assert tx.consume_offline_report("d:j1", NOW + 30) is True
+    assert store.prune(NOW + 30) == 3  # d:j1, d:j2 and the evidence of this tenant
+    with store.write() as tx:
+        assert tx.consume_offline_report("d:j1", NOW + 60) is True
+        assert tx.consume_offline_report("u:j1:app:c1:100", NOW + 600) is False
+
+
 # -- agents ---------------------------------------------------------------------------------
 
 

@@ -542,6 +542,12 @@ class WriteTx(Protocol):
         False if it was used before. Of concurrent callers exactly one wins."""
         ...
 
+    def consume_offline_report(self, report_key: str, expires_at: float) -> bool:
+        """Record an offline derivation or use (by its report key) as audited until
+        ``expires_at``; False if it was recorded before. Of concurrent callers exactly one
+        wins, so a report sent twice is audited once."""
+        ...
+
     def put_grant_type(self, record: GrantTypeRecord) -> None:
         """Insert or replace the grant type named ``record.name``."""
         ...
@@ -748,7 +754,7 @@ class Store(Protocol):
     def prune(self, now: float) -> int:
         """Delete expired revocations, used nonces and DPoP proofs, launch tokens,
         by-reference tokens, agent sessions, discovery bindings, leases, used
-        attestation evidence and call budgets; return rows removed."""
+        attestation evidence, call budgets and offline report keys; return rows removed."""
         ...
 
     def safe_horizon(self) -> float | None:

@@ -365,6 +365,14 @@ class _MemoryWriteTx:
         self._set(used, evidence_key, expires_at)
         return True
 
+    def consume_offline_report(self, report_key: str, expires_at: float) -> bool:
+        self._check_open()
+        reported = self._store._offline_reports
+        if report_key in reported:
+            return False
+        self._set(reported, report_key, expires_at)
+        return True
+
     def put_published_bundle(self, bundle: PublishedBundle) -> None:
         self._check_open()
         self._set(self._store._published, "", bundle)
@@ -526,6 +534,7 @@ class MemoryStore:
         self._published: dict[str, PublishedBundle] = {}  # one entry, key ""
         self._attestors: dict[str, AttestorRecord] = {}
         self._evidence: dict[str, float] = {}  # used attestation evidence -> expires_at
+        self._offline_reports: dict[str, float] = {}  # audited offline report -> expires_at
         self._grant_types: dict[str, GrantTypeRecord] = {}
         self._budgets: dict[str, CallBudget] = {}
         self._revocation_seq = 0
@@ -880,7 +889,7 @@ class MemoryStore:
             for key in [k for k, r in self._revocations.items() if r.expires_at <= now]:
                 del self._revocations[key]
                 removed += 1
-            for used in (self._nonces, self._dpop_proofs, self._evidence):
+            for used in (self._nonces, self._dpop_proofs, self._evidence, self._offline_reports):
                 for key in [k for k, exp in used.items() if exp <= now]:
                     del used[key]
                     removed += 1

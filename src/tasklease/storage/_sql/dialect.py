@@ -136,6 +136,7 @@ _EXPIRING = (
     "leases",
     "attestation_evidence",
     "call_budgets",
+    "offline_reports",
 )
 
 
@@ -359,6 +360,11 @@ class Dialect:
         self.consume_evidence = q(
             f"{insert('attestation_evidence', 'evidence_key, expires_at')}"
             " ON CONFLICT (tenant_id, evidence_key) DO NOTHING"
+        )
+        # Offline derivations and uses already audited (migration 0016).
+        self.consume_offline_report = q(
+            f"{insert('offline_reports', 'report_key, expires_at')}"
+            " ON CONFLICT (tenant_id, report_key) DO NOTHING"
         )
         # structured grants (core.granttypes, core.calls; migration 0015)
         select_grant_type = f"SELECT {_GRANT_TYPE} FROM grant_types WHERE {t}"

@@ -319,6 +319,10 @@ class SQLWriteTx(Generic[_C]):
         params = (evidence_key, expires_at)
         return self._db().execute(self.dialect.consume_evidence, params).rowcount == 1
 
+    def consume_offline_report(self, report_key: str, expires_at: float) -> bool:
+        params = (report_key, expires_at)
+        return self._db().execute(self.dialect.consume_offline_report, params).rowcount == 1
+
     # -- grant types and call budgets (migration 0015) -----------------------------------
 
     def put_grant_type(self, record: GrantTypeRecord) -> None:
