@@ -34,6 +34,7 @@ from tasklease.core.kernel import RequestContext, Service
 from tasklease.core.store import CallBudget, WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules import grants as grant_rules
+from tasklease.rules import grantuse as grant_use
 from tasklease.rules.grants import TypeRule
 
 __all__ = [
@@ -96,7 +97,7 @@ def counted_grant(
     grant whose budget counts it (None when a grant without ``max_calls`` allows it: it
     is not counted)."""
     grants = grant_rules.grants_of(claims.scope, claims.details)
-    allowing = [g for g in grants if grant_rules.allows([g], kind, now=now, **call) is not None]
+    allowing = [g for g in grants if grant_use.allows([g], kind, now=now, **call) is not None]
     if not allowing:
         return None, False
     if any(not _calls(g) for g in allowing):
@@ -136,7 +137,7 @@ class CallCounting(Service):
     def count(
         self, claims: Claims, kind: object, call: Mapping[str, Any], ctx: RequestContext
     ) -> CallCount:
-        """Count one call of ``kind`` (``call``: the arguments of ``rules.grants.allows``)
+        """Count one call of ``kind`` (``call``: the arguments of ``rules.grantuse.allows``)
         against the token's grant that allows it, after reading the token's live state
         (``core.assurance``: never a cache).
 

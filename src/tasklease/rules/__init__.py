@@ -12,7 +12,8 @@ dependencies. Pure functions: time comes in as ``now``.
                        delegation chain and its hash, the ``act`` chain, ``lineage``
 ``rules.scopes``       the scope grammar and coverage (narrowing only)
 ``rules.grants``       structured grants (RFC 9396 ``authorization_details``): types, limits,
-                       narrowing per type, and what a grant allows a resource server
+                       narrowing per type
+``rules.grantuse``     what a structured grant allows a resource server (a call's check)
 ``rules.binding``      holder binding: certificate (RFC 8705) and DPoP (RFC 9449) proofs
 ``rules.messages``     the domain-separated messages agents sign for the broker
 ``rules.bundle``       SPIFFE trust bundles (federation): parse strictly, serialize

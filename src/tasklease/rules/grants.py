@@ -31,7 +31,7 @@ Attenuation (:func:`uncovered`): a child grant set is allowed only when every ch
 is covered by some parent grant. Covering is reflexive and transitive for every type, so
 no sequence of narrowings widens a grant (tests/rules/test_grants.py).
 
-Resource servers ask :func:`allows` whether a call (an action on a location, an amount,
+Resource servers ask ``rules.grantuse.allows`` whether a call (an action on a location, an amount,
 values of named fields, at a time) is within a token's grants.
 """
 
@@ -56,7 +56,6 @@ __all__ = [
     "Grant",
     "GrantError",
     "TypeRule",
-    "allows",
     "canonical",
     "common",
     "covers",
@@ -96,7 +95,7 @@ _LIMITS = frozenset(
 )
 # Locations are compared as text, so text a resource server might read as another place
 # is refused: dot segments, encoded dots and slashes, backslashes, empty segments.
-_BAD_LOCATION = re.compile(r"(^|/)\.\.?(/|$)|%2[eEfF]|%5[cC]|\\|[?#\s]|[^:/]//")
+BAD_LOCATION = re.compile(r"(^|/)\.\.?(/|$)|%2[eEfF]|%5[cC]|\\|[?#\s]|[^:/]//")
 
 
 class GrantError(ValueError):
@@ -146,7 +145,7 @@ def _texts(value: object, where: str) -> list[str]:
 
 
 def _location(value: str, where: str) -> str:
-    if _BAD_LOCATION.search(value):
+    if BAD_LOCATION.search(value):
         raise GrantError(
             f"{where} must not hold dot segments, encoded dots or slashes, empty segments, "
             "a query or a fragment"
@@ -387,7 +386,7 @@ def location_covers(allowed: str, location: str) -> bool:
     """True iff ``location`` is ``allowed`` or below it: ``allowed`` + ``/`` + more, or
     ``allowed`` ending in ``/`` + more. Locations with dot segments or encoded separators
     are never covered."""
-    if _BAD_LOCATION.search(location):
+    if BAD_LOCATION.search(location):
         return False
     if location == allowed:
         return True
@@ -512,131 +511,3 @@ def common(
             if any(covers(o, grant, rules) for o in other):
                 out.setdefault(canonical(grant), grant)
     return tuple(out.values())
-
-
-# --- resource side ---------------------------------------------------------------------
-
-
-def allows(
-    grants: Iterable[Grant],
-    kind: str,
-    *,
-    now: float,
-    scope: str | None = None,
-    action: str | None = None,
-    location: str | None = None,
-    datatype: str | None = None,
-    privilege: str | None = None,
-    identifier: str | None = None,
-    amount: object = None,
-    currency: str | None = None,
-    values: Mapping[str, object] | None = None,
-    fields: Mapping[str, object] | None = None,
-) -> Grant | None:
-    """The first grant of type ``kind`` that allows this call, or None.
-
-    Every argument given must be allowed: ``scope`` by a ``scope`` grant's coverage;
-    ``action``, ``datatype`` and ``privilege`` by membership; ``location`` by
-    :func:`location_covers`; ``identifier`` by equality. Limits: a grant with
-    ``max_amount`` allows only a call that states its ``amount`` (and ``currency``) within
-    it; one with ``allowed_values`` only a call whose ``values`` give each named field an
-    allowed value; a window only calls at ``now`` inside it (``not_before`` inclusive,
-    ``not_after`` exclusive). ``fields`` are an operator's type's members: a list member
-    allows its items, any other member its own value. ``max_calls`` is counted by the
-    broker, never here.
-    """
-    for grant in grants:
-        if grant.get("type") != kind:
-            continue
-        if _allows_one(
-            grant,
-            now=now,
-            scope=scope,
-            action=action,
-            location=location,
-            datatype=datatype,
-            privilege=privilege,
-            identifier=identifier,
-            amount=amount,
-            currency=currency,
-            values=values or {},
-            fields=fields or {},
-        ):
-            return grant
-    return None
-
-
-def _allows_one(
-    grant: Grant,
-    *,
-    now: float,
-    scope: str | None,
-    action: str | None,
-    location: str | None,
-    datatype: str | None,
-    privilege: str | None,
-    identifier: str | None,
-    amount: object,
-    currency: str | None,
-    values: Mapping[str, object],
-    fields: Mapping[str, object],
-) -> bool:
-    if scope is not None and not (
-        grant.get("type") == "scope" and scope_rules.covers(str(grant.get("scope")), scope)
-    ):
-        return False
-    for name, given in (("actions", action), ("datatypes", datatype), ("privileges", privilege)):
-        if given is not None:
-            listed = grant.get(name)
-            if listed is None:
-                if name == "actions":
-                    return False
-            elif given not in listed:
-                return False
-    if location is not None and "locations" in grant:
-        if not any(location_covers(p, location) for p in grant["locations"]):
-            return False
-    elif location is not None and _BAD_LOCATION.search(location):
-        return False
-    if identifier is not None and "identifier" in grant and grant["identifier"] != identifier:
-        return False
-    for name, value in fields.items():
-        if name not in grant:
-            continue
-        mine = grant[name]
-        if isinstance(mine, list):
-            if value not in mine:
-                return False
-        elif canonical({"v": mine}) != canonical({"v": value}):
-            return False
-    return _within_limits(grant.get("limits") or {}, now, amount, currency, values)
-
-
-def _within_limits(
-    limits: Mapping[str, Any],
-    now: float,
-    amount: object,
-    currency: str | None,
-    values: Mapping[str, object],
-) -> bool:
-    if "not_before" in limits and now < limits["not_before"]:
-        return False
-    if "not_after" in limits and now >= limits["not_after"]:
-        return False
-    if "max_amount" in limits:
-        if amount is None or currency != limits["currency"]:
-            return False
-        if isinstance(amount, bool) or not isinstance(amount, str | int | float | Decimal):
-            return False
-        try:
-            asked = Decimal(amount if isinstance(amount, str | Decimal) else str(amount))
-        except InvalidOperation:
-            return False
-        if not asked.is_finite() or asked < 0:
-            return False
-        if asked > Decimal(limits["max_amount"]):
-            return False
-    for name, allowed in (limits.get("allowed_values") or {}).items():
-        if name not in values or values[name] not in allowed:
-            return False
-    return True

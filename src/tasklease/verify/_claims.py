@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasklease.rules import grants as grant_rules
+from tasklease.rules import grantuse as grant_use
 from tasklease.rules import scopes as scope_rules
 from tasklease.rules.attest import Attestation, AttestClaimError, attestation_of
 from tasklease.rules.claims import (
@@ -136,7 +137,7 @@ class VerifiedToken:
         """
         grants = grant_rules.grants_of(self.scope, self.authorization_details)
         moment = time.time() if now is None else now
-        return grant_rules.allows(grants, kind, now=moment, **call)
+        return grant_use.allows(grants, kind, now=moment, **call)
 
     def has_scope(self, required: str) -> bool:
         """True when one of the token's scopes covers ``required``.
