@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -12,14 +12,9 @@ from urllib.parse import quote
 import httpx
 import nacl.signing
 
-from tasklease.client._errors import (
-    NotFound,
-    TransportError,
-    Unauthorized,
-    error_from_response,
-)
+from tasklease.client._admin_audit import AuditCalls
+from tasklease.client._errors import TransportError, Unauthorized, error_from_response
 from tasklease.client._flows import expect_json
-from tasklease.rules.auditchain import principal_ref
 from tasklease.rules.messages import operator_sign_in_input
 
 __all__ = ["AdminClient"]
@@ -27,7 +22,7 @@ __all__ = ["AdminClient"]
 _REAUTH_MARGIN = 30.0
 
 
-class AdminClient:
+class AdminClient(AuditCalls):
     """Operator access to one broker over HTTP, as a named operator or with the admin secret.
 
     With ``operator`` it signs in as that named operator (``POST /v1/operator/auth``) with
@@ -449,77 +444,6 @@ class AdminClient:
         """This broker's SPIFFE trust bundle (``GET /v1/federation/bundle``, public)."""
         return expect_json(self._send("GET", "/v1/federation/bundle"))
 
-    # -- audit --------------------------------------------------------------------------
-
-    def audit_events(
-        self,
-        *,
-        agent_id: str | None = None,
-        task_id: str | None = None,
-        event_type: str | None = None,
-        outcome: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        principal: str | None = None,
-    ) -> dict[str, Any]:
-        """One page: ``{"events": [...], "total", "offset", "limit"}``, in chain order."""
-        params: dict[str, str | int] = {"limit": limit, "offset": offset}
-        for name, value in (
-            ("agent_id", agent_id),
-            ("task_id", task_id),
-            ("event_type", event_type),
-            ("outcome", outcome),
-            ("since", since),
-            ("until", until),
-            ("principal_ref", principal_ref(principal) if principal else None),
-        ):
-            if value:
-                params[name] = value
-        return self._json("GET", "/v1/audit/events", params=params)
-
-    def iter_audit_events(
-        self,
-        *,
-        agent_id: str | None = None,
-        task_id: str | None = None,
-        event_type: str | None = None,
-        outcome: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        page_size: int = 1000,
-        principal: str | None = None,
-    ) -> Iterator[dict[str, Any]]:
-        """Every matching event in chain order, fetched page by page.
-
-        Appends made while iterating land after the pages already read, so offset
-        paging in ``seq`` order neither skips nor repeats events.
-        """
-        page_size = max(1, min(page_size, 1000))  # the broker's largest page
-        offset = 0
-        while True:
-            page = self.audit_events(
-                agent_id=agent_id,
-                task_id=task_id,
-                event_type=event_type,
-                outcome=outcome,
-                since=since,
-                until=until,
-                limit=page_size,
-                offset=offset,
-                principal=principal,
-            )
-            events = page.get("events")
-            if not isinstance(events, list) or not events:
-                return
-            for event in events:
-                offset += 1
-                yield event
-            used = page.get("limit")
-            if len(events) < (used if isinstance(used, int) and used > 0 else page_size):
-                return
-
     # -- what is alive (docs/api.md, inventory) -----------------------------------------
 
     def sign_in(self) -> dict[str, Any]:
@@ -554,46 +478,6 @@ class AdminClient:
     def task(self, task_id: str) -> dict[str, Any]:
         """``GET /v1/admin/tasks/{task_id}``; raises NotFound for an unknown task."""
         return self._json("GET", f"/v1/admin/tasks/{_segment(task_id)}")
-
-    def audit_total(self) -> int:
-        """How many events the log holds."""
-        total = self.audit_events(limit=1).get("total")
-        return total if isinstance(total, int) else 0
-
-    # -- the transparent audit log (docs/audit.md) -----------------------------------------
-
-    def audit_event(self, seq: int) -> dict[str, Any]:
-        """The event ``seq`` (``evt-<seq>``); ``NotFound`` if the log has no such event."""
-        events = self.audit_events(limit=1, offset=seq - 1).get("events") if seq > 0 else []
-        if not isinstance(events, list) or not events or events[0].get("seq") != seq:
-            raise NotFound(f"no audit event evt-{seq:06d}")
-        event: dict[str, Any] = events[0]
-        return event
-
-    def audit_checkpoint(self) -> str:
-        """``GET /v1/audit/checkpoint``: the latest final checkpoint, a signed note."""
-        response = self._authed("GET", "/v1/audit/checkpoint")
-        if response.status_code >= 400:
-            raise error_from_response(response)
-        return response.text
-
-    def audit_log_keys(self) -> dict[str, Any]:
-        """``GET /v1/audit/log-keys``: the origin, log vkeys, witness vkeys and quorum."""
-        return self._json("GET", "/v1/audit/log-keys")
-
-    def audit_inclusion_proof(self, index: int, size: int) -> dict[str, Any]:
-        """``GET /v1/audit/proof/inclusion``: ``{"index", "size", "proof", "root"}``."""
-        params = {"index": index, "size": size}
-        return self._json("GET", "/v1/audit/proof/inclusion", params=params)
-
-    def audit_consistency_proof(self, first: int, second: int) -> dict[str, Any]:
-        """``GET /v1/audit/proof/consistency``: ``{"first", "second", "proof"}``."""
-        params = {"first": first, "second": second}
-        return self._json("GET", "/v1/audit/proof/consistency", params=params)
-
-    def rotate_audit_log_key(self) -> dict[str, Any]:
-        """``POST /v1/admin/audit/log-key/rotate``: a new log key signs from now on."""
-        return self._json("POST", "/v1/admin/audit/log-key/rotate")
 
     # -- lifecycle ------------------------------------------------------------------------
 
