@@ -255,6 +255,7 @@ def test_public_surface() -> None:
         "FederatedDomain",
         "InsufficientScope",
         "InvalidToken",
+        "RevocationStateStale",
         "TokenIntrospector",
         "VerificationError",
         "VerifiedToken",

@@ -156,7 +156,11 @@ def test_a_stale_feed_fails_closed_after_the_bound(own_broker: RunningBroker, se
         assert time.monotonic() - stopped <= bound + 2.0
         refused = client.get("/data/42", headers=agent.bearer)
         assert refused.status_code == 503
-        assert refused.json()["error_code"] == "service_unavailable"
+        body = refused.json()
+        assert body["error_code"] == "revocation_state_stale"
+        assert body["detail"].startswith("revocation state is stale: nothing heard from")
+        assert "the limit is 1.5 s" in body["detail"]
+        assert refused.headers["retry-after"] == "1"
 
 
 def test_verifier_without_credentials_for_the_feed_is_refused() -> None:

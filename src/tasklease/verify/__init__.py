@@ -46,6 +46,7 @@ from tasklease.verify._claims import DelegationHop, VerifiedToken
 from tasklease.verify._errors import (
     InsufficientScope,
     InvalidToken,
+    RevocationStateStale,
     VerificationError,
     VerifierUnavailable,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "FederatedDomain",
     "InsufficientScope",
     "InvalidToken",
+    "RevocationStateStale",
     "TokenIntrospector",
     "VerificationError",
     "VerifiedToken",

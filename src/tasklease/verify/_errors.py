@@ -4,6 +4,7 @@
     ├── InvalidToken           no, malformed, forged, expired, revoked or foreign token (401)
     ├── InsufficientScope      a valid token without the scope a route needs (403)
     └── VerifierUnavailable    the verifier cannot vouch for freshness: fail closed (503)
+        └── RevocationStateStale   the revocation state is older than the token's bound
 
 Like the broker, the verifier shows one generic message outward; the precise ``reason``
 (for example ``"audience mismatch"`` or ``"revoked (level task)"``) is for logs only.
@@ -11,7 +12,13 @@ Like the broker, the verifier shows one generic message outward; the precise ``r
 
 from __future__ import annotations
 
-__all__ = ["InsufficientScope", "InvalidToken", "VerificationError", "VerifierUnavailable"]
+__all__ = [
+    "InsufficientScope",
+    "InvalidToken",
+    "RevocationStateStale",
+    "VerificationError",
+    "VerifierUnavailable",
+]
 
 
 class VerificationError(Exception):
@@ -56,3 +63,32 @@ class VerifierUnavailable(VerificationError):
 
     code = "service_unavailable"
     message = "token verification is temporarily unavailable"
+
+
+class RevocationStateStale(VerifierUnavailable):
+    """The revocation feed has not been heard from for longer than this token's bound.
+
+    ``staleness`` and ``bound`` are seconds; ``critical`` is true when the token was held
+    to the bound of critical scopes and grants. Unlike the other refusals, the message
+    says what happened (how stale, which bound): it names no token and helps whoever is
+    paged for the outage.
+    """
+
+    code = "revocation_state_stale"
+
+    def __init__(self, staleness: float, bound: float, *, critical: bool = False) -> None:
+        self.staleness = staleness
+        self.bound = bound
+        self.critical = critical
+        heard = (
+            "never heard from the broker's revocation feed"
+            if staleness == float("inf")
+            else f"nothing heard from the broker's revocation feed for {staleness:.1f} s"
+        )
+        limit = (
+            "critical tokens need a live feed"
+            if critical and bound == 0
+            else f"the limit is {bound:g} s" + (" for critical tokens" if critical else "")
+        )
+        self.message = f"revocation state is stale: {heard}; {limit}"
+        super().__init__(f"revocation state stale ({staleness:.3f} s > {bound:g} s)")

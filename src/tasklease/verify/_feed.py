@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,8 @@ __all__ = ["AppCredentials", "Event", "EventParser", "FeedFollower"]
 
 _log = logging.getLogger("tasklease.verify")
 _MAX_EVENT_BYTES = 65536
+MAX_RECONNECT_BACKOFF = 0.25
+"""Longest wait between two attempts to reach the stream (the first waits 50 ms)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,7 @@ class FeedFollower:
         on_revocation: Callable[[], None],
         housekeeping: Callable[[], None],
         monotonic: Callable[[], float] = time.monotonic,
+        max_backoff: float = MAX_RECONNECT_BACKOFF,
     ) -> None:
         self._client = client
         self._index = index
@@ -105,6 +109,9 @@ class FeedFollower:
         self.cursor: int | None = None
         self.last_heard = -float("inf")
         self.connections = 0
+        # True from a stream's ``sync`` until it ends (a read timeout ends it too).
+        self.connected = False
+        self._max_backoff = max_backoff
 
     def start(self) -> None:
         if self._thread is None:
@@ -126,6 +133,10 @@ class FeedFollower:
         """Seconds since the feed last proved current (infinite before the first sync)."""
         return self._monotonic() - self.last_heard
 
+    def live(self, within: float) -> bool:
+        """True while a synced stream is connected and was heard from within ``within`` s."""
+        return self.connected and self.staleness() <= within
+
     def _run(self) -> None:
         backoff = 0.05
         while not self._stop.is_set():
@@ -134,9 +145,14 @@ class FeedFollower:
                 backoff = 0.05
             except Exception as exc:  # noqa: BLE001 - reconnect whatever went wrong
                 _log.info("revocation feed disconnected: %s", exc)
+            finally:
+                self.connected = False
             self._housekeeping()
-            self._stop.wait(backoff)
-            backoff = min(backoff * 2, 1.0)
+            # Jittered, so that verifiers that lost the broker together do not all come
+            # back in the same instant; capped low, so that a broker back from an outage
+            # is followed again (and its revocations enforced) within a fraction of a second.
+            self._stop.wait(backoff * (0.5 + random.random() / 2))  # noqa: S311 - jitter
+            backoff = min(backoff * 2, self._max_backoff)
 
     def _follow_once(self) -> None:
         params = {} if self.cursor is None else {"cursor": str(self.cursor)}
@@ -170,6 +186,7 @@ class FeedFollower:
                         if type(cursor) is int:
                             self.cursor = max(self.cursor or 0, cursor)
                         synced = True
+                        self.connected = True
                         self._synced.set()
                     if synced:
                         self.last_heard = self._monotonic()

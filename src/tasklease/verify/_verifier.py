@@ -11,8 +11,10 @@ allow-list (``alg`` ``EdDSA``, ``typ`` ``at+jwt``, known ``kid``), Ed25519 signa
 a token for another resource is refused), ``exp`` (no leeway unless ``exp_leeway``),
 ``nbf``/``iat`` with the clock skew, lifetime, ``max_exp``, delegation depth and chain
 hash, revocation (the token, its subject, task, delegators and ``lineage``). Then
-freshness: when the feed has not proved current for ``max_feed_staleness`` seconds, every
-verification fails closed with :class:`VerifierUnavailable`.
+freshness (``verify._freshness``, the outage policy): when the feed has not proved current
+for ``max_feed_staleness`` seconds (60), every verification fails closed with
+:class:`RevocationStateStale`; tokens with a critical scope or grant type are refused as
+soon as the feed is no longer live (``critical_feed_staleness`` 0).
 
 The ``act`` chain (RFC 8693) of a delegated token must agree with its delegation chain and
 principal. A sender-constrained token (``cnf``) must come with its proof: the client
@@ -53,9 +55,15 @@ from tasklease.rules.binding import (
 )
 from tasklease.rules.claims import ClaimRejected, check_claims, check_time
 from tasklease.verify._claims import VerifiedToken, claims_from_introspection, parse_claims
-from tasklease.verify._errors import InsufficientScope, InvalidToken, VerifierUnavailable
+from tasklease.verify._errors import InsufficientScope, InvalidToken
 from tasklease.verify._federation import FederatedDomain, FederationError, Federations
 from tasklease.verify._feed import AppCredentials, FeedFollower
+from tasklease.verify._freshness import (
+    DEFAULT_LIVENESS,
+    DEFAULT_MAX_STALENESS,
+    FreshnessPolicy,
+    prometheus_text,
+)
 from tasklease.verify._grants import CallCount, count_call
 from tasklease.verify._introspection import (
     _REFERENCE_CHARS,
@@ -72,6 +80,7 @@ ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a JWT type, not a secret
 _ALLOWED_TYPS = frozenset({ACCESS_TOKEN_TYPE})
 _decode_parts = jws.decode_parts
 _log = logging.getLogger("tasklease.verify")
+_START_WAIT = 5.0  # seconds start() waits for the feed's first sync by default
 
 
 _BEARER = Presentation()
@@ -131,8 +140,19 @@ class Verifier:
         credentials: an app's :class:`AppCredentials`, or a callable returning an admin or
             app bearer token, to read the revocation feed and to introspect by-reference
             tokens (an app sees only its own agents' tokens there).
-        max_feed_staleness: seconds without news from a current feed after which every
-            verification fails closed (:class:`VerifierUnavailable`).
+        max_feed_staleness: seconds without news from a current feed (a keepalive counts)
+            after which every verification fails closed (:class:`RevocationStateStale`, a
+            :class:`VerifierUnavailable`): how long this resource server rides out a broker
+            outage on its cached keys and revocation state (docs/broker-optional.md).
+        critical_feed_staleness: the same bound for critical tokens; 0 (the default) means
+            they are accepted only while the feed is live (connected, synced and heard from
+            within ``feed_liveness`` seconds).
+        critical_scopes: scope patterns (the broker's ``critical_scopes``, e.g.
+            ``write:payments:*``); a token holding a scope that overlaps one is critical.
+        critical_grant_types: structured grant types (RFC 9396 ``type``) that make a token
+            holding one critical.
+        feed_liveness: seconds without a byte from a connected stream after which it no
+            longer counts as live and is reconnected (the broker beats every 2 s).
         clock_skew: seconds an ``nbf`` or ``iat`` may lie in the future (clocks drift).
         exp_leeway: seconds a token is still accepted after its ``exp``: 0, as at the
             broker (a token is dead at its ``exp``), unless this resource server's clock
@@ -173,7 +193,11 @@ class Verifier:
         jwks_min_refresh_interval: float = 30.0,
         feed: bool = True,
         credentials: AppCredentials | Callable[[], str] | None = None,
-        max_feed_staleness: float = 5.0,
+        max_feed_staleness: float = DEFAULT_MAX_STALENESS,
+        critical_feed_staleness: float = 0.0,
+        critical_scopes: Sequence[str] = (),
+        critical_grant_types: Sequence[str] = (),
+        feed_liveness: float = DEFAULT_LIVENESS,
         clock_skew: int = 30,
         exp_leeway: float = 0,
         max_token_lifetime: int = 3600,
@@ -199,6 +223,13 @@ class Verifier:
         self.audience = audience
         self.issuer = issuer
         self.max_feed_staleness = max_feed_staleness
+        self._freshness = FreshnessPolicy(
+            max_staleness=max_feed_staleness,
+            critical_staleness=critical_feed_staleness,
+            critical_scopes=critical_scopes,
+            critical_grant_types=critical_grant_types,
+            liveness=feed_liveness,
+        )
         self._audiences = (audience,)
         self._skew = clock_skew
         self._exp_leeway = exp_leeway
@@ -242,7 +273,7 @@ class Verifier:
                 self._revocations,
                 token_source=self._bearer_for_feed,
                 forget_token=self._forget_feed_token,
-                read_timeout=max_feed_staleness,
+                read_timeout=max(0.5, min(feed_liveness, max_feed_staleness)),
                 on_revocation=lambda: None,
                 housekeeping=self._housekeeping,
             )
@@ -258,8 +289,8 @@ class Verifier:
     def start(self, *, wait: float | None = None) -> bool:
         """Fetch the keys and start following the feed; idempotent.
 
-        ``wait`` (default ``max_feed_staleness``) bounds how long to wait for the feed's
-        first sync. Returns whether the verifier is ready (keys known, feed current).
+        ``wait`` (default 5 s) bounds how long to wait for the feed's first sync. Returns
+        whether the verifier is ready (keys known, feed current).
         """
         with self._start_lock:
             if not self._started:
@@ -270,7 +301,7 @@ class Verifier:
                 if self._feed is not None:
                     self._feed.start()
         if self._feed is not None:
-            self._feed.wait_synced(self.max_feed_staleness if wait is None else wait)
+            self._feed.wait_synced(_START_WAIT if wait is None else wait)
         return self.ready
 
     async def astart(self, *, wait: float | None = None) -> bool:
@@ -299,8 +330,31 @@ class Verifier:
         return bool(self._keys.kids) and self.feed_staleness() <= self.max_feed_staleness
 
     def feed_staleness(self) -> float:
-        """Seconds since the feed last proved current (0 without a feed)."""
+        """Seconds since the feed last proved current (0 without a feed; infinite before
+        its first sync). A metric: see :meth:`metrics_text`."""
         return 0.0 if self._feed is None else self._feed.staleness()
+
+    def feed_live(self) -> bool:
+        """True while the feed is connected, synced and heard from within ``feed_liveness``
+        seconds (always true without a feed): critical tokens are accepted only then."""
+        return self._feed is None or self._feed.live(self._freshness.liveness)
+
+    def is_critical(self, token: VerifiedToken) -> bool:
+        """True when ``token`` holds a critical scope or grant type (held to
+        ``critical_feed_staleness``)."""
+        return self._freshness.is_critical(token)
+
+    def metrics_text(self) -> str:
+        """The feed's staleness and the refusals it caused, in the Prometheus text format
+        (serve it on the resource server's metrics endpoint)."""
+        return prometheus_text(
+            audience=self.audience,
+            staleness=self.feed_staleness(),
+            live=self.feed_live(),
+            policy=self._freshness,
+            connections=0 if self._feed is None else self._feed.connections,
+            revocation_entries=len(self._revocations),
+        )
 
     def stats(self) -> dict[str, Any]:
         """Counters for health endpoints and tests."""
@@ -316,6 +370,8 @@ class Verifier:
             "feed_cursor": None if self._feed is None else self._feed.cursor,
             "feed_staleness": self.feed_staleness(),
             "feed_connections": 0 if self._feed is None else self._feed.connections,
+            "feed_live": self.feed_live(),
+            "stale_refusals": self._freshness.refusals,
         }
 
     # --- verification -------------------------------------------------------------------
@@ -503,8 +559,7 @@ class Verifier:
         if level is not None:
             cache.discard(digest)
             raise InvalidToken(f"token has been revoked (level {level})")
-        if self._feed is not None and self._feed.staleness() > self.max_feed_staleness:
-            raise VerifierUnavailable("revocation feed is stale")
+        self._freshness.check(verified, self._feed)
         cnf = verified.cnf
         if cnf is not None or presented is not None:
             try:
@@ -571,8 +626,7 @@ class Verifier:
         level = self._revocations.match(verified)
         if level is not None:
             raise InvalidToken(f"token has been revoked (level {level})")
-        if self._feed is not None and self._feed.staleness() > self.max_feed_staleness:
-            raise VerifierUnavailable("revocation feed is stale")
+        self._freshness.check(verified, self._feed)
         if verified.cnf is not None or presented is not None:
             try:
                 check_binding(verified.cnf, token, presented or _BEARER, dpop=self._dpop, now=now)
@@ -583,8 +637,7 @@ class Verifier:
     def _introspect(self, token: str) -> VerifiedToken:
         if self._introspector is None:
             raise InvalidToken("by-reference token but no introspection credentials")
-        if self._feed is not None and self._feed.staleness() > self.max_feed_staleness:
-            raise VerifierUnavailable("revocation feed is stale")
+        self._freshness.check_any(self._feed)
         body = self._introspector.introspect(token)
         if body is None:
             raise InvalidToken("by-reference token is not active")

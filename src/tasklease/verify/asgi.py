@@ -125,11 +125,12 @@ def _request_id(headers: Collection[tuple[bytes, bytes]]) -> str:
     return secrets.token_hex(8)
 
 
+_STATUS = {"unauthorized": 401, "insufficient_scope": 403}
+
+
 def problem_response(error: VerificationError, request: Request) -> Response:
     """The RFC 9457 problem for a refusal; the detail is generic, never ``error.reason``."""
-    status = {"unauthorized": 401, "insufficient_scope": 403, "service_unavailable": 503}[
-        error.code
-    ]
+    status = 503 if isinstance(error, VerifierUnavailable) else _STATUS[error.code]
     scheme = _scheme(request.scope)
     challenge: tuple[str, str] | None = None
     if status == 403:
@@ -293,8 +294,10 @@ class TaskleaseAuthMiddleware:
         self, scope: Scope, send: Send, error: VerificationError, scheme: str
     ) -> None:
         status = 503 if isinstance(error, VerifierUnavailable) else 401
-        code = "service_unavailable" if status == 503 else "unauthorized"
-        message = VerifierUnavailable.message if status == 503 else VerificationError.message
+        # A stale revocation state says so (revocation_state_stale, how stale, the bound);
+        # every other refusal stays generic.
+        code = error.code if status == 503 else "unauthorized"
+        message = error.message if status == 503 else VerificationError.message
         challenge = None
         if status == 401 and scheme and isinstance(error, InvalidToken):
             challenge = _token_challenge(scheme, error)
