@@ -1,5 +1,8 @@
 """Audience-bound tokens (RFC 8707 resource indicators).
 
+The choice and narrowing rules live in :mod:`tasklease.rules.issuance` (the issuance
+check is shared with the SDK and the verifier); here they refuse with the broker's error.
+
 A token is for one resource. A launch token may name the resources its agent's tokens
 may be for; a registration may name one of them; the token then carries that single
 resource as its ``aud``, and every resource server's check (``aud`` contains *my*
@@ -22,6 +25,8 @@ import re
 from collections.abc import Sequence
 
 from tasklease.core.errors import InvalidTarget
+from tasklease.rules import issuance as _rules
+from tasklease.rules.issuance import default_audience
 
 __all__ = [
     "MAX_RESOURCES",
@@ -73,14 +78,6 @@ def validate_resource_uri(value: object, *, field: str = "resource") -> None:
         validate_resource(item, field=field)
 
 
-def default_audience(configured: Sequence[str]) -> tuple[str, ...]:
-    """The ``aud`` of a token that names no resource: the first configured audience.
-
-    One, not all: a token valid at every configured resource would be a token for
-    none in particular (threat TM-39)."""
-    return (configured[0],)
-
-
 def validate_resources(value: object, *, field: str) -> tuple[str, ...]:
     """A list of resources (or one string) for a launch token; ``()`` when absent."""
     if value is None:
@@ -99,40 +96,20 @@ def validate_resources(value: object, *, field: str) -> tuple[str, ...]:
 def choose_audience(
     requested: str | None, allowed: Sequence[str], default: tuple[str, ...]
 ) -> tuple[str, ...]:
-    """The ``aud`` of a registration's first token.
-
-    Without a resource ceiling on the launch token, a named resource is taken as is and
-    no resource means the broker's default audience (its first, :func:`default_audience`).
-    With one, the resource must be in it; a registration that names none gets the only
-    allowed resource, and must choose when there are several (a token names a single
-    resource).
-
-    Raises:
-        InvalidTarget: the resource is outside the launch token's, or ambiguous.
-    """
-    if not allowed:
-        return (requested,) if requested is not None else default_audience(default)
-    if requested is None:
-        if len(allowed) == 1:
-            return (allowed[0],)
-        raise InvalidTarget("the launch token names several resources: choose one (resource)")
-    if requested not in allowed:
-        raise InvalidTarget("resource is not among the launch token's resources")
-    return (requested,)
+    """:func:`tasklease.rules.issuance.choose_audience`, refusing with
+    :class:`InvalidTarget`."""
+    try:
+        return _rules.choose_audience(requested, allowed, default)
+    except _rules.TargetRefused as exc:
+        raise InvalidTarget(exc.message) from None
 
 
 def narrow_audience(
     requested: str | None, current: tuple[str, ...], default: tuple[str, ...]
 ) -> tuple[str, ...]:
-    """The ``aud`` of a delegated token: the delegator's, or a narrower one.
-
-    Raises:
-        InvalidTarget: the requested resource would widen the audience.
-    """
-    if requested is None or current == (requested,):
-        return current
-    # Not yet restricted: for the broker's own audiences only (tokens minted before the
-    # default became one audience carry all of them).
-    if set(current) <= set(default) or requested in current:
-        return (requested,)
-    raise InvalidTarget("a delegated token's audience can only narrow the delegator's")
+    """:func:`tasklease.rules.issuance.narrow_audience`, refusing with
+    :class:`InvalidTarget`."""
+    try:
+        return _rules.narrow_audience(requested, current, default)
+    except _rules.TargetRefused as exc:
+        raise InvalidTarget(exc.message) from None

@@ -50,7 +50,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tasklease.core.audience import choose_audience, narrow_audience
 from tasklease.core.audit import AuditLog
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.clock import Clock
@@ -79,10 +78,19 @@ from tasklease.core.store import (
 )
 from tasklease.core.tokens import Claims
 from tasklease.rules import grants as grant_rules
-from tasklease.rules import scopes as scope_rules
+from tasklease.rules import issuance as _issuance
 from tasklease.rules.grants import TypeRule
+from tasklease.rules.issuance import (
+    NEW_HOLDER,
+    OPERATIONS,
+    Issuance,
+    Limits,
+    Parent,
+    within_ceiling,
+)
 
 __all__ = [
+    "OPERATIONS",
     "Issuance",
     "IssuedToken",
     "Kernel",
@@ -95,6 +103,7 @@ __all__ = [
     "ending_records",
     "joint_parent",
     "new_denial_id",
+    "refusal_of",
     "with_denial",
     "within_ceiling",
 ]
@@ -153,162 +162,39 @@ def app_ancestor(app_id: str) -> str:
     return f"app:{app_id}"
 
 
-# --- the one issuance check ------------------------------------------------------------
+# --- the one issuance check (rules.issuance), with the broker's errors ------------------
+
+_ERRORS: dict[str, type[TaskleaseError]] = {
+    "forbidden": Forbidden,
+    "scope_violation": ScopeViolation,
+    "invalid_target": InvalidTarget,
+    "renewal_count_exceeded": RenewalCountExceeded,
+    "renewal_ceiling_exceeded": RenewalCeilingExceeded,
+}
 
 
-@dataclass(frozen=True, slots=True)
-class Parent:
-    """What a new token descends from, as far as the issuance check needs it.
-
-    For a registration or a resumption, the launch token or registration (``grant`` is
-    "": a new grant starts); for a renewal or a delegation, the parent token's claims.
-    ``ceiling`` is the latest ``exp`` the lineage allows (``max_exp``), ``token_exp``
-    the parent token's own ``exp`` (0 when the parent is not a token), ``ttl`` the
-    longest lifetime one token of the lineage may have (launch ``max_ttl``).
-    ``resumable`` is false when the registration's launch token switched resumption off
-    (``allow_resume``). ``attest`` is the attestation the lineage carries (the ``attest``
-    claim), handed on unchanged to every descendant.
-    """
-
-    holder: str
-    scope: tuple[str, ...]
-    audience: tuple[str, ...]
-    principal: str
-    lineage: tuple[str, ...]
-    ceiling: int
-    ttl: int
-    renewals: int
-    chain_agents: tuple[str, ...] = ()
-    grant: str = ""
-    jti: str = ""
-    token_exp: int = 0
-    resumable: bool = True
-    attest: Mapping[str, Any] | None = None
-    details: tuple[Mapping[str, Any], ...] = ()
-
-    @classmethod
-    def of_token(cls, claims: Claims, config: Config) -> Parent:
-        """A token as a parent: its ceiling is its recorded ``max_exp`` and, for tokens
-        minted before lineage was recorded, the registration lifetime ceiling."""
-        ceiling = claims.oiat + config.renewal_ceiling
-        if claims.max_exp:
-            ceiling = min(ceiling, claims.max_exp)
-        return cls(
-            holder=claims.sub,
-            scope=claims.scope,
-            audience=claims.aud,
-            principal=claims.principal,
-            lineage=claims.lineage,
-            ceiling=ceiling,
-            ttl=min(config.max_ttl, max(1, claims.exp - claims.iat)),
-            renewals=claims.rnc,
-            chain_agents=(*(r.agent for r in claims.delegation_chain), claims.sub),
-            grant=claims.grant_id,
-            jti=claims.jti,
-            token_exp=claims.exp,
-            attest=_attest_of(claims),
-            details=claims.details,
-        )
-
-
-def _attest_of(claims: Claims) -> Mapping[str, Any] | None:
-    attest = claims.raw.get("attest")
-    return attest if isinstance(attest, dict) else None
-
-
-def joint_parent(first: Parent, second: Parent) -> Parent:
-    """The parent of a registration that descends from two ancestors at once (a launch
-    token and an attestation): every bound the narrower of the two, the lineage both.
-
-    Scope is the scopes both cover (``rules.scopes.intersect``), grants those both cover
-    (``rules.grants.common``; an operator's type only when identical); resources (audience) the
-    ones both allow, where an empty tuple allows any; the lifetimes the smaller; the
-    principal the first's; the attestation the second's, else the first's.
-
-    Raises:
-        Refusal: both name resources and none is common (no token could be for any).
-    """
-    if first.audience and second.audience:
-        audience = tuple(a for a in first.audience if a in second.audience)
-        if not audience:
-            raise Refusal(
-                InvalidTarget("no resource is allowed by both the launch token and the policy"),
-                f"audience would widen | launch=[{' '.join(first.audience)}] | "
-                f"attested=[{' '.join(second.audience)}]",
-                "audience",
-            )
-    else:
-        audience = first.audience or second.audience
-    shared = grant_rules.common(
-        grant_rules.grants_of(first.scope, first.details),
-        grant_rules.grants_of(second.scope, second.details),
-    )
-    return Parent(
-        holder=first.holder,
-        scope=scope_rules.intersect(first.scope, second.scope),
-        details=grant_rules.plain_scopes(shared)[1],
-        audience=audience,
-        principal=first.principal or second.principal,
-        lineage=(*first.lineage, *(a for a in second.lineage if a not in first.lineage)),
-        ceiling=min(first.ceiling, second.ceiling),
-        ttl=min(first.ttl, second.ttl),
-        renewals=max(first.renewals, second.renewals),
-        resumable=first.resumable and second.resumable,
-        attest=second.attest or first.attest,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Issuance:
-    """What the issuance check grants: the new token's lineage fields and lifetime."""
-
-    exp: int
-    renewals: int
-    lineage: tuple[str, ...]
-    grant: str
-    max_exp: int
-    principal: str
-    scope: tuple[str, ...]
-    audience: tuple[str, ...]
-    attest: Mapping[str, Any] | None = None
-    details: tuple[Mapping[str, Any], ...] = ()
-    # The policy decision, as audit text (``core.policy.Decision.audit``); "" when none
-    # was asked (renewal and resumption change nothing).
-    decision: str = ""
-
-    def ttl(self, iat: int) -> int:
-        return self.exp - iat
-
-
-class Refusal(Exception):
+class Refusal(_issuance.Refusal):
     """The issuance check refused: ``error`` to raise, ``detail`` for the audit log."""
 
     def __init__(self, error: TaskleaseError, detail: str, event_type: str) -> None:
-        super().__init__(detail)
+        super().__init__(_issuance.Reason(error.code, error.detail, error.hint), detail, event_type)
         self.error = error
-        self.detail = detail
-        self.event_type = event_type
 
 
-OPERATIONS = ("register", "renew", "resume", "delegate", "exchange", "narrow")
-# The wire's words for a widening, as clients have always read them.
-_WIDENING = {
-    "register": "requested scope exceeds allowed scope",
-    "renew": "renewal cannot change scope",
-    "resume": "resumption cannot change scope",
-    "delegate": "delegated scope exceeds delegator scope",
-    "exchange": "requested scope exceeds what the subject token grants here",
-    "narrow": "requested scope exceeds the subject token's scope",
-}
-# What widening grants reads as: the scope's words, for grants.
-_GRANTS_WIDENING = "grants would widen"
-# Operations issuance policy decides (core.policy); renewal and resumption change nothing.
+def refusal_of(refusal: _issuance.Refusal) -> Refusal:
+    """The broker's :class:`Refusal` for a refusal of the shared rules: the same error
+    class and words the check has always answered with."""
+    if isinstance(refusal, Refusal):
+        return refusal
+    reason = refusal.reason
+    error = _ERRORS.get(reason.code, Forbidden)(reason.message, hint=reason.hint)
+    return Refusal(error, refusal.detail, refusal.event_type)
+
+
+# Operations issuance policy decides (core.policy); renewal and resumption change nothing,
+# and an offline attenuation is checked where it is presented, by the rules alone.
 _DECIDED = ("register", "delegate", "exchange", "narrow")
-# Operations whose parent is a token that hands on part of itself: the child lives within
-# the parent token's exp and lists the parent's grant and jti in its lineage.
-_FROM_TOKEN = ("delegate", "exchange", "narrow")
-# Operations that add a hop to the chain: depth bounded, no agent twice.
-_NEW_HOLDER = ("delegate", "exchange")
+_NEW_HOLDER = NEW_HOLDER
 
 
 def check_issuance(
@@ -319,171 +205,39 @@ def check_issuance(
     scope: tuple[str, ...],
     iat: int,
     requested_ttl: int,
-    config: Config,
+    config: Limits,
     dead_ancestor: str = "",
     resource: str | None = None,
     details: tuple[Mapping[str, Any], ...] = (),
     rules: Mapping[str, TypeRule] | None = None,
 ) -> Issuance:
-    """The one issuance check every credential path calls. Raises :class:`Refusal`.
-
-    ``operation`` is one of ``register``, ``renew``, ``resume``, ``delegate``,
-    ``exchange`` (RFC 8693: a federated domain's token, as ``parent``, handed to a local
-    agent: a delegation whose parent named this broker as its audience, so the child's
-    audience is chosen among ours) or ``narrow`` (RFC 8693 within the domain: the holder
-    derives a narrower token from its own, same holder, no new hop);
-    ``holder`` the new token's subject; ``scope`` what it asks for; ``requested_ttl``
-    the lifetime asked for; ``dead_ancestor``, when not empty, says why an ancestor the
-    caller looked up in the store (app, registration, delegate) is no longer alive;
-    ``resource`` (RFC 8707) the one resource a registration or delegation asks its token
-    to be for: among the parent's, never wider; ``details`` the structured grants it asks
-    for (``rules.grants``), each covered by one of the parent's scopes or grants under
-    its type's rule (``rules``: operators' types; one without a rule narrows only to an
-    identical grant). Renewal and resumption change neither.
-    """
-    if operation not in OPERATIONS:
-        raise ValueError(f"unknown issuance operation: {operation}")
-    if operation == "narrow" and holder != parent.holder:
-        raise ValueError("narrowing keeps the holder: a new holder is a delegation")
-    if dead_ancestor:
-        raise Refusal(Forbidden("an ancestor credential has ended"), dead_ancestor, "denied")
-    if operation == "resume" and not parent.resumable:
-        raise Refusal(
-            Forbidden(
-                "resume is switched off for this agent",
-                hint="its launch token was created with allow_resume: false; register anew",
-            ),
-            "its launch token switched resumption off (allow_resume false)",
-            "denied",
-        )
-    if not scope_rules.is_subset(scope, parent.scope):
-        raise Refusal(
-            ScopeViolation(_WIDENING[operation]),
-            f"scope would widen | requested=[{' '.join(scope)}] | "
-            f"allowed=[{' '.join(parent.scope)}]",
-            "attenuation",
-        )
-    wider = _wider_grants(operation, parent, details, rules)
-    if wider:
-        raise Refusal(
-            ScopeViolation(_WIDENING[operation]),
-            f"{_GRANTS_WIDENING} | requested={wider[:900]} | allowed="
-            f"{grant_rules.canonical({'d': list(parent.details)})[5:-1][:600]}",
-            "attenuation",
-        )
+    """The one issuance check (:func:`tasklease.rules.issuance.check_issuance`) with the
+    broker's configuration as its limits; raises :class:`Refusal` carrying the broker's
+    error."""
     try:
-        if operation == "register":
-            audience = choose_audience(resource, parent.audience, config.audience)
-        elif operation in ("delegate", "narrow"):
-            audience = narrow_audience(resource, parent.audience, config.audience)
-        elif operation == "exchange":
-            # The foreign parent was for this broker as a whole: any one of our resources,
-            # or our default audience, is within it.
-            audience = choose_audience(resource, (), config.audience)
-        else:
-            audience = parent.audience
-    except InvalidTarget as exc:
-        raise Refusal(
-            exc,
-            f"audience would widen | requested={resource} | allowed=[{' '.join(parent.audience)}]",
-            "audience",
-        ) from None
-    max_renewals = config.max_renewals
-    renewals = parent.renewals + (1 if operation in ("renew", "resume") else 0)
-    if renewals > max_renewals:
-        raise Refusal(
-            RenewalCountExceeded(
-                f"token has been renewed {parent.renewals} times, the maximum",
-                hint="register a new agent instance with a fresh launch token",
-            ),
-            f"renewal count limit reached ({parent.renewals}/{max_renewals})",
-            "renewal",
+        return _issuance.check_issuance(
+            operation,
+            parent,
+            holder=holder,
+            scope=scope,
+            iat=iat,
+            requested_ttl=requested_ttl,
+            limits=config,
+            dead_ancestor=dead_ancestor,
+            resource=resource,
+            details=details,
+            rules=rules,
         )
-    depth = len(parent.chain_agents) - 1
-    if operation in _NEW_HOLDER and depth >= config.max_delegation_depth:
-        raise Refusal(
-            ScopeViolation("delegation depth limit exceeded"),
-            f"delegation depth {depth} at limit {config.max_delegation_depth}",
-            "depth",
-        )
-    if operation in _NEW_HOLDER and holder in parent.chain_agents:
-        raise Refusal(
-            ScopeViolation("the delegate already holds this authority in the chain"),
-            f"delegation cycle: {holder} is already in the chain",
-            "attenuation",
-        )
-    ceiling = parent.ceiling
-    if parent.token_exp and operation in _FROM_TOKEN:
-        ceiling = min(ceiling, parent.token_exp)
-    exp = min(iat + min(requested_ttl, parent.ttl, config.max_ttl), ceiling)
-    if exp <= iat:
-        raise Refusal(
-            RenewalCeilingExceeded(
-                "token has reached its maximum lifetime since registration",
-                hint="register a new agent instance with a fresh launch token",
-            ),
-            f"lineage ceiling reached (max_exp={ceiling})",
-            "renewal",
-        )
-    if operation in _FROM_TOKEN:
-        # The new token descends from the parent's grant and token: ending either ends
-        # it (ending_records).
-        lineage = (*parent.lineage, parent.grant)
-        if parent.jti and parent.jti != parent.grant:
-            lineage = (*lineage, parent.jti)
-        grant = ""
-    elif operation == "renew":
-        lineage, grant = parent.lineage, parent.grant
-    else:
-        lineage, grant = parent.lineage, ""
-    return Issuance(
-        exp=exp,
-        renewals=renewals,
-        lineage=lineage,
-        grant=grant,
-        max_exp=ceiling,
-        principal=parent.principal,
-        scope=scope,
-        audience=audience,
-        attest=parent.attest,
-        details=details,
-    )
+    except _issuance.Refusal as refusal:
+        raise refusal_of(refusal) from None
 
 
-def within_ceiling(
-    scope: Sequence[str],
-    details: Sequence[Mapping[str, Any]],
-    ceiling_scope: Sequence[str],
-    ceiling_details: Sequence[Mapping[str, Any]],
-    rules: Mapping[str, TypeRule] | None = None,
-) -> bool:
-    """True iff every scope and grant asked for is covered by the ceiling's."""
-    if not scope_rules.is_subset(scope, ceiling_scope):
-        return False
-    if not details:
-        return True
-    ceiling = grant_rules.grants_of(ceiling_scope, ceiling_details)
-    return not grant_rules.uncovered(details, ceiling, rules)
-
-
-def _wider_grants(
-    operation: str,
-    parent: Parent,
-    details: tuple[Mapping[str, Any], ...],
-    rules: Mapping[str, TypeRule] | None,
-) -> str:
-    """The first requested grant the parent does not cover, as JSON ("" when none);
-    renewal and resumption must keep the parent's grants exactly."""
-    if operation in ("renew", "resume"):
-        if details == parent.details:
-            return ""
-        changed = [d for d in details if d not in parent.details] or list(parent.details)
-        return grant_rules.canonical(changed[0])
-    if not details:
-        return ""
-    ceiling = grant_rules.grants_of(parent.scope, parent.details)
-    wider = grant_rules.uncovered(details, ceiling, rules)
-    return grant_rules.canonical(wider[0]) if wider else ""
+def joint_parent(first: Parent, second: Parent) -> Parent:
+    """:func:`tasklease.rules.issuance.joint_parent`; raises :class:`Refusal`."""
+    try:
+        return _issuance.joint_parent(first, second)
+    except _issuance.Refusal as refusal:
+        raise refusal_of(refusal) from None
 
 
 def ending_records(claims: Claims, revoked_at: int, config: Config) -> list[RevocationRecord]:
