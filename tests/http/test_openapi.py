@@ -36,6 +36,7 @@ from tasklease.http.openapi import WWW_AUTHENTICATE, openapi_document, openapi_j
 from tasklease.http.problems import STATUS_BY_CODE
 from tasklease.http.wire import ERROR_CODES, OPERATIONS, SHAPES, TAGS
 from tasklease.rules import jws as _jws
+from tasklease.rules.chainverify import derive
 from tasklease.rules.messages import operator_sign_in_input
 from tasklease.storage import open_store
 
@@ -525,7 +526,8 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     call("POST", "/v1/admin/launch-tokens", token=app_token, json=lt, expect=403)
     call("POST", "/v1/admin/launch-tokens", json=lt, expect=401)
 
-    first = _register(call, from_app["launch_token"], "task-1")
+    first_key = nacl.signing.SigningKey.generate()
+    first = _register(call, from_app["launch_token"], "task-1", first_key)
     second = _register(call, from_admin["launch_token"], "task-2")
     call("POST", "/v1/register", json={"nonce": "00"}, expect=400)
 
@@ -536,6 +538,23 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     renewed = call("POST", "/v1/token/renew", token=first["access_token"], expect=200)
     call("POST", "/v1/token/renew", token=first["access_token"], expect=401)
     call("POST", "/v1/token/renew", token=admin, expect=403)
+
+    # Offline work reported late (docs/audit.md): a derivation, by an agent of its chain.
+    offline = derive(
+        renewed["access_token"],
+        first_key,
+        delegate="spiffe://tasklease.local/agent/orch-1/task-1/offline",
+        delegate_key=bytes(nacl.signing.SigningKey.generate().verify_key),
+        now=int(time.time()),
+        ttl=60,
+    )
+    late = {"derivations": [{"chain": offline}]}
+    reported = call(
+        "POST", "/v1/audit/offline", token=renewed["access_token"], json=late, expect=200
+    )
+    assert reported["accepted"] == 1
+    call("POST", "/v1/audit/offline", token=admin, json=late, expect=403)
+    call("POST", "/v1/audit/offline", token=renewed["access_token"], json={}, expect=400)
 
     hop = {"delegate_to": second["agent_id"], "scope": ["read:data:x"]}
     delegated = call("POST", "/v1/delegate", token=renewed["access_token"], json=hop, expect=200)

@@ -41,6 +41,7 @@ from tasklease.core.keys import KeyRing
 from tasklease.core.liveness import Liveness
 from tasklease.core.metrics import Metrics
 from tasklease.core.mutual import HandshakeResult
+from tasklease.core.offlineaudit import OfflineAudit
 from tasklease.core.operators import Operators
 from tasklease.core.peerfeed import PeerFeeds
 from tasklease.core.policy import PolicyEngine, PolicySource, Reloaded
@@ -150,6 +151,8 @@ class Broker:
         # Structured grants: operators' grant types, and call budgets (max_calls).
         self.grant_types = GrantTypes(kernel)
         self._calls = CallCounting(kernel)
+        # Late reports of offline derivations and uses (docs/audit.md, "Reported late").
+        self.offline_audit = OfflineAudit(kernel, tokens.offline)
         self._operators = Operators(kernel, keys, self.nonces)
         self._tenants = Tenants(kernel)
         self._liveness = Liveness(kernel)

@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from tasklease.core.assurance import assure
+from tasklease.core.assurance import assure, is_critical
 from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about
@@ -32,6 +32,7 @@ from tasklease.core.introspection import (
     reference_hash,
 )
 from tasklease.core.kernel import Kernel, RequestContext, Service
+from tasklease.core.offlinechain import KIND_OFFLINE, OfflineChains, is_chain, live_denial
 from tasklease.core.signing import SigningKeys
 from tasklease.core.tokens import (
     BUILTIN_ADMIN,
@@ -102,6 +103,35 @@ class TokenCheck(Service):
         # broker's nonces (if required) are not asked of them.
         self._forwarded = dpop if forwarded is None else forwarded
         self._fresh = freshness
+        # Offline attenuation chains (docs/broker-optional.md): the shared rules with this
+        # broker's keys (the current ring's, read at each call), limits and index.
+        self.offline = OfflineChains(
+            kernel.config, self._verify_key, kernel.now, kernel.revocations
+        )
+
+    def _verify_key(self, kid: str) -> Any:
+        return self._keys.ring.verify_key(kid)
+
+    def _offline_leaf(
+        self,
+        token: str,
+        presented: Presentation | None,
+        dpop: DPoPVerifier | None,
+        *,
+        audience: str | None = None,
+        any_audience: bool = False,
+    ) -> Claims:
+        """The leaf of an offline chain presented to the broker, verified now (every
+        element, the presenter's proof, the revocation index); a chain with a critical
+        scope is also checked against the store (high assurance). Raises TokenRejected."""
+        claims, chain = self.offline.verify(
+            token, presented=presented, dpop=dpop, audience=audience, any_audience=any_audience
+        )
+        if is_critical(claims.scope, self._config.critical_scopes):
+            reason = live_denial(self._store, chain)
+            if reason is not None:
+                raise TokenRejected(f"{reason} high_assurance=true", "revoked")
+        return claims
 
     def validate(
         self,
@@ -126,6 +156,10 @@ class TokenCheck(Service):
             raise fresh.stale()
         started = time.perf_counter()
         try:
+            if is_chain(token):
+                return self._offline_leaf(
+                    token, presented or Presentation(), self._forwarded, audience=audience
+                )
             claims = self.verify(token, (KIND_AGENT,), audience=audience)
             self._check_binding(claims, token, presented or Presentation(), self._forwarded)
             assure(self._kernel, claims, ctx or RequestContext(), audit_denial=True)
@@ -231,23 +265,30 @@ class TokenCheck(Service):
             )
         scheme, token = credentials
         started = time.perf_counter()
+        offline = is_chain(token)
+        presented = Presentation(
+            scheme=scheme,
+            cert_thumbprint=ctx.cert_thumbprint,
+            dpop_proof=ctx.dpop,
+            htm=ctx.method,
+            htu=ctx.url,
+        )
         try:
-            # Agent tokens may be audience-bound to a resource and still manage themselves
-            # here (renew, release, delegate): docs/decisions.md, "Audience-bound tokens".
-            claims = self.verify(token, ALL_KINDS, any_audience=True)
-            if claims.kind != KIND_AGENT and not any(
-                a in claims.aud for a in self._config.audience
-            ):
-                raise TokenRejected("audience mismatch", "audience")
-            presented = Presentation(
-                scheme=scheme,
-                cert_thumbprint=ctx.cert_thumbprint,
-                dpop_proof=ctx.dpop,
-                htm=ctx.method,
-                htu=ctx.url,
-            )
-            self._check_binding(claims, token, presented)
-            assure(kernel, claims, ctx, audit_denial=False)
+            if offline:
+                # An offline chain is presented as DPoP with the leaf key's proof, on the
+                # few routes that accept one (docs/broker-optional.md).
+                claims = self._offline_leaf(token, presented, self._dpop, any_audience=True)
+            else:
+                # Agent tokens may be audience-bound to a resource and still manage
+                # themselves here (renew, release, delegate): docs/decisions.md,
+                # "Audience-bound tokens".
+                claims = self.verify(token, ALL_KINDS, any_audience=True)
+                if claims.kind != KIND_AGENT and not any(
+                    a in claims.aud for a in self._config.audience
+                ):
+                    raise TokenRejected("audience mismatch", "audience")
+                self._check_binding(claims, token, presented)
+                assure(kernel, claims, ctx, audit_denial=False)
         except TokenRejected as exc:
             self._metrics.validation_failures.labels(exc.category).inc()
             raise kernel.deny(
@@ -261,6 +302,16 @@ class TokenCheck(Service):
             ) from None
         finally:
             self._metrics.validation_seconds.observe(time.perf_counter() - started)
+        if offline and KIND_OFFLINE not in kinds:
+            # Renewing, delegating, releasing... are a registered holder's: an offline
+            # leaf derives further offline, or its holder registers (docs/decisions.md).
+            raise self._scope_violation(
+                claims,
+                ctx,
+                "an offline-derived credential is not accepted here",
+                "offline chain not accepted on this route",
+                scheme,
+            )
         if claims.kind not in kinds:
             raise self._scope_violation(
                 claims,
@@ -324,10 +375,21 @@ class TokenCheck(Service):
             raise InvalidRequest("missing required field: token")
         wanted = validate_resource(audience, field="audience")
         try:
-            claims = self.verify(token, (KIND_AGENT,), audience=wanted, any_audience=wanted is None)
+            offline = is_chain(token)
+            if offline:
+                # The binding is reported (cnf: the leaf key's thumbprint), not checked;
+                # a critical scope is checked against the store in _offline_leaf.
+                claims = self._offline_leaf(
+                    token, None, None, audience=wanted, any_audience=wanted is None
+                )
+            else:
+                claims = self.verify(
+                    token, (KIND_AGENT,), audience=wanted, any_audience=wanted is None
+                )
             if caller.kind == KIND_APP and claims.client_id != caller.client_id:
                 return dict(INACTIVE)
-            assure(self._kernel, claims, ctx, audit_denial=True)
+            if not offline:
+                assure(self._kernel, claims, ctx, audit_denial=True)
         except TokenRejected as exc:
             self._metrics.validation_failures.labels(exc.category).inc()
             return dict(INACTIVE)

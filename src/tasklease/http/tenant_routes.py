@@ -35,6 +35,7 @@ from tasklease.http.health_routes import health_routes
 from tasklease.http.inventory_routes import inventory_routes
 from tasklease.http.lease_routes import lease_routes
 from tasklease.http.oauth_routes import metadata_routes
+from tasklease.http.offline_routes import offline_routes
 from tasklease.http.ratelimit import RateLimiter
 from tasklease.http.token_routes import RequestURI, token_routes
 from tasklease.tenancy import Tenancy
@@ -75,6 +76,7 @@ def tenant_routes(
         *metadata_routes(broker),
         *inventory_routes(broker, authed=authed),
         *audit_routes(broker, authed=authed),
+        *offline_routes(broker, authed=authed),
         *console_routes(broker, context=context),
     ]
 

@@ -25,6 +25,7 @@ from tasklease.http.wire import (
     _inventory,
     _launch,
     _oauth,
+    _offline,
     _operators,
     _tenants,
     _tokens,
@@ -122,6 +123,12 @@ from tasklease.http.wire._inventory import (
 )
 from tasklease.http.wire._launch import LaunchTokenPolicy, LaunchTokenRequest, LaunchTokenResponse
 from tasklease.http.wire._oauth import AuthorizationServerMetadata
+from tasklease.http.wire._offline import (
+    OfflineReportRefusal,
+    OfflineReportRequest,
+    OfflineReportResponse,
+    offline_report_response,
+)
 from tasklease.http.wire._operators import (
     AdminAuthRequest,
     AdminAuthResponse,
@@ -261,6 +268,9 @@ __all__ = [
     "MutualCompleteRequest",
     "MutualInitiateRequest",
     "MutualRespondRequest",
+    "OfflineReportRefusal",
+    "OfflineReportRequest",
+    "OfflineReportResponse",
     "OneOf",
     "Operation",
     "Operator",
@@ -321,6 +331,7 @@ __all__ = [
     "federation_view",
     "grant_type_view",
     "launch_token_page",
+    "offline_report_response",
     "operator_view",
     "operator_with_secret",
     "policy_view",
@@ -339,6 +350,7 @@ _AREAS = (
     _launch,
     _operators,
     _audit,
+    _offline,
     _inventory,
     _apps,
     _broker,

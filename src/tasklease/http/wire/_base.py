@@ -124,7 +124,7 @@ class Auth:
     """Who may call a route: the kind of bearer token and its scope; ``kind`` is ``""``
     for public routes."""
 
-    kind: str  # "", "any", "agent", "admin", "app" or "admin-or-app"
+    kind: str  # "", "any", "agent", "admin", "app", "admin-or-app" or "agent-or-app"
     scope: str | None = None
     # The error code an agent-only route answers an admin or app token with.
     refusal: str = "forbidden"
@@ -137,6 +137,11 @@ class Auth:
             return "Bearer token: any token the broker issued (agent, admin or app)."
         if self.kind == "agent":
             return f"Bearer agent token (admin and app tokens are refused with `{self.refusal}`)."
+        if self.kind == "agent-or-app":
+            return (
+                "Bearer agent token (or an offline chain as `DPoP`), or app token (admin "
+                "tokens are refused with `insufficient_scope`)."
+            )
         if self.kind == "admin-or-app":
             return (
                 "Bearer app token, or an operator's token with `admin:revoke:*` (agent "

@@ -1,0 +1,275 @@
+"""The broker and offline attenuation chains: late audit reports of derivations and uses
+(verified, audited once with both times, refused with a denial id), chains accepted where
+tokens are validated, refused where a registered holder must act, and revocation on the
+broker ending offline-derived descendants."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from nacl.signing import SigningKey
+
+from tasklease.core.broker import Broker
+from tasklease.core.clock import ManualClock
+from tasklease.core.errors import Forbidden, InvalidRequest, Unauthorized
+from tasklease.core.offlineaudit import (
+    DERIVATION_EVENT,
+    REPORT_WINDOW,
+    USE_EVENT,
+    DerivationReport,
+    UseReport,
+)
+from tasklease.core.store import AuditQuery
+from tasklease.core.tokens import KIND_AGENT
+from tasklease.core.validation import TokenRejected
+from tasklease.rules import jws
+from tasklease.rules.binding import Presentation
+from tasklease.rules.chainverify import derive
+
+from .conftest import CTX, Kit
+
+URL = "https://rs.example/v1/data"
+
+
+def _b64json(value: dict[str, Any]) -> str:
+    return jws.b64url_encode(json.dumps(value, separators=(",", ":")).encode())
+
+
+def _proof(key: SigningKey, token: str, *, now: float, htm: str = "GET", htu: str = URL) -> str:
+    """An RFC 9449 proof by ``key`` for ``token`` (its ``ath``), dated ``now``."""
+    header = {
+        "typ": "dpop+jwt",
+        "alg": "EdDSA",
+        "jwk": {"kty": "OKP", "crv": "Ed25519", "x": jws.b64url_encode(bytes(key.verify_key))},
+    }
+    claims = {
+        "jti": secrets.token_hex(12),
+        "htm": htm,
+        "htu": htu,
+        "iat": int(now),
+        "ath": jws.b64url_encode(hashlib.sha256(token.encode()).digest()),
+    }
+    signing_input = _b64json(header) + "." + _b64json(claims)
+    signature = jws.sign_detached(signing_input.encode("ascii"), key)
+    return signing_input + "." + jws.b64url_encode(signature)
+
+
+def _presented(key: SigningKey, token: str, now: float) -> Presentation:
+    return Presentation(scheme="DPoP", dpop_proof=_proof(key, token, now=now), htm="GET", htu=URL)
+
+
+class _Chain:
+    """Three levels derived offline from a registered agent's token: A -> B -> C -> D."""
+
+    def __init__(self, broker: Broker, kit: type[Kit]) -> None:
+        self.root = kit.register(broker, scope=("read:data:*",))
+        now = int(broker.clock.now())
+        self.keys = [SigningKey.generate() for _ in range(3)]
+        self.subs = [f"spiffe://tasklease.local/agent/orch-1/task-1/off{i}" for i in range(3)]
+        self.levels: list[str] = []
+        parent, signer = self.root.token, self.root.key
+        for i, (key, sub) in enumerate(zip(self.keys, self.subs, strict=True)):
+            parent = derive(
+                parent,
+                signer,
+                delegate=sub,
+                delegate_key=bytes(key.verify_key),
+                now=now + i,
+                ttl=240 - 30 * i,
+                scope=["read:data:*"] if i == 0 else None,
+            )
+            self.levels.append(parent)
+            signer = key
+
+    def jti(self, level: int) -> str:
+        block = self.levels[level].split("~")[-1]
+        payload = json.loads(jws.b64url_decode(block.split(".")[0]))
+        return str(payload["jti"])
+
+
+@pytest.fixture
+def chain(broker: Broker, kit: type[Kit]) -> _Chain:
+    return _Chain(broker, kit)
+
+
+def _events(broker: Broker, event_type: str) -> list[Any]:
+    events, _ = broker.store.query_audit(AuditQuery(event_type=event_type, limit=100))
+    return events
+
+
+# --- the broker validates chains as verifiers do ------------------------------------------
+
+
+def test_the_broker_validates_each_level_with_its_holders_proof(
+    broker: Broker, chain: _Chain
+) -> None:
+    now = broker.clock.now()
+    for level, (text, key) in enumerate(zip(chain.levels, chain.keys, strict=True)):
+        claims = broker.validate(text, presented=_presented(key, text, now), ctx=CTX)
+        assert claims.kind == KIND_AGENT
+        assert claims.sub == chain.subs[level] and claims.jti == chain.jti(level)
+        assert claims.exp <= chain.root.claims.exp
+        assert claims.raw["offline"]["blocks"] == level + 1
+    # Another key's proof, or none: refused (the chain is bound to its leaf's key).
+    with pytest.raises(TokenRejected):
+        broker.validate(chain.levels[2], presented=_presented(chain.keys[1], chain.levels[2], now))
+    with pytest.raises(TokenRejected):
+        broker.validate(chain.levels[2])
+
+
+def test_revoking_a_middle_block_by_jti_ends_it_and_its_descendants_only(
+    broker: Broker, chain: _Chain, kit: type[Kit]
+) -> None:
+    admin = kit.admin(broker).claims
+    # Level 2's block was never reported: revocation by jti is by value.
+    broker.revoke(admin, level="token", target=chain.jti(1), ctx=CTX)
+    now = broker.clock.now()
+    first = broker.validate(
+        chain.levels[0], presented=_presented(chain.keys[0], chain.levels[0], now)
+    )
+    assert first.jti == chain.jti(0)
+    for level in (1, 2):
+        text = chain.levels[level]
+        with pytest.raises(TokenRejected, match="revoked"):
+            broker.validate(text, presented=_presented(chain.keys[level], text, now))
+
+
+@pytest.mark.parametrize("level", ["agent", "task"])
+def test_revoking_the_root_agent_or_task_ends_every_offline_level(
+    broker: Broker, chain: _Chain, kit: type[Kit], level: str
+) -> None:
+    target = chain.root.sub if level == "agent" else chain.root.claims.task_id
+    broker.revoke(kit.admin(broker).claims, level=level, target=target, ctx=CTX)
+    now = broker.clock.now()
+    for text, key in zip(chain.levels, chain.keys, strict=True):
+        with pytest.raises(TokenRejected):
+            broker.validate(text, presented=_presented(key, text, now))
+
+
+def test_an_offline_leaf_may_report_but_not_renew_or_delegate(
+    broker: Broker, chain: _Chain
+) -> None:
+    text, key = chain.levels[1], chain.keys[1]
+    now = broker.clock.now()
+    ctx = replace(CTX, method="GET", url=URL)
+
+    def authenticate(kinds: frozenset[str]) -> Any:
+        ctx_with_proof = replace(ctx, dpop=_proof(key, text, now=now))
+        return broker.authenticate(f"DPoP {text}", ctx_with_proof, kinds=kinds)
+
+    with pytest.raises(Forbidden) as refused:
+        authenticate(frozenset({KIND_AGENT}))  # renew, delegate, release...
+    assert refused.value.denial_id
+    assert "offline-derived" in refused.value.detail
+    reporter = authenticate(frozenset({KIND_AGENT, "tasklease-offline-chain"}))
+    assert reporter.sub == chain.subs[1]
+    with pytest.raises(Unauthorized):  # a bearer presentation of a chain
+        broker.authenticate(f"Bearer {text}", ctx, kinds=frozenset({KIND_AGENT}))
+
+
+# --- late audit reports -----------------------------------------------------------------
+
+
+def test_derivations_are_audited_once_with_both_times(
+    broker: Broker, chain: _Chain, clock: ManualClock
+) -> None:
+    clock.advance(120)  # reported two minutes later
+    report = [DerivationReport(text) for text in chain.levels]
+    outcome = broker.offline_audit.report(chain.root.claims, derivations=report, uses=[], ctx=CTX)
+    assert (outcome.accepted, outcome.duplicates, outcome.refused) == (3, 0, ())
+    events = _events(broker, DERIVATION_EVENT)
+    assert [e.agent_id for e in events] == chain.subs
+    first = events[0]
+    assert first.detail.startswith("reported late | occurred_at=")
+    assert f"jti={chain.jti(0)}" in first.detail and f"reported_by={chain.root.sub}" in first.detail
+    assert "occurred_at=2027-01-15T08:00:00Z received_at=2027-01-15T08:02:00Z" in first.detail
+    assert first.deleg_depth == 1 and first.task_id == "task-1"
+    assert first.chain_root == chain.root.sub
+    # Sent again (a retry): nothing new.
+    again = broker.offline_audit.report(chain.root.claims, derivations=report, uses=[], ctx=CTX)
+    assert (again.accepted, again.duplicates) == (0, 3)
+    assert len(_events(broker, DERIVATION_EVENT)) == 3
+
+
+def test_a_report_the_broker_cannot_verify_is_refused_with_a_denial(
+    broker: Broker, chain: _Chain, kit: type[Kit]
+) -> None:
+    text = chain.levels[1]
+    head, _, last = text.rpartition("~")
+    payload, _, signature = last.partition(".")
+    forged = f"{head}~{payload}.{jws.b64url_encode(bytes(64))}"
+    stranger = kit.register(broker, scope=("read:data:*",), task_id="task-2")
+    outcome = broker.offline_audit.report(
+        chain.root.claims,
+        derivations=[DerivationReport(forged), DerivationReport("eyJ.not.achain")],
+        uses=[],
+        ctx=CTX,
+    )
+    assert outcome.accepted == 0 and [r.error for r in outcome.refused] == [
+        "invalid_request",
+        "invalid_request",
+    ]
+    not_member = broker.offline_audit.report(
+        stranger.claims, derivations=[DerivationReport(text)], uses=[], ctx=CTX
+    )
+    assert [r.error for r in not_member.refused] == ["forbidden"]
+    denials = _events(broker, "offline_report_denied")
+    assert len(denials) == 3
+    for refusal in (*outcome.refused, *not_member.refused):
+        assert sum(refusal.denial_id in e.detail for e in denials) == 1
+    assert _events(broker, DERIVATION_EVENT) == []
+
+
+def test_verifier_uses_are_counted_per_minute_and_reported_by_apps_only(
+    broker: Broker, chain: _Chain, kit: type[Kit], clock: ManualClock
+) -> None:
+    app = kit.app(broker).claims
+    at = int(broker.clock.now()) + 5
+    use = UseReport(chain.levels[2], at, 7)
+    outcome = broker.offline_audit.report(app, derivations=[], uses=[use], ctx=CTX)
+    assert outcome.accepted == 1
+    # The same minute again, even with another count: recorded once.
+    later = UseReport(chain.levels[2], at + 1, 9)
+    again = broker.offline_audit.report(app, derivations=[], uses=[later], ctx=CTX)
+    assert (again.accepted, again.duplicates) == (0, 1)
+    (event,) = _events(broker, USE_EVENT)
+    assert event.agent_id == chain.subs[2]
+    assert f"verifier={app.client_id} count=7" in event.detail
+    # An agent does not report uses; a use dated after the chain's expiry is refused.
+    by_agent = broker.offline_audit.report(chain.root.claims, derivations=[], uses=[use], ctx=CTX)
+    assert [r.error for r in by_agent.refused] == ["forbidden"]
+    expired = UseReport(chain.levels[2], at + 3600, 1)
+    clock.advance(3700)
+    late = broker.offline_audit.report(app, derivations=[], uses=[expired], ctx=CTX)
+    assert [r.error for r in late.refused] == ["invalid_request"]
+
+
+def test_reports_are_accepted_late_but_not_forever(
+    broker: Broker, chain: _Chain, clock: ManualClock
+) -> None:
+    clock.advance(3600)  # the chain expired an hour ago: still reportable
+    report = [DerivationReport(chain.levels[0])]
+    assert (
+        broker.offline_audit.report(
+            chain.root.claims, derivations=report, uses=[], ctx=CTX
+        ).accepted
+        == 1
+    )
+    clock.advance(REPORT_WINDOW)
+    outcome = broker.offline_audit.report(
+        chain.root.claims, derivations=[DerivationReport(chain.levels[1])], uses=[], ctx=CTX
+    )
+    assert [r.error for r in outcome.refused] == ["invalid_request"]
+
+
+def test_a_batch_is_bounded(broker: Broker, chain: _Chain) -> None:
+    with pytest.raises(InvalidRequest):
+        broker.offline_audit.report(chain.root.claims, derivations=[], uses=[], ctx=CTX)
+    many = [DerivationReport(chain.levels[0])] * 101
+    with pytest.raises(InvalidRequest):
+        broker.offline_audit.report(chain.root.claims, derivations=many, uses=[], ctx=CTX)
