@@ -132,6 +132,7 @@ def test_exported_members() -> None:
         "AuthorizationServer",
         "Clock",
         "Conflict",
+        "CredentialExpired",
         "DelegatedToken",
         "Forbidden",
         "Handshake",

@@ -31,6 +31,7 @@ from tasklease.client._async import AsyncAgent, AsyncDelegatedToken
 from tasklease.client._discovery import adiscover, discover
 from tasklease.client._errors import (
     Conflict,
+    CredentialExpired,
     Forbidden,
     InsufficientScope,
     InternalError,
@@ -57,6 +58,7 @@ from tasklease.client._errors import (
 )
 from tasklease.client._flows import Clock
 from tasklease.client._oauth import AuthorizationServer, ProtectedResource, ResourceToken
+from tasklease.client._reports import OfflineReporter
 from tasklease.client._retry import Retry
 from tasklease.client._sync import Agent, DelegatedToken
 from tasklease.client._trust import Handshake, HeartbeatStatus, Peer
@@ -70,6 +72,7 @@ __all__ = [
     "AuthorizationServer",
     "Clock",
     "Conflict",
+    "CredentialExpired",
     "DelegatedToken",
     "Forbidden",
     "Handshake",
@@ -84,6 +87,7 @@ __all__ = [
     "InvalidTarget",
     "MethodNotAllowed",
     "NotFound",
+    "OfflineReporter",
     "PayloadTooLarge",
     "Peer",
     "ProtectedResource",

@@ -20,7 +20,7 @@ import nacl.signing
 
 from tasklease.client._attest import KUBERNETES_TOKEN_PATH, attestation, kubernetes_token
 from tasklease.client._compat import dual
-from tasklease.client._errors import TaskleaseError, TransportError
+from tasklease.client._errors import TaskleaseError, TransportError, Unavailable
 from tasklease.client._flows import (
     Clock,
     Credential,
@@ -33,7 +33,7 @@ from tasklease.client._flows import (
 )
 from tasklease.client._holder import CertArg, DPoPKey, bind_flow, dpop_key, ssl_context
 from tasklease.client._oauth import AsyncResourceAuth, ResourceToken, exchange_flow
-from tasklease.client._retry import DEFAULT_RETRY, Retry
+from tasklease.client._retry import DEFAULT_RETRY, NO_RETRY, Retry
 from tasklease.client._transport import BearerAuth, auth_headers
 from tasklease.client._trust import (
     Exchange,
@@ -337,16 +337,30 @@ class AsyncAgent:
         """An ``httpx.Auth`` for ``httpx.AsyncClient``; renews when due (see ``Agent.auth``)."""
         return dual(_AsyncAgentAuth)(self)
 
-    async def _run(self, flow: Flow[T]) -> T:
+    async def _run(self, flow: Flow[T], retry: Retry | None = None) -> T:
         """Drive ``flow``, with a DPoP proof on each request when the token is bound."""
         dpop = self._credential.dpop
         return await arun_flow(
-            self._client, bind_flow(flow, dpop), rebind=dpop.bind if dpop is not None else None
+            self._client,
+            bind_flow(flow, dpop),
+            rebind=dpop.bind if dpop is not None else None,
+            **({} if retry is None else {"retry": retry}),
         )
 
     async def ensure_fresh(self) -> None:
+        """As :meth:`tasklease.client.Agent.ensure_fresh` (rides out a broker outage)."""
+        credential = self._credential
         async with self._lock:
-            await self._run(self._credential.refresh_flow())
+            try:
+                await self._run(credential.refresh_flow(), NO_RETRY)
+            except (TransportError, Unavailable) as exc:
+                credential.renewal_unreachable(exc)
+
+    @property
+    def broker_unreachable_for(self) -> float | None:
+        """As :attr:`tasklease.client.Agent.broker_unreachable_for`."""
+        since = self._credential.unreachable_since
+        return None if since is None else self._credential.clock.now() - since
 
     async def renew(self) -> None:
         async with self._lock:

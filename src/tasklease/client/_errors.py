@@ -15,7 +15,8 @@ answer at all) raise :class:`TransportError`.
     │   ├── UseDPoPNonce           use_dpop_nonce (RFC 9449 section 8)
     │   └── PayloadTooLarge        payload_too_large
     ├── Unauthorized               unauthorized
-    │   └── InvalidClient          unauthorized with OAuth error invalid_client
+    │   ├── InvalidClient          unauthorized with OAuth error invalid_client
+    │   └── CredentialExpired      the token reached its exp while the broker was away
     ├── Forbidden                  forbidden
     │   ├── InsufficientScope      insufficient_scope
     │   ├── ScopeViolation         scope_violation
@@ -40,6 +41,7 @@ import httpx
 
 __all__ = [
     "Conflict",
+    "CredentialExpired",
     "Forbidden",
     "InsufficientScope",
     "InternalError",
@@ -145,6 +147,13 @@ class PayloadTooLarge(InvalidRequest):
 
 class Unauthorized(TaskleaseError):
     code = "unauthorized"
+
+
+class CredentialExpired(Unauthorized):
+    """The agent's token reached its ``exp`` while the broker could not be reached to
+    renew it (raised by the SDK itself: a token is dead at its ``exp``)."""
+
+    code = "credential_expired"
 
 
 class InvalidClient(Unauthorized):

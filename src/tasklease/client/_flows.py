@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import random
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import httpx
 import nacl.signing
 
 from tasklease.client._errors import (
+    CredentialExpired,
     InvalidRequest,
     RenewalLimitReached,
     TaskleaseError,
@@ -56,6 +58,10 @@ SDK = _sdk()
 """This SDK's name and version, as an attested agent declares it (``declared.sdk``)."""
 _log = logging.getLogger("tasklease.client")
 Flow = Generator[httpx.Request, httpx.Response, T]
+OUTAGE_BACKOFF = 0.25
+"""Seconds before the first renewal attempt after one that could not reach the broker."""
+OUTAGE_MAX_BACKOFF = 2.0
+"""Longest wait between renewal attempts while the broker is unreachable."""
 
 
 class Clock(Protocol):
@@ -255,6 +261,13 @@ class Credential:
     expires, then raise that error), *released* (every use raises
     :class:`~tasklease.client.Unauthorized`). Not thread-safe by itself: the sync and
     async agents serialize :meth:`refresh_flow` behind a lock.
+
+    *Broker unreachable* (a renewal that could not reach the broker, or a 503): the token
+    is used on until its ``exp`` while renewal is tried again after a backoff (from
+    :data:`OUTAGE_BACKOFF` doubling to :data:`OUTAGE_MAX_BACKOFF`, jittered), so the first
+    request after the broker is back renews; at ``exp`` the token is dead and every use
+    raises :class:`~tasklease.client.CredentialExpired` until a renewal succeeds (which
+    the broker then refuses: an expired token is not renewed; resume or register again).
     """
 
     def __init__(
@@ -278,23 +291,59 @@ class Credential:
         self.renew_margin = renew_margin
         self.limit: RenewalLimitReached | None = None
         self.released = False
+        # While renewals cannot reach the broker: since when, how many failed, and when
+        # the next may be tried.
+        self.unreachable_since: float | None = None
+        self.renewal_failures = 0
+        self._retry_at = -float("inf")
         self._set(registration.token, registration.expires_in)
 
     def _set(self, token: str, expires_in: int) -> None:
         self.token = token
         self.expires_at = self.clock.now() + expires_in
+        self.unreachable_since = None
+        self.renewal_failures = 0
+        self._retry_at = -float("inf")
 
     def renewal_due(self) -> bool:
         """True when the next request should renew first."""
         if self.released or self.limit is not None:
             return False
-        return self.clock.now() >= self.expires_at - self.renew_margin
+        now = self.clock.now()
+        return now >= self.expires_at - self.renew_margin and now >= self._retry_at
 
     def check_usable(self) -> None:
         if self.released:
             raise Unauthorized("the agent's credential has been released", code="released")
         if self.limit is not None and self.clock.now() >= self.expires_at:
             raise self.limit
+
+    def renewal_unreachable(self, error: TaskleaseError) -> None:
+        """A due renewal could not reach the broker (``error``: a TransportError or a 503).
+
+        Keeps the token while it lives and schedules the next attempt; raises
+        :class:`CredentialExpired` (from ``error``) once the token is past its ``exp``.
+        """
+        now = self.clock.now()
+        if self.unreachable_since is None:
+            self.unreachable_since = now
+        self.renewal_failures += 1
+        if now >= self.expires_at:
+            raise CredentialExpired(
+                f"the agent's token expired {now - self.expires_at:.1f} s ago while the "
+                f"broker could not be reached to renew it (unreachable for "
+                f"{now - self.unreachable_since:.1f} s, {self.renewal_failures} attempts)"
+            ) from error
+        wait = min(OUTAGE_MAX_BACKOFF, OUTAGE_BACKOFF * 2.0 ** (self.renewal_failures - 1))
+        wait *= 0.5 + random.random() / 2  # noqa: S311 - jitter, not a secret
+        self._retry_at = now + wait
+        _log.warning(
+            "renewal could not reach the broker (%s); the token stays in use for %.1f s, "
+            "next attempt in %.2f s",
+            error,
+            self.expires_at - now,
+            wait,
+        )
 
     def refresh_flow(self) -> Flow[None]:
         """Before a request: renew if the token is about to expire (see the class doc)."""

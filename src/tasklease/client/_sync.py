@@ -20,7 +20,7 @@ from tasklease.client._attest import (
     kubernetes_token,
 )
 from tasklease.client._compat import dual
-from tasklease.client._errors import TaskleaseError
+from tasklease.client._errors import TaskleaseError, TransportError, Unavailable
 from tasklease.client._flows import (
     Clock,
     Credential,
@@ -30,6 +30,7 @@ from tasklease.client._flows import (
 )
 from tasklease.client._holder import CertArg, DPoPKey, bind_flow, dpop_key
 from tasklease.client._oauth import ResourceAuth, ResourceToken, exchange_flow
+from tasklease.client._retry import NO_RETRY, Retry
 from tasklease.client._transport import DelegatedToken, auth_headers, http_client, run_flow
 from tasklease.client._trust import (
     Exchange,
@@ -308,20 +309,40 @@ class Agent:
 
     # -- operations ----------------------------------------------------------------------
 
-    def _run(self, flow: Flow[T]) -> T:
+    def _run(self, flow: Flow[T], retry: Retry | None = None) -> T:
         """Drive ``flow``, with a DPoP proof on each request when the token is bound."""
         dpop = self._credential.dpop
         return run_flow(
-            self._client, bind_flow(flow, dpop), rebind=dpop.bind if dpop is not None else None
+            self._client,
+            bind_flow(flow, dpop),
+            rebind=dpop.bind if dpop is not None else None,
+            **({} if retry is None else {"retry": retry}),
         )
 
     def ensure_fresh(self) -> None:
         """Renew now if the token expires within ``renew_margin`` seconds.
 
-        Raises: as :meth:`renew`, when a renewal was due.
+        While the broker cannot be reached (or answers 503), the token is used on until
+        its ``exp`` and renewal is tried again after a short backoff (at most 2 s): the
+        first request after the broker is back renews.
+
+        Raises: as :meth:`renew`, when a renewal was due; CredentialExpired when the token
+            is past its ``exp`` and the broker still cannot be reached.
         """
+        credential = self._credential
         with self._lock:
-            self._run(self._credential.refresh_flow())
+            try:
+                # No retries inside one attempt: the credential spaces the attempts out.
+                self._run(credential.refresh_flow(), NO_RETRY)
+            except (TransportError, Unavailable) as exc:
+                credential.renewal_unreachable(exc)
+
+    @property
+    def broker_unreachable_for(self) -> float | None:
+        """Seconds since renewals began failing to reach the broker, or None when the last
+        renewal (or registration) went through."""
+        since = self._credential.unreachable_since
+        return None if since is None else self._credential.clock.now() - since
 
     def renew(self) -> None:
         """Exchange the token for a successor now (the predecessor is revoked).
