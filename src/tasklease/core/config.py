@@ -76,6 +76,10 @@ class Config:
     # cannot confirm its revocation index is current within this many seconds, protected
     # requests and validation fail closed with 503 (docs/postgresql.md).
     revocation_staleness_bound: float = 5.0
+    # Stores without change notification (SQLite, several workers): how often each
+    # process reads the revocations others committed, the fallback behind the wake-up
+    # datagram a committing process sends (docs/decisions.md 14).
+    revocation_poll_interval: float = 0.025
     # PostgreSQL's waits (docs/configuration.md, Database limits): a statement, a lock, a
     # new connection, a pooled connection; and how long a silent TCP peer lives.
     database_statement_timeout: float = 5.0
@@ -223,6 +227,8 @@ class Config:
             raise ValueError("port must be between 1 and 65535")
         if not 0.1 <= self.revocation_staleness_bound <= 3600:
             raise ValueError("revocation_staleness_bound must be between 0.1 and 3600 seconds")
+        if not 0.001 <= self.revocation_poll_interval <= 3600:
+            raise ValueError("revocation_poll_interval must be between 0.001 and 3600 seconds")
         for name in (
             "database_statement_timeout",
             "database_lock_timeout",

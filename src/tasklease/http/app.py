@@ -31,6 +31,7 @@ from tasklease.federation.revocations import FeedFollowers
 from tasklease.http import wire
 from tasklease.http._handling import http_error, request_context
 from tasklease.http.access import AccessMiddleware
+from tasklease.http.following import follow_revocations, open_wake
 from tasklease.http.middleware import EnvelopeMiddleware, TrustedProxyMiddleware
 from tasklease.http.oauth_routes import inserted_metadata_routes
 from tasklease.http.tenant_routes import (
@@ -47,10 +48,6 @@ from tasklease.tenancy import Tenancy
 __all__ = ["create_app"]
 
 _log = logging.getLogger("tasklease.http")
-# Revocations committed by other workers or replicas sharing the store are picked up by
-# a primary-key range read this often (~20 us each): the bound on propagation between
-# processes. See docs/decisions.md, "Revocation propagation between workers".
-REVOCATION_POLL_INTERVAL = 0.025
 # How often a process looks for signing keys another process added (`keys rotate`).
 KEY_REFRESH_INTERVAL = 1.0
 # How often a process looks for federated bundles that are due (each has its own
@@ -124,11 +121,14 @@ def create_app(
             ):
                 tasks.append(asyncio.create_task(_every(interval, _each(tenancy, job))))
         if background and stop_watch is None:
-            tasks.append(
-                asyncio.create_task(
-                    _every(REVOCATION_POLL_INTERVAL, _each(tenancy, Broker.refresh_revocations))
-                )
+            # Woken by the process that committed (SQLite's datagram), polled as well.
+            follow = follow_revocations(
+                _each(tenancy, Broker.refresh_revocations),
+                interval=cfg.revocation_poll_interval,
+                wake=open_wake(broker.store),
+                on_loop=broker.store.local_reads,
             )
+            tasks.append(asyncio.create_task(follow))
         try:
             yield
         finally:

@@ -89,6 +89,9 @@ class SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
         # The audit head's seq as last read or written in this transaction (None: read
         # it). Only this transaction can append meanwhile: it holds the write lock.
         self._head_seq: int | None = None
+        # Whether this transaction stored or extended a revocation (the store then wakes
+        # the other processes on the file once it has committed).
+        self.revoked = False
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -152,6 +155,7 @@ class SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
             conn.execute(
                 insert, (record.level, record.target, record.revoked_at, record.expires_at)
             )
+            self.revoked = True
             return True
         seq, old_revoked_at, old_expires_at = int(row[0]), int(row[1]), float(row[2])
         revoked_at = max(old_revoked_at, record.revoked_at)
@@ -160,6 +164,7 @@ class SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
             # Delete and re-insert: AUTOINCREMENT hands out a seq above every one used.
             conn.execute(d.delete_revocation, (seq,))
             conn.execute(insert, (record.level, record.target, revoked_at, expires_at))
+            self.revoked = True
         return False
 
     # -- audit ---------------------------------------------------------------------------

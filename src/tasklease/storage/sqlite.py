@@ -58,6 +58,7 @@ from tasklease.storage._sqlite_tx import (
     disk_full,
     read_audit_head,
 )
+from tasklease.storage._wake import Wakes, WakeSocket
 from tasklease.storage._write_turns import WriteTurns
 
 __all__ = ["SQLiteStore", "SchemaError"]
@@ -154,6 +155,8 @@ class SQLiteStore(SQLStore):
         self._write_lock = threading.Lock()
         self._write_owner: int | None = None
         self._turns = WriteTurns(self.path, busy_timeout)
+        # The other processes on this file, woken when a revocation commits (storage._wake).
+        self._wakes = Wakes(self.path)
         self._local = threading.local()
         self._readers: weakref.WeakSet[_ReaderSlot] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
@@ -328,6 +331,7 @@ class SQLiteStore(SQLStore):
         """
         if self._write_owner == threading.get_ident():
             raise RuntimeError("write() is not reentrant: use the open transaction")
+        revoked = False
         with self._write_lock, self._turns._writer_turn():
             if self._closed:
                 raise RuntimeError("store is closed")
@@ -363,8 +367,21 @@ class SQLiteStore(SQLStore):
                     ) from exc
                 if conn.total_changes != changes:  # it wrote, so there was room again
                     self._full_at = None
+                revoked = tx.revoked
             finally:
                 self._write_owner = None
+        if revoked:
+            # Committed (durable): the other processes may look now; outside the turn.
+            self._wakes.wake_peers()
+
+    def open_revocation_wake(self) -> WakeSocket | None:
+        """A socket that becomes readable when another process commits a revocation.
+
+        For a serving process to poll ``revocations_since`` at once instead of at its next
+        interval (``http.following``); None when the wake-up directory cannot be used
+        (logged once): the poll alone then carries revocations between processes.
+        """
+        return self._wakes.bind()
 
     def _free_bytes(self) -> int:
         """Bytes this process may still write on the database's filesystem."""
@@ -419,6 +436,7 @@ class SQLiteStore(SQLStore):
             if self._closed:
                 return
             self._closed = True
+            self._wakes.close()
             # Refresh the planner's statistics where it would help; cheap when not needed.
             with contextlib.suppress(sqlite3.Error):
                 self._writer.execute("PRAGMA optimize")
