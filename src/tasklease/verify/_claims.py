@@ -17,6 +17,7 @@ from tasklease.rules import grants as grant_rules
 from tasklease.rules import grantuse as grant_use
 from tasklease.rules import scopes as scope_rules
 from tasklease.rules.attest import Attestation, AttestClaimError, attestation_of
+from tasklease.rules.chainverify import VerifiedChain
 from tasklease.rules.claims import (
     MAX_LINEAGE,
     ClaimRejected,
@@ -78,6 +79,9 @@ class VerifiedToken:
     actors: tuple[str, ...] = ()
     by_reference: bool = False
     lineage: tuple[str, ...] = ()
+    # An offline chain (rules.chainverify) presented instead of a token: the whole chain,
+    # verified; the fields above are its last block's. None for a token.
+    offline: VerifiedChain | None = None
 
     @property
     def cnf(self) -> Mapping[str, str] | None:
@@ -221,13 +225,14 @@ def parse_claims(payload: dict[str, Any], *, by_reference: bool = False) -> Veri
     building.actors = ()
     building.by_reference = by_reference
     building.lineage = lineage
+    building.offline = None
     building.__class__ = VerifiedToken
     token: VerifiedToken = building
     return token
 
 
 # parse_claims builds one VerifiedToken per first-seen token. A frozen dataclass's
-# __init__ stores each field through object.__setattr__ (~2 us for these 18). Instead,
+# __init__ stores each field through object.__setattr__ (~2 us for these 19). Instead,
 # parse_claims fills a _Building, a class with exactly VerifiedToken's slots and no
 # __setattr__ of its own (so each store is a plain slot store), then gives it the class
 # VerifiedToken: Python allows __class__ assignment between two classes of the same
@@ -243,7 +248,7 @@ def _check_fast_parse() -> None:
     if sorted(fields) != sorted(VerifiedToken.__slots__) or fields != [
         "sub", "client_id", "scope", "aud", "iss", "exp", "nbf", "iat", "jti", "task_id",
         "orch_id", "delegation_chain", "chain_hash", "claims", "principal", "actors",
-        "by_reference", "lineage",
+        "by_reference", "lineage", "offline",
     ]:  # fmt: skip
         raise RuntimeError("VerifiedToken's fields changed: update parse_claims's fast path")
     payload = {

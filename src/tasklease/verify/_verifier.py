@@ -21,6 +21,13 @@ principal. A sender-constrained token (``cnf``) must come with its proof: the cl
 certificate (RFC 8705) or ``Authorization: DPoP`` and a DPoP proof (RFC 9449); see
 ``tasklease.rules.binding``. Binding is checked on every request, cached token or not.
 
+Offline chains (``tla1~...``: a token followed by blocks its holders signed to hand on part
+of it without the broker, docs/formats.md) are verified by the broker's own rules
+(``rules.chainverify``): every signature, each block's attenuation by the issuance check,
+expiry, depth, every element against the revocation index, freshness, and the last
+delegate's DPoP proof (``Authorization: DPoP`` with a ``DPoP`` header). The answer is a
+:class:`VerifiedToken` for the last holder, with ``offline`` holding the chain.
+
 By-reference tokens (``tlr_...``, issued when a JWT would be too large) are resolved
 through the broker's RFC 7662 introspection with the verifier's credentials; active
 answers go through the same claim checks and are cached in their own bounded LRU until
@@ -44,6 +51,7 @@ import nacl.signing
 
 from tasklease.core.clock import Clock, SystemClock
 from tasklease.rules import jws
+from tasklease.rules.attenuation import is_chain
 from tasklease.rules.binding import (
     BindingError,
     DPoPProofError,
@@ -53,7 +61,9 @@ from tasklease.rules.binding import (
     check_binding,
     presented_thumbprint,
 )
+from tasklease.rules.chainverify import offline_limits
 from tasklease.rules.claims import ClaimRejected, check_claims, check_time
+from tasklease.verify._chains import token_of_chain, verify_offline_chain
 from tasklease.verify._claims import VerifiedToken, claims_from_introspection, parse_claims
 from tasklease.verify._errors import InsufficientScope, InvalidToken
 from tasklease.verify._federation import FederatedDomain, FederationError, Federations
@@ -72,6 +82,7 @@ from tasklease.verify._introspection import (
     is_reference_token,
 )
 from tasklease.verify._jwks import KeySet
+from tasklease.verify._peer import verify_peer_token
 from tasklease.verify._revocations import RevocationIndex
 
 __all__ = ["TokenIntrospector", "Verifier"]  # TokenIntrospector: re-exported
@@ -181,6 +192,12 @@ class Verifier:
             (:class:`~tasklease.verify.FederatedDomain`; docs/federation.md). Their
             tokens are checked against this verifier's revocations, not their broker's:
             keep their lifetimes short (``max_token_lifetime``).
+        broker_audiences: the broker's own audiences (its ``audience`` setting), when an
+            offline chain's block may narrow a token for the broker alone to one resource;
+            without them a block only narrows to a resource its parent already names.
+        bearer_chains: accept an offline chain presented as a bearer token, without the
+            last delegate's DPoP proof (for transports that carry no ``DPoP`` header, such
+            as MCP's). Off by default: whoever holds such a chain can use it.
     """
 
     def __init__(
@@ -213,6 +230,8 @@ class Verifier:
         transport: httpx.BaseTransport | None = None,
         clock: Clock | None = None,
         federations: Sequence[FederatedDomain] = (),
+        broker_audiences: Sequence[str] = (),
+        bearer_chains: bool = False,
     ) -> None:
         if not audience:
             raise ValueError("audience is required: tokens are checked against it")
@@ -236,6 +255,15 @@ class Verifier:
         self._max_lifetime = max_token_lifetime
         self._max_depth = max_delegation_depth
         self._max_bytes = max_token_bytes
+        # Offline chains (rules.chainverify): blocks checked by the broker's issuance rule
+        # within this verifier's lifetime and depth bounds; the broker's own audiences
+        # (when given) count as "not yet restricted", as at the broker.
+        self._chain_limits = offline_limits(
+            max_ttl=max_token_lifetime,
+            max_delegation_depth=max_delegation_depth,
+            audience=broker_audiences,
+        )
+        self._bearer_chains = bearer_chains
         self._clock = clock or SystemClock()
         self._client = httpx.Client(
             base_url=broker_url.rstrip("/"), transport=transport, timeout=timeout
@@ -467,6 +495,18 @@ class Verifier:
             htu=htu,
         )
 
+    def verify_peer(self, token: str) -> VerifiedToken:
+        """Verify another agent's token (or offline chain) as its identity credential, for
+        offline peer authentication (``tasklease.client.OfflinePeerAuth``): every check of
+        :meth:`verify` but the audience and the sender constraint, which the handshake's
+        signature by the key the token names replaces. No broker call; nothing cached.
+
+        Raises:
+            InvalidToken: any failed check.
+            RevocationStateStale: the revocation state is older than the token's bound.
+        """
+        return verify_peer_token(self, token)
+
     def require_scope(self, token: VerifiedToken, scope: str) -> None:
         """Raise :class:`InsufficientScope` unless ``token`` covers ``scope``."""
         if not token.has_scope(scope):
@@ -514,6 +554,8 @@ class Verifier:
             raise InvalidToken("no token")
         if len(token) > self._max_bytes:
             raise InvalidToken("token too large")
+        if is_chain(token):
+            return self._verify_chain(token, resolve_key, presented)
         digest = _sha256(token.encode("utf-8", "surrogatepass")).digest()
         now = self._clock.now()
         reference = len(token) == _REFERENCE_CHARS and is_reference_token(token)
@@ -566,6 +608,41 @@ class Verifier:
                 check_binding(cnf, token, presented or _BEARER, dpop=self._dpop, now=now)
             except BindingError as exc:
                 raise InvalidToken(exc.reason, dpop_proof=isinstance(exc, DPoPProofError)) from None
+        return verified
+
+    # --- offline chains (rules.chainverify) ------------------------------------------------
+
+    def _verify_chain(
+        self,
+        text: str,
+        resolve_key: Callable[[str], Any],
+        presented: Presentation | None,
+    ) -> VerifiedToken:
+        """An offline chain: every check of the shared rules, then freshness, then the
+        presenter's DPoP proof of the last delegate's key. Not cached: each element's
+        revocation and the proof count at every use."""
+        now = self._clock.now()
+        chain = verify_offline_chain(
+            text,
+            resolve_key=resolve_key,
+            issuer=self.issuer,
+            audience=self.audience,
+            now=now,
+            limits=self._chain_limits,
+            max_lifetime=self._max_lifetime,
+            skew=self._skew,
+            revoked=self._revocations.match,
+        )
+        verified = token_of_chain(chain)
+        self._freshness.check(verified, self._feed)
+        if presented is None and self._bearer_chains:
+            return verified
+        try:
+            check_binding(chain.cnf, text, presented or _BEARER, dpop=self._dpop, now=now)
+        except BindingError as exc:
+            raise InvalidToken(
+                f"offline chain: {exc.reason}", dpop_proof=isinstance(exc, DPoPProofError)
+            ) from None
         return verified
 
     # --- tokens of federated trust domains (verify._federation) ---------------------------

@@ -1,0 +1,340 @@
+"""Every refusal of an offline chain, each by the check that owns it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from offline_support import (
+    BROKER_KID,
+    HTU,
+    NOW,
+    agent_id,
+    hops,
+    key,
+    presented,
+    proof,
+    public,
+    raw_block,
+    root_token,
+    verify,
+)
+
+from tasklease.core.revocation import RevocationIndex
+from tasklease.core.store import RevocationRecord
+from tasklease.rules import jws
+from tasklease.rules.attenuation import PREFIX, decode
+from tasklease.rules.binding import DPoPVerifier, Presentation
+from tasklease.rules.chainverify import ChainRejected
+
+NAMES = ("root", "b1", "b2", "b3")
+ROOT = root_token(holder="root")
+
+
+def refused(chain: str, holder: str, category: str, reason: str = "", **kwargs: Any) -> None:
+    with pytest.raises(ChainRejected) as caught:
+        verify(chain, holder=holder, **kwargs)
+    assert caught.value.category == category, caught.value.reason
+    assert reason in caught.value.reason, caught.value.reason
+
+
+def block(**fields: Any) -> dict[str, Any]:
+    """A block's fields: b1 for 600 s, depth 1, unless told otherwise."""
+    base: dict[str, Any] = {
+        "sub": agent_id("b1"),
+        "key": public("b1"),
+        "exp": NOW + 600,
+        "iat": NOW,
+        "jti": "1" * 32,
+        "depth": 1,
+    }
+    return base | fields
+
+
+def test_an_honest_chain_verifies() -> None:
+    verified = verify(hops(NAMES), holder="b3")
+    assert verified.holder == agent_id("b3") and verified.depth == 3
+
+
+# --- attenuation: the issuance check decides every block ------------------------------
+
+
+def test_a_widened_scope_is_refused() -> None:
+    chain = raw_block(ROOT, "root", **block(scope=("delete:orders:42",)))
+    refused(chain, "b1", "attenuation", "scope")
+
+
+def test_a_scope_widened_back_after_a_narrowing_is_refused() -> None:
+    narrowed = hops(NAMES[:2], scope=["read:orders:42"])
+    chain = raw_block(
+        narrowed,
+        "b1",
+        **block(
+            sub=agent_id("b2"), key=public("b2"), depth=2, jti="2" * 32, scope=("read:orders:*",)
+        ),
+    )
+    refused(chain, "b2", "attenuation", "scope")
+
+
+def test_a_widened_grant_is_refused() -> None:
+    pay = {
+        "type": "resource_access",
+        "actions": ["pay"],
+        "locations": ["https://pay.example/payees/P"],
+        "limits": {"max_amount": "100", "currency": "EUR"},
+    }
+    root = root_token(holder="root", details=[pay])
+    more = dict(pay, limits={"max_amount": "600", "currency": "EUR"})
+    refused(raw_block(root, "root", **block(grants=(more,))), "b1", "attenuation", "grants")
+    other = dict(pay, locations=["https://pay.example/payees/Q"])
+    refused(raw_block(root, "root", **block(grants=(other,))), "b1", "attenuation", "grants")
+
+
+def test_a_widened_audience_is_refused() -> None:
+    chain = raw_block(ROOT, "root", **block(aud="https://payments.example"))
+    refused(chain, "b1", "attenuation", "audience", audiences=None)
+    narrowed = hops(NAMES[:2], audience="https://billing.example")
+    back = raw_block(
+        narrowed,
+        "b1",
+        **block(
+            sub=agent_id("b2"),
+            key=public("b2"),
+            depth=2,
+            jti="2" * 32,
+            aud="https://orders.example",
+        ),
+    )
+    refused(back, "b2", "attenuation", "audience", audiences=None)
+
+
+def test_an_exp_past_the_parent_is_refused() -> None:
+    refused(raw_block(ROOT, "root", **block(exp=NOW + 901)), "b1", "attenuation", "exp")
+    first = hops(NAMES[:2], ttl=300)
+    later = raw_block(
+        first,
+        "b1",
+        **block(sub=agent_id("b2"), key=public("b2"), depth=2, jti="2" * 32, exp=NOW + 301),
+    )
+    refused(later, "b2", "attenuation", "exp")
+
+
+def test_the_depth_limit_is_the_kernels() -> None:
+    chain = hops(NAMES)
+    verify(chain, holder="b3", depth=3)
+    refused(chain, "b3", "depth", "depth", depth=2)
+
+
+def test_an_agent_cannot_come_back_into_the_chain() -> None:
+    chain = hops(("root", "b1", "b2"))
+    cycle = raw_block(
+        chain, "b2", **block(sub=agent_id("root"), key=public("root"), depth=3, jti="3" * 32)
+    )
+    refused(cycle, "root", "attenuation", "cycle")
+
+
+def test_a_wrong_depth_counter_is_refused() -> None:
+    refused(raw_block(ROOT, "root", **block(depth=2)), "b1", "format", "depth")
+
+
+def test_an_exp_not_after_iat_is_refused() -> None:
+    refused(raw_block(ROOT, "root", **block(exp=NOW)), "b1", "attenuation")
+
+
+# --- signatures and structure -----------------------------------------------------------
+
+
+def test_a_block_signed_by_another_key_than_the_holders_is_refused() -> None:
+    refused(raw_block(ROOT, "b1", **block()), "b1", "signature", "block 1")
+    chain = hops(NAMES[:2])
+    skipped = raw_block(
+        chain, "root", **block(sub=agent_id("b2"), key=public("b2"), depth=2, jti="2" * 32)
+    )
+    refused(skipped, "b2", "signature", "block 2")
+
+
+def test_a_tampered_block_is_refused() -> None:
+    chain = hops(NAMES)
+    parts = chain.split("~")
+    payload_text, signature = parts[2].split(".")
+    fields = json.loads(jws.b64url_decode(payload_text))
+    fields["exp"] -= 1  # even a narrowing breaks the signature
+    text = jws.b64url_encode(json.dumps(fields, separators=(",", ":"), sort_keys=True).encode())
+    parts[2] = f"{text}.{signature}"
+    refused("~".join(parts), "b3", "signature", "block 1")
+
+
+def test_reordered_or_removed_blocks_are_refused() -> None:
+    parts = hops(NAMES).split("~")
+    swapped = [*parts[:2], parts[3], parts[2], parts[4]]
+    refused("~".join(swapped), "b3", "signature")
+    removed = [*parts[:2], parts[3], parts[4]]
+    refused("~".join(removed), "b3", "signature")
+    first_dropped = [*parts[:2], *parts[3:]]
+    refused("~".join(first_dropped), "b3", "signature")
+
+
+def test_a_block_grafted_onto_another_root_is_refused() -> None:
+    other_root = root_token(holder="root", jti="b" * 32)
+    block_text = hops(NAMES[:2]).split("~")[2]
+    refused("~".join((PREFIX[:-1], other_root, block_text)), "b1", "signature")
+
+
+def test_a_root_not_signed_by_the_broker_is_refused() -> None:
+    forged = root_token(holder="root", signer=key("mallory"))
+    refused(hops(NAMES[:2], root=forged), "b1", "signature", "bad signature")
+    unknown = root_token(holder="root", signer=key("mallory"), kid="mallory")
+    refused(hops(NAMES[:2], root=unknown), "b1", "signature", "unknown kid")
+
+
+def _root_with_header(header: dict[str, Any]) -> str:
+    real = ROOT.split(".")
+    head = jws.b64url_encode(json.dumps(header, separators=(",", ":")).encode())
+    signature = key("broker").sign(f"{head}.{real[1]}".encode()).signature
+    return f"{head}.{real[1]}.{jws.b64url_encode(signature)}"
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256", "ES256", "Ed25519"])
+def test_a_root_whose_alg_is_not_eddsa_is_refused(alg: str) -> None:
+    root = _root_with_header({"alg": alg, "typ": "at+jwt", "kid": BROKER_KID})
+    chain = raw_block(root, "root", **block())
+    refused(chain, "b1", "signature", "alg")
+
+
+def test_a_root_of_another_kind_is_refused() -> None:
+    root = _root_with_header({"alg": "EdDSA", "typ": "dpop+jwt", "kid": BROKER_KID})
+    refused(raw_block(root, "root", **block()), "b1", "signature", "typ")
+
+
+def test_a_root_without_a_holder_key_cannot_be_attenuated() -> None:
+    root = root_token(holder="root", extra={"agent_jwk": None})
+    chain = PREFIX + root + "~" + hops(NAMES[:2]).split("~")[2]
+    refused(chain, "b1", "holder", "agent_jwk")
+
+
+def test_a_root_from_another_issuer_is_refused() -> None:
+    root = root_token(holder="root", extra={"iss": "elsewhere"})
+    refused(hops(NAMES[:2], root=root), "b1", "issuer")
+
+
+# --- time -------------------------------------------------------------------------------
+
+
+def test_a_chain_is_dead_at_its_last_blocks_exp_with_no_leeway() -> None:
+    chain = hops(NAMES[:2], ttl=300)
+    verify(chain, holder="b1", now=NOW + 299)
+    refused(chain, "b1", "expired", now=NOW + 300)
+
+
+def test_a_chain_is_dead_when_its_root_is() -> None:
+    chain = hops(NAMES[:2])
+    refused(chain, "b1", "expired", "root", now=NOW + 900)
+
+
+def test_a_block_issued_ahead_is_refused_beyond_the_skew() -> None:
+    ahead = raw_block(ROOT, "root", **block(iat=NOW + 100, exp=NOW + 600))
+    verify(ahead, holder="b1", now=NOW + 71)  # within 30 s of its iat
+    refused(ahead, "b1", "not_yet_valid", now=NOW + 69)
+
+
+def test_a_block_dated_before_its_parent_is_refused() -> None:
+    early = raw_block(ROOT, "root", **block(iat=NOW - 31))
+    refused(early, "b1", "claims", "before its parent")
+
+
+def test_the_effective_audience_must_be_this_resources() -> None:
+    chain = hops(NAMES[:2], audience="https://billing.example")
+    refused(chain, "b1", "audience")
+
+
+# --- revocation of every element --------------------------------------------------------
+
+CHAIN = hops(NAMES)
+JTIS = ["a" * 32, f"{1:032x}", f"{2:032x}", f"{3:032x}"]
+
+
+def _index(level: str, target: str, revoked_at: int = NOW) -> RevocationIndex:
+    index = RevocationIndex()
+    index.apply([RevocationRecord(level, target, revoked_at, NOW + 10_000)])
+    return index
+
+
+@pytest.mark.parametrize("jti", JTIS)
+def test_a_revoked_jti_anywhere_in_the_chain_refuses_it(jti: str) -> None:
+    refused(CHAIN, "b3", "revoked", jti, revoked=_index("token", jti).match)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_revoked_agent_anywhere_in_the_chain_refuses_it(name: str) -> None:
+    refused(CHAIN, "b3", "revoked", revoked=_index("agent", agent_id(name)).match)
+
+
+@pytest.mark.parametrize("jti", JTIS[:3])
+def test_ending_a_level_ends_every_block_below_it(jti: str) -> None:
+    refused(CHAIN, "b3", "revoked", revoked=_index("chain", jti).match)
+
+
+def test_a_revoked_task_or_app_refuses_the_chain() -> None:
+    refused(CHAIN, "b3", "revoked", revoked=_index("task", "task-42").match)
+    refused(CHAIN, "b3", "revoked", revoked=_index("chain", "app:app-1").match)
+
+
+def test_an_agent_revoked_before_it_handed_on_cannot_hand_on_later() -> None:
+    # b1 is revoked; b2 (not revoked) dates its own block after the revocation: b1's own
+    # block, issued before, still matches.
+    late = raw_block(
+        hops(NAMES[:3]),
+        "b2",
+        **block(sub=agent_id("x"), key=public("x"), iat=NOW + 20, depth=3, jti="9" * 32),
+    )
+    refused(
+        late, "x", "revoked", now=NOW + 21, revoked=_index("agent", agent_id("b1"), NOW + 10).match
+    )
+
+
+def test_unrelated_revocations_do_not_refuse_it() -> None:
+    verify(CHAIN, holder="b3", revoked=_index("agent", agent_id("zz")).match)
+    verify(CHAIN, holder="b3", revoked=_index("token", "f" * 32).match)
+
+
+# --- the presenter's proof of possession ------------------------------------------------
+
+
+def test_a_chain_presented_as_a_bearer_token_is_refused() -> None:
+    refused(CHAIN, "b3", "binding", "bearer", presentation=Presentation())
+
+
+def test_a_chain_without_its_proof_is_refused() -> None:
+    bare = Presentation(scheme="DPoP", htm="GET", htu=HTU)
+    refused(CHAIN, "b3", "binding", "missing", presentation=bare)
+
+
+def test_a_proof_by_another_holder_of_the_chain_is_refused() -> None:
+    for other in ("root", "b1", "b2", "mallory"):
+        refused(CHAIN, "b3", "binding", "another key", presentation=presented(other, CHAIN))
+
+
+def test_a_proof_for_another_chain_or_request_is_refused() -> None:
+    shorter = hops(NAMES[:3])
+    refused(CHAIN, "b3", "binding", "ath", presentation=presented("b3", shorter))
+    wrong_url = Presentation(
+        scheme="DPoP",
+        dpop_proof=proof("b3", CHAIN, htu="https://else.example/"),
+        htm="GET",
+        htu=HTU,
+    )
+    refused(CHAIN, "b3", "binding", "htu", presentation=wrong_url)
+
+
+def test_a_proof_is_single_use() -> None:
+    ledger = DPoPVerifier(60)
+    once = presented("b3", CHAIN)
+    verify(CHAIN, holder="b3", presentation=once, dpop=ledger)
+    refused(CHAIN, "b3", "binding", "replayed", presentation=once, dpop=ledger)
+
+
+def test_decode_reads_what_verify_refuses() -> None:
+    # The codec parses; only verification decides (a forged root still decodes).
+    forged = hops(NAMES[:2], root=root_token(holder="root", signer=key("mallory")))
+    assert decode(forged).blocks[0].sub == agent_id("b1")
