@@ -1,0 +1,194 @@
+"""The SDK's late audit of offline derivations: recorded locally when made, reported to the
+broker (``POST /v1/audit/offline``) when it is reachable, batched and idempotent.
+
+By default the queue is in memory only: a chain holds its root token, a credential, and
+the SDK writes no credential to disk unless told to. ``spool=`` keeps the queue in a file
+too (created ``0600``, one report a line, rewritten without the reports the broker
+answered for), so a crash between a derivation and its report loses nothing; put it on
+a private disk. docs/broker-optional.md explains the choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tasklease.rules.offlinereports import (
+    MAX_BATCH,
+    PendingReport,
+    ReportQueue,
+    derivation_report,
+    outcome_settles,
+    request_body,
+)
+
+__all__ = ["OfflineReporter"]
+
+_log = logging.getLogger("tasklease.client")
+_PATH = "/v1/audit/offline"
+
+
+class OfflineReporter:
+    """Records offline derivations and reports them when the broker is reachable.
+
+    ``client`` sends with ``auth`` (an agent's ``auth``: its token, renewed, with its DPoP
+    proof if bound) to ``base_url``. :meth:`derived` records; :meth:`flush` reports what
+    is queued (call it when the broker is back, or let :meth:`start` do it every
+    ``interval`` seconds). At most ``limit`` reports wait (then the oldest are dropped,
+    counted in :attr:`dropped`: a derivation that will never be reported stays
+    verifiable by anyone who holds the chain). Thread-safe.
+    """
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        base_url: str,
+        auth: httpx.Auth | Callable[[httpx.Request], httpx.Request],
+        *,
+        limit: int = 1000,
+        spool: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._client = client
+        self._url = base_url.rstrip("/") + _PATH
+        self._auth = auth
+        self._queue = ReportQueue(limit)
+        self._spool = Path(spool) if spool is not None else None
+        self._io = threading.Lock()  # one flush, one spool write at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.refused = 0  # items the broker refused for good (audited there)
+        if self._spool is not None:
+            self._load()
+
+    @property
+    def pending(self) -> int:
+        """Reports not yet answered for by the broker."""
+        return len(self._queue)
+
+    @property
+    def dropped(self) -> int:
+        """Reports dropped because the queue was full."""
+        return self._queue.dropped
+
+    def derived(self, chain: str) -> None:
+        """Record the derivation of ``chain``'s last block (made offline, just now).
+
+        Raises:
+            tasklease.rules.attenuation.ChainError: ``chain`` is not a chain.
+        """
+        report = derivation_report(chain)
+        with self._io:
+            dropped = self._queue.add(report)
+            if self._spool is not None:
+                if dropped:
+                    self._rewrite()
+                else:
+                    self._append(report)
+
+    def flush(self) -> int:
+        """Report what is queued, a batch at a time; return how many items the broker
+        answered for. Stops at the first batch that could not be delivered (no broker,
+        a 5xx, a 401 before renewal): those stay queued, in order, for the next flush."""
+        settled = 0
+        with self._io:
+            while True:
+                batch = self._queue.batch(MAX_BATCH)
+                if not batch:
+                    break
+                answer = self._send(batch)
+                if answer is None:
+                    break
+                self._queue.settle(r.key for r in batch)
+                settled += len(batch)
+                refused = answer.get("refused")
+                if isinstance(refused, list):
+                    self.refused += len(refused)
+            if settled and self._spool is not None:
+                self._rewrite()
+        return settled
+
+    def _send(self, batch: list[PendingReport]) -> dict[str, Any] | None:
+        try:
+            response = self._client.post(self._url, json=request_body(batch), auth=self._auth)
+        except httpx.HTTPError as exc:
+            _log.info("offline reports kept for later: %s", type(exc).__name__)
+            return None
+        if not outcome_settles(response.status_code):
+            _log.info("offline reports kept for later: HTTP %d", response.status_code)
+            return None
+        if response.status_code >= 300:
+            # The batch itself was refused (malformed, not ours): never to be accepted.
+            _log.warning("offline reports refused by the broker: HTTP %d", response.status_code)
+            return {"refused": batch}
+        try:
+            answer = response.json()
+        except ValueError:
+            return {}
+        return answer if isinstance(answer, dict) else {}
+
+    def start(self, interval: float = 5.0) -> None:
+        """Flush every ``interval`` seconds in a daemon thread until :meth:`close`."""
+        if self._thread is not None:
+            return
+
+        def run() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.flush()
+                except Exception:  # noqa: BLE001 - the thread must outlive one bad flush
+                    _log.exception("offline report flush failed")
+
+        self._thread = threading.Thread(target=run, name="tasklease-reports", daemon=True)
+        self._thread.start()
+
+    def close(self, *, flush: bool = True) -> None:
+        """Stop the thread, and report what is queued once more (``flush``)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if flush:
+            self.flush()
+
+    # --- the spool ------------------------------------------------------------------------
+
+    def _append(self, report: PendingReport) -> None:
+        spool = self._spool
+        if spool is None:  # pragma: no cover - only called with a spool
+            return
+        fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as out:
+            out.write(report.to_json() + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+
+    def _rewrite(self) -> None:
+        spool = self._spool
+        if spool is None:  # pragma: no cover
+            return
+        temporary = spool.with_name(spool.name + ".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for report in self._queue.items():
+                out.write(report.to_json() + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, spool)
+
+    def _load(self) -> None:
+        spool = self._spool
+        if spool is None or not spool.exists():
+            return
+        with spool.open(encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    self._queue.add(PendingReport.from_json(line))
+                except ValueError:
+                    continue  # a line torn by a crash mid-write: its report is lost
+        self._rewrite()

@@ -1,0 +1,108 @@
+"""The SDK's late audit of offline derivations against a real broker over HTTP: queued
+while the broker is away, reported once when it is back, kept across a crash with a
+spool, and never recorded twice."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+
+import httpx
+import nacl.signing
+
+from tasklease.client import Agent, OfflineReporter
+from tasklease.client.testing import BrokerForTests
+from tasklease.core.store import AuditQuery
+from tasklease.rules.chainverify import derive
+
+
+def _levels(agent: Agent, key: nacl.signing.SigningKey, count: int) -> list[str]:
+    """``count`` levels derived offline from ``agent``'s token, each signed by its holder."""
+    levels: list[str] = []
+    parent, signer = agent.token, key
+    for i in range(count):
+        delegate = nacl.signing.SigningKey.generate()
+        parent = derive(
+            parent,
+            signer,
+            delegate=f"spiffe://tasklease.local/agent/test-orch/test-task/sdk{i}",
+            delegate_key=bytes(delegate.verify_key),
+            now=int(time.time()),
+            ttl=120,
+        )
+        levels.append(parent)
+        signer = delegate
+    return levels
+
+
+def _unreachable() -> str:
+    with socket.socket() as sock:  # a port nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _reported(broker: BrokerForTests) -> list[str]:
+    events, _ = broker.broker.store.query_audit(
+        AuditQuery(event_type="offline_derivation_reported", limit=100)
+    )
+    return [e.agent_id for e in events]
+
+
+def test_derivations_wait_for_the_broker_and_are_reported_once(
+    broker: BrokerForTests,
+) -> None:
+    key = nacl.signing.SigningKey.generate()
+    before = len(_reported(broker))
+    with broker.agent(["read:data:*"], key=key) as agent, httpx.Client() as client:
+        levels = _levels(agent, key, 3)
+        away = OfflineReporter(client, _unreachable(), agent.auth)
+        for chain in levels:
+            away.derived(chain)
+        away.derived(levels[0])  # recorded twice locally: queued once
+        assert away.flush() == 0 and away.pending == 3
+        # The broker is back (the same queue, now pointed at it).
+        back = OfflineReporter(client, broker.url, agent.auth)
+        for report in levels:
+            back.derived(report)
+        assert back.flush() == 3 and back.pending == 0
+        assert len(_reported(broker)) == before + 3
+        # A retry after a lost answer: the broker records nothing new.
+        again = OfflineReporter(client, broker.url, agent.auth)
+        for report in levels:
+            again.derived(report)
+        assert again.flush() == 3
+        assert len(_reported(broker)) == before + 3
+
+
+def test_a_spool_keeps_reports_across_a_crash_and_is_private(
+    broker: BrokerForTests, tmp_path: Path
+) -> None:
+    key = nacl.signing.SigningKey.generate()
+    spool = tmp_path / "reports.jsonl"
+    before = len(_reported(broker))
+    with broker.agent(["read:data:*"], key=key) as agent, httpx.Client() as client:
+        levels = _levels(agent, key, 2)
+        crashed = OfflineReporter(client, _unreachable(), agent.auth, spool=spool)
+        for chain in levels:
+            crashed.derived(chain)
+        assert crashed.flush() == 0
+        assert stat.S_IMODE(os.stat(spool).st_mode) == 0o600
+        # A new process: the spool is read back, and reported.
+        restarted = OfflineReporter(client, broker.url, agent.auth, spool=spool)
+        assert restarted.pending == 2
+        assert restarted.flush() == 2
+        assert spool.read_text() == ""  # nothing left: no credential stays on disk
+        assert len(_reported(broker)) == before + 2
+
+
+def test_a_full_queue_drops_the_oldest_and_counts_it(broker: BrokerForTests) -> None:
+    key = nacl.signing.SigningKey.generate()
+    with broker.agent(["read:data:*"], key=key) as agent, httpx.Client() as client:
+        levels = _levels(agent, key, 3)
+        reporter = OfflineReporter(client, _unreachable(), agent.auth, limit=2)
+        for chain in levels:
+            reporter.derived(chain)
+        assert (reporter.pending, reporter.dropped) == (2, 1)
