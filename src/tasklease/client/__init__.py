@@ -58,6 +58,8 @@ from tasklease.client._errors import (
 )
 from tasklease.client._flows import Clock
 from tasklease.client._oauth import AuthorizationServer, ProtectedResource, ResourceToken
+from tasklease.client._offline import OfflineCredential
+from tasklease.client._peer import AuthenticatedPeer, OfflinePeerAuth, PeerAuthenticationFailed
 from tasklease.client._reports import OfflineReporter
 from tasklease.client._retry import Retry
 from tasklease.client._sync import Agent, DelegatedToken
@@ -69,6 +71,7 @@ __all__ = [
     "AppClient",
     "AsyncAgent",
     "AsyncDelegatedToken",
+    "AuthenticatedPeer",
     "AuthorizationServer",
     "Clock",
     "Conflict",
@@ -87,9 +90,12 @@ __all__ = [
     "InvalidTarget",
     "MethodNotAllowed",
     "NotFound",
+    "OfflineCredential",
+    "OfflinePeerAuth",
     "OfflineReporter",
     "PayloadTooLarge",
     "Peer",
+    "PeerAuthenticationFailed",
     "ProtectedResource",
     "RateLimited",
     "RenewalCeilingExceeded",

@@ -6,7 +6,7 @@ import logging
 import os
 import ssl
 import threading
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -30,6 +30,8 @@ from tasklease.client._flows import (
 )
 from tasklease.client._holder import CertArg, DPoPKey, bind_flow, dpop_key
 from tasklease.client._oauth import ResourceAuth, ResourceToken, exchange_flow
+from tasklease.client._offline import attenuate
+from tasklease.client._peer import OfflinePeerAuth, PeerToken
 from tasklease.client._retry import NO_RETRY, Retry
 from tasklease.client._transport import DelegatedToken, auth_headers, http_client, run_flow
 from tasklease.client._trust import (
@@ -448,6 +450,54 @@ class Agent:
         answer = exchange(offer)
         return self._run(
             complete_flow(self._credential.base_url, self.token, self._signing_key(), answer),
+        )
+
+    def attenuate(
+        self,
+        delegate_id: str,
+        delegate_public_key: bytes,
+        *,
+        scope: Sequence[str] | None = None,
+        authorization_details: Sequence[Mapping[str, Any]] | None = None,
+        audience: str | None = None,
+        ttl: int = 300,
+    ) -> str:
+        """Hand part of this agent's current token to ``delegate_id`` offline, with no
+        call to the broker: a chain (``tla1~...``) with one block signed by this agent's
+        registered key, naming the delegate's Ed25519 public key (32 bytes). ``scope``,
+        ``authorization_details`` and ``audience`` narrow (None keeps this agent's);
+        the block lives ``ttl`` seconds, never past this token. The delegate presents it
+        as an :class:`~tasklease.client.OfflineCredential` (docs/formats.md).
+
+        Raises:
+            ScopeViolation: the block would widen this agent's authority.
+            TaskleaseError: code ``no_key`` without this agent's signing key;
+                ``invalid_chain`` for a chain over the size cap.
+        """
+        return attenuate(
+            self.token,
+            self._signing_key(),
+            delegate_id,
+            delegate_public_key,
+            scope=scope,
+            authorization_details=authorization_details,
+            audience=audience,
+            ttl=ttl,
+            now=self._credential.clock.now(),
+        )
+
+    def offline_peer(self, check: Callable[[str], PeerToken], **options: Any) -> OfflinePeerAuth:
+        """This agent's side of offline peer mutual authentication: no broker round trip.
+
+        ``check`` verifies the peer's token offline: pass a ``tasklease.verify.Verifier``'s
+        ``verify_peer`` (cached JWKS, the revocation feed, the staleness bound).
+        ``options`` go to :class:`~tasklease.client.OfflinePeerAuth` (``window``,
+        ``clock``, ``replay``). This agent presents its current token (not renewed here).
+        The online :meth:`handshake` stays for high-assurance cases
+        (docs/broker-optional.md).
+        """
+        return OfflinePeerAuth(
+            self.agent_id, lambda: self.token, self._signing_key(), check, **options
         )
 
     def respond_to_handshake(self, offer: str) -> tuple[str, Peer, str, str]:
