@@ -146,7 +146,8 @@ class UseCounter:
     """A verifier's acceptances of offline chains, counted per chain leaf and minute.
 
     :meth:`closed` hands out the minutes that are over as reports (one per leaf and
-    minute, with its count) and forgets them; a minute is reported once, when it is over,
+    minute, with its count, dated by the minute's first use: the chain was valid then)
+    and forgets them; a minute is reported once, when it is over,
     so the broker's first record of it is the whole count. Thread-safe; at most
     ``limit`` open counts (then new leaves are not counted, and :attr:`dropped` says
     how many uses were not).
@@ -166,7 +167,7 @@ class UseCounter:
             if found is not None:
                 found[1] += 1
             elif len(self._counts) < self._limit:
-                self._counts[key] = [chain, 1]
+                self._counts[key] = [chain, 1, int(at)]
             else:
                 self.dropped += 1
 
@@ -174,9 +175,9 @@ class UseCounter:
         """Reports of the minutes over by ``now`` (or of all, ``everything``: at close)."""
         out: list[PendingReport] = []
         with self._lock:
-            for (jti, minute), (chain, count) in list(self._counts.items()):
+            for (jti, minute), (chain, count, first) in list(self._counts.items()):
                 if everything or minute + USE_BUCKET <= now:
                     del self._counts[(jti, minute)]
-                    body = {"chain": chain, "occurred_at": minute, "count": count}
+                    body = {"chain": chain, "occurred_at": first, "count": count}
                     out.append(PendingReport("use", f"u:{jti}:{minute}", body))
         return out

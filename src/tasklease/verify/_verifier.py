@@ -84,6 +84,7 @@ from tasklease.verify._introspection import (
 from tasklease.verify._jwks import KeySet
 from tasklease.verify._peer import verify_peer_token
 from tasklease.verify._revocations import RevocationIndex
+from tasklease.verify._usereports import UseReporter
 
 __all__ = ["TokenIntrospector", "Verifier"]  # TokenIntrospector: re-exported
 
@@ -195,6 +196,9 @@ class Verifier:
         broker_audiences: the broker's own audiences (its ``audience`` setting), when an
             offline chain's block may narrow a token for the broker alone to one resource;
             without them a block only narrows to a resource its parent already names.
+        report_uses: report the offline chains this verifier accepts to the broker's audit
+            log (``POST /v1/audit/offline``, with ``credentials``), counted per chain and
+            minute, once the minute is over and the feed is connected (docs/audit.md).
         bearer_chains: accept an offline chain presented as a bearer token, without the
             last delegate's DPoP proof (for transports that carry no ``DPoP`` header, such
             as MCP's). Off by default: whoever holds such a chain can use it.
@@ -232,6 +236,7 @@ class Verifier:
         federations: Sequence[FederatedDomain] = (),
         broker_audiences: Sequence[str] = (),
         bearer_chains: bool = False,
+        report_uses: bool = True,
     ) -> None:
         if not audience:
             raise ValueError("audience is required: tokens are checked against it")
@@ -294,6 +299,12 @@ class Verifier:
         self._dpop = DPoPVerifier(
             dpop_proof_window, capacity=dpop_replay_cache_size, ledger=dpop_replay
         )
+        # Late audit of the offline chains accepted here (verify._usereports).
+        self._uses = (
+            UseReporter(self._client, self._bearer_for_feed, self._forget_feed_token)
+            if report_uses and credentials is not None
+            else None
+        )
         self._feed: FeedFollower | None = None
         if feed:
             self._feed = FeedFollower(
@@ -340,6 +351,8 @@ class Verifier:
         """Stop following the feed and close connections. Verification then fails closed."""
         if self._feed is not None:
             self._feed.stop()
+        if self._uses is not None:
+            self._uses.flush(self._clock.now(), everything=True)  # best effort: once
         self._client.close()
 
     async def aclose(self) -> None:
@@ -400,6 +413,8 @@ class Verifier:
             "feed_connections": 0 if self._feed is None else self._feed.connections,
             "feed_live": self.feed_live(),
             "stale_refusals": self._freshness.refusals,
+            "offline_uses_pending": 0 if self._uses is None else self._uses.pending,
+            "offline_uses_dropped": 0 if self._uses is None else self._uses.dropped,
         }
 
     # --- verification -------------------------------------------------------------------
@@ -635,14 +650,15 @@ class Verifier:
         )
         verified = token_of_chain(chain)
         self._freshness.check(verified, self._feed)
-        if presented is None and self._bearer_chains:
-            return verified
-        try:
-            check_binding(chain.cnf, text, presented or _BEARER, dpop=self._dpop, now=now)
-        except BindingError as exc:
-            raise InvalidToken(
-                f"offline chain: {exc.reason}", dpop_proof=isinstance(exc, DPoPProofError)
-            ) from None
+        if presented is not None or not self._bearer_chains:
+            try:
+                check_binding(chain.cnf, text, presented or _BEARER, dpop=self._dpop, now=now)
+            except BindingError as exc:
+                raise InvalidToken(
+                    f"offline chain: {exc.reason}", dpop_proof=isinstance(exc, DPoPProofError)
+                ) from None
+        if self._uses is not None:
+            self._uses.used(text, chain.jti, now)
         return verified
 
     # --- tokens of federated trust domains (verify._federation) ---------------------------
@@ -756,3 +772,5 @@ class Verifier:
         self._keys.refresh_if_stale()
         if self._federation is not None:
             self._federation.refresh_due()
+        if self._uses is not None and self._feed is not None and self._feed.connected:
+            self._uses.flush(self._clock.now())

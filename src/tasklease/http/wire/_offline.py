@@ -48,9 +48,9 @@ class OfflineUse(Request):
     occurred_at: Annotated[
         int,
         doc(
-            "When the uses happened, per the verifier (Unix seconds): the uses of one chain "
-            "by one verifier are counted per minute of `occurred_at`, and a minute is "
-            "recorded once."
+            "When the first of the uses happened, per the verifier (Unix seconds): the chain "
+            "is verified as of then. The uses of one chain by one verifier are counted per "
+            "minute of `occurred_at`, and a minute is recorded once."
         ),
     ]
     count: Annotated[int, doc("How many times the chain was accepted in that minute.")] = 1
