@@ -24,7 +24,7 @@ from tasklease.core.offlineaudit import (
     DerivationReport,
     UseReport,
 )
-from tasklease.core.store import AuditQuery
+from tasklease.core.store import AuditQuery, RevocationRecord
 from tasklease.core.tokens import KIND_AGENT
 from tasklease.core.validation import TokenRejected
 from tasklease.rules import jws
@@ -273,3 +273,23 @@ def test_a_batch_is_bounded(broker: Broker, chain: _Chain) -> None:
     many = [DerivationReport(chain.levels[0])] * 101
     with pytest.raises(InvalidRequest):
         broker.offline_audit.report(chain.root.claims, derivations=many, uses=[], ctx=CTX)
+
+
+def test_a_critical_chain_is_checked_against_the_store(
+    make_broker: Any, kit: type[Kit], clock: ManualClock
+) -> None:
+    # A revocation another replica committed, not yet in this broker's index.
+    broker = make_broker(clock=clock, critical_scopes=("read:data:*",))
+    chain = _Chain(broker, kit)
+    text, key = chain.levels[1], chain.keys[1]
+    now = broker.clock.now()
+    assert broker.validate(text, presented=_presented(key, text, now)).jti == chain.jti(1)
+    record = RevocationRecord("chain", chain.jti(0), int(now), now + 3600)
+    with broker.store.write() as tx:
+        tx.insert_revocation(record)
+    with pytest.raises(TokenRejected, match="live read"):
+        broker.validate(text, presented=_presented(key, text, now))
+    # The level the entry names is not its own descendant: valid on the live read too.
+    assert broker.validate(
+        chain.levels[0], presented=_presented(chain.keys[0], chain.levels[0], now)
+    )
