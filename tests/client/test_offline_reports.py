@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import nacl.signing
 
-from tasklease.client import Agent, OfflineReporter
+from tasklease.client import Agent, OfflineCredential, OfflineReporter
 from tasklease.client.testing import BrokerForTests
 from tasklease.core.store import AuditQuery
 from tasklease.rules.chainverify import derive
@@ -106,3 +106,22 @@ def test_a_full_queue_drops_the_oldest_and_counts_it(broker: BrokerForTests) -> 
         for chain in levels:
             reporter.derived(chain)
         assert (reporter.pending, reporter.dropped) == (2, 1)
+
+
+def test_a_delegate_derives_on_and_reports_with_its_chain(broker: BrokerForTests) -> None:
+    # The agent hands on offline; its delegate, with no token of its own, hands on again
+    # and reports with the chain it holds (presented as DPoP with its key's proof).
+    helper_key, worker_key = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
+    with broker.agent(["read:data:*"]) as agent, httpx.Client() as client:
+        helper_id = agent.agent_id + "/helper"
+        own = OfflineReporter(client, broker.url, agent.auth)
+        chain = own.attenuate(agent, helper_id, bytes(helper_key.verify_key), ttl=60)
+        helper = OfflineCredential(chain, helper_key)
+        theirs = OfflineReporter(client, broker.url, helper.auth)
+        onward = theirs.attenuate(
+            helper, helper_id + "/worker", bytes(worker_key.verify_key), scope=["read:data:1"]
+        )
+        assert OfflineCredential(onward, worker_key).exp <= helper.exp
+        assert own.flush() == 1 and theirs.flush() == 1 and theirs.refused == 0
+        reported = _reported(broker)
+        assert helper_id in reported and helper_id + "/worker" in reported

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -32,6 +32,22 @@ __all__ = ["OfflineReporter"]
 
 _log = logging.getLogger("tasklease.client")
 _PATH = "/v1/audit/offline"
+
+
+class _Holder(Protocol):
+    """What derives offline: an :class:`~tasklease.client.Agent` or an
+    :class:`~tasklease.client.OfflineCredential`."""
+
+    def attenuate(
+        self,
+        delegate_id: str,
+        delegate_public_key: bytes,
+        *,
+        scope: Sequence[str] | None = ...,
+        authorization_details: Sequence[Mapping[str, Any]] | None = ...,
+        audience: str | None = ...,
+        ttl: int = ...,
+    ) -> str: ...
 
 
 class OfflineReporter:
@@ -90,6 +106,30 @@ class OfflineReporter:
                     self._rewrite()
                 else:
                     self._append(report)
+
+    def attenuate(
+        self,
+        holder: _Holder,
+        delegate_id: str,
+        delegate_public_key: bytes,
+        *,
+        scope: Sequence[str] | None = None,
+        authorization_details: Sequence[Mapping[str, Any]] | None = None,
+        audience: str | None = None,
+        ttl: int = 300,
+    ) -> str:
+        """``holder.attenuate(...)`` (an Agent's or an OfflineCredential's), recorded: the
+        derivation and its report in one call. Returns the chain for the delegate."""
+        chain = holder.attenuate(
+            delegate_id,
+            delegate_public_key,
+            scope=scope,
+            authorization_details=authorization_details,
+            audience=audience,
+            ttl=ttl,
+        )
+        self.derived(chain)
+        return chain
 
     def flush(self) -> int:
         """Report what is queued, a batch at a time; return how many items the broker
