@@ -674,6 +674,49 @@ def test_query_audit_exact_filters(store: Store) -> None:
     expect(AuditQuery(agent_id="agent"), [])  # exact match, not a prefix
 
 
+def test_query_audit_success_and_other_outcomes(store: Store) -> None:
+    # Only outcomes other than success are indexed (migration 0017); success is counted as
+    # the rest: the answers must be the same.
+    events = chain(20)
+    append(store, events)
+    ok = [e for e in events if e.outcome == "success"]
+    got, total = store.query_audit(AuditQuery(outcome="success", limit=5, offset=2))
+    assert (got, total) == (ok[2:7], len(ok))
+    typed = [e for e in ok if e.event_type == "type-1" and e.agent_id == "agent-2"]
+    got, total = store.query_audit(
+        AuditQuery(outcome="success", event_type="type-1", agent_id="agent-2")
+    )
+    assert (got, total) == (typed, len(typed))
+    denied = [e for e in events if e.event_type == "type-0" and e.outcome == "denied"]
+    assert store.query_audit(AuditQuery(outcome="denied", event_type="type-0")) == (
+        denied,
+        len(denied),
+    )
+    assert store.query_audit(AuditQuery(outcome="failure")) == ([], 0)
+    got, total = store.query_audit(AuditQuery(outcome="success", since=NOW + 10))
+    assert (got, total) == (ok[-len(got) :], len([e for e in ok if e.seq > 10]))
+
+
+def test_query_audit_time_range_with_a_clock_stepped_back(store: Store) -> None:
+    # Timestamps need not grow with seq (a clock stepped back, another worker's clock):
+    # a time range still finds every event in it, in seq order.
+    offsets = [0, 5, 9, 2, 3, 8, 1, 7]
+    events = [
+        replace(e, timestamp=format_rfc3339(NOW + offset))
+        for e, offset in zip(chain(len(offsets)), offsets, strict=True)
+    ]
+    append(store, events)
+    got, total = store.query_audit(AuditQuery(since=NOW + 2))
+    assert [e.seq for e in got] == [2, 3, 4, 5, 6, 8] and total == 6
+    got, total = store.query_audit(AuditQuery(since=NOW + 2, until=NOW + 5))
+    assert [e.seq for e in got] == [2, 4, 5] and total == 3
+    got, total = store.query_audit(AuditQuery(since=NOW + 1, until=NOW + 1))
+    assert [e.seq for e in got] == [7] and total == 1
+    got, total = store.query_audit(AuditQuery(since=NOW + 1, outcome="denied"))
+    assert [e.seq for e in got] == [6] and total == 1  # seq 1 (denied) is at NOW + 0
+    assert store.query_audit(AuditQuery(since=NOW + 10)) == ([], 0)
+
+
 def test_query_audit_time_range_is_inclusive(store: Store) -> None:
     events = chain(10, ts0=NOW)  # event i at NOW + i
     append(store, events)

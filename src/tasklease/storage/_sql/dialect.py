@@ -254,6 +254,20 @@ class Dialect:
             )
         )
         self._audit_page = q(" ORDER BY seq LIMIT ? OFFSET ?")
+        # Partial indexes (migration 0017): only events whose outcome is not 'success', and
+        # only events with a principal, are indexed. These constant terms, added when the
+        # filter's value is one of those, let the planner use them.
+        self._audit_not_success = " AND outcome <> 'success'"
+        self._audit_has_principal = " AND principal_ref <> ''"
+        # The first event of a time range, found in the ts index: a lower bound on seq that
+        # the primary key and the (..., seq) indexes start from, where the planner would
+        # otherwise read the log from its first event to reach the recent ones (+seq: from
+        # the ts index, not by walking the primary key). NULL (no row) when no event is
+        # that recent.
+        since_seq = f" AND seq >= (SELECT MIN(+seq) FROM audit_events WHERE {t} AND ts >= ?"
+        self._audit_since_seq = (q(f"{since_seq})"), q(f"{since_seq} AND ts <= ?)"))
+        # A tenant's chain numbers its events 1..n without gaps: n is the unfiltered count.
+        self._audit_length = f"SELECT COALESCE(MAX(seq), 0) FROM audit_events WHERE {t}"
         # The Merkle tree over the chain (core.audittree) and its checkpoints (0012).
         self.audit_hashes = q(
             f"SELECT hash FROM audit_events WHERE {t} AND seq > ? ORDER BY seq LIMIT ?"
@@ -452,26 +466,48 @@ class Dialect:
         if query.limit < 0 or query.offset < 0:
             raise ValueError("limit and offset must not be negative")
         # The WHERE clause is assembled from constant fragments only; every value is a
-        # bound parameter. Each equality filter has an index.
+        # bound parameter. Each equality filter has an index (outcome's and principal_ref's
+        # are partial: see __init__), but for outcome 'success', the bulk of the log.
+        success = query.outcome == "success"
         clauses: list[str] = []
         params: list[object] = []
         values = (
             query.agent_id,
             query.task_id,
             query.event_type,
-            query.outcome,
+            None if success else query.outcome,
             query.since,
             query.until,
             query.principal_ref,
         )
         for clause, value in zip(self._audit_filters, values, strict=True):
             if value is not None:
-                clauses.append(clause)
+                clauses.append(f" AND {clause}")
                 params.append(value)
-        where = self._audit_where + "".join(f" AND {clause}" for clause in clauses)
+        if query.outcome is not None and not success:
+            clauses.append(self._audit_not_success)
+        if query.principal_ref:
+            clauses.append(self._audit_has_principal)
+        if query.since is not None:  # the range's own bounds (until: fewer rows to read)
+            bounded = query.until is not None
+            clauses.append(self._audit_since_seq[bounded])
+            params += (query.since, query.until) if bounded else (query.since,)
+        where = self._audit_where + "".join(clauses)
         count_sql = "SELECT COUNT(*) FROM audit_events" + where
+        count_params = params
+        if not clauses:
+            count_sql, count_params = self._audit_length, []
+        if success:
+            # The events of the other filters less those that are not a success: both
+            # counted from indexes, where counting the successes would read them all.
+            others = count_sql
+            unusual = "SELECT COUNT(*) FROM audit_events" + where + self._audit_not_success
+            count_sql = f"SELECT ({others}) - ({unusual})"
+            count_params = [*count_params, *params]
+            where += f" AND {self._audit_filters[3]}"
+            params = [*params, "success"]
         page_sql = _SELECT_AUDIT + where + self._audit_page
-        return count_sql, params, page_sql, [*params, query.limit, query.offset]
+        return count_sql, count_params, page_sql, [*params, query.limit, query.offset]
 
     def audit_tiles(self, count: int) -> str:
         """The read of ``count`` tiles, named by ``(level, idx)`` parameter pairs."""
