@@ -293,3 +293,21 @@ def test_a_critical_chain_is_checked_against_the_store(
     assert broker.validate(
         chain.levels[0], presented=_presented(chain.keys[0], chain.levels[0], now)
     )
+
+
+def test_introspection_reports_the_leaf_and_its_binding(
+    broker: Broker, chain: _Chain, kit: type[Kit]
+) -> None:
+    admin = kit.admin(broker).claims
+    answer = broker.introspect(admin, token=chain.levels[2], ctx=CTX)
+    assert answer["active"] is True and answer["jti"] == chain.jti(2)
+    assert answer["sub"] == chain.subs[2] and answer["token_type"] == "DPoP"
+    assert answer["offline"]["blocks"] == 3 and "agent_jwk" not in answer
+    assert answer["exp"] <= chain.root.claims.exp
+    # Another app's resource server learns nothing; a revoked level is inactive.
+    assert broker.introspect(kit.app(broker).claims, token=chain.levels[2], ctx=CTX) == {
+        "active": False
+    }
+    broker.revoke(admin, level="token", target=chain.jti(1), ctx=CTX)
+    assert broker.introspect(admin, token=chain.levels[2], ctx=CTX) == {"active": False}
+    assert broker.introspect(admin, token=chain.levels[0], ctx=CTX)["active"] is True

@@ -142,7 +142,11 @@ class RegisterRequest(Request):
 
 class ValidateRequest(Request):
     token: Annotated[
-        _Text, required("The agent access token to check (JWS or `tlr_` by-reference).")
+        _Text,
+        required(
+            "The agent access token to check (JWS or `tlr_` by-reference), or an offline "
+            "chain (`tla1~...`, with its last delegate's proof in `dpop`)."
+        ),
     ] = None
     audience: Annotated[_Text, doc("The calling resource server's identifier (RFC 8707).")] = None
     client_cert: Annotated[
@@ -436,7 +440,11 @@ OPERATIONS = (
         "is valid only with the certificate the resource server saw (`client_cert` PEM or "
         "`client_cert_thumbprint`), a DPoP-bound one only with the proof it received "
         "(`dpop`, `htm`, `htu`; single use). By-reference tokens are resolved; tokens "
-        "with a critical scope are checked against the store and audited.",
+        "with a critical scope are checked against the store and audited. An offline "
+        "chain (docs/broker-optional.md) is verified by the rules every verifier applies, "
+        "each of its elements against the revocation index, and is valid only with its "
+        "last delegate's DPoP proof; the claims answered are its leaf's, with `offline` "
+        "(the root's `jti`, the number of blocks, every holder).",
         PUBLIC,
         OneOf("ValidateResponse", (ValidToken, InvalidToken)),
         request=ValidateRequest,
