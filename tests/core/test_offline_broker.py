@@ -195,6 +195,16 @@ def test_derivations_are_audited_once_with_both_times(
     assert (again.accepted, again.duplicates) == (0, 3)
     assert len(_events(broker, DERIVATION_EVENT)) == 3
 
+    def counted(outcome: str) -> float | None:
+        labels = {"kind": "derivation", "outcome": outcome}
+        return broker.metrics.registry.get_sample_value("tasklease_offline_reports_total", labels)
+
+    assert (counted("accepted"), counted("duplicate")) == (3, 3)
+    lateness = broker.metrics.registry.get_sample_value(
+        "tasklease_offline_report_lateness_seconds_sum"
+    )
+    assert lateness == 120 + 119 + 118  # each block was derived a second after the last
+
 
 def test_a_report_the_broker_cannot_verify_is_refused_with_a_denial(
     broker: Broker, chain: _Chain, kit: type[Kit]

@@ -71,6 +71,19 @@ class Metrics:
             ["level"],
             registry=r,
         )
+        self.offline_reports = Counter(
+            "tasklease_offline_reports_total",
+            "Items of late audit reports (POST /v1/audit/offline), by kind (derivation, "
+            "use) and outcome (accepted, duplicate, refused).",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.offline_report_lateness = Histogram(
+            "tasklease_offline_report_lateness_seconds",
+            "From an offline derivation or use to the broker receiving its report.",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 900, 3600, 14400, 86400),
+            registry=r,
+        )
         self.registrations = Counter(
             "tasklease_registrations_total",
             "Agent registrations, by status.",

@@ -93,9 +93,11 @@ class ReportOutcome:
 
 @dataclass(frozen=True, slots=True)
 class _Accepted:
+    kind: str
     key: str
     keep_until: float
     entry: AuditEntry
+    occurred_at: int
 
 
 class _Refused(Exception):
@@ -166,21 +168,37 @@ class OfflineAudit(Service):
                 refused.append(
                     ReportRefusal(index, kind, exc.error.code, exc.error.denial_id or "")
                 )
-        duplicates = 0
+        recorded: list[_Accepted] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            nonlocal duplicates
-            duplicates = 0
-            entries = list(denials)
+            recorded.clear()  # the unit runs once; a retried batch would start afresh
             for item in accepted:
                 if tx.consume_offline_report(item.key, item.keep_until):
-                    entries.append(item.entry)
-                else:
-                    duplicates += 1
-            return entries
+                    recorded.append(item)
+            return [*denials, *(item.entry for item in recorded)]
 
         self._kernel.commit(unit)
-        return ReportOutcome(len(accepted) - duplicates, duplicates, tuple(refused))
+        self._count(accepted, recorded, refused, now)
+        duplicates = len(accepted) - len(recorded)
+        return ReportOutcome(len(recorded), duplicates, tuple(refused))
+
+    def _count(
+        self,
+        accepted: Sequence[_Accepted],
+        recorded: Sequence[_Accepted],
+        refused: Sequence[ReportRefusal],
+        now: float,
+    ) -> None:
+        reports = self._metrics.offline_reports
+        for item in recorded:
+            reports.labels(item.kind, "accepted").inc()
+            self._metrics.offline_report_lateness.observe(max(0.0, now - item.occurred_at))
+        kept = {id(item) for item in recorded}
+        for item in accepted:
+            if id(item) not in kept:
+                reports.labels(item.kind, "duplicate").inc()
+        for refusal in refused:
+            reports.labels(refusal.kind, "refused").inc()
 
     # --- one item -----------------------------------------------------------------------
 
@@ -257,7 +275,7 @@ class OfflineAudit(Service):
             detail=detail,
             **chain_lineage(chain),
         )
-        return _Accepted(f"d:{block.jti}", keep_until, entry)
+        return _Accepted("derivation", f"d:{block.jti}", keep_until, entry, block.iat)
 
     def _use(self, caller: Claims, item: UseReport, now: float, ctx: RequestContext) -> _Accepted:
         if caller.kind != KIND_APP:
@@ -297,7 +315,8 @@ class OfflineAudit(Service):
             detail=detail,
             **chain_lineage(chain),
         )
-        return _Accepted(f"u:{chain.jti}:{verifier}:{minute // USE_BUCKET}", keep_until, entry)
+        key = f"u:{chain.jti}:{verifier}:{minute // USE_BUCKET}"
+        return _Accepted("use", key, keep_until, entry, occurred)
 
 
 def _root_str(chain: VerifiedChain, name: str) -> str:
