@@ -33,6 +33,7 @@ COMPOSITION = {
     "protected": (1, 1, 0),
     "delegate": (1, 1, 2),  # bearer check; sign the delegation record and the token
     "revoke": (1, 1, 0),
+    "release": (1, 1, 0),  # bearer check
 }
 LABELS = {
     "register": "full registration (challenge+register)",
@@ -41,6 +42,7 @@ LABELS = {
     "protected": "protected call (GET /v1/admin/apps/{id})",
     "delegate": "delegate",
     "revoke": "revoke (token level)",
+    "release": "release",
     "empty": "floor: empty Starlette GET",
     "propagation": "revocation propagation across workers",
 }
@@ -59,6 +61,7 @@ FULL = {
         "renew": 12_000,
         "delegate": 20_000,
         "revoke": 20_000,
+        "release": 6_000,
         "propagation": 40,
     },
     # 40 writer threads: the server's thread pool, i.e. the most blocking operations that
@@ -348,6 +351,11 @@ def main(argv: list[str] | None = None) -> None:
         "(default: on, off with --quick)",
     )
     parser.add_argument(
+        "--scenarios",
+        help="comma-separated subset of the http part's scenarios: register, renew, "
+        "validate, protected, delegate, revoke, release, propagation (default all)",
+    )
+    parser.add_argument(
         "--only",
         help="comma-separated subset: http,sweep,audit,verify,proof,memory (default all; "
         "with PostgreSQL only http,sweep run)",
@@ -373,9 +381,23 @@ def main(argv: list[str] | None = None) -> None:
     _log(f"floors ({'quick' if args.quick else 'full'} mode, {CORES} cores)")
     floor = inproc("floor", plan["floor"])
     rows: list[dict[str, Any]] = []
-    main_scenarios = ["register", "renew", "validate", "protected", "delegate", "revoke"]
+    main_scenarios = [
+        "register",
+        "renew",
+        "validate",
+        "protected",
+        "delegate",
+        "revoke",
+        "release",
+    ]
     if args.workers > 1:
         main_scenarios.append("propagation")
+    if args.scenarios:
+        wanted = args.scenarios.split(",")
+        unknown = set(wanted) - set(main_scenarios)
+        if unknown:
+            parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+        main_scenarios = [name for name in main_scenarios if name in wanted]
     server: dict[str, Any] = {}
     with databases:
         if databases.kind != "sqlite":

@@ -219,8 +219,10 @@ async def _prepare(
 
         return op, 0
 
-    if name in ("validate", "renew", "delegate", "propagation"):
+    if name in ("validate", "renew", "delegate", "propagation", "release"):
         n_agents = len(conns) + (count // 10 + 1 if name == "renew" else 0)
+        if name == "release":
+            n_agents = count  # one token per release
         if name == "delegate":
             n_agents += 1  # the target holds no delegator's token: no self-delegation
         if name == "propagation":
@@ -240,6 +242,14 @@ async def _prepare(
                 return status == 200 and b'"valid":true' in body
 
             return op, min(500, count // 10)
+        if name == "release":
+            releases = [_bearer(t) for t in tokens]
+
+            async def op(conn: Connection, i: int) -> bool:
+                status, _ = await conn.request("POST", "/v1/token/release", b"", releases[i])
+                return status == 204
+
+            return op, 0
         if name == "renew":
             # Each token renews at most max_renewals (10) times: walk through the agents.
             pool = iter(range(len(tokens)))

@@ -17,6 +17,7 @@ EXPECTED = {
     "protected",
     "delegate",
     "revoke",
+    "release",
     "propagation",
     "audit_append",
     "audit_append_async_8",
@@ -24,7 +25,17 @@ EXPECTED = {
     "audit_verify",
     "memory",
 }
-HTTP = {"empty", "register", "renew", "validate", "protected", "delegate", "revoke", "propagation"}
+HTTP = {
+    "empty",
+    "register",
+    "renew",
+    "validate",
+    "protected",
+    "delegate",
+    "revoke",
+    "release",
+    "propagation",
+}
 
 
 @pytest.mark.slow

@@ -27,7 +27,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from tasklease.core.auditformat import (
     CURRENT_FORMAT,
@@ -42,8 +44,43 @@ from tasklease.core.store import AuditEvent, AuditTree, Store, WriteTx
 from tasklease.rules.auditchain import event_leaf
 from tasklease.rules.merkle import leaf_hash
 
-__all__ = ["AuditLog", "WriteFailure"]
+__all__ = ["AuditLog", "Deferred", "WriteFailure", "deferring"]
 _log = logging.getLogger("tasklease.audit")
+T = TypeVar("T")
+
+# Set by :func:`deferring`: audit-only entries recorded meanwhile are collected here
+# instead of written, for the caller to write (awaited) before it answers.
+_DEFERRED: ContextVar[list[AuditEntry] | None] = ContextVar("tasklease_deferred", default=None)
+
+
+@dataclass(slots=True)
+class Deferred(Generic[T]):
+    """What :func:`deferring` ran: its value or the exception it raised, and the
+    audit-only entries it recorded, none of them written yet."""
+
+    value: T | None
+    error: Exception | None
+    entries: list[AuditEntry] = field(default_factory=list)
+
+
+def deferring(fn: Callable[[], T]) -> Deferred[T]:
+    """Run ``fn`` with every :meth:`AuditLog.record` (denials, audited reads) collected
+    instead of written, so that it never waits for a commit (an event loop runs it inline).
+
+    Whoever called this writes :attr:`Deferred.entries` (:meth:`AuditLog.arecord`) and
+    waits until they are durable before it answers anything, the exception included: a
+    refusal is still answered only once its audit event is durable, and fails closed
+    (``Unavailable``) if it cannot be. A unit committed inside ``fn`` (:meth:`AuditLog.commit`)
+    is written as usual: only audit-only entries wait.
+    """
+    entries: list[AuditEntry] = []
+    token = _DEFERRED.set(entries)
+    try:
+        return Deferred(fn(), None, entries)
+    except Exception as exc:  # noqa: BLE001 - handed to the caller with what to write first
+        return Deferred(None, exc, entries)
+    finally:
+        _DEFERRED.reset(token)
 
 
 # --- the group committer ----------------------------------------------------------------
@@ -164,8 +201,13 @@ class AuditLog:
 
         The entries are sanitized here, in the caller's thread, and the committer only
         chains and stores them: nothing of this runs inside the shared transaction but
-        the hashing and the row.
+        the hashing and the row. Inside :func:`deferring` they are collected instead (and
+        nothing is returned): that caller writes them before it answers.
         """
+        deferred = _DEFERRED.get()
+        if deferred is not None:
+            deferred.extend(entries)
+            return []
         return self._submit(_Slot(None, [sanitized_entry(entry) for entry in entries]))
 
     async def acommit(self, unit: Unit) -> list[AuditEvent]:

@@ -16,10 +16,11 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from tasklease.core.apps import Apps, expires_at_text
 from tasklease.core.attestation import AttestationService
+from tasklease.core.audit import Deferred, deferring
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.binding import DPoPNonces, StoreProofLedger
 from tasklease.core.calls import CallCount, CallCounting
@@ -44,6 +45,7 @@ from tasklease.core.mutual import HandshakeResult
 from tasklease.core.offlineaudit import OfflineAudit
 from tasklease.core.operators import Operators
 from tasklease.core.peerfeed import PeerFeeds
+from tasklease.core.pending import Pending, aanswer, asettle
 from tasklease.core.policy import PolicyEngine, PolicySource, Reloaded
 from tasklease.core.readiness import Readiness
 from tasklease.core.registration import PendingRegistration, Registration
@@ -79,11 +81,16 @@ __all__ = [
     "FEED_SCOPE",
     "VERSION",
     "Broker",
+    "Deferred",
     "IssuedToken",
+    "Pending",
     "PendingRegistration",
     "RequestContext",
+    "deferring",
     "expires_at_text",
 ]
+
+T = TypeVar("T")
 
 # What an operator's token needs to read the revocation feed or introspect: the
 # revocation power (the admin and operator roles hold it; the auditor role does not).
@@ -285,6 +292,44 @@ class Broker:
         return await self._registration.complete_register(pending)
 
     # --- presented tokens (core.tokencheck) ----------------------------------------------
+
+    # --- the write paths in two halves (core.pending), for an event loop ------------------
+
+    def prepare_renew(self, claims: Claims, ctx: RequestContext) -> Pending[IssuedToken]:
+        """:meth:`renew` checked and signed, not written; :meth:`answer` commits it."""
+        return self._renewal.prepare_renew(claims, ctx)
+
+    def prepare_release(self, claims: Claims, ctx: RequestContext) -> Pending[None]:
+        """:meth:`release`, not written; :meth:`answer` commits it."""
+        return self._renewal.prepare_release(claims, ctx)
+
+    def prepare_delegate(self, claims: Claims, **request: Any) -> Pending[IssuedToken]:
+        """:meth:`delegate` checked and signed, not written; :meth:`answer` commits it."""
+        return self._delegating.prepare_delegate(claims, **request)
+
+    def prepare_revoke(
+        self, claims: Claims, *, level: object, target: object, ctx: RequestContext
+    ) -> Pending[int]:
+        """:meth:`revoke` checked, not written; :meth:`answer` commits it."""
+        return self._revoking.prepare_revoke(claims, level=level, target=target, ctx=ctx)
+
+    def prepare_revoke_token(
+        self, caller: Claims, *, token: object, token_type_hint: object, ctx: RequestContext
+    ) -> Pending[bool]:
+        """:meth:`revoke_token` checked, not written; :meth:`answer` commits it."""
+        return self._revoking.prepare_revoke_token(
+            caller, token=token, token_type_hint=token_type_hint, ctx=ctx
+        )
+
+    async def answer(self, deferred: Deferred[Pending[T]]) -> T:
+        """Write what a ``prepare_*`` run under :func:`deferring` decided: its deferred
+        audit events, then its unit (group-committed, awaited without a thread)."""
+        return await aanswer(self.kernel, deferred)
+
+    async def settle(self, deferred: Deferred[T]) -> T:
+        """The value of a read run under :func:`deferring`, once its deferred audit
+        events (a refused authentication's, say) are durable."""
+        return await asettle(self.kernel, deferred)
 
     def validate(
         self,

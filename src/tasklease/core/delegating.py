@@ -35,6 +35,7 @@ from tasklease.core.kernel import (
     RequestContext,
     Service,
 )
+from tasklease.core.pending import Pending, complete
 from tasklease.core.policyrequest import agent_actor
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys, verify_keys
@@ -74,6 +75,31 @@ class Delegating(Service):
         own registered key or certificate (``cnf``), never the delegator's: the delegate
         proves possession.
         """
+        return complete(
+            self._kernel,
+            self.prepare_delegate(
+                claims,
+                delegate_to=delegate_to,
+                scope=scope,
+                ttl=ttl,
+                ctx=ctx,
+                resource=resource,
+                authorization_details=authorization_details,
+            ),
+        )
+
+    def prepare_delegate(
+        self,
+        claims: Claims,
+        *,
+        delegate_to: object,
+        scope: object,
+        ttl: object,
+        ctx: RequestContext,
+        resource: object = None,
+        authorization_details: object = None,
+    ) -> Pending[IssuedToken]:
+        """:meth:`delegate` checked and signed, not written (``core.pending``)."""
         started = time.perf_counter()
         cfg = self._config
         kernel = self._kernel
@@ -252,8 +278,11 @@ class Delegating(Service):
                 )
             ]
 
-        kernel.commit(unit)
-        self._metrics.delegation_depth.observe(len(chain))
-        self._metrics.tokens_issued.labels("delegate").inc()
-        self._metrics.issuance_seconds.labels("delegate").observe(time.perf_counter() - started)
-        return IssuedToken(token, new_claims)
+        def done() -> IssuedToken:
+            self._metrics.delegation_depth.observe(len(chain))
+            self._metrics.tokens_issued.labels("delegate").inc()
+            elapsed = time.perf_counter() - started
+            self._metrics.issuance_seconds.labels("delegate").observe(elapsed)
+            return IssuedToken(token, new_claims)
+
+        return Pending(unit, done)

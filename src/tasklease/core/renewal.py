@@ -47,6 +47,7 @@ from tasklease.core.kernel import (
     with_denial,
 )
 from tasklease.core.liveness import new_session
+from tasklease.core.pending import Pending, complete
 from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import AgentRecord, RevocationRecord, WriteTx
@@ -76,6 +77,10 @@ class Renewal(Service):
         registration is ``renewal_ceiling`` old (``renewal_ceiling_exceeded``); the
         successor never outlives that ceiling. Two concurrent renewals: exactly one wins.
         """
+        return complete(self._kernel, self.prepare_renew(claims, ctx))
+
+    def prepare_renew(self, claims: Claims, ctx: RequestContext) -> Pending[IssuedToken]:
+        """:meth:`renew` checked and signed, not written (``core.pending``)."""
         started = time.perf_counter()
         cfg = self._config
         kernel = self._kernel
@@ -151,20 +156,24 @@ class Renewal(Service):
                 )
             ]
 
-        try:
-            kernel.commit(unit)
-        except Unauthorized as exc:
-            raise kernel.deny(
-                exc, replace(failed, detail=f"{exc.reason} jti={claims.jti}")
-            ) from None
-        kernel.apply_revocations([predecessor])
-        self._metrics.tokens_revoked.labels("renewal").inc()
-        self._metrics.tokens_issued.labels("renew").inc()
-        self._metrics.issuance_seconds.labels("renew").observe(time.perf_counter() - started)
-        return IssuedToken(token, new_claims)
+        def lost(exc: Unauthorized) -> AuditEntry:
+            return replace(failed, detail=f"{exc.reason} jti={claims.jti}")
+
+        def done() -> IssuedToken:
+            kernel.apply_revocations([predecessor])
+            self._metrics.tokens_revoked.labels("renewal").inc()
+            self._metrics.tokens_issued.labels("renew").inc()
+            self._metrics.issuance_seconds.labels("renew").observe(time.perf_counter() - started)
+            return IssuedToken(token, new_claims)
+
+        return Pending(unit, done, lost)
 
     def release(self, claims: Claims, ctx: RequestContext) -> None:
         """The holder gives its token up (revoked at level ``token``), with its descendants."""
+        return complete(self._kernel, self.prepare_release(claims, ctx))
+
+    def prepare_release(self, claims: Claims, ctx: RequestContext) -> Pending[None]:
+        """:meth:`release`, not yet written (``core.pending``)."""
         kernel = self._kernel
         records = ending_records(claims, int(kernel.now()), self._config)
 
@@ -180,9 +189,11 @@ class Renewal(Service):
                 )
             ]
 
-        kernel.commit(unit)
-        kernel.apply_revocations(records)
-        self._metrics.tokens_revoked.labels("release").inc()
+        def done() -> None:
+            kernel.apply_revocations(records)
+            self._metrics.tokens_revoked.labels("release").inc()
+
+        return Pending(unit, done)
 
     # --- resume ----------------------------------------------------------------------------
 

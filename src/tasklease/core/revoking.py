@@ -19,6 +19,7 @@ from tasklease.core.errors import Forbidden, InvalidRequest
 from tasklease.core.horizon import SafeHorizon
 from tasklease.core.introspection import holds_credential
 from tasklease.core.kernel import Kernel, RequestContext, Service, ending_records
+from tasklease.core.pending import Pending, complete
 from tasklease.core.revocation import LEVELS
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import RevocationRecord, WriteTx
@@ -44,6 +45,14 @@ class Revoking(Service):
 
         Idempotent; durable before it returns; enforced by this process at once.
         """
+        return complete(
+            self._kernel, self.prepare_revoke(claims, level=level, target=target, ctx=ctx)
+        )
+
+    def prepare_revoke(
+        self, claims: Claims, *, level: object, target: object, ctx: RequestContext
+    ) -> Pending[int]:
+        """:meth:`revoke` checked, not yet written (``core.pending``)."""
         if not isinstance(level, str) or not level or not isinstance(target, str) or not target:
             raise InvalidRequest("level and target are required")
         if level not in LEVELS:
@@ -82,10 +91,12 @@ class Revoking(Service):
                 )
             ]
 
-        self._kernel.commit(unit)
-        self._kernel.apply_revocations(records)
-        self._metrics.tokens_revoked.labels(level).inc()
-        return 1
+        def done() -> int:
+            self._kernel.apply_revocations(records)
+            self._metrics.tokens_revoked.labels(level).inc()
+            return 1
+
+        return Pending(unit, done)
 
     def _named(self, level: str, target: str) -> AuditEntry:
         """The audit event's ids for a revocation's target, so that filters find it: the
@@ -128,6 +139,18 @@ class Revoking(Service):
             InvalidRequest: ``token`` missing or not a string (400, RFC 7009 section 2.2.1).
             Forbidden: the token belongs to another agent.
         """
+        return complete(
+            self._kernel,
+            self.prepare_revoke_token(
+                caller, token=token, token_type_hint=token_type_hint, ctx=ctx
+            ),
+        )
+
+    def prepare_revoke_token(
+        self, caller: Claims, *, token: object, token_type_hint: object, ctx: RequestContext
+    ) -> Pending[bool]:
+        """:meth:`revoke_token` checked, not yet written (``core.pending``); an ignored
+        revocation's event is an audit-only record (deferred like a denial)."""
         if not isinstance(token, str) or not token:
             raise InvalidRequest("missing required field: token")
         if token_type_hint is not None and not isinstance(token_type_hint, str):
@@ -142,7 +165,7 @@ class Revoking(Service):
                 detail=f"RFC 7009 revocation of an inactive token ignored: {exc.reason}",
             )
             self._kernel.record(entry)
-            return False
+            return Pending(None, _false)
         if target.sub != caller.sub:
             raise self._kernel.deny(
                 Forbidden(
@@ -172,10 +195,12 @@ class Revoking(Service):
                 )
             ]
 
-        self._kernel.commit(unit)
-        self._kernel.apply_revocations(records)
-        self._metrics.tokens_revoked.labels("holder").inc()
-        return True
+        def done() -> bool:
+            self._kernel.apply_revocations(records)
+            self._metrics.tokens_revoked.labels("holder").inc()
+            return True
+
+        return Pending(unit, done)
 
     def revocation_feed(self, cursor: int | None) -> tuple[list[RevocationRecord], int]:
         """Revocation entries in ``seq`` order and the cursor to continue from.
@@ -207,3 +232,7 @@ class Revoking(Service):
         self._metrics.prune_horizon_lag.set(tick.lag)
         _log.debug("pruned %d index entries and %d rows", removed, removed_rows)
         return removed
+
+
+def _false() -> bool:
+    return False

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tasklease.core.audience import validate_resource_uri
-from tasklease.core.broker import Broker, RequestContext
+from tasklease.core.broker import Broker, Pending, RequestContext, deferring
 from tasklease.core.errors import InvalidRequest, InvalidTarget, TaskleaseError
 from tasklease.core.tokens import Claims
 from tasklease.http.middleware import json_nesting_error
@@ -30,11 +30,13 @@ from tasklease.http.token_routes import RequestURI
 __all__ = [
     "Authed",
     "Handler",
+    "Prepared",
     "authenticated",
     "guard",
     "http_error",
     "json_response",
     "one_of",
+    "prepared",
     "read_body",
     "request_context",
     "request_id",
@@ -110,7 +112,12 @@ def one_of(resource: T | None, audience: T | None) -> T | None:
 
 
 class Authed(Protocol):
-    """Authenticate the request's bearer, then run ``op`` with its claims, in a thread."""
+    """Authenticate the request's bearer, then run ``op`` with its claims, in a thread.
+
+    ``reads=True`` says ``op`` only reads: then both run on the event loop when the
+    store reads locally and no DPoP proof is to be recorded, their audit events (a
+    refusal's) deferred and written before the answer.
+    """
 
     async def __call__(
         self,
@@ -118,17 +125,35 @@ class Authed(Protocol):
         kinds: frozenset[str],
         scope: str | None,
         op: Callable[[Claims, RequestContext], T],
+        *,
+        reads: bool = False,
+    ) -> T: ...
+
+
+class Prepared(Protocol):
+    """Authenticate the request's bearer, run ``op`` (a ``prepare_*`` of the broker:
+    checks and signing, nothing written), then commit what it decided, awaited."""
+
+    async def __call__(
+        self,
+        request: Request,
+        kinds: frozenset[str],
+        scope: str | None,
+        op: Callable[[Claims, RequestContext], Pending[T]],
     ) -> T: ...
 
 
 def authenticated(broker: Broker, context: Callable[[Request], RequestContext]) -> Authed:
     """The :class:`Authed` of the routes that ``broker`` serves."""
+    local = broker.store.local_reads
 
     async def authed(
         request: Request,
         kinds: frozenset[str],
         scope: str | None,
         op: Callable[[Claims, RequestContext], T],
+        *,
+        reads: bool = False,
     ) -> T:
         ctx = context(request)
         header = request.headers.get("authorization")
@@ -136,9 +161,44 @@ def authenticated(broker: Broker, context: Callable[[Request], RequestContext]) 
         def run() -> T:
             return op(broker.authenticate(header, ctx, kinds=kinds, scope=scope), ctx)
 
+        if reads and local and not ctx.dpop:
+            return await broker.settle(deferring(run))
         return await run_in_threadpool(run)
 
     return authed
+
+
+def prepared(broker: Broker, context: Callable[[Request], RequestContext]) -> Prepared:
+    """The :class:`Prepared` of the routes that ``broker`` serves.
+
+    Authentication and the first half write nothing (refusals' audit events are
+    deferred, ``core.audit.deferring``): on the event loop when the store reads locally
+    (a hop to a thread costs more than they do), else in a thread; a DPoP proof is
+    recorded as used by a write of its own, so a request with one goes to a thread too.
+    The commit is then awaited without holding a thread, so concurrent writers share
+    one transaction and are answered with one wake-up of the loop.
+    """
+    local = broker.store.local_reads
+
+    async def run(
+        request: Request,
+        kinds: frozenset[str],
+        scope: str | None,
+        op: Callable[[Claims, RequestContext], Pending[T]],
+    ) -> T:
+        ctx = context(request)
+        header = request.headers.get("authorization")
+
+        def first() -> Pending[T]:
+            return op(broker.authenticate(header, ctx, kinds=kinds, scope=scope), ctx)
+
+        if local and not ctx.dpop:
+            deferred = deferring(first)
+        else:
+            deferred = await run_in_threadpool(deferring, first)
+        return await broker.answer(deferred)
+
+    return run
 
 
 def guard(handler: Handler) -> Handler:

@@ -21,7 +21,14 @@ from tasklease.core.errors import InvalidRequest, RateLimited
 from tasklease.core.store import AuditQuery
 from tasklease.core.tokens import KIND_ADMIN, KIND_APP
 from tasklease.http import wire
-from tasklease.http._handling import Authed, guard, json_response, one_of, read_body
+from tasklease.http._handling import (
+    Authed,
+    guard,
+    json_response,
+    one_of,
+    prepared,
+    read_body,
+)
 from tasklease.http.ratelimit import RateLimiter
 
 __all__ = ["admin_routes"]
@@ -74,6 +81,7 @@ def admin_routes(
     ``app_limiter`` limits app sign-ins; the token endpoint's client credentials share it.
     """
     cfg = broker.config
+    written = prepared(broker, context)  # revocation: checked on the loop, commit awaited
     admin_limiter = RateLimiter(cfg.admin_auth_rate, cfg.admin_auth_burst)
     app_limiter = app_limiter or RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
 
@@ -86,11 +94,11 @@ def admin_routes(
 
     async def revoke(request: Request) -> Response:
         req = await read_body(request, wire.RevokeRequest)
-        count = await authed(
+        count = await written(
             request,
             _ADMIN,
             "admin:revoke:*",
-            lambda c, ctx: broker.revoke(c, level=req.level, target=req.target, ctx=ctx),
+            lambda c, ctx: broker.prepare_revoke(c, level=req.level, target=req.target, ctx=ctx),
         )
         return json_response(
             wire.RevokeResponse(
@@ -293,7 +301,9 @@ def admin_routes(
 
     async def get_app(request: Request) -> Response:
         app_id = request.path_params["app_id"]
-        app = await authed(request, _ADMIN, apps_scope, lambda _c, _ctx: broker.get_app(app_id))
+        app = await authed(
+            request, _ADMIN, apps_scope, lambda _c, _ctx: broker.get_app(app_id), reads=True
+        )
         return json_response(wire.app_view(app))
 
     async def update_app(request: Request) -> Response:

@@ -24,7 +24,7 @@ from tasklease.core.introspection import is_reference_token
 from tasklease.core.tokens import Claims, token_type_of
 from tasklease.core.validation import TokenRejected
 from tasklease.http import wire
-from tasklease.http._handling import Authed, guard, json_response, one_of, read_body
+from tasklease.http._handling import Authed, guard, json_response, one_of, prepared, read_body
 from tasklease.rules.binding import BindingError, Presentation
 
 __all__ = ["lease_routes", "presentation"]
@@ -71,6 +71,8 @@ def lease_routes(
 ) -> list[Route]:
     """The lease routes, each wrapped in the problem ``guard``."""
     cfg = broker.config
+    # Renew, release and delegate: checked and signed on the loop, the commit awaited.
+    written = prepared(broker, context)
 
     async def challenge(request: Request) -> Response:
         nonce, ttl = broker.challenge()
@@ -140,7 +142,7 @@ def lease_routes(
         )
 
     async def renew(request: Request) -> Response:
-        issued = await authed(request, ALL_KINDS, None, broker.renew)
+        issued = await written(request, ALL_KINDS, None, broker.prepare_renew)
         return json_response(
             wire.RenewResponse(
                 access_token=issued.token,
@@ -150,16 +152,16 @@ def lease_routes(
         )
 
     async def release(request: Request) -> Response:
-        await authed(request, ALL_KINDS, None, broker.release)
+        await written(request, ALL_KINDS, None, broker.prepare_release)
         return Response(status_code=204)
 
     async def delegate(request: Request) -> Response:
         req = await read_body(request, wire.DelegateRequest)
-        issued = await authed(
+        issued = await written(
             request,
             ALL_KINDS,
             None,
-            lambda c, ctx: broker.delegate(
+            lambda c, ctx: broker.prepare_delegate(
                 c,
                 delegate_to=req.delegate_to,
                 scope=req.scope,

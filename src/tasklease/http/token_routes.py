@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tasklease.core.broker import Broker, RequestContext
+from tasklease.core.broker import Broker, Pending, RequestContext, deferring
 from tasklease.core.config import Config
 from tasklease.core.errors import InvalidRequest
 from tasklease.core.tokens import KIND_AGENT
@@ -176,19 +176,26 @@ def token_routes(
     context: Callable[[Request], RequestContext],
 ) -> list[Route]:
     """The routes, wrapped by the application's problem ``guard``."""
+    local = broker.store.local_reads
 
     async def revoke_token(request: Request) -> Response:
         req = await parse_token_request(request)
         ctx = context(request)
         header = request.headers.get("authorization")
 
-        def run() -> None:
+        def first() -> Pending[bool]:
             caller = broker.authenticate(header, ctx, kinds=_AGENT)
-            broker.revoke_token(
+            return broker.prepare_revoke_token(
                 caller, token=req.token, token_type_hint=req.token_type_hint, ctx=ctx
             )
 
-        await run_in_threadpool(run)
+        # Checked on the loop when the store reads locally (no DPoP proof to record),
+        # else in a thread; the commit is awaited without a thread (core.pending).
+        if local and not ctx.dpop:
+            deferred = deferring(first)
+        else:
+            deferred = await run_in_threadpool(deferring, first)
+        await broker.answer(deferred)
         return _json(wire.TokenRevocationResponse())
 
     async def introspect(request: Request) -> Response:

@@ -4,7 +4,7 @@
 template (``POST /v1/register``), continuing the caller's trace from its W3C
 ``traceparent``/``tracestate`` headers; inside it a span per broker operation
 (``tasklease.register`` and ``tasklease.register.commit``, ``tasklease.renew``,
-``tasklease.delegate``,
+``tasklease.delegate`` and the rest, whose commit is ``tasklease.commit``,
 ``tasklease.validate``, ``tasklease.revoke`` and the rest of :data:`OPERATIONS`) and per
 storage call (``tasklease.storage.commit`` for every durable write with its audit
 events, ``tasklease.storage.<method>`` for reads). Spans carry the route, the status and
@@ -45,12 +45,18 @@ OPERATIONS = {
     "prepare_register": "register",
     "complete_register": "register.commit",
     "renew": "renew",
+    "prepare_renew": "renew",
     "delegate": "delegate",
+    "prepare_delegate": "delegate",
     "validate": "validate",
     "authenticate": "authenticate",
     "revoke": "revoke",
+    "prepare_revoke": "revoke",
     "revoke_token": "revoke_token",
+    "prepare_revoke_token": "revoke_token",
     "release": "release",
+    "prepare_release": "release",
+    "answer": "commit",
     "introspect": "introspect",
     "exchange_token": "exchange_token",
     "app_auth": "app_auth",

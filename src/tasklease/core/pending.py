@@ -1,0 +1,97 @@
+"""Write operations in two halves: decided and signed without writing, then group-committed.
+
+A service's ``prepare_*`` method checks a request, signs what it issues and builds the
+unit that writes it, and writes nothing itself: it returns a :class:`Pending`. Then
+:func:`complete` (a thread) or :func:`acomplete` (a coroutine, holding no thread while it
+waits) commits the unit through the group commit and runs what follows a durable write
+(the revocation index, metrics, the answer). Refusals audited by the first half go
+through :meth:`~tasklease.core.kernel.Kernel.deny` as always; run inside
+:func:`~tasklease.core.audit.deferring` (the HTTP adapter does, on its event loop), their
+events are written by :func:`asettle` before the refusal is answered.
+
+Nothing is answered before it is durable: the answer comes from ``done``, which runs only
+after the commit returned, and a commit that fails raises (``Unavailable``) instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar, cast
+
+from tasklease.core.audit import Deferred
+from tasklease.core.auditformat import AuditEntry
+from tasklease.core.errors import Unauthorized
+from tasklease.core.kernel import Kernel
+from tasklease.core.store import WriteTx
+
+__all__ = ["Pending", "aanswer", "acomplete", "asettle", "complete"]
+
+T = TypeVar("T")
+Unit = Callable[[WriteTx], Sequence[AuditEntry]]
+
+
+@dataclass(frozen=True, slots=True)
+class Pending(Generic[T]):
+    """An operation decided and not yet written.
+
+    ``unit`` writes its state and returns its audit entries (None: nothing to write);
+    ``done`` runs once the unit is durable and gives the answer. ``refused`` names the
+    denial entry for an :class:`Unauthorized` the unit raised (a race lost in the
+    transaction: the token renewed meanwhile, the nonce spent); it gets a ``denial_id``
+    and one audit event like every refusal. Without it such an error is raised as is.
+    """
+
+    unit: Unit | None
+    done: Callable[[], T]
+    refused: Callable[[Unauthorized], AuditEntry] | None = None
+
+
+def complete(kernel: Kernel, pending: Pending[T]) -> T:
+    """Commit ``pending`` in this thread (waiting for the group commit), then answer."""
+    if pending.unit is not None:
+        try:
+            kernel.commit(pending.unit)
+        except Unauthorized as exc:
+            if pending.refused is None:
+                raise
+            raise kernel.deny(exc, pending.refused(exc)) from None
+    return pending.done()
+
+
+async def acomplete(kernel: Kernel, pending: Pending[T]) -> T:
+    """:func:`complete` for a coroutine: the unit joins the group commit and the
+    coroutine awaits it without a thread. A refusal's event is written even if the
+    request is cancelled meanwhile."""
+    if pending.unit is not None:
+        try:
+            await kernel.acommit(pending.unit)
+        except Unauthorized as exc:
+            if pending.refused is None:
+                raise
+            entry = pending.refused(exc)
+            raise await asyncio.shield(kernel.adeny(exc, entry)) from None
+    return pending.done()
+
+
+async def asettle(kernel: Kernel, deferred: Deferred[T]) -> T:
+    """The value of what ran under :func:`~tasklease.core.audit.deferring`, once the audit
+    events it deferred are durable.
+
+    They are written first (awaited, even if the request is cancelled meanwhile): a
+    refusal is raised only once its event is durable, and if the events cannot be
+    written the caller gets ``Unavailable`` instead of any answer.
+    """
+    if deferred.entries:
+        await asyncio.shield(kernel.arecord(*deferred.entries))
+    if deferred.error is not None:
+        raise deferred.error
+    return cast(T, deferred.value)
+
+
+async def aanswer(kernel: Kernel, deferred: Deferred[Pending[T]]) -> T:
+    """Answer an operation whose first half ran under
+    :func:`~tasklease.core.audit.deferring`: its deferred events written
+    (:func:`asettle`), then the operation committed (:func:`acomplete`)."""
+    return await acomplete(kernel, await asettle(kernel, deferred))
