@@ -23,6 +23,7 @@ from tasklease.core.auditformat import (
     AuditEntry,
     event_hash,
     sanitize,
+    sanitized_entry,
     verify_chain,
 )
 from tasklease.core.clock import ManualClock
@@ -349,6 +350,31 @@ def test_sanitize_strips_control_characters() -> None:
     assert "\x1b" not in out
     assert "\t" in out
     assert out.startswith("line1 line2")
+
+
+def test_sanitize_strips_non_printable_control_characters_only() -> None:
+    # Text with no control character skips the search; a tab is not printable but stays.
+    assert sanitize("plain text, a=b") == "plain text, a=b"
+    assert sanitize("a\tb c") == "a\tb c"
+    assert sanitize("a\u0085b\x1fc") == "a\u0085b c"  # NEL is not one of ours; US is
+
+
+def test_lineage_fields_are_sanitized_when_the_others_are_clean() -> None:
+    # Every other field clean: the lineage fields are still sanitized, not passed as is.
+    entry = AuditEntry(
+        "token_issued",
+        detail="Token issued",
+        agent_id="spiffe://example.org/agent/o/t/i",
+        app_id="app client_secret=hunter2",
+        principal_ref="ada@example.com",
+        chain_root=f"root {'ab' * 32}",
+    )
+    clean = sanitized_entry(entry)
+    assert "hunter2" not in clean.app_id
+    assert clean.principal_ref == "a***@example.com"
+    assert "ab" * 32 not in clean.chain_root
+    plain = AuditEntry("token_issued", agent_id="a", app_id="app-1", principal_ref="0123abcd")
+    assert sanitized_entry(plain) is plain
 
 
 def test_sanitize_caps_length() -> None:

@@ -128,8 +128,10 @@ def sanitize(detail: str) -> str:
         out = _SECRET_KV.sub(lambda m: f"{m.group(1)}{m.group(2)}***REDACTED***", out)
         out = _LONG_HEX.sub("[REDACTED:hex]", out)
         out = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", out)
-    if _CONTROL.search(out) is not None:  # a search is ten times cheaper than translate
-        out = out.translate(_CONTROL_TO_SPACE)
+    # isprintable() is false for every control character (and for a tab, which stays):
+    # a tenth of the cost of the search on the text that has none, which is nearly all.
+    if not out.isprintable() and _CONTROL.search(out) is not None:
+        out = out.translate(_CONTROL_TO_SPACE)  # a search is ten times cheaper than this
     if not out.isascii():
         # A lone surrogate (valid in a Python str, not in UTF-8) would make the event
         # unencodable and fail every operation committed in the same batch.
@@ -150,6 +152,9 @@ def sanitized_entry(entry: AuditEntry) -> AuditEntry:
     orch_id = sanitize(entry.orch_id)
     resource = sanitize(entry.resource)
     request_id = sanitize(entry.request_id)
+    app_id = sanitize(entry.app_id)
+    principal_ref = sanitize(entry.principal_ref)
+    chain_root = sanitize(entry.chain_root)
     if (
         detail is entry.detail
         and agent_id is entry.agent_id
@@ -157,6 +162,9 @@ def sanitized_entry(entry: AuditEntry) -> AuditEntry:
         and orch_id is entry.orch_id
         and resource is entry.resource
         and request_id is entry.request_id
+        and app_id is entry.app_id
+        and principal_ref is entry.principal_ref
+        and chain_root is entry.chain_root
     ):
         return entry
     return AuditEntry(
@@ -170,9 +178,9 @@ def sanitized_entry(entry: AuditEntry) -> AuditEntry:
         deleg_depth=entry.deleg_depth,
         deleg_chain_hash=entry.deleg_chain_hash,
         request_id=request_id,
-        app_id=sanitize(entry.app_id),
-        principal_ref=sanitize(entry.principal_ref),
-        chain_root=sanitize(entry.chain_root),
+        app_id=app_id,
+        principal_ref=principal_ref,
+        chain_root=chain_root,
     )
 
 
