@@ -171,3 +171,22 @@ def test_late_reports_are_not_recorded_twice_nor_from_a_stranger(broker: Running
     event = refused(broker, admin, 403, "insufficient_scope")
     assert event["event_type"] == "scope_violation"
     assert denial_event(broker, admin)["outcome"] == "denied"
+
+
+def test_a_chain_of_another_tenant_is_worth_nothing_here(broker: RunningBroker) -> None:
+    acme = broker.create_tenant(f"acme-{secrets.token_hex(3)}")
+    agent = acme.register(SCOPE)
+    chain, key, helper_id = _derive(agent)
+    assert _valid_at_broker(acme, chain, key)
+    assert not _valid_at_broker(broker, chain, key)  # the default tenant's keys and issuer
+    # Reported to the default tenant by one of its own agents: refused, nothing recorded.
+    local = broker.register(SCOPE)
+    body = _report(broker, bearer(local.access_token), chain).json()
+    assert body["accepted"] == 0 and [r["error"] for r in body["refused"]] == ["invalid_request"]
+    assert audit_events(broker, event_type="offline_derivation_reported", agent_id=helper_id) == []
+    # Its own tenant records it, in its own log.
+    mine = _report(acme, bearer(agent.access_token), chain).json()
+    assert mine["accepted"] == 1
+    assert (
+        len(audit_events(acme, event_type="offline_derivation_reported", agent_id=helper_id)) == 1
+    )
