@@ -4,6 +4,7 @@ spool, and never recorded twice."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import stat
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import httpx
 import nacl.signing
+import pytest
 
-from tasklease.client import Agent, OfflineCredential, OfflineReporter
+from tasklease.client import Agent, AsyncAgent, OfflineCredential, OfflineReporter
 from tasklease.client.testing import BrokerForTests
 from tasklease.core.store import AuditQuery
 from tasklease.rules.chainverify import derive
@@ -125,3 +127,20 @@ def test_a_delegate_derives_on_and_reports_with_its_chain(broker: BrokerForTests
         assert own.flush() == 1 and theirs.flush() == 1 and theirs.refused == 0
         reported = _reported(broker)
         assert helper_id in reported and helper_id + "/worker" in reported
+
+
+def test_an_async_agent_reports_with_an_async_client(broker: BrokerForTests) -> None:
+    async def main() -> int:
+        launch = broker.launch_token(["read:data:*"])
+        agent = await AsyncAgent.register(broker.url, launch, "orch", "task-a", ["read:data:*"])
+        async with agent, httpx.AsyncClient() as client:
+            reporter = OfflineReporter(client, broker.url, agent.auth)
+            helper = nacl.signing.SigningKey.generate()
+            reporter.attenuate(agent, agent.agent_id + "/async", bytes(helper.verify_key))
+            with pytest.raises(TypeError):
+                reporter.flush()  # the sync flush needs an httpx.Client
+            return await reporter.aflush()
+
+    before = len(_reported(broker))
+    assert asyncio.run(main()) == 1
+    assert len(_reported(broker)) == before + 1

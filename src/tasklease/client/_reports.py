@@ -54,16 +54,17 @@ class OfflineReporter:
     """Records offline derivations and reports them when the broker is reachable.
 
     ``client`` sends with ``auth`` (an agent's ``auth``: its token, renewed, with its DPoP
-    proof if bound) to ``base_url``. :meth:`derived` records; :meth:`flush` reports what
-    is queued (call it when the broker is back, or let :meth:`start` do it every
-    ``interval`` seconds). At most ``limit`` reports wait (then the oldest are dropped,
-    counted in :attr:`dropped`: a derivation that will never be reported stays
-    verifiable by anyone who holds the chain). Thread-safe.
+    proof if bound; or an :class:`OfflineCredential`'s) to ``base_url``. :meth:`derived`
+    records; :meth:`flush` reports what is queued (call it when the broker is back, or let
+    :meth:`start` do it every ``interval`` seconds); with an ``httpx.AsyncClient`` and an
+    :class:`AsyncAgent`'s ``auth``, :meth:`aflush`. At most ``limit`` reports wait (then
+    the oldest are dropped, counted in :attr:`dropped`: a derivation that will never be
+    reported stays verifiable by anyone who holds the chain). Thread-safe.
     """
 
     def __init__(
         self,
-        client: httpx.Client,
+        client: httpx.Client | httpx.AsyncClient,
         base_url: str,
         auth: httpx.Auth | Callable[[httpx.Request], httpx.Request],
         *,
@@ -75,7 +76,8 @@ class OfflineReporter:
         self._auth = auth
         self._queue = ReportQueue(limit)
         self._spool = Path(spool) if spool is not None else None
-        self._io = threading.Lock()  # one flush, one spool write at a time
+        self._io = threading.Lock()  # one spool write at a time
+        self._flushing = threading.Lock()  # one flush at a time (never held by derived)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refused = 0  # items the broker refused for good (audited there)
@@ -134,46 +136,84 @@ class OfflineReporter:
     def flush(self) -> int:
         """Report what is queued, a batch at a time; return how many items the broker
         answered for. Stops at the first batch that could not be delivered (no broker,
-        a 5xx, a 401 before renewal): those stay queued, in order, for the next flush."""
+        a 5xx, a 401 before renewal): those stay queued, in order, for the next flush.
+        A flush already under way (another thread's) makes this one return 0."""
+        client = self._client
+        if not isinstance(client, httpx.Client):
+            raise TypeError("flush() sends with an httpx.Client; use aflush() with AsyncClient")
+        if not self._flushing.acquire(blocking=False):
+            return 0
         settled = 0
-        with self._io:
-            while True:
-                batch = self._queue.batch(MAX_BATCH)
-                if not batch:
+        try:
+            while batch := self._queue.batch(MAX_BATCH):
+                try:
+                    response = client.post(self._url, json=request_body(batch), auth=self._auth)
+                except httpx.HTTPError as exc:
+                    _log.info("offline reports kept for later: %s", type(exc).__name__)
                     break
-                answer = self._send(batch)
-                if answer is None:
+                if not self._answered(batch, response):
                     break
-                self._queue.settle(r.key for r in batch)
                 settled += len(batch)
-                refused = answer.get("refused")
-                if isinstance(refused, list):
-                    self.refused += len(refused)
-            if settled and self._spool is not None:
-                self._rewrite()
+        finally:
+            self._flushing.release()
+            self._compact(settled)
         return settled
 
-    def _send(self, batch: list[PendingReport]) -> dict[str, Any] | None:
+    async def aflush(self) -> int:
+        """:meth:`flush` with an ``httpx.AsyncClient`` (and an :class:`AsyncAgent`'s
+        ``auth``)."""
+        client = self._client
+        if not isinstance(client, httpx.AsyncClient):
+            raise TypeError("aflush() sends with an httpx.AsyncClient; use flush() with Client")
+        if not self._flushing.acquire(blocking=False):
+            return 0
+        settled = 0
         try:
-            response = self._client.post(self._url, json=request_body(batch), auth=self._auth)
-        except httpx.HTTPError as exc:
-            _log.info("offline reports kept for later: %s", type(exc).__name__)
-            return None
-        if not outcome_settles(response.status_code):
-            _log.info("offline reports kept for later: HTTP %d", response.status_code)
-            return None
-        if response.status_code >= 300:
-            # The batch itself was refused (malformed, not ours): never to be accepted.
-            _log.warning("offline reports refused by the broker: HTTP %d", response.status_code)
-            return {"refused": batch}
-        try:
-            answer = response.json()
-        except ValueError:
-            return {}
-        return answer if isinstance(answer, dict) else {}
+            while batch := self._queue.batch(MAX_BATCH):
+                try:
+                    body = request_body(batch)
+                    response = await client.post(self._url, json=body, auth=self._auth)
+                except httpx.HTTPError as exc:
+                    _log.info("offline reports kept for later: %s", type(exc).__name__)
+                    break
+                if not self._answered(batch, response):
+                    break
+                settled += len(batch)
+        finally:
+            self._flushing.release()
+            self._compact(settled)
+        return settled
+
+    def _answered(self, batch: list[PendingReport], response: httpx.Response) -> bool:
+        """Whether ``response`` settles ``batch`` (then it leaves the queue)."""
+        status = response.status_code
+        if not outcome_settles(status):
+            _log.info("offline reports kept for later: HTTP %d", status)
+            return False
+        refused = len(batch)  # the batch itself refused (malformed, not ours): for good
+        if status < 300:
+            try:
+                answer = response.json()
+            except ValueError:
+                answer = {}
+            items = answer.get("refused") if isinstance(answer, dict) else None
+            refused = len(items) if isinstance(items, list) else 0
+        else:
+            _log.warning("offline reports refused by the broker: HTTP %d", status)
+        self._queue.settle(r.key for r in batch)
+        self.refused += refused
+        return True
+
+    def _compact(self, settled: int) -> None:
+        if settled and self._spool is not None:
+            with self._io:
+                self._rewrite()
 
     def start(self, interval: float = 5.0) -> None:
-        """Flush every ``interval`` seconds in a daemon thread until :meth:`close`."""
+        """Flush every ``interval`` seconds in a daemon thread until :meth:`close` (with an
+        ``httpx.Client``; with an ``AsyncClient``, run :meth:`aflush` in your own loop)."""
+        if not isinstance(self._client, httpx.Client):
+            raise TypeError("start() flushes with an httpx.Client")
         if self._thread is not None:
             return
 
@@ -188,12 +228,13 @@ class OfflineReporter:
         self._thread.start()
 
     def close(self, *, flush: bool = True) -> None:
-        """Stop the thread, and report what is queued once more (``flush``)."""
+        """Stop the thread, and report what is queued once more (``flush``, with an
+        ``httpx.Client``; with an ``AsyncClient``, ``await aflush()`` before)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        if flush:
+        if flush and isinstance(self._client, httpx.Client):
             self.flush()
 
     # --- the spool ------------------------------------------------------------------------
