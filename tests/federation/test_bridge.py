@@ -288,6 +288,28 @@ def _feed_up(peer: Peer) -> bool:
     return 'tasklease_federation_feed_up{trust_domain="a.example"} 1.0' in _metrics(peer)
 
 
+def _last_heard(peer: Peer) -> float | None:
+    name = 'tasklease_federation_feed_last_heard_timestamp_seconds{trust_domain="a.example"} '
+    for line in _metrics(peer).splitlines():
+        if line.startswith(name):
+            return float(line.removeprefix(name))
+    return None
+
+
+def test_the_feed_staleness_is_a_metric(followed: dict[str, Peer]) -> None:
+    """B's follower of A's feed records when it last heard from it (keepalives count):
+    the staleness is time() minus that, a few seconds at most while the feed is up."""
+    b = followed[B]
+
+    def recent() -> bool:
+        heard = _last_heard(b)
+        return heard is not None and time.time() - heard < 5.0
+
+    wait_until(recent, timeout=10)
+    first = _last_heard(b)
+    wait_until(lambda: (_last_heard(b) or 0) > (first or 0), timeout=10)  # a keepalive
+
+
 def _derived(a: Peer, b: Peer, task: str) -> tuple[Agent, Agent, str, str]:
     """An agent of A (task ``task``), its token for B, and what B's agent got for it."""
     alice = a.register(["read:data:*"], task)

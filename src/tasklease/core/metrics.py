@@ -200,6 +200,15 @@ class Metrics:
             multiprocess_mode="livemax",  # one follower per deployment: any worker's 1
             registry=r,
         )
+        self.federation_feed_heard = Gauge(
+            "tasklease_federation_feed_last_heard_timestamp_seconds",
+            "When this broker last heard from a federated trust domain's current revocation"
+            " feed (an entry, its sync or a keepalive), in seconds since the epoch: the"
+            " feed's staleness is time() minus this.",
+            ["trust_domain"],
+            multiprocess_mode="livemax",  # one follower per deployment: its latest time
+            registry=r,
+        )
 
         self.http_requests = Counter(
             "tasklease_http_requests_total",

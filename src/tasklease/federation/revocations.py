@@ -177,6 +177,7 @@ class _Follower:
             target=self._run, name=f"tasklease-feed-{source.trust_domain}", daemon=True
         )
         self._gauge = broker.metrics.federation_feed_up.labels(source.trust_domain)
+        self._heard = broker.metrics.federation_feed_heard.labels(source.trust_domain)
 
     def start(self) -> None:
         self._thread.start()
@@ -251,9 +252,12 @@ class _Follower:
                     self._token = None
                 if response.status_code != 200:
                     raise FeedError(f"feed answered HTTP {response.status_code}")
+                current = False
                 for event in parse_event(response.iter_lines()):
                     if self._stop.is_set():
                         return
+                    if current:  # past the backlog, anything heard proves the feed alive
+                        self._heard.set(time.time())
                     if event.kind == "revocation":
                         record, sent_at = _entry(event.data)
                         broker.apply_federated_revocations(domain, [record], sent_at=sent_at)
@@ -263,6 +267,8 @@ class _Follower:
                         if type(cursor) is int:
                             self.cursor = max(self.cursor or 0, cursor)
                         self._gauge.set(1)
+                        self._heard.set(time.time())
+                        current = True
 
 
 class FeedFollowers:
