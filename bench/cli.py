@@ -191,6 +191,32 @@ def _cfg(workers: int, loop: str) -> dict[str, Any]:
     return {"workers": workers, "loop": loop}
 
 
+def _woken_propagation_row(count: int) -> dict[str, Any]:
+    """Revocation propagation between two SQLite workers with one validator on each, not
+    saturated (``bench.propagation``): the wake-up itself, which the saturated row above
+    hides behind validate's own latency at full load."""
+    from bench.propagation import measure_sqlite
+
+    label = "revocation propagation, one validator per worker [asyncio, 2w, sqlite]"
+    _log(label)
+    result = measure_sqlite(count, wake=True)
+    commit, call = result["from_commit"], result["from_call"]
+    return {
+        "operation": label,
+        "key": "propagation_woken",
+        **_cfg(2, "asyncio"),
+        "database": "sqlite",
+        "p50_ms": commit["p50_ms"],
+        "p99_ms": commit["p99_ms"],
+        "n": count,
+        "errors": 0,
+        "from_call": call,
+        "note": f"from the revoke's answer; from the call p50 {call['p50_ms']} ms, "
+        f"p99 {call['p99_ms']} ms",
+        "target": "p99 < 5 ms",
+    }
+
+
 def _inproc_rows(
     parts: set[str], plan: dict[str, Any], floor: dict[str, float]
 ) -> list[dict[str, Any]]:
@@ -407,6 +433,9 @@ def main(argv: list[str] | None = None) -> None:
             rows += run_config(
                 args.workers, args.loop, main_scenarios, plan, args.connections, floor, databases
             )
+            woken = "propagation" in main_scenarios and args.workers == 2
+            if woken and databases.kind == "sqlite" and not args.quick:
+                rows.append(_woken_propagation_row(200))
         if in_process:
             rows += _inproc_rows(parts, plan, floor)
         if "sweep" in parts:
