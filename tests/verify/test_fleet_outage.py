@@ -368,6 +368,20 @@ def test_a_fleet_rides_out_a_broker_outage(fleet: Fleet) -> None:
     assert all(d.startswith("reported late | occurred_at=") for d in details), details
     assert all("received_at=" in d for d in details), details
 
+    # So do the verifiers' uses of chains (one event per chain, verifier and minute; the
+    # verifier reports a minute once it is over: here, at once).
+    for verifier in fleet.verifiers.values():
+        verifier._uses.flush(time.time(), everything=True)  # type: ignore[union-attr]
+    uses = fleet.broker.get(
+        "/v1/audit/events",
+        params={"event_type": "offline_use_reported", "limit": 200},
+        headers=fleet.broker.admin_headers(),
+    )
+    assert uses.status_code == 200, uses.text
+    used = [event["detail"] for event in uses.json()["events"]]
+    assert len(used) >= 2 * len(pairs), used
+    assert all(d.startswith("reported late | occurred_at=") for d in used), used
+
     # New hand-overs from the renewed tokens: the work resumes.
     live = [(w, h) for w, h in pairs if w.lead >= 2]
     for worker, helper in live:
