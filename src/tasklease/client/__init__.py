@@ -19,6 +19,13 @@ Every error is a :class:`TaskleaseError` whose subclass mirrors the broker's
 ``error_code``; network failures raise :class:`TransportError`. Requests answered 429
 or 503, or that could not connect, are retried with backoff, honouring ``Retry-After``
 (:class:`Retry`).
+
+Without the broker (docs/broker-optional.md): a renewal that cannot reach it keeps the
+unexpired token in use and is tried again shortly, so the agent renews as soon as the
+broker is back; a token past its ``exp`` raises :class:`CredentialExpired`.
+``Agent.attenuate`` hands part of a token on offline (:class:`OfflineCredential` holds
+it); ``Agent.offline_peer`` authenticates another agent with no broker round trip
+(:class:`OfflinePeerAuth`); :class:`OfflineReporter` reports offline work late.
 """
 
 from __future__ import annotations

@@ -20,6 +20,14 @@ Structured grants (RFC 9396 ``authorization_details``, docs/grants.md):
 grant that allows a call; :func:`require_grant` raises when none does; a grant's
 ``max_calls`` is counted by the broker (``verifier.count_call``).
 
+While the broker is away, verification goes on from the cached keys and the last state
+of the revocation feed for ``max_feed_staleness`` (60 s), then fails closed with
+:class:`RevocationStateStale` (503 ``revocation_state_stale``); tokens with a critical
+scope or grant type (``critical_scopes``, ``critical_grant_types``) need a live feed. The
+staleness is a metric (``verifier.feed_staleness()``, ``verifier.metrics_text()``).
+``verifier.verify_peer`` checks another agent's token for offline peer authentication
+(docs/broker-optional.md).
+
 Tokens of other brokers' trust domains are accepted when listed in ``federations``
 (:class:`FederatedDomain`: each its bundle endpoint, issuer and scope ceiling; see
 docs/federation.md).
