@@ -74,6 +74,12 @@ class FreshnessPolicy:
         self.critical_scopes = tuple(critical_scopes)
         self.critical_grant_types = frozenset(critical_grant_types)
         self.liveness = liveness
+        # Below this staleness no token is refused (the hot path: one comparison).
+        self._fast_bound = (
+            critical_staleness
+            if self.critical_scopes or self.critical_grant_types
+            else max_staleness
+        )
         self._lock = threading.Lock()
         self.refusals = 0
         self.critical_refusals = 0
@@ -103,11 +109,17 @@ class FreshnessPolicy:
         if feed is None:
             return
         staleness = feed.staleness()
-        if staleness <= self.critical_staleness:
-            return  # fresh enough for any token (the hot path: one comparison)
+        if staleness <= self._fast_bound:
+            return  # fresh enough for any token
+        self._check_slow(token, feed, staleness)
+
+    def _check_slow(self, token: VerifiedToken, feed: FeedState, staleness: float) -> None:
+        live = self.critical_staleness == 0 and feed.live(self.liveness)
+        if live and staleness <= self.max_staleness:
+            return  # a live feed is fresh enough for every token: no need to classify it
         critical = self.is_critical(token)
         if critical:
-            if self.critical_staleness == 0 and feed.live(self.liveness):
+            if live:
                 return
             bound = self.critical_staleness
         else:
