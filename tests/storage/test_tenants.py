@@ -198,7 +198,16 @@ def test_a_hundred_tenants_never_see_each_other(store: Store) -> None:
         assert view.audit_head()[0] == 3
         page, total = view.query_audit(AuditQuery(agent_id=agent_id, limit=1000))
         assert total == 3 and {e.task_id for e in page} == {f"task-{name}"}
+        # Counted without a filter (the chain's length), and as successes (all less the
+        # others): this tenant's events only.
+        assert view.query_audit(AuditQuery(limit=1))[1] == 3
+        assert view.query_audit(AuditQuery(outcome="success", limit=1))[1] == sum(
+            e.outcome == "success" for e in exported
+        )
+        assert view.query_audit(AuditQuery(since=0, limit=1))[1] == 3
     # The default tenant saw none of it.
+    assert store.query_audit(AuditQuery(limit=1)) == ([], 0)
+    assert store.query_audit(AuditQuery(outcome="success", since=0)) == ([], 0)
     assert store.list_apps() == [] and store.revocations_since(0) == []
     assert list(store.iter_audit()) == [] and store.audit_head() == (0, "0" * 64)
     # Keys already used by every tenant are still free in the default one ...
