@@ -17,12 +17,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.offline_chain import chain_rows
 from bench.report import format_table, write_json
 from bench.servers import ADMIN_SECRET, REPO, Broker, Databases, EmptyServer
 
 CORES = os.cpu_count() or 1
 NO_DB = "no database"
-IN_PROCESS = ("audit", "verify", "proof", "memory")
+IN_PROCESS = ("audit", "verify", "proof", "memory", "chain")
 
 # How many HTTP requests, Ed25519 verifications and signatures each operation needs at
 # the least: its floor is the empty-request cost plus that cryptography.
@@ -77,6 +78,7 @@ FULL = {
     "memory": {"agents": 100_000, "tokens": 100_000, "revoked": 100_000},
     "floor": {"n": 3000, "rows": 30_000, "batch": 64},
     "offline": {"n": 3000, "rounds": 7},
+    "chain": {"n": 1000, "rounds": 9},
 }
 QUICK = {
     "duration": 1.0,
@@ -88,6 +90,7 @@ QUICK = {
     "memory": {"agents": 300, "tokens": 300, "revoked": 300},
     "floor": {"n": 200, "rows": 640, "batch": 64},
     "offline": {"n": 300, "rounds": 3, "steady_cache": 300},
+    "chain": {"n": 100, "rounds": 3},
 }
 
 
@@ -254,6 +257,9 @@ def _inproc_rows(
             )
     _log("offline verification (tasklease.verify)")
     rows.append(_offline_verify_row(floor, plan["offline"]))
+    if "chain" in parts:
+        _log("offline attenuation: derivation and 5-hop chain verification")
+        rows += chain_rows(inproc("offline_chain", plan["chain"]))
     if "verify" in parts:
         _log(f"audit verify over {plan['audit_verify']['events']:,} events")
         verify = inproc("audit_verify", plan["audit_verify"])
@@ -383,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only",
-        help="comma-separated subset: http,sweep,audit,verify,proof,memory (default all; "
+        help="comma-separated subset: http,sweep,audit,verify,proof,memory,chain (default all; "
         "with PostgreSQL only http,sweep run)",
     )
     args = parser.parse_args(argv)
@@ -391,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.duration:
         plan["duration"] = args.duration
     sweep = (not args.quick) if args.sweep is None else args.sweep
-    parts = set((args.only or "http,sweep,audit,verify,proof,memory").split(","))
+    parts = set((args.only or "http,sweep,audit,verify,proof,memory,chain").split(","))
     if not sweep:
         parts.discard("sweep")
     databases = Databases(args.database)

@@ -16,6 +16,8 @@
                     inputs, interleaved round by round in this one process; first-seen
                     twice: with a cache that only grows, and in steady state (a cache of
                     the default size already full, so every new token evicts one).
+- ``offline_chain`` offline attenuation (``bench.offline_chain``): deriving one block, and
+                    verifying a 5-hop chain against a single token verified the same way.
 - ``memory``        a Broker (ManualClock, SQLite) holding registered agents, validated live
                     tokens and revoked token ids; RSS; then time passes and pruning runs.
 """
@@ -41,6 +43,7 @@ from typing import Any
 import nacl.signing
 
 from bench.auditlog import audit_proof
+from bench.offline_chain import offline_chain
 from bench.report import summarize
 
 
@@ -492,6 +495,7 @@ def main() -> None:
         "memory": memory,
         "offline_verify": offline_verify,
         "audit_proof": audit_proof,
+        "offline_chain": offline_chain,
     }[kind]
     sys.stdout.write(json.dumps(fn(spec)) + "\n")
 

@@ -830,9 +830,29 @@ def test_public_surface() -> None:
             "media_type",
             "sign_detached",
             "verify_detached",
+            "verify_raw",
         ]
     )
     assert jws.MAX_TOKEN_BYTES == 8192
+
+
+def test_verify_raw_answers_as_verify_detached() -> None:
+    key = nacl.signing.SigningKey(b"r" * 32)
+    public = bytes(key.verify_key)
+    signature = jws.sign_detached(b"message", key)
+    assert jws.verify_raw(b"message", signature, public)
+    assert jws.verify_detached(b"message", signature, key.verify_key)
+    other = bytes(nacl.signing.SigningKey(b"s" * 32).verify_key)
+    bad = bytes([signature[0] ^ 1]) + signature[1:]
+    for args in (
+        (b"messagf", signature, public),
+        (b"message", bad, public),
+        (b"message", signature, other),
+        (b"message", signature[:63], public),
+        (b"message", signature, public[:31]),
+        (b"message", "not bytes", public),
+    ):
+        assert not jws.verify_raw(*args)  # type: ignore[arg-type]
 
 
 def test_jwk_thumbprint_rfc8037_vector() -> None:

@@ -99,7 +99,7 @@ class OfflineCredential:
     ) -> None:
         try:
             decoded = attenuation.decode(chain)
-            root = root_claims_of(decoded.root_claims)
+            root = root_claims_of(decoded.root_claims, decoded.root)
             _, _, steps = walk(decoded, root, limits=_LIMITS)
         except attenuation.ChainError as exc:
             raise TaskleaseError(exc.reason, code="invalid_chain") from None

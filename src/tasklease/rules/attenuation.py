@@ -39,7 +39,7 @@ import nacl.signing
 
 from tasklease.rules import grants as grant_rules
 from tasklease.rules import jws
-from tasklease.rules._codec import JWSError, b64url_decode_for, b64url_encode, json_object_strict
+from tasklease.rules._codec import JWSError, b64url_decode_for, b64url_encode, json_object
 from tasklease.rules.scopes import MAX_SCOPES, parse_scope
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "decode",
     "holder_key_of",
     "is_chain",
+    "sign_block",
     "signing_input",
 ]
 
@@ -183,12 +184,17 @@ def append_block(text: str, payload: bytes, key: nacl.signing.SigningKey) -> str
     decoded = decode(chain)
     if len(decoded.blocks) >= MAX_BLOCKS:
         raise ChainError(f"a chain holds at most {MAX_BLOCKS} blocks")
-    previous = decoded.previous(len(decoded.blocks))
-    signature = jws.sign_detached(signing_input(previous, payload), key)
-    out = chain + SEPARATOR + b64url_encode(payload) + "." + b64url_encode(signature)
+    out = chain + SEPARATOR + sign_block(decoded.previous(len(decoded.blocks)), payload, key)
     if len(out) > MAX_CHAIN_BYTES:
         raise ChainError(f"the chain would exceed {MAX_CHAIN_BYTES} bytes")
     return out
+
+
+def sign_block(previous: str, payload: bytes, key: nacl.signing.SigningKey) -> str:
+    """The text of a block of ``payload`` chained to ``previous`` (the root's or the
+    previous block's text), signed by ``key``."""
+    signature = jws.sign_detached(signing_input(previous, payload), key)
+    return b64url_encode(payload) + "." + b64url_encode(signature)
 
 
 def decode(text: str, *, max_bytes: int = MAX_CHAIN_BYTES) -> DecodedChain:
@@ -255,7 +261,8 @@ def _block(text: str, index: int) -> Block:
 
 def _parse_payload(payload: bytes) -> dict[str, Any]:
     try:
-        raw = json_object_strict(payload, "payload")
+        # Duplicate names cannot pass: the canonical re-encoding below would differ.
+        raw = json_object(payload, "payload")
     except JWSError as exc:
         raise ChainError(exc.reason) from None
     names = set(raw)

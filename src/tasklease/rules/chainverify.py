@@ -18,6 +18,7 @@ import hmac
 import secrets
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import nacl.signing
@@ -38,7 +39,7 @@ from tasklease.rules.claims import (
     string_claim,
     strings_claim,
 )
-from tasklease.rules.grants import GrantError, TypeRule, details_of
+from tasklease.rules.grants import GrantError, TypeRule, details_of, parse_details
 from tasklease.rules.issuance import IssuanceLimits, Limits, Parent, Refusal, check_issuance
 
 __all__ = [
@@ -108,12 +109,33 @@ class _Root:
         return self.grant or self.jti
 
 
-def root_claims_of(payload: dict[str, Any]) -> _Root:
+def root_claims_of(payload: dict[str, Any], text: str = "") -> _Root:
     """The root token's claims, typed by the shared readers (``rules.claims``).
+
+    ``text``, the root token as sent, lets the reading be remembered: a holder derives
+    many blocks from one token, and a resource server sees many chains from one root.
+    (The signature is checked by the caller at every use; only the reading is kept.)
 
     Raises:
         ChainRejected: a claim is missing or malformed (category ``claims``).
     """
+    if text:
+        found = _ROOTS.get(text)
+        if found is not None:
+            return found
+    root = _read_root(payload)
+    if text:
+        if len(_ROOTS) >= _ROOTS_MAX:
+            _ROOTS.clear()
+        _ROOTS[text] = root
+    return root
+
+
+_ROOTS: dict[str, _Root] = {}
+_ROOTS_MAX = 256
+
+
+def _read_root(payload: dict[str, Any]) -> _Root:
     try:
         iat = int_claim(payload, "iat")
         return _Root(
@@ -244,7 +266,7 @@ def walk(
     depth = len(root.delegation_chain)
     for index, block in enumerate(decoded.blocks):
         message = fmt.signing_input(decoded.previous(index), block.payload)
-        if not jws.verify_detached(message, block.signature, nacl.signing.VerifyKey(signer)):
+        if not jws.verify_raw(message, block.signature, signer):
             raise ChainRejected(f"block {index + 1}: bad signature", "signature")
         if block.depth != depth + index + 1:
             raise ChainRejected(f"block {index + 1}: depth {block.depth} out of order", "format")
@@ -273,7 +295,6 @@ class VerifiedChain:
     blocks: tuple[Block, ...]
     holder: str
     holder_key: bytes
-    holder_jkt: str
     scope: tuple[str, ...]
     grants: tuple[Mapping[str, Any], ...]
     audience: tuple[str, ...]
@@ -287,11 +308,35 @@ class VerifiedChain:
     jtis: tuple[str, ...]
     agents: tuple[str, ...]
     probes: tuple[RevocationProbe, ...]
-    delegators: tuple[DelegationRecord, ...]
+    steps: tuple[Step, ...]
+    root_delegation: tuple[DelegationRecord, ...]
 
     @property
     def root_jti(self) -> str:
         return self.jtis[0]
+
+    @property
+    def holder_jkt(self) -> str:
+        """The RFC 7638 thumbprint of the last delegate's key."""
+        return jws.jwk_thumbprint(self.holder_key)
+
+    @property
+    def delegators(self) -> tuple[DelegationRecord, ...]:
+        """Every holder that handed the authority on, as broker-style delegation records:
+        the root's own, then one per block (its signer, what it held, when, the block's
+        signature in hex)."""
+        return (
+            *self.root_delegation,
+            *(
+                DelegationRecord(
+                    agent=step.parent.holder,
+                    scope=step.parent.scope,
+                    delegated_at=_rfc3339(step.block.iat),
+                    signature=step.block.signature.hex(),
+                )
+                for step in self.steps
+            ),
+        )
 
     @property
     def cnf(self) -> dict[str, str]:
@@ -310,7 +355,6 @@ def _verified(
     base = tuple(Hop(r.agent) for r in root.delegation_chain)
     probes = [RevocationProbe(root.jti, root.sub, root.iat, root.task_id, base, root.lineage)]
     holders: list[Hop] = [*base, Hop(root.sub)]
-    delegators = list(root.delegation_chain)
     for step in steps:
         block = step.block
         probes.append(
@@ -318,23 +362,14 @@ def _verified(
                 block.jti, block.sub, block.iat, root.task_id, tuple(holders), step.child.lineage
             )
         )
-        delegators.append(
-            DelegationRecord(
-                agent=step.parent.holder,
-                scope=step.parent.scope,
-                delegated_at=_rfc3339(block.iat),
-                signature=block.signature.hex(),
-            )
-        )
         holders.append(Hop(block.sub))
     leaf = steps[-1]
     return VerifiedChain(
         text=decoded.text,
-        root_claims=root.raw,
+        root_claims=MappingProxyType(root.raw),
         blocks=decoded.blocks,
         holder=leaf.block.sub,
         holder_key=leaf.block.key,
-        holder_jkt=jws.jwk_thumbprint(leaf.block.key),
         scope=leaf.child.scope,
         grants=leaf.child.details,
         audience=leaf.child.audience,
@@ -348,7 +383,8 @@ def _verified(
         jtis=(root.jti, *(s.block.jti for s in steps)),
         agents=tuple(h.agent for h in holders),
         probes=tuple(probes),
-        delegators=tuple(delegators),
+        steps=tuple(steps),
+        root_delegation=root.delegation_chain,
     )
 
 
@@ -399,7 +435,7 @@ def verify_chain(
         _, _, payload = jws.decode_parts(decoded.root, resolve_key, {ROOT_TYPE}, max_bytes)
     except jws.JWSError as exc:
         raise ChainRejected(f"root: {exc.reason}", "signature") from None
-    root = root_claims_of(payload)
+    root = root_claims_of(payload, decoded.root)
     try:
         check_claims(
             root,
@@ -469,7 +505,7 @@ def derive(
     """
     limits = limits or offline_limits(max_ttl=_UNBOUNDED, max_delegation_depth=5)
     decoded = fmt.decode(credential if fmt.is_chain(credential) else fmt.PREFIX + credential)
-    root = root_claims_of(decoded.root_claims)
+    root = root_claims_of(decoded.root_claims, decoded.root)
     root_parent, root_key, steps = walk(decoded, root, limits=limits, rules=rules)
     parent, holder_key = (
         (steps[-1].child, steps[-1].block.key) if steps else (root_parent, root_key)
@@ -481,7 +517,10 @@ def derive(
     jti = jti or _new_jti()
     depth = len(root.delegation_chain) + len(steps) + 1
     asked_scope = None if scope is None else tuple(scope)
-    asked_grants = None if grants is None else tuple(dict(g) for g in grants)
+    try:  # the grants as parsed (normalized): what the block carries is what is checked
+        asked_grants = None if grants is None else parse_details([dict(g) for g in grants])
+    except GrantError as exc:
+        raise ChainError(f"grants: {exc.reason}", "format") from None
     probe = Block(
         sub=delegate,
         key=bytes(delegate_key),
@@ -508,7 +547,12 @@ def derive(
         grants=None if asked_grants == parent.details else asked_grants,
         aud=None if audience is None or (audience,) == parent.audience else audience,
     )
-    return fmt.append_block(decoded.text, payload, key)
+    if len(decoded.blocks) >= fmt.MAX_BLOCKS:
+        raise ChainError(f"a chain holds at most {fmt.MAX_BLOCKS} blocks")
+    out = decoded.text + fmt.SEPARATOR + fmt.sign_block(decoded.previous(len(steps)), payload, key)
+    if len(out) > fmt.MAX_CHAIN_BYTES:
+        raise ChainError(f"the chain would exceed {fmt.MAX_CHAIN_BYTES} bytes")
+    return out
 
 
 def _granted_exp(

@@ -547,7 +547,7 @@ def _wider_grants(
             return ""
         changed = [d for d in details if d not in parent.details] or list(parent.details)
         return grant_rules.canonical(changed[0])
-    if not details:
+    if not details or details == parent.details:  # coverage is reflexive (rules.grants)
         return ""
     ceiling = grant_rules.grants_of(parent.scope, parent.details)
     wider = grant_rules.uncovered(details, ceiling, rules)
