@@ -261,3 +261,59 @@ def _refused(bob: OfflinePeerAuth, alice: OfflinePeerAuth, bob_id: str) -> bool:
     except InvalidToken:
         return True
     return False
+
+
+def test_an_offline_delegate_authenticates_with_its_chain(
+    verifier: Verifier, agents: dict[str, Agent]
+) -> None:
+    """A delegate that holds only an offline chain proves the chain's last key; a chain
+    signed over to another key cannot be presented by the one who stole it."""
+    from nacl.signing import SigningKey
+
+    from tasklease.client import OfflineCredential
+
+    alice = agents["alice"]
+    helper_key = SigningKey.generate()
+    helper_id = alice.agent_id + "/helper"
+    chain = alice.attenuate(helper_id, bytes(helper_key.verify_key), scope=["read:data:1"], ttl=60)
+    held = OfflineCredential(chain, helper_key)
+    helper = OfflinePeerAuth(helper_id, lambda: held.chain, helper_key, verifier.verify_peer)
+    bob = agents["bob"].offline_peer(verifier.verify_peer)
+    bob_id = agents["bob"].agent_id
+    hello = helper.hello(bob_id, channel=CHANNEL)
+    finish, seen = helper.finish(bob.answer(hello, channel=CHANNEL))
+    assert seen.agent_id == bob_id
+    helper_seen = bob.accept(finish)
+    assert helper_seen.agent_id == helper_id and helper_seen.scope == ("read:data:1",)
+    # Alice's own key no longer speaks for the chain: its last delegate's does.
+    impostor = OfflinePeerAuth(
+        helper_id, lambda: held.chain, alice._signing_key(), verifier.verify_peer
+    )
+    hello = impostor.hello(bob_id, channel=CHANNEL)
+    finish, _ = impostor.finish(bob.answer(hello, channel=CHANNEL))
+    with pytest.raises(PeerAuthenticationFailed) as caught:
+        bob.accept(finish)
+    assert caught.value.reason == "the transcript signature does not verify with the peer's key"
+
+
+def test_a_peer_check_never_answers_for_a_resource(
+    broker: RunningBroker, verifier: Verifier
+) -> None:
+    """verify_peer ignores the audience, so what it verified is never cached for verify():
+    a token for another resource stays refused there, before and after."""
+    agent = Agent.register(
+        broker.url, broker.launch_token(["read:data:1"], audience=["svc-b"]), "o", "t",
+        ["read:data:1"],
+    )  # fmt: skip
+    try:
+        assert jws.decode_unverified(agent.token)[1]["aud"] == ["svc-b"]
+        assert verifier.verify_peer(agent.token).sub == agent.agent_id
+        with pytest.raises(InvalidToken) as caught:
+            verifier.verify(agent.token)
+        assert caught.value.reason == "audience mismatch"
+        assert verifier.verify_peer(agent.token).sub == agent.agent_id
+        with pytest.raises(InvalidToken) as caught:
+            verifier.verify_peer("tlr_" + "a" * 43)  # by reference: needs the broker
+        assert caught.value.reason == "a by-reference token cannot be verified offline"
+    finally:
+        agent.close()
