@@ -1,0 +1,72 @@
+"""A revocation stream that stops talking is not live: the verifier drops it after
+``feed_liveness`` seconds and dials again, so a half-open connection never passes for a
+current feed (critical tokens are refused meanwhile). Against a real HTTP server on
+loopback that sends the stream's backlog and ``sync``, then nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from verify_support import serve_app
+
+from tasklease.verify import Verifier
+
+pytestmark = pytest.mark.slow
+
+
+def silent_broker(opened: list[float]) -> Starlette:
+    async def jwks(request: Request) -> Response:
+        return JSONResponse({"keys": []})
+
+    async def stream(request: Request) -> Response:
+        opened.append(time.monotonic())
+
+        async def events() -> AsyncIterator[bytes]:
+            yield b'id: 0\nevent: sync\ndata: {"cursor": 0, "server_time": 0}\n\n'
+            await asyncio.sleep(3600)  # then silence: no keepalive, no close
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return Starlette(
+        routes=[
+            Route("/.well-known/jwks.json", jwks),
+            Route("/v1/revocations/stream", stream),
+        ]
+    )
+
+
+def test_a_silent_stream_is_not_live_and_is_dialled_again() -> None:
+    opened: list[float] = []
+    served = serve_app(silent_broker(opened))
+    verifier = Verifier(
+        served.url,
+        audience="svc-a",
+        credentials=lambda: "a-token",
+        feed_liveness=1.0,
+        max_feed_staleness=30,
+    )
+    try:
+        verifier.start(wait=5)
+        assert verifier.feed_live()
+        deadline = time.monotonic() + 10
+        while verifier.feed_live():
+            assert time.monotonic() < deadline, "a silent stream stayed live"
+            time.sleep(0.02)
+        went_silent = verifier.feed_staleness()
+        assert 1.0 <= went_silent < 3.0
+        while len(opened) < 2:  # the stream is dialled again, and synced again
+            assert time.monotonic() < deadline, "the silent stream was never dialled again"
+            time.sleep(0.02)
+        assert 0.9 <= opened[1] - opened[0] < 3.0
+        assert verifier.stats()["feed_connections"] >= 2
+        assert verifier.feed_staleness() < 30  # ordinary tokens: within their bound all along
+    finally:
+        verifier.close()
+        served.stop()
