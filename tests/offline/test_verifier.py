@@ -1,0 +1,112 @@
+"""tasklease.verify.Verifier with offline chains, its keys served in memory and no feed:
+the answer is a VerifiedToken for the last holder; bearer chains only when opted in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from offline_support import (
+    BROKER,
+    BROKER_KID,
+    HTU,
+    NOW,
+    agent_id,
+    hops,
+    key,
+    proof,
+    public,
+    root_token,
+)
+
+from tasklease.rules import jws
+from tasklease.rules.chainverify import derive, offline_limits
+from tasklease.verify import InvalidToken, Verifier
+
+PAY = {
+    "type": "resource_access",
+    "actions": ["pay"],
+    "locations": ["https://pay.example/payees/P"],
+    "limits": {"max_amount": "500", "currency": "EUR"},
+}
+JWKS = {
+    "keys": [
+        {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "kid": BROKER_KID,
+            "x": jws.b64url_encode(bytes(BROKER.verify_key)),
+        }
+    ]
+}
+
+
+class _Clock:
+    def now(self) -> float:
+        return NOW + 1
+
+
+def _verifier(**options: Any) -> Verifier:
+    verifier = Verifier(
+        "http://broker.invalid",
+        audience="https://orders.example",
+        feed=False,
+        clock=_Clock(),
+        transport=httpx.MockTransport(lambda _request: httpx.Response(200, json=JWKS)),
+        **options,
+    )
+    verifier.start()
+    return verifier
+
+
+def test_a_chain_reads_as_its_last_holders_token() -> None:
+    root = root_token(holder="a", details=[PAY])
+    narrower = dict(PAY, limits={"max_amount": "80", "currency": "EUR"})
+    chain = hops(("a", "b", "c"), root=root, scope=["read:orders:42"], grants=[narrower])
+    verifier = _verifier()
+    token = verifier.verify(
+        chain, scheme="DPoP", dpop_proof=proof("c", chain, iat=NOW + 1), htm="GET", htu=HTU
+    )
+    assert token.sub == agent_id("c") and token.jti == f"{2:032x}"
+    assert token.scope == ("read:orders:42",) and token.has_scope("read:orders:42")
+    assert token.authorization_details[0]["limits"]["max_amount"] == "80"
+    assert token.allows("resource_access", action="pay", location="https://pay.example/payees/P",
+                        amount="80", currency="EUR", now=NOW + 1)  # fmt: skip
+    assert not token.allows("resource_access", action="pay", amount="81", currency="EUR",
+                            location="https://pay.example/payees/P", now=NOW + 1)  # fmt: skip
+    assert [r.agent for r in token.delegation_chain] == [agent_id("a"), agent_id("b")]
+    assert token.actors == (agent_id("c"), agent_id("b")) and token.depth == 2
+    assert token.principal == "user:alice@example.org" and token.task_id == "task-42"
+    assert token.offline is not None and token.offline.jtis[0] == "a" * 32
+    assert token.cnf == {"jkt": token.offline.holder_jkt}
+    assert "agent_jwk" not in token.claims and "act" not in token.claims
+
+
+def test_a_bearer_chain_is_refused_unless_opted_in() -> None:
+    chain = hops(("a", "b"))
+    with pytest.raises(InvalidToken) as refused:
+        _verifier().verify(chain)
+    assert "bearer" in refused.value.reason
+    assert _verifier(bearer_chains=True).verify(chain).sub == agent_id("b")
+
+
+def test_the_brokers_own_audiences_let_a_block_name_one_resource() -> None:
+    root = root_token(holder="a", aud=("tasklease",))
+    chain = derive(
+        root,
+        key("a"),
+        delegate=agent_id("b"),
+        delegate_key=public("b"),
+        now=NOW,
+        ttl=60,
+        audience="https://orders.example",
+        limits=offline_limits(max_ttl=3600, max_delegation_depth=5, audience=("tasklease",)),
+    )
+    headers = {"scheme": "DPoP", "htm": "GET", "htu": HTU}
+    with pytest.raises(InvalidToken) as refused:
+        _verifier().verify(chain, dpop_proof=proof("b", chain, iat=NOW + 1), **headers)
+    assert "audience" in refused.value.reason
+    verifier = _verifier(broker_audiences=("tasklease",))
+    token = verifier.verify(chain, dpop_proof=proof("b", chain, iat=NOW + 1, jti="p2"), **headers)
+    assert token.aud == ("https://orders.example",)
