@@ -6,6 +6,8 @@ DATA   ?= .tasklease
 # Where `make run` serves: TASKLEASE_HOST and TASKLEASE_PORT, as `tasklease serve` reads them.
 RUN_HOST := $(or $(TASKLEASE_HOST),127.0.0.1)
 RUN_PORT := $(or $(TASKLEASE_PORT),8080)
+# Test processes for `make unit` (a file's tests stay on one process; `serial` ones run after).
+TEST_JOBS ?= 2
 
 .PHONY: run test lint typecheck unit bench clean install soak help
 
@@ -52,7 +54,8 @@ unit: $(VENV)/.test-deps ## the test suite (installs PostgreSQL, SoftHSM, faketi
 	sh scripts/ensure-softhsm.sh
 	sh scripts/ensure-faketime.sh
 	sh scripts/ensure-systemd-analyze.sh
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_JOBS) --dist loadfile -m "not serial"
+	$(BIN)/pytest -m serial
 
 test: lint typecheck unit ## every check: lint, typecheck, unit
 
