@@ -121,7 +121,7 @@ class Delegating(Service):
             refused("delegation_attenuation_violation", claims, ctx), deleg_depth=depth
         )
         parties = f"delegator={claims.sub} | target={delegate_to[:256]}"
-        _, dead = kernel.agent_standing(delegate_to)
+        target, dead = kernel.agent_standing(delegate_to)
         now = kernel.now()
         iat = int(now)
         want = clamp_ttl(ttl if isinstance(ttl, int) else None, cfg.delegation_default_ttl, cfg)
@@ -201,8 +201,7 @@ class Delegating(Service):
                     detail=f"delegator has nothing to hand on: {refusal.detail} jti={claims.jti}",
                 ),
             ) from None
-        target = self._store.get_agent(delegate_to)
-        if target is None:  # pragma: no cover - agent_standing found it a moment ago
+        if target is None:  # pragma: no cover - an unknown delegate is refused above
             raise NotFound("delegate agent not found")
         audience = issuance.audience
         # One ring for the whole hop: the chain is checked, extended and signed under it.

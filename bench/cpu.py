@@ -1,0 +1,104 @@
+"""Server CPU per operation: ``python -m bench.cpu renew,delegate [--count N] [--workers 2]``.
+
+Throughput on a shared machine moves with whatever else runs on it; the CPU time the
+broker's workers spend per operation moves much less. This runs ``tasklease serve`` on
+SQLite (as ``python -m bench`` does), drives each scenario with the load generator, samples
+the workers' CPU time (``/proc/<pid>/stat``, user + system) every 50 ms, and reports, for
+the measured part of each scenario (not its setup), the workers' CPU microseconds per
+operation beside the rate and p99. Linux only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.servers import ADMIN_SECRET, REPO, Broker
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of ``pids`` so far (a process that is gone counts 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def measure(broker: Broker, scenario: str, count: int, duration: float) -> dict[str, Any]:
+    """One scenario against ``broker``: the load generator's figures and CPU per op."""
+    pids = broker.worker_pids()
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append((time.perf_counter(), cpu_seconds(pids)))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    spec = {
+        "host": "127.0.0.1",
+        "port": broker.port,
+        "scenario": scenario,
+        "connections": 32,
+        "count": count,
+        "duration": duration,
+        "secret": ADMIN_SECRET,
+    }
+    proc = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "bench.loadgen", json.dumps(spec)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ended = time.perf_counter()
+    stop.set()
+    sampler.join()
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The measured window is the last elapsed_s before the generator's exit (its
+    # connections close in about 0.1 s); setup came before it.
+    until = ended - 0.15
+    since = until - result["elapsed_s"]
+    start = min(samples, key=lambda s: abs(s[0] - since))[1]
+    end = min(samples, key=lambda s: abs(s[0] - until))[1]
+    n = max(1, result["n"])
+    return {
+        "scenario": scenario,
+        "rps": result["rps"],
+        "p99_ms": result["p99_ms"],
+        "n": result["n"],
+        "errors": result["errors"],
+        "cpu_us_per_op": round((end - start) / n * 1e6),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__)
+    parser.add_argument("scenarios", help="comma-separated load generator scenarios")
+    parser.add_argument("--count", type=int, default=3000, help="operations per scenario")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds, at most")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    with Broker(workers=args.workers, loop="asyncio") as broker:
+        for scenario in args.scenarios.split(","):
+            row = measure(broker, scenario, args.count, args.duration)
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
