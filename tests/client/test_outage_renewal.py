@@ -164,3 +164,49 @@ def test_the_async_agent_rides_out_an_outage_too(running: RunningBroker, data_di
             stop_broker(back)
 
     asyncio.run(scenario())
+
+
+class ManualClock:
+    def __init__(self, now: float) -> None:
+        self.t = now
+
+    def now(self) -> float:
+        return self.t
+
+
+def test_the_renewal_schedule_during_an_outage() -> None:
+    """The credential's own schedule (no broker): attempts spaced 0.25 s doubling to 2 s
+    (jittered by at most half), a 429's Retry-After honoured, dead at exp exactly."""
+    from tasklease.client import RateLimited, TransportError
+    from tasklease.client._flows import Credential, Registration
+
+    clock = ManualClock(1_000.0)
+    credential = Credential(
+        "http://broker.invalid",
+        Registration("spiffe://t/agent/o/t/i", "token", 300),
+        SCOPE,
+        clock=clock,
+        renew_margin=30,
+    )
+    clock.t = 1_000.0 + 271  # due: 29 s to live
+    waits = []
+    for _ in range(6):
+        assert credential.renewal_due()
+        credential.renewal_unreachable(TransportError("cannot reach the broker"))
+        start = clock.t
+        while not credential.renewal_due():
+            clock.t += 0.01
+        waits.append(round(clock.t - start, 2))
+    for attempt, wait in enumerate(waits):
+        ceiling = min(2.0, 0.25 * 2**attempt)
+        assert ceiling / 2 - 0.02 <= wait <= ceiling + 0.02, waits
+    assert credential.renewal_failures == 6 and credential.unreachable_since == 1_271.0
+    credential.renewal_unreachable(RateLimited("slow down", retry_after=7))
+    assert not credential.renewal_due()
+    clock.t += 6.9
+    assert not credential.renewal_due()
+    clock.t += 0.2
+    assert credential.renewal_due()
+    clock.t = credential.expires_at  # exactly exp: dead, not one more attempt
+    with pytest.raises(CredentialExpired):
+        credential.renewal_unreachable(TransportError("cannot reach the broker"))

@@ -20,7 +20,7 @@ import nacl.signing
 
 from tasklease.client._attest import KUBERNETES_TOKEN_PATH, attestation, kubernetes_token
 from tasklease.client._compat import dual
-from tasklease.client._errors import TaskleaseError, TransportError, Unavailable
+from tasklease.client._errors import RateLimited, TaskleaseError, TransportError, Unavailable
 from tasklease.client._flows import (
     Clock,
     Credential,
@@ -355,7 +355,7 @@ class AsyncAgent:
         async with self._lock:
             try:
                 await self._run(credential.refresh_flow(), NO_RETRY)
-            except (TransportError, Unavailable) as exc:
+            except (TransportError, Unavailable, RateLimited) as exc:
                 credential.renewal_unreachable(exc)
 
     @property

@@ -319,7 +319,8 @@ class Credential:
             raise self.limit
 
     def renewal_unreachable(self, error: TaskleaseError) -> None:
-        """A due renewal could not reach the broker (``error``: a TransportError or a 503).
+        """A due renewal could not reach the broker (``error``: a TransportError, a 503, or
+        a 429 whose ``Retry-After`` is honoured).
 
         Keeps the token while it lives and schedules the next attempt; raises
         :class:`CredentialExpired` (from ``error``) once the token is past its ``exp``.
@@ -336,6 +337,9 @@ class Credential:
             ) from error
         wait = min(OUTAGE_MAX_BACKOFF, OUTAGE_BACKOFF * 2.0 ** (self.renewal_failures - 1))
         wait *= 0.5 + random.random() / 2  # noqa: S311 - jitter, not a secret
+        asked = getattr(error, "retry_after", None)  # a 429's Retry-After: honoured
+        if isinstance(asked, int | float) and asked > wait:
+            wait = float(asked)
         self._retry_at = now + wait
         _log.warning(
             "renewal could not reach the broker (%s); the token stays in use for %.1f s, "

@@ -20,7 +20,7 @@ from tasklease.client._attest import (
     kubernetes_token,
 )
 from tasklease.client._compat import dual
-from tasklease.client._errors import TaskleaseError, TransportError, Unavailable
+from tasklease.client._errors import RateLimited, TaskleaseError, TransportError, Unavailable
 from tasklease.client._flows import (
     Clock,
     Credential,
@@ -324,7 +324,7 @@ class Agent:
     def ensure_fresh(self) -> None:
         """Renew now if the token expires within ``renew_margin`` seconds.
 
-        While the broker cannot be reached (or answers 503), the token is used on until
+        While the broker cannot be reached (or answers 503 or 429), the token is used on until
         its ``exp`` and renewal is tried again after a short backoff (at most 2 s): the
         first request after the broker is back renews.
 
@@ -336,7 +336,7 @@ class Agent:
             try:
                 # No retries inside one attempt: the credential spaces the attempts out.
                 self._run(credential.refresh_flow(), NO_RETRY)
-            except (TransportError, Unavailable) as exc:
+            except (TransportError, Unavailable, RateLimited) as exc:
                 credential.renewal_unreachable(exc)
 
     @property
