@@ -7,7 +7,10 @@ Verification is timed twice, each against a single token verified the same way i
 rounds: the shared rule (``verify_chain``, 6 signatures, revocation probes, no proof)
 against a first-seen token through the same verifier with no cache; and the resource
 server's whole path (``Verifier.verify`` with the last delegate's DPoP proof, 7 signatures)
-against a DPoP-bound token with its proof (2 signatures). Best of ``rounds``, interleaved.
+against a DPoP-bound token with its proof (2 signatures); and both once more at a verifier
+that has seen them before (its cache: time, revocation and the fresh proof only).
+Interleaved in batches of ``batch`` calls, the best batch of each kept (``n`` calls a
+round, ``rounds`` rounds).
 """
 
 from __future__ import annotations
@@ -107,6 +110,11 @@ def offline_chain(spec: dict[str, Any]) -> dict[str, Any]:
         "http://broker.invalid", audience=AUDIENCE, feed=False, cache_size=0, transport=transport
     )
     verifier.start()
+    # A resource server's usual state: the chain seen before (its cache), a fresh proof.
+    remembering = Verifier(
+        "http://broker.invalid", audience=AUDIENCE, feed=False, transport=transport
+    )
+    remembering.start()
     index = RevocationIndex()
     limits = offline_limits(max_ttl=3600, max_delegation_depth=5)
     resolve = ring.verify_key
@@ -145,36 +153,53 @@ def offline_chain(spec: dict[str, Any]) -> dict[str, Any]:
 
     rule_chain()  # warm: caches of the JWS header, imports
     verifier.verify(token)
-    best = {k: float("inf") for k in ("derive", "token", "chain", "rs_token", "rs_chain")}
+    # Small batches, each operation in turn, best batch kept: the host is shared, and a
+    # batch of ``batch`` calls is short enough to fall between other processes' bursts.
+    batch = min(spec.get("batch", 25), n)
+    kinds = ("derive", "token", "chain", "rs_token", "rs_chain", "rs_token_seen", "rs_chain_seen")
+    best = {k: float("inf") for k in kinds}
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            one_hop()
-        best["derive"] = min(best["derive"], time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            verifier.verify(token)
-        best["token"] = min(best["token"], time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            rule_chain()
-        best["chain"] = min(best["chain"], time.perf_counter() - t0)
         token_proofs = _proofs(bound_key, bound, n)
         chain_proofs = _proofs(keys[hops], chain, n)
-        t0 = time.perf_counter()
-        for proof in token_proofs:
-            verifier.verify(bound, scheme="DPoP", dpop_proof=proof, htm="GET", htu=HTU)
-        best["rs_token"] = min(best["rs_token"], time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for proof in chain_proofs:
-            verifier.verify(chain, scheme="DPoP", dpop_proof=proof, htm="GET", htu=HTU)
-        best["rs_chain"] = min(best["rs_chain"], time.perf_counter() - t0)
+        seen_token_proofs = _proofs(bound_key, bound, n)
+        seen_chain_proofs = _proofs(keys[hops], chain, n)
+        for start in range(0, n, batch):
+            t0 = time.perf_counter()
+            for _ in range(batch):
+                one_hop()
+            best["derive"] = min(best["derive"], (time.perf_counter() - t0) / batch)
+            t0 = time.perf_counter()
+            for _ in range(batch):
+                verifier.verify(token)
+            best["token"] = min(best["token"], (time.perf_counter() - t0) / batch)
+            t0 = time.perf_counter()
+            for _ in range(batch):
+                rule_chain()
+            best["chain"] = min(best["chain"], (time.perf_counter() - t0) / batch)
+            t0 = time.perf_counter()
+            for proof in token_proofs[start : start + batch]:
+                verifier.verify(bound, scheme="DPoP", dpop_proof=proof, htm="GET", htu=HTU)
+            best["rs_token"] = min(best["rs_token"], (time.perf_counter() - t0) / batch)
+            t0 = time.perf_counter()
+            for proof in chain_proofs[start : start + batch]:
+                verifier.verify(chain, scheme="DPoP", dpop_proof=proof, htm="GET", htu=HTU)
+            best["rs_chain"] = min(best["rs_chain"], (time.perf_counter() - t0) / batch)
+            t0 = time.perf_counter()
+            for proof in seen_token_proofs[start : start + batch]:
+                remembering.verify(bound, scheme="DPoP", dpop_proof=proof, htm="GET", htu=HTU)
+            best["rs_token_seen"] = min(best["rs_token_seen"], (time.perf_counter() - t0) / batch)
+            t0 = time.perf_counter()
+            for proof in seen_chain_proofs[start : start + batch]:
+                remembering.verify(chain, scheme="DPoP", dpop_proof=proof, htm="GET", htu=HTU)
+            best["rs_chain_seen"] = min(best["rs_chain_seen"], (time.perf_counter() - t0) / batch)
     rule_chain_with_proof(_proofs(keys[hops], chain, 1)[0])  # the rule with a proof works too
     verifier.close()
-    us = {k: round(v / n * 1e6, 1) for k, v in best.items()}
+    remembering.close()
+    us = {k: round(v * 1e6, 1) for k, v in best.items()}
     return {
         "n": n,
         "rounds": rounds,
+        "batch": batch,
         "hops": hops,
         "root_bytes": len(token),
         "chain_bytes": len(chain),
@@ -185,6 +210,9 @@ def offline_chain(spec: dict[str, Any]) -> dict[str, Any]:
         "rs_token_dpop_us": us["rs_token"],
         "rs_chain_dpop_us": us["rs_chain"],
         "rs_chain_ratio": round(us["rs_chain"] / us["rs_token"], 2),
+        "rs_token_seen_us": us["rs_token_seen"],
+        "rs_chain_seen_us": us["rs_chain_seen"],
+        "rs_chain_seen_ratio": round(us["rs_chain_seen"] / us["rs_token_seen"], 2),
     }
 
 
@@ -211,7 +239,8 @@ def chain_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             "errors": 0,
             "note": f"{result['chain_ratio']} x a first-seen token (the rule, no proof); "
             f"{result['rs_chain_ratio']} x a DPoP-bound token at a resource server "
-            f"(proofs included); {result['chain_bytes']} bytes",
+            f"(proofs included); seen before: {result['rs_chain_seen_ratio']} x; "
+            f"{result['chain_bytes']} bytes",
             "target": "<= 6 x a single-token verification",
             **result,
         },

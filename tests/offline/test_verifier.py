@@ -110,3 +110,42 @@ def test_the_brokers_own_audiences_let_a_block_name_one_resource() -> None:
     verifier = _verifier(broker_audiences=("tasklease",))
     token = verifier.verify(chain, dpop_proof=proof("b", chain, iat=NOW + 1, jti="p2"), **headers)
     assert token.aud == ("https://orders.example",)
+
+
+class _MovingClock:
+    def __init__(self) -> None:
+        self.at = NOW + 1.0
+
+    def now(self) -> float:
+        return self.at
+
+
+def test_a_remembered_chain_is_held_to_its_time_and_its_proof_at_every_use() -> None:
+    clock = _MovingClock()
+    verifier = Verifier(
+        "http://broker.invalid",
+        audience="https://orders.example",
+        feed=False,
+        clock=clock,
+        transport=httpx.MockTransport(lambda _request: httpx.Response(200, json=JWKS)),
+    )
+    verifier.start()
+    chain = hops(("a", "b"), ttl=120)
+
+    def use(jti: str) -> Any:
+        at = int(clock.at)
+        return verifier.verify(
+            chain, scheme="DPoP", dpop_proof=proof("b", chain, iat=at, jti=jti), htm="GET", htu=HTU
+        )
+
+    assert use("p1").sub == agent_id("b")
+    assert verifier.stats()["cached_tokens"] == 1
+    clock.at = NOW + 60
+    assert use("p2").sub == agent_id("b")  # remembered: checked again, not re-verified
+    with pytest.raises(InvalidToken):
+        use("p2")  # the proof is single use, cached chain or not
+    clock.at = NOW + 120
+    with pytest.raises(InvalidToken) as expired:
+        use("p3")
+    assert "expired" in expired.value.reason
+    assert verifier.stats()["cached_tokens"] == 0

@@ -51,6 +51,7 @@ __all__ = [
     "VerifiedChain",
     "derive",
     "offline_limits",
+    "recheck",
     "root_claims_of",
     "verify_chain",
     "walk",
@@ -450,20 +451,11 @@ def verify_chain(
     except ClaimRejected as exc:
         raise ChainRejected(f"root: {exc.reason}", exc.category) from None
     _, root_key, steps = walk(decoded, root, limits=limits, skew=skew, rules=rules)
-    for step in steps:
-        block = step.block
-        if now >= block.exp:
-            raise ChainRejected(f"block {block.depth}: expired", "expired")
-        if now + skew < block.iat:
-            raise ChainRejected(f"block {block.depth}: issued in the future", "not_yet_valid")
+    _blocks_alive(steps, now, skew)
     verified = _verified(decoded, root, root_key, steps)
     if audiences is not None and not any(a in verified.audience for a in audiences):
         raise ChainRejected("audience mismatch", "audience")
-    if revoked is not None:
-        for probe in verified.probes:
-            level = revoked(probe)
-            if level is not None:
-                raise ChainRejected(f"{probe.jti} has been revoked (level {level})", "revoked")
+    _not_revoked(verified, revoked)
     if presented is not None:
         if dpop is None:
             raise ValueError("a presented chain needs a DPoP verifier to check its proof")
@@ -472,6 +464,49 @@ def verify_chain(
         except BindingError as exc:
             raise ChainRejected(exc.reason, "binding") from None
     return verified
+
+
+def _blocks_alive(steps: Sequence[Step], now: float, skew: float) -> None:
+    for step in steps:
+        block = step.block
+        if now >= block.exp:
+            raise ChainRejected(f"block {block.depth}: expired", "expired")
+        if now + skew < block.iat:
+            raise ChainRejected(f"block {block.depth}: issued in the future", "not_yet_valid")
+
+
+def _not_revoked(
+    chain: VerifiedChain, revoked: Callable[[RevocationProbe], str | None] | None
+) -> None:
+    if revoked is not None:
+        for probe in chain.probes:
+            level = revoked(probe)
+            if level is not None:
+                raise ChainRejected(f"{probe.jti} has been revoked (level {level})", "revoked")
+
+
+def recheck(
+    chain: VerifiedChain,
+    *,
+    now: float,
+    skew: float,
+    revoked: Callable[[RevocationProbe], str | None] | None,
+) -> None:
+    """What may have changed since :func:`verify_chain` accepted ``chain`` (for a verifier
+    that remembers verified chains, as it remembers tokens): the root and every block
+    alive at ``now`` (dead at ``exp``; ``nbf``/``iat`` within ``skew``), and no element
+    revoked. The presenter's proof is the caller's, at every use.
+
+    Raises:
+        ChainRejected: expired, not yet valid or revoked.
+    """
+    root = chain.root_claims
+    if now >= root["exp"]:
+        raise ChainRejected("root: token expired", "expired")
+    if now + skew < root.get("nbf", root["iat"]) or now + skew < root["iat"]:
+        raise ChainRejected("root: token not yet valid", "not_yet_valid")
+    _blocks_alive(chain.steps, now, skew)
+    _not_revoked(chain, revoked)
 
 
 def derive(

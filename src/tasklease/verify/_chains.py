@@ -16,12 +16,12 @@ from typing import Any
 import nacl.signing
 
 from tasklease.rules.attenuation import ChainError
-from tasklease.rules.chainverify import RevocationProbe, VerifiedChain, verify_chain
+from tasklease.rules.chainverify import RevocationProbe, VerifiedChain, recheck, verify_chain
 from tasklease.rules.issuance import Limits
 from tasklease.verify._claims import VerifiedToken
 from tasklease.verify._errors import InvalidToken
 
-__all__ = ["token_of_chain", "verify_offline_chain"]
+__all__ = ["recheck_offline_chain", "token_of_chain", "verify_offline_chain"]
 
 # Claims of the root that say nothing about the last holder: the root holder's key, its
 # actor chain as the broker signed it, its renewal thread, its binding, its grants.
@@ -60,6 +60,24 @@ def verify_offline_chain(
             revoked=revoked,
             skew=skew,
         )
+    except ChainError as exc:
+        raise InvalidToken(f"offline chain: {exc.reason}") from None
+
+
+def recheck_offline_chain(
+    chain: VerifiedChain,
+    *,
+    now: float,
+    skew: float,
+    revoked: Callable[[RevocationProbe], str | None],
+) -> None:
+    """A remembered chain at a new use: every element alive and none revoked.
+
+    Raises:
+        InvalidToken: expired, not yet valid or revoked.
+    """
+    try:
+        recheck(chain, now=now, skew=skew, revoked=revoked)
     except ChainError as exc:
         raise InvalidToken(f"offline chain: {exc.reason}") from None
 

@@ -63,7 +63,11 @@ from tasklease.rules.binding import (
 )
 from tasklease.rules.chainverify import offline_limits
 from tasklease.rules.claims import ClaimRejected, check_claims, check_time
-from tasklease.verify._chains import token_of_chain, verify_offline_chain
+from tasklease.verify._chains import (
+    recheck_offline_chain,
+    token_of_chain,
+    verify_offline_chain,
+)
 from tasklease.verify._claims import VerifiedToken, claims_from_introspection, parse_claims
 from tasklease.verify._errors import InsufficientScope, InvalidToken
 from tasklease.verify._federation import FederatedDomain, FederationError, Federations
@@ -634,21 +638,36 @@ class Verifier:
         presented: Presentation | None,
     ) -> VerifiedToken:
         """An offline chain: every check of the shared rules, then freshness, then the
-        presenter's DPoP proof of the last delegate's key. Not cached: each element's
-        revocation and the proof count at every use."""
+        presenter's DPoP proof of the last delegate's key. Remembered like a token (in the
+        same cache): at a later use only time, each element's revocation, freshness and
+        the proof are checked again."""
         now = self._clock.now()
-        chain = verify_offline_chain(
-            text,
-            resolve_key=resolve_key,
-            issuer=self.issuer,
-            audience=self.audience,
-            now=now,
-            limits=self._chain_limits,
-            max_lifetime=self._max_lifetime,
-            skew=self._skew,
-            revoked=self._revocations.match,
-        )
-        verified = token_of_chain(chain)
+        digest = _sha256(text.encode("utf-8", "surrogatepass")).digest()
+        cached = self._cache.get(digest)
+        chain = None if cached is None else cached.offline
+        if cached is not None and chain is not None:
+            verified = cached
+            try:
+                recheck_offline_chain(
+                    chain, now=now, skew=self._skew, revoked=self._revocations.match
+                )
+            except InvalidToken:
+                self._cache.discard(digest)
+                raise
+        else:
+            chain = verify_offline_chain(
+                text,
+                resolve_key=resolve_key,
+                issuer=self.issuer,
+                audience=self.audience,
+                now=now,
+                limits=self._chain_limits,
+                max_lifetime=self._max_lifetime,
+                skew=self._skew,
+                revoked=self._revocations.match,
+            )
+            verified = token_of_chain(chain)
+            self._cache.put(digest, verified)
         self._freshness.check(verified, self._feed)
         if presented is not None or not self._bearer_chains:
             try:
