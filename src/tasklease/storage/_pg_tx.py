@@ -5,6 +5,10 @@ hands out; the store owns the connection, begins and commits. Here is what runs 
 between and is PostgreSQL's own: every unit of a batch in a savepoint of its own, the
 head row lock that makes replicas take turns on the audit chain and on revocation
 ``seq`` values, and how a refused value or a timeout inside a unit is reported.
+
+Each statement is a round trip to the server, and a batch's committer holds the head row
+lock across them (docs/decisions.md 111), so the transaction spends none it can avoid: a
+unit's savepoint is released together with the next unit's SAVEPOINT.
 """
 
 from __future__ import annotations
@@ -136,6 +140,9 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
         # inside a savepoint that rolls back is released with it.
         self._head_locked_at: int | None = None
         self.notify_seq = 0  # highest revocation seq written (0: none), for pg_notify
+        # The last top-level savepoint, done but not yet released: its RELEASE goes out
+        # with the next one's SAVEPOINT, one round trip for both (see savepoint()).
+        self._unreleased: str | None = None
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -149,7 +156,13 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
         """
         self._savepoints += 1
         name = f"sp_{self._savepoints}"  # an int we made: safe to put in SQL
-        self._run(f"SAVEPOINT {name}")
+        previous, self._unreleased = self._unreleased, None
+        if previous is not None and self._depth == 0:
+            # Both statements in one simple query: one round trip between two units.
+            self._run(f"RELEASE SAVEPOINT {previous}; SAVEPOINT {name}")
+        else:
+            self._unreleased = previous
+            self._run(f"SAVEPOINT {name}")
         self._depth += 1
         depth = self._depth
         try:
@@ -167,7 +180,14 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
         self._depth = depth - 1
         if self._head_locked_at is not None and self._head_locked_at >= depth:
             self._head_locked_at = depth - 1
-        self._run(f"RELEASE SAVEPOINT {name}")
+        if self._depth == 0:
+            # A unit of the batch is done. Its savepoint is released with the next unit's
+            # SAVEPOINT; statements that run before that run inside it, which changes
+            # nothing: no one rolls back to it any more, and COMMIT (or the batch's
+            # ROLLBACK) ends it with the transaction.
+            self._unreleased = name
+        else:
+            self._run(f"RELEASE SAVEPOINT {name}")
 
     def _run(self, statement: str) -> None:
         """A statement of the transaction's own; if it fails, the transaction is lost."""
