@@ -12,6 +12,10 @@ tables ``bench_commit_*`` are made and dropped):
   a fleet of replicas committing one operation per transaction reaches;
 - ``batched``: the same rows, 64 and 1,000 per transaction (one statement each), from 1
   and 4 connections: rows/s (what group commit in the broker buys);
+- ``chained``: the broker's audit append's shape: each transaction locks one head row,
+  inserts 1 or 64 rows, updates the head and commits, from 1 to 16 connections. They take
+  turns on the lock through their commits: one tenant's ceiling of write transactions,
+  whatever the number of replicas;
 - ``notify``: ``NOTIFY`` on commit with 1, 8 and 32 listening connections (a replica
   each): p50/p99 from sending the notifying transaction (it commits in that call) to the
   last listener receiving it.
@@ -38,8 +42,13 @@ CREATE TABLE {TABLE} (
     body TEXT NOT NULL, PRIMARY KEY (tenant_id, seq));
 CREATE INDEX {TABLE}_by_agent ON {TABLE} (tenant_id, agent_id);
 CREATE INDEX {TABLE}_by_ts ON {TABLE} (tenant_id, ts);
-"""
+CREATE TABLE bench_commit_head (tenant_id TEXT PRIMARY KEY, seq BIGINT NOT NULL);
+INSERT INTO bench_commit_head VALUES ('default', 0);
+"""  # noqa: S608
 # The table name is this module's constant; values go as parameters.
+HEAD = "bench_commit_head"
+LOCK_HEAD = f"SELECT seq FROM {HEAD} WHERE tenant_id = 'default' FOR UPDATE"  # noqa: S608
+BUMP_HEAD = f"UPDATE {HEAD} SET seq = seq + %s WHERE tenant_id = 'default'"  # noqa: S608
 INSERT = f"INSERT INTO {TABLE} (tenant_id, agent_id, ts, body) VALUES (%s, %s, %s, %s)"  # noqa: S608
 BATCH = (
     f"INSERT INTO {TABLE} (tenant_id, agent_id, ts, body) "  # noqa: S608
@@ -130,6 +139,46 @@ def batched(url: str, batch: int, connections: int, duration: float) -> dict[str
             "commits_per_s": round(sum(commits) / elapsed, 1)}  # fmt: skip
 
 
+def chained(url: str, batch: int, connections: int, duration: float) -> dict[str, Any]:
+    """Like the broker's audit append: every transaction locks one head row
+    (``SELECT ... FOR UPDATE``), inserts ``batch`` rows, updates the head and commits, from
+    ``connections`` threads. Transactions of one chain take turns, each holding the lock
+    through its commit: the ceiling of one tenant's write transactions across replicas."""
+    import psycopg
+
+    counts = [0] * connections
+    commits = [0] * connections
+    stop = time.perf_counter() + duration
+    start = threading.Barrier(connections + 1)
+
+    def work(k: int) -> None:
+        with psycopg.connect(url) as conn:
+            cur = conn.cursor()
+            start.wait()
+            n = 0
+            while time.perf_counter() < stop:
+                cur.execute(LOCK_HEAD, prepare=True)
+                rows = [_row(n + i) for i in range(batch)]
+                cur.execute(BATCH, [list(column) for column in zip(*rows, strict=True)])
+                cur.execute(BUMP_HEAD, (batch,), prepare=True)
+                conn.commit()
+                n += batch
+                commits[k] += 1
+            counts[k] = n
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(connections)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    return {"batch": batch, "connections": connections, "rows": sum(counts),
+            "rows_per_s": round(sum(counts) / elapsed, 1),
+            "commits_per_s": round(sum(commits) / elapsed, 1)}  # fmt: skip
+
+
 def notify(url: str, listeners: int, rounds: int) -> dict[str, Any]:
     """From sending a NOTIFY (autocommit) to the last of ``listeners`` connections
     receiving it."""
@@ -178,7 +227,7 @@ def run(url: str, duration: float, quick: bool) -> dict[str, Any]:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        conn.execute(f"DROP TABLE IF EXISTS {TABLE}, {HEAD}")
         conn.execute(DDL)
         settings = {
             name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
@@ -191,11 +240,13 @@ def run(url: str, duration: float, quick: bool) -> dict[str, Any]:
         out["single"] = [single(url, c, duration) for c in fanin]
         shapes = ((64, 1), (1000, 1)) if quick else ((64, 1), (1000, 1), (64, 4), (1000, 4))
         out["batched"] = [batched(url, b, c, duration) for b, c in shapes]
+        turns = ((1, 1), (1, 8), (64, 8)) if quick else ((1, 1), (1, 4), (1, 16), (64, 4), (64, 16))
+        out["chained"] = [chained(url, b, c, duration) for b, c in turns]
         out["notify"] = [notify(url, n, 20 if quick else 200) for n in fanout]
         return out
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+            conn.execute(f"DROP TABLE IF EXISTS {TABLE}, {HEAD}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,9 +272,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     for row in result["batched"]:
         print(
-            f"  {row['batch']:>4} rows per transaction, 1 connection: "
+            f"  {row['batch']:>4} rows per transaction, {row['connections']} connection(s): "
             f"{row['rows_per_s']:>9,.0f} rows/s ({row['commits_per_s']:,.0f} commits/s)"
         )
+    for row in result["chained"]:
+        print(f"  chained (head row locked), {row['batch']:>2} rows per transaction, "
+              f"{row['connections']:>2} connections: {row['commits_per_s']:>7,.0f} commits/s, "
+              f"{row['rows_per_s']:>9,.0f} rows/s")  # fmt: skip
     for row in result["notify"]:
         print(
             f"  NOTIFY to {row['listeners']:>2} listeners: send -> last listener p50 "
