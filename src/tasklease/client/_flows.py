@@ -62,6 +62,8 @@ OUTAGE_BACKOFF = 0.25
 """Seconds before the first renewal attempt after one that could not reach the broker."""
 OUTAGE_MAX_BACKOFF = 2.0
 """Longest wait between renewal attempts while the broker is unreachable."""
+# Jitter from a generator of our own, not the application's global one.
+_jitter = random.Random()  # noqa: S311 - jitter, not a secret
 
 
 class Clock(Protocol):
@@ -336,7 +338,7 @@ class Credential:
                 f"{now - self.unreachable_since:.1f} s, {self.renewal_failures} attempts)"
             ) from error
         wait = min(OUTAGE_MAX_BACKOFF, OUTAGE_BACKOFF * 2.0 ** (self.renewal_failures - 1))
-        wait *= 0.5 + random.random() / 2  # noqa: S311 - jitter, not a secret
+        wait *= 0.5 + _jitter.random() / 2
         asked = getattr(error, "retry_after", None)  # a 429's Retry-After: honoured
         if isinstance(asked, int | float) and asked > wait:
             wait = float(asked)

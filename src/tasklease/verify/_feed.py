@@ -28,6 +28,9 @@ _log = logging.getLogger("tasklease.verify")
 _MAX_EVENT_BYTES = 65536
 MAX_RECONNECT_BACKOFF = 0.25
 """Longest wait between two attempts to reach the stream (the first waits 50 ms)."""
+# Jitter from a generator of our own: the global one belongs to the application (and to
+# tests that seed it), which a background thread must not disturb.
+_jitter = random.Random()  # noqa: S311 - jitter, not a secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +154,7 @@ class FeedFollower:
             # Jittered, so that verifiers that lost the broker together do not all come
             # back in the same instant; capped low, so that a broker back from an outage
             # is followed again (and its revocations enforced) within a fraction of a second.
-            self._stop.wait(backoff * (0.5 + random.random() / 2))  # noqa: S311 - jitter
+            self._stop.wait(backoff * (0.5 + _jitter.random() / 2))
             backoff = min(backoff * 2, self._max_backoff)
 
     def _follow_once(self) -> None:
