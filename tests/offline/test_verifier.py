@@ -149,3 +149,28 @@ def test_a_remembered_chain_is_held_to_its_time_and_its_proof_at_every_use() -> 
         use("p3")
     assert "expired" in expired.value.reason
     assert verifier.stats()["cached_tokens"] == 0
+
+
+def test_a_chain_whose_root_key_is_new_fetches_the_keys_once() -> None:
+    served = {"keys": []}
+    fetches = []
+
+    def jwks(_request: httpx.Request) -> httpx.Response:
+        fetches.append(1)
+        return httpx.Response(200, json=served)
+
+    verifier = Verifier(
+        "http://broker.invalid",
+        audience="https://orders.example",
+        feed=False,
+        clock=_Clock(),
+        jwks_min_refresh_interval=0,
+        transport=httpx.MockTransport(jwks),
+    )
+    verifier.start()
+    served.update(JWKS)  # the broker rotated to a key the verifier has not fetched
+    chain = hops(("a", "b"))
+    token = verifier.verify(
+        chain, scheme="DPoP", dpop_proof=proof("b", chain, iat=NOW + 1), htm="GET", htu=HTU
+    )
+    assert token.sub == agent_id("b") and len(fetches) == 2

@@ -61,6 +61,9 @@ def verify_offline_chain(
             skew=skew,
         )
     except ChainError as exc:
+        if exc.reason == "root: unknown kid":
+            # As for a token: the caller may fetch the keys once and try again.
+            raise InvalidToken("unknown kid") from None
         raise InvalidToken(f"offline chain: {exc.reason}") from None
 
 
