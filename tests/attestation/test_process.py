@@ -79,7 +79,8 @@ def test_evidence_registers_once_across_workers(
     # A fresh token registers; the evidence was never written down.
     fresh = mint(oidc.keys[0], k8s_claims(oidc.url, audience, time.time()))
     assert register(broker.url, fresh, "t-fresh").status_code == 200
-    database = b"".join(p.read_bytes() for p in Path(broker.data_dir).rglob("*.db*"))
+    files = (p for p in Path(broker.data_dir).rglob("*.db*") if p.is_file())
+    database = b"".join(p.read_bytes() for p in files)
     assert evidence.encode() not in database and fresh.encode() not in database
 
 
