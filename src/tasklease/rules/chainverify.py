@@ -27,19 +27,13 @@ from tasklease.rules import attenuation as fmt
 from tasklease.rules import jws
 from tasklease.rules.attenuation import Block, ChainError, DecodedChain
 from tasklease.rules.binding import BindingError, DPoPVerifier, Presentation, check_binding
+from tasklease.rules.chainroot import ChainRejected, RootClaims, root_claims_of
 from tasklease.rules.claims import (
     ClaimRejected,
     DelegationRecord,
     check_claims,
-    delegation_chain_of,
-    holder_of,
-    int_claim,
-    lineage_of,
-    scope_claim,
-    string_claim,
-    strings_claim,
 )
-from tasklease.rules.grants import GrantError, TypeRule, details_of, parse_details
+from tasklease.rules.grants import GrantError, TypeRule, parse_details
 from tasklease.rules.issuance import IssuanceLimits, Limits, Parent, Refusal, check_issuance
 
 __all__ = [
@@ -61,11 +55,6 @@ ROOT_TYPE = "at+jwt"
 _UNBOUNDED = 1 << 40  # no bound but the token's own (its exp and max_exp)
 
 
-class ChainRejected(ChainError):
-    """A chain was refused by a verification check (``reason``/``category`` as
-    :class:`~tasklease.rules.attenuation.ChainError`)."""
-
-
 def offline_limits(
     *, max_ttl: int, max_delegation_depth: int, audience: Sequence[str] = ()
 ) -> IssuanceLimits:
@@ -79,91 +68,6 @@ def offline_limits(
         audience=tuple(audience),
         renewal_ceiling=_UNBOUNDED,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class _Root:
-    """A root token's claims as :meth:`Parent.of_token` reads them."""
-
-    sub: str
-    scope: tuple[str, ...]
-    aud: tuple[str, ...]
-    principal: str
-    lineage: tuple[str, ...]
-    oiat: int
-    max_exp: int
-    exp: int
-    iat: int
-    nbf: int
-    rnc: int
-    delegation_chain: tuple[DelegationRecord, ...]
-    chain_hash: str
-    iss: str
-    jti: str
-    grant: str
-    task_id: str
-    raw: dict[str, Any]
-    details: tuple[Mapping[str, Any], ...]
-
-    @property
-    def grant_id(self) -> str:
-        return self.grant or self.jti
-
-
-def root_claims_of(payload: dict[str, Any], text: str = "") -> _Root:
-    """The root token's claims, typed by the shared readers (``rules.claims``).
-
-    ``text``, the root token as sent, lets the reading be remembered: a holder derives
-    many blocks from one token, and a resource server sees many chains from one root.
-    (The signature is checked by the caller at every use; only the reading is kept.)
-
-    Raises:
-        ChainRejected: a claim is missing or malformed (category ``claims``).
-    """
-    if text:
-        found = _ROOTS.get(text)
-        if found is not None:
-            return found
-    root = _read_root(payload)
-    if text:
-        if len(_ROOTS) >= _ROOTS_MAX:
-            _ROOTS.clear()
-        _ROOTS[text] = root
-    return root
-
-
-_ROOTS: dict[str, _Root] = {}
-_ROOTS_MAX = 256
-
-
-def _read_root(payload: dict[str, Any]) -> _Root:
-    try:
-        iat = int_claim(payload, "iat")
-        return _Root(
-            sub=holder_of(payload),
-            scope=scope_claim(payload),
-            aud=strings_claim(payload, "aud"),
-            principal=string_claim(payload, "principal", required=False),
-            lineage=lineage_of(payload["lineage"]) if "lineage" in payload else (),
-            oiat=int_claim(payload, "oiat", iat),
-            max_exp=int_claim(payload, "max_exp", 0),
-            exp=int_claim(payload, "exp"),
-            iat=iat,
-            nbf=int_claim(payload, "nbf", iat),
-            rnc=int_claim(payload, "rnc", 0),
-            delegation_chain=delegation_chain_of(payload.get("delegation_chain", [])),
-            chain_hash=string_claim(payload, "chain_hash", required=False),
-            iss=string_claim(payload, "iss", required=False),
-            jti=string_claim(payload, "jti", required=True),
-            grant=string_claim(payload, "grant", required=False),
-            task_id=string_claim(payload, "task_id", required=False),
-            raw=payload,
-            details=details_of(payload),
-        )
-    except ClaimRejected as exc:
-        raise ChainRejected(f"root: {exc.reason}", "claims") from None
-    except GrantError as exc:
-        raise ChainRejected(f"root: authorization_details: {exc.reason}", "claims") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +149,7 @@ def _child(
 
 def walk(
     decoded: DecodedChain,
-    root: _Root,
+    root: RootClaims,
     *,
     limits: Limits,
     skew: float = 30,
@@ -351,7 +255,7 @@ def _rfc3339(seconds: int) -> str:
 
 
 def _verified(
-    decoded: DecodedChain, root: _Root, root_key: bytes, steps: Sequence[Step]
+    decoded: DecodedChain, root: RootClaims, root_key: bytes, steps: Sequence[Step]
 ) -> VerifiedChain:
     base = tuple(Hop(r.agent) for r in root.delegation_chain)
     probes = [RevocationProbe(root.jti, root.sub, root.iat, root.task_id, base, root.lineage)]
