@@ -293,6 +293,18 @@ def test_an_agent_revoked_before_it_handed_on_cannot_hand_on_later() -> None:
     )
 
 
+def test_a_block_made_for_an_agent_already_revoked_is_refused() -> None:
+    # Online, the broker refuses to delegate to a revoked agent; offline, the verifier
+    # refuses a block naming one, whenever the block was made.
+    late = raw_block(
+        hops(NAMES[:3]), "b2",
+        **block(sub=agent_id("x"), key=public("x"), iat=NOW + 20, depth=3, jti="9" * 32),
+    )  # fmt: skip
+    refused(late, "x", "revoked", now=NOW + 21, revoked=_index("agent", agent_id("x")).match)
+    # A chain-level entry on the delegate ends what it hands on, not its own block.
+    verify(late, holder="x", now=NOW + 21, revoked=_index("chain", agent_id("x")).match)
+
+
 def test_unrelated_revocations_do_not_refuse_it() -> None:
     verify(CHAIN, holder="b3", revoked=_index("agent", agent_id("zz")).match)
     verify(CHAIN, holder="b3", revoked=_index("token", "f" * 32).match)

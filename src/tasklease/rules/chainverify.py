@@ -81,7 +81,9 @@ class Hop:
 class RevocationProbe:
     """One element of a chain (the root or a block) as the revocation index matches a
     token: its ``jti``, holder (``sub``), ``iat``, task, the holders before it and the
-    lineage whose end ends it."""
+    lineage whose end ends it. Each block also has a standing probe: its delegate alone,
+    with ``iat`` 0 and no ``jti`` (an agent-level revocation of the delegate, whenever
+    made)."""
 
     jti: str
     sub: str
@@ -267,6 +269,11 @@ def _verified(
                 block.jti, block.sub, block.iat, root.task_id, tuple(holders), step.child.lineage
             )
         )
+        # The delegate's standing: the broker refuses to delegate to a revoked agent, and
+        # no broker saw this block. An agent-level revocation of the delegate matches it
+        # whenever the block was made (a revoked agent cannot register or resume under
+        # its id again); this probe names nothing else (no jti, task, chain or lineage).
+        probes.append(RevocationProbe("", block.sub, 0, "", (), ()))
         holders.append(Hop(block.sub))
     leaf = steps[-1]
     return VerifiedChain(
