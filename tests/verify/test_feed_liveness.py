@@ -70,3 +70,47 @@ def test_a_silent_stream_is_not_live_and_is_dialled_again() -> None:
     finally:
         verifier.close()
         served.stop()
+
+
+def test_a_known_key_never_waits_for_a_refresh_that_hangs() -> None:
+    """While a refresh of the broker's keys hangs (an unreachable broker costs the whole
+    timeout), tokens whose key is known are verified from the cache without waiting."""
+    import threading
+
+    import httpx
+    import nacl.signing
+
+    from tasklease.rules import jws
+    from tasklease.verify._jwks import KeySet
+
+    key = nacl.signing.SigningKey.generate()
+    public = bytes(key.verify_key)
+    kid = jws.jwk_thumbprint(public)
+    document = {
+        "keys": [{"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": jws.b64url_encode(public)}]
+    }
+    served_once = threading.Event()
+
+    async def jwks(request: Request) -> Response:
+        if served_once.is_set():
+            await asyncio.sleep(3)  # the broker has gone quiet
+        served_once.set()
+        return JSONResponse(document)
+
+    served = serve_app(Starlette(routes=[Route("/.well-known/jwks.json", jwks)]))
+    client = httpx.Client(base_url=served.url, timeout=5)
+    try:
+        keys = KeySet(client, ttl=0.1, min_interval=0.0)
+        assert keys.refresh() and keys.get(kid) is not None
+        time.sleep(0.2)  # stale now
+        hanging = threading.Thread(target=keys.resolve, args=(kid,))
+        hanging.start()
+        time.sleep(0.3)  # the other caller is inside the fetch
+        started = time.monotonic()
+        assert keys.resolve(kid) is not None
+        assert time.monotonic() - started < 0.5
+        hanging.join(10)
+        assert keys.fetches == 2  # the hanging one, not one more
+    finally:
+        client.close()
+        served.stop()

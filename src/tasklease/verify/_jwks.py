@@ -4,6 +4,10 @@ Refreshed when the cache is older than ``ttl``, and when a token names an unknow
 (a key rotated in) — but at most once per ``min_interval`` seconds, whatever the tokens
 say: a flood of tokens with invented kids costs the broker one request per interval.
 Each key's ``kid`` must be its RFC 7638 thumbprint, as the broker publishes it.
+
+While the broker is away, the keys already known keep serving: a refresh that fails keeps
+them, and a token whose key is known never waits for a refresh another caller is making
+(a fetch from an unreachable broker can take the whole timeout).
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ class KeySet:
             self.refresh_for_unknown_kid()
             return self._keys.get(kid)
         if self._monotonic() - self._fetched_at >= self._ttl:  # self.stale(), inline
-            self.refresh_if_stale()
+            self.refresh_if_stale(wait=False)
             return self._keys.get(kid) or key  # a failed refresh keeps the keys we had
         return key
 
@@ -102,22 +106,31 @@ class KeySet:
             lambda now: now - self._last_kid_attempt >= self._min_interval, for_kid=True
         )
 
-    def refresh_if_stale(self) -> bool:
-        """Fetch when older than ``ttl`` (a failed attempt is retried after ``min_interval``)."""
+    def refresh_if_stale(self, *, wait: bool = True) -> bool:
+        """Fetch when older than ``ttl`` (a failed attempt is retried after ``min_interval``).
+
+        ``wait=False``: return at once (False) when another caller is fetching already.
+        """
         return self._fetch(
-            lambda now: self.stale() and now - self._last_attempt >= self._min_interval
+            lambda now: self.stale() and now - self._last_attempt >= self._min_interval,
+            wait=wait,
         )
 
     def refresh(self) -> bool:
         """Fetch now, whatever the rate limits (start-up)."""
         return self._fetch(lambda _now: True)
 
-    def _fetch(self, due: Callable[[float], bool], *, for_kid: bool = False) -> bool:
-        """One caller fetches while concurrent callers wait, then see it is no longer due.
+    def _fetch(
+        self, due: Callable[[float], bool], *, for_kid: bool = False, wait: bool = True
+    ) -> bool:
+        """One caller fetches while concurrent callers wait (unless ``wait`` is False), then
+        see it is no longer due.
 
         Returns whether a fetch succeeded. A failure keeps the keys we had.
         """
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            return False
+        try:
             now = self._monotonic()
             if not due(now):
                 return False
@@ -137,3 +150,5 @@ class KeySet:
             self._keys = keys
             self._fetched_at = self._monotonic()
             return True
+        finally:
+            self._lock.release()
