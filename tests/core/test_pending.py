@@ -232,3 +232,41 @@ def test_prepared_writes_on_sqlite_share_one_chain(
     assert {"delegation_created", "token_released", "token_revoked"} <= set(types)
     assert verify_chain(store.iter_audit()).ok
     store.close()
+
+
+def test_a_cancelled_request_still_commits_and_enforces_its_revocation(
+    broker: Any, kit: Any
+) -> None:
+    agent = kit.register(broker)
+    admin = kit.admin(broker)
+    log = broker.audit
+    first = deferring(
+        lambda: broker.prepare_revoke(
+            admin.claims, level="token", target=agent.claims.jti, ctx=kit.ctx
+        )
+    )
+
+    async def main() -> None:
+        with log._lock:  # someone else holds the leader's seat: the unit stays queued
+            log._leading = True
+        task = asyncio.create_task(broker.answer(first))
+        for _ in range(200):
+            if log._queue:
+                break
+            await asyncio.sleep(0.005)
+        task.cancel()  # the operator's client went away
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with log._lock:
+            log._leading = False
+        await log.arecord(AuditEntry("next"))  # the queue is written, the revocation too
+        for _ in range(200):
+            if len(broker.revocations):
+                break
+            await asyncio.sleep(0.005)
+
+    asyncio.run(main())
+    log.close()
+    with pytest.raises(TokenRejected):
+        broker.validate(agent.token)  # enforced here, without waiting for a poll
+    assert [r.target for r in broker.store.revocations_since(0)][:1] == [agent.claims.jti]

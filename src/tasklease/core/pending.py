@@ -93,5 +93,11 @@ async def asettle(kernel: Kernel, deferred: Deferred[T]) -> T:
 async def aanswer(kernel: Kernel, deferred: Deferred[Pending[T]]) -> T:
     """Answer an operation whose first half ran under
     :func:`~tasklease.core.audit.deferring`: its deferred events written
-    (:func:`asettle`), then the operation committed (:func:`acomplete`)."""
-    return await acomplete(kernel, await asettle(kernel, deferred))
+    (:func:`asettle`), then the operation committed (:func:`acomplete`).
+
+    Once decided, the operation runs to its end even if the request is cancelled (the
+    client went away): a revocation or renewal that reaches the store is enforced by this
+    process at once (``done``), as when it ran in a thread; only the answer is dropped.
+    """
+    pending = await asettle(kernel, deferred)
+    return await asyncio.shield(acomplete(kernel, pending))
