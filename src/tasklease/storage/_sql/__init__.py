@@ -7,7 +7,8 @@ how a scope list is stored (JSON text or ``text[]``). Here are:
 
 * ``dialect``: :class:`Dialect`, one dialect's spelling of every shared statement,
   built once when its store module is imported (so the drivers' statement caches see
-  the same strings every time), and the row conversions;
+  the same strings every time);
+* ``rows``: the row conversions, records to statement parameters and fetched rows back;
 * ``store``: :class:`SQLWriteTx` and :class:`SQLStore`, the operations whose logic is
   the same in both. ``sqlite.py`` and ``postgres.py`` add what is their own:
   connections, transactions and applying migrations; ``_sqlite_tx.py`` and ``_pg_tx.py``
