@@ -393,7 +393,8 @@ def _not_revoked(
         for probe in chain.probes:
             level = revoked(probe)
             if level is not None:
-                raise ChainRejected(f"{probe.jti} has been revoked (level {level})", "revoked")
+                what = probe.jti or probe.sub  # a standing probe names its delegate
+                raise ChainRejected(f"{what} has been revoked (level {level})", "revoked")
 
 
 def recheck(
