@@ -37,6 +37,8 @@ attestation descends from both (:func:`joint_parent`: the narrower of each bound
 
 Ending a credential ends its descendants: :func:`ending_records` gives the revocation
 entries that release, token-level revocation and a holder's RFC 7009 revocation write.
+
+The free functions named here live in ``core.lineage`` and are re-exported.
 """
 
 from __future__ import annotations
@@ -54,15 +56,16 @@ from tasklease.core.audit import AuditLog
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.clock import Clock
 from tasklease.core.config import Config
-from tasklease.core.errors import (
-    Forbidden,
-    InvalidTarget,
-    RenewalCeilingExceeded,
-    RenewalCountExceeded,
-    ScopeViolation,
-    TaskleaseError,
-)
+from tasklease.core.errors import Forbidden, ScopeViolation, TaskleaseError
 from tasklease.core.granttypes import GrantTypeRegistry
+from tasklease.core.lineage import (
+    Refusal,
+    app_ancestor,
+    check_issuance,
+    ending_records,
+    joint_parent,
+    refusal_of,
+)
 from tasklease.core.metrics import Metrics
 from tasklease.core.policy import Decision, PolicyEngine
 from tasklease.core.policyrequest import Actor, PolicyRequest
@@ -78,13 +81,10 @@ from tasklease.core.store import (
 )
 from tasklease.core.tokens import Claims
 from tasklease.rules import grants as grant_rules
-from tasklease.rules import issuance as _issuance
-from tasklease.rules.grants import TypeRule
 from tasklease.rules.issuance import (
     NEW_HOLDER,
     OPERATIONS,
     Issuance,
-    Limits,
     Parent,
     within_ceiling,
 )
@@ -157,104 +157,10 @@ def with_denial(exc: TaskleaseError, entry: AuditEntry) -> AuditEntry:
     return replace(entry, detail=detail or f"denial={denial_id}")
 
 
-def app_ancestor(app_id: str) -> str:
-    """The lineage id of an app: removing the app ends every token listing it."""
-    return f"app:{app_id}"
-
-
-# --- the one issuance check (rules.issuance), with the broker's errors ------------------
-
-_ERRORS: dict[str, type[TaskleaseError]] = {
-    "forbidden": Forbidden,
-    "scope_violation": ScopeViolation,
-    "invalid_target": InvalidTarget,
-    "renewal_count_exceeded": RenewalCountExceeded,
-    "renewal_ceiling_exceeded": RenewalCeilingExceeded,
-}
-
-
-class Refusal(_issuance.Refusal):
-    """The issuance check refused: ``error`` to raise, ``detail`` for the audit log."""
-
-    def __init__(self, error: TaskleaseError, detail: str, event_type: str) -> None:
-        super().__init__(_issuance.Reason(error.code, error.detail, error.hint), detail, event_type)
-        self.error = error
-
-
-def refusal_of(refusal: _issuance.Refusal) -> Refusal:
-    """The broker's :class:`Refusal` for a refusal of the shared rules: the same error
-    class and words the check has always answered with."""
-    if isinstance(refusal, Refusal):
-        return refusal
-    reason = refusal.reason
-    error = _ERRORS.get(reason.code, Forbidden)(reason.message, hint=reason.hint)
-    return Refusal(error, refusal.detail, refusal.event_type)
-
-
 # Operations issuance policy decides (core.policy); renewal and resumption change nothing,
 # and an offline attenuation is checked where it is presented, by the rules alone.
 _DECIDED = ("register", "delegate", "exchange", "narrow")
 _NEW_HOLDER = NEW_HOLDER
-
-
-def check_issuance(
-    operation: str,
-    parent: Parent,
-    *,
-    holder: str,
-    scope: tuple[str, ...],
-    iat: int,
-    requested_ttl: int,
-    config: Limits,
-    dead_ancestor: str = "",
-    resource: str | None = None,
-    details: tuple[Mapping[str, Any], ...] = (),
-    rules: Mapping[str, TypeRule] | None = None,
-) -> Issuance:
-    """The one issuance check (:func:`tasklease.rules.issuance.check_issuance`) with the
-    broker's configuration as its limits; raises :class:`Refusal` carrying the broker's
-    error."""
-    try:
-        return _issuance.check_issuance(
-            operation,
-            parent,
-            holder=holder,
-            scope=scope,
-            iat=iat,
-            requested_ttl=requested_ttl,
-            limits=config,
-            dead_ancestor=dead_ancestor,
-            resource=resource,
-            details=details,
-            rules=rules,
-        )
-    except _issuance.Refusal as refusal:
-        raise refusal_of(refusal) from None
-
-
-def joint_parent(first: Parent, second: Parent) -> Parent:
-    """:func:`tasklease.rules.issuance.joint_parent`; raises :class:`Refusal`."""
-    try:
-        return _issuance.joint_parent(first, second)
-    except _issuance.Refusal as refusal:
-        raise refusal_of(refusal) from None
-
-
-def ending_records(claims: Claims, revoked_at: int, config: Config) -> list[RevocationRecord]:
-    """The revocation entries that end ``claims`` and every token descended from it.
-
-    Level ``token`` ends the token itself; level ``chain`` on its ``jti`` and on its grant
-    ends the tokens delegated from it or from any renewal of it (they list them in their
-    ``lineage``). Each lives until nothing it could match can still be valid.
-    """
-    expires = revoked_at + config.max_ttl + config.clock_skew + 1
-    records = [
-        RevocationRecord("token", claims.jti, revoked_at, claims.exp + config.clock_skew + 1),
-        RevocationRecord("chain", claims.jti, revoked_at, expires),
-    ]
-    if claims.grant_id != claims.jti:
-        records.append(RevocationRecord("chain", claims.grant_id, revoked_at, expires))
-    return records
 
 
 # --- commit, deny, audit, clock ----------------------------------------------------------
