@@ -9,10 +9,11 @@ how a scope list is stored (JSON text or ``text[]``). Here are:
   built once when its store module is imported (so the drivers' statement caches see
   the same strings every time);
 * ``rows``: the row conversions, records to statement parameters and fetched rows back;
-* ``store``: :class:`SQLWriteTx` and :class:`SQLStore`, the operations whose logic is
-  the same in both. ``sqlite.py`` and ``postgres.py`` add what is their own:
-  connections, transactions and applying migrations; ``_sqlite_tx.py`` and ``_pg_tx.py``
-  their write transactions' savepoints, audit head and revocation upsert;
+* ``write_tx`` and ``store``: :class:`SQLWriteTx` and :class:`SQLStore`, the writes
+  and the reads whose logic is the same in both. ``sqlite.py`` and ``postgres.py`` add
+  what is their own: connections, transactions and applying migrations;
+  ``_sqlite_tx.py`` and ``_pg_tx.py`` their write transactions' savepoints, audit head
+  and revocation upsert;
 * ``schema``: :class:`SchemaError` and the numbered migration files.
 
 Nothing here imports a database driver: the SQLite store must work without psycopg.
