@@ -28,6 +28,7 @@ from tasklease.core.exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, ExchangeReque
 from tasklease.core.keys import KeyRing
 from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, mint
 from tasklease.rules import grants as g
+from tasklease.rules import grantuse as gu
 from tasklease.storage import open_store
 
 CTX = RequestContext(request_id="req-grants-model", remote="127.0.0.1", path="/v1/model")
@@ -262,8 +263,8 @@ class Grants(RuleBasedStateMachine):
             mine = list(token.claims.details)
             assert not g.uncovered(mine, held)
             for kind, call in calls_at_the_edges(mine):
-                assert g.allows(mine, kind, **call) is not None
-                assert g.allows(self.root, kind, **call) is not None, (call, self.root)
+                assert gu.allows(mine, kind, **call) is not None
+                assert gu.allows(self.root, kind, **call) is not None, (call, self.root)
 
 
 TestGrants = Grants.TestCase

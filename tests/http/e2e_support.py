@@ -93,6 +93,8 @@ class RunningBroker:
     log_path: Path
     client: httpx.Client = field(repr=False)
     _admin_token: str | None = None
+    _admin_deadline: float = 0.0  # time.monotonic() after which the token is fetched anew
+    _operator: str | None = None  # sign in as this named operator (a tenant's view)
     _views: list[RunningBroker] = field(default_factory=list, repr=False)
 
     # -- plumbing ----------------------------------------------------------------------
@@ -109,10 +111,17 @@ class RunningBroker:
     # -- admin ---------------------------------------------------------------------------
 
     def admin_token(self) -> str:
-        if self._admin_token is None:
-            resp = self.post("/v1/admin/auth", json={"secret": self.admin_secret})
+        """An admin token, fetched again before it expires (a broker may outlive one)."""
+        if self._admin_token is None or time.monotonic() >= self._admin_deadline:
+            if self._operator is None:
+                resp = self.post("/v1/admin/auth", json={"secret": self.admin_secret})
+            else:
+                body = {"name": self._operator, "secret": self.admin_secret}
+                resp = self.post("/v1/operator/auth", json=body)
             assert resp.status_code == 200, resp.text
-            self._admin_token = resp.json()["access_token"]
+            answer = resp.json()
+            self._admin_token = str(answer["access_token"])
+            self._admin_deadline = time.monotonic() + max(1.0, answer["expires_in"] - 30.0)
         return self._admin_token
 
     def admin_headers(self) -> dict[str, str]:
@@ -155,9 +164,8 @@ class RunningBroker:
             client=client,
         )
         self._views.append(view)  # closed with this broker
-        signed = view.post("/v1/operator/auth", json={"name": "admin", "secret": admin_secret})
-        assert signed.status_code == 200, signed.text
-        view._admin_token = str(signed.json()["access_token"])
+        view._operator = "admin"
+        view.admin_token()
         return view
 
     def create_app(

@@ -183,9 +183,9 @@ def restart(fleet: Fleet) -> None:
     request."""
     port = int(fleet.broker.url.rsplit(":", 1)[1])
     env = {**SHARED_ENV, "TASKLEASE_AUDIENCE": ",".join((BROKER_AUDIENCE, *SERVERS))}
-    operator = fleet.broker.admin_token()
+    operator, deadline = fleet.broker.admin_token(), fleet.broker._admin_deadline
     fleet.broker = launch_broker(fleet.data_dir, env, port=port)
-    fleet.broker._admin_token = operator
+    fleet.broker._admin_token, fleet.broker._admin_deadline = operator, deadline
 
 
 def kill(broker: RunningBroker) -> None:
