@@ -17,8 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from tasklease.core.attestation import AttestationOutcome, AttestationService, declared_facts
-from tasklease.core.attestors import LAUNCH_TOKEN, AttestationRefused, evidence_hash
-from tasklease.core.attestors.launch_token import refusal as launch_refusal
+from tasklease.core.attestors import LAUNCH_TOKEN
 from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.calls import budgets_for
@@ -28,7 +27,6 @@ from tasklease.core.errors import (
     InvalidRequest,
     TaskleaseError,
     Unauthorized,
-    UseDPoPNonce,
 )
 from tasklease.core.identity import (
     NonceIssuer,
@@ -45,20 +43,24 @@ from tasklease.core.kernel import (
     Refusal,
     RequestContext,
     Service,
-    app_ancestor,
     joint_parent,
     new_denial_id,
     with_denial,
 )
-from tasklease.core.launch import LAUNCH_TOKEN_PATTERN, launch_token_hash
 from tasklease.core.liveness import new_session
-from tasklease.core.policyrequest import Actor
+from tasklease.core.registrationinputs import (
+    RegistrationInputs,
+    actor_of,
+    app_of,
+    attested_suffix,
+    policy_of,
+)
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import new_agent_id, validate_segment
 from tasklease.core.store import AgentRecord, LaunchTokenRecord, WriteTx
 from tasklease.rules.attest import Attestation
-from tasklease.rules.binding import BindingError, DPoPNonceRequired, DPoPProof, DPoPVerifier
+from tasklease.rules.binding import DPoPVerifier
 
 __all__ = ["PendingRegistration", "Registration"]
 
@@ -120,8 +122,7 @@ class Registration(Service):
         super().__init__(kernel)
         self._keys = keys
         self._nonces = nonces
-        self._dpop = dpop
-        self._attestation = attestation
+        self._inputs = RegistrationInputs(kernel, dpop, attestation)
 
     def challenge(self) -> tuple[str, int]:
         """A fresh nonce and its lifetime in seconds."""
@@ -330,10 +331,10 @@ class Registration(Service):
         lt_hash = ""
         parent: Parent | None = None
         if isinstance(launch_token, str) and launch_token:
-            record, lt_hash, parent = self._launch_parent(launch_token, now, base, deny)
+            record, lt_hash, parent = self._inputs.launch_parent(launch_token, now, base, deny)
         attested: AttestationOutcome | None = None
         if attestation is not None:
-            attested = self._attested(attestation, declaration, iat, base, deny)
+            attested = self._inputs.attested(attestation, declaration, iat, base, deny)
         elif declaration and parent is not None:
             # A launch token's agent may declare facts too; nothing is attested.
             claim = Attestation(LAUNCH_TOKEN, declared=declaration)
@@ -345,7 +346,7 @@ class Registration(Service):
                 )
             if parent is None:  # pragma: no cover - one of the two is required above
                 raise InvalidRequest("missing required field: launch_token")
-            app_id = _app_of(record, attested)
+            app_id = app_of(record, attested)
             issuance = self._kernel.check_issuance(
                 "register",
                 parent,
@@ -356,7 +357,7 @@ class Registration(Service):
                 dead_ancestor=self._kernel.app_standing(app_id),
                 resource=named_resource,
                 details=details,
-                actor=_actor(record, lt_hash, attested, app_id),
+                actor=actor_of(record, lt_hash, attested, app_id),
             )
         except Refusal as refusal:
             if refusal.event_type == "audience":
@@ -382,7 +383,7 @@ class Registration(Service):
                     replace(
                         base,
                         event_type="registration_policy_violation",
-                        detail=f"{what}{_policy_of(refusal.detail)}{_attested_suffix(attested)}",
+                        detail=f"{what}{policy_of(refusal.detail)}{attested_suffix(attested)}",
                     ),
                 ) from None
             if refusal.event_type == "policy":
@@ -391,14 +392,14 @@ class Registration(Service):
                     replace(
                         base,
                         event_type="registration_policy_violation",
-                        detail=f"{refusal.detail}{_attested_suffix(attested)}",
+                        detail=f"{refusal.detail}{attested_suffix(attested)}",
                     ),
                 ) from None
             if record is None:
                 # The attestor's app was removed, or an ancestor revoked.
                 raise deny(
                     Unauthorized("attestation refused"),
-                    replace(base, detail=f"{refusal.detail}{_attested_suffix(attested)}"),
+                    replace(base, detail=f"{refusal.detail}{attested_suffix(attested)}"),
                 ) from None
             # The launch token's app was removed: the token is as dead as an unknown one.
             raise deny(
@@ -406,7 +407,7 @@ class Registration(Service):
                 replace(base, detail=f"{refusal.detail} ({lt_hash[:12]})"),
             ) from None
         audience = issuance.audience
-        cnf, proof = self._binding(ctx, now, base, deny)
+        cnf, proof = self._inputs.binding(ctx, now, base, deny)
         try:
             nonce_expiry = self._nonces.check(nonce, now)
         except Unauthorized as exc:
@@ -468,7 +469,7 @@ class Registration(Service):
         suffix = f" app_id={app_id}" if app_id else ""
         suffix += binding_suffix(claims, reference) + issuance.decision
         origin = f" launch_token={lt_hash[:12]}" if record is not None else ""
-        origin += _attested_suffix(attested)
+        origin += attested_suffix(attested)
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if not tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew):
@@ -485,7 +486,7 @@ class Registration(Service):
                 if not tx.consume_evidence(used.replay_key, used.valid_until + cfg.clock_skew):
                     raise Unauthorized(
                         "attestation refused",
-                        reason=f"evidence already used{_attested_suffix(attested)}",
+                        reason=f"evidence already used{attested_suffix(attested)}",
                     )
             tx.insert_agent(agent)
             for budget in budgets:
@@ -519,143 +520,3 @@ class Registration(Service):
             ]
 
         return PendingRegistration(unit, IssuedToken(token, claims), base, started)
-
-    def _launch_parent(
-        self,
-        launch_token: str,
-        now: float,
-        base: AuditEntry,
-        deny: Callable[[TaskleaseError, AuditEntry], Exception],
-    ) -> tuple[LaunchTokenRecord, str, Parent]:
-        """The launch token's record, its hash and the parent it makes (nothing consumed).
-
-        Today's registration path (``core.attestors.launch_token``): looked up by hash,
-        unexpired, with a use left; its ceiling the parent's.
-        """
-        if not LAUNCH_TOKEN_PATTERN.match(launch_token):
-            raise deny(
-                Unauthorized("launch token: launch token not found"),
-                replace(base, detail="launch token malformed"),
-            )
-        lt_hash = launch_token_hash(launch_token)
-        record = self._store.get_launch_token(lt_hash)
-        why = launch_refusal(
-            found=record is not None,
-            expired=record is not None and now >= record.expires_at,
-            uses=record.uses if record is not None else 0,
-            max_uses=record.max_uses if record is not None else 1,
-        )
-        if record is None or why:
-            detail = f"{why} ({lt_hash[:12]})"
-            if record is not None and record.uses >= record.max_uses:
-                detail = (
-                    f"launch token already consumed: {record.uses} of {record.max_uses} uses "
-                    f"({lt_hash[:12]})"
-                )
-            raise deny(Unauthorized(f"launch token: {why}"), replace(base, detail=detail))
-        iat = int(now)
-        principal = record.principal or (f"app:{record.app_id}" if record.app_id else "admin")
-        parent = Parent(
-            holder="",
-            scope=record.allowed_scope,
-            details=record.authorization_details,
-            audience=record.audience,
-            principal=principal,
-            lineage=(app_ancestor(record.app_id),) if record.app_id else (),
-            ceiling=iat + self._config.renewal_ceiling,
-            ttl=record.max_ttl,
-            renewals=0,
-        )
-        return record, lt_hash, parent
-
-    def _attested(
-        self,
-        attestation: object,
-        declaration: dict[str, str],
-        iat: int,
-        base: AuditEntry,
-        deny: Callable[[TaskleaseError, AuditEntry], Exception],
-    ) -> AttestationOutcome:
-        """The evidence verified and the policy's ceiling (``core.attestation``); a
-        refusal is one generic 401 outward and its precise reason in the audit log."""
-        try:
-            return self._attestation.attest(attestation, declaration, iat=iat)
-        except AttestationRefused as exc:
-            self._metrics.attestation_refusals.labels(exc.category).inc()
-            detail = f"attestation refused ({exc.category}): {exc.reason}"
-            if isinstance(attestation, dict) and isinstance(attestation.get("evidence"), str):
-                detail += f" evidence={evidence_hash(attestation['evidence'])[:12]}"
-            raise deny(Unauthorized("attestation refused"), replace(base, detail=detail)) from None
-
-    def _binding(
-        self,
-        ctx: RequestContext,
-        now: float,
-        base: AuditEntry,
-        deny: Callable[[TaskleaseError, AuditEntry], Exception],
-    ) -> tuple[dict[str, str], DPoPProof | None]:
-        """The ``cnf`` a registration earns (its client certificate and/or DPoP key), and
-        the DPoP proof for the registration's transaction to record as used (RFC 9449
-        section 11.1: single use, in the store every worker and replica shares)."""
-        cnf: dict[str, str] = {}
-        if ctx.cert_thumbprint:
-            cnf["x5t#S256"] = ctx.cert_thumbprint
-        proof = None
-        if ctx.dpop:
-            try:
-                proof = self._dpop.check(ctx.dpop, htm=ctx.method, htu=ctx.url, now=now)
-            except DPoPNonceRequired as exc:  # RFC 9449 section 8: retry with this nonce
-                raise deny(
-                    UseDPoPNonce(reason=exc.reason, dpop_nonce=exc.nonce),
-                    replace(base, detail=f"registration DPoP proof refused: {exc.reason}"),
-                ) from None
-            except BindingError as exc:
-                raise deny(
-                    InvalidDPoPProof("invalid DPoP proof", reason=exc.reason),
-                    replace(base, detail=f"registration DPoP proof refused: {exc.reason}"),
-                ) from None
-            cnf["jkt"] = proof.jkt
-        return cnf, proof
-
-
-def _actor(
-    record: LaunchTokenRecord | None,
-    lt_hash: str,
-    attested: AttestationOutcome | None,
-    app_id: str,
-) -> Actor:
-    """Who asks, for the issuance policy: the launch token (with the attested facts as
-    tags when evidence came too), else the attested workload."""
-    facts = dict(attested.claim.facts) if attested is not None else {}
-    if record is not None:
-        attrs = {"agent_name": record.agent_name, "created_by": record.created_by}
-        return Actor("LaunchToken", lt_hash[:16], attrs, facts, app_id)
-    if attested is None:  # pragma: no cover - one of the two is required
-        return Actor("LaunchToken", "unknown")
-    used = attested.attested
-    attrs = {"attestor": used.attestor, "type": used.type, "subject": used.subject}
-    return Actor("Workload", f"{used.attestor}:{used.subject}"[:512], attrs, facts, app_id)
-
-
-def _policy_of(detail: str) -> str:
-    """The policy decision a refusal's detail ends with (`` policy=...``), or ""."""
-    at = detail.find(" policy=")
-    return detail[at:] if at >= 0 else ""
-
-
-def _app_of(record: LaunchTokenRecord | None, attested: AttestationOutcome | None) -> str:
-    """The app an agent registers under: its launch token's, else its attestor's."""
-    if record is not None:
-        return record.app_id
-    return attested.attestor.app_id if attested is not None else ""
-
-
-def _attested_suffix(attested: AttestationOutcome | None) -> str:
-    """Audit detail: which attestor, subject, rule and evidence (by hash) admitted it."""
-    if attested is None:
-        return ""
-    used = attested.attested
-    return (
-        f" attestor={used.attestor} type={used.type} subject={used.subject} "
-        f"rule={attested.grant.rule} evidence={used.digest}"
-    )

@@ -1,0 +1,176 @@
+"""What a registration rests on, checked before anything is written: the launch token's
+parent, the attestation, the key binding (``cnf``), and the policy actor and audit words."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from tasklease.core.attestation import AttestationOutcome, AttestationService
+from tasklease.core.attestors import AttestationRefused, evidence_hash
+from tasklease.core.attestors.launch_token import refusal as launch_refusal
+from tasklease.core.auditformat import AuditEntry
+from tasklease.core.errors import InvalidDPoPProof, TaskleaseError, Unauthorized, UseDPoPNonce
+from tasklease.core.kernel import Kernel, Parent, RequestContext, Service, app_ancestor
+from tasklease.core.launch import LAUNCH_TOKEN_PATTERN, launch_token_hash
+from tasklease.core.policyrequest import Actor
+from tasklease.core.store import LaunchTokenRecord
+from tasklease.rules.binding import BindingError, DPoPNonceRequired, DPoPProof, DPoPVerifier
+
+__all__ = [
+    "RegistrationInputs",
+    "actor_of",
+    "app_of",
+    "attested_suffix",
+    "policy_of",
+]
+
+
+class RegistrationInputs(Service):
+    """The checks of a registration's launch token, attestation and key binding; each
+    raises what ``deny`` makes of a refusal. Thread-safe; one per :class:`Registration`."""
+
+    def __init__(self, kernel: Kernel, dpop: DPoPVerifier, attestation: AttestationService) -> None:
+        super().__init__(kernel)
+        self._dpop = dpop
+        self._attestation = attestation
+
+    def launch_parent(
+        self,
+        launch_token: str,
+        now: float,
+        base: AuditEntry,
+        deny: Callable[[TaskleaseError, AuditEntry], Exception],
+    ) -> tuple[LaunchTokenRecord, str, Parent]:
+        """The launch token's record, its hash and the parent it makes (nothing consumed).
+
+        Today's registration path (``core.attestors.launch_token``): looked up by hash,
+        unexpired, with a use left; its ceiling the parent's.
+        """
+        if not LAUNCH_TOKEN_PATTERN.match(launch_token):
+            raise deny(
+                Unauthorized("launch token: launch token not found"),
+                replace(base, detail="launch token malformed"),
+            )
+        lt_hash = launch_token_hash(launch_token)
+        record = self._store.get_launch_token(lt_hash)
+        why = launch_refusal(
+            found=record is not None,
+            expired=record is not None and now >= record.expires_at,
+            uses=record.uses if record is not None else 0,
+            max_uses=record.max_uses if record is not None else 1,
+        )
+        if record is None or why:
+            detail = f"{why} ({lt_hash[:12]})"
+            if record is not None and record.uses >= record.max_uses:
+                detail = (
+                    f"launch token already consumed: {record.uses} of {record.max_uses} uses "
+                    f"({lt_hash[:12]})"
+                )
+            raise deny(Unauthorized(f"launch token: {why}"), replace(base, detail=detail))
+        iat = int(now)
+        principal = record.principal or (f"app:{record.app_id}" if record.app_id else "admin")
+        parent = Parent(
+            holder="",
+            scope=record.allowed_scope,
+            details=record.authorization_details,
+            audience=record.audience,
+            principal=principal,
+            lineage=(app_ancestor(record.app_id),) if record.app_id else (),
+            ceiling=iat + self._config.renewal_ceiling,
+            ttl=record.max_ttl,
+            renewals=0,
+        )
+        return record, lt_hash, parent
+
+    def attested(
+        self,
+        attestation: object,
+        declaration: dict[str, str],
+        iat: int,
+        base: AuditEntry,
+        deny: Callable[[TaskleaseError, AuditEntry], Exception],
+    ) -> AttestationOutcome:
+        """The evidence verified and the policy's ceiling (``core.attestation``); a
+        refusal is one generic 401 outward and its precise reason in the audit log."""
+        try:
+            return self._attestation.attest(attestation, declaration, iat=iat)
+        except AttestationRefused as exc:
+            self._metrics.attestation_refusals.labels(exc.category).inc()
+            detail = f"attestation refused ({exc.category}): {exc.reason}"
+            if isinstance(attestation, dict) and isinstance(attestation.get("evidence"), str):
+                detail += f" evidence={evidence_hash(attestation['evidence'])[:12]}"
+            raise deny(Unauthorized("attestation refused"), replace(base, detail=detail)) from None
+
+    def binding(
+        self,
+        ctx: RequestContext,
+        now: float,
+        base: AuditEntry,
+        deny: Callable[[TaskleaseError, AuditEntry], Exception],
+    ) -> tuple[dict[str, str], DPoPProof | None]:
+        """The ``cnf`` a registration earns (its client certificate and/or DPoP key), and
+        the DPoP proof for the registration's transaction to record as used (RFC 9449
+        section 11.1: single use, in the store every worker and replica shares)."""
+        cnf: dict[str, str] = {}
+        if ctx.cert_thumbprint:
+            cnf["x5t#S256"] = ctx.cert_thumbprint
+        proof = None
+        if ctx.dpop:
+            try:
+                proof = self._dpop.check(ctx.dpop, htm=ctx.method, htu=ctx.url, now=now)
+            except DPoPNonceRequired as exc:  # RFC 9449 section 8: retry with this nonce
+                raise deny(
+                    UseDPoPNonce(reason=exc.reason, dpop_nonce=exc.nonce),
+                    replace(base, detail=f"registration DPoP proof refused: {exc.reason}"),
+                ) from None
+            except BindingError as exc:
+                raise deny(
+                    InvalidDPoPProof("invalid DPoP proof", reason=exc.reason),
+                    replace(base, detail=f"registration DPoP proof refused: {exc.reason}"),
+                ) from None
+            cnf["jkt"] = proof.jkt
+        return cnf, proof
+
+
+def actor_of(
+    record: LaunchTokenRecord | None,
+    lt_hash: str,
+    attested: AttestationOutcome | None,
+    app_id: str,
+) -> Actor:
+    """Who asks, for the issuance policy: the launch token (with the attested facts as
+    tags when evidence came too), else the attested workload."""
+    facts = dict(attested.claim.facts) if attested is not None else {}
+    if record is not None:
+        attrs = {"agent_name": record.agent_name, "created_by": record.created_by}
+        return Actor("LaunchToken", lt_hash[:16], attrs, facts, app_id)
+    if attested is None:  # pragma: no cover - one of the two is required
+        return Actor("LaunchToken", "unknown")
+    used = attested.attested
+    attrs = {"attestor": used.attestor, "type": used.type, "subject": used.subject}
+    return Actor("Workload", f"{used.attestor}:{used.subject}"[:512], attrs, facts, app_id)
+
+
+def policy_of(detail: str) -> str:
+    """The policy decision a refusal's detail ends with (`` policy=...``), or ""."""
+    at = detail.find(" policy=")
+    return detail[at:] if at >= 0 else ""
+
+
+def app_of(record: LaunchTokenRecord | None, attested: AttestationOutcome | None) -> str:
+    """The app an agent registers under: its launch token's, else its attestor's."""
+    if record is not None:
+        return record.app_id
+    return attested.attestor.app_id if attested is not None else ""
+
+
+def attested_suffix(attested: AttestationOutcome | None) -> str:
+    """Audit detail: which attestor, subject, rule and evidence (by hash) admitted it."""
+    if attested is None:
+        return ""
+    used = attested.attested
+    return (
+        f" attestor={used.attestor} type={used.type} subject={used.subject} "
+        f"rule={attested.grant.rule} evidence={used.digest}"
+    )
