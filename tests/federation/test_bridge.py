@@ -334,10 +334,10 @@ def test_a_revocation_in_a_is_seen_in_b(followed: dict[str, Peer], level: str) -
         "agent": alice.agent_id,
         "chain": claims(alice.access_token)["jti"],
     }[level]
-    started = time.monotonic()
     a.cli("revoke", "--level", level, "--target", target)
-    took = _seconds_until_refused(b, held, started)
-    assert took < 5, took  # a CLI process start included; the measured figure is below
+    # B refuses it on its own (the feed), without a call from A; how fast is measured by
+    # test_cross_domain_propagation_p99_is_under_a_second and the benchmark.
+    _seconds_until_refused(b, held, time.monotonic())
     assert b.valid(bob.access_token)  # B's own agent keeps its own token
     refused = exchange(b, subject, bob.access_token, expect=400)
     assert refused["error"] == "invalid_request"
