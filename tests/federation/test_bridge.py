@@ -378,6 +378,7 @@ def test_a_b_token_from_a_chain_is_refused_by_a_b_resource_server(
         verifier.close()
 
 
+@pytest.mark.serial  # a bound in time: the machine to itself
 def test_cross_domain_propagation_p99_is_under_a_second(followed: dict[str, Peer]) -> None:
     """From A's revoke call returning to B refusing the token it derived, 30 times."""
     a, b = followed[A], followed[B]

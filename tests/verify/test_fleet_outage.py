@@ -55,7 +55,12 @@ from tasklease.verify.asgi import TaskleaseAuthMiddleware
 
 OUTAGE = float(os.environ.get("TASKLEASE_FLEET_OUTAGE", "3"))
 # The long variant waits out a 45 s outage and a 60 s bound: more than the suite's timeout.
-pytestmark = [pytest.mark.slow, *([pytest.mark.timeout(600)] if OUTAGE > 30 else [])]
+# Serial: it bounds the revocation's propagation in time, which needs the machine.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.serial,
+    *([pytest.mark.timeout(600)] if OUTAGE > 30 else []),
+]
 # The staleness bound: the default (60 s) in the long variant; here the outage and a margin
 # for a loaded host.
 BOUND = 60.0 if OUTAGE > 30 else OUTAGE + 5.0
