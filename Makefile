@@ -59,10 +59,12 @@ unit: $(VENV)/.test-deps ## the test suite (installs PostgreSQL, SoftHSM, faketi
 
 test: lint typecheck unit ## every check: lint, typecheck, unit
 
-# The authority model at 100,000 steps and more (not in CI): memory and SQLite stores.
-soak: $(VENV)/.test-deps ## the authority model at 100,000 steps (not in CI)
+# The authority model at 100,000 steps and more (not in CI): memory and SQLite stores; the
+# fleet test with the broker away for 45 s (CI runs it with 3 s).
+soak: $(VENV)/.test-deps ## the authority model at 100,000 steps, the fleet through a 45 s outage (not in CI)
 	TASKLEASE_MODEL_EXAMPLES=1250 TASKLEASE_MODEL_STEPS=80 \
 	  $(BIN)/pytest -p no:cacheprovider -o addopts="" --timeout 0 tests/core/test_authority_model.py
+	TASKLEASE_FLEET_OUTAGE=45 $(BIN)/pytest -p no:cacheprovider tests/verify/test_fleet_outage.py
 
 bench: $(VENV)/.test-deps ## throughput benchmarks
 	$(BIN)/python -m bench
