@@ -1,0 +1,566 @@
+"""The Broker's wiring and what agents, apps and resource servers call through it.
+
+:class:`BrokerBase` builds the authority kernel and every service (registration, renewal,
+delegating, revoking, tokencheck, liveness, handshake, discovery, ...) and delegates the
+agent-side operations to them; :class:`tasklease.core.broker.Broker` adds the operators'.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from tasklease.core.apps import Apps
+from tasklease.core.attestation import AttestationService
+from tasklease.core.audit import Deferred
+from tasklease.core.auditformat import AuditEntry
+from tasklease.core.binding import DPoPNonces, StoreProofLedger
+from tasklease.core.calls import CallCount, CallCounting
+from tasklease.core.clock import Clock, SystemClock
+from tasklease.core.config import Config
+from tasklease.core.delegating import Delegating
+from tasklease.core.discovery import Discovery
+from tasklease.core.errors import InsufficientScope, InvalidRequest, Unauthorized
+from tasklease.core.exchange import Exchange, Exchanged, ExchangeRequest
+from tasklease.core.federation import Federation
+from tasklease.core.freshness import Freshness
+from tasklease.core.grantadmin import GrantTypes
+from tasklease.core.handshake import Handshakes
+from tasklease.core.horizon import SafeHorizon
+from tasklease.core.identity import NonceIssuer
+from tasklease.core.inventory import Inventory
+from tasklease.core.kernel import IssuedToken, Kernel, RequestContext
+from tasklease.core.keys import KeyRing
+from tasklease.core.liveness import Liveness
+from tasklease.core.metrics import Metrics
+from tasklease.core.mutual import HandshakeResult
+from tasklease.core.offlineaudit import OfflineAudit
+from tasklease.core.operators import Operators
+from tasklease.core.peerfeed import PeerFeeds
+from tasklease.core.pending import Pending, aanswer, asettle
+from tasklease.core.readiness import Readiness
+from tasklease.core.registration import PendingRegistration, Registration
+from tasklease.core.renewal import Renewal
+from tasklease.core.revocation import RevocationIndex
+from tasklease.core.revoking import Revoking
+from tasklease.core.signing import SigningKeys
+from tasklease.core.status import VERSION, health
+from tasklease.core.store import (
+    AgentRecord,
+    AgentSession,
+    AuditEvent,
+    AuditQuery,
+    DiscoveryBinding,
+    RevocationRecord,
+    Store,
+)
+from tasklease.core.tenants import Tenants
+from tasklease.core.tokencheck import ALL_KINDS, OPERATOR_KINDS, TokenCheck
+from tasklease.core.tokens import Claims
+from tasklease.core.transparency import AuditTransparency
+from tasklease.core.trustbundle import TrustBundles
+from tasklease.core.validation import TokenRejected, Validator
+from tasklease.core.workload import WorkloadIdentities
+from tasklease.rules.binding import DPoPVerifier, Presentation
+
+__all__ = ["FEED_SCOPE", "BrokerBase"]
+
+T = TypeVar("T")
+
+# What an operator's token needs to read the revocation feed or introspect: the
+# revocation power (the admin and operator roles hold it; the auditor role does not).
+FEED_SCOPE = "admin:revoke:*"
+
+
+class BrokerBase:
+    """The Broker's services and the operations of agents, apps and resource servers:
+    registration, presented tokens, renewal, delegation, exchange, revocation, call
+    budgets, peers. Use :class:`tasklease.core.broker.Broker`, which adds the operators'.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        keyring: KeyRing,
+        *,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+        nonce_secret: bytes | None = None,
+        nonce_issuer: NonceIssuer | None = None,
+        monotonic: Callable[[], float] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or Metrics()
+        self.revocations = RevocationIndex()
+        self.kernel = kernel = Kernel(config, store, self.clock, self.metrics, self.revocations)
+        # What pruning takes as passed (core.horizon): elapsed time is read from
+        # ``monotonic``, by default the system's monotonic clock, or an injected clock itself.
+        elapsed = monotonic or (time.monotonic if clock is None else self.clock.now)
+        self.horizon = horizon = SafeHorizon(self.clock, store, self.metrics, monotonic=elapsed)
+        self.audit = kernel.audit
+        self.started_at = kernel.started_at
+        # Names this process as the holder of store leases (the liveness sweeper's).
+        self.instance_id = secrets.token_hex(8)
+        # Replicas that share a database must share this secret (server.build_broker
+        # keeps it beside the signing keys); a lone in-process broker may use a random one.
+        self.nonces = nonce_issuer or NonceIssuer(nonce_secret or os.urandom(32), config.nonce_ttl)
+        # DPoP proofs are single use across workers and replicas: the store remembers them.
+        # Proofs made for the broker carry its nonce when dpop_nonce = "required" (RFC 9449
+        # sections 8 and 9); proofs a resource server forwards to validate never do.
+        ledger = StoreProofLedger(kernel)
+        self.dpop_nonces = DPoPNonces(
+            self.nonces.derived_key(b"dpop-nonce"), config.dpop_proof_window
+        )
+        required = self.dpop_nonces if config.dpop_nonce == "required" else None
+        self.dpop = DPoPVerifier(config.dpop_proof_window, ledger=ledger, nonces=required)
+        forwarded = DPoPVerifier(config.dpop_proof_window, ledger=ledger)
+        self._keys = keys = SigningKeys(kernel, keyring)
+        self._freshness = freshness = Freshness(kernel, horizon)
+        self._tokens = tokens = TokenCheck(kernel, keys, self.dpop, freshness, forwarded=forwarded)
+        # Workload attestors (core.attestation): evidence in place of a launch token.
+        self.attestation = AttestationService(kernel)
+        self._registration = Registration(kernel, keys, self.nonces, self.dpop, self.attestation)
+        self._renewal = Renewal(kernel, keys, self.nonces, self.dpop)
+        self._delegating = Delegating(kernel, keys)
+        self._revoking = Revoking(kernel, tokens, horizon)
+        self._apps = Apps(kernel, keys, self.dpop)
+        # Structured grants: operators' grant types, and call budgets (max_calls).
+        self.grant_types = GrantTypes(kernel)
+        self._calls = CallCounting(kernel)
+        # Late reports of offline derivations and uses (docs/audit.md, "Reported late").
+        self.offline_audit = OfflineAudit(kernel, tokens.offline)
+        self._operators = Operators(kernel, keys, self.nonces)
+        self._tenants = Tenants(kernel)
+        self._liveness = Liveness(kernel)
+        self._handshakes = Handshakes(kernel, keys)
+        self._discovery = Discovery(kernel)
+        self._workload = WorkloadIdentities(kernel, keys)
+        # Federated trust domains (core.federation): records, bundles, trusted keys.
+        self.federation = Federation(kernel)
+        # What operators see (core.inventory): listings, trees, tasks; read-only.
+        self.inventory = Inventory(kernel)
+        self._exchange = Exchange(kernel, keys, tokens, self.federation)
+        self._peer_feeds = PeerFeeds(kernel)
+        self._trust_bundles = TrustBundles(kernel, keys, monotonic=elapsed)
+        # The transparent audit log (core.transparency): log key, checkpoints, proofs,
+        # witnesses, on the Broker as broker.transparency.
+        self.transparency = AuditTransparency(kernel, keyring, self.instance_id)
+        # Health and readiness from checks on threads of their own (core.readiness): the
+        # answers never wait on storage longer than the checks' bound.
+        self.readiness = Readiness(
+            kernel,
+            self.health,
+            skeleton=lambda: {"version": VERSION, "signing_kid": keys.ring.active_kid},
+            revocations_current=freshness.current,
+        )
+        freshness.load()
+
+    # --- what rotation and the store watch replace ---------------------------------------
+
+    @property
+    def keyring(self) -> KeyRing:
+        """The current key ring (one signing key, verify keys by ``kid``)."""
+        return self._keys.ring
+
+    @property
+    def validator(self) -> Validator:
+        """The validator over the current key ring."""
+        return self._keys.validator
+
+    @property
+    def _monotonic(self) -> Callable[[], float]:
+        """The clock the revocation index's freshness bound is read against."""
+        return self._freshness.monotonic
+
+    @_monotonic.setter
+    def _monotonic(self, monotonic: Callable[[], float]) -> None:
+        self._freshness.monotonic = monotonic
+
+    @property
+    def _current_until(self) -> float:
+        """The monotonic time after which the revocation index is not trusted current."""
+        return self._freshness.until
+
+    @_current_until.setter
+    def _current_until(self, until: float) -> None:
+        self._freshness.until = until
+
+    # --- identity: challenge and registration (core.registration) ------------------------
+
+    def challenge(self) -> tuple[str, int]:
+        """A fresh nonce and its lifetime in seconds."""
+        return self._registration.challenge()
+
+    def register(
+        self,
+        *,
+        launch_token: object,
+        nonce: object,
+        public_key: object,
+        signature: object,
+        orch_id: object,
+        task_id: object,
+        requested_scope: object,
+        ctx: RequestContext,
+        resource: object = None,
+        attestation: object = None,
+        declared: object = None,
+        authorization_details: object = None,
+    ) -> IssuedToken:
+        """Register an agent instance and issue its first token (:class:`Registration`):
+        with a launch token, workload evidence (``attestation``), or both."""
+        return self._registration.register(
+            launch_token=launch_token,
+            nonce=nonce,
+            public_key=public_key,
+            signature=signature,
+            orch_id=orch_id,
+            task_id=task_id,
+            requested_scope=requested_scope,
+            ctx=ctx,
+            resource=resource,
+            attestation=attestation,
+            declared=declared,
+            authorization_details=authorization_details,
+        )
+
+    def prepare_register(
+        self,
+        *,
+        launch_token: object,
+        nonce: object,
+        public_key: object,
+        signature: object,
+        orch_id: object,
+        task_id: object,
+        requested_scope: object,
+        ctx: RequestContext,
+        resource: object = None,
+        attestation: object = None,
+        declared: object = None,
+        authorization_details: object = None,
+    ) -> PendingRegistration:
+        """The first half of :meth:`register` for an event loop: checks and signing only."""
+        return self._registration.prepare_register(
+            launch_token=launch_token,
+            nonce=nonce,
+            public_key=public_key,
+            signature=signature,
+            orch_id=orch_id,
+            task_id=task_id,
+            requested_scope=requested_scope,
+            ctx=ctx,
+            resource=resource,
+            attestation=attestation,
+            declared=declared,
+            authorization_details=authorization_details,
+        )
+
+    async def complete_register(self, pending: PendingRegistration) -> IssuedToken:
+        """Write what :meth:`prepare_register` decided (group-committed), then answer."""
+        return await self._registration.complete_register(pending)
+
+    # --- presented tokens (core.tokencheck) ----------------------------------------------
+
+    # --- the write paths in two halves (core.pending), for an event loop ------------------
+
+    def prepare_renew(self, claims: Claims, ctx: RequestContext) -> Pending[IssuedToken]:
+        """:meth:`renew` checked and signed, not written; :meth:`answer` commits it."""
+        return self._renewal.prepare_renew(claims, ctx)
+
+    def prepare_release(self, claims: Claims, ctx: RequestContext) -> Pending[None]:
+        """:meth:`release`, not written; :meth:`answer` commits it."""
+        return self._renewal.prepare_release(claims, ctx)
+
+    def prepare_delegate(self, claims: Claims, **request: Any) -> Pending[IssuedToken]:
+        """:meth:`delegate` checked and signed, not written; :meth:`answer` commits it."""
+        return self._delegating.prepare_delegate(claims, **request)
+
+    def prepare_revoke(
+        self, claims: Claims, *, level: object, target: object, ctx: RequestContext
+    ) -> Pending[int]:
+        """:meth:`revoke` checked, not written; :meth:`answer` commits it."""
+        return self._revoking.prepare_revoke(claims, level=level, target=target, ctx=ctx)
+
+    def prepare_revoke_token(
+        self, caller: Claims, *, token: object, token_type_hint: object, ctx: RequestContext
+    ) -> Pending[bool]:
+        """:meth:`revoke_token` checked, not written; :meth:`answer` commits it."""
+        return self._revoking.prepare_revoke_token(
+            caller, token=token, token_type_hint=token_type_hint, ctx=ctx
+        )
+
+    async def answer(self, deferred: Deferred[Pending[T]]) -> T:
+        """Write what a ``prepare_*`` run under :func:`deferring` decided: its deferred
+        audit events, then its unit (group-committed, awaited without a thread)."""
+        return await aanswer(self.kernel, deferred)
+
+    async def settle(self, deferred: Deferred[T]) -> T:
+        """The value of a read run under :func:`deferring`, once its deferred audit
+        events (a refused authentication's, say) are durable."""
+        return await asettle(self.kernel, deferred)
+
+    def validate(
+        self,
+        token: str,
+        *,
+        audience: str | None = None,
+        presented: Presentation | None = None,
+        ctx: RequestContext | None = None,
+    ) -> Claims:
+        """Validate an agent access token; raises TokenRejected (:class:`TokenCheck`)."""
+        return self._tokens.validate(token, audience=audience, presented=presented, ctx=ctx)
+
+    def authenticate(
+        self,
+        authorization: str | None,
+        ctx: RequestContext,
+        *,
+        kinds: frozenset[str] = ALL_KINDS,
+        scope: str | None = None,
+    ) -> Claims:
+        """Check a request's bearer credential; audit and raise on any failure."""
+        return self._tokens.authenticate(authorization, ctx, kinds=kinds, scope=scope)
+
+    def authenticate_feed_reader(self, authorization: str | None, ctx: RequestContext) -> Claims:
+        """Authenticate a revocation-feed reader: an app token, or an operator's token
+        with ``admin:revoke:*`` (an auditor's is refused)."""
+        return self._tokens.authenticate(
+            authorization, ctx, kinds=OPERATOR_KINDS, admin_scope=FEED_SCOPE
+        )
+
+    def authenticate_introspector(self, authorization: str | None, ctx: RequestContext) -> Claims:
+        """Authenticate an introspection caller: an app token, or an operator's token with
+        ``admin:revoke:*`` (an auditor's is refused).
+
+        A caller without that privilege is refused with 401, not 403 (RFC 7662 section
+        2.3); the refusal keeps its audit event and ``denial_id``.
+        """
+        try:
+            return self._tokens.authenticate(
+                authorization, ctx, kinds=OPERATOR_KINDS, admin_scope=FEED_SCOPE
+            )
+        except InsufficientScope as exc:
+            refused = Unauthorized(exc.detail, reason=exc.reason, challenge=exc.challenge)
+            refused.denial_id = exc.denial_id
+            raise refused from None
+
+    def introspect(
+        self, caller: Claims, *, token: object, audience: object = None, ctx: RequestContext
+    ) -> dict[str, Any]:
+        """RFC 7662 introspection of an agent access token (JWT or by-reference)."""
+        return self._tokens.introspect(caller, token=token, audience=audience, ctx=ctx)
+
+    # --- renewal, release, resume, delegation (core.renewal, core.delegating) ------------
+
+    def renew(self, claims: Claims, ctx: RequestContext) -> IssuedToken:
+        """Issue a successor and revoke the predecessor, atomically (:class:`Renewal`)."""
+        return self._renewal.renew(claims, ctx)
+
+    def release(self, claims: Claims, ctx: RequestContext) -> None:
+        """The holder gives its token up (revoked at level ``token``)."""
+        return self._renewal.release(claims, ctx)
+
+    def resume(
+        self, *, agent_id: object, nonce: object, signature: object, ctx: RequestContext
+    ) -> IssuedToken:
+        """A fresh token for a restarted agent that proves its registered key."""
+        return self._renewal.resume(agent_id=agent_id, nonce=nonce, signature=signature, ctx=ctx)
+
+    def delegate(
+        self,
+        claims: Claims,
+        *,
+        delegate_to: object,
+        scope: object,
+        ttl: object,
+        ctx: RequestContext,
+        resource: object = None,
+        authorization_details: object = None,
+    ) -> IssuedToken:
+        """Hand a subset of the caller's scope and grants to another registered agent."""
+        return self._delegating.delegate(
+            claims,
+            delegate_to=delegate_to,
+            scope=scope,
+            ttl=ttl,
+            ctx=ctx,
+            resource=resource,
+            authorization_details=authorization_details,
+        )
+
+    def exchange_token(self, request: ExchangeRequest, ctx: RequestContext) -> Exchanged:
+        """RFC 8693 token exchange: narrow a token, or carry a federated domain's token
+        across to a local agent (:class:`~tasklease.core.exchange.Exchange`)."""
+        return self._exchange.exchange(request, ctx)
+
+    def hold_feed_lease(self, ttl: float) -> bool:
+        """Take or extend the lease of the one process that follows the federated
+        domains' revocation feeds (:class:`~tasklease.core.peerfeed.PeerFeeds`)."""
+        return self._peer_feeds.hold_lease(self.instance_id, ttl)
+
+    def apply_federated_revocations(
+        self,
+        trust_domain: str,
+        records: Sequence[RevocationRecord],
+        *,
+        sent_at: float | None = None,
+    ) -> list[RevocationRecord]:
+        """Make a federated domain's revocation feed entries ours; the entries written."""
+        return self._peer_feeds.apply(trust_domain, records, sent_at=sent_at)
+
+    # --- revocation (core.revoking, core.freshness) --------------------------------------
+
+    def revoke(self, claims: Claims, *, level: object, target: object, ctx: RequestContext) -> int:
+        """Revoke at ``token``, ``agent``, ``task`` or ``chain`` level; idempotent."""
+        return self._revoking.revoke(claims, level=level, target=target, ctx=ctx)
+
+    def revoke_token(
+        self, caller: Claims, *, token: object, token_type_hint: object, ctx: RequestContext
+    ) -> bool:
+        """RFC 7009 revocation by a token holder; True iff something was revoked."""
+        return self._revoking.revoke_token(
+            caller, token=token, token_type_hint=token_type_hint, ctx=ctx
+        )
+
+    def revocation_feed(self, cursor: int | None) -> tuple[list[RevocationRecord], int]:
+        """Revocation entries in ``seq`` order and the cursor to continue from."""
+        return self._revoking.revocation_feed(cursor)
+
+    def add_revocation_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` after every batch of revocations; returns its remover.
+
+        It runs on the thread that applied them, so it must be cheap and thread-safe,
+        for example ``loop.call_soon_threadsafe(event.set)``; it carries no data: the
+        listener reads :meth:`revocation_feed` from its cursor.
+        """
+        return self.kernel.add_listener(listener)
+
+    def prune(self) -> int:
+        """Drop revocation entries, nonces and launch tokens nothing can use any more."""
+        return self._revoking.prune()
+
+    def refresh_revocations(self) -> int:
+        """Apply revocations other processes committed since we last looked."""
+        return self._freshness.refresh()
+
+    def watch_revocations(self) -> Callable[[], None] | None:
+        """Follow the store's change notifications, if it offers them; return a stopper."""
+        return self._freshness.watch()
+
+    # --- call budgets (core.calls) ----------------------------------------------------
+
+    def count_call(
+        self,
+        token: str,
+        *,
+        kind: object,
+        call: Mapping[str, Any],
+        audience: str | None,
+        presented: Presentation | None,
+        ctx: RequestContext,
+    ) -> tuple[Claims, CallCount]:
+        """Validate ``token`` for ``audience`` (as :meth:`validate`), then count one call of
+        its grant that allows ``call`` (``core.calls``: ``max_calls``)."""
+        if not isinstance(kind, str) or not kind:
+            raise InvalidRequest("type is required")
+        try:
+            claims = self._tokens.validate(token, audience=audience, presented=presented, ctx=ctx)
+        except TokenRejected as exc:
+            raise self.kernel.deny(
+                Unauthorized("token is invalid or expired", reason=exc.reason),
+                AuditEntry(
+                    "grant_call_denied",
+                    outcome="denied",
+                    request_id=ctx.request_id,
+                    resource=ctx.path,
+                    detail=f"token refused: {exc.reason}",
+                ),
+            ) from None
+        return claims, self._calls.count(claims, kind, call, ctx)
+
+    # --- audit and health ----------------------------------------------------------------
+
+    def audit_events(self, query: AuditQuery) -> tuple[list[AuditEvent], int]:
+        return self.store.query_audit(query)
+
+    def health(self) -> dict[str, Any]:
+        return health(self.kernel, self._keys, self._freshness)
+
+    # --- agents that trust each other (core.handshake, liveness, discovery) -------------
+
+    def mutual_initiate(
+        self, claims: Claims, *, responder: object, initiator_nonce: object, ctx: RequestContext
+    ) -> tuple[str, str, int]:
+        """Handshake step 1 (:meth:`Handshakes.initiate`)."""
+        return self._handshakes.initiate(
+            claims, responder=responder, initiator_nonce=initiator_nonce, ctx=ctx
+        )
+
+    def mutual_respond(
+        self,
+        claims: Claims,
+        *,
+        offer: object,
+        responder_nonce: object,
+        signature: object,
+        ctx: RequestContext,
+    ) -> tuple[str, HandshakeResult]:
+        """Handshake step 2 (:meth:`Handshakes.respond`)."""
+        return self._handshakes.respond(
+            claims, offer=offer, responder_nonce=responder_nonce, signature=signature, ctx=ctx
+        )
+
+    def mutual_complete(
+        self, claims: Claims, *, answer: object, signature: object, ctx: RequestContext
+    ) -> tuple[str, HandshakeResult]:
+        """Handshake step 3 (:meth:`Handshakes.complete`)."""
+        return self._handshakes.complete(claims, answer=answer, signature=signature, ctx=ctx)
+
+    def heartbeat(
+        self,
+        claims: Claims,
+        *,
+        timestamp: object,
+        jti: object,
+        signature: object,
+        done: object,
+        ctx: RequestContext,
+    ) -> AgentSession:
+        """Record a signed heartbeat, or the agent's release (:mod:`tasklease.core.liveness`)."""
+        return self._liveness.heartbeat(
+            claims, timestamp=timestamp, proof_jti=jti, signature=signature, done=done, ctx=ctx
+        )
+
+    def sweep_silent_agents(self) -> list[str]:
+        """Revoke (level ``agent``) supervised agents silent for interval x misses."""
+        return self._liveness.sweep_silent_agents(self.instance_id)
+
+    def discovery_bind(
+        self,
+        claims: Claims,
+        *,
+        endpoint: object,
+        issued_at: object,
+        signature: object,
+        ctx: RequestContext,
+    ) -> DiscoveryBinding:
+        """Publish the caller's endpoint, signed by its registered key."""
+        return self._discovery.bind(
+            claims, endpoint=endpoint, issued_at=issued_at, signature=signature, ctx=ctx
+        )
+
+    def workload_identity(self, claims: Claims, ctx: RequestContext) -> tuple[str, int]:
+        """A WIMSE Workload Identity Token for the agent holding ``claims``
+        (:class:`WorkloadIdentities`); ``(wit, expires_in)``."""
+        return self._workload.issue(claims, ctx)
+
+    def discovery_resolve(self, agent_id: str) -> tuple[DiscoveryBinding, AgentRecord]:
+        """An active agent's signed endpoint binding and registration (NotFound if none)."""
+        return self._discovery.resolve(agent_id)
