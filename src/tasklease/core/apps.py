@@ -34,20 +34,14 @@ from tasklease.core.errors import (
     Unauthorized,
 )
 from tasklease.core.issuing import clamp_ttl, listed
-from tasklease.core.kernel import (
-    IssuedToken,
-    Kernel,
-    Refusal,
-    RequestContext,
-    Service,
-    app_ancestor,
-)
+from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service
 from tasklease.core.launch import (
     DEFAULT_MULTI_USES,
     MAX_USES,
     MULTI_USE_DEFAULT_TTL,
     new_launch_token,
 )
+from tasklease.core.lineage import Refusal, app_ancestor
 from tasklease.core.passwords import hash_secret, new_secret, verify_secret
 from tasklease.core.policyrequest import Actor
 from tasklease.core.scopes import validate_scopes

@@ -51,7 +51,8 @@ from tasklease.core.attestpolicy import (
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.errors import InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.federation import Federation, UntrustedDomain
-from tasklease.core.kernel import Kernel, Parent, RequestContext, Service, app_ancestor
+from tasklease.core.kernel import Kernel, Parent, RequestContext, Service
+from tasklease.core.lineage import app_ancestor
 from tasklease.core.store import AttestorRecord, WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules import scopes as scope_rules

@@ -27,14 +27,8 @@ from tasklease.core.issuing import (
     size_adapted,
     token_challenge,
 )
-from tasklease.core.kernel import (
-    IssuedToken,
-    Kernel,
-    Parent,
-    Refusal,
-    RequestContext,
-    Service,
-)
+from tasklease.core.kernel import IssuedToken, Kernel, Parent, RequestContext, Service
+from tasklease.core.lineage import Refusal
 from tasklease.core.pending import Pending, complete
 from tasklease.core.policyrequest import agent_actor
 from tasklease.core.scopes import validate_scopes

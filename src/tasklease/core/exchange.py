@@ -70,8 +70,9 @@ from tasklease.core.issuing import (
     mint_granted,
     size_adapted,
 )
-from tasklease.core.kernel import IssuedToken, Kernel, Parent, Refusal, RequestContext, Service
+from tasklease.core.kernel import IssuedToken, Kernel, Parent, RequestContext, Service
 from tasklease.core.keys import KeyRing
+from tasklease.core.lineage import Refusal
 from tasklease.core.policyrequest import agent_actor
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys

@@ -25,7 +25,8 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from tasklease.core.errors import InvalidRequest, NotFound
-from tasklease.core.kernel import Service, app_ancestor
+from tasklease.core.kernel import Service
+from tasklease.core.lineage import app_ancestor
 from tasklease.core.revocation import LEVELS
 from tasklease.core.store import (
     AgentRecord,

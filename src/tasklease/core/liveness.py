@@ -41,7 +41,8 @@ from tasklease.core.config import Config
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden, InvalidRequest, Unauthorized
 from tasklease.core.identity import decode_signature
-from tasklease.core.kernel import RequestContext, Service, ending_records
+from tasklease.core.kernel import RequestContext, Service
+from tasklease.core.lineage import ending_records
 from tasklease.core.store import AgentSession, RevocationRecord, WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules import jws

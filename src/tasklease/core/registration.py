@@ -40,13 +40,12 @@ from tasklease.core.kernel import (
     IssuedToken,
     Kernel,
     Parent,
-    Refusal,
     RequestContext,
     Service,
-    joint_parent,
     new_denial_id,
     with_denial,
 )
+from tasklease.core.lineage import Refusal, joint_parent
 from tasklease.core.liveness import new_session
 from tasklease.core.registrationinputs import (
     RegistrationInputs,

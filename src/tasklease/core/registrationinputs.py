@@ -11,8 +11,9 @@ from tasklease.core.attestors import AttestationRefused, evidence_hash
 from tasklease.core.attestors.launch_token import refusal as launch_refusal
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.errors import InvalidDPoPProof, TaskleaseError, Unauthorized, UseDPoPNonce
-from tasklease.core.kernel import Kernel, Parent, RequestContext, Service, app_ancestor
+from tasklease.core.kernel import Kernel, Parent, RequestContext, Service
 from tasklease.core.launch import LAUNCH_TOKEN_PATTERN, launch_token_hash
+from tasklease.core.lineage import app_ancestor
 from tasklease.core.policyrequest import Actor
 from tasklease.core.store import LaunchTokenRecord
 from tasklease.rules.binding import BindingError, DPoPNonceRequired, DPoPProof, DPoPVerifier

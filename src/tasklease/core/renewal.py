@@ -35,17 +35,8 @@ from tasklease.core.issuing import (
     size_adapted,
     token_challenge,
 )
-from tasklease.core.kernel import (
-    IssuedToken,
-    Kernel,
-    Parent,
-    Refusal,
-    RequestContext,
-    Service,
-    app_ancestor,
-    ending_records,
-    with_denial,
-)
+from tasklease.core.kernel import IssuedToken, Kernel, Parent, RequestContext, Service, with_denial
+from tasklease.core.lineage import Refusal, app_ancestor, ending_records
 from tasklease.core.liveness import new_session
 from tasklease.core.pending import Pending, complete
 from tasklease.core.signing import SigningKeys

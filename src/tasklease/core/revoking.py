@@ -18,7 +18,8 @@ from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden, InvalidRequest
 from tasklease.core.horizon import SafeHorizon
 from tasklease.core.introspection import holds_credential
-from tasklease.core.kernel import Kernel, RequestContext, Service, ending_records
+from tasklease.core.kernel import Kernel, RequestContext, Service
+from tasklease.core.lineage import ending_records
 from tasklease.core.pending import Pending, complete
 from tasklease.core.revocation import LEVELS
 from tasklease.core.spiffe import parse_agent_id
