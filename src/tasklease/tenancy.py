@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.keys import KeyRing, load_or_create_keyring
-from tasklease.core.store import OperatorRecord, TenantRecord
+from tasklease.core.records import OperatorRecord, TenantRecord
 from tasklease.core.tenants import DEFAULT_TENANT, tenant_config, tenant_id_error
 from tasklease.core.tokens import Claims
 

@@ -25,7 +25,7 @@ from tasklease.cli._common import (
 )
 from tasklease.cli._output import OutputOpt, emit, field
 from tasklease.client import AdminClient
-from tasklease.core.store import AuditEvent
+from tasklease.core.records import AuditEvent
 
 __all__ = ["register", "verify_over_http"]
 

@@ -31,7 +31,8 @@ from tasklease.cli._common import (
 )
 from tasklease.client import AdminClient
 from tasklease.core.auditformat import ChainReport, verify_chain
-from tasklease.core.store import AuditEvent, Store
+from tasklease.core.records import AuditEvent
+from tasklease.core.store import Store
 from tasklease.rules.merkle import CompactRange, leaf_hash
 from tasklease.verify import (
     AuditProofError,

@@ -23,7 +23,8 @@ from tasklease.core.errors import (
 from tasklease.core.issuing import clamp_ttl
 from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service
 from tasklease.core.passwords import verify_secret
-from tasklease.core.store import AppRecord, WriteTx
+from tasklease.core.records import AppRecord
+from tasklease.core.store import WriteTx
 from tasklease.core.tokens import APP_SCOPES, KIND_APP
 from tasklease.rules.binding import BindingError, DPoPNonceRequired, DPoPProof, DPoPVerifier
 

@@ -44,9 +44,10 @@ from tasklease.core.launch import (
 from tasklease.core.lineage import Refusal, app_ancestor
 from tasklease.core.passwords import hash_secret, new_secret, verify_secret
 from tasklease.core.policyrequest import Actor
+from tasklease.core.records import AppRecord, LaunchTokenRecord, RevocationRecord
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys
-from tasklease.core.store import AppRecord, LaunchTokenRecord, RevocationRecord, WriteTx
+from tasklease.core.store import WriteTx
 from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, KIND_APP, Claims, mint
 from tasklease.rules import jws
 from tasklease.rules.binding import DPoPVerifier

@@ -53,7 +53,8 @@ from tasklease.core.errors import InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.federation import Federation, UntrustedDomain
 from tasklease.core.kernel import Kernel, Parent, RequestContext, Service
 from tasklease.core.lineage import app_ancestor
-from tasklease.core.store import AttestorRecord, WriteTx
+from tasklease.core.records import AttestorRecord
+from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules import scopes as scope_rules
 from tasklease.rules.attest import DECLARED_NAMES, Attestation, AttestClaimError

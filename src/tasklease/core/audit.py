@@ -40,7 +40,8 @@ from tasklease.core.auditformat import (
 from tasklease.core.audittree import append_leaves
 from tasklease.core.clock import Clock, format_rfc3339
 from tasklease.core.errors import Conflict, Unavailable
-from tasklease.core.store import AuditEvent, AuditTree, Store, WriteTx
+from tasklease.core.records import AuditEvent, AuditTree
+from tasklease.core.store import Store, WriteTx
 from tasklease.rules.auditchain import event_leaf
 from tasklease.rules.merkle import leaf_hash
 

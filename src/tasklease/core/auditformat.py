@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from tasklease.core.store import AuditEvent
+from tasklease.core.records import AuditEvent
 from tasklease.rules.auditchain import GENESIS_HASH, prefix
 
 __all__ = [

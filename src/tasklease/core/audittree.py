@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from tasklease.core.errors import Conflict, InvalidRequest
-from tasklease.core.store import AuditTree, TileAppend
+from tasklease.core.records import AuditTree, TileAppend
 from tasklease.rules.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,

@@ -23,14 +23,9 @@ from tasklease.core.brokerbase import FEED_SCOPE, BrokerBase
 from tasklease.core.kernel import IssuedToken, RequestContext
 from tasklease.core.pending import Pending
 from tasklease.core.policy import PolicyEngine, PolicySource, Reloaded
+from tasklease.core.records import AppRecord, LaunchTokenRecord, OperatorRecord, TenantRecord
 from tasklease.core.registration import PendingRegistration
 from tasklease.core.status import VERSION
-from tasklease.core.store import (
-    AppRecord,
-    LaunchTokenRecord,
-    OperatorRecord,
-    TenantRecord,
-)
 from tasklease.core.tokencheck import ALL_KINDS
 from tasklease.core.tokens import Claims
 

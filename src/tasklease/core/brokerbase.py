@@ -42,21 +42,21 @@ from tasklease.core.operators import Operators
 from tasklease.core.peerfeed import PeerFeeds
 from tasklease.core.pending import Pending, aanswer, asettle
 from tasklease.core.readiness import Readiness
-from tasklease.core.registration import PendingRegistration, Registration
-from tasklease.core.renewal import Renewal
-from tasklease.core.revocation import RevocationIndex
-from tasklease.core.revoking import Revoking
-from tasklease.core.signing import SigningKeys
-from tasklease.core.status import VERSION, health
-from tasklease.core.store import (
+from tasklease.core.records import (
     AgentRecord,
     AgentSession,
     AuditEvent,
     AuditQuery,
     DiscoveryBinding,
     RevocationRecord,
-    Store,
 )
+from tasklease.core.registration import PendingRegistration, Registration
+from tasklease.core.renewal import Renewal
+from tasklease.core.revocation import RevocationIndex
+from tasklease.core.revoking import Revoking
+from tasklease.core.signing import SigningKeys
+from tasklease.core.status import VERSION, health
+from tasklease.core.store import Store
 from tasklease.core.tenants import Tenants
 from tasklease.core.tokencheck import ALL_KINDS, OPERATOR_KINDS, TokenCheck
 from tasklease.core.tokens import Claims

@@ -31,7 +31,8 @@ from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about
 from tasklease.core.errors import Forbidden, InsufficientScope, InvalidRequest
 from tasklease.core.kernel import RequestContext, Service
-from tasklease.core.store import CallBudget, WriteTx
+from tasklease.core.records import CallBudget
+from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules import grants as grant_rules
 from tasklease.rules import grantuse as grant_use

@@ -29,7 +29,8 @@ from tasklease.core.callers import refused, require_agent
 from tasklease.core.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from tasklease.core.identity import decode_signature
 from tasklease.core.kernel import RequestContext, Service
-from tasklease.core.store import AgentRecord, DiscoveryBinding, WriteTx
+from tasklease.core.records import AgentRecord, DiscoveryBinding
+from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules import jws
 

@@ -74,9 +74,10 @@ from tasklease.core.kernel import IssuedToken, Kernel, Parent, RequestContext, S
 from tasklease.core.keys import KeyRing
 from tasklease.core.lineage import Refusal
 from tasklease.core.policyrequest import agent_actor
+from tasklease.core.records import CallBudget
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys
-from tasklease.core.store import CallBudget, WriteTx
+from tasklease.core.store import WriteTx
 from tasklease.core.tokencheck import TokenCheck
 from tasklease.core.tokens import KIND_AGENT, Claims, DelegationRecord, agent_key_of
 

@@ -28,7 +28,8 @@ from tasklease.core import federationfields as fields
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.errors import InvalidRequest, NotFound, TaskleaseError, Unauthorized
 from tasklease.core.kernel import Kernel, RequestContext, Service
-from tasklease.core.store import FederationRecord, WriteTx
+from tasklease.core.records import FederationRecord
+from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules.bundle import BundleError, TrustBundle, parse_bundle
 

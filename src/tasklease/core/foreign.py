@@ -52,8 +52,8 @@ import nacl.signing
 from tasklease.core.config import Config
 from tasklease.core.delegation import verify_chain_records
 from tasklease.core.kernel import Parent
+from tasklease.core.records import RevocationRecord
 from tasklease.core.spiffe import parse_agent_id
-from tasklease.core.store import RevocationRecord
 from tasklease.core.tokens import (
     KIND_AGENT,
     Claims,

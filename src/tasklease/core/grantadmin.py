@@ -16,7 +16,8 @@ from tasklease.core.auditformat import AuditEntry
 from tasklease.core.errors import Conflict, InvalidRequest, NotFound
 from tasklease.core.granttypes import MAX_SCHEMA_BYTES
 from tasklease.core.kernel import Kernel, RequestContext, Service
-from tasklease.core.store import GrantTypeRecord, WriteTx
+from tasklease.core.records import GrantTypeRecord
+from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules import grants as grant_rules
 from tasklease.rules.grants import BUILTIN_TYPES, GrantError

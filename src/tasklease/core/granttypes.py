@@ -25,7 +25,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from tasklease.core.errors import InvalidAuthorizationDetails
-from tasklease.core.store import GrantTypeRecord, Store
+from tasklease.core.records import GrantTypeRecord
+from tasklease.core.store import Store
 from tasklease.rules import grants as grant_rules
 from tasklease.rules.grants import BUILTIN_TYPES, GrantError, TypeRule
 

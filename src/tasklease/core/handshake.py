@@ -58,8 +58,9 @@ from tasklease.core.mutual import (
     string_list,
     transcript,
 )
+from tasklease.core.records import AgentRecord
 from tasklease.core.signing import SigningKeys
-from tasklease.core.store import AgentRecord, WriteTx
+from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules import jws
 

@@ -20,7 +20,7 @@ import re
 import secrets
 from typing import Any
 
-from tasklease.core.store import ReferenceTokenRecord
+from tasklease.core.records import ReferenceTokenRecord
 from tasklease.core.tokens import Claims, ClaimsError, claims_from_payload, token_type_of
 
 __all__ = [

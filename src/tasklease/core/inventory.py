@@ -27,8 +27,7 @@ from typing import Generic, TypeVar
 from tasklease.core.errors import InvalidRequest, NotFound
 from tasklease.core.kernel import Service
 from tasklease.core.lineage import app_ancestor
-from tasklease.core.revocation import LEVELS
-from tasklease.core.store import (
+from tasklease.core.records import (
     AgentRecord,
     AgentSession,
     AuditEvent,
@@ -37,6 +36,7 @@ from tasklease.core.store import (
     ListQuery,
     RevocationRecord,
 )
+from tasklease.core.revocation import LEVELS
 
 __all__ = [
     "AGENT_STATES",

@@ -10,7 +10,7 @@ from tasklease.core.introspection import new_reference
 from tasklease.core.kernel import Issuance
 from tasklease.core.keys import KeyRing
 from tasklease.core.metrics import Metrics
-from tasklease.core.store import ReferenceTokenRecord
+from tasklease.core.records import ReferenceTokenRecord
 from tasklease.core.tokens import KIND_AGENT, Claims, DelegationRecord, mint
 from tasklease.rules.grants import digest
 

@@ -69,16 +69,10 @@ from tasklease.core.lineage import (
 from tasklease.core.metrics import Metrics
 from tasklease.core.policy import Decision, PolicyEngine
 from tasklease.core.policyrequest import Actor, PolicyRequest
+from tasklease.core.records import AgentRecord, AgentSession, AuditEvent, RevocationRecord
 from tasklease.core.revocation import RevocationIndex
 from tasklease.core.spiffe import parse_agent_id
-from tasklease.core.store import (
-    AgentRecord,
-    AgentSession,
-    AuditEvent,
-    RevocationRecord,
-    Store,
-    WriteTx,
-)
+from tasklease.core.store import Store, WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules import grants as grant_rules
 from tasklease.rules.issuance import (

@@ -43,7 +43,8 @@ from tasklease.core.errors import Forbidden, InvalidRequest, Unauthorized
 from tasklease.core.identity import decode_signature
 from tasklease.core.kernel import RequestContext, Service
 from tasklease.core.lineage import ending_records
-from tasklease.core.store import AgentSession, RevocationRecord, WriteTx
+from tasklease.core.records import AgentSession, RevocationRecord
+from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules import jws
 from tasklease.rules.messages import HEARTBEAT_CONTEXT, heartbeat_signing_input

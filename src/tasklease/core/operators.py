@@ -39,8 +39,9 @@ from tasklease.core.identity import NonceIssuer, decode_public_key, decode_signa
 from tasklease.core.issuing import clamp_ttl
 from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service, with_denial
 from tasklease.core.passwords import hash_secret, new_secret, verify_secret
+from tasklease.core.records import OperatorRecord, RevocationRecord
 from tasklease.core.signing import SigningKeys
-from tasklease.core.store import OperatorRecord, RevocationRecord, WriteTx
+from tasklease.core.store import WriteTx
 from tasklease.core.tokens import KIND_ADMIN, ROLE_SCOPES, ROLES, Claims, mint
 from tasklease.rules import jws as _jws
 from tasklease.rules.messages import operator_sign_in_input

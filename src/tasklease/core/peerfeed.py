@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.foreign import converted
 from tasklease.core.kernel import Service
-from tasklease.core.store import RevocationRecord, WriteTx
+from tasklease.core.records import RevocationRecord
+from tasklease.core.store import WriteTx
 
 __all__ = ["FEED_LEASE", "PeerFeeds"]
 

@@ -47,6 +47,7 @@ from tasklease.core.kernel import (
 )
 from tasklease.core.lineage import Refusal, joint_parent
 from tasklease.core.liveness import new_session
+from tasklease.core.records import AgentRecord, LaunchTokenRecord
 from tasklease.core.registrationinputs import (
     RegistrationInputs,
     actor_of,
@@ -57,7 +58,7 @@ from tasklease.core.registrationinputs import (
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import new_agent_id, validate_segment
-from tasklease.core.store import AgentRecord, LaunchTokenRecord, WriteTx
+from tasklease.core.store import WriteTx
 from tasklease.rules.attest import Attestation
 from tasklease.rules.binding import DPoPVerifier
 

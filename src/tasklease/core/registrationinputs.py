@@ -15,7 +15,7 @@ from tasklease.core.kernel import Kernel, Parent, RequestContext, Service
 from tasklease.core.launch import LAUNCH_TOKEN_PATTERN, launch_token_hash
 from tasklease.core.lineage import app_ancestor
 from tasklease.core.policyrequest import Actor
-from tasklease.core.store import LaunchTokenRecord
+from tasklease.core.records import LaunchTokenRecord
 from tasklease.rules.binding import BindingError, DPoPNonceRequired, DPoPProof, DPoPVerifier
 
 __all__ = [

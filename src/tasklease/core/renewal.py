@@ -39,9 +39,10 @@ from tasklease.core.kernel import IssuedToken, Kernel, Parent, RequestContext, S
 from tasklease.core.lineage import Refusal, app_ancestor, ending_records
 from tasklease.core.liveness import new_session
 from tasklease.core.pending import Pending, complete
+from tasklease.core.records import AgentRecord, RevocationRecord
 from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import parse_agent_id
-from tasklease.core.store import AgentRecord, RevocationRecord, WriteTx
+from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims, agent_key_of
 from tasklease.rules.binding import BindingError, DPoPVerifier
 

@@ -31,7 +31,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from tasklease.core.store import RevocationRecord
+from tasklease.core.records import RevocationRecord
 
 __all__ = ["LEVELS", "RevocableToken", "RevocationIndex"]
 

@@ -21,9 +21,10 @@ from tasklease.core.introspection import holds_credential
 from tasklease.core.kernel import Kernel, RequestContext, Service
 from tasklease.core.lineage import ending_records
 from tasklease.core.pending import Pending, complete
+from tasklease.core.records import RevocationRecord
 from tasklease.core.revocation import LEVELS
 from tasklease.core.spiffe import parse_agent_id
-from tasklease.core.store import RevocationRecord, WriteTx
+from tasklease.core.store import WriteTx
 from tasklease.core.tokencheck import TokenCheck
 from tasklease.core.tokens import KIND_AGENT, Claims
 from tasklease.core.validation import TokenRejected

@@ -19,8 +19,9 @@ from tasklease.core.auditformat import AuditEntry
 from tasklease.core.config import Config
 from tasklease.core.errors import Conflict, InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.kernel import RequestContext, Service
+from tasklease.core.records import TenantRecord
 from tasklease.core.spiffe import validate_trust_domain
-from tasklease.core.store import TenantRecord, WriteTx
+from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
 
 __all__ = [

@@ -36,7 +36,8 @@ from tasklease.core.audittree import consistency_proof, inclusion_proof, root_at
 from tasklease.core.errors import NotFound
 from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.keys import KeyRing, load_or_create_keyring, rotate_key
-from tasklease.core.store import AuditTree, CheckpointRecord, WriteTx
+from tasklease.core.records import AuditTree, CheckpointRecord
+from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules.merkle import EMPTY_ROOT
 from tasklease.rules.note import (

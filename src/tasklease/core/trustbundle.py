@@ -25,8 +25,9 @@ from collections.abc import Callable
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.errors import Unavailable
 from tasklease.core.kernel import Kernel, Service
+from tasklease.core.records import PublishedBundle
 from tasklease.core.signing import SigningKeys
-from tasklease.core.store import PublishedBundle, WriteTx
+from tasklease.core.store import WriteTx
 from tasklease.rules.bundle import TrustBundle, parse_bundle, serialize_bundle
 
 __all__ = ["TrustBundles"]

@@ -28,7 +28,7 @@ import httpx
 from tasklease.core.broker import Broker
 from tasklease.core.errors import NotFound
 from tasklease.core.federation import BundleRefused
-from tasklease.core.store import FederationRecord
+from tasklease.core.records import FederationRecord
 from tasklease.rules.bundle import MAX_BUNDLE_BYTES
 
 __all__ = [

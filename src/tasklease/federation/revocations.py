@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from tasklease.core.broker import Broker
-from tasklease.core.store import FederationRecord, RevocationRecord
+from tasklease.core.records import FederationRecord, RevocationRecord
 from tasklease.core.tenants import DEFAULT_TENANT
 from tasklease.federation.refresher import _tls_context
 from tasklease.keystore import KeyStoreError, read_secret_file

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from tasklease.core.broker import Broker, RequestContext, expires_at_text
 from tasklease.core.errors import InvalidRequest, RateLimited
-from tasklease.core.store import AuditQuery
+from tasklease.core.records import AuditQuery
 from tasklease.core.tokens import KIND_ADMIN, KIND_APP
 from tasklease.http import wire
 from tasklease.http._handling import (

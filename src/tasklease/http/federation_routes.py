@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tasklease.core.broker import Broker
-from tasklease.core.store import FederationRecord
+from tasklease.core.records import FederationRecord
 from tasklease.core.tokens import KIND_ADMIN
 from tasklease.federation import refresh_domain
 from tasklease.http import wire

@@ -37,7 +37,7 @@ from starlette.routing import Route
 
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.errors import InvalidRequest
-from tasklease.core.store import RevocationRecord
+from tasklease.core.records import RevocationRecord
 from tasklease.http import wire
 
 __all__ = ["HEARTBEAT_SECONDS", "RevocationHub", "revocation_routes"]

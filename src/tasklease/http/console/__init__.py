@@ -27,7 +27,7 @@ from tasklease.core.auditformat import verify_chain
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.errors import InsufficientScope, NotFound, TaskleaseError, Unauthorized
-from tasklease.core.store import AuditQuery
+from tasklease.core.records import AuditQuery
 from tasklease.core.tokens import KIND_ADMIN, Claims
 from tasklease.http.console._charts import MetricSampler, sparkline
 from tasklease.http.console._session import (

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from msgspec import UNSET, UnsetType
 
 from tasklease.core.clock import format_rfc3339_seconds
-from tasklease.core.store import AppRecord
+from tasklease.core.records import AppRecord
 from tasklease.http.wire._base import (
     PUBLIC,
     AccessToken,

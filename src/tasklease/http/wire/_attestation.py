@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from tasklease.core.attestation import AttestorTest
 from tasklease.core.clock import format_rfc3339_seconds
-from tasklease.core.store import AttestorRecord
+from tasklease.core.records import AttestorRecord
 from tasklease.http.wire._base import (
     Failure,
     Operation,

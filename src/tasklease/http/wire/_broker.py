@@ -7,7 +7,7 @@ from typing import Annotated
 
 from msgspec import UNSET, UnsetType
 
-from tasklease.core.store import RevocationRecord
+from tasklease.core.records import RevocationRecord
 from tasklease.http.wire._base import (
     ADMIN_OR_APP_TOKEN,
     PUBLIC,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from tasklease.core.clock import format_rfc3339_seconds
-from tasklease.core.store import FederationRecord
+from tasklease.core.records import FederationRecord
 from tasklease.http.wire._base import (
     PUBLIC,
     Body,

@@ -11,7 +11,7 @@ from msgspec import UNSET, UnsetType
 
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.policy import CompiledPolicies, PolicyError
-from tasklease.core.store import GrantTypeRecord
+from tasklease.core.records import GrantTypeRecord
 from tasklease.http.wire._base import (
     PUBLIC,
     Failure,

@@ -10,7 +10,7 @@ from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.inventory import AGENT_STATES, DelegationView, Page, TaskView
 from tasklease.core.inventory import AgentView as _CoreAgentView
 from tasklease.core.inventory import TokenNode as _CoreTokenNode
-from tasklease.core.store import LaunchTokenRecord, RevocationRecord
+from tasklease.core.records import LaunchTokenRecord, RevocationRecord
 from tasklease.http.wire._base import Failure, Operation, Param, Response, Timestamp, admin, doc
 from tasklease.http.wire._broker import RevocationEntry, revocation_entry
 from tasklease.http.wire._operators import AuditEvent, audit_event

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from msgspec import UNSET, UnsetType
 
 from tasklease.core.clock import format_rfc3339_seconds
-from tasklease.core.store import AuditEvent as AuditRecord
-from tasklease.core.store import OperatorRecord
+from tasklease.core.records import AuditEvent as AuditRecord
+from tasklease.core.records import OperatorRecord
 from tasklease.core.tokens import ROLE_SCOPES, ROLES
 from tasklease.http.wire._base import (
     PUBLIC,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from tasklease.core.clock import format_rfc3339_seconds
-from tasklease.core.store import TenantRecord
+from tasklease.core.records import TenantRecord
 from tasklease.core.tenants import TENANT_PATH_PREFIX, tenant_issuer
 from tasklease.http.wire._base import (
     Failure,
