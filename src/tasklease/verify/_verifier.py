@@ -39,29 +39,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from hashlib import sha256 as _sha256
 from typing import Any
 
-import httpx
 import nacl.signing
 
-from tasklease.core.clock import Clock, SystemClock
 from tasklease.rules import jws
 from tasklease.rules.attenuation import is_chain
 from tasklease.rules.binding import (
     BindingError,
     DPoPProofError,
-    DPoPVerifier,
     Presentation,
-    ProofLedger,
     check_binding,
     presented_thumbprint,
 )
-from tasklease.rules.chainverify import offline_limits
 from tasklease.rules.claims import ClaimRejected, check_claims, check_time
 from tasklease.verify._chains import (
     recheck_offline_chain,
@@ -70,25 +62,15 @@ from tasklease.verify._chains import (
 )
 from tasklease.verify._claims import VerifiedToken, claims_from_introspection, parse_claims
 from tasklease.verify._errors import InsufficientScope, InvalidToken
-from tasklease.verify._federation import FederatedDomain, FederationError, Federations
-from tasklease.verify._feed import AppCredentials, FeedFollower
-from tasklease.verify._freshness import (
-    DEFAULT_LIVENESS,
-    DEFAULT_MAX_STALENESS,
-    FreshnessPolicy,
-    prometheus_text,
-)
+from tasklease.verify._federation import FederationError
 from tasklease.verify._grants import CallCount, count_call
 from tasklease.verify._introspection import (
     _REFERENCE_CHARS,
-    BrokerIntrospector,
     TokenIntrospector,
     is_reference_token,
 )
-from tasklease.verify._jwks import KeySet
 from tasklease.verify._peer import verify_peer_token
-from tasklease.verify._revocations import RevocationIndex
-from tasklease.verify._usereports import UseReporter
+from tasklease.verify._verifierbase import VerifierBase
 
 __all__ = ["TokenIntrospector", "Verifier"]  # TokenIntrospector: re-exported
 
@@ -96,7 +78,6 @@ ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a JWT type, not a secret
 _ALLOWED_TYPS = frozenset({ACCESS_TOKEN_TYPE})
 _decode_parts = jws.decode_parts
 _log = logging.getLogger("tasklease.verify")
-_START_WAIT = 5.0  # seconds start() waits for the feed's first sync by default
 
 
 _BEARER = Presentation()
@@ -106,41 +87,7 @@ class _NeedsIntrospection(Exception):
     """Raised on the event loop when a by-reference token must be introspected (I/O)."""
 
 
-class _TokenCache:
-    """Verified tokens by SHA-256 of the token string; least recently used evicted."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._entries: OrderedDict[bytes, VerifiedToken] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: bytes) -> VerifiedToken | None:
-        if key not in self._entries:  # a miss (every first-seen token) takes no lock
-            return None
-        with self._lock:
-            found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-            return found
-
-    def put(self, key: bytes, token: VerifiedToken) -> None:
-        if self._size <= 0:
-            return
-        with self._lock:
-            self._entries[key] = token
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-
-    def discard(self, key: bytes) -> None:
-        with self._lock:
-            self._entries.pop(key, None)
-
-
-class Verifier:
+class Verifier(VerifierBase):
     """Verifies agent access tokens offline for one resource (``audience``).
 
     Args:
@@ -207,219 +154,6 @@ class Verifier:
             last delegate's DPoP proof (for transports that carry no ``DPoP`` header, such
             as MCP's). Off by default: whoever holds such a chain can use it.
     """
-
-    def __init__(
-        self,
-        broker_url: str,
-        *,
-        audience: str,
-        issuer: str = "tasklease",
-        jwks_ttl: float = 300,
-        jwks_min_refresh_interval: float = 30.0,
-        feed: bool = True,
-        credentials: AppCredentials | Callable[[], str] | None = None,
-        max_feed_staleness: float = DEFAULT_MAX_STALENESS,
-        critical_feed_staleness: float = 0.0,
-        critical_scopes: Sequence[str] = (),
-        critical_grant_types: Sequence[str] = (),
-        feed_liveness: float = DEFAULT_LIVENESS,
-        clock_skew: int = 30,
-        exp_leeway: float = 0,
-        max_token_lifetime: int = 3600,
-        max_delegation_depth: int = 5,
-        cache_size: int = 10_000,
-        introspector: TokenIntrospector | None = None,
-        introspection_cache_size: int = 1_000,
-        dpop_proof_window: int = 60,
-        dpop_replay_cache_size: int = 100_000,
-        dpop_replay: ProofLedger | None = None,
-        max_token_bytes: int = jws.MAX_TOKEN_BYTES,
-        timeout: float = 5.0,
-        transport: httpx.BaseTransport | None = None,
-        clock: Clock | None = None,
-        federations: Sequence[FederatedDomain] = (),
-        broker_audiences: Sequence[str] = (),
-        bearer_chains: bool = False,
-        report_uses: bool = True,
-    ) -> None:
-        if not audience:
-            raise ValueError("audience is required: tokens are checked against it")
-        if feed and credentials is None:
-            raise ValueError("the revocation feed needs credentials (AppCredentials or a token)")
-        if not 0 <= exp_leeway <= 300:
-            raise ValueError("exp_leeway must be between 0 and 300 seconds")
-        self.audience = audience
-        self.issuer = issuer
-        self.max_feed_staleness = max_feed_staleness
-        self._freshness = FreshnessPolicy(
-            max_staleness=max_feed_staleness,
-            critical_staleness=critical_feed_staleness,
-            critical_scopes=critical_scopes,
-            critical_grant_types=critical_grant_types,
-            liveness=feed_liveness,
-        )
-        self._audiences = (audience,)
-        self._skew = clock_skew
-        self._exp_leeway = exp_leeway
-        self._max_lifetime = max_token_lifetime
-        self._max_depth = max_delegation_depth
-        self._max_bytes = max_token_bytes
-        # Offline chains (rules.chainverify): blocks checked by the broker's issuance rule
-        # within this verifier's lifetime and depth bounds; the broker's own audiences
-        # (when given) count as "not yet restricted", as at the broker.
-        self._chain_limits = offline_limits(
-            max_ttl=max_token_lifetime,
-            max_delegation_depth=max_delegation_depth,
-            audience=broker_audiences,
-        )
-        self._bearer_chains = bearer_chains
-        self._clock = clock or SystemClock()
-        self._client = httpx.Client(
-            base_url=broker_url.rstrip("/"), transport=transport, timeout=timeout
-        )
-        self._keys = KeySet(self._client, ttl=jwks_ttl, min_interval=jwks_min_refresh_interval)
-        self._federation = (
-            Federations(federations, timeout=timeout, min_interval=jwks_min_refresh_interval)
-            if federations
-            else None
-        )
-        # A federated domain's key id is not looked for in the broker's JWKS (no fetch).
-        self._resolve = self._local_only(self._keys.resolve)
-        self._cached_key = self._local_only(self._keys.get)
-        self._revocations = RevocationIndex()
-        self._cache = _TokenCache(cache_size)
-        self._credentials = credentials
-        self._feed_token: tuple[str, float] | None = None
-        self._feed_token_lock = threading.Lock()
-        if introspector is None and credentials is not None:
-            introspector = BrokerIntrospector(
-                self._client,
-                audience=audience,
-                token_source=self._bearer_for_feed,
-                forget_token=self._forget_feed_token,
-            )
-        self._introspector = introspector
-        self._references = _TokenCache(introspection_cache_size if feed else 0)
-        self._dpop = DPoPVerifier(
-            dpop_proof_window, capacity=dpop_replay_cache_size, ledger=dpop_replay
-        )
-        # Late audit of the offline chains accepted here (verify._usereports).
-        self._uses = (
-            UseReporter(self._client, self._bearer_for_feed, self._forget_feed_token)
-            if report_uses and credentials is not None
-            else None
-        )
-        self._feed: FeedFollower | None = None
-        if feed:
-            self._feed = FeedFollower(
-                self._client,
-                self._revocations,
-                token_source=self._bearer_for_feed,
-                forget_token=self._forget_feed_token,
-                read_timeout=max(0.5, min(feed_liveness, max_feed_staleness)),
-                on_revocation=lambda: None,
-                housekeeping=self._housekeeping,
-            )
-        self._started = False
-        self._start_lock = threading.Lock()
-
-    # --- lifecycle ----------------------------------------------------------------------
-
-    @property
-    def started(self) -> bool:
-        return self._started
-
-    def start(self, *, wait: float | None = None) -> bool:
-        """Fetch the keys and start following the feed; idempotent.
-
-        ``wait`` (default 5 s) bounds how long to wait for the feed's first sync. Returns
-        whether the verifier is ready (keys known, feed current).
-        """
-        with self._start_lock:
-            if not self._started:
-                self._started = True
-                self._keys.refresh()
-                if self._federation is not None:
-                    self._federation.refresh_all()
-                if self._feed is not None:
-                    self._feed.start()
-        if self._feed is not None:
-            self._feed.wait_synced(_START_WAIT if wait is None else wait)
-        return self.ready
-
-    async def astart(self, *, wait: float | None = None) -> bool:
-        """:meth:`start` without blocking the event loop."""
-        return await asyncio.to_thread(lambda: self.start(wait=wait))
-
-    def close(self) -> None:
-        """Stop following the feed and close connections. Verification then fails closed."""
-        if self._feed is not None:
-            self._feed.stop()
-        if self._uses is not None:
-            self._uses.flush(self._clock.now(), everything=True)  # best effort: once
-        self._client.close()
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self.close)
-
-    def __enter__(self) -> Verifier:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    @property
-    def ready(self) -> bool:
-        """Keys known and, with a feed, the feed current within the staleness bound."""
-        return bool(self._keys.kids) and self.feed_staleness() <= self.max_feed_staleness
-
-    def feed_staleness(self) -> float:
-        """Seconds since the feed last proved current (0 without a feed; infinite before
-        its first sync). A metric: see :meth:`metrics_text`."""
-        return 0.0 if self._feed is None else self._feed.staleness()
-
-    def feed_live(self) -> bool:
-        """True while the feed is connected, synced and heard from within ``feed_liveness``
-        seconds (always true without a feed): critical tokens are accepted only then."""
-        return self._feed is None or self._feed.live(self._freshness.liveness)
-
-    def is_critical(self, token: VerifiedToken) -> bool:
-        """True when ``token`` holds a critical scope or grant type (held to
-        ``critical_feed_staleness``)."""
-        return self._freshness.is_critical(token)
-
-    def metrics_text(self) -> str:
-        """The feed's staleness and the refusals it caused, in the Prometheus text format
-        (serve it on the resource server's metrics endpoint)."""
-        return prometheus_text(
-            audience=self.audience,
-            staleness=self.feed_staleness(),
-            live=self.feed_live(),
-            policy=self._freshness,
-            connections=0 if self._feed is None else self._feed.connections,
-            revocation_entries=len(self._revocations),
-        )
-
-    def stats(self) -> dict[str, Any]:
-        """Counters for health endpoints and tests."""
-        return {
-            "jwks_fetches": self._keys.fetches,
-            "federations": {} if self._federation is None else self._federation.stats(),
-            "kids": self._keys.kids,
-            "cached_tokens": len(self._cache),
-            "cached_references": len(self._references),
-            "introspections": getattr(self._introspector, "calls", None),
-            "dpop_jtis": len(self._dpop),
-            "revocation_entries": len(self._revocations),
-            "feed_cursor": None if self._feed is None else self._feed.cursor,
-            "feed_staleness": self.feed_staleness(),
-            "feed_connections": 0 if self._feed is None else self._feed.connections,
-            "feed_live": self.feed_live(),
-            "stale_refusals": self._freshness.refusals,
-            "offline_uses_pending": 0 if self._uses is None else self._uses.pending,
-            "offline_uses_dropped": 0 if self._uses is None else self._uses.dropped,
-        }
 
     # --- verification -------------------------------------------------------------------
 
@@ -682,14 +416,6 @@ class Verifier:
 
     # --- tokens of federated trust domains (verify._federation) ---------------------------
 
-    def _local_only(
-        self, resolve: Callable[[str], nacl.signing.VerifyKey | None]
-    ) -> Callable[[str], nacl.signing.VerifyKey | None]:
-        federation = self._federation
-        if federation is None:
-            return resolve
-        return lambda kid: None if federation.knows(kid) else resolve(kid)
-
     def _federated(
         self, token: str, presented: Presentation | None, now: float, *, network: bool
     ) -> VerifiedToken:
@@ -754,42 +480,3 @@ class Verifier:
         if body is None:
             raise InvalidToken("by-reference token is not active")
         return claims_from_introspection(dict(body))
-
-    # --- feed plumbing ---------------------------------------------------------------------
-
-    def _bearer_for_feed(self) -> str:
-        credentials = self._credentials
-        if credentials is None:
-            raise RuntimeError("no feed credentials")
-        if not isinstance(credentials, AppCredentials):
-            return credentials()
-        with self._feed_token_lock:  # the feed thread and introspecting requests share it
-            cached = self._feed_token
-            if cached is not None and time.monotonic() < cached[1]:
-                return cached[0]
-            response = self._client.post(
-                "/v1/app/auth",
-                json={
-                    "client_id": credentials.client_id,
-                    "client_secret": credentials.client_secret,
-                },
-            )
-            response.raise_for_status()
-            body = response.json()
-            token, expires_in = body["access_token"], int(body["expires_in"])
-            # Renew well before expiry; the broker ends the stream when the token expires.
-            self._feed_token = (token, time.monotonic() + max(expires_in * 0.8, expires_in - 60))
-            return str(token)
-
-    def _forget_feed_token(self) -> None:
-        self._feed_token = None
-
-    def _housekeeping(self) -> None:
-        # An entry expires when nothing it matches is still valid at the broker; this
-        # verifier accepts tokens exp_leeway seconds longer, so it keeps entries as long.
-        self._revocations.prune(self._clock.now() - self._exp_leeway)
-        self._keys.refresh_if_stale()
-        if self._federation is not None:
-            self._federation.refresh_due()
-        if self._uses is not None and self._feed is not None and self._feed.connected:
-            self._uses.flush(self._clock.now())
