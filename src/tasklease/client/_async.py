@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import httpx
 import nacl.signing
 
+from tasklease.client._agentbase import AgentBase
 from tasklease.client._attest import KUBERNETES_TOKEN_PATH, attestation, kubernetes_token
 from tasklease.client._compat import dual
 from tasklease.client._errors import RateLimited, TaskleaseError, TransportError, Unavailable
@@ -33,10 +34,8 @@ from tasklease.client._flows import (
 )
 from tasklease.client._holder import CertArg, DPoPKey, bind_flow, dpop_key, ssl_context
 from tasklease.client._oauth import AsyncResourceAuth, ResourceToken, exchange_flow
-from tasklease.client._offline import attenuate
-from tasklease.client._peer import OfflinePeerAuth, PeerToken
 from tasklease.client._retry import DEFAULT_RETRY, NO_RETRY, Retry
-from tasklease.client._transport import BearerAuth, auth_headers
+from tasklease.client._transport import BearerAuth
 from tasklease.client._trust import (
     Exchange,
     Handshake,
@@ -183,7 +182,7 @@ def _client(
     return http, True
 
 
-class AsyncAgent:
+class AsyncAgent(AgentBase):
     """The async twin of :class:`~tasklease.client.Agent`; same contract, awaited.
 
     Use ``async with``: the credential is released on exit, also when the block raises.
@@ -304,37 +303,6 @@ class AsyncAgent:
         )
 
     @property
-    def agent_id(self) -> str:
-        return self._credential.agent_id
-
-    @property
-    def token(self) -> str:
-        return self._credential.token
-
-    @property
-    def expires_at(self) -> float:
-        return self._credential.expires_at
-
-    @property
-    def scope(self) -> tuple[str, ...]:
-        return self._credential.scope
-
-    @property
-    def bearer_header(self) -> dict[str, str]:
-        """``{"Authorization": "Bearer <current token>"}``; does not renew (``auth`` does)."""
-        return {"Authorization": f"Bearer {self._credential.token}"}
-
-    @property
-    def dpop_key(self) -> nacl.signing.SigningKey | None:
-        """The DPoP key the token is bound to (keep it to :meth:`resume`), or None."""
-        dpop = self._credential.dpop
-        return dpop.key if dpop is not None else None
-
-    def auth_headers(self, method: str, url: str) -> dict[str, str]:
-        """As :meth:`tasklease.client.Agent.auth_headers`."""
-        return auth_headers(self._credential.dpop, self._credential.token, method, url)
-
-    @property
     def auth(self) -> httpx.Auth:
         """An ``httpx.Auth`` for ``httpx.AsyncClient``; renews when due (see ``Agent.auth``)."""
         return dual(_AsyncAgentAuth)(self)
@@ -417,11 +385,6 @@ class AsyncAgent:
         )
         return cls(http, credential, owns_client=owns, key=key)
 
-    def _signing_key(self) -> nacl.signing.SigningKey:
-        if self._key is None:
-            raise TaskleaseError("this agent was built without its signing key", code="no_key")
-        return self._key
-
     async def handshake(self, peer_id: str, exchange: Exchange) -> Handshake:
         """As :meth:`tasklease.client.Agent.handshake`; ``exchange`` is called as is
         (run blocking I/O in a thread yourself)."""
@@ -430,54 +393,6 @@ class AsyncAgent:
         offer, _ = await self._run(initiate_flow(base, self.token, peer_id))
         answer = exchange(offer)
         return await self._run(complete_flow(base, self.token, self._signing_key(), answer))
-
-    def attenuate(
-        self,
-        delegate_id: str,
-        delegate_public_key: bytes,
-        *,
-        scope: Sequence[str] | None = None,
-        authorization_details: Sequence[Mapping[str, Any]] | None = None,
-        audience: str | None = None,
-        ttl: int = 300,
-    ) -> str:
-        """Hand part of this agent's current token to ``delegate_id`` offline, with no
-        call to the broker: a chain (``tla1~...``) with one block signed by this agent's
-        registered key, naming the delegate's Ed25519 public key (32 bytes). ``scope``,
-        ``authorization_details`` and ``audience`` narrow (None keeps this agent's);
-        the block lives ``ttl`` seconds, never past this token. The delegate presents it
-        as an :class:`~tasklease.client.OfflineCredential` (docs/formats.md).
-
-        Raises:
-            ScopeViolation: the block would widen this agent's authority.
-            TaskleaseError: code ``no_key`` without this agent's signing key;
-                ``invalid_chain`` for a chain over the size cap.
-        """
-        return attenuate(
-            self.token,
-            self._signing_key(),
-            delegate_id,
-            delegate_public_key,
-            scope=scope,
-            authorization_details=authorization_details,
-            audience=audience,
-            ttl=ttl,
-            now=self._credential.clock.now(),
-        )
-
-    def offline_peer(self, check: Callable[[str], PeerToken], **options: Any) -> OfflinePeerAuth:
-        """This agent's side of offline peer mutual authentication: no broker round trip.
-
-        ``check`` verifies the peer's token offline: pass a ``tasklease.verify.Verifier``'s
-        ``verify_peer`` (cached JWKS, the revocation feed, the staleness bound).
-        ``options`` go to :class:`~tasklease.client.OfflinePeerAuth` (``window``,
-        ``clock``, ``replay``). This agent presents its current token (not renewed here).
-        The online :meth:`handshake` stays for high-assurance cases
-        (docs/broker-optional.md).
-        """
-        return OfflinePeerAuth(
-            self.agent_id, lambda: self.token, self._signing_key(), check, **options
-        )
 
     async def respond_to_handshake(self, offer: str) -> tuple[str, Peer, str, str]:
         """As :meth:`tasklease.client.Agent.respond_to_handshake`."""

@@ -6,13 +6,14 @@ import logging
 import os
 import ssl
 import threading
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
 import nacl.signing
 
+from tasklease.client._agentbase import AgentBase
 from tasklease.client._attest import (
     KUBERNETES_TOKEN_PATH,
     attestation,
@@ -30,10 +31,8 @@ from tasklease.client._flows import (
 )
 from tasklease.client._holder import CertArg, DPoPKey, bind_flow, dpop_key
 from tasklease.client._oauth import ResourceAuth, ResourceToken, exchange_flow
-from tasklease.client._offline import attenuate
-from tasklease.client._peer import OfflinePeerAuth, PeerToken
 from tasklease.client._retry import NO_RETRY, Retry
-from tasklease.client._transport import DelegatedToken, auth_headers, http_client, run_flow
+from tasklease.client._transport import DelegatedToken, http_client, run_flow
 from tasklease.client._trust import (
     Exchange,
     Handshake,
@@ -76,7 +75,7 @@ class _AgentAuth(httpx.Auth):
         yield request  # makes this an async generator, as httpx expects
 
 
-class Agent:
+class Agent(AgentBase):
     """One registered agent instance and its short-lived, auto-renewed credential.
 
     Create it with :meth:`register`. Use it as a context manager: the credential is
@@ -261,45 +260,6 @@ class Agent:
     # -- state -------------------------------------------------------------------------
 
     @property
-    def agent_id(self) -> str:
-        """The agent's SPIFFE ID."""
-        return self._credential.agent_id
-
-    @property
-    def token(self) -> str:
-        """The current access token (changes on every renewal)."""
-        return self._credential.token
-
-    @property
-    def expires_at(self) -> float:
-        """When the current token expires, in seconds since the epoch (per ``clock``)."""
-        return self._credential.expires_at
-
-    @property
-    def scope(self) -> tuple[str, ...]:
-        return self._credential.scope
-
-    @property
-    def bearer_header(self) -> dict[str, str]:
-        """``{"Authorization": "Bearer <current token>"}``; does not renew (``auth`` does).
-
-        Not enough for a DPoP-bound agent: use :attr:`auth` or :meth:`auth_headers`.
-        """
-        return {"Authorization": f"Bearer {self._credential.token}"}
-
-    @property
-    def dpop_key(self) -> nacl.signing.SigningKey | None:
-        """The DPoP key the token is bound to (keep it to :meth:`resume`), or None."""
-        dpop = self._credential.dpop
-        return dpop.key if dpop is not None else None
-
-    def auth_headers(self, method: str, url: str) -> dict[str, str]:
-        """The headers that present the current token on one ``method`` ``url`` request:
-        ``Authorization: Bearer``, or ``Authorization: DPoP`` and a fresh ``DPoP`` proof
-        for a DPoP-bound agent. Does not renew."""
-        return auth_headers(self._credential.dpop, self._credential.token, method, url)
-
-    @property
     def auth(self) -> httpx.Auth:
         """An ``httpx.Auth`` for ``httpx.Client`` that renews when due, then attaches the token.
 
@@ -429,11 +389,6 @@ class Agent:
         )
         return cls(http, credential, owns_client=owns, key=key)
 
-    def _signing_key(self) -> nacl.signing.SigningKey:
-        if self._key is None:
-            raise TaskleaseError("this agent was built without its signing key", code="no_key")
-        return self._key
-
     def handshake(self, peer_id: str, exchange: Exchange) -> Handshake:
         """Mutually authenticate with the agent ``peer_id`` through the broker.
 
@@ -450,54 +405,6 @@ class Agent:
         answer = exchange(offer)
         return self._run(
             complete_flow(self._credential.base_url, self.token, self._signing_key(), answer),
-        )
-
-    def attenuate(
-        self,
-        delegate_id: str,
-        delegate_public_key: bytes,
-        *,
-        scope: Sequence[str] | None = None,
-        authorization_details: Sequence[Mapping[str, Any]] | None = None,
-        audience: str | None = None,
-        ttl: int = 300,
-    ) -> str:
-        """Hand part of this agent's current token to ``delegate_id`` offline, with no
-        call to the broker: a chain (``tla1~...``) with one block signed by this agent's
-        registered key, naming the delegate's Ed25519 public key (32 bytes). ``scope``,
-        ``authorization_details`` and ``audience`` narrow (None keeps this agent's);
-        the block lives ``ttl`` seconds, never past this token. The delegate presents it
-        as an :class:`~tasklease.client.OfflineCredential` (docs/formats.md).
-
-        Raises:
-            ScopeViolation: the block would widen this agent's authority.
-            TaskleaseError: code ``no_key`` without this agent's signing key;
-                ``invalid_chain`` for a chain over the size cap.
-        """
-        return attenuate(
-            self.token,
-            self._signing_key(),
-            delegate_id,
-            delegate_public_key,
-            scope=scope,
-            authorization_details=authorization_details,
-            audience=audience,
-            ttl=ttl,
-            now=self._credential.clock.now(),
-        )
-
-    def offline_peer(self, check: Callable[[str], PeerToken], **options: Any) -> OfflinePeerAuth:
-        """This agent's side of offline peer mutual authentication: no broker round trip.
-
-        ``check`` verifies the peer's token offline: pass a ``tasklease.verify.Verifier``'s
-        ``verify_peer`` (cached JWKS, the revocation feed, the staleness bound).
-        ``options`` go to :class:`~tasklease.client.OfflinePeerAuth` (``window``,
-        ``clock``, ``replay``). This agent presents its current token (not renewed here).
-        The online :meth:`handshake` stays for high-assurance cases
-        (docs/broker-optional.md).
-        """
-        return OfflinePeerAuth(
-            self.agent_id, lambda: self.token, self._signing_key(), check, **options
         )
 
     def respond_to_handshake(self, offer: str) -> tuple[str, Peer, str, str]:
