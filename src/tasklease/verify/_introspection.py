@@ -17,17 +17,17 @@ import httpx
 
 from tasklease.verify._errors import VerifierUnavailable
 
-__all__ = ["BrokerIntrospector", "TokenIntrospector", "is_reference_token"]
+__all__ = ["REFERENCE_CHARS", "BrokerIntrospector", "TokenIntrospector", "is_reference_token"]
 
 _REFERENCE = re.compile(r"tlr_[A-Za-z0-9_-]{43}")
-_REFERENCE_CHARS = 47
+REFERENCE_CHARS = 47  # the length of every by-reference token (tlr_ and 43 characters)
 MAX_RESPONSE_BYTES = 65536
 
 
 def is_reference_token(token: str) -> bool:
     """True for strings shaped like a by-reference token (checked before any lookup)."""
     return (
-        len(token) == _REFERENCE_CHARS
+        len(token) == REFERENCE_CHARS
         and token.startswith("tlr_")
         and _REFERENCE.fullmatch(token) is not None
     )

@@ -65,7 +65,7 @@ from tasklease.verify._errors import InsufficientScope, InvalidToken
 from tasklease.verify._federation import FederationError
 from tasklease.verify._grants import CallCount, count_call
 from tasklease.verify._introspection import (
-    _REFERENCE_CHARS,
+    REFERENCE_CHARS,
     TokenIntrospector,
     is_reference_token,
 )
@@ -311,7 +311,7 @@ class Verifier(VerifierBase):
             return self._verify_chain(token, resolve_key, presented)
         digest = _sha256(token.encode("utf-8", "surrogatepass")).digest()
         now = self._clock.now()
-        reference = len(token) == _REFERENCE_CHARS and is_reference_token(token)
+        reference = len(token) == REFERENCE_CHARS and is_reference_token(token)
         cache = self._references if reference else self._cache
         verified = cache.get(digest)
         if verified is not None:
