@@ -39,7 +39,10 @@ __all__ = [
     "Flow",
     "Registration",
     "SystemClock",
+    "answer_field",
     "delegate_flow",
+    "endpoint_url",
+    "json_request",
     "register_flow",
     "release_flow",
 ]
@@ -77,11 +80,11 @@ class SystemClock:
         return time.time()
 
 
-def _url(base_url: str, path: str) -> str:
+def endpoint_url(base_url: str, path: str) -> str:
     return base_url.rstrip("/") + path
 
 
-def _json_request(
+def json_request(
     method: str, url: str, body: Any = None, token: str | None = None
 ) -> httpx.Request:
     headers = {"Accept": "application/json"}
@@ -113,7 +116,7 @@ def expect_json(response: httpx.Response) -> dict[str, Any]:
     return data
 
 
-def _field(data: dict[str, Any], name: str, kind: type[T]) -> T:
+def answer_field(data: dict[str, Any], name: str, kind: type[T]) -> T:
     value = data.get(name)
     if not isinstance(value, kind):
         raise TaskleaseError(f"the broker's answer lacks {name!r}", code="bad_response")
@@ -152,8 +155,8 @@ def register_flow(
         raise InvalidRequest("scope must be a list of scope strings, not one string")
     if not launch_token and attestation is None:
         raise InvalidRequest("give a launch token or workload evidence (attestation)")
-    challenge = expect_json((yield _json_request("GET", _url(base_url, "/v1/challenge"))))
-    nonce = _field(challenge, "nonce", str)
+    challenge = expect_json((yield json_request("GET", endpoint_url(base_url, "/v1/challenge"))))
+    nonce = answer_field(challenge, "nonce", str)
     try:
         message = bytes.fromhex(nonce)
     except ValueError:
@@ -184,12 +187,12 @@ def register_flow(
         body["authorization_details"] = [dict(d) for d in authorization_details]
         if not scope:
             del body["requested_scope"]
-    answer = expect_json((yield _json_request("POST", _url(base_url, "/v1/register"), body)))
+    answer = expect_json((yield json_request("POST", endpoint_url(base_url, "/v1/register"), body)))
     token_type = answer.get("token_type")
     return Registration(
-        agent_id=_field(answer, "agent_id", str),
-        token=_field(answer, "access_token", str),
-        expires_in=_field(answer, "expires_in", int),
+        agent_id=answer_field(answer, "agent_id", str),
+        token=answer_field(answer, "access_token", str),
+        expires_in=answer_field(answer, "expires_in", int),
         token_type=token_type if isinstance(token_type, str) else "Bearer",
     )
 
@@ -218,11 +221,13 @@ def delegate_flow(
             del body["scope"]
     if ttl is not None:
         body["ttl"] = ttl
-    answer = expect_json((yield _json_request("POST", _url(base_url, "/v1/delegate"), body, token)))
+    answer = expect_json(
+        (yield json_request("POST", endpoint_url(base_url, "/v1/delegate"), body, token))
+    )
     chain = answer.get("delegation_chain")
     return Delegation(
-        token=_field(answer, "access_token", str),
-        expires_in=_field(answer, "expires_in", int),
+        token=answer_field(answer, "access_token", str),
+        expires_in=answer_field(answer, "expires_in", int),
         delegation_chain=[r for r in chain if isinstance(r, dict)]
         if isinstance(chain, list)
         else [],
@@ -231,7 +236,7 @@ def delegate_flow(
 
 def release_flow(base_url: str, token: str) -> Flow[None]:
     """Give ``token`` up. A token the broker no longer accepts counts as released."""
-    response = yield _json_request("POST", _url(base_url, "/v1/token/release"), None, token)
+    response = yield json_request("POST", endpoint_url(base_url, "/v1/token/release"), None, token)
     if response.status_code == 401:
         return
     if response.status_code >= 400:
@@ -362,15 +367,17 @@ class Credential:
         self.check_usable()
         if self.limit is not None:
             raise self.limit
-        response = yield _json_request(
-            "POST", _url(self.base_url, "/v1/token/renew"), None, self.token
+        response = yield json_request(
+            "POST", endpoint_url(self.base_url, "/v1/token/renew"), None, self.token
         )
         try:
             answer = expect_json(response)
         except RenewalLimitReached as exc:
             self.limit = exc
             raise
-        self._set(_field(answer, "access_token", str), _field(answer, "expires_in", int))
+        self._set(
+            answer_field(answer, "access_token", str), answer_field(answer, "expires_in", int)
+        )
 
     def release_flow(self) -> Flow[None]:
         if self.released:

@@ -14,7 +14,14 @@ from typing import Any
 
 import nacl.signing
 
-from tasklease.client._flows import Flow, Registration, _field, _json_request, _url, expect_json
+from tasklease.client._flows import (
+    Flow,
+    Registration,
+    answer_field,
+    endpoint_url,
+    expect_json,
+    json_request,
+)
 from tasklease.rules import jws
 from tasklease.rules.messages import heartbeat_signing_input as heartbeat_message
 from tasklease.rules.messages import transcript
@@ -93,9 +100,9 @@ def initiate_flow(base_url: str, token: str, responder_id: str) -> Flow[tuple[st
     nonce = secrets.token_hex(16)
     body = {"responder_id": responder_id, "initiator_nonce": nonce}
     answer = expect_json(
-        (yield _json_request("POST", _url(base_url, "/v1/mutual/initiate"), body, token))
+        (yield json_request("POST", endpoint_url(base_url, "/v1/mutual/initiate"), body, token))
     )
-    return _field(answer, "offer", str), nonce
+    return answer_field(answer, "offer", str), nonce
 
 
 def respond_flow(
@@ -113,12 +120,12 @@ def respond_flow(
         "signature": _b64(key.sign(message).signature),
     }
     answer = expect_json(
-        (yield _json_request("POST", _url(base_url, "/v1/mutual/respond"), body, token))
+        (yield json_request("POST", endpoint_url(base_url, "/v1/mutual/respond"), body, token))
     )
     return (
-        _field(answer, "answer", str),
+        answer_field(answer, "answer", str),
         _peer(answer.get("initiator")),
-        _field(answer, "handshake_id", str),
+        answer_field(answer, "handshake_id", str),
         nonce,
     )
 
@@ -133,12 +140,12 @@ def complete_flow(
     )
     body = {"answer": answer_ticket, "signature": _b64(key.sign(message).signature)}
     answer = expect_json(
-        (yield _json_request("POST", _url(base_url, "/v1/mutual/complete"), body, token))
+        (yield json_request("POST", endpoint_url(base_url, "/v1/mutual/complete"), body, token))
     )
     return Handshake(
-        _field(answer, "handshake_id", str),
+        answer_field(answer, "handshake_id", str),
         _peer(answer.get("responder")),
-        _field(answer, "receipt", str),
+        answer_field(answer, "receipt", str),
     )
 
 
@@ -158,12 +165,12 @@ def heartbeat_flow(
     signature = key.sign(heartbeat_message(agent_id, token_jti, timestamp, jti, done)).signature
     body = {"timestamp": timestamp, "jti": jti, "signature": _b64(signature), "done": done}
     answer = expect_json(
-        (yield _json_request("POST", _url(base_url, "/v1/heartbeat"), body, token))
+        (yield json_request("POST", endpoint_url(base_url, "/v1/heartbeat"), body, token))
     )
     interval = answer.get("interval")
     deadline = answer.get("deadline")
     return HeartbeatStatus(
-        _field(answer, "status", str),
+        answer_field(answer, "status", str),
         float(interval) if isinstance(interval, int | float) else 30.0,
         float(deadline) if isinstance(deadline, int | float) else 0.0,
     )
@@ -171,13 +178,13 @@ def heartbeat_flow(
 
 def resume_flow(base_url: str, agent_id: str, key: nacl.signing.SigningKey) -> Flow[Registration]:
     """Prove the registered key with a fresh nonce; a new token for the same identity."""
-    challenge = expect_json((yield _json_request("GET", _url(base_url, "/v1/challenge"))))
-    nonce = _field(challenge, "nonce", str)
+    challenge = expect_json((yield json_request("GET", endpoint_url(base_url, "/v1/challenge"))))
+    nonce = answer_field(challenge, "nonce", str)
     signature = key.sign(bytes.fromhex(nonce)).signature
     body = {"agent_id": agent_id, "nonce": nonce, "signature": _b64(signature)}
-    answer = expect_json((yield _json_request("POST", _url(base_url, "/v1/resume"), body)))
+    answer = expect_json((yield json_request("POST", endpoint_url(base_url, "/v1/resume"), body)))
     return Registration(
-        agent_id=_field(answer, "agent_id", str),
-        token=_field(answer, "access_token", str),
-        expires_in=_field(answer, "expires_in", int),
+        agent_id=answer_field(answer, "agent_id", str),
+        token=answer_field(answer, "access_token", str),
+        expires_in=answer_field(answer, "expires_in", int),
     )
