@@ -145,9 +145,6 @@ class OfflineChains:
 
 # Claims of the root that say nothing about the leaf: the root holder's key, its actor
 # chain as the broker signed it, its renewal thread.
-_ROOT_ONLY = ("agent_jwk", "act", "grant", "cnf", "authorization_details")
-
-
 def leaf_claims(chain: VerifiedChain) -> Claims:
     """The leaf of ``chain`` as the broker's :class:`Claims`: the root token's claims with
     the leaf's holder, jti, times, scope, grants, audience and lineage.
@@ -166,26 +163,7 @@ def leaf_claims(chain: VerifiedChain) -> Claims:
     scope = tuple(chain.scope)
     grants = tuple(chain.grants or ())
     audience = tuple(chain.audience)
-    raw = {k: v for k, v in root.raw.items() if k not in _ROOT_ONLY}
-    raw.update(
-        sub=chain.holder,
-        jti=chain.jti,
-        iat=chain.iat,
-        nbf=chain.iat,
-        exp=chain.exp,
-        scope=" ".join(scope),
-        aud=list(audience),
-        cnf=chain.cnf,
-        offline={
-            "root_jti": chain.root_jti,
-            "blocks": len(chain.blocks),
-            "holders": list(chain.agents),
-        },
-    )
-    if chain.lineage:
-        raw["lineage"] = list(chain.lineage)
-    if grants:
-        raw["authorization_details"] = [dict(g) for g in grants]
+    raw = chain.leaf_payload()
     return replace(
         root,
         sub=chain.holder,

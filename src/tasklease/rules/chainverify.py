@@ -185,6 +185,11 @@ def walk(
     return root_parent, root_key, tuple(steps)
 
 
+# The root token's claims that are its holder's alone, never the leaf's: its key, its
+# actors, its renewal thread, its binding, its own grants and its delegation chain's hash.
+ROOT_ONLY = ("agent_jwk", "act", "grant", "cnf", "authorization_details", "chain_hash")
+
+
 @dataclass(frozen=True, slots=True)
 class VerifiedChain:
     """A chain whose every check passed. The effective authority is the last block's:
@@ -249,6 +254,34 @@ class VerifiedChain:
     def cnf(self) -> dict[str, str]:
         """The chain's implicit confirmation: the last delegate's key (RFC 9449 ``jkt``)."""
         return {"jkt": self.holder_jkt}
+
+    def leaf_payload(self) -> dict[str, Any]:
+        """The last holder's effective claims, as the broker's validation and a verifier
+        answer them: the root's, less what is the root holder's own (:data:`ROOT_ONLY`),
+        with the leaf's holder, ``jti``, times, scope, audience, lineage and grants, its
+        implicit ``cnf``, and ``offline`` (the root's ``jti``, how many blocks, every
+        holder first to last)."""
+        payload = {k: v for k, v in self.root_claims.items() if k not in ROOT_ONLY}
+        payload.update(
+            sub=self.holder,
+            jti=self.jti,
+            iat=self.iat,
+            nbf=self.iat,
+            exp=self.exp,
+            scope=" ".join(self.scope),
+            aud=list(self.audience),
+            cnf=self.cnf,
+            offline={
+                "root_jti": self.root_jti,
+                "blocks": len(self.blocks),
+                "holders": list(self.agents),
+            },
+        )
+        if self.lineage:
+            payload["lineage"] = list(self.lineage)
+        if self.grants:
+            payload["authorization_details"] = [dict(g) for g in self.grants]
+        return payload
 
 
 def _rfc3339(seconds: int) -> str:

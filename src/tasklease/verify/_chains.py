@@ -23,11 +23,9 @@ from tasklease.verify._errors import InvalidToken
 
 __all__ = ["recheck_offline_chain", "token_of_chain", "verify_offline_chain"]
 
+
 # Claims of the root that say nothing about the last holder: the root holder's key, its
 # actor chain as the broker signed it, its renewal thread, its binding, its grants.
-_ROOT_ONLY = ("agent_jwk", "act", "grant", "cnf", "authorization_details", "chain_hash")
-
-
 def verify_offline_chain(
     text: str,
     *,
@@ -91,26 +89,7 @@ def token_of_chain(chain: VerifiedChain) -> VerifiedToken:
     thumbprint), ``offline`` naming the root's ``jti`` and every holder; its
     ``delegation_chain`` every holder that handed the authority on, oldest first."""
     root: Mapping[str, Any] = chain.root_claims
-    claims = {k: v for k, v in root.items() if k not in _ROOT_ONLY}
-    claims.update(
-        sub=chain.holder,
-        jti=chain.jti,
-        iat=chain.iat,
-        nbf=chain.iat,
-        exp=chain.exp,
-        scope=" ".join(chain.scope),
-        aud=list(chain.audience),
-        cnf=chain.cnf,
-        offline={
-            "root_jti": chain.root_jti,
-            "blocks": len(chain.blocks),
-            "holders": list(chain.agents),
-        },
-    )
-    if chain.lineage:
-        claims["lineage"] = list(chain.lineage)
-    if chain.grants:
-        claims["authorization_details"] = [dict(g) for g in chain.grants]
+    claims = chain.leaf_payload()
     delegators = chain.delegators
     actors = (chain.holder, *(d.agent for d in reversed(delegators[1:])))
     return VerifiedToken(
