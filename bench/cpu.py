@@ -3,7 +3,7 @@
 Throughput on a shared machine moves with whatever else runs on it; the CPU time the
 broker's workers spend per operation moves much less. This runs ``tasklease serve`` on
 SQLite (as ``python -m bench`` does), drives each scenario with the load generator, samples
-the workers' CPU time (``/proc/<pid>/stat``, user + system) every 50 ms, and reports, for
+the workers' CPU time (``/proc/<pid>/stat``, user + system) every 10 ms, and reports, for
 the measured part of each scenario (not its setup), the workers' CPU microseconds per
 operation beside the rate and p99. Linux only.
 """
@@ -46,7 +46,7 @@ def measure(broker: Broker, scenario: str, count: int, duration: float) -> dict[
     def sample() -> None:
         while not stop.is_set():
             samples.append((time.perf_counter(), cpu_seconds(pids)))
-            time.sleep(0.05)
+            time.sleep(0.01)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_cpu_per_operation_of_a_write_path() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.cpu", "release", "--count", "40", "--duration", "2"],
+        [sys.executable, "-m", "bench.cpu", "release", "--count", "300", "--duration", "3"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -25,5 +25,5 @@ def test_cpu_per_operation_of_a_write_path() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     assert row["scenario"] == "release"
-    assert row["n"] == 40 and row["errors"] == 0
+    assert row["n"] == 300 and row["errors"] == 0
     assert row["cpu_us_per_op"] > 0  # the workers did the releases

@@ -98,19 +98,25 @@ def _spanned(name: str, function: F) -> F:
 
 
 def _patch(cls: type, names: Mapping[str, str], prefix: str) -> None:
-    """Wrap each method ``name`` of ``cls`` in a span ``<prefix><names[name]>``, once."""
+    """Wrap each method ``name`` of ``cls`` in a span ``<prefix><names[name]>``, once,
+    where it is defined (``cls`` or the base it inherits it from)."""
     for name, span in names.items():
-        method = cls.__dict__.get(name)
-        if callable(method) and not getattr(method, "__wrapped_by_tracing__", False):
-            _originals[(cls, name)] = method
-            setattr(cls, name, _spanned(prefix + span, method))
+        owner = next((c for c in cls.__mro__ if name in c.__dict__), None)
+        method = None if owner is None else owner.__dict__[name]
+        if owner is None or not callable(method):
+            continue
+        if not getattr(method, "__wrapped_by_tracing__", False):
+            _originals[(owner, name)] = method
+            setattr(owner, name, _spanned(prefix + span, method))
 
 
 def _store_reads(cls: type) -> dict[str, str]:
     """The store's read methods: what a request may wait on besides the commit."""
     return {
         name: name
-        for name in vars(cls)
+        for base in cls.__mro__
+        if base is not object
+        for name in vars(base)
         if name.startswith(("get_", "list_", "find_", "count_", "read_"))
         and callable(getattr(cls, name, None))
     }
