@@ -268,3 +268,4 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
         with conn.cursor() as cursor:
             cursor.executemany(self.dialect.insert_audit, rows)
         conn.execute(self._statements.update_head, (events[-1].seq, events[-1].hash))
+        self._index_audit(events[0].seq, events[-1].seq)

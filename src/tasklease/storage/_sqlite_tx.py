@@ -184,6 +184,8 @@ class SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
         rows = audit_rows(events, head_seq)
         self._head_seq = None  # unknown until the insert has gone through whole
         conn.executemany(self.dialect.insert_audit, rows)
+        if events:
+            self._index_audit(events[0].seq, events[-1].seq)
         self._head_seq = events[-1].seq if events else head_seq
 
 

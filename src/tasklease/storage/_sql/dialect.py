@@ -227,11 +227,24 @@ class Dialect(RowConversions):
         self.audit_after = q(f"{_SELECT_AUDIT} WHERE {t} AND seq > ? ORDER BY seq LIMIT ?")
         self.audit_head = f"SELECT seq, hash FROM audit_events WHERE {t} ORDER BY seq DESC LIMIT 1"
         self._audit_where = f" WHERE {t}"
+        # The agent and task lookups live behind the log (migration 0018): in their tables
+        # up to audit_indexed.seq, in the log's last few thousand events after it. The
+        # event's own column is compared too, so an entry left by a log cut back by hand
+        # can never bring in another event.
+        indexed = f"COALESCE((SELECT seq FROM audit_indexed WHERE {t}), 0)"
+
+        def behind(column: str, table: str) -> str:
+            return (
+                f"{column} = ? AND seq IN (SELECT seq FROM {table} WHERE {t} AND {column} = ?"
+                f" UNION ALL SELECT seq FROM audit_events WHERE {t} AND seq > {indexed}"
+                f" AND {column} = ?)"
+            )
+
         self._audit_filters = tuple(
             q(clause)
             for clause in (
-                "agent_id = ?",
-                "task_id = ?",
+                behind("agent_id", "audit_agent_seqs"),
+                behind("task_id", "audit_task_seqs"),
                 "event_type = ?",
                 "outcome = ?",
                 "ts >= ?",
@@ -239,6 +252,7 @@ class Dialect(RowConversions):
                 "principal_ref = ?",
             )
         )
+        self._filter_arity = {clause: clause.count(placeholder) for clause in self._audit_filters}
         self._audit_page = q(" ORDER BY seq LIMIT ? OFFSET ?")
         # Partial indexes (migration 0017): only events whose outcome is not 'success', and
         # only events with a principal, are indexed. These constant terms, added when the
@@ -276,6 +290,24 @@ class Dialect(RowConversions):
         # tiles on SQLite), joined into one statement.
         self._tile_select = q(f"SELECT level, idx, hashes FROM audit_tiles WHERE {t}") + (
             f" AND level = {placeholder} AND idx = {placeholder}"
+        )
+        # Filling the lookups behind the log (SQLWriteTx._index_audit).
+        self.audit_indexed = f"SELECT seq FROM audit_indexed WHERE {t}"
+        self.put_audit_indexed = q(
+            f"{insert('audit_indexed', 'seq')} ON CONFLICT (tenant_id) DO UPDATE"
+            " SET seq = excluded.seq"
+        )
+        self.index_audit = tuple(
+            q(
+                f"INSERT INTO {table} (tenant_id, {column}, seq) SELECT tenant_id, {column},"
+                f" seq FROM audit_events WHERE {t} AND seq > ? ORDER BY {column}, seq"
+                " ON CONFLICT DO NOTHING"
+            )
+            for table, column in (("audit_agent_seqs", "agent_id"), ("audit_task_seqs", "task_id"))
+        )
+        self.unindex_audit = tuple(
+            q(f"DELETE FROM {table} WHERE {t} AND seq > ?")
+            for table in ("audit_agent_seqs", "audit_task_seqs")
         )
         self.get_checkpoint = q(
             f"SELECT kind, size, note, created_at FROM audit_checkpoints WHERE {t} AND kind = ?"
@@ -469,7 +501,7 @@ class Dialect(RowConversions):
         for clause, value in zip(self._audit_filters, values, strict=True):
             if value is not None:
                 clauses.append(f" AND {clause}")
-                params.append(value)
+                params += [value] * self._filter_arity[clause]
         if query.outcome is not None and not success:
             clauses.append(self._audit_not_success)
         if query.principal_ref:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from tasklease.core.errors import Conflict, NotFound, Unavailable
 from tasklease.core.store import (
@@ -342,6 +342,33 @@ class SQLWriteTx(Generic[_C]):
             if conn.execute(self.dialect.count_call, (found,)).rowcount != 1:
                 raise Conflict(f"call budget {found} changed under its lock")
         return ""
+
+    # -- the audit log's lookups, filled behind it (migration 0018) ------------------------
+
+    #: How many events the agent and task lookups may lag behind the log: a query reads at
+    #: most this many of the log's own rows (plus one batch) for the events they lack.
+    audit_index_every: ClassVar[int] = 4096
+
+    def _index_audit(self, first_seq: int, last_seq: int) -> None:
+        """After an append of ``first_seq..last_seq`` (the head: this transaction holds the
+        lock), bring the agent and task lookups up to the head once they lag by
+        :attr:`audit_index_every` events. In the append's transaction: both stay in step
+        whatever happens to the process."""
+        d = self.dialect
+        conn = self._db()
+        row = conn.execute(d.audit_indexed, ()).fetchone()
+        indexed = 0 if row is None else int(row[0])
+        if indexed >= first_seq:
+            # The log was cut back by hand behind its lookups and grows again: they follow.
+            indexed = first_seq - 1
+            for statement in d.unindex_audit:
+                conn.execute(statement, (indexed,))
+            conn.execute(d.put_audit_indexed, (indexed,))
+        if last_seq - indexed < self.audit_index_every:
+            return
+        for statement in d.index_audit:
+            conn.execute(statement, (indexed,))
+        conn.execute(d.put_audit_indexed, (last_seq,))
 
     # -- the audit log's Merkle tree and checkpoints ---------------------------------------
 

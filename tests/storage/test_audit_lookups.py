@@ -1,0 +1,144 @@
+"""The audit log's agent and task lookups, kept behind the log (migration 0018).
+
+They are filled in the transaction of an append once they lag by
+``SQLWriteTx.audit_index_every`` events; a query reads them up to their last event and the
+log itself after it. Whatever the lag, a query by agent or task finds exactly the events a
+scan would, on every backend; the lookups follow a log cut back by hand, and the migration
+fills them for the events written before it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from tests.storage.test_conformance import append, chain
+
+from tasklease.core.store import AuditEvent, AuditQuery, Store
+from tasklease.storage import SQLiteStore
+from tasklease.storage._sql.write_tx import SQLWriteTx
+
+
+def _expect(store: Store, query: AuditQuery, keep: list[AuditEvent]) -> None:
+    got, total = store.query_audit(query)
+    assert (got, total) == (keep[query.offset : query.offset + query.limit], len(keep))
+
+
+def _every_lookup(store: Store, events: list[AuditEvent]) -> None:
+    for agent in sorted({e.agent_id for e in events}) + ["agent-9"]:
+        _expect(store, AuditQuery(agent_id=agent), [e for e in events if e.agent_id == agent])
+    for task in sorted({e.task_id for e in events}):
+        _expect(store, AuditQuery(task_id=task), [e for e in events if e.task_id == task])
+        _expect(
+            store,
+            AuditQuery(task_id=task, agent_id="agent-1", limit=2, offset=1),
+            [e for e in events if (e.task_id, e.agent_id) == (task, "agent-1")],
+        )
+    _expect(
+        store,
+        AuditQuery(agent_id="agent-0", outcome="denied"),
+        [e for e in events if e.agent_id == "agent-0" and e.outcome == "denied"],
+    )
+    _expect(
+        store,
+        AuditQuery(agent_id="agent-2", outcome="success", event_type="type-1"),
+        [
+            e
+            for e in events
+            if (e.agent_id, e.outcome, e.event_type) == ("agent-2", "success", "type-1")
+        ],
+    )
+
+
+@pytest.mark.parametrize("every", [1, 4, 7, 4096])
+def test_lookups_find_every_event_whatever_their_lag(
+    store: Store, monkeypatch: pytest.MonkeyPatch, every: int
+) -> None:
+    monkeypatch.setattr(SQLWriteTx, "audit_index_every", every)
+    events = chain(31)
+    for start in range(0, len(events), 3):
+        append(store, events[start : start + 3])
+        _every_lookup(store, events[: start + 3])
+
+
+def _indexed(path: Path) -> tuple[int, int, int]:
+    """(the lookups' last event, agent entries, task entries), read beside the store."""
+    raw = sqlite3.connect(path)
+    try:
+        row = raw.execute("SELECT seq FROM audit_indexed WHERE tenant_id = 'default'").fetchone()
+        agents = raw.execute("SELECT COUNT(*) FROM audit_agent_seqs").fetchone()[0]
+        tasks = raw.execute("SELECT COUNT(*) FROM audit_task_seqs").fetchone()[0]
+    finally:
+        raw.close()
+    return (0 if row is None else row[0], agents, tasks)
+
+
+def test_lookups_are_filled_once_they_lag_by_the_threshold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SQLWriteTx, "audit_index_every", 5)
+    path = tmp_path / "audit.db"
+    events = chain(12)
+    with SQLiteStore(path) as store:
+        append(store, events[:4])
+        assert _indexed(path) == (0, 0, 0)  # 4 behind: read from the log
+        append(store, events[4:6])
+        assert _indexed(path) == (6, 6, 6)  # 6 behind: all of them filled, in one go
+        append(store, events[6:12])
+        assert _indexed(path) == (12, 12, 12)
+        _every_lookup(store, events)
+
+
+def test_lookups_follow_a_log_cut_back_and_grown_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rewritten tail (tests/threats/test_tm_28_audit_tampering.py detects it): the
+    # lookups must neither lose the new events nor bring back the removed ones.
+    monkeypatch.setattr(SQLWriteTx, "audit_index_every", 2)
+    path = tmp_path / "audit.db"
+    events = chain(10)
+    with SQLiteStore(path) as store:
+        append(store, events)
+        assert _indexed(path) == (10, 10, 10)
+        raw = sqlite3.connect(path)
+        with raw:
+            raw.execute("DELETE FROM audit_events WHERE seq > 6")
+        raw.close()
+        regrown = chain(4, start=(6, events[5].hash), agent_id="agent-7", task_id="task-7")
+        append(store, regrown)
+        assert _indexed(path) == (10, 10, 10)
+        kept = events[:6] + regrown
+        _every_lookup(store, kept)
+        _expect(store, AuditQuery(agent_id="agent-7"), regrown)
+        _expect(store, AuditQuery(task_id="task-7"), regrown)
+
+
+def test_migration_fills_the_lookups_for_the_events_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.db"
+    events = chain(25)
+    with SQLiteStore(path) as store:
+        append(store, events)
+    # Back to schema version 17 with its events: the lookups as indexes of the log.
+    raw = sqlite3.connect(path)
+    with raw:
+        raw.executescript(
+            "DROP TABLE audit_agent_seqs; DROP TABLE audit_task_seqs; DROP TABLE audit_indexed;"
+            " CREATE INDEX audit_events_by_agent_id ON audit_events (tenant_id, agent_id);"
+            " CREATE INDEX audit_events_by_task_id ON audit_events (tenant_id, task_id);"
+            " DELETE FROM schema_version WHERE version = 18;"
+        )
+    raw.close()
+    monkeypatch.setattr(SQLWriteTx, "audit_index_every", 1_000_000)
+    with SQLiteStore(path) as store:
+        assert _indexed(path) == (25, 25, 25)
+        more = chain(3, start=(25, events[-1].hash))
+        append(store, more)
+        _every_lookup(store, events + more)
+        raw = sqlite3.connect(path)
+        indexes = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
+        raw.close()
+        assert "audit_events_by_agent_id" not in indexes
+        assert "audit_events_by_task_id" not in indexes
