@@ -107,6 +107,34 @@ class WriteFailure:
     batches: int = 1
 
 
+class _Wake:
+    """A one-shot wake-up for one waiting thread: a held lock that ``set`` releases.
+
+    What ``threading.Event`` does for this one use without its condition variable: a
+    caller's wait is one lock acquisition instead of a condition's lock, waiter list and
+    second lock, which counts when dozens of threads wait on every commit.
+    """
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        """Wake the waiter (once: later calls do nothing). Called under the log's lock."""
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self) -> None:
+        self._lock.acquire()
+
+
 class _Slot:
     __slots__ = ("done", "entries", "error", "events", "future", "loop", "unit", "wake")
 
@@ -127,9 +155,9 @@ class _Slot:
         # never handed the leadership: the committer thread leads for it.
         self.loop = loop
         self.future: asyncio.Future[list[AuditEvent]] | None = None
-        self.wake: threading.Event | None = None
+        self.wake: _Wake | None = None
         if loop is None:
-            self.wake = threading.Event()
+            self.wake = _Wake()
         else:
             self.future = loop.create_future()
 
