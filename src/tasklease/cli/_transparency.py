@@ -277,6 +277,45 @@ def verify_checkpoint_file(
         out.print(f"{path} now holds the checkpoint of size {latest.size}", highlight=False)
 
 
+class _Lookups:
+    """The audit log's agent and task lookups (docs/audit.md, "Finding events") against
+    its events: an edited lookup would hide events from a query by agent or task, or
+    point it elsewhere, though the chain is intact.
+
+    Each side is summed as a multiset of entry hashes, seeded per process (Python's string
+    hashing), so a forged set with the same sum cannot be made in advance. A store with no
+    lookups (in memory) is not checked.
+    """
+
+    _MASK = (1 << 64) - 1
+
+    def __init__(self, store: Store) -> None:
+        self._read = getattr(store, "iter_audit_lookups", None)
+        indexed = getattr(store, "audit_indexed", None)
+        self.upto = int(indexed()) if callable(indexed) and self._read is not None else 0
+        self._expected = 0
+
+    def expect(self, event: AuditEvent) -> None:
+        if event.seq <= self.upto:
+            self._expected += hash(("agent", event.agent_id, event.seq))
+            self._expected += hash(("task", event.task_id, event.seq))
+
+    def check(self) -> None:
+        if self._read is None:
+            return
+        found = sum(hash(entry) for entry in self._read(self.upto))
+        if found & self._MASK != self._expected & self._MASK:
+            err.print(
+                "[bold red]audit lookups broken:[/] the agent and task lookups do not match "
+                f"the first {self.upto} events, so a query by agent or task would miss "
+                "events. The events themselves are intact. To rebuild the lookups, delete "
+                "the rows of audit_agent_seqs, audit_task_seqs and audit_indexed; the next "
+                "append fills them again (docs/audit.md)",
+                highlight=False,
+            )
+            raise typer.Exit(EXIT_FAILED)
+
+
 def verify_database(
     store: Store, *, checkpoint_file: Path | None, log_keys: list[str] | None
 ) -> None:
@@ -295,10 +334,12 @@ def verify_database(
     compact = CompactRange()
     roots: dict[int, bytes] = {}
     wanted = {tree.size if tree else 0, checkpoint.size if checkpoint else 0}
+    lookups = _Lookups(store)
 
     def leaves(events: Iterator[AuditEvent]) -> Iterator[AuditEvent]:
         append = compact.append
         for event in events:
+            lookups.expect(event)
             try:
                 append(leaf_hash(bytes.fromhex(event.hash)))
             except ValueError:  # not hex: the chain walk names this event broken
@@ -320,6 +361,7 @@ def verify_database(
             highlight=False,
         )
         raise typer.Exit(EXIT_FAILED)
+    lookups.check()
     tree_text = f"; Merkle tree of {tree.size} leaves matches" if tree else ""
     out.print(
         f"audit chain intact: {report.checked} events, head {report.head_hash}{tree_text}",

@@ -305,6 +305,20 @@ class Dialect(RowConversions):
             )
             for table, column in (("audit_agent_seqs", "agent_id"), ("audit_task_seqs", "task_id"))
         )
+        # Reading them back, for `tasklease audit verify` (keyset pages in key order).
+        self.audit_lookup_pages = tuple(
+            (
+                kind,
+                q(
+                    f"SELECT {column}, seq FROM {table} WHERE {t} AND ({column}, seq) > (?, ?)"
+                    f" AND seq <= ? ORDER BY {column}, seq LIMIT ?"
+                ),
+            )
+            for kind, table, column in (
+                ("agent", "audit_agent_seqs", "agent_id"),
+                ("task", "audit_task_seqs", "task_id"),
+            )
+        )
         self.unindex_audit = tuple(
             q(f"DELETE FROM {table} WHERE {t} AND seq > ?")
             for table in ("audit_agent_seqs", "audit_task_seqs")

@@ -307,6 +307,29 @@ class SQLStore(ListingReads, abc.ABC):
                 return
             cursor = int(rows[-1][0])
 
+    def audit_indexed(self) -> int:
+        """The last event the agent and task lookups cover (migration 0018)."""
+        row = self._one(self.dialect.audit_indexed, ())
+        return 0 if row is None else int(row[0])
+
+    def iter_audit_lookups(self, upto: int, batch: int = 5000) -> Iterator[tuple[str, str, int]]:
+        """Every lookup entry of an event up to ``upto``: ``("agent" or "task", key, seq)``.
+
+        Entries up to :meth:`audit_indexed` are never rewritten, so pages read one after
+        the other (keyset, no snapshot held) see all of them however the log grows.
+        """
+        if batch <= 0:
+            raise ValueError("batch must be positive")
+        for kind, sql in self.dialect.audit_lookup_pages:
+            key, seq = "", 0
+            while True:
+                rows = self._all(sql, (key, seq, upto, batch))
+                for row in rows:
+                    yield kind, str(row[0]), int(row[1])
+                if len(rows) < batch:
+                    break
+                key, seq = str(rows[-1][0]), int(rows[-1][1])
+
     def audit_tree(self) -> AuditTree | None:
         row = self._one(self.dialect.audit_tree, ())
         return None if row is None else tree_from_row(row)
