@@ -9,9 +9,12 @@ or a database's events against a checkpoint (docs/audit.md).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Iterator
+import secrets
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -282,9 +285,10 @@ class _Lookups:
     its events: an edited lookup would hide events from a query by agent or task, or
     point it elsewhere, though the chain is intact.
 
-    Each side is summed as a multiset of entry hashes, seeded per process (Python's string
-    hashing), so a forged set with the same sum cannot be made in advance. A store with no
-    lookups (in memory) is not checked.
+    Each side is summed as a multiset of entry hashes under a key drawn for this run
+    (Python's string hashing, whose key is random per process; a keyed BLAKE2b when that
+    was fixed with PYTHONHASHSEED), so no one can build a forged set with the same sum.
+    A store with no lookups (in memory) is not checked.
     """
 
     _MASK = (1 << 64) - 1
@@ -294,16 +298,27 @@ class _Lookups:
         indexed = getattr(store, "audit_indexed", None)
         self.upto = int(indexed()) if callable(indexed) and self._read is not None else 0
         self._expected = 0
+        self._hash: Callable[[tuple[str, str, int]], int] = hash
+        if not sys.flags.hash_randomization:
+            key = secrets.token_bytes(32)
+
+            def keyed(entry: tuple[str, str, int]) -> int:
+                data = "\0".join(map(str, entry)).encode("utf-8", "surrogatepass")
+                digest = hashlib.blake2b(data, key=key, digest_size=8).digest()
+                return int.from_bytes(digest, "little")
+
+            self._hash = keyed
 
     def expect(self, event: AuditEvent) -> None:
         if event.seq <= self.upto:
-            self._expected += hash(("agent", event.agent_id, event.seq))
-            self._expected += hash(("task", event.task_id, event.seq))
+            self._expected += self._hash(("agent", event.agent_id, event.seq))
+            self._expected += self._hash(("task", event.task_id, event.seq))
 
     def check(self) -> None:
         if self._read is None:
             return
-        found = sum(hash(entry) for entry in self._read(self.upto))
+        digest = self._hash
+        found = sum(digest(entry) for entry in self._read(self.upto))
         if found & self._MASK != self._expected & self._MASK:
             err.print(
                 "[bold red]audit lookups broken:[/] the agent and task lookups do not match "
