@@ -49,9 +49,9 @@ WHY = {
     "delegate": "one point read of the delegate's agent row, two signatures, one commit",
     "revoke": "two point inserts into revocations (unique index) and one commit; the "
     "in-process index is a dict",
-    "audit_query": "range of the agent lookup (tenant_id, agent_id, seq) and the log's "
-    "unlooked-up tail (at most 4,096 rows), 50 rows: log n to find, then what the agent "
-    "has (10 events per agent at every size here)",
+    "audit_query": "range of the agent lookup (tenant_id, agent_id, seq): log n to find, "
+    "then the agent's 10 events; and the log's rows after the lookups (up to 4,096, read "
+    "for the count and the page): that lag, not n, moves this figure",
     "audit_proof": "reads the tree row and about log16(n) tiles: O(log n), flat in practice",
     "startup": "migration check, the revocation index load (O(live revocations)), the "
     "audit head and tree row (two point reads): no scan of agents or events",
