@@ -10,7 +10,9 @@ fills them for the events written before it.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.storage.test_conformance import append, chain
@@ -114,31 +116,74 @@ def test_lookups_follow_a_log_cut_back_and_grown_again(
         _expect(store, AuditQuery(task_id="task-7"), regrown)
 
 
-def test_migration_fills_the_lookups_for_the_events_before_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+_INDEX_NAMES = {
+    "sqlite": "SELECT name FROM sqlite_master WHERE type = 'index'",
+    "postgres": "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_events'",
+}
+_BACK_TO_17 = (
+    "DROP TABLE audit_agent_seqs",
+    "DROP TABLE audit_task_seqs",
+    "DROP TABLE audit_indexed",
+    "CREATE INDEX audit_events_by_agent_id ON audit_events (tenant_id, agent_id{})",
+    "CREATE INDEX audit_events_by_task_id ON audit_events (tenant_id, task_id{})",
+    "DELETE FROM schema_version WHERE version = 18",
+)
+
+
+def _sqlite_at_17(tmp_path: Path) -> tuple[Callable[[], Store], Callable[[str], list[Any]]]:
     path = tmp_path / "audit.db"
+
+    def sql(statement: str) -> list[Any]:
+        raw = sqlite3.connect(path)
+        try:
+            with raw:
+                return raw.execute(statement).fetchall()
+        finally:
+            raw.close()
+
+    return (lambda: SQLiteStore(path)), sql
+
+
+def _postgres_at_17(tmp_path: Path) -> tuple[Callable[[], Store], Callable[[str], list[Any]]]:
+    import pgcluster
+    import psycopg
+
+    try:
+        cluster = pgcluster.shared_cluster()
+    except pgcluster.ClusterUnavailable as exc:
+        pytest.skip(str(exc))
+    from tasklease.storage.postgres import PostgresStore
+
+    url = cluster.new_database("lookups")
+
+    def sql(statement: str) -> list[Any]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            cursor = conn.execute(statement)
+            return cursor.fetchall() if cursor.description else []
+
+    return (lambda: PostgresStore(url)), sql
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_migration_fills_the_lookups_for_the_events_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    make, sql = (_sqlite_at_17 if backend == "sqlite" else _postgres_at_17)(tmp_path)
     events = chain(25)
-    with SQLiteStore(path) as store:
+    with make() as store:
         append(store, events)
     # Back to schema version 17 with its events: the lookups as indexes of the log.
-    raw = sqlite3.connect(path)
-    with raw:
-        raw.executescript(
-            "DROP TABLE audit_agent_seqs; DROP TABLE audit_task_seqs; DROP TABLE audit_indexed;"
-            " CREATE INDEX audit_events_by_agent_id ON audit_events (tenant_id, agent_id);"
-            " CREATE INDEX audit_events_by_task_id ON audit_events (tenant_id, task_id);"
-            " DELETE FROM schema_version WHERE version = 18;"
-        )
-    raw.close()
+    for statement in _BACK_TO_17:
+        sql(statement.format("" if backend == "sqlite" else ", seq"))
     monkeypatch.setattr(SQLWriteTx, "audit_index_every", 1_000_000)
-    with SQLiteStore(path) as store:
-        assert _indexed(path) == (25, 25, 25)
+    with make() as store:
+        assert sql("SELECT tenant_id, seq FROM audit_indexed") == [("default", 25)]
+        for table in ("audit_agent_seqs", "audit_task_seqs"):
+            assert sql(f"SELECT COUNT(*), MIN(seq), MAX(seq) FROM {table}") == [(25, 1, 25)]
         more = chain(3, start=(25, events[-1].hash))
         append(store, more)
         _every_lookup(store, events + more)
-        raw = sqlite3.connect(path)
-        indexes = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
-        raw.close()
-        assert "audit_events_by_agent_id" not in indexes
-        assert "audit_events_by_task_id" not in indexes
+        assert store.schema_version() == type(store).known_schema_version()  # type: ignore[attr-defined]
+    indexes = {row[0] for row in sql(_INDEX_NAMES[backend])}
+    assert not indexes & {"audit_events_by_agent_id", "audit_events_by_task_id"}
+    assert "audit_events_by_event_type" in indexes
