@@ -5,13 +5,15 @@ replicas sharing the store."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from nacl.signing import SigningKey
 
 from tasklease.core.broker import Broker
 from tasklease.core.clock import ManualClock
-from tasklease.core.keys import KeyRing
+from tasklease.core.keys import KeyRing, load_or_create_keyring, retire_keys
+from tasklease.keystore import PlaintextKeyProvider
 from tasklease.rules.bundle import parse_bundle
 from tasklease.storage import MemoryStore
 
@@ -71,3 +73,33 @@ def test_a_replica_behind_serves_the_stored_bundle_rather_than_its_own(
     assert second.keyring.kids() != first.keyring.kids()
     assert _served(second) == _served(first)
     assert _served(second).sequence == 2
+
+
+def test_a_process_whose_ring_lags_never_publishes_an_older_key_set(
+    make_broker: Any, kit: Any, tmp_path: Path
+) -> None:
+    # Two processes sharing a key directory and a store. The second loaded its keys before
+    # the first rotated and publishes for the first time after that rotation was published
+    # (its first key refresh and its first publication racing): it must not publish its
+    # one key over the stored two as the next sequence.
+    store = MemoryStore()
+    keys = tmp_path / "keys"
+    first = make_broker(store=store, keyring=_ring(keys), key_dir=str(keys))
+    second = make_broker(store=store, keyring=_ring(keys), key_dir=str(keys))
+    first.publish_trust_bundle()
+    first.rotate_signing_key(kit.admin(first).claims, kit.ctx)
+    assert len(second.keyring.kids()) == 1  # behind: no refresh has run
+    second.publish_trust_bundle()
+    bundle = _served(second)
+    assert bundle.sequence == 2 and list(bundle.keys) == first.keyring.kids()
+    assert second.keyring.kids() == first.keyring.kids()  # it took the directory's keys
+    assert not second.publish_trust_bundle()  # and counts that set as published
+    # Keys retired while it ran are still published, as the next sequence.
+    retire_keys(keys, {first.keyring.active_kid}, PlaintextKeyProvider())
+    assert second.refresh_keys() and second.publish_trust_bundle()
+    bundle = _served(second)
+    assert bundle.sequence == 3 and list(bundle.keys) == [first.keyring.active_kid]
+
+
+def _ring(directory: Path) -> KeyRing:
+    return load_or_create_keyring(directory, PlaintextKeyProvider())

@@ -55,11 +55,30 @@ class TrustBundles(Service):
         """Make the current key ring the published bundle, unless it is already.
 
         The sequence is the stored one plus one when the key set differs from the
-        stored set (1 for the first bundle), and unchanged otherwise.
+        stored set (1 for the first bundle), and unchanged otherwise. A stored set that
+        holds a key this ring lacks may be another process's rotation of an instant ago
+        (that process writes its key before it publishes): the ring is first reloaded
+        from the key directory, and only a key still missing then counts as retired
+        here. So a process whose ring lags never publishes an older key set over a newer.
 
         Raises:
             Unavailable: the store could not be written (the next call tries again).
         """
+        with self._lock:
+            kids, result = self._publish(adopt_missing=False)
+            if result is None:
+                self._keys.refresh()
+                kids, result = self._publish(adopt_missing=True)
+            if result is None:  # pragma: no cover - with adopt_missing the unit always sets it
+                raise RuntimeError("publishing the trust bundle produced nothing")
+            self._published_kids = kids
+            self._stored = (self._monotonic(), result)
+        return result
+
+    def _publish(self, *, adopt_missing: bool) -> tuple[str, PublishedBundle | None]:
+        """One transaction of :meth:`publish`: the ring's key set and the bundle now stored,
+        None when the stored set holds a key the ring lacks and ``adopt_missing`` is false
+        (then nothing is written)."""
         ring = self._keys.ring
         kids = " ".join(sorted(ring.kids()))
         keys = {kid: key for kid in ring.kids() if (key := ring.public_key(kid)) is not None}
@@ -70,6 +89,12 @@ class TrustBundles(Service):
             stored = tx.get_published_bundle()
             if stored is not None and stored.kids == kids:
                 result = stored
+                return []
+            if (
+                stored is not None
+                and not adopt_missing
+                and set(stored.kids.split()) - set(ring.kids())
+            ):
                 return []
             sequence = 1 if stored is None else stored.sequence + 1
             bundle = TrustBundle(self._config.trust_domain, sequence, None, keys)
@@ -82,13 +107,8 @@ class TrustBundles(Service):
             tx.put_published_bundle(result)
             return []
 
-        with self._lock:
-            self._kernel.commit(unit)  # derived from the keys: no audit event of its own
-            if result is None:  # pragma: no cover - the unit always sets it
-                raise RuntimeError("publishing the trust bundle produced nothing")
-            self._published_kids = kids
-            self._stored = (self._monotonic(), result)
-        return result
+        self._kernel.commit(unit)  # derived from the keys: no audit event of its own
+        return kids, result
 
     def republish(self) -> None:
         """:meth:`publish` after a rotation here; when the store cannot be written, the
