@@ -14,7 +14,6 @@ SERVER_ONLY = (
     "uvicorn",
     "argon2",
     "prometheus_client",
-    "structlog",
     "typer",
     "rich",
     "psycopg",

@@ -79,14 +79,17 @@ class AccessMiddleware:
             self.seconds.labels(method, route, str(status)).observe(elapsed)
             if _log.isEnabledFor(logging.INFO):
                 client = scope.get("client")
-                _log.info(
-                    "access",
-                    extra={
-                        "method": method,
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 3),
-                        "request_id": scope.get("state", {}).get("request_id", ""),
-                        "client": client[0] if client else "",
-                    },
+                # Made here rather than by ``_log.info``: no search of the stack for the
+                # caller, which is always this line.
+                record = logging.LogRecord(
+                    _log.name, logging.INFO, __file__, 0, "access", None, None, "__call__"
                 )
+                record.__dict__.update(
+                    method=method,
+                    route=route,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 3),
+                    request_id=scope.get("state", {}).get("request_id", ""),
+                    client=client[0] if client else "",
+                )
+                _log.handle(record)
