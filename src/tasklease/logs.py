@@ -62,6 +62,10 @@ def configure_logging(level: str) -> None:
     """Send every log record at ``level`` or above to stderr as one JSON line."""
     if level not in LEVELS:
         raise ValueError(f"log_level must be one of {', '.join(LEVELS)}")
+    # No line holds the thread's or the process's name: not worth finding for each record.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()

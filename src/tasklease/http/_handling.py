@@ -25,7 +25,7 @@ from tasklease.core.tokens import Claims
 from tasklease.http.middleware import json_nesting_error
 from tasklease.http.problems import problem_body, problem_response_parts
 from tasklease.http.tls import peer_cert_thumbprint
-from tasklease.http.token_routes import RequestURI
+from tasklease.http.token_routes import RequestURI, request_path
 
 __all__ = [
     "Authed",
@@ -68,7 +68,7 @@ def request_context(uri: RequestURI) -> Callable[[Request], RequestContext]:
         return RequestContext(
             request_id=request_id(request),
             remote=client.host if client else "",
-            path=request.url.path,
+            path=request_path(request.scope),
             cert_thumbprint=peer_cert_thumbprint(request.scope),
             dpop=dpop,
             method=request.method,

@@ -54,6 +54,10 @@ class AccessMiddleware:
         self.app = app
         self.requests = metrics.http_requests
         self.seconds = metrics.http_request_seconds
+        # Each (method, route template, status)'s two series, found once: the labels are
+        # bounded (methods, templates, statuses), and looking a series up costs as much
+        # as counting in it.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,8 +79,14 @@ class AccessMiddleware:
             method = scope.get("method", "")
             method = method if method in _METHODS else "other"
             route = route_template(scope)
-            self.requests.labels(method, route, str(status)).inc()
-            self.seconds.labels(method, route, str(status)).observe(elapsed)
+            key = (method, route, status)
+            series = self._series.get(key)
+            if series is None:
+                labels = (method, route, str(status))
+                series = self.requests.labels(*labels), self.seconds.labels(*labels)
+                self._series[key] = series
+            series[0].inc()
+            series[1].observe(elapsed)
             if _log.isEnabledFor(logging.INFO):
                 client = scope.get("client")
                 # Made here rather than by ``_log.info``: no search of the stack for the

@@ -34,7 +34,7 @@ from tasklease.http import wire
 from tasklease.http.middleware import json_nesting_error
 from tasklease.rules.binding import normalize_htu
 
-__all__ = ["RequestURI", "parse_token_request", "token_routes"]
+__all__ = ["RequestURI", "parse_token_request", "request_path", "token_routes"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 _FORM = "application/x-www-form-urlencoded"
@@ -71,6 +71,14 @@ def _claimed_htu(proof: str) -> str | None:
     except (ValueError, msgspec.MsgspecError):
         return None
     return normalize_htu(claimed) if claimed is not None else None
+
+
+def request_path(scope: MutableMapping[str, Any]) -> str:
+    """The request's path as its URL gives it (``request.url.path``), without building the
+    URL: the ASGI path (the mount's prefix included) with ``?``, ``#`` and ``\\``
+    percent-encoded, as the URL writes them."""
+    path: str = scope["path"]
+    return path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
 
 
 class RequestURI:
@@ -121,7 +129,7 @@ class RequestURI:
         origins = self.origins(request.scope)
         if not origins:
             return ""
-        path = request.url.path
+        path = request_path(request.scope)
         if len(origins) > 1 and proof:
             claimed = _claimed_htu(proof)
             for origin in origins:
