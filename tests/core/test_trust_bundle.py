@@ -8,10 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from nacl.signing import SigningKey
 
 from tasklease.core.broker import Broker
 from tasklease.core.clock import ManualClock
+from tasklease.core.errors import Unavailable
 from tasklease.core.keys import KeyRing, load_or_create_keyring, retire_keys
 from tasklease.keystore import PlaintextKeyProvider
 from tasklease.rules.bundle import parse_bundle
@@ -103,3 +105,20 @@ def test_a_process_whose_ring_lags_never_publishes_an_older_key_set(
 
 def _ring(directory: Path) -> KeyRing:
     return load_or_create_keyring(directory, PlaintextKeyProvider())
+
+
+def test_keys_that_cannot_be_reloaded_publish_nothing_rather_than_an_older_set(
+    make_broker: Any, kit: Any, tmp_path: Path
+) -> None:
+    store = MemoryStore()
+    keys = tmp_path / "keys"
+    first = make_broker(store=store, keyring=_ring(keys), key_dir=str(keys))
+    second = make_broker(store=store, keyring=_ring(keys), key_dir=str(keys))
+    first.publish_trust_bundle()
+    first.rotate_signing_key(kit.admin(first).claims, kit.ctx)
+    newest = max(keys.glob("signing-*.pem"))
+    newest.write_text("not a key")  # the second cannot read the key it lacks
+    newest.chmod(0o600)
+    with pytest.raises(Unavailable, match="cannot reload the signing keys"):
+        second.publish_trust_bundle()
+    assert _served(first).sequence == 2  # nothing written over the first's rotation

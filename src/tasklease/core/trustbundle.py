@@ -62,12 +62,16 @@ class TrustBundles(Service):
         here. So a process whose ring lags never publishes an older key set over a newer.
 
         Raises:
-            Unavailable: the store could not be written (the next call tries again).
+            Unavailable: the store could not be written, or the key directory not read
+                (the next call tries again).
         """
         with self._lock:
             kids, result = self._publish(adopt_missing=False)
             if result is None:
-                self._keys.refresh()
+                try:
+                    self._keys.refresh()
+                except (OSError, ValueError) as exc:  # a key unreadable: publish nothing yet
+                    raise Unavailable(f"cannot reload the signing keys: {exc}") from exc
                 kids, result = self._publish(adopt_missing=True)
             if result is None:  # pragma: no cover - with adopt_missing the unit always sets it
                 raise RuntimeError("publishing the trust bundle produced nothing")
