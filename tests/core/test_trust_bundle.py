@@ -77,20 +77,27 @@ def test_a_replica_behind_serves_the_stored_bundle_rather_than_its_own(
     assert _served(second).sequence == 2
 
 
+def _after_a_rotation_elsewhere(make_broker: Any, kit: Any, keys: Path) -> tuple[Any, Any]:
+    """Two processes sharing a key directory and a store: the first rotated and published
+    its new key set; the second loaded its keys before, and no refresh has run since."""
+    store = MemoryStore()
+    ring = load_or_create_keyring(keys, PlaintextKeyProvider())
+    first = make_broker(store=store, keyring=ring, key_dir=str(keys))
+    second = make_broker(store=store, keyring=ring, key_dir=str(keys))
+    first.publish_trust_bundle()
+    first.rotate_signing_key(kit.admin(first).claims, kit.ctx)
+    assert len(second.keyring.kids()) == 1 and len(first.keyring.kids()) == 2
+    return first, second
+
+
 def test_a_process_whose_ring_lags_never_publishes_an_older_key_set(
     make_broker: Any, kit: Any, tmp_path: Path
 ) -> None:
-    # Two processes sharing a key directory and a store. The second loaded its keys before
-    # the first rotated and publishes for the first time after that rotation was published
+    # The second publishes for the first time after the first's rotation was published
     # (its first key refresh and its first publication racing): it must not publish its
     # one key over the stored two as the next sequence.
-    store = MemoryStore()
     keys = tmp_path / "keys"
-    first = make_broker(store=store, keyring=_ring(keys), key_dir=str(keys))
-    second = make_broker(store=store, keyring=_ring(keys), key_dir=str(keys))
-    first.publish_trust_bundle()
-    first.rotate_signing_key(kit.admin(first).claims, kit.ctx)
-    assert len(second.keyring.kids()) == 1  # behind: no refresh has run
+    first, second = _after_a_rotation_elsewhere(make_broker, kit, keys)
     second.publish_trust_bundle()
     bundle = _served(second)
     assert bundle.sequence == 2 and list(bundle.keys) == first.keyring.kids()
@@ -103,19 +110,11 @@ def test_a_process_whose_ring_lags_never_publishes_an_older_key_set(
     assert bundle.sequence == 3 and list(bundle.keys) == [first.keyring.active_kid]
 
 
-def _ring(directory: Path) -> KeyRing:
-    return load_or_create_keyring(directory, PlaintextKeyProvider())
-
-
 def test_keys_that_cannot_be_reloaded_publish_nothing_rather_than_an_older_set(
     make_broker: Any, kit: Any, tmp_path: Path
 ) -> None:
-    store = MemoryStore()
     keys = tmp_path / "keys"
-    first = make_broker(store=store, keyring=_ring(keys), key_dir=str(keys))
-    second = make_broker(store=store, keyring=_ring(keys), key_dir=str(keys))
-    first.publish_trust_bundle()
-    first.rotate_signing_key(kit.admin(first).claims, kit.ctx)
+    first, second = _after_a_rotation_elsewhere(make_broker, kit, keys)
     newest = max(keys.glob("signing-*.pem"))
     newest.write_text("not a key")  # the second cannot read the key it lacks
     newest.chmod(0o600)
