@@ -8,11 +8,9 @@ a fresh proof on every request; resource servers forward what they received to
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import nacl.signing
@@ -28,6 +26,7 @@ from conformance_support import (
 )
 from joserfc import jwt as joserfc_jwt
 from joserfc.jwk import OKPKey
+from worker_procs import ESTABLISHED, socket_inodes, tcp_inodes, wait_workers_listening
 
 NOT_APPLICABLE = {
     "s5 token request to a token endpoint (grant_type)": "registration is the token request; "
@@ -260,51 +259,14 @@ def test_rfc9449_s5_resume_refuses_a_bad_proof_like_any_failure(kit: Kit) -> Non
 # --- section 11.1: a proof is single use across the broker's workers -----------------
 
 
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"resource_tracker" not in cmdline:
-            found.add(int(entry))
-    return found
-
-
-def _sockets(pid: int) -> set[str]:
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
-
-
-def _established(port: int) -> set[str]:
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
-            inodes.add(fields[9])
-    return inodes
-
-
 def test_rfc9449_s11_1_a_proof_is_single_use_across_workers(start_broker: Any) -> None:
     """§11.1: a proof is accepted once: the same proof sent at once on 24 connections
     spread over two worker processes is valid exactly once."""
     broker = start_broker(args=("--workers", "2"))
     kit = Kit(broker)
     port = int(broker.url.rsplit(":", 1)[1])
-    deadline = time.monotonic() + 30
-    while len(workers := _children(broker.proc.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # Health answered from one worker: wait until the other listens too.
+    workers = wait_workers_listening(broker.proc.pid, port, 2, database="tasklease.db")
     agent = kit.register(dpop=True)
     assert agent.dpop is not None
     proof = dpop_proof(agent.dpop, htm="GET", htu=RS, token=agent.token)
@@ -318,8 +280,8 @@ def test_rfc9449_s11_1_a_proof_is_single_use_across_workers(start_broker: Any) -
         for sock in sockets:
             sock.sendall(request)
         answers = [_read_answer(sock) for sock in sockets]
-        established = _established(port)
-        served = {pid: len(_sockets(pid) & established) for pid in workers}
+        established = tcp_inodes(port, ESTABLISHED)
+        served = {pid: len(socket_inodes(pid) & established) for pid in workers}
     finally:
         for sock in sockets:
             sock.close()

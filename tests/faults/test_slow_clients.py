@@ -27,6 +27,7 @@ from e2e_support import (
     launch_broker,
     stop_broker,
 )
+from worker_procs import wait_workers_listening
 
 pytestmark = pytest.mark.slow
 
@@ -221,6 +222,8 @@ def test_workers_cut_off_silent_connections(tmp_path: Path) -> None:
                 pass
             assert time.monotonic() < deadline, "the workers did not come up"
             time.sleep(0.1)
+        # Health answered from one worker: the other must serve too before the clock starts.
+        wait_workers_listening(proc.pid, port, 2, database="tasklease.db")
         # Several connections, so both workers (SO_REUSEPORT spreads them) get some.
         socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
         try:

@@ -12,12 +12,12 @@ import re
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from e2e_support import SHARED_ENV, RunningBroker, assert_problem, metrics_url
+from worker_procs import ESTABLISHED, socket_inodes, tcp_inodes, worker_pids
 
 from tasklease.core.config import Config
 from tasklease.settings import ConfigError, load_config
@@ -115,45 +115,14 @@ def test_no_listener_when_it_is_turned_off(start_broker: Callable[..., RunningBr
 # --- several workers -------------------------------------------------------------------------
 
 
-def _workers(supervisor: int) -> set[int]:
-    """The worker processes of ``supervisor`` (not multiprocessing's resource tracker)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == supervisor and b"resource_tracker" not in (
-            cmdline
-        ):
-            found.add(int(entry))
-    return found
-
-
 def _serving_worker(response: httpx.Response, port: int, workers: set[int]) -> int:
     """The worker whose socket holds the (still open) connection ``response`` came on."""
     client_port = response.extensions["network_stream"].get_extra_info("client_addr")[1]
-    inode = None
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote = fields[1], fields[2]
-        if (
-            int(local.split(":")[1], 16) == port
-            and int(remote.split(":")[1], 16) == client_port
-            and fields[3] == "01"  # established
-        ):
-            inode = fields[9]
-    assert inode is not None, "the connection is not open"
+    inodes = tcp_inodes(port, ESTABLISHED, remote_port=client_port)
+    assert inodes, "the connection is not open"
     for pid in workers:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
-                    return pid
-            except OSError:
-                continue
+        if socket_inodes(pid) & inodes:
+            return pid
     raise AssertionError("no worker holds the connection")
 
 
@@ -165,7 +134,7 @@ def test_one_scrape_sums_every_worker_and_outlives_a_replaced_one(
     started = time.monotonic()
     port = int(urlsplit(running.url).port or 0)
     deadline = time.monotonic() + 30
-    while len(workers := _workers(running.proc.pid)) != 2:
+    while len(workers := worker_pids(running.proc.pid)) != 2:
         assert time.monotonic() < deadline, "the two workers did not start"
         time.sleep(0.1)
 
@@ -207,7 +176,7 @@ def test_one_scrape_sums_every_worker_and_outlives_a_replaced_one(
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 60
     while True:
-        now = _workers(running.proc.pid)
+        now = worker_pids(running.proc.pid)
         if victim not in now and len(now) == 2:
             break
         assert time.monotonic() < deadline, "the worker was not replaced"

@@ -15,60 +15,26 @@ from pathlib import Path
 
 import pytest
 from e2e_support import SHARED_ENV, RunningBroker, launch_broker, stop_broker
+from worker_procs import ESTABLISHED, socket_inodes, tcp_inodes, wait_workers_listening
 
 pytestmark = pytest.mark.slow
 
 ENOUGH = 5.0  # seconds; propagation takes milliseconds, the bound only ends a failure
 
 
-def _tcp_table() -> list[list[str]]:
-    return [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
-
-
-def _port(hex_address: str) -> int:
-    return int(hex_address.split(":")[1], 16)
-
-
 def _worker_of(conn: socket.socket, server_port: int, workers: set[int]) -> int:
     """The worker process holding the server side of ``conn``."""
-    client_port = conn.getsockname()[1]
-    inode = next(
-        f[9]
-        for f in _tcp_table()
-        if _port(f[1]) == server_port and _port(f[2]) == client_port and f[3] == "01"
-    )
+    inodes = tcp_inodes(server_port, ESTABLISHED, remote_port=conn.getsockname()[1])
     for pid in workers:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
-                    return pid
-            except OSError:
-                continue
-    raise AssertionError(f"no worker holds connection {client_port}")
+        if socket_inodes(pid) & inodes:
+            return pid
+    raise AssertionError(f"no worker holds connection {conn.getsockname()[1]}")
 
 
 def _workers(broker: RunningBroker) -> set[int]:
     """The two worker processes, once both listen."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        pids = set()
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if parent == broker.proc.pid and b"resource_tracker" not in cmdline:
-                pids.add(int(entry))
-        port = int(broker.url.rsplit(":", 1)[1])
-        listening = sum(1 for f in _tcp_table() if _port(f[1]) == port and f[3] == "0A")
-        if len(pids) == 2 and listening == 2:
-            return pids
-        time.sleep(0.1)
-    raise AssertionError("the two workers did not come up")
+    port = int(broker.url.rsplit(":", 1)[1])
+    return wait_workers_listening(broker.proc.pid, port, 2, timeout=30)
 
 
 def _request(conn: socket.socket, path: str, body: dict[str, str], token: str = "") -> dict:

@@ -15,58 +15,9 @@ from typing import IO
 import httpx
 import pytest
 from e2e_support import STARTUP_TIMEOUT, _clean_env, free_port
+from worker_procs import ESTABLISHED, listening_workers, socket_inodes, tcp_inodes, worker_pids
 
 CONNECTIONS = 32
-
-
-def _children(pid: int) -> set[int]:
-    """The worker processes of the supervisor ``pid`` (not multiprocessing's helpers)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and b"resource_tracker" not in cmdline:
-            found.add(int(entry))
-    return found
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
-
-
-def _listening_on(port: int) -> int:
-    """How many sockets listen on ``port`` (one per worker once it serves)."""
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":  # TCP_LISTEN
-            count += 1
-    return count
-
-
-def _established_to(port: int) -> set[str]:
-    """Inodes of the established TCP sockets whose local port is ``port``."""
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local_port = int(fields[1].split(":")[1], 16)
-        if local_port == port and fields[3] == "01":  # TCP_ESTABLISHED
-            inodes.add(fields[9])
-    return inodes
 
 
 def _start(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
@@ -106,12 +57,12 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], workers: int) -> set[
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"serve exited with {proc.returncode}")
-        pids = _children(proc.pid)
+        pids = worker_pids(proc.pid)
         try:
             healthy = httpx.get(f"{url}/v1/health", timeout=5).status_code == 200
         except httpx.TransportError:
             healthy = False
-        if healthy and len(pids) == workers and _listening_on(port) == workers:
+        if healthy and len(pids) == workers and listening_workers(proc.pid, port) == pids:
             return pids
         time.sleep(0.1)
     raise AssertionError("the workers did not come up")
@@ -120,7 +71,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], workers: int) -> set[
 def _wait_replaced(url: str, proc: subprocess.Popen[bytes], gone: int) -> set[int]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if gone not in _children(proc.pid):
+        if gone not in worker_pids(proc.pid):
             break
         time.sleep(0.2)
     workers = _wait_healthy(url, proc, 2)
@@ -147,8 +98,8 @@ def test_two_workers_share_the_port_and_are_replaced_when_stuck_or_dead(
                 sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
             for sock in sockets:
                 assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-            established = _established_to(port)
-            held = {pid: len(_socket_inodes(pid) & established) for pid in workers}
+            established = tcp_inodes(port, ESTABLISHED)
+            held = {pid: len(socket_inodes(pid) & established) for pid in workers}
         finally:
             for sock in sockets:
                 sock.close()
@@ -181,7 +132,7 @@ def test_two_workers_share_the_port_and_are_replaced_when_stuck_or_dead(
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
-    assert _children(proc.pid) == set()
+    assert worker_pids(proc.pid) == set()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/v1/health", timeout=2)
 
