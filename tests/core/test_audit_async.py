@@ -485,3 +485,70 @@ def test_a_failing_batch_callback_neither_fails_the_batch_nor_stalls_the_log(
     assert asyncio.run(log.arecord(AuditEntry("two")))[0].seq == 2
     log.close()
     assert "audit batch callback failed" in caplog.text
+
+
+def test_units_queued_in_the_same_rounds_of_the_loop_are_one_batch() -> None:
+    # Requests that arrive together run in the same rounds of the event loop; the
+    # committer starts only once a round queued nothing more, so they share one commit
+    # (each commit pays a write turn, BEGIN and an fsync).
+    store = MemoryStore()
+    batches: list[int] = []
+    log = AuditLog(store, ManualClock(), on_batch=lambda size, _s: batches.append(size))
+
+    async def main() -> None:
+        writers = [asyncio.ensure_future(log.arecord(AuditEntry(f"e{i}"))) for i in range(20)]
+        await asyncio.gather(*writers)
+
+    try:
+        asyncio.run(main())
+    finally:
+        log.close()
+    assert batches == [20]
+
+
+def test_a_write_is_not_held_back_by_a_loop_that_never_runs_dry() -> None:
+    # The gathering waits while the loop has work ready, but only so long: a loop busy
+    # with other requests (here a callback that always schedules itself again) still
+    # gets its write committed.
+    store = MemoryStore()
+    log = AuditLog(store, ManualClock())
+    rounds = 0
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        spinning = True
+
+        def spin() -> None:
+            nonlocal rounds
+            rounds += 1
+            if spinning:
+                loop.call_soon(spin)
+
+        loop.call_soon(spin)
+        try:
+            return await asyncio.wait_for(log.arecord(AuditEntry("busy")), timeout=10)
+        finally:
+            spinning = False
+
+    try:
+        events = asyncio.run(main())
+    finally:
+        log.close()
+    assert [e.event_type for e in events] == ["busy"]
+    assert rounds > 0
+
+
+def test_a_write_alone_on_an_idle_loop_is_committed_without_waiting_for_others() -> None:
+    store = MemoryStore()
+    batches: list[int] = []
+    log = AuditLog(store, ManualClock(), on_batch=lambda size, _s: batches.append(size))
+
+    async def main() -> None:
+        for i in range(3):  # one after the other: each finds the loop idle
+            await log.arecord(AuditEntry(f"e{i}"))
+
+    try:
+        asyncio.run(main())
+    finally:
+        log.close()
+    assert batches == [1, 1, 1]

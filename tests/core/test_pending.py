@@ -270,3 +270,42 @@ def test_a_cancelled_request_still_commits_and_enforces_its_revocation(
     with pytest.raises(TokenRejected):
         broker.validate(agent.token)  # enforced here, without waiting for a poll
     assert [r.target for r in broker.store.revocations_since(0)][:1] == [agent.claims.jti]
+
+
+def test_a_race_lost_by_a_cancelled_request_is_still_audited_as_one_denial(
+    broker: Any, kit: Any
+) -> None:
+    agent = kit.register(broker)
+    first = broker.prepare_renew(agent.claims, kit.ctx)
+    second = broker.prepare_renew(agent.claims, kit.ctx)
+    log = broker.audit
+
+    async def main() -> None:
+        with log._lock:  # someone else holds the leader's seat: both units stay queued
+            log._leading = True
+        won = asyncio.create_task(broker.answer(deferring(lambda: first)))
+        gone = asyncio.create_task(broker.answer(deferring(lambda: second)))
+        for _ in range(200):
+            if len(log._queue) == 2:
+                break
+            await asyncio.sleep(0.005)
+        gone.cancel()  # its client went away before the batch ran
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        with log._lock:
+            log._leading = False
+        await log.arecord(AuditEntry("next"))  # the batch runs: the second unit loses
+        await won
+        for _ in range(200):
+            if any(e.event_type == "token_renewal_failed" for e in _events(broker)):
+                break
+            await asyncio.sleep(0.005)
+
+    asyncio.run(main())
+    log.close()
+    failed = [e for e in _events(broker) if e.event_type == "token_renewal_failed"]
+    assert len(failed) == 1
+    assert "token already renewed or revoked" in failed[0].detail
+    assert "denial=den_" in failed[0].detail
+    renewed = [e for e in _events(broker) if e.event_type == "token_renewed"]
+    assert len(renewed) == 1

@@ -135,6 +135,14 @@ class _Wake:
         self._lock.acquire()
 
 
+# The most rounds of an event loop that its coroutines' units are gathered for before the
+# committer starts (``AuditLog._gather``) ...
+_GATHER_ROUNDS = 16
+# ... and the longest (seconds) a loop with other work ready but no new unit holds them: a
+# write that arrives while the loop is busy with reads waits for no more than that.
+_GATHER_TIME = 0.01
+
+
 class _Slot:
     __slots__ = ("done", "entries", "error", "events", "future", "loop", "unit", "wake")
 
@@ -207,6 +215,10 @@ class AuditLog:
         self._queue: list[_Slot] = []
         self._lock = threading.Lock()
         self._leading = False
+        # The event loop whose coroutines' units are being gathered into the next batch
+        # (``_gather``), and how many were queued at its last round.
+        self._gathering: asyncio.AbstractEventLoop | None = None
+        self._gathered = 0
         self._on_batch = on_batch
         self._committer: ThreadPoolExecutor | None = None
         # The run of failed batches under way (None while batches commit); replaced, never
@@ -342,22 +354,56 @@ class AuditLog:
         return slot.events
 
     async def _asubmit(self, slot: _Slot) -> list[AuditEvent]:
-        future = slot.future
-        if future is None:  # pragma: no cover - a coroutine's slot always has one
+        future, loop = slot.future, slot.loop
+        if future is None or loop is None:  # pragma: no cover - a coroutine's slot has both
             raise TypeError("a thread's slot cannot be awaited")
         with self._lock:
             self._queue.append(slot)
-            refused: list[_Slot] = []
-            if not self._leading:
-                self._leading = True
-                refused = self._start_committer_locked()  # releases the seat if it fails
-        if refused:
-            self._wake(refused)
+            gather = not self._leading and self._gathering is not loop
+            if gather:
+                self._gathering = loop
+                self._gathered = len(self._queue)
+        if gather:
+            loop.call_soon(self._gather, loop, _GATHER_ROUNDS, time.monotonic() + _GATHER_TIME)
         try:
             return await future
         except asyncio.CancelledError:
             self._withdraw(slot)
             raise
+
+    def _gather(self, loop: asyncio.AbstractEventLoop, rounds: int, until: float) -> None:
+        """Start the committer for the coroutines of ``loop`` once a round of the loop
+        queued no more units and left nothing else ready to run: after ``rounds`` more
+        rounds at most, and past the monotonic time ``until`` other ready work no longer
+        holds it back.
+
+        Requests that arrive together run in the same rounds of the loop: waiting for them
+        makes one batch of what would have been several, each paying its write turn,
+        ``BEGIN`` and commit. An idle loop ends its round at once, so a lone request waits
+        for nothing. A thread that leads meanwhile takes the queue; this then does nothing.
+        """
+        refused: list[_Slot] = []
+        with self._lock:
+            if self._gathering is not loop:
+                return
+            queued = len(self._queue)
+            # asyncio's loop shows what is ready to run (uvloop does not: the growth
+            # of the queue alone decides there).
+            ready = getattr(loop, "_ready", None)
+            waiting = queued > self._gathered or (bool(ready) and time.monotonic() < until)
+            more = waiting and rounds > 1 and not self._leading
+            if more:
+                self._gathered = queued
+            else:
+                self._gathering = None
+                if self._leading or not queued:  # a thread leads, or every caller left
+                    return
+                self._leading = True
+                refused = self._start_committer_locked()  # releases the seat if it fails
+        if more:
+            loop.call_soon(self._gather, loop, rounds - 1, until)
+        elif refused:
+            self._wake(refused)
 
     def _start_committer_locked(self) -> list[_Slot]:
         """Lead for the queued coroutines in the committer thread (lock held).
