@@ -58,12 +58,16 @@ def test_prepare_renew_writes_nothing_and_answer_commits(broker: Any, kit: Any) 
     assert verify_chain(broker.store.iter_audit()).ok
 
 
+def _two_renewals_of_one_token(broker: Any, kit: Any) -> tuple[Any, Any]:
+    """Two renewals of one agent's token, both decided and signed, neither written."""
+    agent = kit.register(broker)
+    return broker.prepare_renew(agent.claims, kit.ctx), broker.prepare_renew(agent.claims, kit.ctx)
+
+
 def test_two_prepared_renewals_of_one_token_one_wins_the_other_is_one_denial(
     broker: Any, kit: Any
 ) -> None:
-    agent = kit.register(broker)
-    first = broker.prepare_renew(agent.claims, kit.ctx)
-    second = broker.prepare_renew(agent.claims, kit.ctx)
+    first, second = _two_renewals_of_one_token(broker, kit)
 
     async def main() -> list[Any]:
         return await asyncio.gather(
@@ -275,9 +279,7 @@ def test_a_cancelled_request_still_commits_and_enforces_its_revocation(
 def test_a_race_lost_by_a_cancelled_request_is_still_audited_as_one_denial(
     broker: Any, kit: Any
 ) -> None:
-    agent = kit.register(broker)
-    first = broker.prepare_renew(agent.claims, kit.ctx)
-    second = broker.prepare_renew(agent.claims, kit.ctx)
+    first, second = _two_renewals_of_one_token(broker, kit)
     log = broker.audit
 
     async def main() -> None:
