@@ -195,8 +195,10 @@ class AuditLog:
 
     Coroutines queue the same way (:meth:`acommit`, :meth:`arecord`) but never block
     their event loop: when one of them would lead, one committer thread leads instead,
-    and keeps leading while coroutines are queued. Their answers reach their loop with
-    one call per batch, not one wake-up per caller.
+    and keeps leading while coroutines are queued. It is started once the loop has
+    gathered the units that arrive together (:meth:`_gather`), not for the first of
+    them. Their answers reach their loop with one call per batch, not one wake-up per
+    caller.
     """
 
     def __init__(
