@@ -1,11 +1,14 @@
-"""Server CPU per operation: ``python -m bench.cpu renew,delegate [--count N] [--workers 2]``.
+"""Server CPU per operation: ``python -m bench.cpu renew,delegate [--count N] [--workers 2]
+[--database postgresql]``.
 
 Throughput on a shared machine moves with whatever else runs on it; the CPU time the
 broker's workers spend per operation moves much less. This runs ``tasklease serve`` on
-SQLite (as ``python -m bench`` does), drives each scenario with the load generator, samples
-the workers' CPU time (``/proc/<pid>/stat``, user + system) every 10 ms, and reports, for
-the measured part of each scenario (not its setup), the workers' CPU microseconds per
-operation beside the rate and p99. Linux only.
+SQLite (as ``python -m bench`` does) or on a throwaway PostgreSQL cluster made durable
+(``bench.servers.Databases``), drives each scenario with the load generator, samples the
+workers' CPU time (``/proc/<pid>/stat``, user + system) every 10 ms, and reports, for the
+measured part of each scenario (not its setup), the workers' CPU microseconds per
+operation beside the rate and p99. On PostgreSQL it also reports the server's
+(``db_cpu_us_per_op``: the postmaster and every process it started). Linux only.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.servers import ADMIN_SECRET, REPO, Broker
+from bench.servers import ADMIN_SECRET, REPO, Broker, Databases
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -37,15 +40,37 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _TICK
 
 
-def measure(broker: Broker, scenario: str, count: int, duration: float) -> dict[str, Any]:
-    """One scenario against ``broker``: the load generator's figures and CPU per op."""
+def server_pids(datadir: Path) -> list[int]:
+    """A PostgreSQL cluster's processes: its postmaster (``postmaster.pid``) and every
+    process whose parent it is (backends, WAL writer, checkpointer...)."""
+    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            pids.append(int(entry.name))
+    return pids
+
+
+def measure(
+    broker: Broker, scenario: str, count: int, duration: float, datadir: Path | None = None
+) -> dict[str, Any]:
+    """One scenario against ``broker``: the load generator's figures and CPU per op (and
+    the database server's, when ``datadir`` is its cluster's)."""
     pids = broker.worker_pids()
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, float]] = []
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            samples.append((time.perf_counter(), cpu_seconds(pids)))
+            # Backends come and go with connections: find the server's processes anew.
+            db = cpu_seconds(server_pids(datadir)) if datadir is not None else 0.0
+            samples.append((time.perf_counter(), cpu_seconds(pids), db))
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -74,17 +99,20 @@ def measure(broker: Broker, scenario: str, count: int, duration: float) -> dict[
     # connections close in about 0.1 s); setup came before it.
     until = ended - 0.15
     since = until - result["elapsed_s"]
-    start = min(samples, key=lambda s: abs(s[0] - since))[1]
-    end = min(samples, key=lambda s: abs(s[0] - until))[1]
+    start = min(samples, key=lambda s: abs(s[0] - since))
+    end = min(samples, key=lambda s: abs(s[0] - until))
     n = max(1, result["n"])
-    return {
+    row = {
         "scenario": scenario,
         "rps": result["rps"],
         "p99_ms": result["p99_ms"],
         "n": result["n"],
         "errors": result["errors"],
-        "cpu_us_per_op": round((end - start) / n * 1e6),
+        "cpu_us_per_op": round((end[1] - start[1]) / n * 1e6),
     }
+    if datadir is not None:
+        row["db_cpu_us_per_op"] = round((end[2] - start[2]) / n * 1e6)
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,11 +121,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=3000, help="operations per scenario")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds, at most")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="postgresql: a throwaway durable cluster (its CPU is reported too)",
+    )
     args = parser.parse_args(argv)
-    with Broker(workers=args.workers, loop="asyncio") as broker:
-        for scenario in args.scenarios.split(","):
-            row = measure(broker, scenario, args.count, args.duration)
-            print(json.dumps(row), flush=True)
+    with Databases(args.database) as databases:
+        url = databases.new_url()
+        datadir = databases.cluster.datadir if databases.cluster is not None else None
+        with Broker(workers=args.workers, loop="asyncio", database_url=url) as broker:
+            for scenario in args.scenarios.split(","):
+                row = measure(broker, scenario, args.count, args.duration, datadir)
+                print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

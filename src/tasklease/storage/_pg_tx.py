@@ -139,6 +139,9 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
         # The savepoint depth at which the head row lock was taken, or None. A lock taken
         # inside a savepoint that rolls back is released with it.
         self._head_locked_at: int | None = None
+        # The head's seq as this transaction last read or wrote it under the lock, or None
+        # (unknown: re-read). Any rollback forgets it.
+        self._head_seq: int | None = None
         self.notify_seq = 0  # highest revocation seq written (0: none), for pg_notify
         # The last top-level savepoint, done but not yet released: its RELEASE goes out
         # with the next one's SAVEPOINT, one round trip for both (see savepoint()).
@@ -171,6 +174,7 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
             self._depth = depth - 1
             if self._head_locked_at is not None and self._head_locked_at >= depth:
                 self._head_locked_at = None
+            self._head_seq = None
             self._run(f"ROLLBACK TO SAVEPOINT {name}")
             self._run(f"RELEASE SAVEPOINT {name}")
             translated = unit_error(exc)
@@ -223,9 +227,12 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
 
         Return False if (level, target) is already present; a later ``revoked_at`` or
         ``expires_at`` widens it (each takes its maximum) under a new, larger ``seq``.
-        The head lock is taken first, so seqs commit in increasing order across replicas.
+        The head lock is taken first, so seqs commit in increasing order across replicas;
+        a transaction that holds it already (a group commit takes it before its first
+        unit) does not ask again.
         """
-        self._lock_head()
+        if self._head_locked_at is None:
+            self._lock_head()
         row = (
             self._db()
             .execute(
@@ -251,6 +258,7 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
             raise SchemaError("the audit_head row is missing: the schema is damaged")
         if self._head_locked_at is None:
             self._head_locked_at = self._depth
+        self._head_seq = int(row[0])
         return int(row[0]), str(row[1])
 
     def audit_head(self) -> tuple[int, str]:
@@ -262,10 +270,16 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
         """Append events; each ``seq`` must be greater than the head's, else ``Conflict``."""
         if not events:
             return
-        head_seq, _ = self._lock_head()
+        # The head as read under the lock this transaction holds (no one else can move it),
+        # else read and locked now.
+        head_seq = self._head_seq
+        if self._head_locked_at is None or head_seq is None:
+            head_seq, _ = self._lock_head()
         rows = audit_rows(events, head_seq)
+        self._head_seq = None  # unknown until the head row is updated
         conn = self._db()
         with conn.cursor() as cursor:
             cursor.executemany(self.dialect.insert_audit, rows)
         conn.execute(self._statements.update_head, (events[-1].seq, events[-1].hash))
+        self._head_seq = events[-1].seq
         self._index_audit(events[0].seq, events[-1].seq)
