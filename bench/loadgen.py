@@ -6,7 +6,8 @@ most ``count`` measured operations and at most ``duration`` seconds. Setup (admi
 launch tokens, agents) happens before the clock starts and is reported separately.
 
 Latency is per *operation*: a full registration is ``GET /v1/challenge`` plus
-``POST /v1/register`` on one connection.
+``POST /v1/register`` on one connection. ``renew_dpop`` renews DPoP-bound tokens (RFC
+9449): each agent registers with a proof, and each renewal carries a fresh one.
 """
 
 from __future__ import annotations
@@ -63,9 +64,15 @@ async def new_launch_token(conn: Connection, admin: str) -> str:
 
 
 async def register(
-    conn: Connection, launch: str, key: nacl.signing.SigningKey, pub_b64: str, task: str
+    conn: Connection,
+    launch: str,
+    key: nacl.signing.SigningKey,
+    pub_b64: str,
+    task: str,
+    headers: Callable[[], bytes] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Challenge + register; returns (status, response)."""
+    """Challenge + register; returns (status, response). ``headers`` makes extra headers
+    for the register request (a DPoP proof, made just before it is sent)."""
     status, body = await conn.request("GET", "/v1/challenge")
     if status != 200:
         return status, {}
@@ -85,6 +92,7 @@ async def register(
                 "requested_scope": SCOPE,
             }
         ),
+        headers() if headers is not None else b"",
     )
     return status, (_dec.decode(body) if status == 200 else {})
 
@@ -114,12 +122,20 @@ async def _parallel(conns: list[Connection], n: int, job: Callable[[Connection, 
 
 
 async def register_agents(
-    conns: list[Connection], admin: str, n: int, keys: Keys, prefix: str
+    conns: list[Connection],
+    admin: str,
+    n: int,
+    keys: Keys,
+    prefix: str,
+    headers: Callable[[int], bytes] | None = None,
 ) -> list[dict[str, Any]]:
+    """``n`` registered agents; ``headers(i)``: extra headers for agent i's register."""
+
     async def job(conn: Connection, i: int) -> dict[str, Any]:
         launch = await new_launch_token(conn, admin)
         key, pub = keys.get(i)
-        status, resp = await register(conn, launch, key, pub, f"{prefix}{i}")
+        extra = (lambda: headers(i)) if headers is not None else None
+        status, resp = await register(conn, launch, key, pub, f"{prefix}{i}", extra)
         if status != 200:
             raise SetupError(f"register: HTTP {status}")
         return resp
@@ -219,6 +235,9 @@ async def _prepare(
 
         return op, 0
 
+    if name == "renew_dpop":
+        return await _renew_dpop(conns, admin, keys, spec, tag), 0
+
     if name in ("validate", "renew", "delegate", "propagation", "release"):
         n_agents = len(conns) + (count // 10 + 1 if name == "renew" else 0)
         if name == "release":
@@ -306,6 +325,46 @@ async def _prepare(
 
         return op, min(100, count // 10)
     raise SystemExit(f"unknown scenario {name!r}")
+
+
+async def _renew_dpop(
+    conns: list[Connection], admin: str, keys: Keys, spec: dict[str, Any], tag: str
+) -> Op:
+    """Renewals of DPoP-bound tokens: agents register with a proof of one of 64 DPoP keys
+    (their tokens bound to it), and every renewal presents the token as ``DPoP`` with a
+    fresh proof of that key for the request (``ath``: the token's hash)."""
+    from tasklease.client._holder import DPoPKey
+
+    origin = f"http://{spec['host']}:{spec['port']}"
+    dpop_keys = [DPoPKey() for _ in range(64)]
+    n_agents = len(conns) + spec["count"] // 10 + 1
+
+    def register_proof(i: int) -> bytes:
+        proof = dpop_keys[i % len(dpop_keys)].proof("POST", f"{origin}/v1/register")
+        return f"DPoP: {proof}\r\n".encode()
+
+    agents = await register_agents(conns, admin, n_agents, keys, f"d{tag}", register_proof)
+    pool = iter(range(n_agents))
+    current: dict[int, list[Any]] = {}
+    url = f"{origin}/v1/token/renew"
+
+    async def op(conn: Connection, _i: int) -> bool:
+        slot = current.get(id(conn))
+        if slot is None or slot[1] >= 10:  # max_renewals: move on to a fresh agent
+            k = next(pool)
+            slot = current[id(conn)] = [agents[k]["access_token"], 0, dpop_keys[k % 64]]
+        token, dpop = slot[0], slot[2]
+        proof = dpop.proof("POST", url, token)
+        headers = f"Authorization: DPoP {token}\r\nDPoP: {proof}\r\n".encode()
+        status, body = await conn.request("POST", "/v1/token/renew", b"", headers)
+        if status != 200:
+            slot[1] = 10
+            return False
+        slot[0] = _dec.decode(body)["access_token"]
+        slot[1] += 1
+        return True
+
+    return op
 
 
 async def _noop(_conn: Connection, _i: int) -> bool:

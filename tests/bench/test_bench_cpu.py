@@ -49,3 +49,11 @@ def test_cpu_per_operation_on_postgresql_counts_the_server_too() -> None:
     row = _row("revoke", 400, "--duration", "3", "--database", "postgresql")
     assert row["cpu_us_per_op"] > 0  # the workers did the revocations
     assert row["db_cpu_us_per_op"] > 0  # and the server's backends wrote them
+
+
+@pytest.mark.slow
+def test_dpop_bound_renewals_each_with_a_fresh_proof() -> None:
+    # Every renewal presents its token as DPoP with a new proof of the agent's key: a
+    # refused proof (replayed, wrong key, wrong URI) would count as an error.
+    row = _row("renew_dpop", 200, "--duration", "3")
+    assert row["cpu_us_per_op"] > 0
