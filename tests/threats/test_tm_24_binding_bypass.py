@@ -15,6 +15,7 @@ tests/security/test_tls.py and tests/client/test_mtls.py.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -95,6 +96,21 @@ def test_a_captured_proof_cannot_be_replayed(broker: RunningBroker) -> None:
     )
     refused(broker, resp, 401, "unauthorized", "replay")
     assert broker.post("/v1/token/validate", json={"token": token}).json()["valid"] is False
+
+
+def test_a_captured_proof_raced_against_its_holder_wins_once(broker: RunningBroker) -> None:
+    # The same proof sent eight times at once: each request's checks pass before any has
+    # recorded the proof, so only its record, in the store, can tell them apart.
+    token, key, _ = _register_bound(broker)
+    proof = dpop_proof(key, "POST", f"{broker.url}/v1/token/renew", token=token)
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _i: _renew(broker, token, proof), range(8)))
+    assert sorted(r.status_code for r in responses) == [200] + [401] * 7
+    for resp in responses:
+        if resp.status_code == 401:
+            # Refused as a replay, or (checked after the winner's renewal) as revoked.
+            event = refused(broker, resp, 401, "unauthorized")
+            assert "replay" in event["detail"] or "revoked" in event["detail"], event
 
 
 def test_a_delegation_to_a_bound_agent_is_bound_to_the_delegate(broker: RunningBroker) -> None:

@@ -26,7 +26,13 @@ from tasklease.core.passwords import verify_secret
 from tasklease.core.records import AppRecord
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import APP_SCOPES, KIND_APP
-from tasklease.rules.binding import BindingError, DPoPNonceRequired, DPoPProof, DPoPVerifier
+from tasklease.rules.binding import (
+    PROOF_REPLAYED,
+    BindingError,
+    DPoPNonceRequired,
+    DPoPProof,
+    DPoPVerifier,
+)
 
 __all__ = ["AppSignIn"]
 
@@ -175,8 +181,7 @@ class AppSignIn(Service):
             if spent is not None and not tx.consume_nonce(*spent):
                 return Unauthorized("Authentication failed"), "assertion_replayed (jti used)"
             if proof is not None and not tx.consume_dpop_proof(proof.key, proof.expires_at):
-                why = "DPoP proof replayed (jti already used)"
-                return InvalidDPoPProof("invalid DPoP proof", reason=why), why
+                return InvalidDPoPProof("invalid DPoP proof", reason=PROOF_REPLAYED), PROOF_REPLAYED
             return None
 
         bound = f" cnf.jkt={proof.jkt}" if proof is not None else ""

@@ -39,13 +39,21 @@ from tasklease.core.auditformat import (
 )
 from tasklease.core.audittree import append_leaves
 from tasklease.core.clock import Clock, format_rfc3339
-from tasklease.core.errors import Conflict, Unavailable
+from tasklease.core.errors import Conflict, TaskleaseError, Unavailable
 from tasklease.core.records import AuditEvent, AuditTree
 from tasklease.core.store import Store, WriteTx
 from tasklease.rules.auditchain import event_leaf
 from tasklease.rules.merkle import leaf_hash
 
-__all__ = ["AuditLog", "Deferred", "WriteFailure", "deferring"]
+__all__ = [
+    "AuditLog",
+    "Deferred",
+    "Guard",
+    "WriteFailure",
+    "defer_guard",
+    "deferral_active",
+    "deferring",
+]
 _log = logging.getLogger("tasklease.audit")
 T = TypeVar("T")
 
@@ -54,14 +62,49 @@ T = TypeVar("T")
 _DEFERRED: ContextVar[list[AuditEntry] | None] = ContextVar("tasklease_deferred", default=None)
 
 
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """A write a request must make durable before it is answered, whatever the answer,
+    and the refusal it may turn up: a DPoP proof recorded as used, say, which a replay
+    finds already recorded.
+
+    ``write`` runs inside the transaction that writes the request's deferred audit
+    entries and says whether all is well; when it is not, ``refusal`` gives the error to
+    answer and the entry that audits it (``Kernel.adeny``).
+    """
+
+    write: Callable[[WriteTx], bool]
+    refusal: Callable[[], tuple[TaskleaseError, AuditEntry]]
+
+
+# Set by :func:`deferring` beside _DEFERRED: the guards added meanwhile (defer_guard).
+_GUARDS: ContextVar[list[Guard] | None] = ContextVar("tasklease_guards", default=None)
+
+
 @dataclass(slots=True)
 class Deferred(Generic[T]):
     """What :func:`deferring` ran: its value or the exception it raised, and the
-    audit-only entries it recorded, none of them written yet."""
+    audit-only entries it recorded and the guards it added, none of them written yet."""
 
     value: T | None
     error: Exception | None
     entries: list[AuditEntry] = field(default_factory=list)
+    guards: list[Guard] = field(default_factory=list)
+
+
+def deferral_active() -> bool:
+    """Whether a :func:`deferring` is under way here (this thread, this task)."""
+    return _GUARDS.get() is not None
+
+
+def defer_guard(guard: Guard) -> bool:
+    """Add ``guard`` to what the :func:`deferring` under way writes before its caller
+    answers; False (nothing added) when no deferring is under way."""
+    guards = _GUARDS.get()
+    if guards is None:
+        return False
+    guards.append(guard)
+    return True
 
 
 def deferring(fn: Callable[[], T]) -> Deferred[T]:
@@ -72,15 +115,19 @@ def deferring(fn: Callable[[], T]) -> Deferred[T]:
     waits until they are durable before it answers anything, the exception included: a
     refusal is still answered only once its audit event is durable, and fails closed
     (``Unavailable``) if it cannot be. A unit committed inside ``fn`` (:meth:`AuditLog.commit`)
-    is written as usual: only audit-only entries wait.
+    is written as usual: only audit-only entries wait. So do the :class:`Guard` writes
+    added meanwhile (:func:`defer_guard`), written in one transaction with the entries.
     """
     entries: list[AuditEntry] = []
+    guards: list[Guard] = []
     token = _DEFERRED.set(entries)
+    guard_token = _GUARDS.set(guards)
     try:
-        return Deferred(fn(), None, entries)
+        return Deferred(fn(), None, entries, guards)
     except Exception as exc:  # noqa: BLE001 - handed to the caller with what to write first
-        return Deferred(None, exc, entries)
+        return Deferred(None, exc, entries, guards)
     finally:
+        _GUARDS.reset(guard_token)
         _DEFERRED.reset(token)
 
 

@@ -14,15 +14,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from tasklease.core.audit import Guard
 from tasklease.core.auditformat import AuditEntry
+from tasklease.core.errors import TaskleaseError
 from tasklease.core.kernel import Kernel
 from tasklease.core.store import WriteTx
 from tasklease.rules import jws
 from tasklease.rules.binding import BindingError, cert_thumbprint
 
-__all__ = ["DPoPNonces", "StoreProofLedger", "cert_thumbprint_from_pem"]
+__all__ = ["DPoPNonces", "DeferredProofs", "StoreProofLedger", "cert_thumbprint_from_pem"]
 
 
 class DPoPNonces:
@@ -74,6 +76,32 @@ class StoreProofLedger:
 
         self._kernel.commit(unit)
         return first[0]
+
+
+class DeferredProofs:
+    """A :class:`~tasklease.rules.binding.ProofLedger` that records nothing itself: it
+    collects the proofs a request presents (``proofs``: key and expiry), for the request
+    to record as used in the transaction of its audit events, before it is answered
+    (``core.audit.Guard``). A proof used before is then refused at that point."""
+
+    def __init__(self) -> None:
+        self.proofs: list[tuple[str, float]] = []
+
+    def remember(self, key: str, expires_at: float, now: float) -> bool:
+        self.proofs.append((key, expires_at))
+        return True
+
+    def guards(self, refusal: Callable[[], tuple[TaskleaseError, AuditEntry]]) -> list[Guard]:
+        """One guard per proof collected: it records the proof as used, and ``refusal`` is
+        what answers a request whose proof was recorded already."""
+
+        def recording(key: str, expires_at: float) -> Guard:
+            def write(tx: WriteTx) -> bool:
+                return tx.consume_dpop_proof(key, expires_at)
+
+            return Guard(write, refusal)
+
+        return [recording(key, expires_at) for key, expires_at in self.proofs]
 
 
 def cert_thumbprint_from_pem(pem: str) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar, cast
 
-from tasklease.core.audit import Deferred
+from tasklease.core.audit import Deferred, Guard
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.errors import Unauthorized
 from tasklease.core.kernel import Kernel
@@ -81,12 +81,29 @@ async def asettle(kernel: Kernel, deferred: Deferred[T]) -> T:
 
     They are written first (awaited, even if the request is cancelled meanwhile): a
     refusal is raised only once its event is durable, and if the events cannot be
-    written the caller gets ``Unavailable`` instead of any answer.
+    written the caller gets ``Unavailable`` instead of any answer. The guards it added
+    (:class:`~tasklease.core.audit.Guard`: a DPoP proof recorded as used) are written in
+    the same transaction, whether it succeeded or was refused; if one turns up a refusal
+    (the proof was used before), that refusal is audited and raised, unless the request
+    was refused already.
     """
-    if deferred.entries:
+    found: list[Guard] = []
+    if deferred.guards:
+        entries = deferred.entries
+        guards = deferred.guards
+
+        def unit(tx: WriteTx) -> Sequence[AuditEntry]:
+            found[:] = [g for g in guards if not g.write(tx)]
+            return entries
+
+        await asyncio.shield(kernel.acommit(unit))
+    elif deferred.entries:
         await asyncio.shield(kernel.arecord(*deferred.entries))
     if deferred.error is not None:
         raise deferred.error
+    if found:
+        error, entry = found[0].refusal()
+        raise await asyncio.shield(kernel.adeny(error, entry))
     return cast(T, deferred.value)
 
 

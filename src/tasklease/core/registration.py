@@ -60,7 +60,7 @@ from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import new_agent_id, validate_segment
 from tasklease.core.store import WriteTx
 from tasklease.rules.attest import Attestation
-from tasklease.rules.binding import DPoPVerifier
+from tasklease.rules.binding import PROOF_REPLAYED, DPoPVerifier
 
 __all__ = ["PendingRegistration", "Registration"]
 
@@ -475,9 +475,7 @@ class Registration(Service):
             if not tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew):
                 raise Unauthorized("nonce: nonce already consumed")
             if proof is not None and not tx.consume_dpop_proof(proof.key, proof.expires_at):
-                raise InvalidDPoPProof(
-                    "invalid DPoP proof", reason="DPoP proof replayed (jti already used)"
-                )
+                raise InvalidDPoPProof("invalid DPoP proof", reason=PROOF_REPLAYED)
             if record is not None and not tx.consume_launch_token(lt_hash, now):
                 raise Unauthorized("consume launch token: launch token already consumed")
             if attested is not None:

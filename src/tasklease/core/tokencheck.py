@@ -14,7 +14,9 @@ from typing import Any
 
 from tasklease.core.assurance import assure, is_critical
 from tasklease.core.audience import validate_resource
+from tasklease.core.audit import defer_guard, deferral_active
 from tasklease.core.auditformat import AuditEntry
+from tasklease.core.binding import DeferredProofs
 from tasklease.core.callers import about
 from tasklease.core.errors import (
     INVALID_REQUEST,
@@ -46,6 +48,7 @@ from tasklease.core.tokens import (
 from tasklease.core.validation import TokenRejected
 from tasklease.rules import scopes as scope_rules
 from tasklease.rules.binding import (
+    PROOF_REPLAYED,
     BindingError,
     DPoPNonceRequired,
     DPoPProofError,
@@ -273,11 +276,17 @@ class TokenCheck(Service):
             htm=ctx.method,
             htu=ctx.url,
         )
+        dpop, deferred = self._dpop, None
+        if ctx.dpop and deferral_active():
+            # The proof is recorded as used with the request's deferred audit events,
+            # before it is answered, refused or not (core.audit.Guard): no commit here.
+            deferred = DeferredProofs()
+            dpop = DPoPVerifier(self._dpop.window, ledger=deferred, nonces=self._dpop.nonces)
         try:
             if offline:
                 # An offline chain is presented as DPoP with the leaf key's proof, on the
                 # few routes that accept one (docs/broker-optional.md).
-                claims = self._offline_leaf(token, presented, self._dpop, any_audience=True)
+                claims = self._offline_leaf(token, presented, dpop, any_audience=True)
             else:
                 # Agent tokens may be audience-bound to a resource and still manage
                 # themselves here (renew, release, delegate): docs/decisions.md,
@@ -287,21 +296,16 @@ class TokenCheck(Service):
                     a in claims.aud for a in self._config.audience
                 ):
                     raise TokenRejected("audience mismatch", "audience")
-                self._check_binding(claims, token, presented)
+                self._check_binding(claims, token, presented, dpop)
                 assure(kernel, claims, ctx, audit_denial=False)
         except TokenRejected as exc:
-            self._metrics.validation_failures.labels(exc.category).inc()
-            raise kernel.deny(
-                Unauthorized(
-                    "token verification failed",
-                    reason=exc.reason,
-                    challenge=_challenge(scheme, exc),
-                    dpop_nonce=exc.dpop_nonce or None,
-                ),
-                replace(base, detail=f"token verification failed: {exc.reason} | path={ctx.path}"),
-            ) from None
+            raise kernel.deny(*self._rejected(exc, base, scheme, ctx)) from None
         finally:
             self._metrics.validation_seconds.observe(time.perf_counter() - started)
+        if deferred is not None:
+            replayed = TokenRejected(PROOF_REPLAYED, "binding", dpop_proof=True)
+            for guard in deferred.guards(lambda: self._rejected(replayed, base, scheme, ctx)):
+                defer_guard(guard)
         if offline and KIND_OFFLINE not in kinds:
             # Renewing, delegating, releasing... are a registered holder's: an offline
             # leaf derives further offline, or its holder registers (docs/decisions.md).
@@ -332,6 +336,20 @@ class TokenCheck(Service):
                 scope,
             )
         return claims
+
+    def _rejected(
+        self, exc: TokenRejected, base: AuditEntry, scheme: str, ctx: RequestContext
+    ) -> tuple[TaskleaseError, AuditEntry]:
+        """A presented token refused (``exc``): the error (401) and the entry to audit it."""
+        self._metrics.validation_failures.labels(exc.category).inc()
+        error = Unauthorized(
+            "token verification failed",
+            reason=exc.reason,
+            challenge=_challenge(scheme, exc),
+            dpop_nonce=exc.dpop_nonce or None,
+        )
+        detail = f"token verification failed: {exc.reason} | path={ctx.path}"
+        return error, replace(base, detail=detail)
 
     def _scope_violation(
         self,

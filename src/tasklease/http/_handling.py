@@ -115,8 +115,8 @@ class Authed(Protocol):
     """Authenticate the request's bearer, then run ``op`` with its claims, in a thread.
 
     ``reads=True`` says ``op`` only reads: then both run on the event loop when the
-    store reads locally and no DPoP proof is to be recorded, their audit events (a
-    refusal's) deferred and written before the answer.
+    store reads locally, their audit events (a refusal's) and the record of a DPoP proof
+    as used deferred and written before the answer.
     """
 
     async def __call__(
@@ -161,7 +161,7 @@ def authenticated(broker: Broker, context: Callable[[Request], RequestContext]) 
         def run() -> T:
             return op(broker.authenticate(header, ctx, kinds=kinds, scope=scope), ctx)
 
-        if reads and local and not ctx.dpop:
+        if reads and local:
             return await broker.settle(deferring(run))
         return await run_in_threadpool(run)
 
@@ -171,12 +171,12 @@ def authenticated(broker: Broker, context: Callable[[Request], RequestContext]) 
 def prepared(broker: Broker, context: Callable[[Request], RequestContext]) -> Prepared:
     """The :class:`Prepared` of the routes that ``broker`` serves.
 
-    Authentication and the first half write nothing (refusals' audit events are
-    deferred, ``core.audit.deferring``): on the event loop when the store reads locally
-    (a hop to a thread costs more than they do), else in a thread; a DPoP proof is
-    recorded as used by a write of its own, so a request with one goes to a thread too.
-    The commit is then awaited without holding a thread, so concurrent writers share
-    one transaction and are answered with one wake-up of the loop.
+    Authentication and the first half write nothing (refusals' audit events and the
+    record of a DPoP proof as used are deferred, ``core.audit.deferring``): on the event
+    loop when the store reads locally (a hop to a thread costs more than they do), else
+    in a thread. What was deferred is then written, and the operation committed, awaited
+    without holding a thread, so concurrent writers share one transaction and are
+    answered with one wake-up of the loop.
     """
     local = broker.store.local_reads
 
@@ -192,7 +192,7 @@ def prepared(broker: Broker, context: Callable[[Request], RequestContext]) -> Pr
         def first() -> Pending[T]:
             return op(broker.authenticate(header, ctx, kinds=kinds, scope=scope), ctx)
 
-        if local and not ctx.dpop:
+        if local:
             deferred = deferring(first)
         else:
             deferred = await run_in_threadpool(deferring, first)

@@ -197,9 +197,10 @@ def token_routes(
                 caller, token=req.token, token_type_hint=req.token_type_hint, ctx=ctx
             )
 
-        # Checked on the loop when the store reads locally (no DPoP proof to record),
-        # else in a thread; the commit is awaited without a thread (core.pending).
-        if local and not ctx.dpop:
+        # Checked on the loop when the store reads locally, else in a thread; what was
+        # deferred (a DPoP proof's record too) and the commit are awaited without a
+        # thread (core.pending).
+        if local:
             deferred = deferring(first)
         else:
             deferred = await run_in_threadpool(deferring, first)

@@ -37,6 +37,7 @@ from tasklease.rules import jws
 
 __all__ = [
     "DPOP_PROOF_TYPE",
+    "PROOF_REPLAYED",
     "BindingError",
     "DPoPNonceRequired",
     "DPoPProof",
@@ -55,6 +56,9 @@ __all__ = [
     "presented_thumbprint",
     "www_authenticate",
 ]
+
+PROOF_REPLAYED = "DPoP proof replayed (jti already used)"
+"""Why a proof presented before is refused (RFC 9449 section 11.1), wherever it is."""
 
 DPOP_PROOF_TYPE = "dpop+jwt"
 """The JWS ``typ`` of a DPoP proof (RFC 9449 section 4.2)."""
@@ -319,7 +323,7 @@ class DPoPVerifier:
         """
         checked = self.check(proof, htm=htm, htu=htu, now=now, access_token=access_token)
         if not self.ledger.remember(checked.key, checked.expires_at, now):
-            raise DPoPProofError("DPoP proof replayed (jti already used)")
+            raise DPoPProofError(PROOF_REPLAYED)
         return checked.jkt
 
     def check(

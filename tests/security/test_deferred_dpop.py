@@ -1,0 +1,104 @@
+"""DPoP proofs recorded as used with a request's deferred audit events (``core.audit.Guard``).
+
+On the event loop a request's first half runs under ``deferring`` and writes nothing; a
+DPoP proof it checks is then recorded as used in the transaction of its audit events,
+before anything is answered, whether the request succeeded or was refused. These tests
+hold that path to what the blocking path always did: a proof is single use, a replay is
+refused with a ``denial_id`` and one audit event, and a refused request spends its proof.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import pytest
+from nacl.signing import SigningKey
+from security_support import CTX, HTU, dpop_proof, make_broker, register
+from test_enforcement import audited_denial, events
+
+from tasklease.core.broker import Broker, RequestContext, deferring
+from tasklease.core.errors import InsufficientScope, Unauthorized
+from tasklease.rules.binding import PROOF_REPLAYED
+
+
+def _bound_agent(broker: Broker) -> tuple[Any, SigningKey]:
+    key = SigningKey.generate()
+    url = "https://broker.example/v1/register"
+    ctx = dataclasses.replace(CTX, dpop=dpop_proof(key, htu=url), method="POST", url=url)
+    return register(broker, ctx=ctx), key
+
+
+def _ctx(key: SigningKey, token: str) -> RequestContext:
+    return dataclasses.replace(CTX, dpop=dpop_proof(key, token=token), method="POST", url=HTU)
+
+
+async def _authenticate(
+    broker: Broker, token: str, ctx: RequestContext, scope: str | None = None
+) -> Any:
+    """What the HTTP adapter does on the loop: the first half deferred, then settled."""
+    deferred = deferring(lambda: broker.authenticate(f"DPoP {token}", ctx, scope=scope))
+    return await broker.settle(deferred)
+
+
+def test_the_first_half_writes_nothing_and_the_settle_records_the_proof() -> None:
+    broker = make_broker()
+    agent, key = _bound_agent(broker)
+    ctx = _ctx(key, agent.token)
+    head = broker.store.audit_head()
+    deferred = deferring(lambda: broker.authenticate(f"DPoP {agent.token}", ctx))
+    assert deferred.error is None and len(deferred.guards) == 1
+    assert broker.store.audit_head() == head  # nothing committed by the first half
+    assert asyncio.run(broker.settle(deferred)).sub == agent.claims.sub
+    # Recorded: the same proof again is a replay, refused and audited once.
+    with pytest.raises(Unauthorized) as info:
+        asyncio.run(_authenticate(broker, agent.token, ctx))
+    event = audited_denial(broker, info.value.denial_id)
+    assert PROOF_REPLAYED in event.detail and event.event_type == "token_auth_failed"
+
+
+def test_one_proof_presented_concurrently_is_accepted_once() -> None:
+    broker = make_broker()
+    agent, key = _bound_agent(broker)
+    ctx = _ctx(key, agent.token)
+
+    async def race() -> list[Any]:
+        # Every first half passes before any settles: only the store can tell them apart.
+        deferred = [
+            deferring(lambda: broker.authenticate(f"DPoP {agent.token}", ctx)) for _ in range(5)
+        ]
+        assert all(d.error is None for d in deferred)
+        return await asyncio.gather(*(broker.settle(d) for d in deferred), return_exceptions=True)
+
+    outcomes = asyncio.run(race())
+    accepted = [o for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, Unauthorized)]
+    assert len(accepted) == 1 and len(refused) == 4, outcomes
+    for error in refused:
+        assert PROOF_REPLAYED in audited_denial(broker, error.denial_id).detail
+
+
+def test_a_refused_request_spends_its_proof() -> None:
+    broker = make_broker()
+    agent, key = _bound_agent(broker)
+    ctx = _ctx(key, agent.token)
+    with pytest.raises(InsufficientScope) as info:
+        asyncio.run(_authenticate(broker, agent.token, ctx, scope="admin:launch-tokens:*"))
+    assert audited_denial(broker, info.value.denial_id).event_type == "scope_violation"
+    # The refusal was answered only once the proof was recorded: it cannot be used again.
+    with pytest.raises(Unauthorized) as again:
+        asyncio.run(_authenticate(broker, agent.token, ctx))
+    assert PROOF_REPLAYED in audited_denial(broker, again.value.denial_id).detail
+
+
+def test_outside_deferring_the_proof_is_recorded_at_once() -> None:
+    broker = make_broker()
+    agent, key = _bound_agent(broker)
+    ctx = _ctx(key, agent.token)
+    before = len(events(broker))
+    assert broker.authenticate(f"DPoP {agent.token}", ctx).sub == agent.claims.sub
+    with pytest.raises(Unauthorized) as info:  # a thread's caller: no deferring
+        broker.authenticate(f"DPoP {agent.token}", ctx)
+    assert PROOF_REPLAYED in audited_denial(broker, info.value.denial_id).detail
+    assert len(events(broker)) == before + 1
