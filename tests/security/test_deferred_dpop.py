@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
-from security_support import CTX, HTU, dpop_proof, make_broker, register
+from security_support import CTX, HTU, START, dpop_proof, make_broker, register
 from test_enforcement import audited_denial, events
 
 from tasklease.core.broker import Broker, RequestContext, deferring
 from tasklease.core.errors import InsufficientScope, Unauthorized
-from tasklease.rules.binding import PROOF_REPLAYED
+from tasklease.rules.binding import PROOF_REPLAYED, DPoPVerifier
 
 
 def _bound_agent(broker: Broker) -> tuple[Any, SigningKey]:
@@ -102,3 +102,63 @@ def test_outside_deferring_the_proof_is_recorded_at_once() -> None:
         broker.authenticate(f"DPoP {agent.token}", ctx)
     assert PROOF_REPLAYED in audited_denial(broker, info.value.denial_id).detail
     assert len(events(broker)) == before + 1
+
+
+def _prepared_renewal(broker: Broker, token: str, ctx: RequestContext) -> Any:
+    """A renewal's first half as the HTTP adapter runs it on the loop: deferred."""
+    return deferring(lambda: broker.prepare_renew(broker.authenticate(f"DPoP {token}", ctx), ctx))
+
+
+def _answer_together(broker: Broker, *deferred: Any) -> list[Any]:
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(broker.answer(d) for d in deferred), return_exceptions=True)
+
+    return asyncio.run(main())
+
+
+def test_a_delegation_whose_proof_was_spent_meanwhile_does_not_happen() -> None:
+    # Two delegations do not race on any state: only the proof's record stops the second.
+    broker = make_broker()
+    agent, key = _bound_agent(broker)
+    target = register(broker, task_id="task-target")
+    ctx = _ctx(key, agent.token)
+
+    def delegation() -> Any:
+        return deferring(
+            lambda: broker.prepare_delegate(
+                broker.authenticate(f"DPoP {agent.token}", ctx),
+                delegate_to=target.claims.sub,
+                scope=["read:data:x"],
+                ttl=60,
+                ctx=ctx,
+            )
+        )
+
+    outcomes = _answer_together(broker, delegation(), delegation())
+    won = [o for o in outcomes if not isinstance(o, BaseException)]
+    lost = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(won) == 1 and len(lost) == 1, outcomes
+    assert isinstance(lost[0], Unauthorized)
+    assert PROOF_REPLAYED in audited_denial(broker, lost[0].denial_id).detail
+    assert len(events(broker, "delegation_created")) == 1  # the replay delegated nothing
+
+
+def test_a_renewal_that_loses_its_race_still_spends_its_proof() -> None:
+    broker = make_broker()
+    agent, key = _bound_agent(broker)
+    first, second = _ctx(key, agent.token), _ctx(key, agent.token)  # two fresh proofs
+    outcomes = _answer_together(
+        broker,
+        _prepared_renewal(broker, agent.token, first),
+        _prepared_renewal(broker, agent.token, second),
+    )
+    lost = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(lost) == 1 and isinstance(lost[0], Unauthorized), outcomes
+    assert audited_denial(broker, lost[0].denial_id).event_type == "token_renewal_failed"
+    assert len(events(broker, "token_renewed")) == 1
+    # Both proofs are spent: the loser's renewal was undone, its proof's record was not.
+    verifier = DPoPVerifier(60)
+    for ctx in (first, second):
+        proof = verifier.check(ctx.dpop, htm="POST", htu=HTU, now=START, access_token=agent.token)
+        with broker.store.write() as tx:
+            assert not tx.consume_dpop_proof(proof.key, proof.expires_at)

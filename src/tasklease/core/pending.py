@@ -116,5 +116,43 @@ async def aanswer(kernel: Kernel, deferred: Deferred[Pending[T]]) -> T:
     client went away): a revocation or renewal that reaches the store is enforced by this
     process at once (``done``), as when it ran in a thread; only the answer is dropped.
     """
+    pending = deferred.value
+    if deferred.guards and deferred.error is None and pending is not None and pending.unit:
+        # One transaction for the guards, the deferred events and the operation.
+        return await asyncio.shield(_aguarded(kernel, deferred, pending, pending.unit))
     pending = await asettle(kernel, deferred)
     return await asyncio.shield(acomplete(kernel, pending))
+
+
+async def _aguarded(
+    kernel: Kernel, deferred: Deferred[Pending[T]], pending: Pending[T], operation: Unit
+) -> T:
+    """:func:`asettle` then :func:`acomplete` in one unit: the guards first (a DPoP proof
+    recorded as used); if one turns up a refusal the operation does not run, else it runs
+    in a savepoint of its own, so that its failure (a race lost) undoes its writes only
+    and the proof stays spent, as it would after two transactions."""
+    found: list[Guard] = []
+    failed: list[Exception] = []
+
+    def unit(tx: WriteTx) -> Sequence[AuditEntry]:
+        found[:] = [g for g in deferred.guards if not g.write(tx)]
+        failed.clear()
+        if found:
+            return deferred.entries
+        try:
+            with tx.savepoint():
+                written = operation(tx)
+        except Exception as exc:  # noqa: BLE001 - the operation's own failure, raised below
+            failed.append(exc)
+            return deferred.entries
+        return [*deferred.entries, *written]
+
+    await kernel.acommit(unit)
+    if found:
+        raise await asyncio.shield(kernel.adeny(*found[0].refusal()))
+    if failed:
+        exc = failed[0]
+        if isinstance(exc, Unauthorized) and pending.refused is not None:
+            raise await asyncio.shield(kernel.adeny(exc, pending.refused(exc))) from None
+        raise exc
+    return pending.done()
