@@ -270,23 +270,7 @@ async def _prepare(
 
             return op, 0
         if name == "renew":
-            # Each token renews at most max_renewals (10) times: walk through the agents.
-            pool = iter(range(len(tokens)))
-            current: dict[int, list[Any]] = {}
-
-            async def op(conn: Connection, _i: int) -> bool:
-                slot = current.get(id(conn))
-                if slot is None or slot[1] >= 10:
-                    slot = current[id(conn)] = [tokens[next(pool)], 0]
-                status, body = await conn.request("POST", "/v1/token/renew", b"", _bearer(slot[0]))
-                if status != 200:
-                    slot[1] = 10
-                    return False
-                slot[0] = _dec.decode(body)["access_token"]
-                slot[1] += 1
-                return True
-
-            return op, 0
+            return _renewals(tokens, lambda _k, token: _bearer(token)), 0
         # delegate: every connection delegates from its own agent to one target agent.
         target = agents[-1]["agent_id"]
         body = _enc.encode({"delegate_to": target, "scope": ["read:data:x"], "ttl": 60})
@@ -344,19 +328,28 @@ async def _renew_dpop(
         return f"DPoP: {proof}\r\n".encode()
 
     agents = await register_agents(conns, admin, n_agents, keys, f"d{tag}", register_proof)
-    pool = iter(range(n_agents))
-    current: dict[int, list[Any]] = {}
     url = f"{origin}/v1/token/renew"
+
+    def bound(k: int, token: str) -> bytes:
+        proof = dpop_keys[k % len(dpop_keys)].proof("POST", url, token)
+        return f"Authorization: DPoP {token}\r\nDPoP: {proof}\r\n".encode()
+
+    return _renewals([a["access_token"] for a in agents], bound)
+
+
+def _renewals(tokens: list[str], auth: Callable[[int, str], bytes]) -> Op:
+    """Renewals that walk through the agents: each connection renews one agent's token
+    until its max_renewals (10), then moves on. ``auth(k, token)``: the headers that
+    present agent k's current token."""
+    pool = iter(range(len(tokens)))
+    current: dict[int, list[Any]] = {}
 
     async def op(conn: Connection, _i: int) -> bool:
         slot = current.get(id(conn))
-        if slot is None or slot[1] >= 10:  # max_renewals: move on to a fresh agent
+        if slot is None or slot[1] >= 10:
             k = next(pool)
-            slot = current[id(conn)] = [agents[k]["access_token"], 0, dpop_keys[k % 64]]
-        token, dpop = slot[0], slot[2]
-        proof = dpop.proof("POST", url, token)
-        headers = f"Authorization: DPoP {token}\r\nDPoP: {proof}\r\n".encode()
-        status, body = await conn.request("POST", "/v1/token/renew", b"", headers)
+            slot = current[id(conn)] = [tokens[k], 0, k]
+        status, body = await conn.request("POST", "/v1/token/renew", b"", auth(slot[2], slot[0]))
         if status != 200:
             slot[1] = 10
             return False
