@@ -162,3 +162,18 @@ def test_a_renewal_that_loses_its_race_still_spends_its_proof() -> None:
         proof = verifier.check(ctx.dpop, htm="POST", htu=HTU, now=START, access_token=agent.token)
         with broker.store.write() as tx:
             assert not tx.consume_dpop_proof(proof.key, proof.expires_at)
+
+
+def test_a_proof_refused_after_its_check_is_spent_too() -> None:
+    broker = make_broker()
+    agent, _ = _bound_agent(broker)
+    thief = SigningKey.generate()
+    ctx = _ctx(thief, agent.token)  # a well-formed proof, by a key the token does not name
+    with pytest.raises(Unauthorized) as info:
+        asyncio.run(_authenticate(broker, agent.token, ctx))
+    assert "another key" in audited_denial(broker, info.value.denial_id).detail
+    proof = DPoPVerifier(60).check(
+        ctx.dpop, htm="POST", htu=HTU, now=START, access_token=agent.token
+    )
+    with broker.store.write() as tx:
+        assert not tx.consume_dpop_proof(proof.key, proof.expires_at)

@@ -299,13 +299,14 @@ class TokenCheck(Service):
                 self._check_binding(claims, token, presented, dpop)
                 assure(kernel, claims, ctx, audit_denial=False)
         except TokenRejected as exc:
+            # A proof checked before the refusal is spent by it too (deferred: below).
             raise kernel.deny(*self._rejected(exc, base, scheme, ctx)) from None
         finally:
             self._metrics.validation_seconds.observe(time.perf_counter() - started)
-        if deferred is not None:
-            replayed = TokenRejected(PROOF_REPLAYED, "binding", dpop_proof=True)
-            for guard in deferred.guards(lambda: self._rejected(replayed, base, scheme, ctx)):
-                defer_guard(guard)
+            if deferred is not None:
+                replayed = TokenRejected(PROOF_REPLAYED, "binding", dpop_proof=True)
+                for guard in deferred.guards(lambda: self._rejected(replayed, base, scheme, ctx)):
+                    defer_guard(guard)
         if offline and KIND_OFFLINE not in kinds:
             # Renewing, delegating, releasing... are a registered holder's: an offline
             # leaf derives further offline, or its holder registers (docs/decisions.md).
