@@ -7,7 +7,9 @@ launch tokens, agents) happens before the clock starts and is reported separatel
 
 Latency is per *operation*: a full registration is ``GET /v1/challenge`` plus
 ``POST /v1/register`` on one connection. ``renew_dpop`` renews DPoP-bound tokens (RFC
-9449): each agent registers with a proof, and each renewal carries a fresh one.
+9449): each agent registers with a proof, and each renewal carries a fresh one;
+``validate_dpop`` validates them as a resource server does, a fresh proof forwarded each
+time.
 """
 
 from __future__ import annotations
@@ -237,6 +239,8 @@ async def _prepare(
 
     if name == "renew_dpop":
         return await _renew_dpop(conns, admin, keys, spec, tag), 0
+    if name == "validate_dpop":
+        return await _validate_dpop(conns, admin, keys, spec, tag), min(500, count // 10)
 
     if name in ("validate", "renew", "delegate", "propagation", "release"):
         n_agents = len(conns) + (count // 10 + 1 if name == "renew" else 0)
@@ -311,30 +315,56 @@ async def _prepare(
     raise SystemExit(f"unknown scenario {name!r}")
 
 
-async def _renew_dpop(
-    conns: list[Connection], admin: str, keys: Keys, spec: dict[str, Any], tag: str
-) -> Op:
-    """Renewals of DPoP-bound tokens: agents register with a proof of one of 64 DPoP keys
-    (their tokens bound to it), and every renewal presents the token as ``DPoP`` with a
-    fresh proof of that key for the request (``ath``: the token's hash)."""
+async def _dpop_agents(
+    conns: list[Connection], admin: str, keys: Keys, spec: dict[str, Any], tag: str, n: int
+) -> tuple[list[Any], list[str]]:
+    """``n`` agents registered with a proof of one of 64 DPoP keys (their tokens bound to
+    it): the keys, and the tokens (agent k's key is ``keys[k % 64]``)."""
     from tasklease.client._holder import DPoPKey
 
     origin = f"http://{spec['host']}:{spec['port']}"
     dpop_keys = [DPoPKey() for _ in range(64)]
-    n_agents = len(conns) + spec["count"] // 10 + 1
 
     def register_proof(i: int) -> bytes:
         proof = dpop_keys[i % len(dpop_keys)].proof("POST", f"{origin}/v1/register")
         return f"DPoP: {proof}\r\n".encode()
 
-    agents = await register_agents(conns, admin, n_agents, keys, f"d{tag}", register_proof)
-    url = f"{origin}/v1/token/renew"
+    agents = await register_agents(conns, admin, n, keys, f"d{tag}", register_proof)
+    return dpop_keys, [a["access_token"] for a in agents]
+
+
+async def _renew_dpop(
+    conns: list[Connection], admin: str, keys: Keys, spec: dict[str, Any], tag: str
+) -> Op:
+    """Renewals of DPoP-bound tokens: every renewal presents the token as ``DPoP`` with a
+    fresh proof of its key for the request (``ath``: the token's hash)."""
+    n_agents = len(conns) + spec["count"] // 10 + 1
+    dpop_keys, tokens = await _dpop_agents(conns, admin, keys, spec, tag, n_agents)
+    url = f"http://{spec['host']}:{spec['port']}/v1/token/renew"
 
     def bound(k: int, token: str) -> bytes:
         proof = dpop_keys[k % len(dpop_keys)].proof("POST", url, token)
         return f"Authorization: DPoP {token}\r\nDPoP: {proof}\r\n".encode()
 
-    return _renewals([a["access_token"] for a in agents], bound)
+    return _renewals(tokens, bound)
+
+
+async def _validate_dpop(
+    conns: list[Connection], admin: str, keys: Keys, spec: dict[str, Any], tag: str
+) -> Op:
+    """A resource server's validations of DPoP-bound tokens: each forwards the token with
+    a fresh proof of its key made for the resource server's own request."""
+    dpop_keys, tokens = await _dpop_agents(conns, admin, keys, spec, tag, len(conns))
+    url = "https://resource.example/reports"
+
+    async def op(conn: Connection, i: int) -> bool:
+        k = i % len(tokens)
+        proof = dpop_keys[k % len(dpop_keys)].proof("GET", url, tokens[k])
+        body = {"token": tokens[k], "dpop": proof, "htm": "GET", "htu": url}
+        status, answer = await conn.request("POST", "/v1/token/validate", _enc.encode(body))
+        return status == 200 and b'"valid":true' in answer
+
+    return op
 
 
 def _renewals(tokens: list[str], auth: Callable[[int, str], bytes]) -> Op:

@@ -57,3 +57,11 @@ def test_dpop_bound_renewals_each_with_a_fresh_proof() -> None:
     # refused proof (replayed, wrong key, wrong URI) would count as an error.
     row = _row("renew_dpop", 200, "--duration", "3")
     assert row["cpu_us_per_op"] > 0
+
+
+@pytest.mark.slow
+def test_dpop_bound_validations_each_forward_a_fresh_proof() -> None:
+    # A resource server's validations: a proof replayed or made for another request would
+    # be answered {"valid": false} and count as an error.
+    row = _row("validate_dpop", 200, "--duration", "3")
+    assert row["cpu_us_per_op"] > 0

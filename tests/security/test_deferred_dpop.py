@@ -20,7 +20,10 @@ from test_enforcement import audited_denial, events
 
 from tasklease.core.broker import Broker, RequestContext, deferring
 from tasklease.core.errors import InsufficientScope, Unauthorized
-from tasklease.rules.binding import PROOF_REPLAYED, DPoPVerifier
+from tasklease.core.validation import TokenRejected
+from tasklease.rules.binding import PROOF_REPLAYED, DPoPVerifier, Presentation
+
+RESOURCE = "https://files.example/reports/7"
 
 
 def _bound_agent(broker: Broker) -> tuple[Any, SigningKey]:
@@ -174,6 +177,60 @@ def test_a_proof_refused_after_its_check_is_spent_too() -> None:
     assert "another key" in audited_denial(broker, info.value.denial_id).detail
     proof = DPoPVerifier(60).check(
         ctx.dpop, htm="POST", htu=HTU, now=START, access_token=agent.token
+    )
+    with broker.store.write() as tx:
+        assert not tx.consume_dpop_proof(proof.key, proof.expires_at)
+
+
+def _forwarded(key: SigningKey, token: str) -> Presentation:
+    """What a resource server forwards to the validate endpoint: the proof made for it."""
+    proof = dpop_proof(key, htm="GET", htu=RESOURCE, token=token)
+    return Presentation(scheme="DPoP", dpop_proof=proof, htm="GET", htu=RESOURCE)
+
+
+def test_a_forwarded_proof_is_recorded_with_the_validation_and_valid_once() -> None:
+    broker = make_broker()
+    agent, key = _bound_agent(broker)
+    presented = _forwarded(key, agent.token)
+
+    def validation() -> Any:
+        return deferring(lambda: broker.validate(agent.token, presented=presented))
+
+    head = broker.store.audit_head()
+    first = validation()
+    assert first.error is None and len(first.guards) == 1
+    assert broker.store.audit_head() == head  # the check committed nothing
+
+    async def race() -> list[Any]:
+        # Every check passes before any settles: only the store can tell them apart.
+        rest = [validation() for _ in range(3)]
+        return await asyncio.gather(
+            *(broker.settle(d) for d in (first, *rest)), return_exceptions=True
+        )
+
+    outcomes = asyncio.run(race())
+    valid = [o for o in outcomes if not isinstance(o, BaseException)]
+    replayed = [o for o in outcomes if isinstance(o, TokenRejected)]
+    assert len(valid) == 1 and valid[0].sub == agent.claims.sub, outcomes
+    assert len(replayed) == 3 and all(PROOF_REPLAYED in r.reason for r in replayed)
+    # A validation's answer refuses nothing of the resource server's: no event, as
+    # before the proof's record was deferred.
+    assert broker.store.audit_head() == head
+    with pytest.raises(TokenRejected):  # and the blocking path finds it spent too
+        broker.validate(agent.token, presented=presented)
+
+
+def test_a_forwarded_proof_of_an_invalid_validation_is_spent() -> None:
+    broker = make_broker()
+    agent, _ = _bound_agent(broker)
+    thief = SigningKey.generate()
+    presented = _forwarded(thief, agent.token)  # well formed, by a key the token does not name
+    deferred = deferring(lambda: broker.validate(agent.token, presented=presented))
+    assert isinstance(deferred.error, TokenRejected) and len(deferred.guards) == 1
+    with pytest.raises(TokenRejected):
+        asyncio.run(broker.settle(deferred))
+    proof = DPoPVerifier(60).check(
+        presented.dpop_proof, htm="GET", htu=RESOURCE, now=START, access_token=agent.token
     )
     with broker.store.write() as tx:
         assert not tx.consume_dpop_proof(proof.key, proof.expires_at)

@@ -113,6 +113,19 @@ def test_a_captured_proof_raced_against_its_holder_wins_once(broker: RunningBrok
             assert "replay" in event["detail"] or "revoked" in event["detail"], event
 
 
+def test_a_forwarded_proof_validated_concurrently_is_valid_once(broker: RunningBroker) -> None:
+    # A resource server (or two replicas of one) forwarding one captured proof eight times
+    # at once: the proof is recorded before each answer, so one is valid.
+    token, key, _ = _register_bound(broker)
+    url = "https://files.example/reports/7"
+    body = {"token": token, "dpop": dpop_proof(key, "GET", url, token=token)}
+    body |= {"htm": "GET", "htu": url}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _i: broker.post("/v1/token/validate", json=body), range(8)))
+    assert [a.status_code for a in answers] == [200] * 8
+    assert sorted(a.json()["valid"] for a in answers) == [False] * 7 + [True]
+
+
 def test_a_delegation_to_a_bound_agent_is_bound_to_the_delegate(broker: RunningBroker) -> None:
     _, delegate_key, delegate_id = _register_bound(broker)
     delegator = broker.register(SCOPE)

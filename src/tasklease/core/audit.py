@@ -70,11 +70,13 @@ class Guard:
 
     ``write`` runs inside the transaction that writes the request's deferred audit
     entries and says whether all is well; when it is not, ``refusal`` gives the error to
-    answer and the entry that audits it (``Kernel.adeny``).
+    answer and the entry that audits it (``Kernel.adeny``), or an exception alone, raised
+    as is, for an answer that refuses nothing of the caller's (validation's ``{"valid":
+    false}``).
     """
 
     write: Callable[[WriteTx], bool]
-    refusal: Callable[[], tuple[TaskleaseError, AuditEntry]]
+    refusal: Callable[[], tuple[TaskleaseError, AuditEntry] | Exception]
 
 
 # Set by :func:`deferring` beside _DEFERRED: the guards added meanwhile (defer_guard).

@@ -91,7 +91,9 @@ class DeferredProofs:
         self.proofs.append((key, expires_at))
         return True
 
-    def guards(self, refusal: Callable[[], tuple[TaskleaseError, AuditEntry]]) -> list[Guard]:
+    def guards(
+        self, refusal: Callable[[], tuple[TaskleaseError, AuditEntry] | Exception]
+    ) -> list[Guard]:
         """One guard per proof collected: it records the proof as used, and ``refusal`` is
         what answers a request whose proof was recorded already."""
 

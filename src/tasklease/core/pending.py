@@ -102,9 +102,18 @@ async def asettle(kernel: Kernel, deferred: Deferred[T]) -> T:
     if deferred.error is not None:
         raise deferred.error
     if found:
-        error, entry = found[0].refusal()
-        raise await asyncio.shield(kernel.adeny(error, entry))
+        raise await _refusal(kernel, found[0])
     return cast(T, deferred.value)
+
+
+async def _refusal(kernel: Kernel, guard: Guard) -> Exception:
+    """What a guard that turned up a refusal answers: its error, audited (a ``denial_id``
+    and one event, written even if the request is cancelled meanwhile) unless it is an
+    exception alone."""
+    refusal = guard.refusal()
+    if isinstance(refusal, Exception):
+        return refusal
+    return await asyncio.shield(kernel.adeny(*refusal))
 
 
 async def aanswer(kernel: Kernel, deferred: Deferred[Pending[T]]) -> T:
@@ -149,7 +158,7 @@ async def _aguarded(
 
     await kernel.acommit(unit)
     if found:
-        raise await asyncio.shield(kernel.adeny(*found[0].refusal()))
+        raise await _refusal(kernel, found[0])
     if failed:
         exc = failed[0]
         if isinstance(exc, Unauthorized) and pending.refused is not None:

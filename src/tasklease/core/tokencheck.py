@@ -158,13 +158,13 @@ class TokenCheck(Service):
         if fresh.monotonic() > fresh.until:
             raise fresh.stale()
         started = time.perf_counter()
+        presented = presented or Presentation()
+        dpop, deferred = self._recording(self._forwarded, presented.dpop_proof)
         try:
             if is_chain(token):
-                return self._offline_leaf(
-                    token, presented or Presentation(), self._forwarded, audience=audience
-                )
+                return self._offline_leaf(token, presented, dpop, audience=audience)
             claims = self.verify(token, (KIND_AGENT,), audience=audience)
-            self._check_binding(claims, token, presented or Presentation(), self._forwarded)
+            self._check_binding(claims, token, presented, dpop)
             assure(self._kernel, claims, ctx or RequestContext(), audit_denial=True)
             return claims
         except TokenRejected as exc:
@@ -172,6 +172,27 @@ class TokenCheck(Service):
             raise
         finally:
             self._metrics.validation_seconds.observe(time.perf_counter() - started)
+            if deferred is not None:
+                for guard in deferred.guards(self._replayed_forward):
+                    defer_guard(guard)
+
+    def _replayed_forward(self) -> Exception:
+        """A forwarded proof found used when it was recorded: the token is not valid for
+        the request (an answer, not a refusal of the resource server: not audited)."""
+        self._metrics.validation_failures.labels("binding").inc()
+        return TokenRejected(PROOF_REPLAYED, "binding", dpop_proof=True)
+
+    def _recording(
+        self, verifier: DPoPVerifier, proof: str
+    ) -> tuple[DPoPVerifier, DeferredProofs | None]:
+        """The verifier of a request's DPoP proof. Under ``core.audit.deferring`` it
+        collects the proof instead of recording it (no commit here): the caller adds the
+        guards that record it as used with the request's deferred audit events, before it
+        is answered, refused or not (``core.audit.Guard``)."""
+        if not proof or not deferral_active():
+            return verifier, None
+        deferred = DeferredProofs()
+        return DPoPVerifier(verifier.window, ledger=deferred, nonces=verifier.nonces), deferred
 
     def verify(
         self,
@@ -276,12 +297,7 @@ class TokenCheck(Service):
             htm=ctx.method,
             htu=ctx.url,
         )
-        dpop, deferred = self._dpop, None
-        if ctx.dpop and deferral_active():
-            # The proof is recorded as used with the request's deferred audit events,
-            # before it is answered, refused or not (core.audit.Guard): no commit here.
-            deferred = DeferredProofs()
-            dpop = DPoPVerifier(self._dpop.window, ledger=deferred, nonces=self._dpop.nonces)
+        dpop, deferred = self._recording(self._dpop, ctx.dpop)
         try:
             if offline:
                 # An offline chain is presented as DPoP with the leaf key's proof, on the

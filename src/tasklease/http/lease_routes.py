@@ -18,7 +18,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tasklease.core.binding import cert_thumbprint_from_pem
-from tasklease.core.broker import ALL_KINDS, Broker, PendingRegistration, RequestContext
+from tasklease.core.broker import (
+    ALL_KINDS,
+    Broker,
+    PendingRegistration,
+    RequestContext,
+    deferring,
+)
 from tasklease.core.errors import InvalidRequest
 from tasklease.core.introspection import is_reference_token
 from tasklease.core.tokens import Claims, token_type_of
@@ -71,6 +77,7 @@ def lease_routes(
 ) -> list[Route]:
     """The lease routes, each wrapped in the problem ``guard``."""
     cfg = broker.config
+    local = broker.store.local_reads
     # Renew, release and delegate: checked and signed on the loop, the commit awaited.
     written = prepared(broker, context)
 
@@ -89,11 +96,19 @@ def lease_routes(
         def check() -> Claims:
             return broker.validate(token, audience=req.audience, presented=presented, ctx=ctx)
 
+        # Pure CPU on the loop, unless the store may be read (by-reference tokens,
+        # high-assurance scopes): then in the thread pool, unless it reads locally.
+        reads = bool(cfg.critical_scopes) or is_reference_token(token)
         try:
-            # Pure CPU on the loop, unless the store may be read (by-reference tokens,
-            # high-assurance scopes) or written (a DPoP proof, recorded as used): then
-            # in the thread pool.
-            if cfg.critical_scopes or is_reference_token(token) or req.dpop:
+            if req.dpop:
+                # The proof is recorded as used with the check's deferred audit events,
+                # awaited without a thread (core.audit.Guard); a replay is not valid.
+                if local or not reads:
+                    deferred = deferring(check)
+                else:
+                    deferred = await run_in_threadpool(deferring, check)
+                claims = await broker.settle(deferred)
+            elif reads:
                 claims = await run_in_threadpool(check)
             else:
                 claims = check()
