@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import cedarpy
 import msgspec
 
+from tasklease.core.policyreads import Remembered, reads_of
 from tasklease.core.policyrequest import SCHEMA, PolicyRequest
 
 __all__ = [
@@ -131,13 +132,15 @@ class PolicySource(Protocol):
 @dataclass(frozen=True, slots=True)
 class CompiledPolicies:
     """A checked, compiled policy set: its files, their ``@id``s in order, a digest of
-    the text, where it came from."""
+    the text, where it came from, and its decisions remembered when it reads little of a
+    request (``core.policyreads``; None: each decision asks Cedar)."""
 
     files: tuple[tuple[str, str], ...]
     ids: tuple[str, ...]
     digest: str
     origin: str
     compiled: Any  # cedarpy.PolicySet; None: no set in force (every decision denies)
+    remembered: Remembered[Decision] | None = None
 
     @property
     def text(self) -> str:
@@ -160,12 +163,15 @@ def compile_policies(files: Sequence[tuple[str, str]], origin: str) -> CompiledP
         raise PolicyError(f"policies of {origin} exceed {MAX_POLICY_BYTES} bytes")
     ids: list[str] = []
     errors: list[str] = []
+    reads: set[str] | None = set()
     for name, text in files:
         try:
             est = json.loads(cedarpy.policies_to_json_str(text))
         except ValueError as exc:
             errors.append(f"{name}: does not parse: {exc}")
             continue
+        read = reads_of(est)
+        reads = None if read is None or reads is None else reads | set(read)
         if est.get("templates") or est.get("templateLinks"):
             errors.append(f"{name}: templates are not supported")
         for position, policy in est.get("staticPolicies", {}).items():
@@ -192,7 +198,8 @@ def compile_policies(files: Sequence[tuple[str, str]], origin: str) -> CompiledP
     digest = hashlib.sha256(
         json.dumps(files, separators=(",", ":"), ensure_ascii=False).encode()
     ).hexdigest()
-    return CompiledPolicies(files, tuple(ids), digest, origin, compiled)
+    remembered = None if reads is None else Remembered[Decision](tuple(sorted(reads)))
+    return CompiledPolicies(files, tuple(ids), digest, origin, compiled, remembered)
 
 
 _DEFAULT: CompiledPolicies | None = None
@@ -297,9 +304,18 @@ class PolicyEngine:
 
 
 def evaluate(policies: CompiledPolicies, request: PolicyRequest) -> Decision:
-    """The decision of ``policies`` on ``request`` (Allow only on Cedar's Allow)."""
+    """The decision of ``policies`` on ``request`` (Allow only on Cedar's Allow), the one
+    Cedar gave a request that agrees with it on all the set reads when there was one."""
     if policies.compiled is None:
         return Decision(False, (), (policies.origin,), policies.digest)
+    if policies.remembered is not None:
+        return policies.remembered.decide(request, lambda: _cedar(policies, request))
+    return _cedar(policies, request)
+
+
+def _cedar(policies: CompiledPolicies, request: PolicyRequest) -> Decision:
+    """Cedar's decision of ``policies`` on ``request``, the request checked against the
+    schema."""
     cedar_request, entities = _as_json(*request.cedar())
     result = cedarpy.is_authorized(cedar_request, policies.compiled, entities, schema=_schema)
     names = result.diagnostics.id_annotations_by_reason

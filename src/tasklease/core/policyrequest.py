@@ -89,6 +89,7 @@ _PRINCIPALS = {
     "Agent": ("task_id", "orch_id", "client_id", "depth"),
 }
 _TAGGED = ("LaunchToken", "Workload", "Agent")
+_IN_APP = ("LaunchToken", "Workload", "Agent")  # the types whose parent may be an App
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,17 +195,58 @@ class PolicyRequest:
             "principal": {"type": self.actor.type, "id": self.actor.id},
             "action": {"type": "Action", "id": self.operation},
             "resource": {"type": "Grants", "id": "requested"},
-            "context": {
-                "now": self.now,
-                "tenant": self.tenant,
-                "within_ceiling": self.within_ceiling,
-                "human": self.human,
-                "depth": self.depth,
-                "domain": self.domain,
-                "attested": bool(self.actor.tags),
-            },
+            "context": self.situation(),
         }
         return request, entities
+
+    def situation(self) -> dict[str, Any]:
+        """The request's context (the schema's ``Situation``)."""
+        return {
+            "now": self.now,
+            "tenant": self.tenant,
+            "within_ceiling": self.within_ceiling,
+            "human": self.human,
+            "depth": self.depth,
+            "domain": self.domain,
+            "attested": bool(self.actor.tags),
+        }
+
+    def well_typed(self) -> bool:
+        """Whether every value of the request has its schema type and fits it: strings
+        that are text, integers of 64 bits, a ``decimal`` within its range, the actor's
+        attributes as its entity type declares them. A request that is not is left to
+        the schema's check in Cedar (which refuses it: a deny)."""
+        actor = self.actor
+        declared = _PRINCIPALS.get(actor.type)
+        if declared is None or self.operation not in ACTIONS:
+            return False
+        if actor.app and actor.type not in _IN_APP:
+            return False
+        texts = [actor.id, actor.app, self.tenant, self.human, self.domain, *self.scopes]
+        texts += [*actor.tags.keys(), *actor.tags.values()]
+        for name in declared:
+            value = actor.attrs.get(name, 0 if name == "depth" else "")
+            if name == "depth":
+                if not _long(value):
+                    return False
+            elif isinstance(value, str):
+                texts.append(value)
+            else:
+                return False
+        if not all(isinstance(t, str) and _text(t) for t in texts):
+            return False
+        if type(self.within_ceiling) is not bool or not all(
+            _long(v) for v in (self.ttl, self.now, self.depth)
+        ):
+            return False
+        attrs = _grants_entity(self)["attrs"]
+        for name in ("ttl", "max_calls", "not_after"):
+            if name in attrs and not _long(attrs[name]):
+                return False
+        amount = attrs.get("max_amount")
+        if amount is not None and abs(Decimal(amount["__extn"]["arg"])) > _DECIMAL_MAX:
+            return False
+        return all(_text(v) for vs in attrs.values() if isinstance(vs, list) for v in vs)
 
     def as_json(self) -> dict[str, Any]:
         """The request as ``tasklease policy test`` reads it."""
@@ -263,6 +305,27 @@ class PolicyRequest:
             depth=int(ints["depth"]),
             domain=str(texts["domain"]),
         )
+
+
+_LONG = 1 << 63
+# Cedar's ``decimal``: a 64-bit integer of ten-thousandths.
+_DECIMAL_MAX = Decimal(_LONG - 1) / 10_000
+
+
+def _long(value: object) -> bool:
+    """A Cedar ``Long``: an integer (not a boolean) of 64 bits."""
+    return type(value) is int and -_LONG <= value < _LONG
+
+
+def _text(value: str) -> bool:
+    """A string Cedar can take: text, without lone surrogates."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _decimal(amount: Decimal) -> dict[str, Any]:
