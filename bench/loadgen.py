@@ -9,7 +9,7 @@ Latency is per *operation*: a full registration is ``GET /v1/challenge`` plus
 ``POST /v1/register`` on one connection. ``renew_dpop`` renews DPoP-bound tokens (RFC
 9449): each agent registers with a proof, and each renewal carries a fresh one;
 ``validate_dpop`` validates them as a resource server does, a fresh proof forwarded each
-time.
+time; ``launch`` creates launch tokens as an orchestrator does before it starts agents.
 """
 
 from __future__ import annotations
@@ -237,6 +237,16 @@ async def _prepare(
 
         return op, 0
 
+    if name == "launch":
+        # An orchestrator's launch tokens, one per agent it is about to start.
+        body = _enc.encode({"agent_name": "bench", "allowed_scope": SCOPE, "max_ttl": 600})
+        auth = _bearer(admin)
+
+        async def op(conn: Connection, _i: int) -> bool:
+            status, _ = await conn.request("POST", "/v1/admin/launch-tokens", body, auth)
+            return status == 201
+
+        return op, min(100, count // 10)
     if name == "renew_dpop":
         return await _renew_dpop(conns, admin, keys, spec, tag), 0
     if name == "validate_dpop":

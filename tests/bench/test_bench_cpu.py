@@ -65,3 +65,10 @@ def test_dpop_bound_validations_each_forward_a_fresh_proof() -> None:
     # be answered {"valid": false} and count as an error.
     row = _row("validate_dpop", 200, "--duration", "3")
     assert row["cpu_us_per_op"] > 0
+
+
+@pytest.mark.slow
+def test_launch_token_creation() -> None:
+    # An operator creating launch tokens: any answer but 201 would count as an error.
+    row = _row("launch", 300, "--duration", "3")
+    assert row["cpu_us_per_op"] > 0

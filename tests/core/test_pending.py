@@ -100,6 +100,48 @@ def test_a_refusal_of_the_first_half_is_written_before_it_is_raised(broker: Any,
     assert [e.event_type for e in denials] == ["renew_denied"]
 
 
+def _launch(broker: Any, kit: Any, claims: Any, scope: str = "read:data:*") -> Any:
+    return broker.prepare_launch_token(
+        claims,
+        agent_name="worker",
+        allowed_scope=[scope],
+        max_ttl=None,
+        single_use=None,
+        ttl=None,
+        ctx=kit.ctx,
+    )
+
+
+def test_a_prepared_launch_token_is_usable_only_once_committed(broker: Any, kit: Any) -> None:
+    head = broker.store.audit_head()
+    deferred = deferring(lambda: _launch(broker, kit, kit.admin(broker).claims))
+    assert deferred.error is None and broker.store.audit_head() == head  # nothing written
+    token, record = asyncio.run(broker.answer(deferred))
+    broker.audit.close()
+    assert broker.store.get_launch_token(record.token_hash) is not None
+    assert [e.event_type for e in _events(broker)][-1] == "launch_token_issued"
+    kit.register(broker, launch_token=token)  # a registration finds it
+
+
+def test_a_launch_token_beyond_the_app_ceiling_is_refused_once_audited(
+    broker: Any, kit: Any
+) -> None:
+    admin = kit.admin(broker).claims
+    app, _ = broker.register_app(
+        admin, name="narrow", scopes=["read:data:1"], token_ttl=None, ctx=kit.ctx
+    )
+    claims = kit.app(broker, app.app_id).claims
+    head = broker.store.audit_head()
+    deferred = deferring(lambda: _launch(broker, kit, claims, "read:data:*"))
+    assert isinstance(deferred.error, Forbidden) and len(deferred.entries) == 1
+    assert broker.store.audit_head() == head  # deferred, not written
+    with pytest.raises(Forbidden) as info:
+        asyncio.run(broker.answer(deferred))
+    broker.audit.close()
+    denials = [e for e in _events(broker) if f"denial={info.value.denial_id}" in e.detail]
+    assert [e.event_type for e in denials] == ["scope_ceiling_exceeded"]
+
+
 def test_a_refused_bearer_is_audited_once_when_authenticated_in_the_first_half(
     broker: Any, kit: Any
 ) -> None:

@@ -43,6 +43,7 @@ from tasklease.core.launch import (
 )
 from tasklease.core.lineage import Refusal, app_ancestor
 from tasklease.core.passwords import hash_secret, new_secret, verify_secret
+from tasklease.core.pending import Pending, complete
 from tasklease.core.policyrequest import Actor
 from tasklease.core.records import AppRecord, LaunchTokenRecord, RevocationRecord
 from tasklease.core.scopes import validate_scopes
@@ -422,7 +423,12 @@ class Apps(Service):
 
     # --- launch tokens ---------------------------------------------------------------------
 
-    def create_launch_token(
+    def create_launch_token(self, claims: Claims, **request: Any) -> tuple[str, LaunchTokenRecord]:
+        """:meth:`prepare_launch_token`, committed in this thread: the token and its
+        record."""
+        return complete(self._kernel, self.prepare_launch_token(claims, **request))
+
+    def prepare_launch_token(
         self,
         claims: Claims,
         *,
@@ -437,9 +443,11 @@ class Apps(Service):
         max_uses: object = None,
         allow_resume: object = None,
         authorization_details: object = None,
-    ) -> tuple[str, LaunchTokenRecord]:
-        """Mint a launch token. App callers are held to their app's ceiling (scopes and
-        grants); the tenant's issuance policy decides (``core.policy``).
+    ) -> Pending[tuple[str, LaunchTokenRecord]]:
+        """A launch token decided, not written (``core.pending``: its record and event
+        are committed by whoever completes it). App callers are held to their app's
+        ceiling (scopes and grants); the tenant's issuance policy decides
+        (``core.policy``).
 
         ``authorization_details`` (RFC 9396) are structured grants of its ceiling besides
         ``allowed_scope`` (either may be empty, not both).
@@ -587,6 +595,8 @@ class Apps(Service):
                 )
             ]
 
-        self._kernel.commit(unit)
-        self._metrics.launch_tokens_created.inc()
-        return token, record
+        def done() -> tuple[str, LaunchTokenRecord]:
+            self._metrics.launch_tokens_created.inc()
+            return token, record
+
+        return Pending(unit, done)

@@ -16,6 +16,8 @@ agents, apps and resource servers call; :class:`Broker` here adds what operators
 
 from __future__ import annotations
 
+from typing import Any
+
 from tasklease.core.apps import expires_at_text
 from tasklease.core.audit import Deferred, deferring
 from tasklease.core.auditformat import AuditEntry
@@ -164,38 +166,17 @@ class Broker(BrokerBase):
             assertion, ctx, client_id=client_id, audiences=audiences, bind=bind
         )
 
-    def create_launch_token(
-        self,
-        claims: Claims,
-        *,
-        agent_name: object,
-        allowed_scope: object,
-        max_ttl: object,
-        single_use: object,
-        ttl: object,
-        ctx: RequestContext,
-        principal: object = None,
-        resource: object = None,
-        max_uses: object = None,
-        allow_resume: object = None,
-        authorization_details: object = None,
-    ) -> tuple[str, LaunchTokenRecord]:
-        """Mint a launch token. App callers are held to their app's scope ceiling; a
-        multi-use one admits ``max_uses`` registrations."""
-        return self._apps.create_launch_token(
-            claims,
-            agent_name=agent_name,
-            allowed_scope=allowed_scope,
-            max_ttl=max_ttl,
-            single_use=single_use,
-            ttl=ttl,
-            ctx=ctx,
-            principal=principal,
-            resource=resource,
-            max_uses=max_uses,
-            allow_resume=allow_resume,
-            authorization_details=authorization_details,
-        )
+    def create_launch_token(self, claims: Claims, **request: Any) -> tuple[str, LaunchTokenRecord]:
+        """Mint a launch token (``core.apps.Apps.prepare_launch_token`` names the fields).
+        App callers are held to their app's scope ceiling; a multi-use one admits
+        ``max_uses`` registrations."""
+        return self._apps.create_launch_token(claims, **request)
+
+    def prepare_launch_token(
+        self, claims: Claims, **request: Any
+    ) -> Pending[tuple[str, LaunchTokenRecord]]:
+        """:meth:`create_launch_token` decided, not written; :meth:`answer` commits it."""
+        return self._apps.prepare_launch_token(claims, **request)
 
     # --- grants and issuance policy (core.granttypes, core.calls, core.policy) ---------
 

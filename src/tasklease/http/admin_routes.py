@@ -81,7 +81,8 @@ def admin_routes(
     ``app_limiter`` limits app sign-ins; the token endpoint's client credentials share it.
     """
     cfg = broker.config
-    written = prepared(broker, context)  # revocation: checked on the loop, commit awaited
+    # Revocation and launch tokens: checked on the loop, the commit awaited.
+    written = prepared(broker, context)
     admin_limiter = RateLimiter(cfg.admin_auth_rate, cfg.admin_auth_burst)
     app_limiter = app_limiter or RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
 
@@ -232,11 +233,11 @@ def admin_routes(
 
     async def launch_tokens(request: Request, kinds: frozenset[str], scope: str) -> Response:
         req = await read_body(request, wire.LaunchTokenRequest)
-        token, record = await authed(
+        token, record = await written(
             request,
             kinds,
             scope,
-            lambda c, ctx: broker.create_launch_token(
+            lambda c, ctx: broker.prepare_launch_token(
                 c,
                 agent_name=req.agent_name,
                 allowed_scope=req.allowed_scope,
