@@ -9,7 +9,8 @@ Latency is per *operation*: a full registration is ``GET /v1/challenge`` plus
 ``POST /v1/register`` on one connection. ``renew_dpop`` renews DPoP-bound tokens (RFC
 9449): each agent registers with a proof, and each renewal carries a fresh one;
 ``validate_dpop`` validates them as a resource server does, a fresh proof forwarded each
-time; ``launch`` creates launch tokens as an orchestrator does before it starts agents.
+time; ``launch`` creates launch tokens as an orchestrator does before it starts agents;
+``heartbeat`` sends agents' signed heartbeats.
 """
 
 from __future__ import annotations
@@ -249,6 +250,8 @@ async def _prepare(
         return op, min(100, count // 10)
     if name == "renew_dpop":
         return await _renew_dpop(conns, admin, keys, spec, tag), 0
+    if name == "heartbeat":
+        return await _heartbeats(conns, admin, keys, tag), min(100, count // 10)
     if name == "validate_dpop":
         return await _validate_dpop(conns, admin, keys, spec, tag), min(500, count // 10)
 
@@ -373,6 +376,32 @@ async def _validate_dpop(
         body = {"token": tokens[k], "dpop": proof, "htm": "GET", "htu": url}
         status, answer = await conn.request("POST", "/v1/token/validate", _enc.encode(body))
         return status == 200 and b'"valid":true' in answer
+
+    return op
+
+
+async def _heartbeats(conns: list[Connection], admin: str, keys: Keys, tag: str) -> Op:
+    """Agents' heartbeats: each signed by the agent's key over its agent, its token's
+    ``jti``, the time and a fresh proof ``jti`` (``rules.messages``)."""
+    from tasklease.rules.messages import heartbeat_signing_input
+
+    agents = await register_agents(conns, admin, len(conns), keys, f"h{tag}")
+    held = []
+    for k, agent in enumerate(agents):
+        token = agent["access_token"]
+        payload = token.split(".")[1]
+        jti = _dec.decode(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"]
+        held.append((agent["agent_id"], jti, keys.get(k)[0], _bearer(token)))
+    serial = itertools.count()
+
+    async def op(conn: Connection, i: int) -> bool:
+        agent_id, jti, key, auth = held[i % len(held)]
+        ts, proof = int(time.time()), f"{tag}{next(serial):016d}"
+        message = heartbeat_signing_input(agent_id, jti, ts, proof, False)
+        signature = base64.b64encode(key.sign(message).signature).decode()
+        body = _enc.encode({"timestamp": ts, "jti": proof, "signature": signature})
+        status, _ = await conn.request("POST", "/v1/heartbeat", body, auth)
+        return status == 200
 
     return op
 

@@ -72,3 +72,10 @@ def test_launch_token_creation() -> None:
     # An operator creating launch tokens: any answer but 201 would count as an error.
     row = _row("launch", 300, "--duration", "3")
     assert row["cpu_us_per_op"] > 0
+
+
+@pytest.mark.slow
+def test_signed_heartbeats() -> None:
+    # A heartbeat refused (a proof reused, a bad signature) would count as an error.
+    row = _row("heartbeat", 300, "--duration", "3")
+    assert row["cpu_us_per_op"] > 0

@@ -5,6 +5,7 @@ answered before the group commit made it durable; a failed commit fails closed."
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from tasklease.core.audit import deferring
 from tasklease.core.auditformat import AuditEntry, verify_chain
 from tasklease.core.errors import Forbidden, Unauthorized, Unavailable
+from tasklease.core.liveness import heartbeat_signing_input
 from tasklease.core.validation import TokenRejected
 from tasklease.storage import MemoryStore, open_store
 
@@ -353,3 +355,51 @@ def test_a_race_lost_by_a_cancelled_request_is_still_audited_as_one_denial(
     assert "denial=den_" in failed[0].detail
     renewed = [e for e in _events(broker) if e.event_type == "token_renewed"]
     assert len(renewed) == 1
+
+
+def _heartbeat(broker: Any, kit: Any, agent: Any, proof: str, *, done: bool = False) -> Any:
+    """A heartbeat's first half, deferred as the HTTP adapter runs it."""
+    ts = int(broker.clock.now())
+    message = heartbeat_signing_input(agent.sub, agent.claims.jti, ts, proof, done)
+    signature = base64.b64encode(agent.key.sign(message).signature).decode()
+    return deferring(
+        lambda: broker.prepare_heartbeat(
+            agent.claims, timestamp=ts, jti=proof, signature=signature, done=done, ctx=kit.ctx
+        )
+    )
+
+
+def _together(broker: Any, *deferred: Any) -> list[Any]:
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(broker.answer(d) for d in deferred), return_exceptions=True)
+
+    return asyncio.run(main())
+
+
+def test_one_heartbeat_proof_answered_twice_at_once_counts_once(broker: Any, kit: Any) -> None:
+    agent = kit.register(broker)
+    head = broker.store.audit_head()
+    first, second = (_heartbeat(broker, kit, agent, "p" * 16) for _ in range(2))
+    assert broker.store.audit_head() == head  # both first halves passed, writing nothing
+    outcomes = _together(broker, first, second)
+    broker.audit.close()
+    lost = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(lost) == 1 and isinstance(lost[0], Unauthorized), outcomes
+    denials = [e for e in _events(broker) if f"denial={lost[0].denial_id}" in e.detail]
+    assert [e.event_type for e in denials] == ["heartbeat_denied"]
+    assert "replayed" in denials[0].detail
+
+
+def test_a_heartbeat_raced_by_the_agents_release_is_one_audited_refusal(
+    broker: Any, kit: Any
+) -> None:
+    # The unit finds the session released meanwhile: Forbidden, audited like any refusal.
+    agent = kit.register(broker)
+    beat = _heartbeat(broker, kit, agent, "b" * 16)
+    release = _heartbeat(broker, kit, agent, "d" * 16, done=True)
+    assert _together(broker, release)[0].state == "released"
+    (outcome,) = _together(broker, beat)
+    broker.audit.close()
+    assert isinstance(outcome, Forbidden), outcome
+    denials = [e for e in _events(broker) if f"denial={outcome.denial_id}" in e.detail]
+    assert [e.event_type for e in denials] == ["heartbeat_denied"]

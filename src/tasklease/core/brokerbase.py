@@ -538,6 +538,21 @@ class BrokerBase:
             claims, timestamp=timestamp, proof_jti=jti, signature=signature, done=done, ctx=ctx
         )
 
+    def prepare_heartbeat(
+        self,
+        claims: Claims,
+        *,
+        timestamp: object,
+        jti: object,
+        signature: object,
+        done: object,
+        ctx: RequestContext,
+    ) -> Pending[AgentSession]:
+        """:meth:`heartbeat` checked, not written; :meth:`answer` commits it."""
+        return self._liveness.prepare_heartbeat(
+            claims, timestamp=timestamp, proof_jti=jti, signature=signature, done=done, ctx=ctx
+        )
+
     def sweep_silent_agents(self) -> list[str]:
         """Revoke (level ``agent``) supervised agents silent for interval x misses."""
         return self._liveness.sweep_silent_agents(self.instance_id)

@@ -31,6 +31,7 @@ import hashlib
 import math
 import re
 from dataclasses import replace
+from typing import Any
 
 from nacl.signing import VerifyKey
 
@@ -43,6 +44,7 @@ from tasklease.core.errors import Forbidden, InvalidRequest, Unauthorized
 from tasklease.core.identity import decode_signature
 from tasklease.core.kernel import RequestContext, Service
 from tasklease.core.lineage import ending_records
+from tasklease.core.pending import Lost, Pending, complete
 from tasklease.core.records import AgentSession, RevocationRecord
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
@@ -82,7 +84,11 @@ class Liveness(Service):
 
     # --- heartbeat -----------------------------------------------------------------------------
 
-    def heartbeat(
+    def heartbeat(self, claims: Claims, **request: Any) -> AgentSession:
+        """:meth:`prepare_heartbeat`, committed in this thread."""
+        return complete(self._kernel, self.prepare_heartbeat(claims, **request))
+
+    def prepare_heartbeat(
         self,
         claims: Claims,
         *,
@@ -91,8 +97,9 @@ class Liveness(Service):
         signature: object,
         done: object,
         ctx: RequestContext,
-    ) -> AgentSession:
-        """Record a heartbeat (or the agent's declaration that it is done).
+    ) -> Pending[AgentSession]:
+        """A heartbeat (or the agent's declaration that it is done) checked, not written
+        (``core.pending``): whoever completes it records it and gets the session.
 
         Raises:
             InvalidRequest: a field is missing or malformed.
@@ -173,15 +180,15 @@ class Liveness(Service):
                 ]
             return []
 
-        try:
-            self._kernel.commit(unit)
-        except (Unauthorized, Forbidden) as exc:
-            raise self._kernel.deny(
-                exc, replace(base, detail=f"heartbeat refused: {exc.reason}")
-            ) from None
-        if finished:
-            self._kernel.apply_revocations(ending)
-        return result[0]
+        def lost(exc: Lost) -> AuditEntry:
+            return replace(base, detail=f"heartbeat refused: {exc.reason}")
+
+        def answer() -> AgentSession:
+            if finished:
+                self._kernel.apply_revocations(ending)
+            return result[0]
+
+        return Pending(unit, answer, lost)
 
     # --- the sweeper ---------------------------------------------------------------------------
 

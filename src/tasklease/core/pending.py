@@ -22,14 +22,15 @@ from typing import Generic, TypeVar, cast
 
 from tasklease.core.audit import Deferred, Guard
 from tasklease.core.auditformat import AuditEntry
-from tasklease.core.errors import Unauthorized
+from tasklease.core.errors import Forbidden, Unauthorized
 from tasklease.core.kernel import Kernel
 from tasklease.core.store import WriteTx
 
-__all__ = ["Pending", "aanswer", "acomplete", "asettle", "complete"]
+__all__ = ["Lost", "Pending", "aanswer", "acomplete", "asettle", "complete"]
 
 T = TypeVar("T")
 Unit = Callable[[WriteTx], Sequence[AuditEntry]]
+Lost = Unauthorized | Forbidden  # what a unit raises when it loses a race
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +39,15 @@ class Pending(Generic[T]):
 
     ``unit`` writes its state and returns its audit entries (None: nothing to write);
     ``done`` runs once the unit is durable and gives the answer. ``refused`` names the
-    denial entry for an :class:`Unauthorized` the unit raised (a race lost in the
-    transaction: the token renewed meanwhile, the nonce spent); it gets a ``denial_id``
-    and one audit event like every refusal. Without it such an error is raised as is.
+    denial entry for an :class:`Unauthorized` or :class:`Forbidden` the unit raised (a
+    race lost in the transaction: the token renewed meanwhile, the nonce spent, the agent
+    swept); it gets a ``denial_id`` and one audit event like every refusal. Without it
+    such an error is raised as is.
     """
 
     unit: Unit | None
     done: Callable[[], T]
-    refused: Callable[[Unauthorized], AuditEntry] | None = None
+    refused: Callable[[Lost], AuditEntry] | None = None
 
 
 def complete(kernel: Kernel, pending: Pending[T]) -> T:
@@ -53,7 +55,7 @@ def complete(kernel: Kernel, pending: Pending[T]) -> T:
     if pending.unit is not None:
         try:
             kernel.commit(pending.unit)
-        except Unauthorized as exc:
+        except (Unauthorized, Forbidden) as exc:
             if pending.refused is None:
                 raise
             raise kernel.deny(exc, pending.refused(exc)) from None
@@ -67,7 +69,7 @@ async def acomplete(kernel: Kernel, pending: Pending[T]) -> T:
     if pending.unit is not None:
         try:
             await kernel.acommit(pending.unit)
-        except Unauthorized as exc:
+        except (Unauthorized, Forbidden) as exc:
             if pending.refused is None:
                 raise
             entry = pending.refused(exc)
@@ -161,7 +163,7 @@ async def _aguarded(
         raise await _refusal(kernel, found[0])
     if failed:
         exc = failed[0]
-        if isinstance(exc, Unauthorized) and pending.refused is not None:
+        if isinstance(exc, Unauthorized | Forbidden) and pending.refused is not None:
             raise await asyncio.shield(kernel.adeny(exc, pending.refused(exc))) from None
         raise exc
     return pending.done()

@@ -38,7 +38,7 @@ from tasklease.core.issuing import (
 from tasklease.core.kernel import IssuedToken, Kernel, Parent, RequestContext, Service, with_denial
 from tasklease.core.lineage import Refusal, app_ancestor, ending_records
 from tasklease.core.liveness import new_session
-from tasklease.core.pending import Pending, complete
+from tasklease.core.pending import Lost, Pending, complete
 from tasklease.core.records import AgentRecord, RevocationRecord
 from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import parse_agent_id
@@ -148,7 +148,7 @@ class Renewal(Service):
                 )
             ]
 
-        def lost(exc: Unauthorized) -> AuditEntry:
+        def lost(exc: Lost) -> AuditEntry:
             return replace(failed, detail=f"{exc.reason} jti={claims.jti}")
 
         def done() -> IssuedToken:

@@ -21,7 +21,7 @@ from tasklease.core.errors import TaskleaseError
 from tasklease.core.mutual import HandshakeResult
 from tasklease.core.tokens import KIND_AGENT, Claims, token_type_of
 from tasklease.http import wire
-from tasklease.http._handling import Handler, json_response, read_body
+from tasklease.http._handling import Handler, json_response, prepared, read_body
 
 __all__ = ["agent_routes"]
 
@@ -43,6 +43,9 @@ def agent_routes(
 
     Each is wrapped in the application's problem ``guard``.
     """
+
+    # Heartbeats (every agent's, every interval): checked on the loop, the commit awaited.
+    written = prepared(broker, context)
 
     async def as_agent(request: Request, op: Callable[[Claims, RequestContext], T]) -> T:
         ctx = context(request)
@@ -97,9 +100,11 @@ def agent_routes(
 
     async def heartbeat(request: Request) -> Response:
         req = await read_body(request, wire.HeartbeatRequest)
-        session = await as_agent(
+        session = await written(
             request,
-            lambda c, ctx: broker.heartbeat(
+            _AGENT,
+            None,
+            lambda c, ctx: broker.prepare_heartbeat(
                 c,
                 timestamp=req.timestamp,
                 jti=req.jti,
