@@ -10,7 +10,8 @@ Latency is per *operation*: a full registration is ``GET /v1/challenge`` plus
 9449): each agent registers with a proof, and each renewal carries a fresh one;
 ``validate_dpop`` validates them as a resource server does, a fresh proof forwarded each
 time; ``launch`` creates launch tokens as an orchestrator does before it starts agents;
-``heartbeat`` sends agents' signed heartbeats.
+``heartbeat`` sends agents' signed heartbeats; ``handshake`` runs whole mutual
+authentications (three requests each).
 """
 
 from __future__ import annotations
@@ -252,6 +253,8 @@ async def _prepare(
         return await _renew_dpop(conns, admin, keys, spec, tag), 0
     if name == "heartbeat":
         return await _heartbeats(conns, admin, keys, tag), min(100, count // 10)
+    if name == "handshake":
+        return await _handshakes(conns, admin, keys, tag), min(30, count // 10)
     if name == "validate_dpop":
         return await _validate_dpop(conns, admin, keys, spec, tag), min(500, count // 10)
 
@@ -401,6 +404,45 @@ async def _heartbeats(conns: list[Connection], admin: str, keys: Keys, tag: str)
         signature = base64.b64encode(key.sign(message).signature).decode()
         body = _enc.encode({"timestamp": ts, "jti": proof, "signature": signature})
         status, _ = await conn.request("POST", "/v1/heartbeat", body, auth)
+        return status == 200
+
+    return op
+
+
+async def _handshakes(conns: list[Connection], admin: str, keys: Keys, tag: str) -> Op:
+    """Broker-mediated mutual authentication: one operation is a whole handshake, its
+    three requests on one connection (initiate by A, respond by B, complete by A), each
+    party signing the transcript with its registered key."""
+    from tasklease.core.mutual import transcript
+
+    agents = await register_agents(conns, admin, 2 * len(conns), keys, f"m{tag}")
+    parties = [
+        (a["agent_id"], keys.get(k)[0], _bearer(a["access_token"])) for k, a in enumerate(agents)
+    ]
+    na, nb = "a" * 32, "b" * 32
+
+    def signed(who: nacl.signing.SigningKey, role: str, ticket: str, nonce_b: str) -> str:
+        payload = ticket.split(".")[1]
+        t = _dec.decode(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        message = transcript(role, t["hid"], t["ini"], t["rsp"], t["na"], nonce_b)
+        return base64.b64encode(who.sign(message).signature).decode()
+
+    async def op(conn: Connection, i: int) -> bool:
+        k = 2 * (i % len(conns))
+        (_, a_key, a_auth), (b_id, b_key, b_auth) = parties[k], parties[k + 1]
+        body = _enc.encode({"responder_id": b_id, "initiator_nonce": na})
+        status, raw = await conn.request("POST", "/v1/mutual/initiate", body, a_auth)
+        if status != 200:
+            return False
+        offer = _dec.decode(raw)["offer"]
+        proof = signed(b_key, "responder", offer, nb)
+        body = _enc.encode({"offer": offer, "responder_nonce": nb, "signature": proof})
+        status, raw = await conn.request("POST", "/v1/mutual/respond", body, b_auth)
+        if status != 200:
+            return False
+        answer = _dec.decode(raw)["answer"]
+        body = _enc.encode({"answer": answer, "signature": signed(a_key, "initiator", answer, nb)})
+        status, _ = await conn.request("POST", "/v1/mutual/complete", body, a_auth)
         return status == 200
 
     return op

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -128,6 +129,19 @@ def test_replayed_steps_fail_and_are_audited(env: Env) -> None:
     assert _complete(env, a, answer).status_code == 200
     assert _complete(env, a, answer).status_code == 401
     assert sum("replayed" in d for d in _failures(env)) == 2
+
+
+def test_a_step_sent_several_times_at_once_is_answered_once(env: Env) -> None:
+    # Each copy's checks pass before any has spent the step's marker: only the marker's
+    # record, in the store, tells them apart.
+    a = env.register("task-a")
+    b = env.register("task-b")
+    offer = _initiate(env, a, b).json()["offer"]
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _i: _respond(env, b, offer), range(6)))
+    assert sorted(r.status_code for r in answers) == [200] + [401] * 5
+    assert sum("replayed" in d for d in _failures(env)) == 5
+    assert len(env.audit("mutual_auth_responded")) == 1
 
 
 def test_reflection_fails_and_is_audited(env: Env) -> None:

@@ -79,3 +79,10 @@ def test_signed_heartbeats() -> None:
     # A heartbeat refused (a proof reused, a bad signature) would count as an error.
     row = _row("heartbeat", 300, "--duration", "3")
     assert row["cpu_us_per_op"] > 0
+
+
+@pytest.mark.slow
+def test_whole_handshakes() -> None:
+    # Each operation is initiate, respond and complete: any refusal counts as an error.
+    row = _row("handshake", 150, "--duration", "3")
+    assert row["cpu_us_per_op"] > 0

@@ -523,6 +523,18 @@ class BrokerBase:
         """Handshake step 3 (:meth:`Handshakes.complete`)."""
         return self._handshakes.complete(claims, answer=answer, signature=signature, ctx=ctx)
 
+    def prepare_mutual_respond(
+        self, claims: Claims, **request: Any
+    ) -> Pending[tuple[str, HandshakeResult]]:
+        """:meth:`mutual_respond` checked, not written; :meth:`answer` commits it."""
+        return self._handshakes.prepare_respond(claims, **request)
+
+    def prepare_mutual_complete(
+        self, claims: Claims, **request: Any
+    ) -> Pending[tuple[str, HandshakeResult]]:
+        """:meth:`mutual_complete` checked, not written; :meth:`answer` commits it."""
+        return self._handshakes.prepare_complete(claims, **request)
+
     def heartbeat(
         self,
         claims: Claims,

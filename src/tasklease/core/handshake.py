@@ -38,7 +38,7 @@ import json
 import re
 import secrets
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from nacl.signing import VerifyKey
 
@@ -58,6 +58,7 @@ from tasklease.core.mutual import (
     string_list,
     transcript,
 )
+from tasklease.core.pending import Lost, Pending, complete
 from tasklease.core.records import AgentRecord
 from tasklease.core.signing import SigningKeys
 from tasklease.core.store import WriteTx
@@ -68,6 +69,7 @@ __all__ = ["Handshakes"]
 
 _NONCE = re.compile(r"[0-9a-f]{32,128}")
 _FAILED = "mutual authentication failed"
+T = TypeVar("T")
 
 
 def _nonce(value: object, field: str) -> str:
@@ -133,7 +135,11 @@ class Handshakes(Service):
         )
         return hid, offer, HANDSHAKE_TTL
 
-    def respond(
+    def respond(self, claims: Claims, **request: Any) -> tuple[str, HandshakeResult]:
+        """:meth:`prepare_respond`, committed in this thread."""
+        return complete(self._kernel, self.prepare_respond(claims, **request))
+
+    def prepare_respond(
         self,
         claims: Claims,
         *,
@@ -141,8 +147,9 @@ class Handshakes(Service):
         responder_nonce: object,
         signature: object,
         ctx: RequestContext,
-    ) -> tuple[str, HandshakeResult]:
-        """Step 2: the responder proves its key; returns ``(answer, initiator's identity)``.
+    ) -> Pending[tuple[str, HandshakeResult]]:
+        """Step 2, checked and not written (``core.pending``): the responder proves its
+        key; once its single-use marker is committed, ``(answer, initiator's identity)``.
 
         Raises:
             Forbidden: the caller's token is not an agent's (audited).
@@ -168,7 +175,9 @@ class Handshakes(Service):
         step.verify(responder_agent, message, sig, "responder")
         step.standing(ini, "initiator")
         answer = self._ticket(KIND_ANSWER, {**ticket, "nb": nb, "rsp_scope": list(claims.scope)})
-        step.spend(
+        result = HandshakeResult(hid, ini, string_list(ticket.get("ini_scope")))
+        return step.spend(
+            (answer, result),
             f"mutual-respond\n{hid}",
             ticket["exp"] + self._config.clock_skew + 1,
             replace(
@@ -178,17 +187,21 @@ class Handshakes(Service):
                 detail=f"handshake {hid}: responder {rsp} proved its registered key to {ini}",
             ),
         )
-        return answer, HandshakeResult(hid, ini, string_list(ticket.get("ini_scope")))
 
-    def complete(
+    def complete(self, claims: Claims, **request: Any) -> tuple[str, HandshakeResult]:
+        """:meth:`prepare_complete`, committed in this thread."""
+        return complete(self._kernel, self.prepare_complete(claims, **request))
+
+    def prepare_complete(
         self,
         claims: Claims,
         *,
         answer: object,
         signature: object,
         ctx: RequestContext,
-    ) -> tuple[str, HandshakeResult]:
-        """Step 3: the initiator proves its key; returns ``(receipt, responder's identity)``.
+    ) -> Pending[tuple[str, HandshakeResult]]:
+        """Step 3, checked and not written: the initiator proves its key; once its
+        single-use marker is committed, ``(receipt, responder's identity)``.
 
         Raises:
             Forbidden: the caller's token is not an agent's (audited).
@@ -216,7 +229,9 @@ class Handshakes(Service):
         receipt = self._ticket(
             KIND_RECEIPT, {**ticket, "aud": rsp, "iat": now, "exp": now + HANDSHAKE_TTL}
         )
-        step.spend(
+        result = HandshakeResult(hid, rsp, string_list(ticket.get("rsp_scope")))
+        return step.spend(
+            (receipt, result),
             f"mutual-complete\n{hid}",
             ticket["exp"] + self._config.clock_skew + 1,
             replace(
@@ -227,7 +242,6 @@ class Handshakes(Service):
                 "registered key",
             ),
         )
-        return receipt, HandshakeResult(hid, rsp, string_list(ticket.get("rsp_scope")))
 
     def _ticket(self, kind: str, claims: dict[str, Any]) -> str:
         body = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -276,7 +290,9 @@ class _Step:
                 f"{agent.agent_id} (not its holder, or a transcript of another handshake)"
             )
 
-    def spend(self, marker: str, expires_at: float, event: AuditEntry) -> None:
+    def spend(self, value: T, marker: str, expires_at: float, event: AuditEntry) -> Pending[T]:
+        """``value`` once the step's single-use ``marker`` and its ``event`` are written;
+        a marker spent already (the step replayed) is a refusal, audited once."""
         marker_hash = hashlib.sha256(marker.encode("utf-8")).hexdigest()
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -284,7 +300,7 @@ class _Step:
                 raise Unauthorized(_FAILED, reason="handshake step replayed")
             return [event]
 
-        try:
-            self._kernel.commit(unit)
-        except Unauthorized as exc:
-            raise self.fail(exc.reason) from None
+        def lost(exc: Lost) -> AuditEntry:
+            return replace(self._base, detail=f"mutual auth {self._step} refused: {exc.reason}")
+
+        return Pending(unit, lambda: value, lost)

@@ -21,7 +21,13 @@ from tasklease.core.errors import TaskleaseError
 from tasklease.core.mutual import HandshakeResult
 from tasklease.core.tokens import KIND_AGENT, Claims, token_type_of
 from tasklease.http import wire
-from tasklease.http._handling import Handler, json_response, prepared, read_body
+from tasklease.http._handling import (
+    Handler,
+    authenticated,
+    json_response,
+    prepared,
+    read_body,
+)
 
 __all__ = ["agent_routes"]
 
@@ -44,8 +50,9 @@ def agent_routes(
     Each is wrapped in the application's problem ``guard``.
     """
 
-    # Heartbeats (every agent's, every interval): checked on the loop, the commit awaited.
+    # Heartbeats and the handshake: checked on the loop, their writes and events awaited.
     written = prepared(broker, context)
+    authed = authenticated(broker, context)
 
     async def as_agent(request: Request, op: Callable[[Claims, RequestContext], T]) -> T:
         ctx = context(request)
@@ -58,19 +65,24 @@ def agent_routes(
 
     async def initiate(request: Request) -> Response:
         req = await read_body(request, wire.MutualInitiateRequest)
-        hid, offer, ttl = await as_agent(
+        hid, offer, ttl = await authed(
             request,
+            _AGENT,
+            None,
             lambda c, ctx: broker.mutual_initiate(
                 c, responder=req.responder_id, initiator_nonce=req.initiator_nonce, ctx=ctx
             ),
+            reads=True,  # writes only its event: deferred, awaited before the answer
         )
         return json_response(wire.HandshakeOffer(handshake_id=hid, offer=offer, expires_in=ttl))
 
     async def respond(request: Request) -> Response:
         req = await read_body(request, wire.MutualRespondRequest)
-        answer, initiator = await as_agent(
+        answer, initiator = await written(
             request,
-            lambda c, ctx: broker.mutual_respond(
+            _AGENT,
+            None,
+            lambda c, ctx: broker.prepare_mutual_respond(
                 c,
                 offer=req.offer,
                 responder_nonce=req.responder_nonce,
@@ -86,9 +98,11 @@ def agent_routes(
 
     async def complete(request: Request) -> Response:
         req = await read_body(request, wire.MutualCompleteRequest)
-        receipt, responder = await as_agent(
+        receipt, responder = await written(
             request,
-            lambda c, ctx: broker.mutual_complete(
+            _AGENT,
+            None,
+            lambda c, ctx: broker.prepare_mutual_complete(
                 c, answer=req.answer, signature=req.signature, ctx=ctx
             ),
         )
