@@ -153,6 +153,11 @@ class TokenCheck(Service):
         refused without the matching proof. By-reference tokens are resolved here, and
         tokens with a critical scope are checked against the store (high assurance).
         Raises :class:`Unavailable` while the revocation index is not confirmed current.
+
+        Under ``core.audit.deferring`` a forwarded DPoP proof is recorded when the caller
+        settles, and a proof found used then raises :class:`TokenRejected` from the
+        settle: a caller that turns a rejection into an audited refusal validates outside
+        ``deferring``.
         """
         fresh = self._fresh
         if fresh.monotonic() > fresh.until:
