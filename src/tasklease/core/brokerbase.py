@@ -40,7 +40,7 @@ from tasklease.core.mutual import HandshakeResult
 from tasklease.core.offlineaudit import OfflineAudit
 from tasklease.core.operators import Operators
 from tasklease.core.peerfeed import PeerFeeds
-from tasklease.core.pending import Pending, aanswer, asettle
+from tasklease.core.pending import Pending, aanswer, asettle, complete
 from tasklease.core.readiness import Readiness
 from tasklease.core.records import (
     AgentRecord,
@@ -535,20 +535,10 @@ class BrokerBase:
         """:meth:`mutual_complete` checked, not written; :meth:`answer` commits it."""
         return self._handshakes.prepare_complete(claims, **request)
 
-    def heartbeat(
-        self,
-        claims: Claims,
-        *,
-        timestamp: object,
-        jti: object,
-        signature: object,
-        done: object,
-        ctx: RequestContext,
-    ) -> AgentSession:
-        """Record a signed heartbeat, or the agent's release (:mod:`tasklease.core.liveness`)."""
-        return self._liveness.heartbeat(
-            claims, timestamp=timestamp, proof_jti=jti, signature=signature, done=done, ctx=ctx
-        )
+    def heartbeat(self, claims: Claims, **request: Any) -> AgentSession:
+        """Record a signed heartbeat, or the agent's release (:mod:`tasklease.core.liveness`;
+        the fields are :meth:`prepare_heartbeat`'s)."""
+        return complete(self.kernel, self.prepare_heartbeat(claims, **request))
 
     def prepare_heartbeat(
         self,

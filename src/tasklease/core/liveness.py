@@ -31,7 +31,6 @@ import hashlib
 import math
 import re
 from dataclasses import replace
-from typing import Any
 
 from nacl.signing import VerifyKey
 
@@ -44,7 +43,7 @@ from tasklease.core.errors import Forbidden, InvalidRequest, Unauthorized
 from tasklease.core.identity import decode_signature
 from tasklease.core.kernel import RequestContext, Service
 from tasklease.core.lineage import ending_records
-from tasklease.core.pending import Lost, Pending, complete
+from tasklease.core.pending import Lost, Pending
 from tasklease.core.records import AgentSession, RevocationRecord
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
@@ -83,10 +82,6 @@ class Liveness(Service):
     """Heartbeats and the sweeper. Thread-safe; one per broker."""
 
     # --- heartbeat -----------------------------------------------------------------------------
-
-    def heartbeat(self, claims: Claims, **request: Any) -> AgentSession:
-        """:meth:`prepare_heartbeat`, committed in this thread."""
-        return complete(self._kernel, self.prepare_heartbeat(claims, **request))
 
     def prepare_heartbeat(
         self,

@@ -250,18 +250,15 @@ class PolicyRequest:
 
     def as_json(self) -> dict[str, Any]:
         """The request as ``tasklease policy test`` reads it."""
+        situation = self.situation()
+        del situation["attested"]  # the principal's tags say it
         return {
             "operation": self.operation,
             "principal": self.actor.as_json(),
             "scope": list(self.scopes),
             "authorization_details": [dict(d) for d in self.details],
             "ttl": self.ttl,
-            "now": self.now,
-            "tenant": self.tenant,
-            "within_ceiling": self.within_ceiling,
-            "human": self.human,
-            "depth": self.depth,
-            "domain": self.domain,
+            **situation,
         }
 
     @classmethod
