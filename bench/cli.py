@@ -35,6 +35,13 @@ COMPOSITION = {
     "delegate": (1, 1, 2),  # bearer check; sign the delegation record and the token
     "revoke": (1, 1, 0),
     "release": (1, 1, 0),  # bearer check
+    "launch": (1, 1, 0),  # the operator's bearer check; the launch token is random bytes
+    "heartbeat": (1, 2, 0),  # bearer check; the heartbeat's signature
+    # initiate, respond, complete: three bearer checks, the two tickets opened and the two
+    # transcripts' signatures; the offer, the answer and the receipt signed.
+    "handshake": (3, 7, 3),
+    "renew_dpop": (1, 2, 1),  # bearer check and the DPoP proof; sign the successor
+    "validate_dpop": (1, 2, 0),  # the token and the forwarded proof
 }
 LABELS = {
     "register": "full registration (challenge+register)",
@@ -44,6 +51,11 @@ LABELS = {
     "delegate": "delegate",
     "revoke": "revoke (token level)",
     "release": "release",
+    "launch": "launch token (POST /v1/admin/launch-tokens)",
+    "heartbeat": "heartbeat (signed)",
+    "handshake": "mutual authentication (initiate+respond+complete)",
+    "renew_dpop": "renew, DPoP-bound (a fresh proof each)",
+    "validate_dpop": "validate, DPoP proof forwarded",
     "empty": "floor: empty Starlette GET",
     "propagation": "revocation propagation across workers",
 }
@@ -63,6 +75,11 @@ FULL = {
         "delegate": 20_000,
         "revoke": 20_000,
         "release": 6_000,
+        "launch": 20_000,
+        "heartbeat": 20_000,
+        "handshake": 5_000,
+        "renew_dpop": 12_000,
+        "validate_dpop": 40_000,
         "propagation": 40,
     },
     # 40 writer threads: the server's thread pool, i.e. the most blocking operations that
@@ -421,6 +438,11 @@ def main(argv: list[str] | None = None) -> None:
         "delegate",
         "revoke",
         "release",
+        "launch",
+        "heartbeat",
+        "handshake",
+        "renew_dpop",
+        "validate_dpop",
     ]
     if args.workers > 1:
         main_scenarios.append("propagation")

@@ -18,6 +18,11 @@ EXPECTED = {
     "delegate",
     "revoke",
     "release",
+    "launch",
+    "heartbeat",
+    "handshake",
+    "renew_dpop",
+    "validate_dpop",
     "propagation",
     "audit_append",
     "audit_append_async_8",
@@ -34,6 +39,11 @@ HTTP = {
     "delegate",
     "revoke",
     "release",
+    "launch",
+    "heartbeat",
+    "handshake",
+    "renew_dpop",
+    "validate_dpop",
     "propagation",
 }
 
