@@ -42,6 +42,7 @@ COMPOSITION = {
     "handshake": (3, 7, 3),
     "renew_dpop": (1, 2, 1),  # bearer check and the DPoP proof; sign the successor
     "validate_dpop": (1, 2, 0),  # the token and the forwarded proof
+    "introspect": (1, 2, 0),  # the caller's token and the introspected one
 }
 LABELS = {
     "register": "full registration (challenge+register)",
@@ -56,6 +57,7 @@ LABELS = {
     "handshake": "mutual authentication (initiate+respond+complete)",
     "renew_dpop": "renew, DPoP-bound (a fresh proof each)",
     "validate_dpop": "validate, DPoP proof forwarded",
+    "introspect": "introspect (RFC 7662)",
     "empty": "floor: empty Starlette GET",
     "propagation": "revocation propagation across workers",
 }
@@ -80,6 +82,7 @@ FULL = {
         "handshake": 5_000,
         "renew_dpop": 12_000,
         "validate_dpop": 40_000,
+        "introspect": 60_000,
         "propagation": 40,
     },
     # 40 writer threads: the server's thread pool, i.e. the most blocking operations that
@@ -443,6 +446,7 @@ def main(argv: list[str] | None = None) -> None:
         "handshake",
         "renew_dpop",
         "validate_dpop",
+        "introspect",
     ]
     if args.workers > 1:
         main_scenarios.append("propagation")

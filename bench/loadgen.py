@@ -11,7 +11,8 @@ Latency is per *operation*: a full registration is ``GET /v1/challenge`` plus
 ``validate_dpop`` validates them as a resource server does, a fresh proof forwarded each
 time; ``launch`` creates launch tokens as an orchestrator does before it starts agents;
 ``heartbeat`` sends agents' signed heartbeats; ``handshake`` runs whole mutual
-authentications (three requests each).
+authentications (three requests each); ``introspect`` asks RFC 7662 introspection with an
+operator's token.
 """
 
 from __future__ import annotations
@@ -258,7 +259,7 @@ async def _prepare(
     if name == "validate_dpop":
         return await _validate_dpop(conns, admin, keys, spec, tag), min(500, count // 10)
 
-    if name in ("validate", "renew", "delegate", "propagation", "release"):
+    if name in ("validate", "introspect", "renew", "delegate", "propagation", "release"):
         n_agents = len(conns) + (count // 10 + 1 if name == "renew" else 0)
         if name == "release":
             n_agents = count  # one token per release
@@ -279,6 +280,18 @@ async def _prepare(
                     "POST", "/v1/token/validate", bodies[i % len(bodies)]
                 )
                 return status == 200 and b'"valid":true' in body
+
+            return op, min(500, count // 10)
+        if name == "introspect":
+            # A resource server introspecting (RFC 7662) with an operator's token.
+            bodies = [_enc.encode({"token": t}) for t in tokens]
+            caller = _bearer(admin)
+
+            async def op(conn: Connection, i: int) -> bool:
+                status, body = await conn.request(
+                    "POST", "/v1/introspect", bodies[i % len(bodies)], caller
+                )
+                return status == 200 and b'"active":true' in body
 
             return op, min(500, count // 10)
         if name == "release":

@@ -23,6 +23,7 @@ EXPECTED = {
     "handshake",
     "renew_dpop",
     "validate_dpop",
+    "introspect",
     "propagation",
     "audit_append",
     "audit_append_async_8",
@@ -44,6 +45,7 @@ HTTP = {
     "handshake",
     "renew_dpop",
     "validate_dpop",
+    "introspect",
     "propagation",
 }
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tasklease.core.audience import validate_resource_uri
-from tasklease.core.broker import Broker, Pending, RequestContext, deferring
+from tasklease.core.broker import Broker, Deferred, Pending, RequestContext, deferring
 from tasklease.core.errors import InvalidRequest, InvalidTarget, TaskleaseError
 from tasklease.core.tokens import Claims
 from tasklease.http.middleware import json_nesting_error
@@ -32,6 +32,7 @@ __all__ = [
     "Handler",
     "Prepared",
     "authenticated",
+    "first_half",
     "guard",
     "http_error",
     "json_response",
@@ -168,6 +169,15 @@ def authenticated(broker: Broker, context: Callable[[Request], RequestContext]) 
     return authed
 
 
+async def first_half(fn: Callable[[], T], *, local: bool) -> Deferred[T]:
+    """``fn`` under ``core.audit.deferring``: on the event loop when ``local`` (the store
+    reads locally: a hop to a thread costs more than its reads), else in a thread. Its
+    audit events and guards are the caller's to write (``Broker.settle``, ``answer``)."""
+    if local:
+        return deferring(fn)
+    return await run_in_threadpool(deferring, fn)
+
+
 def prepared(broker: Broker, context: Callable[[Request], RequestContext]) -> Prepared:
     """The :class:`Prepared` of the routes that ``broker`` serves.
 
@@ -192,11 +202,7 @@ def prepared(broker: Broker, context: Callable[[Request], RequestContext]) -> Pr
         def first() -> Pending[T]:
             return op(broker.authenticate(header, ctx, kinds=kinds, scope=scope), ctx)
 
-        if local:
-            deferred = deferring(first)
-        else:
-            deferred = await run_in_threadpool(deferring, first)
-        return await broker.answer(deferred)
+        return await broker.answer(await first_half(first, local=local))
 
     return run
 

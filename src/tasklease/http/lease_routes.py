@@ -23,14 +23,21 @@ from tasklease.core.broker import (
     Broker,
     PendingRegistration,
     RequestContext,
-    deferring,
 )
 from tasklease.core.errors import InvalidRequest
 from tasklease.core.introspection import is_reference_token
 from tasklease.core.tokens import Claims, token_type_of
 from tasklease.core.validation import TokenRejected
 from tasklease.http import wire
-from tasklease.http._handling import Authed, guard, json_response, one_of, prepared, read_body
+from tasklease.http._handling import (
+    Authed,
+    first_half,
+    guard,
+    json_response,
+    one_of,
+    prepared,
+    read_body,
+)
 from tasklease.rules.binding import BindingError, Presentation
 
 __all__ = ["lease_routes", "presentation"]
@@ -103,11 +110,7 @@ def lease_routes(
             if req.dpop:
                 # The proof is recorded as used with the check's deferred audit events,
                 # awaited without a thread (core.audit.Guard); a replay is not valid.
-                if local or not reads:
-                    deferred = deferring(check)
-                else:
-                    deferred = await run_in_threadpool(deferring, check)
-                claims = await broker.settle(deferred)
+                claims = await broker.settle(await first_half(check, local=local or not reads))
             elif reads:
                 claims = await run_in_threadpool(check)
             else:

@@ -216,7 +216,13 @@ def token_routes(
             caller = broker.authenticate_introspector(header, ctx)
             return broker.introspect(caller, token=req.token, audience=req.audience, ctx=ctx)
 
-        return _json(await run_in_threadpool(run))
+        # A read: on the loop when the store reads locally, else in a thread; its audit
+        # events (a refused caller, a high-assurance denial) are written before the answer.
+        if local:
+            deferred = deferring(run)
+        else:
+            deferred = await run_in_threadpool(deferring, run)
+        return _json(await broker.settle(deferred))
 
     return [
         Route("/v1/token/revoke", guard(revoke_token), methods=["POST"]),
