@@ -43,6 +43,7 @@ COMPOSITION = {
     "renew_dpop": (1, 2, 1),  # bearer check and the DPoP proof; sign the successor
     "validate_dpop": (1, 2, 0),  # the token and the forwarded proof
     "introspect": (1, 2, 0),  # the caller's token and the introspected one
+    "calls": (1, 1, 0),  # the counted token
 }
 LABELS = {
     "register": "full registration (challenge+register)",
@@ -58,6 +59,7 @@ LABELS = {
     "renew_dpop": "renew, DPoP-bound (a fresh proof each)",
     "validate_dpop": "validate, DPoP proof forwarded",
     "introspect": "introspect (RFC 7662)",
+    "calls": "count a call (POST /v1/token/calls, max_calls)",
     "empty": "floor: empty Starlette GET",
     "propagation": "revocation propagation across workers",
 }
@@ -83,6 +85,7 @@ FULL = {
         "renew_dpop": 12_000,
         "validate_dpop": 40_000,
         "introspect": 60_000,
+        "calls": 20_000,
         "propagation": 40,
     },
     # 40 writer threads: the server's thread pool, i.e. the most blocking operations that
@@ -447,6 +450,7 @@ def main(argv: list[str] | None = None) -> None:
         "renew_dpop",
         "validate_dpop",
         "introspect",
+        "calls",
     ]
     if args.workers > 1:
         main_scenarios.append("propagation")

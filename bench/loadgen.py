@@ -12,7 +12,7 @@ Latency is per *operation*: a full registration is ``GET /v1/challenge`` plus
 time; ``launch`` creates launch tokens as an orchestrator does before it starts agents;
 ``heartbeat`` sends agents' signed heartbeats; ``handshake`` runs whole mutual
 authentications (three requests each); ``introspect`` asks RFC 7662 introspection with an
-operator's token.
+operator's token; ``calls`` counts calls against agents' ``max_calls`` grants.
 """
 
 from __future__ import annotations
@@ -58,12 +58,15 @@ async def admin_token(conn: Connection, secret: str) -> str:
     return str(_check(status, body, "admin auth")["access_token"])
 
 
-async def new_launch_token(conn: Connection, admin: str) -> str:
+async def new_launch_token(
+    conn: Connection, admin: str, details: list[dict[str, Any]] | None = None
+) -> str:
+    """A launch token for :data:`SCOPE` (and ``details``: RFC 9396 grants)."""
+    request: dict[str, Any] = {"agent_name": "bench", "allowed_scope": SCOPE, "max_ttl": 600}
+    if details:
+        request["authorization_details"] = details
     status, body = await conn.request(
-        "POST",
-        "/v1/admin/launch-tokens",
-        _enc.encode({"agent_name": "bench", "allowed_scope": SCOPE, "max_ttl": 600, "ttl": 600}),
-        _bearer(admin),
+        "POST", "/v1/admin/launch-tokens", _enc.encode({**request, "ttl": 600}), _bearer(admin)
     )
     return str(_check(status, body, "launch token", 201)["launch_token"])
 
@@ -75,9 +78,11 @@ async def register(
     pub_b64: str,
     task: str,
     headers: Callable[[], bytes] | None = None,
+    details: list[dict[str, Any]] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Challenge + register; returns (status, response). ``headers`` makes extra headers
-    for the register request (a DPoP proof, made just before it is sent)."""
+    for the register request (a DPoP proof, made just before it is sent); ``details``
+    are grants asked for besides :data:`SCOPE`."""
     status, body = await conn.request("GET", "/v1/challenge")
     if status != 200:
         return status, {}
@@ -95,6 +100,7 @@ async def register(
                 "orch_id": "bench",
                 "task_id": task,
                 "requested_scope": SCOPE,
+                **({"authorization_details": details} if details else {}),
             }
         ),
         headers() if headers is not None else b"",
@@ -133,14 +139,16 @@ async def register_agents(
     keys: Keys,
     prefix: str,
     headers: Callable[[int], bytes] | None = None,
+    details: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """``n`` registered agents; ``headers(i)``: extra headers for agent i's register."""
+    """``n`` registered agents; ``headers(i)``: extra headers for agent i's register;
+    ``details``: grants they hold besides :data:`SCOPE`."""
 
     async def job(conn: Connection, i: int) -> dict[str, Any]:
-        launch = await new_launch_token(conn, admin)
+        launch = await new_launch_token(conn, admin, details)
         key, pub = keys.get(i)
         extra = (lambda: headers(i)) if headers is not None else None
-        status, resp = await register(conn, launch, key, pub, f"{prefix}{i}", extra)
+        status, resp = await register(conn, launch, key, pub, f"{prefix}{i}", extra, details)
         if status != 200:
             raise SetupError(f"register: HTTP {status}")
         return resp
@@ -256,6 +264,8 @@ async def _prepare(
         return await _heartbeats(conns, admin, keys, tag), min(100, count // 10)
     if name == "handshake":
         return await _handshakes(conns, admin, keys, tag), min(30, count // 10)
+    if name == "calls":
+        return await _calls(conns, admin, keys, tag), min(100, count // 10)
     if name == "validate_dpop":
         return await _validate_dpop(conns, admin, keys, spec, tag), min(500, count // 10)
 
@@ -457,6 +467,35 @@ async def _handshakes(conns: list[Connection], admin: str, keys: Keys, tag: str)
         body = _enc.encode({"answer": answer, "signature": signed(a_key, "initiator", answer, nb)})
         status, _ = await conn.request("POST", "/v1/mutual/complete", body, a_auth)
         return status == 200
+
+    return op
+
+
+async def _calls(conns: list[Connection], admin: str, keys: Keys, tag: str) -> Op:
+    """A resource server counting calls against agents' grants (``max_calls``)."""
+    url = "https://resource.example/reports"
+    grant = {
+        "type": "resource_access",
+        "actions": ["read"],
+        "locations": [url],
+        "limits": {"max_calls": 1_000_000_000},
+    }
+    agents = await register_agents(conns, admin, len(conns), keys, f"c{tag}", details=[grant])
+    bodies = [
+        _enc.encode(
+            {
+                "token": a["access_token"],
+                "type": "resource_access",
+                "action": "read",
+                "location": url,
+            }
+        )
+        for a in agents
+    ]
+
+    async def op(conn: Connection, i: int) -> bool:
+        status, body = await conn.request("POST", "/v1/token/calls", bodies[i % len(bodies)])
+        return status == 200 and b'"counted":true' in body
 
     return op
 

@@ -24,6 +24,7 @@ EXPECTED = {
     "renew_dpop",
     "validate_dpop",
     "introspect",
+    "calls",
     "propagation",
     "audit_append",
     "audit_append_async_8",
@@ -46,6 +47,7 @@ HTTP = {
     "renew_dpop",
     "validate_dpop",
     "introspect",
+    "calls",
     "propagation",
 }
 

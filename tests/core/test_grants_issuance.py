@@ -4,11 +4,13 @@ issuance decided by Cedar policies, named in the audit log."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
 import pytest
 
+from tasklease.core.audit import deferring
 from tasklease.core.errors import (
     Forbidden,
     InsufficientScope,
@@ -366,3 +368,48 @@ def test_max_calls_are_counted_across_delegation(broker: Any, kit: Any, payer: A
         holder.token, kind="resource_access", call=call, audience=None, presented=None, ctx=kit.ctx
     )
     assert free.counted is False
+
+
+def test_counts_raced_for_the_last_call_count_it_once(broker: Any, kit: Any) -> None:
+    # Checked on the event loop, both counts pass before either is written: the budget's
+    # row decides, in the commit, and the loser is refused with one audited denial.
+    lt = launch(broker, kit, [pay("500", max_calls=1)])
+    agent = register(broker, kit, lt, [pay("500", max_calls=1)])
+    call = {
+        "action": "pay",
+        "location": PAYEE + "P",
+        "amount": "80",
+        "currency": "EUR",
+        "values": {"payee": "P"},
+    }
+
+    def counting() -> Any:
+        return deferring(
+            lambda: broker.prepare_count_call(
+                agent.token,
+                kind="resource_access",
+                call=call,
+                audience=None,
+                presented=None,
+                ctx=kit.ctx,
+            )
+        )
+
+    first, second = counting(), counting()
+    assert first.error is None and second.error is None
+
+    async def both() -> list[Any]:
+        return await asyncio.gather(
+            broker.answer(first), broker.answer(second), return_exceptions=True
+        )
+
+    outcomes = asyncio.run(both())
+    counted = [o for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(counted) == 1 and counted[0][1].remaining == 0, outcomes
+    assert len(refused) == 1 and isinstance(refused[0], Forbidden), outcomes
+    broker.audit.close()
+    exhausted = [
+        e for e in events(broker, "grant_calls_exhausted") if refused[0].denial_id in e.detail
+    ]
+    assert len(exhausted) == 1 and "its own budget" in exhausted[0].detail

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
-from security_support import CTX, HTU, START, dpop_proof, make_broker, register
+from security_support import CTX, HTU, START, dpop_proof, launch, make_broker, register
 from test_enforcement import audited_denial, events
 
 from tasklease.core.broker import Broker, RequestContext, deferring
@@ -234,3 +234,45 @@ def test_a_forwarded_proof_of_an_invalid_validation_is_spent() -> None:
     )
     with broker.store.write() as tx:
         assert not tx.consume_dpop_proof(proof.key, proof.expires_at)
+
+
+def test_a_replayed_proof_forwarded_to_count_a_call_is_an_audited_refusal() -> None:
+    # Counting a call turns a rejected token into a 401 with its denial; a forwarded
+    # proof found used at the commit must be refused the same way, not escape as a
+    # validation's answer.
+    broker = make_broker()
+    grant = {
+        "type": "resource_access",
+        "actions": ["read"],
+        "locations": [RESOURCE],
+        "limits": {"max_calls": 5},
+    }
+    lt = launch(broker, (), authorization_details=[grant], single_use=False)
+    key = SigningKey.generate()
+    url = "https://broker.example/v1/register"
+    ctx = dataclasses.replace(CTX, dpop=dpop_proof(key, htu=url), method="POST", url=url)
+    agent = register(broker, (), launch_token=lt, ctx=ctx, authorization_details=[grant])
+    presented = _forwarded(key, agent.token)
+
+    def counting() -> Any:
+        return deferring(
+            lambda: broker.prepare_count_call(
+                agent.token,
+                kind="resource_access",
+                call={"action": "read", "location": RESOURCE},
+                audience=None,
+                presented=presented,
+                ctx=CTX,
+            )
+        )
+
+    first, second = counting(), counting()
+    assert first.error is None and second.error is None
+    outcomes = _answer_together(broker, first, second)
+    counted = [o for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(counted) == 1 and counted[0][1].counted, outcomes
+    assert len(refused) == 1 and isinstance(refused[0], Unauthorized), outcomes
+    event = audited_denial(broker, refused[0].denial_id)
+    assert event.event_type == "grant_call_denied" and PROOF_REPLAYED in event.detail
+    assert len(events(broker, "grant_call_counted")) == 1  # the replay counted nothing

@@ -456,7 +456,13 @@ class BrokerBase:
 
     # --- call budgets (core.calls) ----------------------------------------------------
 
-    def count_call(
+    def count_call(self, token: str, **request: Any) -> tuple[Claims, CallCount]:
+        """Validate ``token`` for ``audience`` (as :meth:`validate`), then count one call of
+        its grant that allows ``call`` (``core.calls``: ``max_calls``; the fields are
+        :meth:`prepare_count_call`'s)."""
+        return complete(self.kernel, self.prepare_count_call(token, **request))
+
+    def prepare_count_call(
         self,
         token: str,
         *,
@@ -465,25 +471,28 @@ class BrokerBase:
         audience: str | None,
         presented: Presentation | None,
         ctx: RequestContext,
-    ) -> tuple[Claims, CallCount]:
-        """Validate ``token`` for ``audience`` (as :meth:`validate`), then count one call of
-        its grant that allows ``call`` (``core.calls``: ``max_calls``)."""
+    ) -> Pending[tuple[Claims, CallCount]]:
+        """:meth:`count_call` checked, not written; :meth:`answer` commits the count."""
         if not isinstance(kind, str) or not kind:
             raise InvalidRequest("type is required")
+
+        def refusal(exc: TokenRejected) -> tuple[Unauthorized, AuditEntry]:
+            return Unauthorized("token is invalid or expired", reason=exc.reason), AuditEntry(
+                "grant_call_denied",
+                outcome="denied",
+                request_id=ctx.request_id,
+                resource=ctx.path,
+                detail=f"token refused: {exc.reason}",
+            )
+
         try:
-            claims = self._tokens.validate(token, audience=audience, presented=presented, ctx=ctx)
+            claims = self._tokens.validate(
+                token, audience=audience, presented=presented, ctx=ctx, refusal=refusal
+            )
         except TokenRejected as exc:
-            raise self.kernel.deny(
-                Unauthorized("token is invalid or expired", reason=exc.reason),
-                AuditEntry(
-                    "grant_call_denied",
-                    outcome="denied",
-                    request_id=ctx.request_id,
-                    resource=ctx.path,
-                    detail=f"token refused: {exc.reason}",
-                ),
-            ) from None
-        return claims, self._calls.count(claims, kind, call, ctx)
+            raise self.kernel.deny(*refusal(exc)) from None
+        counting = self._calls.prepare_count(claims, kind, call, ctx)
+        return Pending(counting.unit, lambda: (claims, counting.done()), counting.refused)
 
     # --- audit and health ----------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about
 from tasklease.core.errors import Forbidden, InsufficientScope, InvalidRequest
 from tasklease.core.kernel import RequestContext, Service
+from tasklease.core.pending import Lost, Pending
 from tasklease.core.records import CallBudget
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
@@ -135,12 +136,13 @@ _CALL_ARGS = (
 class CallCounting(Service):
     """Counting calls against grants' budgets, for resource servers. Thread-safe."""
 
-    def count(
+    def prepare_count(
         self, claims: Claims, kind: object, call: Mapping[str, Any], ctx: RequestContext
-    ) -> CallCount:
-        """Count one call of ``kind`` (``call``: the arguments of ``rules.grantuse.allows``)
+    ) -> Pending[CallCount]:
+        """Check one call of ``kind`` (``call``: the arguments of ``rules.grantuse.allows``)
         against the token's grant that allows it, after reading the token's live state
-        (``core.assurance``: never a cache).
+        (``core.assurance``: never a cache); the count is written by whoever completes it
+        (``core.pending``), and a budget found spent then is a refusal.
 
         Raises (audited, with a ``denial_id``):
             InvalidRequest: ``kind`` or ``call`` malformed (not audited).
@@ -175,14 +177,18 @@ class CallCounting(Service):
                 replace(base, event_type="grant_call_denied", detail=f"not allowed {what}"),
             )
         if grant is None:
-            return CallCount(False, 0, 0, None)
+            return Pending(None, lambda: CallCount(False, 0, 0, None))
         key = budget_key(budget_holder(claims), grant)
         left: list[CallBudget] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             spent = tx.count_call(key)
             if spent:
-                raise _Spent(spent)
+                raise Forbidden(
+                    "the grant's calls are used up",
+                    reason=spent,
+                    hint="max_calls of the grant (or of one it was narrowed from) is reached",
+                )
             budget = tx.get_call_budget(key)
             if budget is not None:
                 left.append(budget)
@@ -196,28 +202,19 @@ class CallCounting(Service):
                 )
             ]
 
-        try:
-            kernel.commit(unit)
-        except _Spent as spent:
-            which = "its own" if spent.key == key else "a delegator's"
-            raise kernel.deny(
-                Forbidden(
-                    "the grant's calls are used up",
-                    hint="max_calls of the grant (or of one it was narrowed from) is reached",
-                ),
-                replace(
-                    base,
-                    event_type="grant_calls_exhausted",
-                    detail=f"max_calls reached ({which} budget {spent.key[-32:]}) {what}",
-                ),
-            ) from None
-        budget = left[0] if left else None
-        if budget is None:  # pragma: no cover - count_call found it a moment ago
-            return CallCount(True, 0, _calls(grant), grant)
-        return CallCount(True, budget.max_calls - budget.calls, budget.max_calls, grant)
+        def exhausted(exc: Lost) -> AuditEntry:
+            spent = exc.reason  # the key of the budget found spent
+            which = "its own" if spent == key else "a delegator's"
+            return replace(
+                base,
+                event_type="grant_calls_exhausted",
+                detail=f"max_calls reached ({which} budget {spent[-32:]}) {what}",
+            )
 
+        def done() -> CallCount:
+            budget = left[0] if left else None
+            if budget is None:  # pragma: no cover - count_call found it a moment ago
+                return CallCount(True, 0, _calls(grant), grant)
+            return CallCount(True, budget.max_calls - budget.calls, budget.max_calls, grant)
 
-class _Spent(Exception):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
+        return Pending(unit, done, exhausted)

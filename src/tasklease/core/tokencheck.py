@@ -9,6 +9,7 @@ goes inward (audit log, debug log); outward a caller sees one generic failure.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -143,6 +144,7 @@ class TokenCheck(Service):
         audience: str | None = None,
         presented: Presentation | None = None,
         ctx: RequestContext | None = None,
+        refusal: Callable[[TokenRejected], tuple[TaskleaseError, AuditEntry]] | None = None,
     ) -> Claims:
         """Validate an agent access token (``/v1/token/validate``); raises TokenRejected.
 
@@ -156,8 +158,8 @@ class TokenCheck(Service):
 
         Under ``core.audit.deferring`` a forwarded DPoP proof is recorded when the caller
         settles, and a proof found used then raises :class:`TokenRejected` from the
-        settle: a caller that turns a rejection into an audited refusal validates outside
-        ``deferring``.
+        settle; or, for a caller that turns a rejection into an audited refusal, what its
+        ``refusal`` makes of it (the error and its denial entry).
         """
         fresh = self._fresh
         if fresh.monotonic() > fresh.until:
@@ -178,14 +180,18 @@ class TokenCheck(Service):
         finally:
             self._metrics.validation_seconds.observe(time.perf_counter() - started)
             if deferred is not None:
-                for guard in deferred.guards(self._replayed_forward):
+                for guard in deferred.guards(lambda: self._replayed_forward(refusal)):
                     defer_guard(guard)
 
-    def _replayed_forward(self) -> Exception:
+    def _replayed_forward(
+        self, refusal: Callable[[TokenRejected], tuple[TaskleaseError, AuditEntry]] | None
+    ) -> tuple[TaskleaseError, AuditEntry] | Exception:
         """A forwarded proof found used when it was recorded: the token is not valid for
-        the request (an answer, not a refusal of the resource server: not audited)."""
+        the request. Without ``refusal`` an answer, not a refusal of the resource server
+        (not audited)."""
         self._metrics.validation_failures.labels("binding").inc()
-        return TokenRejected(PROOF_REPLAYED, "binding", dpop_proof=True)
+        rejected = TokenRejected(PROOF_REPLAYED, "binding", dpop_proof=True)
+        return rejected if refusal is None else refusal(rejected)
 
     def _recording(
         self, verifier: DPoPVerifier, proof: str

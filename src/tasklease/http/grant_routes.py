@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,7 +21,7 @@ from tasklease.core.errors import InvalidRequest
 from tasklease.core.policyrequest import SCHEMA
 from tasklease.core.tokens import KIND_ADMIN
 from tasklease.http import wire
-from tasklease.http._handling import Authed, guard, json_response, read_body
+from tasklease.http._handling import Authed, first_half, guard, json_response, read_body
 from tasklease.http.lease_routes import presentation
 from tasklease.policyfiles import PolicyDirectory
 
@@ -94,16 +93,20 @@ def grant_routes(
         ctx = context(request)
         token = req.token
         presented = presentation(req)
-        claims, counted = await run_in_threadpool(
-            lambda: broker.count_call(
+        # Checked on the loop when the store reads locally (the token's live state is read
+        # there), the count group-committed and awaited with the forwarded proof's record.
+        first = await first_half(
+            lambda: broker.prepare_count_call(
                 token,
                 kind=req.type,
                 call=call,
                 audience=req.audience,
                 presented=presented,
                 ctx=ctx,
-            )
+            ),
+            local=broker.store.local_reads,
         )
+        claims, counted = await broker.answer(first)
         return json_response(
             wire.CallCountResponse(
                 counted=counted.counted,
