@@ -28,6 +28,13 @@ DAY = 86400
 NOON = 1_800_000_000  # the test clock's start: today, 08:00 UTC
 TODAY = NOON - NOON % DAY
 PAYEE = "https://pay.example/payees/"
+PAY_80 = {  # a call that pay("500") (or a narrower grant of 100) allows
+    "action": "pay",
+    "location": PAYEE + "P",
+    "amount": "80",
+    "currency": "EUR",
+    "values": {"payee": "P"},
+}
 
 
 def pay(
@@ -329,13 +336,7 @@ def test_max_calls_are_counted_across_delegation(broker: Any, kit: Any, payer: A
     lt = launch(broker, kit, [pay("500", max_calls=2)])
     parent = register(broker, kit, lt, [pay("500", max_calls=2)], task="task-3")
     child = delegate(broker, kit, parent.claims, other, [pay("100", max_calls=2)])
-    call = {
-        "action": "pay",
-        "location": PAYEE + "P",
-        "amount": "80",
-        "currency": "EUR",
-        "values": {"payee": "P"},
-    }
+    call = PAY_80
     _, first = broker.count_call(
         child.token, kind="resource_access", call=call, audience=None, presented=None, ctx=kit.ctx
     )
@@ -375,13 +376,7 @@ def test_counts_raced_for_the_last_call_count_it_once(broker: Any, kit: Any) -> 
     # row decides, in the commit, and the loser is refused with one audited denial.
     lt = launch(broker, kit, [pay("500", max_calls=1)])
     agent = register(broker, kit, lt, [pay("500", max_calls=1)])
-    call = {
-        "action": "pay",
-        "location": PAYEE + "P",
-        "amount": "80",
-        "currency": "EUR",
-        "values": {"payee": "P"},
-    }
+    call = PAY_80
 
     def counting() -> Any:
         return deferring(
