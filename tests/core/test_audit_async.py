@@ -8,8 +8,10 @@ of callers, cancellation, failures, and the broker's registration split in two.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,120 @@ def test_acommit_runs_the_unit_in_the_committer_thread() -> None:
     assert [e.event_type for e in events] == ["token_revoked"]
     assert ran_in[0].startswith("tasklease-audit")
     assert [r.target for r in store.revocations_since(0)] == ["jti-1"]
+
+
+def test_on_sqlite_a_coroutine_batch_runs_its_statements_on_the_loop_thread(
+    tmp_path: Path,
+) -> None:
+    # The write turn, BEGIN and the commit stay in the committer thread; the units in
+    # between run on the loop's thread (core.handoff), not handing the GIL over per
+    # statement. What is answered is durable all the same.
+    store = SQLiteStore(tmp_path / "loop.db")
+    log = AuditLog(store, ManualClock())
+    ran_on: list[int] = []
+
+    def unit(tx: Any) -> list[AuditEntry]:
+        ran_on.append(threading.get_ident())
+        tx.insert_revocation(RevocationRecord("token", "jti-loop", 1, 10**10))
+        return [AuditEntry("token_revoked", detail="jti-loop")]
+
+    async def main() -> tuple[int, list[Any]]:
+        return threading.get_ident(), await log.acommit(unit)
+
+    try:
+        loop_thread, events = asyncio.run(main())
+    finally:
+        log.close()
+        store.close()
+    assert ran_on == [loop_thread]
+    assert [e.event_type for e in events] == ["token_revoked"]
+    reopened = SQLiteStore(tmp_path / "loop.db")
+    try:
+        assert [r.target for r in reopened.revocations_since(0)] == ["jti-loop"]
+        assert reopened.audit_head()[0] == 1
+    finally:
+        reopened.close()
+
+
+def test_a_unit_on_the_loop_that_opens_a_second_transaction_is_refused_not_deadlocked(
+    tmp_path: Path,
+) -> None:
+    # On the loop's thread the committer's transaction is still ours: write() inside it is
+    # the reentrancy error it is on the committer's thread, not a wait for our own lock.
+    store = SQLiteStore(tmp_path / "reenter.db")
+    log = AuditLog(store, ManualClock())
+
+    def unit(tx: Any) -> list[AuditEntry]:
+        with store.write():
+            pass
+        return [AuditEntry("never")]
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="not reentrant"):
+            await log.acommit(unit)
+        assert (await log.arecord(AuditEntry("next")))[0].seq == 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        log.close()
+        store.close()
+
+
+class _EnteredStore(SQLiteStore):
+    """A SQLite store whose write(), once entered, waits until the test lets it go on."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.entered = threading.Event()
+        self.go_on = threading.Event()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Any]:
+        with super().write() as tx:
+            self.entered.set()
+            self.go_on.wait(10)
+            yield tx
+
+
+def test_a_blocked_loop_does_not_stall_its_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop is stuck in a synchronous wait while the committer holds the transaction:
+    # after its patience the committer runs the statements itself, once.
+    monkeypatch.setattr("tasklease.core.audit._HANDOFF_PATIENCE", 0.05)
+    store = _EnteredStore(tmp_path / "blocked.db")
+    log = AuditLog(store, ManualClock())
+    ran_on: list[int] = []
+    unit_ran = threading.Event()
+
+    def unit(tx: Any) -> list[AuditEntry]:
+        ran_on.append(threading.get_ident())
+        unit_ran.set()
+        tx.insert_revocation(RevocationRecord("token", "jti-late", 1, 10**10))
+        return [AuditEntry("token_revoked", detail="jti-late")]
+
+    async def main() -> tuple[int, list[Any]]:
+        task = asyncio.create_task(log.acommit(unit))
+        await asyncio.to_thread(store.entered.wait, 10)  # the committer holds the turn
+        store.go_on.set()
+        # Blocked, as a loop waiting on a lock the committer holds would be.
+        if not unit_ran.wait(10):
+            raise AssertionError("the committer waited for the blocked loop")
+        return threading.get_ident(), await task
+
+    try:
+        loop_thread, events = asyncio.run(main())
+    finally:
+        log.close()
+        store.close()
+    assert len(ran_on) == 1 and ran_on[0] != loop_thread
+    assert [e.seq for e in events] == [1]
+    reopened = SQLiteStore(tmp_path / "blocked.db")
+    try:
+        assert [r.target for r in reopened.revocations_since(0)] == ["jti-late"]
+    finally:
+        reopened.close()
 
 
 def test_a_failing_coroutine_unit_undoes_only_its_own_writes() -> None:

@@ -40,6 +40,7 @@ from tasklease.core.auditformat import (
 from tasklease.core.audittree import append_leaves
 from tasklease.core.clock import Clock, format_rfc3339
 from tasklease.core.errors import Conflict, TaskleaseError, Unavailable
+from tasklease.core.handoff import run_on_loop
 from tasklease.core.records import AuditEvent, AuditTree
 from tasklease.core.store import Store, WriteTx
 from tasklease.rules.auditchain import event_leaf
@@ -190,6 +191,10 @@ _GATHER_ROUNDS = 16
 # ... and the longest (seconds) a loop with other work ready but no new unit holds them: a
 # write that arrives while the loop is busy with reads waits for no more than that.
 _GATHER_TIME = 0.01
+# How long (seconds) the committer waits for a loop to start a batch's statements before
+# it runs them itself (``tasklease.core.handoff``): far beyond a busy loop's round, which
+# is a few milliseconds, so only a loop that is blocked or stopped is given up on.
+_HANDOFF_PATIENCE = 0.1
 
 
 class _Slot:
@@ -247,7 +252,8 @@ class AuditLog:
     and keeps leading while coroutines are queued. It is started once the loop has
     gathered the units that arrive together (:meth:`_gather`), not for the first of
     them. Their answers reach their loop with one call per batch, not one wake-up per
-    caller.
+    caller. Where the store allows it (SQLite), the committer holds the transaction but
+    hands its statements to the first coroutine's loop (:mod:`tasklease.core.handoff`).
     """
 
     def __init__(
@@ -514,7 +520,7 @@ class AuditLog:
             written = False
             try:
                 if batch:  # empty when the only queued coroutine was cancelled meanwhile
-                    self._run(batch)
+                    self._run(batch, self._statements_loop(batch) if committer else None)
                 written = True
             finally:
                 # Hand the leadership on first, so the next batch is being written while
@@ -544,62 +550,30 @@ class AuditLog:
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 continue
 
-    def _run(self, batch: list[_Slot]) -> None:
+    def _statements_loop(self, batch: list[_Slot]) -> asyncio.AbstractEventLoop | None:
+        """The running loop of the batch's first coroutine, if the store lets that loop's
+        thread run the batch's statements (``Store.statements_on_loop``)."""
+        if not self._store.statements_on_loop:
+            return None
+        for slot in batch:
+            loop = slot.loop
+            if loop is not None:
+                return loop if loop.is_running() else None
+        return None
+
+    def _run(self, batch: list[_Slot], loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Write ``batch`` in one transaction: its statements on ``loop``'s thread when one
+        is given (``tasklease.core.handoff``); the write turn, ``BEGIN`` and the commit in
+        this thread."""
         started = time.perf_counter()
         try:
-            tenant = self._store.tenant
             with self._store.write() as tx:
-                seq, prev = tx.audit_head()
-                # One time for the whole batch: its events become durable together.
-                timestamp = format_rfc3339(self._clock.now())
-                rows: list[AuditEvent] = []
-                for slot in batch:
-                    unit = slot.unit
-                    if unit is None:
-                        entries = slot.entries
-                    else:
-                        try:
-                            with tx.savepoint():
-                                entries = [sanitized_entry(e) for e in unit(tx)]
-                        except Exception as exc:  # noqa: BLE001 - the unit's own failure
-                            # Its writes are undone; its caller gets what it raised. If
-                            # the shared transaction was lost with it, the store refuses
-                            # every later statement and the commit, so the batch fails.
-                            slot.error = exc
-                            continue
-                    for clean in entries:
-                        seq += 1
-                        digest = event_hash(prev, seq, timestamp, clean, tenant)
-                        # Positional (field order of AuditEvent): half the cost of
-                        # nineteen keywords, per event, inside the shared transaction.
-                        event = AuditEvent(
-                            seq,
-                            timestamp,
-                            clean.event_type,
-                            clean.agent_id,
-                            clean.task_id,
-                            clean.orch_id,
-                            clean.detail,
-                            clean.resource,
-                            clean.outcome,
-                            clean.deleg_depth,
-                            clean.deleg_chain_hash,
-                            clean.request_id,
-                            prev,
-                            digest,
-                            tenant,
-                            clean.app_id,
-                            clean.principal_ref,
-                            clean.chain_root,
-                            CURRENT_FORMAT,
-                        )
-                        rows.append(event)
-                        slot.events.append(event)
-                        prev = digest
-                tree = None
-                if rows:
-                    tx.append_audit(rows)
-                    tree = _grow_tree(tx, rows, self._tree)
+                if loop is None:
+                    seq, tree = self._statements(tx, batch)
+                else:
+                    (seq, tree), _ = run_on_loop(
+                        loop, lambda: self._statements(tx, batch), patience=_HANDOFF_PATIENCE
+                    )
         except Exception as exc:  # noqa: BLE001 - any storage failure fails the batch closed
             self._failed(exc)
             _fail(batch, f"audit transaction failed: {exc!r}", exc)
@@ -621,6 +595,62 @@ class AuditLog:
                 self._on_batch(len(batch), time.perf_counter() - started)
             except Exception:  # noqa: BLE001 - metrics must not fail a durable batch
                 _log.exception("audit batch callback failed")
+
+    def _statements(self, tx: WriteTx, batch: list[_Slot]) -> tuple[int, AuditTree | None]:
+        """The batch's units, each in its savepoint, then their events chained and appended
+        with the tree's new leaves; returns the last seq and the tree (None: no event)."""
+        tenant = self._store.tenant
+        seq, prev = tx.audit_head()
+        # One time for the whole batch: its events become durable together.
+        timestamp = format_rfc3339(self._clock.now())
+        rows: list[AuditEvent] = []
+        for slot in batch:
+            unit = slot.unit
+            if unit is None:
+                entries = slot.entries
+            else:
+                try:
+                    with tx.savepoint():
+                        entries = [sanitized_entry(e) for e in unit(tx)]
+                except Exception as exc:  # noqa: BLE001 - the unit's own failure
+                    # Its writes are undone; its caller gets what it raised. If
+                    # the shared transaction was lost with it, the store refuses
+                    # every later statement and the commit, so the batch fails.
+                    slot.error = exc
+                    continue
+            for clean in entries:
+                seq += 1
+                digest = event_hash(prev, seq, timestamp, clean, tenant)
+                # Positional (field order of AuditEvent): half the cost of
+                # nineteen keywords, per event, inside the shared transaction.
+                event = AuditEvent(
+                    seq,
+                    timestamp,
+                    clean.event_type,
+                    clean.agent_id,
+                    clean.task_id,
+                    clean.orch_id,
+                    clean.detail,
+                    clean.resource,
+                    clean.outcome,
+                    clean.deleg_depth,
+                    clean.deleg_chain_hash,
+                    clean.request_id,
+                    prev,
+                    digest,
+                    tenant,
+                    clean.app_id,
+                    clean.principal_ref,
+                    clean.chain_root,
+                    CURRENT_FORMAT,
+                )
+                rows.append(event)
+                slot.events.append(event)
+                prev = digest
+        if not rows:
+            return seq, None
+        tx.append_audit(rows)
+        return seq, _grow_tree(tx, rows, self._tree)
 
 
 def _grow_tree(tx: WriteTx, rows: Sequence[AuditEvent], known: AuditTree | None) -> AuditTree:

@@ -261,6 +261,11 @@ class Store(Protocol):
     # True when a read is served on this machine (a file or memory) in microseconds, so
     # an event loop may read inline; False when a read is a network round trip.
     local_reads: bool
+    # True when a transaction's statements, its commit apart, may run on an event loop's
+    # thread while another thread holds the transaction: none is a network round trip,
+    # and none waits on a lock that a read on the loop could be holding
+    # (:mod:`tasklease.core.handoff`).
+    statements_on_loop: bool
 
     @property
     def tenant(self) -> str:

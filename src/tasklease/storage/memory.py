@@ -30,6 +30,9 @@ class MemoryStore(MemoryTables):
     """
 
     local_reads = True  # see Store.local_reads
+    # Its reads take the lock that write() holds: a read on the loop would wait for the
+    # transaction whose statements wait for the loop.
+    statements_on_loop = False
 
     def __init__(
         self, *, _shared: MemoryShared | None = None, _tenant: str = DEFAULT_TENANT

@@ -100,6 +100,7 @@ class PostgresStore(SQLStore):
 
     dialect = DIALECT
     local_reads = False  # see Store.local_reads
+    statements_on_loop = False  # network round trips
 
     def __init__(
         self,

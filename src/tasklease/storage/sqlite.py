@@ -35,6 +35,7 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from urllib.parse import quote
 
@@ -104,6 +105,10 @@ def _schema_version(conn: sqlite3.Connection) -> int:
 # -- the store ---------------------------------------------------------------------------
 
 
+# The database (its shared state) whose write() the current context is inside.
+_INSIDE_WRITE: ContextVar[object | None] = ContextVar("tasklease_sqlite_write", default=None)
+
+
 class _ReaderSlot:
     """One thread's reader connection, closed when the thread's locals go or at close()."""
 
@@ -130,6 +135,7 @@ class SQLiteStore(SQLStore):
 
     dialect = DIALECT
     local_reads = True  # see Store.local_reads
+    statements_on_loop = True  # see Store.statements_on_loop
 
     def __init__(
         self,
@@ -327,15 +333,19 @@ class SQLiteStore(SQLStore):
 
         Raise ``Unavailable`` if the write lock cannot be had within ``busy_timeout`` or
         the commit fails (nothing was written). Not reentrant: calling ``write()`` inside
-        ``write()`` raises ``RuntimeError`` (use the open transaction).
+        ``write()`` raises ``RuntimeError`` (use the open transaction), on the thread that
+        opened it or on an event loop running its statements (``core.handoff`` carries
+        the transaction's context there).
         """
-        if self._write_owner == threading.get_ident():
+        shared = self._shared
+        if self._write_owner == threading.get_ident() or _INSIDE_WRITE.get() is shared:
             raise RuntimeError("write() is not reentrant: use the open transaction")
         revoked = False
         with self._write_lock, self._turns._writer_turn():
             if self._closed:
                 raise RuntimeError("store is closed")
             self._write_owner = threading.get_ident()
+            inside = _INSIDE_WRITE.set(shared)
             try:
                 conn = self._writer
                 self._begin(conn)
@@ -369,6 +379,7 @@ class SQLiteStore(SQLStore):
                     self._full_at = None
                 revoked = tx.revoked
             finally:
+                _INSIDE_WRITE.reset(inside)
                 self._write_owner = None
         if revoked:
             # Committed (durable): the other processes may look now; outside the turn.
