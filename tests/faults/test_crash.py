@@ -1,6 +1,8 @@
 """A crash in the middle of work: ``tasklease serve`` on SQLite is killed (SIGKILL, every
 process of it at once) while clients register, renew and revoke concurrently; restarted
-on the same data directory, it must hold every operation it acknowledged.
+on the same data directory, it must hold every operation it acknowledged. The same with
+a SIGTERM in the middle of work, which must also stop the broker by itself, in time: the
+group commit's batches then run while the event loops shut down.
 
 Acknowledged means a 200 reached the client. For each such operation, after the restart:
 a revoked token is refused; a registered agent exists and resumes by its key; a renewed
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,6 +230,26 @@ def _audit_verifies(data: Path) -> None:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_acknowledged_operations_survive_a_sigkill(tmp_path: Path, workers: int) -> None:
+    _survives(tmp_path, workers, _kill)
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the supervisor only; it must stop itself and its workers."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        pytest.fail("the broker did not stop within 30 s of a SIGTERM in the middle of work")
+
+
+def test_acknowledged_operations_survive_a_sigterm_mid_work(tmp_path: Path) -> None:
+    _survives(tmp_path, 2, _terminate)
+
+
+def _survives(
+    tmp_path: Path, workers: int, stop_broker: Callable[[subprocess.Popen[bytes]], None]
+) -> None:
     data = tmp_path / "data"
     broker = _start(data, workers)
     try:
@@ -244,7 +267,7 @@ def test_acknowledged_operations_survive_a_sigkill(tmp_path: Path, workers: int)
             assert time.monotonic() < deadline, f"only {ledger.acked} operations acknowledged"
             time.sleep(0.01)
         stop.set()
-        _kill(broker.proc)  # every client is mid-operation
+        stop_broker(broker.proc)  # every client is mid-operation
         for thread in clients:
             thread.join(timeout=30)
         assert not ledger.errors, ledger.errors
