@@ -44,6 +44,7 @@ COMPOSITION = {
     "validate_dpop": (1, 2, 0),  # the token and the forwarded proof
     "introspect": (1, 2, 0),  # the caller's token and the introspected one
     "calls": (1, 1, 0),  # the counted token
+    "resume": (2, 1, 1),  # challenge + resume; verify the agent's proof; sign its token
 }
 LABELS = {
     "register": "full registration (challenge+register)",
@@ -60,6 +61,7 @@ LABELS = {
     "validate_dpop": "validate, DPoP proof forwarded",
     "introspect": "introspect (RFC 7662)",
     "calls": "count a call (POST /v1/token/calls, max_calls)",
+    "resume": "resume (challenge+resume)",
     "empty": "floor: empty Starlette GET",
     "propagation": "revocation propagation across workers",
 }
@@ -86,6 +88,7 @@ FULL = {
         "validate_dpop": 40_000,
         "introspect": 60_000,
         "calls": 20_000,
+        "resume": 12_000,
         "propagation": 40,
     },
     # 40 writer threads: the server's thread pool, i.e. the most blocking operations that
@@ -451,6 +454,7 @@ def main(argv: list[str] | None = None) -> None:
         "validate_dpop",
         "introspect",
         "calls",
+        "resume",
     ]
     if args.workers > 1:
         main_scenarios.append("propagation")

@@ -12,7 +12,9 @@ Latency is per *operation*: a full registration is ``GET /v1/challenge`` plus
 time; ``launch`` creates launch tokens as an orchestrator does before it starts agents;
 ``heartbeat`` sends agents' signed heartbeats; ``handshake`` runs whole mutual
 authentications (three requests each); ``introspect`` asks RFC 7662 introspection with an
-operator's token; ``calls`` counts calls against agents' ``max_calls`` grants.
+operator's token; ``calls`` counts calls against agents' ``max_calls`` grants;
+``resume`` resumes restarted agents (``GET /v1/challenge`` plus ``POST /v1/resume``
+signed with the registered key), as a fleet does after its hosts restart.
 """
 
 from __future__ import annotations
@@ -266,6 +268,8 @@ async def _prepare(
         return await _handshakes(conns, admin, keys, tag), min(30, count // 10)
     if name == "calls":
         return await _calls(conns, admin, keys, tag), min(100, count // 10)
+    if name == "resume":
+        return await _resumptions(conns, admin, keys, spec, tag), min(100, count // 10)
     if name == "validate_dpop":
         return await _validate_dpop(conns, admin, keys, spec, tag), min(500, count // 10)
 
@@ -519,6 +523,35 @@ def _renewals(tokens: list[str], auth: Callable[[int, str], bytes]) -> Op:
         slot[0] = _dec.decode(body)["access_token"]
         slot[1] += 1
         return True
+
+    return op
+
+
+async def _resumptions(
+    conns: list[Connection], admin: str, keys: Keys, spec: dict[str, Any], tag: str
+) -> Op:
+    """Resumptions that walk through the agents as :func:`_renewals` does: a resumption
+    counts against the lineage's max_renewals (10) like a renewal."""
+    n = len(conns) + spec["count"] // 10 + 2
+    agents = await register_agents(conns, admin, n, keys, f"m{tag}")
+    pool = iter(range(n))
+    current: dict[int, list[int]] = {}
+
+    async def op(conn: Connection, _i: int) -> bool:
+        slot = current.get(id(conn))
+        if slot is None or slot[1] >= 10:
+            slot = current[id(conn)] = [next(pool), 0]
+        k = slot[0]
+        status, body = await conn.request("GET", "/v1/challenge")
+        if status != 200:
+            return False
+        nonce = _dec.decode(body)["nonce"]
+        key, _ = keys.get(k)
+        signature = base64.b64encode(key.sign(bytes.fromhex(nonce)).signature).decode()
+        request = {"agent_id": agents[k]["agent_id"], "nonce": nonce, "signature": signature}
+        status, _ = await conn.request("POST", "/v1/resume", _enc.encode(request))
+        slot[1] = slot[1] + 1 if status == 200 else 10
+        return status == 200
 
     return op
 

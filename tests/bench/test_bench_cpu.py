@@ -86,3 +86,10 @@ def test_whole_handshakes() -> None:
     # Each operation is initiate, respond and complete: any refusal counts as an error.
     row = _row("handshake", 150, "--duration", "3")
     assert row["cpu_us_per_op"] > 0
+
+
+@pytest.mark.slow
+def test_resumptions_of_restarted_agents() -> None:
+    # Challenge + resume, signed with each agent's registered key; any refusal is an error.
+    row = _row("resume", 200, "--duration", "3")
+    assert row["cpu_us_per_op"] > 0

@@ -25,6 +25,7 @@ HTTP = {
     "validate_dpop",
     "introspect",
     "calls",
+    "resume",
     "propagation",
 }
 EXPECTED = HTTP | {"audit_append", "audit_append_async_8", "offline", "audit_verify", "memory"}

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
-from security_support import CTX, HTU, START, dpop_proof, launch, make_broker, register
+from security_support import CTX, HTU, START, b64, dpop_proof, launch, make_broker, register
 from test_enforcement import audited_denial, events
 
 from tasklease.core.broker import Broker, RequestContext, deferring
@@ -276,3 +276,87 @@ def test_a_replayed_proof_forwarded_to_count_a_call_is_an_audited_refusal() -> N
     event = audited_denial(broker, refused[0].denial_id)
     assert event.event_type == "grant_call_denied" and PROOF_REPLAYED in event.detail
     assert len(events(broker, "grant_call_counted")) == 1  # the replay counted nothing
+
+
+# --- resumption (POST /v1/resume) ----------------------------------------------------------
+
+RESUME_URL = "https://broker.example/v1/resume"
+
+
+def _resumable(broker: Broker) -> tuple[str, SigningKey, SigningKey]:
+    """A DPoP-bound agent: its id, its registered key and its DPoP key."""
+    agent_key, dpop_key = SigningKey.generate(), SigningKey.generate()
+    url = "https://broker.example/v1/register"
+    nonce, _ = broker.challenge()
+    issued = broker.register(
+        launch_token=launch(broker, ("read:data:*",)),
+        nonce=nonce,
+        public_key=b64(bytes(agent_key.verify_key)),
+        signature=b64(agent_key.sign(bytes.fromhex(nonce)).signature),
+        orch_id="orch-sec",
+        task_id="task-resume",
+        requested_scope=["read:data:*"],
+        ctx=dataclasses.replace(CTX, dpop=dpop_proof(dpop_key, htu=url), method="POST", url=url),
+    )
+    return issued.claims.sub, agent_key, dpop_key
+
+
+def _deferred_resume(
+    broker: Broker, agent_id: str, key: SigningKey, proof: str, nonce: str | None = None
+) -> Any:
+    """The first half of a resumption as the HTTP adapter runs it on the loop."""
+    nonce = nonce or broker.challenge()[0]
+    ctx = dataclasses.replace(CTX, dpop=proof, method="POST", url=RESUME_URL, path="/v1/resume")
+    return deferring(
+        lambda: broker.prepare_resume(
+            agent_id=agent_id,
+            nonce=nonce,
+            signature=b64(key.sign(bytes.fromhex(nonce)).signature),
+            ctx=ctx,
+        )
+    )
+
+
+def test_a_resumption_on_the_loop_records_its_proof_with_its_unit_once() -> None:
+    broker = make_broker()
+    agent_id, key, dpop_key = _resumable(broker)
+    proof = dpop_proof(dpop_key, htu=RESUME_URL)
+    head = broker.store.audit_head()
+    deferred = _deferred_resume(broker, agent_id, key, proof)
+    assert deferred.error is None and len(deferred.guards) == 1
+    assert broker.store.audit_head() == head  # the first half wrote nothing
+    resumed = asyncio.run(broker.answer(deferred))
+    assert resumed.claims.sub == agent_id and "jkt" in resumed.claims.raw["cnf"]
+    # The same proof with a fresh nonce: refused at the commit, audited once.
+    again = _deferred_resume(broker, agent_id, key, proof)
+    assert again.error is None  # the first half cannot know
+    with pytest.raises(Unauthorized) as info:
+        asyncio.run(broker.answer(again))
+    event = audited_denial(broker, info.value.denial_id)
+    assert event.event_type == "agent_resume_denied" and PROOF_REPLAYED in event.detail
+
+
+def test_an_impostor_resumption_on_the_loop_spends_its_nonce_and_its_proof() -> None:
+    broker = make_broker()
+    agent_id, key, dpop_key = _resumable(broker)
+    proof = dpop_proof(dpop_key, htu=RESUME_URL)
+    nonce = broker.challenge()[0]
+    impostor = _deferred_resume(broker, agent_id, SigningKey.generate(), proof, nonce)
+    with pytest.raises(Unauthorized) as info:
+        asyncio.run(broker.answer(impostor))
+    event = audited_denial(broker, info.value.denial_id)
+    assert event.event_type == "agent_resume_denied" and "impostor" in event.detail
+    # Its nonce is spent: the true key cannot use it either.
+    with pytest.raises(Unauthorized):
+        asyncio.run(
+            broker.answer(
+                _deferred_resume(broker, agent_id, key, dpop_proof(dpop_key, htu=RESUME_URL), nonce)
+            )
+        )
+    # And so is its proof.
+    with pytest.raises(Unauthorized) as replay:
+        asyncio.run(broker.answer(_deferred_resume(broker, agent_id, key, proof)))
+    assert PROOF_REPLAYED in audited_denial(broker, replay.value.denial_id).detail
+    # A fresh nonce and proof resume it.
+    fresh = _deferred_resume(broker, agent_id, key, dpop_proof(dpop_key, htu=RESUME_URL))
+    assert asyncio.run(broker.answer(fresh)).claims.sub == agent_id

@@ -16,15 +16,21 @@ import hmac
 import struct
 from collections.abc import Callable, Sequence
 
-from tasklease.core.audit import Guard
+from tasklease.core.audit import Guard, defer_guard, deferral_active
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.errors import TaskleaseError
 from tasklease.core.kernel import Kernel
 from tasklease.core.store import WriteTx
 from tasklease.rules import jws
-from tasklease.rules.binding import BindingError, cert_thumbprint
+from tasklease.rules.binding import BindingError, DPoPVerifier, cert_thumbprint
 
-__all__ = ["DPoPNonces", "DeferredProofs", "StoreProofLedger", "cert_thumbprint_from_pem"]
+__all__ = [
+    "DPoPNonces",
+    "DeferredProofs",
+    "StoreProofLedger",
+    "cert_thumbprint_from_pem",
+    "recording",
+]
 
 
 class DPoPNonces:
@@ -104,6 +110,22 @@ class DeferredProofs:
             return Guard(write, refusal)
 
         return [recording(key, expires_at) for key, expires_at in self.proofs]
+
+    def defer(self, refusal: Callable[[], tuple[TaskleaseError, AuditEntry] | Exception]) -> None:
+        """Add :meth:`guards` to the request's ``core.audit.deferring``."""
+        for guard in self.guards(refusal):
+            defer_guard(guard)
+
+
+def recording(verifier: DPoPVerifier, proof: str) -> tuple[DPoPVerifier, DeferredProofs | None]:
+    """The verifier of a request's DPoP proof. Under ``core.audit.deferring`` it collects
+    the proof instead of recording it (no commit here): the caller adds the guards that
+    record it as used with the request's deferred audit events, before it is answered,
+    refused or not (:meth:`DeferredProofs.defer`)."""
+    if not proof or not deferral_active():
+        return verifier, None
+    deferred = DeferredProofs()
+    return DPoPVerifier(verifier.window, ledger=deferred, nonces=verifier.nonces), deferred
 
 
 def cert_thumbprint_from_pem(pem: str) -> str:

@@ -373,6 +373,14 @@ class BrokerBase:
         """A fresh token for a restarted agent that proves its registered key."""
         return self._renewal.resume(agent_id=agent_id, nonce=nonce, signature=signature, ctx=ctx)
 
+    def prepare_resume(
+        self, *, agent_id: object, nonce: object, signature: object, ctx: RequestContext
+    ) -> Pending[IssuedToken]:
+        """:meth:`resume`, not yet written (``core.pending``)."""
+        return self._renewal.prepare_resume(
+            agent_id=agent_id, nonce=nonce, signature=signature, ctx=ctx
+        )
+
     def delegate(
         self,
         claims: Claims,

@@ -24,6 +24,7 @@ from dataclasses import replace
 
 from tasklease.core.audience import default_audience
 from tasklease.core.auditformat import AuditEntry
+from tasklease.core.binding import recording
 from tasklease.core.callers import about, refused, require_agent
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden, InvalidRequest, TaskleaseError, Unauthorized
@@ -44,7 +45,7 @@ from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims, agent_key_of
-from tasklease.rules.binding import BindingError, DPoPVerifier
+from tasklease.rules.binding import PROOF_REPLAYED, BindingError, DPoPVerifier
 
 __all__ = ["Renewal"]
 
@@ -208,6 +209,17 @@ class Renewal(Service):
             RenewalCeilingExceeded / RenewalCountExceeded: the task's ceiling is reached,
                 or its lineage was renewed or resumed ``max_renewals`` times (audited).
         """
+        return complete(
+            self._kernel,
+            self.prepare_resume(agent_id=agent_id, nonce=nonce, signature=signature, ctx=ctx),
+        )
+
+    def prepare_resume(
+        self, *, agent_id: object, nonce: object, signature: object, ctx: RequestContext
+    ) -> Pending[IssuedToken]:
+        """:meth:`resume` checked and signed, not written (``core.pending``). Under
+        ``core.audit.deferring`` its refusals' events and the record of its DPoP proof as
+        used are deferred too; a spent nonce (an impostor's) is written by its unit."""
         kernel = self._kernel
         cfg = self._config
         agent = (
@@ -257,8 +269,10 @@ class Renewal(Service):
                 tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew)
                 return [burnt]
 
-            kernel.commit(burn)
-            raise failure
+            def impostor() -> IssuedToken:
+                raise failure
+
+            return Pending(burn, impostor)
         _, why = kernel.agent_standing(agent_id, lifetime=False)
         if why:
             raise refuse(Forbidden("agent is not active"), why)
@@ -334,15 +348,33 @@ class Renewal(Service):
                 ),
             ]
 
-        try:
-            kernel.commit(unit)
-        except Unauthorized as exc:
-            raise refuse(exc, exc.reason) from None
-        self._metrics.tokens_issued.labels("resume").inc()
-        return IssuedToken(token, claims)
+        def done() -> IssuedToken:
+            self._metrics.tokens_issued.labels("resume").inc()
+            return IssuedToken(token, claims)
+
+        def lost(exc: Lost) -> AuditEntry:
+            return replace(base, detail=f"resume refused: {exc.reason}")
+
+        return Pending(unit, done, lost)
 
     def _prove_binding(self, agent: AgentRecord, cnf: dict[str, str], ctx: RequestContext) -> None:
-        """Refuse (audited) a resumption that does not prove the registration's binding."""
+        """Refuse (audited) a resumption that does not prove the registration's binding.
+
+        Under ``core.audit.deferring`` its DPoP proof is recorded as used with the
+        request's deferred events, refused or not; one used before then refuses it."""
+
+        def refusal(reason: str) -> tuple[TaskleaseError, AuditEntry]:
+            return Unauthorized(_REFUSED, reason=reason), AuditEntry(
+                "agent_resume_denied",
+                outcome="denied",
+                agent_id=agent.agent_id,
+                task_id=agent.task_id,
+                orch_id=agent.orch_id,
+                request_id=ctx.request_id,
+                detail=f"resume refused: {reason}",
+            )
+
+        dpop, deferred = recording(self._dpop, ctx.dpop)
         try:
             x5t = cnf.get("x5t#S256")
             if x5t is not None and not hmac.compare_digest(
@@ -351,21 +383,11 @@ class Renewal(Service):
                 raise BindingError("resume without the registration's client certificate")
             jkt = cnf.get("jkt")
             if jkt is not None:
-                proven = self._dpop.verify(
-                    ctx.dpop, htm=ctx.method, htu=ctx.url, now=self._kernel.now()
-                )
+                proven = dpop.verify(ctx.dpop, htm=ctx.method, htu=ctx.url, now=self._kernel.now())
                 if not hmac.compare_digest(proven.encode(), str(jkt).encode()):
                     raise BindingError("resume DPoP proof signed by another key")
         except BindingError as exc:
-            raise self._kernel.deny(
-                Unauthorized(_REFUSED, reason=exc.reason),
-                AuditEntry(
-                    "agent_resume_denied",
-                    outcome="denied",
-                    agent_id=agent.agent_id,
-                    task_id=agent.task_id,
-                    orch_id=agent.orch_id,
-                    request_id=ctx.request_id,
-                    detail=f"resume refused: {exc.reason}",
-                ),
-            ) from None
+            raise self._kernel.deny(*refusal(exc.reason)) from None
+        finally:
+            if deferred is not None:  # a proof checked before a refusal is spent by it too
+                deferred.defer(lambda: refusal(PROOF_REPLAYED))

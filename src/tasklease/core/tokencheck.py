@@ -15,9 +15,8 @@ from typing import Any
 
 from tasklease.core.assurance import assure, is_critical
 from tasklease.core.audience import validate_resource
-from tasklease.core.audit import defer_guard, deferral_active
 from tasklease.core.auditformat import AuditEntry
-from tasklease.core.binding import DeferredProofs
+from tasklease.core.binding import recording
 from tasklease.core.callers import about
 from tasklease.core.errors import (
     INVALID_REQUEST,
@@ -166,7 +165,7 @@ class TokenCheck(Service):
             raise fresh.stale()
         started = time.perf_counter()
         presented = presented or Presentation()
-        dpop, deferred = self._recording(self._forwarded, presented.dpop_proof)
+        dpop, deferred = recording(self._forwarded, presented.dpop_proof)
         try:
             if is_chain(token):
                 return self._offline_leaf(token, presented, dpop, audience=audience)
@@ -180,8 +179,7 @@ class TokenCheck(Service):
         finally:
             self._metrics.validation_seconds.observe(time.perf_counter() - started)
             if deferred is not None:
-                for guard in deferred.guards(lambda: self._replayed_forward(refusal)):
-                    defer_guard(guard)
+                deferred.defer(lambda: self._replayed_forward(refusal))
 
     def _replayed_forward(
         self, refusal: Callable[[TokenRejected], tuple[TaskleaseError, AuditEntry]] | None
@@ -192,18 +190,6 @@ class TokenCheck(Service):
         self._metrics.validation_failures.labels("binding").inc()
         rejected = TokenRejected(PROOF_REPLAYED, "binding", dpop_proof=True)
         return rejected if refusal is None else refusal(rejected)
-
-    def _recording(
-        self, verifier: DPoPVerifier, proof: str
-    ) -> tuple[DPoPVerifier, DeferredProofs | None]:
-        """The verifier of a request's DPoP proof. Under ``core.audit.deferring`` it
-        collects the proof instead of recording it (no commit here): the caller adds the
-        guards that record it as used with the request's deferred audit events, before it
-        is answered, refused or not (``core.audit.Guard``)."""
-        if not proof or not deferral_active():
-            return verifier, None
-        deferred = DeferredProofs()
-        return DPoPVerifier(verifier.window, ledger=deferred, nonces=verifier.nonces), deferred
 
     def verify(
         self,
@@ -308,7 +294,7 @@ class TokenCheck(Service):
             htm=ctx.method,
             htu=ctx.url,
         )
-        dpop, deferred = self._recording(self._dpop, ctx.dpop)
+        dpop, deferred = recording(self._dpop, ctx.dpop)
         try:
             if offline:
                 # An offline chain is presented as DPoP with the leaf key's proof, on the
@@ -332,8 +318,7 @@ class TokenCheck(Service):
             self._metrics.validation_seconds.observe(time.perf_counter() - started)
             if deferred is not None:
                 replayed = TokenRejected(PROOF_REPLAYED, "binding", dpop_proof=True)
-                for guard in deferred.guards(lambda: self._rejected(replayed, base, scheme, ctx)):
-                    defer_guard(guard)
+                deferred.defer(lambda: self._rejected(replayed, base, scheme, ctx))
         if offline and KIND_OFFLINE not in kinds:
             # Renewing, delegating, releasing... are a registered holder's: an offline
             # leaf derives further offline, or its holder registers (docs/decisions.md).

@@ -24,6 +24,7 @@ from tasklease.http import wire
 from tasklease.http._handling import (
     Handler,
     authenticated,
+    first_half,
     json_response,
     prepared,
     read_body,
@@ -53,6 +54,7 @@ def agent_routes(
     # Heartbeats and the handshake: checked on the loop, their writes and events awaited.
     written = prepared(broker, context)
     authed = authenticated(broker, context)
+    local = broker.store.local_reads
 
     async def as_agent(request: Request, op: Callable[[Claims, RequestContext], T]) -> T:
         ctx = context(request)
@@ -141,11 +143,15 @@ def agent_routes(
         req = await read_body(request, wire.ResumeRequest)
         ctx = context(request)
         try:
-            issued = await run_in_threadpool(
-                lambda: broker.resume(
+            # Checked and signed on the loop when the store reads locally (else in a
+            # thread), its refusals' events and DPoP proof written with its unit.
+            first = await first_half(
+                lambda: broker.prepare_resume(
                     agent_id=req.agent_id, nonce=req.nonce, signature=req.signature, ctx=ctx
-                )
+                ),
+                local=local,
             )
+            issued = await broker.answer(first)
         except TaskleaseError as exc:
             # A resumption answers every failure alike; a DPoP client gets the current
             # nonce either way, so that a missing one is no oracle (RFC 9449 section 8).
