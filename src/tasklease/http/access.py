@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from tasklease.core.metrics import Metrics
+from tasklease.logs import access_writer
 
 __all__ = ["UNMATCHED", "AccessMiddleware", "route_template"]
 
@@ -87,19 +88,24 @@ class AccessMiddleware:
                 self._series[key] = series
             series[0].inc()
             series[1].observe(elapsed)
-            if _log.isEnabledFor(logging.INFO):
+            writer = access_writer(_log)
+            if writer is not None or _log.isEnabledFor(logging.INFO):
                 client = scope.get("client")
-                # Made here rather than by ``_log.info``: no search of the stack for the
-                # caller, which is always this line.
-                record = logging.LogRecord(
-                    _log.name, logging.INFO, __file__, 0, "access", None, None, "__call__"
-                )
-                record.__dict__.update(
-                    method=method,
-                    route=route,
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 3),
-                    request_id=scope.get("state", {}).get("request_id", ""),
-                    client=client[0] if client else "",
-                )
-                _log.handle(record)
+                fields = {
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "request_id": scope.get("state", {}).get("request_id", ""),
+                    "client": client[0] if client else "",
+                }
+                if writer is not None:  # the broker's own log handler alone: written directly
+                    writer.write_info(_log.name, "access", fields)
+                else:
+                    # Made here rather than by ``_log.info``: no search of the stack for
+                    # the caller, which is always this line.
+                    record = logging.LogRecord(
+                        _log.name, logging.INFO, __file__, 0, "access", None, None, "__call__"
+                    )
+                    record.__dict__.update(fields)
+                    _log.handle(record)
