@@ -31,6 +31,7 @@ COMPOSITION = {
     "register": (2, 1, 1),  # challenge + register; verify the agent's proof; sign its token
     "renew": (1, 1, 1),  # bearer check; sign the successor
     "validate": (1, 1, 0),
+    "validate_uncached": (1, 1, 0),
     "protected": (1, 1, 0),
     "delegate": (1, 1, 2),  # bearer check; sign the delegation record and the token
     "revoke": (1, 1, 0),
@@ -50,6 +51,7 @@ LABELS = {
     "register": "full registration (challenge+register)",
     "renew": "renew",
     "validate": "validate /v1/token/validate",
+    "validate_uncached": "validate, every signature verified (token_cache_size 0)",
     "protected": "protected call (GET /v1/admin/apps/{id})",
     "delegate": "delegate",
     "revoke": "revoke (token level)",
@@ -165,8 +167,11 @@ def run_config(
     connections: int,
     floor: dict[str, float],
     databases: Databases,
+    *,
+    uncached: bool = False,
 ) -> list[dict[str, Any]]:
-    """Measure the empty floor and ``scenarios`` against one broker configuration."""
+    """Measure the empty floor and ``scenarios`` against one broker configuration (and
+    validation with the token cache off too, when ``uncached``)."""
     rows = []
     db = databases.kind
     tag = f"{loop}, {workers}w"
@@ -204,7 +209,40 @@ def run_config(
             rows.append(row)
         rss = sum(_rss(pid) for pid in broker.worker_pids())
         rows[-1]["server_rss_mb_total"] = round(rss / 1024, 1)
+    if uncached and "validate" in scenarios:
+        rows.append(_uncached_validation(workers, loop, plan, connections, floor, databases, empty))
     return rows
+
+
+def _uncached_validation(
+    workers: int,
+    loop: str,
+    plan: dict[str, Any],
+    connections: int,
+    floor: dict[str, float],
+    databases: Databases,
+    empty: dict[str, Any],
+) -> dict[str, Any]:
+    """Validation with the token cache off (decision 122): every use verifies the token's
+    signature, as a validation of tokens the worker has not seen before does."""
+    tag, db = f"{loop}, {workers}w", databases.kind
+    settings = {"TASKLEASE_TOKEN_CACHE_SIZE": "0"}
+    with Broker(
+        workers=workers, loop=loop, database_url=databases.new_url(), settings=settings
+    ) as broker:
+        _log(f"validate, token cache off [{tag}, {db}]")
+        result = loadgen(broker.port, "validate", plan, connections)
+    floor_rps = round(_floor_rps("validate_uncached", empty["rps"], floor, workers), 1)
+    return {
+        "operation": f"{LABELS['validate_uncached']} [{tag}, {db}]",
+        "key": "validate_uncached",
+        **_cfg(workers, loop),
+        "database": db,
+        **result,
+        "floor_rps": floor_rps,
+        "ratio": round(result["rps"] / floor_rps, 3),
+        "target": "",
+    }
 
 
 def _rss(pid: int) -> int:
@@ -471,7 +509,14 @@ def main(argv: list[str] | None = None) -> None:
             _log(f"{databases.kind}: {server}")
         if "http" in parts:
             rows += run_config(
-                args.workers, args.loop, main_scenarios, plan, args.connections, floor, databases
+                args.workers,
+                args.loop,
+                main_scenarios,
+                plan,
+                args.connections,
+                floor,
+                databases,
+                uncached=True,
             )
             woken = "propagation" in main_scenarios and args.workers == 2
             if woken and databases.kind == "sqlite" and not args.quick:

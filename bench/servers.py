@@ -88,8 +88,16 @@ def _is_worker(pid: int) -> bool:
 class Broker(_Process):
     """``tasklease serve`` on SQLite in its temp directory, or on ``database_url``."""
 
-    def __init__(self, *, workers: int, loop: str, database_url: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        workers: int,
+        loop: str,
+        database_url: str | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.workers = workers
+        self.settings = settings or {}
         self.loop = loop
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="tasklease-bench-"))
@@ -110,6 +118,7 @@ class Broker(_Process):
         env.pop("TASKLEASE_DATABASE", None)
         if self.database_url is not None:
             env["TASKLEASE_DATABASE"] = self.database_url
+        env.update(self.settings)  # TASKLEASE_* settings of one measurement
         self.log = open(self.dir / "server.log", "wb")
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
             [

@@ -14,6 +14,7 @@ HTTP = {
     "register",
     "renew",
     "validate",
+    "validate_uncached",
     "protected",
     "delegate",
     "revoke",

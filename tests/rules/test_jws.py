@@ -828,6 +828,7 @@ def test_public_surface() -> None:
             "encode",
             "jwk_thumbprint",
             "media_type",
+            "payload_object",
             "sign_detached",
             "verify_detached",
             "verify_raw",

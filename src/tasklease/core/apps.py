@@ -379,7 +379,7 @@ class Apps(Service):
         started = time.perf_counter()
         cfg = self._config
         token, claims = mint(
-            self._keys.ring,
+            self._keys,
             kind=kind,
             iss=cfg.issuer,
             sub=sub,

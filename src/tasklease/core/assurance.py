@@ -26,13 +26,7 @@ __all__ = ["assure", "is_critical", "live_denial"]
 
 def is_critical(token_scopes: Sequence[str], critical: Sequence[str]) -> bool:
     """True iff some scope of the token overlaps a critical pattern (either covers the other)."""
-    if not critical:
-        return False
-    return any(
-        scope_rules.covers(pattern, scope) or scope_rules.covers(scope, pattern)
-        for scope in token_scopes
-        for pattern in critical
-    )
+    return scope_rules.overlaps(token_scopes, critical)
 
 
 def live_denial(store: Store, claims: Claims) -> str | None:

@@ -99,6 +99,9 @@ class Config:
     # tenant without one: the built-in default policy.
     policy_dir: str = ""
     reference_token_threshold: int = 4096  # larger JWTs are issued by reference
+    # Tokens whose header and signature are settled, remembered per worker by SHA-256
+    # (core.validation; docs/decisions.md 122); 0: every use verifies the signature.
+    token_cache_size: int = 10_000
     dpop_proof_window: int = 60  # seconds a DPoP proof's iat may differ from now
     # "required": proofs sent to the broker must carry a nonce it provided (RFC 9449
     # sections 8 and 9: DPoP-Nonce, use_dpop_nonce); "off": none is asked for.
@@ -209,6 +212,8 @@ class Config:
             raise ValueError("audience must name at least one non-empty audience")
         if self.reference_token_threshold < 512:
             raise ValueError("reference_token_threshold must be at least 512 bytes")
+        if not 0 <= self.token_cache_size <= 1_000_000:
+            raise ValueError("token_cache_size must be between 0 and 1000000")
         if not 1 <= self.dpop_proof_window <= 600:
             raise ValueError("dpop_proof_window must be between 1 and 600 seconds")
         if self.dpop_nonce not in ("off", "required"):

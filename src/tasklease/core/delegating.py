@@ -225,7 +225,7 @@ class Delegating(Service):
         )
         chain = (*claims.delegation_chain, record)
         token, new_claims = mint_granted(
-            ring,
+            self._keys.signer(ring),
             cfg,
             issuance,
             iat=iat,

@@ -360,7 +360,7 @@ class Exchange(Service):
         except Refusal as refusal:
             self._refused(refusal, ctx, claims, f"narrowing jti={claims.jti}")
         token, new = mint_granted(
-            self._keys.ring,
+            self._keys,
             cfg,
             issuance,
             iat=iat,
@@ -475,7 +475,7 @@ class Exchange(Service):
             ),
         )
         token, new = mint_granted(
-            ring,
+            self._keys.signer(ring),
             cfg,
             issuance,
             iat=iat,

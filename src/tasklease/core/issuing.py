@@ -8,10 +8,9 @@ from collections.abc import Sequence
 from tasklease.core.config import Config
 from tasklease.core.introspection import new_reference
 from tasklease.core.kernel import Issuance
-from tasklease.core.keys import KeyRing
 from tasklease.core.metrics import Metrics
 from tasklease.core.records import ReferenceTokenRecord
-from tasklease.core.tokens import KIND_AGENT, Claims, DelegationRecord, mint
+from tasklease.core.tokens import KIND_AGENT, Claims, DelegationRecord, Signer, mint
 from tasklease.rules.grants import digest
 
 __all__ = [
@@ -32,7 +31,7 @@ def clamp_ttl(requested: int | None, default: int, config: Config) -> int:
 
 
 def mint_granted(
-    ring: KeyRing,
+    ring: Signer,
     config: Config,
     issuance: Issuance,
     *,

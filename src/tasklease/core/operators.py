@@ -415,7 +415,7 @@ class Operators(Service):
         sub = operator_subject(record.name)
         iat = int(self._kernel.now())
         token, claims = mint(
-            self._keys.ring,
+            self._keys,
             kind=KIND_ADMIN,
             iss=cfg.issuer,
             sub=sub,

@@ -435,7 +435,7 @@ class Registration(Service):
             client_id = app.client_id if app is not None else app_id
         principal = issuance.principal
         token, claims = mint_granted(
-            self._keys.ring,
+            self._keys,
             cfg,
             issuance,
             iat=iat,

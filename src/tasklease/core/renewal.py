@@ -102,7 +102,7 @@ class Renewal(Service):
                 refusal.error, replace(failed, detail=f"{refusal.detail} jti={claims.jti}")
             ) from None
         token, new_claims = mint_granted(
-            self._keys.ring,
+            self._keys,
             cfg,
             issuance,
             iat=iat,
@@ -306,7 +306,7 @@ class Renewal(Service):
         except Refusal as refusal:
             raise refuse(refusal.error, refusal.detail) from None
         token, claims = mint_granted(
-            self._keys.ring,
+            self._keys,
             cfg,
             issuance,
             iat=iat,

@@ -18,12 +18,28 @@ import nacl.signing
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.keys import KeyRing, load_or_create_keyring, rotate_key
-from tasklease.core.tokens import Claims
+from tasklease.core.tokens import Claims, Signer
 from tasklease.core.validation import Validator
 
 __all__ = ["SigningKeys", "verify_keys"]
 
 _log = logging.getLogger("tasklease.broker")
+
+
+class _Remembering:
+    """A ring signing, and a validator told of every token it signs."""
+
+    __slots__ = ("_ring", "_validator")
+
+    def __init__(self, ring: KeyRing, validator: Validator) -> None:
+        self._ring = ring
+        self._validator = validator
+
+    def sign(self, payload: bytes, typ: str) -> str:
+        ring = self._ring
+        token = ring.sign(payload, typ)
+        self._validator.signed(token, ring.active_kid, typ, payload)
+        return token
 
 
 def verify_keys(ring: KeyRing) -> list[nacl.signing.VerifyKey]:
@@ -49,6 +65,18 @@ class SigningKeys:
     def _validator(self, ring: KeyRing) -> Validator:
         kernel = self._kernel
         return Validator(kernel.config, ring, kernel.clock, kernel.revocations)
+
+    def sign(self, payload: bytes, typ: str) -> str:
+        """A compact JWS of ``payload`` under the active key, remembered by the validator:
+        its first use in this process skips the signature check (the text is ours)."""
+        return self.signer(self.ring).sign(payload, typ)
+
+    def signer(self, ring: KeyRing) -> Signer:
+        """``ring`` (one read of :attr:`ring`, for a hop signed under one ring) signing,
+        each token remembered by the current validator as :meth:`sign` does. Whichever
+        ring and validator a rotation leaves it with, a remembered token is used only
+        while the validator's ring still holds its ``kid``."""
+        return _Remembering(ring, self.validator)
 
     def _install(self, ring: KeyRing) -> None:
         self.validator = self._validator(ring)

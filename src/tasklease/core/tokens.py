@@ -40,11 +40,10 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
-from tasklease.core.keys import KeyRing
 from tasklease.rules import jws as _jws
 from tasklease.rules.claims import (
     ClaimRejected,
@@ -76,6 +75,7 @@ __all__ = [
     "Claims",
     "ClaimsError",
     "DelegationRecord",
+    "Signer",
     "act_actors",
     "act_claim",
     "agent_jwk",
@@ -191,8 +191,15 @@ def agent_key_of(payload: dict[str, Any]) -> bytes | None:
     return raw if len(raw) == 32 else None
 
 
+class Signer(Protocol):
+    """What signs a token: a :class:`~tasklease.core.keys.KeyRing`, or the broker's
+    ``SigningKeys``, which also tells its validator what it signed."""
+
+    def sign(self, payload: bytes, typ: str) -> str: ...
+
+
 def mint(
-    keyring: KeyRing,
+    keyring: Signer,
     *,
     kind: str,
     iss: str,

@@ -6,6 +6,12 @@ rules of :mod:`tasklease.rules.claims` (``iss`` → ``aud`` → ``cnf`` shape �
 no leeway, ``nbf``/``iat`` with the configured skew → lifetime ≤ ``max_ttl`` → ``max_exp``
 → delegation depth and chain hash → ``act``) → revocation (in memory, no I/O).
 
+The header and signature steps are the only ones a token's exact text settles once for
+all: a token that passed them (or that this process just signed, :meth:`Validator.signed`)
+is remembered by the SHA-256 of its text, and at a later use only its ``typ``, its
+``kid`` (still in the ring), its length and every claim rule are checked again. Tokens
+with a critical scope are never remembered (docs/decisions.md 122).
+
 One precise reason is kept inward (:attr:`TokenRejected.reason`, for the audit log and
 debug logs); outward every failure looks the same.
 """
@@ -13,15 +19,19 @@ debug logs); outward every failure looks the same.
 from __future__ import annotations
 
 from collections.abc import Container
+from hashlib import sha256
+from typing import Any, NamedTuple
 
 from tasklease.core.clock import Clock
 from tasklease.core.config import Config
 from tasklease.core.keys import KeyRing
+from tasklease.core.lru import LRUCache
 from tasklease.core.revocation import RevocationIndex
 from tasklease.core.tokens import Claims, ClaimsError, claims_from_payload
 from tasklease.rules import jws
 from tasklease.rules.claims import ClaimRejected
 from tasklease.rules.claims import check_claims as _check_claim_rules
+from tasklease.rules.scopes import overlaps
 
 __all__ = ["TokenRejected", "Validator"]
 
@@ -41,6 +51,16 @@ class TokenRejected(Exception):
         self.dpop_nonce = dpop_nonce
 
 
+class _Known(NamedTuple):
+    """A token whose header and signature are settled: its ``kid``, and either its claims
+    (verified here) or its payload's bytes (signed here, parsed at its first use)."""
+
+    kid: str
+    typ: str
+    claims: Claims | None
+    payload: bytes
+
+
 class Validator:
     def __init__(
         self, config: Config, keyring: KeyRing, clock: Clock, revocations: RevocationIndex
@@ -49,6 +69,13 @@ class Validator:
         self._keyring = keyring
         self._clock = clock
         self._revocations = revocations
+        self._known: LRUCache[bytes, _Known] = LRUCache(config.token_cache_size)
+
+    def signed(self, token: str, kid: str, typ: str, payload: bytes) -> None:
+        """Remember a token this process has just signed under ``kid`` (``payload``, the
+        JSON it signed): its first use here need not verify what was never out of hand."""
+        if len(token) <= self._config.max_token_bytes:  # else issued by reference
+            self._known.put(_digest(token), _Known(kid, typ, None, payload))
 
     def validate(
         self,
@@ -69,20 +96,55 @@ class Validator:
         cfg = self._config
         if not isinstance(token, str) or not token:
             raise TokenRejected("no token", "format")
+        # A token too large is refused by decode_parts, before any hashing or cryptography.
+        digest = _digest(token) if len(token) <= cfg.max_token_bytes else b""
+        claims = self._settled(digest, kinds) if digest else None
+        if claims is None:
+            try:
+                typ, kid, payload = jws.decode_parts(
+                    token, self._keyring.verify_key, kinds, cfg.max_token_bytes
+                )
+            except jws.JWSError as exc:
+                raise TokenRejected(exc.reason, "signature") from None
+            claims = self._claims(typ, payload)
+            self._remember(digest, kid, claims)
+        return self.check_claims(claims, audience=audience, any_audience=any_audience)
+
+    def _settled(self, digest: bytes, kinds: Container[str]) -> Claims | None:
+        """The claims of a remembered token, or None: not remembered, of a ``typ`` this
+        caller does not take, under a ``kid`` the ring no longer holds, or (read from what
+        was signed) with a critical scope, which is then forgotten."""
+        known = self._known.get(digest)
+        if known is None or known.typ not in kinds or self._keyring.verify_key(known.kid) is None:
+            return None
+        if known.claims is not None:
+            return known.claims
+        claims = self._parse(known.typ, known.payload)
+        if overlaps(claims.scope, self._config.critical_scopes):
+            self._known.discard(digest)
+            return None
+        self._known.put(digest, _Known(known.kid, known.typ, claims, b""))
+        return claims
+
+    def _parse(self, typ: str, payload: bytes) -> Claims:
         try:
-            decoded = jws.decode(
-                token,
-                resolve_key=self._keyring.verify_key,
-                allowed_typs=kinds,
-                max_bytes=cfg.max_token_bytes,
-            )
+            parsed = jws.payload_object(payload)
         except jws.JWSError as exc:
             raise TokenRejected(exc.reason, "signature") from None
+        return self._claims(typ, parsed)
+
+    @staticmethod
+    def _claims(typ: str, payload: dict[str, Any]) -> Claims:
         try:
-            claims = claims_from_payload(decoded.typ, decoded.claims)
+            return claims_from_payload(typ, payload)
         except ClaimsError as exc:
             raise TokenRejected(str(exc), "claims") from None
-        return self.check_claims(claims, audience=audience, any_audience=any_audience)
+
+    def _remember(self, digest: bytes, kid: str, claims: Claims) -> None:
+        """Keep a token's settled header and signature, unless it holds a critical scope
+        (high assurance: every use verified from scratch)."""
+        if not overlaps(claims.scope, self._config.critical_scopes):
+            self._known.put(digest, _Known(kid, claims.kind, claims, b""))
 
     def check_claims(
         self, claims: Claims, *, audience: str | None = None, any_audience: bool = False
@@ -114,3 +176,7 @@ class Validator:
         if level is not None:
             raise TokenRejected(f"token has been revoked (level {level})", "revoked")
         return claims
+
+
+def _digest(token: str) -> bytes:
+    return sha256(token.encode("utf-8", "surrogatepass")).digest()

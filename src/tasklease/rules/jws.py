@@ -76,6 +76,7 @@ __all__ = [
     "encode",
     "jwk_thumbprint",
     "media_type",
+    "payload_object",
     "sign_detached",
     "verify_detached",
     "verify_raw",
@@ -209,10 +210,16 @@ def decode_parts(
     payload = b64_span(raw, first, last)
     if payload is None:
         payload = signed_payload_checked(raw[first + 1 : last])
+    return typ, kid, payload_object(payload)
+
+
+def payload_object(payload: bytes) -> dict[str, Any]:
+    """A token's payload bytes as :func:`decode` reads them: a JSON object without
+    duplicate names at any depth. Raises JWSError."""
     claims = fast_json_object(payload)
     if claims is None:
         claims = json_object_strict(payload, "payload")
-    return typ, kid, claims
+    return claims
 
 
 def decode_unverified(

@@ -21,6 +21,7 @@ __all__ = [
     "covers",
     "intersect",
     "is_subset",
+    "overlaps",
     "parse_scope",
     "uncovered",
 ]
@@ -73,6 +74,14 @@ def covers(allowed: str, requested: str) -> bool:
     if a[0] != r[0] or a[1] != r[1]:
         return False
     return a[2] == "*" or a[2] == r[2]
+
+
+def overlaps(scopes: Iterable[str], patterns: Sequence[str]) -> bool:
+    """True iff some scope overlaps some pattern, either covering the other: how a token
+    is found to hold a critical scope (``critical_scopes``, broker and verifier alike)."""
+    if not patterns:
+        return False
+    return any(covers(p, s) or covers(s, p) for s in scopes for p in patterns)
 
 
 def uncovered(requested: Iterable[str], allowed: Sequence[str]) -> list[str]:

@@ -86,12 +86,7 @@ class FreshnessPolicy:
 
     def is_critical(self, token: VerifiedToken) -> bool:
         """True when ``token`` holds a critical scope or a grant of a critical type."""
-        patterns = self.critical_scopes
-        if patterns and any(
-            scope_rules.covers(pattern, scope) or scope_rules.covers(scope, pattern)
-            for scope in token.scope
-            for pattern in patterns
-        ):
+        if scope_rules.overlaps(token.scope, self.critical_scopes):
             return True
         if not self.critical_grant_types or "authorization_details" not in token.claims:
             return False

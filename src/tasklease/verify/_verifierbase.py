@@ -12,6 +12,7 @@ import httpx
 import nacl.signing
 
 from tasklease.core.clock import Clock, SystemClock
+from tasklease.core.lru import LRUCache
 from tasklease.rules import jws
 from tasklease.rules.binding import DPoPVerifier, ProofLedger
 from tasklease.rules.chainverify import offline_limits
@@ -27,7 +28,6 @@ from tasklease.verify._freshness import (
 from tasklease.verify._introspection import BrokerIntrospector, TokenIntrospector
 from tasklease.verify._jwks import KeySet
 from tasklease.verify._revocations import RevocationIndex
-from tasklease.verify._tokencache import TokenCache
 from tasklease.verify._usereports import UseReporter
 
 __all__ = ["VerifierBase"]
@@ -119,7 +119,7 @@ class VerifierBase:
         self._resolve = self._local_only(self._keys.resolve)
         self._cached_key = self._local_only(self._keys.get)
         self._revocations = RevocationIndex()
-        self._cache = TokenCache(cache_size)
+        self._cache: LRUCache[bytes, VerifiedToken] = LRUCache(cache_size)
         self._credentials = credentials
         self._feed_token: tuple[str, float] | None = None
         self._feed_token_lock = threading.Lock()
@@ -131,7 +131,9 @@ class VerifierBase:
                 forget_token=self._forget_feed_token,
             )
         self._introspector = introspector
-        self._references = TokenCache(introspection_cache_size if feed else 0)
+        self._references: LRUCache[bytes, VerifiedToken] = LRUCache(
+            introspection_cache_size if feed else 0
+        )
         self._dpop = DPoPVerifier(
             dpop_proof_window, capacity=dpop_replay_cache_size, ledger=dpop_replay
         )
