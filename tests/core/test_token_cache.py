@@ -77,6 +77,17 @@ def test_claims_remembered_at_signing_equal_the_verified_ones(
     assert broker.validate(delegated.token).delegation_chain
 
 
+def test_a_token_whose_signature_fails_is_not_remembered(
+    broker: Any, verifications: list[int]
+) -> None:
+    head, payload, signature = agent_token(broker).split(".")
+    forged = f"{head}.{payload}.{signature[:-4]}AAAA"
+    for _ in range(3):
+        with pytest.raises(TokenRejected, match="bad signature"):
+            broker.validate(forged)
+    assert len(verifications) == 3
+
+
 def test_a_changed_character_is_another_token(broker: Any, kit: Any) -> None:
     agent = kit.register(broker)
     broker.validate(agent.token)

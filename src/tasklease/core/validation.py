@@ -74,7 +74,9 @@ class Validator:
     def signed(self, token: str, kid: str, typ: str, payload: bytes) -> None:
         """Remember a token this process has just signed under ``kid`` (``payload``, the
         JSON it signed): its first use here need not verify what was never out of hand."""
-        if len(token) <= self._config.max_token_bytes:  # else issued by reference
+        cfg = self._config
+        # A larger token is issued by reference, or refused if presented.
+        if len(token) <= min(cfg.max_token_bytes, cfg.reference_token_threshold):
             self._known.put(_digest(token), _Known(kid, typ, None, payload))
 
     def validate(
