@@ -52,6 +52,9 @@ def test_a_token_from_elsewhere_is_verified_once(broker: Any, verifications: lis
     broker.validate(token)
     broker.validate(token)
     assert len(verifications) == 1
+    counted = broker.metrics.registry.get_sample_value
+    assert counted("tasklease_token_cache_total", {"result": "miss"}) == 1
+    assert counted("tasklease_token_cache_total", {"result": "hit"}) == 2
 
 
 def test_claims_remembered_at_signing_equal_the_verified_ones(
@@ -189,6 +192,8 @@ def test_token_cache_size_out_of_range_is_refused(size: int) -> None:
 
 def test_a_validator_answers_for_itself(broker: Any) -> None:
     """Built directly (no SigningKeys), a validator remembers only what it verified."""
-    validator = Validator(broker.config, broker.keyring, broker.clock, broker.revocations)
+    validator = Validator(
+        broker.config, broker.keyring, broker.clock, broker.revocations, broker.metrics
+    )
     token = agent_token(broker)
     assert validator.validate(token, (KIND_AGENT,)).kind == KIND_AGENT

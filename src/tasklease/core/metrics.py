@@ -114,6 +114,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.token_cache = Counter(
+            "tasklease_token_cache_total",
+            "Presented tokens whose signature the token cache settled (hit) or that were "
+            "verified (miss).",
+            ["result"],
+            registry=r,
+        )
         self.audit_events = Counter(
             "tasklease_audit_events_total",
             "Audit events written, by type.",

@@ -64,7 +64,7 @@ class SigningKeys:
 
     def _validator(self, ring: KeyRing) -> Validator:
         kernel = self._kernel
-        return Validator(kernel.config, ring, kernel.clock, kernel.revocations)
+        return Validator(kernel.config, ring, kernel.clock, kernel.revocations, kernel.metrics)
 
     def sign(self, payload: bytes, typ: str) -> str:
         """A compact JWS of ``payload`` under the active key, remembered by the validator:

@@ -26,6 +26,7 @@ from tasklease.core.clock import Clock
 from tasklease.core.config import Config
 from tasklease.core.keys import KeyRing
 from tasklease.core.lru import LRUCache
+from tasklease.core.metrics import Metrics
 from tasklease.core.revocation import RevocationIndex
 from tasklease.core.tokens import Claims, ClaimsError, claims_from_payload
 from tasklease.rules import jws
@@ -63,13 +64,20 @@ class _Known(NamedTuple):
 
 class Validator:
     def __init__(
-        self, config: Config, keyring: KeyRing, clock: Clock, revocations: RevocationIndex
+        self,
+        config: Config,
+        keyring: KeyRing,
+        clock: Clock,
+        revocations: RevocationIndex,
+        metrics: Metrics,
     ) -> None:
         self._config = config
         self._keyring = keyring
         self._clock = clock
         self._revocations = revocations
         self._known: LRUCache[bytes, _Known] = LRUCache(config.token_cache_size)
+        self._hits = metrics.token_cache.labels("hit")
+        self._misses = metrics.token_cache.labels("miss")
 
     def signed(self, token: str, kid: str, typ: str, payload: bytes) -> None:
         """Remember a token this process has just signed under ``kid`` (``payload``, the
@@ -101,7 +109,10 @@ class Validator:
         # A token too large is refused by decode_parts, before any hashing or cryptography.
         digest = _digest(token) if len(token) <= cfg.max_token_bytes else b""
         claims = self._settled(digest, kinds) if digest else None
-        if claims is None:
+        if claims is not None:
+            self._hits.inc()
+        else:
+            self._misses.inc()
             try:
                 typ, kid, payload = jws.decode_parts(
                     token, self._keyring.verify_key, kinds, cfg.max_token_bytes
