@@ -183,3 +183,28 @@ def test_one_scrape_sums_every_worker_and_outlives_a_replaced_one(
         time.sleep(0.2)
     assert running.proc.poll() is None
     assert registrations(httpx.get(metrics_url(running), timeout=10).text) == total
+
+
+def _cache_samples(broker: RunningBroker) -> tuple[float, float]:
+    text = httpx.get(metrics_url(broker), timeout=10).text
+    hits = re.search(r'^tasklease_token_cache_total\{result="hit"\} (\S+)$', text, re.M)
+    misses = re.search(r'^tasklease_token_cache_total\{result="miss"\} (\S+)$', text, re.M)
+    return float(hits[1]) if hits else 0.0, float(misses[1]) if misses else 0.0
+
+
+@pytest.mark.parametrize("size", ["10000", "0"])
+def test_the_token_cache_is_counted_and_can_be_turned_off(
+    start_broker: Callable[..., RunningBroker], size: str
+) -> None:
+    """A token the broker issued is validated three times: with the cache, every use is
+    a hit (the broker signed it); with ``TASKLEASE_TOKEN_CACHE_SIZE=0``, every use is
+    verified, and the answers are the same."""
+    running = start_broker(env={**SHARED_ENV, "TASKLEASE_TOKEN_CACHE_SIZE": size})
+    agent = running.register(["read:data:x"])
+    hits, misses = _cache_samples(running)
+    assert all(running.validate(agent.access_token)["valid"] for _ in range(3))
+    after_hits, after_misses = _cache_samples(running)
+    if size == "0":
+        assert (after_hits - hits, after_misses - misses) == (0, 3)
+    else:
+        assert (after_hits - hits, after_misses - misses) == (3, 0)
