@@ -1004,6 +1004,23 @@ def test_agent_sessions_put_get_and_silent_query(store: Store) -> None:
     assert store.silent_agents(NOW + 10, 10) == [_session(4)]
 
 
+def test_raise_resumes_only_raises(store: Store) -> None:
+    agent = _session(1).agent_id
+    with store.write() as tx:
+        assert tx.raise_resumes(agent, 3) is None  # no session: nothing written
+        tx.put_agent_session(_session(1, resumes=2))
+        tx.put_agent_session(_session(2, resumes=2))
+        assert tx.raise_resumes(agent, 3) is True
+        assert tx.raise_resumes(agent, 3) is False  # already there
+        assert tx.raise_resumes(agent, 1) is False  # never lowered
+    assert store.get_agent_session(agent) == _session(1, resumes=3)
+    assert store.get_agent_session(_session(2).agent_id) == _session(2, resumes=2)
+    with pytest.raises(Boom), store.write() as tx:
+        assert tx.raise_resumes(agent, 9) is True
+        raise Boom
+    assert store.get_agent_session(agent) == _session(1, resumes=3)
+
+
 def test_session_write_rolls_back(store: Store) -> None:
     with pytest.raises(Boom), store.write() as tx:
         tx.put_agent_session(_session())

@@ -126,16 +126,12 @@ class Renewal(Service):
                     reason="token already renewed or revoked",
                     challenge=token_challenge(claims),
                 )
-            if own:
-                current = tx.get_agent_session(claims.sub)
-                if current is not None:
-                    if current.resumes >= issuance.renewals:
-                        raise Unauthorized(
-                            "token verification failed",
-                            reason="the lineage was renewed or resumed meanwhile",
-                            challenge=token_challenge(claims),
-                        )
-                    tx.put_agent_session(replace(current, resumes=issuance.renewals))
+            if own and tx.raise_resumes(claims.sub, issuance.renewals) is False:
+                raise Unauthorized(
+                    "token verification failed",
+                    reason="the lineage was renewed or resumed meanwhile",
+                    challenge=token_challenge(claims),
+                )
             if reference is not None:
                 tx.insert_reference_token(reference)
             return [

@@ -141,6 +141,12 @@ class WriteTx(Protocol):
         """Insert or replace the session of ``session.agent_id``."""
         ...
 
+    def raise_resumes(self, agent_id: str, resumes: int) -> bool | None:
+        """Set the session's ``resumes`` to ``resumes`` where it is lower (one statement:
+        a renewal's count, checked and written under this transaction's lock). True if
+        set, False if it was already at or above it, None when the agent has no session."""
+        ...
+
     def acquire_lease(self, name: str, holder: str, now: float, expires_at: float) -> bool:
         """Take or extend the named lease; True iff it was free, expired or ours.
 

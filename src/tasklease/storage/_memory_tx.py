@@ -273,6 +273,16 @@ class MemoryWriteTx:
         self._check_open()
         self._set(self._store._sessions, session.agent_id, session)
 
+    def raise_resumes(self, agent_id: str, resumes: int) -> bool | None:
+        self._check_open()
+        session = self._store._sessions.get(agent_id)
+        if session is None:
+            return None
+        if session.resumes >= resumes:
+            return False
+        self._set(self._store._sessions, agent_id, dataclasses.replace(session, resumes=resumes))
+        return True
+
     def acquire_lease(self, name: str, holder: str, now: float, expires_at: float) -> bool:
         self._check_open()
         leases = self._store._leases

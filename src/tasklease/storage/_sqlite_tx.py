@@ -149,12 +149,15 @@ class SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
         """
         conn = self._db()
         d = self.dialect
-        row = conn.execute(d.lock_revocation, (record.level, record.target)).fetchone()
         insert = d.insert_revocation
-        if row is None:
-            conn.execute(
-                insert, (record.level, record.target, record.revoked_at, record.expires_at)
-            )
+        values = (record.level, record.target, record.revoked_at, record.expires_at)
+        # The common case (a new entry) in one statement; a present one is read and merged.
+        if conn.execute(d.insert_new_revocation, values).rowcount == 1:
+            self.revoked = True
+            return True
+        row = conn.execute(d.lock_revocation, (record.level, record.target)).fetchone()
+        if row is None:  # pragma: no cover - the write lock is held: it cannot vanish
+            conn.execute(insert, values)
             self.revoked = True
             return True
         seq, old_revoked_at, old_expires_at = int(row[0]), int(row[1]), float(row[2])

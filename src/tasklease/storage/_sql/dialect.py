@@ -372,6 +372,10 @@ class Dialect(RowConversions):
         self.set_agent_status = q(f"UPDATE agents SET status = ? WHERE {t} AND agent_id = ?")
         self.lock_session = q(f"{_SELECT_SESSION} WHERE {t} AND agent_id = ?{for_update}")
         self.put_session = q(upsert("agent_sessions", _SESSION))
+        self.raise_resumes = q(
+            f"UPDATE agent_sessions SET resumes = ? WHERE {t} AND agent_id = ? AND resumes < ?"
+        )
+        self.has_session = q(f"SELECT 1 FROM agent_sessions WHERE {t} AND agent_id = ?")
         self.acquire_lease = q(
             f"{insert('leases', 'name, holder, expires_at')}"
             " ON CONFLICT (tenant_id, name) DO UPDATE SET holder = excluded.holder,"
@@ -433,6 +437,9 @@ class Dialect(RowConversions):
             " AND level = ? AND target = ?"
         )
         self.insert_revocation = q(insert("revocations", "level, target, revoked_at, expires_at"))
+        self.insert_new_revocation = (
+            f"{self.insert_revocation} ON CONFLICT (tenant_id, level, target) DO NOTHING"
+        )
         self.delete_revocation = q(f"DELETE FROM revocations WHERE {t} AND seq = ?")
         # the tenant registry: one table for the whole database, not per tenant
         self.get_tenant = q(f"SELECT {_TENANT} FROM tenants WHERE name = ?")

@@ -247,6 +247,12 @@ class SQLWriteTx(Generic[_C]):
             ),
         )
 
+    def raise_resumes(self, agent_id: str, resumes: int) -> bool | None:
+        db = self._db()
+        if db.execute(self.dialect.raise_resumes, (resumes, agent_id, resumes)).rowcount == 1:
+            return True
+        return False if db.execute(self.dialect.has_session, (agent_id,)).fetchone() else None
+
     def acquire_lease(self, name: str, holder: str, now: float, expires_at: float) -> bool:
         """Take the lease if free, expired or already ours: one upsert whose update only
         applies under that condition. On a conflict PostgreSQL locks the row and checks
