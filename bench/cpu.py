@@ -62,7 +62,7 @@ def measure(
         while not stop.is_set():
             # Backends come and go with connections: find the server's processes anew.
             db = cpu_seconds(server_pids(datadir)) if datadir is not None else 0.0
-            samples.append((time.perf_counter(), cpu_seconds(pids), db))
+            samples.append((time.monotonic(), cpu_seconds(pids), db))
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -83,14 +83,12 @@ def measure(
         text=True,
         check=True,
     )
-    ended = time.perf_counter()
     stop.set()
     sampler.join()
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    # The measured window is the last elapsed_s before the generator's exit (its
-    # connections close in about 0.1 s); setup came before it.
-    until = ended - 0.15
-    since = until - result["elapsed_s"]
+    # The measured window as the generator timed it (CLOCK_MONOTONIC, shared by every
+    # process): neither its setup nor its exit, however long a loaded host makes them.
+    since, until = result["window_monotonic"]
     start = min(samples, key=lambda s: abs(s[0] - since))
     end = min(samples, key=lambda s: abs(s[0] - until))
     n = max(1, result["n"])

@@ -173,6 +173,7 @@ async def drive(
     latencies: list[float] = []
     errors = 0
     issued = itertools.count()
+    window_started = time.monotonic()  # system-wide: bench.cpu samples on the same clock
     started = time.perf_counter()
     deadline = started + duration
 
@@ -191,7 +192,8 @@ async def drive(
 
     await asyncio.gather(*(worker(c) for c in conns))
     elapsed = time.perf_counter() - started
-    return {**summarize(latencies, elapsed), "errors": errors}
+    window = [window_started, time.monotonic()]
+    return {**summarize(latencies, elapsed), "errors": errors, "window_monotonic": window}
 
 
 # -- scenarios ---------------------------------------------------------------------------
