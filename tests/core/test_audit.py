@@ -769,6 +769,136 @@ def test_a_caller_interrupted_while_waiting_does_not_stall_the_queue(
     assert log.record(AuditEntry("next"))[0].seq == 1  # nothing stalls, nothing was kept
 
 
+def _queued(log: AuditLog, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(log._queue) < n and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert len(log._queue) == n
+
+
+def test_a_thread_interrupted_inside_a_batch_does_not_stop_the_wake_up_chain() -> None:
+    # A batch's threads are woken one after another, each by the one before it. The main
+    # thread waits in the middle of a batch, is interrupted while the batch is written,
+    # and leaves: the thread after it must still be woken, and the batch kept.
+    store = MemoryStore()
+    log = AuditLog(store, ManualClock())
+    writing, release = threading.Event(), threading.Event()
+    outcomes: dict[str, Any] = {}
+
+    def slow(_tx: Any) -> list[AuditEntry]:
+        writing.set()
+        release.wait(10)
+        return [AuditEntry("first")]
+
+    def call(name: str, fn: Any) -> None:
+        try:
+            outcomes[name] = fn()
+        except BaseException as exc:  # noqa: BLE001 - the test sorts them out below
+            outcomes[name] = exc
+
+    def choreograph() -> None:
+        _queued(log, 2)  # the leader-to-be, then the main thread
+        last.start()
+        _queued(log, 3)
+        with log._lock:  # hand the seat to the first caller: it leads all three
+            log._queue[0].wake.set()
+        writing.wait(10)
+        os.kill(os.getpid(), signal.SIGUSR1)  # the batch is being written
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise _Interrupt
+
+    with log._lock:  # take the leader's seat while everybody queues
+        log._leading = True
+    leader = threading.Thread(target=call, args=("leader", lambda: log.commit(slow)), daemon=True)
+    third = lambda: log.record(AuditEntry("third"))  # noqa: E731
+    last = threading.Thread(target=call, args=("last", third), daemon=True)
+    helper = threading.Thread(target=choreograph, daemon=True)
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        leader.start()
+        _queued(log, 1)
+        helper.start()
+        with pytest.raises(_Interrupt):
+            log.record(AuditEntry("second"))  # waits in the main thread, second in line
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    release.set()
+    for thread in (helper, leader, last):
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    assert outcomes["leader"][0].seq == 1
+    assert outcomes["last"][0].seq == 3  # woken past the thread that left
+    # The interrupted caller's event is kept all the same: only its answer was lost.
+    assert [e.event_type for e in store.iter_audit()] == ["first", "second", "third"]
+
+
+def test_a_thread_leading_waits_for_the_threads_the_last_batch_woke() -> None:
+    # Eight threads write twice each. Their first writes are one batch; the first of them
+    # back leads the second batch, and waits for the other seven instead of writing alone.
+    store = MemoryStore()
+    batches: list[int] = []
+    log = AuditLog(
+        store,
+        ManualClock(),
+        on_batch=lambda size, _secs: batches.append(size),
+        return_window=30.0,  # this test's threads come back, however slow the host
+    )
+    n = 8
+    seqs: list[int] = []
+
+    def twice(i: int) -> None:
+        for k in range(2):
+            seqs.extend(e.seq for e in log.record(AuditEntry("e", detail=f"{i}.{k}")))
+
+    with log._lock:  # take the leader's seat while everybody queues
+        log._leading = True
+    threads = [threading.Thread(target=twice, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    _queued(log, n)
+    with log._lock:
+        log._queue[0].wake.set()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive()
+    assert batches == [n, n]
+    assert sorted(seqs) == list(range(1, 2 * n + 1))
+
+
+def test_a_thread_leading_waits_no_longer_than_the_window() -> None:
+    # Two threads were woken by a batch; only one writes again. It leads, waits for the
+    # other until the window closes, then writes alone.
+    store = MemoryStore()
+    batches: list[int] = []
+    log = AuditLog(
+        store, ManualClock(), on_batch=lambda size, _s: batches.append(size), return_window=0.2
+    )
+    again: list[Any] = []
+
+    def once(k: int) -> None:
+        log.record(AuditEntry("e", detail=str(k)))
+        if k == 0:
+            again.extend(log.record(AuditEntry("again")))
+
+    with log._lock:
+        log._leading = True
+    threads = [threading.Thread(target=once, args=(k,), daemon=True) for k in range(2)]
+    for t in threads:
+        t.start()
+    _queued(log, 2)
+    with log._lock:
+        log._queue[0].wake.set()
+    for t in threads:
+        t.join(timeout=10)
+        assert not t.is_alive()
+    assert batches == [2, 1]
+    assert again[0].seq == 3
+    # Long after the window, a lone writer waits for nobody (no gate is left behind).
+    assert log._gate is None
+    assert log.record(AuditEntry("later"))[0].seq == 4
+
+
 def test_a_failing_unit_undoes_only_its_own_writes() -> None:
     store = MemoryStore()
     log = AuditLog(store, ManualClock())
