@@ -276,9 +276,12 @@ class AuditLog:
     takes the whole queue and commits it in one transaction. Later callers wait on their
     own event while they queue up behind it. When the batch is durable the leader hands
     the leadership to the first caller still queued, which commits everything that
-    arrived meanwhile, then wakes exactly the callers it served. One wake-up per caller,
-    no background thread (so nothing is lost to a thread that died). Audit-only entries
-    (:meth:`record`) are sanitized by their caller and skip the savepoint.
+    arrived meanwhile, then wakes the callers it served: the first of them, which wakes
+    the next as it leaves, and so on. A thread that leads right after a batch first waits
+    (about an fsync at most) for the threads that batch woke to queue again. One wake-up
+    per caller, no background thread (so nothing is lost to a thread that died).
+    Audit-only entries (:meth:`record`) are sanitized by their caller and skip the
+    savepoint.
 
     Coroutines queue the same way (:meth:`acommit`, :meth:`arecord`) but never block
     their event loop: when one of them would lead, one committer thread leads instead,
