@@ -13,7 +13,7 @@ all three alike:
 
 Each mode registers with plain scopes (what the agentwrit SDK sends) and, in the
 ``+grants`` rows, with one structured grant as well. Prints p50/p99 per mode and the p99
-growth over ``off`` (docs/performance.md, "Issuance policy").
+growth over ``off`` (docs/performance-history.md, "Issuance policy").
 """
 
 from __future__ import annotations
