@@ -8,4 +8,9 @@ Not part of the installed package. Modules:
 - ``bench.loadgen``  the load generator, run as its own process (``python -m bench.loadgen``)
 - ``bench.inproc``   in-process measurements: floors, audit append, audit verify, memory
 - ``bench.report``   percentiles, the table and the JSON document
+
+Measurements of their own, outside ``make bench``: ``bench.cpu`` (CPU per operation),
+``bench.propagation`` (revocation between replicas or workers), ``bench.feed`` (revocation
+to an offline verifier), ``bench.scale`` (cost against state size), ``bench.pgcommit``,
+``bench.auditquery``, ``bench.policy``, ``bench.offline_chain``.
 """
