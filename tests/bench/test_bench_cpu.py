@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench._bench import last_json
 
 
 def _row(scenario: str, count: int, *extra: str) -> dict[str, Any]:
     """The JSON row ``bench.cpu`` prints for ``scenario`` (it must exit cleanly)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.cpu", scenario, "--count", str(count), *extra],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    row: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = last_json("bench.cpu", scenario, "--count", str(count), *extra, timeout=180)
     assert row["scenario"] == scenario
     assert row["n"] == count and row["errors"] == 0
     return row

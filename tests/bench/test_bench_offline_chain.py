@@ -2,23 +2,12 @@
 derives, verifies a 5-hop chain by the rule and at a resource server, and the report's
 rows carry the figures and their ratios."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 from bench.offline_chain import chain_rows
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench._bench import last_json
 
 
 def test_the_offline_chain_benchmark_runs() -> None:
-    ran = subprocess.run(
-        [sys.executable, "-m", "bench.inproc", "offline_chain", '{"n": 5, "rounds": 1}'],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert ran.returncode == 0, ran.stderr
-    result = json.loads(ran.stdout.strip().splitlines()[-1])
+    result = last_json("bench.inproc", "offline_chain", '{"n": 5, "rounds": 1}', timeout=120)
     assert result["hops"] == 5 and result["chain_bytes"] <= 4096
     for name in ("derive_us", "token_verify_us", "chain_verify_us", "rs_chain_dpop_us"):
         assert result[name] > 0

@@ -2,20 +2,15 @@
 and the growth over `off` is reported for the policy modes."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench._bench import run_module
 
 
 def test_the_policy_benchmark_runs(tmp_path: Path) -> None:
     out = tmp_path / "policy.json"
-    ran = subprocess.run(
-        [sys.executable, "-m", "bench.policy", "--store", "memory", "--rounds", "1",
-         "--per-round", "3", "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    args = ["--store", "memory", "--rounds", "1", "--per-round", "3", "--json", str(out)]
+    ran = run_module("bench.policy", *args, timeout=120)
     assert ran.returncode == 0, ran.stderr
     figures = json.loads(out.read_text())
     modes = {"off", "default", "operator"}

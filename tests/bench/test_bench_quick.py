@@ -2,13 +2,11 @@
 on SQLite and on PostgreSQL (a throwaway cluster; skipped without initdb/pg_ctl)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from tests.bench._bench import run_module
 
-REPO = Path(__file__).resolve().parents[2]
 HTTP = {
     "empty",
     "register",
@@ -35,14 +33,7 @@ EXPECTED = HTTP | {"audit_append", "audit_append_async_8", "offline", "audit_ver
 @pytest.mark.slow
 def test_quick_bench_completes_and_writes_every_row(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
+    proc = run_module("bench", "--quick", "--json", str(out), timeout=110)
     assert proc.returncode == 0, proc.stderr[-3000:]
     document = json.loads(out.read_text())
     keys = {row["key"] for row in document["rows"]}
@@ -73,25 +64,8 @@ def test_quick_bench_on_postgresql_runs_every_http_scenario(tmp_path: Path) -> N
     except pgcluster.ClusterUnavailable as exc:
         pytest.skip(str(exc))
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--quick",
-            "--database",
-            "postgresql",
-            "--only",
-            "http",
-            "--json",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
+    args = ["--quick", "--database", "postgresql", "--only", "http", "--json", str(out)]
+    proc = run_module("bench", *args, timeout=100)
     assert proc.returncode == 0, proc.stderr[-3000:]
     document = json.loads(out.read_text())
     assert document["database"] == "postgresql"

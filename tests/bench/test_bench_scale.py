@@ -4,19 +4,16 @@ matplotlib installed) are written."""
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench._bench import run_module
+
 OPS = {"register", "validate", "renew", "delegate", "revoke", "audit_query", "audit_proof"}
 
 
 def test_the_scaling_benchmark_runs(tmp_path: Path) -> None:
-    ran = subprocess.run(
-        [sys.executable, "-m", "bench.scale", "--quick", "--out", str(tmp_path), "--name", "s"],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    args = ["--quick", "--out", str(tmp_path), "--name", "s"]
+    ran = run_module("bench.scale", *args, timeout=120)
     assert ran.returncode == 0, ran.stderr[-3000:]
     document = json.loads((tmp_path / "s.json").read_text())
     sizes = document["sizes"]

@@ -1,30 +1,15 @@
 """`python -m bench.propagation --database sqlite` runs end to end: two workers, a
 connection to each, revocations through one refused by the other (no timing assertions)."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench._bench import last_json
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("wake", [True, False])
 def test_propagation_between_sqlite_workers_runs(wake: bool) -> None:
-    args = [sys.executable, "-m", "bench.propagation", "--database", "sqlite", "--count", "3"]
-    proc = subprocess.run(
-        [*args, *([] if wake else ["--no-wake"])],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    args = ["bench.propagation", "--database", "sqlite", "--count", "3"]
+    result = last_json(*args, *([] if wake else ["--no-wake"]), timeout=120)
     assert result["database"] == "sqlite"
     assert result["wake"] is wake
     assert result["revocations"] == 3
