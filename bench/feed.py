@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import sys
 import time
 from typing import Any
 
 from bench.http import Connection
-from bench.loadgen import Keys, admin_token, new_launch_token, register
+from bench.loadgen import Keys, admin_token, new_launch_token, register, unverified_claims
 from bench.report import percentile
 from bench.servers import ADMIN_SECRET, Broker
 
@@ -64,11 +63,6 @@ async def _setup(port: int, count: int) -> tuple[list[Connection], str, list[str
     return conns, admin, tokens, (agents, app["client_id"], app["client_secret"])
 
 
-def _jti(token: str) -> str:
-    payload = token.split(".")[1]
-    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"])
-
-
 def _refused(verifier: Any, token: str) -> bool:
     from tasklease.verify import InvalidToken
 
@@ -101,7 +95,7 @@ def measure(count: int, workers: int, level: str) -> dict[str, Any]:
             for i, token in enumerate(tokens):
                 if _refused(verifier, token):
                     raise SystemExit(f"token {i} refused before its revocation")
-                target = _jti(token) if level == "token" else agents[i]
+                target = str(unverified_claims(token)["jti"]) if level == "token" else agents[i]
                 body = json.dumps({"level": level, "target": target}).encode()
                 conn = conns[i % len(conns)]
                 called = time.perf_counter()

@@ -51,6 +51,17 @@ def _check(status: int, body: bytes, what: str, expect: int = 200) -> Any:
     return _dec.decode(body) if body else None
 
 
+def unverified_claims(token: str) -> dict[str, Any]:
+    """A compact JWS's payload, read without checking anything: the load generator only
+    needs to know what the broker put in a token it just issued (its ``jti``, a ticket's
+    fields)."""
+    payload = token.split(".")[1]
+    claims: dict[str, Any] = _dec.decode(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return claims
+
+
 def _bearer(token: str) -> bytes:
     return f"Authorization: Bearer {token}\r\n".encode()
 
@@ -421,8 +432,7 @@ async def _heartbeats(conns: list[Connection], admin: str, keys: Keys, tag: str)
     held = []
     for k, agent in enumerate(agents):
         token = agent["access_token"]
-        payload = token.split(".")[1]
-        jti = _dec.decode(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"]
+        jti = unverified_claims(token)["jti"]
         held.append((agent["agent_id"], jti, keys.get(k)[0], _bearer(token)))
     serial = itertools.count()
 
@@ -451,8 +461,7 @@ async def _handshakes(conns: list[Connection], admin: str, keys: Keys, tag: str)
     na, nb = "a" * 32, "b" * 32
 
     def signed(who: nacl.signing.SigningKey, role: str, ticket: str, nonce_b: str) -> str:
-        payload = ticket.split(".")[1]
-        t = _dec.decode(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        t = unverified_claims(ticket)
         message = transcript(role, t["hid"], t["ini"], t["rsp"], t["na"], nonce_b)
         return base64.b64encode(who.sign(message).signature).decode()
 
