@@ -10,6 +10,7 @@ the database stopped answering, and the broker recovers by itself after SIGCONT.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,11 @@ import pytest
 from e2e_support import RunningBroker, stop_broker
 from faults_support import freeze, thaw
 from pg_e2e import migrate, start_replica, verify_chain
+
+from tasklease.core.errors import Unavailable
+from tasklease.core.readahead import InThread
+from tasklease.storage._pg_guard import Limits
+from tasklease.storage.postgres import PostgresStore
 
 pytestmark = pytest.mark.slow
 
@@ -132,3 +138,36 @@ def _frozen_then_thawed(
     assert broker.register(["read:data:*"]).agent_id
     done = verify_chain(url, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_read_ahead_past_its_deadline_is_an_outage(own_cluster: pgcluster.Cluster) -> None:
+    """A first half's read on the event loop (decision 124) has the store's deadline:
+    past it, its connection is cut, the outage noted, and the read answers
+    ``Unavailable``; the next one goes to the thread path, which fails fast."""
+    store = PostgresStore(own_cluster.new_database("ahead"), limits=Limits(statement_timeout=0.5))
+    try:
+
+        async def main() -> tuple[float, BaseException | None, str]:
+            assert await store.read_ahead(("one", "SELECT 1", ())) == (1,)  # a connection
+            freeze(own_cluster)
+            started = time.monotonic()
+            error: BaseException | None = None
+            try:
+                await store.read_ahead(("one", "SELECT 2", ()))
+            except Unavailable as exc:
+                error = exc
+            took = time.monotonic() - started
+            try:
+                await store.read_ahead(("one", "SELECT 3", ()))
+            except InThread as exc:
+                return took, error, exc.reason
+            return took, error, ""
+
+        took, error, then = asyncio.run(main())
+        assert isinstance(error, Unavailable)
+        assert "did not answer within 1s" in str(error.detail)
+        assert 1.0 <= took < 1.0 + FAST
+        assert then == "the database is not answering"
+    finally:
+        thaw(own_cluster)
+        store.close()

@@ -41,6 +41,7 @@ from tasklease.core.audittree import append_leaves
 from tasklease.core.clock import Clock, format_rfc3339
 from tasklease.core.errors import Conflict, TaskleaseError, Unavailable
 from tasklease.core.handoff import run_on_loop
+from tasklease.core.readahead import refuse as refuse_on_loop
 from tasklease.core.records import AuditEvent, AuditTree
 from tasklease.core.store import Store, WriteTx
 from tasklease.rules.auditchain import event_leaf
@@ -436,6 +437,7 @@ class AuditLog:
             return head - size - len(hashes)
 
     def _submit(self, slot: _Slot) -> list[AuditEvent]:
+        refuse_on_loop("a write")  # a first half run ahead of its reads stops: in a thread
         wake = slot.wake
         if wake is None:  # pragma: no cover - a thread's slot always has one
             raise TypeError("a coroutine's slot cannot be submitted from a thread")

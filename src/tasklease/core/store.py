@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 from tasklease.core.records import (
     AgentRecord,
@@ -272,6 +272,14 @@ class Store(Protocol):
     # and none waits on a lock that a read on the loop could be holding
     # (:mod:`tasklease.core.handoff`).
     statements_on_loop: bool
+
+    async def read_ahead(self, query: object) -> Any:
+        """The answer to ``query``, a read that a first half run on an event loop asked
+        for (:class:`tasklease.core.readahead.ReadNeeded`), fetched without blocking the
+        loop; what the read raises is raised. Raise ``readahead.InThread`` when it
+        cannot be had that way (the caller runs the first half in a thread). Called
+        only when :attr:`local_reads` is False."""
+        ...
 
     @property
     def tenant(self) -> str:

@@ -19,9 +19,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tasklease.core.audience import validate_resource_uri
-from tasklease.core.broker import Broker, Deferred, Pending, RequestContext, deferring
+from tasklease.core.broker import Broker, Pending, RequestContext
 from tasklease.core.errors import InvalidRequest, InvalidTarget, TaskleaseError
 from tasklease.core.tokens import Claims
+from tasklease.http._reading import first_half, run_reading
 from tasklease.http.middleware import json_nesting_error
 from tasklease.http.problems import problem_body, problem_response_parts
 from tasklease.http.tls import peer_cert_thumbprint
@@ -41,6 +42,7 @@ __all__ = [
     "read_body",
     "request_context",
     "request_id",
+    "run_reading",
 ]
 
 _log = logging.getLogger("tasklease.http")
@@ -115,9 +117,9 @@ def one_of(resource: T | None, audience: T | None) -> T | None:
 class Authed(Protocol):
     """Authenticate the request's bearer, then run ``op`` with its claims, in a thread.
 
-    ``reads=True`` says ``op`` only reads: then both run on the event loop when the
-    store reads locally, their audit events (a refusal's) and the record of a DPoP proof
-    as used deferred and written before the answer.
+    ``reads=True`` says ``op`` only reads: then both run on the event loop
+    (:func:`run_reading`), their audit events (a refusal's) and the record of a DPoP
+    proof as used deferred and written before the answer.
     """
 
     async def __call__(
@@ -146,7 +148,6 @@ class Prepared(Protocol):
 
 def authenticated(broker: Broker, context: Callable[[Request], RequestContext]) -> Authed:
     """The :class:`Authed` of the routes that ``broker`` serves."""
-    local = broker.store.local_reads
 
     async def authed(
         request: Request,
@@ -162,20 +163,11 @@ def authenticated(broker: Broker, context: Callable[[Request], RequestContext]) 
         def run() -> T:
             return op(broker.authenticate(header, ctx, kinds=kinds, scope=scope), ctx)
 
-        if reads and local:
-            return await broker.settle(deferring(run))
+        if reads:
+            return await broker.settle(await first_half(run, store=broker.store))
         return await run_in_threadpool(run)
 
     return authed
-
-
-async def first_half(fn: Callable[[], T], *, local: bool) -> Deferred[T]:
-    """``fn`` under ``core.audit.deferring``: on the event loop when ``local`` (the store
-    reads locally: a hop to a thread costs more than its reads), else in a thread. Its
-    audit events and guards are the caller's to write (``Broker.settle``, ``answer``)."""
-    if local:
-        return deferring(fn)
-    return await run_in_threadpool(deferring, fn)
 
 
 def prepared(broker: Broker, context: Callable[[Request], RequestContext]) -> Prepared:
@@ -183,12 +175,10 @@ def prepared(broker: Broker, context: Callable[[Request], RequestContext]) -> Pr
 
     Authentication and the first half write nothing (refusals' audit events and the
     record of a DPoP proof as used are deferred, ``core.audit.deferring``): on the event
-    loop when the store reads locally (a hop to a thread costs more than they do), else
-    in a thread. What was deferred is then written, and the operation committed, awaited
-    without holding a thread, so concurrent writers share one transaction and are
-    answered with one wake-up of the loop.
+    loop (:func:`run_reading`). What was deferred is then written, and the operation
+    committed, awaited without holding a thread, so concurrent writers share one
+    transaction and are answered with one wake-up of the loop.
     """
-    local = broker.store.local_reads
 
     async def run(
         request: Request,
@@ -202,7 +192,7 @@ def prepared(broker: Broker, context: Callable[[Request], RequestContext]) -> Pr
         def first() -> Pending[T]:
             return op(broker.authenticate(header, ctx, kinds=kinds, scope=scope), ctx)
 
-        return await broker.answer(await first_half(first, local=local))
+        return await broker.answer(await first_half(first, store=broker.store))
 
     return run
 

@@ -54,7 +54,6 @@ def agent_routes(
     # Heartbeats and the handshake: checked on the loop, their writes and events awaited.
     written = prepared(broker, context)
     authed = authenticated(broker, context)
-    local = broker.store.local_reads
 
     async def as_agent(request: Request, op: Callable[[Claims, RequestContext], T]) -> T:
         ctx = context(request)
@@ -143,13 +142,13 @@ def agent_routes(
         req = await read_body(request, wire.ResumeRequest)
         ctx = context(request)
         try:
-            # Checked and signed on the loop when the store reads locally (else in a
-            # thread), its refusals' events and DPoP proof written with its unit.
+            # Checked and signed on the loop (run_reading), its refusals' events and
+            # DPoP proof written with its unit.
             first = await first_half(
                 lambda: broker.prepare_resume(
                     agent_id=req.agent_id, nonce=req.nonce, signature=req.signature, ctx=ctx
                 ),
-                local=local,
+                store=broker.store,
             )
             issued = await broker.answer(first)
         except TaskleaseError as exc:

@@ -93,8 +93,8 @@ def grant_routes(
         ctx = context(request)
         token = req.token
         presented = presentation(req)
-        # Checked on the loop when the store reads locally (the token's live state is read
-        # there), the count group-committed and awaited with the forwarded proof's record.
+        # Checked on the loop (the token's live state is read there: run_reading), the
+        # count group-committed and awaited with the forwarded proof's record.
         first = await first_half(
             lambda: broker.prepare_count_call(
                 token,
@@ -104,7 +104,7 @@ def grant_routes(
                 presented=presented,
                 ctx=ctx,
             ),
-            local=broker.store.local_reads,
+            store=broker.store,
         )
         claims, counted = await broker.answer(first)
         return json_response(

@@ -37,6 +37,7 @@ from tasklease.http._handling import (
     one_of,
     prepared,
     read_body,
+    run_reading,
 )
 from tasklease.rules.binding import BindingError, Presentation
 
@@ -84,7 +85,6 @@ def lease_routes(
 ) -> list[Route]:
     """The lease routes, each wrapped in the problem ``guard``."""
     cfg = broker.config
-    local = broker.store.local_reads
     # Renew, release and delegate: checked and signed on the loop, the commit awaited.
     written = prepared(broker, context)
 
@@ -104,15 +104,16 @@ def lease_routes(
             return broker.validate(token, audience=req.audience, presented=presented, ctx=ctx)
 
         # Pure CPU on the loop, unless the store may be read (by-reference tokens,
-        # high-assurance scopes): then in the thread pool, unless it reads locally.
+        # high-assurance scopes): then as run_reading says.
         reads = bool(cfg.critical_scopes) or is_reference_token(token)
+        store = broker.store if reads else None
         try:
             if req.dpop:
                 # The proof is recorded as used with the check's deferred audit events,
                 # awaited without a thread (core.audit.Guard); a replay is not valid.
-                claims = await broker.settle(await first_half(check, local=local or not reads))
-            elif reads:
-                claims = await run_in_threadpool(check)
+                claims = await broker.settle(await first_half(check, store=store))
+            elif store is not None:
+                claims = await run_reading(store, check)
             else:
                 claims = check()
         except TokenRejected:
@@ -142,12 +143,13 @@ def lease_routes(
         # The core reads the attestation as a mapping. Verifying it may fetch an issuer's
         # keys over the network, so a registration with evidence runs in a thread.
         attestation = None if req.attestation is None else msgspec.structs.asdict(req.attestation)
-        # Checks and signing write nothing: on the loop when the store reads locally (a
-        # thread hop costs more than they do), else in a thread. The commit is awaited
-        # without holding a thread, so concurrent registrations share a transaction and
-        # are answered with one wake-up of the loop.
-        inline = broker.store.local_reads and attestation is None
-        pending = prepare() if inline else await run_in_threadpool(prepare)
+        # Checks and signing write nothing: on the loop (run_reading). The commit is
+        # awaited without holding a thread, so concurrent registrations share a
+        # transaction and are answered with one wake-up of the loop.
+        if attestation is None:
+            pending = await run_reading(broker.store, prepare)
+        else:
+            pending = await run_in_threadpool(prepare)
         issued = await broker.complete_register(pending)
         return json_response(
             wire.RegisterResponse(

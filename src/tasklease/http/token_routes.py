@@ -21,16 +21,16 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tasklease.core.broker import Broker, Pending, RequestContext, deferring
+from tasklease.core.broker import Broker, Pending, RequestContext
 from tasklease.core.config import Config
 from tasklease.core.errors import InvalidRequest
 from tasklease.core.tokens import KIND_AGENT
 from tasklease.http import wire
+from tasklease.http._reading import first_half
 from tasklease.http.middleware import json_nesting_error
 from tasklease.rules.binding import normalize_htu
 
@@ -184,7 +184,6 @@ def token_routes(
     context: Callable[[Request], RequestContext],
 ) -> list[Route]:
     """The routes, wrapped by the application's problem ``guard``."""
-    local = broker.store.local_reads
 
     async def revoke_token(request: Request) -> Response:
         req = await parse_token_request(request)
@@ -197,14 +196,9 @@ def token_routes(
                 caller, token=req.token, token_type_hint=req.token_type_hint, ctx=ctx
             )
 
-        # Checked on the loop when the store reads locally, else in a thread; what was
-        # deferred (a DPoP proof's record too) and the commit are awaited without a
-        # thread (core.pending).
-        if local:
-            deferred = deferring(first)
-        else:
-            deferred = await run_in_threadpool(deferring, first)
-        await broker.answer(deferred)
+        # Checked on the loop (http._reading); what was deferred (a DPoP proof's record
+        # too) and the commit are awaited without a thread (core.pending).
+        await broker.answer(await first_half(first, store=broker.store))
         return _json(wire.TokenRevocationResponse())
 
     async def introspect(request: Request) -> Response:
@@ -216,13 +210,9 @@ def token_routes(
             caller = broker.authenticate_introspector(header, ctx)
             return broker.introspect(caller, token=req.token, audience=req.audience, ctx=ctx)
 
-        # A read: on the loop when the store reads locally, else in a thread; its audit
-        # events (a refused caller, a high-assurance denial) are written before the answer.
-        if local:
-            deferred = deferring(run)
-        else:
-            deferred = await run_in_threadpool(deferring, run)
-        return _json(await broker.settle(deferred))
+        # A read, on the loop (http._reading); its audit events (a refused caller, a
+        # high-assurance denial) are written before the answer.
+        return _json(await broker.settle(await first_half(run, store=broker.store)))
 
     return [
         Route("/v1/token/revoke", guard(revoke_token), methods=["POST"]),

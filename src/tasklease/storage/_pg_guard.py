@@ -34,7 +34,15 @@ from psycopg.conninfo import conninfo_to_dict
 
 from tasklease.core.errors import Unavailable
 
-__all__ = ["OUTAGE_PAUSE", "TRIAL_DEADLINE", "Limits", "Outage", "Timer", "Watchdog"]
+__all__ = [
+    "OUTAGE_PAUSE",
+    "TRIAL_DEADLINE",
+    "Limits",
+    "Outage",
+    "Timer",
+    "Watchdog",
+    "cut_connection",
+]
 
 _log = logging.getLogger("tasklease.storage.postgres")  # the store's logger
 
@@ -177,12 +185,12 @@ class Watchdog:
                     # go back to the pool, or be closed) until we are done with it.
                     self._armed.discard(timer)
                     timer.fired = True
-                    _cut(timer.conn)
+                    cut_connection(timer.conn)
                 self._wake_at = min((t.deadline for t in self._armed), default=math.inf)
                 self._cond.wait(None if self._wake_at == math.inf else self._wake_at - now)
 
 
-def _cut(conn: psycopg.Connection[Any]) -> None:
+def cut_connection(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
     """Shut the connection's socket down, so a call waiting on it fails at once.
 
     Only shut down, never closed: the file descriptor stays the driver's, and a duplicate

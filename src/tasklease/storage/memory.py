@@ -13,7 +13,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+from tasklease.core.readahead import InThread
 from tasklease.core.tenants import DEFAULT_TENANT, check_tenant_id
 from tasklease.storage._memory_tables import MemoryShared, MemoryTables
 from tasklease.storage._memory_tx import MemoryWriteTx
@@ -33,6 +35,10 @@ class MemoryStore(MemoryTables):
     # Its reads take the lock that write() holds: a read on the loop would wait for the
     # transaction whose statements wait for the loop.
     statements_on_loop = False
+
+    async def read_ahead(self, query: object) -> Any:
+        """See ``Store.read_ahead``: reads here are local, made on the loop."""
+        raise InThread("this store reads locally")
 
     def __init__(
         self, *, _shared: MemoryShared | None = None, _tenant: str = DEFAULT_TENANT

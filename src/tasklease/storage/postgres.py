@@ -48,8 +48,11 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from tasklease.core import readahead
 from tasklease.core.errors import TaskleaseError, Unavailable
+from tasklease.core.readahead import refuse as refuse_on_loop
 from tasklease.core.store import RevocationRecord
+from tasklease.storage._pg_ahead import LoopReads
 from tasklease.storage._pg_guard import TRIAL_DEADLINE, Limits, Outage, Timer, Watchdog
 from tasklease.storage._pg_tx import DIALECT, PostgresWriteTx, statements, unit_error
 from tasklease.storage._pg_watch import NOTIFY_CHANNEL, RevocationWatch
@@ -126,6 +129,8 @@ class PostgresStore(SQLStore):
         self._outage = Outage()
         self._purging = threading.Lock()  # one pool check at a time
         self._connect_errors = 0  # the pool's count of failed connection attempts, last seen
+        # First halves' reads, made on the event loop (core.readahead).
+        self._ahead = LoopReads(url, self._connect_kwargs, pool_max, limits)
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             url,
             min_size=pool_min,
@@ -171,6 +176,7 @@ class PostgresStore(SQLStore):
         """
         if self._closed:
             raise RuntimeError("store is closed")
+        refuse_on_loop("a call of more than one statement")  # see _one
         self._outage.check()
         trial = self._outage.failing
         limits = self._limits
@@ -424,11 +430,23 @@ class PostgresStore(SQLStore):
 
     # -- reads ---------------------------------------------------------------------------
 
+    async def read_ahead(self, query: object) -> Any:
+        """See ``Store.read_ahead``: ``query`` as :meth:`_one` and :meth:`_all` make it."""
+        return await self._ahead.fetch(self._outage, query)
+
+    # Under a read-ahead run (a first half on the event loop), a read of one statement is
+    # answered by the run or stops it (core.readahead); anything else runs in a thread.
     def _one(self, sql: str, params: Row) -> Row | None:
+        if readahead.active():
+            found: Row | None = readahead.answer(("one", sql, params))
+            return found
         row: Row | None = self._read(lambda conn: conn.execute(sql, params).fetchone())
         return row
 
     def _all(self, sql: str, params: Row = ()) -> list[Row]:
+        if readahead.active():
+            found: list[Row] = readahead.answer(("all", sql, params))
+            return found
         rows: list[Row] = self._read(lambda conn: conn.execute(sql, params).fetchall())
         return rows
 
@@ -524,6 +542,7 @@ class PostgresStore(SQLStore):
             watch.close()
         self._watches.clear()
         self._pool.close()
+        self._ahead.close()
         self._watchdog.close()
 
 

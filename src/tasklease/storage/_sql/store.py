@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Self
 
+from tasklease.core.readahead import InThread
 from tasklease.core.store import (
     AgentRecord,
     AgentSession,
@@ -72,6 +73,10 @@ class SQLStore(ListingReads, abc.ABC):
 
     dialect: Dialect
     _shared: SharedState
+
+    async def read_ahead(self, query: object) -> Any:
+        """See ``Store.read_ahead``; a store whose reads are local reads on the loop."""
+        raise InThread("this store reads locally")
 
     def for_tenant(self, tenant: str) -> Self:
         """This store limited to ``tenant``'s rows (every statement names it).

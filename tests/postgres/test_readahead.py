@@ -1,0 +1,116 @@
+"""First halves on the event loop over PostgreSQL (decision 124): their reads fetched on
+asynchronous connections, the first half run again with them; in a thread when it
+writes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import psycopg
+
+from tasklease.core import readahead
+from tasklease.core.records import TenantRecord
+from tasklease.http._reading import run_reading
+from tasklease.storage.postgres import PostgresStore
+
+
+def _connections(url: str) -> int:
+    """Client connections open on ``url``'s database, this test's own excepted."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_first_half_reads_on_the_event_loop_without_a_thread(pg_url: str) -> None:
+    store = PostgresStore(pg_url, pool_max=2)
+    try:
+        with store.write() as tx:
+            tx.insert_tenant(TenantRecord("acme", "acme.example", "active", time.time(), "op"))
+        expected = (store.get_tenant("acme"), [t.name for t in store.list_tenants()])
+        threads: list[int] = []
+
+        def first_half() -> tuple[object, list[str]]:
+            threads.append(threading.get_ident())
+            return store.get_tenant("acme"), [t.name for t in store.list_tenants()]
+
+        async def main() -> tuple[object, list[str]]:
+            loop_thread = threading.get_ident()
+            found = await run_reading(store, first_half)
+            assert set(threads) == {loop_thread}
+            return found
+
+        assert asyncio.run(main()) == expected
+        assert expected[1] == ["acme"]
+        assert len(threads) == 3  # stopped at each of its two reads, then completed
+    finally:
+        store.close()
+
+
+def test_a_first_half_that_writes_runs_once_in_a_thread(pg_url: str) -> None:
+    store = PostgresStore(pg_url, pool_max=2)
+    try:
+        written: list[tuple[int, bool]] = []
+
+        def first_half() -> bool:
+            store.get_tenant("default")
+            with store.write() as tx:
+                first = tx.consume_dpop_proof("proof-1", time.time() + 60)
+            written.append((threading.get_ident(), first))
+            return first
+
+        async def main() -> tuple[bool, int]:
+            return await run_reading(store, first_half), threading.get_ident()
+
+        first, loop_thread = asyncio.run(main())
+        assert first is True
+        assert len(written) == 1  # the write ran once: not on the loop, not twice
+        assert written[0][0] != loop_thread
+    finally:
+        store.close()
+
+
+def test_a_read_error_is_raised_where_it_is_read(pg_url: str) -> None:
+    store = PostgresStore(pg_url, pool_max=2)
+    try:
+
+        async def main() -> object:
+            return await store.read_ahead(("one", "SELECT %s::int + 1", (41,)))
+
+        assert asyncio.run(main()) == (42,)
+
+        async def broken() -> object:
+            return await store.read_ahead(("one", "SELECT * FROM no_such_table", ()))
+
+        # Anything but a deadline: the first half runs in a thread, where the store's
+        # own path translates the error.
+        try:
+            asyncio.run(broken())
+        except readahead.InThread as exc:
+            assert "UndefinedTable" in exc.reason
+        else:
+            raise AssertionError("a failed read did not send the first half to a thread")
+    finally:
+        store.close()
+
+
+def test_the_loops_connections_are_reused_and_closed_with_the_store(pg_url: str) -> None:
+    store = PostgresStore(pg_url, pool_min=1, pool_max=2)
+    before = _connections(pg_url)
+
+    async def main() -> None:
+        for i in range(20):
+            row = await store.read_ahead(("one", "SELECT %s::int", (i,)))
+            assert row == (i,)
+
+    asyncio.run(main())
+    assert _connections(pg_url) == before + 1  # one loop connection, used twenty times
+    store.close()
+    deadline = time.monotonic() + 10  # a backend leaves pg_stat_activity as it exits
+    while _connections(pg_url) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _connections(pg_url) == 0
