@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import time
 from pathlib import Path
 
 from e2e_support import SHARED_ENV, TASKLEASE, RunningBroker, launch_broker
+
+from tasklease.core import readahead
+from tasklease.storage.postgres import PostgresStore
 
 
 def tasklease_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -36,3 +41,18 @@ def verify_chain(url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def start_replica(url: str, data_dir: Path, env: dict[str, str] | None = None) -> RunningBroker:
     """A replica on ``url`` using the keys in ``data_dir`` (shared by every replica)."""
     return launch_broker(data_dir, {**SHARED_ENV, "TASKLEASE_DATABASE": url, **(env or {})})
+
+
+async def warm(store: PostgresStore) -> None:
+    """Wait until the running loop has a connection for its reads (opened in the
+    background after the first read that found none)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            await store.read_ahead(("one", "SELECT 1", ()))
+            return
+        except readahead.InThread as exc:
+            assert exc.reason == "no connection free on the loop"
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.01)

@@ -9,6 +9,7 @@ import threading
 import time
 
 import psycopg
+from pg_e2e import warm
 
 from tasklease.core import readahead
 from tasklease.core.records import TenantRecord
@@ -39,6 +40,7 @@ def test_a_first_half_reads_on_the_event_loop_without_a_thread(pg_url: str) -> N
             return store.get_tenant("acme"), [t.name for t in store.list_tenants()]
 
         async def main() -> tuple[object, list[str]]:
+            await warm(store)
             loop_thread = threading.get_ident()
             found = await run_reading(store, first_half)
             assert set(threads) == {loop_thread}
@@ -79,11 +81,13 @@ def test_a_read_error_is_raised_where_it_is_read(pg_url: str) -> None:
     try:
 
         async def main() -> object:
+            await warm(store)
             return await store.read_ahead(("one", "SELECT %s::int + 1", (41,)))
 
         assert asyncio.run(main()) == (42,)
 
         async def broken() -> object:
+            await warm(store)
             return await store.read_ahead(("one", "SELECT * FROM no_such_table", ()))
 
         # Anything but a deadline: the first half runs in a thread, where the store's
@@ -98,17 +102,27 @@ def test_a_read_error_is_raised_where_it_is_read(pg_url: str) -> None:
         store.close()
 
 
-def test_the_loops_connections_are_reused_and_closed_with_the_store(pg_url: str) -> None:
+def test_a_read_never_waits_for_a_connection_and_they_are_closed_with_the_store(
+    pg_url: str,
+) -> None:
     store = PostgresStore(pg_url, pool_min=1, pool_max=2)
     before = _connections(pg_url)
 
-    async def main() -> None:
+    async def main() -> str:
+        try:
+            await store.read_ahead(("one", "SELECT 0", ()))
+        except readahead.InThread as exc:
+            first = exc.reason  # none yet: to a thread, one opened in the background
+        else:
+            first = "answered"
+        await warm(store)
         for i in range(20):
             row = await store.read_ahead(("one", "SELECT %s::int", (i,)))
             assert row == (i,)
+        return first
 
-    asyncio.run(main())
-    assert _connections(pg_url) == before + 1  # one loop connection, used twenty times
+    assert asyncio.run(main()) == "no connection free on the loop"
+    assert _connections(pg_url) == before + 1  # one loop connection, used for them all
     store.close()
     deadline = time.monotonic() + 10  # a backend leaves pg_stat_activity as it exits
     while _connections(pg_url) and time.monotonic() < deadline:

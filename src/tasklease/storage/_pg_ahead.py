@@ -1,6 +1,8 @@
 """The reads of first halves run on an event loop (:mod:`tasklease.core.readahead`),
 made on PostgreSQL without blocking the loop: a few asynchronous connections of each
-event loop, each read bounded by the store's deadline.
+event loop, each read bounded by the store's deadline. A read takes an idle connection
+or goes to a thread; connections are opened in the background, one at a time, up to the
+pool's size.
 
 Only the plain case is handled here: a read that fails for any reason but its deadline
 makes the first half run in a thread (``InThread``), where the store's synchronous path
@@ -12,8 +14,8 @@ outage noted, and ``Unavailable`` is the read's outcome.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections import deque
 from typing import Any
 
 import psycopg
@@ -25,17 +27,20 @@ from tasklease.storage._pg_guard import Limits, Outage, cut_connection
 
 __all__ = ["LoopReads"]
 
+_log = logging.getLogger("tasklease.storage.postgres")  # the store's logger
+
 Conn = psycopg.AsyncConnection[TupleRow]
 
 
 class _Reader:
-    """One event loop's connections: idle ones, and callers waiting for one."""
+    """One event loop's connections."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.idle: list[Conn] = []
-        self.opened = 0
-        self.waiting: deque[asyncio.Future[Conn | None]] = deque()
+        self.opened = 0  # idle, in use or being opened
+        self.connecting = False  # one connection is opened at a time, in the background
+        self.tasks: set[asyncio.Task[None]] = set()
 
 
 class LoopReads:
@@ -61,7 +66,7 @@ class LoopReads:
         if self._closed or outage.failing:
             raise InThread("the database is not answering")  # the thread path fails fast
         reader = self._reader()
-        conn = await self._take(reader)
+        conn = self._take(reader)
         cut = False
 
         def deadline() -> None:
@@ -103,60 +108,47 @@ class LoopReads:
                 reader = self._readers[loop] = _Reader(loop)
         return reader
 
-    async def _take(self, reader: _Reader) -> Conn:
-        """An idle connection, a new one while fewer than ``size`` are open, or the next
-        one given back (``pool_timeout`` at most: then a thread's pool is tried)."""
-        while True:
+    def _take(self, reader: _Reader) -> Conn:
+        """An idle connection. None idle: ``InThread`` (the thread's pool is used, as
+        before), and one more is opened in the background while fewer than ``size`` are:
+        a request never waits for a connection to be made or given back here, so a
+        frozen server costs it no more than the thread path's own deadline."""
+        with self._lock:
+            if reader.idle:
+                return reader.idle.pop()
+            grow = not reader.connecting and reader.opened < self._size and not self._closed
+            if grow:
+                reader.opened += 1
+                reader.connecting = True
+        if grow:
+            task = reader.loop.create_task(self._open(reader))
+            reader.tasks.add(task)
+            task.add_done_callback(reader.tasks.discard)
+        raise InThread("no connection free on the loop")
+
+    async def _open(self, reader: _Reader) -> None:
+        try:
+            conn = await psycopg.AsyncConnection.connect(self._conninfo, **self._kwargs)
+        except (psycopg.Error, OSError) as exc:
+            _log.debug("no connection for the event loop's reads: %s", exc)
             with self._lock:
-                if reader.idle:
-                    return reader.idle.pop()
-                opening = reader.opened < self._size
-                if opening:
-                    reader.opened += 1
-            if opening:
-                try:
-                    return await psycopg.AsyncConnection.connect(self._conninfo, **self._kwargs)
-                except BaseException as exc:
-                    with self._lock:
-                        reader.opened -= 1
-                    if isinstance(exc, psycopg.Error | OSError):
-                        raise InThread(f"no connection: {type(exc).__name__}") from None
-                    raise
-            waiter: asyncio.Future[Conn | None] = reader.loop.create_future()
-            reader.waiting.append(waiter)
-            try:
-                async with asyncio.timeout(self._limits.pool_timeout):
-                    given = await waiter
-            except TimeoutError:
-                raise InThread("no connection free") from None
-            finally:
-                if waiter in reader.waiting:
-                    reader.waiting.remove(waiter)
-            if given is not None:
-                return given
-            # None: a connection was closed, so one may be opened: try again.
+                reader.opened -= 1
+            return
+        finally:
+            reader.connecting = False
+        self._give_back(reader, conn)
 
     def _give_back(self, reader: _Reader, conn: Conn) -> None:
-        if self._closed:
-            self._discard(reader, conn)
-            return
-        while reader.waiting:
-            waiter = reader.waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(conn)
-                return
         with self._lock:
-            reader.idle.append(conn)
+            if not self._closed:
+                reader.idle.append(conn)
+                return
+        self._discard(reader, conn)
 
     def _discard(self, reader: _Reader, conn: Conn) -> None:
         with self._lock:
             reader.opened -= 1
         conn.pgconn.finish()
-        while reader.waiting:  # the next caller waiting may open one instead
-            waiter = reader.waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
 
     def _finish(self, reader: _Reader) -> None:
         for conn in reader.idle:
