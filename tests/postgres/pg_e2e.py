@@ -52,7 +52,7 @@ async def warm(store: PostgresStore) -> None:
             await store.read_ahead(("one", "SELECT 1", ()))
             return
         except readahead.InThread as exc:
-            assert exc.reason == "no connection free on the loop"
+            assert exc.reason == "no connection open on the loop yet"
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.01)

@@ -121,7 +121,7 @@ def test_a_read_never_waits_for_a_connection_and_they_are_closed_with_the_store(
             assert row == (i,)
         return first
 
-    assert asyncio.run(main()) == "no connection free on the loop"
+    assert asyncio.run(main()) == "no connection open on the loop yet"
     assert _connections(pg_url) == before + 1  # one loop connection, used for them all
     store.close()
     deadline = time.monotonic() + 10  # a backend leaves pg_stat_activity as it exits

@@ -1,8 +1,8 @@
 """The reads of first halves run on an event loop (:mod:`tasklease.core.readahead`),
 made on PostgreSQL without blocking the loop: a few asynchronous connections of each
 event loop, each read bounded by the store's deadline. A read takes an idle connection
-or goes to a thread; connections are opened in the background, one at a time, up to the
-pool's size.
+or waits for one given back; connections are opened in the background, one at a time,
+up to the pool's size, and a read on a loop with none open yet goes to a thread.
 
 Only the plain case is handled here: a read that fails for any reason but its deadline
 makes the first half run in a thread (``InThread``), where the store's synchronous path
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from typing import Any
 
 import psycopg
@@ -41,6 +42,7 @@ class _Reader:
         self.opened = 0  # idle, in use or being opened
         self.connecting = False  # one connection is opened at a time, in the background
         self.tasks: set[asyncio.Task[None]] = set()
+        self.waiting: deque[asyncio.Future[Conn | None]] = deque()
 
 
 class LoopReads:
@@ -66,7 +68,7 @@ class LoopReads:
         if self._closed or outage.failing:
             raise InThread("the database is not answering")  # the thread path fails fast
         reader = self._reader()
-        conn = self._take(reader)
+        conn = await self._take(reader)
         cut = False
 
         def deadline() -> None:
@@ -108,11 +110,13 @@ class LoopReads:
                 reader = self._readers[loop] = _Reader(loop)
         return reader
 
-    def _take(self, reader: _Reader) -> Conn:
-        """An idle connection. None idle: ``InThread`` (the thread's pool is used, as
-        before), and one more is opened in the background while fewer than ``size`` are:
-        a request never waits for a connection to be made or given back here, so a
-        frozen server costs it no more than the thread path's own deadline."""
+    async def _take(self, reader: _Reader) -> Conn:
+        """An idle connection, or the next one given back (a read takes a millisecond).
+
+        One more is opened in the background, one at a time, while fewer than ``size``
+        are. A request never waits for a connection to be made: with none open yet it
+        goes to a thread (``InThread``), so a frozen server costs it no more than the
+        thread path's own deadline; a connection lost wakes every waiter to a thread."""
         with self._lock:
             if reader.idle:
                 return reader.idle.pop()
@@ -120,11 +124,26 @@ class LoopReads:
             if grow:
                 reader.opened += 1
                 reader.connecting = True
+            established = reader.opened - (1 if reader.connecting else 0)
         if grow:
             task = reader.loop.create_task(self._open(reader))
             reader.tasks.add(task)
             task.add_done_callback(reader.tasks.discard)
-        raise InThread("no connection free on the loop")
+        if established == 0:
+            raise InThread("no connection open on the loop yet")
+        waiter: asyncio.Future[Conn | None] = reader.loop.create_future()
+        reader.waiting.append(waiter)
+        try:
+            async with asyncio.timeout(self._limits.deadline):
+                given = await waiter
+        except TimeoutError:
+            raise InThread("no connection given back on the loop") from None
+        finally:
+            if waiter in reader.waiting:
+                reader.waiting.remove(waiter)
+        if given is None:
+            raise InThread("a connection of the loop was lost")
+        return given
 
     async def _open(self, reader: _Reader) -> None:
         try:
@@ -139,6 +158,12 @@ class LoopReads:
         self._give_back(reader, conn)
 
     def _give_back(self, reader: _Reader, conn: Conn) -> None:
+        if not self._closed:
+            while reader.waiting:
+                waiter = reader.waiting.popleft()
+                if not waiter.done():
+                    waiter.set_result(conn)
+                    return
         with self._lock:
             if not self._closed:
                 reader.idle.append(conn)
@@ -149,6 +174,10 @@ class LoopReads:
         with self._lock:
             reader.opened -= 1
         conn.pgconn.finish()
+        while reader.waiting:  # a read failed or was cut: the waiters go to a thread
+            waiter = reader.waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _finish(self, reader: _Reader) -> None:
         for conn in reader.idle:
