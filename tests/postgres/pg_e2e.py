@@ -56,3 +56,16 @@ async def warm(store: PostgresStore) -> None:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.01)
+
+
+def count_backends(url: str, condition: str) -> int:
+    """Client connections open on ``url``'s database that meet the SQL ``condition`` on
+    ``pg_stat_activity`` (the connection counting them excepted)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            f" AND pid <> pg_backend_pid() AND ({condition})"
+        ).fetchone()
+    return int(row[0]) if row else 0

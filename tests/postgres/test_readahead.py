@@ -8,8 +8,7 @@ import asyncio
 import threading
 import time
 
-import psycopg
-from pg_e2e import warm
+from pg_e2e import count_backends, warm
 
 from tasklease.core import readahead
 from tasklease.core.records import TenantRecord
@@ -18,13 +17,7 @@ from tasklease.storage.postgres import PostgresStore
 
 
 def _connections(url: str) -> int:
-    """Client connections open on ``url``'s database, this test's own excepted."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchone()
-    return int(row[0]) if row else 0
+    return count_backends(url, "true")
 
 
 def test_a_first_half_reads_on_the_event_loop_without_a_thread(pg_url: str) -> None:

@@ -7,6 +7,7 @@ import time
 
 import nacl.signing
 import pytest
+from pg_e2e import count_backends
 
 from tasklease.core.broker import Broker
 from tasklease.core.config import Config
@@ -88,14 +89,7 @@ def test_broker_follows_the_watch_and_fails_closed_when_it_goes_quiet(pg_url: st
 
 
 def _listeners(url: str) -> int:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
-        ).fetchone()
-    return int(row[0]) if row else 0
+    return count_backends(url, "query LIKE 'LISTEN%'")
 
 
 def test_tenant_views_share_one_watch_and_each_gets_its_tenants_revocations(pg_url: str) -> None:
