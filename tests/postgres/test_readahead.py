@@ -5,6 +5,7 @@ writes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -121,3 +122,30 @@ def test_a_read_never_waits_for_a_connection_and_they_are_closed_with_the_store(
     while _connections(pg_url) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _connections(pg_url) == 0
+
+
+def test_a_connection_given_to_a_request_cancelled_meanwhile_goes_back(pg_url: str) -> None:
+    # Would fail if: a connection handed to a waiting read whose request was cancelled
+    # before it resumed (the client went away) were lost to the loop for good.
+    store = PostgresStore(pg_url, pool_max=1)
+    try:
+
+        async def main() -> None:
+            await warm(store)
+            reads = store._ahead
+            reader = reads._reader()
+            held = await reads._take(reader)  # the loop's one connection, in use
+            waiting = asyncio.create_task(reads._take(reader))
+            await asyncio.sleep(0.01)
+            assert len(reader.waiting) == 1
+            reads._give_back(reader, held)  # handed to the waiter...
+            waiting.cancel()  # ...whose request ends before it runs again
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            assert reader.idle == [held]
+            assert reader.opened == 1
+            assert await store.read_ahead(("one", "SELECT 5", ())) == (5,)
+
+        asyncio.run(main())
+    finally:
+        store.close()

@@ -136,8 +136,15 @@ class LoopReads:
         try:
             async with asyncio.timeout(self._limits.deadline):
                 given = await waiter
-        except TimeoutError:
-            raise InThread("no connection given back on the loop") from None
+        except BaseException as exc:
+            # Given a connection just as the wait ended (the deadline, a cancelled
+            # request): it goes back, or it would be lost to the loop.
+            late = waiter.result() if waiter.done() and not waiter.cancelled() else None
+            if late is not None:
+                self._give_back(reader, late)
+            if isinstance(exc, TimeoutError):
+                raise InThread("no connection given back on the loop") from None
+            raise
         finally:
             if waiter in reader.waiting:
                 reader.waiting.remove(waiter)
