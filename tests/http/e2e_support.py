@@ -349,7 +349,32 @@ def launch_broker(
     port: int | None = None,
 ) -> RunningBroker:
     """Start ``tasklease serve`` on a free loopback port (or ``port``) and wait for
-    /v1/health; ``args`` are more options for ``serve`` (``--workers 2``)."""
+    /v1/health; ``args`` are more options for ``serve`` (``--workers 2``).
+
+    A free port can be taken by another process between the moment it was found free
+    and the broker's bind (an outgoing connection's ephemeral port, a broker another
+    test starts): then the broker is started again on another one, twice at most."""
+    for attempt in range(3):
+        try:
+            return _launch(data_dir, env, admin_secret, use_env_secret, args, port)
+        except PortTaken:
+            if port is not None or attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class PortTaken(RuntimeError):
+    """The broker could not bind its port: another process had taken it."""
+
+
+def _launch(
+    data_dir: Path,
+    env: dict[str, str] | None,
+    admin_secret: str,
+    use_env_secret: bool,
+    args: tuple[str, ...],
+    port: int | None,
+) -> RunningBroker:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     full_env = _clean_env(data_dir, env or {}, with_secret=use_env_secret)
     port = port or free_port()
@@ -380,7 +405,16 @@ def launch_broker(
     while True:
         if proc.poll() is not None:
             client.close()
-            raise RuntimeError(f"broker exited with {proc.returncode}: {log_path.read_text()}")
+            output = log_path.read_text()
+            if any(
+                sign in output
+                for sign in (
+                    f"port {port} on 127.0.0.1 is taken",  # the broker's own check
+                    f"error while attempting to bind on address ('127.0.0.1', {port})",
+                )
+            ):
+                raise PortTaken(f"port {port} was taken: {output}")
+            raise RuntimeError(f"broker exited with {proc.returncode}: {output}")
         try:
             if client.get("/v1/health").status_code == 200:
                 break

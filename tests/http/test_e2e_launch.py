@@ -1,0 +1,36 @@
+"""The tests' broker launcher: a port taken between its choice and the bind is retried."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import e2e_support
+import pytest
+from e2e_support import launch_broker, stop_broker
+
+
+def test_a_broker_whose_port_was_taken_starts_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Would fail if: a port that another process took after it was found free failed
+    # the test that wanted a broker (seen in CI: "address already in use"). Bound, not
+    # listening: as an outgoing connection's ephemeral port holds it.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        ports = iter([busy, e2e_support.free_port()])
+        monkeypatch.setattr(e2e_support, "free_port", lambda: next(ports))
+        broker = launch_broker(tmp_path / "data")
+        try:
+            assert not broker.url.endswith(f":{busy}")
+            assert broker.get("/v1/health").status_code == 200
+        finally:
+            stop_broker(broker)
+
+
+def test_a_port_asked_for_and_taken_is_an_error(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        with pytest.raises(e2e_support.PortTaken):
+            launch_broker(tmp_path / "data", port=taken.getsockname()[1])
