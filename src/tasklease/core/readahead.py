@@ -10,8 +10,9 @@ or made on the loop (a commit, a read the store cannot answer ahead) stops it wi
 :class:`InThread`, and the caller runs it in a thread instead, as before.
 
 The store decides what a read is (``query``: anything comparable with ``==``); a run
-takes its ``n``-th answer for its ``n``-th read when the query is the same, and asks
-again otherwise.
+takes its ``n``-th answer for its ``n``-th read. A first half whose ``n``-th read is not
+the one it made before depends on more than its reads (the time in a query's
+parameters): it runs in a thread.
 """
 
 from __future__ import annotations
@@ -70,11 +71,13 @@ def answer(query: object) -> Any:
     run_.position = position + 1
     if position < len(run_.answers):
         given, raised, outcome = run_.answers[position]
-        if given == query:
-            if raised:
-                raise outcome
-            return outcome
-        del run_.answers[position:]  # the run took another way: what follows is stale
+        if given != query:
+            # Run again, it asked for another read than before: it depends on more than
+            # its reads (the time in a query's parameters). It would never settle here.
+            raise InThread("a read that changed when run again")
+        if raised:
+            raise outcome
+        return outcome
     raise ReadNeeded(query)
 
 
