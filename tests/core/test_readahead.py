@@ -120,3 +120,63 @@ def test_a_fetch_that_cannot_be_made_sends_the_first_half_to_a_thread() -> None:
 def test_answer_outside_a_run_is_a_programming_error() -> None:
     with pytest.raises(RuntimeError, match="no read-ahead run"):
         readahead.answer("row")
+
+
+def test_what_a_first_half_counts_is_counted_once_however_often_it_runs() -> None:
+    # Would fail if: a metric a first half updates before a read (the token cache's hit or
+    # miss, the validation time) were counted again by each run after that read, or by the
+    # `finally` of a run a read stopped.
+    reads = Reads({"agent": "a-1", "session": "s-1"})
+    counted: list[str] = []
+    runs: list[int] = []
+
+    def first_half() -> str:
+        runs.append(1)
+        readahead.count(lambda: counted.append("before"))
+        try:
+            agent = readahead.answer("agent")
+        finally:
+            readahead.count(lambda: counted.append("finally"))
+        readahead.count(lambda: counted.append("between"))
+        session = readahead.answer("session")
+        readahead.count(lambda: counted.append("after"))
+        return f"{agent}/{session}"
+
+    assert asyncio.run(readahead.run(first_half, reads.fetch)) == "a-1/s-1"
+    assert len(runs) == 3
+    assert counted == ["before", "finally", "between", "after"]
+    readahead.count(lambda: counted.append("outside a run"))  # counted at once
+    assert counted[-1] == "outside a run"
+
+
+def test_a_first_half_sent_to_a_thread_counts_only_there() -> None:
+    # Would fail if: what the runs on the loop counted before the first half went to a
+    # thread stayed counted, so that the thread's run counted it a second time.
+    reads = Reads({"agent": "a-1"})
+    counted: list[str] = []
+
+    def first_half() -> str:
+        readahead.count(lambda: counted.append("checked"))
+        agent: str = readahead.answer("agent") if readahead.active() else "a-1"
+        readahead.refuse("a commit")  # stops a run on the loop: to a thread
+        return agent
+
+    with pytest.raises(readahead.InThread):
+        asyncio.run(readahead.run(first_half, reads.fetch))
+    assert counted == []
+    assert first_half() == "a-1"  # the thread's run, outside any run on the loop
+    assert counted == ["checked"]
+
+
+def test_a_first_half_that_raises_keeps_what_it_counted() -> None:
+    reads = Reads({"agent": "a-1"})
+    counted: list[str] = []
+
+    def first_half() -> str:
+        readahead.count(lambda: counted.append("checked"))
+        readahead.answer("agent")
+        raise NotFound("no such session")
+
+    with pytest.raises(NotFound):
+        asyncio.run(readahead.run(first_half, reads.fetch))
+    assert counted == ["checked"]

@@ -149,3 +149,61 @@ def test_a_connection_given_to_a_request_cancelled_meanwhile_goes_back(pg_url: s
         asyncio.run(main())
     finally:
         store.close()
+
+
+def test_a_renewal_run_again_after_its_read_counts_its_token_once(pg_url: str) -> None:
+    # Would fail if: the token cache's hit and the validation time, counted while the
+    # renewal's first half authenticates, were counted again when it ran again after
+    # reading the agent's session (two lookups and two validations for one token).
+    import httpx
+    from tests.core.conftest import Kit
+
+    from tasklease.core.broker import Broker
+    from tasklease.core.config import Config
+    from tasklease.core.keys import KeyRing
+    from tasklease.core.passwords import hash_secret
+    from tasklease.http.app import create_app
+
+    store = PostgresStore(pg_url, pool_max=2)
+    broker = Broker(
+        Config(admin_secret_hash=hash_secret(Kit.admin_secret)),
+        store,
+        KeyRing.generate(),
+        nonce_secret=b"n" * 32,
+    )
+    try:
+        agent = Kit.register(broker)
+        fetched: list[object] = []
+        read_ahead = store.read_ahead
+
+        async def counting(query: object) -> object:
+            fetched.append(query)
+            return await read_ahead(query)
+
+        store.read_ahead = counting  # type: ignore[method-assign]
+        sample = broker.metrics.registry.get_sample_value
+
+        def lookups() -> float:
+            return sum(
+                sample("tasklease_token_cache_total", {"result": result}) or 0.0
+                for result in ("hit", "miss")
+            )
+
+        async def renew() -> httpx.Response:
+            await warm(store)
+            fetched.clear()
+            app = create_app(broker, background=False)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                return await client.post(
+                    "/v1/token/renew", headers={"Authorization": Kit.bearer(agent.token)}
+                )
+
+        before = (lookups(), sample("tasklease_validation_seconds_count") or 0.0)
+        answer = asyncio.run(renew())
+        assert answer.status_code == 200, answer.text
+        assert fetched  # the first half read ahead on the loop, and so ran more than once
+        after = (lookups(), sample("tasklease_validation_seconds_count") or 0.0)
+        assert (after[0] - before[0], after[1] - before[1]) == (1.0, 1.0)
+    finally:
+        store.close()

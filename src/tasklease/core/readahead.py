@@ -9,6 +9,10 @@ remembered decisions) it would do again the same way. A call that must not be re
 or made on the loop (a commit, a read the store cannot answer ahead) stops it with
 :class:`InThread`, and the caller runs it in a thread instead, as before.
 
+What a first half counts (a metric) goes through :func:`count`, so that it is counted
+once per request: by the run that first reaches it, and only if the first half completes
+on the loop.
+
 The store decides what a read is (``query``: anything comparable with ``==``); a run
 takes its ``n``-th answer for its ``n``-th read. A first half whose ``n``-th read is not
 the one it made before depends on more than its reads (the time in a query's
@@ -21,7 +25,16 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-__all__ = ["MAX_READS", "InThread", "ReadNeeded", "active", "answer", "refuse", "run"]
+__all__ = [
+    "MAX_READS",
+    "InThread",
+    "ReadNeeded",
+    "active",
+    "answer",
+    "count",
+    "refuse",
+    "run",
+]
 
 T = TypeVar("T")
 
@@ -50,11 +63,15 @@ class InThread(BaseException):
 
 
 class _Run:
-    __slots__ = ("answers", "position")
+    __slots__ = ("answers", "counted", "position", "stopping")
 
     def __init__(self) -> None:
         self.answers: list[tuple[object, bool, Any]] = []  # query, raised, outcome
         self.position = 0
+        # Set while a run unwinds from the read that stopped it: what it counts on the
+        # way out (a ``finally``) is counted by the run that completes.
+        self.stopping = False
+        self.counted: list[Callable[[], object]] = []  # done once the first half completes
 
 
 _RUN: ContextVar[_Run | None] = ContextVar("tasklease_readahead", default=None)
@@ -78,6 +95,7 @@ def answer(query: object) -> Any:
         if raised:
             raise outcome
         return outcome
+    run_.stopping = True
     raise ReadNeeded(query)
 
 
@@ -93,6 +111,23 @@ def refuse(what: str) -> None:
         raise InThread(f"{what} in a first half")
 
 
+def count(action: Callable[[], object]) -> None:
+    """Do ``action`` (update a metric) once for this request.
+
+    Outside a run it is done at once. Under a run it is done when the first half
+    completes. It is not done at all in these cases:
+    - the code around it ran already in an earlier run, before a read that run was not
+      given;
+    - a run is unwinding from such a read;
+    - the first half goes to a thread (``InThread``), whose own run does it.
+    """
+    run_ = _RUN.get()
+    if run_ is None:
+        action()
+    elif not run_.stopping and run_.position >= len(run_.answers):
+        run_.counted.append(action)
+
+
 async def run(fn: Callable[[], T], fetch: Callable[[object], Awaitable[Any]]) -> T:
     """``fn()``, run again after each read it needs until it completes; ``fetch(query)``
     gets a read (what it raises is the read's outcome, except :class:`InThread`).
@@ -103,20 +138,34 @@ async def run(fn: Callable[[], T], fetch: Callable[[object], Awaitable[Any]]) ->
     state = _Run()
     while True:
         state.position = 0
+        state.stopping = False
         token = _RUN.set(state)
         try:
-            return fn()
+            result = fn()
         except ReadNeeded as need:
             query = need.query
+        except InThread:
+            raise
+        except BaseException:
+            _done(state)  # it completed by raising: what it counted stands
+            raise
+        else:
+            _done(state)
+            return result
         finally:
             _RUN.reset(token)
         if len(state.answers) >= MAX_READS:
             raise InThread(f"more than {MAX_READS} reads")
         try:
-            result = await fetch(query)
+            fetched = await fetch(query)
         except InThread:
             raise
         except Exception as exc:  # noqa: BLE001 - the read's outcome, raised where it is read
             state.answers.append((query, True, exc))
         else:
-            state.answers.append((query, False, result))
+            state.answers.append((query, False, fetched))
+
+
+def _done(state: _Run) -> None:
+    for action in state.counted:
+        action()
