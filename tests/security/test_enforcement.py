@@ -329,6 +329,59 @@ def test_critical_scope_requires_an_active_agent_record() -> None:
         broker.validate(agent.token)
 
 
+def _replica(broker: Broker) -> Broker:
+    """Another replica of ``broker``: the same store and keys, its own revocation index."""
+    return Broker(
+        broker.config, broker.store, broker.keyring, clock=broker.clock, nonce_secret=b"n" * 32
+    )
+
+
+def test_critical_scope_sees_an_ancestor_revoked_by_another_replica() -> None:
+    """A revoked parent token ends its descendants through their lineage (a chain entry on
+    its jti): the live read fetches those entries, not only the holder's and the chain's."""
+    broker = make_broker(critical_scopes=("write:payments:*",))
+    parent = register(broker, ("write:payments:*",))
+    helper = register(broker, ("read:data:*",))
+    child = broker.delegate(
+        parent.claims,
+        delegate_to=helper.claims.sub,
+        scope=["write:payments:acct-1"],
+        ttl=None,
+        ctx=CTX,
+    )
+    assert parent.claims.jti in child.claims.lineage
+    assert broker.validate(child.token)
+    other = _replica(broker)
+    other.revoke(admin(other).claims, level="token", target=parent.claims.jti, ctx=CTX)
+    with pytest.raises(TokenRejected, match=r"level chain, live read\) high_assurance=true"):
+        broker.validate(child.token)  # this replica's index has not heard of it yet
+
+
+def test_critical_scope_sees_an_app_deregistered_by_another_replica() -> None:
+    """Deregistering an app ends the agents it launched (``app:<id>`` in their lineage)."""
+    broker = make_broker(critical_scopes=("write:payments:*",))
+    record, secret = broker.register_app(
+        admin(broker).claims, name="payments", scopes=["write:payments:*"], token_ttl=None, ctx=CTX
+    )
+    app_token = broker.app_auth(record.client_id, secret, CTX)
+    launch_token, _ = broker.create_launch_token(
+        app_token.claims,
+        agent_name="payer",
+        allowed_scope=["write:payments:*"],
+        max_ttl=None,
+        single_use=None,
+        ttl=None,
+        ctx=CTX,
+    )
+    agent = register(broker, ("write:payments:acct-1",), launch_token=launch_token)
+    assert f"app:{record.app_id}" in agent.claims.lineage
+    assert broker.validate(agent.token)
+    other = _replica(broker)
+    other.deregister_app(admin(other).claims, record.app_id, CTX)
+    with pytest.raises(TokenRejected, match="high_assurance=true"):
+        broker.validate(agent.token)
+
+
 # --- 7. certificate-bound tokens (RFC 8705) ----------------------------------------------------
 
 ALICE, MALLORY = "A" * 43, "B" * 43

@@ -32,18 +32,13 @@ def is_critical(token_scopes: Sequence[str], critical: Sequence[str]) -> bool:
 def live_denial(store: Store, claims: Claims) -> str | None:
     """Why the store says ``claims`` must be refused now, or ``None``.
 
-    Reads the revocation entries that could match (token, agent, task, and every agent of
-    the delegation chain at agent and chain level) and, for agent tokens, the agent
-    record of the holder. Storage errors propagate: the caller fails closed.
+    Reads every revocation entry the index could match (``RevocationIndex.keys``: token,
+    agent, task, each lineage ancestor, and each agent of the delegation chain) and, for
+    agent tokens, the agent record of the holder. Storage errors propagate: the caller
+    fails closed.
     """
-    keys: list[tuple[str, str]] = [("token", claims.jti), ("agent", claims.sub)]
-    if claims.task_id:
-        keys.append(("task", claims.task_id))
-    for record in claims.delegation_chain:
-        keys.append(("agent", record.agent))
-        keys.append(("chain", record.agent))
     index = RevocationIndex()
-    index.apply(store.find_revocations(keys))
+    index.apply(store.find_revocations(sorted(RevocationIndex.keys(claims))))
     level = index.match(claims)
     if level is not None:
         return f"token has been revoked (level {level}, live read)"

@@ -187,12 +187,7 @@ def live_denial(store: Store, chain: VerifiedChain) -> str | None:
     of its elements (by primary key), trusting no cache. Storage errors propagate."""
     keys: set[tuple[str, str]] = set()
     for probe in chain.probes:
-        keys.update((("token", probe.jti), ("agent", probe.sub), ("chain", probe.sub)))
-        if probe.task_id:
-            keys.add(("task", probe.task_id))
-        keys.update(("chain", ancestor) for ancestor in probe.lineage)
-        for hop in probe.delegation_chain:
-            keys.update((("agent", hop.agent), ("chain", hop.agent)))
+        keys |= RevocationIndex.keys(probe)
     index = RevocationIndex()
     index.apply(store.find_revocations(sorted(keys)))
     for probe in chain.probes:

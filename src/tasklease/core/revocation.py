@@ -122,6 +122,18 @@ class RevocationIndex:
                     return "chain"
         return None
 
+    @staticmethod
+    def keys(claims: RevocableToken) -> set[tuple[str, str]]:
+        """Every ``(level, target)`` entry :meth:`match` could find for ``claims``: what a
+        live read of the store must fetch to decide as the index would."""
+        found = {("token", claims.jti), ("agent", claims.sub)}
+        if claims.task_id:
+            found.add(("task", claims.task_id))
+        found.update(("chain", ancestor) for ancestor in claims.lineage)
+        for record in claims.delegation_chain:
+            found.update((("agent", record.agent), ("chain", record.agent)))
+        return found
+
     def ended_ancestor(self, lineage: Sequence[str]) -> str | None:
         """The first of ``lineage`` whose end (a chain-level entry) ends its descendants."""
         chains = self._levels["chain"]
