@@ -207,7 +207,8 @@ def test_revoked_or_expired_party_fails(env: Env) -> None:
     c = env.register("task-c")
     d = env.register("task-d")
     late = _initiate(env, c, d).json()["offer"]
-    env.clock.advance(31)
+    # Dead from the instant of its expiry, as every credential (no leeway on exp).
+    env.clock.set(float(_jws.decode_unverified(late)[1]["exp"]))
     assert _respond(env, d, late).status_code == 401
     assert any("handshake expired" in x for x in _failures(env))
     # Expired bearer: the responder's token is past its life (default 300 s + skew).

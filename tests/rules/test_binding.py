@@ -63,6 +63,20 @@ def test_registration_proofs_carry_no_ath() -> None:
         dpop.verify(key.proof("POST", URL), htm="POST", htu=URL, now=NOW + 61)
 
 
+def test_a_proof_is_refused_from_the_instant_its_ledger_forgets_it() -> None:
+    """Single use for as long as it is acceptable (RFC 9449 section 11.1): the ledger keeps
+    a proof until ``iat + window``, and from that instant the window refuses it."""
+    key = DPoPKey(clock=lambda: NOW)
+    dpop = DPoPVerifier(60)
+    proof = key.proof("POST", URL)
+    dpop.verify(proof, htm="POST", htu=URL, now=NOW + 1)
+    with pytest.raises(BindingError, match="acceptance window"):
+        dpop.verify(proof, htm="POST", htu=URL, now=NOW + 60)
+    with pytest.raises(BindingError, match="acceptance window"):
+        dpop.verify(key.proof("POST", URL), htm="POST", htu=URL, now=NOW - 60)
+    assert dpop.verify(key.proof("POST", URL), htm="POST", htu=URL, now=NOW + 59.999)
+
+
 def test_certificate_binding_and_presented_thumbprints() -> None:
     der = b"0\x82certificate bytes"
     x5t = cert_thumbprint(der)

@@ -64,6 +64,7 @@ from tasklease.core.signing import SigningKeys
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules import jws
+from tasklease.rules.claims import is_expired
 
 __all__ = ["Handshakes"]
 
@@ -255,7 +256,7 @@ class Handshakes(Service):
         if claims.get("iss") != self._config.issuer:
             raise ProofRejected("ticket issuer mismatch")
         exp = claims.get("exp")
-        if type(exp) is not int or self._kernel.now() > exp:
+        if type(exp) is not int or is_expired(exp, self._kernel.now()):
             raise ProofRejected("handshake expired")
         for name in ("hid", "ini", "rsp", "na"):
             if not isinstance(claims.get(name), str):

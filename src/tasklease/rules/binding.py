@@ -366,7 +366,9 @@ class DPoPVerifier:
         if type(raw_iat) is not int and type(raw_iat) is not float:  # bool is not int here
             raise DPoPProofError("DPoP proof iat missing")
         iat = float(raw_iat)
-        if abs(now - iat) > self.window:
+        # Acceptable strictly inside the window: at ``iat + window`` the replay ledger
+        # forgets the proof (``DPoPProof.expires_at``), so it must be refused from then on.
+        if abs(now - iat) >= self.window:
             raise DPoPProofError("DPoP proof iat outside the acceptance window")
         ath = claims.get("ath")
         if access_token is None:
