@@ -115,7 +115,12 @@ class Delegating(Service):
             refused("delegation_attenuation_violation", claims, ctx), deleg_depth=depth
         )
         parties = f"delegator={claims.sub} | target={delegate_to[:256]}"
+        # Both ends in good standing (invariant 1): the delegator is an ancestor of what
+        # it hands on, its own registration's lifetime left to the check's ceilings.
+        _, held = kernel.agent_standing(claims.sub, lifetime=False)
         target, dead = kernel.agent_standing(delegate_to)
+        if held:
+            dead = f"delegator {claims.sub}: {held}"
         now = kernel.now()
         iat = int(now)
         want = clamp_ttl(ttl if isinstance(ttl, int) else None, cfg.delegation_default_ttl, cfg)
@@ -173,14 +178,15 @@ class Delegating(Service):
                         detail=f"delegation_attenuation_violation | {parties} | {refusal.detail}",
                     ),
                 ) from None
-            if refusal.event_type == "denied" and dead:
+            if refusal.event_type == "denied" and dead and not held:
                 # An unknown delegate and a dead one look the same to the caller.
                 raise kernel.deny(
                     NotFound("delegate agent not found"),
                     replace(denied, event_type="delegation_denied", detail=f"{dead} | {parties}"),
                 ) from None
-            # The delegator's own lineage has ended (a chain-level entry on an ancestor) or
-            # its token is at its end: it holds nothing left to hand on.
+            # The delegator's own lineage has ended (a chain-level entry on an ancestor), it
+            # is no longer in good standing, or its token is at its end: it holds nothing
+            # left to hand on.
             raise kernel.deny(
                 Unauthorized(
                     "token verification failed",

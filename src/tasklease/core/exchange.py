@@ -439,7 +439,8 @@ class Exchange(Service):
                 Forbidden("the subject_token's chain is too long to continue here"),
                 self._entry(ctx, f"{about} | {exc.reason}", actor),
             ) from None
-        target, dead = kernel.agent_standing(actor.sub, lifetime=False)
+        # The actor becomes the holder, as a delegate does: within its lifetime too.
+        target, dead = kernel.agent_standing(actor.sub)
         dead = dead or self._ended_here(ft, parent, local)
         iat = math.floor(now)
         try:

@@ -84,9 +84,17 @@ class Renewal(Service):
         # A registration's own tokens count their renewals in its session too, so that a
         # resumption (which has no token to read the count from) continues the budget.
         own = not claims.delegation_chain
-        session = self._store.get_agent_session(claims.sub) if own else None
-        if session is not None and session.resumes > parent.renewals:
+        session = self._store.get_agent_session(claims.sub)
+        if own and session is not None and session.resumes > parent.renewals:
             parent = replace(parent, renewals=session.resumes)
+        # The holder is an ancestor of its successor: in good standing (invariant 1), its
+        # registration's lifetime left to the check's own ceiling.
+        holder = self._store.get_agent(claims.sub)
+        dead = (
+            kernel.standing(holder, lambda _: session, lifetime=False)
+            if holder is not None
+            else "agent not registered"
+        )
         try:
             issuance = self._kernel.check_issuance(
                 "renew",
@@ -95,6 +103,7 @@ class Renewal(Service):
                 scope=claims.scope,
                 iat=iat,
                 requested_ttl=parent.ttl,
+                dead_ancestor=dead,
                 details=claims.details,
             )
         except Refusal as refusal:
@@ -129,7 +138,7 @@ class Renewal(Service):
             if own and tx.raise_resumes(claims.sub, issuance.renewals) is False:
                 raise Unauthorized(
                     "token verification failed",
-                    reason="the lineage was renewed or resumed meanwhile",
+                    reason="the lineage was renewed, resumed or released meanwhile",
                     challenge=token_challenge(claims),
                 )
             if reference is not None:

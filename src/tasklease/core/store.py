@@ -142,9 +142,10 @@ class WriteTx(Protocol):
         ...
 
     def raise_resumes(self, agent_id: str, resumes: int) -> bool | None:
-        """Set the session's ``resumes`` to ``resumes`` where it is lower (one statement:
-        a renewal's count, checked and written under this transaction's lock). True if
-        set, False if it was already at or above it, None when the agent has no session."""
+        """Set the session's ``resumes`` to ``resumes`` where it is lower and the session
+        is active (one statement: a renewal's count and standing, checked and written
+        under this transaction's lock). True if set, False if it was already at or above
+        it or the session is no longer active, None when the agent has no session."""
         ...
 
     def acquire_lease(self, name: str, holder: str, now: float, expires_at: float) -> bool:

@@ -278,7 +278,7 @@ class MemoryWriteTx:
         session = self._store._sessions.get(agent_id)
         if session is None:
             return None
-        if session.resumes >= resumes:
+        if session.resumes >= resumes or session.state != "active":
             return False
         self._set(self._store._sessions, agent_id, dataclasses.replace(session, resumes=resumes))
         return True

@@ -374,6 +374,7 @@ class Dialect(RowConversions):
         self.put_session = q(upsert("agent_sessions", _SESSION))
         self.raise_resumes = q(
             f"UPDATE agent_sessions SET resumes = ? WHERE {t} AND agent_id = ? AND resumes < ?"
+            " AND state = 'active'"
         )
         self.has_session = q(f"SELECT 1 FROM agent_sessions WHERE {t} AND agent_id = ?")
         self.acquire_lease = q(
