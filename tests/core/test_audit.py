@@ -28,6 +28,7 @@ from tasklease.core.auditformat import (
 )
 from tasklease.core.clock import ManualClock
 from tasklease.core.errors import Conflict, InvalidRequest, Unavailable
+from tasklease.core.kernel import with_denial
 from tasklease.core.launch import launch_token_hash
 from tasklease.core.store import AuditEvent, RevocationRecord
 from tasklease.storage import MemoryStore
@@ -357,6 +358,18 @@ def test_sanitize_strips_non_printable_control_characters_only() -> None:
     assert sanitize("plain text, a=b") == "plain text, a=b"
     assert sanitize("a\tb c") == "a\tb c"
     assert sanitize("a\u0085b\x1fc") == "a\u0085b c"  # NEL is not one of ours; US is
+
+
+def test_the_length_cap_keeps_a_refusals_denial_id() -> None:
+    """Redaction can lengthen a detail that ``with_denial`` cut to fit: the cap then cuts
+    the middle, never the denial id the detail ends with."""
+    exc = Unavailable("x")
+    entry = with_denial(exc, AuditEntry("token_auth_failed", detail="secret=a," * 300))
+    out = sanitize(entry.detail)
+    assert len(out) == MAX_DETAIL
+    assert out.endswith(f"[truncated] | denial={exc.denial_id}")
+    alone = sanitize("x" * MAX_DETAIL + f"denial={exc.denial_id}")
+    assert len(alone) == MAX_DETAIL and alone.endswith("[truncated]")  # not at a boundary
 
 
 def test_lineage_fields_are_sanitized_when_the_others_are_clean() -> None:

@@ -298,6 +298,15 @@ def test_oversized_token_is_refused_before_any_crypto(broker: RunningBroker) -> 
     refused(broker, token, "token too large")
 
 
+def test_a_path_that_grows_when_redacted_keeps_its_denial_id(broker: RunningBroker) -> None:
+    """The refused path is in the event's detail; redacting ``secret=a`` lengthens it past
+    the cap, which must not cut the denial id off (nor leave the stranger untraced)."""
+    for headers in ({}, {"Authorization": "Bearer x.y.z"}):
+        resp = broker.get("/v1/admin/apps/" + "secret=a," * 200, headers=headers)
+        assert resp.status_code == 401, resp.text
+        assert denial_event(broker, resp)["detail"].endswith(f"denial={resp.json()['denial_id']}")
+
+
 # --- bound tokens over HTTP (DPoP; certificates in test_tls.py) -----------------------------
 
 

@@ -104,6 +104,9 @@ _CONTROL_TO_SPACE = {c: " " for c in (*range(0x20), 0x7F) if c != 0x09}
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 MAX_DETAIL = 2048
 _TRUNCATED = "[truncated]"
+# The denial id a refusal's detail ends with (``core.kernel.with_denial``): kept through
+# the length cap, since redaction can lengthen a detail that was cut to fit before it.
+_DENIAL_TAIL = re.compile(r"(?:^| \| )denial=den_[0-9a-f]{16}$")
 
 
 def sanitize(detail: str) -> str:
@@ -114,7 +117,7 @@ def sanitize(detail: str) -> str:
     secrets: audit events name things by their id or hash prefix instead) and e-mail
     addresses (kept as ``a***@example.com``). Control characters become spaces, text that
     is not valid Unicode (lone surrogates) is replaced, and the result is capped at
-    :data:`MAX_DETAIL` characters.
+    :data:`MAX_DETAIL` characters, keeping the denial id a refusal's detail ends with.
     """
     if not detail or _plain_identifier(detail):
         return detail  # the common case, kept cheap
@@ -137,7 +140,9 @@ def sanitize(detail: str) -> str:
         # unencodable and fail every operation committed in the same batch.
         out = out.encode("utf-8", "replace").decode("utf-8")
     if len(out) > MAX_DETAIL:
-        out = out[: MAX_DETAIL - len(_TRUNCATED)] + _TRUNCATED
+        found = _DENIAL_TAIL.search(out)
+        tail = found.group() if found is not None else ""
+        out = out[: MAX_DETAIL - len(_TRUNCATED) - len(tail)] + _TRUNCATED + tail
     return out
 
 
