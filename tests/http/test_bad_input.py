@@ -356,3 +356,26 @@ def test_alg_none_and_hs256_on_the_bearer_path(broker: RunningBroker) -> None:
             "unauthorized",
             detail="token verification failed",
         )
+
+
+def _cursor(raw: str) -> str:
+    data = raw.encode("utf-8", "surrogatepass")
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("route", "raw"),
+    [
+        ("/v1/admin/revocations", '[9223372036854775807, "x"]'),
+        ("/v1/admin/revocations", '[1e300, "x"]'),
+        ("/v1/admin/agents", '[1, "\\ud800"]'),
+        ("/v1/admin/launch-tokens", '[1, "\\ud800"]'),
+        ("/v1/admin/agents", '[1, "' + "x" * 5000 + '"]'),
+    ],
+)
+def test_a_forged_listing_cursor_is_refused(broker: RunningBroker, route: str, raw: str) -> None:
+    """A cursor is the caller's input: one that no listing made (a number SQLite cannot
+    hold, text it cannot bind) is a 400, never a 500 from the database."""
+    resp = broker.get(route, params={"cursor": _cursor(raw)}, headers=broker.admin_headers())
+    assert_problem(resp, 400, "invalid_request")
+    assert resp.json()["detail"] == "cursor is malformed"

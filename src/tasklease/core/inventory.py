@@ -90,10 +90,28 @@ def decode_cursor(cursor: str | None) -> tuple[float, str] | None:
         not isinstance(number, int | float)
         or isinstance(number, bool)
         or not math.isfinite(number)
+        or abs(number) > _CURSOR_NUMBER  # times and sequence numbers: never near it
         or not isinstance(text, str)
+        or len(text) > _CURSOR_TEXT
+        or not _encodable(text)
     ):
         raise InvalidRequest("cursor is malformed", hint="pass next_cursor as given")
     return float(number), text
+
+
+# What a cursor this broker made can hold: a time or a sequence number, exact as a float,
+# and an identifier (a SPIFFE ID at most 2,048 bytes).
+_CURSOR_NUMBER = 2**53
+_CURSOR_TEXT = 4096
+
+
+def _encodable(text: str) -> bool:
+    """False for text no database can bind (a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _page_size(limit: int | None) -> int:
