@@ -51,6 +51,12 @@ def test_access_log_metrics_and_request_ids(start_broker: Callable[..., RunningB
     tenant = running.create_tenant("acme")
     assert tenant.get("/v1/health").status_code == 200
     assert running.post("/v1/register", json={"nonce": "00"}).status_code == 400
+    agent = running.register(["read:data:*"])
+    for probe in ("probe-one", "probe-two"):  # an agent may not read apps: 403 each
+        refused = running.get(
+            f"/v1/admin/apps/{probe}", headers={"Authorization": f"Bearer {agent.access_token}"}
+        )
+        assert refused.status_code == 403, refused.text
 
     scrape = httpx.get(metrics_url(running), timeout=10).text
     stop_broker(running)
@@ -90,3 +96,6 @@ def test_access_log_metrics_and_request_ids(start_broker: Callable[..., RunningB
     assert not re.search(r"^\w+_created[{ ]", scrape, re.M)  # one series per figure
     assert re.search(r"^process_resident_memory_bytes \S+$", scrape, re.M)
     assert secret_in_query not in scrape and "/nowhere" not in scrape
+    # Scope rejections by route template too: a label never grows with what callers send.
+    assert sample('tasklease_scope_rejections_total{endpoint="/v1/admin/apps/{app_id}"}') == 2
+    assert "probe-one" not in scrape

@@ -123,6 +123,9 @@ class RequestContext:
     dpop: str = ""
     method: str = ""
     url: str = ""
+    # The template of the route that serves the request (``/v1/admin/apps/{app_id}``): a
+    # metric label, which must not grow with what callers send as the path does.
+    route: str = ""
 
 
 @dataclass(frozen=True, slots=True)

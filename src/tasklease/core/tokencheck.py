@@ -381,7 +381,7 @@ class TokenCheck(Service):
         required: str | None = None,
     ) -> TaskleaseError:
         """Audit a valid token that may not do this here; the error to raise (403)."""
-        self._metrics.scope_rejections.labels(ctx.path).inc()
+        self._metrics.scope_rejections.labels(ctx.route or "unmatched").inc()
         entry = replace(
             about(claims),
             event_type="scope_violation",

@@ -23,6 +23,7 @@ from tasklease.core.broker import Broker, Pending, RequestContext
 from tasklease.core.errors import InvalidRequest, InvalidTarget, TaskleaseError
 from tasklease.core.tokens import Claims
 from tasklease.http._reading import first_half, run_reading
+from tasklease.http.access import route_template
 from tasklease.http.middleware import json_nesting_error
 from tasklease.http.problems import problem_body, problem_response_parts
 from tasklease.http.tls import peer_cert_thumbprint
@@ -72,6 +73,7 @@ def request_context(uri: RequestURI) -> Callable[[Request], RequestContext]:
             request_id=request_id(request),
             remote=client.host if client else "",
             path=request_path(request.scope),
+            route=route_template(request.scope),
             cert_thumbprint=peer_cert_thumbprint(request.scope),
             dpop=dpop,
             method=request.method,
