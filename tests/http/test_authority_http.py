@@ -6,6 +6,7 @@ import base64
 import secrets
 from typing import Any
 
+import pytest
 from e2e_support import RunningBroker, jwt_parts
 
 
@@ -71,6 +72,23 @@ def test_a_by_reference_token_is_refused_as_a_revocation_target(broker: RunningB
     assert secret not in resp.text
     events = broker.get("/v1/audit/events?limit=200", headers=broker.admin_headers())
     assert secret not in events.text
+
+
+@pytest.mark.parametrize("level", ["token", "agent", "task", "chain"])
+def test_a_launch_token_or_client_secret_is_refused_as_a_revocation_target(
+    broker: RunningBroker, level: str
+) -> None:
+    """Pasted as a target (to end a leaked one), a secret would be stored and published on
+    the revocation feed, and end nothing: refused, at every level."""
+    app = broker.create_app(["read:data:*"])
+    for secret in (broker.launch_token(["read:data:*"], ttl=600), app["client_secret"]):
+        resp = broker.revoke(level, secret)
+        assert resp.status_code == 400, resp.text
+        assert "must not hold a secret" in resp.json()["detail"] and secret not in resp.text
+        feed = broker.get(
+            "/v1/revocations", headers={"Authorization": f"Bearer {broker.app_token(app)}"}
+        )
+        assert feed.status_code == 200 and secret not in feed.text
 
 
 def test_bit_flipped_nonce_at_registration_is_audited(broker: RunningBroker) -> None:

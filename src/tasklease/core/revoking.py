@@ -17,7 +17,7 @@ from tasklease.core.callers import about
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden, InvalidRequest
 from tasklease.core.horizon import SafeHorizon
-from tasklease.core.introspection import holds_credential
+from tasklease.core.introspection import holds_credential, holds_secret
 from tasklease.core.kernel import Kernel, RequestContext, Service
 from tasklease.core.lineage import ending_records
 from tasklease.core.pending import Pending, complete
@@ -63,11 +63,19 @@ class Revoking(Service):
             )
         if len(target) > 2048:
             raise InvalidRequest("target is too long")
+        # Never a credential as a target: it would be stored, audited and published (the
+        # revocation feed is read by every resource server), and revoke nothing.
         if (level == "token" and target.count(".") == 2) or holds_credential(target):
-            # Never a credential as a target: it would be stored, audited and published.
             raise InvalidRequest(
                 "target must be a token id (jti), not a token",
                 hint="read the jti with `tasklease token inspect`",
+            )
+        if holds_secret(target):
+            raise InvalidRequest(
+                "target must not hold a secret (64 hexadecimal characters: a launch token "
+                "or a client secret)",
+                hint="revocation targets are ids; a launch token ends when it expires or is "
+                "used up, an app's secret when the app is deregistered",
             )
         now = self._kernel.now()
         revoked_at = math.floor(now)

@@ -316,7 +316,9 @@ OPERATIONS = (
             Failure(
                 "invalid_request",
                 "`level` or `target` is missing, `level` is not one of the four levels, "
-                "or `target` is longer than 2048 characters",
+                "`target` is longer than 2048 characters, or `target` holds a token or "
+                "a secret (64 hexadecimal characters: a launch token, a client secret) "
+                "instead of an id",
             ),
         ),
     ),
