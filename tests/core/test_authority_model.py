@@ -165,10 +165,14 @@ class Model:
 
     def agent_alive(self, agent: MAgent, now: float) -> bool:
         """In good standing: may resume and receive delegations."""
+        return now < agent.registered_at + RENEWAL_CEILING and self.in_standing(agent)
+
+    def in_standing(self, agent: MAgent) -> bool:
+        """Good standing but for its registration's lifetime (which a token's own ceiling
+        bounds): may renew and hand on a token it holds."""
         revoked = self.task_revoked.get(agent.task)
         return (
-            now < agent.registered_at + RENEWAL_CEILING
-            and agent.revoked_at is None
+            agent.revoked_at is None
             and not agent.done
             and self.app_alive(agent.app_id)
             and not (revoked is not None and agent.registered_at <= revoked)
@@ -554,7 +558,11 @@ class AuthorityMachine(RuleBasedStateMachine):
             return None
         spent = max(tok.claims.rnc, tok.holder.renewals) if tok.own else tok.claims.rnc
         lifetime = min(tok.claims.exp - tok.claims.iat, MAX_TTL)
-        may = spent + 1 <= MAX_RENEWALS and int(self.now) < tok.ceiling
+        may = (
+            spent + 1 <= MAX_RENEWALS
+            and int(self.now) < tok.ceiling
+            and self.model.in_standing(tok.holder)
+        )
         try:
             issued = self.broker.renew(claims, CTX)
         except TaskleaseError as exc:
@@ -616,6 +624,7 @@ class AuthorityMachine(RuleBasedStateMachine):
         ended = self.model.ends_descendants(tok)
         may = (
             not ended
+            and self.model.in_standing(tok.holder)
             and self.model.agent_alive(target_agent, self.now)
             and target_agent.agent_id not in chain
             and len(chain) <= 3
