@@ -10,13 +10,15 @@ import httpx
 import pytest
 from bundle_support import CA, Served, make_broker, make_ca, serve_broker
 
-from tasklease.client import Forbidden, InvalidRequest, NotFound, Unauthorized
+from tasklease.client import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
 from tasklease.client._admin import AdminClient
 from tasklease.client.testing import BrokerForTests
 from tasklease.core.clock import SystemClock
+from tasklease.core.store import AuditQuery
 from tasklease.rules.bundle import parse_bundle
 
 PEER = "b.example"
+OTHER = "c.example"
 
 
 @pytest.fixture(scope="module")
@@ -44,20 +46,22 @@ def _operator(broker: BrokerForTests, role: str, name: str) -> AdminClient:
 
 
 def test_managing_federations_needs_admin_keys(local: BrokerForTests, ca: CA) -> None:
+    """(Another domain than the peer's: a removed domain cannot be declared again while its
+    removal stands, and the tests after this one declare the peer.)"""
     static = '{"keys":[]}'
     for role, name in (("operator", "ops-fed"), ("auditor", "aud-fed")):
         with _operator(local, role, name) as client:
             with pytest.raises(Forbidden):
-                client.add_federation(PEER, bundle=static)
+                client.add_federation(OTHER, bundle=static)
             with pytest.raises(Forbidden):
                 client.list_federations()
     with _operator(local, "admin", "adm-fed") as client:
-        answer = client.add_federation(PEER, bundle=static)
+        answer = client.add_federation(OTHER, bundle=static)
         assert answer["status"] == "trusted" and answer["kids"] == []
-        assert client.remove_federation(PEER) == {"trust_domain": PEER, "removed": True}
+        assert client.remove_federation(OTHER) == {"trust_domain": OTHER, "removed": True}
         with pytest.raises(NotFound):
-            client.get_federation(PEER)
-    anonymous = httpx.post(f"{local.url}/v1/admin/federations", json={"trust_domain": PEER})
+            client.get_federation(OTHER)
+    anonymous = httpx.post(f"{local.url}/v1/admin/federations", json={"trust_domain": OTHER})
     assert anonymous.status_code == 401
 
 
@@ -130,3 +134,104 @@ def test_the_bundle_endpoint_needs_no_credential(local: BrokerForTests, tmp_path
     assert list(bundle.keys) == [
         k["kid"] for k in httpx.get(f"{local.url}/.well-known/jwks.json").json()["keys"]
     ]
+
+
+_EXCHANGE = {
+    "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+    "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+    "actor_token_type": "urn:ietf:params:oauth:token-type:access_token",
+}
+
+
+def test_a_bound_token_of_a_federated_domain_is_not_exchanged() -> None:
+    """A DPoP-bound token narrowed for B is refused at B's exchange, whoever presents it:
+    the request proves the actor's key only, never the subject token's (a stolen bound
+    token must not cross as a bearer one). A bearer token of the same domain crosses."""
+    with (
+        BrokerForTests(trust_domain="a.example") as a,
+        BrokerForTests(trust_domain="b.example") as b,
+    ):
+        bundle = httpx.get(f"{a.url}/v1/federation/bundle").text
+        b.admin().add_federation("a.example", bundle=bundle, scope_map=[("read:data:*",) * 2])
+        with (
+            a.agent(["read:data:*"], dpop=True) as alice,
+            a.agent(["read:data:*"], task_id="carol-task") as carol,  # a bearer agent of A
+            b.agent(["write:x:1"]) as mallory,  # any agent of B, without alice's key
+        ):
+            bound = alice.exchange(resource="spiffe://b.example")
+            assert bound.token_type == "DPoP"
+            bearer = carol.exchange(resource="spiffe://b.example")
+            assert bearer.token_type == "Bearer"
+
+            def cross(subject: str) -> httpx.Response:
+                form = {**_EXCHANGE, "subject_token": subject, "actor_token": mallory.token}
+                return httpx.post(f"{b.url}/v1/oauth/token", data=form)
+
+            refused = cross(bound.token)
+            assert refused.status_code == 400, refused.text
+            body = refused.json()
+            assert body["error"] == "invalid_request" and body["denial_id"].startswith("den_")
+            events, _ = b.broker.store.query_audit(AuditQuery(limit=10_000))
+            [denied] = [e for e in events if f"denial={body['denial_id']}" in e.detail]
+            assert denied.event_type == "token_exchange_denied" and "cnf" in denied.detail
+            # The same domain's bearer token crosses: the refusal is the binding's alone.
+            crossed = cross(bearer.token)
+            assert crossed.status_code == 200, crossed.text
+            assert crossed.json()["scope"] == "read:data:*"
+
+
+def test_removing_a_federation_ends_what_was_derived_from_it() -> None:
+    """``federation remove`` ends the tokens exchanged from the domain's credentials:
+    the one B issued no longer validates, renews or delegates, through a chain-level
+    revocation on ``fed:<domain>`` that every replica and verifier follows."""
+    with (
+        BrokerForTests(trust_domain="a.example") as a,
+        BrokerForTests(trust_domain="b.example") as b,
+    ):
+        bundle = httpx.get(f"{a.url}/v1/federation/bundle").text
+        admin = b.admin()
+        admin.add_federation("a.example", bundle=bundle, scope_map=[("read:data:*",) * 2])
+        with (
+            a.agent(["read:data:*"]) as alice,
+            b.agent(["read:data:*"]) as bob,
+            b.agent(["read:data:*"], task_id="carol-task") as carol,
+        ):
+            subject = alice.exchange(resource="spiffe://b.example").token
+
+            def cross() -> httpx.Response:
+                form = {**_EXCHANGE, "subject_token": subject, "actor_token": bob.token}
+                return httpx.post(f"{b.url}/v1/oauth/token", data=form)
+
+            def delegate(token: str) -> httpx.Response:
+                return httpx.post(
+                    f"{b.url}/v1/delegate",
+                    json={"delegate_to": carol.agent_id, "scope": ["read:data:1"]},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+
+            def valid(token: str) -> bool:
+                answer = httpx.post(f"{b.url}/v1/token/validate", json={"token": token})
+                return bool(answer.json()["valid"])
+
+            held = cross().json()["access_token"]
+            handed = delegate(held)
+            assert handed.status_code == 200, handed.text
+            handed_on = handed.json()["access_token"]
+            assert valid(held) and valid(handed_on)
+
+            admin.remove_federation("a.example")
+            assert not valid(held) and not valid(handed_on)
+            assert delegate(held).status_code == 401
+            renewed = httpx.post(
+                f"{b.url}/v1/token/renew", headers={"Authorization": f"Bearer {held}"}
+            )
+            assert renewed.status_code == 401, renewed.text
+            listed = admin.list_revocations()["revocations"]
+            assert [(e["level"], e["target"]) for e in listed] == [("chain", "fed:a.example")]
+            # Declared again at once: what derives from it stays ended until the entry
+            # expires (stricter, never looser), so the declaration is refused, saying until
+            # when, and the domain's tokens are still refused.
+            with pytest.raises(Conflict, match="its removal stands until"):
+                admin.add_federation("a.example", bundle=bundle, scope_map=[("read:data:*",) * 2])
+            again = cross()
+            assert again.status_code == 400 and again.json()["error"] == "invalid_request"

@@ -145,6 +145,52 @@ def test_beyond_the_ceiling_or_another_domains_identity_is_refused(
         assert verifier.verify(_token(local, ("write:data:1",))).scope == ("write:data:1",)
 
 
+@pytest.mark.parametrize(
+    "grant",
+    [
+        # A payment grant: the ceiling holds scopes, nothing bounds its amount.
+        {
+            "type": "resource_access",
+            "actions": ["pay"],
+            "limits": {"max_amount": "1000000", "currency": "EUR"},
+        },
+        # A scope grant travels in authorization_details, not in scope: it would escape
+        # the read:data:* ceiling.
+        {"type": "scope", "scope": "write:orders:*"},
+        # Even one the ceiling would cover: a domain's ceiling is scopes only.
+        {"type": "scope", "scope": "read:data:1"},
+    ],
+    ids=["payment", "scope-beyond", "scope-within"],
+)
+def test_a_federated_token_carrying_structured_grants_is_refused(
+    home: tuple[Broker, Served], peer: tuple[Broker, Served], ca: CA, grant: dict[str, object]
+) -> None:
+    _local, home_served = home
+    remote, peer_served = peer
+    token, _ = mint(
+        remote.keyring,
+        kind=KIND_AGENT,
+        iss=remote.config.issuer,
+        sub="spiffe://b.example/agent/orch/task/0123456789abcdef",
+        aud=(AUDIENCE,),
+        iat=int(time.time()),
+        ttl=120,
+        scope=("read:data:1",),  # within the ceiling: only the grant is at fault
+        client_id="app-1",
+        task_id="task",
+        orch_id="orch",
+        details=(grant,),
+    )
+    with _verifier(home_served, _domain(peer_served, ca)) as verifier:
+        with pytest.raises(InvalidToken) as caught:
+            verifier.verify(token)
+        assert "authorization_details" in caught.value.reason
+        with pytest.raises(InvalidToken):
+            asyncio.run(verifier.averify(token))
+        # The same scope without the grant is accepted.
+        assert verifier.verify(_token(remote, ("read:data:1",))).scope == ("read:data:1",)
+
+
 def test_an_unconfigured_domain_is_refused(
     home: tuple[Broker, Served], peer: tuple[Broker, Served]
 ) -> None:

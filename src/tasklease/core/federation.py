@@ -26,9 +26,17 @@ from dataclasses import replace
 
 from tasklease.core import federationfields as fields
 from tasklease.core.auditformat import AuditEntry
-from tasklease.core.errors import InvalidRequest, NotFound, TaskleaseError, Unauthorized
+from tasklease.core.clock import format_rfc3339_seconds
+from tasklease.core.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    TaskleaseError,
+    Unauthorized,
+)
+from tasklease.core.foreign import domain_entry
 from tasklease.core.kernel import Kernel, RequestContext, Service
-from tasklease.core.records import FederationRecord
+from tasklease.core.records import FederationRecord, RevocationRecord
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules.bundle import BundleError, TrustBundle, parse_bundle
@@ -223,6 +231,7 @@ class Federation(Service):
                 "a broker does not federate with its own trust domain",
                 hint="name the other broker's trust domain",
             )
+        self._refuse_while_removed(domain)
         url = fields.endpoint(bundle_endpoint_url)
         static = fields.static_bundle(bundle, domain)
         if bool(url) == (static is not None):
@@ -283,6 +292,24 @@ class Federation(Service):
         self._kernel.commit(unit)
         return record, replaced
 
+    def _refuse_while_removed(self, domain: str) -> None:
+        """A removed domain's revocation (:meth:`remove`) ends whatever is derived from it,
+        whenever issued: declared again meanwhile, it would admit exchanges that are born
+        dead. Refused, saying until when, rather than accepted and useless."""
+        now = self._kernel.now()
+        live = [
+            r.expires_at
+            for r in self._store.find_revocations([("chain", domain_entry(domain))])
+            if r.expires_at > now
+        ]
+        if live:
+            until = format_rfc3339_seconds(max(live))
+            raise Conflict(
+                f"{domain} was removed; its removal stands until {until}",
+                hint="tokens derived from it may be live until then: declare it again after "
+                "that (to change a declared domain, declare it again without removing it)",
+            )
+
     def list_federations(self) -> list[FederationRecord]:
         """Every federated domain, by name."""
         return self._store.list_federations()
@@ -295,27 +322,49 @@ class Federation(Service):
         return record
 
     def remove(self, claims: Claims, trust_domain: str, ctx: RequestContext) -> FederationRecord:
-        """Stop trusting ``trust_domain``: from now on its credentials are refused.
+        """Stop trusting ``trust_domain``: from now on its credentials are refused, and
+        so is everything derived here from them.
+
+        Tokens exchanged from the domain's credentials, and all they were delegated,
+        renewed or narrowed to, list ``fed:<trust_domain>`` in their ``lineage``
+        (``core.foreign``): the removal writes a chain-level revocation on it in the same
+        unit, so none of them validates, renews or hands authority on afterwards, in any
+        worker or replica, nor at resource servers following the revocation feed. The
+        entry lives as an operator's does (:meth:`Kernel.revocation_expiry`); until it
+        expires, declaring the domain again is refused (Conflict, saying until when).
 
         Raises:
             NotFound: it is not federated (audited).
         """
         removed: FederationRecord | None = None
+        deleted = False
+        revoked_at = math.floor(self._kernel.now())
+        ended = RevocationRecord(
+            "chain",
+            domain_entry(trust_domain),
+            revoked_at,
+            self._kernel.revocation_expiry(revoked_at),
+        )
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            nonlocal removed
+            nonlocal removed, deleted
             removed = tx.get_federation(trust_domain)
-            if removed is None or not tx.delete_federation(trust_domain):
+            deleted = removed is not None and tx.delete_federation(trust_domain)
+            if not deleted:
                 return []
+            tx.insert_revocation(ended)
             return [
                 AuditEntry(
                     "federation_removed",
                     request_id=ctx.request_id,
-                    detail=f"trust_domain={trust_domain} removed by={claims.sub}",
+                    detail=f"trust_domain={trust_domain} removed by={claims.sub}; "
+                    f"revoked level=chain target={ended.target}",
                 )
             ]
 
         self._kernel.commit(unit)
+        if deleted:
+            self._kernel.apply_revocations([ended])
         if removed is None:
             raise self._kernel.deny(
                 NotFound("federated trust domain not found"),

@@ -14,6 +14,11 @@ last good bundle are accepted; ``exp`` with no leeway, ``nbf``/``iat`` with our 
 lifetime within our ``max_ttl``, the chain within our depth limit with its hash, ``act``
 as the chain implies, and every delegation record signed by a key of that bundle.
 
+**Bearer only.** A token bound to its holder's key (``cnf``: DPoP, RFC 9449, or a client
+certificate, RFC 8705) is refused: the exchange request carries proof of the actor's key
+only, so nothing shows the presenter holds the subject token's, and a stolen bound token
+would cross as a bearer one.
+
 **Audience.** A foreign token is exchanged here only if its ``aud`` names
 ``spiffe://<our trust domain>`` (:func:`federation_audience`): a token made for one
 domain cannot be replayed at another.
@@ -73,6 +78,7 @@ __all__ = [
     "LocalAncestry",
     "agent_entry",
     "converted",
+    "domain_entry",
     "federation_audience",
     "foreign_parent",
     "local_part",
@@ -102,6 +108,12 @@ def federation_audience(trust_domain: str) -> str:
 def namespaced(domain: str, entry: str) -> str:
     """``entry`` of domain ``domain``'s lineage, as our lineage lists it."""
     return f"{FOREIGN_PREFIX}{domain}:{entry}"
+
+
+def domain_entry(domain: str) -> str:
+    """The lineage ancestor of everything derived here from ``domain`` (``fed:D``): a
+    chain-level revocation on it ends all of that at once."""
+    return f"{FOREIGN_PREFIX}{domain}"
 
 
 def agent_entry(domain: str, agent_id: str) -> str:
@@ -170,6 +182,7 @@ def read_foreign(
     """Verify ``token`` as an agent token of ``domain`` with its bundle ``keys``.
 
     ``keys`` maps ``kid`` to a raw Ed25519 public key (the domain's last good bundle).
+    A token bound to a key (``cnf``) is refused (module docstring, "Bearer only").
     Raises :class:`ForeignRejected` (the reason for the audit log).
     """
     verify_keys: dict[str, nacl.signing.VerifyKey] = {}
@@ -207,6 +220,13 @@ def read_foreign(
         )
     except ClaimRejected as exc:
         raise ForeignRejected(f"subject_token of {domain}: {exc.reason}") from None
+    if "cnf" in claims.raw:
+        # Sender-constrained (RFC 9449 DPoP, RFC 8705 certificate): only the holder of its
+        # key may present it, and the exchange request proves no key but the actor's. A
+        # stolen bound token would otherwise cross as a bearer one.
+        raise ForeignRejected(
+            f"subject_token of {domain} is bound to a key (cnf): only its holder may present it"
+        )
     chain_keys = list(verify_keys.values())
     if not verify_chain_records(claims.delegation_chain, claims.sub, lambda: chain_keys):
         raise ForeignRejected(
@@ -263,7 +283,7 @@ def _ancestry(ft: ForeignToken, own_domain: str) -> tuple[list[str], LocalAncest
     """The foreign token's ancestry as our lineage lists it (without its grant and jti,
     which the issuance check appends), and which of its ancestors are our own."""
     d, claims = ft.domain, ft.claims
-    raw = [f"{FOREIGN_PREFIX}{d}"]
+    raw = [domain_entry(d)]
     if claims.task_id:
         raw.append(task_entry(d, claims.task_id))
     hops = [record.agent for record in claims.delegation_chain]

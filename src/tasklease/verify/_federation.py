@@ -8,7 +8,8 @@ system's trust store, for the URL's host), refreshed on the bundle's hint and, a
 once per interval, for a key id it does not hold. The keys of two domains are never
 merged: a token is checked only against the bundle of the domain whose key id it names,
 and must then be issued by that domain's issuer, held by one of that domain's agents, and
-ask for nothing beyond its ceiling. A domain whose last good bundle is older than
+ask for nothing beyond its ceiling (scopes only: a token carrying structured grants,
+``authorization_details``, is refused). A domain whose last good bundle is older than
 ``max_bundle_age`` is refused (fail closed).
 """
 
@@ -18,7 +19,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -64,7 +65,8 @@ class FederatedDomain:
         issuer: the ``iss`` of its tokens (its broker's, or tenant's, issuer).
         scope_ceiling: the scopes its tokens may carry here; a token asking for anything
             beyond is refused. Required: accepting a foreign domain is a decision about
-            what it may do.
+            what it may do. It holds scopes only: a token of the domain carrying
+            structured grants (RFC 9396 ``authorization_details``) is refused.
         ca_file: PEM certificates its endpoint's certificate must chain to; None: the
             system's trust store.
         max_bundle_age: seconds the last good bundle stays usable without a successful
@@ -211,13 +213,23 @@ class Federations:
         return domain.keys.get
 
     @staticmethod
-    def check_holder_and_ceiling(domain: _Domain, holder: str, scope: Sequence[str]) -> None:
-        """The holder must be the domain's agent, its scopes within the domain's ceiling."""
+    def check_holder_and_ceiling(
+        domain: _Domain, holder: str, scope: Sequence[str], claims: Mapping[str, Any]
+    ) -> None:
+        """The holder must be the domain's agent, its scopes within the domain's ceiling,
+        and the token must carry no structured grants (``authorization_details``).
+
+        A domain's ceiling is scopes only: there is nothing to hold a foreign broker's
+        RFC 9396 grants to (a payment limit, a ``scope`` grant naming a scope beyond the
+        ceiling), so a token carrying any is refused rather than trusted as it claims.
+        """
         config = domain.config
         if not holder.startswith(f"spiffe://{config.trust_domain}/"):
             raise FederationError("holder is not an agent of the token's trust domain")
         if not scope_rules.is_subset(scope, config.scope_ceiling):
             raise FederationError("scope beyond the federated domain's ceiling")
+        if "authorization_details" in claims:
+            raise FederationError("authorization_details are not accepted from a federated domain")
 
     # --- fetching (SPIFFE Federation https_web) -----------------------------------------
 

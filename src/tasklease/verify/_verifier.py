@@ -458,7 +458,9 @@ class Verifier(VerifierBase):
             )
             if actors:
                 verified = dataclasses.replace(verified, actors=actors)
-            federation.check_holder_and_ceiling(domain, verified.sub, verified.scope)
+            federation.check_holder_and_ceiling(
+                domain, verified.sub, verified.scope, verified.claims
+            )
         except (jws.JWSError, ClaimRejected, FederationError) as exc:
             raise InvalidToken(exc.reason) from None
         level = self._revocations.match(verified)

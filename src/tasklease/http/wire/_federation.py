@@ -273,6 +273,11 @@ OPERATIONS = (
                 "carries userinfo, a static bundle that does not parse, `ca_pem` that is "
                 "not PEM certificates, or a malformed scope, age or TTL",
             ),
+            Failure(
+                "conflict",
+                "the domain was removed and its removal still stands (it ends what was "
+                "derived from the domain until the time the problem names)",
+            ),
         ),
     ),
     Operation(
@@ -300,7 +305,8 @@ OPERATIONS = (
         "removeFederation",
         "federation",
         "Stop federating with a trust domain",
-        "Removes the record: from now on the domain's credentials are refused.",
+        "Removes the record: from now on the domain's credentials are refused, and "
+        "everything derived here from them is revoked (level `chain` on `fed:<domain>`).",
         admin(_SCOPE),
         RemovedFederation,
         parameters=(_DOMAIN,),
