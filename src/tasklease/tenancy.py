@@ -59,10 +59,13 @@ class Tenancy:
     def broker(self, name: str) -> Broker | None:
         """The broker of the active tenant ``name``; None if there is no such tenant.
 
-        The registry is read at most once per :data:`RECHECK` seconds per name.
+        The default tenant is served at the root only: its name is no tenant here (None),
+        so ``/t/default/...`` is as unknown as any other name, not a second door to the
+        default tenant with limits of its own. The registry is read at most once per
+        :data:`RECHECK` seconds per name.
         """
         if name == DEFAULT_TENANT:
-            return self.default
+            return None
         now = self._monotonic()
         with self._lock:
             found = self._brokers.get(name)
@@ -76,20 +79,30 @@ class Tenancy:
         record = self.default.get_tenant(name)
         with self._lock:
             if record is None:
+                found = self._brokers.get(name)
+                if found is not None and found[1] >= now:
+                    # Found by a read newer than this one (a creation, in between): this
+                    # stale miss must not stop the broker the creation is setting up.
+                    return found[0]
                 gone = self._brokers.pop(name, None)
                 self._misses[name] = now
                 self._misses.move_to_end(name)
                 while len(self._misses) > _MISSES_KEPT:
                     self._misses.popitem(last=False)
             else:
-                self._misses.pop(name, None)
-                found = self._brokers.get(name)
-                broker = found[0] if found is not None else self._start(self._open(record))
-                self._brokers[name] = (broker, now)
-                return broker
+                return self._serve(record, now)
         if gone is not None:
             self._stop(gone[0])
         return None
+
+    def _serve(self, record: TenantRecord, now: float) -> Broker:
+        """The broker of ``record``'s tenant, made if need be, trusted until ``now`` +
+        :data:`RECHECK`; the name is no longer a miss. Called with the lock held."""
+        self._misses.pop(record.name, None)
+        found = self._brokers.get(record.name)
+        broker = found[0] if found is not None else self._start(self._open(record))
+        self._brokers[record.name] = (broker, now)
+        return broker
 
     def brokers(self) -> list[Broker]:
         """The default tenant's broker and every tenant broker made so far."""
@@ -111,9 +124,10 @@ class Tenancy:
                 the tenant is complete already (its ``admin`` exists).
         """
         record = self.default.create_tenant(claims, name=name, trust_domain=trust_domain, ctx=ctx)
-        broker = self.broker(record.name)
-        if broker is None:  # removed by someone else in between
-            raise RuntimeError("the tenant was removed while it was being created")
+        # From the record just written, not through broker(): a request for the name a
+        # moment ago (anyone may ask for /t/<name>/...) left it among the misses.
+        with self._lock:
+            broker = self._serve(record, self._monotonic())
         operator, secret = broker.set_up_tenant_admin(claims.sub, ctx)
         return record, operator, secret
 

@@ -9,6 +9,7 @@ the test fails saying so: it never skips.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,3 +202,54 @@ def test_an_auditor_sees_no_revoke_button_and_cannot_revoke(
     )
     assert forged.status == 403
     context.close()
+
+
+def test_the_console_shows_a_role_no_more_than_the_api_does(
+    broker: RunningBroker, browser: Any
+) -> None:
+    """Each page is guarded with the scope of the API route it mirrors: the app registry
+    (``GET /v1/admin/apps``, ``admin:launch-tokens:*``) is not the auditor's, so the
+    console neither links nor shows it to one; its refusal names an audited denial."""
+    made_app = broker.post(
+        "/v1/admin/apps",
+        json={"name": f"ledger-{secrets.token_hex(3)}", "scopes": SCOPE},
+        headers=broker.admin_headers(),
+    )
+    assert made_app.status_code == 201, made_app.text
+    client_id = made_app.json()["client_id"]
+    for role in ("auditor", "operator"):
+        name = f"{role}-{secrets.token_hex(3)}"
+        made = broker.post(
+            "/v1/admin/operators",
+            json={"name": name, "role": role},
+            headers=broker.admin_headers(),
+        )
+        assert made.status_code == 201, made.text
+        secret = made.json()["secret"]
+        signed = broker.post("/v1/operator/auth", json={"name": name, "secret": secret})
+        api = broker.get(
+            "/v1/admin/apps", headers={"Authorization": f"Bearer {signed.json()['access_token']}"}
+        )
+        context = browser.new_context()
+        page = context.new_page()
+        _sign_in(page, broker.url, secret, operator=name)
+        links = page.locator("nav[aria-label=Console] a").all_inner_texts()
+        shown = page.goto(f"{broker.url}/console/apps")
+        html = page.content()
+        if role == "operator":
+            assert api.status_code == 200 and shown.status == 200
+            assert "Apps" in links and client_id in html
+        else:
+            assert api.status_code == 403 and shown.status == 403
+            assert "Apps" not in links and {"Agents", "Audit"} <= set(links)
+            assert client_id not in html
+            (denial,) = set(re.findall(r"den_[0-9a-f]{16}", html))
+            found = broker.get(
+                "/v1/audit/events",
+                params={"event_type": "scope_violation", "limit": "1000"},
+                headers=broker.admin_headers(),
+            )
+            hits = [e for e in found.json()["events"] if e["detail"].endswith(f"denial={denial}")]
+            assert len(hits) == 1 and f"by=operator:{name}" in hits[0]["detail"]
+            _shot(page, "14-auditor-apps-refused")
+        context.close()

@@ -355,3 +355,44 @@ def test_deregistered_app_is_shut_out_at_once(broker: Any, kit: Any) -> None:
     failed = events(broker, "app_auth_failed")
     assert "reason=app_inactive" in failed[-1].detail
     assert broker.get_app(app.app_id).status == "inactive"
+
+
+@pytest.mark.parametrize("change", ["deregister", "update"])
+def test_an_app_sign_in_checked_across_its_removal_gives_no_token(
+    broker: Any, kit: Any, clock: Any, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """The app's secret is checked against the row read before argon2 runs; a removal (or
+    any change) committed meanwhile, its revocation entry dated the second before the
+    token, must refuse the sign-in: the ordinary 401, audited with its denial id."""
+    import tasklease.core.appauth as appauth_module
+
+    admin = kit.admin(broker).claims
+    app, secret = broker.register_app(
+        admin, name="billing-bot", scopes=["read:data:*"], token_ttl=None, ctx=kit.ctx
+    )
+    clock.advance(5.9)
+    real_verify = appauth_module.verify_secret
+    done: list[bool] = []
+
+    def verify_while_the_admin_changes_it(stored: str | None, given: str) -> bool:
+        ok = real_verify(stored, given)
+        if not done:
+            if change == "deregister":
+                broker.deregister_app(admin, app.app_id, kit.ctx)
+            else:
+                broker.update_app(admin, app.app_id, scopes=None, token_ttl=600, ctx=kit.ctx)
+            done.append(True)
+            clock.advance(0.2)  # the check ends in the next second
+        return ok
+
+    monkeypatch.setattr(appauth_module, "verify_secret", verify_while_the_admin_changes_it)
+    with pytest.raises(Unauthorized) as refused:
+        broker.app_auth(app.client_id, secret, kit.ctx)
+    assert refused.value.detail == "Authentication failed" and refused.value.denial_id
+    (hit,) = [
+        e
+        for e in events(broker, "app_auth_failed")
+        if e.detail.endswith(f"denial={refused.value.denial_id}")
+    ]
+    assert "reason=app_changed_during_sign_in" in hit.detail
+    assert events(broker, "app_authenticated") == []

@@ -4,10 +4,12 @@ sign-in message, role scopes, the built-in admin, credential changes and their t
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import nacl.signing
 import pytest
 
+import tasklease.core.operators as operators_module
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.clock import ManualClock
 from tasklease.core.config import Config
@@ -242,3 +244,123 @@ def test_first_admin_is_made_then_re_keyed_by_init(broker: Broker, clock: Manual
     assert issued.claims.scope == ROLE_SCOPES["admin"]
     assert any("by=init" in d for d in _events(broker, "operator_added"))
     assert any("by=init" in d for d in _events(broker, "operator_credential_rotated"))
+
+
+# --- a sign-in in flight across a credential change ---------------------------------------
+
+
+def _sqlite_or_memory(kind: str, tmp_path: Path, clock: ManualClock) -> Broker:
+    """A broker on ``kind``'s store: SQLite reads through a connection other than the
+    writer's, the memory store through the writer's own lock."""
+    url = "memory://" if kind == "memory" else str(tmp_path / "broker.db")
+    config = Config(admin_secret_hash=hash_secret(ADMIN_SECRET))
+    return Broker(config, open_store(url), KeyRing.generate(), clock=clock, nonce_secret=b"n" * 32)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("change", ["rotate", "rotate-to-key", "remove"])
+def test_a_secret_checked_across_a_credential_change_gives_no_token(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, change: str, kind: str
+) -> None:
+    """The secret is checked against the row read before argon2 runs; a rotation or
+    removal committed meanwhile (its revocation entry dated the second before the token)
+    must refuse the sign-in: the ordinary 401, audited with its denial id."""
+    clock = ManualClock(1_800_000_000.9)
+    broker = _sqlite_or_memory(kind, tmp_path, clock)
+    admin = broker.admin_auth(ADMIN_SECRET, CTX).claims
+    _, secret = broker.add_operator(admin, name="alice", role="operator", public_key=None, ctx=CTX)
+    clock.advance(5)
+    real_verify = operators_module.verify_secret
+    changed: list[str] = []
+
+    def verify_while_the_admin_changes_it(stored: str | None, given: str) -> bool:
+        ok = real_verify(stored, given)
+        if not changed:
+            if change == "remove":
+                broker.remove_operator(admin, "alice", CTX)
+            else:
+                key = nacl.signing.SigningKey.generate().verify_key
+                public = base64.b64encode(bytes(key)).decode() if change != "rotate" else None
+                broker.rotate_operator(admin, "alice", public_key=public, ctx=CTX)
+            changed.append(change)
+            clock.advance(0.2)  # the check ends in the next second
+        return ok
+
+    monkeypatch.setattr(operators_module, "verify_secret", verify_while_the_admin_changes_it)
+    with pytest.raises(Unauthorized) as refused:
+        broker.operator_auth(name="alice", secret=secret, nonce=None, signature=None, ctx=CTX)
+    assert refused.value.detail == "invalid credentials"  # as for a wrong secret
+    denial = refused.value.denial_id
+    assert denial
+    (hit,) = [d for d in _events(broker, "operator_auth_failed") if d.endswith(f"denial={denial}")]
+    assert "during sign-in" in hit and "operator=alice" in hit
+    assert _events(broker, "operator_authenticated") == []
+
+
+@pytest.mark.parametrize("change", ["rotate", "remove"])
+def test_a_key_signature_checked_across_a_credential_change_gives_no_token(
+    broker: Broker, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    admin = broker.admin_auth(ADMIN_SECRET, CTX).claims
+    key = nacl.signing.SigningKey.generate()
+    public = base64.b64encode(bytes(key.verify_key)).decode()
+    broker.add_operator(admin, name="bob", role="operator", public_key=public, ctx=CTX)
+    clock.advance(5.4)  # .9 into a second
+    real_verify = operators_module._jws.verify_detached
+    changed: list[str] = []
+
+    def verify_while_the_admin_changes_it(*args: object) -> bool:
+        ok = real_verify(*args)  # type: ignore[arg-type]
+        if not changed:
+            if change == "remove":
+                broker.remove_operator(admin, "bob", CTX)
+            else:
+                broker.rotate_operator(admin, "bob", public_key=None, ctx=CTX)
+            changed.append(change)
+            clock.advance(0.2)
+        return ok
+
+    monkeypatch.setattr(operators_module._jws, "verify_detached", verify_while_the_admin_changes_it)
+    nonce, _ = broker.challenge()
+    signature = base64.b64encode(key.sign(operator_sign_in_input("bob", nonce)).signature)
+    with pytest.raises(Unauthorized) as refused:
+        broker.operator_auth(
+            name="bob", secret=None, nonce=nonce, signature=signature.decode(), ctx=CTX
+        )
+    assert refused.value.detail == "invalid credentials" and refused.value.denial_id
+    (hit,) = [
+        d
+        for d in _events(broker, "operator_auth_failed")
+        if d.endswith(f"denial={refused.value.denial_id}")
+    ]
+    assert "during sign-in" in hit
+    assert _events(broker, "operator_authenticated") == []
+
+
+def test_a_sign_in_that_commits_before_a_slow_rotation_is_ended_by_it(
+    broker: Broker, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other order: a sign-in with the old secret completes while the rotation hashes
+    the new one (argon2) and a second boundary passes. The rotation's revocation entry
+    must be dated when it is written, not when the rotation began, so it ends that token."""
+    admin = broker.admin_auth(ADMIN_SECRET, CTX).claims
+    _, secret = broker.add_operator(admin, name="dave", role="operator", public_key=None, ctx=CTX)
+    clock.advance(5.4)  # .9 into a second
+    real_hash = operators_module.hash_secret
+    during: list[str] = []
+
+    def hash_while_the_old_secret_signs_in(new_secret: str) -> str:
+        digest = real_hash(new_secret)
+        if not during:
+            clock.advance(0.2)
+            issued, _ = broker.operator_auth(
+                name="dave", secret=secret, nonce=None, signature=None, ctx=CTX
+            )
+            during.append(issued.token)
+        return digest
+
+    monkeypatch.setattr(operators_module, "hash_secret", hash_while_the_old_secret_signs_in)
+    broker.rotate_operator(admin, "dave", public_key=None, ctx=CTX)
+    (token,) = during
+    with pytest.raises(Unauthorized):
+        broker.authenticate(f"Bearer {token}", CTX)

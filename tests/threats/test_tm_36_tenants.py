@@ -22,6 +22,13 @@ import pytest
 from e2e_support import RunningBroker, assert_problem, jwt_parts
 from threat_support import bearer
 
+from tasklease.core.broker import Broker, RequestContext
+from tasklease.core.config import Config
+from tasklease.core.keys import KeyRing
+from tasklease.core.passwords import hash_secret
+from tasklease.storage import MemoryStore
+from tasklease.tenancy import Tenancy
+
 pytestmark = pytest.mark.slow
 
 SCOPE = ["read:tickets:*"]
@@ -188,6 +195,71 @@ def test_an_unknown_and_a_removed_tenant_answer_alike(broker: RunningBroker) -> 
     again = broker.post("/v1/admin/tenants", json={"name": name}, headers=broker.admin_headers())
     assert again.status_code == 409
     view.client.close()
+
+
+def test_a_strangers_request_for_a_name_does_not_break_its_creation(
+    broker: RunningBroker,
+) -> None:
+    """Anyone may ask for /t/<name>/... (404 for no tenant, remembered for a second): the
+    tenant's creation right after must not fail half-done (recorded, without its admin)."""
+    name = f"asked-{secrets.token_hex(3)}"
+    assert_problem(broker.get(f"/t/{name}/v1/health"), 404, "not_found")
+    view = broker.create_tenant(name)  # 201, with its admin's secret
+    assert view.get("/v1/health").status_code == 200  # served at once, not 404 for a second
+    assert view.admin_token()  # its admin signs in
+    view.client.close()
+
+
+def test_a_stale_miss_racing_a_creation_does_not_stop_the_new_tenant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stranger's lookup that read "no such tenant" just before the tenant was created,
+    and answers after the creation set its broker up, must not stop that broker nor hide
+    the tenant for a second (in process: the race is too narrow to aim at over HTTP)."""
+    secret = "stale miss admin secret " + "x" * 20
+    default = Broker(
+        Config(admin_secret_hash=hash_secret(secret)),
+        MemoryStore(),
+        KeyRing.generate(),
+        nonce_secret=b"n" * 32,
+    )
+    tenancy = Tenancy(default)
+    ctx = RequestContext(request_id="req-stale-miss", remote="127.0.0.1")
+    admin = default.admin_auth(secret, ctx).claims
+    read_tenant = default.get_tenant
+    made: list[str] = []
+
+    def read_then_the_tenant_is_created(name: str) -> Any:
+        record = read_tenant(name)  # None: not created yet ...
+        if not made:  # ... and created before this read's answer is acted on
+            made.append("")
+            _, _, made[0] = tenancy.create(admin, name="acme", trust_domain=None, ctx=ctx)
+        return record
+
+    monkeypatch.setattr(default, "get_tenant", read_then_the_tenant_is_created)
+    tenancy.broker("acme")
+    monkeypatch.setattr(default, "get_tenant", read_tenant)
+    served = tenancy.broker("acme")
+    assert served is not None, "the stale miss hid the tenant just created"
+    issued, _ = served.operator_auth(
+        name="admin", secret=made[0], nonce=None, signature=None, ctx=ctx
+    )
+    assert issued.claims.sub == "operator:admin"
+    tenancy.close()
+    default.audit.close()
+
+
+def test_the_default_tenant_is_not_served_again_under_t_default(broker: RunningBroker) -> None:
+    """``default`` is no tenant name: /t/default/... answers as an unknown tenant does, not
+    as a second copy of the default tenant's API with rate limits of its own."""
+    unknown = f"/t/no-such-{secrets.token_hex(3)}"
+    for path in ("/v1/health", "/v1/admin/auth", "/.well-known/jwks.json", "/console/login"):
+        for base in ("/t/default", unknown):
+            if path == "/v1/admin/auth":
+                resp = broker.post(base + path, json={"secret": "x" * 40})
+            else:
+                resp = broker.get(base + path)
+            assert_problem(resp, 404, "not_found", instance=base + path)
 
 
 def _events(view: RunningBroker, token: str, **params: Any) -> list[dict[str, Any]]:

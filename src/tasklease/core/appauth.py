@@ -174,7 +174,14 @@ class AppSignIn(Service):
     ) -> IssuedToken:
         """Mint the app token of an authenticated app, bound to the request's DPoP key when
         ``bind`` and a proof came; the assertion's ``jti`` (``spent``) and the proof are
-        recorded as used in the transaction that audits the sign-in."""
+        recorded as used in the transaction that audits the sign-in.
+
+        That transaction reads the app again: its credential was checked against ``app``
+        as read before the (slow) check, and a removal or update committed since refuses
+        the sign-in (a removal's revocation entry, written a second earlier, would not
+        match the token). A removal committed after it revokes the tokens issued until its
+        own time of change.
+        """
         proof = self._dpop_proof(app, ctx) if bind and ctx.dpop else None
 
         def spend(tx: WriteTx) -> tuple[TaskleaseError, str] | None:
@@ -182,6 +189,8 @@ class AppSignIn(Service):
                 return Unauthorized("Authentication failed"), "assertion_replayed (jti used)"
             if proof is not None and not tx.consume_dpop_proof(proof.key, proof.expires_at):
                 return InvalidDPoPProof("invalid DPoP proof", reason=PROOF_REPLAYED), PROOF_REPLAYED
+            if self._store.get_app_by_client_id(app.client_id) != app:
+                return Unauthorized("Authentication failed"), "app_changed_during_sign_in"
             return None
 
         bound = f" cnf.jkt={proof.jkt}" if proof is not None else ""
@@ -198,5 +207,5 @@ class AppSignIn(Service):
                 f"client_id={app.client_id} app_id={app.app_id} method={method}{bound}"
             ),
             cnf={"jkt": proof.jkt} if proof is not None else None,
-            spend=spend if spent is not None or proof is not None else None,
+            spend=spend,
         )

@@ -165,27 +165,14 @@ class Operators(Service):
             NotFound: no such operator, or it was removed before (audited).
         """
         record = self._active(claims.sub, name, ctx, "remove")
-        now = self._kernel.now()
-        removed = replace(record, status="removed", secret_hash="", public_key=b"", updated_at=now)
-        ending = self._ending(record.name, now)
-
-        def unit(tx: WriteTx) -> list[AuditEntry]:
-            tx.update_operator(removed)
-            for entry in ending:
-                tx.insert_revocation(entry)
-            return [
-                AuditEntry(
-                    "operator_removed",
-                    agent_id=operator_subject(record.name),
-                    request_id=ctx.request_id,
-                    detail=f"operator={record.name} role={record.role} removed, its tokens "
-                    f"revoked by={claims.sub}",
-                )
-            ]
-
-        self._kernel.commit(unit)
-        self._kernel.apply_revocations(ending)
-        return removed
+        entry = AuditEntry(
+            "operator_removed",
+            agent_id=operator_subject(record.name),
+            request_id=ctx.request_id,
+            detail=f"operator={record.name} role={record.role} removed, its tokens "
+            f"revoked by={claims.sub}",
+        )
+        return self._change(record, entry, status="removed", secret_hash="", public_key=b"")
 
     def rotate(
         self, claims: Claims, name: object, *, public_key: object, ctx: RequestContext
@@ -208,32 +195,59 @@ class Operators(Service):
         key = b"" if public_key is None else decode_public_key(public_key)
         record = self._active(by, name, ctx, "rotate")
         secret = "" if key else new_secret()
-        now = self._kernel.now()
-        rotated = replace(
-            record,
-            secret_hash=hash_secret(secret) if secret else "",
-            public_key=key,
-            updated_at=now,
+        secret_hash = hash_secret(secret) if secret else ""
+        after = _credential(replace(record, secret_hash=secret_hash, public_key=key))
+        entry = AuditEntry(
+            "operator_credential_rotated",
+            agent_id=operator_subject(record.name),
+            request_id=ctx.request_id,
+            detail=f"operator={record.name} credential={_credential(record)}->{after}, "
+            f"its tokens revoked by={by}",
         )
-        ending = self._ending(record.name, now)
+        changed = self._change(
+            record, entry, status=record.status, secret_hash=secret_hash, public_key=key
+        )
+        return changed, secret
+
+    def _change(
+        self,
+        record: OperatorRecord,
+        entry: AuditEntry,
+        *,
+        status: str,
+        secret_hash: str,
+        public_key: bytes,
+    ) -> OperatorRecord:
+        """Write ``record`` with a new status and credential (a removal or a rotation),
+        audited by ``entry``, and end every token it holds; return the record written.
+
+        The time of the change, which the revocation entry's ``revoked_at`` is, is read
+        inside the write unit: a sign-in whose own unit committed before this one minted
+        its token before that time, so the entry ends it; one whose unit comes after sees
+        the changed row and is refused (:meth:`_still_standing`).
+        """
+        written: list[tuple[OperatorRecord, list[RevocationRecord]]] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            tx.update_operator(rotated)
-            for entry in ending:
-                tx.insert_revocation(entry)
-            return [
-                AuditEntry(
-                    "operator_credential_rotated",
-                    agent_id=operator_subject(record.name),
-                    request_id=ctx.request_id,
-                    detail=f"operator={record.name} credential={_credential(record)}->"
-                    f"{_credential(rotated)}, its tokens revoked by={by}",
-                )
-            ]
+            now = self._kernel.now()
+            changed = replace(
+                record,
+                status=status,
+                secret_hash=secret_hash,
+                public_key=public_key,
+                updated_at=now,
+            )
+            ending = self._ending(record.name, now)
+            tx.update_operator(changed)
+            for revocation in ending:
+                tx.insert_revocation(revocation)
+            written[:] = [(changed, ending)]
+            return [entry]
 
         self._kernel.commit(unit)
+        changed, ending = written[0]
         self._kernel.apply_revocations(ending)
-        return rotated, secret
+        return changed
 
     def set_up_first_admin(self, name: object, ctx: RequestContext) -> tuple[OperatorRecord, str]:
         """An admin operator with a fresh secret, for ``tasklease init`` on its own database.
@@ -304,9 +318,9 @@ class Operators(Service):
 
         The key signs ``rules.messages.operator_sign_in_input(name, nonce)`` with a fresh
         nonce from ``GET /v1/challenge``; the nonce is spent whether or not the signature
-        verifies. Unknown names, removed operators, the wrong kind of credential and wrong
-        credentials all answer the same (401 ``invalid credentials``); the audit log says
-        which.
+        verifies. Unknown names, removed operators, the wrong kind of credential, wrong
+        credentials and a credential rotated or removed while the sign-in ran all answer
+        the same (401 ``invalid credentials``); the audit log says which.
 
         Raises:
             InvalidRequest: a malformed name, nonce or signature, or neither or both
@@ -328,11 +342,7 @@ class Operators(Service):
         reason = self._failure(record, "secret") or ("" if verified else "wrong secret")
         if reason or record is None:
             raise self._sign_in_refused(name, reason, ctx)
-        issued = self._mint(record)
-        if self._born_revoked(record, issued.claims):
-            raise self._sign_in_refused(name, _SAME_SECOND, ctx)
-        self._kernel.record(self._signed_in(record, issued.claims, ctx))
-        return self._issued(issued, started), record
+        return self._issue(name, record, "", ctx, started)
 
     def _by_key(
         self, name: str, nonce: object, signature: object, ctx: RequestContext
@@ -352,25 +362,61 @@ class Operators(Service):
             message = operator_sign_in_input(name, nonce)
             if not _jws.verify_detached(message, sig, VerifyKey(record.public_key)):
                 reason = "signature does not verify"
+        spent = (nonce_hash(nonce), nonce_expiry + self._config.clock_skew)
+        return self._issue(name, record, reason, ctx, started, spent=spent)
+
+    def _issue(
+        self,
+        name: str,
+        record: OperatorRecord | None,
+        reason: str,
+        ctx: RequestContext,
+        started: float,
+        *,
+        spent: tuple[str, float] | None = None,
+    ) -> tuple[IssuedToken, OperatorRecord]:
+        """Issue the token of a sign-in whose credential ``record`` proved (``reason``
+        empty), or refuse it: one write unit spends the nonce (``spent``: its hash and
+        until when), checks that the operator still stands as read, and records the
+        sign-in or its refusal (one audit event, a ``denial_id``).
+
+        The credential was checked against ``record`` as read before the (slow) check: a
+        rotation or removal committed since would otherwise let the old credential mint a
+        token its revocation entry, written a second earlier, does not match.
+        """
         issued = self._mint(record) if not reason and record is not None else None
         if issued is not None and record is not None and self._born_revoked(record, issued.claims):
             reason, issued = _SAME_SECOND, None
-        spent_until = nonce_expiry + self._config.clock_skew
-        failure = _refusal(reason)
-        denial = self._failure_entry(name, reason or "nonce already used", ctx)
+        refused: list[TaskleaseError] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             # The nonce is spent in every case: a failed proof must not leave it reusable.
-            fresh = tx.consume_nonce(nonce_hash(nonce), spent_until)
-            if issued is None or record is None or not fresh:
-                return [with_denial(failure, denial)]
+            fresh = spent is None or tx.consume_nonce(*spent)
+            why = reason or ("" if fresh else "nonce already used")
+            if not why and record is not None:
+                why = self._still_standing(record)
+            if why or issued is None or record is None:
+                failure = _refusal(why)
+                refused[:] = [failure]
+                return [with_denial(failure, self._failure_entry(name, why, ctx))]
             return [self._signed_in(record, issued.claims, ctx)]
 
         self._kernel.commit(unit)
-        if failure.denial_id or issued is None or record is None:
+        if refused or issued is None or record is None:  # the unit refused every such case
             self._metrics.auth.labels("operator", "failure").inc()
-            raise failure
+            raise refused[0]
         return self._issued(issued, started), record
+
+    def _still_standing(self, record: OperatorRecord) -> str:
+        """Why the operator no longer stands as ``record`` says, or "": read again inside
+        the sign-in's write unit, where a change is either committed already (then seen
+        here) or comes after (then its revocation entry ends the token, :meth:`_change`)."""
+        current = self._store.get_operator(record.name)
+        if current is None or current.status != record.status:
+            return "operator was removed during sign-in"
+        if current != record:  # a new secret or key, or any other change: updated_at
+            return "operator's credential changed during sign-in"
+        return ""
 
     @staticmethod
     def _failure(record: OperatorRecord | None, credential: str) -> str:

@@ -4,7 +4,8 @@ ASGI app that serves every other tenant's routes under ``/t/<name>/``.
 Each tenant's routes are the same route functions bound to its own
 :class:`~tasklease.core.broker.Broker`, so a credential of one tenant meets another's
 keys, issuer and store and is refused there like any unknown one: nothing here checks a
-tenant. An unknown or removed tenant answers 404 like any unknown path.
+tenant. An unknown or removed tenant answers 404 like any unknown path, and so does
+``default``: the default tenant is served at the root only (``Tenancy.broker``).
 """
 
 from __future__ import annotations

@@ -3,17 +3,20 @@ over the same Broker the API calls, a little vendored script for the parts that 
 themselves, and a strict Content-Security-Policy (no inline script or style).
 
 Every page authenticates the session's token with the broker (``_session``) for the
-scope the matching API route needs: reading needs ``admin:audit:*`` (every role), revoking
-``admin:revoke:*`` (not the auditor: the buttons are not drawn, and the broker refuses
-the action anyway). Every action is a Broker call, as the API makes it: no rule is
-written twice. Turned off with ``console = false`` (docs/console.md).
+scope the API route it mirrors needs (:data:`_PAGES`): reading agents, launch tokens,
+revocations and the audit log needs ``admin:audit:*`` (every role), the app registry
+``admin:launch-tokens:*`` and revoking ``admin:revoke:*`` (neither the auditor's: its
+navigation has no link to the apps and its pages no revoke button, and the broker refuses
+them anyway). A refusal shows its ``denial_id``, as a problem body does. Every action is
+a Broker call, as the API makes it: no rule is written twice. Turned off with
+``console = false`` (docs/console.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from importlib.resources import files
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -28,7 +31,9 @@ from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.errors import InsufficientScope, NotFound, TaskleaseError, Unauthorized
 from tasklease.core.records import AuditQuery
+from tasklease.core.tokencheck import held_scopes
 from tasklease.core.tokens import KIND_ADMIN, Claims
+from tasklease.http.audit_routes import AUDIT_READ_SCOPE
 from tasklease.http.console._charts import MetricSampler, sparkline
 from tasklease.http.console._session import (
     LOGIN_COOKIE,
@@ -41,9 +46,10 @@ from tasklease.http.console._session import (
     valid_csrf,
 )
 from tasklease.http.console._static import static_route
+from tasklease.http.inventory_routes import READ_SCOPE as INVENTORY_SCOPE
 from tasklease.http.ratelimit import RateLimiter
 from tasklease.http.token_routes import RequestURI
-from tasklease.rules.scopes import covers
+from tasklease.rules.scopes import is_subset
 
 __all__ = ["CONSOLE_CSP", "console_routes"]
 
@@ -51,9 +57,39 @@ CONSOLE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-_READ = "admin:audit:*"
-_REVOKE = "admin:revoke:*"
+_APPS = "admin:launch-tokens:*"  # GET /v1/admin/apps (http.admin_routes)
+_REVOKE = "admin:revoke:*"  # POST /v1/revoke
 _ADMIN = frozenset({KIND_ADMIN})
+
+
+class _Page(NamedTuple):
+    """A page of the navigation and the scope of the API route it mirrors."""
+
+    key: str
+    label: str
+    path: str
+    scope: str
+
+
+# The one place a page's scope is written: its route is guarded with it, and the
+# navigation links only the pages the session's scopes open.
+_PAGES = (
+    _Page("overview", "Overview", "/", INVENTORY_SCOPE),
+    _Page("agents", "Agents", "/agents", INVENTORY_SCOPE),
+    _Page("launch-tokens", "Launch tokens", "/launch-tokens", INVENTORY_SCOPE),
+    _Page("apps", "Apps", "/apps", _APPS),
+    _Page("revocations", "Revocations", "/revocations", INVENTORY_SCOPE),
+    _Page("audit", "Audit", "/audit", AUDIT_READ_SCOPE),
+)
+_SCOPE_OF = {page.key: page.scope for page in _PAGES}
+
+
+def _holds(claims: Claims, scope: str) -> bool:
+    """Whether the session's token passes the broker's gate for ``scope``
+    (``TokenCheck.authenticate``'s test, for what a page draws)."""
+    return is_subset([scope], held_scopes(claims))
+
+
 _LEVELS = ("token", "agent", "task", "chain")
 
 _templates = Environment(
@@ -99,7 +135,7 @@ def console_routes(
         response.headers["referrer-policy"] = "same-origin"
         return response
 
-    async def session(request: Request, scope: str = _READ) -> tuple[Claims, str]:
+    async def session(request: Request, scope: str) -> tuple[Claims, str]:
         token = request.cookies.get(SESSION_COOKIE, "")
         if not token:
             raise _SignIn
@@ -118,13 +154,14 @@ def console_routes(
     def viewer(claims: Claims, token: str) -> dict[str, Any]:
         return {
             "who": claims.sub,
-            "can_revoke": any(covers(s, _REVOKE) for s in claims.scope),
+            "pages": [page for page in _PAGES if _holds(claims, page.scope)],
+            "can_revoke": _holds(claims, _REVOKE),
             "csrf": csrf_for(token),
             "expires": format_rfc3339_seconds(claims.exp),
         }
 
     def guarded(
-        handler: Callable[[Request, dict[str, Any]], Any], scope: str = _READ
+        handler: Callable[[Request, dict[str, Any]], Any], scope: str
     ) -> Callable[[Request], Any]:
         async def run(request: Request) -> Response:
             if plain_http_refused(request):
@@ -141,7 +178,14 @@ def console_routes(
                 return page(request, "error.html", 404, message=exc.detail, signed_in=True)
             except TaskleaseError as exc:
                 status = 403 if isinstance(exc, InsufficientScope) else 400
-                return page(request, "error.html", status, message=exc.detail, signed_in=True)
+                return page(
+                    request,
+                    "error.html",
+                    status,
+                    message=exc.detail,
+                    denial_id=exc.denial_id,
+                    signed_in=True,
+                )
 
         run.__name__ = getattr(handler, "__name__", "page")
         return run
@@ -394,22 +438,28 @@ def console_routes(
         back = _local(form.get("back", ""), base(request))
         return RedirectResponse(back, 303)
 
+    # Each route under the scope of the navigation page it belongs to (_PAGES); the
+    # agent, task and token pages mirror the inventory routes, as the agents page does.
     routes = [
-        Route("/", guarded(overview), methods=["GET"]),
-        Route("/live/overview", guarded(overview_live), methods=["GET"]),
+        Route("/", guarded(overview, _SCOPE_OF["overview"]), methods=["GET"]),
+        Route("/live/overview", guarded(overview_live, _SCOPE_OF["overview"]), methods=["GET"]),
         Route("/login", login_form, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
-        Route("/agents", guarded(agents), methods=["GET"]),
-        Route("/live/agents", guarded(agents_rows), methods=["GET"]),
-        Route("/agents/{agent_id:path}", guarded(agent), methods=["GET"]),
-        Route("/tasks/{task_id:path}", guarded(task), methods=["GET"]),
-        Route("/tokens/{jti}", guarded(token), methods=["GET"]),
-        Route("/launch-tokens", guarded(launch_tokens), methods=["GET"]),
-        Route("/apps", guarded(apps), methods=["GET"]),
-        Route("/revocations", guarded(revocations), methods=["GET"]),
-        Route("/audit", guarded(audit), methods=["GET"]),
-        Route("/audit/export", guarded(audit_export), methods=["GET"]),
+        Route("/agents", guarded(agents, _SCOPE_OF["agents"]), methods=["GET"]),
+        Route("/live/agents", guarded(agents_rows, _SCOPE_OF["agents"]), methods=["GET"]),
+        Route("/agents/{agent_id:path}", guarded(agent, _SCOPE_OF["agents"]), methods=["GET"]),
+        Route("/tasks/{task_id:path}", guarded(task, _SCOPE_OF["agents"]), methods=["GET"]),
+        Route("/tokens/{jti}", guarded(token, _SCOPE_OF["agents"]), methods=["GET"]),
+        Route(
+            "/launch-tokens",
+            guarded(launch_tokens, _SCOPE_OF["launch-tokens"]),
+            methods=["GET"],
+        ),
+        Route("/apps", guarded(apps, _SCOPE_OF["apps"]), methods=["GET"]),
+        Route("/revocations", guarded(revocations, _SCOPE_OF["revocations"]), methods=["GET"]),
+        Route("/audit", guarded(audit, _SCOPE_OF["audit"]), methods=["GET"]),
+        Route("/audit/export", guarded(audit_export, _SCOPE_OF["audit"]), methods=["GET"]),
         Route("/revoke", guarded(revoke_confirm, _REVOKE), methods=["GET"]),
         Route("/revoke", guarded(revoke, _REVOKE), methods=["POST"]),
         static_route(),
