@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import jwt
 import nacl.signing
@@ -14,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_pri
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tasklease.core.errors import Unavailable
 from tasklease.core.keys import (
     KeyRing,
     jwk_thumbprint,
@@ -326,3 +330,114 @@ def test_unrelated_files_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "README").write_text("keys live here")
     (tmp_path / ".signing-20300101T000000000000Z-AAAAAAAA.pem.tmp").write_bytes(b"partial")
     assert load_or_create_keyring(tmp_path, PLAIN).kids() == [ring.active_kid]
+
+
+# -- a rotation confirmed before it takes effect (the broker audits it there) -------------
+
+
+def _pending(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".pending-"))
+
+
+def test_a_confirmed_key_is_no_key_of_the_directory_until_confirmed(tmp_path: Path) -> None:
+    ring = load_or_create_keyring(tmp_path, PLAIN)
+    seen: list[tuple[str, list[Path], list[str]]] = []
+
+    def confirm(key: nacl.signing.VerifyKey) -> None:
+        # Another process's refresh lists the key files: the pending key is not one.
+        seen.append((jwk_thumbprint(bytes(key)), _key_files(tmp_path), _pending(tmp_path)))
+
+    kid = rotate_key(tmp_path, PLAIN, before_activation=confirm)
+    ((confirmed, files, pending),) = seen
+    assert confirmed == kid
+    assert len(files) == 1 and len(pending) == 1 and kid[:8] in pending[0]
+    after = load_or_create_keyring(tmp_path, PLAIN)
+    assert after.kids() == [kid, ring.active_kid]
+    assert _pending(tmp_path) == []
+
+
+def test_a_rotation_refused_before_activation_changes_nothing(tmp_path: Path) -> None:
+    """The broker's audit write failed: the caller hears "nothing was changed", so no
+    process may ever load the key (the failure the review found: it was written first)."""
+    ring = load_or_create_keyring(tmp_path, PLAIN)
+    before = sorted(os.listdir(tmp_path))
+
+    def refuse(key: nacl.signing.VerifyKey) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        rotate_key(tmp_path, PLAIN, before_activation=refuse)
+    assert sorted(os.listdir(tmp_path)) == before  # no key file, no pending file
+    assert load_or_create_keyring(tmp_path, PLAIN).kids() == [ring.active_kid]
+    again = rotate_key(tmp_path, PLAIN, before_activation=lambda key: None)  # a retry works
+    assert load_or_create_keyring(tmp_path, PLAIN).kids() == [again, ring.active_kid]
+
+
+def test_a_rotation_killed_before_activation_leaves_the_old_key_active(tmp_path: Path) -> None:
+    """A process dies while its rotation is being audited: the key it left pending is
+    never loaded, and the next process that takes the directory's lock destroys it."""
+    ring = load_or_create_keyring(tmp_path, PLAIN)
+    dies_while_confirming = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from tasklease.core.keys import rotate_key\n"
+        "from tasklease.keystore.plaintext import PlaintextKeyProvider\n"
+        "rotate_key(Path(sys.argv[1]), PlaintextKeyProvider(),\n"
+        "           before_activation=lambda key: os._exit(3))  # no cleanup, as SIGKILL\n"
+        "os._exit(1)\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", dies_while_confirming, str(tmp_path)], check=False, timeout=120
+    )
+    assert child.returncode == 3  # it died inside the confirmation
+    assert len(_pending(tmp_path)) == 1 and len(_key_files(tmp_path)) == 1
+    assert load_or_create_keyring(tmp_path, PLAIN).kids() == [ring.active_kid]
+    assert _pending(tmp_path) == []
+    new_kid = rotate_key(tmp_path, PLAIN)
+    assert load_or_create_keyring(tmp_path, PLAIN).kids() == [new_kid, ring.active_kid]
+
+
+def test_a_pending_key_is_destroyed_by_a_rotation_and_never_made_active(tmp_path: Path) -> None:
+    keys, other = tmp_path / "keys", tmp_path / "other"
+    ring = load_or_create_keyring(keys, PLAIN)
+    stranger = load_or_create_keyring(other, PLAIN)
+    # Left by a crash, dated after every key (the newest key is the active one).
+    pending = keys / f".pending-signing-29991231T235959999999Z-{stranger.active_kid[:8]}.pem"
+    pending.write_bytes(_key_files(other)[0].read_bytes())
+    pending.chmod(0o600)
+    assert load_or_create_keyring(keys, PLAIN).active_kid == ring.active_kid  # not loaded
+    pending.write_bytes(_key_files(other)[0].read_bytes())  # left again
+    new_kid = rotate_key(keys, PLAIN)
+    assert not pending.exists()
+    assert load_or_create_keyring(keys, PLAIN).kids() == [new_kid, ring.active_kid]
+
+
+def test_a_signing_key_rotation_that_cannot_be_audited_changes_nothing(
+    make_broker: Any, kit: Any, tmp_path: Path
+) -> None:
+    """Found by review: the key file was written before ``signing_key_rotated``; when that
+    write failed the caller heard "nothing was changed", yet the next key refresh (every
+    second) and every other worker sharing the directory signed with the unaudited key."""
+    from tests.core.test_audit import FlakyStore
+
+    keys = tmp_path / "keys"
+    ring = load_or_create_keyring(keys, PLAIN)
+    store = FlakyStore()
+    broker = make_broker(store=store, keyring=ring, key_dir=str(keys))
+    worker = make_broker(store=store, keyring=ring, key_dir=str(keys))  # same directory
+    store.failing = True
+    with pytest.raises(Unavailable) as info:
+        broker.rotate_signing_key(kit.admin(broker).claims, kit.ctx)
+    assert "nothing was changed" in info.value.detail
+    store.failing = False
+    assert not broker.refresh_keys() and not worker.refresh_keys()
+    assert broker.keyring.kids() == worker.keyring.kids() == [ring.active_kid]
+    assert load_or_create_keyring(keys, PLAIN).kids() == [ring.active_kid]  # a restart
+    assert _pending(keys) == []
+    # Storage is back: a retry rotates, audited, and the other worker adopts the key.
+    new_kid, previous = broker.rotate_signing_key(kit.admin(broker).claims, kit.ctx)
+    assert previous == ring.active_kid and broker.keyring.active_kid == new_kid
+    assert worker.refresh_keys() and worker.keyring.kids() == [new_kid, ring.active_kid]
+    rotated = [e for e in store.iter_audit() if e.event_type == "signing_key_rotated"]
+    assert len(rotated) == 1
+    assert f"new_kid={new_kid} previous_kid={ring.active_kid} keys=2" in rotated[0].detail

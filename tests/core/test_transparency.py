@@ -9,13 +9,16 @@ decision (``rules.witness``) in process; tests/cli runs them as HTTP servers."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import nacl.signing
 import pytest
 
-from tasklease.core.errors import InvalidRequest, NotFound
+from tasklease.core.errors import InvalidRequest, NotFound, Unavailable
+from tasklease.core.keys import load_or_create_keyring
 from tasklease.core.transparency import PushResult
+from tasklease.keystore.plaintext import PlaintextKeyProvider
 from tasklease.rules.auditchain import event_leaf
 from tasklease.rules.merkle import root_of, verify_consistency, verify_inclusion
 from tasklease.rules.note import (
@@ -239,3 +242,37 @@ def test_with_no_quorum_a_checkpoint_is_final_at_once_and_cosigned_later(
     assert later.text == first.text
     assert verify_cosignature(later, witness.key) == 1_800_000_000
     assert broker.transparency.publish(witness) is None  # nothing new to take
+
+
+def test_a_log_key_rotation_that_cannot_be_audited_changes_nothing(
+    make_broker: Any, kit: Any, tmp_path: Path
+) -> None:
+    """Found by review: the new log key was written before ``audit_log_key_rotated``;
+    when that write failed the caller heard "nothing was changed", yet the next process
+    to load ``<key_dir>/log`` (another worker, a restart) signed checkpoints with it."""
+    from tests.core.test_audit import FlakyStore
+
+    keys = tmp_path / "keys"
+    ring = load_or_create_keyring(keys, PlaintextKeyProvider())
+    store = FlakyStore()
+
+    def worker() -> Any:  # a process sharing the key directory and the store
+        return make_broker(store=store, keyring=ring, key_dir=str(keys))
+
+    first = worker()
+    before = [k.vkey for k in first.transparency.log_keys()]
+    store.failing = True
+    with pytest.raises(Unavailable) as info:
+        first.transparency.rotate_key(kit.admin(first).claims, kit.ctx)
+    assert "nothing was changed" in info.value.detail
+    store.failing = False
+    assert [k.vkey for k in first.transparency.log_keys()] == before
+    assert not first.transparency.refresh_keys()
+    assert [k.vkey for k in worker().transparency.log_keys()] == before
+    assert not [p for p in (keys / "log").iterdir() if p.name.startswith(".pending-")]
+    # Storage is back: a retry rotates, audited, and the other processes follow.
+    new, previous = first.transparency.rotate_key(kit.admin(first).claims, kit.ctx)
+    assert previous == before[0]
+    assert [k.vkey for k in worker().transparency.log_keys()] == [new, previous]
+    rotated = [e for e in store.iter_audit() if e.event_type == "audit_log_key_rotated"]
+    assert len(rotated) == 1 and f"new={new} previous={previous}" in rotated[0].detail

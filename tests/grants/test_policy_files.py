@@ -1,15 +1,23 @@
 """A tenant's policy files (``tasklease.policyfiles``) followed by the policy engine
 (``core.policy``): loaded whole or not at all, reloaded when they change, the default
 without files, and no set in force (every decision denies) when they cannot be loaded at
-the start."""
+the start; nothing of a reload takes effect before its audit event is durable."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from tasklease.core.policy import DEFAULT_POLICY, DEFAULT_SOURCE, PolicyEngine
+import pytest
+
+from tasklease.core.broker import Broker
+from tasklease.core.config import Config
+from tasklease.core.errors import Unavailable
+from tasklease.core.keys import KeyRing
+from tasklease.core.policy import DEFAULT_POLICY, DEFAULT_SOURCE, PolicyEngine, Reloaded
 from tasklease.core.policyrequest import Actor, PolicyRequest
 from tasklease.policyfiles import PolicyDirectory
+from tasklease.storage import MemoryStore
 
 CAP = (
     '@id("delegations-up-to-50-eur")\n'
@@ -72,3 +80,96 @@ def test_policies_that_do_not_load_at_the_start_deny_everything(tmp_path: Path) 
     assert not decision.allowed and decision.errors
     (folder / "a.cedar").write_text(DEFAULT_POLICY)
     assert engine.reload() is not None and engine.decide(DELEGATE).allowed
+
+
+# -- a set is in force only once its load is audited ----------------------------------------
+
+
+def _refuse(outcome: Reloaded) -> None:
+    raise OSError("disk full")  # what the broker's audit write raises, as Unavailable
+
+
+def test_a_set_whose_load_cannot_be_audited_is_not_put_in_force(tmp_path: Path) -> None:
+    folder = tmp_path / "acme"
+    folder.mkdir()
+    engine = PolicyEngine()
+    engine.use_source(PolicyDirectory(tmp_path, "acme"))
+    before = engine.current
+    (folder / "default.cedar").write_text(DEFAULT_POLICY)
+    (folder / "cap.cedar").write_text(CAP)
+    with pytest.raises(OSError, match="disk full"):
+        engine.reload(_refuse)
+    assert engine.current is before and engine.decide(DELEGATE).allowed
+    audited: list[Reloaded] = []
+    loaded = engine.reload(audited.append)  # the next run: the same change, audited now
+    assert loaded is not None and loaded.policies is not None and audited == [loaded]
+    assert not engine.decide(DELEGATE).allowed
+    assert engine.reload(audited.append) is None and len(audited) == 1
+
+
+def test_a_refusal_that_cannot_be_audited_is_reported_again(tmp_path: Path) -> None:
+    folder = tmp_path / "acme"
+    folder.mkdir()
+    (folder / "cap.cedar").write_text(DEFAULT_POLICY + CAP)
+    engine = PolicyEngine()
+    engine.use_source(PolicyDirectory(tmp_path, "acme"))
+    (folder / "more.cedar").write_text('@id("x") permit (principal, action, resource) when {')
+    with pytest.raises(OSError, match="disk full"):
+        engine.reload(_refuse)
+    assert engine.failure is None
+    audited: list[Reloaded] = []
+    refused = engine.reload(audited.append)
+    assert refused is not None and refused.error is not None and audited == [refused]
+    assert engine.failure is refused.error and not engine.decide(DELEGATE).allowed
+
+
+def test_a_source_whose_first_load_cannot_be_audited_denies_everything(tmp_path: Path) -> None:
+    (tmp_path / "acme").mkdir()
+    (tmp_path / "acme" / "default.cedar").write_text(DEFAULT_POLICY)
+    engine = PolicyEngine()
+    assert engine.decide(DELEGATE).allowed  # the built-in default, before any source
+    with pytest.raises(OSError, match="disk full"):
+        engine.use_source(PolicyDirectory(tmp_path, "acme"), _refuse)
+    assert not engine.decide(DELEGATE).allowed  # neither the source's set nor the default
+    loaded = engine.reload(lambda outcome: None)
+    assert loaded is not None and loaded.policies is not None
+    assert engine.decide(DELEGATE).allowed
+
+
+class _FlakyStore(MemoryStore):
+    """A memory store whose writes (audit appends among them) fail while ``failing``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+
+    def write(self) -> Any:
+        if self.failing:
+            raise OSError("disk full")
+        return super().write()
+
+
+def test_a_policy_set_is_in_force_only_once_its_load_is_audited(tmp_path: Path) -> None:
+    """Found by review: a reloaded set was put in force (and its files remembered as
+    seen) before ``policy_loaded`` was written; when that write failed the set decided
+    issuance unaudited, and every later reload saw "no change"."""
+    folder = tmp_path / "default"
+    folder.mkdir()
+    (folder / "default.cedar").write_text(DEFAULT_POLICY)
+    store = _FlakyStore()
+    broker = Broker(Config(), store, KeyRing.generate(), nonce_secret=b"n" * 32)
+    broker.use_policy_source(PolicyDirectory(tmp_path, "default"))
+    before = broker.policy.current.digest
+    (folder / "cap.cedar").write_text(CAP)
+    store.failing = True
+    with pytest.raises(Unavailable) as info:
+        broker.reload_policies()  # the housekeeping job, every 2 s
+    assert "nothing was changed" in info.value.detail
+    assert broker.policy.current.digest == before
+    store.failing = False
+    assert broker.reload_policies()  # its next run
+    now_in_force = broker.policy.current.digest
+    assert now_in_force != before and "delegations-up-to-50-eur" in broker.policy.current.ids
+    loaded = [e.detail for e in store.iter_audit() if e.event_type == "policy_loaded"]
+    assert len(loaded) == 2 and f"policy set {now_in_force[:12]} " in loaded[1]
+    assert not broker.reload_policies()  # nothing new

@@ -304,3 +304,27 @@ def test_umask_does_not_loosen_encrypted_files(tmp_path: Path) -> None:
         os.umask(previous)
     assert stat.S_IMODE(keys.stat().st_mode) == 0o700
     assert {stat.S_IMODE(p.stat().st_mode) for p in key_files(keys)} == {0o600}
+
+
+def test_a_confirmed_rotation_writes_an_encrypted_key_only_once_confirmed(tmp_path: Path) -> None:
+    """The broker records ``signing_key_rotated`` in ``before_activation``: until then
+    the key is pending (encrypted like every key, and never loaded); refused, it is
+    gone and the directory is as it was."""
+    keys = tmp_path / "keys"
+    first = load_or_create_keyring(keys, _provider())
+    before = sorted(os.listdir(keys))
+
+    def refuse(key: nacl.signing.VerifyKey) -> None:
+        (pending,) = keys.glob(".pending-signing-*.pem")
+        assert pending.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        assert stat.S_IMODE(pending.stat().st_mode) == 0o600
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        rotate_key(keys, _provider(), before_activation=refuse)
+    assert sorted(os.listdir(keys)) == before
+    confirmed: list[nacl.signing.VerifyKey] = []
+    kid = rotate_key(keys, _provider(), before_activation=confirmed.append)
+    ring = load_or_create_keyring(keys, _provider())
+    assert ring.kids() == [kid, first.active_kid]
+    assert ring.public_key(kid) == bytes(confirmed[0])

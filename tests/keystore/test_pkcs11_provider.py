@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -187,3 +189,50 @@ def test_ci_fails_instead_of_skipping() -> None:
         unavailable("SoftHSM2 missing", {"CI": "true"})
     with pytest.raises(pytest.skip.Exception):
         unavailable("SoftHSM2 missing", {})
+
+
+def test_a_rotation_refused_before_activation_leaves_nothing_on_the_token(
+    softhsm: SoftHSM, label: str, tmp_path: Path
+) -> None:
+    """The broker's audit write failed ("nothing was changed"): the key pair made on the
+    token is destroyed with its pending public half. A process killed at that point
+    leaves both, and the next load destroys them; neither ever becomes active."""
+    keys = tmp_path / "keys"
+    provider = _provider(softhsm, label)
+    first = load_or_create_keyring(keys, provider)
+    seen: list[nacl.signing.VerifyKey] = []
+
+    def refuse(key: nacl.signing.VerifyKey) -> None:
+        seen.append(key)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        rotate_key(keys, provider, before_activation=refuse)
+    assert len(seen) == 1 and len(softhsm.protection(label)) == 1
+    assert [p.name for p in keys.iterdir() if p.name.startswith(".pending-")] == []
+    assert load_or_create_keyring(keys, provider).kids() == [first.active_kid]
+
+    dies_while_confirming = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from tasklease.core.keys import rotate_key\n"
+        "from tasklease.keystore import Pkcs11KeyProvider\n"
+        "module, token, pin, label, keys = sys.argv[1:]\n"
+        "rotate_key(Path(keys), Pkcs11KeyProvider(module, token, pin, label),\n"
+        "           before_activation=lambda key: os._exit(3))  # no cleanup, as SIGKILL\n"
+        "os._exit(1)\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", dies_while_confirming, softhsm.module, softhsm.token_label]
+        + [softhsm.pin, label, str(keys)],
+        check=False,
+        timeout=120,
+    )
+    assert child.returncode == 3  # it died inside the confirmation
+    assert len(softhsm.protection(label)) == 2
+    assert len([p for p in keys.iterdir() if p.name.startswith(".pending-")]) == 1
+    assert load_or_create_keyring(keys, provider).kids() == [first.active_kid]
+    assert len(softhsm.protection(label)) == 1
+    assert [p.name for p in keys.iterdir() if p.name.startswith(".pending-")] == []
+    confirmed = rotate_key(keys, provider, before_activation=seen.append)
+    assert load_or_create_keyring(keys, provider).kids() == [confirmed, first.active_kid]

@@ -191,19 +191,30 @@ class Broker(BrokerBase):
         return self.kernel.policy.source
 
     def use_policy_source(self, source: PolicySource) -> None:
-        """Follow ``source`` for the tenant's policies (an adapter's), loading it now."""
-        self._audit_policy_load(self.kernel.policy.use_source(source))
+        """Follow ``source`` for the tenant's policies (an adapter's), loading it now.
+
+        Raises:
+            Unavailable: the load could not be audited; no set is in force (every
+                decision denies) until :meth:`reload_policies` loads it.
+        """
+        self.kernel.policy.use_source(source, self._audit_policy_load)
 
     def reload_policies(self) -> bool:
         """Reload the tenant's policies if their source changed; audit what happened.
 
         True when a new set is in force. A set that fails to load is refused whole and the
-        one in force stays (audited as ``policy_load_failed``)."""
-        return self._audit_policy_load(self.kernel.policy.reload())
+        one in force stays (audited as ``policy_load_failed``). A set is in force only once
+        its ``policy_loaded`` event is durable.
 
-    def _audit_policy_load(self, outcome: Reloaded | None) -> bool:
-        if outcome is None:
-            return False
+        Raises:
+            Unavailable: the event could not be stored; nothing changed, and the next
+                reload tries again.
+        """
+        outcome = self.kernel.policy.reload(self._audit_policy_load)
+        return outcome is not None and outcome.policies is not None
+
+    def _audit_policy_load(self, outcome: Reloaded) -> None:
+        """Record ``outcome`` before it takes effect (``PolicyEngine.reload``)."""
         if outcome.policies is not None:
             loaded = outcome.policies
             self.kernel.record(
@@ -213,17 +224,15 @@ class Broker(BrokerBase):
                     f"policies=[{','.join(loaded.ids)[:1200]}]",
                 )
             )
-            return True
-        error = outcome.error
+            return
         self.kernel.record(
             AuditEntry(
                 "policy_load_failed",
                 outcome="denied",
                 detail=f"policies refused, the set in force stays "
-                f"{self.kernel.policy.current.digest[:12]}: {str(error)[:1500]}",
+                f"{self.kernel.policy.current.digest[:12]}: {str(outcome.error)[:1500]}",
             )
         )
-        return False
 
     # --- operators (core.operators) ----------------------------------------------------
 

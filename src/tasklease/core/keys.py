@@ -17,7 +17,7 @@ exception message.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import NamedTuple, Protocol, cast
 
@@ -100,11 +100,23 @@ class KeyProvider(Protocol):
             OSError: the directory or a file could not be created or read.
         """
 
-    def add_key(self, directory: Path) -> str:
+    def add_key(
+        self,
+        directory: Path,
+        *,
+        before_activation: Callable[[nacl.signing.VerifyKey], None] | None = None,
+    ) -> str:
         """Create a new active key and return its ``kid``; older keys stay.
 
+        With ``before_activation``, the new key is first made and kept where no load
+        finds it (every writer sharing the directory waits meanwhile), and checked to
+        open; ``before_activation`` is called with its verify key, and only when it
+        returns is the key put in place as the active key. Whatever it raises is raised
+        after the key is destroyed: nothing changed. A key left pending by a crash is
+        destroyed by the next load or rotation, never made active.
+
         Raises:
-            ValueError, OSError: as :meth:`load_keys`.
+            ValueError, OSError: as :meth:`load_keys`; anything ``before_activation`` raises.
         """
 
     def retire_keys(self, directory: Path, keep_kids: Collection[str]) -> list[str]:
@@ -264,16 +276,24 @@ def load_or_create_keyring(directory: Path, provider: KeyProvider) -> KeyRing:
     return KeyRing(active, previous, provider=provider)
 
 
-def rotate_key(directory: Path, provider: KeyProvider) -> str:
+def rotate_key(
+    directory: Path,
+    provider: KeyProvider,
+    *,
+    before_activation: Callable[[nacl.signing.VerifyKey], None] | None = None,
+) -> str:
     """Create a new active signing key through ``provider`` and return its ``kid``.
 
     Older keys stay and keep verifying after the next load. Brokers that already hold a
-    :class:`KeyRing` pick the new key up when they reload.
+    :class:`KeyRing` pick the new key up when they reload. ``before_activation`` (the
+    broker records the rotation's audit event there) runs before the key takes effect,
+    and a key it refuses by raising never does (:meth:`KeyProvider.add_key`).
 
     Raises:
-        ValueError, OSError: as :func:`load_or_create_keyring`.
+        ValueError, OSError: as :func:`load_or_create_keyring`; anything
+            ``before_activation`` raises.
     """
-    return provider.add_key(directory)
+    return provider.add_key(directory, before_activation=before_activation)
 
 
 def retire_keys(directory: Path, keep_kids: Collection[str], provider: KeyProvider) -> list[str]:

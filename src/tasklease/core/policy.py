@@ -17,7 +17,7 @@ policy says; a policy can refuse more, never grant more.
 
 Where the text comes from is an adapter's business (:class:`PolicySource`: the files of
 a directory per tenant, ``tasklease.policyfiles``); :meth:`PolicyEngine.reload` swaps in
-a changed set without a restart.
+a changed set without a restart, once its ``policy_loaded`` event is durable.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,6 +45,7 @@ __all__ = [
     "PolicyError",
     "PolicySnapshot",
     "PolicySource",
+    "ReloadAudit",
     "Reloaded",
     "compile_policies",
     "default_policies",
@@ -221,6 +222,24 @@ class Reloaded:
     error: PolicyError | None
 
 
+ReloadAudit = Callable[[Reloaded], object]
+"""Records what a reload is about to do (``policy_loaded``, ``policy_load_failed``); raises
+when it cannot, and then the reload changes nothing."""
+
+
+def _compiled(snapshot: PolicySnapshot | None) -> Reloaded:
+    """The set ``snapshot`` holds (the default for None), or why it is refused."""
+    try:
+        policies = (
+            default_policies()
+            if snapshot is None
+            else compile_policies(snapshot.files, snapshot.origin)
+        )
+    except PolicyError as exc:
+        return Reloaded(None, exc)
+    return Reloaded(policies, None)
+
+
 class PolicyEngine:
     """A tenant's policy set in force, and its decisions. Thread-safe."""
 
@@ -250,23 +269,38 @@ class PolicyEngine:
         self._current = policies
         self._failure = None
 
-    def use_source(self, source: PolicySource) -> Reloaded | None:
+    def use_source(self, source: PolicySource, audit: ReloadAudit | None = None) -> Reloaded | None:
         """Follow ``source`` from now on, loading it at once (:meth:`reload`).
 
-        A source that cannot be loaded at the start leaves no set in force: every
-        decision denies (fail closed) until it loads.
+        Until the source's set is in force no set is: every decision denies (fail
+        closed), so a source that cannot be loaded at the start, or whose load cannot be
+        audited, leaves no set in force until a reload puts one there.
+
+        Raises:
+            whatever ``audit`` raises (:meth:`reload`).
         """
         with self._lock:
             self._source = source
             self._signature = None
-        outcome = self.reload()
+            self._current = _refusing(PolicyError("the policies are not loaded yet"))
+        outcome = self.reload(audit)
         if outcome is not None and outcome.error is not None:
             self._current = _refusing(outcome.error)
         return outcome
 
-    def reload(self) -> Reloaded | None:
+    def reload(self, audit: ReloadAudit | None = None) -> Reloaded | None:
         """Read the source; if it changed, compile it and put it in force, or keep the set
-        in force and report why not. None when nothing changed (or there is no source)."""
+        in force and report why not. None when nothing changed (or there is no source).
+
+        ``audit`` is called with the outcome before anything changes, under the lock
+        that serializes reloads: the set goes in force (or its refusal is shown) only
+        once ``audit`` has returned. If it raises, nothing changed (the set in force, the
+        failure shown and the source's remembered state stay as they were), so the next
+        reload does it all again.
+
+        Raises:
+            whatever ``audit`` raises.
+        """
         with self._lock:
             source = self._source
             if source is None:
@@ -274,29 +308,23 @@ class PolicyEngine:
             try:
                 snapshot = source.snapshot()
             except PolicyError as exc:
-                return self._failed(exc, "unreadable:" + exc.reason)
-            signature = snapshot.signature if snapshot is not None else "default"
-            if signature == self._signature:
-                return None
+                signature = "unreadable:" + exc.reason
+                if signature == self._signature:
+                    return None
+                outcome = Reloaded(None, exc)
+            else:
+                signature = snapshot.signature if snapshot is not None else "default"
+                if signature == self._signature:
+                    return None
+                outcome = _compiled(snapshot)
+            if audit is not None:
+                audit(outcome)
             self._signature = signature
-            try:
-                policies = (
-                    default_policies()
-                    if snapshot is None
-                    else compile_policies(snapshot.files, snapshot.origin)
-                )
-            except PolicyError as exc:
-                self._failure = exc
-                return Reloaded(None, exc)
-            self.use(policies)
-            return Reloaded(policies, None)
-
-    def _failed(self, exc: PolicyError, signature: str) -> Reloaded | None:
-        if signature == self._signature:
-            return None
-        self._signature = signature
-        self._failure = exc
-        return Reloaded(None, exc)
+            if outcome.policies is not None:
+                self.use(outcome.policies)
+            else:
+                self._failure = outcome.error
+            return outcome
 
     def decide(self, request: PolicyRequest) -> Decision:
         """Evaluate ``request`` against the set in force."""

@@ -17,7 +17,7 @@ import nacl.signing
 
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.kernel import Kernel, RequestContext
-from tasklease.core.keys import KeyRing, load_or_create_keyring, rotate_key
+from tasklease.core.keys import KeyRing, jwk_thumbprint, load_or_create_keyring, rotate_key
 from tasklease.core.tokens import Claims, Signer
 from tasklease.core.validation import Validator
 
@@ -92,9 +92,13 @@ class SigningKeys:
         tokens it signed verify until they expire. Other processes sharing the key
         directory pick the key up within a second (:meth:`refresh`).
 
+        The ``signing_key_rotated`` event is durable before the key takes effect
+        anywhere: on disk the key stays pending (no process loads it) until the event is
+        stored, and is then renamed into place.
+
         Raises:
-            Unavailable: the audit event could not be stored (the new key is then on
-                disk but not active in this process until it restarts).
+            Unavailable: the audit event could not be stored; nothing changed (the new
+                key was destroyed before any process could load it).
         """
         config = self._kernel.config
         with self._lock:
@@ -102,21 +106,34 @@ class SigningKeys:
             provider = previous.provider
             if config.key_dir and provider is not None:
                 directory = Path(config.key_dir)
-                rotate_key(directory, provider)
+
+                def record(key: nacl.signing.VerifyKey) -> None:
+                    # Called under the directory's lock: no process adds or retires a
+                    # key before the rename, so the count is the ring's after it.
+                    keys = len(self._key_files() or ()) + 1
+                    kid = jwk_thumbprint(bytes(key))
+                    self._record(claims, ctx, kid, previous.active_kid, keys)
+
+                new_kid = rotate_key(directory, provider, before_activation=record)
                 ring = load_or_create_keyring(directory, provider)
             else:
                 ring = KeyRing(nacl.signing.SigningKey.generate(), verify_keys(previous))
-            self._kernel.record(
-                AuditEntry(
-                    "signing_key_rotated",
-                    request_id=ctx.request_id,
-                    detail=f"signing key rotated new_kid={ring.active_kid} "
-                    f"previous_kid={previous.active_kid} keys={len(ring.kids())} "
-                    f"by={claims.sub}",
-                )
-            )
+                new_kid = ring.active_kid
+                self._record(claims, ctx, new_kid, previous.active_kid, len(ring.kids()))
             self._install(ring)
-        return ring.active_kid, previous.active_kid
+        return new_kid, previous.active_kid
+
+    def _record(
+        self, claims: Claims, ctx: RequestContext, new_kid: str, previous_kid: str, keys: int
+    ) -> None:
+        self._kernel.record(
+            AuditEntry(
+                "signing_key_rotated",
+                request_id=ctx.request_id,
+                detail=f"signing key rotated new_kid={new_kid} previous_kid={previous_kid} "
+                f"keys={keys} by={claims.sub}",
+            )
+        )
 
     def refresh(self) -> bool:
         """Adopt signing keys another process sharing the key directory added or retired.

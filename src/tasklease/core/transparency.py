@@ -171,28 +171,46 @@ class AuditTransparency:
 
         Checkpoints signed before stay verifiable with the previous key (it stays
         published). Witnesses must be given the new vkey before they cosign again.
+
+        The ``audit_log_key_rotated`` event is durable before the key takes effect
+        anywhere: in ``<key_dir>/log`` the key stays pending (no process loads it) until
+        the event is stored, and is then renamed into place.
+
+        Raises:
+            Unavailable: the audit event could not be stored; nothing changed (the new
+                key was destroyed before any process could load it).
         """
         with self._lock:
             previous = self.ring
             provider = previous.provider
+            old = self._vkey(previous)
+            made: list[str] = []
+
+            def record(key: nacl.signing.VerifyKey) -> None:
+                made.append(VerifierKey(self.origin, ED25519, bytes(key)).vkey)
+                self._record_rotation(claims, ctx, made[-1], old)
+
             if self._key_dir is not None and provider is not None:
-                rotate_key(self._key_dir, provider)
+                rotate_key(self._key_dir, provider, before_activation=record)
                 ring = load_or_create_keyring(self._key_dir, provider)
                 self._key_files = self._list_key_files()
             else:
                 older = [k for kid in previous.kids() if (k := previous.verify_key(kid))]
                 ring = KeyRing(nacl.signing.SigningKey.generate(), older)
-            new, old = self._vkey(ring), self._vkey(previous)
-            self._kernel.record(
-                AuditEntry(
-                    "audit_log_key_rotated",
-                    request_id=ctx.request_id,
-                    detail=f"audit log key rotated new={new} previous={old} by={claims.sub}",
-                )
-            )
+                made.append(self._vkey(ring))
+                self._record_rotation(claims, ctx, made[-1], old)
             self.ring = ring
             self._signed_size = -1  # sign anew under the new key
-        return new, old
+        return made[-1], old
+
+    def _record_rotation(self, claims: Claims, ctx: RequestContext, new: str, old: str) -> None:
+        self._kernel.record(
+            AuditEntry(
+                "audit_log_key_rotated",
+                request_id=ctx.request_id,
+                detail=f"audit log key rotated new={new} previous={old} by={claims.sub}",
+            )
+        )
 
     def _vkey(self, ring: KeyRing) -> str:
         key = ring.public_key(ring.active_kid)

@@ -10,6 +10,10 @@ provider, and its PEM label says which:
 
 Files are 0600 in a 0700 directory and are written aside, fsynced and renamed into place,
 under an exclusive lock (``.lock``) that serializes every writer sharing the directory.
+A rotation that must be confirmed first (audited, :meth:`DirectoryProvider.add_key`)
+writes its key as ``.pending-signing-...pem``, a name no load picks up, and holds the lock
+until the key is renamed into place or destroyed; so a pending file found under the lock
+was left by a crash, and is destroyed, never made active.
 :class:`DirectoryProvider` is the part of a provider that deals with all this; each
 provider says how a key is made, opened and discarded.
 """
@@ -23,7 +27,7 @@ import fcntl
 import os
 import re
 import stat
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +52,8 @@ __all__ = [
 ]
 
 _KEY_FILE = re.compile(r"signing-(\d{8}T\d{12})Z-([A-Za-z0-9_-]{8})\.pem")
+_PENDING = ".pending-"
+_PENDING_FILE = re.compile(r"\.pending-signing-(\d{8}T\d{12})Z-[A-Za-z0-9_-]{8}\.pem")
 _TIMESTAMP_FORMAT = "%Y%m%dT%H%M%S%f"
 _MAX_KEY_FILE_BYTES = 4096
 _LOCK_FILE = ".lock"
@@ -177,6 +183,19 @@ def read_key_file(path: Path) -> bytes:
     return data
 
 
+def _write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new 0600 file ``path`` and fsync it."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask, the owner must be able to read it
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_aside(final: Path, data: bytes) -> None:
     """Write ``data`` to a 0600 file beside ``final``, fsync it, rename it into place.
 
@@ -184,16 +203,8 @@ def _write_aside(final: Path, data: bytes) -> None:
     """
     temporary = final.with_name(f".{final.name}.tmp")
     temporary.unlink(missing_ok=True)  # left by a crash; we hold the directory lock
-    fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask, the owner must be able to read it
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_new(temporary, data)
         temporary.rename(final)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -226,6 +237,13 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _verify_key_of(key: Any) -> nacl.signing.VerifyKey:
+    """The verify key of what :meth:`DirectoryProvider._open` gives as the active key."""
+    if isinstance(key, nacl.signing.SigningKey):
+        return key.verify_key
+    return nacl.signing.VerifyKey(key.public_key)  # a Signer (an HSM's key)
 
 
 def plaintext_refused(directory: Path, count: int, provider: str) -> KeyStoreError:
@@ -272,20 +290,36 @@ class DirectoryProvider(abc.ABC):
         """
         ensure_directory(directory)
         with locked(directory):
+            self._clear_pending(directory)
             if not key_files(directory):
                 self._add(directory)
             return self._load(directory)
 
-    def add_key(self, directory: Path) -> str:
+    def add_key(
+        self,
+        directory: Path,
+        *,
+        before_activation: Callable[[nacl.signing.VerifyKey], None] | None = None,
+    ) -> str:
         """Create a new active key; return its ``kid``. Older keys stay.
 
+        With ``before_activation`` the key is written as a pending file (no load picks it
+        up) and opened as the active key would be; ``before_activation`` gets its verify
+        key, and only when it returns is the file renamed into place. If it (or anything
+        before the rename) raises, the key is destroyed and nothing changed. The
+        directory stays locked throughout, so no other rotation comes between.
+
         Raises:
-            KeyStoreError, OSError: as :meth:`load_keys`.
+            KeyStoreError, OSError: as :meth:`load_keys`; anything ``before_activation``
+                raises.
         """
         ensure_directory(directory)
         with locked(directory):
+            self._clear_pending(directory)
             self._load(directory)  # refuse to add to a directory we would refuse to load
-            return self._add(directory)
+            if before_activation is None:
+                return self._add(directory)
+            return self._add_confirmed(directory, before_activation)
 
     def retire_keys(self, directory: Path, keep_kids: Collection[str]) -> list[str]:
         """Remove the keys whose ``kid`` is not in ``keep_kids``; the active key stays.
@@ -354,6 +388,51 @@ class DirectoryProvider(abc.ABC):
             self._abandon(kid, timestamp)
             raise
         return kid
+
+    def _add_confirmed(
+        self, directory: Path, before_activation: Callable[[nacl.signing.VerifyKey], None]
+    ) -> str:
+        timestamp = _next_timestamp(directory)
+        kid, data = self._create(directory, timestamp)
+        final = directory / f"signing-{timestamp}Z-{kid[:8]}.pem"
+        pending = directory / f"{_PENDING}{final.name}"
+        try:
+            _write_new(pending, data)
+            key = self._open(KeyFile(pending, timestamp, kid[:8]), data, active=True)
+            before_activation(_verify_key_of(key))
+            # The one step that makes the key active: before it, no process sees the key;
+            # after it, the caller's audit event for it is durable.
+            pending.rename(final)
+        except BaseException:
+            # The first error is the one to report. Should destroying the key fail too,
+            # the pending file stays (ignored) and the next load destroys it.
+            with contextlib.suppress(Exception):
+                self._drop_pending(pending, timestamp)
+            raise
+        _fsync_directory(directory)
+        return kid
+
+    def _drop_pending(self, pending: Path, timestamp: str) -> None:
+        """Destroy a key that never became active: what :meth:`_create` made, its file."""
+        self._abandon("", timestamp)
+        pending.unlink(missing_ok=True)
+
+    def _clear_pending(self, directory: Path) -> None:
+        """Destroy the keys a crash left pending (call it under :func:`locked`).
+
+        Their process died before the rename: whether or not their audit event was
+        written, none may become active now (the old key stays; an event written names a
+        key that never signed). Best effort: every load ignores a pending file anyway.
+        """
+        with os.scandir(directory) as entries:
+            stale = [
+                (Path(entry.path), match.group(1))
+                for entry in entries
+                if (match := _PENDING_FILE.fullmatch(entry.name)) is not None
+            ]
+        for path, timestamp in stale:
+            with contextlib.suppress(Exception):
+                self._drop_pending(path, timestamp)
 
     @staticmethod
     def check_name(entry: KeyFile, kid: str) -> None:
