@@ -520,3 +520,261 @@ def test_narrowing_keeps_the_holder_and_only_narrows(broker: Any) -> None:
             "narrow", one, holder=holder, scope=(), resource="https://pay.example", **common
         )
     assert audience.value.event_type == "audience"
+
+
+# An app's ceiling is an ancestor's bound: narrowing it holds what registers from then on -----
+
+
+def _paying_app(broker: Any, kit: Any, **app: Any) -> tuple[Any, str]:
+    """An app that may pay, and a multi-use launch token it made while it could."""
+    admin = kit.admin(broker).claims
+    record, _secret = broker.register_app(
+        admin,
+        name="payments",
+        scopes=["read:data:*", "write:payments:*"],
+        token_ttl=None,
+        ctx=kit.ctx,
+        **app,
+    )
+    launch, _ = broker.create_launch_token(
+        kit.app(broker, record.app_id).claims,
+        agent_name="payer",
+        allowed_scope=["read:data:*", "write:payments:*"],
+        max_ttl=None,
+        single_use=False,
+        ttl=600,
+        ctx=kit.ctx,
+        authorization_details=app.get("authorization_details"),
+    )
+    return record, launch
+
+
+def test_a_registration_is_held_to_its_apps_current_scopes(broker: Any, kit: Any) -> None:
+    app, launch = _paying_app(broker, kit)
+    assert kit.register(broker, launch, ["write:payments:1"]).claims.scope == ("write:payments:1",)
+    broker.update_app(
+        kit.admin(broker).claims, app.app_id, scopes=["read:data:*"], token_ttl=None, ctx=kit.ctx
+    )
+    for wanted in (["write:payments:*"], ["write:payments:1"], ["read:data:1", "write:payments:1"]):
+        args, _ = kit.register_args(broker, launch, wanted)
+        error = refused(broker, ScopeViolation, lambda args=args: broker.register(**args))
+        # The audit log names the ceiling the request was held to: the app's, as it is now.
+        events, _ = broker.store.query_audit(AuditQuery(limit=10_000))
+        (event,) = [e for e in events if f"denial={error.denial_id}" in e.detail]
+        assert "exceeds allowed [read:data:*] (its app's ceiling now" in event.detail
+    # Within the app's ceiling as it is now, the old launch token still registers.
+    agent = kit.register(broker, launch, ["read:data:1"], task_id="task-2")
+    assert agent.claims.scope == ("read:data:1",)
+    assert agent.claims.lineage == (f"app:{app.app_id}",)
+
+
+def test_a_registration_is_held_to_its_apps_current_grants(broker: Any, kit: Any) -> None:
+    grant = {
+        "type": "resource_access",
+        "actions": ["read"],
+        "locations": ["https://rs.example/"],
+        "limits": {"max_calls": 5},
+    }
+    app, launch = _paying_app(broker, kit, authorization_details=[grant])
+    args, _ = kit.register_args(broker, launch, [])
+    assert broker.register(**args, authorization_details=[grant]).claims.details == (grant,)
+    # The operator takes the grant away (and leaves the scopes as they were).
+    broker.update_app(
+        kit.admin(broker).claims,
+        app.app_id,
+        scopes=None,
+        token_ttl=None,
+        ctx=kit.ctx,
+        authorization_details=[],
+    )
+    args, _ = kit.register_args(broker, launch, [], task_id="task-2")
+    refused(broker, ScopeViolation, lambda: broker.register(**args, authorization_details=[grant]))
+    args, _ = kit.register_args(broker, launch, ["read:data:1"], task_id="task-3")
+    assert broker.register(**args).claims.scope == ("read:data:1",)
+
+
+def test_an_apps_attestor_is_held_to_the_apps_current_scopes(make_broker: Any, kit: Any) -> None:
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    from cryptography.hazmat.primitives.hashes import SHA256
+
+    from tasklease.rules import jws
+
+    issuer = "https://ci.example"
+    broker = make_broker(issuer="https://broker.example")
+    private = ec.generate_private_key(ec.SECP256R1())
+    numbers = private.public_key().public_numbers()
+    jwk = {
+        "kty": "EC",
+        "crv": "P-256",
+        "kid": "k1",
+        "alg": "ES256",
+        "x": jws.b64url_encode(numbers.x.to_bytes(32, "big")),
+        "y": jws.b64url_encode(numbers.y.to_bytes(32, "big")),
+    }
+
+    def evidence(job: str) -> dict[str, str]:
+        now = int(broker.clock.now())
+        claims = {"iss": issuer, "aud": "https://broker.example", "sub": job, "jti": job}
+        claims |= {"iat": now, "nbf": now, "exp": now + 300}
+        head = jws.b64url_encode(json.dumps({"alg": "ES256", "kid": "k1"}).encode())
+        body = jws.b64url_encode(json.dumps(claims).encode())
+        r, s = decode_dss_signature(private.sign(f"{head}.{body}".encode(), ec.ECDSA(SHA256())))
+        signature = jws.b64url_encode(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+        return {"type": "oidc", "evidence": f"{head}.{body}.{signature}"}
+
+    admin = kit.admin(broker).claims
+    app, _secret = broker.register_app(
+        admin,
+        name="payments",
+        scopes=["read:data:*", "write:payments:*"],
+        token_ttl=None,
+        ctx=kit.ctx,
+    )
+    broker.attestation.add(
+        admin,
+        name="ci",
+        type="oidc",
+        settings={"issuer": issuer, "jwks": json.dumps({"keys": [jwk]})},
+        policy=[{"match": {}, "scope": ["read:data:*", "write:payments:*"]}],
+        app_id=app.app_id,
+        ctx=kit.ctx,
+    )
+
+    def register(scope: list[str], job: str) -> Any:
+        key = SigningKey.generate()
+        nonce, _ = broker.challenge()
+        return broker.register(
+            launch_token=None,
+            nonce=nonce,
+            public_key=b64(bytes(key.verify_key)),
+            signature=b64(key.sign(bytes.fromhex(nonce)).signature),
+            orch_id="orch-1",
+            task_id=job,
+            requested_scope=scope,
+            ctx=kit.ctx,
+            attestation=evidence(job),
+        )
+
+    assert register(["write:payments:1"], "job-1").claims.scope == ("write:payments:1",)
+    broker.update_app(admin, app.app_id, scopes=["read:data:*"], token_ttl=None, ctx=kit.ctx)
+    refused(broker, ScopeViolation, lambda: register(["write:payments:1"], "job-2"))
+    issued = register(["read:data:1"], "job-3")
+    assert issued.claims.scope == ("read:data:1",)
+    assert issued.claims.lineage[0] == f"app:{app.app_id}"
+
+
+# A launch token's creator names a human as principal, never a creator identity -----------
+
+
+@pytest.mark.parametrize(
+    "spoofed", ["app:{other}", "operator:root", "attestor:ci", "admin:root", "admin"]
+)
+def test_an_app_cannot_name_a_creator_as_its_agents_principal(
+    broker: Any, kit: Any, spoofed: str
+) -> None:
+    admin = kit.admin(broker).claims
+    mine, _ = broker.register_app(
+        admin, name="mine", scopes=["read:data:*"], token_ttl=None, ctx=kit.ctx
+    )
+    other, _ = broker.register_app(
+        admin, name="other", scopes=["read:data:*"], token_ttl=None, ctx=kit.ctx
+    )
+
+    def launch(claims: Any, principal: str | None) -> Any:
+        return broker.create_launch_token(
+            claims,
+            agent_name="a",
+            allowed_scope=["read:data:*"],
+            max_ttl=None,
+            single_use=None,
+            ttl=None,
+            ctx=kit.ctx,
+            principal=principal,
+        )[1]
+
+    app = kit.app(broker, mine.app_id).claims
+    for creator in (app, admin):  # an operator names a human too
+        with pytest.raises(InvalidRequest):
+            launch(creator, spoofed.format(other=other.app_id))
+    # What the broker derives itself, and a human, are what a launch token carries.
+    assert launch(app, None).principal == f"app:{mine.app_id}"
+    assert launch(admin, None).principal == "admin"
+    assert launch(app, "user:alice@example.com").principal == "user:alice@example.com"
+
+
+# A token held to one of the broker's own audiences keeps it ------------------------------
+
+
+def test_a_token_for_one_of_the_brokers_audiences_only_narrows(make_broker: Any, kit: Any) -> None:
+    from tasklease.core.errors import InvalidTarget
+    from tasklease.core.exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, ExchangeRequest
+    from tasklease.core.kernel import Parent, Refusal, check_issuance
+
+    def hand_on(claims: Any, to: str, resource: str) -> Any:
+        return broker.delegate(
+            claims,
+            delegate_to=to,
+            scope=["read:data:1"],
+            ttl=None,
+            ctx=kit.ctx,
+            resource=resource,
+        )
+
+    orders = "https://orders.example"
+    broker = make_broker(audience=("tasklease", orders))
+    launch, _ = broker.create_launch_token(
+        kit.admin(broker).claims,
+        agent_name="a",
+        allowed_scope=["read:data:*"],
+        max_ttl=None,
+        single_use=None,
+        ttl=None,
+        ctx=kit.ctx,
+        resource=[orders],
+    )
+    held = kit.register(broker, launch)
+    assert held.claims.aud == (orders,)
+    other = kit.register(broker, task_id="task-2")
+    assert other.claims.aud == ("tasklease",)  # named no resource: not yet restricted
+    pay = "https://payments.example"
+    refused(broker, InvalidTarget, lambda: hand_on(held.claims, other.sub, pay))
+    narrowing = ExchangeRequest(
+        grant_type=GRANT_TYPE,
+        subject_token=held.token,
+        subject_token_type=ACCESS_TOKEN_TYPE,
+        resource=pay,
+    )
+    refused(broker, InvalidTarget, lambda: broker.exchange_token(narrowing, kit.ctx))
+    # Within it, and from a token that was never restricted, nothing changed.
+    assert hand_on(held.claims, other.sub, orders).claims.aud == (orders,)
+    moved = hand_on(other.claims, held.sub, pay)
+    assert moved.claims.aud == (pay,)
+    # The rule itself, as the SDK and verifiers run it: only the default audience, or all
+    # of the broker's audiences (tokens minted before the default was one), re-target.
+    common: dict[str, Any] = {"scope": (), "iat": 1_000, "requested_ttl": 60}
+    common |= {"config": broker.config, "resource": pay, "holder": "spiffe://x/agent/o/t/9"}
+
+    def parent(audience: tuple[str, ...]) -> Parent:
+        return Parent(
+            holder="spiffe://x/agent/o/t/1",
+            scope=("read:data:*",),
+            audience=audience,
+            principal="user:alice@example.com",
+            lineage=(),
+            ceiling=2_000,
+            ttl=300,
+            renewals=0,
+            chain_agents=("spiffe://x/agent/o/t/1",),
+            grant="g",
+            jti="g",
+            token_exp=1_500,
+        )
+
+    for unrestricted in (("tasklease",), ("tasklease", orders), (orders, "tasklease")):
+        assert check_issuance("delegate", parent(unrestricted), **common).audience == (pay,)
+    with pytest.raises(Refusal) as refusal:
+        check_issuance("delegate", parent((orders,)), **common)
+    assert refusal.value.event_type == "audience"

@@ -408,3 +408,60 @@ def test_counts_raced_for_the_last_call_count_it_once(broker: Any, kit: Any) -> 
         e for e in events(broker, "grant_calls_exhausted") if refused[0].denial_id in e.detail
     ]
     assert len(exhausted) == 1 and "its own budget" in exhausted[0].detail
+
+
+def test_an_apps_current_grants_bound_its_registrations_under_each_types_rule(
+    broker: Any, kit: Any
+) -> None:
+    # The app's ceiling is an ancestor's bound at registration (core.kernel): a narrower
+    # grant of an operator's type stays within it by the type's rule, not only when equal.
+    admin = kit.admin(broker).claims
+    broker.grant_types.add(
+        admin,
+        name="dataset_query",
+        schema={
+            "type": "object",
+            "properties": {
+                "type": {"const": "dataset_query"},
+                "datasets": {"type": "array", "items": {"type": "string"}},
+            },
+            "required": ["datasets"],
+            "additionalProperties": False,
+        },
+        narrowing={"datasets": "subset"},
+        ctx=kit.ctx,
+    )
+    wide = {"type": "dataset_query", "datasets": ["sales", "hr"]}
+    app, _ = broker.register_app(
+        admin,
+        name="analyst",
+        scopes=[],
+        token_ttl=None,
+        ctx=kit.ctx,
+        authorization_details=[wide, pay("500")],
+    )
+    lt, _ = broker.create_launch_token(
+        kit.app(broker, app.app_id).claims,
+        agent_name="a",
+        allowed_scope=[],
+        max_ttl=None,
+        single_use=False,
+        ttl=600,
+        ctx=kit.ctx,
+        authorization_details=[{"type": "dataset_query", "datasets": ["sales"]}, pay("300")],
+    )
+    sales = {"type": "dataset_query", "datasets": ["sales"]}
+    assert register(broker, kit, lt, [sales, pay("300")]).claims.details[0] == sales
+    # The operator narrows the app's payments: the launch token's 300 now stops at 100.
+    broker.update_app(
+        admin,
+        app.app_id,
+        scopes=None,
+        token_ttl=None,
+        ctx=kit.ctx,
+        authorization_details=[wide, pay("100")],
+    )
+    with pytest.raises(ScopeViolation):
+        register(broker, kit, lt, [pay("300")], task="task-2")
+    agent = register(broker, kit, lt, [sales, pay("100")], task="task-3")
+    assert agent.claims.details[1]["limits"]["max_amount"] == "100"

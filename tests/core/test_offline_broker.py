@@ -321,3 +321,69 @@ def test_introspection_reports_the_leaf_and_its_binding(
     broker.revoke(admin, level="token", target=chain.jti(1), ctx=CTX)
     assert broker.introspect(admin, token=chain.levels[2], ctx=CTX) == {"active": False}
     assert broker.introspect(admin, token=chain.levels[0], ctx=CTX)["active"] is True
+
+
+def test_an_offline_leaf_never_spends_a_budget_it_names_by_jti(
+    broker: Broker, kit: type[Kit]
+) -> None:
+    # A chain's last jti is its deriver's choice: naming the jti of another agent's
+    # delegated token must not reach that token's max_calls budget (nor any other).
+    grant = {
+        "type": "resource_access",
+        "actions": ["read"],
+        "locations": ["https://rs.example/"],
+        "limits": {"max_calls": 2},
+    }
+    launch, _ = broker.create_launch_token(
+        kit.admin(broker).claims,
+        agent_name="counted",
+        allowed_scope=None,
+        max_ttl=None,
+        single_use=False,
+        ttl=None,
+        ctx=CTX,
+        authorization_details=[grant],
+    )
+
+    def agent(task: str) -> Any:
+        args, key = kit.register_args(broker, launch, (), task_id=task)
+        return broker.register(**args, authorization_details=[grant]), key
+
+    (mallory, mallory_key), (victim, _) = agent("t-m"), agent("t-v")
+    helper = kit.register(broker, scope=("read:data:*",), task_id="t-h")
+    handed = broker.delegate(
+        victim.claims,
+        delegate_to=helper.sub,
+        scope=None,
+        ttl=None,
+        ctx=CTX,
+        authorization_details=[grant],
+    )
+    call = {"action": "read", "location": "https://rs.example/x"}
+
+    def count(token: str, presented: Presentation | None = None) -> Any:
+        return broker.count_call(
+            token, kind="resource_access", call=call, audience=None, presented=presented, ctx=CTX
+        )[1]
+
+    leaf_key = SigningKey.generate()
+    chain = derive(
+        mallory.token,
+        mallory_key,
+        delegate=helper.sub,
+        delegate_key=bytes(leaf_key.verify_key),
+        now=int(broker.clock.now()),
+        ttl=60,
+        jti=handed.claims.jti,
+    )
+    now = broker.clock.now()
+    with pytest.raises(Forbidden) as refused:
+        count(chain, _presented(leaf_key, chain, now))
+    assert refused.value.denial_id
+    (event,) = [
+        e for e in _events(broker, "grant_call_denied") if refused.value.denial_id in e.detail
+    ]
+    assert "offline chain" in event.detail
+    # Neither the victim's delegated budget nor mallory's own was touched.
+    assert [count(handed.token).remaining for _ in range(2)] == [1, 0]
+    assert count(mallory.token).remaining == 1

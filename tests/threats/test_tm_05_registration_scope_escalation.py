@@ -87,3 +87,28 @@ def test_an_agent_token_cannot_mint_launch_tokens(broker: RunningBroker) -> None
             headers=bearer(agent.access_token),
         )
         refused(broker, resp, 403, "insufficient_scope")
+
+
+def test_narrowing_an_app_holds_the_launch_tokens_it_made_before(broker: RunningBroker) -> None:
+    # TM-05: requested ⊆ launch token ⊆ the app's scopes *as they are now*. A multi-use
+    # launch token made while the app could pay launches no payer once it cannot.
+    app = broker.create_app(["read:tickets:*", "write:payments:*"])
+    launch = broker.launch_token(
+        ["read:tickets:*", "write:payments:*"],
+        bearer=broker.app_token(app),
+        route="/v1/app/launch-tokens",
+        single_use=False,
+    )
+    broker.register(["write:payments:1"], launch_token=launch)
+    resp = broker.client.put(
+        f"/v1/admin/apps/{app['app_id']}",
+        json={"scopes": ["read:tickets:*"]},
+        headers=broker.admin_headers(),
+    )
+    assert resp.status_code == 200, resp.text
+    body, _ = broker.register_body(launch, ["write:payments:1"])
+    event = refused(broker, broker.post("/v1/register", json=body), 403, "scope_violation")
+    assert event["event_type"] == "registration_policy_violation"
+    # Nothing was consumed, and within the app's ceiling the launch token still works.
+    agent = broker.register(["read:tickets:42"], launch_token=launch)
+    assert jwt_parts(agent.access_token)[1]["scope"] == "read:tickets:42"

@@ -53,6 +53,7 @@ from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, KIND_APP, Claims, mi
 from tasklease.rules import jws
 from tasklease.rules.binding import DPoPVerifier
 from tasklease.rules.grants import digest
+from tasklease.rules.principals import creator_kind
 
 __all__ = ["Apps", "expires_at_text"]
 
@@ -101,6 +102,25 @@ def _grants(details: Sequence[Mapping[str, Any]]) -> str:
     if not details:
         return ""
     return " grants=" + listed([f"{d.get('type')}#{digest(d)[:12]}" for d in details])
+
+
+def _named_principal(value: object) -> str:
+    """The principal a launch token's creator names: ``kind:value`` (the grammar,
+    :func:`validate_principal`), and no creator identity (``rules.principals``): those the
+    broker derives itself, from who made the launch token.
+
+    Raises:
+        InvalidRequest: malformed, or of a creator's kind (``admin``, ``operator``,
+            ``app``, ``attestor``).
+    """
+    principal = validate_principal(value)
+    kind = creator_kind(principal)
+    if kind:
+        raise InvalidRequest(
+            f"principal may not name a creator ({kind}): name the human the agents work for",
+            hint="leave principal out and the launch token's creator is the principal",
+        )
+    return principal
 
 
 def _app_token_ttl(token_ttl: object) -> int | None:
@@ -457,8 +477,9 @@ class Apps(Service):
 
         ``principal`` (``kind:value``, e.g. ``user:alice@example.com``) names the human
         the agents it launches work for; by default the creator (``admin``,
-        ``operator:<name>`` or ``app:<app_id>``). Every token of those agents, and every
-        token delegated from them, carries it (docs/agents.md).
+        ``operator:<name>`` or ``app:<app_id>``), which no caller may name itself
+        (``invalid_request``). Every token of those agents, and every token delegated
+        from them, carries it (docs/agents.md).
 
         A launch token admits one registration unless ``single_use`` is false; then
         ``max_uses`` of them (default :data:`DEFAULT_MULTI_USES`), each taken atomically.
@@ -488,7 +509,7 @@ class Apps(Service):
                 raise InvalidRequest(f"{name} must be a boolean")
         multi_use = single_use is False
         uses = _max_uses(max_uses, multi_use=multi_use)
-        named = None if principal is None else validate_principal(principal)
+        named = None if principal is None else _named_principal(principal)
         resources = validate_resources(resource, field="resource")
         if validity is None:
             validity = cfg.launch_token_ttl

@@ -12,7 +12,9 @@ with ten calls make at most ten calls between them and it.
 An agent's own tokens (registration, renewals, resumption) share one thread (the agent
 instance); a delegated or narrowed token and its renewals another. Registrations from one
 multi-use launch token each get their own budget: a launch token bounds each
-registration, not their sum.
+registration, not their sum. An offline chain's leaf has a thread of its own under its
+root token and no budget in it: the broker saw none of its blocks issued, so it refuses
+to count their calls rather than count them against a thread the deriver named.
 
 A resource server asks for a count (``POST /v1/token/calls``) on the broker's
 high-assurance path: the token's live revocation state and agent record are read from
@@ -31,6 +33,7 @@ from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about
 from tasklease.core.errors import Forbidden, InsufficientScope, InvalidRequest
 from tasklease.core.kernel import RequestContext, Service
+from tasklease.core.offlinechain import offline_root
 from tasklease.core.pending import Lost, Pending
 from tasklease.core.records import CallBudget
 from tasklease.core.store import WriteTx
@@ -40,6 +43,7 @@ from tasklease.rules import grantuse as grant_use
 from tasklease.rules.grants import TypeRule
 
 __all__ = [
+    "OFFLINE_HOLDER",
     "CallCount",
     "CallCounting",
     "budget_holder",
@@ -49,9 +53,22 @@ __all__ = [
 ]
 
 
+OFFLINE_HOLDER = "offline:"
+"""The prefix of an offline chain leaf's budget thread (:func:`budget_holder`)."""
+
+
 def budget_holder(claims: Claims) -> str:
     """The thread a token's budgets belong to: its agent instance for an agent's own
-    tokens, else its grant (a delegated or narrowed token and its renewals)."""
+    tokens, else its grant (a delegated or narrowed token and its renewals).
+
+    An offline chain's leaf gets a thread of its own under its root token,
+    ``offline:<root jti>:<leaf jti>``: its ``jti`` is chosen by whoever derived the chain,
+    so alone it could name another token's thread and spend its budget. The broker never
+    issued the leaf, so no budget is ever kept under it (:meth:`CallCounting.prepare_count`
+    refuses to count its calls)."""
+    root = offline_root(claims)
+    if root:
+        return f"{OFFLINE_HOLDER}{root}:{claims.jti}"
     if not claims.delegation_chain:
         return f"agent:{claims.sub}"
     return f"grant:{claims.grant_id}"
@@ -178,7 +195,23 @@ class CallCounting(Service):
             )
         if grant is None:
             return Pending(None, lambda: CallCount(False, 0, 0, None))
-        key = budget_key(budget_holder(claims), grant)
+        holder = budget_holder(claims)
+        if holder.startswith(OFFLINE_HOLDER):
+            # The broker never saw the chain's blocks issued, so it keeps no budget for
+            # them (docs/broker-optional.md): a counted grant is handed on online.
+            raise kernel.deny(
+                Forbidden(
+                    "an offline chain's calls are not counted",
+                    hint="hand a grant with max_calls on online (POST /v1/delegate)",
+                ),
+                replace(
+                    base,
+                    event_type="grant_call_denied",
+                    detail="offline chain's grant has max_calls "
+                    f"(chain {holder.removeprefix(OFFLINE_HOLDER)}) {what}",
+                ),
+            )
+        key = budget_key(holder, grant)
         left: list[CallBudget] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:

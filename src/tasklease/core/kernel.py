@@ -33,7 +33,9 @@ invariants hold whatever it says. Each issuance names the policies that decided 
 
 An attestation is an ancestor like a launch token: its policy's ceiling is a
 :class:`Parent` (``core.attestation``), and a registration with both a launch token and an
-attestation descends from both (:func:`joint_parent`: the narrower of each bound).
+attestation descends from both (:func:`joint_parent`: the narrower of each bound). Its
+app is an ancestor too: a registration is bounded by the app's scopes and grants as they
+are when it registers (:func:`within_app`), not as they were when the launch token was made.
 
 Ending a credential ends its descendants: :func:`ending_records` gives the revocation
 entries that release, token-level revocation and a holder's RFC 7009 revocation write.
@@ -61,15 +63,23 @@ from tasklease.core.granttypes import GrantTypeRegistry
 from tasklease.core.lineage import (
     Refusal,
     app_ancestor,
+    app_ids,
     check_issuance,
     ending_records,
     joint_parent,
     refusal_of,
+    within_app,
 )
 from tasklease.core.metrics import Metrics
 from tasklease.core.policy import Decision, PolicyEngine
 from tasklease.core.policyrequest import Actor, PolicyRequest
-from tasklease.core.records import AgentRecord, AgentSession, AuditEvent, RevocationRecord
+from tasklease.core.records import (
+    AgentRecord,
+    AgentSession,
+    AppRecord,
+    AuditEvent,
+    RevocationRecord,
+)
 from tasklease.core.revocation import RevocationIndex
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import Store, WriteTx
@@ -99,6 +109,7 @@ __all__ = [
     "new_denial_id",
     "refusal_of",
     "with_denial",
+    "within_app",
     "within_ceiling",
 ]
 
@@ -257,6 +268,11 @@ class Kernel:
         ancestor already ended (a chain-level entry on it) makes the issuance impossible,
         rather than a token born dead.
 
+        A registration's parent (its launch token, attestation, or both) is held to the
+        current ceiling of every app its lineage names (``app:<app_id>``): an app whose
+        scopes or grants were narrowed after it made a launch token (or got an attestor)
+        launches no agent beyond the narrower ceiling, and a removed app none at all.
+
         A registration, delegation or exchange is decided by the policy first
         (``actor`` asks; ``domain`` is the federated domain of an exchange): a denial
         that asked beyond the parent's grants is refused as the invariant refuses it (the
@@ -264,56 +280,68 @@ class Kernel:
         :class:`Refusal` of event type ``policy``. The invariants hold whatever the
         policy allows.
         """
-        names = {str(d.get("type")) for d in (*details, *parent.details)}
+        apps: tuple[AppRecord, ...] = ()
+        if operation == "register":
+            apps, gone = self._apps_of(parent)
+            dead_ancestor = dead_ancestor or gone
+        ceilings = (d for app in apps for d in app.authorization_details)
+        names = {str(d.get("type")) for d in (*details, *parent.details, *ceilings)}
         names.difference_update(grant_rules.BUILTIN_TYPES)
         rules = self.grant_types.rules(names) if names else None
+        for app in apps:
+            parent = within_app(parent, app, rules)
         decision: Decision | None = None
-        if operation in _DECIDED:
-            within = within_ceiling(scope, details, parent.scope, parent.details, rules)
-            depth = len(parent.chain_agents) - (0 if operation in _NEW_HOLDER else 1)
-            decision = self.policy.decide(
-                PolicyRequest(
-                    operation,
-                    actor or Actor("Agent", parent.holder or "unknown"),
-                    scopes=scope,
-                    details=details,
-                    ttl=requested_ttl,
-                    now=iat,
-                    tenant=self.store.tenant,
-                    within_ceiling=within,
-                    human=parent.principal,
-                    depth=max(0, depth),
-                    domain=domain,
+        try:
+            if operation in _DECIDED:
+                within = within_ceiling(scope, details, parent.scope, parent.details, rules)
+                depth = len(parent.chain_agents) - (0 if operation in _NEW_HOLDER else 1)
+                decision = self.policy.decide(
+                    PolicyRequest(
+                        operation,
+                        actor or Actor("Agent", parent.holder or "unknown"),
+                        scopes=scope,
+                        details=details,
+                        ttl=requested_ttl,
+                        now=iat,
+                        tenant=self.store.tenant,
+                        within_ceiling=within,
+                        human=parent.principal,
+                        depth=max(0, depth),
+                        domain=domain,
+                    )
                 )
+                if not decision.allowed:
+                    self._policy_refusal(
+                        operation,
+                        parent,
+                        decision,
+                        within,
+                        holder=holder,
+                        scope=scope,
+                        iat=iat,
+                        requested_ttl=requested_ttl,
+                        dead_ancestor=dead_ancestor,
+                        resource=resource,
+                        details=details,
+                        rules=rules,
+                    )
+            issuance = check_issuance(
+                operation,
+                parent,
+                holder=holder,
+                scope=scope,
+                iat=iat,
+                requested_ttl=requested_ttl,
+                config=self.config,
+                dead_ancestor=dead_ancestor,
+                resource=resource,
+                details=details,
+                rules=rules,
             )
-            if not decision.allowed:
-                self._policy_refusal(
-                    operation,
-                    parent,
-                    decision,
-                    within,
-                    holder=holder,
-                    scope=scope,
-                    iat=iat,
-                    requested_ttl=requested_ttl,
-                    dead_ancestor=dead_ancestor,
-                    resource=resource,
-                    details=details,
-                    rules=rules,
-                )
-        issuance = check_issuance(
-            operation,
-            parent,
-            holder=holder,
-            scope=scope,
-            iat=iat,
-            requested_ttl=requested_ttl,
-            config=self.config,
-            dead_ancestor=dead_ancestor,
-            resource=resource,
-            details=details,
-            rules=rules,
-        )
+        except Refusal as refusal:
+            if apps:  # say what the request was held to: the app's ceiling, as it is now
+                refusal.allowed = parent.scope
+            raise
         if decision is not None:
             issuance = replace(issuance, decision=decision.audit())
         ended = self.revocations.ended_ancestor(issuance.lineage)
@@ -324,6 +352,18 @@ class Kernel:
                 "denied",
             )
         return issuance
+
+    def _apps_of(self, parent: Parent) -> tuple[tuple[AppRecord, ...], str]:
+        """The apps a registration's parent descends from, as they are now, and why one of
+        them is no longer alive ("" when all are): a registration is held to each app's
+        current ceiling, not to the one its launch token or attestor was made under."""
+        apps = []
+        for app_id in app_ids(parent.lineage):
+            app = self.store.get_app(app_id)
+            if app is None or app.status != "active":
+                return (), f"app {app_id} removed"
+            apps.append(app)
+        return tuple(apps), ""
 
     def _policy_refusal(
         self,

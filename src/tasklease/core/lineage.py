@@ -1,5 +1,5 @@
 """Lineage with the broker's errors: the one issuance check, joint parents, an app's
-ancestor id, and the revocation entries that end a token and its descendants."""
+ancestor id and ceiling, and the revocation entries that end a token and its descendants."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tasklease.core.errors import (
     ScopeViolation,
     TaskleaseError,
 )
-from tasklease.core.records import RevocationRecord
+from tasklease.core.records import AppRecord, RevocationRecord
 from tasklease.core.tokens import Claims
 from tasklease.rules import issuance as _issuance
 from tasklease.rules.grants import TypeRule
@@ -24,16 +24,26 @@ from tasklease.rules.issuance import Issuance, Limits, Parent
 __all__ = [
     "Refusal",
     "app_ancestor",
+    "app_ids",
     "check_issuance",
     "ending_records",
     "joint_parent",
     "refusal_of",
+    "within_app",
 ]
+
+
+_APP = "app:"
 
 
 def app_ancestor(app_id: str) -> str:
     """The lineage id of an app: removing the app ends every token listing it."""
-    return f"app:{app_id}"
+    return f"{_APP}{app_id}"
+
+
+def app_ids(lineage: tuple[str, ...]) -> tuple[str, ...]:
+    """The apps a lineage descends from (its :func:`app_ancestor` ids), oldest first."""
+    return tuple(a.removeprefix(_APP) for a in lineage if a.startswith(_APP))
 
 
 # --- the one issuance check (rules.issuance), with the broker's errors ------------------
@@ -48,11 +58,14 @@ _ERRORS: dict[str, type[TaskleaseError]] = {
 
 
 class Refusal(_issuance.Refusal):
-    """The issuance check refused: ``error`` to raise, ``detail`` for the audit log."""
+    """The issuance check refused: ``error`` to raise, ``detail`` for the audit log;
+    ``allowed`` the scopes the request was held to when the kernel narrowed the parent it
+    was given (a registration held to its app's current ceiling), else None."""
 
     def __init__(self, error: TaskleaseError, detail: str, event_type: str) -> None:
         super().__init__(_issuance.Reason(error.code, error.detail, error.hint), detail, event_type)
         self.error = error
+        self.allowed: tuple[str, ...] | None = None
 
 
 def refusal_of(refusal: _issuance.Refusal) -> Refusal:
@@ -100,12 +113,35 @@ def check_issuance(
         raise refusal_of(refusal) from None
 
 
-def joint_parent(first: Parent, second: Parent) -> Parent:
+def joint_parent(
+    first: Parent, second: Parent, rules: Mapping[str, TypeRule] | None = None
+) -> Parent:
     """:func:`tasklease.rules.issuance.joint_parent`; raises :class:`Refusal`."""
     try:
-        return _issuance.joint_parent(first, second)
+        return _issuance.joint_parent(first, second, rules)
     except _issuance.Refusal as refusal:
         raise refusal_of(refusal) from None
+
+
+def within_app(
+    parent: Parent, app: AppRecord, rules: Mapping[str, TypeRule] | None = None
+) -> Parent:
+    """``parent`` (a registration's launch token or attestation) bounded by ``app``'s
+    ceiling as it is now: its scopes and grants (:func:`joint_parent`). An app's ceiling
+    can be narrowed after it made a launch token or got an attestor; what registers under
+    them from then on is held to the narrower one (docs/authority.md, rule 4)."""
+    ceiling = Parent(
+        holder=parent.holder,
+        scope=app.scopes,
+        details=app.authorization_details,
+        audience=(),
+        principal="",
+        lineage=(),
+        ceiling=parent.ceiling,
+        ttl=parent.ttl,
+        renewals=0,
+    )
+    return joint_parent(parent, ceiling, rules)
 
 
 def ending_records(claims: Claims, revoked_at: int, config: Config) -> list[RevocationRecord]:

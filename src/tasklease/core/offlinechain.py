@@ -34,6 +34,7 @@ __all__ = [
     "is_chain",
     "leaf_claims",
     "live_denial",
+    "offline_root",
 ]
 
 # The kind a route names to accept an offline-derived credential (never in a JWT ``typ``).
@@ -179,6 +180,20 @@ def leaf_claims(chain: VerifiedChain) -> Claims:
         grant="",
         raw=raw,
     )
+
+
+def offline_root(claims: Claims) -> str:
+    """The root token's ``jti`` when ``claims`` are an offline chain's leaf
+    (:func:`leaf_claims`: their payload carries ``offline``, which no token the broker
+    signs does), else "".
+
+    A leaf's own ``jti`` is its last block's, chosen by whoever derived it: it names the
+    leaf only together with its root, never alone (``core.calls`` keys its budget so)."""
+    offline = claims.raw.get("offline")
+    if not isinstance(offline, dict):
+        return ""
+    root = offline.get("root_jti")
+    return root if isinstance(root, str) and root else "?"  # a leaf all the same
 
 
 def live_denial(store: Store, chain: VerifiedChain) -> str | None:

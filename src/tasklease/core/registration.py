@@ -354,7 +354,8 @@ class Registration(Service):
                 scope=scope,
                 iat=iat,
                 requested_ttl=clamp_ttl(parent.ttl, cfg.default_ttl, cfg),
-                dead_ancestor=self._kernel.app_standing(app_id),
+                # The kernel holds the parent to its app's current ceiling (and refuses
+                # a removed app): the app is an ancestor named in the parent's lineage.
                 resource=named_resource,
                 details=details,
                 actor=actor_of(record, lt_hash, attested, app_id),
@@ -373,9 +374,12 @@ class Registration(Service):
                 ) from None
             if refusal.event_type == "attenuation" and parent is not None:
                 self._metrics.scope_rejections.labels("/v1/register").inc()
-                what = f"scope violation: requested {listed(scope)} exceeds allowed " + listed(
-                    parent.scope
+                allowed = parent.scope if refusal.allowed is None else refusal.allowed
+                what = (
+                    f"scope violation: requested {listed(scope)} exceeds allowed {listed(allowed)}"
                 )
+                if allowed != parent.scope:
+                    what += f" (its app's ceiling now; launched with {listed(parent.scope)})"
                 if refusal.detail.startswith("grants would widen"):
                     what = f"grants violation: {refusal.detail}"
                 raise deny(

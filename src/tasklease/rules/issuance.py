@@ -168,14 +168,22 @@ def narrow_audience(
 ) -> tuple[str, ...]:
     """The ``aud`` of a delegated token: the delegator's, or a narrower one.
 
+    A token is "not yet restricted" (it may be narrowed to any one resource) only when it
+    names the broker's default audience (``default``'s first: what a token that named no
+    resource gets, :func:`default_audience`) or every one of the broker's audiences
+    (tokens minted before the default became one audience). A token for any other of the
+    broker's audiences was restricted to it, by its launch token's resources or by the
+    resource it asked for, and keeps it.
+
     Raises:
         TargetRefused: the requested resource would widen the audience.
     """
     if requested is None or current == (requested,):
         return current
-    # Not yet restricted: for the broker's own audiences only (tokens minted before the
-    # default became one audience carry all of them).
-    if (default and set(current) <= set(default)) or requested in current:
+    unrestricted = bool(default) and (
+        current == default_audience(default) or set(current) == set(default)
+    )
+    if unrestricted or requested in current:
         return (requested,)
     raise TargetRefused("a delegated token's audience can only narrow the delegator's")
 
@@ -279,14 +287,18 @@ class Parent:
         )
 
 
-def joint_parent(first: Parent, second: Parent) -> Parent:
+def joint_parent(
+    first: Parent, second: Parent, rules: Mapping[str, TypeRule] | None = None
+) -> Parent:
     """The parent of a registration that descends from two ancestors at once (a launch
-    token and an attestation): every bound the narrower of the two, the lineage both.
+    token and an attestation, or either and its app's current ceiling): every bound the
+    narrower of the two, the lineage both.
 
     Scope is the scopes both cover (``rules.scopes.intersect``), grants those both cover
-    (``rules.grants.common``; an operator's type only when identical); resources (audience) the
-    ones both allow, where an empty tuple allows any; the lifetimes the smaller; the
-    principal the first's; the attestation the second's, else the first's.
+    (``rules.grants.common`` under ``rules``; an operator's type without a rule only when
+    identical); resources (audience) the ones both allow, where an empty tuple allows any;
+    the lifetimes the smaller; the principal the first's; the attestation the second's,
+    else the first's.
 
     Raises:
         Refusal: both name resources and none is common (no token could be for any).
@@ -308,6 +320,7 @@ def joint_parent(first: Parent, second: Parent) -> Parent:
     shared = grant_rules.common(
         grant_rules.grants_of(first.scope, first.details),
         grant_rules.grants_of(second.scope, second.details),
+        rules,
     )
     return Parent(
         holder=first.holder,

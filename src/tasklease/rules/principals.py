@@ -1,0 +1,23 @@
+"""Principals: the human an agent works for, and the creator identities no one may name.
+
+A launch token's ``principal`` is ``kind:value`` (``user:alice@example.com``); when a
+launch token names none, the broker derives it from whoever created it or admitted the
+agent: ``admin``, ``operator:<name>``, ``app:<app_id>`` or ``attestor:<name>``. Those
+creator identities are the broker's to derive, never a caller's to name: an app naming
+``app:<another app>`` or ``operator:root`` would have its agents' work traced, in every
+token and audit event, to a creator that never launched them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CREATOR_KINDS", "creator_kind"]
+
+CREATOR_KINDS = ("admin", "operator", "app", "attestor")
+"""The kinds of the principals the broker derives from a creator (docs/agents.md)."""
+
+
+def creator_kind(principal: str) -> str:
+    """The creator kind ``principal`` names (``admin``, ``operator``, ``app``,
+    ``attestor``), or "" when it names none and a caller may name it."""
+    kind = principal.partition(":")[0]
+    return kind if kind in CREATOR_KINDS else ""
