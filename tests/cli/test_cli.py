@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -259,3 +260,100 @@ def test_profile_file(broker: BrokerForTests, home: Path) -> None:
     assert run("app", "list", "--json", home=home).returncode == 0
     elsewhere = home / "other.toml"
     assert run("status", "--profile", str(elsewhere), home=home).returncode == 2
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1", "http://127.0.0.1:port/", "https://[bad]:1/", "http://"]
+)
+def test_a_malformed_broker_url_is_a_usage_error(url: str, home: Path) -> None:
+    """A mistyped --url is the user's to fix: one error line naming it, exit 2, never the
+    SDK's InvalidURL and its traceback."""
+    secret = {"TASKLEASE_ADMIN_SECRET": "s" * 32}
+    for command in (["status"], ["app", "list"], ["login"]):
+        result = run(*command, "--url", url, home=home, extra_env=secret)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith("error: broker URL"), result.stderr
+        assert url in result.stderr
+
+
+_NOT_TEXT = b"\xff\xfe not a database, not text " * 10
+_NOWHERE = "http://127.0.0.1:9"  # never reached: the bad file is found first
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["audit", "verify", "--database", "{bin}"], "{bin} is not a tasklease database"),
+        (["init", "--data-dir", "{bin}"], "data directory {bin} exists and is not a directory"),
+        (["db", "migrate", "--data-dir", "{bin}"], "{bin} is not a directory"),
+        (
+            ["serve", "--data-dir", "{bin}", "--port", "{port}"],
+            "data directory {bin} exists and is not a directory",
+        ),
+        (
+            ["serve", "--data-dir", "{home}/data", "--port", "{port}"],
+            "{home}/data/tasklease.db is not a tasklease database",
+        ),
+        (
+            ["audit", "prove", "1", "--checkpoint", "{bin}", "--url", _NOWHERE],
+            "checkpoint {bin} is not UTF-8 text",
+        ),
+        (
+            ["audit", "verify", "--checkpoint", "{bin}", "--url", _NOWHERE],
+            "checkpoint {bin} is not UTF-8 text",
+        ),
+        (["audit", "prove", "--bundle", "{bin}", "--log-key", "k"], "{bin} is not UTF-8 text"),
+        (
+            ["app", "register", "x", "-s", "read:a:b", "--public-key", "{bin}", "--url", _NOWHERE],
+            "public key {bin} is not text",
+        ),
+        (
+            ["audit", "export", "-o", "{home}/no/such/dir/x.jsonl", "--url", _NOWHERE],
+            "cannot write {home}/no/such/dir/x.jsonl: No such file or directory",
+        ),
+    ],
+    ids=[
+        "verify-not-a-database",
+        "init-data-dir-is-a-file",
+        "migrate-data-dir-is-a-file",
+        "serve-data-dir-is-a-file",
+        "serve-not-a-database",
+        "prove-binary-checkpoint",
+        "verify-binary-checkpoint",
+        "prove-binary-bundle",
+        "app-binary-public-key",
+        "export-to-a-missing-directory",
+    ],
+)
+def test_a_bad_local_file_is_one_error_line_and_exit_2(
+    args: list[str], said: str, home: Path
+) -> None:
+    """A wrong file or directory handed to the CLI is a usage or configuration error
+    (docs/cli.md: exit 2) told in one line naming it, never a traceback."""
+    binary = home / "bad.bin"
+    binary.write_bytes(_NOT_TEXT)
+    (home / "data").mkdir()
+    (home / "data" / "tasklease.db").write_bytes(_NOT_TEXT)
+    with socket.socket() as probe:  # a free port: only a broker that starts would bind it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    where = {"bin": str(binary), "home": str(home), "port": str(port)}
+    env = {"TASKLEASE_ADMIN_SECRET": "s" * 32, "TASKLEASE_KEY_PROVIDER": "plaintext"}
+    result = run(*[a.format(**where) for a in args], home=home, extra_env=env)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: ") and said.format(**where) in result.stderr, (
+        result.stderr
+    )
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_error_line(
+    broker: BrokerForTests, home: Path
+) -> None:
+    target = home / "no" / "such" / "dir" / "checkpoint"
+    result = run("audit", "checkpoint", "-o", str(target), broker=broker, home=home)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert f"cannot write {target}: No such file or directory" in result.stderr

@@ -195,6 +195,76 @@ def test_client_credentials_share_the_app_sign_in_rate_limit(
     assert running.post("/v1/app/auth", json=creds).status_code == 429
 
 
+_CREDENTIAL_REFUSALS = [
+    pytest.param({"client_id": "{cid}"}, {}, "no_client_secret", id="no-secret"),
+    pytest.param({"client_id": "{cid}", "client_secret": ""}, {}, "no_client_secret", id="empty"),
+    pytest.param({"client_secret": "a-guess"}, {}, "no_client_id", id="no-client-id"),
+    pytest.param({}, {}, "no_client_credentials", id="nothing"),
+    pytest.param({}, {"Authorization": "Basic !!"}, "malformed_basic", id="garbled-basic"),
+    pytest.param({}, {"Authorization": "Basic Y2lk"}, "malformed_basic", id="basic-no-colon"),
+    pytest.param({}, {"Authorization": "Digest abc"}, "authorization_not_basic", id="digest"),
+    pytest.param({}, "basic:{cid}:", "no_client_secret", id="basic-empty-secret"),
+    pytest.param({}, "basic::a-guess", "no_client_id", id="basic-empty-client-id"),
+    pytest.param(
+        {"client_id": "{cid}", "client_assertion": "a.b.c", "client_assertion_type": "urn:x"},
+        {},
+        "client_assertion_type_not_jwt_bearer",
+        id="assertion-type",
+    ),
+]
+
+
+@pytest.mark.parametrize(("form", "headers", "reason"), _CREDENTIAL_REFUSALS)
+def test_client_credentials_that_do_not_authenticate_are_audited_once(
+    issuer_broker: RunningBroker,
+    app: dict[str, Any],
+    form: dict[str, str],
+    headers: dict[str, str] | str,
+    reason: str,
+) -> None:
+    """However a client fails to authenticate, before or after an app is found, the answer
+    is the one generic 401 invalid_client with a denial_id naming exactly one
+    app_auth_failed event that holds the precise reason (as a wrong secret's does)."""
+    cid = app["client_id"]
+    if isinstance(headers, str):  # "basic:<id>:<secret>" with {cid} for the app's id
+        _, client_id, secret = headers.format(cid=cid).split(":")
+        raw = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+        headers = {"Authorization": "Basic " + raw}
+    data = {"grant_type": "client_credentials"}
+    data.update({k: v.format(cid=cid) for k, v in form.items()})
+    answer = _post(issuer_broker, data, headers=headers)
+    assert answer.status_code == 401, answer.text
+    body = answer.json()
+    assert body["error"] == "invalid_client" and body["denial_id"].startswith("den_")
+    assert body["detail"] == "Authentication failed"  # the wrong secret's, word for word
+    basic_tried = "Authorization" in headers
+    assert answer.headers["www-authenticate"].startswith("Basic " if basic_tried else "Bearer ")
+    events = issuer_broker.get(
+        "/v1/audit/events",
+        params={"event_type": "app_auth_failed", "outcome": "denied", "limit": 500},
+        headers=issuer_broker.admin_headers(),
+    ).json()["events"]
+    hits = [e for e in events if e["detail"].endswith(f"denial={body['denial_id']}")]
+    assert len(hits) == 1, [e["detail"] for e in events][-5:]
+    assert f"reason={reason}" in hits[0]["detail"], hits[0]["detail"]
+
+
+def test_client_credentials_that_do_not_authenticate_spend_the_sign_in_rate_limit(
+    start_broker: Callable[..., RunningBroker],
+) -> None:
+    """Each such refusal is an audit write, so it costs what a wrong secret costs: a
+    client sending no credentials is limited like one guessing secrets, on both doors."""
+    running = start_broker(env={"TASKLEASE_APP_AUTH_BURST": "2", "TASKLEASE_APP_AUTH_RATE": "0.01"})
+    app = running.create_app(["read:data:*"])
+    cc = {"grant_type": "client_credentials"}
+    assert _post(running, cc).status_code == 401
+    assert _post(running, cc, headers={"Authorization": "Digest abc"}).status_code == 401
+    limited = _post(running, cc)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    creds = {"client_id": app["client_id"], "client_secret": app["client_secret"]}
+    assert running.post("/v1/app/auth", json=creds).status_code == 429
+
+
 def test_authlib_token_exchange_narrows_an_agent_token_to_one_resource(
     issuer_broker: RunningBroker,
 ) -> None:

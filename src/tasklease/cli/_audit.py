@@ -132,8 +132,11 @@ def audit_export(
         if output is None:
             count = _write_lines(admin.iter_audit_events(**filters), sys.stdout)
         else:
-            with open(output, "w", encoding="utf-8") as fh:
-                count = _write_lines(admin.iter_audit_events(**filters), fh)
+            try:
+                with open(output, "w", encoding="utf-8") as fh:
+                    count = _write_lines(admin.iter_audit_events(**filters), fh)
+            except OSError as exc:
+                fail(f"cannot write {output}: {exc.strerror or exc}")
     if output is not None:
         err.print(f"{count} events written to {output}", highlight=False)
 

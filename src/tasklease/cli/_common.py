@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import httpx
 import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -221,6 +222,19 @@ def _tenant_url(url: str, tenant: str | None) -> str:
     return base if tenant in (None, "", "default") else f"{base}/t/{tenant}"
 
 
+def _check_broker_url(url: str) -> None:
+    """Exit 2 unless ``url`` is an http(s) URL with a host that httpx can use: a mistyped
+    port or address is the user's input to correct, not a stack trace from the SDK."""
+    if not url.startswith(("http://", "https://")):
+        fail(f"broker URL must start with http:// or https://, got {url!r}")
+    try:
+        host = httpx.URL(url).host
+    except httpx.InvalidURL as exc:
+        fail(f"broker URL {url!r} is malformed: {exc}")
+    if not host:
+        fail(f"broker URL {url!r} names no host")
+
+
 def resolve_connection(
     url: str | None,
     admin_secret: str | None,
@@ -234,8 +248,8 @@ def resolve_connection(
     ``TASKLEASE_OPERATOR_KEY_FILE``, or ``operator`` with ``operator_secret`` or
     ``operator_key_file`` in the profile) signs in rather than the admin secret.
 
-    Exits 2 when no URL (or, with ``need_secret``, no credential) can be found, or the
-    profile or key file is unsafe or malformed.
+    Exits 2 when no URL (or, with ``need_secret``, no credential) can be found, the URL
+    is malformed, or the profile or key file is unsafe or malformed.
     """
     operator = os.environ.get("TASKLEASE_OPERATOR") or None
     operator_secret = os.environ.get("TASKLEASE_OPERATOR_SECRET") or None
@@ -257,8 +271,7 @@ def resolve_connection(
             "no broker URL",
             hint="pass --url, set TASKLEASE_URL, or put url in ~/.config/tasklease/profile.toml",
         )
-    if not url.startswith(("http://", "https://")):
-        fail(f"broker URL must start with http:// or https://, got {url!r}")
+    _check_broker_url(url)
     if operator is not None:
         if not (operator_secret or key_file):
             fail(

@@ -60,7 +60,12 @@ def _public_key(path: Path | None) -> str | None:
     """The public key in ``path`` as the broker takes it (PEM is turned into base64)."""
     if path is None:
         return None
-    text = path.read_text(encoding="utf-8").strip()
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        fail(f"cannot read public key {path}: {exc.strerror or exc}")
+    except UnicodeDecodeError:
+        fail(f"public key {path} is not text: a JWK, base64 or PEM is")
     if not text.startswith("-----BEGIN"):
         return text
     import base64

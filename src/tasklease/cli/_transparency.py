@@ -72,17 +72,26 @@ def _trusted_keys(admin: AdminClient | None, log_keys: list[str] | None) -> list
     return [str(k) for k in served]
 
 
-def _read(path: Path) -> str:
+def _read(path: Path, what: str) -> str:
+    """The text of a checkpoint or proof bundle the user named; exit 2 if it cannot be
+    read or is not text (a binary file handed by mistake)."""
     try:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
-        fail(f"cannot read {path}: {exc.strerror}")
+        fail(f"cannot read {what} {path}: {exc.strerror or exc}")
+    except UnicodeDecodeError:
+        fail(f"{what} {path} is not UTF-8 text: is it the right file?")
 
 
 def _write(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` at once; exit 2 if it cannot be written."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        fail(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def _proof_failed(exc: AuditProofError) -> typer.Exit:
@@ -168,7 +177,7 @@ def audit_prove(
         if not log_key:
             fail("--bundle needs the log's verifier key: --log-key")
         try:
-            data: Any = json.loads(_read(bundle))
+            data: Any = json.loads(_read(bundle, "proof bundle"))
             checkpoint, index = verify_proof_bundle(data, log_key)
         except AuditProofError as exc:
             raise _proof_failed(exc) from None
@@ -180,7 +189,7 @@ def audit_prove(
         fail("name the event to prove (or give --bundle)")
     seq = _seq(event_id)
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
-        note = _read(checkpoint_file) if checkpoint_file else admin.audit_checkpoint()
+        note = _read(checkpoint_file, "checkpoint") if checkpoint_file else admin.audit_checkpoint()
         keys = _trusted_keys(admin, log_key)
         try:
             checkpoint = verify_checkpoint(note, keys)
@@ -246,7 +255,7 @@ def verify_checkpoint_file(
     update: bool,
 ) -> None:
     """Online: check that the broker's latest checkpoint extends the one in ``path``."""
-    held_note = _read(path)
+    held_note = _read(path, "checkpoint")
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         keys = _trusted_keys(admin, log_keys)
         try:
@@ -339,7 +348,7 @@ def verify_database(
     outside the database)."""
     checkpoint: Checkpoint | None = None
     if checkpoint_file is not None:
-        note = _read(checkpoint_file)
+        note = _read(checkpoint_file, "checkpoint")
         try:
             checkpoint = verify_checkpoint(note, _trusted_keys(None, log_keys))
         except AuditProofError as exc:

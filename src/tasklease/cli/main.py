@@ -15,9 +15,10 @@ request (4xx); 4 the broker is unreachable or failed (5xx).
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -46,6 +47,9 @@ from tasklease.cli._common import (
     selected_tenant,
 )
 from tasklease.settings import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from tasklease.core.store import Store
 
 app = typer.Typer(
     name="tasklease",
@@ -116,6 +120,41 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _os_problem(exc: OSError) -> str:
+    """An OSError in one line: what went wrong and, when it says, on which path."""
+    what = exc.strerror or str(exc)
+    return f"{what}: {exc.filename}" if exc.filename is not None else what
+
+
+def _sqlite_problem(shown: str, exc: sqlite3.DatabaseError) -> str:
+    """What is wrong with the SQLite database ``shown`` (its URL, redacted), in one line."""
+    if isinstance(exc, sqlite3.OperationalError):  # locked, unreadable, read-only, ...
+        return f"cannot open database {shown}: {exc}"
+    return f"{shown} is not a tasklease database ({exc})"
+
+
+def _open_local_store(database: str, *, migrate: bool) -> Store:
+    """Open the database of a local command; a file that is not a tasklease database, a
+    data directory that is a file, an unreadable path: one error line and exit 2 (a
+    configuration error), never a traceback."""
+    from tasklease.core.errors import Unavailable
+    from tasklease.storage import SchemaError, open_store, redact_url
+
+    shown = redact_url(database)
+    try:
+        return open_store(database, migrate=migrate)
+    except (SchemaError, Unavailable) as exc:
+        fail(str(exc.reason or exc))
+    except ValueError as exc:
+        fail(str(exc))
+    except sqlite3.DatabaseError as exc:
+        fail(_sqlite_problem(shown, exc))
+    except FileExistsError as exc:  # a directory on the way to it is a file
+        fail(f"cannot open database {shown}: {exc.filename} is not a directory")
+    except OSError as exc:
+        fail(f"cannot open database {shown}: {_os_problem(exc)}")
+
+
 def _write_private(path: Path, text: str, *, force: bool) -> None:
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
     if path.is_symlink():
@@ -179,7 +218,12 @@ def init(
     except InvalidRequest as exc:
         raise _fail(f"--operator-name: {exc.detail}") from None
     directory = Path(data_dir or ".tasklease")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        fail(f"data directory {directory} exists and is not a directory")
+    except OSError as exc:
+        fail(f"cannot create data directory {directory}: {_os_problem(exc)}")
     config_path = directory / "config.toml"
     if config_path.exists() and not force:
         raise _fail(f"{config_path} already exists (use --force to replace it and its secret)")
@@ -263,8 +307,11 @@ def serve(
         raise _fail(str(exc)) from None
     from tasklease.core.errors import Unavailable
     from tasklease.keystore import KeyStoreError
-    from tasklease.storage import SchemaError
+    from tasklease.storage import SchemaError, redact_url
 
+    data = Path(cfg.data_dir)
+    if data.exists() and not data.is_dir():
+        fail(f"data directory {data} exists and is not a directory")
     busy = _port_taken(cfg.host, cfg.port)
     if busy:
         fail(
@@ -277,6 +324,8 @@ def serve(
         raise _fail(f"{exc} ({exc.reason})" if exc.reason != exc.detail else str(exc)) from None
     except KeyStoreError as exc:
         fail(f"signing keys: {exc}")
+    except sqlite3.DatabaseError as exc:
+        fail(_sqlite_problem(redact_url(cfg.database), exc))
 
 
 def _port_taken(host: str, port: int) -> str:
@@ -305,18 +354,13 @@ def _port_taken(host: str, port: int) -> str:
 @db_app.command("migrate")
 def db_migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Apply pending schema migrations to the configured database."""
-    from tasklease.core.errors import Unavailable
-    from tasklease.storage import SchemaError, open_store, redact_url
+    from tasklease.storage import redact_url
 
     try:
         cfg = load_config(config, overrides={"data_dir": data_dir})
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    try:
-        store = open_store(cfg.database, migrate=True)
-    except (SchemaError, Unavailable, ValueError) as exc:
-        raise _fail(str(getattr(exc, "reason", None) or exc)) from None
-    store.close()
+    _open_local_store(cfg.database, migrate=True).close()
     out.print(f"database {redact_url(cfg.database)} is at the current schema", highlight=False)
 
 
@@ -352,9 +396,6 @@ def audit_verify(
     --checkpoint it proves against a checkpoint kept outside the database (a fork, a
     rewritten or cut log, exits 1).
     """
-    from tasklease.core.errors import Unavailable
-    from tasklease.storage import SchemaError, open_store
-
     if url is not None:
         if database is not None:
             raise _fail("give either --url or --database, not both")
@@ -372,11 +413,9 @@ def audit_verify(
         except ConfigError as exc:
             raise _fail(str(exc)) from None
     if "://" not in database and not Path(database).is_file():
-        raise _fail(f"database {database} does not exist")
-    try:
-        store = open_store(database, migrate=False)
-    except (SchemaError, Unavailable) as exc:
-        raise _fail(str(exc.reason or exc)) from None
+        missing = "is not a file" if Path(database).exists() else "does not exist"
+        raise _fail(f"database {database} {missing}")
+    store = _open_local_store(database, migrate=False)
     tenant = selected_tenant()
     if tenant is not None:
         store = store.for_tenant(tenant)  # that tenant's own chain

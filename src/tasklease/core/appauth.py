@@ -127,6 +127,12 @@ class AppSignIn(Service):
             spent=(checked.replay_key, checked.expires_at),
         )
 
+    def refuse(self, reason: str, ctx: RequestContext) -> TaskleaseError:
+        """Audit a client refused before it named an app (no credentials, a malformed or
+        non-Basic ``Authorization`` header, another assertion type than RFC 7523's): the
+        refusal every failed app sign-in gets, ``reason`` for the audit log only."""
+        return self._auth_failed("<unknown>", reason, ctx)
+
     def _auth_failed(self, shown: str, reason: str, ctx: RequestContext) -> TaskleaseError:
         """Audit an app's failed authentication; the generic 401 to raise."""
         self._metrics.auth.labels("app", "failure").inc()

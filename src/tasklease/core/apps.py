@@ -375,6 +375,10 @@ class Apps(Service):
             assertion, ctx, client_id=client_id, audiences=audiences, bind=bind
         )
 
+    def refuse_app_client(self, reason: str, ctx: RequestContext) -> TaskleaseError:
+        """A client refused before it named an app (:meth:`AppSignIn.refuse`)."""
+        return self._app_sign_in.refuse(reason, ctx)
+
     def _sign_in(
         self,
         label: str,

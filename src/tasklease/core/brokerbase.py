@@ -23,7 +23,12 @@ from tasklease.core.clock import Clock, SystemClock
 from tasklease.core.config import Config
 from tasklease.core.delegating import Delegating
 from tasklease.core.discovery import Discovery
-from tasklease.core.errors import InsufficientScope, InvalidRequest, Unauthorized
+from tasklease.core.errors import (
+    InsufficientScope,
+    InvalidRequest,
+    TaskleaseError,
+    Unauthorized,
+)
 from tasklease.core.exchange import Exchange, Exchanged, ExchangeRequest
 from tasklease.core.federation import Federation
 from tasklease.core.freshness import Freshness
@@ -356,6 +361,19 @@ class BrokerBase:
     ) -> dict[str, Any]:
         """RFC 7662 introspection of an agent access token (JWT or by-reference)."""
         return self._tokens.introspect(caller, token=token, audience=audience, ctx=ctx)
+
+    # --- app clients that do not authenticate (core.appauth) ----------------------------
+
+    def refuse_app_client(self, reason: str, ctx: RequestContext) -> TaskleaseError:
+        """Audit an app client refused before any app could be named: no client
+        credentials, a malformed or non-Basic ``Authorization`` header, an assertion type
+        other than RFC 7523's (``reason`` says which, for the audit log only).
+
+        It is the refusal every failed app sign-in gets (:class:`AppSignIn`): one
+        ``app_auth_failed`` event, and the generic ``Unauthorized`` with its
+        ``denial_id``, returned for the caller to raise.
+        """
+        return self._apps.refuse_app_client(reason, ctx)
 
     # --- renewal, release, resume, delegation (core.renewal, core.delegating) ------------
 

@@ -14,7 +14,10 @@ endpoint's URL or the issuer), exactly one of them; the answer is the app token
 the DPoP key of the request's proof when it carries one (RFC 9449 section 5). The answer
 is never cached (RFC 6749 section 5.1); a refusal is a problem that also carries RFC 6749
 section 5.2's ``error`` and ``error_description``, with ``invalid_client`` (401, and a
-``Basic`` challenge when Basic was used) for a client that does not authenticate.
+``Basic`` challenge when Basic was used) for a client that does not authenticate: however
+it failed (no credentials, a part missing, a malformed or non-Basic header, a wrong
+assertion type, a wrong secret), the refusal spends the sign-in rate limit and carries a
+``denial_id`` naming its one ``app_auth_failed`` audit event.
 """
 
 from __future__ import annotations
@@ -59,35 +62,47 @@ _NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 CLIENT_CREDENTIALS = "client_credentials"
 _ASSERTION = "client_assertion"
 _BASIC_CHALLENGE = 'Basic realm="tasklease", charset="UTF-8"'
+_BASIC_HINT = "HTTP Basic: form-urlencoded client_id ':' client_secret, base64-encoded"
 
 
-def _invalid_client(reason: str, *, basic: bool) -> Unauthorized:
-    hint = "HTTP Basic: form-urlencoded client_id ':' client_secret, base64-encoded"
-    return Unauthorized(
-        "client authentication failed",
-        reason=reason,
-        hint=hint if basic else None,
-        oauth_error="invalid_client",
-    )
+class _NotAuthenticated(Exception):
+    """A client whose credentials cannot even be read: refused as ``invalid_client``
+    and audited by the broker (:meth:`Broker.refuse_app_client`) like a wrong secret.
+    ``reason`` is for the audit log only; ``basic``: the Basic header was tried."""
+
+    def __init__(self, reason: str, *, basic: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.basic = basic
+
+
+def _missing(client_id: str | None, *, basic: bool) -> _NotAuthenticated:
+    """The refusal of client credentials with the id, the secret or both missing or empty."""
+    if not client_id:
+        return _NotAuthenticated("no_client_id", basic=basic)
+    return _NotAuthenticated("no_client_secret", basic=basic)
 
 
 def _basic_credentials(header: str) -> tuple[str, str]:
     """``client_id`` and ``client_secret`` of an RFC 6749 section 2.3.1 Basic header.
 
     Raises:
-        Unauthorized: (``invalid_client``) the header is not Basic or is malformed.
+        _NotAuthenticated: the header is not Basic, is malformed, or lacks a part.
     """
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "basic":
-        raise _invalid_client("the Authorization header is not Basic", basic=True)
+        raise _NotAuthenticated("authorization_not_basic", basic=True)
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        raise _invalid_client("malformed Basic credentials", basic=True) from None
+        raise _NotAuthenticated("malformed_basic_credentials", basic=True) from None
     client_id, colon, secret = decoded.partition(":")
     if not colon:
-        raise _invalid_client("malformed Basic credentials", basic=True)
-    return unquote_plus(client_id), unquote_plus(secret)
+        raise _NotAuthenticated("malformed_basic_credentials", basic=True)
+    client_id, secret = unquote_plus(client_id), unquote_plus(secret)
+    if not client_id or not secret:
+        raise _missing(client_id, basic=True)
+    return client_id, secret
 
 
 def _client_assertion(request: Request, req: wire.TokenExchangeRequest) -> str | None:
@@ -97,7 +112,7 @@ def _client_assertion(request: Request, req: wire.TokenExchangeRequest) -> str |
     Raises:
         InvalidRequest: an assertion with a secret or a Basic header (RFC 6749 section
             2.3: one method), or ``client_assertion`` and its type not both present.
-        Unauthorized: (``invalid_client``) an assertion type other than RFC 7523's.
+        _NotAuthenticated: an assertion type other than RFC 7523's.
     """
     if req.client_assertion is None and req.client_assertion_type is None:
         return None
@@ -108,9 +123,7 @@ def _client_assertion(request: Request, req: wire.TokenExchangeRequest) -> str |
     if not req.client_assertion or not req.client_assertion_type:
         raise InvalidRequest("client_assertion and client_assertion_type go together")
     if req.client_assertion_type != ASSERTION_TYPE:
-        raise _invalid_client(
-            f"client_assertion_type is not {ASSERTION_TYPE} (private_key_jwt)", basic=False
-        )
+        raise _NotAuthenticated("client_assertion_type_not_jwt_bearer", basic=False)
     return req.client_assertion
 
 
@@ -119,7 +132,7 @@ def _app_credentials(request: Request, req: wire.TokenExchangeRequest) -> tuple[
 
     Raises:
         InvalidRequest: two authentication methods at once (RFC 6749 section 2.3).
-        Unauthorized: (``invalid_client``) none or a malformed one.
+        _NotAuthenticated: none, a malformed one, or one without its id or secret.
     """
     header = request.headers.get("authorization")
     if header is not None:
@@ -132,8 +145,10 @@ def _app_credentials(request: Request, req: wire.TokenExchangeRequest) -> tuple[
         if req.client_id is not None and req.client_id != client_id:
             raise InvalidRequest("client_id in the body differs from the Basic header's")
         return client_id, secret
+    if not req.client_id and not req.client_secret:
+        raise _NotAuthenticated("no_client_credentials", basic=False)
     if not req.client_id or not req.client_secret:
-        raise _invalid_client("no client credentials", basic=False)
+        raise _missing(req.client_id, basic=False)
     return req.client_id, req.client_secret
 
 
@@ -207,11 +222,27 @@ def exchange_routes(
         here = tuple(origin + path for origin in uri.origins(request.scope))
         return (*here, *issuer_endpoint, cfg.issuer)
 
+    def limit(request: Request) -> None:
+        key = request.client.host if request.client else "unknown"
+        if not limiter.allow(key):
+            broker.metrics.rate_limited.labels(request.url.path).inc()
+            raise RateLimited(retry_after=limiter.retry_after())
+
     async def client_credentials(
         request: Request, req: wire.TokenExchangeRequest, ctx: RequestContext
     ) -> Response:
-        assertion = _client_assertion(request, req)
-        client_id, secret = ("", "") if assertion else _app_credentials(request, req)
+        try:
+            assertion = _client_assertion(request, req)
+            client_id, secret = ("", "") if assertion else _app_credentials(request, req)
+        except _NotAuthenticated as exc:
+            # Audited like a wrong secret (an audit write each), so it spends the same
+            # sign-in budget: guessing without credentials is no cheaper than with.
+            limit(request)
+            refused = await run_in_threadpool(broker.refuse_app_client, exc.reason, ctx)
+            refused.oauth_error = "invalid_client"  # RFC 6749 section 5.2
+            if exc.basic:
+                refused.hint = _BASIC_HINT
+            raise refused from None
         if req.scope:
             extra = [s for s in req.scope.split(" ") if s and s not in APP_SCOPES]
             if extra:
@@ -225,10 +256,7 @@ def exchange_routes(
                 hint=f"omit resource, or send {own_audience[0]}",
             )
         # The limit guards the secret's check (argon2id): the cheap refusals come first.
-        key = request.client.host if request.client else "unknown"
-        if not limiter.allow(key):
-            broker.metrics.rate_limited.labels(request.url.path).inc()
-            raise RateLimited(retry_after=limiter.retry_after())
+        limit(request)
         try:
             if assertion:
                 issued = await run_in_threadpool(
