@@ -396,3 +396,57 @@ def test_an_app_sign_in_checked_across_its_removal_gives_no_token(
     ]
     assert "reason=app_changed_during_sign_in" in hit.detail
     assert events(broker, "app_authenticated") == []
+
+
+def test_a_new_app_key_ends_the_apps_live_tokens(broker: Any, kit: Any, clock: Any) -> None:
+    """As an operator's rotation does: whoever held the old key, or a token signed in
+    before the change, holds nothing after it (the app signs in again)."""
+    import base64
+
+    from nacl.signing import SigningKey
+
+    admin = kit.admin(broker).claims
+    app, secret = broker.register_app(
+        admin, name="keyed-bot", scopes=["read:data:*"], token_ttl=None, ctx=kit.ctx
+    )
+    before = broker.app_auth(app.client_id, secret, kit.ctx)
+    clock.advance(1)
+    new_key = base64.b64encode(bytes(SigningKey.generate().verify_key)).decode()
+    broker.update_app(
+        admin, app.app_id, scopes=None, token_ttl=None, public_key=new_key, ctx=kit.ctx
+    )
+    with pytest.raises(Unauthorized):
+        broker.authenticate(f"Bearer {before.token}", kit.ctx)
+    (updated,) = events(broker, "app_updated")
+    assert f"revoked level=agent target=app:{app.app_id}" in updated.detail
+    clock.advance(1)
+    after = broker.app_auth(app.client_id, secret, kit.ctx)  # a sign-in after it works
+    assert broker.authenticate(f"Bearer {after.token}", kit.ctx).sub == f"app:{app.app_id}"
+    broker.update_app(admin, app.app_id, scopes=None, token_ttl=600, ctx=kit.ctx)
+    assert broker.authenticate(f"Bearer {after.token}", kit.ctx)  # no key change: kept
+
+
+def test_an_app_token_signed_in_while_its_removal_was_on_its_way_is_ended(
+    broker: Any, kit: Any, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The removal's revocation is dated when it is written, not when the call began: a
+    sign-in that committed in between, a second later, is covered."""
+    admin = kit.admin(broker).claims
+    app, secret = broker.register_app(
+        admin, name="late-bot", scopes=["read:data:*"], token_ttl=None, ctx=kit.ctx
+    )
+    real_commit = broker.kernel.commit
+    late: list[Any] = []
+
+    def commit_after_a_sign_in(unit: Any) -> Any:
+        if not late:  # the removal's commit: a sign-in gets there first, a second later
+            late.append(None)
+            clock.advance(1.5)
+            late[0] = broker.app_auth(app.client_id, secret, kit.ctx)
+        return real_commit(unit)
+
+    monkeypatch.setattr(broker.kernel, "commit", commit_after_a_sign_in)
+    broker.deregister_app(admin, app.app_id, kit.ctx)
+    monkeypatch.undo()
+    with pytest.raises(Unauthorized):
+        broker.authenticate(f"Bearer {late[0].token}", kit.ctx)

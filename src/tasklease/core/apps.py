@@ -123,6 +123,12 @@ def _named_principal(value: object) -> str:
     return principal
 
 
+def _ending(kernel: Kernel, level: str, target: str, now: float) -> RevocationRecord:
+    """The revocation entry an operator's change made at ``now`` writes."""
+    revoked_at = math.floor(now)
+    return RevocationRecord(level, target, revoked_at, kernel.revocation_expiry(revoked_at))
+
+
 def _app_token_ttl(token_ttl: object) -> int | None:
     """An app's token TTL as given (None: unchanged or the default), 60 s to 24 h."""
     if token_ttl is None:
@@ -294,8 +300,18 @@ class Apps(Service):
             authorization_details=details if details is not None else app.authorization_details,
         )
 
+        # A new or removed key ends the app's live tokens, as an operator's rotation does:
+        # whoever held the old key (or a token signed in with it) holds nothing after it.
+        rekeyed = updated.public_key != app.public_key
+        records: list[RevocationRecord] = []
+
         def unit(tx: WriteTx) -> list[AuditEntry]:
             tx.update_app(updated)
+            ended = ""
+            if rekeyed:
+                records[:] = [_ending(self._kernel, "agent", f"app:{app_id}", self._kernel.now())]
+                tx.insert_revocation(records[0])
+                ended = f"; revoked level=agent target=app:{app_id}"
             return [
                 AuditEntry(
                     "app_updated",
@@ -303,11 +319,12 @@ class Apps(Service):
                     detail=f"app_id={app_id} scopes={listed(updated.scopes)}"
                     f"{_grants(updated.authorization_details)} "
                     f"token_ttl={app.token_ttl}->{updated.token_ttl}"
-                    f"{_key_suffix(updated.public_key)} updated_by={claims.sub}",
+                    f"{_key_suffix(updated.public_key)}{ended} updated_by={claims.sub}",
                 )
             ]
 
         self._kernel.commit(unit)
+        self._kernel.apply_revocations(records)
         return updated
 
     def deregister_app(self, claims: Claims, app_id: str, ctx: RequestContext) -> AppRecord:
@@ -328,19 +345,22 @@ class Apps(Service):
                     detail=f"app_id={app_id} is already deregistered; by={claims.sub}",
                 ),
             )
-        now = self._kernel.now()
-        updated = replace(app, status="inactive", updated_at=now)
-        revoked_at = math.floor(now)
-        expires_at = self._kernel.revocation_expiry(revoked_at)
-        records = [
-            # The app's own tokens (subject app:<app_id>) ...
-            RevocationRecord("agent", f"app:{app_id}", revoked_at, expires_at),
-            # ... and every agent token launched through it, with their descendants.
-            RevocationRecord("chain", app_ancestor(app_id), revoked_at, expires_at),
-        ]
+        updated = app
+        records: list[RevocationRecord] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
+            nonlocal updated
+            # Dated in the transaction: an app token issued by a sign-in that committed
+            # before it is covered, however long this call took to get here.
+            now = self._kernel.now()
+            updated = replace(app, status="inactive", updated_at=now)
             tx.update_app(updated)
+            records[:] = [
+                # The app's own tokens (subject app:<app_id>) ...
+                _ending(self._kernel, "agent", f"app:{app_id}", now),
+                # ... and every agent token launched through it, with their descendants.
+                _ending(self._kernel, "chain", app_ancestor(app_id), now),
+            ]
             for record in records:
                 tx.insert_revocation(record)
             return [

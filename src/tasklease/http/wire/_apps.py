@@ -237,7 +237,9 @@ OPERATIONS = (
         "apps",
         "Update an app",
         "Changes the scope ceiling, the token TTL and/or the public key, all or none. Give "
-        "at least one of them.",
+        "at least one of them. A new or removed key revokes the app's live tokens (it "
+        "signs in again); a narrower ceiling holds the registrations of the launch tokens "
+        "it made before.",
         admin(_SCOPE),
         App,
         request=AppUpdateRequest,
