@@ -206,6 +206,39 @@ def test_derivations_are_audited_once_with_both_times(
     assert lateness == 120 + 119 + 118  # each block was derived a second after the last
 
 
+def test_a_chain_naming_anothers_block_jti_does_not_silence_its_report(
+    broker: Broker, chain: _Chain, kit: type[Kit]
+) -> None:
+    """A block's jti is its deriver's choice: a chain of another agent that names the jti
+    of someone else's block, reported first, must not have the real derivation's report
+    (or a verifier's use of it) taken for a replay."""
+    mallory = kit.register(broker, scope=("read:data:*",), task_id="task-m")
+    key = SigningKey.generate()
+    now = int(broker.clock.now())
+    decoy = derive(
+        mallory.token,
+        mallory.key,
+        delegate="spiffe://tasklease.local/agent/orch-1/task-m/decoy",
+        delegate_key=bytes(key.verify_key),
+        now=now,
+        ttl=120,
+        jti=chain.jti(0),
+    )
+    first = broker.offline_audit.report(
+        mallory.claims, derivations=[DerivationReport(decoy)], uses=[], ctx=CTX
+    )
+    real = broker.offline_audit.report(
+        chain.root.claims, derivations=[DerivationReport(chain.levels[0])], uses=[], ctx=CTX
+    )
+    assert (first.accepted, real.accepted, real.duplicates) == (1, 1, 0)
+    app = kit.app(broker).claims
+    for text in (decoy, chain.levels[0]):
+        used = broker.offline_audit.report(
+            app, derivations=[], uses=[UseReport(text, now, 1)], ctx=CTX
+        )
+        assert (used.accepted, used.duplicates) == (1, 0)
+
+
 def test_a_report_the_broker_cannot_verify_is_refused_with_a_denial(
     broker: Broker, chain: _Chain, kit: type[Kit]
 ) -> None:

@@ -9,12 +9,14 @@ cannot verify is refused with a ``denial_id``. An accepted report becomes one au
 marked ``reported late``, whose detail holds when it happened (per the signed block, or
 per the verifier) and when it was received; the event's own timestamp is the time it
 was appended, like every event's. A report sent again is a no-op: its key
-(``d:<block jti>``; ``u:<leaf jti>:<verifier>:<minute>``) is recorded in the same
-transaction as its event.
+(``d:<chain>``; ``u:<chain>:<verifier>:<minute>``, ``<chain>`` the SHA-256 of the reported
+chain) is recorded in the same transaction as its event. Not a block's ``jti``: whoever
+derives a block chooses it, and could have another chain's report taken for a replay.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -275,7 +277,7 @@ class OfflineAudit(Service):
             detail=detail,
             **chain_lineage(chain),
         )
-        return _Accepted("derivation", f"d:{block.jti}", keep_until, entry, block.iat)
+        return _Accepted("derivation", f"d:{_named(item.chain)}", keep_until, entry, block.iat)
 
     def _use(self, caller: Claims, item: UseReport, now: float, ctx: RequestContext) -> _Accepted:
         if caller.kind != KIND_APP:
@@ -315,8 +317,14 @@ class OfflineAudit(Service):
             detail=detail,
             **chain_lineage(chain),
         )
-        key = f"u:{chain.jti}:{verifier}:{minute // USE_BUCKET}"
+        key = f"u:{_named(item.chain)}:{verifier}:{minute // USE_BUCKET}"
         return _Accepted("use", key, keep_until, entry, occurred)
+
+
+def _named(chain: str) -> str:
+    """What names a reported chain in its report key: its SHA-256, which no other chain
+    has (its blocks' ``jti`` are their derivers' choice)."""
+    return hashlib.sha256(chain.encode("utf-8")).hexdigest()
 
 
 def _root_str(chain: VerifiedChain, name: str) -> str:
