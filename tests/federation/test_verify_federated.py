@@ -299,3 +299,30 @@ def test_configuration_is_checked() -> None:
     domain = FederatedDomain(**good)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="twice"):
         Federations([domain, domain], timeout=1.0, min_interval=1.0)
+
+
+def test_a_domain_publishing_the_brokers_key_id_cannot_take_its_tokens(
+    home: tuple[Broker, Served], ca: CA, cert: tuple[Path, Path]
+) -> None:
+    """A federated bundle naming one of the broker's own key ids (with a key of its own)
+    changes nothing for the broker's tokens: the broker's JWKS holds that id, and its key
+    ids are its keys' thumbprints. The domain's tokens signed under it are refused."""
+    from bundle_support import Document
+    from nacl.signing import SigningKey
+
+    from tasklease.rules.bundle import TrustBundle, serialize_bundle
+
+    local, home_served = home
+    (kid,) = local.keyring.kids()
+    squatter = SigningKey.generate()
+    bundle = serialize_bundle(TrustBundle("b.example", 1, 60, {kid: bytes(squatter.verify_key)}))
+    document = Document(bundle)
+    with Served(document.app(), cert) as served:
+        domain = _domain(served, ca)
+        with _verifier(home_served, domain) as verifier:
+            assert verifier.stats()["federations"]["b.example"]["sequence"] == 1  # loaded
+            verified = verifier.verify(_token(local, ("read:data:1",)))
+            assert verified.iss == "https://a.example"
+            forged = KeyRing.generate()
+            with pytest.raises(InvalidToken):
+                verifier.verify(_token(local, ("read:data:1",), keyring=forged))

@@ -261,7 +261,18 @@ class VerifierBase:
         federation = self._federation
         if federation is None:
             return resolve
-        return lambda kid: None if federation.knows(kid) else resolve(kid)
+        cached = self._keys.get
+
+        def local(kid: str) -> nacl.signing.VerifyKey | None:
+            # A key id the broker's JWKS holds is the broker's (its key ids are its keys'
+            # thumbprints), whatever a federated bundle claims: a domain publishing one
+            # must not take the broker's own tokens from it. Only a key id the JWKS does
+            # not hold and a federated domain does is never looked for there (no fetch).
+            if cached(kid) is not None or not federation.knows(kid):
+                return resolve(kid)
+            return None
+
+        return local
 
     # --- feed plumbing ---------------------------------------------------------------------
 
