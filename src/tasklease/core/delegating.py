@@ -117,7 +117,7 @@ class Delegating(Service):
         parties = f"delegator={claims.sub} | target={delegate_to[:256]}"
         # Both ends in good standing (invariant 1): the delegator is an ancestor of what
         # it hands on, its own registration's lifetime left to the check's ceilings.
-        _, held = kernel.agent_standing(claims.sub, lifetime=False)
+        held = kernel.holder_standing(claims)
         target, dead = kernel.agent_standing(delegate_to)
         if held:
             dead = f"delegator {claims.sub}: {held}"

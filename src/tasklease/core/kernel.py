@@ -149,6 +149,13 @@ class IssuedToken:
         return self.claims.exp - self.claims.iat
 
 
+class _Unread:
+    """Not read yet (``Kernel.holder_standing``: the caller has not read the session)."""
+
+
+_UNREAD = _Unread()
+
+
 def new_denial_id() -> str:
     """``den_`` and 16 random hex characters: names one audited refusal."""
     return "den_" + secrets.token_hex(8)
@@ -475,6 +482,29 @@ class Kernel:
         return remove
 
     # --- ancestors' standing ---------------------------------------------------------
+
+    def holder_standing(
+        self, claims: Claims, session: AgentSession | _Unread | None = _UNREAD
+    ) -> str:
+        """Why the agent holding the validated token ``claims`` may not renew it or hand
+        it on ("" when it may): :meth:`agent_standing` without the lifetime ceiling (the
+        token's own ceilings bound it).
+
+        For its own token (no delegation chain) validation has already refused what
+        would end the agent (its revocation, its task's, its app's end: the token is
+        theirs), so only the session is read (``session``, when the caller has read it):
+        released (done) or swept. A delegated token carries its delegator's task and
+        lineage, so its holder's own standing is read whole.
+        """
+        if claims.delegation_chain:
+            _, why = self.agent_standing(claims.sub, lifetime=False)
+            return why
+        found = (
+            self.store.get_agent_session(claims.sub) if isinstance(session, _Unread) else session
+        )
+        if found is not None and found.state != "active":
+            return f"agent session is {found.state}"
+        return ""
 
     def agent_standing(
         self, agent_id: str, *, lifetime: bool = True

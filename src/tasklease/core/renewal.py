@@ -84,17 +84,11 @@ class Renewal(Service):
         # A registration's own tokens count their renewals in its session too, so that a
         # resumption (which has no token to read the count from) continues the budget.
         own = not claims.delegation_chain
-        session = self._store.get_agent_session(claims.sub)
-        if own and session is not None and session.resumes > parent.renewals:
+        session = self._store.get_agent_session(claims.sub) if own else None
+        if session is not None and session.resumes > parent.renewals:
             parent = replace(parent, renewals=session.resumes)
-        # The holder is an ancestor of its successor: in good standing (invariant 1), its
-        # registration's lifetime left to the check's own ceiling.
-        holder = self._store.get_agent(claims.sub)
-        dead = (
-            kernel.standing(holder, lambda _: session, lifetime=False)
-            if holder is not None
-            else "agent not registered"
-        )
+        # The holder is an ancestor of its successor: in good standing (invariant 1).
+        dead = kernel.holder_standing(claims, session) if own else kernel.holder_standing(claims)
         try:
             issuance = self._kernel.check_issuance(
                 "renew",
