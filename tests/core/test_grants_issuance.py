@@ -331,6 +331,40 @@ def test_an_operators_grant_type(broker: Any, kit: Any) -> None:
     assert [t.name for t in broker.grant_types.list_types()] == ["dataset_query"]
 
 
+@pytest.mark.parametrize(
+    ("pattern", "kept"),
+    [
+        (r"^(a+)+$", False),
+        (r"^(\w+\s?)*$", False),
+        (r"^(x|(y+)+)$", False),
+        (r"^[a-z0-9-]{1,64}$", True),
+        (r"^[0-9]{1,12}(\.[0-9]{1,2})?$", True),
+        (r"^(ab){2}$", True),
+    ],
+)
+def test_a_grant_type_whose_pattern_backtracks_exponentially_is_refused(
+    broker: Any, kit: Any, pattern: str, kept: bool
+) -> None:
+    """Grants are checked against a type's schema on the request's path: a pattern with a
+    repeat inside a repeat lets an agent stall the broker with 25 characters."""
+    schema = {
+        "type": "object",
+        "properties": {"type": {"const": "labelled"}, "label": {"pattern": pattern}},
+    }
+
+    def add() -> Any:
+        return broker.grant_types.add(
+            kit.admin(broker).claims, name="labelled", schema=schema, narrowing={}, ctx=kit.ctx
+        )
+
+    if kept:
+        assert add().name == "labelled"
+    else:
+        with pytest.raises(InvalidRequest, match="repeats a repetition"):
+            add()
+        assert broker.grant_types.list_types() == []
+
+
 def test_max_calls_are_counted_across_delegation(broker: Any, kit: Any, payer: Any) -> None:
     holder, other = payer
     lt = launch(broker, kit, [pay("500", max_calls=2)])

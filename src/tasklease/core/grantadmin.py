@@ -8,6 +8,8 @@ removing are audited; a type is never changed in place (remove it and add it ane
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
@@ -22,7 +24,69 @@ from tasklease.core.tokens import Claims
 from tasklease.rules import grants as grant_rules
 from tasklease.rules.grants import BUILTIN_TYPES, GrantError
 
-__all__ = ["GrantTypes"]
+__all__ = ["GrantTypes", "nested_repetition"]
+
+
+def nested_repetition(schema: object) -> str | None:
+    """The first regular expression of ``schema`` (a ``pattern``, or a key of
+    ``patternProperties``) holding a repetition inside a repetition, or None.
+
+    Grants are checked against a type's schema on the request's path, by Python's
+    backtracking matcher: ``^(a+)+$`` takes seconds on 25 characters an agent chooses, and
+    the event loop with it. A repeat (more than once) nested in another is refused at
+    registration; possessive repeats and atomic groups do not backtrack and pass.
+    """
+    found: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "pattern" and isinstance(value, str):
+                    found.append(value)
+                elif key == "patternProperties" and isinstance(value, dict):
+                    found.extend(k for k in value if isinstance(k, str))
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(schema)
+    for pattern in found:
+        try:
+            parsed = _PARSER.parse(pattern)
+        except re.error:
+            continue  # not ours to judge: the schema check refuses what it must
+        if _repeats_within(list(parsed), inside=False):
+            return pattern
+    return None
+
+
+# CPython's own regular-expression parser (``re`` uses it; it has no type stubs). Its
+# opcodes are named constants, compared here by name.
+_PARSER: Any = getattr(re, "_parser")  # noqa: B009 - a private module, looked up at run time
+
+
+def _repeats_within(items: list[Any], *, inside: bool) -> bool:
+    """True when a backtracking repeat (more than once) holds another one."""
+    for op, arg in items:
+        name = str(op)
+        if name in ("MAX_REPEAT", "MIN_REPEAT"):
+            low, high, sub = arg
+            unbounded = str(high) == "MAXREPEAT"
+            varies = unbounded or high > low  # a{2} matches one way: nothing to try again
+            if varies and inside:
+                return True
+            if _repeats_within(list(sub), inside=inside or (varies and (unbounded or high > 1))):
+                return True
+        elif name == "SUBPATTERN":
+            if _repeats_within(list(arg[-1]), inside=inside):
+                return True
+        elif name == "BRANCH":
+            if any(_repeats_within(list(branch), inside=inside) for branch in arg[1]):
+                return True
+        elif name in ("ASSERT", "ASSERT_NOT") and _repeats_within(list(arg[1]), inside=inside):
+            return True
+    return False
 
 
 class GrantTypes(Service):
@@ -64,6 +128,13 @@ class GrantTypes(Service):
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:
             raise InvalidRequest(f"schema is not a JSON Schema: {exc.message[:200]}") from None
+        nested = nested_repetition(schema)
+        if nested is not None:
+            raise InvalidRequest(
+                f"schema pattern {nested[:100]!r} repeats a repetition: checking an agent's "
+                "grant against it can take exponential time",
+                hint="write it without a repeat inside a repeat, e.g. ^a+$ for ^(a+)+$",
+            )
         try:
             rule = grant_rules.parse_type_rule(narrowing if narrowing is not None else {})
         except GrantError as exc:
