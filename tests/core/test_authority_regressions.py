@@ -778,3 +778,31 @@ def test_a_token_for_one_of_the_brokers_audiences_only_narrows(make_broker: Any,
     with pytest.raises(Refusal) as refusal:
         check_issuance("delegate", parent((orders,)), **common)
     assert refusal.value.event_type == "audience"
+
+
+@pytest.mark.parametrize("audience", [("tasklease",), ("https://api.example", "https://x.example")])
+def test_a_launch_token_for_the_default_audience_alone_is_refused(
+    make_broker: Any, kit: Any, audience: tuple[str, ...]
+) -> None:
+    """A token for the default audience is one no resource was asked for, which may be
+    narrowed to any resource later: such a launch token would restrict nothing, and says
+    so rather than seem to. Another of the broker's audiences restricts (the test above)."""
+    from tasklease.core.errors import InvalidRequest
+
+    broker = make_broker(audience=audience)
+
+    def launch(resource: list[str]) -> Any:
+        return broker.create_launch_token(
+            kit.admin(broker).claims,
+            agent_name="broker-only",
+            allowed_scope=["read:data:*"],
+            max_ttl=None,
+            single_use=None,
+            ttl=None,
+            ctx=kit.ctx,
+            resource=resource,
+        )
+
+    with pytest.raises(InvalidRequest, match="restricts nothing"):
+        launch([audience[0]])
+    assert launch(["https://files.example"])

@@ -498,6 +498,7 @@ class Apps(Service):
 
         ``resource`` (a string or a list, RFC 8707) names the resources its agents'
         tokens may be for; a registration then names one of them (``invalid_target``).
+        The broker's default audience alone is refused: it restricts nothing.
 
         ``principal`` (``kind:value``, e.g. ``user:alice@example.com``) names the human
         the agents it launches work for; by default the creator (``admin``,
@@ -535,6 +536,15 @@ class Apps(Service):
         uses = _max_uses(max_uses, multi_use=multi_use)
         named = None if principal is None else _named_principal(principal)
         resources = validate_resources(resource, field="resource")
+        if resources and resources == default_audience(cfg.audience):
+            # A token for the default audience is one no resource was asked for: it may
+            # later be narrowed to any resource. Accepted, this would restrict nothing.
+            raise InvalidRequest(
+                f"resource {resources[0]} is the broker's default audience, which restricts "
+                "nothing",
+                hint="name the resource servers the agents' tokens are for, or leave "
+                "resource out",
+            )
         if validity is None:
             validity = cfg.launch_token_ttl
             if multi_use:

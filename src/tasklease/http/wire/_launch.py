@@ -129,9 +129,12 @@ _LAUNCH_TOKEN_FAILURES = (
     Failure(
         "invalid_request",
         "`agent_name` is missing or longer than 256 characters, `allowed_scope` is "
-        "empty or malformed, `principal` is not `kind:value`, `ttl`, `max_ttl` or "
+        "empty or malformed, `principal` is not `kind:value` or names a creator "
+        "(`admin`, `operator:`, `app:`, `attestor:`), `ttl`, `max_ttl` or "
         f"`max_uses` is not a positive integer, `max_uses` is above {MAX_USES} or above 1 "
-        "without `single_use: false`, or `single_use` or `allow_resume` is not a boolean",
+        "without `single_use: false`, `single_use` or `allow_resume` is not a boolean, or "
+        "`resource` (or `audience`) is the broker's default audience alone, which "
+        "restricts nothing",
     ),
     Failure("invalid_ttl", "`ttl` exceeds the broker's `launch_token_max_ttl`"),
     Failure("invalid_target", "a `resource` is malformed or there are more than 16"),
