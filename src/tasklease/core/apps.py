@@ -542,8 +542,7 @@ class Apps(Service):
             raise InvalidRequest(
                 f"resource {resources[0]} is the broker's default audience, which restricts "
                 "nothing",
-                hint="name the resource servers the agents' tokens are for, or leave "
-                "resource out",
+                hint="name the resource servers the agents' tokens are for, or leave resource out",
             )
         if validity is None:
             validity = cfg.launch_token_ttl
