@@ -31,10 +31,13 @@ from tasklease.http._handling import (
 )
 from tasklease.http.ratelimit import RateLimiter
 
-__all__ = ["admin_routes"]
+__all__ = ["APPS_SCOPE", "REVOKE_SCOPE", "admin_routes"]
 
 _ADMIN = frozenset({KIND_ADMIN})
 _APP = frozenset({KIND_APP})
+# The scopes of the routes the console mirrors (http.console): written here once.
+APPS_SCOPE = "admin:launch-tokens:*"  # the app registry, and the admin's launch tokens
+REVOKE_SCOPE = "admin:revoke:*"
 
 
 def _parse_time(value: str | None, name: str) -> float | None:
@@ -98,7 +101,7 @@ def admin_routes(
         count = await written(
             request,
             _ADMIN,
-            "admin:revoke:*",
+            REVOKE_SCOPE,
             lambda c, ctx: broker.prepare_revoke(c, level=req.level, target=req.target, ctx=ctx),
         )
         return json_response(
@@ -271,19 +274,17 @@ def admin_routes(
         )
 
     async def admin_launch_tokens(request: Request) -> Response:
-        return await launch_tokens(request, _ADMIN, "admin:launch-tokens:*")
+        return await launch_tokens(request, _ADMIN, APPS_SCOPE)
 
     async def app_launch_tokens(request: Request) -> Response:
         return await launch_tokens(request, _APP, "app:launch-tokens:*")
-
-    apps_scope = "admin:launch-tokens:*"
 
     async def create_app_(request: Request) -> Response:
         req = await read_body(request, wire.AppCreateRequest)
         app, secret = await authed(
             request,
             _ADMIN,
-            apps_scope,
+            APPS_SCOPE,
             lambda c, ctx: broker.register_app(
                 c,
                 name=req.name,
@@ -297,13 +298,13 @@ def admin_routes(
         return json_response(wire.app_with_secret(app, secret), 201)
 
     async def list_apps(request: Request) -> Response:
-        apps = await authed(request, _ADMIN, apps_scope, lambda _c, _ctx: broker.list_apps())
+        apps = await authed(request, _ADMIN, APPS_SCOPE, lambda _c, _ctx: broker.list_apps())
         return json_response(wire.AppList(apps=[wire.app_view(a) for a in apps], total=len(apps)))
 
     async def get_app(request: Request) -> Response:
         app_id = request.path_params["app_id"]
         app = await authed(
-            request, _ADMIN, apps_scope, lambda _c, _ctx: broker.get_app(app_id), reads=True
+            request, _ADMIN, APPS_SCOPE, lambda _c, _ctx: broker.get_app(app_id), reads=True
         )
         return json_response(wire.app_view(app))
 
@@ -313,7 +314,7 @@ def admin_routes(
         app = await authed(
             request,
             _ADMIN,
-            apps_scope,
+            APPS_SCOPE,
             lambda c, ctx: broker.update_app(
                 c,
                 app_id,
@@ -329,7 +330,7 @@ def admin_routes(
     async def delete_app(request: Request) -> Response:
         app_id = request.path_params["app_id"]
         app = await authed(
-            request, _ADMIN, apps_scope, lambda c, ctx: broker.deregister_app(c, app_id, ctx)
+            request, _ADMIN, APPS_SCOPE, lambda c, ctx: broker.deregister_app(c, app_id, ctx)
         )
         return json_response(wire.deregistered_app(app))
 

@@ -33,6 +33,7 @@ from tasklease.core.errors import InsufficientScope, NotFound, TaskleaseError, U
 from tasklease.core.records import AuditQuery
 from tasklease.core.tokencheck import held_scopes
 from tasklease.core.tokens import KIND_ADMIN, Claims
+from tasklease.http.admin_routes import APPS_SCOPE, REVOKE_SCOPE
 from tasklease.http.audit_routes import AUDIT_READ_SCOPE
 from tasklease.http.console._charts import MetricSampler, sparkline
 from tasklease.http.console._session import (
@@ -57,8 +58,6 @@ CONSOLE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-_APPS = "admin:launch-tokens:*"  # GET /v1/admin/apps (http.admin_routes)
-_REVOKE = "admin:revoke:*"  # POST /v1/revoke
 _ADMIN = frozenset({KIND_ADMIN})
 
 
@@ -77,7 +76,7 @@ _PAGES = (
     _Page("overview", "Overview", "/", INVENTORY_SCOPE),
     _Page("agents", "Agents", "/agents", INVENTORY_SCOPE),
     _Page("launch-tokens", "Launch tokens", "/launch-tokens", INVENTORY_SCOPE),
-    _Page("apps", "Apps", "/apps", _APPS),
+    _Page("apps", "Apps", "/apps", APPS_SCOPE),
     _Page("revocations", "Revocations", "/revocations", INVENTORY_SCOPE),
     _Page("audit", "Audit", "/audit", AUDIT_READ_SCOPE),
 )
@@ -155,7 +154,7 @@ def console_routes(
         return {
             "who": claims.sub,
             "pages": [page for page in _PAGES if _holds(claims, page.scope)],
-            "can_revoke": _holds(claims, _REVOKE),
+            "can_revoke": _holds(claims, REVOKE_SCOPE),
             "csrf": csrf_for(token),
             "expires": format_rfc3339_seconds(claims.exp),
         }
@@ -431,7 +430,7 @@ def console_routes(
         def act() -> int:
             # The broker authenticates the session for the revocation scope, then revokes:
             # an auditor's session is refused here whatever the page showed.
-            claims = broker.authenticate(f"Bearer {token}", ctx, kinds=_ADMIN, scope=_REVOKE)
+            claims = broker.authenticate(f"Bearer {token}", ctx, kinds=_ADMIN, scope=REVOKE_SCOPE)
             return broker.revoke(claims, level=level, target=target, ctx=ctx)
 
         await run_in_threadpool(act)
@@ -460,8 +459,8 @@ def console_routes(
         Route("/revocations", guarded(revocations, _SCOPE_OF["revocations"]), methods=["GET"]),
         Route("/audit", guarded(audit, _SCOPE_OF["audit"]), methods=["GET"]),
         Route("/audit/export", guarded(audit_export, _SCOPE_OF["audit"]), methods=["GET"]),
-        Route("/revoke", guarded(revoke_confirm, _REVOKE), methods=["GET"]),
-        Route("/revoke", guarded(revoke, _REVOKE), methods=["POST"]),
+        Route("/revoke", guarded(revoke_confirm, REVOKE_SCOPE), methods=["GET"]),
+        Route("/revoke", guarded(revoke, REVOKE_SCOPE), methods=["POST"]),
         static_route(),
     ]
     # ``/console`` itself is redirected to ``/console/`` by the router (redirect_slashes).
