@@ -24,7 +24,7 @@ from tasklease.core.errors import InvalidRequest, InvalidTarget, TaskleaseError
 from tasklease.core.tokens import Claims
 from tasklease.http._reading import first_half, run_reading
 from tasklease.http.access import route_template
-from tasklease.http.middleware import json_nesting_error
+from tasklease.http.jsonbody import decode_json_body
 from tasklease.http.problems import problem_body, problem_response_parts
 from tasklease.http.tls import peer_cert_thumbprint
 from tasklease.http.token_routes import RequestURI, request_path
@@ -87,20 +87,13 @@ async def read_body(request: Request, kind: type[T]) -> T:
     """The request's JSON body as ``kind``.
 
     Raises:
-        InvalidRequest: the body is empty, nested too deeply or not a valid ``kind``.
+        InvalidRequest: the body is empty, nested too deeply, names a member twice or is
+            not a valid ``kind``.
     """
     raw = await request.body()
     if not raw.strip():
         raise InvalidRequest("malformed JSON body: the body is empty")
-    nested = json_nesting_error(raw)  # the envelope refused these already; stay safe alone
-    if nested is not None:
-        raise InvalidRequest(nested)
-    try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"malformed JSON body: {exc}") from None
-    except (msgspec.DecodeError, RecursionError):
-        raise InvalidRequest("malformed JSON body") from None
+    return decode_json_body(raw, kind)
 
 
 def one_of(resource: T | None, audience: T | None) -> T | None:

@@ -47,7 +47,7 @@ from tasklease.core.exchange import ACCESS_TOKEN_TYPE, ExchangeRequest
 from tasklease.core.tokens import APP_SCOPES, token_type_of
 from tasklease.http import wire
 from tasklease.http._handling import one_of, request_id
-from tasklease.http.middleware import json_nesting_error
+from tasklease.http.jsonbody import decode_json_body
 from tasklease.http.problems import problem_response_parts
 from tasklease.http.ratelimit import RateLimiter
 from tasklease.http.token_routes import RequestURI
@@ -163,15 +163,7 @@ async def parse_exchange_request(request: Request) -> wire.TokenExchangeRequest:
         raise InvalidRequest("missing required field: grant_type")
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != _FORM:
-        nested = json_nesting_error(raw)
-        if nested is not None:
-            raise InvalidRequest(nested)
-        try:
-            return msgspec.json.decode(raw, type=wire.TokenExchangeRequest)
-        except msgspec.ValidationError as exc:
-            raise InvalidRequest(f"malformed JSON body: {exc}") from None
-        except (msgspec.DecodeError, RecursionError):
-            raise InvalidRequest("malformed body: send a form or JSON") from None
+        return decode_json_body(raw, wire.TokenExchangeRequest, form_too=True)
     try:
         pairs = parse_qsl(
             raw.decode("ascii"), keep_blank_values=True, strict_parsing=True, max_num_fields=32

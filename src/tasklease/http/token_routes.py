@@ -31,6 +31,7 @@ from tasklease.core.errors import InvalidRequest
 from tasklease.core.tokens import KIND_AGENT
 from tasklease.http import wire
 from tasklease.http._reading import first_half
+from tasklease.http.jsonbody import decode_json_body
 from tasklease.http.middleware import json_nesting_error
 from tasklease.rules.binding import normalize_htu
 
@@ -150,15 +151,7 @@ async def parse_token_request(request: Request) -> wire.TokenRequest:
         raise InvalidRequest("missing required field: token")
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != _FORM:
-        nested = json_nesting_error(raw)
-        if nested is not None:
-            raise InvalidRequest(nested)
-        try:
-            return msgspec.json.decode(raw, type=wire.TokenRequest)
-        except msgspec.ValidationError as exc:
-            raise InvalidRequest(f"malformed JSON body: {exc}") from None
-        except (msgspec.DecodeError, RecursionError):
-            raise InvalidRequest("malformed body: send a form or JSON") from None
+        return decode_json_body(raw, wire.TokenRequest, form_too=True)
     try:
         pairs = parse_qsl(
             raw.decode("ascii"), keep_blank_values=True, strict_parsing=True, max_num_fields=16
