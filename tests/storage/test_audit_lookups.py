@@ -121,6 +121,8 @@ _INDEX_NAMES = {
     "postgres": "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_events'",
 }
 _BACK_TO_17 = (
+    "ALTER TABLE agents DROP COLUMN attest",  # 19
+    "DELETE FROM schema_version WHERE version = 19",
     "DROP TABLE audit_agent_seqs",
     "DROP TABLE audit_task_seqs",
     "DROP TABLE audit_indexed",

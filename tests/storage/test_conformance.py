@@ -341,6 +341,18 @@ def test_agent_allow_resume_round_trip(store: Store) -> None:
     assert stored.allow_resume is True
 
 
+def test_agent_attest_round_trip(store: Store) -> None:
+    """Resume hands on the registration's ``attest`` claim from the agent record."""
+    claim = '{"declared":{"model":"acme/m/1"},"type":"launch_token"}'
+    agent = replace(make_agent(11), attest=claim)
+    with store.write() as tx:
+        tx.insert_agent(agent)
+        tx.insert_agent(make_agent(12))
+    assert store.get_agent(agent.agent_id) == agent
+    stored = store.get_agent(make_agent(12).agent_id)
+    assert stored is not None and stored.attest == ""
+
+
 def test_nonce_is_consumed_once(store: Store) -> None:
     with store.write() as tx:
         assert tx.consume_nonce("n1", NOW + 30) is True

@@ -138,6 +138,9 @@ class AgentRecord:
     allow_resume: bool = True
     # The structured grants it registered with besides ``scope`` (RFC 9396).
     authorization_details: tuple[Mapping[str, Any], ...] = ()
+    # The ``attest`` claim its registration carried, as compact JSON (``rules.attest``:
+    # what its workload proved or declared); "" for none. A resumption carries it on.
+    attest: str = ""
 
 
 @dataclass(frozen=True, slots=True)

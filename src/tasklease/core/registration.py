@@ -466,6 +466,11 @@ class Registration(Service):
             token_ttl=parent.ttl,
             allow_resume=parent.resumable and (record is None or record.allow_resume),
             authorization_details=issuance.details,
+            attest=(
+                json.dumps(issuance.attest, separators=(",", ":"), sort_keys=True)
+                if issuance.attest
+                else ""
+            ),
         )
         budgets = budgets_for(
             f"agent:{agent_id}", issuance.details, expires_at=issuance.max_exp + cfg.clock_skew

@@ -295,6 +295,8 @@ class Renewal(Service):
                     ttl=ttl_cap,
                     renewals=session.resumes,
                     resumable=agent.allow_resume,
+                    # What the registration carried: a resumption is the same lineage.
+                    attest=json.loads(agent.attest) if agent.attest else None,
                 ),
                 holder=agent_id,
                 scope=agent.scope,
