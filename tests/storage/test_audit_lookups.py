@@ -120,6 +120,29 @@ _INDEX_NAMES = {
     "sqlite": "SELECT name FROM sqlite_master WHERE type = 'index'",
     "postgres": "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_events'",
 }
+# Back from 20: the revocations numbered by one sequence again (the log has none).
+_BACK_TO_19 = {
+    "sqlite": (
+        "DROP TABLE revocations",
+        "CREATE TABLE revocations (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " tenant_id TEXT NOT NULL, level TEXT NOT NULL, target TEXT NOT NULL,"
+        " revoked_at INTEGER NOT NULL, expires_at REAL NOT NULL,"
+        " UNIQUE (tenant_id, level, target)) STRICT",
+        "CREATE INDEX revocations_by_expires_at ON revocations (tenant_id, expires_at)",
+        "CREATE INDEX revocations_by_seq ON revocations (tenant_id, seq)",
+        "DROP TABLE revocation_seqs",
+        "DELETE FROM schema_version WHERE version = 20",
+    ),
+    "postgres": (
+        "DROP TABLE revocation_seqs",
+        "CREATE SEQUENCE revocation_seq AS bigint OWNED BY revocations.seq",
+        "ALTER TABLE revocations ALTER COLUMN seq SET DEFAULT nextval('revocation_seq')",
+        "ALTER TABLE revocations DROP CONSTRAINT revocations_pkey",
+        "ALTER TABLE revocations ADD CONSTRAINT revocations_pkey PRIMARY KEY (seq)",
+        "CREATE INDEX revocations_by_seq ON revocations (tenant_id, seq)",
+        "DELETE FROM schema_version WHERE version = 20",
+    ),
+}
 _BACK_TO_17 = (
     "ALTER TABLE agents DROP COLUMN attest",  # 19
     "DELETE FROM schema_version WHERE version = 19",
@@ -175,7 +198,7 @@ def test_migration_fills_the_lookups_for_the_events_before_it(
     with make() as store:
         append(store, events)
     # Back to schema version 17 with its events: the lookups as indexes of the log.
-    for statement in _BACK_TO_17:
+    for statement in _BACK_TO_19[backend] + _BACK_TO_17:
         sql(statement.format("" if backend == "sqlite" else ", seq"))
     monkeypatch.setattr(SQLWriteTx, "audit_index_every", 1_000_000)
     with make() as store:

@@ -571,6 +571,22 @@ def test_revocation_seq_is_never_reused_after_prune(store: Store) -> None:
     assert new.seq > highest
 
 
+def test_each_tenant_numbers_its_own_revocations(store: Store) -> None:
+    """Another tenant's revocations leave no gap in a tenant's seqs (its feed's numbers),
+    and a duplicate or an entry that does not widen uses no number."""
+    other = store.for_tenant("other")
+    revoke(store, "token", "a", 1, NOW + 60)
+    revoke(other, "token", "x", 1, NOW + 60)
+    revoke(other, "token", "y", 1, NOW + 60)
+    assert revoke(store, "token", "a", 1, NOW + 60) is False
+    revoke(store, "token", "b", 1, NOW + 60)
+    revoke(store, "token", "a", 2, NOW + 60)  # widened: the next number
+    mine = [(r.target, r.seq) for r in store.revocations_since(0)]
+    theirs = [(r.target, r.seq) for r in other.revocations_since(0)]
+    assert mine == [("b", 2), ("a", 3)]
+    assert theirs == [("x", 1), ("y", 2)]
+
+
 def test_load_revocations_filters_expired_in_seq_order(store: Store) -> None:
     revoke(store, "token", "t1", 1, NOW + 10)
     revoke(store, "token", "t2", 1, NOW)  # expires_at == now: no longer loaded

@@ -179,6 +179,29 @@ def test_a_tenant_sees_only_its_own_revocations_and_audit_events(
     assert first["prev_hash"] == "0" * 64
 
 
+def test_a_tenants_feed_does_not_count_another_tenants_revocations(
+    sides: tuple[Side, Side, Side],
+) -> None:
+    """Each tenant numbers its own feed: red's revocations between two of blue's leave no
+    gap in blue's numbers, so blue cannot tell how busy red is."""
+    blue, red, _ = sides
+
+    def cursor(side: Side) -> int:
+        feed = side.view.get("/v1/revocations", headers=bearer(side.operator)).json()
+        return int(feed["cursor"])
+
+    start = cursor(blue)
+    assert blue.view.revoke("task", f"blue-a-{secrets.token_hex(3)}").status_code == 200
+    for _ in range(3):
+        assert red.view.revoke("task", f"red-{secrets.token_hex(3)}").status_code == 200
+    assert blue.view.revoke("task", f"blue-b-{secrets.token_hex(3)}").status_code == 200
+    feed = blue.view.get(
+        "/v1/revocations", params={"cursor": str(start)}, headers=bearer(blue.operator)
+    ).json()
+    assert [entry["seq"] for entry in feed["revocations"]] == [start + 1, start + 2]
+    assert feed["cursor"] == start + 2
+
+
 def test_an_unknown_and_a_removed_tenant_answer_alike(broker: RunningBroker) -> None:
     view = broker.create_tenant(f"gone-{secrets.token_hex(3)}")
     agent = view.register(SCOPE)

@@ -78,18 +78,27 @@ def statements(tenant: str) -> _Statements:
         ),
         update_head=f"UPDATE audit_head SET seq = %s, hash = %s WHERE {t}",
         read_head=f"SELECT seq, hash FROM audit_head WHERE {t}",
-        # An extension draws a fresh seq, so readers of revocations_since see the change;
-        # the WHERE makes an entry that would not widen a no-op (no row returned).
+        # The entry takes the tenant's next seq (migration 0020), in the same statement
+        # that records it as the tenant's last. An extension takes one too, so readers of
+        # revocations_since see the change; the WHERE makes an entry that would not
+        # widen a no-op (no row returned, no seq used).
         upsert_revocation=(
-            "INSERT INTO revocations (tenant_id, level, target, revoked_at, expires_at)"
-            f" VALUES ('{tenant}', %s, %s, %s, %s)"
+            "WITH stored AS (INSERT INTO revocations"
+            " (tenant_id, seq, level, target, revoked_at, expires_at)"
+            f" VALUES ('{tenant}',"
+            f" (SELECT COALESCE(MAX(seq), 0) + 1 FROM revocation_seqs WHERE {t}),"
+            " %s, %s, %s, %s)"
             " ON CONFLICT (tenant_id, level, target) DO UPDATE SET"
-            " seq = nextval('revocation_seq'),"
+            " seq = EXCLUDED.seq,"
             " revoked_at = GREATEST(revocations.revoked_at, EXCLUDED.revoked_at),"
             " expires_at = GREATEST(revocations.expires_at, EXCLUDED.expires_at)"
             " WHERE revocations.revoked_at < EXCLUDED.revoked_at"
             " OR revocations.expires_at < EXCLUDED.expires_at"
-            " RETURNING seq, (xmax = 0) AS inserted"
+            " RETURNING seq, (xmax = 0) AS inserted),"
+            " counted AS (INSERT INTO revocation_seqs (tenant_id, seq)"
+            f" SELECT '{tenant}', seq FROM stored"
+            " ON CONFLICT (tenant_id) DO UPDATE SET seq = EXCLUDED.seq)"
+            " SELECT seq, inserted FROM stored"
         ),
     )
 

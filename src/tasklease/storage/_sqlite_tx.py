@@ -144,31 +144,36 @@ class SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
 
         Return False if (level, target) is already present. If the new ``revoked_at`` or
         ``expires_at`` is later, the entry takes the later of each and a new ``seq``
-        greater than every seq handed out before, so pollers of ``revocations_since``
-        see the change.
+        greater than every seq the tenant handed out before, so pollers of
+        ``revocations_since`` see the change.
         """
         conn = self._db()
         d = self.dialect
-        insert = d.insert_revocation
         values = (record.level, record.target, record.revoked_at, record.expires_at)
-        # The common case (a new entry) in one statement; a present one is read and merged.
-        if conn.execute(d.insert_new_revocation, values).rowcount == 1:
-            self.revoked = True
+        # The common case (a new entry) in one insert; a present one is read and merged.
+        if self._inserted(d.insert_new_revocation, values):
             return True
         row = conn.execute(d.lock_revocation, (record.level, record.target)).fetchone()
         if row is None:  # pragma: no cover - the write lock is held: it cannot vanish
-            conn.execute(insert, values)
-            self.revoked = True
-            return True
+            return self._inserted(d.insert_revocation, values)
         seq, old_revoked_at, old_expires_at = int(row[0]), int(row[1]), float(row[2])
         revoked_at = max(old_revoked_at, record.revoked_at)
         expires_at = max(old_expires_at, record.expires_at)
         if (revoked_at, expires_at) != (old_revoked_at, old_expires_at):
-            # Delete and re-insert: AUTOINCREMENT hands out a seq above every one used.
             conn.execute(d.delete_revocation, (seq,))
-            conn.execute(insert, (record.level, record.target, revoked_at, expires_at))
-            self.revoked = True
+            self._inserted(d.insert_revocation, (*values[:2], revoked_at, expires_at))
         return False
+
+    def _inserted(self, statement: str, values: tuple[object, ...]) -> bool:
+        """Run an insert of a revocation under the tenant's next seq; record that seq as
+        the tenant's last if a row was inserted."""
+        conn = self._db()
+        rows = conn.execute(statement, values).fetchall()
+        if not rows:
+            return False
+        conn.execute(self.dialect.set_revocation_seq, (int(rows[0][0]),))
+        self.revoked = True
+        return True
 
     # -- audit ---------------------------------------------------------------------------
 

@@ -11,9 +11,10 @@ by the database, never by a process-local lock:
   that every appending transaction locks with ``SELECT ... FOR UPDATE`` before it reads
   it. The core's group committer asks for the head once per batch, so replicas take turns
   per batch, not per event.
-* Revocation ``seq`` values are drawn from a sequence while holding that same lock, so
-  they commit in increasing order and a reader of ``revocations_since(last)`` never
-  skips an entry that committed late with a smaller number.
+* Revocation ``seq`` values are each tenant's own (``revocation_seqs``), drawn while
+  holding that same lock, so they commit in increasing order and a reader of
+  ``revocations_since(last)`` never skips an entry that committed late with a smaller
+  number.
 
 Transactions run at READ COMMITTED on autocommit connections with explicit ``BEGIN``
 /``COMMIT``; savepoints give each unit of a batch its own undo (``_pg_tx``, the write
