@@ -165,13 +165,11 @@ class SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
         return False
 
     def _inserted(self, statement: str, values: tuple[object, ...]) -> bool:
-        """Run an insert of a revocation under the tenant's next seq; record that seq as
-        the tenant's last if a row was inserted."""
+        """Run an insert of a revocation under the tenant's next seq (its trigger records
+        that seq as the tenant's last); whether a row was inserted."""
         conn = self._db()
-        rows = conn.execute(statement, values).fetchall()
-        if not rows:
+        if conn.execute(statement, values).rowcount != 1:
             return False
-        conn.execute(self.dialect.set_revocation_seq, (int(rows[0][0]),))
         self.revoked = True
         return True
 

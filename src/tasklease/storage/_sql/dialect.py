@@ -438,19 +438,16 @@ class Dialect(RowConversions):
             " AND level = ? AND target = ?"
         )
         # Each tenant numbers its own revocations (migration 0020): an entry takes the
-        # number after the tenant's last, which then becomes its last. Under the write
-        # lock (SQLite) or the tenant's head lock (PostgreSQL), so seqs commit in order.
+        # number after the tenant's last, which its insert's trigger makes the last.
+        # Under the write lock, so seqs commit in order. (SQLite's: PostgreSQL has its
+        # own upsert, in _pg_tx.)
         next_seq = f"(SELECT COALESCE(MAX(seq), 0) + 1 FROM revocation_seqs WHERE {t})"
         self.insert_revocation = q(
             "INSERT INTO revocations (tenant_id, seq, level, target, revoked_at, expires_at)"
-            f" VALUES ('{self.tenant}', {next_seq}, ?, ?, ?, ?) RETURNING seq"
+            f" VALUES ('{self.tenant}', {next_seq}, ?, ?, ?, ?)"
         )
-        self.insert_new_revocation = self.insert_revocation.replace(
-            " RETURNING", " ON CONFLICT (tenant_id, level, target) DO NOTHING RETURNING"
-        )
-        self.set_revocation_seq = q(
-            f"INSERT INTO revocation_seqs (tenant_id, seq) VALUES ('{self.tenant}', ?)"
-            " ON CONFLICT (tenant_id) DO UPDATE SET seq = excluded.seq"
+        self.insert_new_revocation = (
+            f"{self.insert_revocation} ON CONFLICT (tenant_id, level, target) DO NOTHING"
         )
         self.delete_revocation = q(f"DELETE FROM revocations WHERE {t} AND seq = ?")
         # the tenant registry: one table for the whole database, not per tenant

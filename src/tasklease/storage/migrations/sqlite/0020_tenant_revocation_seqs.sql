@@ -3,7 +3,8 @@
 -- revocations.seq was one AUTOINCREMENT shared by every tenant of the database, so the
 -- gaps in one tenant's revocation feed counted the revocations of the others.
 -- revocation_seqs keeps each tenant's last seq; a revocation takes the next one under the
--- write lock. Existing entries keep their seq, and every tenant known now continues from
+-- write lock, and the trigger below records it (one statement per insert, in SQLite's own
+-- code rather than a second round trip). Existing entries keep their seq, and every tenant known now continues from
 -- the highest seq handed out so far, so a cursor a verifier holds stays valid: nothing
 -- after it can get a number at or below it. A tenant's row is never deleted, so a tenant
 -- removed and created again does not count from 1 a second time.
@@ -32,3 +33,8 @@ INSERT INTO revocations_new SELECT tenant_id, seq, level, target, revoked_at, ex
 DROP TABLE revocations;
 ALTER TABLE revocations_new RENAME TO revocations;
 CREATE INDEX revocations_by_expires_at ON revocations (tenant_id, expires_at);
+
+CREATE TRIGGER revocations_numbered AFTER INSERT ON revocations BEGIN
+    INSERT INTO revocation_seqs (tenant_id, seq) VALUES (NEW.tenant_id, NEW.seq)
+        ON CONFLICT (tenant_id) DO UPDATE SET seq = excluded.seq;
+END;
