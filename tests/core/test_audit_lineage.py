@@ -10,9 +10,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tasklease.core.auditformat import event_hash, verify_chain
+import pytest
+
+from tasklease.core.auditformat import GENESIS_HASH, AuditEntry, event_hash, verify_chain
+from tasklease.core.records import AuditEvent
 from tasklease.core.store import AuditQuery
-from tasklease.rules.auditchain import principal_ref
+from tasklease.rules.auditchain import V2_FIELDS, AuditFormatError, principal_ref
+from tasklease.rules.auditchain import event_hash as api_event_hash
 
 PRINCIPAL = "user:ada@example.com"
 
@@ -82,3 +86,64 @@ def test_the_lineage_is_in_the_hash(broker: Any, kit: Any) -> None:
     for field, value in changes:
         changed = dataclasses.replace(event, **{field: value})
         assert event_hash(changed.prev_hash, changed.seq, changed.timestamp, changed) != event.hash
+
+
+def _v1_chain(count: int) -> list[AuditEvent]:
+    """``count`` events of format v1, as written before lineage was recorded."""
+    prev, events = GENESIS_HASH, []
+    for seq in range(1, count + 1):
+        entry = AuditEntry("agent_registered", detail=f"event {seq}")
+        stamp = "2026-01-01T00:00:00Z"
+        digest = event_hash(prev, seq, stamp, entry, "default", 1)
+        events.append(
+            AuditEvent(
+                seq,
+                stamp,
+                entry.event_type,
+                "",
+                "",
+                "",
+                entry.detail,
+                "",
+                "success",
+                0,
+                "",
+                "",
+                prev,
+                digest,
+                "default",
+                "",
+                "",
+                "",
+                1,
+            )  # fmt: skip
+        )
+        prev = digest
+    return events
+
+
+def test_lineage_on_a_v1_event_is_an_edit() -> None:
+    """A v1 event's hash does not cover lineage, and v1 events had none: lineage found on
+    one was written afterwards, by hand, and breaks the chain (an app or a person pinned
+    on events they had no part in)."""
+    events = _v1_chain(3)
+    assert verify_chain(events).ok
+    for field, value in (
+        ("app_id", "app-framed"),
+        ("principal_ref", principal_ref("user:mallory")),
+        ("chain_root", "spiffe://x/agent/y"),
+    ):
+        edited = [*events[:1], dataclasses.replace(events[1], **{field: value}), *events[2:]]
+        report = verify_chain(edited)
+        assert not report.ok and report.broken_at == events[1].id, report
+        assert field in report.reason
+        # The same event as the API answers it: its hash cannot be recomputed.
+        answered = {
+            **{name: getattr(edited[1], name) for name in V2_FIELDS},
+            "prev_hash": edited[1].prev_hash,
+            "version": 1,
+        }
+        with pytest.raises(AuditFormatError, match=field):
+            api_event_hash(answered)
+        answered[field] = ""
+        assert api_event_hash(answered) == events[1].hash

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import msgspec
 
 from tasklease.core.records import AuditEvent
-from tasklease.rules.auditchain import GENESIS_HASH, prefix
+from tasklease.rules.auditchain import GENESIS_HASH, prefix, uncovered_lineage
 
 __all__ = [
     "CURRENT_FORMAT",
@@ -294,6 +294,14 @@ def verify_chain(
                 False, checked, ev.id, f"format v{ev.version} after format v{version}", prev
             )
         version = ev.version
+        uncovered = uncovered_lineage(
+            ev.version,
+            {"app_id": ev.app_id, "principal_ref": ev.principal_ref, "chain_root": ev.chain_root},
+        )
+        if uncovered is not None:
+            return ChainReport(
+                False, checked, ev.id, f"format v1 event carries {uncovered}: edited", prev
+            )
         try:
             digest = event_hash(prev, ev.seq, ev.timestamp, ev)
         except ValueError:

@@ -44,6 +44,7 @@ __all__ = [
     "event_leaf",
     "prefix",
     "principal_ref",
+    "uncovered_lineage",
 ]
 
 GENESIS_HASH = "0" * 64
@@ -64,6 +65,7 @@ V1_FIELDS = (
 )
 V2_FIELDS = (*V1_FIELDS, "tenant", "app_id", "principal_ref", "chain_root")
 FORMATS = {1: V1_FIELDS, 2: V2_FIELDS}
+_V2_LINEAGE = ("app_id", "principal_ref", "chain_root")  # the tenant is the chain's own
 _INTEGERS = frozenset({"seq", "deleg_depth"})
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -79,10 +81,28 @@ def prefix(version: int) -> bytes:
     return f"tasklease-audit-v{version}\n".encode("ascii")
 
 
+def uncovered_lineage(version: int, event: Mapping[str, Any]) -> str | None:
+    """The lineage field (app, principal, chain root) an event of format ``version``
+    carries that its hash does not cover, or ``None``. A v1 event was written before
+    lineage was recorded, so it has none: one that shows some was edited, and its hash
+    could not tell."""
+    if version != 1:
+        return None
+    return next((name for name in _V2_LINEAGE if event.get(name)), None)
+
+
 def canonical(event: Mapping[str, Any], version: int) -> bytes:
-    """The canonical JSON array of ``event``'s fields in format ``version``."""
+    """The canonical JSON array of ``event``'s fields in format ``version``.
+
+    Raises:
+        AuditFormatError: an unknown format, a missing or mistyped field, or lineage on
+            a v1 event (:func:`uncovered_lineage`).
+    """
     if version not in FORMATS:
         raise AuditFormatError(f"unknown audit event format {version}")
+    uncovered = uncovered_lineage(version, event)
+    if uncovered is not None:
+        raise AuditFormatError(f"a format v1 event carries {uncovered}, which its hash omits")
     values: list[object] = []
     for name in FORMATS[version]:
         value = event.get(name)

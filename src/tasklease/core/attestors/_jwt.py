@@ -236,11 +236,27 @@ def keys_from_jwks(jwks: Sequence[Mapping[str, Any]]) -> dict[str, VerifyKey]:
 
 @dataclass(frozen=True, slots=True)
 class JwtEvidence:
-    """A verified JWT: its header and claims, and the SHA-256 of the token (hex)."""
+    """A verified JWT: its header and claims, the SHA-256 of the token (hex: its name in
+    the audit log), and the SHA-256 of what its issuer signed (``header.payload``)."""
 
     header: Mapping[str, Any]
     claims: Mapping[str, Any]
     digest: str
+    signed: str = ""
+
+    @property
+    def replay_key(self) -> str:
+        """Its name in the replay cache: the ``jti`` its issuer gave it (with that
+        issuer), else the hash of what the issuer signed. Not the whole token: an ECDSA
+        signature has a second valid encoding (``s`` or ``n - s``), so the same evidence
+        would come twice under two names. Not the attestor: one piece of evidence
+        registers once, whichever attestor trusting its issuer is named."""
+        jti, iss = self.claims.get("jti"), self.claims.get("iss")
+        if isinstance(jti, str) and jti:
+            unique = f"jti\0{iss if isinstance(iss, str) else ''}\0{jti}"
+        else:
+            unique = f"signed\0{self.signed}"
+        return hashlib.sha256(f"jwt\0{unique}".encode()).hexdigest()
 
 
 def evidence_hash(evidence: str) -> str:
@@ -323,7 +339,7 @@ def verify_jwt(
     except InvalidSignature:
         raise AttestationRefused("signature does not verify", "signature") from None
     claims = _json_object(_b64(parts[1], "payload"), "payload")
-    return JwtEvidence(header, claims, evidence_hash(token))
+    return JwtEvidence(header, claims, evidence_hash(token), hashlib.sha256(signed).hexdigest())
 
 
 def _numeric(claims: Mapping[str, Any], name: str, required: bool) -> float | None:

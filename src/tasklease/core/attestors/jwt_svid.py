@@ -19,7 +19,6 @@ Facts: ``spiffe_id``, ``trust_domain``, ``path``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -144,7 +143,6 @@ class JwtSvidAttestor:
         facts = {"spiffe_id": spiffe_id, "trust_domain": domain}
         if path:
             facts["path"] = path
-        unique = f"{TYPE}\0{ctx.attestor}\0{token.digest}"
         return Attested(
             type=TYPE,
             attestor=ctx.attestor,
@@ -152,7 +150,7 @@ class JwtSvidAttestor:
             subject=spiffe_id,
             facts=facts,
             valid_until=valid_until,
-            replay_key=hashlib.sha256(unique.encode()).hexdigest(),
+            replay_key=token.replay_key,
             digest=token.digest[:12],
         )
 

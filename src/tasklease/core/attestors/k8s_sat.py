@@ -22,7 +22,6 @@ Facts: ``cluster``, ``namespace``, ``service_account``, ``service_account_uid``,
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -127,8 +126,6 @@ class K8sServiceAccountAttestor:
             "node": node,
             "node_uid": node_uid,
         }
-        jti = claims.get("jti")
-        unique = jti if isinstance(jti, str) and jti else token.digest
         return Attested(
             type=TYPE,
             attestor=ctx.attestor,
@@ -136,7 +133,7 @@ class K8sServiceAccountAttestor:
             subject=sub,
             facts={k: v for k, v in facts.items() if v},
             valid_until=valid_until,
-            replay_key=hashlib.sha256(f"{TYPE}\0{ctx.attestor}\0{unique}".encode()).hexdigest(),
+            replay_key=token.replay_key,
             digest=token.digest[:12],
         )
 

@@ -19,7 +19,6 @@ Facts: the token's claims as configured.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -122,8 +121,6 @@ class OidcAttestor:
         for rule in settings.rules:
             if not fact_matches(rule.pattern, _claim_text(claims, rule.name)):
                 raise AttestationRefused(f"claim rule on {rule.name} not met", "claims")
-        jti = claims.get("jti")
-        unique = jti if isinstance(jti, str) and jti else token.digest
         return Attested(
             type=TYPE,
             attestor=ctx.attestor,
@@ -131,7 +128,7 @@ class OidcAttestor:
             subject=subject,
             facts=string_facts(claims, settings.facts),
             valid_until=valid_until,
-            replay_key=hashlib.sha256(f"{TYPE}\0{ctx.attestor}\0{unique}".encode()).hexdigest(),
+            replay_key=token.replay_key,
             digest=token.digest[:12],
         )
 
