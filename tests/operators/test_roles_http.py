@@ -363,3 +363,42 @@ def test_the_admin_secret_still_works_as_the_builtin_admin(broker: RunningBroker
     # It holds the admin role: operators and signing keys too.
     assert broker.get("/v1/admin/operators", headers=bearer(token)).status_code == 200
     assert broker.post("/v1/admin/keys/rotate", headers=bearer(token)).status_code == 200
+
+
+def test_only_an_admin_ends_an_operators_tokens_by_revocation(broker: RunningBroker) -> None:
+    """An operator holds the revoke scope, which ends agents' work. Ending an operator's
+    (or the built-in admin's) sessions is the admin role's, as removing or rotating one
+    is: otherwise an operator could sign the admins out, again and again."""
+    admin_name = fresh("keeper")
+    admin_token = token_of(broker, admin_name, add_operator(broker, admin_name, "admin")["secret"])
+    rogue = fresh("rogue")
+    rogue_token = token_of(broker, rogue, add_operator(broker, rogue, "operator")["secret"])
+    for level, target in (
+        ("agent", f"operator:{admin_name}"),
+        ("chain", f"operator:{admin_name}"),
+        ("agent", "admin"),
+    ):
+        refused = broker.post(
+            "/v1/revoke", json={"level": level, "target": target}, headers=bearer(rogue_token)
+        )
+        assert_problem(refused, 403, "forbidden")
+        event = denial(broker, refused, "token_revocation_denied")
+        assert f"caller=operator:{rogue}" in event["detail"] and target in event["detail"]
+    assert broker.get("/v1/admin/operators", headers=bearer(admin_token)).status_code == 200
+    assert broker.get("/v1/admin/operators", headers=broker.admin_headers()).status_code == 200
+    # The operator still revokes what its role is for.
+    agent = broker.register(["read:data:*"])
+    done = broker.post(
+        "/v1/revoke",
+        json={"level": "agent", "target": agent.agent_id},
+        headers=bearer(rogue_token),
+    )
+    assert done.status_code == 200, done.text
+    # An admin may end an operator's tokens this way.
+    ended = broker.post(
+        "/v1/revoke",
+        json={"level": "agent", "target": f"operator:{rogue}"},
+        headers=bearer(admin_token),
+    )
+    assert ended.status_code == 200, ended.text
+    assert broker.get("/v1/admin/apps", headers=bearer(rogue_token)).status_code == 401

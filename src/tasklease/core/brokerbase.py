@@ -455,6 +455,10 @@ class BrokerBase:
             caller, token=token, token_type_hint=token_type_hint, ctx=ctx
         )
 
+    def end_session(self, claims: Claims, *, ctx: RequestContext) -> None:
+        """End an operator's own token (sign-out); durable before it returns."""
+        self._revoking.end_session(claims, ctx=ctx)
+
     def revocation_feed(self, cursor: int | None) -> tuple[list[RevocationRecord], int]:
         """Revocation entries in ``seq`` order and the cursor to continue from."""
         return self._revoking.revocation_feed(cursor)

@@ -25,13 +25,17 @@ from tasklease.core.records import RevocationRecord
 from tasklease.core.revocation import LEVELS
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import WriteTx
-from tasklease.core.tokencheck import TokenCheck
-from tasklease.core.tokens import KIND_AGENT, Claims
+from tasklease.core.tokencheck import TokenCheck, held_scopes
+from tasklease.core.tokens import KIND_AGENT, OPERATORS_SCOPE, Claims
 from tasklease.core.validation import TokenRejected
+from tasklease.rules.principals import creator_kind
+from tasklease.rules.scopes import is_subset
 
 __all__ = ["Revoking"]
 
 _log = logging.getLogger("tasklease.broker")
+# Subjects of operators' tokens: the built-in admin's and ``operator:<name>``.
+_OPERATOR_KINDS = ("admin", "operator")
 
 
 class Revoking(Service):
@@ -76,6 +80,28 @@ class Revoking(Service):
                 "or a client secret)",
                 hint="revocation targets are ids; a launch token ends when it expires or is "
                 "used up, an app's secret when the app is deregistered",
+            )
+        if (
+            level in ("agent", "chain")
+            and creator_kind(target) in _OPERATOR_KINDS
+            and not is_subset((OPERATORS_SCOPE,), held_scopes(claims))
+        ):
+            # An operator's (or the built-in admin's) sessions are ended by removing or
+            # rotating it, which needs the admin role; an operator holding only the
+            # revoke scope could otherwise sign the admins out, again and again.
+            raise self._kernel.deny(
+                Forbidden(
+                    "ending an operator's tokens needs the admin role",
+                    hint="remove the operator or rotate its secret",
+                ),
+                replace(
+                    about(claims),
+                    event_type="token_revocation_denied",
+                    outcome="denied",
+                    request_id=ctx.request_id,
+                    detail=f"caller={claims.sub} may not revoke level={level} "
+                    f"target={target}: an operator's subject needs {OPERATORS_SCOPE}",
+                ),
             )
         now = self._kernel.now()
         revoked_at = math.floor(now)
@@ -211,6 +237,31 @@ class Revoking(Service):
             return True
 
         return Pending(unit, done)
+
+    def end_session(self, claims: Claims, *, ctx: RequestContext) -> None:
+        """End an operator's own token (the console's sign-out), so a copy of it, the
+        session cookie's, stops working at once rather than at its ``exp``. Any operator
+        may end its own token; ``claims`` were authenticated by the caller. Durable
+        before it returns."""
+        records = ending_records(claims, int(self._kernel.now()), self._config)
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            for record in records:
+                tx.insert_revocation(record)
+            return [
+                replace(
+                    about(claims),
+                    event_type="token_revoked",
+                    request_id=ctx.request_id,
+                    detail=f"signed out: level=token target={claims.jti} by={claims.sub}",
+                )
+            ]
+
+        def done() -> None:
+            self._kernel.apply_revocations(records)
+            self._metrics.tokens_revoked.labels("holder").inc()
+
+        complete(self._kernel, Pending(unit, done))
 
     def revocation_feed(self, cursor: int | None) -> tuple[list[RevocationRecord], int]:
         """Revocation entries in ``seq`` order and the cursor to continue from.

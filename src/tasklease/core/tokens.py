@@ -70,6 +70,7 @@ __all__ = [
     "KIND_AGENT",
     "KIND_APP",
     "KIND_DPOP_PROOF",
+    "OPERATORS_SCOPE",
     "ROLES",
     "ROLE_SCOPES",
     "Claims",
@@ -93,6 +94,7 @@ KIND_APP = "tasklease-app+jwt"
 KIND_DPOP_PROOF = "dpop+jwt"
 
 ADMIN_SCOPES = ("admin:launch-tokens:*", "admin:revoke:*", "admin:audit:*")
+OPERATORS_SCOPE = "admin:operators:*"  # managing operators: the admin role's
 APP_SCOPES = ("app:launch-tokens:*", "app:agents:*", "app:audit:read")
 
 # Operators' roles and the scopes their tokens (kind ``tasklease-admin+jwt``, ``sub``
@@ -101,7 +103,7 @@ APP_SCOPES = ("app:launch-tokens:*", "app:agents:*", "app:audit:read")
 # and rotating signing keys; ``auditor`` only reads the audit log.
 ROLE_SCOPES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        "admin": (*ADMIN_SCOPES, "admin:operators:*", "admin:keys:*", "admin:tenants:*"),
+        "admin": (*ADMIN_SCOPES, OPERATORS_SCOPE, "admin:keys:*", "admin:tenants:*"),
         "operator": ADMIN_SCOPES,
         "auditor": ("admin:audit:*",),
     }

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from tasklease.core.broker import Broker, RequestContext, expires_at_text
 from tasklease.core.errors import InvalidRequest, RateLimited
 from tasklease.core.records import AuditQuery
-from tasklease.core.tokens import KIND_ADMIN, KIND_APP
+from tasklease.core.tokens import KIND_ADMIN, KIND_APP, OPERATORS_SCOPE
 from tasklease.http import wire
 from tasklease.http._handling import (
     Authed,
@@ -31,7 +31,7 @@ from tasklease.http._handling import (
 )
 from tasklease.http.ratelimit import RateLimiter
 
-__all__ = ["APPS_SCOPE", "REVOKE_SCOPE", "admin_routes"]
+__all__ = ["APPS_SCOPE", "REVOKE_SCOPE", "admin_routes", "parse_int"]
 
 _ADMIN = frozenset({KIND_ADMIN})
 _APP = frozenset({KIND_APP})
@@ -60,7 +60,9 @@ def _outcome(value: str | None) -> str | None:
     return value
 
 
-def _parse_int(value: str | None, name: str, default: int) -> int:
+def parse_int(value: str | None, name: str, default: int) -> int:
+    """A query parameter as an integer within what every store and JSON reader can hold
+    exactly (2**53 either way); ``default`` when absent. Raises ``InvalidRequest``."""
     if value is None or value == "":
         return default
     try:
@@ -78,15 +80,18 @@ def admin_routes(
     context: Callable[[Request], RequestContext],
     authed: Authed,
     app_limiter: RateLimiter | None = None,
+    admin_limiter: RateLimiter | None = None,
 ) -> list[Route]:
     """The administration routes, each wrapped in the problem ``guard``.
 
     ``app_limiter`` limits app sign-ins; the token endpoint's client credentials share it.
+    ``admin_limiter`` limits the admin secret's and operators' sign-ins; the console's
+    share it.
     """
     cfg = broker.config
     # Revocation and launch tokens: checked on the loop, the commit awaited.
     written = prepared(broker, context)
-    admin_limiter = RateLimiter(cfg.admin_auth_rate, cfg.admin_auth_burst)
+    admin_limiter = admin_limiter or RateLimiter(cfg.admin_auth_rate, cfg.admin_auth_burst)
     app_limiter = app_limiter or RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
 
     def limit(limiter: RateLimiter, request: Request) -> None:
@@ -112,8 +117,8 @@ def admin_routes(
 
     async def audit_events(request: Request) -> Response:
         q = request.query_params
-        limit_ = _parse_int(q.get("limit"), "limit", 100)
-        offset = max(0, _parse_int(q.get("offset"), "offset", 0))
+        limit_ = parse_int(q.get("limit"), "limit", 100)
+        offset = max(0, parse_int(q.get("offset"), "offset", 0))
         limit_ = 100 if limit_ <= 0 else min(limit_, 1000)
         query = AuditQuery(
             agent_id=q.get("agent_id") or None,
@@ -176,7 +181,7 @@ def admin_routes(
             )
         )
 
-    operators_scope = "admin:operators:*"
+    operators_scope = OPERATORS_SCOPE
 
     async def create_operator(request: Request) -> Response:
         req = await read_body(request, wire.OperatorCreateRequest)

@@ -61,12 +61,20 @@ def tenant_routes(
     hub = RevocationHub(broker)
     closers.append(hub.close)
     cfg = broker.config
-    # App sign-ins at /v1/app/auth and as client credentials at /v1/oauth/token: one limit.
+    # App sign-ins at /v1/app/auth and as client credentials at /v1/oauth/token: one limit;
+    # the admin secret's and operators' sign-ins, through the API or the console: another.
     app_limiter = RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
+    admin_limiter = RateLimiter(cfg.admin_auth_rate, cfg.admin_auth_burst)
     return [
         *lease_routes(broker, context=context, authed=authed),
         *health_routes(broker, authed=authed, render_metrics=render_metrics),
-        *admin_routes(broker, context=context, authed=authed, app_limiter=app_limiter),
+        *admin_routes(
+            broker,
+            context=context,
+            authed=authed,
+            app_limiter=app_limiter,
+            admin_limiter=admin_limiter,
+        ),
         *revocation_routes(broker, hub, guard=guard, context=context),
         *agent_routes(broker, guard=guard, context=context),
         *token_routes(broker, guard=guard, context=context),
@@ -78,7 +86,7 @@ def tenant_routes(
         *inventory_routes(broker, authed=authed),
         *audit_routes(broker, authed=authed),
         *offline_routes(broker, authed=authed),
-        *console_routes(broker, context=context),
+        *console_routes(broker, context=context, limiter=admin_limiter),
     ]
 
 

@@ -14,6 +14,7 @@ a Broker call, as the API makes it: no rule is written twice. Turned off with
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from importlib.resources import files
 from typing import Any, NamedTuple
@@ -29,11 +30,17 @@ from starlette.routing import BaseRoute, Mount, Route
 from tasklease.core.auditformat import verify_chain
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.clock import format_rfc3339_seconds
-from tasklease.core.errors import InsufficientScope, NotFound, TaskleaseError, Unauthorized
+from tasklease.core.errors import (
+    InsufficientScope,
+    InvalidRequest,
+    NotFound,
+    TaskleaseError,
+    Unauthorized,
+)
 from tasklease.core.records import AuditQuery
 from tasklease.core.tokencheck import held_scopes
 from tasklease.core.tokens import KIND_ADMIN, Claims
-from tasklease.http.admin_routes import APPS_SCOPE, REVOKE_SCOPE
+from tasklease.http.admin_routes import APPS_SCOPE, REVOKE_SCOPE, parse_int
 from tasklease.http.audit_routes import AUDIT_READ_SCOPE
 from tasklease.http.console._charts import MetricSampler, sparkline
 from tasklease.http.console._session import (
@@ -107,14 +114,19 @@ class _SignIn(Exception):
 
 
 def console_routes(
-    broker: Broker, *, context: Callable[[Request], RequestContext]
+    broker: Broker,
+    *,
+    context: Callable[[Request], RequestContext],
+    limiter: RateLimiter | None = None,
 ) -> list[BaseRoute]:
-    """The console's routes under ``/console`` (none when the config turns it off)."""
+    """The console's routes under ``/console`` (none when the config turns it off).
+    ``limiter`` limits sign-ins by client address: the API's admin and operator sign-ins
+    share it, so switching between the two buys no attempts."""
     if not broker.config.console:
         return []
     inventory = broker.inventory
     sampler = MetricSampler(broker.metrics.registry)
-    limiter = RateLimiter(broker.config.admin_auth_rate, broker.config.admin_auth_burst)
+    limiter = limiter or RateLimiter(broker.config.admin_auth_rate, broker.config.admin_auth_burst)
     uri = RequestURI(broker.config)
 
     def own_origin(request: Request) -> bool:
@@ -210,6 +222,7 @@ def console_routes(
             return page(request, "error.html", 403, message=_STALE_FORM, signed_in=False)
         key = request.client.host if request.client else "unknown"
         if not limiter.allow(key):
+            broker.metrics.rate_limited.labels(request.url.path).inc()
             return page(request, "login.html", 429, csrf=expected, error=_TOO_MANY)
         name, secret = form.get("operator", "").strip(), form.get("secret", "")
         ctx = context(request)
@@ -238,6 +251,20 @@ def console_routes(
         fresh = bool(token) and valid_csrf(csrf_for(token), form.get("csrf", ""))
         if not fresh or not own_origin(request):
             return page(request, "error.html", 403, message=_STALE_FORM, signed_in=False)
+        ctx = context(request)
+
+        def end() -> None:
+            # The session's token is revoked, not only forgotten by this browser: a copy
+            # of the cookie stops working too. One no longer valid has nothing to end.
+            with contextlib.suppress(Unauthorized):
+                claims = broker.authenticate(f"Bearer {token}", ctx, kinds=_ADMIN)
+                broker.end_session(claims, ctx=ctx)
+
+        try:
+            await run_in_threadpool(end)
+        except TaskleaseError as exc:  # not recorded (storage): keep the cookie, say so
+            message = f"signing out could not be recorded: {exc.detail}"
+            return page(request, "error.html", 503, message=message, signed_in=True)
         response = RedirectResponse(f"{base(request)}/login", 303)
         set_cookie(response, request, SESSION_COOKIE, "", path=base(request), max_age=0)
         return response
@@ -369,8 +396,8 @@ def console_routes(
 
     async def audit(request: Request, me: dict[str, Any]) -> Response:
         try:
-            offset = max(0, int(request.query_params.get("offset", "0")))
-        except ValueError:
+            offset = max(0, parse_int(request.query_params.get("offset"), "offset", 0))
+        except InvalidRequest:
             offset = 0
         query, filters = _audit_query(request, 100, offset)
 

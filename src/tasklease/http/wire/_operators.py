@@ -10,7 +10,7 @@ from msgspec import UNSET, UnsetType
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.records import AuditEvent as AuditRecord
 from tasklease.core.records import OperatorRecord
-from tasklease.core.tokens import ROLE_SCOPES, ROLES
+from tasklease.core.tokens import OPERATORS_SCOPE, ROLE_SCOPES, ROLES
 from tasklease.http.wire._base import (
     PUBLIC,
     AccessToken,
@@ -295,7 +295,7 @@ def _time_param(name: str, bound: str) -> Param:
     )
 
 
-_OPERATORS = "admin:operators:*"
+_OPERATORS = OPERATORS_SCOPE
 _NAME = Param("name", "path", {"type": "string"}, "The operator's name.", True)
 _NO_SUCH_OPERATOR = Failure("not_found", "no operator has this name, or it was removed")
 
@@ -319,6 +319,12 @@ OPERATIONS = (
                 "`target` is longer than 2048 characters, or `target` holds a token or "
                 "a secret (64 hexadecimal characters: a launch token, a client secret) "
                 "instead of an id",
+            ),
+            Failure(
+                "forbidden",
+                "`target` names an operator (`operator:<name>`) or the built-in `admin` at "
+                "level `agent` or `chain`, and the caller lacks `admin:operators:*`: "
+                "remove the operator or rotate its secret instead",
             ),
         ),
     ),
