@@ -19,6 +19,7 @@ from test_verifier_http import protected_app
 from verify_support import Served, app_credentials, dpop_proof
 
 from tasklease.verify import InvalidToken, Verifier
+from tasklease.verify.asgi import TaskleaseAuthMiddleware
 
 _SECURITY_TESTS = str(Path(__file__).resolve().parents[1] / "security")
 if _SECURITY_TESTS not in sys.path:
@@ -124,6 +125,50 @@ def test_dpop_bound_token_needs_a_fresh_proof_for_this_request(
     with pytest.raises(InvalidToken) as caught:
         verifier.verify(plain.access_token, scheme="DPoP")
     assert caught.value.reason == "DPoP scheme used with a token not bound to a DPoP key"
+
+
+def test_a_proof_for_another_deployment_is_refused_whatever_host_says(
+    broker: RunningBroker, serve: Any
+) -> None:
+    """Two deployments of one resource (one audience), each with its own verifier and
+    replay ledger. A proof made for, and used at, A is replayed at B with ``Host`` naming
+    A: the middleware checks ``htu`` against B's own origin, never the ``Host`` header."""
+    a: Served = serve(
+        protected_app(Verifier(broker.url, audience="svc-a", credentials=app_credentials(broker)))
+    )
+    b: Served = serve(
+        protected_app(Verifier(broker.url, audience="svc-a", credentials=app_credentials(broker)))
+    )
+    token, key = _dpop_agent(broker)
+    proof = dpop_proof(key, htm="GET", htu=f"{a.url}/data/42", token=token)
+    headers = {"Authorization": f"DPoP {token}", "DPoP": proof}
+    assert httpx.get(f"{a.url}/data/42", headers=headers, timeout=10).status_code == 200
+    for host in ({}, {"Host": a.url.removeprefix("http://")}):
+        replayed = httpx.get(f"{b.url}/data/42", headers={**headers, **host}, timeout=10)
+        assert replayed.status_code == 401, (host, replayed.text)
+        assert replayed.json()["error"] == "invalid_dpop_proof"
+
+
+def test_the_middleware_takes_its_public_origins_from_configuration(
+    broker: RunningBroker, serve: Any
+) -> None:
+    """Behind a proxy clients sign the public URL; ``origins`` names it. A proof naming an
+    origin the server was not given is refused."""
+    verifier = Verifier(broker.url, audience="svc-a", credentials=app_credentials(broker))
+    public = "https://api.example"
+    app = protected_app(verifier, origins=("https://other.example", public + "/"))
+    service: Served = serve(app)
+    token, key = _dpop_agent(broker)
+    for htu, status in ((f"{public}/data/42", 200), (f"{service.url}/data/42", 401)):
+        proof = dpop_proof(key, htm="GET", htu=htu, token=token)
+        answer = httpx.get(
+            f"{service.url}/data/42",
+            headers={"Authorization": f"DPoP {token}", "DPoP": proof},
+            timeout=10,
+        )
+        assert answer.status_code == status, (htu, answer.text)
+    with pytest.raises(ValueError, match="not an absolute"):
+        TaskleaseAuthMiddleware(app, verifier=verifier, origins=("api.example",))
 
 
 def test_the_dpop_replay_cache_is_bounded_by_the_window(broker: RunningBroker) -> None:

@@ -29,7 +29,9 @@ from tasklease.verify.asgi import TaskleaseAuthMiddleware, require_scope
 pytestmark = pytest.mark.slow
 
 
-def protected_app(verifier: Verifier) -> Starlette:
+def protected_app(verifier: Verifier, **options: Any) -> Starlette:
+    """``/data/42`` behind the middleware (``options`` its own: ``origins``, ...)."""
+
     @require_scope("read:data:42")
     async def read(request: Request) -> Response:
         token = request.state.tasklease_token
@@ -41,7 +43,7 @@ def protected_app(verifier: Verifier) -> Starlette:
 
     return Starlette(
         routes=[Route("/data/42", read), Route("/data/42/write", write, methods=["POST"])],
-        middleware=[Middleware(TaskleaseAuthMiddleware, verifier=verifier)],
+        middleware=[Middleware(TaskleaseAuthMiddleware, verifier=verifier, **options)],
     )
 
 

@@ -15,7 +15,6 @@ Also here: the request URI a DPoP proof's ``htu`` must name (:class:`RequestURI`
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -32,8 +31,7 @@ from tasklease.core.tokens import KIND_AGENT
 from tasklease.http import wire
 from tasklease.http._reading import first_half
 from tasklease.http.jsonbody import decode_json_body
-from tasklease.http.middleware import json_nesting_error
-from tasklease.rules.binding import normalize_htu
+from tasklease.rules.binding import expected_htu, origin_of
 
 __all__ = ["RequestURI", "parse_token_request", "request_path", "token_routes"]
 
@@ -43,11 +41,6 @@ _FIELDS = ("token", "token_type_hint", "audience")
 _AGENT = frozenset({KIND_AGENT})
 _encoder = msgspec.json.Encoder()
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - names, not a bind
-_MAX_PROOF_PAYLOAD = 4096
-
-
-class _ProofURI(msgspec.Struct):
-    htu: str | None = None
 
 
 def _origin(scheme: str, host: str, port: int | None) -> str | None:
@@ -55,23 +48,7 @@ def _origin(scheme: str, host: str, port: int | None) -> str | None:
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
         netloc = f"{netloc}:{port}"
-    uri = normalize_htu(f"{scheme}://{netloc}/")
-    return uri[:-1] if uri is not None else None
-
-
-def _claimed_htu(proof: str) -> str | None:
-    """The ``htu`` a DPoP proof claims, normalized; unverified, only to choose an origin."""
-    parts = proof.split(".")
-    if len(parts) != 3 or len(parts[1]) > _MAX_PROOF_PAYLOAD:
-        return None
-    try:
-        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
-        if json_nesting_error(payload) is not None:
-            return None
-        claimed = msgspec.json.decode(payload, type=_ProofURI).htu
-    except (ValueError, msgspec.MsgspecError):
-        return None
-    return normalize_htu(claimed) if claimed is not None else None
+    return origin_of(f"{scheme}://{netloc}")
 
 
 def request_path(scope: MutableMapping[str, Any]) -> str:
@@ -100,9 +77,9 @@ class RequestURI:
         self.scheme = "http" if config.tls_mode == "none" else "https"
         configured: dict[str, None] = {}
         for url in config.public_url:
-            normalized = normalize_htu(url.rstrip("/") + "/")
-            if normalized is not None:
-                configured[normalized[:-1]] = None
+            origin = origin_of(url)
+            if origin is not None:
+                configured[origin] = None
         self.configured = tuple(configured)
         self.bound = (
             None if config.host in _WILDCARDS else _origin(self.scheme, config.host, config.port)
@@ -127,16 +104,7 @@ class RequestURI:
 
     def htu(self, request: Request, proof: str) -> str:
         """The URI ``proof`` must name for ``request`` ("" when no origin is known)."""
-        origins = self.origins(request.scope)
-        if not origins:
-            return ""
-        path = request_path(request.scope)
-        if len(origins) > 1 and proof:
-            claimed = _claimed_htu(proof)
-            for origin in origins:
-                if claimed == normalize_htu(origin + path):
-                    return origin + path
-        return origins[0] + path
+        return expected_htu(self.origins(request.scope), request_path(request.scope), proof)
 
 
 async def parse_token_request(request: Request) -> wire.TokenRequest:

@@ -26,10 +26,11 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
+import json
 import re
 import ssl
 import threading
-from collections.abc import Sized
+from collections.abc import Sequence, Sized
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
@@ -52,7 +53,10 @@ __all__ = [
     "authorization_credentials",
     "cert_thumbprint",
     "check_binding",
+    "claimed_htu",
+    "expected_htu",
     "normalize_htu",
+    "origin_of",
     "presented_thumbprint",
     "www_authenticate",
 ]
@@ -65,6 +69,7 @@ DPOP_PROOF_TYPE = "dpop+jwt"
 
 _MAX_JTI_CHARS = 256
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
+_MAX_PROOF_PAYLOAD = 4096  # base64url characters of a proof's payload read for its htu
 _THUMBPRINT_CHARS = 43  # base64url of 32 bytes, unpadded
 _PEM_MARKER = "-----BEGIN CERTIFICATE-----"
 
@@ -199,6 +204,43 @@ def normalize_htu(uri: object) -> str | None:
         host = f"[{host}]"
     netloc = host if port is None or str(port) == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
     return f"{scheme}://{netloc}{parts.path or '/'}"
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of ``url``, normalized as :func:`normalize_htu` compares
+    (default port dropped); ``None`` for anything but an absolute http(s) URL."""
+    normalized = normalize_htu(url.rstrip("/") + "/")
+    return normalized[:-1] if normalized is not None else None
+
+
+def claimed_htu(proof: str) -> str | None:
+    """The ``htu`` a DPoP proof claims, normalized; read without verification, only to
+    choose among a server's own origins (:func:`expected_htu`), never to trust."""
+    parts = proof.split(".")
+    if len(parts) != 3 or len(parts[1]) > _MAX_PROOF_PAYLOAD:
+        return None
+    try:
+        payload = json.loads(jws.b64url_decode(parts[1]))
+    except (ValueError, RecursionError, jws.JWSError):
+        return None
+    return normalize_htu(payload.get("htu")) if isinstance(payload, dict) else None
+
+
+def expected_htu(origins: Sequence[str], path: str, proof: str) -> str:
+    """The URI a DPoP proof for a request to ``path`` must name (RFC 9449 section 4.3
+    point 9): one of the server's own ``origins`` (normalized, :func:`origin_of`) + the
+    path, never built from the request's ``Host`` header, so a proof minted for another
+    server is not made valid here by sending that server's name. With several origins,
+    the one the proof names; with none matching, the first (and the check fails). ""
+    without an origin."""
+    if not origins:
+        return ""
+    if len(origins) > 1 and proof:
+        claimed = claimed_htu(proof)
+        for origin in origins:
+            if claimed == normalize_htu(origin + path):
+                return origin + path
+    return origins[0] + path
 
 
 class DPoPNonceRequired(DPoPProofError):

@@ -36,7 +36,7 @@ import inspect
 import json
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Collection, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, MutableMapping, Sequence
 from http import HTTPStatus
 from typing import Any, overload
 
@@ -47,6 +47,8 @@ from starlette.responses import Response
 from tasklease.rules.binding import (
     MalformedAuthorization,
     authorization_credentials,
+    expected_htu,
+    origin_of,
     www_authenticate,
 )
 from tasklease.verify import _errors, _grants
@@ -186,19 +188,23 @@ def _dpop_proof(scope: Scope) -> str:
     return ",".join(values)
 
 
-def _htu(scope: Scope) -> str:
-    """Scheme, ``Host`` and path of this request: what a DPoP client signs as ``htu``."""
-    raw_scheme = str(scope.get("scheme", "http"))
-    scheme = {"ws": "http", "wss": "https"}.get(raw_scheme, raw_scheme)
-    host = ""
-    for name, value in scope.get("headers", []):
-        if name == b"host":
-            host = value.decode("latin-1")
-            break
-    if not host and scope.get("server"):
-        server_host, port = scope["server"]
-        host = f"{server_host}:{port}"
-    return f"{scheme}://{host}{scope.get('root_path', '')}{scope.get('path', '')}"
+def _htu(scope: Scope, origins: Sequence[str], proof: str) -> str:
+    """The URI a DPoP proof for this request must name: one of ``origins`` (the server's
+    public origins) + the path, else the address the connection arrived at. Never the
+    ``Host`` header, which the client writes: a proof minted for another server (another
+    deployment behind the same audience) is not made valid here by naming it as ``Host``.
+    """
+    path = f"{scope.get('root_path', '')}{scope.get('path', '')}"
+    if not origins:
+        raw_scheme = str(scope.get("scheme", "http"))
+        scheme = {"ws": "http", "wss": "https"}.get(raw_scheme, raw_scheme)
+        server = scope.get("server")
+        if not server or server[1] is None:
+            return ""
+        host, port = str(server[0]), int(server[1])
+        own = origin_of(f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}")
+        origins = (own,) if own is not None else ()
+    return expected_htu(origins, path, proof)
 
 
 def tls_client_certificate(scope: Scope) -> tuple[str, str]:
@@ -225,14 +231,34 @@ class TaskleaseAuthMiddleware:
 
     ``exempt_paths`` (exact paths, for health checks) pass without a token. The verifier is
     started at application start-up (lifespan) or, without one, on the first request.
+
+    ``origins`` are the server's public origins (``https://api.example``), which a DPoP
+    proof's ``htu`` must name: set them when clients reach the server through a proxy or
+    a name other than the address it listens on. Without them, the address the
+    connection arrived at. Never the ``Host`` header.
+
+    Raises:
+        ValueError: an origin is not an absolute http(s) URL.
     """
 
     def __init__(
-        self, app: ASGIApp, *, verifier: Verifier, exempt_paths: Collection[str] = ()
+        self,
+        app: ASGIApp,
+        *,
+        verifier: Verifier,
+        exempt_paths: Collection[str] = (),
+        origins: Collection[str] = (),
     ) -> None:
         self.app = app
         self.verifier = verifier
         self.exempt_paths = frozenset(exempt_paths)
+        normalized: dict[str, None] = {}
+        for url in origins:
+            origin = origin_of(url)
+            if origin is None:
+                raise ValueError(f"origin {url!r} is not an absolute http(s) URL")
+            normalized[origin] = None
+        self.origins = tuple(normalized)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -253,14 +279,16 @@ class TaskleaseAuthMiddleware:
                 raise VerificationError("missing authorization header or another scheme")
             scheme, token = authorization
             thumbprint, pem = tls_client_certificate(scope)
+            proof = _dpop_proof(scope) if scheme == "DPoP" else None
+            htu = _htu(scope, self.origins, proof or "")
             verified = await self.verifier.averify(
                 token,
                 scheme=scheme,
                 client_cert=pem or None,
                 client_cert_thumbprint=thumbprint or None,
-                dpop_proof=_dpop_proof(scope) if scheme == "DPoP" else None,
+                dpop_proof=proof,
                 htm=scope.get("method", "GET"),
-                htu=_htu(scope),
+                htu=htu,
             )
         except VerificationError as exc:
             await self._refuse(scope, send, exc, authorization[0] if authorization else "")
@@ -273,9 +301,9 @@ class TaskleaseAuthMiddleware:
             "scheme": scheme,
             "client_cert": pem or None,
             "client_cert_thumbprint": thumbprint or None,
-            "dpop_proof": _dpop_proof(scope) if scheme == "DPoP" else None,
+            "dpop_proof": proof,
             "htm": scope.get("method", "GET"),
-            "htu": _htu(scope),
+            "htu": htu,
         }
         await self.app(scope, receive, send)
 
