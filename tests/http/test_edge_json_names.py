@@ -13,7 +13,7 @@ import httpx
 import pytest
 from e2e_support import RunningBroker, assert_problem
 
-from tasklease.rules._codec import repeated_name
+from tasklease.rules.jsonnames import repeated_name
 
 # Routes that read a JSON body before any credential is checked; the form-or-JSON token
 # routes included.

@@ -9,7 +9,7 @@ import msgspec
 
 from tasklease.core.errors import InvalidRequest
 from tasklease.http.middleware import json_nesting_error
-from tasklease.rules._codec import repeated_name
+from tasklease.rules.jsonnames import repeated_name
 
 __all__ = ["decode_json_body"]
 

@@ -31,7 +31,6 @@ __all__ = [
     "fast_json_object",
     "json_object",
     "json_object_strict",
-    "repeated_name",
     "signed_payload_checked",
 ]
 
@@ -258,25 +257,6 @@ if msgspec is not None:
 
     fast_json_object = _msgspec_json_object
     b64_span = b64_span_msgspec
-
-
-# Names only: numbers and constants are the caller's decoder's to judge.
-_PAIRS = json.JSONDecoder(object_pairs_hook=_object_without_duplicates)
-
-
-def repeated_name(data: bytes) -> str | None:
-    """The first member name that an object of the JSON text ``data`` repeats, or
-    ``None``. RFC 8259 section 4 leaves such an object's meaning to each parser (most keep
-    the last value, some the first), so a reader that must agree with every other one
-    refuses it. ``None`` too for text that is not JSON: its own decoder answers that.
-    Nesting must be bounded before (``http.middleware.json_nesting_error``)."""
-    try:
-        _PAIRS.decode(data.decode("utf-8"))
-    except _DuplicateKeyError as exc:
-        return str(exc.args[0])
-    except (ValueError, RecursionError):  # not UTF-8 or not JSON
-        return None
-    return None
 
 
 def json_object(data: bytes, what: str) -> dict[str, Any]:
