@@ -210,3 +210,29 @@ def test_the_renewal_schedule_during_an_outage() -> None:
     clock.t = credential.expires_at  # exactly exp: dead, not one more attempt
     with pytest.raises(CredentialExpired):
         credential.renewal_unreachable(TransportError("cannot reach the broker"))
+
+
+def test_a_long_retry_after_never_lets_a_dead_token_out() -> None:
+    """A 429 asks to wait past the token's ``exp``: until that next attempt the token is
+    not sent (CredentialExpired), and at it a failed renewal says so too."""
+    from tasklease.client import RateLimited
+    from tasklease.client._flows import Credential, Registration
+
+    clock = ManualClock(1_000.0)
+    credential = Credential(
+        "http://broker.invalid",
+        Registration("spiffe://t/agent/o/t/i", "token", 60),
+        SCOPE,
+        clock=clock,
+        renew_margin=30,
+    )
+    clock.t += 40  # due, 20 s to live; the broker says: come back in an hour
+    credential.renewal_unreachable(RateLimited("slow down", retry_after=3600))
+    credential.check_usable()  # alive: still usable
+    clock.t = credential.expires_at
+    with pytest.raises(CredentialExpired, match="expired 0.0 s ago"):
+        credential.check_usable()
+    assert not credential.renewal_due()
+    clock.t += 3600  # the attempt is due again: tried, not refused beforehand
+    credential.check_usable()
+    assert credential.renewal_due()

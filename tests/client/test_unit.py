@@ -175,3 +175,47 @@ def test_exported_members() -> None:
     assert exported - set(tasklease.client.__all__) <= {"annotations", "testing"}
     for name in tasklease.client.__all__:
         assert getattr(tasklease.client, name).__module__ == "tasklease.client", name
+
+
+@pytest.mark.parametrize(
+    ("named", "accepted"),
+    [
+        ("https://tools.example/mcp", True),  # the URL called
+        ("https://tools.example", True),  # its origin
+        ("https://tools.example/", True),
+        ("https://tools.example.evil.net", False),  # a look-alike host: text prefix only
+        ("https://tools.example.evil.net/", False),
+        ("https://tools.example/mc", False),  # a path prefix not at a segment
+        ("http://tools.example/mcp", False),  # another scheme
+        ("https://tools.example:8443/mcp", False),  # another port
+        ("https://tools.example/mcp?x=1", False),
+    ],
+)
+def test_discovery_takes_only_a_resource_that_encloses_the_url_called(
+    named: str, accepted: bool
+) -> None:
+    """RFC 9728 section 3.3: the metadata a ``WWW-Authenticate`` answer points to must be
+    for the resource called. Only its own origin, or origin and path at a ``/``, is."""
+    from tasklease.client import TaskleaseError, discover
+
+    called = "https://tools.example/mcp"
+    if "evil" in named:  # the attacker serves a document naming the victim it imitates
+        called, named = named.rstrip("/") + "/mcp", "https://tools.example"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/.well-known/oauth-protected-resource"):
+            servers = ["https://broker.example"]
+            return httpx.Response(200, json={"resource": named, "authorization_servers": servers})
+        meta = {"issuer": "https://broker.example", "token_endpoint": "https://broker.example/t"}
+        return httpx.Response(200, json=meta)
+
+    origin = called.split("/mcp")[0]
+    metadata_url = f"{origin}/.well-known/oauth-protected-resource/mcp"
+    transport = httpx.MockTransport(handler)
+    if accepted:
+        found = discover(called, metadata_url=metadata_url, transport=transport)
+        assert found.resource == named
+    else:
+        with pytest.raises(TaskleaseError) as caught:
+            discover(called, metadata_url=metadata_url, transport=transport)
+        assert caught.value.code == "bad_metadata"

@@ -320,10 +320,24 @@ class Credential:
         return now >= self.expires_at - self.renew_margin and now >= self._retry_at
 
     def check_usable(self) -> None:
+        """Raise when the token must not be sent: released, past a renewal limit, or past
+        its ``exp`` while the broker was unreachable and the next renewal attempt is not
+        due yet (a token is never used after its ``exp``)."""
         if self.released:
             raise Unauthorized("the agent's credential has been released", code="released")
-        if self.limit is not None and self.clock.now() >= self.expires_at:
+        now = self.clock.now()
+        if self.limit is not None and now >= self.expires_at:
             raise self.limit
+        if self.unreachable_since is not None and self.expires_at <= now < self._retry_at:
+            raise self._expired(now)
+
+    def _expired(self, now: float) -> CredentialExpired:
+        since = now if self.unreachable_since is None else self.unreachable_since
+        return CredentialExpired(
+            f"the agent's token expired {now - self.expires_at:.1f} s ago while the "
+            f"broker could not be reached to renew it (unreachable for "
+            f"{now - since:.1f} s, {self.renewal_failures} attempts)"
+        )
 
     def renewal_unreachable(self, error: TaskleaseError) -> None:
         """A due renewal could not reach the broker (``error``: a TransportError, a 503, or
@@ -337,11 +351,7 @@ class Credential:
             self.unreachable_since = now
         self.renewal_failures += 1
         if now >= self.expires_at:
-            raise CredentialExpired(
-                f"the agent's token expired {now - self.expires_at:.1f} s ago while the "
-                f"broker could not be reached to renew it (unreachable for "
-                f"{now - self.unreachable_since:.1f} s, {self.renewal_failures} attempts)"
-            ) from error
+            raise self._expired(now) from error
         wait = min(OUTAGE_MAX_BACKOFF, OUTAGE_BACKOFF * 2.0 ** (self.renewal_failures - 1))
         wait *= 0.5 + _jitter.random() / 2
         asked = getattr(error, "retry_after", None)  # a 429's Retry-After: honoured

@@ -240,6 +240,26 @@ def _strings(value: object) -> tuple[str, ...]:
     return tuple(v for v in value if isinstance(v, str))
 
 
+def _encloses(named: str, called: str) -> bool:
+    """Whether the resource ``named`` is ``called``'s origin, or its origin and a path
+    that ``called``'s path continues at a ``/``: the same scheme, host and port, never a
+    look-alike host that merely starts with the same text (``https://tools.example``
+    does not enclose ``https://tools.example.evil.net/mcp``)."""
+    try:
+        outer, inner = urlsplit(named), urlsplit(called)
+        same_origin = (outer.scheme, outer.hostname, outer.port) == (
+            inner.scheme,
+            inner.hostname,
+            inner.port,
+        )
+    except ValueError:
+        return False
+    if not same_origin or not outer.hostname or outer.query or outer.fragment:
+        return False
+    base = outer.path.rstrip("/")
+    return inner.path == outer.path or inner.path.startswith(base + "/") or not base
+
+
 def discover_flow(
     resource: str, *, metadata_url: str | None = None
 ) -> Generator[httpx.Request, httpx.Response, ProtectedResource]:
@@ -259,7 +279,7 @@ def discover_flow(
     document = expect_json((yield _get(url)))
     named = document.get("resource")
     if not isinstance(named, str) or not (
-        named == resource or (metadata_url is not None and resource.startswith(named))
+        named == resource or (metadata_url is not None and _encloses(named, resource))
     ):
         raise TaskleaseError(
             f"the metadata at {url} is for another resource ({str(named)[:200]})",
