@@ -373,10 +373,14 @@ def test_only_an_admin_ends_an_operators_tokens_by_revocation(broker: RunningBro
     admin_token = token_of(broker, admin_name, add_operator(broker, admin_name, "admin")["secret"])
     rogue = fresh("rogue")
     rogue_token = token_of(broker, rogue, add_operator(broker, rogue, "operator")["secret"])
+    admin_jti = jwt_parts(admin_token)[1]["jti"]
+    assert admin_jti.startswith("op-")
     for level, target in (
         ("agent", f"operator:{admin_name}"),
         ("chain", f"operator:{admin_name}"),
         ("agent", "admin"),
+        ("token", admin_jti),  # read from the audit log, which the operator may read
+        ("chain", admin_jti),
     ):
         refused = broker.post(
             "/v1/revoke", json={"level": level, "target": target}, headers=bearer(rogue_token)

@@ -26,7 +26,7 @@ from tasklease.core.revocation import LEVELS
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import WriteTx
 from tasklease.core.tokencheck import TokenCheck, held_scopes
-from tasklease.core.tokens import KIND_AGENT, OPERATORS_SCOPE, Claims
+from tasklease.core.tokens import KIND_AGENT, OPERATOR_JTI_PREFIX, OPERATORS_SCOPE, Claims
 from tasklease.core.validation import TokenRejected
 from tasklease.rules.principals import creator_kind
 from tasklease.rules.scopes import is_subset
@@ -36,6 +36,14 @@ __all__ = ["Revoking"]
 _log = logging.getLogger("tasklease.broker")
 # Subjects of operators' tokens: the built-in admin's and ``operator:<name>``.
 _OPERATOR_KINDS = ("admin", "operator")
+
+
+def _names_operator(level: str, target: str) -> bool:
+    """Whether revoking ``target`` at ``level`` ends operators' tokens: their subject (at
+    level agent or chain), or one of their ids (``op-...``, at level token or chain)."""
+    if level in ("agent", "chain") and creator_kind(target) in _OPERATOR_KINDS:
+        return True
+    return level in ("token", "chain") and target.startswith(OPERATOR_JTI_PREFIX)
 
 
 class Revoking(Service):
@@ -81,10 +89,8 @@ class Revoking(Service):
                 hint="revocation targets are ids; a launch token ends when it expires or is "
                 "used up, an app's secret when the app is deregistered",
             )
-        if (
-            level in ("agent", "chain")
-            and creator_kind(target) in _OPERATOR_KINDS
-            and not is_subset((OPERATORS_SCOPE,), held_scopes(claims))
+        if _names_operator(level, target) and not is_subset(
+            (OPERATORS_SCOPE,), held_scopes(claims)
         ):
             # An operator's (or the built-in admin's) sessions are ended by removing or
             # rotating it, which needs the admin role; an operator holding only the
@@ -100,7 +106,7 @@ class Revoking(Service):
                     outcome="denied",
                     request_id=ctx.request_id,
                     detail=f"caller={claims.sub} may not revoke level={level} "
-                    f"target={target}: an operator's subject needs {OPERATORS_SCOPE}",
+                    f"target={target}: it ends operators' tokens, which needs {OPERATORS_SCOPE}",
                 ),
             )
         now = self._kernel.now()

@@ -71,6 +71,7 @@ __all__ = [
     "KIND_APP",
     "KIND_DPOP_PROOF",
     "OPERATORS_SCOPE",
+    "OPERATOR_JTI_PREFIX",
     "ROLES",
     "ROLE_SCOPES",
     "Claims",
@@ -95,6 +96,7 @@ KIND_DPOP_PROOF = "dpop+jwt"
 
 ADMIN_SCOPES = ("admin:launch-tokens:*", "admin:revoke:*", "admin:audit:*")
 OPERATORS_SCOPE = "admin:operators:*"  # managing operators: the admin role's
+OPERATOR_JTI_PREFIX = "op-"  # how the id of an operator's token (kind admin) starts
 APP_SCOPES = ("app:launch-tokens:*", "app:agents:*", "app:audit:read")
 
 # Operators' roles and the scopes their tokens (kind ``tasklease-admin+jwt``, ``sub``
@@ -238,7 +240,9 @@ def mint(
     ``grant`` is left out when it is the token's own ``jti``. ``details`` are its
     structured grants, the ``authorization_details`` claim (RFC 9396 section 9.1).
     """
-    jti = jti or new_jti()
+    # An operator's token says so in its id, so that revoking one by its id can be held
+    # to the rule for operators' tokens (core.revoking).
+    jti = jti or (OPERATOR_JTI_PREFIX + new_jti() if kind == KIND_ADMIN else new_jti())
     payload: dict[str, Any] = {
         "iss": iss,
         # A delegated token's subject is the root delegator; its holder is the actor

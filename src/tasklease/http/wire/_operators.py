@@ -323,7 +323,8 @@ OPERATIONS = (
             Failure(
                 "forbidden",
                 "`target` names an operator (`operator:<name>`) or the built-in `admin` at "
-                "level `agent` or `chain`, and the caller lacks `admin:operators:*`: "
+                "level `agent` or `chain`, or an operator's token (its id starts `op-`) at "
+                "level `token` or `chain`, and the caller lacks `admin:operators:*`: "
                 "remove the operator or rotate its secret instead",
             ),
         ),
