@@ -8,16 +8,14 @@ the migration continues above the highest seq ever handed out (a pruned one incl
 
 from __future__ import annotations
 
-import importlib.resources
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.storage.old_schema import store_at
 
 from tasklease.core.records import RevocationRecord
 from tasklease.core.store import Store
-from tasklease.storage import SQLiteStore
 
 NOW = 1_800_000_000.0
 BEFORE = 19  # the schema version the rows are written at
@@ -44,62 +42,9 @@ _ROWS: list[tuple[str, tuple[object, ...]]] = [
 ]
 
 
-def _migrations(folder: str) -> list[tuple[int, str, str]]:
-    found = []
-    for entry in (importlib.resources.files("tasklease.storage") / "migrations" / folder).iterdir():
-        version, _, rest = entry.name.partition("_")
-        if entry.name.endswith(".sql") and int(version) <= BEFORE:
-            found.append((int(version), rest.removesuffix(".sql"), entry.read_text("utf-8")))
-    return sorted(found)
-
-
-def _sqlite(tmp_path: Path) -> Iterator[Store]:
-    path = tmp_path / "old.db"
-    conn = sqlite3.connect(path)
-    conn.execute(
-        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-        " applied_at REAL NOT NULL) STRICT"
-    )
-    for version, name, sql in _migrations("sqlite"):
-        conn.executescript(sql)
-        conn.execute("INSERT INTO schema_version VALUES (?, ?, ?)", (version, name, NOW))
-    for statement, params in _ROWS:
-        conn.execute(statement, params)
-    conn.commit()
-    conn.close()
-    with SQLiteStore(path) as store:
-        yield store
-
-
-def _postgres(tmp_path: Path) -> Iterator[Store]:
-    import pgcluster
-    import psycopg
-
-    try:
-        cluster = pgcluster.shared_cluster()
-    except pgcluster.ClusterUnavailable as exc:
-        pytest.skip(str(exc))
-    from tasklease.storage.postgres import PostgresStore
-
-    url = cluster.new_database("revseq")
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE schema_version (version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at double precision NOT NULL)"
-        )
-        for version, name, sql in _migrations("postgres"):
-            conn.execute(sql.encode("utf-8"))
-            conn.execute("INSERT INTO schema_version VALUES (%s, %s, %s)", (version, name, NOW))
-        for statement, params in _ROWS:
-            conn.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
-    with PostgresStore(url) as store:
-        yield store
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def migrated(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    factory = _sqlite if request.param == "sqlite" else _postgres
-    yield from factory(tmp_path)
+    yield from store_at(request.param, tmp_path, BEFORE, lambda _backend: _ROWS)
 
 
 def _revoke(store: Store, target: str, *, revoked_at: int = int(NOW)) -> None:
