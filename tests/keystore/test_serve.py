@@ -226,6 +226,50 @@ def test_init_with_the_plaintext_provider_says_so(tmp_path: Path) -> None:
     assert bad.returncode == 2
 
 
+def test_init_force_replaces_secret_files_never_writing_into_them(tmp_path: Path) -> None:
+    """``init --force`` over an existing secret file that others can read (or that is a
+    link elsewhere) leaves a new 0600 file of this user: the new secret is never written
+    into the old file, whatever its mode."""
+    first = cli("init", "--data-dir", "d", "--secret-file", "s/admin-secret", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    secret = tmp_path / "s" / "admin-secret"
+    old = secret.read_text()
+    secret.chmod(0o644)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("untouched\n")
+    operator = tmp_path / "s" / "operator-admin-secret"
+    operator.unlink()
+    operator.symlink_to(elsewhere)
+    again = cli("init", "--data-dir", "d", "--secret-file", "s/admin-secret", cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr  # no --force
+    forced = cli(
+        "init", "--data-dir", "d", "--secret-file", "s/admin-secret", "--force", cwd=tmp_path
+    )
+    assert forced.returncode == 0, forced.stderr
+    for path in (secret, operator):
+        assert not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600
+    assert secret.read_text() != old
+    assert elsewhere.read_text() == "untouched\n"
+    assert not list((tmp_path / "s").glob(".*.tmp"))
+
+
+def test_init_makes_the_secret_files_directory_before_it_writes_the_config(
+    tmp_path: Path,
+) -> None:
+    """A passphrase from the environment makes no passphrase file beside the secret, so
+    nothing else creates the secret file's directory: init makes it (0700), and never
+    leaves a configuration whose admin secret was not saved."""
+    env = {"TASKLEASE_KEY_PASSPHRASE": PASSPHRASE}
+    done = cli(
+        "init", "--data-dir", "d", "--secret-file", "new/dir/admin-secret", cwd=tmp_path, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    secret = tmp_path / "new" / "dir" / "admin-secret"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "new" / "dir").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "d" / "config.toml").exists()
+
+
 # -- pkcs11 ------------------------------------------------------------------------------
 
 

@@ -156,15 +156,18 @@ def _open_local_store(database: str, *, migrate: bool) -> Store:
 
 
 def _write_private(path: Path, text: str, *, force: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    if path.is_symlink():
-        raise _fail(f"{path} is a symbolic link; refusing to write")
-    fd = os.open(path, flags, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(path, 0o600)
+    """``text`` as a new 0600 file of this user at ``path`` (its directory made 0700 when
+    missing); with ``force`` it replaces a file there, never writing into it."""
+    from tasklease.keystore import KeyStoreError, write_private_file
+
+    try:
+        write_private_file(path, text.encode("utf-8"), replace=force)
+    except FileExistsError:
+        raise _fail(f"{path} exists; use --force to replace it") from None
+    except KeyStoreError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 @app.command()
@@ -229,8 +232,9 @@ def init(
         raise _fail(f"{config_path} already exists (use --force to replace it and its secret)")
     beside = Path(secret_file).parent if secret_file else directory
     operator_secret_path = beside / f"operator-{operator_name}-secret"
-    if os.path.lexists(operator_secret_path) and not force:
-        raise _fail(f"{operator_secret_path} already exists (use --force to replace it)")
+    for path in (operator_secret_path, *([Path(secret_file)] if secret_file else [])):
+        if os.path.lexists(path) and not force:
+            raise _fail(f"{path} already exists (use --force to replace it)")
     secret = new_secret()
     document = (
         "# tasklease broker configuration; every setting is documented in docs/configuration.md\n"
@@ -245,10 +249,13 @@ def init(
         key_provider=key_provider,
         key_passphrase_file=key_passphrase_file,
     )
+    # The secret first: a configuration is never left holding the hash of a secret that
+    # could not be saved.
+    if secret_file:
+        _write_private(Path(secret_file), secret + "\n", force=force)
     _write_private(config_path, document + "".join(line + "\n" for line in key_lines), force=force)
     out.print(f"Config written to {config_path}", highlight=False)
     if secret_file:
-        _write_private(Path(secret_file), secret + "\n", force=force)
         out.print(f"Admin secret written to {secret_file} (mode 0600); it is not shown again.")
     else:
         out.print(f"Admin secret (shown once, save it now): {secret}", highlight=False)

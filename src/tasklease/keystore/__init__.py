@@ -48,6 +48,7 @@ __all__ = [
     "open_key_provider",
     "passphrase_file",
     "read_secret_file",
+    "write_private_file",
 ]
 
 PASSPHRASE_ENV = "TASKLEASE_KEY_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
@@ -165,27 +166,48 @@ def read_secret_file(path: Path, setting: str) -> str:
 def create_passphrase_file(path: Path) -> str:
     """Make a 0600 file holding a new random passphrase (256 bits); return the passphrase.
 
-    Written aside, fsynced and linked into place, so it appears whole or not at all, and
-    never replaces an existing file.
+    Never replaces an existing file (:func:`write_private_file`).
 
     Raises:
         FileExistsError: ``path`` exists.
         OSError: it could not be written.
     """
     passphrase = secrets.token_urlsafe(32)
+    write_private_file(path, (passphrase + "\n").encode("ascii"))
+    return passphrase
+
+
+def write_private_file(path: Path, data: bytes, *, replace: bool = False) -> None:
+    """Write ``data`` as a new file of this user, mode 0600, at ``path``.
+
+    Written beside it first (created exclusively, never through a link, 0600 from its
+    first byte), fsynced, then linked into place (``replace`` false: an existing file is
+    never touched) or renamed over an existing one (``replace``), so it appears whole or
+    not at all and never takes the mode or owner of a file that was there. Its directory
+    is made (0700) when missing.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``replace`` is false.
+        KeyStoreError: the directory is unsafe (writable by others) or not a directory.
+        OSError: it could not be written.
+    """
     directory = path.parent
     if not directory.exists():
         ensure_directory(directory)
     temporary = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(temporary, flags, 0o600)
     try:
         try:
             os.fchmod(fd, 0o600)
-            os.write(fd, (passphrase + "\n").encode("ascii"))
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.link(temporary, path)  # unlike rename, never replaces an existing file
+        if replace:
+            os.replace(temporary, path)  # a link at ``path`` is replaced, not followed
+        else:
+            os.link(temporary, path)  # unlike rename, never replaces an existing file
     finally:
         temporary.unlink(missing_ok=True)
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -193,4 +215,3 @@ def create_passphrase_file(path: Path) -> str:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return passphrase
