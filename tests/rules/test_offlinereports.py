@@ -10,6 +10,7 @@ from tasklease.rules.offlinereports import (
     PendingReport,
     ReportQueue,
     UseCounter,
+    chain_digest,
     derivation_report,
     outcome_settles,
     request_body,
@@ -40,14 +41,14 @@ def test_a_full_queue_drops_the_oldest_and_says_so() -> None:
         ReportQueue(limit=0)
 
 
-def test_uses_are_counted_per_leaf_and_minute_and_handed_out_once_over() -> None:
+def test_uses_are_counted_per_chain_and_minute_and_handed_out_once_over() -> None:
     counter = UseCounter()
     for at in (120.5, 130, 179):
-        counter.count("tla1~x", "leaf", at)
-    counter.count("tla1~x", "leaf", 181)  # the next minute
+        counter.count("tla1~x", at)
+    counter.count("tla1~x", 181)  # the next minute
     assert counter.closed(179) == []  # the minute 120-179 is not over yet
     (first,) = counter.closed(180)
-    assert first.key == "u:leaf:120"
+    assert first.key == f"u:{chain_digest('tla1~x')}:120"
     assert first.body == {"chain": "tla1~x", "occurred_at": 120, "count": 3}
     assert counter.closed(180) == []  # handed out once
     (last,) = counter.closed(181, everything=True)
@@ -56,9 +57,9 @@ def test_uses_are_counted_per_leaf_and_minute_and_handed_out_once_over() -> None
 
 def test_a_full_counter_counts_what_it_could_not_keep() -> None:
     counter = UseCounter(limit=1)
-    counter.count("tla1~x", "one", 0)
-    counter.count("tla1~y", "two", 0)
-    counter.count("tla1~x", "one", 1)  # an open count still counts
+    counter.count("tla1~x", 0)
+    counter.count("tla1~y", 0)
+    counter.count("tla1~x", 1)  # an open count still counts
     assert counter.dropped == 1
     assert [r.body["count"] for r in counter.closed(60)] == [2]
 
@@ -83,3 +84,18 @@ def test_a_spooled_line_reads_back_and_a_torn_one_does_not() -> None:
             PendingReport.from_json(torn)
     with pytest.raises(ChainError):
         derivation_report("eyJhbGciOiJFZERTQSJ9.e30.sig")
+
+
+def test_chains_whose_leaves_share_a_jti_are_counted_apart() -> None:
+    """A leaf's ``jti`` is its deriver's choice: two chains may share one. Each is counted
+    and reported as itself, never credited with the other's uses."""
+    counter = UseCounter()
+    counter.count("tla1~bob.leaf-7", 0)
+    for at in range(5):
+        counter.count("tla1~eve.leaf-7", at)
+    reports = {r.body["chain"]: r for r in counter.closed(60)}
+    assert {c: r.body["count"] for c, r in reports.items()} == {
+        "tla1~bob.leaf-7": 1,
+        "tla1~eve.leaf-7": 5,
+    }
+    assert len({r.key for r in reports.values()}) == 2

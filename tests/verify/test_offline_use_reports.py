@@ -96,14 +96,14 @@ def test_uses_wait_for_the_broker_and_a_minute_sent_twice_is_recorded_once(
     # The broker unreachable: the uses wait.
     with httpx.Client(base_url="http://127.0.0.1:9") as nowhere:
         away = UseReporter(nowhere, app_token, lambda: None)
-        away.used(chain, "leaf", used_at)
+        away.used(chain, used_at)
         assert away.flush(used_at, everything=True) == 0 and away.pending == 1
     # Reachable: the same minute sent twice (an answer lost on the way) is one event.
     with httpx.Client(base_url=broker.url) as client:
         for _ in range(2):
             back = UseReporter(client, app_token, lambda: None)
-            back.used(chain, "leaf", used_at)
-            back.used(chain, "leaf", used_at)
+            back.used(chain, used_at)
+            back.used(chain, used_at)
             assert back.flush(used_at, everything=True) == 1 and back.pending == 0
     (event,) = _uses(broker, holder)
     assert f"verifier={credentials.client_id} count=2" in event["detail"]

@@ -16,7 +16,6 @@ derives a block chooses it, and could have another chain's report taken for a re
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from tasklease.core.tokens import KIND_AGENT, KIND_APP, Claims
 from tasklease.core.validation import TokenRejected
 from tasklease.rules import attenuation
 from tasklease.rules.chainverify import VerifiedChain
+from tasklease.rules.offlinereports import chain_digest
 
 __all__ = [
     "DERIVATION_EVENT",
@@ -277,7 +277,8 @@ class OfflineAudit(Service):
             detail=detail,
             **chain_lineage(chain),
         )
-        return _Accepted("derivation", f"d:{_named(item.chain)}", keep_until, entry, block.iat)
+        key = f"d:{chain_digest(item.chain)}"
+        return _Accepted("derivation", key, keep_until, entry, block.iat)
 
     def _use(self, caller: Claims, item: UseReport, now: float, ctx: RequestContext) -> _Accepted:
         if caller.kind != KIND_APP:
@@ -317,14 +318,8 @@ class OfflineAudit(Service):
             detail=detail,
             **chain_lineage(chain),
         )
-        key = f"u:{_named(item.chain)}:{verifier}:{minute // USE_BUCKET}"
+        key = f"u:{chain_digest(item.chain)}:{verifier}:{minute // USE_BUCKET}"
         return _Accepted("use", key, keep_until, entry, occurred)
-
-
-def _named(chain: str) -> str:
-    """What names a reported chain in its report key: its SHA-256, which no other chain
-    has (its blocks' ``jti`` are their derivers' choice)."""
-    return hashlib.sha256(chain.encode("utf-8")).hexdigest()
 
 
 def _root_str(chain: VerifiedChain, name: str) -> str:

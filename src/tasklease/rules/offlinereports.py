@@ -11,6 +11,7 @@ its block's ``jti``, a use's its leaf's ``jti`` and the minute, so a batch sent 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -26,6 +27,7 @@ __all__ = [
     "PendingReport",
     "ReportQueue",
     "UseCounter",
+    "chain_digest",
     "derivation_report",
     "outcome_settles",
     "request_body",
@@ -78,7 +80,15 @@ def derivation_report(chain: str) -> PendingReport:
     decoded = attenuation.decode(chain)
     if not decoded.blocks:
         raise attenuation.ChainError("a chain has at least one block", "format")
-    return PendingReport("derivation", f"d:{decoded.blocks[-1].jti}", {"chain": chain})
+    return PendingReport("derivation", f"d:{chain_digest(chain)}", {"chain": chain})
+
+
+def chain_digest(chain: str) -> str:
+    """A chain's name in a queue or a count: the SHA-256 of its text (hex). Not its last
+    block's ``jti``, which whoever derived the block chose: two chains may share one, and
+    one chain's reports would be taken for the other's (the broker keys them the same
+    way)."""
+    return hashlib.sha256(chain.encode("utf-8")).hexdigest()
 
 
 def outcome_settles(status: int) -> bool:
@@ -143,9 +153,9 @@ def request_body(batch: Sequence[PendingReport]) -> dict[str, list[dict[str, Any
 
 
 class UseCounter:
-    """A verifier's acceptances of offline chains, counted per chain leaf and minute.
+    """A verifier's acceptances of offline chains, counted per chain and minute.
 
-    :meth:`closed` hands out the minutes that are over as reports (one per leaf and
+    :meth:`closed` hands out the minutes that are over as reports (one per chain and
     minute, with its count, dated by the minute's first use: the chain was valid then)
     and forgets them; a minute is reported once, when it is over,
     so the broker's first record of it is the whole count. Thread-safe; at most
@@ -159,9 +169,9 @@ class UseCounter:
         self._lock = threading.Lock()
         self.dropped = 0
 
-    def count(self, chain: str, leaf_jti: str, at: float) -> None:
+    def count(self, chain: str, at: float) -> None:
         minute = int(at) - int(at) % USE_BUCKET
-        key = (leaf_jti, minute)
+        key = (chain_digest(chain), minute)
         with self._lock:
             found = self._counts.get(key)
             if found is not None:
@@ -175,9 +185,9 @@ class UseCounter:
         """Reports of the minutes over by ``now`` (or of all, ``everything``: at close)."""
         out: list[PendingReport] = []
         with self._lock:
-            for (jti, minute), (chain, count, first) in list(self._counts.items()):
+            for (digest, minute), (chain, count, first) in list(self._counts.items()):
                 if everything or minute + USE_BUCKET <= now:
-                    del self._counts[(jti, minute)]
+                    del self._counts[(digest, minute)]
                     body = {"chain": chain, "occurred_at": first, "count": count}
-                    out.append(PendingReport("use", f"u:{jti}:{minute}", body))
+                    out.append(PendingReport("use", f"u:{digest}:{minute}", body))
         return out

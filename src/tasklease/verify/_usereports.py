@@ -62,9 +62,9 @@ class UseReporter:
     def dropped(self) -> int:
         return self._queue.dropped + self._counter.dropped
 
-    def used(self, chain: str, leaf_jti: str, at: float) -> None:
-        """Count one acceptance of ``chain`` (whose leaf is ``leaf_jti``) at ``at``."""
-        self._counter.count(chain, leaf_jti, at)
+    def used(self, chain: str, at: float) -> None:
+        """Count one acceptance of ``chain`` at ``at``."""
+        self._counter.count(chain, at)
 
     def flush(self, now: float, *, everything: bool = False) -> int:
         """Queue the minutes over by ``now`` (every minute, ``everything``) and report

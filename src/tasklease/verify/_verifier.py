@@ -411,7 +411,7 @@ class Verifier(VerifierBase):
                     f"offline chain: {exc.reason}", dpop_proof=isinstance(exc, DPoPProofError)
                 ) from None
         if self._uses is not None:
-            self._uses.used(text, chain.jti, now)
+            self._uses.used(text, now)
         return verified
 
     # --- tokens of federated trust domains (verify._federation) ---------------------------

@@ -114,8 +114,9 @@ OPERATIONS = (
         "verifier applies, as of the moment reported; each accepted item is one audit "
         "event (`offline_derivation_reported`, `offline_use_reported`) marked reported "
         "late, with when it happened and when it was received. Idempotent: an item "
-        "reported before (a derivation by its block's `jti`; a use by its leaf's `jti`, "
-        "the verifier and the minute) is counted in `duplicates` and records nothing. An "
+        "reported before (a derivation by its chain; a use by its chain, the verifier and "
+        "the minute; a chain named by the SHA-256 of its text) is counted in "
+        "`duplicates` and records nothing. An "
         f"item the broker cannot verify is refused with its own `denial_id`. At most "
         f"{MAX_REPORTS} items per request; items are accepted up to a day after their "
         "chain expired.",
