@@ -473,3 +473,45 @@ def test_plain_scopes_travel_apart_from_limited_ones() -> None:
     # A limited scope grant never covers the plain scope (which would have no limit).
     assert not g.covers(rest[0], g.scope_grant("write:pay:1"))
     assert g.covers(g.scope_grant("write:pay:*"), rest[0])
+
+
+def test_a_call_value_matches_a_listed_value_of_its_own_json_type_only() -> None:
+    """``true``, ``1`` and ``1.0`` are three JSON values (Python's ``==`` takes them for
+    one): a limit that lists the integer 1 allows neither ``true`` nor ``1.0``, in
+    ``allowed_values`` and in a grant's list fields alike."""
+    granted = g.parse_details(
+        [
+            {
+                "type": "resource_access",
+                "actions": ["pay"],
+                "limits": {"allowed_values": {"account": [1, "x"]}},
+            }
+        ]
+    )
+    seen = {
+        repr(value): gu.allows(
+            granted, "resource_access", action="pay", now=0, values={"account": value}
+        )
+        is not None
+        for value in (1, True, 1.0, "1", "x", 0, False)
+    }
+    assert seen == {
+        "1": True,
+        "True": False,
+        "1.0": False,
+        "'1'": False,
+        "'x'": True,
+        "0": False,
+        "False": False,
+    }
+
+
+def test_a_single_string_member_is_equal_or_nothing_never_a_substring() -> None:
+    """An operator's type may declare ``actions`` as one string: a call's action must be
+    that string, not a part of it."""
+    granted = [g.parse_detail({"type": "ops", "actions": "unsubscribe"})]
+    assert gu.allows(granted, "ops", action="subscribe", now=0) is None
+    assert gu.allows(granted, "ops", action="unsub", now=0) is None
+    assert gu.allows(granted, "ops", action="unsubscribe", now=0) is not None
+    numbered = [g.parse_detail({"type": "ops", "actions": 7})]
+    assert gu.allows(numbered, "ops", action="7", now=0) is None  # refused, not a TypeError

@@ -85,7 +85,7 @@ def _allows_one(
             if listed is None:
                 if name == "actions":
                     return False
-            elif given not in listed:
+            elif not _among(given, listed):
                 return False
     if location is not None and "locations" in grant:
         if not any(location_covers(p, location) for p in grant["locations"]):
@@ -97,11 +97,7 @@ def _allows_one(
     for name, value in fields.items():
         if name not in grant:
             continue
-        mine = grant[name]
-        if isinstance(mine, list):
-            if value not in mine:
-                return False
-        elif canonical({"v": mine}) != canonical({"v": value}):
+        if not _among(value, grant[name]):
             return False
     return _within_limits(grant.get("limits") or {}, now, amount, currency, values)
 
@@ -131,6 +127,27 @@ def _within_limits(
         if asked > Decimal(limits["max_amount"]):
             return False
     for name, allowed in (limits.get("allowed_values") or {}).items():
-        if name not in values or values[name] not in allowed:
+        if name not in values or not _among(values[name], allowed):
             return False
     return True
+
+
+_SCALARS = (str, int, float)  # bool is an int: type() tells them apart
+
+
+def _among(value: object, allowed: object) -> bool:
+    """Whether ``value`` is one of ``allowed`` (a list), or is ``allowed`` (anything else),
+    compared as JSON: ``true``, ``1`` and ``1.0`` are three values, not one (Python's
+    ``==`` takes them for the same), and a string is never searched for a substring."""
+    if isinstance(allowed, list):
+        return any(_same(value, member) for member in allowed)
+    return _same(value, allowed)
+
+
+def _same(first: object, second: object) -> bool:
+    if isinstance(first, _SCALARS) or isinstance(second, _SCALARS):
+        return type(first) is type(second) and first == second  # bool is not int, 1.0 not 1
+    try:
+        return canonical({"v": first}) == canonical({"v": second})
+    except (TypeError, ValueError):  # not JSON (a call's value may be anything)
+        return False
