@@ -37,10 +37,11 @@ from tasklease.core.issuing import (
     token_challenge,
 )
 from tasklease.core.kernel import IssuedToken, Kernel, Parent, RequestContext, Service, with_denial
-from tasklease.core.lineage import Refusal, app_ancestor, ending_records
+from tasklease.core.lineage import Refusal, app_ancestor
 from tasklease.core.liveness import new_session
 from tasklease.core.pending import Lost, Pending, complete
 from tasklease.core.records import AgentRecord, RevocationRecord
+from tasklease.core.revoking import ended_by_holder
 from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import WriteTx
@@ -166,26 +167,13 @@ class Renewal(Service):
 
     def prepare_release(self, claims: Claims, ctx: RequestContext) -> Pending[None]:
         """:meth:`release`, not yet written (``core.pending``)."""
-        kernel = self._kernel
-        records = ending_records(claims, int(kernel.now()), self._config)
-
-        def unit(tx: WriteTx) -> list[AuditEntry]:
-            for record in records:
-                tx.insert_revocation(record)
-            return [
-                replace(
-                    about(claims),
-                    event_type="token_released",
-                    request_id=ctx.request_id,
-                    detail=f"token released | jti={claims.jti}",
-                )
-            ]
-
-        def done() -> None:
-            kernel.apply_revocations(records)
-            self._metrics.tokens_revoked.labels("release").inc()
-
-        return Pending(unit, done)
+        entry = replace(
+            about(claims),
+            event_type="token_released",
+            request_id=ctx.request_id,
+            detail=f"token released | jti={claims.jti}",
+        )
+        return ended_by_holder(self._kernel, claims, entry, "release")
 
     # --- resume ----------------------------------------------------------------------------
 

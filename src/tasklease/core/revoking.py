@@ -38,6 +38,24 @@ _log = logging.getLogger("tasklease.broker")
 _OPERATOR_KINDS = ("admin", "operator")
 
 
+def ended_by_holder(kernel: Kernel, claims: Claims, entry: AuditEntry, label: str) -> Pending[None]:
+    """The token of ``claims`` and what descends from it ended by its own holder (a
+    release, a sign-out): the revocation entries of ``lineage.ending_records`` and the one
+    event ``entry``, written together; ``label`` counts it in ``tokens_revoked``."""
+    records = ending_records(claims, int(kernel.now()), kernel.config)
+
+    def unit(tx: WriteTx) -> list[AuditEntry]:
+        for record in records:
+            tx.insert_revocation(record)
+        return [entry]
+
+    def done() -> None:
+        kernel.apply_revocations(records)
+        kernel.metrics.tokens_revoked.labels(label).inc()
+
+    return Pending(unit, done)
+
+
 def _names_operator(level: str, target: str) -> bool:
     """Whether revoking ``target`` at ``level`` ends operators' tokens: their subject (at
     level agent or chain), or one of their ids (``op-...``, at level token or chain)."""
@@ -249,25 +267,13 @@ class Revoking(Service):
         session cookie's, stops working at once rather than at its ``exp``. Any operator
         may end its own token; ``claims`` were authenticated by the caller. Durable
         before it returns."""
-        records = ending_records(claims, int(self._kernel.now()), self._config)
-
-        def unit(tx: WriteTx) -> list[AuditEntry]:
-            for record in records:
-                tx.insert_revocation(record)
-            return [
-                replace(
-                    about(claims),
-                    event_type="token_revoked",
-                    request_id=ctx.request_id,
-                    detail=f"signed out: level=token target={claims.jti} by={claims.sub}",
-                )
-            ]
-
-        def done() -> None:
-            self._kernel.apply_revocations(records)
-            self._metrics.tokens_revoked.labels("holder").inc()
-
-        complete(self._kernel, Pending(unit, done))
+        entry = replace(
+            about(claims),
+            event_type="token_revoked",
+            request_id=ctx.request_id,
+            detail=f"signed out: level=token target={claims.jti} by={claims.sub}",
+        )
+        complete(self._kernel, ended_by_holder(self._kernel, claims, entry, "holder"))
 
     def revocation_feed(self, cursor: int | None) -> tuple[list[RevocationRecord], int]:
         """Revocation entries in ``seq`` order and the cursor to continue from.
