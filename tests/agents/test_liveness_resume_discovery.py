@@ -70,6 +70,40 @@ def test_silent_agent_loses_its_tokens_and_its_delegates_tokens(env: Env) -> Non
     assert len(env.audit("agent_silent_revoked")) == 1
 
 
+def test_a_token_renewed_while_the_sweep_runs_is_ended_with_the_agent(env: Env) -> None:
+    """The sweep reads the clock, then revokes agent by agent. A bearer of a silent
+    agent's token that renews (and delegates) in between gets tokens issued after the
+    sweep began: the revocation, dated when it is written, ends them too."""
+    silent = env.register("task-silent")
+    helper = env.register("task-helper")
+    assert _beat(env, silent).status_code == 200  # opts in
+    env.clock.advance(91.2)  # silent past 3 x 30 s
+    liveness = env.broker._liveness
+    sweep_one = liveness._sweep_one
+    issued: list[str] = []
+
+    def renewing_first(agent_id: str, now: float, bound: float) -> bool:
+        env.clock.advance(1.0)
+        renewed = env.http.post("/v1/token/renew", headers=silent.auth())
+        assert renewed.status_code == 200, renewed.text
+        issued.append(renewed.json()["access_token"])
+        delegated = env.http.post(
+            "/v1/delegate",
+            headers={"Authorization": f"Bearer {issued[0]}"},
+            json={"delegate_to": helper.agent_id, "scope": ["read:data:*"], "ttl": 300},
+        )
+        assert delegated.status_code == 200, delegated.text
+        issued.append(delegated.json()["access_token"])
+        return sweep_one(agent_id, now, bound)
+
+    liveness._sweep_one = renewing_first  # type: ignore[method-assign]
+    assert env.broker.sweep_silent_agents() == [silent.agent_id]
+    assert len(issued) == 2
+    for token in issued:
+        assert env.validate(token) is None
+    assert env.validate(helper.token) is not None
+
+
 def test_not_swept_before_the_configured_misses(env: Env) -> None:
     agent = env.register("task-a")
     _beat(env, agent)

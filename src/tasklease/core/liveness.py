@@ -217,13 +217,14 @@ class Liveness(Service):
         return revoked
 
     def _sweep_one(self, agent_id: str, now: float, bound: float) -> bool:
-        """Revoke one silent agent unless it heartbeated or was swept meanwhile."""
+        """Revoke one silent agent unless it heartbeated or was swept meanwhile.
+
+        The revocation is dated inside its transaction, not when the sweep began: a token
+        renewed or delegated meanwhile (before the session is marked swept) is issued no
+        later than that, and is ended too; one asked for after it is refused for the swept
+        session."""
         cfg = self._config
-        revoked_at = math.floor(now)
-        record = RevocationRecord(
-            "agent", agent_id, revoked_at, self._kernel.revocation_expiry(revoked_at)
-        )
-        swept: list[bool] = []
+        swept: list[RevocationRecord] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             session = tx.get_agent_session(agent_id)
@@ -234,10 +235,14 @@ class Liveness(Service):
                 or session.last_heartbeat >= bound
             ):
                 return []  # it heartbeated, was released or was swept meanwhile
+            revoked_at = math.floor(self._kernel.now())
+            record = RevocationRecord(
+                "agent", agent_id, revoked_at, self._kernel.revocation_expiry(revoked_at)
+            )
             tx.insert_revocation(record)
             tx.set_agent_status(agent_id, "revoked")
             tx.put_agent_session(replace(session, state="silent_revoked"))
-            swept.append(True)
+            swept.append(record)
             agent = self._store.get_agent(agent_id)
             allowed = cfg.heartbeat_interval * cfg.heartbeat_misses
             return [
@@ -260,6 +265,6 @@ class Liveness(Service):
         self._kernel.commit(unit)
         if not swept:
             return False
-        self._kernel.apply_revocations([record])
+        self._kernel.apply_revocations(swept[-1:])
         self._metrics.tokens_revoked.labels("agent").inc()
         return True
