@@ -18,6 +18,7 @@ from tasklease.core.errors import (
     InvalidRequest,
     TaskleaseError,
     Unauthorized,
+    Unavailable,
     UseDPoPNonce,
 )
 from tasklease.core.issuing import clamp_ttl
@@ -25,7 +26,7 @@ from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service
 from tasklease.core.passwords import verify_secret
 from tasklease.core.records import AppRecord
 from tasklease.core.store import WriteTx
-from tasklease.core.tokens import APP_SCOPES, KIND_APP
+from tasklease.core.tokens import APP_SCOPES, KIND_APP, Claims
 from tasklease.rules.binding import (
     PROOF_REPLAYED,
     BindingError,
@@ -169,6 +170,14 @@ class AppSignIn(Service):
             ),
         )
 
+    def _born_revoked(self, claims: Claims) -> bool:
+        """Whether the token about to be issued is revoked already: a key change revokes
+        the app's tokens up to and including its second (revocation matches ``iat <=
+        revoked_at`` in whole seconds), so a sign-in within that second is asked to come
+        back in a second. (An app's record changes for its scopes too, which revoke
+        nothing, so its time of change is no sign: the revocation itself is.)"""
+        return self._kernel.revocations.match(claims) is not None
+
     def _app_token(
         self,
         app: AppRecord,
@@ -190,13 +199,20 @@ class AppSignIn(Service):
         """
         proof = self._dpop_proof(app, ctx) if bind and ctx.dpop else None
 
-        def spend(tx: WriteTx) -> tuple[TaskleaseError, str] | None:
+        def spend(tx: WriteTx, claims: Claims) -> tuple[TaskleaseError, str] | None:
             if spent is not None and not tx.consume_nonce(*spent):
                 return Unauthorized("Authentication failed"), "assertion_replayed (jti used)"
             if proof is not None and not tx.consume_dpop_proof(proof.key, proof.expires_at):
                 return InvalidDPoPProof("invalid DPoP proof", reason=PROOF_REPLAYED), PROOF_REPLAYED
             if self._store.get_app_by_client_id(app.client_id) != app:
                 return Unauthorized("Authentication failed"), "app_changed_during_sign_in"
+            if self._born_revoked(claims):
+                return (
+                    Unavailable(
+                        "the app's credential changed this second: sign in again", retry_after=1
+                    ),
+                    "credential_changed_this_second",
+                )
             return None
 
         bound = f" cnf.jkt={proof.jkt}" if proof is not None else ""

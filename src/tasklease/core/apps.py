@@ -412,13 +412,14 @@ class Apps(Service):
         event: str,
         detail: Callable[[Claims], str],
         cnf: dict[str, str] | None = None,
-        spend: Callable[[WriteTx], tuple[TaskleaseError, str] | None] | None = None,
+        spend: Callable[[WriteTx, Claims], tuple[TaskleaseError, str] | None] | None = None,
     ) -> IssuedToken:
         """Mint an admin or app token for a caller who authenticated; audit it.
 
         ``spend`` records single-use credentials (an assertion's ``jti``, a DPoP proof) in
-        the transaction of the audit event; when one was used before it returns the error
-        and reason, and the sign-in is refused instead (audited, nothing issued).
+        the transaction of the audit event, and checks the token about to be issued;
+        when it finds a reason to refuse it returns the error and reason, and the sign-in
+        is refused instead (audited, nothing issued).
         """
         started = time.perf_counter()
         cfg = self._config
@@ -441,7 +442,7 @@ class Apps(Service):
             refused: list[tuple[TaskleaseError, str]] = []
 
             def unit(tx: WriteTx) -> list[AuditEntry]:
-                refusal = spend(tx)
+                refusal = spend(tx, claims)
                 if refusal is not None:
                     refused.append(refusal)
                     return []
