@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 from typing import Any
 
@@ -103,3 +104,45 @@ def test_stream_delivers_backlog_sync_and_new_revocations(broker: RunningBroker)
     revocation = next(e for e in events if e[0] == "revocation")
     entry = json.loads(revocation[2])
     assert entry["level"] == "agent" and int(revocation[1]) == entry["seq"] > head
+
+
+def test_a_stream_ends_when_its_readers_token_is_revoked(broker: RunningBroker) -> None:
+    """An operator reading the stream is removed: its token is revoked, and the stream
+    ends there. It never hears the revocations made after, as its next request would be
+    refused."""
+    name = f"feed-{secrets.token_hex(3)}"
+    made = broker.post(
+        "/v1/admin/operators",
+        json={"name": name, "role": "operator"},
+        headers=broker.admin_headers(),
+    )
+    assert made.status_code == 201, made.text
+    signed = broker.post("/v1/operator/auth", json={"name": name, "secret": made.json()["secret"]})
+    headers = {"Authorization": f"Bearer {signed.json()['access_token']}"}
+    synced, ended = threading.Event(), threading.Event()
+    heard: list[str] = []
+
+    def read() -> None:
+        with (
+            httpx.Client(base_url=broker.url, timeout=15) as client,
+            client.stream("GET", "/v1/revocations/stream", headers=headers) as response,
+        ):
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line.startswith("event: sync"):
+                    synced.set()
+                elif line.startswith("data: ") and synced.is_set():
+                    heard.append(json.loads(line[6:]).get("target", ""))
+        ended.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert synced.wait(10)
+    removed = broker.client.delete(f"/v1/admin/operators/{name}", headers=broker.admin_headers())
+    assert removed.status_code == 200, removed.text
+    later = f"task-after-{secrets.token_hex(3)}"
+    assert broker.revoke("task", later).status_code == 200
+    assert ended.wait(10), "the stream went on after its reader's token was revoked"
+    reader.join(5)
+    assert later not in heard
+    assert broker.get("/v1/revocations", headers=headers).status_code == 401

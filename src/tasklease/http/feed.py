@@ -12,8 +12,8 @@ then every revocation this process learns of, as it learns it:
 * ``: keepalive`` comments every ``heartbeat`` seconds, so a reader can tell a quiet feed
   from a dead one and fail closed when it hears nothing for too long.
 
-Both need an admin or app token. A stream ends when that token expires (the reader
-reconnects with a fresh token and its cursor, or ``Last-Event-ID``), when its reader falls
+Both need an admin or app token. A stream ends when that token expires or is revoked (the
+reader reconnects with a fresh token and its cursor, or ``Last-Event-ID``), when its reader falls
 more than ``queue_size`` entries behind, or when one write blocks for ``write_timeout``
 seconds: a reader that does not read is dropped, never buffered for ever.
 
@@ -38,6 +38,7 @@ from starlette.routing import Route
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.errors import InvalidRequest
 from tasklease.core.records import RevocationRecord
+from tasklease.core.tokens import Claims
 from tasklease.http import wire
 
 __all__ = ["HEARTBEAT_SECONDS", "RevocationHub", "revocation_routes"]
@@ -190,7 +191,7 @@ class _EventStream(Response):
         hub: RevocationHub,
         *,
         cursor: int | None,
-        ends_at: float,
+        reader: Claims,
         heartbeat: float,
         write_timeout: float,
     ) -> None:
@@ -200,7 +201,8 @@ class _EventStream(Response):
         self._broker = broker
         self._hub = hub
         self._cursor = cursor
-        self._ends_at = ends_at
+        self._reader = reader
+        self._ends_at = float(reader.exp)
         self._heartbeat = heartbeat
         self._write_timeout = write_timeout
 
@@ -250,10 +252,16 @@ class _EventStream(Response):
         last: int,
     ) -> None:
         clock = self._broker.clock
+        revocations = self._broker.kernel.revocations
         while not disconnected.is_set() and not subscription.dropped:
             remaining = self._ends_at - clock.now()
             if remaining <= 0:
                 return  # the reader's token expired: it reconnects with a fresh one
+            if revocations.match(self._reader) is not None:
+                # Revoked since it connected (its operator removed, its app deleted): it
+                # hears nothing more, as its next request would be refused.
+                _log.info("revocation stream ended: the reader's token was revoked")
+                return
             getter = asyncio.ensure_future(subscription.queue.get())
             hangup = asyncio.ensure_future(disconnected.wait())
             await asyncio.wait(
@@ -271,6 +279,8 @@ class _EventStream(Response):
             while not subscription.queue.empty():
                 batch.append(subscription.queue.get_nowait())
             fresh = [r for r in batch if r.seq > last]
+            if fresh and revocations.match(self._reader) is not None:
+                return  # the batch may be the reader's own revocation: not sent
             if fresh:
                 last = max(r.seq for r in fresh)
                 now = clock.now()
@@ -288,12 +298,11 @@ def revocation_routes(
 ) -> list[Route]:
     """The two feed routes, wrapped in the application's problem ``guard``."""
 
-    async def reader(request: Request) -> float:
-        """Authenticate the caller; return when its token expires (Unix seconds)."""
+    async def reader(request: Request) -> Claims:
+        """Authenticate the caller: its token's claims."""
         header = request.headers.get("authorization")
         ctx = context(request)
-        claims = await run_in_threadpool(broker.authenticate_feed_reader, header, ctx)
-        return float(claims.exp)
+        return await run_in_threadpool(broker.authenticate_feed_reader, header, ctx)
 
     async def snapshot(request: Request) -> Response:
         cursor = _parse_cursor(request.query_params.get("cursor"))
@@ -310,12 +319,12 @@ def revocation_routes(
         cursor = _parse_cursor(
             request.query_params.get("cursor") or request.headers.get("last-event-id")
         )
-        ends_at = await reader(request)
+        claims = await reader(request)
         return _EventStream(
             broker,
             hub,
             cursor=cursor,
-            ends_at=ends_at,
+            reader=claims,
             heartbeat=heartbeat,
             write_timeout=write_timeout,
         )

@@ -304,7 +304,8 @@ OPERATIONS = (
         "learns it (`event: revocation`, `id:` its `seq`, `data:` the entry), and a "
         "`: keepalive` comment every 2 seconds: a reader that hears nothing for longer than "
         "its staleness bound must fail closed. The stream ends when the reader's token "
-        "expires, or when the reader falls behind (it reconnects with its cursor).",
+        "expires or is revoked, or when the reader falls behind (it reconnects with its "
+        "cursor).",
         ADMIN_OR_APP_TOKEN,
         Body(
             "RevocationStream",
