@@ -89,6 +89,12 @@ def test_path_query_and_form_are_checked() -> None:
     assert control_character_error("/x", b"", b"token=abc&token_type_hint=x", form=True) is None
 
 
+def test_a_form_labelled_body_that_is_json_is_checked_as_json() -> None:
+    hidden = b'{"target": "t\\u001b[2J"}'
+    assert "U+001B" in (control_character_error("/v1/revoke", b"", hidden, form=True) or "")
+    assert control_character_error("/v1/revoke", b"", b'{"target": "t"}', form=True) is None
+
+
 def test_invalid_json_is_left_for_the_route_decoder() -> None:
     assert control_character_error("/", b"", b'{"a":"\\u00', form=False) is None
 
@@ -115,7 +121,11 @@ def _run(calls: list[tuple[str, str, dict[str, object]]]) -> list[httpx.Response
             admin = await client.post("/v1/admin/auth", json={"secret": ADMIN_SECRET})
             bearer = {"Authorization": f"Bearer {admin.json()['access_token']}"}
             return [
-                await client.request(method, url, headers=bearer, **kwargs)  # type: ignore[arg-type]
+                await client.request(
+                    method,
+                    url,
+                    **{**kwargs, "headers": {**bearer, **kwargs.get("headers", {})}},  # type: ignore[dict-item]
+                )
                 for method, url, kwargs in calls
             ]
 
@@ -132,6 +142,16 @@ POISONED = [
         {"json": {"agent_name": "bot\tone", "allowed_scope": ["read:a:b"]}},
     ),
     ("POST", "/v1/revoke", {"json": {"level": "task", "target": "t\x85"}}),
+    # JSON labelled as a form: the JSON routes decode it all the same, so it is checked
+    # as JSON (its escapes hide the characters from a check of the raw bytes).
+    (
+        "POST",
+        "/v1/revoke",
+        {
+            "content": b'{"level": "task", "target": "t\\u001b[2J\\u0000"}',
+            "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+        },
+    ),
     ("POST", "/v1/token/validate", {"json": {"token": "x\x00"}}),
     ("POST", "/v1/token/introspect", {"data": {"token": "x\x00"}}),
     ("GET", "/v1/audit/events?agent_id=%00", {}),

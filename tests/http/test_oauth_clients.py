@@ -202,6 +202,8 @@ _CREDENTIAL_REFUSALS = [
     pytest.param({}, {}, "no_client_credentials", id="nothing"),
     pytest.param({}, {"Authorization": "Basic !!"}, "malformed_basic", id="garbled-basic"),
     pytest.param({}, {"Authorization": "Basic Y2lk"}, "malformed_basic", id="basic-no-colon"),
+    # Bytes that are not ASCII: an internal error before (base64 refuses non-ASCII text).
+    pytest.param({}, {"Authorization": b"Basic \xe9t\xe9"}, "malformed_basic", id="basic-latin1"),
     pytest.param({}, {"Authorization": "Digest abc"}, "authorization_not_basic", id="digest"),
     pytest.param({}, "basic:{cid}:", "no_client_secret", id="basic-empty-secret"),
     pytest.param({}, "basic::a-guess", "no_client_id", id="basic-empty-client-id"),

@@ -23,7 +23,6 @@ assertion type, a wrong secret), the refusal spends the sign-in rate limit and c
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -94,7 +93,7 @@ def _basic_credentials(header: str) -> tuple[str, str]:
         raise _NotAuthenticated("authorization_not_basic", basic=True)
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8 once decoded
         raise _NotAuthenticated("malformed_basic_credentials", basic=True) from None
     client_id, colon, secret = decoded.partition(":")
     if not colon:

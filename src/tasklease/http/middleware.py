@@ -180,10 +180,10 @@ def control_character_error(
         return "the query string holds a control character"
     if not body:
         return None
-    if form:
-        if _CONTROL_BYTES.search(unquote_to_bytes(body)) is not None:
-            return "the form body holds a control character"
-        return None
+    if form and _CONTROL_BYTES.search(unquote_to_bytes(body)) is not None:
+        return "the form body holds a control character"
+    # A body labelled as a form may be JSON all the same (the JSON routes decode whatever
+    # the label says): its strings are checked too. Text that is not JSON passes here.
     return _json_control_error(body, multiline)
 
 

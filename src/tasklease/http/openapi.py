@@ -26,12 +26,14 @@ from typing import Any
 
 import msgspec
 
-from tasklease.core.broker import VERSION
 from tasklease.http import wire
 from tasklease.http.problems import STATUS_BY_CODE
 from tasklease.http.wire import Body, Failure, OneOf, Operation
 
-__all__ = ["WWW_AUTHENTICATE", "failures", "openapi_document", "openapi_json"]
+__all__ = ["API_VERSION", "WWW_AUTHENTICATE", "failures", "openapi_document", "openapi_json"]
+
+API_VERSION = "v1"
+"""The version of the HTTP API the document describes (its paths' ``/v1``)."""
 
 Schema = dict[str, Any]
 _PROBLEM_MEDIA = "application/problem+json"
@@ -236,7 +238,9 @@ def _build() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "tasklease",
-            "version": VERSION,
+            # The API's version, not the release's: like the anonymous health answer
+            # (decision 56), a public document does not name the build to attack.
+            "version": API_VERSION,
             "summary": "A credential broker for AI agents, wire-compatible with AgentWrit v2.",
             "description": "Every agent instance gets its own identity at spawn, carries only a "
             "minute-scale token scoped to its task, is re-validated on every request, can be "
