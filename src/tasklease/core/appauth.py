@@ -200,12 +200,8 @@ class AppSignIn(Service):
         proof = self._dpop_proof(app, ctx) if bind and ctx.dpop else None
 
         def spend(tx: WriteTx, claims: Claims) -> tuple[TaskleaseError, str] | None:
-            if spent is not None and not tx.consume_nonce(*spent):
-                return Unauthorized("Authentication failed"), "assertion_replayed (jti used)"
-            if proof is not None and not tx.consume_dpop_proof(proof.key, proof.expires_at):
-                return InvalidDPoPProof("invalid DPoP proof", reason=PROOF_REPLAYED), PROOF_REPLAYED
-            if self._store.get_app_by_client_id(app.client_id) != app:
-                return Unauthorized("Authentication failed"), "app_changed_during_sign_in"
+            # First, before anything is spent: the client is asked to retry, and may send
+            # the same assertion and proof again.
             if self._born_revoked(claims):
                 return (
                     Unavailable(
@@ -213,6 +209,12 @@ class AppSignIn(Service):
                     ),
                     "credential_changed_this_second",
                 )
+            if spent is not None and not tx.consume_nonce(*spent):
+                return Unauthorized("Authentication failed"), "assertion_replayed (jti used)"
+            if proof is not None and not tx.consume_dpop_proof(proof.key, proof.expires_at):
+                return InvalidDPoPProof("invalid DPoP proof", reason=PROOF_REPLAYED), PROOF_REPLAYED
+            if self._store.get_app_by_client_id(app.client_id) != app:
+                return Unauthorized("Authentication failed"), "app_changed_during_sign_in"
             return None
 
         bound = f" cnf.jkt={proof.jkt}" if proof is not None else ""
