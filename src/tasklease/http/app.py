@@ -156,6 +156,9 @@ def create_app(
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
+    # No redirect from a path with a trailing slash to one without: Starlette builds its
+    # Location from the request's Host header, which a cache in front may not key on.
+    app.router.redirect_slashes = False
     app.add_middleware(
         EnvelopeMiddleware,
         max_body=cfg.max_body_bytes,

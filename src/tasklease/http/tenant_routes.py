@@ -152,6 +152,6 @@ class TenantApps:
             routes = tenant_routes(
                 broker, render_metrics=self._render_metrics, closers=self._closers
             )
-            known = (broker, Router(routes=routes))
+            known = (broker, Router(routes=routes, redirect_slashes=False))
             self._routers[name] = known
         await known[1](scope, receive, send)

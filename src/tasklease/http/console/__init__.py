@@ -490,8 +490,16 @@ def console_routes(
         Route("/revoke", guarded(revoke, REVOKE_SCOPE), methods=["POST"]),
         static_route(),
     ]
-    # ``/console`` itself is redirected to ``/console/`` by the router (redirect_slashes).
-    return [Mount("/console", routes=routes)]
+    return [
+        Route("/console", home, methods=["GET"], include_in_schema=False),
+        Mount("/console", routes=routes),
+    ]
+
+
+async def home(request: Request) -> Response:
+    """``/console`` itself: on to ``/console/``, by path alone. The routers redirect no
+    slashes (they would name whatever host the request's ``Host`` header gave)."""
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/console/", 307)
 
 
 _PLAIN_HTTP = (
