@@ -39,7 +39,12 @@ from tasklease.http.metrics import (
 )
 from tasklease.http.protocol import http_protocol
 from tasklease.http.tls import uvicorn_tls_options
-from tasklease.keystore import EncryptedFileKeyProvider, open_key_provider
+from tasklease.keystore import (
+    EncryptedFileKeyProvider,
+    KeyStoreError,
+    open_key_provider,
+    read_private_file,
+)
 from tasklease.logs import configure_logging
 from tasklease.storage import is_shared_database, open_store, redact_url
 
@@ -111,9 +116,10 @@ def _nonce_secret(key_dir: Path) -> bytes:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        data = path.read_bytes()
-        if len(data) != 32 or path.is_symlink():
-            raise ValueError(f"{path} is not a 32-byte secret file") from None
+        label = f"nonce secret {path}"
+        data = read_private_file(path, label, 32, fix=f"; run: chmod 600 {path}")
+        if len(data) != 32:
+            raise KeyStoreError(f"{label} is not a 32-byte secret file") from None
         return data
     secret = os.urandom(32)
     with os.fdopen(fd, "wb") as fh:

@@ -335,3 +335,26 @@ def test_init_with_pkcs11_writes_its_settings(softhsm: SoftHSM, tmp_path: Path) 
     assert f"pkcs11_token_label = {json.dumps(softhsm.token_label)}" in config
     assert f"pkcs11_pin_file = {json.dumps(str(pin_file))}" in config
     assert len(softhsm.protection(label)) == 2  # the signing key and the audit log's
+
+
+def test_the_key_directory_s_nonce_secret_and_lock_are_refused_when_others_could_swap_them(
+    tmp_path: Path,
+) -> None:
+    init = cli("init", "--data-dir", "data", "--secret-file", "data/admin-secret", cwd=tmp_path)
+    assert init.returncode == 0, init.stderr
+    data, keys = tmp_path / "data", tmp_path / "data" / "keys"
+    keys.mkdir(mode=0o700, exist_ok=True)
+    nonce = keys / "nonce.secret"
+    nonce.write_bytes(secrets.token_bytes(32))
+    nonce.chmod(0o644)
+    said = _serve_refused(data)
+    assert f"nonce secret {nonce} is accessible by group or others (mode 0644" in said
+    assert f"chmod 600 {nonce}" in said
+
+    nonce.chmod(0o600)
+    elsewhere = tmp_path / "planted"
+    (keys / ".lock").unlink(missing_ok=True)
+    (keys / ".lock").symlink_to(elsewhere)
+    said = _serve_refused(data)
+    assert f"lock file {keys / '.lock'} is a symlink" in said
+    assert not elsewhere.exists()  # the link's target was never created

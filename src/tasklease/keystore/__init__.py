@@ -47,6 +47,7 @@ __all__ = [
     "encrypt_directory",
     "open_key_provider",
     "passphrase_file",
+    "read_private_file",
     "read_secret_file",
     "write_private_file",
 ]

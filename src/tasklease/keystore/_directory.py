@@ -118,7 +118,13 @@ def ensure_directory(directory: Path) -> None:
 @contextlib.contextmanager
 def locked(directory: Path) -> Iterator[None]:
     """Serialize creation, rotation and rewriting between processes sharing the directory."""
-    fd = os.open(directory / _LOCK_FILE, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    path = directory / _LOCK_FILE
+    try:  # never through a link: opening with O_CREAT would create its target
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeyStoreError(f"lock file {path} is a symlink") from None
+        raise
     try:
         os.fchmod(fd, 0o600)  # created under a strict umask, it must still open next time
         fcntl.flock(fd, fcntl.LOCK_EX)
