@@ -234,3 +234,27 @@ def test_an_apps_attestor_grants_within_the_app_and_lists_it_in_the_lineage() ->
     broker.deregister_app(claims, app.app_id, CTX)
     error = refusal(lambda: register(broker, ["read:invoices:1"], attestation=evidence(key)))
     assert isinstance(error, Unauthorized) and error.denial_id
+
+
+def test_a_policy_may_not_hold_agents_to_the_default_audience() -> None:
+    """A ceiling that lists the default audience restricts nothing (a token for it may
+    be narrowed to any resource): refused when the attestor is configured, as for a
+    launch token."""
+    broker = make_broker()
+    key = SigningKey.generate("RS256")
+    raw = {"issuer": K8S_ISS, "jwks": json.dumps({"keys": [key.jwk()]})}
+    default = broker.config.audience[0]
+    listed = [{**POLICY[0], "resources": ["https://invoices.example", default]}]
+    error = refusal(
+        lambda: broker.attestation.add(
+            admin(broker), name="prod", type="k8s_sat", settings=raw, policy=listed, ctx=CTX
+        )
+    )
+    assert isinstance(error, InvalidRequest)
+    assert "policy[0].resources" in error.detail and "restricts nothing" in error.detail
+    fine = [{**POLICY[0], "resources": ["https://invoices.example"]}]
+    broker.attestation.add(
+        admin(broker), name="prod", type="k8s_sat", settings=raw, policy=fine, ctx=CTX
+    )
+    issued = register(broker, ["read:invoices:1"], attestation=evidence(key))
+    assert issued.claims.aud == ("https://invoices.example",)

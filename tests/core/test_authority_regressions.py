@@ -803,6 +803,30 @@ def test_a_launch_token_for_the_default_audience_alone_is_refused(
             resource=resource,
         )
 
-    with pytest.raises(InvalidRequest, match="restricts nothing"):
-        launch([audience[0]])
+    files = "https://files.example"
+    for listed in ([audience[0]], [audience[0], files], [files, audience[0]]):
+        with pytest.raises(InvalidRequest, match="restricts nothing"):
+            launch(listed)
     assert launch(["https://files.example"])
+
+
+def test_under_a_resource_ceiling_the_default_audience_is_never_handed_out() -> None:
+    """A ceiling that lists the default audience (a launch token made before that was
+    refused, an attestation policy) still gives no token for it: such a token could be
+    narrowed to any resource, outside the ceiling. The kernel's rule, not the input's."""
+    from tasklease.rules.issuance import TargetRefused, choose_audience
+
+    default = ("tasklease", "https://orders.example")
+    files = "https://files.example"
+    for allowed, requested in (
+        (("tasklease", files), "tasklease"),
+        ((files, "tasklease"), "tasklease"),
+        (("tasklease",), None),
+    ):
+        with pytest.raises(TargetRefused, match="restricts nothing"):
+            choose_audience(requested, allowed, default)
+    assert choose_audience(files, ("tasklease", files), default) == (files,)
+    assert choose_audience(None, (files,), default) == (files,)
+    # Without a ceiling nothing changed: no resource is the default audience.
+    assert choose_audience(None, (), default) == ("tasklease",)
+    assert choose_audience("tasklease", (), default) == ("tasklease",)

@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from tasklease.core.appauth import AppSignIn
-from tasklease.core.audience import default_audience, validate_resources
+from tasklease.core.audience import default_audience, validate_ceiling
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.clientauth import app_public_key
 from tasklease.core.clock import format_rfc3339_seconds
@@ -536,15 +536,7 @@ class Apps(Service):
         multi_use = single_use is False
         uses = _max_uses(max_uses, multi_use=multi_use)
         named = None if principal is None else _named_principal(principal)
-        resources = validate_resources(resource, field="resource")
-        if resources and resources == default_audience(cfg.audience):
-            # A token for the default audience is one no resource was asked for: it may
-            # later be narrowed to any resource. Accepted, this would restrict nothing.
-            raise InvalidRequest(
-                f"resource {resources[0]} is the broker's default audience, which restricts "
-                "nothing",
-                hint="name the resource servers the agents' tokens are for, or leave resource out",
-            )
+        resources = validate_ceiling(resource, field="resource", configured=cfg.audience)
         if validity is None:
             validity = cfg.launch_token_ttl
             if multi_use:

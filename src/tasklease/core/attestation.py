@@ -48,6 +48,7 @@ from tasklease.core.attestpolicy import (
     nearest_miss,
     parse_policy,
 )
+from tasklease.core.audience import check_ceiling
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.errors import InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.federation import Federation, UntrustedDomain
@@ -194,6 +195,10 @@ class AttestationService(Service):
         except SettingsError as exc:
             raise InvalidRequest(f"settings: {exc}") from None
         rules = parse_policy(policy, self._config)
+        for index, rule in enumerate(rules):
+            check_ceiling(
+                rule.resources, field=f"policy[{index}].resources", configured=self._config.audience
+            )
         app = ""
         if app_id is not None and app_id != "":
             if not isinstance(app_id, str):

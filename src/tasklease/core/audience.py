@@ -24,15 +24,17 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from tasklease.core.errors import InvalidTarget
+from tasklease.core.errors import InvalidRequest, InvalidTarget
 from tasklease.rules import issuance as _rules
 from tasklease.rules.issuance import default_audience
 
 __all__ = [
     "MAX_RESOURCES",
+    "check_ceiling",
     "choose_audience",
     "default_audience",
     "narrow_audience",
+    "validate_ceiling",
     "validate_resource",
     "validate_resource_uri",
     "validate_resources",
@@ -91,6 +93,36 @@ def validate_resources(value: object, *, field: str) -> tuple[str, ...]:
         if resource is not None and resource not in out:
             out.append(resource)
     return tuple(out)
+
+
+def validate_ceiling(value: object, *, field: str, configured: Sequence[str]) -> tuple[str, ...]:
+    """The resources a launch token or an attestation policy's rule holds its agents to;
+    ``()`` when absent.
+
+    Raises:
+        InvalidTarget: a malformed value (:func:`validate_resources`).
+        InvalidRequest: it lists the broker's default audience: a token for that may be
+            narrowed to any resource later, so as a ceiling it restricts nothing.
+    """
+    resources = validate_resources(value, field=field)
+    check_ceiling(resources, field=field, configured=configured)
+    return resources
+
+
+def check_ceiling(resources: Sequence[str], *, field: str, configured: Sequence[str]) -> None:
+    """Refuse a new resource ceiling that lists the broker's default audience (see
+    :func:`validate_ceiling`). One already stored is read as it is: registration under
+    it never hands that audience out (:func:`tasklease.rules.issuance.choose_audience`).
+
+    Raises:
+        InvalidRequest: it does.
+    """
+    default = default_audience(configured)[0]
+    if default in resources:
+        raise InvalidRequest(
+            f"{field} {default} is the broker's default audience, which restricts nothing",
+            hint="name the resource servers the agents' tokens are for, or leave it out",
+        )
 
 
 def choose_audience(

@@ -147,19 +147,27 @@ def choose_audience(
     no resource means the broker's default audience (its first, :func:`default_audience`).
     With one, the resource must be in it; a registration that names none gets the only
     allowed resource, and must choose when there are several (a token names a single
-    resource).
+    resource). Under a ceiling the default audience is never handed out, even if the
+    ceiling lists it: a token for it is one that :func:`narrow_audience` lets narrow to
+    any resource, which would lift the ceiling.
 
     Raises:
-        TargetRefused: the resource is outside the launch token's, or ambiguous.
+        TargetRefused: the resource is outside the launch token's, ambiguous, or the
+            default audience under a ceiling.
     """
     if not allowed:
         return (requested,) if requested is not None else default_audience(default)
     if requested is None:
-        if len(allowed) == 1:
-            return (allowed[0],)
-        raise TargetRefused("the launch token names several resources: choose one (resource)")
-    if requested not in allowed:
+        if len(allowed) != 1:
+            raise TargetRefused("the launch token names several resources: choose one (resource)")
+        requested = allowed[0]
+    elif requested not in allowed:
         raise TargetRefused("resource is not among the launch token's resources")
+    if (requested,) == default_audience(default):
+        raise TargetRefused(
+            "the broker's default audience restricts nothing: under the launch token's "
+            "resources, name one of them that is a resource server"
+        )
     return (requested,)
 
 

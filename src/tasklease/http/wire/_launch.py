@@ -133,7 +133,7 @@ _LAUNCH_TOKEN_FAILURES = (
         "(`admin`, `operator:`, `app:`, `attestor:`), `ttl`, `max_ttl` or "
         f"`max_uses` is not a positive integer, `max_uses` is above {MAX_USES} or above 1 "
         "without `single_use: false`, `single_use` or `allow_resume` is not a boolean, or "
-        "`resource` (or `audience`) is the broker's default audience alone, which "
+        "`resource` (or `audience`) lists the broker's default audience, which "
         "restricts nothing",
     ),
     Failure("invalid_ttl", "`ttl` exceeds the broker's `launch_token_max_ttl`"),

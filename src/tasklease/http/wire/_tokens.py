@@ -395,8 +395,9 @@ OPERATIONS = (
             DETAILS_FAILURE,
             Failure(
                 "invalid_target",
-                "`resource` is malformed, not among the launch token's resources, or "
-                "missing while the launch token names several",
+                "`resource` is malformed, not among the launch token's resources, "
+                "missing while the launch token names several, or the broker's default "
+                "audience while the launch token names resources",
             ),
             Failure(
                 "invalid_request",
