@@ -318,8 +318,9 @@ def test_index_match_rules() -> None:
     )
     assert len(index) == 4
     assert index.match(claims()) == "agent"
-    assert index.match(claims(iat=101)) is None  # issued after: not matched
-    assert index.match(claims(sub="x", iat=50)) == "task"
+    assert index.match(claims(iat=101, oiat=101)) is None  # registered after: not matched
+    assert index.match(claims(iat=101)) == "agent"  # a renewal of a registration before it
+    assert index.match(claims(sub="x", iat=50, oiat=50)) == "task"
     assert index.match(claims(sub="x", task_id="")) is None
     assert index.match(claims(sub="x", iat=101, jti="dead")) == "token"
     hop = DelegationRecord("root", (), "", "")
@@ -327,7 +328,7 @@ def test_index_match_rules() -> None:
     assert index.match(claims(sub="root", task_id="")) is None  # the root itself lives
     # A later revocation widens the entry.
     index.apply([RevocationRecord("agent", "s", 150, 1000)])
-    assert index.match(claims(iat=120)) == "agent"
+    assert index.match(claims(iat=120, oiat=120)) == "agent"
     assert index.prune(999) == 0
     assert index.prune(1000) == 4
     assert len(index) == 0

@@ -1,24 +1,35 @@
 """Four-level revocation and the in-memory index every validation consults.
 
-Levels and what they match (``iat`` is the token's issue time, ``revoked_at`` whole seconds):
+Levels and what they match (``revoked_at`` whole seconds; a token's *registration time*
+is its ``oiat``, the issue time of its registration's first token, which renewals,
+resumptions, delegations and exchanges carry on unchanged, or its ``iat`` if earlier):
 
 ============  ===========================================================================
 ``token``     the token whose ``jti`` is the target
-``agent``     tokens whose ``sub`` is the target, issued at or before ``revoked_at``, and
-              every token delegated from it (the target appears in the delegation chain)
-``task``      tokens whose ``task_id`` is the target, issued at or before ``revoked_at``
+``agent``     tokens whose ``sub`` is the target, of a registration made at or before
+              ``revoked_at``, and every token delegated from it (the target appears in
+              the delegation chain)
+``task``      tokens whose ``task_id`` is the target, of a registration made at or before
+              ``revoked_at``
 ``chain``     tokens delegated from the target (the target appears in the delegation
-              chain), issued at or before ``revoked_at``; the target's own tokens live on.
-              A target that is not a SPIFFE ID names a lineage ancestor (a token's
-              ``jti``, a grant id or ``app:<app_id>``): it matches every token whose
-              ``lineage`` claim lists it, whenever issued (``core.kernel``)
+              chain) by a delegation made at or before ``revoked_at`` (the hop's
+              ``delegated_at``); the target's own tokens live on, and so do its later
+              delegations. A target that is not a SPIFFE ID names a lineage ancestor (a
+              token's ``jti``, a grant id or ``app:<app_id>``): it matches every token
+              whose ``lineage`` claim lists it, whenever issued (``core.kernel``)
 ============  ===========================================================================
 
-Because agent, task and chain entries only match tokens issued before them, a revocation
+Matching by the registration, not by the token's own ``iat``, is what makes an agent or
+task revocation end the successors that another worker or replica minted in the moments
+before the revocation reached it: they carry the registration's time, and are matched as
+soon as the entry arrives.
+
+Because agent, task and chain entries only match what was made before them, a revocation
 can never lock a subject out for ever (revoking ``admin`` kills today's admin tokens, not
 tomorrow's), and every entry has an expiry after which nothing it could match is still
-valid: tokens live at most ``max_ttl`` (validation enforces it), so an entry expires at
-``revoked_at + max_ttl + skew``. Expired entries are pruned from memory and storage, so
+valid: a registration's tokens end by its ``renewal_ceiling`` and each token within
+``max_ttl``, so an entry expires at ``revoked_at`` + the longer of the two + skew
+(``Kernel.revocation_expiry``). Expired entries are pruned from memory and storage, so
 revocation state stays bounded.
 
 Lookups are a handful of dictionary probes: no I/O on the validation path.
@@ -29,6 +40,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Protocol
 
 from tasklease.core.records import RevocationRecord
@@ -39,6 +51,8 @@ LEVELS = ("token", "agent", "task", "chain")
 
 
 class _Hop(Protocol):
+    """A delegation record; the broker's also say when (``delegated_at``, RFC 3339)."""
+
     @property
     def agent(self) -> str: ...
 
@@ -46,7 +60,9 @@ class _Hop(Protocol):
 class RevocableToken(Protocol):
     """What matching needs of a token: the broker's ``Claims`` and the verifier's
     ``VerifiedToken`` both qualify, so the two share this one index (which imports only
-    the standard library and ``core.store``)."""
+    the standard library and ``core.store``). Those two, and an offline chain's probes,
+    also say when their registration was made (``oiat``); a probe that does not is
+    matched by its ``iat``."""
 
     @property
     def jti(self) -> str: ...
@@ -96,13 +112,12 @@ class RevocationIndex:
         levels = self._levels
         if claims.jti in levels["token"]:
             return "token"
-        iat = claims.iat
         hit = levels["agent"].get(claims.sub)
-        if hit is not None and iat <= hit[0]:
+        if hit is not None and _registered(claims) <= hit[0]:
             return "agent"
         if claims.task_id:
             hit = levels["task"].get(claims.task_id)
-            if hit is not None and iat <= hit[0]:
+            if hit is not None and _registered(claims) <= hit[0]:
                 return "task"
         if claims.lineage:
             chains = levels["chain"]
@@ -115,10 +130,10 @@ class RevocationIndex:
             agents, chains = levels["agent"], levels["chain"]
             for record in claims.delegation_chain:
                 hit = agents.get(record.agent)
-                if hit is not None and iat <= hit[0]:
+                if hit is not None and _registered(claims) <= hit[0]:
                     return "agent"
                 hit = chains.get(record.agent)
-                if hit is not None and iat <= hit[0]:
+                if hit is not None and _delegated(record, claims.iat) <= hit[0]:
                     return "chain"
         return None
 
@@ -153,3 +168,22 @@ class RevocationIndex:
                     del self._levels[level][target]
                     removed += 1
         return removed
+
+
+def _registered(claims: RevocableToken) -> int:
+    """When ``claims``' registration was made: its ``oiat``, unless unknown (absent, 0)
+    or later than the token's own ``iat`` (a value only a foreign issuer could send)."""
+    iat, oiat = claims.iat, getattr(claims, "oiat", 0)
+    return oiat if type(oiat) is int and 0 < oiat < iat else iat
+
+
+def _delegated(record: _Hop, iat: int) -> int:
+    """When the hop ``record`` was made, in whole seconds: its ``delegated_at``, else
+    (an offline block's holder, or a time that does not parse) the token's ``iat``."""
+    text = getattr(record, "delegated_at", None)
+    if isinstance(text, str) and text:
+        try:
+            return int(datetime.fromisoformat(text).timestamp())
+        except ValueError:
+            return iat
+    return iat

@@ -72,16 +72,19 @@ def offline_limits(
 
 @dataclass(frozen=True, slots=True)
 class Hop:
-    """An earlier holder, as revocation matching reads a delegation record."""
+    """An earlier holder, as revocation matching reads a delegation record: the root's
+    broker records say when (``delegated_at``), an offline block's holder does not ("")."""
 
     agent: str
+    delegated_at: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class RevocationProbe:
     """One element of a chain (the root or a block) as the revocation index matches a
     token: its ``jti``, holder (``sub``), ``iat``, task, the holders before it and the
-    lineage whose end ends it. Each block also has a standing probe: its delegate alone,
+    lineage whose end ends it, and ``oiat``, when the root's registration was made (0
+    for a standing probe). Each block also has a standing probe: its delegate alone,
     with ``iat`` 0 and no ``jti`` (an agent-level revocation of the delegate, whenever
     made)."""
 
@@ -91,6 +94,7 @@ class RevocationProbe:
     task_id: str
     delegation_chain: tuple[Hop, ...]
     lineage: tuple[str, ...]
+    oiat: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,14 +296,22 @@ def _rfc3339(seconds: int) -> str:
 def _verified(
     decoded: DecodedChain, root: RootClaims, root_key: bytes, steps: Sequence[Step]
 ) -> VerifiedChain:
-    base = tuple(Hop(r.agent) for r in root.delegation_chain)
-    probes = [RevocationProbe(root.jti, root.sub, root.iat, root.task_id, base, root.lineage)]
+    base = tuple(Hop(r.agent, r.delegated_at) for r in root.delegation_chain)
+    probes = [
+        RevocationProbe(root.jti, root.sub, root.iat, root.task_id, base, root.lineage, root.oiat)
+    ]
     holders: list[Hop] = [*base, Hop(root.sub)]
     for step in steps:
         block = step.block
         probes.append(
             RevocationProbe(
-                block.jti, block.sub, block.iat, root.task_id, tuple(holders), step.child.lineage
+                block.jti,
+                block.sub,
+                block.iat,
+                root.task_id,
+                tuple(holders),
+                step.child.lineage,
+                root.oiat,
             )
         )
         # The delegate's standing: the broker refuses to delegate to a revoked agent, and

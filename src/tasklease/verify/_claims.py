@@ -84,6 +84,13 @@ class VerifiedToken:
     offline: VerifiedChain | None = None
 
     @property
+    def oiat(self) -> int:
+        """When the token's registration was made (its ``oiat`` claim; 0 if it has none):
+        revocation of its agent or task matches by it (``core.revocation``)."""
+        value = self.claims.get("oiat")
+        return value if type(value) is int else 0
+
+    @property
     def cnf(self) -> Mapping[str, str] | None:
         """The token's confirmation claim (RFC 7800) when it is sender-constrained."""
         cnf = self.claims.get("cnf")

@@ -112,7 +112,9 @@ _LEVEL = doc("The revocation level.", enum=["token", "agent", "task", "chain"])
 class RevocationEntry(Response):
     level: Annotated[str, _LEVEL]
     target: Annotated[str, doc("A `jti`, an agent SPIFFE ID, a `task_id` or a chain root.")]
-    revoked_at: Annotated[int, doc("Unix seconds; matches tokens issued at or before it.")]
+    revoked_at: Annotated[
+        int, doc("Unix seconds; matches what was registered or delegated at or before it.")
+    ]
     expires_at: Annotated[float, doc("Unix seconds after which nothing it matches is valid.")]
     seq: Annotated[int, doc("Position in the feed; greater means later.")]
     sent_at: (
@@ -285,9 +287,10 @@ OPERATIONS = (
         "order, and the `cursor` to ask from next time. Resource servers that verify tokens "
         "offline apply them with the matching rules of the four levels: `token` matches the "
         "`jti`; `agent` the `sub` and every delegation chain naming it; `task` the "
-        "`task_id`; `chain` chains naming the target; all but `token` only match tokens "
-        "with `iat` at or before `revoked_at`. An entry that is widened comes again with a "
-        "new `seq`.",
+        "`task_id`; `chain` chains naming the target. `agent` and `task` only match tokens "
+        "of a registration made at or before `revoked_at` (the earlier of `oiat` and "
+        "`iat`), `chain` only delegations made at or before it (the hop's `delegated_at`, "
+        "else `iat`). An entry that is widened comes again with a new `seq`.",
         ADMIN_OR_APP_TOKEN,
         RevocationList,
         parameters=(_CURSOR,),
