@@ -199,6 +199,13 @@ def test_witness_configuration_is_checked(make_broker: Any) -> None:
         make_broker(audit_witnesses=(f"ftp://w {key}",))
     with pytest.raises(ValueError, match="audit_witness_quorum"):
         make_broker(audit_witnesses=(f"http://w {key}",), audit_witness_quorum=2)
+    # One public key under two names is one witness: refused, not a quorum of two.
+    same = VerifierKey("v", COSIGNATURE, bytes(32)).vkey
+    for second in (key, same):
+        with pytest.raises(ValueError, match="public key of an earlier entry"):
+            make_broker(
+                audit_witnesses=(f"http://w {key}", f"http://v {second}"), audit_witness_quorum=2
+            )
     with pytest.raises(ValueError, match="audit_log_origin"):
         make_broker(audit_log_origin="has space")
 

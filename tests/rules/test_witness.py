@@ -1,6 +1,7 @@
 # Would fail if: a witness cosigned a checkpoint its log did not sign, one that does not
 # extend the checkpoint it cosigned before (a fork), one from a size it does not hold, or
-# answered any of these with another status than C2SP tlog-witness gives them.
+# answered any of these with another status than C2SP tlog-witness gives them; or if one
+# witness key counted more than once towards a quorum.
 """A witness's add-checkpoint decision (C2SP tlog-witness), case by case, on real trees."""
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from tasklease.rules.note import (
     ED25519,
     Checkpoint,
     Note,
+    Signature,
     VerifierKey,
     checkpoint_note,
+    cosign,
     parse_note,
     verify_cosignature,
 )
@@ -25,10 +28,12 @@ from tasklease.rules.witness import (
     WitnessError,
     WitnessState,
     add_checkpoint,
+    cosigned_by,
     format_request,
     parse_cosignatures,
     parse_request,
 )
+from tasklease.verify import AuditProofError, verify_checkpoint
 
 ORIGIN = "broker.example/audit"
 LOG = nacl.signing.SigningKey.generate()
@@ -158,3 +163,62 @@ def test_malformed_requests_are_refused() -> None:
     ):
         with pytest.raises(WitnessError):
             parse_request(body)
+
+
+def cosignature(note: Note, name: str, key: nacl.signing.SigningKey) -> Signature:
+    return cosign(
+        note.text,
+        name,
+        bytes(key.verify_key),
+        1_800_000_000,
+        lambda m: bytes(key.sign(m).signature),
+    )
+
+
+def test_a_witness_listed_twice_counts_once() -> None:
+    note = signed(3, tree(3))
+    note = note.with_signatures([cosignature(note, WITNESS_KEY.name, WITNESS)])
+    assert cosigned_by(note, [WITNESS_KEY, WITNESS_KEY]) == [(WITNESS_KEY, 1_800_000_000)]
+
+
+def test_one_private_key_cosigning_under_two_names_is_one_witness() -> None:
+    first = VerifierKey("first.example", COSIGNATURE, WITNESS_KEY.public_key)
+    second = VerifierKey("second.example", COSIGNATURE, WITNESS_KEY.public_key)
+    note = signed(3, tree(3))
+    both = note.with_signatures(
+        [cosignature(note, first.name, WITNESS), cosignature(note, second.name, WITNESS)]
+    )
+    assert cosigned_by(both, [first, second]) == [(first, 1_800_000_000)]
+    # The key counts with the first name under which it cosigned validly.
+    only_second = note.with_signatures([cosignature(note, second.name, WITNESS)])
+    assert cosigned_by(only_second, [first, second]) == [(second, 1_800_000_000)]
+
+
+@pytest.mark.parametrize("case", ["vkey twice", "vkey and object", "two names"])
+def test_a_quorum_of_two_is_not_met_by_one_witness(case: str) -> None:
+    other = VerifierKey("second.example", COSIGNATURE, WITNESS_KEY.public_key)
+    witnesses: list[str | VerifierKey] = {
+        "vkey twice": [WITNESS_KEY.vkey, WITNESS_KEY.vkey],
+        "vkey and object": [WITNESS_KEY.vkey, WITNESS_KEY],
+        "two names": [WITNESS_KEY.vkey, other.vkey],
+    }[case]
+    note = signed(3, tree(3))
+    note = note.with_signatures(
+        [cosignature(note, WITNESS_KEY.name, WITNESS), cosignature(note, other.name, WITNESS)]
+    )
+    log_keys = [LOG_KEY.vkey]
+    assert verify_checkpoint(str(note), log_keys, witnesses=witnesses, quorum=1).size == 3
+    with pytest.raises(AuditProofError) as refused:
+        verify_checkpoint(str(note), log_keys, witnesses=witnesses, quorum=2)
+    assert refused.value.reason == "checkpoint cosigned by 1 of the witnesses, 2 needed"
+
+
+def test_a_quorum_of_two_is_met_by_two_witness_keys() -> None:
+    second = nacl.signing.SigningKey.generate()
+    second_key = VerifierKey("second.example", COSIGNATURE, bytes(second.verify_key))
+    note = signed(3, tree(3))
+    note = note.with_signatures(
+        [cosignature(note, WITNESS_KEY.name, WITNESS), cosignature(note, second_key.name, second)]
+    )
+    witnesses = [WITNESS_KEY.vkey, second_key.vkey]
+    assert verify_checkpoint(str(note), [LOG_KEY.vkey], witnesses=witnesses, quorum=2).size == 3

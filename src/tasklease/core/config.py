@@ -274,7 +274,9 @@ def _check_audit_log(config: Config) -> None:
             "audit_log_origin (or the issuer it is derived from) must be 1-256 printable "
             "characters without spaces or '+', such as broker.example.com/audit"
         )
-    seen: set[str] = set()
+    # An early, clear message; the quorum itself counts each public key once
+    # (rules.witness.cosigned_by), whatever the configuration holds.
+    seen: set[bytes] = set()
     for entry in config.audit_witnesses:
         url, _, vkey = entry.partition(" ")
         try:
@@ -285,9 +287,12 @@ def _check_audit_log(config: Config) -> None:
             raise ValueError(
                 f"audit_witnesses: {entry!r} must be '<http(s) URL> <cosignature vkey>'"
             )
-        if key.vkey in seen:
-            raise ValueError(f"audit_witnesses: the key of {entry!r} is listed twice")
-        seen.add(key.vkey)
+        if key.public_key in seen:
+            raise ValueError(
+                f"audit_witnesses: {entry!r} has the public key of an earlier entry (each "
+                "witness needs a key of its own: a key counts once in the quorum)"
+            )
+        seen.add(key.public_key)
     if not 0 <= config.audit_witness_quorum <= len(config.audit_witnesses):
         raise ValueError("audit_witness_quorum must be between 0 and the number of witnesses")
 

@@ -210,14 +210,22 @@ def _inconsistent(request: AddCheckpoint, checkpoint: Checkpoint, state: Witness
 def cosigned_by(note: Note, keys: Iterable[VerifierKey]) -> list[tuple[VerifierKey, int]]:
     """The witnesses among ``keys`` with a valid cosignature of ``note``, and their times.
 
-    A cosignature by a listed key that does not verify counts as none (it is ignored, not
-    fatal: a witness's mistake must not make the log's checkpoint unusable)."""
+    Each public key counts once, with the first of ``keys`` holding it that has a valid
+    cosignature: a witness listed twice, or one private key cosigning under two names,
+    is one witness, so ``len`` of the answer is how many distinct witnesses cosigned (what
+    a quorum counts). A cosignature by a listed key that does not verify counts as none
+    (it is ignored, not fatal: a witness's mistake must not make the log's checkpoint
+    unusable)."""
     out: list[tuple[VerifierKey, int]] = []
+    counted: set[bytes] = set()
     for key in keys:
+        if key.public_key in counted:
+            continue
         try:
             timestamp = verify_cosignature(note, key)
         except NoteError:
             continue
         if timestamp is not None:
+            counted.add(key.public_key)
             out.append((key, timestamp))
     return out
