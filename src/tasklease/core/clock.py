@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
-__all__ = ["Clock", "ManualClock", "SystemClock", "format_rfc3339", "format_rfc3339_seconds"]
+__all__ = [
+    "Clock",
+    "ElapsedHorizon",
+    "ManualClock",
+    "SystemClock",
+    "format_rfc3339",
+    "format_rfc3339_seconds",
+]
 
 
 class Clock(Protocol):
@@ -45,6 +53,44 @@ class ManualClock:
     def set(self, when: float) -> None:
         with self._lock:
             self._now = when
+
+
+class ElapsedHorizon:
+    """A time that has certainly passed: ``base`` (by default the wall clock's reading
+    when made) advanced by the monotonic time elapsed since, which steps of the wall clock
+    do not move. What pruning may take as the present (:meth:`now`): one forward jump of
+    the wall clock must not delete what still matters by the true time
+    (``core.horizon``, the broker's, persists it; a verifier's lives in memory).
+    """
+
+    __slots__ = ("_clock", "_monotonic", "_origin")
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        base: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._monotonic = monotonic
+        # (base, monotonic time of base), replaced whole so readers need no lock.
+        self._origin = (clock.now() if base is None else base, monotonic())
+
+    def at(self, elapsed: float) -> float:
+        """The horizon at monotonic time ``elapsed``."""
+        base, base_at = self._origin
+        return base + (elapsed - base_at)
+
+    def raise_to(self, horizon: float, elapsed: float) -> None:
+        """Take ``horizon`` as passed at monotonic time ``elapsed`` if that is later."""
+        if horizon > self.at(elapsed):
+            self._origin = (horizon, elapsed)
+
+    def now(self) -> float:
+        """``min(wall clock, horizon)``: never ahead of elapsed time, nor of a wall clock
+        stepped back (the one tokens are then validated by)."""
+        return min(self._clock.now(), self.at(self._monotonic()))
 
 
 # The last second formatted: every audit event stamps the time, and ``strftime`` was the

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from tasklease.core.clock import Clock
+from tasklease.core.clock import Clock, ElapsedHorizon
 from tasklease.core.metrics import Metrics
 
 __all__ = ["STEP_THRESHOLD", "HorizonStore", "SafeHorizon", "Tick"]
@@ -90,10 +90,8 @@ class SafeHorizon:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         stored = store.safe_horizon()
+        self._elapsed = ElapsedHorizon(clock, base=stored, monotonic=monotonic)
         wall, elapsed = clock.now(), monotonic()
-        # The horizon is _base at monotonic time _base_at, and advances with it.
-        self._base = wall if stored is None else stored
-        self._base_at = elapsed
         self._last_wall, self._last_elapsed = wall, elapsed
         if stored is not None and wall - stored > STEP_THRESHOLD:
             _log.info(
@@ -102,13 +100,10 @@ class SafeHorizon:
                 wall - stored,
             )
 
-    def _horizon(self, elapsed: float) -> float:
-        return self._base + (elapsed - self._base_at)
-
     def now(self) -> float:
         """The time pruning and loading may take as passed: ``min(wall, horizon)``."""
         with self._lock:
-            return min(self._clock.now(), self._horizon(self._monotonic()))
+            return self._elapsed.now()
 
     def tick(self) -> Tick:
         """Persist the horizon, report a clock step, and return what to prune against.
@@ -120,14 +115,13 @@ class SafeHorizon:
             step = (wall - self._last_wall) - (elapsed - self._last_elapsed)
             since = elapsed - self._last_elapsed
             self._last_wall, self._last_elapsed = wall, elapsed
-            horizon = self._horizon(elapsed)
+            horizon = self._elapsed.at(elapsed)
         # Outside the lock: a store write may wait, and now() must not wait for it.
         stored = self._store.raise_safe_horizon(horizon)
         if stored > horizon:
             # Another process sharing the store has seen more time pass: adopt it.
             with self._lock:
-                if stored > self._horizon(elapsed):
-                    self._base, self._base_at = stored, elapsed
+                self._elapsed.raise_to(stored, elapsed)
             horizon = stored
         if abs(step) > STEP_THRESHOLD:
             direction = "forward" if step > 0 else "backward"

@@ -11,7 +11,7 @@ from typing import Any, Self
 import httpx
 import nacl.signing
 
-from tasklease.core.clock import Clock, SystemClock
+from tasklease.core.clock import Clock, ElapsedHorizon, SystemClock
 from tasklease.core.lru import LRUCache
 from tasklease.rules import jws
 from tasklease.rules.binding import DPoPVerifier, ProofLedger
@@ -106,6 +106,9 @@ class VerifierBase:
         )
         self._bearer_chains = bearer_chains
         self._clock = clock or SystemClock()
+        # Pruning never runs ahead of the time that elapsed: a wall clock stepped forward
+        # would forget revocations of tokens still valid by the true time (core.clock).
+        self._horizon = ElapsedHorizon(self._clock)
         self._client = httpx.Client(
             base_url=broker_url.rstrip("/"), transport=transport, timeout=timeout
         )
@@ -306,7 +309,7 @@ class VerifierBase:
     def _housekeeping(self) -> None:
         # An entry expires when nothing it matches is still valid at the broker; this
         # verifier accepts tokens exp_leeway seconds longer, so it keeps entries as long.
-        self._revocations.prune(self._clock.now() - self._exp_leeway)
+        self._revocations.prune(self._horizon.now() - self._exp_leeway)
         self._keys.refresh_if_stale()
         if self._federation is not None:
             self._federation.refresh_due()
