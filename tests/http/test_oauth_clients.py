@@ -251,6 +251,81 @@ def test_client_credentials_that_do_not_authenticate_are_audited_once(
     assert f"reason={reason}" in hits[0]["detail"], hits[0]["detail"]
 
 
+def _denials(broker: RunningBroker, denial_id: str) -> list[dict[str, Any]]:
+    """The audit events, of any type, that a refusal's ``denial_id`` leads to."""
+    events = broker.get(
+        "/v1/audit/events",
+        params={"outcome": "denied", "limit": 500},
+        headers=broker.admin_headers(),
+    ).json()["events"]
+    return [e for e in events if e["detail"].endswith(f"denial={denial_id}")]
+
+
+_BEYOND_AN_APP_TOKEN = [
+    pytest.param(
+        {"scope": "app:agents:* admin:keys:*"},
+        "invalid_scope",
+        "scope_beyond_app_token: admin:keys:*",
+        id="admin-scope",
+    ),
+    pytest.param(
+        {"scope": "read:data:1"}, "invalid_scope", "scope_beyond_app_token", id="app-ceiling"
+    ),
+    pytest.param(
+        {"resource": "https://other.example/"},
+        "invalid_target",
+        "resource_not_this_broker: https://other.example/",
+        id="resource",
+    ),
+    pytest.param(
+        {"audience": "billing"}, "invalid_target", "resource_not_this_broker", id="audience"
+    ),
+]
+
+
+@pytest.mark.parametrize(("asked", "error", "reason"), _BEYOND_AN_APP_TOKEN)
+def test_client_credentials_beyond_an_app_token_are_refused_with_one_audit_event(
+    issuer_broker: RunningBroker,
+    app: dict[str, Any],
+    asked: dict[str, str],
+    error: str,
+    reason: str,
+) -> None:
+    """An app that authenticates but asks for a scope its app token does not hold, or a
+    resource other than the broker, is refused with RFC 6749's or RFC 8707's error and a
+    denial_id leading to exactly one app_auth_failed event that names the app."""
+    good = _basic(app["client_id"], app["client_secret"])
+    answer = _post(issuer_broker, {"grant_type": "client_credentials", **asked}, headers=good)
+    assert answer.status_code == 400, answer.text
+    body = answer.json()
+    assert body["error"] == error and body["denial_id"].startswith("den_")
+    assert "access_token" not in body
+    hits = _denials(issuer_broker, body["denial_id"])
+    assert len(hits) == 1, hits
+    assert hits[0]["event_type"] == "app_auth_failed"
+    detail = hits[0]["detail"]
+    assert f"client_id={app['client_id']} app_id={app['app_id']}" in detail, detail
+    assert f"reason={reason}" in detail, detail
+
+
+def test_client_credentials_authenticate_before_scope_and_resource_are_weighed(
+    issuer_broker: RunningBroker, app: dict[str, Any]
+) -> None:
+    """A wrong secret asking for too much is a client that does not authenticate: 401
+    invalid_client for the wrong secret, never a hint about what it asked for."""
+    beyond = {
+        "grant_type": "client_credentials",
+        "scope": "admin:keys:*",
+        "resource": "https://other.example/",
+    }
+    wrong = _post(issuer_broker, beyond, headers=_basic(app["client_id"], "not-the-secret"))
+    assert wrong.status_code == 401, wrong.text
+    body = wrong.json()
+    assert body["error"] == "invalid_client" and body["detail"] == "Authentication failed"
+    hits = _denials(issuer_broker, body["denial_id"])
+    assert len(hits) == 1 and "reason=wrong_secret" in hits[0]["detail"], hits
+
+
 def test_client_credentials_that_do_not_authenticate_spend_the_sign_in_rate_limit(
     start_broker: Callable[..., RunningBroker],
 ) -> None:

@@ -231,6 +231,36 @@ def test_refused_assertions_are_invalid_client_each_audited_once(
     assert wrong_type.status_code == 401 and wrong_type.json()["error"] == "invalid_client"
 
 
+def test_an_assertion_asking_beyond_an_app_token_is_refused_and_not_spent(
+    issuer_broker: RunningBroker,
+) -> None:
+    """A signed assertion that authenticates the app, with a scope the app token does not
+    hold: invalid_scope with a denial_id leading to one app_auth_failed event naming the
+    app; nothing was issued, so the assertion's jti is not spent."""
+    key = OKPKey.generate_key("Ed25519")
+    app = _keyed_app(issuer_broker, key)
+    endpoint = f"{issuer_broker.url}/v1/oauth/token"
+    assertion = _assertion(key, app["client_id"], endpoint)
+    form = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": assertion,
+    }
+    answer = httpx.post(endpoint, data={**form, "scope": "admin:keys:*"}, timeout=10)
+    assert answer.status_code == 400, answer.text
+    body = answer.json()
+    assert body["error"] == "invalid_scope" and body["denial_id"].startswith("den_")
+    events = issuer_broker.get(
+        "/v1/audit/events",
+        params={"outcome": "denied", "limit": 500},
+        headers=issuer_broker.admin_headers(),
+    ).json()["events"]
+    hits = [e for e in events if e["detail"].endswith(f"denial={body['denial_id']}")]
+    assert len(hits) == 1 and hits[0]["event_type"] == "app_auth_failed", hits
+    assert f"client_id={app['client_id']} app_id={app['app_id']}" in hits[0]["detail"]
+    assert _token(issuer_broker, assertion).status_code == 200
+
+
 def test_public_keys_through_the_admin_api(issuer_broker: RunningBroker) -> None:
     admin = issuer_broker.admin_headers()
     key = OKPKey.generate_key("Ed25519")

@@ -46,8 +46,11 @@ METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
 def _new_broker() -> Broker:
-    # /v1/metrics served on this listener too (to operators' tokens), so it can be called.
-    config = Config(admin_secret_hash=hash_secret(ADMIN_SECRET), metrics_public="token")
+    # /v1/metrics served on this listener too (to operators' tokens), so it can be called;
+    # the walk below signs an app in four times, each an attempt at the sign-in limit.
+    config = Config(
+        admin_secret_hash=hash_secret(ADMIN_SECRET), metrics_public="token", app_auth_burst=4
+    )
     return Broker(config, open_store("memory://"), KeyRing.generate(), nonce_secret=b"x" * 32)
 
 
@@ -581,7 +584,7 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     call("POST", "/v1/oauth/token", data={**cc, "scope": "read:data:x"}, auth=pair, expect=400)
     issued = call("POST", "/v1/oauth/token", data={**cc, **creds}, expect=200)
     assert issued["token_type"] == "Bearer" and "app:launch-tokens:*" in issued["scope"]
-    wrong = (app["client_id"], "wrong")  # the app sign-in limit's third attempt
+    wrong = (app["client_id"], "wrong")  # the app sign-in limit's fourth attempt
     refused = call("POST", "/v1/oauth/token", data=cc, auth=wrong, expect=401)
     assert refused["error"] == "invalid_client"
 

@@ -4,18 +4,24 @@ client assertion the app signs (``private_key_jwt``, RFC 7523 section 2.2, check
 
 The assertion's ``jti`` and the DPoP proof are spent in the store (shared by workers and
 replicas) in the transaction that audits the sign-in; every refusal is one generic error
-outward and one audit event (``app_auth_failed``) with the precise reason.
+outward and one audit event (``app_auth_failed``) with the precise reason. A token request
+asking for more than an app token holds (a ``scope`` beyond its scopes, a ``resource`` other
+than the broker) is refused once the app has authenticated, with a ``denial_id`` and the
+same event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from tasklease.core.audience import default_audience, validate_resource
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.clientauth import AssertionRefused, assertion_issuer, check_assertion
 from tasklease.core.errors import (
     InvalidDPoPProof,
     InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
     TaskleaseError,
     Unauthorized,
     Unavailable,
@@ -25,6 +31,7 @@ from tasklease.core.issuing import clamp_ttl
 from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service
 from tasklease.core.passwords import verify_secret
 from tasklease.core.records import AppRecord
+from tasklease.core.scopes import scope_param
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import APP_SCOPES, KIND_APP, Claims
 from tasklease.rules.binding import (
@@ -55,13 +62,32 @@ class AppSignIn(Service):
         self._sign_in = sign_in
 
     def app_auth(
-        self, client_id: object, client_secret: object, ctx: RequestContext, *, bind: bool = False
+        self,
+        client_id: object,
+        client_secret: object,
+        ctx: RequestContext,
+        *,
+        bind: bool = False,
+        scope: object = None,
+        resource: object = None,
     ) -> IssuedToken:
         """An app token for an app's client id and secret (``client_secret_*``).
 
         ``bind``: the request's DPoP proof (``ctx.dpop``), when it has one, binds the token
         to the proof's key (``cnf.jkt``, RFC 9449 section 5): the token endpoint's.
+        ``scope`` and ``resource``: the token request's (RFC 6749 section 4.4.2, RFC 8707),
+        held to what an app token is (:meth:`_within_app_token`).
+
+        Raises:
+            InvalidRequest: a credential missing, or ``scope`` malformed (not audited).
+            Unauthorized: the app does not authenticate (audited).
+            InvalidScope: it does, but asks for a scope an app token does not hold
+                (audited, with a ``denial_id``).
+            InvalidTarget: ``resource`` is malformed (not audited), or the app
+                authenticates and names another resource than the broker (audited, with a
+                ``denial_id``).
         """
+        wanted = scope_param(scope), validate_resource(resource, field="resource")
         if (
             not isinstance(client_id, str)
             or not client_id
@@ -82,7 +108,7 @@ class AppSignIn(Service):
         )
         if reason or app is None:
             raise self._auth_failed(client_id if app is not None else "<unknown>", reason, ctx)
-        return self._app_token(app, ctx, bind=bind, method="client_secret")
+        return self._app_token(app, ctx, wanted, bind=bind, method="client_secret")
 
     def app_auth_assertion(
         self,
@@ -92,14 +118,18 @@ class AppSignIn(Service):
         client_id: str | None,
         audiences: tuple[str, ...],
         bind: bool = False,
+        scope: object = None,
+        resource: object = None,
     ) -> IssuedToken:
         """An app token for an app's signed client assertion (``private_key_jwt``, RFC 7523
         section 2.2): checked with the app's registered public key against ``audiences``
         (the token endpoint's URLs and the issuer), its ``jti`` spent in the store until
         the assertion's ``exp`` (single use across workers and replicas). ``client_id``,
         when the request names one, must be the assertion's ``iss``. Any failure is one
-        generic 401 and one audit event with the precise reason.
+        generic 401 and one audit event with the precise reason; ``scope`` and
+        ``resource`` are held to an app token's as :meth:`app_auth` holds them.
         """
+        wanted = scope_param(scope), validate_resource(resource, field="resource")
         issuer = assertion_issuer(assertion)
         if issuer is None or (client_id is not None and client_id != issuer):
             why = "malformed_assertion" if issuer is None else "client_id_differs_from_iss"
@@ -123,6 +153,7 @@ class AppSignIn(Service):
         return self._app_token(
             app,
             ctx,
+            wanted,
             bind=bind,
             method="private_key_jwt",
             spent=(checked.replay_key, checked.expires_at),
@@ -144,6 +175,43 @@ class AppSignIn(Service):
                 outcome="denied",
                 request_id=ctx.request_id,
                 detail=f"client_id={shown} reason={reason}",
+            ),
+        )
+
+    def _within_app_token(
+        self,
+        app: AppRecord,
+        wanted: tuple[tuple[str, ...] | None, str | None],
+        ctx: RequestContext,
+    ) -> None:
+        """Refuse an authenticated app's token request for more than an app token is: a
+        scope other than the app token's own (``APP_SCOPES``, which it always holds:
+        ``invalid_scope``, RFC 6749 section 5.2) or a resource other than the broker's
+        audience (``invalid_target``, RFC 8707 section 2), audited once with a
+        ``denial_id``."""
+        scope, resource = wanted
+        extra = [s for s in scope or () if s not in APP_SCOPES]
+        own = default_audience(self._config.audience)
+        error: TaskleaseError
+        if extra:
+            listed = " ".join(extra)[:200]
+            error = InvalidScope(f"an app token holds {' '.join(APP_SCOPES)}; not {listed}")
+            why = f"scope_beyond_app_token: {listed}"
+        elif resource is not None and resource not in own:
+            error = InvalidTarget(
+                "an app token is for this broker only", hint=f"omit resource, or send {own[0]}"
+            )
+            why = f"resource_not_this_broker: {resource}"
+        else:
+            return
+        self._metrics.scope_rejections.labels(ctx.path or "/v1/oauth/token").inc()
+        raise self._kernel.deny(
+            error,
+            AuditEntry(
+                "app_auth_failed",
+                outcome="denied",
+                request_id=ctx.request_id,
+                detail=f"client_id={app.client_id} app_id={app.app_id} reason={why}",
             ),
         )
 
@@ -182,14 +250,16 @@ class AppSignIn(Service):
         self,
         app: AppRecord,
         ctx: RequestContext,
+        wanted: tuple[tuple[str, ...] | None, str | None],
         *,
         bind: bool,
         method: str,
         spent: tuple[str, float] | None = None,
     ) -> IssuedToken:
-        """Mint the app token of an authenticated app, bound to the request's DPoP key when
-        ``bind`` and a proof came; the assertion's ``jti`` (``spent``) and the proof are
-        recorded as used in the transaction that audits the sign-in.
+        """Mint the app token of an authenticated app, if what it asked for (``wanted``:
+        scope and resource) is within one, bound to the request's DPoP key when ``bind``
+        and a proof came; the assertion's ``jti`` (``spent``) and the proof are recorded as
+        used in the transaction that audits the sign-in.
 
         That transaction reads the app again: its credential was checked against ``app``
         as read before the (slow) check, and a removal or update committed since refuses
@@ -197,6 +267,7 @@ class AppSignIn(Service):
         match the token). A removal committed after it revokes the tokens issued until its
         own time of change.
         """
+        self._within_app_token(app, wanted, ctx)
         proof = self._dpop_proof(app, ctx) if bind and ctx.dpop else None
 
         def spend(tx: WriteTx, claims: Claims) -> tuple[TaskleaseError, str] | None:

@@ -376,10 +376,19 @@ class Apps(Service):
         return updated
 
     def app_auth(
-        self, client_id: object, client_secret: object, ctx: RequestContext, *, bind: bool = False
+        self,
+        client_id: object,
+        client_secret: object,
+        ctx: RequestContext,
+        *,
+        bind: bool = False,
+        scope: object = None,
+        resource: object = None,
     ) -> IssuedToken:
         """An app token for an app's client id and secret (:class:`AppSignIn`)."""
-        return self._app_sign_in.app_auth(client_id, client_secret, ctx, bind=bind)
+        return self._app_sign_in.app_auth(
+            client_id, client_secret, ctx, bind=bind, scope=scope, resource=resource
+        )
 
     def app_auth_assertion(
         self,
@@ -389,10 +398,18 @@ class Apps(Service):
         client_id: str | None,
         audiences: tuple[str, ...],
         bind: bool = False,
+        scope: object = None,
+        resource: object = None,
     ) -> IssuedToken:
         """An app token for an app's signed client assertion (:class:`AppSignIn`)."""
         return self._app_sign_in.app_auth_assertion(
-            assertion, ctx, client_id=client_id, audiences=audiences, bind=bind
+            assertion,
+            ctx,
+            client_id=client_id,
+            audiences=audiences,
+            bind=bind,
+            scope=scope,
+            resource=resource,
         )
 
     def refuse_app_client(self, reason: str, ctx: RequestContext) -> TaskleaseError:

@@ -146,11 +146,21 @@ class Broker(BrokerBase):
         return self._apps.deregister_app(claims, app_id, ctx)
 
     def app_auth(
-        self, client_id: object, client_secret: object, ctx: RequestContext, *, bind: bool = False
+        self,
+        client_id: object,
+        client_secret: object,
+        ctx: RequestContext,
+        *,
+        bind: bool = False,
+        scope: object = None,
+        resource: object = None,
     ) -> IssuedToken:
         """An app token for an app's client credentials (DPoP-bound when ``bind`` and the
-        request carries a proof)."""
-        return self._apps.app_auth(client_id, client_secret, ctx, bind=bind)
+        request carries a proof); a token request's ``scope`` and ``resource`` beyond an
+        app token's are refused once the app authenticates, with a ``denial_id``."""
+        return self._apps.app_auth(
+            client_id, client_secret, ctx, bind=bind, scope=scope, resource=resource
+        )
 
     def app_auth_assertion(
         self,
@@ -160,10 +170,18 @@ class Broker(BrokerBase):
         client_id: str | None,
         audiences: tuple[str, ...],
         bind: bool = False,
+        scope: object = None,
+        resource: object = None,
     ) -> IssuedToken:
         """An app token for an app's signed client assertion (``private_key_jwt``)."""
         return self._apps.app_auth_assertion(
-            assertion, ctx, client_id=client_id, audiences=audiences, bind=bind
+            assertion,
+            ctx,
+            client_id=client_id,
+            audiences=audiences,
+            bind=bind,
+            scope=scope,
+            resource=resource,
         )
 
     def create_launch_token(self, claims: Claims, **request: Any) -> tuple[str, LaunchTokenRecord]:

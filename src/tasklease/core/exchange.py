@@ -75,7 +75,7 @@ from tasklease.core.keys import KeyRing
 from tasklease.core.lineage import Refusal
 from tasklease.core.policyrequest import agent_actor
 from tasklease.core.records import CallBudget
-from tasklease.core.scopes import validate_scopes
+from tasklease.core.scopes import scope_param
 from tasklease.core.signing import SigningKeys
 from tasklease.core.store import WriteTx
 from tasklease.core.tokencheck import TokenCheck
@@ -140,14 +140,6 @@ class _TaskProbe:
     sub: str = ""
     delegation_chain: tuple[()] = ()
     lineage: tuple[str, ...] = ()
-
-
-def _scope_param(value: object) -> tuple[str, ...] | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise InvalidRequest("scope must be a space-separated string of scopes")
-    return validate_scopes(value.split(), field="scope")
 
 
 def _token_param(value: object, name: str) -> str:
@@ -252,7 +244,7 @@ class Exchange(Service):
                 f"requested_token_type must be {ACCESS_TOKEN_TYPE}",
                 hint="tasklease issues agent access tokens",
             )
-        scope = _scope_param(request.scope)
+        scope = scope_param(request.scope)
         resource = validate_resource(request.resource, field="resource")
         details: tuple[Mapping[str, Any], ...] | None = None
         if request.authorization_details not in (None, ""):

@@ -3,7 +3,8 @@
 The grammar and coverage rules (``parse_scope``, ``covers``, ``uncovered``,
 ``is_subset``) live in ``tasklease.rules.scopes``, shared with the verifier and the SDK.
 What is the broker's own is :func:`validate_scopes`: a request's scope list becomes a tuple or an
-:class:`~tasklease.core.errors.InvalidRequest` naming the field.
+:class:`~tasklease.core.errors.InvalidRequest` naming the field; :func:`scope_param` reads the
+token endpoint's space-separated ``scope`` the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from tasklease.core.errors import InvalidRequest
 from tasklease.rules.scopes import MAX_SCOPES, parse_scope
 
-__all__ = ["validate_scopes"]
+__all__ = ["scope_param", "validate_scopes"]
 
 
 def validate_scopes(scopes: object, *, field: str) -> tuple[str, ...]:
@@ -33,3 +34,16 @@ def validate_scopes(scopes: object, *, field: str) -> tuple[str, ...]:
             )
         seen[s] = None
     return tuple(seen)
+
+
+def scope_param(value: object) -> tuple[str, ...] | None:
+    """The token endpoint's ``scope`` (space-separated, RFC 6749 section 3.3) as a tuple, or
+    ``None`` when absent or empty.
+
+    Raises :class:`InvalidRequest`: not a string, or a malformed scope in it.
+    """
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest("scope must be a space-separated string of scopes")
+    return validate_scopes(value.split(), field="scope")

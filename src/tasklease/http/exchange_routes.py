@@ -17,7 +17,10 @@ section 5.2's ``error`` and ``error_description``, with ``invalid_client`` (401,
 ``Basic`` challenge when Basic was used) for a client that does not authenticate: however
 it failed (no credentials, a part missing, a malformed or non-Basic header, a wrong
 assertion type, a wrong secret), the refusal spends the sign-in rate limit and carries a
-``denial_id`` naming its one ``app_auth_failed`` audit event.
+``denial_id`` naming its one ``app_auth_failed`` audit event. An app that authenticates but
+asks for a ``scope`` beyond the app token's or a ``resource`` other than the broker gets
+``invalid_scope`` or ``invalid_target`` (400), decided by the broker after authentication,
+with a ``denial_id`` and one such event as well.
 """
 
 from __future__ import annotations
@@ -32,18 +35,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tasklease.core.audience import default_audience
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.clientauth import ASSERTION_TYPE
 from tasklease.core.errors import (
     InvalidRequest,
-    InvalidScope,
-    InvalidTarget,
     RateLimited,
     Unauthorized,
 )
 from tasklease.core.exchange import ACCESS_TOKEN_TYPE, ExchangeRequest
-from tasklease.core.tokens import APP_SCOPES, token_type_of
+from tasklease.core.tokens import token_type_of
 from tasklease.http import wire
 from tasklease.http._handling import one_of, request_id
 from tasklease.http.jsonbody import decode_json_body
@@ -197,7 +197,6 @@ def exchange_routes(
     """
     cfg = broker.config
     limiter = app_limiter or RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
-    own_audience = default_audience(cfg.audience)
     uri = RequestURI(cfg)
     issuer_endpoint = (
         (cfg.issuer.rstrip("/") + "/v1/oauth/token",)
@@ -234,19 +233,8 @@ def exchange_routes(
             if exc.basic:
                 refused.hint = _BASIC_HINT
             raise refused from None
-        if req.scope:
-            extra = [s for s in req.scope.split(" ") if s and s not in APP_SCOPES]
-            if extra:
-                raise InvalidScope(
-                    f"an app token holds {' '.join(APP_SCOPES)}; not {' '.join(extra)[:200]}"
-                )
         resource = one_of(req.resource, req.audience)
-        if resource is not None and resource not in own_audience:
-            raise InvalidTarget(
-                "an app token is for this broker only",
-                hint=f"omit resource, or send {own_audience[0]}",
-            )
-        # The limit guards the secret's check (argon2id): the cheap refusals come first.
+        # The limit guards the secret's check (argon2id) and the audit write of a refusal.
         limit(request)
         try:
             if assertion:
@@ -257,11 +245,15 @@ def exchange_routes(
                         client_id=req.client_id,
                         audiences=assertion_audiences(request),
                         bind=True,
+                        scope=req.scope,
+                        resource=resource,
                     )
                 )
             else:
                 issued = await run_in_threadpool(
-                    lambda: broker.app_auth(client_id, secret, ctx, bind=True)
+                    lambda: broker.app_auth(
+                        client_id, secret, ctx, bind=True, scope=req.scope, resource=resource
+                    )
                 )
         except Unauthorized as exc:
             exc.oauth_error = "invalid_client"  # RFC 6749 section 5.2

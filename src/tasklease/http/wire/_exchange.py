@@ -151,8 +151,10 @@ OPERATIONS = (
         "an app authenticates with its client secret, in `Authorization: Basic` or in the "
         "body, or with a JWT signed by the key it registered (`private_key_jwt`, RFC 7523: "
         "`client_assertion`), exactly one of them, and gets the app token `POST "
-        "/v1/app/auth` gives (same service, same rate limit, same audit); `resource` may "
-        "only name this broker. With a DPoP proof (`DPoP` header, no `ath`) the app token "
+        "/v1/app/auth` gives (same service, same rate limit, same audit); `scope` may "
+        "only name the app token's scopes and `resource` only this broker, checked once "
+        "the app has authenticated (a refusal carries a `denial_id`). With a DPoP proof "
+        "(`DPoP` header, no `ath`) the app token "
         "is bound to the proof's key (`cnf.jkt`, `token_type` `DPoP`, RFC 9449 section 5) "
         "and must then be presented with a proof wherever it is used. A failed client "
         "authentication is 401 with `error=invalid_client` (and a `Basic` challenge when "
@@ -214,7 +216,7 @@ OPERATIONS = (
             Failure(
                 "invalid_scope",
                 "`scope` asks for more than the subject token grants here, or it grants "
-                "nothing here",
+                "nothing here (client credentials: names a scope the app token does not hold)",
             ),
             Failure(
                 "invalid_target",
