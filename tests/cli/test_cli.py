@@ -357,3 +357,24 @@ def test_a_checkpoint_that_cannot_be_written_is_one_error_line(
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     assert f"cannot write {target}: No such file or directory" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("condition", "said"),
+    [
+        ("(" * 800 + "context.within_ceiling" + ")" * 800, "nested too deeply"),
+        ("context.depth" + " + 1" * 500 + " > 0", "a policy has too many operators"),
+    ],
+    ids=["parentheses", "operators"],
+)
+def test_policy_validate_refuses_a_policy_nested_too_deeply(
+    condition: str, said: str, home: Path
+) -> None:
+    """What would crash Cedar's parser, or the reading of its JSON form, is a refusal
+    naming the file (exit 1), as ``policy validate`` refuses any set the broker would."""
+    deep = home / "deep.cedar"
+    deep.write_text(f'@id("deep")\npermit (principal, action, resource) when {{ {condition} }};')
+    result = run("policy", "validate", str(deep), home=home)
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.startswith("refused: ") and f"deep.cedar: {said}" in result.stdout

@@ -6,7 +6,9 @@ A launch token grants "pay at most 500 EUR to payee P today"; its agent delegate
 100 EUR to payee P" (and not 600, not payee Q, not tomorrow); the resource server refuses
 the delegate's over-limit call and the call to Q, and counts its calls at the broker until
 ``max_calls`` is used up; the tenant's Cedar policy, changed on disk, decides the next
-delegation and names itself in the audit log; a broken policy file is refused whole.
+delegation and names itself in the audit log; a broken policy file is refused whole, and
+so is one nested too deeply for Cedar's parser, at the start and on reload, the broker's
+process staying up.
 """
 
 from __future__ import annotations
@@ -214,3 +216,40 @@ def test_pay_at_most_500_eur_to_p_today(broker: RunningBroker, tmp_path: Path, s
     shown = broker.post("/v1/admin/policy/reload", headers=admin).json()
     assert shown["origin"] == "built-in default"
     verifier.close()
+
+
+def test_a_policy_nested_too_deeply_is_refused_whole_and_the_broker_stays_up(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "policies" / "default"
+    folder.mkdir(parents=True)
+    (folder / "default.cedar").write_text(DEFAULT_POLICY)
+    deep = folder / "deep.cedar"
+    policy = '@id("deep")\npermit (principal, action, resource) when {{ {} }};\n'
+    deep.write_text(policy.format("context.depth" + " + 1" * 500 + " > 0"))
+    broker = launch_broker(tmp_path / "data", {"TASKLEASE_POLICY_DIR": str(folder.parent)})
+    try:
+        admin = broker.admin_headers()
+        launch = {"agent_name": "a", "authorization_details": [payment("5")], "ttl": 60}
+        # At the start: no set in force, every decision denies.
+        shown = broker.get("/v1/admin/policy", headers=admin).json()
+        assert "deep.cedar: a policy has too many operators" in shown["failure"]
+        assert shown["policies"] == []
+        assert broker.post("/v1/admin/launch-tokens", headers=admin, json=launch).status_code == 403
+        deep.unlink()
+        shown = broker.post("/v1/admin/policy/reload", headers=admin).json()
+        assert shown["failure"] is None and "operator-launch" in shown["policies"]
+
+        # On reload: 800 parentheses would overflow the stack of Cedar's parser.
+        deep.write_text(policy.format("(" * 800 + "context.within_ceiling" + ")" * 800))
+        reloaded = broker.post("/v1/admin/policy/reload", headers=admin)
+        assert reloaded.status_code == 200, reloaded.text
+        shown = reloaded.json()
+        assert "deep.cedar: nested too deeply" in shown["failure"]
+        assert "operator-launch" in shown["policies"]  # the set in force stays
+        assert broker.post("/v1/admin/launch-tokens", headers=admin, json=launch).status_code == 201
+        at_start, on_reload = (e["detail"] for e in audit(broker, "policy_load_failed"))
+        assert "too many operators" in at_start and "nested too deeply" in on_reload
+        assert broker.proc.poll() is None and broker.get("/v1/health").status_code == 200
+    finally:
+        stop_broker(broker)

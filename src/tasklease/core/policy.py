@@ -1,11 +1,12 @@
 """Issuance policy in Cedar: which app, workload or agent may obtain which grants.
 
 A tenant's policy set is Cedar text (``cedarpy``: Cedar's own engine), checked against
-:data:`~tasklease.core.policyrequest.SCHEMA` when it is loaded: every policy must parse,
-type-check and name itself with a unique ``@id`` annotation, or the whole set is refused
-and the set in force stays (never half-loaded). A set is compiled once
-(:func:`compile_policies`) and each decision evaluates the compiled set
-(:meth:`PolicyEngine.decide`): Allow only when Cedar says Allow; Deny and NoDecision
+:data:`~tasklease.core.policyrequest.SCHEMA` when it is loaded: every policy must stay
+within the nesting Cedar's parser can take (:data:`MAX_POLICY_NESTING`,
+:data:`MAX_POLICY_OPERATORS`), parse, type-check and name itself with a unique ``@id``
+annotation, or the whole set is refused and the set in force stays (never half-loaded). A
+set is compiled once (:func:`compile_policies`) and each decision evaluates the compiled
+set (:meth:`PolicyEngine.decide`): Allow only when Cedar says Allow; Deny and NoDecision
 (an error, a request the schema refuses) deny. The decision names its determining
 policies by their ``@id``, for the audit log.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +41,8 @@ __all__ = [
     "DEFAULT_POLICY",
     "DEFAULT_SOURCE",
     "MAX_POLICY_BYTES",
+    "MAX_POLICY_NESTING",
+    "MAX_POLICY_OPERATORS",
     "CompiledPolicies",
     "Decision",
     "PolicyEngine",
@@ -78,6 +82,13 @@ when { context.within_ceiling };
 """
 
 MAX_POLICY_BYTES = 1_048_576
+# Cedar's parser (native code) and the JSON form of a policy recurse once per level of
+# nesting: some hundreds of brackets overflow the parser's stack (the process dies), and
+# a chain of operators (``a + 1 + 1 ...``, ``x && y && ...``) nests as deep in the JSON
+# form without a bracket, past Python's recursion limit. A policy is refused before Cedar
+# sees it when it nests deeper or holds more; the broker's own hold under ten of each.
+MAX_POLICY_NESTING = 32
+MAX_POLICY_OPERATORS = 256
 
 
 class PolicyError(Exception):
@@ -150,12 +161,45 @@ class CompiledPolicies:
 
 _schema = cedarpy.Schema.from_str(SCHEMA)
 
+# Cedar's tokens as far as nesting goes: a string (escapes and all) or a comment, whose
+# content does not count; a bracket; the end of a policy; and the forms each of which is
+# one level of the JSON form (an operator, ``if``, ``.``, and ``[``: an index or a set).
+_SHAPE_TOKEN = re.compile(
+    r'(?P<skip>"(?:[^"\\]|\\.)*"|//[^\r\n]*)'
+    r"|(?P<open>[(\[{])|(?P<close>[)\]}])|(?P<end>;)"
+    r"|(?P<operator>&&|\|\||[=!<>]=|[-+*!<>.]|\b(?:in|has|like|is|if)\b)"
+)
+
+
+def _shape_error(text: str) -> str | None:
+    """Why ``text`` is refused before Cedar parses it: a policy of it nests brackets
+    deeper than :data:`MAX_POLICY_NESTING` or holds more than
+    :data:`MAX_POLICY_OPERATORS` operators. None when it does neither."""
+    depth = operators = 0
+    for token in _SHAPE_TOKEN.finditer(text):
+        kind = token.lastgroup
+        if kind == "close":
+            depth = max(depth - 1, 0)
+        elif kind == "end" and depth == 0:
+            operators = 0
+        elif kind == "open":
+            depth += 1
+            if depth > MAX_POLICY_NESTING:
+                return f"nested too deeply (brackets more than {MAX_POLICY_NESTING} deep)"
+        if kind == "operator" or token.group() == "[":
+            operators += 1
+            if operators > MAX_POLICY_OPERATORS:
+                return f"a policy has too many operators (more than {MAX_POLICY_OPERATORS})"
+    return None
+
 
 def compile_policies(files: Sequence[tuple[str, str]], origin: str) -> CompiledPolicies:
     """Parse, check and compile ``files`` (``(name, text)`` pairs) as one set.
 
     Raises:
-        PolicyError: no policy; a file does not parse; a template, a policy without an
+        PolicyError: no policy; a file nests too deeply or has too many operators
+            (:data:`MAX_POLICY_NESTING`, :data:`MAX_POLICY_OPERATORS`: checked before
+            Cedar sees the text) or does not parse; a template, a policy without an
             ``@id`` or an ``@id`` used twice; or the set fails validation against the
             schema (each error names its policy's ``@id``).
     """
@@ -166,10 +210,17 @@ def compile_policies(files: Sequence[tuple[str, str]], origin: str) -> CompiledP
     errors: list[str] = []
     reads: set[str] | None = set()
     for name, text in files:
+        shape = _shape_error(text)
+        if shape is not None:
+            errors.append(f"{name}: {shape}")
+            continue
         try:
             est = json.loads(cedarpy.policies_to_json_str(text))
         except ValueError as exc:
             errors.append(f"{name}: does not parse: {exc}")
+            continue
+        except RecursionError:
+            errors.append(f"{name}: nested too deeply")
             continue
         read = reads_of(est)
         reads = None if read is None or reads is None else reads | set(read)

@@ -39,7 +39,8 @@ _CAPACITY = 4096
 def reads_of(est: Mapping[str, Any]) -> tuple[str, ...] | None:
     """The context attributes a policy set reads (its JSON form, ``cedarpy``'s
     ``policies_to_json_str``), sorted; None when it reads anything else of a request
-    beyond the principal's type and the action, or uses a form not recognized here."""
+    beyond the principal's type and the action, uses a form not recognized here, or
+    nests too deeply to be walked."""
     if est.get("templates") or est.get("templateLinks"):
         return None
     names: set[str] = set()
@@ -49,7 +50,10 @@ def reads_of(est: Mapping[str, Any]) -> tuple[str, ...] | None:
         for condition in policy.get("conditions") or ():
             if condition.get("kind") not in ("when", "unless"):
                 return None
-            if not _context_reads(condition.get("body"), names):
+            try:
+                if not _context_reads(condition.get("body"), names):
+                    return None
+            except RecursionError:
                 return None
     return tuple(sorted(names))
 
