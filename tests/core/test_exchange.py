@@ -4,6 +4,7 @@ refusals audited once each, and revocations crossing the bridge (core.peerfeed).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +21,10 @@ from tasklease.core.errors import (
 from tasklease.core.exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, Exchanged, ExchangeRequest
 from tasklease.core.foreign import local_part, map_scopes
 from tasklease.core.keys import KeyRing
-from tasklease.core.store import AuditQuery
+from tasklease.core.store import AuditQuery, Store
 from tasklease.core.validation import TokenRejected
 from tasklease.rules.bundle import TrustBundle, serialize_bundle
+from tasklease.storage import MemoryStore, SQLiteStore
 
 START = 1_800_000_000.0
 A, B, C = "a.example", "b.example", "c.example"
@@ -358,6 +360,52 @@ def test_revocation_in_a_ends_what_b_derived(a: Broker, b: Broker, kit: Any, lev
     assert events and A in events[0].detail
     # Read again after a reconnection: nothing new is written.
     assert cross(a, b) == 0
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_a_domain_revoking_a_target_again_widens_our_entry(
+    make_broker: Any, kit: Any, clock: ManualClock, tmp_path: Path, backend: str
+) -> None:
+    """A revokes task t at 0 and again at 450: our entry, which would have expired at
+    631, is widened to A's second revocation, so a token of t that A revoked at 450 is
+    still refused here at 653. Reading A's feed again later writes nothing more."""
+    lifetimes = {"max_ttl": 600, "renewal_ceiling": 600, "default_ttl": 300}
+    store: Store = MemoryStore() if backend == "memory" else SQLiteStore(tmp_path / "b.db")
+    a = make_broker(clock=clock, trust_domain=A, **lifetimes)
+    b = make_broker(clock=clock, trust_domain=B, store=store, **lifetimes)
+    federate(b, a, kit)
+    admin = kit.admin(a).claims
+    target = f"fed:{A}:task:t-shared"
+    kit.register(a, scope=["read:data:*"], task_id="t-shared")
+    a.revoke(admin, level="task", target="t-shared", ctx=kit.ctx)
+    assert cross(a, b) == 1
+    (first,) = b.store.find_revocations([("chain", target)])
+    assert first.expires_at < START + 653
+
+    clock.advance(450)
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-shared")
+    subject = for_domain(a, kit, alice.token, B)
+    a.revoke(kit.admin(a).claims, level="task", target="t-shared", ctx=kit.ctx)
+    assert cross(a, b) == 1
+    (widened,) = b.store.find_revocations([("chain", target)])
+    assert widened.revoked_at == START + 450
+    assert widened.expires_at > START + 653
+    assert widened.seq > first.seq
+    assert [r.target for r in b.revocation_feed(first.seq)[0]] == [target]
+    events, _ = b.audit_events(AuditQuery(event_type="federation_revocation"))
+    assert sorted(e.detail.rsplit(" ", 1)[-1] for e in events) == [
+        "entry=inserted",
+        "entry=widened",
+    ]
+    # The same feed read again (a restart of the follower) is nothing new, even later.
+    clock.advance(10)
+    assert cross(a, b) == 0
+    assert b.store.find_revocations([("chain", target)]) == [widened]
+
+    clock.advance(193)
+    b.prune()
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    refused(b, InvalidRequest, lambda: exchange(b, kit, subject, bob.token))
 
 
 def test_a_domain_can_only_end_what_came_from_it(a: Broker, b: Broker, kit: Any) -> None:

@@ -26,6 +26,7 @@ from tasklease.core.store import (
     OperatorRecord,
     ReferenceTokenRecord,
     RevocationRecord,
+    RevocationWrite,
     Store,
 )
 
@@ -506,14 +507,16 @@ def test_agent_duplicate_and_missing(store: Store) -> None:
 # -- revocations ----------------------------------------------------------------------------
 
 
-def revoke(store: Store, level: str, target: str, revoked_at: int, expires_at: float) -> bool:
+def revoke(
+    store: Store, level: str, target: str, revoked_at: int, expires_at: float
+) -> RevocationWrite:
     with store.write() as tx:
         return tx.insert_revocation(RevocationRecord(level, target, revoked_at, expires_at))
 
 
 def test_revocation_insert_and_load(store: Store) -> None:
     assert store.load_revocations(NOW) == []
-    assert revoke(store, "agent", "spiffe://x/a", 100, NOW + 60) is True
+    assert revoke(store, "agent", "spiffe://x/a", 100, NOW + 60) is RevocationWrite.INSERTED
     (entry,) = store.load_revocations(NOW)
     assert (entry.level, entry.target, entry.revoked_at, entry.expires_at) == (
         "agent",
@@ -533,28 +536,30 @@ def test_revocation_seq_is_assigned_not_taken(store: Store) -> None:
     assert first.target == "jti-1"
 
 
-def test_revocation_duplicate_returns_false_and_writes_nothing(store: Store) -> None:
+def test_revocation_duplicate_is_unchanged_and_writes_nothing(store: Store) -> None:
     revoke(store, "task", "task-1", 100, NOW + 60)
     (before,) = store.load_revocations(NOW)
-    assert revoke(store, "task", "task-1", 100, NOW + 60) is False
-    assert revoke(store, "task", "task-1", 50, NOW + 10) is False  # earlier: ignored
+    assert revoke(store, "task", "task-1", 100, NOW + 60) is RevocationWrite.UNCHANGED
+    # Earlier, or earlier in one value and equal in the other: nothing to widen.
+    assert revoke(store, "task", "task-1", 50, NOW + 10) is RevocationWrite.UNCHANGED
+    assert revoke(store, "task", "task-1", 100, NOW + 10) is RevocationWrite.UNCHANGED
     assert store.load_revocations(NOW) == [before]
     assert store.revocations_since(before.seq) == []
     # Same target at another level is a separate entry.
-    assert revoke(store, "agent", "task-1", 100, NOW + 60) is True
+    assert revoke(store, "agent", "task-1", 100, NOW + 60) is RevocationWrite.INSERTED
 
 
 def test_revocation_extension_gets_a_new_seq(store: Store) -> None:
     revoke(store, "agent", "a", 100, NOW + 60)
     revoke(store, "agent", "b", 100, NOW + 60)
     a, b = store.load_revocations(NOW)
-    assert revoke(store, "agent", "a", 100, NOW + 120) is False
+    assert revoke(store, "agent", "a", 100, NOW + 120) is RevocationWrite.WIDENED
     extended = store.revocations_since(b.seq)
     assert [(e.target, e.revoked_at, e.expires_at) for e in extended] == [("a", 100, NOW + 120)]
     assert extended[0].seq > b.seq
     assert [e.target for e in store.load_revocations(NOW)] == ["b", "a"]
     # A later revoked_at alone also extends; each value keeps its maximum.
-    assert revoke(store, "agent", "a", 200, NOW + 30) is False
+    assert revoke(store, "agent", "a", 200, NOW + 30) is RevocationWrite.WIDENED
     (again,) = store.revocations_since(extended[0].seq)
     assert (again.revoked_at, again.expires_at) == (200, NOW + 120)
     assert again.seq > extended[0].seq
@@ -578,9 +583,9 @@ def test_each_tenant_numbers_its_own_revocations(store: Store) -> None:
     revoke(store, "token", "a", 1, NOW + 60)
     revoke(other, "token", "x", 1, NOW + 60)
     revoke(other, "token", "y", 1, NOW + 60)
-    assert revoke(store, "token", "a", 1, NOW + 60) is False
+    assert revoke(store, "token", "a", 1, NOW + 60) is RevocationWrite.UNCHANGED
     revoke(store, "token", "b", 1, NOW + 60)
-    revoke(store, "token", "a", 2, NOW + 60)  # widened: the next number
+    assert revoke(store, "token", "a", 2, NOW + 60) is RevocationWrite.WIDENED  # next number
     mine = [(r.target, r.seq) for r in store.revocations_since(0)]
     theirs = [(r.target, r.seq) for r in other.revocations_since(0)]
     assert mine == [("b", 2), ("a", 3)]

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.foreign import converted
 from tasklease.core.kernel import Service
-from tasklease.core.records import RevocationRecord
+from tasklease.core.records import RevocationRecord, RevocationWrite
 from tasklease.core.store import WriteTx
 
 __all__ = ["FEED_LEASE", "PeerFeeds"]
@@ -49,10 +49,11 @@ class PeerFeeds(Service):
         """Make ``domain``'s feed entries ours; return the entries written.
 
         Entries of a domain no longer federated, and entries we already hold (a feed read
-        again after a reconnection), write nothing. Every entry written is audited
-        (``federation_revocation``) and enforced by this process before this returns.
-        ``sent_at`` is when ``domain``'s feed sent them (its clock), for the propagation
-        metric.
+        again), write nothing. A target ``domain`` revoked again after the entry we hold
+        (a later ``revoked_at``) widens ours to a later revocation and a later expiry.
+        Every entry written or widened is audited (``federation_revocation``) and enforced
+        by this process before this returns. ``sent_at`` is when ``domain``'s feed sent
+        them (its clock), for the propagation metric.
         """
         kernel = self._kernel
         if self._store.get_federation(domain) is None:
@@ -61,31 +62,44 @@ class PeerFeeds(Service):
         ours: dict[str, tuple[RevocationRecord, RevocationRecord]] = {}
         for record in records:
             mine = converted(record, domain, now=now, expiry=kernel.revocation_expiry)
-            if mine is not None and mine.target not in ours:
+            if mine is None:
+                continue
+            # Two of its entries on one target of ours (an agent- and a chain-level one on
+            # the same SPIFFE ID): the later revocation is the wider.
+            first = ours.get(mine.target)
+            if first is None or first[1].revoked_at < mine.revoked_at:
                 ours[mine.target] = (record, mine)
-        if not ours:
-            return []
-        held = {r.target for r in self._store.find_revocations([("chain", t) for t in ours])}
-        fresh = [pair for target, pair in ours.items() if target not in held]
-        if not fresh:
+        # A feed read again (a restart, a new follower) brings back revocations already
+        # made ours, heard later: the same entry with a later expiry (counted from when we
+        # hear it). That would widen ours at every such read, for nothing: while it lives
+        # no token listing its target is minted or accepted here. Only a later
+        # revocation of a target we hold is news; the store decides what it widens.
+        held = {
+            r.target: r.revoked_at
+            for r in self._store.find_revocations([("chain", t) for t in ours])
+        }
+        news = [pair for target, pair in ours.items() if held.get(target, -1) < pair[1].revoked_at]
+        if not news:
             return []
         written: list[RevocationRecord] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             written.clear()
             entries: list[AuditEntry] = []
-            for theirs, mine in fresh:
-                if tx.insert_revocation(mine):
-                    written.append(mine)
-                    entries.append(
-                        AuditEntry(
-                            "federation_revocation",
-                            agent_id=theirs.target if theirs.level == "agent" else "",
-                            detail=f"revoked in {domain} level={theirs.level} "
-                            f"target={theirs.target} seq={theirs.seq} -> level=chain "
-                            f"target={mine.target}",
-                        )
+            for theirs, mine in news:
+                outcome = tx.insert_revocation(mine)
+                if outcome is RevocationWrite.UNCHANGED:
+                    continue
+                written.append(mine)
+                entries.append(
+                    AuditEntry(
+                        "federation_revocation",
+                        agent_id=theirs.target if theirs.level == "agent" else "",
+                        detail=f"revoked in {domain} level={theirs.level} "
+                        f"target={theirs.target} seq={theirs.seq} -> level=chain "
+                        f"target={mine.target} entry={outcome.value}",
                     )
+                )
             return entries
 
         kernel.commit(unit)

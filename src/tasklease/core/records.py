@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "PublishedBundle",
     "ReferenceTokenRecord",
     "RevocationRecord",
+    "RevocationWrite",
     "TenantRecord",
     "TileAppend",
 ]
@@ -202,6 +204,18 @@ class RevocationRecord:
     revoked_at: int
     expires_at: float
     seq: int = 0
+
+
+class RevocationWrite(enum.Enum):
+    """What a store's ``insert_revocation`` did with an entry."""
+
+    INSERTED = "inserted"
+    """(level, target) was not present: the entry is stored under a new ``seq``."""
+    WIDENED = "widened"
+    """Present, and the entry's ``revoked_at`` or ``expires_at`` is later: the stored
+    one takes the later of each under a new ``seq``, so readers of the feed see it."""
+    UNCHANGED = "unchanged"
+    """Present and at least as wide: nothing written, no ``seq`` used."""
 
 
 @dataclass(frozen=True, slots=True)

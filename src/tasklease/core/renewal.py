@@ -40,7 +40,7 @@ from tasklease.core.kernel import IssuedToken, Kernel, Parent, RequestContext, S
 from tasklease.core.lineage import Refusal, app_ancestor
 from tasklease.core.liveness import new_session
 from tasklease.core.pending import Lost, Pending, complete
-from tasklease.core.records import AgentRecord, RevocationRecord
+from tasklease.core.records import AgentRecord, RevocationRecord, RevocationWrite
 from tasklease.core.revoking import ended_by_holder
 from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import parse_agent_id
@@ -124,7 +124,9 @@ class Renewal(Service):
         predecessor = RevocationRecord("token", claims.jti, iat, claims.exp + cfg.clock_skew + 1)
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            if not tx.insert_revocation(predecessor):
+            # Only the first renewal of a token ends it: any entry already on its jti
+            # (renewed, or revoked) refuses this one, widened by it or not.
+            if tx.insert_revocation(predecessor) is not RevocationWrite.INSERTED:
                 raise Unauthorized(
                     "token verification failed",
                     reason="token already renewed or revoked",

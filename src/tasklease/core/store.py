@@ -38,6 +38,7 @@ from tasklease.core.records import (
     PublishedBundle,
     ReferenceTokenRecord,
     RevocationRecord,
+    RevocationWrite,
     TenantRecord,
     TileAppend,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "PublishedBundle",
     "ReferenceTokenRecord",
     "RevocationRecord",
+    "RevocationWrite",
     "Store",
     "StoreWatch",
     "TenantRecord",
@@ -126,10 +128,12 @@ class WriteTx(Protocol):
 
     def set_agent_status(self, agent_id: str, status: str) -> None: ...
 
-    def insert_revocation(self, record: RevocationRecord) -> bool:
-        """Store a revocation; False (and nothing written) if (level, target) is present.
+    def insert_revocation(self, record: RevocationRecord) -> RevocationWrite:
+        """Store a revocation under a fresh ``seq`` (``record.seq`` is ignored).
 
-        A present entry whose ``expires_at`` is earlier is extended to the new values.
+        A present (level, target) takes the later ``revoked_at`` and the later
+        ``expires_at`` of the two, under a fresh ``seq`` if either changed. Returns what
+        was done: inserted, widened or nothing (:class:`RevocationWrite`).
         """
         ...
 

@@ -28,6 +28,7 @@ from tasklease.core.store import (
     PublishedBundle,
     ReferenceTokenRecord,
     RevocationRecord,
+    RevocationWrite,
     TenantRecord,
     TileAppend,
 )
@@ -234,13 +235,12 @@ class MemoryWriteTx:
         self._undo.append(undo)
         return previous + 1
 
-    def insert_revocation(self, record: RevocationRecord) -> bool:
+    def insert_revocation(self, record: RevocationRecord) -> RevocationWrite:
         """Store a revocation with a fresh ``seq``; ``record.seq`` is ignored.
 
-        Return False if (level, target) is already present. If the new ``revoked_at`` or
-        ``expires_at`` is later, the entry takes the later of each and a new ``seq``
-        greater than every seq handed out before, so pollers of ``revocations_since``
-        see the change.
+        A present (level, target) whose ``revoked_at`` or ``expires_at`` is earlier takes
+        the later of each and a new ``seq`` greater than every seq handed out before, so
+        pollers of ``revocations_since`` see the change (``WIDENED``).
         """
         self._check_open()
         revocations = self._store._revocations
@@ -249,19 +249,20 @@ class MemoryWriteTx:
         if existing is None:
             seq = self._next_revocation_seq()
             self._set(revocations, key, dataclasses.replace(record, seq=seq))
-            return True
+            return RevocationWrite.INSERTED
         revoked_at = max(existing.revoked_at, record.revoked_at)
         expires_at = max(existing.expires_at, record.expires_at)
-        if (revoked_at, expires_at) != (existing.revoked_at, existing.expires_at):
-            extended = RevocationRecord(
-                level=existing.level,
-                target=existing.target,
-                revoked_at=revoked_at,
-                expires_at=expires_at,
-                seq=self._next_revocation_seq(),
-            )
-            self._set(revocations, key, extended)
-        return False
+        if (revoked_at, expires_at) == (existing.revoked_at, existing.expires_at):
+            return RevocationWrite.UNCHANGED
+        extended = RevocationRecord(
+            level=existing.level,
+            target=existing.target,
+            revoked_at=revoked_at,
+            expires_at=expires_at,
+            seq=self._next_revocation_seq(),
+        )
+        self._set(revocations, key, extended)
+        return RevocationWrite.WIDENED
 
     # -- agent sessions, leases, discovery ------------------------------------
 

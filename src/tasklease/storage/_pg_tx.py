@@ -22,7 +22,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from tasklease.core.errors import Conflict, InvalidRequest, Unavailable
-from tasklease.core.store import AuditEvent, RevocationRecord
+from tasklease.core.store import AuditEvent, RevocationRecord, RevocationWrite
 from tasklease.storage._sql import (
     GENESIS_HASH,
     Dialect,
@@ -231,11 +231,11 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
 
     # -- revocations ---------------------------------------------------------------------
 
-    def insert_revocation(self, record: RevocationRecord) -> bool:
+    def insert_revocation(self, record: RevocationRecord) -> RevocationWrite:
         """Store a revocation with a fresh ``seq``; ``record.seq`` is ignored.
 
-        Return False if (level, target) is already present; a later ``revoked_at`` or
-        ``expires_at`` widens it (each takes its maximum) under a new, larger ``seq``.
+        A present (level, target) whose ``revoked_at`` or ``expires_at`` is earlier is
+        widened (each takes its maximum) under a new, larger ``seq`` (``WIDENED``).
         The head lock is taken first, so seqs commit in increasing order across replicas;
         a transaction that holds it already (a group commit takes it before its first
         unit) does not ask again.
@@ -251,9 +251,9 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
             .fetchone()
         )
         if row is None:
-            return False
+            return RevocationWrite.UNCHANGED
         self.notify_seq = max(self.notify_seq, int(row[0]))
-        return bool(row[1])
+        return RevocationWrite.INSERTED if row[1] else RevocationWrite.WIDENED
 
     # -- audit ---------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from tasklease.core.errors import InvalidRequest, Unavailable
-from tasklease.core.store import AuditEvent, RevocationRecord
+from tasklease.core.store import AuditEvent, RevocationRecord, RevocationWrite
 from tasklease.storage._sql import GENESIS_HASH, Dialect, SQLWriteTx, audit_rows
 
 __all__ = [
@@ -139,30 +139,33 @@ class SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
 
     # -- revocations ---------------------------------------------------------------------
 
-    def insert_revocation(self, record: RevocationRecord) -> bool:
+    def insert_revocation(self, record: RevocationRecord) -> RevocationWrite:
         """Store a revocation with a fresh ``seq``; ``record.seq`` is ignored.
 
-        Return False if (level, target) is already present. If the new ``revoked_at`` or
-        ``expires_at`` is later, the entry takes the later of each and a new ``seq``
-        greater than every seq the tenant handed out before, so pollers of
-        ``revocations_since`` see the change.
+        A present (level, target) whose ``revoked_at`` or ``expires_at`` is earlier takes
+        the later of each and a new ``seq`` greater than every seq the tenant handed out
+        before, so pollers of ``revocations_since`` see the change (``WIDENED``).
         """
         conn = self._db()
         d = self.dialect
         values = (record.level, record.target, record.revoked_at, record.expires_at)
         # The common case (a new entry) in one insert; a present one is read and merged.
         if self._inserted(d.insert_new_revocation, values):
-            return True
+            return RevocationWrite.INSERTED
         row = conn.execute(d.lock_revocation, (record.level, record.target)).fetchone()
         if row is None:  # pragma: no cover - the write lock is held: it cannot vanish
-            return self._inserted(d.insert_revocation, values)
+            self._inserted(d.insert_revocation, values)
+            return RevocationWrite.INSERTED
         seq, old_revoked_at, old_expires_at = int(row[0]), int(row[1]), float(row[2])
         revoked_at = max(old_revoked_at, record.revoked_at)
         expires_at = max(old_expires_at, record.expires_at)
-        if (revoked_at, expires_at) != (old_revoked_at, old_expires_at):
-            conn.execute(d.delete_revocation, (seq,))
-            self._inserted(d.insert_revocation, (*values[:2], revoked_at, expires_at))
-        return False
+        if (revoked_at, expires_at) == (old_revoked_at, old_expires_at):
+            return RevocationWrite.UNCHANGED
+        # Deleted and inserted again: the insert takes the tenant's next seq, which its
+        # trigger (revocations_numbered) records as the tenant's last.
+        conn.execute(d.delete_revocation, (seq,))
+        self._inserted(d.insert_revocation, (*values[:2], revoked_at, expires_at))
+        return RevocationWrite.WIDENED
 
     def _inserted(self, statement: str, values: tuple[object, ...]) -> bool:
         """Run an insert of a revocation under the tenant's next seq (its trigger records
