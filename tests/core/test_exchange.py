@@ -4,6 +4,7 @@ refusals audited once each, and revocations crossing the bridge (core.peerfeed).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ from tasklease.core.errors import (
     UnsupportedGrantType,
 )
 from tasklease.core.exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, Exchanged, ExchangeRequest
-from tasklease.core.foreign import local_part, map_scopes
+from tasklease.core.foreign import converted, local_part, map_scopes
 from tasklease.core.keys import KeyRing
+from tasklease.core.records import MAX_TARGET, RevocationRecord
 from tasklease.core.store import AuditQuery, Store
+from tasklease.core.tokens import KIND_AGENT, mint
 from tasklease.core.validation import TokenRejected
 from tasklease.rules.bundle import TrustBundle, serialize_bundle
 from tasklease.storage import MemoryStore, SQLiteStore
@@ -446,7 +449,54 @@ def test_three_domains_c_to_a_to_b_revocation_travels_two_bridges(
     assert not valid(b, at_b.token)
 
 
+def test_a_foreign_token_naming_an_id_too_long_to_revoke_here_is_refused(
+    a: Broker, b: Broker, kit: Any, clock: ManualClock
+) -> None:
+    """A lineage id longer than a revocation target here: A's revocation of it could
+    never be made ours (``converted`` skips it), so nothing is derived from it."""
+    federate(b, a, kit)
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+
+    def foreign(entry: str) -> str:
+        token, _ = mint(
+            a.keyring,
+            kind=KIND_AGENT,
+            iss=a.config.issuer,
+            sub=alice.sub,
+            aud=(f"spiffe://{B}",),
+            iat=int(clock.now()),
+            ttl=60,
+            scope=("read:data:1",),
+            client_id=alice.claims.client_id,
+            task_id="t-alice",
+            orch_id="orch-1",
+            lineage=(entry,),
+        )
+        return token
+
+    room = MAX_TARGET - len(f"fed:{A}:")
+    held = exchange(b, kit, foreign("x" * room), bob.token)
+    assert f"fed:{A}:{'x' * room}" in held.issued.claims.lineage
+    refused(b, InvalidRequest, lambda: exchange(b, kit, foreign("x" * (room + 1)), bob.token))
+
+
 # --- the pure parts ----------------------------------------------------------------------
+
+
+def test_a_feed_entry_too_long_to_be_ours_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    room = MAX_TARGET - len(f"fed:{A}:task:")
+
+    def ours(target: str) -> RevocationRecord | None:
+        record = RevocationRecord("task", target, 1, START + 60, 5)
+        return converted(record, A, now=START, expiry=lambda at: at + 60)
+
+    fits = ours("t" * room)
+    assert fits is not None and len(fits.target) == MAX_TARGET
+    with caplog.at_level(logging.WARNING, logger="tasklease.federation"):
+        assert ours("t" * (room + 1)) is None
+    assert f"revocation feed of {A}: skipped a task-level entry" in caplog.text
+    assert "seq=5" in caplog.text
 
 
 def test_scope_mapping_only_narrows() -> None:

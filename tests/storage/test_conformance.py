@@ -13,7 +13,8 @@ from dataclasses import replace
 import pytest
 
 from tasklease.core.clock import format_rfc3339
-from tasklease.core.errors import Conflict, NotFound
+from tasklease.core.errors import Conflict, InvalidRequest, NotFound
+from tasklease.core.records import MAX_TARGET
 from tasklease.core.store import (
     AgentRecord,
     AgentSession,
@@ -547,6 +548,13 @@ def test_revocation_duplicate_is_unchanged_and_writes_nothing(store: Store) -> N
     assert store.revocations_since(before.seq) == []
     # Same target at another level is a separate entry.
     assert revoke(store, "agent", "task-1", 100, NOW + 60) is RevocationWrite.INSERTED
+
+
+def test_revocation_target_longer_than_the_limit_is_refused(store: Store) -> None:
+    assert revoke(store, "chain", "c" * MAX_TARGET, 1, NOW + 60) is RevocationWrite.INSERTED
+    with pytest.raises(InvalidRequest):
+        revoke(store, "chain", "c" * (MAX_TARGET + 1), 1, NOW + 60)
+    assert [len(r.target) for r in store.load_revocations(NOW)] == [MAX_TARGET]
 
 
 def test_revocation_extension_gets_a_new_seq(store: Store) -> None:

@@ -47,6 +47,7 @@ it dies too).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ import nacl.signing
 from tasklease.core.config import Config
 from tasklease.core.delegation import verify_chain_records
 from tasklease.core.kernel import Parent
-from tasklease.core.records import RevocationRecord
+from tasklease.core.records import MAX_TARGET, RevocationRecord
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.tokens import (
     KIND_AGENT,
@@ -90,6 +91,8 @@ __all__ = [
 ]
 
 FOREIGN_PREFIX = "fed:"
+
+_log = logging.getLogger("tasklease.federation")
 
 
 class ForeignRejected(Exception):
@@ -336,7 +339,9 @@ def foreign_parent(
     holder, its principal is its own, its lineage namespaced (module docstring).
 
     Raises:
-        ForeignRejected: the namespaced lineage would be longer than a token may carry.
+        ForeignRejected: the namespaced lineage would be longer than a token may carry,
+            or one of its ids longer than a revocation target (:data:`MAX_TARGET`):
+            ``ft.domain``'s revocation of it could never be made ours (:func:`converted`).
     """
     claims = ft.claims
     lineage, local = _ancestry(ft, own_domain)
@@ -344,6 +349,12 @@ def foreign_parent(
     jti = _as_ours(namespaced(ft.domain, claims.jti), own_domain)
     if len(lineage) + 2 > MAX_LINEAGE:
         raise ForeignRejected(f"lineage of {len(lineage) + 2} ancestors exceeds {MAX_LINEAGE}")
+    longest = max(len(entry) for entry in (*lineage, grant, jti))
+    if longest > MAX_TARGET:
+        raise ForeignRejected(
+            f"a lineage id of {longest} characters here exceeds {MAX_TARGET}: "
+            f"{ft.domain} could not revoke it here"
+        )
     ceiling = min(claims.max_exp, claims.exp) if claims.max_exp else claims.exp
     parent = Parent(
         holder=claims.sub,
@@ -409,6 +420,10 @@ def converted(
     ``revoked_at`` is the peer's, but never later than ``now`` (a peer's clock cannot
     date an entry into our future); the entry lives until ``expiry(now)``, counted from
     when we heard of it: long enough to outlive every token we minted before then.
+
+    An entry whose target here would be longer than :data:`MAX_TARGET` is logged and
+    None: no lineage of ours lists such an id (:func:`foreign_parent` refuses it), and
+    stored it would be an event too large for our own feed's readers.
     """
     level, target = record.level, record.target
     if not target:
@@ -424,6 +439,17 @@ def converted(
     elif level in ("token", "chain"):
         ours = namespaced(domain, target)
     else:
+        return None
+    if len(ours) > MAX_TARGET:
+        _log.warning(
+            "revocation feed of %s: skipped a %s-level entry whose target here would be "
+            "%d characters (at most %d); seq=%d",
+            domain,
+            level,
+            len(ours),
+            MAX_TARGET,
+            record.seq,
+        )
         return None
     revoked_at = min(int(record.revoked_at), math.floor(now))
     return RevocationRecord("chain", ours, revoked_at, expiry(now))

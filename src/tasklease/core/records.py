@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "MAX_TARGET",
     "AgentRecord",
     "AgentSession",
     "AppRecord",
@@ -188,6 +189,12 @@ class ReferenceTokenRecord:
     claims: str
     jti: str
     expires_at: float
+
+
+MAX_TARGET = 2048
+"""The longest revocation target, in characters: an operator's, a federated domain's
+entry as ours (``fed:<domain>:...``), any a store takes. Every entry fits, with room to
+spare, in one event of the revocation feed as verifiers and followers read it (64 KiB)."""
 
 
 @dataclass(frozen=True, slots=True)

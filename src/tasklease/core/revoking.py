@@ -21,7 +21,7 @@ from tasklease.core.introspection import holds_credential, holds_secret
 from tasklease.core.kernel import Kernel, RequestContext, Service
 from tasklease.core.lineage import ending_records
 from tasklease.core.pending import Pending, complete
-from tasklease.core.records import RevocationRecord
+from tasklease.core.records import MAX_TARGET, RevocationRecord
 from tasklease.core.revocation import LEVELS
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import WriteTx
@@ -91,7 +91,7 @@ class Revoking(Service):
             raise InvalidRequest(
                 f"invalid revocation level: {level[:32]}", hint="use token, agent, task or chain"
             )
-        if len(target) > 2048:
+        if len(target) > MAX_TARGET:
             raise InvalidRequest("target is too long")
         # Never a credential as a target: it would be stored, audited and published (the
         # revocation feed is read by every resource server), and revoke nothing.

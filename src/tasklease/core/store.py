@@ -19,7 +19,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from tasklease.core.errors import InvalidRequest
 from tasklease.core.records import (
+    MAX_TARGET,
     AgentRecord,
     AgentSession,
     AppRecord,
@@ -69,7 +71,20 @@ __all__ = [
     "TileAppend",
     "WatchableStore",
     "WriteTx",
+    "check_revocation_target",
 ]
+
+
+def check_revocation_target(record: RevocationRecord) -> None:
+    """What every store's :meth:`WriteTx.insert_revocation` checks first: raise
+    ``InvalidRequest`` for a target longer than :data:`MAX_TARGET` (an event that size
+    on the revocation feed would be too large for its readers)."""
+    if len(record.target) > MAX_TARGET:
+        raise InvalidRequest(
+            "revocation target is too long",
+            reason=f"{record.level}-level target of {len(record.target)} characters, "
+            f"at most {MAX_TARGET}",
+        )
 
 
 class WriteTx(Protocol):
@@ -133,7 +148,9 @@ class WriteTx(Protocol):
 
         A present (level, target) takes the later ``revoked_at`` and the later
         ``expires_at`` of the two, under a fresh ``seq`` if either changed. Returns what
-        was done: inserted, widened or nothing (:class:`RevocationWrite`).
+        was done: inserted, widened or nothing (:class:`RevocationWrite`). Raises
+        ``InvalidRequest`` for a target longer than ``MAX_TARGET``
+        (:func:`check_revocation_target`).
         """
         ...
 

@@ -31,6 +31,7 @@ from tasklease.core.store import (
     RevocationWrite,
     TenantRecord,
     TileAppend,
+    check_revocation_target,
 )
 from tasklease.storage._memory_tables import MemoryTables
 
@@ -243,6 +244,7 @@ class MemoryWriteTx:
         pollers of ``revocations_since`` see the change (``WIDENED``).
         """
         self._check_open()
+        check_revocation_target(record)
         revocations = self._store._revocations
         key = f"{record.level}\x00{record.target}"
         existing = revocations.get(key)

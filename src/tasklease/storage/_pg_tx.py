@@ -22,7 +22,12 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from tasklease.core.errors import Conflict, InvalidRequest, Unavailable
-from tasklease.core.store import AuditEvent, RevocationRecord, RevocationWrite
+from tasklease.core.store import (
+    AuditEvent,
+    RevocationRecord,
+    RevocationWrite,
+    check_revocation_target,
+)
 from tasklease.storage._sql import (
     GENESIS_HASH,
     Dialect,
@@ -240,6 +245,7 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
         a transaction that holds it already (a group commit takes it before its first
         unit) does not ask again.
         """
+        check_revocation_target(record)
         if self._head_locked_at is None:
             self._lock_head()
         row = (

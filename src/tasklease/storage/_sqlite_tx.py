@@ -14,7 +14,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from tasklease.core.errors import InvalidRequest, Unavailable
-from tasklease.core.store import AuditEvent, RevocationRecord, RevocationWrite
+from tasklease.core.store import (
+    AuditEvent,
+    RevocationRecord,
+    RevocationWrite,
+    check_revocation_target,
+)
 from tasklease.storage._sql import GENESIS_HASH, Dialect, SQLWriteTx, audit_rows
 
 __all__ = [
@@ -146,6 +151,7 @@ class SQLiteWriteTx(SQLWriteTx[sqlite3.Connection]):
         the later of each and a new ``seq`` greater than every seq the tenant handed out
         before, so pollers of ``revocations_since`` see the change (``WIDENED``).
         """
+        check_revocation_target(record)
         conn = self._db()
         d = self.dialect
         values = (record.level, record.target, record.revoked_at, record.expires_at)

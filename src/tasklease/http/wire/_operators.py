@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from msgspec import UNSET, UnsetType
 
 from tasklease.core.clock import format_rfc3339_seconds
+from tasklease.core.records import MAX_TARGET, OperatorRecord
 from tasklease.core.records import AuditEvent as AuditRecord
-from tasklease.core.records import OperatorRecord
 from tasklease.core.tokens import OPERATORS_SCOPE, ROLE_SCOPES, ROLES
 from tasklease.http.wire._base import (
     PUBLIC,
@@ -316,7 +316,7 @@ OPERATIONS = (
             Failure(
                 "invalid_request",
                 "`level` or `target` is missing, `level` is not one of the four levels, "
-                "`target` is longer than 2048 characters, or `target` holds a token or "
+                f"`target` is longer than {MAX_TARGET} characters, or `target` holds a token or "
                 "a secret (64 hexadecimal characters: a launch token, a client secret) "
                 "instead of an id",
             ),
