@@ -36,7 +36,8 @@ def test_a_forward_clock_step_forgets_no_revocation(broker: RunningBroker) -> No
         held = verifier.stats()["revocation_entries"]
         clock.offset = 2 * 24 * 3600
         time.sleep(4.5)  # two keepalives of the feed: housekeeping prunes on each
-        assert verifier.stats()["revocation_entries"] == held
+        # Nothing pruned (other tests sharing the broker may add entries meanwhile).
+        assert verifier.stats()["revocation_entries"] >= held
         clock.offset = 0.0
         with pytest.raises(InvalidToken) as refused:
             verifier.verify(agent.access_token)
