@@ -410,6 +410,7 @@ def test_the_payment_example() -> None:
         {"type": "resource_access", "actions": []},
         {"type": "resource_access", "actions": ["a"], "locations": ["https://x/a/../b"]},
         {"type": "resource_access", "actions": ["a"], "locations": ["https://x/a%2fb"]},
+        {"type": "resource_access", "actions": ["a"], "locations": ["https://x/a/..;/b"]},
         {"type": "resource_access", "actions": ["a"], "limits": {"max_amount": "5"}},
         {
             "type": "resource_access",
@@ -447,6 +448,10 @@ def test_locations_with_dot_segments_are_never_allowed() -> None:
         "https://pay.example/payees/P/%2e%2e/Q",
         "https://pay.example/payees/PQ",
         "https://pay.example/payees/P//x",
+        "https://pay.example/payees/P/..;/Q",
+        "https://pay.example/payees/P/..;jsessionid=1/Q",
+        "https://pay.example/payees/P/.;/x",
+        "https://pay.example/payees/P/%2e%2e%3b/Q",
     ):
         assert gu.allows([grant], "resource_access", now=0, action="pay", location=sneaky) is None
     assert (

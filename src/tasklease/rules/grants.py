@@ -94,8 +94,10 @@ _LIMITS = frozenset(
     ("max_amount", "currency", "max_calls", "not_before", "not_after", "allowed_values")
 )
 # Locations are compared as text, so text a resource server might read as another place
-# is refused: dot segments, encoded dots and slashes, backslashes, empty segments.
-BAD_LOCATION = re.compile(r"(^|/)\.\.?(/|$)|%2[eEfF]|%5[cC]|\\|[?#\s]|[^:/]//")
+# is refused: dot segments (also with a path parameter, ``..;x``, which servers that strip
+# parameters read as ``..``), encoded dots, slashes and semicolons, backslashes, empty
+# segments.
+BAD_LOCATION = re.compile(r"(^|/)\.\.?(/|;|$)|%2[eEfF]|%3[bB]|%5[cC]|\\|[?#\s]|[^:/]//")
 
 
 class GrantError(ValueError):
