@@ -1091,11 +1091,16 @@ def test_discovery_bindings_put_get(store: Store) -> None:
     )
     assert store.get_discovery_binding(binding.agent_id) is None
     with store.write() as tx:
-        tx.put_discovery_binding(binding)
+        assert tx.put_discovery_binding(binding) is True
     assert store.get_discovery_binding(binding.agent_id) == binding
     newer = replace(binding, endpoint="https://b.example/y", issued_at=int(NOW) + 5)
     with store.write() as tx:
-        tx.put_discovery_binding(newer)
+        assert tx.put_discovery_binding(newer) is True
+    assert store.get_discovery_binding(binding.agent_id) == newer
+    # Only a newer statement replaces it, decided by the write itself.
+    for stale in (binding, replace(newer, endpoint="https://c.example/z")):
+        with store.write() as tx:
+            assert tx.put_discovery_binding(stale) is False
     assert store.get_discovery_binding(binding.agent_id) == newer
 
 

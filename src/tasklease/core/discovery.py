@@ -129,13 +129,15 @@ class Discovery(Service):
         )
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            current = self._store.get_discovery_binding(claims.sub)
-            if current is not None and current.issued_at >= issued_at:
+            # The store decides, in the one statement that writes: a read before it would
+            # let two binds racing on two replicas both replace the same binding.
+            if not tx.put_discovery_binding(binding):
+                current = self._store.get_discovery_binding(claims.sub)
+                held = current.issued_at if current is not None else "?"
                 raise Unauthorized(
                     "discovery binding verification failed",
-                    reason=f"issued_at not newer than the bound statement ({current.issued_at})",
+                    reason=f"issued_at not newer than the bound statement ({held})",
                 )
-            tx.put_discovery_binding(binding)
             return [
                 replace(
                     base,

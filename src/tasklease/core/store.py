@@ -177,8 +177,10 @@ class WriteTx(Protocol):
         """
         ...
 
-    def put_discovery_binding(self, binding: DiscoveryBinding) -> None:
-        """Insert or replace the binding of ``binding.agent_id``."""
+    def put_discovery_binding(self, binding: DiscoveryBinding) -> bool:
+        """Insert the binding of ``binding.agent_id``, or replace one whose ``issued_at``
+        is earlier; False (nothing written) if the stored one is as new or newer. One
+        statement, so two concurrent binds cannot both replace the same binding."""
         ...
 
     def insert_reference_token(self, record: ReferenceTokenRecord) -> None:

@@ -295,9 +295,13 @@ class MemoryWriteTx:
         self._set(leases, name, (holder, expires_at))
         return True
 
-    def put_discovery_binding(self, binding: DiscoveryBinding) -> None:
+    def put_discovery_binding(self, binding: DiscoveryBinding) -> bool:
         self._check_open()
+        current = self._store._bindings.get(binding.agent_id)
+        if current is not None and current.issued_at >= binding.issued_at:
+            return False
         self._set(self._store._bindings, binding.agent_id, binding)
+        return True
 
     # -- federation ------------------------------------------------------------------------
 

@@ -383,7 +383,11 @@ class Dialect(RowConversions):
             " expires_at = excluded.expires_at"
             " WHERE leases.holder = excluded.holder OR leases.expires_at <= ?"
         )
-        self.put_binding = q(upsert("discovery_bindings", _BINDING))
+        # Only a newer statement replaces the bound one (``WriteTx.put_discovery_binding``).
+        self.put_binding = q(
+            upsert("discovery_bindings", _BINDING)
+            + " WHERE discovery_bindings.issued_at < excluded.issued_at"
+        )
         # federation (core.federation, core.trustbundle)
         select_federation = f"SELECT {_FEDERATION} FROM federations WHERE {t}"
         self.get_federation = q(f"{select_federation} AND trust_domain = ?")

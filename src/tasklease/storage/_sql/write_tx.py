@@ -261,8 +261,8 @@ class SQLWriteTx(Generic[_C]):
         cursor = self._db().execute(self.dialect.acquire_lease, (name, holder, expires_at, now))
         return cursor.rowcount == 1
 
-    def put_discovery_binding(self, binding: DiscoveryBinding) -> None:
-        self._db().execute(
+    def put_discovery_binding(self, binding: DiscoveryBinding) -> bool:
+        cursor = self._db().execute(
             self.dialect.put_binding,
             (
                 binding.agent_id,
@@ -272,6 +272,7 @@ class SQLWriteTx(Generic[_C]):
                 binding.expires_at,
             ),
         )
+        return cursor.rowcount == 1
 
     # -- federation ----------------------------------------------------------------------
 
