@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import gc
-import ipaddress
 import json
 import logging
 import multiprocessing
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasklease.core.broker import Broker
-from tasklease.core.config import Config
+from tasklease.core.config import Config, is_loopback_host
 from tasklease.core.keys import KeyRing, load_or_create_keyring
 from tasklease.http.metrics import (
     MULTIPROCESS_ENV,
@@ -399,7 +398,7 @@ def _start_metrics(config: Config, render: Callable[[], bytes]) -> MetricsListen
             f"cannot listen on {config.metrics_listen} for metrics (metrics_listen): "
             f"{exc.strerror or exc}"
         ) from None
-    if not ipaddress.ip_address(host).is_loopback:
+    if not is_loopback_host(host):
         _log.warning(
             "metrics served on %s, not a loopback address: whoever reaches it reads them",
             config.metrics_listen,
@@ -428,8 +427,12 @@ def serve(config: Config, *, workers: int = 1, loop: str = "asyncio") -> None:
     configure_logging(config.log_level)
     if loop not in LOOPS:
         raise SystemExit(f"--loop must be one of {', '.join(LOOPS)}")
-    if config.host in ("0.0.0.0", "::") and config.tls_mode == "none":  # noqa: S104
-        _log.warning("listening on all interfaces without TLS: put it behind TLS")
+    if config.tls_mode == "none" and not is_loopback_host(config.host):
+        _log.warning(
+            "listening on %s without TLS: tokens and secrets cross the network in clear; "
+            "put it behind TLS (tls_mode) or bind a loopback address",
+            config.host,
+        )
     common: dict[str, Any] = {
         "host": config.host,
         "port": config.port,

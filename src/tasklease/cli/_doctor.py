@@ -29,7 +29,7 @@ import typer
 from rich.markup import escape
 
 from tasklease.cli._common import EXIT_OK, EXIT_USAGE, fail, out, print_json
-from tasklease.core.config import Config
+from tasklease.core.config import Config, is_loopback_host
 from tasklease.settings import ConfigError, load_config
 
 __all__ = ["SEVERITIES", "Finding", "clock_synchronised", "diagnose", "register"]
@@ -64,15 +64,6 @@ class Finding:
 
 
 # --- the checks ------------------------------------------------------------------------------
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to anything
 
 
 def _mode(st: os.stat_result) -> str:
@@ -235,7 +226,7 @@ def _permissions(
 
 
 def _transport(config: Config) -> Iterator[Finding]:
-    if _is_loopback(config.host) or config.tls_mode != "none":
+    if is_loopback_host(config.host) or config.tls_mode != "none":
         return
     if config.trusted_proxies:
         yield Finding(
@@ -263,7 +254,7 @@ def _transport(config: Config) -> Iterator[Finding]:
 
 def _metrics(config: Config) -> Iterator[Finding]:
     address = config.metrics_address
-    if address is not None and not _is_loopback(address[0]):
+    if address is not None and not is_loopback_host(address[0]):
         yield Finding(
             "metrics-public",
             "medium",

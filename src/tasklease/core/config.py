@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from tasklease.core.spiffe import validate_trust_domain
 from tasklease.rules.note import COSIGNATURE, NoteError, VerifierKey
 
-__all__ = ["DEFAULT_ISSUER", "Config", "issuer_from", "listen_address"]
+__all__ = ["DEFAULT_ISSUER", "Config", "is_loopback_host", "issuer_from", "listen_address"]
 
 DEFAULT_ISSUER = "tasklease"
 """The ``iss`` of a broker configured with neither ``issuer`` nor ``public_url``."""
@@ -224,6 +224,16 @@ class Config:
             raise ValueError("tls_mode tls and mtls need tls_cert and tls_key")
         if self.tls_mode == "mtls" and not self.tls_client_ca:
             raise ValueError("tls_mode mtls needs tls_client_ca")
+        # Written as ranges, so NaN (which compares false both ways) is refused too: a NaN
+        # rate would refill a sign-in limiter on every call, and a zero one divide by it.
+        for name in ("admin_auth_rate", "app_auth_rate"):
+            if not 0.001 <= getattr(self, name) <= 10_000:
+                raise ValueError(f"{name} must be between 0.001 and 10000 per second")
+        for name in ("admin_auth_burst", "app_auth_burst"):
+            if not 1 <= getattr(self, name) <= 100_000:
+                raise ValueError(f"{name} must be between 1 and 100000")
+        if not 0.1 <= self.prune_interval <= 86400:
+            raise ValueError("prune_interval must be between 0.1 and 86400 seconds")
         if not 1 <= self.heartbeat_interval <= 3600:
             raise ValueError("heartbeat_interval must be between 1 and 3600 seconds")
         if not 1 <= self.heartbeat_misses <= 100:
@@ -305,6 +315,17 @@ def _check_key_provider(config: Config) -> None:
     label = config.pkcs11_key_label
     if not 1 <= len(label) <= 64 or not label.isprintable():
         raise ValueError("pkcs11_key_label must be 1 to 64 printable characters")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (an address to bind, ``[v6]`` brackets allowed, or ``localhost``)
+    reaches this machine only. Any other name is not: it may resolve to anything."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def listen_address(value: str) -> tuple[str, int] | None:
