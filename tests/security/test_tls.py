@@ -155,3 +155,43 @@ def test_mtls_requires_a_client_certificate_and_binds_tokens(tmp_path: Path, pki
             assert not alice.post(
                 "/v1/token/validate", json={**check, "client_cert": mallory_pem}
             ).json()["valid"]
+
+
+def _refused(data_dir: Path, pki: PKI, workers: str, **files: str) -> str:
+    """Run ``serve`` with TLS files that do not load; return what it said (it must stop
+    at once, naming the setting and the path, without a traceback)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
+    env.update(
+        TASKLEASE_DATA_DIR=str(data_dir),
+        TASKLEASE_ADMIN_SECRET=ADMIN_SECRET,
+        TASKLEASE_TLS_CERT=str(pki.server_cert),
+        TASKLEASE_TLS_KEY=str(pki.server_key),
+        TASKLEASE_TLS_CLIENT_CA=str(pki.ca_cert),
+        TASKLEASE_METRICS_LISTEN="off",
+    )
+    env.update(files)
+    said = subprocess.run(
+        [sys.executable, "-m", "tasklease.cli.main", "serve", "--data-dir", str(data_dir),
+         "--host", "127.0.0.1", "--port", str(free_port()), "--workers", workers],
+        capture_output=True, text=True, env=env, cwd=str(data_dir), timeout=60,
+    )  # fmt: skip
+    assert said.returncode != 0
+    assert "Traceback" not in said.stderr, said.stderr
+    return " ".join(said.stderr.split())
+
+
+def test_tls_files_that_do_not_load_stop_serve_with_the_setting_named(
+    tmp_path: Path, pki: PKI
+) -> None:
+    missing = tmp_path / "nowhere.pem"
+    empty = tmp_path / "empty.pem"
+    empty.write_bytes(b"")
+    other_key = pki.clients[next(iter(pki.clients))][1]
+    said = _refused(tmp_path, pki, "1", TASKLEASE_TLS_MODE="tls", TASKLEASE_TLS_CERT=str(missing))
+    assert f"tls_cert {missing} and tls_key {pki.server_key} do not load" in said
+    said = _refused(tmp_path, pki, "2", TASKLEASE_TLS_MODE="tls", TASKLEASE_TLS_KEY=str(other_key))
+    assert "do not load as a certificate and its private key" in said
+    said = _refused(
+        tmp_path, pki, "1", TASKLEASE_TLS_MODE="mtls", TASKLEASE_TLS_CLIENT_CA=str(empty)
+    )
+    assert f"tls_client_ca {empty} does not load as CA certificates" in said

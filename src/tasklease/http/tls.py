@@ -98,6 +98,7 @@ def uvicorn_tls_options(config: Config) -> dict[str, Any]:
     """
     if config.tls_mode == "none":
         return {}
+    check_tls_files(config)
     options: dict[str, Any] = {
         "ssl_certfile": config.tls_cert,
         "ssl_keyfile": config.tls_key,
@@ -106,3 +107,35 @@ def uvicorn_tls_options(config: Config) -> dict[str, Any]:
         options["ssl_ca_certs"] = config.tls_client_ca
         options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
     return options
+
+
+def check_tls_files(config: Config) -> None:
+    """Load the TLS files once, before anything starts, so that a missing, unreadable,
+    malformed or mismatched one stops ``serve`` with the setting and path named, not with
+    a traceback from each worker (never the files' contents).
+
+    Raises:
+        SystemExit: a file that does not load.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(
+            f"tls_cert {config.tls_cert} and tls_key {config.tls_key} do not load as a "
+            f"certificate and its private key: {_why(exc)}"
+        ) from None
+    if config.tls_mode == "mtls":
+        try:
+            context.load_verify_locations(cafile=config.tls_client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise SystemExit(
+                f"tls_client_ca {config.tls_client_ca} does not load as CA certificates: "
+                f"{_why(exc)}"
+            ) from None
+
+
+def _why(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    return exc.strerror or str(exc)
