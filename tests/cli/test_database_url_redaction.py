@@ -36,6 +36,13 @@ SECRET = "s3cretPW-never-shown"
         ),
         ("postgresql://u@h/db?sslmode=require", "postgresql://u@h/db?sslmode=require"),
         ("postgresql://h/db", "postgresql://h/db"),
+        # libpq reads the user part up to the first @ before any /: # and ? belong to it.
+        ("postgresql://u:s3cr#et@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:s3cr?et@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:a?password=b@h/db?password=c", "postgresql://u:***@h/db?password=***"),
+        ("postgres://u:p%40w@h:5432/db", "postgres://u:***@h:5432/db"),
+        ("sqlite:///var/lib/tasklease/x.db", "sqlite:///var/lib/tasklease/x.db"),
+        ("postgresql://h/db@x", "postgresql://h/db@x"),
     ],
 )
 def test_every_password_in_a_url_is_masked(url: str, shown: str) -> None:
@@ -48,12 +55,16 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_a_query_password_is_not_printed_by_the_cli(tmp_path: Path) -> None:
-    url = (
-        f"postgresql://tasklease@127.0.0.1:{_closed_port()}/tl?password={SECRET}&connect_timeout=1"
-    )
+@pytest.mark.parametrize("where", ["query", "user part with #"])
+def test_a_password_is_not_printed_by_the_cli(tmp_path: Path, where: str) -> None:
+    port = _closed_port()
+    if where == "query":
+        url = f"postgresql://tasklease@127.0.0.1:{port}/tl?password={SECRET}&connect_timeout=1"
+    else:
+        url = f"postgresql://tasklease:{SECRET}#x@127.0.0.1:{port}/tl?connect_timeout=1"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
         "NO_COLOR": "1",
         "TASKLEASE_DATABASE": url,
         "TASKLEASE_DATA_DIR": str(tmp_path),
@@ -68,5 +79,5 @@ def test_a_query_password_is_not_printed_by_the_cli(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode != 0
-    assert "password=***" in done.stderr, done.stderr
+    assert ("password=***" if where == "query" else "tasklease:***@") in done.stderr, done.stderr
     assert SECRET not in done.stdout + done.stderr

@@ -319,6 +319,18 @@ def test_sanitize_redacts_64_hex() -> None:
     # Shorter ids (jtis, hash prefixes) are what audit events name things by: kept.
     jti = "0123456789abcdef" * 2
     assert sanitize(f"jti={jti}") == f"jti={jti}"
+    # Glued to other text, in capitals or in a longer run: the secret all the same.
+    for glued in (f"task_{secret}", f"{secret}x", secret.upper(), f"{secret}ab", f"T{secret}"):
+        assert secret.upper() not in sanitize(glued).upper(), glued
+        assert "[REDACTED:hex]" in sanitize(glued)
+
+
+def test_sanitize_redacts_by_reference_tokens() -> None:
+    handle = "tlr_" + "Ab3_-" * 8 + "xyz"
+    for text in (handle, f"spiffe://td/agent/o/{handle}/1", f"delegate_to={handle}", f"x.{handle}"):
+        out = sanitize(text)
+        assert handle not in out and "[REDACTED:reference]" in out, text
+    assert sanitize("tlr_short") == "tlr_short"  # not a handle's shape
 
 
 def test_sanitize_redacts_pem_blocks() -> None:
@@ -391,10 +403,10 @@ def test_lineage_fields_are_sanitized_when_the_others_are_clean() -> None:
 
 
 def test_sanitize_caps_length() -> None:
-    out = sanitize("a" * 10_000)
+    out = sanitize("z" * 10_000)  # not hex: a long hex run is redacted whole
     assert MAX_DETAIL - 16 < len(out) <= MAX_DETAIL
     assert out.endswith("[truncated]")
-    assert sanitize("a" * MAX_DETAIL) == "a" * MAX_DETAIL
+    assert sanitize("z" * MAX_DETAIL) == "z" * MAX_DETAIL
 
 
 def test_details_are_sanitized_before_they_are_hashed_and_stored(broker: Any, kit: Any) -> None:

@@ -97,6 +97,26 @@ def history(broker: RunningBroker) -> dict[str, Any]:
     broker.post("/v1/introspect", json={"token": by_reference}, headers=bearer(app_token))
     broker.post("/v1/token/release", headers=bearer(delegated))
     broker.get("/v1/health", headers={"X-Request-ID": app["client_secret"]})
+    # The same credentials behind a prefix, glued to other text or in capitals.
+    for request_id in (f"req-{app['client_secret']}", f"x.{by_reference}"):
+        echoed = broker.get("/v1/health", headers={"X-Request-ID": request_id})
+        assert echoed.headers["x-request-id"] != request_id
+        failed(
+            broker.post(
+                "/v1/app/auth",
+                json={"client_id": app["client_id"], "client_secret": "x"},
+                headers={"X-Request-ID": request_id},
+            )
+        )
+    failed(broker.delegate(renewed, by_reference, ["read:tickets:1"]))
+    glued = broker.launch_token(["read:tickets:1"], single_use=False)
+    secrets += [glued.upper()]
+    for task_id in (by_reference, f"task_{glued.upper()}", f"t-{app['client_secret']}"):
+        body, _ = broker.register_body(glued, ["read:tickets:1"], task_id=task_id)
+        refused = broker.post("/v1/register", json=body)
+        assert refused.status_code == 400, refused.text
+        assert "holds a token or a secret" in refused.text
+        problems.append(refused.text)
     return {
         "secrets": secrets,
         "tokens": [s for s in secrets if s.count(".") == 2],

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import msgspec
 
 from tasklease.core.records import AuditEvent
+from tasklease.core.secretshapes import HEX_SECRET, JWT, REFERENCE
 from tasklease.rules.auditchain import GENESIS_HASH, prefix, uncovered_lineage
 
 __all__ = [
@@ -60,20 +61,18 @@ class AuditEntry:
 
 # --- sanitization -----------------------------------------------------------------------
 
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _SECRET_KV = re.compile(
     r"(?i)\b([\w-]*(?:secret|password|passwd|private_key|privkey|token_value|api_key|"
     r"apikey|authorization|credential)[\w-]*)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;|\]]+)"
 )
 _BEARER = re.compile(r"(?i)\b(bearer|dpop)\s+[A-Za-z0-9._~+/=-]{8,}")
 _EMAIL = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})\b")
-_LONG_HEX = re.compile(r"\b[0-9a-f]{64}\b")
 _PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?(-----END [A-Z ]+-----|$)", re.S)
-# Anything any rule above could match contains one of these (lower-cased) or 64 hex
-# characters in a row; the rules run only then.
+# Anything any rule above, or a token's shape (core.secretshapes), could match contains
+# one of these (lower-cased) or 64 hex characters in a row; the rules run only then.
 _MARKERS = (
-    "eyj", "-----begin", "@", "secret", "passw", "private_key", "privkey", "token_value",
-    "api_key", "apikey", "authorization", "credential", "bearer", "dpop",
+    "eyj", "tlr_", "-----begin", "@", "secret", "passw", "private_key", "privkey",
+    "token_value", "api_key", "apikey", "authorization", "credential", "bearer", "dpop",
 )  # fmt: skip
 
 
@@ -83,7 +82,7 @@ _MARKER = re.compile("|".join(re.escape(marker) for marker in _MARKERS))
 def _suspect(text: str) -> bool:
     if _MARKER.search(text.lower()) is not None:
         return True
-    return len(text) >= 64 and _LONG_HEX.search(text) is not None
+    return len(text) >= 64 and HEX_SECRET.search(text) is not None
 
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._/-]*")
@@ -91,13 +90,14 @@ _PLAIN_ID = re.compile(r"[A-Za-z0-9._/-]*")
 
 def _plain_identifier(text: str) -> bool:
     """True for ids no rule can match: no space, ``=``, ``:`` (after a SPIFFE scheme), ``@``,
-    JWT prefix or 64-hex run, so neither a key=value, a credential nor an address."""
+    JWT or by-reference prefix or 64-hex run, so neither a key=value, a credential nor an
+    address."""
     if len(text) > 256:
         return False
     rest = text.removeprefix("spiffe://")
-    if _PLAIN_ID.fullmatch(rest) is None or "eyJ" in rest:
+    if _PLAIN_ID.fullmatch(rest) is None or "eyJ" in rest or "tlr_" in rest:
         return False
-    return len(rest) < 64 or _LONG_HEX.search(rest) is None
+    return len(rest) < 64 or HEX_SECRET.search(rest) is None
 
 
 _CONTROL_TO_SPACE = {c: " " for c in (*range(0x20), 0x7F) if c != 0x09}
@@ -112,9 +112,10 @@ _DENIAL_TAIL = re.compile(r"(?:^| \| )denial=den_[0-9a-f]{16}$")
 def sanitize(detail: str) -> str:
     """Remove secrets and personal data from an audit detail.
 
-    Redacts: JWTs, bearer/DPoP credentials, PEM blocks, values of secret-looking keys
-    (``client_secret=...``, ``password: ...``), 64-hex strings (launch tokens, nonces,
-    secrets: audit events name things by their id or hash prefix instead) and e-mail
+    Redacts: JWTs and by-reference tokens, bearer/DPoP credentials, PEM blocks, values of
+    secret-looking keys (``client_secret=...``, ``password: ...``), runs of 64 or more hex
+    characters (launch tokens, nonces, secrets, whatever surrounds them: audit events name
+    things by their id or hash prefix instead; ``core.secretshapes``) and e-mail
     addresses (kept as ``a***@example.com``). Control characters become spaces, text that
     is not valid Unicode (lone surrogates) is replaced, and the result is capped at
     :data:`MAX_DETAIL` characters, keeping the denial id a refusal's detail ends with.
@@ -126,10 +127,11 @@ def sanitize(detail: str) -> str:
     # pass it untouched, which keeps sanitizing off the group commit's critical path.
     if _suspect(out):
         out = _PEM.sub("[REDACTED:pem]", out)
-        out = _JWT.sub("[REDACTED:jwt]", out)
+        out = JWT.sub("[REDACTED:jwt]", out)
+        out = REFERENCE.sub("[REDACTED:reference]", out)
         out = _BEARER.sub(lambda m: f"{m.group(1)} [REDACTED]", out)
         out = _SECRET_KV.sub(lambda m: f"{m.group(1)}{m.group(2)}***REDACTED***", out)
-        out = _LONG_HEX.sub("[REDACTED:hex]", out)
+        out = HEX_SECRET.sub("[REDACTED:hex]", out)
         out = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", out)
     # isprintable() is false for every control character (and for a tab, which stays):
     # a tenth of the cost of the search on the text that has none, which is nearly all.

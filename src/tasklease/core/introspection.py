@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import secrets
 from typing import Any
 
 from tasklease.core.records import ReferenceTokenRecord
+from tasklease.core.secretshapes import REFERENCE
 from tasklease.core.tokens import Claims, ClaimsError, claims_from_payload, token_type_of
 
 __all__ = [
@@ -34,31 +34,12 @@ __all__ = [
 ]
 
 REFERENCE_PREFIX = "tlr_"
-_REFERENCE = re.compile(r"tlr_[A-Za-z0-9_-]{43}")
 INACTIVE: dict[str, Any] = {"active": False}
-
-
-# A compact JWS (its header is a JSON object, so base64url "eyJ…") or a by-reference token,
-# anywhere in a string: a credential pasted where an identifier belongs.
-_CREDENTIAL_INSIDE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.|tlr_[A-Za-z0-9_-]{43}")
-# 64 hex characters: the shape of our secrets (launch tokens, client secrets), which the
-# audit log redacts wherever they appear (``core.auditformat``).
-_SECRET_INSIDE = re.compile(r"\b[0-9a-f]{64}\b")
-
-
-def holds_credential(text: str) -> bool:
-    """True when ``text`` carries a token (JWT or by-reference) anywhere in it."""
-    return _CREDENTIAL_INSIDE.search(text) is not None
-
-
-def holds_secret(text: str) -> bool:
-    """True when ``text`` carries something shaped like one of our secrets."""
-    return _SECRET_INSIDE.search(text) is not None
 
 
 def is_reference_token(token: object) -> bool:
     """True for strings shaped like a by-reference token (checked before any lookup)."""
-    return isinstance(token, str) and _REFERENCE.fullmatch(token) is not None
+    return isinstance(token, str) and REFERENCE.fullmatch(token) is not None
 
 
 def reference_hash(token: str) -> str:

@@ -17,12 +17,12 @@ from tasklease.core.callers import about
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden, InvalidRequest
 from tasklease.core.horizon import SafeHorizon
-from tasklease.core.introspection import holds_credential, holds_secret
 from tasklease.core.kernel import Kernel, RequestContext, Service
 from tasklease.core.lineage import ending_records
 from tasklease.core.pending import Pending, complete
 from tasklease.core.records import MAX_TARGET, RevocationRecord
 from tasklease.core.revocation import LEVELS
+from tasklease.core.secretshapes import holds_credential, holds_secret
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import WriteTx
 from tasklease.core.tokencheck import TokenCheck, held_scopes

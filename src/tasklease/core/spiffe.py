@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 
 from tasklease.core.errors import InvalidRequest
+from tasklease.core.secretshapes import holds_credential, holds_secret
 
 __all__ = ["AgentId", "new_agent_id", "parse_agent_id", "validate_segment", "validate_trust_domain"]
 
@@ -36,6 +37,12 @@ def validate_segment(value: object, *, field: str) -> str:
         raise InvalidRequest(
             f"invalid {field}: use 1-128 characters from A-Z a-z 0-9 . - _",
             hint="the value becomes a segment of the agent's SPIFFE ID",
+        )
+    if holds_credential(value) or holds_secret(value):
+        # It would be published in the agent's SPIFFE ID, its tokens and the audit log.
+        raise InvalidRequest(
+            f"invalid {field}: it holds a token or a secret",
+            hint="the value becomes a segment of the agent's SPIFFE ID, seen by everyone",
         )
     return value
 

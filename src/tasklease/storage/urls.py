@@ -13,19 +13,26 @@ _SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, fit for logs and messages: the one
     in the user part and the one a libpq URL may carry as a query parameter
-    (``?password=...``, ``sslpassword``)."""
+    (``?password=...``, ``sslpassword``).
+
+    The user part is found as libpq finds it (everything after ``://`` up to the first
+    ``@`` that comes before any ``/``), not as a URL parser does: a password holding ``#``
+    or ``?`` ends a URL's authority early, but libpq reads it whole, and so must this.
+    """
+    masked = url
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        end = next((i for i, c in enumerate(rest) if c in "@/"), -1)
+        if end >= 0 and rest[end] == "@":
+            user, colon, _ = rest[:end].partition(":")
+            if colon:
+                masked = f"{scheme}://{user}:***@{rest[end + 1 :]}"
     try:
-        parts = urlsplit(url)
-        password = parts.password
+        parts = urlsplit(masked)
         query = parse_qsl(parts.query, keep_blank_values=True)
     except ValueError:
         return "<unparseable database URL>"
-    if password is not None:
-        host = parts.netloc.rsplit("@", 1)[-1]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
     if any(name.lower() in _SECRET_PARAMETERS for name, _ in query):
         shown = [(n, "***" if n.lower() in _SECRET_PARAMETERS else v) for n, v in query]
-        parts = parts._replace(query=urlencode(shown, safe="*"))
-    elif password is None:
-        return url
-    return parts.geturl()
+        return parts._replace(query=urlencode(shown, safe="*")).geturl()
+    return masked

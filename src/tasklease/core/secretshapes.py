@@ -1,0 +1,30 @@
+"""The shapes of our credentials and secrets, found anywhere in a text.
+
+One definition for every place that must never keep one: the audit log's sanitizer
+(``core.auditformat``), revocation targets (``core.revoking``) and request ids
+(``http.middleware``). A token is a compact JWS (its header a JSON object, so base64url
+``eyJ``) or a by-reference handle (``tlr_`` and 43 base64url characters); a secret
+(a launch token, a client secret) is 64 hexadecimal characters. A run of 64 or more hex
+characters counts whatever surrounds it and whatever its case: ``task_<secret>`` or a
+secret in capitals is still the secret.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["HEX_SECRET", "JWT", "REFERENCE", "holds_credential", "holds_secret"]
+
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+REFERENCE = re.compile(r"tlr_[A-Za-z0-9_-]{43}")
+HEX_SECRET = re.compile(r"[0-9A-Fa-f]{64,}")
+
+
+def holds_credential(text: str) -> bool:
+    """True when ``text`` carries a token (JWT or by-reference) anywhere in it."""
+    return JWT.search(text) is not None or REFERENCE.search(text) is not None
+
+
+def holds_secret(text: str) -> bool:
+    """True when ``text`` carries something shaped like one of our secrets."""
+    return HEX_SECRET.search(text) is not None
