@@ -402,7 +402,7 @@ OPERATIONS = (
             Failure(
                 "invalid_request",
                 "a field is missing or malformed (`orch_id`/`task_id` not a SPIFFE path "
-                "segment, a scope not `action:resource:identifier`, a key or signature not "
+                "segment, or holding a token or a secret, a scope not `action:resource:identifier`, a key or signature not "
                 "padded standard base64 of the right length, a nonce not 64 hex characters)",
             ),
             Failure(
