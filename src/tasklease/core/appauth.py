@@ -168,13 +168,16 @@ class AppSignIn(Service):
     def _auth_failed(self, shown: str, reason: str, ctx: RequestContext) -> TaskleaseError:
         """Audit an app's failed authentication; the generic 401 to raise."""
         self._metrics.auth.labels("app", "failure").inc()
+        return self._refused(
+            Unauthorized("Authentication failed"), f"client_id={shown} reason={reason}", ctx
+        )
+
+    def _refused(self, error: TaskleaseError, detail: str, ctx: RequestContext) -> TaskleaseError:
+        """``error`` with its ``denial_id``, and its one ``app_auth_failed`` event."""
         return self._kernel.deny(
-            Unauthorized("Authentication failed"),
+            error,
             AuditEntry(
-                "app_auth_failed",
-                outcome="denied",
-                request_id=ctx.request_id,
-                detail=f"client_id={shown} reason={reason}",
+                "app_auth_failed", outcome="denied", request_id=ctx.request_id, detail=detail
             ),
         )
 
@@ -205,14 +208,8 @@ class AppSignIn(Service):
         else:
             return
         self._metrics.scope_rejections.labels(ctx.path or "/v1/oauth/token").inc()
-        raise self._kernel.deny(
-            error,
-            AuditEntry(
-                "app_auth_failed",
-                outcome="denied",
-                request_id=ctx.request_id,
-                detail=f"client_id={app.client_id} app_id={app.app_id} reason={why}",
-            ),
+        raise self._refused(
+            error, f"client_id={app.client_id} app_id={app.app_id} reason={why}", ctx
         )
 
     def _dpop_proof(self, app: AppRecord, ctx: RequestContext) -> DPoPProof:
@@ -228,15 +225,7 @@ class AppSignIn(Service):
             why = exc.reason
         except BindingError as exc:
             error, why = InvalidDPoPProof("invalid DPoP proof", reason=exc.reason), exc.reason
-        raise self._kernel.deny(
-            error,
-            AuditEntry(
-                "app_auth_failed",
-                outcome="denied",
-                request_id=ctx.request_id,
-                detail=f"{shown} reason=dpop_proof_refused: {why}",
-            ),
-        )
+        raise self._refused(error, f"{shown} reason=dpop_proof_refused: {why}", ctx)
 
     def _born_revoked(self, claims: Claims) -> bool:
         """Whether the token about to be issued is revoked already: a key change revokes

@@ -402,8 +402,9 @@ OPERATIONS = (
             Failure(
                 "invalid_request",
                 "a field is missing or malformed (`orch_id`/`task_id` not a SPIFFE path "
-                "segment, or holding a token or a secret, a scope not `action:resource:identifier`, a key or signature not "
-                "padded standard base64 of the right length, a nonce not 64 hex characters)",
+                "segment, or holding a token or a secret, a scope not "
+                "`action:resource:identifier`, a key or signature not padded standard base64 "
+                "of the right length, a nonce not 64 hex characters)",
             ),
             Failure(
                 "invalid_dpop_proof",
