@@ -3,6 +3,7 @@ and the staleness bound past which protected requests fail closed."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -11,8 +12,11 @@ from typing import Any
 from tasklease.core.errors import Unavailable
 from tasklease.core.horizon import SafeHorizon
 from tasklease.core.kernel import Kernel
+from tasklease.core.records import RevocationRecord
 
 __all__ = ["WATCH_INTERVAL", "Freshness"]
+
+_log = logging.getLogger("tasklease.broker")
 
 # How often a store watch checks in (confirms the revocation index is current).
 WATCH_INTERVAL = 1.0
@@ -35,12 +39,17 @@ class Freshness:
         # Wall time at which a refresh last applied something: a notification that finds
         # its revocation applied already (a check-in got there first) still measures it.
         self._applied_at = -math.inf
+        # The last entry read from the store: gone from it, or there under a smaller seq,
+        # the database went back in time (:meth:`_went_back`).
+        self._anchor: RevocationRecord | None = None
 
     def load(self) -> None:
         """Apply every revocation in the store unexpired by the safe horizon (at start-up):
         an entry the wall clock, jumped ahead, takes for expired may still be needed."""
         kernel = self._kernel
-        kernel.revocations.apply(kernel.store.load_revocations(self._horizon.now()))
+        records = kernel.store.load_revocations(self._horizon.now())
+        kernel.revocations.apply(records)
+        self._anchor = records[-1] if records else None
         kernel.metrics.revocation_entries.set(len(kernel.revocations))
 
     def current(self) -> bool:
@@ -55,13 +64,53 @@ class Freshness:
         )
 
     def refresh(self) -> int:
-        """Apply revocations other processes committed since we last looked."""
+        """Apply revocations other processes committed since we last looked.
+
+        If the store went back in time (a failover to a standby that missed the last
+        commits, a restore), numbers past its last are handed out again, and reading on
+        from ours would skip them for good: the index is then loaded again whole (what it
+        holds stays) and continues from the store's last number.
+        """
         kernel = self._kernel
-        fresh = kernel.store.revocations_since(kernel.revocations.last_seq)
+        store, since, anchor = kernel.store, kernel.revocations.last_seq, self._anchor
+        if anchor is not None and anchor.seq == since:
+            # The last entry read comes back with what is new, in the same read: gone, or
+            # there under a smaller seq, the store lost what this index read from it (a
+            # pruned one reads as gone too; reloading then costs a load, nothing more).
+            read = store.revocations_since(since, (anchor.level, anchor.target))
+            kept = any(
+                r.seq >= since and (r.level, r.target) == (anchor.level, anchor.target)
+                for r in read
+            )
+            if not kept:
+                return self._reload()
+            fresh = [r for r in read if r.seq > since]
+        else:
+            if since > 0 and store.revocation_high_water() < since:
+                return self._reload()
+            fresh = store.revocations_since(since)
         if fresh:
             kernel.apply_revocations(fresh)
+            self._anchor = fresh[-1]
             self._applied_at = kernel.now()
         return len(fresh)
+
+    def _reload(self) -> int:
+        kernel = self._kernel
+        store = kernel.store
+        high = store.revocation_high_water()
+        records = store.load_revocations(self._horizon.now())
+        _log.warning(
+            "the store's revocations went back in time (its last is %d, this process had "
+            "read to %d): reloading them",
+            high,
+            kernel.revocations.last_seq,
+        )
+        kernel.revocations.rewind(high)
+        kernel.apply_revocations(records)
+        self._anchor = records[-1] if records else None
+        self._applied_at = kernel.now()
+        return len(records)
 
     def watch(self) -> Callable[[], None] | None:
         """Follow the store's change notifications, if it offers them; return a stopper.

@@ -107,6 +107,12 @@ class RevocationIndex:
                     heapq.heappush(self._expiry, (new[1], rec.level, rec.target))
                 self.last_seq = max(self.last_seq, rec.seq)
 
+    def rewind(self, seq: int) -> None:
+        """Continue from ``seq`` (the store's last, below ours: it went back in time).
+        Entries held are kept: one the store lost still ends what it ended."""
+        with self._lock:
+            self.last_seq = seq
+
     def match(self, claims: RevocableToken) -> str | None:
         """The level at which ``claims`` is revoked, or ``None`` if it is not."""
         levels = self._levels

@@ -280,11 +280,23 @@ class Revoking(Service):
 
         Without a cursor: a snapshot of every unexpired entry. With one: the unexpired
         entries whose ``seq`` is greater. The returned cursor is the greatest ``seq``
-        returned, or the given cursor (0 without one) when nothing is new. An entry that
+        returned, or the given cursor (0 without one) when nothing is new. A cursor past
+        the store's last revocation (the database went back in time) gets a snapshot and
+        a smaller cursor, which the reader must take. An entry that
         is widened later comes again with a new ``seq``. Unexpired by the safe horizon
         (``core.horizon``), so a wall clock jumped ahead leaves no entry out.
         """
         now = self._horizon.now()
+        if cursor is not None and cursor > self._store.revocation_high_water():
+            # The database went back in time (a failover to a standby that missed the last
+            # commits, a restore): numbers above its last will be handed out again, so a
+            # reader past them gets a snapshot, and a cursor it must step back to.
+            _log.warning(
+                "a revocation feed cursor (%d) is past the store's last revocation: "
+                "the database went back in time; answering with a snapshot",
+                cursor,
+            )
+            cursor = None
         if cursor is None:
             records = self._store.load_revocations(now)
         else:

@@ -346,8 +346,18 @@ class Store(Protocol):
         """Every entry with ``expires_at > now``, in ``seq`` order."""
         ...
 
-    def revocations_since(self, seq: int) -> list[RevocationRecord]:
-        """Entries with ``seq`` greater than the argument, in ``seq`` order."""
+    def revocations_since(
+        self, seq: int, anchor: tuple[str, str] | None = None
+    ) -> list[RevocationRecord]:
+        """Entries with ``seq`` greater than the argument, in ``seq`` order; with
+        ``anchor`` (a level and target), that entry too, whatever its ``seq``, in the same
+        read (absent: the store lost it, or pruned it)."""
+        ...
+
+    def revocation_high_water(self) -> int:
+        """The last ``seq`` handed out to this tenant's revocations (0: none yet). Below a
+        cursor a reader holds, the database went back in time (a failover to a standby
+        that missed the last commits, a restore) and numbers above it will be reused."""
         ...
 
     def find_revocations(self, keys: Sequence[tuple[str, str]]) -> list[RevocationRecord]:

@@ -154,16 +154,27 @@ class RevocationHub:
             await wake.wait()
             wake.clear()
             try:
+                before = self._cursor
                 records, self._cursor = await run_in_threadpool(
-                    self._broker.revocation_feed, self._cursor
+                    self._broker.revocation_feed, before
                 )
             except Exception:  # noqa: BLE001 - retry on the next wake-up; streams keep beating
                 _log.exception("reading new revocations failed")
                 await asyncio.sleep(0.2)
                 wake.set()
                 continue
-            if records:
+            if self._cursor < before:
+                # The database went back in time: numbers are handed out again that the
+                # streams have passed. Each is ended; its reader reconnects with its cursor
+                # and gets a snapshot (Revoking.revocation_feed).
+                self._end_all()
+            elif records:
                 self._fan_out(records)
+
+    def _end_all(self) -> None:
+        for subscription in list(self._subscriptions):
+            subscription.dropped = True
+        self._subscriptions.clear()
 
     def _fan_out(self, records: list[RevocationRecord]) -> None:
         for subscription in list(self._subscriptions):

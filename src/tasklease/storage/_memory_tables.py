@@ -182,11 +182,22 @@ class MemoryTables:
             live = (r for r in self._revocations.values() if r.expires_at > now)
             return sorted(live, key=lambda r: r.seq)
 
-    def revocations_since(self, seq: int) -> list[RevocationRecord]:
+    def revocations_since(
+        self, seq: int, anchor: tuple[str, str] | None = None
+    ) -> list[RevocationRecord]:
         with self._lock:
             self._check_open()
-            newer = (r for r in self._revocations.values() if r.seq > seq)
+            newer = [
+                r
+                for r in self._revocations.values()
+                if r.seq > seq or (anchor is not None and (r.level, r.target) == anchor)
+            ]
             return sorted(newer, key=lambda r: r.seq)
+
+    def revocation_high_water(self) -> int:
+        with self._lock:
+            self._check_open()
+            return self._revocation_seq
 
     def find_revocations(self, keys: Sequence[tuple[str, str]]) -> list[RevocationRecord]:
         with self._lock:

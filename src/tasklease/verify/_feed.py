@@ -187,7 +187,10 @@ class FeedFollower:
                     elif event.kind == "sync":
                         cursor = json.loads(event.data).get("cursor")
                         if type(cursor) is int:
-                            self.cursor = max(self.cursor or 0, cursor)
+                            # The broker's word, even below ours: after its database went
+                            # back in time it answers a snapshot and a smaller cursor, from
+                            # which numbers are handed out again (entries held stay).
+                            self.cursor = cursor
                         synced = True
                         self.connected = True
                         self._synced.set()

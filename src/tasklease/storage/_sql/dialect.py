@@ -209,6 +209,11 @@ class Dialect(RowConversions):
         self.list_operators = f"{_SELECT_OPERATOR} WHERE {t} ORDER BY name"
         self.load_revocations = q(f"{SELECT_REVOCATION} WHERE {t} AND expires_at > ? ORDER BY seq")
         self.revocations_since = q(f"{SELECT_REVOCATION} WHERE {t} AND seq > ? ORDER BY seq")
+        self.revocation_high_water = q(f"SELECT seq FROM revocation_seqs WHERE {t}")
+        self.revocations_since_anchored = q(
+            f"{SELECT_REVOCATION} WHERE {t} AND (seq > ? OR (level = ? AND target = ?)) "
+            "ORDER BY seq"
+        )
         self.find_revocation = q(f"{SELECT_REVOCATION} WHERE {t} AND level = ? AND target = ?")
         # PostgreSQL's (SQLite reads one key at a time with find_revocation).
         self.find_revocations = (

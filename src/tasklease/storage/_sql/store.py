@@ -234,9 +234,18 @@ class SQLStore(ListingReads, abc.ABC):
         rows = self._all(self.dialect.load_revocations, (now,))
         return [revocation_from_row(row) for row in rows]
 
-    def revocations_since(self, seq: int) -> list[RevocationRecord]:
-        rows = self._all(self.dialect.revocations_since, (seq,))
+    def revocations_since(
+        self, seq: int, anchor: tuple[str, str] | None = None
+    ) -> list[RevocationRecord]:
+        if anchor is None:
+            rows = self._all(self.dialect.revocations_since, (seq,))
+        else:
+            rows = self._all(self.dialect.revocations_since_anchored, (seq, *anchor))
         return [revocation_from_row(row) for row in rows]
+
+    def revocation_high_water(self) -> int:
+        row = self._one(self.dialect.revocation_high_water, ())
+        return 0 if row is None else int(row[0])
 
     def get_agent_session(self, agent_id: str) -> AgentSession | None:
         row = self._one(self.dialect.get_session, (agent_id,))
