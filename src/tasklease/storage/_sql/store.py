@@ -240,7 +240,7 @@ class SQLStore(ListingReads, abc.ABC):
         if anchor is None:
             rows = self._all(self.dialect.revocations_since, (seq,))
         else:
-            rows = self._all(self.dialect.revocations_since_anchored, (seq, *anchor))
+            rows = self._all(self.dialect.revocations_since_anchored, (seq, *anchor, seq))
         return [revocation_from_row(row) for row in rows]
 
     def revocation_high_water(self) -> int:
