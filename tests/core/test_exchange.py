@@ -140,6 +140,31 @@ def test_narrowing_keeps_the_holder_and_ends_with_its_parent(a: Broker, kit: Any
     assert not valid(a, done.token) and not valid(a, agent.token)
 
 
+def test_narrowing_events_name_the_principal_and_the_app(a: Broker, kit: Any) -> None:
+    """A query by principal or app finds narrowings and their refusals too, as it finds
+    registrations, renewals and delegations."""
+    from tasklease.rules.auditchain import principal_ref
+
+    app, secret = a.register_app(
+        kit.admin(a).claims, name="orders-bot", scopes=["read:data:*"], token_ttl=None,
+        ctx=kit.ctx,
+    )  # fmt: skip
+    app_claims = a.app_auth(app.client_id, secret, kit.ctx).claims
+    launch, _ = a.create_launch_token(
+        app_claims, agent_name="a", allowed_scope=["read:data:*"], max_ttl=None,
+        single_use=None, ttl=None, ctx=kit.ctx, principal="user:alice@example.com",
+    )  # fmt: skip
+    agent = kit.register(a, launch)
+    narrow(a, kit, agent.token, resource="https://orders.example")
+    refused(a, InvalidScope, lambda: narrow(a, kit, agent.token, scope="write:data:1"))
+    events, _ = a.store.query_audit(AuditQuery(limit=10_000))
+    mine = [e for e in events if e.event_type in ("token_exchanged", "token_exchange_denied")]
+    assert {e.event_type for e in mine} == {"token_exchanged", "token_exchange_denied"}
+    for event in mine:
+        assert event.principal_ref == principal_ref("user:alice@example.com"), event
+        assert event.app_id == app.app_id, event
+
+
 def test_narrowing_never_widens(a: Broker, kit: Any) -> None:
     agent = kit.register(a, scope=["read:data:*"])
     refused(a, InvalidScope, lambda: narrow(a, kit, agent.token, scope="write:data:1"))

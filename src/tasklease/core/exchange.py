@@ -34,6 +34,7 @@ from typing import Any, NoReturn
 
 from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
+from tasklease.core.callers import lineage, refused
 from tasklease.core.calls import budget_holder, budgets_for
 from tasklease.core.clock import format_rfc3339
 from tasklease.core.delegation import record_signing_input
@@ -299,15 +300,16 @@ class Exchange(Service):
         return self._tokens.authenticate(f"{scheme} {token}", ctx, kinds=_AGENT)
 
     def _entry(self, ctx: RequestContext, detail: str, claims: Claims | None = None) -> AuditEntry:
-        return AuditEntry(
-            "token_exchange_denied",
-            outcome="denied",
-            agent_id=claims.sub if claims else "",
-            task_id=claims.task_id if claims else "",
-            orch_id=claims.orch_id if claims else "",
-            request_id=ctx.request_id,
-            resource=ctx.path,
-            detail=detail,
+        if claims is None:
+            return AuditEntry(
+                "token_exchange_denied",
+                outcome="denied",
+                request_id=ctx.request_id,
+                resource=ctx.path,
+                detail=detail,
+            )
+        return replace(
+            refused("token_exchange_denied", claims, ctx), resource=ctx.path, detail=detail
         )
 
     def _refused(
@@ -536,6 +538,7 @@ class Exchange(Service):
                     deleg_depth=len(new.delegation_chain),
                     deleg_chain_hash=new.chain_hash,
                     detail=f"{detail} by={caller.sub}{binding_suffix(new, reference)}",
+                    **lineage(new),
                 )
             ]
 
