@@ -258,3 +258,25 @@ def test_a_policy_may_not_hold_agents_to_the_default_audience() -> None:
     )
     issued = register(broker, ["read:invoices:1"], attestation=evidence(key))
     assert issued.claims.aud == ("https://invoices.example",)
+
+
+@pytest.mark.parametrize("principal", ["app:app-other-1", "operator:root", "admin:root", "attestor:x"])
+def test_a_policy_may_not_name_a_creator_as_its_agents_principal(principal: str) -> None:
+    """As for a launch token: creator identities are what the broker derives itself, so
+    naming one would attribute the agents to another app, an operator or the admin."""
+    broker = make_broker()
+    key = SigningKey.generate("RS256")
+    raw = {"issuer": K8S_ISS, "jwks": json.dumps({"keys": [key.jwk()]})}
+    named = [{**POLICY[0], "principal": principal}]
+    error = refusal(
+        lambda: broker.attestation.add(
+            admin(broker), name="prod", type="k8s_sat", settings=raw, policy=named, ctx=CTX
+        )
+    )
+    assert isinstance(error, InvalidRequest) and "may not name a creator" in error.detail
+    human = [{**POLICY[0], "principal": "user:alice@example.com"}]
+    broker.attestation.add(
+        admin(broker), name="prod", type="k8s_sat", settings=raw, policy=human, ctx=CTX
+    )
+    issued = register(broker, ["read:invoices:1"], attestation=evidence(key))
+    assert issued.claims.principal == "user:alice@example.com"

@@ -23,7 +23,7 @@ from tasklease.core.audience import default_audience, validate_ceiling
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.clientauth import app_public_key
 from tasklease.core.clock import format_rfc3339_seconds
-from tasklease.core.delegation import principal_ref, validate_principal
+from tasklease.core.delegation import named_principal, principal_ref
 from tasklease.core.errors import (
     Conflict,
     Forbidden,
@@ -53,7 +53,6 @@ from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, KIND_APP, Claims, mi
 from tasklease.rules import jws
 from tasklease.rules.binding import DPoPVerifier
 from tasklease.rules.grants import digest
-from tasklease.rules.principals import creator_kind
 
 __all__ = ["Apps", "expires_at_text"]
 
@@ -102,25 +101,6 @@ def _grants(details: Sequence[Mapping[str, Any]]) -> str:
     if not details:
         return ""
     return " grants=" + listed([f"{d.get('type')}#{digest(d)[:12]}" for d in details])
-
-
-def _named_principal(value: object) -> str:
-    """The principal a launch token's creator names: ``kind:value`` (the grammar,
-    :func:`validate_principal`), and no creator identity (``rules.principals``): those the
-    broker derives itself, from who made the launch token.
-
-    Raises:
-        InvalidRequest: malformed, or of a creator's kind (``admin``, ``operator``,
-            ``app``, ``attestor``).
-    """
-    principal = validate_principal(value)
-    kind = creator_kind(principal)
-    if kind:
-        raise InvalidRequest(
-            f"principal may not name a creator ({kind}): name the human the agents work for",
-            hint="leave principal out and the launch token's creator is the principal",
-        )
-    return principal
 
 
 def _ending(kernel: Kernel, level: str, target: str, now: float) -> RevocationRecord:
@@ -552,7 +532,7 @@ class Apps(Service):
                 raise InvalidRequest(f"{name} must be a boolean")
         multi_use = single_use is False
         uses = _max_uses(max_uses, multi_use=multi_use)
-        named = None if principal is None else _named_principal(principal)
+        named = None if principal is None else named_principal(principal)
         resources = validate_ceiling(resource, field="resource", configured=cfg.audience)
         if validity is None:
             validity = cfg.launch_token_ttl

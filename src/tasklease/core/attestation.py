@@ -50,6 +50,7 @@ from tasklease.core.attestpolicy import (
 )
 from tasklease.core.audience import check_ceiling
 from tasklease.core.auditformat import AuditEntry
+from tasklease.core.delegation import named_principal
 from tasklease.core.errors import InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.federation import Federation, UntrustedDomain
 from tasklease.core.kernel import Kernel, Parent, RequestContext, Service
@@ -199,6 +200,8 @@ class AttestationService(Service):
             check_ceiling(
                 rule.resources, field=f"policy[{index}].resources", configured=self._config.audience
             )
+            if rule.principal:  # the broker derives creator identities itself
+                named_principal(rule.principal)
         app = ""
         if app_id is not None and app_id != "":
             if not isinstance(app_id, str):

@@ -23,9 +23,11 @@ from tasklease.core.errors import InvalidRequest
 from tasklease.core.tokens import DelegationRecord
 from tasklease.rules import jws as _jws
 from tasklease.rules.auditchain import principal_ref
+from tasklease.rules.principals import creator_kind
 
 __all__ = [
     "PRINCIPAL_MAX_CHARS",
+    "named_principal",
     "principal_ref",
     "record_signing_input",
     "validate_principal",
@@ -54,6 +56,26 @@ def validate_principal(value: object) -> str:
             "value printable ASCII without spaces), e.g. user:alice@example.com"
         )
     return value
+
+
+def named_principal(value: object) -> str:
+    """A principal a creator names for its agents (a launch token's, an attestor policy's
+    rule's): ``kind:value`` (:func:`validate_principal`), and no creator identity
+    (``rules.principals``): those the broker derives itself, from who made the launch
+    token or configured the attestor.
+
+    Raises:
+        InvalidRequest: malformed, or of a creator's kind (``admin``, ``operator``,
+            ``app``, ``attestor``).
+    """
+    principal = validate_principal(value)
+    kind = creator_kind(principal)
+    if kind:
+        raise InvalidRequest(
+            f"principal may not name a creator ({kind}): name the human the agents work for",
+            hint="leave principal out and the creator is the principal",
+        )
+    return principal
 
 
 # principal_ref (rules.auditchain): a principal's pseudonym in the audit log, which the
