@@ -260,7 +260,9 @@ def test_a_policy_may_not_hold_agents_to_the_default_audience() -> None:
     assert issued.claims.aud == ("https://invoices.example",)
 
 
-@pytest.mark.parametrize("principal", ["app:app-other-1", "operator:root", "admin:root", "attestor:x"])
+@pytest.mark.parametrize(
+    "principal", ["app:app-other-1", "operator:root", "admin:root", "attestor:x", "fed:d:admin"]
+)
 def test_a_policy_may_not_name_a_creator_as_its_agents_principal(principal: str) -> None:
     """As for a launch token: creator identities are what the broker derives itself, so
     naming one would attribute the agents to another app, an operator or the admin."""

@@ -201,7 +201,8 @@ def test_a_token_of_a_crosses_to_b_narrowed_by_the_mapping(a: Broker, b: Broker,
     assert new.sub == bob.sub and new.scope == ("read:records:42",)  # write: not mapped
     assert new.aud == b.config.audience and new.client_id == bob.claims.client_id
     assert new.exp <= START + 120 and new.max_exp <= alice.claims.exp
-    assert new.principal == alice.claims.principal
+    # A's admin made alice's launch token: its principal is A's, namespaced, never ours.
+    assert alice.claims.principal == "admin" and new.principal == f"fed:{A}:admin"
     assert [r.agent for r in new.delegation_chain] == [alice.sub]
     assert new.lineage[:3] == (f"fed:{A}", f"fed:{A}:task:task-1", f"fed:{A}:agent:{alice.sub}")
     assert b.validate(done.token).sub == bob.sub
@@ -225,7 +226,8 @@ def test_the_act_chain_keeps_a_hops_and_b_hands_it_on(a: Broker, b: Broker, kit:
     # The chain was re-signed by B: B's own delegation extends it.
     onward = b.delegate(held, delegate_to=carol.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx)
     assert [r.agent for r in onward.claims.delegation_chain] == [first.sub, second.sub, bob.sub]
-    assert onward.claims.principal == first.claims.principal and valid(b, onward.token)
+    assert onward.claims.principal == f"fed:{A}:{first.claims.principal}"
+    assert valid(b, onward.token)
 
 
 def test_refusals_at_the_bridge_are_audited_once(a: Broker, b: Broker, kit: Any) -> None:
@@ -466,7 +468,8 @@ def test_three_domains_c_to_a_to_b_revocation_travels_two_bridges(
     chain = [r.agent for r in at_b.issued.claims.delegation_chain]
     assert chain == [carol.sub, alice.sub]
     assert f"fed:{A}:fed:{C}" in at_b.issued.claims.lineage
-    assert at_b.issued.claims.principal == carol.claims.principal
+    # C's admin, as A carried it, as B carries it: each domain that vouched is named.
+    assert at_b.issued.claims.principal == f"fed:{A}:fed:{C}:{carol.claims.principal}"
     c.revoke(kit.admin(c).claims, level="agent", target=carol.sub, ctx=kit.ctx)
     cross(c, a)
     assert not valid(a, at_a.token) and valid(b, at_b.token)

@@ -116,7 +116,8 @@ def test_a_token_of_a_crosses_to_b_narrowed_by_the_mapping(bridged: dict[str, Pe
     assert new["iss"] == f"https://{B}" and new["act"]["sub"] == bob.agent_id
     assert [r["agent"] for r in new["delegation_chain"]] == [alice.agent_id]
     assert new["lineage"][0] == f"fed:{A}" and f"fed:{A}:agent:{alice.agent_id}" in new["lineage"]
-    assert new["principal"] == claims(alice.access_token)["principal"]
+    # Made by A's admin: A's principal, namespaced (a human's would stay as it is).
+    assert new["principal"] == f"fed:{A}:{claims(alice.access_token)['principal']}"
     assert b.valid(done["access_token"])
     # Wider than the mapping: refused, with RFC 6749's error and a denial id.
     refused = exchange(b, subject, bob.access_token, expect=400, scope="read:data:42")
@@ -236,7 +237,7 @@ def test_three_domains_c_to_a_to_b(bridged: dict[str, Peer]) -> None:
     token = claims(at_b["access_token"])
     assert [r["agent"] for r in token["delegation_chain"]] == [carol.agent_id, alice.agent_id]
     assert f"fed:{A}:fed:{C}" in token["lineage"]
-    assert token["principal"] == claims(carol.access_token)["principal"]
+    assert token["principal"] == f"fed:{A}:fed:{C}:{claims(carol.access_token)['principal']}"
     assert at_b["scope"] == "read:records:*"
 
 

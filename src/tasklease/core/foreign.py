@@ -56,7 +56,7 @@ import nacl.exceptions
 import nacl.signing
 
 from tasklease.core.config import Config
-from tasklease.core.delegation import verify_chain_records
+from tasklease.core.delegation import PRINCIPAL_MAX_CHARS, verify_chain_records
 from tasklease.core.kernel import Parent
 from tasklease.core.records import MAX_TARGET, RevocationRecord
 from tasklease.core.spiffe import parse_agent_id
@@ -70,6 +70,7 @@ from tasklease.core.tokens import (
 from tasklease.rules import jws
 from tasklease.rules import scopes as scope_rules
 from tasklease.rules.claims import MAX_LINEAGE, ClaimRejected, check_claims
+from tasklease.rules.principals import creator_kind
 
 __all__ = [
     "FOREIGN_PREFIX",
@@ -111,6 +112,17 @@ def federation_audience(trust_domain: str) -> str:
 def namespaced(domain: str, entry: str) -> str:
     """``entry`` of domain ``domain``'s lineage, as our lineage lists it."""
     return f"{FOREIGN_PREFIX}{domain}:{entry}"
+
+
+def foreign_principal(domain: str, principal: str) -> str:
+    """A foreign token's principal as our tokens carry it. A human's stays as it is: the
+    chain still ends at that human. One of the domain's own creator identities (its
+    ``admin``, an app or operator of its own), or none, is namespaced under the domain
+    (``fed:<domain>:<principal>``): it must never read as one of ours, and no creator
+    here may name a ``fed:`` principal (``rules.principals``)."""
+    if principal and not creator_kind(principal):
+        return principal
+    return namespaced(domain, principal or "unknown")
 
 
 def domain_entry(domain: str) -> str:
@@ -355,12 +367,15 @@ def foreign_parent(
             f"a lineage id of {longest} characters here exceeds {MAX_TARGET}: "
             f"{ft.domain} could not revoke it here"
         )
+    principal = foreign_principal(ft.domain, claims.principal)
+    if len(principal) > PRINCIPAL_MAX_CHARS:
+        raise ForeignRejected(f"principal of {len(principal)} characters here is too long")
     ceiling = min(claims.max_exp, claims.exp) if claims.max_exp else claims.exp
     parent = Parent(
         holder=claims.sub,
         scope=scope,
         audience=claims.aud,
-        principal=claims.principal,
+        principal=principal,
         lineage=tuple(lineage),
         ceiling=ceiling,
         ttl=max(1, min(max_ttl, config.max_ttl)),

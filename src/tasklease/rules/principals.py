@@ -12,8 +12,9 @@ from __future__ import annotations
 
 __all__ = ["CREATOR_KINDS", "creator_kind"]
 
-CREATOR_KINDS = ("admin", "operator", "app", "attestor")
-"""The kinds of the principals the broker derives from a creator (docs/agents.md)."""
+CREATOR_KINDS = ("admin", "operator", "app", "attestor", "fed")
+"""The kinds of the principals the broker derives from a creator (docs/agents.md), and
+from a federated domain's own creator identities (``fed:<domain>:...``)."""
 
 
 def creator_kind(principal: str) -> str:
