@@ -178,10 +178,16 @@ class Model:
             and not (revoked is not None and agent.registered_at <= revoked)
         )
 
+    def apps_alive(self, tok: MToken) -> bool:
+        """The app of every agent the token passed through, and of its holder: a token
+        handed to an agent ends with that agent's app, as its own tokens do."""
+        holders = (tok.root, *(self.agent(a) for a in tok.chain), tok.holder)
+        return all(self.app_alive(agent.app_id) for agent in holders)
+
     def valid(self, tok: MToken, now: float) -> bool:
         if tok.ended or now >= tok.claims.exp:
             return False
-        if not self.app_alive(tok.root.app_id):
+        if not self.apps_alive(tok):
             return False
         iat = tok.iat
         revoked = self.task_revoked.get(tok.root.task)
@@ -200,7 +206,7 @@ class Model:
 
     def ends_descendants(self, tok: MToken) -> bool:
         """Whether a token delegated from ``tok`` would be dead at birth."""
-        if not self.app_alive(tok.root.app_id):
+        if not self.apps_alive(tok):
             return True
         node: MToken | None = tok
         while node is not None:

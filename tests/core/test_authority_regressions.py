@@ -830,3 +830,40 @@ def test_under_a_resource_ceiling_the_default_audience_is_never_handed_out() -> 
     # Without a ceiling nothing changed: no resource is the default audience.
     assert choose_audience(None, (), default) == ("tasklease",)
     assert choose_audience("tasklease", (), default) == ("tasklease",)
+
+
+# What is handed to an agent ends with the agent's app ----------------------------------
+
+
+def _app_agent(broker: Any, kit: Any, name: str, task: str) -> tuple[Any, Any]:
+    """An app named ``name`` and an agent it launched (task ``task``)."""
+    app, _ = broker.register_app(
+        kit.admin(broker).claims, name=name, scopes=["read:data:*"], token_ttl=None,
+        ctx=kit.ctx,
+    )  # fmt: skip
+    launch, _ = broker.create_launch_token(
+        kit.app(broker, app.app_id).claims, agent_name=name, allowed_scope=["read:data:*"],
+        max_ttl=None, single_use=None, ttl=None, ctx=kit.ctx,
+    )  # fmt: skip
+    return app, kit.register(broker, launch, task_id=task)
+
+
+def test_a_token_handed_to_an_agent_ends_when_its_app_is_removed(
+    make_broker: Any, kit: Any
+) -> None:
+    """Removing an app ends what its agents hold, their own tokens and what was
+    delegated to them by another app's agents (invariant 1: the holder is an ancestor)."""
+    from tasklease.core.validation import TokenRejected
+
+    broker = make_broker()
+    _, giver = _app_agent(broker, kit, "giver", "t-giver")
+    taker_app, taker = _app_agent(broker, kit, "taker", "t-taker")
+    handed = broker.delegate(
+        giver.claims, delegate_to=taker.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+    )
+    assert f"app:{taker_app.app_id}" in handed.claims.lineage
+    broker.deregister_app(kit.admin(broker).claims, taker_app.app_id, kit.ctx)
+    for token in (taker.token, handed.token):
+        with pytest.raises(TokenRejected, match="revoked"):
+            broker.validate(token)
+    assert broker.validate(giver.token).sub == giver.sub  # the giver's app is untouched

@@ -269,6 +269,7 @@ class Kernel:
         details: tuple[Mapping[str, Any], ...] = (),
         actor: Actor | None = None,
         domain: str = "",
+        holder_app: str = "",
     ) -> Issuance:
         """The tenant's issuance policy, then :func:`check_issuance` with this broker's
         config, then the lineage it grants checked against the revocation index: an
@@ -285,7 +286,8 @@ class Kernel:
         that asked beyond the parent's grants is refused as the invariant refuses it (the
         widening's own error), naming the policy decision too; any other denial is a
         :class:`Refusal` of event type ``policy``. The invariants hold whatever the
-        policy allows.
+        policy allows. ``holder_app`` is the app of a delegation's or exchange's new
+        holder ("" for none): the token lists it, so that removing that app ends it.
         """
         apps: tuple[AppRecord, ...] = ()
         if operation == "register":
@@ -344,6 +346,7 @@ class Kernel:
                 resource=resource,
                 details=details,
                 rules=rules,
+                holder_lineage=(app_ancestor(holder_app),) if holder_app else (),
             )
         except Refusal as refusal:
             if apps:  # say what the request was held to: the app's ceiling, as it is now

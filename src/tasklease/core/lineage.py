@@ -91,6 +91,7 @@ def check_issuance(
     resource: str | None = None,
     details: tuple[Mapping[str, Any], ...] = (),
     rules: Mapping[str, TypeRule] | None = None,
+    holder_lineage: tuple[str, ...] = (),
 ) -> Issuance:
     """The one issuance check (:func:`tasklease.rules.issuance.check_issuance`) with the
     broker's configuration as its limits; raises :class:`Refusal` carrying the broker's
@@ -108,6 +109,7 @@ def check_issuance(
             resource=resource,
             details=details,
             rules=rules,
+            holder_lineage=holder_lineage,
         )
     except _issuance.Refusal as refusal:
         raise refusal_of(refusal) from None

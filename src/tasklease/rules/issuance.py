@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from tasklease.rules import grants as grant_rules
 from tasklease.rules import scopes as scope_rules
+from tasklease.rules.claims import MAX_LINEAGE
 from tasklease.rules.grants import TypeRule
 
 __all__ = [
@@ -402,6 +403,7 @@ def check_issuance(
     resource: str | None = None,
     details: tuple[Mapping[str, Any], ...] = (),
     rules: Mapping[str, TypeRule] | None = None,
+    holder_lineage: tuple[str, ...] = (),
 ) -> Issuance:
     """The one issuance check every credential path calls. Raises :class:`Refusal`.
 
@@ -418,7 +420,10 @@ def check_issuance(
     to be for: among the parent's, never wider; ``details`` the structured grants it asks
     for (``rules.grants``), each covered by one of the parent's scopes or grants under
     its type's rule (``rules``: operators' types; one without a rule narrows only to an
-    identical grant). Renewal and resumption change neither.
+    identical grant). Renewal and resumption change neither. ``holder_lineage`` is what
+    the new holder of a delegation or exchange descends from (its app: ``app:<app_id>``):
+    the token lists it too, so that the holder's end (its app removed) ends what was
+    handed to it, not only what it holds of its own.
     """
     if operation not in OPERATIONS:
         raise ValueError(f"unknown issuance operation: {operation}")
@@ -520,6 +525,14 @@ def check_issuance(
         lineage = (*parent.lineage, parent.grant)
         if parent.jti and parent.jti != parent.grant:
             lineage = (*lineage, parent.jti)
+        if operation in NEW_HOLDER:
+            lineage = (*lineage, *(a for a in holder_lineage if a and a not in lineage))
+        if len(lineage) > MAX_LINEAGE:
+            raise Refusal(
+                Reason("scope_violation", "the chain of ancestors is too long to continue"),
+                f"lineage of {len(lineage)} ancestors exceeds {MAX_LINEAGE}",
+                "depth",
+            )
         grant = ""
     elif operation == "renew":
         lineage, grant = parent.lineage, parent.grant
