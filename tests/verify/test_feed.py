@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
 import threading
 from typing import Any
 
@@ -146,3 +147,38 @@ def test_a_stream_ends_when_its_readers_token_is_revoked(broker: RunningBroker) 
     reader.join(5)
     assert later not in heard
     assert broker.get("/v1/revocations", headers=headers).status_code == 401
+
+
+def test_streams_end_when_the_database_went_back(own_broker: RunningBroker) -> None:
+    """The store loses its last revocations (a failover to a standby behind, a restore)
+    and hands their numbers out again: every stream past them is ended, so that its
+    reader reconnects with its cursor and gets a snapshot (decision 133)."""
+    running = own_broker
+    for n in range(3):
+        assert running.revoke("task", f"before-{n}").status_code == 200
+    headers = running.admin_headers()
+    synced, ended = threading.Event(), threading.Event()
+
+    def read() -> None:
+        with (
+            httpx.Client(base_url=running.url, timeout=15) as client,
+            client.stream("GET", "/v1/revocations/stream", headers=headers) as response,
+        ):
+            for line in response.iter_lines():
+                if line.startswith("event: sync"):
+                    synced.set()
+        ended.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert synced.wait(10)
+    with sqlite3.connect(running.data_dir / "tasklease.db") as db:
+        first = db.execute("SELECT MIN(seq) FROM revocations").fetchone()[0]
+        db.execute("DELETE FROM revocations WHERE seq > ?", (first,))
+        db.execute("UPDATE revocation_seqs SET seq = ?", (first,))
+    assert running.revoke("task", "after-the-failover").status_code == 200
+    assert ended.wait(10), "the stream went on past numbers handed out again"
+    reader.join(5)
+    snapshot = running.get("/v1/revocations", params={"cursor": "999"}, headers=headers).json()
+    assert "after-the-failover" in [e["target"] for e in snapshot["revocations"]]
+    assert snapshot["cursor"] < 999
