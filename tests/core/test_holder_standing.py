@@ -42,15 +42,20 @@ def delegation_refused(broker: Broker, claims: Any, to: str, ctx: Any) -> str:
 
 
 def held_by_a_revoked_task(broker: Broker, kit: Any) -> tuple[Any, Agent]:
-    """A token delegated to b, whose task is then revoked (the token carries a's task)."""
+    """A token delegated to b (it carries a's task), checked in as b's task is revoked:
+    the revocation ends it at validation (decision 134); a call already past validation
+    still finds its holder out of standing."""
     a = kit.register(broker, task_id="task-a")
     b = kit.register(broker, task_id="task-b")
     c = kit.register(broker, task_id="task-c")
     held = broker.delegate(a.claims, delegate_to=b.sub, scope=["read:data:*"], ttl=300, ctx=kit.ctx)
     broker.clock.advance(2)
+    claims = broker.authenticate(kit.bearer(held.token), kit.ctx)
     broker.revoke(kit.admin(broker).claims, level="task", target="task-b", ctx=kit.ctx)
     broker.clock.advance(2)
-    return broker.authenticate(kit.bearer(held.token), kit.ctx), c
+    with pytest.raises(Unauthorized):
+        broker.authenticate(kit.bearer(held.token), kit.ctx)
+    return claims, c
 
 
 def test_a_holder_whose_task_was_revoked_neither_renews_nor_delegates(

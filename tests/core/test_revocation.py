@@ -116,6 +116,41 @@ def test_revoke_task_level(broker: Any, kit: Any, launch: str) -> None:
     assert valid(broker, b.token)
 
 
+def test_revoking_a_task_ends_what_its_agents_were_handed(
+    broker: Any, kit: Any, launch: str, clock: Any
+) -> None:
+    """A task revocation ends the tokens its agents hold by delegation from another task,
+    and what they handed on; not the tokens of the task's later agents (task ids are used
+    again)."""
+    a = kit.register(broker, launch, task_id="task-a")
+    b = kit.register(broker, launch, task_id="task-b")
+    c = kit.register(broker, launch, task_id="task-c")
+    b_from_a = broker.delegate(
+        a.claims, delegate_to=b.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+    )
+    c_from_b = broker.delegate(
+        b_from_a.claims, delegate_to=c.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+    )
+    clock.advance(2)
+    revoke(broker, kit, "task", "task-b")
+    assert not valid(broker, b.token)
+    assert not valid(broker, b_from_a.token)  # held by an agent of task-b
+    assert not valid(broker, c_from_b.token)  # delegated through one
+    assert valid(broker, a.token)
+    assert valid(broker, c.token)
+    clock.advance(2)
+    later = kit.register(broker, launch, task_id="task-b")  # the task id, used again
+    handed = broker.delegate(
+        a.claims, delegate_to=later.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+    )
+    onward = broker.delegate(
+        handed.claims, delegate_to=c.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+    )
+    assert valid(broker, later.token)
+    assert valid(broker, handed.token)
+    assert valid(broker, onward.token)
+
+
 def test_revoke_chain_level_spares_the_root(broker: Any, kit: Any, launch: str) -> None:
     root = kit.register(broker, launch)
     b = kit.register(broker, launch)
@@ -326,6 +361,15 @@ def test_index_match_rules() -> None:
     hop = DelegationRecord("root", (), "", "")
     assert index.match(claims(sub="x", task_id="", delegation_chain=(hop,))) == "chain"
     assert index.match(claims(sub="root", task_id="")) is None  # the root itself lives
+    # The holder's task, named by its SPIFFE ID, proven registered by the token's iat.
+    held = "spiffe://td/agent/o/t/0123456789abcdef"
+    assert index.match(claims(sub=held, task_id="u", iat=50, oiat=10)) == "task"
+    assert index.match(claims(sub=held, task_id="u", iat=51, oiat=10)) is None
+    # A hop's delegator, proven registered by the hop's delegated_at.
+    early = DelegationRecord(held, (), "1970-01-01T00:00:50Z", "")
+    late = DelegationRecord(held, (), "1970-01-01T00:00:51Z", "")
+    assert index.match(claims(sub="x", task_id="u", iat=60, delegation_chain=(early,))) == "task"
+    assert index.match(claims(sub="x", task_id="u", iat=60, delegation_chain=(late,))) is None
     # A later revocation widens the entry.
     index.apply([RevocationRecord("agent", "s", 150, 1000)])
     assert index.match(claims(iat=120, oiat=120)) == "agent"

@@ -119,3 +119,44 @@ def test_revoking_the_root_agent_ends_every_offline_level_at_the_verifier(
             lambda: not any(_accepts(verifier, c, k) for c, k in zip(levels, keys, strict=True)), 5
         )
         assert not any(_broker_accepts(broker, c, k) for c, k in zip(levels, keys, strict=True))
+
+
+def _holds(verifier: Verifier, token: str) -> bool:
+    try:
+        verifier.verify(token)
+    except InvalidToken:
+        return False
+    return True
+
+
+def test_revoking_a_task_ends_what_its_agents_were_handed_at_the_verifier(
+    broker: RunningBroker,
+) -> None:
+    """A token delegated by the broker to an agent of the task, and an offline block made
+    for one, carry another task's ``task_id``: the task revocation ends them all the same,
+    at the broker and at a verifier following the feed."""
+    a = broker.register(["read:data:*"], task_id="hand-a")
+    b = broker.register(["read:data:*"], task_id="hand-b")
+    answer = broker.delegate(a.access_token, b.agent_id, ["read:data:*"])
+    assert answer.status_code == 200, answer.text
+    to_b = str(answer.json()["access_token"])
+    key = nacl.signing.SigningKey.generate()
+    block = derive(
+        a.access_token,
+        _nacl(a),
+        delegate=f"spiffe://tasklease.local/agent/{a.orch_id}/hand-b/offline0",
+        delegate_key=bytes(key.verify_key),
+        now=int(time.time()),
+        ttl=120,
+    )
+    with Verifier(broker.url, audience="svc-a", credentials=app_credentials(broker)) as verifier:
+        assert verifier.verify(to_b).sub == b.agent_id
+        assert _accepts(verifier, block, key)
+        assert broker.is_valid(to_b) and _broker_accepts(broker, block, key)
+        answer = broker.revoke("task", "hand-b")
+        assert answer.status_code == 200, answer.text
+        poll(lambda: not _holds(verifier, to_b) and not _accepts(verifier, block, key), 5)
+        assert not broker.is_valid(to_b)
+        assert not broker.is_valid(b.access_token)
+        assert not _broker_accepts(broker, block, key)
+        assert _holds(verifier, a.access_token) and broker.is_valid(a.access_token)

@@ -10,6 +10,9 @@ resumptions, delegations and exchanges carry on unchanged, or its ``iat`` if ear
               ``revoked_at``, and every token delegated from it (the target appears in
               the delegation chain)
 ``task``      tokens whose ``task_id`` is the target, of a registration made at or before
+              ``revoked_at``; and tokens held by, or delegated through, an agent of the
+              target task (its SPIFFE ID names it) that provably registered by then: a
+              delegated or exchanged token issued, or a hop delegated, at or before
               ``revoked_at``
 ``chain``     tokens delegated from the target (the target appears in the delegation
               chain) by a delegation made at or before ``revoked_at`` (the hop's
@@ -44,6 +47,7 @@ from datetime import datetime
 from typing import Protocol
 
 from tasklease.core.records import RevocationRecord
+from tasklease.core.spiffe import parse_agent_id
 
 __all__ = ["LEVELS", "RevocableToken", "RevocationIndex"]
 
@@ -60,9 +64,9 @@ class _Hop(Protocol):
 class RevocableToken(Protocol):
     """What matching needs of a token: the broker's ``Claims`` and the verifier's
     ``VerifiedToken`` both qualify, so the two share this one index (which imports only
-    the standard library and ``core.store``). Those two, and an offline chain's probes,
-    also say when their registration was made (``oiat``); a probe that does not is
-    matched by its ``iat``."""
+    the standard library, ``core.records`` and ``core.spiffe``). Those two, and an
+    offline chain's probes, also say when their registration was made (``oiat``); a
+    probe that does not is matched by its ``iat``."""
 
     @property
     def jti(self) -> str: ...
@@ -121,10 +125,11 @@ class RevocationIndex:
         hit = levels["agent"].get(claims.sub)
         if hit is not None and _registered(claims) <= hit[0]:
             return "agent"
-        if claims.task_id:
-            hit = levels["task"].get(claims.task_id)
-            if hit is not None and _registered(claims) <= hit[0]:
-                return "task"
+        tasks = levels["task"]
+        if tasks:
+            level = _task_level(tasks, claims)
+            if level is not None:
+                return level
         if claims.lineage:
             chains = levels["chain"]
             for ancestor in claims.lineage:
@@ -174,6 +179,31 @@ class RevocationIndex:
                     del self._levels[level][target]
                     removed += 1
         return removed
+
+
+def _task_level(tasks: dict[str, tuple[int, float]], claims: RevocableToken) -> str | None:
+    """``"task"`` if a task entry matches ``claims``: its ``task_id`` (the registration's
+    task, by :func:`_registered`), or the task of an agent its authority passed through,
+    named by that agent's SPIFFE ID. The holder of a delegated or exchanged token and each
+    hop's delegator were registered by the token's ``iat`` and the hop's ``delegated_at``:
+    a task id can be used again, so an entry matches only what those times prove came
+    before it."""
+    if claims.task_id:
+        hit = tasks.get(claims.task_id)
+        if hit is not None and _registered(claims) <= hit[0]:
+            return "task"
+    holder = parse_agent_id(claims.sub)
+    if holder is not None and holder.task_id != claims.task_id:
+        hit = tasks.get(holder.task_id)
+        if hit is not None and claims.iat <= hit[0]:
+            return "task"
+    for record in claims.delegation_chain:
+        agent = parse_agent_id(record.agent)
+        if agent is not None:
+            hit = tasks.get(agent.task_id)
+            if hit is not None and _delegated(record, claims.iat) <= hit[0]:
+                return "task"
+    return None
 
 
 def _registered(claims: RevocableToken) -> int:

@@ -287,10 +287,12 @@ OPERATIONS = (
         "order, and the `cursor` to ask from next time. Resource servers that verify tokens "
         "offline apply them with the matching rules of the four levels: `token` matches the "
         "`jti`; `agent` the `sub` and every delegation chain naming it; `task` the "
-        "`task_id`; `chain` chains naming the target. `agent` and `task` only match tokens "
+        "`task_id`, and the task segment of the holder's and each hop's SPIFFE ID; `chain` "
+        "chains naming the target. `agent` and `task` only match tokens "
         "of a registration made at or before `revoked_at` (the earlier of `oiat` and "
-        "`iat`), `chain` only delegations made at or before it (the hop's `delegated_at`, "
-        "else `iat`). An entry that is widened comes again with a new `seq`.",
+        "`iat`; for a holder or hop named by its SPIFFE ID, the token's `iat` or the "
+        "hop's `delegated_at`), `chain` only delegations made at or before it (the hop's "
+        "`delegated_at`, else `iat`). An entry that is widened comes again with a new `seq`.",
         ADMIN_OR_APP_TOKEN,
         RevocationList,
         parameters=(_CURSOR,),
