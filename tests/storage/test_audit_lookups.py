@@ -120,9 +120,10 @@ _INDEX_NAMES = {
     "sqlite": "SELECT name FROM sqlite_master WHERE type = 'index'",
     "postgres": "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_events'",
 }
-# Back from 20: the revocations numbered by one sequence again (the log has none).
+# Back from 21 and 20: the revocations numbered by one sequence again (the log has none).
 _BACK_TO_19 = {
     "sqlite": (
+        "DELETE FROM schema_version WHERE version = 21",
         "DROP TABLE revocations",
         "CREATE TABLE revocations (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
         " tenant_id TEXT NOT NULL, level TEXT NOT NULL, target TEXT NOT NULL,"
@@ -134,6 +135,7 @@ _BACK_TO_19 = {
         "DELETE FROM schema_version WHERE version = 20",
     ),
     "postgres": (
+        "DELETE FROM schema_version WHERE version = 21",
         "DROP TABLE revocation_seqs",
         "CREATE SEQUENCE revocation_seq AS bigint OWNED BY revocations.seq",
         "ALTER TABLE revocations ALTER COLUMN seq SET DEFAULT nextval('revocation_seq')",
