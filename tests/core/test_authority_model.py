@@ -131,6 +131,7 @@ class MToken:
     ceiling: int  # the latest exp the lineage allows
     ttl_cap: int  # the longest lifetime one token of it may have
     own: bool  # an agent's own (not delegated) token
+    hop_times: tuple[int, ...] = ()  # when each delegator of ``chain`` delegated
     ended: bool = False
     children: list[MToken] = field(default_factory=list)
 
@@ -195,6 +196,15 @@ class Model:
             return False
         if tok.holder.revoked_at is not None and iat <= tok.holder.revoked_at:
             return False
+        # The holder's task and each delegator's, for what was made before its end: a
+        # token the holder held by then, a hop delegated by then (decision 134).
+        revoked = self.task_revoked.get(tok.holder.task)
+        if revoked is not None and iat <= revoked:
+            return False
+        for agent_id, when in zip(tok.chain, tok.hop_times, strict=True):
+            revoked = self.task_revoked.get(self.agent(agent_id).task)
+            if revoked is not None and when <= revoked:
+                return False
         for agent_id in tok.chain:
             agent = self.agent(agent_id)
             if agent.revoked_at is not None and iat <= agent.revoked_at:
@@ -591,6 +601,7 @@ class AuthorityMachine(RuleBasedStateMachine):
             tok.ceiling,
             tok.ttl_cap,
             own=tok.own,
+            hop_times=tok.hop_times,
         )
         self.check_issued(new, tok.claims.scope)
         return self.track(new)
@@ -657,6 +668,7 @@ class AuthorityMachine(RuleBasedStateMachine):
             ceiling,
             tok.ttl_cap,
             own=False,
+            hop_times=(*tok.hop_times, issued.claims.iat),
         )
         self.check_issued(new, tok.claims.scope)
         assert issued.claims.exp <= tok.claims.exp

@@ -378,6 +378,117 @@ def test_index_match_rules() -> None:
     assert len(index) == 0
 
 
+def _claims(**kw: Any) -> Any:
+    from tasklease.core.tokens import Claims
+
+    base: dict[str, Any] = {
+        "kind": "at+jwt",
+        "iss": "tasklease",
+        "sub": "spiffe://td/agent/o/mine/0123456789abcdef",
+        "aud": ("tasklease",),
+        "exp": 300,
+        "nbf": 100,
+        "iat": 100,
+        "jti": "j",
+        "scope": (),
+        "task_id": "root-task",
+        "orch_id": "o",
+        "client_id": "c",
+        "oiat": 90,
+        "rnc": 0,
+        "delegation_chain": (),
+        "chain_hash": "",
+        "raw": {},
+    }
+    base.update(kw)
+    return Claims(**base)
+
+
+def _hop(agent: str, delegated_at: str) -> Any:
+    from tasklease.core.tokens import DelegationRecord
+
+    return DelegationRecord(agent, (), delegated_at, "")
+
+
+OURS = "spiffe://td/agent/o/{}/00000000000000{:02d}"
+THEIRS = "spiffe://partner.example/agent/o/{}/00000000000000{:02d}"
+
+
+def test_a_hop_time_never_reaches_past_the_token_nor_reads_the_host_zone() -> None:
+    """A ``delegated_at`` in the far future (a federated domain writes what it likes, and
+    the exchange re-signs it) is taken as the token's ``iat``, and so is one without an
+    offset: an entry made after the token still matches."""
+    index = RevocationIndex()
+    index.apply([RevocationRecord("chain", OURS.format("a", 1), 150, 1000)])
+    index.apply([RevocationRecord("task", "hop-task", 150, 1000)])
+    for text in ("9999-12-31T23:59:59Z", "2030-01-01T00:00:00", "not a time", ""):
+        chain = (_hop(OURS.format("a", 1), text),)
+        assert index.match(_claims(delegation_chain=chain)) == "chain", text
+        chain = (_hop(OURS.format("hop-task", 2), text),)
+        assert index.match(_claims(delegation_chain=chain)) == "task", text
+        # A token issued after the entry is not matched by either.
+        late = (_hop(OURS.format("hop-task", 2), text),)
+        assert index.match(_claims(iat=151, oiat=151, delegation_chain=late)) is None, text
+
+
+def test_a_task_entry_names_tasks_of_the_holders_trust_domain_only() -> None:
+    index = RevocationIndex()
+    index.apply([RevocationRecord("task", "build", 150, 1000)])
+    theirs = (_hop(THEIRS.format("build", 1), "1970-01-01T00:01:00Z"),)
+    assert index.match(_claims(delegation_chain=theirs)) is None
+    ours = (_hop(OURS.format("build", 1), "1970-01-01T00:01:00Z"),)
+    assert index.match(_claims(delegation_chain=ours)) == "task"
+    assert index.match(_claims(sub=OURS.format("build", 3))) == "task"
+
+
+def test_a_standing_probe_proves_no_registration_time() -> None:
+    """An offline block's standing probe (its delegate alone, ``iat`` 0) is matched by
+    an agent entry whenever made, never by a task entry: the task id may be a later
+    run's."""
+    from tasklease.rules.chainverify import RevocationProbe
+
+    index = RevocationIndex()
+    index.apply([RevocationRecord("task", "build", 150, 1000)])
+    delegate = OURS.format("build", 4)
+    assert index.match(RevocationProbe("", delegate, 0, "", (), ())) is None
+    index.apply([RevocationRecord("agent", delegate, 150, 1000)])
+    assert index.match(RevocationProbe("", delegate, 0, "", (), ())) == "agent"
+
+
+def test_keys_name_every_entry_match_could_use() -> None:
+    """A live read fetches :meth:`RevocationIndex.keys`; an index of only those entries
+    decides as the whole index does, for every level and every way a task is named."""
+    ours_a, ours_b = OURS.format("task-a", 1), OURS.format("task-b", 2)
+    entries = [
+        RevocationRecord("token", "j", 150, 1000),
+        RevocationRecord("agent", ours_a, 150, 1000),
+        RevocationRecord("chain", ours_b, 150, 1000),
+        RevocationRecord("chain", "ancestor", 150, 1000),
+        RevocationRecord("task", "root-task", 150, 1000),
+        RevocationRecord("task", "task-a", 150, 1000),
+        RevocationRecord("task", "task-b", 150, 1000),
+        RevocationRecord("task", "mine", 150, 1000),
+    ]
+    hops = (_hop(ours_a, "1970-01-01T00:01:00Z"), _hop(ours_b, "1970-01-01T00:01:00Z"))
+    cases = [
+        _claims(),
+        _claims(jti="other"),
+        _claims(jti="other", task_id="x"),
+        _claims(jti="other", task_id="x", lineage=("ancestor",)),
+        _claims(jti="other", task_id="x", delegation_chain=hops),
+        _claims(jti="other", task_id="x", delegation_chain=hops[1:]),
+        _claims(jti="other", task_id="x", sub=ours_a),
+    ]
+    for entry in entries:
+        full = RevocationIndex()
+        full.apply([entry])
+        for claims in cases:
+            live = RevocationIndex()
+            keys = RevocationIndex.keys(claims)
+            live.apply([e for e in [entry] if (e.level, e.target) in keys])
+            assert live.match(claims) == full.match(claims), (entry, claims)
+
+
 # --- apps -------------------------------------------------------------------------------
 
 
@@ -495,3 +606,12 @@ def test_an_app_token_signed_in_while_its_removal_was_on_its_way_is_ended(
     monkeypatch.undo()
     with pytest.raises(Unauthorized):
         broker.authenticate(f"Bearer {late[0].token}", kit.ctx)
+
+
+def test_a_public_id_shaped_like_a_secret_can_be_revoked(broker: Any, kit: Any) -> None:
+    """Another domain chooses its agents' and tokens' ids; a SPIFFE ID or a ``fed:`` id
+    holding 64 hexadecimal characters is public, not a secret, and must stay revocable."""
+    assert revoke(broker, kit, "agent", "spiffe://partner.example/agent/o/t/" + "ab" * 32) == 1
+    assert revoke(broker, kit, "chain", "fed:partner.example:" + "cd" * 32) == 1
+    with pytest.raises(InvalidRequest, match="must not hold a secret"):
+        revoke(broker, kit, "chain", "ef" * 32)

@@ -11,9 +11,9 @@ resumptions, delegations and exchanges carry on unchanged, or its ``iat`` if ear
               the delegation chain)
 ``task``      tokens whose ``task_id`` is the target, of a registration made at or before
               ``revoked_at``; and tokens held by, or delegated through, an agent of the
-              target task (its SPIFFE ID names it) that provably registered by then: a
-              delegated or exchanged token issued, or a hop delegated, at or before
-              ``revoked_at``
+              target task (its SPIFFE ID names it, in the holder's trust domain) that
+              provably registered by then: a delegated or exchanged token issued, or a
+              hop delegated, at or before ``revoked_at``
 ``chain``     tokens delegated from the target (the target appears in the delegation
               chain) by a delegation made at or before ``revoked_at`` (the hop's
               ``delegated_at``); the target's own tokens live on, and so do its later
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -153,8 +153,7 @@ class RevocationIndex:
         """Every ``(level, target)`` entry :meth:`match` could find for ``claims``: what a
         live read of the store must fetch to decide as the index would."""
         found = {("token", claims.jti), ("agent", claims.sub)}
-        if claims.task_id:
-            found.add(("task", claims.task_id))
+        found.update(("task", task) for task, _ in _task_bounds(claims))
         found.update(("chain", ancestor) for ancestor in claims.lineage)
         for record in claims.delegation_chain:
             found.update((("agent", record.agent), ("chain", record.agent)))
@@ -182,28 +181,39 @@ class RevocationIndex:
 
 
 def _task_level(tasks: dict[str, tuple[int, float]], claims: RevocableToken) -> str | None:
-    """``"task"`` if a task entry matches ``claims``: its ``task_id`` (the registration's
-    task, by :func:`_registered`), or the task of an agent its authority passed through,
-    named by that agent's SPIFFE ID. The holder of a delegated or exchanged token and each
-    hop's delegator were registered by the token's ``iat`` and the hop's ``delegated_at``:
-    a task id can be used again, so an entry matches only what those times prove came
-    before it."""
-    if claims.task_id:
-        hit = tasks.get(claims.task_id)
-        if hit is not None and _registered(claims) <= hit[0]:
+    """``"task"`` if a task entry matches ``claims`` (:func:`_task_bounds`)."""
+    for task, made in _task_bounds(claims):
+        hit = tasks.get(task)
+        if hit is not None and made <= hit[0]:
             return "task"
+    return None
+
+
+def _task_bounds(claims: RevocableToken) -> Iterator[tuple[str, int]]:
+    """Each task whose entry would end ``claims``, with the time by which what it names
+    was registered (an entry matches only what was registered at or before it: task ids
+    are used again).
+
+    Its ``task_id``, by :func:`_registered`. Then the tasks of the agents its authority
+    passed through, named by their SPIFFE IDs: the holder of a delegated or exchanged
+    token, registered by the token's ``iat``, and each hop's delegator, by the hop's
+    ``delegated_at``. Only agents of the holder's trust domain (of any, for a holder
+    that is not an agent): another domain's tasks are its own (its entries arrive as
+    ``fed:<domain>:…`` chain entries). A probe that says no ``iat`` (an offline block's
+    standing probe) proves no time and gets none.
+    """
+    if claims.task_id:
+        yield claims.task_id, _registered(claims)
+    if claims.iat <= 0:
+        return
     holder = parse_agent_id(claims.sub)
     if holder is not None and holder.task_id != claims.task_id:
-        hit = tasks.get(holder.task_id)
-        if hit is not None and claims.iat <= hit[0]:
-            return "task"
+        yield holder.task_id, claims.iat
+    domain = holder.trust_domain if holder is not None else None
     for record in claims.delegation_chain:
         agent = parse_agent_id(record.agent)
-        if agent is not None:
-            hit = tasks.get(agent.task_id)
-            if hit is not None and _delegated(record, claims.iat) <= hit[0]:
-                return "task"
-    return None
+        if agent is not None and agent.trust_domain == (domain or agent.trust_domain):
+            yield agent.task_id, _delegated(record, claims.iat)
 
 
 def _registered(claims: RevocableToken) -> int:
@@ -214,12 +224,18 @@ def _registered(claims: RevocableToken) -> int:
 
 
 def _delegated(record: _Hop, iat: int) -> int:
-    """When the hop ``record`` was made, in whole seconds: its ``delegated_at``, else
-    (an offline block's holder, or a time that does not parse) the token's ``iat``."""
+    """When the hop ``record`` was made, in whole seconds: its ``delegated_at``, never
+    later than the token's ``iat`` (a hop is made before the token that carries it, and
+    a record re-signed from another domain says what that domain wrote); the ``iat``
+    itself for an offline block's holder and for a time that does not parse or names no
+    offset (read in the host's zone, brokers and verifiers would disagree)."""
     text = getattr(record, "delegated_at", None)
     if isinstance(text, str) and text:
         try:
-            return int(datetime.fromisoformat(text).timestamp())
-        except ValueError:
+            when = datetime.fromisoformat(text)
+            if when.utcoffset() is None:
+                return iat
+            return min(int(when.timestamp()), iat)
+        except (ValueError, OverflowError, OSError):
             return iat
     return iat

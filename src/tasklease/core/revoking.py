@@ -100,7 +100,9 @@ class Revoking(Service):
                 "target must be a token id (jti), not a token",
                 hint="read the jti with `tasklease token inspect`",
             )
-        if holds_secret(target):
+        if holds_secret(target) and not target.startswith(("spiffe://", "fed:")):
+            # A SPIFFE ID, or an id a federated domain chose, is public and may be shaped
+            # like anything: refused, it could not be revoked here at all.
             raise InvalidRequest(
                 "target must not hold a secret (64 hexadecimal characters: a launch token "
                 "or a client secret)",
