@@ -34,7 +34,7 @@ from tasklease.core.errors import (
     Unauthorized,
 )
 from tasklease.core.issuing import clamp_ttl, listed
-from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service
+from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service, with_denial
 from tasklease.core.launch import (
     DEFAULT_MULTI_USES,
     MAX_USES,
@@ -247,6 +247,11 @@ class Apps(Service):
         """Change an app's ceiling (scopes, grants), token TTL and/or public key,
         atomically (all or none). ``public_key`` ``""`` removes the key (secret only from
         then on); ``authorization_details`` replaces the app's grants (``[]`` removes them).
+
+        Raises:
+            NotFound: no such app.
+            Conflict: the app was deregistered, before or while this ran (audited; nothing
+                else is written): a deregistered app stays so.
         """
         details = (
             None
@@ -270,25 +275,33 @@ class Apps(Service):
         )
         ttl = _app_token_ttl(token_ttl)
         key = None if public_key is None or public_key == "" else app_public_key(public_key)
-        app = self.get_app(app_id)
-        updated = replace(
-            app,
-            scopes=ceiling if ceiling is not None else app.scopes,
-            token_ttl=ttl if ttl is not None else app.token_ttl,
-            public_key=app.public_key if public_key is None else (key or ""),
-            updated_at=self._kernel.now(),
-            authorization_details=details if details is not None else app.authorization_details,
-        )
-
-        # A new or removed key ends the app's live tokens, as an operator's rotation does:
-        # whoever held the old key (or a token signed in with it) holds nothing after it.
-        rekeyed = updated.public_key != app.public_key
+        self.get_app(app_id)  # an unknown app: 404 before anything is written
+        written: list[AppRecord] = []
         records: list[RevocationRecord] = []
+        refused: list[TaskleaseError] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
+            # Read under the write lock: a deregistration or another update committed since
+            # the request began is what this one changes, and only the fields it changes.
+            app = tx.get_app(app_id)
+            if app is None or app.status != "active":
+                return [self._refused(refused, "app_update_denied", app_id, claims, ctx)]
+            updated = replace(
+                app,
+                scopes=ceiling if ceiling is not None else app.scopes,
+                token_ttl=ttl if ttl is not None else app.token_ttl,
+                public_key=app.public_key if public_key is None else (key or ""),
+                updated_at=self._kernel.now(),
+                authorization_details=(
+                    details if details is not None else app.authorization_details
+                ),
+            )
             tx.update_app(updated)
+            written[:] = [updated]
             ended = ""
-            if rekeyed:
+            # A new or removed key ends the app's live tokens, as an operator's rotation
+            # does: whoever held the old key (or a token signed in with it) holds nothing.
+            if updated.public_key != app.public_key:
                 records[:] = [_ending(self._kernel, "agent", f"app:{app_id}", self._kernel.now())]
                 tx.insert_revocation(records[0])
                 ended = f"; revoked level=agent target=app:{app_id}"
@@ -304,8 +317,10 @@ class Apps(Service):
             ]
 
         self._kernel.commit(unit)
+        if refused:
+            raise refused[0]
         self._kernel.apply_revocations(records)
-        return updated
+        return written[0]
 
     def deregister_app(self, claims: Claims, app_id: str, ctx: RequestContext) -> AppRecord:
         """Deactivate an app: its secret stops working and its live app tokens are revoked.
@@ -314,27 +329,23 @@ class Apps(Service):
             NotFound: no such app.
             Conflict: the app was deregistered before (audited; nothing else is written).
         """
-        app = self.get_app(app_id)
-        if app.status != "active":
-            raise self._kernel.deny(
-                Conflict("app is already deregistered"),
-                AuditEntry(
-                    "app_deregistration_denied",
-                    outcome="denied",
-                    request_id=ctx.request_id,
-                    detail=f"app_id={app_id} is already deregistered; by={claims.sub}",
-                ),
-            )
-        updated = app
+        self.get_app(app_id)  # an unknown app: 404 before anything is written
+        written: list[AppRecord] = []
         records: list[RevocationRecord] = []
+        refused: list[TaskleaseError] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            nonlocal updated
+            # Read under the write lock, as update_app does: of two deregistrations one
+            # wins, and an update committed meanwhile is kept, not written over.
+            app = tx.get_app(app_id)
+            if app is None or app.status != "active":
+                return [self._refused(refused, "app_deregistration_denied", app_id, claims, ctx)]
             # Dated in the transaction: an app token issued by a sign-in that committed
             # before it is covered, however long this call took to get here.
             now = self._kernel.now()
             updated = replace(app, status="inactive", updated_at=now)
             tx.update_app(updated)
+            written[:] = [updated]
             records[:] = [
                 # The app's own tokens (subject app:<app_id>) ...
                 _ending(self._kernel, "agent", f"app:{app_id}", now),
@@ -352,8 +363,33 @@ class Apps(Service):
             ]
 
         self._kernel.commit(unit)
+        if refused:
+            raise refused[0]
         self._kernel.apply_revocations(records)
-        return updated
+        return written[0]
+
+    @staticmethod
+    def _refused(
+        refused: list[TaskleaseError],
+        event: str,
+        app_id: str,
+        claims: Claims,
+        ctx: RequestContext,
+    ) -> AuditEntry:
+        """The refusal of a change to an app deregistered before (found so under the write
+        lock): the error goes into ``refused``, its event (with a ``denial_id``) is
+        returned for the unit to commit, and nothing else is written."""
+        error: TaskleaseError = Conflict("app is already deregistered")
+        refused[:] = [error]
+        return with_denial(
+            error,
+            AuditEntry(
+                event,
+                outcome="denied",
+                request_id=ctx.request_id,
+                detail=f"app_id={app_id} is already deregistered; by={claims.sub}",
+            ),
+        )
 
     def app_auth(
         self,

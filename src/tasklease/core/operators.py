@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from nacl.signing import VerifyKey
@@ -165,14 +166,26 @@ class Operators(Service):
             NotFound: no such operator, or it was removed before (audited).
         """
         record = self._active(claims.sub, name, ctx, "remove")
-        entry = AuditEntry(
-            "operator_removed",
-            agent_id=operator_subject(record.name),
-            request_id=ctx.request_id,
-            detail=f"operator={record.name} role={record.role} removed, its tokens "
-            f"revoked by={claims.sub}",
+
+        def entry(current: OperatorRecord) -> AuditEntry:
+            return AuditEntry(
+                "operator_removed",
+                agent_id=operator_subject(current.name),
+                request_id=ctx.request_id,
+                detail=f"operator={current.name} role={current.role} removed, its tokens "
+                f"revoked by={claims.sub}",
+            )
+
+        return self._change(
+            record.name,
+            claims.sub,
+            ctx,
+            "remove",
+            entry,
+            status="removed",
+            secret_hash="",
+            public_key=b"",
         )
-        return self._change(record, entry, status="removed", secret_hash="", public_key=b"")
 
     def rotate(
         self, claims: Claims, name: object, *, public_key: object, ctx: RequestContext
@@ -185,7 +198,8 @@ class Operators(Service):
 
         Raises:
             InvalidRequest: a malformed key.
-            NotFound: no such operator, or it was removed (audited).
+            NotFound: no such operator, or it was removed, before or while this ran
+                (audited).
         """
         return self._rotate(claims.sub, name, public_key=public_key, ctx=ctx)
 
@@ -196,30 +210,48 @@ class Operators(Service):
         record = self._active(by, name, ctx, "rotate")
         secret = "" if key else new_secret()
         secret_hash = hash_secret(secret) if secret else ""
-        after = _credential(replace(record, secret_hash=secret_hash, public_key=key))
-        entry = AuditEntry(
-            "operator_credential_rotated",
-            agent_id=operator_subject(record.name),
-            request_id=ctx.request_id,
-            detail=f"operator={record.name} credential={_credential(record)}->{after}, "
-            f"its tokens revoked by={by}",
-        )
+
+        def entry(current: OperatorRecord) -> AuditEntry:
+            after = _credential(replace(current, secret_hash=secret_hash, public_key=key))
+            return AuditEntry(
+                "operator_credential_rotated",
+                agent_id=operator_subject(current.name),
+                request_id=ctx.request_id,
+                detail=f"operator={current.name} credential={_credential(current)}->{after}, "
+                f"its tokens revoked by={by}",
+            )
+
         changed = self._change(
-            record, entry, status=record.status, secret_hash=secret_hash, public_key=key
+            record.name,
+            by,
+            ctx,
+            "rotate",
+            entry,
+            status="active",
+            secret_hash=secret_hash,
+            public_key=key,
         )
         return changed, secret
 
     def _change(
         self,
-        record: OperatorRecord,
-        entry: AuditEntry,
+        name: str,
+        by: str,
+        ctx: RequestContext,
+        what: str,
+        entry: Callable[[OperatorRecord], AuditEntry],
         *,
         status: str,
         secret_hash: str,
         public_key: bytes,
     ) -> OperatorRecord:
-        """Write ``record`` with a new status and credential (a removal or a rotation),
-        audited by ``entry``, and end every token it holds; return the record written.
+        """Give the active operator ``name`` a new status and credential (a removal or a
+        rotation), audited by ``entry`` of the record as it was, and end every token it
+        holds; return the record written.
+
+        The operator is read again inside the write unit, under the write lock: one removed
+        since the caller looked is refused (NotFound, audited with a ``denial_id``, nothing
+        written), never made active again, and nothing read before the unit is written.
 
         The time of the change, which the revocation entry's ``revoked_at`` is, is read
         inside the write unit: a sign-in whose own unit committed before this one minted
@@ -227,24 +259,33 @@ class Operators(Service):
         the changed row and is refused (:meth:`_still_standing`).
         """
         written: list[tuple[OperatorRecord, list[RevocationRecord]]] = []
+        refused: list[TaskleaseError] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
+            current = tx.get_operator(name)
+            if current is None or current.status != "active":
+                why = "no such operator" if current is None else "operator was removed"
+                error: TaskleaseError = NotFound("operator not found")
+                refused[:] = [error]
+                return [with_denial(error, self._denied(name, by, ctx, f"{what}: {why}"))]
             now = self._kernel.now()
             changed = replace(
-                record,
+                current,
                 status=status,
                 secret_hash=secret_hash,
                 public_key=public_key,
                 updated_at=now,
             )
-            ending = self._ending(record.name, now)
+            ending = self._ending(name, now)
             tx.update_operator(changed)
             for revocation in ending:
                 tx.insert_revocation(revocation)
             written[:] = [(changed, ending)]
-            return [entry]
+            return [entry(current)]
 
         self._kernel.commit(unit)
+        if refused:
+            raise refused[0]
         changed, ending = written[0]
         self._kernel.apply_revocations(ending)
         return changed
@@ -292,15 +333,16 @@ class Operators(Service):
     def _refuse(
         self, exc: TaskleaseError, name: str, by: str, ctx: RequestContext, why: str
     ) -> TaskleaseError:
-        return self._kernel.deny(
-            exc,
-            AuditEntry(
-                "operator_denied",
-                outcome="denied",
-                agent_id=operator_subject(name),
-                request_id=ctx.request_id,
-                detail=f"operator={name} refused: {why} by={by}",
-            ),
+        return self._kernel.deny(exc, self._denied(name, by, ctx, why))
+
+    @staticmethod
+    def _denied(name: str, by: str, ctx: RequestContext, why: str) -> AuditEntry:
+        return AuditEntry(
+            "operator_denied",
+            outcome="denied",
+            agent_id=operator_subject(name),
+            request_id=ctx.request_id,
+            detail=f"operator={name} refused: {why} by={by}",
         )
 
     # --- sign-in ---------------------------------------------------------------------------

@@ -109,10 +109,20 @@ class WriteTx(Protocol):
         """Raise ``core.errors.Conflict`` if the name or client_id is taken."""
         ...
 
+    def get_app(self, app_id: str) -> AppRecord | None:
+        """The app as this transaction sees it, locked until it ends: a change made from
+        it cannot interleave with another's (a deregistration, an update)."""
+        ...
+
     def update_app(self, app: AppRecord) -> None: ...
 
     def insert_operator(self, operator: OperatorRecord) -> None:
         """Raise ``core.errors.Conflict`` if the name is taken (by a removed one too)."""
+        ...
+
+    def get_operator(self, name: str) -> OperatorRecord | None:
+        """The operator as this transaction sees it, locked until it ends: a change made
+        from it cannot interleave with another's (a removal, a rotation)."""
         ...
 
     def update_operator(self, operator: OperatorRecord) -> None:

@@ -128,6 +128,10 @@ class MemoryWriteTx:
             raise Conflict("app client_id already exists")
         self._set(s._apps, app.app_id, app)
 
+    def get_app(self, app_id: str) -> AppRecord | None:
+        self._check_open()
+        return self._store._apps.get(app_id)
+
     def update_app(self, app: AppRecord) -> None:
         """Replace the app with ``app.app_id``.
 
@@ -154,6 +158,10 @@ class MemoryWriteTx:
         if operator.name in operators:
             raise Conflict("operator name already exists")
         self._set(operators, operator.name, operator)
+
+    def get_operator(self, name: str) -> OperatorRecord | None:
+        self._check_open()
+        return self._store._operators.get(name)
 
     def update_operator(self, operator: OperatorRecord) -> None:
         """Replace the operator named ``operator.name``; raise ``NotFound`` if there is none."""

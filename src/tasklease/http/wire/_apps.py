@@ -239,7 +239,7 @@ OPERATIONS = (
         "Changes the scope ceiling, the token TTL and/or the public key, all or none. Give "
         "at least one of them. A new or removed key revokes the app's live tokens (it "
         "signs in again); a narrower ceiling holds the registrations of the launch tokens "
-        "it made before.",
+        "it made before. A deregistered app is not changed (409).",
         admin(_SCOPE),
         App,
         request=AppUpdateRequest,
@@ -254,6 +254,7 @@ OPERATIONS = (
             ),
             _BAD_TTL,
             _NO_SUCH_APP,
+            Failure("conflict", "the app was deregistered (nothing is written)"),
         ),
     ),
     Operation(

@@ -345,6 +345,7 @@ class Dialect(RowConversions):
         self.app_id_taken = q(f"SELECT 1 FROM apps WHERE {t} AND app_id = ?")
         self.app_name_taken = q(f"SELECT 1 FROM apps WHERE {t} AND name = ?")
         self.lock_app = q(f"SELECT 1 FROM apps WHERE {t} AND app_id = ?{for_update}")
+        self.lock_app_row = q(f"{_SELECT_APP} WHERE {t} AND app_id = ?{for_update}")
         self.other_app_named = q(f"SELECT 1 FROM apps WHERE {t} AND name = ? AND app_id <> ?")
         self.other_app_client_id = q(
             f"SELECT 1 FROM apps WHERE {t} AND client_id = ? AND app_id <> ?"
@@ -354,6 +355,7 @@ class Dialect(RowConversions):
             " token_ttl = ?, status = ?, created_at = ?, updated_at = ?, created_by = ?,"
             f" public_key = ?, authorization_details = ? WHERE {t} AND app_id = ?"
         )
+        self.lock_operator = q(f"{_SELECT_OPERATOR} WHERE {t} AND name = ?{for_update}")
         self.insert_operator = q(f"{insert('operators', _OPERATOR)} ON CONFLICT DO NOTHING")
         self.update_operator = q(
             "UPDATE operators SET role = ?, secret_hash = ?, public_key = ?, status = ?,"

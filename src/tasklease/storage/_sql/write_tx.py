@@ -148,6 +148,13 @@ class SQLWriteTx(Generic[_C]):
             raise Conflict("app name already exists")
         raise Conflict("app client_id already exists")
 
+    def get_app(self, app_id: str) -> AppRecord | None:
+        """The app, locked until this transaction ends (PostgreSQL: a row lock; SQLite:
+        the transaction holds the write lock)."""
+        d = self.dialect
+        row = self._db().execute(d.lock_app_row, (app_id,)).fetchone()
+        return None if row is None else d.app_from_row(row)
+
     def update_app(self, app: AppRecord) -> None:
         """Replace the app with ``app.app_id``.
 
@@ -171,6 +178,13 @@ class SQLWriteTx(Generic[_C]):
         d = self.dialect
         if self._db().execute(d.insert_operator, d.operator_params(operator)).rowcount != 1:
             raise Conflict("operator name already exists")
+
+    def get_operator(self, name: str) -> OperatorRecord | None:
+        """The operator, locked until this transaction ends (PostgreSQL: a row lock;
+        SQLite: the transaction holds the write lock)."""
+        d = self.dialect
+        row = self._db().execute(d.lock_operator, (name,)).fetchone()
+        return None if row is None else d.operator_from_row(row)
 
     def update_operator(self, operator: OperatorRecord) -> None:
         """Replace the operator named ``operator.name``; raise ``NotFound`` if there is none."""
