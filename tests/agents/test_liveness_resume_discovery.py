@@ -303,3 +303,21 @@ def test_revoked_agent_has_no_endpoint(env: Env) -> None:
         json={"level": "agent", "target": a.agent_id},
     )
     assert env.http.get(f"/v1/discovery/{a.agent_id}", headers=b.auth()).status_code == 404
+
+
+def test_a_long_endpoint_is_audited_by_its_head(env: Env) -> None:
+    """An endpoint may be 2048 characters: its event keeps the head, then issued_at."""
+    a = env.register("task-a")
+    endpoint = "https://a.internal/secret-" + "a-" * 1005
+    assert _bind(env, a, endpoint).status_code == 200
+    [event] = env.audit("discovery_bound", "success")
+    # The word the cut went through holds "secret": dropped back to the last "/".
+    assert event.detail.startswith("endpoint bound: https://a.internal/[truncated] ")
+    assert event.detail.endswith(f" issued_at={int(env.clock.now())}")
+    plain = "https://a.internal/" + "x" * 2000
+    env.clock.advance(1)
+    assert _bind(env, a, plain).status_code == 200
+    last = env.audit("discovery_bound", "success")[-1]
+    assert last.detail.startswith(f"endpoint bound: {plain[:400]}")
+    assert last.detail.endswith(f"[truncated] issued_at={int(env.clock.now())}")
+    assert len(last.detail) < 560

@@ -282,3 +282,22 @@ def test_a_policy_may_not_name_a_creator_as_its_agents_principal(principal: str)
     )
     issued = register(broker, ["read:invoices:1"], attestation=evidence(key))
     assert issued.claims.principal == "user:alice@example.com"
+
+
+def test_an_attestor_name_longer_than_any_is_refused_before_anything_else() -> None:
+    """The name is the caller's and a refusal records it ("no attestor named ..."): one
+    longer than any attestor's name is a 400 before the evidence is looked at."""
+    broker, key = configured()
+    before = broker.store.audit_head()[0]
+    for name in ("a" * 64, "secret " + "a-" * 8192):
+        with pytest.raises(InvalidRequest, match="attestation.attestor must be at most 63"):
+            register(broker, ["read:invoices:1"], attestation=evidence(key) | {"attestor": name})
+    assert broker.store.audit_head()[0] == before  # nothing audited, nothing spent
+    error = refusal(
+        lambda: register(
+            broker, ["read:invoices:1"], attestation={**evidence(key), "attestor": "b" * 63}
+        )
+    )
+    assert isinstance(error, Unauthorized)
+    [detail] = audit_detail(broker, error.denial_id)
+    assert f"no k8s_sat attestor named {'b' * 63}" in detail

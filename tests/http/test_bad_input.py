@@ -379,3 +379,24 @@ def test_a_forged_listing_cursor_is_refused(broker: RunningBroker, route: str, r
     resp = broker.get(route, params={"cursor": _cursor(raw)}, headers=broker.admin_headers())
     assert_problem(resp, 400, "invalid_request")
     assert resp.json()["detail"] == "cursor is malformed"
+
+
+def test_a_long_path_refused_before_authentication_is_recorded_bounded(
+    broker: RunningBroker,
+) -> None:
+    """An unauthenticated caller chooses the path a refusal records: a long one (here
+    shaped to make a backtracking sanitizer take seconds) is refused at once, and the
+    event keeps only its head."""
+    path = "/v1/admin/tasks/secret%20" + "a-" * 4096
+    resp = broker.get(path, headers={"Authorization": "Bearer x"})
+    assert resp.status_code == 401, resp.text
+    denial = resp.json()["denial_id"]
+    events = broker.get(
+        "/v1/audit/events",
+        params={"event_type": "token_auth_failed", "limit": "1000"},
+        headers=broker.admin_headers(),
+    ).json()["events"]
+    [event] = [e for e in events if f"denial={denial}" in e["detail"]]
+    assert event["resource"].startswith("/v1/admin/tasks/secret a-a-")
+    assert event["resource"].endswith("[truncated]") and len(event["resource"]) <= 512
+    assert len(event["detail"]) <= 640, len(event["detail"])

@@ -63,13 +63,16 @@ from tasklease.rules.attest import DECLARED_NAMES, Attestation, AttestClaimError
 from tasklease.rules.bundle import BundleError, jwt_svid_jwks
 
 __all__ = [
+    "MAX_NAME",
     "AttestationOutcome",
     "AttestationService",
     "AttestorTest",
     "KeyFetcher",
+    "check_attestation",
     "declared_facts",
 ]
 
+MAX_NAME = 63  # characters of an attestor's name
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
@@ -138,11 +141,13 @@ def declared_facts(value: object) -> dict[str, str]:
 def _name(value: object) -> str:
     if (
         not isinstance(value, str)
-        or not 0 < len(value) <= 63
+        or not 0 < len(value) <= MAX_NAME
         or set(value) - _NAME_CHARS
         or value[0] in "-_"
     ):
-        raise InvalidRequest("name must be 1-63 of a-z 0-9 - _, starting with a letter or digit")
+        raise InvalidRequest(
+            f"name must be 1-{MAX_NAME} of a-z 0-9 - _, starting with a letter or digit"
+        )
     return value
 
 
@@ -448,10 +453,29 @@ class AttestationService(Service):
         return found
 
 
+def check_attestation(attestation: object) -> None:
+    """Check the shape of a registration's ``attestation`` before anything else is done
+    with the registration.
+
+    Raises:
+        InvalidRequest: not an object with a known ``type`` and an ``evidence`` string, or
+            an ``attestor`` that is not a string of at most :data:`MAX_NAME` characters.
+    """
+    _request(attestation)
+
+
 def _request(attestation: object) -> tuple[str, str, str]:
     if not isinstance(attestation, dict):
         raise InvalidRequest("attestation must be an object with type and evidence")
     kind, evidence, name = (attestation.get(k) for k in ("type", "evidence", "attestor"))
+    # First: the name is the caller's, and a refusal records it (no attestor named it).
+    if name is not None and not isinstance(name, str):
+        raise InvalidRequest("attestation.attestor must be a string")
+    if name is not None and len(name) > MAX_NAME:
+        raise InvalidRequest(
+            f"attestation.attestor must be at most {MAX_NAME} characters: no attestor's "
+            "name is longer"
+        )
     if not isinstance(kind, str) or kind not in ATTESTORS:
         raise InvalidRequest(
             "attestation.type must be one of " + ", ".join(sorted(ATTESTORS)),
@@ -459,8 +483,6 @@ def _request(attestation: object) -> tuple[str, str, str]:
         )
     if not isinstance(evidence, str) or not evidence:
         raise InvalidRequest("missing required field: attestation.evidence")
-    if name is not None and not isinstance(name, str):
-        raise InvalidRequest("attestation.attestor must be a string")
     return kind, evidence, name or ""
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_DETAIL",
     "AuditEntry",
     "ChainReport",
+    "clipped",
     "event_hash",
     "sanitize",
     "sanitized_entry",
@@ -60,13 +61,23 @@ class AuditEntry:
 
 
 # --- sanitization -----------------------------------------------------------------------
+#
+# Every rule below runs in time linear in the text, whatever the text: the detail and ids
+# of a refusal are partly the caller's, before anything authenticates it. A key that must
+# contain a secret word is found from the start of its word only, and committed to once
+# found (an atomic group): scanning each word from each of its boundaries, and backing off
+# through each secret word in it, is quadratic. E-mail addresses are found by their ``@``
+# (``_mask_emails``) for the same reason.
 
 _SECRET_KV = re.compile(
-    r"(?i)\b([\w-]*(?:secret|password|passwd|private_key|privkey|token_value|api_key|"
-    r"apikey|authorization|credential)[\w-]*)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;|\]]+)"
+    r"(?i)(?<![\w-])((?>[\w-]*(?:secret|password|passwd|private_key|privkey|token_value|"
+    r"api_key|apikey|authorization|credential))[\w-]*+)(\s*+[=:]\s*+)"
+    # A quoted value runs to its closing quote, or to the end of a text cut short.
+    r"(\"[^\"]*+(?:\"|\Z)|'[^']*+(?:'|\Z)|[^\s,;|\]]+)"
 )
-_BEARER = re.compile(r"(?i)\b(bearer|dpop)\s+[A-Za-z0-9._~+/=-]{8,}")
-_EMAIL = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})\b")
+_BEARER = re.compile(r"(?i)\b(bearer|dpop)\s++[A-Za-z0-9._~+/=-]{8,}")
+_LOCAL_PART = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-")
+_EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 _PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?(-----END [A-Z ]+-----|$)", re.S)
 # Anything any rule above, or a token's shape (core.secretshapes), could match contains
 # one of these (lower-cased) or 64 hex characters in a row; the rules run only then.
@@ -83,6 +94,45 @@ def _suspect(text: str) -> bool:
     if _MARKER.search(text.lower()) is not None:
         return True
     return len(text) >= 64 and HEX_SECRET.search(text) is not None
+
+
+def _word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"  # what ``\w`` matches in a str pattern
+
+
+def _mask_emails(text: str) -> str:
+    """Every e-mail address as ``a***@example.com``.
+
+    What ``re.sub`` of ``\b([L])[L]*@(DOMAIN)\b`` would give (``L`` the local part's
+    characters ``A-Za-z0-9._%+-``; the first character kept is the one at the first word
+    boundary of the local part), found from each ``@`` instead: that pattern scans a run
+    of local-part characters to its end from each word boundary in it, which is quadratic
+    when no ``@`` ends the run.
+    """
+    parts: list[str] = []
+    done = 0  # the text before this is settled
+    at = text.find("@")
+    while at != -1:
+        start = at
+        while start > done and text[start - 1] in _LOCAL_PART:
+            start -= 1
+        first = next(
+            (
+                i
+                for i in range(start, at)
+                if (i > 0 and _word_char(text[i - 1])) != _word_char(text[i])
+            ),
+            None,
+        )
+        domain = _EMAIL_DOMAIN.match(text, at + 1) if first is not None else None
+        if first is not None and domain is not None:
+            parts += (text[done:first], text[first], "***@", domain.group())
+            done = domain.end()
+        at = text.find("@", max(at + 1, done))
+    if not parts:
+        return text
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._/-]*")
@@ -104,9 +154,52 @@ _CONTROL_TO_SPACE = {c: " " for c in (*range(0x20), 0x7F) if c != 0x09}
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 MAX_DETAIL = 2048
 _TRUNCATED = "[truncated]"
-# The denial id a refusal's detail ends with (``core.kernel.with_denial``): kept through
-# the length cap, since redaction can lengthen a detail that was cut to fit before it.
-_DENIAL_TAIL = re.compile(r"(?:^| \| )denial=den_[0-9a-f]{16}$")
+# The denial id a refusal's detail ends with (``core.kernel.with_denial``): set aside while
+# the rest is redacted and cut to fit (no rule, and no cut, takes it with what precedes it).
+_DENIAL_TAIL = re.compile(r"(?:^| \| )denial=den_[0-9a-f]{16}\Z")
+_TAIL_ROOM = 33  # the longest denial tail
+
+
+def _denial_tail(text: str) -> str:
+    if "denial=den_" not in text[-_TAIL_ROOM:]:
+        return ""
+    found = _DENIAL_TAIL.search(text, max(0, len(text) - _TAIL_ROOM))
+    return found.group() if found is not None else ""
+
+
+def clipped(text: str, limit: int, *, breaks: str = "") -> str:
+    """``text`` if at most ``limit`` characters, else its head marked ``[truncated]``, the
+    whole ``limit`` characters at most (``limit`` must leave room for the marker).
+
+    The head keeps no start of a secret the cut goes through (a token, address or secret
+    cut short is not the shape :func:`sanitize` redacts): the word cut is dropped whole
+    when it holds the mark of one (``eyJ``, ``@``, ``secret``...), before the cut or
+    after, else its trailing hex digits are. Words end at whitespace, and at the
+    characters of ``breaks`` (``/`` in a URL or path: no token or address holds one).
+    """
+    if len(text) <= limit:
+        return text
+    if limit < len(_TRUNCATED):
+        raise ValueError(f"a limit of {limit} leaves no room for {_TRUNCATED}")
+    return _head(text, limit - len(_TRUNCATED), breaks) + _TRUNCATED
+
+
+_HEX_DIGITS = "0123456789abcdefABCDEF"
+
+
+def _head(text: str, size: int, breaks: str = "") -> str:
+    """The first ``size`` characters of ``text``, less any start of a secret cut there."""
+    if size >= len(text) or text[size].isspace() or text[size] in breaks:
+        return text[:size]
+    start = size
+    while start > 0 and not (text[start - 1].isspace() or text[start - 1] in breaks):
+        start -= 1
+    after = re.compile(rf"[\s{re.escape(breaks)}]").search(text, size)
+    word = text[start : after.start() if after is not None else len(text)]
+    # The whole word, the part after the cut too: an address cut before its "@".
+    if _MARKER.search(word.lower()) is not None:
+        return text[:start]
+    return text[:start] + text[start:size].rstrip(_HEX_DIGITS)
 
 
 def sanitize(detail: str) -> str:
@@ -119,20 +212,30 @@ def sanitize(detail: str) -> str:
     addresses (kept as ``a***@example.com``). Control characters become spaces, text that
     is not valid Unicode (lone surrogates) is replaced, and the result is capped at
     :data:`MAX_DETAIL` characters, keeping the denial id a refusal's detail ends with.
+
+    A longer text is cut to the cap *before* the rules run, so sanitizing any text costs
+    at most what sanitizing :data:`MAX_DETAIL` characters does, and the cut keeps no start
+    of a secret it goes through (as :func:`clipped`).
     """
     if not detail or _plain_identifier(detail):
         return detail  # the common case, kept cheap
-    out = detail
+    tail = _denial_tail(detail)
+    out = detail[: len(detail) - len(tail)]
+    room = MAX_DETAIL - len(tail)
+    cut = len(out) > room
+    if cut:
+        out = _head(out, room - len(_TRUNCATED))
     # One scan decides whether any redaction rule can apply; most fields (ids, counts)
     # pass it untouched, which keeps sanitizing off the group commit's critical path.
     if _suspect(out):
         out = _PEM.sub("[REDACTED:pem]", out)
-        out = JWT.sub("[REDACTED:jwt]", out)
+        out = JWT.sub(r"\g<1>[REDACTED:jwt]", out)
         out = REFERENCE.sub("[REDACTED:reference]", out)
         out = _BEARER.sub(lambda m: f"{m.group(1)} [REDACTED]", out)
         out = _SECRET_KV.sub(lambda m: f"{m.group(1)}{m.group(2)}***REDACTED***", out)
         out = HEX_SECRET.sub("[REDACTED:hex]", out)
-        out = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", out)
+        if "@" in out:
+            out = _mask_emails(out)
     # isprintable() is false for every control character (and for a tab, which stays):
     # a tenth of the cost of the search on the text that has none, which is nearly all.
     if not out.isprintable() and _CONTROL.search(out) is not None:
@@ -141,11 +244,11 @@ def sanitize(detail: str) -> str:
         # A lone surrogate (valid in a Python str, not in UTF-8) would make the event
         # unencodable and fail every operation committed in the same batch.
         out = out.encode("utf-8", "replace").decode("utf-8")
-    if len(out) > MAX_DETAIL:
-        found = _DENIAL_TAIL.search(out)
-        tail = found.group() if found is not None else ""
-        out = out[: MAX_DETAIL - len(_TRUNCATED) - len(tail)] + _TRUNCATED + tail
-    return out
+    if cut or len(out) > room:
+        # Redaction can lengthen a text (``password=x``): cut again, after the rules.
+        out = out[: room - len(_TRUNCATED)] + _TRUNCATED
+    out += tail
+    return detail if out == detail else out
 
 
 def sanitized_entry(entry: AuditEntry) -> AuditEntry:

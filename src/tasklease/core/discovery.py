@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from nacl.signing import VerifyKey
 
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.callers import refused, require_agent
 from tasklease.core.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from tasklease.core.identity import decode_signature
@@ -38,6 +38,7 @@ __all__ = ["DISCOVERY_CONTEXT", "Discovery", "statement", "verify_binding"]
 
 DISCOVERY_CONTEXT = b"tasklease-discovery-v1\n"
 MAX_ENDPOINT_CHARS = 2048
+_RECORDED_ENDPOINT = 512  # characters of an endpoint an audit event keeps
 _SCHEMES = frozenset({"https", "http", "wss", "ws", "grpcs", "grpc"})
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
 
@@ -143,7 +144,10 @@ class Discovery(Service):
                     base,
                     event_type="discovery_bound",
                     outcome="success",
-                    detail=f"endpoint bound: {url} issued_at={issued_at}",
+                    # The endpoint may be 2048 characters: the event keeps the
+                    # head of a long one, and issued_at after it.
+                    detail=f"endpoint bound: {clipped(url, _RECORDED_ENDPOINT, breaks='/')} "
+                    f"issued_at={issued_at}",
                 )
             ]
 

@@ -55,7 +55,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tasklease.core.audit import AuditLog
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.clock import Clock
 from tasklease.core.config import Config
 from tasklease.core.errors import Forbidden, ScopeViolation, TaskleaseError
@@ -94,6 +94,7 @@ from tasklease.rules.issuance import (
 )
 
 __all__ = [
+    "MAX_RECORDED_PATH",
     "OPERATIONS",
     "Issuance",
     "IssuedToken",
@@ -107,6 +108,7 @@ __all__ = [
     "ending_records",
     "joint_parent",
     "new_denial_id",
+    "recorded_path",
     "refusal_of",
     "with_denial",
     "within_app",
@@ -120,7 +122,8 @@ _log = logging.getLogger("tasklease.kernel")
 class RequestContext:
     """Who is asking, for the audit trail, and what the request proves possession of.
 
-    ``request_id``, ``remote`` and ``path`` are never used for an authorization decision.
+    ``request_id``, ``remote`` and ``path`` are never used for an authorization decision;
+    ``path`` is the one audit events and refusals record (:func:`recorded_path`).
     ``cert_thumbprint`` (the TLS client certificate's ``x5t#S256``, set by the HTTP layer
     from the connection, never from a header), ``dpop`` (the ``DPoP`` header), ``method``
     and ``url`` (the broker's public origin and the path, for the proof's ``htm``/``htu``)
@@ -137,6 +140,20 @@ class RequestContext:
     # The template of the route that serves the request (``/v1/admin/apps/{app_id}``): a
     # metric label, which must not grow with what callers send as the path does.
     route: str = ""
+
+
+MAX_RECORDED_PATH = 512
+
+
+def recorded_path(path: str) -> str:
+    """A request path as the audit trail records it: at most :data:`MAX_RECORDED_PATH`
+    characters, a longer one cut and marked ``[truncated]`` (``auditformat.clipped``).
+
+    The path is the caller's, its length too, and refusals record it before anything
+    authenticates the caller: the cut bounds what each request can make the broker
+    audit. Routes' own paths (ids of at most a few hundred characters) fit whole.
+    """
+    return clipped(path, MAX_RECORDED_PATH, breaks="/")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from tasklease.core.attestation import AttestationOutcome, AttestationService, declared_facts
+from tasklease.core.attestation import (
+    AttestationOutcome,
+    AttestationService,
+    check_attestation,
+    declared_facts,
+)
 from tasklease.core.attestors import LAUNCH_TOKEN
 from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
@@ -318,6 +323,8 @@ class Registration(Service):
         sig = decode_signature(signature)
         named_resource = validate_resource(resource, field="resource")
         declaration = declared_facts(declared)
+        if attestation is not None:
+            check_attestation(attestation)
         now = self._kernel.now()
         iat = int(now)
         base = AuditEntry(

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from tasklease.core.audience import validate_resource_uri
 from tasklease.core.broker import Broker, Pending, RequestContext
 from tasklease.core.errors import InvalidRequest, InvalidTarget, TaskleaseError
+from tasklease.core.kernel import recorded_path
 from tasklease.core.tokens import Claims
 from tasklease.http._reading import first_half, run_reading
 from tasklease.http.access import route_template
@@ -72,7 +73,7 @@ def request_context(uri: RequestURI) -> Callable[[Request], RequestContext]:
         return RequestContext(
             request_id=request_id(request),
             remote=client.host if client else "",
-            path=request_path(request.scope),
+            path=recorded_path(request_path(request.scope)),
             route=route_template(request.scope),
             cert_thumbprint=peer_cert_thumbprint(request.scope),
             dpop=dpop,

@@ -80,7 +80,10 @@ class AttestationEvidence(Request):
     ] = None
     attestor: Annotated[
         _Text,
-        doc("The configured attestor to verify it; absent: the one of `type` trusting its issuer."),
+        doc(
+            "The configured attestor to verify it (at most 63 characters, or 400); absent: "
+            "the one of `type` trusting its issuer."
+        ),
     ] = None
 
 
