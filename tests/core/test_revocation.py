@@ -8,6 +8,7 @@ import pytest
 
 from tasklease.core.broker import Broker
 from tasklease.core.errors import InvalidRequest, Unauthorized
+from tasklease.core.pending import complete
 from tasklease.core.revocation import RevocationIndex
 from tasklease.core.store import AuditQuery, RevocationRecord
 from tasklease.core.validation import TokenRejected
@@ -177,6 +178,27 @@ def test_revoke_chain_level_spares_the_root(broker: Any, kit: Any, launch: str) 
         root.claims, delegate_to=b.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
     )
     assert valid(broker, fresh.token)
+
+
+def test_a_revocation_is_timed_by_its_write_not_its_check(
+    broker: Any, kit: Any, launch: str
+) -> None:
+    """A delegation that commits while a revocation is on its way (checked, not yet
+    written) was made before the revocation, and is matched by it: ``revoked_at`` is the
+    time of the write."""
+    root = kit.register(broker, launch)
+    b = kit.register(broker, launch)
+    admin = kit.admin(broker).claims
+    pending = broker.prepare_revoke(admin, level="chain", target=root.sub, ctx=kit.ctx)
+    broker.clock.advance(5)
+    hop = broker.delegate(
+        root.claims, delegate_to=b.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+    )
+    complete(broker.kernel, pending)
+    assert not valid(broker, hop.token)
+    assert valid(broker, root.token)
+    (entry,) = broker.store.revocations_since(0)
+    assert entry.revoked_at == int(broker.clock.now())
 
 
 def test_revocation_is_idempotent(broker: Any, kit: Any, launch: str) -> None:

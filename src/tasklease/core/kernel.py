@@ -3,9 +3,9 @@
 Every credential descends from something: app → launch token → registration (agent
 instance) → access token → delegated token → …, with its task and its human principal.
 A token carries its lineage in three claims (``core.tokens``): ``lineage`` (the ancestors
-whose end ends it: ``app:<app_id>``, and for each delegation hop the delegator's grant
-id and ``jti``), ``grant`` (the renewal thread it continues) and ``max_exp`` (the latest
-``exp`` any token of the lineage may have).
+whose end ends it: ``app:<app_id>``, for each delegation hop the delegator's grant
+id and ``jti``, and on a renewal ``renewal:<grant id>``), ``grant`` (the renewal thread
+it continues) and ``max_exp`` (the latest ``exp`` any token of the lineage may have).
 
 Register, renew, resume, delegate and token exchange (``narrow`` in the domain,
 ``exchange`` from a federated one) all create children through :func:`check_issuance`,

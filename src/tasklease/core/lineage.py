@@ -151,7 +151,11 @@ def ending_records(claims: Claims, revoked_at: int, config: Config) -> list[Revo
 
     Level ``token`` ends the token itself; level ``chain`` on its ``jti`` and on its grant
     ends the tokens delegated from it or from any renewal of it (they list them in their
-    ``lineage``). Each lives until nothing it could match can still be valid.
+    ``lineage``), and on its grant's :func:`~tasklease.rules.issuance.renewal_ancestor`
+    every renewal of its grant: the ones before it are ended already (a renewal ends its
+    predecessor), so what this ends is a successor minted from it by a renewal that raced
+    this end and committed first, and that successor's own renewals. Each lives until
+    nothing it could match can still be valid.
     """
     expires = revoked_at + config.max_ttl + config.clock_skew + 1
     records = [
@@ -160,4 +164,6 @@ def ending_records(claims: Claims, revoked_at: int, config: Config) -> list[Revo
     ]
     if claims.grant_id != claims.jti:
         records.append(RevocationRecord("chain", claims.grant_id, revoked_at, expires))
+    renewed = _issuance.renewal_ancestor(claims.grant_id)
+    records.append(RevocationRecord("chain", renewed, revoked_at, expires))
     return records

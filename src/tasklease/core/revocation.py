@@ -18,8 +18,9 @@ resumptions, delegations and exchanges carry on unchanged, or its ``iat`` if ear
               chain) by a delegation made at or before ``revoked_at`` (the hop's
               ``delegated_at``); the target's own tokens live on, and so do its later
               delegations. A target that is not a SPIFFE ID names a lineage ancestor (a
-              token's ``jti``, a grant id or ``app:<app_id>``): it matches every token
-              whose ``lineage`` claim lists it, whenever issued (``core.kernel``)
+              token's ``jti``, a grant id, ``renewal:<grant id>`` or ``app:<app_id>``):
+              it matches every token whose ``lineage`` claim lists it, whenever issued
+              (``core.kernel``)
 ============  ===========================================================================
 
 Matching by the registration, not by the token's own ``iat``, is what makes an agent or

@@ -129,17 +129,19 @@ class Revoking(Service):
                     f"target={target}: it ends operators' tokens, which needs {OPERATORS_SCOPE}",
                 ),
             )
-        now = self._kernel.now()
-        revoked_at = math.floor(now)
-        expires_at = self._kernel.revocation_expiry(revoked_at)
-        records = [RevocationRecord(level, target, revoked_at, expires_at)]
-        if level == "token":
-            # A token's end is its descendants' end (they list its jti in their lineage).
-            records.append(RevocationRecord("chain", target, revoked_at, expires_at))
-
         named = self._named(level, target)
+        records: list[RevocationRecord] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
+            # Timed in its write, not when it was checked: a delegation or registration
+            # that committed before it was made by then, and is matched (agent, task and
+            # chain entries match what was made at or before ``revoked_at``).
+            revoked_at = math.floor(self._kernel.now())
+            expires_at = self._kernel.revocation_expiry(revoked_at)
+            records[:] = [RevocationRecord(level, target, revoked_at, expires_at)]
+            if level == "token":
+                # A token's end is its descendants' end (they list its jti in their lineage).
+                records.append(RevocationRecord("chain", target, revoked_at, expires_at))
             for record in records:
                 tx.insert_revocation(record)
             if level == "agent" and parse_agent_id(target):

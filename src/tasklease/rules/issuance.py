@@ -50,6 +50,7 @@ __all__ = [
     "default_audience",
     "joint_parent",
     "narrow_audience",
+    "renewal_ancestor",
     "within_ceiling",
 ]
 
@@ -383,6 +384,14 @@ _WIDENING = {
 }
 # What widening grants reads as: the scope's words, for grants.
 _GRANTS_WIDENING = "grants would widen"
+
+
+def renewal_ancestor(grant: str) -> str:
+    """The lineage id every renewal of ``grant`` (its first token's ``jti``) lists, and
+    ending any of its tokens ends: a successor renewed in a race with that end dies too."""
+    return f"renewal:{grant}"
+
+
 FROM_TOKEN = ("delegate", "exchange", "narrow", "attenuate")
 """Operations whose parent is a token that hands on part of itself: the child lives within
 the parent token's exp and lists the parent's grant and jti in its lineage."""
@@ -527,17 +536,20 @@ def check_issuance(
             lineage = (*lineage, parent.jti)
         if operation in NEW_HOLDER:
             lineage = (*lineage, *(a for a in holder_lineage if a and a not in lineage))
-        if len(lineage) > MAX_LINEAGE:
-            raise Refusal(
-                Reason("scope_violation", "the chain of ancestors is too long to continue"),
-                f"lineage of {len(lineage)} ancestors exceeds {MAX_LINEAGE}",
-                "depth",
-            )
         grant = ""
     elif operation == "renew":
-        lineage, grant = parent.lineage, parent.grant
+        # Ending any token of the grant ends its renewal id (core.kernel.ending_records).
+        renewed = renewal_ancestor(parent.grant)
+        lineage = parent.lineage if renewed in parent.lineage else (*parent.lineage, renewed)
+        grant = parent.grant
     else:
         lineage, grant = parent.lineage, ""
+    if len(lineage) > MAX_LINEAGE:
+        raise Refusal(
+            Reason("scope_violation", "the chain of ancestors is too long to continue"),
+            f"lineage of {len(lineage)} ancestors exceeds {MAX_LINEAGE}",
+            "depth",
+        )
     return Issuance(
         exp=exp,
         renewals=renewals,

@@ -58,7 +58,8 @@ class VerifiedToken:
     ``by_reference`` is true for an opaque token resolved by introspection. ``scope`` is
     the token's scope list (``action:resource:identifier``); :meth:`has_scope` applies
     tasklease's wildcard rule. ``lineage`` are the ancestors whose end ends this token
-    (``app:<app_id>``, grant ids and the ``jti`` of delegating tokens), oldest first.
+    (``app:<app_id>``, grant ids, ``renewal:<grant id>`` and the ``jti`` of delegating
+    tokens), oldest first.
     """
 
     sub: str
