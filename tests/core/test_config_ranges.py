@@ -13,7 +13,9 @@ from tasklease.core.config import Config, is_loopback_host
 _BAD = (math.nan, math.inf, -math.inf, 0, -1)
 
 
-@pytest.mark.parametrize("name", ["admin_auth_rate", "app_auth_rate", "prune_interval"])
+@pytest.mark.parametrize(
+    "name", ["admin_auth_rate", "app_auth_rate", "refusal_rate", "prune_interval"]
+)
 @pytest.mark.parametrize("value", _BAD)
 def test_a_rate_or_interval_out_of_range_is_refused(name: str, value: float) -> None:
     with pytest.raises(ValueError, match=name):
@@ -30,6 +32,14 @@ def test_a_burst_out_of_range_is_refused(name: str, value: int) -> None:
 def test_the_defaults_and_the_edges_are_accepted() -> None:
     Config()
     Config(admin_auth_rate=0.001, app_auth_rate=10_000, admin_auth_burst=1, prune_interval=0.1)
+    Config(refusal_rate=0.001, refusal_burst=1)
+    Config(refusal_rate=10_000, refusal_burst=1_000_000)
+
+
+@pytest.mark.parametrize("value", [0, -3, 1_000_001])
+def test_a_refusal_burst_out_of_range_is_refused(value: int) -> None:
+    with pytest.raises(ValueError, match="refusal_burst"):
+        Config(refusal_burst=value)
 
 
 @pytest.mark.parametrize(

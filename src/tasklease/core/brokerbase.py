@@ -26,6 +26,7 @@ from tasklease.core.discovery import Discovery
 from tasklease.core.errors import (
     InsufficientScope,
     InvalidRequest,
+    RateLimited,
     TaskleaseError,
     Unauthorized,
 )
@@ -37,7 +38,7 @@ from tasklease.core.handshake import Handshakes
 from tasklease.core.horizon import SafeHorizon
 from tasklease.core.identity import NonceIssuer
 from tasklease.core.inventory import Inventory
-from tasklease.core.kernel import IssuedToken, Kernel, RequestContext
+from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, new_denial_id
 from tasklease.core.keys import KeyRing
 from tasklease.core.liveness import Liveness
 from tasklease.core.metrics import Metrics
@@ -55,6 +56,7 @@ from tasklease.core.records import (
     DiscoveryBinding,
     RevocationRecord,
 )
+from tasklease.core.refusalbudget import RefusalBudget
 from tasklease.core.registration import PendingRegistration, Registration
 from tasklease.core.renewal import Renewal
 from tasklease.core.revocation import RevocationIndex
@@ -108,6 +110,14 @@ class BrokerBase:
         # ``monotonic``, by default the system's monotonic clock, or an injected clock itself.
         elapsed = monotonic or (time.monotonic if clock is None else self.clock.now)
         self.horizon = horizon = SafeHorizon(self.clock, store, self.metrics, monotonic=elapsed)
+        # Each client's budget of audited refusals (admit_client; docs/decisions.md 138).
+        self.refusals = RefusalBudget(
+            config.refusal_rate,
+            config.refusal_burst,
+            monotonic=elapsed,
+            record=kernel.arecord,
+            new_denial_id=new_denial_id,
+        )
         self.audit = kernel.audit
         self.started_at = kernel.started_at
         # Names this process as the holder of store leases (the liveness sweeper's).
@@ -310,6 +320,15 @@ class BrokerBase:
         """The value of a read run under :func:`deferring`, once its deferred audit
         events (a refused authentication's, say) are durable."""
         return await asettle(self.kernel, deferred)
+
+    # --- each client's budget of refusals (core.refusalbudget) ---------------------------
+
+    async def admit_client(self, client: str, *, request_id: str = "") -> RateLimited | None:
+        """``None`` when ``client`` (an address; IPv6 folded to its /64) may be served,
+        else the ``rate_limited`` refusal to answer before any work: it has spent its
+        budget of audited refusals (:meth:`RefusalBudget.admit`). Serve an admitted
+        request inside ``self.refusals.charging(client)``."""
+        return await self.refusals.admit(client, request_id=request_id)
 
     def validate(
         self,

@@ -71,6 +71,11 @@ class Config:
     admin_auth_burst: int = 10
     app_auth_rate: float = 10.0 / 60.0
     app_auth_burst: int = 3
+    # Refusals the broker audits, per client address (an IPv6 one folded to its /64): a
+    # token bucket; an address that spent it is answered 429 up front, with one audit
+    # event for the lot, until it refills (core.refusalbudget; docs/decisions.md 138).
+    refusal_rate: float = 5.0
+    refusal_burst: int = 1000
     prune_interval: float = 60.0
     # Replicas on a shared store with change notification (PostgreSQL): if a replica
     # cannot confirm its revocation index is current within this many seconds, protected
@@ -232,6 +237,10 @@ class Config:
         for name in ("admin_auth_burst", "app_auth_burst"):
             if not 1 <= getattr(self, name) <= 100_000:
                 raise ValueError(f"{name} must be between 1 and 100000")
+        if not 0.001 <= self.refusal_rate <= 10_000:
+            raise ValueError("refusal_rate must be between 0.001 and 10000 per second")
+        if not 1 <= self.refusal_burst <= 1_000_000:
+            raise ValueError("refusal_burst must be between 1 and 1000000")
         if not 0.1 <= self.prune_interval <= 86400:
             raise ValueError("prune_interval must be between 0.1 and 86400 seconds")
         if not 1 <= self.heartbeat_interval <= 3600:

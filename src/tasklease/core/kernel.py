@@ -80,6 +80,7 @@ from tasklease.core.records import (
     AuditEvent,
     RevocationRecord,
 )
+from tasklease.core.refusalbudget import charge_refusal
 from tasklease.core.revocation import RevocationIndex
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import Store, WriteTx
@@ -174,7 +175,12 @@ _UNREAD = _Unread()
 
 
 def new_denial_id() -> str:
-    """``den_`` and 16 random hex characters: names one audited refusal."""
+    """``den_`` and 16 random hex characters: names one audited refusal.
+
+    Each refusal audited is one of its client's budget (``core.refusalbudget``): made
+    while a client's request is served, this spends one of that client's tokens.
+    """
+    charge_refusal()
     return "den_" + secrets.token_hex(8)
 
 

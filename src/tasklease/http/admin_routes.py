@@ -29,7 +29,7 @@ from tasklease.http._handling import (
     prepared,
     read_body,
 )
-from tasklease.http.ratelimit import RateLimiter
+from tasklease.http.ratelimit import RateLimiter, client_of
 
 __all__ = ["APPS_SCOPE", "REVOKE_SCOPE", "admin_routes", "parse_int"]
 
@@ -96,8 +96,7 @@ def admin_routes(
 
     def limit(limiter: RateLimiter, request: Request) -> None:
         # The TCP peer, or the client a trusted proxy names (never a header from others).
-        key = request.client.host if request.client else "unknown"
-        if not limiter.allow(key):
+        if not limiter.allow(client_of(request)):
             broker.metrics.rate_limited.labels(request.url.path).inc()
             raise RateLimited(retry_after=limiter.retry_after())
 

@@ -34,6 +34,7 @@ from tasklease.http.access import AccessMiddleware
 from tasklease.http.following import follow_revocations, open_wake
 from tasklease.http.middleware import EnvelopeMiddleware, TrustedProxyMiddleware
 from tasklease.http.oauth_routes import inserted_metadata_routes
+from tasklease.http.ratelimit import gate_refusals
 from tasklease.http.tenant_routes import (
     TENANT_MOUNT,
     Closer,
@@ -87,8 +88,9 @@ def create_app(
     routes: list[BaseRoute] = [
         *tenant_routes(broker, render_metrics=render, closers=closers),
         *tenant_admin_routes(tenancy, context=request_context(RequestURI(cfg))),
-        # RFC 8414 section 3.1: a tenant's metadata, its issuer's path after the well-known.
-        *inserted_metadata_routes(tenancy, uri=RequestURI(cfg)),
+        # RFC 8414 section 3.1: a tenant's metadata, its issuer's path after the well-known
+        # (behind the default tenant's refusal budget, as every route is behind one).
+        *gate_refusals(broker, inserted_metadata_routes(tenancy, uri=RequestURI(cfg))),
         Mount(TENANT_MOUNT, app=TenantApps(tenancy, render_metrics=render, closers=closers)),
     ]
     readiness = broker.readiness

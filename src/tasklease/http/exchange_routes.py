@@ -48,7 +48,7 @@ from tasklease.http import wire
 from tasklease.http._handling import one_of, request_id
 from tasklease.http.jsonbody import decode_json_body
 from tasklease.http.problems import problem_response_parts
-from tasklease.http.ratelimit import RateLimiter
+from tasklease.http.ratelimit import RateLimiter, client_of
 from tasklease.http.token_routes import RequestURI
 
 __all__ = ["CLIENT_CREDENTIALS", "exchange_routes", "parse_exchange_request"]
@@ -213,8 +213,7 @@ def exchange_routes(
         return (*here, *issuer_endpoint, cfg.issuer)
 
     def limit(request: Request) -> None:
-        key = request.client.host if request.client else "unknown"
-        if not limiter.allow(key):
+        if not limiter.allow(client_of(request)):
             broker.metrics.rate_limited.labels(request.url.path).inc()
             raise RateLimited(retry_after=limiter.retry_after())
 

@@ -107,6 +107,10 @@ def _schemas() -> dict[str, Schema]:
 _MALFORMED = Failure(
     "invalid_request", "the body is empty, not JSON, or a field has the wrong JSON type"
 )
+_REFUSALS_SPENT = (
+    "the client address (an IPv6 one by its /64) has spent its budget of audited "
+    "refusals; the `denial_id` names the one audit event of the run"
+)
 _CONTROL = Failure(
     "invalid_request",
     "a string holds a control character (C0, DEL or C1; line breaks only in PEM fields)",
@@ -117,8 +121,10 @@ def failures(op: Operation) -> list[Failure]:
     """The route's own failures and those every route of its kind shares, one per code,
     in status order."""
     found: list[Failure] = []
-    if op.rate_limited:
-        found.append(Failure("rate_limited", "too many attempts from this client address"))
+    # Every route: a client that spent its budget of audited refusals is answered 429
+    # before any work (http/ratelimit.py RefusalGate); the sign-ins have limits of their own.
+    attempts = "too many attempts from this client address, or " if op.rate_limited else ""
+    found.append(Failure("rate_limited", attempts + _REFUSALS_SPENT))
     if op.request is not None:
         found.append(_MALFORMED)
         found.append(Failure("payload_too_large", "the body exceeds the broker's body limit"))

@@ -37,7 +37,7 @@ from tasklease.http.inventory_routes import inventory_routes
 from tasklease.http.lease_routes import lease_routes
 from tasklease.http.oauth_routes import metadata_routes
 from tasklease.http.offline_routes import offline_routes
-from tasklease.http.ratelimit import RateLimiter
+from tasklease.http.ratelimit import RateLimiter, gate_refusals
 from tasklease.http.token_routes import RequestURI, token_routes
 from tasklease.tenancy import Tenancy
 
@@ -65,7 +65,8 @@ def tenant_routes(
     # the admin secret's and operators' sign-ins, through the API or the console: another.
     app_limiter = RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
     admin_limiter = RateLimiter(cfg.admin_auth_rate, cfg.admin_auth_burst)
-    return [
+    # Each route holds its clients to their budget of audited refusals (RefusalGate).
+    routes = [
         *lease_routes(broker, context=context, authed=authed),
         *health_routes(broker, authed=authed, render_metrics=render_metrics),
         *admin_routes(
@@ -88,6 +89,7 @@ def tenant_routes(
         *offline_routes(broker, authed=authed),
         *console_routes(broker, context=context, limiter=admin_limiter),
     ]
+    return gate_refusals(broker, routes)
 
 
 def tenant_admin_routes(
@@ -120,11 +122,12 @@ def tenant_admin_routes(
         )
         return json_response(wire.tenant_view(record, issuer))
 
-    return [
+    routes = [
         Route("/v1/admin/tenants", guard(create_tenant), methods=["POST"]),
         Route("/v1/admin/tenants", guard(list_tenants), methods=["GET"]),
         Route("/v1/admin/tenants/{name}", guard(remove_tenant), methods=["DELETE"]),
     ]
+    return gate_refusals(broker, routes)
 
 
 class TenantApps:

@@ -55,7 +55,7 @@ from tasklease.http.console._session import (
 )
 from tasklease.http.console._static import static_route
 from tasklease.http.inventory_routes import READ_SCOPE as INVENTORY_SCOPE
-from tasklease.http.ratelimit import RateLimiter
+from tasklease.http.ratelimit import RateLimiter, client_of
 from tasklease.http.token_routes import RequestURI
 from tasklease.rules.scopes import is_subset
 
@@ -220,8 +220,7 @@ def console_routes(
         expected = request.cookies.get(LOGIN_COOKIE, "")
         if not valid_csrf(expected, form.get("csrf", "")):
             return page(request, "error.html", 403, message=_STALE_FORM, signed_in=False)
-        key = request.client.host if request.client else "unknown"
-        if not limiter.allow(key):
+        if not limiter.allow(client_of(request)):
             broker.metrics.rate_limited.labels(request.url.path).inc()
             return page(request, "login.html", 429, csrf=expected, error=_TOO_MANY)
         name, secret = form.get("operator", "").strip(), form.get("secret", "")
