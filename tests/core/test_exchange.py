@@ -99,7 +99,7 @@ def refused(broker: Broker, kind: type[TaskleaseError], call: Any) -> TaskleaseE
 
 def cross(source: Broker, target: Broker) -> int:
     """Carry ``source``'s whole revocation feed to ``target``; entries written there."""
-    records, _ = source.revocation_feed(None)
+    records = source.revocation_feed(None).records
     return len(target.apply_federated_revocations(source.config.trust_domain, records))
 
 
@@ -421,7 +421,7 @@ def test_a_domain_revoking_a_target_again_widens_our_entry(
     assert widened.revoked_at == START + 450
     assert widened.expires_at > START + 653
     assert widened.seq > first.seq
-    assert [r.target for r in b.revocation_feed(first.seq)[0]] == [target]
+    assert [r.target for r in b.revocation_feed(first.seq).records] == [target]
     events, _ = b.audit_events(AuditQuery(event_type="federation_revocation"))
     assert sorted(e.detail.rsplit(" ", 1)[-1] for e in events) == [
         "entry=inserted",

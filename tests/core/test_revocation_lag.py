@@ -58,7 +58,7 @@ def test_a_renewal_during_the_lag_is_ended_once_the_revocation_arrives(
         assert f"(level {level})" in _revoked(worker, successor.token)
     # A verifier's index, fed the revocation feed, decides the same.
     index = RevocationIndex()
-    index.apply(first.revocation_feed(None)[0])
+    index.apply(first.revocation_feed(None).records)
     payload = json.loads(base64.urlsafe_b64decode(successor.token.split(".")[1] + "=="))
     assert index.match(parse_claims(payload)) == level
     if level == "task":  # a registration made after it, in the same task, is not revoked

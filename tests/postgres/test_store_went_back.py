@@ -47,9 +47,11 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     return "postgres", str(request.getfixturevalue("pg_url"))
 
 
-def _revoke(broker: Broker, jti: str) -> None:
-    """A token-level revocation, committed as the broker commits one."""
-    record = RevocationRecord("token", jti, int(START), START + 3600)
+def _revoke(
+    broker: Broker, target: str, *, level: str = "token", expires_at: float = START + 3600
+) -> None:
+    """A revocation, committed as the broker commits one."""
+    record = RevocationRecord(level, target, int(START), expires_at)
 
     def unit(tx: object) -> list[object]:
         tx.insert_revocation(record)  # type: ignore[attr-defined]
@@ -80,12 +82,103 @@ def test_a_broker_reloads_when_the_store_went_back(database: tuple[str, str]) ->
         assert ("token", jti) in {(lv, t) for lv, t in _held(index)}, jti
     _revoke(writer, "jti-6-after")  # numbered 4: read on as usual
     assert reader.refresh_revocations() == 1
-    records, cursor = reader.revocation_feed(3)
-    assert (cursor, [r.target for r in records]) == (4, ["jti-6-after"])
+    page = reader.revocation_feed(3)
+    assert (page.cursor, [r.target for r in page.records]) == (4, ["jti-6-after"])
     # A feed reader past the store's last number gets a snapshot and a smaller cursor.
     _rewind(kind, url, keep=1)
-    records, cursor = reader.revocation_feed(4)
-    assert (cursor, [r.target for r in records]) == (1, ["jti-1"])
+    page = reader.revocation_feed(4)
+    assert (page.cursor, [r.target for r in page.records]) == (1, ["jti-1"])
+    assert page.restarted
+    for broker in (writer, reader):
+        broker.store.close()
+
+
+def _brokers(url: str) -> tuple[Broker, Broker]:
+    ring, clock = KeyRing.generate(), ManualClock(START)
+    return tuple(  # type: ignore[return-value]
+        Broker(Config(), open_store(url), ring, clock=clock, nonce_secret=b"n" * 32)
+        for _ in range(2)
+    )
+
+
+def test_a_feed_reader_renumbered_past_gets_a_snapshot(database: tuple[str, str]) -> None:
+    """The store went back, then numbered past the reader's cursor again (every renewal
+    writes a revocation: a busy store does so within seconds). The reader's cursor names
+    the entry it read last; that entry is not the one at its seq any more, so the answer
+    is a snapshot that holds the entries numbered again below the cursor."""
+    kind, url = database
+    writer, reader = _brokers(url)
+    for n in range(1, 11):
+        _revoke(writer, f"jti-{n}")
+    page = reader.revocation_feed(None)
+    assert (page.cursor, len(page.records)) == (10, 10)
+    _rewind(kind, url, keep=7)
+    _revoke(writer, "spiffe://d/agent/o/t/lost", level="agent")  # 8 again
+    for n in (9, 10, 11):
+        _revoke(writer, f"after-{n}")
+    again = reader.revocation_feed(page.cursor, page.anchor)
+    assert again.restarted
+    targets = [r.target for r in again.records]
+    assert "spiffe://d/agent/o/t/lost" in targets and "after-9" in targets
+    assert again.cursor == 11
+    # Read on from the new cursor: nothing is new, and nothing is answered twice.
+    assert reader.revocation_feed(again.cursor, again.anchor).records == []
+    # A cursor that still names its entry reads on as before.
+    _revoke(writer, "after-12")
+    on = reader.revocation_feed(again.cursor, again.anchor)
+    assert (on.restarted, [r.target for r in on.records]) == (False, ["after-12"])
+    for broker in (writer, reader):
+        broker.store.close()
+
+
+def test_an_anchor_written_again_above_the_cursor_is_not_taken(
+    database: tuple[str, str],
+) -> None:
+    """After the store went back, the entry a replica read last is written again (an
+    operator revoking it once more, a federated feed re-writing it), under a number above
+    the replica's: the entries numbered between are not skipped, the index is reloaded."""
+    kind, url = database
+    writer, reader = _brokers(url)
+    for n in range(1, 11):
+        _revoke(writer, f"jti-{n}")
+    reader.refresh_revocations()
+    assert reader.kernel.revocations.last_seq == 10
+    _rewind(kind, url, keep=7)
+    _revoke(writer, "spiffe://d/agent/o/t/lost", level="agent")  # 8
+    _revoke(writer, "after-9")
+    _revoke(writer, "after-10")
+    _revoke(writer, "jti-10")  # 11: the anchor, written again
+    reader.refresh_revocations()
+    held = _held(reader.kernel.revocations)
+    assert ("agent", "spiffe://d/agent/o/t/lost") in held
+    assert {("token", "after-9"), ("token", "after-10")} <= held
+    assert reader.revocation_reloads == 1
+    for broker in (writer, reader):
+        broker.store.close()
+
+
+def test_the_anchor_holds_after_a_reload_whose_last_entry_expired(
+    database: tuple[str, str],
+) -> None:
+    """A reload continues from the last entry it loaded, and that entry is the anchor: the
+    check never lapses to comparing numbers alone (which a store that went back and numbered
+    past passes)."""
+    kind, url = database
+    writer, reader = _brokers(url)
+    for n in range(1, 4):
+        _revoke(writer, f"jti-{n}")
+    reader.refresh_revocations()
+    _rewind(kind, url, keep=1)
+    _revoke(writer, "after-2")
+    _revoke(writer, "expired-3", expires_at=START - 60)  # the store's last: expired
+    reader.refresh_revocations()  # reloads
+    reader.refresh_revocations()  # reads to 3 again
+    _rewind(kind, url, keep=2)  # loses expired-3
+    _revoke(writer, "spiffe://d/agent/o/t/lost", level="agent")  # 3 again
+    _revoke(writer, "after-4")
+    reader.refresh_revocations()
+    assert ("agent", "spiffe://d/agent/o/t/lost") in _held(reader.kernel.revocations)
+    assert reader.revocation_reloads == 2
     for broker in (writer, reader):
         broker.store.close()
 

@@ -25,7 +25,7 @@ def test_snapshot_then_cursor(broker: RunningBroker) -> None:
     snapshot = broker.get("/v1/revocations", headers=broker.admin_headers())
     assert snapshot.status_code == 200, snapshot.text
     body = snapshot.json()
-    assert set(body) == {"revocations", "cursor", "server_time"}
+    assert set(body) == {"revocations", "cursor", "next_cursor", "server_time"}
     assert ("task", agent.task_id) in _entries(body)
     entry = body["revocations"][-1]
     assert set(entry) == {"level", "target", "revoked_at", "expires_at", "seq"}
@@ -101,10 +101,20 @@ def test_stream_delivers_backlog_sync_and_new_revocations(broker: RunningBroker)
     assert keepalive.wait(5)
     reader.join(5)
     sync = next(e for e in events if e[0] == "sync")
-    assert json.loads(sync[2])["cursor"] == int(sync[1]) >= head
+    data = json.loads(sync[2])
+    # The id is the anchored cursor: the seq and the fingerprint of the entry at it.
+    assert data["next_cursor"] == sync[1] and data["cursor"] >= head
+    assert sync[1].partition(".")[0] == str(data["cursor"])
     revocation = next(e for e in events if e[0] == "revocation")
     entry = json.loads(revocation[2])
-    assert entry["level"] == "agent" and int(revocation[1]) == entry["seq"] > head
+    seq, _, fingerprint = revocation[1].partition(".")
+    assert entry["level"] == "agent" and int(seq) == entry["seq"] > head
+    assert len(fingerprint) == 16
+    # Sent back, it reads on from there.
+    after = broker.get(
+        "/v1/revocations", params={"cursor": revocation[1]}, headers=broker.admin_headers()
+    ).json()
+    assert after["revocations"] == [] and after["next_cursor"] == revocation[1]
 
 
 def test_a_stream_ends_when_its_readers_token_is_revoked(broker: RunningBroker) -> None:

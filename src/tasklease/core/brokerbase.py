@@ -32,6 +32,7 @@ from tasklease.core.errors import (
 )
 from tasklease.core.exchange import Exchange, Exchanged, ExchangeRequest
 from tasklease.core.federation import Federation
+from tasklease.core.feedcursor import FeedPage
 from tasklease.core.freshness import Freshness
 from tasklease.core.grantadmin import GrantTypes
 from tasklease.core.handshake import Handshakes
@@ -478,9 +479,17 @@ class BrokerBase:
         """End an operator's own token (sign-out); durable before it returns."""
         self._revoking.end_session(claims, ctx=ctx)
 
-    def revocation_feed(self, cursor: int | None) -> tuple[list[RevocationRecord], int]:
-        """Revocation entries in ``seq`` order and the cursor to continue from."""
-        return self._revoking.revocation_feed(cursor)
+    def revocation_feed(self, cursor: int | None, anchor: str | None = None) -> FeedPage:
+        """Revocation entries in ``seq`` order and the cursor to continue from; a
+        snapshot when ``cursor`` and ``anchor`` no longer name the store's history
+        (:meth:`Revoking.revocation_feed`)."""
+        return self._revoking.revocation_feed(cursor, anchor)
+
+    @property
+    def revocation_reloads(self) -> int:
+        """How many times this process loaded its revocations again because the store no
+        longer held the last one it had read (the database went back in time)."""
+        return self._freshness.reloads
 
     def add_revocation_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener()`` after every batch of revocations; returns its remover.

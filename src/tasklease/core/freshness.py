@@ -39,9 +39,12 @@ class Freshness:
         # Wall time at which a refresh last applied something: a notification that finds
         # its revocation applied already (a check-in got there first) still measures it.
         self._applied_at = -math.inf
-        # The last entry read from the store: gone from it, or there under a smaller seq,
-        # the database went back in time (:meth:`_went_back`).
+        # The entry at the index's ``last_seq``, as read from the store: not there at that
+        # seq any more, the store lost what this index read (or widened or pruned it).
         self._anchor: RevocationRecord | None = None
+        # How many times the index was loaded again for that (the feed's hub ends its
+        # streams when it sees this move).
+        self.reloads = 0
 
     def load(self) -> None:
         """Apply every revocation in the store unexpired by the safe horizon (at start-up):
@@ -68,47 +71,48 @@ class Freshness:
 
         If the store went back in time (a failover to a standby that missed the last
         commits, a restore), numbers past its last are handed out again, and reading on
-        from ours would skip them for good: the index is then loaded again whole (what it
-        holds stays) and continues from the store's last number.
+        from ours would skip them for good. The last entry read (the anchor) comes back
+        with what is new, in the same read: not at its ``seq`` any more, or another entry
+        there, and the index is loaded again whole (what it holds stays). An anchor
+        widened meanwhile has moved to a new ``seq``: that costs a reload, never a miss.
         """
         kernel = self._kernel
         store, since, anchor = kernel.store, kernel.revocations.last_seq, self._anchor
-        if anchor is not None and anchor.seq == since:
-            # The last entry read comes back with what is new, in the same read: gone, or
-            # there under a smaller seq, the store lost what this index read from it (a
-            # pruned one reads as gone too; reloading then costs a load, nothing more).
-            read = store.revocations_since(since, (anchor.level, anchor.target))
-            kept = any(
-                r.seq >= since and (r.level, r.target) == (anchor.level, anchor.target)
-                for r in read
-            )
-            if not kept:
-                return self._reload()
-            fresh = [r for r in read if r.seq > since]
+        if since == 0:
+            fresh = store.revocations_since(0)
         else:
-            if since > 0 and store.revocation_high_water() < since:
+            read = store.revocations_since(since - 1)
+            at = read[0] if read and read[0].seq == since else None
+            if anchor is None or anchor.seq != since:
+                # Not known (the index was moved on other than by this object): the entry
+                # at ``since`` becomes the anchor; none there, and the index is reloaded.
+                anchor = at
+            if at is None or at != anchor:
                 return self._reload()
-            fresh = store.revocations_since(since)
+            fresh = read[1:]
         if fresh:
             kernel.apply_revocations(fresh)
-            self._anchor = fresh[-1]
             self._applied_at = kernel.now()
+        self._anchor = fresh[-1] if fresh else anchor
         return len(fresh)
 
     def _reload(self) -> int:
+        """Load the store's unexpired revocations again, keeping what the index holds, and
+        continue from the last of them (an expired one above is read once more: harmless).
+        The revocation listeners learn it through :attr:`reloads` (the feed's streams end,
+        so that their readers reconnect with their cursors and get the check)."""
         kernel = self._kernel
-        store = kernel.store
-        high = store.revocation_high_water()
-        records = store.load_revocations(self._horizon.now())
+        records = kernel.store.load_revocations(self._horizon.now())
+        last = records[-1].seq if records else 0
         _log.warning(
-            "the store's revocations went back in time (its last is %d, this process had "
-            "read to %d): reloading them",
-            high,
+            "the store no longer holds the last revocation this process read (at %d): the "
+            "database went back in time, or the entry was widened or pruned; reloading",
             kernel.revocations.last_seq,
         )
-        kernel.revocations.rewind(high)
-        kernel.apply_revocations(records)
+        kernel.revocations.rewind(last)
         self._anchor = records[-1] if records else None
+        self.reloads += 1
+        kernel.apply_revocations(records)
         self._applied_at = kernel.now()
         return len(records)
 

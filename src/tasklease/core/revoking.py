@@ -16,6 +16,7 @@ from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import about
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden, InvalidRequest
+from tasklease.core.feedcursor import FeedPage, fingerprint
 from tasklease.core.horizon import SafeHorizon
 from tasklease.core.kernel import Kernel, RequestContext, Service
 from tasklease.core.lineage import ending_records
@@ -279,34 +280,49 @@ class Revoking(Service):
         )
         complete(self._kernel, ended_by_holder(self._kernel, claims, entry, "holder"))
 
-    def revocation_feed(self, cursor: int | None) -> tuple[list[RevocationRecord], int]:
+    def revocation_feed(self, cursor: int | None, anchor: str | None = None) -> FeedPage:
         """Revocation entries in ``seq`` order and the cursor to continue from.
 
-        Without a cursor: a snapshot of every unexpired entry. With one: the unexpired
-        entries whose ``seq`` is greater. The returned cursor is the greatest ``seq``
-        returned, or the given cursor (0 without one) when nothing is new. A cursor past
-        the store's last revocation (the database went back in time) gets a snapshot and
-        a smaller cursor, which the reader must take. An entry that
-        is widened later comes again with a new ``seq``. Unexpired by the safe horizon
+        Without a cursor (or 0): a snapshot of every unexpired entry. With one: the
+        unexpired entries whose ``seq`` is greater. The page's cursor is the greatest
+        ``seq`` returned, or the given cursor when nothing is new; its ``anchor`` the
+        fingerprint of the entry at it (``core.feedcursor``). With an ``anchor``, the
+        feed continues only while the store holds that same entry at ``cursor``: after the
+        database went back in time (a failover to a standby that missed the last commits,
+        a restore) the numbers past its last are handed out again, and reading on from
+        ``cursor`` would skip the entries numbered again below it for good. Otherwise (or
+        for a bare cursor past the store's last revocation, as before anchors) the answer
+        is a snapshot, ``restarted``, with a cursor the reader must take, smaller or not.
+        An entry that is widened comes again with a new ``seq``, so a reader whose anchor
+        was widened gets a snapshot too. Unexpired by the safe horizon
         (``core.horizon``), so a wall clock jumped ahead leaves no entry out.
         """
         now = self._horizon.now()
-        if cursor is not None and cursor > self._store.revocation_high_water():
-            # The database went back in time (a failover to a standby that missed the last
-            # commits, a restore): numbers above its last will be handed out again, so a
-            # reader past them gets a snapshot, and a cursor it must step back to.
+        if cursor:
+            # The entry at the cursor comes back with what follows it, in the same read.
+            read = self._store.revocations_since(cursor - 1)
+            at = read[0] if read and read[0].seq == cursor else None
+            if anchor is not None:
+                held = at is not None and fingerprint(at) == anchor
+            else:
+                # A bare cursor (a reader from before anchors): only a store whose last
+                # number is below it shows that the database went back.
+                held = cursor <= self._store.revocation_high_water()
+            if held:
+                fresh = [r for r in read if r.seq > cursor and r.expires_at > now]
+                if fresh:
+                    return FeedPage(fresh, fresh[-1].seq, fingerprint(fresh[-1]))
+                return FeedPage([], cursor, "" if at is None else fingerprint(at))
             _log.warning(
-                "a revocation feed cursor (%d) is past the store's last revocation: "
-                "the database went back in time; answering with a snapshot",
+                "a revocation feed cursor (%d) does not name the store's entry at it: the "
+                "database went back in time, or the entry was widened or pruned; "
+                "answering with a snapshot",
                 cursor,
             )
-            cursor = None
-        if cursor is None:
-            records = self._store.load_revocations(now)
-        else:
-            records = [r for r in self._store.revocations_since(cursor) if r.expires_at > now]
-        last = max((r.seq for r in records), default=cursor or 0)
-        return records, max(last, cursor or 0)
+        records = self._store.load_revocations(now)
+        if not records:
+            return FeedPage([], 0, "", restarted=bool(cursor))
+        return FeedPage(records, records[-1].seq, fingerprint(records[-1]), restarted=bool(cursor))
 
     def prune(self) -> int:
         """Drop revocation entries, nonces and launch tokens nothing can use any more.

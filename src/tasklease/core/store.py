@@ -356,12 +356,9 @@ class Store(Protocol):
         """Every entry with ``expires_at > now``, in ``seq`` order."""
         ...
 
-    def revocations_since(
-        self, seq: int, anchor: tuple[str, str] | None = None
-    ) -> list[RevocationRecord]:
-        """Entries with ``seq`` greater than the argument, in ``seq`` order; with
-        ``anchor`` (a level and target), that entry too, whatever its ``seq``, in the same
-        read (absent: the store lost it, or pruned it)."""
+    def revocations_since(self, seq: int) -> list[RevocationRecord]:
+        """Entries with ``seq`` greater than the argument, in ``seq`` order (expired ones
+        too, until pruned)."""
         ...
 
     def revocation_high_water(self) -> int:

@@ -124,17 +124,18 @@ def read_credentials(path: str) -> tuple[str, str]:
 class Event:
     kind: str  # "" for a comment (keepalive)
     data: str = ""
+    id: str = ""  # the last ``id:`` field read (the WHATWG last event ID)
 
 
 def parse_event(lines: Iterator[str]) -> Iterator[Event]:
     """Server-sent events (the WHATWG format) from a stream's lines."""
-    kind, data = "", list[str]()
+    kind, data, ident = "", list[str](), ""
     for line in lines:
         if len(line) > _MAX_LINE:
             raise FeedError("feed line too long")
         if not line:
             if data:
-                yield Event(kind or "message", "\n".join(data))
+                yield Event(kind or "message", "\n".join(data), ident)
             kind, data = "", []
         elif line.startswith(":"):
             yield Event("")
@@ -145,6 +146,8 @@ def parse_event(lines: Iterator[str]) -> Iterator[Event]:
                 kind = value
             elif name == "data":
                 data.append(value)
+            elif name == "id" and "\x00" not in value:
+                ident = value
 
 
 def _entry(data: str) -> tuple[RevocationRecord, float | None]:
@@ -164,6 +167,13 @@ def _entry(data: str) -> tuple[RevocationRecord, float | None]:
     return RevocationRecord(level, target, revoked_at, float(expires_at), seq), sent
 
 
+def _cursor_id(ident: str, seq: int) -> str:
+    """The cursor to send back after an event: its ``id:`` when that names ``seq`` (the
+    peer's anchored ``<seq>.<fingerprint>``, opaque here), else the bare ``seq``."""
+    head, _, _ = ident.partition(".")
+    return ident if head == str(seq) else str(seq)
+
+
 class _Follower:
     """One domain's feed, followed by a daemon thread until stopped."""
 
@@ -172,7 +182,10 @@ class _Follower:
         self.source = source
         self._stop = threading.Event()
         self._token: tuple[str, float] | None = None
+        # The last entry's seq, and the cursor sent back: the id of the last event read
+        # (the peer's anchored cursor; a bare seq from a peer that gives none).
         self.cursor: int | None = None
+        self.resume: str | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"tasklease-feed-{source.trust_domain}", daemon=True
         )
@@ -242,7 +255,7 @@ class _Follower:
     def _follow_once(self) -> None:
         broker, domain = self.broker, self.source.trust_domain
         with self._client() as client:
-            params = {} if self.cursor is None else {"cursor": str(self.cursor)}
+            params = {} if self.resume is None else {"cursor": self.resume}
             headers = {
                 "authorization": f"Bearer {self._bearer(client)}",
                 "accept": "text/event-stream",
@@ -261,11 +274,15 @@ class _Follower:
                     if event.kind == "revocation":
                         record, sent_at = _entry(event.data)
                         broker.apply_federated_revocations(domain, [record], sent_at=sent_at)
-                        self.cursor = max(self.cursor or 0, record.seq)
+                        self.cursor = record.seq
+                        self.resume = _cursor_id(event.id, record.seq)
                     elif event.kind == "sync":
                         cursor = json.loads(event.data).get("cursor")
                         if type(cursor) is int:
-                            self.cursor = max(self.cursor or 0, cursor)
+                            # The peer's word, even below ours: after its database went
+                            # back in time it answers a snapshot and a smaller cursor.
+                            self.cursor = cursor
+                            self.resume = _cursor_id(event.id, cursor)
                         self._gauge.set(1)
                         self._heard.set(time.time())
                         current = True

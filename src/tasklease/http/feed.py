@@ -1,21 +1,24 @@
 """The revocation feed for resource servers: a snapshot with a cursor, and a live stream.
 
-``GET /v1/revocations[?cursor=N]`` answers the unexpired entries (all of them, or those
+``GET /v1/revocations[?cursor=C]`` answers the unexpired entries (all of them, or those
 after the cursor) and the cursor to continue from. ``GET /v1/revocations/stream`` sends
 the same entries as server-sent events (the WHATWG HTML "server-sent events" format),
 then every revocation this process learns of, as it learns it:
 
-* ``event: revocation`` with ``id:`` the entry's ``seq`` and the entry as JSON ``data:``
-  (an entry sent as it happens also carries ``sent_at``, when it was sent);
-* ``event: sync`` once the backlog is out (``data: {"cursor": N, "server_time": T}``):
-  from here on the reader is current;
+* ``event: revocation`` with ``id:`` the entry's anchored cursor (its ``seq`` and
+  fingerprint, ``core.feedcursor``) and the entry as JSON ``data:`` (an entry sent as it
+  happens also carries ``sent_at``, when it was sent);
+* ``event: sync`` once the backlog is out (``data: {"cursor": N, "next_cursor": C,
+  "server_time": T}``, ``id:`` C): from here on the reader is current;
 * ``: keepalive`` comments every ``heartbeat`` seconds, so a reader can tell a quiet feed
   from a dead one and fail closed when it hears nothing for too long.
 
 Both need an admin or app token. A stream ends when that token expires or is revoked (the
 reader reconnects with a fresh token and its cursor, or ``Last-Event-ID``), when its reader falls
 more than ``queue_size`` entries behind, or when one write blocks for ``write_timeout``
-seconds: a reader that does not read is dropped, never buffered for ever.
+seconds: a reader that does not read is dropped, never buffered for ever. Every stream
+also ends when the database went back in time (decision 139): its reader reconnects with
+its cursor, and the feed checks it against the store's history.
 
 One :class:`RevocationHub` per application wakes on the broker's revocation listener,
 reads the new entries from the store once, and fans them out to the streams.
@@ -36,7 +39,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tasklease.core.broker import Broker, RequestContext
-from tasklease.core.errors import InvalidRequest
+from tasklease.core.feedcursor import FeedPage, fingerprint, format_cursor, parse_cursor
 from tasklease.core.records import RevocationRecord
 from tasklease.core.tokens import Claims
 from tasklease.http import wire
@@ -52,7 +55,6 @@ RETRY_MILLISECONDS = 1000
 _log = logging.getLogger("tasklease.http.feed")
 _encoder = msgspec.json.Encoder()
 _KEEPALIVE = b": keepalive\n\n"
-_MAX_CURSOR = 2**63 - 1
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -63,31 +65,24 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def _event(record: RevocationRecord, sent_at: float | None = None) -> bytes:
     data = _encoder.encode(wire.revocation_entry(record, sent_at))
-    return b"id: %d\nevent: revocation\ndata: %s\n\n" % (record.seq, data)
+    ident = format_cursor(record.seq, fingerprint(record)).encode()
+    return b"id: %s\nevent: revocation\ndata: %s\n\n" % (ident, data)
 
 
-def _sync_event(cursor: int, server_time: float) -> bytes:
-    data = _encoder.encode(wire.RevocationSync(cursor=cursor, server_time=server_time))
-    return b"id: %d\nevent: sync\ndata: %s\n\n" % (cursor, data)
-
-
-def _parse_cursor(value: str | None) -> int | None:
-    if value is None or value == "":
-        return None
-    if not value.isascii() or not value.isdigit() or len(value) > 19:
-        raise InvalidRequest("cursor must be a non-negative integer")
-    cursor = int(value)
-    if cursor > _MAX_CURSOR:
-        raise InvalidRequest("cursor must be a non-negative integer")
-    return cursor
+def _sync_event(page: FeedPage, server_time: float) -> bytes:
+    next_cursor = page.next_cursor
+    sync = wire.RevocationSync(cursor=page.cursor, next_cursor=next_cursor, server_time=server_time)
+    return b"id: %s\nevent: sync\ndata: %s\n\n" % (next_cursor.encode(), _encoder.encode(sync))
 
 
 class _Subscription:
-    __slots__ = ("dropped", "queue")
+    __slots__ = ("dropped", "queue", "since")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, since: int) -> None:
         self.queue: asyncio.Queue[RevocationRecord] = asyncio.Queue(size)
         self.dropped = False
+        # The hub's cursor when it subscribed: the hub hands it only entries past it.
+        self.since = since
 
 
 class RevocationHub:
@@ -106,6 +101,8 @@ class RevocationHub:
         self._task: asyncio.Task[None] | None = None
         self._remove_listener: Callable[[], None] | None = None
         self._cursor = 0
+        self._anchor = ""
+        self._reloads = 0
 
     @property
     def subscribers(self) -> int:
@@ -113,7 +110,7 @@ class RevocationHub:
 
     async def subscribe(self) -> _Subscription:
         await self._ensure_started()
-        subscription = _Subscription(self._queue_size)
+        subscription = _Subscription(self._queue_size, self._cursor)
         self._subscriptions.add(subscription)
         return subscription
 
@@ -127,7 +124,9 @@ class RevocationHub:
         await self.close()
         self._loop = loop
         wake = self._wake = asyncio.Event()
-        _, self._cursor = await run_in_threadpool(self._broker.revocation_feed, None)
+        self._reloads = self._broker.revocation_reloads
+        page = await run_in_threadpool(self._broker.revocation_feed, None)
+        self._cursor, self._anchor = page.cursor, page.anchor
 
         def listener() -> None:  # any thread
             with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to wake
@@ -154,22 +153,26 @@ class RevocationHub:
             await wake.wait()
             wake.clear()
             try:
-                before = self._cursor
-                records, self._cursor = await run_in_threadpool(
-                    self._broker.revocation_feed, before
+                reloads = self._broker.revocation_reloads
+                page = await run_in_threadpool(
+                    self._broker.revocation_feed, self._cursor, self._anchor or None
                 )
             except Exception:  # noqa: BLE001 - retry on the next wake-up; streams keep beating
                 _log.exception("reading new revocations failed")
                 await asyncio.sleep(0.2)
                 wake.set()
                 continue
-            if self._cursor < before:
-                # The database went back in time: numbers are handed out again that the
-                # streams have passed. Each is ended; its reader reconnects with its cursor
-                # and gets a snapshot (Revoking.revocation_feed).
+            self._cursor, self._anchor = page.cursor, page.anchor
+            if page.restarted or reloads != self._reloads:
+                # The database went back in time (the hub's cursor no longer names the
+                # store's entry, or this process's index was reloaded for it): numbers
+                # are handed out again that streams may have passed. Each is ended; its
+                # reader reconnects with its cursor and gets the check
+                # (Revoking.revocation_feed).
+                self._reloads = reloads
                 self._end_all()
-            elif records:
-                self._fan_out(records)
+            elif page.records:
+                self._fan_out(page.records)
 
     def _end_all(self) -> None:
         for subscription in list(self._subscriptions):
@@ -202,6 +205,7 @@ class _EventStream(Response):
         hub: RevocationHub,
         *,
         cursor: int | None,
+        anchor: str | None,
         reader: Claims,
         heartbeat: float,
         write_timeout: float,
@@ -212,6 +216,7 @@ class _EventStream(Response):
         self._broker = broker
         self._hub = hub
         self._cursor = cursor
+        self._anchor = anchor
         self._reader = reader
         self._ends_at = float(reader.exp)
         self._heartbeat = heartbeat
@@ -239,12 +244,14 @@ class _EventStream(Response):
             start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
             await asyncio.wait_for(send(start), self._write_timeout)
             # Subscribed first, then read: nothing committed in between can be missed, and
-            # what comes twice is skipped by seq.
-            records, last = await run_in_threadpool(self._broker.revocation_feed, self._cursor)
+            # what comes twice is skipped by seq (once the entry at the backlog's last seq
+            # has come from the hub as it was sent: see _follow).
+            page = await run_in_threadpool(self._broker.revocation_feed, self._cursor, self._anchor)
             backlog = b"retry: %d\n\n" % RETRY_MILLISECONDS
-            backlog += b"".join(_event(r) for r in records)
-            await write(backlog + _sync_event(last, self._broker.clock.now()))
-            await self._follow(subscription, disconnected, write, last)
+            backlog += b"".join(_event(r) for r in page.records)
+            await write(backlog + _sync_event(page, self._broker.clock.now()))
+            unconfirmed = page.anchor if page.cursor > subscription.since else ""
+            await self._follow(subscription, disconnected, write, page.cursor, unconfirmed)
             if not disconnected.is_set():
                 await write(b"", more=False)
         except (_WriteBlocked, TimeoutError, OSError):
@@ -261,7 +268,17 @@ class _EventStream(Response):
         disconnected: asyncio.Event,
         write: Callable[..., Awaitable[None]],
         last: int,
+        unconfirmed: str,
     ) -> None:
+        """Send what the hub hands on past ``last``, the backlog's last ``seq``.
+
+        While the hub has not yet read past ``last`` (``unconfirmed``: the fingerprint of
+        the entry sent at it), what it hands on at or below ``last`` was in the backlog and
+        is skipped, but only once the entry at ``last`` comes from the hub as it was sent:
+        another one there, or none before an entry past it, and the database went back in
+        time between the two reads; the stream ends, and its reader's cursor gets the
+        check when it reconnects.
+        """
         clock = self._broker.clock
         revocations = self._broker.kernel.revocations
         while not disconnected.is_set() and not subscription.dropped:
@@ -289,6 +306,13 @@ class _EventStream(Response):
             batch = [getter.result()]
             while not subscription.queue.empty():
                 batch.append(subscription.queue.get_nowait())
+            if unconfirmed:
+                at = next((r for r in batch if r.seq >= last), None)
+                if at is not None:
+                    if at.seq != last or fingerprint(at) != unconfirmed:
+                        _log.info("revocation stream ended: the store's history changed")
+                        return
+                    unconfirmed = ""
             fresh = [r for r in batch if r.seq > last]
             if fresh and revocations.match(self._reader) is not None:
                 return  # the batch may be the reader's own revocation: not sent
@@ -316,18 +340,19 @@ def revocation_routes(
         return await run_in_threadpool(broker.authenticate_feed_reader, header, ctx)
 
     async def snapshot(request: Request) -> Response:
-        cursor = _parse_cursor(request.query_params.get("cursor"))
+        cursor, anchor = parse_cursor(request.query_params.get("cursor"))
         await reader(request)
-        records, last = await run_in_threadpool(broker.revocation_feed, cursor)
+        page = await run_in_threadpool(broker.revocation_feed, cursor, anchor)
         body = wire.RevocationList(
-            revocations=[wire.revocation_entry(r) for r in records],
-            cursor=last,
+            revocations=[wire.revocation_entry(r) for r in page.records],
+            cursor=page.cursor,
+            next_cursor=page.next_cursor,
             server_time=broker.clock.now(),
         )
         return Response(_encoder.encode(body) + b"\n", media_type="application/json")
 
     async def stream(request: Request) -> Response:
-        cursor = _parse_cursor(
+        cursor, anchor = parse_cursor(
             request.query_params.get("cursor") or request.headers.get("last-event-id")
         )
         claims = await reader(request)
@@ -335,6 +360,7 @@ def revocation_routes(
             broker,
             hub,
             cursor=cursor,
+            anchor=anchor,
             reader=claims,
             heartbeat=heartbeat,
             write_timeout=write_timeout,

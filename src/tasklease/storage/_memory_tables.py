@@ -182,16 +182,10 @@ class MemoryTables:
             live = (r for r in self._revocations.values() if r.expires_at > now)
             return sorted(live, key=lambda r: r.seq)
 
-    def revocations_since(
-        self, seq: int, anchor: tuple[str, str] | None = None
-    ) -> list[RevocationRecord]:
+    def revocations_since(self, seq: int) -> list[RevocationRecord]:
         with self._lock:
             self._check_open()
-            newer = [
-                r
-                for r in self._revocations.values()
-                if r.seq > seq or (anchor is not None and (r.level, r.target) == anchor)
-            ]
+            newer = [r for r in self._revocations.values() if r.seq > seq]
             return sorted(newer, key=lambda r: r.seq)
 
     def revocation_high_water(self) -> int:

@@ -3,9 +3,13 @@
 :class:`EventParser` is sans-IO (lines in, events out, per the WHATWG server-sent events
 format). :class:`FeedFollower` is a daemon thread that reads the stream with httpx,
 applies entries to the local index, remembers the cursor and reconnects with it, and
-records when it last heard from a broker it knows to be current. A thread rather than an
-asyncio task: it keeps the feed fresh whatever the application's event loop is doing, and
-serves sync and async applications alike.
+records when it last heard from a broker it knows to be current. The cursor it sends back
+is the ``id:`` of the last event read: the broker's anchored cursor (a ``seq`` and the
+fingerprint of the entry at it), which lets a broker whose database went back in time
+see that the reader's history is no longer its own and answer with a snapshot.
+
+A thread rather than an asyncio task: it keeps the feed fresh whatever the application's
+event loop is doing, and serves sync and async applications alike.
 """
 
 from __future__ import annotations
@@ -82,6 +86,13 @@ class EventParser:
             self._id = value
 
 
+def _cursor_id(ident: str, seq: int) -> str:
+    """The cursor to send back after an event: its ``id:`` when that names ``seq`` (the
+    anchored ``<seq>.<fingerprint>``, opaque here), else the bare ``seq``."""
+    head, _, _ = ident.partition(".")
+    return ident if head == str(seq) else str(seq)
+
+
 class FeedFollower:
     """Keeps a :class:`RevocationIndex` current from the broker's stream, in a thread."""
 
@@ -109,7 +120,10 @@ class FeedFollower:
         self._stop = threading.Event()
         self._synced = threading.Event()
         self._thread: threading.Thread | None = None
+        # The last entry's seq (for status), and the cursor sent back: the id of the last
+        # event read (a bare seq from a broker that gives no anchored cursors).
         self.cursor: int | None = None
+        self.resume: str | None = None
         self.last_heard = -float("inf")
         self.connections = 0
         # True from a stream's ``sync`` until it ends (a read timeout ends it too).
@@ -158,7 +172,7 @@ class FeedFollower:
             backoff = min(backoff * 2, self._max_backoff)
 
     def _follow_once(self) -> None:
-        params = {} if self.cursor is None else {"cursor": str(self.cursor)}
+        params = {} if self.resume is None else {"cursor": self.resume}
         headers = {
             "Authorization": f"Bearer {self._token_source()}",
             "Accept": "text/event-stream",
@@ -180,7 +194,10 @@ class FeedFollower:
                     if event.kind == "revocation":
                         entry = parse_entry(json.loads(event.data))
                         self._index.apply([entry])
-                        self.cursor = max(self.cursor or 0, entry.seq)
+                        # Events come in seq order, a snapshot's too: the last one read
+                        # is where this reader is, in the broker's history as it is now.
+                        self.cursor = entry.seq
+                        self.resume = _cursor_id(event.id, entry.seq)
                         self._on_revocation()
                     elif event.kind == "":  # keepalive: a moment for housekeeping
                         self._housekeeping()
@@ -191,6 +208,7 @@ class FeedFollower:
                             # back in time it answers a snapshot and a smaller cursor, from
                             # which numbers are handed out again (entries held stay).
                             self.cursor = cursor
+                            self.resume = _cursor_id(event.id, cursor)
                         synced = True
                         self.connected = True
                         self._synced.set()

@@ -141,16 +141,35 @@ def revocation_entry(record: RevocationRecord, sent_at: float | None = None) -> 
     )
 
 
+_NEXT_CURSOR = doc(
+    "Pass as `cursor` to get only later entries: `cursor` and a fingerprint of the entry "
+    "at it (`<seq>.<16 hex digits>`; the bare `seq` when no entry is known there). The "
+    "broker continues from it only while its database holds that same entry at that "
+    "`seq`; after the database went back in time (a failover to a standby that missed "
+    "the last commits, a restore) it answers a snapshot of every unexpired entry instead, "
+    "and the cursor to take from there."
+)
+
+
 class RevocationList(Response):
     revocations: list[RevocationEntry]
-    cursor: Annotated[int, doc("Pass as `cursor` to get only later entries.")]
+    cursor: Annotated[
+        int,
+        doc(
+            "The `seq` of the last entry answered (the cursor given when nothing is new). "
+            "Sent back bare, it is checked only against the database's last `seq`: prefer "
+            "`next_cursor`."
+        ),
+    ]
+    next_cursor: Annotated[str, _NEXT_CURSOR]
     server_time: Annotated[float, doc("The broker's Unix time.")]
 
 
 class RevocationSync(Response):
     """The data of the stream's `sync` event: the backlog is out, the reader is current."""
 
-    cursor: Annotated[int, doc("The last entry sent; reconnect from it.")]
+    cursor: Annotated[int, doc("The `seq` of the last entry sent (or of the reader's cursor).")]
+    next_cursor: Annotated[str, _NEXT_CURSOR]
     server_time: Annotated[float, doc("The broker's Unix time.")]
 
 
@@ -159,12 +178,17 @@ class RevocationSync(Response):
 _CURSOR = Param(
     "cursor",
     "query",
-    {"type": "integer", "minimum": 0},
-    "Only entries with a greater `seq` (the `cursor` of an earlier answer). Without it: "
-    "every unexpired entry.",
+    {"type": "string", "pattern": "^[0-9]{1,19}([.][0-9a-f]{16})?$"},
+    "Only entries with a greater `seq`: the `next_cursor` of an earlier answer (or the "
+    "`id:` of the last stream event read). Without it: every unexpired entry. When the "
+    "entry it names is no longer the database's entry at that `seq` (the database went "
+    "back in time, or the entry was widened or pruned since), the answer is a snapshot "
+    "of every unexpired entry and a `cursor` the reader must take, smaller or not. A "
+    "bare `seq` (from readers before `next_cursor`) gets the snapshot only when it is "
+    "past the database's last `seq`.",
 )
 _FEED_READER_FAILURES = (
-    Failure("invalid_request", "`cursor` is not a non-negative integer"),
+    Failure("invalid_request", "`cursor` is neither a cursor the feed gave nor a `seq`"),
     Failure(
         "insufficient_scope",
         "the token is an agent token, or an operator's without `admin:revoke:*` (an auditor's)",
@@ -305,12 +329,15 @@ OPERATIONS = (
         "Revocation entries as server-sent events",
         "First the entries `GET /v1/revocations` would answer (`cursor`, or the "
         "`Last-Event-ID` header, picks up where a reader left off), then `event: sync` "
-        '(`data: {"cursor": N, "server_time": T}`), then each new revocation as this broker '
-        "learns it (`event: revocation`, `id:` its `seq`, `data:` the entry), and a "
+        '(`data: {"cursor": N, "next_cursor": C, "server_time": T}`, `id:` C), then each '
+        "new revocation as this broker learns it (`event: revocation`, `id:` the cursor "
+        "that continues after it, `<seq>.<fingerprint>`, `data:` the entry), and a "
         "`: keepalive` comment every 2 seconds: a reader that hears nothing for longer than "
-        "its staleness bound must fail closed. The stream ends when the reader's token "
-        "expires or is revoked, or when the reader falls behind (it reconnects with its "
-        "cursor).",
+        "its staleness bound must fail closed. A reader reconnects with the `id:` of the "
+        "last event it read. The stream ends when the reader's token expires or is "
+        "revoked, when the reader falls behind, or when the broker finds that its "
+        "database went back in time (the reader reconnects with its cursor, and gets a "
+        "snapshot if the entry it names is no longer there).",
         ADMIN_OR_APP_TOKEN,
         Body(
             "RevocationStream",

@@ -210,12 +210,6 @@ class Dialect(RowConversions):
         self.load_revocations = q(f"{SELECT_REVOCATION} WHERE {t} AND expires_at > ? ORDER BY seq")
         self.revocations_since = q(f"{SELECT_REVOCATION} WHERE {t} AND seq > ? ORDER BY seq")
         self.revocation_high_water = q(f"SELECT seq FROM revocation_seqs WHERE {t}")
-        # Two indexed reads in one statement (an OR would scan the tenant's entries).
-        self.revocations_since_anchored = q(
-            f"{SELECT_REVOCATION} WHERE {t} AND seq > ? UNION ALL "
-            f"{SELECT_REVOCATION} WHERE {t} AND level = ? AND target = ? AND seq <= ? "
-            "ORDER BY seq"
-        )
         self.find_revocation = q(f"{SELECT_REVOCATION} WHERE {t} AND level = ? AND target = ?")
         # PostgreSQL's (SQLite reads one key at a time with find_revocation).
         self.find_revocations = (

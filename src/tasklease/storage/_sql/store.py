@@ -234,13 +234,8 @@ class SQLStore(ListingReads, abc.ABC):
         rows = self._all(self.dialect.load_revocations, (now,))
         return [revocation_from_row(row) for row in rows]
 
-    def revocations_since(
-        self, seq: int, anchor: tuple[str, str] | None = None
-    ) -> list[RevocationRecord]:
-        if anchor is None:
-            rows = self._all(self.dialect.revocations_since, (seq,))
-        else:
-            rows = self._all(self.dialect.revocations_since_anchored, (seq, *anchor, seq))
+    def revocations_since(self, seq: int) -> list[RevocationRecord]:
+        rows = self._all(self.dialect.revocations_since, (seq,))
         return [revocation_from_row(row) for row in rows]
 
     def revocation_high_water(self) -> int:
