@@ -149,13 +149,17 @@ def test_an_operators_chain_entry_on_a_first_token_leaves_its_renewals(
 
 def _feed(broker: Broker) -> httpx.MockTransport:
     """The broker's JWKS and revocation stream (a snapshot of its feed, then ``sync``)."""
-    records, cursor = broker.revocation_feed(None)
+    page = broker.revocation_feed(None)
     events = b"".join(
         b"id: %d\nevent: revocation\ndata: %s\n\n"
         % (r.seq, msgspec.json.encode(wire.revocation_entry(r)))
-        for r in records
+        for r in page.records
     )
-    sync = msgspec.json.encode(wire.RevocationSync(cursor=cursor, server_time=broker.clock.now()))
+    sync = msgspec.json.encode(
+        wire.RevocationSync(
+            cursor=page.cursor, next_cursor=page.next_cursor, server_time=broker.clock.now()
+        )
+    )
     stream = events + b"event: sync\ndata: %s\n\n" % sync
     jwks = broker.keyring.jwks()
 
