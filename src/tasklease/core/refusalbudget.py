@@ -27,8 +27,9 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.errors import RateLimited, Unavailable
@@ -65,8 +66,7 @@ class _Bucket:
     run: Run | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Charge:
+class _Charge(NamedTuple):
     budget: RefusalBudget
     client: str
 
@@ -135,6 +135,17 @@ class RefusalBudget:
         with self._lock:
             bucket = self._bucket_locked(client)
             bucket.tokens = max(self._floor, bucket.tokens - 1.0)
+
+    def admits(self, client: str) -> bool:
+        """Whether ``client`` may be served now (its bucket holds a token; a run of
+        refusals ends): :meth:`check`'s answer on the path of every request, without a
+        verdict. ``False`` leaves the refusal to :meth:`admit`."""
+        with self._lock:
+            bucket = self._bucket_locked(client)
+            if bucket.tokens >= 1.0:
+                bucket.run = None
+                return True
+            return False
 
     def check(self, client: str, new_denial_id: Callable[[], str]) -> Verdict | None:
         """``None`` when ``client`` may be served (its bucket holds a token: a run of
@@ -216,8 +227,18 @@ class RefusalBudget:
     def charging(self, client: str) -> Iterator[None]:
         """While this lasts, refusals audited here (this task, and the threads it hands
         work to, which copy its context) spend ``client``'s tokens."""
-        token = _CHARGE.set(_Charge(self, client))
+        token = self.charge(client)
         try:
             yield
         finally:
-            _CHARGE.reset(token)
+            self.uncharge(token)
+
+    def charge(self, client: str) -> Token[_Charge | None]:
+        """:meth:`charging` begun (for a caller on the path of every request, where a
+        context manager's generator costs): end it with :meth:`uncharge`."""
+        return _CHARGE.set(_Charge(self, client))
+
+    @staticmethod
+    def uncharge(token: Token[_Charge | None]) -> None:
+        """End what :meth:`charge` began."""
+        _CHARGE.reset(token)

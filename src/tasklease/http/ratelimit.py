@@ -39,6 +39,9 @@ def client_key(host: str) -> str:
     IPv4-mapped IPv6 one as its IPv4), an IPv6 address as its /64 (``2001:db8::/64``):
     one host commonly has a whole /64 to itself, so that keying on the /128 would give
     it 2**64 fresh buckets. Anything else (no address at all) as it is."""
+    if ":" not in host:
+        # IPv4 as the server wrote it (its own dotted form), or no address at all: as is.
+        return host
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -98,16 +101,22 @@ class RefusalGate:
             return
         peer = scope.get("client")
         client = client_key(peer[0]) if peer else "unknown"
-        request_id = str(scope.get("state", {}).get("request_id", ""))
-        refused: TaskleaseError | None
-        try:
-            refused = await self.broker.admit_client(client, request_id=request_id)
-        except TaskleaseError as exc:  # its run's event could not be written: 503
-            refused = exc
+        budget = self.broker.refusals
+        refused: TaskleaseError | None = None
+        if not budget.admits(client):
+            request_id = str(scope.get("state", {}).get("request_id", ""))
+            try:
+                refused = await self.broker.admit_client(client, request_id=request_id)
+            except TaskleaseError as exc:  # its run's event could not be written: 503
+                refused = exc
         if refused is None:
-            with self.broker.refusals.charging(client):
+            token = budget.charge(client)
+            try:
                 await self.app(scope, receive, send)
+            finally:
+                budget.uncharge(token)
             return
+        request_id = str(scope.get("state", {}).get("request_id", ""))
         if isinstance(refused, RateLimited):
             self.broker.metrics.rate_limited.labels(route_template(scope)).inc()
         request = Request(scope, receive)
