@@ -12,6 +12,7 @@ import pytest
 
 from tasklease.core.audit import deferring
 from tasklease.core.errors import (
+    Conflict,
     Forbidden,
     InsufficientScope,
     InvalidAuthorizationDetails,
@@ -499,3 +500,20 @@ def test_an_apps_current_grants_bound_its_registrations_under_each_types_rule(
         register(broker, kit, lt, [pay("300")], task="task-2")
     agent = register(broker, kit, lt, [sales, pay("100")], task="task-3")
     assert agent.claims.details[1]["limits"]["max_amount"] == "100"
+
+
+def test_two_adds_of_one_grant_type_at_once_keep_the_first_rule(
+    broker: Any, kit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both adds checked before either wrote (the name free to each): the second is
+    refused when it writes, and the rule the first registered stays."""
+    admin = kit.admin(broker).claims
+    schema = {"type": "object", "properties": {"type": {"const": "rows"}}}
+    monkeypatch.setattr(broker.store, "get_grant_type", lambda _name: None)
+    first = broker.grant_types.add(
+        admin, name="rows", schema=schema, narrowing={"max_rows": "at_most"}, ctx=kit.ctx
+    )
+    with pytest.raises(Conflict):
+        broker.grant_types.add(admin, name="rows", schema=schema, narrowing={}, ctx=kit.ctx)
+    monkeypatch.undo()
+    assert broker.store.get_grant_type("rows") == first

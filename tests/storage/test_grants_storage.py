@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
+from tasklease.core.errors import Conflict
 from tasklease.core.store import (
     AgentRecord,
     AppRecord,
@@ -76,8 +79,11 @@ def test_grant_types_round_trip_and_delete_per_tenant(store: Store) -> None:
     )
     other = replace(record, name="a_first")
     with store.write() as tx:
-        tx.put_grant_type(record)
-        tx.put_grant_type(other)
+        tx.insert_grant_type(record)
+        tx.insert_grant_type(other)
+    # A second of one name is refused, never a silent replacement of the first's rule.
+    with pytest.raises(Conflict), store.write() as tx:
+        tx.insert_grant_type(replace(record, narrowing="{}"))
     assert store.get_grant_type("dataset_query") == record
     assert store.list_grant_types() == [other, record]
     assert store.for_tenant("acme").list_grant_types() == []

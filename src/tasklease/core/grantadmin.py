@@ -153,7 +153,7 @@ class GrantTypes(Service):
             raise Conflict(f"grant type {name} exists", hint="remove it first to register it anew")
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            tx.put_grant_type(record)
+            tx.insert_grant_type(record)  # the check above, again under the write lock
             return [
                 AuditEntry(
                     "grant_type_added",

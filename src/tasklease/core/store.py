@@ -232,8 +232,9 @@ class WriteTx(Protocol):
         wins, so a report sent twice is audited once."""
         ...
 
-    def put_grant_type(self, record: GrantTypeRecord) -> None:
-        """Insert or replace the grant type named ``record.name``."""
+    def insert_grant_type(self, record: GrantTypeRecord) -> None:
+        """Store a new grant type; raise ``core.errors.Conflict`` if one of its name
+        exists (two adds at once: one is refused, never silently replaced)."""
         ...
 
     def delete_grant_type(self, name: str) -> bool:

@@ -371,8 +371,11 @@ class MemoryWriteTx:
 
     # -- grant types and call budgets (migration 0015) ----------------------------------
 
-    def put_grant_type(self, record: GrantTypeRecord) -> None:
+    def insert_grant_type(self, record: GrantTypeRecord) -> None:
+        """Store a new grant type; raise ``Conflict`` if one of its name exists."""
         self._check_open()
+        if record.name in self._store._grant_types:
+            raise Conflict(f"grant type {record.name} exists")
         self._set(self._store._grant_types, record.name, record)
 
     def delete_grant_type(self, name: str) -> bool:

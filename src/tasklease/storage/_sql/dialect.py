@@ -428,7 +428,7 @@ class Dialect(RowConversions):
         select_grant_type = f"SELECT {_GRANT_TYPE} FROM grant_types WHERE {t}"
         self.get_grant_type = q(f"{select_grant_type} AND name = ?")
         self.list_grant_types = f"{select_grant_type} ORDER BY name"
-        self.put_grant_type = q(upsert("grant_types", _GRANT_TYPE))
+        self.insert_grant_type = q(f"{insert('grant_types', _GRANT_TYPE)} ON CONFLICT DO NOTHING")
         self.delete_grant_type = q(f"DELETE FROM grant_types WHERE {t} AND name = ?")
         self.put_call_budget = q(f"{insert('call_budgets', _BUDGET)} ON CONFLICT DO NOTHING")
         self.lock_call_budget = q(

@@ -332,8 +332,11 @@ class SQLWriteTx(Generic[_C]):
 
     # -- grant types and call budgets (migration 0015) -----------------------------------
 
-    def put_grant_type(self, record: GrantTypeRecord) -> None:
-        self._db().execute(self.dialect.put_grant_type, grant_type_params(record))
+    def insert_grant_type(self, record: GrantTypeRecord) -> None:
+        """Store a new grant type; raise ``Conflict`` if one of its name exists."""
+        params = grant_type_params(record)
+        if self._db().execute(self.dialect.insert_grant_type, params).rowcount != 1:
+            raise Conflict(f"grant type {record.name} exists")
 
     def delete_grant_type(self, name: str) -> bool:
         return self._db().execute(self.dialect.delete_grant_type, (name,)).rowcount == 1
