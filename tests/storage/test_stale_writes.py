@@ -10,8 +10,10 @@ read, before the operation's write unit runs.
 from __future__ import annotations
 
 import base64
+import sys
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +26,13 @@ from tasklease.core.errors import Conflict, NotFound, TaskleaseError, Unauthoriz
 from tasklease.core.keys import KeyRing
 from tasklease.core.passwords import hash_secret
 from tasklease.core.store import AppRecord, AuditQuery, OperatorRecord, Store
-from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, Claims, mint
+from tasklease.core.tokens import Claims
+
+_SECURITY = str(Path(__file__).resolve().parents[1] / "security")
+if _SECURITY not in sys.path:
+    sys.path.insert(0, _SECURITY)
+
+from security_support import admin  # noqa: E402
 
 CTX = RequestContext(request_id="req-stale", remote="127.0.0.1", path="/v1/test")
 START = 1_800_000_000.0
@@ -83,19 +91,7 @@ def broker(interleaved: Interleaved) -> Broker:
 
 
 def _admin(broker: Broker) -> Claims:
-    cfg = broker.config
-    _, claims = mint(
-        broker.keyring,
-        kind=KIND_ADMIN,
-        iss=cfg.issuer,
-        sub="admin",
-        aud=cfg.audience,
-        iat=int(broker.clock.now()),
-        ttl=300,
-        scope=ADMIN_SCOPES,
-        client_id="admin",
-    )
-    return claims
+    return admin(broker).claims
 
 
 def _refused(broker: Broker, error: TaskleaseError) -> str:
