@@ -301,6 +301,19 @@ def test_expired_nonce(broker: Any, kit: Any, clock: Any) -> None:
     assert_untouched(broker, kit, launch)
 
 
+def test_a_nonce_is_dead_at_its_expiry(broker: Any, kit: Any, clock: Any) -> None:
+    early, late = kit.launch(broker, ttl=600), kit.launch(broker, ttl=600)
+    early_args, _ = kit.register_args(broker, early)
+    late_args, _ = kit.register_args(broker, late)
+    clock.advance(broker.config.nonce_ttl - 1)  # its last second: still good
+    assert broker.register(**early_args).claims.sub
+    clock.advance(1)  # the instant of its expiry: dead
+    with pytest.raises(Unauthorized) as info:
+        broker.register(**late_args)
+    assert "nonce" in info.value.detail
+    assert_untouched(broker, kit, late)
+
+
 def test_nonce_from_another_broker_secret_is_refused(broker: Any, kit: Any) -> None:
     from tasklease.core.identity import NonceIssuer
 

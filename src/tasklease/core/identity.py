@@ -25,6 +25,7 @@ from nacl.signing import VerifyKey
 
 from tasklease.core.errors import InvalidRequest, Unauthorized
 from tasklease.rules import jws as _jws
+from tasklease.rules.claims import is_expired
 
 __all__ = [
     "NonceIssuer",
@@ -74,7 +75,7 @@ class NonceIssuer:
         if not hmac.compare_digest(tag, self._tag(body)):
             raise Unauthorized("nonce: nonce not found or expired", reason="nonce not issued by us")
         (expires,) = struct.unpack(">Q", body[16:24])
-        if now > expires:
+        if is_expired(expires, now):
             raise Unauthorized("nonce: nonce not found or expired", reason="nonce expired")
         return int(expires)
 
