@@ -121,3 +121,51 @@ def test_a_name_that_cannot_be_shown_is_not_echoed(broker: RunningBroker) -> Non
         "invalid_request",
         detail="malformed JSON body: a name is given twice in one object",
     )
+
+
+# JSON carried as text inside a field is read by the same rule as a body: a form's
+# `authorization_details` (RFC 9396 section 6) and an app's `public_key` given as a JWK.
+TEXT_FIELD_CASES = [
+    ('[{"type": "resource_access", "type": "scope"}]', "`type` is given twice in one object"),
+    ("[" * 1000, "nested deeper than 32 levels"),  # a decoder would run out of stack
+    ('[{"type": "resource_access", "limits": {"n": 1e999}}]', "number out of range"),
+]
+
+
+@pytest.mark.parametrize(("text", "why"), TEXT_FIELD_CASES)
+def test_authorization_details_in_a_form_are_read_as_strictly_as_a_body(
+    broker: RunningBroker, text: str, why: str
+) -> None:
+    agent = broker.register(["read:data:*"])
+    resp = broker.post(
+        "/v1/oauth/token",
+        data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": agent.access_token,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "authorization_details": text,
+        },
+    )
+    assert resp.status_code == 400, resp.text
+    body = resp.json()
+    assert body["error"] == "invalid_authorization_details", body
+    assert f"authorization_details: {why}" in body["error_description"]
+
+
+@pytest.mark.parametrize("twice", ["x", "kty"])
+def test_a_jwk_given_as_text_may_not_repeat_a_member(broker: RunningBroker, twice: str) -> None:
+    """Two keys in one JWK text: which one the broker stored would depend on its parser."""
+    app = broker.create_app(["read:data:*"])
+    first, second = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "A" * 43
+    members = {"kty": ('"OKP"', '"OKP"'), "x": (f'"{first}"', f'"{second}"')}[twice]
+    rest = ', "kty": "OKP"' if twice == "x" else f', "x": "{first}"'
+    jwk = f'{{"crv": "Ed25519", "{twice}": {members[0]}, "{twice}": {members[1]}{rest}}}'
+    resp = broker.client.put(
+        f"/v1/admin/apps/{app['app_id']}",
+        json={"public_key": jwk},
+        headers=broker.admin_headers(),
+    )
+    assert_problem(resp, 400, "invalid_request")
+    assert f"`{twice}` is given twice in one object" in resp.json()["detail"]
+    stored = broker.get(f"/v1/admin/apps/{app['app_id']}", headers=broker.admin_headers())
+    assert "public_key" not in stored.json()

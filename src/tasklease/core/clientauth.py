@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import math
 from typing import Any, NamedTuple
 
@@ -25,6 +24,7 @@ import nacl.signing
 
 from tasklease.core.errors import InvalidRequest
 from tasklease.rules import jws
+from tasklease.rules.jsonnames import JSONTextError, strict_json
 
 __all__ = [
     "ASSERTION_TYPE",
@@ -96,9 +96,9 @@ def app_public_key(value: object) -> str:
     """
     if isinstance(value, str) and value.strip().startswith("{"):
         try:
-            value = json.loads(value)
-        except ValueError:
-            raise InvalidRequest(f"public_key must be {_KEY_HINT}") from None
+            value = strict_json(value, "public_key")
+        except JSONTextError as exc:
+            raise InvalidRequest(f"public_key must be {_KEY_HINT} ({exc})") from None
     if isinstance(value, dict):
         raw = _jwk_key(value)
     elif isinstance(value, str) and 40 <= len(value.strip()) <= 48:

@@ -81,6 +81,7 @@ from tasklease.core.signing import SigningKeys
 from tasklease.core.store import WriteTx
 from tasklease.core.tokencheck import TokenCheck
 from tasklease.core.tokens import KIND_AGENT, Claims, DelegationRecord, agent_key_of
+from tasklease.rules.jsonnames import JSONTextError, strict_json
 
 __all__ = [
     "ACCESS_TOKEN_TYPE",
@@ -177,10 +178,10 @@ def _details_param(value: object) -> object:
     """RFC 9396 section 6: ``authorization_details`` in a form is JSON text."""
     if isinstance(value, str):
         try:
-            return json.loads(value)
-        except ValueError:
+            return strict_json(value, "authorization_details")
+        except JSONTextError as exc:
             raise InvalidAuthorizationDetails(
-                "authorization_details must be a JSON array"
+                f"authorization_details must be a JSON array ({exc})"
             ) from None
     return value
 

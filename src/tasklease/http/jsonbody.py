@@ -8,8 +8,7 @@ from typing import TypeVar
 import msgspec
 
 from tasklease.core.errors import InvalidRequest
-from tasklease.http.middleware import json_nesting_error
-from tasklease.rules.jsonnames import repeated_name
+from tasklease.rules.jsonnames import json_nesting_error, repeated_name
 
 __all__ = ["decode_json_body"]
 

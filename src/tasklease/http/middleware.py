@@ -32,6 +32,7 @@ from urllib.parse import unquote_to_bytes
 import msgspec
 
 from tasklease.http.problems import problem_body, status_for
+from tasklease.rules.jsonnames import MAX_JSON_DEPTH, json_nesting_error
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -63,57 +64,6 @@ _BASE_HEADERS = [
 ]
 _HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
 _FORM = b"application/x-www-form-urlencoded"
-
-MAX_JSON_DEPTH = 32
-"""Deepest nesting of arrays and objects a request body may have (ours need 3)."""
-
-# Brackets only, both kinds as one: "(" opens, ")" closes (a decoder stops at a mismatched
-# pair, so treating them alike can only over-estimate how deep it would go).
-_BRACKETS = bytes.maketrans(b"[{]}", b"(())")
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-
-
-def _outside_strings(body: bytes) -> bytes:
-    """``body`` without its JSON strings (to the end of the input if one is never closed).
-
-    Escapes go first: pairs of backslashes, then escaped quotes (pairing left to right, as a
-    decoder reads them; a backslash outside a string stops a decoder, so what this does
-    after one does not matter). What is left between quotes is string.
-    """
-    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
-    return b"".join(unescaped.split(b'"')[::2])
-
-
-def json_nesting_error(body: bytes, limit: int = MAX_JSON_DEPTH) -> str | None:
-    """Why ``body`` must not reach a JSON decoder, or ``None``.
-
-    ``body`` is refused when a decoder reading it would go more than ``limit`` arrays or
-    objects deep (brackets inside strings do not count). Invalid JSON that stays shallow
-    is left for the decoder, which gives its own answer. At most ``limit`` passes of
-    C-level byte operations, so a megabyte of brackets costs milliseconds.
-    """
-    if body.count(b"[") + body.count(b"{") <= limit:
-        return None  # fewer openers than levels: every ordinary request ends here
-    deep = f"malformed JSON body: nested deeper than {limit} levels"
-    skeleton = _outside_strings(body).translate(_BRACKETS, _NOT_BRACKETS)
-    too_many_openers = b"(" * (limit + 1)
-    rounds = 0
-    # Each pass removes the innermost pairs, so the nesting of what is matched drops by
-    # one a pass: still pairs after ``limit`` passes means deeper than ``limit``.
-    while b"()" in skeleton:
-        if rounds == limit or too_many_openers in skeleton:
-            return deep
-        skeleton = skeleton.replace(b"()", b"")
-        rounds += 1
-    # Left: unmatched brackets, ")" * a + "(" * b. A decoder stops at the first excess
-    # ")", before which everything was matched (at most ``rounds`` deep); without one it
-    # reads the b unclosed levels around the matched ones.
-    closers = len(skeleton) - len(skeleton.lstrip(b")"))
-    openers = len(skeleton) - closers
-    if closers == 0 and openers + rounds > limit:
-        return deep
-    return None
-
 
 # C0 controls, DEL and C1 controls, as text and as UTF-8 bytes; and the same but for the
 # line breaks (LF, CR) of multi-line fields.
