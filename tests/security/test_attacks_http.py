@@ -209,6 +209,8 @@ def test_time_claims_beyond_skew(
     now = int(time.time())
     cases = [
         (dict(iat=now - 300, nbf=now - 300, exp=now - 100), "token expired"),
+        # No leeway on exp: dead from the instant of its expiry (the skew is for nbf/iat).
+        (dict(iat=now - 60, nbf=now - 60, exp=now), "token expired"),
         (dict(iat=now, nbf=now + 100, exp=now + 200), "not yet valid"),
         (dict(iat=now + 1000, nbf=now, exp=now + 1060), "issued in the future"),
     ]

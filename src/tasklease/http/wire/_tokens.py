@@ -552,7 +552,7 @@ OPERATIONS = (
         "token holders",
         "Introspect a token (RFC 7662)",
         "For resource servers (authenticated with an admin or app token, so tokens cannot "
-        "be scanned anonymously), and the only way to read a by-reference (`tlr_`) token. "
+        "be scanned anonymously; an app sees only its own agents' tokens). "
         "Form or JSON body with `token`, and optionally `audience` (the caller's resource "
         "identifier: a token for another resource is then inactive). Answers the token's "
         "claims with `active: true` (`scope` as a space-separated string, `token_type` "
