@@ -181,4 +181,6 @@ class Tenancy:
             clock=default.clock,
             metrics=default.metrics,
             nonce_issuer=default.nonces.for_tenant(record.name),
+            # The process's streams: every tenant's count against one cap.
+            stream_slots=default.stream_slots,
         )

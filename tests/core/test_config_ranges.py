@@ -61,3 +61,18 @@ def test_what_counts_as_loopback_for_the_plain_http_warning(host: str, loopback:
     """``serve`` warns about plain HTTP, and ``doctor`` flags it, for every bind address
     that is not loopback, not only for the two spellings of all interfaces."""
     assert is_loopback_host(host) is loopback
+
+
+@pytest.mark.parametrize("name", ["feed_streams_per_reader", "feed_streams_per_process"])
+@pytest.mark.parametrize("value", [0, -1, 100_001])
+def test_a_feed_stream_cap_out_of_range_is_refused(name: str, value: int) -> None:
+    """A cap of 0 would refuse every stream (every verifier fails closed), and a negative
+    or huge one is a typo: each is refused when the broker starts, naming the setting."""
+    with pytest.raises(ValueError, match=f"{name} must be between 1 and 100000"):
+        Config(**{name: value})
+
+
+def test_the_feed_stream_caps_accept_their_edges() -> None:
+    assert (Config().feed_streams_per_reader, Config().feed_streams_per_process) == (64, 1000)
+    Config(feed_streams_per_reader=1, feed_streams_per_process=1)
+    Config(feed_streams_per_reader=100_000, feed_streams_per_process=100_000)

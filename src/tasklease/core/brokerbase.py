@@ -33,6 +33,7 @@ from tasklease.core.errors import (
 from tasklease.core.exchange import Exchange, Exchanged, ExchangeRequest
 from tasklease.core.federation import Federation
 from tasklease.core.feedcursor import FeedPage
+from tasklease.core.feedstreams import FeedStreams, Slot, StreamSlots
 from tasklease.core.freshness import Freshness
 from tasklease.core.grantadmin import GrantTypes
 from tasklease.core.handshake import Handshakes
@@ -100,6 +101,7 @@ class BrokerBase:
         nonce_secret: bytes | None = None,
         nonce_issuer: NonceIssuer | None = None,
         monotonic: Callable[[], float] | None = None,
+        stream_slots: StreamSlots | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -119,6 +121,17 @@ class BrokerBase:
             record=kernel.arecord,
             new_denial_id=new_denial_id,
         )
+        # The revocation streams open in this process, by reader and in all: one table
+        # for every tenant's broker (``stream_slots``, the default tenant's), whose caps
+        # are the process's (docs/decisions.md 140).
+        if stream_slots is None:
+            stream_slots = StreamSlots(
+                config.feed_streams_per_reader,
+                config.feed_streams_per_process,
+                observe=self.metrics.feed_streams.set,
+            )
+        self.stream_slots = stream_slots
+        self._feed_streams = FeedStreams(kernel, self.stream_slots)
         self.audit = kernel.audit
         self.started_at = kernel.started_at
         # Names this process as the holder of store leases (the liveness sweeper's).
@@ -484,6 +497,13 @@ class BrokerBase:
         snapshot when ``cursor`` and ``anchor`` no longer name the store's history
         (:meth:`Revoking.revocation_feed`)."""
         return self._revoking.revocation_feed(cursor, anchor)
+
+    async def open_feed_stream(self, reader: Claims, ctx: RequestContext) -> Slot:
+        """A slot for one more revocation stream of ``reader`` (an authenticated feed
+        reader), released when the stream ends, however it ends; raises an audited
+        ``RateLimited`` over ``feed_streams_per_reader`` or ``feed_streams_per_process``
+        (:meth:`FeedStreams.open`)."""
+        return await self._feed_streams.open(reader, ctx)
 
     @property
     def revocation_reloads(self) -> int:

@@ -76,6 +76,11 @@ class Config:
     # event for the lot, until it refills (core.refusalbudget; docs/decisions.md 138).
     refusal_rate: float = 5.0
     refusal_burst: int = 1000
+    # Revocation-feed streams (GET /v1/revocations/stream) open at once in one process: by
+    # each reader (an app, an operator; per tenant), and by all (core.feedstreams;
+    # docs/decisions.md 140). A stream over either is answered 429, audited.
+    feed_streams_per_reader: int = 64
+    feed_streams_per_process: int = 1000
     prune_interval: float = 60.0
     # Replicas on a shared store with change notification (PostgreSQL): if a replica
     # cannot confirm its revocation index is current within this many seconds, protected
@@ -241,6 +246,9 @@ class Config:
             raise ValueError("refusal_rate must be between 0.001 and 10000 per second")
         if not 1 <= self.refusal_burst <= 1_000_000:
             raise ValueError("refusal_burst must be between 1 and 1000000")
+        for name in ("feed_streams_per_reader", "feed_streams_per_process"):
+            if not 1 <= getattr(self, name) <= 100_000:
+                raise ValueError(f"{name} must be between 1 and 100000")
         if not 0.1 <= self.prune_interval <= 86400:
             raise ValueError("prune_interval must be between 0.1 and 86400 seconds")
         if not 1 <= self.heartbeat_interval <= 3600:

@@ -151,6 +151,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",  # every worker holds the whole index
         )
+        self.feed_streams = Gauge(
+            "tasklease_feed_streams",
+            "Revocation-feed streams open in this process (at most feed_streams_per_process).",
+            registry=r,
+            multiprocess_mode="livesum",  # with --workers: the sum over live workers
+        )
         self.rate_limited = Counter(
             "tasklease_rate_limited_total",
             "Requests refused by a rate limit.",

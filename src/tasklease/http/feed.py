@@ -20,6 +20,11 @@ seconds: a reader that does not read is dropped, never buffered for ever. Every 
 also ends when the database went back in time (decision 139): its reader reconnects with
 its cursor, and the feed checks it against the store's history.
 
+A stream holds a slot of the process's ``core.feedstreams.StreamSlots`` from before it
+starts until it ends, however it ends (decision 140): a reader holds at most
+``feed_streams_per_reader`` streams in a process, the process at most
+``feed_streams_per_process``; one more is refused with an audited 429.
+
 One :class:`RevocationHub` per application wakes on the broker's revocation listener,
 reads the new entries from the store once, and fans them out to the streams.
 """
@@ -40,6 +45,7 @@ from starlette.routing import Route
 
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.feedcursor import FeedPage, fingerprint, format_cursor, parse_cursor
+from tasklease.core.feedstreams import Slot
 from tasklease.core.records import RevocationRecord
 from tasklease.core.tokens import Claims
 from tasklease.http import wire
@@ -207,6 +213,7 @@ class _EventStream(Response):
         cursor: int | None,
         anchor: str | None,
         reader: Claims,
+        slot: Slot,
         heartbeat: float,
         write_timeout: float,
     ) -> None:
@@ -218,11 +225,21 @@ class _EventStream(Response):
         self._cursor = cursor
         self._anchor = anchor
         self._reader = reader
+        self._slot = slot
         self._ends_at = float(reader.exp)
         self._heartbeat = heartbeat
         self._write_timeout = write_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The stream's slot is given back however it ends: its reader hangs up or stops
+        # reading, its token ends, the hub ends every stream, the server shuts down (the
+        # task is cancelled), or anything fails.
+        try:
+            await self._stream(receive, send)
+        finally:
+            self._slot.release()
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
         subscription = await self._hub.subscribe()
         disconnected = asyncio.Event()
 
@@ -333,15 +350,14 @@ def revocation_routes(
 ) -> list[Route]:
     """The two feed routes, wrapped in the application's problem ``guard``."""
 
-    async def reader(request: Request) -> Claims:
+    async def reader(request: Request, ctx: RequestContext) -> Claims:
         """Authenticate the caller: its token's claims."""
         header = request.headers.get("authorization")
-        ctx = context(request)
         return await run_in_threadpool(broker.authenticate_feed_reader, header, ctx)
 
     async def snapshot(request: Request) -> Response:
         cursor, anchor = parse_cursor(request.query_params.get("cursor"))
-        await reader(request)
+        await reader(request, context(request))
         page = await run_in_threadpool(broker.revocation_feed, cursor, anchor)
         body = wire.RevocationList(
             revocations=[wire.revocation_entry(r) for r in page.records],
@@ -355,16 +371,26 @@ def revocation_routes(
         cursor, anchor = parse_cursor(
             request.query_params.get("cursor") or request.headers.get("last-event-id")
         )
-        claims = await reader(request)
-        return _EventStream(
-            broker,
-            hub,
-            cursor=cursor,
-            anchor=anchor,
-            reader=claims,
-            heartbeat=heartbeat,
-            write_timeout=write_timeout,
-        )
+        ctx = context(request)
+        claims = await reader(request, ctx)
+        # Refused (429, audited) when the reader or the process holds its cap of streams.
+        slot = await broker.open_feed_stream(claims, ctx)
+        try:
+            # Handed to the response, which releases it when the stream ends: Starlette
+            # calls the response as soon as this returns, with no await in between.
+            return _EventStream(
+                broker,
+                hub,
+                cursor=cursor,
+                anchor=anchor,
+                reader=claims,
+                slot=slot,
+                heartbeat=heartbeat,
+                write_timeout=write_timeout,
+            )
+        except BaseException:
+            slot.release()
+            raise
 
     return [
         Route("/v1/revocations", guard(snapshot), methods=["GET"]),

@@ -337,7 +337,10 @@ OPERATIONS = (
         "last event it read. The stream ends when the reader's token expires or is "
         "revoked, when the reader falls behind, or when the broker finds that its "
         "database went back in time (the reader reconnects with its cursor, and gets a "
-        "snapshot if the entry it names is no longer there).",
+        "snapshot if the entry it names is no longer there). A reader (an app, an "
+        "operator) holds at most `feed_streams_per_reader` streams at once on one broker "
+        "process, and a process serves at most `feed_streams_per_process`: one more is "
+        "refused (429, with `Retry-After`) until a stream ends.",
         ADMIN_OR_APP_TOKEN,
         Body(
             "RevocationStream",
@@ -353,6 +356,14 @@ OPERATIONS = (
             },
         ),
         parameters=(_CURSOR,),
-        errors=_FEED_READER_FAILURES,
+        errors=(
+            *_FEED_READER_FAILURES,
+            Failure(
+                "rate_limited",
+                "the reader holds `feed_streams_per_reader` streams on this broker process, "
+                "or the process `feed_streams_per_process`; the `denial_id` names its one "
+                "`feed_stream_denied` audit event",
+            ),
+        ),
     ),
 )
