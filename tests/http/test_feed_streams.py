@@ -126,6 +126,7 @@ def _events_naming(broker: RunningBroker, denial_id: str) -> int:
 
 
 def _refused(stream: Stream) -> dict[str, Any]:
+    assert not stream.open, "the stream was served, not refused"
     body = assert_problem(stream.response, 429, "rate_limited")
     assert stream.response.headers["Retry-After"] == "5"
     assert body["denial_id"].startswith("den_")
