@@ -21,6 +21,7 @@ from offline_support import (
 )
 
 from tasklease.rules import jws
+from tasklease.rules.binding import PROOF_OVER_QUOTA
 from tasklease.rules.chainverify import derive, offline_limits
 from tasklease.verify import InvalidToken, Verifier
 
@@ -174,3 +175,58 @@ def test_a_chain_whose_root_key_is_new_fetches_the_keys_once() -> None:
         chain, scheme="DPoP", dpop_proof=proof("b", chain, iat=NOW + 1), htm="GET", htu=HTU
     )
     assert token.sub == agent_id("b") and len(fetches) == 2
+
+
+def test_one_key_flooding_the_replay_cache_does_not_lock_another_out() -> None:
+    """docs/decisions.md 141: the holder of one DPoP-bound token sends fresh proofs as fast
+    as they are accepted (with its own key, with fresh keys, and through chains it derives
+    to delegate keys of its own making); it fills its quotas, never the verifier's cache,
+    and another agent's proofs are still accepted."""
+    verifier = _verifier(dpop_replay_cache_size=30, dpop_replay_per_key=5)
+    over_quota = PROOF_OVER_QUOTA
+
+    def bound(name: str, jti: str) -> str:
+        """``name``'s token, bound to its DPoP key (not its agent key, which roots chains)."""
+        jkt = jws.jwk_thumbprint(public(f"{name}-dpop"))
+        return root_token(holder=name, jti=jti, extra={"cnf": {"jkt": jkt}})
+
+    def use(token: str, signer: str, jti: str) -> str:
+        try:
+            verifier.verify(
+                token,
+                scheme="DPoP",
+                dpop_proof=proof(signer, token, iat=NOW + 1, jti=jti),
+                htm="GET",
+                htu=HTU,
+            )
+        except InvalidToken as exc:
+            assert exc.dpop_proof, exc.reason  # answered invalid_dpop_proof, as a replay is
+            return exc.reason.removeprefix("offline chain: ")
+        return "ok"
+
+    mallory = bound("mallory", "m" * 32)
+    own = [use(mallory, "mallory-dpop", f"own-{n}") for n in range(40)]
+    assert own[:5] == ["ok"] * 5 and set(own[5:]) == {over_quota}
+    fresh_keys = {use(mallory, f"fresh-{n}", f"fresh-{n}") for n in range(40)}
+    assert fresh_keys == {"DPoP proof signed by another key than the token's cnf.jkt"}
+    chains = [
+        derive(
+            mallory,
+            key("mallory"),
+            delegate=agent_id(f"sock-{n}"),
+            delegate_key=public(f"sock-{n}"),
+            now=NOW,
+            ttl=60,
+            jti=f"{n + 1:032x}",
+        )
+        for n in range(40)
+    ]
+    # Every chain has its own delegate key; all of them count against mallory's agent key.
+    through_chains = [use(chain, f"sock-{n}", f"chain-{n}") for n, chain in enumerate(chains)]
+    assert through_chains[:5] == ["ok"] * 5 and set(through_chains[5:]) == {over_quota}
+    assert verifier.stats()["dpop_jtis"] == 10
+    # Alice's proofs are accepted, directly and through a chain of her own.
+    alice = bound("alice", "a" * 32)
+    assert [use(alice, "alice-dpop", f"alice-{n}") for n in range(5)] == ["ok"] * 5
+    assert use(hops(("bob", "carol")), "carol", "carol-1") == "ok"
+    assert verifier.stats()["dpop_jtis"] == 16

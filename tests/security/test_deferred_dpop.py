@@ -167,7 +167,11 @@ def test_a_renewal_that_loses_its_race_still_spends_its_proof() -> None:
             assert not tx.consume_dpop_proof(proof.key, proof.expires_at)
 
 
-def test_a_proof_refused_after_its_check_is_spent_too() -> None:
+def test_a_proof_by_another_key_is_refused_and_audited_but_not_recorded() -> None:
+    # Its ath names this token, whose key it is not: no request can ever be accepted with
+    # it, and a proof not recorded costs a flood of fresh keys no place in any replay
+    # ledger (docs/decisions.md 141). A refusal after the binding is checked still spends
+    # the proof (test_a_refused_request_spends_its_proof).
     broker = make_broker()
     agent, _ = _bound_agent(broker)
     thief = SigningKey.generate()
@@ -179,7 +183,7 @@ def test_a_proof_refused_after_its_check_is_spent_too() -> None:
         ctx.dpop, htm="POST", htu=HTU, now=START, access_token=agent.token
     )
     with broker.store.write() as tx:
-        assert not tx.consume_dpop_proof(proof.key, proof.expires_at)
+        assert tx.consume_dpop_proof(proof.key, proof.expires_at)
 
 
 def _forwarded(key: SigningKey, token: str) -> Presentation:
@@ -221,12 +225,19 @@ def test_a_forwarded_proof_is_recorded_with_the_validation_and_valid_once() -> N
 
 
 def test_a_forwarded_proof_of_an_invalid_validation_is_spent() -> None:
-    broker = make_broker()
-    agent, _ = _bound_agent(broker)
-    thief = SigningKey.generate()
-    presented = _forwarded(thief, agent.token)  # well formed, by a key the token does not name
+    # The proof is the token's key's; the validation is refused after it (high assurance:
+    # the agent's record, read live, is no longer active).
+    broker = make_broker(critical_scopes=("write:payments:*",))
+    key = SigningKey.generate()
+    url = "https://broker.example/v1/register"
+    ctx = dataclasses.replace(CTX, dpop=dpop_proof(key, htu=url), method="POST", url=url)
+    agent = register(broker, ("write:payments:acct-1",), ctx=ctx)
+    with broker.store.write() as tx:
+        tx.set_agent_status(agent.claims.sub, "revoked")
+    presented = _forwarded(key, agent.token)
     deferred = deferring(lambda: broker.validate(agent.token, presented=presented))
     assert isinstance(deferred.error, TokenRejected) and len(deferred.guards) == 1
+    assert "agent record is revoked" in deferred.error.reason
     with pytest.raises(TokenRejected):
         asyncio.run(broker.settle(deferred))
     proof = DPoPVerifier(60).check(
@@ -234,6 +245,16 @@ def test_a_forwarded_proof_of_an_invalid_validation_is_spent() -> None:
     )
     with broker.store.write() as tx:
         assert not tx.consume_dpop_proof(proof.key, proof.expires_at)
+
+
+def test_a_forwarded_proof_by_another_key_is_refused_before_it_is_collected() -> None:
+    broker = make_broker()
+    agent, _ = _bound_agent(broker)
+    thief = SigningKey.generate()
+    presented = _forwarded(thief, agent.token)  # well formed, by a key the token does not name
+    deferred = deferring(lambda: broker.validate(agent.token, presented=presented))
+    assert isinstance(deferred.error, TokenRejected) and not deferred.guards
+    assert "another key" in deferred.error.reason
 
 
 def test_a_replayed_proof_forwarded_to_count_a_call_is_an_audited_refusal() -> None:

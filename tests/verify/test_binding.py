@@ -196,6 +196,38 @@ def test_the_dpop_replay_cache_is_bounded_by_the_window(broker: RunningBroker) -
         assert verifier.stats()["dpop_jtis"] == 1
 
 
+def test_one_agent_flooding_proofs_does_not_lock_another_out(
+    broker: RunningBroker, serve: Any
+) -> None:
+    """docs/decisions.md 141, over HTTP: a compromised agent sends fresh proofs for its one
+    DPoP-bound token as fast as they are accepted; past its key's quota they are answered
+    401 ``invalid_dpop_proof`` (and so are proofs by fresh keys), while another agent's
+    requests are still served by the same verifier, whose cache it could have filled."""
+    verifier = Verifier(
+        broker.url,
+        audience="svc-a",
+        credentials=app_credentials(broker),
+        dpop_replay_cache_size=12,
+        dpop_replay_per_key=4,
+    )
+    service: Served = serve(protected_app(verifier))
+    url = f"{service.url}/data/42"
+    (mallory, mallory_key), (alice, alice_key) = _dpop_agent(broker), _dpop_agent(broker)
+
+    def get(token: str, key: nacl.signing.SigningKey) -> httpx.Response:
+        proof = dpop_proof(key, htm="GET", htu=url, token=token)
+        return client.get("/data/42", headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+
+    with httpx.Client(base_url=service.url) as client:
+        flood = [get(mallory, mallory_key) for _ in range(16)]
+        assert [answer.status_code for answer in flood] == [200] * 4 + [401] * 12
+        assert 'error="invalid_dpop_proof"' in flood[-1].headers["www-authenticate"]
+        fresh = [get(mallory, nacl.signing.SigningKey.generate()) for _ in range(16)]
+        assert {answer.status_code for answer in fresh} == {401}
+        assert [get(alice, alice_key).status_code for _ in range(4)] == [200] * 4
+    assert verifier.stats()["dpop_jtis"] == 8
+
+
 # --- certificate binding (RFC 8705) -------------------------------------------------------
 
 

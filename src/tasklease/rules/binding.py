@@ -16,7 +16,10 @@ DPoP proofs are single use: their ``jti`` (with the key) is remembered until the
 ``iat`` leaves the acceptance window, so the replay cache is bounded by the window times
 the request rate. Where it is remembered is a :class:`ProofLedger`: this process's memory
 (:class:`MemoryProofLedger`, capped; when full it refuses new proofs, fail closed, rather
-than forgetting), or the broker's store, shared by its workers and replicas.
+than forgetting), or the broker's store, shared by its workers and replicas. So that one
+holder cannot fill a capped ledger and lock every other holder out, a ledger may also
+bound the live proofs of each key (:class:`QuotaProofLedger`; the memory ledger does):
+past it that key's proofs are refused, and only that key's.
 
 Every failure raises :class:`BindingError`, whose ``reason`` is for the audit log only.
 """
@@ -31,13 +34,15 @@ import re
 import ssl
 import threading
 from collections.abc import Sequence, Sized
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from tasklease.rules import jws
 
 __all__ = [
+    "DEFAULT_HOLDER_QUOTA",
     "DPOP_PROOF_TYPE",
+    "PROOF_OVER_QUOTA",
     "PROOF_REPLAYED",
     "BindingError",
     "DPoPNonceRequired",
@@ -49,6 +54,7 @@ __all__ = [
     "NonceSource",
     "Presentation",
     "ProofLedger",
+    "QuotaProofLedger",
     "access_token_hash",
     "authorization_credentials",
     "cert_thumbprint",
@@ -58,11 +64,25 @@ __all__ = [
     "normalize_htu",
     "origin_of",
     "presented_thumbprint",
+    "remember_proof",
     "www_authenticate",
 ]
 
 PROOF_REPLAYED = "DPoP proof replayed (jti already used)"
 """Why a proof presented before is refused (RFC 9449 section 11.1), wherever it is."""
+
+PROOF_OVER_QUOTA = "DPoP proof refused: its key has its quota of live proofs remembered"
+"""Why a proof is refused when its holder already has :data:`DEFAULT_HOLDER_QUOTA` (or the
+ledger's own quota) proofs remembered that have not expired."""
+
+DEFAULT_HOLDER_QUOTA = 5_000
+"""Live proofs one key may have remembered in a :class:`MemoryProofLedger` by default.
+
+A proof is remembered until its ``iat`` leaves the window, so a key sending one proof a
+request keeps about rate x window of them live: 5,000 is 83 requests a second sustained
+for the default 60 s window (about half that for a client whose clock runs a full window
+ahead), far above what an agent sends to one resource server, while one key alone can
+fill no more than 5,000 of a ledger's places (docs/decisions.md 141)."""
 
 DPOP_PROOF_TYPE = "dpop+jwt"
 """The JWS ``typ`` of a DPoP proof (RFC 9449 section 4.2)."""
@@ -292,35 +312,119 @@ class ProofLedger(Protocol):
         ...
 
 
-class MemoryProofLedger:
-    """A :class:`ProofLedger` in this process: at most ``capacity`` live keys.
+@runtime_checkable
+class QuotaProofLedger(ProofLedger, Protocol):
+    """A :class:`ProofLedger` that also bounds what one holder may have remembered at once.
 
-    Keys leave once expired; when full, new proofs are refused (fail closed) rather than
-    old ones forgotten.
+    ``holder`` names whose proof it is (the thumbprint of the key it proves, or of the key
+    an offline chain was derived from): a capped ledger that takes anyone's proofs until it
+    is full would let one holder sending fresh proofs as fast as they are accepted fill it
+    and lock every other holder out. The verifiers pass the holder to a ledger that has
+    :meth:`remember_for` (:func:`remember_proof`), and call :meth:`remember` on others.
     """
 
-    def __init__(self, capacity: int = 1_000_000) -> None:
+    def remember_for(self, holder: str, key: str, expires_at: float, now: float) -> bool:
+        """:meth:`remember`, counted against ``holder``'s quota until ``expires_at``.
+
+        Raises:
+            DPoPProofError: ``holder`` has its quota of live proofs remembered
+                (:data:`PROOF_OVER_QUOTA`), or the ledger is full: refuse, never forget.
+        """
+        ...
+
+
+def remember_proof(
+    ledger: ProofLedger, key: str, expires_at: float, now: float, *, holder: str = ""
+) -> bool:
+    """Record a proof in ``ledger``: counted against ``holder``'s quota when the ledger
+    keeps quotas (:class:`QuotaProofLedger`) and a holder is named; False if it is
+    already recorded.
+
+    Raises:
+        DPoPProofError: the ledger refuses it (full, or the holder over its quota).
+    """
+    # One attribute read rather than a runtime Protocol check (isinstance on a Protocol
+    # inspects every member each time): this runs once per proof.
+    remember_for = getattr(ledger, "remember_for", None) if holder else None
+    if remember_for is None:
+        return ledger.remember(key, expires_at, now)
+    return bool(remember_for(holder, key, expires_at, now))
+
+
+class _Holder:
+    """One holder's live proofs in a :class:`MemoryProofLedger`; each of its heap entries
+    points here, so the holder's name is stored once, not once a proof."""
+
+    __slots__ = ("live", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.live = 0
+
+
+class MemoryProofLedger:
+    """A :class:`QuotaProofLedger` in this process: at most ``capacity`` live keys, and at
+    most ``holder_quota`` of them for any one holder.
+
+    Keys leave once expired (a holder's count with them); when full, new proofs are refused
+    (fail closed) rather than old ones forgotten, and a holder at its quota has its new
+    proofs refused while everyone else's are still taken. Proofs recorded with
+    :meth:`remember` name no holder and count against the capacity only. Every call is
+    O(log n) (amortized over the expired keys it drops) under one lock: thread-safe.
+
+    Raises:
+        ValueError: ``holder_quota`` below 1.
+    """
+
+    def __init__(
+        self, capacity: int = 1_000_000, *, holder_quota: int = DEFAULT_HOLDER_QUOTA
+    ) -> None:
+        if holder_quota < 1:
+            raise ValueError("holder_quota must be at least 1")
         self.capacity = capacity
+        self.holder_quota = holder_quota
         self._seen: dict[str, float] = {}
-        self._expiry: list[tuple[float, str]] = []
+        # (expires_at, key, holder or None): the heap orders by expiry, and a holder's count
+        # drops as its keys are popped. Keys are unique, so a tie never compares holders.
+        self._expiry: list[tuple[float, str, _Holder | None]] = []
+        self._held: dict[str, _Holder] = {}  # holders with a live key, by name
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def remember(self, key: str, expires_at: float, now: float) -> bool:
+        return self.remember_for("", key, expires_at, now)
+
+    def remember_for(self, holder: str, key: str, expires_at: float, now: float) -> bool:
         with self._lock:
-            while self._expiry and self._expiry[0][0] <= now:
-                _, old = heapq.heappop(self._expiry)
-                if self._seen.get(old, now + 1) <= now:
-                    del self._seen[old]
+            self._expire(now)
             if key in self._seen:
                 return False
+            counted = self._held.get(holder) if holder else None
+            if counted is not None and counted.live >= self.holder_quota:
+                raise DPoPProofError(PROOF_OVER_QUOTA)
             if len(self._seen) >= self.capacity:
                 raise DPoPProofError("DPoP replay cache full")
+            if holder and counted is None:
+                counted = self._held[holder] = _Holder(holder)
+            if counted is not None:
+                counted.live += 1
             self._seen[key] = expires_at
-            heapq.heappush(self._expiry, (expires_at, key))
+            heapq.heappush(self._expiry, (expires_at, key, counted))
             return True
+
+    def _expire(self, now: float) -> None:
+        """Drop every key expired at ``now``, counted off its holder (the lock is held)."""
+        expiry, seen = self._expiry, self._seen
+        while expiry and expiry[0][0] <= now:
+            _, old, counted = heapq.heappop(expiry)
+            if seen.get(old, now + 1) <= now:
+                del seen[old]
+                if counted is not None:
+                    counted.live -= 1
+                    if not counted.live:
+                        del self._held[counted.name]
 
 
 class DPoPVerifier:
@@ -328,7 +432,8 @@ class DPoPVerifier:
 
     ``window``: seconds a proof's ``iat`` may differ from now; ``ledger``: where proofs
     already presented are remembered (default: this process's, of at most ``capacity``
-    entries); ``nonces``: when given, every proof must carry a current nonce from it.
+    entries and ``holder_quota`` of one key's); ``nonces``: when given, every proof must
+    carry a current nonce from it.
     """
 
     def __init__(
@@ -338,9 +443,12 @@ class DPoPVerifier:
         capacity: int = 1_000_000,
         ledger: ProofLedger | None = None,
         nonces: NonceSource | None = None,
+        holder_quota: int = DEFAULT_HOLDER_QUOTA,
     ) -> None:
         self.window = window
-        self.ledger: ProofLedger = ledger if ledger is not None else MemoryProofLedger(capacity)
+        self.ledger: ProofLedger = (
+            ledger if ledger is not None else MemoryProofLedger(capacity, holder_quota=holder_quota)
+        )
         self.nonces = nonces
 
     def __len__(self) -> int:
@@ -354,17 +462,26 @@ class DPoPVerifier:
         htu: str,
         now: float,
         access_token: str | None = None,
+        jkt: str | None = None,
+        holder: str = "",
     ) -> str:
         """Verify ``proof`` for this request; return the JWK thumbprint (``jkt``) it proves.
 
-        :meth:`check`, then the proof is recorded in the ledger: a proof presented before
-        (its ``jti`` with the same key) is refused.
+        :meth:`check`; with ``jkt`` (the token's ``cnf.jkt``), a proof signed by another
+        key is refused before it is remembered, so that fresh keys cannot spend the
+        ledger's places; then the proof is recorded in the ledger: a proof presented
+        before (its ``jti`` with the same key) is refused. A ledger that keeps quotas
+        counts it against ``holder`` (default: the key it proves).
 
         Raises:
             DPoPProofError: with the precise reason.
         """
         checked = self.check(proof, htm=htm, htu=htu, now=now, access_token=access_token)
-        if not self.ledger.remember(checked.key, checked.expires_at, now):
+        if jkt is not None and not hmac.compare_digest(checked.jkt.encode(), jkt.encode()):
+            raise DPoPProofError("DPoP proof signed by another key than the token's cnf.jkt")
+        if not remember_proof(
+            self.ledger, checked.key, checked.expires_at, now, holder=holder or checked.jkt
+        ):
             raise DPoPProofError(PROOF_REPLAYED)
         return checked.jkt
 
@@ -459,14 +576,17 @@ def check_binding(
     *,
     dpop: DPoPVerifier,
     now: float,
+    holder: str = "",
 ) -> None:
     """Refuse ``token`` unless ``presented`` proves possession of every key in ``cnf``.
 
     ``cnf`` is the token's (already well-formed) ``cnf`` claim or ``None``. An unbound
     token must come with the ``Bearer`` scheme; a ``jkt``-bound one with ``DPoP`` and a
-    valid proof for it (RFC 9449 section 7.1); an ``x5t#S256``-bound one over a
-    connection with that certificate (RFC 8705 section 3). Schemes compare without case
-    (RFC 9110 section 11.1).
+    valid proof for it (RFC 9449 section 7.1), remembered only once it is that key's and
+    counted against ``holder``'s quota (default: that key's; an offline chain names its
+    root holder's key, from which any number of delegate keys can be derived); an
+    ``x5t#S256``-bound one over a connection with that certificate (RFC 8705 section 3).
+    Schemes compare without case (RFC 9110 section 11.1).
 
     Raises:
         BindingError: with the precise reason.
@@ -480,15 +600,15 @@ def check_binding(
     else:
         if scheme != "dpop":
             raise BindingError("DPoP-bound token presented as a bearer token")
-        proven = dpop.verify(
+        dpop.verify(
             presented.dpop_proof,
             htm=presented.htm,
             htu=presented.htu,
             now=now,
             access_token=token,
+            jkt=str(jkt),
+            holder=holder,
         )
-        if not hmac.compare_digest(proven.encode(), str(jkt).encode()):
-            raise DPoPProofError("DPoP proof signed by another key than the token's cnf.jkt")
     x5t = bound.get("x5t#S256")
     if x5t is not None:
         if not presented.cert_thumbprint:

@@ -237,6 +237,16 @@ class VerifiedChain:
         return jws.jwk_thumbprint(self.holder_key)
 
     @property
+    def root_holder_jkt(self) -> str:
+        """The RFC 7638 thumbprint of the root token's holder key (its ``agent_jwk``): the
+        key whose proofs of every chain derived from that root count against one quota in
+        a replay ledger (:class:`~tasklease.rules.binding.QuotaProofLedger`), since a holder
+        can derive any number of chains to delegate keys of its own making. "" if the root
+        names none (:func:`walk` refuses such a chain)."""
+        root_key = fmt.holder_key_of(self.root_claims)
+        return jws.jwk_thumbprint(root_key) if root_key is not None else ""
+
+    @property
     def delegators(self) -> tuple[DelegationRecord, ...]:
         """Every holder that handed the authority on, as broker-style delegation records:
         the root's own, then one per block (its signer, what it held, when, the block's
@@ -373,7 +383,8 @@ def verify_chain(
     every element against ``revoked`` (the revocation index's ``match``; ``None`` only
     where no revocation state is followed); then the presenter's proof: ``presented``
     must use the ``DPoP`` scheme with a proof signed by the last delegate's key whose
-    ``ath`` is the chain's hash (``dpop`` checks it and remembers it, single use).
+    ``ath`` is the chain's hash (``dpop`` checks it and remembers it, single use, against
+    the quota of the root holder's key: :attr:`VerifiedChain.root_holder_jkt`).
     ``presented`` None leaves possession to the caller, who must say why (introspection
     reports the binding; a late audit report records what happened).
 
@@ -416,7 +427,14 @@ def verify_chain(
         if dpop is None:
             raise ValueError("a presented chain needs a DPoP verifier to check its proof")
         try:
-            check_binding(verified.cnf, text, presented, dpop=dpop, now=now)
+            check_binding(
+                verified.cnf,
+                text,
+                presented,
+                dpop=dpop,
+                now=now,
+                holder=verified.root_holder_jkt,
+            )
         except BindingError as exc:
             raise ChainRejected(exc.reason, "binding") from None
     return verified

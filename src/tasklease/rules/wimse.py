@@ -34,7 +34,7 @@ import nacl.signing
 
 from tasklease.rules import jws
 from tasklease.rules._codec import json_object
-from tasklease.rules.binding import BindingError, ProofLedger, normalize_htu
+from tasklease.rules.binding import BindingError, ProofLedger, normalize_htu, remember_proof
 from tasklease.rules.claims import is_expired
 
 __all__ = [
@@ -234,7 +234,9 @@ def verify_wpt(
     hash; ``ath``, ``tth`` and ``oth`` matching the tokens the request carries (each
     required when that token is sent, and a hash of a token that is not sent refused; an
     ``oth`` entry for a header not given is not understood, hence refused); then the
-    ``jti`` is recorded in ``replay`` until ``exp`` (a second use is refused).
+    ``jti`` is recorded in ``replay`` until ``exp`` (a second use is refused), counted
+    against the WIT key's quota when ``replay`` keeps quotas
+    (:class:`~tasklease.rules.binding.QuotaProofLedger`: one over it is refused).
 
     Raises:
         WorkloadProofError: any check failed.
@@ -295,9 +297,12 @@ def verify_wpt(
     if type(jti) is not str or not 1 <= len(jti) <= _MAX_JTI_CHARS:
         raise WorkloadProofError("WPT jti missing or malformed")
     replay_key = hashlib.sha256(f"wpt:{identity.sub}:{jti}".encode()).hexdigest()
+    # Counted against the WIT key's quota in a ledger that keeps quotas, so that one
+    # workload minting fresh WPTs cannot fill a capped ledger and lock its peers out.
+    holder = jws.jwk_thumbprint(identity.public_key)
     try:
-        first = replay.remember(replay_key, float(exp), now)
-    except BindingError as exc:  # the ledger refuses (full): fail closed
+        first = remember_proof(replay, replay_key, float(exp), now, holder=holder)
+    except BindingError as exc:  # the ledger refuses (full, or the key over quota): fail closed
         raise WorkloadProofError(exc.reason) from None
     if not first:
         raise WorkloadProofError("WPT replayed (jti already used)")

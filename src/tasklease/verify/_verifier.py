@@ -135,7 +135,14 @@ class Verifier(VerifierBase):
         dpop_replay: where DPoP proofs already presented are remembered
             (:class:`~tasklease.rules.binding.ProofLedger`); default: this process's
             memory. A resource server running several processes passes one they share,
-            so that a proof is single use across them (RFC 9449 section 11.1).
+            so that a proof is single use across them (RFC 9449 section 11.1). One with
+            ``remember_for`` (:class:`~tasklease.rules.binding.QuotaProofLedger`) is told
+            whose proof it is, to keep its own per-key quota.
+        dpop_replay_per_key: most live (unexpired) proofs of one DPoP key remembered in the
+            default cache (5,000: 83 requests a second for a 60 s window); past it that
+            key's proofs are refused (``invalid_dpop_proof``) and every other key's still
+            accepted, so that one holder cannot fill the cache and lock the others out.
+            An offline chain's proofs count against its root holder's key.
         transport: an httpx transport (tests inject one to count or fake requests).
         clock: wall clock for ``exp``/``nbf``/``iat`` (tests inject one).
         federations: other brokers' trust domains whose tokens are accepted too, each
@@ -405,7 +412,14 @@ class Verifier(VerifierBase):
         self._freshness.check(verified, self._feed)
         if presented is not None or not self._bearer_chains:
             try:
-                check_binding(chain.cnf, text, presented or _BEARER, dpop=self._dpop, now=now)
+                check_binding(
+                    chain.cnf,
+                    text,
+                    presented or _BEARER,
+                    dpop=self._dpop,
+                    now=now,
+                    holder=chain.root_holder_jkt,
+                )
             except BindingError as exc:
                 raise InvalidToken(
                     f"offline chain: {exc.reason}", dpop_proof=isinstance(exc, DPoPProofError)

@@ -14,7 +14,7 @@ import nacl.signing
 from tasklease.core.clock import Clock, ElapsedHorizon, SystemClock
 from tasklease.core.lru import LRUCache
 from tasklease.rules import jws
-from tasklease.rules.binding import DPoPVerifier, ProofLedger
+from tasklease.rules.binding import DEFAULT_HOLDER_QUOTA, DPoPVerifier, ProofLedger
 from tasklease.rules.chainverify import offline_limits
 from tasklease.verify._claims import VerifiedToken
 from tasklease.verify._federation import FederatedDomain, Federations
@@ -65,6 +65,7 @@ class VerifierBase:
         dpop_proof_window: int = 60,
         dpop_replay_cache_size: int = 100_000,
         dpop_replay: ProofLedger | None = None,
+        dpop_replay_per_key: int = DEFAULT_HOLDER_QUOTA,
         max_token_bytes: int = jws.MAX_TOKEN_BYTES,
         timeout: float = 5.0,
         transport: httpx.BaseTransport | None = None,
@@ -138,7 +139,10 @@ class VerifierBase:
             introspection_cache_size if feed else 0
         )
         self._dpop = DPoPVerifier(
-            dpop_proof_window, capacity=dpop_replay_cache_size, ledger=dpop_replay
+            dpop_proof_window,
+            capacity=dpop_replay_cache_size,
+            ledger=dpop_replay,
+            holder_quota=dpop_replay_per_key,
         )
         # Late audit of the offline chains accepted here (verify._usereports).
         self._uses = (
