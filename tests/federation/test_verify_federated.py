@@ -222,6 +222,35 @@ def test_a_rotation_in_the_peer_is_fetched_for_its_new_kid(
         assert verifier.stats()["federations"]["b.example"]["sequence"] == 2
 
 
+def test_the_async_path_refreshes_bundles_by_their_hint_without_a_feed(
+    home: tuple[Broker, Served], peer: tuple[Broker, Served], ca: CA
+) -> None:
+    """Decision 143: as the sync path does, an async verification fetches a bundle whose
+    refresh hint has passed (in a thread), so that a key the domain removed stops
+    verifying, and its tokens are not refused once the bundle is past its max age."""
+    _local, home_served = home
+    remote, peer_served = peer
+    verifier = Verifier(
+        home_served.url,
+        audience=AUDIENCE,
+        issuer="https://a.example",
+        feed=False,
+        federations=[_domain(peer_served, ca, max_bundle_age=2.0)],  # hint: 1 s
+    )
+
+    async def scenario() -> None:
+        assert (await verifier.averify(_token(remote, ("read:data:1",)))).iss == (
+            "https://b.example"
+        )
+        await asyncio.sleep(2.2)  # past the hint, and past the bundle's max age
+        verified = await verifier.averify(_token(remote, ("read:data:2",)))
+        assert verified.scope == ("read:data:2",)
+
+    with verifier:
+        asyncio.run(scenario())
+        assert verifier.stats()["federations"]["b.example"]["fetches"] == 2
+
+
 def test_two_domains_keep_their_own_keys_and_ceilings(
     home: tuple[Broker, Served], peer: tuple[Broker, Served], ca: CA, cert: tuple[Path, Path]
 ) -> None:

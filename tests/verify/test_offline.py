@@ -371,6 +371,43 @@ def test_the_key_set_refreshes_a_stale_set_and_keeps_keys_when_that_fails() -> N
     client.close()
 
 
+def test_a_key_is_usable_only_while_the_last_good_set_holds_it() -> None:
+    """Decision 143: a successful fetch replaces the whole set (a key it does not list is
+    gone, for the lookup that fetched it too); a failed one keeps the last good set; the
+    async path learns from ``refresh_due`` that a fetch by age is due."""
+    import nacl.signing
+
+    from tasklease.rules.jws import jwk_thumbprint
+    from tasklease.verify._jwks import KeySet
+
+    old, new = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
+    both = KeyRing(new, [old.verify_key])
+    served: list[Any] = [both.jwks()]
+
+    def answer(_request: httpx.Request) -> httpx.Response:
+        body = served[0]
+        return httpx.Response(503) if body is None else httpx.Response(200, json=body)
+
+    clock = [0.0]
+    client = httpx.Client(base_url="http://broker", transport=httpx.MockTransport(answer))
+    keys = KeySet(client, ttl=300, min_interval=30, monotonic=lambda: clock[0])
+    assert keys.refresh()
+    old_kid = jwk_thumbprint(bytes(old.verify_key))
+    assert keys.resolve(old_kid) is not None and not keys.refresh_due()
+    served[0] = None  # the broker is away
+    clock[0] = 300.0
+    assert keys.refresh_due()
+    assert keys.resolve(old_kid) is not None and keys.fetches == 2  # failed: last good set
+    assert not keys.refresh_due()  # retried only after min_interval
+    served[0] = KeyRing(new).jwks()  # back, without the old key
+    clock[0] = 330.0
+    assert keys.refresh_due()
+    assert keys.resolve(old_kid) is None and keys.fetches == 3  # this lookup fetched
+    assert keys.get(old_kid) is None and keys.kids == [both.active_kid]
+    assert not keys.refresh_due()
+    client.close()
+
+
 _WELL_FORMED: dict[str, Any] = {
     "iss": "tasklease",
     "sub": "s",

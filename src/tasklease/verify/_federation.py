@@ -177,14 +177,24 @@ class Federations:
                 refreshed = self._fetch(domain) or refreshed
         return refreshed
 
+    def due(self) -> bool:
+        """True when a bundle's refresh hint has passed and it may be fetched now."""
+        now = self._monotonic()
+        return any(self._due(domain, now) for domain in self._domains.values())
+
     def refresh_due(self) -> None:
         """Fetch the bundles whose refresh hint has passed (a failure is retried after
-        ``min_interval``); run by the verifier's housekeeping."""
-        now = self._monotonic()
+        ``min_interval``); run by the verifier's housekeeping, by a verification that may
+        fetch, and (in a thread) by an async one. Callers at once make one fetch."""
         for domain in self._domains.values():
-            due = now - domain.fetched_at >= domain.interval()
-            if due and now - domain.last_attempt >= min(self._min_interval, domain.interval()):
-                self._fetch(domain)
+            if self._due(domain, self._monotonic()):
+                self._fetch(domain, due=self._due)
+
+    def _due(self, domain: _Domain, now: float) -> bool:
+        interval = domain.interval()
+        return now - domain.fetched_at >= interval and now - domain.last_attempt >= min(
+            self._min_interval, interval
+        )
 
     def refresh_all(self) -> None:
         """Fetch every bundle now (start-up)."""
@@ -233,8 +243,13 @@ class Federations:
 
     # --- fetching (SPIFFE Federation https_web) -----------------------------------------
 
-    def _fetch(self, domain: _Domain) -> bool:
+    def _fetch(
+        self, domain: _Domain, *, due: Callable[[_Domain, float], bool] | None = None
+    ) -> bool:
+        """Fetch ``domain``'s bundle (when ``due`` says so, asked once its lock is held)."""
         with domain.lock:
+            if due is not None and not due(domain, self._monotonic()):
+                return False  # another caller fetched it while this one waited
             domain.last_attempt = self._monotonic()
             domain.fetches += 1
             config = domain.config

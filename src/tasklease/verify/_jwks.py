@@ -5,9 +5,16 @@ Refreshed when the cache is older than ``ttl``, and when a token names an unknow
 say: a flood of tokens with invented kids costs the broker one request per interval.
 Each key's ``kid`` must be its RFC 7638 thumbprint, as the broker publishes it.
 
-While the broker is away, the keys already known keep serving: a refresh that fails keeps
-them, and a token whose key is known never waits for a refresh another caller is making
-(a fetch from an unreachable broker can take the whole timeout).
+One rule decides which keys are usable: a key is usable only while the last successful
+fetch of the JWKS holds its ``kid``. A successful fetch replaces the whole set, so a key
+the broker removed (retired, or dropped after a compromise) stops verifying at the first
+successful fetch that no longer lists it, for every token (the token whose use started
+that fetch, and tokens remembered before it: the verifier asks for the key again at every
+use). A failed fetch keeps the last good set: while the broker is away, the keys already
+known keep serving (the JWKS has no age limit of its own; the revocation feed's
+``max_feed_staleness`` bounds how long a verifier rides out an outage), and a token whose
+key is known never waits for a refresh another caller is making (a fetch from an
+unreachable broker can take the whole timeout).
 """
 
 from __future__ import annotations
@@ -53,7 +60,8 @@ def parse_jwks(document: Any) -> dict[str, nacl.signing.VerifyKey]:
 
 
 class KeySet:
-    """Keys by ``kid``; lookups are a dict probe, refreshes are rate limited."""
+    """Keys by ``kid``: the set of the last successful fetch, and nothing else (the
+    module's rule); lookups are a dict probe, refreshes are rate limited."""
 
     def __init__(
         self,
@@ -79,7 +87,11 @@ class KeySet:
         return list(self._keys)
 
     def get(self, kid: str) -> nacl.signing.VerifyKey | None:
-        """The key for ``kid`` from the cache only (never touches the network)."""
+        """The key for ``kid`` in the last good set only (never touches the network).
+
+        For code that must not wait for the network (the event loop): it makes the
+        refreshes :meth:`resolve` makes itself, elsewhere (:meth:`refresh_due`).
+        """
         return self._keys.get(kid)
 
     def may_refresh(self) -> bool:
@@ -89,16 +101,29 @@ class KeySet:
     def stale(self) -> bool:
         return self._monotonic() - self._fetched_at >= self._ttl
 
+    def refresh_due(self) -> bool:
+        """True when the set is older than ``ttl`` and a fetch for it may be made now (not
+        within ``min_interval`` of the last attempt, so not while one is under way)."""
+        return self._due_by_age(self._monotonic())
+
+    def _due_by_age(self, now: float) -> bool:
+        return (
+            now - self._fetched_at >= self._ttl and now - self._last_attempt >= self._min_interval
+        )
+
     def resolve(self, kid: str) -> nacl.signing.VerifyKey | None:
-        """The key for ``kid``; fetches (rate limited) when it is unknown or the set stale."""
+        """The key for ``kid`` in the last good set, or None; fetches first (rate limited)
+        when ``kid`` is unknown or the set older than ``ttl``."""
         key = self._keys.get(kid)
         if key is None:
             self.refresh_for_unknown_kid()
-            return self._keys.get(kid)
-        if self._monotonic() - self._fetched_at >= self._ttl:  # self.stale(), inline
+        elif self._monotonic() - self._fetched_at >= self._ttl:  # self.stale(), inline
             self.refresh_if_stale(wait=False)
-            return self._keys.get(kid) or key  # a failed refresh keeps the keys we had
-        return key
+        else:
+            return key
+        # A successful fetch replaced the set: what it holds for kid, None for a key the
+        # broker removed; a failed (or skipped) one left the last good set in place.
+        return self._keys.get(kid)
 
     def refresh_for_unknown_kid(self) -> bool:
         """Fetch unless an unknown kid caused a fetch less than ``min_interval`` ago."""
@@ -111,10 +136,7 @@ class KeySet:
 
         ``wait=False``: return at once (False) when another caller is fetching already.
         """
-        return self._fetch(
-            lambda now: self.stale() and now - self._last_attempt >= self._min_interval,
-            wait=wait,
-        )
+        return self._fetch(self._due_by_age, wait=wait)
 
     def refresh(self) -> bool:
         """Fetch now, whatever the rate limits (start-up)."""
@@ -126,7 +148,8 @@ class KeySet:
         """One caller fetches while concurrent callers wait (unless ``wait`` is False), then
         see it is no longer due.
 
-        Returns whether a fetch succeeded. A failure keeps the keys we had.
+        Returns whether a fetch succeeded. A success replaces the whole set (a key it does
+        not list is gone); a failure keeps the last good set.
         """
         if not self._lock.acquire(blocking=wait):
             return False

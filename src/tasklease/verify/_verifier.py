@@ -3,7 +3,9 @@
 A :class:`Verifier` holds the broker's keys (JWKS, cached, refreshed on an unknown ``kid``
 at most once per interval), a copy of the broker's revocation index kept current by the
 revocation feed, and a bounded cache of tokens it has verified. Verification is local:
-no request to the broker per token.
+no request to the broker per token. A key is usable only while the last successful fetch
+of the JWKS lists it (``verify._jwks``): a remembered token is checked again at every use
+for its key, time, revocation, freshness and binding.
 
 Checks, in order (the broker's own rules, ``tasklease.rules``): size cap, header
 allow-list (``alg`` ``EdDSA``, ``typ`` ``at+jwt``, known ``kid``), Ed25519 signature
@@ -94,7 +96,11 @@ class Verifier(VerifierBase):
         broker_url: the broker's base URL (``https://broker.example``).
         audience: this resource's audience; a token whose ``aud`` lacks it is refused.
         issuer: the broker's ``iss``.
-        jwks_ttl: seconds before the cached JWKS is fetched again.
+        jwks_ttl: seconds before the cached JWKS is fetched again (by the next
+            verification, sync or async, feed or not; with a feed also in the background).
+            A key the broker removed stops verifying at the first successful fetch that no
+            longer lists it, for every token, remembered ones too: at most ``jwks_ttl``
+            seconds after its removal while the broker answers.
         jwks_min_refresh_interval: at most one JWKS fetch per this many seconds, however
             many tokens name unknown kids.
         feed: follow the broker's revocation feed (needs ``credentials``). Without it,
@@ -209,10 +215,16 @@ class Verifier(VerifierBase):
         htm: str = "",
         htu: str = "",
     ) -> VerifiedToken:
-        """:meth:`verify` for async code: a JWKS fetch or an introspection runs in a thread."""
+        """:meth:`verify` for async code: a JWKS fetch or an introspection runs in a thread.
+
+        The keys are refreshed by age as :meth:`verify` refreshes them (without a feed
+        too): when they are due, this call fetches them in a thread before it verifies.
+        """
         presented = self._presentation(
             scheme, client_cert, client_cert_thumbprint, dpop_proof, htm, htu
         )
+        if self._keys_due():
+            await asyncio.to_thread(self._refresh_due_keys)
         try:
             return self._verify(token, self._cached_key, presented, introspect=False)
         except _NeedsIntrospection:
@@ -320,21 +332,32 @@ class Verifier(VerifierBase):
         now = self._clock.now()
         reference = len(token) == REFERENCE_CHARS and is_reference_token(token)
         cache = self._references if reference else self._cache
-        verified = cache.get(digest)
-        if verified is not None:
-            try:
-                check_time(verified, now, self._skew, self._exp_leeway)
-            except ClaimRejected as exc:
+        verified: VerifiedToken | None = None
+        entry = cache.get(digest)
+        if entry is not None:
+            verified, kid = entry
+            if kid and resolve_key(kid) is None:
+                # Its key left the broker's key set (verify._jwks): no longer remembered,
+                # verified again from scratch, which refuses it unless the key is back.
                 cache.discard(digest)
-                raise InvalidToken(exc.reason) from None
-        else:
+                verified = None
+            else:
+                try:
+                    check_time(verified, now, self._skew, self._exp_leeway)
+                except ClaimRejected as exc:
+                    cache.discard(digest)
+                    raise InvalidToken(exc.reason) from None
+        if verified is None:
+            kid = ""
             if reference:
                 if not introspect:
                     raise _NeedsIntrospection
                 verified = self._introspect(token)
             else:
                 try:
-                    _, _, claims = _decode_parts(token, resolve_key, _ALLOWED_TYPS, self._max_bytes)
+                    _, kid, claims = _decode_parts(
+                        token, resolve_key, _ALLOWED_TYPS, self._max_bytes
+                    )
                 except jws.JWSError as exc:
                     if exc.reason != "unknown kid" or self._federation is None:
                         raise InvalidToken(exc.reason) from None
@@ -356,7 +379,7 @@ class Verifier(VerifierBase):
                 raise InvalidToken(exc.reason) from None
             if actors:
                 verified = dataclasses.replace(verified, actors=actors)
-            cache.put(digest, verified)
+            cache.put(digest, (verified, kid))
         level = self._revocations.match(verified)
         if level is not None:
             cache.discard(digest)
@@ -380,14 +403,14 @@ class Verifier(VerifierBase):
     ) -> VerifiedToken:
         """An offline chain: every check of the shared rules, then freshness, then the
         presenter's DPoP proof of the last delegate's key. Remembered like a token (in the
-        same cache): at a later use only time, each element's revocation, freshness and
-        the proof are checked again."""
+        same cache): at a later use the root's key (still in the key set), time, each
+        element's revocation, freshness and the proof are checked again."""
         now = self._clock.now()
         digest = _sha256(text.encode("utf-8", "surrogatepass")).digest()
-        cached = self._cache.get(digest)
-        chain = None if cached is None else cached.offline
-        if cached is not None and chain is not None:
-            verified = cached
+        entry = self._cache.get(digest)
+        chain = None if entry is None else entry[0].offline
+        if entry is not None and chain is not None and resolve_key(entry[1]) is not None:
+            verified = entry[0]
             try:
                 recheck_offline_chain(
                     chain, now=now, skew=self._skew, revoked=self._revocations.match
@@ -396,9 +419,17 @@ class Verifier(VerifierBase):
                 self._cache.discard(digest)
                 raise
         else:
+            if entry is not None:  # the root's key left the key set: verified from scratch
+                self._cache.discard(digest)
+            root_kids: list[str] = []
+
+            def resolve_root(kid: str) -> Any:
+                root_kids.append(kid)
+                return resolve_key(kid)
+
             chain = verify_offline_chain(
                 text,
-                resolve_key=resolve_key,
+                resolve_key=resolve_root,
                 issuer=self.issuer,
                 audience=self.audience,
                 now=now,
@@ -408,7 +439,7 @@ class Verifier(VerifierBase):
                 revoked=self._revocations.match,
             )
             verified = token_of_chain(chain)
-            self._cache.put(digest, verified)
+            self._cache.put(digest, (verified, root_kids[0]))
         self._freshness.check(verified, self._feed)
         if presented is not None or not self._bearer_chains:
             try:

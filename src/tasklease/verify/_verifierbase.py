@@ -123,7 +123,9 @@ class VerifierBase:
         self._resolve = self._local_only(self._keys.resolve)
         self._cached_key = self._local_only(self._keys.get)
         self._revocations = RevocationIndex()
-        self._cache: LRUCache[bytes, VerifiedToken] = LRUCache(cache_size)
+        # Verified tokens (and offline chains) with the kid of the broker's key that signed
+        # them: at every use the key must still be in the last good key set (verify._jwks).
+        self._cache: LRUCache[bytes, tuple[VerifiedToken, str]] = LRUCache(cache_size)
         self._credentials = credentials
         self._feed_token: tuple[str, float] | None = None
         self._feed_token_lock = threading.Lock()
@@ -135,7 +137,9 @@ class VerifierBase:
                 forget_token=self._forget_feed_token,
             )
         self._introspector = introspector
-        self._references: LRUCache[bytes, VerifiedToken] = LRUCache(
+        # Introspected by-reference tokens: the broker vouched for them, no key of ours did
+        # (their kid is "").
+        self._references: LRUCache[bytes, tuple[VerifiedToken, str]] = LRUCache(
             introspection_cache_size if feed else 0
         )
         self._dpop = DPoPVerifier(
@@ -319,3 +323,19 @@ class VerifierBase:
             self._federation.refresh_due()
         if self._uses is not None and self._feed is not None and self._feed.connected:
             self._uses.flush(self._clock.now())
+
+    # --- keys for code that must not wait for the network --------------------------------
+
+    def _keys_due(self) -> bool:
+        """True when the JWKS or a federated bundle is due for its refresh by age: the
+        refresh a sync verification makes as it resolves a key, which an async one (whose
+        resolver never fetches) makes in a thread first (:meth:`_refresh_due_keys`)."""
+        federation = self._federation
+        return self._keys.refresh_due() or (federation is not None and federation.due())
+
+    def _refresh_due_keys(self) -> None:
+        """Fetch the key sets due by age (blocking: run it in a thread from async code).
+        Never waits for a JWKS fetch another caller is making: its last good set serves."""
+        self._keys.refresh_if_stale(wait=False)
+        if self._federation is not None:
+            self._federation.refresh_due()
