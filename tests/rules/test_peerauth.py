@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import nacl.secret
 import nacl.signing
 import pytest
 
@@ -124,3 +125,94 @@ def test_the_holder_key_is_the_registered_one() -> None:
     ):
         with pytest.raises(rules.PeerRejected):
             rules.holder_key(claims)
+
+
+CHALLENGE = rules.Challenge(
+    responder=B,
+    initiator=A,
+    initiator_nonce=NA,
+    responder_nonce=NB,
+    iat=1_700_000_000,
+    channel="https://b.example:8443/peer",
+    responder_token_hash=jws.b64url_encode(hashlib.sha256(b"token-b").digest()),
+    answered_at=1_700_000_001.25,
+)
+
+
+def test_the_cookie_seals_the_challenge_and_only_its_key_opens_it() -> None:
+    key = b"\x09" * rules.CHALLENGE_KEY_BYTES
+    cookie = rules.seal_challenge(CHALLENGE, key)
+    assert rules.open_challenge(cookie, key) == CHALLENGE
+    assert rules.seal_challenge(CHALLENGE, key) != cookie  # a fresh nonce each time
+    for part in (A, B, "b.example", NA, NB):  # sealed, not only authenticated
+        assert part.encode() not in jws.b64url_decode(cookie)
+    raw = jws.b64url_decode(cookie)
+    forged = [
+        rules.seal_challenge(CHALLENGE, b"\x0a" * 32),  # another responder's key
+        *(
+            jws.b64url_encode(raw[:i] + bytes([raw[i] ^ 1]) + raw[i + 1 :])
+            for i in (0, 23, 24, 40, len(raw) - 1)  # nonce, tag, ciphertext
+        ),
+        jws.b64url_encode(raw[:39]),
+        "",
+        "!!",
+        "A" * (rules.MAX_MESSAGE_BYTES + 1),
+    ]
+    for bad in forged:
+        with pytest.raises(rules.PeerRejected):
+            rules.open_challenge(bad, key)
+    # Something else sealed under the same key is not a challenge.
+    box = nacl.secret.SecretBox(key)
+    for plain in (b"tasklease-peer-cookie-v0\n[]", rules.COOKIE_CONTEXT + b'["x"]'):
+        with pytest.raises(rules.PeerRejected):
+            rules.open_challenge(jws.b64url_encode(bytes(box.encrypt(plain))), key)
+    with pytest.raises(ValueError, match="challenge key"):
+        rules.seal_challenge(CHALLENGE, b"short")
+
+
+def test_the_challenge_transcript_is_the_initiators() -> None:
+    """What the responder rebuilds from its cookie is byte for byte what the initiator
+    signed (the transcript and its context are unchanged: tasklease-peer-v1)."""
+    signed = rules.peer_transcript(
+        "initiator",
+        initiator=A,
+        responder=B,
+        initiator_nonce=NA,
+        responder_nonce=NB,
+        iat=1_700_000_000,
+        channel="https://b.example:8443/peer",
+        responder_token="token-b",
+        initiator_token="token-a",
+    )
+    assert rules.challenge_transcript(CHALLENGE, "token-a") == signed
+    with pytest.raises(ValueError, match="initiator's token"):
+        rules.challenge_transcript(CHALLENGE, "")
+
+
+def test_the_answer_and_the_finish_are_versioned() -> None:
+    """Version 2 carries the cookie (``"v": 2``); version 1 (no ``v``, no cookie) is still
+    read, so a new initiator finishes an older responder's answer."""
+    v2 = rules.Answer(NA, NB, "tok", b"\x02" * 64, "c00kie")
+    body = json.loads(rules.answer_message(v2))
+    assert (body["v"], body["cookie"]) == (2, "c00kie")
+    assert rules.parse_answer(rules.answer_message(v2)) == v2
+    finish = rules.Finish(NB, "tok", b"\x03" * 64, "c00kie")
+    assert rules.parse_finish(rules.finish_message(finish)) == finish
+    v1 = json.loads(rules.finish_message(rules.Finish(NB, "tok", b"\x03" * 64)))
+    assert "v" not in v1 and "cookie" not in v1
+    assert rules.parse_finish(json.dumps(v1)).cookie == ""
+    for bad in (
+        {"v": 3},
+        {"v": "2"},
+        {"v": True},
+        {"v": 1, "cookie": "c"},
+        {"cookie": ""},
+        {"cookie": "c00kie", "v": None},
+    ):
+        with pytest.raises(rules.PeerRejected):
+            rules.parse_finish(json.dumps({**v1, **bad}))
+    no_cookie = {k: v for k, v in body.items() if k != "cookie"}
+    with pytest.raises(rules.PeerRejected):
+        rules.parse_answer(json.dumps(no_cookie))
+    with pytest.raises(rules.PeerRejected):  # a cookie without a version
+        rules.parse_answer(json.dumps({k: v for k, v in body.items() if k != "v"}))

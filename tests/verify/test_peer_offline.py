@@ -5,8 +5,11 @@ even with the broker stopped; and every way to cheat it is refused."""
 
 from __future__ import annotations
 
+import gc
 import json
+import secrets
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +20,7 @@ from verify_support import app_credentials, poll
 from tasklease.client import Agent, AuthenticatedPeer, OfflinePeerAuth, PeerAuthenticationFailed
 from tasklease.rules import jws
 from tasklease.rules import peerauth as rules
+from tasklease.rules.binding import MemoryProofLedger
 from tasklease.verify import InvalidToken, RevocationStateStale, Verifier
 
 pytestmark = pytest.mark.slow
@@ -117,17 +121,25 @@ def test_replays_are_refused(verifier: Verifier, agents: dict[str, Agent]) -> No
     bob = agents["bob"].offline_peer(verifier.verify_peer)
     hello = alice.hello(agents["bob"].agent_id, channel=CHANNEL)
     answer = bob.answer(hello, channel=CHANNEL)
-    with pytest.raises(PeerAuthenticationFailed) as caught:
-        bob.answer(hello, channel=CHANNEL)  # the same hello again
-    assert caught.value.reason == "a hello seen before (replay)"
+    # The same hello again: Bob keeps nothing for a hello (decision 149), so it gets a new
+    # challenge, which only Alice could finish, and she answers one challenge per hello.
+    again = bob.answer(hello, channel=CHANNEL)
+    assert json.loads(again)["nonce"] != json.loads(answer)["nonce"]
     finish, _ = alice.finish(answer)
-    with pytest.raises(PeerAuthenticationFailed) as caught:
-        alice.finish(answer)  # the same answer again
-    assert "spent challenge" in caught.value.reason or "no open challenge" in caught.value.reason
+    for replayed in (answer, again):  # the same answer again, or the replayed hello's
+        with pytest.raises(PeerAuthenticationFailed) as caught:
+            alice.finish(replayed)
+        assert (
+            "spent challenge" in caught.value.reason or "no open challenge" in caught.value.reason
+        )
     bob.accept(finish)
     with pytest.raises(PeerAuthenticationFailed) as caught:
         bob.accept(finish)  # the same finish again
-    assert "no open challenge" in caught.value.reason
+    assert caught.value.reason == "the finish answers a spent challenge (replay)"
+    # Nor anywhere else: another responder for Bob (its own challenge key) cannot open it.
+    with pytest.raises(PeerAuthenticationFailed) as caught:
+        agents["bob"].offline_peer(verifier.verify_peer).accept(finish)
+    assert caught.value.reason == "the cookie is not one this responder sealed"
     # A hello or answer made for another run is of no use in this one.
     other_bob = agents["bob"].offline_peer(verifier.verify_peer)
     with pytest.raises(PeerAuthenticationFailed):
@@ -317,3 +329,187 @@ def test_a_peer_check_never_answers_for_a_resource(
         assert caught.value.reason == "a by-reference token cannot be verified offline"
     finally:
         agent.close()
+
+
+# --- decision 149: the responder keeps no state for a hello ----------------------------------
+
+
+def forged_hello(initiator: str, responder: str) -> str:
+    """A hello anyone can send: unsigned, any initiator, a fresh nonce, dated now."""
+    nonce = jws.b64url_encode(secrets.token_bytes(32))
+    return rules.hello_message(rules.Hello(initiator, responder, nonce, int(time.time())))
+
+
+def forged_finish(answer: str, token: str) -> str:
+    """A finish for ``answer`` by someone who holds ``token`` (stolen) but not its key: the
+    answer's nonce and cookie (if any) echoed, any signature."""
+    body = json.loads(answer)
+    finish = {
+        "typ": "tasklease-peer-finish",
+        "responder_nonce": body["nonce"],
+        "token": token,
+        "sig": jws.b64url_encode(secrets.token_bytes(64)),
+    }
+    if "cookie" in body:
+        finish.update(v=body["v"], cookie=body["cookie"])
+    return json.dumps(finish)
+
+
+def test_a_flood_of_hellos_does_not_lock_a_peer_out(
+    verifier: Verifier, agents: dict[str, Agent]
+) -> None:
+    """Hellos are unsigned: whoever reaches Bob's peer endpoint sends them with fresh nonces
+    faster than they expire. Bob answers each and keeps nothing, so Alice still gets in
+    (before decision 149 the flood filled his hello ledger and challenge table, 64 here,
+    and every hello after it was refused)."""
+    bob_id, alice_id = agents["bob"].agent_id, agents["alice"].agent_id
+    bob = agents["bob"].offline_peer(verifier.verify_peer, capacity=64)
+    alice = agents["alice"].offline_peer(verifier.verify_peer)
+    refused = 0
+    stolen = agents["alice"].token  # the flooder even holds Alice's token, not her key
+    for i in range(10 * 64):
+        initiator = alice_id if i % 2 else f"spiffe://tasklease.local/agent/x/flood/{i}"
+        try:
+            answer = bob.answer(forged_hello(initiator, bob_id), channel=CHANNEL)
+        except PeerAuthenticationFailed:
+            refused += 1  # the flooder does not care; Bob's memory is what counts
+            continue
+        if initiator == alice_id:  # and finishes, as far as it can
+            with pytest.raises(PeerAuthenticationFailed) as caught:
+                bob.accept(forged_finish(answer, stolen))
+            assert (
+                caught.value.reason
+                == "the transcript signature does not verify with the peer's key"
+            )
+    bob_seen, alice_seen = handshake(alice, bob, bob_id)
+    assert (bob_seen.agent_id, alice_seen.agent_id) == (bob_id, alice_id)
+    assert refused == 0
+
+
+def test_memory_stays_bounded_under_the_flood(verifier: Verifier, agents: dict[str, Agent]) -> None:
+    """What a responder holds after a flood of hellos and forged finishes is what it held
+    before: nothing in its replay ledger, nothing allocated by the flood still alive."""
+    bob_id, alice_id = agents["bob"].agent_id, agents["alice"].agent_id
+    ledger = MemoryProofLedger(10_000, holder_quota=500)
+    bob = agents["bob"].offline_peer(verifier.verify_peer, replay=ledger)
+    stolen = agents["alice"].token
+    handshake(agents["alice"].offline_peer(verifier.verify_peer), bob, bob_id)  # warm up
+    assert len(ledger) == 1
+    gc.collect()
+    tracemalloc.start(12)
+    try:
+        before = _held_by_peer_code(tracemalloc.take_snapshot())
+        for i in range(600):
+            initiator = alice_id if i % 4 == 0 else f"spiffe://tasklease.local/agent/x/f/{i}"
+            answer = bob.answer(forged_hello(initiator, bob_id), channel=CHANNEL)
+            if initiator == alice_id:
+                with pytest.raises(PeerAuthenticationFailed):
+                    bob.accept(forged_finish(answer, stolen))
+        gc.collect()
+        after = _held_by_peer_code(tracemalloc.take_snapshot())
+    finally:
+        tracemalloc.stop()
+    # Before decision 149 every hello held a ledger entry and a pending challenge: about
+    # 700 bytes each, 400 kB here.
+    assert after - before < 32_768, f"{after - before} bytes still held after the flood"
+    assert len(ledger) == 1  # only the one authenticated finish
+
+
+def _held_by_peer_code(snapshot: tracemalloc.Snapshot) -> int:
+    """Bytes still allocated by a call that went through the offline peer code."""
+    mine = snapshot.filter_traces(
+        [tracemalloc.Filter(True, "*/tasklease/client/_peer.py", all_frames=True)]
+    )
+    return sum(stat.size for stat in mine.statistics("filename"))
+
+
+def test_one_agent_fills_only_its_quota_of_the_ledger(
+    verifier: Verifier, agents: dict[str, Agent]
+) -> None:
+    """Only authenticated finishes are remembered, and one holder key only up to its quota:
+    a compromised agent that finishes handshakes as fast as it can, or through offline
+    chains to keys of its own making, locks out no other agent."""
+    from nacl.signing import SigningKey
+
+    from tasklease.client import OfflineCredential
+
+    bob_id = agents["bob"].agent_id
+    bob = agents["bob"].offline_peer(verifier.verify_peer, capacity=64, holder_quota=4)
+    carol = agents["carol"].offline_peer(verifier.verify_peer)
+    for _ in range(4):
+        handshake(carol, bob, bob_id)
+    with pytest.raises(PeerAuthenticationFailed) as caught:
+        handshake(carol, bob, bob_id)
+    assert caught.value.reason == "too many finishes remembered (quota or capacity)"
+    # A chain Carol derives to a fresh key counts as Carol (its root's holder key).
+    helper_key = SigningKey.generate()
+    helper_id = agents["carol"].agent_id + "/helper"
+    chain = agents["carol"].attenuate(
+        helper_id, bytes(helper_key.verify_key), scope=["read:data:3"], ttl=60
+    )
+    held = OfflineCredential(chain, helper_key)
+    helper = OfflinePeerAuth(helper_id, lambda: held.chain, helper_key, verifier.verify_peer)
+    with pytest.raises(PeerAuthenticationFailed) as caught:
+        handshake(helper, bob, bob_id)
+    assert caught.value.reason == "too many finishes remembered (quota or capacity)"
+    # Alice is not Carol.
+    alice = agents["alice"].offline_peer(verifier.verify_peer)
+    assert handshake(alice, bob, bob_id)[1].agent_id == agents["alice"].agent_id
+
+
+def test_the_cookie_is_the_responders_alone(verifier: Verifier, agents: dict[str, Agent]) -> None:
+    """The finish carries Bob's state back to him sealed: altered, swapped for another
+    run's, or missing (a version 1 initiator), it is refused before any token is checked;
+    a version 1 answer (no cookie: an older responder) is still finished by a new
+    initiator, with a version 1 finish."""
+    alice = agents["alice"].offline_peer(verifier.verify_peer)
+    bob = agents["bob"].offline_peer(verifier.verify_peer)
+    bob_id = agents["bob"].agent_id
+    first = json.loads(bob.answer(alice.hello(bob_id, channel=CHANNEL), channel=CHANNEL))
+    second = json.loads(bob.answer(alice.hello(bob_id, channel=CHANNEL), channel=CHANNEL))
+    assert first["v"] == second["v"] == rules.MESSAGE_VERSION
+    finish = json.loads(alice.finish(json.dumps(first))[0])
+    assert finish["v"] == rules.MESSAGE_VERSION and finish["cookie"] == first["cookie"]
+    cookie = finish["cookie"]
+    flipped = cookie[:10] + ("A" if cookie[10] != "A" else "B") + cookie[11:]
+    cases = {
+        "the cookie is not one this responder sealed": {"cookie": flipped},
+        "the finish names another challenge than its cookie": {"cookie": second["cookie"]},
+    }
+    for reason, change in cases.items():
+        with pytest.raises(PeerAuthenticationFailed) as caught:
+            bob.accept(json.dumps({**finish, **change}))
+        assert caught.value.reason == reason
+    version_1 = {k: v for k, v in finish.items() if k not in ("v", "cookie")}
+    with pytest.raises(PeerAuthenticationFailed) as caught:
+        bob.accept(json.dumps(version_1))
+    assert caught.value.reason.startswith("the finish carries no cookie")
+    assert bob.accept(json.dumps(finish)).agent_id == agents["alice"].agent_id  # untouched
+    # A new initiator and an older responder: no cookie in, none out, same transcript.
+    old_answer = {k: v for k, v in second.items() if k not in ("v", "cookie")}
+    old_finish, seen = alice.finish(json.dumps(old_answer))
+    assert seen.agent_id == bob_id
+    assert "v" not in json.loads(old_finish) and "cookie" not in json.loads(old_finish)
+
+
+def test_responders_for_one_agent_share_a_challenge_key_and_a_ledger(
+    verifier: Verifier, agents: dict[str, Agent]
+) -> None:
+    """Two processes answering for Bob, with one challenge key and one ledger: a finish
+    answered by one is accepted by the other, once."""
+    key, ledger = secrets.token_bytes(rules.CHALLENGE_KEY_BYTES), MemoryProofLedger(64)
+    first, second = (
+        agents["bob"].offline_peer(verifier.verify_peer, challenge_key=key, replay=ledger)
+        for _ in range(2)
+    )
+    alice = agents["alice"].offline_peer(verifier.verify_peer)
+    hello = alice.hello(agents["bob"].agent_id, channel=CHANNEL)
+    finish, _ = alice.finish(first.answer(hello, channel=CHANNEL))
+    assert second.accept(finish).agent_id == agents["alice"].agent_id
+    with pytest.raises(PeerAuthenticationFailed) as caught:
+        first.accept(finish)
+    assert caught.value.reason == "the finish answers a spent challenge (replay)"
+    with pytest.raises(ValueError, match="replay ledger"):  # a key alone would not be
+        agents["bob"].offline_peer(verifier.verify_peer, challenge_key=key)
+    with pytest.raises(ValueError, match="challenge_key"):
+        agents["bob"].offline_peer(verifier.verify_peer, challenge_key=b"short", replay=ledger)

@@ -16,6 +16,12 @@ revocation from the feed, the staleness bound): pass
 foreign token; a revocation state too stale to vouch for it) is raised as is; a protocol
 failure raises :class:`PeerAuthenticationFailed`. The online handshake through the broker
 (:meth:`Agent.handshake`) stays for high-assurance cases (docs/broker-optional.md).
+
+The responder keeps nothing for a hello, which anyone who reaches it can send: the state
+it needs to check the finish travels sealed in the answer's cookie, and the finish comes
+back with it; only a finish that verifies is remembered (one use each, a bounded number
+per holder key), so a flood of hellos costs it CPU but takes no room that a legitimate
+peer needs (decision 149).
 """
 
 from __future__ import annotations
@@ -32,9 +38,21 @@ import nacl.signing
 from tasklease.client._errors import Unauthorized
 from tasklease.rules import jws
 from tasklease.rules import peerauth as rules
-from tasklease.rules.binding import DPoPProofError, MemoryProofLedger, ProofLedger
+from tasklease.rules.binding import (
+    DPoPProofError,
+    MemoryProofLedger,
+    ProofLedger,
+    access_token_hash,
+    remember_proof,
+)
 
 __all__ = ["AuthenticatedPeer", "OfflinePeerAuth", "PeerAuthenticationFailed", "PeerToken"]
+
+PEER_HOLDER_QUOTA = 500
+"""Finishes one holder key may have remembered at once by a responder, by default: each is
+kept for the window and a second (31 s), so 500 is 16 handshakes a second from one agent
+(and the offline chains derived from its token) to one responder process, sustained; it
+takes 20 keys to fill the default ledger of 10,000 (decision 149, as decision 141)."""
 
 
 class PeerToken(Protocol):
@@ -81,9 +99,10 @@ class AuthenticatedPeer:
 
 @dataclass(slots=True)
 class _Pending:
+    """A hello this agent sent, awaiting its answer (the initiator's side only)."""
+
     hello: rules.Hello
     channel: str
-    token: str  # the token we presented (the responder's), its hash in the transcript
     deadline: float
 
 
@@ -97,6 +116,17 @@ def _holder_key(token: PeerToken) -> bytes:
     return rules.holder_key(token.claims)
 
 
+def _quota_holder(token: PeerToken) -> str:
+    """Whose quota a verified finish counts against: the thumbprint of the token's holder
+    key (``agent_jwk``); for an offline chain, the root token's holder key, since a holder
+    can derive any number of chains to delegate keys of its own making (decision 141)."""
+    chain = getattr(token, "offline", None)
+    root = getattr(chain, "root_holder_jkt", None)
+    if isinstance(root, str) and root:
+        return root
+    return jws.jwk_thumbprint(_holder_key(token))
+
+
 class OfflinePeerAuth:
     """One agent's side of offline peer authentication, in either role. Thread-safe.
 
@@ -107,10 +137,20 @@ class OfflinePeerAuth:
         check: verifies a peer's token offline and returns it (``Verifier.verify_peer``).
         window: seconds an answer or a finish may take, and a hello's ``iat`` may be off.
         clock: seconds since the epoch.
-        replay: where the responder remembers the hello nonces it has seen (default: this
-            process); share one across processes that answer for the same agent.
-        capacity: most challenges awaiting their answer or finish; past it new ones are
-            refused (fail closed).
+        replay: where the responder remembers the finishes it has accepted, each until its
+            challenge closes (default: this process, ``capacity`` of them, at most
+            ``holder_quota`` per holder key); nothing else goes there, and nothing before
+            the finish has verified. Processes that answer for the same agent and share a
+            ``challenge_key`` share one.
+        capacity: most finishes remembered at once (past it new ones are refused: fail
+            closed), and most hellos this agent may have awaiting their answer.
+        holder_quota: most finishes one holder key may have remembered at once in the
+            default ledger (an offline chain counts as its root token's holder).
+        challenge_key: the secret the responder seals its cookies under
+            (``rules.peerauth.CHALLENGE_KEY_BYTES`` random bytes; a fresh one per instance
+            by default, so a finish must come back to the instance that answered). Give
+            the instances that answer for the same agent the same key and the same
+            ``replay`` ledger (required with a key), and a finish may reach any of them.
     """
 
     def __init__(
@@ -124,20 +164,34 @@ class OfflinePeerAuth:
         clock: Callable[[], float] = time.time,
         replay: ProofLedger | None = None,
         capacity: int = 10_000,
+        holder_quota: int = PEER_HOLDER_QUOTA,
+        challenge_key: bytes | None = None,
     ) -> None:
         if not 1 <= window <= 300:
             raise ValueError("window must be between 1 and 300 seconds")
+        if challenge_key is None:
+            challenge_key = secrets.token_bytes(rules.CHALLENGE_KEY_BYTES)
+        elif (
+            not isinstance(challenge_key, bytes) or len(challenge_key) != rules.CHALLENGE_KEY_BYTES
+        ):
+            raise ValueError(f"challenge_key must be {rules.CHALLENGE_KEY_BYTES} random bytes")
+        elif replay is None:
+            # A cookie that opens elsewhere must be spent where the others look: a ledger
+            # of this instance's own would let one finish be accepted once per instance.
+            raise ValueError("a shared challenge_key needs the shared replay ledger too")
         self.agent_id = agent_id
         self._token = token
         self._key = key
         self._check = check
         self._window = window
         self._clock = clock
-        self._replay = replay if replay is not None else MemoryProofLedger(capacity)
+        self._replay = (
+            replay if replay is not None else MemoryProofLedger(capacity, holder_quota=holder_quota)
+        )
         self._capacity = capacity
+        self._challenge_key = challenge_key
         self._lock = threading.Lock()
-        self._asked: dict[str, _Pending] = {}  # initiator: by our nonce
-        self._answered: dict[str, _Pending] = {}  # responder: by our nonce
+        self._asked: dict[str, _Pending] = {}  # initiator: our hellos, by our nonce
 
     # --- initiator ------------------------------------------------------------------------
 
@@ -152,7 +206,7 @@ class OfflinePeerAuth:
         _channel(channel)
         now = self._clock()
         hello = rules.Hello(self.agent_id, peer_id, _fresh_nonce(), int(now))
-        self._hold(self._asked, hello.nonce, _Pending(hello, channel, "", now + self._window))
+        self._hold(hello.nonce, _Pending(hello, channel, now + self._window))
         return rules.hello_message(hello)
 
     def finish(self, answer: str) -> tuple[str, AuthenticatedPeer]:
@@ -165,7 +219,7 @@ class OfflinePeerAuth:
             tasklease.verify.VerificationError: the responder's token failed the check.
         """
         parsed = _parse(rules.parse_answer, answer)
-        pending = self._pending(self._asked, parsed.initiator_nonce, "answer")
+        pending = self._pending(parsed.initiator_nonce)
         hello = pending.hello
         peer = self._check(parsed.token)
         if not rules.same(peer.sub, hello.responder):
@@ -180,13 +234,15 @@ class OfflinePeerAuth:
             "responder_token": parsed.token,
         }
         _verify(rules.peer_transcript("responder", **fields), parsed.signature, peer)
-        self._spend(self._asked, parsed.initiator_nonce, "answer")
+        self._spend(parsed.initiator_nonce)
         ours = self._token()
         signature = rules.sign_transcript(
             rules.peer_transcript("initiator", **fields, initiator_token=ours), self._key
         )
-        message = rules.finish_message(rules.Finish(parsed.nonce, ours, signature))
-        return message, _authenticated(peer, pending.channel)
+        # The cookie goes back as it came (none from a version 1 responder, which keeps its
+        # own state): it is the responder's, opaque here, and covered by nothing we sign.
+        finish = rules.Finish(parsed.nonce, ours, signature, parsed.cookie)
+        return rules.finish_message(finish), _authenticated(peer, pending.channel)
 
     # --- responder ------------------------------------------------------------------------
 
@@ -194,9 +250,14 @@ class OfflinePeerAuth:
         """Step 2 (responder): answer a challenge received over ``channel`` (what this end
         knows of the connection: the URI it serves, or a TLS exporter value).
 
+        Nothing is kept: what :meth:`accept` will need goes into the answer's cookie,
+        sealed under this responder's ``challenge_key``. A hello sent again gets a new
+        answer (a new challenge), which nobody but the initiator it names can finish, and
+        it only once: it holds one open hello for the nonce, spent by the first answer.
+
         Raises:
             PeerAuthenticationFailed: the hello is malformed, for another agent, from this
-                agent itself, too old or too new, or seen before.
+                agent itself, or too old or too new.
         """
         parsed = _parse(rules.parse_hello, hello)
         _channel(channel)
@@ -207,89 +268,113 @@ class OfflinePeerAuth:
         now = self._clock()
         if abs(now - parsed.iat) > self._window:
             raise PeerAuthenticationFailed("the hello is too old or dated in the future")
-        try:
-            fresh = self._replay.remember(
-                "peer-hello\n" + parsed.nonce, parsed.iat + 2 * self._window + 1, now
-            )
-        except DPoPProofError:
-            raise PeerAuthenticationFailed("too many challenges remembered") from None
-        if not fresh:
-            raise PeerAuthenticationFailed("a hello seen before (replay)")
         ours = self._token()
-        nonce = _fresh_nonce()
+        challenge = rules.Challenge(
+            responder=self.agent_id,
+            initiator=parsed.initiator,
+            initiator_nonce=parsed.nonce,
+            responder_nonce=_fresh_nonce(),
+            iat=parsed.iat,
+            channel=channel,
+            responder_token_hash=access_token_hash(ours),
+            answered_at=round(now, 3),
+        )
         signature = rules.sign_transcript(
             rules.peer_transcript(
                 "responder",
-                initiator=parsed.initiator,
-                responder=self.agent_id,
-                initiator_nonce=parsed.nonce,
-                responder_nonce=nonce,
-                iat=parsed.iat,
-                channel=channel,
+                initiator=challenge.initiator,
+                responder=challenge.responder,
+                initiator_nonce=challenge.initiator_nonce,
+                responder_nonce=challenge.responder_nonce,
+                iat=challenge.iat,
+                channel=challenge.channel,
                 responder_token=ours,
             ),
             self._key,
         )
-        self._hold(self._answered, nonce, _Pending(parsed, channel, ours, now + self._window))
-        return rules.answer_message(rules.Answer(parsed.nonce, nonce, ours, signature))
+        cookie = rules.seal_challenge(challenge, self._challenge_key)
+        return rules.answer_message(
+            rules.Answer(parsed.nonce, challenge.responder_nonce, ours, signature, cookie)
+        )
 
     def accept(self, finish: str) -> AuthenticatedPeer:
         """Step 4 (responder): check the initiator's finish; returns the initiator,
         authenticated.
 
+        The cookie is opened first (a made-up or altered one costs a MAC check); then the
+        initiator's token and signature are checked; only then is the challenge spent, in
+        the ``replay`` ledger, counted against the initiator's holder key.
+
         Raises:
-            PeerAuthenticationFailed: as :meth:`finish`.
+            PeerAuthenticationFailed: as :meth:`finish`; a finish with no cookie (from an
+                initiator that speaks version 1 of the messages); the initiator's key has
+                its quota of finishes remembered, or the ledger is full.
             tasklease.verify.VerificationError: the initiator's token failed the check.
         """
         parsed = _parse(rules.parse_finish, finish)
-        pending = self._pending(self._answered, parsed.responder_nonce, "finish")
-        hello = pending.hello
+        if not parsed.cookie:
+            raise PeerAuthenticationFailed(
+                "the finish carries no cookie (an initiator speaking version 1 of the messages)"
+            )
+        try:
+            challenge = rules.open_challenge(parsed.cookie, self._challenge_key)
+        except rules.PeerRejected as exc:
+            raise PeerAuthenticationFailed(exc.reason) from None
+        if not rules.same(challenge.responder, self.agent_id):
+            raise PeerAuthenticationFailed("the finish answers another agent's challenge")
+        if not rules.same(parsed.responder_nonce, challenge.responder_nonce):
+            raise PeerAuthenticationFailed("the finish names another challenge than its cookie")
+        now = self._clock()
+        if now > challenge.answered_at + self._window:
+            raise PeerAuthenticationFailed("the finish came after the window")
         peer = self._check(parsed.token)
-        if not rules.same(peer.sub, hello.initiator):
+        if not rules.same(peer.sub, challenge.initiator):
             raise PeerAuthenticationFailed("the finish comes from another agent than the hello")
-        transcript = rules.peer_transcript(
-            "initiator",
-            initiator=hello.initiator,
-            responder=hello.responder,
-            initiator_nonce=hello.nonce,
-            responder_nonce=parsed.responder_nonce,
-            iat=hello.iat,
-            channel=pending.channel,
-            responder_token=pending.token,
-            initiator_token=parsed.token,
-        )
-        _verify(transcript, parsed.signature, peer)
-        self._spend(self._answered, parsed.responder_nonce, "finish")
-        return _authenticated(peer, pending.channel)
+        _verify(rules.challenge_transcript(challenge, parsed.token), parsed.signature, peer)
+        try:
+            fresh = remember_proof(
+                self._replay,
+                "peer-finish\n" + challenge.responder_nonce,
+                challenge.answered_at + self._window + 1,
+                self._clock(),
+                holder=_quota_holder(peer),
+            )
+        except DPoPProofError:
+            raise PeerAuthenticationFailed(
+                "too many finishes remembered (quota or capacity)"
+            ) from None
+        if not fresh:
+            raise PeerAuthenticationFailed("the finish answers a spent challenge (replay)")
+        return _authenticated(peer, challenge.channel)
 
-    # --- pending challenges -------------------------------------------------------------------
+    # --- the initiator's open hellos ----------------------------------------------------------
 
-    def _hold(self, table: dict[str, _Pending], nonce: str, pending: _Pending) -> None:
+    def _hold(self, nonce: str, pending: _Pending) -> None:
         with self._lock:
             now = self._clock()
-            for old in [n for n, p in table.items() if p.deadline < now]:
-                del table[old]
-            if len(table) >= self._capacity:
+            for old in [n for n, p in self._asked.items() if p.deadline < now]:
+                del self._asked[old]
+            if len(self._asked) >= self._capacity:
                 raise PeerAuthenticationFailed("too many challenges awaiting an answer")
-            table[nonce] = pending
+            self._asked[nonce] = pending
 
-    def _pending(self, table: dict[str, _Pending], nonce: str, what: str) -> _Pending:
-        """The challenge ``nonce`` answers, if still open and in its window. It stays open
-        until a message that verifies spends it, so a forged one cannot cancel it."""
+    def _pending(self, nonce: str) -> _Pending:
+        """The hello ``nonce`` answers, if still open and in its window. It stays open
+        until an answer that verifies spends it, so a forged one cannot cancel it."""
         with self._lock:
-            pending = table.get(nonce)
+            pending = self._asked.get(nonce)
             if pending is not None and self._clock() > pending.deadline:
-                del table[nonce]
-                raise PeerAuthenticationFailed(f"the {what} came after the window")
+                del self._asked[nonce]
+                raise PeerAuthenticationFailed("the answer came after the window")
         if pending is None:
-            raise PeerAuthenticationFailed(f"the {what} answers no open challenge (replay?)")
+            raise PeerAuthenticationFailed("the answer answers no open challenge (replay?)")
         return pending
 
-    def _spend(self, table: dict[str, _Pending], nonce: str, what: str) -> None:
-        """Close the challenge: one verified answer (or finish) each, whoever came first."""
+    def _spend(self, nonce: str) -> None:
+        """Close the hello: one verified answer each, whoever came first."""
         with self._lock:
-            if table.pop(nonce, None) is None:
-                raise PeerAuthenticationFailed(f"the {what} answers a spent challenge (replay)")
+            if self._asked.pop(nonce, None) is None:
+                raise PeerAuthenticationFailed("the answer answers a spent challenge (replay)")
 
 
 def _fresh_nonce() -> str:
