@@ -96,13 +96,19 @@ def test_a_huge_audit_offset_is_an_empty_page_not_an_error(broker: RunningBroker
 
 def test_console_and_api_sign_ins_share_one_limit(tmp_path: Path) -> None:
     """Three guesses per address in all, whichever door: switching between the console
-    and the API buys no attempts."""
+    and the API buys no attempts. The console's refusal is audited as the API's, in the
+    same run: its page names the run's one event (docs/decisions.md 148)."""
     env = {**SHARED_ENV, "TASKLEASE_ADMIN_AUTH_RATE": "0.01", "TASKLEASE_ADMIN_AUTH_BURST": "3"}
     broker = launch_broker(tmp_path, env)
     try:
         api = [broker.post("/v1/admin/auth", json={"secret": WRONG}).status_code for _ in range(2)]
-        console = [_sign_in(broker, WRONG).status_code for _ in range(2)]
+        console = [_sign_in(broker, WRONG) for _ in range(2)]
         after = broker.post("/v1/operator/auth", json={"name": "nobody", "secret": WRONG})
-        assert (api, console, after.status_code) == ([401, 401], [401, 429], 429)
+        statuses = [r.status_code for r in console]
+        assert (api, statuses, after.status_code) == ([401, 401], [401, 429], 429)
+        limited = console[1]
+        assert int(limited.headers["retry-after"]) >= 1
+        shown = re.findall(r"den_[0-9a-f]{16}", limited.text)
+        assert shown and set(shown) == {after.json()["denial_id"]}, limited.text
     finally:
         stop_broker(broker)

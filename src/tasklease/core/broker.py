@@ -21,7 +21,7 @@ from typing import Any
 from tasklease.core.apps import expires_at_text
 from tasklease.core.audit import Deferred, deferring
 from tasklease.core.auditformat import AuditEntry
-from tasklease.core.brokerbase import FEED_SCOPE, BrokerBase
+from tasklease.core.brokerbase import FEED_SCOPE, BrokerBase, SignIn
 from tasklease.core.kernel import IssuedToken, RequestContext
 from tasklease.core.pending import Pending
 from tasklease.core.policy import PolicyEngine, PolicySource, Reloaded
@@ -41,6 +41,7 @@ __all__ = [
     "Pending",
     "PendingRegistration",
     "RequestContext",
+    "SignIn",
     "deferring",
     "expires_at_text",
 ]

@@ -11,7 +11,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from tasklease.core.apps import Apps
 from tasklease.core.attestation import AttestationService
@@ -19,6 +19,7 @@ from tasklease.core.audit import Deferred
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.binding import DPoPNonces, StoreProofLedger
 from tasklease.core.calls import CallCount, CallCounting
+from tasklease.core.clientlimits import ADMIN_SIGN_IN, APP_SIGN_IN, ClientLimit, Limit
 from tasklease.core.clock import Clock, SystemClock
 from tasklease.core.config import Config
 from tasklease.core.delegating import Delegating
@@ -75,9 +76,12 @@ from tasklease.core.validation import TokenRejected, Validator
 from tasklease.core.workload import WorkloadIdentities
 from tasklease.rules.binding import DPoPVerifier, Presentation
 
-__all__ = ["FEED_SCOPE", "BrokerBase"]
+__all__ = ["FEED_SCOPE", "BrokerBase", "SignIn"]
 
 T = TypeVar("T")
+
+SignIn = Literal["admin", "app"]
+"""Which sign-in limit an attempt spends (:meth:`BrokerBase.admit_sign_in`)."""
 
 # What an operator's token needs to read the revocation feed or introspect: the
 # revocation power (the admin and operator roles hold it; the auditor role does not).
@@ -113,14 +117,30 @@ class BrokerBase:
         # ``monotonic``, by default the system's monotonic clock, or an injected clock itself.
         elapsed = monotonic or (time.monotonic if clock is None else self.clock.now)
         self.horizon = horizon = SafeHorizon(self.clock, store, self.metrics, monotonic=elapsed)
-        # Each client's budget of audited refusals (admit_client; docs/decisions.md 138).
+        # Each client's budget of audited refusals (admit_client; docs/decisions.md 138),
+        # and its sign-in limits (admit_sign_in; 148): refused by runs, one event each.
         self.refusals = RefusalBudget(
             config.refusal_rate,
             config.refusal_burst,
             monotonic=elapsed,
-            record=kernel.arecord,
+            deny=kernel.arecord_denial,
             new_denial_id=new_denial_id,
         )
+        sign_in_limits: tuple[tuple[SignIn, float, int, Limit], ...] = (
+            ("admin", config.admin_auth_rate, config.admin_auth_burst, ADMIN_SIGN_IN),
+            ("app", config.app_auth_rate, config.app_auth_burst, APP_SIGN_IN),
+        )
+        self.sign_in_limits: dict[SignIn, ClientLimit] = {
+            kind: ClientLimit(
+                rate,
+                burst,
+                limit,
+                monotonic=elapsed,
+                deny=kernel.arecord_denial,
+                new_denial_id=new_denial_id,
+            )
+            for kind, rate, burst, limit in sign_in_limits
+        }
         # The revocation streams open in this process, by reader and in all: one table
         # for every tenant's broker (``stream_slots``, the default tenant's), whose caps
         # are the process's (docs/decisions.md 140).
@@ -343,6 +363,22 @@ class BrokerBase:
         budget of audited refusals (:meth:`RefusalBudget.admit`). Serve an admitted
         request inside ``self.refusals.charging(client)``."""
         return await self.refusals.admit(client, request_id=request_id)
+
+    async def admit_sign_in(
+        self, kind: SignIn, client: str, *, request_id: str = ""
+    ) -> RateLimited | None:
+        """``None`` when ``client`` may make one more sign-in attempt of ``kind`` (an
+        attempt taken), else the ``rate_limited`` refusal to answer before any work:
+
+        - ``"admin"``: the admin secret's and named operators' sign-ins, through the API
+          and the console (``admin_auth_rate``, ``admin_auth_burst``);
+        - ``"app"``: app sign-ins, and client credentials at the token endpoint
+          (``app_auth_rate``, ``app_auth_burst``).
+
+        Refused by runs (:meth:`ClientLimit.admit`): the first refusal of a run writes one
+        ``admin_auth_rate_limited`` or ``app_auth_rate_limited`` event naming the client,
+        and every refusal of the run carries its ``denial_id``."""
+        return await self.sign_in_limits[kind].admit(client, request_id=request_id)
 
     def validate(
         self,

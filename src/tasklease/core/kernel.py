@@ -106,6 +106,7 @@ __all__ = [
     "Service",
     "app_ancestor",
     "check_issuance",
+    "denial_entry",
     "ending_records",
     "joint_parent",
     "new_denial_id",
@@ -191,6 +192,13 @@ def with_denial(exc: TaskleaseError, entry: AuditEntry) -> AuditEntry:
     """
     denial_id = new_denial_id()
     exc.denial_id = denial_id
+    return denial_entry(entry, denial_id)
+
+
+def denial_entry(entry: AuditEntry, denial_id: str) -> AuditEntry:
+    """``entry`` with ``denial_id`` ending its detail (``| denial=<id>``): how every
+    refusal's event names it. The detail is shortened first, so sanitization's length cap
+    can never cut the id off."""
     detail = f"{entry.detail[:1800]} | denial={denial_id}" if entry.detail else ""
     return replace(entry, detail=detail or f"denial={denial_id}")
 
@@ -277,6 +285,11 @@ class Kernel:
         """:meth:`deny` for a coroutine."""
         await self.arecord(with_denial(exc, entry))
         return exc
+
+    async def arecord_denial(self, entry: AuditEntry, denial_id: str) -> None:
+        """Audit the one event of refusals named ``denial_id`` already (a run of refusals
+        that share one event: ``core.clientlimits``), as :meth:`adeny` audits one."""
+        await self.arecord(denial_entry(entry, denial_id))
 
     def check_issuance(
         self,

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tasklease.core.broker import Broker, RequestContext, expires_at_text
-from tasklease.core.errors import InvalidRequest, RateLimited
+from tasklease.core.errors import InvalidRequest
 from tasklease.core.records import AuditQuery
 from tasklease.core.tokens import KIND_ADMIN, KIND_APP, OPERATORS_SCOPE
 from tasklease.http import wire
@@ -29,7 +29,7 @@ from tasklease.http._handling import (
     prepared,
     read_body,
 )
-from tasklease.http.ratelimit import RateLimiter, client_of
+from tasklease.http.ratelimit import limit_sign_in
 
 __all__ = ["APPS_SCOPE", "REVOKE_SCOPE", "admin_routes", "parse_int"]
 
@@ -79,26 +79,15 @@ def admin_routes(
     *,
     context: Callable[[Request], RequestContext],
     authed: Authed,
-    app_limiter: RateLimiter | None = None,
-    admin_limiter: RateLimiter | None = None,
 ) -> list[Route]:
     """The administration routes, each wrapped in the problem ``guard``.
 
-    ``app_limiter`` limits app sign-ins; the token endpoint's client credentials share it.
-    ``admin_limiter`` limits the admin secret's and operators' sign-ins; the console's
-    share it.
+    The sign-ins spend the broker's sign-in limits (``limit_sign_in``): the admin
+    secret's and operators' one (the console's sign-ins too), app sign-ins the other
+    (the token endpoint's client credentials too).
     """
-    cfg = broker.config
     # Revocation and launch tokens: checked on the loop, the commit awaited.
     written = prepared(broker, context)
-    admin_limiter = admin_limiter or RateLimiter(cfg.admin_auth_rate, cfg.admin_auth_burst)
-    app_limiter = app_limiter or RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
-
-    def limit(limiter: RateLimiter, request: Request) -> None:
-        # The TCP peer, or the client a trusted proxy names (never a header from others).
-        if not limiter.allow(client_of(request)):
-            broker.metrics.rate_limited.labels(request.url.path).inc()
-            raise RateLimited(retry_after=limiter.retry_after())
 
     async def revoke(request: Request) -> Response:
         req = await read_body(request, wire.RevokeRequest)
@@ -143,7 +132,7 @@ def admin_routes(
         )
 
     async def admin_auth(request: Request) -> Response:
-        limit(admin_limiter, request)
+        await limit_sign_in(broker, "admin", request)
         req = await read_body(request, wire.AdminAuthRequest)
         if req.client_id or req.client_secret:
             raise InvalidRequest(
@@ -161,8 +150,8 @@ def admin_routes(
         )
 
     async def operator_auth(request: Request) -> Response:
-        # One bucket with the admin secret's route: alternating them buys no attempts.
-        limit(admin_limiter, request)
+        # One limit with the admin secret's route: alternating them buys no attempts.
+        await limit_sign_in(broker, "admin", request)
         req = await read_body(request, wire.OperatorAuthRequest)
         ctx = context(request)
         issued, operator = await run_in_threadpool(
@@ -223,7 +212,7 @@ def admin_routes(
         return json_response(wire.operator_with_secret(operator, secret))
 
     async def app_auth(request: Request) -> Response:
-        limit(app_limiter, request)
+        await limit_sign_in(broker, "app", request)
         req = await read_body(request, wire.AppAuthRequest)
         ctx = context(request)
         issued = await run_in_threadpool(

@@ -39,7 +39,6 @@ from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.clientauth import ASSERTION_TYPE
 from tasklease.core.errors import (
     InvalidRequest,
-    RateLimited,
     Unauthorized,
 )
 from tasklease.core.exchange import ACCESS_TOKEN_TYPE, ExchangeRequest
@@ -48,7 +47,7 @@ from tasklease.http import wire
 from tasklease.http._handling import one_of, request_id
 from tasklease.http.jsonbody import decode_json_body
 from tasklease.http.problems import problem_response_parts
-from tasklease.http.ratelimit import RateLimiter, client_of
+from tasklease.http.ratelimit import limit_sign_in
 from tasklease.http.token_routes import RequestURI
 
 __all__ = ["CLIENT_CREDENTIALS", "exchange_routes", "parse_exchange_request"]
@@ -188,15 +187,13 @@ def exchange_routes(
     *,
     guard: Callable[[Handler], Handler],
     context: Callable[[Request], RequestContext],
-    app_limiter: RateLimiter | None = None,
 ) -> list[Route]:
     """The token endpoint, wrapped by the application's problem ``guard``.
 
-    ``app_limiter`` is the rate limit of app sign-ins (``POST /v1/app/auth``'s), which
-    ``client_credentials`` shares: two doors to one secret get one limit.
+    ``client_credentials`` spends the app sign-in limit (``POST /v1/app/auth``'s,
+    ``limit_sign_in``): two doors to one secret get one limit.
     """
     cfg = broker.config
-    limiter = app_limiter or RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
     uri = RequestURI(cfg)
     issuer_endpoint = (
         (cfg.issuer.rstrip("/") + "/v1/oauth/token",)
@@ -212,11 +209,6 @@ def exchange_routes(
         here = tuple(origin + path for origin in uri.origins(request.scope))
         return (*here, *issuer_endpoint, cfg.issuer)
 
-    def limit(request: Request) -> None:
-        if not limiter.allow(client_of(request)):
-            broker.metrics.rate_limited.labels(request.url.path).inc()
-            raise RateLimited(retry_after=limiter.retry_after())
-
     async def client_credentials(
         request: Request, req: wire.TokenExchangeRequest, ctx: RequestContext
     ) -> Response:
@@ -226,7 +218,7 @@ def exchange_routes(
         except _NotAuthenticated as exc:
             # Audited like a wrong secret (an audit write each), so it spends the same
             # sign-in budget: guessing without credentials is no cheaper than with.
-            limit(request)
+            await limit_sign_in(broker, "app", request)
             refused = await run_in_threadpool(broker.refuse_app_client, exc.reason, ctx)
             refused.oauth_error = "invalid_client"  # RFC 6749 section 5.2
             if exc.basic:
@@ -234,7 +226,7 @@ def exchange_routes(
             raise refused from None
         resource = one_of(req.resource, req.audience)
         # The limit guards the secret's check (argon2id) and the audit write of a refusal.
-        limit(request)
+        await limit_sign_in(broker, "app", request)
         try:
             if assertion:
                 issued = await run_in_threadpool(

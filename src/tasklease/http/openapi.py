@@ -111,6 +111,18 @@ _REFUSALS_SPENT = (
     "the client address (an IPv6 one by its /64) has spent its budget of audited "
     "refusals; the `denial_id` names the one audit event of the run"
 )
+_SIGN_IN_LIMITS = {
+    "admin": (
+        "too many sign-ins from this client address: the admin secret's and operators' "
+        "share `admin_auth_burst` and `admin_auth_rate`; the `denial_id` names the one "
+        "`admin_auth_rate_limited` audit event of the run"
+    ),
+    "app": (
+        "too many app sign-ins from this client address: `POST /v1/app/auth` and client "
+        "credentials at `POST /v1/oauth/token` share `app_auth_burst` and `app_auth_rate`; "
+        "the `denial_id` names the one `app_auth_rate_limited` audit event of the run"
+    ),
+}
 _CONTROL = Failure(
     "invalid_request",
     "a string holds a control character (C0, DEL or C1; line breaks only in PEM fields)",
@@ -121,10 +133,12 @@ def failures(op: Operation) -> list[Failure]:
     """The route's own failures and those every route of its kind shares, one per code,
     in status order."""
     found: list[Failure] = []
-    # Every route: a client that spent its budget of audited refusals is answered 429
-    # before any work (http/ratelimit.py RefusalGate); the sign-ins have limits of their own.
-    attempts = "too many attempts from this client address, or " if op.rate_limited else ""
-    found.append(Failure("rate_limited", attempts + _REFUSALS_SPENT))
+    # The sign-ins have limits of their own (http/ratelimit.py limit_sign_in), and every
+    # route: a client that spent its budget of audited refusals is answered 429 before any
+    # work (RefusalGate).
+    if op.sign_in_limit:
+        found.append(Failure("rate_limited", _SIGN_IN_LIMITS[op.sign_in_limit]))
+    found.append(Failure("rate_limited", _REFUSALS_SPENT))
     if op.request is not None:
         found.append(_MALFORMED)
         found.append(Failure("payload_too_large", "the body exceeds the broker's body limit"))

@@ -1,5 +1,6 @@
-"""Rate limits by client: token buckets for the sign-in endpoints, and the gate that
-holds each client to its budget of audited refusals (``core.refusalbudget``).
+"""Rate limits by client: the gate that holds each client to its budget of audited
+refusals (``core.refusalbudget``), and the sign-in limits (:func:`limit_sign_in`); both
+kept by the broker (``core.clientlimits``), whose refusals are audited by runs.
 
 A client is its address (:func:`client_key`): the TCP peer, or the client a proxy listed
 in ``trusted_proxies`` names in ``X-Forwarded-For`` (from anyone else that header is
@@ -10,9 +11,6 @@ the least recently seen keys are dropped first.
 from __future__ import annotations
 
 import ipaddress
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -20,12 +18,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from tasklease.core.broker import Broker
+from tasklease.core.broker import Broker, SignIn
 from tasklease.core.errors import RateLimited, TaskleaseError
 from tasklease.http.access import route_template
 from tasklease.http.problems import problem_response_parts
 
-__all__ = ["RateLimiter", "RefusalGate", "client_key", "client_of", "gate_refusals"]
+__all__ = ["RefusalGate", "client_key", "client_of", "gate_refusals", "limit_sign_in"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -58,29 +56,23 @@ def client_of(request: Request) -> str:
     return client_key(request.client.host) if request.client else "unknown"
 
 
-class RateLimiter:
-    def __init__(self, rate: float, burst: int, *, max_keys: int = 10_000) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.max_keys = max_keys
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self._lock = threading.Lock()
+async def limit_sign_in(broker: Broker, kind: SignIn, request: Request) -> None:
+    """Spend one sign-in attempt of ``kind`` (``"admin"``: the admin secret's and
+    operators'; ``"app"``: app sign-ins and client credentials) for the request's client,
+    or raise the refusal: ``rate_limited`` with ``Retry-After`` and the ``denial_id`` of
+    the one audit event of its run (:meth:`Broker.admit_sign_in`), counted in
+    ``tasklease_rate_limited_total``. Call it before any work: it guards the secret's
+    check (argon2id) and the audit write of a refused sign-in."""
+    refused = await broker.admit_sign_in(
+        kind, client_of(request), request_id=_request_id(request.scope)
+    )
+    if refused is not None:
+        broker.metrics.rate_limited.labels(request.url.path).inc()  # as it always was
+        raise refused
 
-    def allow(self, key: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            tokens, last = self._buckets.pop(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            allowed = tokens >= 1.0
-            if allowed:
-                tokens -= 1.0
-            self._buckets[key] = (tokens, now)
-            while len(self._buckets) > self.max_keys:
-                self._buckets.popitem(last=False)
-            return allowed
 
-    def retry_after(self) -> int:
-        return max(1, int(1.0 / self.rate + 0.999))
+def _request_id(scope: Scope) -> str:
+    return str(scope.get("state", {}).get("request_id", ""))
 
 
 class RefusalGate:
@@ -104,9 +96,8 @@ class RefusalGate:
         budget = self.broker.refusals
         refused: TaskleaseError | None = None
         if not budget.admits(client):
-            request_id = str(scope.get("state", {}).get("request_id", ""))
             try:
-                refused = await self.broker.admit_client(client, request_id=request_id)
+                refused = await self.broker.admit_client(client, request_id=_request_id(scope))
             except TaskleaseError as exc:  # its run's event could not be written: 503
                 refused = exc
         if refused is None:
@@ -116,12 +107,11 @@ class RefusalGate:
             finally:
                 budget.uncharge(token)
             return
-        request_id = str(scope.get("state", {}).get("request_id", ""))
         if isinstance(refused, RateLimited):
             self.broker.metrics.rate_limited.labels(route_template(scope)).inc()
         request = Request(scope, receive)
         status, body, headers = problem_response_parts(
-            refused, instance=request.url.path, request_id=request_id
+            refused, instance=request.url.path, request_id=_request_id(scope)
         )
         response = Response(body, status, headers=headers, media_type="application/problem+json")
         await response(scope, receive, send)

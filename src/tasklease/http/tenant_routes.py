@@ -37,7 +37,7 @@ from tasklease.http.inventory_routes import inventory_routes
 from tasklease.http.lease_routes import lease_routes
 from tasklease.http.oauth_routes import metadata_routes
 from tasklease.http.offline_routes import offline_routes
-from tasklease.http.ratelimit import RateLimiter, gate_refusals
+from tasklease.http.ratelimit import gate_refusals
 from tasklease.http.token_routes import RequestURI, token_routes
 from tasklease.tenancy import Tenancy
 
@@ -60,34 +60,26 @@ def tenant_routes(
     authed = authenticated(broker, context)
     hub = RevocationHub(broker)
     closers.append(hub.close)
-    cfg = broker.config
-    # App sign-ins at /v1/app/auth and as client credentials at /v1/oauth/token: one limit;
-    # the admin secret's and operators' sign-ins, through the API or the console: another.
-    app_limiter = RateLimiter(cfg.app_auth_rate, cfg.app_auth_burst)
-    admin_limiter = RateLimiter(cfg.admin_auth_rate, cfg.admin_auth_burst)
+    # The sign-ins spend the broker's sign-in limits (Broker.admit_sign_in): app sign-ins
+    # at /v1/app/auth and as client credentials at /v1/oauth/token one; the admin
+    # secret's and operators', through the API or the console, the other.
     # Each route holds its clients to their budget of audited refusals (RefusalGate).
     routes = [
         *lease_routes(broker, context=context, authed=authed),
         *health_routes(broker, authed=authed, render_metrics=render_metrics),
-        *admin_routes(
-            broker,
-            context=context,
-            authed=authed,
-            app_limiter=app_limiter,
-            admin_limiter=admin_limiter,
-        ),
+        *admin_routes(broker, context=context, authed=authed),
         *revocation_routes(broker, hub, guard=guard, context=context),
         *agent_routes(broker, guard=guard, context=context),
         *token_routes(broker, guard=guard, context=context),
         *federation_routes(broker, authed=authed),
         *attestation_routes(broker, authed=authed),
         *grant_routes(broker, context=context, authed=authed),
-        *exchange_routes(broker, guard=guard, context=context, app_limiter=app_limiter),
+        *exchange_routes(broker, guard=guard, context=context),
         *metadata_routes(broker),
         *inventory_routes(broker, authed=authed),
         *audit_routes(broker, authed=authed),
         *offline_routes(broker, authed=authed),
-        *console_routes(broker, context=context, limiter=admin_limiter),
+        *console_routes(broker, context=context),
     ]
     return gate_refusals(broker, routes)
 

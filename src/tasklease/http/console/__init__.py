@@ -34,6 +34,7 @@ from tasklease.core.errors import (
     InsufficientScope,
     InvalidRequest,
     NotFound,
+    RateLimited,
     TaskleaseError,
     Unauthorized,
 )
@@ -55,7 +56,8 @@ from tasklease.http.console._session import (
 )
 from tasklease.http.console._static import static_route
 from tasklease.http.inventory_routes import READ_SCOPE as INVENTORY_SCOPE
-from tasklease.http.ratelimit import RateLimiter, client_of
+from tasklease.http.problems import status_for
+from tasklease.http.ratelimit import limit_sign_in
 from tasklease.http.token_routes import RequestURI
 from tasklease.rules.scopes import is_subset
 
@@ -117,16 +119,15 @@ def console_routes(
     broker: Broker,
     *,
     context: Callable[[Request], RequestContext],
-    limiter: RateLimiter | None = None,
 ) -> list[BaseRoute]:
     """The console's routes under ``/console`` (none when the config turns it off).
-    ``limiter`` limits sign-ins by client address: the API's admin and operator sign-ins
-    share it, so switching between the two buys no attempts."""
+    Sign-ins spend the broker's admin sign-in limit by client address (``limit_sign_in``):
+    the API's admin and operator sign-ins share it, so switching between the two buys
+    no attempts."""
     if not broker.config.console:
         return []
     inventory = broker.inventory
     sampler = MetricSampler(broker.metrics.registry)
-    limiter = limiter or RateLimiter(broker.config.admin_auth_rate, broker.config.admin_auth_burst)
     uri = RequestURI(broker.config)
 
     def own_origin(request: Request) -> bool:
@@ -220,9 +221,21 @@ def console_routes(
         expected = request.cookies.get(LOGIN_COOKIE, "")
         if not valid_csrf(expected, form.get("csrf", "")):
             return page(request, "error.html", 403, message=_STALE_FORM, signed_in=False)
-        if not limiter.allow(client_of(request)):
-            broker.metrics.rate_limited.labels(request.url.path).inc()
-            return page(request, "login.html", 429, csrf=expected, error=_TOO_MANY)
+        try:
+            await limit_sign_in(broker, "admin", request)
+        except TaskleaseError as exc:  # 429, or 503: its run's event could not be written
+            limited = isinstance(exc, RateLimited)
+            response = page(
+                request,
+                "login.html",
+                status_for(exc.code),
+                csrf=expected,
+                error=_TOO_MANY if limited else exc.detail,
+                denial_id=exc.denial_id,
+            )
+            if exc.retry_after is not None:
+                response.headers["retry-after"] = str(exc.retry_after)
+            return response
         name, secret = form.get("operator", "").strip(), form.get("secret", "")
         ctx = context(request)
 

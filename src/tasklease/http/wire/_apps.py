@@ -282,7 +282,7 @@ OPERATIONS = (
         AppAuthResponse,
         request=AppAuthRequest,
         commits=True,
-        rate_limited=True,
+        sign_in_limit="app",
         errors=(
             Failure("invalid_request", "`client_id` or `client_secret` is missing"),
             Failure("unauthorized", "the credentials are wrong or the app is deregistered"),

@@ -209,7 +209,7 @@ class Operation:
 
     The failures every route of its kind shares (a malformed body, a bad token, a write
     that could not be made durable...) are added by the document's builder from
-    ``request``, ``auth``, ``commits`` and ``rate_limited``; ``errors`` lists the rest.
+    ``request``, ``auth``, ``commits`` and ``sign_in_limit``; ``errors`` lists the rest.
     """
 
     route: str  # "METHOD /path"
@@ -224,7 +224,8 @@ class Operation:
     parameters: tuple[Param, ...] = ()
     errors: tuple[Failure, ...] = ()
     commits: bool = False  # writes state and an audit event: can fail closed with 503
-    rate_limited: bool = False
+    # The sign-in limit the route spends (``"admin"`` or ``"app"``: Broker.admit_sign_in).
+    sign_in_limit: str = ""
     # The body may also be a form (application/x-www-form-urlencoded, as OAuth endpoints
     # take them, RFC 6749 section 3.2) with the request Struct's field names.
     form: bool = False

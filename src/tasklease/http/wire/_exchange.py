@@ -179,7 +179,7 @@ OPERATIONS = (
         request=TokenExchangeRequest,
         form=True,
         commits=True,
-        rate_limited=True,
+        sign_in_limit="app",
         errors=(
             DETAILS_FAILURE,
             Failure(

@@ -393,7 +393,7 @@ OPERATIONS = (
         AdminAuthResponse,
         request=AdminAuthRequest,
         commits=True,
-        rate_limited=True,
+        sign_in_limit="admin",
         errors=(
             Failure(
                 "invalid_request",
@@ -417,7 +417,7 @@ OPERATIONS = (
         OperatorAuthResponse,
         request=OperatorAuthRequest,
         commits=True,
-        rate_limited=True,
+        sign_in_limit="admin",
         errors=(
             Failure(
                 "invalid_request",

@@ -84,8 +84,8 @@ class Problem(Response):
         Annotated[
             str,
             doc(
-                "On refusals the broker audited (every 401 and 403 it raises): `den_` and 16 "
-                "hex characters, also at the end of the audit event's detail "
+                "On refusals the broker audited (every 401, 403 and 429 it raises): `den_` "
+                "and 16 hex characters, also at the end of the audit event's detail "
                 "(`denial=<id>`), which holds the precise reason."
             ),
         ]
