@@ -8,14 +8,36 @@ is the ``id:`` of the last event read: the broker's anchored cursor (a ``seq`` a
 fingerprint of the entry at it), which lets a broker whose database went back in time
 see that the reader's history is no longer its own and answer with a snapshot.
 
+When to try again (:func:`retry_delay`, docs/decisions.md 148):
+
+- a dropped connection, a broker not answering, a stream that ended: at once, then every
+  50 to 250 ms (jittered), so a broker back from an outage is followed again within a
+  fraction of a second;
+- an error answer (any status, the sign-in's too): after a backoff, 0.25 s doubled on
+  each error in a row up to :data:`MAX_ERROR_BACKOFF`, and no sooner than a 429's or a
+  503's ``Retry-After`` (at most :data:`MAX_RETRY_AFTER`), jittered up to 20% later: each
+  refused attempt is an audited refusal at the broker, and the broker said when to
+  come back;
+- but never so late that the verifier's staleness bound (``max_feed_staleness``) is
+  passed when an attempt just before it could have kept it: while the feed is still
+  within its bound, a wait ends :data:`RECONNECT_MARGIN` before it (not sooner than
+  :data:`MAX_RECONNECT_BACKOFF` from now). A stream refused for its reader's cap may be
+  served a moment later (a slot comes free when any stream ends), and that one attempt
+  is the difference between failing closed and not. Past the bound (or before the first
+  sync) the verifier fails closed anyway, and an attempt before ``Retry-After`` would
+  only be refused again, and audited.
+
 A thread rather than an asyncio task: it keeps the feed fresh whatever the application's
 event loop is doing, and serves sync and async applications alike.
 """
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -24,14 +46,38 @@ from dataclasses import dataclass
 
 import httpx
 
+from tasklease.verify._freshness import DEFAULT_MAX_STALENESS
 from tasklease.verify._revocations import RevocationIndex, parse_entry
 
-__all__ = ["AppCredentials", "Event", "EventParser", "FeedFollower"]
+__all__ = [
+    "AppCredentials",
+    "Event",
+    "EventParser",
+    "FeedFollower",
+    "retry_after_seconds",
+    "retry_delay",
+]
 
 _log = logging.getLogger("tasklease.verify")
 _MAX_EVENT_BYTES = 65536
+FIRST_RECONNECT_BACKOFF = 0.05
+"""Wait before reaching the stream again after a dropped connection."""
 MAX_RECONNECT_BACKOFF = 0.25
-"""Longest wait between two attempts to reach the stream (the first waits 50 ms)."""
+"""Longest wait between two attempts to reach the stream after dropped connections."""
+FIRST_ERROR_BACKOFF = 0.25
+"""Wait after the first error answer in a row (a 401's token is forgotten: a new one
+is fetched at once), doubled on each one after."""
+MAX_ERROR_BACKOFF = 30.0
+"""Longest backoff after error answers in a row."""
+MAX_RETRY_AFTER = 60.0
+"""Longest ``Retry-After`` honoured: a broker (or a proxy before it) asking for more is
+tried again after this, lest one answer keep a verifier failing closed for hours."""
+RETRY_JITTER = 0.2
+"""A wait after an error answer is made up to this fraction longer, at random."""
+RECONNECT_MARGIN = 1.0
+"""How long before its staleness bound a verifier still within it tries again at the
+latest (half the bound, when that is smaller): time to connect and hear ``sync``."""
+_RETRIED = frozenset({429, 503})
 # Jitter from a generator of our own: the global one belongs to the application (and to
 # tests that seed it), which a background thread must not disturb.
 _jitter = random.Random()  # noqa: S311 - jitter, not a secret
@@ -86,6 +132,46 @@ class EventParser:
             self._id = value
 
 
+def retry_after_seconds(value: str | None, *, now: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (RFC 9110 section 10.2.3: delay-seconds,
+    or an HTTP-date against ``now``, a Unix time); ``None`` when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit() and value.isascii():
+        return float(int(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" (RFC 5322 section 3.3): an HTTP-date is UTC anyway
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def retry_delay(
+    *,
+    failures: int,
+    retry_after: float | None,
+    staleness: float,
+    max_staleness: float,
+    jitter: float,
+) -> float:
+    """Seconds to wait after the ``failures``-th error answer in a row (1 for the first),
+    ``retry_after`` the seconds its ``Retry-After`` asked for, if any; ``staleness`` is
+    the feed's now and ``jitter`` a random number in [0, 1) (module docstring)."""
+    backoff = min(MAX_ERROR_BACKOFF, FIRST_ERROR_BACKOFF * 2.0 ** max(0, failures - 1))
+    wait = backoff
+    if retry_after is not None and math.isfinite(retry_after):
+        wait = max(wait, min(max(0.0, retry_after), MAX_RETRY_AFTER))
+    wait *= 1.0 + RETRY_JITTER * jitter
+    # Still within the bound: one more attempt before it is passed, whatever was asked.
+    left = max_staleness - staleness - min(RECONNECT_MARGIN, max_staleness / 2)
+    if left > 0:
+        wait = min(wait, max(left, MAX_RECONNECT_BACKOFF))
+    return wait
+
+
 def _cursor_id(ident: str, seq: int) -> str:
     """The cursor to send back after an event: its ``id:`` when that names ``seq`` (the
     anchored ``<seq>.<fingerprint>``, opaque here), else the bare ``seq``."""
@@ -108,6 +194,7 @@ class FeedFollower:
         housekeeping: Callable[[], None],
         monotonic: Callable[[], float] = time.monotonic,
         max_backoff: float = MAX_RECONNECT_BACKOFF,
+        max_staleness: float = DEFAULT_MAX_STALENESS,
     ) -> None:
         self._client = client
         self._index = index
@@ -129,6 +216,9 @@ class FeedFollower:
         # True from a stream's ``sync`` until it ends (a read timeout ends it too).
         self.connected = False
         self._max_backoff = max_backoff
+        self._max_staleness = max_staleness
+        # Error answers in a row (reset once the broker serves a stream).
+        self.failures = 0
 
     def start(self) -> None:
         if self._thread is None:
@@ -155,21 +245,56 @@ class FeedFollower:
         return self.connected and self.staleness() <= within
 
     def _run(self) -> None:
-        backoff = 0.05
+        backoff = FIRST_RECONNECT_BACKOFF
         while not self._stop.is_set():
+            served = self.connections
+            error: Exception | None = None
             try:
                 self._follow_once()
-                backoff = 0.05
+                backoff = FIRST_RECONNECT_BACKOFF
             except Exception as exc:  # noqa: BLE001 - reconnect whatever went wrong
-                _log.info("revocation feed disconnected: %s", exc)
+                error = exc
             finally:
                 self.connected = False
+            if self.connections != served:
+                self.failures = 0  # the broker served a stream: errors in a row start again
             self._housekeeping()
-            # Jittered, so that verifiers that lost the broker together do not all come
-            # back in the same instant; capped low, so that a broker back from an outage
-            # is followed again (and its revocations enforced) within a fraction of a second.
-            self._stop.wait(backoff * (0.5 + _jitter.random() / 2))
-            backoff = min(backoff * 2, self._max_backoff)
+            if error is None or isinstance(error, httpx.TransportError):
+                # A dropped connection (or none): jittered, so that verifiers that lost
+                # the broker together do not all come back in the same instant; capped
+                # low, so that a broker back from an outage is followed again (and its
+                # revocations enforced) within a fraction of a second.
+                if error is not None:
+                    _log.info("revocation feed disconnected: %s", error)
+                delay = backoff * (0.5 + _jitter.random() / 2)
+                backoff = min(backoff * 2, self._max_backoff)
+            else:
+                delay = self._after_error(error)
+            self._stop.wait(delay)
+
+    def _after_error(self, error: Exception) -> float:
+        """How long to wait after an error answer (or another failure): backoff, and the
+        broker's ``Retry-After``, within the staleness bound (:func:`retry_delay`)."""
+        self.failures += 1
+        retry_after = None
+        if isinstance(error, httpx.HTTPStatusError):
+            response = error.response
+            if response.status_code in _RETRIED:
+                retry_after = retry_after_seconds(
+                    response.headers.get("retry-after"), now=time.time()
+                )
+            reason = f"{response.status_code} from {response.request.url.path}"
+        else:
+            reason = f"{type(error).__name__}: {error}"
+        delay = retry_delay(
+            failures=self.failures,
+            retry_after=retry_after,
+            staleness=self.staleness(),
+            max_staleness=self._max_staleness,
+            jitter=_jitter.random(),
+        )
+        _log.info("revocation feed refused (%s): trying again in %.2f s", reason, delay)
+        return delay
 
     def _follow_once(self) -> None:
         params = {} if self.resume is None else {"cursor": self.resume}

@@ -162,6 +162,7 @@ class VerifierBase:
                 token_source=self._bearer_for_feed,
                 forget_token=self._forget_feed_token,
                 read_timeout=max(0.5, min(feed_liveness, max_feed_staleness)),
+                max_staleness=max_feed_staleness,
                 on_revocation=lambda: None,
                 housekeeping=self._housekeeping,
             )
