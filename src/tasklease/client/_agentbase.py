@@ -108,7 +108,8 @@ class AgentBase:
         ``check`` verifies the peer's token offline: pass a ``tasklease.verify.Verifier``'s
         ``verify_peer`` (cached JWKS, the revocation feed, the staleness bound).
         ``options`` go to :class:`~tasklease.client.OfflinePeerAuth` (``window``,
-        ``clock``, ``replay``). This agent presents its current token (not renewed here).
+        ``clock``, ``replay``, ``holder_quota``, ``challenge_key``). This agent presents
+        its current token (not renewed here).
         The online :meth:`handshake` stays for high-assurance cases
         (docs/broker-optional.md).
         """
