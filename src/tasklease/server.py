@@ -23,7 +23,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -407,12 +407,18 @@ def _start_metrics(config: Config, render: Callable[[], bytes]) -> MetricsListen
     return listener
 
 
-def serve(config: Config, *, workers: int = 1, loop: str = "asyncio") -> None:
+def serve(
+    config: Config, *, workers: int = 1, loop: str = "asyncio", notices: Sequence[str] = ()
+) -> None:
     """Run the broker in the foreground until SIGINT/SIGTERM.
 
     ``workers`` > 1 starts that many worker processes, each listening on the port with
     its own socket (``SO_REUSEPORT``), sharing the database and the revocation state.
-    ``loop`` is ``asyncio`` (default) or ``uvloop``.
+    ``loop`` is ``asyncio`` (default) or ``uvloop``. ``notices`` (from
+    :func:`tasklease.settings.load_config`) are logged as warnings once logging is set up.
+
+    Raises:
+        tasklease.http.tls.TLSFileError: a TLS file of the configuration does not load.
     """
     import uvicorn
 
@@ -427,6 +433,8 @@ def serve(config: Config, *, workers: int = 1, loop: str = "asyncio") -> None:
     configure_logging(config.log_level)
     if loop not in LOOPS:
         raise SystemExit(f"--loop must be one of {', '.join(LOOPS)}")
+    for notice in notices:
+        _log.warning("%s", notice)
     if config.tls_mode == "none" and not is_loopback_host(config.host):
         _log.warning(
             "listening on %s without TLS: tokens and secrets cross the network in clear; "

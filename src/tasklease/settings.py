@@ -5,15 +5,23 @@ explicit overrides (command-line flags). The file is ``--config``, else
 ``$TASKLEASE_CONFIG``, else ``<data_dir>/config.toml`` when it exists.
 
 ``TASKLEASE_ADMIN_SECRET`` supplies the admin secret in plain text (containers, scripts); it
-is hashed with argon2id at start-up and the plain text is not kept.
+must meet :func:`tasklease.core.passwords.secret_weakness`'s rule, is hashed with argon2id
+at start-up and the plain text is not kept; it replaces any ``admin_secret_hash``.
 ``TASKLEASE_KEY_PASSPHRASE`` and ``TASKLEASE_PKCS11_PIN`` are secrets, not settings: the
 key provider (:func:`tasklease.keystore.open_key_provider`) reads them, and they never
 become part of the :class:`Config`.
+
+Values are checked, never coerced: an integer setting takes an integer (``3600``, not
+``3600.5``), a float setting an integer or a float, neither a boolean; the environment's
+text is read as the setting's type. A ``TASKLEASE_*`` variable that is neither a setting
+nor one of the few other variables tasklease reads (:data:`_NOT_SETTINGS`) is refused, as
+an unknown key of the file is: a misspelt setting must not fall back to its default.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -21,11 +29,51 @@ from pathlib import Path
 from typing import Any
 
 from tasklease.core.config import Config
-from tasklease.core.passwords import hash_secret
+from tasklease.core.passwords import hash_secret, secret_weakness, verify_secret
 
 __all__ = ["ConfigError", "load_config", "resolve_paths"]
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_KINDS: dict[str, type] = {name: type(getattr(Config(), name)) for name in _FIELDS}
+_ENV_SETTINGS = {f"TASKLEASE_{name.upper()}": name for name in _FIELDS}
+_SECRET_ENV = "TASKLEASE_ADMIN_SECRET"  # noqa: S105 - a variable's name, not a secret
+# The TASKLEASE_* variables that are not settings (every one the repository names: src,
+# tests, examples, docs, Makefile). Any other TASKLEASE_* name is refused.
+_NOT_SETTINGS = frozenset(
+    {
+        "TASKLEASE_CONFIG",  # the configuration file (here)
+        _SECRET_ENV,  # the admin secret in plain text (here); the CLI's credential too
+        "TASKLEASE_KEY_PASSPHRASE",  # the `file` key provider's passphrase (keystore)
+        "TASKLEASE_PKCS11_PIN",  # the `pkcs11` key provider's PIN (keystore)
+        "TASKLEASE_WORKER_CONFIG",  # `serve --workers N`: the parent's Config (server)
+        # The CLI as a client: its broker, profile, tenant and operator credentials.
+        "TASKLEASE_URL",
+        "TASKLEASE_PROFILE",
+        "TASKLEASE_TENANT",
+        "TASKLEASE_OPERATOR",
+        "TASKLEASE_OPERATOR_SECRET",
+        "TASKLEASE_OPERATOR_KEY_FILE",
+        # examples/ and docs/attestation.md (a CI job's ID token).
+        "TASKLEASE_BROKER_URL",
+        "TASKLEASE_CLIENT_ID",
+        "TASKLEASE_CLIENT_SECRET",
+        "TASKLEASE_TOKEN",
+        # The test suite and `make soak`.
+        "TASKLEASE_CHROMIUM",
+        "TASKLEASE_FLEET_OUTAGE",
+        "TASKLEASE_FUZZ_EXAMPLES",
+        "TASKLEASE_MODEL_EXAMPLES",
+        "TASKLEASE_MODEL_STEPS",
+    }
+)
+_WORDS = {True: ("1", "true", "yes", "on"), False: ("0", "false", "no", "off")}
+_EXPECTED = {
+    tuple: "a list of strings (comma-separated in the environment)",
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+}
 
 
 class ConfigError(ValueError):
@@ -33,33 +81,46 @@ class ConfigError(ValueError):
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
-    kind = type(getattr(Config(), name))
-    try:
-        if kind is tuple:
-            if isinstance(value, str):
-                return tuple(v.strip() for v in value.split(",") if v.strip())
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                return tuple(value)
-            raise TypeError
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
-            raise TypeError
-        if kind is int:
-            if isinstance(value, bool):
-                raise TypeError
-            return int(value)
-        if kind is float:
-            return float(value)
-        if not isinstance(value, str):
-            raise TypeError
+    """``value`` as the setting's type, checked, never converted with a loss: a float is
+    no integer, a boolean no number. Text (the environment's) is read as that type."""
+    kind = _KINDS[name]
+    if isinstance(value, str) and kind is not str:
+        value = _from_text(kind, value)
+    if kind is tuple and isinstance(value, list | tuple):
+        if all(isinstance(v, str) for v in value):
+            return tuple(value)
+    elif kind is float and type(value) in (int, float):
+        return float(value)
+    elif type(value) is kind:  # a bool is no int, an int no bool
         return value
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {name} must be of type {kind.__name__}") from None
+    shown = "" if kind in (str, tuple) else f", not {value!r}"  # a number is no secret
+    raise ConfigError(f"{source}: {name} must be {_EXPECTED[kind]}{shown}")
+
+
+def _from_text(kind: type, text: str) -> Any:
+    """``text`` read as ``kind``; ``text`` itself when it does not read as one."""
+    if kind is tuple:
+        return tuple(v.strip() for v in text.split(",") if v.strip())
+    if kind is bool:
+        word = text.strip().lower()
+        return next((value for value, words in _WORDS.items() if word in words), text)
+    try:
+        return kind(text)
+    except ValueError:
+        return text
+
+
+def _check_environment_names(env: Mapping[str, str]) -> None:
+    """Refuse a ``TASKLEASE_*`` variable that nothing reads (a misspelt setting)."""
+    known = _ENV_SETTINGS.keys() | _NOT_SETTINGS
+    for name in sorted(env):
+        if name.startswith("TASKLEASE_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            guess = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(
+                f"{name} is not a setting{guess}: fix its name or unset it "
+                "(docs/configuration.md lists the settings)"
+            )
 
 
 def load_config(
@@ -67,9 +128,22 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    notices: list[str] | None = None,
 ) -> Config:
+    """The configuration of ``config_path`` (or the file found as the module says), the
+    environment ``env`` (``os.environ`` by default) and ``overrides`` (flags).
+
+    ``notices``, when given, receives what an operator should be told at start-up and is
+    no error (never a secret): the environment's admin secret replacing another one.
+
+    Raises:
+        ConfigError: an unreadable file, an unknown setting or ``TASKLEASE_*`` variable, a
+            value of the wrong type or out of its range, or a weak admin secret.
+    """
     env = os.environ if env is None else env
+    _check_environment_names(env)
     values: dict[str, Any] = {}
+    hash_from = ""  # where admin_secret_hash was set, for the notice below
     data_dir = (overrides or {}).get("data_dir") or env.get("TASKLEASE_DATA_DIR") or ".tasklease"
     path = config_path or env.get("TASKLEASE_CONFIG")
     if path is None and (Path(data_dir) / "config.toml").is_file():
@@ -86,15 +160,17 @@ def load_config(
             if key not in _FIELDS:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
             values[key] = _coerce(key, value, path)
-    for name in _FIELDS:
-        raw = env.get(f"TASKLEASE_{name.upper()}")
+        if values.get("admin_secret_hash"):
+            hash_from = f"the admin_secret_hash of {path}"
+    for variable, name in _ENV_SETTINGS.items():
+        raw = env.get(variable)
         if raw:
-            values[name] = _coerce(name, raw, f"TASKLEASE_{name.upper()}")
-    secret = env.get("TASKLEASE_ADMIN_SECRET")
+            values[name] = _coerce(name, raw, variable)
+    if env.get("TASKLEASE_ADMIN_SECRET_HASH"):
+        hash_from = "TASKLEASE_ADMIN_SECRET_HASH"
+    secret = env.get(_SECRET_ENV)
     if secret:
-        if len(secret) < 16:
-            raise ConfigError("TASKLEASE_ADMIN_SECRET must be at least 16 characters")
-        values["admin_secret_hash"] = hash_secret(secret)
+        _admin_secret(secret, values, hash_from, notices)
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _coerce(key, value, "command line")
@@ -102,6 +178,25 @@ def load_config(
         return resolve_paths(Config(**values))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _admin_secret(
+    secret: str, values: dict[str, Any], hash_from: str, notices: list[str] | None
+) -> None:
+    """Check the environment's plain-text admin secret and put its hash in ``values``."""
+    weakness = secret_weakness(secret)
+    if weakness is not None:
+        raise ConfigError(
+            f"{_SECRET_ENV} is too weak to be the admin secret: {weakness}; use a random "
+            "one, such as python3 -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    # Said unless it is the very secret the hash was made from (one argon2id check).
+    if hash_from and notices is not None and not verify_secret(values["admin_secret_hash"], secret):
+        notices.append(
+            f"the admin secret is {_SECRET_ENV} from the environment: {hash_from} is not "
+            "used, and the secret it was made from no longer signs in"
+        )
+    values["admin_secret_hash"] = hash_secret(secret)
 
 
 def resolve_paths(config: Config) -> Config:

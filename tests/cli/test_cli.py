@@ -19,6 +19,7 @@ from tasklease.client import Agent, Forbidden, NotFound, TransportError
 from tasklease.client.testing import BrokerForTests
 
 SCOPE = ["read:data:*"]
+_SECRET = "cli-tests-admin-secret-0123456789"  # as strong as load_config asks
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +269,7 @@ def test_profile_file(broker: BrokerForTests, home: Path) -> None:
 def test_a_malformed_broker_url_is_a_usage_error(url: str, home: Path) -> None:
     """A mistyped --url is the user's to fix: one error line naming it, exit 2, never the
     SDK's InvalidURL and its traceback."""
-    secret = {"TASKLEASE_ADMIN_SECRET": "s" * 32}
+    secret = {"TASKLEASE_ADMIN_SECRET": _SECRET}
     for command in (["status"], ["app", "list"], ["login"]):
         result = run(*command, "--url", url, home=home, extra_env=secret)
         assert result.returncode == 2, (command, result.stdout, result.stderr)
@@ -339,7 +340,7 @@ def test_a_bad_local_file_is_one_error_line_and_exit_2(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     where = {"bin": str(binary), "home": str(home), "port": str(port)}
-    env = {"TASKLEASE_ADMIN_SECRET": "s" * 32, "TASKLEASE_KEY_PROVIDER": "plaintext"}
+    env = {"TASKLEASE_ADMIN_SECRET": _SECRET, "TASKLEASE_KEY_PROVIDER": "plaintext"}
     result = run(*[a.format(**where) for a in args], home=home, extra_env=env)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr

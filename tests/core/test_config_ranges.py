@@ -5,6 +5,7 @@ all), a zero one divided by zero (500s for 429s), and a zero prune interval spun
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -76,3 +77,81 @@ def test_the_feed_stream_caps_accept_their_edges() -> None:
     assert (Config().feed_streams_per_reader, Config().feed_streams_per_process) == (64, 1000)
     Config(feed_streams_per_reader=1, feed_streams_per_process=1)
     Config(feed_streams_per_reader=100_000, feed_streams_per_process=100_000)
+
+
+# --- sizes, lifetimes and critical scopes (docs/decisions.md 146) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        # A token limit below the tokens the broker issues: admin auth answered with a
+        # 521-byte token that every later request refused.
+        ({"max_token_bytes": 300}, "max_token_bytes must be between reference_token_threshold"),
+        ({"max_token_bytes": 4095}, "max_token_bytes must be between reference_token_threshold"),
+        ({"max_token_bytes": -1}, "max_token_bytes"),
+        ({"max_token_bytes": 1_048_577, "max_body_bytes": 67_108_864}, "max_token_bytes"),
+        ({"reference_token_threshold": 511}, "reference_token_threshold must be between 512"),
+        ({"reference_token_threshold": 65537}, "reference_token_threshold must be between"),
+        # Every request answered 413.
+        ({"max_body_bytes": -5}, "max_body_bytes must be between 32768 and 67108864"),
+        ({"max_body_bytes": 0}, "max_body_bytes"),
+        ({"max_body_bytes": 32767}, "max_body_bytes"),
+        ({"max_body_bytes": 67_108_865}, "max_body_bytes"),
+        ({"max_token_bytes": 16384, "max_body_bytes": 65535}, "between 65536 and"),
+        ({"max_ttl": 31_536_001, "renewal_ceiling": 60}, "max_ttl must be between 1 and 31536000"),
+        ({"nonce_ttl": 0}, "nonce_ttl must be between 1 and"),
+        ({"renewal_ceiling": 10**20}, "renewal_ceiling must be between"),
+        ({"max_renewals": 10**9}, "max_renewals must be between 0 and 1000000"),
+        ({"max_renewals": -1}, "max_renewals"),
+        ({"dpop_replay_cache_size": 0}, "dpop_replay_cache_size"),
+    ],
+)
+def test_a_size_or_lifetime_out_of_range_is_refused(settings: dict[str, int], said: str) -> None:
+    with pytest.raises(ValueError, match=said):
+        Config(**settings)
+
+
+def test_sizes_and_lifetimes_at_their_edges_are_accepted() -> None:
+    Config(reference_token_threshold=512, max_token_bytes=512, max_body_bytes=16384)
+    Config(reference_token_threshold=65536, max_token_bytes=65536, max_body_bytes=262_144)
+    Config(max_token_bytes=1_048_576, max_body_bytes=67_108_864)
+    Config(max_ttl=31_536_000, renewal_ceiling=31_536_000, nonce_ttl=1, max_renewals=0)
+    Config(max_renewals=1_000_000)
+
+
+_MALFORMED_PATTERNS = [
+    "write:payments",  # two parts: covers nothing, covered by nothing
+    "write:payments:acct-*",  # a '*' inside an identifier is no wildcard
+    "write: payments:*",
+    "*:*:*",
+    "",
+]
+
+
+@pytest.mark.parametrize("pattern", _MALFORMED_PATTERNS)
+def test_a_malformed_critical_scope_is_refused_by_broker_and_verifier_alike(pattern: str) -> None:
+    """The one rule (rules.scopes.check_scope_patterns): the broker took these and then
+    matched no token with them, high assurance silently off; the verifier refused them."""
+    from tasklease.verify._freshness import FreshnessPolicy
+
+    with pytest.raises(ValueError, match=f"critical_scopes: {re.escape(repr(pattern))}") as broker:
+        Config(critical_scopes=(pattern,))
+    with pytest.raises(ValueError) as verifier:
+        FreshnessPolicy(critical_scopes=[pattern])
+    assert str(broker.value) == str(verifier.value)
+
+
+def test_well_formed_critical_scopes_are_accepted_by_both() -> None:
+    from tasklease.verify._freshness import FreshnessPolicy
+
+    patterns = ("write:payments:*", "write:payments:acct-1", "delete:data:a:b")
+    assert Config(critical_scopes=patterns).critical_scopes == patterns
+    assert FreshnessPolicy(critical_scopes=patterns).critical_scopes == patterns
+
+
+def test_a_witness_url_with_a_password_is_not_repeated_in_the_error() -> None:
+    with pytest.raises(ValueError) as caught:
+        Config(audit_witnesses=("https://w:Pa55word@witness.example/ not-a-vkey",))
+    assert "Pa55word" not in str(caught.value)
+    assert "'https://***@witness.example/ not-a-vkey'" in str(caught.value)

@@ -128,7 +128,7 @@ def test_a_remembered_token_is_still_refused_where_its_type_is_not(broker: Any, 
 
 
 def test_a_token_too_large_is_refused_though_signed_here(make_broker: Any, kit: Any) -> None:
-    broker = make_broker(max_token_bytes=600)
+    broker = make_broker(max_token_bytes=600, reference_token_threshold=600)
     token = broker._keys.sign(b'{"pad":"' + b"x" * 700 + b'"}', KIND_AGENT)
     with pytest.raises(TokenRejected, match="too large"):
         broker.validate(token)

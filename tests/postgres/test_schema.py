@@ -51,7 +51,7 @@ def test_serve_refuses_an_unmigrated_database_with_a_clear_message(
             "COLUMNS": "200",
             "NO_COLOR": "1",
             "TASKLEASE_DATABASE": pg_url,
-            "TASKLEASE_ADMIN_SECRET": "s" * 32,
+            "TASKLEASE_ADMIN_SECRET": "schema-tests-admin-secret-0123456789",
         },
         check=False,
     )

@@ -30,6 +30,7 @@ from rich.markup import escape
 
 from tasklease.cli._common import EXIT_OK, EXIT_USAGE, fail, out, print_json
 from tasklease.core.config import Config, is_loopback_host
+from tasklease.core.passwords import secret_weakness
 from tasklease.settings import ConfigError, load_config
 
 __all__ = ["SEVERITIES", "Finding", "clock_synchronised", "diagnose", "register"]
@@ -41,10 +42,6 @@ _DEFAULT_PASSPHRASE_FILE = "key-passphrase"  # noqa: S105 - a file name, not a s
 # What `make run` asks `tasklease init` to write in the data directory.
 _ADMIN_SECRET_FILE = "admin-secret"  # noqa: S105 - a file name, not a secret
 _OPERATOR_SECRET_FILES = "operator-*-secret"  # noqa: S105 - `init`'s first operator's
-# A plain-text admin secret shorter than this, or with fewer distinct characters, is
-# guessable: `tasklease init` makes 64 random hex characters.
-_SECRET_MIN_LENGTH = 24
-_SECRET_MIN_DISTINCT = 8
 # Argon2id below OWASP's least recommended cost (19 MiB, 2 passes) is cheap to attack
 # offline should the configuration leak.
 _ARGON2_MIN_MEMORY_KIB = 19456
@@ -325,15 +322,17 @@ def _admin_secret(config: Config, env: Mapping[str, str]) -> Iterator[Finding]:
     with contextlib.suppress(OSError, UnicodeDecodeError):
         plain.append((str(secret_file), secret_file.read_text(encoding="utf-8").strip()))
     for source, secret in plain:
-        if secret and (len(secret) < _SECRET_MIN_LENGTH or len(set(secret)) < _SECRET_MIN_DISTINCT):
+        # The rule `serve` applies to TASKLEASE_ADMIN_SECRET (load_config refuses a weak
+        # one before this runs); here for the plain text `init --secret-file` left.
+        weakness = secret_weakness(secret) if secret else None
+        if weakness is not None:
             yield Finding(
                 "admin-secret-weak",
                 "high",
-                f"the admin secret in {source} is weak ({len(secret)} characters, "
-                f"{len(set(secret))} distinct)",
-                "the admin secret mints operator tokens with every admin scope; a short or "
-                "repetitive one is guessed (the rate limit slows guessing, it does not stop "
-                "it)",
+                f"the admin secret in {source} is weak: {weakness}",
+                "the admin secret mints operator tokens with every admin scope; a short, "
+                "repetitive or example one is guessed (the rate limit slows guessing, it "
+                "does not stop it)",
                 "replace it with 64 random hex characters: `tasklease init --force` makes "
                 "one, or python -c 'import secrets; print(secrets.token_hex(32))'",
             )

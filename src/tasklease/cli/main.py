@@ -308,11 +308,17 @@ def serve(
 
     if loop not in LOOPS:
         raise _fail(f"--loop must be one of {', '.join(LOOPS)}")
+    notices: list[str] = []
     try:
-        cfg = load_config(config, overrides={"host": host, "port": port, "data_dir": data_dir})
+        cfg = load_config(
+            config,
+            overrides={"host": host, "port": port, "data_dir": data_dir},
+            notices=notices,
+        )
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     from tasklease.core.errors import Unavailable
+    from tasklease.http.tls import TLSFileError
     from tasklease.keystore import KeyStoreError
     from tasklease.storage import SchemaError, redact_url
 
@@ -321,12 +327,12 @@ def serve(
         fail(f"data directory {data} exists and is not a directory")
     busy = _port_taken(cfg.host, cfg.port)
     if busy:
-        fail(
-            busy,
-            hint=f"stop it, or pass --port (or set TASKLEASE_PORT), e.g. --port {cfg.port + 1}",
-        )
+        problem, hint = busy
+        fail(problem, hint=hint)
     try:
-        run_server(cfg, workers=workers, loop=loop)
+        run_server(cfg, workers=workers, loop=loop, notices=notices)
+    except TLSFileError as exc:
+        fail(str(exc))  # a configuration error: exit 2
     except (SchemaError, Unavailable) as exc:
         raise _fail(f"{exc} ({exc.reason})" if exc.reason != exc.detail else str(exc)) from None
     except KeyStoreError as exc:
@@ -335,27 +341,36 @@ def serve(
         fail(_sqlite_problem(redact_url(cfg.database), exc))
 
 
-def _port_taken(host: str, port: int) -> str:
-    """Why ``host:port`` cannot be listened on ("" when it can): said before anything
-    else, rather than after a start-up that cannot end well."""
+def _port_taken(host: str, port: int) -> tuple[str, str] | None:
+    """Why ``host:port`` cannot be listened on, and what to change (None when it can):
+    said before anything else, rather than after a start-up that cannot end well."""
     import errno
     import socket
 
     if port == 0:
-        return ""
+        return None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
+            problem = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
             if exc.errno == errno.EADDRINUSE:
                 return (
                     f"port {port} on {host} is taken "
-                    "(another broker, or another program, is listening there)"
+                    "(another broker, or another program, is listening there)",
+                    f"stop it, or pass --port (or set TASKLEASE_PORT), e.g. --port {port + 1}",
                 )
-            return f"cannot listen on {host}:{port}: {exc.strerror}"
-    return ""
+            if exc.errno == errno.EACCES:
+                return problem, "pass a port above 1023 (--port or TASKLEASE_PORT)"
+            # The address: a name that does not resolve, or an address of no interface here.
+            return (
+                problem,
+                "pass --host (or set TASKLEASE_HOST) to an address of this machine, "
+                "e.g. 127.0.0.1, or 0.0.0.0 for every interface",
+            )
+    return None
 
 
 @db_app.command("migrate")

@@ -12,11 +12,14 @@ from urllib.parse import urlsplit
 
 from tasklease.core.spiffe import validate_trust_domain
 from tasklease.rules.note import COSIGNATURE, NoteError, VerifierKey
+from tasklease.rules.scopes import check_scope_patterns
 
 __all__ = ["DEFAULT_ISSUER", "Config", "is_loopback_host", "issuer_from", "listen_address"]
 
 DEFAULT_ISSUER = "tasklease"
 """The ``iss`` of a broker configured with neither ``issuer`` nor ``public_url``."""
+
+_LONGEST_TTL = 31_536_000  # a year: the most any lifetime setting may be
 
 
 def issuer_from(issuer: str, public_url: tuple[str, ...]) -> str:
@@ -185,6 +188,7 @@ class Config:
 
     def __post_init__(self) -> None:
         validate_trust_domain(self.trust_domain)
+        check_scope_patterns("critical_scopes", self.critical_scopes)
         for proxy in self.trusted_proxies:
             _check_network(proxy)
         for origin in self.public_url:
@@ -202,16 +206,16 @@ class Config:
             "nonce_ttl",
             "renewal_ceiling",
         ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds")
+            if not 1 <= getattr(self, name) <= _LONGEST_TTL:
+                raise ValueError(f"{name} must be between 1 and {_LONGEST_TTL} seconds")
         if self.default_ttl > self.max_ttl:
             raise ValueError("default_ttl must not exceed max_ttl")
         if self.launch_token_ttl > self.launch_token_max_ttl:
             raise ValueError("launch_token_ttl must not exceed launch_token_max_ttl")
         if self.clock_skew < 0 or self.clock_skew > 300:
             raise ValueError("clock_skew must be between 0 and 300 seconds")
-        if self.max_renewals < 0:
-            raise ValueError("max_renewals must not be negative")
+        if not 0 <= self.max_renewals <= 1_000_000:
+            raise ValueError("max_renewals must be between 0 and 1000000")
         if not 1 <= self.max_delegation_depth <= 16:
             raise ValueError("max_delegation_depth must be between 1 and 16")
         if self.log_level not in ("debug", "info", "warning", "error", "critical"):
@@ -220,16 +224,15 @@ class Config:
             raise ValueError("tls_mode must be one of none, tls, mtls")
         if not self.audience or not all(self.audience):
             raise ValueError("audience must name at least one non-empty audience")
-        if self.reference_token_threshold < 512:
-            raise ValueError("reference_token_threshold must be at least 512 bytes")
+        _check_sizes(self)
         if not 0 <= self.token_cache_size <= 1_000_000:
             raise ValueError("token_cache_size must be between 0 and 1000000")
         if not 1 <= self.dpop_proof_window <= 600:
             raise ValueError("dpop_proof_window must be between 1 and 600 seconds")
         if self.dpop_nonce not in ("off", "required"):
             raise ValueError("dpop_nonce must be one of off, required")
-        if self.dpop_replay_cache_size < 1:
-            raise ValueError("dpop_replay_cache_size must be positive")
+        if not 1 <= self.dpop_replay_cache_size <= 100_000_000:
+            raise ValueError("dpop_replay_cache_size must be between 1 and 100000000")
         if self.tls_mode in ("tls", "mtls") and not (self.tls_cert and self.tls_key):
             raise ValueError("tls_mode tls and mtls need tls_cert and tls_key")
         if self.tls_mode == "mtls" and not self.tls_client_ca:
@@ -284,6 +287,26 @@ class Config:
         _check_audit_log(self)
 
 
+def _check_sizes(config: Config) -> None:
+    """The byte limits agree: the broker accepts every token it issues (a larger JWT is
+    issued by reference, so ``max_token_bytes`` must reach ``reference_token_threshold``),
+    and a request body holds the two tokens of a token exchange with room to spare."""
+    threshold = config.reference_token_threshold
+    if not 512 <= threshold <= 65536:
+        raise ValueError("reference_token_threshold must be between 512 and 65536 bytes")
+    if not threshold <= config.max_token_bytes <= 1_048_576:
+        raise ValueError(
+            "max_token_bytes must be between reference_token_threshold "
+            f"({threshold}) and 1048576 bytes: the broker must accept the tokens it issues"
+        )
+    least = max(16384, 4 * config.max_token_bytes)
+    if not least <= config.max_body_bytes <= 67_108_864:
+        raise ValueError(
+            f"max_body_bytes must be between {least} and 67108864 bytes (at least 16384 "
+            "and 4 x max_token_bytes: a token exchange's body holds two tokens)"
+        )
+
+
 def _check_audit_log(config: Config) -> None:
     if not 1 <= config.audit_checkpoint_events <= 10_000_000:
         raise ValueError("audit_checkpoint_events must be between 1 and 10000000")
@@ -306,17 +329,18 @@ def _check_audit_log(config: Config) -> None:
     seen: set[bytes] = set()
     for entry in config.audit_witnesses:
         url, _, vkey = entry.partition(" ")
+        shown = _without_userinfo(entry)
         try:
             key = VerifierKey.parse(vkey)
         except NoteError as exc:
-            raise ValueError(f"audit_witnesses: {entry!r}: {exc}") from None
+            raise ValueError(f"audit_witnesses: {shown!r}: {exc}") from None
         if key.sig_type != COSIGNATURE or not url.startswith(("http://", "https://")):
             raise ValueError(
-                f"audit_witnesses: {entry!r} must be '<http(s) URL> <cosignature vkey>'"
+                f"audit_witnesses: {shown!r} must be '<http(s) URL> <cosignature vkey>'"
             )
         if key.public_key in seen:
             raise ValueError(
-                f"audit_witnesses: {entry!r} has the public key of an earlier entry (each "
+                f"audit_witnesses: {shown!r} has the public key of an earlier entry (each "
                 "witness needs a key of its own: a key counts once in the quorum)"
             )
         seen.add(key.public_key)
@@ -387,9 +411,24 @@ def _check_network(value: str) -> None:
         ) from None
 
 
+def _without_userinfo(value: str) -> str:
+    """``value`` with whatever precedes the last ``@`` of what follows its ``://`` (a URL's
+    user and password, however they are written) replaced by ``***``: fit for an error
+    message, which goes to terminals and logs."""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        scheme, rest = "", value
+    if "@" not in rest:
+        return value
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+
+
 def _check_origin(value: str) -> None:
     """An absolute http(s) origin: no user info, path (but "/"), query or fragment."""
-    problem = f"public_url: {value!r} must be an origin such as https://broker.example.com"
+    problem = (
+        f"public_url: {_without_userinfo(value)!r} must be an origin such as "
+        "https://broker.example.com (no user or password, path, query or fragment)"
+    )
     try:
         parts = urlsplit(value)
         _ = parts.port  # ValueError for a port that is not a number in range

@@ -1,4 +1,5 @@
-"""Secrets at rest: argon2id hashes for the admin secret and app client secrets."""
+"""Secrets at rest: argon2id hashes for the admin secret and app client secrets, and the
+one rule a plain-text admin secret must meet (:func:`secret_weakness`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,23 @@ import secrets
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-__all__ = ["hash_secret", "new_secret", "verify_secret"]
+__all__ = [
+    "MIN_SECRET_DISTINCT",
+    "MIN_SECRET_LENGTH",
+    "hash_secret",
+    "new_secret",
+    "secret_weakness",
+    "verify_secret",
+]
+
+MIN_SECRET_LENGTH = 24
+"""Fewest characters of a plain-text admin secret (``new_secret`` makes 64)."""
+MIN_SECRET_DISTINCT = 8
+"""Fewest distinct characters of one: ``aaaa…`` or ``abab…`` is guessed, whatever its length."""
+# Words of the placeholders that deploy/ and the docs show where a secret goes
+# (deploy/env.example, deploy/kubernetes/secret.example.yaml), looked for in the secret's
+# letters and digits, lowercased: a copied example must not become a broker's secret.
+_PLACEHOLDER_WORDS = ("changeme", "replacewith", "replaceme", "placeholder")
 
 # RFC 9106 second recommended option (t=3, m=64 MiB, p=4): tens of milliseconds per check,
 # which the rate limits on the two auth endpoints make affordable.
@@ -18,6 +35,28 @@ _DUMMY_HASH = _hasher.hash(secrets.token_hex(32))
 def new_secret() -> str:
     """32 random bytes as 64 lowercase hex characters."""
     return secrets.token_hex(32)
+
+
+def secret_weakness(secret: str) -> str | None:
+    """Why ``secret`` is too weak to be the admin secret, or None when it is not.
+
+    The one rule for a plain-text admin secret, applied where one is given
+    (``TASKLEASE_ADMIN_SECRET`` when the configuration is loaded, so ``serve`` refuses
+    it) and by ``tasklease doctor``: at least :data:`MIN_SECRET_LENGTH` characters, at
+    least :data:`MIN_SECRET_DISTINCT` distinct ones, and not one of the placeholders the
+    examples show. A floor against the guessable, not a measure of entropy: the secret
+    should be random (:func:`new_secret`). The reason never quotes the secret. A hash
+    (``admin_secret_hash``) cannot be checked: only the plain text can.
+    """
+    if len(secret) < MIN_SECRET_LENGTH:
+        return f"it is shorter than {MIN_SECRET_LENGTH} characters ({len(secret)})"
+    distinct = len(set(secret))
+    if distinct < MIN_SECRET_DISTINCT:
+        return f"it has fewer than {MIN_SECRET_DISTINCT} distinct characters ({distinct})"
+    folded = "".join(ch for ch in secret.lower() if ch.isalnum())
+    if any(word in folded for word in _PLACEHOLDER_WORDS):
+        return "it is the placeholder of an example, not a secret"
+    return None
 
 
 def hash_secret(secret: str) -> str:

@@ -29,12 +29,19 @@ from tasklease.rules.binding import cert_thumbprint
 __all__ = [
     "THUMBPRINT_KEY",
     "MTLSHttpToolsProtocol",
+    "TLSFileError",
     "TLSScopeMixin",
+    "check_tls_files",
     "peer_cert_thumbprint",
     "uvicorn_tls_options",
 ]
 
 THUMBPRINT_KEY = "x5t#S256"
+
+
+class TLSFileError(ValueError):
+    """A TLS file of the configuration that does not load: a configuration error (``serve``
+    exits 2, as for any other), named with its setting and path, never its contents."""
 
 
 def _tls_extension(transport: Any) -> dict[str, Any] | None:
@@ -95,6 +102,9 @@ def uvicorn_tls_options(config: Config) -> dict[str, Any]:
 
     In ``mtls`` mode the caller must also pass an ``http`` protocol class built on
     :class:`TLSScopeMixin`, or no token is ever bound to a certificate.
+
+    Raises:
+        TLSFileError: a TLS file does not load (:func:`check_tls_files`).
     """
     if config.tls_mode == "none":
         return {}
@@ -115,13 +125,13 @@ def check_tls_files(config: Config) -> None:
     a traceback from each worker (never the files' contents).
 
     Raises:
-        SystemExit: a file that does not load.
+        TLSFileError: a file that does not load.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(config.tls_cert, config.tls_key)
     except (OSError, ssl.SSLError) as exc:
-        raise SystemExit(
+        raise TLSFileError(
             f"tls_cert {config.tls_cert} and tls_key {config.tls_key} do not load as a "
             f"certificate and its private key: {_why(exc)}"
         ) from None
@@ -129,7 +139,7 @@ def check_tls_files(config: Config) -> None:
         try:
             context.load_verify_locations(cafile=config.tls_client_ca)
         except (OSError, ssl.SSLError) as exc:
-            raise SystemExit(
+            raise TLSFileError(
                 f"tls_client_ca {config.tls_client_ca} does not load as CA certificates: "
                 f"{_why(exc)}"
             ) from None

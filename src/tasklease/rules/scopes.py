@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 __all__ = [
     "MAX_SCOPES",
     "MAX_SCOPE_LENGTH",
+    "check_scope_patterns",
     "covers",
     "intersect",
     "is_subset",
@@ -63,6 +64,28 @@ def _parse(scope: str) -> tuple[str, str, str] | None:
     if "*" in identifier and identifier != "*":
         return None
     return action, resource, identifier
+
+
+def check_scope_patterns(setting: str, patterns: Iterable[object]) -> tuple[str, ...]:
+    """``patterns`` as a tuple, each a well-formed scope: the one rule for the patterns
+    of ``critical_scopes``, the broker's setting and the verifier's alike.
+
+    A malformed pattern (``write:payments``, ``write:payments:acct-*``) would overlap no
+    scope at all (:func:`overlaps` finds nothing that covers it or that it covers), so the
+    tokens it was meant to name would silently lose their high assurance.
+
+    Raises:
+        ValueError: a pattern that :func:`parse_scope` refuses, named with ``setting``.
+    """
+    checked: list[str] = []
+    for pattern in patterns:
+        if not isinstance(pattern, str) or parse_scope(pattern) is None:
+            raise ValueError(
+                f"{setting}: {pattern!r} is not a scope action:resource:identifier "
+                "(no spaces; '*' only as the whole identifier, as in write:payments:*)"
+            )
+        checked.append(pattern)
+    return tuple(checked)
 
 
 def covers(allowed: str, requested: str) -> bool:

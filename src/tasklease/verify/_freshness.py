@@ -66,12 +66,9 @@ class FreshnessPolicy:
                 raise ValueError(f"{name} must be a finite number of seconds, at least 0")
         if critical_staleness > max_staleness:
             raise ValueError("critical_feed_staleness must not exceed max_feed_staleness")
-        for pattern in critical_scopes:
-            if scope_rules.parse_scope(pattern) is None:
-                raise ValueError(f"critical scope {pattern!r} is not action:resource:identifier")
         self.max_staleness = max_staleness
         self.critical_staleness = critical_staleness
-        self.critical_scopes = tuple(critical_scopes)
+        self.critical_scopes = scope_rules.check_scope_patterns("critical_scopes", critical_scopes)
         self.critical_grant_types = frozenset(critical_grant_types)
         self.liveness = liveness
         # Below this staleness no token is refused (the hot path: one comparison).
