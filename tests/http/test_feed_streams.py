@@ -366,7 +366,7 @@ def test_a_stream_that_fails_gives_its_place_back(
     [
         ("FEED_STREAMS_PER_READER", "0", "feed_streams_per_reader must be between 1 and 100000"),
         ("FEED_STREAMS_PER_PROCESS", "-5", "feed_streams_per_process must be between 1 and"),
-        ("FEED_STREAMS_PER_PROCESS", "many", "feed_streams_per_process must be of type int"),
+        ("FEED_STREAMS_PER_PROCESS", "many", "feed_streams_per_process must be an integer"),
     ],
 )
 def test_a_broker_with_a_bad_stream_cap_does_not_start(
