@@ -74,6 +74,10 @@ MAX_RENEWALS = 3
 RENEWAL_CEILING = 900
 MAX_TTL = 600
 MAX_TOKENS = 48  # keeps the per-step validity check cheap
+# Agent, task and chain-on-agent entries are dated clock_skew past the revoking clock's
+# second (decision 142): they end what any clock within the skew made before them, and
+# what is made for their target within the skew after them is refused.
+SKEW = Config().clock_skew
 
 EXAMPLES = int(os.environ.get("TASKLEASE_MODEL_EXAMPLES", "0"))
 STEPS = int(os.environ.get("TASKLEASE_MODEL_STEPS", "0"))
@@ -457,6 +461,7 @@ class AuthorityMachine(RuleBasedStateMachine):
             and launch.uses_left > 0
             and self.model.app_alive(launch.app_id)
             and is_subset(scope, launch.scope)
+            and self.model.task_revoked.get(task, -1) < int(self.now)
         )
         try:
             issued = self.broker.register(
@@ -647,6 +652,7 @@ class AuthorityMachine(RuleBasedStateMachine):
             and len(chain) <= 3
             and is_subset(scope, tok.claims.scope)
             and int(self.now) < ceiling
+            and self.model.chain_agent_revoked.get(tok.holder.agent_id, -1) < int(self.now)
         )
         try:
             issued = self.broker.delegate(
@@ -768,7 +774,7 @@ class AuthorityMachine(RuleBasedStateMachine):
             tok.ended = True
 
     def revoke_agent(self, agent: MAgent, *, chain_level: bool) -> None:
-        now = int(self.now)
+        now = int(self.now) + SKEW
         if chain_level:
             self._revoke("chain", agent.agent_id)
             self.model.chain_agent_revoked[agent.agent_id] = now
@@ -778,7 +784,7 @@ class AuthorityMachine(RuleBasedStateMachine):
 
     def revoke_task(self, task: str) -> None:
         self._revoke("task", task)
-        self.model.task_revoked[task] = int(self.now)
+        self.model.task_revoked[task] = int(self.now) + SKEW
 
     # --- time ---------------------------------------------------------------------------
 

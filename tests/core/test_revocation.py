@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tasklease.core.broker import Broker
-from tasklease.core.errors import InvalidRequest, Unauthorized
+from tasklease.core.errors import InvalidRequest, Unauthorized, Unavailable
 from tasklease.core.pending import complete
 from tasklease.core.revocation import RevocationIndex
 from tasklease.core.store import AuditQuery, RevocationRecord
@@ -122,7 +122,7 @@ def test_revoking_a_task_ends_what_its_agents_were_handed(
 ) -> None:
     """A task revocation ends the tokens its agents hold by delegation from another task,
     and what they handed on; not the tokens of the task's later agents (task ids are used
-    again)."""
+    again), which register once ``clock_skew`` has passed (decision 142)."""
     a = kit.register(broker, launch, task_id="task-a")
     b = kit.register(broker, launch, task_id="task-b")
     c = kit.register(broker, launch, task_id="task-c")
@@ -140,6 +140,10 @@ def test_revoking_a_task_ends_what_its_agents_were_handed(
     assert valid(broker, a.token)
     assert valid(broker, c.token)
     clock.advance(2)
+    with pytest.raises(Unavailable) as soon:  # within the entry's skew: come back after it
+        kit.register(broker, launch, task_id="task-b")
+    assert soon.value.retry_after == broker.config.clock_skew + 1 - 2
+    clock.advance(soon.value.retry_after)
     later = kit.register(broker, launch, task_id="task-b")  # the task id, used again
     handed = broker.delegate(
         a.claims, delegate_to=later.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
@@ -172,8 +176,14 @@ def test_revoke_chain_level_spares_the_root(broker: Any, kit: Any, launch: str) 
     assert valid(broker, b.token)
     assert valid(broker, c.token)
     assert valid(broker, unrelated.token)
-    # The root can still delegate afresh after the clock moves on.
-    broker.clock.advance(1)
+    # The root can still delegate afresh once the clock is past the entry, which is dated
+    # clock_skew ahead (decision 142); until then it is asked to come back.
+    with pytest.raises(Unavailable) as soon:
+        broker.delegate(
+            root.claims, delegate_to=b.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
+        )
+    assert soon.value.retry_after == broker.config.clock_skew + 1 and soon.value.denial_id
+    broker.clock.advance(soon.value.retry_after)
     fresh = broker.delegate(
         root.claims, delegate_to=b.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx
     )
@@ -198,7 +208,7 @@ def test_a_revocation_is_timed_by_its_write_not_its_check(
     assert not valid(broker, hop.token)
     assert valid(broker, root.token)
     (entry,) = broker.store.revocations_since(0)
-    assert entry.revoked_at == int(broker.clock.now())
+    assert entry.revoked_at == int(broker.clock.now()) + broker.config.clock_skew
 
 
 def test_revocation_is_idempotent(broker: Any, kit: Any, launch: str) -> None:
@@ -242,12 +252,19 @@ def test_revoking_admin_is_not_a_permanent_lockout(broker: Any, kit: Any) -> Non
     broker.revoke(admin.claims, level="agent", target="admin", ctx=kit.ctx)
     with pytest.raises(Unauthorized):
         broker.authenticate(kit.bearer(admin.token), kit.ctx)
-    # Within the same second a new admin token is dead on arrival...
+    # Within clock_skew of it (the entry covers every clock within the skew: decision 142)
+    # a new admin token would be dead on arrival, so the sign-in is asked to come back...
     same_second = kit.admin(broker)
     with pytest.raises(Unauthorized):
         broker.authenticate(kit.bearer(same_second.token), kit.ctx)
-    # ...one second later the admin can work again.
-    broker.clock.advance(1)
+    with pytest.raises(Unavailable) as soon:
+        broker.admin_auth(kit.admin_secret, kit.ctx)
+    assert soon.value.retry_after == broker.config.clock_skew + 1 and soon.value.denial_id
+    (refused,) = events(broker, "admin_auth_failed")
+    assert "revoked_moments_ago" in refused.detail
+    assert refused.detail.endswith(f"denial={soon.value.denial_id}")
+    # ...and then the admin can work again.
+    broker.clock.advance(soon.value.retry_after)
     fresh = broker.admin_auth(kit.admin_secret, kit.ctx)
     assert broker.authenticate(kit.bearer(fresh.token), kit.ctx).jti == fresh.claims.jti
 
@@ -258,7 +275,7 @@ def test_revoking_admin_kills_todays_token_only(broker: Any, kit: Any) -> None:
     broker.revoke(admin.claims, level="agent", target="admin", ctx=kit.ctx)
     with pytest.raises(Unauthorized):
         broker.authenticate(kit.bearer(admin.token), kit.ctx)
-    broker.clock.advance(1)
+    broker.clock.advance(broker.config.clock_skew + 1)
     fresh = kit.admin(broker)
     assert broker.authenticate(kit.bearer(fresh.token), kit.ctx).sub == "admin"
 
@@ -279,7 +296,13 @@ def test_revoke_prune_bounds_state(broker: Any, kit: Any, launch: str, store: An
     assert broker.prune() == 0  # nothing it could match is dead yet
     assert len(broker.revocations) == 5
     broker.clock.advance(2)  # max_ttl + skew + 2 since the revocation
-    assert broker.prune() == 5
+    assert broker.prune() == 2  # the token's entries
+    # Agent, task and chain entries on an agent are dated clock_skew ahead (decision 142),
+    # and live as long past that.
+    broker.clock.advance(cfg.clock_skew - 2)
+    assert broker.prune() == 0
+    broker.clock.advance(1)  # max_ttl + 2 skew + 1 since the revocation
+    assert broker.prune() == 3
     assert len(broker.revocations) == 0
     assert store.revocations_since(0) == []
     assert store.load_revocations(0) == []
@@ -311,8 +334,8 @@ def test_new_broker_on_same_store_reloads_unexpired_revocations(
     assert not valid(restarted, a.token)
     assert not valid(restarted, b.token)
     assert valid(restarted, renewed.token)
-    # After expiry, a restart loads nothing.
-    clock.advance(broker.config.max_ttl + broker.config.clock_skew + 2)
+    # After expiry, a restart loads nothing (an agent entry is dated clock_skew ahead).
+    clock.advance(broker.config.max_ttl + 2 * broker.config.clock_skew + 2)
     later = make_broker(store=store, keyring=keyring, clock=clock)
     assert len(later.revocations) == 0
 
@@ -598,6 +621,12 @@ def test_a_new_app_key_ends_the_apps_live_tokens(broker: Any, kit: Any, clock: A
     (updated,) = events(broker, "app_updated")
     assert f"revoked level=agent target=app:{app.app_id}" in updated.detail
     clock.advance(1)
+    # Within clock_skew of the change a token would be born revoked (the entry covers
+    # every clock within the skew: decision 142): come back when it is past.
+    with pytest.raises(Unavailable) as soon:
+        broker.app_auth(app.client_id, secret, kit.ctx)
+    assert soon.value.retry_after == broker.config.clock_skew and soon.value.denial_id
+    clock.advance(soon.value.retry_after)
     after = broker.app_auth(app.client_id, secret, kit.ctx)  # a sign-in after it works
     assert broker.authenticate(f"Bearer {after.token}", kit.ctx).sub == f"app:{app.app_id}"
     broker.update_app(admin, app.app_id, scopes=None, token_ttl=600, ctx=kit.ctx)

@@ -141,12 +141,20 @@ def test_a_credential_change_ends_tokens_and_no_token_is_born_revoked(
         broker.authenticate(f"Bearer {first.token}", CTX)
     with pytest.raises(Unauthorized):
         broker.operator_auth(name="alice", secret=secret, nonce=None, signature=None, ctx=CTX)
-    # Within the rotation's second a token would be born revoked: come back in a second.
+    # Until clock_skew past the rotation's second a token would be born revoked (the entry
+    # also ends what a replica whose clock runs ahead signed in before it: decision 142):
+    # come back then.
+    skew = broker.config.clock_skew
     with pytest.raises(Unavailable) as soon:
         broker.operator_auth(name="alice", secret=new_secret, nonce=None, signature=None, ctx=CTX)
-    assert soon.value.retry_after == 1 and soon.value.denial_id
-    (hit,) = [d for d in _events(broker, "operator_auth_failed") if "changed this second" in d]
+    assert soon.value.retry_after == skew + 1 and soon.value.denial_id
+    assert f"sign in again in {skew + 1} s" in str(soon.value.detail)
+    (hit,) = [d for d in _events(broker, "operator_auth_failed") if "changed moments ago" in d]
     assert hit.endswith(f"denial={soon.value.denial_id}")
+    clock.advance(skew)
+    with pytest.raises(Unavailable) as still:
+        broker.operator_auth(name="alice", secret=new_secret, nonce=None, signature=None, ctx=CTX)
+    assert still.value.retry_after == 1
     clock.advance(1)
     second, _ = broker.operator_auth(
         name="alice", secret=new_secret, nonce=None, signature=None, ctx=CTX
@@ -234,7 +242,7 @@ def test_first_admin_is_made_then_re_keyed_by_init(broker: Broker, clock: Manual
     made, first = broker.set_up_first_admin("root", CTX)
     assert made.role == "admin" and made.created_by == INIT and first
     again, second = broker.set_up_first_admin("root", CTX)
-    clock.advance(1)
+    clock.advance(broker.config.clock_skew + 1)  # past the re-keying's entry (decision 142)
     assert again.created_by == INIT and second and second != first
     with pytest.raises(Unauthorized):
         broker.operator_auth(name="root", secret=first, nonce=None, signature=None, ctx=CTX)

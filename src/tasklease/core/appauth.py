@@ -227,13 +227,18 @@ class AppSignIn(Service):
             error, why = InvalidDPoPProof("invalid DPoP proof", reason=exc.reason), exc.reason
         raise self._refused(error, f"{shown} reason=dpop_proof_refused: {why}", ctx)
 
-    def _born_revoked(self, claims: Claims) -> bool:
-        """Whether the token about to be issued is revoked already: a key change revokes
-        the app's tokens up to and including its second (revocation matches ``iat <=
-        revoked_at`` in whole seconds), so a sign-in within that second is asked to come
-        back in a second. (An app's record changes for its scopes too, which revoke
-        nothing, so its time of change is no sign: the revocation itself is.)"""
-        return self._kernel.revocations.match(claims) is not None
+    def _born_revoked(self, claims: Claims) -> int:
+        """Seconds until a token like the one about to be issued would not be revoked
+        already (0: it is not). A key change revokes the app's tokens up to and including
+        its entry's ``revoked_at``, ``clock_skew`` past the second of the change
+        (``Kernel.revocation_entry``: so that it also ends what a replica whose clock runs
+        ahead signed in before it), so a sign-in until then is asked to come back when it
+        is past. (An app's record changes for its scopes too, which revoke nothing, so its
+        time of change is no sign: the revocation itself is.)"""
+        wait = self._kernel.reissue_wait("agent", claims.sub, claims.iat)
+        if not wait and self._kernel.revocations.match(claims) is not None:
+            wait = 1  # ended by another entry: nothing to wait for, but nothing to issue
+        return wait
 
     def _app_token(
         self,
@@ -260,20 +265,24 @@ class AppSignIn(Service):
         proof = self._dpop_proof(app, ctx) if bind and ctx.dpop else None
 
         def spend(tx: WriteTx, claims: Claims) -> tuple[TaskleaseError, str] | None:
+            changed = self._store.get_app_by_client_id(app.client_id) != app
             # First, before anything is spent: the client is asked to retry, and may send
-            # the same assertion and proof again.
-            if self._born_revoked(claims):
+            # the same assertion and proof again. (Not an app changed since it was read:
+            # it is refused as ever, below.)
+            wait = 0 if changed else self._born_revoked(claims)
+            if wait:
                 return (
                     Unavailable(
-                        "the app's credential changed this second: sign in again", retry_after=1
+                        f"the app's credential changed moments ago: sign in again in {wait} s",
+                        retry_after=wait,
                     ),
-                    "credential_changed_this_second",
+                    f"credential_changed_moments_ago (come back in {wait}s)",
                 )
             if spent is not None and not tx.consume_nonce(*spent):
                 return Unauthorized("Authentication failed"), "assertion_replayed (jti used)"
             if proof is not None and not tx.consume_dpop_proof(proof.key, proof.expires_at):
                 return InvalidDPoPProof("invalid DPoP proof", reason=PROOF_REPLAYED), PROOF_REPLAYED
-            if self._store.get_app_by_client_id(app.client_id) != app:
+            if changed:
                 return Unauthorized("Authentication failed"), "app_changed_during_sign_in"
             return None
 

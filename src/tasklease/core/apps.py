@@ -10,7 +10,6 @@ their descendants.
 
 from __future__ import annotations
 
-import math
 import re
 import secrets
 import time
@@ -32,6 +31,7 @@ from tasklease.core.errors import (
     NotFound,
     TaskleaseError,
     Unauthorized,
+    Unavailable,
 )
 from tasklease.core.issuing import clamp_ttl, listed
 from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service, with_denial
@@ -101,12 +101,6 @@ def _grants(details: Sequence[Mapping[str, Any]]) -> str:
     if not details:
         return ""
     return " grants=" + listed([f"{d.get('type')}#{digest(d)[:12]}" for d in details])
-
-
-def _ending(kernel: Kernel, level: str, target: str, now: float) -> RevocationRecord:
-    """The revocation entry an operator's change made at ``now`` writes."""
-    revoked_at = math.floor(now)
-    return RevocationRecord(level, target, revoked_at, kernel.revocation_expiry(revoked_at))
 
 
 def _app_token_ttl(token_ttl: object) -> int | None:
@@ -302,7 +296,7 @@ class Apps(Service):
             # A new or removed key ends the app's live tokens, as an operator's rotation
             # does: whoever held the old key (or a token signed in with it) holds nothing.
             if updated.public_key != app.public_key:
-                records[:] = [_ending(self._kernel, "agent", f"app:{app_id}", self._kernel.now())]
+                records[:] = [self._kernel.revocation_entry("agent", f"app:{app_id}")]
                 tx.insert_revocation(records[0])
                 ended = f"; revoked level=agent target=app:{app_id}"
             return [
@@ -348,9 +342,9 @@ class Apps(Service):
             written[:] = [updated]
             records[:] = [
                 # The app's own tokens (subject app:<app_id>) ...
-                _ending(self._kernel, "agent", f"app:{app_id}", now),
+                self._kernel.revocation_entry("agent", f"app:{app_id}", at=now),
                 # ... and every agent token launched through it, with their descendants.
-                _ending(self._kernel, "chain", app_ancestor(app_id), now),
+                self._kernel.revocation_entry("chain", app_ancestor(app_id), at=now),
             ]
             for record in records:
                 tx.insert_revocation(record)
@@ -470,6 +464,25 @@ class Apps(Service):
         )
         entry = AuditEntry(event, request_id=ctx.request_id, detail=detail(claims))
         if spend is None:
+            # The built-in admin's: its subject revoked moments ago (an ``agent``-level
+            # entry on ``admin``, dated clock_skew ahead: decision 142) would end the token
+            # at birth. Come back when it is past.
+            wait = self._kernel.reissue_wait("agent", sub, claims.iat)
+            if wait:
+                self._metrics.auth.labels(label, "failure").inc()
+                raise self._kernel.deny(
+                    Unavailable(
+                        f"the {label}'s tokens were revoked moments ago: sign in again in {wait} s",
+                        retry_after=wait,
+                    ),
+                    AuditEntry(
+                        f"{label}_auth_failed",
+                        outcome="denied",
+                        request_id=ctx.request_id,
+                        detail=f"client_id={client_id} reason=revoked_moments_ago "
+                        f"(come back in {wait}s) from {ctx.remote}",
+                    ),
+                )
             self._kernel.record(entry)
         else:
             refused: list[tuple[TaskleaseError, str]] = []

@@ -18,7 +18,7 @@ from tasklease.core.callers import about, lineage, refused, require_agent
 from tasklease.core.calls import budget_holder, budgets_for
 from tasklease.core.clock import format_rfc3339
 from tasklease.core.delegation import record_signing_input, verify_chain_records
-from tasklease.core.errors import InvalidRequest, NotFound, Unauthorized
+from tasklease.core.errors import InvalidRequest, NotFound, Unauthorized, Unavailable
 from tasklease.core.issuing import (
     binding_suffix,
     clamp_ttl,
@@ -204,6 +204,24 @@ class Delegating(Service):
             ) from None
         if target is None:  # pragma: no cover - an unknown delegate is refused above
             raise NotFound("delegate agent not found")
+        wait = kernel.reissue_wait("chain", claims.sub, iat)
+        if wait:
+            # A chain entry on the delegator, made moments ago, ends its delegations made
+            # by every clock within the skew before it, so one made now would be born
+            # revoked (docs/decisions.md 142): refused, to be asked again after it.
+            raise kernel.deny(
+                Unavailable(
+                    "the delegator's delegations were revoked moments ago: delegate again "
+                    f"in {wait} s",
+                    retry_after=wait,
+                ),
+                replace(
+                    denied,
+                    event_type="delegation_denied",
+                    detail=f"delegator's delegations revoked moments ago: its chain entry "
+                    f"ends delegations until {iat + wait - 1}; come back in {wait}s | {parties}",
+                ),
+            )
         audience = issuance.audience
         # One ring for the whole hop: the chain is checked, extended and signed under it.
         ring = self._keys.ring

@@ -36,7 +36,7 @@ from tasklease.core.errors import (
 )
 from tasklease.core.foreign import domain_entry
 from tasklease.core.kernel import Kernel, RequestContext, Service
-from tasklease.core.records import FederationRecord, RevocationRecord
+from tasklease.core.records import FederationRecord
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules.bundle import BundleError, TrustBundle, parse_bundle
@@ -338,13 +338,7 @@ class Federation(Service):
         """
         removed: FederationRecord | None = None
         deleted = False
-        revoked_at = math.floor(self._kernel.now())
-        ended = RevocationRecord(
-            "chain",
-            domain_entry(trust_domain),
-            revoked_at,
-            self._kernel.revocation_expiry(revoked_at),
-        )
+        ended = self._kernel.revocation_entry("chain", domain_entry(trust_domain))
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             nonlocal removed, deleted

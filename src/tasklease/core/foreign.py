@@ -423,6 +423,7 @@ def converted(
     *,
     now: float,
     expiry: Callable[[float], float],
+    ahead: int = 0,
 ) -> RevocationRecord | None:
     """Our own revocation entry for one entry of federated domain ``domain``'s feed.
 
@@ -432,9 +433,15 @@ def converted(
     ``task`` → ``fed:D:task:<id>``. Other entries (an operator's, level ``agent`` on a
     name that is no SPIFFE ID) concern nothing we derived: None.
 
-    ``revoked_at`` is the peer's, but never later than ``now`` (a peer's clock cannot
-    date an entry into our future); the entry lives until ``expiry(now)``, counted from
-    when we heard of it: long enough to outlive every token we minted before then.
+    ``revoked_at`` is the peer's, but never more than ``ahead`` seconds past ``now`` (a
+    peer's clock cannot date an entry far into our future, which would hide its later
+    revocations of the target from :class:`core.peerfeed.PeerFeeds` as no news); the
+    entry lives until ``expiry(now)``, counted from when we heard of it: long enough to
+    outlive every token we minted before then. (Ours match by lineage, whenever issued:
+    the time only tells a later revocation from one heard again. A peer dates its agent,
+    task and chain-on-agent entries ``clock_skew`` past its clock, which may run up to
+    ``clock_skew`` ahead of ours: ``ahead`` is twice that, so that an entry heard again
+    converts to the same one, not a wider one at every read. docs/decisions.md 142.)
 
     An entry whose target here would be longer than :data:`MAX_TARGET` is logged and
     None: no lineage of ours lists such an id (:func:`foreign_parent` refuses it), and
@@ -466,5 +473,5 @@ def converted(
             record.seq,
         )
         return None
-    revoked_at = min(int(record.revoked_at), math.floor(now))
+    revoked_at = min(int(record.revoked_at), math.floor(now) + ahead)
     return RevocationRecord("chain", ours, revoked_at, expiry(now))

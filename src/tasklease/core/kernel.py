@@ -81,7 +81,7 @@ from tasklease.core.records import (
     RevocationRecord,
 )
 from tasklease.core.refusalbudget import charge_refusal
-from tasklease.core.revocation import RevocationIndex
+from tasklease.core.revocation import RevocationIndex, matches_by_time
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import Store, WriteTx
 from tasklease.core.tokens import Claims
@@ -487,6 +487,38 @@ class Kernel:
                 "policy",
             )
         return decision
+
+    def revocation_entry(
+        self, level: str, target: str, *, at: float | None = None
+    ) -> RevocationRecord:
+        """The entry that revokes ``target`` at ``level`` now: every revocation an operator,
+        the sweeper or a change of credential makes is dated here, inside the write that
+        stores it (``at``: the time that write already read from :meth:`now`).
+
+        ``revoked_at`` is this clock's second, and for an entry that matches by a time
+        (``revocation.matches_by_time``: agent, task, chain on an agent) ``clock_skew``
+        more: what it is compared with (a registration's ``oiat``, a token's ``iat``, a
+        hop's ``delegated_at``) was read from the clock of the process that made it, up to
+        ``clock_skew`` ahead of this one (another replica; this one before a step back).
+        Dated by this clock alone, an entry would miss what such a clock made in the
+        moments before it, for good: the revocation would answer 200 and the tokens live
+        on. It is never earlier than this clock's second, so the store's widening (the
+        later of two) and the feed's readers need nothing new. What is made for the
+        target within ``clock_skew`` after the entry is ended too, so issuing it is
+        refused until then (:meth:`reissue_wait`). docs/decisions.md 142.
+        """
+        revoked_at = math.floor(self.now() if at is None else at)
+        if matches_by_time(level, target):
+            revoked_at += self.config.clock_skew
+        return RevocationRecord(level, target, revoked_at, self.revocation_expiry(revoked_at))
+
+    def reissue_wait(self, level: str, target: str, iat: int) -> int:
+        """Seconds until what is issued for ``target`` at ``iat`` is past this process's
+        entry at ``level`` on it (0 when there is none, or ``iat`` is past it already): a
+        sign-in or a registration made now would be born revoked, so it is refused and
+        asked to come back then (:meth:`revocation_entry`)."""
+        revoked_at = self.revocations.revoked_at(level, target)
+        return 0 if revoked_at is None or iat > revoked_at else revoked_at + 1 - iat
 
     def revocation_expiry(self, revoked_at: float) -> float:
         """When an operator's entry made at ``revoked_at`` can no longer matter.

@@ -235,10 +235,7 @@ class Liveness(Service):
                 or session.last_heartbeat >= bound
             ):
                 return []  # it heartbeated, was released or was swept meanwhile
-            revoked_at = math.floor(self._kernel.now())
-            record = RevocationRecord(
-                "agent", agent_id, revoked_at, self._kernel.revocation_expiry(revoked_at)
-            )
+            record = self._kernel.revocation_entry("agent", agent_id)
             tx.insert_revocation(record)
             tx.set_agent_status(agent_id, "revoked")
             tx.put_agent_session(replace(session, state="silent_revoked"))

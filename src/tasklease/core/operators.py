@@ -18,7 +18,6 @@ The admin secret (``POST /v1/admin/auth``, ``core.apps``) stays as the built-in 
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Callable
@@ -52,7 +51,7 @@ __all__ = ["INIT", "Operators", "operator_name", "operator_subject"]
 _NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 # Who the audit log names for what `tasklease init` does on the local database.
 INIT = "init"
-_SAME_SECOND = "credential changed this second"
+_JUST_CHANGED = "credential changed moments ago"
 
 
 def operator_subject(name: str) -> str:
@@ -326,9 +325,7 @@ class Operators(Service):
 
     def _ending(self, name: str, now: float) -> list[RevocationRecord]:
         """The entry that ends every token ``operator:<name>`` holds, issued until ``now``."""
-        revoked_at = math.floor(now)
-        expires_at = self._kernel.revocation_expiry(revoked_at)
-        return [RevocationRecord("agent", operator_subject(name), revoked_at, expires_at)]
+        return [self._kernel.revocation_entry("agent", operator_subject(name), at=now)]
 
     def _refuse(
         self, exc: TaskleaseError, name: str, by: str, ctx: RequestContext, why: str
@@ -427,18 +424,23 @@ class Operators(Service):
         token its revocation entry, written a second earlier, does not match.
         """
         issued = self._mint(record) if not reason and record is not None else None
-        if issued is not None and record is not None and self._born_revoked(record, issued.claims):
-            reason, issued = _SAME_SECOND, None
+        wait = 0
+        if issued is not None and record is not None:
+            wait = self._born_revoked(record, issued.claims)
+            if wait:
+                reason, issued = f"{_JUST_CHANGED}: come back in {wait}s", None
         refused: list[TaskleaseError] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             # The nonce is spent in every case: a failed proof must not leave it reusable.
             fresh = spent is None or tx.consume_nonce(*spent)
             why = reason or ("" if fresh else "nonce already used")
-            if not why and record is not None:
-                why = self._still_standing(record)
+            if record is not None and (not why or wait):
+                # An operator changed since it was read is refused as such, not asked to
+                # come back (its token would be born revoked too).
+                why = self._still_standing(record) or why
             if why or issued is None or record is None:
-                failure = _refusal(why)
+                failure = _refusal(why, wait)
                 refused[:] = [failure]
                 return [with_denial(failure, self._failure_entry(name, why, ctx))]
             return [self._signed_in(record, issued.claims, ctx)]
@@ -484,19 +486,26 @@ class Operators(Service):
         self._metrics.auth.labels("operator", "failure").inc()
         return self._kernel.deny(_refusal(reason), self._failure_entry(name, reason, ctx))
 
-    def _born_revoked(self, record: OperatorRecord, claims: Claims) -> bool:
-        """Whether a token just minted would be revoked already.
+    def _born_revoked(self, record: OperatorRecord, claims: Claims) -> int:
+        """Seconds until a token like the one just minted would not be revoked already
+        (0: it is not).
 
         The entry a rotation (or an operator's ``agent``-level revocation) writes ends the
-        tokens issued up to and including its second: revocation matches ``iat <=
-        revoked_at`` in whole seconds. A token minted within that second is therefore not
-        issued; the caller is asked to come back in a second. The record's time of change
-        says so too where this process has not applied the entry yet (another replica's).
+        tokens issued up to and including its ``revoked_at``, which is ``clock_skew`` past
+        the second of the change (``Kernel.revocation_entry``: so that it also ends what a
+        replica whose clock runs ahead signed in before it). A token minted until then is
+        therefore not issued; the caller is asked to come back when it is past. The
+        record's time of change says so too where this process has not applied the entry
+        yet (another replica's), dated as the kernel dates it.
         """
-        if self._kernel.revocations.match(claims) is not None:
-            return True
-        changed = record.updated_at > record.created_at
-        return changed and claims.iat <= math.floor(record.updated_at)
+        sub, iat = claims.sub, claims.iat
+        wait = self._kernel.reissue_wait("agent", sub, iat)
+        if record.updated_at > record.created_at:
+            changed = self._kernel.revocation_entry("agent", sub, at=record.updated_at)
+            wait = max(wait, changed.revoked_at + 1 - iat)
+        if not wait and self._kernel.revocations.match(claims) is not None:
+            wait = 1  # ended by another entry: nothing to wait for, but nothing to issue
+        return wait
 
     def _mint(self, record: OperatorRecord) -> IssuedToken:
         cfg = self._config
@@ -532,10 +541,12 @@ class Operators(Service):
         return issued
 
 
-def _refusal(reason: str) -> TaskleaseError:
-    """What a failed sign-in answers: one generic 401, or come back in a second."""
-    if reason == _SAME_SECOND:
+def _refusal(reason: str, wait: int = 0) -> TaskleaseError:
+    """What a failed sign-in answers: one generic 401, or come back in ``wait`` seconds
+    (a token issued now would be born revoked: ``Operators._born_revoked``)."""
+    if wait and reason.startswith(_JUST_CHANGED):
         return Unavailable(
-            "the operator's credential changed this second: sign in again", retry_after=1
+            f"the operator's credential changed moments ago: sign in again in {wait} s",
+            retry_after=wait,
         )
     return Unauthorized("invalid credentials")

@@ -61,7 +61,13 @@ class PeerFeeds(Service):
         now = kernel.now()
         ours: dict[str, tuple[RevocationRecord, RevocationRecord]] = {}
         for record in records:
-            mine = converted(record, domain, now=now, expiry=kernel.revocation_expiry)
+            mine = converted(
+                record,
+                domain,
+                now=now,
+                expiry=kernel.revocation_expiry,
+                ahead=2 * self._config.clock_skew,
+            )
             if mine is None:
                 continue
             # Two of its entries on one target of ours (an agent- and a chain-level one on

@@ -32,6 +32,7 @@ from tasklease.core.errors import (
     InvalidRequest,
     TaskleaseError,
     Unauthorized,
+    Unavailable,
 )
 from tasklease.core.identity import (
     NonceIssuer,
@@ -417,6 +418,23 @@ class Registration(Service):
                 Unauthorized("launch token: launch token not found"),
                 replace(base, detail=f"{refusal.detail} ({lt_hash[:12]})"),
             ) from None
+        wait = self._kernel.reissue_wait("task", task, iat)
+        if wait:
+            # The task was revoked moments ago: its entry covers what every clock within
+            # the skew made before it, so a run registered now would be born revoked
+            # (docs/decisions.md 142). Refused before anything is spent.
+            raise deny(
+                Unavailable(
+                    f"task {task} was revoked moments ago: a new run of it may register in "
+                    f"{wait} s",
+                    retry_after=wait,
+                ),
+                replace(
+                    base,
+                    detail=f"task revoked moments ago: its entry ends registrations until "
+                    f"{iat + wait - 1}; come back in {wait}s{attested_suffix(attested)}",
+                ),
+            )
         audience = issuance.audience
         cnf, proof = self._inputs.binding(ctx, now, base, deny)
         try:

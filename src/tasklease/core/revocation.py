@@ -28,6 +28,15 @@ task revocation end the successors that another worker or replica minted in the 
 before the revocation reached it: they carry the registration's time, and are matched as
 soon as the entry arrives.
 
+The times an entry is compared with were read from the clock of whichever process made
+the registration, token or hop, which may run up to ``clock_skew`` ahead of the revoking
+process's (another replica, or this one before its clock stepped back). So an entry that
+matches by a time (:func:`matches_by_time`: agent and task entries, a chain entry on an
+agent) is dated ``clock_skew`` past its revoking clock's second (``Kernel.revocation_entry``,
+where every revoking site dates its entries): it covers everything made before it by any
+clock within the tolerance, and what is made for its target within ``clock_skew`` after it
+is ended too (such an issuance is refused, asked to come back when past it).
+
 Because agent, task and chain entries only match what was made before them, a revocation
 can never lock a subject out for ever (revoking ``admin`` kills today's admin tokens, not
 tomorrow's), and every entry has an expiry after which nothing it could match is still
@@ -50,9 +59,17 @@ from typing import Protocol
 from tasklease.core.records import RevocationRecord
 from tasklease.core.spiffe import parse_agent_id
 
-__all__ = ["LEVELS", "RevocableToken", "RevocationIndex"]
+__all__ = ["LEVELS", "RevocableToken", "RevocationIndex", "matches_by_time"]
 
 LEVELS = ("token", "agent", "task", "chain")
+
+
+def matches_by_time(level: str, target: str) -> bool:
+    """Whether an entry at ``level`` on ``target`` matches only what was made at or before
+    its ``revoked_at`` (a registration, a token, a hop, by the clock that made it): agent
+    and task entries, and a chain entry on an agent (a SPIFFE ID; one on a lineage id
+    matches whenever issued, and a token entry by its ``jti``)."""
+    return level in ("agent", "task") or (level == "chain" and target.startswith("spiffe://"))
 
 
 class _Hop(Protocol):
@@ -159,6 +176,11 @@ class RevocationIndex:
         for record in claims.delegation_chain:
             found.update((("agent", record.agent), ("chain", record.agent)))
         return found
+
+    def revoked_at(self, level: str, target: str) -> int | None:
+        """The ``revoked_at`` of the entry at ``level`` on ``target``, or None if none."""
+        hit = self._levels.get(level, {}).get(target)
+        return None if hit is None else hit[0]
 
     def ended_ancestor(self, lineage: Sequence[str]) -> str | None:
         """The first of ``lineage`` whose end (a chain-level entry) ends its descendants."""

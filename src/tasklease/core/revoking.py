@@ -9,7 +9,6 @@ the store). Revocation is idempotent, and ending a token ends its descendants.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import replace
 
 from tasklease.core.auditformat import AuditEntry
@@ -136,13 +135,13 @@ class Revoking(Service):
         def unit(tx: WriteTx) -> list[AuditEntry]:
             # Timed in its write, not when it was checked: a delegation or registration
             # that committed before it was made by then, and is matched (agent, task and
-            # chain entries match what was made at or before ``revoked_at``).
-            revoked_at = math.floor(self._kernel.now())
-            expires_at = self._kernel.revocation_expiry(revoked_at)
-            records[:] = [RevocationRecord(level, target, revoked_at, expires_at)]
+            # chain entries match what was made at or before ``revoked_at``, which the
+            # kernel dates to cover every clock within the skew: decision 142).
+            now = self._kernel.now()
+            records[:] = [self._kernel.revocation_entry(level, target, at=now)]
             if level == "token":
                 # A token's end is its descendants' end (they list its jti in their lineage).
-                records.append(RevocationRecord("chain", target, revoked_at, expires_at))
+                records.append(self._kernel.revocation_entry("chain", target, at=now))
             for record in records:
                 tx.insert_revocation(record)
             if level == "agent" and parse_agent_id(target):

@@ -113,7 +113,13 @@ class RevocationEntry(Response):
     level: Annotated[str, _LEVEL]
     target: Annotated[str, doc("A `jti`, an agent SPIFFE ID, a `task_id` or a chain root.")]
     revoked_at: Annotated[
-        int, doc("Unix seconds; matches what was registered or delegated at or before it.")
+        int,
+        doc(
+            "Unix seconds; matches what was registered or delegated at or before it. An "
+            "`agent` or `task` entry, and a `chain` entry on an agent, is dated `clock_skew` "
+            "past the second it was made (so that it covers every clock within the skew), "
+            "and may be ahead of the broker's clock."
+        ),
     ]
     expires_at: Annotated[float, doc("Unix seconds after which nothing it matches is valid.")]
     seq: Annotated[int, doc("Position in the feed; greater means later.")]
