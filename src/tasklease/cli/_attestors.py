@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from tasklease.cli._common import (
@@ -73,7 +72,7 @@ def _json_file(path: Path, what: str, kind: type) -> Any:
 
 
 def _line(label: str, value: object) -> None:
-    out.print(f"{label:<12}{escape(str(value))}", highlight=False)
+    out.print(f"{label:<12}{value}", highlight=False)
 
 
 @attestor_app.command("add")
@@ -133,7 +132,7 @@ def attestor_add(
         return
     verb = "replaced" if answer.get("replaced") else "added"
     out.print(
-        f"attestor {escape(str(answer.get('name')))} ({escape(str(answer.get('type')))}) {verb}",
+        f"attestor {answer.get('name')} ({answer.get('type')}) {verb}",
         highlight=False,
     )
 
@@ -157,12 +156,12 @@ def attestor_list(
         settings = a.get("settings") or {}
         issuer = settings.get("issuer") or settings.get("trust_domain") or "-"
         table.add_row(
-            escape(str(a.get("name"))),
-            escape(str(a.get("type"))),
-            escape(str(issuer)),
-            escape(str(len(a.get("policy") or []))),
-            escape(str(a.get("app_id") or "-")),
-            escape(f"{a.get('created_at')} by {a.get('created_by')}"),
+            str(a.get("name")),
+            str(a.get("type")),
+            str(issuer),
+            str(len(a.get("policy") or [])),
+            str(a.get("app_id") or "-"),
+            f"{a.get('created_at')} by {a.get('created_by')}",
         )
     out.print(table)
 
@@ -217,7 +216,7 @@ def attestor_remove(
     if as_json:
         print_json(answer)
     else:
-        out.print(f"attestor {escape(str(answer.get('name')))} removed", highlight=False)
+        out.print(f"attestor {answer.get('name')} removed", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator
-from typing import Annotated, Any, TextIO
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tasklease.cli import _transparency, _witness
 from tasklease.cli._common import (
     EXIT_FAILED,
     AdminSecretOpt,
+    ForceOpt,
     ProfileOpt,
     UrlOpt,
     admin_client,
@@ -22,6 +25,7 @@ from tasklease.cli._common import (
     fail,
     out,
     print_json,
+    private_output,
 )
 from tasklease.cli._output import OutputOpt, emit, field
 from tasklease.client import AdminClient
@@ -83,7 +87,10 @@ def audit_events(
     emit(events, _EVENT_COLUMNS, output)
     if output is None and sys.stdout.isatty():
         shown_to = offset + len(events)
-        out.print(f"[dim]events {offset + 1 if events else 0}-{shown_to} of {page.get('total')}[/]")
+        total = escape(str(page.get("total")))
+        out.print(
+            f"[dim]events {offset + 1 if events else 0}-{shown_to} of {total}[/]", markup=True
+        )
 
 
 _EVENT_COLUMNS = [
@@ -111,8 +118,10 @@ def audit_export(
     until: UntilOpt = None,
     principal: PrincipalOpt = None,
     output: Annotated[
-        str | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
+        Path | None,
+        typer.Option("--output", "-o", help="Write to this new file (0600), not stdout."),
     ] = None,
+    force: ForceOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
@@ -128,25 +137,26 @@ def audit_export(
         until=until,
         principal=principal,
     )
+    # The audit trail names agents, tasks and principals: a file of it is private (0600),
+    # new unless --force, never written through a link, whole or not at all.
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         if output is None:
-            count = _write_lines(admin.iter_audit_events(**filters), sys.stdout)
+            count = _write_lines(admin.iter_audit_events(**filters), sys.stdout.write)
+            sys.stdout.flush()
         else:
-            try:
-                with open(output, "w", encoding="utf-8") as fh:
-                    count = _write_lines(admin.iter_audit_events(**filters), fh)
-            except OSError as exc:
-                fail(f"cannot write {output}: {exc.strerror or exc}")
+            with private_output(output, force=force) as fh:
+                count = _write_lines(
+                    admin.iter_audit_events(**filters), lambda line: fh.write(line.encode())
+                )
     if output is not None:
         err.print(f"{count} events written to {output}", highlight=False)
 
 
-def _write_lines(events: Iterable[dict[str, Any]], fh: TextIO) -> int:
+def _write_lines(events: Iterable[dict[str, Any]], write: Callable[[str], object]) -> int:
     count = 0
     for event in events:
-        fh.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n")
+        write(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n")
         count += 1
-    fh.flush()
     return count
 
 
@@ -198,9 +208,10 @@ def verify_over_http(url: str | None, admin_secret: str | None, profile: str | N
         out.print(f"audit chain intact: {report.checked} events, head {report.head_hash}")
         return
     err.print(
-        f"[bold red]audit chain broken[/] at {report.broken_at}: {report.reason} "
-        f"({report.checked} events verified before it)",
+        f"[bold red]audit chain broken[/] at {escape(str(report.broken_at))}: "
+        f"{escape(report.reason)} ({report.checked} events verified before it)",
         highlight=False,
+        markup=True,
     )
     raise typer.Exit(EXIT_FAILED)
 

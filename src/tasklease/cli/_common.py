@@ -1,4 +1,5 @@
-"""What every remote command shares: consoles, exit codes, where the broker is, errors.
+"""What every remote command shares: consoles, exit codes, where the broker is, errors,
+and the one way a command writes a file.
 
 Exit codes (documented in ``tasklease --help`` and docs/cli.md):
 
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, BinaryIO, NoReturn
 
 import httpx
 import typer
@@ -31,8 +32,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from rich.console import Console
 from rich.markup import escape
 
-from tasklease.cli._sessions import cached_session, config_dir
+from tasklease.cli._sessions import cached_session, config_dir, session_subject
 from tasklease.client import AdminClient, NotFound, TaskleaseError, TransportError
+from tasklease.core.config import is_loopback_host
 from tasklease.core.tenants import tenant_id_error
 
 __all__ = [
@@ -44,21 +46,26 @@ __all__ = [
     "EXIT_USAGE",
     "AdminSecretOpt",
     "Connection",
+    "ForceOpt",
     "JsonOpt",
     "ProfileOpt",
     "UrlOpt",
     "admin_client",
+    "allow_insecure_http",
     "broker_errors",
     "config_dir",
     "err",
+    "error_line",
     "exit_code_for",
     "fail",
     "out",
     "print_json",
+    "private_output",
     "read_public_key",
     "resolve_connection",
     "select_tenant",
     "selected_tenant",
+    "write_private",
 ]
 
 EXIT_OK = 0
@@ -73,8 +80,11 @@ EXIT_CODES_HELP = (
     "failed (5xx)."
 )
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# The only consoles of the CLI. Text printed is data (a path, a name, a broker's answer)
+# and shown as written: rich markup is off unless a call opts in with ``markup=True``,
+# and such a call escapes every value it interpolates (rich.markup.escape).
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 UrlOpt = Annotated[
     str | None,
@@ -106,14 +116,23 @@ ProfileOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Replace an existing --output file (with a new 0600 file)."),
+]
 
 
 def fail(message: str, code: int = EXIT_USAGE, hint: str | None = None) -> NoReturn:
     """Print ``error: message`` (and the hint) to stderr and exit with ``code``."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    if hint:
-        err.print(f"[dim]hint:[/] {escape(hint)}", highlight=False)
+    error_line(message, hint)
     raise typer.Exit(code)
+
+
+def error_line(message: str, hint: str | None = None) -> None:
+    """Print ``error: message`` (and ``hint: ...``) to stderr, both shown as written."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+    if hint:
+        err.print(f"[dim]hint:[/] {escape(hint)}", highlight=False, markup=True)
 
 
 def exit_code_for(error: TaskleaseError) -> int:
@@ -156,6 +175,14 @@ class Connection:
     operator: str | None = None
     operator_secret: str | None = None
     operator_key: bytes | None = None  # the 32-byte Ed25519 private key seed
+
+    @property
+    def subject(self) -> str | None:
+        """Who these credentials name, as the broker's tokens do (``admin`` for the admin
+        secret, ``operator:<name>``); None when they name no one."""
+        if self.operator is not None:
+            return session_subject(self.operator)
+        return session_subject(None) if self.admin_secret else None
 
 
 def _default_profile() -> Path:
@@ -222,9 +249,26 @@ def _tenant_url(url: str, tenant: str | None) -> str:
     return base if tenant in (None, "", "default") else f"{base}/t/{tenant}"
 
 
-def _check_broker_url(url: str) -> None:
+# Plain HTTP beyond loopback (``tasklease --insecure-http ...`` or TASKLEASE_INSECURE_HTTP),
+# and the URLs already warned about in this invocation.
+_insecure_http: list[bool] = [False]
+_warned: set[str] = set()
+
+
+def allow_insecure_http(allowed: bool) -> None:
+    """Let this invocation send credentials over plain HTTP to a host beyond loopback."""
+    _insecure_http[0] = allowed
+
+
+def _check_broker_url(url: str, *, connects: bool = True) -> None:
     """Exit 2 unless ``url`` is an http(s) URL with a host that httpx can use: a mistyped
-    port or address is the user's input to correct, not a stack trace from the SDK."""
+    port or address is the user's input to correct, not a stack trace from the SDK.
+
+    ``connects``: the command will talk to it, so plain ``http://`` is refused unless the
+    host is loopback (``localhost``, 127.0.0.0/8, ``::1``) or the user opted in: the admin
+    secret, an operator's secret and tokens would cross the network in clear. Refused
+    before any connection is made.
+    """
     if not url.startswith(("http://", "https://")):
         fail(f"broker URL must start with http:// or https://, got {url!r}")
     try:
@@ -233,6 +277,21 @@ def _check_broker_url(url: str) -> None:
         fail(f"broker URL {url!r} is malformed: {exc}")
     if not host:
         fail(f"broker URL {url!r} names no host")
+    if not connects or url.startswith("https://") or is_loopback_host(host):
+        return
+    if not _insecure_http[0]:
+        fail(
+            f"broker URL {url} is plain HTTP to {host}, not a loopback address: the secret "
+            "and tokens would cross the network in clear",
+            hint="use https://, or 127.0.0.1 through an SSH tunnel; on a network you trust, "
+            "pass `tasklease --insecure-http ...` or set TASKLEASE_INSECURE_HTTP=1",
+        )
+    if url not in _warned:
+        _warned.add(url)
+        err.print(
+            f"warning: credentials go to {url} over plain HTTP (--insecure-http)",
+            highlight=False,
+        )
 
 
 def resolve_connection(
@@ -241,39 +300,49 @@ def resolve_connection(
     profile: str | None,
     *,
     need_secret: bool = True,
+    credentials: bool = True,
+    connects: bool = True,
 ) -> Connection:
-    """Flags (and their environment variables) win over the profile file.
+    """Flags (and their environment variables) win over the profile file: its
+    credentials are taken only when neither names one.
 
     A named operator (``TASKLEASE_OPERATOR`` with ``TASKLEASE_OPERATOR_SECRET`` or
     ``TASKLEASE_OPERATOR_KEY_FILE``, or ``operator`` with ``operator_secret`` or
-    ``operator_key_file`` in the profile) signs in rather than the admin secret.
+    ``operator_key_file`` in the profile) signs in rather than the admin secret. Without
+    ``need_secret`` an operator may be named without its secret (``login`` asks for it;
+    a cached session of that operator serves). ``credentials`` false: only the URL is
+    wanted, and the profile is read only when no URL is given.
 
     Exits 2 when no URL (or, with ``need_secret``, no credential) can be found, the URL
-    is malformed, or the profile or key file is unsafe or malformed.
+    is malformed or plain HTTP beyond loopback (unless ``connects`` is false, or the user
+    opted in), or the profile or key file is unsafe or malformed.
     """
     operator = os.environ.get("TASKLEASE_OPERATOR") or None
     operator_secret = os.environ.get("TASKLEASE_OPERATOR_SECRET") or None
     key_file = os.environ.get("TASKLEASE_OPERATOR_KEY_FILE") or None
-    named = operator is not None and (operator_secret or key_file)
-    if url is None or (need_secret and admin_secret is None and not named):
+    explicit = operator is not None or bool(admin_secret)  # by flag or environment
+    if url is None or (credentials and not explicit):
         path = Path(profile).expanduser() if profile else _default_profile()
         document = _read_profile(path, explicit=profile is not None)
         url = url or document.get("url")
-        admin_secret = admin_secret or document.get("admin_secret")
         if _tenant[0] is None and document.get("tenant"):
             select_tenant(str(document["tenant"]))
-        if operator is None and document.get("operator"):
-            operator = document["operator"]
-            operator_secret = document.get("operator_secret")
-            key_file = document.get("operator_key_file")
+        if not explicit:
+            admin_secret = document.get("admin_secret")
+            if document.get("operator"):
+                operator = document["operator"]
+                operator_secret = document.get("operator_secret")
+                key_file = document.get("operator_key_file")
     if not url:
         fail(
             "no broker URL",
             hint="pass --url, set TASKLEASE_URL, or put url in ~/.config/tasklease/profile.toml",
         )
-    _check_broker_url(url)
+    _check_broker_url(url, connects=connects)
     if operator is not None:
         if not (operator_secret or key_file):
+            if not need_secret:
+                return Connection(_tenant_url(url, _tenant[0]), None, operator)
             fail(
                 f"no secret or key for operator {operator}",
                 hint="set TASKLEASE_OPERATOR_SECRET or TASKLEASE_OPERATOR_KEY_FILE, or put "
@@ -293,22 +362,75 @@ def resolve_connection(
 def admin_client(
     url: str | None, admin_secret: str | None, profile: str | None, *, need_secret: bool = True
 ) -> AdminClient:
-    """A client for the broker, signed in with the session ``tasklease login`` cached for
-    it while that lasts, else with the credential found (flags, environment, profile)."""
+    """A client for the broker, signed in as the operator the credentials found name
+    (flags, environment, profile; docs/cli.md), with the session ``tasklease login``
+    cached for the broker when it is that operator's (or when no credential names anyone)
+    and still lasts, else with the credential itself.
+
+    A session never stands in for another operator than the one named: the broker, and
+    so the audit log, must see who the user said acts.
+    """
     connection = resolve_connection(url, admin_secret, profile, need_secret=False)
-    cached = cached_session(connection.url)
-    if cached is None and need_secret:
+    session = cached_session(connection.url)
+    if session is not None and connection.subject not in (None, session.subject):
+        session = None  # someone else's: sign in as the one named
+    if session is None and (need_secret or connection.operator is not None):
         connection = resolve_connection(url, admin_secret, profile, need_secret=True)
-    token, left = cached if cached is not None else (None, 0.0)
     return AdminClient(
         connection.url,
         connection.admin_secret,
         operator=connection.operator,
         operator_secret=connection.operator_secret,
         operator_key=connection.operator_key,
-        access_token=token,
-        token_expires_in=left,
+        access_token=session.token if session is not None else None,
+        token_expires_in=session.expires_in if session is not None else 0.0,
     )
+
+
+# -- files a command writes -------------------------------------------------------------
+
+
+@contextmanager
+def private_output(
+    path: Path, *, force: bool, force_flag: str | None = "--force"
+) -> Iterator[BinaryIO]:
+    """A handle on a new file at ``path`` that only this user may read (0600), which
+    appears there whole when the block ends (tasklease.keystore.private_file_writer).
+
+    An existing file is refused (exit 2) unless ``force`` (the command's ``force_flag``),
+    and then replaced by a new file, never written into; a symbolic link or anything but a
+    regular file at ``path`` is refused even then, so nothing is written through a link.
+    A missing directory is an error, not made.
+    """
+    from tasklease.keystore import private_file_writer
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        pass  # absent (or unreachable: the write says why)
+    else:
+        if stat.S_ISLNK(st.st_mode):
+            fail(f"{path} is a symbolic link: not written through it", hint="name a new file")
+        if not stat.S_ISREG(st.st_mode):
+            fail(f"{path} exists and is not a regular file", hint="name a new file")
+    try:
+        with private_file_writer(path, replace=force, make_directory=False) as fh:
+            yield fh
+    except FileExistsError:
+        fail(
+            f"{path} already exists",
+            hint=f"pass {force_flag} to replace it" if force_flag else None,
+        )
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def write_private(
+    path: Path, text: str, *, force: bool, force_flag: str | None = "--force"
+) -> None:
+    """``text`` (UTF-8) as a new 0600 file at ``path``, as :func:`private_output` says."""
+    with private_output(path, force=force, force_flag=force_flag) as fh:
+        fh.write(text.encode("utf-8"))
 
 
 # -- Ed25519 key files ----------------------------------------------------------------------

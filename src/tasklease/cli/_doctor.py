@@ -548,7 +548,7 @@ def _print(
     config: Config, path: Path | None, findings: list[Finding], counts: dict[str, int]
 ) -> None:
     where = f"config {path}" if path else "no config file"
-    out.print(f"tasklease doctor: {escape(config.data_dir)} ({escape(where)})", highlight=False)
+    out.print(f"tasklease doctor: {config.data_dir} ({where})", highlight=False)
     for finding in findings:
         label = f"[{_STYLE[finding.severity]}]{finding.severity.upper():<6}[/]"
         out.print(
@@ -556,6 +556,7 @@ def _print(
             f"       why: {escape(finding.why)}\n"
             f"       fix: {escape(finding.fix)}",
             highlight=False,
+            markup=True,
         )
     summary = ", ".join(f"{counts[s]} {s}" for s in SEVERITIES)
     verdict = "no high finding" if counts["high"] == 0 else "high findings: fix them first"

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from tasklease.cli._common import (
     EXIT_CODES_HELP,
@@ -66,10 +65,10 @@ def _pairs(values: list[str]) -> list[tuple[str, str]]:
 
 
 def _show(answer: dict[str, Any]) -> None:
-    """One federated domain, as lines for a person; every value escaped (never markup)."""
+    """One federated domain, as lines for a person; every value as written (never markup)."""
 
     def line(label: str, value: object) -> None:
-        out.print(f"{label:<16}{escape(str(value))}", highlight=False)
+        out.print(f"{label:<16}{value}", highlight=False)
 
     line("trust domain", answer.get("trust_domain"))
     endpoint = answer.get("bundle_endpoint_url")
@@ -191,8 +190,7 @@ def federation_add(
         return
     verb = "replaced" if answer.get("replaced") else "added"
     out.print(
-        f"federation with {escape(str(answer.get('trust_domain')))} {verb}: "
-        f"bundle {escape(str(answer.get('status')))}",
+        f"federation with {answer.get('trust_domain')} {verb}: bundle {answer.get('status')}",
         highlight=False,
     )
     _show(answer)
@@ -257,7 +255,7 @@ def federation_remove(
         print_json(answer)
     else:
         out.print(
-            f"federation with {escape(str(answer.get('trust_domain')))} removed",
+            f"federation with {answer.get('trust_domain')} removed",
             highlight=False,
         )
 

@@ -47,7 +47,9 @@ def _pages(fetch: Any, key: str, every: bool, cursor: str | None) -> tuple[list[
 
 def _more(cursor: str, output: Output | None) -> None:
     if cursor and output not in (Output.json, Output.yaml):
-        out.print(f"[dim]more: --cursor {escape(cursor)} (or --all)[/]", highlight=False)
+        out.print(
+            f"[dim]more: --cursor {escape(cursor)} (or --all)[/]", highlight=False, markup=True
+        )
 
 
 _AGENT_COLUMNS = [
@@ -211,7 +213,7 @@ def tree(
             f"{escape(str(above.get('operation')))} held by {escape(str(above.get('agent_id')))}"
         )
     _node(here, found.get("token") or {})
-    out.print(root)
+    out.print(root, markup=True)  # the labels' values are escaped
 
 
 @task_app.command("show")
@@ -233,20 +235,21 @@ def task_show(
     trees = Tree(f"[bold]token trees of {escape(task_id)}[/]")
     for node in found.get("tokens") or []:
         _node(trees, node)
-    out.print(trees)
+    out.print(trees, markup=True)  # the labels' values are escaped
     revocations = found.get("revocations") or []
     out.print(
         f"{plural(len(revocations), 'revocation entry', 'revocation entries')}", highlight=False
     )
     for entry in revocations:
         out.print(
-            f"  {escape(str(entry.get('level')))} {escape(str(entry.get('target')))}",
+            f"  {entry.get('level')} {entry.get('target')}",
             highlight=False,
         )
     out.print(
         f"[dim]{plural(int(found.get('events_total') or 0), 'audit event')}: "
         f"tasklease audit events --task-id {escape(task_id)}[/]",
         highlight=False,
+        markup=True,
     )
 
 

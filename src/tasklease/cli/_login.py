@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from tasklease.cli._common import (
     AdminSecretOpt,
@@ -26,8 +25,9 @@ from tasklease.cli._common import (
     fail,
     out,
     resolve_connection,
+    write_private,
 )
-from tasklease.cli._sessions import session_path
+from tasklease.cli._sessions import session_path, session_subject
 from tasklease.client import AdminClient
 
 __all__ = ["register"]
@@ -36,12 +36,7 @@ __all__ = ["register"]
 def _write(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(document, fh)
-    os.chmod(temporary, 0o600)
-    os.replace(temporary, path)
+    write_private(path, json.dumps(document), force=True, force_flag=None)
 
 
 def login(
@@ -84,14 +79,15 @@ def login(
         {
             "url": connection.url.rstrip("/"),
             "operator": name or "admin",
+            "subject": session_subject(name),
             "access_token": answer.get("access_token"),
             "expires_at": time.time() + life,
         },
     )
     who = name or "admin (the admin secret)"
     out.print(
-        f"signed in to {escape(connection.url)} as {escape(who)} for {life} s; "
-        f"the token is cached in {escape(str(path))} (mode 0600)",
+        f"signed in to {connection.url} as {who} for {life} s; "
+        f"the token is cached in {path} (mode 0600)",
         highlight=False,
     )
 
@@ -101,16 +97,16 @@ def logout(
     profile: ProfileOpt = None,
 ) -> None:
     """Forget the cached session for the broker (exit 0 whether or not there was one)."""
-    connection = resolve_connection(url, None, profile, need_secret=False)
+    connection = resolve_connection(
+        url, None, profile, need_secret=False, credentials=False, connects=False
+    )
     path = session_path(connection.url)
     try:
         path.unlink()
     except FileNotFoundError:
-        out.print(f"no cached session for {escape(connection.url)}", highlight=False)
+        out.print(f"no cached session for {connection.url}", highlight=False)
         return
-    out.print(
-        f"signed out of {escape(connection.url)} (removed {escape(str(path))})", highlight=False
-    )
+    out.print(f"signed out of {connection.url} (removed {path})", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from tasklease.cli._common import (
     EXIT_CODES_HELP,
@@ -51,15 +50,15 @@ def _show_credential(answer: dict[str, Any], as_json: bool) -> None:
         return
     name, secret = answer.get("name"), answer.get("secret")
     out.print(
-        f"operator {escape(str(name))}: role {escape(str(answer.get('role')))}, "
-        f"signs in with a {escape(str(answer.get('credential')))}",
+        f"operator {name}: role {answer.get('role')}, signs in with a {answer.get('credential')}",
         highlight=False,
     )
     if isinstance(secret, str):
-        out.print(f"secret (shown once, save it now): {secret}", highlight=False, markup=False)
+        out.print(f"secret (shown once, save it now): {secret}", highlight=False)
         out.print(
             "[dim]sign in with TASKLEASE_OPERATOR and TASKLEASE_OPERATOR_SECRET, or "
-            "operator and operator_secret in the profile[/]"
+            "operator and operator_secret in the profile[/]",
+            markup=True,
         )
 
 
@@ -125,8 +124,8 @@ def operator_remove(
         print_json(answer)
     else:
         out.print(
-            f"operator {escape(str(answer.get('name')))} removed at "
-            f"{escape(str(answer.get('removed_at')))}; its tokens are revoked",
+            f"operator {answer.get('name')} removed at {answer.get('removed_at')}; "
+            "its tokens are revoked",
             highlight=False,
         )
 

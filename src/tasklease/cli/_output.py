@@ -12,7 +12,6 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from tasklease.cli._common import out
@@ -76,10 +75,10 @@ def emit(
             sys.stdout.write("\t".join(cells) + "\n")
         sys.stdout.flush()
         return
-    table = Table(*(header for _, header, _ in columns), caption=escape(caption) or None)
+    table = Table(*(header for _, header, _ in columns), caption=caption or None)
     for row in rows:
-        table.add_row(*(escape(shown(row)) for _, _, shown in columns))
-    out.print(table)
+        table.add_row(*(shown(row) for _, _, shown in columns))
+    out.print(table)  # markup off: every cell as written
 
 
 def field(key: str) -> Callable[[dict[str, Any]], str]:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from tasklease.cli._common import (
@@ -78,9 +77,9 @@ def _compiled(paths: list[Path] | None) -> Any:
     try:
         return compile_policies(_policy_files(paths), ", ".join(str(p) for p in paths))
     except PolicyError as exc:
-        out.print(f"refused: {escape(exc.reason)}", highlight=False)
+        out.print(f"refused: {exc.reason}", highlight=False)
         for error in exc.errors:
-            out.print(f"  {escape(error)}", highlight=False)
+            out.print(f"  {error}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -92,7 +91,7 @@ def policy_validate(paths: _Paths, as_json: JsonOpt = False) -> None:
         print_json({"valid": True, "policies": list(compiled.ids), "digest": compiled.digest})
         return
     out.print(
-        f"valid: {len(compiled.ids)} policies ({escape(', '.join(compiled.ids))}), "
+        f"valid: {len(compiled.ids)} policies ({', '.join(compiled.ids)}), "
         f"digest {compiled.digest[:12]}",
         highlight=False,
     )
@@ -138,9 +137,9 @@ def policy_test(
     else:
         verdict = "ALLOW" if decision.allowed else "DENY"
         determining = ", ".join(decision.policies) or "none (no permit applies)"
-        out.print(f"{verdict}  determined by: {escape(determining)}", highlight=False)
+        out.print(f"{verdict}  determined by: {determining}", highlight=False)
         for error in decision.errors:
-            out.print(f"  error: {escape(error)}", highlight=False)
+            out.print(f"  error: {error}", highlight=False)
     if not decision.allowed:
         raise typer.Exit(1)
 
@@ -189,15 +188,15 @@ def _print_policy(shown: dict[str, Any], as_json: bool, *, files: bool = True) -
     if as_json:
         print_json(shown)
         return
-    out.print(f"origin      {escape(str(shown.get('origin')))}", highlight=False)
-    out.print(f"digest      {escape(str(shown.get('digest', ''))[:12])}", highlight=False)
-    out.print(f"policies    {escape(', '.join(shown.get('policies') or []))}", highlight=False)
+    out.print(f"origin      {shown.get('origin')}", highlight=False)
+    out.print(f"digest      {str(shown.get('digest', ''))[:12]}", highlight=False)
+    out.print(f"policies    {', '.join(shown.get('policies') or [])}", highlight=False)
     if shown.get("failure"):
-        out.print(f"refused     {escape(str(shown['failure']))}", highlight=False)
+        out.print(f"refused     {shown['failure']}", highlight=False)
     if files:
         for name, text in (shown.get("files") or {}).items():
-            out.print(f"\n# --- {escape(name)}", highlight=False)
-            out.print(escape(str(text)), highlight=False)
+            out.print(f"\n# --- {name}", highlight=False)
+            out.print(str(text), highlight=False)
 
 
 def _json_object(path: Path, what: str) -> dict[str, Any]:
@@ -239,7 +238,7 @@ def grant_type_add(
     if as_json:
         print_json(answer)
         return
-    out.print(f"grant type {escape(str(answer.get('name')))} added", highlight=False)
+    out.print(f"grant type {answer.get('name')} added", highlight=False)
 
 
 @grant_type_app.command("list")
@@ -260,10 +259,10 @@ def grant_type_list(
     for t in types:
         narrowing = ", ".join(f"{k}:{v}" for k, v in (t.get("narrowing") or {}).items())
         table.add_row(
-            escape(str(t.get("name"))),
-            escape(narrowing or "(all equal)"),
-            escape(str(t.get("description") or "-")),
-            escape(f"{t.get('created_at')} by {t.get('created_by')}"),
+            str(t.get("name")),
+            narrowing or "(all equal)",
+            str(t.get("description") or "-"),
+            f"{t.get('created_at')} by {t.get('created_by')}",
         )
     out.print(table)
 
@@ -290,7 +289,7 @@ def grant_type_remove(
     """Remove a grant type: requests naming it are refused from now on."""
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         admin.remove_grant_type(name)
-    out.print(f"grant type {escape(name)} removed", highlight=False)
+    out.print(f"grant type {name} removed", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from tasklease.cli._common import (
     EXIT_CODES_HELP,
@@ -90,7 +91,7 @@ def _show_app(app: dict[str, Any], as_json: bool) -> None:
     table = Table.grid(padding=(0, 2))
     for key, value in app.items():
         shown = " ".join(value) if isinstance(value, list) else str(value)
-        table.add_row(f"[bold]{key}[/]", shown)
+        table.add_row(Text(key, style="bold"), shown)
     out.print(table)
 
 
@@ -113,7 +114,9 @@ def app_register(
         app = admin.register_app(name, scope, token_ttl=token_ttl, public_key=key)
     _show_app(app, as_json)
     if not as_json:
-        out.print("[yellow]The client_secret is shown only this once: store it now.[/]")
+        out.print(
+            "[yellow]The client_secret is shown only this once: store it now.[/]", markup=True
+        )
 
 
 @app_app.command("list")
@@ -253,6 +256,7 @@ def launch_token_create(
         f"agent tokens {escape(str(policy.get('max_ttl')))} s; "
         f"resume {'allowed' if policy.get('allow_resume', True) else 'off'}[/]",
         highlight=False,
+        markup=True,
     )
 
 
@@ -274,7 +278,7 @@ def revoke(
     else:
         count = int(answer.get("count") or 0)
         entries = "1 entry" if count == 1 else f"{count} entries"
-        out.print(f"revoked {level} {target} ({entries} written)", highlight=False, markup=False)
+        out.print(f"revoked {level} {target} ({entries} written)", highlight=False)
 
 
 @keys_app.command("rotate")
@@ -313,7 +317,7 @@ def status(
             style = ""
             if key == "status":
                 style = "green" if value == "ok" else "bold red"
-            table.add_row(f"[bold]{key}[/]", f"[{style}]{value}[/]" if style else str(value))
+            table.add_row(Text(key, style="bold"), Text(str(value), style=style))
         out.print(table)
     if health.get("status") != "ok":
         raise typer.Exit(4)

@@ -8,10 +8,26 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cached_session", "config_dir", "session_path"]
+__all__ = ["Session", "cached_session", "config_dir", "session_path", "session_subject"]
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A cached operator token, the seconds it has left, and whose it is."""
+
+    token: str
+    expires_in: float
+    subject: str | None  # session_subject(); None in a file written before it was kept
+
+
+def session_subject(operator: str | None) -> str:
+    """Who signs in, as the broker's operator tokens name it: ``operator:<name>``, or
+    ``admin`` for the admin secret (the built-in admin)."""
+    return f"operator:{operator}" if operator is not None else "admin"
 
 
 def config_dir() -> Path:
@@ -26,8 +42,8 @@ def session_path(url: str) -> Path:
     return config_dir() / "sessions" / f"{digest}.json"
 
 
-def cached_session(url: str) -> tuple[str, float] | None:
-    """The cached token for ``url`` and the seconds it has left, if any is still good."""
+def cached_session(url: str) -> Session | None:
+    """The session cached for ``url``, if its token is still good."""
     path = session_path(url)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -46,4 +62,5 @@ def cached_session(url: str) -> tuple[str, float] | None:
     if not isinstance(token, str) or not isinstance(expires_at, int | float):
         return None
     left = float(expires_at) - time.time() - 10.0
-    return (token, left) if left > 0 else None
+    subject = data.get("subject")
+    return Session(token, left, subject if isinstance(subject, str) else None) if left > 0 else None

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from tasklease.cli._common import (
     EXIT_CODES_HELP,
@@ -62,20 +61,20 @@ def tenant_create(
         print_json(answer)
         return
     out.print(
-        f"tenant {escape(str(answer.get('name')))}: trust domain "
-        f"{escape(str(answer.get('trust_domain')))}, served under "
-        f"{escape(str(answer.get('base_path')))}/",
+        f"tenant {answer.get('name')}: trust domain "
+        f"{answer.get('trust_domain')}, served under "
+        f"{answer.get('base_path')}/",
         highlight=False,
     )
     out.print(
-        f"operator {escape(str(answer.get('admin_name')))} secret (shown once, save it now): "
+        f"operator {answer.get('admin_name')} secret (shown once, save it now): "
         f"{answer.get('admin_secret')}",
         highlight=False,
-        markup=False,
     )
     out.print(
         "[dim]use it with: tasklease --tenant NAME ... and TASKLEASE_OPERATOR=admin, "
-        "TASKLEASE_OPERATOR_SECRET[/]"
+        "TASKLEASE_OPERATOR_SECRET[/]",
+        markup=True,
     )
 
 
@@ -123,7 +122,7 @@ def tenant_remove(
         print_json(answer)
     else:
         out.print(
-            f"tenant {escape(str(answer.get('name')))} removed; its credentials are refused",
+            f"tenant {answer.get('name')} removed; its credentials are refused",
             highlight=False,
         )
 

@@ -130,7 +130,7 @@ def token_inspect(
     signature_text = "not checked (offline)"
     broker_valid: bool | None = None
     if not offline:
-        connection = resolve_connection(url, None, profile, need_secret=False)
+        connection = resolve_connection(url, None, profile, need_secret=False, credentials=False)
         with broker_errors(), AdminClient(connection.url, None) as client:
             signature_ok, signature_text = _check_signature(token, header, client.jwks())
             if signature_ok and header.get("typ") == _AGENT_TYP:
@@ -170,19 +170,19 @@ def _show(
     expiry: str,
 ) -> None:
     mark = {True: "[green]", False: "[bold red]", None: "[yellow]"}[signature_ok]
-    out.print(f"[bold]signature[/]  {mark}{escape(signature_text)}[/]")
+    out.print(f"[bold]signature[/]  {mark}{escape(signature_text)}[/]", markup=True)
     if broker_valid is not None:
         verdict = (
             "[green]valid[/]" if broker_valid else "[bold red]not valid[/] (expired or revoked)"
         )
-        out.print(f"[bold]broker[/]     {verdict}")
+        out.print(f"[bold]broker[/]     {verdict}", markup=True)
     style = "red" if expiry.startswith("expired") else "default"
-    out.print(f"[bold]expiry[/]     [{style}]{escape(expiry)}[/]")
+    out.print(f"[bold]expiry[/]     [{style}]{escape(expiry)}[/]", markup=True)
     out.print()
     head = Table("header", "value", show_header=True)
     for key, value in header.items():
-        head.add_row(escape(key), escape(str(value)))
-    out.print(head)
+        head.add_row(key, str(value))
+    out.print(head)  # markup off: every cell as written
     claims = Table("claim", "value", show_header=True)
     for key, value in payload.items():
         if key == "delegation_chain":
@@ -193,11 +193,11 @@ def _show(
             shown = " ".join(str(v) for v in value)
         else:
             shown = str(value)
-        claims.add_row(escape(key), escape(shown))
+        claims.add_row(key, shown)
     out.print(claims)
     tree = _chain_tree(payload)
     if tree is not None:
-        out.print(tree)
+        out.print(tree, markup=True)  # the labels' values are escaped
 
 
 def register(app: typer.Typer) -> None:

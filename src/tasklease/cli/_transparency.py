@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import sys
 from collections.abc import Callable, Iterator
@@ -19,10 +18,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from tasklease.cli._common import (
     EXIT_FAILED,
     AdminSecretOpt,
+    ForceOpt,
     ProfileOpt,
     UrlOpt,
     admin_client,
@@ -31,6 +32,7 @@ from tasklease.cli._common import (
     fail,
     out,
     print_json,
+    write_private,
 )
 from tasklease.client import AdminClient
 from tasklease.core.auditformat import ChainReport, verify_chain
@@ -68,6 +70,7 @@ def _trusted_keys(admin: AdminClient | None, log_keys: list[str] | None) -> list
         "[yellow]warning:[/] checking against the log keys the broker serves; pin them "
         "with --log-key for a check that does not trust the broker",
         highlight=False,
+        markup=True,
     )
     return [str(k) for k in served]
 
@@ -83,26 +86,16 @@ def _read(path: Path, what: str) -> str:
         fail(f"{what} {path} is not UTF-8 text: is it the right file?")
 
 
-def _write(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` at once; exit 2 if it cannot be written."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        fail(f"cannot write {path}: {exc.strerror or exc}")
-
-
 def _proof_failed(exc: AuditProofError) -> typer.Exit:
-    err.print(f"[bold red]FAILED:[/] {exc.reason}", highlight=False)
+    err.print(f"[bold red]FAILED:[/] {escape(exc.reason)}", highlight=False, markup=True)
     return typer.Exit(EXIT_FAILED)
 
 
 def audit_checkpoint(
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write it to this file.")
+        Path | None, typer.Option("--output", "-o", help="Write it to this new file (0600).")
     ] = None,
+    force: ForceOpt = False,
     log_key: LogKeyOpt = None,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
@@ -120,9 +113,9 @@ def audit_checkpoint(
     except AuditProofError as exc:
         raise _proof_failed(exc) from None
     if output is None:
-        out.print(note, end="", highlight=False, markup=False)
+        out.print(note, end="", highlight=False)
         return
-    _write(output, note)
+    write_private(output, note, force=force)
     out.print(
         f"checkpoint of {checkpoint.origin} at size {checkpoint.size} written to {output}",
         highlight=False,
@@ -160,8 +153,11 @@ def audit_prove(
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Write the proof bundle (JSON) to this file."),
+        typer.Option(
+            "--output", "-o", help="Write the proof bundle (JSON) to this new file (0600)."
+        ),
     ] = None,
+    force: ForceOpt = False,
     log_key: LogKeyOpt = None,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
@@ -209,7 +205,8 @@ def audit_prove(
         raise _proof_failed(exc) from None
     if output is not None:
         bundle_data = {"checkpoint": note, "event": event, "proof": proof}
-        _write(output, json.dumps(bundle_data, indent=1, ensure_ascii=False) + "\n")
+        bundle_text = json.dumps(bundle_data, indent=1, ensure_ascii=False) + "\n"
+        write_private(output, bundle_text, force=force)
     out.print(_proved(event, index, checkpoint), highlight=False)
 
 
@@ -275,8 +272,9 @@ def verify_checkpoint_file(
     except AuditProofError as exc:
         err.print(
             f"[bold red]FORK:[/] the log's checkpoint of size {latest.size} does not extend "
-            f"the one you hold (size {held.size}): {exc.reason}",
+            f"the one you hold (size {held.size}): {escape(exc.reason)}",
             highlight=False,
+            markup=True,
         )
         raise typer.Exit(EXIT_FAILED) from None
     out.print(
@@ -285,7 +283,8 @@ def verify_checkpoint_file(
         highlight=False,
     )
     if update and latest.size > held.size:
-        _write(path, latest_note)
+        # --update asked for it: a new 0600 file replaces the one read (never a link).
+        write_private(path, latest_note, force=True)
         out.print(f"{path} now holds the checkpoint of size {latest.size}", highlight=False)
 
 
@@ -336,6 +335,7 @@ class _Lookups:
                 "the rows of audit_agent_seqs, audit_task_seqs and audit_indexed; the next "
                 "append fills them again (docs/audit.md)",
                 highlight=False,
+                markup=True,
             )
             raise typer.Exit(EXIT_FAILED)
 
@@ -383,6 +383,7 @@ def verify_database(
             f"[bold red]audit tree broken:[/] the tree on record (size {tree.size}) is not "
             "the tree of the chain's events",
             highlight=False,
+            markup=True,
         )
         raise typer.Exit(EXIT_FAILED)
     lookups.check()
@@ -399,6 +400,7 @@ def verify_database(
             f"{checkpoint.size} the checkpoint covers: the log was cut, or this is a copy "
             "older than the checkpoint",
             highlight=False,
+            markup=True,
         )
         raise typer.Exit(EXIT_FAILED)
     if checkpoint.size and roots.get(checkpoint.size) != checkpoint.root:
@@ -406,6 +408,7 @@ def verify_database(
             f"[bold red]FORK:[/] the database's first {checkpoint.size} events are not the "
             "ones the checkpoint covers: the log was rewritten",
             highlight=False,
+            markup=True,
         )
         raise typer.Exit(EXIT_FAILED)
     out.print(
@@ -419,9 +422,10 @@ def _chain_verdict(report: ChainReport) -> None:
     if report.ok:
         return
     err.print(
-        f"[bold red]audit chain broken[/] at {report.broken_at}: {report.reason} "
-        f"({report.checked} events verified before it)",
+        f"[bold red]audit chain broken[/] at {escape(report.broken_at)}: "
+        f"{escape(report.reason)} ({report.checked} events verified before it)",
         highlight=False,
+        markup=True,
     )
     raise typer.Exit(EXIT_FAILED)
 

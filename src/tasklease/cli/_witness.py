@@ -15,7 +15,6 @@ import base64
 import hashlib
 import http.server
 import json
-import os
 import ssl
 import threading
 import time
@@ -25,7 +24,7 @@ from typing import Annotated, Any
 import nacl.signing
 import typer
 
-from tasklease.cli._common import err, fail, out
+from tasklease.cli._common import err, fail, out, write_private
 from tasklease.rules.note import (
     COSIGNATURE,
     NoteError,
@@ -52,23 +51,12 @@ witness_app = typer.Typer(
 DirArg = Annotated[Path, typer.Argument(help="The witness's directory (its key and state).")]
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` aside (0600), fsync, and rename it into place."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+def _save_state(path: Path, text: str) -> None:
+    """A new 0600 state file, fsynced and renamed over the last (never written through a
+    link); raises OSError, as a request's failure, not the command's exit."""
+    from tasklease.keystore import write_private_file
+
+    write_private_file(path, text.encode("utf-8"), replace=True)
 
 
 class Witness:
@@ -110,7 +98,7 @@ class Witness:
             "root": base64.b64encode(state.root).decode("ascii"),
             "note": state.note,
         }
-        _write_private(self._state_file(origin), json.dumps(record, indent=1) + "\n")
+        _save_state(self._state_file(origin), json.dumps(record, indent=1) + "\n")
 
     def handle(self, body: bytes) -> tuple[int, str, bytes]:
         """Decide one add-checkpoint request: ``(status, content type, body)``."""
@@ -189,7 +177,7 @@ def witness_init(
         text = private_key_text(name, COSIGNATURE, seed)
     except NoteError as exc:
         fail(f"--name: {exc}")
-    _write_private(key_file, text + "\n")
+    write_private(key_file, text + "\n", force=False, force_flag=None)
     key, _ = parse_private_key(text)
     out.print(key.vkey, highlight=False, soft_wrap=True)
 

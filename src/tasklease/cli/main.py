@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from tasklease.cli import (
     _attestors,
@@ -42,7 +41,10 @@ from tasklease.cli._common import (
     EXIT_CODES_HELP,
     AdminSecretOpt,
     ProfileOpt,
+    allow_insecure_http,
+    error_line,
     fail,
+    out,
     select_tenant,
     selected_tenant,
 )
@@ -89,6 +91,16 @@ def _every_command(
             show_envvar=False,
         ),
     ] = None,
+    insecure_http: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-http",
+            envvar="TASKLEASE_INSECURE_HTTP",
+            help="Send credentials over plain http:// to a broker beyond loopback (refused "
+            "otherwise: they would cross the network in clear). Only on a network you trust.",
+            show_envvar=False,
+        ),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -98,10 +110,8 @@ def _every_command(
 ) -> None:
     """Options that apply to every command."""
     select_tenant(tenant)
+    allow_insecure_http(insecure_http)
 
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[
     str | None,
@@ -116,7 +126,7 @@ DataDirOpt = Annotated[
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    error_line(message)
     return typer.Exit(code)
 
 

@@ -13,11 +13,13 @@ sees a provider only through :class:`tasklease.core.keys.KeyProvider`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from tasklease.core.config import Config
 from tasklease.keystore._directory import (
@@ -47,6 +49,7 @@ __all__ = [
     "encrypt_directory",
     "open_key_provider",
     "passphrase_file",
+    "private_file_writer",
     "read_private_file",
     "read_secret_file",
     "write_private_file",
@@ -192,19 +195,40 @@ def write_private_file(path: Path, data: bytes, *, replace: bool = False) -> Non
         KeyStoreError: the directory is unsafe (writable by others) or not a directory.
         OSError: it could not be written.
     """
+    with private_file_writer(path, replace=replace) as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def private_file_writer(
+    path: Path, *, replace: bool = False, make_directory: bool = True
+) -> Iterator[BinaryIO]:
+    """:func:`write_private_file` for what is written in pieces: a handle on the new
+    file, which appears at ``path`` when the ``with`` block ends without an exception
+    (and never, nor any part of it, when it raises).
+
+    ``make_directory`` false: a missing directory is an OSError (ENOENT), not made.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``replace`` is false (checked before the
+            block runs, and again when the file is linked into place).
+        KeyStoreError: the directory had to be made and is unsafe or not a directory.
+        OSError: it could not be written.
+    """
     directory = path.parent
-    if not directory.exists():
+    if make_directory and not directory.exists():
         ensure_directory(directory)
+    if not replace and os.path.lexists(path):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
     temporary = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(temporary, flags, 0o600)
     try:
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
         if replace:
             os.replace(temporary, path)  # a link at ``path`` is replaced, not followed
         else:
