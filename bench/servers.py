@@ -1,8 +1,8 @@
 """Servers under test, each in its own process(es) on loopback.
 
-- :class:`Broker` runs ``tasklease serve`` in a fresh temporary data directory with
-  ``TASKLEASE_ADMIN_SECRET`` set: on SQLite in that directory, or on the PostgreSQL
-  database it is given (``TASKLEASE_DATABASE``).
+- :class:`Broker` runs ``tasklease init`` and ``tasklease serve`` in a fresh temporary
+  data directory with ``TASKLEASE_ADMIN_SECRET`` set: on SQLite in that directory, or on
+  the PostgreSQL database it is given (``TASKLEASE_DATABASE``).
 - :class:`Databases` hands out the database of each broker configuration: nothing for
   SQLite; for PostgreSQL a fresh, migrated database in a throwaway cluster (or the one
   existing database it was given).
@@ -119,6 +119,26 @@ class Broker(_Process):
         if self.database_url is not None:
             env["TASKLEASE_DATABASE"] = self.database_url
         env.update(self.settings)  # TASKLEASE_* settings of one measurement
+        # Only `tasklease init` makes a broker's keys and database; serve refuses without.
+        # A PostgreSQL database given by URL serves every configuration in turn: each one's
+        # init finds the brokers before it there (--force: keys of its own, same database).
+        again = ["--force"] if self.database_url is not None else []
+        subprocess.run(  # noqa: S603 - our own interpreter and modules
+            [
+                sys.executable,
+                "-c",
+                "from tasklease.cli.main import main; main()",
+                "init",
+                "--secret-file",
+                str(self.dir / "data" / "init-admin-secret"),
+                *again,
+            ],
+            env=env,
+            cwd=self.dir,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
         self.log = open(self.dir / "server.log", "wb")
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
             [

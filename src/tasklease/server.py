@@ -2,10 +2,11 @@
 
 One worker serves the app object built here. Several workers (``--workers N``) are
 separate processes started by uvicorn from an import string: the parent resolves the
-configuration once, prepares what must be created exactly once (data directory, schema
-migrations, signing key, nonce secret) and hands the resolved configuration to every
-worker in the ``TASKLEASE_WORKER_CONFIG`` environment variable; :func:`worker_app`
-rebuilds the Broker from it. The workers share the SQLite file (``BEGIN IMMEDIATE``
+configuration once, checks the broker's state and migrates the schema once, and hands
+the resolved configuration to every worker in the ``TASKLEASE_WORKER_CONFIG`` environment
+variable; :func:`worker_app` rebuilds the Broker from it. Serving creates no state: the
+database, the keys and the nonce secret are made by ``tasklease init`` only
+(:mod:`tasklease.brokerstate`). The workers share the SQLite file (``BEGIN IMMEDIATE``
 serializes their writers, so the audit log stays one chain) and pick up each other's
 revocations from the store (see ``http.app``).
 """
@@ -27,9 +28,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tasklease import brokerstate
 from tasklease.core.broker import Broker
 from tasklease.core.config import Config, is_loopback_host
-from tasklease.core.keys import KeyRing, load_or_create_keyring
+from tasklease.core.keys import KeyRing, load_keyring, load_or_create_keyring
 from tasklease.http.metrics import (
     MULTIPROCESS_ENV,
     MetricsListener,
@@ -65,30 +67,55 @@ LOOPS = ("asyncio", "uvloop")
 _WORKER_CONFIG_ENV = "TASKLEASE_WORKER_CONFIG"
 
 
-def build_broker(config: Config, *, migrate: bool = True) -> Broker:
-    """Open the key ring and storage (migrating it if asked), and build the Broker.
+def build_broker(config: Config, *, migrate: bool = True, create: bool = False) -> Broker:
+    """Open the broker's key ring and storage (migrating it if asked), and build the Broker.
 
-    The keys come first: a broker that cannot sign does not touch the database.
+    The broker's state must exist: only ``tasklease init`` passes ``create=True``, which
+    makes the data directory, the first signing key, the passphrase file, the nonce
+    secret, the audit log's key and the database where they are missing. The keys come
+    first: a broker that cannot sign does not touch the database.
 
     Raises:
+        tasklease.brokerstate.StateError: ``database = "memory://"``, or (without
+            ``create``) part of the state is missing; the message names it.
         tasklease.keystore.KeyStoreError: the keys cannot be opened with the configured
             key provider (the message says why and what to do).
+        tasklease.storage.SchemaError: the database cannot be used (missing, without
+            schema, out of date).
     """
-    Path(config.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-    keyring = _load_keyring(config)
+    if create:
+        brokerstate.refuse_unshared(config.database)
+        Path(config.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    else:
+        brokerstate.require(config)
+    keyring = _load_keyring(config, create=create)
     # A shared (PostgreSQL) database is only migrated by `tasklease db migrate`.
     shared = is_shared_database(config.database)
-    store = open_store(config.database, migrate=migrate and not shared, config=config)
-    return Broker(config, store, keyring, nonce_secret=_nonce_secret(Path(config.key_dir)))
+    store = open_store(
+        config.database, migrate=migrate and not shared, config=config, create=create
+    )
+    try:
+        if not create and brokerstate.require_store(config, store):
+            _log.warning(
+                "making the audit log key in %s/log: the key directory has none and the "
+                "database no checkpoint (a data directory from before signed checkpoints)",
+                config.key_dir,
+            )
+        nonce_secret = _nonce_secret(Path(config.key_dir), create=create)
+    except BaseException:
+        store.close()
+        raise
+    return Broker(config, store, keyring, nonce_secret=nonce_secret)
 
 
-def _load_keyring(config: Config) -> KeyRing:
+def _load_keyring(config: Config, *, create: bool) -> KeyRing:
     """The key ring, through the key provider the configuration names (``tasklease.keystore``).
 
-    On a data directory without keys or passphrase, the ``file`` provider makes a random
-    passphrase file (0600) at ``<data_dir>/key-passphrase`` and says so in the log.
+    With ``create`` (``tasklease init``), a key directory without keys gets its first key
+    and, with the ``file`` provider and no passphrase given, a random passphrase file
+    (0600) at ``<data_dir>/key-passphrase``, said in the log.
     """
-    provider = open_key_provider(config, create_kek_file="when-no-keys")
+    provider = open_key_provider(config, create_kek_file="when-no-keys" if create else "never")
     if isinstance(provider, EncryptedFileKeyProvider) and provider.new_passphrase_file:
         _log.warning(
             "created the signing-key passphrase file %s (random, mode 0600): the keys cannot "
@@ -96,7 +123,8 @@ def _load_keyring(config: Config) -> KeyRing:
             "and set key_passphrase_file (or TASKLEASE_KEY_PASSPHRASE)",
             provider.new_passphrase_file,
         )
-    return load_or_create_keyring(Path(config.key_dir), provider)
+    load = load_or_create_keyring if create else load_keyring
+    return load(Path(config.key_dir), provider)
 
 
 def _keys_banner(broker: Broker, config: Config) -> str:
@@ -106,26 +134,34 @@ def _keys_banner(broker: Broker, config: Config) -> str:
     return f"tasklease broker signing keys: {where}; active kid {ring.active_kid}"
 
 
-def _nonce_secret(key_dir: Path) -> bytes:
-    """The secret that authenticates challenge nonces, created once beside the keys (0600).
+def _nonce_secret(key_dir: Path, *, create: bool) -> bytes:
+    """The secret that authenticates challenge nonces, kept beside the keys (0600) and
+    made by ``tasklease init`` (``create``).
 
     Every process and replica that shares the key directory accepts the others' nonces.
     """
-    path = key_dir / "nonce.secret"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        label = f"nonce secret {path}"
-        data = read_private_file(path, label, 32, fix=f"; run: chmod 600 {path}")
-        if len(data) != 32:
-            raise KeyStoreError(f"{label} is not a 32-byte secret file") from None
-        return data
-    secret = os.urandom(32)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secret)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return secret
+    path = key_dir / brokerstate.NONCE_SECRET
+    if create:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            secret = os.urandom(32)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secret)
+                fh.flush()
+                os.fsync(fh.fileno())
+            return secret
+    if not os.path.lexists(path):
+        raise brokerstate.StateError(
+            f"no broker here: the nonce secret {path} does not exist. {brokerstate.INIT_HINT}"
+        )
+    label = f"nonce secret {path}"
+    data = read_private_file(path, label, 32, fix=f"; run: chmod 600 {path}")
+    if len(data) != 32:
+        raise KeyStoreError(f"{label} is not a 32-byte secret file")
+    return data
 
 
 def _config_to_env(config: Config) -> str:
@@ -147,8 +183,8 @@ def _config_from_env() -> Config:
 def worker_app() -> Starlette:
     """The ASGI app of one worker process (uvicorn calls this with ``factory=True``).
 
-    The parent already migrated the schema and created the keys, so the worker opens the
-    database without migrating and only reads the key files.
+    The parent already checked the state and migrated the schema, so the worker opens
+    the database without migrating and only reads the key files.
     """
     from tasklease.http.app import create_app
 
@@ -179,7 +215,8 @@ def settle_heap() -> None:
 
 
 def _prepare(config: Config) -> str:
-    """Create once what every worker shares: schema, signing key, nonce secret.
+    """Check once, before any worker starts, that the broker's state is all there, and
+    migrate its schema (SQLite) once.
 
     Returns the signing keys' line of the start-up output.
     """

@@ -4,6 +4,11 @@ Precedence: built-in defaults < the TOML file < ``TASKLEASE_*`` environment vari
 explicit overrides (command-line flags). The file is ``--config``, else
 ``$TASKLEASE_CONFIG``, else ``<data_dir>/config.toml`` when it exists.
 
+A relative path in the file (``data_dir``, ``key_dir``, a SQLite ``database``, the files
+of keys, secrets and certificates, ``policy_dir``) is taken from the file's own directory,
+so the file means one broker whatever directory it is read from; in the environment and on
+the command line a relative path is taken from the current directory.
+
 ``TASKLEASE_ADMIN_SECRET`` supplies the admin secret in plain text (containers, scripts); it
 must meet :func:`tasklease.core.passwords.secret_weakness`'s rule, is hashed with argon2id
 at start-up and the plain text is not kept; it replaces any ``admin_secret_hash``.
@@ -75,6 +80,24 @@ _EXPECTED = {
     float: "a number",
     str: "a string",
 }
+
+# The settings that name a file or directory. In the config file a relative one is read
+# from the file's directory: read from the current directory, the same file named a
+# second broker (a new database, key and passphrase) when started from elsewhere.
+_PATH_SETTINGS = frozenset(
+    {
+        "data_dir",
+        "database",
+        "key_dir",
+        "key_passphrase_file",
+        "pkcs11_module",
+        "pkcs11_pin_file",
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
+        "policy_dir",
+    }
+)
 
 
 class ConfigError(ValueError):
@@ -160,7 +183,7 @@ def load_config(
         for key, value in document.items():
             if key not in _FIELDS:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
-            values[key] = _coerce(key, value, path)
+            values[key] = _from_file(key, _coerce(key, value, path), Path(path).absolute().parent)
         if values.get("admin_secret_hash"):
             hash_from = f"the admin_secret_hash of {path}"
     for variable, name in _ENV_SETTINGS.items():
@@ -198,6 +221,32 @@ def _admin_secret(
             "used, and the secret it was made from no longer signs in"
         )
     values["admin_secret_hash"] = hash_secret(secret)
+
+
+def _from_file(name: str, value: Any, folder: Path) -> Any:
+    """``value`` of setting ``name`` read from a config file in ``folder``: a relative path
+    taken from ``folder``; any other value as it is."""
+    if name not in _PATH_SETTINGS or not isinstance(value, str) or not value:
+        return value
+    if name == "database" and "://" in value:
+        return value  # a URL, not a path
+    if name == "pkcs11_module" and "/" not in value:
+        return value  # a library name, found by the dynamic loader
+    path = Path(value)
+    if path.is_absolute():
+        return value
+    if name == "data_dir" and _names_folder(path, folder):
+        # `tasklease init --data-dir D` used to write D as given (`.tasklease`) into
+        # D/config.toml, relative to where init ran: it names the file's own directory.
+        return str(folder)
+    return str(folder / path)
+
+
+def _names_folder(path: Path, folder: Path) -> bool:
+    """Whether the relative ``path`` is the end of ``folder`` (``.tasklease`` of
+    ``/srv/.tasklease``), as a data directory written from its parent is."""
+    parts = path.parts
+    return ".." not in parts and folder.parts[-len(parts) :] == parts
 
 
 def resolve_paths(config: Config) -> Config:

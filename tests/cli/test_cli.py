@@ -17,6 +17,8 @@ import typer
 from tasklease.cli._common import EXIT_REFUSED, broker_errors, exit_code_for
 from tasklease.client import Agent, Forbidden, NotFound, TransportError
 from tasklease.client.testing import BrokerForTests
+from tasklease.core.keys import load_or_create_keyring
+from tasklease.keystore import PlaintextKeyProvider, write_private_file
 
 SCOPE = ["read:data:*"]
 _SECRET = "cli-tests-admin-secret-0123456789"  # as strong as load_config asks
@@ -336,6 +338,9 @@ def test_a_bad_local_file_is_one_error_line_and_exit_2(
     binary.write_bytes(_NOT_TEXT)
     (home / "data").mkdir()
     (home / "data" / "tasklease.db").write_bytes(_NOT_TEXT)
+    # The rest of a broker's state, so that serve gets as far as the database.
+    load_or_create_keyring(home / "data" / "keys", PlaintextKeyProvider())
+    write_private_file(home / "data" / "keys" / "nonce.secret", b"n" * 32)
     with socket.socket() as probe:  # a free port: only a broker that starts would bind it
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -25,7 +25,7 @@ import pytest
 from conformance_support import BROKER_ENV, parts, www_authenticate
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from e2e_support import ADMIN_SECRET, RunningBroker, free_port
+from e2e_support import ADMIN_SECRET, RunningBroker, free_port, init_data_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "security"))
 from security_support import PKI, make_pki  # noqa: E402
@@ -54,6 +54,7 @@ def mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, PKI]]:
         TASKLEASE_TLS_CLIENT_CA=str(pki.ca_cert),
         TASKLEASE_METRICS_LISTEN="127.0.0.1:0",
     )
+    init_data_dir(data_dir, env)
     with open(data_dir / "broker.log", "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tasklease.cli.main", "serve", "--data-dir", str(data_dir),

@@ -37,6 +37,7 @@ from e2e_support import (
     _clean_env,
     b64,
     free_port,
+    init_data_dir,
     jwt_parts,
 )
 
@@ -55,12 +56,14 @@ def _start(data: Path, workers: int) -> RunningBroker:
     log_path = data / f"broker-{port}.log"
     command = [sys.executable, "-m", "tasklease.cli.main", "serve", "--data-dir", str(data)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    env = _clean_env(data, SHARED_ENV, with_secret=True)
+    init_data_dir(data, env)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=_clean_env(data, SHARED_ENV, with_secret=True),
+            env=env,
             cwd=str(data),
             start_new_session=True,
         )

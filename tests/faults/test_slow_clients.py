@@ -24,6 +24,7 @@ from e2e_support import (
     RunningBroker,
     _clean_env,
     free_port,
+    init_data_dir,
     launch_broker,
     stop_broker,
 )
@@ -201,13 +202,15 @@ def test_workers_cut_off_silent_connections(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
     port = free_port()
+    env = _clean_env(data, ENV, with_secret=True)
+    init_data_dir(data, env)
     with open(tmp_path / "serve.log", "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tasklease.cli.main", "serve", "--data-dir", str(data)]
             + ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=_clean_env(data, ENV, with_secret=True),
+            env=env,
             cwd=str(tmp_path),
         )
     try:

@@ -23,6 +23,7 @@ from e2e_support import (
     Agent,
     RunningBroker,
     free_port,
+    init_data_dir,
     jwt_parts,
     stop_broker,
 )
@@ -147,6 +148,7 @@ def start_peer(base: Path, trust_domain: str, ca: CA, env: dict[str, str] | None
             **(env or {}),
         }
     )
+    init_data_dir(data_dir, full)
     port = free_port()
     log_path = data_dir / f"broker-{port}.log"
     with open(log_path, "ab") as log:

@@ -1,5 +1,6 @@
-"""Helpers for the end-to-end suite: start and stop a real ``tasklease serve`` process,
-and drive the admin/app/agent ceremonies against it over loopback HTTP.
+"""Helpers for the end-to-end suite: set up a data directory (``tasklease init``), start
+and stop a real ``tasklease serve`` process, and drive the admin/app/agent ceremonies
+against it over loopback HTTP.
 
 Named ``e2e_support`` (not ``conftest``) so test modules can import it unambiguously.
 """
@@ -339,6 +340,34 @@ def _clean_env(data_dir: Path, extra: dict[str, str], *, with_secret: bool) -> d
     return env
 
 
+def init_data_dir(data_dir: Path, env: dict[str, str]) -> None:
+    """``tasklease init`` on ``data_dir`` when it holds no broker yet, with the
+    environment the broker will have (its database, key provider, passphrase): only init
+    creates a broker's state, ``serve`` refuses to start without it."""
+    if any((data_dir / name).exists() for name in ("config.toml", "keys", "tasklease.db")):
+        return
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tasklease.cli.main",
+            "init",
+            "--data-dir",
+            str(data_dir),
+            "--secret-file",
+            str(data_dir / "init-admin-secret"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(data_dir),
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"tasklease init failed: {done.stdout}{done.stderr}")
+
+
 def launch_broker(
     data_dir: Path,
     env: dict[str, str] | None = None,
@@ -377,6 +406,7 @@ def _launch(
 ) -> RunningBroker:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     full_env = _clean_env(data_dir, env or {}, with_secret=use_env_secret)
+    init_data_dir(data_dir, full_env)
     port = port or free_port()
     log_path = data_dir / f"broker-{port}.log"
     with open(log_path, "wb") as log:

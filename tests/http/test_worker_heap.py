@@ -8,6 +8,7 @@ from pathlib import Path
 SCRIPT = """
 import gc, json, os, sys
 from tasklease.core.config import Config
+from tasklease.core.kernel import RequestContext
 from tasklease.core.passwords import hash_secret
 from tasklease import server
 
@@ -16,6 +17,10 @@ config = Config(
     data_dir=d, database=os.path.join(d, "t.db"), key_dir=os.path.join(d, "keys"),
     admin_secret_hash=hash_secret("s" * 32),
 )
+made = server.build_broker(config, create=True)  # what `tasklease init` makes
+made.set_up_first_admin("admin", RequestContext())
+made.audit.close()
+made.store.close()
 server._prepare(config)
 os.environ[server._WORKER_CONFIG_ENV] = server._config_to_env(config)
 before = gc.get_freeze_count()

@@ -14,7 +14,7 @@ from typing import IO
 
 import httpx
 import pytest
-from e2e_support import STARTUP_TIMEOUT, _clean_env, free_port
+from e2e_support import STARTUP_TIMEOUT, _clean_env, free_port, init_data_dir
 from worker_procs import ESTABLISHED, listening_workers, socket_inodes, tcp_inodes, worker_pids
 
 CONNECTIONS = 32
@@ -23,6 +23,7 @@ CONNECTIONS = 32
 def _start(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
     data_dir = tmp_path / "data"
     data_dir.mkdir(mode=0o700)
+    init_data_dir(data_dir, _clean_env(data_dir, {}, with_secret=True))
     with open(tmp_path / "serve.log", "wb") as log:  # the child keeps its own descriptor
         return _popen(data_dir, port, log)
 

@@ -116,15 +116,14 @@ def test_init_and_serve_keep_only_encrypted_keys_and_tokens_verify_by_the_jwks(
     assert running.is_valid(agent.access_token)
 
 
-def test_serve_on_a_fresh_data_directory_encrypts_its_first_key(
-    tmp_path: Path, brokers: list[RunningBroker]
-) -> None:
+def test_serve_on_a_fresh_data_directory_makes_no_key_and_no_passphrase(tmp_path: Path) -> None:
+    """Only ``tasklease init`` makes a broker's keys (docs/decisions.md 145): ``serve``
+    on an empty data directory refuses, and leaves it as it found it."""
     data = tmp_path / "fresh"
-    running = _start(brokers, data)
-    assert "created the signing-key passphrase file" in running.log()
-    assert (data / "key-passphrase").stat().st_mode & 0o777 == 0o600
-    assert all(p.read_bytes().startswith(ENCRYPTED_HEADER) for p in key_files(data / "keys"))
-    assert running.is_valid(running.register(["read:data:*"]).access_token)
+    data.mkdir(mode=0o700)
+    said = _serve_refused(data)
+    assert "no broker here" in said and "Only `tasklease init` creates a broker" in said
+    assert list(data.iterdir()) == []
 
 
 def test_rotation_with_the_file_provider_reaches_a_second_process(
@@ -158,9 +157,13 @@ def test_rotation_with_the_file_provider_reaches_a_second_process(
 def test_plaintext_keys_need_the_explicit_setting_and_keys_encrypt_migrates_them(
     tmp_path: Path, brokers: list[RunningBroker]
 ) -> None:
+    # A data directory as before key providers: plaintext keys, and no key_provider setting.
+    made = cli("init", "--data-dir", "old", "--key-provider", "plaintext", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
     data = tmp_path / "old"
-    data.mkdir(mode=0o700)
-    ring = load_or_create_keyring(data / "keys", PlaintextKeyProvider())  # as before providers
+    config = data / "config.toml"
+    config.write_text(config.read_text().replace('key_provider = "plaintext"\n', ""))
+    ring = load_or_create_keyring(data / "keys", PlaintextKeyProvider())
     said = _serve_refused(data)
     assert "holds an unencrypted signing key" in said
     assert "tasklease keys encrypt" in said
@@ -313,9 +316,10 @@ def test_a_broker_on_softhsm_registers_agents_and_rotates(
 
 
 def test_a_wrong_pin_stops_the_broker_with_a_clear_error(softhsm: SoftHSM, tmp_path: Path) -> None:
+    made = cli("init", "--data-dir", "data", cwd=tmp_path, env=softhsm.env("pin-test-"))
+    assert made.returncode == 0, made.stderr
     env = {**softhsm.env("pin-test-"), "TASKLEASE_PKCS11_PIN": "0000-wrong"}
     data = tmp_path / "data"
-    data.mkdir(mode=0o700)
     said = _serve_refused(data, env)
     assert "refused the PIN" in said
     assert "0000-wrong" not in said

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +13,9 @@ from e2e_support import SHARED_ENV, TASKLEASE, RunningBroker, launch_broker
 from tasklease.core import readahead
 from tasklease.storage.postgres import PostgresStore
 
+# The tree under test, when the suite runs one (PYTHONPATH) rather than the installed one.
+_PYTHONPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
+
 
 def tasklease_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -20,7 +24,7 @@ def tasklease_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Comp
         text=True,
         timeout=60,
         cwd=str(cwd),
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "NO_COLOR": "1", **env},
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "NO_COLOR": "1", **_PYTHONPATH, **env},
         check=False,
     )
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import psycopg
 import pytest
+from e2e_support import free_port
 from pg_e2e import migrate, tasklease_cli
 
 from tasklease.storage import SchemaError, open_store
@@ -41,6 +43,9 @@ def test_newer_schema_is_refused(pg_url: str) -> None:
 def test_serve_refuses_an_unmigrated_database_with_a_clear_message(
     pg_url: str, tmp_path: Path
 ) -> None:
+    # A broker's keys (made on SQLite: init refuses an unmigrated PostgreSQL database too).
+    made = tasklease_cli("init", "--data-dir", str(tmp_path), env={}, cwd=tmp_path)
+    assert made.returncode == 0, made.stdout + made.stderr
     proc = subprocess.run(
         [sys.executable, "-m", "tasklease.cli.main", "serve", "--data-dir", str(tmp_path)],
         capture_output=True,
@@ -52,12 +57,40 @@ def test_serve_refuses_an_unmigrated_database_with_a_clear_message(
             "NO_COLOR": "1",
             "TASKLEASE_DATABASE": pg_url,
             "TASKLEASE_ADMIN_SECRET": "schema-tests-admin-secret-0123456789",
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
         },
         check=False,
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "run `tasklease db migrate`" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_migrated_database_no_init_ran_on_is_no_broker(pg_url: str, tmp_path: Path) -> None:
+    """The schema alone is not a broker: ``serve`` refuses a database whose audit log is
+    empty (a database migrated by mistake, or never set up with ``tasklease init``), and
+    ``init`` on it makes the broker, once: a second init there is refused, whatever data
+    directory it is given (docs/decisions.md 145)."""
+    migrate(pg_url, tmp_path / "migrate")
+    keys = tasklease_cli("init", "--data-dir", str(tmp_path / "sqlite"), env={}, cwd=tmp_path)
+    assert keys.returncode == 0, keys.stdout + keys.stderr
+    on_pg = {"TASKLEASE_DATABASE": pg_url, "TASKLEASE_ADMIN_SECRET": "s" * 32}
+    serve = tasklease_cli(
+        "serve", "--data-dir", str(tmp_path / "sqlite"), "--port", str(free_port()),
+        env=on_pg, cwd=tmp_path,
+    )  # fmt: skip
+    assert serve.returncode == 2, serve.stdout + serve.stderr
+    said = " ".join(serve.stderr.split())
+    assert "holds no audit event" in said and "Only `tasklease init` creates a broker" in said
+    assert "Traceback" not in serve.stderr
+
+    first = tasklease_cli("init", "--data-dir", str(tmp_path / "a"), env=on_pg, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = tasklease_cli("init", "--data-dir", str(tmp_path / "b"), env=on_pg, cwd=tmp_path)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert "a broker already exists here" in " ".join(second.stderr.split())
+    assert "audit events" in second.stderr
+    assert not (tmp_path / "b" / "keys").exists()  # refused before making anything
 
 
 def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:

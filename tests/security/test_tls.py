@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_support import ADMIN_SECRET, free_port
+from e2e_support import ADMIN_SECRET, free_port, init_data_dir
 from security_support import PKI, make_pki, token_parts
 
 pytestmark = pytest.mark.slow
@@ -37,6 +37,7 @@ def tls_broker(data_dir: Path, pki: PKI, mode: str) -> Iterator[str]:
         TASKLEASE_ADMIN_AUTH_BURST="1000",
         TASKLEASE_METRICS_LISTEN="127.0.0.1:0",  # never a port another broker holds
     )
+    init_data_dir(data_dir, env)
     log = data_dir / "broker.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

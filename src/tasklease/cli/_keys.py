@@ -7,7 +7,6 @@ They work on a data directory, not through a broker: see docs/operations.md, Key
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +14,7 @@ from typing import Annotated
 import typer
 
 from tasklease.cli._common import EXIT_USAGE, fail, out
+from tasklease.cli._configfile import setting_line
 from tasklease.core.config import Config
 from tasklease.settings import ConfigError, load_config
 
@@ -25,26 +25,19 @@ KEY_PROVIDERS = ("file", "pkcs11", "plaintext")
 _DEFAULT_KEK_FILE = "key-passphrase"
 
 
-def _toml(value: str) -> str:
-    """A TOML basic string (JSON's escapes are TOML's)."""
-    return json.dumps(value, ensure_ascii=False)
+def init_keys(config: Config, *, secret_file: str | None) -> tuple[list[str], bool]:
+    """Set up the signing keys of the broker ``tasklease init`` makes; return its config
+    lines for them, and whether a first key was made (False: the keys were there, for
+    ``init --force``).
 
-
-def init_keys(
-    directory: Path,
-    *,
-    secret_file: str | None,
-    key_provider: str | None,
-    key_passphrase_file: str | None,
-) -> list[str]:
-    """Set up the signing keys of a new data directory; return its config lines for them.
-
-    Settings not given as options come from ``TASKLEASE_*`` variables (the config file
-    being written is not read). With the ``file`` provider and no passphrase given
-    (neither ``TASKLEASE_KEY_PASSPHRASE`` nor a passphrase file), a random passphrase file
-    (0600) is made beside the admin secret file, or in the data directory; a path other
-    than the default (``<data_dir>/key-passphrase``) goes into the config, absolute.
-    Prints what it did and where the passphrase is; exits 2 when the keys cannot be set up.
+    ``config`` is what init works with: the environment and the options (and, with
+    ``--force``, the config file it keeps), with an absolute ``data_dir``. With the
+    ``file`` provider, no key yet and no passphrase given (neither
+    ``TASKLEASE_KEY_PASSPHRASE`` nor a passphrase file), a random passphrase file (0600) is
+    made beside the admin secret file, or in the data directory; a path other than the
+    default (``<data_dir>/key-passphrase``) goes into the config, absolute. Keys that exist
+    are opened with their own passphrase, never given a new one. Prints what it did and
+    where the passphrase is; exits 2 when the keys cannot be set up.
     """
     from tasklease.core.keys import load_or_create_keyring
     from tasklease.keystore import (
@@ -55,24 +48,16 @@ def init_keys(
         open_key_provider,
     )
 
-    if key_provider is not None and key_provider not in KEY_PROVIDERS:
-        fail(f"--key-provider must be one of {', '.join(KEY_PROVIDERS)}")
-    try:
-        config = load_config(
-            os.devnull,
-            overrides={
-                "data_dir": str(directory),
-                "key_provider": key_provider,
-                "key_passphrase_file": key_passphrase_file,
-            },
-        )
-    except ConfigError as exc:
-        fail(str(exc))
-    lines = [f"key_provider = {_toml(config.key_provider)}"]
+    directory = Path(config.data_dir)
+    key_dir = Path(config.key_dir)
+    existing = key_dir.is_dir() and any(key_dir.glob("signing-*.pem"))
+    lines = [setting_line("key_provider", config.key_provider)]
     created: Path | None = None
     if config.key_provider == "file" and not os.environ.get(PASSPHRASE_ENV):
         if config.key_passphrase_file:
             path = Path(config.key_passphrase_file)
+        elif existing:
+            path = directory / _DEFAULT_KEK_FILE  # keys that exist keep their passphrase
         else:
             beside = Path(secret_file).parent if secret_file else directory
             path = beside / _DEFAULT_KEK_FILE
@@ -80,26 +65,26 @@ def init_keys(
                 create_passphrase_file(path)
                 created = path
         config = dataclasses.replace(config, key_passphrase_file=str(path))
-        if path == directory / _DEFAULT_KEK_FILE:
+        if path.absolute() == directory / _DEFAULT_KEK_FILE:
             # The default place, found from data_dir wherever the broker is started from.
             lines.append(f"# key_passphrase_file: {_DEFAULT_KEK_FILE} in the data directory")
         else:
-            lines.append(f"key_passphrase_file = {_toml(path.absolute().as_posix())}")
+            lines.append(setting_line("key_passphrase_file", path.absolute().as_posix()))
     elif config.key_provider == "pkcs11":
         lines += [
-            f"{name} = {_toml(getattr(config, name))}"
+            setting_line(name, getattr(config, name))
             for name in ("pkcs11_module", "pkcs11_token_label", "pkcs11_key_label")
         ]
         if config.pkcs11_pin_file:
             pin_file = Path(config.pkcs11_pin_file).absolute().as_posix()
-            lines.append(f"pkcs11_pin_file = {_toml(pin_file)}")
+            lines.append(setting_line("pkcs11_pin_file", pin_file))
     try:
         provider = open_key_provider(config)
-        key_dir = Path(config.key_dir)
         ring = load_or_create_keyring(key_dir, provider)
     except (KeyStoreError, OSError) as exc:
         fail(f"cannot set up the signing keys: {exc}")
-    out.print(f"Signing key {ring.active_kid}: {provider.describe(key_dir)}", highlight=False)
+    made = "Signing key" if not existing else "Signing keys kept, active key"
+    out.print(f"{made} {ring.active_kid}: {provider.describe(key_dir)}", highlight=False)
     if created is not None:
         out.print(
             f"Key passphrase (KEK) written to {created} (mode 0600): the signing keys cannot "
@@ -117,7 +102,7 @@ def init_keys(
             "read the key directory can sign tokens.",
             highlight=False,
         )
-    return lines
+    return lines, not existing
 
 
 ConfigOpt = Annotated[

@@ -48,9 +48,11 @@ from tasklease.cli._common import (
     select_tenant,
     selected_tenant,
 )
+from tasklease.cli._configfile import setting_line, with_settings
 from tasklease.settings import ConfigError, load_config
 
 if TYPE_CHECKING:
+    from tasklease.core.config import Config
     from tasklease.core.store import Store
 
 app = typer.Typer(
@@ -144,15 +146,16 @@ def _sqlite_problem(shown: str, exc: sqlite3.DatabaseError) -> str:
 
 
 def _open_local_store(database: str, *, migrate: bool) -> Store:
-    """Open the database of a local command; a file that is not a tasklease database, a
-    data directory that is a file, an unreadable path: one error line and exit 2 (a
-    configuration error), never a traceback."""
+    """Open the database of a local command, never creating one (only ``init`` does); a
+    missing file, a file that is not a tasklease database, a data directory that is a
+    file, an unreadable path: one error line and exit 2 (a configuration error), never a
+    traceback."""
     from tasklease.core.errors import Unavailable
     from tasklease.storage import SchemaError, open_store, redact_url
 
     shown = redact_url(database)
     try:
-        return open_store(database, migrate=migrate)
+        return open_store(database, migrate=migrate, create=False)
     except (SchemaError, Unavailable) as exc:
         fail(str(exc.reason or exc))
     except ValueError as exc:
@@ -189,7 +192,14 @@ def init(
             help="Write the admin secret to this file (mode 0600) instead of printing it."
         ),
     ] = None,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing config and secret.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Initialise again a data directory that holds a broker: keep its keys, "
+            "database and every setting of its config file; replace the admin secret and "
+            "the first operator's secret."
+        ),
+    ] = False,
     key_provider: Annotated[
         str | None,
         typer.Option(
@@ -214,13 +224,16 @@ def init(
         ),
     ] = "admin",
 ) -> None:
-    """Create a data directory, a config with a fresh admin secret, a signing key, and the
-    first admin operator.
+    """Create a broker: a data directory, a config with a fresh admin secret, a signing
+    key, the database and the first admin operator. The only command that creates a
+    broker's state: serve and the others refuse to start without it.
 
-    The admin secret is shown once (or written once to --secret-file); only its argon2id
-    hash is kept in the config. The signing key is encrypted (key_provider file) under a
-    passphrase in a file of its own or in TASKLEASE_KEY_PASSPHRASE: the command says where.
-    The first admin operator's secret is written to a 0600 file, whose path is printed.
+    Refuses a data directory that already holds a broker (a config file, a database or
+    keys) unless --force. The admin secret is shown once (or written once to
+    --secret-file); only its argon2id hash is kept in the config. The signing key is
+    encrypted (key_provider file) under a passphrase in a file of its own or in
+    TASKLEASE_KEY_PASSPHRASE: the command says where. The first admin operator's secret is
+    written to a 0600 file, whose path is printed.
     """
     from tasklease.core.errors import InvalidRequest
     from tasklease.core.operators import operator_name as valid_operator_name
@@ -230,62 +243,153 @@ def init(
         valid_operator_name(operator_name)
     except InvalidRequest as exc:
         raise _fail(f"--operator-name: {exc.detail}") from None
-    directory = Path(data_dir or ".tasklease")
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except FileExistsError:
+    if key_provider is not None and key_provider not in _keys.KEY_PROVIDERS:
+        fail(f"--key-provider must be one of {', '.join(_keys.KEY_PROVIDERS)}")
+    # Absolute, so that the config file names this directory wherever it is read from.
+    directory = Path(data_dir or ".tasklease").absolute()
+    if directory.exists() and not directory.is_dir():
         fail(f"data directory {directory} exists and is not a directory")
-    except OSError as exc:
-        fail(f"cannot create data directory {directory}: {_os_problem(exc)}")
     config_path = directory / "config.toml"
-    if config_path.exists() and not force:
-        raise _fail(f"{config_path} already exists (use --force to replace it and its secret)")
+    kept = _kept_config(config_path) if force else None
+    keep = config_path if kept is not None else None
+    settings = _init_settings(directory, keep, key_provider, key_passphrase_file)
+    _refuse_a_broker(settings, config_path, force=force)
     beside = Path(secret_file).parent if secret_file else directory
     operator_secret_path = beside / f"operator-{operator_name}-secret"
     for path in (operator_secret_path, *([Path(secret_file)] if secret_file else [])):
         if os.path.lexists(path) and not force:
             raise _fail(f"{path} already exists (use --force to replace it)")
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot create data directory {directory}: {_os_problem(exc)}")
     secret = new_secret()
-    document = (
-        "# tasklease broker configuration; every setting is documented in docs/configuration.md\n"
-        f'data_dir = "{directory.as_posix()}"\n'
-        'host = "127.0.0.1"\n'
-        "port = 8080\n"
-        f'admin_secret_hash = "{hash_secret(secret)}"\n'
-    )
-    key_lines = _keys.init_keys(
-        directory,
-        secret_file=secret_file,
-        key_provider=key_provider,
-        key_passphrase_file=key_passphrase_file,
-    )
+    hashed = hash_secret(secret)
+    key_lines, made_key = _keys.init_keys(settings, secret_file=secret_file)
+    if kept is not None:
+        try:
+            document = with_settings(kept, {"admin_secret_hash": hashed}, key_lines)
+        except ValueError as exc:
+            fail(f"config file {config_path}: {exc}")
+    else:
+        document = "".join(
+            line + "\n"
+            for line in (
+                "# tasklease broker configuration; every setting is documented in "
+                "docs/configuration.md",
+                setting_line("data_dir", directory.as_posix()),
+                setting_line("host", "127.0.0.1"),
+                "port = 8080",
+                setting_line("admin_secret_hash", hashed),
+                *key_lines,
+            )
+        )
     # The secret first: a configuration is never left holding the hash of a secret that
     # could not be saved.
     if secret_file:
         _write_private(Path(secret_file), secret + "\n", force=force)
-    _write_private(config_path, document + "".join(line + "\n" for line in key_lines), force=force)
-    out.print(f"Config written to {config_path}", highlight=False)
+    _write_private(config_path, document, force=force)
+    kept_note = " (its other settings kept)" if kept is not None else ""
+    out.print(f"Config written to {config_path}{kept_note}", highlight=False)
     if secret_file:
         out.print(f"Admin secret written to {secret_file} (mode 0600); it is not shown again.")
     else:
         out.print(f"Admin secret (shown once, save it now): {secret}", highlight=False)
-    _first_operator(config_path, operator_name, operator_secret_path, force=force)
+    _first_operator(
+        config_path, directory, operator_name, operator_secret_path, force=force, made_key=made_key
+    )
 
 
-def _first_operator(config_path: Path, name: str, secret_path: Path, *, force: bool) -> None:
-    """Make (or, with --force, re-key) the first admin operator in the new data directory's
-    database, and write its secret to ``secret_path`` (0600)."""
+def _kept_config(path: Path) -> str | None:
+    """The text of the config file ``init --force`` keeps (None when there is none)."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read the config file {path} that --force keeps: {exc}")
+
+
+def _init_settings(
+    directory: Path, kept: Path | None, key_provider: str | None, key_passphrase_file: str | None
+) -> Config:
+    """What init works with: the environment and the options, over the config file it
+    keeps (``--force``) or none; the data directory is the one given."""
+    try:
+        return load_config(
+            str(kept) if kept is not None else os.devnull,
+            overrides={
+                "data_dir": str(directory),
+                "key_provider": key_provider,
+                "key_passphrase_file": key_passphrase_file,
+            },
+        )
+    except ConfigError as exc:
+        kept_note = " (init --force keeps the config file: correct it first)" if kept else ""
+        fail(f"{exc}{kept_note}")
+
+
+def _refuse_a_broker(settings: Config, config_path: Path, *, force: bool) -> None:
+    """Exit 2 unless there is room for a new broker: without --force, no part of one where
+    ``settings`` point (config file, database, keys, nonce secret); a database that cannot
+    hold one (``memory://``) never. A PostgreSQL database is opened to look at it: one
+    whose audit log holds events is a broker's."""
+    from tasklease import brokerstate
+    from tasklease.storage import is_shared_database, redact_url
+
+    try:
+        brokerstate.refuse_unshared(settings.database)
+    except brokerstate.StateError as exc:
+        fail(str(exc))
+    if force:
+        return
+    found = brokerstate.present(settings, config_path)
+    if is_shared_database(settings.database):
+        store = _open_local_store(settings.database, migrate=False)
+        try:
+            events, _ = store.audit_head()
+        finally:
+            store.close()
+        if events:
+            found.append(f"the database {redact_url(settings.database)} ({events} audit events)")
+    if found:
+        fail(
+            f"a broker already exists here: {'; '.join(found)}. init never makes a broker "
+            "over another one; `tasklease init --force` initialises it again (keeps its "
+            "keys, database and settings; replaces the admin and first operator secrets)"
+        )
+
+
+def _first_operator(
+    config_path: Path,
+    directory: Path,
+    name: str,
+    secret_path: Path,
+    *,
+    force: bool,
+    made_key: bool,
+) -> None:
+    """Make (or, with --force, re-key) the first admin operator in the new broker's
+    database, and write its secret to ``secret_path`` (0600). Opening the broker makes
+    what of its state is missing (database, nonce secret, audit log key); the keys init
+    made are audited first (``signing_key_created``, ``audit_log_key_created``)."""
+    from tasklease import brokerstate
     from tasklease.core.errors import TaskleaseError
     from tasklease.core.kernel import RequestContext
     from tasklease.keystore import KeyStoreError
     from tasklease.server import build_broker
 
     try:
-        broker = build_broker(load_config(str(config_path)))
-    except (ConfigError, KeyStoreError, TaskleaseError) as exc:
+        config = load_config(str(config_path), overrides={"data_dir": str(directory)})
+        log_keys = Path(config.key_dir) / "log"
+        made_log_key = not (log_keys.is_dir() and any(log_keys.glob("signing-*.pem")))
+        broker = build_broker(config, create=True)
+    except (ConfigError, KeyStoreError, TaskleaseError, brokerstate.StateError) as exc:
         raise _fail(f"cannot open the new broker to add its first operator: {exc}") from None
     try:
-        _, secret = broker.set_up_first_admin(name, RequestContext())
+        ctx = RequestContext()
+        broker.record_keys_made(ctx, signing_key=made_key, log_key=made_log_key)
+        _, secret = broker.set_up_first_admin(name, ctx)
     except TaskleaseError as exc:
         raise _fail(f"first operator {name}: {exc.detail}") from None
     finally:
@@ -327,6 +431,7 @@ def serve(
         )
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    from tasklease.brokerstate import StateError
     from tasklease.core.errors import Unavailable
     from tasklease.http.tls import TLSFileError
     from tasklease.keystore import KeyStoreError
@@ -343,6 +448,8 @@ def serve(
         run_server(cfg, workers=workers, loop=loop, notices=notices)
     except TLSFileError as exc:
         fail(str(exc))  # a configuration error: exit 2
+    except StateError as exc:
+        fail(str(exc))
     except (SchemaError, Unavailable) as exc:
         raise _fail(f"{exc} ({exc.reason})" if exc.reason != exc.detail else str(exc)) from None
     except KeyStoreError as exc:
@@ -385,7 +492,11 @@ def _port_taken(host: str, port: int) -> tuple[str, str] | None:
 
 @db_app.command("migrate")
 def db_migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """Apply pending schema migrations to the configured database."""
+    """Apply pending schema migrations to the configured database.
+
+    A SQLite database must exist (`tasklease init` makes it; serve migrates it too); an
+    empty PostgreSQL database gets its schema here, before `tasklease init`.
+    """
     from tasklease.storage import redact_url
 
     try:

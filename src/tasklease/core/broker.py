@@ -23,6 +23,7 @@ from tasklease.core.audit import Deferred, deferring
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.brokerbase import FEED_SCOPE, BrokerBase, SignIn
 from tasklease.core.kernel import IssuedToken, RequestContext
+from tasklease.core.operators import INIT
 from tasklease.core.pending import Pending
 from tasklease.core.policy import PolicyEngine, PolicySource, Reloaded
 from tasklease.core.records import AppRecord, LaunchTokenRecord, OperatorRecord, TenantRecord
@@ -298,6 +299,19 @@ class Broker(BrokerBase):
     def set_up_first_admin(self, name: object, ctx: RequestContext) -> tuple[OperatorRecord, str]:
         """The admin operator ``tasklease init`` makes (or re-keys) on its own database."""
         return self._operators.set_up_first_admin(name, ctx)
+
+    def record_keys_made(self, ctx: RequestContext, *, signing_key: bool, log_key: bool) -> None:
+        """Audit the keys ``tasklease init`` made for this broker, as done by ``init``:
+        its first signing key (``signing_key_created``, with its kid) and the audit log's
+        key (``audit_log_key_created``, with its vkey). Every later key is a rotation,
+        audited before it takes effect; serving makes none.
+        """
+        entries = [
+            *([self._keys.created(INIT, ctx)] if signing_key else []),
+            *([self.transparency.created(INIT, ctx)] if log_key else []),
+        ]
+        if entries:
+            self.kernel.record(*entries)
 
     # --- signing keys (core.signing) ---------------------------------------------------
 

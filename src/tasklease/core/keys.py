@@ -30,6 +30,7 @@ __all__ = [
     "KeyRing",
     "Signer",
     "jwk_thumbprint",
+    "load_keyring",
     "load_or_create_keyring",
     "retire_keys",
     "rotate_key",
@@ -90,10 +91,13 @@ class KeyProvider(Protocol):
         Never the secret itself.
         """
 
-    def load_keys(self, directory: Path) -> tuple[ActiveKey, list[nacl.signing.VerifyKey]]:
+    def load_keys(
+        self, directory: Path, *, create: bool = False
+    ) -> tuple[ActiveKey, list[nacl.signing.VerifyKey]]:
         """The active key and the older keys' verify keys (newest first).
 
-        Creates the first key when the directory holds none.
+        With ``create``, makes the directory and the first key when it holds none;
+        without, a missing directory or one without keys raises ``ValueError``.
 
         Raises:
             ValueError: a key cannot be read or used; the message says which and why.
@@ -261,18 +265,34 @@ def _verify_key_of(
 # so rotation and reloading go on using it, with its secrets.
 
 
-def load_or_create_keyring(directory: Path, provider: KeyProvider) -> KeyRing:
-    """Load every key in ``directory`` through ``provider``; create a first key when empty.
+def load_keyring(directory: Path, provider: KeyProvider) -> KeyRing:
+    """Load every key in ``directory`` through ``provider``; never create one.
 
-    The newest key is the active key; the others verify only.
+    The newest key is the active key; the others verify only. A broker opens its keys
+    this way: only ``tasklease init`` makes a broker's first key (docs/decisions.md 145).
 
     Raises:
-        ValueError: a key cannot be read or used (the message says which and why: a file
-            readable by others, a wrong passphrase, plaintext keys under an encrypting
-            provider, a token that does not hold the key, ...).
-        OSError: the directory or a file could not be created or read.
+        ValueError: the directory does not exist or holds no key, or a key cannot be read
+            or used (the message says which and why: a file readable by others, a wrong
+            passphrase, plaintext keys under an encrypting provider, a token that does
+            not hold the key, ...).
+        OSError: a file could not be read.
     """
     active, previous = provider.load_keys(directory)
+    return KeyRing(active, previous, provider=provider)
+
+
+def load_or_create_keyring(directory: Path, provider: KeyProvider) -> KeyRing:
+    """:func:`load_keyring`, but a missing or empty ``directory`` gets a first key.
+
+    For what makes keys on purpose: ``tasklease init``, a new tenant, a rotation's reload
+    and brokers built for tests.
+
+    Raises:
+        ValueError: as :func:`load_keyring`, but for a missing key.
+        OSError: the directory or a file could not be created or read.
+    """
+    active, previous = provider.load_keys(directory, create=True)
     return KeyRing(active, previous, provider=provider)
 
 

@@ -17,7 +17,7 @@ import nacl.signing
 
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.kernel import Kernel, RequestContext
-from tasklease.core.keys import KeyRing, jwk_thumbprint, load_or_create_keyring, rotate_key
+from tasklease.core.keys import KeyRing, jwk_thumbprint, load_keyring, rotate_key
 from tasklease.core.tokens import Claims, Signer
 from tasklease.core.validation import Validator
 
@@ -115,13 +115,22 @@ class SigningKeys:
                     self._record(claims, ctx, kid, previous.active_kid, keys)
 
                 new_kid = rotate_key(directory, provider, before_activation=record)
-                ring = load_or_create_keyring(directory, provider)
+                ring = load_keyring(directory, provider)
             else:
                 ring = KeyRing(nacl.signing.SigningKey.generate(), verify_keys(previous))
                 new_kid = ring.active_kid
                 self._record(claims, ctx, new_kid, previous.active_kid, len(ring.kids()))
             self._install(ring)
         return new_kid, previous.active_kid
+
+    def created(self, by: str, ctx: RequestContext) -> AuditEntry:
+        """The audit entry of the broker's first signing key, made by ``by`` (``init``)."""
+        ring = self.ring
+        return AuditEntry(
+            "signing_key_created",
+            request_id=ctx.request_id,
+            detail=f"signing key created kid={ring.active_kid} keys={len(ring.kids())} by={by}",
+        )
 
     def _record(
         self, claims: Claims, ctx: RequestContext, new_kid: str, previous_kid: str, keys: int
@@ -147,7 +156,7 @@ class SigningKeys:
         if files is None or files == self._known_files or provider is None:
             return False
         with self._lock:
-            ring = load_or_create_keyring(Path(self._kernel.config.key_dir), provider)
+            ring = load_keyring(Path(self._kernel.config.key_dir), provider)
             self._known_files = files
             if ring.kids() == self.ring.kids():
                 return False

@@ -35,7 +35,7 @@ from tasklease.core.auditformat import AuditEntry
 from tasklease.core.audittree import consistency_proof, inclusion_proof, root_at
 from tasklease.core.errors import NotFound
 from tasklease.core.kernel import Kernel, RequestContext
-from tasklease.core.keys import KeyRing, load_or_create_keyring, rotate_key
+from tasklease.core.keys import KeyRing, load_keyring, load_or_create_keyring, rotate_key
 from tasklease.core.records import AuditTree, CheckpointRecord
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
@@ -192,7 +192,7 @@ class AuditTransparency:
 
             if self._key_dir is not None and provider is not None:
                 rotate_key(self._key_dir, provider, before_activation=record)
-                ring = load_or_create_keyring(self._key_dir, provider)
+                ring = load_keyring(self._key_dir, provider)
                 self._key_files = self._list_key_files()
             else:
                 older = [k for kid in previous.kids() if (k := previous.verify_key(kid))]
@@ -202,6 +202,14 @@ class AuditTransparency:
             self.ring = ring
             self._signed_size = -1  # sign anew under the new key
         return made[-1], old
+
+    def created(self, by: str, ctx: RequestContext) -> AuditEntry:
+        """The audit entry of the log's first key, made by ``by`` (``init``)."""
+        return AuditEntry(
+            "audit_log_key_created",
+            request_id=ctx.request_id,
+            detail=f"audit log key created vkey={self._vkey(self.ring)} by={by}",
+        )
 
     def _record_rotation(self, claims: Claims, ctx: RequestContext, new: str, old: str) -> None:
         self._kernel.record(
@@ -225,7 +233,7 @@ class AuditTransparency:
         if self._key_dir is None or provider is None or files == self._key_files:
             return False
         with self._lock:
-            self.ring = load_or_create_keyring(self._key_dir, provider)
+            self.ring = load_keyring(self._key_dir, provider)
             self._key_files = files
         return True
 

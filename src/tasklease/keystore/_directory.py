@@ -284,20 +284,25 @@ class DirectoryProvider(abc.ABC):
 
     name: ClassVar[str]
 
-    def load_keys(self, directory: Path) -> tuple[Any, list[nacl.signing.VerifyKey]]:
+    def load_keys(
+        self, directory: Path, *, create: bool = False
+    ) -> tuple[Any, list[nacl.signing.VerifyKey]]:
         """The active key and the older keys' verify keys, newest first.
 
-        Creates the first key when the directory holds none.
+        With ``create``, makes the directory and the first key when it holds none.
 
         Raises:
             KeyStoreError: a key file is unsafe, of another provider, corrupt or named
-                for another key, or the key cannot be opened (see the subclass).
+                for another key, or the key cannot be opened (see the subclass); without
+                ``create``, the directory does not exist or holds no key.
             OSError: the directory or a file could not be created or read.
         """
+        if not create and not directory.exists():
+            raise KeyStoreError(f"the key directory {directory} does not exist")
         ensure_directory(directory)
         with locked(directory):
             self._clear_pending(directory)
-            if not key_files(directory):
+            if create and not key_files(directory):
                 self._add(directory)
             return self._load(directory)
 

@@ -3,7 +3,8 @@
 ``open_store(url)`` picks one from a URL:
 
 * a filesystem path, or ``sqlite:///abs/path`` -> :class:`SQLiteStore` (the default)
-* ``memory://`` -> :class:`MemoryStore` (tests; nothing survives a restart)
+* ``memory://`` -> :class:`MemoryStore` (tests; nothing survives a restart, nothing is
+  shared between processes: ``tasklease serve`` refuses it)
 * ``postgresql://...`` (or ``postgres://``) -> :class:`PostgresStore` (several replicas;
   needs the ``postgres`` extra: psycopg 3 and psycopg_pool)
 
@@ -41,18 +42,22 @@ def is_shared_database(url: str) -> bool:
     return urlsplit(url).scheme.lower() in ("postgresql", "postgres") if "://" in url else False
 
 
-def open_store(url: str, *, migrate: bool = True, config: Config | None = None) -> Store:
+def open_store(
+    url: str, *, migrate: bool = True, config: Config | None = None, create: bool = True
+) -> Store:
     """Open the store that ``url`` names.
 
     ``migrate`` applies pending schema migrations (durable stores only); with
-    ``migrate=False`` an out-of-date database raises :class:`SchemaError`. ``config``
-    gives PostgreSQL its limits (the ``database_*`` settings; defaults without it). Raise
-    ``ValueError`` for a URL this build cannot open.
+    ``migrate=False`` an out-of-date database raises :class:`SchemaError`. With
+    ``create=False`` a SQLite file that does not exist, or holds no schema, raises
+    :class:`SchemaError` instead of being made (PostgreSQL databases are never created
+    here). ``config`` gives PostgreSQL its limits (the ``database_*`` settings; defaults
+    without it). Raise ``ValueError`` for a URL this build cannot open.
     """
     if "://" not in url:
         if not url:
             raise ValueError("store URL is empty")
-        return SQLiteStore(url, migrate=migrate)
+        return SQLiteStore(url, migrate=migrate, create=create)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "memory":
@@ -67,7 +72,7 @@ def open_store(url: str, *, migrate: bool = True, config: Config | None = None) 
         path = unquote(parts.path)
         if not path.startswith("/") or path == "/":
             raise ValueError("SQLite URLs name a local file: sqlite:///absolute/path")
-        return SQLiteStore(path, migrate=migrate)
+        return SQLiteStore(path, migrate=migrate, create=create)
     if scheme in ("postgresql", "postgres"):
         try:
             from tasklease.storage.postgres import PostgresStore

@@ -102,6 +102,16 @@ def _schema_version(conn: sqlite3.Connection) -> int:
     return int(version)
 
 
+def _not_there(path: Path) -> str:
+    """Why there is no database file at ``path``, in one line."""
+    if path.exists():
+        return f"database {path} is not a file"
+    above = next((parent for parent in path.parents if parent.exists()), None)
+    if above is not None and not above.is_dir():
+        return f"cannot open database {path}: {above} is not a directory"
+    return f"database {path} does not exist: only `tasklease init` creates a broker's database"
+
+
 # -- the store ---------------------------------------------------------------------------
 
 
@@ -125,8 +135,10 @@ class SQLiteStore(SQLStore):
     """:class:`tasklease.core.store.Store` on one SQLite file.
 
     ``SQLiteStore(path)`` creates the file (mode 0600) and its parent directory (0700) if
-    missing and applies pending migrations. With ``migrate=False`` it refuses a database
-    that is not at the current schema version (``SchemaError``: run
+    missing and applies pending migrations. With ``create=False`` it creates nothing: a
+    missing file, or one without a tasklease schema, is refused (``SchemaError``; only
+    ``tasklease init`` makes a broker's database). With ``migrate=False`` it refuses a
+    database that is not at the current schema version (``SchemaError``: run
     ``tasklease db migrate``). A database newer than this code is always refused.
 
     ``busy_timeout`` is how long, in seconds, a transaction waits for another process's
@@ -143,6 +155,7 @@ class SQLiteStore(SQLStore):
         *,
         migrate: bool = True,
         busy_timeout: float = 5.0,
+        create: bool = True,
     ) -> None:
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise SchemaError(
@@ -153,6 +166,8 @@ class SQLiteStore(SQLStore):
             raise ValueError("SQLiteStore needs a filesystem path (use MemoryStore for memory)")
         # Absolute, so that per-thread readers open the same file if the cwd changes.
         self.path = Path(raw).absolute()
+        if not create and not self.path.is_file():
+            raise SchemaError(_not_there(self.path))
         self._busy_timeout = busy_timeout
         self._shared = SharedState()
         self._closed = False
@@ -176,6 +191,11 @@ class SQLiteStore(SQLStore):
         self._writer = self._connect(reader=False)
         try:
             self._prepare_writer()
+            if not create and _schema_version(self._writer) == 0:
+                raise SchemaError(
+                    f"database {self.path} holds no tasklease schema: only `tasklease init` "
+                    "creates a broker's database"
+                )
             if migrate:
                 self.migrate()
             else:
