@@ -74,7 +74,10 @@ def test_a_migrated_database_no_init_ran_on_is_no_broker(pg_url: str, tmp_path: 
     migrate(pg_url, tmp_path / "migrate")
     keys = tasklease_cli("init", "--data-dir", str(tmp_path / "sqlite"), env={}, cwd=tmp_path)
     assert keys.returncode == 0, keys.stdout + keys.stderr
-    on_pg = {"TASKLEASE_DATABASE": pg_url, "TASKLEASE_ADMIN_SECRET": "s" * 32}
+    on_pg = {
+        "TASKLEASE_DATABASE": pg_url,
+        "TASKLEASE_ADMIN_SECRET": "schema-tests-admin-secret-0123456789",
+    }
     serve = tasklease_cli(
         "serve", "--data-dir", str(tmp_path / "sqlite"), "--port", str(free_port()),
         env=on_pg, cwd=tmp_path,
