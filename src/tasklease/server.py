@@ -32,6 +32,8 @@ from tasklease import brokerstate
 from tasklease.core.broker import Broker
 from tasklease.core.config import Config, is_loopback_host
 from tasklease.core.keys import KeyRing, load_keyring, load_or_create_keyring
+from tasklease.core.rollback import DatabaseWentBack
+from tasklease.core.transparency import logs_went_back
 from tasklease.http.metrics import (
     MULTIPROCESS_ENV,
     MetricsListener,
@@ -41,6 +43,7 @@ from tasklease.http.metrics import (
 from tasklease.http.protocol import http_protocol
 from tasklease.http.tls import uvicorn_tls_options
 from tasklease.keystore import (
+    CheckpointFiles,
     EncryptedFileKeyProvider,
     KeyStoreError,
     open_key_provider,
@@ -67,21 +70,29 @@ LOOPS = ("asyncio", "uvloop")
 _WORKER_CONFIG_ENV = "TASKLEASE_WORKER_CONFIG"
 
 
-def build_broker(config: Config, *, migrate: bool = True, create: bool = False) -> Broker:
+def build_broker(
+    config: Config, *, migrate: bool = True, create: bool = False, refuse_went_back: bool = True
+) -> Broker:
     """Open the broker's key ring and storage (migrating it if asked), and build the Broker.
 
     The broker's state must exist: only ``tasklease init`` passes ``create=True``, which
     makes the data directory, the first signing key, the passphrase file, the nonce
     secret, the audit log's key and the database where they are missing. The keys come
-    first: a broker that cannot sign does not touch the database.
+    first: a broker that cannot sign does not touch the database. Then a database that
+    went back in time (restored from a backup, or missing its last commits: an audit log
+    that does not extend the last checkpoint its log key signed, kept beside the key;
+    ``core.rollback``) is refused, unless ``refuse_went_back`` is false (the command that
+    accepts it).
 
     Raises:
         tasklease.brokerstate.StateError: ``database = "memory://"``, or (without
             ``create``) part of the state is missing; the message names it.
         tasklease.keystore.KeyStoreError: the keys cannot be opened with the configured
-            key provider (the message says why and what to do).
+            key provider (the message says why and what to do), or a checkpoint anchor
+            is unsafe or unreadable.
         tasklease.storage.SchemaError: the database cannot be used (missing, without
             schema, out of date).
+        tasklease.core.rollback.DatabaseWentBack: the database went back in time.
     """
     if create:
         brokerstate.refuse_unshared(config.database)
@@ -94,6 +105,7 @@ def build_broker(config: Config, *, migrate: bool = True, create: bool = False) 
     store = open_store(
         config.database, migrate=migrate and not shared, config=config, create=create
     )
+    anchors = CheckpointFiles()
     try:
         if not create and brokerstate.require_store(config, store):
             _log.warning(
@@ -102,10 +114,17 @@ def build_broker(config: Config, *, migrate: bool = True, create: bool = False) 
                 config.key_dir,
             )
         nonce_secret = _nonce_secret(Path(config.key_dir), create=create)
+        if refuse_went_back:
+            try:
+                found = logs_went_back(store, anchors, config.key_dir)
+            except (OSError, ValueError) as exc:
+                raise KeyStoreError(str(exc)) from None
+            if found:
+                raise DatabaseWentBack(found)
     except BaseException:
         store.close()
         raise
-    return Broker(config, store, keyring, nonce_secret=nonce_secret)
+    return Broker(config, store, keyring, nonce_secret=nonce_secret, anchors=anchors)
 
 
 def _load_keyring(config: Config, *, create: bool) -> KeyRing:

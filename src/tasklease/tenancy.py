@@ -183,4 +183,5 @@ class Tenancy:
             nonce_issuer=default.nonces.for_tenant(record.name),
             # The process's streams: every tenant's count against one cap.
             stream_slots=default.stream_slots,
+            anchors=default.transparency.anchors,
         )

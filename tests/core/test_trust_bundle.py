@@ -1,6 +1,8 @@
 """This broker's own trust bundle (core.trustbundle): the JWKS's keys as a SPIFFE bundle
 whose spiffe_sequence grows on every key change and never goes back, across restarts and
-replicas sharing the store."""
+replicas sharing the store, and past a store that went back (the time in seconds is its
+floor: decision 144). The brokers here run on a manual clock at START, so a bundle's
+sequence is START, then one more on each change within that second."""
 
 from __future__ import annotations
 
@@ -15,9 +17,13 @@ from tasklease.core.broker import Broker
 from tasklease.core.clock import ManualClock
 from tasklease.core.errors import Unavailable
 from tasklease.core.keys import KeyRing, load_or_create_keyring, retire_keys
+from tasklease.core.records import PublishedBundle
+from tasklease.core.trustbundle import next_sequence
 from tasklease.keystore import PlaintextKeyProvider
 from tasklease.rules.bundle import parse_bundle
 from tasklease.storage import MemoryStore
+
+START = 1_800_000_000  # the manual clock of make_broker (tests/core/conftest.py)
 
 
 def _served(broker: Broker) -> Any:
@@ -27,7 +33,7 @@ def _served(broker: Broker) -> Any:
 def test_bundle_holds_the_jwks_keys_with_sequence_and_hint(make_broker: Any) -> None:
     broker = make_broker(trust_domain="a.example", federation_refresh_hint=7)
     bundle = _served(broker)
-    assert bundle.sequence == 1 and bundle.refresh_hint == 7
+    assert bundle.sequence == START and bundle.refresh_hint == 7
     jwks = {k["kid"]: k["x"] for k in broker.keyring.jwks()["keys"]}
     assert list(bundle.keys) == list(jwks) == broker.keyring.kids()
     document = json.loads(broker.trust_bundle())
@@ -38,22 +44,22 @@ def test_bundle_holds_the_jwks_keys_with_sequence_and_hint(make_broker: Any) -> 
 def test_sequence_grows_on_rotation_and_survives_a_restart(make_broker: Any, kit: Any) -> None:
     store = MemoryStore()
     broker = make_broker(store=store)
-    assert _served(broker).sequence == 1
+    assert _served(broker).sequence == START
     assert not broker.publish_trust_bundle()  # nothing changed: no store access
     broker.rotate_signing_key(kit.admin(broker).claims, kit.ctx)
     bundle = _served(broker)
-    assert bundle.sequence == 2 and list(bundle.keys) == broker.keyring.kids()
+    assert bundle.sequence == START + 1 and list(bundle.keys) == broker.keyring.kids()
     assert len(bundle.keys) == 2
     # A restart with the same keys (a new Broker on the same store): the same sequence.
     again = make_broker(store=store, keyring=broker.keyring)
     assert again.publish_trust_bundle()  # it looked...
-    assert _served(again).sequence == 2  # ...and found the key set published
+    assert _served(again).sequence == START + 1  # ...and found the key set published
     # Keys retired while no broker ran: the next start publishes the next sequence.
     retired = KeyRing(SigningKey.generate())
     later = make_broker(store=store, keyring=retired)
     later.publish_trust_bundle()
     bundle = _served(later)
-    assert bundle.sequence == 3 and list(bundle.keys) == retired.kids()
+    assert bundle.sequence == START + 2 and list(bundle.keys) == retired.kids()
 
 
 def test_a_replica_behind_serves_the_stored_bundle_rather_than_its_own(
@@ -66,15 +72,15 @@ def test_a_replica_behind_serves_the_stored_bundle_rather_than_its_own(
     second = make_broker(store=store, keyring=ring, clock=clock)
     first.publish_trust_bundle()
     second.publish_trust_bundle()
-    assert _served(second).sequence == 1
+    assert _served(second).sequence == START
     first.rotate_signing_key(kit.admin(first).claims, kit.ctx)
     # The second reads the stored bundle again after a second at most...
-    assert _served(second).sequence == 1
+    assert _served(second).sequence == START
     clock.advance(1)
     # ...and though it has not reloaded its keys yet, serves what the first published.
     assert second.keyring.kids() != first.keyring.kids()
     assert _served(second) == _served(first)
-    assert _served(second).sequence == 2
+    assert _served(second).sequence == START + 1
 
 
 def _after_a_rotation_elsewhere(make_broker: Any, kit: Any, keys: Path) -> tuple[Any, Any]:
@@ -100,14 +106,14 @@ def test_a_process_whose_ring_lags_never_publishes_an_older_key_set(
     first, second = _after_a_rotation_elsewhere(make_broker, kit, keys)
     second.publish_trust_bundle()
     bundle = _served(second)
-    assert bundle.sequence == 2 and list(bundle.keys) == first.keyring.kids()
+    assert bundle.sequence == START + 1 and list(bundle.keys) == first.keyring.kids()
     assert second.keyring.kids() == first.keyring.kids()  # it took the directory's keys
     assert not second.publish_trust_bundle()  # and counts that set as published
     # Keys retired while it ran are still published, as the next sequence.
     retire_keys(keys, {first.keyring.active_kid}, PlaintextKeyProvider())
     assert second.refresh_keys() and second.publish_trust_bundle()
     bundle = _served(second)
-    assert bundle.sequence == 3 and list(bundle.keys) == [first.keyring.active_kid]
+    assert bundle.sequence == START + 2 and list(bundle.keys) == [first.keyring.active_kid]
 
 
 def test_keys_that_cannot_be_reloaded_publish_nothing_rather_than_an_older_set(
@@ -120,4 +126,43 @@ def test_keys_that_cannot_be_reloaded_publish_nothing_rather_than_an_older_set(
     newest.chmod(0o600)
     with pytest.raises(Unavailable, match="cannot reload the signing keys"):
         second.publish_trust_bundle()
-    assert _served(first).sequence == 2  # nothing written over the first's rotation
+    assert _served(first).sequence == START + 1  # nothing written over the first's rotation
+
+
+# Would fail if: the sequence were the stored one plus one alone: a store that went back
+# (a restore) numbered the next bundle below what federated peers already held.
+def test_a_store_that_went_back_still_numbers_the_next_bundle_past_every_earlier_one(
+    make_broker: Any, kit: Any
+) -> None:
+    store = MemoryStore()
+    clock = ManualClock(float(START))
+    broker = make_broker(store=store, clock=clock)
+    broker.publish_trust_bundle()
+    first = store.get_published_bundle()
+    assert first is not None
+    broker.rotate_signing_key(kit.admin(broker).claims, kit.ctx)
+    broker.rotate_signing_key(kit.admin(broker).claims, kit.ctx)
+    peers_saw = _served(broker).sequence
+    assert peers_saw == first.sequence + 2
+    # The store goes back to its first bundle (a restore of a backup taken then).
+
+    def unit(tx: Any) -> list[Any]:
+        tx.put_published_bundle(first)
+        return []
+
+    broker.kernel.commit(unit)
+    clock.advance(60)  # the restore took a minute
+    after = make_broker(store=store, clock=clock, keyring=broker.keyring)
+    after.publish_trust_bundle()
+    assert _served(after).sequence > peers_saw
+
+
+def test_the_next_sequence_is_past_the_stored_one_and_never_below_the_time() -> None:
+    def stored(sequence: int) -> PublishedBundle:
+        return PublishedBundle(sequence, "kid", "{}", 0.0)
+
+    assert next_sequence(None, 1_800_000_000.9) == 1_800_000_000
+    assert next_sequence(stored(7), 1_800_000_000.0) == 1_800_000_000  # a restored store
+    assert next_sequence(stored(1_800_000_005), 1_800_000_000.0) == 1_800_000_006  # a burst
+    assert next_sequence(stored(1_800_000_000), 1_700_000_000.0) == 1_800_000_001  # clock back
+    assert next_sequence(None, 0.0) == 1

@@ -99,7 +99,9 @@ def test_endpoint_serves_the_jwks_keys_as_a_spiffe_bundle(
         assert answer.headers["content-type"] == "application/json"
         assert answer.headers["cache-control"] == "public, max-age=2"
         document = answer.json()
-        assert document["spiffe_sequence"] == 1 and document["spiffe_refresh_hint"] == 2
+        # The first bundle's sequence is the time it was published (decision 144).
+        first = document["spiffe_sequence"]
+        assert first > 1_700_000_000 and document["spiffe_refresh_hint"] == 2
         jwks = client.get(f"{served.url}/.well-known/jwks.json").json()
         assert [k["kid"] for k in document["keys"]] == [k["kid"] for k in jwks["keys"]]
         assert [k["x"] for k in document["keys"]] == [k["x"] for k in jwks["keys"]]
@@ -112,7 +114,7 @@ def test_endpoint_serves_the_jwks_keys_as_a_spiffe_bundle(
         )
         assert rotated.status_code == 200, rotated.text
         again = client.get(_bundle_url(served)).json()
-        assert again["spiffe_sequence"] == 2
+        assert again["spiffe_sequence"] > first
         assert [k["kid"] for k in again["keys"]] == rotated.json()["kids"]
         # No client authentication is asked for, and none is needed (SPIFFE Federation).
         assert "www-authenticate" not in answer.headers
@@ -136,10 +138,13 @@ def test_refresher_picks_up_a_rotation_on_the_hint(
     assert refresh_due(local) == 1
     assert list(local.federation.trusted_keys(PEER, clock.now())) == broker.keyring.kids()
     stored = local.federation.record(PEER)
-    assert parse_bundle(stored.bundle, PEER).sequence == 2
+    assert (
+        parse_bundle(stored.bundle, PEER).sequence
+        == parse_bundle(broker.trust_bundle(), PEER).sequence
+    )
     assert stored.created_at == record.created_at and stored.last_error == ""
     updates, _ = local.audit_events(AuditQuery(event_type="federation_bundle_updated"))
-    assert len(updates) == 2 and "sequence=1->2" in updates[1].detail
+    assert len(updates) == 2 and f"sequence={int(START)}->{int(START) + 1}" in updates[1].detail
 
 
 def test_endpoint_down_keeps_the_last_good_bundle_until_max_age_then_fails_closed(

@@ -16,6 +16,7 @@ from tasklease.core.broker import Broker
 from tasklease.core.clock import SystemClock
 from tasklease.core.keys import KeyRing
 from tasklease.core.tokens import KIND_AGENT, mint
+from tasklease.rules.bundle import parse_bundle
 from tasklease.verify import FederatedDomain, InvalidToken, Verifier
 from tasklease.verify._federation import FederationError, Federations
 
@@ -113,7 +114,8 @@ def test_federated_token_within_its_ceiling_is_accepted(
         assert verified.has_scope("read:data:42")
         # The home broker's own tokens are verified as before, with its own JWKS.
         assert verifier.verify(_token(local, ("write:orders:1",))).iss == "https://a.example"
-        assert verifier.stats()["federations"]["b.example"]["sequence"] == 1
+        published = parse_bundle(remote.trust_bundle(), "b.example").sequence
+        assert verifier.stats()["federations"]["b.example"]["sequence"] == published
         # The async path takes the same decisions.
         again = asyncio.run(verifier.averify(_token(remote, ("read:data:7",))))
         assert again.scope == ("read:data:7",)
@@ -219,7 +221,8 @@ def test_a_rotation_in_the_peer_is_fetched_for_its_new_kid(
         remote.rotate_signing_key(admin(remote).claims, CTX)
         verified = verifier.verify(_token(remote, ("read:data:2",)))
         assert verified.scope == ("read:data:2",)
-        assert verifier.stats()["federations"]["b.example"]["sequence"] == 2
+        published = parse_bundle(remote.trust_bundle(), "b.example").sequence
+        assert verifier.stats()["federations"]["b.example"]["sequence"] == published
 
 
 def test_the_async_path_refreshes_bundles_by_their_hint_without_a_feed(

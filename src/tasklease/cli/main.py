@@ -1,11 +1,11 @@
 """The ``tasklease`` command: set up, serve, check and operate a broker.
 
-Local commands (``init``, ``serve``, ``db migrate``, ``audit verify --database``,
-``keys encrypt``) work on a data directory; the others talk to a running broker over HTTP through
-:class:`tasklease.client.AdminClient` (``--url``/``TASKLEASE_URL``; a named operator from
-``TASKLEASE_OPERATOR`` with ``TASKLEASE_OPERATOR_SECRET`` or ``TASKLEASE_OPERATOR_KEY_FILE``,
-or the admin secret from ``TASKLEASE_ADMIN_SECRET`` or ``--admin-secret``; or a 0600
-profile file; see docs/cli.md).
+Local commands (``init``, ``serve``, ``db migrate``, ``db accept-restore``,
+``audit verify --database``, ``keys encrypt``) work on a data directory; the others talk
+to a running broker over HTTP through :class:`tasklease.client.AdminClient`
+(``--url``/``TASKLEASE_URL``; a named operator from ``TASKLEASE_OPERATOR`` with
+``TASKLEASE_OPERATOR_SECRET`` or ``TASKLEASE_OPERATOR_KEY_FILE``, or the admin secret from
+``TASKLEASE_ADMIN_SECRET`` or ``--admin-secret``; or a 0600 profile file; see docs/cli.md).
 
 Exit codes: 0 success; 1 a check failed (for example a broken audit chain) or the thing
 asked for does not exist; 2 usage or configuration error; 3 the broker refused the
@@ -33,6 +33,7 @@ from tasklease.cli import (
     _operators,
     _policy,
     _remote,
+    _restore,
     _tenants,
     _token,
     _transparency,
@@ -63,7 +64,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 audit_app = typer.Typer(help="Inspect and verify the audit log.", no_args_is_help=True)
-db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Database schema management, and accepting a restored database.", no_args_is_help=True
+)
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
 
@@ -433,6 +436,7 @@ def serve(
         raise _fail(str(exc)) from None
     from tasklease.brokerstate import StateError
     from tasklease.core.errors import Unavailable
+    from tasklease.core.rollback import DatabaseWentBack
     from tasklease.http.tls import TLSFileError
     from tasklease.keystore import KeyStoreError
     from tasklease.storage import SchemaError, redact_url
@@ -446,6 +450,8 @@ def serve(
         fail(problem, hint=hint)
     try:
         run_server(cfg, workers=workers, loop=loop, notices=notices)
+    except DatabaseWentBack as exc:
+        fail(str(exc))
     except TLSFileError as exc:
         fail(str(exc))  # a configuration error: exit 2
     except StateError as exc:
@@ -505,6 +511,9 @@ def db_migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
         raise _fail(str(exc)) from None
     _open_local_store(cfg.database, migrate=True).close()
     out.print(f"database {redact_url(cfg.database)} is at the current schema", highlight=False)
+
+
+_restore.register(db_app)
 
 
 @audit_app.command("verify")

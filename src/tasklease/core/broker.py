@@ -31,6 +31,7 @@ from tasklease.core.registration import PendingRegistration
 from tasklease.core.status import VERSION
 from tasklease.core.tokencheck import ALL_KINDS
 from tasklease.core.tokens import Claims
+from tasklease.core.transparency import RollbackAccepted
 
 __all__ = [
     "ALL_KINDS",
@@ -324,6 +325,26 @@ class Broker(BrokerBase):
         rotated = self._keys.rotate(claims, ctx)
         self._trust_bundles.republish()
         return rotated
+
+    def accept_restore(self, by: str, ctx: RequestContext) -> RollbackAccepted | None:
+        """Accept that this tenant's database went back in time (a restore, lost commits;
+        ``core.rollback``), None when it did not.
+
+        Records it in the audit log (``audit_rollback_accepted``, naming both trees), has a
+        new log key sign from here, keeps a checkpoint of the log as it is now as the
+        anchor, and publishes the trust bundle again with a new ``spiffe_sequence``
+        (federated peers may hold a later one than the restored database's).
+
+        Raises:
+            Unavailable: the event could not be stored; nothing changed.
+            ValueError, OSError: the anchor is unreadable or could not be written.
+        """
+        found = self.transparency.examine().went_back
+        if found is None:
+            return None
+        accepted = self.transparency.accept_rollback(found, by=by, ctx=ctx)
+        self._trust_bundles.publish(force=True)
+        return accepted
 
     def refresh_keys(self) -> bool:
         """Adopt signing keys another process sharing the key directory added or retired."""

@@ -64,6 +64,7 @@ from tasklease.core.registration import PendingRegistration, Registration
 from tasklease.core.renewal import Renewal
 from tasklease.core.revocation import RevocationIndex
 from tasklease.core.revoking import Revoking
+from tasklease.core.rollback import CheckpointAnchors
 from tasklease.core.signing import SigningKeys
 from tasklease.core.status import VERSION, health
 from tasklease.core.store import Store
@@ -106,6 +107,7 @@ class BrokerBase:
         nonce_issuer: NonceIssuer | None = None,
         monotonic: Callable[[], float] | None = None,
         stream_slots: StreamSlots | None = None,
+        anchors: CheckpointAnchors | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -198,8 +200,9 @@ class BrokerBase:
         self._peer_feeds = PeerFeeds(kernel)
         self._trust_bundles = TrustBundles(kernel, keys, monotonic=elapsed)
         # The transparent audit log (core.transparency): log key, checkpoints, proofs,
-        # witnesses, on the Broker as broker.transparency.
-        self.transparency = AuditTransparency(kernel, keyring, self.instance_id)
+        # witnesses, on the Broker as broker.transparency. ``anchors`` keep the last
+        # checkpoint signed beside the log key (core.rollback; the server gives them).
+        self.transparency = AuditTransparency(kernel, keyring, self.instance_id, anchors=anchors)
         # Health and readiness from checks on threads of their own (core.readiness): the
         # answers never wait on storage longer than the checks' bound.
         self.readiness = Readiness(

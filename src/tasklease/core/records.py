@@ -324,7 +324,8 @@ class PublishedBundle:
 
     ``kids`` is the space-separated key ids it holds, ``bundle`` the bundle as served but
     for its refresh hint (``rules.bundle``), ``sequence`` its ``spiffe_sequence``: raised
-    by one on every change of the key set, never lowered.
+    on every change of the key set, by one or to the time in seconds, whichever is larger;
+    never lowered.
     """
 
     sequence: int

@@ -456,6 +456,12 @@ class Store(Protocol):
         """The latest checkpoint of ``kind`` (``signed`` or ``final``), or None."""
         ...
 
+    def database_id(self) -> str:
+        """What names this database and every copy of it (a backup, a restore, a standby):
+        when its schema was first made (a new database has another; ``core.rollback``);
+        "" for a database that has no copies (memory)."""
+        ...
+
     def prune(self, now: float) -> int:
         """Delete expired revocations, used nonces and DPoP proofs, launch tokens,
         by-reference tokens, agent sessions, discovery bindings, leases, used

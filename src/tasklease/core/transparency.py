@@ -15,13 +15,19 @@ the events' own transactions. Here that tree is made answerable to outsiders:
   with a consistency proof from what it last cosigned (:meth:`AuditTransparency.publish`,
   through a ``push`` the HTTP adapter gives); once ``audit_witness_quorum`` of them have
   cosigned it, it is *final*, and the final checkpoint is what the log serves;
-* **proofs**: inclusion and consistency proofs (RFC 9162) read from the tiles.
+* **proofs**: inclusion and consistency proofs (RFC 9162) read from the tiles;
+* the **anchor** (``core.rollback``): the last checkpoint the log key signed, kept beside
+  it, outside the database. A tree that does not extend it (a database that went back in
+  time) is never signed, and a broker does not start on it (:func:`logs_went_back`) until
+  an operator accepts it (:meth:`AuditTransparency.accept_rollback`), which a new log key
+  signs from: one key never signs two checkpoints that no consistency proof links.
 
 No checkpoint is ever audited as an event: that would grow the log it describes, forever.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -36,8 +42,17 @@ from tasklease.core.audittree import consistency_proof, inclusion_proof, root_at
 from tasklease.core.errors import NotFound
 from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.keys import KeyRing, load_keyring, load_or_create_keyring, rotate_key
-from tasklease.core.records import AuditTree, CheckpointRecord
-from tasklease.core.store import WriteTx
+from tasklease.core.records import AuditEvent, AuditTree, CheckpointRecord
+from tasklease.core.rollback import (
+    ACCEPT_COMMAND,
+    CheckpointAnchors,
+    LogState,
+    WentBack,
+    examine,
+    log_id,
+)
+from tasklease.core.store import Store, WriteTx
+from tasklease.core.tenants import DEFAULT_TENANT, tenant_key_dir
 from tasklease.core.tokens import Claims
 from tasklease.rules.merkle import EMPTY_ROOT
 from tasklease.rules.note import (
@@ -63,8 +78,10 @@ __all__ = [
     "CHECKPOINT_LEASE",
     "AuditTransparency",
     "PushResult",
+    "RollbackAccepted",
     "Witness",
     "log_origin",
+    "logs_went_back",
 ]
 
 _log = logging.getLogger("tasklease.audit")
@@ -73,6 +90,51 @@ CHECKPOINT_LEASE = "audit-checkpoints"
 # Seconds before witnesses that did not all cosign the latest checkpoint are asked again.
 RETRY_WITNESSES = 5.0
 LOG_KEY_DIR = "log"
+# Seconds between two logs of one problem with the anchor (a database that went back, an
+# anchor that cannot be written): the checkpoint job meets it every round.
+_COMPLAIN_EVERY = 60.0
+
+
+def logs_went_back(store: Store, anchors: CheckpointAnchors, key_dir: str) -> list[WentBack]:
+    """Every log of the database that does not extend its anchor: the default tenant's and
+    each active tenant's, each against the anchor beside its own log key (nothing without
+    a key directory, whose log keys are in memory, nor for a memory store).
+
+    Raises:
+        ValueError: an anchor is unsafe or not a signed checkpoint (the message names it).
+        OSError: an anchor could not be read.
+    """
+    database = store.database_id()
+    if not key_dir or not database:
+        return []
+    logs = [(store, Path(key_dir), log_id(database, store.tenant, None))]
+    logs += [
+        (
+            store.for_tenant(record.name),
+            Path(tenant_key_dir(key_dir, record.name)),
+            log_id(database, record.name, record.created_at),
+        )
+        for record in store.list_tenants()
+        if record.status == "active"
+    ]
+    found: list[WentBack] = []
+    for view, directory, log in logs:
+        state = examine(view, anchors, directory / LOG_KEY_DIR, view.tenant, log)
+        if state.went_back is not None:
+            found.append(state.went_back)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackAccepted:
+    """What accepting a database that went back did: the event recording it, the new log
+    key (its vkey) and the previous one, and the tree the new anchor names."""
+
+    found: WentBack
+    event: AuditEvent | None  # None only inside ``core.audit.deferring`` (never here)
+    new_vkey: str
+    previous_vkey: str
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +167,10 @@ Push = Callable[[str, bytes], PushResult]
 anything the transport raises) when the witness cannot be reached."""
 
 
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
 def log_origin(config_origin: str, explicit: bool, tenant: str) -> str:
     """The origin a tenant's checkpoints name: an origin derived from the issuer is the
     tenant's already (its issuer is); an explicit one gets ``/t/<tenant>`` for tenants
@@ -117,7 +183,14 @@ def log_origin(config_origin: str, explicit: bool, tenant: str) -> str:
 class AuditTransparency:
     """Checkpoints, proofs and witnesses of one tenant's audit log. Thread-safe."""
 
-    def __init__(self, kernel: Kernel, signing: KeyRing, holder: str) -> None:
+    def __init__(
+        self,
+        kernel: Kernel,
+        signing: KeyRing,
+        holder: str,
+        *,
+        anchors: CheckpointAnchors | None = None,
+    ) -> None:
         self._kernel = kernel
         config = kernel.config
         self._store = kernel.store
@@ -131,6 +204,12 @@ class AuditTransparency:
         self._every_seconds = config.audit_checkpoint_interval
         self._lock = threading.Lock()
         self._key_dir = Path(config.key_dir) / LOG_KEY_DIR if config.key_dir else None
+        # Where the last checkpoint signed is kept, outside the database (core.rollback):
+        # only beside a log key kept in a directory.
+        self.anchors = anchors if self._key_dir is not None else None
+        # What the last signing found, when the tree did not extend the anchor.
+        self.went_back: WentBack | None = None
+        self._complained: dict[str, float] = {}
         self.ring = self._load(signing)
         self._key_files = self._list_key_files()
         # This process's view, refreshed whenever it signs or reads the store.
@@ -181,26 +260,31 @@ class AuditTransparency:
                 key was destroyed before any process could load it).
         """
         with self._lock:
-            previous = self.ring
-            provider = previous.provider
-            old = self._vkey(previous)
-            made: list[str] = []
+            return self._rotate(lambda new, old: self._record_rotation(claims, ctx, new, old))
 
-            def record(key: nacl.signing.VerifyKey) -> None:
-                made.append(VerifierKey(self.origin, ED25519, bytes(key)).vkey)
-                self._record_rotation(claims, ctx, made[-1], old)
+    def _rotate(self, record: Callable[[str, str], None]) -> tuple[str, str]:
+        """Rotate the log key, ``record(new_vkey, previous_vkey)`` (an audit event) before
+        the new key takes effect; return both vkeys. Call it holding ``self._lock``."""
+        previous = self.ring
+        provider = previous.provider
+        old = self._vkey(previous)
+        made: list[str] = []
 
-            if self._key_dir is not None and provider is not None:
-                rotate_key(self._key_dir, provider, before_activation=record)
-                ring = load_keyring(self._key_dir, provider)
-                self._key_files = self._list_key_files()
-            else:
-                older = [k for kid in previous.kids() if (k := previous.verify_key(kid))]
-                ring = KeyRing(nacl.signing.SigningKey.generate(), older)
-                made.append(self._vkey(ring))
-                self._record_rotation(claims, ctx, made[-1], old)
-            self.ring = ring
-            self._signed_size = -1  # sign anew under the new key
+        def before(key: nacl.signing.VerifyKey) -> None:
+            made.append(VerifierKey(self.origin, ED25519, bytes(key)).vkey)
+            record(made[-1], old)
+
+        if self._key_dir is not None and provider is not None:
+            rotate_key(self._key_dir, provider, before_activation=before)
+            ring = load_keyring(self._key_dir, provider)
+            self._key_files = self._list_key_files()
+        else:
+            older = [k for kid in previous.kids() if (k := previous.verify_key(kid))]
+            ring = KeyRing(nacl.signing.SigningKey.generate(), older)
+            made.append(self._vkey(ring))
+            record(made[-1], old)
+        self.ring = ring
+        self._signed_size = -1  # sign anew under the new key
         return made[-1], old
 
     def created(self, by: str, ctx: RequestContext) -> AuditEntry:
@@ -271,16 +355,29 @@ class AuditTransparency:
 
     def sign_if_due(self, *, force: bool = False) -> CheckpointRecord | None:
         """Sign a checkpoint of the tree as it is, if due and the tree grew since the last
-        one; return it (None when not due, not grown, or another process holds the
-        checkpoint lease). With no witnesses required, it is final at once."""
+        one; return it (None when not due, not grown, another process holds the
+        checkpoint lease, or the tree does not extend the anchor: :attr:`went_back`).
+        With no witnesses required, it is final at once."""
         now_mono = time.monotonic()
         if not force and not self.due(now_mono):
             return None
         self._last_check = now_mono
+        return self._sign(force=force)
+
+    def sign_now(self) -> CheckpointRecord | None:
+        """:meth:`sign_if_due` without waiting until it is due: a broker that stops signs
+        what it wrote, so that the anchor covers it. Call it once :attr:`tree_current`."""
+        return self._sign(force=False)
+
+    def _sign(self, *, force: bool) -> CheckpointRecord | None:
         with self._lock:
+            state = self._judged()
+            if state is None:
+                return None
             ring, origin = self.ring, self.origin
             now = self._kernel.now()
             lease = max(30.0, 3 * self._every_seconds)
+            size, root = state.size, state.root
             made: list[CheckpointRecord] = []
 
             def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -289,8 +386,9 @@ class AuditTransparency:
                 )
                 if not self._lease_held:
                     return []
-                tree = tx.audit_tree()
-                size, root = (tree.size, tree.root) if tree else (0, EMPTY_ROOT)
+                # The tree judged against the anchor, not the one the transaction reads:
+                # nothing is signed that was not shown to extend it (a later tree is a
+                # later checkpoint's).
                 signed = self._store.get_checkpoint("signed")
                 if signed is not None and signed.size >= size and not force:
                     self._signed_size = signed.size
@@ -307,7 +405,113 @@ class AuditTransparency:
             self._kernel.commit(unit)
             if made:
                 self._signed_size = made[0].size
+                self._keep_anchor(state.log_id, made[0].note)
         return made[0] if made else None
+
+    # -- the anchor (core.rollback) -------------------------------------------------------
+
+    def examine(self) -> LogState:
+        """This log as it is now, judged against its anchor (none kept: it extends it).
+
+        Raises:
+            ValueError: the anchor is unsafe or not a signed checkpoint.
+            OSError: it could not be read.
+        """
+        if self.anchors is None or self._key_dir is None:
+            return LogState(self._store.audit_tree(), None)
+        store = self._store
+        database = store.database_id()
+        if not database:
+            return LogState(store.audit_tree(), None)
+        tenant = store.tenant
+        record = None if tenant == DEFAULT_TENANT else store.get_tenant(tenant)
+        created = record.created_at if record is not None else None
+        log = log_id(database, tenant, created)
+        return examine(store, self.anchors, self._key_dir, tenant, log)
+
+    def _judged(self) -> LogState | None:
+        """The log to sign, or None (logged) when it does not extend the anchor or the
+        anchor cannot be read: a log key never signs two checkpoints that no consistency
+        proof links."""
+        try:
+            state = self.examine()
+        except (OSError, ValueError) as exc:
+            self._complain(f"audit checkpoints are not signed: {exc}")
+            return None
+        self.went_back = state.went_back
+        if state.went_back is not None:
+            self._complain(
+                f"audit checkpoints are not signed: the database went back in time: "
+                f"{state.went_back.describe()}. Revocations made since are lost; if the "
+                f"restore is meant, run `{ACCEPT_COMMAND}` (docs/operations.md, Backups)"
+            )
+            return None
+        return state
+
+    def _keep_anchor(self, log: bytes | None, note: str) -> None:
+        """Keep the checkpoint just signed as the anchor (after its commit: an anchor never
+        names a tree the database does not hold). A failure is logged, not raised: the
+        checkpoint stands, and the anchor stays the previous one."""
+        if self.anchors is None or self._key_dir is None or log is None:
+            return
+        try:
+            self.anchors.advance(self._key_dir, log, note)
+        except (OSError, ValueError) as exc:
+            self._complain(
+                f"the audit checkpoint's anchor could not be kept beside the log key "
+                f"({exc}): a restore of the database to before it would go unnoticed"
+            )
+
+    def _complain(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._complained.get(message, float("-inf")) < _COMPLAIN_EVERY:
+            return
+        self._complained[message] = now
+        _log.error("%s", message)
+
+    def accept_rollback(self, found: WentBack, *, by: str, ctx: RequestContext) -> RollbackAccepted:
+        """Accept a database that went back (``found``): record it (``audit_rollback_accepted``),
+        have a new log key sign from here, and keep a checkpoint of the tree as it is now,
+        signed by that key, as the anchor.
+
+        The event names both trees (sizes, roots) and both keys; it is durable before the
+        new key takes effect (as :meth:`rotate_key`'s). The old key, which signed the
+        checkpoints of the log before it went back, signs nothing more: no key signs two
+        checkpoints that no consistency proof links.
+
+        Raises:
+            Unavailable: the event could not be stored; nothing changed.
+            ValueError, OSError: the anchor could not be written (the event and the new
+                key stand; accepting again records it again).
+        """
+        events: list[AuditEvent] = []
+        anchor = found.anchor
+        detail = (
+            f"the database went back in time and the restore was accepted by {by}: "
+            f"{found.size} events (root {_b64(found.root)}) in the database, "
+            f"{anchor.size} events (root {_b64(anchor.root)}) in the last checkpoint the "
+            f"log key signed; events and revocations after the backup are lost"
+        )
+
+        def record(new: str, old: str) -> None:
+            entry = AuditEntry(
+                "audit_rollback_accepted",
+                request_id=ctx.request_id,
+                detail=f"{detail}; new log key {new}, previous {old}",
+            )
+            events.extend(self._kernel.record(entry))
+
+        with self._lock:
+            new, old = self._rotate(record)
+            tree = self._store.audit_tree()
+            size, root = (tree.size, tree.root) if tree else (0, EMPTY_ROOT)
+            ring = self.ring
+            public = ring.public_key(ring.active_kid) or b""
+            note = checkpoint_note(Checkpoint(self.origin, size, root), public, ring.sign_detached)
+            if self.anchors is not None and self._key_dir is not None:
+                self.anchors.replace(self._key_dir, found.log_id, str(note))
+            self.went_back = None
+        return RollbackAccepted(found, events[0] if events else None, new, old, size)
 
     def publish(self, push: Push, *, now: float | None = None) -> CheckpointRecord | None:
         """Take the latest signed checkpoint to the witnesses; once ``quorum`` of them

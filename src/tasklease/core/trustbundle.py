@@ -11,6 +11,15 @@ under its lock. A process publishes what its key ring holds when the ring change
 serves: a replica a second behind another's rotation serves the stored bundle, which is
 newer than its ring, rather than publishing an older key set over it.
 
+The sequence is never lower than the time of the change, in whole seconds since 1970
+(``max(stored + 1, floor(now))``): the stored number alone went back with the database, and
+a broker restored from a backup published numbers its federated peers had seen already, so
+they refused its next bundle (a sequence going backwards) and kept trusting keys it had
+since removed. Time moves on outside the database, so a new bundle is numbered past every
+bundle published before the restore, whatever was restored, on every replica, with no
+state of its own (decision 144). SPIFFE asks for a monotonically increasing integer, not
+for consecutive ones.
+
 The refresh hint (``spiffe_refresh_hint``) is the configuration's
 ``federation_refresh_hint``; it is added when the bundle is served, not stored.
 """
@@ -30,9 +39,15 @@ from tasklease.core.signing import SigningKeys
 from tasklease.core.store import WriteTx
 from tasklease.rules.bundle import TrustBundle, parse_bundle, serialize_bundle
 
-__all__ = ["TrustBundles"]
+__all__ = ["TrustBundles", "next_sequence"]
 
 _REREAD = 1.0
+
+
+def next_sequence(stored: PublishedBundle | None, now: float) -> int:
+    """The ``spiffe_sequence`` of a new bundle: past the stored one, and never below the
+    time in whole seconds (so past every number published before a restore)."""
+    return max(1 if stored is None else stored.sequence + 1, int(now))
 
 
 class TrustBundles(Service):
@@ -51,11 +66,14 @@ class TrustBundles(Service):
         self._stored: tuple[float, PublishedBundle] | None = None
         self._monotonic = monotonic
 
-    def publish(self) -> PublishedBundle:
-        """Make the current key ring the published bundle, unless it is already.
+    def publish(self, *, force: bool = False) -> PublishedBundle:
+        """Make the current key ring the published bundle, unless it is already (or with
+        ``force``: a database that went back was accepted, and peers may hold a later
+        number than the stored one).
 
-        The sequence is the stored one plus one when the key set differs from the
-        stored set (1 for the first bundle), and unchanged otherwise. A stored set that
+        The sequence, when the key set differs from the stored set, is the stored one
+        plus one or the time in whole seconds, whichever is larger (the time for the
+        first bundle); it is unchanged otherwise. A stored set that
         holds a key this ring lacks may be another process's rotation of an instant ago
         (that process writes its key before it publishes): the ring is first reloaded
         from the key directory, and only a key still missing then counts as retired
@@ -66,20 +84,22 @@ class TrustBundles(Service):
                 (the next call tries again).
         """
         with self._lock:
-            kids, result = self._publish(adopt_missing=False)
+            kids, result = self._publish(adopt_missing=False, force=force)
             if result is None:
                 try:
                     self._keys.refresh()
                 except (OSError, ValueError) as exc:  # a key unreadable: publish nothing yet
                     raise Unavailable(f"cannot reload the signing keys: {exc}") from exc
-                kids, result = self._publish(adopt_missing=True)
+                kids, result = self._publish(adopt_missing=True, force=force)
             if result is None:  # pragma: no cover - with adopt_missing the unit always sets it
                 raise RuntimeError("publishing the trust bundle produced nothing")
             self._published_kids = kids
             self._stored = (self._monotonic(), result)
         return result
 
-    def _publish(self, *, adopt_missing: bool) -> tuple[str, PublishedBundle | None]:
+    def _publish(
+        self, *, adopt_missing: bool, force: bool = False
+    ) -> tuple[str, PublishedBundle | None]:
         """One transaction of :meth:`publish`: the ring's key set and the bundle now stored,
         None when the stored set holds a key the ring lacks and ``adopt_missing`` is false
         (then nothing is written)."""
@@ -91,7 +111,7 @@ class TrustBundles(Service):
         def unit(tx: WriteTx) -> list[AuditEntry]:
             nonlocal result
             stored = tx.get_published_bundle()
-            if stored is not None and stored.kids == kids:
+            if stored is not None and stored.kids == kids and not force:
                 result = stored
                 return []
             if (
@@ -100,7 +120,7 @@ class TrustBundles(Service):
                 and set(stored.kids.split()) - set(ring.kids())
             ):
                 return []
-            sequence = 1 if stored is None else stored.sequence + 1
+            sequence = next_sequence(stored, self._kernel.now())
             bundle = TrustBundle(self._config.trust_domain, sequence, None, keys)
             result = PublishedBundle(
                 sequence=sequence,

@@ -43,7 +43,12 @@ from tasklease.http.tenant_routes import (
     tenant_routes,
 )
 from tasklease.http.token_routes import RequestURI
-from tasklease.http.witnesses import CHECKPOINT_TICK, WitnessClient, checkpoint_job
+from tasklease.http.witnesses import (
+    CHECKPOINT_TICK,
+    WitnessClient,
+    checkpoint_job,
+    final_checkpoint,
+)
 from tasklease.tenancy import Tenancy
 
 __all__ = ["create_app"]
@@ -139,6 +144,10 @@ def create_app(
             for close in closers:
                 await close()
             await run_in_threadpool(followers.close)
+            if background:
+                # What this process wrote gets a checkpoint, so the anchor kept beside the
+                # log key covers it: a restore to before it is refused (core.rollback).
+                await run_in_threadpool(_each(tenancy, final_checkpoint))
             await run_in_threadpool(tenancy.close)
             witness_client.close()
             for task in tasks:

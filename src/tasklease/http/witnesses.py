@@ -10,7 +10,7 @@ import httpx
 from tasklease.core.broker import Broker
 from tasklease.core.transparency import PushResult
 
-__all__ = ["CHECKPOINT_TICK", "WitnessClient", "checkpoint_job"]
+__all__ = ["CHECKPOINT_TICK", "WitnessClient", "checkpoint_job", "final_checkpoint"]
 
 # How often the checkpoint job looks whether a checkpoint is due (a check in memory).
 CHECKPOINT_TICK = 0.5
@@ -64,3 +64,16 @@ def checkpoint_job(broker: Broker, client: WitnessClient) -> None:
     log.refresh_keys()
     log.sign_if_due()
     log.publish(client)
+
+
+def final_checkpoint(broker: Broker) -> None:
+    """When the broker stops: a checkpoint of what was written since the last one (by the
+    process holding the checkpoint lease), so the anchor beside the log key covers it
+    (``core.rollback``), even when the broker stops before the job's first round.
+    Witnesses get it from the next process that runs."""
+    log = broker.transparency
+    if not log.tree_current:
+        if broker.audit.catch_up_tree():
+            return  # earlier events still to take: the tree is not the log's yet
+        log.tree_current = True
+    log.sign_now()

@@ -6,6 +6,9 @@
 * ``plaintext`` (:class:`PlaintextKeyProvider`): unencrypted files, only when the
   configuration says so.
 
+Beside the audit log's key, :class:`CheckpointFiles` keeps the last checkpoint it signed
+(``core.rollback``: a database that went back in time is noticed).
+
 :func:`open_key_provider` builds the one a :class:`~tasklease.core.config.Config` names,
 reading its secrets (passphrase, PIN) from the environment or from 0600 files; the core
 sees a provider only through :class:`tasklease.core.keys.KeyProvider`.
@@ -32,6 +35,7 @@ from tasklease.keystore._directory import (
     read_key_file,
     read_private_file,
 )
+from tasklease.keystore.anchors import CheckpointFiles
 from tasklease.keystore.file import EncryptedFileKeyProvider, encrypt_directory
 from tasklease.keystore.pkcs11 import Pkcs11KeyProvider, Pkcs11Signer
 from tasklease.keystore.plaintext import PlaintextKeyProvider
@@ -39,6 +43,7 @@ from tasklease.keystore.plaintext import PlaintextKeyProvider
 __all__ = [
     "PASSPHRASE_ENV",
     "PIN_ENV",
+    "CheckpointFiles",
     "EncryptedFileKeyProvider",
     "KeyStoreError",
     "Pkcs11KeyProvider",

@@ -380,6 +380,9 @@ class MemoryTables:
             self._check_open()
             return self._tree
 
+    def database_id(self) -> str:
+        return ""  # no copy of a memory store ever comes back: nothing to compare with
+
     def audit_tiles(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         with self._lock:
             self._check_open()

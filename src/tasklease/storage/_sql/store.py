@@ -351,6 +351,12 @@ class SQLStore(ListingReads, abc.ABC):
         rows = self._all(self.dialect.audit_tiles(len(keys)), params)
         return {(int(level), int(index)): bytes(hashes) for level, index, hashes in rows}
 
+    def database_id(self) -> str:
+        """When the first migration was applied here (``schema_version``), which every
+        copy of the database (a backup, a dump, a standby) keeps, as ``repr`` of the float."""
+        row = self._one("SELECT applied_at FROM schema_version WHERE version = 1", ())
+        return "" if row is None else repr(float(row[0]))
+
     def get_checkpoint(self, kind: str) -> CheckpointRecord | None:
         row = self._one(self.dialect.get_checkpoint, (kind,))
         if row is None:

@@ -1,0 +1,94 @@
+"""The audit log's anchors: the last checkpoint each log key signed, kept beside the key.
+
+One file per log (``core.rollback``): ``checkpoint-<the first 32 hex digits of the log's
+name>`` in the log key's directory (``<key_dir>/log``, a tenant's
+``<key_dir>/tenants/<name>/log``), holding the signed checkpoint note as the broker signed
+it (the format of ``tasklease audit checkpoint``: ``tasklease audit verify --checkpoint``
+reads it). Written as the key files are (``keystore._directory``): under the directory's
+lock, aside, fsynced, renamed into place, 0600 in a 0700 directory; read only when it is a
+regular file of this user that nobody else may read or write.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasklease.core.rollback import read_anchor
+from tasklease.keystore._directory import (
+    KeyStoreError,
+    ensure_directory,
+    locked,
+    read_private_file,
+    rewrite_key_file,
+)
+
+__all__ = ["ANCHOR_PREFIX", "CheckpointFiles"]
+
+ANCHOR_PREFIX = "checkpoint-"
+# A checkpoint note: three short lines and a signature line or a few (cosignatures).
+_MAX_ANCHOR_BYTES = 16384
+
+
+class CheckpointFiles:
+    """:class:`tasklease.core.rollback.CheckpointAnchors` in the log key's directory."""
+
+    def path(self, directory: Path, log_id: bytes) -> Path:
+        return directory / f"{ANCHOR_PREFIX}{log_id.hex()[:32]}"
+
+    def where(self, directory: Path, log_id: bytes) -> str:
+        return str(self.path(directory, log_id))
+
+    def read(self, directory: Path, log_id: bytes) -> str | None:
+        """The anchor's note, None when there is none.
+
+        Raises:
+            KeyStoreError: a link, not a regular file of this user, readable or writable by
+                others, too large or not UTF-8.
+            OSError: it could not be read.
+        """
+        path = self.path(directory, log_id)
+        try:
+            data = read_private_file(
+                path, f"checkpoint anchor {path}", _MAX_ANCHOR_BYTES, fix=f": chmod 600 {path}"
+            )
+        except FileNotFoundError:
+            return None
+        if len(data) > _MAX_ANCHOR_BYTES:
+            raise KeyStoreError(f"checkpoint anchor {path} is too large to be a checkpoint")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise KeyStoreError(f"checkpoint anchor {path} is not UTF-8 text") from None
+
+    def advance(self, directory: Path, log_id: bytes, note: str) -> None:
+        """Keep ``note`` unless the anchor kept is of a larger tree (read under the lock).
+
+        An anchor kept that is not a checkpoint is replaced.
+
+        Raises:
+            KeyStoreError: the directory or the anchor is unsafe.
+            ValueError: ``note`` is not a signed checkpoint.
+            OSError: it could not be read or written.
+        """
+        size = read_anchor(note).size
+        ensure_directory(directory)
+        with locked(directory):
+            kept = self.read(directory, log_id)
+            if kept is not None:
+                try:
+                    if read_anchor(kept).size >= size:
+                        return
+                except ValueError:
+                    pass  # unreadable as a checkpoint: the new one replaces it
+            rewrite_key_file(self.path(directory, log_id), note.encode("utf-8"))
+
+    def replace(self, directory: Path, log_id: bytes, note: str) -> None:
+        """Keep ``note`` whatever was kept.
+
+        Raises:
+            KeyStoreError, ValueError, OSError: as :meth:`advance`.
+        """
+        read_anchor(note)
+        ensure_directory(directory)
+        with locked(directory):
+            rewrite_key_file(self.path(directory, log_id), note.encode("utf-8"))

@@ -1,0 +1,293 @@
+# Would fail if: the last checkpoint the log key signed were not kept beside it (or were
+# kept before its commit, or lowered by a process signing an older tree), a database
+# behind it or beside it (a restore, lost commits, a restore that grew again) were
+# judged current, the log key signed a checkpoint that does not extend it, a second
+# database or a tenant made again were taken for a restore of the first, or accepting a
+# restore left the old log key signing the new branch or no trace of it in the log.
+"""A database that went back in time (core.rollback) in process: brokers on SQLite files
+with their keys in a directory (the plaintext provider), their log's anchor kept there by
+the key store (``keystore.CheckpointFiles``). A restore is SQLite's online backup of the
+file, copied back over it. tests/cli/test_restore.py runs the same with real broker
+processes and the documented commands."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tasklease.core.auditformat import AuditEntry
+from tasklease.core.broker import Broker
+from tasklease.core.clock import ManualClock
+from tasklease.core.config import Config
+from tasklease.core.keys import load_or_create_keyring
+from tasklease.core.rollback import DatabaseWentBack, WentBack, log_id, read_anchor
+from tasklease.core.transparency import logs_went_back
+from tasklease.keystore import CheckpointFiles, KeyStoreError
+from tasklease.keystore.plaintext import PlaintextKeyProvider
+from tasklease.rules.note import VerifierKey, parse_note, verify_note
+from tasklease.storage import open_store
+from tasklease.tenancy import Tenancy
+
+from .conftest import CTX, NONCE_SECRET, START, Kit
+
+Factory = Callable[..., Broker]
+
+
+@pytest.fixture
+def open_broker(tmp_path: Path, admin_secret_hash: str) -> Iterator[Factory]:
+    """``open_broker(database=..., key_dir=...)``: a broker on that SQLite file and key
+    directory (by default the test's own), as the server builds one (without its start-up
+    check: these tests make it)."""
+    opened: list[Broker] = []
+
+    def factory(database: Path | None = None, key_dir: Path | None = None) -> Broker:
+        keys = key_dir or tmp_path / "keys"
+        config = Config(
+            admin_secret_hash=admin_secret_hash,
+            data_dir=str(tmp_path),
+            key_dir=str(keys),
+            database=str(database or tmp_path / "broker.db"),
+        )
+        store = open_store(config.database, migrate=True)
+        broker = Broker(
+            config,
+            store,
+            load_or_create_keyring(keys, PlaintextKeyProvider()),
+            # Each start a minute after the last: the checkpoint lease of the one before
+            # (restored with the database) has run out.
+            clock=ManualClock(START + 60 * len(opened)),
+            nonce_secret=NONCE_SECRET,
+            anchors=CheckpointFiles(),
+        )
+        opened.append(broker)
+        return broker
+
+    yield factory
+    for broker in opened:
+        broker.audit.close()
+        broker.store.close()
+
+
+def _grow(broker: Broker, n: int, what: str = "event") -> None:
+    for i in range(n):
+        broker.kernel.record(AuditEntry("test_event", detail=f"{what} {i}"))
+
+
+def _backup(database: Path, into: Path) -> Path:
+    """A consistent copy of a live SQLite database (what docs/operations.md asks for)."""
+    source, copy = sqlite3.connect(database), sqlite3.connect(into)
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
+    return into
+
+
+def _restore(backup: Path, database: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    database.write_bytes(backup.read_bytes())
+
+
+def _anchors(key_dir: Path) -> list[Path]:
+    return sorted((key_dir / "log").glob("checkpoint-*"))
+
+
+def _went_back(broker: Broker) -> list[WentBack]:
+    return logs_went_back(broker.store, CheckpointFiles(), broker.config.key_dir)
+
+
+def test_the_last_checkpoint_signed_is_kept_beside_the_log_key(
+    open_broker: Factory, tmp_path: Path
+) -> None:
+    broker = open_broker()
+    _grow(broker, 3)
+    signed = broker.transparency.sign_if_due(force=True)
+    assert signed is not None and signed.size == 3
+    [anchor] = _anchors(tmp_path / "keys")
+    assert anchor.stat().st_mode & 0o777 == 0o600
+    assert anchor.parent.stat().st_mode & 0o777 == 0o700
+    assert anchor.read_text() == signed.note  # the signed note, as the database holds it
+    keys = [VerifierKey.parse(k.vkey) for k in broker.transparency.log_keys()]
+    assert verify_note(parse_note(anchor.read_text()), keys)
+    _grow(broker, 2)
+    assert broker.transparency.sign_if_due(force=True) is not None
+    assert read_anchor(anchor.read_text()).size == 5
+    assert _went_back(broker) == []
+
+
+def test_a_restored_database_is_behind_its_anchor(open_broker: Factory, tmp_path: Path) -> None:
+    database = tmp_path / "broker.db"
+    broker = open_broker()
+    _grow(broker, 4)
+    broker.transparency.sign_if_due(force=True)
+    backup = _backup(database, tmp_path / "backup.db")
+    _grow(broker, 3, "after the backup")
+    broker.transparency.sign_if_due(force=True)
+    broker.audit.close()
+    broker.store.close()
+    _restore(backup, database)
+    restored = open_broker()
+    [found] = _went_back(restored)
+    assert (found.tenant, found.size, found.anchor.size, found.forked) == ("default", 4, 7, False)
+    error = DatabaseWentBack([found])
+    text = str(error)
+    assert "the audit log of tenant default is behind the last checkpoint" in text
+    assert "4 events" in text and "7 events" in text and found.where in text
+    assert "tasklease db accept-restore" in text and "docs/operations.md" in text
+
+
+def test_a_restore_that_grew_again_is_a_fork_and_its_key_never_signs_it(
+    open_broker: Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = tmp_path / "broker.db"
+    broker = open_broker()
+    _grow(broker, 2)
+    broker.transparency.sign_if_due(force=True)
+    backup = _backup(database, tmp_path / "backup.db")
+    _grow(broker, 3, "lost")
+    broker.transparency.sign_if_due(force=True)
+    broker.audit.close()
+    broker.store.close()
+    _restore(backup, database)
+    # A process that took the restored database without the start-up check: it appends
+    # other events as far as, and past, the size its key signed.
+    restored = open_broker()
+    _grow(restored, 5, "other")
+    [found] = _went_back(restored)
+    assert found.forked and (found.size, found.anchor.size) == (7, 5)
+    before = restored.store.get_checkpoint("signed")
+    with caplog.at_level(logging.ERROR, logger="tasklease.audit"):
+        assert restored.transparency.sign_if_due(force=True) is None
+    assert restored.store.get_checkpoint("signed") == before  # nothing signed
+    assert restored.transparency.went_back == found
+    assert "the database went back in time" in caplog.text
+    assert "holds other events than the last checkpoint" in caplog.text
+    assert read_anchor(_anchors(tmp_path / "keys")[0].read_text()).size == 5  # kept
+
+
+def test_accepting_records_the_rollback_and_a_new_log_key_signs_from_there(
+    open_broker: Factory, tmp_path: Path
+) -> None:
+    database = tmp_path / "broker.db"
+    broker = open_broker()
+    _grow(broker, 2)
+    broker.transparency.sign_if_due(force=True)
+    backup = _backup(database, tmp_path / "backup.db")
+    _grow(broker, 3)
+    signed = broker.transparency.sign_if_due(force=True)
+    assert signed is not None
+    old_vkey = broker.transparency.log_keys()[0].vkey
+    broker.audit.close()
+    broker.store.close()
+    _restore(backup, database)
+    restored = open_broker()
+    accepted = restored.accept_restore("the test", CTX)
+    assert accepted is not None and accepted.event is not None
+    event = accepted.event
+    assert event.event_type == "audit_rollback_accepted"
+    found = accepted.found
+    for fact in ("2 events", "5 events", "accepted by the test", old_vkey, accepted.new_vkey):
+        assert fact in event.detail
+    assert found.anchor.root.hex() != found.root.hex()
+    assert accepted.previous_vkey == old_vkey != accepted.new_vkey
+    # The new key signs; the old one stays published (its checkpoints still verify).
+    vkeys = [k.vkey for k in restored.transparency.log_keys()]
+    assert vkeys == [accepted.new_vkey, old_vkey]
+    # The anchor is now the log as it is, the event included, signed by the new key.
+    [anchor] = _anchors(tmp_path / "keys")
+    kept = read_anchor(anchor.read_text())
+    tree = restored.store.audit_tree()
+    assert tree is not None and (kept.size, kept.root) == (tree.size, tree.root) == (3, tree.root)
+    assert verify_note(parse_note(anchor.read_text()), [VerifierKey.parse(accepted.new_vkey)])
+    assert _went_back(restored) == []
+    assert restored.accept_restore("again", CTX) is None  # nothing left to accept
+    _grow(restored, 2)
+    next_one = restored.transparency.sign_if_due(force=True)
+    assert next_one is not None and next_one.size == 5
+    assert verify_note(parse_note(next_one.note), [VerifierKey.parse(accepted.new_vkey)])
+
+
+def test_another_database_with_the_same_key_directory_is_not_a_restore(
+    open_broker: Factory, tmp_path: Path
+) -> None:
+    first = open_broker()
+    _grow(first, 5)
+    first.transparency.sign_if_due(force=True)
+    second = open_broker(database=tmp_path / "other.db")  # a new database, same keys
+    assert _went_back(second) == []
+    _grow(second, 1)
+    assert second.transparency.sign_if_due(force=True) is not None
+    assert len(_anchors(tmp_path / "keys")) == 2  # one per database
+    assert _went_back(first) == [] and _went_back(second) == []
+
+
+def test_a_backup_taken_before_the_first_event_is_known_for_what_it_is(
+    open_broker: Factory, tmp_path: Path
+) -> None:
+    database = tmp_path / "broker.db"
+    broker = open_broker()
+    backup = _backup(database, tmp_path / "backup.db")  # an empty log
+    _grow(broker, 2)
+    broker.transparency.sign_if_due(force=True)
+    broker.audit.close()
+    broker.store.close()
+    _restore(backup, database)
+    [found] = _went_back(open_broker())
+    assert (found.size, found.anchor.size) == (0, 2)
+
+
+def test_a_process_signing_an_older_tree_never_lowers_the_anchor(
+    open_broker: Factory, tmp_path: Path
+) -> None:
+    broker = open_broker()
+    _grow(broker, 2)
+    older = broker.transparency.sign_if_due(force=True)
+    _grow(broker, 2)
+    newer = broker.transparency.sign_if_due(force=True)
+    assert older is not None and newer is not None
+    files = CheckpointFiles()
+    log = log_id(broker.store.database_id(), "default", None)
+    # Another process sharing the directory keeps its older checkpoint late.
+    files.advance(tmp_path / "keys" / "log", log, older.note)
+    assert files.read(tmp_path / "keys" / "log", log) == newer.note
+
+
+def test_each_tenant_is_judged_against_its_own_anchor(open_broker: Factory, tmp_path: Path) -> None:
+    database = tmp_path / "broker.db"
+    broker = open_broker()
+    tenancy = Tenancy(broker)
+    tenancy.create(Kit.admin(broker).claims, name="acme", trust_domain="acme.example", ctx=CTX)
+    acme = tenancy.broker("acme")
+    assert acme is not None
+    acme.transparency.sign_if_due(force=True)
+    backup = _backup(database, tmp_path / "backup.db")
+    _grow(acme, 3, "the tenant's own")  # only the tenant's log grows
+    acme.transparency.sign_if_due(force=True)
+    assert (tmp_path / "keys" / "tenants" / "acme" / "log").is_dir()
+    tenancy.close()
+    broker.audit.close()
+    broker.store.close()
+    _restore(backup, database)
+    [found] = _went_back(open_broker())
+    assert found.tenant == "acme" and str(tmp_path / "keys" / "tenants" / "acme") in found.where
+
+
+def test_an_anchor_others_can_write_is_refused_not_trusted(
+    open_broker: Factory, tmp_path: Path
+) -> None:
+    broker = open_broker()
+    _grow(broker, 1)
+    broker.transparency.sign_if_due(force=True)
+    [anchor] = _anchors(tmp_path / "keys")
+    anchor.chmod(0o666)
+    with pytest.raises(KeyStoreError, match="accessible by group or others"):
+        _went_back(broker)
+    # ...and the signer signs nothing meanwhile.
+    _grow(broker, 1)
+    assert broker.transparency.sign_if_due(force=True) is None
