@@ -13,25 +13,15 @@ from __future__ import annotations
 
 import base64
 import getpass
-from typing import Annotated
 
 import typer
 
 from tasklease.cli._common import EXIT_USAGE, fail, out
+from tasklease.cli._keys import ConfigOpt, DataDirOpt
 from tasklease.settings import ConfigError, load_config
 
 __all__ = ["accept_restore", "register"]
 
-ConfigOpt = Annotated[
-    str | None,
-    typer.Option("--config", "-c", help="TOML config file (default: <data-dir>/config.toml)."),
-]
-DataDirOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--data-dir", help="Directory for the database and keys.", envvar="TASKLEASE_DATA_DIR"
-    ),
-]
 
 LOST = (
     "Revocations, removals and key retirements made after the backup are lost: the tokens "
