@@ -3,6 +3,7 @@ one rule a plain-text admin secret must meet (:func:`secret_weakness`)."""
 
 from __future__ import annotations
 
+import base64
 import secrets
 
 from argon2 import PasswordHasher
@@ -29,7 +30,27 @@ _PLACEHOLDER_WORDS = ("changeme", "replacewith", "replaceme", "placeholder")
 # RFC 9106 second recommended option (t=3, m=64 MiB, p=4): tens of milliseconds per check,
 # which the rate limits on the two auth endpoints make affordable.
 _hasher = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4)
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(32))
+
+
+def _unmatched_hash() -> str:
+    """An argon2id hash in :data:`_hasher`'s parameters that no secret matches: a random
+    salt and a random digest. Checking a secret against it costs what checking against a
+    stored hash does (the same parameters are run, then the digests differ), so an
+    unknown name is answered in the time a wrong secret is; and it costs nothing to make,
+    which hashing a random secret at import would (every process that loads this module,
+    each CLI command among them, would pay one full hash)."""
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode().rstrip("=")
+
+    h = _hasher
+    return (
+        f"$argon2id$v=19$m={h.memory_cost},t={h.time_cost},p={h.parallelism}"
+        f"${b64(secrets.token_bytes(h.salt_len))}${b64(secrets.token_bytes(h.hash_len))}"
+    )
+
+
+_UNMATCHED_HASH = _unmatched_hash()
 
 
 def new_secret() -> str:
@@ -66,6 +87,6 @@ def hash_secret(secret: str) -> str:
 def verify_secret(stored_hash: str | None, secret: str) -> bool:
     """Constant-work check: an unknown user costs the same as a wrong secret."""
     try:
-        return _hasher.verify(stored_hash or _DUMMY_HASH, secret) and stored_hash is not None
+        return _hasher.verify(stored_hash or _UNMATCHED_HASH, secret) and stored_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
