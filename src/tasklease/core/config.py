@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from tasklease.core.hosts import is_loopback_host
 from tasklease.core.spiffe import validate_trust_domain
 from tasklease.rules.note import COSIGNATURE, NoteError, VerifierKey
 from tasklease.rules.scopes import check_scope_patterns
@@ -356,17 +357,6 @@ def _check_key_provider(config: Config) -> None:
     label = config.pkcs11_key_label
     if not 1 <= len(label) <= 64 or not label.isprintable():
         raise ValueError("pkcs11_key_label must be 1 to 64 printable characters")
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` (an address to bind, ``[v6]`` brackets allowed, or ``localhost``)
-    reaches this machine only. Any other name is not: it may resolve to anything."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def listen_address(value: str) -> tuple[str, int] | None:

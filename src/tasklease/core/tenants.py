@@ -1,4 +1,5 @@
-"""Tenants: what a tenant id is, and the registry's operations (create, list, remove).
+"""Tenants: the registry's operations (create, list, remove). What a tenant id is lives
+in :mod:`tasklease.core.tenantids` (re-exported here).
 
 A broker hosts the default tenant (today's paths, the configured trust domain) and any
 number of others, each a SPIFFE trust domain of its own with its own signing keys,
@@ -11,7 +12,6 @@ its operators (``admin:tenants:*``) manage tenants.
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from pathlib import PurePath
 
@@ -22,6 +22,7 @@ from tasklease.core.kernel import RequestContext, Service
 from tasklease.core.records import TenantRecord
 from tasklease.core.spiffe import validate_trust_domain
 from tasklease.core.store import WriteTx
+from tasklease.core.tenantids import DEFAULT_TENANT, check_tenant_id, tenant_id_error
 from tasklease.core.tokens import Claims
 
 __all__ = [
@@ -35,34 +36,8 @@ __all__ = [
     "tenant_key_dir",
 ]
 
-# The tenant of every row written before tenants existed, and of today's paths.
-DEFAULT_TENANT = "default"
-
 # Where a tenant other than the default one is served: /t/<name>/...
 TENANT_PATH_PREFIX = "/t/"
-
-# A tenant id is a DNS label: lowercase letters, digits and inner hyphens, 1-63
-# characters. It appears in URLs, key directory names and (checked again by the SQL
-# dialect) as a literal in the tenant's statements, so nothing else may be in it.
-_TENANT_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-
-
-def tenant_id_error(tenant: object) -> str | None:
-    """Why ``tenant`` is not a valid tenant id, or None if it is."""
-    if not isinstance(tenant, str) or _TENANT_ID.fullmatch(tenant) is None:
-        return (
-            "a tenant name is 1-63 characters from a-z, 0-9 and '-',"
-            " not starting or ending with '-'"
-        )
-    return None
-
-
-def check_tenant_id(tenant: str) -> str:
-    """Return ``tenant`` if it is a valid tenant id, else raise ``ValueError``."""
-    problem = tenant_id_error(tenant)
-    if problem is not None:
-        raise ValueError(f"not a tenant id: {tenant!r}: {problem}")
-    return tenant
 
 
 def tenant_config(base: Config, tenant: TenantRecord) -> Config:

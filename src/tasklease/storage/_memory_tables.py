@@ -27,7 +27,7 @@ from tasklease.core.store import (
     RevocationRecord,
     TenantRecord,
 )
-from tasklease.core.tenants import check_tenant_id
+from tasklease.core.tenantids import check_tenant_id
 
 __all__ = ["MemoryShared", "MemoryTables"]
 

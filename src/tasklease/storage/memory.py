@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from tasklease.core.readahead import InThread
-from tasklease.core.tenants import DEFAULT_TENANT, check_tenant_id
+from tasklease.core.tenantids import DEFAULT_TENANT, check_tenant_id
 from tasklease.storage._memory_tables import MemoryShared, MemoryTables
 from tasklease.storage._memory_tx import MemoryWriteTx
 

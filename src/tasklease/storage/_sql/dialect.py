@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tasklease.core.store import AuditQuery
-from tasklease.core.tenants import DEFAULT_TENANT, check_tenant_id
+from tasklease.core.tenantids import DEFAULT_TENANT, check_tenant_id
 from tasklease.storage._sql.listings import Listings
 from tasklease.storage._sql.rows import (
     Row,
