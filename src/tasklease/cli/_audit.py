@@ -6,11 +6,10 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tasklease.cli import _transparency, _witness
 from tasklease.cli._common import (
@@ -28,8 +27,12 @@ from tasklease.cli._common import (
     private_output,
 )
 from tasklease.cli._output import OutputOpt, emit, field
-from tasklease.client import AdminClient
-from tasklease.core.records import AuditEvent
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from tasklease.client import AdminClient
+    from tasklease.core.records import AuditEvent
 
 __all__ = ["register", "verify_over_http"]
 
@@ -161,6 +164,8 @@ def _write_lines(events: Iterable[dict[str, Any]], write: Callable[[str], object
 
 
 def _as_event(data: dict[str, Any]) -> AuditEvent:
+    from tasklease.core.records import AuditEvent
+
     try:
         return AuditEvent(
             seq=int(data["seq"]),
@@ -189,6 +194,8 @@ def _as_event(data: dict[str, Any]) -> AuditEvent:
 
 def verify_over_http(url: str | None, admin_secret: str | None, profile: str | None) -> None:
     """Page through every event of the broker's log and walk the hash chain."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from tasklease.core.auditformat import verify_chain
 
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:

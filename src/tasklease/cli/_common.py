@@ -23,19 +23,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn
 
-import httpx
 import typer
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from rich.console import Console
 from rich.markup import escape
 
 from tasklease.cli._sessions import cached_session, config_dir, session_subject
-from tasklease.client import AdminClient, NotFound, TaskleaseError, TransportError
-from tasklease.core.config import is_loopback_host
-from tasklease.core.tenants import tenant_id_error
+from tasklease.core.hosts import is_loopback_host
+from tasklease.core.tenantids import tenant_id_error
+
+# Every command imports this module, and `tasklease --help` loads every command: what
+# only some use (the SDK and httpx, cryptography for key files) is imported where used.
+if TYPE_CHECKING:
+    from tasklease.client import AdminClient, TaskleaseError
 
 __all__ = [
     "EXIT_CODES_HELP",
@@ -136,6 +137,8 @@ def error_line(message: str, hint: str | None = None) -> None:
 
 
 def exit_code_for(error: TaskleaseError) -> int:
+    from tasklease.client import NotFound, TransportError
+
     if isinstance(error, TransportError):
         return EXIT_UNAVAILABLE
     if isinstance(error, NotFound):
@@ -150,6 +153,8 @@ def exit_code_for(error: TaskleaseError) -> int:
 @contextmanager
 def broker_errors() -> Iterator[None]:
     """Turn SDK errors into the problem's detail and hint on stderr and an exit code."""
+    from tasklease.client import TaskleaseError
+
     try:
         yield
     except TaskleaseError as exc:
@@ -269,6 +274,8 @@ def _check_broker_url(url: str, *, connects: bool = True) -> None:
     secret, an operator's secret and tokens would cross the network in clear. Refused
     before any connection is made.
     """
+    import httpx
+
     if not url.startswith(("http://", "https://")):
         fail(f"broker URL must start with http:// or https://, got {url!r}")
     try:
@@ -370,6 +377,8 @@ def admin_client(
     A session never stands in for another operator than the one named: the broker, and
     so the audit log, must see who the user said acts.
     """
+    from tasklease.client import AdminClient
+
     connection = resolve_connection(url, admin_secret, profile, need_secret=False)
     session = cached_session(connection.url)
     if session is not None and connection.subject not in (None, session.subject):
@@ -447,6 +456,9 @@ def _raw_base64(text: str, size: int) -> bytes | None:
 def _read_private_key(path: Path) -> bytes:
     """An operator's Ed25519 private key (the 32-byte seed) from a 0600 file: PKCS#8 PEM
     (``openssl genpkey -algorithm ed25519``, unencrypted) or the seed in base64."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     data = _read_private(path, "operator key file") or b""
     if b"-----BEGIN" in data:
         try:
@@ -468,6 +480,9 @@ def _read_private_key(path: Path) -> bytes:
 
 def read_public_key(path: Path) -> bytes:
     """A raw 32-byte Ed25519 public key from a file: PEM (``openssl pkey -pubout``) or base64."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -22,16 +22,17 @@ import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import unquote, urlsplit
 
 import typer
 from rich.markup import escape
 
 from tasklease.cli._common import EXIT_OK, EXIT_USAGE, fail, out, print_json
-from tasklease.core.config import Config, is_loopback_host
-from tasklease.core.passwords import secret_weakness
-from tasklease.settings import ConfigError, load_config
+from tasklease.core.hosts import is_loopback_host
+
+if TYPE_CHECKING:
+    from tasklease.core.config import Config
 
 __all__ = ["SEVERITIES", "Finding", "clock_synchronised", "diagnose", "register"]
 
@@ -306,6 +307,8 @@ def _proxies(config: Config) -> Iterator[Finding]:
 
 
 def _admin_secret(config: Config, env: Mapping[str, str]) -> Iterator[Finding]:
+    from tasklease.core.passwords import secret_weakness
+
     if not config.admin_secret_hash:
         yield Finding(
             "admin-secret-missing",
@@ -405,6 +408,8 @@ def _passphrase_beside_keys(config: Config, env: Mapping[str, str]) -> Iterator[
 
 
 def _identity(config: Config) -> Iterator[Finding]:
+    from tasklease.core.config import Config
+
     defaults = Config()
     if config.issuer == defaults.issuer:
         yield Finding(
@@ -518,6 +523,8 @@ def doctor(
     low). Exits 2 when any finding is high (a deployment gate), else 0. Run it as the
     broker's user, with the broker's environment.
     """
+    from tasklease.settings import ConfigError, load_config
+
     env = os.environ
     try:
         cfg = load_config(config, overrides={"data_dir": data_dir})

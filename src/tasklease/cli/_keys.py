@@ -9,14 +9,15 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tasklease.cli._common import EXIT_USAGE, fail, out
 from tasklease.cli._configfile import setting_line
-from tasklease.core.config import Config
-from tasklease.settings import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from tasklease.core.config import Config
 
 __all__ = ["KEY_PROVIDERS", "init_keys", "register"]
 
@@ -132,6 +133,7 @@ def keys_encrypt(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
         encrypt_directory,
         open_key_provider,
     )
+    from tasklease.settings import ConfigError, load_config
 
     try:
         cfg = load_config(config, overrides={"data_dir": data_dir})

@@ -28,7 +28,6 @@ from tasklease.cli._common import (
     write_private,
 )
 from tasklease.cli._sessions import session_path, session_subject
-from tasklease.client import AdminClient
 
 __all__ = ["register"]
 
@@ -49,6 +48,8 @@ def login(
     profile: ProfileOpt = None,
 ) -> None:
     """Sign in once; the next commands use a cached short-lived operator token (0600)."""
+    from tasklease.client import AdminClient
+
     if operator:
         os.environ["TASKLEASE_OPERATOR"] = operator
     connection = resolve_connection(url, admin_secret, profile, need_secret=False)

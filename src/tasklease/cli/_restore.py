@@ -18,7 +18,6 @@ import typer
 
 from tasklease.cli._common import EXIT_USAGE, fail, out
 from tasklease.cli._keys import ConfigOpt, DataDirOpt
-from tasklease.settings import ConfigError, load_config
 
 __all__ = ["accept_restore", "register"]
 
@@ -58,6 +57,7 @@ def accept_restore(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> Non
     from tasklease.core.transparency import logs_went_back
     from tasklease.keystore import KeyStoreError
     from tasklease.server import build_broker
+    from tasklease.settings import ConfigError, load_config
     from tasklease.tenancy import Tenancy
 
     try:

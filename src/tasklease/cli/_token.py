@@ -8,7 +8,6 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import nacl.signing
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -25,8 +24,6 @@ from tasklease.cli._common import (
     out,
     resolve_connection,
 )
-from tasklease.client import AdminClient
-from tasklease.rules import jws as _jws
 
 __all__ = ["in_words", "register", "token_app"]
 
@@ -64,6 +61,10 @@ def _when(ts: Any) -> str:
 
 
 def _check_signature(token: str, header: dict[str, Any], jwks: dict[str, Any]) -> tuple[bool, str]:
+    import nacl.signing
+
+    from tasklease.rules import jws as _jws
+
     keys: dict[str, nacl.signing.VerifyKey] = {}
     for jwk in jwks.get("keys") or []:
         if isinstance(jwk, dict) and jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519":
@@ -119,6 +120,8 @@ def token_inspect(
 
     Exit 1 when the token is malformed or its signature does not verify.
     """
+    from tasklease.rules import jws as _jws
+
     if token == "-":  # noqa: S105 - the conventional "read stdin" argument, not a secret
         token = sys.stdin.read().strip()
     token = token.removeprefix("Bearer ").strip()
@@ -130,6 +133,8 @@ def token_inspect(
     signature_text = "not checked (offline)"
     broker_valid: bool | None = None
     if not offline:
+        from tasklease.client import AdminClient
+
         connection = resolve_connection(url, None, profile, need_secret=False, credentials=False)
         with broker_errors(), AdminClient(connection.url, None) as client:
             signature_ok, signature_text = _check_signature(token, header, client.jwks())

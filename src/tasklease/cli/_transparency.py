@@ -15,7 +15,7 @@ import secrets
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -34,19 +34,13 @@ from tasklease.cli._common import (
     print_json,
     write_private,
 )
-from tasklease.client import AdminClient
-from tasklease.core.auditformat import ChainReport, verify_chain
-from tasklease.core.records import AuditEvent
-from tasklease.core.store import Store
-from tasklease.rules.merkle import CompactRange, leaf_hash
-from tasklease.verify import (
-    AuditProofError,
-    Checkpoint,
-    verify_checkpoint,
-    verify_event_inclusion,
-    verify_log_consistency,
-    verify_proof_bundle,
-)
+
+if TYPE_CHECKING:
+    from tasklease.client import AdminClient
+    from tasklease.core.auditformat import ChainReport
+    from tasklease.core.records import AuditEvent
+    from tasklease.core.store import Store
+    from tasklease.verify import AuditProofError, Checkpoint
 
 __all__ = ["LogKeyOpt", "register", "verify_checkpoint_file", "verify_database"]
 
@@ -105,6 +99,8 @@ def audit_checkpoint(
 
     Keep it: a later `audit verify --checkpoint FILE` proves the log only grew since.
     """
+    from tasklease.verify import AuditProofError, verify_checkpoint
+
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         note = admin.audit_checkpoint()
         keys = _trusted_keys(admin, log_key)
@@ -169,6 +165,13 @@ def audit_prove(
     --output the event, the checkpoint and the proof go to a bundle anyone can check
     offline with --bundle (or tasklease.verify.verify_proof_bundle).
     """
+    from tasklease.verify import (
+        AuditProofError,
+        verify_checkpoint,
+        verify_event_inclusion,
+        verify_proof_bundle,
+    )
+
     if bundle is not None:
         if not log_key:
             fail("--bundle needs the log's verifier key: --log-key")
@@ -252,6 +255,8 @@ def verify_checkpoint_file(
     update: bool,
 ) -> None:
     """Online: check that the broker's latest checkpoint extends the one in ``path``."""
+    from tasklease.verify import AuditProofError, verify_checkpoint, verify_log_consistency
+
     held_note = _read(path, "checkpoint")
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         keys = _trusted_keys(admin, log_keys)
@@ -346,6 +351,10 @@ def verify_database(
     """Offline: walk the chain, rebuild the Merkle tree, and compare it with the tree on
     record and, with ``checkpoint_file``, with the checkpoint (a signed tree head kept
     outside the database)."""
+    from tasklease.core.auditformat import verify_chain
+    from tasklease.rules.merkle import CompactRange, leaf_hash
+    from tasklease.verify import AuditProofError, verify_checkpoint
+
     checkpoint: Checkpoint | None = None
     if checkpoint_file is not None:
         note = _read(checkpoint_file, "checkpoint")

@@ -13,31 +13,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
 import json
-import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import nacl.signing
 import typer
 
 from tasklease.cli._common import err, fail, out, write_private
-from tasklease.rules.note import (
-    COSIGNATURE,
-    NoteError,
-    VerifierKey,
-    parse_private_key,
-    private_key_text,
-)
-from tasklease.rules.witness import (
-    WitnessError,
-    WitnessState,
-    add_checkpoint,
-    parse_request,
-)
+
+if TYPE_CHECKING:
+    import http.server
+
+    from tasklease.rules.note import VerifierKey
+    from tasklease.rules.witness import WitnessState
 
 __all__ = ["Witness", "register"]
 
@@ -63,6 +53,8 @@ class Witness:
     """A witness's key and state on disk, and its decision on each request. Thread-safe."""
 
     def __init__(self, directory: Path, logs: list[VerifierKey]) -> None:
+        from tasklease.rules.note import COSIGNATURE, NoteError, parse_private_key
+
         key_file = directory / KEY_FILE
         try:
             if key_file.stat().st_mode & 0o077:
@@ -85,6 +77,8 @@ class Witness:
         return self._state_dir / f"{hashlib.sha256(origin.encode()).hexdigest()}.json"
 
     def state(self, origin: str) -> WitnessState:
+        from tasklease.rules.witness import WitnessState
+
         try:
             data: dict[str, Any] = json.loads(self._state_file(origin).read_text("utf-8"))
         except FileNotFoundError:
@@ -102,6 +96,8 @@ class Witness:
 
     def handle(self, body: bytes) -> tuple[int, str, bytes]:
         """Decide one add-checkpoint request: ``(status, content type, body)``."""
+        from tasklease.rules.witness import WitnessError, add_checkpoint, parse_request
+
         try:
             request = parse_request(body)
         except WitnessError as exc:
@@ -128,6 +124,8 @@ class Witness:
 
 
 def _handler(witness: Witness) -> type[http.server.BaseHTTPRequestHandler]:
+    import http.server
+
     class Handler(http.server.BaseHTTPRequestHandler):
         server_version = "tasklease-witness"
         sys_version = ""
@@ -168,6 +166,10 @@ def witness_init(
     ],
 ) -> None:
     """Make the witness's cosignature key and print its vkey (give it to the operator)."""
+    import nacl.signing
+
+    from tasklease.rules.note import COSIGNATURE, NoteError, parse_private_key, private_key_text
+
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_file = directory / KEY_FILE
     if key_file.exists():
@@ -194,6 +196,11 @@ def witness_serve(
     tls_key: Annotated[Path | None, typer.Option(help="The certificate's private key.")] = None,
 ) -> None:
     """Answer POST /add-checkpoint: cosign checkpoints that extend the last one cosigned."""
+    import http.server
+    import ssl
+
+    from tasklease.rules.note import NoteError, VerifierKey
+
     try:
         logs = [VerifierKey.parse(vkey) for vkey in log]
     except NoteError as exc:

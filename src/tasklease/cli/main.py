@@ -15,7 +15,6 @@ request (4xx); 4 the broker is unreachable or failed (5xx).
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -50,9 +49,12 @@ from tasklease.cli._common import (
     selected_tenant,
 )
 from tasklease.cli._configfile import setting_line, with_settings
-from tasklease.settings import ConfigError, load_config
 
+# `tasklease --help` and every command import this module: what only the local commands
+# use (sqlite3, the settings, storage, the broker) is imported in them.
 if TYPE_CHECKING:
+    import sqlite3
+
     from tasklease.core.config import Config
     from tasklease.core.store import Store
 
@@ -143,6 +145,8 @@ def _os_problem(exc: OSError) -> str:
 
 def _sqlite_problem(shown: str, exc: sqlite3.DatabaseError) -> str:
     """What is wrong with the SQLite database ``shown`` (its URL, redacted), in one line."""
+    import sqlite3
+
     if isinstance(exc, sqlite3.OperationalError):  # locked, unreadable, read-only, ...
         return f"cannot open database {shown}: {exc}"
     return f"{shown} is not a tasklease database ({exc})"
@@ -153,6 +157,8 @@ def _open_local_store(database: str, *, migrate: bool) -> Store:
     missing file, a file that is not a tasklease database, a data directory that is a
     file, an unreadable path: one error line and exit 2 (a configuration error), never a
     traceback."""
+    import sqlite3
+
     from tasklease.core.errors import Unavailable
     from tasklease.storage import SchemaError, open_store, redact_url
 
@@ -318,6 +324,8 @@ def _init_settings(
 ) -> Config:
     """What init works with: the environment and the options, over the config file it
     keeps (``--force``) or none; the data directory is the one given."""
+    from tasklease.settings import ConfigError, load_config
+
     try:
         return load_config(
             str(kept) if kept is not None else os.devnull,
@@ -381,6 +389,7 @@ def _first_operator(
     from tasklease.core.kernel import RequestContext
     from tasklease.keystore import KeyStoreError
     from tasklease.server import build_broker
+    from tasklease.settings import ConfigError, load_config
 
     try:
         config = load_config(str(config_path), overrides={"data_dir": str(directory)})
@@ -422,6 +431,7 @@ def serve(
     """Run the broker in the foreground."""
     from tasklease.server import LOOPS
     from tasklease.server import serve as run_server
+    from tasklease.settings import ConfigError, load_config
 
     if loop not in LOOPS:
         raise _fail(f"--loop must be one of {', '.join(LOOPS)}")
@@ -434,6 +444,8 @@ def serve(
         )
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    import sqlite3
+
     from tasklease.brokerstate import StateError
     from tasklease.core.errors import Unavailable
     from tasklease.core.rollback import DatabaseWentBack
@@ -503,6 +515,7 @@ def db_migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     A SQLite database must exist (`tasklease init` makes it; serve migrates it too); an
     empty PostgreSQL database gets its schema here, before `tasklease init`.
     """
+    from tasklease.settings import ConfigError, load_config
     from tasklease.storage import redact_url
 
     try:
@@ -560,6 +573,8 @@ def audit_verify(
         _audit.verify_over_http(url, admin_secret, profile)
         return
     if database is None:
+        from tasklease.settings import ConfigError, load_config
+
         try:
             database = load_config(config, overrides={"data_dir": data_dir}).database
         except ConfigError as exc:
