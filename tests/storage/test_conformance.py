@@ -1081,6 +1081,44 @@ def test_lease_has_one_holder_until_it_expires(store: Store) -> None:
         assert not tx.acquire_lease("sweeper", "a", NOW + 71, NOW + 131)
 
 
+def test_lease_released_by_its_holder_is_free_at_once(store: Store) -> None:
+    with store.write() as tx:
+        assert tx.acquire_lease("sweeper", "a", NOW, NOW + 60)
+        assert tx.acquire_lease("other", "a", NOW, NOW + 60)
+    with store.write() as tx:
+        assert tx.release_lease("sweeper", "a")
+        assert not tx.release_lease("sweeper", "a")  # given up already
+    with store.write() as tx:
+        assert tx.acquire_lease("sweeper", "b", NOW + 1, NOW + 61)  # long before NOW + 60
+        assert not tx.acquire_lease("other", "b", NOW + 1, NOW + 61)  # only the one named
+
+
+def test_lease_release_by_another_holder_changes_nothing(store: Store) -> None:
+    with store.write() as tx:
+        assert tx.acquire_lease("sweeper", "a", NOW, NOW + 60)
+    with store.write() as tx:
+        assert not tx.release_lease("sweeper", "b")
+        assert not tx.release_lease("nothing", "a")
+    with store.write() as tx:
+        assert not tx.acquire_lease("sweeper", "b", NOW + 1, NOW + 61)
+        assert tx.acquire_lease("sweeper", "a", NOW + 1, NOW + 61)  # still a's to extend
+    # An expired lease taken over is the new holder's: the old one cannot give it up.
+    with store.write() as tx:
+        assert tx.acquire_lease("sweeper", "b", NOW + 61, NOW + 121)
+        assert not tx.release_lease("sweeper", "a")
+        assert not tx.acquire_lease("sweeper", "c", NOW + 62, NOW + 122)
+
+
+def test_lease_release_rolls_back(store: Store) -> None:
+    with store.write() as tx:
+        assert tx.acquire_lease("sweeper", "a", NOW, NOW + 60)
+    with pytest.raises(Boom), store.write() as tx:
+        assert tx.release_lease("sweeper", "a")
+        raise Boom
+    with store.write() as tx:
+        assert not tx.acquire_lease("sweeper", "b", NOW + 1, NOW + 61)
+
+
 def test_discovery_bindings_put_get(store: Store) -> None:
     binding = DiscoveryBinding(
         agent_id=make_agent().agent_id,

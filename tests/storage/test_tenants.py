@@ -221,6 +221,10 @@ def test_a_hundred_tenants_never_see_each_other(store: Store) -> None:
         assert tx.consume_launch_token(token_hash, NOW)
         assert not tx.consume_nonce("nonce-1", NOW + 60)
         assert not tx.acquire_lease("sweeper", "intruder", NOW, NOW + 30)
+        # Nor given up from another: the name is the first tenant's holder's.
+        assert not tx.release_lease("sweeper", "t000")
+    with first.write() as tx:
+        assert not tx.acquire_lease("sweeper", "intruder", NOW, NOW + 30)
     # Pruning one tenant leaves the others' rows.
     first.prune(NOW + 10_000)
     assert first.revocations_since(0) == [] and first.get_launch_token(token_hash) is None

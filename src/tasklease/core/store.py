@@ -187,6 +187,12 @@ class WriteTx(Protocol):
         """
         ...
 
+    def release_lease(self, name: str, holder: str) -> bool:
+        """Give the named lease up if ``holder`` holds it (expired or not), so that
+        another holder can take it at once; True iff it did. A lease another holder
+        holds is left as it is."""
+        ...
+
     def put_discovery_binding(self, binding: DiscoveryBinding) -> bool:
         """Insert the binding of ``binding.agent_id``, or replace one whose ``issued_at``
         is earlier; False (nothing written) if the stored one is as new or newer. One

@@ -303,6 +303,16 @@ class MemoryWriteTx:
         self._set(leases, name, (holder, expires_at))
         return True
 
+    def release_lease(self, name: str, holder: str) -> bool:
+        self._check_open()
+        leases = self._store._leases
+        current = leases.get(name)
+        if current is None or current[0] != holder:
+            return False
+        del leases[name]
+        self._undo.append(lambda: leases.__setitem__(name, current))
+        return True
+
     def put_discovery_binding(self, binding: DiscoveryBinding) -> bool:
         self._check_open()
         current = self._store._bindings.get(binding.agent_id)

@@ -386,6 +386,7 @@ class Dialect(RowConversions):
             " expires_at = excluded.expires_at"
             " WHERE leases.holder = excluded.holder OR leases.expires_at <= ?"
         )
+        self.release_lease = q(f"DELETE FROM leases WHERE {t} AND name = ? AND holder = ?")
         # Only a newer statement replaces the bound one (``WriteTx.put_discovery_binding``).
         self.put_binding = q(
             upsert("discovery_bindings", _BINDING)

@@ -275,6 +275,10 @@ class SQLWriteTx(Generic[_C]):
         cursor = self._db().execute(self.dialect.acquire_lease, (name, holder, expires_at, now))
         return cursor.rowcount == 1
 
+    def release_lease(self, name: str, holder: str) -> bool:
+        cursor = self._db().execute(self.dialect.release_lease, (name, holder))
+        return cursor.rowcount == 1
+
     def put_discovery_binding(self, binding: DiscoveryBinding) -> bool:
         cursor = self._db().execute(
             self.dialect.put_binding,
