@@ -154,6 +154,32 @@ def test_sigterm_closes_the_database(
     assert leftovers == [], f"store not closed on SIGTERM: {leftovers}"
 
 
+def _leases(database: Path) -> list[str]:
+    conn = sqlite3.connect(database)
+    try:
+        return sorted(name for (name,) in conn.execute("SELECT name FROM leases"))
+    finally:
+        conn.close()
+
+
+def test_a_graceful_stop_gives_the_store_leases_up(
+    tmp_path: Path, start_broker: Callable[..., RunningBroker]
+) -> None:
+    """A process that stops cleanly gives up its background jobs' leases, so the process
+    that replaces it signs audit checkpoints (sweeps, follows the feeds) from its first
+    round, not once the lease it held expires (docs/decisions.md 150)."""
+    data = tmp_path / "data"
+    database = data / "tasklease.db"
+    running = start_broker(data)
+    running.register(["read:data:x"])
+    deadline = time.monotonic() + 10.0
+    while "audit-checkpoints" not in _leases(database):
+        assert time.monotonic() < deadline, "the checkpoint job never took its lease"
+        time.sleep(0.1)
+    _sigterm(running)
+    assert _leases(database) == []
+
+
 def test_two_processes_on_one_data_dir_share_state(
     tmp_path: Path, start_broker: Callable[..., RunningBroker]
 ) -> None:

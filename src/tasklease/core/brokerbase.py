@@ -7,6 +7,7 @@ agent-side operations to them; :class:`tasklease.core.broker.Broker` adds the op
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -78,6 +79,8 @@ from tasklease.core.workload import WorkloadIdentities
 from tasklease.rules.binding import DPoPVerifier, Presentation
 
 __all__ = ["FEED_SCOPE", "BrokerBase", "SignIn"]
+
+_log = logging.getLogger("tasklease.broker")
 
 T = TypeVar("T")
 
@@ -684,6 +687,32 @@ class BrokerBase:
     def sweep_silent_agents(self) -> list[str]:
         """Revoke (level ``agent``) supervised agents silent for interval x misses."""
         return self._liveness.sweep_silent_agents(self.instance_id)
+
+    def release_leases(self) -> None:
+        """Give up the store leases this process's background jobs hold (the audit
+        checkpoints', the liveness sweeper's, the federated feeds' follower's), so that
+        another process takes each over at its next round, not once it expires.
+
+        Call it when the broker stops, after the jobs' last round (and the final
+        checkpoint): a job that ran again would take its lease back. A lease that cannot
+        be given up is logged, not raised: it expires as it would have.
+        """
+        for job, release in (
+            ("audit checkpoint", self.transparency.release_lease),
+            ("liveness sweeper", self._liveness.release_sweeper_lease),
+            ("federation feed", self._peer_feeds.release_lease),
+        ):
+            try:
+                release()
+            except Exception as exc:  # noqa: BLE001 - the lease expires: stopping goes on
+                _log.warning(
+                    "tenant %s: the %s lease was not given up (%s: %s); another process "
+                    "takes it over once it expires",
+                    self.store.tenant,
+                    job,
+                    type(exc).__name__,
+                    exc,
+                )
 
     def discovery_bind(
         self,

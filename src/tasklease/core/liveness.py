@@ -15,8 +15,9 @@ when it last proved it is alive, how often it resumed after a crash, and its sta
   agent whose last heartbeat is older than ``heartbeat_interval x heartbeat_misses`` is
   revoked at level ``agent`` - its own tokens and every token delegated from it - with an
   ``agent_silent_revoked`` audit event that says why. One sweeper at a time across
-  replicas (a lease row); each revocation is conditional on the session still being
-  silent and active inside its own transaction, so no agent is revoked twice.
+  replicas (a lease row, given up when its broker stops); each revocation is conditional
+  on the session still being silent and active inside its own transaction, so no agent
+  is revoked twice.
 * **Resume**: an agent that restarts within its task proves its registered key again and
   continues its session (``core.renewal``).
 
@@ -41,7 +42,7 @@ from tasklease.core.config import Config
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden, InvalidRequest, Unauthorized
 from tasklease.core.identity import decode_signature
-from tasklease.core.kernel import RequestContext, Service
+from tasklease.core.kernel import Kernel, RequestContext, Service
 from tasklease.core.lineage import ending_records
 from tasklease.core.pending import Lost, Pending
 from tasklease.core.records import AgentSession, RevocationRecord
@@ -80,6 +81,11 @@ def new_session(config: Config, agent_id: str, principal: str, now: float) -> Ag
 
 class Liveness(Service):
     """Heartbeats and the sweeper. Thread-safe; one per broker."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        super().__init__(kernel)
+        # Who took the sweeper lease at this broker's last sweep (None: not taken).
+        self._sweeper_holder: str | None = None
 
     # --- heartbeat -----------------------------------------------------------------------------
 
@@ -206,6 +212,7 @@ class Liveness(Service):
             return []
 
         self._kernel.commit(lease)
+        self._sweeper_holder = holder if granted[0] else None
         if not granted[0]:
             return []
         allowed = cfg.heartbeat_interval * cfg.heartbeat_misses
@@ -215,6 +222,28 @@ class Liveness(Service):
             if self._sweep_one(candidate.agent_id, now, bound):
                 revoked.append(candidate.agent_id)
         return revoked
+
+    def release_sweeper_lease(self) -> bool:
+        """Give the sweeper lease up if this broker's last sweep took it, so that another
+        process sweeps from its next round, not once the lease expires (a broker that
+        stops, after its last sweep). True iff it was given up; False when this broker
+        did not hold it, or it expired and another holder took it.
+
+        Raises:
+            Unavailable: the store could not be written (the lease expires as before).
+        """
+        holder = self._sweeper_holder
+        if holder is None:
+            return False
+        released: list[bool] = []
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            released.append(tx.release_lease(SWEEPER_LEASE, holder))
+            return []
+
+        self._kernel.commit(unit)
+        self._sweeper_holder = None
+        return released[0]
 
     def _sweep_one(self, agent_id: str, now: float, bound: float) -> bool:
         """Revoke one silent agent unless it heartbeated or was swept meanwhile.

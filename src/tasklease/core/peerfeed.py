@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.foreign import converted
-from tasklease.core.kernel import Service
+from tasklease.core.kernel import Kernel, Service
 from tasklease.core.records import RevocationRecord, RevocationWrite
 from tasklease.core.store import WriteTx
 
@@ -31,6 +31,11 @@ FEED_LEASE = "federation-feeds"
 class PeerFeeds(Service):
     """Federated domains' revocations applied here. Thread-safe; one per broker."""
 
+    def __init__(self, kernel: Kernel) -> None:
+        super().__init__(kernel)
+        # Who took the follower lease at the last :meth:`hold_lease` (None: not taken).
+        self._holder: str | None = None
+
     def hold_lease(self, holder: str, ttl: float) -> bool:
         """Take or extend the follower lease for ``ttl`` seconds; True iff ``holder`` has it."""
         now = self._kernel.now()
@@ -41,7 +46,29 @@ class PeerFeeds(Service):
             return []
 
         self._kernel.commit(lease)
+        self._holder = holder if granted[0] else None
         return granted[0]
+
+    def release_lease(self) -> bool:
+        """Give the follower lease up if the last :meth:`hold_lease` took it, so that
+        another process follows the feeds from its next tick, not once the lease expires
+        (a broker that stops, after its followers stopped). True iff it was given up.
+
+        Raises:
+            Unavailable: the store could not be written (the lease expires as before).
+        """
+        holder = self._holder
+        if holder is None:
+            return False
+        released: list[bool] = []
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            released.append(tx.release_lease(FEED_LEASE, holder))
+            return []
+
+        self._kernel.commit(unit)
+        self._holder = None
+        return released[0]
 
     def apply(
         self, domain: str, records: Sequence[RevocationRecord], *, sent_at: float | None = None

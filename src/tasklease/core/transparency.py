@@ -369,6 +369,28 @@ class AuditTransparency:
         what it wrote, so that the anchor covers it. Call it once :attr:`tree_current`."""
         return self._sign(force=False)
 
+    def release_lease(self) -> bool:
+        """Give the checkpoint lease up if this process's last signing took it, so that
+        another process signs (and takes checkpoints to the witnesses) from its next
+        round, not once the lease expires. A broker that stops calls it after
+        :meth:`sign_now`. True iff it was given up.
+
+        Raises:
+            Unavailable: the store could not be written (the lease expires as before).
+        """
+        with self._lock:
+            if not self._lease_held:
+                return False
+            released: list[bool] = []
+
+            def unit(tx: WriteTx) -> list[AuditEntry]:
+                released.append(tx.release_lease(CHECKPOINT_LEASE, self._holder))
+                return []
+
+            self._kernel.commit(unit)
+            self._lease_held = False
+            return released[0]
+
     def _sign(self, *, force: bool) -> CheckpointRecord | None:
         with self._lock:
             state = self._judged()

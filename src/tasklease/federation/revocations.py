@@ -13,7 +13,8 @@ entry seen after a disconnection; the first connection reads every unexpired ent
 
 One follower per deployment: every process calls :meth:`FeedFollowers.tick` each second
 for each tenant, and only the holder of the tenant's store lease runs that tenant's
-followers (another process takes over within :data:`LEASE_TTL` of its holder's end). The
+followers (another process takes over at its next tick once a holder that stops gives the
+lease up, ``Broker.release_leases``, or within :data:`LEASE_TTL` of one that dies). The
 credential is read from its file at each sign-in, never stored or logged.
 """
 

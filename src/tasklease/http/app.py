@@ -143,18 +143,23 @@ def create_app(
                 await run_in_threadpool(stop_watch)
             for close in closers:
                 await close()
-            await run_in_threadpool(followers.close)
-            if background:
-                # What this process wrote gets a checkpoint, so the anchor kept beside the
-                # log key covers it: a restore to before it is refused (core.rollback).
-                await run_in_threadpool(_each(tenancy, final_checkpoint))
-            await run_in_threadpool(tenancy.close)
-            witness_client.close()
+            # The jobs end first (each after its round under way: ``_every``), so none
+            # starts a feed follower or takes a lease again once given up below.
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await run_in_threadpool(followers.close)
+            if background:
+                # What this process wrote gets a checkpoint, so the anchor kept beside the
+                # log key covers it: a restore to before it is refused (core.rollback).
+                await run_in_threadpool(_each(tenancy, final_checkpoint))
+                # Then the leases go, so another process signs checkpoints, sweeps and
+                # follows the feeds at once, not when they expire (a crash still waits).
+                await run_in_threadpool(_each(tenancy, Broker.release_leases))
+            await run_in_threadpool(tenancy.close)
+            witness_client.close()
             # Whatever the committer thread still has queued is written before we go.
             await run_in_threadpool(broker.audit.close)
             if close_store:
@@ -229,7 +234,21 @@ async def _refreshing(readiness: Readiness) -> None:
 async def _every(interval: float, job: Callable[[], object]) -> None:
     while True:
         await asyncio.sleep(interval)
+        # Cancelled, it still waits for the round under way (a thread is not cancelled):
+        # nothing a round does comes after what the stop does next (a lease given up).
+        round_ = asyncio.ensure_future(run_in_threadpool(job))
         try:
-            await run_in_threadpool(job)
+            await asyncio.shield(round_)
+        except asyncio.CancelledError:
+            await asyncio.wait([round_])
+            _failed(round_)
+            raise
         except Exception:  # noqa: BLE001 - housekeeping must never take the server down
             _log.exception("background job failed")
+
+
+def _failed(round_: asyncio.Future[object]) -> None:
+    """Log the exception a finished round raised, if it raised one."""
+    exc = None if round_.cancelled() else round_.exception()
+    if exc is not None:
+        _log.error("background job failed", exc_info=exc)
