@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,29 +344,35 @@ def _clean_env(data_dir: Path, extra: dict[str, str], *, with_secret: bool) -> d
 def init_data_dir(data_dir: Path, env: dict[str, str]) -> None:
     """``tasklease init`` on ``data_dir`` when it holds no broker yet, with the
     environment the broker will have (its database, key provider, passphrase): only init
-    creates a broker's state, ``serve`` refuses to start without it."""
+    creates a broker's state, ``serve`` refuses to start without it.
+
+    Run in this process, through the CLI's own entry (``env`` stands in for the
+    environment while it runs): a new interpreter for each broker the suite starts would
+    spend most of init's time importing. tests/cli runs init as a command."""
     if any((data_dir / name).exists() for name in ("config.toml", "keys", "tasklease.db")):
         return
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tasklease.cli.main",
-            "init",
-            "--data-dir",
-            str(data_dir),
-            "--secret-file",
-            str(data_dir / "init-admin-secret"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=str(data_dir),
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"tasklease init failed: {done.stdout}{done.stderr}")
+    from typer.testing import CliRunner
+
+    from tasklease.cli.main import app
+
+    # What differs from this process's environment; TASKLEASE_* variables ``env`` lacks
+    # are unset for the run, as a new process given ``env`` would not have them.
+    changes: dict[str, str | None] = {k: v for k, v in env.items() if os.environ.get(k) != v}
+    changes.update({k: None for k in os.environ if k.startswith("TASKLEASE_") and k not in env})
+    args = [
+        "init",
+        "--data-dir",
+        str(data_dir),
+        "--secret-file",
+        str(data_dir / "init-admin-secret"),
+    ]
+    with _INIT_LOCK:  # the environment is the process's: one init at a time
+        done = CliRunner().invoke(app, args, env=changes)
+    if done.exit_code != 0:
+        raise RuntimeError(f"tasklease init failed: {done.output}") from done.exception
+
+
+_INIT_LOCK = threading.Lock()
 
 
 def launch_broker(
