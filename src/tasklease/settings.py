@@ -58,7 +58,7 @@ _NOT_SETTINGS = frozenset(
         "TASKLEASE_OPERATOR",
         "TASKLEASE_OPERATOR_SECRET",
         "TASKLEASE_OPERATOR_KEY_FILE",
-        "TASKLEASE_INSECURE_HTTP",  # `tasklease --insecure-http` (decision 147)
+        "TASKLEASE_INSECURE_HTTP",  # `tasklease --insecure-http` (147), the SDK's opt-in (151)
         # examples/ and docs/attestation.md (a CI job's ID token).
         "TASKLEASE_BROKER_URL",
         "TASKLEASE_CLIENT_ID",

@@ -225,6 +225,7 @@ def test_insecure_http_is_an_explicit_opt_in_and_says_so(
         child.kill()
         child.wait()
     assert f"warning: credentials go to {url} over plain HTTP" in stderr, stderr
+    assert "InsecureHTTPWarning" not in stderr  # said once, by the CLI, not again by the SDK
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])

@@ -116,7 +116,7 @@ def test_retries_honour_retry_after_on_429_and_503() -> None:
         _problem(503, "service_unavailable", **{"Retry-After": "0"}),
         httpx.Response(200, json=_TOKEN),
     )
-    client = AppClient("http://broker", "id", "secret", transport=transport)
+    client = AppClient("https://broker.example", "id", "secret", transport=transport)
     assert client.app_token() == "t"
     assert len(seen) == 3
     assert seen[0].headers["authorization"].startswith("Basic ")
@@ -124,7 +124,7 @@ def test_retries_honour_retry_after_on_429_and_503() -> None:
     # The broker asks for longer than the policy waits: the error, with its Retry-After.
     transport, seen = _scripted(_problem(429, "rate_limited", **{"Retry-After": "120"}))
     with pytest.raises(RateLimited) as limited:
-        AppClient("http://broker", "id", "s", transport=transport).app_token()
+        AppClient("https://broker.example", "id", "s", transport=transport).app_token()
     assert limited.value.retry_after == 120 and len(seen) == 1
 
     # No Retry-After: backoff, then give up after the policy's attempts.
@@ -133,13 +133,15 @@ def test_retries_honour_retry_after_on_429_and_503() -> None:
     policy = Retry(attempts=2, backoff=0.01)
     started = time.monotonic()
     with pytest.raises(Unavailable):
-        AppClient("http://broker", "id", "s", transport=transport, retry=policy).app_token()
+        AppClient(
+            "https://broker.example", "id", "s", transport=transport, retry=policy
+        ).app_token()
     assert len(seen) == 3 and time.monotonic() - started < 1
 
     # Other errors are answered at once.
     transport, seen = _scripted(_problem(400, "invalid_scope"))
     with pytest.raises(InvalidScope):
-        AppClient("http://broker", "id", "s", transport=transport).app_token()
+        AppClient("https://broker.example", "id", "s", transport=transport).app_token()
     assert len(seen) == 1
 
 
@@ -154,7 +156,11 @@ def test_a_connection_never_made_is_retried() -> None:
         return httpx.Response(200, json=_TOKEN)
 
     client = AppClient(
-        "http://broker", "i", "s", transport=httpx.MockTransport(handler), retry=Retry(backoff=0)
+        "https://broker.example",
+        "i",
+        "s",
+        transport=httpx.MockTransport(handler),
+        retry=Retry(backoff=0),
     )
     assert client.app_token() == "t" and calls == 2
 

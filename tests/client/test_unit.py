@@ -58,7 +58,7 @@ def test_register_signs_the_hex_decoded_nonce() -> None:
         )
 
     agent = Agent.register(
-        "http://broker",
+        "https://broker.example",
         "f" * 64,
         "o",
         "t",
@@ -91,7 +91,9 @@ def test_register_signs_the_hex_decoded_nonce() -> None:
     ],
 )
 def test_errors_mirror_codes(response: httpx.Response, cls: type, code: str) -> None:
-    admin = AdminClient("http://broker", None, transport=httpx.MockTransport(lambda _r: response))
+    admin = AdminClient(
+        "https://broker.example", None, transport=httpx.MockTransport(lambda _r: response)
+    )
     with pytest.raises(cls) as info:
         admin.health()
     assert type(info.value) is cls
@@ -106,7 +108,7 @@ def test_rate_limited_carries_retry_after() -> None:
         response.headers["Retry-After"] = "7"
         return response
 
-    admin = AdminClient("http://broker", "secret", transport=httpx.MockTransport(handler))
+    admin = AdminClient("https://broker.example", "secret", transport=httpx.MockTransport(handler))
     with pytest.raises(RateLimited) as info:
         admin.list_apps()
     assert info.value.retry_after == 7

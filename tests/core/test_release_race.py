@@ -187,7 +187,7 @@ def test_a_verifier_following_the_feed_refuses_the_successor(
     successor = broker.renew(claims, kit.ctx)
     complete(broker.kernel, ended)
     verifier = Verifier(
-        "http://broker.invalid",
+        "https://broker.invalid",
         audience=broker.config.audience[0],
         issuer=broker.config.issuer,
         credentials=lambda: "feed-token",

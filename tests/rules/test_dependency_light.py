@@ -63,6 +63,7 @@ PUBLIC = (
     "tasklease.rules.binding",
     "tasklease.rules.messages",
     "tasklease.rules.bundle",
+    "tasklease.rules.cleartext",
 )
 
 

@@ -66,7 +66,7 @@ def test_a_chain_revocation_of_a_lineage_ancestor_reaches_the_verifier() -> None
         "seq": 7,
     }
     verifier = Verifier(
-        "http://broker.invalid",
+        "https://broker.invalid",
         audience="svc-a",
         credentials=lambda: "feed-token",
         clock=ManualClock(IAT + 1),
@@ -87,7 +87,7 @@ def test_without_the_revocation_the_same_token_is_accepted() -> None:
     ring = KeyRing.generate()
     child = _token(ring, "c" * 32, ("app:app-1", "g" * 32, PARENT_JTI))
     verifier = Verifier(
-        "http://broker.invalid",
+        "https://broker.invalid",
         audience="svc-a",
         credentials=lambda: "feed-token",
         clock=ManualClock(IAT + 1),
@@ -128,7 +128,7 @@ def test_exp_leeway_keeps_revocations_as_long_as_it_accepts_tokens() -> None:
         return first.handle_request(request)
 
     verifier = Verifier(
-        "http://broker.invalid",
+        "https://broker.invalid",
         audience="svc-a",
         credentials=lambda: "feed-token",
         clock=ManualClock(IAT + 65),  # past exp, within the leeway
@@ -149,4 +149,4 @@ def test_exp_leeway_keeps_revocations_as_long_as_it_accepts_tokens() -> None:
 def test_exp_leeway_is_bounded() -> None:
     for leeway in (-1, 301):
         with pytest.raises(ValueError, match="exp_leeway"):
-            Verifier("http://broker.invalid", audience="svc-a", feed=False, exp_leeway=leeway)
+            Verifier("https://broker.invalid", audience="svc-a", feed=False, exp_leeway=leeway)

@@ -19,6 +19,7 @@ import os
 import stat
 import sys
 import tomllib
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,8 +31,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from tasklease.cli._sessions import cached_session, config_dir, session_subject
-from tasklease.core.hosts import is_loopback_host
 from tasklease.core.tenantids import tenant_id_error
+from tasklease.rules.cleartext import InsecureHTTPWarning, may_carry_credentials
 
 # Every command imports this module, and `tasklease --help` loads every command: what
 # only some use (the SDK and httpx, cryptography for key files) is imported where used.
@@ -189,6 +190,11 @@ class Connection:
             return session_subject(self.operator)
         return session_subject(None) if self.admin_secret else None
 
+    @property
+    def insecure_http(self) -> bool:
+        """Whether the user opted in to plain HTTP beyond loopback, for the SDK's client."""
+        return _insecure_http[0]
+
 
 def _default_profile() -> Path:
     return config_dir() / "profile.toml"
@@ -284,7 +290,7 @@ def _check_broker_url(url: str, *, connects: bool = True) -> None:
         fail(f"broker URL {url!r} is malformed: {exc}")
     if not host:
         fail(f"broker URL {url!r} names no host")
-    if not connects or url.startswith("https://") or is_loopback_host(host):
+    if not connects or may_carry_credentials(url.partition("://")[0], host):
         return
     if not _insecure_http[0]:
         fail(
@@ -293,6 +299,8 @@ def _check_broker_url(url: str, *, connects: bool = True) -> None:
             hint="use https://, or 127.0.0.1 through an SSH tunnel; on a network you trust, "
             "pass `tasklease --insecure-http ...` or set TASKLEASE_INSECURE_HTTP=1",
         )
+    # Said once below, in the CLI's words; the SDK's own warning would repeat it.
+    warnings.filterwarnings("ignore", category=InsecureHTTPWarning)
     if url not in _warned:
         _warned.add(url)
         err.print(
@@ -393,6 +401,7 @@ def admin_client(
         operator_key=connection.operator_key,
         access_token=session.token if session is not None else None,
         token_expires_in=session.expires_in if session is not None else 0.0,
+        insecure_http=connection.insecure_http,
     )
 
 

@@ -29,7 +29,7 @@ import typer
 from rich.markup import escape
 
 from tasklease.cli._common import EXIT_OK, EXIT_USAGE, fail, out, print_json
-from tasklease.core.hosts import is_loopback_host
+from tasklease.rules.cleartext import is_loopback_host
 
 if TYPE_CHECKING:
     from tasklease.core.config import Config

@@ -69,7 +69,12 @@ def login(
     with (
         broker_errors(),
         AdminClient(
-            connection.url, admin, operator=name, operator_secret=secret, operator_key=key
+            connection.url,
+            admin,
+            operator=name,
+            operator_secret=secret,
+            operator_key=key,
+            insecure_http=connection.insecure_http,
         ) as client,
     ):
         answer = client.sign_in()

@@ -136,7 +136,10 @@ def token_inspect(
         from tasklease.client import AdminClient
 
         connection = resolve_connection(url, None, profile, need_secret=False, credentials=False)
-        with broker_errors(), AdminClient(connection.url, None) as client:
+        with (
+            broker_errors(),
+            AdminClient(connection.url, None, insecure_http=connection.insecure_http) as client,
+        ):
             signature_ok, signature_text = _check_signature(token, header, client.jwks())
             if signature_ok and header.get("typ") == _AGENT_TYP:
                 broker_valid = client.validate_token(token).get("valid") is True

@@ -15,6 +15,11 @@ agents); :class:`AdminClient` is for operators (and the ``tasklease`` CLI);
 :mod:`tasklease.client.testing` runs an in-process broker for tests (needs the
 ``server`` extra). Every ``auth`` works with httpx and with httpx2 clients.
 
+Credentials go only over ``https://``, or ``http://`` to a loopback host: any other
+``http://`` broker URL is refused with ``ValueError`` before a request, unless the caller
+passes ``insecure_http=True`` or sets ``TASKLEASE_INSECURE_HTTP=1`` (then an
+:class:`~tasklease.rules.cleartext.InsecureHTTPWarning`, once per URL).
+
 Every error is a :class:`TaskleaseError` whose subclass mirrors the broker's
 ``error_code``; network failures raise :class:`TransportError`. Requests answered 429
 or 503, or that could not connect, are retried with backoff, honouring ``Retry-After``

@@ -13,6 +13,7 @@ import httpx
 import nacl.signing
 
 from tasklease.client._admin_audit import AuditCalls
+from tasklease.client._brokerurl import check_broker_url
 from tasklease.client._errors import TransportError, Unauthorized, error_from_response
 from tasklease.client._flows import expect_json
 from tasklease.rules.messages import operator_sign_in_input
@@ -50,12 +51,25 @@ class AdminClient(AuditCalls):
         timeout: float = 10.0,
         access_token: str | None = None,
         token_expires_in: float = 0.0,
+        insecure_http: bool | None = None,
     ) -> None:
         """``admin_secret`` may be None for the public calls (health, jwks) or when
         ``operator`` is given with its secret or key. ``access_token`` is an operator token
         already in hand (``tasklease login`` caches one), used until ``token_expires_in``
         seconds from now; then, or when the broker refuses it, the client signs in again
-        with its credentials (and raises ``Unauthorized`` without any)."""
+        with its credentials (and raises ``Unauthorized`` without any).
+
+        ``broker_url`` is ``https://``, or ``http://`` to a loopback host (``localhost``,
+        127.0.0.0/8, ``::1``): secrets and tokens must not cross a network in clear.
+        ``insecure_http=True`` allows plain HTTP to any host (on a network you trust),
+        ``False`` refuses it even when ``TASKLEASE_INSECURE_HTTP=1`` is set, and None (the
+        default) follows that variable; an allowed URL is announced once with an
+        :class:`~tasklease.rules.cleartext.InsecureHTTPWarning`.
+
+        Raises:
+            ValueError: ``broker_url`` is plain HTTP beyond loopback without an opt-in.
+        """
+        check_broker_url(broker_url, insecure_http)
         self.broker_url = broker_url.rstrip("/")
         self._secret = admin_secret
         self._operator = operator

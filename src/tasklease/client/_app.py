@@ -28,6 +28,7 @@ from urllib.parse import quote_plus
 import httpx
 import nacl.signing
 
+from tasklease.client._brokerurl import check_broker_url
 from tasklease.client._errors import TaskleaseError, Unauthorized
 from tasklease.client._flows import Clock, Flow, SystemClock, expect_json
 from tasklease.client._holder import DPoPKey, bind_flow, dpop_key
@@ -88,15 +89,26 @@ class AppClient:
         transport: httpx.BaseTransport | None = None,
         verify: ssl.SSLContext | str | bool = True,
         clock: Clock | None = None,
+        insecure_http: bool | None = None,
     ) -> None:
         """No request is made until one is needed.
 
         Authenticate with ``client_secret`` or with ``private_key`` (the Ed25519 key whose
         public half the app registered), exactly one. ``dpop`` (True, a key) binds the app
         token to a DPoP key; its proofs then go with every request.
+
+        ``broker_url`` is ``https://``, or ``http://`` to a loopback host;
+        ``insecure_http`` opts in to plain HTTP beyond loopback as
+        :class:`~tasklease.client.AdminClient`'s does, for this client and the agents it
+        creates.
+
+        Raises:
+            ValueError: ``broker_url`` is plain HTTP beyond loopback without an opt-in.
         """
         if (client_secret is None) == (private_key is None):
             raise TypeError("give client_secret or private_key, exactly one")
+        check_broker_url(broker_url, insecure_http)
+        self._insecure_http = insecure_http
         self.broker_url = broker_url.rstrip("/")
         self.client_id = client_id
         self._authorization = _basic(client_id, client_secret) if client_secret else None
@@ -234,6 +246,7 @@ class AppClient:
             clock=self._clock,
             client=self._client,
             resource=resource,
+            insecure_http=self._insecure_http,
         )
 
     def validate(self, token: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import nacl.signing
 
 from tasklease.client._agentbase import AgentBase
 from tasklease.client._attest import KUBERNETES_TOKEN_PATH, attestation, kubernetes_token
+from tasklease.client._brokerurl import check_broker_url
 from tasklease.client._compat import dual
 from tasklease.client._errors import RateLimited, TaskleaseError, TransportError, Unavailable
 from tasklease.client._flows import (
@@ -227,8 +228,10 @@ class AsyncAgent(AgentBase):
         declared: Mapping[str, str] | None = None,
         resource: str | None = None,
         authorization_details: Sequence[Mapping[str, Any]] | None = None,
+        insecure_http: bool | None = None,
     ) -> AsyncAgent:
         """As :meth:`tasklease.client.Agent.register` (same arguments and exceptions)."""
+        check_broker_url(broker_url, insecure_http, client)
         http, owns = _client(client, transport, timeout, cert, verify)
         signing_key = key if key is not None else nacl.signing.SigningKey.generate()
         proof_key = dpop_key(dpop)
@@ -363,8 +366,10 @@ class AsyncAgent(AgentBase):
         cert: CertArg | None = None,
         verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
         client: httpx.AsyncClient | None = None,
+        insecure_http: bool | None = None,
     ) -> AsyncAgent:
         """As :meth:`tasklease.client.Agent.resume` (same arguments and exceptions)."""
+        check_broker_url(broker_url, insecure_http, client)
         http, owns = _client(client, transport, timeout, cert, verify)
         proof_key = dpop_key(dpop)
         try:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from tasklease.client._brokerurl import check_broker_url
 from tasklease.rules.offlinereports import (
     MAX_BATCH,
     PendingReport,
@@ -60,6 +61,11 @@ class OfflineReporter:
     :class:`AsyncAgent`'s ``auth``, :meth:`aflush`. At most ``limit`` reports wait (then
     the oldest are dropped, counted in :attr:`dropped`: a derivation that will never be
     reported stays verifiable by anyone who holds the chain). Thread-safe.
+
+    ``base_url`` (or, when it is relative, the client's base URL) is ``https://``, or
+    ``http://`` to a loopback host: the reports carry the token. ``insecure_http`` opts in
+    to plain HTTP beyond loopback as :class:`~tasklease.client.AdminClient`'s does
+    (ValueError without it).
     """
 
     def __init__(
@@ -70,7 +76,9 @@ class OfflineReporter:
         *,
         limit: int = 1000,
         spool: str | os.PathLike[str] | None = None,
+        insecure_http: bool | None = None,
     ) -> None:
+        check_broker_url(base_url, insecure_http, client)
         self._client = client
         self._url = base_url.rstrip("/") + _PATH
         self._auth = auth

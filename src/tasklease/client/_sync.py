@@ -20,6 +20,7 @@ from tasklease.client._attest import (
     github_actions_token_flow,
     kubernetes_token,
 )
+from tasklease.client._brokerurl import check_broker_url
 from tasklease.client._compat import dual
 from tasklease.client._errors import RateLimited, TaskleaseError, TransportError, Unavailable
 from tasklease.client._flows import (
@@ -121,6 +122,7 @@ class Agent(AgentBase):
         declared: Mapping[str, str] | None = None,
         resource: str | None = None,
         authorization_details: Sequence[Mapping[str, Any]] | None = None,
+        insecure_http: bool | None = None,
     ) -> Agent:
         """Register a new agent instance with the broker at ``broker_url``.
 
@@ -153,13 +155,20 @@ class Agent(AgentBase):
         launch token names; without it, the launch token's only one or the broker's
         first audience. For tokens for several resources over time, see :meth:`exchange`.
 
+        ``broker_url`` is ``https://``, or ``http://`` to a loopback host (``localhost``,
+        127.0.0.0/8, ``::1``), also with a ``client`` of your own; ``insecure_http`` opts
+        in to plain HTTP beyond loopback as :class:`~tasklease.client.AdminClient`'s does.
+
         Raises:
+            ValueError: ``broker_url`` is plain HTTP beyond loopback without an opt-in
+                (before any request).
             Unauthorized: the launch token is unknown, expired or consumed, or the
                 evidence was refused.
             ScopeViolation: ``scope`` exceeds the launch token's allowed scope.
             InvalidRequest: a field is malformed (ids, scopes).
             TransportError: the broker could not be reached.
         """
+        check_broker_url(broker_url, insecure_http, client)
         http, owns = http_client(client, transport, timeout, cert, verify)
         signing_key = key if key is not None else nacl.signing.SigningKey.generate()
         proof_key = dpop_key(dpop)
@@ -251,6 +260,8 @@ class Agent(AgentBase):
         """In a GitHub Actions job (``permissions: id-token: write``): ask the runner for an
         OIDC token whose audience is ``audience`` (the broker's issuer), then register
         with it as :meth:`from_oidc` does."""
+        # The broker URL first: the runner's token is not asked for one that is refused.
+        check_broker_url(broker_url, options.get("insecure_http"), options.get("client"))
         with httpx.Client(timeout=options.get("timeout", 10.0)) as runner:
             token = run_flow(runner, github_actions_token_flow(audience, env))
         return cls.from_oidc(
@@ -354,6 +365,7 @@ class Agent(AgentBase):
         cert: CertArg | None = None,
         verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
         client: httpx.Client | None = None,
+        insecure_http: bool | None = None,
     ) -> Agent:
         """Continue as ``agent_id`` after a restart, proving its registered ``key``.
 
@@ -361,14 +373,17 @@ class Agent(AgentBase):
         registration's ``oiat`` (the renewal ceiling still applies) and counts as a renewal.
         A bound agent proves its binding again: pass the registration's DPoP key
         (:attr:`dpop_key`) as ``dpop``, or its client certificate as ``cert`` (see
-        :meth:`register`); the resumed token is bound the same way.
+        :meth:`register`); the resumed token is bound the same way. ``broker_url`` and
+        ``insecure_http`` as for :meth:`register`.
 
         Raises:
+            ValueError: ``broker_url`` is plain HTTP beyond loopback without an opt-in.
             Unauthorized: ``key`` is not the agent's registered key, or it is unknown.
             Forbidden: the agent was revoked, released or swept as silent.
             RenewalLimitReached: its task reached the renewal ceiling or count.
             TransportError: the broker could not be reached.
         """
+        check_broker_url(broker_url, insecure_http, client)
         http, owns = http_client(client, transport, timeout, cert, verify)
         proof_key = dpop_key(dpop)
         try:

@@ -10,8 +10,8 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from tasklease.core.hosts import is_loopback_host
 from tasklease.core.spiffe import validate_trust_domain
+from tasklease.rules.cleartext import is_loopback_host  # re-exported: serve and doctor use it
 from tasklease.rules.note import COSIGNATURE, NoteError, VerifierKey
 from tasklease.rules.scopes import check_scope_patterns
 

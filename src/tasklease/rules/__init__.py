@@ -18,5 +18,7 @@ dependencies. Pure functions: time comes in as ``now``.
 ``rules.messages``     the domain-separated messages agents sign for the broker
 ``rules.bundle``       SPIFFE trust bundles (federation): parse strictly, serialize
 ``rules.wimse``        WIMSE workload identity and proof tokens (WIT, WPT): make and verify
+``rules.cleartext``    where a credential may go over plain HTTP (loopback only, unless the
+                       caller opts in)
 =====================  =========================================================================
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from tasklease.core.lru import LRUCache
 from tasklease.rules import jws
 from tasklease.rules.binding import DEFAULT_HOLDER_QUOTA, DPoPVerifier, ProofLedger
 from tasklease.rules.chainverify import offline_limits
+from tasklease.rules.cleartext import check_credential_url
 from tasklease.verify._claims import VerifiedToken
 from tasklease.verify._federation import FederatedDomain, Federations
 from tasklease.verify._feed import AppCredentials, FeedFollower
@@ -74,11 +76,15 @@ class VerifierBase:
         broker_audiences: Sequence[str] = (),
         bearer_chains: bool = False,
         report_uses: bool = True,
+        insecure_http: bool | None = None,
     ) -> None:
         if not audience:
             raise ValueError("audience is required: tokens are checked against it")
         if feed and credentials is None:
             raise ValueError("the revocation feed needs credentials (AppCredentials or a token)")
+        if credentials is not None:  # the feed, introspection and use reports send them
+            url = httpx.URL(broker_url)
+            check_credential_url(url, insecure_http=insecure_http, environ=os.environ)
         if not 0 <= exp_leeway <= 300:
             raise ValueError("exp_leeway must be between 0 and 300 seconds")
         self.audience = audience
