@@ -16,6 +16,7 @@ from tasklease.client._admin_audit import AuditCalls
 from tasklease.client._brokerurl import check_broker_url
 from tasklease.client._errors import TransportError, Unauthorized, error_from_response
 from tasklease.client._flows import expect_json
+from tasklease.client._holder import default_ssl_context
 from tasklease.rules.messages import operator_sign_in_input
 
 __all__ = ["AdminClient"]
@@ -79,7 +80,12 @@ class AdminClient(AuditCalls):
             if isinstance(operator_key, bytes)
             else operator_key
         )
-        self._client = httpx.Client(base_url=self.broker_url, transport=transport, timeout=timeout)
+        self._client = httpx.Client(
+            base_url=self.broker_url,
+            transport=transport,
+            timeout=timeout,
+            verify=default_ssl_context(),
+        )
         self._token: str | None = access_token
         self._token_deadline = time.monotonic() + token_expires_in if access_token else 0.0
 

@@ -31,7 +31,7 @@ import nacl.signing
 from tasklease.client._brokerurl import check_broker_url
 from tasklease.client._errors import TaskleaseError, Unauthorized
 from tasklease.client._flows import Clock, Flow, SystemClock, expect_json
-from tasklease.client._holder import DPoPKey, bind_flow, dpop_key
+from tasklease.client._holder import DPoPKey, bind_flow, default_ssl_context, dpop_key
 from tasklease.client._retry import DEFAULT_RETRY, Retry
 from tasklease.client._sync import Agent, run_flow
 from tasklease.rules import jws
@@ -116,7 +116,11 @@ class AppClient:
         self.dpop = dpop_key(dpop)
         self._retry = retry
         self._clock = clock if clock is not None else SystemClock()
-        self._client = httpx.Client(transport=transport, timeout=timeout, verify=verify)
+        self._client = httpx.Client(
+            transport=transport,
+            timeout=timeout,
+            verify=default_ssl_context() if verify is True else verify,
+        )
         self._lock = threading.Lock()
         self._token: str | None = None
         self._deadline = 0.0

@@ -14,6 +14,7 @@ encodings and thumbprints are the broker's own (``tasklease.rules``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -161,6 +162,17 @@ def token_cnf(token: str) -> dict[str, Any]:
 CertArg = tuple[str | os.PathLike[str], str | os.PathLike[str]]
 
 
+@functools.cache
+def default_ssl_context() -> ssl.SSLContext:
+    """The context every client of this process that trusts the default CA bundle shares
+    (httpx's: certifi's bundle, or ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as the first client
+    found them). Building one reads and parses the whole bundle, tens of milliseconds: an
+    orchestrator registering hundreds of agents would pay it for each. Nothing is ever
+    loaded into it (a client certificate gets a context of its own: :func:`ssl_context`),
+    and a context is safe to share between threads."""
+    return httpx.create_ssl_context()
+
+
 def ssl_context(
     cert: CertArg | None, verify: ssl.SSLContext | str | os.PathLike[str] | bool
 ) -> ssl.SSLContext | bool:
@@ -170,7 +182,7 @@ def ssl_context(
     path, or a bool as httpx takes it. ``cert``: ``(certificate_path, key_path)``.
     """
     if cert is None and not isinstance(verify, str | os.PathLike):
-        return verify
+        return default_ssl_context() if verify is True else verify
     if isinstance(verify, ssl.SSLContext):
         context = verify
     elif isinstance(verify, str | os.PathLike):

@@ -1,0 +1,83 @@
+"""The SDK's clients that trust the default CA bundle share one TLS context per process;
+a client certificate never goes into it."""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+from pathlib import Path
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tasklease.client import AdminClient, AppClient
+from tasklease.client._holder import default_ssl_context, ssl_context
+from tasklease.client._transport import http_client
+
+URL = "http://127.0.0.1:9"  # never reached: nothing here sends a request
+
+
+def _context_of(client: httpx.Client) -> ssl.SSLContext:
+    # Where httpx keeps the context its connections are made with.
+    context: ssl.SSLContext = client._transport._pool._ssl_context  # type: ignore[attr-defined]
+    return context
+
+
+def _key_pair(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agent.example")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "agent.pem", directory / "agent.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_every_client_trusting_the_default_bundle_shares_one_context() -> None:
+    shared = default_ssl_context()
+    assert shared.verify_mode == ssl.CERT_REQUIRED and shared.check_hostname
+    assert ssl_context(None, True) is shared
+    agent_client, owned = http_client(None, None, 5.0, None, True)
+    admin = AdminClient(URL, admin_secret="s" * 32)
+    app = AppClient(URL, "client-1", client_secret="s" * 32)
+    try:
+        assert owned
+        assert _context_of(agent_client) is shared
+        assert _context_of(admin._client) is shared
+        assert _context_of(app._client) is shared
+    finally:
+        agent_client.close()
+        admin.close()
+        app.close()
+
+
+def test_a_client_certificate_gets_a_context_of_its_own(tmp_path: Path) -> None:
+    shared = default_ssl_context()
+    mine = ssl_context(_key_pair(tmp_path), True)
+    assert isinstance(mine, ssl.SSLContext) and mine is not shared
+    assert ssl_context(None, True) is shared
+
+
+def test_a_context_or_no_verification_asked_for_is_used_as_given() -> None:
+    given = ssl.create_default_context()
+    assert ssl_context(None, given) is given
+    assert ssl_context(None, False) is False
