@@ -1,4 +1,5 @@
-"""What every test shares: Hypothesis judges properties, never speed.
+"""What every test shares: Hypothesis judges properties, never speed; httpx clients
+share one default TLS context.
 
 The suite runs on two processes beside brokers and databases it starts, so how long one
 example takes says nothing about the code: no deadline and no too-slow health check
@@ -7,7 +8,34 @@ example takes says nothing about the code: no deadline and no too-slow health ch
 
 from __future__ import annotations
 
+import ssl
+from typing import Any
+
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("tasklease", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("tasklease")
+
+
+def _share_the_default_tls_context() -> None:
+    """Every httpx client a test makes with the default verification shares one context,
+    as the SDK's do (``client._holder.default_ssl_context``): building one parses the
+    whole CA bundle, and the tests make thousands of clients, nearly all for plain HTTP
+    on loopback. A context or bundle a test passes is used as given."""
+    from httpx._transports import default as transports
+
+    from tasklease.client._holder import default_ssl_context
+
+    build = transports.create_ssl_context
+
+    def create_ssl_context(
+        verify: Any = True, cert: Any = None, trust_env: bool = True
+    ) -> ssl.SSLContext:
+        if verify is True and cert is None and trust_env:
+            return default_ssl_context()
+        return build(verify=verify, cert=cert, trust_env=trust_env)
+
+    transports.create_ssl_context = create_ssl_context
+
+
+_share_the_default_tls_context()
