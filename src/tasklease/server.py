@@ -33,7 +33,7 @@ from tasklease.core.broker import Broker
 from tasklease.core.config import Config, is_loopback_host
 from tasklease.core.keys import KeyRing, load_keyring, load_or_create_keyring
 from tasklease.core.rollback import DatabaseWentBack
-from tasklease.core.transparency import logs_went_back
+from tasklease.core.transparency import LOG_KEY_DIR, logs_went_back
 from tasklease.http.metrics import (
     MULTIPROCESS_ENV,
     MetricsListener,
@@ -107,12 +107,15 @@ def build_broker(
     )
     anchors = CheckpointFiles()
     try:
+        make_log_key = create
         if not create and brokerstate.require_store(config, store):
+            make_log_key = True
             _log.warning(
                 "making the audit log key in %s/log: the key directory has none and the "
                 "database no checkpoint (a data directory from before signed checkpoints)",
                 config.key_dir,
             )
+        log_keyring = _load_log_keyring(config, keyring, create=make_log_key)
         nonce_secret = _nonce_secret(Path(config.key_dir), create=create)
         if refuse_went_back:
             try:
@@ -124,7 +127,14 @@ def build_broker(
     except BaseException:
         store.close()
         raise
-    return Broker(config, store, keyring, nonce_secret=nonce_secret, anchors=anchors)
+    return Broker(
+        config,
+        store,
+        keyring,
+        nonce_secret=nonce_secret,
+        anchors=anchors,
+        log_keyring=log_keyring,
+    )
 
 
 def _load_keyring(config: Config, *, create: bool) -> KeyRing:
@@ -144,6 +154,16 @@ def _load_keyring(config: Config, *, create: bool) -> KeyRing:
         )
     load = load_or_create_keyring if create else load_keyring
     return load(Path(config.key_dir), provider)
+
+
+def _load_log_keyring(config: Config, signing: KeyRing, *, create: bool) -> KeyRing | None:
+    """The audit log's key ring in ``<key_dir>/log``, through the signing keys' provider;
+    made only with ``create`` (``init``, or a data directory from before signed
+    checkpoints: :func:`tasklease.brokerstate.require_store`)."""
+    if signing.provider is None or not config.key_dir:
+        return None
+    load = load_or_create_keyring if create else load_keyring
+    return load(Path(config.key_dir) / LOG_KEY_DIR, signing.provider)
 
 
 def _keys_banner(broker: Broker, config: Config) -> str:

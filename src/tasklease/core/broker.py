@@ -301,15 +301,18 @@ class Broker(BrokerBase):
         """The admin operator ``tasklease init`` makes (or re-keys) on its own database."""
         return self._operators.set_up_first_admin(name, ctx)
 
-    def record_keys_made(self, ctx: RequestContext, *, signing_key: bool, log_key: bool) -> None:
-        """Audit the keys ``tasklease init`` made for this broker, as done by ``init``:
-        its first signing key (``signing_key_created``, with its kid) and the audit log's
-        key (``audit_log_key_created``, with its vkey). Every later key is a rotation,
+    def record_keys_made(
+        self, ctx: RequestContext, *, signing_key: bool, log_key: bool, by: str = INIT
+    ) -> None:
+        """Audit the keys made for this broker, as done by ``by``: ``tasklease init`` for
+        the default tenant, the operator who created it for a tenant. Its first signing
+        key (``signing_key_created``, with its kid) and the audit log's key
+        (``audit_log_key_created``, with its vkey). Every later key is a rotation,
         audited before it takes effect; serving makes none.
         """
         entries = [
-            *([self._keys.created(INIT, ctx)] if signing_key else []),
-            *([self.transparency.created(INIT, ctx)] if log_key else []),
+            *([self._keys.created(by, ctx)] if signing_key else []),
+            *([self.transparency.created(by, ctx)] if log_key else []),
         ]
         if entries:
             self.kernel.record(*entries)

@@ -111,6 +111,7 @@ class BrokerBase:
         monotonic: Callable[[], float] | None = None,
         stream_slots: StreamSlots | None = None,
         anchors: CheckpointAnchors | None = None,
+        log_keyring: KeyRing | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -205,7 +206,12 @@ class BrokerBase:
         # The transparent audit log (core.transparency): log key, checkpoints, proofs,
         # witnesses, on the Broker as broker.transparency. ``anchors`` keep the last
         # checkpoint signed beside the log key (core.rollback; the server gives them).
-        self.transparency = AuditTransparency(kernel, keyring, self.instance_id, anchors=anchors)
+        # ``log_keyring`` is the log key as opened by whoever opened the signing keys
+        # (loaded, never made, in a serving process); without one it is made in
+        # ``<key_dir>/log`` where missing (brokers built in process).
+        self.transparency = AuditTransparency(
+            kernel, keyring, self.instance_id, anchors=anchors, ring=log_keyring
+        )
         # Health and readiness from checks on threads of their own (core.readiness): the
         # answers never wait on storage longer than the checks' bound.
         self.readiness = Readiness(

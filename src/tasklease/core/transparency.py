@@ -190,6 +190,7 @@ class AuditTransparency:
         holder: str,
         *,
         anchors: CheckpointAnchors | None = None,
+        ring: KeyRing | None = None,
     ) -> None:
         self._kernel = kernel
         config = kernel.config
@@ -210,7 +211,7 @@ class AuditTransparency:
         # What the last signing found, when the tree did not extend the anchor.
         self.went_back: WentBack | None = None
         self._complained: dict[str, float] = {}
-        self.ring = self._load(signing)
+        self.ring = ring if ring is not None else self._load(signing)
         self._key_files = self._list_key_files()
         # This process's view, refreshed whenever it signs or reads the store.
         self._signed_size = -1
@@ -226,6 +227,9 @@ class AuditTransparency:
     # -- the log key ------------------------------------------------------------------------
 
     def _load(self, signing: KeyRing) -> KeyRing:
+        """The log key of a broker given none: made where it is missing. Only for brokers
+        built in process (tests, ``client.testing``): the server and the tenants open
+        theirs first, with creation left to ``tasklease init`` and tenant creation."""
         provider = signing.provider
         if self._key_dir is None or provider is None:
             return KeyRing(nacl.signing.SigningKey.generate())
