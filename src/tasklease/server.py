@@ -51,6 +51,7 @@ from tasklease.keystore import (
 )
 from tasklease.logs import configure_logging
 from tasklease.storage import is_shared_database, open_store, redact_url
+from tasklease.tenancy import report_tenants_without_keys
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -260,7 +261,10 @@ def _prepare(config: Config) -> str:
     Returns the signing keys' line of the start-up output.
     """
     broker = build_broker(config, migrate=True)
-    broker.store.close()
+    try:
+        report_tenants_without_keys(broker)
+    finally:
+        broker.store.close()
     return _keys_banner(broker, config)
 
 
@@ -563,6 +567,7 @@ def serve(
                 shared.close()
         return
     broker = build_broker(config)
+    report_tenants_without_keys(broker)
     app = create_app(broker, close_store=True)
     settle_heap()
     print(_keys_banner(broker, config), flush=True)

@@ -120,6 +120,50 @@ def test_replicas_with_their_own_copy_of_the_key_directory_never_trip(
         replicas.track(start_replica(pg_url, data, FAST))  # type: ignore[attr-defined]
 
 
+def test_a_tenant_made_on_a_is_refused_by_a_replica_without_its_keys_until_they_are_copied(
+    pg_url: str, replicas: Replicas, tmp_path: Path
+) -> None:
+    # Would fail if: a replica with its own copy of the key directory, taken before the
+    # tenant existed, made keys of its own for it (its tokens would not verify on the
+    # other replica, and two log keys would sign one log), or served it without a word,
+    # or did not serve it once its key directory was copied over.
+    [a] = replicas(pg_url, n=1)
+    other = tmp_path / "other"
+    other.mkdir(mode=0o700)
+    shutil.copytree(a.data_dir / "keys", other / "keys", symlinks=True)
+    shutil.copy2(a.data_dir / "key-passphrase", other / "key-passphrase")
+    b = start_replica(pg_url, other)
+    replicas.track(b)  # type: ignore[attr-defined]
+    acme_a = a.create_tenant("acme")
+    agent = acme_a.register(["read:data:1"])
+    theirs = other / "keys" / "tenants" / "acme"
+
+    refused = b.get("/t/acme/v1/health")
+    assert refused.status_code == 503, refused.text
+    body = refused.json()
+    assert body["error_code"] == "service_unavailable" and body["denial_id"].startswith("den_")
+    assert (
+        b.post("/t/acme/v1/token/validate", json={"token": agent.access_token}).status_code == 503
+    )
+    assert not theirs.exists()  # no key of its own
+    assert "tenant acme is not served" in b.log() and str(theirs) in b.log()
+    events = b.get(
+        "/v1/audit/events",
+        params={"event_type": "tenant_unavailable"},
+        headers=b.admin_headers(),
+    ).json()["events"]
+    assert [e["detail"].endswith(f"denial={body['denial_id']}") for e in events] == [True]
+
+    # What docs/operations.md says to do: copy the tenant's key directory over (cp -a).
+    shutil.copytree(a.data_dir / "keys" / "tenants" / "acme", theirs, symlinks=True)
+    deadline = time.monotonic() + 10
+    while b.get("/t/acme/v1/health").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    acme_b = b.tenant("acme", acme_a.admin_secret)
+    assert acme_b.is_valid(agent.access_token)  # one key, on both replicas
+
+
 def test_a_database_restored_from_pg_dump_is_refused_until_accepted(
     pg_url: str, pg_cluster: pgcluster.Cluster, replicas: Replicas
 ) -> None:

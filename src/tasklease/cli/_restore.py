@@ -87,10 +87,12 @@ def accept_restore(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> Non
             return
         ctx = RequestContext()
         for item in found:
-            tenant = broker if item.tenant == broker.store.tenant else tenancy.broker(item.tenant)
-            if tenant is None:  # removed meanwhile: it is not served
-                continue
             try:
+                tenant = (
+                    broker if item.tenant == broker.store.tenant else tenancy.broker(item.tenant)
+                )
+                if tenant is None:  # removed meanwhile: it is not served
+                    continue
                 accepted = tenant.accept_restore(_who(), ctx)
             except (TaskleaseError, ValueError, OSError) as exc:
                 fail(f"tenant {item.tenant}: the restore could not be accepted: {exc}")

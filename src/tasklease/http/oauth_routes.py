@@ -15,7 +15,7 @@ broker's, never the ``Host`` header: ``RequestURI``) and the tenant's base path.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -27,7 +27,7 @@ from tasklease.core.broker import Broker
 from tasklease.core.config import Config
 from tasklease.core.tenants import DEFAULT_TENANT, TENANT_PATH_PREFIX
 from tasklease.http import wire
-from tasklease.http._handling import guard, http_error, json_response
+from tasklease.http._handling import guard, http_error, json_response, request_id
 from tasklease.http.token_routes import RequestURI
 from tasklease.rules import jws
 from tasklease.rules.grants import BUILTIN_TYPES
@@ -105,13 +105,14 @@ def inserted_metadata_routes(tenancy: Tenancy, *, uri: RequestURI) -> list[Route
     """The tenants' metadata where RFC 8414 section 3.1 puts it for an issuer with a
     path: ``/.well-known/oauth-authorization-server/t/<name>`` (and the OpenID alias)."""
     local = tenancy.default.store.local_reads
-    lookup: Callable[[str], Broker | None] = tenancy.broker
+    lookup = tenancy.broker
 
     async def metadata(request: Request) -> Response:
         name = request.path_params["tenant"]
         broker = None
         if name != DEFAULT_TENANT:
-            broker = lookup(name) if local else await run_in_threadpool(lookup, name)
+            find = functools.partial(lookup, request_id=request_id(request))
+            broker = find(name) if local else await run_in_threadpool(find, name)
         if broker is None:
             return await http_error(request, HTTPException(404))
         cfg = broker.config

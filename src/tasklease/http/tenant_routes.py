@@ -5,11 +5,14 @@ Each tenant's routes are the same route functions bound to its own
 :class:`~tasklease.core.broker.Broker`, so a credential of one tenant meets another's
 keys, issuer and store and is refused there like any unknown one: nothing here checks a
 tenant. An unknown or removed tenant answers 404 like any unknown path, and so does
-``default``: the default tenant is served at the root only (``Tenancy.broker``).
+``default``: the default tenant is served at the root only (``Tenancy.broker``). A tenant
+whose keys do not open in this process answers 503 ``service_unavailable`` with the
+``denial_id`` of its audited refusal (``tasklease.tenancy``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +23,7 @@ from starlette.routing import BaseRoute, Route, Router
 from starlette.types import Receive, Scope, Send
 
 from tasklease.core.broker import Broker, RequestContext
+from tasklease.core.errors import TaskleaseError
 from tasklease.core.tokens import KIND_ADMIN
 from tasklease.http import wire
 from tasklease.http._handling import authenticated, guard, json_response, read_body, request_context
@@ -37,6 +41,7 @@ from tasklease.http.inventory_routes import inventory_routes
 from tasklease.http.lease_routes import lease_routes
 from tasklease.http.oauth_routes import metadata_routes
 from tasklease.http.offline_routes import offline_routes
+from tasklease.http.problems import problem_response_parts
 from tasklease.http.ratelimit import gate_refusals
 from tasklease.http.token_routes import RequestURI, token_routes
 from tasklease.tenancy import Tenancy
@@ -49,6 +54,10 @@ _ADMIN = frozenset({KIND_ADMIN})
 _TENANTS = "admin:tenants:*"
 
 Closer = Callable[[], Awaitable[None]]
+
+
+def _request_id(scope: Scope) -> str:
+    return str(scope.get("state", {}).get("request_id", ""))
 
 
 def tenant_routes(
@@ -137,8 +146,18 @@ class TenantApps:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         name = scope["path_params"]["tenant"]
-        lookup = self._tenancy.broker
-        broker = lookup(name) if self._local else await run_in_threadpool(lookup, name)
+        lookup = functools.partial(self._tenancy.broker, request_id=_request_id(scope))
+        try:
+            broker = lookup(name) if self._local else await run_in_threadpool(lookup, name)
+        except TaskleaseError as exc:  # a tenant not served here (its keys): 503
+            self._routers.pop(name, None)
+            request = Request(scope, receive)
+            status, body, headers = problem_response_parts(
+                exc, instance=request.url.path, request_id=_request_id(scope)
+            )
+            problem = Response(body, status, headers=headers, media_type="application/problem+json")
+            await problem(scope, receive, send)
+            return
         if broker is None:
             self._routers.pop(name, None)
             raise HTTPException(404)

@@ -119,10 +119,12 @@ OPERATIONS = (
         "createTenant",
         "tenants",
         "Create a tenant",
-        "Creates a tenant: its trust domain, its signing keys, and its first operator "
-        "`admin`, whose secret is shown once, here. From then on the tenant's whole API is "
-        "served under `/t/<name>/` (its JWKS at `/t/<name>/.well-known/jwks.json`). A "
-        "tenant whose creation stopped half-way is finished by asking again.",
+        "Creates a tenant: its trust domain, its keys (signing keys and audit log key, "
+        "made here and never again), and its first operator `admin`, whose secret is "
+        "shown once, here. From then on the tenant's whole API is served under "
+        "`/t/<name>/` (its JWKS at `/t/<name>/.well-known/jwks.json`) by every broker "
+        "process that has its key directory. A tenant whose creation stopped half-way is "
+        "finished by asking again.",
         admin(_TENANTS),
         TenantWithAdmin,
         status=201,
@@ -131,6 +133,12 @@ OPERATIONS = (
         errors=(
             Failure("invalid_request", "a malformed name or trust domain, or `default`"),
             Failure("conflict", "the name or trust domain is taken, or the tenant is complete"),
+            Failure(
+                "service_unavailable",
+                "the tenant's keys cannot be made, or, made by an earlier request, are "
+                "missing or do not open on this broker (the `denial_id` names the audit "
+                "event)",
+            ),
         ),
     ),
     Operation(
