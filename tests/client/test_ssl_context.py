@@ -3,15 +3,11 @@ a client certificate never goes into it."""
 
 from __future__ import annotations
 
-import datetime
 import ssl
 from pathlib import Path
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tests.federation.bundle_support import make_ca
 
 from tasklease.client import AdminClient, AppClient
 from tasklease.client._holder import default_ssl_context, ssl_context
@@ -24,32 +20,6 @@ def _context_of(client: httpx.Client) -> ssl.SSLContext:
     # Where httpx keeps the context its connections are made with.
     context: ssl.SSLContext = client._transport._pool._ssl_context  # type: ignore[attr-defined]
     return context
-
-
-def _key_pair(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agent.example")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "agent.pem", directory / "agent.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 def test_every_client_trusting_the_default_bundle_shares_one_context() -> None:
@@ -72,7 +42,7 @@ def test_every_client_trusting_the_default_bundle_shares_one_context() -> None:
 
 def test_a_client_certificate_gets_a_context_of_its_own(tmp_path: Path) -> None:
     shared = default_ssl_context()
-    mine = ssl_context(_key_pair(tmp_path), True)
+    mine = ssl_context(make_ca(tmp_path).server("agent.example"), True)
     assert isinstance(mine, ssl.SSLContext) and mine is not shared
     assert ssl_context(None, True) is shared
 

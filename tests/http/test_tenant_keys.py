@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
+from tests.security.security_support import admin as admin_token
 
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.broker import Broker, RequestContext
@@ -29,7 +30,7 @@ from tasklease.core.errors import Conflict, Unavailable
 from tasklease.core.keys import load_or_create_keyring
 from tasklease.core.passwords import hash_secret
 from tasklease.core.records import AuditQuery
-from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, Claims, mint
+from tasklease.core.tokens import Claims
 from tasklease.http.app import create_app
 from tasklease.keystore.plaintext import PlaintextKeyProvider
 from tasklease.server import build_broker
@@ -104,19 +105,7 @@ def place(tmp_path: Path, secret_hash: str) -> Iterator[Place]:
 
 def admin(broker: Broker) -> Claims:
     """The default tenant's admin, as ``admin_auth`` mints it (without argon2)."""
-    cfg = broker.config
-    _, claims = mint(
-        broker.keyring,
-        kind=KIND_ADMIN,
-        iss=cfg.issuer,
-        sub="admin",
-        aud=cfg.audience,
-        iat=int(broker.clock.now()),
-        ttl=300,
-        scope=ADMIN_SCOPES,
-        client_id="admin",
-    )
-    return claims
+    return admin_token(broker).claims
 
 
 def key_files(directory: Path) -> list[str]:

@@ -259,6 +259,22 @@ class Kernel:
     async def acommit(self, unit: Callable[[WriteTx], Sequence[AuditEntry]]) -> list[AuditEvent]:
         return self._counted(await self.audit.acommit(unit))
 
+    def release_lease(self, name: str, holder: str) -> bool:
+        """Give the lease ``name`` up, in a write of its own, if ``holder`` holds it: True
+        iff it was given up (``WriteTx.release_lease``).
+
+        Raises:
+            Unavailable: the store could not be written (the lease expires as before).
+        """
+        released: list[bool] = []
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            released.append(tx.release_lease(name, holder))
+            return []
+
+        self.commit(unit)
+        return released[0]
+
     def record(self, *entries: AuditEntry) -> list[AuditEvent]:
         """Audit what changed no state (denials, reads): no unit, no savepoint."""
         return self._counted(self.audit.record(*entries))

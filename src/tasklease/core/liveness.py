@@ -235,15 +235,9 @@ class Liveness(Service):
         holder = self._sweeper_holder
         if holder is None:
             return False
-        released: list[bool] = []
-
-        def unit(tx: WriteTx) -> list[AuditEntry]:
-            released.append(tx.release_lease(SWEEPER_LEASE, holder))
-            return []
-
-        self._kernel.commit(unit)
+        released = self._kernel.release_lease(SWEEPER_LEASE, holder)
         self._sweeper_holder = None
-        return released[0]
+        return released
 
     def _sweep_one(self, agent_id: str, now: float, bound: float) -> bool:
         """Revoke one silent agent unless it heartbeated or was swept meanwhile.

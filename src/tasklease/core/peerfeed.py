@@ -60,15 +60,9 @@ class PeerFeeds(Service):
         holder = self._holder
         if holder is None:
             return False
-        released: list[bool] = []
-
-        def unit(tx: WriteTx) -> list[AuditEntry]:
-            released.append(tx.release_lease(FEED_LEASE, holder))
-            return []
-
-        self._kernel.commit(unit)
+        released = self._kernel.release_lease(FEED_LEASE, holder)
         self._holder = None
-        return released[0]
+        return released
 
     def apply(
         self, domain: str, records: Sequence[RevocationRecord], *, sent_at: float | None = None

@@ -385,15 +385,9 @@ class AuditTransparency:
         with self._lock:
             if not self._lease_held:
                 return False
-            released: list[bool] = []
-
-            def unit(tx: WriteTx) -> list[AuditEntry]:
-                released.append(tx.release_lease(CHECKPOINT_LEASE, self._holder))
-                return []
-
-            self._kernel.commit(unit)
+            released = self._kernel.release_lease(CHECKPOINT_LEASE, self._holder)
             self._lease_held = False
-            return released[0]
+            return released
 
     def _sign(self, *, force: bool) -> CheckpointRecord | None:
         with self._lock:
