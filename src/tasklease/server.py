@@ -14,6 +14,7 @@ revocations from the store (see ``http.app``).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import gc
 import json
@@ -22,6 +23,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -360,20 +362,42 @@ def _reserve_port(host: str, port: int) -> socket.socket:
         raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+_STARTUP_FAILURE = 3
+"""The exit status of a broker whose server did not start (uvicorn's own)."""
+_BACKLOG = 2048
+"""Connections the listening socket queues before the server accepts them (uvicorn's)."""
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    """The one process's socket on ``(host, port)``, bound (not listening); SystemExit,
+    naming the address, when it cannot be."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
 def _serve_workers(
-    common: dict[str, Any], workers: int, on_exit: Callable[[int], None] | None = None
+    common: dict[str, Any],
+    workers: int,
+    reserved: socket.socket,
+    on_exit: Callable[[int], None] | None = None,
 ) -> None:
     """Run ``workers`` worker processes until a stop signal; replace one that dies or hangs.
 
-    The parent keeps a bound (not listening) socket on the port for its lifetime: it
-    reserves the port and resolves port 0 to one port for every worker. Every worker is
+    The parent keeps ``reserved``, a bound (not listening) socket on the port
+    (:func:`_reserve_port`), for its lifetime: it holds the port and resolves port 0 to
+    one port for every worker. Every worker is
     pinged every few seconds and replaced when it does not answer; a worker that dies
     within ``_WORKER_MIN_LIFETIME`` of its start stops the broker instead (it would only
     die again). Workers receive SIGTERM if the parent dies. ``on_exit`` is called with the
     process id of each worker that has ended.
     """
     host = str(common["host"])
-    reserved = _reserve_port(host, int(common["port"]))
     port = int(reserved.getsockname()[1])
     context = multiprocessing.get_context("spawn")
     stopping = threading.Event()
@@ -551,14 +575,16 @@ def serve(
             os.environ[MULTIPROCESS_ENV] = shared.directory  # the workers inherit it
         listener = None
         try:
+            # The port first: the metrics listener's (port 0 among them) cannot take it.
+            reserved = _reserve_port(config.host, config.port)
             listener = _start_metrics(config, shared.render) if shared is not None else None
             print(
-                f"tasklease broker listening on {scheme}://{config.host}:{config.port} "
-                f"(database {redact_url(config.database)}, {workers} workers, "
-                f"pid {os.getpid()})",
+                f"tasklease broker listening on {scheme}://{config.host}:"
+                f"{reserved.getsockname()[1]} (database {redact_url(config.database)}, "
+                f"{workers} workers, pid {os.getpid()})",
                 flush=True,
             )
-            _serve_workers(common, workers, shared.process_gone if shared else None)
+            _serve_workers(common, workers, reserved, shared.process_gone if shared else None)
         finally:
             if listener is not None:
                 listener.close()
@@ -573,13 +599,21 @@ def serve(
     print(_keys_banner(broker, config), flush=True)
     listener = None
     try:
+        # The port first, listened on at once (uvicorn accepts from it once started): no
+        # other socket of this process, the metrics listener's among them, can take it.
+        sock = _bound_socket(config.host, config.port)
+        sock.listen(_BACKLOG)
         listener = _start_metrics(config, broker.metrics.render)
         print(
-            f"tasklease broker listening on {scheme}://{config.host}:{config.port} "
+            f"tasklease broker listening on {scheme}://{config.host}:{sock.getsockname()[1]} "
             f"(database {redact_url(config.database)}, pid {os.getpid()})",
             flush=True,
         )
-        uvicorn.run(app, **common)
+        server = uvicorn.Server(uvicorn.Config(app, **common))
+        with contextlib.suppress(KeyboardInterrupt):  # a SIGINT it re-raises once stopped
+            server.run(sockets=[sock])
+        if not server.started:
+            sys.exit(_STARTUP_FAILURE)
     finally:
         if listener is not None:
             listener.close()
