@@ -18,13 +18,10 @@ from typing import Any
 import httpx
 from bundle_support import CA
 from e2e_support import (
-    ADMIN_SECRET,
-    STARTUP_TIMEOUT,
     Agent,
     RunningBroker,
-    free_port,
-    init_data_dir,
     jwt_parts,
+    launch_broker,
     stop_broker,
 )
 
@@ -130,65 +127,20 @@ def start_peer(base: Path, trust_domain: str, ca: CA, env: dict[str, str] | None
     home = base / f"{trust_domain}-home"
     home.mkdir(exist_ok=True)
     cert, key = ca.server("127.0.0.1", "localhost", label=trust_domain)
-    full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
-    full.update(
-        {
-            "TASKLEASE_DATA_DIR": str(data_dir),
-            "TASKLEASE_METRICS_LISTEN": "127.0.0.1:0",
-            "TASKLEASE_ADMIN_SECRET": ADMIN_SECRET,
-            "TASKLEASE_ADMIN_AUTH_BURST": "1000",
-            "TASKLEASE_APP_AUTH_BURST": "1000",
-            "TASKLEASE_TRUST_DOMAIN": trust_domain,
-            "TASKLEASE_ISSUER": f"https://{trust_domain}",
-            "TASKLEASE_TLS_MODE": "tls",
-            "TASKLEASE_TLS_CERT": str(cert),
-            "TASKLEASE_TLS_KEY": str(key),
-            "TASKLEASE_FEDERATION_REFRESH_HINT": "1",
-            "SSL_CERT_FILE": str(ca.path),
-            **(env or {}),
-        }
-    )
-    init_data_dir(data_dir, full)
-    port = free_port()
-    log_path = data_dir / f"broker-{port}.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(  # noqa: S603 - our own CLI, our own arguments
-            [
-                sys.executable,
-                "-m",
-                "tasklease.cli.main",
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=full,
-            cwd=str(data_dir),
-        )
-    url = f"https://127.0.0.1:{port}"
-    context = ssl.create_default_context(cafile=str(ca.path))
-    client = httpx.Client(base_url=url, timeout=15.0, verify=context)
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            client.close()
-            raise RuntimeError(f"broker exited with {proc.returncode}: {log_path.read_text()}")
-        try:
-            if client.get("/v1/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            client.close()
-            raise RuntimeError(f"broker did not become healthy: {log_path.read_text()}")
-        time.sleep(0.05)
-    running = RunningBroker(url, ADMIN_SECRET, data_dir, proc, log_path, client)
+    settings = {
+        "TASKLEASE_ADMIN_AUTH_BURST": "1000",
+        "TASKLEASE_APP_AUTH_BURST": "1000",
+        "TASKLEASE_TRUST_DOMAIN": trust_domain,
+        "TASKLEASE_ISSUER": f"https://{trust_domain}",
+        "TASKLEASE_TLS_MODE": "tls",
+        "TASKLEASE_TLS_CERT": str(cert),
+        "TASKLEASE_TLS_KEY": str(key),
+        "TASKLEASE_FEDERATION_REFRESH_HINT": "1",
+        "SSL_CERT_FILE": str(ca.path),
+        **(env or {}),
+    }
+    tls = ssl.create_default_context(cafile=str(ca.path))
+    running = launch_broker(data_dir, settings, tls=tls)
     return Peer(trust_domain, running, ca, home)
 
 

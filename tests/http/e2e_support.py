@@ -14,6 +14,7 @@ import re
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -383,16 +384,18 @@ def launch_broker(
     use_env_secret: bool = True,
     args: tuple[str, ...] = (),
     port: int | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> RunningBroker:
     """Start ``tasklease serve`` on a free loopback port (or ``port``) and wait for
-    /v1/health; ``args`` are more options for ``serve`` (``--workers 2``).
+    /v1/health; ``args`` are more options for ``serve`` (``--workers 2``). ``tls``: the
+    broker serves HTTPS (its ``env`` says with what) and is reached trusting ``tls``.
 
     A free port can be taken by another process between the moment it was found free
     and the broker's bind (an outgoing connection's ephemeral port, a broker another
     test starts): then the broker is started again on another one, twice at most."""
     for attempt in range(3):
         try:
-            return _launch(data_dir, env, admin_secret, use_env_secret, args, port)
+            return _launch(data_dir, env, admin_secret, use_env_secret, args, port, tls)
         except PortTaken:
             if port is not None or attempt == 2:
                 raise
@@ -410,6 +413,7 @@ def _launch(
     use_env_secret: bool,
     args: tuple[str, ...],
     port: int | None,
+    tls: ssl.SSLContext | None,
 ) -> RunningBroker:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     full_env = _clean_env(data_dir, env or {}, with_secret=use_env_secret)
@@ -436,8 +440,8 @@ def _launch(
             env=full_env,
             cwd=str(data_dir),
         )
-    url = f"http://127.0.0.1:{port}"
-    client = httpx.Client(base_url=url, timeout=15.0)
+    url = f"{'http' if tls is None else 'https'}://127.0.0.1:{port}"
+    client = httpx.Client(base_url=url, timeout=15.0, verify=True if tls is None else tls)
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while True:
         if proc.poll() is not None:
@@ -446,7 +450,7 @@ def _launch(
             if any(
                 sign in output
                 for sign in (
-                    f"port {port} on 127.0.0.1 is taken",  # the broker's own check
+                    f"cannot listen on 127.0.0.1:{port}:",  # the broker's own bind
                     f"error while attempting to bind on address ('127.0.0.1', {port})",
                 )
             ):
