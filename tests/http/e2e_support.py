@@ -450,7 +450,8 @@ def _launch(
             if any(
                 sign in output
                 for sign in (
-                    f"cannot listen on 127.0.0.1:{port}:",  # the broker's own bind
+                    f"port {port} on 127.0.0.1 is taken",  # the CLI's check before serving
+                    f"cannot listen on 127.0.0.1:{port}:",  # serve's own bind
                     f"error while attempting to bind on address ('127.0.0.1', {port})",
                 )
             ):
