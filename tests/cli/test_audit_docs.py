@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from e2e_support import free_port
 
 from tasklease.client import Agent, NotFound
 from tasklease.client.testing import BrokerForTests
@@ -44,12 +44,6 @@ def block(marker: str, language: str = "sh") -> str:
 def commands(script: str) -> list[str]:
     joined = script.replace("\\\n", " ")
     return [line for line in joined.splitlines() if line.strip() and not line.startswith("#")]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sh(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_support import free_port
 
 from tasklease.client import NotFound
 from tasklease.client.testing import BrokerForTests
@@ -30,12 +30,6 @@ from tasklease.verify import verify_checkpoint, verify_proof_bundle
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 SCOPE = ["read:tickets:*"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

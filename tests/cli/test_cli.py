@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from e2e_support import free_port
 
 from tasklease.cli._common import EXIT_REFUSED, broker_errors, exit_code_for
 from tasklease.client import Agent, Forbidden, NotFound, TransportError
@@ -341,9 +341,7 @@ def test_a_bad_local_file_is_one_error_line_and_exit_2(
     # The rest of a broker's state, so that serve gets as far as the database.
     load_or_create_keyring(home / "data" / "keys", PlaintextKeyProvider())
     write_private_file(home / "data" / "keys" / "nonce.secret", b"n" * 32)
-    with socket.socket() as probe:  # a free port: only a broker that starts would bind it
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # only a broker that starts would bind it
     where = {"bin": str(binary), "home": str(home), "port": str(port)}
     env = {"TASKLEASE_ADMIN_SECRET": _SECRET, "TASKLEASE_KEY_PROVIDER": "plaintext"}
     result = run(*[a.format(**where) for a in args], home=home, extra_env=env)

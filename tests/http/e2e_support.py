@@ -64,7 +64,60 @@ def is_hex(text: str, length: int) -> bool:
     return len(text) == length and set(text) <= HEX64
 
 
+_PORTS_PER_PROCESS = 3000
+_PORT_BASE = 20000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _own_ports() -> list[int]:
+    """This test process's block of ports, below the kernel's ephemeral range.
+
+    A port the kernel hands out (a ``bind`` to port 0, the local end of an outgoing
+    connection) comes from its ephemeral range, so a port picked there can be taken again
+    before the server it was picked for binds it: by any connection the suite opens. Ports
+    below that range are never handed out, and each xdist worker (and the serial pass)
+    gets its own block, so two test processes never pick the same one.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+    start = _PORT_BASE + index * _PORTS_PER_PROCESS
+    low, high = _ephemeral_range()
+    end = start + _PORTS_PER_PROCESS
+    if end > low and start <= high:
+        return []
+    return list(range(start, end))
+
+
+_PORTS = _own_ports()
+_next_port = 0
+_port_lock = threading.Lock()
+
+
 def free_port() -> int:
+    """A loopback TCP port no socket holds now and no other test process will pick.
+
+    Ports come in turn from this process's own block (``_own_ports``), so a port handed to
+    one test is not handed out again until the block wraps; where the block would meet
+    the ephemeral range, the kernel picks one.
+    """
+    global _next_port
+    for _ in range(len(_PORTS)):
+        with _port_lock:
+            port = _PORTS[_next_port % len(_PORTS)]
+            _next_port += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -1,4 +1,5 @@
-"""The tests' broker launcher: a port taken between its choice and the bind is retried."""
+"""The tests' ports and broker launcher: ports no connection of the suite can take, and a
+port taken between its choice and the bind is retried."""
 
 from __future__ import annotations
 
@@ -34,3 +35,23 @@ def test_a_port_asked_for_and_taken_is_an_error(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         with pytest.raises(e2e_support.PortTaken):
             launch_broker(tmp_path / "data", port=taken.getsockname()[1])
+
+
+def test_free_ports_come_from_a_block_of_this_process_below_the_ephemeral_range(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Would fail if: free_port handed out a port the kernel may give any outgoing
+    # connection of the suite (seen in CI: a test server's port, picked at import, was
+    # taken before it bound), or two xdist workers could pick the same port.
+    low, _ = e2e_support._ephemeral_range()
+    picked = [e2e_support.free_port() for _ in range(50)]
+    assert len(set(picked)) == 50
+    assert all(port < low for port in picked), picked
+    blocks = []
+    for worker in ("", "gw0", "gw1", "gw2"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        blocks.append(set(e2e_support._own_ports()))
+    assert all(blocks) and sum(map(len, blocks)) == len(set().union(*blocks))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", picked[-1] + 1))  # the next in turn is held
+        assert e2e_support.free_port() not in {picked[-1] + 1, *picked}
