@@ -511,6 +511,34 @@ def _start_metrics(config: Config, render: Callable[[], bytes]) -> MetricsListen
     return listener
 
 
+# Descriptors a serving process keeps for itself beside its clients' connections: its
+# database, key and log files, pool connections, the metrics listener, its workers' pipes.
+_OWN_DESCRIPTORS = 256
+
+
+def _raise_descriptor_limit(connections: int) -> None:
+    """Raise this process's soft descriptor limit (up to the hard one; workers inherit it)
+    so that ``http_max_connections`` client connections and its own files fit; warn when
+    the hard limit is lower, as connections past it would be refused by the system."""
+    import resource
+
+    need = connections + _OWN_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < need:
+        _log.warning(
+            "http_max_connections is %d, but the descriptor limit (%d) leaves room for "
+            "about %d: raise the limit (ulimit -n, LimitNOFILE) or lower the setting",
+            connections,
+            target,
+            max(target - _OWN_DESCRIPTORS, 0),
+        )
+
+
 def serve(
     config: Config, *, workers: int = 1, loop: str = "asyncio", notices: Sequence[str] = ()
 ) -> None:
@@ -545,6 +573,7 @@ def serve(
             "put it behind TLS (tls_mode) or bind a loopback address",
             config.host,
         )
+    _raise_descriptor_limit(config.http_max_connections)
     common: dict[str, Any] = {
         "host": config.host,
         "port": config.port,

@@ -155,3 +155,21 @@ def test_a_witness_url_with_a_password_is_not_repeated_in_the_error() -> None:
         Config(audit_witnesses=("https://w:Pa55word@witness.example/ not-a-vkey",))
     assert "Pa55word" not in str(caught.value)
     assert "'https://***@witness.example/ not-a-vkey'" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["http_header_timeout", "http_body_timeout"])
+@pytest.mark.parametrize("value", [*_BAD, 0.4, 301])
+def test_a_request_deadline_out_of_range_is_refused(name: str, value: float) -> None:
+    # Would fail if: a NaN, zero or unbounded deadline (no deadline at all, or every
+    # request cut off) were taken.
+    with pytest.raises(ValueError, match=name):
+        Config(**{name: value})
+    Config(**{name: 0.5})
+    Config(**{name: 300})
+
+
+@pytest.mark.parametrize("value", [0, -1, 15, 1_000_001])
+def test_a_connection_cap_out_of_range_is_refused(value: int) -> None:
+    with pytest.raises(ValueError, match="http_max_connections"):
+        Config(http_max_connections=value)
+    Config(http_max_connections=16)

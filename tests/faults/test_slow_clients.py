@@ -1,8 +1,9 @@
 """Slow clients: connections that trickle their request headers a byte at a time, or say
 nothing, are closed once ``http_header_timeout`` has passed, and while they trickle every
-other client is answered as usual. A kept-alive connection is closed after
-``http_keepalive_timeout`` without a request, and its next request's headers are held to
-the same deadline as the first's.
+other client is answered as usual. A body trickled after the headers is cut off at
+``http_body_timeout``. A kept-alive connection is closed after ``http_keepalive_timeout``
+without a request, and its next request's headers are held to the same deadline as the
+first's. Past ``http_max_connections`` a connection is answered 503 as it arrives.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from worker_procs import wait_workers_listening
 pytestmark = pytest.mark.slow
 
 HEADER_TIMEOUT = 2.0
+BODY_TIMEOUT = 1.5
 KEEPALIVE_TIMEOUT = 1.0
 TRICKLERS = 50
 # How long past its deadline a connection may take to be closed, and how long a
@@ -43,6 +45,7 @@ ENV = {
     **SHARED_ENV,
     "TASKLEASE_HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
     "TASKLEASE_HTTP_KEEPALIVE_TIMEOUT": str(KEEPALIVE_TIMEOUT),
+    "TASKLEASE_HTTP_BODY_TIMEOUT": str(BODY_TIMEOUT),
 }
 
 
@@ -195,6 +198,113 @@ def test_kept_alive_connections_are_bounded_too(broker: RunningBroker) -> None:
         assert closed - answered >= KEEPALIVE_TIMEOUT - 0.5
     finally:
         idle.close()
+
+
+def test_a_trickled_body_is_cut_off(broker: RunningBroker) -> None:
+    # Would fail if: the body were bounded in size only, so a client sending a byte of it
+    # a second held its connection (and a waiting coroutine) for as long as it liked.
+    sock = _connect(broker)
+    try:
+        sock.send(
+            b"POST /v1/token/validate HTTP/1.1\r\nHost: broker\r\n"
+            b"content-type: application/json\r\ncontent-length: 4096\r\n\r\n{"
+        )
+        began = time.monotonic()
+        received = bytearray()
+        while not _closed_by_server(sock, received):
+            assert time.monotonic() - began < BODY_TIMEOUT + GRACE, "never cut off"
+            try:
+                sock.send(b" ")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.1)
+        assert time.monotonic() - began >= BODY_TIMEOUT - 0.5
+        head, _, body = bytes(received).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), bytes(received)
+        assert b"connection: close" in head.lower()
+        assert b'"error_code":"request_timeout"' in body
+    finally:
+        sock.close()
+    # A body sent whole is answered as usual.
+    agent = broker.register(["read:data:*"])
+    assert broker.is_valid(agent.access_token)
+
+
+def test_a_body_in_pieces_in_time_is_served_and_its_deadline_ends(
+    broker: RunningBroker,
+) -> None:
+    # Would fail if: a body that arrives in several packets within the deadline were cut
+    # off, or its deadline outlived it and closed the kept-alive connection later.
+    body = b'{"token": "x"}'
+    head = (
+        b"POST /v1/token/validate HTTP/1.1\r\nHost: broker\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
+    )
+    host, port = broker.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head + body[:5])
+        time.sleep(0.3)
+        sock.sendall(body[5:])
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        began = time.monotonic()
+        while time.monotonic() - began < BODY_TIMEOUT + 1.0:
+            time.sleep(0.4)  # under the keep-alive timeout
+            sock.sendall(head + body)
+            answer = sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+def test_connections_past_the_cap_are_turned_away_as_they_arrive(tmp_path: Path) -> None:
+    # Would fail if: a process accepted connections without bound, so clients holding
+    # them open took every descriptor it has (its database's and its other clients').
+    cap = 16
+    env = {
+        **SHARED_ENV,
+        "TASKLEASE_HTTP_MAX_CONNECTIONS": str(cap),
+        "TASKLEASE_HTTP_KEEPALIVE_TIMEOUT": "30",
+    }
+    capped = launch_broker(tmp_path / "data", env)
+    held: list[socket.socket] = []
+    try:
+        host, port = capped.url.removeprefix("http://").split(":")
+        capped.client.close()  # the launcher's own kept-alive connections
+        while len(held) <= cap:  # each answered once and kept alive: held by the server
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            sock.sendall(b"GET /v1/health/live HTTP/1.1\r\nHost: broker\r\n\r\n")
+            answer = sock.recv(65536)
+            if not answer.startswith(b"HTTP/1.1 200 "):
+                sock.close()
+                break
+            held.append(sock)
+        # The launcher's connections may not all be gone yet: at most cap, at least most.
+        assert cap - 3 <= len(held) < cap + 1, len(held)
+        extra = socket.create_connection((host, int(port)), timeout=5)
+        extra.setblocking(False)
+        try:
+            received, _ = _wait_closed(extra, GRACE)
+        finally:
+            extra.close()
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 "), received
+        assert b"retry-after: 1" in head.lower() and b"connection: close" in head.lower()
+        assert b'"error_code":"service_unavailable"' in body
+        held.pop().close()  # one slot free: the next client is served
+        deadline = time.monotonic() + GRACE
+        while True:
+            try:
+                if httpx.get(f"{capped.url}/v1/health/live", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "a freed slot was not taken again"
+            time.sleep(0.05)
+        for sock in held:  # the held connections were never disturbed
+            sock.sendall(b"GET /v1/health/live HTTP/1.1\r\nHost: broker\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in held:
+            sock.close()
+        stop_broker(capped)
 
 
 def test_workers_cut_off_silent_connections(tmp_path: Path) -> None:

@@ -130,10 +130,14 @@ class Config:
     heartbeat_misses: int = 3
     heartbeat_required: bool = False
     # Slow clients (docs/operations.md, Slow clients): a request's headers must be
-    # complete this many seconds after its first byte, and a kept-alive connection with
-    # no request for this long is closed.
+    # complete this many seconds after its first byte, its body this many after its
+    # headers, and a kept-alive connection with no request for this long is closed.
     http_header_timeout: float = 10.0
+    http_body_timeout: float = 10.0
     http_keepalive_timeout: float = 5.0
+    # Connections one serving process holds open at most; one more is answered 503 and
+    # closed as it arrives (docs/operations.md, Slow clients).
+    http_max_connections: int = 1000
     # The HTTP edge (see docs/configuration.md). Peers whose X-Forwarded-For and
     # X-Forwarded-Proto are believed (addresses or CIDR networks); nobody's by default.
     trusted_proxies: tuple[str, ...] = ()
@@ -279,6 +283,10 @@ class Config:
             raise ValueError("http_header_timeout must be between 0.5 and 300 seconds")
         if not 0.5 <= self.http_keepalive_timeout <= 3600:
             raise ValueError("http_keepalive_timeout must be between 0.5 and 3600 seconds")
+        if not 0.5 <= self.http_body_timeout <= 300:
+            raise ValueError("http_body_timeout must be between 0.5 and 300 seconds")
+        if not 16 <= self.http_max_connections <= 1_000_000:
+            raise ValueError("http_max_connections must be between 16 and 1000000")
         _check_key_provider(self)
         listen_address(self.metrics_listen)  # ValueError for a malformed one
         if self.metrics_public not in ("off", "token"):

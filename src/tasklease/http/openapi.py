@@ -141,6 +141,9 @@ def failures(op: Operation) -> list[Failure]:
     found.append(Failure("rate_limited", _REFUSALS_SPENT))
     if op.request is not None:
         found.append(_MALFORMED)
+        found.append(
+            Failure("request_timeout", "the body did not arrive within `http_body_timeout`")
+        )
         found.append(Failure("payload_too_large", "the body exceeds the broker's body limit"))
     # Every route: the edge refuses a control character in any path, query string or
     # body, also a body sent to a route that reads none (http/middleware.py).

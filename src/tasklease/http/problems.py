@@ -42,6 +42,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "renewal_ceiling_exceeded": 403,
     "not_found": 404,
     "method_not_allowed": 405,
+    "request_timeout": 408,
     "conflict": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,

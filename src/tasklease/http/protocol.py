@@ -1,5 +1,6 @@
 """The HTTP/1.1 protocol the broker serves with: uvicorn's httptools protocol with
-TCP_NODELAY, one send per response, and a deadline on request headers (slow clients)."""
+TCP_NODELAY, one send per response, deadlines on request headers and bodies (slow clients)
+and a cap on the connections a process holds."""
 
 from __future__ import annotations
 
@@ -33,6 +34,36 @@ _HEADERS_LATE_RESPONSE = b"".join(
         _HEADERS_LATE_BODY,
     )
 )
+_BODY_LATE_BODY = (
+    b'{"type":"urn:tasklease:error:request_timeout","title":"Request Timeout",'
+    b'"status":408,"detail":"the request body did not arrive in time",'
+    b'"error_code":"request_timeout"}\n'
+)
+_BODY_LATE_RESPONSE = b"".join(
+    (
+        b"HTTP/1.1 408 Request Timeout\r\n",
+        b"content-type: application/problem+json\r\n",
+        b"content-length: %d\r\n" % len(_BODY_LATE_BODY),
+        b"connection: close\r\n\r\n",
+        _BODY_LATE_BODY,
+    )
+)
+# What a connection past the process's cap receives, as it arrives, before it is closed.
+_BUSY_BODY = (
+    b'{"type":"urn:tasklease:error:service_unavailable","title":"Service Unavailable",'
+    b'"status":503,"detail":"the broker holds as many connections as it accepts; retry",'
+    b'"error_code":"service_unavailable"}\n'
+)
+_BUSY_RESPONSE = b"".join(
+    (
+        b"HTTP/1.1 503 Service Unavailable\r\n",
+        b"content-type: application/problem+json\r\n",
+        b"content-length: %d\r\n" % len(_BUSY_BODY),
+        b"retry-after: 1\r\n",
+        b"connection: close\r\n\r\n",
+        _BUSY_BODY,
+    )
+)
 
 
 class NoDelayHttpToolsProtocol(HttpToolsProtocol):
@@ -50,23 +81,59 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
     connection for ever (1,000 of them, 1,000 connections and descriptors). Here a
     request's headers must be complete within ``header_timeout`` seconds of its first
     byte (of the connection, for the first request), or the connection is answered 408
-    and closed. Pass the timeout with :func:`http_protocol`.
+    and closed. Its body must then be complete within ``body_timeout`` seconds of the
+    headers, or the same: a client that sent its headers and trickled its body held the
+    connection and the request's task for ever. The body's deadline is armed only when
+    the bytes received so far leave the body incomplete; a request that arrives whole, as
+    nearly all do, costs no timer.
+
+    A process holds at most ``max_connections`` connections: one more is answered 503
+    and closed as it arrives, so connections held open (idle, trickling, or simply many)
+    cannot take the descriptors the process needs for its database and its other
+    clients. Pass all three with :func:`http_protocol`.
     """
 
-    def __init__(self, *args: Any, header_timeout: float = 10.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        header_timeout: float = 10.0,
+        body_timeout: float = 10.0,
+        max_connections: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._header_timeout = header_timeout
+        self._body_timeout = body_timeout
+        self._max_connections = max_connections
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._body_deadline: asyncio.TimerHandle | None = None
+        self._body_pending = False
+        self._turned_away = False
 
     def connection_made(self, transport: Any) -> None:
+        if self._max_connections is not None and len(self.connections) >= self._max_connections:
+            self._turned_away = True
+            transport.write(_BUSY_RESPONSE)
+            transport.close()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(cast("asyncio.Transport", _CoalescingTransport(transport)))
         self._await_headers()
 
+    def data_received(self, data: bytes) -> None:
+        if self._turned_away:
+            return
+        super().data_received(data)
+        if self._body_pending and self._body_deadline is None:
+            self._body_deadline = self.loop.call_later(self._body_timeout, self._body_late)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._turned_away:
+            return
         self._headers_arrived()
+        self._body_arrived()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -76,7 +143,12 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._headers_arrived()
+        self._body_pending = True
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._body_arrived()
+        super().on_message_complete()
 
     def _await_headers(self) -> None:
         self._header_deadline = self.loop.call_later(self._header_timeout, self._headers_late)
@@ -85,6 +157,21 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         if self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
+
+    def _body_arrived(self) -> None:
+        self._body_pending = False
+        if self._body_deadline is not None:
+            self._body_deadline.cancel()
+            self._body_deadline = None
+
+    def _body_late(self) -> None:
+        self._body_deadline = None
+        self._body_pending = False
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or not self.cycle.response_started:
+            self.transport.write(_BODY_LATE_RESPONSE)
+        self.transport.close()
 
     def _headers_late(self) -> None:
         self._header_deadline = None
@@ -102,12 +189,18 @@ class MTLSNoDelayHttpToolsProtocol(TLSScopeMixin, NoDelayHttpToolsProtocol):
 
 def http_protocol(config: Config) -> Callable[..., HttpToolsProtocol]:
     """The protocol uvicorn builds for each connection (its ``http`` option): ours, with
-    ``http_header_timeout``; with the client certificate in the scope under mTLS.
+    ``http_header_timeout``, ``http_body_timeout`` and ``http_max_connections``; with the
+    client certificate in the scope under mTLS.
 
     A partial of a module-level class, so it reaches spawned workers by pickling.
     """
     kind = MTLSNoDelayHttpToolsProtocol if config.tls_mode == "mtls" else NoDelayHttpToolsProtocol
-    return functools.partial(kind, header_timeout=config.http_header_timeout)
+    return functools.partial(
+        kind,
+        header_timeout=config.http_header_timeout,
+        body_timeout=config.http_body_timeout,
+        max_connections=config.http_max_connections,
+    )
 
 
 class _CoalescingTransport:

@@ -37,6 +37,8 @@ ERROR_CODES: Final = {
     "renewal_ceiling_exceeded": "The token has reached its maximum lifetime since registration.",
     "not_found": "No such resource; also the answer for any path that is not an endpoint.",
     "method_not_allowed": "The path exists but does not take this HTTP method (any route).",
+    "request_timeout": "The request's headers or body did not arrive in time "
+    "(`http_header_timeout`, `http_body_timeout`); the connection is closed.",
     "conflict": "The resource already exists.",
     "payload_too_large": "The request body exceeds the broker's limit (1 MiB by default).",
     "unsupported_media_type": "Reserved for a refused body media type; not returned today.",

@@ -1,0 +1,77 @@
+"""``tasklease serve`` raises its soft descriptor limit so that ``http_max_connections``
+connections and its own files fit, and says so when the hard limit is too low for them."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from e2e_support import STARTUP_TIMEOUT, _clean_env, free_port, init_data_dir
+
+from tasklease.server import _OWN_DESCRIPTORS
+
+pytestmark = pytest.mark.slow
+
+
+def _soft_limit(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no descriptor limit in /proc")
+
+
+def _serving(tmp_path: Path, soft: int, hard: int, connections: int) -> tuple[int, str]:
+    """Start serve under the given limits; its soft limit once it answers, and its log."""
+    data = tmp_path / "data"
+    env = _clean_env(data, {"TASKLEASE_HTTP_MAX_CONNECTIONS": str(connections)}, with_secret=True)
+    init_data_dir(data, env)
+    port = free_port()
+
+    def lowered() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tasklease.cli.main", "serve", "--data-dir", str(data),
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=lowered,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=5).is_success:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        return _soft_limit(proc.pid), log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_the_soft_limit_is_raised_to_fit_the_connections(tmp_path: Path) -> None:
+    # Would fail if: a broker capped at 1000 connections ran under a soft limit of 256
+    # descriptors, so the system refused connections (and database files) long before.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 1000 + _OWN_DESCRIPTORS
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"the hard descriptor limit here is {hard}")
+    soft, log = _serving(tmp_path, 256, hard, 1000)
+    assert soft == need
+    assert "descriptor limit" not in log
+
+
+def test_a_hard_limit_too_low_is_reported(tmp_path: Path) -> None:
+    soft, log = _serving(tmp_path, 200, 400, 1000)
+    assert soft == 400  # raised as far as it goes
+    assert "http_max_connections is 1000, but the descriptor limit (400)" in log
