@@ -8,61 +8,56 @@ import asyncio
 import functools
 import socket
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any, cast
 
+import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tasklease.core.config import Config
+from tasklease.http.problems import TYPE_PREFIX, status_for
 from tasklease.http.tls import TLSScopeMixin
 
 __all__ = ["MTLSNoDelayHttpToolsProtocol", "NoDelayHttpToolsProtocol", "http_protocol"]
 
 
-# What a connection whose request headers are late receives before it is closed
+def _closing_answer(code: str, detail: str, *headers: bytes) -> bytes:
+    """A whole problem response (RFC 9457) that closes its connection, for the protocol to
+    write before the application has a request: without ``instance`` or ``request_id``."""
+    status = status_for(code)
+    body = msgspec.json.encode(
+        {
+            "type": TYPE_PREFIX + code,
+            "title": HTTPStatus(status).phrase,
+            "status": status,
+            "detail": detail,
+            "error_code": code,
+        }
+    )
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode()),
+            b"content-type: application/problem+json\r\n",
+            b"content-length: %d\r\n" % (len(body) + 1),
+            *headers,
+            b"connection: close\r\n\r\n",
+            body,
+            b"\n",
+        )
+    )
+
+
+# What a connection whose request headers or body are late receives before it is closed
 # (RFC 9110 section 15.5.9: a 408 says the server closes the connection).
-_HEADERS_LATE_BODY = (
-    b'{"type":"urn:tasklease:error:request_timeout","title":"Request Timeout",'
-    b'"status":408,"detail":"the request headers did not arrive in time",'
-    b'"error_code":"request_timeout"}\n'
+_HEADERS_LATE_RESPONSE = _closing_answer(
+    "request_timeout", "the request headers did not arrive in time"
 )
-_HEADERS_LATE_RESPONSE = b"".join(
-    (
-        b"HTTP/1.1 408 Request Timeout\r\n",
-        b"content-type: application/problem+json\r\n",
-        b"content-length: %d\r\n" % len(_HEADERS_LATE_BODY),
-        b"connection: close\r\n\r\n",
-        _HEADERS_LATE_BODY,
-    )
-)
-_BODY_LATE_BODY = (
-    b'{"type":"urn:tasklease:error:request_timeout","title":"Request Timeout",'
-    b'"status":408,"detail":"the request body did not arrive in time",'
-    b'"error_code":"request_timeout"}\n'
-)
-_BODY_LATE_RESPONSE = b"".join(
-    (
-        b"HTTP/1.1 408 Request Timeout\r\n",
-        b"content-type: application/problem+json\r\n",
-        b"content-length: %d\r\n" % len(_BODY_LATE_BODY),
-        b"connection: close\r\n\r\n",
-        _BODY_LATE_BODY,
-    )
-)
+_BODY_LATE_RESPONSE = _closing_answer("request_timeout", "the request body did not arrive in time")
 # What a connection past the process's cap receives, as it arrives, before it is closed.
-_BUSY_BODY = (
-    b'{"type":"urn:tasklease:error:service_unavailable","title":"Service Unavailable",'
-    b'"status":503,"detail":"the broker holds as many connections as it accepts; retry",'
-    b'"error_code":"service_unavailable"}\n'
-)
-_BUSY_RESPONSE = b"".join(
-    (
-        b"HTTP/1.1 503 Service Unavailable\r\n",
-        b"content-type: application/problem+json\r\n",
-        b"content-length: %d\r\n" % len(_BUSY_BODY),
-        b"retry-after: 1\r\n",
-        b"connection: close\r\n\r\n",
-        _BUSY_BODY,
-    )
+_BUSY_RESPONSE = _closing_answer(
+    "service_unavailable",
+    "the broker holds as many connections as it accepts; retry",
+    b"retry-after: 1\r\n",
 )
 
 
