@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from e2e_support import (
     SHARED_ENV,
@@ -28,6 +27,7 @@ from e2e_support import (
     init_data_dir,
     launch_broker,
     stop_broker,
+    wait_answering,
 )
 from worker_procs import wait_workers_listening
 
@@ -289,15 +289,7 @@ def test_connections_past_the_cap_are_turned_away_as_they_arrive(tmp_path: Path)
         assert b"retry-after: 1" in head.lower() and b"connection: close" in head.lower()
         assert b'"error_code":"service_unavailable"' in body
         held.pop().close()  # one slot free: the next client is served
-        deadline = time.monotonic() + GRACE
-        while True:
-            try:
-                if httpx.get(f"{capped.url}/v1/health/live", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "a freed slot was not taken again"
-            time.sleep(0.05)
+        wait_answering(f"{capped.url}/v1/health/live", within=GRACE)
         for sock in held:  # the held connections were never disturbed
             sock.sendall(b"GET /v1/health/live HTTP/1.1\r\nHost: broker\r\n\r\n")
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
@@ -325,16 +317,9 @@ def test_workers_cut_off_silent_connections(tmp_path: Path) -> None:
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + STARTUP_TIMEOUT * 2
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the workers did not come up"
-            time.sleep(0.1)
+        wait_answering(
+            f"{url}/v1/health", within=STARTUP_TIMEOUT * 2, proc=proc, log=tmp_path / "serve.log"
+        )
         # Health answered from one worker: the other must serve too before the clock starts.
         wait_workers_listening(proc.pid, port, 2, database="tasklease.db")
         # Several connections, so both workers (SO_REUSEPORT spreads them) get some.

@@ -523,6 +523,28 @@ def _launch(
     return RunningBroker(url, admin_secret, data_dir, proc, log_path, client)
 
 
+def wait_answering(
+    url: str,
+    *,
+    within: float = STARTUP_TIMEOUT,
+    proc: subprocess.Popen[Any] | None = None,
+    log: Path | None = None,
+) -> None:
+    """Until ``url`` answers 200; fails the test past ``within`` seconds, or at once when
+    ``proc`` has exited (with ``log``'s text)."""
+    deadline = time.monotonic() + within
+    while True:
+        said = log.read_text() if log is not None and log.exists() else ""
+        assert proc is None or proc.poll() is None, f"the process exited: {said}"
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not answer in {within:g} s: {said}"
+        time.sleep(0.05)
+
+
 def metrics_url(broker: RunningBroker) -> str:
     """Where the broker serves its metrics listener (from its start-up output)."""
     match = re.search(r"^tasklease broker metrics on (http://\S+)$", broker.log(), re.M)

@@ -6,12 +6,10 @@ from __future__ import annotations
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
-from e2e_support import STARTUP_TIMEOUT, _clean_env, free_port, init_data_dir
+from e2e_support import _clean_env, free_port, init_data_dir, wait_answering
 
 from tasklease.server import _OWN_DESCRIPTORS
 
@@ -43,16 +41,7 @@ def _serving(tmp_path: Path, soft: int, hard: int, connections: int) -> tuple[in
             stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=lowered,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=5).is_success:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_answering(f"http://127.0.0.1:{port}/v1/health", proc=proc, log=log)
         return _soft_limit(proc.pid), log.read_text()
     finally:
         proc.terminate()
