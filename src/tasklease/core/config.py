@@ -135,9 +135,10 @@ class Config:
     http_header_timeout: float = 10.0
     http_body_timeout: float = 10.0
     http_keepalive_timeout: float = 5.0
-    # Connections one serving process holds open at most; one more is answered 503 and
-    # closed as it arrives (docs/operations.md, Slow clients).
-    http_max_connections: int = 1000
+    # Connections one serving process holds open at most, revocation-feed streams among
+    # them; one more is answered 503 and closed as it arrives (docs/operations.md, Slow
+    # clients).
+    http_max_connections: int = 4096
     # The HTTP edge (see docs/configuration.md). Peers whose X-Forwarded-For and
     # X-Forwarded-Proto are believed (addresses or CIDR networks); nobody's by default.
     trusted_proxies: tuple[str, ...] = ()
