@@ -62,14 +62,19 @@ async def warm(store: PostgresStore) -> None:
             await asyncio.sleep(0.01)
 
 
+_COUNTING = "tasklease-tests-counting"
+
+
 def count_backends(url: str, condition: str) -> int:
     """Client connections open on ``url``'s database that meet the SQL ``condition`` on
-    ``pg_stat_activity`` (the connection counting them excepted)."""
+    ``pg_stat_activity``, the connections that count them excepted: each count's own, and
+    the earlier counts' backends, which may still be exiting (on a loaded machine, for
+    longer than the next count takes to come)."""
     import psycopg
 
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True, application_name=_COUNTING) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            f" AND pid <> pg_backend_pid() AND ({condition})"
+            f" AND application_name <> '{_COUNTING}' AND ({condition})"
         ).fetchone()
     return int(row[0]) if row else 0
