@@ -106,13 +106,26 @@ def offline_chain(spec: dict[str, Any]) -> dict[str, Any]:
             grants=[dict(PAY, limits={"max_amount": "100", "currency": "EUR"})] if i == 0 else None,
         )
     transport = httpx.MockTransport(lambda _request: httpx.Response(200, json=jwks))
+    # One key here signs every proof of a run, thousands within their lifetime, far past
+    # the per-key quota of a verifier's replay cache that a real holder never reaches:
+    # the quota is raised to hold them all, so its refusals do not end the run.
+    proofs_per_key = 2 * n * rounds
     verifier = Verifier(
-        "http://broker.invalid", audience=AUDIENCE, feed=False, cache_size=0, transport=transport
+        "http://broker.invalid",
+        audience=AUDIENCE,
+        feed=False,
+        cache_size=0,
+        transport=transport,
+        dpop_replay_per_key=proofs_per_key,
     )
     verifier.start()
     # A resource server's usual state: the chain seen before (its cache), a fresh proof.
     remembering = Verifier(
-        "http://broker.invalid", audience=AUDIENCE, feed=False, transport=transport
+        "http://broker.invalid",
+        audience=AUDIENCE,
+        feed=False,
+        transport=transport,
+        dpop_replay_per_key=proofs_per_key,
     )
     remembering.start()
     index = RevocationIndex()
