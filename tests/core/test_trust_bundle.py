@@ -1,8 +1,9 @@
 """This broker's own trust bundle (core.trustbundle): the JWKS's keys as a SPIFFE bundle
 whose spiffe_sequence grows on every key change and never goes back, across restarts and
-replicas sharing the store, and past a store that went back (the time in seconds is its
-floor: decision 144). The brokers here run on a manual clock at START, so a bundle's
-sequence is START, then one more on each change within that second."""
+replicas sharing the store, and past a store that went back (the time in milliseconds is
+its floor: decisions 144, 154). The brokers here run on a manual clock at CLOCK, so a
+bundle's sequence is START (that time in milliseconds), then one more on each change
+within that millisecond."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from tasklease.keystore import PlaintextKeyProvider
 from tasklease.rules.bundle import parse_bundle
 from tasklease.storage import MemoryStore
 
-START = 1_800_000_000  # the manual clock of make_broker (tests/core/conftest.py)
+CLOCK = 1_800_000_000  # the manual clock of make_broker (tests/core/conftest.py)
+START = CLOCK * 1000  # its time in milliseconds: the first bundle's sequence
 
 
 def _served(broker: Broker) -> Any:
@@ -135,7 +137,7 @@ def test_a_store_that_went_back_still_numbers_the_next_bundle_past_every_earlier
     make_broker: Any, kit: Any
 ) -> None:
     store = MemoryStore()
-    clock = ManualClock(float(START))
+    clock = ManualClock(float(CLOCK))
     broker = make_broker(store=store, clock=clock)
     broker.publish_trust_bundle()
     first = store.get_published_bundle()
@@ -161,8 +163,13 @@ def test_the_next_sequence_is_past_the_stored_one_and_never_below_the_time() -> 
     def stored(sequence: int) -> PublishedBundle:
         return PublishedBundle(sequence, "kid", "{}", 0.0)
 
-    assert next_sequence(None, 1_800_000_000.9) == 1_800_000_000
-    assert next_sequence(stored(7), 1_800_000_000.0) == 1_800_000_000  # a restored store
-    assert next_sequence(stored(1_800_000_005), 1_800_000_000.0) == 1_800_000_006  # a burst
-    assert next_sequence(stored(1_800_000_000), 1_700_000_000.0) == 1_800_000_001  # clock back
+    ms = START
+    assert next_sequence(None, 1_800_000_000.9996) == ms + 999
+    assert next_sequence(stored(7), 1_800_000_000.0) == ms  # a restored store
+    assert next_sequence(stored(ms + 5), 1_800_000_000.0) == ms + 6  # a burst
+    assert next_sequence(stored(ms), 1_700_000_000.0) == ms + 1  # clock back
+    # A bundle numbered in seconds, as before: the next is far past it.
+    assert next_sequence(stored(1_800_000_000), 1_800_000_000.0) == ms
+    # What a peer saw a tenth of a second before a restore is passed at once.
+    assert next_sequence(stored(7), 1_800_000_000.25) >= ms + 249
     assert next_sequence(None, 0.0) == 1

@@ -97,7 +97,7 @@ def test_federation_commands_against_a_real_broker(
     listed = cli(local, tmp_path, "federation", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     [row] = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
-    assert row["status"] == "trusted" and row["sequence"] > 1_700_000_000  # the time
+    assert row["status"] == "trusted" and row["sequence"] > 1_700_000_000_000  # the time, in ms
     assert row["kids"] == [k["kid"] for k in peer_kids]
     assert row["scope_map"] == [["read:data:*", "read:partner:*"]]
     assert (row["max_bundle_age"], row["max_ttl"], row["ca"]) == (600, 300, "pem")

@@ -71,8 +71,8 @@ def test_declaring_an_endpoint_fetches_before_answering(
     url = f"{peer.url}/v1/federation/bundle"
     with local.admin() as admin:
         first = admin.add_federation(PEER, bundle_endpoint_url=url, ca_pem=ca.pem)
-        # The first bundle's sequence is the time it was published (decision 144).
-        assert first["status"] == "trusted" and first["sequence"] > 1_700_000_000
+        # The first bundle's sequence is the time it was published, in ms (decision 154).
+        assert first["status"] == "trusted" and first["sequence"] > 1_700_000_000_000
         assert first["refresh_hint"] == 30 and first["ca"] == "pem" and not first["replaced"]
         assert first["fetched_at"] == first["checked_at"]
         # Declared again with the same endpoint: replaced, the last good bundle kept.

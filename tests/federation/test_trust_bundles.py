@@ -99,9 +99,9 @@ def test_endpoint_serves_the_jwks_keys_as_a_spiffe_bundle(
         assert answer.headers["content-type"] == "application/json"
         assert answer.headers["cache-control"] == "public, max-age=2"
         document = answer.json()
-        # The first bundle's sequence is the time it was published (decision 144).
+        # The first bundle's sequence is the time it was published, in ms (decision 154).
         first = document["spiffe_sequence"]
-        assert first > 1_700_000_000 and document["spiffe_refresh_hint"] == 2
+        assert first > 1_700_000_000_000 and document["spiffe_refresh_hint"] == 2
         jwks = client.get(f"{served.url}/.well-known/jwks.json").json()
         assert [k["kid"] for k in document["keys"]] == [k["kid"] for k in jwks["keys"]]
         assert [k["x"] for k in document["keys"]] == [k["x"] for k in jwks["keys"]]
@@ -144,7 +144,8 @@ def test_refresher_picks_up_a_rotation_on_the_hint(
     )
     assert stored.created_at == record.created_at and stored.last_error == ""
     updates, _ = local.audit_events(AuditQuery(event_type="federation_bundle_updated"))
-    assert len(updates) == 2 and f"sequence={int(START)}->{int(START) + 1}" in updates[1].detail
+    first = int(START * 1000)  # the time in milliseconds, then one more
+    assert len(updates) == 2 and f"sequence={first}->{first + 1}" in updates[1].detail
 
 
 def test_endpoint_down_keeps_the_last_good_bundle_until_max_age_then_fails_closed(

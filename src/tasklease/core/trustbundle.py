@@ -11,14 +11,15 @@ under its lock. A process publishes what its key ring holds when the ring change
 serves: a replica a second behind another's rotation serves the stored bundle, which is
 newer than its ring, rather than publishing an older key set over it.
 
-The sequence is never lower than the time of the change, in whole seconds since 1970
-(``max(stored + 1, floor(now))``): the stored number alone went back with the database, and
+The sequence is never lower than the time of the change, in whole milliseconds since 1970
+(``max(stored + 1, floor(now * 1000))``): the stored number alone went back with the
+database, and
 a broker restored from a backup published numbers its federated peers had seen already, so
 they refused its next bundle (a sequence going backwards) and kept trusting keys it had
 since removed. Time moves on outside the database, so a new bundle is numbered past every
 bundle published before the restore, whatever was restored, on every replica, with no
-state of its own (decision 144). SPIFFE asks for a monotonically increasing integer, not
-for consecutive ones.
+state of its own (decisions 144 and 154). SPIFFE asks for a monotonically increasing
+integer, not for consecutive ones.
 
 The refresh hint (``spiffe_refresh_hint``) is the configuration's
 ``federation_refresh_hint``; it is added when the bundle is served, not stored.
@@ -46,8 +47,9 @@ _REREAD = 1.0
 
 def next_sequence(stored: PublishedBundle | None, now: float) -> int:
     """The ``spiffe_sequence`` of a new bundle: past the stored one, and never below the
-    time in whole seconds (so past every number published before a restore)."""
-    return max(1 if stored is None else stored.sequence + 1, int(now))
+    time in whole milliseconds (so past every number published before a restore, unless
+    that was published within the same millisecond)."""
+    return max(1 if stored is None else stored.sequence + 1, int(now * 1000))
 
 
 class TrustBundles(Service):
@@ -72,7 +74,7 @@ class TrustBundles(Service):
         number than the stored one).
 
         The sequence, when the key set differs from the stored set, is the stored one
-        plus one or the time in whole seconds, whichever is larger (the time for the
+        plus one or the time in whole milliseconds, whichever is larger (the time for the
         first bundle); it is unchanged otherwise. A stored set that
         holds a key this ring lacks may be another process's rotation of an instant ago
         (that process writes its key before it publishes): the ring is first reloaded
