@@ -225,6 +225,12 @@ def test_a_trickled_body_is_cut_off(broker: RunningBroker) -> None:
         assert b'"error_code":"request_timeout"' in body
     finally:
         sock.close()
+    # Logged and counted as what the client got, not as a server error.
+    deadline = time.monotonic() + GRACE
+    while '"status":408' not in broker.log():
+        assert time.monotonic() < deadline, "no access record of the 408"
+        time.sleep(0.05)
+    assert '"status":500' not in broker.log()
     # A body sent whole is answered as usual.
     agent = broker.register(["read:data:*"])
     assert broker.is_valid(agent.access_token)
@@ -252,6 +258,33 @@ def test_a_body_in_pieces_in_time_is_served_and_its_deadline_ends(
             sock.sendall(head + body)
             answer = sock.recv(65536)
             assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+def test_a_pipelined_body_waits_its_turn_and_never_breaks_the_response_before_it(
+    broker: RunningBroker,
+) -> None:
+    # Would fail if: the body deadline of a request pipelined behind a long response
+    # (a revocation feed stream) ran while reading was paused for its turn, and its 408
+    # was written into the middle of that response.
+    token = broker.admin_token()
+    sock = _connect(broker)
+    try:
+        sock.send(
+            b"GET /v1/revocations/stream HTTP/1.1\r\nHost: broker\r\n"
+            b"authorization: Bearer " + token.encode() + b"\r\n\r\n"
+            b"POST /v1/token/validate HTTP/1.1\r\nHost: broker\r\n"
+            b"content-type: application/json\r\ncontent-length: 100\r\n\r\n{"
+        )
+        received = bytearray()
+        began = time.monotonic()
+        while time.monotonic() - began < BODY_TIMEOUT + 1.5:
+            assert not _closed_by_server(sock, received), bytes(received)
+            time.sleep(0.1)
+        assert received.startswith(b"HTTP/1.1 200 "), bytes(received)
+        assert b"text/event-stream" in received.lower()
+        assert b"HTTP/1.1 408" not in received
+    finally:
+        sock.close()
 
 
 def test_connections_past_the_cap_are_turned_away_as_they_arrive(tmp_path: Path) -> None:
@@ -288,6 +321,11 @@ def test_connections_past_the_cap_are_turned_away_as_they_arrive(tmp_path: Path)
         assert head.startswith(b"HTTP/1.1 503 "), received
         assert b"retry-after: 1" in head.lower() and b"connection: close" in head.lower()
         assert b'"error_code":"service_unavailable"' in body
+        # The operator is told, once a minute at most, not once per connection.
+        wait_until_logged = time.monotonic() + GRACE
+        while "turned away 1 connection(s) with 503" not in capped.log():
+            assert time.monotonic() < wait_until_logged, capped.log()[-2000:]
+            time.sleep(0.05)
         held.pop().close()  # one slot free: the next client is served
         wait_answering(f"{capped.url}/v1/health/live", within=GRACE)
         for sock in held:  # the held connections were never disturbed

@@ -21,7 +21,7 @@ from typing import Any
 from tasklease.core.metrics import Metrics
 from tasklease.logs import access_writer
 
-__all__ = ["UNMATCHED", "AccessMiddleware", "route_template"]
+__all__ = ["ANSWERED_BY_SERVER", "UNMATCHED", "AccessMiddleware", "route_template"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -30,6 +30,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UNMATCHED = "unmatched"
+# The scope key under which the server's protocol leaves the status it answered with
+# itself, when the application ends without answering (a body that came too late).
+ANSWERED_BY_SERVER = "tasklease.answered_by_server"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _TENANT_MOUNT = "/t/{tenant}"
 _log = logging.getLogger("tasklease.access")
@@ -65,7 +68,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500  # what the server answers if the application ends without answering
+        status = 0
 
         async def sending(message: Message) -> None:
             nonlocal status
@@ -77,6 +80,8 @@ class AccessMiddleware:
             await self.app(scope, receive, sending)
         finally:
             elapsed = time.perf_counter() - started
+            if not status:  # what the server answered when the application did not
+                status = int(scope.get(ANSWERED_BY_SERVER, 500))
             method = scope.get("method", "")
             method = method if method in _METHODS else "other"
             route = route_template(scope)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import socket
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, cast
@@ -15,10 +17,13 @@ import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tasklease.core.config import Config
+from tasklease.http.access import ANSWERED_BY_SERVER
 from tasklease.http.problems import TYPE_PREFIX, status_for
 from tasklease.http.tls import TLSScopeMixin
 
 __all__ = ["MTLSNoDelayHttpToolsProtocol", "NoDelayHttpToolsProtocol", "http_protocol"]
+
+_log = logging.getLogger("tasklease.http")
 
 
 def _closing_answer(code: str, detail: str, *headers: bytes) -> bytes:
@@ -59,6 +64,31 @@ _BUSY_RESPONSE = _closing_answer(
     "the broker holds as many connections as it accepts; retry",
     b"retry-after: 1\r\n",
 )
+
+
+class _TurnedAway:
+    """Connections turned away at the cap, logged as one warning a minute at most."""
+
+    EVERY = 60.0
+
+    def __init__(self) -> None:
+        self._since = 0
+        self._logged = -self.EVERY
+
+    def count(self, cap: int) -> None:
+        self._since += 1
+        now = time.monotonic()
+        if now - self._logged >= self.EVERY:
+            _log.warning(
+                "turned away %d connection(s) with 503: this process holds "
+                "http_max_connections (%d) connections",
+                self._since,
+                cap,
+            )
+            self._since, self._logged = 0, now
+
+
+_TURNED_AWAY = _TurnedAway()
 
 
 class NoDelayHttpToolsProtocol(HttpToolsProtocol):
@@ -110,6 +140,7 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
             self._turned_away = True
             transport.write(_BUSY_RESPONSE)
             transport.close()
+            _TURNED_AWAY.count(self._max_connections)
             return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -121,8 +152,11 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         if self._turned_away:
             return
         super().data_received(data)
-        if self._body_pending and self._body_deadline is None:
-            self._body_deadline = self.loop.call_later(self._body_timeout, self._body_late)
+        self._await_body()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._await_body()  # a pipelined request, waiting until now, has started
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._turned_away:
@@ -153,6 +187,20 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
             self._header_deadline.cancel()
             self._header_deadline = None
 
+    def _await_body(self) -> None:
+        """Arm the body's deadline if the running request's body is incomplete.
+
+        Not for a pipelined request queued behind another's response: reading is paused
+        until its turn (``on_response_complete``), so its body cannot arrive before.
+        """
+        if (
+            self._body_pending
+            and self._body_deadline is None
+            and not self.pipeline
+            and not self.transport.is_closing()
+        ):
+            self._body_deadline = self.loop.call_later(self._body_timeout, self._body_late)
+
     def _body_arrived(self) -> None:
         self._body_pending = False
         if self._body_deadline is not None:
@@ -162,9 +210,12 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
     def _body_late(self) -> None:
         self._body_deadline = None
         self._body_pending = False
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self.cycle is None:
             return
-        if self.cycle is None or not self.cycle.response_started:
+        if not self.cycle.response_started:
+            # The application, still waiting for the body, ends without an answer when the
+            # connection closes: the access log and metrics take the status from here.
+            cast("dict[str, Any]", self.cycle.scope)[ANSWERED_BY_SERVER] = 408
             self.transport.write(_BODY_LATE_RESPONSE)
         self.transport.close()
 
