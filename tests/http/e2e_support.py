@@ -64,8 +64,7 @@ def is_hex(text: str, length: int) -> bool:
     return len(text) == length and set(text) <= HEX64
 
 
-_PORTS_PER_PROCESS = 3000
-_PORT_BASE = 20000
+_PORT_BASE = 10000
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -77,22 +76,30 @@ def _ephemeral_range() -> tuple[int, int]:
 
 
 def _own_ports() -> list[int]:
-    """This test process's block of ports, below the kernel's ephemeral range.
+    """This test process's block of ports, below the kernel's ephemeral range, in turn
+    from a random place in it.
 
     A port the kernel hands out (a ``bind`` to port 0, the local end of an outgoing
     connection) comes from its ephemeral range, so a port picked there can be taken again
     before the server it was picked for binds it: by any connection the suite opens. Ports
-    below that range are never handed out, and each xdist worker (and the serial pass)
-    gets its own block, so two test processes never pick the same one.
+    below that range are never handed out. The room between ``_PORT_BASE`` and the range
+    is shared out between the serial pass and each xdist worker, so two test processes
+    of a run never pick the same port; starting at a random place keeps two runs on one
+    host from going through the same ports in the same order. Empty (the kernel picks)
+    where the range leaves no room.
     """
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     index = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
-    start = _PORT_BASE + index * _PORTS_PER_PROCESS
-    low, high = _ephemeral_range()
-    end = start + _PORTS_PER_PROCESS
-    if end > low and start <= high:
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    processes = max(int(count) if count.isdigit() else 0, index) + 1
+    low, _ = _ephemeral_range()
+    size = (low - _PORT_BASE) // processes
+    if size < 16:
         return []
-    return list(range(start, end))
+    start = _PORT_BASE + index * size
+    ports = list(range(start, start + size))
+    turn = secrets.randbelow(size)
+    return ports[turn:] + ports[:turn]
 
 
 _PORTS = _own_ports()
