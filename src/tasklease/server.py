@@ -527,8 +527,10 @@ def _raise_descriptor_limit(connections: int) -> None:
     if soft == resource.RLIM_INFINITY or soft >= need:
         return
     target = need if hard == resource.RLIM_INFINITY else min(need, hard)
-    if target > soft:
+    try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):  # beyond what the system gives one process
+        target = soft
     if target < need:
         _log.warning(
             "http_max_connections is %d, but the descriptor limit (%d) leaves room for "

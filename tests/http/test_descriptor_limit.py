@@ -64,3 +64,19 @@ def test_a_hard_limit_too_low_is_reported(tmp_path: Path) -> None:
     soft, log = _serving(tmp_path, 200, 400, 1000)
     assert soft == 400  # raised as far as it goes
     assert "http_max_connections is 1000, but the descriptor limit (400)" in log
+
+
+def test_a_limit_the_system_refuses_to_raise_is_reported_not_raised(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Where the hard limit is unlimited, the system may still refuse (a per-process
+    # maximum): serve goes on and says so instead of failing with a traceback.
+    from tasklease import server
+
+    def refuse(_which: int, _limits: tuple[int, int]) -> None:
+        raise ValueError("not allowed")
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (256, resource.RLIM_INFINITY))
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    server._raise_descriptor_limit(1000)
+    assert "http_max_connections is 1000, but the descriptor limit (256)" in caplog.text
