@@ -173,3 +173,10 @@ def test_a_connection_cap_out_of_range_is_refused(value: int) -> None:
     with pytest.raises(ValueError, match="http_max_connections"):
         Config(http_max_connections=value)
     Config(http_max_connections=16)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1_000_001])
+def test_a_per_client_connection_cap_out_of_range_is_refused(value: int) -> None:
+    with pytest.raises(ValueError, match="http_max_connections_per_client"):
+        Config(http_max_connections_per_client=value)
+    Config(http_max_connections_per_client=1)

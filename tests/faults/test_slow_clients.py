@@ -337,6 +337,67 @@ def test_connections_past_the_cap_are_turned_away_as_they_arrive(tmp_path: Path)
         stop_broker(capped)
 
 
+def _hold(url: str, most: int) -> list[socket.socket]:
+    """Up to ``most`` connections, each answered once and kept alive (held by the
+    server), until one is refused."""
+    host, port = url.removeprefix("http://").split(":")
+    held = []
+    while len(held) < most:
+        sock = socket.create_connection((host, int(port)), timeout=5)
+        sock.sendall(b"GET /v1/health/live HTTP/1.1\r\nHost: broker\r\n\r\n")
+        if not sock.recv(65536).startswith(b"HTTP/1.1 200 "):
+            sock.close()
+            break
+        held.append(sock)
+    return held
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_one_client_holds_at_most_its_share_unless_it_is_a_trusted_proxy(
+    tmp_path: Path, trusted: bool
+) -> None:
+    # Would fail if: one address could hold every connection a process accepts (cycling
+    # each within its deadlines, it never has to let go), or the proxies in front, through
+    # which every client comes, were held to one client's share.
+    share = 8
+    env = {
+        **SHARED_ENV,
+        "TASKLEASE_HTTP_MAX_CONNECTIONS_PER_CLIENT": str(share),
+        "TASKLEASE_HTTP_KEEPALIVE_TIMEOUT": "30",
+    }
+    if trusted:
+        env["TASKLEASE_TRUSTED_PROXIES"] = "127.0.0.1"
+    capped = launch_broker(tmp_path / "data", env)
+    held: list[socket.socket] = []
+    try:
+        capped.client.close()  # the launcher's own kept-alive connections
+        held = _hold(capped.url, 3 * share)
+        if trusted:  # a proxy is not held to a client's share
+            assert len(held) == 3 * share
+            return
+        # The launcher's connections may not all be gone yet: at most its share.
+        assert share - 3 <= len(held) <= share, len(held)
+        host, port = capped.url.removeprefix("http://").split(":")
+        extra = socket.create_connection((host, int(port)), timeout=5)
+        extra.setblocking(False)
+        try:
+            received, _ = _wait_closed(extra, GRACE)
+        finally:
+            extra.close()
+        assert received.startswith(b"HTTP/1.1 503 "), received
+        assert b'"error_code":"service_unavailable"' in received
+        logged = time.monotonic() + GRACE
+        while "http_max_connections_per_client" not in capped.log():
+            assert time.monotonic() < logged, capped.log()[-2000:]
+            time.sleep(0.05)
+        held.pop().close()  # its share freed by one: it is served again
+        wait_answering(f"{capped.url}/v1/health/live", within=GRACE)
+    finally:
+        for sock in held:
+            sock.close()
+        stop_broker(capped)
+
+
 def test_workers_cut_off_silent_connections(tmp_path: Path) -> None:
     """With ``--workers`` the timeouts reach every worker process."""
     data = tmp_path / "data"

@@ -139,6 +139,9 @@ class Config:
     # them; one more is answered 503 and closed as it arrives (docs/operations.md, Slow
     # clients).
     http_max_connections: int = 4096
+    # Of those, what one client (a peer address, an IPv6 one by its /64) holds at most;
+    # peers in trusted_proxies are not limited.
+    http_max_connections_per_client: int = 1024
     # The HTTP edge (see docs/configuration.md). Peers whose X-Forwarded-For and
     # X-Forwarded-Proto are believed (addresses or CIDR networks); nobody's by default.
     trusted_proxies: tuple[str, ...] = ()
@@ -288,6 +291,8 @@ class Config:
             raise ValueError("http_body_timeout must be between 0.5 and 300 seconds")
         if not 16 <= self.http_max_connections <= 1_000_000:
             raise ValueError("http_max_connections must be between 16 and 1000000")
+        if not 1 <= self.http_max_connections_per_client <= 1_000_000:
+            raise ValueError("http_max_connections_per_client must be between 1 and 1000000")
         _check_key_provider(self)
         listen_address(self.metrics_listen)  # ValueError for a malformed one
         if self.metrics_public not in ("off", "token"):

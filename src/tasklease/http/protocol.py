@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import socket
 import time
@@ -19,11 +20,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from tasklease.core.config import Config
 from tasklease.http.access import ANSWERED_BY_SERVER
 from tasklease.http.problems import TYPE_PREFIX, status_for
+from tasklease.http.ratelimit import client_key
 from tasklease.http.tls import TLSScopeMixin
 
 __all__ = ["MTLSNoDelayHttpToolsProtocol", "NoDelayHttpToolsProtocol", "http_protocol"]
 
 _log = logging.getLogger("tasklease.http")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _closing_answer(code: str, detail: str, *headers: bytes) -> bytes:
@@ -67,11 +70,12 @@ _BUSY_RESPONSE = _closing_answer(
 
 
 class _TurnedAway:
-    """Connections turned away at the cap, logged as one warning a minute at most."""
+    """Connections turned away for one reason, logged as one warning a minute at most."""
 
     EVERY = 60.0
 
-    def __init__(self) -> None:
+    def __init__(self, what: str) -> None:
+        self._what = what
         self._since = 0
         self._logged = -self.EVERY
 
@@ -80,15 +84,39 @@ class _TurnedAway:
         now = time.monotonic()
         if now - self._logged >= self.EVERY:
             _log.warning(
-                "turned away %d connection(s) with 503: this process holds "
-                "http_max_connections (%d) connections",
-                self._since,
-                cap,
+                "turned away %d connection(s) with 503: %s (%d)", self._since, self._what, cap
             )
             self._since, self._logged = 0, now
 
 
-_TURNED_AWAY = _TurnedAway()
+_OVER_CAP = _TurnedAway("this process holds http_max_connections connections")
+_OVER_CLIENT_CAP = _TurnedAway(
+    "each from a client holding http_max_connections_per_client connections"
+)
+# Connections this process holds per client (``client_key`` of the TCP peer), peers in
+# ``trusted_proxies`` left out; a client holding none has no entry.
+_HELD: dict[str, int] = {}
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(trusted: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in trusted)
+
+
+def _client_of(transport: Any, trusted: tuple[str, ...]) -> str | None:
+    """The client a connection counts for, or None: a trusted proxy, or no IP peer."""
+    peer = transport.get_extra_info("peername")
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return None
+    try:
+        address = ipaddress.ip_address(peer[0].split("%", 1)[0])
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    for net in _networks(trusted):
+        if address in net or (mapped is not None and mapped in net):
+            return None
+    return client_key(str(address))
 
 
 class NoDelayHttpToolsProtocol(HttpToolsProtocol):
@@ -112,10 +140,12 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
     the bytes received so far leave the body incomplete; a request that arrives whole, as
     nearly all do, costs no timer.
 
-    A process holds at most ``max_connections`` connections: one more is answered 503
-    and closed as it arrives, so connections held open (idle, trickling, or simply many)
-    cannot take the descriptors the process needs for its database and its other
-    clients. Pass all three with :func:`http_protocol`.
+    A process holds at most ``max_connections`` connections, and at most
+    ``max_per_client`` of one client's (its peer address, an IPv6 one by its /64; a peer
+    in ``trusted_proxies`` is not limited): one more is answered 503 and closed as it
+    arrives, so connections held open (idle, trickling, or simply many) cannot take the
+    descriptors the process needs for its database and its other clients, and one client
+    alone cannot take them all. Pass these with :func:`http_protocol`.
     """
 
     def __init__(
@@ -124,12 +154,17 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         header_timeout: float = 10.0,
         body_timeout: float = 10.0,
         max_connections: int | None = None,
+        max_per_client: int | None = None,
+        trusted_proxies: tuple[str, ...] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
         self._max_connections = max_connections
+        self._max_per_client = max_per_client
+        self._trusted = trusted_proxies
+        self._client: str | None = None
         self._header_deadline: asyncio.TimerHandle | None = None
         self._body_deadline: asyncio.TimerHandle | None = None
         self._body_pending = False
@@ -137,11 +172,19 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         if self._max_connections is not None and len(self.connections) >= self._max_connections:
-            self._turned_away = True
-            transport.write(_BUSY_RESPONSE)
-            transport.close()
-            _TURNED_AWAY.count(self._max_connections)
+            self._turn_away(transport)
+            _OVER_CAP.count(self._max_connections)
             return
+        if self._max_per_client is not None:
+            client = _client_of(transport, self._trusted)
+            if client is not None:
+                held = _HELD.get(client, 0)
+                if held >= self._max_per_client:
+                    self._turn_away(transport)
+                    _OVER_CLIENT_CAP.count(self._max_per_client)
+                    return
+                _HELD[client] = held + 1
+                self._client = client
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -161,6 +204,11 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._turned_away:
             return
+        if self._client is not None:
+            left = _HELD.pop(self._client) - 1
+            if left:
+                _HELD[self._client] = left
+            self._client = None
         self._headers_arrived()
         self._body_arrived()
         super().connection_lost(exc)
@@ -178,6 +226,11 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._body_arrived()
         super().on_message_complete()
+
+    def _turn_away(self, transport: Any) -> None:
+        self._turned_away = True
+        transport.write(_BUSY_RESPONSE)
+        transport.close()
 
     def _await_headers(self) -> None:
         self._header_deadline = self.loop.call_later(self._header_timeout, self._headers_late)
@@ -246,6 +299,8 @@ def http_protocol(config: Config) -> Callable[..., HttpToolsProtocol]:
         header_timeout=config.http_header_timeout,
         body_timeout=config.http_body_timeout,
         max_connections=config.http_max_connections,
+        max_per_client=config.http_max_connections_per_client,
+        trusted_proxies=tuple(config.trusted_proxies),
     )
 
 
