@@ -352,6 +352,19 @@ def _hold(url: str, most: int) -> list[socket.socket]:
     return held
 
 
+def _websocket_refused(url: str) -> None:
+    """An upgrade to WebSocket, which the broker (serving no WebSocket route) closes."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"GET /v1/health/live HTTP/1.1\r\nHost: broker\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        sock.setblocking(False)
+        _wait_closed(sock, GRACE)
+
+
 @pytest.mark.parametrize("trusted", [False, True])
 def test_one_client_holds_at_most_its_share_unless_it_is_a_trusted_proxy(
     tmp_path: Path, trusted: bool
@@ -371,6 +384,8 @@ def test_one_client_holds_at_most_its_share_unless_it_is_a_trusted_proxy(
     held: list[socket.socket] = []
     try:
         capped.client.close()  # the launcher's own kept-alive connections
+        for _ in range(2 * share):  # upgrades to WebSocket, each closed: none kept counted
+            _websocket_refused(capped.url)
         held = _hold(capped.url, 3 * share)
         if trusted:  # a proxy is not held to a client's share
             assert len(held) == 3 * share

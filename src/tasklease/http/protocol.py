@@ -204,14 +204,25 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._turned_away:
             return
+        self._let_go()
+        super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        # The connection leaves this protocol for uvicorn's WebSocket one, whose
+        # connection_lost is not ours: it lets go of its client's share and timers now.
+        # (The broker serves no WebSocket route: the application closes it at once.)
+        self._let_go()
+        super().handle_websocket_upgrade()
+
+    def _let_go(self) -> None:
+        """Stop the deadlines and give the client's share back (once)."""
+        self._headers_arrived()
+        self._body_arrived()
         if self._client is not None:
             left = _HELD.pop(self._client) - 1
             if left:
                 _HELD[self._client] = left
             self._client = None
-        self._headers_arrived()
-        self._body_arrived()
-        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
