@@ -391,7 +391,7 @@ def offline_verify(spec: dict[str, Any]) -> dict[str, Any]:
     ring = KeyRing.generate()
     jwks = ring.jwks()
     verifier = Verifier(
-        "http://broker.invalid",
+        "https://broker.invalid",
         audience="svc-a",
         feed=False,
         cache_size=n * rounds + 1,
@@ -424,7 +424,7 @@ def offline_verify(spec: dict[str, Any]) -> dict[str, Any]:
     # is already full of other tokens, so each first-seen token also evicts one.
     steady_size = spec.get("steady_cache", 10_000)
     steady = Verifier(
-        "http://broker.invalid",
+        "https://broker.invalid",
         audience="svc-a",
         feed=False,
         cache_size=steady_size,

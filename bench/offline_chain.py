@@ -111,7 +111,7 @@ def offline_chain(spec: dict[str, Any]) -> dict[str, Any]:
     # the quota is raised to hold them all, so its refusals do not end the run.
     proofs_per_key = 2 * n * rounds
     verifier = Verifier(
-        "http://broker.invalid",
+        "https://broker.invalid",
         audience=AUDIENCE,
         feed=False,
         cache_size=0,
@@ -121,7 +121,7 @@ def offline_chain(spec: dict[str, Any]) -> dict[str, Any]:
     verifier.start()
     # A resource server's usual state: the chain seen before (its cache), a fresh proof.
     remembering = Verifier(
-        "http://broker.invalid",
+        "https://broker.invalid",
         audience=AUDIENCE,
         feed=False,
         transport=transport,

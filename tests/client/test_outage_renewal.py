@@ -182,7 +182,7 @@ def test_the_renewal_schedule_during_an_outage() -> None:
 
     clock = ManualClock(1_000.0)
     credential = Credential(
-        "http://broker.invalid",
+        "https://broker.invalid",
         Registration("spiffe://t/agent/o/t/i", "token", 300),
         SCOPE,
         clock=clock,
@@ -220,7 +220,7 @@ def test_a_long_retry_after_never_lets_a_dead_token_out() -> None:
 
     clock = ManualClock(1_000.0)
     credential = Credential(
-        "http://broker.invalid",
+        "https://broker.invalid",
         Registration("spiffe://t/agent/o/t/i", "token", 60),
         SCOPE,
         clock=clock,

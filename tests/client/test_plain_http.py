@@ -274,9 +274,18 @@ def test_a_client_of_ones_own_is_judged_by_where_it_sends() -> None:
     assert {r.url.host for r in broker.seen} == {"broker.example"}
 
 
-def test_a_verifier_without_credentials_sends_none() -> None:
-    # Keys only (no feed, no introspection, no reports): nothing secret to protect.
-    Verifier(PLAIN, audience="svc", feed=False, transport=FakeBroker().transport)
+def test_a_verifier_without_credentials_takes_no_keys_over_plain_http() -> None:
+    # Would fail if: a verifier with no credentials took its key set from a plain-HTTP
+    # broker beyond loopback, where anyone on the path can replace the keys and have
+    # tokens of their own making accepted (nothing secret is sent, but what it trusts is
+    # received).
+    with pytest.raises(ValueError, match="signing keys fetched from it") as refused:
+        Verifier(PLAIN, audience="svc", feed=False, transport=FakeBroker().transport)
+    assert "insecure_http=True" in str(refused.value)
+    url = _fresh_plain_url()
+    with pytest.warns(InsecureHTTPWarning, match=f"signing keys come from {url}"):
+        Verifier(url, audience="svc", feed=False, transport=FakeBroker().transport,
+                 insecure_http=True)  # fmt: skip
 
 
 def test_one_loopback_rule_for_the_broker_the_cli_and_the_sdk() -> None:

@@ -108,7 +108,7 @@ def test_a_token_is_dead_at_its_exp(broker: Any, clock: Any) -> None:
 def _verifier(broker: Any, **options: Any) -> Verifier:
     jwks = broker.keyring.jwks()
     return Verifier(
-        "http://broker.invalid",
+        "https://broker.invalid",
         audience=broker.config.audience[0],
         issuer=broker.config.issuer,
         feed=False,

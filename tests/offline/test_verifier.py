@@ -50,7 +50,7 @@ class _Clock:
 
 def _verifier(**options: Any) -> Verifier:
     verifier = Verifier(
-        "http://broker.invalid",
+        "https://broker.invalid",
         audience="https://orders.example",
         feed=False,
         clock=_Clock(),
@@ -124,7 +124,7 @@ class _MovingClock:
 def test_a_remembered_chain_is_held_to_its_time_and_its_proof_at_every_use() -> None:
     clock = _MovingClock()
     verifier = Verifier(
-        "http://broker.invalid",
+        "https://broker.invalid",
         audience="https://orders.example",
         feed=False,
         clock=clock,
@@ -161,7 +161,7 @@ def test_a_chain_whose_root_key_is_new_fetches_the_keys_once() -> None:
         return httpx.Response(200, json=served)
 
     verifier = Verifier(
-        "http://broker.invalid",
+        "https://broker.invalid",
         audience="https://orders.example",
         feed=False,
         clock=_Clock(),

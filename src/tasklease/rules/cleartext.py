@@ -22,6 +22,7 @@ from typing import Protocol
 
 __all__ = [
     "INSECURE_HTTP_ENV",
+    "KEYS_ONLY",
     "InsecureHTTPWarning",
     "ParsedURL",
     "check_credential_url",
@@ -84,11 +85,28 @@ _warned: set[str] = set()
 _warned_lock = threading.Lock()
 
 
+_CREDENTIALS = ("credentials sent to it would cross the network in clear", "credentials go to")
+KEYS_ONLY = (
+    "the signing keys fetched from it, which decide what tokens are trusted, could be "
+    "replaced in transit",
+    "signing keys come from",
+)
+"""What is at stake for a client that sends no credentials but trusts the keys it fetches
+(a verifier): the ``what`` of :func:`check_credential_url`."""
+
+
 def check_credential_url(
-    url: ParsedURL, *, insecure_http: bool | None, environ: Mapping[str, str]
+    url: ParsedURL,
+    *,
+    insecure_http: bool | None,
+    environ: Mapping[str, str],
+    what: tuple[str, str] = _CREDENTIALS,
 ) -> None:
     """Refuse to send credentials to ``url`` over plain HTTP beyond loopback, unless the
     caller opted in; then warn, once per URL in this process.
+
+    ``what``: what is at stake, as the refusal and the warning say it (by default the
+    credentials sent; :data:`KEYS_ONLY` for a client that trusts the keys it fetches).
 
     ``insecure_http``: True allows it, False refuses it whatever the environment says,
     None leaves it to ``environ[INSECURE_HTTP_ENV]`` (read only for such a URL). A URL of
@@ -113,7 +131,7 @@ def check_credential_url(
     if not allowed:
         raise ValueError(
             f"broker URL {shown} is plain HTTP to {host}, which is not a loopback address: "
-            "credentials sent to it would cross the network in clear. Use https://, or "
+            f"{what[0]}. Use https://, or "
             "http://127.0.0.1 through a tunnel; on a network you trust, pass "
             f"insecure_http=True or set {INSECURE_HTTP_ENV}=1"
         )
@@ -121,7 +139,7 @@ def check_credential_url(
         if shown in _warned:
             return
         warnings.warn(
-            f"credentials go to {shown} over plain HTTP ({source})",
+            f"{what[1]} {shown} over plain HTTP ({source})",
             InsecureHTTPWarning,
             stacklevel=_callers_level(),
         )

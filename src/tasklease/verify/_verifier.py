@@ -93,10 +93,11 @@ class Verifier(VerifierBase):
     """Verifies agent access tokens offline for one resource (``audience``).
 
     Args:
-        broker_url: the broker's base URL (``https://broker.example``). With
-            ``credentials`` it is ``https://``, or ``http://`` to a loopback host
-            (``localhost``, 127.0.0.0/8, ``::1``): the app's secret and its tokens must not
-            cross a network in clear (ValueError otherwise, unless ``insecure_http``).
+        broker_url: the broker's base URL (``https://broker.example``): ``https://``, or
+            ``http://`` to a loopback host (``localhost``, 127.0.0.0/8, ``::1``). The app's
+            secret and its tokens must not cross a network in clear, and the key set read
+            from it decides which tokens are accepted, so must not be open to rewriting in
+            transit (ValueError otherwise, unless ``insecure_http``).
         audience: this resource's audience; a token whose ``aud`` lacks it is refused.
         issuer: the broker's ``iss``.
         jwks_ttl: seconds before the cached JWKS is fetched again (by the next
@@ -169,8 +170,9 @@ class Verifier(VerifierBase):
         bearer_chains: accept an offline chain presented as a bearer token, without the
             last delegate's DPoP proof (for transports that carry no ``DPoP`` header, such
             as MCP's). Off by default: whoever holds such a chain can use it.
-        insecure_http: True sends ``credentials`` over plain HTTP to a broker beyond
-            loopback (on a network you trust), announced once with an
+        insecure_http: True talks to a broker beyond loopback over plain HTTP (on a
+            network you trust: ``credentials`` are sent, and keys read, in clear),
+            announced once with an
             :class:`~tasklease.rules.cleartext.InsecureHTTPWarning`; False refuses it even
             when ``TASKLEASE_INSECURE_HTTP=1`` is set; None (the default) follows that
             variable.

@@ -17,7 +17,7 @@ from tasklease.core.lru import LRUCache
 from tasklease.rules import jws
 from tasklease.rules.binding import DEFAULT_HOLDER_QUOTA, DPoPVerifier, ProofLedger
 from tasklease.rules.chainverify import offline_limits
-from tasklease.rules.cleartext import check_credential_url
+from tasklease.rules.cleartext import KEYS_ONLY, check_credential_url
 from tasklease.verify._claims import VerifiedToken
 from tasklease.verify._federation import FederatedDomain, Federations
 from tasklease.verify._feed import AppCredentials, FeedFollower
@@ -82,9 +82,14 @@ class VerifierBase:
             raise ValueError("audience is required: tokens are checked against it")
         if feed and credentials is None:
             raise ValueError("the revocation feed needs credentials (AppCredentials or a token)")
-        if credentials is not None:  # the feed, introspection and use reports send them
-            url = httpx.URL(broker_url)
-            check_credential_url(url, insecure_http=insecure_http, environ=os.environ)
+        # With credentials, the feed, introspection and use reports send them; without,
+        # the key set fetched from the broker still decides which tokens are trusted.
+        check_credential_url(
+            httpx.URL(broker_url),
+            insecure_http=insecure_http,
+            environ=os.environ,
+            **({} if credentials is not None else {"what": KEYS_ONLY}),
+        )
         if not 0 <= exp_leeway <= 300:
             raise ValueError("exp_leeway must be between 0 and 300 seconds")
         self.audience = audience
