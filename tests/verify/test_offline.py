@@ -48,7 +48,7 @@ _OFFLINE = textwrap.dedent(
     jwks = {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": kid,
                       "x": _jws.b64url_encode(bytes(key.verify_key))}]}
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=jwks))
-    verifier = Verifier("http://broker", audience="svc-a", feed=False, transport=transport)
+    verifier = Verifier("https://broker", audience="svc-a", feed=False, transport=transport)
     now = int(time.time())
     claims = {"iss": "tasklease", "sub": "spiffe://t/agent/o/t/i", "aud": ["svc-a"],
               "exp": now + 60, "nbf": now, "iat": now, "jti": "j" * 32,
@@ -151,7 +151,7 @@ def test_revocation_matching_mirrors_the_core(level: str, target: str, revoked_a
 def _verifier_for(ring: KeyRing, **kwargs: Any) -> Verifier:
     jwks = ring.jwks()
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=jwks))
-    return Verifier("http://broker", audience="svc-a", feed=False, transport=transport, **kwargs)
+    return Verifier("https://broker", audience="svc-a", feed=False, transport=transport, **kwargs)
 
 
 def test_claim_checks_refuse_what_the_broker_refuses() -> None:
