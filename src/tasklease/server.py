@@ -581,6 +581,10 @@ def serve(
         "port": config.port,
         "loop": loop,
         "http": http_protocol(config),
+        # No WebSocket route is served: an upgrade is answered as the plain request it is
+        # (with a WebSocket library installed, uvicorn logged each one's raw path and
+        # query string, a credential pasted there included).
+        "ws": "none",
         # A kept-alive connection with no request in this long is closed.
         "timeout_keep_alive": config.http_keepalive_timeout,
         "log_level": config.log_level,

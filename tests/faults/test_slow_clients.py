@@ -31,6 +31,8 @@ from e2e_support import (
 )
 from worker_procs import wait_workers_listening
 
+from tasklease.http.protocol import MAX_HEADER_BYTES, MAX_PIPELINED
+
 pytestmark = pytest.mark.slow
 
 HEADER_TIMEOUT = 2.0
@@ -337,6 +339,62 @@ def test_connections_past_the_cap_are_turned_away_as_they_arrive(tmp_path: Path)
         stop_broker(capped)
 
 
+def test_requests_sent_far_ahead_of_their_answers_close_the_connection(
+    broker: RunningBroker,
+) -> None:
+    # Would fail if: a client that sends requests without reading the answers made the
+    # process queue every one of them (each a parsed request held in memory: 2 MB of
+    # them took 250 MB).
+    sock = _connect(broker)
+    try:
+        sock.setblocking(True)
+        sock.sendall(b"GET /v1/health/live HTTP/1.1\r\nHost: broker\r\n\r\n" * 200)
+        sock.setblocking(False)
+        received, _ = _wait_closed(sock, GRACE)
+    finally:
+        sock.close()
+    assert received.count(b"HTTP/1.1 200 ") <= MAX_PIPELINED + 1
+    # A client that reads its answers may still send a few ahead.
+    sock = _connect(broker)
+    try:
+        sock.setblocking(True)
+        sock.sendall(b"GET /v1/health/live HTTP/1.1\r\nHost: broker\r\n\r\n" * 4)
+        answers = bytearray()
+        while answers.count(b"HTTP/1.1 200 ") < 4:
+            answers += sock.recv(65536)
+    finally:
+        sock.close()
+
+
+def test_a_header_section_past_its_cap_is_refused_431_and_a_large_one_is_served(
+    broker: RunningBroker,
+) -> None:
+    # Would fail if: the header deadline were the only bound on a request's headers, so
+    # one connection streaming header lines for its seconds took gigabytes.
+    host, port = broker.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        big = b"x-big: " + b"a" * 100_000 + b"\r\n"
+        sock.sendall(b"GET /v1/health/live HTTP/1.1\r\nHost: broker\r\n" + big + b"\r\n")
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    sock = _connect(broker)
+    try:
+        sock.setblocking(True)
+        sock.sendall(b"GET /v1/health/live HTTP/1.1\r\nHost: broker\r\n")
+        line = b"a: b\r\n" * 10_000
+        try:
+            for _ in range((MAX_HEADER_BYTES // len(line)) + 4):
+                sock.sendall(line)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        sock.setblocking(False)
+        received, _ = _wait_closed(sock, GRACE)
+    finally:
+        sock.close()
+    assert received.startswith(b"HTTP/1.1 431 "), received[:200]
+    assert b'"error_code":"headers_too_large"' in received
+
+
 def _hold(url: str, most: int) -> list[socket.socket]:
     """Up to ``most`` connections, each answered once and kept alive (held by the
     server), until one is refused."""
@@ -352,17 +410,19 @@ def _hold(url: str, most: int) -> list[socket.socket]:
     return held
 
 
-def _websocket_refused(url: str) -> None:
-    """An upgrade to WebSocket, which the broker (serving no WebSocket route) closes."""
+def _websocket_refused(url: str) -> bytes:
+    """An upgrade to WebSocket, which the broker (serving no WebSocket route) does not
+    make: what it answered."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(
-            b"GET /v1/health/live HTTP/1.1\r\nHost: broker\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            b"GET /v1/health/live?token=eyJhbGciOiJFZERTQSJ9.marker HTTP/1.1\r\n"
+            b"Host: broker\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         )
-        sock.setblocking(False)
-        _wait_closed(sock, GRACE)
+        answer = sock.recv(65536)
+    assert answer and not answer.startswith(b"HTTP/1.1 101"), answer
+    return answer
 
 
 @pytest.mark.parametrize("trusted", [False, True])
@@ -384,8 +444,10 @@ def test_one_client_holds_at_most_its_share_unless_it_is_a_trusted_proxy(
     held: list[socket.socket] = []
     try:
         capped.client.close()  # the launcher's own kept-alive connections
-        for _ in range(2 * share):  # upgrades to WebSocket, each closed: none kept counted
+        for _ in range(2 * share):  # upgrades to WebSocket, none made, none kept counted
             _websocket_refused(capped.url)
+        assert "eyJhbGciOiJFZERTQSJ9.marker" not in capped.log()  # no path, no query
+        time.sleep(0.2)  # the upgrade attempts' connections closed on the server's side
         held = _hold(capped.url, 3 * share)
         if trusted:  # a proxy is not held to a client's share
             assert len(held) == 3 * share

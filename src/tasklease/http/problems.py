@@ -47,6 +47,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "rate_limited": 429,
+    "headers_too_large": 431,
     "internal_error": 500,
     "service_unavailable": 503,
 }

@@ -29,6 +29,13 @@ _log = logging.getLogger("tasklease.http")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# Requests a connection may send ahead of the answers it has not read yet.
+MAX_PIPELINED = 16
+# Bytes a request's line and headers may take (more than asyncio reads at once, 256 KiB:
+# the count is per read).
+MAX_HEADER_BYTES = 512 * 1024
+
+
 def _closing_answer(code: str, detail: str, *headers: bytes) -> bytes:
     """A whole problem response (RFC 9457) that closes its connection, for the protocol to
     write before the application has a request: without ``instance`` or ``request_id``."""
@@ -61,12 +68,21 @@ _HEADERS_LATE_RESPONSE = _closing_answer(
     "request_timeout", "the request headers did not arrive in time"
 )
 _BODY_LATE_RESPONSE = _closing_answer("request_timeout", "the request body did not arrive in time")
+_HEADERS_TOO_LARGE_RESPONSE = _closing_answer(
+    "headers_too_large", f"the request line and headers exceed {MAX_HEADER_BYTES} bytes"
+)
 # What a connection past the process's cap receives, as it arrives, before it is closed.
 _BUSY_RESPONSE = _closing_answer(
     "service_unavailable",
     "the broker holds as many connections as it accepts; retry",
     b"retry-after: 1\r\n",
 )
+
+
+class _Cut(Exception):
+    """Raised from a parser callback to stop parsing a connection that is being closed
+    (the parser stops at once; uvicorn takes it as a malformed request, whose answer the
+    closing transport drops)."""
 
 
 class _TurnedAway:
@@ -169,6 +185,11 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         self._body_deadline: asyncio.TimerHandle | None = None
         self._body_pending = False
         self._turned_away = False
+        self._cut_off = False
+        # Bytes received while the current request's headers are incomplete (counted per
+        # read, so over by at most one read; reset when they are complete).
+        self._header_bytes = 0
+        self._headers_pending = True
 
     def connection_made(self, transport: Any) -> None:
         if self._max_connections is not None and len(self.connections) >= self._max_connections:
@@ -192,9 +213,16 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         self._await_headers()
 
     def data_received(self, data: bytes) -> None:
-        if self._turned_away:
+        if self._turned_away or self._cut_off:
             return
-        super().data_received(data)
+        super().data_received(data)  # a _Cut in a callback ends it as a parser error
+        if self._cut_off:
+            return
+        if self._headers_pending:
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._cut(_HEADERS_TOO_LARGE_RESPONSE)
+                return
         self._await_body()
 
     def on_response_complete(self) -> None:
@@ -207,13 +235,6 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         self._let_go()
         super().connection_lost(exc)
 
-    def handle_websocket_upgrade(self) -> None:
-        # The connection leaves this protocol for uvicorn's WebSocket one, whose
-        # connection_lost is not ours: it lets go of its client's share and timers now.
-        # (The broker serves no WebSocket route: the application closes it at once.)
-        self._let_go()
-        super().handle_websocket_upgrade()
-
     def _let_go(self) -> None:
         """Stop the deadlines and give the client's share back (once)."""
         self._headers_arrived()
@@ -225,18 +246,34 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
             self._client = None
 
     def on_message_begin(self) -> None:
+        if len(self.pipeline) >= MAX_PIPELINED:
+            # Requests sent ahead of their answers, which the client does not read: each
+            # queued one holds its parsed request. Stop parsing; the connection closes.
+            self._cut(b"")
+            raise _Cut
         super().on_message_begin()
         if self._header_deadline is None:  # a later request on a kept-alive connection
             self._await_headers()
 
     def on_headers_complete(self) -> None:
         self._headers_arrived()
+        self._headers_pending = False
+        self._header_bytes = 0
         self._body_pending = True
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._body_arrived()
+        self._headers_pending = True
         super().on_message_complete()
+
+    def _cut(self, answer: bytes) -> None:
+        """Close the connection now (with ``answer`` first, when it is not empty); what
+        else it sends is not read."""
+        self._cut_off = True
+        if answer and (self.cycle is None or self.cycle.response_complete):
+            self.transport.write(answer)
+        self.transport.close()
 
     def _turn_away(self, transport: Any) -> None:
         self._turned_away = True

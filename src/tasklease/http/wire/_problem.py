@@ -43,6 +43,7 @@ ERROR_CODES: Final = {
     "payload_too_large": "The request body exceeds the broker's limit (1 MiB by default).",
     "unsupported_media_type": "Reserved for a refused body media type; not returned today.",
     "rate_limited": "Too many attempts from this client; retry after `Retry-After` seconds.",
+    "headers_too_large": "The request line and headers exceed 512 KiB; the connection is closed.",
     "internal_error": "An unexpected failure; details are in the broker's logs.",
     "service_unavailable": "State could not be made durable (fail-closed); retry later.",
 }
