@@ -5,12 +5,17 @@ scope ceiling; nothing beyond, and never another domain's keys."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from bundle_support import CA, CTX, Served, admin, make_broker, make_ca, serve_broker
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from tasklease.core.broker import Broker
 from tasklease.core.clock import SystemClock
@@ -18,7 +23,7 @@ from tasklease.core.keys import KeyRing
 from tasklease.core.tokens import KIND_AGENT, mint
 from tasklease.rules.bundle import parse_bundle
 from tasklease.verify import FederatedDomain, InvalidToken, Verifier
-from tasklease.verify._federation import FederationError, Federations
+from tasklease.verify._federation import TOTAL_TIMES, FederationError, Federations
 
 AUDIENCE = "orders-api"
 
@@ -358,3 +363,40 @@ def test_a_domain_publishing_the_brokers_key_id_cannot_take_its_tokens(
             forged = KeyRing.generate()
             with pytest.raises(InvalidToken):
                 verifier.verify(_token(local, ("read:data:1",), keyring=forged))
+
+
+def test_a_peer_that_trickles_its_bundle_holds_one_fetch_for_a_bounded_time(
+    ca: CA,
+) -> None:
+    # Would fail if: a bundle endpoint sending a byte every half second kept the fetch
+    # going for as long as it liked (httpx's timeout bounds each read, not the request),
+    # and every verification needing the domain's keys waited on that fetch's lock.
+    async def trickle(_request: Request) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(120):
+                yield b" "
+                await asyncio.sleep(0.5)
+
+        return StreamingResponse(body(), media_type="application/json")
+
+    app = Starlette(routes=[Route("/v1/federation/bundle", trickle)])
+    with Served(app, ca.server("127.0.0.1")) as slow:
+        federations = Federations([_domain(slow, ca)], timeout=1.0, min_interval=0.0)
+        domain = federations._domains["b.example"]
+        began = time.monotonic()
+        waiter: dict[str, float | bool] = {}
+
+        def second_caller() -> None:
+            time.sleep(0.2)  # while the first fetch holds the lock
+            started = time.monotonic()
+            waiter["fetched"] = federations._fetch(domain)
+            waiter["waited"] = time.monotonic() - started
+
+        other = threading.Thread(target=second_caller)
+        other.start()
+        assert federations._fetch(domain) is False  # cut off at its total deadline
+        took = time.monotonic() - began
+        other.join(30)
+        assert took < TOTAL_TIMES * 1.0 + 5, f"the fetch took {took:.1f} s"
+        assert waiter["fetched"] is False and float(waiter["waited"]) < 1.0 + 3
+        assert domain.last_error, "the cut-off fetch names why"

@@ -36,10 +36,13 @@ from tasklease.core.attestors import (
     keys_from_jwks,
     parse_jwks,
 )
+from tasklease.verify._deadline import total_deadline
 
 __all__ = ["MIN_REFETCH", "TIMEOUT", "FetchError", "HttpKeyFetcher", "fetch_jwks"]
 
 TIMEOUT = 5.0
+# A fetch (discovery and the JWK Set) takes at most this many times TIMEOUT in all.
+TOTAL_TIMES = 3
 MIN_REFETCH = 10.0
 _MAX_BODY = 262144
 _log = logging.getLogger("tasklease.attestation")
@@ -71,8 +74,13 @@ def _get_json(client: httpx.Client, url: str) -> Any:
         with client.stream("GET", url, headers={"accept": "application/json"}) as response:
             if response.status_code != 200:
                 raise FetchError(f"{url} answered {response.status_code}")
+            if response.headers.get("content-encoding", "identity").lower() not in (
+                "identity",
+                "",
+            ):
+                raise FetchError(f"{url} answered a compressed body")  # none was asked for
             body = b""
-            for chunk in response.iter_bytes():
+            for chunk in response.iter_raw():
                 body += chunk
                 if len(body) > _MAX_BODY:
                     raise FetchError(f"{url} answered more than {_MAX_BODY} bytes")
@@ -91,9 +99,16 @@ def fetch_jwks(source: JwksSource, *, timeout: float = TIMEOUT) -> dict[str, Ver
         FetchError: a request failed, discovery named another issuer or a non-https JWKS,
             or the JWK Set is malformed or holds no usable key.
     """
-    with httpx.Client(
-        verify=_tls_context(source.ca_pem), timeout=timeout, follow_redirects=False
-    ) as client:
+    with (
+        httpx.Client(
+            verify=_tls_context(source.ca_pem),
+            timeout=timeout,
+            follow_redirects=False,
+            trust_env=False,
+            headers={"accept-encoding": "identity"},
+        ) as client,
+        total_deadline(client, TOTAL_TIMES * timeout),
+    ):
         jwks_uri = source.jwks_uri
         if not jwks_uri:
             discovery_url = source.issuer.rstrip("/") + "/.well-known/openid-configuration"
@@ -139,8 +154,12 @@ class HttpKeyFetcher:
         with self._guard:
             cached = self._cache.setdefault(source, _Cached())
             lock = self._locks.setdefault(source, threading.Lock())
-        with lock:
-            if self._due(cached, source, now, refresh):
+        # Another caller's fetch under way is waited for one timeout at most, then the
+        # keys held are used: an issuer that answers slowly holds one thread, not every
+        # registration that names it.
+        fetching = lock.acquire(timeout=self._timeout)
+        try:
+            if fetching and self._due(cached, source, now, refresh):
                 cached.tried_at = now
                 try:
                     cached.keys = fetch_jwks(source, timeout=self._timeout)
@@ -150,6 +169,9 @@ class HttpKeyFetcher:
                     cached.error = exc.reason
                     _log.warning("keys of %s not fetched: %s", source.issuer, exc.reason)
             keys, fetched_at, error = cached.keys, cached.fetched_at, cached.error
+        finally:
+            if fetching:
+                lock.release()
         if keys is None:
             raise AttestationRefused(f"issuer keys unavailable: {error}", "unavailable")
         if now - fetched_at > source.max_stale:

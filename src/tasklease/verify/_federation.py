@@ -15,6 +15,7 @@ ask for nothing beyond its ceiling (scopes only: a token carrying structured gra
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -35,6 +36,7 @@ from tasklease.rules.bundle import (
     parse_bundle,
     valid_trust_domain,
 )
+from tasklease.verify._deadline import total_deadline
 
 __all__ = ["FederatedDomain", "FederationError", "Federations"]
 
@@ -43,6 +45,8 @@ _DEFAULT_HINT = 300.0  # SPIFFE Federation: five minutes without a hint
 _MIN_INTERVAL = 1.0
 _REDIRECTS = frozenset((302, 303, 307))
 _MAX_REDIRECTS = 3
+# A bundle fetch, redirects and all, takes at most this many times the client's timeout.
+TOTAL_TIMES = 3
 
 
 class FederationError(Exception):
@@ -246,8 +250,15 @@ class Federations:
     def _fetch(
         self, domain: _Domain, *, due: Callable[[_Domain, float], bool] | None = None
     ) -> bool:
-        """Fetch ``domain``'s bundle (when ``due`` says so, asked once its lock is held)."""
-        with domain.lock:
+        """Fetch ``domain``'s bundle (when ``due`` says so, asked once its lock is held).
+
+        Another caller's fetch under way is waited for ``timeout`` seconds at most: a peer
+        that answers slowly holds one thread, not every verification that wants its keys.
+        """
+        if not domain.lock.acquire(timeout=self._timeout):
+            return False
+        with contextlib.ExitStack() as held:
+            held.callback(domain.lock.release)
             if due is not None and not due(domain, self._monotonic()):
                 return False  # another caller fetched it while this one waited
             domain.last_attempt = self._monotonic()
@@ -283,10 +294,14 @@ def _context(ca_file: str | None) -> ssl.SSLContext:
 
 
 def _get(url: str, context: ssl.SSLContext, timeout: float) -> bytes:
-    """GET ``url`` (https only, temporary redirects to https only), body capped."""
-    with httpx.Client(
-        verify=context, timeout=timeout, follow_redirects=False, trust_env=False
-    ) as client:
+    """GET ``url`` (https only, temporary redirects to https only), body capped, all of it
+    within ``TOTAL_TIMES`` times ``timeout`` (each read within ``timeout``)."""
+    with (
+        httpx.Client(
+            verify=context, timeout=timeout, follow_redirects=False, trust_env=False
+        ) as client,
+        total_deadline(client, TOTAL_TIMES * timeout),
+    ):
         for _ in range(_MAX_REDIRECTS + 1):
             if not _https(url):
                 raise FederationError("not an https URL without userinfo")
