@@ -303,24 +303,11 @@ def test_connections_past_the_cap_are_turned_away_as_they_arrive(tmp_path: Path)
     try:
         host, port = capped.url.removeprefix("http://").split(":")
         capped.client.close()  # the launcher's own kept-alive connections
-        while len(held) <= cap:  # each answered once and kept alive: held by the server
-            sock = socket.create_connection((host, int(port)), timeout=5)
-            sock.sendall(b"GET /v1/health/live HTTP/1.1\r\nHost: broker\r\n\r\n")
-            answer = sock.recv(65536)
-            if not answer.startswith(b"HTTP/1.1 200 "):
-                sock.close()
-                break
-            held.append(sock)
+        held = _hold(capped.url, cap + 1)
         # The launcher's connections may not all be gone yet: at most cap, at least most.
         assert cap - 3 <= len(held) < cap + 1, len(held)
-        extra = socket.create_connection((host, int(port)), timeout=5)
-        extra.setblocking(False)
-        try:
-            received, _ = _wait_closed(extra, GRACE)
-        finally:
-            extra.close()
-        head, _, body = received.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 503 "), received
+        head, _, body = _turned_away(capped.url).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 "), head
         assert b"retry-after: 1" in head.lower() and b"connection: close" in head.lower()
         assert b'"error_code":"service_unavailable"' in body
         # The operator is told, once a minute at most, not once per connection.
@@ -410,6 +397,18 @@ def _hold(url: str, most: int) -> list[socket.socket]:
     return held
 
 
+def _turned_away(url: str) -> bytes:
+    """What one more connection receives before the server closes it."""
+    host, port = url.removeprefix("http://").split(":")
+    extra = socket.create_connection((host, int(port)), timeout=5)
+    extra.setblocking(False)
+    try:
+        received, _ = _wait_closed(extra, GRACE)
+    finally:
+        extra.close()
+    return received
+
+
 def _websocket_refused(url: str) -> bytes:
     """An upgrade to WebSocket, which the broker (serving no WebSocket route) does not
     make: what it answered."""
@@ -454,13 +453,7 @@ def test_one_client_holds_at_most_its_share_unless_it_is_a_trusted_proxy(
             return
         # The launcher's connections may not all be gone yet: at most its share.
         assert share - 3 <= len(held) <= share, len(held)
-        host, port = capped.url.removeprefix("http://").split(":")
-        extra = socket.create_connection((host, int(port)), timeout=5)
-        extra.setblocking(False)
-        try:
-            received, _ = _wait_closed(extra, GRACE)
-        finally:
-            extra.close()
+        received = _turned_away(capped.url)
         assert received.startswith(b"HTTP/1.1 503 "), received
         assert b'"error_code":"service_unavailable"' in received
         logged = time.monotonic() + GRACE
