@@ -24,7 +24,7 @@ from tasklease.client import (
     Retry,
     Unavailable,
 )
-from tasklease.client._retry import retry_after_seconds
+from tasklease.client._retry import NO_RETRY, retry_after_seconds
 from tasklease.client.testing import BrokerForTests
 
 RESOURCE = "https://orders.example/api"
@@ -169,6 +169,25 @@ def test_retry_after_as_seconds_or_http_date() -> None:
     assert retry_after_seconds("7") == 7
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10
     assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663", "9" * 5000, "-1", "1.5"])
+def test_a_retry_after_that_is_no_delay_is_ignored_not_raised(value: str) -> None:
+    # Would fail if: a broker (or anything answering for it) could make the SDK raise a
+    # bare ValueError, outside its documented errors, with a Retry-After of digits that
+    # are not ASCII ("\u00b2".isdigit() is True) or too many of them for int().
+    assert retry_after_seconds(value) is None
+    answer = httpx.Response(
+        429,
+        json={"error_code": "rate_limited", "detail": "slow down", "status": 429},
+        headers=[(b"retry-after", value.encode())],  # as the bytes came off the wire
+    )
+    transport, _ = _scripted(answer)
+    with pytest.raises(RateLimited) as limited:
+        AppClient(
+            "https://broker.example", "id", "s", transport=transport, retry=NO_RETRY
+        ).app_token()
+    assert limited.value.retry_after is None
 
 
 httpx2 = pytest.importorskip("httpx2")

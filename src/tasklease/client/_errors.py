@@ -35,9 +35,12 @@ answer at all) raise :class:`TransportError`.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import httpx
+
+from tasklease.client._retry import retry_after_seconds
 
 __all__ = [
     "Conflict",
@@ -303,6 +306,6 @@ def error_from_response(response: httpx.Response) -> TaskleaseError:
         "oauth_error": oauth_error,
     }
     if cls is RateLimited:
-        retry = response.headers.get("retry-after", "")
-        kwargs["retry_after"] = int(retry) if retry.isdigit() else None
+        seconds = retry_after_seconds(response.headers.get("retry-after"))
+        kwargs["retry_after"] = None if seconds is None else math.ceil(seconds)
     return cls(detail, **kwargs)

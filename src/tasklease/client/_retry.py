@@ -11,6 +11,7 @@ the same way. Anything else is answered at once. A ``Retry-After`` longer than
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -20,6 +21,9 @@ import httpx
 __all__ = ["DEFAULT_RETRY", "NO_RETRY", "Retry", "retry_after_seconds"]
 
 _RETRY_STATUSES = frozenset({429, 503})
+# Delay-seconds (RFC 9110 section 10.2.3): ASCII digits only (``str.isdigit`` takes ``²``
+# and other digits ``float`` refuses), and not so many that the number means nothing.
+_SECONDS = re.compile(r"[0-9]{1,10}")
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -28,7 +32,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     if not value:
         return None
     text = value.strip()
-    if text.isdigit():
+    if _SECONDS.fullmatch(text):
         return float(text)
     try:
         when = parsedate_to_datetime(text)
