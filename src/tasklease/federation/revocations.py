@@ -37,6 +37,7 @@ from tasklease.core.records import FederationRecord, RevocationRecord
 from tasklease.core.tenants import DEFAULT_TENANT
 from tasklease.federation.refresher import _tls_context
 from tasklease.keystore import KeyStoreError, read_secret_file
+from tasklease.verify._feed import bounded_lines
 
 __all__ = [
     "LEASE_TTL",
@@ -130,14 +131,14 @@ class Event:
 
 def parse_event(lines: Iterator[str]) -> Iterator[Event]:
     """Server-sent events (the WHATWG format) from a stream's lines."""
-    kind, data, ident = "", list[str](), ""
+    kind, data, ident, size = "", list[str](), "", 0
     for line in lines:
         if len(line) > _MAX_LINE:
             raise FeedError("feed line too long")
         if not line:
             if data:
                 yield Event(kind or "message", "\n".join(data), ident)
-            kind, data = "", []
+            kind, data, size = "", [], 0
         elif line.startswith(":"):
             yield Event("")
         else:
@@ -146,6 +147,9 @@ def parse_event(lines: Iterator[str]) -> Iterator[Event]:
             if name == "event":
                 kind = value
             elif name == "data":
+                size += len(value)
+                if size > _MAX_LINE:  # an event's data lines, together
+                    raise FeedError("feed event too large")
                 data.append(value)
             elif name == "id" and "\x00" not in value:
                 ident = value
@@ -260,6 +264,7 @@ class _Follower:
             headers = {
                 "authorization": f"Bearer {self._bearer(client)}",
                 "accept": "text/event-stream",
+                "accept-encoding": "identity",
             }
             with client.stream("GET", _STREAM, params=params, headers=headers) as response:
                 if response.status_code == 401:
@@ -267,7 +272,7 @@ class _Follower:
                 if response.status_code != 200:
                     raise FeedError(f"feed answered HTTP {response.status_code}")
                 current = False
-                for event in parse_event(response.iter_lines()):
+                for event in parse_event(bounded_lines(response, _MAX_LINE)):
                     if self._stop.is_set():
                         return
                     if current:  # past the backlog, anything heard proves the feed alive

@@ -101,6 +101,35 @@ class Event:
     id: str = ""
 
 
+def bounded_lines(response: httpx.Response, limit: int) -> Iterator[str]:
+    """A server-sent event stream's lines (without their ``\n`` or ``\r\n``), read from
+    the bytes on the wire: none may be longer than ``limit`` bytes, and the stream must not
+    be compressed (it is asked for as ``identity``), so a hostile or broken server cannot
+    make the reader buffer an endless line or inflate a small answer.
+
+    Raises:
+        ValueError: a line longer than ``limit``, or a compressed stream.
+    """
+    encoding = response.headers.get("content-encoding", "identity").lower()
+    if encoding not in ("identity", ""):
+        raise ValueError(f"a compressed event stream ({encoding}) is refused")
+    pending = bytearray()
+    # A response read already (a transport that is no network: a test's mock) is its body.
+    chunks = [response.content] if response.is_stream_consumed else response.iter_raw()
+    for chunk in chunks:
+        pending += chunk
+        start = 0
+        while (end := pending.find(b"\n", start)) != -1:
+            line = bytes(pending[start:end])
+            start = end + 1
+            if len(line) > limit:
+                raise ValueError("event stream line too long")
+            yield line.removesuffix(b"\r").decode("utf-8", "replace")
+        del pending[:start]
+        if len(pending) > limit:
+            raise ValueError("event stream line too long")
+
+
 class EventParser:
     """Server-sent events, one line at a time (no line terminators)."""
 
@@ -301,6 +330,7 @@ class FeedFollower:
         headers = {
             "Authorization": f"Bearer {self._token_source()}",
             "Accept": "text/event-stream",
+            "Accept-Encoding": "identity",
         }
         timeout = httpx.Timeout(self._read_timeout, read=self._read_timeout)
         with self._client.stream(
@@ -312,7 +342,7 @@ class FeedFollower:
             self.connections += 1
             parser = EventParser()
             synced = False
-            for line in response.iter_lines():
+            for line in bounded_lines(response, _MAX_EVENT_BYTES):
                 if self._stop.is_set():
                     return
                 for event in parser.feed(line):
