@@ -221,3 +221,32 @@ def test_discovery_takes_only_a_resource_that_encloses_the_url_called(
         with pytest.raises(TaskleaseError) as caught:
             discover(called, metadata_url=metadata_url, transport=transport)
         assert caught.value.code == "bad_metadata"
+
+
+def test_discovery_asks_a_few_authorization_servers_and_only_over_https() -> None:
+    # Would fail if: a resource's document (whoever serves it) could send the SDK to as
+    # many hosts as it names, over plain HTTP among them, or name a token endpoint over
+    # plain HTTP, where credentials would follow.
+    from tasklease.client import discover
+    from tasklease.client._oauth import MAX_AUTHORIZATION_SERVERS
+
+    asked: list[str] = []
+    named = ["http://plain.example"] + [f"https://as{i}.example" for i in range(10)]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/.well-known/oauth-protected-resource"):
+            body = {"resource": "https://tools.example/mcp", "authorization_servers": named}
+            return httpx.Response(200, json=body)
+        asked.append(f"{request.url.scheme}://{request.url.host}")
+        issuer = f"https://{request.url.host}"
+        plain = request.url.host == "as0.example"
+        endpoint = f"{'http' if plain else 'https'}://{request.url.host}/token"
+        return httpx.Response(200, json={"issuer": issuer, "token_endpoint": endpoint})
+
+    found = discover(
+        "https://tools.example/mcp",
+        metadata_url="https://tools.example/.well-known/oauth-protected-resource/mcp",
+        transport=httpx.MockTransport(handler),
+    )
+    assert asked == [f"https://as{i}.example" for i in range(MAX_AUTHORIZATION_SERVERS)]
+    assert [s.issuer for s in found.authorization_servers] == asked[1:]  # as0's is plain

@@ -26,6 +26,7 @@ import httpx
 from tasklease.client._errors import InvalidRequest, TaskleaseError
 from tasklease.client._flows import Clock, Flow, expect_json
 from tasklease.client._holder import DPoPKey
+from tasklease.rules.cleartext import may_carry_credentials
 
 __all__ = [
     "AsyncResourceAuth",
@@ -43,6 +44,9 @@ EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
 _FORM = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
 _PARAM = re.compile(r'([A-Za-z_]+)="([^"]*)"')
+# Authorization servers of a protected resource's document asked for their metadata, at
+# most (RFC 9728 lists them in order of preference).
+MAX_AUTHORIZATION_SERVERS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +238,12 @@ def _get(url: str) -> httpx.Request:
     return httpx.Request("GET", url, headers={"Accept": "application/json"})
 
 
+def _safe(url: str) -> bool:
+    """An ``https`` URL, or ``http`` to a loopback host (``rules.cleartext``)."""
+    parts = urlsplit(url)
+    return may_carry_credentials(parts.scheme, parts.hostname or "")
+
+
 def _strings(value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
         return ()
@@ -286,7 +296,10 @@ def discover_flow(
             code="bad_metadata",
         )
     servers: list[AuthorizationServer] = []
-    for issuer in _strings(document.get("authorization_servers")):
+    named_servers = _strings(document.get("authorization_servers"))
+    # The resource's document chooses where the SDK goes next: only the first few, each
+    # over https (or http to loopback), where credentials may follow.
+    for issuer in [s for s in named_servers if _safe(s)][:MAX_AUTHORIZATION_SERVERS]:
         answer = yield _get(well_known_url(issuer, "oauth-authorization-server"))
         if answer.status_code != 200:
             continue
@@ -295,7 +308,7 @@ def discover_flow(
         except TaskleaseError:
             continue
         endpoint = meta.get("token_endpoint")
-        if meta.get("issuer") != issuer or not isinstance(endpoint, str):
+        if meta.get("issuer") != issuer or not isinstance(endpoint, str) or not _safe(endpoint):
             continue
         servers.append(AuthorizationServer(issuer, endpoint, meta))
     return ProtectedResource(
