@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tasklease.federation.revocations import FeedError, parse_event
-from tasklease.verify._feed import bounded_lines
+from tasklease.verify.bounds import bounded_lines
 
 LIMIT = 1024
 

@@ -36,7 +36,7 @@ from tasklease.core.attestors import (
     keys_from_jwks,
     parse_jwks,
 )
-from tasklease.verify._deadline import total_deadline
+from tasklease.verify.bounds import total_deadline
 
 __all__ = ["MIN_REFETCH", "TIMEOUT", "FetchError", "HttpKeyFetcher", "fetch_jwks"]
 

@@ -37,7 +37,7 @@ from tasklease.core.records import FederationRecord, RevocationRecord
 from tasklease.core.tenants import DEFAULT_TENANT
 from tasklease.federation.refresher import _tls_context
 from tasklease.keystore import KeyStoreError, read_secret_file
-from tasklease.verify._feed import bounded_lines
+from tasklease.verify.bounds import bounded_lines
 
 __all__ = [
     "LEASE_TTL",

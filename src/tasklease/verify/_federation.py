@@ -36,7 +36,7 @@ from tasklease.rules.bundle import (
     parse_bundle,
     valid_trust_domain,
 )
-from tasklease.verify._deadline import total_deadline
+from tasklease.verify.bounds import total_deadline
 
 __all__ = ["FederatedDomain", "FederationError", "Federations"]
 

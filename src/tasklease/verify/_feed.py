@@ -48,6 +48,7 @@ import httpx
 
 from tasklease.verify._freshness import DEFAULT_MAX_STALENESS
 from tasklease.verify._revocations import RevocationIndex, parse_entry
+from tasklease.verify.bounds import bounded_lines
 
 __all__ = [
     "AppCredentials",
@@ -99,35 +100,6 @@ class Event:
     kind: str  # "" for a comment (keepalive)
     data: str = ""
     id: str = ""
-
-
-def bounded_lines(response: httpx.Response, limit: int) -> Iterator[str]:
-    """A server-sent event stream's lines (without their ``\n`` or ``\r\n``), read from
-    the bytes on the wire: none may be longer than ``limit`` bytes, and the stream must not
-    be compressed (it is asked for as ``identity``), so a hostile or broken server cannot
-    make the reader buffer an endless line or inflate a small answer.
-
-    Raises:
-        ValueError: a line longer than ``limit``, or a compressed stream.
-    """
-    encoding = response.headers.get("content-encoding", "identity").lower()
-    if encoding not in ("identity", ""):
-        raise ValueError(f"a compressed event stream ({encoding}) is refused")
-    pending = bytearray()
-    # A response read already (a transport that is no network: a test's mock) is its body.
-    chunks = [response.content] if response.is_stream_consumed else response.iter_raw()
-    for chunk in chunks:
-        pending += chunk
-        start = 0
-        while (end := pending.find(b"\n", start)) != -1:
-            line = bytes(pending[start:end])
-            start = end + 1
-            if len(line) > limit:
-                raise ValueError("event stream line too long")
-            yield line.removesuffix(b"\r").decode("utf-8", "replace")
-        del pending[:start]
-        if len(pending) > limit:
-            raise ValueError("event stream line too long")
 
 
 class EventParser:
