@@ -36,7 +36,7 @@ from tasklease.core.attestors import (
     keys_from_jwks,
     parse_jwks,
 )
-from tasklease.verify.bounds import total_deadline
+from tasklease.verify.bounds import bounded_body, total_deadline
 
 __all__ = ["MIN_REFETCH", "TIMEOUT", "FetchError", "HttpKeyFetcher", "fetch_jwks"]
 
@@ -74,16 +74,9 @@ def _get_json(client: httpx.Client, url: str) -> Any:
         with client.stream("GET", url, headers={"accept": "application/json"}) as response:
             if response.status_code != 200:
                 raise FetchError(f"{url} answered {response.status_code}")
-            if response.headers.get("content-encoding", "identity").lower() not in (
-                "identity",
-                "",
-            ):
-                raise FetchError(f"{url} answered a compressed body")  # none was asked for
-            body = b""
-            for chunk in response.iter_raw():
-                body += chunk
-                if len(body) > _MAX_BODY:
-                    raise FetchError(f"{url} answered more than {_MAX_BODY} bytes")
+            body = bounded_body(response, _MAX_BODY)
+    except ValueError as exc:
+        raise FetchError(f"{url}: {exc}") from None
     except httpx.HTTPError as exc:
         raise FetchError(f"{url}: {type(exc).__name__}: {str(exc)[:200]}") from None
     try:

@@ -30,6 +30,7 @@ from tasklease.core.errors import NotFound
 from tasklease.core.federation import BundleRefused
 from tasklease.core.records import FederationRecord
 from tasklease.rules.bundle import MAX_BUNDLE_BYTES
+from tasklease.verify.bounds import bounded_body
 
 __all__ = [
     "MAX_REDIRECTS",
@@ -104,24 +105,12 @@ def fetch_bundle(url: str, *, ca_pem: str = "") -> bytes:
                         continue
                     if response.status_code != 200:
                         raise FetchError(f"HTTP status {response.status_code}")
-                    return _read_capped(response)
+                    return bounded_body(response, MAX_BUNDLE_BYTES)
+            except ValueError as exc:
+                raise FetchError(f"bundle: {exc}") from None
             except httpx.HTTPError as exc:
                 raise FetchError(_describe(exc)) from None
         raise FetchError("too many redirects")
-
-
-def _read_capped(response: httpx.Response) -> bytes:
-    if response.headers.get("content-encoding", "identity").lower() not in ("identity", ""):
-        raise FetchError("a compressed bundle is refused")
-    declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BUNDLE_BYTES:
-        raise FetchError(f"bundle larger than {MAX_BUNDLE_BYTES} bytes")
-    body = bytearray()
-    for chunk in response.iter_raw():
-        body += chunk
-        if len(body) > MAX_BUNDLE_BYTES:
-            raise FetchError(f"bundle larger than {MAX_BUNDLE_BYTES} bytes")
-    return bytes(body)
 
 
 def _describe(exc: httpx.HTTPError) -> str:

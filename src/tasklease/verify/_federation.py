@@ -36,7 +36,7 @@ from tasklease.rules.bundle import (
     parse_bundle,
     valid_trust_domain,
 )
-from tasklease.verify.bounds import total_deadline
+from tasklease.verify.bounds import bounded_body, total_deadline
 
 __all__ = ["FederatedDomain", "FederationError", "Federations"]
 
@@ -313,15 +313,9 @@ def _get(url: str, context: ssl.SSLContext, timeout: float) -> bytes:
                         continue
                     if response.status_code != 200:
                         raise FederationError(f"HTTP status {response.status_code}")
-                    encoding = response.headers.get("content-encoding", "identity").lower()
-                    if encoding not in ("identity", ""):
-                        raise FederationError("a compressed bundle is refused")
-                    body = bytearray()
-                    for chunk in response.iter_raw():
-                        body += chunk
-                        if len(body) > MAX_BUNDLE_BYTES:
-                            raise FederationError("bundle too large")
-                    return bytes(body)
+                    return bounded_body(response, MAX_BUNDLE_BYTES)
+            except ValueError as exc:
+                raise FederationError(f"bundle: {exc}") from None
             except httpx.HTTPError as exc:
                 raise FederationError(f"{type(exc).__name__}: {str(exc)[:120]}") from None
         raise FederationError("too many redirects")
