@@ -17,6 +17,7 @@ also counts the calls of every grant it was narrowed from.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +27,13 @@ import httpx
 from tasklease.rules.binding import Presentation
 from tasklease.verify._claims import VerifiedToken
 from tasklease.verify._errors import InsufficientScope, InvalidToken, VerifierUnavailable
+from tasklease.verify.bounds import bounded_body
 
 __all__ = ["CallCount", "count_call", "has_max_calls", "require_grant"]
+
+# A count or a refusal's problem detail is a few hundred bytes; either is read off the
+# wire, uncompressed, at most this much (verify.bounds.bounded_body).
+MAX_ANSWER_BYTES = 65536
 
 CALL_ARGS = frozenset(
     (
@@ -97,7 +103,8 @@ def count_call(
         InsufficientScope: no grant allows the call, or its calls (or a delegator's) are
             used up.
         InvalidToken: the broker refused the token.
-        VerifierUnavailable: the broker could not be asked: fail closed.
+        VerifierUnavailable: the broker could not be asked, or its answer not read (not
+            a count, compressed, or larger than :data:`MAX_ANSWER_BYTES`): fail closed.
     """
     unknown = set(call) - CALL_ARGS
     if unknown:
@@ -112,27 +119,51 @@ def count_call(
         if presented.dpop_proof:
             body.update(dpop=presented.dpop_proof, htm=presented.htm, htu=presented.htu)
     try:
-        response = client.post("/v1/token/calls", json=body)
+        with client.stream(
+            "POST", "/v1/token/calls", json=body, headers={"accept-encoding": "identity"}
+        ) as response:
+            status = response.status_code
+            if status not in (200, 400, 401, 403):
+                raise VerifierUnavailable(f"counting the call failed: HTTP {status}")
+            try:
+                answer = bounded_body(response, MAX_ANSWER_BYTES)
+            except ValueError as exc:
+                if status == 200:
+                    raise VerifierUnavailable(f"counting the call failed: {exc}") from None
+                answer = b""  # a refusal's detail is only for the logs
     except httpx.HTTPError as exc:
         raise VerifierUnavailable(f"counting the call failed: {type(exc).__name__}") from None
-    if response.status_code == 200:
-        answer = response.json()
-        return CallCount(
-            bool(answer.get("counted")), answer.get("remaining"), answer.get("max_calls")
-        )
-    detail = _problem_detail(response)
-    if response.status_code == 403:
+    if status == 200:
+        return _call_count(answer)
+    detail = _problem_detail(status, answer)
+    if status == 403:
         raise InsufficientScope(f"broker refused the call: {detail}", required=f"grant:{kind}")
-    if response.status_code in (400, 401):
-        raise InvalidToken(f"broker refused the token: {detail}")
-    raise VerifierUnavailable(f"counting the call failed: HTTP {response.status_code}")
+    raise InvalidToken(f"broker refused the token: {detail}")
 
 
-def _problem_detail(response: httpx.Response) -> str:
+def _call_count(answer: bytes) -> CallCount:
+    """The broker's 200 answer, or :class:`VerifierUnavailable` when it is not one: a call
+    is never let through on an answer that cannot be read."""
     try:
-        body = response.json()
+        document = json.loads(answer)
     except ValueError:
-        return f"HTTP {response.status_code}"
+        raise VerifierUnavailable("counting the call failed: the answer is not JSON") from None
+    if type(document) is not dict:
+        raise VerifierUnavailable("counting the call failed: the answer is not an object")
+    counted = document.get("counted")
+    remaining, max_calls = document.get("remaining"), document.get("max_calls")
+    if type(counted) is not bool or not all(
+        value is None or type(value) is int for value in (remaining, max_calls)
+    ):
+        raise VerifierUnavailable("counting the call failed: a malformed answer")
+    return CallCount(counted, remaining, max_calls)
+
+
+def _problem_detail(status: int, answer: bytes) -> str:
+    try:
+        body = json.loads(answer)
+    except ValueError:
+        return f"HTTP {status}"
     if not isinstance(body, dict):
-        return f"HTTP {response.status_code}"
+        return f"HTTP {status}"
     return f"{body.get('detail', '')} (denial_id={body.get('denial_id', '-')})"[:300]

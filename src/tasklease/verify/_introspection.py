@@ -9,6 +9,7 @@ app credential and gets the token's claims with ``active: true``, or ``{"active"
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 import httpx
 
 from tasklease.verify._errors import VerifierUnavailable
+from tasklease.verify.bounds import bounded_body
 
 __all__ = ["REFERENCE_CHARS", "BrokerIntrospector", "TokenIntrospector", "is_reference_token"]
 
@@ -52,7 +54,9 @@ class BrokerIntrospector:
     ``token_source`` returns an admin or app bearer token (the verifier's credentials);
     ``forget_token`` drops a cached one after a 401, and the call is retried once. The
     ``audience`` is sent too, so the broker also answers inactive for another resource.
-    Note that an app credential only sees tokens of its own app's agents.
+    Note that an app credential only sees tokens of its own app's agents. The answer is
+    read uncompressed, at most :data:`MAX_RESPONSE_BYTES`: a larger or compressed one is
+    :class:`~tasklease.verify.VerifierUnavailable`.
     """
 
     def __init__(
@@ -73,24 +77,39 @@ class BrokerIntrospector:
         for attempt in range(2):
             self.calls += 1
             try:
-                bearer = self._token_source()
-                response = self._client.post(
-                    "/v1/introspect",
-                    data={"token": token, "audience": self._audience},
-                    headers={"Authorization": f"Bearer {bearer}", "Accept": "application/json"},
-                )
+                status, answer = self._ask(token)
             except (httpx.HTTPError, KeyError, ValueError, RuntimeError) as exc:
                 raise VerifierUnavailable(f"introspection failed: {exc}") from None
-            if response.status_code == 401 and attempt == 0:
+            if status == 401 and attempt == 0:
                 self._forget_token()
                 continue
-            if response.status_code != 200:
-                raise VerifierUnavailable(f"introspection answered {response.status_code}")
-            if len(response.content) > MAX_RESPONSE_BYTES:
-                raise VerifierUnavailable("introspection response too large")
+            if status != 200:
+                raise VerifierUnavailable(f"introspection answered {status}")
             try:
-                body = response.json()
+                body = json.loads(answer)
             except ValueError:
                 raise VerifierUnavailable("introspection response is not JSON") from None
             return body if isinstance(body, dict) else None
         raise VerifierUnavailable("introspection refused our credentials")
+
+    def _ask(self, token: str) -> tuple[int, bytes]:
+        """The status of one ``POST /v1/introspect``, and for a 200 its body: read
+        uncompressed, off the wire, at most :data:`MAX_RESPONSE_BYTES` (other bodies are
+        not read)."""
+        bearer = self._token_source()
+        with self._client.stream(
+            "POST",
+            "/v1/introspect",
+            data={"token": token, "audience": self._audience},
+            headers={
+                "Authorization": f"Bearer {bearer}",
+                "Accept": "application/json",
+                "Accept-Encoding": "identity",
+            },
+        ) as response:
+            if response.status_code != 200:
+                return response.status_code, b""
+            try:
+                return 200, bounded_body(response, MAX_RESPONSE_BYTES)
+            except ValueError as exc:
+                raise VerifierUnavailable(f"introspection response refused: {exc}") from None

@@ -15,10 +15,15 @@ known keep serving (the JWKS has no age limit of its own; the revocation feed's
 ``max_feed_staleness`` bounds how long a verifier rides out an outage), and a token whose
 key is known never waits for a refresh another caller is making (a fetch from an
 unreachable broker can take the whole timeout).
+
+The JWKS is read off the wire uncompressed, at most :data:`MAX_JWKS_BYTES` of it: a
+compressed or larger answer is a failed fetch, refused before it fills the verifier's
+memory.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -29,10 +34,12 @@ import httpx
 import nacl.signing
 
 from tasklease.rules import jws
+from tasklease.verify.bounds import bounded_body
 
 __all__ = ["KeySet", "parse_jwks"]
 
 MAX_JWKS_BYTES = 65536
+_HEADERS = {"accept-encoding": "identity"}
 _log = logging.getLogger("tasklease.verify")
 
 
@@ -162,11 +169,12 @@ class KeySet:
                 self._last_kid_attempt = now
             self.fetches += 1
             try:
-                response = self._client.get("/.well-known/jwks.json")
-                response.raise_for_status()
-                if len(response.content) > MAX_JWKS_BYTES:
-                    raise ValueError("JWKS too large")
-                keys = parse_jwks(response.json())
+                with self._client.stream(
+                    "GET", "/.well-known/jwks.json", headers=_HEADERS
+                ) as response:
+                    response.raise_for_status()
+                    body = bounded_body(response, MAX_JWKS_BYTES)
+                keys = parse_jwks(json.loads(body))
             except (httpx.HTTPError, ValueError) as exc:
                 _log.warning("fetching the broker's JWKS failed: %s", exc)
                 return False

@@ -1,0 +1,294 @@
+"""The verifier reads the broker's answers (its JWKS, introspection, counted calls) off
+the wire with a size cap, never inflated: a hostile or broken broker answering a gzip
+bomb, an endless body or a malformed count is refused, and fails closed.
+
+Over loopback HTTP, against a fake broker (uvicorn in a thread) that answers what each
+test sets. A bomb here is 100 MB of zeros, about 100 KB gzipped: inflated, it would take
+more than 100 MB of the process, which tracemalloc would see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tracemalloc
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+
+import httpx
+import nacl.signing
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+from verify_support import Served
+
+from tasklease.rules import jws
+from tasklease.verify import InsufficientScope, InvalidToken, VerifierUnavailable
+from tasklease.verify._grants import CallCount, count_call
+from tasklease.verify._introspection import BrokerIntrospector
+from tasklease.verify._jwks import KeySet
+
+BOMB_BYTES = 100_000_000
+# What reading a refused answer may cost at most (the bomb would cost BOMB_BYTES and more).
+PEAK_BYTES = 8_000_000
+_GZIP = {"content-encoding": "gzip"}
+
+
+@cache
+def _bomb() -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip member
+    zeros = bytes(1_000_000)
+    packed = b"".join(packer.compress(zeros) for _ in range(BOMB_BYTES // len(zeros)))
+    return packed + packer.flush()
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: bytes = b"{}"
+    headers: dict[str, str] = field(default_factory=dict)
+    chunks: int = 0  # >0: the body sent this many times over, chunked, with no length
+
+
+@dataclass
+class FakeBroker:
+    """Answers every request with the next of ``answers`` (the last one stays), and records
+    the ``accept-encoding`` each request asked for."""
+
+    answers: list[Answer] = field(default_factory=lambda: [Answer()])
+    encodings: list[str] = field(default_factory=list)
+
+    def answer(self, *answers: Answer) -> None:
+        self.answers = list(answers)
+
+    async def _handle(self, request: Request) -> Response:
+        self.encodings.append(request.headers.get("accept-encoding", ""))
+        await request.body()
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        headers = {"content-type": "application/json", **answer.headers}
+        if answer.chunks:
+
+            async def body() -> AsyncIterator[bytes]:
+                for _ in range(answer.chunks):
+                    yield answer.body
+
+            return StreamingResponse(body(), answer.status, headers=headers)
+        return Response(answer.body, answer.status, headers=headers)
+
+    def app(self) -> Starlette:
+        paths = ("/.well-known/jwks.json", "/v1/introspect", "/v1/token/calls")
+        return Starlette(
+            routes=[Route(path, self._handle, methods=["GET", "POST"]) for path in paths]
+        )
+
+
+@pytest.fixture
+def fake(serve: Callable[..., Served]) -> Iterator[tuple[FakeBroker, httpx.Client]]:
+    broker = FakeBroker()
+    served = serve(broker.app())
+    with httpx.Client(base_url=served.url, timeout=10) as client:
+        yield broker, client
+
+
+@dataclass
+class Peak:
+    bytes: int = 0
+
+
+@contextlib.contextmanager
+def peak_memory() -> Iterator[Peak]:
+    """The most memory Python allocated (in every thread) within the block."""
+    _bomb()  # built before, not counted
+    peak = Peak()
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    try:
+        yield peak
+    finally:
+        peak.bytes = tracemalloc.get_traced_memory()[1]
+        if not tracing:
+            tracemalloc.stop()
+
+
+def _jwks() -> tuple[str, bytes]:
+    public = bytes(nacl.signing.SigningKey.generate().verify_key)
+    kid = jws.jwk_thumbprint(public)
+    key = {"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": jws.b64url_encode(public)}
+    return kid, json.dumps({"keys": [key]}).encode()
+
+
+def _key_set(client: httpx.Client) -> KeySet:
+    return KeySet(client, ttl=0.0, min_interval=0.0)
+
+
+def test_a_gzip_bomb_for_the_jwks_fails_the_fetch_uninflated_and_keeps_the_keys(
+    fake: tuple[FakeBroker, httpx.Client],
+) -> None:
+    # Would fail if: the verifier read the JWKS whole, inflated by httpx, before checking
+    # its size (100 MB here; a 509 KB bomb took about 1 GB).
+    broker, client = fake
+    kid, document = _jwks()
+    broker.answer(Answer(body=document))
+    keys = _key_set(client)
+    assert keys.refresh() and keys.kids == [kid]
+    broker.answer(Answer(body=_bomb(), headers=_GZIP))
+    with peak_memory() as peak:
+        assert not keys.refresh()
+    assert peak.bytes < PEAK_BYTES
+    assert keys.kids == [kid]
+    assert broker.encodings == ["identity", "identity"]
+
+
+def test_an_endless_uncompressed_jwks_is_cut_off_at_the_cap(
+    fake: tuple[FakeBroker, httpx.Client],
+) -> None:
+    # Would fail if: the body was read to its end before its size was checked (50 MB of
+    # chunks with no content-length to refuse it by).
+    broker, client = fake
+    kid, document = _jwks()
+    broker.answer(Answer(body=document))
+    keys = _key_set(client)
+    assert keys.refresh()
+    broker.answer(Answer(body=b" " * 65536, chunks=800))
+    with peak_memory() as peak:
+        assert not keys.refresh()
+    assert peak.bytes < PEAK_BYTES
+    assert keys.kids == [kid]
+
+
+def _introspector(client: httpx.Client, forgotten: list[str] | None = None) -> BrokerIntrospector:
+    dropped = forgotten if forgotten is not None else []
+    return BrokerIntrospector(
+        client,
+        audience="svc-a",
+        token_source=lambda: "app-token",
+        forget_token=lambda: dropped.append("token"),
+    )
+
+
+def test_a_gzip_bomb_for_an_introspection_is_unavailable_uninflated(
+    fake: tuple[FakeBroker, httpx.Client],
+) -> None:
+    broker, client = fake
+    broker.answer(Answer(body=_bomb(), headers=_GZIP))
+    with peak_memory() as peak, pytest.raises(VerifierUnavailable) as refused:
+        _introspector(client).introspect("tlr_" + "a" * 43)
+    assert peak.bytes < PEAK_BYTES
+    assert "compressed" in refused.value.reason
+    assert broker.encodings == ["identity"]
+
+
+def test_introspection_retries_once_after_a_401_without_reading_its_body(
+    fake: tuple[FakeBroker, httpx.Client],
+) -> None:
+    # Would fail if: the body of a status the introspector does not use was read whole.
+    broker, client = fake
+    forgotten: list[str] = []
+    broker.answer(Answer(status=401, body=_bomb(), headers=_GZIP), Answer(body=b'{"active": true}'))
+    with peak_memory() as peak:
+        answer = _introspector(client, forgotten).introspect("tlr_" + "a" * 43)
+    assert answer == {"active": True}
+    assert forgotten == ["token"]
+    assert peak.bytes < PEAK_BYTES
+
+
+def test_an_introspection_answer_over_the_cap_is_unavailable(
+    fake: tuple[FakeBroker, httpx.Client],
+) -> None:
+    broker, client = fake
+    padded = b'{"active": false, "pad": "' + b"x" * 65536 + b'"}'
+    broker.answer(Answer(body=padded))
+    with pytest.raises(VerifierUnavailable) as refused:
+        _introspector(client).introspect("tlr_" + "a" * 43)
+    assert "larger than 65536 bytes" in refused.value.reason
+
+
+def _count(client: httpx.Client) -> CallCount:
+    return count_call(
+        client,
+        "token",
+        "resource_access",
+        audience="svc-a",
+        presented=None,
+        call={"action": "pay"},
+    )
+
+
+def test_a_gzip_bomb_for_a_count_is_unavailable_uninflated(
+    fake: tuple[FakeBroker, httpx.Client],
+) -> None:
+    # Would fail if: the count was read whole and inflated (and then, not JSON, raised a
+    # ValueError outside the documented errors).
+    broker, client = fake
+    broker.answer(Answer(body=_bomb(), headers=_GZIP))
+    with peak_memory() as peak, pytest.raises(VerifierUnavailable):
+        _count(client)
+    assert peak.bytes < PEAK_BYTES
+    assert broker.encodings == ["identity"]
+
+
+def test_a_refusal_with_a_gzip_bomb_is_still_a_refusal_uninflated(
+    fake: tuple[FakeBroker, httpx.Client],
+) -> None:
+    broker, client = fake
+    broker.answer(Answer(status=403, body=_bomb(), headers=_GZIP))
+    with peak_memory() as peak, pytest.raises(InsufficientScope) as refused:
+        _count(client)
+    assert peak.bytes < PEAK_BYTES
+    assert refused.value.reason == "broker refused the call: HTTP 403"
+
+
+def test_a_refusal_names_its_detail(fake: tuple[FakeBroker, httpx.Client]) -> None:
+    broker, client = fake
+    problem = {"detail": "calls used up", "denial_id": "d-1"}
+    broker.answer(Answer(status=401, body=json.dumps(problem).encode()))
+    with pytest.raises(InvalidToken) as refused:
+        _count(client)
+    assert refused.value.reason == "broker refused the token: calls used up (denial_id=d-1)"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b'"x"',
+        b"null",
+        b"not json",
+        b'{"counted": "false"}',
+        b'{"remaining": 3, "max_calls": 5}',
+        b'{"counted": true, "remaining": "3", "max_calls": 5}',
+        b'{"counted": true, "remaining": 3, "max_calls": 5.0}',
+        b'{"counted": true, "remaining": true, "max_calls": 5}',
+    ],
+)
+def test_a_malformed_count_is_unavailable(
+    fake: tuple[FakeBroker, httpx.Client], body: bytes
+) -> None:
+    # Would fail if: such an answer raised AttributeError, TypeError or ValueError (outside
+    # the documented errors), or passed ("false" is a true string).
+    broker, client = fake
+    broker.answer(Answer(body=body))
+    with pytest.raises(VerifierUnavailable):
+        _count(client)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"counted": true, "remaining": 3, "max_calls": 5}', CallCount(True, 3, 5)),
+        (b'{"counted": false, "remaining": null, "max_calls": null}', CallCount(False, None, None)),
+        (b'{"counted": false, "sub": "agent", "jti": "j"}', CallCount(False, None, None)),
+    ],
+)
+def test_a_well_formed_count_is_returned(
+    fake: tuple[FakeBroker, httpx.Client], body: bytes, expected: CallCount
+) -> None:
+    broker, client = fake
+    broker.answer(Answer(body=body))
+    assert _count(client) == expected
