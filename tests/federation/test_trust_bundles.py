@@ -3,9 +3,12 @@ refresher (SPIFFE Federation ``https_web``), failing closed, and forged bundles.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +27,17 @@ from bundle_support import (
     serve_broker,
 )
 from nacl.signing import SigningKey
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from tasklease.core.broker import Broker
 from tasklease.core.clock import ManualClock
 from tasklease.core.federation import UntrustedDomain
 from tasklease.core.keys import jwk_thumbprint
 from tasklease.core.store import AuditQuery
-from tasklease.federation import FetchError, fetch_bundle, refresh_domain, refresh_due
+from tasklease.federation import FetchError, fetch_bundle, refresh_domain, refresh_due, refresher
 from tasklease.rules.bundle import TrustBundle, parse_bundle, serialize_bundle
 
 PEER = "b.example"
@@ -293,3 +300,73 @@ def test_removing_or_replacing_a_domain_wins_over_a_fetch_in_flight(
     assert local.federation.list_federations() == []
     with pytest.raises(UntrustedDomain):
         local.federation.trusted_keys(PEER, clock.now())
+
+
+# --- slow peers ----------------------------------------------------------------------------
+
+
+def test_a_peer_that_trickles_its_bundle_is_cut_off_at_the_fetch_deadline(
+    server_cert: tuple[Path, Path], ca: CA
+) -> None:
+    # Would fail if: a bundle endpoint sending a byte every half second kept the broker's
+    # fetch going for its whole minute (httpx's timeout bounds each read, not a request).
+    async def trickle(_request: Request) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(120):
+                yield b" "
+                await asyncio.sleep(0.5)
+
+        return StreamingResponse(body(), media_type="application/json")
+
+    app = Starlette(routes=[Route("/{path:path}", trickle)])
+    with Served(app, server_cert) as slow:
+        began = time.monotonic()
+        with pytest.raises(FetchError, match="no answer within 3 s"):
+            fetch_bundle(slow.url, ca_pem=ca.pem, timeout=1.0)
+        took = time.monotonic() - began
+    assert took < refresher.TOTAL_TIMES * 1.0 + 5, f"the fetch took {took:.1f} s"
+
+
+def test_domains_due_in_a_round_are_fetched_in_parallel(
+    server_cert: tuple[Path, Path],
+    ca: CA,
+    local: Broker,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Would fail if: the domains were fetched one after another, so that a peer which
+    # holds its answer (here: until the other domain has been asked) delayed every other
+    # domain's refresh. Each endpoint answers only once both have been asked; one after
+    # the other, the first fetch runs out of its read timeout and only one is accepted.
+    monkeypatch.setattr(refresher, "TIMEOUT", 1.0)
+    other = "c.example"
+    asked = {PEER: threading.Event(), other: threading.Event()}
+
+    def endpoint(domain: str, peer_domain: str) -> Starlette:
+        key = SigningKey.generate()
+        raw = {jwk_thumbprint(bytes(key.verify_key)): bytes(key.verify_key)}
+        bundle = serialize_bundle(TrustBundle(domain, 1, 2, raw))
+
+        async def serve(_request: Request) -> Response:
+            asked[domain].set()
+            await asyncio.to_thread(asked[peer_domain].wait, 5)
+            return Response(bundle, media_type="application/json")
+
+        return Starlette(routes=[Route("/{path:path}", serve)])
+
+    with (
+        Served(endpoint(PEER, other), server_cert) as first,
+        Served(endpoint(other, PEER), server_cert) as second,
+    ):
+        _add(local, ca, first.url)
+        local.federation.add(
+            admin(local).claims,
+            trust_domain=other,
+            bundle_endpoint_url=second.url,
+            ca_pem=ca.pem,
+            ctx=CTX,
+        )
+        assert refresh_due(local) == 2
+    for domain in (PEER, other):
+        assert local.federation.record(domain).last_error == ""
+        assert len(local.federation.trusted_keys(domain, clock.now())) == 1
