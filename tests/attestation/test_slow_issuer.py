@@ -11,13 +11,15 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from issuers import Served, make_ca
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tasklease.attestation import keys
 from tasklease.attestation.keys import TOTAL_TIMES, FetchError, HttpKeyFetcher, fetch_jwks
 from tasklease.core.attestors.base import AttestationRefused, JwksSource
 
@@ -38,11 +40,23 @@ async def _bomb(_request: Request) -> Response:
     return Response(packed, media_type="application/json", headers={"content-encoding": "gzip"})
 
 
+async def _discovery(request: Request) -> Response:
+    issuer = str(request.base_url).rstrip("/") + "/issuer"
+    return JSONResponse({"issuer": issuer, "jwks_uri": f"{issuer}/jwks"})
+
+
 @pytest.fixture
 def slow(tmp_path: Path) -> Iterator[tuple[Served, str]]:
     ca = make_ca(tmp_path)
     served = Served(
-        Starlette(routes=[Route("/slow", _trickle), Route("/bomb", _bomb)]), ca.server()
+        Starlette(
+            routes=[
+                Route("/slow", _trickle),
+                Route("/bomb", _bomb),
+                Route("/issuer/.well-known/openid-configuration", _discovery),
+            ]
+        ),
+        ca.server(),
     )
     yield served, ca.pem
     served.stop()
@@ -57,6 +71,34 @@ def test_a_trickled_jwks_is_cut_off_at_its_total_deadline(slow: tuple[Served, st
     with pytest.raises(FetchError):
         fetch_jwks(source, timeout=TIMEOUT)
     assert time.monotonic() - began < TOTAL_TIMES * TIMEOUT + 5
+
+
+def test_a_deadline_passing_after_discovery_is_a_fetch_error(
+    slow: tuple[Served, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Would fail if: the total deadline, closing the client between the discovery
+    # document's answer and the JWK Set's request, let httpx's RuntimeError ("the client
+    # has been closed") out of the fetch instead of a FetchError. The deadline's timer is
+    # stood in for by closing the client once the discovery document has been read.
+    served, ca_pem = slow
+    clients: list[httpx.Client] = []
+    real_client, real_body = httpx.Client, keys.bounded_body
+
+    class Remembered(real_client):  # type: ignore[misc, valid-type]
+        def __init__(self, **options: object) -> None:
+            super().__init__(**options)
+            clients.append(self)
+
+    def body_then_deadline(response: httpx.Response, limit: int) -> bytes:
+        body = real_body(response, limit)
+        clients[-1].close()
+        return body
+
+    monkeypatch.setattr(httpx, "Client", Remembered)
+    monkeypatch.setattr(keys, "bounded_body", body_then_deadline)
+    source = JwksSource(issuer=f"{served.url}/issuer", ca_pem=ca_pem)
+    with pytest.raises(FetchError, match="no answer within the fetch's deadline"):
+        fetch_jwks(source, timeout=TIMEOUT)
 
 
 def test_a_compressed_jwks_is_refused_before_it_is_inflated(slow: tuple[Served, str]) -> None:

@@ -370,3 +370,26 @@ def test_domains_due_in_a_round_are_fetched_in_parallel(
     for domain in (PEER, other):
         assert local.federation.record(domain).last_error == ""
         assert len(local.federation.trusted_keys(domain, clock.now())) == 1
+
+
+def test_a_deadline_passing_between_a_redirect_and_the_next_request_is_a_fetch_error(
+    server_cert: tuple[Path, Path], ca: CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Would fail if: the total deadline, closing the client after a redirect's answer and
+    # before the next request, let httpx's RuntimeError ("the client has been closed")
+    # out of the fetch instead of a FetchError (the refresher's round would have died).
+    # The deadline's timer is stood in for by a hook that closes the client on an answer.
+    real_client = httpx.Client
+
+    class ClosedOnAnAnswer(real_client):  # type: ignore[misc, valid-type]
+        def __init__(self, **options: Any) -> None:
+            super().__init__(event_hooks={"response": [lambda _r: self.close()]}, **options)
+
+    target = Document(_peer_bundle(SigningKey.generate(), sequence=1))
+    with Served(target.app(), server_cert) as real:
+        hop = Document(b"", 307, [("location", f"{real.url}/bundle")])
+        with Served(hop.app(), server_cert) as redirecting:
+            monkeypatch.setattr(httpx, "Client", ClosedOnAnAnswer)
+            with pytest.raises(FetchError, match="no answer within 15 s"):
+                fetch_bundle(f"{redirecting.url}/x", ca_pem=ca.pem)
+    assert hop.hits == 1 and target.hits == 0

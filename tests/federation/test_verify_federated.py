@@ -23,7 +23,8 @@ from tasklease.core.keys import KeyRing
 from tasklease.core.tokens import KIND_AGENT, mint
 from tasklease.rules.bundle import parse_bundle
 from tasklease.verify import FederatedDomain, InvalidToken, Verifier
-from tasklease.verify._federation import TOTAL_TIMES, FederationError, Federations
+from tasklease.verify._federation import FederationError, Federations
+from tasklease.verify.bounds import TOTAL_TIMES
 
 AUDIENCE = "orders-api"
 

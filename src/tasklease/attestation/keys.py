@@ -36,13 +36,11 @@ from tasklease.core.attestors import (
     keys_from_jwks,
     parse_jwks,
 )
-from tasklease.verify.bounds import bounded_body, total_deadline
+from tasklease.verify.bounds import TOTAL_TIMES, bounded_body, total_deadline
 
 __all__ = ["MIN_REFETCH", "TIMEOUT", "FetchError", "HttpKeyFetcher", "fetch_jwks"]
 
-TIMEOUT = 5.0
-# A fetch (discovery and the JWK Set) takes at most this many times TIMEOUT in all.
-TOTAL_TIMES = 3
+TIMEOUT = 5.0  # a fetch (discovery and the JWK Set) ends within TOTAL_TIMES times this
 MIN_REFETCH = 10.0
 _MAX_BODY = 262144
 _log = logging.getLogger("tasklease.attestation")
@@ -77,7 +75,13 @@ def _get_json(client: httpx.Client, url: str) -> Any:
             body = bounded_body(response, _MAX_BODY)
     except ValueError as exc:
         raise FetchError(f"{url}: {exc}") from None
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, RuntimeError) as exc:
+        # The total deadline closes the client: a read under way fails (an HTTPError), the
+        # JWK Set's request after discovery is refused (a RuntimeError).
+        if client.is_closed:
+            raise FetchError(f"{url}: no answer within the fetch's deadline") from None
+        if isinstance(exc, RuntimeError):
+            raise
         raise FetchError(f"{url}: {type(exc).__name__}: {str(exc)[:200]}") from None
     try:
         return json.loads(body)

@@ -25,16 +25,13 @@ import functools
 import logging
 import ssl
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urljoin, urlsplit
-
-import httpx
 
 from tasklease.core.broker import Broker
 from tasklease.core.errors import NotFound
 from tasklease.core.federation import BundleRefused
 from tasklease.core.records import FederationRecord
 from tasklease.rules.bundle import MAX_BUNDLE_BYTES
-from tasklease.verify.bounds import bounded_body, total_deadline
+from tasklease.verify.bounds import MAX_REDIRECTS, TOTAL_TIMES, FetchFailed, bounded_get
 
 __all__ = [
     "MAX_PARALLEL",
@@ -45,13 +42,11 @@ __all__ = [
     "fetch_bundle",
     "refresh_domain",
     "refresh_due",
+    "tls_context",
 ]
 
 TIMEOUT = 5.0
-TOTAL_TIMES = 3  # a whole fetch ends within this many timeouts
-MAX_REDIRECTS = 3
 MAX_PARALLEL = 8  # domains fetched at once by one round
-_REDIRECTS = frozenset((302, 303, 307))  # temporary ones (SPIFFE Federation section 5.1)
 _log = logging.getLogger("tasklease.federation")
 
 
@@ -64,7 +59,7 @@ class FetchError(Exception):
 
 
 @functools.lru_cache(maxsize=64)
-def _tls_context(ca_pem: str) -> ssl.SSLContext:
+def tls_context(ca_pem: str) -> ssl.SSLContext:
     """The client context of ``https_web``: certificate and host name checked, against
     ``ca_pem`` or the system's trust store."""
     # cadata=None loads the system's store; a PEM string trusts only what it holds.
@@ -73,77 +68,30 @@ def _tls_context(ca_pem: str) -> ssl.SSLContext:
     return context
 
 
-def _allowed(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
-        return False
-    return parts.scheme == "https" and bool(parts.hostname) and "@" not in parts.netloc
-
-
 def fetch_bundle(url: str, *, ca_pem: str = "", timeout: float | None = None) -> bytes:
     """The body served at the bundle endpoint ``url`` (not parsed), each read within
     ``timeout`` seconds (default :data:`TIMEOUT`) and all of it within :data:`TOTAL_TIMES`
-    times that.
+    times that (:func:`tasklease.verify.bounds.bounded_get`).
 
     Raises:
         FetchError: the URL or a redirect is not an allowed https URL, the connection or
             the TLS handshake failed (an untrusted certificate, another host's name), the
-            status is not 200, the body is larger than a bundle may be, or the deadline
-            passed.
+            status is not 200, the body is compressed or larger than a bundle may be, or
+            the deadline passed.
     """
     try:
-        context = _tls_context(ca_pem)
+        context = tls_context(ca_pem)
     except ssl.SSLError:
         raise FetchError("the CA certificates cannot be used") from None
-    timeout = TIMEOUT if timeout is None else timeout
-    with (
-        httpx.Client(
-            verify=context,
-            timeout=timeout,
-            follow_redirects=False,
-            trust_env=False,  # no proxy or CA bundle from the environment decides whom we trust
-            # Uncompressed only: a compressed body could expand far beyond the size cap.
-            headers={"accept": "application/json", "accept-encoding": "identity"},
-        ) as client,
-        total_deadline(client, TOTAL_TIMES * timeout),
-    ):
-        for _ in range(MAX_REDIRECTS + 1):
-            if not _allowed(url):
-                raise FetchError("not an https URL without userinfo")
-            try:
-                with client.stream("GET", url) as response:
-                    if response.status_code in _REDIRECTS:
-                        location = response.headers.get("location", "")
-                        url = urljoin(url, location)
-                        continue
-                    if response.status_code != 200:
-                        raise FetchError(f"HTTP status {response.status_code}")
-                    return bounded_body(response, MAX_BUNDLE_BYTES)
-            except ValueError as exc:
-                raise FetchError(f"bundle: {exc}") from None
-            except (httpx.HTTPError, RuntimeError) as exc:
-                # The deadline closes the client: a read under way fails (an HTTPError),
-                # a request not yet sent is refused (a RuntimeError, after a redirect).
-                if client.is_closed:
-                    raise FetchError(f"no answer within {TOTAL_TIMES * timeout:g} s") from None
-                if isinstance(exc, RuntimeError):
-                    raise
-                raise FetchError(_describe(exc)) from None
-        raise FetchError("too many redirects")
-
-
-def _describe(exc: httpx.HTTPError) -> str:
-    """A short, stable reason: the exception's class, and for TLS the verification error."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"TLS: {cause.verify_message or 'certificate verification failed'}"
-        if isinstance(cause, ssl.SSLError):
-            return f"TLS: {cause.reason or 'handshake failed'}"
-        cause = cause.__cause__ or cause.__context__
-    return f"{type(exc).__name__}: {str(exc)[:120]}"
+    try:
+        return bounded_get(
+            url,
+            context=context,
+            timeout=TIMEOUT if timeout is None else timeout,
+            limit=MAX_BUNDLE_BYTES,
+        )
+    except FetchFailed as exc:
+        raise FetchError(exc.reason) from None
 
 
 def refresh_domain(broker: Broker, record: FederationRecord) -> bool:

@@ -35,7 +35,7 @@ import httpx
 from tasklease.core.broker import Broker
 from tasklease.core.records import FederationRecord, RevocationRecord
 from tasklease.core.tenants import DEFAULT_TENANT
-from tasklease.federation.refresher import _tls_context
+from tasklease.federation.refresher import tls_context
 from tasklease.keystore import KeyStoreError, read_secret_file
 from tasklease.verify.bounds import bounded_lines
 
@@ -237,7 +237,7 @@ class _Follower:
             raise FeedError("revocation_feed must be an https URL without userinfo")
         return httpx.Client(
             base_url=self.source.base_url,
-            verify=_tls_context(self.source.ca_pem),
+            verify=tls_context(self.source.ca_pem),
             trust_env=False,
             timeout=httpx.Timeout(READ_TIMEOUT),
             follow_redirects=False,

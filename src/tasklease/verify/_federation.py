@@ -23,9 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
-import httpx
 import nacl.signing
 
 from tasklease.rules import scopes as scope_rules
@@ -36,17 +34,13 @@ from tasklease.rules.bundle import (
     parse_bundle,
     valid_trust_domain,
 )
-from tasklease.verify.bounds import bounded_body, total_deadline
+from tasklease.verify.bounds import FetchFailed, bounded_get, https_url
 
 __all__ = ["FederatedDomain", "FederationError", "Federations"]
 
 _log = logging.getLogger("tasklease.verify")
 _DEFAULT_HINT = 300.0  # SPIFFE Federation: five minutes without a hint
 _MIN_INTERVAL = 1.0
-_REDIRECTS = frozenset((302, 303, 307))
-_MAX_REDIRECTS = 3
-# A bundle fetch, redirects and all, takes at most this many times the client's timeout.
-TOTAL_TIMES = 3
 
 
 class FederationError(Exception):
@@ -94,7 +88,7 @@ class FederatedDomain:
     def __post_init__(self) -> None:
         if not valid_trust_domain(self.trust_domain):
             raise ValueError(f"invalid trust domain: {self.trust_domain!r}")
-        if not _https(self.bundle_endpoint):
+        if not https_url(self.bundle_endpoint):
             raise ValueError("bundle_endpoint must be an https URL without userinfo")
         if not self.issuer:
             raise ValueError("issuer is required: tokens are checked against it")
@@ -104,15 +98,6 @@ class FederatedDomain:
         object.__setattr__(self, "scope_ceiling", ceiling)
         if not self.max_bundle_age > 0:
             raise ValueError("max_bundle_age must be positive")
-
-
-def _https(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
-        return False
-    return parts.scheme == "https" and bool(parts.hostname) and "@" not in parts.netloc
 
 
 @dataclass
@@ -294,28 +279,8 @@ def _context(ca_file: str | None) -> ssl.SSLContext:
 
 
 def _get(url: str, context: ssl.SSLContext, timeout: float) -> bytes:
-    """GET ``url`` (https only, temporary redirects to https only), body capped, all of it
-    within ``TOTAL_TIMES`` times ``timeout`` (each read within ``timeout``)."""
-    with (
-        httpx.Client(
-            verify=context, timeout=timeout, follow_redirects=False, trust_env=False
-        ) as client,
-        total_deadline(client, TOTAL_TIMES * timeout),
-    ):
-        for _ in range(_MAX_REDIRECTS + 1):
-            if not _https(url):
-                raise FederationError("not an https URL without userinfo")
-            try:
-                headers = {"accept": "application/json", "accept-encoding": "identity"}
-                with client.stream("GET", url, headers=headers) as response:
-                    if response.status_code in _REDIRECTS:
-                        url = urljoin(url, response.headers.get("location", ""))
-                        continue
-                    if response.status_code != 200:
-                        raise FederationError(f"HTTP status {response.status_code}")
-                    return bounded_body(response, MAX_BUNDLE_BYTES)
-            except ValueError as exc:
-                raise FederationError(f"bundle: {exc}") from None
-            except httpx.HTTPError as exc:
-                raise FederationError(f"{type(exc).__name__}: {str(exc)[:120]}") from None
-        raise FederationError("too many redirects")
+    """GET ``url`` within every bound of :func:`tasklease.verify.bounds.bounded_get`."""
+    try:
+        return bounded_get(url, context=context, timeout=timeout, limit=MAX_BUNDLE_BYTES)
+    except FetchFailed as exc:
+        raise FederationError(exc.reason) from None

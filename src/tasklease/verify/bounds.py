@@ -14,17 +14,44 @@ megabyte on the wire, half a gigabyte in memory), so :func:`bounded_body` and
 :func:`bounded_lines` refuse a compressed answer. Their requests ask for
 ``accept-encoding: identity`` and are sent streaming (``client.stream(...)``): otherwise
 httpx reads, and inflates, the whole body before it returns the response.
+
+:func:`bounded_get` puts them together for a document fetched from an ``https`` endpoint
+another party runs (a federated domain's trust bundle): every bound above, temporary
+redirects to ``https`` only, no proxy or CA bundle taken from the environment.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 from collections.abc import Iterator
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-__all__ = ["bounded_body", "bounded_lines", "total_deadline"]
+__all__ = [
+    "MAX_REDIRECTS",
+    "TOTAL_TIMES",
+    "FetchFailed",
+    "bounded_body",
+    "bounded_get",
+    "bounded_lines",
+    "https_url",
+    "total_deadline",
+]
+
+TOTAL_TIMES = 3  # a bounded fetch ends within this many of its timeouts
+MAX_REDIRECTS = 3
+_REDIRECTS = frozenset((302, 303, 307))  # temporary ones (SPIFFE Federation section 5.1)
+
+
+class FetchFailed(Exception):
+    """:func:`bounded_get` got no acceptable answer; ``reason`` says why, briefly."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 @contextlib.contextmanager
@@ -100,3 +127,70 @@ def bounded_lines(response: httpx.Response, limit: int) -> Iterator[str]:
         del pending[:start]
         if len(pending) > limit:
             raise ValueError("event stream line too long")
+
+
+def https_url(url: str) -> bool:
+    """True for an ``https`` URL with a host, a well-formed port and no userinfo."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return False
+    return parts.scheme == "https" and bool(parts.hostname) and "@" not in parts.netloc
+
+
+def bounded_get(url: str, *, context: ssl.SSLContext, timeout: float, limit: int) -> bytes:
+    """The body served at ``url``: each read within ``timeout`` seconds and the whole fetch
+    within :data:`TOTAL_TIMES` times that, at most ``limit`` bytes, uncompressed, following
+    at most :data:`MAX_REDIRECTS` temporary redirects, each to an ``https`` URL (never
+    remembered). The server's certificate is checked by ``context``.
+
+    Raises:
+        FetchFailed: the URL or a redirect is not an allowed ``https`` URL, the connection
+            or the TLS handshake failed, the status is not 200, the body is compressed or
+            too large, or the deadline passed.
+    """
+    with (
+        httpx.Client(
+            verify=context,
+            timeout=timeout,
+            follow_redirects=False,
+            trust_env=False,  # no proxy or CA bundle from the environment decides whom we trust
+            headers={"accept": "application/json", "accept-encoding": "identity"},
+        ) as client,
+        total_deadline(client, TOTAL_TIMES * timeout),
+    ):
+        for _ in range(MAX_REDIRECTS + 1):
+            if not https_url(url):
+                raise FetchFailed("not an https URL without userinfo")
+            try:
+                with client.stream("GET", url) as response:
+                    if response.status_code in _REDIRECTS:
+                        url = urljoin(url, response.headers.get("location", ""))
+                        continue
+                    if response.status_code != 200:
+                        raise FetchFailed(f"HTTP status {response.status_code}")
+                    return bounded_body(response, limit)
+            except ValueError as exc:
+                raise FetchFailed(str(exc)) from None
+            except (httpx.HTTPError, RuntimeError) as exc:
+                # The deadline closes the client: a read under way fails (an HTTPError),
+                # a request not yet sent is refused (a RuntimeError, after a redirect).
+                if client.is_closed:
+                    raise FetchFailed(f"no answer within {TOTAL_TIMES * timeout:g} s") from None
+                if isinstance(exc, RuntimeError):
+                    raise
+                raise FetchFailed(_describe(exc)) from None
+        raise FetchFailed("too many redirects")
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    """A short, stable reason: the exception's class, and for TLS the verification error."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS: {cause.verify_message or 'certificate verification failed'}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS: {cause.reason or 'handshake failed'}"
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(exc).__name__}: {str(exc)[:120]}"
