@@ -2,29 +2,19 @@
 the wire with a size cap, never inflated: a hostile or broken broker answering a gzip
 bomb, an endless body or a malformed count is refused, and fails closed.
 
-Over loopback HTTP, against a fake broker (uvicorn in a thread) that answers what each
-test sets. A bomb here is 100 MB of zeros, about 100 KB gzipped: inflated, it would take
-more than 100 MB of the process, which tracemalloc would see.
+Over loopback HTTP, against a fake broker (uvicorn in a thread, answers_support) that
+answers what each test sets.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import tracemalloc
-import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
-from functools import cache
+from collections.abc import Iterator
 
 import httpx
 import nacl.signing
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
-from verify_support import Served
+from answers_support import GZIP, PEAK_BYTES, Answer, FakeServer, bomb, peak_memory, serving
 
 from tasklease.rules import jws
 from tasklease.verify import InsufficientScope, InvalidToken, VerifierUnavailable
@@ -32,88 +22,18 @@ from tasklease.verify._grants import CallCount, count_call
 from tasklease.verify._introspection import BrokerIntrospector
 from tasklease.verify._jwks import KeySet
 
-BOMB_BYTES = 100_000_000
-# What reading a refused answer may cost at most (the bomb would cost BOMB_BYTES and more).
-PEAK_BYTES = 8_000_000
-_GZIP = {"content-encoding": "gzip"}
 
-
-@cache
-def _bomb() -> bytes:
-    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip member
-    zeros = bytes(1_000_000)
-    packed = b"".join(packer.compress(zeros) for _ in range(BOMB_BYTES // len(zeros)))
-    return packed + packer.flush()
-
-
-@dataclass
-class Answer:
-    status: int = 200
-    body: bytes = b"{}"
-    headers: dict[str, str] = field(default_factory=dict)
-    chunks: int = 0  # >0: the body sent this many times over, chunked, with no length
-
-
-@dataclass
-class FakeBroker:
-    """Answers every request with the next of ``answers`` (the last one stays), and records
-    the ``accept-encoding`` each request asked for."""
-
-    answers: list[Answer] = field(default_factory=lambda: [Answer()])
-    encodings: list[str] = field(default_factory=list)
-
-    def answer(self, *answers: Answer) -> None:
-        self.answers = list(answers)
-
-    async def _handle(self, request: Request) -> Response:
-        self.encodings.append(request.headers.get("accept-encoding", ""))
-        await request.body()
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        headers = {"content-type": "application/json", **answer.headers}
-        if answer.chunks:
-
-            async def body() -> AsyncIterator[bytes]:
-                for _ in range(answer.chunks):
-                    yield answer.body
-
-            return StreamingResponse(body(), answer.status, headers=headers)
-        return Response(answer.body, answer.status, headers=headers)
-
-    def app(self) -> Starlette:
-        paths = ("/.well-known/jwks.json", "/v1/introspect", "/v1/token/calls")
-        return Starlette(
-            routes=[Route(path, self._handle, methods=["GET", "POST"]) for path in paths]
-        )
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeServer]:
+    with serving() as fake:
+        yield fake
 
 
 @pytest.fixture
-def fake(serve: Callable[..., Served]) -> Iterator[tuple[FakeBroker, httpx.Client]]:
-    broker = FakeBroker()
-    served = serve(broker.app())
-    with httpx.Client(base_url=served.url, timeout=10) as client:
-        yield broker, client
-
-
-@dataclass
-class Peak:
-    bytes: int = 0
-
-
-@contextlib.contextmanager
-def peak_memory() -> Iterator[Peak]:
-    """The most memory Python allocated (in every thread) within the block."""
-    _bomb()  # built before, not counted
-    peak = Peak()
-    tracing = tracemalloc.is_tracing()
-    if not tracing:
-        tracemalloc.start()
-    tracemalloc.reset_peak()
-    try:
-        yield peak
-    finally:
-        peak.bytes = tracemalloc.get_traced_memory()[1]
-        if not tracing:
-            tracemalloc.stop()
+def fake(server: FakeServer) -> Iterator[tuple[FakeServer, httpx.Client]]:
+    server.reset()
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        yield server, client
 
 
 def _jwks() -> tuple[str, bytes]:
@@ -128,7 +48,7 @@ def _key_set(client: httpx.Client) -> KeySet:
 
 
 def test_a_gzip_bomb_for_the_jwks_fails_the_fetch_uninflated_and_keeps_the_keys(
-    fake: tuple[FakeBroker, httpx.Client],
+    fake: tuple[FakeServer, httpx.Client],
 ) -> None:
     # Would fail if: the verifier read the JWKS whole, inflated by httpx, before checking
     # its size (100 MB here; a 509 KB bomb took about 1 GB).
@@ -137,7 +57,7 @@ def test_a_gzip_bomb_for_the_jwks_fails_the_fetch_uninflated_and_keeps_the_keys(
     broker.answer(Answer(body=document))
     keys = _key_set(client)
     assert keys.refresh() and keys.kids == [kid]
-    broker.answer(Answer(body=_bomb(), headers=_GZIP))
+    broker.answer(Answer(body=bomb(), headers=GZIP))
     with peak_memory() as peak:
         assert not keys.refresh()
     assert peak.bytes < PEAK_BYTES
@@ -146,7 +66,7 @@ def test_a_gzip_bomb_for_the_jwks_fails_the_fetch_uninflated_and_keeps_the_keys(
 
 
 def test_an_endless_uncompressed_jwks_is_cut_off_at_the_cap(
-    fake: tuple[FakeBroker, httpx.Client],
+    fake: tuple[FakeServer, httpx.Client],
 ) -> None:
     # Would fail if: the body was read to its end before its size was checked (50 MB of
     # chunks with no content-length to refuse it by).
@@ -173,10 +93,10 @@ def _introspector(client: httpx.Client, forgotten: list[str] | None = None) -> B
 
 
 def test_a_gzip_bomb_for_an_introspection_is_unavailable_uninflated(
-    fake: tuple[FakeBroker, httpx.Client],
+    fake: tuple[FakeServer, httpx.Client],
 ) -> None:
     broker, client = fake
-    broker.answer(Answer(body=_bomb(), headers=_GZIP))
+    broker.answer(Answer(body=bomb(), headers=GZIP))
     with peak_memory() as peak, pytest.raises(VerifierUnavailable) as refused:
         _introspector(client).introspect("tlr_" + "a" * 43)
     assert peak.bytes < PEAK_BYTES
@@ -185,12 +105,12 @@ def test_a_gzip_bomb_for_an_introspection_is_unavailable_uninflated(
 
 
 def test_introspection_retries_once_after_a_401_without_reading_its_body(
-    fake: tuple[FakeBroker, httpx.Client],
+    fake: tuple[FakeServer, httpx.Client],
 ) -> None:
     # Would fail if: the body of a status the introspector does not use was read whole.
     broker, client = fake
     forgotten: list[str] = []
-    broker.answer(Answer(status=401, body=_bomb(), headers=_GZIP), Answer(body=b'{"active": true}'))
+    broker.answer(Answer(status=401, body=bomb(), headers=GZIP), Answer(body=b'{"active": true}'))
     with peak_memory() as peak:
         answer = _introspector(client, forgotten).introspect("tlr_" + "a" * 43)
     assert answer == {"active": True}
@@ -199,7 +119,7 @@ def test_introspection_retries_once_after_a_401_without_reading_its_body(
 
 
 def test_an_introspection_answer_over_the_cap_is_unavailable(
-    fake: tuple[FakeBroker, httpx.Client],
+    fake: tuple[FakeServer, httpx.Client],
 ) -> None:
     broker, client = fake
     padded = b'{"active": false, "pad": "' + b"x" * 65536 + b'"}'
@@ -221,12 +141,12 @@ def _count(client: httpx.Client) -> CallCount:
 
 
 def test_a_gzip_bomb_for_a_count_is_unavailable_uninflated(
-    fake: tuple[FakeBroker, httpx.Client],
+    fake: tuple[FakeServer, httpx.Client],
 ) -> None:
     # Would fail if: the count was read whole and inflated (and then, not JSON, raised a
     # ValueError outside the documented errors).
     broker, client = fake
-    broker.answer(Answer(body=_bomb(), headers=_GZIP))
+    broker.answer(Answer(body=bomb(), headers=GZIP))
     with peak_memory() as peak, pytest.raises(VerifierUnavailable):
         _count(client)
     assert peak.bytes < PEAK_BYTES
@@ -234,17 +154,17 @@ def test_a_gzip_bomb_for_a_count_is_unavailable_uninflated(
 
 
 def test_a_refusal_with_a_gzip_bomb_is_still_a_refusal_uninflated(
-    fake: tuple[FakeBroker, httpx.Client],
+    fake: tuple[FakeServer, httpx.Client],
 ) -> None:
     broker, client = fake
-    broker.answer(Answer(status=403, body=_bomb(), headers=_GZIP))
+    broker.answer(Answer(status=403, body=bomb(), headers=GZIP))
     with peak_memory() as peak, pytest.raises(InsufficientScope) as refused:
         _count(client)
     assert peak.bytes < PEAK_BYTES
     assert refused.value.reason == "broker refused the call: HTTP 403"
 
 
-def test_a_refusal_names_its_detail(fake: tuple[FakeBroker, httpx.Client]) -> None:
+def test_a_refusal_names_its_detail(fake: tuple[FakeServer, httpx.Client]) -> None:
     broker, client = fake
     problem = {"detail": "calls used up", "denial_id": "d-1"}
     broker.answer(Answer(status=401, body=json.dumps(problem).encode()))
@@ -268,7 +188,7 @@ def test_a_refusal_names_its_detail(fake: tuple[FakeBroker, httpx.Client]) -> No
     ],
 )
 def test_a_malformed_count_is_unavailable(
-    fake: tuple[FakeBroker, httpx.Client], body: bytes
+    fake: tuple[FakeServer, httpx.Client], body: bytes
 ) -> None:
     # Would fail if: such an answer raised AttributeError, TypeError or ValueError (outside
     # the documented errors), or passed ("false" is a true string).
@@ -287,7 +207,7 @@ def test_a_malformed_count_is_unavailable(
     ],
 )
 def test_a_well_formed_count_is_returned(
-    fake: tuple[FakeBroker, httpx.Client], body: bytes, expected: CallCount
+    fake: tuple[FakeServer, httpx.Client], body: bytes, expected: CallCount
 ) -> None:
     broker, client = fake
     broker.answer(Answer(body=body))
