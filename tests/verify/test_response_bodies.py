@@ -1,6 +1,7 @@
-"""The verifier reads the broker's answers (its JWKS, introspection, counted calls) off
-the wire with a size cap, never inflated: a hostile or broken broker answering a gzip
-bomb, an endless body or a malformed count is refused, and fails closed.
+"""The verifier reads the broker's answers (its JWKS, introspection, counted calls, its
+sign-ins with app credentials, offline use reports) off the wire with a size cap, never
+inflated: a hostile or broken broker answering a gzip bomb, an endless body, a malformed
+count or sign-in is refused, and fails closed.
 
 Over loopback HTTP, against a fake broker (uvicorn in a thread, answers_support) that
 answers what each test sets.
@@ -17,10 +18,19 @@ import pytest
 from answers_support import GZIP, PEAK_BYTES, Answer, FakeServer, bomb, peak_memory, serving
 
 from tasklease.rules import jws
-from tasklease.verify import InsufficientScope, InvalidToken, VerifierUnavailable
+from tasklease.verify import (
+    AppCredentials,
+    InsufficientScope,
+    InvalidToken,
+    Verifier,
+    VerifierUnavailable,
+)
 from tasklease.verify._grants import CallCount, count_call
 from tasklease.verify._introspection import BrokerIntrospector
 from tasklease.verify._jwks import KeySet
+from tasklease.verify._usereports import UseReporter
+
+REFERENCE = "tlr_" + "a" * 43
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +222,148 @@ def test_a_well_formed_count_is_returned(
     broker, client = fake
     broker.answer(Answer(body=body))
     assert _count(client) == expected
+
+
+# --- the verifier's sign-in with its app credentials (POST /v1/app/auth) ----------------
+
+
+@pytest.fixture
+def signing_in(fake: tuple[FakeServer, httpx.Client]) -> Iterator[tuple[FakeServer, Verifier]]:
+    """A verifier with app credentials and no feed: a by-reference token makes it sign in,
+    then introspect."""
+    broker, _ = fake
+    verifier = Verifier(
+        broker.url,
+        audience="svc-a",
+        credentials=AppCredentials("app-1", "s" * 40),
+        feed=False,
+        report_uses=False,
+        timeout=10,
+    )
+    try:
+        yield broker, verifier  # not started: no JWKS is fetched
+    finally:
+        verifier.close()
+
+
+def test_a_gzip_bomb_for_a_sign_in_is_unavailable_uninflated(
+    signing_in: tuple[FakeServer, Verifier],
+) -> None:
+    # Would fail if: the sign-in's answer was read whole and inflated (100 MB here).
+    broker, verifier = signing_in
+    broker.answer(Answer(body=bomb(), headers=GZIP))
+    with peak_memory() as peak, pytest.raises(VerifierUnavailable) as refused:
+        verifier.verify(REFERENCE)
+    assert peak.bytes < PEAK_BYTES
+    assert "compressed" in refused.value.reason
+    assert broker.paths == ["/v1/app/auth"]
+    assert broker.encodings == ["identity"]
+
+
+def test_a_sign_in_answer_over_the_cap_is_unavailable(
+    signing_in: tuple[FakeServer, Verifier],
+) -> None:
+    broker, verifier = signing_in
+    broker.answer(Answer(body=b" " * 65536, chunks=800))
+    with peak_memory() as peak, pytest.raises(VerifierUnavailable) as refused:
+        verifier.verify(REFERENCE)
+    assert peak.bytes < PEAK_BYTES
+    assert "larger than 65536 bytes" in refused.value.reason
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b'"x"',
+        b"null",
+        b"not json",
+        b'{"expires_in": 600}',
+        b'{"access_token": 5, "expires_in": 600}',
+        b'{"access_token": "", "expires_in": 600}',
+        b'{"access_token": ["t"], "expires_in": 600}',
+        b'{"access_token": "t"}',
+        b'{"access_token": "t", "expires_in": "600"}',
+        b'{"access_token": "t", "expires_in": 600.5}',
+        b'{"access_token": "t", "expires_in": true}',
+        b'{"access_token": "t", "expires_in": 0}',
+        b'{"access_token": "t", "expires_in": -5}',
+        b'{"access_token": "t", "expires_in": 1' + b"0" * 400 + b"}",
+    ],
+)
+def test_a_malformed_sign_in_is_unavailable_and_nothing_is_introspected(
+    signing_in: tuple[FakeServer, Verifier], body: bytes
+) -> None:
+    # Would fail if: such an answer raised TypeError, KeyError or OverflowError out of
+    # verify(), or its access_token ("5", "") was sent on as a bearer token.
+    broker, verifier = signing_in
+    broker.answer(Answer(body=body))
+    with pytest.raises(VerifierUnavailable) as refused:
+        verifier.verify(REFERENCE)
+    assert "signing in to the broker" in refused.value.reason
+    assert broker.paths == ["/v1/app/auth"]
+
+
+def test_a_sign_in_is_the_bearer_of_the_introspection(
+    signing_in: tuple[FakeServer, Verifier],
+) -> None:
+    broker, verifier = signing_in
+    broker.answer(
+        Answer(body=b'{"access_token": "app-token", "expires_in": 600}'),
+        Answer(body=b'{"active": false}'),
+    )
+    with pytest.raises(InvalidToken):
+        verifier.verify(REFERENCE)
+    assert broker.paths == ["/v1/app/auth", "/v1/introspect"]
+    assert broker.asked[1].authorization == "Bearer app-token"
+    assert broker.encodings == ["identity", "identity"]
+
+
+# --- offline use reports (POST /v1/audit/offline) ---------------------------------------
+
+
+def _reporter(client: httpx.Client, forgotten: list[str]) -> UseReporter:
+    reporter = UseReporter(client, lambda: "app-token", lambda: forgotten.append("token"))
+    reporter.used("chain", 1_000_000.0)
+    return reporter
+
+
+def test_a_use_report_answered_with_a_gzip_bomb_is_settled_by_its_status_uninflated(
+    fake: tuple[FakeServer, httpx.Client],
+) -> None:
+    # Would fail if: the answer was read whole and inflated (100 MB here) before its
+    # status was looked at.
+    broker, client = fake
+    broker.answer(Answer(body=bomb(), headers=GZIP))
+    reporter = _reporter(client, [])
+    with peak_memory() as peak:
+        assert reporter.flush(1_000_000.0, everything=True) == 1
+    assert peak.bytes < PEAK_BYTES
+    assert reporter.pending == 0
+    assert broker.encodings == ["identity"]
+
+
+@pytest.mark.parametrize("status", [401, 503])
+def test_a_use_report_refused_with_a_gzip_bomb_is_kept_uninflated(
+    fake: tuple[FakeServer, httpx.Client], status: int
+) -> None:
+    broker, client = fake
+    broker.answer(Answer(status=status, body=bomb(), headers=GZIP))
+    forgotten: list[str] = []
+    reporter = _reporter(client, forgotten)
+    with peak_memory() as peak:
+        assert reporter.flush(1_000_000.0, everything=True) == 0
+    assert peak.bytes < PEAK_BYTES
+    assert reporter.pending == 1
+    assert forgotten == (["token"] if status == 401 else [])
+
+
+def test_a_use_report_answered_endlessly_is_settled_by_its_status_and_cut_off(
+    fake: tuple[FakeServer, httpx.Client],
+) -> None:
+    broker, client = fake
+    broker.answer(Answer(body=b" " * 65536, chunks=800))
+    reporter = _reporter(client, [])
+    with peak_memory() as peak:
+        assert reporter.flush(1_000_000.0, everything=True) == 1
+    assert peak.bytes < PEAK_BYTES

@@ -9,6 +9,7 @@ records a (leaf, verifier, minute) once, so a batch sent again is harmless.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -22,11 +23,14 @@ from tasklease.rules.offlinereports import (
     outcome_settles,
     request_body,
 )
+from tasklease.verify.bounds import bounded_body
 
 __all__ = ["UseReporter"]
 
 _log = logging.getLogger("tasklease.verify")
 _PATH = "/v1/audit/offline"
+# The broker's answer (its counts, or a problem detail) is a few hundred bytes.
+MAX_ANSWER_BYTES = 65536
 
 
 class UseReporter:
@@ -35,7 +39,9 @@ class UseReporter:
     ``client`` is the verifier's (its ``base_url`` the broker), ``token_source`` gives its
     app token (the one it reads the revocation feed with) and ``forget_token`` drops it
     after a 401. At most ``limit`` reports wait for the broker; beyond, the oldest are
-    dropped and counted. Thread-safe.
+    dropped and counted. The broker's answer is decided by its status; its body is read
+    off the wire uncompressed, at most :data:`MAX_ANSWER_BYTES`, and never inflated.
+    Thread-safe.
     """
 
     def __init__(
@@ -88,17 +94,21 @@ class UseReporter:
     def _send(self, body: dict[str, list[dict[str, object]]]) -> bool:
         try:
             token = self._token()
-            response = self._client.post(
-                _PATH, json=body, headers={"Authorization": f"Bearer {token}"}
-            )
+            headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
+            with self._client.stream("POST", _PATH, json=body, headers=headers) as response:
+                status = response.status_code
+                # The status is the outcome. The body is read (capped, uncompressed) only
+                # so that the connection can serve again; one refused is left unread.
+                with contextlib.suppress(ValueError):
+                    bounded_body(response, MAX_ANSWER_BYTES)
         except Exception as exc:  # noqa: BLE001 - any failure keeps the reports for later
             _log.info("offline use reports kept for later: %s", type(exc).__name__)
             return False
-        if response.status_code == 401:
+        if status == 401:
             self._forget()
-        if not outcome_settles(response.status_code):
-            _log.info("offline use reports kept for later: HTTP %d", response.status_code)
+        if not outcome_settles(status):
+            _log.info("offline use reports kept for later: HTTP %d", status)
             return False
-        if response.status_code >= 300:
-            _log.warning("offline use reports refused by the broker: HTTP %d", response.status_code)
+        if status >= 300:
+            _log.warning("offline use reports refused by the broker: HTTP %d", status)
         return True

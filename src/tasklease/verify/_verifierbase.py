@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ from tasklease.rules.binding import DEFAULT_HOLDER_QUOTA, DPoPVerifier, ProofLed
 from tasklease.rules.chainverify import offline_limits
 from tasklease.rules.cleartext import KEYS_ONLY, check_credential_url
 from tasklease.verify._claims import VerifiedToken
+from tasklease.verify._errors import VerifierUnavailable
 from tasklease.verify._federation import FederatedDomain, Federations
 from tasklease.verify._feed import AppCredentials, FeedFollower
 from tasklease.verify._freshness import (
@@ -31,10 +33,15 @@ from tasklease.verify._introspection import BrokerIntrospector, TokenIntrospecto
 from tasklease.verify._jwks import KeySet
 from tasklease.verify._revocations import RevocationIndex
 from tasklease.verify._usereports import UseReporter
+from tasklease.verify.bounds import bounded_body
 
 __all__ = ["VerifierBase"]
 
 _START_WAIT = 5.0  # seconds start() waits for the feed's first sync by default
+# An app sign-in's answer is a token and its lifetime: a few hundred bytes.
+MAX_SIGN_IN_BYTES = 65536
+# A lifetime past this (68 years) is not one: 10**400 seconds would not even be a float.
+MAX_EXPIRES_IN = 2**31 - 1
 
 
 class VerifierBase:
@@ -309,19 +316,46 @@ class VerifierBase:
             cached = self._feed_token
             if cached is not None and time.monotonic() < cached[1]:
                 return cached[0]
-            response = self._client.post(
-                "/v1/app/auth",
-                json={
-                    "client_id": credentials.client_id,
-                    "client_secret": credentials.client_secret,
-                },
-            )
-            response.raise_for_status()
-            body = response.json()
-            token, expires_in = body["access_token"], int(body["expires_in"])
+            token, expires_in = self._sign_in(credentials)
             # Renew well before expiry; the broker ends the stream when the token expires.
             self._feed_token = (token, time.monotonic() + max(expires_in * 0.8, expires_in - 60))
-            return str(token)
+            return token
+
+    def _sign_in(self, credentials: AppCredentials) -> tuple[str, int]:
+        """``POST /v1/app/auth``: the app token and its lifetime in seconds. The answer is
+        read off the wire uncompressed, at most :data:`MAX_SIGN_IN_BYTES`.
+
+        Raises:
+            httpx.HTTPError: the broker could not be reached, or refused the sign-in.
+            VerifierUnavailable: the answer is compressed, too large, or not a token
+                (not a JSON object with a non-empty ``access_token`` and an integer
+                ``expires_in`` from 1 to :data:`MAX_EXPIRES_IN`).
+        """
+        with self._client.stream(
+            "POST",
+            "/v1/app/auth",
+            json={"client_id": credentials.client_id, "client_secret": credentials.client_secret},
+            headers={"accept-encoding": "identity"},
+        ) as response:
+            response.raise_for_status()
+            try:
+                answer = bounded_body(response, MAX_SIGN_IN_BYTES)
+            except ValueError as exc:
+                raise VerifierUnavailable(f"signing in to the broker: {exc}") from None
+        try:
+            body = json.loads(answer)
+        except ValueError:
+            body = None
+        token = body.get("access_token") if type(body) is dict else None
+        expires_in = body.get("expires_in") if type(body) is dict else None
+        if (
+            type(token) is not str
+            or not token
+            or type(expires_in) is not int
+            or not 0 < expires_in <= MAX_EXPIRES_IN
+        ):
+            raise VerifierUnavailable("signing in to the broker: the answer is not an app token")
+        return token, expires_in
 
     def _forget_feed_token(self) -> None:
         self._feed_token = None
