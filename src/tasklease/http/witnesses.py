@@ -9,13 +9,15 @@ import httpx
 
 from tasklease.core.broker import Broker
 from tasklease.core.transparency import PushResult
+from tasklease.verify.bounds import bounded_body
 
 __all__ = ["CHECKPOINT_TICK", "WitnessClient", "checkpoint_job", "final_checkpoint"]
 
 # How often the checkpoint job looks whether a checkpoint is due (a check in memory).
 CHECKPOINT_TICK = 0.5
-# The most of a witness's answer read: a witness is listed by the operator, but its
-# answer is still input.
+# The most of a witness's answer read (a cosignature line is a hundred bytes): a witness
+# is listed by the operator, but its answer is still input. It is read off the wire,
+# uncompressed (verify.bounds.bounded_body).
 MAX_ANSWER = 65536
 
 _log = logging.getLogger("tasklease.audit")
@@ -23,21 +25,21 @@ _log = logging.getLogger("tasklease.audit")
 
 class WitnessClient:
     """``POST <witness>/add-checkpoint`` over one pooled HTTP client (TLS verified with the
-    system's CAs for https witnesses)."""
+    system's CAs for https witnesses). An answer that is compressed or larger than
+    :data:`MAX_ANSWER` is an ``OSError``, as a witness not reached is."""
 
     def __init__(self, timeout: float = 5.0) -> None:
         self._client = httpx.Client(timeout=timeout, follow_redirects=False)
 
     def __call__(self, url: str, body: bytes) -> PushResult:
-        headers = {"content-type": "text/plain; charset=utf-8"}
+        headers = {"content-type": "text/plain; charset=utf-8", "accept-encoding": "identity"}
         with self._client.stream(
             "POST", f"{url}/add-checkpoint", content=body, headers=headers
         ) as response:
-            answer = b""
-            for chunk in response.iter_bytes():
-                answer += chunk
-                if len(answer) > MAX_ANSWER:  # a cosignature line is a hundred bytes
-                    raise OSError(f"the witness's answer is over {MAX_ANSWER} bytes")
+            try:
+                answer = bounded_body(response, MAX_ANSWER)
+            except ValueError as exc:
+                raise OSError(f"the witness's answer: {exc}") from None
             return PushResult(
                 response.status_code, response.headers.get("content-type", ""), answer
             )

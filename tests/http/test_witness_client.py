@@ -1,0 +1,87 @@
+# Would fail if: the broker's witness client asked for a compressed answer, or inflated
+# one before counting it (a gzip bomb from a witness took the broker's memory: httpx
+# decompresses a 64 KiB read to some 64 MB before the cap saw a byte of it).
+"""The broker's client for the audit witnesses (tasklease.http.witnesses.WitnessClient):
+an ``add-checkpoint`` answer is asked for uncompressed and read off the wire, at most
+``MAX_ANSWER`` bytes; a compressed or larger one is an ``OSError``, as a witness not
+reached is (core.transparency tries it again later).
+
+Over loopback HTTP, against a fake witness (uvicorn in a thread, answers_support).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from answers_support import GZIP, PEAK_BYTES, Answer, FakeServer, bomb, peak_memory, serving
+
+from tasklease.core.transparency import PushResult
+from tasklease.http.witnesses import MAX_ANSWER, WitnessClient
+
+NOTE = "old 0\n\nexample.com/log\n1\nAAAA\n\n\u2014 example.com/log AAAA\n".encode()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeServer]:
+    with serving() as fake:
+        yield fake
+
+
+@pytest.fixture
+def witness(server: FakeServer) -> Iterator[tuple[FakeServer, WitnessClient]]:
+    server.reset()
+    client = WitnessClient(timeout=10)
+    try:
+        yield server, client
+    finally:
+        client.close()
+
+
+def test_a_gzip_bomb_from_a_witness_is_an_os_error_uninflated(
+    witness: tuple[FakeServer, WitnessClient],
+) -> None:
+    fake, client = witness
+    fake.answer(Answer(body=bomb(), headers={**GZIP, "content-type": "text/plain"}))
+    with peak_memory() as peak, pytest.raises(OSError) as refused:
+        client(fake.url, NOTE)
+    assert peak.bytes < PEAK_BYTES
+    assert "compressed" in str(refused.value)
+    assert fake.paths == ["/add-checkpoint"]
+    assert fake.encodings == ["identity"]
+
+
+def test_a_witness_answer_over_the_cap_is_an_os_error(
+    witness: tuple[FakeServer, WitnessClient],
+) -> None:
+    fake, client = witness
+    fake.answer(Answer(body=b"x" * 65536, chunks=800))
+    with peak_memory() as peak, pytest.raises(OSError, match=f"larger than {MAX_ANSWER}"):
+        client(fake.url, NOTE)
+    assert peak.bytes < PEAK_BYTES
+
+
+def test_a_declared_length_over_the_cap_is_refused_unread(
+    witness: tuple[FakeServer, WitnessClient],
+) -> None:
+    fake, client = witness
+    fake.answer(Answer(body=b"x" * (MAX_ANSWER + 1)))
+    with pytest.raises(OSError, match=f"larger than {MAX_ANSWER}"):
+        client(fake.url, NOTE)
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body"),
+    [
+        (200, "text/plain; charset=utf-8", "\u2014 witness.example AAAA\n".encode()),
+        (409, "text/x.tlog.size", b"7\n"),
+        (403, "text/plain", b""),
+    ],
+)
+def test_a_witness_answer_is_given_as_it_came(
+    witness: tuple[FakeServer, WitnessClient], status: int, content_type: str, body: bytes
+) -> None:
+    fake, client = witness
+    fake.answer(Answer(status=status, body=body, headers={"content-type": content_type}))
+    assert client(fake.url, NOTE) == PushResult(status, content_type, body)
+    assert fake.asked[0].method == "POST"
