@@ -3,13 +3,14 @@ on loopback (uvicorn in a thread), and in-process brokers on a manual clock."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tasklease.core.broker import Broker, IssuedToken, RequestContext
@@ -204,6 +205,21 @@ def admin(broker: Broker) -> IssuedToken:
         client_id="admin",
     )
     return IssuedToken(token, claims)
+
+
+def trickling_app() -> Starlette:
+    """A bundle endpoint that sends a byte every half second for a minute: each read is
+    quick, the whole answer is not."""
+
+    async def trickle(_request: Request) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(120):
+                yield b" "
+                await asyncio.sleep(0.5)
+
+        return StreamingResponse(body(), media_type="application/json")
+
+    return Starlette(routes=[Route("/{path:path}", trickle)])
 
 
 class Document:

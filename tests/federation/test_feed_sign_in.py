@@ -71,16 +71,9 @@ def test_a_sign_in_answer_over_the_cap_is_a_feed_error(
 @pytest.mark.parametrize(
     "body",
     [
+        # One of each kind; every kind is in verify/test_bounded_body.py (read_app_token).
         b"[]",
-        b'"x"',
-        b"null",
-        b"not json",
         b'{"access_token": 5, "expires_in": 600}',
-        b'{"access_token": "", "expires_in": 600}',
-        b'{"access_token": "t", "expires_in": "600"}',
-        b'{"access_token": "t", "expires_in": true}',
-        b'{"access_token": "t", "expires_in": 0}',
-        b'{"access_token": "t", "expires_in": -5}',
         b'{"access_token": "t", "expires_in": 1' + b"0" * 400 + b"}",
     ],
 )
@@ -91,7 +84,7 @@ def test_a_malformed_sign_in_is_a_feed_error(
     fake.answer(Answer(body=body))
     with pytest.raises(FeedError) as refused:
         follower._bearer(client)
-    assert refused.value.reason == "signing in to the feed: unexpected answer"
+    assert refused.value.reason == "signing in to the feed: the answer is not an app token"
 
 
 def test_a_refused_sign_in_is_a_feed_error_with_its_status_and_its_body_unread(

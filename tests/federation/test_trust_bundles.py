@@ -8,7 +8,7 @@ import gzip
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,12 @@ from bundle_support import (
     make_broker,
     make_ca,
     serve_broker,
+    trickling_app,
 )
 from nacl.signing import SigningKey
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from tasklease.core.broker import Broker
@@ -310,15 +311,7 @@ def test_a_peer_that_trickles_its_bundle_is_cut_off_at_the_fetch_deadline(
 ) -> None:
     # Would fail if: a bundle endpoint sending a byte every half second kept the broker's
     # fetch going for its whole minute (httpx's timeout bounds each read, not a request).
-    async def trickle(_request: Request) -> Response:
-        async def body() -> AsyncIterator[bytes]:
-            for _ in range(120):
-                yield b" "
-                await asyncio.sleep(0.5)
-
-        return StreamingResponse(body(), media_type="application/json")
-
-    app = Starlette(routes=[Route("/{path:path}", trickle)])
+    app = trickling_app()
     with Served(app, server_cert) as slow:
         began = time.monotonic()
         with pytest.raises(FetchError, match="no answer within 3 s"):

@@ -7,15 +7,20 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bundle_support import CA, CTX, Served, admin, make_broker, make_ca, serve_broker
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from bundle_support import (
+    CA,
+    CTX,
+    Served,
+    admin,
+    make_broker,
+    make_ca,
+    serve_broker,
+    trickling_app,
+)
 
 from tasklease.core.broker import Broker
 from tasklease.core.clock import SystemClock
@@ -372,15 +377,7 @@ def test_a_peer_that_trickles_its_bundle_holds_one_fetch_for_a_bounded_time(
     # Would fail if: a bundle endpoint sending a byte every half second kept the fetch
     # going for as long as it liked (httpx's timeout bounds each read, not the request),
     # and every verification needing the domain's keys waited on that fetch's lock.
-    async def trickle(_request: Request) -> Response:
-        async def body() -> AsyncIterator[bytes]:
-            for _ in range(120):
-                yield b" "
-                await asyncio.sleep(0.5)
-
-        return StreamingResponse(body(), media_type="application/json")
-
-    app = Starlette(routes=[Route("/v1/federation/bundle", trickle)])
+    app = trickling_app()
     with Served(app, ca.server("127.0.0.1")) as slow:
         federations = Federations([_domain(slow, ca)], timeout=1.0, min_interval=0.0)
         domain = federations._domains["b.example"]

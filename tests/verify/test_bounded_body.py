@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tasklease.verify.bounds import bounded_body
+from tasklease.verify.bounds import MAX_EXPIRES_IN, bounded_body, read_app_token
 
 LIMIT = 1024
 
@@ -95,3 +95,50 @@ def test_a_response_read_already_is_checked_by_its_length() -> None:
     assert bounded_body(httpx.Response(200, content=b"x" * LIMIT), LIMIT) == b"x" * LIMIT
     with pytest.raises(ValueError, match="larger than"):
         bounded_body(httpx.Response(200, content=b"x" * (LIMIT + 1)), LIMIT)
+
+
+# --- read_app_token: the answer to an app sign-in ------------------------------------------
+
+
+def _answer(body: bytes) -> httpx.Response:
+    return _streamed(iter([body]))[0]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b'"x"',
+        b"null",
+        b"not json",
+        b'{"expires_in": 600}',
+        b'{"access_token": 5, "expires_in": 600}',
+        b'{"access_token": "", "expires_in": 600}',
+        b'{"access_token": ["t"], "expires_in": 600}',
+        b'{"access_token": "t"}',
+        b'{"access_token": "t", "expires_in": "600"}',
+        b'{"access_token": "t", "expires_in": 600.5}',
+        b'{"access_token": "t", "expires_in": true}',
+        b'{"access_token": "t", "expires_in": 0}',
+        b'{"access_token": "t", "expires_in": -5}',
+        b'{"access_token": "t", "expires_in": 1' + b"0" * 400 + b"}",
+    ],
+)
+def test_an_answer_that_is_not_an_app_token_is_refused(body: bytes) -> None:
+    # Would fail if: such an answer raised TypeError, KeyError or OverflowError, or its
+    # access_token (5, "") was taken as a token.
+    with pytest.raises(ValueError, match="not an app token"):
+        read_app_token(_answer(body))
+
+
+def test_an_app_token_and_its_lifetime_are_read() -> None:
+    assert read_app_token(_answer(b'{"access_token": "t", "expires_in": 600}')) == ("t", 600)
+    longest = f'{{"access_token": "t", "expires_in": {MAX_EXPIRES_IN}}}'.encode()
+    assert read_app_token(_answer(longest)) == ("t", MAX_EXPIRES_IN)
+
+
+def test_a_compressed_or_oversized_sign_in_answer_is_refused() -> None:
+    with pytest.raises(ValueError, match="compressed"):
+        read_app_token(_streamed(iter([b"{}"]), **{"content-encoding": "gzip"})[0])
+    with pytest.raises(ValueError, match="larger than 65536 bytes"):
+        read_app_token(_streamed(_sized(65537))[0])

@@ -37,7 +37,7 @@ from tasklease.core.records import FederationRecord, RevocationRecord
 from tasklease.core.tenants import DEFAULT_TENANT
 from tasklease.federation.refresher import tls_context
 from tasklease.keystore import KeyStoreError, read_secret_file
-from tasklease.verify.bounds import bounded_body, bounded_lines
+from tasklease.verify.bounds import bounded_lines, read_app_token
 
 __all__ = [
     "LEASE_TTL",
@@ -58,10 +58,6 @@ CONFIG_RETRY = 30.0
 _STREAM = "/v1/revocations/stream"
 _AUTH = "/v1/app/auth"
 _MAX_LINE = 65536
-# A sign-in's answer (a token and its lifetime) is read off the wire, uncompressed, at
-# most this much; a lifetime past 68 years is not one.
-_MAX_SIGN_IN = 65536
-_MAX_EXPIRES_IN = 2**31 - 1
 _log = logging.getLogger("tasklease.federation")
 
 
@@ -260,22 +256,9 @@ class _Follower:
             if response.status_code != 200:
                 raise FeedError(f"signing in to the feed: HTTP {response.status_code}")
             try:
-                answer = bounded_body(response, _MAX_SIGN_IN)
+                token, expires_in = read_app_token(response)
             except ValueError as exc:
                 raise FeedError(f"signing in to the feed: {exc}") from None
-        try:
-            body = json.loads(answer)
-        except ValueError:
-            body = None
-        token = body.get("access_token") if type(body) is dict else None
-        expires_in = body.get("expires_in") if type(body) is dict else None
-        if (
-            type(token) is not str
-            or not token
-            or type(expires_in) is not int
-            or not 0 < expires_in <= _MAX_EXPIRES_IN
-        ):
-            raise FeedError("signing in to the feed: unexpected answer")
         self._token = (token, time.monotonic() + max(expires_in * 0.8, expires_in - 60))
         return token
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import time
@@ -33,15 +32,11 @@ from tasklease.verify._introspection import BrokerIntrospector, TokenIntrospecto
 from tasklease.verify._jwks import KeySet
 from tasklease.verify._revocations import RevocationIndex
 from tasklease.verify._usereports import UseReporter
-from tasklease.verify.bounds import bounded_body
+from tasklease.verify.bounds import read_app_token
 
 __all__ = ["VerifierBase"]
 
 _START_WAIT = 5.0  # seconds start() waits for the feed's first sync by default
-# An app sign-in's answer is a token and its lifetime: a few hundred bytes.
-MAX_SIGN_IN_BYTES = 65536
-# A lifetime past this (68 years) is not one: 10**400 seconds would not even be a float.
-MAX_EXPIRES_IN = 2**31 - 1
 
 
 class VerifierBase:
@@ -323,13 +318,13 @@ class VerifierBase:
 
     def _sign_in(self, credentials: AppCredentials) -> tuple[str, int]:
         """``POST /v1/app/auth``: the app token and its lifetime in seconds. The answer is
-        read off the wire uncompressed, at most :data:`MAX_SIGN_IN_BYTES`.
+        read off the wire uncompressed (:func:`~tasklease.verify.bounds.read_app_token`).
 
         Raises:
             httpx.HTTPError: the broker could not be reached, or refused the sign-in.
             VerifierUnavailable: the answer is compressed, too large, or not a token
                 (not a JSON object with a non-empty ``access_token`` and an integer
-                ``expires_in`` from 1 to :data:`MAX_EXPIRES_IN`).
+                ``expires_in`` of at least 1).
         """
         with self._client.stream(
             "POST",
@@ -339,23 +334,9 @@ class VerifierBase:
         ) as response:
             response.raise_for_status()
             try:
-                answer = bounded_body(response, MAX_SIGN_IN_BYTES)
+                return read_app_token(response)
             except ValueError as exc:
                 raise VerifierUnavailable(f"signing in to the broker: {exc}") from None
-        try:
-            body = json.loads(answer)
-        except ValueError:
-            body = None
-        token = body.get("access_token") if type(body) is dict else None
-        expires_in = body.get("expires_in") if type(body) is dict else None
-        if (
-            type(token) is not str
-            or not token
-            or type(expires_in) is not int
-            or not 0 < expires_in <= MAX_EXPIRES_IN
-        ):
-            raise VerifierUnavailable("signing in to the broker: the answer is not an app token")
-        return token, expires_in
 
     def _forget_feed_token(self) -> None:
         self._feed_token = None

@@ -23,6 +23,7 @@ redirects to ``https`` only, no proxy or CA bundle taken from the environment.
 from __future__ import annotations
 
 import contextlib
+import json
 import ssl
 import threading
 from collections.abc import Iterator
@@ -31,17 +32,24 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 __all__ = [
+    "MAX_EXPIRES_IN",
     "MAX_REDIRECTS",
+    "MAX_SIGN_IN_BYTES",
     "TOTAL_TIMES",
     "FetchFailed",
     "bounded_body",
     "bounded_get",
     "bounded_lines",
     "https_url",
+    "read_app_token",
     "total_deadline",
 ]
 
 TOTAL_TIMES = 3  # a bounded fetch ends within this many of its timeouts
+# An app sign-in's answer is a token and its lifetime: a few hundred bytes.
+MAX_SIGN_IN_BYTES = 65536
+# A lifetime past this (68 years) is not one: 10**400 seconds would not even be a float.
+MAX_EXPIRES_IN = 2**31 - 1
 MAX_REDIRECTS = 3
 _REDIRECTS = frozenset((302, 303, 307))  # temporary ones (SPIFFE Federation section 5.1)
 
@@ -194,3 +202,31 @@ def _describe(exc: httpx.HTTPError) -> str:
             return f"TLS: {cause.reason or 'handshake failed'}"
         cause = cause.__cause__ or cause.__context__
     return f"{type(exc).__name__}: {str(exc)[:120]}"
+
+
+def read_app_token(response: httpx.Response) -> tuple[str, int]:
+    """The token and its lifetime in seconds from the answer to an app sign-in
+    (``POST /v1/app/auth``, opened streaming), read with :func:`bounded_body` at most
+    :data:`MAX_SIGN_IN_BYTES`.
+
+    Raises:
+        ValueError: the answer is compressed, too large, or not a token (not a JSON object
+            with a non-empty string ``access_token`` and an integer ``expires_in`` from 1
+            to :data:`MAX_EXPIRES_IN`).
+        httpx.HTTPError: reading it failed.
+    """
+    answer = bounded_body(response, MAX_SIGN_IN_BYTES)
+    try:
+        body = json.loads(answer)
+    except ValueError:
+        body = None
+    token = body.get("access_token") if type(body) is dict else None
+    expires_in = body.get("expires_in") if type(body) is dict else None
+    if (
+        type(token) is not str
+        or not token
+        or type(expires_in) is not int
+        or not 0 < expires_in <= MAX_EXPIRES_IN
+    ):
+        raise ValueError("the answer is not an app token")
+    return token, expires_in
