@@ -43,7 +43,7 @@ from tasklease.http.metrics import (
     multiprocess_renderer,
 )
 from tasklease.http.protocol import http_protocol
-from tasklease.http.tls import uvicorn_tls_options
+from tasklease.http.tls import HandshakeBoundServer, uvicorn_tls_options
 from tasklease.keystore import (
     CheckpointFiles,
     EncryptedFileKeyProvider,
@@ -331,7 +331,14 @@ def _answer_pings(conn: Any) -> None:
         return
 
 
-def _worker_process(common: dict[str, Any], host: str, port: int, parent: int, conn: Any) -> None:
+def _worker_process(
+    common: dict[str, Any],
+    host: str,
+    port: int,
+    parent: int,
+    conn: Any,
+    handshake_timeout: float,
+) -> None:
     """One worker (a spawned process): its own socket on the port, uvicorn, worker_app."""
     import uvicorn
 
@@ -341,7 +348,7 @@ def _worker_process(common: dict[str, Any], host: str, port: int, parent: int, c
     threading.Thread(target=_answer_pings, args=(conn,), daemon=True).start()
     sock = _listening_socket(host, port)
     config = uvicorn.Config("tasklease.server:worker_app", factory=True, **common)
-    uvicorn.Server(config).run(sockets=[sock])
+    HandshakeBoundServer(config, handshake_timeout=handshake_timeout).run(sockets=[sock])
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:
@@ -386,6 +393,8 @@ def _serve_workers(
     workers: int,
     reserved: socket.socket,
     on_exit: Callable[[int], None] | None = None,
+    *,
+    handshake_timeout: float,
 ) -> None:
     """Run ``workers`` worker processes until a stop signal; replace one that dies or hangs.
 
@@ -407,7 +416,14 @@ def _serve_workers(
             self.conn, child = context.Pipe()
             self.process = context.Process(
                 target=_worker_process,
-                args=({**common, "port": port}, host, port, os.getpid(), child),
+                args=(
+                    {**common, "port": port},
+                    host,
+                    port,
+                    os.getpid(),
+                    child,
+                    handshake_timeout,
+                ),
             )
             self.process.start()
             child.close()
@@ -619,7 +635,13 @@ def serve(
                 f"{workers} workers, pid {os.getpid()})",
                 flush=True,
             )
-            _serve_workers(common, workers, reserved, shared.process_gone if shared else None)
+            _serve_workers(
+                common,
+                workers,
+                reserved,
+                shared.process_gone if shared else None,
+                handshake_timeout=config.http_header_timeout,
+            )
         finally:
             if listener is not None:
                 listener.close()
@@ -644,7 +666,9 @@ def serve(
             f"(database {redact_url(config.database)}, pid {os.getpid()})",
             flush=True,
         )
-        server = uvicorn.Server(uvicorn.Config(app, **common))
+        server = HandshakeBoundServer(
+            uvicorn.Config(app, **common), handshake_timeout=config.http_header_timeout
+        )
         with contextlib.suppress(KeyboardInterrupt):  # a SIGINT it re-raises once stopped
             server.run(sockets=[sock])
         if not server.started:

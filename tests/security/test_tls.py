@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -24,7 +25,9 @@ pytestmark = pytest.mark.slow
 
 
 @contextlib.contextmanager
-def tls_broker(data_dir: Path, pki: PKI, mode: str) -> Iterator[str]:
+def tls_broker(
+    data_dir: Path, pki: PKI, mode: str, *, workers: str = "1", **settings: str
+) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
     env.update(
@@ -36,13 +39,14 @@ def tls_broker(data_dir: Path, pki: PKI, mode: str) -> Iterator[str]:
         TASKLEASE_TLS_CLIENT_CA=str(pki.ca_cert),
         TASKLEASE_ADMIN_AUTH_BURST="1000",
         TASKLEASE_METRICS_LISTEN="127.0.0.1:0",  # never a port another broker holds
+        **settings,
     )
     init_data_dir(data_dir, env)
     log = data_dir / "broker.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tasklease.cli.main", "serve", "--data-dir", str(data_dir),
-             "--host", "127.0.0.1", "--port", str(port)],
+             "--host", "127.0.0.1", "--port", str(port), "--workers", workers],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(data_dir),
         )  # fmt: skip
     url = f"https://127.0.0.1:{port}"
@@ -120,6 +124,31 @@ def test_tls_mode_serves_https_with_hsts(tmp_path: Path, pki: PKI) -> None:
         assert "cnf" not in token_parts(agent["access_token"])[1]  # no client cert: bearer
         with pytest.raises(httpx.ConnectError):  # a client that does not trust our CA
             httpx.get(f"{url}/v1/health", verify=ssl.create_default_context())
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_handshake_never_made_is_cut_off_at_the_header_timeout(
+    tmp_path: Path, pki: PKI, workers: str
+) -> None:
+    # Would fail if: a connection that never starts its TLS handshake were held for
+    # asyncio's 60 s (it counts against no cap until its handshake is done), not for
+    # http_header_timeout as a connection that sends no headers is.
+    settings = {"TASKLEASE_HTTP_HEADER_TIMEOUT": "1"}
+    with tls_broker(tmp_path, pki, "tls", workers=workers, **settings) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with client(url, pki, None) as http:  # every worker up: health from each
+            assert http.get("/v1/health").status_code == 200
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(4)]
+        opened = time.monotonic()
+        try:
+            for sock in silent:
+                with contextlib.suppress(ConnectionResetError):
+                    assert sock.recv(1) == b""  # closed by the broker, nothing said
+            took = time.monotonic() - opened
+        finally:
+            for sock in silent:
+                sock.close()
+        assert took < 1 + 10, f"silent handshakes were held {took:.1f} s"
 
 
 def test_mtls_requires_a_client_certificate_and_binds_tokens(tmp_path: Path, pki: PKI) -> None:

@@ -17,10 +17,14 @@ fails otherwise), and agents registering over it get certificate-bound tokens.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import socket
 import ssl
 from collections.abc import Mapping
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tasklease.core.config import Config
@@ -28,6 +32,7 @@ from tasklease.rules.binding import cert_thumbprint
 
 __all__ = [
     "THUMBPRINT_KEY",
+    "HandshakeBoundServer",
     "MTLSHttpToolsProtocol",
     "TLSFileError",
     "TLSScopeMixin",
@@ -149,3 +154,29 @@ def _why(exc: OSError | ssl.SSLError) -> str:
     if isinstance(exc, ssl.SSLError):
         return exc.reason or str(exc)
     return exc.strerror or str(exc)
+
+
+class HandshakeBoundServer(uvicorn.Server):
+    """uvicorn's server, with each TLS handshake bounded by ``handshake_timeout`` seconds
+    (the broker's ``http_header_timeout``) instead of asyncio's 60.
+
+    A connection counts against ``http_max_connections`` and its share per client, and its
+    header deadline starts, once its handshake is done: until then it is asyncio's alone.
+    A client that opens connections and never finishes their handshakes held each one a
+    minute; now as long as it could hold a connection that sends no headers. On the
+    ``uvloop`` loop the bound stays uvloop's own (60 s): its loop takes no such setting
+    from outside ``create_server``, which uvicorn calls.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, handshake_timeout: float) -> None:
+        super().__init__(config)
+        self.handshake_timeout = handshake_timeout
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        if self.config.is_ssl and isinstance(loop, asyncio.BaseEventLoop):
+            # uvicorn calls loop.create_server without the setting: give it, for this loop.
+            loop.create_server = functools.partial(  # type: ignore[method-assign]
+                loop.create_server, ssl_handshake_timeout=self.handshake_timeout
+            )
+        await super().startup(sockets)
