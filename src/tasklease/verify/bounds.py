@@ -1,7 +1,7 @@
 """Bounds on what a client reads from a server it does not control: a total deadline for
 an httpx client's requests, a response body and an event stream's lines read off the wire
 with a length cap. Used by the verifier, the broker's federation followers and its
-attestation key fetches.
+attestation key fetches, and by the SDK's transport (``tasklease.client``).
 
 httpx's timeouts bound each network operation (a connect, one read), not a request: a
 server that sends a byte every few seconds keeps a request going for as long as it likes.
@@ -42,6 +42,8 @@ __all__ = [
     "bounded_lines",
     "https_url",
     "read_app_token",
+    "refusal",
+    "too_large",
     "total_deadline",
 ]
 
@@ -85,27 +87,40 @@ def bounded_body(response: httpx.Response, limit: int) -> bytes:
         ValueError: a compressed body, or one larger than ``limit`` bytes.
         httpx.HTTPError: reading failed (a timeout, a connection closed).
     """
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", ""):
-        raise ValueError(f"a compressed body ({encoding[:40]}) is refused")
-    too_large = f"a body larger than {limit} bytes is refused"
+    refused = refusal(response.headers, limit)
+    if refused is not None:
+        raise ValueError(refused)
     # A response read already (a transport that is no network: a test's mock) is its body.
     if response.is_stream_consumed:
         if len(response.content) > limit:
-            raise ValueError(too_large)
+            raise ValueError(too_large(limit))
         return response.content
-    declared = response.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit():
-        digits = declared.lstrip("0")
-        # Compared by length first: int() of a few thousand digits raises.
-        if len(digits) > len(str(limit)) or (digits and int(digits) > limit):
-            raise ValueError(too_large)
     body = bytearray()
     for chunk in response.iter_raw():
         body += chunk
         if len(body) > limit:
-            raise ValueError(too_large)
+            raise ValueError(too_large(limit))
     return bytes(body)
+
+
+def refusal(headers: httpx.Headers, limit: int) -> str | None:
+    """Why an answer with ``headers`` is refused before its body is read, or None: it is
+    compressed, or its ``content-length`` declares more than ``limit`` bytes."""
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", ""):
+        return f"a compressed body ({encoding[:40]}) is refused"
+    declared = headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit():
+        digits = declared.lstrip("0")
+        # Compared by length first: int() of a few thousand digits raises.
+        if len(digits) > len(str(limit)) or (digits and int(digits) > limit):
+            return too_large(limit)
+    return None
+
+
+def too_large(limit: int) -> str:
+    """The reason a body past ``limit`` bytes is refused."""
+    return f"a body larger than {limit} bytes is refused"
 
 
 def bounded_lines(response: httpx.Response, limit: int) -> Iterator[str]:
