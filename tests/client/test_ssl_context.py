@@ -10,6 +10,7 @@ import httpx
 from tests.federation.bundle_support import make_ca
 
 from tasklease.client import AdminClient, AppClient
+from tasklease.client._bounded import BoundedTransport
 from tasklease.client._holder import default_ssl_context, ssl_context
 from tasklease.client._transport import http_client
 
@@ -17,8 +18,10 @@ URL = "http://127.0.0.1:9"  # never reached: nothing here sends a request
 
 
 def _context_of(client: httpx.Client) -> ssl.SSLContext:
-    # Where httpx keeps the context its connections are made with.
-    context: ssl.SSLContext = client._transport._pool._ssl_context  # type: ignore[attr-defined]
+    # Where httpx keeps the context its connections are made with, behind the SDK's bound.
+    transport = client._transport
+    assert isinstance(transport, BoundedTransport)
+    context: ssl.SSLContext = transport.inner._pool._ssl_context  # type: ignore[attr-defined]
     return context
 
 

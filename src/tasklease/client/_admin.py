@@ -13,6 +13,7 @@ import httpx
 import nacl.signing
 
 from tasklease.client._admin_audit import AuditCalls
+from tasklease.client._bounded import MAX_ADMIN_ANSWER, AnswerRefused, bounded_client
 from tasklease.client._brokerurl import check_broker_url
 from tasklease.client._errors import TransportError, Unauthorized, error_from_response
 from tasklease.client._flows import expect_json
@@ -80,7 +81,8 @@ class AdminClient(AuditCalls):
             if isinstance(operator_key, bytes)
             else operator_key
         )
-        self._client = httpx.Client(
+        self._client = bounded_client(
+            MAX_ADMIN_ANSWER,
             base_url=self.broker_url,
             transport=transport,
             timeout=timeout,
@@ -94,6 +96,10 @@ class AdminClient(AuditCalls):
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             return self._client.request(method, path, **kwargs)
+        except AnswerRefused as exc:
+            raise TransportError(
+                f"cannot use the answer of the broker at {self.broker_url}: {exc}"
+            ) from exc
         except httpx.TransportError as exc:
             raise TransportError(f"cannot reach the broker at {self.broker_url}: {exc}") from exc
 

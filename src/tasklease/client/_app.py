@@ -28,6 +28,7 @@ from urllib.parse import quote_plus
 import httpx
 import nacl.signing
 
+from tasklease.client._bounded import bounded_client
 from tasklease.client._brokerurl import check_broker_url
 from tasklease.client._errors import TaskleaseError, Unauthorized
 from tasklease.client._flows import Clock, Flow, SystemClock, expect_json
@@ -116,7 +117,7 @@ class AppClient:
         self.dpop = dpop_key(dpop)
         self._retry = retry
         self._clock = clock if clock is not None else SystemClock()
-        self._client = httpx.Client(
+        self._client = bounded_client(
             transport=transport,
             timeout=timeout,
             verify=default_ssl_context() if verify is True else verify,

@@ -20,6 +20,7 @@ import nacl.signing
 
 from tasklease.client._agentbase import AgentBase
 from tasklease.client._attest import KUBERNETES_TOKEN_PATH, attestation, kubernetes_token
+from tasklease.client._bounded import AnswerRefused, bounded_async_client
 from tasklease.client._brokerurl import check_broker_url
 from tasklease.client._compat import dual
 from tasklease.client._errors import RateLimited, TaskleaseError, TransportError, Unavailable
@@ -79,6 +80,8 @@ async def arun_flow(
                     wait = retry.wait(attempt)
                     if wait is None:
                         raise TransportError(f"cannot reach the broker: {exc}") from exc
+                except AnswerRefused as exc:
+                    raise TransportError(f"cannot use the broker's answer: {exc}") from exc
                 except httpx.TransportError as exc:
                     raise TransportError(f"cannot reach the broker: {exc}") from exc
                 else:
@@ -176,10 +179,13 @@ def _client(
     cert: CertArg | None,
     verify: ssl.SSLContext | str | os.PathLike[str] | bool,
 ) -> tuple[httpx.AsyncClient, bool]:
-    """The client to use and whether the agent owns (closes) it."""
+    """The client to use and whether the agent owns (closes) it: ``client`` as it is, or
+    one of ours, whose answers are uncompressed and capped (``_bounded``)."""
     if client is not None:
         return client, False
-    http = httpx.AsyncClient(transport=transport, timeout=timeout, verify=ssl_context(cert, verify))
+    http = bounded_async_client(
+        transport=transport, timeout=timeout, verify=ssl_context(cert, verify)
+    )
     return http, True
 
 

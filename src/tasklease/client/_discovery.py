@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 
 from tasklease.client._async import arun_flow
+from tasklease.client._bounded import bounded_async_client, bounded_client
 from tasklease.client._oauth import ProtectedResource, discover_flow
 from tasklease.client._sync import run_flow
 
@@ -21,7 +22,7 @@ def discover(
 ) -> ProtectedResource:
     """The RFC 9728 metadata of ``resource`` and the RFC 8414 metadata of the
     authorization servers it names, checked (``tasklease.client._oauth.discover_flow``)."""
-    with httpx.Client(timeout=timeout, transport=transport) as client:
+    with bounded_client(timeout=timeout, transport=transport) as client:
         return run_flow(client, discover_flow(resource, metadata_url=metadata_url))
 
 
@@ -33,5 +34,5 @@ async def adiscover(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> ProtectedResource:
     """The async twin of :func:`discover`."""
-    async with httpx.AsyncClient(timeout=timeout, transport=transport) as client:
+    async with bounded_async_client(timeout=timeout, transport=transport) as client:
         return await arun_flow(client, discover_flow(resource, metadata_url=metadata_url))

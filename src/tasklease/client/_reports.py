@@ -60,7 +60,9 @@ class OfflineReporter:
     :meth:`start` do it every ``interval`` seconds); with an ``httpx.AsyncClient`` and an
     :class:`AsyncAgent`'s ``auth``, :meth:`aflush`. At most ``limit`` reports wait (then
     the oldest are dropped, counted in :attr:`dropped`: a derivation that will never be
-    reported stays verifiable by anyone who holds the chain). Thread-safe.
+    reported stays verifiable by anyone who holds the chain). Thread-safe. ``client`` is
+    used as it is: the SDK's bound on answers (uncompressed, capped) is on the clients it
+    builds, not on one given here.
 
     ``base_url`` (or, when it is relative, the client's base URL) is ``https://``, or
     ``http://`` to a loopback host: the reports carry the token. ``insecure_http`` opts in

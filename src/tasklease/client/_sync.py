@@ -20,6 +20,7 @@ from tasklease.client._attest import (
     github_actions_token_flow,
     kubernetes_token,
 )
+from tasklease.client._bounded import bounded_client
 from tasklease.client._brokerurl import check_broker_url
 from tasklease.client._compat import dual
 from tasklease.client._errors import RateLimited, TaskleaseError, TransportError, Unavailable
@@ -139,7 +140,12 @@ class Agent(AgentBase):
         an ``ssl.SSLContext``) presents a client certificate on every connection; over a
         broker in ``mtls`` mode the token is bound to it (RFC 8705). ``client``: an
         ``httpx.Client`` of your own (its certificates, proxies, transport) that the
-        agent uses and does not close.
+        agent uses as it is and does not close.
+
+        The client the agent builds (without ``client``) asks for the broker's answers
+        uncompressed and refuses one compressed or over 1 MiB (a ``TransportError``,
+        before it is inflated or read whole); a ``transport`` given is put behind the same
+        bound. A ``client`` of your own reads answers as you set it up.
 
         Workload attestation (docs/attestation.md): ``attestation`` is evidence of where
         the agent runs (``{"type": "k8s_sat" | "jwt_svid" | "oidc", "evidence": token}``),
@@ -262,7 +268,7 @@ class Agent(AgentBase):
         with it as :meth:`from_oidc` does."""
         # The broker URL first: the runner's token is not asked for one that is refused.
         check_broker_url(broker_url, options.get("insecure_http"), options.get("client"))
-        with httpx.Client(timeout=options.get("timeout", 10.0)) as runner:
+        with bounded_client(timeout=options.get("timeout", 10.0)) as runner:
             token = run_flow(runner, github_actions_token_flow(audience, env))
         return cls.from_oidc(
             broker_url, token, orch_id, task_id, scope, attestor=attestor, **options

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import httpx
 
+from tasklease.client._bounded import AnswerRefused, bounded_client
 from tasklease.client._compat import dual
 from tasklease.client._errors import TransportError
 from tasklease.client._flows import Clock, Delegation, Flow, delegate_flow, release_flow
@@ -47,6 +48,8 @@ def run_flow(
                     wait = retry.wait(attempt)
                     if wait is None:
                         raise TransportError(f"cannot reach the broker: {exc}") from exc
+                except AnswerRefused as exc:
+                    raise TransportError(f"cannot use the broker's answer: {exc}") from exc
                 except httpx.TransportError as exc:
                     raise TransportError(f"cannot reach the broker: {exc}") from exc
                 else:
@@ -149,9 +152,10 @@ def http_client(
     cert: CertArg | None,
     verify: ssl.SSLContext | str | os.PathLike[str] | bool,
 ) -> tuple[httpx.Client, bool]:
-    """The client to use and whether the agent owns (closes) it."""
+    """The client to use and whether the agent owns (closes) it: ``client`` as it is, or
+    one of ours, whose answers are uncompressed and capped (``_bounded``)."""
     if client is not None:
         return client, False
-    return httpx.Client(
+    return bounded_client(
         transport=transport, timeout=timeout, verify=ssl_context(cert, verify)
     ), True

@@ -1,0 +1,178 @@
+"""What every httpx client the SDK builds sends through: answers uncompressed, and capped.
+
+httpx asks for gzip by default and inflates an answer before anyone can count it (half a
+megabyte on the wire, half a gigabyte in memory). :class:`BoundedTransport` (and its async
+twin) sits between a client and the transport that does the network: it sends every
+request with ``accept-encoding: identity``, refuses an answer that is compressed or whose
+``content-length`` is over the cap before its body is read (``verify.bounds.refusal``,
+the verifier's rule), and stops reading one at the first chunk past the cap. A refusal is
+an :class:`AnswerRefused`, an ``httpx.TransportError``, which the SDK's clients report as
+their ``TransportError`` ("cannot use the broker's answer: ...").
+
+:func:`bounded_client` and :func:`bounded_async_client` build a client as httpx would
+(the caller's ``transport``, or httpx's own with the ``verify`` given and, as before, the
+proxies the environment names) and put every one of its transports behind the bound. A
+client the caller builds and hands to the SDK (``client=``) is used as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+
+from tasklease.verify.bounds import refusal, too_large
+
+__all__ = [
+    "MAX_ADMIN_ANSWER",
+    "MAX_ANSWER",
+    "AnswerRefused",
+    "AsyncBoundedTransport",
+    "BoundedTransport",
+    "bounded_async_client",
+    "bounded_client",
+]
+
+# An agent's, an app's or a discovery's answer: a token and its claims (8 KB at most), a
+# nonce, a delegation, a peer's handshake, metadata documents: a few KB each.
+MAX_ANSWER = 1 << 20
+# An admin's answers hold listings larger than that: a page of up to 1,000 audit events
+# (each a detail of up to 2,048 characters beside its ids, scopes and hashes), the apps,
+# operators, tenants, federations and grant types (not paged at all), the metrics' text.
+# Tens of megabytes would be a broker of hundreds of thousands of apps.
+MAX_ADMIN_ANSWER = 64 << 20
+
+
+class AnswerRefused(httpx.RemoteProtocolError):
+    """An answer compressed, or larger than the cap, refused without inflating it."""
+
+
+class _CappedStream(httpx.SyncByteStream):
+    def __init__(self, stream: httpx.SyncByteStream, limit: int, request: httpx.Request) -> None:
+        self._stream = stream
+        self._limit = limit
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        received = 0
+        for chunk in self._stream:
+            received += len(chunk)
+            if received > self._limit:
+                raise AnswerRefused(too_large(self._limit), request=self._request)
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _AsyncCappedStream(httpx.AsyncByteStream):
+    def __init__(self, stream: httpx.AsyncByteStream, limit: int, request: httpx.Request) -> None:
+        self._stream = stream
+        self._limit = limit
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        received = 0
+        async for chunk in self._stream:
+            received += len(chunk)
+            if received > self._limit:
+                raise AnswerRefused(too_large(self._limit), request=self._request)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def _identity(request: httpx.Request) -> None:
+    # Always: a compressed answer is never wanted, whatever the caller's headers said.
+    request.headers["accept-encoding"] = "identity"
+
+
+class BoundedTransport(httpx.BaseTransport):
+    """``inner``, its answers uncompressed and at most ``limit`` bytes (or refused)."""
+
+    def __init__(self, inner: httpx.BaseTransport, limit: int = MAX_ANSWER) -> None:
+        self.inner = inner
+        self.limit = limit
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        _identity(request)
+        response = self.inner.handle_request(request)
+        stream = response.stream
+        if not isinstance(stream, httpx.SyncByteStream):
+            raise TypeError("a transport of httpx.Client answered with an async stream")
+        reason = refusal(response.headers, self.limit)
+        if reason is not None:
+            response.close()
+            raise AnswerRefused(reason, request=request)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_CappedStream(stream, self.limit, request),
+            extensions=response.extensions,
+        )
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncBoundedTransport(httpx.AsyncBaseTransport):
+    """The async twin of :class:`BoundedTransport`."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, limit: int = MAX_ANSWER) -> None:
+        self.inner = inner
+        self.limit = limit
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        _identity(request)
+        response = await self.inner.handle_async_request(request)
+        stream = response.stream
+        if not isinstance(stream, httpx.AsyncByteStream):
+            raise TypeError("a transport of httpx.AsyncClient answered with a sync stream")
+        reason = refusal(response.headers, self.limit)
+        if reason is not None:
+            await response.aclose()
+            raise AnswerRefused(reason, request=request)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_AsyncCappedStream(stream, self.limit, request),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _check_shape(client: httpx.Client | httpx.AsyncClient) -> None:
+    # httpx keeps a client's transport and those mounted for proxies in these two
+    # attributes (since 0.18); were they gone, the bound would silently not apply.
+    if not hasattr(client, "_transport") or not isinstance(getattr(client, "_mounts", None), dict):
+        raise RuntimeError("this httpx keeps its transports elsewhere; the SDK cannot bound them")
+
+
+def bounded_client(limit: int = MAX_ANSWER, **options: Any) -> httpx.Client:
+    """``httpx.Client(**options)``, its every transport behind a :class:`BoundedTransport`
+    of ``limit`` bytes."""
+    client = httpx.Client(**options)
+    _check_shape(client)
+    client._transport = BoundedTransport(client._transport, limit)
+    client._mounts = {
+        pattern: None if inner is None else BoundedTransport(inner, limit)
+        for pattern, inner in client._mounts.items()
+    }
+    return client
+
+
+def bounded_async_client(limit: int = MAX_ANSWER, **options: Any) -> httpx.AsyncClient:
+    """``httpx.AsyncClient(**options)``, its every transport behind an
+    :class:`AsyncBoundedTransport` of ``limit`` bytes."""
+    client = httpx.AsyncClient(**options)
+    _check_shape(client)
+    client._transport = AsyncBoundedTransport(client._transport, limit)
+    client._mounts = {
+        pattern: None if inner is None else AsyncBoundedTransport(inner, limit)
+        for pattern, inner in client._mounts.items()
+    }
+    return client
