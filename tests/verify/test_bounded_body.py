@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tasklease.verify.bounds import MAX_EXPIRES_IN, bounded_body, read_app_token
+from tasklease.verify.bounds import MAX_EXPIRES_IN, bounded_body, json_document, read_app_token
 
 LIMIT = 1024
 
@@ -122,6 +122,7 @@ def _answer(body: bytes) -> httpx.Response:
         b'{"access_token": "t", "expires_in": 0}',
         b'{"access_token": "t", "expires_in": -5}',
         b'{"access_token": "t", "expires_in": 1' + b"0" * 400 + b"}",
+        b"[" * 60_000,  # under the cap, too deep for the decoder (a RecursionError)
     ],
 )
 def test_an_answer_that_is_not_an_app_token_is_refused(body: bytes) -> None:
@@ -142,3 +143,11 @@ def test_a_compressed_or_oversized_sign_in_answer_is_refused() -> None:
         read_app_token(_streamed(iter([b"{}"]), **{"content-encoding": "gzip"})[0])
     with pytest.raises(ValueError, match="larger than 65536 bytes"):
         read_app_token(_streamed(_sized(65537))[0])
+
+
+def test_json_nested_too_deeply_to_decode_is_a_value_error() -> None:
+    # Would fail if: the decoder's RecursionError (a RuntimeError) escaped the readers,
+    # whose callers handle ValueError (decision 164).
+    with pytest.raises(ValueError, match="nested too deeply"):
+        json_document(b"[" * 60_000)
+    assert json_document(b'{"a": [1, {"b": null}]}') == {"a": [1, {"b": None}]}

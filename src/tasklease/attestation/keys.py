@@ -36,7 +36,7 @@ from tasklease.core.attestors import (
     keys_from_jwks,
     parse_jwks,
 )
-from tasklease.verify.bounds import TOTAL_TIMES, bounded_body, total_deadline
+from tasklease.verify.bounds import TOTAL_TIMES, bounded_body, json_document, total_deadline
 
 __all__ = ["MIN_REFETCH", "TIMEOUT", "FetchError", "HttpKeyFetcher", "fetch_jwks"]
 
@@ -84,7 +84,7 @@ def _get_json(client: httpx.Client, url: str) -> Any:
             raise
         raise FetchError(f"{url}: {type(exc).__name__}: {str(exc)[:200]}") from None
     try:
-        return json.loads(body)
+        return json_document(body)
     except ValueError:
         raise FetchError(f"{url} answered something that is not JSON") from None
 

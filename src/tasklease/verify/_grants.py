@@ -17,7 +17,6 @@ also counts the calls of every grant it was narrowed from.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,7 @@ import httpx
 from tasklease.rules.binding import Presentation
 from tasklease.verify._claims import VerifiedToken
 from tasklease.verify._errors import InsufficientScope, InvalidToken, VerifierUnavailable
-from tasklease.verify.bounds import bounded_body
+from tasklease.verify.bounds import bounded_body, json_document
 
 __all__ = ["CallCount", "count_call", "has_max_calls", "require_grant"]
 
@@ -145,7 +144,7 @@ def _call_count(answer: bytes) -> CallCount:
     """The broker's 200 answer, or :class:`VerifierUnavailable` when it is not one: a call
     is never let through on an answer that cannot be read."""
     try:
-        document = json.loads(answer)
+        document = json_document(answer)
     except ValueError:
         raise VerifierUnavailable("counting the call failed: the answer is not JSON") from None
     if type(document) is not dict:
@@ -161,7 +160,7 @@ def _call_count(answer: bytes) -> CallCount:
 
 def _problem_detail(status: int, answer: bytes) -> str:
     try:
-        body = json.loads(answer)
+        body = json_document(answer)
     except ValueError:
         return f"HTTP {status}"
     if not isinstance(body, dict):

@@ -9,7 +9,6 @@ app credential and gets the token's claims with ``active: true``, or ``{"active"
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -17,7 +16,7 @@ from typing import Any, Protocol
 import httpx
 
 from tasklease.verify._errors import VerifierUnavailable
-from tasklease.verify.bounds import bounded_body
+from tasklease.verify.bounds import bounded_body, json_document
 
 __all__ = ["REFERENCE_CHARS", "BrokerIntrospector", "TokenIntrospector", "is_reference_token"]
 
@@ -86,7 +85,7 @@ class BrokerIntrospector:
             if status != 200:
                 raise VerifierUnavailable(f"introspection answered {status}")
             try:
-                body = json.loads(answer)
+                body = json_document(answer)
             except ValueError:
                 raise VerifierUnavailable("introspection response is not JSON") from None
             return body if isinstance(body, dict) else None

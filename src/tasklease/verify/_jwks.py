@@ -23,7 +23,6 @@ memory.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -34,7 +33,7 @@ import httpx
 import nacl.signing
 
 from tasklease.rules import jws
-from tasklease.verify.bounds import bounded_body
+from tasklease.verify.bounds import bounded_body, json_document
 
 __all__ = ["KeySet", "parse_jwks"]
 
@@ -174,7 +173,7 @@ class KeySet:
                 ) as response:
                     response.raise_for_status()
                     body = bounded_body(response, MAX_JWKS_BYTES)
-                keys = parse_jwks(json.loads(body))
+                keys = parse_jwks(json_document(body))
             except (httpx.HTTPError, ValueError) as exc:
                 _log.warning("fetching the broker's JWKS failed: %s", exc)
                 return False

@@ -27,6 +27,7 @@ import json
 import ssl
 import threading
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -41,6 +42,7 @@ __all__ = [
     "bounded_get",
     "bounded_lines",
     "https_url",
+    "json_document",
     "read_app_token",
     "refusal",
     "too_large",
@@ -219,6 +221,19 @@ def _describe(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__}: {str(exc)[:120]}"
 
 
+def json_document(body: bytes) -> Any:
+    """``body`` decoded as JSON.
+
+    Raises:
+        ValueError: it is not JSON, or nests too deeply to decode (the decoder's
+            ``RecursionError``: 60 KB of ``[`` fits under every cap of this module).
+    """
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def read_app_token(response: httpx.Response) -> tuple[str, int]:
     """The token and its lifetime in seconds from the answer to an app sign-in
     (``POST /v1/app/auth``, opened streaming), read with :func:`bounded_body` at most
@@ -232,7 +247,7 @@ def read_app_token(response: httpx.Response) -> tuple[str, int]:
     """
     answer = bounded_body(response, MAX_SIGN_IN_BYTES)
     try:
-        body = json.loads(answer)
+        body = json_document(answer)
     except ValueError:
         body = None
     token = body.get("access_token") if type(body) is dict else None
