@@ -50,6 +50,9 @@ COMMANDS = (
     "cryptography",
     "nacl",
 )
+# The offline verifier: only the audit proof commands use it. The SDK shares its bounded
+# reads (tasklease.bounds) and nothing else.
+VERIFIER = ("tasklease.verify",)
 
 _PROBE = textwrap.dedent(
     """
@@ -105,7 +108,7 @@ def closed_port() -> Iterator[int]:
 def test_importing_the_cli_loads_no_server_module_and_no_sdk(tmp_path: Path) -> None:
     _, modules = _loaded(None, tmp_path)
     assert "tasklease.cli.main" in modules  # the probe saw the import
-    assert _among(modules, SERVER + COMMANDS) == []
+    assert _among(modules, SERVER + COMMANDS + VERIFIER) == []
 
 
 @pytest.mark.parametrize(
@@ -116,7 +119,7 @@ def test_importing_the_cli_loads_no_server_module_and_no_sdk(tmp_path: Path) -> 
 def test_help_loads_no_server_module_and_no_sdk(args: list[str], tmp_path: Path) -> None:
     code, modules = _loaded(args, tmp_path)
     assert code == 0
-    assert _among(modules, SERVER + COMMANDS) == []
+    assert _among(modules, SERVER + COMMANDS + VERIFIER) == []
 
 
 def test_a_remote_command_loads_the_sdk_and_no_server_module(
@@ -126,4 +129,4 @@ def test_a_remote_command_loads_the_sdk_and_no_server_module(
     code, modules = _loaded(["app", "list", "--url", url, "--admin-secret", "x" * 32], tmp_path)
     assert code == 4  # unreachable: the SDK ran
     assert "tasklease.client" in modules
-    assert _among(modules, SERVER) == []
+    assert _among(modules, SERVER + VERIFIER) == []

@@ -22,6 +22,7 @@ from bundle_support import (
     trickling_app,
 )
 
+from tasklease.bounds import TOTAL_TIMES
 from tasklease.core.broker import Broker
 from tasklease.core.clock import SystemClock
 from tasklease.core.keys import KeyRing
@@ -29,7 +30,6 @@ from tasklease.core.tokens import KIND_AGENT, mint
 from tasklease.rules.bundle import parse_bundle
 from tasklease.verify import FederatedDomain, InvalidToken, Verifier
 from tasklease.verify._federation import FederationError, Federations
-from tasklease.verify.bounds import TOTAL_TIMES
 
 AUDIENCE = "orders-api"
 

@@ -1,5 +1,5 @@
 """Hostile answers, for the tests of what tasklease reads from servers it does not control
-(verify.bounds.bounded_body's readers): a gzip bomb, a fake server on loopback (uvicorn in
+(bounds.bounded_body's readers): a gzip bomb, a fake server on loopback (uvicorn in
 a thread) that answers every request with what the test set, and the peak of memory
 allocated while a block runs.
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tasklease.bounds import bounded_lines
 from tasklease.federation.revocations import FeedError, parse_event
-from tasklease.verify.bounds import bounded_lines
 
 LIMIT = 1024
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from tasklease.bounds import TOTAL_TIMES, bounded_body, json_document, total_deadline
 from tasklease.core.attestors import (
     AttestationRefused,
     JwksSource,
@@ -36,7 +37,6 @@ from tasklease.core.attestors import (
     keys_from_jwks,
     parse_jwks,
 )
-from tasklease.verify.bounds import TOTAL_TIMES, bounded_body, json_document, total_deadline
 
 __all__ = ["MIN_REFETCH", "TIMEOUT", "FetchError", "HttpKeyFetcher", "fetch_jwks"]
 

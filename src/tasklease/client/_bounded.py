@@ -4,7 +4,7 @@ httpx asks for gzip by default and inflates an answer before anyone can count it
 megabyte on the wire, half a gigabyte in memory). :class:`BoundedTransport` (and its async
 twin) sits between a client and the transport that does the network: it sends every
 request with ``accept-encoding: identity``, refuses an answer that is compressed or whose
-``content-length`` is over the cap before its body is read (``verify.bounds.refusal``,
+``content-length`` is over the cap before its body is read (``bounds.refusal``,
 the verifier's rule), and stops reading one at the first chunk past the cap. A refusal is
 an :class:`AnswerRefused`, an ``httpx.TransportError``, which the SDK's clients report as
 their ``TransportError`` ("cannot use the broker's answer: ...").
@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from tasklease.verify.bounds import refusal, too_large
+from tasklease.bounds import refusal, too_large
 
 __all__ = [
     "MAX_ADMIN_ANSWER",

@@ -26,12 +26,12 @@ import logging
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 
+from tasklease.bounds import MAX_REDIRECTS, TOTAL_TIMES, FetchFailed, bounded_get
 from tasklease.core.broker import Broker
 from tasklease.core.errors import NotFound
 from tasklease.core.federation import BundleRefused
 from tasklease.core.records import FederationRecord
 from tasklease.rules.bundle import MAX_BUNDLE_BYTES
-from tasklease.verify.bounds import MAX_REDIRECTS, TOTAL_TIMES, FetchFailed, bounded_get
 
 __all__ = [
     "MAX_PARALLEL",
@@ -71,7 +71,7 @@ def tls_context(ca_pem: str) -> ssl.SSLContext:
 def fetch_bundle(url: str, *, ca_pem: str = "", timeout: float | None = None) -> bytes:
     """The body served at the bundle endpoint ``url`` (not parsed), each read within
     ``timeout`` seconds (default :data:`TIMEOUT`) and all of it within :data:`TOTAL_TIMES`
-    times that (:func:`tasklease.verify.bounds.bounded_get`).
+    times that (:func:`tasklease.bounds.bounded_get`).
 
     Raises:
         FetchError: the URL or a redirect is not an allowed https URL, the connection or

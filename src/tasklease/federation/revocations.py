@@ -32,12 +32,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from tasklease.bounds import bounded_lines, read_app_token
 from tasklease.core.broker import Broker
 from tasklease.core.records import FederationRecord, RevocationRecord
 from tasklease.core.tenants import DEFAULT_TENANT
 from tasklease.federation.refresher import tls_context
 from tasklease.keystore import KeyStoreError, read_secret_file
-from tasklease.verify.bounds import bounded_lines, read_app_token
 
 __all__ = [
     "LEASE_TTL",

@@ -7,9 +7,9 @@ import logging
 
 import httpx
 
+from tasklease.bounds import bounded_body
 from tasklease.core.broker import Broker
 from tasklease.core.transparency import PushResult
-from tasklease.verify.bounds import bounded_body
 
 __all__ = ["CHECKPOINT_TICK", "WitnessClient", "checkpoint_job", "final_checkpoint"]
 
@@ -17,7 +17,7 @@ __all__ = ["CHECKPOINT_TICK", "WitnessClient", "checkpoint_job", "final_checkpoi
 CHECKPOINT_TICK = 0.5
 # The most of a witness's answer read (a cosignature line is a hundred bytes): a witness
 # is listed by the operator, but its answer is still input. It is read off the wire,
-# uncompressed (verify.bounds.bounded_body).
+# uncompressed (bounds.bounded_body).
 MAX_ANSWER = 65536
 
 _log = logging.getLogger("tasklease.audit")

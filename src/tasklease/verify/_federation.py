@@ -26,6 +26,7 @@ from typing import Any
 
 import nacl.signing
 
+from tasklease.bounds import FetchFailed, bounded_get, https_url
 from tasklease.rules import scopes as scope_rules
 from tasklease.rules.bundle import (
     MAX_BUNDLE_BYTES,
@@ -34,7 +35,6 @@ from tasklease.rules.bundle import (
     parse_bundle,
     valid_trust_domain,
 )
-from tasklease.verify.bounds import FetchFailed, bounded_get, https_url
 
 __all__ = ["FederatedDomain", "FederationError", "Federations"]
 
@@ -279,7 +279,7 @@ def _context(ca_file: str | None) -> ssl.SSLContext:
 
 
 def _get(url: str, context: ssl.SSLContext, timeout: float) -> bytes:
-    """GET ``url`` within every bound of :func:`tasklease.verify.bounds.bounded_get`."""
+    """GET ``url`` within every bound of :func:`tasklease.bounds.bounded_get`."""
     try:
         return bounded_get(url, context=context, timeout=timeout, limit=MAX_BUNDLE_BYTES)
     except FetchFailed as exc:

@@ -46,9 +46,9 @@ from dataclasses import dataclass
 
 import httpx
 
+from tasklease.bounds import bounded_lines
 from tasklease.verify._freshness import DEFAULT_MAX_STALENESS
 from tasklease.verify._revocations import RevocationIndex, parse_entry
-from tasklease.verify.bounds import bounded_lines
 
 __all__ = [
     "AppCredentials",

@@ -23,15 +23,15 @@ from typing import Any
 
 import httpx
 
+from tasklease.bounds import bounded_body, json_document
 from tasklease.rules.binding import Presentation
 from tasklease.verify._claims import VerifiedToken
 from tasklease.verify._errors import InsufficientScope, InvalidToken, VerifierUnavailable
-from tasklease.verify.bounds import bounded_body, json_document
 
 __all__ = ["CallCount", "count_call", "has_max_calls", "require_grant"]
 
 # A count or a refusal's problem detail is a few hundred bytes; either is read off the
-# wire, uncompressed, at most this much (verify.bounds.bounded_body).
+# wire, uncompressed, at most this much (bounds.bounded_body).
 MAX_ANSWER_BYTES = 65536
 
 CALL_ARGS = frozenset(

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from tasklease.bounds import bounded_body, json_document
 from tasklease.verify._errors import VerifierUnavailable
-from tasklease.verify.bounds import bounded_body, json_document
 
 __all__ = ["REFERENCE_CHARS", "BrokerIntrospector", "TokenIntrospector", "is_reference_token"]
 

@@ -32,8 +32,8 @@ from typing import Any
 import httpx
 import nacl.signing
 
+from tasklease.bounds import bounded_body, json_document
 from tasklease.rules import jws
-from tasklease.verify.bounds import bounded_body, json_document
 
 __all__ = ["KeySet", "parse_jwks"]
 

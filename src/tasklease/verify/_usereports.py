@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import httpx
 
+from tasklease.bounds import bounded_body
 from tasklease.rules.offlinereports import (
     MAX_BATCH,
     ReportQueue,
@@ -23,7 +24,6 @@ from tasklease.rules.offlinereports import (
     outcome_settles,
     request_body,
 )
-from tasklease.verify.bounds import bounded_body
 
 __all__ = ["UseReporter"]
 

@@ -12,6 +12,7 @@ from typing import Any, Self
 import httpx
 import nacl.signing
 
+from tasklease.bounds import read_app_token
 from tasklease.core.clock import Clock, ElapsedHorizon, SystemClock
 from tasklease.core.lru import LRUCache
 from tasklease.rules import jws
@@ -32,7 +33,6 @@ from tasklease.verify._introspection import BrokerIntrospector, TokenIntrospecto
 from tasklease.verify._jwks import KeySet
 from tasklease.verify._revocations import RevocationIndex
 from tasklease.verify._usereports import UseReporter
-from tasklease.verify.bounds import read_app_token
 
 __all__ = ["VerifierBase"]
 
@@ -318,7 +318,7 @@ class VerifierBase:
 
     def _sign_in(self, credentials: AppCredentials) -> tuple[str, int]:
         """``POST /v1/app/auth``: the app token and its lifetime in seconds. The answer is
-        read off the wire uncompressed (:func:`~tasklease.verify.bounds.read_app_token`).
+        read off the wire uncompressed (:func:`~tasklease.bounds.read_app_token`).
 
         Raises:
             httpx.HTTPError: the broker could not be reached, or refused the sign-in.

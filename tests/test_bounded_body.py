@@ -1,4 +1,4 @@
-"""``verify.bounds.bounded_body``: a response body read off the wire with a size cap, never
+"""``bounds.bounded_body``: a response body read off the wire with a size cap, never
 inflated, which every client of a server it does not control reads its answers with."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tasklease.verify.bounds import MAX_EXPIRES_IN, bounded_body, json_document, read_app_token
+from tasklease.bounds import MAX_EXPIRES_IN, bounded_body, json_document, read_app_token
 
 LIMIT = 1024
 
