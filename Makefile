@@ -7,7 +7,8 @@ DATA   ?= .tasklease
 RUN_HOST := $(or $(TASKLEASE_HOST),127.0.0.1)
 RUN_PORT := $(or $(TASKLEASE_PORT),8080)
 # Test processes for `make unit` (a file's tests stay on one process; `serial` ones run after).
-TEST_JOBS ?= 2
+# Three on two cores: much of a test's time is spent waiting on its brokers and sockets.
+TEST_JOBS ?= 3
 
 .PHONY: run test lint typecheck unit bench clean install soak help
 
