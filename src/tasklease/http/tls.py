@@ -158,14 +158,13 @@ def _why(exc: OSError | ssl.SSLError) -> str:
 
 class HandshakeBoundServer(uvicorn.Server):
     """uvicorn's server, with each TLS handshake bounded by ``handshake_timeout`` seconds
-    (the broker's ``http_header_timeout``) instead of asyncio's 60.
+    (the broker's ``http_header_timeout``) instead of the loop's 60.
 
     A connection counts against ``http_max_connections`` and its share per client, and its
-    header deadline starts, once its handshake is done: until then it is asyncio's alone.
+    header deadline starts, once its handshake is done: until then it is the loop's alone.
     A client that opens connections and never finishes their handshakes held each one a
-    minute; now as long as it could hold a connection that sends no headers. On the
-    ``uvloop`` loop the bound stays uvloop's own (60 s): its loop takes no such setting
-    from outside ``create_server``, which uvicorn calls.
+    minute; now as long as it could hold a connection that sends no headers, on asyncio's
+    loop and on uvloop's alike.
     """
 
     def __init__(self, config: uvicorn.Config, *, handshake_timeout: float) -> None:
@@ -174,8 +173,9 @@ class HandshakeBoundServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
-        if self.config.is_ssl and isinstance(loop, asyncio.BaseEventLoop):
-            # uvicorn calls loop.create_server without the setting: give it, for this loop.
+        if self.config.is_ssl:
+            # uvicorn calls loop.create_server without the setting (which every event loop
+            # takes, asyncio's and uvloop's): give it, for this loop.
             loop.create_server = functools.partial(  # type: ignore[method-assign]
                 loop.create_server, ssl_handshake_timeout=self.handshake_timeout
             )
