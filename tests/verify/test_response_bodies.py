@@ -275,7 +275,7 @@ def test_a_sign_in_answer_over_the_cap_is_unavailable(
 @pytest.mark.parametrize(
     "body",
     [
-        # One of each kind; every kind is in verify/test_bounded_body.py (read_app_token).
+        # One of each kind; every kind is in test_bounded_body.py (read_app_token).
         b"[]",
         b'{"access_token": 5, "expires_in": 600}',
         b'{"access_token": "t", "expires_in": 1' + b"0" * 400 + b"}",
