@@ -1,8 +1,8 @@
 """What every test shares: Hypothesis judges properties, never speed; httpx clients
-share one default TLS context.
+share one default TLS context; files with slow tests are handed out first.
 
-The suite runs on two processes beside brokers and databases it starts, so how long one
-example takes says nothing about the code: no deadline and no too-slow health check
+The suite runs on several processes beside brokers and databases it starts, so how long
+one example takes says nothing about the code: no deadline and no too-slow health check
 (speed is measured by ``make bench``, as ratios to the floor of the same run).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("tasklease", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -39,3 +40,11 @@ def _share_the_default_tls_context() -> None:
 
 
 _share_the_default_tls_context()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding a test marked ``slow`` first, each file's tests kept together and in
+    order: the processes take files in this order, so the last ones handed out are short
+    and the processes finish close together instead of one waiting out a long file."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
