@@ -6,6 +6,10 @@ DATA   ?= .tasklease
 # Where `make run` serves: TASKLEASE_HOST and TASKLEASE_PORT, as `tasklease serve` reads them.
 RUN_HOST := $(or $(TASKLEASE_HOST),127.0.0.1)
 RUN_PORT := $(or $(TASKLEASE_PORT),8080)
+# Bytecode is written even where the environment asks Python not to: each test process
+# would otherwise compile every test module again, asserts rewritten (13 s a process), and
+# every broker and CLI process it starts every tasklease module it imports.
+KEEP_BYTECODE := PYTHONDONTWRITEBYTECODE=
 # Test processes for `make unit` (a file's tests stay on one process; `serial` ones run after).
 # Three on two cores: much of a test's time is spent waiting on its brokers and sockets.
 TEST_JOBS ?= 3
@@ -55,8 +59,8 @@ unit: $(VENV)/.test-deps ## the test suite (installs PostgreSQL, SoftHSM, faketi
 	sh scripts/ensure-softhsm.sh
 	sh scripts/ensure-faketime.sh
 	sh scripts/ensure-systemd-analyze.sh
-	$(BIN)/pytest -n $(TEST_JOBS) --dist loadfile -m "not serial"
-	$(BIN)/pytest -m serial
+	$(KEEP_BYTECODE) $(BIN)/pytest -n $(TEST_JOBS) --dist loadfile -m "not serial"
+	$(KEEP_BYTECODE) $(BIN)/pytest -m serial
 
 test: lint typecheck unit ## every check: lint, typecheck, unit
 
