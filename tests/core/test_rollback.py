@@ -1,5 +1,6 @@
 # Would fail if: the last checkpoint the log key signed were not kept beside it (or were
-# kept before its commit, or lowered by a process signing an older tree), a database
+# kept only after its commit, so that a checkpoint could be served that no anchor covers,
+# or signed when it could not be kept, or lowered by a process signing an older tree), a database
 # behind it or beside it (a restore, lost commits, a restore that grew again) were
 # judged current, the log key signed a checkpoint that does not extend it, a second
 # database or a tenant made again were taken for a restore of the first, or accepting a
@@ -256,6 +257,55 @@ def test_a_process_signing_an_older_tree_never_lowers_the_anchor(
     # Another process sharing the directory keeps its older checkpoint late.
     files.advance(tmp_path / "keys" / "log", log, older.note)
     assert files.read(tmp_path / "keys" / "log", log) == newer.note
+
+
+class _Watched(CheckpointFiles):
+    """The key store's anchors, noting what the database served when each was kept, or
+    failing to keep any (``broken``)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.served_when_kept: list[tuple[int, int]] = []  # (anchor size, served size)
+        self.broken = False
+
+    def advance(self, directory: Path, log_id: bytes, note: str) -> None:
+        if self.broken:
+            raise OSError(28, "No space left on device")
+        served = self.broker.store.get_checkpoint("signed")
+        self.served_when_kept.append((read_anchor(note).size, served.size if served else 0))
+        super().advance(directory, log_id, note)
+
+
+def test_a_checkpoint_is_anchored_before_it_is_served(open_broker: Factory) -> None:
+    broker = open_broker()
+    watched = broker.transparency.anchors = _Watched(broker)
+    for grown in (3, 2):
+        _grow(broker, grown)
+        assert broker.transparency.sign_if_due(force=True) is not None
+    # Each anchor was kept while the database still served the checkpoint before it: a
+    # broker killed between the two leaves an anchor ahead of what was served.
+    assert watched.served_when_kept == [(3, 0), (5, 3)]
+    assert broker.transparency.checkpoint("signed").size == 5
+
+
+def test_nothing_is_signed_when_the_anchor_cannot_be_kept(
+    open_broker: Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = open_broker()
+    watched = broker.transparency.anchors = _Watched(broker)
+    _grow(broker, 2)
+    assert broker.transparency.sign_if_due(force=True) is not None
+    watched.broken = True
+    _grow(broker, 2)
+    with caplog.at_level(logging.ERROR, logger="tasklease.audit"):
+        assert broker.transparency.sign_if_due(force=True) is None
+    assert "their anchor could not be kept" in caplog.text
+    assert broker.transparency.checkpoint("signed").size == 2  # nothing served past it
+    assert read_anchor(_anchors(tmp_path / "keys")[0].read_text()).size == 2
+    watched.broken = False  # the disk has room again
+    signed = broker.transparency.sign_if_due(force=True)
+    assert signed is not None and signed.size == 4
+    assert read_anchor(_anchors(tmp_path / "keys")[0].read_text()).size == 4
 
 
 def test_each_tenant_is_judged_against_its_own_anchor(open_broker: Factory, tmp_path: Path) -> None:

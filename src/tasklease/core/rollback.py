@@ -20,10 +20,12 @@ that leads to the anchor's root (RFC 9162 section 2.1.4.2). Otherwise the databa
 back (:class:`WentBack`): the broker refuses to start (:class:`DatabaseWentBack`) and to
 sign, until an operator accepts the restore (``tasklease db accept-restore``).
 
-Order: an anchor is written only after its checkpoint committed, so it never names a tree
-the database does not hold; and :func:`examine` reads the anchor, then the tree, so the
-tree it reads is at least as large as the anchor it read, however many processes sign
-meanwhile. Pure: the anchors' I/O is the
+Order: a checkpoint's tree is read from the database, committed; its anchor is written
+next, and the checkpoint itself committed (and so served) only then. An anchor never
+names a tree the database does not hold, and no checkpoint is served that the anchor does
+not cover, whenever the process is killed. :func:`examine` reads the anchor, then the
+tree, so the tree it reads is at least as large as the anchor it read, however many
+processes sign meanwhile. Pure: the anchors' I/O is the
 :class:`CheckpointAnchors` implementation's (``tasklease.keystore.CheckpointFiles``).
 """
 

@@ -390,43 +390,72 @@ class AuditTransparency:
             return released
 
     def _sign(self, *, force: bool) -> CheckpointRecord | None:
+        """Sign a checkpoint of the tree as it is, if this process holds the lease and the
+        tree grew since the last one (or ``force``); return it once committed.
+
+        Three steps, in this order: the lease is taken and the stored checkpoint read (a
+        transaction); the checkpoint is signed and kept as the anchor; it is committed,
+        and so served, only then. A checkpoint is never served that the anchor does not
+        cover: a broker killed between the two leaves an anchor ahead of what was served,
+        never behind it, and the tree it names is already in the database (it was read
+        from there). If the anchor cannot be kept, nothing is signed."""
         with self._lock:
             state = self._judged()
             if state is None:
                 return None
-            ring, origin = self.ring, self.origin
             now = self._kernel.now()
-            lease = max(30.0, 3 * self._every_seconds)
             size, root = state.size, state.root
+            if not self._claim(now, size, force=force):
+                return None
+            ring = self.ring
+            public = ring.public_key(ring.active_kid) or b""
+            note = str(
+                checkpoint_note(Checkpoint(self.origin, size, root), public, ring.sign_detached)
+            )
+            if not self._keep_anchor(state.log_id, note):
+                return None
             made: list[CheckpointRecord] = []
 
             def unit(tx: WriteTx) -> list[AuditEntry]:
-                self._lease_held = tx.acquire_lease(
-                    CHECKPOINT_LEASE, self._holder, now, now + lease
-                )
+                self._lease_held = self._take_lease(tx, now)
                 if not self._lease_held:
                     return []
-                # The tree judged against the anchor, not the one the transaction reads:
-                # nothing is signed that was not shown to extend it (a later tree is a
-                # later checkpoint's).
-                signed = self._store.get_checkpoint("signed")
-                if signed is not None and signed.size >= size and not force:
-                    self._signed_size = signed.size
-                    return []
-                public = ring.public_key(ring.active_kid) or b""
-                note = checkpoint_note(Checkpoint(origin, size, root), public, ring.sign_detached)
-                record = CheckpointRecord("signed", size, str(note), now)
+                record = CheckpointRecord("signed", size, note, now)
                 if tx.put_checkpoint(record):
                     made.append(record)
                     if not self.quorum:
-                        tx.put_checkpoint(CheckpointRecord("final", size, str(note), now))
+                        tx.put_checkpoint(CheckpointRecord("final", size, note, now))
                 return []
 
             self._kernel.commit(unit)
             if made:
-                self._signed_size = made[0].size
-                self._keep_anchor(state.log_id, made[0].note)
+                self._signed_size = size
         return made[0] if made else None
+
+    def _claim(self, now: float, size: int, *, force: bool) -> bool:
+        """Take (or keep) the checkpoint lease; True iff this process holds it and a
+        checkpoint of ``size`` leaves is wanted: the stored one is of a smaller tree (any
+        tree, with ``force``). The tree is judged against the anchor, not read here: what
+        is signed was shown to extend it (a later tree is a later checkpoint's)."""
+        wanted: list[bool] = []
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            self._lease_held = self._take_lease(tx, now)
+            if not self._lease_held:
+                return []
+            signed = self._store.get_checkpoint("signed")
+            if signed is not None and signed.size >= size and not force:
+                self._signed_size = signed.size
+                return []
+            wanted.append(True)
+            return []
+
+        self._kernel.commit(unit)
+        return bool(wanted)
+
+    def _take_lease(self, tx: WriteTx, now: float) -> bool:
+        lease = max(30.0, 3 * self._every_seconds)
+        return tx.acquire_lease(CHECKPOINT_LEASE, self._holder, now, now + lease)
 
     # -- the anchor (core.rollback) -------------------------------------------------------
 
@@ -468,19 +497,21 @@ class AuditTransparency:
             return None
         return state
 
-    def _keep_anchor(self, log: bytes | None, note: str) -> None:
-        """Keep the checkpoint just signed as the anchor (after its commit: an anchor never
-        names a tree the database does not hold). A failure is logged, not raised: the
-        checkpoint stands, and the anchor stays the previous one."""
+    def _keep_anchor(self, log: bytes | None, note: str) -> bool:
+        """Keep the checkpoint about to be committed as the anchor; False (logged) if it
+        could not be kept: the checkpoint is then not committed, and the anchor stays the
+        previous one. True when there is nothing to keep (no key directory, no log id)."""
         if self.anchors is None or self._key_dir is None or log is None:
-            return
+            return True
         try:
             self.anchors.advance(self._key_dir, log, note)
         except (OSError, ValueError) as exc:
             self._complain(
-                f"the audit checkpoint's anchor could not be kept beside the log key "
-                f"({exc}): a restore of the database to before it would go unnoticed"
+                f"audit checkpoints are not signed: their anchor could not be kept beside "
+                f"the log key ({exc})"
             )
+            return False
+        return True
 
     def _complain(self, message: str) -> None:
         now = time.monotonic()
