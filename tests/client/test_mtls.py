@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import secrets
 import ssl
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,15 @@ import httpx
 import nacl.signing
 import pytest
 
-from tasklease.client import Agent, AsyncAgent, TransportError, Unauthorized
+from tasklease.client import (
+    Agent,
+    AsyncAgent,
+    PeerAuthenticationFailed,
+    TransportError,
+    Unauthorized,
+)
 from tasklease.client.testing import BrokerForTests
+from tasklease.rules import jws, peerauth
 
 _SECURITY = str(Path(__file__).resolve().parents[1] / "security")
 if _SECURITY not in sys.path:
@@ -166,4 +175,63 @@ def test_async_sdk_over_mtls(mtls_broker: BrokerForTests, pki: PKI) -> None:
             assert claims_of(child.token)["cnf"] == {"x5t#S256": pki.thumbprints["mallory"]}
 
     with peer:
+        asyncio.run(main())
+
+
+def _answer(agent: Agent | AsyncAgent, **options: Any) -> str:
+    """The token ``agent`` shows in its answer to a hello, as an offline peer responder."""
+    side = agent.offline_peer(lambda token: pytest.fail("the responder checks no token"), **options)
+    initiator = "spiffe://tasklease.local/agent/orch-m/task/initiator"
+    nonce = jws.b64url_encode(secrets.token_bytes(32))
+    hello = peerauth.hello_message(
+        peerauth.Hello(initiator, agent.agent_id, nonce, int(time.time()))
+    )
+    token: str = json.loads(side.answer(hello, channel="https://peer.example/"))["token"]
+    return token
+
+
+def test_a_certificate_bound_agent_answers_offline_peers(pki: PKI) -> None:
+    """Over mTLS every token is bound to the certificate, but an opaque by-reference token
+    (every token here: the threshold is the least) does not say so: the agent vouches for
+    it when it presented the certificate itself (``cert``), sync or async."""
+    with BrokerForTests(
+        tls_mode="mtls",
+        tls_cert=str(pki.server_cert),
+        tls_key=str(pki.server_key),
+        tls_client_ca=str(pki.ca_cert),
+        admin_transport=httpx.HTTPTransport(verify=context(pki, "operator")),
+        reference_token_threshold=512,
+    ) as broker:
+        url, alice = broker.url, pki.clients["alice"]
+        with (
+            Agent.register(
+                url,
+                broker.launch_token(SCOPE),
+                "orch-m",
+                "t",
+                SCOPE,
+                cert=alice,
+                verify=pki.ca_cert,
+            ) as agent,
+            httpx.Client(verify=context(pki, "mallory"), timeout=10) as own_client,
+            Agent.register(
+                url, broker.launch_token(SCOPE), "orch-m", "t", SCOPE, client=own_client
+            ) as unknowing,
+        ):
+            assert agent.token.startswith("tlr_") and unknowing.token.startswith("tlr_")
+            assert _answer(agent) == agent.token
+            # Its certificate is the client's own: the agent cannot tell, the caller can.
+            with pytest.raises(PeerAuthenticationFailed) as caught:
+                _answer(unknowing)
+            assert "bearer token" in caught.value.reason
+            assert _answer(unknowing, opaque_token_bound=lambda: True) == unknowing.token
+
+        async def main() -> None:
+            async with await AsyncAgent.register(
+                url, broker.launch_token(SCOPE), "orch-m", "t", SCOPE, cert=alice,
+                verify=context(pki, None),
+            ) as agent:  # fmt: skip
+                assert agent.token.startswith("tlr_")
+                assert _answer(agent) == agent.token
+
         asyncio.run(main())

@@ -235,7 +235,10 @@ def test_a_fleet_rides_out_a_broker_outage(fleet: Fleet) -> None:
         agent = register(broker, scope, task, server, renew_margin=298)
         fleet.leads.append(Member(agent, lead, server))
         for index in range(WORKERS_PER_LEAD):
-            worker = register(broker, ["read:status:self"], f"worker-{lead}-{index}", server)
+            # Workers answer their helpers' hellos: a responder shows only a bound token.
+            worker = register(
+                broker, ["read:status:self"], f"worker-{lead}-{index}", server, dpop=True
+            )
             helper = register(broker, ["read:status:self"], f"helper-{lead}-{index}", server)
             fleet.workers.append(Member(worker, lead, server))
             fleet.helpers.append(Member(helper, lead, server))

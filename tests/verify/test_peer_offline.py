@@ -28,9 +28,12 @@ pytestmark = pytest.mark.slow
 CHANNEL = "https://bob.internal:8443/peer"
 
 
-def register(broker: RunningBroker, scope: list[str], task: str = "peer-task") -> Agent:
+def register(
+    broker: RunningBroker, scope: list[str], task: str = "peer-task", *, dpop: bool = True
+) -> Agent:
+    """A new agent, bound to a DPoP key unless told: a responder shows only a bound token."""
     launch = broker.launch_token(scope)
-    return Agent.register(broker.url, launch, "orch-peer", task, scope)
+    return Agent.register(broker.url, launch, "orch-peer", task, scope, dpop=dpop)
 
 
 def verifier_for(broker: RunningBroker, **kwargs: Any) -> Verifier:
@@ -167,7 +170,7 @@ def test_the_answer_must_come_from_the_agent_asked_and_hold_its_key(
     with pytest.raises(PeerAuthenticationFailed) as caught:
         alice.finish(carol.answer(forged_for_carol, channel=CHANNEL))
     assert caught.value.reason == "the answer comes from another agent than asked"
-    # Carol holds Bob's token (a stolen bearer token) but not Bob's key.
+    # Carol holds Bob's token (stolen) but not Bob's key: the answer's signature fails.
     bob_token = agents["bob"].token
     carol_holding_bob = OfflinePeerAuth(
         bob_id, lambda: bob_token, agents["carol"]._signing_key(), verifier.verify_peer

@@ -108,11 +108,19 @@ class AgentBase:
         ``check`` verifies the peer's token offline: pass a ``tasklease.verify.Verifier``'s
         ``verify_peer`` (cached JWKS, the revocation feed, the staleness bound).
         ``options`` go to :class:`~tasklease.client.OfflinePeerAuth` (``window``,
-        ``clock``, ``replay``, ``holder_quota``, ``challenge_key``). This agent presents
-        its current token (not renewed here).
+        ``clock``, ``replay``, ``holder_quota``, ``challenge_key``,
+        ``show_bearer_token``). This agent presents its current token (not renewed here).
+
+        As responder it answers only with a sender-constrained token: register the agent
+        with ``dpop=True`` or a client certificate (``cert``), or pass
+        ``show_bearer_token=True`` where every peer that can reach it is trusted. Whether
+        an opaque (by-reference) token is bound is what this agent knows of its binding
+        (its DPoP key, its ``cert``); with a ``client`` of your own that presents a
+        certificate, say so with ``opaque_token_bound``.
         The online :meth:`handshake` stays for high-assurance cases
         (docs/broker-optional.md).
         """
+        options.setdefault("opaque_token_bound", self._credential.holder_bound)
         return OfflinePeerAuth(
             self.agent_id, lambda: self.token, self._signing_key(), check, **options
         )

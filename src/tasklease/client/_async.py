@@ -271,6 +271,7 @@ class AsyncAgent(AgentBase):
             clock=clock if clock is not None else SystemClock(),
             renew_margin=renew_margin,
             dpop=proof_key,
+            mtls=cert is not None,
         )
         return cls(http, credential, owns_client=owns, key=signing_key)
 
@@ -393,6 +394,7 @@ class AsyncAgent(AgentBase):
             clock=clock if clock is not None else SystemClock(),
             renew_margin=renew_margin,
             dpop=proof_key,
+            mtls=cert is not None,
         )
         return cls(http, credential, owns_client=owns, key=key)
 

@@ -286,12 +286,16 @@ class Credential:
         clock: Clock,
         renew_margin: float,
         dpop: DPoPKey | None = None,
+        mtls: bool = False,
     ) -> None:
         if renew_margin < 0:
             raise ValueError("renew_margin must not be negative")
         self.base_url = base_url
         # The DPoP key the token is bound to (every request then carries a proof), or None.
         self.dpop = holder_dpop(dpop, registration)
+        # The agent presents a client certificate to the broker (``cert``): a broker in
+        # ``mtls`` mode requires one and binds the agent's tokens to it (RFC 8705).
+        self.mtls = mtls
         self.agent_id = registration.agent_id
         self.scope: tuple[str, ...] = tuple(scope)
         self.clock = clock
@@ -311,6 +315,15 @@ class Credential:
         self.unreachable_since = None
         self.renewal_failures = 0
         self._retry_at = -float("inf")
+
+    def holder_bound(self) -> bool:
+        """Whether the broker bound this agent's tokens to a key or certificate it holds,
+        as far as the agent knows: what an opaque (by-reference) token does not say of
+        itself (:func:`~tasklease.client._holder.sender_constrained` reads a JWT's
+        ``cnf``). A DPoP key counts once :func:`holder_dpop` kept it; a certificate given
+        as ``cert`` counts, since a broker asks for one only in ``mtls`` mode, which binds
+        to it."""
+        return self.dpop is not None or self.mtls
 
     def renewal_due(self) -> bool:
         """True when the next request should renew first."""

@@ -26,10 +26,18 @@ from typing import Any, TypeVar
 import httpx
 import nacl.signing
 
-from tasklease.rules import jws
+from tasklease.rules import attenuation, jws
 from tasklease.rules.binding import DPOP_PROOF_TYPE, access_token_hash
+from tasklease.rules.claims import CNF_MEMBERS
 
-__all__ = ["DPoPKey", "bind_flow", "dpop_key", "ssl_context", "token_cnf"]
+__all__ = [
+    "DPoPKey",
+    "bind_flow",
+    "dpop_key",
+    "sender_constrained",
+    "ssl_context",
+    "token_cnf",
+]
 
 T = TypeVar("T")
 Flow = Generator[httpx.Request, httpx.Response, T]
@@ -157,6 +165,27 @@ def token_cnf(token: str) -> dict[str, Any]:
         return {}
     cnf = payload.get("cnf")
     return cnf if isinstance(cnf, dict) else {}
+
+
+def sender_constrained(token: str, opaque_bound: Callable[[], bool] | None = None) -> bool:
+    """Whether ``token`` is useless to whoever copies it: presenting it needs proof of a
+    key or certificate its holder keeps (RFC 9449, RFC 8705). Read without verification,
+    to decide whether the SDK may show the token to a party it has not authenticated.
+
+    A JWT: its ``cnf`` names a key (``jkt``) or a certificate (``x5t#S256``). An offline
+    chain needs its last delegate's DPoP proof, but it carries its root token, which can
+    be cut out and presented alone: it is as constrained as that root. An opaque
+    (by-reference) token does not say: ``opaque_bound`` tells (its holder knows whether
+    it sent a DPoP proof or a client certificate when it got it); without it, it is not.
+    """
+    if attenuation.is_chain(token):
+        token = token[len(attenuation.PREFIX) :].split(attenuation.SEPARATOR, 1)[0]
+        if token.count(".") != 2:  # a chain's root is a JWS; anything else proves nothing
+            return False
+    if token.count(".") == 2:
+        cnf = token_cnf(token)
+        return any(isinstance(cnf.get(m), str) and cnf.get(m) for m in CNF_MEMBERS)
+    return opaque_bound is not None and opaque_bound()
 
 
 CertArg = tuple[str | os.PathLike[str], str | os.PathLike[str]]

@@ -17,6 +17,12 @@ foreign token; a revocation state too stale to vouch for it) is raised as is; a 
 failure raises :class:`PeerAuthenticationFailed`. The online handshake through the broker
 (:meth:`Agent.handshake`) stays for high-assurance cases (docs/broker-optional.md).
 
+The responder shows its token in the answer to a hello, which anyone who reaches it can
+send; so it answers only with a sender-constrained token (bound to a DPoP key or a client
+certificate, or an offline chain from such a token), which nobody can present without a
+key or certificate this agent holds: a bearer token would go to whoever asked. Where every
+peer that can reach the endpoint is trusted, ``show_bearer_token=True`` lets it show one.
+
 The responder keeps nothing for a hello, which anyone who reaches it can send: the state
 it needs to check the finish travels sealed in the answer's cookie, and the finish comes
 back with it; only a finish that verifies is remembered (one use each, a bounded number
@@ -26,16 +32,18 @@ peer needs (decision 149).
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import nacl.signing
 
 from tasklease.client._errors import Unauthorized
+from tasklease.client._holder import sender_constrained
 from tasklease.rules import jws
 from tasklease.rules import peerauth as rules
 from tasklease.rules.binding import (
@@ -48,11 +56,21 @@ from tasklease.rules.binding import (
 
 __all__ = ["AuthenticatedPeer", "OfflinePeerAuth", "PeerAuthenticationFailed", "PeerToken"]
 
+_log = logging.getLogger("tasklease.client")
+
 PEER_HOLDER_QUOTA = 500
 """Finishes one holder key may have remembered at once by a responder, by default: each is
 kept for the window and a second (31 s), so 500 is 16 handshakes a second from one agent
 (and the offline chains derived from its token) to one responder process, sustained; it
 takes 20 keys to fill the default ledger of 10,000 (decision 149, as decision 141)."""
+
+BEARER_REFUSED = (
+    "this agent's token is a bearer token (bound to no DPoP key or client certificate):"
+    " an answer would hand it to whoever sent the hello; register the agent with DPoP"
+    " (dpop=True) or mTLS (cert=), or pass show_bearer_token=True where every peer that"
+    " can reach this endpoint is trusted"
+)
+"""Why a responder with a bearer token refuses every hello (the reason, and the warning)."""
 
 
 class PeerToken(Protocol):
@@ -151,6 +169,14 @@ class OfflinePeerAuth:
             by default, so a finish must come back to the instance that answered). Give
             the instances that answer for the same agent the same key and the same
             ``replay`` ledger (required with a key), and a finish may reach any of them.
+        show_bearer_token: answer with a bearer token too. Off by default: a hello is
+            unsigned, so the responder's answer goes to whoever sent one, and a bearer
+            token in it can be presented anywhere by them. Only where every peer that can
+            reach this endpoint is trusted.
+        opaque_token_bound: for an opaque (by-reference) token, which does not say it:
+            whether the broker bound it to this agent's DPoP key or client certificate
+            (``Agent.offline_peer`` passes what the agent knows). Without it, an opaque
+            token counts as a bearer token. A JWT's ``cnf`` speaks for itself.
     """
 
     def __init__(
@@ -166,6 +192,8 @@ class OfflinePeerAuth:
         capacity: int = 10_000,
         holder_quota: int = PEER_HOLDER_QUOTA,
         challenge_key: bytes | None = None,
+        show_bearer_token: bool = False,
+        opaque_token_bound: Callable[[], bool] | None = None,
     ) -> None:
         if not 1 <= window <= 300:
             raise ValueError("window must be between 1 and 300 seconds")
@@ -190,6 +218,9 @@ class OfflinePeerAuth:
         )
         self._capacity = capacity
         self._challenge_key = challenge_key
+        self._show_bearer_token = show_bearer_token
+        self._opaque_token_bound = opaque_token_bound
+        self._bearer_warned = False
         self._lock = threading.Lock()
         self._asked: dict[str, _Pending] = {}  # initiator: our hellos, by our nonce
 
@@ -255,9 +286,13 @@ class OfflinePeerAuth:
         answer (a new challenge), which nobody but the initiator it names can finish, and
         it only once: it holds one open hello for the nonce, spent by the first answer.
 
+        The token shown must be sender-constrained unless ``show_bearer_token`` was
+        given: it is read at each answer (it changes on renewal), its ``cnf`` unverified.
+
         Raises:
             PeerAuthenticationFailed: the hello is malformed, for another agent, from this
-                agent itself, or too old or too new.
+                agent itself, or too old or too new; this agent's token is a bearer token
+                (:data:`BEARER_REFUSED`, logged once as a warning).
         """
         parsed = _parse(rules.parse_hello, hello)
         _channel(channel)
@@ -269,6 +304,8 @@ class OfflinePeerAuth:
         if abs(now - parsed.iat) > self._window:
             raise PeerAuthenticationFailed("the hello is too old or dated in the future")
         ours = self._token()
+        if not self._show_bearer_token and not sender_constrained(ours, self._opaque_token_bound):
+            self._refuse_bearer()
         challenge = rules.Challenge(
             responder=self.agent_id,
             initiator=parsed.initiator,
@@ -346,6 +383,15 @@ class OfflinePeerAuth:
         if not fresh:
             raise PeerAuthenticationFailed("the finish answers a spent challenge (replay)")
         return _authenticated(peer, challenge.channel)
+
+    def _refuse_bearer(self) -> NoReturn:
+        """Refuse to show a bearer token; warn the operator the first time (a misconfigured
+        agent would otherwise log once per hello, and anyone can send hellos)."""
+        with self._lock:
+            first, self._bearer_warned = not self._bearer_warned, True
+        if first:
+            _log.warning("offline peer %s refuses to answer: %s", self.agent_id, BEARER_REFUSED)
+        raise PeerAuthenticationFailed(BEARER_REFUSED)
 
     # --- the initiator's open hellos ----------------------------------------------------------
 

@@ -208,6 +208,7 @@ class Agent(AgentBase):
             clock=clock if clock is not None else SystemClock(),
             renew_margin=renew_margin,
             dpop=proof_key,
+            mtls=cert is not None,
         )
         return cls(http, credential, owns_client=owns, key=signing_key)
 
@@ -407,6 +408,7 @@ class Agent(AgentBase):
             clock=clock if clock is not None else SystemClock(),
             renew_margin=renew_margin,
             dpop=proof_key,
+            mtls=cert is not None,
         )
         return cls(http, credential, owns_client=owns, key=key)
 

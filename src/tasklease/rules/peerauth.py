@@ -24,7 +24,8 @@ Freshness: each side signs over the other's fresh nonce, so no signature made fo
 verifies in another; an answer or a finish is accepted only within ``window`` seconds
 (30) of the message it answers, and only once; a hello whose ``iat`` is more than
 ``window`` from the responder's clock is refused. The initiator shows its token only to a
-responder it has authenticated.
+responder it has authenticated; the responder, which shows its own to whoever sends a
+hello, shows only a sender-constrained one by default (``client._peer``).
 
 The responder keeps no state for a hello, which anyone can send (decision 149): what it
 needs to check the finish (both identities, both nonces, the hello's time, its view of the
