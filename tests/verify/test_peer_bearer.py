@@ -23,7 +23,7 @@ from tasklease.client import (
     OfflinePeerAuth,
     PeerAuthenticationFailed,
 )
-from tasklease.rules import jws
+from tasklease.rules import attenuation, jws
 from tasklease.verify import InvalidToken, Verifier
 
 pytestmark = pytest.mark.slow
@@ -47,9 +47,13 @@ def jwt(**claims: Any) -> str:
 
 
 def chain(root: str) -> str:
-    """An offline chain of one block over ``root`` (the block is never read here)."""
-    block = jws.b64url_encode(b'{"sub":"x"}') + "." + jws.b64url_encode(secrets.token_bytes(64))
-    return f"tla1~{root}~{block}"
+    """An offline chain of one well-formed block over ``root`` (signed by a key of no
+    one's: the responder never checks what the block grants)."""
+    now = int(time.time())
+    payload = attenuation.block_payload(
+        sub=BOB, key=secrets.token_bytes(32), exp=now + 60, iat=now, jti="j1", depth=1
+    )
+    return attenuation.append_block(root, payload, SigningKey.generate())
 
 
 def never_called(token: str) -> NoReturn:

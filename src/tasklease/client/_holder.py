@@ -179,9 +179,10 @@ def sender_constrained(token: str, opaque_bound: Callable[[], bool] | None = Non
     it sent a DPoP proof or a client certificate when it got it); without it, it is not.
     """
     if attenuation.is_chain(token):
-        token = token[len(attenuation.PREFIX) :].split(attenuation.SEPARATOR, 1)[0]
-        if token.count(".") != 2:  # a chain's root is a JWS; anything else proves nothing
-            return False
+        try:
+            token = attenuation.decode(token).root
+        except attenuation.ChainError:
+            return False  # not a chain this SDK can read: it proves nothing
     if token.count(".") == 2:
         cnf = token_cnf(token)
         return any(isinstance(cnf.get(m), str) and cnf.get(m) for m in CNF_MEMBERS)
