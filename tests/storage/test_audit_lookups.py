@@ -120,9 +120,12 @@ _INDEX_NAMES = {
     "sqlite": "SELECT name FROM sqlite_master WHERE type = 'index'",
     "postgres": "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_events'",
 }
-# Back from 21 and 20: the revocations numbered by one sequence again (the log has none).
+# Back from 22 (the agents' ceilings), 21 and 20: the revocations numbered by one
+# sequence again (the log has none).
 _BACK_TO_19 = {
     "sqlite": (
+        "ALTER TABLE agents DROP COLUMN ceiling",
+        "DELETE FROM schema_version WHERE version = 22",
         "DELETE FROM schema_version WHERE version = 21",
         "DROP TABLE revocations",
         "CREATE TABLE revocations (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -135,6 +138,8 @@ _BACK_TO_19 = {
         "DELETE FROM schema_version WHERE version = 20",
     ),
     "postgres": (
+        "ALTER TABLE agents DROP COLUMN ceiling",
+        "DELETE FROM schema_version WHERE version = 22",
         "DELETE FROM schema_version WHERE version = 21",
         "DROP TABLE revocation_seqs",
         "CREATE SEQUENCE revocation_seq AS bigint OWNED BY revocations.seq",

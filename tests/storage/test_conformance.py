@@ -355,6 +355,17 @@ def test_agent_attest_round_trip(store: Store) -> None:
     assert stored is not None and stored.attest == ""
 
 
+def test_agent_ceiling_round_trip(store: Store) -> None:
+    """An agent's standing ends at its registration's own ceiling, kept with it."""
+    agent = replace(make_agent(13), ceiling=int(NOW) + 300)
+    with store.write() as tx:
+        tx.insert_agent(agent)
+        tx.insert_agent(make_agent(14))
+    assert store.get_agent(agent.agent_id) == agent
+    stored = store.get_agent(make_agent(14).agent_id)
+    assert stored is not None and stored.ceiling == 0  # registration time + renewal_ceiling
+
+
 def test_nonce_is_consumed_once(store: Store) -> None:
     with store.write() as tx:
         assert tx.consume_nonce("n1", NOW + 30) is True

@@ -136,7 +136,7 @@ class Delegating(Service):
                 resource=named_resource,
                 details=details,
                 actor=agent_actor(claims),
-                holder_app=target.app_id if target is not None else "",
+                holder_agent=target,
             )
         except Refusal as refusal:
             if refusal.event_type == "audience":

@@ -29,6 +29,7 @@ from tasklease.core.callers import refused, require_agent
 from tasklease.core.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from tasklease.core.identity import decode_signature
 from tasklease.core.kernel import RequestContext, Service
+from tasklease.core.lineage import registration_ceiling
 from tasklease.core.records import AgentRecord, DiscoveryBinding
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
@@ -126,7 +127,7 @@ class Discovery(Service):
             endpoint=url,
             issued_at=issued_at,
             signature=sig,
-            expires_at=agent.registered_at + cfg.renewal_ceiling + cfg.clock_skew,
+            expires_at=registration_ceiling(agent, cfg) + cfg.clock_skew,
         )
 
         def unit(tx: WriteTx) -> list[AuditEntry]:

@@ -450,7 +450,7 @@ class Exchange(Service):
                 resource=resource,
                 actor=agent_actor(actor),
                 domain=domain,
-                holder_app=target.app_id if target is not None else "",
+                holder_agent=target,
             )
         except Refusal as refusal:
             self._refused(refusal, ctx, actor, about)

@@ -62,12 +62,14 @@ from tasklease.core.errors import Forbidden, ScopeViolation, TaskleaseError
 from tasklease.core.granttypes import GrantTypeRegistry
 from tasklease.core.lineage import (
     Refusal,
+    agent_lineage,
     app_ancestor,
     app_ids,
     check_issuance,
     ending_records,
     joint_parent,
     refusal_of,
+    registration_ceiling,
     within_app,
 )
 from tasklease.core.metrics import Metrics
@@ -321,7 +323,7 @@ class Kernel:
         details: tuple[Mapping[str, Any], ...] = (),
         actor: Actor | None = None,
         domain: str = "",
-        holder_app: str = "",
+        holder_agent: AgentRecord | None = None,
     ) -> Issuance:
         """The tenant's issuance policy, then :func:`check_issuance` with this broker's
         config, then the lineage it grants checked against the revocation index: an
@@ -338,8 +340,9 @@ class Kernel:
         that asked beyond the parent's grants is refused as the invariant refuses it (the
         widening's own error), naming the policy decision too; any other denial is a
         :class:`Refusal` of event type ``policy``. The invariants hold whatever the
-        policy allows. ``holder_app`` is the app of a delegation's or exchange's new
-        holder ("" for none): the token lists it, so that removing that app ends it.
+        policy allows. ``holder_agent`` is the registration of a delegation's or
+        exchange's new holder: the token lists what it descends from (its app, its
+        attestation: :func:`agent_lineage`), so that ending either ends the token.
         """
         apps: tuple[AppRecord, ...] = ()
         if operation == "register":
@@ -398,7 +401,9 @@ class Kernel:
                 resource=resource,
                 details=details,
                 rules=rules,
-                holder_lineage=(app_ancestor(holder_app),) if holder_app else (),
+                # None (unreadable) only for a holder the caller found in no good
+                # standing, which ``dead_ancestor`` refuses.
+                holder_lineage=(agent_lineage(holder_agent) or ()) if holder_agent else (),
             )
         except Refusal as refusal:
             if apps:  # say what the request was held to: the app's ceiling, as it is now
@@ -620,11 +625,14 @@ class Kernel:
         """Why ``agent`` is not in good standing ("" when it is), as :meth:`agent_standing`
         says; ``session`` reads its session (only once the cheaper checks passed), and
         ``app_standing`` its app's standing (default :meth:`app_standing`)."""
-        if lifetime and self.now() >= agent.registered_at + self.config.renewal_ceiling:
+        if lifetime and self.now() >= registration_ceiling(agent, self.config):
             return "agent registration past its lifetime ceiling"
         if agent.status != "active":
             return f"agent is {agent.status}"
-        level = self.revocations.match(_Probe(agent))
+        lineage = agent_lineage(agent)
+        if lineage is None:
+            return "agent's attestation record is unreadable"
+        level = self.revocations.match(_Probe(agent, lineage))
         if level is not None:
             return f"agent revoked at level {level}"
         found = session(agent.agent_id)
@@ -655,10 +663,12 @@ class Service:
 
 @dataclass(frozen=True, slots=True)
 class _Probe:
-    """Stands for an agent's first token in the revocation index: matched by any agent-,
-    task- or app-level revocation made since it registered."""
+    """Stands for an agent's first token in the revocation index: matched by any agent-
+    or task-level revocation made since it registered, and by a chain-level one on what
+    its registration descends from (its app, its attestation: ``lineage``)."""
 
     agent: AgentRecord
+    lineage: tuple[str, ...]
 
     @property
     def jti(self) -> str:
@@ -679,7 +689,3 @@ class _Probe:
     @property
     def delegation_chain(self) -> tuple[()]:
         return ()
-
-    @property
-    def lineage(self) -> tuple[str, ...]:
-        return (app_ancestor(self.agent.app_id),) if self.agent.app_id else ()

@@ -3,6 +3,7 @@ ancestor id and ceiling, and the revocation entries that end a token and its des
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,20 +16,23 @@ from tasklease.core.errors import (
     ScopeViolation,
     TaskleaseError,
 )
-from tasklease.core.records import AppRecord, RevocationRecord
+from tasklease.core.records import AgentRecord, AppRecord, RevocationRecord
 from tasklease.core.tokens import Claims
 from tasklease.rules import issuance as _issuance
+from tasklease.rules.attest import ATTEST_CLAIM, AttestClaimError, attestation_of
 from tasklease.rules.grants import TypeRule
 from tasklease.rules.issuance import Issuance, Limits, Parent
 
 __all__ = [
     "Refusal",
+    "agent_lineage",
     "app_ancestor",
     "app_ids",
     "check_issuance",
     "ending_records",
     "joint_parent",
     "refusal_of",
+    "registration_ceiling",
     "within_app",
 ]
 
@@ -39,6 +43,34 @@ _APP = "app:"
 def app_ancestor(app_id: str) -> str:
     """The lineage id of an app: removing the app ends every token listing it."""
     return f"{_APP}{app_id}"
+
+
+def agent_lineage(agent: AgentRecord) -> tuple[str, ...] | None:
+    """What an agent's registration descends from: its app (:func:`app_ancestor`) and the
+    attestation it registered through (``attest:<type>:<attestor>:<subject>``). Its own
+    tokens list them; its standing is matched against them, and a token delegated or
+    exchanged to it lists them too, so that ending either ends what the agent holds.
+
+    None when the record's ``attest`` is not a readable claim: the agent is then in no
+    good standing (:meth:`tasklease.core.kernel.Kernel.standing`), never read as unattested.
+    """
+    lineage = (app_ancestor(agent.app_id),) if agent.app_id else ()
+    if not agent.attest:
+        return lineage
+    try:
+        claim = attestation_of({ATTEST_CLAIM: json.loads(agent.attest)})
+    except (ValueError, AttestClaimError):  # a JSONDecodeError is a ValueError
+        return None
+    return lineage if claim is None else (*lineage, claim.ancestor)
+
+
+def registration_ceiling(agent: AgentRecord, config: Config) -> int:
+    """The latest ``exp`` any token of the agent's registration may have, as the agent's
+    own first token said (``max_exp``: an attestation policy's ``lifetime`` can make it
+    earlier than ``renewal_ceiling``); an agent registered before it was kept, its
+    registration time plus ``renewal_ceiling``. Past it the agent is in no good standing,
+    as a holder of delegated tokens too."""
+    return agent.ceiling or int(agent.registered_at) + config.renewal_ceiling
 
 
 def app_ids(lineage: tuple[str, ...]) -> tuple[str, ...]:

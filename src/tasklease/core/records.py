@@ -144,6 +144,10 @@ class AgentRecord:
     # The ``attest`` claim its registration carried, as compact JSON (``rules.attest``:
     # what its workload proved or declared); "" for none. A resumption carries it on.
     attest: str = ""
+    # The latest ``exp`` any token of its registration may have (its lineage's ``max_exp``:
+    # earlier than ``renewal_ceiling`` allows when an attestation policy's ``lifetime`` is
+    # shorter); 0 for agents registered before it was kept (``registration_ceiling``).
+    ceiling: int = 0
 
 
 @dataclass(frozen=True, slots=True)

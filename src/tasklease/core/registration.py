@@ -496,6 +496,7 @@ class Registration(Service):
                 if issuance.attest
                 else ""
             ),
+            ceiling=issuance.max_exp,
         )
         budgets = budgets_for(
             f"agent:{agent_id}", issuance.details, expires_at=issuance.max_exp + cfg.clock_skew

@@ -37,7 +37,7 @@ from tasklease.core.issuing import (
     token_challenge,
 )
 from tasklease.core.kernel import IssuedToken, Kernel, Parent, RequestContext, Service, with_denial
-from tasklease.core.lineage import Refusal, app_ancestor
+from tasklease.core.lineage import Refusal, agent_lineage, registration_ceiling
 from tasklease.core.liveness import new_session
 from tasklease.core.pending import Lost, Pending, complete
 from tasklease.core.records import AgentRecord, RevocationRecord, RevocationWrite
@@ -280,8 +280,9 @@ class Renewal(Service):
                     details=agent.authorization_details,
                     audience=agent.audience or default_audience(cfg.audience),
                     principal=session.principal,
-                    lineage=(app_ancestor(agent.app_id),) if agent.app_id else (),
-                    ceiling=oiat + cfg.renewal_ceiling,
+                    # Its standing checked above: its lineage is readable.
+                    lineage=agent_lineage(agent) or (),
+                    ceiling=registration_ceiling(agent, cfg),
                     ttl=ttl_cap,
                     renewals=session.resumes,
                     resumable=agent.allow_resume,

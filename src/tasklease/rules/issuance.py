@@ -430,8 +430,9 @@ def check_issuance(
     for (``rules.grants``), each covered by one of the parent's scopes or grants under
     its type's rule (``rules``: operators' types; one without a rule narrows only to an
     identical grant). Renewal and resumption change neither. ``holder_lineage`` is what
-    the new holder of a delegation or exchange descends from (its app: ``app:<app_id>``):
-    the token lists it too, so that the holder's end (its app removed) ends what was
+    the new holder of a delegation or exchange descends from (its app, ``app:<app_id>``,
+    and the attestation it registered through, ``attest:...``): the token lists it too,
+    so that the holder's end (its app removed, its attestation revoked) ends what was
     handed to it, not only what it holds of its own.
     """
     if operation not in OPERATIONS:

@@ -178,7 +178,7 @@ class RowConversions:
 
     def agent_from_row(self, row: Row) -> AgentRecord:
         (agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered, status,
-         cnf, audience, token_ttl, allow_resume, details, attest) = row  # fmt: skip
+         cnf, audience, token_ttl, allow_resume, details, attest, ceiling) = row  # fmt: skip
         return AgentRecord(
             agent_id=agent_id,
             public_key=bytes(public_key),
@@ -195,6 +195,7 @@ class RowConversions:
             allow_resume=bool(allow_resume),
             authorization_details=load_details(details),
             attest=attest,
+            ceiling=int(ceiling),
         )
 
     def agent_params(self, agent: AgentRecord) -> tuple[object, ...]:
@@ -214,6 +215,7 @@ class RowConversions:
             agent.allow_resume,
             dump_details(agent.authorization_details),
             agent.attest,
+            agent.ceiling,
         )
 
     def federation_from_row(self, row: Row) -> FederationRecord:
