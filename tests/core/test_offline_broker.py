@@ -338,6 +338,35 @@ def test_a_critical_chain_is_checked_against_the_store(
     )
 
 
+def test_a_chain_holding_a_critical_scope_as_a_limited_grant_is_checked_against_the_store(
+    make_broker: Any, kit: type[Kit], clock: ManualClock
+) -> None:
+    """The leaf's authority is a limited ``scope`` grant on a critical scope, not in any
+    scope claim: the chain was accepted on the index alone after its root agent was
+    revoked by another replica."""
+    broker = make_broker(clock=clock, critical_scopes=("write:payments:*",))
+    grant = {"type": "scope", "scope": "write:payments:acct-1", "limits": {"max_calls": 3}}
+    args, root_key = kit.register_args(broker, kit.launch(broker, ("write:payments:*",)), ())
+    root = broker.register(**args, authorization_details=[grant])
+    leaf_key = SigningKey.generate()
+    now = broker.clock.now()
+    text = derive(
+        root.token,
+        root_key,
+        delegate="spiffe://tasklease.local/agent/orch-1/task-1/payer",
+        delegate_key=bytes(leaf_key.verify_key),
+        now=int(now),
+        ttl=120,
+    )
+    leaf = broker.validate(text, presented=_presented(leaf_key, text, now))
+    assert leaf.scope == () and leaf.details == (grant,)
+    record = RevocationRecord("agent", root.claims.sub, int(now), now + 3600)
+    with broker.store.write() as tx:
+        tx.insert_revocation(record)
+    with pytest.raises(TokenRejected, match=r"live read\) high_assurance=true"):
+        broker.validate(text, presented=_presented(leaf_key, text, now))
+
+
 def test_introspection_reports_the_leaf_and_its_binding(
     broker: Broker, chain: _Chain, kit: type[Kit]
 ) -> None:

@@ -146,6 +146,30 @@ def test_tokens_with_a_critical_scope_are_verified_at_every_use(
     assert len(verifications) == 3
 
 
+def test_a_critical_scope_held_as_a_limited_grant_is_never_remembered(
+    make_broker: Any, kit: Any, verifications: list[int]
+) -> None:
+    """The cache looked at the scope claim only, and a limited grant is never in it: both
+    tokens here were remembered (no verification after the first use, none at all for the
+    one signed here)."""
+    broker = make_broker(critical_scopes=("write:payments:*",))
+    grant = {"type": "scope", "scope": "write:payments:1", "limits": {"max_calls": 3}}
+    args, _ = kit.register_args(broker, kit.launch(broker, ("write:payments:*",)), ())
+    signed_here = broker.register(**args, authorization_details=[grant])
+    assert signed_here.claims.scope == ()
+    # Signed with the broker's ring by another worker, for the same agent.
+    from_elsewhere = agent_token(broker, sub=signed_here.claims.sub, scope=(), details=(grant,))
+    for _ in range(3):
+        broker.validate(signed_here.token)
+        broker.validate(from_elsewhere)
+    assert len(verifications) == 6
+    # A limited grant on another scope is remembered as before.
+    ordinary = agent_token(broker, scope=(), details=({**grant, "scope": "read:data:1"},))
+    for _ in range(3):
+        broker.validate(ordinary)
+    assert len(verifications) == 7
+
+
 def test_a_retired_key_is_refused_even_for_a_token_remembered_under_it(
     make_broker: Any, kit: Any, tmp_path: Path
 ) -> None:

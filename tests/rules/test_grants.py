@@ -17,6 +17,7 @@ from hypothesis import given, settings
 
 from tasklease.rules import grants as g
 from tasklease.rules import grantuse as gu
+from tasklease.rules import scopes
 
 ACTIONS = ["read", "pay", "refund", "list"]
 LOCATIONS = [
@@ -478,6 +479,29 @@ def test_plain_scopes_travel_apart_from_limited_ones() -> None:
     # A limited scope grant never covers the plain scope (which would have no limit).
     assert not g.covers(rest[0], g.scope_grant("write:pay:1"))
     assert g.covers(g.scope_grant("write:pay:*"), rest[0])
+
+
+@given(st.lists(grants(), max_size=4), st.lists(st.sampled_from(SCOPES), max_size=2))
+def test_a_scope_is_as_critical_in_a_limited_grant_as_in_the_scope_claim(
+    held: list[dict[str, Any]], patterns: list[str]
+) -> None:
+    """Limits move a scope from the scope claim into authorization_details; they must not
+    move it out of ``critical_scopes``' reach."""
+    plain, rest = g.plain_scopes(held)
+    every = [grant["scope"] for grant in held if grant["type"] == "scope"]
+    expected = scopes.overlaps(every, patterns)
+    assert g.holds_critical_scope(plain, rest, patterns) is expected
+    assert g.holds_critical_scope(every, (), patterns) is expected
+
+
+def test_only_scope_grants_can_hold_a_critical_scope() -> None:
+    patterns = ("write:pay:*",)
+    limited = g.parse_detail({"type": "scope", "scope": "write:pay:1", "limits": {"max_calls": 1}})
+    assert g.holds_critical_scope((), (limited,), patterns)
+    assert not g.holds_critical_scope((), (limited,), ())
+    # Another type's members are never read as scopes, whatever they hold.
+    other = g.parse_detail({"type": "region_access", "scope": "write:pay:1"})
+    assert not g.holds_critical_scope(("read:data:1",), (other,), patterns)
 
 
 def test_a_call_value_matches_a_listed_value_of_its_own_json_type_only() -> None:

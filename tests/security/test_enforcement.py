@@ -382,6 +382,34 @@ def test_critical_scope_sees_an_app_deregistered_by_another_replica() -> None:
         broker.validate(agent.token)
 
 
+# A critical scope held as a limited grant: it travels only in authorization_details, never
+# in the scope claim, and allows what the scope names all the same.
+LIMITED_PAYMENT = {"type": "scope", "scope": "write:payments:acct-1", "limits": {"max_calls": 3}}
+
+
+def test_a_critical_scope_held_as_a_limited_grant_reads_the_store() -> None:
+    """Only the scope claim used to count: this token was validated from the cache and the
+    index, and stayed valid after another replica revoked its agent."""
+    broker = make_broker(critical_scopes=("write:payments:*",))
+    agent = register(
+        broker,
+        (),
+        launch_token=launch(broker, ("write:payments:*",)),
+        authorization_details=[LIMITED_PAYMENT],
+    )
+    assert agent.claims.scope == () and agent.claims.details == (LIMITED_PAYMENT,)
+    assert broker.validate(agent.token)
+    validated = [e.detail for e in events(broker, "token_validated")]
+    assert any("high_assurance=true" in d and agent.claims.jti in d for d in validated)
+    other = _replica(broker)
+    other.revoke(admin(other).claims, level="agent", target=agent.claims.sub, ctx=CTX)
+    with pytest.raises(TokenRejected, match=r"level agent, live read\) high_assurance=true"):
+        broker.validate(agent.token)  # this replica's index has not heard of it yet
+    with pytest.raises(Unauthorized) as info:
+        broker.authenticate(f"Bearer {agent.token}", CTX)
+    assert "high_assurance=true" in audited_denial(broker, info.value.denial_id).detail
+
+
 # --- 7. certificate-bound tokens (RFC 8705) ----------------------------------------------------
 
 ALICE, MALLORY = "A" * 43, "B" * 43

@@ -125,6 +125,27 @@ def test_a_grant_of_a_critical_type_makes_the_token_critical() -> None:
     assert rules.is_critical(token("read:data:1", [{"no": "type"}, "x"]))  # type: ignore[list-item]
 
 
+@pytest.mark.parametrize("grant_types", [(), ("payment",), ("scope",)])
+def test_a_critical_scope_held_as_a_limited_grant_needs_a_live_feed(
+    grant_types: tuple[str, ...],
+) -> None:
+    """A limited scope grant travels only in authorization_details: read by the scope claim
+    alone, this token was ordinary and accepted for 60 s with the feed down (unless the
+    operator also listed ``scope`` as a critical grant type)."""
+    rules = policy(critical_grant_types=grant_types)
+    limited = {"type": "scope", "scope": "write:payments:acct-1", "limits": {"max_calls": 3}}
+    granted = token("", [limited])
+    assert granted.allows("scope", scope="write:payments:acct-1") is not None
+    assert rules.is_critical(granted)
+    with pytest.raises(RevocationStateStale) as caught:
+        rules.check(granted, Feed(20.0, connected=False))
+    assert caught.value.critical and caught.value.bound == 0
+    assert rules.critical_refusals == 1
+    # A scope grant outside the critical patterns is ordinary, unless its type is listed.
+    other = token("", [{**limited, "scope": "read:data:1"}])
+    assert rules.is_critical(other) is ("scope" in grant_types)
+
+
 def test_a_positive_critical_bound_is_a_plain_bound() -> None:
     rules = policy(critical_staleness=10.0)
     critical = token("write:payments:1")

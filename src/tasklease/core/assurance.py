@@ -3,14 +3,14 @@
 Ordinary validation trusts the in-memory revocation index (decision 5): a revocation
 committed by another process is enforced here after the next poll. For scopes an operator
 declares critical (``critical_scopes``, e.g. ``write:payments:*``) that window is not
-acceptable, so validation of a token carrying one also reads the store: the revocation
-entries that could match this token, by primary key, and the holder's own agent record
-(it must exist and be active). Nothing cached is consulted for the decision.
+acceptable, so validation of a token carrying one (in its ``scope`` claim or as a
+limited ``scope`` grant, ``rules.grants.holds_critical_scope``) also reads the store: the
+revocation entries that could match this token, by primary key, and the holder's own
+agent record (it must exist and be active). Nothing cached is consulted for the decision.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 
 from tasklease.core.callers import about
@@ -19,14 +19,9 @@ from tasklease.core.revocation import RevocationIndex
 from tasklease.core.store import Store
 from tasklease.core.tokens import KIND_AGENT, Claims
 from tasklease.core.validation import TokenRejected
-from tasklease.rules import scopes as scope_rules
+from tasklease.rules.grants import holds_critical_scope
 
-__all__ = ["assure", "is_critical", "live_denial"]
-
-
-def is_critical(token_scopes: Sequence[str], critical: Sequence[str]) -> bool:
-    """True iff some scope of the token overlaps a critical pattern (either covers the other)."""
-    return scope_rules.overlaps(token_scopes, critical)
+__all__ = ["assure", "live_denial"]
 
 
 def live_denial(store: Store, claims: Claims) -> str | None:
@@ -54,13 +49,14 @@ def live_denial(store: Store, claims: Claims) -> str | None:
 def assure(kernel: Kernel, claims: Claims, ctx: RequestContext, *, audit_denial: bool) -> bool:
     """High-assurance validation of ``claims`` if they carry a critical scope.
 
-    Returns False (nothing done) for tokens without a critical scope. Otherwise reads
+    Returns False (nothing done) for tokens without a critical scope, in their ``scope``
+    claim or in a ``scope`` grant of their ``authorization_details``. Otherwise reads
     the live revocation state and the holder's record from the store, audits the
     outcome with ``high_assurance=true`` and raises :class:`TokenRejected` on refusal
     (audited here only when ``audit_denial``; the caller audits otherwise). A store
     failure propagates: the request fails closed.
     """
-    if not is_critical(claims.scope, kernel.config.critical_scopes):
+    if not holds_critical_scope(claims.scope, claims.details, kernel.config.critical_scopes):
         return False
     reason = live_denial(kernel.store, claims)
     ids = replace(about(claims), resource=ctx.path, request_id=ctx.request_id)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from tasklease.core.assurance import assure, is_critical
+from tasklease.core.assurance import assure
 from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.binding import recording
@@ -59,6 +59,7 @@ from tasklease.rules.binding import (
     authorization_credentials,
     check_binding,
 )
+from tasklease.rules.grants import holds_critical_scope
 
 __all__ = ["ALL_KINDS", "OPERATOR_KINDS", "TokenCheck", "held_scopes"]
 
@@ -126,12 +127,13 @@ class TokenCheck(Service):
         any_audience: bool = False,
     ) -> Claims:
         """The leaf of an offline chain presented to the broker, verified now (every
-        element, the presenter's proof, the revocation index); a chain with a critical
-        scope is also checked against the store (high assurance). Raises TokenRejected."""
+        element, the presenter's proof, the revocation index); a chain whose leaf holds a
+        critical scope (in its scope or a ``scope`` grant) is also checked against the
+        store (high assurance). Raises TokenRejected."""
         claims, chain = self.offline.verify(
             token, presented=presented, dpop=dpop, audience=audience, any_audience=any_audience
         )
-        if is_critical(claims.scope, self._config.critical_scopes):
+        if holds_critical_scope(claims.scope, claims.details, self._config.critical_scopes):
             reason = live_denial(self._store, chain)
             if reason is not None:
                 raise TokenRejected(f"{reason} high_assurance=true", "revoked")

@@ -10,7 +10,8 @@ The header and signature steps are the only ones a token's exact text settles on
 all: a token that passed them (or that this process just signed, :meth:`Validator.signed`)
 is remembered by the SHA-256 of its text, and at a later use only its ``typ``, its
 ``kid`` (still in the ring), its length and every claim rule are checked again. Tokens
-with a critical scope are never remembered (docs/decisions.md 122).
+with a critical scope, in their ``scope`` claim or as a ``scope`` grant, are never
+remembered (docs/decisions.md 122).
 
 One precise reason is kept inward (:attr:`TokenRejected.reason`, for the audit log and
 debug logs); outward every failure looks the same.
@@ -33,7 +34,7 @@ from tasklease.core.tokens import Claims, ClaimsError, claims_from_payload
 from tasklease.rules import jws
 from tasklease.rules.claims import ClaimRejected
 from tasklease.rules.claims import check_claims as _check_claim_rules
-from tasklease.rules.scopes import overlaps
+from tasklease.rules.grants import holds_critical_scope
 
 __all__ = ["TokenRejected", "Validator"]
 
@@ -134,7 +135,7 @@ class Validator:
         if known.claims is not None:
             return known.claims
         claims = self._parse(known.typ, known.payload)
-        if overlaps(claims.scope, self._config.critical_scopes):
+        if holds_critical_scope(claims.scope, claims.details, self._config.critical_scopes):
             self._known.discard(digest)
             return None
         self._known.put(digest, _Known(known.kid, known.typ, claims, b""))
@@ -157,7 +158,7 @@ class Validator:
     def _remember(self, digest: bytes, kid: str, claims: Claims) -> None:
         """Keep a token's settled header and signature, unless it holds a critical scope
         (high assurance: every use verified from scratch)."""
-        if not overlaps(claims.scope, self._config.critical_scopes):
+        if not holds_critical_scope(claims.scope, claims.details, self._config.critical_scopes):
             self._known.put(digest, _Known(kid, claims.kind, claims, b""))
 
     def check_claims(

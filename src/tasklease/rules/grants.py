@@ -62,6 +62,7 @@ __all__ = [
     "details_of",
     "digest",
     "grants_of",
+    "holds_critical_scope",
     "is_type_name",
     "location_covers",
     "parse_detail",
@@ -379,6 +380,31 @@ def plain_scopes(details: Iterable[Grant]) -> tuple[tuple[str, ...], tuple[Grant
         else:
             rest.append(grant)
     return tuple(scopes), tuple(rest)
+
+
+def holds_critical_scope(
+    scopes: Iterable[str], details: Sequence[Grant], patterns: Sequence[str]
+) -> bool:
+    """True iff a credential's authority touches a critical scope pattern
+    (``critical_scopes``): a scope of its ``scope`` claim, or of a ``scope`` grant among
+    its ``details``, overlaps one (:func:`~tasklease.rules.scopes.overlaps`).
+
+    A ``scope`` grant with ``limits`` travels only in ``authorization_details``
+    (:func:`plain_scopes`) yet allows what the scope names, so it is as critical as the
+    scope: the one rule of the broker's high assurance, its token cache and the
+    verifier's outage policy. ``details`` are read only when there are any, so a token
+    without them costs what the ``scope`` claim's check always did.
+    """
+    if scope_rules.overlaps(scopes, patterns):
+        return True
+    if not details or not patterns:
+        return False
+    granted = (
+        grant["scope"]
+        for grant in details
+        if grant.get("type") == "scope" and isinstance(grant.get("scope"), str)
+    )
+    return scope_rules.overlaps(granted, patterns)
 
 
 # --- narrowing -------------------------------------------------------------------------

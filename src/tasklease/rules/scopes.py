@@ -100,8 +100,9 @@ def covers(allowed: str, requested: str) -> bool:
 
 
 def overlaps(scopes: Iterable[str], patterns: Sequence[str]) -> bool:
-    """True iff some scope overlaps some pattern, either covering the other: how a token
-    is found to hold a critical scope (``critical_scopes``, broker and verifier alike)."""
+    """True iff some scope overlaps some pattern, either covering the other: how a scope
+    is found critical (``critical_scopes``, broker and verifier alike), applied to every
+    scope a token holds by ``rules.grants.holds_critical_scope``."""
     if not patterns:
         return False
     return any(covers(p, s) or covers(s, p) for s in scopes for p in patterns)

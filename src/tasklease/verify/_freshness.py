@@ -7,12 +7,14 @@ broker sends every 2 s on a current stream). Past the bound every verification f
 closed with :class:`~tasklease.verify.RevocationStateStale` (HTTP 503, ``error_code``
 ``revocation_state_stale``), which says how stale the state is and what the bound is.
 
-Tokens are *critical* when one of their scopes overlaps a pattern of ``critical_scopes``
-(either covers the other, the broker's own rule for its ``critical_scopes``), or one of
-their structured grants (RFC 9396) has a type in ``critical_grant_types``. A critical
-token is held to ``critical_staleness`` (0 by default): with 0, it is accepted only while
-the feed is *live* (the stream connected, synced and heard from within ``liveness``
-seconds), so the moment the stream drops, critical tokens are refused.
+Tokens are *critical* when one of their scopes, in the ``scope`` claim or in a ``scope``
+grant of ``authorization_details`` (a limited scope travels only there), overlaps a
+pattern of ``critical_scopes`` (either covers the other: the broker's own rule,
+``rules.grants.holds_critical_scope``), or one of their structured grants (RFC 9396) has
+a type in ``critical_grant_types``. A critical token is held to ``critical_staleness`` (0
+by default): with 0, it is accepted only while the feed is *live* (the stream connected,
+synced and heard from within ``liveness`` seconds), so the moment the stream drops,
+critical tokens are refused.
 
 The staleness is exposed as a metric (:func:`prometheus_text`).
 """
@@ -21,9 +23,10 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
+from tasklease.rules import grants as grant_rules
 from tasklease.rules import scopes as scope_rules
 from tasklease.verify._claims import VerifiedToken
 from tasklease.verify._errors import InvalidToken, RevocationStateStale
@@ -82,15 +85,19 @@ class FreshnessPolicy:
         self.critical_refusals = 0
 
     def is_critical(self, token: VerifiedToken) -> bool:
-        """True when ``token`` holds a critical scope or a grant of a critical type."""
-        if scope_rules.overlaps(token.scope, self.critical_scopes):
+        """True when ``token`` holds a critical scope (in its ``scope`` claim or as a
+        ``scope`` grant, whether or not ``scope`` is a critical grant type) or a grant of
+        a critical type."""
+        details: tuple[Mapping[str, Any], ...] = ()
+        if "authorization_details" in token.claims and (
+            self.critical_scopes or self.critical_grant_types
+        ):
+            try:
+                details = token.authorization_details
+            except InvalidToken:
+                return True  # unreadable grants: hold the token to the strictest bound
+        if grant_rules.holds_critical_scope(token.scope, details, self.critical_scopes):
             return True
-        if not self.critical_grant_types or "authorization_details" not in token.claims:
-            return False
-        try:
-            details = token.authorization_details
-        except InvalidToken:
-            return True  # unreadable grants: hold the token to the strictest bound
         return any(detail.get("type") in self.critical_grant_types for detail in details)
 
     def check(self, token: VerifiedToken, feed: FeedState | None) -> None:

@@ -121,7 +121,8 @@ class Verifier(VerifierBase):
             they are accepted only while the feed is live (connected, synced and heard from
             within ``feed_liveness`` seconds).
         critical_scopes: scope patterns (the broker's ``critical_scopes``, e.g.
-            ``write:payments:*``); a token holding a scope that overlaps one is critical.
+            ``write:payments:*``); a token holding a scope that overlaps one, in its
+            ``scope`` claim or as a ``scope`` grant (limited or not), is critical.
         critical_grant_types: structured grant types (RFC 9396 ``type``) that make a token
             holding one critical.
         feed_liveness: seconds without a byte from a connected stream after which it no
