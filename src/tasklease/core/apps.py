@@ -56,7 +56,7 @@ from tasklease.rules.grants import digest
 
 __all__ = ["Apps", "expires_at_text"]
 
-_APP_NAME = re.compile(r"^[a-z][a-z0-9]+(?:-[a-z0-9]+)*$")
+_APP_NAME = re.compile(r"[a-z][a-z0-9]+(?:-[a-z0-9]+)*")
 
 
 def expires_at_text(record: LaunchTokenRecord) -> str:
@@ -177,7 +177,7 @@ class Apps(Service):
         if (scopes is None or scopes == []) and not details:
             raise InvalidRequest("scopes must not be empty")
         ttl = _app_token_ttl(token_ttl)
-        if len(name) > 64 or not _APP_NAME.match(name):
+        if len(name) > 64 or not _APP_NAME.fullmatch(name):
             raise InvalidRequest(
                 "invalid app name: must be lowercase letters, digits, and hyphens",
                 hint="2-64 characters starting with a letter; hyphens only between letters",

@@ -35,8 +35,8 @@ __all__ = [
     "verify_possession",
 ]
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_STD_B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_STD_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
 class NonceIssuer:
@@ -68,7 +68,7 @@ class NonceIssuer:
 
     def check(self, nonce: str, now: float) -> int:
         """Return the nonce's expiry, or raise :class:`Unauthorized` if not ours or expired."""
-        if not isinstance(nonce, str) or not _HEX64.match(nonce):
+        if not isinstance(nonce, str) or not _HEX64.fullmatch(nonce):
             raise InvalidRequest("nonce must be the 64 lowercase hex characters from /v1/challenge")
         raw = bytes.fromhex(nonce)
         body, tag = raw[:24], raw[24:]
@@ -87,7 +87,7 @@ def nonce_hash(nonce: str) -> str:
 def _std_b64(value: object, *, field: str, size: int) -> bytes:
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"missing required field: {field}")
-    if len(value) % 4 or not _STD_B64.match(value):
+    if len(value) % 4 or not _STD_B64.fullmatch(value):
         raise InvalidRequest(f"invalid {field}: not standard base64 with padding")
     try:
         raw = base64.b64decode(value, validate=True)

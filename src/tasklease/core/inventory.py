@@ -60,7 +60,7 @@ MAX_PAGE = 500
 # Audit events read for one task's token graph, at most.
 MAX_TASK_EVENTS = 20_000
 _TOKEN_EVENTS = ("token_issued", "token_renewed", "delegation_created", "token_exchanged")
-_JTI = re.compile(r"^[0-9a-f]{32}$")
+_JTI = re.compile(r"[0-9a-f]{32}")
 _FIELD = re.compile(r"(?:^|[\s,|])([a-z_]+)=([^\s,|]+)")
 
 
@@ -249,7 +249,7 @@ def token_of(event: AuditEvent) -> TokenNode | None:
         match = re.search(r"delegation from (\S+) to", event.detail)
         delegator = match[1] if match else ""
     jti = jti.rstrip(",")
-    if not _JTI.match(jti):
+    if not _JTI.fullmatch(jti):
         return None
     return TokenNode(
         jti=jti,
@@ -476,7 +476,7 @@ class Inventory(Service):
             InvalidRequest: ``jti`` is not a token id.
             NotFound: the audit log records no token ``jti``.
         """
-        if not _JTI.match(jti):
+        if not _JTI.fullmatch(jti):
             raise InvalidRequest("jti must be 32 lowercase hex characters")
         mentions = self._store.audit_mentioning(f"jti={jti}", _TOKEN_EVENTS, 10)
         task_id = next((e.task_id for e in mentions if token_of(e) is not None), None)
@@ -553,7 +553,7 @@ class Inventory(Service):
                     found = self._store.get_agent(agent_id)
                     if found is not None:
                         agents += self._views([(found, self._store.get_agent_session(agent_id))])
-        elif level == "token" and _JTI.match(target):
+        elif level == "token" and _JTI.fullmatch(target):
             try:
                 tree = self.delegations(target).token
             except NotFound:

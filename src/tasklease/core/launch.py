@@ -25,7 +25,7 @@ __all__ = [
     "new_launch_token",
 ]
 
-LAUNCH_TOKEN_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+LAUNCH_TOKEN_PATTERN = re.compile(r"[0-9a-f]{64}")
 DEFAULT_MULTI_USES = 10
 MAX_USES = 10_000
 MULTI_USE_DEFAULT_TTL = 3600

@@ -48,7 +48,7 @@ from tasklease.rules.messages import operator_sign_in_input
 
 __all__ = ["INIT", "Operators", "operator_name", "operator_subject"]
 
-_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,62}[a-z0-9])?")
 # Who the audit log names for what `tasklease init` does on the local database.
 INIT = "init"
 _JUST_CHANGED = "credential changed moments ago"
@@ -63,7 +63,7 @@ def operator_name(name: object) -> str:
     """``name`` if it is a well-formed operator name; raises :class:`InvalidRequest`."""
     if not isinstance(name, str) or not name:
         raise InvalidRequest("missing required field: name")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidRequest(
             "invalid operator name: must be lowercase letters, digits, and hyphens",
             hint="1-64 characters, starting with a letter, not ending with a hyphen",

@@ -48,7 +48,7 @@ class RegistrationInputs(Service):
         Today's registration path (``core.attestors.launch_token``): looked up by hash,
         unexpired, with a use left; its ceiling the parent's.
         """
-        if not LAUNCH_TOKEN_PATTERN.match(launch_token):
+        if not LAUNCH_TOKEN_PATTERN.fullmatch(launch_token):
             raise deny(
                 Unauthorized("launch token: launch token not found"),
                 replace(base, detail="launch token malformed"),

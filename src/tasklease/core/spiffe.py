@@ -16,13 +16,13 @@ from tasklease.core.secretshapes import holds_credential, holds_secret
 
 __all__ = ["AgentId", "new_agent_id", "parse_agent_id", "validate_segment", "validate_trust_domain"]
 
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,128}")
 MAX_ID_LENGTH = 2048
 
 
 def validate_trust_domain(td: str) -> str:
-    if not _TRUST_DOMAIN.match(td):
+    if not _TRUST_DOMAIN.fullmatch(td):
         raise ValueError(
             f"invalid SPIFFE trust domain {td!r}: use lowercase a-z, 0-9, '.', '-', '_'"
         )
@@ -33,7 +33,7 @@ def validate_segment(value: object, *, field: str) -> str:
     """Check one SPIFFE path segment supplied by a caller (``orch_id``, ``task_id``)."""
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"missing required field: {field}")
-    if value in (".", "..") or not _SEGMENT.match(value):
+    if value in (".", "..") or not _SEGMENT.fullmatch(value):
         raise InvalidRequest(
             f"invalid {field}: use 1-128 characters from A-Z a-z 0-9 . - _",
             hint="the value becomes a segment of the agent's SPIFFE ID",
@@ -74,8 +74,8 @@ def parse_agent_id(value: str) -> AgentId | None:
     if len(parts) != 5 or parts[1] != "agent":
         return None
     td, _, orch, task, inst = parts
-    if not _TRUST_DOMAIN.match(td):
+    if not _TRUST_DOMAIN.fullmatch(td):
         return None
-    if not all(_SEGMENT.match(p) and p not in (".", "..") for p in (orch, task, inst)):
+    if not all(_SEGMENT.fullmatch(p) and p not in (".", "..") for p in (orch, task, inst)):
         return None
     return AgentId(td, orch, task, inst)

@@ -47,7 +47,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # A request id holding anything shaped like a credential, anywhere in it (a run of 40 hex
 # characters or more: our secrets and launch tokens; the start of a JWT; a by-reference
 # token's prefix), is replaced: the id goes into the access log, traces and audit events,
@@ -228,7 +228,7 @@ class EnvelopeMiddleware:
                 declared = int(value)
             elif name == b"content-type":
                 form = value.split(b";", 1)[0].strip().lower() == _FORM
-        if not _SAFE_ID.match(request_id) or _CREDENTIAL_SHAPED.search(request_id):
+        if not _SAFE_ID.fullmatch(request_id) or _CREDENTIAL_SHAPED.search(request_id):
             request_id = secrets.token_hex(8).encode()
         rid = request_id.decode()
         scope.setdefault("state", {})["request_id"] = rid

@@ -28,7 +28,7 @@ Row = tuple[Any, ...]
 __all__ = ["ListingReads", "Listings"]
 
 _MAX_PAGE = 1000
-_MENTION = re.compile(r"^[A-Za-z0-9_=]{1,128}$")
+_MENTION = re.compile(r"[A-Za-z0-9_=]{1,128}")
 
 
 def _qualified(alias: str, columns: str) -> str:
@@ -175,7 +175,7 @@ class ListingReads(abc.ABC):
     def audit_mentioning(
         self, text: str, event_types: Sequence[str], limit: int
     ) -> list[AuditEvent]:
-        if not _MENTION.match(text):
+        if not _MENTION.fullmatch(text):
             raise ValueError("text must be letters, digits, = and _")
         statements = self.dialect.listings
         sql = statements.audit_mentioning

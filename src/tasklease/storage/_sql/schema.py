@@ -32,7 +32,7 @@ class SchemaError(InternalError):
 
 # -- migrations --------------------------------------------------------------------------
 
-_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_MIGRATION_FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ def migrations(folder: str, label: str) -> tuple[Migration, ...]:
     found: list[Migration] = []
     directory = importlib.resources.files("tasklease.storage") / "migrations" / folder
     for entry in directory.iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
+        match = _MIGRATION_FILE.fullmatch(entry.name)
         if match is None or not entry.is_file():
             continue
         found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
