@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 
+from tasklease.core.auditformat import timestamp_seconds
 from tasklease.core.clock import format_rfc3339
 from tasklease.core.errors import Conflict, InvalidRequest, NotFound
 from tasklease.core.records import MAX_TARGET
@@ -820,6 +821,24 @@ def test_iter_audit_on_empty_log_and_bad_batch(store: Store) -> None:
     assert list(store.iter_audit()) == []
     with pytest.raises(ValueError):
         list(store.iter_audit(batch=0))
+
+
+@pytest.mark.parametrize("batch", [1, 4, 5000])
+def test_iter_audit_ts_gives_each_event_the_ts_derived_from_its_timestamp(
+    store: Store, batch: int
+) -> None:
+    # What `audit verify --database` compares: the ts a time filter reads, stored beside
+    # each event, is timestamp_seconds of its timestamp, whatever offset it was written in.
+    events = [*chain(5), *chain(1, start=(5, "p"), ts0=NOW + 0.123456)]
+    events.append(replace(chain(1, start=(6, "q"))[0], timestamp="2027-01-01T02:00:00+02:00"))
+    append(store, events)
+    pairs = list(store.iter_audit_ts(batch=batch))
+    assert [event for event, _ in pairs] == events
+    assert [ts for _, ts in pairs] == [timestamp_seconds(e.timestamp) for e in events]
+    assert pairs[-1][1] == 1798761600.0  # 2027-01-01T00:00:00Z
+    assert list(store.iter_audit_ts(after_seq=5, batch=batch)) == pairs[5:]
+    with pytest.raises(ValueError):
+        list(store.iter_audit_ts(batch=0))
 
 
 # -- transactions ---------------------------------------------------------------------------

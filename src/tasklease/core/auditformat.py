@@ -14,6 +14,7 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 import msgspec
 
@@ -31,6 +32,7 @@ __all__ = [
     "event_hash",
     "sanitize",
     "sanitized_entry",
+    "timestamp_seconds",
     "verify_chain",
 ]
 
@@ -354,6 +356,20 @@ def event_hash(
     h.update(b"\n")
     h.update(_canonical(seq, timestamp, entry, tenant, version))
     return h.hexdigest()
+
+
+def timestamp_seconds(timestamp: str) -> float:
+    """Unix seconds of an event's RFC 3339 timestamp, which must carry an offset (``Z`` or
+    ``±hh:mm``): the ``ts`` every store keeps beside the event for time filters.
+
+    The hash does not cover ``ts``; the stores derive it with this function only, and
+    ``tasklease audit verify --database`` checks it with this function, so the two can
+    never disagree on an event nobody edited.
+    """
+    parsed = datetime.fromisoformat(timestamp)
+    if parsed.tzinfo is None:
+        raise ValueError(f"audit timestamp {timestamp!r} has no UTC offset")
+    return parsed.timestamp()
 
 
 @dataclass(frozen=True, slots=True)

@@ -450,6 +450,14 @@ class Store(Protocol):
         """Every event with ``seq > after_seq`` in ``seq`` order, fetched in batches."""
         ...
 
+    def iter_audit_ts(
+        self, after_seq: int = 0, batch: int = 5000
+    ) -> Iterator[tuple[AuditEvent, float]]:
+        """As :meth:`iter_audit`, each event with the ``ts`` stored beside it: the
+        timestamp in Unix seconds that time filters read, which the hash does not cover
+        (``auditformat.timestamp_seconds``)."""
+        ...
+
     def audit_tree(self) -> AuditTree | None:
         """The tenant's Merkle tree as last committed (None before its first leaf)."""
         ...

@@ -362,6 +362,13 @@ class MemoryTables:
 
     def iter_audit(self, after_seq: int = 0, batch: int = 5000) -> Iterator[AuditEvent]:
         """Every event with ``seq > after_seq`` in seq order; the lock is taken per batch."""
+        for event, _ in self.iter_audit_ts(after_seq, batch):
+            yield event
+
+    def iter_audit_ts(
+        self, after_seq: int = 0, batch: int = 5000
+    ) -> Iterator[tuple[AuditEvent, float]]:
+        """As :meth:`iter_audit`, each event with the ``ts`` kept beside it."""
         if batch <= 0:
             raise ValueError("batch must be positive")
         cursor = after_seq
@@ -369,11 +376,11 @@ class MemoryTables:
             with self._lock:
                 self._check_open()
                 start = bisect.bisect_right(self._audit_seqs, cursor)
-                chunk = [event for event, _ in self._audit[start : start + batch]]
+                chunk = self._audit[start : start + batch]
             yield from chunk
             if len(chunk) < batch:
                 return
-            cursor = chunk[-1].seq
+            cursor = chunk[-1][0].seq
 
     def audit_tree(self) -> AuditTree | None:
         with self._lock:

@@ -7,9 +7,9 @@ import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from typing import TypeVar
 
+from tasklease.core.auditformat import timestamp_seconds
 from tasklease.core.errors import Conflict, NotFound
 from tasklease.core.store import (
     AgentRecord,
@@ -38,17 +38,6 @@ from tasklease.storage._memory_tables import MemoryTables
 __all__ = ["MemoryWriteTx"]
 
 _V = TypeVar("_V")
-
-
-def _timestamp_seconds(timestamp: str) -> float:
-    """Unix seconds of an RFC 3339 timestamp; it must carry an offset (``Z`` or ``±hh:mm``).
-
-    The SQLite store has the same function: keep the two in step.
-    """
-    parsed = datetime.fromisoformat(timestamp)
-    if parsed.tzinfo is None:
-        raise ValueError(f"audit timestamp {timestamp!r} has no UTC offset")
-    return parsed.timestamp()
 
 
 class MemoryWriteTx:
@@ -448,7 +437,7 @@ class MemoryWriteTx:
             if event.seq <= head_seq:
                 raise Conflict(f"audit seq {event.seq} is not after the head ({head_seq})")
             head_seq = event.seq
-            parsed.append((event, _timestamp_seconds(event.timestamp)))
+            parsed.append((event, timestamp_seconds(event.timestamp)))
         if not parsed:
             return
         mark = len(s._audit)

@@ -28,7 +28,6 @@ from tasklease.storage._sql.dialect import (
     audit_rows,
     check_tenant_id,
     revocation_from_row,
-    timestamp_seconds,
 )
 from tasklease.storage._sql.schema import Migration, SchemaError, migration_failed, newer_error
 from tasklease.storage._sql.store import SharedState, SQLStore, SQLWriteTx
@@ -49,5 +48,4 @@ __all__ = [
     "migration_failed",
     "newer_error",
     "revocation_from_row",
-    "timestamp_seconds",
 ]

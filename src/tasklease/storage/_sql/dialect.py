@@ -26,7 +26,6 @@ from tasklease.storage._sql.rows import (
     session_from_row,
     tenant_from_row,
     tenant_params,
-    timestamp_seconds,
 )
 from tasklease.storage._sql.schema import Migration, migrations
 
@@ -52,7 +51,6 @@ __all__ = [
     "session_from_row",
     "tenant_from_row",
     "tenant_params",
-    "timestamp_seconds",
 ]
 
 GENESIS_HASH = "0" * 64
@@ -227,6 +225,10 @@ class Dialect(RowConversions):
         self.get_binding = q(f"{_SELECT_BINDING} WHERE {t} AND agent_id = ?")
         self.get_reference = q(f"{_SELECT_REFERENCE} WHERE {t} AND token_hash = ?")
         self.audit_after = q(f"{_SELECT_AUDIT} WHERE {t} AND seq > ? ORDER BY seq LIMIT ?")
+        # The same, each event followed by its ts (what verification compares).
+        self.audit_after_ts = q(
+            f"SELECT {_AUDIT}, ts FROM audit_events WHERE {t} AND seq > ? ORDER BY seq LIMIT ?"
+        )
         self.audit_head = f"SELECT seq, hash FROM audit_events WHERE {t} ORDER BY seq DESC LIMIT 1"
         self._audit_where = f" WHERE {t}"
         # The agent and task lookups live behind the log (migration 0018): in their tables

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
+from tasklease.core.auditformat import timestamp_seconds
 from tasklease.core.errors import Conflict
 from tasklease.core.store import (
     AgentRecord,
@@ -44,22 +44,10 @@ __all__ = [
     "session_from_row",
     "tenant_from_row",
     "tenant_params",
-    "timestamp_seconds",
 ]
 
 # A fetched row: the drivers type rows as Any; the mappers below convert each column.
 Row = tuple[Any, ...]
-
-
-def timestamp_seconds(timestamp: str) -> float:
-    """Unix seconds of an RFC 3339 timestamp; it must carry an offset (``Z`` or ``±hh:mm``).
-
-    The memory store has the same function: keep the two in step.
-    """
-    parsed = datetime.fromisoformat(timestamp)
-    if parsed.tzinfo is None:
-        raise ValueError(f"audit timestamp {timestamp!r} has no UTC offset")
-    return parsed.timestamp()
 
 
 class RowConversions:

@@ -304,14 +304,26 @@ class SQLStore(ListingReads, abc.ABC):
         consumer holds no connection and pins no snapshot (on SQLite that would stop WAL
         checkpoints).
         """
+        for rows in self._audit_pages(self.dialect.audit_after, after_seq, batch):
+            for row in rows:
+                yield AuditEvent(*row)
+
+    def iter_audit_ts(
+        self, after_seq: int = 0, batch: int = 5000
+    ) -> Iterator[tuple[AuditEvent, float]]:
+        """As :meth:`iter_audit`, each event with the ``ts`` stored beside it."""
+        for rows in self._audit_pages(self.dialect.audit_after_ts, after_seq, batch):
+            for row in rows:
+                yield AuditEvent(*row[:-1]), float(row[-1])
+
+    def _audit_pages(self, sql: str, after_seq: int, batch: int) -> Iterator[list[Row]]:
+        """The pages of ``sql``'s rows after ``after_seq`` (its first column is ``seq``)."""
         if batch <= 0:
             raise ValueError("batch must be positive")
-        sql = self.dialect.audit_after
         cursor = after_seq
         while True:
             rows = self._all(sql, (cursor, batch))
-            for row in rows:
-                yield AuditEvent(*row)
+            yield rows
             if len(rows) < batch:
                 return
             cursor = int(rows[-1][0])
