@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 import sys
 from collections.abc import Callable, Iterator
@@ -345,6 +346,50 @@ class _Lookups:
             raise typer.Exit(EXIT_FAILED)
 
 
+class _Times:
+    """Each event's stored ``ts`` (the Unix seconds time filters read) against its hashed
+    timestamp: an edited ``ts`` hides the event from every query by time, or moves it to
+    another range, though the chain is intact (docs/audit.md, "Finding events").
+
+    The expected value comes from ``auditformat.timestamp_seconds``, the function every
+    store derives ``ts`` with when it writes an event.
+    """
+
+    def __init__(self) -> None:
+        from tasklease.core.auditformat import timestamp_seconds
+
+        self.seconds = timestamp_seconds
+        self.first: tuple[AuditEvent, float] | None = None
+        self.count = 0
+
+    def expected(self, timestamp: str) -> float:
+        try:
+            return self.seconds(timestamp)
+        except ValueError:  # not a timestamp: the chain walk names this event broken
+            return math.nan  # equal to no ts
+
+    def mismatch(self, event: AuditEvent, ts: float) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = (event, ts)
+
+    def check(self) -> None:
+        if self.first is None:
+            return
+        event, ts = self.first
+        more = f" (and {self.count - 1} more)" if self.count > 1 else ""
+        err.print(
+            f"[bold red]audit event times broken:[/] event {escape(event.id)}{more} is "
+            f"stored with ts {ts!r}, which is not its timestamp "
+            f"{escape(event.timestamp)}: the ts column was edited, so a query by time "
+            "would miss the event or find it in another range. The events themselves are "
+            "intact; ts is the timestamp in Unix seconds (docs/audit.md)",
+            highlight=False,
+            markup=True,
+        )
+        raise typer.Exit(EXIT_FAILED)
+
+
 def verify_database(
     store: Store, *, checkpoint_file: Path | None, log_keys: list[str] | None
 ) -> None:
@@ -368,11 +413,17 @@ def verify_database(
     roots: dict[int, bytes] = {}
     wanted = {tree.size if tree else 0, checkpoint.size if checkpoint else 0}
     lookups = _Lookups(store)
+    times = _Times()
 
-    def leaves(events: Iterator[AuditEvent]) -> Iterator[AuditEvent]:
+    def leaves(events: Iterator[tuple[AuditEvent, float]]) -> Iterator[AuditEvent]:
         append = compact.append
-        for event in events:
+        stamp, seconds = "", math.nan  # events of one commit share a timestamp: parse it once
+        for event, ts in events:
             lookups.expect(event)
+            if event.timestamp != stamp:
+                stamp, seconds = event.timestamp, times.expected(event.timestamp)
+            if ts != seconds:
+                times.mismatch(event, ts)
             try:
                 append(leaf_hash(bytes.fromhex(event.hash)))
             except ValueError:  # not hex: the chain walk names this event broken
@@ -383,7 +434,7 @@ def verify_database(
 
     with out.status("verifying audit chain") as status:
         report = verify_chain(
-            leaves(store.iter_audit()),
+            leaves(store.iter_audit_ts()),
             progress=lambda n: status.update(f"verifying audit chain: {n}/{total} events"),
         )
     _chain_verdict(report)
@@ -396,6 +447,7 @@ def verify_database(
         )
         raise typer.Exit(EXIT_FAILED)
     lookups.check()
+    times.check()
     tree_text = f"; Merkle tree of {tree.size} leaves matches" if tree else ""
     out.print(
         f"audit chain intact: {report.checked} events, head {report.head_hash}{tree_text}",
