@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tasklease.core.audience import default_audience, validate_resource
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.clientauth import AssertionRefused, assertion_issuer, check_assertion
 from tasklease.core.errors import (
     InvalidDPoPProof,
@@ -197,7 +197,7 @@ class AppSignIn(Service):
         own = default_audience(self._config.audience)
         error: TaskleaseError
         if extra:
-            listed = " ".join(extra)[:200]
+            listed = clipped(" ".join(extra), 200)
             error = InvalidScope(f"an app token holds {' '.join(APP_SCOPES)}; not {listed}")
             why = f"scope_beyond_app_token: {listed}"
         elif resource is not None and resource not in own:

@@ -49,7 +49,7 @@ from tasklease.core.attestpolicy import (
     parse_policy,
 )
 from tasklease.core.audience import check_ceiling
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.delegation import named_principal
 from tasklease.core.errors import InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.federation import Federation, UntrustedDomain
@@ -376,7 +376,7 @@ class AttestationService(Service):
         named = _issuer_named(kind, claims)
         matching = [c for c in map(self._parsed, candidates) if c.issuer == named]
         if not matching:
-            shown = named[:120] if named else "none"
+            shown = clipped(named, 120) if named else "none"
             raise AttestationRefused(f"issuer {shown} not configured", "not_configured")
         if len(matching) > 1:
             raise AttestationRefused(

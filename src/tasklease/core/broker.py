@@ -20,7 +20,7 @@ from typing import Any
 
 from tasklease.core.apps import expires_at_text
 from tasklease.core.audit import Deferred, deferring
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.brokerbase import FEED_SCOPE, BrokerBase, SignIn
 from tasklease.core.kernel import IssuedToken, RequestContext
 from tasklease.core.operators import INIT
@@ -241,8 +241,8 @@ class Broker(BrokerBase):
             self.kernel.record(
                 AuditEntry(
                     "policy_loaded",
-                    detail=f"policy set {loaded.digest[:12]} from {loaded.origin[:256]} "
-                    f"policies=[{','.join(loaded.ids)[:1200]}]",
+                    detail=f"policy set {loaded.digest[:12]} from {clipped(loaded.origin, 256)} "
+                    f"policies=[{clipped(','.join(loaded.ids), 1200)}]",
                 )
             )
             return
@@ -251,7 +251,7 @@ class Broker(BrokerBase):
                 "policy_load_failed",
                 outcome="denied",
                 detail=f"policies refused, the set in force stays "
-                f"{self.kernel.policy.current.digest[:12]}: {str(outcome.error)[:1500]}",
+                f"{self.kernel.policy.current.digest[:12]}: {clipped(str(outcome.error), 1500)}",
             )
         )
 

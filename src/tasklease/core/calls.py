@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tasklease.core.assurance import live_denial
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.callers import about
 from tasklease.core.errors import Forbidden, InsufficientScope, InvalidRequest
 from tasklease.core.kernel import RequestContext, Service
@@ -186,8 +186,9 @@ class CallCounting(Service):
         try:
             grant, allowed = counted_grant(claims, kind, now=now, **call)
         except (TypeError, ValueError) as exc:
-            raise InvalidRequest(f"malformed call: {exc}"[:200]) from None
-        what = f"type={kind[:64]} action={str(call.get('action'))[:64]} jti={claims.jti}"
+            raise InvalidRequest(clipped(f"malformed call: {exc}", 200)) from None
+        action = clipped(str(call.get("action")), 64)
+        what = f"type={clipped(kind, 64)} action={action} jti={claims.jti}"
         if not allowed:
             raise kernel.deny(
                 InsufficientScope("no grant of the token allows this call"),

@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 
 from tasklease.core.audience import validate_resource
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.callers import about, lineage, refused, require_agent
 from tasklease.core.calls import budget_holder, budgets_for
 from tasklease.core.clock import format_rfc3339
@@ -114,7 +114,7 @@ class Delegating(Service):
         denied = replace(
             refused("delegation_attenuation_violation", claims, ctx), deleg_depth=depth
         )
-        parties = f"delegator={claims.sub} | target={delegate_to[:256]}"
+        parties = f"delegator={claims.sub} | target={clipped(delegate_to, 256)}"
         # Both ends in good standing (invariant 1): the delegator is an ancestor of what
         # it hands on, its own registration's lifetime left to the check's ceilings.
         held = kernel.holder_standing(claims)

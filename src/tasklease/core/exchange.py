@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from tasklease.core.audience import validate_resource
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.callers import lineage, refused
 from tasklease.core.calls import budget_holder, budgets_for
 from tasklease.core.clock import format_rfc3339
@@ -230,7 +230,7 @@ class Exchange(Service):
             if not isinstance(request.grant_type, str) or not request.grant_type:
                 raise InvalidRequest("missing required field: grant_type")
             raise UnsupportedGrantType(
-                f"unsupported grant_type: {request.grant_type[:80]}",
+                f"unsupported grant_type: {clipped(request.grant_type, 80)}",
                 hint=f"this endpoint serves {GRANT_TYPE} and client_credentials",
             )
         subject = _token_param(request.subject_token, "subject_token")
@@ -488,7 +488,7 @@ class Exchange(Service):
         )
         self._metrics.delegation_depth.observe(len(chain))
         detail = (
-            f"cross-domain exchange {about} iss={foreign.iss[:128]} "
+            f"cross-domain exchange {about} iss={clipped(foreign.iss, 128)} "
             f"granted={listed(granted)} scope={listed(new.scope)} depth={len(chain)} "
             f"jti={new.jti}{issuance.decision}"
         )

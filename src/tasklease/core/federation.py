@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from tasklease.core import federationfields as fields
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.errors import (
     Conflict,
@@ -199,7 +199,7 @@ class Federation(Service):
                 ctx=ctx,
             )
         except InvalidRequest as exc:
-            shown = trust_domain[:64] if isinstance(trust_domain, str) else ""
+            shown = clipped(trust_domain, 64) if isinstance(trust_domain, str) else ""
             entry = AuditEntry(
                 "federation_refused",
                 outcome="denied",
@@ -366,7 +366,7 @@ class Federation(Service):
                     "federation_denied",
                     outcome="denied",
                     request_id=ctx.request_id,
-                    detail=f"remove trust_domain={trust_domain[:255]}: not federated "
+                    detail=f"remove trust_domain={clipped(trust_domain, 255)}: not federated "
                     f"by={claims.sub}",
                 ),
             )
@@ -476,7 +476,7 @@ class Federation(Service):
         self._refused(trust_domain, error, version, now)
 
     def _refused(self, trust_domain: str, error: str, version: float, now: float) -> None:
-        error = error[:_MAX_ERROR]
+        error = clipped(error, _MAX_ERROR)
         self._metrics.federation_refresh_failures.labels(trust_domain).inc()
 
         def unit(tx: WriteTx) -> list[AuditEntry]:

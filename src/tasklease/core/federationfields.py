@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
+from tasklease.core.auditformat import clipped
 from tasklease.core.errors import InvalidRequest
 from tasklease.core.spiffe import validate_trust_domain
 from tasklease.rules import scopes as scope_rules
@@ -126,7 +127,7 @@ def scopes(value: object, name: str) -> tuple[str, ...]:
     scopes: list[str] = []
     for scope in value:
         if not isinstance(scope, str) or scope_rules.parse_scope(scope) is None:
-            raise InvalidRequest(f"{name}: invalid scope {str(scope)[:64]!r}")
+            raise InvalidRequest(f"{name}: invalid scope {clipped(str(scope), 64)!r}")
         if scope not in scopes:
             scopes.append(scope)
     return tuple(scopes)
@@ -147,9 +148,11 @@ def scope_map(value: object) -> tuple[tuple[str, str], ...]:
             raise InvalidRequest("scope_map must be a list of [foreign_pattern, local_scope] pairs")
         foreign, local = pair
         if scope_rules.parse_scope(foreign) is None:
-            raise InvalidRequest(f"scope_map: invalid foreign scope pattern {foreign[:64]!r}")
+            raise InvalidRequest(
+                f"scope_map: invalid foreign scope pattern {clipped(foreign, 64)!r}"
+            )
         if scope_rules.parse_scope(local) is None:
-            raise InvalidRequest(f"scope_map: invalid local scope {local[:64]!r}")
+            raise InvalidRequest(f"scope_map: invalid local scope {clipped(local, 64)!r}")
         pairs.append((foreign, local))
     return tuple(pairs)
 

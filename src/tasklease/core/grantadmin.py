@@ -14,7 +14,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.errors import Conflict, InvalidRequest, NotFound
 from tasklease.core.granttypes import MAX_SCHEMA_BYTES
 from tasklease.core.kernel import Kernel, RequestContext, Service
@@ -127,12 +127,14 @@ class GrantTypes(Service):
         try:
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:
-            raise InvalidRequest(f"schema is not a JSON Schema: {exc.message[:200]}") from None
+            raise InvalidRequest(
+                f"schema is not a JSON Schema: {clipped(exc.message, 200)}"
+            ) from None
         nested = nested_repetition(schema)
         if nested is not None:
             raise InvalidRequest(
-                f"schema pattern {nested[:100]!r} repeats a repetition: checking an agent's "
-                "grant against it can take exponential time",
+                f"schema pattern {clipped(nested, 100)!r} repeats a repetition: checking an "
+                "agent's grant against it can take exponential time",
                 hint="write it without a repeat inside a repeat, e.g. ^a+$ for ^(a+)+$",
             )
         try:

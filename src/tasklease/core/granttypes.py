@@ -24,6 +24,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from tasklease.core.auditformat import clipped
 from tasklease.core.errors import InvalidAuthorizationDetails
 from tasklease.core.records import GrantTypeRecord
 from tasklease.core.store import Store
@@ -98,7 +99,7 @@ class GrantTypeRegistry:
             found = self._type(kind)
             if found is None:
                 raise InvalidAuthorizationDetails(
-                    f"unknown authorization details type: {kind[:64]}",
+                    f"unknown authorization details type: {clipped(kind, 64)}",
                     hint="the types are scope, resource_access and those an operator adds",
                 )
             body = {k: v for k, v in grant.items() if k != "limits"}
@@ -106,7 +107,7 @@ class GrantTypeRegistry:
             if error is not None:
                 where = "/".join(str(p) for p in error.absolute_path) or "(grant)"
                 raise InvalidAuthorizationDetails(
-                    f"{field}: a {kind[:64]} grant does not match its schema at {where}: "
-                    f"{error.message[:200]}"
+                    f"{field}: a {clipped(kind, 64)} grant does not match its schema at {where}: "
+                    f"{clipped(error.message, 200)}"
                 )
         return details

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
+from tasklease.core.auditformat import clipped
 from tasklease.core.errors import InvalidRequest, NotFound
 from tasklease.core.kernel import Service
 from tasklease.core.lineage import app_ancestor
@@ -316,7 +317,7 @@ class Inventory(Service):
         """
         if state is not None and state not in AGENT_STATES:
             raise InvalidRequest(
-                f"invalid state: {state[:32]}", hint="use " + ", ".join(AGENT_STATES)
+                f"invalid state: {clipped(state, 32)}", hint="use " + ", ".join(AGENT_STATES)
             )
         size = _page_size(limit)
         after = decode_cursor(cursor)
@@ -398,7 +399,8 @@ class Inventory(Service):
         """
         if level is not None and level not in LEVELS:
             raise InvalidRequest(
-                f"invalid revocation level: {level[:32]}", hint="use token, agent, task or chain"
+                f"invalid revocation level: {clipped(level, 32)}",
+                hint="use token, agent, task or chain",
             )
         size = _page_size(limit)
         rows = self._store.list_revocations(

@@ -201,7 +201,7 @@ def denial_entry(entry: AuditEntry, denial_id: str) -> AuditEntry:
     """``entry`` with ``denial_id`` ending its detail (``| denial=<id>``): how every
     refusal's event names it. The detail is shortened first, so sanitization's length cap
     can never cut the id off."""
-    detail = f"{entry.detail[:1800]} | denial={denial_id}" if entry.detail else ""
+    detail = f"{clipped(entry.detail, 1800)} | denial={denial_id}" if entry.detail else ""
     return replace(entry, detail=detail or f"denial={denial_id}")
 
 

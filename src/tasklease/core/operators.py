@@ -26,7 +26,7 @@ from dataclasses import replace
 from nacl.signing import VerifyKey
 
 from tasklease.core.audience import default_audience
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.errors import (
     Conflict,
     InvalidRequest,
@@ -114,7 +114,7 @@ class Operators(Service):
             raise InvalidRequest("missing required field: role")
         if role not in ROLES:
             raise InvalidRequest(
-                f"invalid role: {role[:32]}", hint=f"use one of {', '.join(ROLES)}"
+                f"invalid role: {clipped(role, 32)}", hint=f"use one of {', '.join(ROLES)}"
             )
         key = b"" if public_key is None else decode_public_key(public_key)
         if self._store.get_operator(name) is not None:

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import cedarpy
 import msgspec
 
+from tasklease.core.auditformat import clipped
 from tasklease.core.policyreads import Remembered, reads_of
 from tasklease.core.policyrequest import SCHEMA, PolicyRequest
 
@@ -119,7 +120,7 @@ class Decision:
         verdict = "allow" if self.allowed else "deny"
         text = f" policy={verdict}[{','.join(self.policies)}] policy_set={self.digest[:12]}"
         if self.errors:
-            text += f" policy_errors={len(self.errors)}:{self.errors[0][:200]}"
+            text += f" policy_errors={len(self.errors)}:{clipped(self.errors[0], 200)}"
         return text
 
 
@@ -424,5 +425,5 @@ def _as_json(
 
 def _refusing(error: PolicyError) -> CompiledPolicies:
     """No set in force: every decision denies, naming why."""
-    origin = f"no policy in force: {error}"[:500]
+    origin = clipped(f"no policy in force: {error}", 500)
     return CompiledPolicies((), (), "none", origin, None)

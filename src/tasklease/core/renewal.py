@@ -23,7 +23,7 @@ import time
 from dataclasses import replace
 
 from tasklease.core.audience import default_audience
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.binding import recording
 from tasklease.core.callers import about, refused, require_agent
 from tasklease.core.delegation import principal_ref
@@ -228,7 +228,7 @@ class Renewal(Service):
         base = AuditEntry(
             "agent_resume_denied",
             outcome="denied",
-            agent_id=agent_id[:512],
+            agent_id=clipped(agent_id, 512),
             request_id=ctx.request_id,
         )
 

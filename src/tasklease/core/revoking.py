@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.callers import about
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden, InvalidRequest
@@ -89,7 +89,8 @@ class Revoking(Service):
             raise InvalidRequest("level and target are required")
         if level not in LEVELS:
             raise InvalidRequest(
-                f"invalid revocation level: {level[:32]}", hint="use token, agent, task or chain"
+                f"invalid revocation level: {clipped(level, 32)}",
+                hint="use token, agent, task or chain",
             )
         if len(target) > MAX_TARGET:
             raise InvalidRequest("target is too long")

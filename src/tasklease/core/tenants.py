@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import PurePath
 
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.config import Config
 from tasklease.core.errors import Conflict, InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.kernel import RequestContext, Service
@@ -180,6 +180,6 @@ class Tenants(Service):
             "tenant_refused",
             outcome="denied",
             request_id=ctx.request_id,
-            detail=f"tenant={name[:64]} by={claims.sub}: {error.detail}",
+            detail=f"tenant={clipped(name, 64)} by={claims.sub}: {error.detail}",
         )
         return self._kernel.deny(error, entry)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import nacl.signing
 
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.audittree import consistency_proof, inclusion_proof, root_at
 from tasklease.core.errors import NotFound
 from tasklease.core.kernel import Kernel, RequestContext
@@ -647,7 +647,7 @@ class AuditTransparency:
                     witness.url,
                     size,
                     answer.status,
-                    answer.body[:200].decode("utf-8", "replace").strip(),
+                    clipped(answer.body[:800].decode("utf-8", "replace").strip(), 200),
                 )
                 return None
             try:

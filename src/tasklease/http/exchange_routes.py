@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tasklease.core.auditformat import clipped
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.clientauth import ASSERTION_TYPE
 from tasklease.core.errors import (
@@ -171,7 +172,7 @@ async def parse_exchange_request(request: Request) -> wire.TokenExchangeRequest:
     values: dict[str, str] = {}
     for name, value in pairs:
         if name in values:
-            raise InvalidRequest(f"parameter {name[:32]} given more than once")
+            raise InvalidRequest(f"parameter {clipped(name, 32)} given more than once")
         values[name] = value
     return wire.TokenExchangeRequest(**{k: v for k, v in values.items() if k in _FIELDS})
 

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from tasklease.core.attestors.base import AttestationRefused, Keys
+from tasklease.core.auditformat import clipped
 from tasklease.rules.jws import JWSError, b64url_decode
 
 __all__ = [
@@ -301,10 +302,10 @@ def verify_jwt(
     header = _json_object(_b64(parts[0], "header"), "header")
     if set(header) - set(header_names):
         extra = sorted(set(header) - set(header_names))[0]
-        raise AttestationRefused(f"header parameter {extra[:32]!r} not allowed", "evidence")
+        raise AttestationRefused(f"header parameter {clipped(extra, 32)!r} not allowed", "evidence")
     alg, kid = header.get("alg"), header.get("kid")
     if type(alg) is not str or alg not in algorithms or alg not in ALGORITHMS:
-        shown = alg[:16] if type(alg) is str else "?"
+        shown = clipped(alg, 16) if type(alg) is str else "?"
         raise AttestationRefused(f"algorithm {shown!r} not allowed", "algorithm")
     typ = header.get("typ")
     if typ is not None and (type(typ) is not str or typ.lower() not in {t.lower() for t in typs}):
@@ -313,9 +314,11 @@ def verify_jwt(
         raise AttestationRefused("header has no kid", "key")
     key = keys.get(kid)
     if key is None:
-        raise AttestationRefused(f"kid {kid[:64]!r} not among the issuer's keys", "key")
+        raise AttestationRefused(f"kid {clipped(kid, 64)!r} not among the issuer's keys", "key")
     if alg not in key.algorithms:
-        raise AttestationRefused(f"algorithm {alg} does not fit key {kid[:64]!r}", "algorithm")
+        raise AttestationRefused(
+            f"algorithm {alg} does not fit key {clipped(kid, 64)!r}", "algorithm"
+        )
     signature = _b64(parts[2], "signature")
     signed = f"{parts[0]}.{parts[1]}".encode("ascii")
     _kty, digest, mode = ALGORITHMS[alg]
