@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from tasklease.core.attestors._jwt import ALGORITHMS, AttestationRefused, verify_jwt
+from tasklease.core.auditformat import AuditEntry, sanitize
 from tasklease.core.broker import Broker
 from tasklease.core.errors import TaskleaseError
+from tasklease.core.kernel import denial_entry
 from tasklease.core.records import AuditQuery
 
 HEX = "0123456789abcdef"
@@ -120,3 +122,12 @@ def test_unknown_evidence_kid_keeps_no_cut_secret() -> None:
         verify_jwt(token, {}, algorithms=["ES256"])
     assert "not among the issuer's keys" in str(refused.value)
     assert not _leaks(str(refused.value), secret)
+
+
+def test_a_refusals_detail_cut_to_fit_its_denial_id_keeps_no_cut_secret() -> None:
+    # Every refusal's detail is cut to 1,800 characters before its denial id is added.
+    secret = _secret()
+    entry = AuditEntry("token_auth_failed", detail=f"{_ending_at(1800, 'why: ')}{secret}")
+    out = sanitize(denial_entry(entry, "den_0123456789abcdef").detail)
+    assert out.startswith("why: zz") and out.endswith(" | denial=den_0123456789abcdef")
+    assert not _leaks(out, secret)
