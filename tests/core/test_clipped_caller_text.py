@@ -131,3 +131,16 @@ def test_a_refusals_detail_cut_to_fit_its_denial_id_keeps_no_cut_secret() -> Non
     out = sanitize(denial_entry(entry, "den_0123456789abcdef").detail)
     assert out.startswith("why: zz") and out.endswith(" | denial=den_0123456789abcdef")
     assert not _leaks(out, secret)
+
+
+def test_a_malformed_scope_is_named_back_only_when_it_cannot_be_a_secret() -> None:
+    """A bare 64-hex secret is not a scope: the refusal says which field, not the value."""
+    from tasklease.core.scopes import validate_scopes
+
+    secret = _secret()
+    with pytest.raises(TaskleaseError) as refused:
+        validate_scopes(["read:data:1", secret], field="scope")
+    assert secret[:40] not in refused.value.detail and "<invalid>" in refused.value.detail
+    with pytest.raises(TaskleaseError) as named:
+        validate_scopes(["read data"], field="scope")
+    assert "'read data'" in named.value.detail

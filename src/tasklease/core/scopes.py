@@ -10,6 +10,7 @@ token endpoint's space-separated ``scope`` the same way.
 from __future__ import annotations
 
 from tasklease.core.errors import InvalidRequest
+from tasklease.core.secretshapes import holds_credential, holds_secret
 from tasklease.rules.scopes import MAX_SCOPES, parse_scope
 
 __all__ = ["scope_param", "validate_scopes"]
@@ -27,7 +28,9 @@ def validate_scopes(scopes: object, *, field: str) -> tuple[str, ...]:
     seen: dict[str, None] = {}
     for s in scopes:
         if not isinstance(s, str) or parse_scope(s) is None:
-            shown = s if isinstance(s, str) and len(s) <= 64 else "<invalid>"
+            shown = "<invalid>"
+            if isinstance(s, str) and len(s) <= 64 and not (holds_secret(s) or holds_credential(s)):
+                shown = s  # named back only when it cannot be a secret pasted by mistake
             raise InvalidRequest(
                 f"invalid scope format in {field}: {shown!r}",
                 hint="use action:resource:identifier; '*' only as a whole identifier",
