@@ -6,7 +6,10 @@ the one database (``Store.for_tenant``), with its own configuration
 its own keys (``<key_dir>/tenants/<name>``: signing keys, and the audit log's key in
 ``log/``, through the same key provider; rings held in memory for a broker that has no key
 directory). :class:`Tenancy` makes a tenant's broker when first asked, and forgets one
-within :data:`RECHECK` seconds of its removal by any process.
+within :data:`RECHECK` seconds of its removal by any process (:meth:`Tenancy.recheck`,
+run by the server, notices removals by others without waiting for a request). A broker
+forgotten stops serving (``Broker.stop_serving``): the revocation streams open on its
+tenant end.
 
 A tenant's keys are made when it is created (:meth:`Tenancy.create`), and only then, as
 ``tasklease init`` makes the default tenant's (docs/decisions.md 145 and 152). Opening a
@@ -314,6 +317,27 @@ class Tenancy:
         error.denial_id = denial_id
         return error
 
+    def recheck(self) -> list[str]:
+        """Read again the registry row of every tenant served here whose row was read
+        :data:`RECHECK` seconds ago or more, and stop serving those removed meanwhile (by
+        another process or replica); return their names.
+
+        A request for a tenant reads its row the same way (:meth:`broker`); this is run
+        every :data:`RECHECK` seconds by the server, so a removed tenant that receives no
+        request here is stopped too: its revocation streams end, its housekeeping stops.
+        One tenant's failed read (the database unreachable) does not stop the others'.
+        """
+        with self._lock:
+            names = list(self._brokers)
+        gone: list[str] = []
+        for name in names:
+            try:
+                if self.broker(name) is None:
+                    gone.append(name)
+            except Exception:  # noqa: BLE001 - tried again next round; logged, not raised
+                _log.exception("tenant %s: reading its registry row failed", name)
+        return gone
+
     def brokers(self) -> list[Broker]:
         """The default tenant's broker and every tenant broker made so far."""
         with self._lock:
@@ -399,6 +423,9 @@ class Tenancy:
         return broker
 
     def _stop(self, broker: Broker) -> None:
+        # First: the tenant's revocation streams end now (Broker.stop_serving), so a
+        # resource server following its feed stops hearing it as current.
+        broker.stop_serving()
         stop = self._stops.pop(id(broker), None)
         if stop is not None:
             stop()

@@ -160,6 +160,9 @@ class BrokerBase:
         self._feed_streams = FeedStreams(kernel, self.stream_slots)
         self.audit = kernel.audit
         self.started_at = kernel.started_at
+        # Cleared once, for good, when the process stops serving this broker's tenant
+        # (stop_serving: the tenant was removed, or the process is stopping).
+        self._serving = True
         # Names this process as the holder of store leases (the liveness sweeper's).
         self.instance_id = secrets.token_hex(8)
         # Replicas that share a database must share this secret (server.build_broker
@@ -560,13 +563,28 @@ class BrokerBase:
         return self._freshness.reloads
 
     def add_revocation_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call ``listener()`` after every batch of revocations; returns its remover.
+        """Call ``listener()`` after every batch of revocations, and once more when the
+        broker stops serving (:meth:`stop_serving`); returns its remover.
 
         It runs on the thread that applied them, so it must be cheap and thread-safe,
         for example ``loop.call_soon_threadsafe(event.set)``; it carries no data: the
-        listener reads :meth:`revocation_feed` from its cursor.
+        listener reads :meth:`revocation_feed` from its cursor, and :attr:`serving`.
         """
         return self.kernel.add_listener(listener)
+
+    @property
+    def serving(self) -> bool:
+        """Whether this process still serves the broker's tenant (:meth:`stop_serving`)."""
+        return self._serving
+
+    def stop_serving(self) -> None:
+        """Note that this process no longer serves the broker's tenant (it was removed,
+        here or by another process: ``tasklease.tenancy``), and wake the revocation
+        listeners: the feed ends every stream it has open on the tenant
+        (``tasklease.http.feed``) rather than keep them beating. For good: the tenancy
+        never hands out a broker that stopped serving."""
+        self._serving = False
+        self.kernel.wake_listeners()
 
     def prune(self) -> int:
         """Drop revocation entries, nonces and launch tokens nothing can use any more."""

@@ -556,6 +556,10 @@ class Kernel:
         """Enforce committed revocations in this process and wake the feed's listeners."""
         self.revocations.apply(records)
         self.metrics.revocation_entries.set(len(self.revocations))
+        self.wake_listeners()
+
+    def wake_listeners(self) -> None:
+        """Call every listener (:meth:`add_listener`), as after a batch of revocations."""
         for listener in self._listeners:
             try:
                 listener()

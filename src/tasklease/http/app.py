@@ -49,7 +49,7 @@ from tasklease.http.witnesses import (
     checkpoint_job,
     final_checkpoint,
 )
-from tasklease.tenancy import Tenancy
+from tasklease.tenancy import RECHECK, Tenancy
 
 __all__ = ["create_app"]
 
@@ -127,6 +127,9 @@ def create_app(
                 (CHECKPOINT_TICK, functools.partial(checkpoint_job, client=witness_client)),
             ):
                 tasks.append(asyncio.create_task(_every(interval, _each(tenancy, job))))
+            # Tenants removed by another process or replica stop being served here, with
+            # their revocation streams, even when no request for them comes here.
+            tasks.append(asyncio.create_task(_every(RECHECK, tenancy.recheck)))
         if background and stop_watch is None:
             # Woken by the process that committed (SQLite's datagram), polled as well.
             follow = follow_revocations(

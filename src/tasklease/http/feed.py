@@ -18,7 +18,12 @@ reader reconnects with a fresh token and its cursor, or ``Last-Event-ID``), when
 more than ``queue_size`` entries behind, or when one write blocks for ``write_timeout``
 seconds: a reader that does not read is dropped, never buffered for ever. Every stream
 also ends when the database went back in time (decision 139): its reader reconnects with
-its cursor, and the feed checks it against the store's history.
+its cursor, and the feed checks it against the store's history. And every stream on a
+tenant ends as soon as the process stops serving that tenant (``Broker.stop_serving``: it
+was removed, here or by another process, which this one notices within
+``tasklease.tenancy.RECHECK``): its reader, reconnecting, is answered 404, and a verifier
+hears nothing more of the feed, so it fails closed past its staleness bound rather than
+being kept current by keepalives.
 
 A stream holds a slot of the process's ``core.feedstreams.StreamSlots`` from before it
 starts until it ends, however it ends (decision 140): a reader holds at most
@@ -82,13 +87,21 @@ def _sync_event(page: FeedPage, server_time: float) -> bytes:
 
 
 class _Subscription:
-    __slots__ = ("dropped", "queue", "since")
+    __slots__ = ("dropped", "queue", "since", "wake")
 
     def __init__(self, size: int, since: int) -> None:
         self.queue: asyncio.Queue[RevocationRecord] = asyncio.Queue(size)
         self.dropped = False
+        # Set when the stream is to stop waiting for entries: the hub dropped it, or its
+        # reader hung up.
+        self.wake = asyncio.Event()
         # The hub's cursor when it subscribed: the hub hands it only entries past it.
         self.since = since
+
+    def drop(self) -> None:
+        """End the stream: it stops at once, not at its next keepalive."""
+        self.dropped = True
+        self.wake.set()
 
 
 class RevocationHub:
@@ -115,9 +128,15 @@ class RevocationHub:
         return len(self._subscriptions)
 
     async def subscribe(self) -> _Subscription:
-        await self._ensure_started()
+        """A new stream's subscription; dropped already when the broker no longer serves
+        its tenant (the stream then ends once its backlog is out)."""
+        if self._broker.serving:
+            await self._ensure_started()
         subscription = _Subscription(self._queue_size, self._cursor)
-        self._subscriptions.add(subscription)
+        if self._broker.serving:
+            self._subscriptions.add(subscription)
+        else:
+            subscription.drop()
         return subscription
 
     def unsubscribe(self, subscription: _Subscription) -> None:
@@ -158,6 +177,11 @@ class RevocationHub:
         while True:
             await wake.wait()
             wake.clear()
+            if not self._broker.serving:
+                # Its tenant is no longer served here (Broker.stop_serving): every stream
+                # ends, and no new one is taken (subscribe).
+                self._end_all()
+                return
             try:
                 reloads = self._broker.revocation_reloads
                 page = await run_in_threadpool(
@@ -182,7 +206,7 @@ class RevocationHub:
 
     def _end_all(self) -> None:
         for subscription in list(self._subscriptions):
-            subscription.dropped = True
+            subscription.drop()
         self._subscriptions.clear()
 
     def _fan_out(self, records: list[RevocationRecord]) -> None:
@@ -191,7 +215,7 @@ class RevocationHub:
                 try:
                     subscription.queue.put_nowait(record)
                 except asyncio.QueueFull:
-                    subscription.dropped = True
+                    subscription.drop()
                     self._subscriptions.discard(subscription)
                     break
 
@@ -247,6 +271,7 @@ class _EventStream(Response):
             while (await receive())["type"] != "http.disconnect":
                 pass
             disconnected.set()
+            subscription.wake.set()
 
         watcher = asyncio.create_task(watch())
 
@@ -296,9 +321,15 @@ class _EventStream(Response):
         time between the two reads; the stream ends, and its reader's cursor gets the
         check when it reconnects.
         """
-        clock = self._broker.clock
-        revocations = self._broker.kernel.revocations
+        broker = self._broker
+        clock = broker.clock
+        revocations = broker.kernel.revocations
         while not disconnected.is_set() and not subscription.dropped:
+            if not broker.serving:
+                # Its tenant is no longer served here (the hub ends every stream as well;
+                # this covers one that subscribed as it stopped).
+                _log.info("revocation stream ended: its tenant is no longer served")
+                return
             remaining = self._ends_at - clock.now()
             if remaining <= 0:
                 return  # the reader's token expired: it reconnects with a fresh one
@@ -308,16 +339,17 @@ class _EventStream(Response):
                 _log.info("revocation stream ended: the reader's token was revoked")
                 return
             getter = asyncio.ensure_future(subscription.queue.get())
-            hangup = asyncio.ensure_future(disconnected.wait())
+            # Woken by a hang-up or by the hub dropping the stream.
+            stop = asyncio.ensure_future(subscription.wake.wait())
             await asyncio.wait(
-                {getter, hangup},
+                {getter, stop},
                 timeout=min(self._heartbeat, remaining),
                 return_when=asyncio.FIRST_COMPLETED,
             )
-            hangup.cancel()
+            stop.cancel()
             if not getter.done():
                 getter.cancel()
-                if not disconnected.is_set():
+                if not disconnected.is_set() and not subscription.dropped:
                     await write(_KEEPALIVE)
                 continue
             batch = [getter.result()]
