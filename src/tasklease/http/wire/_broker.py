@@ -343,7 +343,9 @@ OPERATIONS = (
         "last event it read. The stream ends when the reader's token expires or is "
         "revoked, when the reader falls behind, or when the broker finds that its "
         "database went back in time (the reader reconnects with its cursor, and gets a "
-        "snapshot if the entry it names is no longer there). A reader (an app, an "
+        "snapshot if the entry it names is no longer there), or when its tenant is "
+        "removed (on every broker process within about a second: reconnecting, the reader "
+        "is answered 404; docs/tenants.md). A reader (an app, an "
         "operator) holds at most `feed_streams_per_reader` streams at once on one broker "
         "process, and a process serves at most `feed_streams_per_process`: one more is "
         "refused (429, with `Retry-After`) until a stream ends.",
