@@ -146,6 +146,7 @@ class Tenancy:
         # broker then follows one too (stopped when it is forgotten).
         self.watching = False
         self._stops: dict[int, Callable[[], None]] = {}
+        self._recheck_failing: set[str] = set()  # tenants whose last recheck failed
 
     # --- lookup -----------------------------------------------------------------------
 
@@ -334,8 +335,21 @@ class Tenancy:
             try:
                 if self.broker(name) is None:
                     gone.append(name)
-            except Exception:  # noqa: BLE001 - tried again next round; logged, not raised
-                _log.exception("tenant %s: reading its registry row failed", name)
+            except Exception as exc:  # noqa: BLE001 - tried again next round, not raised
+                # Logged once per run of failures: a database away for minutes would
+                # otherwise log every tenant every second.
+                if name not in self._recheck_failing:
+                    self._recheck_failing.add(name)
+                    # The type only: a driver's message may quote a value.
+                    _log.warning(
+                        "tenant %s: reading its registry row failed (%s); tried again "
+                        "every %s s, logged once",
+                        name,
+                        type(exc).__name__,
+                        RECHECK,
+                    )
+            else:
+                self._recheck_failing.discard(name)
         return gone
 
     def brokers(self) -> list[Broker]:

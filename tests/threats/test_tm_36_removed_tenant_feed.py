@@ -13,10 +13,12 @@ verifier following the removed tenant's feed then fails closed past its stalenes
 
 from __future__ import annotations
 
+import logging
 import secrets
 import socket
 import time
 from collections.abc import Iterator
+from unittest.mock import patch
 
 import pytest
 from e2e_support import SHARED_ENV, RunningBroker, jwt_parts, launch_broker, stop_broker
@@ -239,7 +241,9 @@ def test_a_verifier_following_a_removed_tenant_fails_closed(broker: RunningBroke
         verifier.close()
 
 
-def test_a_process_that_did_not_remove_the_tenant_stops_serving_it_unasked() -> None:
+def test_a_process_that_did_not_remove_the_tenant_stops_serving_it_unasked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """In process, two tenancies over one store stand for two workers: the one that did
     not remove the tenant stops serving it at its next registry read (``recheck``, which
     the server runs every RECHECK seconds), with no request for the tenant; the tenant
@@ -274,6 +278,20 @@ def test_a_process_that_did_not_remove_the_tenant_stops_serving_it_unasked() -> 
         assert kept.serving and there.broker("kept") is kept
         assert there.default.serving and here.default.serving
         assert there.broker("gone") is None
+        # The registry unreadable: "kept" goes on being served, and the failure is logged
+        # once, not at every round, until a read succeeds again.
+        with caplog.at_level(logging.WARNING, logger="tasklease"):
+            with patch.object(there, "broker", side_effect=OSError("database away")):
+                for _ in range(3):
+                    now[0] += RECHECK
+                    assert there.recheck() == []
+            now[0] += RECHECK
+            assert there.recheck() == []
+            with patch.object(there, "broker", side_effect=OSError("database away")):
+                assert there.recheck() == []
+        failures = [r for r in caplog.records if "registry row failed" in r.getMessage()]
+        assert len(failures) == 2 and "database away" not in caplog.text
+        assert kept.serving
     finally:
         for tenancy in (here, there):
             tenancy.close()
