@@ -12,6 +12,7 @@ import pytest
 
 from tasklease.core.broker import Broker
 from tasklease.core.clock import ManualClock
+from tasklease.core.delegation import record_signing_input
 from tasklease.core.errors import (
     InvalidRequest,
     InvalidScope,
@@ -24,7 +25,7 @@ from tasklease.core.foreign import converted, local_part, map_scopes
 from tasklease.core.keys import KeyRing
 from tasklease.core.records import MAX_TARGET, RevocationRecord
 from tasklease.core.store import AuditQuery, Store
-from tasklease.core.tokens import KIND_AGENT, mint
+from tasklease.core.tokens import KIND_AGENT, DelegationRecord, mint
 from tasklease.core.validation import TokenRejected
 from tasklease.rules.bundle import TrustBundle, serialize_bundle
 from tasklease.storage import MemoryStore, SQLiteStore
@@ -314,6 +315,46 @@ def test_a_to_b_to_a_maps_back_to_a_and_refuses_a_cycle(a: Broker, b: Broker, ki
     a.revoke(kit.admin(a).claims, level="chain", target=alice.claims.jti, ctx=kit.ctx)
     assert not valid(a, done.token)
     refused(a, InvalidRequest, lambda: exchange(a, kit, back, dave.token))
+
+
+def test_a_peer_cannot_make_us_sign_a_hop_our_agent_never_made(
+    a: Broker, b: Broker, kit: Any, clock: ManualClock
+) -> None:
+    """A (the peer) writes, signed with its own key, a hop "B's victim delegated to A's
+    alice" that no token of ours ever backed. Exchanged at B, it would become a token whose
+    subject is our agent, with a record of that hop signed by our key: refused, since a
+    chain that went out from here lists the ids of our token it came from."""
+    federate(b, a, kit)
+    victim = kit.register(b, scope=["read:data:*"], task_id="t-victim")
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    at = "2027-01-15T08:00:00Z"
+    forged = DelegationRecord(
+        agent=victim.sub,
+        scope=("read:data:*",),
+        delegated_at=at,
+        signature=a.keyring.sign_detached(
+            record_signing_input(victim.sub, alice.sub, ("read:data:*",), at)
+        ).hex(),
+    )
+    subject, _ = mint(
+        a.keyring,
+        kind=KIND_AGENT,
+        iss=a.config.issuer,
+        sub=alice.sub,
+        aud=(f"spiffe://{B}",),
+        iat=int(clock.now()),
+        ttl=60,
+        scope=("read:data:1",),
+        client_id=alice.claims.client_id,
+        task_id="t-alice",
+        orch_id="orch-1",
+        delegation_chain=(forged,),
+    )
+    error = refused(b, InvalidRequest, lambda: exchange(b, kit, subject, bob.token))
+    events, _ = b.store.query_audit(AuditQuery(limit=10_000))
+    [event] = [e for e in events if f"denial={error.denial_id}" in e.detail]
+    assert "none of our token ids" in event.detail
 
 
 def test_a_to_b_to_a_home_agents_standing_counts(a: Broker, b: Broker, kit: Any) -> None:

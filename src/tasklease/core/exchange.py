@@ -502,6 +502,14 @@ class Exchange(Service):
         level = kernel.revocations.match(ForeignProbe(ft.claims, parent.lineage))
         if level is not None:
             return f"subject_token revoked here at level {level}"
+        if local.agents and not local.ids:
+            # A chain that went out from here lists the ids of our token it came from; one
+            # naming our agents without any is the peer's word alone, which we would sign
+            # as our own record of a hop our agent never made.
+            return (
+                f"the chain names our agent {local.agents[0]} but none of our token ids: "
+                "it did not go out from here"
+            )
         for agent in local.agents:
             _, why = kernel.agent_standing(agent, lifetime=False)
             if why:

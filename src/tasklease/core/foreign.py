@@ -288,10 +288,12 @@ def map_scopes(
 @dataclass(frozen=True, slots=True)
 class LocalAncestry:
     """Ancestors of a foreign token that are ours (it went out and came back): our
-    agents and our tasks it names, for the exchange service to check in our store."""
+    agents and our tasks it names, for the exchange service to check in our store, and
+    our own lineage ids it lists (the token and grant ids of ours it descends from)."""
 
     agents: tuple[str, ...] = ()
     tasks: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
 
 
 def _ancestry(ft: ForeignToken, own_domain: str) -> tuple[list[str], LocalAncestry]:
@@ -307,6 +309,7 @@ def _ancestry(ft: ForeignToken, own_domain: str) -> tuple[list[str], LocalAncest
     lineage: list[str] = []
     agents: list[str] = []
     tasks: list[str] = []
+    ids: list[str] = []
     for entry in raw:
         mine = local_part(entry, own_domain)
         if mine is None:
@@ -321,13 +324,14 @@ def _ancestry(ft: ForeignToken, own_domain: str) -> tuple[list[str], LocalAncest
             continue
         else:
             found = mine
+            ids.append(mine)
         if found not in lineage:
             lineage.append(found)
     for agent in (*hops, claims.sub):
         parsed = parse_agent_id(agent)
         if parsed is not None and parsed.trust_domain == own_domain and agent not in agents:
             agents.append(agent)
-    return lineage, LocalAncestry(tuple(agents), tuple(tasks))
+    return lineage, LocalAncestry(tuple(agents), tuple(tasks), tuple(ids))
 
 
 def _as_ours(entry: str, own_domain: str) -> str:
