@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 from tasklease.core.apps import Apps
 from tasklease.core.attestation import AttestationService
 from tasklease.core.audit import Deferred
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.binding import DPoPNonces, StoreProofLedger
 from tasklease.core.calls import CallCount, CallCounting
 from tasklease.core.clientlimits import ADMIN_SIGN_IN, APP_SIGN_IN, ClientLimit, Limit
@@ -26,6 +26,7 @@ from tasklease.core.config import Config
 from tasklease.core.delegating import Delegating
 from tasklease.core.discovery import Discovery
 from tasklease.core.errors import (
+    Forbidden,
     InsufficientScope,
     InvalidRequest,
     RateLimited,
@@ -78,7 +79,7 @@ from tasklease.core.validation import TokenRejected, Validator
 from tasklease.core.workload import WorkloadIdentities
 from tasklease.rules.binding import DPoPVerifier, Presentation
 
-__all__ = ["FEED_SCOPE", "BrokerBase", "SignIn"]
+__all__ = ["FEED_SCOPE", "BrokerBase", "ConsoleFormRefusal", "SignIn"]
 
 _log = logging.getLogger("tasklease.broker")
 
@@ -86,6 +87,10 @@ T = TypeVar("T")
 
 SignIn = Literal["admin", "app"]
 """Which sign-in limit an attempt spends (:meth:`BrokerBase.admit_sign_in`)."""
+
+ConsoleFormRefusal = Literal["cross_origin", "stale_form"]
+"""Why a console form was refused (:meth:`BrokerBase.refuse_console_form`)."""
+_FORM_REFUSED = "this form is stale or came from another site"
 
 # What an operator's token needs to read the revocation feed or introspect: the
 # revocation power (the admin and operator roles hold it; the auditor role does not).
@@ -445,6 +450,32 @@ class BrokerBase:
     ) -> dict[str, Any]:
         """RFC 7662 introspection of an agent access token (JWT or by-reference)."""
         return self._tokens.introspect(caller, token=token, audience=audience, ctx=ctx)
+
+    # --- the console's forms (http.console) ---------------------------------------------
+
+    async def refuse_console_form(
+        self, reason: ConsoleFormRefusal, ctx: RequestContext, *, operator: str, origin: str
+    ) -> TaskleaseError:
+        """Audit a console form refused before it did anything: ``reason`` says whether it
+        came from another origin (``cross_origin``) or lacked its page's CSRF value
+        (``stale_form``), a forgery's two marks. One ``console_form_refused`` event names
+        the form's path, the ``Origin`` sent (``-`` for none), the client's address and
+        the operator whose session the request carried (``operator``, "" when none was
+        authenticated); the generic ``Forbidden`` with its ``denial_id`` is returned for
+        the console to answer. Its ``denial_id`` spends one of the client's refusal
+        budget, as every audited refusal does."""
+        sent = clipped(origin, 256) if origin else "-"
+        return await self.kernel.adeny(
+            Forbidden(_FORM_REFUSED),
+            AuditEntry(
+                "console_form_refused",
+                outcome="denied",
+                agent_id=operator,
+                resource=ctx.path,
+                request_id=ctx.request_id,
+                detail=f"console form refused: {reason} | origin={sent} from {ctx.remote}",
+            ),
+        )
 
     # --- app clients that do not authenticate (core.appauth) ----------------------------
 

@@ -15,6 +15,7 @@ a Broker call, as the API makes it: no rule is written twice. Turned off with
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from importlib.resources import files
 from typing import Any, NamedTuple
@@ -29,6 +30,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from tasklease.core.auditformat import verify_chain
 from tasklease.core.broker import Broker, RequestContext
+from tasklease.core.brokerbase import ConsoleFormRefusal
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.errors import (
     InsufficientScope,
@@ -112,7 +114,17 @@ _templates.filters["when"] = lambda ts: format_rfc3339_seconds(ts) if ts else ""
 
 
 class _SignIn(Exception):
-    """No valid session: send the browser to the sign-in page."""
+    """No valid session: send the browser to the sign-in page, with the ``denial_id`` of
+    the broker's refusal of the session's token ("" when there was no token to refuse)."""
+
+    def __init__(self, denial_id: str = "") -> None:
+        super().__init__(denial_id)
+        self.denial_id = denial_id
+
+
+# The shape of a denial id (core.kernel.new_denial_id): what the sign-in page takes from
+# its query string, nothing else.
+_DENIAL_ID = re.compile(r"den_[0-9a-f]{16}")
 
 
 def console_routes(
@@ -160,8 +172,8 @@ def console_routes(
             return await run_in_threadpool(check), token
         except InsufficientScope:
             raise
-        except Unauthorized:
-            raise _SignIn from None
+        except Unauthorized as exc:
+            raise _SignIn(exc.denial_id or "") from None
 
     def viewer(claims: Claims, token: str) -> dict[str, Any]:
         return {
@@ -172,32 +184,70 @@ def console_routes(
             "expires": format_rfc3339_seconds(claims.exp),
         }
 
+    def signed_out(request: Request, denial_id: str) -> Response:
+        """The answer to a request without a valid session: a fragment's script reloads
+        its page on a 401; a page goes to the sign-in page, which names the refusal."""
+        if request.headers.get("x-console-fragment"):
+            text = "session ended"
+            if denial_id:
+                why = f"the audit log's event ending denial={denial_id} says why"
+                text += f"; refusal {denial_id}: {why}"
+            return Response(text + "\n", 401, media_type="text/plain")
+        query = f"?{urlencode({'denial': denial_id})}" if denial_id else ""
+        return RedirectResponse(f"{base(request)}/login{query}", 303)
+
+    async def refused_form(
+        request: Request, reason: ConsoleFormRefusal, *, operator: str, signed_in: bool
+    ) -> Response:
+        """A form from another origin or without its page's CSRF value: audited once (the
+        broker's ``console_form_refused``), answered 403 with the refusal's id."""
+        origin = request.headers.get("origin", "")
+        try:
+            exc = await broker.refuse_console_form(
+                reason, context(request), operator=operator, origin=origin
+            )
+        except TaskleaseError as failed:  # its event could not be written: 503
+            exc = failed
+        return page(
+            request,
+            "error.html",
+            status_for(exc.code),
+            message=_STALE_FORM if exc.denial_id else exc.detail,
+            denial_id=exc.denial_id,
+            signed_in=signed_in,
+        )
+
     def guarded(
         handler: Callable[[Request, dict[str, Any]], Any], scope: str
     ) -> Callable[[Request], Any]:
         async def run(request: Request) -> Response:
             if plain_http_refused(request):
                 return page(request, "error.html", 403, message=_PLAIN_HTTP, signed_in=False)
+            if request.method == "POST" and not own_origin(request):
+                # Before the session: another site's forged form comes without the session
+                # cookie (SameSite=Strict), and is refused and audited all the same.
+                return await refused_form(request, "cross_origin", operator="", signed_in=False)
             try:
                 claims, token = await session(request, scope)
                 result: Response = await handler(request, viewer(claims, token))
                 return result
-            except _SignIn:
-                if request.headers.get("x-console-fragment"):
-                    return Response("session ended", 401)
-                return RedirectResponse(f"{base(request)}/login", 303)
+            except _SignIn as ended:
+                return signed_out(request, ended.denial_id)
             except NotFound as exc:
                 return page(request, "error.html", 404, message=exc.detail, signed_in=True)
             except TaskleaseError as exc:
-                status = 403 if isinstance(exc, InsufficientScope) else 400
-                return page(
+                # The status the API answers the same error with (problems.status_for).
+                refused = page(
                     request,
                     "error.html",
-                    status,
+                    status_for(exc.code),
                     message=exc.detail,
                     denial_id=exc.denial_id,
                     signed_in=True,
                 )
+                if exc.retry_after is not None:
+                    refused.headers["retry-after"] = str(exc.retry_after)
+                return refused
 
         run.__name__ = getattr(handler, "__name__", "page")
         return run
@@ -208,7 +258,17 @@ def console_routes(
         if plain_http_refused(request):
             return page(request, "error.html", 403, message=_PLAIN_HTTP, signed_in=False)
         value = login_csrf()
-        response = page(request, "login.html", csrf=value, error="")
+        # Sent here from a page whose session the broker refused: name that refusal. Only
+        # a denial id's exact shape is shown; anything else in the query is ignored.
+        shown = request.query_params.get("denial", "")
+        ended = shown if _DENIAL_ID.fullmatch(shown) else ""
+        response = page(
+            request,
+            "login.html",
+            csrf=value,
+            error=_ENDED if ended else "",
+            denial_id=ended,
+        )
         set_cookie(response, request, LOGIN_COOKIE, value, path=base(request), max_age=600)
         return response
 
@@ -216,11 +276,11 @@ def console_routes(
         if plain_http_refused(request):
             return page(request, "error.html", 403, message=_PLAIN_HTTP, signed_in=False)
         if not own_origin(request):
-            return page(request, "error.html", 403, message=_STALE_FORM, signed_in=False)
+            return await refused_form(request, "cross_origin", operator="", signed_in=False)
         form = await _form(request)
         expected = request.cookies.get(LOGIN_COOKIE, "")
         if not valid_csrf(expected, form.get("csrf", "")):
-            return page(request, "error.html", 403, message=_STALE_FORM, signed_in=False)
+            return await refused_form(request, "stale_form", operator="", signed_in=False)
         try:
             await limit_sign_in(broker, "admin", request)
         except TaskleaseError as exc:  # 429, or 503: its run's event could not be written
@@ -250,8 +310,11 @@ def console_routes(
 
         try:
             token, lifetime = await run_in_threadpool(sign_in)
-        except TaskleaseError:
-            return page(request, "login.html", 401, csrf=expected, error=_WRONG)
+        except TaskleaseError as exc:
+            # One message whichever was wrong; the denial id leads to the audited reason.
+            return page(
+                request, "login.html", 401, csrf=expected, error=_WRONG, denial_id=exc.denial_id
+            )
         response = RedirectResponse(f"{base(request)}/", 303)
         set_cookie(response, request, SESSION_COOKIE, token, path=base(request), max_age=lifetime)
         set_cookie(response, request, LOGIN_COOKIE, "", path=base(request), max_age=0)
@@ -260,9 +323,10 @@ def console_routes(
     async def logout(request: Request) -> Response:
         form = await _form(request)
         token = request.cookies.get(SESSION_COOKIE, "")
-        fresh = bool(token) and valid_csrf(csrf_for(token), form.get("csrf", ""))
-        if not fresh or not own_origin(request):
-            return page(request, "error.html", 403, message=_STALE_FORM, signed_in=False)
+        if not own_origin(request):
+            return await refused_form(request, "cross_origin", operator="", signed_in=False)
+        if not (token and valid_csrf(csrf_for(token), form.get("csrf", ""))):
+            return await refused_form(request, "stale_form", operator="", signed_in=False)
         ctx = context(request)
 
         def end() -> None:
@@ -460,8 +524,9 @@ def console_routes(
 
     async def revoke(request: Request, me: dict[str, Any]) -> Response:
         form = await _form(request)
-        if not own_origin(request) or not valid_csrf(me["csrf"], form.get("csrf", "")):
-            return page(request, "error.html", 403, message=_STALE_FORM, signed_in=True)
+        # Its origin was checked before its session (guarded).
+        if not valid_csrf(me["csrf"], form.get("csrf", "")):
+            return await refused_form(request, "stale_form", operator=me["who"], signed_in=True)
         token = request.cookies.get(SESSION_COOKIE, "")
         ctx = context(request)
         level, target = form.get("level", ""), form.get("target", "")
@@ -520,6 +585,7 @@ _PLAIN_HTTP = (
 )
 _STALE_FORM = "This form is stale or came from another site. Reload the page and try again."
 _WRONG = "Sign-in failed: check the operator name and secret."
+_ENDED = "The session ended or was refused: sign in again."
 _TOO_MANY = "Too many sign-in attempts: wait a little and try again."
 _EXPORTED = (
     "id",

@@ -1,0 +1,300 @@
+"""The console's refusals name their audit event (docs/console.md, "Refused pages"): a
+failed sign-in, a session the broker no longer takes and a form from another origin or
+without its page's CSRF value each answer with the ``denial_id`` of exactly one audit
+event, as the API's problem bodies do. In process, over the app's ASGI interface (no
+browser)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tasklease.core.broker import Broker
+from tasklease.core.clock import ManualClock
+from tasklease.core.config import Config
+from tasklease.core.keys import KeyRing
+from tasklease.core.passwords import hash_secret
+from tasklease.core.records import AuditEvent
+from tasklease.http.app import create_app
+from tasklease.storage import MemoryStore
+
+ADMIN_SECRET = "console-refusals-admin-secret-0123456789"
+# httpx's ASGI transport connects from 127.0.0.1 (the console serves loopback over plain
+# HTTP); with no public_url the broker's own origin is the address it serves on.
+ORIGIN = "http://127.0.0.1:8080"
+ELSEWHERE = "https://elsewhere.example"
+DENIAL = re.compile(r"den_[0-9a-f]{16}")
+# A token of the right shape that no key of this broker signed.
+FORGED_SESSION = "eyJhbGciOiJFZERTQSJ9.e30.AAAA"
+
+
+def _broker(**config: Any) -> Broker:
+    return Broker(
+        Config(admin_secret_hash=hash_secret(ADMIN_SECRET), **config),
+        MemoryStore(),
+        KeyRing.generate(),
+        clock=ManualClock(1_800_000_000.0),
+        nonce_secret=b"n" * 32,
+    )
+
+
+def _run(broker: Broker, go: Callable[[httpx.AsyncClient], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        transport = httpx.ASGITransport(app=create_app(broker, background=False))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return await go(c)
+
+    return asyncio.run(main())
+
+
+def _events(broker: Broker) -> list[AuditEvent]:
+    return list(broker.store.iter_audit())
+
+
+def _named(broker: Broker, denial_id: str) -> list[AuditEvent]:
+    """The audit events whose detail ends with ``denial_id``."""
+    return [e for e in _events(broker) if (e.detail or "").endswith(f"denial={denial_id}")]
+
+
+def _shown(text: str) -> str:
+    """The one denial id an answer names (it may name it more than once)."""
+    found: set[str] = set(DENIAL.findall(text))
+    assert len(found) == 1, text[:2000]
+    return found.pop()
+
+
+def _csrf(text: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', text)
+    assert found is not None, text[:2000]
+    return found.group(1)
+
+
+async def _sign_in(client: httpx.AsyncClient) -> str:
+    """Sign in with the admin secret; the CSRF value of the console's forms."""
+    form = await client.get("/console/login")
+    signed = await client.post(
+        "/console/login",
+        data={"csrf": _csrf(form.text), "operator": "", "secret": ADMIN_SECRET},
+        headers={"origin": ORIGIN},
+    )
+    assert signed.status_code == 303, signed.text
+    home = await client.get("/console/")
+    assert home.status_code == 200, home.text
+    return _csrf(home.text)
+
+
+# -- F1: a failed sign-in -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("operator", ["", "nobody"], ids=["admin-secret", "unknown-operator"])
+def test_a_failed_sign_in_names_its_one_audit_event(operator: str) -> None:
+    broker = _broker()
+
+    async def go(client: httpx.AsyncClient) -> httpx.Response:
+        form = await client.get("/console/login")
+        return await client.post(
+            "/console/login",
+            data={"csrf": _csrf(form.text), "operator": operator, "secret": "wrong-" + "x" * 30},
+            headers={"origin": ORIGIN},
+        )
+
+    page = _run(broker, go)
+    assert page.status_code == 401
+    # One message, whichever of the two was wrong.
+    assert "Sign-in failed: check the operator name and secret." in page.text
+    denial_id = _shown(page.text)
+    [event] = _named(broker, denial_id)
+    assert event.outcome == "denied"
+    assert event.event_type in ("admin_auth_failed", "operator_auth_failed")
+
+
+# -- F2: a session the broker refuses -----------------------------------------------------
+
+
+def test_a_fragment_of_a_dead_session_names_the_refusal_of_its_token() -> None:
+    broker = _broker()
+
+    async def go(client: httpx.AsyncClient) -> httpx.Response:
+        client.cookies.set("tasklease_console", FORGED_SESSION)
+        return await client.get("/console/live/agents", headers={"x-console-fragment": "1"})
+
+    answer = _run(broker, go)
+    assert answer.status_code == 401
+    assert answer.text.startswith("session ended")
+    [event] = _named(broker, _shown(answer.text))
+    assert (event.event_type, event.outcome) == ("token_auth_failed", "denied")
+
+
+def test_a_page_of_a_dead_session_sends_the_refusal_on_to_the_sign_in_page() -> None:
+    broker = _broker()
+
+    async def go(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
+        client.cookies.set("tasklease_console", FORGED_SESSION)
+        sent = await client.get("/console/agents")
+        assert sent.status_code == 303, sent.text
+        return sent, await client.get(sent.headers["location"])
+
+    sent, login = _run(broker, go)
+    denial_id = _shown(sent.headers["location"])
+    assert sent.headers["location"] == f"/console/login?denial={denial_id}"
+    assert login.status_code == 200
+    assert _shown(login.text) == denial_id
+    [event] = _named(broker, denial_id)
+    assert (event.event_type, event.outcome) == ("token_auth_failed", "denied")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["den_0123456789abcdeg", "den_0123456789abcdef0", "<b>den_0123456789abcdef</b>", "x"],
+)
+def test_the_sign_in_page_shows_only_a_denial_ids_exact_shape(value: str) -> None:
+    broker = _broker()
+
+    async def go(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.get("/console/login", params={"denial": value})
+
+    login = _run(broker, go)
+    assert login.status_code == 200
+    assert DENIAL.search(login.text) is None
+    assert "<b>" not in login.text
+
+
+def test_no_session_at_all_is_sent_to_sign_in_without_a_refusal() -> None:
+    broker = _broker()
+    before = len(_events(broker))
+    sent = _run(broker, lambda client: client.get("/console/agents"))
+    assert sent.status_code == 303 and sent.headers["location"] == "/console/login"
+    assert len(_events(broker)) == before
+
+
+# -- F3: forms from another origin or without their page's CSRF value --------------------
+
+
+def _revoke(csrf: str | None, origin: str) -> Callable[[httpx.AsyncClient], Awaitable[Any]]:
+    async def go(client: httpx.AsyncClient) -> httpx.Response:
+        fresh = await _sign_in(client)
+        return await client.post(
+            "/console/revoke",
+            data={"csrf": fresh if csrf is None else csrf, "level": "task", "target": "t-1"},
+            headers={"origin": origin},
+        )
+
+    return go
+
+
+def _login(csrf: str | None, origin: str) -> Callable[[httpx.AsyncClient], Awaitable[Any]]:
+    async def go(client: httpx.AsyncClient) -> httpx.Response:
+        form = await client.get("/console/login")
+        fresh = _csrf(form.text)
+        return await client.post(
+            "/console/login",
+            data={"csrf": fresh if csrf is None else csrf, "secret": ADMIN_SECRET},
+            headers={"origin": origin},
+        )
+
+    return go
+
+
+def _logout(csrf: str | None, origin: str) -> Callable[[httpx.AsyncClient], Awaitable[Any]]:
+    async def go(client: httpx.AsyncClient) -> httpx.Response:
+        fresh = await _sign_in(client)
+        return await client.post(
+            "/console/logout",
+            data={"csrf": fresh if csrf is None else csrf},
+            headers={"origin": origin},
+        )
+
+    return go
+
+
+@pytest.mark.parametrize(
+    ("form", "csrf", "origin", "reason", "operator"),
+    [
+        (_revoke, "forged", ORIGIN, "stale_form", "admin"),
+        (_revoke, None, ELSEWHERE, "cross_origin", ""),
+        (_login, "forged", ORIGIN, "stale_form", ""),
+        (_login, None, ELSEWHERE, "cross_origin", ""),
+        (_logout, "forged", ORIGIN, "stale_form", ""),
+        (_logout, None, ELSEWHERE, "cross_origin", ""),
+    ],
+    ids=[
+        "revoke-stale",
+        "revoke-cross-origin",
+        "login-stale",
+        "login-cross-origin",
+        "logout-stale",
+        "logout-cross-origin",
+    ],
+)
+def test_a_refused_form_is_audited_once_and_names_its_refusal(
+    form: Callable[[str | None, str], Callable[[httpx.AsyncClient], Awaitable[Any]]],
+    csrf: str | None,
+    origin: str,
+    reason: str,
+    operator: str,
+) -> None:
+    broker = _broker()
+    answer = _run(broker, form(csrf, origin))
+    assert answer.status_code == 403
+    assert "stale or came from another site" in answer.text
+    denial_id = _shown(answer.text)
+    [event] = _named(broker, denial_id)
+    assert (event.event_type, event.outcome) == ("console_form_refused", "denied")
+    assert f"console form refused: {reason} | origin={origin} from 127.0.0.1" in event.detail
+    assert event.agent_id == operator
+    assert event.resource.startswith("/console/")
+    # Refused before it acted: nothing revoked, no one signed in or out after it.
+    assert _events(broker)[-1] == event
+    assert "tasklease_console=" not in answer.headers.get("set-cookie", "")
+
+
+def test_another_sites_forged_revoke_without_the_session_cookie_is_audited() -> None:
+    """What a browser sends for another site's form: its Origin, and no session cookie
+    (SameSite=Strict). Refused and audited before any session is read."""
+    broker = _broker()
+
+    async def go(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.post(
+            "/console/revoke",
+            data={"csrf": "guess", "level": "task", "target": "t-1"},
+            headers={"origin": ELSEWHERE},
+        )
+
+    answer = _run(broker, go)
+    assert answer.status_code == 403
+    [event] = _named(broker, _shown(answer.text))
+    assert event.event_type == "console_form_refused"
+    assert "cross_origin" in event.detail
+    assert _events(broker) == [event]
+
+
+def test_refused_forms_spend_the_clients_refusal_budget() -> None:
+    """A forger cannot fill the audit log: each refused form spends one of the client's
+    refusal budget, and once it is spent the console answers 429 before any work, the
+    run under one ``refusals_rate_limited`` event."""
+    burst = 3
+    broker = _broker(refusal_burst=burst, refusal_rate=0.001)
+    tries = 10
+
+    async def go(client: httpx.AsyncClient) -> list[httpx.Response]:
+        return [
+            await client.post(
+                "/console/login", data={"csrf": "x", "secret": "y"}, headers={"origin": ELSEWHERE}
+            )
+            for _ in range(tries)
+        ]
+
+    answers = _run(broker, go)
+    statuses = [a.status_code for a in answers]
+    assert statuses == [403] * burst + [429] * (tries - burst), statuses
+    kinds = [e.event_type for e in _events(broker)]
+    assert kinds.count("console_form_refused") == burst
+    assert kinds.count("refusals_rate_limited") == 1
+    limited = {a.json()["denial_id"] for a in answers[burst:]}
+    [run] = [e for e in _events(broker) if e.event_type == "refusals_rate_limited"]
+    assert limited == {_shown(run.detail)}
