@@ -76,7 +76,9 @@ def test_signing_out_revokes_the_sessions_token(broker: RunningBroker) -> None:
     with httpx.Client(base_url=broker.url, timeout=15.0, follow_redirects=False) as copy:
         copy.cookies.set(COOKIE, token, domain="127.0.0.1", path="/console")
         again = copy.get("/console/")
-    assert again.status_code == 303 and again.headers["location"].endswith("/console/login")
+    # ... and the sign-in page it is sent to names the refusal of the revoked token.
+    assert again.status_code == 303
+    assert re.fullmatch(r"/console/login\?denial=den_[0-9a-f]{16}", again.headers["location"])
     api = broker.get("/v1/admin/operators", headers={"Authorization": f"Bearer {token}"})
     assert api.status_code == 401
     events = broker.get(
