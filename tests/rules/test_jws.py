@@ -704,6 +704,59 @@ def test_decode_answers_alike_on_every_path(
             assert parts == tuple(expected[name])
 
 
+@pytest.mark.parametrize("span", _SPANS)
+def test_decode_parts_claimed_accepts_what_decode_accepts(
+    signer: Signer, span: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Would fail if: the claimed variant skipped a check of decode (accepting a token it
+    # refuses), handed the resolver other claims than those it returns, or returned claims
+    # other than decode's.
+    variants = _token_variants(signer)
+    expected = {name: _outcome(signer.decode, token) for name, token in variants.items()}
+    _use_span(monkeypatch, span)
+    for name, token in variants.items():
+        seen: list[tuple[str, dict[str, Any]]] = []
+
+        def resolve(kid: str, claims: dict[str, Any]) -> nacl.signing.VerifyKey | None:
+            seen.append((kid, claims))
+            return signer.resolve(kid)
+
+        outcome = _outcome(jws.decode_parts_claimed, token, resolve, TYPS)
+        if isinstance(expected[name], jws.Decoded):
+            assert outcome == tuple(expected[name]), name
+            assert seen == [("k1", outcome[2])] and seen[0][1] is outcome[2], name
+        else:
+            assert isinstance(outcome, str), name  # refused, as decode refuses it
+
+
+def test_decode_parts_claimed_lets_the_claims_choose_the_key(signer: Signer) -> None:
+    # Would fail if: the key the claims chose were not the one the signature is checked
+    # against, or a malformed payload reached the resolver.
+    other = Signer()  # same kid, another key
+    token = signer.token({"iss": "one", "sub": "a"})
+    keys = {"one": signer.key.verify_key, "two": other.key.verify_key}
+
+    def by_issuer(kid: str, claims: dict[str, Any]) -> nacl.signing.VerifyKey | None:
+        return keys.get(claims.get("iss")) if kid == "k1" else None
+
+    assert jws.decode_parts_claimed(token, by_issuer, TYPS)[2] == {"iss": "one", "sub": "a"}
+    forged = other.token({"iss": "one", "sub": "a"})
+    assert _outcome(jws.decode_parts_claimed, forged, by_issuer, TYPS) == "bad signature"
+    assert _outcome(jws.decode_parts_claimed, other.token({"iss": "three"}), by_issuer, TYPS) == (
+        "unknown kid"
+    )
+
+    def never(_kid: str, _claims: dict[str, Any]) -> nacl.signing.VerifyKey:
+        raise AssertionError("resolve_key called for a malformed payload")
+
+    duplicate = signer.forge({"alg": "EdDSA", "typ": TYP, "kid": "k1"}, b'{"iss":"a","iss":"b"}')
+    assert "duplicate" in _outcome(jws.decode_parts_claimed, duplicate, never, TYPS)
+    not_object = _signed_with_payload_segment(signer, _std_b64url(b"[1]"))
+    assert isinstance(_outcome(jws.decode_parts_claimed, not_object, never, TYPS), str)
+    none_alg = signer.forge({"alg": "none", "typ": TYP, "kid": "k1"}, b"{}")
+    assert _outcome(jws.decode_parts_claimed, none_alg, never, TYPS) == "alg not allowed"
+
+
 @pytest.mark.parametrize(
     "token",
     ["", ".", "..", "...", "a", "a.b", "a.b.", ".a.b", "a..b", "a.b.c.d", "a..", "..a", "a.b..c"],
@@ -823,6 +876,7 @@ def test_public_surface() -> None:
             "decode",
             "decode_embedded_key",
             "decode_parts",
+            "decode_parts_claimed",
             "decode_unverified",
             "decode_with_key",
             "encode",

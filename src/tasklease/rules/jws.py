@@ -71,6 +71,7 @@ __all__ = [
     "decode",
     "decode_embedded_key",
     "decode_parts",
+    "decode_parts_claimed",
     "decode_unverified",
     "decode_with_key",
     "encode",
@@ -211,6 +212,66 @@ def decode_parts(
     if payload is None:
         payload = signed_payload_checked(raw[first + 1 : last])
     return typ, kid, payload_object(payload)
+
+
+def decode_parts_claimed(
+    token: str,
+    resolve_key: Callable[[str, dict[str, Any]], nacl.signing.VerifyKey | None],
+    allowed_typs: Container[str],
+    max_bytes: int = MAX_TOKEN_BYTES,
+) -> tuple[str, str, dict[str, Any]]:
+    """:func:`decode_parts` for a verifier that trusts several issuers, each with its own
+    keys, where a token's claims say which issuer's keys may verify it.
+
+    ``resolve_key`` is given the ``kid`` and the payload, parsed as :func:`decode` parses
+    it but not yet verified: it may read the payload only to choose whose keys to look
+    ``kid`` up in, and the caller must check the verified claims against that choice
+    (a token naming one issuer and signed by another's key then fails the signature or
+    that check). Every check of :func:`decode` is made, in its order, except that the
+    payload's base64url and JSON are checked before the key is resolved (a malformed
+    payload is refused for that, whatever its signature). The claims returned are the
+    parsed ones; the signature covered their exact text, so nothing is parsed twice.
+
+    Raises:
+        JWSError: at the first failed step, with its reason.
+    """
+    if not isinstance(token, str):
+        raise JWSError("token is not a string")
+    if len(token) > max_bytes:
+        raise JWSError("token too large")
+    if not token.isascii():
+        raise JWSError("token is not ASCII")
+    first, last = token.find("."), token.rfind(".")
+    if first == last or token.find(".", first + 1) != last:
+        raise JWSError("token must have 3 segments")
+    if first == 0 or last == first + 1 or last == len(token) - 1:
+        raise JWSError("token has an empty segment")
+    header_seg = token[:first]
+    cached = _VERIFIED_HEADERS.get(header_seg)
+    typ, kid = _parse_header(header_seg) if cached is None else cached
+    if typ not in allowed_typs:
+        typ = _allowed_spelling(typ, allowed_typs)
+    raw = token.encode("ascii")
+    payload = b64_span(raw, first, last)
+    if payload is None:
+        payload = signed_payload_checked(raw[first + 1 : last])
+    claims = payload_object(payload)
+    key = resolve_key(kid, claims)
+    if key is None:
+        raise JWSError("unknown kid")
+    signature = b64_span(raw, last, len(raw))
+    rem = (len(raw) - last - 1) & 3
+    if signature is None or (rem and raw[-1] not in CANONICAL_LAST_BYTE[rem]):
+        signature = b64url_decode_checked(token[last + 1 :], "signature")
+    if len(signature) != SIGNATURE_BYTES:
+        raise JWSError("signature length")
+    if not _verify_token_signature(raw, last, signature, key):
+        raise JWSError("bad signature")
+    if cached is None:
+        if len(_VERIFIED_HEADERS) >= _VERIFIED_HEADERS_MAX:
+            _VERIFIED_HEADERS.clear()
+        _VERIFIED_HEADERS[header_seg] = (typ, kid)
+    return typ, kid, claims
 
 
 def payload_object(payload: bytes) -> dict[str, Any]:
