@@ -6,11 +6,16 @@ Each domain's keys come from its SPIFFE bundle, fetched from its bundle endpoint
 HTTPS (SPIFFE Federation ``https_web``: the certificate checked against ``ca_file`` or the
 system's trust store, for the URL's host), refreshed on the bundle's hint and, at most
 once per interval, for a key id it does not hold. The keys of two domains are never
-merged: a token is checked only against the bundle of the domain whose key id it names,
-and must then be issued by that domain's issuer, held by one of that domain's agents, and
-ask for nothing beyond its ceiling (scopes only: a token carrying structured grants,
-``authorization_details``, is refused). A domain whose last good bundle is older than
-``max_bundle_age`` is refused (fail closed).
+merged, and a key id never chooses a domain: a token belongs to the domain its holder's
+SPIFFE ID names (``act.sub`` of a delegated token, else ``sub``: a broker issues tokens
+to its own agents only), read before the signature only to choose the keys
+(:meth:`Federations.claimed`), and is checked against that domain's bundle alone. A token
+whose holder names no configured domain is the home broker's, checked against its JWKS
+alone. So a domain publishing another's key id (or the home broker's) takes nothing from
+it. A federated token must then be issued by its domain's issuer, held by one of that
+domain's agents, and ask for nothing beyond its ceiling (scopes only: a token carrying
+structured grants, ``authorization_details``, is refused). A domain whose last good
+bundle is older than ``max_bundle_age`` is refused (fail closed).
 """
 
 from __future__ import annotations
@@ -142,29 +147,49 @@ class Federations:
 
     # --- keys ------------------------------------------------------------------------------
 
-    def owner(self, kid: str) -> _Domain | None:
-        """The domain whose last good bundle holds ``kid`` (cache only), or None."""
-        found = None
-        for domain in self._domains.values():
-            if kid in domain.keys:
-                if found is not None:
-                    return None  # two domains publish one key: trust neither with it
-                found = domain
+    def claimed(self, claims: Mapping[str, Any]) -> _Domain | None:
+        """The configured domain a token's claims (not yet verified) say it belongs to:
+        its holder's trust domain (``act.sub`` of a delegated token, else ``sub``), or
+        None for any other token (the home broker's, verified with its JWKS alone).
+
+        Only to choose whose keys may verify the token: the verified token must then be
+        issued by that domain's issuer to one of its agents
+        (:meth:`check_holder_and_ceiling`).
+        """
+        act = claims.get("act")
+        if act is None:
+            holder = claims.get("sub")
+        elif type(act) is dict:
+            holder = act.get("sub")
+        else:
+            return None  # malformed: refused as the home broker's (rules.claims.holder_of)
+        if type(holder) is not str or not holder.startswith("spiffe://"):
+            return None
+        return self._domains.get(holder[9:].partition("/")[0])
+
+    def key(self, domain: _Domain, kid: str, *, network: bool) -> nacl.signing.VerifyKey | None:
+        """``kid``'s key in ``domain``'s bundle, and in no other domain's. With
+        ``network``, the bundle is fetched first when its refresh hint has passed, and
+        again for a kid it lacks (at most once per ``min_interval``).
+
+        Raises:
+            FederationError: the domain's last good bundle is older than its max age.
+        """
+        if network and self._due(domain, self._monotonic()):
+            self._fetch(domain, due=self._due)
+        found = self.resolve_in(domain)(kid)
+        if found is None and network and self.refresh_for_unknown_kid(domain):
+            found = self.resolve_in(domain)(kid)
         return found
 
-    def knows(self, kid: str) -> bool:
-        return any(kid in domain.keys for domain in self._domains.values())
-
-    def refresh_for_unknown_kid(self) -> bool:
-        """Fetch every domain's bundle unless one was fetched for an unknown kid less than
-        ``min_interval`` ago (per domain); True if any fetch succeeded."""
+    def refresh_for_unknown_kid(self, domain: _Domain) -> bool:
+        """Fetch ``domain``'s bundle unless one was fetched for an unknown kid less than
+        ``min_interval`` ago; True if the fetch succeeded."""
         now = self._monotonic()
-        refreshed = False
-        for domain in self._domains.values():
-            if now - domain.last_kid_attempt >= self._min_interval:
-                domain.last_kid_attempt = now
-                refreshed = self._fetch(domain) or refreshed
-        return refreshed
+        if now - domain.last_kid_attempt < self._min_interval:
+            return False
+        domain.last_kid_attempt = now
+        return self._fetch(domain)
 
     def due(self) -> bool:
         """True when a bundle's refresh hint has passed and it may be fetched now."""

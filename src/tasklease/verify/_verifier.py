@@ -64,7 +64,7 @@ from tasklease.verify._chains import (
 )
 from tasklease.verify._claims import VerifiedToken, claims_from_introspection, parse_claims
 from tasklease.verify._errors import InsufficientScope, InvalidToken
-from tasklease.verify._federation import FederationError
+from tasklease.verify._federation import FederationError, Federations, _Domain
 from tasklease.verify._grants import CallCount, count_call
 from tasklease.verify._introspection import (
     REFERENCE_CHARS,
@@ -79,6 +79,7 @@ __all__ = ["TokenIntrospector", "Verifier"]  # TokenIntrospector: re-exported
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a JWT type, not a secret
 _ALLOWED_TYPS = frozenset({ACCESS_TOKEN_TYPE})
 _decode_parts = jws.decode_parts
+_decode_claimed = jws.decode_parts_claimed
 _log = logging.getLogger("tasklease.verify")
 
 
@@ -365,14 +366,24 @@ class Verifier(VerifierBase):
                     raise _NeedsIntrospection
                 verified = self._introspect(token)
             else:
+                federation = self._federation
                 try:
-                    _, kid, claims = _decode_parts(
-                        token, resolve_key, _ALLOWED_TYPS, self._max_bytes
-                    )
-                except jws.JWSError as exc:
-                    if exc.reason != "unknown kid" or self._federation is None:
-                        raise InvalidToken(exc.reason) from None
-                    return self._federated(token, presented, now, network=introspect)
+                    if federation is None:
+                        _, kid, claims = _decode_parts(
+                            token, resolve_key, _ALLOWED_TYPS, self._max_bytes
+                        )
+                    else:
+                        _, kid, claims = _decode_claimed(
+                            token,
+                            self._keys_by_claims(federation, resolve_key, introspect),
+                            _ALLOWED_TYPS,
+                            self._max_bytes,
+                        )
+                        domain = federation.claimed(claims)
+                        if domain is not None:
+                            return self._federated(token, domain, claims, presented, now)
+                except (jws.JWSError, FederationError) as exc:
+                    raise InvalidToken(exc.reason) from None
                 verified = parse_claims(claims)
             try:
                 actors = check_claims(
@@ -472,34 +483,42 @@ class Verifier(VerifierBase):
 
     # --- tokens of federated trust domains (verify._federation) ---------------------------
 
+    @staticmethod
+    def _keys_by_claims(
+        federation: Federations,
+        home: Callable[[str], nacl.signing.VerifyKey | None],
+        network: bool,
+    ) -> Callable[[str, dict[str, Any]], nacl.signing.VerifyKey | None]:
+        """The key resolver of a verifier with federated domains: the domain a token's
+        claims name (:meth:`Federations.claimed`) chooses the keys, then its ``kid`` one of
+        them. A federated domain's token: that domain's bundle alone (with ``network``,
+        fetched when due or for a kid it lacks). Any other: the broker's keys alone
+        (``home``; the sync path fetches its JWKS for a kid it lacks), whatever kids a
+        federated bundle publishes."""
+
+        def resolve(kid: str, claims: dict[str, Any]) -> nacl.signing.VerifyKey | None:
+            domain = federation.claimed(claims)
+            if domain is None:
+                return home(kid)
+            return federation.key(domain, kid, network=network)
+
+        return resolve
+
     def _federated(
-        self, token: str, presented: Presentation | None, now: float, *, network: bool
+        self,
+        token: str,
+        domain: _Domain,
+        claims: dict[str, Any],
+        presented: Presentation | None,
+        now: float,
     ) -> VerifiedToken:
-        """Verify a token whose ``kid`` is not the broker's against the federated domain
-        whose bundle holds it; with ``network``, bundles may be fetched (rate limited).
+        """The checks of a token of a federated domain, verified with that domain's keys:
+        its issuer, lifetime, holder and ceiling, then revocation, freshness and binding.
 
         Not cached: the bundle's age and the domain's configuration count at every use.
         """
-        federation = self._federation
-        if federation is None:  # pragma: no cover - only called with federations
-            raise InvalidToken("unknown kid")
-        if network:
-            federation.refresh_due()
-        chosen: list[Any] = []
-
-        def resolve(kid: str) -> nacl.signing.VerifyKey | None:
-            domain = federation.owner(kid)
-            if domain is None and network and federation.refresh_for_unknown_kid():
-                domain = federation.owner(kid)
-            if domain is None:
-                return None
-            chosen.append(domain)
-            return federation.resolve_in(domain)(kid)
-
+        config = domain.config
         try:
-            _, _, claims = _decode_parts(token, resolve, _ALLOWED_TYPS, self._max_bytes)
-            domain = chosen[-1]
-            config = domain.config
             verified = parse_claims(claims)
             actors = check_claims(
                 verified,
@@ -514,10 +533,10 @@ class Verifier(VerifierBase):
             )
             if actors:
                 verified = dataclasses.replace(verified, actors=actors)
-            federation.check_holder_and_ceiling(
+            Federations.check_holder_and_ceiling(
                 domain, verified.sub, verified.scope, verified.claims
             )
-        except (jws.JWSError, ClaimRejected, FederationError) as exc:
+        except (ClaimRejected, FederationError) as exc:
             raise InvalidToken(exc.reason) from None
         level = self._revocations.match(verified)
         if level is not None:

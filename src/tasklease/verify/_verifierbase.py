@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 import httpx
-import nacl.signing
 
 from tasklease.bounds import read_app_token
 from tasklease.core.clock import Clock, ElapsedHorizon, SystemClock
@@ -132,9 +131,11 @@ class VerifierBase:
             if federations
             else None
         )
-        # A federated domain's key id is not looked for in the broker's JWKS (no fetch).
-        self._resolve = self._local_only(self._keys.resolve)
-        self._cached_key = self._local_only(self._keys.get)
+        # The broker's own keys: fetched again for an unknown kid (rate limited), or not.
+        # A federated domain's token is never looked up here, nor the broker's in a bundle:
+        # which keys verify a token is Federations.claimed's choice (verify._verifier).
+        self._resolve = self._keys.resolve
+        self._cached_key = self._keys.get
         self._revocations = RevocationIndex()
         # Verified tokens (and offline chains) with the kid of the broker's key that signed
         # them: at every use the key must still be in the last good key set (verify._jwks).
@@ -279,25 +280,6 @@ class VerifierBase:
             "offline_uses_pending": 0 if self._uses is None else self._uses.pending,
             "offline_uses_dropped": 0 if self._uses is None else self._uses.dropped,
         }
-
-    def _local_only(
-        self, resolve: Callable[[str], nacl.signing.VerifyKey | None]
-    ) -> Callable[[str], nacl.signing.VerifyKey | None]:
-        federation = self._federation
-        if federation is None:
-            return resolve
-        cached = self._keys.get
-
-        def local(kid: str) -> nacl.signing.VerifyKey | None:
-            # A key id the broker's JWKS holds is the broker's (its key ids are its keys'
-            # thumbprints), whatever a federated bundle claims: a domain publishing one
-            # must not take the broker's own tokens from it. Only a key id the JWKS does
-            # not hold and a federated domain does is never looked for there (no fetch).
-            if cached(kid) is not None or not federation.knows(kid):
-                return resolve(kid)
-            return None
-
-        return local
 
     # --- feed plumbing ---------------------------------------------------------------------
 
