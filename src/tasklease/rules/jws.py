@@ -172,46 +172,14 @@ def decode_parts(
     For the offline verifier's first-seen path, where building a :class:`Decoded`
     costs more than it is worth.
     """
-    # Steps 1 and 2 as _split, without building the list of segments.
-    if not isinstance(token, str):
-        raise JWSError("token is not a string")
-    if len(token) > max_bytes:
-        raise JWSError("token too large")
-    if not token.isascii():
-        raise JWSError("token is not ASCII")
-    first, last = token.find("."), token.rfind(".")
-    if first == last or token.find(".", first + 1) != last:
-        raise JWSError("token must have 3 segments")
-    if first == 0 or last == first + 1 or last == len(token) - 1:
-        raise JWSError("token has an empty segment")
-    header_seg = token[:first]
-    cached = _VERIFIED_HEADERS.get(header_seg)
-    typ, kid = _parse_header(header_seg) if cached is None else cached
-    if typ not in allowed_typs:
-        typ = _allowed_spelling(typ, allowed_typs)
+    first, last, header_seg, cached, typ, kid = _header_checked(token, allowed_typs, max_bytes)
     key = resolve_key(kid)
     if key is None:
         raise JWSError("unknown kid")
     raw = token.encode("ascii")
-    signature = b64_span(raw, last, len(raw))
-    rem = (len(raw) - last - 1) & 3
-    if signature is None or (rem and raw[-1] not in CANONICAL_LAST_BYTE[rem]):
-        signature = b64url_decode_checked(token[last + 1 :], "signature")
-    if len(signature) != SIGNATURE_BYTES:
-        raise JWSError("signature length")
-    if not _verify_token_signature(raw, last, signature, key):
-        raise JWSError("bad signature")
-    if cached is None:
-        if len(_VERIFIED_HEADERS) >= _VERIFIED_HEADERS_MAX:
-            _VERIFIED_HEADERS.clear()  # old kids and typs fall out after rotation
-        _VERIFIED_HEADERS[header_seg] = (typ, kid)
-    # The payload segment's exact text is what the signature covered. b64url_decode also
-    # insists on the canonical encoding, so that no two texts decode to the same bytes;
-    # over a verified text that cannot matter, so only alphabet and length are checked.
-    payload = b64_span(raw, first, last)
-    if payload is None:
-        payload = signed_payload_checked(raw[first + 1 : last])
-    return typ, kid, payload_object(payload)
+    _signature_checked(token, raw, last, key)
+    _keep_header(header_seg, cached, typ, kid)
+    return typ, kid, payload_object(_payload_bytes(raw, first, last))
 
 
 def decode_parts_claimed(
@@ -235,6 +203,23 @@ def decode_parts_claimed(
     Raises:
         JWSError: at the first failed step, with its reason.
     """
+    first, last, header_seg, cached, typ, kid = _header_checked(token, allowed_typs, max_bytes)
+    raw = token.encode("ascii")
+    claims = payload_object(_payload_bytes(raw, first, last))
+    key = resolve_key(kid, claims)
+    if key is None:
+        raise JWSError("unknown kid")
+    _signature_checked(token, raw, last, key)
+    _keep_header(header_seg, cached, typ, kid)
+    return typ, kid, claims
+
+
+def _header_checked(
+    token: str, allowed_typs: Container[str], max_bytes: int
+) -> tuple[int, int, str, tuple[str, str] | None, str, str]:
+    """Steps 1 and 2 of :func:`decode` as ``_split`` makes them, without building the list
+    of segments, then the header (from the cache of verified headers when it is there):
+    the two dots' places, the header segment, its cache entry, ``typ`` and ``kid``."""
     if not isinstance(token, str):
         raise JWSError("token is not a string")
     if len(token) > max_bytes:
@@ -251,14 +236,11 @@ def decode_parts_claimed(
     typ, kid = _parse_header(header_seg) if cached is None else cached
     if typ not in allowed_typs:
         typ = _allowed_spelling(typ, allowed_typs)
-    raw = token.encode("ascii")
-    payload = b64_span(raw, first, last)
-    if payload is None:
-        payload = signed_payload_checked(raw[first + 1 : last])
-    claims = payload_object(payload)
-    key = resolve_key(kid, claims)
-    if key is None:
-        raise JWSError("unknown kid")
+    return first, last, header_seg, cached, typ, kid
+
+
+def _signature_checked(token: str, raw: bytes, last: int, key: nacl.signing.VerifyKey) -> None:
+    """The signature segment decoded (canonically) and verified over the signing input."""
     signature = b64_span(raw, last, len(raw))
     rem = (len(raw) - last - 1) & 3
     if signature is None or (rem and raw[-1] not in CANONICAL_LAST_BYTE[rem]):
@@ -267,11 +249,24 @@ def decode_parts_claimed(
         raise JWSError("signature length")
     if not _verify_token_signature(raw, last, signature, key):
         raise JWSError("bad signature")
+
+
+def _keep_header(header_seg: str, cached: tuple[str, str] | None, typ: str, kid: str) -> None:
+    """Remember a header whose token verified (a forged one never fills the cache)."""
     if cached is None:
         if len(_VERIFIED_HEADERS) >= _VERIFIED_HEADERS_MAX:
-            _VERIFIED_HEADERS.clear()
+            _VERIFIED_HEADERS.clear()  # old kids and typs fall out after rotation
         _VERIFIED_HEADERS[header_seg] = (typ, kid)
-    return typ, kid, claims
+
+
+def _payload_bytes(raw: bytes, first: int, last: int) -> bytes:
+    """The payload segment's bytes. Its exact text is what the signature covers, and
+    ``b64url_decode`` also insists on the canonical encoding so that no two texts decode
+    to the same bytes; over a verified text that cannot matter, so only alphabet and
+    length are checked (before verification too: a text that is not base64url is refused
+    for that)."""
+    payload = b64_span(raw, first, last)
+    return signed_payload_checked(raw[first + 1 : last]) if payload is None else payload
 
 
 def payload_object(payload: bytes) -> dict[str, Any]:
