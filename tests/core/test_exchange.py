@@ -80,6 +80,26 @@ def for_domain(broker: Broker, kit: Any, token: str, domain: str, **params: Any)
     return narrow(broker, kit, token, resource=f"spiffe://{domain}", **params).token
 
 
+def minted_at_a(a: Broker, alice: Any, clock: ManualClock, **claims: Any) -> str:
+    """A token A signs for its agent ``alice`` (task ``t-alice``), for B's audience, with
+    ``claims`` of A's own making (a lineage, a delegation chain)."""
+    token, _ = mint(
+        a.keyring,
+        kind=KIND_AGENT,
+        iss=a.config.issuer,
+        sub=alice.sub,
+        aud=(f"spiffe://{B}",),
+        iat=int(clock.now()),
+        ttl=60,
+        scope=("read:data:1",),
+        client_id=alice.claims.client_id,
+        task_id="t-alice",
+        orch_id="orch-1",
+        **claims,
+    )
+    return token
+
+
 def valid(broker: Broker, token: str) -> bool:
     try:
         broker.validate(token)
@@ -337,20 +357,7 @@ def test_a_peer_cannot_make_us_sign_a_hop_our_agent_never_made(
             record_signing_input(victim.sub, alice.sub, ("read:data:*",), at)
         ).hex(),
     )
-    subject, _ = mint(
-        a.keyring,
-        kind=KIND_AGENT,
-        iss=a.config.issuer,
-        sub=alice.sub,
-        aud=(f"spiffe://{B}",),
-        iat=int(clock.now()),
-        ttl=60,
-        scope=("read:data:1",),
-        client_id=alice.claims.client_id,
-        task_id="t-alice",
-        orch_id="orch-1",
-        delegation_chain=(forged,),
-    )
+    subject = minted_at_a(a, alice, clock, delegation_chain=(forged,))
     error = refused(b, InvalidRequest, lambda: exchange(b, kit, subject, bob.token))
     events, _ = b.store.query_audit(AuditQuery(limit=10_000))
     [event] = [e for e in events if f"denial={error.denial_id}" in e.detail]
@@ -529,21 +536,7 @@ def test_a_foreign_token_naming_an_id_too_long_to_revoke_here_is_refused(
     bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
 
     def foreign(entry: str) -> str:
-        token, _ = mint(
-            a.keyring,
-            kind=KIND_AGENT,
-            iss=a.config.issuer,
-            sub=alice.sub,
-            aud=(f"spiffe://{B}",),
-            iat=int(clock.now()),
-            ttl=60,
-            scope=("read:data:1",),
-            client_id=alice.claims.client_id,
-            task_id="t-alice",
-            orch_id="orch-1",
-            lineage=(entry,),
-        )
-        return token
+        return minted_at_a(a, alice, clock, lineage=(entry,))
 
     room = MAX_TARGET - len(f"fed:{A}:")
     held = exchange(b, kit, foreign("x" * room), bob.token)
