@@ -5,13 +5,16 @@ The adapter ``core.policy`` reads policies through (:class:`PolicyDirectory`, a
 name, with a signature of their names, sizes and modification times, so the broker
 reloads only what changed (every few seconds, and on ``POST /v1/admin/policy/reload``).
 No directory, or one without a ``.cedar`` file: the tenant has no policies of its own (the
-default applies). A directory that cannot be read, or a file that is not UTF-8, fails the
-load (the set in force stays).
+default applies). A directory that cannot be read, a ``.cedar`` entry that cannot be read
+(a link whose target is gone, a directory of that name), or a file that is not UTF-8,
+fails the load (the set in force stays): a policy that disappears that way must not take
+its ``forbid`` rules with it silently.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from tasklease.core.policy import MAX_POLICY_BYTES, PolicyError, PolicySnapshot
@@ -29,7 +32,9 @@ def read_policy_files(directory: Path) -> tuple[tuple[str, str], ...]:
             too many or too large files.
     """
     try:
-        paths = sorted(p for p in directory.iterdir() if p.suffix == ".cedar" and p.is_file())
+        # Every entry named ``*.cedar``, whatever it is: one that cannot be read as a file
+        # fails below, rather than being left out of the set.
+        paths = sorted(p for p in directory.iterdir() if p.suffix == ".cedar")
     except OSError as exc:
         raise PolicyError(f"cannot read {directory}: {exc.strerror or exc}") from None
     if len(paths) > MAX_FILES:
@@ -64,6 +69,8 @@ class PolicyDirectory:
         the clock's resolution at the same size is still seen.
         """
         if not self.path.exists():
+            if os.path.lexists(self.path):  # a link whose target is gone: not "no policies"
+                raise PolicyError(f"cannot read {self.path}: its link's target is gone")
             return None
         files = read_policy_files(self.path)
         if not files:

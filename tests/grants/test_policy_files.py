@@ -69,6 +69,41 @@ def test_files_are_followed_and_a_broken_set_is_refused_whole(tmp_path: Path) ->
     assert engine.current.origin == DEFAULT_SOURCE and engine.decide(DELEGATE).allowed
 
 
+def test_a_policy_file_that_can_no_longer_be_read_fails_the_reload(tmp_path: Path) -> None:
+    """A ``.cedar`` link whose target is gone (a shared or mounted file) is not a file to
+    leave out: its ``forbid`` rules would vanish with it. The reload fails, and the set in
+    force (with the cap) stays; the same for the tenant's directory as a dangling link."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "cap.cedar").write_text(CAP)
+    folder = tmp_path / "acme"
+    folder.mkdir()
+    (folder / "default.cedar").write_text(DEFAULT_POLICY)
+    (folder / "cap.cedar").symlink_to(shared / "cap.cedar")
+    engine = PolicyEngine()
+    assert engine.use_source(PolicyDirectory(tmp_path, "acme")) is not None
+    assert not engine.decide(DELEGATE).allowed
+    (shared / "cap.cedar").unlink()
+    reloaded = engine.reload()
+    assert reloaded is not None and reloaded.error is not None
+    assert "cap.cedar" in str(reloaded.error)
+    assert "delegations-up-to-50-eur" in engine.current.ids
+    assert not engine.decide(DELEGATE).allowed
+
+    linked = tmp_path / "linked"
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "all.cedar").write_text(DEFAULT_POLICY + "\n" + CAP)
+    linked.symlink_to(tmp_path / "real")
+    engine = PolicyEngine()
+    engine.use_source(PolicyDirectory(tmp_path, "linked"))
+    assert not engine.decide(DELEGATE).allowed
+    (tmp_path / "real" / "all.cedar").unlink()
+    (tmp_path / "real").rmdir()
+    reloaded = engine.reload()
+    assert reloaded is not None and reloaded.error is not None
+    assert engine.current.origin != DEFAULT_SOURCE and not engine.decide(DELEGATE).allowed
+
+
 def test_policies_that_do_not_load_at_the_start_deny_everything(tmp_path: Path) -> None:
     folder = tmp_path / "acme"
     folder.mkdir()
