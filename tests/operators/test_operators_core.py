@@ -372,3 +372,58 @@ def test_a_sign_in_that_commits_before_a_slow_rotation_is_ended_by_it(
     (token,) = during
     with pytest.raises(Unauthorized):
         broker.authenticate(f"Bearer {token}", CTX)
+
+
+def _register_with(broker: Broker, launch_token: str, task: str) -> object:
+    key = nacl.signing.SigningKey.generate()
+    nonce, _ = broker.challenge()
+    return broker.register(
+        launch_token=launch_token,
+        nonce=nonce,
+        public_key=base64.b64encode(bytes(key.verify_key)).decode(),
+        signature=base64.b64encode(key.sign(bytes.fromhex(nonce)).signature).decode(),
+        orch_id="orch-1",
+        task_id=task,
+        requested_scope=["read:data:*"],
+        ctx=CTX,
+    )
+
+
+@pytest.mark.parametrize("change", ["remove", "rotate"])
+def test_an_operators_launch_tokens_end_with_its_credential(
+    broker: Broker, clock: ManualClock, change: str
+) -> None:
+    """A launch token stands on its maker's credential: once the operator is removed or
+    re-keyed (its secret stolen, say), the multi-use launch tokens it made admit no agent
+    more, as its own tokens end (TM-35). Agents it launched before keep their identity."""
+    admin = broker.admin_auth(ADMIN_SECRET, CTX).claims
+    _, secret = broker.add_operator(
+        admin, name="mallory", role="operator", public_key=None, ctx=CTX
+    )
+    clock.advance(1)
+    signed, _ = broker.operator_auth(
+        name="mallory", secret=secret, nonce=None, signature=None, ctx=CTX
+    )
+    launch, _ = broker.create_launch_token(
+        signed.claims,
+        agent_name="x",
+        allowed_scope=["read:data:*"],
+        single_use=False,
+        max_uses=100,
+        max_ttl=None,
+        ttl=600,
+        ctx=CTX,
+    )
+    before = _register_with(broker, launch, "task-0")
+    clock.advance(1)
+    if change == "remove":
+        broker.remove_operator(admin, "mallory", CTX)
+    else:
+        broker.rotate_operator(admin, "mallory", public_key=None, ctx=CTX)
+    clock.advance(120)
+    with pytest.raises(Unauthorized) as refused:
+        _register_with(broker, launch, "task-1")
+    assert refused.value.denial_id
+    (detail,) = [d for d in _events(broker, "registration_failed") if refused.value.denial_id in d]
+    assert "operator:mallory" in detail and ("removed" in detail or "changed" in detail)
+    assert broker.validate(before.token).sub == before.claims.sub  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ from tasklease.core.lineage import app_ancestor
 from tasklease.core.policyrequest import Actor
 from tasklease.core.records import LaunchTokenRecord
 from tasklease.rules.binding import BindingError, DPoPNonceRequired, DPoPProof, DPoPVerifier
+from tasklease.rules.principals import creator_kind
 
 __all__ = [
     "RegistrationInputs",
@@ -69,6 +70,12 @@ class RegistrationInputs(Service):
                     f"({lt_hash[:12]})"
                 )
             raise deny(Unauthorized(f"launch token: {why}"), replace(base, detail=detail))
+        ended = self._creator_ended(record)
+        if ended:
+            raise deny(
+                Unauthorized("launch token: launch token revoked"),
+                replace(base, detail=f"{ended} ({lt_hash[:12]})"),
+            )
         iat = int(now)
         principal = record.principal or (f"app:{record.app_id}" if record.app_id else "admin")
         parent = Parent(
@@ -83,6 +90,22 @@ class RegistrationInputs(Service):
             renewals=0,
         )
         return record, lt_hash, parent
+
+    def _creator_ended(self, record: LaunchTokenRecord) -> str:
+        """Why the operator who made a launch token no longer stands behind it ("" when
+        it does, or when an app or the admin made it): removed, or its credential changed
+        (rotated, its role or key changed) since. A stolen operator secret's launch tokens
+        end with the operator's credential, as its own tokens do (TM-35); an app's end
+        with the app (its ``app:`` ancestor)."""
+        if creator_kind(record.created_by) != "operator":
+            return ""
+        name = record.created_by.partition(":")[2]
+        operator = self._store.get_operator(name)
+        if operator is None or operator.status != "active":
+            return f"launch token of {record.created_by}, who was removed since"
+        if operator.updated_at > record.created_at:
+            return f"launch token of {record.created_by}, whose credential changed since"
+        return ""
 
     def attested(
         self,
