@@ -458,3 +458,37 @@ def test_the_fast_claim_parse_answers_as_the_checked_one(changes: dict[str, Any]
         assert dataclasses.asdict(fast) == dataclasses.asdict(checked)
     else:
         assert fast == checked
+
+
+# Would fail if: the verifier took a key from a JWK that carries its private half: anyone
+# who read that JWK Set could sign tokens it accepts.
+def test_a_key_published_with_its_private_half_verifies_nothing() -> None:
+    class Clock:
+        def now(self) -> float:
+            return 1_000_000.0
+
+    ring, other = KeyRing.generate(), KeyRing.generate()
+    jwks = {"keys": ring.jwks()["keys"] + other.jwks()["keys"]}
+    leaked = next(jwk for jwk in jwks["keys"] if jwk["kid"] == ring.active_kid)
+    leaked["d"] = "A" * 43  # a private member: this key's secret is out
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=jwks))
+    verifier = Verifier(
+        "https://broker", audience="svc-a", feed=False, transport=transport, clock=Clock()
+    )
+    claims = {
+        "iss": "tasklease",
+        "sub": "s",
+        "aud": ["svc-a"],
+        "exp": 1_000_060,
+        "nbf": 1_000_000,
+        "iat": 1_000_000,
+        "jti": "j",
+        "scope": [],
+        "client_id": "c",
+    }
+    payload = json.dumps(claims).encode()
+    assert verifier.verify(other.sign(payload, KIND_AGENT)).sub == "s"  # the set is read
+    with pytest.raises(InvalidToken) as caught:
+        verifier.verify(ring.sign(payload, KIND_AGENT))
+    assert caught.value.reason == "unknown kid"
+    verifier.close()

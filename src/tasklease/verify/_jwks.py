@@ -3,7 +3,9 @@
 Refreshed when the cache is older than ``ttl``, and when a token names an unknown ``kid``
 (a key rotated in) — but at most once per ``min_interval`` seconds, whatever the tokens
 say: a flood of tokens with invented kids costs the broker one request per interval.
-Each key's ``kid`` must be its RFC 7638 thumbprint, as the broker publishes it.
+Each key's ``kid`` must be its RFC 7638 thumbprint, as the broker publishes it, and a key
+published with its private half (``d``) is never used: whoever read that JWK Set could
+sign with it.
 
 One rule decides which keys are usable: a key is usable only while the last successful
 fetch of the JWKS holds its ``kid``. A successful fetch replaces the whole set, so a key
@@ -43,12 +45,15 @@ _log = logging.getLogger("tasklease.verify")
 
 
 def parse_jwks(document: Any) -> dict[str, nacl.signing.VerifyKey]:
-    """The usable Ed25519 keys of a JWK Set; anything else in it is skipped."""
+    """The usable Ed25519 keys of a JWK Set; anything else in it is skipped, and so is a
+    key whose private half is in it (its secret is out: it vouches for nothing)."""
     keys: dict[str, nacl.signing.VerifyKey] = {}
     if type(document) is not dict or type(document.get("keys")) is not list:
         raise ValueError("not a JWK Set")
     for jwk in document["keys"]:
         if type(jwk) is not dict or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+            continue
+        if "d" in jwk:
             continue
         if jwk.get("alg", jws.ALGORITHM) != jws.ALGORITHM or jwk.get("use", "sig") != "sig":
             continue
