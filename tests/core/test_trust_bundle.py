@@ -173,3 +173,47 @@ def test_the_next_sequence_is_past_the_stored_one_and_never_below_the_time() -> 
     # What a peer saw a tenth of a second before a restore is passed at once.
     assert next_sequence(stored(7), 1_800_000_000.25) >= ms + 249
     assert next_sequence(None, 0.0) == 1
+
+
+class _UnwritableStore(MemoryStore):
+    """A memory store that can still be read but no longer written while ``failing``
+    (a full disk)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+
+    def write(self) -> Any:
+        if self.failing:
+            raise OSError("disk full")
+        return super().write()
+
+
+# Would fail if: the bundle endpoint served the stored bundle whatever this process's keys
+# had become: while the store could not be written, a key removed from the key directory
+# (after a compromise) stayed in the bundle, each fetch renewing it at federated peers.
+def test_a_removed_key_is_never_served_in_the_bundle_when_it_cannot_be_published(
+    make_broker: Any, kit: Any, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    store = _UnwritableStore()
+    ring = load_or_create_keyring(keys, PlaintextKeyProvider())
+    broker = make_broker(store=store, keyring=ring, key_dir=str(keys))
+    broker.rotate_signing_key(kit.admin(broker).claims, kit.ctx)
+    compromised = broker.keyring.kids()[1]
+    assert compromised in _served(broker).keys
+    store.failing = True
+    retire_keys(keys, {broker.keyring.active_kid}, PlaintextKeyProvider())
+    assert broker.refresh_keys()
+    assert broker.keyring.kids() == [broker.keyring.active_kid]
+    with pytest.raises(Unavailable):
+        broker.publish_trust_bundle()
+    try:
+        served = _served(broker)
+    except Unavailable:
+        pass  # nothing vouched for: peers keep their last good bundle, to its max age
+    else:
+        assert compromised not in served.keys
+    store.failing = False  # the next round of the publishing job publishes the new set
+    assert broker.publish_trust_bundle()
+    assert list(_served(broker).keys) == [broker.keyring.active_kid]

@@ -156,10 +156,14 @@ class TrustBundles(Service):
 
         Publishes first when nothing is stored yet (a new database). The stored row is
         read again after a second at most (this process's own publications at once), so
-        a rotation by another replica is served within a second.
+        a rotation by another replica is served within a second. A stored bundle holding
+        a key this process's ring lacks, when the ring's set is not what this process
+        last published (a key removed here, not yet published: the store may be
+        unwritable), is not served: it would vouch for a removed key.
 
         Raises:
-            Unavailable: nothing stored and the store could not be written.
+            Unavailable: nothing stored and the store could not be written, or the
+                stored bundle holds a key removed here that is not yet published.
         """
         now = self._monotonic()
         remembered = self._stored
@@ -169,6 +173,9 @@ class TrustBundles(Service):
             found = self._store.get_published_bundle()
             stored = self.publish() if found is None else found
             self._stored = (now, stored)
+        kids = self._keys.ring.kids()
+        if " ".join(sorted(kids)) != self._published_kids and set(stored.kids.split()) - set(kids):
+            raise Unavailable("the trust bundle still holds a key removed here")
         hint = self._config.federation_refresh_hint
         cached = self._served
         if cached is not None and cached[0] == stored.bundle and cached[1] == hint:
