@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["HEX_SECRET", "JWT", "REFERENCE", "holds_credential", "holds_secret"]
+__all__ = ["HEX_SECRET", "JWT", "REFERENCE", "holds_credential", "holds_secret", "redacted"]
 
 JWT = re.compile(
     r"(?<![A-Za-z0-9_-])(?>([A-Za-z0-9_-]*?)eyJ)[A-Za-z0-9_-]*+\.[A-Za-z0-9_-]*+\.[A-Za-z0-9_-]*+"
@@ -35,3 +35,14 @@ def holds_credential(text: str) -> bool:
 def holds_secret(text: str) -> bool:
     """True when ``text`` carries something shaped like one of our secrets."""
     return HEX_SECRET.search(text) is not None
+
+
+def redacted(text: str) -> str:
+    """``text`` with every token and secret in it replaced by a marker of its kind
+    (``[REDACTED:jwt]``, ``[REDACTED:reference]``, ``[REDACTED:hex]``, as the audit log's
+    sanitizer writes them); ``text`` itself when it holds none, the common case."""
+    if "eyJ" not in text and "tlr_" not in text and len(text) < 64:
+        return text
+    out = JWT.sub(r"\g<1>[REDACTED:jwt]", text)
+    out = REFERENCE.sub("[REDACTED:reference]", out)
+    return HEX_SECRET.sub("[REDACTED:hex]", out)

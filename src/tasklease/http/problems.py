@@ -4,6 +4,11 @@ The core raises :class:`~tasklease.core.errors.TaskleaseError` with a machine co
 module is the one place that knows which HTTP status each code means. Bodies follow the
 AgentWrit v2 shape (``type title status detail instance error_code request_id`` and an
 optional ``hint``) so its SDK parses them unchanged.
+
+What a body quotes of the request (the path as ``instance``, a field's value in
+``detail``) is the caller's text: every token or secret in it is replaced by a marker
+(``core.secretshapes.redacted``), so that a credential pasted where a name belongs is
+not sent back in an answer that clients, SDKs and gateways log.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 import msgspec
 
 from tasklease.core.errors import TaskleaseError
+from tasklease.core.secretshapes import redacted
 from tasklease.rules.binding import www_authenticate
 
 __all__ = [
@@ -89,13 +95,13 @@ def problem_body(
         "type": TYPE_PREFIX + code,
         "title": HTTPStatus(status).phrase,
         "status": status,
-        "detail": detail,
-        "instance": instance,
+        "detail": redacted(detail),
+        "instance": redacted(instance),
         "error_code": code,
         "request_id": request_id,
     }
     if hint:
-        body["hint"] = hint
+        body["hint"] = redacted(hint)
     if extra:
         body.update(extra)
     return _encoder.encode(body) + b"\n"
@@ -129,7 +135,7 @@ def problem_response_parts(
     if oauth_error is not None:
         # RFC 6749 section 5.2 members, for OAuth clients reading the same body.
         extra["error"] = oauth_error
-        extra["error_description"] = exc.detail
+        extra["error_description"] = redacted(exc.detail)
     if exc.denial_id:
         extra["denial_id"] = exc.denial_id
     body = problem_body(
