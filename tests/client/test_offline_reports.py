@@ -144,3 +144,53 @@ def test_an_async_agent_reports_with_an_async_client(broker: BrokerForTests) -> 
     before = len(_reported(broker))
     assert asyncio.run(main()) == 1
     assert len(_reported(broker)) == before + 1
+
+
+def test_a_spool_is_never_written_through_a_planted_link(
+    broker: BrokerForTests, tmp_path: Path
+) -> None:
+    # The spool's directory is shared: someone planted the name its rewrite used.
+    key = nacl.signing.SigningKey.generate()
+    spool = tmp_path / "reports.jsonl"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("someone else's file\n")
+    (tmp_path / "reports.jsonl.tmp").symlink_to(elsewhere)
+    with broker.agent(["read:data:*"], key=key) as agent, httpx.Client() as client:
+        first, second = _levels(agent, key, 2)
+        reporter = OfflineReporter(client, _unreachable(), agent.auth, limit=1, spool=spool)
+        reporter.derived(first)
+        reporter.derived(second)  # the queue is full: the spool is rewritten
+        assert elsewhere.read_text() == "someone else's file\n"
+        assert second in spool.read_text()
+        assert not spool.is_symlink()
+        assert stat.S_IMODE(os.stat(spool).st_mode) == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o660])
+def test_a_spool_others_may_read_is_refused(
+    broker: BrokerForTests, tmp_path: Path, mode: int
+) -> None:
+    # Chains hold their root token: one appended to a file others read is given away.
+    spool = tmp_path / "reports.jsonl"
+    spool.touch()
+    spool.chmod(mode)
+    with (
+        broker.agent(["read:data:*"]) as agent,
+        httpx.Client() as client,
+        pytest.raises(ValueError, match="group or others"),
+    ):
+        OfflineReporter(client, _unreachable(), agent.auth, spool=spool)
+    assert spool.read_text() == ""
+
+
+def test_a_spool_that_is_a_link_is_refused(broker: BrokerForTests, tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.touch(mode=0o600)
+    spool = tmp_path / "reports.jsonl"
+    spool.symlink_to(target)
+    with (
+        broker.agent(["read:data:*"]) as agent,
+        httpx.Client() as client,
+        pytest.raises(ValueError, match="symbolic link"),
+    ):
+        OfflineReporter(client, _unreachable(), agent.auth, spool=spool)

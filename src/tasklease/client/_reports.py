@@ -10,8 +10,11 @@ a private disk. docs/broker-optional.md explains the choice.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import secrets
+import stat
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +36,40 @@ __all__ = ["OfflineReporter"]
 
 _log = logging.getLogger("tasklease.client")
 _PATH = "/v1/audit/offline"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """A descriptor on ``path`` (created 0600 when ``flags`` say so) if it is a regular
+    file, not a symbolic link, that only this user may read or write.
+
+    Raises:
+        ValueError: ``path`` is a symbolic link, not a regular file, another user's, or
+            accessible by group or others: the reports it holds carry credentials.
+        OSError: it cannot be opened (FileNotFoundError when absent, without O_CREAT).
+    """
+    try:
+        fd = os.open(path, flags | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise ValueError(f"spool {path} is a symbolic link: not used") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        mode = stat.S_IMODE(info.st_mode)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"spool {path} is not a regular file")
+        if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+            raise ValueError(f"spool {path} belongs to another user")
+        if mode & 0o077:
+            raise ValueError(
+                f"spool {path} is accessible by group or others (mode {mode:04o}); its "
+                "reports hold credentials (chmod 600 it, or name a new file)"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class _Holder(Protocol):
@@ -68,6 +105,11 @@ class OfflineReporter:
     ``http://`` to a loopback host: the reports carry the token. ``insecure_http`` opts in
     to plain HTTP beyond loopback as :class:`~tasklease.client.AdminClient`'s does
     (ValueError without it).
+
+    ``spool`` must be a file only this user may read and write, or a new one (created
+    0600): a symbolic link, another user's file, or one open to group or others is
+    refused (ValueError), and the spool is rewritten through a new file moved over it,
+    never through a name someone could have planted beside it.
     """
 
     def __init__(
@@ -109,6 +151,7 @@ class OfflineReporter:
 
         Raises:
             tasklease.rules.attenuation.ChainError: ``chain`` is not a chain.
+            ValueError: the spool has become a link, or open to group or others.
         """
         report = derivation_report(chain)
         with self._io:
@@ -253,7 +296,7 @@ class OfflineReporter:
         spool = self._spool
         if spool is None:  # pragma: no cover - only called with a spool
             return
-        fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = _open_private(spool, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         with os.fdopen(fd, "a", encoding="utf-8") as out:
             out.write(report.to_json() + "\n")
             out.flush()
@@ -263,20 +306,29 @@ class OfflineReporter:
         spool = self._spool
         if spool is None:  # pragma: no cover
             return
-        temporary = spool.with_name(spool.name + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for report in self._queue.items():
-                out.write(report.to_json() + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, spool)
+        # A new file of a name no one could plant (O_EXCL), moved over the spool: a link
+        # at the spool's name is replaced, never followed.
+        temporary = spool.with_name(f".{spool.name}.{secrets.token_hex(8)}.tmp")
+        fd = _open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                for report in self._queue.items():
+                    out.write(report.to_json() + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, spool)
+        finally:
+            temporary.unlink(missing_ok=True)
 
     def _load(self) -> None:
         spool = self._spool
-        if spool is None or not spool.exists():
+        if spool is None:
             return
-        with spool.open(encoding="utf-8") as lines:
+        try:
+            fd = _open_private(spool, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        with os.fdopen(fd, encoding="utf-8") as lines:
             for line in lines:
                 try:
                     self._queue.add(PendingReport.from_json(line))
