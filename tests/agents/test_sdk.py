@@ -114,12 +114,15 @@ def test_async_agent_handshake_heartbeats_and_resume(env: Env) -> None:
 
         from tasklease.client import _async  # noqa: PLC0415
 
-        offer, _ = await _async.arun_flow(
+        offer, nonce = await _async.arun_flow(
             a._client, _trust.initiate_flow(env.url, a.token, b.agent_id)
         )
         await respond(offer)
         done = await _async.arun_flow(
-            a._client, _trust.complete_flow(env.url, a.token, key, answers["answer"])
+            a._client,
+            _trust.complete_flow(
+                env.url, a.token, key, answers["answer"], offer=offer, initiator_nonce=nonce
+            ),
         )
         assert done.peer.agent_id == b.agent_id
         await a.start_heartbeats(interval=3600)
@@ -133,3 +136,30 @@ def test_async_agent_handshake_heartbeats_and_resume(env: Env) -> None:
         await b.aclose()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["stolen", "delegated"])
+def test_an_initiator_signs_only_the_answer_to_its_own_offer(env: Env, how: str) -> None:
+    # C holds a token naming A as its holder (a stolen copy, or one C itself delegated
+    # to A: the delegator receives it), not A's key. It opens a handshake as A with V and
+    # hands V's answer to A in place of the answer to A's own offer to C. A must not sign
+    # it: its signature would complete C's handshake, and V would take C for A.
+    with _agent(env, "task-a", ["read:data:*"]) as a, _agent(env, "task-v", ["write:x:*"]) as v:
+        c = env.register("task-c")
+        as_a = a.token
+        if how == "delegated":
+            as_a = env.http.post(
+                "/v1/delegate",
+                headers=c.auth(),
+                json={"delegate_to": a.agent_id, "scope": ["read:data:*"], "ttl": 60},
+            ).json()["access_token"]
+        offer_as_a = env.http.post(
+            "/v1/mutual/initiate",
+            headers={"Authorization": f"Bearer {as_a}"},
+            json={"responder_id": v.agent_id, "initiator_nonce": env.nonce_hex()},
+        ).json()["offer"]
+        answer_from_v, initiator, _, _ = v.respond_to_handshake(offer_as_a)
+        assert initiator.agent_id == a.agent_id
+        with pytest.raises(Unauthorized):
+            a.handshake(c.agent_id, lambda _offer: answer_from_v)
+        assert env.audit("mutual_auth_completed") == []

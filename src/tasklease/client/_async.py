@@ -403,9 +403,18 @@ class AsyncAgent(AgentBase):
         (run blocking I/O in a thread yourself)."""
         await self.ensure_fresh()
         base = self._credential.base_url
-        offer, _ = await self._run(initiate_flow(base, self.token, peer_id))
+        offer, nonce = await self._run(initiate_flow(base, self.token, peer_id))
         answer = exchange(offer)
-        return await self._run(complete_flow(base, self.token, self._signing_key(), answer))
+        return await self._run(
+            complete_flow(
+                base,
+                self.token,
+                self._signing_key(),
+                answer,
+                offer=offer,
+                initiator_nonce=nonce,
+            )
+        )
 
     async def respond_to_handshake(self, offer: str) -> tuple[str, Peer, str, str]:
         """As :meth:`tasklease.client.Agent.respond_to_handshake`."""

@@ -424,10 +424,17 @@ class Agent(AgentBase):
             Unauthorized: the broker refused a step (a party is revoked, a proof failed).
         """
         self.ensure_fresh()
-        offer, _ = self._run(initiate_flow(self._credential.base_url, self.token, peer_id))
+        offer, nonce = self._run(initiate_flow(self._credential.base_url, self.token, peer_id))
         answer = exchange(offer)
         return self._run(
-            complete_flow(self._credential.base_url, self.token, self._signing_key(), answer),
+            complete_flow(
+                self._credential.base_url,
+                self.token,
+                self._signing_key(),
+                answer,
+                offer=offer,
+                initiator_nonce=nonce,
+            ),
         )
 
     def respond_to_handshake(self, offer: str) -> tuple[str, Peer, str, str]:

@@ -7,6 +7,7 @@ them. The signed byte formats are the broker's own, from ``tasklease.rules.messa
 from __future__ import annotations
 
 import base64
+import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 import nacl.signing
 
+from tasklease.client._errors import Unauthorized
 from tasklease.client._flows import (
     Flow,
     Registration,
@@ -131,10 +133,32 @@ def respond_flow(
 
 
 def complete_flow(
-    base_url: str, token: str, key: nacl.signing.SigningKey, answer_ticket: str
+    base_url: str,
+    token: str,
+    key: nacl.signing.SigningKey,
+    answer_ticket: str,
+    *,
+    offer: str,
+    initiator_nonce: str,
 ) -> Flow[Handshake]:
-    """Step 3 (initiator): the responder's verified identity and the receipt."""
+    """Step 3 (initiator): the responder's verified identity and the receipt.
+
+    ``offer`` and ``initiator_nonce`` are step 1's: the answer is signed only if it
+    answers that offer (its handshake, both parties and our nonce). Our signature
+    completes whatever handshake the answer names, and the answer comes from the peer: a
+    peer holding a copy of our token could otherwise have us complete a handshake it
+    opened in our name with a third agent.
+
+    Raises:
+        Unauthorized: the answer is not one to ``offer`` (nothing is signed or sent).
+    """
     ticket = _ticket_claims(answer_ticket)
+    ours = _ticket_claims(offer)
+    if any(
+        not isinstance(ticket.get(name), str) or ticket[name] != ours.get(name)
+        for name in ("hid", "ini", "rsp", "na")
+    ) or not hmac.compare_digest(str(ticket["na"]), initiator_nonce):
+        raise Unauthorized("the answer is not one to this agent's offer")
     message = transcript(
         "initiator", ticket["hid"], ticket["ini"], ticket["rsp"], ticket["na"], ticket["nb"]
     )
