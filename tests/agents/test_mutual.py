@@ -11,6 +11,7 @@ import pytest
 from agents_support import AgentHandle, Env, b64
 from nacl.signing import SigningKey
 
+from tasklease.core.liveness import heartbeat_signing_input
 from tasklease.core.mutual import (
     ProofRejected,
     transcript,
@@ -330,3 +331,47 @@ def test_offline_peers_verify_each_other_with_the_jwks(env: Env) -> None:
     with pytest.raises(ProofRejected, match="access token expired"):
         exp = _jws.decode_unverified(a.token)[1]["exp"]
         check(wpt(now=exp), at=exp)
+
+
+def test_a_released_holder_gets_no_workload_identity(env: Env) -> None:
+    # B declared itself done; a token C delegated to it still validates until its exp,
+    # but the broker no longer states B's identity with it, as the handshake no longer
+    # accepts B.
+    c = env.register("task-c")
+    b = env.register("task-b")
+    held = env.http.post(
+        "/v1/delegate",
+        headers=c.auth(),
+        json={"delegate_to": b.agent_id, "scope": ["read:data:*"], "ttl": 300},
+    ).json()["access_token"]
+    assert _wit(env, AgentHandle(b.agent_id, held, b.key))
+    nonce = "p" * 16
+    done = env.http.post(
+        "/v1/heartbeat",
+        headers=b.auth(),
+        json={
+            "timestamp": int(env.clock.now()),
+            "jti": nonce,
+            "signature": b64(
+                b.key.sign(
+                    heartbeat_signing_input(
+                        b.agent_id,
+                        _claims(b.token)["jti"],
+                        int(env.clock.now()),
+                        nonce,
+                        True,
+                    )
+                ).signature
+            ),
+            "done": True,
+        },
+    )
+    assert done.json()["status"] == "released"
+    refused = env.http.post("/v1/workload/identity", headers=b.auth(held))
+    assert refused.status_code == 403
+    denial = refused.json()["denial_id"]
+    events = [
+        e for e in env.audit("workload_identity_denied", "denied") if e.detail.endswith(denial)
+    ]
+    assert len(events) == 1 and "released" in events[0].detail
+    assert len(env.audit("workload_identity_issued")) == 1

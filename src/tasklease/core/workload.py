@@ -5,8 +5,9 @@ SPIFFE ID, the token's holder) holds the Ed25519 key it registered. Peers verify
 with the broker's JWKS and the agent's per-request Workload Proof Tokens with the key in
 it (``tasklease.rules.wimse``), without calling the broker. A WIT carries no authority (no
 scope): what the agent may do is its access token's, which travels beside it and is
-bound to the proof by ``ath``. It lives no longer than the token it was asked with, and
-its issuance is audited.
+bound to the proof by ``ath``. It lives no longer than the token it was asked with, is
+issued only to a holder in good standing (``Kernel.holder_standing``, as renewal and
+delegation ask), and its issuance is audited.
 """
 
 from __future__ import annotations
@@ -38,20 +39,26 @@ class WorkloadIdentities(Service):
         token names in ``agent_jwk``), ``exp`` the token's own.
 
         Raises:
-            Forbidden: not an agent token, or one that names no registered key.
+            Forbidden: not an agent token, one that names no registered key, or its holder
+                is in no good standing (declared itself done, swept): audited.
         """
         kernel = self._kernel
         require_agent(kernel, claims, "workload_identity", ctx)
         key = agent_key_of(claims.raw)
-        if key is None:
+        why = "token without agent_jwk" if key is None else kernel.holder_standing(claims)
+        if key is None or why:
             raise kernel.deny(
-                Forbidden("the token names no registered key"),
+                Forbidden(
+                    "the token names no registered key"
+                    if key is None
+                    else "the token's holder is not in good standing"
+                ),
                 replace(
                     about(claims),
                     event_type="workload_identity_denied",
                     outcome="denied",
                     request_id=ctx.request_id,
-                    detail=f"token without agent_jwk | jti={claims.jti}",
+                    detail=f"{why} | jti={claims.jti}",
                 ),
             )
         iat = int(kernel.now())
