@@ -666,3 +666,65 @@ def test_a_public_id_shaped_like_a_secret_can_be_revoked(broker: Any, kit: Any) 
     assert revoke(broker, kit, "chain", "fed:partner.example:" + "cd" * 32) == 1
     with pytest.raises(InvalidRequest, match="must not hold a secret"):
         revoke(broker, kit, "chain", "ef" * 32)
+
+
+@pytest.mark.parametrize("change", ["new-key", "key-removed", "deregistered"])
+def test_an_apps_launch_tokens_end_with_its_credential(
+    broker: Any, kit: Any, clock: Any, change: str
+) -> None:
+    """As an operator's do (decision 178): a launch token an app made before its key
+    changed (someone held the old one) or before it was deregistered admits no agent
+    more. Agents it launched before keep their identity; a change of scopes alone keeps
+    the launch token (held to the app's ceiling as it is now)."""
+    import base64
+
+    from nacl.signing import SigningKey
+
+    def key() -> str:
+        return base64.b64encode(bytes(SigningKey.generate().verify_key)).decode()
+
+    admin = kit.admin(broker).claims
+    app, _ = broker.register_app(
+        admin,
+        name="launcher",
+        scopes=["read:data:*"],
+        token_ttl=None,
+        public_key=key(),
+        ctx=kit.ctx,
+    )
+    launch, _ = broker.create_launch_token(
+        kit.app(broker, app.app_id).claims,
+        agent_name="worker",
+        allowed_scope=["read:data:*"],
+        max_ttl=None,
+        single_use=False,
+        max_uses=100,
+        ttl=3600,
+        ctx=kit.ctx,
+    )
+    before = kit.register(broker, launch, task_id="task-0")
+    clock.advance(1)
+    broker.update_app(admin, app.app_id, scopes=["read:data:*"], token_ttl=600, ctx=kit.ctx)
+    assert kit.register(broker, launch, task_id="task-1")  # not a credential change
+    clock.advance(1)
+    if change == "deregistered":
+        broker.deregister_app(admin, app.app_id, kit.ctx)
+    else:
+        new = key() if change == "new-key" else ""
+        broker.update_app(
+            admin, app.app_id, scopes=None, token_ttl=None, public_key=new, ctx=kit.ctx
+        )
+    clock.advance(120)
+    args, _ = kit.register_args(broker, launch, task_id="task-2")
+    with pytest.raises(Unauthorized) as refused:
+        broker.register(**args)
+    assert refused.value.denial_id
+    (hit,) = [
+        e.detail
+        for e in events(broker, "registration_failed")
+        if refused.value.denial_id in e.detail
+    ]
+    assert app.app_id in hit
+    assert ("credential changed since" if change != "deregistered" else "removed") in hit
+    if change != "deregistered":
+        assert valid(broker, before.token)

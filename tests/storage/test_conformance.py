@@ -150,6 +150,17 @@ def test_app_public_key_is_kept_changed_and_removed(store: Store) -> None:
     assert [a.public_key for a in store.list_apps()] == [key, ""]
 
 
+def test_app_credential_change_is_kept(store: Store) -> None:
+    """When an app's key last changed: its launch tokens made before then end."""
+    with store.write() as tx:
+        tx.insert_app(make_app(1, credential_changed_at=NOW + 1))
+    assert store.get_app("app-1") == make_app(1, credential_changed_at=NOW + 1)
+    with store.write() as tx:
+        tx.update_app(make_app(1, credential_changed_at=NOW + 7.5))
+    stored = store.get_app("app-1")
+    assert stored is not None and stored.credential_changed_at == NOW + 7.5
+
+
 def test_app_duplicate_name_conflicts(store: Store) -> None:
     with store.write() as tx:
         tx.insert_app(make_app(1))

@@ -201,6 +201,7 @@ class Apps(Service):
             created_by=claims.sub,
             public_key=key,
             authorization_details=details,
+            credential_changed_at=now,
         )
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -280,22 +281,27 @@ class Apps(Service):
             app = tx.get_app(app_id)
             if app is None or app.status != "active":
                 return [self._refused(refused, "app_update_denied", app_id, claims, ctx)]
+            now = self._kernel.now()
             updated = replace(
                 app,
                 scopes=ceiling if ceiling is not None else app.scopes,
                 token_ttl=ttl if ttl is not None else app.token_ttl,
                 public_key=app.public_key if public_key is None else (key or ""),
-                updated_at=self._kernel.now(),
+                updated_at=now,
                 authorization_details=(
                     details if details is not None else app.authorization_details
                 ),
             )
+            rekeyed = updated.public_key != app.public_key
+            if rekeyed:
+                updated = replace(updated, credential_changed_at=now)
             tx.update_app(updated)
             written[:] = [updated]
             ended = ""
-            # A new or removed key ends the app's live tokens, as an operator's rotation
-            # does: whoever held the old key (or a token signed in with it) holds nothing.
-            if updated.public_key != app.public_key:
+            # A new or removed key ends the app's live tokens and the launch tokens it
+            # made, as an operator's rotation does: whoever held the old key (or a token
+            # signed in with it) holds nothing.
+            if rekeyed:
                 records[:] = [self._kernel.revocation_entry("agent", f"app:{app_id}")]
                 tx.insert_revocation(records[0])
                 ended = f"; revoked level=agent target=app:{app_id}"

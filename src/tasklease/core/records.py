@@ -65,6 +65,10 @@ class AppRecord:
     public_key: str = ""
     # Structured grants of the app's ceiling besides its scopes (RFC 9396, rules.grants).
     authorization_details: tuple[Mapping[str, Any], ...] = ()
+    # When its credential last changed: its registration, then each key added, replaced or
+    # removed (``updated_at`` moves with its scopes too). Launch tokens it made before
+    # then admit no agent (``core.registrationinputs``).
+    credential_changed_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

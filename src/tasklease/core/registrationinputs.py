@@ -92,12 +92,19 @@ class RegistrationInputs(Service):
         return record, lt_hash, parent
 
     def _creator_ended(self, record: LaunchTokenRecord) -> str:
-        """Why the operator who made a launch token no longer stands behind it ("" when
-        it does, or when an app or the admin made it): removed, or its credential changed
-        (rotated, its role or key changed) since. A stolen operator secret's launch tokens
-        end with the operator's credential, as its own tokens do (TM-35); an app's end
-        with the app (its ``app:`` ancestor)."""
-        if creator_kind(record.created_by) != "operator":
+        """Why the operator or app that made a launch token no longer stands behind it
+        ("" when it does, or when the admin made it): an operator removed, or its
+        credential changed (rotated, its role or key changed) since; an app's key added,
+        replaced or removed since. A stolen operator secret's or app key's launch tokens
+        end with that credential, as its own tokens do (TM-35). A removed app's end with
+        the app (its ``app:`` ancestor, refused by the kernel)."""
+        kind = creator_kind(record.created_by)
+        if kind == "app" and record.app_id:
+            app = self._store.get_app(record.app_id)
+            if app is not None and app.credential_changed_at > record.created_at:
+                return f"launch token of {record.created_by}, whose credential changed since"
+            return ""
+        if kind != "operator":
             return ""
         name = record.created_by.partition(":")[2]
         operator = self._store.get_operator(name)

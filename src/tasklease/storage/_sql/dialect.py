@@ -61,7 +61,7 @@ GENESIS_HASH = "0" * 64
 
 _APP = (
     "app_id, name, client_id, secret_hash, scopes, token_ttl, status, created_at,"
-    " updated_at, created_by, public_key, authorization_details"
+    " updated_at, created_by, public_key, authorization_details, credential_changed_at"
 )
 _LAUNCH = (
     "token_hash, agent_name, allowed_scope, max_ttl, single_use, created_at, expires_at,"
@@ -350,7 +350,8 @@ class Dialect(RowConversions):
         self.update_app = q(
             "UPDATE apps SET name = ?, client_id = ?, secret_hash = ?, scopes = ?,"
             " token_ttl = ?, status = ?, created_at = ?, updated_at = ?, created_by = ?,"
-            f" public_key = ?, authorization_details = ? WHERE {t} AND app_id = ?"
+            " public_key = ?, authorization_details = ?, credential_changed_at = ?"
+            f" WHERE {t} AND app_id = ?"
         )
         self.lock_operator = q(f"{_SELECT_OPERATOR} WHERE {t} AND name = ?{for_update}")
         self.insert_operator = q(f"{insert('operators', _OPERATOR)} ON CONFLICT DO NOTHING")

@@ -63,7 +63,7 @@ class RowConversions:
 
     def app_from_row(self, row: Row) -> AppRecord:
         (app_id, name, client_id, secret_hash, scopes, ttl, status, created, updated, by, key,
-         details) = row  # fmt: skip
+         details, credential_changed) = row  # fmt: skip
         return AppRecord(
             app_id=app_id,
             name=name,
@@ -77,6 +77,7 @@ class RowConversions:
             created_by=by,
             public_key=key,
             authorization_details=load_details(details),
+            credential_changed_at=float(credential_changed),
         )
 
     def app_params(self, app: AppRecord) -> tuple[object, ...]:
@@ -93,6 +94,7 @@ class RowConversions:
             app.created_by,
             app.public_key,
             dump_details(app.authorization_details),
+            app.credential_changed_at,
         )
 
     def launch_token_from_row(self, row: Row) -> LaunchTokenRecord:
