@@ -298,3 +298,48 @@ def test_refused_forms_spend_the_clients_refusal_budget() -> None:
     limited = {a.json()["denial_id"] for a in answers[burst:]}
     [run] = [e for e in _events(broker) if e.event_type == "refusals_rate_limited"]
     assert limited == {_shown(run.detail)}
+
+
+# -- plain HTTP beyond loopback -------------------------------------------------------------
+
+
+def _from_afar(broker: Broker, go: Callable[[httpx.AsyncClient], Awaitable[Any]]) -> Any:
+    """``go`` from a client beyond loopback, over plain HTTP."""
+
+    async def main() -> Any:
+        transport = httpx.ASGITransport(
+            app=create_app(broker, background=False), client=("192.0.2.10", 40000)
+        )
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return await go(c)
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/console/login"), ("POST", "/console/revoke"), ("GET", "/console/login")],
+    ids=["sign-in", "revoke", "sign-in-page"],
+)
+def test_a_console_request_over_plain_http_from_afar_is_audited_once(
+    method: str, path: str
+) -> None:
+    """The secret of a sign-in posted over plain HTTP crossed the network in clear:
+    refused, and the refusal is one event the page names, as every refusal is."""
+    broker = _broker()
+    data = {"csrf": "x", "operator": "", "secret": ADMIN_SECRET, "level": "task", "target": "t"}
+
+    async def go(client: httpx.AsyncClient) -> httpx.Response:
+        if method == "GET":
+            return await client.get(path)
+        return await client.post(path, data=data, headers={"origin": ORIGIN})
+
+    answer = _from_afar(broker, go)
+    assert answer.status_code == 403
+    assert "Turn TLS on" in answer.text
+    [event] = _named(broker, _shown(answer.text))
+    assert (event.event_type, event.outcome) == ("console_form_refused", "denied")
+    assert "console form refused: plain_http" in event.detail
+    assert "from 192.0.2.10" in event.detail and event.resource == path
+    assert _events(broker) == [event]  # refused before anything else: no sign-in
+    assert ADMIN_SECRET not in event.detail

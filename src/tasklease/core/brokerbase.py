@@ -88,9 +88,10 @@ T = TypeVar("T")
 SignIn = Literal["admin", "app"]
 """Which sign-in limit an attempt spends (:meth:`BrokerBase.admit_sign_in`)."""
 
-ConsoleFormRefusal = Literal["cross_origin", "stale_form"]
+ConsoleFormRefusal = Literal["cross_origin", "stale_form", "plain_http"]
 """Why a console form was refused (:meth:`BrokerBase.refuse_console_form`)."""
 _FORM_REFUSED = "this form is stale or came from another site"
+_PLAIN_HTTP_REFUSED = "the console needs TLS beyond this machine"
 
 # What an operator's token needs to read the revocation feed or introspect: the
 # revocation power (the admin and operator roles hold it; the auditor role does not).
@@ -458,7 +459,10 @@ class BrokerBase:
     ) -> TaskleaseError:
         """Audit a console form refused before it did anything: ``reason`` says whether it
         came from another origin (``cross_origin``) or lacked its page's CSRF value
-        (``stale_form``), a forgery's two marks. One ``console_form_refused`` event names
+        (``stale_form``), a forgery's two marks, or came over plain HTTP from beyond
+        loopback (``plain_http``: a sign-in's secret, a session's cookie crossed the
+        network in clear; any console request so sent is refused so). One
+        ``console_form_refused`` event names
         the form's path, the ``Origin`` sent (``-`` for none), the client's address and
         the operator whose session the request carried (``operator``, "" when none was
         authenticated); the generic ``Forbidden`` with its ``denial_id`` is returned for
@@ -466,7 +470,7 @@ class BrokerBase:
         budget, as every audited refusal does."""
         sent = clipped(origin, 256) if origin else "-"
         return await self.kernel.adeny(
-            Forbidden(_FORM_REFUSED),
+            Forbidden(_PLAIN_HTTP_REFUSED if reason == "plain_http" else _FORM_REFUSED),
             AuditEntry(
                 "console_form_refused",
                 outcome="denied",

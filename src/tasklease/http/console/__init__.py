@@ -199,8 +199,9 @@ def console_routes(
     async def refused_form(
         request: Request, reason: ConsoleFormRefusal, *, operator: str, signed_in: bool
     ) -> Response:
-        """A form from another origin or without its page's CSRF value: audited once (the
-        broker's ``console_form_refused``), answered 403 with the refusal's id."""
+        """A form from another origin or without its page's CSRF value, or any request
+        over plain HTTP from beyond loopback: audited once (the broker's
+        ``console_form_refused``), answered 403 with the refusal's id."""
         origin = request.headers.get("origin", "")
         try:
             exc = await broker.refuse_console_form(
@@ -208,21 +209,26 @@ def console_routes(
             )
         except TaskleaseError as failed:  # its event could not be written: 503
             exc = failed
+        message = _PLAIN_HTTP if reason == "plain_http" else _STALE_FORM
         return page(
             request,
             "error.html",
             status_for(exc.code),
-            message=_STALE_FORM if exc.denial_id else exc.detail,
+            message=message if exc.denial_id else exc.detail,
             denial_id=exc.denial_id,
             signed_in=signed_in,
         )
+
+    async def plain_http(request: Request) -> Response:
+        """A request over plain HTTP from beyond loopback (``plain_http_refused``)."""
+        return await refused_form(request, "plain_http", operator="", signed_in=False)
 
     def guarded(
         handler: Callable[[Request, dict[str, Any]], Any], scope: str
     ) -> Callable[[Request], Any]:
         async def run(request: Request) -> Response:
             if plain_http_refused(request):
-                return page(request, "error.html", 403, message=_PLAIN_HTTP, signed_in=False)
+                return await plain_http(request)
             if request.method == "POST" and not own_origin(request):
                 # Before the session: another site's forged form comes without the session
                 # cookie (SameSite=Strict), and is refused and audited all the same.
@@ -256,7 +262,7 @@ def console_routes(
 
     async def login_form(request: Request) -> Response:
         if plain_http_refused(request):
-            return page(request, "error.html", 403, message=_PLAIN_HTTP, signed_in=False)
+            return await plain_http(request)
         value = login_csrf()
         # Sent here from a page whose session the broker refused: name that refusal. Only
         # a denial id's exact shape is shown; anything else in the query is ignored.
@@ -274,7 +280,7 @@ def console_routes(
 
     async def login(request: Request) -> Response:
         if plain_http_refused(request):
-            return page(request, "error.html", 403, message=_PLAIN_HTTP, signed_in=False)
+            return await plain_http(request)
         if not own_origin(request):
             return await refused_form(request, "cross_origin", operator="", signed_in=False)
         form = await _form(request)
