@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 
-from tasklease.core.broker import Broker
+from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.clock import ManualClock
 from tasklease.core.config import Config
+from tasklease.core.errors import Unavailable
 from tasklease.core.keys import KeyRing
 from tasklease.core.passwords import hash_secret
 from tasklease.core.records import AuditEvent
@@ -29,6 +31,7 @@ ADMIN_SECRET = "console-refusals-admin-secret-0123456789"
 ORIGIN = "http://127.0.0.1:8080"
 ELSEWHERE = "https://elsewhere.example"
 DENIAL = re.compile(r"den_[0-9a-f]{16}")
+CTX = RequestContext(request_id="req-1", remote="127.0.0.1")
 # A token of the right shape that no key of this broker signed.
 FORGED_SESSION = "eyJhbGciOiJFZERTQSJ9.e30.AAAA"
 
@@ -343,3 +346,110 @@ def test_a_console_request_over_plain_http_from_afar_is_audited_once(
     assert "from 192.0.2.10" in event.detail and event.resource == path
     assert _events(broker) == [event]  # refused before anything else: no sign-in
     assert ADMIN_SECRET not in event.detail
+
+
+# -- a sign-in while the store is out --------------------------------------------------------
+
+_CAUSE = "connection to server at 10.9.8.7 failed"
+
+
+class _OutStore(MemoryStore):
+    """A memory store whose reads of operators, or whose writes, fail as a database that
+    cannot be reached does (``Unavailable``, the cause in its ``reason``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads_out = False
+        self.writes_out = False
+
+    def _out(self) -> Unavailable:
+        return Unavailable("the database connection was lost", reason=_CAUSE, retry_after=2)
+
+    def get_operator(self, name: str) -> Any:
+        if self.reads_out:
+            raise self._out()
+        return super().get_operator(name)
+
+    @contextmanager
+    def write(self) -> Iterator[Any]:
+        if self.writes_out:
+            raise self._out()
+        with super().write() as tx:
+            yield tx
+
+
+def _sign_in_with(store: MemoryStore, operator: str) -> tuple[Broker, httpx.Response]:
+    broker = Broker(
+        Config(admin_secret_hash=hash_secret(ADMIN_SECRET)),
+        store,
+        KeyRing.generate(),
+        clock=ManualClock(1_800_000_000.0),
+        nonce_secret=b"n" * 32,
+    )
+
+    async def go(client: httpx.AsyncClient) -> httpx.Response:
+        form = await client.get("/console/login")
+        return await client.post(
+            "/console/login",
+            data={"csrf": _csrf(form.text), "operator": operator, "secret": ADMIN_SECRET},
+            headers={"origin": ORIGIN},
+        )
+
+    return broker, _run(broker, go)
+
+
+def test_a_sign_in_while_the_store_cannot_be_read_answers_unavailable_and_names_it() -> None:
+    """Not 401 "check the operator name and secret": the operator would believe the
+    secret wrong. 503, come back shortly, the refusal named, and the cause kept off
+    the page (it is in the audit event)."""
+    store = _OutStore()
+    store.reads_out = True
+    broker, answer = _sign_in_with(store, "alice")
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "2"
+    assert "check the operator name and secret" not in answer.text
+    assert "unavailable" in answer.text
+    assert _CAUSE not in answer.text and "database" not in answer.text
+    [event] = _named(broker, _shown(answer.text))
+    assert (event.event_type, event.outcome) == ("operator_auth_failed", "denied")
+    assert "unavailable" in event.detail and "operator=alice" in event.detail
+    assert "tasklease_console=" not in answer.headers.get("set-cookie", "")
+
+
+def test_a_sign_in_while_the_store_cannot_be_written_answers_unavailable() -> None:
+    """The admin secret verified, but its sign-in's event cannot be written: no token,
+    503, and nothing that says the secret was wrong (no event could name it)."""
+    store = _OutStore()
+    store.writes_out = True
+    broker, answer = _sign_in_with(store, "")
+    assert answer.status_code == 503
+    assert "check the operator name and secret" not in answer.text
+    assert "unavailable" in answer.text
+    assert _CAUSE not in answer.text and "database" not in answer.text
+    assert DENIAL.search(answer.text) is None  # nothing could be written to name
+    assert "tasklease_console=" not in answer.headers.get("set-cookie", "")
+    assert list(broker.store.iter_audit()) == []
+
+
+def test_a_sign_in_moments_after_the_operators_rotation_says_when_to_come_back() -> None:
+    """The new secret is right, but a token issued now would be born revoked by the
+    rotation's entry: 503 with Retry-After and the refusal named, not "check the secret"."""
+    broker = _broker()
+    admin = broker.admin_auth(ADMIN_SECRET, CTX).claims
+    broker.add_operator(admin, name="alice", role="operator", public_key=None, ctx=CTX)
+    _, secret = broker.rotate_operator(admin, "alice", public_key=None, ctx=CTX)
+
+    async def go(client: httpx.AsyncClient) -> httpx.Response:
+        form = await client.get("/console/login")
+        return await client.post(
+            "/console/login",
+            data={"csrf": _csrf(form.text), "operator": "alice", "secret": secret},
+            headers={"origin": ORIGIN},
+        )
+
+    answer = _run(broker, go)
+    assert answer.status_code == 503
+    assert int(answer.headers["retry-after"]) > 0
+    assert "check the operator name and secret" not in answer.text
+    [event] = _named(broker, _shown(answer.text))
+    assert event.event_type == "operator_auth_failed"

@@ -32,6 +32,7 @@ from tasklease.core.errors import (
     RateLimited,
     TaskleaseError,
     Unauthorized,
+    Unavailable,
 )
 from tasklease.core.exchange import Exchange, Exchanged, ExchangeRequest
 from tasklease.core.federation import Federation
@@ -49,7 +50,7 @@ from tasklease.core.liveness import Liveness
 from tasklease.core.metrics import Metrics
 from tasklease.core.mutual import HandshakeResult
 from tasklease.core.offlineaudit import OfflineAudit
-from tasklease.core.operators import Operators
+from tasklease.core.operators import Operators, operator_name, operator_subject
 from tasklease.core.peerfeed import PeerFeeds
 from tasklease.core.pending import Pending, aanswer, asettle, complete
 from tasklease.core.readiness import Readiness
@@ -92,6 +93,7 @@ ConsoleFormRefusal = Literal["cross_origin", "stale_form", "plain_http"]
 """Why a console form was refused (:meth:`BrokerBase.refuse_console_form`)."""
 _FORM_REFUSED = "this form is stale or came from another site"
 _PLAIN_HTTP_REFUSED = "the console needs TLS beyond this machine"
+_SIGN_IN_UNAVAILABLE = "signing in is unavailable just now: try again shortly"
 
 # What an operator's token needs to read the revocation feed or introspect: the
 # revocation power (the admin and operator roles hold it; the auditor role does not).
@@ -478,6 +480,33 @@ class BrokerBase:
                 resource=ctx.path,
                 request_id=ctx.request_id,
                 detail=f"console form refused: {reason} | origin={sent} from {ctx.remote}",
+            ),
+        )
+
+    async def refuse_console_sign_in(
+        self, cause: TaskleaseError, ctx: RequestContext, *, operator: str
+    ) -> TaskleaseError:
+        """Audit a console sign-in that failed before the broker could audit it: the store
+        was unavailable while it ran (``cause``, a 503 with no ``denial_id``). One
+        ``operator_auth_failed`` event (``admin_auth_failed`` for the admin secret, an
+        empty ``operator``) says so, with the cause's safe description; the returned
+        ``Unavailable`` (come back after the cause's ``retry_after``) carries its
+        ``denial_id`` and no cause. Raises ``Unavailable`` when the event cannot be
+        written either (no refusal can then be named)."""
+        try:
+            subject = operator_subject(operator_name(operator)) if operator else ""
+        except InvalidRequest:
+            subject = ""
+        who = f"operator={clipped(operator, 64)}" if operator else "operator=admin"
+        return await self.kernel.adeny(
+            Unavailable(_SIGN_IN_UNAVAILABLE, retry_after=cause.retry_after or 1),
+            AuditEntry(
+                "operator_auth_failed" if operator else "admin_auth_failed",
+                outcome="denied",
+                agent_id=subject,
+                request_id=ctx.request_id,
+                detail=f"console sign-in failed: the store was unavailable "
+                f"({clipped(cause.detail, 200)}) | {who} from {ctx.remote}",
             ),
         )
 

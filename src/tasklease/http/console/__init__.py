@@ -39,6 +39,7 @@ from tasklease.core.errors import (
     RateLimited,
     TaskleaseError,
     Unauthorized,
+    Unavailable,
 )
 from tasklease.core.records import AuditQuery
 from tasklease.core.tokencheck import held_scopes
@@ -291,17 +292,7 @@ def console_routes(
             await limit_sign_in(broker, "admin", request)
         except TaskleaseError as exc:  # 429, or 503: its run's event could not be written
             limited = isinstance(exc, RateLimited)
-            response = page(
-                request,
-                "login.html",
-                status_for(exc.code),
-                csrf=expected,
-                error=_TOO_MANY if limited else exc.detail,
-                denial_id=exc.denial_id,
-            )
-            if exc.retry_after is not None:
-                response.headers["retry-after"] = str(exc.retry_after)
-            return response
+            return sign_in_refused(request, exc, expected, _TOO_MANY if limited else "")
         name, secret = form.get("operator", "").strip(), form.get("secret", "")
         ctx = context(request)
 
@@ -317,6 +308,17 @@ def console_routes(
         try:
             token, lifetime = await run_in_threadpool(sign_in)
         except TaskleaseError as exc:
+            refused = exc
+            if isinstance(exc, Unavailable) and not exc.denial_id:
+                # The store failed before the sign-in was audited: audited now, if the
+                # log can be written (else no refusal can be named).
+                try:
+                    refused = await broker.refuse_console_sign_in(exc, ctx, operator=name)
+                except TaskleaseError as failed:
+                    refused = failed
+            if isinstance(refused, Unavailable):
+                # Not "check the secret": the secret may well be right.
+                return sign_in_refused(request, refused, expected, "")
             # One message whichever was wrong; the denial id leads to the audited reason.
             return page(
                 request, "login.html", 401, csrf=expected, error=_WRONG, denial_id=exc.denial_id
@@ -324,6 +326,25 @@ def console_routes(
         response = RedirectResponse(f"{base(request)}/", 303)
         set_cookie(response, request, SESSION_COOKIE, token, path=base(request), max_age=lifetime)
         set_cookie(response, request, LOGIN_COOKIE, "", path=base(request), max_age=0)
+        return response
+
+    def sign_in_refused(request: Request, exc: TaskleaseError, csrf: str, message: str) -> Response:
+        """The sign-in page for a sign-in refused for a while (429) or while the broker
+        cannot sign anyone in (503): its status, ``Retry-After`` and ``denial_id``, and
+        ``message`` or, for a 503, when to come back, never its cause."""
+        if not message:
+            wait = f" (in {exc.retry_after} s)" if exc.retry_after else ""
+            message = f"{_UNAVAILABLE}{wait}."
+        response = page(
+            request,
+            "login.html",
+            status_for(exc.code),
+            csrf=csrf,
+            error=message,
+            denial_id=exc.denial_id,
+        )
+        if exc.retry_after is not None:
+            response.headers["retry-after"] = str(exc.retry_after)
         return response
 
     async def logout(request: Request) -> Response:
@@ -593,6 +614,7 @@ _STALE_FORM = "This form is stale or came from another site. Reload the page and
 _WRONG = "Sign-in failed: check the operator name and secret."
 _ENDED = "The session ended or was refused: sign in again."
 _TOO_MANY = "Too many sign-in attempts: wait a little and try again."
+_UNAVAILABLE = "Signing in is unavailable just now: try again shortly"
 _EXPORTED = (
     "id",
     "seq",
