@@ -453,3 +453,32 @@ def test_a_sign_in_moments_after_the_operators_rotation_says_when_to_come_back()
     assert "check the operator name and secret" not in answer.text
     [event] = _named(broker, _shown(answer.text))
     assert event.event_type == "operator_auth_failed"
+
+
+@pytest.mark.parametrize(
+    ("operator", "secret"),
+    [("Not A Name", ADMIN_SECRET), ("x" * 300, ADMIN_SECRET), ("", ""), ("alice", "")],
+    ids=["malformed-name", "long-name", "admin-no-secret", "operator-no-secret"],
+)
+def test_a_sign_in_refused_for_its_form_names_its_one_audit_event(
+    operator: str, secret: str
+) -> None:
+    """A name no operator can have, or no secret: refused as a wrong one is (one message,
+    401), and audited as one is, its page naming the event."""
+    broker = _broker()
+
+    async def go(client: httpx.AsyncClient) -> httpx.Response:
+        form = await client.get("/console/login")
+        return await client.post(
+            "/console/login",
+            data={"csrf": _csrf(form.text), "operator": operator, "secret": secret},
+            headers={"origin": ORIGIN},
+        )
+
+    page = _run(broker, go)
+    assert page.status_code == 401
+    assert "Sign-in failed: check the operator name and secret." in page.text
+    [event] = _named(broker, _shown(page.text))
+    assert event.outcome == "denied"
+    assert event.event_type == ("operator_auth_failed" if operator else "admin_auth_failed")
+    assert ADMIN_SECRET not in event.detail and len(event.detail) < 600

@@ -486,27 +486,32 @@ class BrokerBase:
     async def refuse_console_sign_in(
         self, cause: TaskleaseError, ctx: RequestContext, *, operator: str
     ) -> TaskleaseError:
-        """Audit a console sign-in that failed before the broker could audit it: the store
-        was unavailable while it ran (``cause``, a 503 with no ``denial_id``). One
-        ``operator_auth_failed`` event (``admin_auth_failed`` for the admin secret, an
-        empty ``operator``) says so, with the cause's safe description; the returned
-        ``Unavailable`` (come back after the cause's ``retry_after``) carries its
-        ``denial_id`` and no cause. Raises ``Unavailable`` when the event cannot be
-        written either (no refusal can then be named)."""
+        """Audit a console sign-in that failed before the broker audited it (``cause``,
+        with no ``denial_id``): a form no operator could sign in with (a malformed name,
+        no secret), refused as a wrong secret is (``Unauthorized``); or the store was
+        unavailable while it ran, answered ``Unavailable`` (come back after the cause's
+        ``retry_after``). One ``operator_auth_failed`` event (``admin_auth_failed`` for
+        the admin secret, an empty ``operator``) holds the cause's safe description; the
+        returned error carries its ``denial_id`` and no cause. Raises ``Unavailable``
+        when the event cannot be written (no refusal can then be named)."""
         try:
             subject = operator_subject(operator_name(operator)) if operator else ""
         except InvalidRequest:
             subject = ""
         who = f"operator={clipped(operator, 64)}" if operator else "operator=admin"
+        error: TaskleaseError = Unauthorized("invalid credentials")
+        why = clipped(cause.detail, 200)
+        if isinstance(cause, Unavailable):
+            error = Unavailable(_SIGN_IN_UNAVAILABLE, retry_after=cause.retry_after or 1)
+            why = f"the store was unavailable ({why})"
         return await self.kernel.adeny(
-            Unavailable(_SIGN_IN_UNAVAILABLE, retry_after=cause.retry_after or 1),
+            error,
             AuditEntry(
                 "operator_auth_failed" if operator else "admin_auth_failed",
                 outcome="denied",
                 agent_id=subject,
                 request_id=ctx.request_id,
-                detail=f"console sign-in failed: the store was unavailable "
-                f"({clipped(cause.detail, 200)}) | {who} from {ctx.remote}",
+                detail=f"console sign-in failed: {why} | {who} from {ctx.remote}",
             ),
         )
 

@@ -309,9 +309,10 @@ def console_routes(
             token, lifetime = await run_in_threadpool(sign_in)
         except TaskleaseError as exc:
             refused = exc
-            if isinstance(exc, Unavailable) and not exc.denial_id:
-                # The store failed before the sign-in was audited: audited now, if the
-                # log can be written (else no refusal can be named).
+            if not exc.denial_id:
+                # Refused before the broker audited it (a malformed name, no secret, the
+                # store out): audited now, if the log can be written (else no refusal
+                # can be named).
                 try:
                     refused = await broker.refuse_console_sign_in(exc, ctx, operator=name)
                 except TaskleaseError as failed:
@@ -321,7 +322,12 @@ def console_routes(
                 return sign_in_refused(request, refused, expected, "")
             # One message whichever was wrong; the denial id leads to the audited reason.
             return page(
-                request, "login.html", 401, csrf=expected, error=_WRONG, denial_id=exc.denial_id
+                request,
+                "login.html",
+                401,
+                csrf=expected,
+                error=_WRONG,
+                denial_id=refused.denial_id,
             )
         response = RedirectResponse(f"{base(request)}/", 303)
         set_cookie(response, request, SESSION_COOKIE, token, path=base(request), max_age=lifetime)
