@@ -19,8 +19,8 @@ from datetime import datetime
 import msgspec
 
 from tasklease.core.records import AuditEvent
-from tasklease.core.secretshapes import HEX_SECRET, JWT, REFERENCE
 from tasklease.rules.auditchain import GENESIS_HASH, prefix, uncovered_lineage
+from tasklease.rules.secretshapes import HEX_SECRET, JWT, REFERENCE
 
 __all__ = [
     "CURRENT_FORMAT",
@@ -81,7 +81,7 @@ _BEARER = re.compile(r"(?i)\b(bearer|dpop)\s++[A-Za-z0-9._~+/=-]{8,}")
 _LOCAL_PART = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-")
 _EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 _PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?(-----END [A-Z ]+-----|$)", re.S)
-# Anything any rule above, or a token's shape (core.secretshapes), could match contains
+# Anything any rule above, or a token's shape (rules.secretshapes), could match contains
 # one of these (lower-cased) or 64 hex characters in a row; the rules run only then.
 _MARKERS = (
     "eyj", "tlr_", "-----begin", "@", "secret", "passw", "private_key", "privkey",
@@ -210,7 +210,7 @@ def sanitize(detail: str) -> str:
     Redacts: JWTs and by-reference tokens, bearer/DPoP credentials, PEM blocks, values of
     secret-looking keys (``client_secret=...``, ``password: ...``), runs of 64 or more hex
     characters (launch tokens, nonces, secrets, whatever surrounds them: audit events name
-    things by their id or hash prefix instead; ``core.secretshapes``) and e-mail
+    things by their id or hash prefix instead; ``rules.secretshapes``) and e-mail
     addresses (kept as ``a***@example.com``). Control characters become spaces, text that
     is not valid Unicode (lone surrogates) is replaced, and the result is capped at
     :data:`MAX_DETAIL` characters, keeping the denial id a refusal's detail ends with.

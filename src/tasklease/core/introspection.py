@@ -20,8 +20,8 @@ import secrets
 from typing import Any
 
 from tasklease.core.records import ReferenceTokenRecord
-from tasklease.core.secretshapes import REFERENCE
 from tasklease.core.tokens import Claims, ClaimsError, claims_from_payload, token_type_of
+from tasklease.rules.secretshapes import REFERENCE
 
 __all__ = [
     "INACTIVE",

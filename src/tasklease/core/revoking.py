@@ -22,7 +22,6 @@ from tasklease.core.lineage import ending_records
 from tasklease.core.pending import Pending, complete
 from tasklease.core.records import MAX_TARGET, RevocationRecord
 from tasklease.core.revocation import LEVELS
-from tasklease.core.secretshapes import holds_credential, holds_secret
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import WriteTx
 from tasklease.core.tokencheck import TokenCheck, held_scopes
@@ -30,6 +29,7 @@ from tasklease.core.tokens import KIND_AGENT, OPERATOR_JTI_PREFIX, OPERATORS_SCO
 from tasklease.core.validation import TokenRejected
 from tasklease.rules.principals import creator_kind
 from tasklease.rules.scopes import is_subset
+from tasklease.rules.secretshapes import holds_credential, holds_secret
 
 __all__ = ["Revoking"]
 

@@ -10,8 +10,8 @@ token endpoint's space-separated ``scope`` the same way.
 from __future__ import annotations
 
 from tasklease.core.errors import InvalidRequest
-from tasklease.core.secretshapes import holds_credential, holds_secret
 from tasklease.rules.scopes import MAX_SCOPES, parse_scope
+from tasklease.rules.secretshapes import holds_credential, holds_secret
 
 __all__ = ["scope_param", "validate_scopes"]
 

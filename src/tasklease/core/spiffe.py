@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 
 from tasklease.core.errors import InvalidRequest
-from tasklease.core.secretshapes import holds_credential, holds_secret
+from tasklease.rules.secretshapes import holds_credential, holds_secret
 
 __all__ = ["AgentId", "new_agent_id", "parse_agent_id", "validate_segment", "validate_trust_domain"]
 

@@ -52,7 +52,7 @@ _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # characters or more: our secrets and launch tokens; the start of a JWT; a by-reference
 # token's prefix), is replaced: the id goes into the access log, traces and audit events,
 # and a credential pasted there by mistake must reach none of them (TM-29). Stricter than
-# what the audit log redacts (core.secretshapes): an id needs none of these.
+# what the audit log redacts (rules.secretshapes): an id needs none of these.
 _CREDENTIAL_SHAPED = re.compile(rb"[0-9a-fA-F]{40,}|eyJ|tlr_")
 _BASE_HEADERS = [
     (b"x-content-type-options", b"nosniff"),

@@ -7,7 +7,7 @@ optional ``hint``) so its SDK parses them unchanged.
 
 What a body quotes of the request (the path as ``instance``, a field's value in
 ``detail``) is the caller's text: every token or secret in it is replaced by a marker
-(``core.secretshapes.redacted``), so that a credential pasted where a name belongs is
+(``rules.secretshapes.redacted``), so that a credential pasted where a name belongs is
 not sent back in an answer that clients, SDKs and gateways log.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 import msgspec
 
 from tasklease.core.errors import TaskleaseError
-from tasklease.core.secretshapes import redacted
 from tasklease.rules.binding import www_authenticate
+from tasklease.rules.secretshapes import redacted
 
 __all__ = [
     "DEFAULT_RETRY_AFTER",

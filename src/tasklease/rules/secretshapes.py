@@ -1,8 +1,9 @@
 """The shapes of our credentials and secrets, found anywhere in a text.
 
 One definition for every place that must never keep one: the audit log's sanitizer
-(``core.auditformat``), revocation targets (``core.revoking``) and request ids
-(``http.middleware``). A token is a compact JWS (its header a JSON object, so base64url
+(``core.auditformat``), revocation targets (``core.revoking``), offline blocks' ids
+(``rules.attenuation``), request ids (``http.middleware``) and error answers
+(``http.problems``). A token is a compact JWS (its header a JSON object, so base64url
 ``eyJ``) or a by-reference handle (``tlr_`` and 43 base64url characters); a secret
 (a launch token, a client secret) is 64 hexadecimal characters. A run of 64 or more hex
 characters counts whatever surrounds it and whatever its case: ``task_<secret>`` or a
