@@ -27,13 +27,16 @@ from tasklease.core.offlineaudit import (
 from tasklease.core.store import AuditQuery, RevocationRecord
 from tasklease.core.tokens import KIND_AGENT
 from tasklease.core.validation import TokenRejected
+from tasklease.rules import attenuation as fmt
 from tasklease.rules import jws
+from tasklease.rules.attenuation import ChainError
 from tasklease.rules.binding import Presentation
 from tasklease.rules.chainverify import derive
 
 from .conftest import CTX, Kit
 
 URL = "https://rs.example/v1/data"
+SUB = "spiffe://tasklease.local/agent/orch-1/task-1/hand"
 
 
 def _b64json(value: dict[str, Any]) -> str:
@@ -137,6 +140,43 @@ def test_revoking_a_middle_block_by_jti_ends_it_and_its_descendants_only(
         text = chain.levels[level]
         with pytest.raises(TokenRejected, match="revoked"):
             broker.validate(text, presented=_presented(chain.keys[level], text, now))
+
+
+def _block_by_hand(token: str, signer: SigningKey, *, jti: str, now: int) -> tuple[str, SigningKey]:
+    """A chain of one block as a holder's own tool may sign it, whatever its ``jti``."""
+    key = SigningKey.generate()
+    payload = fmt.canonical_json(
+        {
+            "sub": SUB,
+            "key": jws.b64url_encode(bytes(key.verify_key)),
+            "exp": now + 60,
+            "iat": now,
+            "jti": jti,
+            "depth": 1,
+        }
+    )
+    chain = fmt.PREFIX + token
+    block = fmt.sign_block(fmt.decode(chain).previous(0), payload, signer)
+    return chain + fmt.SEPARATOR + block, key
+
+
+@pytest.mark.parametrize("jti", ["ab" * 32, "tlr_" + "A" * 43])
+def test_a_block_whose_id_cannot_be_revoked_is_refused(
+    broker: Broker, kit: type[Kit], jti: str
+) -> None:
+    # A block's id is the holder's choice, and revocable like a token's (docs/formats.md);
+    # one shaped like a secret or a by-reference token is refused as a revocation target.
+    with pytest.raises(InvalidRequest):
+        broker.revoke(kit.admin(broker).claims, level="token", target=jti, ctx=CTX)
+    # So no chain may carry one: it would be valid where no revocation by its id could end it.
+    root = kit.register(broker, scope=("read:data:*",))
+    now = int(broker.clock.now())
+    text, key = _block_by_hand(root.token, root.key, jti=jti, now=now)
+    with pytest.raises(TokenRejected, match="jti"):
+        broker.validate(text, presented=_presented(key, text, now))
+    with pytest.raises(ChainError, match="jti"):
+        derive(root.token, root.key, delegate=SUB, delegate_key=bytes(key.verify_key),
+               now=now, ttl=60, jti=jti)  # fmt: skip
 
 
 @pytest.mark.parametrize("level", ["agent", "task"])

@@ -41,6 +41,7 @@ from tasklease.rules import grants as grant_rules
 from tasklease.rules import jws
 from tasklease.rules._codec import JWSError, b64url_decode_for, b64url_encode, json_object
 from tasklease.rules.scopes import MAX_SCOPES, parse_scope
+from tasklease.rules.secretshapes import holds_credential, holds_secret
 
 __all__ = [
     "DOMAIN",
@@ -275,6 +276,10 @@ def _parse_payload(payload: bytes) -> dict[str, Any]:
         raise ChainError("sub malformed")
     if type(jti) is not str or _JTI.fullmatch(jti) is None:
         raise ChainError("jti malformed")
+    if holds_secret(jti) or holds_credential(jti):
+        # Revocable by its id like a token's, and the broker refuses a revocation target
+        # shaped like a secret or a by-reference token: such a block could not be ended.
+        raise ChainError("jti shaped like a secret or a token")
     try:
         key_bytes = b64url_decode_for(key, "key") if type(key) is str else b""
     except JWSError:
