@@ -660,10 +660,13 @@ def test_an_app_token_signed_in_while_its_removal_was_on_its_way_is_ended(
 
 
 def test_a_public_id_shaped_like_a_secret_can_be_revoked(broker: Any, kit: Any) -> None:
-    """Another domain chooses its agents' and tokens' ids; a SPIFFE ID or a ``fed:`` id
-    holding 64 hexadecimal characters is public, not a secret, and must stay revocable."""
+    """Another domain chooses its agents' and tokens' ids, an identity provider its
+    subjects (a pairwise OIDC subject, a TPM-attested SPIFFE ID are often a SHA-256 in
+    hex); a SPIFFE ID, a ``fed:`` id or an attestation ancestor holding 64 hexadecimal
+    characters is public, not a secret, and must stay revocable."""
     assert revoke(broker, kit, "agent", "spiffe://partner.example/agent/o/t/" + "ab" * 32) == 1
     assert revoke(broker, kit, "chain", "fed:partner.example:" + "cd" * 32) == 1
+    assert revoke(broker, kit, "chain", "attest:oidc:ci:" + "12" * 32) == 1
     with pytest.raises(InvalidRequest, match="must not hold a secret"):
         revoke(broker, kit, "chain", "ef" * 32)
 

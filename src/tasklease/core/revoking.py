@@ -101,9 +101,10 @@ class Revoking(Service):
                 "target must be a token id (jti), not a token",
                 hint="read the jti with `tasklease token inspect`",
             )
-        if holds_secret(target) and not target.startswith(("spiffe://", "fed:")):
-            # A SPIFFE ID, or an id a federated domain chose, is public and may be shaped
-            # like anything: refused, it could not be revoked here at all.
+        if holds_secret(target) and not target.startswith(("spiffe://", "fed:", "attest:")):
+            # A SPIFFE ID, an id a federated domain chose, or an attestation ancestor (the
+            # subject an identity provider chose) is public and may be shaped like
+            # anything: refused, it could not be revoked here at all.
             raise InvalidRequest(
                 "target must not hold a secret (64 hexadecimal characters: a launch token "
                 "or a client secret)",
