@@ -626,6 +626,14 @@ class BrokerBase:
         return await self._feed_streams.open(reader, ctx)
 
     @property
+    def revocations_current(self) -> bool:
+        """Whether this process's revocation index is confirmed current: always without a
+        store watch; with one, until ``revocation_staleness_bound`` passes without a
+        check-in (:class:`~tasklease.core.freshness.Freshness`). While it is not, what
+        tells others this process is current (a feed's keepalive) must stop."""
+        return self._freshness.current()
+
+    @property
     def revocation_reloads(self) -> int:
         """How many times this process loaded its revocations again because the store no
         longer held the last one it had read (the database went back in time)."""

@@ -330,6 +330,13 @@ class _EventStream(Response):
                 # this covers one that subscribed as it stopped).
                 _log.info("revocation stream ended: its tenant is no longer served")
                 return
+            if not broker.revocations_current:
+                # This process no longer hears other processes' revocations (its store
+                # watch went quiet past revocation_staleness_bound): a keepalive would
+                # tell the reader it is current. It reconnects, is refused 503 while this
+                # lasts, and fails closed past its own staleness bound.
+                _log.info("revocation stream ended: revocation state not confirmed current")
+                return
             remaining = self._ends_at - clock.now()
             if remaining <= 0:
                 return  # the reader's token expired: it reconnects with a fresh one
