@@ -31,7 +31,7 @@ from tasklease.core.tokens import KIND_AGENT
 from tasklease.http import wire
 from tasklease.http._reading import first_half
 from tasklease.http.jsonbody import decode_json_body
-from tasklease.rules.binding import expected_htu, origin_of
+from tasklease.rules.binding import expected_htu, origin_of, url_path
 
 __all__ = ["RequestURI", "parse_token_request", "request_path", "token_routes"]
 
@@ -55,8 +55,7 @@ def request_path(scope: MutableMapping[str, Any]) -> str:
     """The request's path as its URL gives it (``request.url.path``), without building the
     URL: the ASGI path (the mount's prefix included) with ``?``, ``#`` and ``\\``
     percent-encoded, as the URL writes them."""
-    path: str = scope["path"]
-    return path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+    return url_path(scope["path"])
 
 
 class RequestURI:

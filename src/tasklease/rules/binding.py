@@ -65,6 +65,7 @@ __all__ = [
     "origin_of",
     "presented_thumbprint",
     "remember_proof",
+    "url_path",
     "www_authenticate",
 ]
 
@@ -246,13 +247,22 @@ def claimed_htu(proof: str) -> str | None:
     return normalize_htu(payload.get("htu")) if isinstance(payload, dict) else None
 
 
+def url_path(path: str) -> str:
+    """The path of a request's URL from its ASGI ``path`` (decoded, a mount's or proxy's
+    ``root_path`` already included): ``?``, ``#`` and ``\\`` percent-encoded, as the URL
+    writes them (Starlette's ``request.url.path``). Left decoded, ``/a?/b`` would name the
+    URI ``/a`` (query ``/b``) to :func:`normalize_htu`, and a proof for ``/a`` would pass
+    for it. What :func:`expected_htu` is given, at the broker and at a resource server."""
+    return path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+
+
 def expected_htu(origins: Sequence[str], path: str, proof: str) -> str:
-    """The URI a DPoP proof for a request to ``path`` must name (RFC 9449 section 4.3
-    point 9): one of the server's own ``origins`` (normalized, :func:`origin_of`) + the
-    path, never built from the request's ``Host`` header, so a proof minted for another
-    server is not made valid here by sending that server's name. With several origins,
-    the one the proof names; with none matching, the first (and the check fails). ""
-    without an origin."""
+    """The URI a DPoP proof for a request to ``path`` (its URL's path, :func:`url_path`)
+    must name (RFC 9449 section 4.3 point 9): one of the server's own ``origins``
+    (normalized, :func:`origin_of`) + the path, never built from the request's ``Host``
+    header, so a proof minted for another server is not made valid here by sending that
+    server's name. With several origins, the one the proof names; with none matching,
+    the first (and the check fails). "" without an origin."""
     if not origins:
         return ""
     if len(origins) > 1 and proof:

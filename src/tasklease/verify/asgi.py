@@ -49,6 +49,7 @@ from tasklease.rules.binding import (
     authorization_credentials,
     expected_htu,
     origin_of,
+    url_path,
     www_authenticate,
 )
 from tasklease.verify import _errors, _grants
@@ -190,11 +191,13 @@ def _dpop_proof(scope: Scope) -> str:
 
 def _htu(scope: Scope, origins: Sequence[str], proof: str) -> str:
     """The URI a DPoP proof for this request must name: one of ``origins`` (the server's
-    public origins) + the path, else the address the connection arrived at. Never the
-    ``Host`` header, which the client writes: a proof minted for another server (another
-    deployment behind the same audience) is not made valid here by naming it as ``Host``.
+    public origins) + the path of the request's URL, else the address the connection
+    arrived at. Never the ``Host`` header, which the client writes: a proof minted for
+    another server (another deployment behind the same audience) is not made valid here
+    by naming it as ``Host``. The path is the broker's (``url_path``): the ASGI ``path``,
+    which holds the ``root_path`` already, with ``?`` and ``#`` encoded.
     """
-    path = f"{scope.get('root_path', '')}{scope.get('path', '')}"
+    path = url_path(str(scope.get("path", "")))
     if not origins:
         raw_scheme = str(scope.get("scheme", "http"))
         scheme = {"ws": "http", "wss": "https"}.get(raw_scheme, raw_scheme)
