@@ -131,15 +131,33 @@ def _request_id(headers: Collection[tuple[bytes, bytes]]) -> str:
 _STATUS = {"unauthorized": 401, "insufficient_scope": 403}
 
 
+def _refusal(error: VerificationError, scope: Scope) -> tuple[int, tuple[str, str] | None]:
+    """The status of a route's refusal and the challenge of the credential that failed
+    (RFC 6750 section 3.1, RFC 9449 section 7.1): 403 ``insufficient_scope``, 401, or
+    503 when the verifier (or the broker counting a call) cannot tell: fail closed."""
+    status = 503 if isinstance(error, VerifierUnavailable) else _STATUS[error.code]
+    scheme = _scheme(scope)
+    if status == 403:
+        return status, (scheme, "insufficient_scope")
+    if status == 401 and isinstance(error, InvalidToken) and scheme:
+        return status, _token_challenge(scheme, error)
+    return status, None
+
+
+def _refusal_headers(
+    error: VerificationError, status: int, challenge: tuple[str, str] | None
+) -> dict[str, str]:
+    """What a refusal's status needs besides its body: ``WWW-Authenticate`` on a 401 or
+    403 (RFC 6750 section 3; the scope a 403 lacked), ``Retry-After`` on a 503."""
+    if status == 503:
+        return {"retry-after": "1"}
+    required = getattr(error, "required", "") if status == 403 else None
+    return {"www-authenticate": www_authenticate(challenge, required)}
+
+
 def problem_response(error: VerificationError, request: Request) -> Response:
     """The RFC 9457 problem for a refusal; the detail is generic, never ``error.reason``."""
-    status = 503 if isinstance(error, VerifierUnavailable) else _STATUS[error.code]
-    scheme = _scheme(request.scope)
-    challenge: tuple[str, str] | None = None
-    if status == 403:
-        challenge = (scheme, "insufficient_scope")
-    elif status == 401 and isinstance(error, InvalidToken) and scheme:
-        challenge = _token_challenge(scheme, error)
+    status, challenge = _refusal(error, request.scope)
     body, headers = _problem(
         status,
         error.code,
@@ -148,9 +166,7 @@ def problem_response(error: VerificationError, request: Request) -> Response:
         request_id=_request_id(request.scope.get("headers", [])),
         challenge=challenge,
     )
-    required = getattr(error, "required", "")
-    if status == 403:
-        headers["www-authenticate"] = www_authenticate(challenge, required)
+    headers.update(_refusal_headers(error, status, challenge))
     return Response(body, status, headers=headers)
 
 
@@ -372,11 +388,13 @@ class TaskleaseAuthMiddleware:
 
 
 class ScopeDenied(HTTPException):
-    """Raised by :class:`ScopeRequirement` used as a FastAPI dependency."""
+    """Raised by :class:`ScopeRequirement` and :class:`GrantRequirement` used as FastAPI
+    dependencies: the status and headers of :func:`problem_response` (a challenge on a
+    401 or 403, ``Retry-After`` on a 503), whichever handler answers it."""
 
-    def __init__(self, error: VerificationError) -> None:
-        status = 403 if error.code == "insufficient_scope" else 401
-        super().__init__(status, error.message)
+    def __init__(self, error: VerificationError, request: Request | None = None) -> None:
+        status, challenge = _refusal(error, request.scope if request is not None else {})
+        super().__init__(status, error.message, headers=_refusal_headers(error, status, challenge))
         self.error = error
 
 
@@ -421,7 +439,7 @@ class ScopeRequirement:
         try:
             return self.check(request)
         except VerificationError as exc:
-            raise ScopeDenied(exc) from None
+            raise ScopeDenied(exc, request) from None
 
     def _decorate(self, endpoint: Endpoint) -> Endpoint:
         @functools.wraps(endpoint)
@@ -488,7 +506,7 @@ class GrantRequirement:
         try:
             return await self.check(request)
         except VerificationError as exc:
-            raise ScopeDenied(exc) from None
+            raise ScopeDenied(exc, request) from None
 
     def guard(self, endpoint: Endpoint) -> Endpoint:
         """Decorate a Starlette endpoint: it runs only when the requirement holds."""
