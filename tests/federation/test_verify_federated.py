@@ -213,6 +213,40 @@ def test_a_federated_token_carrying_structured_grants_is_refused(
         assert verifier.verify(_token(remote, ("read:data:1",))).scope == ("read:data:1",)
 
 
+def test_a_federated_tokens_failed_dpop_proof_is_named_as_such(
+    home: tuple[Broker, Served], peer: tuple[Broker, Served], ca: CA
+) -> None:
+    """RFC 9449 section 7.1: a request whose DPoP proof fails is answered
+    ``invalid_dpop_proof`` (the client retries with a fresh proof), not ``invalid_token``
+    (the client drops a good token): for a federated domain's token as for the broker's."""
+    local, home_served = home
+    remote, peer_served = peer
+    bound = {"jkt": "A" * 43}
+    tokens = {}
+    for name, broker in (("home", local), ("federated", remote)):
+        td = broker.config.trust_domain
+        tokens[name], _ = mint(
+            broker.keyring,
+            kind=KIND_AGENT,
+            iss=broker.config.issuer,
+            sub=f"spiffe://{td}/agent/orch/task/0123456789abcdef",
+            aud=(AUDIENCE,),
+            iat=int(time.time()),
+            ttl=120,
+            scope=("read:data:1",),
+            client_id="app-1",
+            cnf=bound,
+        )
+    presented = {"scheme": "DPoP", "dpop_proof": "not.a.proof", "htm": "GET",
+                 "htu": "https://orders.example/data"}  # fmt: skip
+    with _verifier(home_served, _domain(peer_served, ca)) as verifier:
+        for name, token in tokens.items():
+            with pytest.raises(InvalidToken) as caught:
+                verifier.verify(token, **presented)
+            assert "DPoP proof" in caught.value.reason, name
+            assert caught.value.dpop_proof, name
+
+
 def test_an_unconfigured_domain_is_refused(
     home: tuple[Broker, Served], peer: tuple[Broker, Served]
 ) -> None:

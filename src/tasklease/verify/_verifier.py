@@ -546,7 +546,7 @@ class Verifier(VerifierBase):
             try:
                 check_binding(verified.cnf, token, presented or _BEARER, dpop=self._dpop, now=now)
             except BindingError as exc:
-                raise InvalidToken(exc.reason) from None
+                raise InvalidToken(exc.reason, dpop_proof=isinstance(exc, DPoPProofError)) from None
         return verified
 
     def _introspect(self, token: str) -> VerifiedToken:
