@@ -262,6 +262,7 @@ def test_public_surface() -> None:
         "Verifier",
         "VerifierUnavailable",
         "has_max_calls",
+        "parse_jwks",
         "require_attested",
         "require_grant",
         "verify_checkpoint",

@@ -60,18 +60,17 @@ def _when(ts: Any) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _check_signature(token: str, header: dict[str, Any], jwks: dict[str, Any]) -> tuple[bool, str]:
-    import nacl.signing
-
+def _check_signature(token: str, header: dict[str, Any], jwks: object) -> tuple[bool, str]:
+    """Whether ``token``'s signature verifies with a key of ``jwks`` that the verifier
+    would use: the JWK Set is read by its rule (:func:`tasklease.verify.parse_jwks`),
+    never by one of our own, so "valid" here is never a token resource servers refuse."""
     from tasklease.rules import jws as _jws
+    from tasklease.verify import parse_jwks
 
-    keys: dict[str, nacl.signing.VerifyKey] = {}
-    for jwk in jwks.get("keys") or []:
-        if isinstance(jwk, dict) and jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519":
-            try:
-                keys[str(jwk["kid"])] = nacl.signing.VerifyKey(_jws.b64url_decode(jwk["x"]))
-            except (KeyError, ValueError, _jws.JWSError, TypeError):
-                continue
+    try:
+        keys = parse_jwks(jwks)
+    except ValueError:
+        return False, "invalid: the broker's answer is not a JWK Set"
     typ = header.get("typ")
     try:
         decoded = _jws.decode(
@@ -79,7 +78,7 @@ def _check_signature(token: str, header: dict[str, Any], jwks: dict[str, Any]) -
         )
     except _jws.JWSError as exc:
         if exc.reason == "unknown kid":
-            return False, f"unknown kid: the broker's JWKS ({len(keys)} keys) does not hold it"
+            return False, f"unknown kid: the broker's JWKS ({len(keys)} usable keys) lacks it"
         return False, f"invalid: {exc.reason}"
     return True, f"valid (kid {decoded.kid})"
 

@@ -39,6 +39,10 @@ Needs only PyNaCl and httpx. The Starlette/FastAPI middleware and ``require_scop
 The broker's audit log is verified offline too, from a checkpoint and the log's keys
 (``verify_checkpoint``, ``verify_event_inclusion``, ``verify_log_consistency``,
 ``verify_proof_bundle``; see ``docs/audit.md``).
+
+:func:`parse_jwks` is the rule that decides which keys of a JWK Set verify anything (the
+``kid`` is the key's RFC 7638 thumbprint, EdDSA for signatures only, no private half), for
+tools that judge a token by a JWK Set as the verifier would (``tasklease token inspect``).
 """
 
 from tasklease.verify._attest import require_attested
@@ -62,6 +66,7 @@ from tasklease.verify._federation import FederatedDomain
 from tasklease.verify._feed import AppCredentials
 from tasklease.verify._grants import CallCount, has_max_calls, require_grant
 from tasklease.verify._introspection import BrokerIntrospector, TokenIntrospector
+from tasklease.verify._jwks import parse_jwks
 from tasklease.verify._verifier import Verifier
 
 __all__ = [
@@ -81,6 +86,7 @@ __all__ = [
     "Verifier",
     "VerifierUnavailable",
     "has_max_calls",
+    "parse_jwks",
     "require_attested",
     "require_grant",
     "verify_checkpoint",
