@@ -129,6 +129,23 @@ def test_a_plaintext_key_file_left_in_the_key_directory(data: Path) -> None:
     assert leftover.name in assert_high(report, "plaintext-signing-key")["title"]
 
 
+# Would fail if: doctor looked for plaintext keys in the key directory alone, and said
+# nothing of a tenant's (keys/tenants/<name>, and its log key), which sign as well.
+@pytest.mark.parametrize("where", ["log", "tenants/acme", "tenants/acme/log"])
+def test_a_plaintext_key_file_in_a_tenants_or_the_logs_key_directory(
+    data: Path, where: str
+) -> None:
+    directory = data / "keys" / where
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    leftover = directory / "signing-20200101T000000000000Z-AAAAAAAA.pem"
+    fd = os.open(leftover, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("-----BEGIN PRIVATE KEY-----\nnot a real key\n-----END PRIVATE KEY-----\n")
+    code, report = doctor(data)
+    assert code == 2
+    assert f"{where}/{leftover.name}" in assert_high(report, "plaintext-signing-key")["title"]
+
+
 @pytest.mark.parametrize(
     ("relative", "mode"),
     [

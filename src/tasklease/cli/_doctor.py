@@ -81,7 +81,11 @@ def _signing_keys(config: Config) -> Iterator[Finding]:
         )
         return
     key_dir = Path(config.key_dir)
-    plaintext = [path.name for path in _key_files(key_dir) if _is_plaintext_pem(path)]
+    plaintext = [
+        path.relative_to(key_dir).as_posix()
+        for path in _all_key_files(key_dir)
+        if _is_plaintext_pem(path)
+    ]
     if plaintext:
         yield Finding(
             "plaintext-signing-key",
@@ -93,6 +97,18 @@ def _signing_keys(config: Config) -> Iterator[Finding]:
             "run `tasklease keys encrypt` to rewrite them under the passphrase, "
             "or remove keys that are no longer needed",
         )
+
+
+def _all_key_files(key_dir: Path) -> list[Path]:
+    """The key files of every directory the broker keeps keys in: its own, the audit
+    log's, each tenant's (``keys encrypt`` covers the same, ``key_directories``)."""
+    from tasklease.cli._keys import key_directories
+
+    try:
+        directories = key_directories(key_dir)
+    except OSError:
+        directories = [key_dir]
+    return [path for directory in directories for path in _key_files(directory)]
 
 
 def _key_files(key_dir: Path) -> list[Path]:
@@ -152,7 +168,7 @@ def _files(
         (data_dir, "the data directory", _DIRECTORY),
         (key_dir, "the key directory", _DIRECTORY),
     ]
-    found += [(path, "a signing key", _CONFIDENTIAL) for path in _key_files(key_dir)]
+    found += [(path, "a signing key", _CONFIDENTIAL) for path in _all_key_files(key_dir)]
     found.append((key_dir / "nonce.secret", "the nonce secret", _CONFIDENTIAL))
     passphrase = _passphrase_file(config, env)
     if passphrase is not None:

@@ -19,7 +19,7 @@ from tasklease.cli._configfile import setting_line
 if TYPE_CHECKING:
     from tasklease.core.config import Config
 
-__all__ = ["KEY_PROVIDERS", "init_keys", "register"]
+__all__ = ["KEY_PROVIDERS", "init_keys", "key_directories", "register"]
 
 KEY_PROVIDERS = ("file", "pkcs11", "plaintext")
 
@@ -121,12 +121,13 @@ DataDirOpt = Annotated[
 def keys_encrypt(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Encrypt plaintext signing keys in place, for key_provider = "file".
 
-    Works on the data directory; stop the broker first. The passphrase is
-    TASKLEASE_KEY_PASSPHRASE, else key_passphrase_file, else a new random file
+    Every key of the data directory: the broker's, the audit log's, and each tenant's
+    (<key-dir>/tenants/<name>, with its log key). Stop the broker first. The passphrase
+    is TASKLEASE_KEY_PASSPHRASE, else key_passphrase_file, else a new random file
     <data-dir>/key-passphrase (0600). Each key keeps its file name and kid; tokens it
     signed stay valid. Then remove key_provider = "plaintext" from the configuration.
     """
-    from tasklease.core.transparency import LOG_KEY_DIR
+    from tasklease.core.tenants import TENANT_KEY_DIRS
     from tasklease.keystore import (
         EncryptedFileKeyProvider,
         KeyStoreError,
@@ -146,10 +147,11 @@ def keys_encrypt(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
         provider = open_key_provider(_as_file_provider(cfg), create_kek_file="yes")
         if not isinstance(provider, EncryptedFileKeyProvider):  # pragma: no cover
             fail("internal error: not the file key provider")
-        kids = encrypt_directory(key_dir, provider)
-        # The audit log's key lives beside them, kept by the same provider (docs/audit.md).
-        if (key_dir / LOG_KEY_DIR).is_dir():
-            kids += encrypt_directory(key_dir / LOG_KEY_DIR, provider)
+        kids: list[str] = []
+        tenants = 0
+        for directory in key_directories(key_dir):
+            kids += encrypt_directory(directory, provider)
+            tenants += directory.parent == key_dir / TENANT_KEY_DIRS
     except (KeyStoreError, OSError) as exc:
         fail(str(exc), EXIT_USAGE)
     if provider.new_passphrase_file is not None:
@@ -159,11 +161,15 @@ def keys_encrypt(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
             highlight=False,
         )
     if not kids:
-        out.print(f"Every signing key in {key_dir} is already encrypted.", highlight=False)
+        out.print(
+            f"Every signing key in {key_dir} (every tenant's too) is already encrypted.",
+            highlight=False,
+        )
     else:
         out.print(
             f"Encrypted {len(kids)} signing key(s) in {key_dir} "
-            f"(passphrase from {provider.source}).",
+            f"(and the key directories of {tenants} tenant(s) in {TENANT_KEY_DIRS}/; "
+            f"passphrase from {provider.source}).",
             highlight=False,
         )
         out.print(
@@ -178,6 +184,30 @@ def keys_encrypt(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
             "or remove the line: file is the default.",
             highlight=False,
         )
+
+
+def key_directories(key_dir: Path) -> list[Path]:
+    """Every directory of signing keys under ``key_dir`` that the broker opens with its key
+    provider: its own, the audit log's beside it (``log/``, docs/audit.md), and each
+    tenant's with its log key (``tenants/<name>``, tasklease.tenancy), a removed tenant's
+    too (its keys are as secret). ``keys encrypt`` rewrites them; ``doctor`` checks them.
+
+    Raises:
+        OSError: ``key_dir/tenants`` cannot be listed.
+    """
+    from tasklease.core.tenants import TENANT_KEY_DIRS
+    from tasklease.core.transparency import LOG_KEY_DIR
+
+    found = [key_dir]
+    tenants = key_dir / TENANT_KEY_DIRS
+    if tenants.is_dir():
+        found += sorted(path for path in tenants.iterdir() if path.is_dir())
+    return [
+        directory
+        for base in found
+        for directory in (base, base / LOG_KEY_DIR)
+        if directory.is_dir()
+    ]
 
 
 def _as_file_provider(config: Config) -> Config:

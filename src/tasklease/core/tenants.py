@@ -27,6 +27,7 @@ from tasklease.core.tokens import Claims
 
 __all__ = [
     "DEFAULT_TENANT",
+    "TENANT_KEY_DIRS",
     "TENANT_PATH_PREFIX",
     "Tenants",
     "check_tenant_id",
@@ -38,6 +39,9 @@ __all__ = [
 
 # Where a tenant other than the default one is served: /t/<name>/...
 TENANT_PATH_PREFIX = "/t/"
+# The directory, in the default tenant's key directory, of the other tenants' key
+# directories (one per tenant, named after it).
+TENANT_KEY_DIRS = "tenants"
 
 
 def tenant_config(base: Config, tenant: TenantRecord) -> Config:
@@ -57,7 +61,7 @@ def tenant_config(base: Config, tenant: TenantRecord) -> Config:
 
 def tenant_key_dir(base_key_dir: str, tenant: str) -> str:
     """Where ``tenant``'s signing keys live: ``<key_dir>/tenants/<tenant>`` ("" if none)."""
-    return str(PurePath(base_key_dir, "tenants", tenant)) if base_key_dir else ""
+    return str(PurePath(base_key_dir, TENANT_KEY_DIRS, tenant)) if base_key_dir else ""
 
 
 def tenant_issuer(base_issuer: str, tenant: str) -> str:
