@@ -250,3 +250,51 @@ def test_discovery_asks_a_few_authorization_servers_and_only_over_https() -> Non
     )
     assert asked == [f"https://as{i}.example" for i in range(MAX_AUTHORIZATION_SERVERS)]
     assert [s.issuer for s in found.authorization_servers] == asked[1:]  # as0's is plain
+
+
+# Would fail if: the SDK hex-decoded whatever answered /v1/challenge and signed it with the
+# agent's key: a party on the path (a plain-HTTP hop, a proxy) could have any bytes signed
+# (a chain block, another protocol's message) and replay the signature as the agent's.
+@pytest.mark.parametrize(
+    "nonce",
+    [
+        "",  # the empty message
+        "ab" * 31,
+        "ab" * 33,
+        "7b22" + "ab" * 200,  # any bytes at all, as long as they are hex
+        "AB" * 32,  # the broker's nonces are lowercase
+        " " + "ab" * 32,
+        "ab" * 31 + "a ",
+    ],
+    ids=["empty", "short", "long", "arbitrary", "uppercase", "space", "trailing-space"],
+)
+@pytest.mark.parametrize("operation", ["register", "resume"])
+def test_a_challenge_nonce_other_than_32_bytes_is_never_signed(nonce: str, operation: str) -> None:
+    key = nacl.signing.SigningKey.generate()
+    posted: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/challenge":
+            return httpx.Response(200, json={"nonce": nonce, "expires_in": 30})
+        posted.append(request.url.path)
+        return httpx.Response(500)
+
+    transport = httpx.MockTransport(handler)
+    with pytest.raises(TaskleaseError) as refused:
+        if operation == "register":
+            Agent.register(
+                "https://broker.example",
+                "f" * 64,
+                "o",
+                "t",
+                ["read:x:*"],
+                key=key,
+                transport=transport,
+            )
+        else:
+            Agent.resume(
+                "https://broker.example", "spiffe://x/agent/o/t/1", key, transport=transport
+            )
+    assert refused.value.code == "bad_response"
+    assert "64 lowercase hex characters" in str(refused.value)
+    assert posted == []  # nothing signed went out

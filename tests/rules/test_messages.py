@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tasklease.rules.messages import heartbeat_signing_input, transcript
+from tasklease.rules.messages import (
+    CHALLENGE_NONCE_BYTES,
+    challenge_nonce_bytes,
+    heartbeat_signing_input,
+    transcript,
+)
 
 NA, NB = "a" * 32, "b" * 32
 
@@ -23,6 +28,15 @@ def test_heartbeat_known_answer() -> None:
     assert heartbeat_signing_input("spiffe://td/a", "j1", 1800000000, "p" * 16, False) == (
         b'tasklease-heartbeat-v1\n["spiffe://td/a","j1",1800000000,"pppppppppppppppp",false]'
     )
+
+
+def test_challenge_nonce_known_answer() -> None:
+    nonce = "00ff" * 16
+    assert challenge_nonce_bytes(nonce) == b"\x00\xff" * 16
+    assert len(challenge_nonce_bytes(nonce)) == CHALLENGE_NONCE_BYTES
+    for other in ("", "00ff" * 15, "00ff" * 17, "00FF" * 16, " " + "00ff" * 16, b"\x00" * 32):
+        with pytest.raises(ValueError, match="64 lowercase hex"):
+            challenge_nonce_bytes(other)
 
 
 def test_the_broker_checks_the_same_bytes() -> None:

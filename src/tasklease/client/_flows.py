@@ -30,6 +30,7 @@ from tasklease.client._errors import (
     error_from_response,
 )
 from tasklease.client._holder import DPoPKey, token_cnf
+from tasklease.rules.messages import challenge_nonce_bytes
 
 __all__ = [
     "SDK",
@@ -40,6 +41,7 @@ __all__ = [
     "Registration",
     "SystemClock",
     "answer_field",
+    "challenge_nonce",
     "delegate_flow",
     "endpoint_url",
     "json_request",
@@ -123,6 +125,28 @@ def answer_field(data: dict[str, Any], name: str, kind: type[T]) -> T:
     return value
 
 
+def challenge_nonce(answer: dict[str, Any]) -> tuple[str, bytes]:
+    """The nonce of a ``GET /v1/challenge`` answer, and the bytes the agent's key signs for
+    it (``rules.messages``): 32 bytes, as the broker issues them, or nothing is signed.
+
+    Whoever answers the challenge (a proxy, a host on a plain-HTTP path) would otherwise
+    get the agent key's signature over bytes of its choosing.
+
+    Raises:
+        TaskleaseError: ``bad_response``, the nonce is missing or not 64 lowercase hex
+            characters.
+    """
+    nonce = answer_field(answer, "nonce", str)
+    try:
+        return nonce, challenge_nonce_bytes(nonce)
+    except ValueError:
+        raise TaskleaseError(
+            "the broker's challenge nonce is not 64 lowercase hex characters (32 bytes): "
+            "the agent's key signs nothing else",
+            code="bad_response",
+        ) from None
+
+
 @dataclass(frozen=True, slots=True)
 class Registration:
     agent_id: str
@@ -156,13 +180,7 @@ def register_flow(
     if not launch_token and attestation is None:
         raise InvalidRequest("give a launch token or workload evidence (attestation)")
     challenge = expect_json((yield json_request("GET", endpoint_url(base_url, "/v1/challenge"))))
-    nonce = answer_field(challenge, "nonce", str)
-    try:
-        message = bytes.fromhex(nonce)
-    except ValueError:
-        raise TaskleaseError(
-            "the broker sent a nonce that is not hex", code="bad_response"
-        ) from None
+    nonce, message = challenge_nonce(challenge)
     signature = key.sign(message).signature
     body: dict[str, Any] = {
         "launch_token": launch_token,

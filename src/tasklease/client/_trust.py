@@ -20,6 +20,7 @@ from tasklease.client._flows import (
     Flow,
     Registration,
     answer_field,
+    challenge_nonce,
     endpoint_url,
     expect_json,
     json_request,
@@ -203,8 +204,8 @@ def heartbeat_flow(
 def resume_flow(base_url: str, agent_id: str, key: nacl.signing.SigningKey) -> Flow[Registration]:
     """Prove the registered key with a fresh nonce; a new token for the same identity."""
     challenge = expect_json((yield json_request("GET", endpoint_url(base_url, "/v1/challenge"))))
-    nonce = answer_field(challenge, "nonce", str)
-    signature = key.sign(bytes.fromhex(nonce)).signature
+    nonce, message = challenge_nonce(challenge)
+    signature = key.sign(message).signature
     body = {"agent_id": agent_id, "nonce": nonce, "signature": _b64(signature)}
     answer = expect_json((yield json_request("POST", endpoint_url(base_url, "/v1/resume"), body)))
     return Registration(

@@ -26,6 +26,7 @@ from nacl.signing import VerifyKey
 from tasklease.core.errors import InvalidRequest, Unauthorized
 from tasklease.rules import jws as _jws
 from tasklease.rules.claims import is_expired
+from tasklease.rules.messages import challenge_nonce_bytes
 
 __all__ = [
     "NonceIssuer",
@@ -35,7 +36,6 @@ __all__ = [
     "verify_possession",
 ]
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _STD_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
@@ -68,9 +68,12 @@ class NonceIssuer:
 
     def check(self, nonce: str, now: float) -> int:
         """Return the nonce's expiry, or raise :class:`Unauthorized` if not ours or expired."""
-        if not isinstance(nonce, str) or not _HEX64.fullmatch(nonce):
-            raise InvalidRequest("nonce must be the 64 lowercase hex characters from /v1/challenge")
-        raw = bytes.fromhex(nonce)
+        try:
+            raw = challenge_nonce_bytes(nonce)
+        except ValueError:
+            raise InvalidRequest(
+                "nonce must be the 64 lowercase hex characters from /v1/challenge"
+            ) from None
         body, tag = raw[:24], raw[24:]
         if not hmac.compare_digest(tag, self._tag(body)):
             raise Unauthorized("nonce: nonce not found or expired", reason="nonce not issued by us")
@@ -114,4 +117,4 @@ def decode_signature(value: object) -> bytes:
 
 def verify_possession(public_key: bytes, nonce: str, signature: bytes) -> bool:
     """True iff ``signature`` is the key holder's Ed25519 signature of the nonce bytes."""
-    return _jws.verify_detached(bytes.fromhex(nonce), signature, VerifyKey(public_key))
+    return _jws.verify_detached(challenge_nonce_bytes(nonce), signature, VerifyKey(public_key))

@@ -4,16 +4,25 @@ Each starts with its own context line, so no signature made for one purpose is e
 accepted for another (a heartbeat as a handshake, a handshake as a registration), and
 the rest is a compact JSON array, which cannot be re-split into other fields. The SDK
 builds these bytes and the broker checks them: both call this module.
+
+The one message without a context line is the agent's proof of its key at registration
+and resume (the AgentWrit wire contract): the bare bytes of the broker's challenge nonce.
+It is exactly :data:`CHALLENGE_NONCE_BYTES` bytes, shorter than every other message here,
+and the SDK signs nothing else for it (:func:`challenge_nonce_bytes`): whoever answers
+``GET /v1/challenge`` cannot have the agent's key sign bytes of its choosing.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 __all__ = [
+    "CHALLENGE_NONCE_BYTES",
     "HEARTBEAT_CONTEXT",
     "MUTUAL_CONTEXT",
     "OPERATOR_CONTEXT",
+    "challenge_nonce_bytes",
     "heartbeat_signing_input",
     "operator_sign_in_input",
     "transcript",
@@ -23,6 +32,21 @@ MUTUAL_CONTEXT = b"tasklease-mutual-v1\n"
 HEARTBEAT_CONTEXT = b"tasklease-heartbeat-v1\n"
 OPERATOR_CONTEXT = b"tasklease-operator-v1\n"
 _ROLES = ("initiator", "responder")
+CHALLENGE_NONCE_BYTES = 32
+_CHALLENGE_NONCE = re.compile(r"[0-9a-f]{64}")
+
+
+def challenge_nonce_bytes(nonce: object) -> bytes:
+    """The bytes of a ``GET /v1/challenge`` nonce, which an agent's key signs for
+    ``POST /v1/register`` and ``POST /v1/resume``: a nonce is exactly 64 lowercase hex
+    characters (:data:`CHALLENGE_NONCE_BYTES` bytes), as the broker issues it.
+
+    Raises:
+        ValueError: ``nonce`` is anything else (another length, case or character).
+    """
+    if type(nonce) is not str or _CHALLENGE_NONCE.fullmatch(nonce) is None:
+        raise ValueError("a challenge nonce is 64 lowercase hex characters (32 bytes)")
+    return bytes.fromhex(nonce)
 
 
 def transcript(
