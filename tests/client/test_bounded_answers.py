@@ -2,7 +2,7 @@
 ask for answers uncompressed and read them off the wire with a cap (client._bounded): a
 gzip bomb or an endless answer is a ``TransportError`` that says why, not the process's
 memory. A transport the caller gives is put behind the same bound; the environment's
-proxies are still used.
+proxies are still used, except for a loopback broker, which is always reached directly.
 
 Over loopback HTTP, against a fake broker (uvicorn in a thread, answers_support).
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from answers_support import GZIP, PEAK_BYTES, Answer, FakeServer, bomb, peak_mem
 
 from tasklease.client import AdminClient, Agent, AsyncAgent, TransportError, discover
 from tasklease.client._bounded import MAX_ADMIN_ANSWER, MAX_ANSWER
+from tasklease.rules.cleartext import InsecureHTTPWarning
 
 SCOPE = ["read:data:1"]
 CHALLENGE = Answer(body=json.dumps({"nonce": "00" * 32}).encode())
@@ -167,20 +169,94 @@ def test_a_transport_the_caller_gives_is_behind_the_bound() -> None:
     assert asked == ["identity", "identity"]
 
 
+def _proxy_environment(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+
 def test_a_proxy_from_the_environment_is_still_used_and_bounded(
     fake: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Would fail if: bounding the transport dropped the environment's proxies (httpx uses
     # them only for a client built without a transport of its caller's), or left the
-    # proxy's transport unbounded.
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    monkeypatch.setenv("http_proxy", fake.url)
+    # proxy's transport unbounded. The broker is beyond loopback: a loopback one is
+    # never reached through a proxy (below).
+    _proxy_environment(monkeypatch, http_proxy=fake.url)
     fake.answer(Answer(body=bomb(), headers=GZIP))
-    with peak_memory() as peak, pytest.raises(TransportError, match="compressed"):
-        # Nothing listens on port 9: only the proxy answers.
-        Agent.register("http://127.0.0.1:9", "launch", "orch", "task", SCOPE)
+    with (
+        warnings.catch_warnings(),
+        peak_memory() as peak,
+        pytest.raises(TransportError, match="compressed"),
+    ):
+        warnings.simplefilter("ignore", InsecureHTTPWarning)
+        # No such host: only the proxy answers.
+        Agent.register(
+            "http://broker.invalid:9", "launch", "orch", "task", SCOPE, insecure_http=True
+        )
     assert peak.bytes < PEAK_BYTES
     assert fake.paths == ["/v1/challenge"]
     assert fake.encodings == ["identity"]
+
+
+@pytest.fixture(scope="module")
+def proxy_server() -> Iterator[FakeServer]:
+    with serving() as proxy:
+        yield proxy
+
+
+def _sign_in_and_list(url: str) -> None:
+    with AdminClient(url, "secret") as admin:
+        admin.list_apps()
+
+
+def _register(url: str) -> None:
+    Agent.register(url, "launch", "orch", "task", SCOPE).close()
+
+
+def _register_async(url: str) -> None:
+    async def register() -> None:
+        agent = await AsyncAgent.register(url, "launch", "orch", "task", SCOPE)
+        await agent.aclose()
+
+    asyncio.run(register())
+
+
+SIGNED_IN = Answer(body=json.dumps({"access_token": "t", "expires_in": 600}).encode())
+
+
+# Would fail if: a proxy named by the environment (HTTP_PROXY, ALL_PROXY, without a
+# NO_PROXY for loopback) carried requests for a loopback broker, with the admin secret,
+# app secrets and tokens in them, off the machine in clear.
+@pytest.mark.parametrize(
+    ("entry", "answers", "paths"),
+    [
+        (_register, (CHALLENGE, REGISTERED), ["/v1/challenge", "/v1/register"]),
+        (_register_async, (CHALLENGE, REGISTERED), ["/v1/challenge", "/v1/register"]),
+        (_sign_in_and_list, (SIGNED_IN, Answer(body=b'{"apps": []}')), None),
+    ],
+    ids=["agent", "async-agent", "admin"],
+)
+@pytest.mark.parametrize(
+    ("variable", "host"),
+    [("http_proxy", "127.0.0.1"), ("all_proxy", "127.0.0.1"), ("http_proxy", "localhost")],
+)
+def test_a_loopback_broker_is_never_reached_through_a_proxy_from_the_environment(
+    fake: FakeServer,
+    proxy_server: FakeServer,
+    monkeypatch: pytest.MonkeyPatch,
+    entry: Callable[[str], None],
+    answers: tuple[Answer, ...],
+    paths: list[str] | None,
+    variable: str,
+    host: str,
+) -> None:
+    proxy_server.reset()
+    _proxy_environment(monkeypatch, **{variable: proxy_server.url})
+    fake.answer(*answers)
+    entry(fake.url.replace("127.0.0.1", host))
+    assert proxy_server.paths == []
+    assert fake.paths == (paths or ["/v1/admin/auth", "/v1/admin/apps"])
+    assert fake.encodings == ["identity"] * len(fake.paths)  # still bounded
