@@ -400,3 +400,16 @@ def test_a_long_path_refused_before_authentication_is_recorded_bounded(
     assert event["resource"].startswith("/v1/admin/tasks/secret a-a-")
     assert event["resource"].endswith("[truncated]") and len(event["resource"]) <= 512
     assert len(event["detail"]) <= 640, len(event["detail"])
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661", "1\u00b2"])
+def test_a_proof_size_in_other_digits_is_a_400(broker: RunningBroker, value: str) -> None:
+    """``str.isdigit`` takes superscripts and other scripts' digits, which ``int`` refuses
+    or reads as another number: a tree size is ASCII digits, or a 400."""
+    for path in (
+        f"/v1/audit/proof/inclusion?index={value}&size=1",
+        f"/v1/audit/proof/consistency?first=1&second={value}",
+    ):
+        resp = broker.get(path, headers=broker.admin_headers())
+        assert resp.status_code == 400, (path, resp.status_code, resp.text)
+        assert "must be a non-negative integer" in resp.json()["detail"]

@@ -216,7 +216,7 @@ def audit_prove(
 
 def _seq(event_id: str) -> int:
     text = event_id.removeprefix("evt-")
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         fail(f"{event_id!r} is not an event id (evt-000042 or 42)")
     return int(text)
 

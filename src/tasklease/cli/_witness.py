@@ -142,7 +142,11 @@ def _handler(witness: Witness) -> type[http.server.BaseHTTPRequestHandler]:
                 self._answer(404, "text/plain; charset=utf-8", b"not found\n")
                 return
             length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit() or int(length) > _MAX_BODY:
+            if (
+                length is None
+                or not (length.isascii() and length.isdigit())
+                or int(length) > _MAX_BODY
+            ):
                 self._answer(411 if length is None else 413, "text/plain", b"bad length\n")
                 return
             self._answer(*witness.handle(self.rfile.read(int(length))))
@@ -207,7 +211,7 @@ def witness_serve(
         fail(f"--log: {exc}")
     witness = Witness(directory, logs)
     host, _, port = listen.rpartition(":")
-    if not port.isdigit():
+    if not (port.isascii() and port.isdigit()):
         fail("--listen must be host:port")
     server = http.server.ThreadingHTTPServer((host.strip("[]"), int(port)), _handler(witness))
     scheme = "http"

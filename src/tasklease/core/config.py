@@ -389,7 +389,7 @@ def listen_address(value: str) -> tuple[str, int] | None:
         '127.0.0.1:9464 or [::1]:9464, or "" to have no metrics listener'
     )
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or len(port) > 5:
+    if not sep or not (port.isascii() and port.isdigit()) or len(port) > 5:
         raise ValueError(problem)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

@@ -222,7 +222,7 @@ def _scope_in(detail: str) -> str:
 
 
 def _plus(timestamp: str, ttl: str | None) -> str:
-    if not ttl or not ttl.isdigit():
+    if not ttl or not (ttl.isascii() and ttl.isdigit()):
         return ""
     try:
         start = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))

@@ -35,7 +35,7 @@ def _size(request: Request, name: str) -> int:
     value = request.query_params.get(name)
     if value is None or value == "":
         raise InvalidRequest(f"{name} is required")
-    if not value.isdigit() or len(value) > 19:
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
         raise InvalidRequest(f"{name} must be a non-negative integer")
     number = int(value)
     if number > _MAX_SIZE:
