@@ -12,6 +12,7 @@ from issuers import SigningKey, k8s_claims, mint
 
 from tasklease.core.errors import InvalidRequest, ScopeViolation, TaskleaseError, Unauthorized
 from tasklease.core.validation import TokenRejected
+from tasklease.verify import InsufficientScope, VerifiedToken, require_attested
 
 K8S_ISS = "https://kubernetes.default.svc.cluster.local"
 POLICY = [
@@ -301,3 +302,53 @@ def test_an_attestor_name_longer_than_any_is_refused_before_anything_else() -> N
     assert isinstance(error, Unauthorized)
     [detail] = audit_detail(broker, error.denial_id)
     assert f"no k8s_sat attestor named {'b' * 63}" in detail
+
+
+def _verified(claims: Any) -> VerifiedToken:
+    """The resource server's view of an issued token (its signature already checked)."""
+    raw = claims.raw
+    return VerifiedToken(
+        sub=raw["sub"],
+        client_id=raw["client_id"],
+        scope=tuple(raw["scope"].split()),
+        aud=tuple(raw["aud"]),
+        iss=raw["iss"],
+        exp=raw["exp"],
+        nbf=raw["nbf"],
+        iat=raw["iat"],
+        jti=raw["jti"],
+        task_id=raw["task_id"],
+        orch_id=raw["orch_id"],
+        delegation_chain=(),
+        chain_hash="",
+        claims=raw,
+    )
+
+
+@pytest.mark.parametrize("required", [{}, {"type": "*"}, {"type": "launch_token"}])
+def test_a_launch_token_agent_that_only_declared_facts_is_not_attested(
+    required: dict[str, str],
+) -> None:
+    """A launch-token agent's token carries an attest claim of type launch_token with only
+    what it declared: nothing was attested, so no requirement of attestation admits it."""
+    broker, key = configured()
+    token = broker.create_launch_token(
+        admin(broker),
+        agent_name="a",
+        allowed_scope=["read:invoices:*"],
+        max_ttl=300,
+        single_use=True,
+        ttl=300,
+        ctx=CTX,
+    )[0]
+    declared = register(
+        broker, ["read:invoices:1"], launch_token=token, declared={"model": "acme/gpt/7"}
+    )
+    assert declared.claims.raw["attest"]["type"] == "launch_token"
+    with pytest.raises(InsufficientScope) as info:
+        require_attested(_verified(declared.claims), required)
+    assert info.value.reason == "token not attested"
+    # A workload the platform attested passes the same requirement.
+    attested = register(broker, ["read:invoices:2"], attestation=evidence(key), task="t2")
+    if required.get("type") != "launch_token":
+        require_attested(_verified(attested.claims), required)

@@ -39,6 +39,7 @@ __all__ = [
     "ATTEST_CLAIM",
     "DECLARED_NAMES",
     "FACT_NAME",
+    "LAUNCH_TOKEN",
     "MAX_FACTS",
     "MAX_FACT_CHARS",
     "MAX_PATTERN_CHARS",
@@ -57,6 +58,8 @@ FACT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # What an agent may say of itself: its model (provider/name/version), its runtime (image
 # digest or code hash) and the SDK it runs. Nothing else: a declared fact is never a fact.
 DECLARED_NAMES = frozenset(("model", "runtime", "sdk"))
+# The type of a launch-token agent's claim: only what it declared, nothing attested.
+LAUNCH_TOKEN = "launch_token"  # noqa: S105 - a type name, not a secret
 _TYPE = re.compile(r"[a-z0-9_]{1,32}")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _MEMBERS = frozenset(("type", "attestor", "iss", "sub", "facts", "declared"))
@@ -119,8 +122,17 @@ class Attestation:
         object.__setattr__(self, "facts", MappingProxyType(facts))
         object.__setattr__(self, "declared", MappingProxyType(declared))
 
+    @property
+    def proved(self) -> bool:
+        """Whether a platform attested anything: a :data:`LAUNCH_TOKEN` claim carries
+        only what the agent declared, so it proves no fact, not even its ``type``."""
+        return self.type != LAUNCH_TOKEN
+
     def attested(self, name: str) -> str | None:
-        """The attested fact ``name`` (``sub`` and ``iss`` too), never a declared one."""
+        """The attested fact ``name`` (``sub`` and ``iss`` too), never a declared one;
+        None for every name when nothing was attested (:attr:`proved`)."""
+        if not self.proved:
+            return None
         if name == "sub":
             return self.subject or None
         if name == "iss":

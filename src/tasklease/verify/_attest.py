@@ -30,6 +30,8 @@ def require_attested(token: VerifiedToken, facts: Mapping[str, str]) -> Attestat
         InvalidToken: the token's ``attest`` claim is malformed.
     """
     attestation = token.attestation
+    if attestation is not None and not attestation.proved:
+        attestation = None  # a launch-token agent's claim: declared facts only
     missed = facts_match(facts, attestation)
     if attestation is None or missed is not None:
         name = missed or next(iter(facts), "attest")

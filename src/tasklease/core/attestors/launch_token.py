@@ -10,9 +10,11 @@ This module says what it is, for the registry of attestor types.
 
 from __future__ import annotations
 
+from tasklease.rules.attest import LAUNCH_TOKEN
+
 __all__ = ["TYPE", "refusal"]
 
-TYPE = "launch_token"
+TYPE = LAUNCH_TOKEN
 
 
 def refusal(*, found: bool, expired: bool, uses: int, max_uses: int) -> str:
