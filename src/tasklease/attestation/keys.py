@@ -64,6 +64,10 @@ def _tls_context(ca_pem: str) -> ssl.SSLContext:
 def _https(url: object) -> str:
     if not isinstance(url, str) or not url.startswith("https://") or "@" in url.split("/")[2]:
         raise FetchError("not an https URL without userinfo")
+    try:
+        httpx.URL(url)  # what the client would refuse to send (a control character, length)
+    except httpx.InvalidURL:
+        raise FetchError("not an https URL without userinfo") from None
     return url
 
 
@@ -93,12 +97,17 @@ def fetch_jwks(source: JwksSource, *, timeout: float = TIMEOUT) -> dict[str, Ver
     """Fetch ``source``'s keys now (discovery first unless ``jwks_uri`` is pinned).
 
     Raises:
-        FetchError: a request failed, discovery named another issuer or a non-https JWKS,
-            or the JWK Set is malformed or holds no usable key.
+        FetchError: ``ca_pem`` holds no certificate, a request failed, discovery named
+            another issuer or a ``jwks_uri`` that is no https URL, or the JWK Set is
+            malformed or holds no usable key.
     """
+    try:
+        context = _tls_context(source.ca_pem)
+    except (ssl.SSLError, ValueError, TypeError):  # TypeError: not ASCII
+        raise FetchError("ca_pem holds no usable CA certificate") from None
     with (
         httpx.Client(
-            verify=_tls_context(source.ca_pem),
+            verify=context,
             timeout=timeout,
             follow_redirects=False,
             trust_env=False,
