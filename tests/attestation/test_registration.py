@@ -352,3 +352,19 @@ def test_a_launch_token_agent_that_only_declared_facts_is_not_attested(
     attested = register(broker, ["read:invoices:2"], attestation=evidence(key), task="t2")
     if required.get("type") != "launch_token":
         require_attested(_verified(attested.claims), required)
+
+
+def test_the_operators_test_of_unusable_facts_is_a_refusal_with_a_denial_id() -> None:
+    """Evidence whose signature verifies but whose facts cannot be carried (a node name
+    longer than a fact may be) is refused by the attestor test as a registration refuses
+    it: one attestor_tested event under a denial_id, not an unhandled error."""
+    broker, key = configured()
+    long_node = evidence(key, node="n" * 262)
+    error = refusal(lambda: register(broker, ["read:invoices:1"], attestation=long_node))
+    assert isinstance(error, Unauthorized) and error.denial_id
+    error = refusal(
+        lambda: broker.attestation.test(admin(broker), "prod", long_node["evidence"], CTX)
+    )
+    assert isinstance(error, InvalidRequest) and error.denial_id
+    [detail] = audit_detail(broker, error.denial_id)
+    assert "refused=claims" in detail

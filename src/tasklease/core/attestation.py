@@ -286,7 +286,6 @@ class AttestationService(Service):
         as :class:`~tasklease.core.errors.InvalidRequest` with its precise reason: the
         caller is an operator checking the configuration."""
         record = self.get(name)
-        configured = self._parsed(record)
         base = AuditEntry(
             "attestor_tested",
             request_id=ctx.request_id,
@@ -295,7 +294,9 @@ class AttestationService(Service):
         try:
             if not isinstance(evidence, str) or not evidence:
                 raise AttestationRefused("evidence is required", "evidence")
+            configured = self._parsed(record)
             attested = self._verify(configured, evidence)
+            claim = _claim(attested, {})
         except AttestationRefused as exc:
             entry = AuditEntry(
                 "attestor_tested",
@@ -306,7 +307,6 @@ class AttestationService(Service):
             raise self._kernel.deny(
                 InvalidRequest(f"evidence refused ({exc.category}): {exc.reason}"), entry
             ) from None
-        claim = _claim(attested, {})
         grant = decide(configured.policy, claim, self._config)
         missed = "" if grant is not None else nearest_miss(configured.policy, claim)
         rule = "none" if grant is None else str(grant.rule)
