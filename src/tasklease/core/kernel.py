@@ -342,7 +342,9 @@ class Kernel:
         :class:`Refusal` of event type ``policy``. The invariants hold whatever the
         policy allows. ``holder_agent`` is the registration of a delegation's or
         exchange's new holder: the token lists what it descends from (its app, its
-        attestation: :func:`agent_lineage`), so that ending either ends the token.
+        attestation: :func:`agent_lineage`), so that ending either ends the token, and
+        ends by its registration's lifetime ceiling (:func:`registration_ceiling`), as
+        the holder's own tokens do: the holder is an ancestor too.
         """
         apps: tuple[AppRecord, ...] = ()
         if operation == "register":
@@ -354,6 +356,10 @@ class Kernel:
         rules = self.grant_types.rules(names) if names else None
         for app in apps:
             parent = within_app(parent, app, rules)
+        if holder_agent is not None:
+            held_until = registration_ceiling(holder_agent, self.config)
+            if held_until < parent.ceiling:
+                parent = replace(parent, ceiling=held_until)
         decision: Decision | None = None
         try:
             if operation in _DECIDED:
