@@ -56,3 +56,19 @@ def test_at_its_ceiling_a_holder_renews_nothing(make_broker: Any, kit: Any) -> N
         broker.renew(held.claims, kit.ctx)
     events, _ = broker.store.query_audit(AuditQuery(limit=10_000))
     assert len([e for e in events if f"denial={refused.value.denial_id}" in e.detail]) == 1
+
+
+def test_a_token_handed_to_an_agent_lives_no_longer_than_its_own_may(
+    make_broker: Any, kit: Any
+) -> None:
+    """b's launch token gives each of b's tokens 60 s: what a, launched for longer, hands
+    to b lives no longer, nor does its renewal."""
+    broker = make_broker(max_ttl=3600, default_ttl=600, delegation_default_ttl=600)
+    b = kit.register(broker, kit.launch(broker, max_ttl=60), task_id="task-b")
+    a = kit.register(broker, task_id="task-a")
+    assert b.claims.exp - b.claims.iat == 60 < a.claims.exp - a.claims.iat
+    held = broker.delegate(a.claims, delegate_to=b.sub, scope=["read:data:*"], ttl=600, ctx=kit.ctx)
+    assert held.claims.exp - held.claims.iat == 60
+    broker.clock.advance(30)
+    renewed = broker.renew(held.claims, kit.ctx).claims
+    assert renewed.exp - renewed.iat == 60

@@ -343,8 +343,9 @@ class Kernel:
         policy allows. ``holder_agent`` is the registration of a delegation's or
         exchange's new holder: the token lists what it descends from (its app, its
         attestation: :func:`agent_lineage`), so that ending either ends the token, and
-        ends by its registration's lifetime ceiling (:func:`registration_ceiling`), as
-        the holder's own tokens do: the holder is an ancestor too.
+        is held to its registration's bounds as the holder's own tokens are (the holder
+        is an ancestor too): its lifetime ceiling (:func:`registration_ceiling`) and the
+        longest lifetime one of its tokens may have (its launch token's ``max_ttl``).
         """
         apps: tuple[AppRecord, ...] = ()
         if operation == "register":
@@ -357,9 +358,11 @@ class Kernel:
         for app in apps:
             parent = within_app(parent, app, rules)
         if holder_agent is not None:
-            held_until = registration_ceiling(holder_agent, self.config)
-            if held_until < parent.ceiling:
-                parent = replace(parent, ceiling=held_until)
+            parent = replace(
+                parent,
+                ceiling=min(parent.ceiling, registration_ceiling(holder_agent, self.config)),
+                ttl=min(parent.ttl, holder_agent.token_ttl or self.config.default_ttl),
+            )
         decision: Decision | None = None
         try:
             if operation in _DECIDED:
