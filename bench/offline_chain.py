@@ -84,7 +84,7 @@ def offline_chain(spec: dict[str, Any]) -> dict[str, Any]:
         return derive(
             token,
             keys[0],
-            delegate=f"{trust}/agent-1",
+            delegate=f"{trust}/agent-0/agent-1",
             delegate_key=bytes(keys[1].verify_key),
             now=now,
             ttl=600,
@@ -92,12 +92,13 @@ def offline_chain(spec: dict[str, Any]) -> dict[str, Any]:
             audience=AUDIENCE,
         )
 
-    chain = token
+    chain, holder = token, f"{trust}/agent-0"
     for i in range(hops):
+        holder = f"{holder}/agent-{i + 1}"  # each delegate named under its delegator
         chain = derive(
             chain,
             keys[i],
-            delegate=f"{trust}/agent-{i + 1}",
+            delegate=holder,
             delegate_key=bytes(keys[i + 1].verify_key),
             now=now,
             ttl=600 - 10 * i,

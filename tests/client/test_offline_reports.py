@@ -24,13 +24,14 @@ from tasklease.rules.chainverify import derive
 def _levels(agent: Agent, key: nacl.signing.SigningKey, count: int) -> list[str]:
     """``count`` levels derived offline from ``agent``'s token, each signed by its holder."""
     levels: list[str] = []
-    parent, signer = agent.token, key
+    parent, signer, name = agent.token, key, agent.agent_id
     for i in range(count):
         delegate = nacl.signing.SigningKey.generate()
+        name = f"{name}/sdk{i}"  # each named under its delegator
         parent = derive(
             parent,
             signer,
-            delegate=f"spiffe://tasklease.local/agent/test-orch/test-task/sdk{i}",
+            delegate=name,
             delegate_key=bytes(delegate.verify_key),
             now=int(time.time()),
             ttl=120,

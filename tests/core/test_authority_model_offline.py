@@ -69,7 +69,8 @@ class OfflineAuthorityMachine(AuthorityMachine):
             scope = list(tok.claims.scope[: 1 + index % len(tok.claims.scope)])
         now = int(self.now)
         delegate = SigningKey.generate()
-        name = f"{tok.holder.agent_id}-offline-{len(self.chains)}"
+        # Named under its delegator (docs/formats.md, ``sub``), and so each next hop.
+        name = f"{tok.holder.agent_id}/offline-{len(self.chains)}"
         may = (
             is_subset(scope, tok.claims.scope)
             and len(tok.chain) < self.broker.config.max_delegation_depth
@@ -90,7 +91,7 @@ class OfflineAuthorityMachine(AuthorityMachine):
                 text = derive(
                     text,
                     delegate,
-                    delegate=f"{name}-next",
+                    delegate=f"{name}/next",
                     delegate_key=bytes(SigningKey.generate().verify_key),
                     now=now,
                     ttl=ttl,

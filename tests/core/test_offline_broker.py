@@ -36,7 +36,6 @@ from tasklease.rules.chainverify import derive
 from .conftest import CTX, Kit
 
 URL = "https://rs.example/v1/data"
-SUB = "spiffe://tasklease.local/agent/orch-1/task-1/hand"
 
 
 def _b64json(value: dict[str, Any]) -> str:
@@ -73,7 +72,10 @@ class _Chain:
         self.root = kit.register(broker, scope=("read:data:*",))
         now = int(broker.clock.now())
         self.keys = [SigningKey.generate() for _ in range(3)]
-        self.subs = [f"spiffe://tasklease.local/agent/orch-1/task-1/off{i}" for i in range(3)]
+        # Each delegate is named under its delegator (docs/formats.md, ``sub``).
+        self.subs = [
+            "/".join((self.root.sub, *(f"off{j}" for j in range(i + 1)))) for i in range(3)
+        ]
         self.levels: list[str] = []
         parent, signer = self.root.token, self.root.key
         for i, (key, sub) in enumerate(zip(self.keys, self.subs, strict=True)):
@@ -142,12 +144,14 @@ def test_revoking_a_middle_block_by_jti_ends_it_and_its_descendants_only(
             broker.validate(text, presented=_presented(chain.keys[level], text, now))
 
 
-def _block_by_hand(token: str, signer: SigningKey, *, jti: str, now: int) -> tuple[str, SigningKey]:
+def _block_by_hand(
+    token: str, signer: SigningKey, *, sub: str, jti: str, now: int
+) -> tuple[str, SigningKey]:
     """A chain of one block as a holder's own tool may sign it, whatever its ``jti``."""
     key = SigningKey.generate()
     payload = fmt.canonical_json(
         {
-            "sub": SUB,
+            "sub": sub,
             "key": jws.b64url_encode(bytes(key.verify_key)),
             "exp": now + 60,
             "iat": now,
@@ -171,12 +175,69 @@ def test_a_block_whose_id_cannot_be_revoked_is_refused(
     # So no chain may carry one: it would be valid where no revocation by its id could end it.
     root = kit.register(broker, scope=("read:data:*",))
     now = int(broker.clock.now())
-    text, key = _block_by_hand(root.token, root.key, jti=jti, now=now)
+    hand = root.sub + "/hand"
+    text, key = _block_by_hand(root.token, root.key, sub=hand, jti=jti, now=now)
     with pytest.raises(TokenRejected, match="jti"):
         broker.validate(text, presented=_presented(key, text, now))
     with pytest.raises(ChainError, match="jti"):
-        derive(root.token, root.key, delegate=SUB, delegate_key=bytes(key.verify_key),
+        derive(root.token, root.key, delegate=hand, delegate_key=bytes(key.verify_key),
                now=now, ttl=60, jti=jti)  # fmt: skip
+
+
+def test_a_block_naming_another_registered_agent_is_refused(broker: Broker, kit: type[Kit]) -> None:
+    """A holder writes its delegate's name beside a key of its choosing: Alice naming
+    Carol's registered id, with a key Alice made, is refused; a name nested under Alice's
+    own is accepted and reported as it is written (docs/formats.md, ``sub``)."""
+    alice = kit.register(broker, scope=("read:data:*",))
+    carol = kit.register(broker, scope=("read:data:*",), task_id="task-2")
+    now = int(broker.clock.now())
+    made = SigningKey.generate()  # Alice's, not Carol's
+
+    def block(sub: str) -> str:
+        payload = fmt.block_payload(
+            sub=sub, key=bytes(made.verify_key), exp=now + 60, iat=now, jti="c" * 32, depth=1
+        )
+        return fmt.append_block(alice.token, payload, alice.key)
+
+    as_carol = block(carol.sub)
+    with pytest.raises(TokenRejected, match="nested") as refused:
+        broker.validate(as_carol, presented=_presented(made, as_carol, now), ctx=CTX)
+    assert refused.value.category == "attenuation"
+    helper = block(alice.sub + "/helper")
+    claims = broker.validate(helper, presented=_presented(made, helper, now), ctx=CTX)
+    assert claims.sub == alice.sub + "/helper" != carol.sub
+    assert claims.raw["offline"]["holders"] == [alice.sub, alice.sub + "/helper"]
+
+
+def test_a_registered_delegate_reports_what_was_handed_to_its_key(
+    broker: Broker, kit: type[Kit]
+) -> None:
+    """A delegate is named under its delegator, never by its own id; the registered agent
+    whose key a block names reports that derivation with its own token (its delegator may
+    be revoked by then), and an agent whose key no block names may not."""
+    alice = kit.register(broker, scope=("read:data:*",))
+    bob = kit.register(broker, scope=("read:data:*",), task_id="task-b")
+    stranger = kit.register(broker, scope=("read:data:*",), task_id="task-s")
+    now = int(broker.clock.now())
+    chain = derive(
+        alice.token,
+        alice.key,
+        delegate=alice.sub + "/bob",
+        delegate_key=bytes(bob.key.verify_key),
+        now=now,
+        ttl=60,
+    )
+    refused = broker.offline_audit.report(
+        stranger.claims, derivations=[DerivationReport(chain)], uses=[], ctx=CTX
+    )
+    assert refused.accepted == 0 and len(refused.refused) == 1
+    assert refused.refused[0].denial_id
+    reported = broker.offline_audit.report(
+        bob.claims, derivations=[DerivationReport(chain)], uses=[], ctx=CTX
+    )
+    assert reported.accepted == 1 and not reported.refused
+    (event,) = _events(broker, DERIVATION_EVENT)
+    assert event.agent_id == alice.sub + "/bob" and f"reported_by={bob.sub}" in event.detail
 
 
 @pytest.mark.parametrize("level", ["agent", "task"])
@@ -258,7 +319,7 @@ def test_a_chain_naming_anothers_block_jti_does_not_silence_its_report(
     decoy = derive(
         mallory.token,
         mallory.key,
-        delegate="spiffe://tasklease.local/agent/orch-1/task-m/decoy",
+        delegate=mallory.sub + "/decoy",
         delegate_key=bytes(key.verify_key),
         now=now,
         ttl=120,
@@ -393,7 +454,7 @@ def test_a_chain_holding_a_critical_scope_as_a_limited_grant_is_checked_against_
     text = derive(
         root.token,
         root_key,
-        delegate="spiffe://tasklease.local/agent/orch-1/task-1/payer",
+        delegate=root.claims.sub + "/payer",
         delegate_key=bytes(leaf_key.verify_key),
         now=int(now),
         ttl=120,
@@ -472,7 +533,7 @@ def test_an_offline_leaf_never_spends_a_budget_it_names_by_jti(
     chain = derive(
         mallory.token,
         mallory_key,
-        delegate=helper.sub,
+        delegate=mallory.claims.sub + "/helper",
         delegate_key=bytes(leaf_key.verify_key),
         now=int(broker.clock.now()),
         ttl=60,
@@ -485,7 +546,8 @@ def test_an_offline_leaf_never_spends_a_budget_it_names_by_jti(
     (event,) = [
         e for e in _events(broker, "grant_call_denied") if refused.value.denial_id in e.detail
     ]
-    assert "offline chain" in event.detail
+    # Its leaf, named under mallory (docs/formats.md, ``sub``), is no registered agent.
+    assert "no agent record" in event.detail or "offline chain" in event.detail
     # Neither the victim's delegated budget nor mallory's own was touched.
     assert [count(handed.token).remaining for _ in range(2)] == [1, 0]
     assert count(mallory.token).remaining == 1

@@ -547,7 +547,7 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     offline = derive(
         renewed["access_token"],
         first_key,
-        delegate="spiffe://tasklease.local/agent/orch-1/task-1/offline",
+        delegate=first["agent_id"] + "/offline",
         delegate_key=bytes(nacl.signing.SigningKey.generate().verify_key),
         now=int(time.time()),
         ttl=60,

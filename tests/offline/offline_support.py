@@ -32,6 +32,12 @@ def agent_id(name: str) -> str:
     return f"{TRUST}/{name}"
 
 
+def nested(*names: str) -> str:
+    """The name of the last of ``names`` in a chain through them all: the first's agent id,
+    then one segment per delegate (a block's ``sub`` is nested under its signer's)."""
+    return "/".join((agent_id(names[0]), *names[1:]))
+
+
 def public(name: str) -> bytes:
     return bytes(key(name).verify_key)
 
@@ -143,15 +149,18 @@ def verify(
 
 def hops(names: Sequence[str], *, root: str | None = None, ttl: int = 600, **first: Any) -> str:
     """A chain from ``root`` (default: a fresh root token of ``names[0]``) through every
-    name in turn, each block derived by the previous holder; ``first`` narrows the first."""
+    name in turn, each block derived by the previous holder and naming its delegate under
+    its own name (:func:`nested`); ``first`` narrows the first."""
     from tasklease.rules.chainverify import derive
 
     chain = root or root_token(holder=names[0])
+    holder = agent_id(names[0])
     for index, (giver, taker) in enumerate(zip(names, names[1:], strict=False)):
+        holder = f"{holder}/{taker}"
         chain = derive(
             chain,
             key(giver),
-            delegate=agent_id(taker),
+            delegate=holder,
             delegate_key=public(taker),
             now=NOW,
             ttl=ttl,

@@ -80,8 +80,9 @@ def _agent(broker: RunningBroker, scope: list[str]) -> Agent:
     return Agent.register(broker.url, launch, "orch-1", "task-offline", scope, resource=RS)
 
 
-def _delegate_id(agent: Agent, name: str) -> str:
-    return agent.agent_id.rsplit("/", 1)[0] + f"/{name}"
+def _delegate_id(holder: str, *labels: str) -> str:
+    """A delegate's name: under its delegator's (docs/formats.md, ``sub``)."""
+    return "/".join((holder, *labels))
 
 
 def test_agents_hand_authority_on_offline_and_a_resource_server_accepts_it(
@@ -90,9 +91,10 @@ def test_agents_hand_authority_on_offline_and_a_resource_server_accepts_it(
     served, _ = service
     alice = _agent(broker, ["read:orders:*", "write:orders:42"])
     bob_key, carol_key = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
-    bob_id, carol_id = _delegate_id(alice, "bob"), _delegate_id(alice, "carol")
+    bob_id = _delegate_id(alice.agent_id, "bob")
+    carol_id = _delegate_id(bob_id, "carol")
     with alice, httpx.Client(base_url=served.url) as http:
-        chain = alice.attenuate(bob_id, bytes(bob_key.verify_key), scope=["read:orders:*"])
+        chain = alice.attenuate("bob", bytes(bob_key.verify_key), scope=["read:orders:*"])
         bob = OfflineCredential(chain, bob_key)
         assert bob.holder == bob_id and bob.scope == ("read:orders:*",)
         carol_chain = bob.attenuate(carol_id, bytes(carol_key.verify_key), ttl=60,
@@ -120,7 +122,7 @@ def test_what_a_resource_server_refuses(
     alice = _agent(broker, ["read:orders:*"])
     bob_key, mallory = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
     with alice, httpx.Client(base_url=served.url) as http:
-        chain = alice.attenuate(_delegate_id(alice, "bob"), bytes(bob_key.verify_key))
+        chain = alice.attenuate("bob", bytes(bob_key.verify_key))
         # As a bearer token, or with a proof of another key: refused.
         assert (
             http.get("/orders/42", headers={"Authorization": f"Bearer {chain}"}).status_code == 401
@@ -136,8 +138,11 @@ def test_what_a_resource_server_refuses(
         assert http.get("/orders/42", headers=headers).status_code == 401
         # The SDK refuses to widen before signing anything.
         with pytest.raises(ScopeViolation):
-            bob.attenuate(_delegate_id(alice, "carol"), bytes(mallory.verify_key),
-                          scope=["write:orders:42"])  # fmt: skip
+            bob.attenuate("carol", bytes(mallory.verify_key), scope=["write:orders:42"])
+        # Nor will it name another agent (a sibling of alice's, or alice herself).
+        for other in (alice.agent_id.rsplit("/", 1)[0] + "/carol", alice.agent_id):
+            with pytest.raises(ValueError, match="nested"):
+                bob.attenuate(other, bytes(mallory.verify_key))
 
 
 def test_revoking_the_middle_holder_on_the_broker_ends_the_chain_at_the_resource_server(
@@ -146,7 +151,10 @@ def test_revoking_the_middle_holder_on_the_broker_ends_the_chain_at_the_resource
     served, _ = service
     alice = _agent(broker, ["read:orders:*"])
     keys = [nacl.signing.SigningKey.generate() for _ in range(3)]
-    names = [_delegate_id(alice, n) for n in ("bob", "carol", "dave")]
+    names = [
+        _delegate_id(alice.agent_id, *labels)
+        for labels in (("bob",), ("bob", "carol"), ("bob", "carol", "dave"))
+    ]
     with alice, httpx.Client(base_url=served.url) as http:
         chain = alice.attenuate(names[0], bytes(keys[0].verify_key))
         holder = OfflineCredential(chain, keys[0])

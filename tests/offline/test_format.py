@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from offline_support import NOW, agent_id, hops, key, public, raw_block, root_token, verify
+from offline_support import NOW, hops, key, nested, public, raw_block, root_token, verify
 
 from tasklease.rules import attenuation as fmt
 from tasklease.rules.attenuation import ChainError, decode, is_chain
@@ -32,7 +32,7 @@ def test_a_chain_round_trips_block_for_block() -> None:
     assert is_chain(chain) and chain.startswith("tla1~eyJ")
     decoded = decode(chain)
     assert decoded.root == root_token(holder="root")
-    assert [b.sub for b in decoded.blocks] == [agent_id("b1"), agent_id("b2")]
+    assert [b.sub for b in decoded.blocks] == [nested("root", "b1"), nested("root", "b1", "b2")]
     assert [b.key for b in decoded.blocks] == [public("b1"), public("b2")]
     first, second = decoded.blocks
     assert first.scope == ("read:orders:42",) and first.aud == "https://orders.example"
@@ -64,7 +64,7 @@ def test_five_hops_with_typical_grants_fit_in_4_kb() -> None:
         chain = derive(
             chain,
             key(giver),
-            delegate=agent_id(taker),
+            delegate=nested(*NAMES[: index + 2]),
             delegate_key=public(taker),
             now=NOW,
             ttl=600,
@@ -95,7 +95,7 @@ def test_a_grant_written_out_at_every_hop_hits_the_cap_before_five_hops() -> Non
             chain = derive(
                 chain,
                 key(giver),
-                delegate=agent_id(taker),
+                delegate=nested(*NAMES[: index + 2]),
                 delegate_key=public(taker),
                 now=NOW,
                 ttl=600,
@@ -164,7 +164,7 @@ def test_only_the_holder_can_derive() -> None:
         derive(
             root_token(holder="root"),
             key("someone-else"),
-            delegate=agent_id("b1"),
+            delegate=nested("root", "b1"),
             delegate_key=public("b1"),
             now=NOW,
             ttl=60,
@@ -182,7 +182,7 @@ def test_a_hand_made_block_verifies_like_a_derived_one() -> None:
     chain = raw_block(
         root_token(holder="root"),
         "root",
-        sub=agent_id("b1"),
+        sub=nested("root", "b1"),
         key=public("b1"),
         exp=NOW + 600,
         iat=NOW,

@@ -13,6 +13,7 @@ from offline_support import (
     agent_id,
     hops,
     key,
+    nested,
     presented,
     proof,
     public,
@@ -30,6 +31,8 @@ from tasklease.rules.chainverify import ChainRejected
 
 NAMES = ("root", "b1", "b2", "b3")
 ROOT = root_token(holder="root")
+# Each holder's name in the chain through NAMES: each delegate's nested under its delegator's.
+NAME = {n: nested(*NAMES[: i + 1]) for i, n in enumerate(NAMES)} | {"x": nested(*NAMES[:3], "x")}
 
 
 def refused(chain: str, holder: str, category: str, reason: str = "", **kwargs: Any) -> None:
@@ -42,7 +45,7 @@ def refused(chain: str, holder: str, category: str, reason: str = "", **kwargs: 
 def block(**fields: Any) -> dict[str, Any]:
     """A block's fields: b1 for 600 s, depth 1, unless told otherwise."""
     base: dict[str, Any] = {
-        "sub": agent_id("b1"),
+        "sub": NAME["b1"],
         "key": public("b1"),
         "exp": NOW + 600,
         "iat": NOW,
@@ -54,7 +57,7 @@ def block(**fields: Any) -> dict[str, Any]:
 
 def test_an_honest_chain_verifies() -> None:
     verified = verify(hops(NAMES), holder="b3")
-    assert verified.holder == agent_id("b3") and verified.depth == 3
+    assert verified.holder == NAME["b3"] and verified.depth == 3
 
 
 # --- attenuation: the issuance check decides every block ------------------------------
@@ -70,9 +73,7 @@ def test_a_scope_widened_back_after_a_narrowing_is_refused() -> None:
     chain = raw_block(
         narrowed,
         "b1",
-        **block(
-            sub=agent_id("b2"), key=public("b2"), depth=2, jti="2" * 32, scope=("read:orders:*",)
-        ),
+        **block(sub=NAME["b2"], key=public("b2"), depth=2, jti="2" * 32, scope=("read:orders:*",)),
     )
     refused(chain, "b2", "attenuation", "scope")
 
@@ -99,7 +100,7 @@ def test_a_widened_audience_is_refused() -> None:
         narrowed,
         "b1",
         **block(
-            sub=agent_id("b2"),
+            sub=NAME["b2"],
             key=public("b2"),
             depth=2,
             jti="2" * 32,
@@ -115,7 +116,7 @@ def test_an_exp_past_the_parent_is_refused() -> None:
     later = raw_block(
         first,
         "b1",
-        **block(sub=agent_id("b2"), key=public("b2"), depth=2, jti="2" * 32, exp=NOW + 301),
+        **block(sub=NAME["b2"], key=public("b2"), depth=2, jti="2" * 32, exp=NOW + 301),
     )
     refused(later, "b2", "attenuation", "exp")
 
@@ -127,11 +128,13 @@ def test_the_depth_limit_is_the_kernels() -> None:
 
 
 def test_an_agent_cannot_come_back_into_the_chain() -> None:
+    # Every name is nested under the one before, so none can come back: naming the root
+    # holder again is refused as a name that is not the delegator's to give.
     chain = hops(("root", "b1", "b2"))
     cycle = raw_block(
         chain, "b2", **block(sub=agent_id("root"), key=public("root"), depth=3, jti="3" * 32)
     )
-    refused(cycle, "root", "attenuation", "cycle")
+    refused(cycle, "root", "attenuation", "nested")
 
 
 def test_a_wrong_depth_counter_is_refused() -> None:
@@ -149,7 +152,7 @@ def test_a_block_signed_by_another_key_than_the_holders_is_refused() -> None:
     refused(raw_block(ROOT, "b1", **block()), "b1", "signature", "block 1")
     chain = hops(NAMES[:2])
     skipped = raw_block(
-        chain, "root", **block(sub=agent_id("b2"), key=public("b2"), depth=2, jti="2" * 32)
+        chain, "root", **block(sub=NAME["b2"], key=public("b2"), depth=2, jti="2" * 32)
     )
     refused(skipped, "b2", "signature", "block 2")
 
@@ -267,7 +270,7 @@ def test_a_revoked_jti_anywhere_in_the_chain_refuses_it(jti: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_revoked_agent_anywhere_in_the_chain_refuses_it(name: str) -> None:
-    refused(CHAIN, "b3", "revoked", revoked=_index("agent", agent_id(name)).match)
+    refused(CHAIN, "b3", "revoked", revoked=_index("agent", NAME[name]).match)
 
 
 @pytest.mark.parametrize("jti", JTIS[:3])
@@ -286,11 +289,9 @@ def test_an_agent_revoked_before_it_handed_on_cannot_hand_on_later() -> None:
     late = raw_block(
         hops(NAMES[:3]),
         "b2",
-        **block(sub=agent_id("x"), key=public("x"), iat=NOW + 20, depth=3, jti="9" * 32),
+        **block(sub=NAME["x"], key=public("x"), iat=NOW + 20, depth=3, jti="9" * 32),
     )
-    refused(
-        late, "x", "revoked", now=NOW + 21, revoked=_index("agent", agent_id("b1"), NOW + 10).match
-    )
+    refused(late, "x", "revoked", now=NOW + 21, revoked=_index("agent", NAME["b1"], NOW + 10).match)
 
 
 def test_a_block_made_for_an_agent_already_revoked_is_refused() -> None:
@@ -298,11 +299,11 @@ def test_a_block_made_for_an_agent_already_revoked_is_refused() -> None:
     # refuses a block naming one, whenever the block was made.
     late = raw_block(
         hops(NAMES[:3]), "b2",
-        **block(sub=agent_id("x"), key=public("x"), iat=NOW + 20, depth=3, jti="9" * 32),
+        **block(sub=NAME["x"], key=public("x"), iat=NOW + 20, depth=3, jti="9" * 32),
     )  # fmt: skip
-    refused(late, "x", "revoked", now=NOW + 21, revoked=_index("agent", agent_id("x")).match)
+    refused(late, "x", "revoked", now=NOW + 21, revoked=_index("agent", NAME["x"]).match)
     # A chain-level entry on the delegate ends what it hands on, not its own block.
-    verify(late, holder="x", now=NOW + 21, revoked=_index("chain", agent_id("x")).match)
+    verify(late, holder="x", now=NOW + 21, revoked=_index("chain", NAME["x"]).match)
 
 
 def test_unrelated_revocations_do_not_refuse_it() -> None:
@@ -349,4 +350,4 @@ def test_a_proof_is_single_use() -> None:
 def test_decode_reads_what_verify_refuses() -> None:
     # The codec parses; only verification decides (a forged root still decodes).
     forged = hops(NAMES[:2], root=root_token(holder="root", signer=key("mallory")))
-    assert decode(forged).blocks[0].sub == agent_id("b1")
+    assert decode(forged).blocks[0].sub == NAME["b1"]

@@ -18,7 +18,7 @@ import nacl.signing
 import pytest
 
 from tasklease.rules import jws
-from tasklease.rules.attenuation import PREFIX, decode, signing_input
+from tasklease.rules.attenuation import PREFIX, canonical_json, decode, sign_block, signing_input
 from tasklease.rules.binding import DPoPVerifier, Presentation, access_token_hash
 from tasklease.rules.chainverify import ChainRejected, derive, offline_limits, verify_chain
 
@@ -93,6 +93,17 @@ HOPS: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
+# Each holder's name: alice's is her registered id; each delegate's is nested under its
+# delegator's (docs/formats.md, ``sub``).
+SPIFFE_IDS = {
+    "broker": f"{TRUST}/broker",
+    "alice": f"{TRUST}/alice",
+    "bob": f"{TRUST}/alice/bob",
+    "carol": f"{TRUST}/alice/bob/carol",
+    "dave": f"{TRUST}/alice/bob/carol/dave",
+}
+
+
 def build() -> dict[str, Any]:
     """The vector document, from the seeds and the hops above."""
     root_claims, root = _root()
@@ -102,7 +113,7 @@ def build() -> dict[str, Any]:
         "note": "Ed25519 seeds are SHA-256 of 'tasklease offline vector <name>'; times are "
         "Unix seconds; base64url without padding.",
         "keys": {
-            n: {"seed": _seed(n).hex(), "public": _public(n), "spiffe_id": f"{TRUST}/{n}"}
+            n: {"seed": _seed(n).hex(), "public": _public(n), "spiffe_id": SPIFFE_IDS[n]}
             for n in names
         },
         "broker_kid": jws.jwk_thumbprint(bytes(_key("broker").verify_key)),
@@ -115,7 +126,7 @@ def build() -> dict[str, Any]:
         chain = derive(
             chain,
             _key(hop["signer"]),
-            delegate=f"{TRUST}/{hop['delegate']}",
+            delegate=SPIFFE_IDS[hop["delegate"]],
             delegate_key=bytes(_key(hop["delegate"]).verify_key),
             now=hop["iat"],
             ttl=hop["ttl"],
@@ -146,13 +157,13 @@ def build() -> dict[str, Any]:
         "proof": _proof("dave", chain, proof_at),
         "htm": "GET",
         "htu": HTU,
-        "holder": f"{TRUST}/dave",
+        "holder": SPIFFE_IDS["dave"],
         "scope": ["read:orders:42"],
         "authorization_details": doc["hops"][0]["payload"]["grants"],
         "aud": [AUDIENCE],
         "exp": NOW + 320,
         "jtis": ["0f" * 16, "01" * 16, "02" * 16, "03" * 16],
-        "agents": [f"{TRUST}/{n}" for n in ("alice", "bob", "carol", "dave")],
+        "agents": [SPIFFE_IDS[n] for n in ("alice", "bob", "carol", "dave")],
     }
     parts = chain.split("~")
     doc["invalid"] = [
@@ -164,6 +175,8 @@ def build() -> dict[str, Any]:
          "chain": _resigned(chain, "alice")},
         {"name": "verified after the last block's exp", "category": "expired",
          "chain": chain, "now": NOW + 320},
+        {"name": "last block naming a delegate outside its signer's name", "category":
+         "attenuation", "chain": _renamed(chain, "carol", f"{TRUST}/dave")},
     ]  # fmt: skip
     return doc
 
@@ -175,6 +188,14 @@ def _resigned(chain: str, signer: str) -> str:
     message = signing_input(previous, jws.b64url_decode(payload_text))
     signature = _key(signer).sign(message).signature
     return f"{head}~{payload_text}.{jws.b64url_encode(signature)}"
+
+
+def _renamed(chain: str, signer: str, sub: str) -> str:
+    """``chain`` with its last block's ``sub`` replaced, signed again by ``signer``."""
+    head, last = chain.rsplit("~", 1)
+    fields = json.loads(jws.b64url_decode(last.split(".")[0]))
+    payload = canonical_json({**fields, "sub": sub})
+    return f"{head}~{sign_block(head.rsplit('~', 1)[1], payload, _key(signer))}"
 
 
 def _proof(holder: str, chain: str, iat: int) -> str:

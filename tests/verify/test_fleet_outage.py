@@ -215,10 +215,13 @@ def hand_over(giver: Member, taker: Member, scope: list[str], ttl: int) -> None:
     rule, signed with the giver's registered key; no broker call."""
     taker_key = taker.agent._signing_key()
     public = bytes(taker_key.verify_key)
+    # The taker is named under the giver (its instance id as the label): a holder never
+    # names another agent (docs/formats.md, ``sub``); its registered key is the block's.
+    label = taker.agent.agent_id.rsplit("/", 1)[1]
     if giver.credential is None:  # a lead: from its own token
-        chain = giver.agent.attenuate(taker.agent.agent_id, public, scope=scope, ttl=ttl)
+        chain = giver.agent.attenuate(label, public, scope=scope, ttl=ttl)
     else:
-        chain = giver.credential.attenuate(taker.agent.agent_id, public, scope=scope, ttl=ttl)
+        chain = giver.credential.attenuate(label, public, scope=scope, ttl=ttl)
     taker.credential = OfflineCredential(chain, taker_key)
     taker.parent = giver.credential
 

@@ -33,13 +33,14 @@ def _nacl(agent: Agent) -> nacl.signing.SigningKey:
 def _levels(agent: Agent, count: int) -> tuple[list[str], list[nacl.signing.SigningKey]]:
     levels: list[str] = []
     keys: list[nacl.signing.SigningKey] = []
-    parent, signer = agent.access_token, _nacl(agent)
+    parent, signer, name = agent.access_token, _nacl(agent), agent.agent_id
     for i in range(count):
         key = nacl.signing.SigningKey.generate()
+        name = f"{name}/l{i}"  # each named under its delegator
         parent = derive(
             parent,
             signer,
-            delegate=f"spiffe://tasklease.local/agent/{agent.orch_id}/{agent.task_id}/l{i}",
+            delegate=name,
             delegate_key=bytes(key.verify_key),
             now=int(time.time()),
             ttl=300 - 30 * i,
@@ -132,9 +133,10 @@ def _holds(verifier: Verifier, token: str) -> bool:
 def test_revoking_a_task_ends_what_its_agents_were_handed_at_the_verifier(
     broker: RunningBroker,
 ) -> None:
-    """A token delegated by the broker to an agent of the task, and an offline block made
-    for one, carry another task's ``task_id``: the task revocation ends them all the same,
-    at the broker and at a verifier following the feed."""
+    """A token delegated by the broker to an agent of the task, and an offline block that
+    agent hands on from it (named under it), carry another task's ``task_id``: the task
+    revocation ends them all the same, at the broker and at a verifier following the
+    feed."""
     a = broker.register(["read:data:*"], task_id="hand-a")
     b = broker.register(["read:data:*"], task_id="hand-b")
     answer = broker.delegate(a.access_token, b.agent_id, ["read:data:*"])
@@ -142,9 +144,9 @@ def test_revoking_a_task_ends_what_its_agents_were_handed_at_the_verifier(
     to_b = str(answer.json()["access_token"])
     key = nacl.signing.SigningKey.generate()
     block = derive(
-        a.access_token,
-        _nacl(a),
-        delegate=f"spiffe://tasklease.local/agent/{a.orch_id}/hand-b/offline0",
+        to_b,
+        _nacl(b),
+        delegate=f"{b.agent_id}/offline0",
         delegate_key=bytes(key.verify_key),
         now=int(time.time()),
         ttl=120,

@@ -37,7 +37,7 @@ def _chain(broker: RunningBroker) -> tuple[str, nacl.signing.SigningKey, str]:
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
     key = nacl.signing.SigningKey.generate()
-    holder = f"spiffe://tasklease.local/agent/{agent.orch_id}/{agent.task_id}/user"
+    holder = f"{agent.agent_id}/user"
     chain = derive(
         agent.access_token,
         nacl.signing.SigningKey(seed),

@@ -80,12 +80,15 @@ class AgentBase:
     ) -> str:
         """Hand part of this agent's current token to ``delegate_id`` offline, with no
         call to the broker: a chain (``tla1~...``) with one block signed by this agent's
-        registered key, naming the delegate's Ed25519 public key (32 bytes). ``scope``,
+        registered key, naming the delegate's Ed25519 public key (32 bytes). The delegate
+        is named under this agent's id: pass a label (``"helper"`` names
+        ``<agent_id>/helper``) or a full name starting with ``agent_id + "/"``. ``scope``,
         ``authorization_details`` and ``audience`` narrow (None keeps this agent's);
         the block lives ``ttl`` seconds, never past this token. The delegate presents it
         as an :class:`~tasklease.client.OfflineCredential` (docs/formats.md).
 
         Raises:
+            ValueError: ``delegate_id`` is neither a label nor nested under this agent's id.
             ScopeViolation: the block would widen this agent's authority.
             TaskleaseError: code ``no_key`` without this agent's signing key;
                 ``invalid_chain`` for a chain over the size cap.

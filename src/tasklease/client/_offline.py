@@ -46,16 +46,27 @@ def attenuate(
     seconds (never past the parent), with ``scope``, ``authorization_details`` and
     ``audience`` narrowed (None keeps the parent's). Returns the chain (``tla1~...``).
 
+    ``delegate_id`` is a label (``"helper"``, or segments ``"helper/2"``), named under the
+    current holder's SPIFFE ID (``<holder>/helper``), or a full name already nested under
+    it: a delegate never takes another agent's name (docs/formats.md, ``sub``).
+
     Raises:
+        ValueError: ``delegate_id`` is neither a label nor a name nested under the
+            holder's (nothing is signed).
         ScopeViolation: the block would widen the parent, or the chain is too deep.
         TaskleaseError: code ``invalid_chain``: a malformed credential, another key than
             the holder's, or a chain over the size cap.
     """
     try:
+        holder = _holder(credential)
+    except attenuation.ChainError as exc:
+        raise TaskleaseError(exc.reason, code="invalid_chain") from None
+    delegate = attenuation.delegate_name(holder, delegate_id)  # ValueError before signing
+    try:
         return derive(
             credential,
             key,
-            delegate=delegate_id,
+            delegate=delegate,
             delegate_key=bytes(delegate_public_key),
             now=int(time.time() if now is None else now),
             ttl=ttl,
@@ -68,6 +79,17 @@ def attenuate(
         if exc.category in ("attenuation", "depth"):
             raise ScopeViolation(exc.reason) from None
         raise TaskleaseError(exc.reason, code="invalid_chain") from None
+
+
+def _holder(credential: str) -> str:
+    """The name of ``credential``'s current holder as written (the last block's ``sub``,
+    or the root token's): :func:`derive` checks the rest, signatures included."""
+    decoded = attenuation.decode(
+        credential if attenuation.is_chain(credential) else attenuation.PREFIX + credential
+    )
+    if decoded.blocks:
+        return decoded.blocks[-1].sub
+    return root_claims_of(decoded.root_claims, decoded.root).sub
 
 
 class _ChainAuth(httpx.Auth):
@@ -130,7 +152,8 @@ class OfflineCredential:
         ttl: int = 300,
     ) -> str:
         """Hand part of this chain on (as :func:`attenuate`): one more block, signed with
-        this holder's key."""
+        this holder's key, naming the delegate under :attr:`holder` (a label, or a full
+        name starting with ``holder + "/"``)."""
         return attenuate(
             self.chain,
             self._key,

@@ -126,10 +126,11 @@ class OfflineAudit(Service):
     ) -> ReportOutcome:
         """Verify and audit a batch of reports; one transaction for the whole batch.
 
-        Derivations are reported by an agent of the chain (its token, or an offline chain
-        it holds); uses by a resource server's app token (the verifier's client
-        credentials). Each item is accepted, a duplicate (already audited: nothing new),
-        or refused with its own audited denial.
+        Derivations are reported by an agent of the chain: one it names (by its token, or
+        the offline chain it holds), or the registered agent whose key a block names (a
+        delegate is named under its delegator, never by its own id); uses by a resource
+        server's app token (the verifier's client credentials). Each item is accepted, a
+        duplicate (already audited: nothing new), or refused with its own audited denial.
 
         Raises:
             InvalidRequest: no item, or more than :data:`MAX_REPORTS`.
@@ -250,7 +251,7 @@ class OfflineAudit(Service):
             )
         keep_until = self._window(block.exp, now, "derivation")
         chain = self._verified(item.chain, block.iat)
-        if caller.sub not in chain.agents:
+        if caller.sub not in chain.agents and not _holds_a_block_key(caller, chain):
             raise _Refused(
                 Forbidden("the reporter is not an agent of the chain"),
                 f"reporter {caller.sub} is not in the chain of block {block.jti}",
@@ -320,6 +321,14 @@ class OfflineAudit(Service):
         )
         key = f"u:{chain_digest(item.chain)}:{verifier}:{minute // USE_BUCKET}"
         return _Accepted("use", key, keep_until, entry, occurred)
+
+
+def _holds_a_block_key(caller: Claims, chain: VerifiedChain) -> bool:
+    """Whether ``caller``'s registered key (its token's ``agent_jwk``, which the broker
+    signed) is a key one of ``chain``'s blocks handed the authority to: that delegate,
+    named under its delegator in the chain, reporting with its own token."""
+    key = attenuation.holder_key_of(caller.raw)
+    return key is not None and any(step.block.key == key for step in chain.steps)
 
 
 def _root_str(chain: VerifiedChain, name: str) -> str:

@@ -16,6 +16,11 @@ and so on. The whole is one compact ASCII string (docs/formats.md)::
   ``depth`` and, when they narrow, ``scope``, ``grants`` and ``aud`` (absent: the
   parent's, unchanged). A payload that is not canonical is refused, so each block has one
   text.
+* a block's ``sub`` is nested under the previous holder's (the root's ``sub`` for the
+  first block): that name, ``/``, and one or more SPIFFE path segments of the delegate's
+  (:func:`is_nested_name`). Nobody offline can tell whose a name is, only whose key signed:
+  so a holder names its delegates under its own name, never another agent's (a registered
+  agent's id has exactly its five segments), and every name shows who vouched for it.
 * the signature is Ed25519 by the previous holder (the root's ``agent_jwk``, then each
   block's ``key``) over ``DOMAIN || SHA-256(previous element's text) || payload``: the
   previous element's hash is signed, not sent, so a block cannot be moved, dropped or
@@ -54,8 +59,10 @@ __all__ = [
     "append_block",
     "block_payload",
     "decode",
+    "delegate_name",
     "holder_key_of",
     "is_chain",
+    "is_nested_name",
     "sign_block",
     "signing_input",
 ]
@@ -74,6 +81,7 @@ _REQUIRED = frozenset(("sub", "key", "exp", "iat", "jti", "depth"))
 _OPTIONAL = frozenset(("scope", "grants", "aud"))
 _JTI = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NAME = re.compile(r"[!-~]{1,512}")  # printable ASCII, no space: SPIFFE IDs and resources
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,128}")  # a SPIFFE ID path segment
 
 
 class ChainError(Exception):
@@ -226,6 +234,41 @@ def decode(text: str, *, max_bytes: int = MAX_CHAIN_BYTES) -> DecodedChain:
     except JWSError as exc:
         raise ChainError(f"root: {exc.reason}") from None
     return DecodedChain(text, root, root_claims, tuple(_block(b, i) for i, b in enumerate(blocks)))
+
+
+def is_nested_name(holder: str, sub: str) -> bool:
+    """Whether ``sub`` may name a delegate of ``holder``: ``holder + "/"`` followed by one
+    or more SPIFFE path segments (1-128 of ``[A-Za-z0-9._-]``, neither ``.`` nor ``..``),
+    within the format's 512 characters. The one naming rule of offline delegation: the
+    issuance check of ``attenuate`` applies it to every block, wherever a chain is
+    derived or verified."""
+    if type(sub) is not str or _NAME.fullmatch(sub) is None:
+        return False
+    prefix = holder + "/"
+    if not holder or not sub.startswith(prefix):
+        return False
+    return all(
+        _SEGMENT.fullmatch(segment) is not None and segment not in (".", "..")
+        for segment in sub[len(prefix) :].split("/")
+    )
+
+
+def delegate_name(holder: str, name: str) -> str:
+    """The name a delegate of ``holder`` is given for ``name``: ``name`` itself when it is
+    a full name (it holds ``://``) nested under ``holder``'s, ``holder/name`` for a bare
+    label (one or more path segments).
+
+    Raises:
+        ValueError: the result would not be nested under ``holder`` (:func:`is_nested_name`).
+    """
+    full = name if isinstance(name, str) and "://" in name else f"{holder}/{name}"
+    if not isinstance(name, str) or not is_nested_name(holder, full):
+        raise ValueError(
+            "an offline delegate's name must be nested under its delegator's: pass a label "
+            "(1-128 of A-Z a-z 0-9 . - _ per '/'-separated segment) or a full name starting "
+            f"with {holder + '/'!r}"
+        )
+    return full
 
 
 def holder_key_of(claims: Mapping[str, Any]) -> bytes | None:

@@ -12,7 +12,8 @@ grows along a lineage (the invariants of docs/authority.md):
    the parent token's ``exp`` and ``max_exp``);
 3. the renewal budget is counted on the lineage and never reset;
 4. scope, grants (``rules.grants``) and audience only narrow;
-5. the delegate is not already in the chain;
+5. the delegate is not already in the chain; offline (``attenuate``), its name is nested
+   under its delegator's (``rules.attenuation.is_nested_name``);
 6. the human principal and the attestation reach every descendant.
 
 A refusal is a :class:`Refusal` naming a :class:`Reason` (the broker's error code, the
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 
 from tasklease.rules import grants as grant_rules
 from tasklease.rules import scopes as scope_rules
+from tasklease.rules.attenuation import is_nested_name
 from tasklease.rules.claims import MAX_LINEAGE
 from tasklease.rules.grants import TypeRule
 
@@ -508,6 +510,19 @@ def check_issuance(
             Reason("scope_violation", "delegation depth limit exceeded"),
             f"delegation depth {depth} at limit {limits.max_delegation_depth}",
             "depth",
+        )
+    if operation == "attenuate" and not is_nested_name(parent.holder, holder):
+        # Offline, nobody can tell whose a name is, only whose key signed the block: a
+        # delegate is named under its delegator, so no holder can name another agent.
+        raise Refusal(
+            Reason(
+                "scope_violation",
+                "an offline delegate's name must be nested under its delegator's",
+                "name the delegate <delegator's id>/<label>",
+            ),
+            f"delegate name not nested under its delegator's | delegate={holder[:512]} | "
+            f"delegator={parent.holder[:512]}",
+            "attenuation",
         )
     if operation in NEW_HOLDER and holder in parent.chain_agents:
         raise Refusal(
