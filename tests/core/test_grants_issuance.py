@@ -17,6 +17,7 @@ from tasklease.core.errors import (
     InsufficientScope,
     InvalidAuthorizationDetails,
     InvalidRequest,
+    NotFound,
     ScopeViolation,
 )
 from tasklease.core.exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, ExchangeRequest
@@ -517,3 +518,32 @@ def test_two_adds_of_one_grant_type_at_once_keep_the_first_rule(
         broker.grant_types.add(admin, name="rows", schema=schema, narrowing={}, ctx=kit.ctx)
     monkeypatch.undo()
     assert broker.store.get_grant_type("rows") == first
+
+
+def test_a_refused_grant_type_change_names_its_one_audit_event(broker: Any, kit: Any) -> None:
+    """Adding a grant type that exists, or removing one that does not, is a refusal: a
+    ``denial_id`` leading to exactly one ``grant_type_denied`` event naming the operator,
+    as a refused change to an operator, a tenant or a federated domain is."""
+    admin = kit.admin(broker).claims
+
+    def add() -> Any:
+        return broker.grant_types.add(
+            admin, name="ticket", schema={"type": "object"}, narrowing={}, ctx=kit.ctx
+        )
+
+    add()
+    refusals = []
+    with pytest.raises(Conflict) as taken:
+        add()
+    refusals.append(taken.value)
+    broker.grant_types.remove(admin, "ticket", kit.ctx)
+    with pytest.raises(NotFound) as gone:
+        broker.grant_types.remove(admin, "ticket", kit.ctx)
+    refusals.append(gone.value)
+    denied = broker.store.query_audit(AuditQuery(event_type="grant_type_denied", limit=10))[0]
+    assert len(denied) == 2
+    for refusal, event in zip(refusals, denied, strict=True):
+        assert refusal.denial_id.startswith("den_")
+        assert event.outcome == "denied"
+        assert event.detail.endswith(f"denial={refusal.denial_id}")
+        assert f"by={admin.sub}" in event.detail

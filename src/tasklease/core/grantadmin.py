@@ -15,9 +15,9 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from tasklease.core.auditformat import AuditEntry, clipped
-from tasklease.core.errors import Conflict, InvalidRequest, NotFound
+from tasklease.core.errors import Conflict, InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.granttypes import MAX_SCHEMA_BYTES
-from tasklease.core.kernel import Kernel, RequestContext, Service
+from tasklease.core.kernel import Kernel, RequestContext, Service, with_denial
 from tasklease.core.records import GrantTypeRecord
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
@@ -111,7 +111,7 @@ class GrantTypes(Service):
             InvalidRequest: a malformed name, schema (not a JSON Schema 2020-12 object
                 schema) or narrowing rule; a built-in type's name.
             Conflict: the type exists (remove it first: grants already issued keep the
-                rule they were narrowed by only while it stays the same).
+                rule they were narrowed by only while it stays the same); audited.
         """
         if not isinstance(name, str) or not grant_rules.is_type_name(name):
             raise InvalidRequest(
@@ -152,10 +152,15 @@ class GrantTypes(Service):
             created_by=claims.sub,
         )
         if self._store.get_grant_type(name) is not None:
-            raise Conflict(f"grant type {name} exists", hint="remove it first to register it anew")
+            raise self._kernel.deny(_exists(name), self._denied(claims, ctx, f"add {name}: exists"))
+        refused: list[TaskleaseError] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            tx.insert_grant_type(record)  # the check above, again under the write lock
+            try:
+                tx.insert_grant_type(record)  # the check above, again under the write lock
+            except Conflict:  # nothing written (the store inserts only a new name)
+                refused[:] = [_exists(name)]
+                return [with_denial(refused[0], self._denied(claims, ctx, f"add {name}: exists"))]
             return [
                 AuditEntry(
                     "grant_type_added",
@@ -165,6 +170,8 @@ class GrantTypes(Service):
             ]
 
         self._kernel.commit(unit)
+        if refused:
+            raise refused[0]
         return record
 
     def list_types(self) -> list[GrantTypeRecord]:
@@ -178,12 +185,22 @@ class GrantTypes(Service):
 
     def remove(self, claims: Claims, name: str, ctx: RequestContext) -> GrantTypeRecord:
         """Remove grant type ``name``: requests naming it are refused from now on, and
-        tokens that carry its grants narrow them only to identical ones."""
-        record = self.get(name)
+        tokens that carry its grants narrow them only to identical ones.
+
+        Raises:
+            NotFound: no such type, before or while this ran (audited).
+        """
+        record = self._store.get_grant_type(name) if isinstance(name, str) else None
+        if record is None:
+            why = f"remove {clipped(str(name), 128)}: no such grant type"
+            raise self._kernel.deny(_missing(), self._denied(claims, ctx, why))
+        refused: list[TaskleaseError] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if not tx.delete_grant_type(record.name):
-                raise NotFound("grant type not found")
+                refused[:] = [_missing()]
+                why = f"remove {record.name}: no such grant type"
+                return [with_denial(refused[0], self._denied(claims, ctx, why))]
             return [
                 AuditEntry(
                     "grant_type_removed",
@@ -193,4 +210,25 @@ class GrantTypes(Service):
             ]
 
         self._kernel.commit(unit)
+        if refused:
+            raise refused[0]
         return record
+
+    @staticmethod
+    def _denied(claims: Claims, ctx: RequestContext, why: str) -> AuditEntry:
+        """The event of a refused change to the registry (its ``denial_id`` added by the
+        caller), naming the operator."""
+        return AuditEntry(
+            "grant_type_denied",
+            outcome="denied",
+            request_id=ctx.request_id,
+            detail=f"grant type change refused: {why} by={claims.sub}",
+        )
+
+
+def _exists(name: str) -> Conflict:
+    return Conflict(f"grant type {name} exists", hint="remove it first to register it anew")
+
+
+def _missing() -> NotFound:
+    return NotFound("grant type not found")
