@@ -2,7 +2,9 @@
 
 Precedence: built-in defaults < the TOML file < ``TASKLEASE_*`` environment variables <
 explicit overrides (command-line flags). The file is ``--config``, else
-``$TASKLEASE_CONFIG``, else ``<data_dir>/config.toml`` when it exists.
+``$TASKLEASE_CONFIG``, else ``<data_dir>/config.toml`` when it exists. Whoever may write
+the file administers the broker: it must be this user's or root's, and writable by neither
+group nor others, or it is refused.
 
 A relative path in the file (``data_dir``, ``key_dir``, a SQLite ``database``, the files
 of keys, secrets and certificates, ``policy_dir``) is taken from the file's own directory,
@@ -28,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -153,9 +156,14 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     notices: list[str] | None = None,
+    check_file: bool = True,
 ) -> Config:
     """The configuration of ``config_path`` (or the file found as the module says), the
     environment ``env`` (``os.environ`` by default) and ``overrides`` (flags).
+
+    The file must be this user's or root's, and writable by neither group nor others
+    (:func:`_check_file_trust`); ``check_file`` false is for ``doctor`` only, which reports
+    the file's owner and mode as findings of its own rather than stopping at them.
 
     ``notices``, when given, receives what an operator should be told at start-up and is
     no error (never a secret): the environment's admin secret replacing another one.
@@ -175,6 +183,8 @@ def load_config(
     if path:
         try:
             with open(path, "rb") as fh:
+                if check_file:
+                    _check_file_trust(path, os.fstat(fh.fileno()))
                 document = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
@@ -202,6 +212,32 @@ def load_config(
         return resolve_paths(Config(**values))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _check_file_trust(path: str, st: os.stat_result) -> None:
+    """Refuse a config file that someone other than this user (or root) can change.
+
+    The file sets the admin secret's hash, the trusted proxies, TLS, the key provider and
+    the data directory: whoever may write it administers the broker. Found by default in
+    ``.tasklease/`` under the current directory, it could be one planted in a shared
+    directory, naming the real data directory and the planter's admin secret. A character
+    device (``/dev/null``, which ``init`` reads as an empty file) is made only by root.
+
+    Raises:
+        ConfigError: the file is owned by another user, or writable by group or others.
+    """
+    if st.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(
+            f"config file {path} is owned by uid {st.st_uid}, not by this user "
+            f"(uid {os.geteuid()}) or root: its owner would administer the broker; "
+            f"chown it, or run as its owner"
+        )
+    if st.st_mode & 0o022 and not stat.S_ISCHR(st.st_mode):
+        raise ConfigError(
+            f"config file {path} is writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}): whoever writes it would administer "
+            f"the broker; run: chmod go-w {path}"
+        )
 
 
 def _admin_secret(

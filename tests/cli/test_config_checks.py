@@ -223,6 +223,59 @@ def test_the_environments_secret_in_place_of_the_files_is_a_notice(tmp_path: Pat
     assert alone == []
 
 
+# --- whose file it is --------------------------------------------------------------------
+
+# The file sets admin_secret_hash, trusted_proxies, tls_mode, key_provider, data_dir: who
+# may write it is the broker's admin. Would fail if: the loader read a config file others
+# can write, or one of another user, as it did (a `.tasklease/config.toml` planted in a
+# shared directory where `tasklease serve` ran named the real data directory and the
+# planter's admin secret).
+_TAKEOVER = f'admin_secret_hash = "{hash_secret(STRONG)}"\ntrusted_proxies = ["0.0.0.0/0"]\n'
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o646, 0o620])
+def test_a_config_file_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text(_TAKEOVER)
+    file.chmod(mode)
+    with pytest.raises(ConfigError, match=f"writable by group or others \\(mode {mode:04o}"):
+        load_config(str(file), env={})
+
+
+def test_a_config_file_of_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text(_TAKEOVER)
+    file.chmod(0o644)
+    if os.geteuid() == 0:
+        os.chown(file, 65534, 65534)  # nobody's
+    else:
+        monkeypatch.setattr(os, "geteuid", lambda: file.stat().st_uid + 1)
+    with pytest.raises(ConfigError, match="is owned by uid .*, not by this user"):
+        load_config(str(file), env={})
+
+
+def test_the_config_file_found_in_the_current_directory_is_held_to_it_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planted = tmp_path / ".tasklease"
+    planted.mkdir()
+    (planted / "config.toml").write_text(_TAKEOVER)
+    (planted / "config.toml").chmod(0o666)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="writable by group or others"):
+        load_config(None, env={})
+
+
+def test_a_config_file_of_this_user_or_root_readable_by_all_is_read(tmp_path: Path) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text('trust_domain = "example.org"\n')
+    file.chmod(0o644)
+    assert load_config(str(file), env={}).trust_domain == "example.org"
+    assert load_config(os.devnull, env={}).trust_domain == "tasklease.local"  # root's, 0666
+
+
 # --- a real `tasklease serve` ------------------------------------------------------------
 
 

@@ -543,7 +543,8 @@ def doctor(
 
     env = os.environ
     try:
-        cfg = load_config(config, overrides={"data_dir": data_dir})
+        # The file's owner and mode are findings here (file-owner, file-mode), not a stop.
+        cfg = load_config(config, overrides={"data_dir": data_dir}, check_file=False)
     except ConfigError as exc:
         fail(str(exc))
     path = _config_path(config, data_dir, env)
