@@ -14,6 +14,8 @@ holds is judged once it is open (:func:`require_store`).
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -103,7 +105,8 @@ def require(config: Config) -> None:
     Raises:
         StateError: ``database = "memory://"``, or the SQLite database, the key directory,
             its signing keys or its nonce secret are missing; the message names every
-            missing part and ends with :data:`INIT_HINT`.
+            missing part and ends with :data:`INIT_HINT`; or the SQLite database (its
+            file, journal, shared memory or directory) can be changed by another user.
     """
     refuse_unshared(config.database)
     missing = []
@@ -120,6 +123,42 @@ def require(config: Config) -> None:
             missing.append(f"the nonce secret {keys / NONCE_SECRET} does not exist")
     if missing:
         raise StateError(f"no broker here: {'; '.join(missing)}. {INIT_HINT}")
+    if database is not None:
+        _refuse_changeable_by_others(database)
+
+
+def _refuse_changeable_by_others(database: Path) -> None:
+    """Refuse a SQLite database that another user can change: its file, journal or shared
+    memory owned by someone else or writable by group or others, or its directory writable
+    by them (a file of theirs put in its place, or a journal beside it). The database holds
+    the revocations, the operators and their secrets' hashes, and the audit log; the key
+    directory was already held to this (``keystore``), the database was not.
+
+    Raises:
+        StateError: naming the path, its owner or mode, and the fix.
+    """
+    directory = database.parent
+    paths = [directory, database, *(Path(f"{database}{end}") for end in ("-wal", "-shm"))]
+    for path in paths:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue  # a journal not made yet
+        except OSError as exc:
+            raise StateError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if path is not directory and st.st_uid != os.geteuid():
+            raise StateError(
+                f"the database file {path} is owned by uid {st.st_uid}, not by this user "
+                f"(uid {os.geteuid()}): its owner could rewrite revocations, operators and "
+                f"the audit log; chown it, or serve as its owner"
+            )
+        if st.st_mode & 0o022:
+            what = "the database's directory" if path is directory else "the database file"
+            raise StateError(
+                f"{what} {path} is writable by group or others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}): they could rewrite revocations, operators "
+                f"and the audit log; run: chmod go-w {path}"
+            )
 
 
 def require_store(config: Config, store: Store) -> bool:

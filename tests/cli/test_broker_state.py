@@ -19,6 +19,8 @@ import httpx
 import pytest
 from e2e_support import free_port
 
+from tasklease import brokerstate
+from tasklease.core.config import Config
 from tasklease.core.records import CheckpointRecord
 from tasklease.server import build_broker
 from tasklease.settings import load_config
@@ -425,3 +427,47 @@ def test_init_records_no_event_for_keys_that_were_there(tmp_path: Path) -> None:
     init(data, "--force", cwd=tmp_path)
     added = [kind for _, kind in audit_events(data / "tasklease.db")[len(before) :]]
     assert added == ["operator_credential_rotated"]
+
+
+# -- a database others can change is no broker's --------------------------------------------
+
+
+def _layout(tmp_path: Path) -> Config:
+    """The files :func:`brokerstate.require` looks for, as ``init`` leaves their modes."""
+    data = tmp_path / "data"
+    (data / "keys").mkdir(mode=0o700, parents=True)
+    data.chmod(0o700)
+    for path in (data / "tasklease.db", data / "keys" / "signing-1Z-AAAAAAAA.pem"):
+        path.touch(0o644)
+    (data / "keys" / "nonce.secret").touch(0o600)
+    return load_config(os.devnull, env={}, overrides={"data_dir": str(data)})
+
+
+# Would fail if: serve opened a SQLite database that other users can rewrite (revocations
+# deleted, an operator added, an old copy put in place), as it did; the key directory
+# beside it was already refused when writable by others, the database was not.
+@pytest.mark.parametrize(
+    ("which", "mode"),
+    [("tasklease.db", 0o666), ("tasklease.db", 0o664), ("tasklease.db-wal", 0o646), (".", 0o777)],
+)
+def test_a_database_others_can_write_is_refused(tmp_path: Path, which: str, mode: int) -> None:
+    config = _layout(tmp_path)
+    brokerstate.require(config)  # as init leaves it
+    path = Path(config.data_dir) / which
+    path.touch(0o600)
+    path.chmod(mode)
+    with pytest.raises(brokerstate.StateError, match=f"writable by group or others.*{mode:04o}"):
+        brokerstate.require(config)
+
+
+def test_a_database_file_of_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _layout(tmp_path)
+    database = Path(config.data_dir) / "tasklease.db"
+    if os.geteuid() == 0:
+        os.chown(database, 65534, 65534)  # nobody's
+    else:
+        monkeypatch.setattr(os, "geteuid", lambda: database.stat().st_uid + 1)
+    with pytest.raises(brokerstate.StateError, match="is owned by uid .*, not by this user"):
+        brokerstate.require(config)
