@@ -9,7 +9,7 @@ import pgcluster
 import pytest
 
 from tasklease.core.errors import Unavailable
-from tasklease.storage import SQLiteStore
+from tasklease.storage import SQLiteStore, open_store
 from tasklease.storage._pg_guard import Limits
 
 
@@ -74,3 +74,23 @@ def test_sqlite_is_not_writable_on_a_full_disk(
         assert info.value.retry_after is not None
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # libpq quotes the component, or the whole URL, that it cannot parse.
+        "postgresql://tasklease:s3cret%zz@127.0.0.1/tl",
+        "postgresql://tasklease:s3cret%@127.0.0.1/tl",
+        "postgresql://tasklease:s3cret@[::1]x/tl",
+    ],
+)
+def test_a_url_libpq_cannot_parse_is_refused_without_its_password(url: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        open_store(url)
+    shown = [str(refused.value)]
+    cause = refused.value.__cause__ or refused.value.__context__
+    if not refused.value.__suppress_context__ and cause is not None:
+        shown.append(str(cause))
+    assert "s3cret" not in " ".join(shown)
+    assert "tasklease:***@" in str(refused.value)

@@ -33,6 +33,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from tasklease.core.errors import Unavailable
+from tasklease.storage.urls import redact_url
 
 __all__ = [
     "OUTAGE_PAUSE",
@@ -91,8 +92,17 @@ class Limits:
 
         The server-side timeouts travel in ``options`` (no round trip of their own) ahead
         of any ``options`` of the URL, so ``-c`` settings the operator wrote take effect.
+
+        Raise ``ValueError`` for a URL libpq cannot parse, naming it redacted: libpq's
+        own message quotes the part it could not read, which may be the password.
         """
-        given = conninfo_to_dict(conninfo)
+        try:
+            given = conninfo_to_dict(conninfo)
+        except psycopg.ProgrammingError:
+            raise ValueError(
+                f"libpq cannot parse the database URL {redact_url(conninfo)}"
+                " (check its percent-encoding, brackets and query parameters)"
+            ) from None
         idle_in_transaction = 2 * self.statement_timeout
         ours = " ".join(
             f"-c {name}={_milliseconds(seconds)}"
