@@ -43,6 +43,11 @@ SECRET = "s3cretPW-never-shown"
         ("postgres://u:p%40w@h:5432/db", "postgres://u:***@h:5432/db"),
         ("sqlite:///var/lib/tasklease/x.db", "sqlite:///var/lib/tasklease/x.db"),
         ("postgresql://h/db@x", "postgresql://h/db@x"),
+        # A password with an unencoded / or @: libpq reads another user part (or none),
+        # but it is the operator's password all the same and is never shown.
+        ("postgresql://u:Xy7/Qz9@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:p@ss@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u:p/s@s@h/db?password=c", "postgresql://u:***@h/db?password=***"),
     ],
 )
 def test_every_password_in_a_url_is_masked(url: str, shown: str) -> None:

@@ -15,18 +15,19 @@ def redact_url(url: str) -> str:
     in the user part and the one a libpq URL may carry as a query parameter
     (``?password=...``, ``sslpassword``).
 
-    The user part is found as libpq finds it (everything after ``://`` up to the first
-    ``@`` that comes before any ``/``), not as a URL parser does: a password holding ``#``
-    or ``?`` ends a URL's authority early, but libpq reads it whole, and so must this.
+    The password is taken to run from the first ``:`` after ``://`` to the last ``@``,
+    wider than libpq's user part (up to the first ``@`` before any ``/``) and than a URL
+    parser's: a password holding ``#`` or ``?`` ends a URL's authority early, and one
+    holding an unencoded ``/`` or ``@`` is read by libpq as a host, port or database
+    name, yet it is the operator's password all the same. A URL without a password whose
+    query holds an ``@`` after a ``:`` is shown with more masked than needed.
     """
     masked = url
     scheme, sep, rest = url.partition("://")
     if sep:
-        end = next((i for i, c in enumerate(rest) if c in "@/"), -1)
-        if end >= 0 and rest[end] == "@":
-            user, colon, _ = rest[:end].partition(":")
-            if colon:
-                masked = f"{scheme}://{user}:***@{rest[end + 1 :]}"
+        colon, end = rest.find(":"), rest.rfind("@")
+        if 0 <= colon < end:
+            masked = f"{scheme}://{rest[:colon]}:***@{rest[end + 1 :]}"
     try:
         parts = urlsplit(masked)
         query = parse_qsl(parts.query, keep_blank_values=True)
