@@ -19,7 +19,7 @@ from typing import Any
 
 from tasklease.core.appauth import AppSignIn
 from tasklease.core.audience import default_audience, validate_ceiling
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.clientauth import app_public_key
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.delegation import named_principal, principal_ref
@@ -168,7 +168,11 @@ class Apps(Service):
         grants; either may be empty, not both): its launch tokens stay within them.
 
         ``public_key`` (an Ed25519 JWK or raw key, :func:`app_public_key`) lets the app
-        authenticate with signed client assertions (``private_key_jwt``) too."""
+        authenticate with signed client assertions (``private_key_jwt``) too.
+
+        Raises:
+            Conflict: the name is taken (audited; nothing is written).
+        """
         if not isinstance(name, str) or not name:
             raise InvalidRequest("name is required")
         details = self._kernel.grant_types.check(
@@ -204,8 +208,24 @@ class Apps(Service):
             credential_changed_at=now,
         )
 
+        refused: list[TaskleaseError] = []
+
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            tx.insert_app(app)
+            try:
+                tx.insert_app(app)
+            except Conflict as exc:  # nothing written: the name (or an id) is taken
+                refused[:] = [exc]
+                return [
+                    with_denial(
+                        exc,
+                        AuditEntry(
+                            "app_registration_denied",
+                            outcome="denied",
+                            request_id=ctx.request_id,
+                            detail=f"app={name} refused: {exc.detail} by={claims.sub}",
+                        ),
+                    )
+                ]
             return [
                 AuditEntry(
                     "app_registered",
@@ -217,6 +237,8 @@ class Apps(Service):
             ]
 
         self._kernel.commit(unit)
+        if refused:
+            raise refused[0]
         return app, secret
 
     def list_apps(self) -> list[AppRecord]:
@@ -244,7 +266,7 @@ class Apps(Service):
         then on); ``authorization_details`` replaces the app's grants (``[]`` removes them).
 
         Raises:
-            NotFound: no such app.
+            NotFound: no such app (audited).
             Conflict: the app was deregistered, before or while this ran (audited; nothing
                 else is written): a deregistered app stays so.
         """
@@ -270,7 +292,7 @@ class Apps(Service):
         )
         ttl = _app_token_ttl(token_ttl)
         key = None if public_key is None or public_key == "" else app_public_key(public_key)
-        self.get_app(app_id)  # an unknown app: 404 before anything is written
+        self._known(app_id, "app_update_denied", claims, ctx)
         written: list[AppRecord] = []
         records: list[RevocationRecord] = []
         refused: list[TaskleaseError] = []
@@ -280,7 +302,7 @@ class Apps(Service):
             # the request began is what this one changes, and only the fields it changes.
             app = tx.get_app(app_id)
             if app is None or app.status != "active":
-                return [self._refused(refused, "app_update_denied", app_id, claims, ctx)]
+                return [self._refused(refused, "app_update_denied", app, app_id, claims, ctx)]
             now = self._kernel.now()
             updated = replace(
                 app,
@@ -326,10 +348,10 @@ class Apps(Service):
         """Deactivate an app: its secret stops working and its live app tokens are revoked.
 
         Raises:
-            NotFound: no such app.
+            NotFound: no such app (audited).
             Conflict: the app was deregistered before (audited; nothing else is written).
         """
-        self.get_app(app_id)  # an unknown app: 404 before anything is written
+        self._known(app_id, "app_deregistration_denied", claims, ctx)
         written: list[AppRecord] = []
         records: list[RevocationRecord] = []
         refused: list[TaskleaseError] = []
@@ -339,7 +361,8 @@ class Apps(Service):
             # wins, and an update committed meanwhile is kept, not written over.
             app = tx.get_app(app_id)
             if app is None or app.status != "active":
-                return [self._refused(refused, "app_deregistration_denied", app_id, claims, ctx)]
+                event = "app_deregistration_denied"
+                return [self._refused(refused, event, app, app_id, claims, ctx)]
             # Dated in the transaction: an app token issued by a sign-in that committed
             # before it is covered, however long this call took to get here.
             now = self._kernel.now()
@@ -368,28 +391,33 @@ class Apps(Service):
         self._kernel.apply_revocations(records)
         return written[0]
 
+    def _known(self, app_id: str, event: str, claims: Claims, ctx: RequestContext) -> None:
+        """Refuse a change to an unknown app (NotFound, audited as ``event``) before
+        anything is written."""
+        if self._store.get_app(app_id) is None:
+            entry = _app_denied(event, app_id, "no such app", claims, ctx)
+            raise self._kernel.deny(NotFound("app not found"), entry)
+
     @staticmethod
     def _refused(
         refused: list[TaskleaseError],
         event: str,
+        app: AppRecord | None,
         app_id: str,
         claims: Claims,
         ctx: RequestContext,
     ) -> AuditEntry:
-        """The refusal of a change to an app deregistered before (found so under the write
-        lock): the error goes into ``refused``, its event (with a ``denial_id``) is
-        returned for the unit to commit, and nothing else is written."""
-        error: TaskleaseError = Conflict("app is already deregistered")
+        """The refusal of a change to an app that does not exist (NotFound) or was
+        deregistered before (Conflict), found so under the write lock: the error goes into
+        ``refused``, its event (with a ``denial_id``) is returned for the unit to commit,
+        and nothing else is written."""
+        error: TaskleaseError
+        if app is None:
+            error, why = NotFound("app not found"), "no such app"
+        else:
+            error, why = Conflict("app is already deregistered"), "is already deregistered"
         refused[:] = [error]
-        return with_denial(
-            error,
-            AuditEntry(
-                event,
-                outcome="denied",
-                request_id=ctx.request_id,
-                detail=f"app_id={app_id} is already deregistered; by={claims.sub}",
-            ),
-        )
+        return with_denial(error, _app_denied(event, app_id, why, claims, ctx))
 
     def app_auth(
         self,
@@ -699,3 +727,16 @@ class Apps(Service):
             return token, record
 
         return Pending(unit, done)
+
+
+def _app_denied(
+    event: str, app_id: str, why: str, claims: Claims, ctx: RequestContext
+) -> AuditEntry:
+    """The event of a refused change to app ``app_id`` (its ``denial_id`` added by the
+    caller), naming the operator."""
+    return AuditEntry(
+        event,
+        outcome="denied",
+        request_id=ctx.request_id,
+        detail=f"app_id={clipped(app_id, 128)} {why}; by={claims.sub}",
+    )

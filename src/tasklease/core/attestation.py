@@ -53,7 +53,7 @@ from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.delegation import named_principal
 from tasklease.core.errors import InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.federation import Federation, UntrustedDomain
-from tasklease.core.kernel import Kernel, Parent, RequestContext, Service
+from tasklease.core.kernel import Kernel, Parent, RequestContext, Service, with_denial
 from tasklease.core.lineage import app_ancestor
 from tasklease.core.records import AttestorRecord
 from tasklease.core.store import WriteTx
@@ -186,7 +186,7 @@ class AttestationService(Service):
         Raises:
             InvalidRequest: an unknown type, malformed settings or policy, a policy scope
                 outside the app's.
-            NotFound: ``app_id`` names no active app.
+            NotFound: ``app_id`` names no active app (audited).
         """
         attestor_name = _name(name)
         if not isinstance(type, str) or type not in ATTESTORS:
@@ -213,7 +213,8 @@ class AttestationService(Service):
                 raise InvalidRequest("app_id must be a string")
             record = self._store.get_app(app_id)
             if record is None or record.status != "active":
-                raise NotFound("app not found")
+                why = f"add {attestor_name}: app_id={clipped(app_id, 128)} names no active app"
+                raise self._kernel.deny(NotFound("app not found"), _denied(claims, ctx, why))
             for rule in rules:
                 outside = scope_rules.uncovered(rule.scope, record.scopes)
                 if outside:
@@ -255,18 +256,28 @@ class AttestationService(Service):
     def get(self, name: str) -> AttestorRecord:
         record = self._store.get_attestor(name) if isinstance(name, str) else None
         if record is None:
-            raise NotFound("attestor not found")
+            raise _missing()
         return record
 
     def remove(self, claims: Claims, name: str, ctx: RequestContext) -> AttestorRecord:
         """Remove attestor ``name``: evidence for it is refused from now on. Agents it
         registered keep their tokens; revoke ``attest:<type>:<name>:...`` (level
-        ``chain``) to end those too."""
-        record = self.get(name)
+        ``chain``) to end those too.
+
+        Raises:
+            NotFound: no such attestor, before or while this ran (audited).
+        """
+        record = self._store.get_attestor(name) if isinstance(name, str) else None
+        if record is None:
+            why = f"remove {clipped(str(name), 128)}: no such attestor"
+            raise self._kernel.deny(_missing(), _denied(claims, ctx, why))
+        refused: list[TaskleaseError] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if not tx.delete_attestor(record.name):
-                raise NotFound("attestor not found")
+                refused[:] = [_missing()]
+                why = f"remove {record.name}: no such attestor"
+                return [with_denial(refused[0], _denied(claims, ctx, why))]
             return [
                 AuditEntry(
                     "attestor_removed",
@@ -276,6 +287,8 @@ class AttestationService(Service):
             ]
 
         self._kernel.commit(unit)
+        if refused:
+            raise refused[0]
         return record
 
     def test(
@@ -509,3 +522,18 @@ def _claim(attested: Attested, declared: Mapping[str, str]) -> Attestation:
         )
     except AttestClaimError as exc:
         raise AttestationRefused(f"attested facts unusable: {exc.reason}", "claims") from None
+
+
+def _denied(claims: Claims, ctx: RequestContext, why: str) -> AuditEntry:
+    """The event of a refused change to the attestors (its ``denial_id`` added by the
+    caller), naming the operator."""
+    return AuditEntry(
+        "attestor_denied",
+        outcome="denied",
+        request_id=ctx.request_id,
+        detail=f"attestor change refused: {why} by={claims.sub}",
+    )
+
+
+def _missing() -> NotFound:
+    return NotFound("attestor not found")

@@ -182,6 +182,7 @@ class Federation(Service):
         Raises:
             InvalidRequest: a malformed field, our own trust domain, or a static bundle
                 that does not parse (audited: an attempt to install trust anchors).
+            Conflict: the domain was removed and its removal still stands (audited).
         """
         try:
             return self._add(
@@ -198,7 +199,7 @@ class Federation(Service):
                 feed_credentials_file=feed_credentials_file,
                 ctx=ctx,
             )
-        except InvalidRequest as exc:
+        except (InvalidRequest, Conflict) as exc:
             shown = clipped(trust_domain, 64) if isinstance(trust_domain, str) else ""
             entry = AuditEntry(
                 "federation_refused",
