@@ -127,6 +127,18 @@ def test_audit_mentioning_finds_a_token_among_its_types(store: Store) -> None:
         store.audit_mentioning("jti=%", (), 10)
 
 
+def test_audit_mentioning_matches_the_text_exactly(store: Store) -> None:
+    """``_`` is a character to find, never a wildcard, and case counts, on every store
+    alike: the memory store's substring search is the contract."""
+    events = chain(4)
+    events[1] = replace(events[1], detail="task=a_b done")
+    events[2] = replace(events[2], detail="task=axb done")
+    events[3] = replace(events[3], detail="TASK=A_B done")
+    with store.write() as tx:
+        tx.append_audit(events)
+    assert [e.seq for e in store.audit_mentioning("task=a_b", (), 10)] == [events[1].seq]
+
+
 def test_listings_stay_in_their_tenant(store: Store) -> None:
     other = store.for_tenant("acme")
     with store.write() as tx:

@@ -48,6 +48,7 @@ DIALECT = Dialect(
     placeholder="%s",
     is_set="{}",
     for_update=" FOR UPDATE",
+    contains="strpos({}, ?) > 0",
     load_scopes=tuple,
     dump_scopes=list,
 )

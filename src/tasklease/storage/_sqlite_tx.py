@@ -72,6 +72,7 @@ DIALECT = Dialect(
     placeholder="?",
     is_set="{} = 1",
     for_update="",
+    contains="instr({}, ?) > 0",
     load_scopes=_load_scopes,
     dump_scopes=_dump_scopes,
 )

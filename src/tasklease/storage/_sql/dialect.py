@@ -131,7 +131,9 @@ class Dialect(RowConversions):
     The statements are written below with ``?`` placeholders and turned into
     ``placeholder`` once. ``is_set`` tests a boolean column (``{}`` is the column):
     spelled as the dialect's partial indexes spell it, which the planners match by its
-    text. ``for_update`` ends a read inside a write transaction that locks
+    text. ``contains`` tests whether a text column (``{}``) holds a parameter's text exactly,
+    case and ``_`` and ``%`` included (``LIKE`` would take them as patterns, and SQLite's
+    ignores case). ``for_update`` ends a read inside a write transaction that locks
     the row it reads. ``load_scopes`` and ``dump_scopes`` convert a scope list column.
 
     Every statement reads and writes the rows of one tenant only (``tenant``): each
@@ -150,6 +152,7 @@ class Dialect(RowConversions):
         placeholder: str,
         is_set: str,
         for_update: str,
+        contains: str,
         load_scopes: Callable[[Any], tuple[str, ...]],
         dump_scopes: Callable[[Sequence[str]], object],
         tenant: str = DEFAULT_TENANT,
@@ -157,7 +160,7 @@ class Dialect(RowConversions):
         self.name = name
         self.folder = folder
         self.tenant = check_tenant_id(tenant)
-        self._fragments = (placeholder, is_set, for_update)
+        self._fragments = (placeholder, is_set, for_update, contains)
         self._load_scopes = load_scopes
         self._dump_scopes = dump_scopes
         self._tenants: dict[str, Dialect] = {tenant: self}
@@ -201,6 +204,7 @@ class Dialect(RowConversions):
             session=_SESSION,
             launch=_LAUNCH,
             audit=_SELECT_AUDIT,
+            contains=contains,
             session_from_row=session_from_row,
             revocation_from_row=revocation_from_row,
         )
@@ -496,13 +500,14 @@ class Dialect(RowConversions):
         """
         found = self._tenants.get(tenant)
         if found is None:
-            placeholder, is_set, for_update = self._fragments
+            placeholder, is_set, for_update, contains = self._fragments
             found = Dialect(
                 name=self.name,
                 folder=self.folder,
                 placeholder=placeholder,
                 is_set=is_set,
                 for_update=for_update,
+                contains=contains,
                 load_scopes=self._load_scopes,
                 dump_scopes=self._dump_scopes,
                 tenant=tenant,

@@ -47,6 +47,7 @@ class Listings:
         session: str,
         launch: str,
         audit: str,
+        contains: str,
         session_from_row: Callable[[Row], AgentSession],
         revocation_from_row: Callable[[Row], _Revocation],
     ) -> None:
@@ -85,7 +86,7 @@ class Listings:
         self.revocation_level = q(" AND level = ?")
         self.revocations_after = q(" AND seq < ?")
         self.revocations_page = q(" ORDER BY seq DESC LIMIT ?")
-        self.audit_mentioning = q(f"{audit} WHERE {t} AND detail LIKE ?")
+        self.audit_mentioning = q(f"{audit} WHERE {t} AND {contains.format('detail')}")
         self.audit_mentioning_page = q(" ORDER BY seq LIMIT ?")
 
 
@@ -182,5 +183,5 @@ class ListingReads(abc.ABC):
         if event_types:
             sql += statements.q(" AND event_type IN (" + ", ".join("?" for _ in event_types) + ")")
         sql += statements.audit_mentioning_page
-        params = (f"%{text}%", *event_types, max(1, min(limit, _MAX_PAGE)))
+        params = (text, *event_types, max(1, min(limit, _MAX_PAGE)))
         return [AuditEvent(*row) for row in self._all(sql, params)]
