@@ -293,6 +293,25 @@ def test_bind_refuses_a_foreign_key_a_stale_or_rolled_back_statement(env: Env) -
     assert len(env.audit("discovery_bind_denied", "denied")) == 3
 
 
+def test_an_endpoint_with_credentials_is_refused(env: Env) -> None:
+    """Every agent of the tenant may resolve an endpoint, and its event records it: a
+    user name or password in it would be handed to all of them and kept in the log."""
+    a = env.register("task-a")
+    b = env.register("task-b")
+    for endpoint in (
+        "https://svc:hunter2-pass@a.internal:8443/agent",
+        "https://token@a.internal/agent",
+        "grpc://:pw@a.internal:50051",
+    ):
+        answer = _bind(env, a, endpoint)
+        assert answer.status_code == 400, answer.text
+        assert "hunter2" not in answer.text
+    assert env.audit("discovery_bound", "success") == []
+    assert env.http.get(f"/v1/discovery/{a.agent_id}", headers=b.auth()).status_code == 404
+    # An "@" past the host is no credential: a path or query may hold one.
+    assert _bind(env, a, "https://a.internal/team@x?owner=a@example.com").status_code == 200
+
+
 def test_revoked_agent_has_no_endpoint(env: Env) -> None:
     a = env.register("task-a")
     b = env.register("task-b")

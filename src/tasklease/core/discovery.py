@@ -12,7 +12,9 @@ verified access token (its ``agent_jwk`` claim) or a completed handshake rather 
 from the discovery answer itself, so that the check needs no trust in the channel.
 
 ``issued_at`` must be within the clock skew when binding and later than the stored
-binding's, so an old signed statement cannot be replayed to roll an endpoint back.
+binding's, so an old signed statement cannot be replayed to roll an endpoint back. An
+endpoint holds no user name or password (``user:pass@host``): any agent of the tenant may
+resolve it.
 """
 
 from __future__ import annotations
@@ -77,6 +79,10 @@ def _endpoint(value: object) -> str:
             "endpoint must be an absolute https, http, wss, ws, grpcs or grpc URL "
             "without a fragment"
         )
+    if "@" in parts.netloc:
+        # Every agent of the tenant may resolve it and its event records it: a user name
+        # or password in it would be handed to all of them (the message never echoes it).
+        raise InvalidRequest("endpoint must not hold a user name or password")
     return value
 
 

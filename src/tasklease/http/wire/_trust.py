@@ -104,9 +104,12 @@ class ResumeRequest(Request):
 
 
 class DiscoveryBindRequest(Request):
-    endpoint: Annotated[_Text, required("An absolute https, http, wss, ws, grpcs or grpc URL.")] = (
-        None
-    )
+    endpoint: Annotated[
+        _Text,
+        required(
+            "An absolute https, http, wss, ws, grpcs or grpc URL, without a user name or password."
+        ),
+    ] = None
     issued_at: Annotated[
         int | None, required("Unix seconds, within the clock skew; signed with the endpoint.")
     ] = None
@@ -328,7 +331,10 @@ OPERATIONS = (
         request=DiscoveryBindRequest,
         commits=True,
         errors=(
-            Failure("invalid_request", "a field is missing, or the endpoint is not a URL"),
+            Failure(
+                "invalid_request",
+                "a field is missing, or the endpoint is not a URL or holds a user name or password",
+            ),
             Failure(
                 "unauthorized",
                 "the signature does not verify with the registered key, or `issued_at` is "
