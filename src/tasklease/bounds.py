@@ -18,6 +18,13 @@ httpx reads, and inflates, the whole body before it returns the response.
 :func:`bounded_get` puts them together for a document fetched from an ``https`` endpoint
 another party runs (a federated domain's trust bundle): every bound above, temporary
 redirects to ``https`` only, no proxy or CA bundle taken from the environment.
+
+:func:`loopback_direct` takes a client's requests for a loopback host (``localhost``,
+127.0.0.0/8, ``::1``: ``rules.cleartext``, the rule that lets credentials go there over
+plain HTTP) off the proxies the environment names (``HTTP_PROXY``, ``ALL_PROXY``): they
+are sent directly, whatever ``NO_PROXY`` says. A proxy would carry an admin secret, app
+secrets, tokens and the keys meant for this machine off it, in clear. Used by the SDK's
+clients and the verifier's.
 """
 
 from __future__ import annotations
@@ -27,22 +34,28 @@ import json
 import ssl
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+
+from tasklease.rules.cleartext import is_loopback_host
 
 __all__ = [
     "MAX_EXPIRES_IN",
     "MAX_REDIRECTS",
     "MAX_SIGN_IN_BYTES",
     "TOTAL_TIMES",
+    "AsyncLoopbackDirect",
     "FetchFailed",
+    "LoopbackDirect",
     "bounded_body",
     "bounded_get",
     "bounded_lines",
+    "check_transports",
     "https_url",
     "json_document",
+    "loopback_direct",
     "read_app_token",
     "refusal",
     "too_large",
@@ -56,6 +69,8 @@ MAX_SIGN_IN_BYTES = 65536
 MAX_EXPIRES_IN = 2**31 - 1
 MAX_REDIRECTS = 3
 _REDIRECTS = frozenset((302, 303, 307))  # temporary ones (SPIFFE Federation section 5.1)
+
+_Client = TypeVar("_Client", httpx.Client, httpx.AsyncClient)
 
 
 class FetchFailed(Exception):
@@ -77,6 +92,70 @@ def total_deadline(client: httpx.Client, seconds: float) -> Iterator[None]:
         yield
     finally:
         timer.cancel()
+
+
+class LoopbackDirect(httpx.BaseTransport):
+    """``proxy`` for every host but a loopback one, which ``direct`` serves. Closing it
+    closes ``proxy``: ``direct`` is the client's own transport, which the client closes."""
+
+    def __init__(self, proxy: httpx.BaseTransport, direct: httpx.BaseTransport) -> None:
+        self.proxy = proxy
+        self.direct = direct
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        chosen = self.direct if is_loopback_host(request.url.host) else self.proxy
+        return chosen.handle_request(request)
+
+    def close(self) -> None:
+        self.proxy.close()
+
+
+class AsyncLoopbackDirect(httpx.AsyncBaseTransport):
+    """The async twin of :class:`LoopbackDirect`."""
+
+    def __init__(self, proxy: httpx.AsyncBaseTransport, direct: httpx.AsyncBaseTransport) -> None:
+        self.proxy = proxy
+        self.direct = direct
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        chosen = self.direct if is_loopback_host(request.url.host) else self.proxy
+        return await chosen.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.proxy.aclose()
+
+
+def check_transports(client: httpx.Client | httpx.AsyncClient) -> None:
+    """Raises ``RuntimeError`` unless ``client`` keeps its transport and those mounted for
+    proxies where httpx has kept them since 0.18 (``_transport``, ``_mounts``): were they
+    gone, a rule put on them would silently not apply."""
+    if not hasattr(client, "_transport") or not isinstance(getattr(client, "_mounts", None), dict):
+        raise RuntimeError("this httpx keeps its transports elsewhere: no bound can apply to them")
+
+
+def loopback_direct(client: _Client) -> _Client:
+    """``client``, each proxy it mounted (those the environment names: httpx mounts them
+    for a client built without a ``transport``) used for every host but a loopback one,
+    which the client's own transport serves directly. A client given a ``transport`` has
+    no such proxy and is unchanged. Returns ``client``.
+
+    Raises:
+        RuntimeError: this httpx keeps its transports elsewhere (:func:`check_transports`).
+    """
+    check_transports(client)
+    if isinstance(client, httpx.Client):
+        direct = client._transport
+        client._mounts = {
+            pattern: None if inner is None else LoopbackDirect(inner, direct)
+            for pattern, inner in client._mounts.items()
+        }
+    else:
+        adirect = client._transport
+        client._mounts = {
+            pattern: None if inner is None else AsyncLoopbackDirect(inner, adirect)
+            for pattern, inner in client._mounts.items()
+        }
+    return client
 
 
 def bounded_body(response: httpx.Response, limit: int) -> bytes:

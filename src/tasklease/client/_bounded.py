@@ -14,11 +14,11 @@ their ``TransportError`` ("cannot use the broker's answer: ...").
 proxies the environment names) and put every one of its transports behind the bound. A
 client the caller builds and hands to the SDK (``client=``) is used as it is.
 
-A request to a loopback host (``localhost``, 127.0.0.0/8, ``::1``: ``rules.cleartext``,
-the rule that lets credentials go there over plain HTTP) never goes through a proxy the
-environment names: it is sent directly, whatever ``NO_PROXY`` says. A proxy would carry
-the admin secret, app secrets and tokens meant for this machine off it, in clear. Proxies
-for every other host are used as httpx would.
+A request to a loopback host (``localhost``, 127.0.0.0/8, ``::1``) never goes through a
+proxy the environment names (``bounds.loopback_direct``, the verifier's rule too): it is
+sent directly, whatever ``NO_PROXY`` says. A proxy would carry the admin secret, app
+secrets and tokens meant for this machine off it, in clear. Proxies for every other host
+are used as httpx would.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from typing import Any
 
 import httpx
 
-from tasklease.bounds import refusal, too_large
-from tasklease.rules.cleartext import is_loopback_host
+from tasklease.bounds import loopback_direct, refusal, too_large
 
 __all__ = [
     "MAX_ADMIN_ANSWER",
@@ -152,53 +151,13 @@ class AsyncBoundedTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-class _LoopbackDirect(httpx.BaseTransport):
-    """``proxy`` for every host but a loopback one, which ``direct`` serves (the module's
-    rule). Closing it closes ``proxy``: ``direct`` is the client's own transport."""
-
-    def __init__(self, proxy: httpx.BaseTransport, direct: httpx.BaseTransport) -> None:
-        self.proxy = proxy
-        self.direct = direct
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        chosen = self.direct if is_loopback_host(request.url.host) else self.proxy
-        return chosen.handle_request(request)
-
-    def close(self) -> None:
-        self.proxy.close()
-
-
-class _AsyncLoopbackDirect(httpx.AsyncBaseTransport):
-    """The async twin of :class:`_LoopbackDirect`."""
-
-    def __init__(self, proxy: httpx.AsyncBaseTransport, direct: httpx.AsyncBaseTransport) -> None:
-        self.proxy = proxy
-        self.direct = direct
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        chosen = self.direct if is_loopback_host(request.url.host) else self.proxy
-        return await chosen.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.proxy.aclose()
-
-
-def _check_shape(client: httpx.Client | httpx.AsyncClient) -> None:
-    # httpx keeps a client's transport and those mounted for proxies in these two
-    # attributes (since 0.18); were they gone, the bound would silently not apply.
-    if not hasattr(client, "_transport") or not isinstance(getattr(client, "_mounts", None), dict):
-        raise RuntimeError("this httpx keeps its transports elsewhere; the SDK cannot bound them")
-
-
 def bounded_client(limit: int = MAX_ANSWER, **options: Any) -> httpx.Client:
     """``httpx.Client(**options)``, its every transport behind a :class:`BoundedTransport`
     of ``limit`` bytes, and no proxy for a loopback host."""
-    client = httpx.Client(**options)
-    _check_shape(client)
-    direct = client._transport
-    client._transport = BoundedTransport(direct, limit)
+    client = loopback_direct(httpx.Client(**options))
+    client._transport = BoundedTransport(client._transport, limit)
     client._mounts = {
-        pattern: None if inner is None else BoundedTransport(_LoopbackDirect(inner, direct), limit)
+        pattern: None if inner is None else BoundedTransport(inner, limit)
         for pattern, inner in client._mounts.items()
     }
     return client
@@ -207,14 +166,10 @@ def bounded_client(limit: int = MAX_ANSWER, **options: Any) -> httpx.Client:
 def bounded_async_client(limit: int = MAX_ANSWER, **options: Any) -> httpx.AsyncClient:
     """``httpx.AsyncClient(**options)``, its every transport behind an
     :class:`AsyncBoundedTransport` of ``limit`` bytes, and no proxy for a loopback host."""
-    client = httpx.AsyncClient(**options)
-    _check_shape(client)
-    direct = client._transport
-    client._transport = AsyncBoundedTransport(direct, limit)
+    client = loopback_direct(httpx.AsyncClient(**options))
+    client._transport = AsyncBoundedTransport(client._transport, limit)
     client._mounts = {
-        pattern: None
-        if inner is None
-        else AsyncBoundedTransport(_AsyncLoopbackDirect(inner, direct), limit)
+        pattern: None if inner is None else AsyncBoundedTransport(inner, limit)
         for pattern, inner in client._mounts.items()
     }
     return client

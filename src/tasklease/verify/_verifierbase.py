@@ -11,7 +11,7 @@ from typing import Any, Self
 
 import httpx
 
-from tasklease.bounds import read_app_token
+from tasklease.bounds import loopback_direct, read_app_token
 from tasklease.core.clock import Clock, ElapsedHorizon, SystemClock
 from tasklease.core.lru import LRUCache
 from tasklease.rules import jws
@@ -122,8 +122,10 @@ class VerifierBase:
         # Pruning never runs ahead of the time that elapsed: a wall clock stepped forward
         # would forget revocations of tokens still valid by the true time (core.clock).
         self._horizon = ElapsedHorizon(self._clock)
-        self._client = httpx.Client(
-            base_url=broker_url.rstrip("/"), transport=transport, timeout=timeout
+        # Its requests carry the app's credentials and fetch the keys: a loopback broker
+        # is reached directly, never through a proxy the environment names (bounds).
+        self._client = loopback_direct(
+            httpx.Client(base_url=broker_url.rstrip("/"), transport=transport, timeout=timeout)
         )
         self._keys = KeySet(self._client, ttl=jwks_ttl, min_interval=jwks_min_refresh_interval)
         self._federation = (
