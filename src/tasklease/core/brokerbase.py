@@ -203,7 +203,7 @@ class BrokerBase:
         self.offline_audit = OfflineAudit(kernel, tokens.offline)
         self._operators = Operators(kernel, keys, self.nonces)
         self._tenants = Tenants(kernel)
-        self._liveness = Liveness(kernel)
+        self._liveness = Liveness(kernel, monotonic=elapsed)
         self._handshakes = Handshakes(kernel, keys)
         self._discovery = Discovery(kernel)
         self._workload = WorkloadIdentities(kernel, keys)

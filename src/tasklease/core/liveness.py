@@ -14,10 +14,12 @@ when it last proved it is alive, how often it resumed after a crash, and its sta
 * **Sweeper** (:func:`sweep_silent_agents`, run by the server's background loop): an
   agent whose last heartbeat is older than ``heartbeat_interval x heartbeat_misses`` is
   revoked at level ``agent`` - its own tokens and every token delegated from it - with an
-  ``agent_silent_revoked`` audit event that says why. One sweeper at a time across
-  replicas (a lease row, given up when its broker stops); each revocation is conditional
-  on the session still being silent and active inside its own transaction, so no agent
-  is revoked twice.
+  ``agent_silent_revoked`` audit event that says why. Silence is measured by the wall
+  clock, never ahead of the time elapsed since the broker started: a clock that jumps
+  ahead neither sweeps live agents nor keeps the lease from the others. One sweeper at a
+  time across replicas (a lease row, given up when its broker stops); each revocation is
+  conditional on the session still being silent and active inside its own transaction,
+  so no agent is revoked twice.
 * **Resume**: an agent that restarts within its task proves its registered key again and
   continues its session (``core.renewal``).
 
@@ -31,13 +33,15 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from nacl.signing import VerifyKey
 
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import refused, require_agent
-from tasklease.core.clock import format_rfc3339
+from tasklease.core.clock import ElapsedHorizon, format_rfc3339
 from tasklease.core.config import Config
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden, InvalidRequest, Unauthorized
@@ -82,10 +86,15 @@ def new_session(config: Config, agent_id: str, principal: str, now: float) -> Ag
 class Liveness(Service):
     """Heartbeats and the sweeper. Thread-safe; one per broker."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, *, monotonic: Callable[[], float] = time.monotonic) -> None:
         super().__init__(kernel)
         # Who took the sweeper lease at this broker's last sweep (None: not taken).
         self._sweeper_holder: str | None = None
+        # What the sweeper takes as the present: the wall clock, but never ahead of the
+        # time elapsed since this broker started (``monotonic``), so a forward jump of
+        # the wall clock neither makes live agents look silent nor writes a lease that
+        # other processes could take over only at the jumped clock's future.
+        self._elapsed = ElapsedHorizon(kernel.clock, monotonic=monotonic)
 
     # --- heartbeat -----------------------------------------------------------------------------
 
@@ -202,7 +211,7 @@ class Liveness(Service):
         heartbeated meanwhile, or was swept already, is left alone.
         """
         cfg = self._config
-        now = self._kernel.now()
+        now = self._elapsed.now()
         granted: list[bool] = []
 
         def lease(tx: WriteTx) -> list[AuditEntry]:
