@@ -467,6 +467,9 @@ class Tenancy:
             default.store.for_tenant(record.name),
             keyring,
             clock=default.clock,
+            # The process's elapsed time, as the default tenant's: what pruning and the
+            # silent-agent sweeper keep to when the wall clock jumps.
+            monotonic=default.elapsed,
             metrics=default.metrics,
             nonce_issuer=default.nonces.for_tenant(record.name),
             # The process's streams: every tenant's count against one cap.

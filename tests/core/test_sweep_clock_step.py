@@ -1,7 +1,8 @@
 # Would fail if: the silent-agent sweeper measured silence by a wall clock that jumped
 # ahead (a bad NTP answer, a virtual machine resumed elsewhere) - it revoked every
 # supervised agent as silent, and wrote a sweeper lease that no replica with a right
-# clock could take over until the jumped clock's future, so nobody swept real silence.
+# clock could take over until the jumped clock's future, so nobody swept real silence;
+# or if a tenant's broker took the process's wall clock for its elapsed time.
 """The sweeper keeps to elapsed time, whatever the wall clock says.
 
 Two brokers on one SQLite file stand for two replicas. ``steady``'s wall clock is right;
@@ -22,7 +23,8 @@ from tasklease.core.config import Config
 from tasklease.core.keys import KeyRing
 from tasklease.core.liveness import heartbeat_signing_input
 from tasklease.core.store import AuditQuery
-from tasklease.storage import open_store
+from tasklease.storage import MemoryStore, open_store
+from tasklease.tenancy import Tenancy
 
 START = 1_800_000_000.0
 JUMP = 3600.0
@@ -76,3 +78,26 @@ def test_a_replica_whose_clock_jumps_ahead_sweeps_no_live_agent_and_holds_no_lea
     _heartbeat(steady, kit, live)
     assert steady.sweep_silent_agents() == [quiet.sub]
     assert [e.agent_id for e in steady.store.query_audit(swept)[0]] == [quiet.sub]
+
+
+def test_a_tenants_sweeper_keeps_to_elapsed_time_too(kit: Any, admin_secret_hash: str) -> None:
+    """A tenant's broker reads elapsed time where the default tenant's does: built with
+    the process's clock, it took that clock for elapsed time, and a jump swept everyone."""
+    config = Config(admin_secret_hash=admin_secret_hash, heartbeat_required=True)
+    elapsed, wall = ManualClock(1000.0), ManualClock(START)
+    default = Broker(
+        config, MemoryStore(), KeyRing.generate(), clock=wall, nonce_secret=b"n" * 32,
+        monotonic=elapsed.now,
+    )  # fmt: skip
+    tenancy = Tenancy(default, monotonic=elapsed.now)
+    tenancy.create(kit.admin(default).claims, name="acme", trust_domain="acme.example", ctx=kit.ctx)
+    acme = tenancy.broker("acme")
+    assert acme is not None
+    live = kit.register(acme, task_id="task-live")
+    elapsed.advance(60)
+    wall.advance(60 + JUMP)
+    assert acme.sweep_silent_agents() == []
+    assert not acme.store.find_revocations([("agent", live.sub)])
+    # Pruning keeps to the same elapsed time (docs/decisions.md 58), as the default's does.
+    assert acme.horizon.now() == default.horizon.now() == START + 60
+    tenancy.close()

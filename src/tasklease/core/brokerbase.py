@@ -130,6 +130,9 @@ class BrokerBase:
         # What pruning takes as passed (core.horizon): elapsed time is read from
         # ``monotonic``, by default the system's monotonic clock, or an injected clock itself.
         elapsed = monotonic or (time.monotonic if clock is None else self.clock.now)
+        # Shared with the brokers made beside this one (tenancy), which are handed its
+        # clock: their elapsed time is this one's, not that clock's.
+        self.elapsed = elapsed
         self.horizon = horizon = SafeHorizon(self.clock, store, self.metrics, monotonic=elapsed)
         # Each client's budget of audited refusals (admit_client; docs/decisions.md 138),
         # and its sign-in limits (admit_sign_in; 148): refused by runs, one event each.
