@@ -101,3 +101,30 @@ def test_a_tenants_sweeper_keeps_to_elapsed_time_too(kit: Any, admin_secret_hash
     # Pruning keeps to the same elapsed time (docs/decisions.md 58), as the default's does.
     assert acme.horizon.now() == default.horizon.now() == START + 60
     tenancy.close()
+
+
+def test_the_checkpoint_and_feed_leases_keep_to_elapsed_time(
+    tmp_path: Path, admin_secret_hash: str
+) -> None:
+    """A replica whose clock jumped ahead held the audit checkpoint's lease and the
+    federation feeds' until its clock's future: no replica with a right clock made a
+    checkpoint, nor followed a peer's revocations, until then, even once it was gone."""
+    config = Config(admin_secret_hash=admin_secret_hash)
+    url, ring = f"sqlite://{tmp_path / 'shared.db'}", KeyRing.generate()
+    elapsed = ManualClock(1000.0)
+    walls = (ManualClock(START), ManualClock(START))
+    steady, jumped = (
+        Broker(
+            config, open_store(url), ring, clock=w, nonce_secret=b"n" * 32, monotonic=elapsed.now
+        )
+        for w in walls
+    )
+    walls[1].advance(JUMP)
+    assert jumped.hold_feed_lease(30.0)
+    assert jumped.transparency.sign_if_due(force=True) is not None
+    # The jumped replica stops (killed: it gives nothing up); a lease's length of elapsed
+    # time later, the replica whose clock is right takes both over.
+    for clock in (elapsed, *walls):
+        clock.advance(120.0)
+    assert steady.hold_feed_lease(30.0)
+    assert steady.transparency.sign_if_due(force=True) is not None

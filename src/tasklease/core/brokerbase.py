@@ -126,10 +126,13 @@ class BrokerBase:
         self.clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
         self.revocations = RevocationIndex()
-        self.kernel = kernel = Kernel(config, store, self.clock, self.metrics, self.revocations)
-        # What pruning takes as passed (core.horizon): elapsed time is read from
-        # ``monotonic``, by default the system's monotonic clock, or an injected clock itself.
+        # What pruning takes as passed (core.horizon) and leases are dated by
+        # (Kernel.lease_now): elapsed time is read from ``monotonic``, by default the
+        # system's monotonic clock, or an injected clock itself.
         elapsed = monotonic or (time.monotonic if clock is None else self.clock.now)
+        self.kernel = kernel = Kernel(
+            config, store, self.clock, self.metrics, self.revocations, monotonic=elapsed
+        )
         # Shared with the brokers made beside this one (tenancy), which are handed its
         # clock: their elapsed time is this one's, not that clock's.
         self.elapsed = elapsed
@@ -206,7 +209,7 @@ class BrokerBase:
         self.offline_audit = OfflineAudit(kernel, tokens.offline)
         self._operators = Operators(kernel, keys, self.nonces)
         self._tenants = Tenants(kernel)
-        self._liveness = Liveness(kernel, monotonic=elapsed)
+        self._liveness = Liveness(kernel)
         self._handshakes = Handshakes(kernel, keys)
         self._discovery = Discovery(kernel)
         self._workload = WorkloadIdentities(kernel, keys)

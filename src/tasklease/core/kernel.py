@@ -56,7 +56,7 @@ from typing import Any
 
 from tasklease.core.audit import AuditLog
 from tasklease.core.auditformat import AuditEntry, clipped
-from tasklease.core.clock import Clock
+from tasklease.core.clock import Clock, ElapsedHorizon
 from tasklease.core.config import Config
 from tasklease.core.errors import Forbidden, ScopeViolation, TaskleaseError
 from tasklease.core.granttypes import GrantTypeRegistry
@@ -229,10 +229,15 @@ class Kernel:
         clock: Clock,
         metrics: Metrics,
         revocations: RevocationIndex,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
+        # What leases are dated by (:meth:`lease_now`): the wall clock, never ahead of the
+        # time elapsed since this kernel was made (``monotonic``).
+        self._lease_clock = ElapsedHorizon(clock, monotonic=monotonic)
         self.metrics = metrics
         self.revocations = revocations
         self.audit = AuditLog(
@@ -260,6 +265,15 @@ class Kernel:
 
     async def acommit(self, unit: Callable[[WriteTx], Sequence[AuditEntry]]) -> list[AuditEvent]:
         return self._counted(await self.audit.acommit(unit))
+
+    def lease_now(self) -> float:
+        """The present a lease between processes is taken, held and dated by: the wall
+        clock, never ahead of the time elapsed since this kernel was made. A process whose
+        clock jumped ahead must not take a lease it does not hold by the true time, nor
+        write one that expires in its clock's future, which no process with a right clock
+        could take over until then (the silent-agent sweeper's, the audit checkpoint's,
+        the federation feeds' follower's)."""
+        return self._lease_clock.now()
 
     def release_lease(self, name: str, holder: str) -> bool:
         """Give the lease ``name`` up, in a write of its own, if ``holder`` holds it: True

@@ -33,15 +33,13 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import time
-from collections.abc import Callable
 from dataclasses import replace
 
 from nacl.signing import VerifyKey
 
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.callers import refused, require_agent
-from tasklease.core.clock import ElapsedHorizon, format_rfc3339
+from tasklease.core.clock import format_rfc3339
 from tasklease.core.config import Config
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden, InvalidRequest, Unauthorized
@@ -86,15 +84,10 @@ def new_session(config: Config, agent_id: str, principal: str, now: float) -> Ag
 class Liveness(Service):
     """Heartbeats and the sweeper. Thread-safe; one per broker."""
 
-    def __init__(self, kernel: Kernel, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         super().__init__(kernel)
         # Who took the sweeper lease at this broker's last sweep (None: not taken).
         self._sweeper_holder: str | None = None
-        # What the sweeper takes as the present: the wall clock, but never ahead of the
-        # time elapsed since this broker started (``monotonic``), so a forward jump of
-        # the wall clock neither makes live agents look silent nor writes a lease that
-        # other processes could take over only at the jumped clock's future.
-        self._elapsed = ElapsedHorizon(kernel.clock, monotonic=monotonic)
 
     # --- heartbeat -----------------------------------------------------------------------------
 
@@ -211,7 +204,9 @@ class Liveness(Service):
         heartbeated meanwhile, or was swept already, is left alone.
         """
         cfg = self._config
-        now = self._elapsed.now()
+        # The wall clock, never ahead of elapsed time (Kernel.lease_now): a forward jump
+        # neither makes live agents look silent nor writes a lease others cannot take.
+        now = self._kernel.lease_now()
         granted: list[bool] = []
 
         def lease(tx: WriteTx) -> list[AuditEntry]:

@@ -37,8 +37,9 @@ class PeerFeeds(Service):
         self._holder: str | None = None
 
     def hold_lease(self, holder: str, ttl: float) -> bool:
-        """Take or extend the follower lease for ``ttl`` seconds; True iff ``holder`` has it."""
-        now = self._kernel.now()
+        """Take or extend the follower lease for ``ttl`` seconds; True iff ``holder`` has it.
+        Dated by :meth:`Kernel.lease_now`: a clock that jumped ahead takes no lease."""
+        now = self._kernel.lease_now()
         granted: list[bool] = []
 
         def lease(tx: WriteTx) -> list[AuditEntry]:

@@ -405,7 +405,7 @@ class AuditTransparency:
                 return None
             now = self._kernel.now()
             size, root = state.size, state.root
-            if not self._claim(now, size, force=force):
+            if not self._claim(size, force=force):
                 return None
             ring = self.ring
             public = ring.public_key(ring.active_kid) or b""
@@ -417,7 +417,7 @@ class AuditTransparency:
             made: list[CheckpointRecord] = []
 
             def unit(tx: WriteTx) -> list[AuditEntry]:
-                self._lease_held = self._take_lease(tx, now)
+                self._lease_held = self._take_lease(tx)
                 if not self._lease_held:
                     return []
                 record = CheckpointRecord("signed", size, note, now)
@@ -432,7 +432,7 @@ class AuditTransparency:
                 self._signed_size = size
         return made[0] if made else None
 
-    def _claim(self, now: float, size: int, *, force: bool) -> bool:
+    def _claim(self, size: int, *, force: bool) -> bool:
         """Take (or keep) the checkpoint lease; True iff this process holds it and a
         checkpoint of ``size`` leaves is wanted: the stored one is of a smaller tree (any
         tree, with ``force``). The tree is judged against the anchor, not read here: what
@@ -440,7 +440,7 @@ class AuditTransparency:
         wanted: list[bool] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            self._lease_held = self._take_lease(tx, now)
+            self._lease_held = self._take_lease(tx)
             if not self._lease_held:
                 return []
             signed = self._store.get_checkpoint("signed")
@@ -453,8 +453,11 @@ class AuditTransparency:
         self._kernel.commit(unit)
         return bool(wanted)
 
-    def _take_lease(self, tx: WriteTx, now: float) -> bool:
+    def _take_lease(self, tx: WriteTx) -> bool:
+        """Take or extend the checkpoint lease, dated by :meth:`Kernel.lease_now` (a clock
+        that jumped ahead takes no lease it does not hold by the true time)."""
         lease = max(30.0, 3 * self._every_seconds)
+        now = self._kernel.lease_now()
         return tx.acquire_lease(CHECKPOINT_LEASE, self._holder, now, now + lease)
 
     # -- the anchor (core.rollback) -------------------------------------------------------
