@@ -544,3 +544,20 @@ def test_a_single_string_member_is_equal_or_nothing_never_a_substring() -> None:
     assert gu.allows(granted, "ops", action="unsubscribe", now=0) is not None
     numbered = [g.parse_detail({"type": "ops", "actions": 7})]
     assert gu.allows(numbered, "ops", action="7", now=0) is None  # refused, not a TypeError
+
+
+def test_a_subset_member_narrows_only_to_values_of_the_parents_json_type() -> None:
+    """A ``subset`` member of a delegated grant may list only values its parent lists, as
+    the resource side compares them: ``true`` and ``1.0`` are not the integer 1, so a
+    parent that allows ``regions`` 1 does not cover a child that allows ``true``."""
+    parent = g.parse_detail({"type": "region_access", "regions": [1, {"id": 2}]})
+    for widened in ([True], [1.0], [{"id": True}], [{"id": 2.0}]):
+        child = g.parse_detail({"type": "region_access", "regions": widened})
+        assert not g.covers(parent, child, RULES), widened
+        assert g.uncovered([child], [parent], RULES) == [child]
+        # What the child would allow that its parent does not:
+        call = {"regions": widened[0]}
+        assert gu.allows([child], "region_access", now=0, fields=call) is not None
+        assert gu.allows([parent], "region_access", now=0, fields=call) is None
+    same = g.parse_detail({"type": "region_access", "regions": [{"id": 2}, 1]})
+    assert g.covers(parent, same, RULES)

@@ -70,6 +70,7 @@ __all__ = [
     "parse_limits",
     "parse_type_rule",
     "plain_scopes",
+    "same_json_value",
     "scope_grant",
     "uncovered",
 ]
@@ -422,8 +423,23 @@ def location_covers(allowed: str, location: str) -> bool:
     return location.startswith(prefix)
 
 
+_SCALARS = (str, int, float)  # bool is an int: type() tells them apart
+
+
+def same_json_value(first: object, second: object) -> bool:
+    """Whether two values are one JSON value: ``true``, ``1`` and ``1.0`` are three, not
+    one (Python's ``==`` takes them for the same). The one equality of grant values, for
+    covering (:func:`covers`) and for what a grant allows (``rules.grantuse``) alike."""
+    if isinstance(first, _SCALARS) or isinstance(second, _SCALARS):
+        return type(first) is type(second) and first == second  # bool is not int, 1.0 not 1
+    try:
+        return canonical({"v": first}) == canonical({"v": second})
+    except (TypeError, ValueError):  # not JSON (a call's value may be anything)
+        return False
+
+
 def _subset(child: Sequence[Any], parent: Sequence[Any]) -> bool:
-    return all(item in parent for item in child)
+    return all(any(same_json_value(item, mine) for mine in parent) for item in child)
 
 
 def _number(value: object) -> bool:

@@ -8,7 +8,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from tasklease.rules import scopes as scope_rules
-from tasklease.rules.grants import BAD_LOCATION, Grant, canonical, location_covers
+from tasklease.rules.grants import BAD_LOCATION, Grant, location_covers, same_json_value
 
 
 def allows(
@@ -132,22 +132,11 @@ def _within_limits(
     return True
 
 
-_SCALARS = (str, int, float)  # bool is an int: type() tells them apart
-
-
 def _among(value: object, allowed: object) -> bool:
     """Whether ``value`` is one of ``allowed`` (a list), or is ``allowed`` (anything else),
-    compared as JSON: ``true``, ``1`` and ``1.0`` are three values, not one (Python's
-    ``==`` takes them for the same), and a string is never searched for a substring."""
+    compared as JSON (:func:`~tasklease.rules.grants.same_json_value`): ``true``, ``1``
+    and ``1.0`` are three values, not one, and a string is never searched for a
+    substring."""
     if isinstance(allowed, list):
-        return any(_same(value, member) for member in allowed)
-    return _same(value, allowed)
-
-
-def _same(first: object, second: object) -> bool:
-    if isinstance(first, _SCALARS) or isinstance(second, _SCALARS):
-        return type(first) is type(second) and first == second  # bool is not int, 1.0 not 1
-    try:
-        return canonical({"v": first}) == canonical({"v": second})
-    except (TypeError, ValueError):  # not JSON (a call's value may be anything)
-        return False
+        return any(same_json_value(value, member) for member in allowed)
+    return same_json_value(value, allowed)
