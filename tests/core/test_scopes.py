@@ -62,6 +62,11 @@ def test_parse_scope_accepts(scope: str, parts: tuple[str, str, str]) -> None:
         "read:data:42,write:data:42",
         "read:data:4\x002",
         "read:data:4\x072",
+        "read:data:4\x852",  # NEL: str.split() splits on it
+        "read:data:4\xa02",  # no-break space
+        "read:data:4\u30002",  # ideographic space
+        "read:data:4\u20282",  # line separator
+        "read:data:4\u200b2",  # zero-width space: reads as read:data:42
         "read:data:" + "x" * (MAX_SCOPE_LENGTH - len("read:data:") + 1),
     ],
 )
@@ -312,3 +317,17 @@ def test_register_outside_ceiling_is_refused_even_with_wildcards(
         args, _ = kit.register_args(broker, launch, requested)
         with pytest.raises(ScopeViolation):
             broker.register(**args)
+
+
+def test_a_scope_never_reads_as_two_to_a_whitespace_splitter(make_broker: Any, kit: Any) -> None:
+    """RFC 6749's scope tokens are printable ASCII without spaces, and many resource
+    servers read a token's ``scope`` claim with ``str.split()``, which splits on every
+    Unicode space. A single scope with an ideographic space in its identifier, covered by
+    ``read:data:*``, would read there as ``write:pay:acct-9`` too: it is refused instead."""
+    broker = make_broker()
+    launch = kit.launch(broker, ["read:data:*"], single_use=False)
+    smuggled = "read:data:x\u3000write:pay:acct-9"
+    assert "write:pay:acct-9" in smuggled.split()  # what such a resource server would see
+    args, _ = kit.register_args(broker, launch, [smuggled])
+    with pytest.raises(InvalidRequest):
+        broker.register(**args)

@@ -35,8 +35,9 @@ _FORBIDDEN_CHARS = frozenset(" \t\r\n\x00,")
 def parse_scope(scope: str) -> tuple[str, str, str] | None:
     """Split a scope into (action, resource, identifier); ``None`` if malformed.
 
-    Malformed: not three non-empty parts, whitespace, control characters or commas,
-    longer than :data:`MAX_SCOPE_LENGTH`, or a ``*`` inside a longer identifier.
+    Malformed: not three non-empty parts, whitespace (any Unicode space), control or
+    other non-printable characters, or commas, longer than :data:`MAX_SCOPE_LENGTH`, or a
+    ``*`` inside a longer identifier.
     Strings are remembered (a pure function of a short string): coverage parses each
     scope of both sides once per pair, and an offline chain's blocks check the same few.
     """
@@ -56,7 +57,10 @@ def _parse(scope: str) -> tuple[str, str, str] | None:
     parts = scope.split(":", 2)
     if len(parts) != 3 or not all(parts):
         return None
-    if any(ch in _FORBIDDEN_CHARS or ord(ch) < 0x20 for ch in scope):
+    # Printable: no control, format (zero-width) or separator character, so no Unicode
+    # space that a reader splitting on whitespace (``str.split()``) would read as two
+    # scopes; the ASCII ones are forbidden by name.
+    if not scope.isprintable() or any(ch in _FORBIDDEN_CHARS for ch in scope):
         return None
     action, resource, identifier = parts
     if "*" in action or "*" in resource:
