@@ -247,3 +247,31 @@ def test_plain_bodies_and_queries_are_passed_without_the_patterns(
         control_character_error("/", b"", b'{"a": "\\n"}', form=False)
     with pytest.raises(AssertionError, match="searched"):
         control_character_error("/", b"a=%0a", b"", form=False)
+
+
+def test_a_form_body_under_two_content_types_is_still_checked() -> None:
+    """The token routes read the first ``Content-Type`` (Starlette's ``headers.get``): a
+    form sent with a second, JSON one must not pass the edge as JSON, which has no
+    percent-escapes to check, and reach the route's form decoder with a NUL or an ESC.
+    A ``Content-Type`` given twice is refused: no two readers need agree on which counts."""
+    twice = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("Content-Type", "application/json"),
+    ]
+    poisoned = b"grant_type=client_credentials&client_id=app%1b%00&client_secret=s"
+
+    async def go() -> list[httpx.Response]:
+        async with _client() as client:
+            return [
+                await client.post("/v1/oauth/token", content=body, headers=headers)
+                for body, headers in (
+                    (poisoned, twice),
+                    (poisoned.replace(b"%1b%00", b""), twice),
+                    (poisoned, twice[:1]),
+                )
+            ]
+
+    for resp in asyncio.run(go()):
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error_code"] == "invalid_request"
+        assert "denial_id" not in resp.json()  # refused before any route ran
