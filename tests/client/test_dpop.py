@@ -287,3 +287,83 @@ def test_bearer_agent_is_unchanged(broker: BrokerForTests, dpop_echo: str) -> No
         assert agent.auth_headers("GET", dpop_echo) == agent.bearer_header
         with httpx.Client(auth=agent.auth) as http:
             assert http.get(dpop_echo).json() == {"sub": agent.agent_id, "scheme": "Bearer"}
+
+
+class SpoilsReleaseProofs(httpx.BaseTransport):
+    """Sends through a real transport, with a proof the broker refuses on every release
+    (a clock out of the proof window, a middlebox rewriting the header)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.spoil = True
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.spoil and request.url.path == "/v1/token/release":
+            request.headers["DPoP"] = request.headers["DPoP"][:-4] + "AAAA"
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncSpoilsReleaseProofs(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.spoil = True
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.spoil and request.url.path == "/v1/token/release":
+            request.headers["DPoP"] = request.headers["DPoP"][:-4] + "AAAA"
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _still_renews(broker: BrokerForTests, agent: Agent | AsyncAgent) -> bool:
+    url = f"{broker.url}/v1/token/renew"
+    return httpx.post(url, headers=agent.auth_headers("POST", url)).status_code == 200
+
+
+def test_a_release_whose_proof_is_refused_is_not_reported_as_done(
+    broker: BrokerForTests,
+) -> None:
+    """Only a refused token counts as released: a 401 for the proof leaves the token
+    valid, so release raises and can be tried again."""
+    spoiler = SpoilsReleaseProofs()
+    agent = broker.agent(SCOPE, task_id="task-dpop-rel", dpop=True, transport=spoiler)
+    with pytest.raises(Unauthorized) as refused:
+        agent.release()
+    assert refused.value.oauth_error == "invalid_dpop_proof"
+    assert refused.value.denial_id is not None
+    assert _still_renews(broker, agent)  # the token was live: release had failed
+    spoiler.spoil = False
+    agent.release()
+    url = f"{broker.url}/v1/token/renew"
+    assert httpx.post(url, headers=agent.auth_headers("POST", url)).status_code == 401
+    agent.close()
+
+
+def test_async_a_release_whose_proof_is_refused_is_not_reported_as_done(
+    broker: BrokerForTests,
+) -> None:
+    async def main() -> None:
+        spoiler = AsyncSpoilsReleaseProofs()
+        agent = await AsyncAgent.register(
+            broker.url,
+            broker.launch_token(SCOPE),
+            "orch-1",
+            "task-adpop-rel",
+            SCOPE,
+            dpop=True,
+            transport=spoiler,
+        )
+        with pytest.raises(Unauthorized) as refused:
+            await agent.release()
+        assert refused.value.oauth_error == "invalid_dpop_proof"
+        assert _still_renews(broker, agent)
+        spoiler.spoil = False
+        await agent.release()
+        await agent.aclose()
+
+    asyncio.run(main())

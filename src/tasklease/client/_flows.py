@@ -253,12 +253,19 @@ def delegate_flow(
 
 
 def release_flow(base_url: str, token: str) -> Flow[None]:
-    """Give ``token`` up. A token the broker no longer accepts counts as released."""
+    """Give ``token`` up. A token the broker no longer accepts counts as released.
+
+    Only a 401 that refuses the token itself (``invalid_token``) says so: one for the
+    request's proof (``invalid_dpop_proof``, ``use_dpop_nonce``) or without a reason
+    leaves a live token behind, so it is raised.
+    """
     response = yield json_request("POST", endpoint_url(base_url, "/v1/token/release"), None, token)
-    if response.status_code == 401:
+    if response.status_code < 400:
         return
-    if response.status_code >= 400:
-        raise error_from_response(response)
+    error = error_from_response(response)
+    if response.status_code == 401 and error.oauth_error == "invalid_token":
+        return
+    raise error
 
 
 def holder_dpop(key: DPoPKey | None, registration: Registration) -> DPoPKey | None:
