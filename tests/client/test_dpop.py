@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tasklease.client import Agent, AsyncAgent, Unauthorized
+from tasklease.client import Agent, AsyncAgent, TaskleaseError, Unauthorized
+from tasklease.client._holder import DPoPKey
 from tasklease.client.testing import BrokerForTests
 from tasklease.core.keys import jwk_thumbprint
 
@@ -367,3 +368,43 @@ def test_async_a_release_whose_proof_is_refused_is_not_reported_as_done(
         await agent.aclose()
 
     asyncio.run(main())
+
+
+def _bound_delegation_is_live(broker: BrokerForTests, token: str, delegate: Agent) -> bool:
+    """Whether ``token`` (bound to ``delegate``'s DPoP key) validates with its proof."""
+    resource = "https://resource.example/data"
+    assert delegate.dpop_key is not None
+    proof = DPoPKey(delegate.dpop_key).proof("GET", resource, token)
+    body = {"token": token, "dpop": proof, "htm": "GET", "htu": resource}
+    answer = httpx.post(f"{broker.url}/v1/token/validate", json=body).json()
+    return answer.get("valid") is True
+
+
+def test_a_delegation_bound_to_its_delegate_is_not_reported_released_by_the_delegator(
+    broker: BrokerForTests,
+) -> None:
+    """The delegator cannot present a token bound to its delegate's key, so the broker
+    refuses the token and never ends it: release says so instead of succeeding."""
+    with (
+        broker.agent(SCOPE, task_id="task-dpop-deleg", dpop=True) as agent,
+        broker.agent(SCOPE, task_id="task-dpop-delegate", dpop=True) as delegate,
+    ):
+        child = agent.delegate(delegate.agent_id, ["read:data:1"])
+        assert "jkt" in claims_of(child.token)["cnf"]
+        with pytest.raises(TaskleaseError) as refused:
+            child.release()
+        assert refused.value.code == "holder_bound"
+        assert child.token not in str(refused.value)
+        assert _bound_delegation_is_live(broker, child.token, delegate)
+
+        async def main() -> None:
+            async with await AsyncAgent.register(
+                broker.url, broker.launch_token(SCOPE), "orch-1", "task-adeleg", SCOPE, dpop=True
+            ) as parent:
+                achild = await parent.delegate(delegate.agent_id, ["read:data:2"])
+                with pytest.raises(TaskleaseError) as arefused:
+                    await achild.release()
+                assert arefused.value.code == "holder_bound"
+                assert _bound_delegation_is_live(broker, achild.token, delegate)
+
+        asyncio.run(main())

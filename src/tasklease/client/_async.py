@@ -32,12 +32,11 @@ from tasklease.client._flows import (
     SystemClock,
     delegate_flow,
     register_flow,
-    release_flow,
 )
 from tasklease.client._holder import CertArg, DPoPKey, bind_flow, dpop_key, ssl_context
 from tasklease.client._oauth import AsyncResourceAuth, ResourceToken, exchange_flow
 from tasklease.client._retry import DEFAULT_RETRY, NO_RETRY, Retry
-from tasklease.client._transport import BearerAuth
+from tasklease.client._transport import BearerAuth, delegated_release_flow
 from tasklease.client._trust import (
     Exchange,
     Handshake,
@@ -165,8 +164,8 @@ class AsyncDelegatedToken:
         )
 
     async def release(self) -> None:
-        """Give this token up (idempotent)."""
-        await arun_flow(self._client, release_flow(self._base_url, self.token))
+        """Give this token up (idempotent); as :meth:`DelegatedToken.release`."""
+        await arun_flow(self._client, delegated_release_flow(self._base_url, self.token))
 
     def __repr__(self) -> str:
         return f"AsyncDelegatedToken(agent_id={self.agent_id!r}, scope={list(self.scope)!r})"

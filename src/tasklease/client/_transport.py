@@ -13,12 +13,19 @@ import httpx
 
 from tasklease.client._bounded import AnswerRefused, bounded_client
 from tasklease.client._compat import dual
-from tasklease.client._errors import TransportError
+from tasklease.client._errors import TaskleaseError, TransportError
 from tasklease.client._flows import Clock, Delegation, Flow, delegate_flow, release_flow
-from tasklease.client._holder import CertArg, DPoPKey, ssl_context
+from tasklease.client._holder import CertArg, DPoPKey, sender_constrained, ssl_context
 from tasklease.client._retry import DEFAULT_RETRY, Retry
 
-__all__ = ["BearerAuth", "DelegatedToken", "auth_headers", "http_client", "run_flow"]
+__all__ = [
+    "BearerAuth",
+    "DelegatedToken",
+    "auth_headers",
+    "delegated_release_flow",
+    "http_client",
+    "run_flow",
+]
 
 T = TypeVar("T")
 
@@ -84,6 +91,25 @@ class BearerAuth(httpx.Auth):
         yield request
 
 
+def delegated_release_flow(base_url: str, token: str) -> Flow[None]:
+    """Release a delegated token as its bearer: none of one bound to its delegate.
+
+    A token bound to the delegate's key or certificate (``cnf``) is refused, presented
+    without the delegate's proof, as any unusable token is; release would count that as
+    done and the token would live on. Only the delegate can give it up.
+
+    Raises:
+        TaskleaseError: code ``holder_bound``, before any request.
+    """
+    if sender_constrained(token):
+        raise TaskleaseError(
+            "this delegated token is bound to its delegate's key or certificate: only the "
+            "delegate can release it (or revoke the delegation)",
+            code="holder_bound",
+        )
+    return (yield from release_flow(base_url, token))
+
+
 class DelegatedToken:
     """A token another agent handed to ``agent_id`` through :meth:`Agent.delegate`.
 
@@ -138,8 +164,14 @@ class DelegatedToken:
         )
 
     def release(self) -> None:
-        """Give this token up (idempotent; an already invalid token counts as released)."""
-        run_flow(self._client, release_flow(self._base_url, self.token))
+        """Give this token up (idempotent; an already invalid token counts as released).
+
+        Raises:
+            TaskleaseError: code ``holder_bound`` for a token bound to its delegate's key
+                or certificate: only the delegate, with its proof, can release it.
+            TransportError: the broker could not be reached.
+        """
+        run_flow(self._client, delegated_release_flow(self._base_url, self.token))
 
     def __repr__(self) -> str:
         return f"DelegatedToken(agent_id={self.agent_id!r}, scope={list(self.scope)!r})"
