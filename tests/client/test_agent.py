@@ -203,3 +203,58 @@ def test_async_renewal_limit(limited_broker: BrokerForTests) -> None:
                 await agent.renew()
 
     asyncio.run(scenario())
+
+
+class _HoldsRenewalAnswer(httpx.AsyncBaseTransport):
+    """Sends through a real transport; a renewal's answer, once the broker has minted the
+    successor, is kept (``successor``) and handed back only after a few turns of the loop,
+    so that a release can start while the renewal is still in flight."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.answered = asyncio.Event()
+        self.successor: str | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path != "/v1/token/renew":
+            return response
+        body = await response.aread()
+        self.successor = httpx.Response(200, content=body).json().get("access_token")
+        self.answered.set()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        return httpx.Response(response.status_code, headers=response.headers, content=body)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_async_release_during_a_background_renewal_releases_its_successor(
+    broker: BrokerForTests,
+) -> None:
+    """Releasing while the heartbeat task renews must not drop the renewal's answer:
+    the successor the broker minted is the token to release, not its revoked predecessor
+    (whose refusal would be taken for an earlier release)."""
+    clock = ManualClock(time.time())
+    transport = _HoldsRenewalAnswer()
+
+    async def scenario() -> None:
+        agent = await AsyncAgent.register(
+            broker.url,
+            broker.launch_token(SCOPE),
+            "orch-a",
+            "task-async-hb",
+            SCOPE,
+            clock=clock,
+            transport=transport,
+        )
+        await agent.start_heartbeats(interval=0)
+        clock.advance(280)  # the next beat renews first
+        await transport.answered.wait()
+        await agent.release()
+        await agent.aclose()
+
+    asyncio.run(scenario())
+    assert transport.successor is not None
+    assert not is_valid(broker, transport.successor)

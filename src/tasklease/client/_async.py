@@ -454,10 +454,17 @@ class AsyncAgent(AgentBase):
         self._heartbeat_task = asyncio.create_task(beat())
 
     async def _stop_heartbeats(self) -> bool:
+        """Stop the heartbeat task; True if one was running.
+
+        It is cancelled holding the renewal lock: a renewal it has in flight ends first,
+        since one cancelled after the broker minted its successor would leave this agent
+        the revoked predecessor, and a release of that would end nothing.
+        """
         task, self._heartbeat_task = self._heartbeat_task, None
         if task is None:
             return False
-        task.cancel()
+        async with self._lock:
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         return True
