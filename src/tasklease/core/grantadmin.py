@@ -11,9 +11,6 @@ import json
 import re
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-
 from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.errors import Conflict, InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.granttypes import MAX_SCHEMA_BYTES
@@ -124,6 +121,10 @@ class GrantTypes(Service):
         text = json.dumps(schema, separators=(",", ":"), sort_keys=True)
         if len(text) > MAX_SCHEMA_BYTES:
             raise InvalidRequest(f"schema must be at most {MAX_SCHEMA_BYTES} bytes")
+        # Imported here, as in core.granttypes: only a grant type's definition needs it.
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
         try:
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:

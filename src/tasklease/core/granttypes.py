@@ -20,9 +20,7 @@ import json
 import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from jsonschema import Draft202012Validator
+from typing import TYPE_CHECKING, Any
 
 from tasklease.core.auditformat import clipped
 from tasklease.core.errors import InvalidAuthorizationDetails
@@ -30,6 +28,9 @@ from tasklease.core.records import GrantTypeRecord
 from tasklease.core.store import Store
 from tasklease.rules import grants as grant_rules
 from tasklease.rules.grants import BUILTIN_TYPES, GrantError, TypeRule
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 __all__ = ["MAX_SCHEMA_BYTES", "GrantTypeRegistry"]
 
@@ -44,6 +45,10 @@ class _Compiled:
 
 
 def _compile(record: GrantTypeRecord) -> _Compiled:
+    # Imported here: most brokers define no grant type of their own, and every broker
+    # process (a worker, the CLI) would otherwise load JSON Schema at start.
+    from jsonschema import Draft202012Validator
+
     schema = json.loads(record.schema)
     rule = grant_rules.parse_type_rule(json.loads(record.narrowing))
     return _Compiled(record, Draft202012Validator(schema), rule)
