@@ -59,14 +59,17 @@ unit: $(VENV)/.test-deps ## the test suite (installs PostgreSQL, SoftHSM, faketi
 	sh scripts/ensure-softhsm.sh
 	sh scripts/ensure-faketime.sh
 	sh scripts/ensure-systemd-analyze.sh
-	$(KEEP_BYTECODE) $(BIN)/pytest -n $(TEST_JOBS) --dist loadfile -m "not serial"
-	$(KEEP_BYTECODE) $(BIN)/pytest -m serial
+	$(KEEP_BYTECODE) $(BIN)/pytest -n $(TEST_JOBS) --dist loadfile -m "not serial and not soak"
+	$(KEEP_BYTECODE) $(BIN)/pytest -m "serial and not soak"
 
 test: lint typecheck unit ## every check: lint, typecheck, unit
 
 # The authority model at 100,000 steps and more (not in CI): memory and SQLite stores; the
-# fleet test with the broker away for 45 s (CI runs it with 3 s).
-soak: $(VENV)/.test-deps ## the authority model at 100,000 steps, the fleet through a 45 s outage (not in CI)
+# fleet test with the broker away for 45 s (CI runs it with 3 s); the tests marked `soak`
+# (the benchmarks run on PostgreSQL).
+soak: $(VENV)/.test-deps ## the authority model at 100,000 steps, the fleet through a 45 s outage, the `soak` tests (not in CI)
+	sh scripts/ensure-postgres.sh
+	$(KEEP_BYTECODE) $(BIN)/pytest -n $(TEST_JOBS) --dist loadfile -m soak
 	TASKLEASE_MODEL_EXAMPLES=1250 TASKLEASE_MODEL_STEPS=80 \
 	  $(BIN)/pytest -p no:cacheprovider -o addopts="" --timeout 0 tests/core/test_authority_model.py
 	TASKLEASE_FLEET_OUTAGE=45 $(BIN)/pytest -p no:cacheprovider tests/verify/test_fleet_outage.py

@@ -48,6 +48,7 @@ def test_cpu_per_operation_of_a_write_path(sqlite_rows: dict[str, dict[str, Any]
 
 
 @pytest.mark.slow
+@pytest.mark.soak  # make soak: the same harness runs on SQLite in every make test
 def test_cpu_per_operation_on_postgresql_counts_the_server_too() -> None:
     import pgcluster
 

@@ -55,6 +55,7 @@ def test_quick_bench_completes_and_writes_every_row(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.soak  # make soak: the same harness runs on SQLite in every make test
 def test_quick_bench_on_postgresql_runs_every_http_scenario(tmp_path: Path) -> None:
     import pgcluster
 
