@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import typer
 from e2e_support import free_port
+from typer.testing import CliRunner
 
 from tasklease.cli._common import EXIT_REFUSED, broker_errors, exit_code_for
+from tasklease.cli.main import app
 from tasklease.client import Agent, Forbidden, NotFound, TransportError
 from tasklease.client.testing import BrokerForTests
 from tasklease.core.keys import load_or_create_keyring
@@ -22,6 +24,9 @@ from tasklease.keystore import PlaintextKeyProvider, write_private_file
 
 SCOPE = ["read:data:*"]
 _SECRET = "cli-tests-admin-secret-0123456789"  # as strong as load_config asks
+
+
+_RUNNER = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +53,19 @@ def run(
         env["TASKLEASE_URL"] = broker.url
         env["TASKLEASE_ADMIN_SECRET"] = secret or broker.admin_secret
     env.update(extra_env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "tasklease.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    if args and args[0] == "serve":  # a server of its own, as a user starts one
+        return subprocess.run(
+            [sys.executable, "-m", "tasklease.cli.main", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    # Everything else through the same entry point in this process, none of its own
+    # ``TASKLEASE_`` settings: a process costs half a second of start, and these are many.
+    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TASKLEASE_")}
+    result = _RUNNER.invoke(app, list(args), env={**unset, **env}, catch_exceptions=False)
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
 def lines(text: str) -> list[dict[str, object]]:

@@ -17,13 +17,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from tasklease.cli.main import app
 from tasklease.client import Agent
 from tasklease.client.testing import BrokerForTests
 from tasklease.rules import jws
 
 SCOPE = ["read:data:*"]
 ROOT = Path(__file__).resolve().parents[2]
+_RUNNER = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +42,43 @@ def run(
     secret: bool = True,
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """``tasklease <args>`` as its own process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "tasklease.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=_environment(home, broker, secret, extra_env),
+        timeout=60,
+    )
+
+
+def cli(
+    *args: str,
+    home: Path,
+    broker: BrokerForTests | None = None,
+    secret: bool = True,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``tasklease <args>`` through the same entry point, in this process (the same
+    environment, none of this process's ``TASKLEASE_`` settings): a process costs half a
+    second of start, and these tests run dozens."""
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TASKLEASE_")}
+    env.update(_environment(home, broker, secret, extra_env))
+    result = _RUNNER.invoke(app, list(args), env=env, catch_exceptions=False)
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
+def _environment(
+    home: Path, broker: BrokerForTests | None, secret: bool, extra: dict[str, str] | None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
     env.update({"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "COLUMNS": "80"})
     if broker is not None:
         env["TASKLEASE_URL"] = broker.url
         if secret:
             env["TASKLEASE_ADMIN_SECRET"] = broker.admin_secret
-    env.update(extra_env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "tasklease.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    env.update(extra or {})
+    return env
 
 
 def test_version_and_completion(tmp_path: Path) -> None:
@@ -72,34 +98,34 @@ def test_lists_in_every_format_plain_when_piped_never_the_launch_token(
     token = launch["launch_token"]
     agent = Agent.register(broker.url, token, "orch-cli", "task-listed", SCOPE)
     try:
-        piped = run("agents", "list", "--task-id", "task-listed", home=tmp_path, broker=broker)
+        piped = cli("agents", "list", "--task-id", "task-listed", home=tmp_path, broker=broker)
         assert piped.returncode == 0, piped.stderr
         header, row = piped.stdout.splitlines()[:2]
         assert header.split("\t")[:3] == ["state", "agent", "task"]
         assert row.split("\t")[1] == agent.agent_id  # whole, not cut at 80 columns
 
-        as_json = run("agents", "list", "-o", "json", home=tmp_path, broker=broker)
+        as_json = cli("agents", "list", "-o", "json", home=tmp_path, broker=broker)
         listed = json.loads(as_json.stdout)
         mine = next(a for a in listed if a["agent_id"] == agent.agent_id)
         assert mine["state"] == "active" and mine["task_id"] == "task-listed"
         assert list(mine)[:3] == ["agent_id", "app_id", "task_id"]  # the API's order
-        as_yaml = run("agents", "list", "-o", "yaml", home=tmp_path, broker=broker)
+        as_yaml = cli("agents", "list", "-o", "yaml", home=tmp_path, broker=broker)
         assert yaml.safe_load(as_yaml.stdout) == listed
 
-        tokens = run("launch-token", "list", "-o", "json", home=tmp_path, broker=broker)
+        tokens = cli("launch-token", "list", "-o", "json", home=tmp_path, broker=broker)
         assert token not in tokens.stdout
         ids = [t["id"] for t in json.loads(tokens.stdout)]
         assert hashlib.sha256(token.encode()).hexdigest()[:12] in ids
 
         jti = jws.decode_unverified(agent.token)[1]["jti"]
-        tree = run("tree", jti, home=tmp_path, broker=broker)
+        tree = cli("tree", jti, home=tmp_path, broker=broker)
         assert tree.returncode == 0, tree.stderr
         assert "register" in tree.stdout and "admin" in tree.stdout
-        task = run("task", "show", "task-listed", "-o", "json", home=tmp_path, broker=broker)
+        task = cli("task", "show", "task-listed", "-o", "json", home=tmp_path, broker=broker)
         assert json.loads(task.stdout)[0]["agents"][0]["agent_id"] == agent.agent_id
-        missing = run("task", "show", "no-such-task", home=tmp_path, broker=broker)
+        missing = cli("task", "show", "no-such-task", home=tmp_path, broker=broker)
         assert missing.returncode == 1
-        bad_state = run("agents", "list", "--state", "nope", home=tmp_path, broker=broker)
+        bad_state = cli("agents", "list", "--state", "nope", home=tmp_path, broker=broker)
         assert bad_state.returncode == 2
     finally:
         agent.close()
@@ -108,7 +134,7 @@ def test_lists_in_every_format_plain_when_piped_never_the_launch_token(
 def test_login_caches_a_short_lived_token_0600_and_logout_forgets_it(
     broker: BrokerForTests, tmp_path: Path
 ) -> None:
-    signed = run("login", home=tmp_path, broker=broker)
+    signed = cli("login", home=tmp_path, broker=broker)
     assert signed.returncode == 0, signed.stderr
     sessions = list((tmp_path / ".config" / "tasklease" / "sessions").glob("*.json"))
     assert len(sessions) == 1
@@ -118,22 +144,22 @@ def test_login_caches_a_short_lived_token_0600_and_logout_forgets_it(
     assert cached["access_token"] and cached["url"] == broker.url
 
     # No credential in the environment: the cached token does.
-    listed = run("agents", "list", "-o", "json", home=tmp_path, broker=broker, secret=False)
+    listed = cli("agents", "list", "-o", "json", home=tmp_path, broker=broker, secret=False)
     assert listed.returncode == 0, listed.stderr
     assert isinstance(json.loads(listed.stdout), list)
 
-    out = run("logout", home=tmp_path, broker=broker, secret=False)
+    out = cli("logout", home=tmp_path, broker=broker, secret=False)
     assert out.returncode == 0 and not sessions[0].exists()
-    refused = run("agents", "list", home=tmp_path, broker=broker, secret=False)
+    refused = cli("agents", "list", home=tmp_path, broker=broker, secret=False)
     assert refused.returncode == 2 and "tasklease login" in refused.stderr
 
 
 def test_markup_in_data_is_shown_as_written(broker: BrokerForTests, tmp_path: Path) -> None:
-    revoked = run("revoke", "--level", "task", "--target", "[/]", home=tmp_path, broker=broker)
+    revoked = cli("revoke", "--level", "task", "--target", "[/]", home=tmp_path, broker=broker)
     assert revoked.returncode == 0, revoked.stderr
     assert "(1 entry written)" in revoked.stdout  # a plural that agrees
     wide = {"COLUMNS": "250"}
-    events = run(
+    events = cli(
         "audit",
         "events",
         "--task-id",
@@ -149,11 +175,11 @@ def test_markup_in_data_is_shown_as_written(broker: BrokerForTests, tmp_path: Pa
 
 
 def test_task_revocations_are_found_by_task(broker: BrokerForTests, tmp_path: Path) -> None:
-    revoked = run(
+    revoked = cli(
         "revoke", "--level", "task", "--target", "task-found", home=tmp_path, broker=broker
     )
     assert revoked.returncode == 0, revoked.stderr
-    found = run(
+    found = cli(
         "audit", "events", "--task-id", "task-found", "--json", home=tmp_path, broker=broker
     )
     events = [json.loads(line) for line in found.stdout.splitlines()]
@@ -162,12 +188,12 @@ def test_task_revocations_are_found_by_task(broker: BrokerForTests, tmp_path: Pa
 
 def test_outcome_must_be_success_or_denied(broker: BrokerForTests, tmp_path: Path) -> None:
     for command in (("audit", "events"), ("audit", "export")):
-        refused = run(*command, "--outcome", "nope", home=tmp_path, broker=broker)
+        refused = cli(*command, "--outcome", "nope", home=tmp_path, broker=broker)
         assert refused.returncode == 2 and "--outcome" in refused.stderr
 
 
 def test_a_removed_app_is_not_removed_again(broker: BrokerForTests, tmp_path: Path) -> None:
-    made = run(
+    made = cli(
         "app",
         "register",
         "twice-gone",
@@ -178,10 +204,10 @@ def test_a_removed_app_is_not_removed_again(broker: BrokerForTests, tmp_path: Pa
         broker=broker,
     )
     app_id = json.loads(made.stdout)["app_id"]
-    assert run("app", "remove", app_id, home=tmp_path, broker=broker).returncode == 0
-    again = run("app", "remove", app_id, home=tmp_path, broker=broker)
+    assert cli("app", "remove", app_id, home=tmp_path, broker=broker).returncode == 0
+    again = cli("app", "remove", app_id, home=tmp_path, broker=broker)
     assert again.returncode == 3 and "already deregistered" in again.stderr
-    events = run(
+    events = cli(
         "audit",
         "events",
         "--event-type",
@@ -231,7 +257,7 @@ def test_make_help_lists_the_targets() -> None:
 
 
 def test_every_listing_takes_an_output_format(broker: BrokerForTests, tmp_path: Path) -> None:
-    made = run(
+    made = cli(
         "app",
         "register",
         "listed-app",
@@ -252,16 +278,16 @@ def test_every_listing_takes_an_output_format(broker: BrokerForTests, tmp_path: 
         ("agents", "list"),
         ("audit", "events"),
     ):
-        as_json = run(*command, "-o", "json", home=tmp_path, broker=broker)
+        as_json = cli(*command, "-o", "json", home=tmp_path, broker=broker)
         assert as_json.returncode == 0, (command, as_json.stderr)
         document = json.loads(as_json.stdout)
         assert isinstance(document, list), command
-        as_yaml = run(*command, "-o", "yaml", home=tmp_path, broker=broker)
+        as_yaml = cli(*command, "-o", "yaml", home=tmp_path, broker=broker)
         loaded = yaml.safe_load(as_yaml.stdout)
         assert isinstance(loaded, list), command
         # Each audit call signs in (one more event each time); launch tokens and agents
         # of earlier tests may expire between the two calls.
         if command[0] not in ("audit", "launch-token", "agents"):
             assert loaded == document, command
-    apps = json.loads(run("app", "list", "-o", "json", home=tmp_path, broker=broker).stdout)
+    apps = json.loads(cli("app", "list", "-o", "json", home=tmp_path, broker=broker).stdout)
     assert "listed-app" in [a["name"] for a in apps]
