@@ -20,6 +20,7 @@ from typing import Any
 from tasklease.core.appauth import AppSignIn
 from tasklease.core.audience import default_audience, validate_ceiling
 from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.callers import change_refused
 from tasklease.core.clientauth import app_public_key
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.delegation import named_principal, principal_ref
@@ -395,7 +396,9 @@ class Apps(Service):
         """Refuse a change to an unknown app (NotFound, audited as ``event``) before
         anything is written."""
         if self._store.get_app(app_id) is None:
-            entry = _app_denied(event, app_id, "no such app", claims, ctx)
+            entry = change_refused(
+                event, f"app_id={clipped(app_id, 128)}", "no such app", claims, ctx
+            )
             raise self._kernel.deny(NotFound("app not found"), entry)
 
     @staticmethod
@@ -417,7 +420,9 @@ class Apps(Service):
         else:
             error, why = Conflict("app is already deregistered"), "is already deregistered"
         refused[:] = [error]
-        return with_denial(error, _app_denied(event, app_id, why, claims, ctx))
+        return with_denial(
+            error, change_refused(event, f"app_id={clipped(app_id, 128)}", why, claims, ctx)
+        )
 
     def app_auth(
         self,
@@ -727,16 +732,3 @@ class Apps(Service):
             return token, record
 
         return Pending(unit, done)
-
-
-def _app_denied(
-    event: str, app_id: str, why: str, claims: Claims, ctx: RequestContext
-) -> AuditEntry:
-    """The event of a refused change to app ``app_id`` (its ``denial_id`` added by the
-    caller), naming the operator."""
-    return AuditEntry(
-        event,
-        outcome="denied",
-        request_id=ctx.request_id,
-        detail=f"app_id={clipped(app_id, 128)} {why}; by={claims.sub}",
-    )

@@ -50,6 +50,7 @@ from tasklease.core.attestpolicy import (
 )
 from tasklease.core.audience import check_ceiling
 from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.callers import change_refused
 from tasklease.core.delegation import named_principal
 from tasklease.core.errors import InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.federation import Federation, UntrustedDomain
@@ -214,7 +215,10 @@ class AttestationService(Service):
             record = self._store.get_app(app_id)
             if record is None or record.status != "active":
                 why = f"add {attestor_name}: app_id={clipped(app_id, 128)} names no active app"
-                raise self._kernel.deny(NotFound("app not found"), _denied(claims, ctx, why))
+                raise self._kernel.deny(
+                    NotFound("app not found"),
+                    change_refused("attestor_denied", "attestor", why, claims, ctx),
+                )
             for rule in rules:
                 outside = scope_rules.uncovered(rule.scope, record.scopes)
                 if outside:
@@ -270,14 +274,20 @@ class AttestationService(Service):
         record = self._store.get_attestor(name) if isinstance(name, str) else None
         if record is None:
             why = f"remove {clipped(str(name), 128)}: no such attestor"
-            raise self._kernel.deny(_missing(), _denied(claims, ctx, why))
+            raise self._kernel.deny(
+                _missing(), change_refused("attestor_denied", "attestor", why, claims, ctx)
+            )
         refused: list[TaskleaseError] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if not tx.delete_attestor(record.name):
                 refused[:] = [_missing()]
                 why = f"remove {record.name}: no such attestor"
-                return [with_denial(refused[0], _denied(claims, ctx, why))]
+                return [
+                    with_denial(
+                        refused[0], change_refused("attestor_denied", "attestor", why, claims, ctx)
+                    )
+                ]
             return [
                 AuditEntry(
                     "attestor_removed",
@@ -522,17 +532,6 @@ def _claim(attested: Attested, declared: Mapping[str, str]) -> Attestation:
         )
     except AttestClaimError as exc:
         raise AttestationRefused(f"attested facts unusable: {exc.reason}", "claims") from None
-
-
-def _denied(claims: Claims, ctx: RequestContext, why: str) -> AuditEntry:
-    """The event of a refused change to the attestors (its ``denial_id`` added by the
-    caller), naming the operator."""
-    return AuditEntry(
-        "attestor_denied",
-        outcome="denied",
-        request_id=ctx.request_id,
-        detail=f"attestor change refused: {why} by={claims.sub}",
-    )
 
 
 def _missing() -> NotFound:

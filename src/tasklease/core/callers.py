@@ -10,7 +10,14 @@ from tasklease.core.errors import Forbidden
 from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.tokens import KIND_AGENT, Claims
 
-__all__ = ["Lineage", "about", "lineage", "refused", "require_agent"]
+__all__ = [
+    "Lineage",
+    "about",
+    "change_refused",
+    "lineage",
+    "refused",
+    "require_agent",
+]
 
 
 class Lineage(TypedDict):
@@ -54,6 +61,19 @@ def refused(event_type: str, claims: Claims, ctx: RequestContext) -> AuditEntry:
         orch_id=claims.orch_id,
         request_id=ctx.request_id,
         **lineage(claims),
+    )
+
+
+def change_refused(
+    event_type: str, what: str, why: str, claims: Claims, ctx: RequestContext
+) -> AuditEntry:
+    """The event of an operator's refused change to ``what`` (an app, an attestor, a grant
+    type; its ``denial_id`` added by the caller): why, and by whom."""
+    return AuditEntry(
+        event_type,
+        outcome="denied",
+        request_id=ctx.request_id,
+        detail=f"{what} change refused: {why} by={claims.sub}",
     )
 
 

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.callers import change_refused
 from tasklease.core.errors import Conflict, InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.granttypes import MAX_SCHEMA_BYTES
 from tasklease.core.kernel import Kernel, RequestContext, Service, with_denial
@@ -22,6 +23,8 @@ from tasklease.rules import grants as grant_rules
 from tasklease.rules.grants import BUILTIN_TYPES, GrantError
 
 __all__ = ["GrantTypes", "nested_repetition"]
+
+_EVENT = "grant_type_denied"
 
 
 def nested_repetition(schema: object) -> str | None:
@@ -153,7 +156,10 @@ class GrantTypes(Service):
             created_by=claims.sub,
         )
         if self._store.get_grant_type(name) is not None:
-            raise self._kernel.deny(_exists(name), self._denied(claims, ctx, f"add {name}: exists"))
+            raise self._kernel.deny(
+                _exists(name),
+                change_refused(_EVENT, "grant type", f"add {name}: exists", claims, ctx),
+            )
         refused: list[TaskleaseError] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -161,7 +167,12 @@ class GrantTypes(Service):
                 tx.insert_grant_type(record)  # the check above, again under the write lock
             except Conflict:  # nothing written (the store inserts only a new name)
                 refused[:] = [_exists(name)]
-                return [with_denial(refused[0], self._denied(claims, ctx, f"add {name}: exists"))]
+                return [
+                    with_denial(
+                        refused[0],
+                        change_refused(_EVENT, "grant type", f"add {name}: exists", claims, ctx),
+                    )
+                ]
             return [
                 AuditEntry(
                     "grant_type_added",
@@ -194,14 +205,18 @@ class GrantTypes(Service):
         record = self._store.get_grant_type(name) if isinstance(name, str) else None
         if record is None:
             why = f"remove {clipped(str(name), 128)}: no such grant type"
-            raise self._kernel.deny(_missing(), self._denied(claims, ctx, why))
+            raise self._kernel.deny(
+                _missing(), change_refused(_EVENT, "grant type", why, claims, ctx)
+            )
         refused: list[TaskleaseError] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if not tx.delete_grant_type(record.name):
                 refused[:] = [_missing()]
                 why = f"remove {record.name}: no such grant type"
-                return [with_denial(refused[0], self._denied(claims, ctx, why))]
+                return [
+                    with_denial(refused[0], change_refused(_EVENT, "grant type", why, claims, ctx))
+                ]
             return [
                 AuditEntry(
                     "grant_type_removed",
@@ -214,17 +229,6 @@ class GrantTypes(Service):
         if refused:
             raise refused[0]
         return record
-
-    @staticmethod
-    def _denied(claims: Claims, ctx: RequestContext, why: str) -> AuditEntry:
-        """The event of a refused change to the registry (its ``denial_id`` added by the
-        caller), naming the operator."""
-        return AuditEntry(
-            "grant_type_denied",
-            outcome="denied",
-            request_id=ctx.request_id,
-            detail=f"grant type change refused: {why} by={claims.sub}",
-        )
 
 
 def _exists(name: str) -> Conflict:
