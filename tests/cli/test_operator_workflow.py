@@ -155,11 +155,12 @@ def test_login_caches_a_short_lived_token_0600_and_logout_forgets_it(
 
 
 def test_markup_in_data_is_shown_as_written(broker: BrokerForTests, tmp_path: Path) -> None:
-    revoked = cli("revoke", "--level", "task", "--target", "[/]", home=tmp_path, broker=broker)
+    # Its own process: the table is drawn for the terminal width the process is given.
+    revoked = run("revoke", "--level", "task", "--target", "[/]", home=tmp_path, broker=broker)
     assert revoked.returncode == 0, revoked.stderr
     assert "(1 entry written)" in revoked.stdout  # a plural that agrees
     wide = {"COLUMNS": "250"}
-    events = cli(
+    events = run(
         "audit",
         "events",
         "--task-id",
