@@ -1,5 +1,6 @@
 """What every test shares: Hypothesis judges properties, never speed; httpx clients
-share one default TLS context; files with slow tests are handed out first.
+share one default TLS context; secrets are hashed at argon2id's lowest cost in the test
+processes; files with slow tests are handed out first.
 
 The suite runs on several processes beside brokers and databases it starts, so how long
 one example takes says nothing about the code: no deadline and no too-slow health check
@@ -40,6 +41,25 @@ def _share_the_default_tls_context() -> None:
 
 
 _share_the_default_tls_context()
+
+
+def _hash_secrets_cheaply() -> None:
+    """Secrets hashed in the test processes use argon2id's lowest cost (one pass over 8
+    KiB) instead of the product's (three passes over 64 MiB, four lanes): the tests sign
+    in thousands of times, and each check at the product's cost took about a fifth of a
+    second of CPU, a large share of the suite's. A check reads its cost from the stored
+    hash, so secrets hashed elsewhere (a broker process, ``tasklease init``) are still
+    checked at theirs. ``core/test_passwords.py`` holds the product's own cost, in a
+    process this does not touch."""
+    from argon2 import PasswordHasher
+
+    from tasklease.core import passwords
+
+    passwords._hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    passwords._UNMATCHED_HASH = passwords._unmatched_hash()
+
+
+_hash_secrets_cheaply()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

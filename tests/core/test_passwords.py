@@ -59,3 +59,12 @@ def test_loading_the_module_hashes_nothing() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "0"
+
+
+def test_the_product_hashes_at_rfc_9106s_second_recommended_cost() -> None:
+    # In a process of its own: the test processes hash cheaply (tests/conftest.py).
+    code = "from tasklease.core.passwords import hash_secret; print(hash_secret('s' * 32))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    made = extract_parameters(done.stdout.strip())
+    assert (made.time_cost, made.memory_cost, made.parallelism) == (3, 65536, 4)
+    assert made.type.name == "ID"
