@@ -143,3 +143,31 @@ def test_without_a_provider_nothing_is_wrapped() -> None:
     broker = Broker(config, open_store("memory://"), KeyRing.generate(), nonce_secret=b"x" * 32)
     create_app(broker, background=False)
     assert not hasattr(Broker.renew, "__wrapped_by_tracing__")
+
+
+def test_a_refusal_quoting_a_credential_leaves_it_out_of_every_span(
+    exporter: InMemorySpanExporter,
+) -> None:
+    # Would fail if: a span recorded a refused operation's exception as raised (its
+    # message in an `exception` event and the span's status), so that a launch token or
+    # client secret pasted into a field the refusal quotes reached the trace exporter,
+    # which the problem answer (redacted) does not let it reach.
+    app = _traced_app(exporter)
+    pasted = "5fa00b76f5fe81e10036a3afad9ceda1dee55b806aa4c3e49ca52632f2bc51c3"
+
+    async def scenario() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return await c.post("/v1/oauth/token", data={"grant_type": pasted})
+
+    refused = asyncio.run(scenario())
+    assert refused.status_code == 400 and pasted not in refused.text
+    spans = list(exporter.get_finished_spans())
+    [operation] = [s for s in spans if s.name == "tasklease.exchange_token"]
+    assert operation.status.status_code.name == "ERROR"  # still marked as failed
+    for span in spans:
+        shown = [span.status.description or "", repr(dict(span.attributes or {}))]
+        shown += [repr(dict(event.attributes or {})) for event in span.events]
+        assert all(pasted not in text for text in shown), (span.name, shown)
+    events = [e for e in operation.events if e.name == "exception"]
+    assert events and (events[0].attributes or {}).get("exception.type") == "UnsupportedGrantType"

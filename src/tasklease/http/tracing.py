@@ -8,7 +8,10 @@ template (``POST /v1/register``), continuing the caller's trace from its W3C
 ``tasklease.validate``, ``tasklease.revoke`` and the rest of :data:`OPERATIONS`) and per
 storage call (``tasklease.storage.commit`` for every durable write with its audit
 events, ``tasklease.storage.<method>`` for reads). Spans carry the route, the status and
-the request id; never a token, a secret or a claim.
+the request id; never a token, a secret or a claim. A span whose operation raised records
+the exception's type (and a refusal's error code), never its message or traceback: a
+refusal may quote what the caller sent (the problem answer redacts it, a span would not)
+and a driver's error may quote a stored value (:func:`_failed`).
 
 Spans go to the tracer provider given, else OpenTelemetry's global one: configure the
 SDK and an exporter as usual (for example ``opentelemetry-instrument tasklease serve``
@@ -29,6 +32,7 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 
 from tasklease.core.broker import Broker
+from tasklease.core.errors import TaskleaseError
 from tasklease.core.kernel import Kernel
 from tasklease.http.access import route_template
 
@@ -76,22 +80,49 @@ def _tracer() -> trace.Tracer:
     return trace.get_tracer(_SCOPE, tracer_provider=_provider)
 
 
+def _failed(span: trace.Span, exc: BaseException) -> None:
+    """Mark ``span`` failed by ``exc``: its type, and a refusal's code, only. OpenTelemetry's
+    own recording (``record_exception``) writes the message and the traceback, whose last
+    line is the message: caller text a refusal quotes, or a value a driver's error quotes."""
+    what = type(exc).__name__
+    attributes: dict[str, str] = {"exception.type": what}
+    if isinstance(exc, TaskleaseError):
+        attributes["tasklease.error_code"] = exc.code
+    span.add_event("exception", attributes)
+    span.set_status(Status(StatusCode.ERROR, what))
+
+
+def _span(name: str, **kwargs: Any) -> Any:
+    """A span ``name`` made current, recording no exception itself (:func:`_failed`)."""
+    return _tracer().start_as_current_span(
+        name, record_exception=False, set_status_on_exception=False, **kwargs
+    )
+
+
 def _spanned(name: str, function: F) -> F:
     """``function`` inside a span ``name`` (a coroutine function awaited inside it)."""
     if inspect.iscoroutinefunction(function):
 
         @functools.wraps(function)
         async def awaited(*args: Any, **kwargs: Any) -> Any:
-            with _tracer().start_as_current_span(name):
-                return await function(*args, **kwargs)
+            with _span(name) as span:
+                try:
+                    return await function(*args, **kwargs)
+                except BaseException as exc:
+                    _failed(span, exc)
+                    raise
 
         awaited.__wrapped_by_tracing__ = True  # type: ignore[attr-defined]
         return awaited  # type: ignore[return-value]
 
     @functools.wraps(function)
     def called(*args: Any, **kwargs: Any) -> Any:
-        with _tracer().start_as_current_span(name):
-            return function(*args, **kwargs)
+        with _span(name) as span:
+            try:
+                return function(*args, **kwargs)
+            except BaseException as exc:
+                _failed(span, exc)
+                raise
 
     called.__wrapped_by_tracing__ = True  # type: ignore[attr-defined]
     return called  # type: ignore[return-value]
@@ -173,11 +204,14 @@ class TracingMiddleware:
                 status = int(message["status"])
             await send(message)
 
-        with _tracer().start_as_current_span(
-            f"{method} request", context=parent, kind=SpanKind.SERVER
-        ) as span:
+        with _span(f"{method} request", context=parent, kind=SpanKind.SERVER) as span:
+            raised = False
             try:
                 await self.app(scope, receive, sending)
+            except BaseException as exc:
+                raised = True
+                _failed(span, exc)
+                raise
             finally:
                 route = route_template(scope)
                 span.update_name(f"{method} {route}")
@@ -188,5 +222,5 @@ class TracingMiddleware:
                     "tasklease.request_id", scope.get("state", {}).get("request_id", "")
                 )
                 span.set_attribute("tasklease.duration_ms", (time.perf_counter() - started) * 1e3)
-                if status >= 500:
+                if status >= 500 and not raised:
                     span.set_status(Status(StatusCode.ERROR))
