@@ -61,3 +61,33 @@ def test_a_problem_echoes_no_credential(
     assert HEX not in resp.text and JWT.rsplit(".", 1)[1] not in resp.text, resp.text
     body = resp.json()
     assert body["instance"].startswith("/v1/"), body  # still says where, redacted
+
+
+def test_an_unexpected_failure_logs_no_credential_from_the_path(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Would fail if: the last-resort handler logged the path as sent, so that a client
+    # secret pasted as an app id reached the log whenever reading the app failed
+    # unexpectedly (the access log names the route template for this reason).
+    config = Config(admin_secret_hash=hash_secret("a" * 40))
+    store = open_store("memory://")
+    broker = Broker(config, store, KeyRing.generate(), nonce_secret=b"n" * 32)
+    app = create_app(broker, background=False)
+
+    def failing(app_id: str) -> None:
+        raise RuntimeError("the store failed")
+
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=("192.0.2.7", 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            signed = await c.post("/v1/admin/auth", json={"secret": "a" * 40})
+            bearer = {"Authorization": f"Bearer {signed.json()['access_token']}"}
+            store.get_app = failing  # type: ignore[method-assign]
+            return await c.get(f"/v1/admin/apps/{HEX}", headers=bearer)
+
+    with caplog.at_level("ERROR", logger="tasklease.http"):
+        resp = asyncio.run(run())
+    assert resp.status_code == 500 and HEX not in resp.text
+    [record] = [r for r in caplog.records if r.name == "tasklease.http"]
+    assert HEX not in record.getMessage(), record.getMessage()
+    assert "/v1/admin/apps/{app_id}" in record.getMessage()  # still says where

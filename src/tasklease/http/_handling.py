@@ -205,7 +205,13 @@ def guard(handler: Handler) -> Handler:
             )
             return Response(body, status, headers=headers, media_type="application/problem+json")
         except Exception:  # noqa: BLE001 - last line of defence: never leak a traceback
-            _log.exception("unhandled error on %s", request.url.path)
+            # The route's template, never the path as sent (a credential pasted where an
+            # id belongs would reach the log), as the access log names it.
+            _log.exception(
+                "unhandled error on %s (request %s)",
+                route_template(request.scope),
+                request_id(request),
+            )
             body = problem_body(
                 "internal_error",
                 "internal error",
