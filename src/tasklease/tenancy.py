@@ -20,6 +20,12 @@ sign a second history of its audit log. Its requests are refused ``service_unava
 the process logs what to do and audits the refusal, once per tenant every
 :data:`REPORT_EVERY` seconds, and every refusal until then names that event's
 ``denial_id``. It is served again within :data:`RECHECK` seconds of its keys opening.
+
+A tenant's audit log is judged against its anchor (``core.rollback``) when its broker is
+opened, as the server judges every log at start: a tenant whose key directory, and so its
+anchor, arrived after the start (copied in after a restore that left it out) is refused
+the same way while its log does not extend the anchor, until ``tasklease db
+accept-restore`` (which opens it with ``refuse_went_back`` false).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from tasklease.core.errors import Unavailable
 from tasklease.core.kernel import denial_entry, new_denial_id
 from tasklease.core.keys import KeyRing, load_keyring, load_or_create_keyring
 from tasklease.core.records import OperatorRecord, TenantRecord
+from tasklease.core.rollback import DatabaseWentBack
 from tasklease.core.store import Store
 from tasklease.core.tenants import (
     DEFAULT_TENANT,
@@ -132,8 +139,10 @@ class Tenancy:
         *,
         open_broker: Callable[[TenantRecord], Broker] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        refuse_went_back: bool = True,
     ) -> None:
         self.default = default
+        self._refuse_went_back = refuse_went_back
         self._open = open_broker or self._open_broker
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -220,10 +229,30 @@ class Tenancy:
         """
         self._misses.pop(record.name, None)
         found = self._brokers.get(record.name)
-        broker = found[0] if found is not None else self._start(self._open(record))
+        broker = found[0] if found is not None else self._start(self._opened(record))
         self._brokers[record.name] = (broker, now)
         if self._unserved.pop(record.name, None) is not None:
             _log.warning("tenant %s: its keys open again; it is served", record.name)
+        return broker
+
+    def _opened(self, record: TenantRecord) -> Broker:
+        """A new broker of ``record``'s tenant, refused (closed) when its log does not
+        extend its anchor, unless built with ``refuse_went_back`` false.
+
+        Raises:
+            ValueError, OSError: its keys do not open, its anchor is unsafe or unreadable,
+                or its log went back.
+        """
+        broker = self._open(record)
+        if not self._refuse_went_back:
+            return broker
+        try:
+            found = broker.transparency.examine().went_back
+            if found is not None:
+                raise ValueError(str(DatabaseWentBack([found])))
+        except BaseException:
+            broker.audit.close()
+            raise
         return broker
 
     def _not_served(

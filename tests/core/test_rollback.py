@@ -24,7 +24,9 @@ from tasklease.core.auditformat import AuditEntry
 from tasklease.core.broker import Broker
 from tasklease.core.clock import ManualClock
 from tasklease.core.config import Config
+from tasklease.core.errors import Unavailable
 from tasklease.core.keys import load_or_create_keyring
+from tasklease.core.records import AuditQuery
 from tasklease.core.rollback import DatabaseWentBack, WentBack, log_id, read_anchor
 from tasklease.core.transparency import logs_went_back
 from tasklease.keystore import CheckpointFiles, KeyStoreError
@@ -341,3 +343,47 @@ def test_an_anchor_others_can_write_is_refused_not_trusted(
     # ...and the signer signs nothing meanwhile.
     _grow(broker, 1)
     assert broker.transparency.sign_if_due(force=True) is None
+
+
+def test_a_tenant_whose_anchor_arrives_after_start_is_not_served_on_a_restore(
+    open_broker: Factory, tmp_path: Path
+) -> None:
+    # The tenant's key directory was left out of the restore (decision 152: copying it in
+    # serves the tenant without a restart): the start-up check finds no anchor for it, so
+    # the tenant's log must be judged when its broker is opened, not only at start.
+    database = tmp_path / "broker.db"
+    broker = open_broker()
+    tenancy = Tenancy(broker)
+    tenancy.create(Kit.admin(broker).claims, name="acme", trust_domain="acme.example", ctx=CTX)
+    acme = tenancy.broker("acme")
+    assert acme is not None
+    acme.transparency.sign_if_due(force=True)
+    backup = _backup(database, tmp_path / "backup.db")
+    _grow(acme, 3, "revocations made after the backup")
+    acme.transparency.sign_if_due(force=True)
+    tenancy.close()
+    broker.audit.close()
+    broker.store.close()
+    _restore(backup, database)
+    keys = tmp_path / "keys" / "tenants" / "acme"
+    aside = tmp_path / "acme-keys"
+    keys.rename(aside)
+    restored = open_broker()
+    assert _went_back(restored) == []  # what the server checks at start finds nothing
+    aside.rename(keys)  # ...and the tenant's keys are copied in afterwards
+    later = Tenancy(restored)
+    with pytest.raises(Unavailable) as refused:
+        later.broker("acme", request_id="req-late")
+    denial_id = refused.value.denial_id
+    assert denial_id
+    [event] = restored.store.query_audit(AuditQuery(event_type="tenant_unavailable"))[0]
+    assert f"denial={denial_id}" in event.detail and "went back" in event.detail
+    later.close()
+    # The operator's explicit acceptance opens it (and records it in the tenant's log).
+    accepting = Tenancy(restored, refuse_went_back=False)
+    opened = accepting.broker("acme")
+    assert opened is not None
+    accepted = opened.accept_restore("the test", CTX)
+    assert accepted is not None and accepted.found.tenant == "acme"
+    accepting.close()
+    assert Tenancy(restored).broker("acme") is not None

@@ -70,7 +70,7 @@ def accept_restore(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> Non
         fail(f"cannot open the broker's keys and database: {exc}", EXIT_USAGE)
     except OSError as exc:
         fail(f"cannot open the broker's keys and database: {exc.strerror or exc}", EXIT_USAGE)
-    tenancy = Tenancy(broker)
+    tenancy = Tenancy(broker, refuse_went_back=False)
     try:
         anchors = broker.transparency.anchors
         try:
