@@ -68,9 +68,14 @@ def registration_ceiling(agent: AgentRecord, config: Config) -> int:
     """The latest ``exp`` any token of the agent's registration may have, as the agent's
     own first token said (``max_exp``: an attestation policy's ``lifetime`` can make it
     earlier than ``renewal_ceiling``); an agent registered before it was kept, its
-    registration time plus ``renewal_ceiling``. Past it the agent is in no good standing,
-    as a holder of delegated tokens too."""
-    return agent.ceiling or int(agent.registered_at) + config.renewal_ceiling
+    registration time plus ``renewal_ceiling``. Never later than its registration time
+    plus the ``renewal_ceiling`` configured now, which a renewal holds every token to
+    (``Parent.of_token``): a broker restarted with a lower one holds the agents it
+    registered before to it, and an agent- or task-level entry, kept that long
+    (``Kernel.revocation_expiry``), outlives every resumption it must refuse. Past it the
+    agent is in no good standing, as a holder of delegated tokens too."""
+    configured = int(agent.registered_at) + config.renewal_ceiling
+    return min(agent.ceiling, configured) if agent.ceiling else configured
 
 
 def app_ids(lineage: tuple[str, ...]) -> tuple[str, ...]:
