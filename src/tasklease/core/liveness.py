@@ -198,10 +198,12 @@ class Liveness(Service):
     def sweep_silent_agents(self, holder: str) -> list[str]:
         """Revoke (level ``agent``) every supervised agent silent for interval x misses.
 
-        Returns the agents revoked by this call. Does nothing (returns ``[]``) unless this
-        process holds the sweeper lease, so replicas sharing a store never sweep at once; and
-        each revocation re-reads the session inside its transaction, so an agent that
-        heartbeated meanwhile, or was swept already, is left alone.
+        Every agent due is revoked by one call (read :data:`SWEEP_BATCH` at a time) unless
+        that outlasts half the lease, and the next call goes on. Returns the agents revoked
+        by this call. Does nothing (returns ``[]``) unless this process holds the sweeper
+        lease, so replicas sharing a store never sweep at once; and each revocation re-reads
+        the session inside its transaction, so an agent that heartbeated meanwhile, or was
+        swept already, is left alone.
         """
         cfg = self._config
         # The wall clock, never ahead of elapsed time (Kernel.lease_now): a forward jump
@@ -222,10 +224,19 @@ class Liveness(Service):
         allowed = cfg.heartbeat_interval * cfg.heartbeat_misses
         bound = now - allowed
         revoked: list[str] = []
-        for candidate in self._store.silent_agents(bound, SWEEP_BATCH):
-            if self._sweep_one(candidate.agent_id, now, bound):
-                revoked.append(candidate.agent_id)
-        return revoked
+        # Batch after batch, oldest silence first, until none is due: agents that stopped
+        # without ``done`` must not hold back one that went silent after them. For as long
+        # as the lease taken above is surely this process's (half its term).
+        while True:
+            batch = self._store.silent_agents(bound, SWEEP_BATCH)
+            swept = [c.agent_id for c in batch if self._sweep_one(c.agent_id, now, bound)]
+            revoked.extend(swept)
+            if (
+                len(batch) < SWEEP_BATCH
+                or not swept
+                or self._kernel.lease_now() >= now + cfg.heartbeat_interval
+            ):
+                return revoked
 
     def release_sweeper_lease(self) -> bool:
         """Give the sweeper lease up if this broker's last sweep took it, so that another
