@@ -43,52 +43,90 @@ def _sub(items: list[Any]) -> st.SearchStrategy[list[Any]]:
     return st.lists(st.sampled_from(items), min_size=1, max_size=len(items), unique=True)
 
 
+# Strategies built once: Hypothesis checks each strategy object the first time it is
+# drawn from, and building them afresh for every draw made that most of these tests' time.
+_BOOL = st.booleans()
+_KINDS = st.sampled_from(["scope", "resource_access", "region_access"])
+_SCOPE = st.sampled_from(SCOPES)
+_ACTIONS = _sub(ACTIONS)
+_LOCATIONS = _sub(LOCATIONS)
+_DATATYPES = _sub(DATATYPES)
+_IDENTIFIER = st.sampled_from(["acct-1", "acct-2"])
+_REGIONS = _sub(["eu", "us", "ap"])
+_ROWS = st.integers(0, 100)
+_PATH = st.sampled_from(["/a", "/a/b", "/a/b/c", "/b"])
+_RATING = st.integers(0, 5)
+_TIER = st.sampled_from(["gold", "silver"])
+_MAX_AMOUNT = st.integers(0, 1000)
+_CURRENCY = st.sampled_from(["EUR", "USD"])
+_MAX_CALLS = st.integers(1, 20)
+_NOT_BEFORE = st.integers(0, 100)
+_NOT_AFTER = st.integers(101, 200)
+_PAYEES = _sub(PAYEES)
+_PAYEE = st.sampled_from(PAYEES)
+_CALL_NOW = st.integers(0, 210)
+_CALL_SCOPE = st.none() | st.sampled_from(["read:data:1", "read:data:x", "write:pay:9"])
+_CALL_ACTION = st.none() | st.sampled_from(ACTIONS)
+_CALL_LOCATION = st.none() | st.sampled_from(LOCATIONS)
+_CALL_DATATYPE = st.none() | st.sampled_from(DATATYPES)
+_CALL_IDENTIFIER = st.none() | _IDENTIFIER
+_CALL_AMOUNT = st.none() | st.integers(0, 1200)
+_CALL_CURRENCY = st.none() | _CURRENCY
+_CALL_FIELDS = st.sampled_from([{}, {"regions": "eu"}, {"tier": "gold"}])
+
+
 @st.composite
 def limits(draw: st.DrawFn) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if draw(st.booleans()):
-        out["max_amount"] = str(draw(st.integers(0, 1000)))
-        out["currency"] = draw(st.sampled_from(["EUR", "USD"]))
-    if draw(st.booleans()):
-        out["max_calls"] = draw(st.integers(1, 20))
-    if draw(st.booleans()):
-        out["not_before"] = draw(st.integers(0, 100))
-    if draw(st.booleans()):
-        out["not_after"] = draw(st.integers(101, 200))
-    if draw(st.booleans()):
-        out["allowed_values"] = {"payee": draw(_sub(PAYEES))}
+    if draw(_BOOL):
+        out["max_amount"] = str(draw(_MAX_AMOUNT))
+        out["currency"] = draw(_CURRENCY)
+    if draw(_BOOL):
+        out["max_calls"] = draw(_MAX_CALLS)
+    if draw(_BOOL):
+        out["not_before"] = draw(_NOT_BEFORE)
+    if draw(_BOOL):
+        out["not_after"] = draw(_NOT_AFTER)
+    if draw(_BOOL):
+        out["allowed_values"] = {"payee": draw(_PAYEES)}
     return out
+
+
+_LIMITS = limits()
 
 
 @st.composite
 def grants(draw: st.DrawFn) -> dict[str, Any]:
-    kind = draw(st.sampled_from(["scope", "resource_access", "region_access"]))
+    kind = draw(_KINDS)
     out: dict[str, Any] = {"type": kind}
     if kind == "scope":
-        out["scope"] = draw(st.sampled_from(SCOPES))
+        out["scope"] = draw(_SCOPE)
     elif kind == "resource_access":
-        out["actions"] = draw(_sub(ACTIONS))
-        if draw(st.booleans()):
-            out["locations"] = draw(_sub(LOCATIONS))
-        if draw(st.booleans()):
-            out["datatypes"] = draw(_sub(DATATYPES))
-        if draw(st.booleans()):
-            out["identifier"] = draw(st.sampled_from(["acct-1", "acct-2"]))
+        out["actions"] = draw(_ACTIONS)
+        if draw(_BOOL):
+            out["locations"] = draw(_LOCATIONS)
+        if draw(_BOOL):
+            out["datatypes"] = draw(_DATATYPES)
+        if draw(_BOOL):
+            out["identifier"] = draw(_IDENTIFIER)
     else:
-        if draw(st.booleans()):
-            out["regions"] = draw(_sub(["eu", "us", "ap"]))
-        if draw(st.booleans()):
-            out["rows"] = draw(st.integers(0, 100))
-        if draw(st.booleans()):
-            out["path"] = draw(st.sampled_from(["/a", "/a/b", "/a/b/c", "/b"]))
-        if draw(st.booleans()):
-            out["rating"] = draw(st.integers(0, 5))
-        if draw(st.booleans()):
-            out["tier"] = draw(st.sampled_from(["gold", "silver"]))
-    lim = draw(limits())
+        if draw(_BOOL):
+            out["regions"] = draw(_REGIONS)
+        if draw(_BOOL):
+            out["rows"] = draw(_ROWS)
+        if draw(_BOOL):
+            out["path"] = draw(_PATH)
+        if draw(_BOOL):
+            out["rating"] = draw(_RATING)
+        if draw(_BOOL):
+            out["tier"] = draw(_TIER)
+    lim = draw(_LIMITS)
     if lim:
         out["limits"] = lim
     return g.parse_detail(out)
+
+
+GRANTS = grants()
 
 
 @st.composite
@@ -96,7 +134,7 @@ def narrower(draw: st.DrawFn, parent: dict[str, Any]) -> dict[str, Any]:
     """A grant the rules must accept as covered by ``parent`` (built by narrowing)."""
     child = {k: v for k, v in parent.items() if k != "limits"}
     kind = parent["type"]
-    if kind == "scope" and parent["scope"].endswith(":*") and draw(st.booleans()):
+    if kind == "scope" and parent["scope"].endswith(":*") and draw(_BOOL):
         child["scope"] = parent["scope"][:-1] + draw(st.sampled_from(["1", "2", "x"]))
     elif kind == "resource_access":
         child["actions"] = draw(_sub(parent["actions"]))
@@ -107,11 +145,11 @@ def narrower(draw: st.DrawFn, parent: dict[str, Any]) -> dict[str, Any]:
                 if any(g.location_covers(p, loc) for p in parent["locations"])
             ]
             child["locations"] = draw(_sub(below))
-        elif draw(st.booleans()):
+        elif draw(_BOOL):
             child["locations"] = draw(_sub(LOCATIONS))
         if "datatypes" in parent:
             child["datatypes"] = draw(_sub(parent["datatypes"]))
-        if "identifier" not in parent and draw(st.booleans()):
+        if "identifier" not in parent and draw(_BOOL):
             child["identifier"] = "acct-1"
     elif kind == "region_access":
         if "regions" in parent:
@@ -202,25 +240,28 @@ def nearby(draw: st.DrawFn, parent: dict[str, Any]) -> dict[str, Any]:
 @st.composite
 def calls(draw: st.DrawFn) -> dict[str, Any]:
     return {
-        "kind": draw(st.sampled_from(["scope", "resource_access", "region_access"])),
-        "now": draw(st.integers(0, 210)),
-        "scope": draw(st.none() | st.sampled_from(["read:data:1", "read:data:x", "write:pay:9"])),
-        "action": draw(st.none() | st.sampled_from(ACTIONS)),
-        "location": draw(st.none() | st.sampled_from(LOCATIONS)),
-        "datatype": draw(st.none() | st.sampled_from(DATATYPES)),
-        "identifier": draw(st.none() | st.sampled_from(["acct-1", "acct-2"])),
-        "amount": draw(st.none() | st.integers(0, 1200)),
-        "currency": draw(st.none() | st.sampled_from(["EUR", "USD"])),
-        "values": {"payee": draw(st.sampled_from(PAYEES))},
-        "fields": draw(st.sampled_from([{}, {"regions": "eu"}, {"tier": "gold"}])),
+        "kind": draw(_KINDS),
+        "now": draw(_CALL_NOW),
+        "scope": draw(_CALL_SCOPE),
+        "action": draw(_CALL_ACTION),
+        "location": draw(_CALL_LOCATION),
+        "datatype": draw(_CALL_DATATYPE),
+        "identifier": draw(_CALL_IDENTIFIER),
+        "amount": draw(_CALL_AMOUNT),
+        "currency": draw(_CALL_CURRENCY),
+        "values": {"payee": draw(_PAYEE)},
+        "fields": draw(_CALL_FIELDS),
     }
+
+
+CALLS = calls()
 
 
 @st.composite
 def call_for(draw: st.DrawFn, grant: dict[str, Any]) -> dict[str, Any]:
     """A call built to be allowed by ``grant``, at the edges of its limits."""
     lim = grant.get("limits", {})
-    call = draw(calls())
+    call = draw(CALLS)
     call.update(
         kind=grant["type"], scope=None, action=None, location=None, datatype=None, identifier=None
     )
@@ -265,7 +306,7 @@ def test_covering_is_reflexive(grant: dict[str, Any]) -> None:
 
 @given(st.data())
 def test_narrowing_is_covered_and_transitive(data: st.DataObject) -> None:
-    a = data.draw(grants())
+    a = data.draw(GRANTS)
     b = data.draw(narrower(a))
     c = data.draw(narrower(b))
     assert g.covers(a, b, RULES) and g.covers(b, c, RULES)
@@ -281,8 +322,8 @@ def test_covering_is_transitive_for_any_grants(a: Any, b: Any, c: Any) -> None:
 @settings(max_examples=500)
 @given(st.data())
 def test_a_covered_grant_allows_nothing_its_cover_does_not(data: st.DataObject) -> None:
-    parent = data.draw(grants())
-    child = data.draw(nearby(parent) | grants())
+    parent = data.draw(GRANTS)
+    child = data.draw(nearby(parent) | GRANTS)
     if g.covers(parent, child, RULES):
         for _ in range(5):
             call = data.draw(call_for(child))
@@ -293,10 +334,10 @@ def test_a_covered_grant_allows_nothing_its_cover_does_not(data: st.DataObject) 
 @settings(max_examples=300)
 @given(st.data())
 def test_a_narrowed_grant_allows_nothing_its_parent_does_not(data: st.DataObject) -> None:
-    parent = data.draw(grants())
+    parent = data.draw(GRANTS)
     child = data.draw(narrower(parent))
     for _ in range(10):
-        call = data.draw(calls())
+        call = data.draw(CALLS)
         if allowed(child, call):
             assert allowed(parent, call)
 
@@ -313,14 +354,14 @@ def test_no_sequence_of_delegations_widens_any_grant(
     for _ in range(data.draw(st.integers(1, 5))):
         asked = [
             data.draw(nearby(data.draw(st.sampled_from(held))))
-            if data.draw(st.booleans())
-            else data.draw(grants())
+            if data.draw(_BOOL)
+            else data.draw(GRANTS)
             for _ in range(data.draw(st.integers(1, 3)))
         ]
         if not g.uncovered(asked, held, RULES):
             held = asked
     for _ in range(10):
-        call = data.draw(call_for(data.draw(st.sampled_from(held))) | calls())
+        call = data.draw(call_for(data.draw(st.sampled_from(held))) | CALLS)
         kind = call.pop("kind")
         if gu.allows(held, kind, **call) is not None:
             assert gu.allows(root, kind, **call) is not None
@@ -330,7 +371,7 @@ def test_no_sequence_of_delegations_widens_any_grant(
 @given(st.data())
 def test_a_covered_grant_never_has_more_calls(data: st.DataObject) -> None:
     """``max_calls`` is counted by the broker, not by ``allows``: covering alone keeps it."""
-    parent = data.draw(grants())
+    parent = data.draw(GRANTS)
     child = data.draw(nearby(parent))
     if g.covers(parent, child, RULES) and "max_calls" in parent.get("limits", {}):
         assert child["limits"]["max_calls"] <= parent["limits"]["max_calls"]
