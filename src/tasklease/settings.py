@@ -13,7 +13,9 @@ the command line a relative path is taken from the current directory.
 
 ``TASKLEASE_ADMIN_SECRET`` supplies the admin secret in plain text (containers, scripts); it
 must meet :func:`tasklease.core.passwords.secret_weakness`'s rule, is hashed with argon2id
-at start-up and the plain text is not kept; it replaces any ``admin_secret_hash``.
+at start-up and the plain text is not kept; it replaces any ``admin_secret_hash`` not made
+from it (at ``serve``'s start, a file's hash of the very secret is kept: one argon2id check
+instead of a check and a hash).
 ``TASKLEASE_KEY_PASSPHRASE`` and ``TASKLEASE_PKCS11_PIN`` are secrets, not settings: the
 key provider (:func:`tasklease.keystore.open_key_provider`) reads them, and they never
 become part of the :class:`Config`.
@@ -250,8 +252,11 @@ def _admin_secret(
             f"{_SECRET_ENV} is too weak to be the admin secret: {weakness}; use a random "
             "one, such as python3 -c 'import secrets; print(secrets.token_hex(32))'"
         )
-    # Said unless it is the very secret the hash was made from (one argon2id check).
-    if hash_from and notices is not None and not verify_secret(values["admin_secret_hash"], secret):
+    # Said unless it is the very secret the hash was made from (one argon2id check); then
+    # that hash is kept, and the secret is not hashed again.
+    if hash_from and notices is not None:
+        if verify_secret(values["admin_secret_hash"], secret):
+            return
         notices.append(
             f"the admin secret is {_SECRET_ENV} from the environment: {hash_from} is not "
             "used, and the secret it was made from no longer signs in"

@@ -431,6 +431,23 @@ def init_data_dir(data_dir: Path, env: dict[str, str]) -> None:
         done = CliRunner().invoke(app, args, env=changes)
     if done.exit_code != 0:
         raise RuntimeError(f"tasklease init failed: {done.output}") from done.exception
+    secret = env.get("TASKLEASE_ADMIN_SECRET")
+    if secret:
+        # The file holds this process's hash of the secret the broker is given, so that
+        # its start keeps it (settings) and its sign-ins check it at this process's cost
+        # (tests/conftest.py), instead of hashing at the product's.
+        from tasklease.core.passwords import hash_secret
+
+        config = data_dir / "config.toml"
+        text, found = re.subn(
+            r'^admin_secret_hash = "[^"]*"$',
+            f'admin_secret_hash = "{hash_secret(secret)}"',
+            config.read_text(),
+            flags=re.M,
+        )
+        if found != 1:
+            raise RuntimeError(f"no admin_secret_hash line in {config}")
+        config.write_text(text)
 
 
 _INIT_LOCK = threading.Lock()
