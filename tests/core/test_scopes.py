@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 from typing import Any
 
 import pytest
@@ -9,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tasklease.core.errors import InvalidRequest, ScopeViolation, TaskleaseError
-from tasklease.core.scopes import validate_scopes
+from tasklease.core.scopes import scope_param, validate_scopes
 from tasklease.rules.scopes import (
     MAX_SCOPE_LENGTH,
     MAX_SCOPES,
@@ -82,6 +84,25 @@ def test_length_cap_is_inclusive() -> None:
     assert len(at_cap) == MAX_SCOPE_LENGTH
     assert parse_scope(at_cap) is not None
     assert parse_scope(at_cap + "x") is None
+
+
+def test_an_over_long_scope_is_not_remembered() -> None:
+    # The token endpoint reads ``scope`` before it authenticates anyone, and a refusal for
+    # a malformed scope is not audited, so it spends no refusal budget: an anonymous
+    # caller sends as many as it likes, each up to the body limit. What the parser
+    # remembers must stay small whatever it is sent (each entry a scope of at most
+    # MAX_SCOPE_LENGTH characters), never a copy of every megabyte it was sent.
+    sent = ["read:data:" + f"{i:04d}" + "x" * 100_000 for i in range(32)]
+    before = [sys.getrefcount(scope) for scope in sent]
+    for scope in sent:
+        assert parse_scope(scope) is None
+        with pytest.raises(InvalidRequest):
+            scope_param(scope)
+    del scope
+    gc.collect()  # the refusals' tracebacks hold their frames until collected
+    after = [sys.getrefcount(scope) for scope in sent]
+    retained = sum(a > b for a, b in zip(after, before, strict=True))
+    assert retained == 0
 
 
 # --- covers ------------------------------------------------------------------------------

@@ -40,8 +40,11 @@ def parse_scope(scope: str) -> tuple[str, str, str] | None:
     ``*`` inside a longer identifier.
     Strings are remembered (a pure function of a short string): coverage parses each
     scope of both sides once per pair, and an offline chain's blocks check the same few.
+    Only strings of at most :data:`MAX_SCOPE_LENGTH` characters: a longer one is refused
+    at once, and remembering it would let whoever sends one (before any authentication,
+    at the token endpoint) keep a copy of up to a request body in memory per entry.
     """
-    if type(scope) is str:
+    if type(scope) is str and len(scope) <= MAX_SCOPE_LENGTH:
         return _parse_remembered(scope)
     return _parse(scope)
 
