@@ -6,7 +6,8 @@ in base64). At the token endpoint it then authenticates with a JWT it signed
 endpoint's URL or the issuer, a short life (``exp`` required, dead at that instant, at
 most :data:`MAX_ASSERTION_LIFETIME` seconds away), and a ``jti`` that is spent once:
 :func:`assertion_replay_key` names it in the store's used-nonce table (shared by workers
-and replicas) until its ``exp``.
+and replicas) until ``skew`` past its ``exp``: a replica whose clock runs ahead within the
+skew prunes it then, when no replica's clock still takes the assertion as live.
 
 Every failure raises :class:`AssertionRefused`, whose ``reason`` is for the audit log.
 """
@@ -63,7 +64,7 @@ class AssertionRefused(Exception):
 
 class CheckedAssertion(NamedTuple):
     """An assertion that passed every check but the replay check: spend ``replay_key``
-    until ``expires_at`` (its ``exp``)."""
+    until ``expires_at`` (its ``exp`` plus the clock skew)."""
 
     jti: str
     replay_key: str
@@ -163,6 +164,10 @@ def check_assertion(
     after now (+ ``skew``); ``iat`` and ``nbf``, when present, no later than now +
     ``skew``; ``jti`` required, 1 to 256 characters.
 
+    Its ``jti`` is to be spent until ``skew`` past ``exp``: the store is pruned by the
+    clock of each process sharing it, one of which may run ``skew`` ahead of the one that
+    takes the assertion as live until ``exp``.
+
     Raises:
         AssertionRefused: with the precise reason.
     """
@@ -197,4 +202,4 @@ def check_assertion(
     jti = claims.get("jti")
     if type(jti) is not str or not 1 <= len(jti) <= _MAX_JTI_CHARS:
         raise AssertionRefused("client assertion jti missing or malformed")
-    return CheckedAssertion(jti, assertion_replay_key(client_id, jti), exp)
+    return CheckedAssertion(jti, assertion_replay_key(client_id, jti), exp + skew)
