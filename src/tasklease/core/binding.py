@@ -125,7 +125,10 @@ def recording(verifier: DPoPVerifier, proof: str) -> tuple[DPoPVerifier, Deferre
     if not proof or not deferral_active():
         return verifier, None
     deferred = DeferredProofs()
-    return DPoPVerifier(verifier.window, ledger=deferred, nonces=verifier.nonces), deferred
+    verifying = DPoPVerifier(
+        verifier.window, ledger=deferred, nonces=verifier.nonces, retain=verifier.retain
+    )
+    return verifying, deferred
 
 
 def cert_thumbprint_from_pem(pem: str) -> str:

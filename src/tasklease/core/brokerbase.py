@@ -190,8 +190,10 @@ class BrokerBase:
             self.nonces.derived_key(b"dpop-nonce"), config.dpop_proof_window
         )
         required = self.dpop_nonces if config.dpop_nonce == "required" else None
-        self.dpop = DPoPVerifier(config.dpop_proof_window, ledger=ledger, nonces=required)
-        forwarded = DPoPVerifier(config.dpop_proof_window, ledger=ledger)
+        # Kept clock_skew past their window: each replica prunes the store by its own clock.
+        window, skew = config.dpop_proof_window, config.clock_skew
+        self.dpop = DPoPVerifier(window, ledger=ledger, nonces=required, retain=skew)
+        forwarded = DPoPVerifier(window, ledger=ledger, retain=skew)
         self._keys = keys = SigningKeys(kernel, keyring)
         self._freshness = freshness = Freshness(kernel, horizon)
         self._tokens = tokens = TokenCheck(kernel, keys, self.dpop, freshness, forwarded=forwarded)

@@ -443,7 +443,10 @@ class DPoPVerifier:
     ``window``: seconds a proof's ``iat`` may differ from now; ``ledger``: where proofs
     already presented are remembered (default: this process's, of at most ``capacity``
     entries and ``holder_quota`` of one key's); ``nonces``: when given, every proof must
-    carry a current nonce from it.
+    carry a current nonce from it; ``retain``: seconds a proof is remembered past its
+    window, for a ledger that processes whose clocks differ by up to that much share and
+    prune (the broker's store: its clock skew), so that none of them forgets a proof
+    another's clock still takes as fresh.
     """
 
     def __init__(
@@ -454,8 +457,10 @@ class DPoPVerifier:
         ledger: ProofLedger | None = None,
         nonces: NonceSource | None = None,
         holder_quota: int = DEFAULT_HOLDER_QUOTA,
+        retain: int = 0,
     ) -> None:
         self.window = window
+        self.retain = retain
         self.ledger: ProofLedger = (
             ledger if ledger is not None else MemoryProofLedger(capacity, holder_quota=holder_quota)
         )
@@ -535,8 +540,9 @@ class DPoPVerifier:
         if type(raw_iat) is not int and type(raw_iat) is not float:  # bool is not int here
             raise DPoPProofError("DPoP proof iat missing")
         iat = float(raw_iat)
-        # Acceptable strictly inside the window: at ``iat + window`` the replay ledger
-        # forgets the proof (``DPoPProof.expires_at``), so it must be refused from then on.
+        # Acceptable strictly inside the window: at ``iat + window`` (``retain`` later, by
+        # a clock that far ahead) the replay ledger forgets the proof
+        # (``DPoPProof.expires_at``), so it must be refused from then on.
         if abs(now - iat) >= self.window:
             raise DPoPProofError("DPoP proof iat outside the acceptance window")
         ath = claims.get("ath")
@@ -555,7 +561,7 @@ class DPoPVerifier:
                 )
         jkt = jws.jwk_thumbprint(raw_key)
         key = hashlib.sha256(f"{jkt}:{jti}".encode()).hexdigest()
-        return DPoPProof(jkt, key, iat + self.window)
+        return DPoPProof(jkt, key, iat + self.window + self.retain)
 
 
 class Presentation:
