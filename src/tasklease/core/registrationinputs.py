@@ -97,13 +97,22 @@ class RegistrationInputs(Service):
         credential changed (rotated, its role or key changed) since; an app's key added,
         replaced or removed since. A stolen operator secret's or app key's launch tokens
         end with that credential, as its own tokens do (TM-35). A removed app's end with
-        the app (its ``app:`` ancestor, refused by the kernel)."""
+        the app (its ``app:`` ancestor, refused by the kernel).
+
+        The change's revocation entry on the creator's tokens (level ``agent``, dated
+        ``clock_skew`` past the change: decision 142) ends the launch tokens made at or
+        before its time too, as it ends the tokens that made them: one made by a token
+        checked just before the change and written just after it, or by a replica whose
+        clock runs ahead of the changer's, was made by such a token. It is read from the
+        store, which no replica's lag can hide."""
         kind = creator_kind(record.created_by)
         if kind == "app" and record.app_id:
             app = self._store.get_app(record.app_id)
             if app is not None and app.credential_changed_at > record.created_at:
                 return f"launch token of {record.created_by}, whose credential changed since"
-            return ""
+            if app is None or app.status != "active":
+                return ""  # the kernel refuses it: a removed app is a dead ancestor
+            return self._creator_revoked(record)
         if kind != "operator":
             return ""
         name = record.created_by.partition(":")[2]
@@ -112,6 +121,17 @@ class RegistrationInputs(Service):
             return f"launch token of {record.created_by}, who was removed since"
         if operator.updated_at > record.created_at:
             return f"launch token of {record.created_by}, whose credential changed since"
+        return self._creator_revoked(record)
+
+    def _creator_revoked(self, record: LaunchTokenRecord) -> str:
+        """Why a launch token was made by a token its creator's revocation entry ends
+        ("" when none does): made at or before that entry's ``revoked_at``."""
+        for entry in self._store.find_revocations([("agent", record.created_by)]):
+            if record.created_at <= entry.revoked_at:
+                return (
+                    f"launch token of {record.created_by}, made by a token ended at "
+                    f"{entry.revoked_at:.0f} (its credential changed or its tokens were revoked)"
+                )
         return ""
 
     def attested(
