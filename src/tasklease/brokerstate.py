@@ -129,10 +129,11 @@ def require(config: Config) -> None:
 
 def _refuse_changeable_by_others(database: Path) -> None:
     """Refuse a SQLite database that another user can change: its file, journal or shared
-    memory owned by someone else or writable by group or others, or its directory writable
-    by them (a file of theirs put in its place, or a journal beside it). The database holds
-    the revocations, the operators and their secrets' hashes, and the audit log; the key
-    directory was already held to this (``keystore``), the database was not.
+    memory owned by someone else or writable by group or others, or its directory owned by
+    someone else (root aside) or writable by them (a file of theirs put in its place, or a
+    journal beside it). The database holds the revocations, the operators and their
+    secrets' hashes, and the audit log; the key directory is held to this too
+    (``keystore``).
 
     Raises:
         StateError: naming the path, its owner or mode, and the fix.
@@ -151,6 +152,12 @@ def _refuse_changeable_by_others(database: Path) -> None:
                 f"the database file {path} is owned by uid {st.st_uid}, not by this user "
                 f"(uid {os.geteuid()}): its owner could rewrite revocations, operators and "
                 f"the audit log; chown it, or serve as its owner"
+            )
+        if path is directory and st.st_uid not in (os.geteuid(), 0):
+            raise StateError(
+                f"the database's directory {path} is owned by uid {st.st_uid}, not by this "
+                f"user (uid {os.geteuid()}) or root: its owner could put another database in "
+                f"its place; chown it, or serve as its owner"
             )
         if st.st_mode & 0o022:
             what = "the database's directory" if path is directory else "the database file"

@@ -460,6 +460,21 @@ def test_a_database_others_can_write_is_refused(tmp_path: Path, which: str, mode
         brokerstate.require(config)
 
 
+# Would fail if: a database whose directory another user owns were opened, as it was: the
+# directory's owner may put another database (or a journal) in its place.
+def test_a_database_directory_of_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _layout(tmp_path)
+    directory = Path(config.data_dir)
+    if os.geteuid() == 0:
+        os.chown(directory, 65534, 65534)  # nobody's
+    else:
+        monkeypatch.setattr(os, "geteuid", lambda: directory.stat().st_uid + 1)
+    with pytest.raises(brokerstate.StateError, match="database's directory .* is owned by uid"):
+        brokerstate.require(config)
+
+
 def test_a_database_file_of_another_user_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -83,3 +83,19 @@ def test_a_directory_others_may_write_is_refused(tmp_path: Path) -> None:
     directory.chmod(0o777)
     with pytest.raises(KeyStoreError, match="writable by group or others"):
         CheckpointFiles().advance(directory, LOG, note(1))
+
+
+# Would fail if: a key directory another user owns were used, as it was: its owner may
+# delete the newest signing key (the rotated-away one becomes active again) or an anchor
+# (a restored database goes unnoticed), whatever the directory's mode.
+def test_a_directory_another_user_owns_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "log"
+    directory.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        os.chown(directory, 65534, 65534)  # nobody's
+    else:
+        monkeypatch.setattr(os, "geteuid", lambda: directory.stat().st_uid + 1)
+    with pytest.raises(KeyStoreError, match=r"is owned by uid \d+, not by this user"):
+        CheckpointFiles().advance(directory, LOG, note(1))

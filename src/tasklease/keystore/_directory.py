@@ -96,10 +96,14 @@ def kind_of(data: bytes) -> str | None:
 
 
 def ensure_directory(directory: Path) -> None:
-    """Create ``directory`` (0700) if needed; refuse one that others can write to.
+    """Create ``directory`` (0700) if needed; refuse one that others can write to, or
+    that another user owns (root aside): its owner may delete what it holds, and deleting
+    the newest signing key makes a rotated-away key the active one again, deleting an
+    anchor hides a restored database.
 
     Raises:
-        KeyStoreError: not a directory, or writable by group or others.
+        KeyStoreError: not a directory, owned by another user, or writable by group or
+            others.
     """
     try:
         directory.mkdir(mode=0o700, parents=True)
@@ -111,6 +115,12 @@ def ensure_directory(directory: Path) -> None:
     st = directory.stat()
     if not stat.S_ISDIR(st.st_mode):
         raise KeyStoreError(f"key directory {directory} is not a directory")
+    if st.st_uid not in (os.geteuid(), 0):
+        raise KeyStoreError(
+            f"key directory {directory} is owned by uid {st.st_uid}, not by this user "
+            f"(uid {os.geteuid()}): its owner could delete keys, bringing a rotated-away key "
+            "back; chown it, or serve as its owner"
+        )
     if st.st_mode & 0o022:
         raise KeyStoreError(f"key directory {directory} is writable by group or others")
 
