@@ -86,8 +86,8 @@ def test_a_sign_in_just_after_a_key_change_is_asked_to_come_back(env: Env) -> No
     events = [e for e in env.audit("app_auth_failed", "denied") if e.detail.endswith(denial)]
     assert len(events) == 1 and "credential_changed_moments_ago" in events[0].detail
 
-    # Nothing was spent: the same assertion, sent again when asked (as the SDK's retry
-    # after a 503 does), signs in.
+    # Nothing was spent: the same assertion, sent again when asked (as a client retrying
+    # after a 503 may do; the SDK signs a fresh one), signs in.
     env.clock.advance(skew + 1)
     again = env.http.post("/v1/oauth/token", data=form)
     assert again.status_code == 200, again.text

@@ -9,8 +9,10 @@ import base64
 import json
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
+import nacl.signing
 import pytest
 
 from tasklease.client import (
@@ -143,6 +145,44 @@ def test_retries_honour_retry_after_on_429_and_503() -> None:
     with pytest.raises(InvalidScope):
         AppClient("https://broker.example", "id", "s", transport=transport).app_token()
     assert len(seen) == 1
+
+
+def test_a_retried_sign_in_sends_a_fresh_client_assertion(broker: BrokerForTests) -> None:
+    # Would fail if: a retried sign-in resent the assertion of the first attempt. The
+    # broker spends an assertion's jti once; when an answer is lost after that (here a
+    # gateway answers 503 in place of the broker's 200), the same assertion sent again is
+    # refused as a replay and the app cannot sign in, where a fresh one succeeds.
+    key = nacl.signing.SigningKey.generate()
+    public_key = base64.b64encode(bytes(key.verify_key)).decode()
+    app = broker.admin().register_app(
+        f"app-{time.monotonic_ns()}", ["read:data:*"], public_key=public_key
+    )
+    assertions: list[dict[str, Any]] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        form = parse_qs(request.content.decode())
+        assertions.append(_claims(form["client_assertion"][0]))
+        answer = upstream.handle_request(request)
+        answer.read()
+        if len(assertions) == 1:  # the broker signed in (and spent the jti); lost
+            assert answer.status_code == 200, answer.text
+            return _problem(503, "service_unavailable", **{"Retry-After": "0"})
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+    with (
+        httpx.HTTPTransport() as upstream,
+        AppClient(
+            broker.url,
+            app["client_id"],
+            private_key=key,
+            transport=httpx.MockTransport(gateway),
+            retry=Retry(backoff=0),
+        ) as client,
+    ):
+        assert client.app_token()
+    first, second = assertions
+    assert first["jti"] != second["jti"]
+    assert second["exp"] - second["iat"] == first["exp"] - first["iat"]
 
 
 def test_a_connection_never_made_is_retried() -> None:

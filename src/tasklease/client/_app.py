@@ -20,7 +20,7 @@ import secrets
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote_plus
@@ -128,30 +128,46 @@ class AppClient:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _run(self, flow: Flow[dict[str, Any]]) -> dict[str, Any]:
-        rebind = self.dpop.bind if self.dpop is not None else None
-        return run_flow(self._client, bind_flow(flow, self.dpop), retry=self._retry, rebind=rebind)
+    def _run(
+        self,
+        flow: Flow[dict[str, Any]],
+        remake: Callable[[], httpx.Request] | None = None,
+    ) -> dict[str, Any]:
+        """Drive ``flow``; each retry sends ``remake()`` (a request with fresh single-use
+        credentials) in place of the request refused, when given, and a fresh DPoP proof."""
+        key = self.dpop
+
+        def rebind(request: httpx.Request) -> httpx.Request:
+            again = remake() if remake is not None else request
+            return key.bind(again) if key is not None else again
+
+        fresh = rebind if key is not None or remake is not None else None
+        return run_flow(self._client, bind_flow(flow, key), retry=self._retry, rebind=fresh)
 
     def _url(self, path: str) -> str:
         return self.broker_url + path
 
-    def _sign_in_flow(self) -> Flow[dict[str, Any]]:
+    def _sign_in_request(self) -> httpx.Request:
+        """``POST /v1/oauth/token``, with a fresh client assertion when the app signs them
+        (a ``jti`` is spent once: every attempt needs its own)."""
         url = self._url("/v1/oauth/token")
         form = {"grant_type": "client_credentials"}
         headers = {"Accept": "application/json"}
         if self._authorization is not None:
             headers["Authorization"] = self._authorization
-        if self._private_key is not None:  # a fresh assertion (single use) per attempt
+        if self._private_key is not None:
             form["client_assertion_type"] = ASSERTION_TYPE
             form["client_assertion"] = client_assertion(self.client_id, self._private_key, url)
-        request = httpx.Request("POST", url, data=form, headers=headers)
-        return expect_json((yield request))
+        return httpx.Request("POST", url, data=form, headers=headers)
+
+    def _sign_in_flow(self) -> Flow[dict[str, Any]]:
+        return expect_json((yield self._sign_in_request()))
 
     def app_token(self, *, force: bool = False) -> str:
         """The current app token, signed in again when it expires within a minute."""
         with self._lock:
             if self._token is None or force or self._clock.now() >= self._deadline:
-                answer = self._run(self._sign_in_flow())
+                answer = self._run(self._sign_in_flow(), remake=self._sign_in_request)
                 token, expires_in = answer.get("access_token"), answer.get("expires_in")
                 if not isinstance(token, str) or not isinstance(expires_in, int):
                     raise TaskleaseError("the broker's answer lacks the token", code="bad_response")

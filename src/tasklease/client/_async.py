@@ -69,9 +69,9 @@ async def arun_flow(
     try:
         request = next(flow)
         while True:
-            request.extensions.setdefault("timeout", client.timeout.as_dict())
             attempt = 0
             while True:
+                request.extensions.setdefault("timeout", client.timeout.as_dict())
                 try:
                     response = await client.send(request)
                 except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -90,7 +90,7 @@ async def arun_flow(
                     if wait is None or (rebind is None and "dpop" in request.headers):
                         break
                 await asyncio.sleep(wait)
-                if rebind is not None and "dpop" in request.headers:
+                if rebind is not None:  # fresh single-use credentials
                     request = rebind(request)
             request = flow.send(response)
     except StopIteration as stop:

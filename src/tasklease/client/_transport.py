@@ -39,15 +39,17 @@ def run_flow(
 ) -> T:
     """Drive a sans-I/O flow through ``client``; network failures become TransportError.
 
-    A 429 or 503, or a connection never made, is tried again as ``retry`` says (with a
-    fresh DPoP proof from ``rebind`` when the request carries one).
+    A 429 or 503, or a connection never made, is tried again as ``retry`` says. Each
+    retry sends ``rebind(request)`` when given: the request with fresh single-use
+    credentials (a DPoP proof, a client assertion). A request with a DPoP proof and no
+    ``rebind`` is not retried.
     """
     try:
         request = next(flow)
         while True:
-            request.extensions.setdefault("timeout", client.timeout.as_dict())
             attempt = 0
             while True:
+                request.extensions.setdefault("timeout", client.timeout.as_dict())
                 try:
                     response = client.send(request)  # reads the body and closes the stream
                 except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -66,7 +68,7 @@ def run_flow(
                     if wait is None or (rebind is None and "dpop" in request.headers):
                         break
                 time.sleep(wait)
-                if rebind is not None and "dpop" in request.headers:
+                if rebind is not None:  # fresh single-use credentials
                     request = rebind(request)
             request = flow.send(response)
     except StopIteration as stop:
