@@ -215,6 +215,48 @@ def test_dpop_agent_proves_its_key_on_every_call(broker: BrokerForTests, dpop_ec
     assert broker.admin().validate_token(token)["valid"] is False  # released
 
 
+def test_each_server_gets_its_own_dpop_nonce(broker: BrokerForTests) -> None:
+    # Would fail if: the key kept one nonce for every server (RFC 9449 section 8: a nonce
+    # is a server's own). Then the nonce of one is sent to the other, refused, and
+    # overwritten: calling two servers in turn costs a refusal and a retry every call.
+    # The two differ in their port only: an origin is scheme, host and port.
+    nonces = {"https://rs.example": "nonce-of-a", "https://rs.example:8443": "nonce-of-b"}
+    seen: list[tuple[str, str | None]] = []
+
+    def servers(request: httpx.Request) -> httpx.Response:
+        origin = f"{request.url.scheme}://{request.url.netloc.decode()}"
+        sent = claims_of(request.headers["DPoP"]).get("nonce")
+        seen.append((origin, sent))
+        wanted = {"DPoP-Nonce": nonces[origin]}
+        if sent != nonces[origin]:
+            refusal = {"WWW-Authenticate": 'DPoP error="use_dpop_nonce"', **wanted}
+            return httpx.Response(401, headers=refusal, json={"error": "use_dpop_nonce"})
+        return httpx.Response(200, headers=wanted, json={})
+
+    with (
+        broker.agent(SCOPE, dpop=True) as agent,
+        httpx.Client(transport=httpx.MockTransport(servers), auth=agent.auth) as http,
+    ):
+        for _ in range(3):
+            for origin in nonces:
+                assert http.get(f"{origin}/api").status_code == 200
+    refused = [(origin, sent) for origin, sent in seen if sent != nonces[origin]]
+    assert refused == [("https://rs.example", None), ("https://rs.example:8443", None)]
+    assert len(seen) == 8
+
+
+def test_a_key_remembers_the_nonces_of_a_bounded_number_of_servers() -> None:
+    key = DPoPKey()
+
+    def answer(url: str, nonce: str) -> httpx.Response:
+        return httpx.Response(200, headers={"DPoP-Nonce": nonce}, request=httpx.Request("GET", url))
+
+    for n in range(65):
+        assert not key.observe(answer(f"https://rs{n}.example/x", f"nonce-{n}"))
+    assert "nonce" not in claims_of(key.proof("GET", "https://rs0.example/y"))  # the oldest
+    assert claims_of(key.proof("GET", "https://RS64.example:443/y"))["nonce"] == "nonce-64"
+
+
 def test_resume_of_a_dpop_agent_needs_its_dpop_key(broker: BrokerForTests) -> None:
     key = nacl.signing.SigningKey.generate()
     first = Agent.register(

@@ -5,8 +5,9 @@ A DPoP-bound agent sends every request with ``Authorization: DPoP <token>`` (whe
 a token) and a ``DPoP`` header: a fresh JWT (``typ: dpop+jwt``, ``alg: EdDSA``, the
 public ``jwk``) whose claims are ``htm`` (method), ``htu`` (URI without query and
 fragment), ``iat``, a unique ``jti``, with a token ``ath`` (its SHA-256), and the
-``nonce`` a server provided (``DPoP-Nonce``): a request refused with ``use_dpop_nonce``
-is resent once with it (RFC 9449 sections 8 and 9). The same
+``nonce`` the request's server provided (``DPoP-Nonce``; each origin's own, RFC 9449
+section 8): a request refused with ``use_dpop_nonce`` is resent once with it (RFC 9449
+sections 8 and 9). The same
 :meth:`DPoPKey.bind` is used by the flows (sync and async alike) and by the ``httpx.Auth``
 for the agent's own calls to resource servers. PyNaCl and the standard library only; the
 encodings and thumbprints are the broker's own (``tasklease.rules``).
@@ -19,7 +20,9 @@ import json
 import os
 import secrets
 import ssl
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
@@ -41,6 +44,11 @@ __all__ = [
 
 T = TypeVar("T")
 Flow = Generator[httpx.Request, httpx.Response, T]
+Origin = tuple[str, str, int | None]
+
+# The servers whose nonces a key remembers: the ones it talks to (a broker, a few
+# resource servers), not every URL it was ever handed. The least recently used goes.
+NONCE_ORIGINS = 64
 
 
 def _compact(data: dict[str, Any]) -> bytes:
@@ -50,6 +58,11 @@ def _compact(data: dict[str, Any]) -> bytes:
 def htu_of(url: httpx.URL) -> str:
     """The request URI as DPoP signs it: scheme, host, port and path (no query/fragment)."""
     return str(url.copy_with(query=None, fragment=None))
+
+
+def origin_of(url: httpx.URL) -> Origin:
+    """Whose nonce a request carries: its scheme, host and port (a default port as None)."""
+    return url.scheme, url.host, url.port
 
 
 class DPoPKey:
@@ -73,32 +86,58 @@ class DPoPKey:
         self.thumbprint = jws.jwk_thumbprint(public_key)
         header = {"typ": DPOP_PROOF_TYPE, "alg": jws.ALGORITHM, "jwk": self.jwk}
         self._header = jws.b64url_encode(_compact(header))
-        # The nonce a server asked for (RFC 9449 sections 8 and 9), sent in every proof.
-        self.nonce: str | None = None
+        # The nonce each server asked for (RFC 9449 sections 8 and 9), by origin: sent in
+        # every proof for that server, and to no other.
+        self._nonces: OrderedDict[Origin, str] = OrderedDict()
+        self._nonces_lock = threading.Lock()
+
+    def nonce_for(self, url: str | httpx.URL) -> str | None:
+        """The nonce the server of ``url`` provided last, if any."""
+        origin = origin_of(httpx.URL(str(url)))
+        with self._nonces_lock:
+            nonce = self._nonces.get(origin)
+            if nonce is not None:
+                self._nonces.move_to_end(origin)
+            return nonce
+
+    def _remember(self, url: httpx.URL, nonce: str) -> None:
+        origin = origin_of(url)
+        with self._nonces_lock:
+            self._nonces[origin] = nonce
+            self._nonces.move_to_end(origin)
+            while len(self._nonces) > NONCE_ORIGINS:
+                self._nonces.popitem(last=False)
 
     def proof(self, method: str, url: str | httpx.URL, token: str | None = None) -> str:
         """A fresh, single-use proof for ``method`` ``url`` (and ``token``, as ``ath``)."""
+        target = httpx.URL(str(url))  # an httpx2.URL too
         claims: dict[str, Any] = {
             "jti": secrets.token_urlsafe(18),
             "htm": method.upper(),
-            "htu": htu_of(httpx.URL(str(url))),  # an httpx2.URL too
+            "htu": htu_of(target),
             "iat": int(self._clock()),
         }
         if token is not None:
             claims["ath"] = access_token_hash(token)
-        if self.nonce is not None:
-            claims["nonce"] = self.nonce
+        nonce = self.nonce_for(target)
+        if nonce is not None:
+            claims["nonce"] = nonce
         signing_input = self._header + "." + jws.b64url_encode(_compact(claims))
         signature = jws.sign_detached(signing_input.encode("ascii"), self.key)
         return signing_input + "." + jws.b64url_encode(signature)
 
     def observe(self, response: httpx.Response) -> bool:
-        """Remember the nonce a response provides (``DPoP-Nonce``); True when the response
-        refused the request for want of it (``use_dpop_nonce``): resend it, re-bound."""
+        """Remember the nonce a response provides (``DPoP-Nonce``) for the server that
+        answered; True when the response refused the request for want of it
+        (``use_dpop_nonce``): resend it, re-bound."""
         nonce = response.headers.get("DPoP-Nonce")
         if not nonce:
             return False
-        self.nonce = nonce
+        try:
+            url = response.request.url
+        except RuntimeError:  # an answer to no request: no server to remember it for
+            return False
+        self._remember(url, nonce)
         if response.status_code not in (400, 401):
             return False
         if 'error="use_dpop_nonce"' in response.headers.get("WWW-Authenticate", ""):
