@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_support import RunningBroker
+from e2e_support import RunningBroker, free_port
 from verify_support import MCP_PORT, MCP_RESOURCE, app_credentials
 
 from tasklease.verify import Verifier
@@ -52,7 +52,7 @@ def test_mcp_server_accepts_its_own_audience_and_refuses_another(
 ) -> None:
     own_app, own_verifier = _server(broker, MCP_RESOURCE)
     own = serve(own_app, MCP_PORT)
-    other_port = MCP_PORT + 1 if MCP_PORT < 65000 else MCP_PORT - 1
+    other_port = free_port()  # not MCP_PORT's neighbour: another run may hold it
     other_resource = f"http://127.0.0.1:{other_port}/mcp"
     other_app, _ = _server(broker, other_resource)  # the broker never mints this audience
     other = serve(other_app, other_port)
