@@ -8,6 +8,7 @@ from tasklease.rules.messages import (
     CHALLENGE_NONCE_BYTES,
     challenge_nonce_bytes,
     heartbeat_signing_input,
+    heartbeat_token_id,
     transcript,
 )
 
@@ -28,6 +29,18 @@ def test_heartbeat_known_answer() -> None:
     assert heartbeat_signing_input("spiffe://td/a", "j1", 1800000000, "p" * 16, False) == (
         b'tasklease-heartbeat-v1\n["spiffe://td/a","j1",1800000000,"pppppppppppppppp",false]'
     )
+
+
+def test_heartbeat_token_id_known_answer() -> None:
+    # A by-reference token: its SHA-256 in hex (its holder cannot read its jti).
+    reference = "tlr_" + "A" * 43
+    assert heartbeat_token_id(reference) == (
+        "76723953834f91e2cf843f976db70ada26f0ac5ccf01370d9dd29c36d833a569"
+    )
+    # A JWS: its jti, read without verification; anything else names no token.
+    jws = "eyJhbGciOiJFZERTQSJ9.eyJqdGkiOiJqMSJ9.c2ln"  # {"alg":"EdDSA"}.{"jti":"j1"}
+    assert heartbeat_token_id(jws) == "j1"
+    assert heartbeat_token_id("tlr_short") == heartbeat_token_id("not a token") == ""
 
 
 def test_challenge_nonce_known_answer() -> None:

@@ -27,7 +27,7 @@ from tasklease.client._flows import (
 )
 from tasklease.rules import jws
 from tasklease.rules.messages import heartbeat_signing_input as heartbeat_message
-from tasklease.rules.messages import transcript
+from tasklease.rules.messages import heartbeat_token_id, transcript
 
 __all__ = [
     "Handshake",
@@ -184,10 +184,10 @@ def heartbeat_flow(
     done: bool = False,
 ) -> Flow[HeartbeatStatus]:
     """One signed heartbeat (``done``: the agent is finished)."""
-    token_jti = str(_ticket_claims(token).get("jti", ""))
+    token_id = heartbeat_token_id(token)  # a JWS's jti, or an opaque token's hash
     timestamp = int(now)
     jti = secrets.token_urlsafe(16)
-    signature = key.sign(heartbeat_message(agent_id, token_jti, timestamp, jti, done)).signature
+    signature = key.sign(heartbeat_message(agent_id, token_id, timestamp, jti, done)).signature
     body = {"timestamp": timestamp, "jti": jti, "signature": _b64(signature), "done": done}
     answer = expect_json(
         (yield json_request("POST", endpoint_url(base_url, "/v1/heartbeat"), body, token))

@@ -14,13 +14,14 @@ anything that is not an active token, whatever the reason (RFC 7662 section 2.2)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
+from dataclasses import replace
 from typing import Any
 
 from tasklease.core.records import ReferenceTokenRecord
 from tasklease.core.tokens import Claims, ClaimsError, claims_from_payload, token_type_of
+from tasklease.rules.messages import reference_hash
 from tasklease.rules.secretshapes import REFERENCE
 
 __all__ = [
@@ -42,10 +43,6 @@ def is_reference_token(token: object) -> bool:
     return isinstance(token, str) and REFERENCE.fullmatch(token) is not None
 
 
-def reference_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
-
-
 def new_reference(claims: Claims, *, clock_skew: int) -> tuple[str, ReferenceTokenRecord]:
     """A fresh opaque token standing for ``claims`` and the record to store."""
     token = REFERENCE_PREFIX + secrets.token_urlsafe(32)
@@ -60,7 +57,7 @@ def new_reference(claims: Claims, *, clock_skew: int) -> tuple[str, ReferenceTok
 
 
 def claims_from_reference(record: ReferenceTokenRecord) -> Claims:
-    """The typed claims a stored by-reference token stands for.
+    """The typed claims a stored by-reference token stands for (``reference``: its hash).
 
     Raises:
         ClaimsError: the stored claims are not a well-formed claim set.
@@ -71,7 +68,7 @@ def claims_from_reference(record: ReferenceTokenRecord) -> Claims:
         raise ClaimsError("stored claims are not JSON") from None
     if not isinstance(payload, dict):
         raise ClaimsError("stored claims are not an object")
-    return claims_from_payload(record.kind, payload)
+    return replace(claims_from_payload(record.kind, payload), reference=record.token_hash)
 
 
 def introspection_response(claims: Claims) -> dict[str, Any]:

@@ -6,7 +6,8 @@ when it last proved it is alive, how often it resumed after a crash, and its sta
 
 * **Heartbeat** (``POST /v1/heartbeat``): the agent presents its bearer token *and* a
   fresh Ed25519 signature by its registered key over :func:`heartbeat_signing_input`
-  (domain-separated; binds the agent, the presented token's ``jti``, a timestamp within
+  (domain-separated; binds the agent, the presented token - its ``jti``, or a
+  by-reference token's hash, which its holder can compute - a timestamp within
   the clock skew and a single-use proof ``jti``). A stolen bearer token alone cannot keep
   a dead agent alive. The first heartbeat opts the agent in to supervision (with
   ``heartbeat_required`` every agent is supervised from registration). ``done`` declares
@@ -133,7 +134,10 @@ class Liveness(Service):
                 Unauthorized("heartbeat proof verification failed"),
                 replace(base, detail=f"heartbeat timestamp {timestamp} outside the clock skew"),
             )
-        message = heartbeat_signing_input(claims.sub, claims.jti, timestamp, proof_jti, finished)
+        # The presented token as its holder names it (rules.messages.heartbeat_token_id):
+        # a by-reference token by the hash it was looked up by, a JWS by its jti.
+        token_id = claims.reference or claims.jti
+        message = heartbeat_signing_input(claims.sub, token_id, timestamp, proof_jti, finished)
         if not jws.verify_detached(message, sig, VerifyKey(agent.public_key)):
             raise self._kernel.deny(
                 Unauthorized("heartbeat proof verification failed"),

@@ -149,6 +149,9 @@ class Claims:
     # Structured grants besides ``scope`` (RFC 9396 ``authorization_details``, as
     # ``rules.grants`` checks them); () for a token with scopes only.
     details: tuple[Mapping[str, Any], ...] = ()
+    # For a by-reference token, the SHA-256 it was presented and looked up by
+    # (``rules.messages.reference_hash``); "" for a signed token. Not a claim.
+    reference: str = ""
 
     @property
     def depth(self) -> int:

@@ -14,8 +14,12 @@ and the SDK signs nothing else for it (:func:`challenge_nonce_bytes`): whoever a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+
+from tasklease.rules import jws
+from tasklease.rules.secretshapes import REFERENCE
 
 __all__ = [
     "CHALLENGE_NONCE_BYTES",
@@ -24,7 +28,9 @@ __all__ = [
     "OPERATOR_CONTEXT",
     "challenge_nonce_bytes",
     "heartbeat_signing_input",
+    "heartbeat_token_id",
     "operator_sign_in_input",
+    "reference_hash",
     "transcript",
 ]
 
@@ -83,11 +89,37 @@ def heartbeat_signing_input(
     """The exact bytes an agent signs for ``POST /v1/heartbeat``.
 
     ``"tasklease-heartbeat-v1\\n" || JSON [agent_id, token_jti, timestamp, proof_jti,
-    done]`` (compact, UTF-8): ``token_jti`` is the presented token's ``jti``,
-    ``proof_jti`` a fresh single-use value.
+    done]`` (compact, UTF-8): ``token_jti`` names the presented token
+    (:func:`heartbeat_token_id`): a signed (JWS) token's ``jti``, or, for a by-reference
+    (``tlr_``) token, whose ``jti`` its holder cannot read, the token's SHA-256 in
+    lowercase hex (:func:`reference_hash`, what the broker stores it by). ``proof_jti`` is
+    a fresh single-use value. A JWS token's message is as it always was; the two forms
+    never meet (a ``jti`` the broker mints is 32 hex characters, a hash 64).
     """
     body = json.dumps([agent_id, token_jti, timestamp, proof_jti, done], separators=(",", ":"))
     return HEARTBEAT_CONTEXT + body.encode("utf-8")
+
+
+def reference_hash(token: str) -> str:
+    """The SHA-256 (lowercase hex) of a by-reference token: the key the broker stores it
+    by, and what a heartbeat names it by (:func:`heartbeat_signing_input`)."""
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def heartbeat_token_id(token: str) -> str:
+    """The ``token_jti`` of :func:`heartbeat_signing_input` for the presented ``token``, as
+    its holder computes it: :func:`reference_hash` of a by-reference token; the ``jti`` of
+    a JWS, read without verification (the broker verifies the token); ``""`` for anything
+    else (the broker refuses such a heartbeat). The broker compares it with the ``jti`` of
+    the token it verified, or the hash it looked a by-reference token up by."""
+    if REFERENCE.fullmatch(token) is not None:
+        return reference_hash(token)
+    try:
+        _, claims = jws.decode_unverified(token)
+    except jws.JWSError:
+        return ""
+    jti = claims.get("jti")
+    return jti if isinstance(jti, str) else ""
 
 
 def operator_sign_in_input(name: str, nonce: str) -> bytes:

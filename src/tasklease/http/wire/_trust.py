@@ -263,7 +263,9 @@ OPERATIONS = (
         "Prove the agent is alive (or declare it done)",
         "The agent signs, with its registered key, "
         '`"tasklease-heartbeat-v1\\n" || JSON [agent_id, token_jti, timestamp, jti, done]` '
-        "(`token_jti` is the presented token's `jti`; `timestamp` within the clock skew; "
+        "(`token_jti` names the presented token: its `jti`, or for a by-reference `tlr_` "
+        "token, whose `jti` its holder cannot read, the token's SHA-256 in lowercase hex; "
+        "`timestamp` within the clock skew; "
         "`jti` single-use). The first heartbeat puts the agent under supervision: once its "
         "last heartbeat is older than `heartbeat_interval` x `heartbeat_misses` the broker "
         "revokes it at level `agent` (its tokens and every token delegated from it; audit "
