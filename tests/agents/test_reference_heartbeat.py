@@ -108,3 +108,22 @@ def test_a_jws_heartbeat_message_is_unchanged() -> None:
     assert heartbeat_signing_input("spiffe://td/a", "j1", 1800000000, "p" * 16, False) == (
         b'tasklease-heartbeat-v1\n["spiffe://td/a","j1",1800000000,"pppppppppppppppp",false]'
     )
+
+
+def test_a_resumed_agent_gets_a_reference_token_as_its_registration_did(env: Env) -> None:
+    key = SigningKey.generate()
+    first = Agent.register(
+        env.url, env.launch(SCOPE), "orch-1", "task-r", SCOPE, key=key, clock=env.clock
+    )
+    assert first.token.startswith("tlr_")
+    agent_id = first.agent_id
+    first.close()  # "crashes" without releasing
+    resumed = Agent.resume(env.url, agent_id, key, SCOPE, clock=env.clock)
+    try:
+        assert resumed.token.startswith("tlr_")
+        assert env.validate(resumed.token)["sub"] == agent_id  # type: ignore[index]
+        issued = [e for e in env.audit("token_issued") if e.agent_id == agent_id]
+        assert "(resume)" in issued[-1].detail and "by_reference=true" in issued[-1].detail
+        assert resumed.heartbeat().status == "alive"
+    finally:
+        resumed.close()

@@ -312,6 +312,8 @@ class Renewal(Service):
             agent_key=agent.public_key,
             cnf=cnf or None,
         )
+        # Too large a token is issued by reference, as at registration and renewal.
+        token, reference = size_adapted(token, claims, cfg, self._metrics)
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if not tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew):
@@ -320,6 +322,8 @@ class Renewal(Service):
             if current.state != "active" or current.resumes != session.resumes:
                 raise Unauthorized(_REFUSED, reason="concurrent resume or session ended")
             tx.put_agent_session(replace(current, resumes=issuance.renewals, last_heartbeat=now))
+            if reference is not None:
+                tx.insert_reference_token(reference)
             ids = replace(
                 base,
                 outcome="success",
@@ -336,7 +340,8 @@ class Renewal(Service):
                 replace(
                     ids,
                     event_type="token_issued",
-                    detail=f"Token issued, jti={claims.jti}, ttl={issuance.ttl(iat)} (resume)",
+                    detail=f"Token issued, jti={claims.jti}, ttl={issuance.ttl(iat)} (resume)"
+                    f"{binding_suffix(claims, reference)}",
                 ),
             ]
 
