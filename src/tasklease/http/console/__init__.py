@@ -26,7 +26,7 @@ from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, Router
 
 from tasklease.core.auditformat import verify_chain
 from tasklease.core.broker import Broker, RequestContext
@@ -602,7 +602,9 @@ def console_routes(
     ]
     return [
         Route("/console", home, methods=["GET"], include_in_schema=False),
-        Mount("/console", routes=routes),
+        # A Router of its own: ``Mount(routes=...)`` makes one that redirects a trailing
+        # slash away, naming whatever host the request's ``Host`` header gave.
+        Mount("/console", app=Router(routes=routes, redirect_slashes=False)),
     ]
 
 
