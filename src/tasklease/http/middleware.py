@@ -5,7 +5,8 @@
 - ``X-Request-ID``: echoed when the caller sent a sane one (at most 128 characters of
   ``[A-Za-z0-9._:-]``, not shaped like one of our credentials), otherwise 16 random hex
   characters; stored in the ASGI scope.
-- Security headers on every response, 413s included.
+- Security headers on every response, 413s included; ``Cache-Control: no-store`` and
+  ``Pragma: no-cache`` unless the handler set a cache policy of its own.
 - Body limit: the body is read eagerly through a cap (1 MiB by default); a larger body,
   declared or streamed, gets a 413 problem before any route runs.
 - Nesting limit: a body that is not a form and nests deeper than :data:`MAX_JSON_DEPTH`
@@ -61,6 +62,9 @@ _BASE_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
 ]
+# With the envelope's ``no-store``, never beside a handler's own policy: RFC 6749 section
+# 5.1 wants both on any answer holding tokens, credentials or other sensitive information.
+_PRAGMA = (b"pragma", b"no-cache")
 _HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
 _FORM = b"application/x-www-form-urlencoded"
 
@@ -242,6 +246,8 @@ class EnvelopeMiddleware:
                 present = {name.lower() for name, _ in headers}
                 # A handler may set its own policy (the JWKS is cacheable); keep it.
                 headers.extend(h for h in extra if h[0] not in present)
+                if b"cache-control" not in present and b"pragma" not in present:
+                    headers.append(_PRAGMA)
                 message["headers"] = headers
             await send(message)
 
