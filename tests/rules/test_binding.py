@@ -94,3 +94,12 @@ def test_certificate_binding_and_presented_thumbprints() -> None:
     assert refusal({"x5t#S256": x5t}, "t", Presentation(cert_thumbprint="x" * 43), dpop) == (
         "certificate-bound token presented with another certificate"
     )
+
+
+def test_a_proof_iat_no_float_holds_is_outside_the_window() -> None:
+    """An exact JSON integer beyond a float's range is refused as out of the window, not
+    raised as an arithmetic error the caller would not turn into a refusal."""
+    for iat in (10**400, -(10**400)):
+        key = DPoPKey(clock=lambda iat=iat: iat)  # type: ignore[misc]
+        with pytest.raises(BindingError, match="acceptance window"):
+            DPoPVerifier(60).verify(key.proof("POST", URL), htm="POST", htu=URL, now=NOW)

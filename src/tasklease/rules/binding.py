@@ -539,7 +539,10 @@ class DPoPVerifier:
         raw_iat = claims.get("iat")
         if type(raw_iat) is not int and type(raw_iat) is not float:  # bool is not int here
             raise DPoPProofError("DPoP proof iat missing")
-        iat = float(raw_iat)
+        try:
+            iat = float(raw_iat)
+        except OverflowError:  # an integer no float holds: far outside any window
+            raise DPoPProofError("DPoP proof iat outside the acceptance window") from None
         # Acceptable strictly inside the window: at ``iat + window`` (``retain`` later, by
         # a clock that far ahead) the replay ledger forgets the proof
         # (``DPoPProof.expires_at``), so it must be refused from then on.
