@@ -63,3 +63,40 @@ def test_a_dpop_proof_iat_out_of_float_range_is_an_audited_refusal(
         kit.ctx, dpop=_proof(SigningKey.generate(), htu=url, iat=iat), method="POST", url=url
     )
     _refused_once(broker, lambda: broker.register(**{**args, "ctx": ctx}))
+
+
+def _assertion(key: SigningKey, client_id: str, audience: str, **times: int) -> str:
+    claims = {"iss": client_id, "sub": client_id, "aud": audience, "jti": secrets.token_hex(8)}
+    return _signed({"alg": "EdDSA", "typ": "JWT"}, {**claims, **times}, key)
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"exp": HUGE},
+        {"exp": 60, "iat": -HUGE},
+        {"exp": 60, "nbf": HUGE},
+    ],
+    ids=["exp", "iat", "nbf"],
+)
+def test_a_client_assertion_time_out_of_float_range_is_an_audited_refusal(
+    broker: Any, kit: Any, times: dict[str, int]
+) -> None:
+    key = SigningKey.generate()
+    app, _ = broker.register_app(
+        kit.admin(broker).claims,
+        name="signer",
+        scopes=["read:data:*"],
+        token_ttl=None,
+        ctx=kit.ctx,
+        public_key=jws.b64url_encode(bytes(key.verify_key)),
+    )
+    now = int(broker.clock.now())
+    relative = {k: v if abs(v) == HUGE else now + v for k, v in times.items()}
+    assertion = _assertion(key, app.client_id, broker.config.issuer, **relative)
+    _refused_once(
+        broker,
+        lambda: broker.app_auth_assertion(
+            assertion, kit.ctx, client_id=app.client_id, audiences=(broker.config.issuer,)
+        ),
+    )

@@ -141,9 +141,16 @@ def _number(claims: dict[str, Any], name: str, *, required: bool) -> float | Non
     value = claims.get(name)
     if value is None and not required:
         return None
-    if (type(value) is not int and type(value) is not float) or not math.isfinite(value):
-        raise AssertionRefused(f"{name} {'missing or ' if required else ''}not a number")
-    return float(value)
+    refused = AssertionRefused(f"{name} {'missing or ' if required else ''}not a number")
+    if type(value) is not int and type(value) is not float:
+        raise refused
+    try:
+        number = float(value)
+    except OverflowError:  # an exact JSON integer no float holds
+        raise refused from None
+    if not math.isfinite(number):
+        raise refused
+    return number
 
 
 def check_assertion(
