@@ -17,6 +17,9 @@ from nacl.signing import SigningKey
 
 from tasklease.core.errors import TaskleaseError
 from tasklease.rules import jws
+from tasklease.rules.messages import heartbeat_signing_input
+
+from .conftest import b64
 
 HUGE = 10**400  # an exact JSON integer; float(HUGE) overflows
 
@@ -98,5 +101,25 @@ def test_a_client_assertion_time_out_of_float_range_is_an_audited_refusal(
         broker,
         lambda: broker.app_auth_assertion(
             assertion, kit.ctx, client_id=app.client_id, audiences=(broker.config.issuer,)
+        ),
+    )
+
+
+@pytest.mark.parametrize("timestamp", [HUGE, -HUGE], ids=["huge", "huge_negative"])
+def test_a_heartbeat_timestamp_out_of_float_range_is_an_audited_refusal(
+    broker: Any, kit: Any, timestamp: int
+) -> None:
+    agent = kit.register(broker)
+    proof = "p" * 20
+    message = heartbeat_signing_input(agent.sub, agent.claims.jti, timestamp, proof, False)
+    _refused_once(
+        broker,
+        lambda: broker.heartbeat(
+            agent.claims,
+            timestamp=timestamp,
+            jti=proof,
+            signature=b64(agent.key.sign(message).signature),
+            done=False,
+            ctx=kit.ctx,
         ),
     )

@@ -129,7 +129,8 @@ class Liveness(Service):
             raise self._kernel.deny(
                 Forbidden("agent is not active"), replace(base, detail=f"heartbeat refused: {why}")
             )
-        if abs(now - timestamp) > cfg.clock_skew:
+        # Compared, never subtracted: an integer no float holds is out of the skew too.
+        if not now - cfg.clock_skew <= timestamp <= now + cfg.clock_skew:
             raise self._kernel.deny(
                 Unauthorized("heartbeat proof verification failed"),
                 replace(base, detail=f"heartbeat timestamp {timestamp} outside the clock skew"),
