@@ -288,3 +288,22 @@ def test_scope_intersection_is_the_meet_of_two_ceilings() -> None:
         assert scope_rules.is_subset(requested, meet) == (
             scope_rules.is_subset(requested, a) and scope_rules.is_subset(requested, b)
         )
+
+
+# Would fail if: a time claim no float holds raised OverflowError (an internal error, no
+# audited refusal) instead of refusing the evidence, as ``math.isfinite`` on it did.
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+def test_an_evidence_time_no_float_holds_is_refused(name: str) -> None:
+    from tasklease.core.attestors._jwt import check_claims
+
+    claims = {"iss": "https://issuer.example", "aud": "tasklease", "exp": 2_000_000_000}
+    claims[name] = 10**400
+    with pytest.raises(AttestationRefused, match=f"claim {name} missing or not a number"):
+        check_claims(
+            claims,
+            issuer="https://issuer.example",
+            audience="tasklease",
+            now=1_900_000_000.0,
+            skew=30,
+            max_age=300,
+        )

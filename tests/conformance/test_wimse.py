@@ -185,6 +185,27 @@ def test_wimse_wpt_s2_interoperates_with_an_independent_library(
     assert decoded.header["typ"] == "wpt+jwt" and decoded.claims["wth"] == token_hash(wit)
 
 
+# Would fail if: an exp no float holds raised OverflowError (an error of the verifier, not
+# a refused proof), as ``exp - now`` did.
+@pytest.mark.filterwarnings("ignore::joserfc.errors.SecurityWarning")  # RFC 9864's name
+def test_wimse_wpt_s2_an_exp_no_float_holds_is_refused_as_too_far(
+    kit: Kit, issued: tuple[Agent, str]
+) -> None:
+    agent, wit = issued
+    jwk = parts(wit)[1]["cnf"]["jwk"]
+    private = OKPKey.import_key({**jwk, "d": b64url(bytes(agent.signing_key))})
+    claims = {
+        "aud": TARGET,
+        "exp": 10**400,
+        "jti": b64url(b"fedcba9876543210"),
+        "wth": token_hash(wit),
+        "ath": token_hash(agent.token),
+    }
+    theirs = joserfc_jwt.encode({"alg": "EdDSA", "typ": "wpt+jwt"}, claims, private, ["EdDSA"])
+    with pytest.raises(WorkloadProofError, match="far in the future"):
+        _verify(kit, agent, wit, theirs)
+
+
 def test_wimse_wpt_s2_a_peer_checks_token_wit_and_proof_together(
     kit: Kit, issued: tuple[Agent, str]
 ) -> None:

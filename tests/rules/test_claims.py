@@ -22,6 +22,7 @@ from tasklease.rules.claims import (
     check_time,
     delegation_chain_of,
     holder_of,
+    is_expired,
     lineage_of,
     well_formed_cnf,
 )
@@ -318,3 +319,11 @@ def test_lineage_limit_is_the_brokers() -> None:
         claims_from_payload("at+jwt", {**base, "lineage": ids})
     with pytest.raises(ClaimRejected):
         lineage_of(ids)
+
+
+# Would fail if: an exp no float holds met a verifier's float leeway by addition, which
+# raises OverflowError instead of answering.
+def test_an_exp_no_float_holds_is_compared_under_any_leeway() -> None:
+    assert not is_expired(10**400, 1_900_000_000.0, 0.5)
+    assert is_expired(-(10**400), 1_900_000_000.0, 0.5)
+    assert is_expired(100, 100.0) and not is_expired(101, 100.0)

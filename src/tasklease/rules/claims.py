@@ -344,7 +344,7 @@ def check_act(token: ClaimSet, payload: Mapping[str, Any], max_depth: int) -> tu
 def is_expired(exp: int, now: float, leeway: float = 0) -> bool:
     """A token, proof or receipt is dead from the instant of its ``exp`` (plus ``leeway``,
     which only a verifier configured for bad clocks sets; the broker never)."""
-    return now >= exp + leeway
+    return now - leeway >= exp  # never exp + leeway: no float holds every JSON integer
 
 
 def check_time(token: ClaimSet, now: float, skew: float, exp_leeway: float = 0) -> None:

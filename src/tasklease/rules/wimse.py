@@ -277,7 +277,7 @@ def verify_wpt(
     exp = claims.get("exp")
     if type(exp) is not int or is_expired(exp, now):
         raise WorkloadProofError("WPT expired or without exp")
-    if exp - now > WPT_MAX_TTL:
+    if exp > now + WPT_MAX_TTL:  # compared, never subtracted: no float holds every int
         raise WorkloadProofError("WPT expires unreasonably far in the future")
     if claims.get("wth") != token_hash(wit):
         raise WorkloadProofError("WPT wth does not match the WIT")

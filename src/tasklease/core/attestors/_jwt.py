@@ -349,9 +349,16 @@ def _numeric(claims: Mapping[str, Any], name: str, required: bool) -> float | No
     value: Any = claims.get(name)
     if value is None and not required:
         return None
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise AttestationRefused(f"claim {name} missing or not a number", "evidence")
-    return float(value)
+    refused = AttestationRefused(f"claim {name} missing or not a number", "evidence")
+    if type(value) not in (int, float):
+        raise refused
+    try:
+        number = float(value)
+    except OverflowError:  # an exact JSON integer no float holds
+        raise refused from None
+    if not math.isfinite(number):
+        raise refused
+    return number
 
 
 def verify_with_refresh(
