@@ -185,12 +185,12 @@ def test_wimse_wpt_s2_interoperates_with_an_independent_library(
     assert decoded.header["typ"] == "wpt+jwt" and decoded.claims["wth"] == token_hash(wit)
 
 
-# Would fail if: an exp no float holds raised OverflowError (an error of the verifier, not
-# a refused proof), as ``exp - now`` did.
 @pytest.mark.filterwarnings("ignore::joserfc.errors.SecurityWarning")  # RFC 9864's name
 def test_wimse_wpt_s2_an_exp_no_float_holds_is_refused_as_too_far(
     kit: Kit, issued: tuple[Agent, str]
 ) -> None:
+    """wpt §2: an `exp` unreasonably far in the future is refused, even one no float holds
+    (it raised OverflowError, an error of the verifier rather than a refused proof)."""
     agent, wit = issued
     jwk = parts(wit)[1]["cnf"]["jwk"]
     private = OKPKey.import_key({**jwk, "d": b64url(bytes(agent.signing_key))})
