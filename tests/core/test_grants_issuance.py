@@ -547,3 +547,35 @@ def test_a_refused_grant_type_change_names_its_one_audit_event(broker: Any, kit:
         assert event.outcome == "denied"
         assert event.detail.endswith(f"denial={refusal.denial_id}")
         assert f"by={admin.sub}" in event.detail
+
+
+@pytest.mark.parametrize(
+    "value", [10**400, -(10**400), 2**53], ids=["huge", "huge_negative", "past_exact"]
+)
+def test_a_grant_integer_no_float_holds_is_refused_as_malformed(
+    broker: Any, kit: Any, value: int
+) -> None:
+    """JSON integers are read exactly: a value of 400 digits checked against a type's
+    ``multipleOf`` of a float overflowed in the schema check (a 500 on registration,
+    delegation and narrowing). A grant's integers are those every JSON reader holds."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "type": {"const": "charge"},
+            "amount": {"type": "number", "multipleOf": 0.01},
+        },
+    }
+    broker.grant_types.add(
+        kit.admin(broker).claims,
+        name="charge",
+        schema=schema,
+        narrowing={"amount": "at_most"},
+        ctx=kit.ctx,
+    )
+    lt = launch(broker, kit, [{"type": "charge", "amount": 2**53 - 1}])
+    with pytest.raises(InvalidAuthorizationDetails, match="amount"):
+        register(broker, kit, lt, [{"type": "charge", "amount": value}])
+    limits = {"allowed_values": {"account": [value]}}
+    with pytest.raises(InvalidAuthorizationDetails, match="account"):
+        register(broker, kit, lt, [{"type": "charge", "amount": 1, "limits": limits}])
+    assert register(broker, kit, lt, [{"type": "charge", "amount": 100}]).claims.details

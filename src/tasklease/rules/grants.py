@@ -83,6 +83,10 @@ MAX_DETAILS = 32
 MAX_LIST = 64
 MAX_TEXT = 512
 MAX_CALLS = 1_000_000_000
+# The integers every JSON reader holds exactly (I-JSON, RFC 7493 section 2.2). A grant's
+# value past them is refused: a float holds no integer of 400 digits, so a type's schema
+# check (``multipleOf``) or a verifier that reads numbers as floats could not compare it.
+MAX_EXACT_INT = 2**53 - 1
 NARROWING_OPERATORS = ("equal", "subset", "at_most", "at_least", "prefix")
 
 _TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:/-]{0,127}")
@@ -224,13 +228,19 @@ def parse_limits(raw: object, where: str = "limits") -> dict[str, Any]:
     return out
 
 
+def _exact(value: int, where: str) -> int:
+    if not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+        raise GrantError(f"{where} must be an integer from -(2**53 - 1) to 2**53 - 1")
+    return value
+
+
 def _values(value: object, where: str) -> list[Any]:
     if not isinstance(value, list) or not value or len(value) > MAX_LIST:
         raise GrantError(f"{where} must be a list of 1 to {MAX_LIST} strings or integers")
     out: dict[Any, None] = {}
     for item in value:
         if type(item) is int:
-            out[item] = None
+            out[_exact(item, f"{where}[]")] = None
         else:
             out[_text(item, f"{where}[]")] = None
     return list(out)
@@ -290,8 +300,10 @@ def parse_detail(raw: object, where: str = "authorization_details[]") -> dict[st
 def _json_value(value: object, where: str, depth: int) -> Any:
     if depth > 4:
         raise GrantError(f"{where} is nested too deeply")
-    if value is None or isinstance(value, bool) or type(value) is int:
+    if value is None or isinstance(value, bool):
         return value
+    if type(value) is int:
+        return _exact(value, where)
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             raise GrantError(f"{where} must be a finite number")
