@@ -551,3 +551,43 @@ def test_an_offline_leaf_never_spends_a_budget_it_names_by_jti(
     # Neither the victim's delegated budget nor mallory's own was touched.
     assert [count(handed.token).remaining for _ in range(2)] == [1, 0]
     assert count(mallory.token).remaining == 1
+
+
+def test_a_block_exp_no_float_holds_is_a_refused_report_not_an_error(
+    broker: Broker, kit: type[Kit]
+) -> None:
+    """A block's times are read exactly: ``exp`` of 400 digits overflowed when the report's
+    window was computed (before the chain is verified), failing the whole batch with no
+    denial. Such a block is malformed: its report is refused with its own audited denial,
+    and the rest of the batch is kept."""
+    alice = kit.register(broker, scope=("read:data:*",))
+    now = int(broker.clock.now())
+    fields = {
+        "sub": alice.sub + "/bob",
+        "key": jws.b64url_encode(bytes(alice.key.verify_key)),
+        "jti": secrets.token_hex(16),
+        "depth": 1,
+        "exp": 10**400,
+        "iat": now,
+    }
+    payload = fmt.canonical_json(fields)
+    forged = fmt.PREFIX + alice.token + "~" + fmt.sign_block(alice.token, payload, alice.key)
+    good = derive(
+        alice.token,
+        alice.key,
+        delegate=alice.sub + "/carol",
+        delegate_key=bytes(SigningKey.generate().verify_key),
+        now=now,
+        ttl=60,
+    )
+    outcome = broker.offline_audit.report(
+        alice.claims,
+        derivations=[DerivationReport(forged), DerivationReport(good)],
+        uses=[],
+        ctx=CTX,
+    )
+    assert outcome.accepted == 1
+    (refusal,) = outcome.refused
+    assert refusal.index == 0 and refusal.error == "invalid_request" and refusal.denial_id
+    denied = [e for e in _events(broker, "offline_report_denied") if refusal.denial_id in e.detail]
+    assert len(denied) == 1

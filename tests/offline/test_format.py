@@ -149,6 +149,8 @@ def test_a_payload_that_is_not_canonical_or_has_unknown_members_is_refused() -> 
         (_payload_text({**fields, "extra": 1}), "members"),
         (_payload_text({k: v for k, v in fields.items() if k != "jti"}), "members"),
         (_payload_text({**fields, "exp": True}), "integer"),
+        (_payload_text({**fields, "exp": 10**400}), "exp out of range"),
+        (_payload_text({**fields, "iat": fmt.MAX_SECONDS + 1}), "iat out of range"),
         (_payload_text({**fields, "key": "AAAA"}), "key"),
         (_payload_text({**fields, "depth": 0}), "depth"),
         (_payload_text({**fields, "sub": "has space"}), "sub"),

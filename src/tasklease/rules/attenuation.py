@@ -52,6 +52,7 @@ __all__ = [
     "DOMAIN",
     "MAX_BLOCKS",
     "MAX_CHAIN_BYTES",
+    "MAX_SECONDS",
     "PREFIX",
     "Block",
     "ChainError",
@@ -73,6 +74,10 @@ SEPARATOR = "~"
 MAX_CHAIN_BYTES = 4096
 """The largest chain accepted or produced (the access-token cap of docs/security.md)."""
 MAX_BLOCKS = 8
+MAX_SECONDS = 253_402_300_799
+"""The latest ``exp`` or ``iat`` of a block: the last second of year 9999, the last an RFC
+3339 time names. JSON integers are read exactly: a time past every float (``10**400``)
+would fail whoever adds to it or formats it, rather than be refused."""
 """The most blocks a chain may carry (the delegation depth limit bounds it further)."""
 DOMAIN = b"tasklease-attenuation-v1\x00"
 """Domain separation of a block's signing input: no other signature can be read as one."""
@@ -332,6 +337,9 @@ def _parse_payload(payload: bytes) -> dict[str, Any]:
     for name in ("exp", "iat", "depth"):
         if type(raw[name]) is not int or raw[name] < 0:  # bool is not int here
             raise ChainError(f"{name} not a non-negative integer")
+    for name in ("exp", "iat"):
+        if raw[name] > MAX_SECONDS:
+            raise ChainError(f"{name} out of range")
     if not 1 <= raw["depth"] <= 64:
         raise ChainError("depth out of range")
     return {
