@@ -4,6 +4,7 @@ fixes: a removed app is not removed twice, a revocation's audit event names its 
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -61,6 +62,16 @@ def test_cursor_round_trip_and_refusal() -> None:
     for bad in ("e30", "WzEsMl0", "!!", encode_cursor((1.0, "a"))[:-2] + "zz"):
         with pytest.raises(InvalidRequest):
             decode_cursor(bad)
+
+
+@pytest.mark.parametrize("number", ["1" + "0" * 400, "-1" + "0" * 400, "NaN", "Infinity"])
+def test_a_cursor_number_no_float_holds_is_malformed(number: str) -> None:
+    # A cursor is caller text read exactly: an integer of 400 digits made the finiteness
+    # check overflow (a 500 on the listing routes) instead of a 400.
+    raw = f'[{number},"x"]'.encode()
+    cursor = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    with pytest.raises(InvalidRequest, match="cursor is malformed"):
+        decode_cursor(cursor)
 
 
 def test_delegation_tree_chain_and_states(broker: Any, kit: Any, fleet: list[Any]) -> None:

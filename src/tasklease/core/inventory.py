@@ -90,8 +90,9 @@ def decode_cursor(cursor: str | None) -> tuple[float, str] | None:
     if (
         not isinstance(number, int | float)
         or isinstance(number, bool)
-        or not math.isfinite(number)
-        or abs(number) > _CURSOR_NUMBER  # times and sequence numbers: never near it
+        # times and sequence numbers: never near it; NaN fails the comparison, and an
+        # integer no float holds is compared, never converted
+        or not abs(number) <= _CURSOR_NUMBER
         or not isinstance(text, str)
         or len(text) > _CURSOR_TEXT
         or not _encodable(text)
