@@ -16,6 +16,7 @@ from tasklease.rules.binding import (
     cert_thumbprint,
     check_binding,
     presented_thumbprint,
+    url_path,
 )
 
 NOW = 1_800_000_000.0
@@ -103,3 +104,19 @@ def test_a_proof_iat_no_float_holds_is_outside_the_window() -> None:
         key = DPoPKey(clock=lambda iat=iat: iat)  # type: ignore[misc]
         with pytest.raises(BindingError, match="acceptance window"):
             DPoPVerifier(60).verify(key.proof("POST", URL), htm="POST", htu=URL, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("decoded", "written"),
+    [
+        ("/files/a b", "/files/a%20b"),
+        ("/files/a%20b", "/files/a%2520b"),  # a literal "%" is no encoding
+        ("/files/a?/../b#c\\d", "/files/a%3F/../b%23c%5Cd"),
+        ("/files/\u00e9", "/files/%C3%A9"),
+        ("/t/acme/v1/token:x@y;z", "/t/acme/v1/token:x@y;z"),
+    ],
+)
+def test_a_request_path_is_named_as_its_url_writes_it(decoded: str, written: str) -> None:
+    # The URI a DPoP proof must name, broker and resource servers alike: two requests
+    # for two resources never share one.
+    assert url_path(decoded) == written

@@ -142,3 +142,14 @@ def test_the_root_path_is_counted_once() -> None:
     assert _call("/api/x", token, _proof(token, f"{ORIGIN}/api/x", "p5"), root_path="/api") == 200
     other = _proof(token, f"{ORIGIN}/api/api/x", "p6")
     assert _call("/api/x", token, other, root_path="/api") == 401
+
+
+def test_a_percent_sign_in_the_path_is_not_read_as_an_encoding() -> None:
+    # GET /files/a%2520b arrives as the ASGI path "/files/a%20b" (the file "a%20b"): a
+    # proof for /files/a%20b (the file "a b") does not name that URL.
+    token = _token()
+    assert _call("/files/a%20b", token, _proof(token, f"{ORIGIN}/files/a%20b", "p7")) == 401
+    # The URL of the file "a b", as a client writes it, is accepted; so is the other's.
+    assert _call("/files/a b", token, _proof(token, f"{ORIGIN}/files/a%20b", "p8")) == 200
+    assert _call("/files/a%20b", token, _proof(token, f"{ORIGIN}/files/a%2520b", "p9")) == 200
+    assert _call("/files/\u00e9", token, _proof(token, f"{ORIGIN}/files/%C3%A9", "p10")) == 200

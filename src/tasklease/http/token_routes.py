@@ -54,8 +54,9 @@ def _origin(scheme: str, host: str, port: int | None) -> str | None:
 def request_path(scope: MutableMapping[str, Any]) -> str:
     """The request's path as its URL gives it (``request.url.path``), without building the
     URL: the ASGI path (the mount's prefix included) with ``?``, ``#`` and ``\\``
-    percent-encoded, as the URL writes them."""
-    return url_path(scope["path"])
+    percent-encoded, as the URL writes them. What the audit trail records; a DPoP proof
+    names the path encoded as the client wrote it (``rules.binding.url_path``)."""
+    return str(scope["path"]).replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
 
 
 class RequestURI:
@@ -103,7 +104,9 @@ class RequestURI:
 
     def htu(self, request: Request, proof: str) -> str:
         """The URI ``proof`` must name for ``request`` ("" when no origin is known)."""
-        return expected_htu(self.origins(request.scope), request_path(request.scope), proof)
+        return expected_htu(
+            self.origins(request.scope), url_path(str(request.scope["path"])), proof
+        )
 
 
 async def parse_token_request(request: Request) -> wire.TokenRequest:

@@ -35,7 +35,7 @@ import ssl
 import threading
 from collections.abc import Sequence, Sized
 from typing import Any, NamedTuple, Protocol, runtime_checkable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from tasklease.rules import jws
 
@@ -247,13 +247,20 @@ def claimed_htu(proof: str) -> str | None:
     return normalize_htu(payload.get("htu")) if isinstance(payload, dict) else None
 
 
+# What a URL's path may hold as it is (RFC 3986 section 3.3: pchar and "/"); anything
+# else, "%" included, is percent-encoded (UTF-8) as a client writes it.
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
+
+
 def url_path(path: str) -> str:
     """The path of a request's URL from its ASGI ``path`` (decoded, a mount's or proxy's
-    ``root_path`` already included): ``?``, ``#`` and ``\\`` percent-encoded, as the URL
-    writes them (Starlette's ``request.url.path``). Left decoded, ``/a?/b`` would name the
-    URI ``/a`` (query ``/b``) to :func:`normalize_htu`, and a proof for ``/a`` would pass
-    for it. What :func:`expected_htu` is given, at the broker and at a resource server."""
-    return path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+    ``root_path`` already included), percent-encoded again as a client writes it: every
+    character but those RFC 3986 allows in a path, ``%``, ``?``, ``#``, ``\\``, spaces and
+    non-ASCII included. Left decoded, ``/a?/b`` would name the URI ``/a`` (query ``/b``)
+    to :func:`normalize_htu`, and ``/a%20b`` (sent as ``/a%2520b``) the file ``a b``: a
+    proof for one URL would pass at another. What :func:`expected_htu` is given, at the
+    broker and at a resource server."""
+    return quote(path, safe=_PATH_SAFE, errors="surrogatepass")
 
 
 def expected_htu(origins: Sequence[str], path: str, proof: str) -> str:

@@ -211,7 +211,7 @@ def _htu(scope: Scope, origins: Sequence[str], proof: str) -> str:
     arrived at. Never the ``Host`` header, which the client writes: a proof minted for
     another server (another deployment behind the same audience) is not made valid here
     by naming it as ``Host``. The path is the broker's (``url_path``): the ASGI ``path``,
-    which holds the ``root_path`` already, with ``?`` and ``#`` encoded.
+    which holds the ``root_path`` already, percent-encoded again as the URL writes it.
     """
     path = url_path(str(scope.get("path", "")))
     if not origins:
