@@ -15,6 +15,7 @@ from tasklease.rules.binding import (
     Presentation,
     cert_thumbprint,
     check_binding,
+    normalize_htu,
     presented_thumbprint,
     url_path,
 )
@@ -120,3 +121,18 @@ def test_a_request_path_is_named_as_its_url_writes_it(decoded: str, written: str
     # The URI a DPoP proof must name, broker and resource servers alike: two requests
     # for two resources never share one.
     assert url_path(decoded) == written
+
+
+# Would fail if: a proof naming a path with lower-case hex digits, or an unreserved
+# character encoded, were refused where the same URL written otherwise is accepted (RFC
+# 3986 section 6.2.2); or if an encoded reserved character were read as the character.
+def test_percent_encodings_in_an_htu_are_compared_in_one_form() -> None:
+    assert normalize_htu("https://rs.example/f/%c3%a9") == "https://rs.example/f/%C3%A9"
+    assert normalize_htu("https://rs.example/%7Euser/a%2db") == "https://rs.example/~user/a-b"
+    assert normalize_htu("https://rs.example/a%2fb") == "https://rs.example/a%2Fb"
+    assert normalize_htu("https://rs.example/a%2Fb") != normalize_htu("https://rs.example/a/b")
+    assert normalize_htu("https://rs.example/a%2520b") == "https://rs.example/a%2520b"
+    decoded = "/files/\u00e9 x"
+    assert normalize_htu("https://rs.example" + url_path(decoded)) == normalize_htu(
+        "https://rs.example/files/%c3%a9%20x"
+    )

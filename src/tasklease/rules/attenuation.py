@@ -74,11 +74,11 @@ SEPARATOR = "~"
 MAX_CHAIN_BYTES = 4096
 """The largest chain accepted or produced (the access-token cap of docs/security.md)."""
 MAX_BLOCKS = 8
+"""The most blocks a chain may carry (the delegation depth limit bounds it further)."""
 MAX_SECONDS = 253_402_300_799
 """The latest ``exp`` or ``iat`` of a block: the last second of year 9999, the last an RFC
 3339 time names. JSON integers are read exactly: a time past every float (``10**400``)
 would fail whoever adds to it or formats it, rather than be refused."""
-"""The most blocks a chain may carry (the delegation depth limit bounds it further)."""
 DOMAIN = b"tasklease-attenuation-v1\x00"
 """Domain separation of a block's signing input: no other signature can be read as one."""
 

@@ -206,8 +206,9 @@ def access_token_hash(token: str) -> str:
 def normalize_htu(uri: object) -> str | None:
     """Scheme, host and path of an HTTP(S) URI, lowercased where case does not matter.
 
-    Query and fragment are dropped and default ports removed (RFC 9449 section 4.3 point
-    9 compares without query and fragment, with RFC 3986 section 6 normalization).
+    Query and fragment are dropped, default ports removed and the path's percent-encodings
+    brought to one form (RFC 9449 section 4.3 point 9 compares without query and
+    fragment, with RFC 3986 section 6 normalization).
     ``None`` for anything that is not an absolute http(s) URI.
     """
     if not isinstance(uri, str) or len(uri) > 2048:
@@ -224,7 +225,19 @@ def normalize_htu(uri: object) -> str | None:
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None or str(port) == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
-    return f"{scheme}://{netloc}{parts.path or '/'}"
+    return f"{scheme}://{netloc}{_PERCENT.sub(_percent, parts.path) or '/'}"
+
+
+# RFC 3986 section 6.2.2: a percent-encoding's hex digits are one in either case, and an
+# unreserved character means the same encoded or not. Both sides of a comparison are
+# brought to one form: upper-case hex, unreserved characters decoded.
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _percent(match: re.Match[str]) -> str:
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else "%" + match.group(1).upper()
 
 
 def origin_of(url: str) -> str | None:
