@@ -30,7 +30,10 @@ clients and the verifier's.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import email.utils
 import json
+import re
 import ssl
 import threading
 from collections.abc import Iterator
@@ -58,6 +61,7 @@ __all__ = [
     "loopback_direct",
     "read_app_token",
     "refusal",
+    "retry_after_seconds",
     "too_large",
     "total_deadline",
 ]
@@ -68,6 +72,10 @@ MAX_SIGN_IN_BYTES = 65536
 # A lifetime past this (68 years) is not one: 10**400 seconds would not even be a float.
 MAX_EXPIRES_IN = 2**31 - 1
 MAX_REDIRECTS = 3
+# Delay-seconds (RFC 9110 section 10.2.3): ASCII digits only (``str.isdigit`` takes ``²``
+# and other digits ``int`` refuses), and not so many that the number means nothing (300
+# years): 400 of them are no float, 5000 no int ``int()`` reads.
+_DELAY_SECONDS = re.compile(r"[0-9]{1,10}")
 _REDIRECTS = frozenset((302, 303, 307))  # temporary ones (SPIFFE Federation section 5.1)
 
 _Client = TypeVar("_Client", httpx.Client, httpx.AsyncClient)
@@ -182,6 +190,24 @@ def bounded_body(response: httpx.Response, limit: int) -> bytes:
         if len(body) > limit:
             raise ValueError(too_large(limit))
     return bytes(body)
+
+
+def retry_after_seconds(value: str | None, *, now: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (RFC 9110 section 10.2.3: delay-seconds,
+    at most ten digits, or an HTTP-date against ``now``, a Unix time), a finite number not
+    below 0; ``None`` when absent or unreadable. The SDK's and the verifier's reading."""
+    if not value:
+        return None
+    text = value.strip()
+    if _DELAY_SECONDS.fullmatch(text):
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" (RFC 5322 section 3.3): an HTTP-date is UTC anyway
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - now)
 
 
 def refusal(headers: httpx.Headers, limit: int) -> str | None:

@@ -211,3 +211,36 @@ def test_error_answers_in_a_row_back_off() -> None:
 
     # 0.25, 0.5, 1 s (each up to 20% more): four attempts in two seconds, not eight.
     assert 3 <= _attempts(failing, 2.0) <= 4
+
+
+def test_a_retry_after_no_float_holds_does_not_end_the_follower() -> None:
+    """A broker's ``Retry-After`` of 400 digits was read as ``float(int(...))``, which
+    raised ``OverflowError`` outside the follower's error handling: its thread ended, and
+    the verifier followed no revocation again until restarted."""
+    answered = threading.Event()
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        answered.set()
+        return httpx.Response(503, headers={"Retry-After": "9" * 400}, request=request)
+
+    client = httpx.Client(base_url="http://broker.test", transport=httpx.MockTransport(refused))
+    follower = FeedFollower(
+        client,
+        RevocationIndex(),
+        token_source=lambda: "t",
+        forget_token=lambda: None,
+        read_timeout=1.0,
+        on_revocation=lambda: None,
+        housekeeping=lambda: None,
+    )
+    follower.start()
+    try:
+        assert answered.wait(5)
+        thread = follower._thread
+        assert thread is not None
+        thread.join(0.3)  # it tries again: still following
+        assert thread.is_alive()
+        assert follower.failures >= 1
+    finally:
+        follower.stop()
+        client.close()

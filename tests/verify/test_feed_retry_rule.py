@@ -66,3 +66,12 @@ def test_retry_after_is_read_as_seconds_or_a_date() -> None:
     assert retry_after_seconds("Tue, 14 Nov 2023 22:13:00 GMT", now=now) == 0  # passed
     for unreadable in (None, "", "-1", "1.5", "soon", "٣"):
         assert retry_after_seconds(unreadable, now=now) is None
+
+
+def test_a_retry_after_no_float_holds_is_unreadable() -> None:
+    now = 1_700_000_000.0
+    for absurd in ("9" * 400, "9" * 5000, "1" + "0" * 10):
+        assert retry_after_seconds(absurd, now=now) is None
+    assert retry_after_seconds("9999999999", now=now) == 9999999999
+    # The last date there is, seconds from now: a number, whatever it is.
+    assert retry_after_seconds("Fri, 31 Dec 9999 23:59:59 GMT", now=now) == 253402300799 - now

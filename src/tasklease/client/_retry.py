@@ -11,35 +11,22 @@ the same way. Anything else is answered at once. A ``Retry-After`` longer than
 from __future__ import annotations
 
 import random
-import re
 import time
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 
 import httpx
+
+from tasklease import bounds
 
 __all__ = ["DEFAULT_RETRY", "NO_RETRY", "Retry", "retry_after_seconds"]
 
 _RETRY_STATUSES = frozenset({429, 503})
-# Delay-seconds (RFC 9110 section 10.2.3): ASCII digits only (``str.isdigit`` takes ``²``
-# and other digits ``float`` refuses), and not so many that the number means nothing.
-_SECONDS = re.compile(r"[0-9]{1,10}")
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """A ``Retry-After`` value (RFC 9110 section 10.2.3: seconds or an HTTP date) in
-    seconds from now, or None when absent or malformed."""
-    if not value:
-        return None
-    text = value.strip()
-    if _SECONDS.fullmatch(text):
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
+    seconds from now, or None when absent or malformed (:func:`bounds.retry_after_seconds`)."""
+    return bounds.retry_after_seconds(value, now=time.time() if now is None else now)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,8 +33,6 @@ event loop is doing, and serves sync and async applications alike.
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import json
 import logging
 import math
@@ -46,7 +44,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from tasklease.bounds import bounded_lines
+from tasklease.bounds import bounded_lines, retry_after_seconds
 from tasklease.verify._freshness import DEFAULT_MAX_STALENESS
 from tasklease.verify._revocations import RevocationIndex, parse_entry
 
@@ -131,23 +129,6 @@ class EventParser:
             self._data.append(value)
         elif name == "id" and "\x00" not in value:
             self._id = value
-
-
-def retry_after_seconds(value: str | None, *, now: float) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (RFC 9110 section 10.2.3: delay-seconds,
-    or an HTTP-date against ``now``, a Unix time); ``None`` when absent or unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit() and value.isascii():
-        return float(int(value))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" (RFC 5322 section 3.3): an HTTP-date is UTC anyway
-        when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, when.timestamp() - now)
 
 
 def retry_delay(
