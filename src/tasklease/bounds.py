@@ -58,7 +58,9 @@ __all__ = [
     "check_transports",
     "https_url",
     "json_document",
+    "lifetime",
     "loopback_direct",
+    "number_within",
     "read_app_token",
     "refusal",
     "retry_after_seconds",
@@ -339,6 +341,22 @@ def json_document(body: bytes) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
+def number_within(value: object, low: float, high: float) -> int | float | None:
+    """``value`` when it is a JSON number (an int or a float, never a bool) from ``low``
+    to ``high``; else None. Compared, never converted: JSON integers are read exactly, so
+    a number from the other side may be one no float holds (``float`` raises
+    ``OverflowError``), and a float may be NaN or infinite (the decoder takes both)."""
+    if type(value) is int or type(value) is float:
+        return value if low <= value <= high else None
+    return None
+
+
+def lifetime(value: object) -> int | None:
+    """``value`` when it is a token's lifetime as an answer gives it (``expires_in``): an
+    integer of 1 to :data:`MAX_EXPIRES_IN` seconds (never a bool); else None."""
+    return value if type(value) is int and 0 < value <= MAX_EXPIRES_IN else None
+
+
 def read_app_token(response: httpx.Response) -> tuple[str, int]:
     """The token and its lifetime in seconds from the answer to an app sign-in
     (``POST /v1/app/auth``, opened streaming), read with :func:`bounded_body` at most
@@ -357,11 +375,7 @@ def read_app_token(response: httpx.Response) -> tuple[str, int]:
         body = None
     token = body.get("access_token") if type(body) is dict else None
     expires_in = body.get("expires_in") if type(body) is dict else None
-    if (
-        type(token) is not str
-        or not token
-        or type(expires_in) is not int
-        or not 0 < expires_in <= MAX_EXPIRES_IN
-    ):
+    seconds = lifetime(expires_in)
+    if type(token) is not str or not token or seconds is None:
         raise ValueError("the answer is not an app token")
-    return token, expires_in
+    return token, seconds

@@ -12,6 +12,7 @@ from urllib.parse import quote
 import httpx
 import nacl.signing
 
+from tasklease import bounds
 from tasklease.client._admin_audit import AuditCalls
 from tasklease.client._bounded import MAX_ADMIN_ANSWER, AnswerRefused, bounded_client
 from tasklease.client._brokerurl import check_broker_url
@@ -137,8 +138,7 @@ class AdminClient(AuditCalls):
             token = answer.get("access_token")
             if not isinstance(token, str):
                 raise Unauthorized("the broker's answer lacks an access token")
-            expires_in = answer.get("expires_in")
-            life = float(expires_in) if isinstance(expires_in, int) else 60.0
+            life = bounds.lifetime(answer.get("expires_in")) or 60
             self._token = token
             self._token_deadline = time.monotonic() + max(1.0, life - _REAUTH_MARGIN)
         return self._token
@@ -477,11 +477,9 @@ class AdminClient(AuditCalls):
         answer = self._sign_in()
         token = answer.get("access_token")
         if isinstance(token, str):
-            life = answer.get("expires_in")
+            life = bounds.lifetime(answer.get("expires_in")) or 60
             self._token = token
-            self._token_deadline = time.monotonic() + max(
-                1.0, (float(life) if isinstance(life, int) else 60.0) - _REAUTH_MARGIN
-            )
+            self._token_deadline = time.monotonic() + max(1.0, life - _REAUTH_MARGIN)
         return answer
 
     def list_agents(self, **filters: Any) -> dict[str, Any]:

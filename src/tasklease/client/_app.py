@@ -28,6 +28,7 @@ from urllib.parse import quote_plus
 import httpx
 import nacl.signing
 
+from tasklease import bounds
 from tasklease.client._bounded import bounded_client
 from tasklease.client._brokerurl import check_broker_url
 from tasklease.client._errors import TaskleaseError, Unauthorized
@@ -168,8 +169,9 @@ class AppClient:
         with self._lock:
             if self._token is None or force or self._clock.now() >= self._deadline:
                 answer = self._run(self._sign_in_flow(), remake=self._sign_in_request)
-                token, expires_in = answer.get("access_token"), answer.get("expires_in")
-                if not isinstance(token, str) or not isinstance(expires_in, int):
+                token = answer.get("access_token")
+                expires_in = bounds.lifetime(answer.get("expires_in"))
+                if not isinstance(token, str) or expires_in is None:
                     raise TaskleaseError("the broker's answer lacks the token", code="bad_response")
                 self._token = token
                 self._deadline = self._clock.now() + max(1.0, expires_in - _REAUTH_MARGIN)

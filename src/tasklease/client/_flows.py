@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 import nacl.signing
 
+from tasklease import bounds
 from tasklease.client._errors import (
     CredentialExpired,
     InvalidRequest,
@@ -125,6 +126,15 @@ def answer_field(data: dict[str, Any], name: str, kind: type[T]) -> T:
     return value
 
 
+def answer_lifetime(data: dict[str, Any], name: str = "expires_in") -> int:
+    """``data[name]``, a lifetime in seconds (:func:`bounds.lifetime`); ``bad_response``
+    when it is none (absent, a bool, not 1 to ``MAX_EXPIRES_IN``, a number no float holds)."""
+    value = bounds.lifetime(data.get(name))
+    if value is None:
+        raise TaskleaseError(f"the broker's answer lacks {name!r}", code="bad_response")
+    return value
+
+
 def challenge_nonce(answer: dict[str, Any]) -> tuple[str, bytes]:
     """The nonce of a ``GET /v1/challenge`` answer, and the bytes the agent's key signs for
     it (``rules.messages``): 32 bytes, as the broker issues them, or nothing is signed.
@@ -210,7 +220,7 @@ def register_flow(
     return Registration(
         agent_id=answer_field(answer, "agent_id", str),
         token=answer_field(answer, "access_token", str),
-        expires_in=answer_field(answer, "expires_in", int),
+        expires_in=answer_lifetime(answer),
         token_type=token_type if isinstance(token_type, str) else "Bearer",
     )
 
@@ -245,7 +255,7 @@ def delegate_flow(
     chain = answer.get("delegation_chain")
     return Delegation(
         token=answer_field(answer, "access_token", str),
-        expires_in=answer_field(answer, "expires_in", int),
+        expires_in=answer_lifetime(answer),
         delegation_chain=[r for r in chain if isinstance(r, dict)]
         if isinstance(chain, list)
         else [],
@@ -423,9 +433,7 @@ class Credential:
         except RenewalLimitReached as exc:
             self.limit = exc
             raise
-        self._set(
-            answer_field(answer, "access_token", str), answer_field(answer, "expires_in", int)
-        )
+        self._set(answer_field(answer, "access_token", str), answer_lifetime(answer))
 
     def release_flow(self) -> Flow[None]:
         if self.released:

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from tasklease import bounds
 from tasklease.client._errors import InvalidRequest, TaskleaseError
 from tasklease.client._flows import Clock, Flow, expect_json
 from tasklease.client._holder import DPoPKey
@@ -101,8 +102,8 @@ def exchange_flow(
     if dpop is not None:
         headers["DPoP"] = dpop.proof("POST", url, subject_token)
     answer = expect_json((yield httpx.Request("POST", url, data=form, headers=headers)))
-    token, expires_in = answer.get("access_token"), answer.get("expires_in")
-    if not isinstance(token, str) or not isinstance(expires_in, int):
+    token, expires_in = answer.get("access_token"), bounds.lifetime(answer.get("expires_in"))
+    if not isinstance(token, str) or expires_in is None:
         raise TaskleaseError("the broker's answer lacks the token", code="bad_response")
     token_type = answer.get("token_type")
     granted = answer.get("scope")

@@ -15,17 +15,21 @@ from typing import Any
 
 import nacl.signing
 
+from tasklease import bounds
+from tasklease.bounds import MAX_EXPIRES_IN
 from tasklease.client._errors import Unauthorized
 from tasklease.client._flows import (
     Flow,
     Registration,
     answer_field,
+    answer_lifetime,
     challenge_nonce,
     endpoint_url,
     expect_json,
     json_request,
 )
 from tasklease.rules import jws
+from tasklease.rules.attenuation import MAX_SECONDS
 from tasklease.rules.messages import heartbeat_signing_input as heartbeat_message
 from tasklease.rules.messages import heartbeat_token_id, transcript
 
@@ -196,8 +200,8 @@ def heartbeat_flow(
     deadline = answer.get("deadline")
     return HeartbeatStatus(
         answer_field(answer, "status", str),
-        float(interval) if isinstance(interval, int | float) else 30.0,
-        float(deadline) if isinstance(deadline, int | float) else 0.0,
+        float(bounds.number_within(interval, 1, MAX_EXPIRES_IN) or 30.0),
+        float(bounds.number_within(deadline, 0, MAX_SECONDS) or 0.0),
     )
 
 
@@ -211,5 +215,5 @@ def resume_flow(base_url: str, agent_id: str, key: nacl.signing.SigningKey) -> F
     return Registration(
         agent_id=answer_field(answer, "agent_id", str),
         token=answer_field(answer, "access_token", str),
-        expires_in=answer_field(answer, "expires_in", int),
+        expires_in=answer_lifetime(answer),
     )
