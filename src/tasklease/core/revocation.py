@@ -51,6 +51,7 @@ Lookups are a handful of dictionary probes: no I/O on the validation path.
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
@@ -59,9 +60,25 @@ from typing import Protocol
 from tasklease.core.records import RevocationRecord
 from tasklease.core.spiffe import parse_agent_id
 
-__all__ = ["LEVELS", "RevocableToken", "RevocationIndex", "matches_by_time"]
+__all__ = ["LEVELS", "RevocableToken", "RevocationIndex", "feed_time", "matches_by_time"]
 
 LEVELS = ("token", "agent", "task", "chain")
+_LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
+def feed_time(value: object) -> float | None:
+    """A revocation feed entry's time as another process wrote it (``expires_at``,
+    ``sent_at``; a Unix time): an int or a float, never a bool or NaN; None when it is no
+    such number. Compared before it is converted: JSON integers are read exactly, and
+    one no float holds (``float`` raises ``OverflowError``) is still a time. One past the
+    year 9999 is ``inf`` (an entry kept for ever), one before 1970 is 0."""
+    if type(value) is not int and type(value) is not float:
+        return None
+    if type(value) is float and math.isnan(value):
+        return None
+    if value > _LAST_SECOND:
+        return math.inf
+    return float(value) if value >= 0 else 0.0
 
 
 def matches_by_time(level: str, target: str) -> bool:

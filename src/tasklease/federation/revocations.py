@@ -35,6 +35,7 @@ import httpx
 from tasklease.bounds import bounded_lines, read_app_token
 from tasklease.core.broker import Broker
 from tasklease.core.records import FederationRecord, RevocationRecord
+from tasklease.core.revocation import feed_time
 from tasklease.core.tenants import DEFAULT_TENANT
 from tasklease.federation.refresher import tls_context
 from tasklease.keystore import KeyStoreError, read_secret_file
@@ -164,12 +165,12 @@ def _entry(data: str) -> tuple[RevocationRecord, float | None]:
     sent_at = entry.get("sent_at")
     if type(level) is not str or type(target) is not str or type(seq) is not int:
         raise FeedError("feed entry without level, target or seq")
-    if type(revoked_at) is not int or not isinstance(expires_at, int | float):
+    expiry = feed_time(expires_at)
+    if type(revoked_at) is not int or expiry is None:
         raise FeedError("feed entry with a bad revoked_at or expires_at")
-    if isinstance(expires_at, bool) or isinstance(sent_at, bool):
+    if isinstance(sent_at, bool):
         raise FeedError("feed entry with a bad expires_at or sent_at")
-    sent = float(sent_at) if isinstance(sent_at, int | float) else None
-    return RevocationRecord(level, target, revoked_at, float(expires_at), seq), sent
+    return RevocationRecord(level, target, revoked_at, expiry, seq), feed_time(sent_at)
 
 
 def _cursor_id(ident: str, seq: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tasklease.core.revocation import LEVELS, RevocationIndex
+from tasklease.core.revocation import LEVELS, RevocationIndex, feed_time
 from tasklease.core.store import RevocationRecord
 
 __all__ = ["LEVELS", "RevocationIndex", "parse_entry"]
@@ -23,6 +23,7 @@ def parse_entry(data: Mapping[str, Any]) -> RevocationRecord:
         raise ValueError("revocation entry without level or target")
     if type(revoked_at) is not int or type(seq) is not int:
         raise ValueError("revocation entry with a bad revoked_at or seq")
-    if not isinstance(expires_at, int | float) or isinstance(expires_at, bool):
-        raise ValueError("revocation entry with a bad expires_at")  # noqa: TRY004
-    return RevocationRecord(level, target, revoked_at, float(expires_at), seq)
+    expiry = feed_time(expires_at)
+    if expiry is None:
+        raise ValueError("revocation entry with a bad expires_at")
+    return RevocationRecord(level, target, revoked_at, expiry, seq)
