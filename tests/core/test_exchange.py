@@ -275,7 +275,7 @@ def test_refusals_at_the_bridge_are_audited_once(a: Broker, b: Broker, kit: Any)
     assert exchange(b, kit, subject, bob.token).issued.claims.sub == bob.sub
 
 
-def make_like(broker: Broker) -> Broker:
+def make_like(broker: Broker, nonce_secret: bytes = b"x" * 32) -> Broker:
     """Another broker claiming ``broker``'s trust domain, with keys of its own."""
     from tasklease.core.config import Config
     from tasklease.storage import MemoryStore
@@ -288,7 +288,7 @@ def make_like(broker: Broker) -> Broker:
         MemoryStore(),
         KeyRing.generate(),
         clock=broker.clock,
-        nonce_secret=b"x" * 32,
+        nonce_secret=nonce_secret,
     )
 
 
@@ -362,6 +362,58 @@ def test_a_peer_cannot_make_us_sign_a_hop_our_agent_never_made(
     events, _ = b.store.query_audit(AuditQuery(limit=10_000))
     [event] = [e for e in events if f"denial={error.denial_id}" in e.detail]
     assert "none of our token ids" in event.detail
+
+
+def forged_hop(a: Broker, b: Broker, kit: Any, clock: ManualClock, ours: str) -> str:
+    """A's token for its alice, with a hop "B's victim delegated to alice" that A wrote and
+    signed itself, listing ``ours`` as the id of B's token it claims to descend from."""
+    victim = kit.register(b, scope=["read:data:*"], task_id="t-victim")
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    at = "2027-01-15T08:00:00Z"
+    forged = DelegationRecord(
+        agent=victim.sub,
+        scope=("read:data:*",),
+        delegated_at=at,
+        signature=a.keyring.sign_detached(
+            record_signing_input(victim.sub, alice.sub, ("read:data:*",), at)
+        ).hex(),
+    )
+    return minted_at_a(a, alice, clock, delegation_chain=(forged,), lineage=(f"fed:{B}:{ours}",))
+
+
+@pytest.mark.parametrize("made_up", ["made-up", "ab" * 24, "0f" * 16])
+def test_a_peer_cannot_pass_a_made_up_id_as_one_of_ours(
+    a: Broker, b: Broker, kit: Any, clock: ManualClock, made_up: str
+) -> None:
+    """Listing ``fed:<us>:<anything>`` does not make a chain one that went out from here:
+    only an id we minted (its MAC under our key) does."""
+    federate(b, a, kit)
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    subject = forged_hop(a, b, kit, clock, made_up)
+    error = refused(b, InvalidRequest, lambda: exchange(b, kit, subject, bob.token))
+    events, _ = b.store.query_audit(AuditQuery(limit=10_000))
+    [event] = [e for e in events if f"denial={error.denial_id}" in e.detail]
+    assert "none of our token ids" in event.detail
+    assert not [e for e in events if e.event_type == "token_exchanged"]
+
+
+def test_an_id_another_broker_minted_is_not_one_of_ours(
+    a: Broker, b: Broker, kit: Any, clock: ManualClock
+) -> None:
+    """A token id minted by another broker of our trust domain name (another nonce
+    secret) is well formed and MAC'd, but not under our key: refused."""
+    federate(b, a, kit)
+    other = make_like(b, nonce_secret=b"y" * 32)
+    theirs = kit.register(other, scope=["read:data:*"], task_id="t-other").claims.jti
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    subject = forged_hop(a, b, kit, clock, theirs)
+    error = refused(b, InvalidRequest, lambda: exchange(b, kit, subject, bob.token))
+    events, _ = b.store.query_audit(AuditQuery(limit=10_000))
+    [event] = [e for e in events if f"denial={error.denial_id}" in e.detail]
+    assert "none of our token ids" in event.detail
+    # The same chain listing an id we did mint goes through: the check is the MAC.
+    ours = kit.register(b, scope=["read:data:*"], task_id="t-ours").claims.jti
+    assert exchange(b, kit, forged_hop(a, b, kit, clock, ours), bob.token).token
 
 
 def test_a_to_b_to_a_home_agents_standing_counts(a: Broker, b: Broker, kit: Any) -> None:

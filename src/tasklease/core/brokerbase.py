@@ -73,6 +73,7 @@ from tasklease.core.status import VERSION, health
 from tasklease.core.store import Store
 from tasklease.core.tenants import Tenants
 from tasklease.core.tokencheck import ALL_KINDS, OPERATOR_KINDS, TokenCheck
+from tasklease.core.tokenids import TokenIds, token_id_label
 from tasklease.core.tokens import Claims
 from tasklease.core.transparency import AuditTransparency
 from tasklease.core.trustbundle import TrustBundles
@@ -130,8 +131,20 @@ class BrokerBase:
         # (Kernel.lease_now): elapsed time is read from ``monotonic``, by default the
         # system's monotonic clock, or an injected clock itself.
         elapsed = monotonic or (time.monotonic if clock is None else self.clock.now)
+        # Replicas that share a database must share this secret (server.build_broker
+        # keeps it beside the signing keys); a lone in-process broker may use a random one.
+        self.nonces = nonce_issuer or NonceIssuer(nonce_secret or os.urandom(32), config.nonce_ttl)
+        # Token ids carry a MAC under a key derived from it (core.tokenids): every replica
+        # mints and recognises the same ids, and a federated peer cannot make one up.
+        token_ids = TokenIds(self.nonces.derived_key(token_id_label(config.trust_domain)))
         self.kernel = kernel = Kernel(
-            config, store, self.clock, self.metrics, self.revocations, monotonic=elapsed
+            config,
+            store,
+            self.clock,
+            self.metrics,
+            self.revocations,
+            monotonic=elapsed,
+            token_ids=token_ids,
         )
         # Shared with the brokers made beside this one (tenancy), which are handed its
         # clock: their elapsed time is this one's, not that clock's.
@@ -179,9 +192,6 @@ class BrokerBase:
         self._serving = True
         # Names this process as the holder of store leases (the liveness sweeper's).
         self.instance_id = secrets.token_hex(8)
-        # Replicas that share a database must share this secret (server.build_broker
-        # keeps it beside the signing keys); a lone in-process broker may use a random one.
-        self.nonces = nonce_issuer or NonceIssuer(nonce_secret or os.urandom(32), config.nonce_ttl)
         # DPoP proofs are single use across workers and replicas: the store remembers them.
         # Proofs made for the broker carry its nonce when dpop_nonce = "required" (RFC 9449
         # sections 8 and 9); proofs a resource server forwards to validate never do.

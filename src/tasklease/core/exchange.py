@@ -359,6 +359,7 @@ class Exchange(Service):
             cfg,
             issuance,
             iat=iat,
+            jti=self._kernel.token_ids.new(),
             sub=claims.sub,
             aud=issuance.audience,
             client_id=claims.client_id,
@@ -476,6 +477,7 @@ class Exchange(Service):
             cfg,
             issuance,
             iat=iat,
+            jti=self._kernel.token_ids.new(),
             sub=actor.sub,
             aud=issuance.audience,
             client_id=actor.client_id,
@@ -502,10 +504,11 @@ class Exchange(Service):
         level = kernel.revocations.match(ForeignProbe(ft.claims, parent.lineage))
         if level is not None:
             return f"subject_token revoked here at level {level}"
-        if local.agents and not local.ids:
-            # A chain that went out from here lists the ids of our token it came from; one
-            # naming our agents without any is the peer's word alone, which we would sign
-            # as our own record of a hop our agent never made.
+        if local.agents and not any(kernel.token_ids.ours(i) for i in local.ids):
+            # A chain that went out from here lists the ids of our token it came from, ids
+            # carrying our MAC (core.tokenids); one naming our agents without such an id
+            # (none at all, or only ids a peer made up) is the peer's word alone, which we
+            # would sign as our own record of a hop our agent never made.
             return (
                 f"the chain names our agent {local.agents[0]} but none of our token ids: "
                 "it did not go out from here"

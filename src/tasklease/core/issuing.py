@@ -44,12 +44,14 @@ def mint_granted(
     orch_id: str,
     agent_key: bytes | None,
     cnf: dict[str, str] | None,
+    jti: str,
     oiat: int | None = None,
     chain: tuple[DelegationRecord, ...] = (),
 ) -> tuple[str, Claims]:
     """The agent token ``issuance`` (the kernel's check) grants: its scope and grants,
     lifetime, renewal count, principal and lineage come from the issuance and nowhere
-    else."""
+    else. ``jti`` is one the kernel minted (``Kernel.token_ids``): an id carrying our MAC,
+    which a chain that went out from here shows when it comes back (``core.tokenids``)."""
     return mint(
         ring,
         kind=KIND_AGENT,
@@ -73,6 +75,7 @@ def mint_granted(
         max_exp=issuance.max_exp,
         attest=issuance.attest,
         details=issuance.details,
+        jti=jti,
     )
 
 

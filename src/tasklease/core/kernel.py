@@ -86,6 +86,7 @@ from tasklease.core.refusalbudget import charge_refusal
 from tasklease.core.revocation import RevocationIndex, matches_by_time
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import Store, WriteTx
+from tasklease.core.tokenids import TokenIds
 from tasklease.core.tokens import Claims
 from tasklease.rules import grants as grant_rules
 from tasklease.rules.issuance import (
@@ -231,10 +232,15 @@ class Kernel:
         revocations: RevocationIndex,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        token_ids: TokenIds | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
+        # Mints the ``jti`` of every agent token issued here, ids carrying our MAC that a
+        # federated peer cannot make up (core.tokenids): replicas share its key, derived
+        # from the nonce secret; a kernel made without one mints under a random key.
+        self.token_ids = token_ids or TokenIds(secrets.token_bytes(32))
         # What leases are dated by (:meth:`lease_now`): the wall clock, never ahead of the
         # time elapsed since this kernel was made (``monotonic``).
         self._lease_clock = ElapsedHorizon(clock, monotonic=monotonic)

@@ -468,6 +468,7 @@ class Registration(Service):
             cfg,
             issuance,
             iat=iat,
+            jti=self._kernel.token_ids.new(),
             sub=agent_id,
             aud=audience,
             client_id=client_id,

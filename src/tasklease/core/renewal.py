@@ -110,6 +110,7 @@ class Renewal(Service):
             cfg,
             issuance,
             iat=iat,
+            jti=self._kernel.token_ids.new(),
             sub=claims.sub,
             aud=claims.aud,
             client_id=claims.client_id,
@@ -302,6 +303,7 @@ class Renewal(Service):
             cfg,
             issuance,
             iat=iat,
+            jti=self._kernel.token_ids.new(),
             sub=agent_id,
             # The registration's resource and holder binding (the caller proved it already).
             aud=agent.audience or default_audience(cfg.audience),
