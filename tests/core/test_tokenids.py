@@ -10,11 +10,11 @@ from tasklease.core.tokenids import JTI_HEX_CHARS, TokenIds, token_id_label
 KEY = b"k" * 32
 
 
-def test_a_minted_id_is_48_lowercase_hex_and_ours() -> None:
+def test_a_minted_id_is_32_lowercase_hex_and_ours() -> None:
     ids = TokenIds(KEY)
     jti = ids.new()
-    assert JTI_HEX_CHARS == 48
-    assert re.fullmatch(r"[0-9a-f]{48}", jti)
+    assert JTI_HEX_CHARS == 32  # the shape of AgentWrit's jti
+    assert re.fullmatch(r"[0-9a-f]{32}", jti)
     assert ids.ours(jti)
     assert jti != ids.new()
 
@@ -25,8 +25,7 @@ def test_an_id_under_another_key_or_altered_is_not_ours() -> None:
     assert not other.ours(jti)
     flipped = jti[:-1] + ("0" if jti[-1] != "0" else "1")
     assert not ids.ours(flipped)
-    body = jti[:32]
-    assert not ids.ours(body)  # an id of the old shape (32 hex) is not recognised
+    assert not ids.ours(jti[:20] + "0" * 12)  # all random, as ids before the MAC were
     assert not ids.ours(jti.upper())
     assert not ids.ours(jti + "0")
     assert not ids.ours("made-up")

@@ -327,7 +327,7 @@ def test_challenge_register_validate(broker: RunningBroker) -> None:
     assert c["task_id"] == body["task_id"]
     assert c["orch_id"] == "orch-1"
     assert c["nbf"] == c["iat"]
-    assert is_hex(c["jti"], 48)
+    assert is_hex(c["jti"], 32)
     assert isinstance(c["aud"], list)
 
     assert_problem(broker.post("/v1/token/validate", json={}), 400, "invalid_request")

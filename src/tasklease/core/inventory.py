@@ -61,9 +61,7 @@ MAX_PAGE = 500
 # Audit events read for one task's token graph, at most.
 MAX_TASK_EVENTS = 20_000
 _TOKEN_EVENTS = ("token_issued", "token_renewed", "delegation_created", "token_exchanged")
-# A token id: 48 lowercase hex characters (an agent token's, core.tokenids), or 32 (an
-# app token's, or one minted before agent token ids carried a MAC).
-_JTI = re.compile(r"[0-9a-f]{32}(?:[0-9a-f]{16})?")
+_JTI = re.compile(r"[0-9a-f]{32}")
 _FIELD = re.compile(r"(?:^|[\s,|])([a-z_]+)=([^\s,|]+)")
 
 
@@ -482,7 +480,7 @@ class Inventory(Service):
             NotFound: the audit log records no token ``jti``.
         """
         if not _JTI.fullmatch(jti):
-            raise InvalidRequest("jti must be 32 or 48 lowercase hex characters")
+            raise InvalidRequest("jti must be 32 lowercase hex characters")
         mentions = self._store.audit_mentioning(f"jti={jti}", _TOKEN_EVENTS, 10)
         task_id = next((e.task_id for e in mentions if token_of(e) is not None), None)
         if task_id is None:

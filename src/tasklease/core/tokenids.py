@@ -4,15 +4,18 @@ A chain that went out from here and comes back through token exchange lists the 
 our token it descends from (``fed:<us>:<jti>``, ``core.foreign``); that is how the
 exchange tells a chain our agent really started from a peer's word that it did
 (docs/decisions.md 174). A random id proves nothing (a peer can write any string), so an
-id we mint authenticates itself: 16 random bytes and the first 8 bytes of their
-HMAC-SHA256 under a key derived from the broker's nonce secret and its trust domain, 24
-bytes shown as 48 lowercase hex characters. Every replica sharing the secret mints and
+id we mint authenticates itself: 10 random bytes and the first 6 bytes of their
+HMAC-SHA256 under a key derived from the broker's nonce secret and its trust domain, 16
+bytes shown as 32 lowercase hex characters, the shape AgentWrit's wire contract gives a
+`jti`. 80 random bits keep ids apart (two alike among a trillion tokens is a chance of
+about 2**-41); 48 bits of tag make guessing one an online search of 2**48 refused,
+audited exchanges. Every replica sharing the secret mints and
 recognises the same ids, with no storage and no I/O; another broker (another secret, or
 another trust domain) does not recognise ours, nor we its.
 
-An id minted before ids carried a MAC (32 hex characters) is not recognised: a chain
-descending from such a token is refused when it comes back, as one that did not go out
-from here (tokens live minutes).
+An id minted before ids carried a MAC (the same shape, all random) is not recognised but
+by a chance of 2**-48: a chain descending from such a token is refused when it comes
+back, as one that did not go out from here (tokens live minutes).
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ import re
 
 __all__ = ["JTI_HEX_CHARS", "TokenIds", "token_id_label"]
 
-_RANDOM_BYTES = 16
-_TAG_BYTES = 8
+_RANDOM_BYTES = 10
+_TAG_BYTES = 6
 JTI_HEX_CHARS = 2 * (_RANDOM_BYTES + _TAG_BYTES)
-"""The length of a ``jti`` we mint: 48 lowercase hex characters."""
+"""The length of a ``jti`` we mint: 32 lowercase hex characters."""
 _SHAPE = re.compile(rf"[0-9a-f]{{{JTI_HEX_CHARS}}}")
 _CONTEXT = b"tasklease-jti-v1"
 
@@ -50,7 +53,7 @@ class TokenIds:
         return hmac.new(self._key, _CONTEXT + body, hashlib.sha256).digest()[:_TAG_BYTES]
 
     def new(self) -> str:
-        """A fresh id: 16 random bytes and their tag, as 48 lowercase hex characters."""
+        """A fresh id: 10 random bytes and their tag, as 32 lowercase hex characters."""
         body = os.urandom(_RANDOM_BYTES)
         return (body + self._tag(body)).hex()
 

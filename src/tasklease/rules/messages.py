@@ -94,8 +94,7 @@ def heartbeat_signing_input(
     (``tlr_``) token, whose ``jti`` its holder cannot read, the token's SHA-256 in
     lowercase hex (:func:`reference_hash`, what the broker stores it by). ``proof_jti`` is
     a fresh single-use value. A JWS token's message is as it always was; the two forms
-    never meet (a ``jti`` the broker mints is 48 hex characters, 32 before token ids carried
-    a MAC, a hash 64).
+    never meet (a ``jti`` the broker mints is 32 hex characters, a hash 64).
     """
     body = json.dumps([agent_id, token_jti, timestamp, proof_jti, done], separators=(",", ":"))
     return HEARTBEAT_CONTEXT + body.encode("utf-8")

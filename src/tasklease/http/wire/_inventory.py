@@ -367,7 +367,7 @@ OPERATIONS = (
         DelegationTree,
         parameters=(Param("jti", "path", {"type": "string"}, "The token's `jti`.", True),),
         errors=(
-            Failure("invalid_request", "`jti` is not 32 or 48 lowercase hex characters"),
+            Failure("invalid_request", "`jti` is not 32 lowercase hex characters"),
             Failure("not_found", "the audit log records no token with this `jti`"),
         ),
     ),

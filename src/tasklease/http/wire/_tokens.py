@@ -273,7 +273,7 @@ class TokenClaims(Response, forbid_unknown_fields=False):
     exp: Annotated[int, doc("Expiry, seconds since the epoch.")]
     nbf: Annotated[int, doc("Not before, seconds since the epoch.")]
     iat: Annotated[int, doc("Issued at, seconds since the epoch.")]
-    jti: Annotated[str, doc("Token id (48 hex characters).")]
+    jti: Annotated[str, doc("Token id (32 hex characters).")]
     scope: Annotated[list[str], doc("Granted scopes (in the token: one space-separated string).")]
     client_id: Annotated[str, doc("`admin` or the client id of the app that launched the agent.")]
     task_id: Annotated[str, doc("Task id.")] | UnsetType = UNSET
