@@ -17,7 +17,9 @@ from typing import Annotated, Any
 
 import typer
 
+from tasklease.bounds import lifetime
 from tasklease.cli._common import (
+    EXIT_UNAVAILABLE,
     AdminSecretOpt,
     ProfileOpt,
     UrlOpt,
@@ -78,7 +80,12 @@ def login(
         ) as client,
     ):
         answer = client.sign_in()
-    life = int(answer.get("expires_in") or 0)
+    life = lifetime(answer.get("expires_in"))
+    if life is None or type(answer.get("access_token")) is not str:
+        fail(
+            f"{connection.url} answered the sign-in without a token and its lifetime",
+            EXIT_UNAVAILABLE,
+        )
     path = session_path(connection.url)
     _write(
         path,
