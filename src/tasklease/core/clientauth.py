@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import math
 from typing import Any, NamedTuple
 
 import nacl.exceptions
@@ -25,6 +24,7 @@ import nacl.signing
 
 from tasklease.core.errors import InvalidRequest
 from tasklease.rules import jws
+from tasklease.rules.claims import finite_number
 from tasklease.rules.jsonnames import JSONTextError, strict_json
 
 __all__ = [
@@ -141,15 +141,9 @@ def _number(claims: dict[str, Any], name: str, *, required: bool) -> float | Non
     value = claims.get(name)
     if value is None and not required:
         return None
-    refused = AssertionRefused(f"{name} {'missing or ' if required else ''}not a number")
-    if type(value) is not int and type(value) is not float:
-        raise refused
-    try:
-        number = float(value)
-    except OverflowError:  # an exact JSON integer no float holds
-        raise refused from None
-    if not math.isfinite(number):
-        raise refused
+    number = finite_number(value)
+    if number is None:
+        raise AssertionRefused(f"{name} {'missing or ' if required else ''}not a number")
     return number
 
 

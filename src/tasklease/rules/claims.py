@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -44,6 +45,7 @@ __all__ = [
     "check_claims",
     "check_time",
     "delegation_chain_of",
+    "finite_number",
     "holder_of",
     "int_claim",
     "is_expired",
@@ -144,6 +146,19 @@ def string_claim(payload: Mapping[str, Any], key: str, *, required: bool) -> str
     if type(value) is not str or (required and not value):
         raise ClaimRejected(f"claim {key} missing or not a string")
     return value
+
+
+def finite_number(value: object) -> float | None:
+    """``value`` as a float when it is a JSON number (an int or a float, never a bool)
+    that a float holds and that is finite; else None. JSON integers are read exactly, so
+    one may be past every float (``float(10**400)`` raises ``OverflowError``)."""
+    if type(value) is not int and type(value) is not float:
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def int_claim(payload: Mapping[str, Any], key: str, default: int | None = None) -> int:

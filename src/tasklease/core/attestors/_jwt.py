@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from tasklease.core.attestors.base import AttestationRefused, Keys
 from tasklease.core.auditformat import clipped
+from tasklease.rules.claims import finite_number
 from tasklease.rules.jws import JWSError, b64url_decode
 
 __all__ = [
@@ -349,15 +349,9 @@ def _numeric(claims: Mapping[str, Any], name: str, required: bool) -> float | No
     value: Any = claims.get(name)
     if value is None and not required:
         return None
-    refused = AttestationRefused(f"claim {name} missing or not a number", "evidence")
-    if type(value) not in (int, float):
-        raise refused
-    try:
-        number = float(value)
-    except OverflowError:  # an exact JSON integer no float holds
-        raise refused from None
-    if not math.isfinite(number):
-        raise refused
+    number = finite_number(value)
+    if number is None:
+        raise AttestationRefused(f"claim {name} missing or not a number", "evidence")
     return number
 
 
