@@ -145,3 +145,32 @@ def test_a_removed_app_is_not_removed_again(broker: Any, kit: Any) -> None:
     assert len(_events(broker, event_type="app_deregistered")) == 1
     denied = _events(broker, event_type="app_deregistration_denied")
     assert len(denied) == 1 and refused.value.denial_id in denied[0].detail
+
+
+def test_a_delegate_chosen_audience_cannot_rewrite_its_token_in_the_views(
+    broker: Any, kit: Any, fleet: list[Any]
+) -> None:
+    # An unrestricted token may be narrowed to any one resource, and a resource may hold
+    # "," and "=": the audit detail ends " aud=<it>". Read as fields, a resource naming
+    # jti, ttl or parent_jti rewrote the token the operators' views draw: its live
+    # delegate shown expired (and left out of a revocation's preview), or drawn as
+    # another agent's token (the console's revoke button then naming that one).
+    a, b, c = fleet[:3]
+    victim = _delegate(broker, kit, a.claims, c)
+    forged = f"svc,ttl=1,jti={victim.claims.jti},parent_jti={'0' * 32}"
+    hidden = broker.delegate(
+        a.claims,
+        delegate_to=b.sub,
+        scope=["read:data:1"],
+        ttl=None,
+        resource=forged,
+        ctx=kit.ctx,
+    )
+    assert hidden.claims.aud == (forged,)
+    view = broker.inventory.delegations(hidden.claims.jti)
+    assert view.token.jti == hidden.claims.jti and view.token.agent_id == b.sub
+    assert view.token.state == "active" and view.token.parent_jti == a.claims.jti
+    assert view.token.expires_at > view.token.issued_at
+    assert broker.inventory.delegations(victim.claims.jti).token.agent_id == c.sub
+    alive = {t.jti for t in broker.inventory.preview("agent", a.sub).tokens}
+    assert hidden.claims.jti in alive

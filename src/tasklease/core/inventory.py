@@ -62,7 +62,11 @@ MAX_PAGE = 500
 MAX_TASK_EVENTS = 20_000
 _TOKEN_EVENTS = ("token_issued", "token_renewed", "delegation_created", "token_exchanged")
 _JTI = re.compile(r"[0-9a-f]{32}")
-_FIELD = re.compile(r"(?:^|[\s,|])([a-z_]+)=([^\s,|]+)")
+# A field the broker wrote: ``name=value`` after a space (or at the start). A value a
+# caller chose (an audience, a resource) holds no space but may hold "," and "=": a
+# field read after a comma let ``aud=svc,ttl=1,jti=...`` rewrite the token drawn.
+_FIELD = re.compile(r"(?:^|\s)([a-z_]+)=([^\s,|]+)")
+_SCOPE = re.compile(r"(?:^|\s)scope=?\s?\[([^\]]*)\]")
 
 
 # --- paging --------------------------------------------------------------------------
@@ -218,7 +222,7 @@ def _fields(detail: str) -> dict[str, str]:
 
 
 def _scope_in(detail: str) -> str:
-    match = re.search(r"scope=?\s?\[([^\]]*)\]", detail)
+    match = _SCOPE.search(detail)
     return match[1] if match else ""
 
 
@@ -243,7 +247,7 @@ def token_of(event: AuditEvent) -> TokenNode | None:
         event.event_type, "delegate"
     )
     if event.event_type == "token_issued":
-        operation = "resume" if "(resume)" in event.detail else "register"
+        operation = "resume" if event.detail.endswith(" (resume)") else "register"
     elif event.event_type == "token_renewed":
         jti, parent = found.get("new_jti", ""), found.get("old_jti", "")
     elif event.event_type == "delegation_created":
