@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from tasklease.core.errors import Conflict, InvalidRequest, NotFound
-from tasklease.core.inventory import decode_cursor, encode_cursor
+from tasklease.core.inventory import decode_cursor, encode_cursor, token_of
+from tasklease.core.records import AuditEvent
 from tasklease.core.store import AuditQuery
 
 
@@ -174,3 +175,21 @@ def test_a_delegate_chosen_audience_cannot_rewrite_its_token_in_the_views(
     assert broker.inventory.delegations(victim.claims.jti).token.agent_id == c.sub
     alive = {t.jti for t in broker.inventory.preview("agent", a.sub).tokens}
     assert hidden.claims.jti in alive
+
+
+def _issued(detail: str) -> AuditEvent:
+    return AuditEvent(
+        1, "2026-12-06T00:00:00Z", "token_issued", "spiffe://t/agent/o/t/i", "t", "", detail,
+        "", "success", 0, "", "", "", "",
+    )  # fmt: skip
+
+
+# Would fail if: a resumed token whose event ends with its binding suffix (its audience,
+# by_reference: decision 225) were drawn as a registration; or a resource a caller chose
+# holding "(resume)" made a registration read as a resumption.
+def test_a_resumption_is_told_by_the_brokers_own_marker() -> None:
+    jti = "ab" * 16
+    resumed = _issued(f"Token issued, jti={jti}, ttl=300 (resume) aud=https://rs.example")
+    plain = _issued(f"Token issued, jti={jti}, ttl=300 aud=https://rs.example/x(resume)")
+    drawn = [token_of(event) for event in (resumed, plain)]
+    assert [node.operation if node else None for node in drawn] == ["resume", "register"]

@@ -247,7 +247,9 @@ def token_of(event: AuditEvent) -> TokenNode | None:
         event.event_type, "delegate"
     )
     if event.event_type == "token_issued":
-        operation = "resume" if event.detail.endswith(" (resume)") else "register"
+        # The broker writes " (resume)" after the lifetime (a caller's value holds no
+        # space, so none can write it), then the binding suffix (decision 225).
+        operation = "resume" if " (resume)" in event.detail else "register"
     elif event.event_type == "token_renewed":
         jti, parent = found.get("new_jti", ""), found.get("old_jti", "")
     elif event.event_type == "delegation_created":
