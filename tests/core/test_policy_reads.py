@@ -134,7 +134,7 @@ def test_cedar_decides_once_per_reading(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.parametrize(
     "fields",
     [
-        {"details": ({**PAYMENT, "limits": {"max_calls": 1 << 70}},)},
+        {"scopes": (), "details": ({**PAYMENT, "limits": {"max_calls": 1 << 70}},)},
         {"details": ({**PAYMENT, "limits": {"max_amount": "1e18", "currency": "EUR"}},)},
         {"ttl": 1 << 64},
         {"now": -(1 << 63) - 1},

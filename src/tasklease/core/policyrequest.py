@@ -343,6 +343,9 @@ def _grants_entity(request: PolicyRequest) -> dict[str, Any]:
     unbounded = False
     calls: int | None = None
     end: int | None = None
+    # A grant without max_calls or not_after (a plain scope has neither) is unbounded in
+    # it, so the largest is too: the attribute is left out, as for a request without any.
+    calls_unbounded = end_unbounded = bool(request.scopes)
     for grant in request.details:
         kind = str(grant.get("type"))
         types.add(kind)
@@ -359,8 +362,12 @@ def _grants_entity(request: PolicyRequest) -> dict[str, Any]:
             unbounded = True
         if "max_calls" in limits:
             calls = max(calls or 0, int(limits["max_calls"]))
+        else:
+            calls_unbounded = True
         if "not_after" in limits:
             end = max(end or 0, int(limits["not_after"]))
+        else:
+            end_unbounded = True
         for name, values in (limits.get("allowed_values") or {}).items():
             sets["values"].update(f"{name}={v}" for v in values)
     kinds = set()
@@ -378,9 +385,9 @@ def _grants_entity(request: PolicyRequest) -> dict[str, Any]:
     }
     if amount is not None:
         attrs["max_amount"] = _decimal(amount)
-    if calls is not None:
+    if calls is not None and not calls_unbounded:
         attrs["max_calls"] = calls
-    if end is not None:
+    if end is not None and not end_unbounded:
         attrs["not_after"] = end
     return {"uid": {"type": "Grants", "id": "requested"}, "attrs": attrs, "parents": []}
 
