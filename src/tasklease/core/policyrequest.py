@@ -54,6 +54,7 @@ entity Grants {
   values: Set<String>,
   max_amount?: decimal,
   unbounded_amount: Bool,
+  unbounded_values: Bool,
   max_calls?: Long,
   not_after?: Long,
   ttl: Long,
@@ -341,6 +342,7 @@ def _grants_entity(request: PolicyRequest) -> dict[str, Any]:
     }
     amount: Decimal | None = None
     unbounded = False
+    any_value = False  # a grant (not a scope) without allowed_values: any value goes
     calls: int | None = None
     end: int | None = None
     # A grant without max_calls or not_after (a plain scope has neither) is unbounded in
@@ -370,6 +372,8 @@ def _grants_entity(request: PolicyRequest) -> dict[str, Any]:
             end_unbounded = True
         for name, values in (limits.get("allowed_values") or {}).items():
             sets["values"].update(f"{name}={v}" for v in values)
+        if "allowed_values" not in limits and kind != "scope":
+            any_value = True
     kinds = set()
     for scope in scopes:
         parsed = scope_rules.parse_scope(scope)
@@ -381,6 +385,7 @@ def _grants_entity(request: PolicyRequest) -> dict[str, Any]:
         "types": sorted(types | ({"scope"} if request.scopes else set())),
         **{name: sorted(values) for name, values in sets.items()},
         "unbounded_amount": unbounded,
+        "unbounded_values": any_value,
         "ttl": request.ttl,
     }
     if amount is not None:
