@@ -193,3 +193,25 @@ def test_a_resumption_is_told_by_the_brokers_own_marker() -> None:
     plain = _issued(f"Token issued, jti={jti}, ttl=300 aud=https://rs.example/x(resume)")
     drawn = [token_of(event) for event in (resumed, plain)]
     assert [node.operation if node else None for node in drawn] == ["resume", "register"]
+
+
+# Would fail if: the views read a token's scope list up to its first "]". A scope's
+# identifier under a wildcard may end with "]", so a delegate asking for
+# ["read:data:x]", "write:pay:1"] was drawn as holding read:data:x alone.
+def test_a_scope_ending_with_a_bracket_cannot_hide_the_scopes_after_it(
+    broker: Any, kit: Any
+) -> None:
+    both = ["read:data:*", "write:pay:1"]
+    launch = kit.launch(broker, both, single_use=False, ttl=600)
+    a, b = (kit.register(broker, launch, both, task_id="task-s") for _ in range(2))
+    hidden = broker.delegate(
+        a.claims,
+        delegate_to=b.sub,
+        scope=["read:data:x]", "write:pay:1"],
+        ttl=None,
+        ctx=kit.ctx,
+    )
+    assert "write:pay:1" in hidden.claims.scope
+    view = broker.inventory.delegations(hidden.claims.jti)
+    assert view.token.scope.split() == ["read:data:x]", "write:pay:1"]
+    assert view.token.expires_at > view.token.issued_at

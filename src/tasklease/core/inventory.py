@@ -66,7 +66,10 @@ _JTI = re.compile(r"[0-9a-f]{32}")
 # caller chose (an audience, a resource) holds no space but may hold "," and "=": a
 # field read after a comma let ``aud=svc,ttl=1,jti=...`` rewrite the token drawn.
 _FIELD = re.compile(r"(?:^|\s)([a-z_]+)=([^\s,|]+)")
-_SCOPE = re.compile(r"(?:^|\s)scope=?\s?\[([^\]]*)\]")
+# A scope list the broker wrote (``listed``): ``[a b c]`` and then a field of its own or
+# the end. A scope's identifier under a wildcard may end with "]" (``read:data:x]``), so
+# the list does not end at its first "]": that hid every scope listed after such a one.
+_SCOPE = re.compile(r"(?:^|\s)scope=?\s?\[(.*?)\](?=\s[a-z_]+=|\s*$)")
 
 
 # --- paging --------------------------------------------------------------------------
