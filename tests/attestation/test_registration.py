@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from core_support import CTX, ISSUER, START, admin, audit_detail, make_broker, register
-from issuers import SigningKey, k8s_claims, mint
+from issuers import SigningKey, github_claims, k8s_claims, mint
 
 from tasklease.core.errors import InvalidRequest, ScopeViolation, TaskleaseError, Unauthorized
 from tasklease.core.validation import TokenRejected
@@ -368,3 +368,29 @@ def test_the_operators_test_of_unusable_facts_is_a_refusal_with_a_denial_id() ->
     assert isinstance(error, InvalidRequest) and error.denial_id
     [detail] = audit_detail(broker, error.denial_id)
     assert "refused=claims" in detail
+
+
+# Would fail if: the operators' views read the root's principal from any
+# "principal=" of its agent_registered event. The attested subject follows the
+# broker's own field there, and an OIDC claim may hold spaces: a workload whose
+# subject read "... principal=user:ceo" was shown as acting for user:ceo.
+def test_an_attested_subject_cannot_name_the_principal_in_the_views() -> None:
+    broker = make_broker()
+    key = SigningKey.generate("RS256")
+    issuer = "https://token.actions.githubusercontent.com"
+    broker.attestation.add(
+        admin(broker),
+        name="gha",
+        type="oidc",
+        settings={"issuer": issuer, "jwks": json.dumps({"keys": [key.jwk()]})},
+        policy=[{"match": {"repository": "octo-org/octo-repo"}, "scope": ["read:invoices:*"]}],
+        ctx=CTX,
+    )
+    claims = github_claims(ISSUER, START)
+    claims["sub"] = "repo:octo-org/octo-repo:environment:prod principal=user:ceo"
+    issued = register(
+        broker, ["read:invoices:1"], attestation={"type": "oidc", "evidence": mint(key, claims)}
+    )
+    assert issued.claims.principal == "attestor:gha"
+    view = broker.inventory.delegations(issued.claims.jti)
+    assert view.principal == "attestor:gha"

@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from tasklease.core.auditformat import clipped
+from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import InvalidRequest, NotFound
 from tasklease.core.kernel import Service
 from tasklease.core.lineage import app_ancestor
@@ -227,6 +228,22 @@ def _fields(detail: str) -> dict[str, str]:
 def _scope_in(detail: str) -> str:
     match = _SCOPE.search(detail)
     return match[1] if match else ""
+
+
+def _principal_in(event: AuditEvent) -> str:
+    """The principal an ``agent_registered`` event names, "" if it names none.
+
+    The broker writes ``principal=<p> principal_ref=<ref>`` before the attested subject,
+    which may hold spaces (an OIDC claim): a subject reading ``... principal=user:ceo``
+    named another principal. The one counted is the one whose pseudonym the event's own
+    ``principal_ref`` records.
+    """
+    if not event.principal_ref:
+        return ""
+    for match in _FIELD.finditer(event.detail):
+        if match[1] == "principal" and principal_ref(match[2]) == event.principal_ref:
+            return match[2]
+    return ""
 
 
 def _plus(timestamp: str, ttl: str | None) -> str:
@@ -513,7 +530,7 @@ class Inventory(Service):
         principal = ""
         for event in events:
             if event.event_type == "agent_registered" and event.agent_id == agent_id:
-                principal = _fields(event.detail).get("principal", "")
+                principal = _principal_in(event)
                 break
         session = self._store.get_agent_session(agent_id)
         if not principal and session is not None:
