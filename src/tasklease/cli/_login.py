@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 import typer
 
-from tasklease.bounds import lifetime
 from tasklease.cli._common import (
     EXIT_UNAVAILABLE,
     AdminSecretOpt,
@@ -80,6 +79,8 @@ def login(
         ) as client,
     ):
         answer = client.sign_in()
+    from tasklease.bounds import lifetime  # with the SDK: loaded by commands that sign in
+
     life = lifetime(answer.get("expires_in"))
     if life is None or type(answer.get("access_token")) is not str:
         fail(
