@@ -37,3 +37,22 @@ def test_a_payment_grant_to_anyone_beside_one_to_a_known_payee_is_refused() -> N
     refused = evaluate(policies, _launch(TO_P, TO_ANYONE))
     assert not refused.allowed and refused.policies == ("known-payees",)
     assert not evaluate(policies, _launch(TO_ANYONE)).allowed
+
+
+def test_an_integer_value_is_not_the_string_a_policy_lists() -> None:
+    """Grants and resource servers tell the integer ``1`` from the string ``"1"``; a policy
+    listing the string payee lets out neither the integer nor any other value."""
+    only_one = KNOWN_PAYEES.replace('["payee=P", "payee=Q"]', '["payee=1"]')
+    policies = compile_policies((("default.cedar", DEFAULT_POLICY), ("p.cedar", only_one)), "t")
+
+    def pay(value: object) -> dict[str, Any]:
+        return {**TO_P, "limits": {"allowed_values": {"payee": [value]}}}
+
+    assert evaluate(policies, _launch(pay("1"))).allowed
+    refused = evaluate(policies, _launch(pay(1)))
+    assert not refused.allowed and refused.policies == ("known-payees",)
+    assert not evaluate(policies, _launch(pay("1"), pay(1))).allowed
+    integers = KNOWN_PAYEES.replace('["payee=P", "payee=Q"]', '["payee#1"]')
+    by_number = compile_policies((("default.cedar", DEFAULT_POLICY), ("p.cedar", integers)), "t")
+    assert evaluate(by_number, _launch(pay(1))).allowed
+    assert not evaluate(by_number, _launch(pay("1"))).allowed

@@ -371,7 +371,7 @@ def _grants_entity(request: PolicyRequest) -> dict[str, Any]:
         else:
             end_unbounded = True
         for name, values in (limits.get("allowed_values") or {}).items():
-            sets["values"].update(f"{name}={v}" for v in values)
+            sets["values"].update(_value_text(name, v) for v in values)
         if "allowed_values" not in limits and kind != "scope":
             any_value = True
     kinds = set()
@@ -395,6 +395,13 @@ def _grants_entity(request: PolicyRequest) -> dict[str, Any]:
     if end is not None and not end_unbounded:
         attrs["not_after"] = end
     return {"uid": {"type": "Grants", "id": "requested"}, "attrs": attrs, "parents": []}
+
+
+def _value_text(name: str, value: object) -> str:
+    """An allowed value as the policy reads it: ``field=text`` for a string, ``field#n``
+    for an integer, which grants and resource servers tell apart (a field name holds
+    neither ``=`` nor ``#``)."""
+    return f"{name}#{value}" if type(value) is int else f"{name}={value}"
 
 
 def _strings(value: object) -> Iterable[str]:
