@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tasklease.core.errors import Conflict, InvalidRequest, NotFound
+from tasklease.core.exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, ExchangeRequest
 from tasklease.core.inventory import decode_cursor, encode_cursor, token_of
 from tasklease.core.records import AuditEvent
 from tasklease.core.store import AuditQuery
@@ -215,3 +216,32 @@ def test_a_scope_ending_with_a_bracket_cannot_hide_the_scopes_after_it(
     view = broker.inventory.delegations(hidden.claims.jti)
     assert view.token.scope.split() == ["read:data:x]", "write:pay:1"]
     assert view.token.expires_at > view.token.issued_at
+
+
+def test_a_narrowed_token_hangs_below_its_subject_and_ends_with_it(
+    broker: Any, kit: Any, fleet: list[Any]
+) -> None:
+    """A narrowed token descends from the token it narrows (its lineage names it), so the
+    views draw it there, mark it revoked with it, and a revocation's preview counts it."""
+    a, b = fleet[:2]
+    narrowed = broker.exchange_token(
+        ExchangeRequest(
+            grant_type=GRANT_TYPE,
+            subject_token=a.token,
+            subject_token_type=ACCESS_TOKEN_TYPE,
+            scope="read:data:1",
+        ),
+        kit.ctx,
+    ).issued.claims
+    onward = _delegate(broker, kit, narrowed, b)
+    root = broker.inventory.delegations(a.claims.jti).token
+    assert [child.jti for child in root.children] == [narrowed.jti]
+    assert root.children[0].operation == "exchange"
+    assert [g.jti for g in root.children[0].children] == [onward.claims.jti]
+    preview = broker.inventory.preview("token", a.claims.jti)
+    assert {t.jti for t in preview.tokens} == {a.claims.jti, narrowed.jti, onward.claims.jti}
+
+    broker.revoke(kit.admin(broker).claims, level="token", target=a.claims.jti, ctx=kit.ctx)
+    view = broker.inventory.delegations(onward.claims.jti)
+    assert [n.jti for n in view.chain] == [a.claims.jti, narrowed.jti]
+    assert view.token.state == "revoked" and view.chain[1].state == "revoked"

@@ -63,6 +63,7 @@ MAX_PAGE = 500
 MAX_TASK_EVENTS = 20_000
 _TOKEN_EVENTS = ("token_issued", "token_renewed", "delegation_created", "token_exchanged")
 _JTI = re.compile(r"[0-9a-f]{32}")
+_NARROWED = re.compile(r"narrowed jti=([0-9a-f]{32}) to jti=([0-9a-f]{32}) ")
 # A field the broker wrote: ``name=value`` after a space (or at the start). A value a
 # caller chose (an audience, a resource) holds no space but may hold "," and "=": a
 # field read after a comma let ``aud=svc,ttl=1,jti=...`` rewrite the token drawn.
@@ -272,6 +273,12 @@ def token_of(event: AuditEvent) -> TokenNode | None:
         operation = "resume" if " (resume)" in event.detail else "register"
     elif event.event_type == "token_renewed":
         jti, parent = found.get("new_jti", ""), found.get("old_jti", "")
+    elif event.event_type == "token_exchanged":
+        # A narrowing's detail begins with the broker's own words and two of its token ids
+        # (core.exchange); a cross-domain exchange's parent is a peer's token, not drawn.
+        match = _NARROWED.match(event.detail)
+        if match:
+            parent, jti = match[1], match[2]
     elif event.event_type == "delegation_created":
         parent = found.get("parent_jti", "")
         match = re.search(r"delegation from (\S+) to", event.detail)
@@ -495,7 +502,9 @@ class Inventory(Service):
             node.state = "expired"
         for child in node.children:
             hop = (*chain, _Chain(node.agent_id)) if child.operation == "delegate" else chain
-            ancestors = (*lineage, node.jti) if child.operation == "delegate" else lineage
+            # A delegated or narrowed token's lineage names its parent; a renewal's does not.
+            descends = child.operation in ("delegate", "exchange")
+            ancestors = (*lineage, node.jti) if descends else lineage
             self._mark(child, ancestors, hop, now)
 
     def delegations(self, jti: str) -> DelegationView:
