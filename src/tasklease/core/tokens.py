@@ -56,6 +56,7 @@ from tasklease.rules.claims import (
     int_claim,
     lineage_of,
     scope_claim,
+    standing_claims,
     string_claim,
     strings_claim,
 )
@@ -331,6 +332,7 @@ def claims_from_payload(kind: str, payload: dict[str, Any]) -> Claims:
     try:
         chain = delegation_chain_of(payload.get("delegation_chain", []))
         iat = int_claim(payload, "iat")
+        oiat, rnc, grant, max_exp = standing_claims(payload, iat)
         lineage = lineage_of(payload["lineage"]) if "lineage" in payload else ()
         return Claims(
             kind=kind,
@@ -345,15 +347,15 @@ def claims_from_payload(kind: str, payload: dict[str, Any]) -> Claims:
             task_id=string_claim(payload, "task_id", required=False),
             orch_id=string_claim(payload, "orch_id", required=False),
             client_id=string_claim(payload, "client_id", required=True),
-            oiat=int_claim(payload, "oiat", iat),
-            rnc=int_claim(payload, "rnc", 0),
+            oiat=oiat,
+            rnc=rnc,
             delegation_chain=chain,
             chain_hash=string_claim(payload, "chain_hash", required=False),
             raw=payload,
             principal=string_claim(payload, "principal", required=False),
             lineage=lineage,
-            grant=string_claim(payload, "grant", required=False),
-            max_exp=int_claim(payload, "max_exp", 0),
+            grant=grant,
+            max_exp=max_exp,
             details=details_of(payload) if "authorization_details" in payload else (),
         )
     except ClaimRejected as exc:

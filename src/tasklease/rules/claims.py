@@ -51,6 +51,7 @@ __all__ = [
     "is_expired",
     "lineage_of",
     "scope_claim",
+    "standing_claims",
     "string_claim",
     "strings_claim",
     "well_formed_cnf",
@@ -198,6 +199,20 @@ def scope_claim(payload: Mapping[str, Any], key: str = "scope") -> tuple[str, ..
     if type(value) is list:
         return strings_claim(payload, key)
     raise ClaimRejected(f"claim {key} missing or not a string")
+
+
+def standing_claims(payload: Mapping[str, Any], iat: int) -> tuple[int, int, str, int]:
+    """Where a token stands in its lineage, as ``(oiat, rnc, grant, max_exp)``: when its
+    registration was made (``oiat``, ``iat`` when absent), how many renewals led to it
+    (``rnc``, 0), the grant it was issued under (``grant``, ``""``) and the latest ``exp``
+    its lineage may have (``max_exp``, 0). Optional, but of the right type when present:
+    the broker and every verifier refuse the same tokens."""
+    return (
+        int_claim(payload, "oiat", iat),
+        int_claim(payload, "rnc", 0),
+        string_claim(payload, "grant", required=False),
+        int_claim(payload, "max_exp", 0),
+    )
 
 
 def delegation_chain_of(value: object) -> tuple[DelegationRecord, ...]:

@@ -27,6 +27,7 @@ from tasklease.rules.claims import (
     int_claim,
     lineage_of,
     scope_claim,
+    standing_claims,
     string_claim,
     strings_claim,
 )
@@ -183,6 +184,11 @@ def parse_claims(payload: dict[str, Any], *, by_reference: bool = False) -> Veri
     lineage = get("lineage", _NO_LINEAGE)
     if (
         "delegation_chain" in payload
+        or "authorization_details" in payload
+        or type(get("oiat", 0)) is not int
+        or type(get("rnc", 0)) is not int
+        or type(get("grant", "")) is not str
+        or type(get("max_exp", 0)) is not int
         or type(sub) is not str
         or type(client_id) is not str
         or type(jti) is not str
@@ -278,19 +284,24 @@ _check_fast_parse()
 
 
 def _parse_claims_checked(payload: dict[str, Any], by_reference: bool) -> VerifiedToken:
-    """:func:`parse_claims` claim by claim (delegated tokens, and every malformed one)."""
+    """:func:`parse_claims` claim by claim (delegated tokens, tokens with structured
+    grants, and every malformed one), with the broker's readers (``core.tokens``): a
+    token the broker would refuse for a claim's type is refused here too."""
     try:
         chain = delegation_chain_of(payload.get("delegation_chain", []))
-        aud = payload.get("aud")
+        iat = int_claim(payload, "iat")
+        standing_claims(payload, iat)
+        if "authorization_details" in payload:
+            grant_rules.details_of(payload)
         return VerifiedToken(
             sub=holder_of(payload),
             client_id=string_claim(payload, "client_id", required=True),
             scope=scope_claim(payload),
-            aud=(aud,) if type(aud) is str else strings_claim(payload, "aud"),
+            aud=strings_claim(payload, "aud"),
             iss=string_claim(payload, "iss", required=False),
             exp=int_claim(payload, "exp"),
             nbf=int_claim(payload, "nbf"),
-            iat=int_claim(payload, "iat"),
+            iat=iat,
             jti=string_claim(payload, "jti", required=True),
             task_id=string_claim(payload, "task_id", required=False),
             orch_id=string_claim(payload, "orch_id", required=False),
@@ -303,6 +314,8 @@ def _parse_claims_checked(payload: dict[str, Any], by_reference: bool) -> Verifi
         )
     except ClaimRejected as exc:
         raise InvalidToken(exc.reason) from None
+    except grant_rules.GrantError as exc:
+        raise InvalidToken(f"authorization_details: {exc.reason}") from None
 
 
 def claims_from_introspection(body: Mapping[str, Any]) -> VerifiedToken:
