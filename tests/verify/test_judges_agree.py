@@ -143,3 +143,16 @@ def test_a_token_the_broker_refuses_is_refused_by_the_verifier(
     token = judges.sign(payload(**changes))
     assert not judges.broker_accepts(token)
     assert not judges.verifier_accepts(token)
+
+
+@pytest.mark.parametrize("exp", [10**400, -(10**400)], ids=["huge", "huge_negative"])
+def test_a_verifier_with_exp_leeway_refuses_an_exp_past_every_float(exp: int) -> None:
+    """JSON integers are read exactly; the broker refuses such a token, and so does a
+    verifier allowed some leeway on ``exp`` (it must not fail with OverflowError)."""
+    judges = Judges(exp_leeway=0.5)
+    try:
+        token = judges.sign(payload(exp=exp))
+        assert not judges.broker_accepts(token)
+        assert not judges.verifier_accepts(token)
+    finally:
+        judges.verifier.close()

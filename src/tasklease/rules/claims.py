@@ -437,7 +437,7 @@ def check_claims(
     if cnf is not None and not well_formed_cnf(cnf):
         raise ClaimRejected("cnf claim malformed")
     exp, iat = token.exp, token.iat
-    if now >= exp + exp_leeway:
+    if now - exp_leeway >= exp:  # is_expired: never exp + leeway (an int past floats)
         raise ClaimRejected("token expired", "expired")
     if now + skew < token.nbf:
         raise ClaimRejected("token not yet valid", "not_yet_valid")
