@@ -31,6 +31,7 @@ ADMIN_SECRET = "console-refusals-admin-secret-0123456789"
 ORIGIN = "http://127.0.0.1:8080"
 ELSEWHERE = "https://elsewhere.example"
 DENIAL = re.compile(r"den_[0-9a-f]{16}")
+COOKIE = "tasklease_console"
 CTX = RequestContext(request_id="req-1", remote="127.0.0.1")
 # A token of the right shape that no key of this broker signed.
 FORGED_SESSION = "eyJhbGciOiJFZERTQSJ9.e30.AAAA"
@@ -346,6 +347,59 @@ def test_a_console_request_over_plain_http_from_afar_is_audited_once(
     assert "from 192.0.2.10" in event.detail and event.resource == path
     assert _events(broker) == [event]  # refused before anything else: no sign-in
     assert ADMIN_SECRET not in event.detail
+
+
+# -- behind a proxy on this machine -------------------------------------------------------
+# A broker bound to loopback behind a proxy of its own machine needs no trusted_proxies to
+# be reached, and without them every browser is a loopback client over plain HTTP: the
+# client address and the scheme no longer say where the browser is. Its Origin does.
+PUBLIC_TLS = "https://broker.example.com"
+PUBLIC_CLEAR = "http://broker.example.com"
+
+
+def _sign_in_through_a_local_proxy(origin: str) -> tuple[Broker, httpx.Response]:
+    """The admin's sign-in from a page at ``origin`` (the broker's ``public_url``), relayed
+    by a proxy on the broker's machine: plain HTTP from 127.0.0.1."""
+    broker = _broker(public_url=(origin,))
+
+    async def go(client: httpx.AsyncClient) -> httpx.Response:
+        form = await client.get("/console/login")
+        return await client.post(
+            "/console/login",
+            data={"csrf": _csrf(form.text), "operator": "", "secret": ADMIN_SECRET},
+            headers={"origin": origin},
+        )
+
+    return broker, _run(broker, go)
+
+
+def _session_cookie(answer: httpx.Response) -> str:
+    [cookie] = [c for c in answer.headers.get_list("set-cookie") if c.startswith(COOKIE + "=")]
+    return cookie
+
+
+def test_a_session_reached_over_tls_through_a_local_proxy_gets_a_secure_cookie() -> None:
+    """The browser is on an https page: its session cookie must never be sent in clear
+    (to the same host's plain-HTTP port, say), though the proxy spoke plain HTTP."""
+    _, answer = _sign_in_through_a_local_proxy(PUBLIC_TLS)
+    assert answer.status_code == 303, answer.text
+    flags = [flag.strip().lower() for flag in _session_cookie(answer).split(";")[1:]]
+    assert "secure" in flags
+    assert "httponly" in flags and "samesite=strict" in flags
+
+
+def test_a_plain_http_page_beyond_loopback_is_refused_behind_a_local_proxy() -> None:
+    """The browser is on a plain-HTTP page of a host beyond loopback: its secret crossed a
+    network in clear, and a session cookie would cross it at every page. Refused as a
+    request from afar over plain HTTP is, though it arrived from 127.0.0.1."""
+    broker, answer = _sign_in_through_a_local_proxy(PUBLIC_CLEAR)
+    assert answer.status_code == 403
+    assert "Turn TLS on" in answer.text
+    assert not [c for c in answer.headers.get_list("set-cookie") if c.startswith(COOKIE + "=")]
+    [event] = _named(broker, _shown(answer.text))
+    assert (event.event_type, event.outcome) == ("console_form_refused", "denied")
+    assert f"console form refused: plain_http | origin={PUBLIC_CLEAR}" in event.detail
+    assert _events(broker) == [event]  # refused before anything else: no sign-in
 
 
 # -- a sign-in while the store is out --------------------------------------------------------

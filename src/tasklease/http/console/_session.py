@@ -8,8 +8,11 @@ broker's own (an operator's removal or rotation ends its console session at once
 the session lasts as long as the token (``admin_token_ttl``, 5 minutes by default).
 
 The cookie is ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no other site's
-page sends it) and ``Secure`` whenever the console is served over TLS. Over plain HTTP the
-console serves loopback clients only, where the browser and the broker share a machine.
+page sends it) and ``Secure`` whenever the console is served over TLS, or the browser's
+page is an ``https`` one (its ``Origin``: TLS ended at a proxy). Over plain HTTP the console
+serves loopback clients only, where the browser and the broker share a machine, and not
+when the browser says (``Origin``) its page is plain HTTP on a host beyond loopback: a proxy
+on the broker's machine that is not a trusted proxy makes every client look local.
 
 CSRF: every form of a session carries ``HMAC-SHA256(session token, "tasklease-console-
 csrf")``, which a page of another origin cannot compute (it cannot read the cookie);
@@ -24,9 +27,12 @@ import hmac
 import ipaddress
 import secrets
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
+
+from tasklease.rules.cleartext import may_carry_credentials
 
 __all__ = [
     "LOGIN_COOKIE",
@@ -63,16 +69,30 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
+def _page_scheme(request: Request) -> tuple[str, str]:
+    """The scheme and host of the page the request came from (its ``Origin``; "" for
+    none or one that does not parse)."""
+    try:
+        parts = urlsplit(request.headers.get("origin", ""))
+        return parts.scheme, parts.hostname or ""
+    except ValueError:
+        return "", ""
+
+
 def plain_http_refused(request: Request) -> bool:
-    """True when the console is asked over plain HTTP by a client beyond loopback: its
-    cookie would cross the network in clear."""
+    """True when the console is asked over plain HTTP by a client beyond loopback, or by
+    a page that is plain HTTP on a host beyond loopback (relayed by a proxy on this
+    machine): its cookie would cross the network in clear."""
     if _secure(request):
         return False
     host = request.client.host if request.client else ""
     try:
-        return not ipaddress.ip_address(host).is_loopback
+        if not ipaddress.ip_address(host).is_loopback:
+            return True
     except ValueError:
         return True
+    scheme, page_host = _page_scheme(request)
+    return scheme == "http" and not may_carry_credentials(scheme, page_host)
 
 
 def same_origin(request: Request, origins: Sequence[str]) -> bool:
@@ -94,6 +114,6 @@ def set_cookie(
         max_age=max_age if max_age > 0 else 0,
         path=path,
         httponly=True,
-        secure=_secure(request),
+        secure=_secure(request) or _page_scheme(request)[0] == "https",
         samesite="strict",
     )
