@@ -10,8 +10,13 @@ import pytest
 
 from tasklease.rules import jws
 from tasklease.rules.binding import (
+    PROOF_OVER_QUOTA,
     BindingError,
     DPoPVerifier,
+    MemoryProofLedger,
+    Presentation,
+    access_token_hash,
+    check_binding,
     normalize_htu,
 )
 
@@ -20,13 +25,13 @@ URL = "https://api.example/data/42"
 KEY = nacl.signing.SigningKey(b"e" * 32)
 
 
-def proof(**claims: Any) -> str:
-    """A proof signed by ``KEY`` for ``GET URL`` at ``NOW``, with ``claims`` replacing or
+def proof(key: nacl.signing.SigningKey = KEY, **claims: Any) -> str:
+    """A proof signed by ``key`` for ``GET URL`` at ``NOW``, with ``claims`` replacing or
     (``None``) removing those defaults."""
     header = {
         "typ": "dpop+jwt",
         "alg": "EdDSA",
-        "jwk": {"kty": "OKP", "crv": "Ed25519", "x": jws.b64url_encode(bytes(KEY.verify_key))},
+        "jwk": {"kty": "OKP", "crv": "Ed25519", "x": jws.b64url_encode(bytes(key.verify_key))},
     }
     body: dict[str, Any] = {"jti": "j-1", "htm": "GET", "htu": URL, "iat": int(NOW)}
     body.update(claims)
@@ -35,7 +40,7 @@ def proof(**claims: Any) -> str:
         jws.b64url_encode(json.dumps(part, separators=(",", ":")).encode())
         for part in (header, body)
     )
-    signature = jws.sign_detached(signing_input.encode("ascii"), KEY)
+    signature = jws.sign_detached(signing_input.encode("ascii"), key)
     return signing_input + "." + jws.b64url_encode(signature)
 
 
@@ -74,3 +79,23 @@ def test_only_http_and_https_uris_are_named() -> None:
     assert normalize_htu("ftp://api.example/data/42") is None
     assert normalize_htu("wss://api.example:443/data") is None
     assert normalize_htu("HTTPS://API.example:443/data") == "https://api.example/data"
+
+
+# Would fail if: check_binding counted a proof against its own key rather than the holder
+# it is told (an offline chain's root), so delegate keys derived without limit each got a
+# fresh quota in the ledger.
+def test_a_bound_token_proof_counts_against_the_named_holder() -> None:
+    dpop = DPoPVerifier(60, ledger=MemoryProofLedger(holder_quota=1))
+    refusals: list[str] = []
+    for seed in (b"1", b"2"):
+        delegate = nacl.signing.SigningKey(seed * 32)
+        token_proof = proof(delegate, ath=access_token_hash("t.t.t"))
+        cnf = {"jkt": jws.jwk_thumbprint(bytes(delegate.verify_key))}
+        presented = Presentation(scheme="DPoP", dpop_proof=token_proof, htm="GET", htu=URL)
+        try:
+            check_binding(cnf, "t.t.t", presented, dpop=dpop, now=NOW, holder="root")
+        except BindingError as exc:
+            refusals.append(exc.reason)
+        else:
+            refusals.append("ok")
+    assert refusals == ["ok", PROOF_OVER_QUOTA]
