@@ -1,7 +1,8 @@
 """Audience-bound tokens (RFC 8707 resource indicators).
 
 The choice and narrowing rules live in :mod:`tasklease.rules.issuance` (the issuance
-check is shared with the SDK and the verifier); here they refuse with the broker's error.
+check is shared with the SDK and the verifier); here, the values' checks, refusing with
+the broker's errors.
 
 A token is for one resource. A launch token may name the resources its agent's tokens
 may be for; a registration may name one of them; the token then carries that single
@@ -25,15 +26,12 @@ import re
 from collections.abc import Sequence
 
 from tasklease.core.errors import InvalidRequest, InvalidTarget
-from tasklease.rules import issuance as _rules
 from tasklease.rules.issuance import default_audience
 
 __all__ = [
     "MAX_RESOURCES",
     "check_ceiling",
-    "choose_audience",
     "default_audience",
-    "narrow_audience",
     "validate_ceiling",
     "validate_resource",
     "validate_resource_uri",
@@ -124,24 +122,3 @@ def check_ceiling(resources: Sequence[str], *, field: str, configured: Sequence[
             hint="name the resource servers the agents' tokens are for, or leave it out",
         )
 
-
-def choose_audience(
-    requested: str | None, allowed: Sequence[str], default: tuple[str, ...]
-) -> tuple[str, ...]:
-    """:func:`tasklease.rules.issuance.choose_audience`, refusing with
-    :class:`InvalidTarget`."""
-    try:
-        return _rules.choose_audience(requested, allowed, default)
-    except _rules.TargetRefused as exc:
-        raise InvalidTarget(exc.message) from None
-
-
-def narrow_audience(
-    requested: str | None, current: tuple[str, ...], default: tuple[str, ...]
-) -> tuple[str, ...]:
-    """:func:`tasklease.rules.issuance.narrow_audience`, refusing with
-    :class:`InvalidTarget`."""
-    try:
-        return _rules.narrow_audience(requested, current, default)
-    except _rules.TargetRefused as exc:
-        raise InvalidTarget(exc.message) from None
