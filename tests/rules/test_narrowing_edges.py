@@ -1,0 +1,62 @@
+"""The exact edges of narrowing, one example each: what a property test may never draw.
+
+Each case names the one comparison that keeps a narrower credential from holding more
+than its parent (or a meet of two ceilings from holding more than either).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasklease.rules import grants as g
+from tasklease.rules import scopes
+
+
+def _pay(**limits: Any) -> dict[str, Any]:
+    return g.parse_detail({"type": "resource_access", "actions": ["pay"], "limits": limits})
+
+
+# --- scopes: the meet of two ceilings ----------------------------------------------------
+
+
+def test_the_meet_of_two_different_identifiers_is_empty() -> None:
+    """``read:data:1`` and ``read:data:2`` share nothing: neither may survive the meet."""
+    assert scopes.intersect(("read:data:1",), ("read:data:2",)) == ()
+    assert scopes.intersect(("read:data:2",), ("read:data:1",)) == ()
+
+
+def test_the_meet_never_crosses_resources() -> None:
+    """A wildcard over one resource does not meet a scope of another with the same action."""
+    assert scopes.intersect(("read:data:*",), ("read:users:1",)) == ()
+    assert scopes.intersect(("read:users:1",), ("read:data:*",)) == ()
+    assert scopes.intersect(("read:data:*",), ("read:data:7",)) == ("read:data:7",)
+
+
+def test_a_wildcard_scope_is_critical_when_it_covers_a_critical_pattern() -> None:
+    """``write:payments:*`` holds ``write:payments:acct-1``: a critical pattern naming one
+    account makes the wildcard critical too, not only the scopes the pattern covers."""
+    assert scopes.overlaps(["write:payments:*"], ["write:payments:acct-1"])
+    assert scopes.overlaps(["write:payments:acct-1"], ["write:payments:*"])
+    assert not scopes.overlaps(["write:payments:acct-2"], ["write:payments:acct-1"])
+
+
+# --- grant limits -------------------------------------------------------------------------
+
+
+def test_an_amount_limit_never_changes_currency() -> None:
+    """100 EUR does not cover 100 USD (nor 100 JPY cover 100 KWD): the amount is in the
+    parent's currency or it is no narrowing at all."""
+    parent = _pay(max_amount="100", currency="EUR")
+    assert g.covers(parent, _pay(max_amount="100", currency="EUR"))
+    assert not g.covers(parent, _pay(max_amount="100", currency="USD"))
+    assert not g.covers(parent, _pay(max_amount="1", currency="USD"))
+
+
+def test_a_child_must_keep_its_parents_call_limit() -> None:
+    """A parent's ``max_calls`` binds the child: leaving it out is no narrowing, one call
+    more is a widening, the same or fewer is allowed."""
+    parent = _pay(max_calls=3)
+    assert not g.covers(parent, _pay(not_before=0))
+    assert not g.covers(parent, _pay(max_calls=4))
+    assert g.covers(parent, _pay(max_calls=3))
+    assert g.covers(parent, _pay(max_calls=1))
