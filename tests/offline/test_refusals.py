@@ -306,6 +306,17 @@ def test_a_block_made_for_an_agent_already_revoked_is_refused() -> None:
     verify(late, holder="x", now=NOW + 21, revoked=_index("chain", NAME["x"]).match)
 
 
+def test_a_delegate_revoked_before_the_root_was_registered_is_refused() -> None:
+    # The agent-level entry predates the root's registration (``oiat``), so the block's own
+    # element does not match it; the delegate's standing does, whenever it was revoked.
+    late = raw_block(
+        hops(NAMES[:3]), "b2",
+        **block(sub=NAME["x"], key=public("x"), iat=NOW + 20, depth=3, jti="9" * 32),
+    )  # fmt: skip
+    early = _index("agent", NAME["x"], NOW - 3600).match
+    refused(late, "x", "revoked", NAME["x"], now=NOW + 21, revoked=early)
+
+
 def test_unrelated_revocations_do_not_refuse_it() -> None:
     verify(CHAIN, holder="b3", revoked=_index("agent", agent_id("zz")).match)
     verify(CHAIN, holder="b3", revoked=_index("token", "f" * 32).match)
