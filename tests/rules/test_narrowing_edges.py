@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasklease.rules import grants as g
+from tasklease.rules import grantuse as gu
 from tasklease.rules import scopes
 
 
@@ -60,3 +61,44 @@ def test_a_child_must_keep_its_parents_call_limit() -> None:
     assert not g.covers(parent, _pay(max_calls=4))
     assert g.covers(parent, _pay(max_calls=3))
     assert g.covers(parent, _pay(max_calls=1))
+
+
+def test_a_child_window_stays_inside_its_parents_to_the_second() -> None:
+    """A window of [1000, 2000): a child may keep either end or move it inward; leaving an
+    end out, or moving it one second outward, is a widening."""
+    parent = _pay(not_before=1000, not_after=2000)
+    assert g.covers(parent, _pay(not_before=1000, not_after=2000))
+    assert g.covers(parent, _pay(not_before=1001, not_after=1999))
+    assert not g.covers(parent, _pay(not_before=999, not_after=2000))
+    assert not g.covers(parent, _pay(not_before=1000, not_after=2001))
+    assert not g.covers(parent, _pay(not_after=2000))
+    assert not g.covers(parent, _pay(not_before=1000))
+
+
+def test_a_child_amount_may_equal_but_not_pass_its_parents() -> None:
+    parent = _pay(max_amount="100", currency="EUR")
+    assert g.covers(parent, _pay(max_amount="100", currency="EUR"))
+    assert not g.covers(parent, _pay(max_amount="100.0001", currency="EUR"))
+
+
+def test_a_grant_window_opens_at_not_before_and_closes_at_not_after() -> None:
+    """``not_before`` is inclusive and ``not_after`` exclusive, to the second."""
+    grant = _pay(not_before=1000, not_after=2000)
+    assert gu.allows([grant], "resource_access", now=999, action="pay") is None
+    assert gu.allows([grant], "resource_access", now=1000, action="pay") == grant
+    assert gu.allows([grant], "resource_access", now=1999, action="pay") == grant
+    assert gu.allows([grant], "resource_access", now=2000, action="pay") is None
+
+
+def test_an_amount_is_allowed_up_to_its_limit_in_its_currency_only() -> None:
+    grant = _pay(max_amount="100", currency="EUR")
+
+    def pay(amount: str, currency: str) -> object:
+        return gu.allows(
+            [grant], "resource_access", now=0, action="pay", amount=amount, currency=currency
+        )
+
+    assert pay("100", "EUR") == grant
+    assert pay("100.01", "EUR") is None
+    assert pay("1", "USD") is None
+    assert pay("-1", "EUR") is None
