@@ -85,6 +85,21 @@ def test_a_chain_reads_as_its_last_holders_token() -> None:
     assert "agent_jwk" not in token.claims and "act" not in token.claims
 
 
+def test_a_block_that_drops_every_grant_leaves_its_holder_none_of_the_roots() -> None:
+    # The root's grants are its holder's: a block narrowing them to none must not let the
+    # leaf's token read them back from the root's claims.
+    root = root_token(holder="a", details=[PAY])
+    chain = hops(("a", "b"), root=root, grants=[])
+    verifier = _verifier()
+    token = verifier.verify(
+        chain, scheme="DPoP", dpop_proof=proof("b", chain, iat=NOW + 1), htm="GET", htu=HTU
+    )
+    assert token.authorization_details == ()
+    assert "authorization_details" not in token.claims
+    assert not token.allows("resource_access", action="pay", location="https://pay.example/payees/P",
+                            amount="1", currency="EUR", now=NOW + 1)  # fmt: skip
+
+
 def test_a_bearer_chain_is_refused_unless_opted_in() -> None:
     chain = hops(("a", "b"))
     with pytest.raises(InvalidToken) as refused:
