@@ -102,3 +102,34 @@ def test_an_amount_is_allowed_up_to_its_limit_in_its_currency_only() -> None:
     assert pay("100.01", "EUR") is None
     assert pay("1", "USD") is None
     assert pay("-1", "EUR") is None
+
+
+# --- resource_access members --------------------------------------------------------------
+
+
+def _access(**members: Any) -> dict[str, Any]:
+    return g.parse_detail({"type": "resource_access", "actions": ["read"], **members})
+
+
+def test_a_parents_identifier_binds_its_child() -> None:
+    parent = _access(identifier="acct-1")
+    assert g.covers(parent, _access(identifier="acct-1"))
+    assert not g.covers(parent, _access(identifier="acct-2"))
+    assert not g.covers(parent, _access())
+
+
+def test_a_location_covers_only_itself_and_what_is_below_it() -> None:
+    """``https://pay.example/payees`` covers ``.../payees/P``, not ``.../payeesX``."""
+    parent = _access(locations=["https://pay.example/payees"])
+    assert g.covers(parent, _access(locations=["https://pay.example/payees/P"]))
+    assert not g.covers(parent, _access(locations=["https://pay.example/payeesX"]))
+    assert not g.covers(parent, _access())
+    assert not g.location_covers("https://pay.example/payees", "https://pay.example/payeesX")
+
+
+def test_a_parents_datatypes_and_privileges_bind_its_child() -> None:
+    for name in ("datatypes", "privileges"):
+        parent = _access(**{name: ["invoice"]})
+        assert g.covers(parent, _access(**{name: ["invoice"]}))
+        assert not g.covers(parent, _access(**{name: ["invoice", "card"]}))
+        assert not g.covers(parent, _access())
