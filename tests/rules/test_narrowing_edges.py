@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tasklease.rules import grants as g
 from tasklease.rules import grantuse as gu
 from tasklease.rules import scopes
@@ -133,3 +135,54 @@ def test_a_parents_datatypes_and_privileges_bind_its_child() -> None:
         assert g.covers(parent, _access(**{name: ["invoice"]}))
         assert not g.covers(parent, _access(**{name: ["invoice", "card"]}))
         assert not g.covers(parent, _access())
+
+
+# --- an operator's type ---------------------------------------------------------------------
+
+_REGION = {
+    "region_access": g.TypeRule(
+        (("regions", "subset"), ("rows", "at_most"), ("path", "prefix"), ("rating", "at_least"))
+    )
+}
+
+
+def _region(**members: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "type": "region_access",
+        "regions": ["eu", "us"],
+        "rows": 100,
+        "path": "/data",
+        "rating": 3,
+        "team": "ops",
+    }
+    return g.parse_detail({**base, **members})
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        {"regions": ["eu", "apac"]},
+        {"rows": 101},
+        {"path": "/dat"},
+        {"rating": 2},
+        {"team": "dev"},
+    ],
+    ids=["subset", "at_most", "prefix", "at_least", "equal"],
+)
+def test_each_narrowing_operator_refuses_one_step_wider(members: dict[str, Any]) -> None:
+    parent = _region()
+    assert g.covers(parent, _region(), _REGION)
+    assert g.covers(parent, _region(regions=["eu"], rows=100, path="/data/x", rating=3), _REGION)
+    assert not g.covers(parent, _region(**members), _REGION)
+
+
+@pytest.mark.parametrize("member", ["regions", "rows", "path", "rating", "team"])
+def test_a_member_the_parent_sets_the_child_cannot_leave_out(member: str) -> None:
+    child = {k: v for k, v in _region().items() if k != member}
+    assert not g.covers(_region(), child, _REGION)
+
+
+def test_an_operators_type_without_a_rule_covers_only_itself() -> None:
+    assert g.covers(_region(), _region())
+    assert not g.covers(_region(), _region(rows=1))
+    assert not g.covers(_region(), _region(rows=True), _REGION)  # a bool is not a number
