@@ -224,3 +224,12 @@ def test_the_sdk_builds_a_nested_name_from_a_label_and_refuses_any_other() -> No
         with pytest.raises(ValueError) as caught:
             held.attenuate(bad, public("x"))
         assert "nested" in str(caught.value) or "label" in str(caught.value)
+
+
+def test_a_nested_name_is_held_to_the_formats_512_characters() -> None:
+    holder = agent_id("root")
+    fits = holder
+    while len(fits) < 512:  # segments of at most 100 characters, to exactly 512 in all
+        fits += "/" + "a" * min(100, 512 - len(fits) - 1)
+    assert len(fits) == 512 and is_nested_name(holder, fits)
+    assert not is_nested_name(holder, fits + "a")
