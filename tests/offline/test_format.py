@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from offline_support import NOW, hops, key, nested, public, raw_block, root_token, verify
@@ -194,3 +195,18 @@ def test_a_hand_made_block_verifies_like_a_derived_one() -> None:
     assert chain == hops(NAMES[:2])
     with pytest.raises(ChainRejected):
         verify(fmt.PREFIX + root_token(holder="root"), holder="root")  # no block at all
+
+
+@pytest.mark.parametrize("jti", ["f" * 64, "tlr_" + "a" * 43])
+def test_a_block_jti_shaped_like_a_secret_or_a_token_is_refused(jti: str) -> None:
+    # The broker refuses such a revocation target, so a block with this id could not be ended.
+    fields: dict[str, Any] = {
+        "sub": nested("root", "b1"),
+        "key": public("b1"),
+        "exp": NOW + 600,
+        "iat": NOW,
+        "depth": 1,
+    }
+    assert fmt.block_payload(jti="f" * 63, **fields)  # one short of a secret's shape
+    with pytest.raises(ChainError, match="secret or a token"):
+        fmt.block_payload(jti=jti, **fields)
