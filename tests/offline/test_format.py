@@ -210,3 +210,12 @@ def test_a_block_jti_shaped_like_a_secret_or_a_token_is_refused(jti: str) -> Non
     assert fmt.block_payload(jti="f" * 63, **fields)  # one short of a secret's shape
     with pytest.raises(ChainError, match="secret or a token"):
         fmt.block_payload(jti=jti, **fields)
+
+
+def test_a_holder_key_is_an_ed25519_okp_key_of_32_bytes() -> None:
+    x = b64url_encode(public("b1"))
+    good = {"kty": "OKP", "crv": "Ed25519", "x": x}
+    assert fmt.holder_key_of({"agent_jwk": good}) == public("b1")
+    assert fmt.holder_key_of({"agent_jwk": {**good, "crv": "X25519"}}) is None
+    assert fmt.holder_key_of({"agent_jwk": {**good, "x": b64url_encode(b"k" * 31)}}) is None
+    assert fmt.holder_key_of({"agent_jwk": {**good, "x": b64url_encode(b"k" * 33)}}) is None
