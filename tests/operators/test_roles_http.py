@@ -111,6 +111,12 @@ def routes(broker: RunningBroker) -> dict[str, Call]:
         add_operator(broker, name, "auditor")
         return name
 
+    def victim_tenant() -> str:
+        name = fresh("victim")
+        made = broker.post("/v1/admin/tenants", json={"name": name}, headers=broker.admin_headers())
+        assert made.status_code == 201, made.text
+        return name
+
     return {
         "create app": lambda h: broker.post(
             "/v1/admin/apps", json={"name": fresh("app"), "scopes": ["read:data:*"]}, headers=h
@@ -138,6 +144,13 @@ def routes(broker: RunningBroker) -> dict[str, Call]:
         "remove operator": lambda h: broker.client.delete(
             f"/v1/admin/operators/{victim()}", headers=h
         ),
+        "create tenant": lambda h: broker.post(
+            "/v1/admin/tenants", json={"name": fresh("tenant")}, headers=h
+        ),
+        "list tenants": lambda h: broker.get("/v1/admin/tenants", headers=h),
+        "remove tenant": lambda h: broker.client.delete(
+            f"/v1/admin/tenants/{victim_tenant()}", headers=h
+        ),
     }
 
 
@@ -154,6 +167,9 @@ EVERYTHING = {
     "add operator",
     "rotate operator",
     "remove operator",
+    "create tenant",
+    "list tenants",
+    "remove tenant",
 }
 ALLOWED = {
     "admin": EVERYTHING,
