@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 from tasklease.core.broker import Broker
 from tasklease.core.errors import Conflict, InvalidRequest, Unauthorized
 from tasklease.core.records import AuditQuery
+from tasklease.core.tenants import check_tenant_id
 from tasklease.http.app import create_app
 from tasklease.tenancy import Tenancy
 
@@ -143,5 +144,50 @@ def test_a_removed_tenant_is_not_brought_back_by_creating_it_again(
         assert [t.status for t in broker.list_tenants()] == ["removed"]
         assert not acme.serving
         assert "removed" in _refusals(broker)[-1]
+    finally:
+        tenancy.close()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a/b", "a/../../x", "a.b", "a_b", "a%2fb", "Acme", "a-", "-a", "a" * 64, "a\nb", "default"],
+)
+def test_a_tenant_name_is_a_dns_label_and_not_the_default_tenants(
+    broker: Broker, kit: type[Kit], name: str
+) -> None:
+    """The name becomes a URL path segment, a directory under the key directory and an
+    SQL literal: nothing but a DNS label gets through, so no name reaches out of
+    ``<key_dir>/tenants``."""
+    admin = kit.admin(broker).claims
+    with pytest.raises(InvalidRequest, match="tenant"):  # a good trust domain given
+        broker.create_tenant(admin, name=name, trust_domain="x.example", ctx=kit.ctx)
+    assert broker.list_tenants() == []
+    if name != "default":
+        with pytest.raises(ValueError, match="not a tenant id"):
+            check_tenant_id(name)
+
+
+@pytest.mark.parametrize("name", ["a", "0", "a-b", "a--b", "a" * 63])
+def test_every_dns_label_is_a_tenant_name(broker: Broker, kit: type[Kit], name: str) -> None:
+    record = broker.create_tenant(
+        kit.admin(broker).claims, name=name, trust_domain=None, ctx=kit.ctx
+    )
+    assert record.name == check_tenant_id(name) == name
+
+
+def test_a_tenant_holds_its_own_signing_key_without_a_key_directory(
+    broker: Broker, kit: type[Kit]
+) -> None:
+    """Keys held in memory (no key directory) are made for each tenant, never shared with
+    the default tenant: its kid is not in the tenant's JWKS, so a token it signed is not
+    the tenant's by its key either (only the issuer would tell them apart)."""
+    tenancy = Tenancy(broker)
+    try:
+        tenancy.create(kit.admin(broker).claims, name="acme", trust_domain=None, ctx=kit.ctx)
+        acme = tenancy.broker("acme")
+        assert acme is not None
+        assert acme.keyring.active_kid != broker.keyring.active_kid
+        assert acme.keyring.jwks()["keys"][0]["kid"] == acme.keyring.active_kid
+        assert broker.keyring.active_kid not in {k["kid"] for k in acme.keyring.jwks()["keys"]}
     finally:
         tenancy.close()
