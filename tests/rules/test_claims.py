@@ -327,3 +327,23 @@ def test_an_exp_no_float_holds_is_compared_under_any_leeway() -> None:
     assert not is_expired(10**400, 1_900_000_000.0, 0.5)
     assert is_expired(-(10**400), 1_900_000_000.0, 0.5)
     assert is_expired(100, 100.0) and not is_expired(101, 100.0)
+
+
+# Would fail if: the depth limit refused a chain of exactly max_depth hops (the limit is
+# the most hops a token may carry, not one fewer).
+def test_a_chain_of_exactly_the_depth_limit_is_accepted() -> None:
+    hops = tuple(
+        DelegationRecord(f"spiffe://t/agent/{n}", ("read:data:*",), "", "") for n in "abcde"
+    )
+    act = act_claim(LEAF, hops)
+    token = Token(
+        delegation_chain=hops,
+        chain_hash=chain_hash(hops),
+        principal="user:ada",
+        payload={"sub": hops[0].agent, "act": act},
+    )
+    assert outcome(token) == (LEAF, *(hop.agent for hop in reversed(hops[1:])))
+    longer = (*hops, DelegationRecord("spiffe://t/agent/f", ("read:data:*",), "", ""))
+    assert outcome(
+        dataclasses.replace(token, delegation_chain=longer, chain_hash=chain_hash(longer))
+    ) == ("delegation chain longer than the depth limit")
