@@ -347,3 +347,12 @@ def test_a_chain_of_exactly_the_depth_limit_is_accepted() -> None:
     assert outcome(
         dataclasses.replace(token, delegation_chain=longer, chain_hash=chain_hash(longer))
     ) == ("delegation chain longer than the depth limit")
+
+
+# Would fail if: a delegated token without an act claim were read as the earlier shape
+# whenever it names no principal, whoever its sub names: the earlier shape's sub is the
+# holder, so a sub naming anyone else is refused.
+def test_a_delegated_token_without_act_must_name_its_holder_as_sub() -> None:
+    assert outcome(delegated("", sub=LEAF)) == ()
+    for subject in (ROOT, "spiffe://t/agent/other"):
+        assert outcome(delegated("", sub=subject)) == "delegated token without an act claim"
