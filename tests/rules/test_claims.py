@@ -356,3 +356,10 @@ def test_a_delegated_token_without_act_must_name_its_holder_as_sub() -> None:
     assert outcome(delegated("", sub=LEAF)) == ()
     for subject in (ROOT, "spiffe://t/agent/other"):
         assert outcome(delegated("", sub=subject)) == "delegated token without an act claim"
+
+
+# Would fail if: act_actors read one level more than its limit.
+def test_act_actors_refuses_one_level_past_the_limit() -> None:
+    three = {"sub": "a", "act": {"sub": "b", "act": {"sub": "c"}}}
+    assert act_actors(three, 3) == ["a", "b", "c"]
+    assert act_actors(three, 2) is None
