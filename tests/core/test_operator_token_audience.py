@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tasklease.core.errors import Unauthorized
+from tasklease.core.errors import InsufficientScope, Unauthorized
 from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, mint
 
 
@@ -32,3 +32,24 @@ def test_an_admin_token_minted_for_another_audience_is_refused(broker: Any, kit:
         broker.authenticate(kit.bearer(elsewhere), kit.ctx)
     assert refused.value.reason == "audience mismatch"
     assert refused.value.denial_id
+
+
+def test_an_operator_token_needs_the_operator_scope_its_route_names(broker: Any, kit: Any) -> None:
+    cfg = broker.config
+    operator = mint(
+        broker.keyring,
+        kind=KIND_ADMIN,
+        iss=cfg.issuer,
+        sub="operator:ops",
+        aud=cfg.audience,
+        iat=int(broker.clock.now()),
+        ttl=300,
+        scope=("read:data:*",),
+        client_id="admin",
+    )[0]
+    # Would fail if: an operator's token were let through a route that names a scope
+    # for operators' tokens (the revocation feed's) without holding it.
+    with pytest.raises(InsufficientScope) as refused:
+        broker.authenticate_feed_reader(kit.bearer(operator), kit.ctx)
+    assert refused.value.required_scope
+    assert refused.value.required_scope != "read:data:*"
