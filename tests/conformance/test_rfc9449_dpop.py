@@ -269,24 +269,30 @@ def test_rfc9449_s11_1_a_proof_is_single_use_across_workers(start_broker: Any) -
     workers = wait_workers_listening(broker.proc.pid, port, 2, database="tasklease.db")
     agent = kit.register(dpop=True)
     assert agent.dpop is not None
-    proof = dpop_proof(agent.dpop, htm="GET", htu=RS, token=agent.token)
-    body = (f'{{"token":"{agent.token}","dpop":"{proof}","htm":"GET","htu":"{RS}"}}').encode()
-    request = (
-        f"POST /v1/token/validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-    sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(24)]
-    try:
-        for sock in sockets:
-            sock.sendall(request)
-        answers = [_read_answer(sock) for sock in sockets]
-        established = tcp_inodes(port, ESTABLISHED)
-        served = {pid: len(socket_inodes(pid) & established) for pid in workers}
-    finally:
-        for sock in sockets:
-            sock.close()
+    served: dict[int, int] = {}
+    # Which worker accepts a connection is the kernel's choice, and a loaded host may hand
+    # all 24 to one: each attempt a fresh proof, until one reached both workers.
+    for _ in range(5):
+        proof = dpop_proof(agent.dpop, htm="GET", htu=RS, token=agent.token)
+        body = (f'{{"token":"{agent.token}","dpop":"{proof}","htm":"GET","htu":"{RS}"}}').encode()
+        request = (
+            f"POST /v1/token/validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(24)]
+        try:
+            for sock in sockets:
+                sock.sendall(request)
+            answers = [_read_answer(sock) for sock in sockets]
+            established = tcp_inodes(port, ESTABLISHED)
+            served = {pid: len(socket_inodes(pid) & established) for pid in workers}
+        finally:
+            for sock in sockets:
+                sock.close()
+        assert sum('"valid":true' in answer for answer in answers) == 1, answers
+        if len(served) == 2 and min(served.values()) >= 1:
+            break
     assert len(served) == 2 and min(served.values()) >= 1, served  # both workers answered
-    assert sum('"valid":true' in answer for answer in answers) == 1, answers
 
 
 def _read_answer(sock: socket.socket) -> str:
