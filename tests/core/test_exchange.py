@@ -209,6 +209,49 @@ def test_a_bad_request_is_named_as_rfc_6749_says(a: Broker, kit: Any) -> None:
     refused(a, InvalidRequest, lambda: narrow(a, kit, agent.token[:-4] + "AAAA"))
 
 
+def test_an_agent_that_declared_itself_done_narrows_nothing(
+    a: Broker, kit: Any, clock: ManualClock
+) -> None:
+    """A resumption leaves the agent's first token alive; once the agent declares itself
+    done (its session released) that token still validates, but its holder is out of
+    standing and derives nothing from it."""
+    import base64
+
+    from tasklease.rules.messages import heartbeat_signing_input
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode("ascii")
+
+    agent = kit.register(a, scope=["read:data:*"])
+    clock.advance(2)
+    nonce, _ = a.challenge()
+    resumed = a.resume(
+        agent_id=agent.sub,
+        nonce=nonce,
+        signature=b64(agent.key.sign(bytes.fromhex(nonce)).signature),
+        ctx=kit.ctx,
+    ).claims
+    clock.advance(1)
+    now, proof = int(clock.now()), "p" * 20
+    message = heartbeat_signing_input(agent.sub, resumed.jti, now, proof, True)
+    session = a.heartbeat(
+        resumed,
+        timestamp=now,
+        jti=proof,
+        signature=b64(agent.key.sign(message).signature),
+        done=True,
+        ctx=kit.ctx,
+    )
+    assert session.state == "released"
+    clock.advance(1)
+    assert valid(a, agent.token)
+    exc = refused(a, InvalidRequest, lambda: narrow(a, kit, agent.token, scope="read:data:1"))
+    events, _ = a.store.query_audit(AuditQuery(limit=10_000))
+    (event,) = [e for e in events if f"denial={exc.denial_id}" in e.detail]
+    assert "agent session is released" in event.detail, event.detail
+    assert not [e for e in events if e.event_type == "token_exchanged"]
+
+
 # --- across domains ----------------------------------------------------------------------
 
 
