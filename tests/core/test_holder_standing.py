@@ -129,3 +129,20 @@ def test_a_renewal_that_loses_the_race_with_the_release_issues_nothing(
     events, _ = broker.store.query_audit(AuditQuery(limit=10_000))
     (event,) = [e for e in events if f"denial={info.value.denial_id}" in e.detail]
     assert "released meanwhile" in event.detail
+
+
+def test_a_delegation_from_a_token_whose_ancestor_ended_meanwhile_is_refused(
+    make_broker: Any, kit: Any
+) -> None:
+    """A token validated before its chain was revoked, handed on after: the issuance
+    check reads the lineage it would grant against the revocation index and refuses,
+    rather than issuing a token born dead."""
+    broker = make_broker()
+    agent = kit.register(broker, task_id="task-a")
+    other = kit.register(broker, task_id="task-b")
+    claims = broker.authenticate(kit.bearer(agent.token), kit.ctx)
+    broker.revoke(kit.admin(broker).claims, level="chain", target=claims.jti, ctx=kit.ctx)
+    detail = delegation_refused(broker, claims, other.sub, kit.ctx)
+    assert f"ancestor {claims.jti} has ended" in detail, detail
+    events, _ = broker.store.query_audit(AuditQuery(event_type="delegation_created"))
+    assert events == []
