@@ -14,6 +14,7 @@ from tasklease.core.broker import Broker
 from tasklease.core.clock import ManualClock
 from tasklease.core.delegation import record_signing_input
 from tasklease.core.errors import (
+    InvalidAuthorizationDetails,
     InvalidRequest,
     InvalidScope,
     InvalidTarget,
@@ -209,12 +210,9 @@ def test_a_bad_request_is_named_as_rfc_6749_says(a: Broker, kit: Any) -> None:
     refused(a, InvalidRequest, lambda: narrow(a, kit, agent.token[:-4] + "AAAA"))
 
 
-def test_an_agent_that_declared_itself_done_narrows_nothing(
-    a: Broker, kit: Any, clock: ManualClock
-) -> None:
-    """A resumption leaves the agent's first token alive; once the agent declares itself
-    done (its session released) that token still validates, but its holder is out of
-    standing and derives nothing from it."""
+def released(broker: Broker, kit: Any, agent: Any, clock: ManualClock) -> None:
+    """``agent`` resumes, then declares itself done with the resumed token: its session
+    is released, while its first token (a resumption leaves it alive) still validates."""
     import base64
 
     from tasklease.rules.messages import heartbeat_signing_input
@@ -222,10 +220,9 @@ def test_an_agent_that_declared_itself_done_narrows_nothing(
     def b64(raw: bytes) -> str:
         return base64.b64encode(raw).decode("ascii")
 
-    agent = kit.register(a, scope=["read:data:*"])
     clock.advance(2)
-    nonce, _ = a.challenge()
-    resumed = a.resume(
+    nonce, _ = broker.challenge()
+    resumed = broker.resume(
         agent_id=agent.sub,
         nonce=nonce,
         signature=b64(agent.key.sign(bytes.fromhex(nonce)).signature),
@@ -234,7 +231,7 @@ def test_an_agent_that_declared_itself_done_narrows_nothing(
     clock.advance(1)
     now, proof = int(clock.now()), "p" * 20
     message = heartbeat_signing_input(agent.sub, resumed.jti, now, proof, True)
-    session = a.heartbeat(
+    session = broker.heartbeat(
         resumed,
         timestamp=now,
         jti=proof,
@@ -244,12 +241,37 @@ def test_an_agent_that_declared_itself_done_narrows_nothing(
     )
     assert session.state == "released"
     clock.advance(1)
-    assert valid(a, agent.token)
-    exc = refused(a, InvalidRequest, lambda: narrow(a, kit, agent.token, scope="read:data:1"))
-    events, _ = a.store.query_audit(AuditQuery(limit=10_000))
+    assert valid(broker, agent.token)
+
+
+def denial_detail(broker: Broker, exc: TaskleaseError) -> str:
+    events, _ = broker.store.query_audit(AuditQuery(limit=10_000))
     (event,) = [e for e in events if f"denial={exc.denial_id}" in e.detail]
-    assert "agent session is released" in event.detail, event.detail
-    assert not [e for e in events if e.event_type == "token_exchanged"]
+    return event.detail
+
+
+def test_an_agent_that_declared_itself_done_narrows_nothing(
+    a: Broker, kit: Any, clock: ManualClock
+) -> None:
+    """Its token still validates, but its holder is out of standing and derives nothing
+    from it."""
+    agent = kit.register(a, scope=["read:data:*"])
+    released(a, kit, agent, clock)
+    exc = refused(a, InvalidRequest, lambda: narrow(a, kit, agent.token, scope="read:data:1"))
+    assert "agent session is released" in denial_detail(a, exc)
+    events, _ = a.store.query_audit(AuditQuery(event_type="token_exchanged"))
+    assert events == []
+
+
+def test_an_actor_token_of_ours_is_for_a_federated_subject_only(a: Broker, kit: Any) -> None:
+    """Within the domain another agent's token as actor_token is refused, not ignored:
+    handing authority to another agent here is delegation."""
+    agent = kit.register(a, scope=["read:data:*"], task_id="t-a")
+    other = kit.register(a, scope=["read:data:*"], task_id="t-b")
+    with pytest.raises(InvalidRequest, match="federated domain"):
+        exchange(a, kit, agent.token, other.token)
+    events, _ = a.store.query_audit(AuditQuery(event_type="token_exchanged"))
+    assert events == []
 
 
 # --- across domains ----------------------------------------------------------------------
@@ -291,6 +313,92 @@ def test_the_act_chain_keeps_a_hops_and_b_hands_it_on(a: Broker, b: Broker, kit:
     onward = b.delegate(held, delegate_to=carol.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx)
     assert [r.agent for r in onward.claims.delegation_chain] == [first.sub, second.sub, bob.sub]
     assert onward.claims.principal == f"fed:{A}:{first.claims.principal}"
+    assert valid(b, onward.token)
+
+
+def test_the_ceiling_bounds_what_the_mapping_grants(a: Broker, b: Broker, kit: Any) -> None:
+    """A scope the map grants but the federation record's ceiling does not cover is not
+    granted, by default or on request."""
+    federate(
+        b,
+        a,
+        kit,
+        scope_map=[["read:data:*", "read:records:*"], ["write:data:*", "write:records:*"]],
+        ceiling=["read:records:*"],
+    )
+    alice = kit.register(a, scope=["read:data:*", "write:data:*"])
+    bob = kit.register(b, scope=["read:data:*"])
+    subject = for_domain(a, kit, alice.token, B, scope="read:data:42 write:data:42")
+    assert exchange(b, kit, subject, bob.token).issued.claims.scope == ("read:records:42",)
+    refused(b, InvalidScope, lambda: exchange(b, kit, subject, bob.token, scope="write:records:42"))
+
+
+def test_a_federated_subject_is_exchanged_for_scopes_only(a: Broker, b: Broker, kit: Any) -> None:
+    federate(b, a, kit)
+    alice = kit.register(a, scope=["read:data:*"])
+    bob = kit.register(b, scope=["read:data:*"])
+    subject = for_domain(a, kit, alice.token, B)
+    grant = '[{"type": "scope", "scope": "read:data:1"}]'
+    with pytest.raises(InvalidAuthorizationDetails, match="scopes only"):
+        exchange(b, kit, subject, bob.token, authorization_details=grant)
+    events, _ = b.store.query_audit(AuditQuery(event_type="token_exchanged"))
+    assert events == []
+
+
+def test_an_actor_that_declared_itself_done_receives_nothing(
+    a: Broker, b: Broker, kit: Any, clock: ManualClock
+) -> None:
+    """The actor becomes the holder: out of standing (its session released), it receives
+    nothing, though its token still validates."""
+    federate(b, a, kit)
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    released(b, kit, bob, clock)
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    subject = for_domain(a, kit, alice.token, B)
+    exc = refused(b, InvalidRequest, lambda: exchange(b, kit, subject, bob.token))
+    assert "agent session is released" in denial_detail(b, exc)
+    events, _ = b.store.query_audit(AuditQuery(event_type="token_exchanged"))
+    assert events == []
+
+
+def test_our_own_revocation_of_a_foreign_agent_stops_its_tokens_here(
+    a: Broker, b: Broker, kit: Any
+) -> None:
+    """Our operator revokes a federated domain's agent by its SPIFFE ID, with no feed
+    from that domain: its tokens are exchanged here no more."""
+    federate(b, a, kit)
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    subject = for_domain(a, kit, alice.token, B)
+    assert exchange(b, kit, subject, bob.token).token
+    b.revoke(kit.admin(b).claims, level="agent", target=alice.sub, ctx=kit.ctx)
+    exc = refused(b, InvalidRequest, lambda: exchange(b, kit, subject, bob.token))
+    assert "subject_token revoked here at level agent" in denial_detail(b, exc)
+
+
+def test_a_foreign_chain_of_two_hops_is_re_signed_hop_by_hop(
+    a: Broker, b: Broker, kit: Any
+) -> None:
+    """Each re-signed record names the agent its hop went to (the next record's, the last
+    one's the subject's): B's own delegation, which checks every record, extends it."""
+    federate(b, a, kit)
+    first = kit.register(a, scope=["read:data:*"], task_id="t-1")
+    second = kit.register(a, scope=["read:data:*"], task_id="t-2")
+    third = kit.register(a, scope=["read:data:*"], task_id="t-3")
+    one = a.delegate(
+        first.claims, delegate_to=second.sub, scope=["read:data:*"], ttl=None, ctx=kit.ctx
+    )
+    two = a.delegate(
+        one.claims, delegate_to=third.sub, scope=["read:data:*"], ttl=None, ctx=kit.ctx
+    )
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-b")
+    carol = kit.register(b, scope=["read:data:*"], task_id="t-c")
+    held = exchange(b, kit, for_domain(a, kit, two.token, B), bob.token).issued.claims
+    assert [r.agent for r in held.delegation_chain] == [first.sub, second.sub, third.sub]
+    onward = b.delegate(held, delegate_to=carol.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx)
+    assert [r.agent for r in onward.claims.delegation_chain] == [
+        first.sub, second.sub, third.sub, bob.sub,
+    ]  # fmt: skip
     assert valid(b, onward.token)
 
 
@@ -747,3 +855,54 @@ def test_a_bound_actor_proves_possession_and_the_new_token_is_bound_to_it(
     done = b.exchange_token(request, proven)
     assert done.token_type == "DPoP"
     assert done.issued.claims.raw["cnf"] == bob.claims.raw["cnf"]
+
+
+def test_a_narrowed_token_stays_bound_to_its_holders_key(a: Broker, kit: Any) -> None:
+    """Narrowing a DPoP-bound token proves possession of its key, and the narrower token
+    is bound to the same key: narrowing never turns a bound token into a bearer one."""
+    from dataclasses import replace
+
+    from nacl.signing import SigningKey
+
+    key = SigningKey.generate()
+    register = "https://a.example/v1/register"
+    args, _ = kit.register_args(a, kit.launch(a), ["read:data:*"])
+    ctx = replace(kit.ctx, dpop=_proof(key, register, START), method="POST", url=register)
+    agent = a.register(**{**args, "ctx": ctx})
+    assert "jkt" in agent.claims.raw["cnf"]
+    token_url = "https://a.example/v1/oauth/token"
+    request = ExchangeRequest(
+        grant_type=GRANT_TYPE,
+        subject_token=agent.token,
+        subject_token_type=ACCESS_TOKEN_TYPE,
+        scope="read:data:1",
+    )
+    bare = replace(kit.ctx, method="POST", url=token_url)
+    refused(a, InvalidRequest, lambda: a.exchange_token(request, bare))  # no proof
+    proven = replace(bare, dpop=_proof(key, token_url, START, agent.token))
+    done = a.exchange_token(request, proven)
+    assert done.token_type == "DPoP"
+    assert done.issued.claims.raw["cnf"] == agent.claims.raw["cnf"]
+    # Presented without a proof of that key, the narrower token is refused.
+    with pytest.raises(TaskleaseError):
+        a.authenticate(kit.bearer(done.token), bare)
+
+
+def test_a_narrowed_delegated_token_keeps_its_chain_and_ends_with_its_delegator(
+    a: Broker, kit: Any
+) -> None:
+    """The narrower token of a delegated one carries the same delegation chain: revoking
+    the delegator's delegations ends it too."""
+    first = kit.register(a, scope=["read:data:*"], task_id="t-first")
+    second = kit.register(a, scope=["read:data:*"], task_id="t-second")
+    held = a.delegate(
+        first.claims, delegate_to=second.sub, scope=["read:data:*"], ttl=None, ctx=kit.ctx
+    )
+    done = narrow(a, kit, held.token, scope="read:data:1")
+    new = done.issued.claims
+    assert new.sub == second.sub
+    assert [r.agent for r in new.delegation_chain] == [first.sub]
+    assert new.delegation_chain == held.claims.delegation_chain
+    assert valid(a, done.token)
+    a.revoke(kit.admin(a).claims, level="chain", target=first.sub, ctx=kit.ctx)
+    assert not valid(a, done.token)
