@@ -1,0 +1,120 @@
+# Would fail if: `tasklease audit verify --database` passed a database whose tree on
+# record is not the tree of its events, whose chain is broken where the stored hashes
+# still make the same tree, that holds fewer events than a kept checkpoint covers
+# (reported as anything but a cut), or whose first events are not the ones a kept
+# checkpoint covers.
+"""`tasklease audit verify --database [--checkpoint ...]` offline, on a SQLite file written
+in this process, against checkpoints signed here with a log key of the test's own."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import nacl.signing
+from tests.cli.test_cli import run
+
+from tasklease.core.audit import AuditLog
+from tasklease.core.auditformat import AuditEntry
+from tasklease.core.clock import SystemClock
+from tasklease.rules.auditchain import event_leaf
+from tasklease.rules.merkle import leaf_hash, root_of
+from tasklease.rules.note import ED25519, Checkpoint, VerifierKey, checkpoint_note
+from tasklease.storage import SQLiteStore
+
+ORIGIN = "verify.example/audit"
+_KEY = nacl.signing.SigningKey(bytes(range(32)))
+VKEY = VerifierKey(ORIGIN, ED25519, bytes(_KEY.verify_key)).vkey
+
+
+def _log(path: Path, n: int = 6) -> list[bytes]:
+    """A database of ``n`` events; their leaf hashes."""
+    with SQLiteStore(path) as store:
+        log = AuditLog(store, SystemClock())
+        for i in range(n):
+            log.record(AuditEntry("token_issued", detail=f"event {i}"))
+        log.close()
+        assert store.audit_tree() is not None
+        return [event_leaf(e.hash) for e in store.iter_audit()]
+
+
+def _checkpoint(path: Path, leaves: list[bytes]) -> Path:
+    note = checkpoint_note(
+        Checkpoint(ORIGIN, len(leaves), root_of(leaves)),
+        bytes(_KEY.verify_key),
+        lambda message: bytes(_KEY.sign(message).signature),
+    )
+    path.write_text(str(note))
+    return path
+
+
+def _verify(database: Path, home: Path, checkpoint: Path | None = None) -> tuple[int, str, str]:
+    args = ["audit", "verify", "--database", str(database)]
+    if checkpoint is not None:
+        args += ["--checkpoint", str(checkpoint), "--log-key", VKEY]
+    done = run(*args, home=home)
+    return done.returncode, " ".join(done.stdout.split()), " ".join(done.stderr.split())
+
+
+def test_a_checkpoint_the_database_extends_is_consistent(tmp_path: Path) -> None:
+    database = tmp_path / "tasklease.db"
+    leaves = _log(database)
+    held = _checkpoint(tmp_path / "held.txt", leaves[:4])
+    code, out, err = _verify(database, tmp_path, held)
+    assert code == 0, out + err
+    assert "audit chain intact: 6 events" in out and "Merkle tree of 6 leaves matches" in out
+    assert f"CONSISTENT: the database holds the 4 events of the checkpoint of {ORIGIN}" in out
+
+
+def test_a_database_shorter_than_the_checkpoint_is_a_cut(tmp_path: Path) -> None:
+    database = tmp_path / "tasklease.db"
+    leaves = _log(database)
+    # The checkpoint of this log once it held two events more than the copy at hand.
+    later = leaves + [leaf_hash(b"lost 1"), leaf_hash(b"lost 2")]
+    code, out, err = _verify(database, tmp_path, _checkpoint(tmp_path / "held.txt", later))
+    assert code == 1, out + err
+    assert "CUT: the database holds 6 events, fewer than the 8 the checkpoint covers" in err
+    assert "FORK" not in err and "CONSISTENT" not in out
+
+
+def test_a_database_whose_first_events_differ_from_the_checkpoint_is_a_fork(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "tasklease.db"
+    leaves = _log(database)
+    other = [*leaves[:3], leaf_hash(b"the event the log had then")]
+    code, out, err = _verify(database, tmp_path, _checkpoint(tmp_path / "held.txt", other))
+    assert code == 1, out + err
+    assert "FORK: the database's first 4 events are not the ones the checkpoint covers" in err
+    assert "CONSISTENT" not in out
+
+
+def test_a_tree_on_record_that_is_not_the_events_tree_is_refused(tmp_path: Path) -> None:
+    database = tmp_path / "tasklease.db"
+    _log(database)
+    assert _verify(database, tmp_path)[0] == 0
+    conn = sqlite3.connect(database)
+    with conn:
+        conn.execute("UPDATE audit_tree SET root = ?", (bytes(32),))
+    conn.close()
+    code, out, err = _verify(database, tmp_path)
+    assert code == 1, out + err
+    assert "audit tree broken: the tree on record (size 6) is not the tree" in err
+    assert "audit chain intact" not in out
+
+
+def test_a_broken_chain_is_refused_though_its_stored_hashes_make_the_tree(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "tasklease.db"
+    leaves = _log(database)
+    held = _checkpoint(tmp_path / "held.txt", leaves)
+    conn = sqlite3.connect(database)
+    with conn:  # the event's text changes; its stored hash (the tree's leaf) does not
+        conn.execute("UPDATE audit_events SET detail = 'nothing to see' WHERE seq = 3")
+    conn.close()
+    for checkpoint in (None, held):
+        code, out, err = _verify(database, tmp_path, checkpoint)
+        assert code == 1, out + err
+        assert "audit chain broken" in err and "evt-000003" in err
+        assert "audit chain intact" not in out and "CONSISTENT" not in out
