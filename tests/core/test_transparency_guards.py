@@ -3,7 +3,9 @@
 # stored one it signed after losing the lease, a witness holding a larger tree than ours
 # were asked again as if nothing was wrong, a witness's cosignature that does not verify
 # were kept (and served in the final checkpoint), or a checkpoint of a tree that did not
-# grow were signed again.
+# grow were signed again; or if a witness that could not be reached were asked again at
+# once or never, a round no witness answered replaced the cosignatures already served,
+# or a line a witness answered in another witness's name were taken as its own.
 """The guards of the transparent audit log (core.transparency) that its main tests do not
 reach: the witness key's type, the checkpoint lease between processes sharing a store,
 and what a witness answers that must not be believed."""
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 from tests.core.test_transparency import LocalWitness, events
 
-from tasklease.core.transparency import CHECKPOINT_LEASE, PushResult, Witness
+from tasklease.core.transparency import CHECKPOINT_LEASE, RETRY_WITNESSES, PushResult, Witness
 from tasklease.rules.note import (
     COSIGNATURE,
     ED25519,
@@ -154,3 +156,79 @@ def test_a_tree_that_did_not_grow_is_not_signed_again(make_broker: Any) -> None:
     assert grown is not None and grown.size == 4
     assert first.transparency.sign_now() is None
     assert first.store.get_checkpoint("signed") == grown
+
+
+def test_a_witness_that_could_not_be_reached_is_asked_again_after_a_pause(
+    make_broker: Any,
+) -> None:
+    logs: dict[str, list[VerifierKey]] = {}
+    up, flaky = LocalWitness("up.example", logs), LocalWitness("flaky.example", logs)
+    broker = make_broker(audit_witnesses=(up.entry, flaky.entry), audit_witness_quorum=2)
+    logs["tasklease/audit"] = broker.transparency.log_keys()
+    by_url = {up.url: up, flaky.url: flaky}
+    down = {flaky.url}
+
+    def push(url: str, body: bytes) -> PushResult:
+        if url in down:
+            raise OSError("connection refused")
+        return by_url[url](url, body)
+
+    events(broker, 3)
+    broker.transparency.sign_if_due(force=True)
+    assert broker.transparency.publish(push, now=100.0) is None  # 1 of the 2 needed
+    down.clear()
+    assert broker.transparency.publish(push, now=100.0 + RETRY_WITNESSES / 2) is None
+    assert flaky.answers == []  # not asked again before the pause is over
+    final = broker.transparency.publish(push, now=100.0 + RETRY_WITNESSES)
+    assert final is not None and final.size == 3  # nor left out once it is
+    assert flaky.answers == [200]
+    note = parse_note(final.note)
+    assert all(verify_cosignature(note, w.key) == 1_800_000_000 for w in (up, flaky))
+
+
+def test_cosignatures_already_served_stay_when_no_witness_answers(make_broker: Any) -> None:
+    logs: dict[str, list[VerifierKey]] = {}
+    first, second = LocalWitness("one.example", logs), LocalWitness("two.example", logs)
+    broker = make_broker(audit_witnesses=(first.entry, second.entry), audit_witness_quorum=0)
+    logs["tasklease/audit"] = broker.transparency.log_keys()
+    down = {second.url}
+
+    def push(url: str, body: bytes) -> PushResult:
+        if url in down:
+            raise OSError("connection refused")
+        return first(url, body)
+
+    events(broker, 3)
+    broker.transparency.sign_if_due(force=True)  # final at once: no quorum
+    assert broker.transparency.publish(push, now=0.0) is not None
+    served = broker.transparency.checkpoint()
+    assert verify_cosignature(parse_note(served.note), first.key) == 1_800_000_000
+    down.add(first.url)  # both unreachable on the next round
+    assert broker.transparency.publish(push, now=60.0) is None
+    assert broker.transparency.checkpoint() == served  # first's cosignature still served
+
+
+def test_only_a_witness_s_own_cosignature_is_taken_from_its_answer(make_broker: Any) -> None:
+    logs: dict[str, list[VerifierKey]] = {}
+    relay, other = LocalWitness("relay.example", logs), LocalWitness("other.example", logs)
+    broker = make_broker(audit_witnesses=(relay.entry, other.entry), audit_witness_quorum=2)
+    logs["tasklease/audit"] = broker.transparency.log_keys()
+
+    def push(url: str, body: bytes) -> PushResult:
+        if url == other.url:
+            return other(url, body)
+        answer = relay(url, body)
+        # Ahead of its own valid cosignature, a line in the other witness's name.
+        forged = Signature(other.key.name, other.key.key_id, (1).to_bytes(8, "big") + bytes(64))
+        return PushResult(answer.status, answer.content_type, forged.line.encode() + answer.body)
+
+    events(broker, 2)
+    broker.transparency.sign_if_due(force=True)
+    final = broker.transparency.publish(push, now=0.0)
+    assert final is not None and final.size == 2
+    note = parse_note(final.note)
+    assert [s.name for s in note.signatures] == [
+        "tasklease/audit",
+        *(w.key.name for w in (relay, other)),
+    ]
+    assert all(verify_cosignature(note, w.key) == 1_800_000_000 for w in (relay, other))
