@@ -1,7 +1,8 @@
 # Would fail if: a proof or a root were read from a tile holding fewer hashes than it
 # needs (a damaged tree answering a wrong root instead of refusing), leaves were appended
-# to a tree row whose right edge does not fit its size, or a consistency proof were made
-# from the empty tree.
+# to a tree row whose right edge does not fit its size, a consistency proof were made
+# from the empty tree, a size or index below zero were read, or the root of size 0 were
+# anything but the empty tree's.
 """The audit tree's bounds (core.audittree) on tiles kept in a dict: what it refuses to
 read or append rather than answer from a damaged tree."""
 
@@ -14,7 +15,7 @@ import pytest
 from tasklease.core.audittree import append_leaves, consistency_proof, inclusion_proof, root_at
 from tasklease.core.errors import Conflict, InvalidRequest
 from tasklease.core.store import AuditTree, TileAppend
-from tasklease.rules.merkle import leaf_hash, root_of, verify_consistency
+from tasklease.rules.merkle import EMPTY_ROOT, leaf_hash, root_of, verify_consistency
 
 
 def _leaves(n: int) -> list[bytes]:
@@ -78,3 +79,18 @@ def test_a_consistency_proof_starts_from_a_tree_of_at_least_one_leaf() -> None:
         consistency_proof(tiles, tree, 6, 5)
     proof = consistency_proof(tiles, tree, 1, 10)
     verify_consistency(1, 10, proof, root_of(hashes[:1]), root_of(hashes))
+
+
+def test_sizes_and_indexes_below_zero_are_refused_and_size_0_is_the_empty_tree() -> None:
+    hashes = _leaves(10)
+    tree, appends = append_leaves(None, hashes)
+    tiles = Tiles(appends)
+    with pytest.raises(InvalidRequest, match="size must be between 0 and the tree size"):
+        root_at(tiles, tree, -1)
+    with pytest.raises(InvalidRequest, match="size must be between 0 and the tree size"):
+        inclusion_proof(tiles, tree, 0, -1)
+    with pytest.raises(InvalidRequest, match="index must be below size"):
+        inclusion_proof(tiles, tree, -1, 10)
+    with pytest.raises(InvalidRequest, match="second must be between 0 and the tree size"):
+        consistency_proof(tiles, tree, 1, 11)
+    assert root_at(tiles, tree, 0) == EMPTY_ROOT == root_at(tiles, None, 0)
