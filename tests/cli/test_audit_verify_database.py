@@ -1,4 +1,5 @@
-# Would fail if: `tasklease audit verify --database` passed a database whose tree on
+# Would fail if: `tasklease audit verify --database` refused a kept checkpoint of the
+# empty log or of exactly the events it holds, or passed a database whose tree on
 # record is not the tree of its events, whose chain is broken where the stored hashes
 # still make the same tree, that holds fewer events than a kept checkpoint covers
 # (reported as anything but a cut), or whose first events are not the ones a kept
@@ -59,11 +60,16 @@ def _verify(database: Path, home: Path, checkpoint: Path | None = None) -> tuple
 def test_a_checkpoint_the_database_extends_is_consistent(tmp_path: Path) -> None:
     database = tmp_path / "tasklease.db"
     leaves = _log(database)
-    held = _checkpoint(tmp_path / "held.txt", leaves[:4])
-    code, out, err = _verify(database, tmp_path, held)
-    assert code == 0, out + err
-    assert "audit chain intact: 6 events" in out and "Merkle tree of 6 leaves matches" in out
-    assert f"CONSISTENT: the database holds the 4 events of the checkpoint of {ORIGIN}" in out
+    # The empty log's checkpoint, an older one, and one of the log exactly as it is.
+    for size, after in ((0, 6), (4, 2), (6, 0)):
+        held = _checkpoint(tmp_path / f"held-{size}.txt", leaves[:size])
+        code, out, err = _verify(database, tmp_path, held)
+        assert code == 0, out + err
+        assert "audit chain intact: 6 events" in out and "Merkle tree of 6 leaves matches" in out
+        assert (
+            f"CONSISTENT: the database holds the {size} events of the checkpoint of {ORIGIN}, "
+            f"unchanged, and {after} after them"
+        ) in out
 
 
 def test_a_database_shorter_than_the_checkpoint_is_a_cut(tmp_path: Path) -> None:
