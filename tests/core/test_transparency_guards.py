@@ -5,7 +5,8 @@
 # were kept (and served in the final checkpoint), or a checkpoint of a tree that did not
 # grow were signed again; or if a witness that could not be reached were asked again at
 # once or never, a round no witness answered replaced the cosignatures already served,
-# or a line a witness answered in another witness's name were taken as its own.
+# a line a witness answered in another witness's name were taken as its own, or a
+# rotated log key waited for the next due round to sign its first checkpoint.
 """The guards of the transparent audit log (core.transparency) that its main tests do not
 reach: the witness key's type, the checkpoint lease between processes sharing a store,
 and what a witness answers that must not be believed."""
@@ -232,3 +233,16 @@ def test_only_a_witness_s_own_cosignature_is_taken_from_its_answer(make_broker: 
         *(w.key.name for w in (relay, other)),
     ]
     assert all(verify_cosignature(note, w.key) == 1_800_000_000 for w in (relay, other))
+
+
+def test_a_rotated_log_key_signs_at_the_next_round_not_the_next_due_one(
+    make_broker: Any, kit: Any
+) -> None:
+    broker = make_broker(audit_checkpoint_events=10, audit_checkpoint_interval=3600)
+    events(broker, 10)
+    assert broker.transparency.sign_if_due() is not None
+    assert broker.transparency.sign_if_due() is None  # nothing due
+    new, _ = broker.transparency.rotate_key(kit.admin(broker).claims, kit.ctx)
+    signed = broker.transparency.sign_if_due()  # one event since, yet due: a new key
+    assert signed is not None and signed.size == broker.store.audit_tree().size
+    assert verify_note(parse_note(signed.note), [VerifierKey.parse(new)])
