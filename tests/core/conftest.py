@@ -22,7 +22,8 @@ from tasklease.core.config import Config
 from tasklease.core.keys import KeyRing
 from tasklease.core.passwords import hash_secret
 from tasklease.core.store import Store
-from tasklease.core.tokens import ADMIN_SCOPES, APP_SCOPES, KIND_ADMIN, KIND_APP, mint
+from tasklease.core.tokens import ADMIN_SCOPES, APP_SCOPES, KIND_ADMIN, KIND_APP, Claims, mint
+from tasklease.rules.messages import heartbeat_signing_input
 from tasklease.storage import MemoryStore, open_store
 
 ADMIN_SECRET = "correct horse battery staple admin secret"
@@ -33,6 +34,49 @@ START = 1_800_000_000.0
 
 def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
+
+
+def plain_claims(**kw: Any) -> Claims:
+    """An agent token's claims, undelegated, issued at 100 and ending at 200, with ``kw``
+    in place of any of them: for the revocation index, which reads claims only."""
+    base: dict[str, Any] = {
+        "kind": "at+jwt",
+        "iss": "tasklease",
+        "sub": "s",
+        "aud": ("tasklease",),
+        "exp": 200,
+        "nbf": 100,
+        "iat": 100,
+        "jti": "j",
+        "scope": (),
+        "task_id": "t",
+        "orch_id": "o",
+        "client_id": "c",
+        "oiat": 100,
+        "rnc": 0,
+        "delegation_chain": (),
+        "chain_hash": "",
+        "raw": {},
+    }
+    base.update(kw)
+    return Claims(**base)
+
+
+def declare_done(broker: Broker, ctx: RequestContext, agent: Agent, claims: Any) -> None:
+    """``agent`` declares itself done with the token of ``claims`` (a signed heartbeat,
+    ``done``): its session is released. The clock then moves on a second."""
+    now, proof = int(broker.clock.now()), "p" * 20
+    message = heartbeat_signing_input(agent.sub, claims.jti, now, proof, True)
+    session = broker.heartbeat(
+        claims,
+        timestamp=now,
+        jti=proof,
+        signature=b64(agent.key.sign(message).signature),
+        done=True,
+        ctx=ctx,
+    )
+    assert session.state == "released"
+    broker.clock.advance(1)
 
 
 @dataclass

@@ -31,6 +31,8 @@ from tasklease.core.validation import TokenRejected
 from tasklease.rules.bundle import TrustBundle, serialize_bundle
 from tasklease.storage import MemoryStore, SQLiteStore
 
+from .conftest import b64, declare_done
+
 START = 1_800_000_000.0
 A, B, C = "a.example", "b.example", "c.example"
 
@@ -213,13 +215,6 @@ def test_a_bad_request_is_named_as_rfc_6749_says(a: Broker, kit: Any) -> None:
 def released(broker: Broker, kit: Any, agent: Any, clock: ManualClock) -> None:
     """``agent`` resumes, then declares itself done with the resumed token: its session
     is released, while its first token (a resumption leaves it alive) still validates."""
-    import base64
-
-    from tasklease.rules.messages import heartbeat_signing_input
-
-    def b64(raw: bytes) -> str:
-        return base64.b64encode(raw).decode("ascii")
-
     clock.advance(2)
     nonce, _ = broker.challenge()
     resumed = broker.resume(
@@ -229,18 +224,7 @@ def released(broker: Broker, kit: Any, agent: Any, clock: ManualClock) -> None:
         ctx=kit.ctx,
     ).claims
     clock.advance(1)
-    now, proof = int(clock.now()), "p" * 20
-    message = heartbeat_signing_input(agent.sub, resumed.jti, now, proof, True)
-    session = broker.heartbeat(
-        resumed,
-        timestamp=now,
-        jti=proof,
-        signature=b64(agent.key.sign(message).signature),
-        done=True,
-        ctx=kit.ctx,
-    )
-    assert session.state == "released"
-    clock.advance(1)
+    declare_done(broker, kit.ctx, agent, resumed)
     assert valid(broker, agent.token)
 
 

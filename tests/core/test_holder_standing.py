@@ -12,10 +12,9 @@ from tasklease.core.broker import Broker
 from tasklease.core.errors import Forbidden, TaskleaseError, Unauthorized
 from tasklease.core.pending import complete
 from tasklease.core.store import AuditQuery
-from tasklease.rules.messages import heartbeat_signing_input
 from tasklease.storage import MemoryStore, SQLiteStore
 
-from .conftest import Agent, b64
+from .conftest import Agent, b64, declare_done
 
 
 def refused(broker: Broker, call: Any, kind: type[TaskleaseError] = Forbidden) -> str:
@@ -84,18 +83,7 @@ def resumed(broker: Broker, kit: Any, agent: Agent) -> Any:
 
 def done(broker: Broker, kit: Any, agent: Agent, claims: Any) -> None:
     """``agent`` declares itself done with the token of ``claims``: it is released."""
-    now, proof = int(broker.clock.now()), "p" * 20
-    message = heartbeat_signing_input(agent.sub, claims.jti, now, proof, True)
-    session = broker.heartbeat(
-        claims,
-        timestamp=now,
-        jti=proof,
-        signature=b64(agent.key.sign(message).signature),
-        done=True,
-        ctx=kit.ctx,
-    )
-    assert session.state == "released"
-    broker.clock.advance(1)
+    declare_done(broker, kit.ctx, agent, claims)
 
 
 def test_an_agent_that_declared_itself_done_neither_renews_nor_delegates(

@@ -13,6 +13,8 @@ from tasklease.core.revocation import RevocationIndex
 from tasklease.core.store import AuditQuery, RevocationRecord
 from tasklease.core.validation import TokenRejected
 
+from .conftest import plain_claims
+
 
 def events(broker: Any, event_type: str) -> list[Any]:
     return broker.store.query_audit(AuditQuery(event_type=event_type, limit=1000))[0]
@@ -364,27 +366,7 @@ def test_index_match_rules() -> None:
     from tasklease.core.tokens import Claims, DelegationRecord
 
     def claims(**kw: Any) -> Claims:
-        base: dict[str, Any] = {
-            "kind": "at+jwt",
-            "iss": "tasklease",
-            "sub": "s",
-            "aud": ("tasklease",),
-            "exp": 200,
-            "nbf": 100,
-            "iat": 100,
-            "jti": "j",
-            "scope": (),
-            "task_id": "t",
-            "orch_id": "o",
-            "client_id": "c",
-            "oiat": 100,
-            "rnc": 0,
-            "delegation_chain": (),
-            "chain_hash": "",
-            "raw": {},
-        }
-        base.update(kw)
-        return Claims(**base)
+        return plain_claims(**kw)
 
     index = RevocationIndex()
     index.apply(

@@ -10,32 +10,14 @@ from tasklease.core.revocation import RevocationIndex
 from tasklease.core.store import RevocationRecord
 from tasklease.core.tokens import Claims, DelegationRecord
 
+from .conftest import plain_claims
+
 ROOT = "spiffe://td/agent/o/t-root/0123456789abcdef"
 HOLDER = "spiffe://td/agent/o/t-held/fedcba9876543210"
 
 
 def _claims(**kw: Any) -> Claims:
-    base: dict[str, Any] = {
-        "kind": "at+jwt",
-        "iss": "tasklease",
-        "sub": HOLDER,
-        "aud": ("tasklease",),
-        "exp": 400,
-        "nbf": 100,
-        "iat": 100,
-        "jti": "j",
-        "scope": (),
-        "task_id": "t-held",
-        "orch_id": "o",
-        "client_id": "c",
-        "oiat": 100,
-        "rnc": 0,
-        "delegation_chain": (),
-        "chain_hash": "",
-        "raw": {},
-    }
-    base.update(kw)
-    return Claims(**base)
+    return plain_claims(**{"sub": HOLDER, "exp": 400, "task_id": "t-held", **kw})
 
 
 def test_an_agent_entry_ends_what_was_delegated_from_it_at_its_second() -> None:
