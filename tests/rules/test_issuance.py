@@ -131,3 +131,19 @@ def test_a_child_never_lives_longer_than_its_parents_ttl() -> None:
     assert issue("renew", PARENT, requested_ttl=3_600, limits=replace(LIMITS, max_ttl=30)).exp == (
         1_030
     )
+
+
+def test_joint_parent_holds_only_the_scopes_and_grants_both_ancestors_cover() -> None:
+    # A launch token for everything readable, an attestation policy (or the app's current
+    # ceiling) for one item: the registration may ask only for what both allow.
+    launch = replace(PARENT, scope=("read:data:*",), details=(GRANT,))
+    policy = replace(PARENT, scope=("read:data:1", "write:data:1"), details=(NARROWER,))
+    joint = joint_parent(launch, policy)
+    assert joint.scope == ("read:data:1",)
+    assert joint.details == (NARROWER,)
+    bare = joint_parent(launch, replace(PARENT, scope=("read:data:1",), details=()))
+    assert bare.details == ()
+    for scope, details in ((("read:data:*",), ()), (("read:data:1",), (GRANT,))):
+        with pytest.raises(Refusal) as refused:
+            issue("register", joint, scope=scope, details=details)
+        assert refused.value.reason.code == "scope_violation"
