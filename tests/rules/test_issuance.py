@@ -147,3 +147,17 @@ def test_joint_parent_holds_only_the_scopes_and_grants_both_ancestors_cover() ->
         with pytest.raises(Refusal) as refused:
             issue("register", joint, scope=scope, details=details)
         assert refused.value.reason.code == "scope_violation"
+
+
+def test_a_registration_under_several_resources_must_name_one() -> None:
+    # A token is for one resource: the check never picks one of several for the caller.
+    launch = replace(PARENT, audience=("https://a.example", "https://b.example"))
+    with pytest.raises(Refusal) as refused:
+        issue("register", launch)
+    assert refused.value.reason.code == "invalid_target"
+    assert "several resources" in refused.value.reason.message
+    assert issue("register", launch, resource="https://b.example").audience == (
+        "https://b.example",
+    )
+    only = replace(PARENT, audience=("https://a.example",))
+    assert issue("register", only).audience == ("https://a.example",)
