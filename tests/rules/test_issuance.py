@@ -161,3 +161,14 @@ def test_a_registration_under_several_resources_must_name_one() -> None:
     )
     only = replace(PARENT, audience=("https://a.example",))
     assert issue("register", only).audience == ("https://a.example",)
+
+
+def test_joint_parent_descends_from_both_ancestors() -> None:
+    # A registration through a launch token and an attestation lists the attestation too:
+    # ending it (a chain entry on its id) ends the tokens registered through it.
+    launch = replace(PARENT, lineage=("app:app-1",))
+    attested = replace(PARENT, lineage=("app:app-1", "attest:k8s:a:s"))
+    joint = joint_parent(launch, attested)
+    assert joint.lineage == ("app:app-1", "attest:k8s:a:s")
+    child = issue("register", replace(joint, audience=()), resource="https://rs.example")
+    assert "attest:k8s:a:s" in child.lineage
