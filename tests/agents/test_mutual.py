@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,6 +14,7 @@ from nacl.signing import SigningKey
 
 from tasklease.core.liveness import heartbeat_signing_input
 from tasklease.core.mutual import (
+    KIND_OFFER,
     ProofRejected,
     transcript,
     verify_peer,
@@ -375,3 +377,101 @@ def test_a_released_holder_gets_no_workload_identity(env: Env) -> None:
     ]
     assert len(events) == 1 and "released" in events[0].detail
     assert len(env.audit("workload_identity_issued")) == 1
+
+
+def _revoke(env: Env, agent: AgentHandle) -> None:
+    revoked = env.http.post(
+        "/v1/revoke",
+        headers={"Authorization": f"Bearer {env.admin_token()}"},
+        json={"level": "agent", "target": agent.agent_id},
+    )
+    assert revoked.status_code == 200, revoked.text
+
+
+def test_a_responder_revoked_after_answering_is_not_vouched_for(env: Env) -> None:
+    # B answered in good standing, then was revoked: A's complete must not be told B
+    # proved anything, nor get a receipt naming it.
+    a = env.register("task-a")
+    b = env.register("task-b")
+    answer = _respond(env, b, _initiate(env, a, b).json()["offer"]).json()["answer"]
+    _revoke(env, b)
+    completed = _complete(env, a, answer)
+    assert completed.status_code == 401
+    assert "receipt" not in completed.json()
+    failures = _failures(env)
+    assert any(f"responder {b.agent_id}: agent is revoked" in d for d in failures)
+    assert env.audit("mutual_auth_completed") == []
+
+
+def test_no_offer_names_a_responder_out_of_standing(env: Env) -> None:
+    a = env.register("task-a")
+    b = env.register("task-b")
+    _revoke(env, b)
+    revoked = _initiate(env, a, b)
+    assert revoked.status_code == 401 and "offer" not in revoked.json()
+    ghost = AgentHandle(b.agent_id.replace("task-b", "task-z"), b.token, b.key)
+    unknown = _initiate(env, a, ghost)
+    assert unknown.status_code == 401 and "offer" not in unknown.json()
+    failures = _failures(env)
+    assert any(f"initiate refused: responder {b.agent_id}: agent is revoked" in d for d in failures)
+    assert any(f"responder {ghost.agent_id}: agent not registered" in d for d in failures)
+    assert env.audit("mutual_auth_initiated") == []
+
+
+def test_a_released_holder_cannot_start_a_handshake(env: Env) -> None:
+    # A token delegated to B stays valid after B declared itself done; B's standing does
+    # not, and no offer is signed for it.
+    c = env.register("task-c")
+    b = env.register("task-b")
+    held = env.http.post(
+        "/v1/delegate",
+        headers=c.auth(),
+        json={"delegate_to": b.agent_id, "scope": ["read:data:*"], "ttl": 300},
+    ).json()["access_token"]
+    now, nonce = int(env.clock.now()), "q" * 16
+    message = heartbeat_signing_input(b.agent_id, _claims(b.token)["jti"], now, nonce, True)
+    done = env.http.post(
+        "/v1/heartbeat",
+        headers=b.auth(),
+        json={
+            "timestamp": now,
+            "jti": nonce,
+            "signature": b64(b.key.sign(message).signature),
+            "done": True,
+        },
+    )
+    assert done.json()["status"] == "released"
+    started = _initiate(env, AgentHandle(b.agent_id, held, b.key), c)
+    assert started.status_code == 401 and "offer" not in started.json()
+    assert any(f"initiator {b.agent_id}: " in d and "released" in d for d in _failures(env))
+    assert env.audit("mutual_auth_initiated") == []
+
+
+def test_only_the_initiator_completes_its_handshake(env: Env) -> None:
+    # C has A's valid initiator signature (seen on the way to the broker) but is not A:
+    # the receipt, which B would take as A's proof, is never C's.
+    a = env.register("task-a")
+    b = env.register("task-b")
+    c = env.register("task-c")
+    answer = _respond(env, b, _initiate(env, a, b).json()["offer"]).json()["answer"]
+    ticket = _claims(answer)
+    lifted = env.http.post(
+        "/v1/mutual/complete",
+        headers=c.auth(),
+        json={"answer": answer, "signature": _sign(a, "initiator", ticket, ticket["nb"])},
+    )
+    assert lifted.status_code == 401 and "receipt" not in lifted.json()
+    assert any(f"{c.agent_id} is not the initiator" in d for d in _failures(env))
+    assert _complete(env, a, answer).status_code == 200  # the refusal spent nothing
+
+
+def test_an_offer_of_another_issuer_is_refused(env: Env) -> None:
+    # Signed with this broker's key but issued under another name: not this broker's.
+    a = env.register("task-a")
+    b = env.register("task-b")
+    ticket = _claims(_initiate(env, a, b).json()["offer"])
+    foreign = {**ticket, "iss": "https://other.example"}
+    offer = env.broker.keyring.sign(json.dumps(foreign).encode(), KIND_OFFER)
+    assert _respond(env, b, offer).status_code == 401
+    assert any("ticket issuer mismatch" in d for d in _failures(env))
+    assert env.audit("mutual_auth_responded") == []
