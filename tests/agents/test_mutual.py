@@ -475,3 +475,44 @@ def test_an_offer_of_another_issuer_is_refused(env: Env) -> None:
     assert _respond(env, b, offer).status_code == 401
     assert any("ticket issuer mismatch" in d for d in _failures(env))
     assert env.audit("mutual_auth_responded") == []
+
+
+def test_a_step_stays_spent_while_its_ticket_lives(env: Env) -> None:
+    # The single-use markers outlive the tickets they spend: pruning the store one second
+    # before the ticket dies must not make the step usable again.
+    a = env.register("task-a")
+    b = env.register("task-b")
+    offer = _initiate(env, a, b).json()["offer"]
+    answer = _respond(env, b, offer).json()["answer"]
+    assert _complete(env, a, answer).status_code == 200
+    env.clock.set(float(_claims(offer)["exp"] - 1))
+    env.broker.store.prune(env.clock.now())
+    assert _respond(env, b, offer).status_code == 401
+    assert _complete(env, a, answer).status_code == 401
+    assert sum("replayed" in d for d in _failures(env)) == 2
+    assert len(env.audit("mutual_auth_completed")) == 1
+
+
+def test_a_receipt_lives_the_handshake_ttl(env: Env) -> None:
+    a = env.register("task-a")
+    b = env.register("task-b")
+    offer = _initiate(env, a, b).json()
+    answer = _respond(env, b, offer["offer"]).json()["answer"]
+    receipt = _complete(env, a, answer).json()["receipt"]
+    done = int(env.clock.now())
+    assert _claims(receipt)["exp"] == done + offer["expires_in"]
+
+    def check(now: float) -> None:
+        verify_receipt(
+            receipt,
+            resolve_key=_jwks_resolver(env),
+            issuer=env.broker.config.issuer,
+            me=b.agent_id,
+            handshake_id=offer["handshake_id"],
+            responder_nonce=NB,
+            now=now,
+        )
+
+    check(done + offer["expires_in"] - 1)
+    with pytest.raises(ProofRejected, match="expired"):
+        check(done + offer["expires_in"])
