@@ -340,3 +340,19 @@ def test_a_long_endpoint_is_audited_by_its_head(env: Env) -> None:
     assert last.detail.startswith(f"endpoint bound: {plain[:400]}")
     assert last.detail.endswith(f"[truncated] issued_at={int(env.clock.now())}")
     assert len(last.detail) < 560
+
+
+def test_a_heartbeat_is_accepted_only_within_the_clock_skew_either_way(env: Env) -> None:
+    # A heartbeat proves the key holder is alive now: one signed for later (which would
+    # keep a dead agent supervised-alive) or earlier is refused, exactly at the edges.
+    agent = env.register("task-a")
+    now, skew = int(env.clock.now()), env.broker.config.clock_skew
+    assert _beat(env, agent, ts=now + skew + 1).status_code == 401
+    assert _beat(env, agent, ts=now - skew - 1).status_code == 401
+    assert _beat(env, agent, ts=now + skew).status_code == 200
+    assert _beat(env, agent, ts=now - skew).status_code == 200
+    details = [e.detail.split(" | ")[0] for e in env.audit("heartbeat_denied", "denied")]
+    assert details == [
+        f"heartbeat timestamp {now + skew + 1} outside the clock skew",
+        f"heartbeat timestamp {now - skew - 1} outside the clock skew",
+    ]
