@@ -120,6 +120,8 @@ def test_the_holder_key_is_the_registered_one() -> None:
         {},
         {"agent_jwk": "x"},
         {"agent_jwk": {**jwk, "crv": "X25519"}},
+        {"agent_jwk": {**jwk, "kty": "EC"}},
+        {"agent_jwk": {k: v for k, v in jwk.items() if k != "kty"}},
         {"agent_jwk": {**jwk, "x": jws.b64url_encode(key[:31])}},
         {"agent_jwk": {**jwk, "x": "!!"}},
     ):
@@ -163,7 +165,23 @@ def test_the_cookie_seals_the_challenge_and_only_its_key_opens_it() -> None:
             rules.open_challenge(bad, key)
     # Something else sealed under the same key is not a challenge.
     box = nacl.secret.SecretBox(key)
-    for plain in (b"tasklease-peer-cookie-v0\n[]", rules.COOKIE_CONTEXT + b'["x"]'):
+    c = CHALLENGE
+    fields = json.dumps(
+        [c.responder, c.initiator, c.initiator_nonce, c.responder_nonce, c.iat, c.channel,
+         c.responder_token_hash, c.answered_at],
+        separators=(",", ":"),
+    ).encode()  # fmt: skip
+    assert (
+        rules.open_challenge(
+            jws.b64url_encode(bytes(box.encrypt(rules.COOKIE_CONTEXT + fields))), key
+        )
+        == CHALLENGE
+    )
+    for plain in (
+        b"tasklease-peer-cookie-v0\n[]",
+        rules.COOKIE_CONTEXT + b'["x"]',
+        b"tasklease-peer-cookie-v0\n" + fields,  # a whole challenge, under another context
+    ):
         with pytest.raises(rules.PeerRejected):
             rules.open_challenge(jws.b64url_encode(bytes(box.encrypt(plain))), key)
     with pytest.raises(ValueError, match="challenge key"):
@@ -216,3 +234,9 @@ def test_the_answer_and_the_finish_are_versioned() -> None:
         rules.parse_answer(json.dumps(no_cookie))
     with pytest.raises(rules.PeerRejected):  # a cookie without a version
         rules.parse_answer(json.dumps({k: v for k, v in body.items() if k != "v"}))
+
+
+def test_identities_and_nonces_are_compared_whole() -> None:
+    assert rules.same(A, A) and rules.same(NA, NA)
+    for first, second in ((A, A + "x"), (A + "x", A), (A, A[:-1]), (A, ""), (NA, NB)):
+        assert not rules.same(first, second)
