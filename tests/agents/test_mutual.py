@@ -516,3 +516,28 @@ def test_a_receipt_lives_the_handshake_ttl(env: Env) -> None:
     check(done + offer["expires_in"] - 1)
     with pytest.raises(ProofRejected, match="expired"):
         check(done + offer["expires_in"])
+
+
+def test_a_receipt_binds_its_issuer_handshake_nonce_and_responder(env: Env) -> None:
+    a = env.register("task-a")
+    b = env.register("task-b")
+    offer = _initiate(env, a, b).json()
+    answer = _respond(env, b, offer["offer"]).json()["answer"]
+    receipt = _complete(env, a, answer).json()["receipt"]
+    right: dict[str, Any] = {
+        "resolve_key": _jwks_resolver(env),
+        "issuer": env.broker.config.issuer,
+        "me": b.agent_id,
+        "handshake_id": offer["handshake_id"],
+        "responder_nonce": NB,
+        "now": env.clock.now(),
+    }
+    assert verify_receipt(receipt, **right).peer_id == a.agent_id
+    for change, reason in (
+        ({"issuer": "https://other.example"}, "issuer"),
+        ({"handshake_id": "f" * 32}, "another handshake"),
+        ({"responder_nonce": "c" * 32}, "our nonce"),
+        ({"me": a.agent_id}, "another responder"),
+    ):
+        with pytest.raises(ProofRejected, match=reason):
+            verify_receipt(receipt, **{**right, **change})
