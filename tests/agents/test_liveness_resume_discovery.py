@@ -64,6 +64,8 @@ def test_silent_agent_loses_its_tokens_and_its_delegates_tokens(env: Env) -> Non
     events = env.audit("agent_silent_revoked")
     assert [e.agent_id for e in events] == [silent.agent_id]
     assert "no heartbeat since" in events[0].detail and "3 misses x 30s" in events[0].detail
+    swept = env.broker.store.get_agent(silent.agent_id)
+    assert swept is not None and swept.status == "revoked"  # as operators see it
     # A swept agent cannot heartbeat its way back, and is swept only once.
     assert _beat(env, silent).status_code in (401, 403)
     assert env.broker.sweep_silent_agents() == []
@@ -356,3 +358,21 @@ def test_a_heartbeat_is_accepted_only_within_the_clock_skew_either_way(env: Env)
         f"heartbeat timestamp {now + skew + 1} outside the clock skew",
         f"heartbeat timestamp {now - skew - 1} outside the clock skew",
     ]
+
+
+def test_a_heartbeat_proof_stays_spent_while_its_timestamp_is_accepted(env: Env) -> None:
+    agent = env.register("task-a")
+    now, skew = int(env.clock.now()), env.broker.config.clock_skew
+    assert _beat(env, agent, jti="r" * 16, ts=now).status_code == 200
+    env.clock.set(float(now + skew))  # the last instant that timestamp is accepted
+    env.broker.store.prune(env.clock.now())
+    assert _beat(env, agent, jti="r" * 16, ts=now).status_code == 401
+    assert any("replayed" in e.detail for e in env.audit("heartbeat_denied", "denied"))
+
+
+def test_heartbeat_proof_ids_are_per_agent_and_whole(env: Env) -> None:
+    # One agent's proof id spends nothing of another's; an id is its characters, all.
+    one, two = env.register("task-one"), env.register("task-two")
+    assert _beat(env, one, jti="s" * 16).status_code == 200
+    assert _beat(env, two, jti="s" * 16).status_code == 200
+    assert _beat(env, one, jti="t" * 16 + "!").status_code == 400
