@@ -6,11 +6,13 @@ import base64
 import secrets
 from typing import Any
 
+import pytest
 from agents_support import AgentHandle, Env, b64, make_env
 from nacl.signing import SigningKey
 
 from tasklease.core.discovery import statement, verify_binding
 from tasklease.core.liveness import heartbeat_signing_input
+from tasklease.core.validation import TokenRejected
 from tasklease.rules import jws as _jws
 from tasklease.storage import MemoryStore
 
@@ -376,3 +378,19 @@ def test_heartbeat_proof_ids_are_per_agent_and_whole(env: Env) -> None:
     assert _beat(env, one, jti="s" * 16).status_code == 200
     assert _beat(env, two, jti="s" * 16).status_code == 200
     assert _beat(env, one, jti="t" * 16 + "!").status_code == 400
+
+
+def test_done_is_written_down_for_every_replica(env: Env) -> None:
+    # The release ends the token in the store, not only in this broker's cache: another
+    # broker on the same store (a replica, or this one restarted) refuses it too.
+    from tasklease.core.broker import Broker
+
+    agent = env.register("task-a")
+    held = _delegate(env, env.register("task-c"), agent)  # outlives the release
+    assert _beat(env, agent, done=True).json()["status"] == "released"
+    b = env.broker
+    replica = Broker(b.config, b.store, b.keyring, clock=env.clock)
+    with pytest.raises(TokenRejected) as refused:
+        replica.validate(agent.token)
+    assert "revoked" in refused.value.reason
+    assert replica.validate(held).sub == agent.agent_id
