@@ -335,6 +335,23 @@ def test_offline_peers_verify_each_other_with_the_jwks(env: Env) -> None:
         check(wpt(now=exp), at=exp)
 
 
+def _declare_done(env: Env, agent: Any, nonce: str) -> None:
+    """``agent`` declares itself done with its own token (a signed heartbeat): released."""
+    now = int(env.clock.now())
+    message = heartbeat_signing_input(agent.agent_id, _claims(agent.token)["jti"], now, nonce, True)
+    done = env.http.post(
+        "/v1/heartbeat",
+        headers=agent.auth(),
+        json={
+            "timestamp": now,
+            "jti": nonce,
+            "signature": b64(agent.key.sign(message).signature),
+            "done": True,
+        },
+    )
+    assert done.json()["status"] == "released", done.text
+
+
 def test_a_released_holder_gets_no_workload_identity(env: Env) -> None:
     # B declared itself done; a token C delegated to it still validates until its exp,
     # but the broker no longer states B's identity with it, as the handshake no longer
@@ -347,28 +364,7 @@ def test_a_released_holder_gets_no_workload_identity(env: Env) -> None:
         json={"delegate_to": b.agent_id, "scope": ["read:data:*"], "ttl": 300},
     ).json()["access_token"]
     assert _wit(env, AgentHandle(b.agent_id, held, b.key))
-    nonce = "p" * 16
-    done = env.http.post(
-        "/v1/heartbeat",
-        headers=b.auth(),
-        json={
-            "timestamp": int(env.clock.now()),
-            "jti": nonce,
-            "signature": b64(
-                b.key.sign(
-                    heartbeat_signing_input(
-                        b.agent_id,
-                        _claims(b.token)["jti"],
-                        int(env.clock.now()),
-                        nonce,
-                        True,
-                    )
-                ).signature
-            ),
-            "done": True,
-        },
-    )
-    assert done.json()["status"] == "released"
+    _declare_done(env, b, "p" * 16)
     refused = env.http.post("/v1/workload/identity", headers=b.auth(held))
     assert refused.status_code == 403
     denial = refused.json()["denial_id"]
@@ -428,19 +424,7 @@ def test_a_released_holder_cannot_start_a_handshake(env: Env) -> None:
         headers=c.auth(),
         json={"delegate_to": b.agent_id, "scope": ["read:data:*"], "ttl": 300},
     ).json()["access_token"]
-    now, nonce = int(env.clock.now()), "q" * 16
-    message = heartbeat_signing_input(b.agent_id, _claims(b.token)["jti"], now, nonce, True)
-    done = env.http.post(
-        "/v1/heartbeat",
-        headers=b.auth(),
-        json={
-            "timestamp": now,
-            "jti": nonce,
-            "signature": b64(b.key.sign(message).signature),
-            "done": True,
-        },
-    )
-    assert done.json()["status"] == "released"
+    _declare_done(env, b, "q" * 16)
     started = _initiate(env, AgentHandle(b.agent_id, held, b.key), c)
     assert started.status_code == 401 and "offer" not in started.json()
     assert any(f"initiator {b.agent_id}: " in d and "released" in d for d in _failures(env))
