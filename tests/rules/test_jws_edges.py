@@ -1,0 +1,59 @@
+"""Edges of the JWS forms signed by a key other than the broker's: DPoP proofs (the key
+in their own header), client assertions (a key the verifier holds) and raw signatures."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import nacl.signing
+import pytest
+
+from tasklease.rules import jws
+from tasklease.rules.jws import JWSError, b64url_encode
+
+KEY = nacl.signing.SigningKey(b"e" * 32)
+OTHER = nacl.signing.SigningKey(b"f" * 32)
+PROOF_TYP = "dpop+jwt"
+
+
+def _compact(obj: Any) -> str:
+    return b64url_encode(json.dumps(obj, separators=(",", ":")).encode())
+
+
+def _signed(header: dict[str, Any], claims: dict[str, Any], key: nacl.signing.SigningKey) -> str:
+    signing_input = f"{_compact(header)}.{_compact(claims)}"
+    signature = jws.sign_detached(signing_input.encode("ascii"), key)
+    return f"{signing_input}.{b64url_encode(signature)}"
+
+
+def _jwk(**overrides: Any) -> dict[str, Any]:
+    jwk: dict[str, Any] = {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": b64url_encode(bytes(KEY.verify_key)),
+    }
+    jwk.update(overrides)
+    return jwk
+
+
+def _proof(key: nacl.signing.SigningKey = KEY, **header: Any) -> str:
+    full: dict[str, Any] = {"typ": PROOF_TYP, "alg": "EdDSA", "jwk": _jwk()}
+    full.update(header)
+    return _signed(full, {"jti": "j1", "htm": "POST"}, key)
+
+
+def test_a_proof_signed_by_its_header_key_verifies() -> None:
+    raw, claims = jws.decode_embedded_key(_proof(), typ=PROOF_TYP)
+    assert raw == bytes(KEY.verify_key)
+    assert claims == {"jti": "j1", "htm": "POST"}
+
+
+@pytest.mark.parametrize(
+    "jwk", [_jwk(kty="EC"), _jwk(kty="oct"), _jwk(crv="X25519"), _jwk(crv="Ed448")]
+)
+def test_a_proof_key_must_be_an_okp_ed25519_key(jwk: dict[str, Any]) -> None:
+    """Every member of the proof's ``jwk`` is checked, not just the 32 bytes of ``x``."""
+    with pytest.raises(JWSError) as info:
+        jws.decode_embedded_key(_proof(jwk=jwk), typ=PROOF_TYP)
+    assert info.value.reason == "proof jwk is not an Ed25519 public key"
