@@ -1,5 +1,5 @@
-"""Edges of the JWS forms signed by a key other than the broker's: DPoP proofs (the key
-in their own header), client assertions (a key the verifier holds) and raw signatures."""
+"""DPoP proofs (RFC 9449 section 4.2), signed by the key their own header names: the
+signature, the header profile and the key type are each checked."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import nacl.signing
 import pytest
 
 from tasklease.rules import jws
+from tasklease.rules.binding import DPoPProofError, DPoPVerifier
 from tasklease.rules.jws import JWSError, b64url_encode
 
 KEY = nacl.signing.SigningKey(b"e" * 32)
@@ -57,3 +58,40 @@ def test_a_proof_key_must_be_an_okp_ed25519_key(jwk: dict[str, Any]) -> None:
     with pytest.raises(JWSError) as info:
         jws.decode_embedded_key(_proof(jwk=jwk), typ=PROOF_TYP)
     assert info.value.reason == "proof jwk is not an Ed25519 public key"
+
+
+def test_a_proof_signed_by_another_key_than_its_header_names_is_refused() -> None:
+    with pytest.raises(JWSError) as info:
+        jws.decode_embedded_key(_proof(OTHER), typ=PROOF_TYP)
+    assert info.value.reason == "bad signature"
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        ({"alg": "Ed448"}, "alg not allowed"),
+        ({"alg": "none"}, "alg not allowed"),
+        ({"typ": "JWT"}, "typ not allowed"),
+        ({"typ": "at+jwt"}, "typ not allowed"),
+        ({"kid": "k1"}, "proof header must be exactly typ, alg and jwk"),
+        ({"jwk": {**_jwk(), "kid": "k1"}}, "proof jwk must be exactly kty, crv and x"),
+    ],
+)
+def test_a_proof_header_is_exactly_the_dpop_profile(header: dict[str, Any], reason: str) -> None:
+    with pytest.raises(JWSError) as info:
+        jws.decode_embedded_key(_proof(**header), typ=PROOF_TYP)
+    assert info.value.reason == reason
+
+
+def test_a_proof_naming_the_holders_key_but_signed_by_another_is_refused() -> None:
+    """The holder's public key is no secret (``agent_jwk``): a proof made without its
+    private key fails on its signature, whatever its header and claims say."""
+    url, now = "https://broker.example/v1/token/renew", 1_800_000_000
+    claims = {"jti": "forged-1", "htm": "POST", "htu": url, "iat": now}
+    header = {"typ": PROOF_TYP, "alg": "EdDSA", "jwk": _jwk()}
+    holder = jws.jwk_thumbprint(bytes(KEY.verify_key))
+    dpop = DPoPVerifier(60)
+    with pytest.raises(DPoPProofError) as info:
+        dpop.verify(_signed(header, claims, OTHER), htm="POST", htu=url, now=now, jkt=holder)
+    assert "bad signature" in info.value.reason
+    assert dpop.verify(_signed(header, claims, KEY), htm="POST", htu=url, now=now) == holder
