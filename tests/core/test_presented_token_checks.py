@@ -1,5 +1,6 @@
 """Checks on a presented token that each refuse on their own: holder binding at the
-broker's own endpoints, introspection's kinds and audience, the validator's bounds."""
+broker's own endpoints, introspection's live read and offline audience, the validator's
+delegation depth."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from nacl.signing import SigningKey
 
 from tasklease.core.broker import RequestContext
 from tasklease.core.errors import Unauthorized
-from tasklease.core.tokens import KIND_AGENT, mint
+from tasklease.core.tokens import KIND_AGENT, DelegationRecord, mint
+from tasklease.core.validation import TokenRejected
+from tasklease.rules.chainverify import derive
 
 CTX = RequestContext(request_id="req-p", remote="10.0.0.1", path="/v1/token/renew")
 SUB = "spiffe://tasklease.local/agent/o/t/00000000000000bb"
@@ -61,3 +65,61 @@ def test_authenticate_refuses_a_dpop_bound_token_as_bearer_or_without_a_proof(
         broker.authenticate(f"DPoP {token}", CTX)
     assert info.value.challenge is not None
     assert info.value.challenge[1] == "invalid_dpop_proof"
+
+
+# -- introspection ------------------------------------------------------------------------
+
+RESOURCE = "https://rs.example/api"
+
+
+def test_introspection_reads_the_store_for_a_critical_scope(make_broker: Any, kit: Any) -> None:
+    """An agent token with a critical scope whose holder has no agent record: the index
+    alone would call it active; the live read refuses it."""
+    broker = make_broker(critical_scopes=("write:pay:*",))
+    token = agent_token(broker, scope=("write:pay:1",))
+    ordinary = agent_token(broker)
+    caller = kit.admin(broker).claims
+    assert broker.introspect(caller, token=ordinary, ctx=CTX)["active"] is True
+    assert broker.introspect(caller, token=token, ctx=CTX) == {"active": False}
+
+
+def test_introspecting_an_offline_chain_answers_for_the_audience_asked(
+    broker: Any, kit: Any
+) -> None:
+    root = kit.register(broker, scope=("read:data:*",))
+    chain = derive(
+        root.token,
+        root.key,
+        delegate=f"{root.sub}/off0",
+        delegate_key=bytes(SigningKey.generate().verify_key),
+        now=int(broker.clock.now()),
+        ttl=120,
+        scope=["read:data:*"],
+    )
+    caller = kit.admin(broker).claims
+    assert broker.introspect(caller, token=chain, ctx=CTX)["active"] is True
+    assert broker.introspect(caller, token=chain, audience="tasklease", ctx=CTX)["active"]
+    assert broker.introspect(caller, token=chain, audience=RESOURCE, ctx=CTX) == {"active": False}
+
+
+# -- the validator's bounds ---------------------------------------------------------------
+
+
+def _chain(hops: int) -> tuple[DelegationRecord, ...]:
+    return tuple(
+        DelegationRecord(
+            agent=f"spiffe://tasklease.local/agent/o/t/{i:016x}",
+            scope=("read:data:1",),
+            delegated_at="2027-01-15T08:00:00Z",
+            signature="00" * 64,
+        )
+        for i in range(1, hops + 1)
+    )
+
+
+def test_validate_bounds_the_delegation_depth_by_config(broker: Any) -> None:
+    depth = broker.config.max_delegation_depth
+    assert broker.validate(agent_token(broker, delegation_chain=_chain(depth))).sub == SUB
+    with pytest.raises(TokenRejected) as info:
+        broker.validate(agent_token(broker, delegation_chain=_chain(depth + 1)))
+    assert info.value.reason == "delegation chain longer than the depth limit"
