@@ -95,3 +95,19 @@ def test_a_proof_naming_the_holders_key_but_signed_by_another_is_refused() -> No
         dpop.verify(_signed(header, claims, OTHER), htm="POST", htu=url, now=now, jkt=holder)
     assert "bad signature" in info.value.reason
     assert dpop.verify(_signed(header, claims, KEY), htm="POST", htu=url, now=now) == holder
+
+
+def test_a_proof_is_refused_past_its_size_cap_and_for_a_typ_that_is_no_string() -> None:
+    big = _signed(
+        {"typ": PROOF_TYP, "alg": "EdDSA", "jwk": _jwk()}, {"jti": "j" * 2000, "htm": "POST"}, KEY
+    )
+    assert len(big) > jws.MAX_PROOF_BYTES
+    with pytest.raises(JWSError) as info:
+        jws.decode_embedded_key(big, typ=PROOF_TYP)
+    assert info.value.reason == "token too large"
+    assert jws.decode_embedded_key(big, typ=PROOF_TYP, max_bytes=len(big))[0] == bytes(
+        KEY.verify_key
+    )
+    with pytest.raises(JWSError) as info:
+        jws.decode_embedded_key(_proof(typ=5), typ=PROOF_TYP)
+    assert info.value.reason == "typ not allowed"

@@ -94,3 +94,15 @@ def test_verify_raw_takes_only_a_64_byte_signature_and_a_32_byte_key() -> None:
     assert jws.verify_raw(message, signature, public)
     assert not jws.verify_raw(signature[63:] + message, signature[:63], public)
     assert not jws.verify_raw(message, signature, public + b"\x00")
+
+
+def test_an_assertion_is_refused_past_its_size_cap_and_for_a_typ_that_is_no_string() -> None:
+    big = _signed({"alg": "EdDSA"}, {**ASSERTION, "pad": "p" * 2000}, KEY)
+    assert len(big) > 2048
+    with pytest.raises(JWSError) as info:
+        jws.decode_with_key(big, KEY.verify_key, typs=ASSERTION_TYPS)
+    assert info.value.reason == "token too large"
+    assert jws.decode_with_key(big, KEY.verify_key, typs=ASSERTION_TYPS, max_bytes=len(big))
+    with pytest.raises(JWSError) as info:
+        jws.decode_with_key(_assertion(typ=5), KEY.verify_key, typs=ASSERTION_TYPS)
+    assert info.value.reason == "typ not allowed"
