@@ -1,9 +1,12 @@
 """Checks on a presented token that each refuse on their own: holder binding at the
-broker's own endpoints, introspection's live read and offline audience, the validator's
+broker's own endpoints, introspection's live read, an offline chain's audience, the validator's
 delegation depth."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import secrets
 from dataclasses import replace
 from typing import Any
 
@@ -14,6 +17,8 @@ from tasklease.core.broker import RequestContext
 from tasklease.core.errors import Unauthorized
 from tasklease.core.tokens import KIND_AGENT, DelegationRecord, mint
 from tasklease.core.validation import TokenRejected
+from tasklease.rules import jws
+from tasklease.rules.binding import Presentation
 from tasklease.rules.chainverify import derive
 
 CTX = RequestContext(request_id="req-p", remote="10.0.0.1", path="/v1/token/renew")
@@ -83,23 +88,63 @@ def test_introspection_reads_the_store_for_a_critical_scope(make_broker: Any, ki
     assert broker.introspect(caller, token=token, ctx=CTX) == {"active": False}
 
 
-def test_introspecting_an_offline_chain_answers_for_the_audience_asked(
-    broker: Any, kit: Any
-) -> None:
+def _offline_chain(broker: Any, kit: Any) -> tuple[str, SigningKey]:
+    """A registered agent's token (audience ``tasklease``) attenuated once offline."""
     root = kit.register(broker, scope=("read:data:*",))
+    leaf = SigningKey.generate()
     chain = derive(
         root.token,
         root.key,
         delegate=f"{root.sub}/off0",
-        delegate_key=bytes(SigningKey.generate().verify_key),
+        delegate_key=bytes(leaf.verify_key),
         now=int(broker.clock.now()),
         ttl=120,
         scope=["read:data:*"],
     )
+    return chain, leaf
+
+
+def _presented(key: SigningKey, token: str, now: float) -> Presentation:
+    header = {
+        "typ": "dpop+jwt",
+        "alg": "EdDSA",
+        "jwk": {"kty": "OKP", "crv": "Ed25519", "x": jws.b64url_encode(bytes(key.verify_key))},
+    }
+    claims = {
+        "jti": secrets.token_hex(12),
+        "htm": "GET",
+        "htu": RESOURCE,
+        "iat": int(now),
+        "ath": jws.b64url_encode(hashlib.sha256(token.encode()).digest()),
+    }
+    signing_input = ".".join(
+        jws.b64url_encode(json.dumps(part, separators=(",", ":")).encode())
+        for part in (header, claims)
+    )
+    proof = f"{signing_input}.{jws.b64url_encode(jws.sign_detached(signing_input.encode(), key))}"
+    return Presentation(scheme="DPoP", dpop_proof=proof, htm="GET", htu=RESOURCE)
+
+
+def test_introspecting_an_offline_chain_answers_for_the_audience_asked(
+    broker: Any, kit: Any
+) -> None:
+    chain, _ = _offline_chain(broker, kit)
     caller = kit.admin(broker).claims
     assert broker.introspect(caller, token=chain, ctx=CTX)["active"] is True
     assert broker.introspect(caller, token=chain, audience="tasklease", ctx=CTX)["active"]
     assert broker.introspect(caller, token=chain, audience=RESOURCE, ctx=CTX) == {"active": False}
+
+
+def test_validating_an_offline_chain_holds_it_to_the_resource_named(broker: Any, kit: Any) -> None:
+    """RFC 8707: a chain whose audience is the broker's is refused by a resource server
+    that names itself, as a signed token would be."""
+    chain, leaf = _offline_chain(broker, kit)
+    now = broker.clock.now()
+    held = broker.validate(chain, audience="tasklease", presented=_presented(leaf, chain, now))
+    assert held.raw["offline"]["blocks"] == 1
+    with pytest.raises(TokenRejected) as info:
+        broker.validate(chain, audience=RESOURCE, presented=_presented(leaf, chain, now))
+    assert info.value.category == "audience"
 
 
 # -- the validator's bounds ---------------------------------------------------------------
