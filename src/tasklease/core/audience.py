@@ -121,4 +121,3 @@ def check_ceiling(resources: Sequence[str], *, field: str, configured: Sequence[
             f"{field} {default} is the broker's default audience, which restricts nothing",
             hint="name the resource servers the agents' tokens are for, or leave it out",
         )
-
