@@ -1,0 +1,90 @@
+"""Attestor checks at their edges: each refusal here names the check that makes it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from issuers import START, SigningKey, github_claims, k8s_claims, mint
+
+from tasklease.core.attestors import ATTESTORS, AttestationRefused, VerifyContext
+from tasklease.core.attestors._jwt import keys_from_jwks, parse_jwks
+
+AUD = "https://broker.example"
+K8S_ISS = "https://kubernetes.default.svc.cluster.local"
+CTX = VerifyContext(attestor="prod", audience=AUD, now=START, skew=30)
+
+
+def _static(*jwks: dict[str, Any]) -> Any:
+    entries = parse_jwks(json.dumps({"keys": list(jwks)}))
+    return lambda _refresh: keys_from_jwks(entries)
+
+
+def _k8s(*jwks: dict[str, Any]) -> tuple[Any, Any]:
+    attestor = ATTESTORS["k8s_sat"]
+    return attestor, attestor.settings(
+        {"issuer": K8S_ISS, "jwks": json.dumps({"keys": list(jwks)})}
+    )
+
+
+def _refusal(call: Any) -> str:
+    with pytest.raises(AttestationRefused) as info:
+        call()
+    return info.value.category
+
+
+# Would fail if: an EC signature were not verified, so that anyone knowing an issuer's
+# ES256/384/512 kid could mint evidence for any workload.
+@pytest.mark.parametrize("alg", ["ES256", "ES384", "ES512"])
+def test_an_ec_signature_by_another_key_under_the_issuers_kid_is_refused(alg: str) -> None:
+    key, other = SigningKey.generate(alg), SigningKey.generate(alg)
+    attestor, settings = _k8s(key.jwk())
+    forged = mint(SigningKey(alg, key.kid, other.private), k8s_claims(K8S_ISS, AUD, START))
+    assert _refusal(lambda: attestor.verify(forged, settings, _static(key.jwk()), CTX)) == (
+        "signature"
+    )
+    genuine = mint(key, k8s_claims(K8S_ISS, AUD, START))
+    assert attestor.verify(genuine, settings, _static(key.jwk()), CTX).subject
+
+
+# Would fail if: the attestor's own algorithm allow-list were skipped, leaving only what
+# the key fits: a k8s_sat attestor takes RS256 (and ES*), never PS256 or RS512, even from
+# an RSA key whose JWK names no alg.
+@pytest.mark.parametrize("alg", ["PS256", "RS512"])
+def test_an_algorithm_outside_the_attestors_list_is_refused(alg: str) -> None:
+    key = SigningKey.generate("RS256")
+    jwk = {k: v for k, v in key.jwk().items() if k != "alg"}
+    attestor, settings = _k8s(jwk)
+    token = mint(key, k8s_claims(K8S_ISS, AUD, START), alg=alg)
+    assert _refusal(lambda: attestor.verify(token, settings, _static(jwk), CTX)) == "algorithm"
+    assert attestor.verify(mint(key, k8s_claims(K8S_ISS, AUD, START)), settings, _static(jwk), CTX)
+
+
+# Would fail if: a JWT of another type (an access token, a DPoP proof) signed by the same
+# issuer were taken as workload evidence.
+@pytest.mark.parametrize("typ", ["at+jwt", "dpop+jwt", 7])
+def test_evidence_of_another_typ_is_refused(typ: object) -> None:
+    key = SigningKey.generate("RS256")
+    attestor, settings = _k8s(key.jwk())
+    token = mint(key, k8s_claims(K8S_ISS, AUD, START), typ=typ)
+    assert _refusal(lambda: attestor.verify(token, settings, _static(key.jwk()), CTX)) == (
+        "evidence"
+    )
+    typed = mint(key, k8s_claims(K8S_ISS, AUD, START), typ="jwt")
+    assert attestor.verify(typed, settings, _static(key.jwk()), CTX)
+
+
+# Would fail if: an oidc attestor took any algorithm the key fits rather than only the
+# operator's list.
+def test_an_oidc_attestor_takes_only_its_configured_algorithms() -> None:
+    key = SigningKey.generate("ES384")
+    oidc = ATTESTORS["oidc"]
+    settings = oidc.settings(
+        {
+            "issuer": "https://token.actions.githubusercontent.com",
+            "jwks": json.dumps({"keys": [key.jwk()]}),
+        }
+    )
+    token = mint(key, github_claims(AUD, START))
+    assert _refusal(lambda: oidc.verify(token, settings, _static(key.jwk()), CTX)) == "algorithm"
