@@ -88,3 +88,46 @@ def test_an_oidc_attestor_takes_only_its_configured_algorithms() -> None:
     )
     token = mint(key, github_claims(AUD, START))
     assert _refusal(lambda: oidc.verify(token, settings, _static(key.jwk()), CTX)) == "algorithm"
+
+
+# Would fail if: ``nbf`` or ``iat`` were checked only together, so that evidence whose one
+# time claim lies beyond the skew (the other absent or now) were accepted early.
+@pytest.mark.parametrize("name", ["nbf", "iat"])
+def test_each_time_claim_past_the_skew_alone_is_not_yet_valid(name: str) -> None:
+    key = SigningKey.generate("RS256")
+    attestor, settings = _k8s(key.jwk())
+    claims = k8s_claims(K8S_ISS, AUD, START)
+    other = "iat" if name == "nbf" else "nbf"
+    for ahead, accepted in ((30, True), (31, False)):
+        early = {**claims, name: int(START) + ahead}
+        early.pop(other)
+        token = mint(key, early)
+        if accepted:
+            assert attestor.verify(token, settings, _static(key.jwk()), CTX)
+        else:
+            assert _refusal(
+                lambda t=token: attestor.verify(t, settings, _static(key.jwk()), CTX)
+            ) == ("not_yet_valid")
+
+
+# Would fail if: the attestor's ``max_age`` were not enforced, or the evidence's validity
+# (how long its replay row is kept) outlived ``iat + max_age``: old evidence, or evidence
+# valid for longer than its replay row lives, could register again.
+def test_evidence_older_or_longer_lived_than_max_age_is_refused() -> None:
+    key = SigningKey.generate("RS256")
+    attestor = ATTESTORS["k8s_sat"]
+    settings = attestor.settings(
+        {"issuer": K8S_ISS, "jwks": json.dumps({"keys": [key.jwk()]}), "max_age": 60}
+    )
+    keys = _static(key.jwk())
+    base = {**k8s_claims(K8S_ISS, AUD, START), "exp": int(START) + 600}
+    base.pop("nbf")
+    young = {**base, "iat": int(START) - 20}
+    assert attestor.verify(mint(key, young), settings, keys, CTX).valid_until == START + 40
+    old = mint(key, {**base, "iat": int(START) - 61})
+    assert _refusal(lambda: attestor.verify(old, settings, keys, CTX)) == "expired"
+    # Without iat, the evidence's own lifetime from now is bounded by max_age.
+    base.pop("iat")
+    assert _refusal(lambda: attestor.verify(mint(key, base), settings, keys, CTX)) == "expired"
+    short = mint(key, {**base, "exp": int(START) + 60})
+    assert attestor.verify(short, settings, keys, CTX).valid_until == START + 60
