@@ -131,3 +131,33 @@ def test_evidence_older_or_longer_lived_than_max_age_is_refused() -> None:
     assert _refusal(lambda: attestor.verify(mint(key, base), settings, keys, CTX)) == "expired"
     short = mint(key, {**base, "exp": int(START) + 60})
     assert attestor.verify(short, settings, keys, CTX).valid_until == START + 60
+
+
+# Would fail if: a JWK not meant for verifying (``key_ops`` without ``verify``), one whose
+# own ``alg`` its key cannot do, or a ``kid`` two keys of a set share, were a key.
+def test_jwks_entries_that_cannot_be_trusted_to_verify_are_not_keys() -> None:
+    key, twin = SigningKey.generate("RS256"), SigningKey.generate("RS256")
+    assert keys_from_jwks([key.jwk(key_ops=["encrypt"])]) == {}
+    assert keys_from_jwks([key.jwk(key_ops="verify")]) == {}
+    assert set(keys_from_jwks([key.jwk(key_ops=["verify"])])) == {key.kid}
+    assert keys_from_jwks([key.jwk(alg="ES256")]) == {}
+    assert keys_from_jwks([key.jwk(), twin.jwk(kid=key.kid)]) == {}
+    attestor, settings = _k8s(key.jwk(), twin.jwk(kid=key.kid))
+    token = mint(twin, k8s_claims(K8S_ISS, AUD, START), kid=key.kid)
+    keys = _static(key.jwk(), twin.jwk(kid=key.kid))
+    assert _refusal(lambda: attestor.verify(token, settings, keys, CTX)) == "key"
+
+
+# Would fail if: an oidc attestor took evidence another issuer signed with a key both
+# publish (a shared JWKS), or evidence naming no subject.
+def test_an_oidc_attestor_takes_only_its_issuers_evidence_with_a_subject() -> None:
+    key = SigningKey.generate("RS256")
+    oidc = ATTESTORS["oidc"]
+    issuer = "https://token.actions.githubusercontent.com"
+    settings = oidc.settings({"issuer": issuer, "jwks": json.dumps({"keys": [key.jwk()]})})
+    keys = _static(key.jwk())
+    assert oidc.verify(mint(key, github_claims(AUD, START)), settings, keys, CTX).subject
+    other = mint(key, github_claims(AUD, START, issuer="https://gitlab.example"))
+    assert _refusal(lambda: oidc.verify(other, settings, keys, CTX)) == "issuer"
+    nobody = {**github_claims(AUD, START), "sub": ""}
+    assert _refusal(lambda: oidc.verify(mint(key, nobody), settings, keys, CTX)) == "claims"
