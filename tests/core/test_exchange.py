@@ -890,3 +890,58 @@ def test_a_narrowed_delegated_token_keeps_its_chain_and_ends_with_its_delegator(
     assert valid(a, done.token)
     a.revoke(kit.admin(a).claims, level="chain", target=first.sub, ctx=kit.ctx)
     assert not valid(a, done.token)
+
+
+def test_the_new_token_lives_no_longer_than_the_actors_own_tokens(
+    a: Broker, b: Broker, kit: Any
+) -> None:
+    """The actor's launch token limits each of its tokens to 30 s: the token it receives
+    by exchange too, though the federation record would allow 120 s."""
+    federate(b, a, kit, max_ttl=120)
+    bob = kit.register(b, kit.launch(b, max_ttl=30), task_id="t-bob")
+    assert bob.claims.exp - bob.claims.iat == 30
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    new = exchange(b, kit, for_domain(a, kit, alice.token, B), bob.token).issued.claims
+    assert new.sub == bob.sub
+    assert new.exp - new.iat == 30
+
+
+def test_the_new_token_ends_by_the_actors_registration_lifetime_ceiling(
+    a: Broker, b: Broker, kit: Any, clock: ManualClock
+) -> None:
+    """Fifty seconds before the actor's registration reaches its lifetime ceiling, what
+    it receives by exchange ends at that ceiling, not 120 s later."""
+    federate(b, a, kit, max_ttl=120)
+    bob = kit.register(b, kit.launch(b, max_ttl=b.config.max_ttl), task_id="t-bob")
+    ceiling = bob.claims.max_exp
+    assert ceiling == int(START) + b.config.renewal_ceiling and bob.claims.exp == ceiling
+    clock.advance(b.config.renewal_ceiling - 50)
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    done = exchange(b, kit, for_domain(a, kit, alice.token, B), bob.token)
+    assert done.issued.claims.exp == ceiling and done.issued.claims.max_exp == ceiling
+    assert valid(b, done.token)
+    clock.advance(50 + b.config.clock_skew)
+    assert not valid(b, done.token)
+
+
+def test_removing_the_actors_app_ends_what_it_received_by_exchange(
+    a: Broker, b: Broker, kit: Any
+) -> None:
+    """The new token lists the actor's app among its ancestors, as a delegated token
+    lists its delegate's: removing the app ends it."""
+    federate(b, a, kit)
+    admin = kit.admin(b).claims
+    app, secret = b.register_app(
+        admin, name="bob-bot", scopes=["read:data:*"], token_ttl=None, ctx=kit.ctx
+    )
+    launch, _ = b.create_launch_token(
+        b.app_auth(app.client_id, secret, kit.ctx).claims, agent_name="bob",
+        allowed_scope=["read:data:*"], max_ttl=None, single_use=None, ttl=None, ctx=kit.ctx,
+    )  # fmt: skip
+    bob = kit.register(b, launch, task_id="t-bob")
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    done = exchange(b, kit, for_domain(a, kit, alice.token, B), bob.token)
+    assert f"app:{app.app_id}" in done.issued.claims.lineage
+    assert valid(b, done.token)
+    b.deregister_app(admin, app.app_id, kit.ctx)
+    assert not valid(b, done.token)
