@@ -134,17 +134,20 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def a(make_broker: Any, clock: ManualClock) -> Broker:
-    return make_broker(clock=clock, trust_domain=A, keyring=KeyRing.generate())
+    broker: Broker = make_broker(clock=clock, trust_domain=A, keyring=KeyRing.generate())
+    return broker
 
 
 @pytest.fixture
 def b(make_broker: Any, clock: ManualClock) -> Broker:
-    return make_broker(clock=clock, trust_domain=B, keyring=KeyRing.generate())
+    broker: Broker = make_broker(clock=clock, trust_domain=B, keyring=KeyRing.generate())
+    return broker
 
 
 @pytest.fixture
 def c(make_broker: Any, clock: ManualClock) -> Broker:
-    return make_broker(clock=clock, trust_domain=C, keyring=KeyRing.generate())
+    broker: Broker = make_broker(clock=clock, trust_domain=C, keyring=KeyRing.generate())
+    return broker
 
 
 # --- narrowing ---------------------------------------------------------------------------
