@@ -948,3 +948,22 @@ def test_removing_the_actors_app_ends_what_it_received_by_exchange(
     assert valid(b, done.token)
     b.deregister_app(admin, app.app_id, kit.ctx)
     assert not valid(b, done.token)
+
+
+def test_a_cross_domain_exchange_naming_a_resource_is_for_that_resource_only(
+    a: Broker, b: Broker, kit: Any
+) -> None:
+    """The foreign token was for B as a whole; the actor names one of B's resources and
+    gets a token for it alone, not for B's default audience, and it narrows no further
+    to another resource."""
+    federate(b, a, kit)
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    subject = for_domain(a, kit, alice.token, B)
+    done = exchange(b, kit, subject, bob.token, resource="https://orders.example")
+    assert done.issued.claims.aud == ("https://orders.example",)
+    assert b.validate(done.token, audience="https://orders.example").sub == bob.sub
+    assert not valid(b, done.token)  # not for B's default audience
+    refused(b, InvalidTarget, lambda: narrow(b, kit, done.token, resource="https://pay.example"))
+    # Naming no resource, it is for B's default audience.
+    assert exchange(b, kit, subject, bob.token).issued.claims.aud == b.config.audience[:1]
