@@ -967,3 +967,55 @@ def test_a_cross_domain_exchange_naming_a_resource_is_for_that_resource_only(
     refused(b, InvalidTarget, lambda: narrow(b, kit, done.token, resource="https://pay.example"))
     # Naming no resource, it is for B's default audience.
     assert exchange(b, kit, subject, bob.token).issued.claims.aud == b.config.audience[:1]
+
+
+# --- what the new token carries of its registration ---------------------------------------
+
+AHEAD = 100  # a replica whose clock runs well ahead of the one that revokes
+
+
+def ahead_and_behind(make_broker: Any, **config: Any) -> tuple[Broker, Broker]:
+    """Two replicas of one broker (one store, one keyring): the first's clock ``AHEAD``
+    seconds ahead of the second's."""
+    store, ring = MemoryStore(), KeyRing.generate()
+    fast = make_broker(store=store, keyring=ring, clock=ManualClock(START + AHEAD), **config)
+    slow = make_broker(store=store, keyring=ring, clock=ManualClock(START), **config)
+    return fast, slow
+
+
+def test_a_narrowed_token_carries_its_registrations_time_into_revocation(
+    make_broker: Any, kit: Any
+) -> None:
+    """The narrower token keeps its subject's ``oiat``: an agent revocation dated before
+    its own ``iat`` (the replica that narrowed runs ahead) still ends it, as it ends the
+    registration's other tokens."""
+    fast, slow = ahead_and_behind(make_broker)
+    agent = kit.register(slow)
+    done = narrow(fast, kit, agent.token, scope="read:data:1")
+    new = done.issued.claims
+    assert new.oiat == agent.claims.oiat == int(START) and new.iat == int(START) + AHEAD
+    slow.revoke(kit.admin(slow).claims, level="agent", target=agent.sub, ctx=kit.ctx)
+    fast.refresh_revocations()
+    (entry,) = slow.store.find_revocations([("agent", agent.sub)])
+    assert entry.revoked_at < new.iat
+    assert not valid(fast, agent.token)
+    assert not valid(fast, done.token)
+
+
+def test_a_cross_domain_token_carries_the_subjects_registration_time(
+    make_broker: Any, a: Broker, kit: Any
+) -> None:
+    """The token B issues by exchange keeps the foreign token's ``oiat``: B revoking its
+    actor ends it though B's replica that issued it dated it after the revocation."""
+    fast, slow = ahead_and_behind(make_broker, trust_domain=B)
+    federate(fast, a, kit)
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    bob = kit.register(slow, scope=["read:data:*"], task_id="t-bob")
+    done = exchange(fast, kit, for_domain(a, kit, alice.token, B), bob.token)
+    new = done.issued.claims
+    assert new.oiat == alice.claims.oiat == int(START) and new.iat == int(START) + AHEAD
+    slow.revoke(kit.admin(slow).claims, level="agent", target=bob.sub, ctx=kit.ctx)
+    fast.refresh_revocations()
+    (entry,) = slow.store.find_revocations([("agent", bob.sub)])
+    assert entry.revoked_at < new.iat
+    assert not valid(fast, done.token)
