@@ -1019,3 +1019,49 @@ def test_a_cross_domain_token_carries_the_subjects_registration_time(
     (entry,) = slow.store.find_revocations([("agent", bob.sub)])
     assert entry.revoked_at < new.iat
     assert not valid(fast, done.token)
+
+
+def test_the_hop_to_the_actor_records_the_foreign_scopes_and_b_extends_it(
+    a: Broker, b: Broker, kit: Any
+) -> None:
+    """Under a mapping that renames scopes, the hop from A's holder to the actor records
+    what A's holder held (A's names), signed by B over exactly that: B's own delegation,
+    which checks every record's signature, extends the chain."""
+    federate(b, a, kit, scope_map=[["read:data:*", "read:records:*"]])
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    carol = kit.register(b, scope=["read:data:*"], task_id="t-carol")
+    subject = for_domain(a, kit, alice.token, B, scope="read:data:7")
+    held = exchange(b, kit, subject, bob.token).issued.claims
+    assert held.scope == ("read:records:7",)
+    (hop,) = held.delegation_chain
+    assert hop.agent == alice.sub and hop.scope == ("read:data:7",)
+    onward = b.delegate(
+        held, delegate_to=carol.sub, scope=["read:records:7"], ttl=None, ctx=kit.ctx
+    )
+    assert [r.agent for r in onward.claims.delegation_chain] == [alice.sub, bob.sub]
+    assert valid(b, onward.token)
+
+
+def test_narrowing_gives_the_default_lifetime_within_the_subjects(
+    a: Broker, kit: Any, clock: ManualClock
+) -> None:
+    """A narrower token of an hour-long token lives the default lifetime, not the rest of
+    the hour; of a token with less left, no longer than it."""
+    agent = kit.register(a, kit.launch(a, max_ttl=3600), task_id="t-long")
+    assert agent.claims.exp - agent.claims.iat == 3600
+    new = narrow(a, kit, agent.token, scope="read:data:1").issued.claims
+    assert new.exp - new.iat == a.config.default_ttl
+    clock.advance(3600 - 100)
+    late = narrow(a, kit, agent.token, scope="read:data:1").issued.claims
+    assert late.exp == agent.claims.exp
+
+
+def test_a_narrowed_token_names_its_holders_registered_key(a: Broker, kit: Any) -> None:
+    """Peers, workload identity and offline attenuation read the holder's key from the
+    token (``agent_jwk``): the narrower token names the same registered key."""
+    agent = kit.register(a, scope=["read:data:*"])
+    done = narrow(a, kit, agent.token, scope="read:data:1")
+    assert done.issued.claims.raw["agent_jwk"] == agent.claims.raw["agent_jwk"]
+    wit, _ = a.workload_identity(a.validate(done.token), kit.ctx)
+    assert wit
