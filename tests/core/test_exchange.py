@@ -1065,3 +1065,21 @@ def test_a_narrowed_token_names_its_holders_registered_key(a: Broker, kit: Any) 
     assert done.issued.claims.raw["agent_jwk"] == agent.claims.raw["agent_jwk"]
     wit, _ = a.workload_identity(a.validate(done.token), kit.ctx)
     assert wit
+
+
+def test_a_cross_domain_exchange_gives_the_default_lifetime_within_the_record(
+    a: Broker, b: Broker, kit: Any
+) -> None:
+    """With the federation record, A's token and the actor's tokens all allowing an hour,
+    the token the actor receives lives the default lifetime."""
+    federate(b, a, kit, max_ttl=3600)
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    bob = kit.register(b, kit.launch(b, max_ttl=3600), task_id="t-bob")
+    subject, foreign = mint(
+        a.keyring, kind=KIND_AGENT, iss=a.config.issuer, sub=alice.sub,
+        aud=(f"spiffe://{B}",), iat=int(START), ttl=3600, scope=("read:data:1",),
+        client_id=alice.claims.client_id, task_id="t-alice", orch_id="orch-1",
+    )  # fmt: skip
+    assert min(foreign.exp, bob.claims.exp) - int(START) == 3600
+    new = exchange(b, kit, subject, bob.token).issued.claims
+    assert new.exp - new.iat == b.config.default_ttl
