@@ -1083,3 +1083,55 @@ def test_a_cross_domain_exchange_gives_the_default_lifetime_within_the_record(
     assert min(foreign.exp, bob.claims.exp) - int(START) == 3600
     new = exchange(b, kit, subject, bob.token).issued.claims
     assert new.exp - new.iat == b.config.default_ttl
+
+
+def three_domains_and_back(
+    a: Broker, b: Broker, c: Broker, kit: Any, clock: ManualClock, between: Any = None
+) -> tuple[Any, str]:
+    """C's agent carol's token (task ``t-c``) is exchanged at A by dave, who hands it on
+    to B, where bob exchanges it and sends it back to A; ``between`` runs after dave
+    handed it on, 40 s before B's exchange. A's agent eve and B's token for A."""
+    federate(a, c, kit)
+    federate(b, a, kit)
+    federate(a, b, kit)
+    carol = kit.register(c, scope=["read:data:*"], task_id="t-c")
+    dave = kit.register(a, scope=["read:data:*"], task_id="t-dave")
+    held = exchange(a, kit, for_domain(c, kit, carol.token, A), dave.token)
+    assert held.issued.claims.task_id == "t-c"
+    to_b = for_domain(a, kit, held.token, B)
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    eve = kit.register(a, scope=["read:data:*"], task_id="t-eve")
+    clock.advance(5)
+    if between is not None:
+        between(held)
+    clock.advance(35)
+    back = for_domain(b, kit, exchange(b, kit, to_b, bob.token).token, A)
+    return eve, back
+
+
+def test_a_chain_through_a_third_domain_comes_back(
+    a: Broker, b: Broker, c: Broker, kit: Any, clock: ManualClock
+) -> None:
+    """C's agent is in the chain that comes back to A: B lists it under A's name (A
+    handed it on), yet it is C's agent, not one A looks up in its own store."""
+    eve, back = three_domains_and_back(a, b, c, kit, clock)
+    done = exchange(a, kit, back, eve.token)
+    new = done.issued.claims
+    assert new.sub == eve.sub and valid(a, done.token)
+    assert [r.agent.split("/")[2] for r in new.delegation_chain] == [C, A, B]
+
+
+def test_a_task_we_revoked_ends_what_comes_back_carrying_it(
+    a: Broker, b: Broker, c: Broker, kit: Any, clock: ManualClock
+) -> None:
+    """A revoked task ``t-c`` (its tokens carry C's task) after dave handed it on and
+    before B's exchange: none of A's agents in the chain is of that task, yet what comes
+    back is refused, by the task's registration time (``oiat``), not B's issue time."""
+
+    def revoke(held: Any) -> None:
+        a.revoke(kit.admin(a).claims, level="task", target="t-c", ctx=kit.ctx)
+        assert not valid(a, held.token)
+
+    eve, back = three_domains_and_back(a, b, c, kit, clock, revoke)
+    exc = refused(a, InvalidRequest, lambda: exchange(a, kit, back, eve.token))
+    assert "our task t-c of the chain revoked at level task" in denial_detail(a, exc)

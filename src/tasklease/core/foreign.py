@@ -317,7 +317,13 @@ def _ancestry(ft: ForeignToken, own_domain: str) -> tuple[list[str], LocalAncest
         elif not mine:
             continue
         elif mine.startswith("agent:"):
-            agents.append(mine[len("agent:") :])
+            # Ours only if its SPIFFE ID is: the domain we sent a token to lists every agent
+            # of its chain under our name, a third domain's agent that reached it through
+            # us too, and that one is in no store of ours.
+            agent = mine[len("agent:") :]
+            parsed = parse_agent_id(agent)
+            if parsed is not None and parsed.trust_domain == own_domain:
+                agents.append(agent)
             continue
         elif mine.startswith("task:"):
             tasks.append(mine[len("task:") :])
