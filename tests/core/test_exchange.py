@@ -1119,6 +1119,11 @@ def test_a_chain_through_a_third_domain_comes_back(
     new = done.issued.claims
     assert new.sub == eve.sub and valid(a, done.token)
     assert [r.agent.split("/")[2] for r in new.delegation_chain] == [C, A, B]
+    # Our operator's revocation of C's agent, by its SPIFFE ID, still stops the chain.
+    carol = new.delegation_chain[0].agent
+    a.revoke(kit.admin(a).claims, level="agent", target=carol, ctx=kit.ctx)
+    exc = refused(a, InvalidRequest, lambda: exchange(a, kit, back, eve.token))
+    assert "revoked here at level agent" in denial_detail(a, exc)
 
 
 def test_a_task_we_revoked_ends_what_comes_back_carrying_it(
