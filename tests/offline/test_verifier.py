@@ -24,7 +24,7 @@ from offline_support import (
 from tasklease.rules import jws
 from tasklease.rules.binding import PROOF_OVER_QUOTA
 from tasklease.rules.chainverify import derive, offline_limits
-from tasklease.verify import InvalidToken, Verifier
+from tasklease.verify import AppCredentials, InvalidToken, RevocationStateStale, Verifier
 
 PAY = {
     "type": "resource_access",
@@ -246,3 +246,41 @@ def test_one_key_flooding_the_replay_cache_does_not_lock_another_out() -> None:
     assert [use(alice, "alice-dpop", f"alice-{n}") for n in range(5)] == ["ok"] * 5
     assert use(hops(("bob", "carol")), "carol", "carol-1") == "ok"
     assert verifier.stats()["dpop_jtis"] == 16
+
+
+def test_a_chain_is_refused_while_the_feed_has_never_proved_current() -> None:
+    verifier = Verifier(
+        "https://broker.invalid",
+        audience="https://orders.example",
+        credentials=AppCredentials("app", "secret"),
+        clock=_Clock(),
+        transport=httpx.MockTransport(lambda _request: httpx.Response(200, json=JWKS)),
+    )  # never started: no revocation state to check the chain's elements against
+    chain = hops(("a", "b"))
+    with pytest.raises(RevocationStateStale):
+        verifier.verify(chain, scheme="DPoP", dpop_proof=proof("b", chain), htm="GET", htu=HTU)
+
+
+def test_a_remembered_chain_is_refused_once_its_root_key_leaves_the_key_set() -> None:
+    served: list[dict[str, Any]] = [JWKS]
+    verifier = Verifier(
+        "https://broker.invalid",
+        audience="https://orders.example",
+        feed=False,
+        jwks_ttl=0,
+        jwks_min_refresh_interval=0,
+        clock=_Clock(),
+        transport=httpx.MockTransport(lambda _request: httpx.Response(200, json=served[0])),
+    )
+    chain = hops(("a", "b"))
+
+    def use(jti: str) -> Any:
+        return verifier.verify(
+            chain, scheme="DPoP", dpop_proof=proof("b", chain, jti=jti), htm="GET", htu=HTU
+        )
+
+    assert use("p1").sub == nested("a", "b")
+    assert verifier.stats()["cached_tokens"] == 1
+    served[0] = {"keys": []}  # the broker removed its key
+    with pytest.raises(InvalidToken):
+        use("p2")
