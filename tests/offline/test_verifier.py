@@ -169,7 +169,7 @@ def test_a_remembered_chain_is_held_to_its_time_and_its_proof_at_every_use() -> 
 
 
 def test_a_chain_whose_root_key_is_new_fetches_the_keys_once() -> None:
-    served = {"keys": []}
+    served: dict[str, Any] = {"keys": []}
     fetches = []
 
     def jwks(_request: httpx.Request) -> httpx.Response:
