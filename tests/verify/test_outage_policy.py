@@ -159,6 +159,26 @@ def test_a_positive_critical_bound_is_a_plain_bound() -> None:
     assert caught.value.message.endswith("the limit is 10 s for critical tokens")
 
 
+def test_a_live_feed_does_not_stretch_a_positive_critical_bound() -> None:
+    """Live means heard from within ``liveness``: with a positive critical bound shorter
+    than that, a connected feed is still held to the bound."""
+    rules = policy(critical_staleness=1.0, liveness=5.0)
+    with pytest.raises(RevocationStateStale) as caught:
+        rules.check(token("write:payments:1"), Feed(3.0, connected=True))
+    assert caught.value.critical
+    rules.check(token(), Feed(3.0, connected=True))  # an ordinary token: within 60 s
+
+
+def test_a_live_feed_does_not_stretch_the_ordinary_bound() -> None:
+    """A liveness window longer than ``max_staleness``: a connected feed heard from within
+    it but past the bound still refuses ordinary tokens."""
+    rules = policy(max_staleness=3.0, liveness=5.0)
+    rules.check(token(), Feed(3.0, connected=True))
+    with pytest.raises(RevocationStateStale) as caught:
+        rules.check(token(), Feed(4.0, connected=True))
+    assert not caught.value.critical
+
+
 def test_never_synced_and_no_feed() -> None:
     rules = policy()
     with pytest.raises(RevocationStateStale) as caught:
