@@ -134,3 +134,13 @@ def test_the_async_path_refreshes_a_due_key_set_and_drops_a_removed_key() -> Non
         asyncio.run(verifier.averify(token))
     with pytest.raises(InvalidToken):  # nor a token it never saw, signed by that key
         asyncio.run(verifier.averify(_token(ring, jti="k" * 32)))
+
+
+def test_an_unbound_token_presented_under_the_dpop_scheme_is_refused() -> None:
+    ring = KeyRing.generate()
+    verifier, _ = _rotating(ring)
+    token = _token(ring)
+    with pytest.raises(InvalidToken) as caught:
+        verifier.verify(token, scheme="DPoP", dpop_proof="x", htm="GET", htu="https://rs/x")
+    assert caught.value.reason == "DPoP scheme used with a token not bound to a DPoP key"
+    assert verifier.verify(token).jti == "j" * 32  # the same token, as the bearer it is
