@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from bundle_support import (
     CA,
@@ -28,7 +29,7 @@ from tasklease.core.clock import SystemClock
 from tasklease.core.keys import KeyRing
 from tasklease.core.tokens import KIND_AGENT, mint
 from tasklease.rules.bundle import parse_bundle
-from tasklease.verify import FederatedDomain, InvalidToken, Verifier
+from tasklease.verify import FederatedDomain, InvalidToken, RevocationStateStale, Verifier
 from tasklease.verify._federation import FederationError, Federations
 
 AUDIENCE = "orders-api"
@@ -441,3 +442,36 @@ def test_a_peer_that_trickles_its_bundle_holds_one_fetch_for_a_bounded_time(
         assert took < TOTAL_TIMES * 1.0 + 5, f"the fetch took {took:.1f} s"
         assert waiter["fetched"] is False and float(waiter["waited"]) < 1.0 + 3
         assert domain.last_error, "the cut-off fetch names why"
+
+
+def test_a_federated_token_is_held_to_the_home_feeds_revocations_and_freshness(
+    home: tuple[Broker, Served], peer: tuple[Broker, Served], ca: CA
+) -> None:
+    """A federated domain's token is checked against this verifier's revocation state:
+    refused once the home broker revoked its agent, and refused while the feed has never
+    proved current."""
+    local, home_served = home
+    remote, peer_served = peer
+    revoked = _token(remote, ("read:data:1",), sub="spiffe://b.example/agent/o/t/aaaaaaaaaaaaaaaa")
+    other = _token(remote, ("read:data:1",), sub="spiffe://b.example/agent/o/t/bbbbbbbbbbbbbbbb")
+    bearer = admin(local).token
+    answer = httpx.post(
+        f"{home_served.url}/v1/revoke",
+        json={"level": "agent", "target": "spiffe://b.example/agent/o/t/aaaaaaaaaaaaaaaa"},
+        headers={"Authorization": f"Bearer {bearer}"},
+    )
+    assert answer.status_code == 200, answer.text
+    following = Verifier(
+        home_served.url,
+        audience=AUDIENCE,
+        issuer="https://a.example",
+        credentials=lambda: bearer,
+        federations=(_domain(peer_served, ca),),
+    )
+    with pytest.raises(RevocationStateStale):  # not started: never proved current
+        following.verify(other)
+    with following:  # started: synced, the revocation held
+        assert following.verify(other).sub.endswith("/bbbbbbbbbbbbbbbb")
+        with pytest.raises(InvalidToken) as caught:
+            following.verify(revoked)
+        assert "revoked" in caught.value.reason
