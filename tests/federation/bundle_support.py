@@ -26,7 +26,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tasklease.core.broker import Broker, IssuedToken, RequestContext
-from tasklease.core.clock import ManualClock
+from tasklease.core.clock import Clock, ManualClock
 from tasklease.core.config import Config
 from tasklease.core.keys import KeyRing
 from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, mint
@@ -175,7 +175,7 @@ class Served:
         self.stop()
 
 
-def make_broker(trust_domain: str, *, clock: ManualClock | None = None, **config: Any) -> Broker:
+def make_broker(trust_domain: str, *, clock: Clock | None = None, **config: Any) -> Broker:
     """An in-process broker of ``trust_domain`` on a memory store."""
     return Broker(
         Config(trust_domain=trust_domain, issuer=f"https://{trust_domain}", **config),
