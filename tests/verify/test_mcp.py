@@ -32,12 +32,12 @@ _INITIALIZE = {
 _HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
-def _server(broker: RunningBroker, resource: str) -> Any:
+def _server(broker: RunningBroker, resource: str, advertised: str | None = None) -> Any:
     verifier = Verifier(broker.url, audience=resource, credentials=app_credentials(broker))
     server = MCPServer(
         "tools",
         token_verifier=TaskleaseTokenVerifier(verifier),
-        auth=auth_settings(broker.url, resource),
+        auth=auth_settings(broker.url, advertised or resource),
     )
 
     @server.tool()
@@ -70,3 +70,20 @@ def test_mcp_server_accepts_its_own_audience_and_refuses_another(
         assert anonymous.status_code == 401
     token = own_verifier.verify(agent.access_token)
     assert MCP_RESOURCE in token.aud
+
+
+def test_a_server_advertising_another_resource_than_its_verifier_accepts_no_token(
+    broker: RunningBroker, serve: Any
+) -> None:
+    """``auth_settings`` has the SDK hold each token's resource to the one the server
+    advertises: a server whose verifier is for another resource (a misconfiguration)
+    takes none of that resource's tokens as its own."""
+    port = free_port()
+    app, _ = _server(broker, MCP_RESOURCE, advertised=f"http://127.0.0.1:{port}/mcp")
+    served = serve(app, port)
+    agent = broker.register(["read:data:42"], resource=[MCP_RESOURCE])
+    with httpx.Client(timeout=10) as client:
+        refused = client.post(
+            f"{served.url}/mcp", json=_INITIALIZE, headers={**_HEADERS, **agent.bearer}
+        )
+    assert refused.status_code == 401, refused.text
