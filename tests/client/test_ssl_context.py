@@ -54,3 +54,15 @@ def test_a_context_or_no_verification_asked_for_is_used_as_given() -> None:
     given = ssl.create_default_context()
     assert ssl_context(None, given) is given
     assert ssl_context(None, False) is False
+
+
+def test_a_client_certificate_does_not_turn_server_verification_off(tmp_path: Path) -> None:
+    # Would fail if: presenting a certificate (mTLS) with verify=True built a context
+    # that trusts any server, or checked no host name.
+    ca = make_ca(tmp_path)
+    mine = ssl_context(ca.server("agent.example"), True)
+    assert isinstance(mine, ssl.SSLContext)
+    assert mine.verify_mode == ssl.CERT_REQUIRED and mine.check_hostname
+    unverified = ssl_context(ca.server("agent.example"), False)
+    assert isinstance(unverified, ssl.SSLContext)
+    assert unverified.verify_mode == ssl.CERT_NONE and not unverified.check_hostname
