@@ -14,6 +14,7 @@ from tasklease.rules.bundle import (
     MAX_BUNDLE_KEYS,
     BundleError,
     TrustBundle,
+    jwt_svid_jwks,
     parse_bundle,
     serialize_bundle,
 )
@@ -84,6 +85,7 @@ def test_minimal_and_empty_bundles() -> None:
         (_okp(use="sig"), "unknown use"),
         (_okp(use="JWT-SVID"), "use is case-sensitive"),
         ({**_okp(), "kty": "oct", "k": "c2VjcmV0"}, "a shared secret is no bundle key"),
+        ({"kty": "oct", "k": "c2VjcmV0", "use": "jwt-svid"}, "an unknown kty needs no kid"),
         ({**_okp(), "kty": "AKP"}, "unknown kty"),
         (_okp(crv="X25519"), "not a signing curve"),
         (_okp(alg="ES256"), "declared for another algorithm"),
@@ -134,6 +136,58 @@ def test_refused_bundles(data: bytes, reason: str) -> None:
     with pytest.raises(BundleError) as caught:
         parse_bundle(data, "a.example")
     assert reason in caught.value.reason
+
+
+def test_the_size_limit_is_exact() -> None:
+    # A bundle of exactly MAX_BUNDLE_BYTES is read; one byte more is refused unread.
+    head, tail = b'{"keys":[],"pad":"', b'"}'
+    fits = head + b"a" * (MAX_BUNDLE_BYTES - len(head) - len(tail)) + tail
+    assert len(fits) == MAX_BUNDLE_BYTES
+    assert dict(parse_bundle(fits, "a.example").keys) == {}
+    with pytest.raises(BundleError) as caught:
+        parse_bundle(head + b"a" + fits[len(head) :], "a.example")
+    assert "larger than" in caught.value.reason
+
+
+def test_skipped_entries_count_toward_the_key_limit() -> None:
+    # The bound is on the JWKs a peer serves, not only on the ones kept: a bundle of
+    # X.509 authorities and one usable key, one entry too many, is refused.
+    x509 = {"kty": "RSA", "use": "x509-svid", "x5c": []}
+    with pytest.raises(BundleError) as caught:
+        parse_bundle(_doc(*[x509] * MAX_BUNDLE_KEYS, _okp()), "a.example")
+    assert "more than" in caught.value.reason
+    assert list(parse_bundle(_doc(*[x509] * (MAX_BUNDLE_KEYS - 1), _okp()), "a.example").keys)
+
+
+def test_a_bundle_value_holds_at_most_the_key_limit_and_cannot_be_changed() -> None:
+    keys = {f"k{i}": bytes(32) for i in range(MAX_BUNDLE_KEYS + 1)}
+    with pytest.raises(BundleError) as caught:
+        TrustBundle("a.example", 1, 1, keys)
+    assert "more than" in caught.value.reason
+    given_keys = {"k": bytes(32)}
+    bundle = TrustBundle("a.example", 1, 1, given_keys)
+    given_keys["other"] = bytes(32)  # the caller's dict is copied, not kept
+    assert list(bundle.keys) == ["k"]
+    with pytest.raises(TypeError):
+        bundle.keys["other"] = bytes(32)  # type: ignore[index]
+
+
+def test_jwt_svid_jwks_are_the_jwt_svid_keys_of_a_valid_bundle_only() -> None:
+    # For JWT-SVID verifiers: every jwt-svid key of a known type (EC here), never an
+    # X.509 authority, a key without a use or a shared secret, even under a usable kty.
+    ec = {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "kid": "e", "use": "jwt-svid"}
+    others = [
+        {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "kid": "x", "use": "x509-svid"},
+        {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "kid": "n"},
+        {"kty": "oct", "k": "c2VjcmV0", "kid": "s", "use": "jwt-svid"},
+    ]
+    entries = jwt_svid_jwks(_doc(ec, _okp(), *others), "a.example")
+    assert [dict(e) for e in entries] == [ec, _okp()]
+    # The bundle is checked as a whole first: a duplicated kid or a private member in a
+    # key it would not keep refuses it all.
+    for refused in (_doc(ec, ec), _doc(ec, _okp(d=RFC8037_X))):
+        with pytest.raises(BundleError):
+            jwt_svid_jwks(refused, "a.example")
 
 
 def test_refused_trust_domains() -> None:
