@@ -10,7 +10,7 @@ from nacl.signing import SigningKey
 
 from tasklease.core.broker import Broker
 from tasklease.core.clock import ManualClock
-from tasklease.core.errors import InvalidRequest, NotFound, Unauthorized
+from tasklease.core.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from tasklease.core.federation import BundleRefused, UntrustedDomain
 from tasklease.core.keys import jwk_thumbprint
 from tasklease.core.store import AuditQuery
@@ -37,7 +37,8 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def broker(make_broker: Any, clock: ManualClock) -> Broker:
-    return make_broker(clock=clock, trust_domain="a.example")
+    made: Broker = make_broker(clock=clock, trust_domain="a.example")
+    return made
 
 
 def _add(broker: Broker, kit: Any, **fields: Any) -> Any:
@@ -234,3 +235,95 @@ def test_static_bundles_are_never_due(broker: Broker, kit: Any) -> None:
     record, _ = _add(broker, kit, bundle=_bundle(SigningKey.generate()).decode())
     assert broker.federation.next_refresh(record) == float("inf")
     assert broker.federation.due(START + 10**6) == []
+
+
+def test_declaring_another_endpoint_drops_the_last_good_bundle(
+    broker: Broker, kit: Any, clock: ManualClock
+) -> None:
+    # What the old endpoint served is no word of the new one's: nothing is trusted until
+    # the new endpoint's first bundle (the same endpoint keeps it, see above).
+    record, _ = _add(broker, kit)
+    broker.federation.accept_bundle(
+        PEER, _bundle(SigningKey.generate()), version=record.created_at, now=START
+    )
+    assert broker.federation.trusted_keys(PEER, START)
+    clock.advance(1)
+    moved, replaced = _add(broker, kit, bundle_endpoint_url="https://b2.example/bundle")
+    assert replaced and moved.bundle == "" and moved.fetched_at is None
+    with pytest.raises(UntrustedDomain) as caught:
+        broker.federation.trusted_keys(PEER, START + 1)
+    assert "no bundle" in caught.value.reason
+
+
+def test_new_keys_under_the_same_sequence_are_audited(broker: Broker, kit: Any) -> None:
+    record, _ = _add(broker, kit)
+    version = record.created_at
+    first, second = SigningKey.generate(), SigningKey.generate()
+    broker.federation.accept_bundle(PEER, _bundle(first, sequence=4), version=version, now=START)
+    broker.federation.accept_bundle(PEER, _bundle(second, sequence=4), version=version, now=START)
+    updated = _events(broker, "federation_bundle_updated")
+    assert len(updated) == 2
+    assert jwk_thumbprint(bytes(second.verify_key)) in updated[-1].detail
+
+
+def test_a_fetch_never_replaces_a_static_bundle(broker: Broker, kit: Any) -> None:
+    static = SigningKey.generate()
+    record, _ = _add(broker, kit, bundle=_bundle(static, sequence=1).decode())
+    with pytest.raises(NotFound):
+        broker.federation.accept_bundle(
+            PEER, _bundle(SigningKey.generate(), sequence=9), version=record.created_at, now=START
+        )
+    assert list(broker.federation.trusted_keys(PEER, START)) == [
+        jwk_thumbprint(bytes(static.verify_key))
+    ]
+
+
+def test_a_failed_fetch_for_a_replaced_record_writes_nothing(
+    broker: Broker, kit: Any, clock: ManualClock
+) -> None:
+    old, _ = _add(broker, kit)
+    clock.advance(1)
+    _add(broker, kit, bundle_endpoint_url="https://b2.example/bundle")
+    broker.federation.fetch_failed(PEER, "connection refused", version=old.created_at, now=START)
+    current = broker.federation.record(PEER)
+    assert current.last_error == "" and current.checked_at is None
+    assert broker.federation.next_refresh(current) == float("-inf")  # due now, not later
+    assert _events(broker, "federation_bundle_refused") == []
+
+
+def test_max_ttl_is_bounded_by_the_brokers_own(broker: Broker, kit: Any) -> None:
+    ceiling = broker.config.max_ttl
+    assert _add(broker, kit, max_ttl=ceiling)[0].max_ttl == ceiling
+    with pytest.raises(InvalidRequest) as caught:
+        _add(broker, kit, max_ttl=ceiling + 1)
+    assert "max_ttl" in caught.value.detail
+
+
+def test_a_feed_needs_its_credentials_file_and_a_file_its_feed(broker: Broker, kit: Any) -> None:
+    for fields in (
+        {"revocation_feed": "https://b.example:8443"},
+        {"feed_credentials_file": "b.json"},
+    ):
+        with pytest.raises(InvalidRequest) as caught:
+            _add(broker, kit, **fields)
+        assert "together" in caught.value.detail
+    assert broker.federation.list_federations() == []
+
+
+def test_a_removal_writes_a_chain_revocation_that_holds_off_a_new_declaration(
+    broker: Broker, kit: Any, clock: ManualClock
+) -> None:
+    _add(broker, kit, bundle=_bundle(SigningKey.generate()).decode())
+    broker.federation.remove(kit.admin(broker).claims, PEER, kit.ctx)
+    [entry] = broker.store.find_revocations([("chain", f"fed:{PEER}")])
+    assert entry.expires_at > clock.now()
+    with pytest.raises(Conflict) as caught:
+        _add(broker, kit, bundle=_bundle(SigningKey.generate()).decode())
+    assert "its removal stands until" in caught.value.detail
+    assert broker.federation.list_federations() == []
+    [refused] = _events(broker, "federation_refused")
+    assert caught.value.denial_id in refused.detail
+    # Once the entry has expired, the domain may be declared again.
+    clock.advance(entry.expires_at - clock.now())
+    _, replaced = _add(broker, kit, bundle=_bundle(SigningKey.generate()).decode())
+    assert not replaced and broker.federation.trusted_keys(PEER, clock.now())
