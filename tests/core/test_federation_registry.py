@@ -3,9 +3,14 @@ the keys they trust, and failing closed."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 from nacl.signing import SigningKey
 
 from tasklease.core.broker import Broker
@@ -327,3 +332,35 @@ def test_a_removal_writes_a_chain_revocation_that_holds_off_a_new_declaration(
     clock.advance(entry.expires_at - clock.now())
     _, replaced = _add(broker, kit, bundle=_bundle(SigningKey.generate()).decode())
     assert not replaced and broker.federation.trusted_keys(PEER, clock.now())
+
+
+def _ca_pem() -> str:
+    key = Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "peer CA")])
+    now = datetime.datetime.fromtimestamp(START, datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, None)
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_ca_pem_is_kept_only_for_a_server_the_broker_connects_to(broker: Broker, kit: Any) -> None:
+    pem, static = _ca_pem(), _bundle(SigningKey.generate()).decode()
+    # A static bundle with no feed: no server is ever checked with it, so it is refused.
+    with pytest.raises(InvalidRequest, match="ca_pem is for a bundle endpoint"):
+        _add(broker, kit, bundle=static, ca_pem=pem)
+    assert broker.federation.list_federations() == []
+    # A static bundle with a revocation feed: the feed's server is checked with it.
+    feed = {"revocation_feed": "https://b.example:8443", "feed_credentials_file": "b.json"}
+    record, _ = _add(broker, kit, bundle=static, ca_pem=pem, **feed)
+    assert record.ca_pem == pem and record.revocation_feed == "https://b.example:8443"
+    # A bundle endpoint: its server is checked with it.
+    record, _ = _add(broker, kit, trust_domain="c.example", ca_pem=pem)
+    assert record.ca_pem == pem
