@@ -248,3 +248,52 @@ def test_only_the_holder_of_the_lease_follows_and_stops_when_it_loses_it(
     finally:
         first.close()
         second.close()
+
+
+def test_a_stopped_follower_applies_nothing_more(
+    peer: Peer, follower: Following, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, applied = follower
+    peer.answers = [(200, _entry(7, "7.fp") + _entry(8, "8.fp"))]
+    real = one.broker.apply_federated_revocations
+
+    def apply_then_stop(domain: str, records: list[RevocationRecord], **kw: Any) -> Any:
+        one.stop()  # the lease went to another process while this entry was applied
+        return real(domain, records, **kw)
+
+    monkeypatch.setattr(one.broker, "apply_federated_revocations", apply_then_stop)
+    one._follow_once()
+    assert [r.seq for r in applied] == [7] and one.resume == "7.fp"
+
+
+def test_a_follower_is_restarted_when_its_domains_feed_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[FeedSource] = []
+    stopped: list[FeedSource] = []
+
+    class Recorded(_Follower):
+        def start(self) -> None:
+            started.append(self.source)
+
+        def stop(self) -> None:
+            stopped.append(self.source)
+
+    monkeypatch.setattr(revocations, "_Follower", Recorded)
+    broker = _broker(MemoryStore(), ManualClock(START), str(tmp_path))
+    followers = FeedFollowers()
+    _declare(broker)
+    followers.tick(broker)
+    followers.tick(broker)  # the same feed: the same follower
+    broker.federation.add(
+        admin(broker).claims,
+        trust_domain=PEER,
+        bundle_endpoint_url=f"https://{PEER}/v1/federation/bundle",
+        revocation_feed="https://feed.a.example",
+        feed_credentials_file="peer.json",
+        ctx=CTX,
+    )
+    followers.tick(broker)
+    assert [s.base_url for s in started] == ["https://127.0.0.1:1", "https://feed.a.example"]
+    assert [s.base_url for s in stopped] == ["https://127.0.0.1:1"]
+    assert followers.following() == [("default", PEER)]
