@@ -192,7 +192,7 @@ def test_the_token_is_kept_until_before_it_expires_then_renewed(
 ) -> None:
     one, _ = follower
     now = [1000.0]
-    monkeypatch.setattr("tasklease.federation.revocations.time.monotonic", lambda: now[0])
+    monkeypatch.setattr(one, "_monotonic", lambda: now[0])
     peer.answers = [(200, ""), (200, ""), (200, "")]
     one._follow_once()
     now[0] += 539.0  # 600 s token, renewed 60 s early

@@ -183,9 +183,12 @@ def _cursor_id(ident: str, seq: int) -> str:
 class _Follower:
     """One domain's feed, followed by a daemon thread until stopped."""
 
-    def __init__(self, broker: Broker, source: FeedSource) -> None:
+    def __init__(
+        self, broker: Broker, source: FeedSource, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.broker = broker
         self.source = source
+        self._monotonic = monotonic
         self._stop = threading.Event()
         self._token: tuple[str, float] | None = None
         # The last entry's seq, and the cursor sent back: the id of the last event read
@@ -245,7 +248,7 @@ class _Follower:
         )
 
     def _bearer(self, client: httpx.Client) -> str:
-        if self._token is not None and time.monotonic() < self._token[1]:
+        if self._token is not None and self._monotonic() < self._token[1]:
             return self._token[0]
         client_id, secret = read_credentials(self.source.credentials_file)
         with client.stream(
@@ -260,7 +263,7 @@ class _Follower:
                 token, expires_in = read_app_token(response)
             except ValueError as exc:
                 raise FeedError(f"signing in to the feed: {exc}") from None
-        self._token = (token, time.monotonic() + max(expires_in * 0.8, expires_in - 60))
+        self._token = (token, self._monotonic() + max(expires_in * 0.8, expires_in - 60))
         return token
 
     def _follow_once(self) -> None:
@@ -334,7 +337,7 @@ class FeedFollowers:
                 del self._ticked[stale]
             for domain, source in sources.items():
                 if (owner, domain) not in self._running:
-                    follower = _Follower(broker, source)
+                    follower = _Follower(broker, source, self._monotonic)
                     self._running[(owner, domain)] = follower
                     follower.start()
         return len(sources)
