@@ -219,3 +219,25 @@ def test_the_session_cookie_and_pages_carry_their_flags_and_headers() -> None:
     assert "unsafe-inline" not in csp
     assert login.headers["x-frame-options"] == "DENY"
     assert login.headers["cache-control"] == "no-store"
+
+
+def test_signing_out_clears_the_cookie_and_a_sessions_cookie_lasts_as_its_token() -> None:
+    broker = _broker()
+
+    async def go(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
+        signed = await _sign_in(client, "", ADMIN_SECRET)
+        assert signed.status_code == 303, signed.text
+        home = await client.get("/console/")
+        out = await client.post(
+            "/console/logout", data={"csrf": _csrf(home.text)}, headers={"origin": ORIGIN}
+        )
+        return signed, out
+
+    signed, out = _run(broker, go)
+    [cookie] = [c for c in signed.headers.get_list("set-cookie") if c.startswith(COOKIE + "=")]
+    flags = {flag.strip().lower() for flag in cookie.split(";")[1:]}
+    assert f"max-age={broker.config.admin_token_ttl}" in flags
+    assert out.status_code == 303
+    [cleared] = [c for c in out.headers.get_list("set-cookie") if c.startswith(COOKIE + "=")]
+    assert cleared.startswith(f'{COOKIE}="";') or cleared.startswith(f"{COOKIE}=;")
+    assert "max-age=0" in cleared.lower()
