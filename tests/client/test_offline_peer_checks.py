@@ -6,62 +6,14 @@ for."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import nacl.signing
 import pytest
+from tests.client.peer_support import CHANNEL, START, WINDOW, Clock, Fleet
 
 from tasklease.client import OfflinePeerAuth, PeerAuthenticationFailed
-from tasklease.rules import jws
 from tasklease.rules import peerauth as rules
-
-TD = "spiffe://tasklease.local/agent/orch/task"
-CHANNEL = "https://peer.example:8443/peer"
-START = 1_800_000_000.0
-WINDOW = 30
-
-
-@dataclass(frozen=True)
-class _Token:
-    sub: str
-    key: nacl.signing.SigningKey
-    scope: tuple[str, ...] = ("read:data:*",)
-    exp: int = int(START) + 600
-
-    @property
-    def claims(self) -> dict[str, Any]:
-        x = jws.b64url_encode(bytes(self.key.verify_key))
-        return {"sub": self.sub, "agent_jwk": {"kty": "OKP", "crv": "Ed25519", "x": x}}
-
-
-@dataclass
-class _Clock:
-    now: float = START
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class _Fleet:
-    """Agents by name; each one's token is ``token-<name>``."""
-
-    tokens: dict[str, _Token] = field(default_factory=dict)
-
-    def check(self, token: str) -> _Token:
-        found = self.tokens.get(token)
-        if found is None:
-            raise PeerAuthenticationFailed("unknown token")
-        return found
-
-    def peer(self, name: str, clock: _Clock, **options: Any) -> OfflinePeerAuth:
-        key = nacl.signing.SigningKey.generate()
-        self.tokens[f"token-{name}"] = _Token(f"{TD}/{name}", key)
-        return OfflinePeerAuth(
-            f"{TD}/{name}", lambda: f"token-{name}", key, self.check, window=WINDOW,
-            clock=clock, show_bearer_token=True, **options,
-        )  # fmt: skip
 
 
 def _run(alice: OfflinePeerAuth, bob: OfflinePeerAuth) -> tuple[str, str]:
@@ -71,7 +23,7 @@ def _run(alice: OfflinePeerAuth, bob: OfflinePeerAuth) -> tuple[str, str]:
 
 
 def test_a_finish_is_refused_again_until_its_window_has_closed() -> None:
-    fleet, clock = _Fleet(), _Clock()
+    fleet, clock = Fleet(), Clock()
     alice, bob = fleet.peer("alice", clock), fleet.peer("bob", clock)
     _, finish = _run(alice, bob)
     assert bob.accept(finish).agent_id == alice.agent_id
@@ -83,7 +35,7 @@ def test_a_finish_is_refused_again_until_its_window_has_closed() -> None:
 
 
 def test_an_answer_is_taken_only_within_the_window_of_the_hello() -> None:
-    fleet, clock = _Fleet(), _Clock()
+    fleet, clock = Fleet(), Clock()
     alice, bob = fleet.peer("alice", clock), fleet.peer("bob", clock)
     in_time = bob.answer(alice.hello(bob.agent_id, channel=CHANNEL), channel=CHANNEL)
     late = bob.answer(alice.hello(bob.agent_id, channel=CHANNEL), channel=CHANNEL)
@@ -96,7 +48,7 @@ def test_an_answer_is_taken_only_within_the_window_of_the_hello() -> None:
 
 
 def test_an_answer_is_taken_once() -> None:
-    fleet, clock = _Fleet(), _Clock()
+    fleet, clock = Fleet(), Clock()
     alice, bob = fleet.peer("alice", clock), fleet.peer("bob", clock)
     answer, _ = _run(alice, bob)
     with pytest.raises(PeerAuthenticationFailed) as refused:
@@ -116,7 +68,7 @@ def _fields(message: Any) -> dict[str, Any]:
 
 
 def test_a_finish_must_be_signed_by_the_initiators_key_over_this_run() -> None:
-    fleet, clock = _Fleet(), _Clock()
+    fleet, clock = Fleet(), Clock()
     alice, bob = fleet.peer("alice", clock), fleet.peer("bob", clock)
     alice_key = fleet.tokens["token-alice"].key
     _, finish = _run(alice, bob)
@@ -128,7 +80,7 @@ def test_a_finish_must_be_signed_by_the_initiators_key_over_this_run() -> None:
 
 
 def test_an_answer_must_be_signed_by_the_responders_key_over_this_run() -> None:
-    fleet, clock = _Fleet(), _Clock()
+    fleet, clock = Fleet(), Clock()
     alice, bob = fleet.peer("alice", clock), fleet.peer("bob", clock)
     bob_key = fleet.tokens["token-bob"].key
     answer = bob.answer(alice.hello(bob.agent_id, channel=CHANNEL), channel=CHANNEL)
@@ -138,7 +90,7 @@ def test_an_answer_must_be_signed_by_the_responders_key_over_this_run() -> None:
 
 
 def test_an_agent_says_hello_to_no_one_but_another_agent() -> None:
-    fleet, clock = _Fleet(), _Clock()
+    fleet, clock = Fleet(), Clock()
     alice = fleet.peer("alice", clock)
     for peer_id in (alice.agent_id, ""):
         with pytest.raises(PeerAuthenticationFailed) as refused:
@@ -147,7 +99,7 @@ def test_an_agent_says_hello_to_no_one_but_another_agent() -> None:
 
 
 def test_open_hellos_are_bounded_and_closed_ones_make_room() -> None:
-    fleet, clock = _Fleet(), _Clock()
+    fleet, clock = Fleet(), Clock()
     alice, bob = fleet.peer("alice", clock, capacity=2), fleet.peer("bob", clock)
     for _ in range(2):
         alice.hello(bob.agent_id, channel=CHANNEL)
@@ -159,6 +111,6 @@ def test_open_hellos_are_bounded_and_closed_ones_make_room() -> None:
 
 
 def test_a_shared_challenge_key_needs_a_shared_ledger() -> None:
-    fleet, clock = _Fleet(), _Clock()
+    fleet, clock = Fleet(), Clock()
     with pytest.raises(ValueError, match="shared replay ledger"):
         fleet.peer("bob", clock, challenge_key=b"\x11" * rules.CHALLENGE_KEY_BYTES)

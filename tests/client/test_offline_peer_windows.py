@@ -6,67 +6,17 @@ sealed its cookie."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import nacl.signing
 import pytest
+from tests.client.peer_support import CHANNEL, START, TD, WINDOW, Clock, Fleet, Token
 
-from tasklease.client import OfflinePeerAuth, PeerAuthenticationFailed
-from tasklease.rules import jws
+from tasklease.client import PeerAuthenticationFailed
 from tasklease.rules import peerauth as rules
 from tasklease.rules.binding import MemoryProofLedger
 
-TD = "spiffe://tasklease.local/agent/orch/task"
-CHANNEL = "https://peer.example:8443/peer"
-START = 1_800_000_000.0
-WINDOW = 30
-
-
-@dataclass(frozen=True)
-class _Token:
-    sub: str
-    key: nacl.signing.SigningKey
-    scope: tuple[str, ...] = ("read:data:*",)
-    exp: int = int(START) + 600
-
-    @property
-    def claims(self) -> dict[str, Any]:
-        x = jws.b64url_encode(bytes(self.key.verify_key))
-        return {"sub": self.sub, "agent_jwk": {"kty": "OKP", "crv": "Ed25519", "x": x}}
-
-
-@dataclass
-class _Clock:
-    now: float = START
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class _Fleet:
-    """Agents by name; each one's token is ``token-<name>``."""
-
-    tokens: dict[str, _Token] = field(default_factory=dict)
-
-    def check(self, token: str) -> _Token:
-        found = self.tokens.get(token)
-        if found is None:
-            raise PeerAuthenticationFailed("unknown token")
-        return found
-
-    def peer(self, name: str, clock: _Clock, **options: Any) -> OfflinePeerAuth:
-        key = nacl.signing.SigningKey.generate()
-        self.tokens[f"token-{name}"] = _Token(f"{TD}/{name}", key)
-        return OfflinePeerAuth(
-            f"{TD}/{name}", lambda: f"token-{name}", key, self.check, window=WINDOW,
-            clock=clock, show_bearer_token=True, **options,
-        )  # fmt: skip
-
 
 def test_a_hello_is_answered_only_within_the_window_of_its_date_either_way() -> None:
-    fleet, alice_clock, bob_clock = _Fleet(), _Clock(), _Clock()
+    fleet, alice_clock, bob_clock = Fleet(), Clock(), Clock()
     alice, bob = fleet.peer("alice", alice_clock), fleet.peer("bob", bob_clock)
     for offset, answered in ((WINDOW, True), (-WINDOW, True), (WINDOW + 1, False),
                              (-WINDOW - 1, False)):  # fmt: skip
@@ -81,7 +31,7 @@ def test_a_hello_is_answered_only_within_the_window_of_its_date_either_way() -> 
 
 
 def test_a_finish_is_accepted_only_within_the_window_of_the_answer() -> None:
-    fleet, clock = _Fleet(), _Clock()
+    fleet, clock = Fleet(), Clock()
     alice, bob = fleet.peer("alice", clock), fleet.peer("bob", clock)
     finishes = []
     for _ in range(2):
@@ -98,10 +48,10 @@ def test_a_finish_is_accepted_only_within_the_window_of_the_answer() -> None:
 def test_a_finish_is_the_named_initiators_alone() -> None:
     # Carol sees Alice's hello and Bob's answer go by, and finishes Alice's run herself,
     # with her own token and key: Bob asked Alice, and must not end up with Carol.
-    fleet, clock = _Fleet(), _Clock()
+    fleet, clock = Fleet(), Clock()
     alice, bob = fleet.peer("alice", clock), fleet.peer("bob", clock)
     carol_key = nacl.signing.SigningKey.generate()
-    fleet.tokens["token-carol"] = _Token(f"{TD}/carol", carol_key)
+    fleet.tokens["token-carol"] = Token(f"{TD}/carol", carol_key)
     hello = rules.parse_hello(alice.hello(bob.agent_id, channel=CHANNEL))
     answer = rules.parse_answer(bob.answer(rules.hello_message(hello), channel=CHANNEL))
     transcript = rules.peer_transcript(
@@ -120,7 +70,7 @@ def test_a_finish_is_the_named_initiators_alone() -> None:
 def test_a_finish_is_accepted_only_by_the_responder_that_answered() -> None:
     # Bob and Dave share a challenge key (and so the replay ledger): Alice's finish to Bob
     # relayed to Dave opens there, but Alice never authenticated Dave.
-    fleet, clock = _Fleet(), _Clock()
+    fleet, clock = Fleet(), Clock()
     shared = {"challenge_key": b"\x11" * rules.CHALLENGE_KEY_BYTES, "replay": MemoryProofLedger()}
     alice = fleet.peer("alice", clock)
     bob, dave = fleet.peer("bob", clock, **shared), fleet.peer("dave", clock, **shared)
