@@ -335,6 +335,17 @@ def test_offline_peers_verify_each_other_with_the_jwks(env: Env) -> None:
         check(wpt(now=exp), at=exp)
 
 
+def _delegated(env: Env, delegator: Any, delegate: Any) -> str:
+    """A token ``delegator`` hands ``delegate``."""
+    answer = env.http.post(
+        "/v1/delegate",
+        headers=delegator.auth(),
+        json={"delegate_to": delegate.agent_id, "scope": ["read:data:*"], "ttl": 300},
+    )
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["access_token"])
+
+
 def _declare_done(env: Env, agent: Any, nonce: str) -> None:
     """``agent`` declares itself done with its own token (a signed heartbeat): released."""
     now = int(env.clock.now())
@@ -358,11 +369,7 @@ def test_a_released_holder_gets_no_workload_identity(env: Env) -> None:
     # accepts B.
     c = env.register("task-c")
     b = env.register("task-b")
-    held = env.http.post(
-        "/v1/delegate",
-        headers=c.auth(),
-        json={"delegate_to": b.agent_id, "scope": ["read:data:*"], "ttl": 300},
-    ).json()["access_token"]
+    held = _delegated(env, c, b)
     assert _wit(env, AgentHandle(b.agent_id, held, b.key))
     _declare_done(env, b, "p" * 16)
     refused = env.http.post("/v1/workload/identity", headers=b.auth(held))
@@ -419,11 +426,7 @@ def test_a_released_holder_cannot_start_a_handshake(env: Env) -> None:
     # not, and no offer is signed for it.
     c = env.register("task-c")
     b = env.register("task-b")
-    held = env.http.post(
-        "/v1/delegate",
-        headers=c.auth(),
-        json={"delegate_to": b.agent_id, "scope": ["read:data:*"], "ttl": 300},
-    ).json()["access_token"]
+    held = _delegated(env, c, b)
     _declare_done(env, b, "q" * 16)
     started = _initiate(env, AgentHandle(b.agent_id, held, b.key), c)
     assert started.status_code == 401 and "offer" not in started.json()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tests.core.test_call_budget_threads import launched, registered
 
 from tasklease.core.calls import CallCounting, budget_holder, budget_key
 from tasklease.core.errors import Forbidden
@@ -26,18 +27,7 @@ def _read(location: str, calls: int) -> dict[str, Any]:
 
 
 def _register(broker: Any, kit: Any, details: list[dict[str, Any]], task: str = "t-a") -> Any:
-    launch, _ = broker.create_launch_token(
-        kit.admin(broker).claims,
-        agent_name="counted",
-        allowed_scope=None,
-        max_ttl=None,
-        single_use=False,
-        ttl=600,
-        ctx=kit.ctx,
-        authorization_details=details,
-    )
-    args, _ = kit.register_args(broker, str(launch), (), task_id=task)
-    return broker.register(**args, authorization_details=details)
+    return registered(broker, kit, launched(broker, kit, details), task, details)
 
 
 def _count(broker: Any, kit: Any, token: str) -> Any:

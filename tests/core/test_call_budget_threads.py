@@ -21,7 +21,7 @@ GRANT = {
 CALL = {"action": "read", "location": "https://rs.example/x"}
 
 
-def _launch(broker: Any, kit: Any, details: list[dict[str, Any]] | None = None) -> str:
+def launched(broker: Any, kit: Any, details: list[dict[str, Any]] | None = None) -> str:
     token, _ = broker.create_launch_token(
         kit.admin(broker).claims,
         agent_name="counted",
@@ -35,7 +35,7 @@ def _launch(broker: Any, kit: Any, details: list[dict[str, Any]] | None = None) 
     return str(token)
 
 
-def _register(
+def registered(
     broker: Any, kit: Any, launch: str, task: str, details: list[dict[str, Any]] | None = None
 ) -> Any:
     args, _ = kit.register_args(broker, launch, (), task_id=task)
@@ -49,7 +49,7 @@ def _count(broker: Any, kit: Any, token: str) -> Any:
 
 
 def test_an_offline_leaf_is_its_own_thread_under_its_root(broker: Any, kit: Any) -> None:
-    agent = _register(broker, kit, _launch(broker, kit), "t-a")
+    agent = registered(broker, kit, launched(broker, kit), "t-a")
     assert budget_holder(agent.claims) == f"agent:{agent.claims.sub}"
     # A leaf whose deriver chose the agent's token's jti as its own: not the agent's thread.
     raw = {**agent.claims.raw, "offline": {"root_jti": "root-1"}}
@@ -58,10 +58,10 @@ def test_an_offline_leaf_is_its_own_thread_under_its_root(broker: Any, kit: Any)
 
 
 def test_a_delegated_grant_never_shares_the_delegates_own_budget(broker: Any, kit: Any) -> None:
-    launch = _launch(broker, kit)
+    launch = launched(broker, kit)
     giver, taker = (
-        _register(broker, kit, launch, "t-giver"),
-        _register(broker, kit, launch, "t-taker"),
+        registered(broker, kit, launch, "t-giver"),
+        registered(broker, kit, launch, "t-taker"),
     )
     handed = broker.delegate(
         giver.claims,
@@ -86,7 +86,7 @@ def test_counting_refuses_an_offline_leaf_even_when_its_holder_is_an_agent_of_re
 ) -> None:
     # A leaf's subject is nested under its delegator's and so is no agent of record; were
     # it one, the count would still be refused, and no agent's budget touched.
-    agent = _register(broker, kit, _launch(broker, kit), "t-a")
+    agent = registered(broker, kit, launched(broker, kit), "t-a")
     raw = {**agent.claims.raw, "offline": {"root_jti": agent.claims.jti}}
     leaf = replace(agent.claims, raw=raw)
     with pytest.raises(Forbidden) as refused:
@@ -116,8 +116,8 @@ def test_a_delegated_grant_draws_on_the_budget_of_the_grant_that_covers_it(
         _read("https://rs.example/b/", max_calls=3),
     )
     details = [unlimited, one_a, three_b]
-    giver = _register(broker, kit, _launch(broker, kit, details), "t-giver", details)
-    taker = _register(broker, kit, _launch(broker, kit), "t-taker")
+    giver = registered(broker, kit, launched(broker, kit, details), "t-giver", details)
+    taker = registered(broker, kit, launched(broker, kit), "t-taker")
     handed = broker.delegate(
         giver.claims,
         delegate_to=taker.claims.sub,
@@ -139,6 +139,6 @@ def test_a_delegated_grant_draws_on_the_budget_of_the_grant_that_covers_it(
 
 def test_a_call_an_uncounted_grant_allows_too_is_not_counted(broker: Any, kit: Any) -> None:
     details = [_read("https://rs.example/", max_calls=1), _read("https://rs.example/")]
-    agent = _register(broker, kit, _launch(broker, kit, details), "t-a", details)
+    agent = registered(broker, kit, launched(broker, kit, details), "t-a", details)
     answers = [_count(broker, kit, agent.token) for _ in range(3)]
     assert [(a.counted, a.remaining) for a in answers] == [(False, 0)] * 3

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
+from tests.core.test_validation import agent_token as minted
 
 from tasklease.core.broker import RequestContext
 from tasklease.core.errors import Unauthorized
-from tasklease.core.tokens import KIND_AGENT, DelegationRecord, mint
+from tasklease.core.tokens import DelegationRecord
 from tasklease.core.validation import TokenRejected
 from tasklease.rules import jws
 from tasklease.rules.binding import Presentation
@@ -27,21 +28,7 @@ THUMBPRINT = "c" * 43
 
 
 def agent_token(broker: Any, **overrides: Any) -> str:
-    cfg = broker.config
-    args: dict[str, Any] = {
-        "kind": KIND_AGENT,
-        "iss": cfg.issuer,
-        "sub": SUB,
-        "aud": cfg.audience,
-        "iat": int(broker.clock.now()),
-        "ttl": 300,
-        "scope": ("read:data:1",),
-        "client_id": "admin",
-        "task_id": "t",
-        "orch_id": "o",
-    }
-    args.update(overrides)
-    return mint(broker.keyring, **args)[0]
+    return minted(broker, **{"sub": SUB, **overrides})
 
 
 def test_authenticate_refuses_a_certificate_bound_token_without_its_certificate(
