@@ -406,29 +406,8 @@ def test_index_match_rules() -> None:
 
 
 def _claims(**kw: Any) -> Any:
-    from tasklease.core.tokens import Claims
-
-    base: dict[str, Any] = {
-        "kind": "at+jwt",
-        "iss": "tasklease",
-        "sub": "spiffe://td/agent/o/mine/0123456789abcdef",
-        "aud": ("tasklease",),
-        "exp": 300,
-        "nbf": 100,
-        "iat": 100,
-        "jti": "j",
-        "scope": (),
-        "task_id": "root-task",
-        "orch_id": "o",
-        "client_id": "c",
-        "oiat": 90,
-        "rnc": 0,
-        "delegation_chain": (),
-        "chain_hash": "",
-        "raw": {},
-    }
-    base.update(kw)
-    return Claims(**base)
+    mine = {"sub": "spiffe://td/agent/o/mine/0123456789abcdef", "task_id": "root-task"}
+    return plain_claims(**{**mine, "exp": 300, "oiat": 90, **kw})
 
 
 def _hop(agent: str, delegated_at: str) -> Any:

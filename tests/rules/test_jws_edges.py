@@ -22,7 +22,7 @@ def _compact(obj: Any) -> str:
     return b64url_encode(json.dumps(obj, separators=(",", ":")).encode())
 
 
-def _signed(header: dict[str, Any], claims: dict[str, Any], key: nacl.signing.SigningKey) -> str:
+def signed(header: dict[str, Any], claims: dict[str, Any], key: nacl.signing.SigningKey) -> str:
     signing_input = f"{_compact(header)}.{_compact(claims)}"
     signature = jws.sign_detached(signing_input.encode("ascii"), key)
     return f"{signing_input}.{b64url_encode(signature)}"
@@ -41,7 +41,7 @@ def _jwk(**overrides: Any) -> dict[str, Any]:
 def _proof(key: nacl.signing.SigningKey = KEY, **header: Any) -> str:
     full: dict[str, Any] = {"typ": PROOF_TYP, "alg": "EdDSA", "jwk": _jwk()}
     full.update(header)
-    return _signed(full, {"jti": "j1", "htm": "POST"}, key)
+    return signed(full, {"jti": "j1", "htm": "POST"}, key)
 
 
 def test_a_proof_signed_by_its_header_key_verifies() -> None:
@@ -92,13 +92,13 @@ def test_a_proof_naming_the_holders_key_but_signed_by_another_is_refused() -> No
     holder = jws.jwk_thumbprint(bytes(KEY.verify_key))
     dpop = DPoPVerifier(60)
     with pytest.raises(DPoPProofError) as info:
-        dpop.verify(_signed(header, claims, OTHER), htm="POST", htu=url, now=now, jkt=holder)
+        dpop.verify(signed(header, claims, OTHER), htm="POST", htu=url, now=now, jkt=holder)
     assert "bad signature" in info.value.reason
-    assert dpop.verify(_signed(header, claims, KEY), htm="POST", htu=url, now=now) == holder
+    assert dpop.verify(signed(header, claims, KEY), htm="POST", htu=url, now=now) == holder
 
 
 def test_a_proof_is_refused_past_its_size_cap_and_for_a_typ_that_is_no_string() -> None:
-    big = _signed(
+    big = signed(
         {"typ": PROOF_TYP, "alg": "EdDSA", "jwk": _jwk()}, {"jti": "j" * 2000, "htm": "POST"}, KEY
     )
     assert len(big) > jws.MAX_PROOF_BYTES

@@ -4,27 +4,17 @@ signature is good."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import nacl.signing
 import pytest
+from tests.rules.test_jws_edges import signed as _signed
 
 from tasklease.rules import jws
 from tasklease.rules.jws import JWSError, b64url_encode
 
 KEY = nacl.signing.SigningKey(b"g" * 32)
 OTHER = nacl.signing.SigningKey(b"h" * 32)
-
-
-def _compact(obj: Any) -> str:
-    return b64url_encode(json.dumps(obj, separators=(",", ":")).encode())
-
-
-def _signed(header: dict[str, Any], claims: dict[str, Any], key: nacl.signing.SigningKey) -> str:
-    signing_input = f"{_compact(header)}.{_compact(claims)}"
-    signature = jws.sign_detached(signing_input.encode("ascii"), key)
-    return f"{signing_input}.{b64url_encode(signature)}"
 
 
 def _jwk() -> dict[str, Any]:
