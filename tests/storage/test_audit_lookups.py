@@ -120,10 +120,13 @@ _INDEX_NAMES = {
     "sqlite": "SELECT name FROM sqlite_master WHERE type = 'index'",
     "postgres": "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_events'",
 }
-# Back from 23 (the apps' credential changes), 22 (the agents' ceilings), 21 and 20: the
-# revocations numbered by one sequence again (the log has none).
+# Back from 24 (the admin's credential), 23 (the apps' credential changes), 22 (the
+# agents' ceilings), 21 and 20: the revocations numbered by one sequence again (the log
+# has none).
 _BACK_TO_19 = {
     "sqlite": (
+        "DROP TABLE admin_credential",
+        "DELETE FROM schema_version WHERE version = 24",
         "ALTER TABLE apps DROP COLUMN credential_changed_at",
         "DELETE FROM schema_version WHERE version = 23",
         "ALTER TABLE agents DROP COLUMN ceiling",
@@ -140,6 +143,8 @@ _BACK_TO_19 = {
         "DELETE FROM schema_version WHERE version = 20",
     ),
     "postgres": (
+        "DROP TABLE admin_credential",
+        "DELETE FROM schema_version WHERE version = 24",
         "ALTER TABLE apps DROP COLUMN credential_changed_at",
         "DELETE FROM schema_version WHERE version = 23",
         "ALTER TABLE agents DROP COLUMN ceiling",

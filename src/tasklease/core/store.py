@@ -268,6 +268,15 @@ class WriteTx(Protocol):
         """Insert or replace this broker's published bundle."""
         ...
 
+    def get_admin_credential(self) -> str | None:
+        """The built-in admin secret's hash the broker last started with, locked until
+        this transaction ends (one for the whole database), or None (``core.adminsecret``)."""
+        ...
+
+    def put_admin_credential(self, secret_hash: str, changed_at: float) -> None:
+        """Record the built-in admin secret's hash the broker starts with."""
+        ...
+
     def audit_head(self) -> tuple[int, str]:
         """(last seq, last hash) under this transaction's lock; (0, 64 zeros) when empty."""
         ...

@@ -50,6 +50,7 @@ class MemoryShared:
         self.writer: int | None = None  # thread id inside write(), to refuse nesting
         self.closed = False
         self.safe_horizon: float | None = None
+        self.admin_credential: tuple[str, float] | None = None
         self.tenants: dict[str, TenantRecord] = {}
         self.views: dict[str, MemoryTables] = {}
 

@@ -333,6 +333,18 @@ class MemoryWriteTx:
         self._check_open()
         return self._store._published.get("")
 
+    def get_admin_credential(self) -> str | None:
+        self._check_open()
+        held = self._store._shared.admin_credential
+        return None if held is None else held[0]
+
+    def put_admin_credential(self, secret_hash: str, changed_at: float) -> None:
+        self._check_open()
+        shared = self._store._shared
+        old = shared.admin_credential
+        self._undo.append(lambda: setattr(shared, "admin_credential", old))
+        shared.admin_credential = (secret_hash, changed_at)
+
     # -- attestation (migration 0013) ---------------------------------------------------
 
     def put_attestor(self, record: AttestorRecord) -> None:

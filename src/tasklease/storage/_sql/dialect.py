@@ -486,6 +486,16 @@ class Dialect(RowConversions):
         )
         # One row (id 1) for the whole database: the greatest safe horizon any process
         # recorded (core.horizon). Time is not per tenant.
+        # One row (id 1) for the whole database too: the built-in admin's credential as
+        # the broker last started with it (core.adminsecret). The admin is not per tenant.
+        self.lock_admin_credential = (
+            f"SELECT secret_hash FROM admin_credential WHERE id = 1{for_update}"
+        )
+        self.put_admin_credential = q(
+            "INSERT INTO admin_credential (id, secret_hash, changed_at) VALUES (1, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET secret_hash = excluded.secret_hash,"
+            " changed_at = excluded.changed_at"
+        )
         self.safe_horizon = "SELECT horizon FROM safe_horizon WHERE id = 1"
         self.raise_safe_horizon = q(
             "INSERT INTO safe_horizon (id, horizon) VALUES (1, ?)"

@@ -318,6 +318,14 @@ class SQLWriteTx(Generic[_C]):
         params = (bundle.sequence, bundle.kids, bundle.bundle, bundle.updated_at)
         self._db().execute(self.dialect.put_published_bundle, params)
 
+    def get_admin_credential(self) -> str | None:
+        """The admin secret's hash on record, locked until this transaction ends."""
+        row = self._db().execute(self.dialect.lock_admin_credential, ()).fetchone()
+        return None if row is None else str(row[0])
+
+    def put_admin_credential(self, secret_hash: str, changed_at: float) -> None:
+        self._db().execute(self.dialect.put_admin_credential, (secret_hash, changed_at))
+
     # -- attestation (migration 0013) ------------------------------------------------------
 
     def put_attestor(self, record: AttestorRecord) -> None:
