@@ -172,3 +172,12 @@ def test_joint_parent_descends_from_both_ancestors() -> None:
     assert joint.lineage == ("app:app-1", "attest:k8s:a:s")
     child = issue("register", replace(joint, audience=()), resource="https://rs.example")
     assert "attest:k8s:a:s" in child.lineage
+
+
+def test_joint_parent_names_the_first_ancestors_principal() -> None:
+    # The launch token's principal is the human behind the registration; the second
+    # ancestor's stands in only where the first names none.
+    launch = replace(PARENT, principal="user:alice")
+    attested = replace(PARENT, principal="user:mallory")
+    assert joint_parent(launch, attested).principal == "user:alice"
+    assert joint_parent(replace(launch, principal=""), attested).principal == "user:mallory"
