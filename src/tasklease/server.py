@@ -256,18 +256,33 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def _prepare(config: Config) -> str:
+def _prepare(config: Config, admin_secret: str | None = None) -> str:
     """Check once, before any worker starts, that the broker's state is all there, and
-    migrate its schema (SQLite) once.
+    migrate its schema (SQLite) once; record the admin secret it starts with
+    (:func:`_started`).
 
     Returns the signing keys' line of the start-up output.
     """
     broker = build_broker(config, migrate=True)
     try:
-        report_tenants_without_keys(broker)
+        _started(broker, admin_secret)
     finally:
         broker.store.close()
     return _keys_banner(broker, config)
+
+
+def _started(broker: Broker, admin_secret: str | None) -> None:
+    """What every start does once its broker is built: record the admin secret it starts
+    with (a changed one ends the admin's tokens and launch tokens: docs/decisions.md 241)
+    and name the tenants without keys."""
+    if broker.started_with_admin_secret(admin_secret):
+        _log.warning(
+            "the admin secret changed since the last start: the admin's tokens and launch "
+            "tokens made before are revoked (audit event admin_secret_changed); the admin "
+            "can sign in again in %d s",
+            broker.kernel.config.clock_skew + 1,
+        )
+    report_tenants_without_keys(broker)
 
 
 # --- several worker processes --------------------------------------------------------
@@ -558,7 +573,12 @@ def _raise_descriptor_limit(connections: int) -> None:
 
 
 def serve(
-    config: Config, *, workers: int = 1, loop: str = "asyncio", notices: Sequence[str] = ()
+    config: Config,
+    *,
+    workers: int = 1,
+    loop: str = "asyncio",
+    notices: Sequence[str] = (),
+    admin_secret: str | None = None,
 ) -> None:
     """Run the broker in the foreground until SIGINT/SIGTERM.
 
@@ -566,6 +586,8 @@ def serve(
     its own socket (``SO_REUSEPORT``), sharing the database and the revocation state.
     ``loop`` is ``asyncio`` (default) or ``uvloop``. ``notices`` (from
     :func:`tasklease.settings.load_config`) are logged as warnings once logging is set up.
+    ``admin_secret`` is the admin secret's plain text when the environment gave it: a
+    start tells by it a secret hashed afresh from one that changed (:func:`_started`).
 
     Raises:
         tasklease.http.tls.TLSFileError: a TLS file of the configuration does not load.
@@ -619,7 +641,7 @@ def serve(
     }
     scheme = "https" if config.tls_mode != "none" else "http"
     if workers > 1:
-        print(_prepare(config), flush=True)
+        print(_prepare(config, admin_secret), flush=True)
         os.environ[_WORKER_CONFIG_ENV] = _config_to_env(config)
         shared = WorkerMetrics() if _metrics_served(config) else None
         if shared is not None:
@@ -650,7 +672,7 @@ def serve(
                 shared.close()
         return
     broker = build_broker(config)
-    report_tenants_without_keys(broker)
+    _started(broker, admin_secret)
     app = create_app(broker, close_store=True)
     settle_heap()
     print(_keys_banner(broker, config), flush=True)

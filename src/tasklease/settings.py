@@ -41,18 +41,18 @@ from typing import Any
 from tasklease.core.config import Config
 from tasklease.core.passwords import hash_secret, secret_weakness, verify_secret
 
-__all__ = ["ConfigError", "load_config", "resolve_paths"]
+__all__ = ["ADMIN_SECRET_ENV", "ConfigError", "load_config", "resolve_paths"]
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _KINDS: dict[str, type] = {name: type(getattr(Config(), name)) for name in _FIELDS}
 _ENV_SETTINGS = {f"TASKLEASE_{name.upper()}": name for name in _FIELDS}
-_SECRET_ENV = "TASKLEASE_ADMIN_SECRET"  # noqa: S105 - a variable's name, not a secret
+ADMIN_SECRET_ENV = "TASKLEASE_ADMIN_SECRET"  # noqa: S105 - a variable's name, not a secret
 # The TASKLEASE_* variables that are not settings (every one the repository names: src,
 # tests, examples, docs, Makefile). Any other TASKLEASE_* name is refused.
 _NOT_SETTINGS = frozenset(
     {
         "TASKLEASE_CONFIG",  # the configuration file (here)
-        _SECRET_ENV,  # the admin secret in plain text (here); the CLI's credential too
+        ADMIN_SECRET_ENV,  # the admin secret in plain text (here); the CLI's credential too
         "TASKLEASE_KEY_PASSPHRASE",  # the `file` key provider's passphrase (keystore)
         "TASKLEASE_PKCS11_PIN",  # the `pkcs11` key provider's PIN (keystore)
         "TASKLEASE_WORKER_CONFIG",  # `serve --workers N`: the parent's Config (server)
@@ -204,7 +204,7 @@ def load_config(
             values[name] = _coerce(name, raw, variable)
     if env.get("TASKLEASE_ADMIN_SECRET_HASH"):
         hash_from = "TASKLEASE_ADMIN_SECRET_HASH"
-    secret = env.get(_SECRET_ENV)
+    secret = env.get(ADMIN_SECRET_ENV)
     if secret:
         _admin_secret(secret, values, hash_from, notices)
     for key, value in (overrides or {}).items():
@@ -249,7 +249,7 @@ def _admin_secret(
     weakness = secret_weakness(secret)
     if weakness is not None:
         raise ConfigError(
-            f"{_SECRET_ENV} is too weak to be the admin secret: {weakness}; use a random "
+            f"{ADMIN_SECRET_ENV} is too weak to be the admin secret: {weakness}; use a random "
             "one, such as python3 -c 'import secrets; print(secrets.token_hex(32))'"
         )
     # Said unless it is the very secret the hash was made from (one argon2id check); then
@@ -258,7 +258,7 @@ def _admin_secret(
         if verify_secret(values["admin_secret_hash"], secret):
             return
         notices.append(
-            f"the admin secret is {_SECRET_ENV} from the environment: {hash_from} is not "
+            f"the admin secret is {ADMIN_SECRET_ENV} from the environment: {hash_from} is not "
             "used, and the secret it was made from no longer signs in"
         )
     values["admin_secret_hash"] = hash_secret(secret)

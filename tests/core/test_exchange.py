@@ -638,7 +638,12 @@ def test_a_domain_revoking_a_target_again_widens_our_entry(
     """A revokes task t at 0 and again at 450: our entry, which would have expired at
     631, is widened to A's second revocation, so a token of t that A revoked at 450 is
     still refused here at 653. Reading A's feed again later writes nothing more."""
-    lifetimes = {"max_ttl": 600, "renewal_ceiling": 600, "default_ttl": 300}
+    lifetimes = {
+        "max_ttl": 600,
+        "renewal_ceiling": 600,
+        "launch_token_max_ttl": 600,
+        "default_ttl": 300,
+    }
     store: Store = MemoryStore() if backend == "memory" else SQLiteStore(tmp_path / "b.db")
     a = make_broker(clock=clock, trust_domain=A, **lifetimes)
     b = make_broker(clock=clock, trust_domain=B, store=store, **lifetimes)

@@ -2,11 +2,11 @@
 behind it, by each of the checks on its own.
 
 A change of credential also writes a revocation entry (level ``agent``) on the creator,
-so the checks back each other up while that entry lives. But the entry is pruned once no
-token it could match is valid (``max(max_ttl, renewal_ceiling)`` past it), and a launch
-token may be given a longer validity (``launch_token_max_ttl``): each test below makes
-the state one check reads without the others, and every refusal names its one audit
-event by ``denial_id``.
+so the checks back each other up while that entry lives. The entry lives as long as the
+longest launch token may (``launch_token_max_ttl``), but one written before it did lived
+``max(max_ttl, renewal_ceiling)`` only: each test below makes the state one check reads
+without the others (such an entry, pruned), and every refusal names its one audit event
+by ``denial_id``.
 """
 
 from __future__ import annotations
@@ -77,9 +77,17 @@ def _operator(broker: Broker, kit: Any, name: str = "olive") -> Any:
     return claims
 
 
+def _short_lived_entries(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Have the entries written from now on live as they did before they outlived every
+    launch token: ``max(max_ttl, renewal_ceiling) + clock_skew + 1``."""
+    cfg = broker.config
+    span = max(cfg.max_ttl, cfg.renewal_ceiling) + cfg.clock_skew + 1
+    monkeypatch.setattr(broker.kernel, "revocation_expiry", lambda at: at + span)
+
+
 def _past_the_entries(broker: Broker) -> None:
-    """Move past every revocation entry's expiry (dated ``clock_skew`` ahead, living
-    ``max(max_ttl, renewal_ceiling) + clock_skew + 1``) and prune them, as the sweeper does."""
+    """Move past the expiry of every entry :func:`_short_lived_entries` wrote (dated
+    ``clock_skew`` ahead) and prune them, as the sweeper does."""
     cfg = broker.config
     broker.clock.advance(max(cfg.max_ttl, cfg.renewal_ceiling) + 2 * cfg.clock_skew + 2)  # type: ignore[attr-defined]
     broker.store.prune(broker.clock.now())
@@ -99,9 +107,10 @@ def _refused(broker: Broker, kit: Any, launch_token: str, reason: str) -> None:
 
 
 def test_an_apps_rekeying_ends_its_launch_tokens_after_the_entry_is_pruned(
-    make_broker: Any, kit: Any
+    make_broker: Any, kit: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     broker = make_broker(**SHORT)
+    _short_lived_entries(broker, monkeypatch)
     app_id = _app(broker, kit)
     token, _ = _launch(broker, kit, kit.app(broker, app_id).claims)
     broker.clock.advance(1)
@@ -123,9 +132,10 @@ def test_an_apps_rekeying_ends_its_launch_tokens_after_the_entry_is_pruned(
 
 
 def test_an_operators_rotation_ends_its_launch_tokens_after_the_entry_is_pruned(
-    make_broker: Any, kit: Any
+    make_broker: Any, kit: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     broker = make_broker(**SHORT)
+    _short_lived_entries(broker, monkeypatch)
     claims = _operator(broker, kit)
     token, _ = _launch(broker, kit, claims)
     broker.clock.advance(1)
@@ -152,20 +162,46 @@ def test_a_removed_operators_launch_token_is_refused_whatever_its_dates(
     _refused(broker, kit, token, "launch token of operator:olive, who was removed since")
 
 
-@pytest.mark.parametrize("creator", ["app", "operator"])
+def _creator(broker: Broker, kit: Any, creator: str) -> tuple[Any, str]:
+    """Claims of a launch token's ``creator`` (``admin``, ``app``, ``operator``) and the
+    target of its ``agent``-level revocation."""
+    if creator == "app":
+        app_id = _app(broker, kit)
+        return kit.app(broker, app_id).claims, f"app:{app_id}"
+    if creator == "operator":
+        return _operator(broker, kit), "operator:olive"
+    return kit.admin(broker).claims, "admin"
+
+
+@pytest.mark.parametrize("creator", ["admin", "app", "operator"])
 def test_revoking_the_creators_tokens_ends_the_launch_tokens_they_made(
     make_broker: Any, kit: Any, creator: str
 ) -> None:
     broker = make_broker(**SHORT)
     # No credential changed: only the revocation entry on the creator ends them.
-    if creator == "app":
-        app_id = _app(broker, kit)
-        claims, target = kit.app(broker, app_id).claims, f"app:{app_id}"
-    else:
-        claims, target = _operator(broker, kit), "operator:olive"
+    claims, target = _creator(broker, kit, creator)
     token, _ = _launch(broker, kit, claims)
     broker.clock.advance(1)
     broker.revoke(kit.admin(broker).claims, level="agent", target=target, ctx=kit.ctx)
+    _refused(broker, kit, token, f"launch token of {target}, made by a token ended at")
+
+
+@pytest.mark.parametrize("creator", ["admin", "app", "operator"])
+def test_the_entry_on_the_creator_outlives_its_longest_launch_token(
+    make_broker: Any, kit: Any, creator: str
+) -> None:
+    # Launch tokens may live longer than any token (launch_token_max_ttl past max_ttl
+    # and renewal_ceiling): pruned before them, the entry would let them admit agents
+    # again, and an admin's has no other check behind it.
+    broker = make_broker(**SHORT)
+    claims, target = _creator(broker, kit, creator)
+    token, record = _launch(broker, kit, claims)
+    broker.clock.advance(1)
+    broker.revoke(kit.admin(broker).claims, level="agent", target=target, ctx=kit.ctx)
+    broker.clock.advance(record.expires_at - 1 - broker.clock.now())  # type: ignore[attr-defined]
+    broker.store.prune(broker.clock.now())
+    (entry,) = broker.store.find_revocations([("agent", target)])
+    assert entry.expires_at > record.expires_at
     _refused(broker, kit, token, f"launch token of {target}, made by a token ended at")
 
 

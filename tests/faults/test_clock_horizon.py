@@ -28,7 +28,8 @@ from tasklease.storage import MemoryStore, open_store
 CTX = RequestContext(request_id="req-clock", remote="127.0.0.1", path="/v1/test")
 START = 1_800_000_000.0
 CONFIG = Config(max_ttl=600, default_ttl=300, renewal_ceiling=900, clock_skew=30)
-# Past every entry's expiry: revoked_at + max(max_ttl, renewal_ceiling) + skew + 1.
+# Past every entry's expiry: revoked_at + max(max_ttl, renewal_ceiling, launch_token_max_ttl)
+# + skew + 1.
 JUMP = 3 * 3600.0
 
 

@@ -431,7 +431,7 @@ def serve(
     """Run the broker in the foreground."""
     from tasklease.server import LOOPS
     from tasklease.server import serve as run_server
-    from tasklease.settings import ConfigError, load_config
+    from tasklease.settings import ADMIN_SECRET_ENV, ConfigError, load_config
 
     if loop not in LOOPS:
         raise _fail(f"--loop must be one of {', '.join(LOOPS)}")
@@ -461,7 +461,13 @@ def serve(
         problem, hint = busy
         fail(problem, hint=hint)
     try:
-        run_server(cfg, workers=workers, loop=loop, notices=notices)
+        run_server(
+            cfg,
+            workers=workers,
+            loop=loop,
+            notices=notices,
+            admin_secret=os.environ.get(ADMIN_SECRET_ENV) or None,
+        )
     except DatabaseWentBack as exc:
         fail(str(exc))
     except TLSFileError as exc:

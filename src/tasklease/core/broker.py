@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tasklease.core.adminsecret import AdminSecret
 from tasklease.core.apps import expires_at_text
 from tasklease.core.audit import Deferred, deferring
 from tasklease.core.auditformat import AuditEntry, clipped
@@ -219,6 +220,17 @@ class Broker(BrokerBase):
                 decision denies) until :meth:`reload_policies` loads it.
         """
         self.kernel.policy.use_source(source, self._audit_policy_load)
+
+    def started_with_admin_secret(self, secret: str | None = None) -> bool:
+        """Record the configured admin secret as the one this broker starts with; when
+        another was on record, end the admin's tokens and launch tokens made with it and
+        return True (``core.adminsecret``). ``secret``: its plain text, when the
+        environment gave it.
+
+        Raises:
+            Unavailable: the record could not be written; nothing changed.
+        """
+        return AdminSecret(self.kernel).started_with(secret)
 
     def reload_policies(self) -> bool:
         """Reload the tenant's policies if their source changed; audit what happened.

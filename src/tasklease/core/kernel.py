@@ -575,11 +575,14 @@ class Kernel:
 
         Tokens live at most ``max_ttl``; but an agent- or task-level entry also keeps the
         agents it names from resuming or receiving delegations (:meth:`agent_standing`),
-        which they could until their registration's lifetime ceiling. So it lives until
-        both have passed: pruning it earlier would re-arm a revoked task.
+        which they could until their registration's lifetime ceiling, and an entry on a
+        launch token's creator ends the launch tokens it made before (up to
+        ``launch_token_max_ttl``: ``core.registrationinputs``). So it lives until all
+        have passed: pruning it earlier would re-arm a revoked task or launch token.
         """
         cfg = self.config
-        return revoked_at + max(cfg.max_ttl, cfg.renewal_ceiling) + cfg.clock_skew + 1
+        longest = max(cfg.max_ttl, cfg.renewal_ceiling, cfg.launch_token_max_ttl)
+        return revoked_at + longest + cfg.clock_skew + 1
 
     def apply_revocations(self, records: Sequence[RevocationRecord]) -> None:
         """Enforce committed revocations in this process and wake the feed's listeners."""

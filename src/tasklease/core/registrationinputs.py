@@ -92,12 +92,13 @@ class RegistrationInputs(Service):
         return record, lt_hash, parent
 
     def _creator_ended(self, record: LaunchTokenRecord) -> str:
-        """Why the operator or app that made a launch token no longer stands behind it
-        ("" when it does, or when the admin made it): an operator removed, or its
-        credential changed (rotated, its role or key changed) since; an app's key added,
-        replaced or removed since. A stolen operator secret's or app key's launch tokens
-        end with that credential, as its own tokens do (TM-35). A removed app's end with
-        the app (its ``app:`` ancestor, refused by the kernel).
+        """Why the admin, operator or app that made a launch token no longer stands
+        behind it ("" when it does): an operator removed, or its credential changed
+        (rotated, its role or key changed) since; an app's key added, replaced or removed
+        since; the admin secret changed since (``core.adminsecret``). A stolen operator
+        secret's, app key's or admin secret's launch tokens end with that credential, as
+        its own tokens do (TM-35). A removed app's end with the app (its ``app:``
+        ancestor, refused by the kernel).
 
         The change's revocation entry on the creator's tokens (level ``agent``, dated
         ``clock_skew`` past the change: decision 142) ends the launch tokens made at or
@@ -106,6 +107,8 @@ class RegistrationInputs(Service):
         clock runs ahead of the changer's, was made by such a token. It is read from the
         store, which no replica's lag can hide."""
         kind = creator_kind(record.created_by)
+        if kind == "admin":
+            return self._creator_revoked(record)
         if kind == "app" and record.app_id:
             app = self._store.get_app(record.app_id)
             if app is not None and app.credential_changed_at > record.created_at:
