@@ -108,7 +108,7 @@ class RegistrationInputs(Service):
         store, which no replica's lag can hide."""
         kind = creator_kind(record.created_by)
         if kind == "admin":
-            return self._creator_revoked(record)
+            return self._creator_revoked(record, held=True)
         if kind == "app" and record.app_id:
             app = self._store.get_app(record.app_id)
             if app is not None and app.credential_changed_at > record.created_at:
@@ -126,14 +126,28 @@ class RegistrationInputs(Service):
             return f"launch token of {record.created_by}, whose credential changed since"
         return self._creator_revoked(record)
 
-    def _creator_revoked(self, record: LaunchTokenRecord) -> str:
+    def _creator_revoked(self, record: LaunchTokenRecord, *, held: bool = False) -> str:
         """Why a launch token was made by a token its creator's revocation entry ends
-        ("" when none does): made at or before that entry's ``revoked_at``."""
-        for entry in self._store.find_revocations([("agent", record.created_by)]):
-            if record.created_at <= entry.revoked_at:
+        ("" when none does): made at or before that entry's ``revoked_at``.
+
+        The entry is read from the store; ``held``: from this process's revocation index,
+        as every token's is when validated (the admin's: a start with another secret
+        writes it before any worker starts, and an operator's revocation reaches every
+        process within milliseconds), so a registration under the admin's launch token
+        costs no read more."""
+        creator = record.created_by
+        if held:
+            at = self._kernel.revocations.revoked_at("agent", creator)
+            ends = [] if at is None else [at]
+        else:
+            ends = [
+                entry.revoked_at for entry in self._store.find_revocations([("agent", creator)])
+            ]
+        for revoked_at in ends:
+            if record.created_at <= revoked_at:
                 return (
-                    f"launch token of {record.created_by}, made by a token ended at "
-                    f"{entry.revoked_at:.0f} (its credential changed or its tokens were revoked)"
+                    f"launch token of {creator}, made by a token ended at {revoked_at:.0f} "
+                    "(its credential changed or its tokens were revoked)"
                 )
         return ""
 
