@@ -19,6 +19,7 @@ import pytest
 from e2e_support import RunningBroker, launch_broker, stop_broker
 
 CHROMIUM = os.environ.get("TASKLEASE_CHROMIUM", "/usr/bin/chromium")
+ALIAS = "console-alias.test"
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -28,6 +29,8 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # A name beyond loopback that reaches this machine, as a proxy's public name would.
+    f"--host-resolver-rules=MAP {ALIAS} 127.0.0.1",
 ]
 SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "console"
 SCOPE = ["read:data:*"]
@@ -253,3 +256,32 @@ def test_the_console_shows_a_role_no_more_than_the_api_does(
             assert len(hits) == 1 and f"by=operator:{name}" in hits[0]["detail"]
             _shot(page, "14-auditor-apps-refused")
         context.close()
+
+
+def test_the_sign_in_form_sends_no_secret_from_a_plain_http_page_beyond_loopback(
+    broker: RunningBroker, browser: Any
+) -> None:
+    """A proxy on the broker's machine that speaks plain HTTP to browsers elsewhere makes
+    every client look local: the sign-in page is served (its GET names no page), but a
+    secret typed into it would cross the network in clear. The page turns its form off;
+    on the broker's own machine it stays on."""
+    port = broker.url.rsplit(":", 1)[1]
+    context = browser.new_context()
+    page = context.new_page()
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if r.method == "POST" else None)
+    page.goto(f"http://{ALIAS}:{port}/console/login")
+    warning = page.locator("#clear-text")
+    warning.wait_for(state="visible")
+    assert "plain HTTP" in warning.inner_text()
+    assert page.get_by_label("Secret", exact=True).is_disabled()
+    assert page.get_by_role("button", name="Sign in").is_disabled()
+    page.get_by_label("Secret", exact=True).press("Enter")  # no form is sent either way
+    page.wait_for_timeout(300)
+    assert sent == []
+    _shot(page, "15-login-plain-http-beyond-loopback")
+
+    page.goto(f"{broker.url}/console/login")
+    assert page.locator("#clear-text").is_hidden()
+    assert page.get_by_label("Secret", exact=True).is_enabled()
+    context.close()
