@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from e2e_support import RunningBroker, launch_broker, stop_broker
+from tests.federation.bundle_support import make_ca
 
 CHROMIUM = os.environ.get("TASKLEASE_CHROMIUM", "/usr/bin/chromium")
 ALIAS = "console-alias.test"
@@ -285,3 +287,32 @@ def test_the_sign_in_form_sends_no_secret_from_a_plain_http_page_beyond_loopback
     assert page.locator("#clear-text").is_hidden()
     assert page.get_by_label("Secret", exact=True).is_enabled()
     context.close()
+
+
+def test_the_sign_in_form_stays_on_over_https_at_a_host_beyond_loopback(
+    browser: Any, tmp_path: Path
+) -> None:
+    """TLS ended at the broker (or at a proxy in front of it) under a public name: the
+    page is https, its form stays on."""
+    ca = make_ca(tmp_path, "console test CA")
+    cert, key = ca.server("127.0.0.1", ALIAS, label="console")
+    env = {
+        "TASKLEASE_TLS_MODE": "tls",
+        "TASKLEASE_TLS_CERT": str(cert),
+        "TASKLEASE_TLS_KEY": str(key),
+    }
+    running = launch_broker(
+        tmp_path / "tls-broker", env, tls=ssl.create_default_context(cafile=str(ca.path))
+    )
+    try:
+        port = running.url.rsplit(":", 1)[1]
+        context = browser.new_context(ignore_https_errors=True)  # the test's own CA
+        page = context.new_page()
+        page.goto(f"https://{ALIAS}:{port}/console/login")
+        page.get_by_label("Secret", exact=True).wait_for()
+        assert page.locator("#clear-text").is_hidden()
+        assert page.get_by_label("Secret", exact=True).is_enabled()
+        assert page.get_by_role("button", name="Sign in").is_enabled()
+        context.close()
+    finally:
+        stop_broker(running)
