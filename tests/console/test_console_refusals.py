@@ -6,54 +6,32 @@ browser)."""
 
 from __future__ import annotations
 
-import asyncio
-import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
+from tests.console.console_support import (
+    ADMIN_SECRET,
+    COOKIE,
+    CTX,
+    DENIAL,
+    ORIGIN,
+    form_csrf,
+    in_process_broker,
+    run,
+    sign_in,
+)
 
-from tasklease.core.broker import Broker, RequestContext
-from tasklease.core.clock import ManualClock
-from tasklease.core.config import Config
+from tasklease.core.broker import Broker
 from tasklease.core.errors import Unavailable
-from tasklease.core.keys import KeyRing
-from tasklease.core.passwords import hash_secret
 from tasklease.core.records import AuditEvent
-from tasklease.http.app import create_app
 from tasklease.storage import MemoryStore
 
-ADMIN_SECRET = "console-refusals-admin-secret-0123456789"
-# httpx's ASGI transport connects from 127.0.0.1 (the console serves loopback over plain
-# HTTP); with no public_url the broker's own origin is the address it serves on.
-ORIGIN = "http://127.0.0.1:8080"
 ELSEWHERE = "https://elsewhere.example"
-DENIAL = re.compile(r"den_[0-9a-f]{16}")
-COOKIE = "tasklease_console"
-CTX = RequestContext(request_id="req-1", remote="127.0.0.1")
 # A token of the right shape that no key of this broker signed.
 FORGED_SESSION = "eyJhbGciOiJFZERTQSJ9.e30.AAAA"
-
-
-def _broker(**config: Any) -> Broker:
-    return Broker(
-        Config(admin_secret_hash=hash_secret(ADMIN_SECRET), **config),
-        MemoryStore(),
-        KeyRing.generate(),
-        clock=ManualClock(1_800_000_000.0),
-        nonce_secret=b"n" * 32,
-    )
-
-
-def _run(broker: Broker, go: Callable[[httpx.AsyncClient], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        transport = httpx.ASGITransport(app=create_app(broker, background=False))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-            return await go(c)
-
-    return asyncio.run(main())
 
 
 def _events(broker: Broker) -> list[AuditEvent]:
@@ -72,24 +50,13 @@ def _shown(text: str) -> str:
     return found.pop()
 
 
-def _csrf(text: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', text)
-    assert found is not None, text[:2000]
-    return found.group(1)
-
-
-async def _sign_in(client: httpx.AsyncClient) -> str:
+async def _signed_in(client: httpx.AsyncClient) -> str:
     """Sign in with the admin secret; the CSRF value of the console's forms."""
-    form = await client.get("/console/login")
-    signed = await client.post(
-        "/console/login",
-        data={"csrf": _csrf(form.text), "operator": "", "secret": ADMIN_SECRET},
-        headers={"origin": ORIGIN},
-    )
+    signed = await sign_in(client)
     assert signed.status_code == 303, signed.text
     home = await client.get("/console/")
     assert home.status_code == 200, home.text
-    return _csrf(home.text)
+    return form_csrf(home.text)
 
 
 # -- F1: a failed sign-in -----------------------------------------------------------------
@@ -97,17 +64,21 @@ async def _sign_in(client: httpx.AsyncClient) -> str:
 
 @pytest.mark.parametrize("operator", ["", "nobody"], ids=["admin-secret", "unknown-operator"])
 def test_a_failed_sign_in_names_its_one_audit_event(operator: str) -> None:
-    broker = _broker()
+    broker = in_process_broker()
 
     async def go(client: httpx.AsyncClient) -> httpx.Response:
         form = await client.get("/console/login")
         return await client.post(
             "/console/login",
-            data={"csrf": _csrf(form.text), "operator": operator, "secret": "wrong-" + "x" * 30},
+            data={
+                "csrf": form_csrf(form.text),
+                "operator": operator,
+                "secret": "wrong-" + "x" * 30,
+            },
             headers={"origin": ORIGIN},
         )
 
-    page = _run(broker, go)
+    page = run(broker, go)
     assert page.status_code == 401
     # One message, whichever of the two was wrong.
     assert "Sign-in failed: check the operator name and secret." in page.text
@@ -121,13 +92,13 @@ def test_a_failed_sign_in_names_its_one_audit_event(operator: str) -> None:
 
 
 def test_a_fragment_of_a_dead_session_names_the_refusal_of_its_token() -> None:
-    broker = _broker()
+    broker = in_process_broker()
 
     async def go(client: httpx.AsyncClient) -> httpx.Response:
         client.cookies.set("tasklease_console", FORGED_SESSION)
         return await client.get("/console/live/agents", headers={"x-console-fragment": "1"})
 
-    answer = _run(broker, go)
+    answer = run(broker, go)
     assert answer.status_code == 401
     assert answer.text.startswith("session ended")
     [event] = _named(broker, _shown(answer.text))
@@ -135,7 +106,7 @@ def test_a_fragment_of_a_dead_session_names_the_refusal_of_its_token() -> None:
 
 
 def test_a_page_of_a_dead_session_sends_the_refusal_on_to_the_sign_in_page() -> None:
-    broker = _broker()
+    broker = in_process_broker()
 
     async def go(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
         client.cookies.set("tasklease_console", FORGED_SESSION)
@@ -143,7 +114,7 @@ def test_a_page_of_a_dead_session_sends_the_refusal_on_to_the_sign_in_page() -> 
         assert sent.status_code == 303, sent.text
         return sent, await client.get(sent.headers["location"])
 
-    sent, login = _run(broker, go)
+    sent, login = run(broker, go)
     denial_id = _shown(sent.headers["location"])
     assert sent.headers["location"] == f"/console/login?denial={denial_id}"
     assert login.status_code == 200
@@ -157,21 +128,21 @@ def test_a_page_of_a_dead_session_sends_the_refusal_on_to_the_sign_in_page() -> 
     ["den_0123456789abcdeg", "den_0123456789abcdef0", "<b>den_0123456789abcdef</b>", "x"],
 )
 def test_the_sign_in_page_shows_only_a_denial_ids_exact_shape(value: str) -> None:
-    broker = _broker()
+    broker = in_process_broker()
 
     async def go(client: httpx.AsyncClient) -> httpx.Response:
         return await client.get("/console/login", params={"denial": value})
 
-    login = _run(broker, go)
+    login = run(broker, go)
     assert login.status_code == 200
     assert DENIAL.search(login.text) is None
     assert "<b>" not in login.text
 
 
 def test_no_session_at_all_is_sent_to_sign_in_without_a_refusal() -> None:
-    broker = _broker()
+    broker = in_process_broker()
     before = len(_events(broker))
-    sent = _run(broker, lambda client: client.get("/console/agents"))
+    sent = run(broker, lambda client: client.get("/console/agents"))
     assert sent.status_code == 303 and sent.headers["location"] == "/console/login"
     assert len(_events(broker)) == before
 
@@ -181,7 +152,7 @@ def test_no_session_at_all_is_sent_to_sign_in_without_a_refusal() -> None:
 
 def _revoke(csrf: str | None, origin: str) -> Callable[[httpx.AsyncClient], Awaitable[Any]]:
     async def go(client: httpx.AsyncClient) -> httpx.Response:
-        fresh = await _sign_in(client)
+        fresh = await _signed_in(client)
         return await client.post(
             "/console/revoke",
             data={"csrf": fresh if csrf is None else csrf, "level": "task", "target": "t-1"},
@@ -194,7 +165,7 @@ def _revoke(csrf: str | None, origin: str) -> Callable[[httpx.AsyncClient], Awai
 def _login(csrf: str | None, origin: str) -> Callable[[httpx.AsyncClient], Awaitable[Any]]:
     async def go(client: httpx.AsyncClient) -> httpx.Response:
         form = await client.get("/console/login")
-        fresh = _csrf(form.text)
+        fresh = form_csrf(form.text)
         return await client.post(
             "/console/login",
             data={"csrf": fresh if csrf is None else csrf, "secret": ADMIN_SECRET},
@@ -206,7 +177,7 @@ def _login(csrf: str | None, origin: str) -> Callable[[httpx.AsyncClient], Await
 
 def _logout(csrf: str | None, origin: str) -> Callable[[httpx.AsyncClient], Awaitable[Any]]:
     async def go(client: httpx.AsyncClient) -> httpx.Response:
-        fresh = await _sign_in(client)
+        fresh = await _signed_in(client)
         return await client.post(
             "/console/logout",
             data={"csrf": fresh if csrf is None else csrf},
@@ -242,8 +213,8 @@ def test_a_refused_form_is_audited_once_and_names_its_refusal(
     reason: str,
     operator: str,
 ) -> None:
-    broker = _broker()
-    answer = _run(broker, form(csrf, origin))
+    broker = in_process_broker()
+    answer = run(broker, form(csrf, origin))
     assert answer.status_code == 403
     assert "stale or came from another site" in answer.text
     denial_id = _shown(answer.text)
@@ -260,7 +231,7 @@ def test_a_refused_form_is_audited_once_and_names_its_refusal(
 def test_another_sites_forged_revoke_without_the_session_cookie_is_audited() -> None:
     """What a browser sends for another site's form: its Origin, and no session cookie
     (SameSite=Strict). Refused and audited before any session is read."""
-    broker = _broker()
+    broker = in_process_broker()
 
     async def go(client: httpx.AsyncClient) -> httpx.Response:
         return await client.post(
@@ -269,7 +240,7 @@ def test_another_sites_forged_revoke_without_the_session_cookie_is_audited() -> 
             headers={"origin": ELSEWHERE},
         )
 
-    answer = _run(broker, go)
+    answer = run(broker, go)
     assert answer.status_code == 403
     [event] = _named(broker, _shown(answer.text))
     assert event.event_type == "console_form_refused"
@@ -282,7 +253,7 @@ def test_refused_forms_spend_the_clients_refusal_budget() -> None:
     refusal budget, and once it is spent the console answers 429 before any work, the
     run under one ``refusals_rate_limited`` event."""
     burst = 3
-    broker = _broker(refusal_burst=burst, refusal_rate=0.001)
+    broker = in_process_broker(refusal_burst=burst, refusal_rate=0.001)
     tries = 10
 
     async def go(client: httpx.AsyncClient) -> list[httpx.Response]:
@@ -293,15 +264,15 @@ def test_refused_forms_spend_the_clients_refusal_budget() -> None:
             for _ in range(tries)
         ]
 
-    answers = _run(broker, go)
+    answers = run(broker, go)
     statuses = [a.status_code for a in answers]
     assert statuses == [403] * burst + [429] * (tries - burst), statuses
     kinds = [e.event_type for e in _events(broker)]
     assert kinds.count("console_form_refused") == burst
     assert kinds.count("refusals_rate_limited") == 1
     limited = {a.json()["denial_id"] for a in answers[burst:]}
-    [run] = [e for e in _events(broker) if e.event_type == "refusals_rate_limited"]
-    assert limited == {_shown(run.detail)}
+    [limiting] = [e for e in _events(broker) if e.event_type == "refusals_rate_limited"]
+    assert limited == {_shown(limiting.detail)}
 
 
 # -- plain HTTP beyond loopback -------------------------------------------------------------
@@ -309,15 +280,7 @@ def test_refused_forms_spend_the_clients_refusal_budget() -> None:
 
 def _from_afar(broker: Broker, go: Callable[[httpx.AsyncClient], Awaitable[Any]]) -> Any:
     """``go`` from a client beyond loopback, over plain HTTP."""
-
-    async def main() -> Any:
-        transport = httpx.ASGITransport(
-            app=create_app(broker, background=False), client=("192.0.2.10", 40000)
-        )
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-            return await go(c)
-
-    return asyncio.run(main())
+    return run(broker, go, client=("192.0.2.10", 40000))
 
 
 @pytest.mark.parametrize(
@@ -330,7 +293,7 @@ def test_a_console_request_over_plain_http_from_afar_is_audited_once(
 ) -> None:
     """The secret of a sign-in posted over plain HTTP crossed the network in clear:
     refused, and the refusal is one event the page names, as every refusal is."""
-    broker = _broker()
+    broker = in_process_broker()
     data = {"csrf": "x", "operator": "", "secret": ADMIN_SECRET, "level": "task", "target": "t"}
 
     async def go(client: httpx.AsyncClient) -> httpx.Response:
@@ -360,17 +323,12 @@ PUBLIC_CLEAR = "http://broker.example.com"
 def _sign_in_through_a_local_proxy(origin: str) -> tuple[Broker, httpx.Response]:
     """The admin's sign-in from a page at ``origin`` (the broker's ``public_url``), relayed
     by a proxy on the broker's machine: plain HTTP from 127.0.0.1."""
-    broker = _broker(public_url=(origin,))
+    broker = in_process_broker(public_url=(origin,))
 
     async def go(client: httpx.AsyncClient) -> httpx.Response:
-        form = await client.get("/console/login")
-        return await client.post(
-            "/console/login",
-            data={"csrf": _csrf(form.text), "operator": "", "secret": ADMIN_SECRET},
-            headers={"origin": origin},
-        )
+        return await sign_in(client, origin=origin)
 
-    return broker, _run(broker, go)
+    return broker, run(broker, go)
 
 
 def _session_cookie(answer: httpx.Response) -> str:
@@ -433,23 +391,12 @@ class _OutStore(MemoryStore):
 
 
 def _sign_in_with(store: MemoryStore, operator: str) -> tuple[Broker, httpx.Response]:
-    broker = Broker(
-        Config(admin_secret_hash=hash_secret(ADMIN_SECRET)),
-        store,
-        KeyRing.generate(),
-        clock=ManualClock(1_800_000_000.0),
-        nonce_secret=b"n" * 32,
-    )
+    broker = in_process_broker(store)
 
     async def go(client: httpx.AsyncClient) -> httpx.Response:
-        form = await client.get("/console/login")
-        return await client.post(
-            "/console/login",
-            data={"csrf": _csrf(form.text), "operator": operator, "secret": ADMIN_SECRET},
-            headers={"origin": ORIGIN},
-        )
+        return await sign_in(client, operator)
 
-    return broker, _run(broker, go)
+    return broker, run(broker, go)
 
 
 def test_a_sign_in_while_the_store_cannot_be_read_answers_unavailable_and_names_it() -> None:
@@ -488,20 +435,15 @@ def test_a_sign_in_while_the_store_cannot_be_written_answers_unavailable() -> No
 def test_a_sign_in_moments_after_the_operators_rotation_says_when_to_come_back() -> None:
     """The new secret is right, but a token issued now would be born revoked by the
     rotation's entry: 503 with Retry-After and the refusal named, not "check the secret"."""
-    broker = _broker()
+    broker = in_process_broker()
     admin = broker.admin_auth(ADMIN_SECRET, CTX).claims
     broker.add_operator(admin, name="alice", role="operator", public_key=None, ctx=CTX)
     _, secret = broker.rotate_operator(admin, "alice", public_key=None, ctx=CTX)
 
     async def go(client: httpx.AsyncClient) -> httpx.Response:
-        form = await client.get("/console/login")
-        return await client.post(
-            "/console/login",
-            data={"csrf": _csrf(form.text), "operator": "alice", "secret": secret},
-            headers={"origin": ORIGIN},
-        )
+        return await sign_in(client, "alice", secret)
 
-    answer = _run(broker, go)
+    answer = run(broker, go)
     assert answer.status_code == 503
     assert int(answer.headers["retry-after"]) > 0
     assert "check the operator name and secret" not in answer.text
@@ -519,17 +461,17 @@ def test_a_sign_in_refused_for_its_form_names_its_one_audit_event(
 ) -> None:
     """A name no operator can have, or no secret: refused as a wrong one is (one message,
     401), and audited as one is, its page naming the event."""
-    broker = _broker()
+    broker = in_process_broker()
 
     async def go(client: httpx.AsyncClient) -> httpx.Response:
         form = await client.get("/console/login")
         return await client.post(
             "/console/login",
-            data={"csrf": _csrf(form.text), "operator": operator, "secret": secret},
+            data={"csrf": form_csrf(form.text), "operator": operator, "secret": secret},
             headers={"origin": ORIGIN},
         )
 
-    page = _run(broker, go)
+    page = run(broker, go)
     assert page.status_code == 401
     assert "Sign-in failed: check the operator name and secret." in page.text
     [event] = _named(broker, _shown(page.text))
