@@ -327,6 +327,7 @@ def test_init_force_keeps_every_setting_and_replaces_only_the_admin_secret(
     forced = cli("init", "--data-dir", str(data), "--force", cwd=tmp_path)
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert "its other settings kept" in forced.stdout
+    assert "At the broker's next start the admin's tokens" in forced.stdout
     after = tomllib.loads(config.read_text())
     assert after.pop("admin_secret_hash") != before.pop("admin_secret_hash")
     assert after == before

@@ -304,6 +304,12 @@ def init(
         out.print(f"Admin secret written to {secret_file} (mode 0600); it is not shown again.")
     else:
         out.print(f"Admin secret (shown once, save it now): {secret}", highlight=False)
+    if kept is not None:
+        out.print(
+            "At the broker's next start the admin's tokens, and the launch tokens it made "
+            "with the secret before, end; the admin signs in again clock_skew + 1 s later.",
+            highlight=False,
+        )
     _first_operator(
         config_path, directory, operator_name, operator_secret_path, force=force, made_key=made_key
     )
