@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -367,6 +368,16 @@ def test_a_bad_local_file_is_one_error_line_and_exit_2(
 def test_a_checkpoint_that_cannot_be_written_is_one_error_line(
     broker: BrokerForTests, home: Path
 ) -> None:
+    # A checkpoint to write: the broker publishes its first one within an interval of
+    # its start (10 s), however fast the tests before this one ran.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            broker.admin().audit_checkpoint()
+            break
+        except NotFound:
+            assert time.monotonic() < deadline, "no checkpoint published"
+            time.sleep(0.2)
     target = home / "no" / "such" / "dir" / "checkpoint"
     result = run("audit", "checkpoint", "-o", str(target), broker=broker, home=home)
     assert result.returncode == 2, (result.stdout, result.stderr)
