@@ -26,7 +26,7 @@ from tasklease.core.foreign import converted, local_part, map_scopes
 from tasklease.core.keys import KeyRing
 from tasklease.core.records import MAX_TARGET, RevocationRecord
 from tasklease.core.store import AuditQuery, Store
-from tasklease.core.tokens import KIND_AGENT, DelegationRecord, mint
+from tasklease.core.tokens import KIND_AGENT, Claims, DelegationRecord, mint
 from tasklease.core.validation import TokenRejected
 from tasklease.rules.bundle import TrustBundle, serialize_bundle
 from tasklease.storage import MemoryStore, SQLiteStore
@@ -549,9 +549,121 @@ def test_an_id_another_broker_minted_is_not_one_of_ours(
     events, _ = b.store.query_audit(AuditQuery(limit=10_000))
     [event] = [e for e in events if f"denial={error.denial_id}" in e.detail]
     assert "none of our token ids" in event.detail
-    # The same chain listing an id we did mint goes through: the check is the MAC.
-    ours = kit.register(b, scope=["read:data:*"], task_id="t-ours").claims.jti
-    assert exchange(b, kit, forged_hop(a, b, kit, clock, ours), bob.token).token
+
+
+def victim_of_b(b: Broker, kit: Any) -> Any:
+    """B's agent working for a human (``user:victim@example.com``), task ``t-victim``."""
+    launch, _ = b.create_launch_token(
+        kit.admin(b).claims,
+        agent_name="victim",
+        allowed_scope=["read:data:*"],
+        max_ttl=None,
+        single_use=None,
+        ttl=None,
+        ctx=kit.ctx,
+        principal="user:victim@example.com",
+    )
+    return kit.register(b, launch, scope=["read:data:*"], task_id="t-victim")
+
+
+def hop_at_a(
+    a: Broker, kit: Any, clock: ManualClock, seen: Claims, **changed: Any
+) -> tuple[str, Any]:
+    """What A's exchange of B's token ``seen`` gives A's alice: the hop "``seen``'s holder
+    delegated its scope to alice" re-signed by A, B's ids namespaced, B's task and
+    principal kept; ``changed`` alters the hop (``agent``, ``scope``), ``task_id`` or
+    ``principal``. A writes it all with its own key: nothing of it needs B's."""
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    agent = changed.get("agent", seen.sub)
+    scope = changed.get("scope", seen.scope)
+    at = "2027-01-15T08:00:00Z"
+    record = DelegationRecord(
+        agent=agent,
+        scope=scope,
+        delegated_at=at,
+        signature=a.keyring.sign_detached(record_signing_input(agent, alice.sub, scope, at)).hex(),
+    )
+    ids = [*seen.lineage, *([seen.grant] if seen.grant else []), seen.jti]
+    token, _ = mint(
+        a.keyring,
+        kind=KIND_AGENT,
+        iss=a.config.issuer,
+        sub=alice.sub,
+        aud=(f"spiffe://{B}",),
+        iat=int(clock.now()),
+        ttl=60,
+        scope=("read:data:1",),
+        client_id=alice.claims.client_id,
+        task_id=changed.get("task_id", seen.task_id),
+        orch_id=seen.orch_id,
+        principal=changed.get("principal", seen.principal),
+        delegation_chain=(record,),
+        lineage=tuple(f"fed:{B}:{i}" for i in ids),
+    )
+    return token, alice
+
+
+@pytest.mark.parametrize(
+    "seen, changed",
+    [
+        # Tokens A could see without the victim ever crossing to A: a registration's
+        # (B's own audience), one narrowed for a resource server of A's.
+        ("registered", {}),
+        ("for_a_resource", {}),
+        # The victim's token made to cross to A, with a hop other than its own.
+        ("for_a", {"scope": ("read:data:*", "read:data:2")}),
+        ("for_a", {"task_id": "t-other"}),
+        ("for_a", {"principal": "user:someone-else@example.com"}),
+        ("for_a", {"agent": "other"}),
+        # Made to cross to C, not to A.
+        ("for_c", {}),
+    ],
+)
+def test_a_peer_that_has_seen_our_token_cannot_turn_its_id_into_another_hop(
+    a: Broker, b: Broker, kit: Any, clock: ManualClock, seen: str, changed: dict[str, Any]
+) -> None:
+    """An id of ours vouches for the one hop out its token allows (core.tokenids): a peer
+    that has seen one of our tokens cannot list its id under a hop our agent never made,
+    whether the token never named the peer's domain or the hop differs from the token's
+    holder, scope, task or principal."""
+    federate(b, a, kit)
+    victim = victim_of_b(b, kit)
+    tokens = {
+        "registered": victim.claims,
+        "for_a_resource": narrow(
+            b, kit, victim.token, resource="https://rs.a.example"
+        ).issued.claims,
+        "for_a": narrow(
+            b, kit, victim.token, resource=f"spiffe://{A}", scope="read:data:1"
+        ).issued.claims,
+        "for_c": narrow(b, kit, victim.token, resource=f"spiffe://{C}").issued.claims,
+    }
+    if changed.get("agent") == "other":
+        changed = {"agent": kit.register(b, scope=["read:data:*"], task_id="t-other").sub}
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    forged, _ = hop_at_a(a, kit, clock, tokens[seen], **changed)
+    error = refused(b, InvalidRequest, lambda: exchange(b, kit, forged, bob.token))
+    events, _ = b.store.query_audit(AuditQuery(limit=10_000))
+    [event] = [e for e in events if f"denial={error.denial_id}" in e.detail]
+    assert f"none of our token ids vouches for its hop out to {A}" in event.detail
+    assert not [e for e in events if e.event_type == "token_exchanged" and bob.sub in e.detail]
+
+
+def test_the_hop_our_token_allowed_comes_back(
+    a: Broker, b: Broker, kit: Any, clock: ManualClock
+) -> None:
+    """The counterpart: the victim's token made to cross to A, and the hop it allowed
+    exactly (its holder, scope, task and principal), comes back, as a genuine exchange at
+    A would. The check is what the id vouches for, not who wrote the record."""
+    federate(b, a, kit)
+    victim = victim_of_b(b, kit)
+    for_a = narrow(b, kit, victim.token, resource=f"spiffe://{A}", scope="read:data:1")
+    back, alice = hop_at_a(a, kit, clock, for_a.issued.claims)
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    home = exchange(b, kit, back, bob.token).issued.claims
+    assert [r.agent for r in home.delegation_chain] == [victim.sub, alice.sub]
+    assert home.principal == "user:victim@example.com"
+    assert (home.task_id, home.scope) == ("t-victim", ("read:data:1",))
 
 
 def test_a_to_b_to_a_home_agents_standing_counts(a: Broker, b: Broker, kit: Any) -> None:

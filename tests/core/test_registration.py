@@ -17,6 +17,7 @@ from tasklease.core.errors import (
 )
 from tasklease.core.launch import launch_token_hash
 from tasklease.core.store import AuditQuery
+from tasklease.core.tokenids import hop
 from tasklease.core.tokens import KIND_AGENT
 
 
@@ -61,7 +62,12 @@ def test_register_happy_path_claims(broker: Any, kit: Any, clock: Any) -> None:
     assert c.delegation_chain == ()
     assert c.chain_hash == ""
     assert re.fullmatch(r"[0-9a-f]{32}", c.jti)
-    assert broker.kernel.token_ids.ours(c.jti)  # an id carrying our MAC (core.tokenids)
+    # An id carrying our MAC of the token's one hop out (core.tokenids): none here, as
+    # its audience names no other trust domain.
+    vouched = hop(
+        holder=c.sub, scope=c.scope, chain=(), task_id="task-1", principal=c.principal, domains=()
+    )
+    assert broker.kernel.token_ids.vouches(c.jti, vouched)
     # The token the caller gets carries exactly these claims.
     signed = broker.validate(issued.token)
     assert signed.raw == c.raw

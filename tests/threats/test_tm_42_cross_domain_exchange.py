@@ -1,6 +1,7 @@
 # Would fail if: token exchange accepted a federated domain's token signed with a key
 # outside that domain's bundle, with another algorithm, expired, made for another audience
-# or domain, from a domain not declared, or granted more than the federation's mapping.
+# or domain, from a domain not declared, or granted more than the federation's mapping;
+# or took back a chain naming our agent in a hop no token of ours allowed.
 """TM-42 — cross-domain escalation through token exchange: a token of a federated domain
 (or one claiming to be) is turned into more authority here than that domain's agents
 hold, than this broker's operators agreed to, or at all when it was not meant for us.
@@ -29,9 +30,10 @@ from threat_support import compact, refused
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.clock import ManualClock
 from tasklease.core.config import Config
+from tasklease.core.delegation import record_signing_input
 from tasklease.core.exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, ExchangeRequest
 from tasklease.core.keys import KeyRing
-from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, mint
+from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, KIND_AGENT, DelegationRecord, mint
 from tasklease.rules.bundle import TrustBundle, serialize_bundle
 from tasklease.storage import MemoryStore
 
@@ -220,3 +222,45 @@ def test_the_actor_must_be_a_valid_agent_of_ours(
     refused(federated, resp, 400, "invalid_request")
     resp = _exchange(federated, subject, subject)  # A's token as its own actor
     refused(federated, resp, 400, "invalid_request")
+
+
+def test_a_peer_that_has_seen_our_token_cannot_forge_a_hop_out_of_here(
+    federated: RunningBroker, a: Domain, bob: Agent
+) -> None:
+    """A has seen a token of our bob (presented to one of A's resource servers, say): its
+    id is ours, carrying our MAC. A writes, signed with its own key, "bob delegated to
+    A's agent", lists that id as the token it descends from, and asks us to take the
+    chain back. Bob's token never named A's domain: the id vouches for no hop out to A,
+    so nothing is issued, and the refusal is audited once."""
+    _, seen = jwt_parts(bob.access_token)
+    scope = tuple(seen["scope"].split())
+    at = "2027-01-15T08:00:00Z"
+    theirs = "spiffe://a.example/agent/orch/task-1/00112233aabbccdd"
+    signed = a.broker.keyring.sign_detached(record_signing_input(seen["sub"], theirs, scope, at))
+    record = DelegationRecord(seen["sub"], scope, at, signed.hex())
+    forged, _ = mint(
+        a.broker.keyring,
+        kind=KIND_AGENT,
+        iss=a.broker.config.issuer,
+        sub=theirs,
+        aud=(US,),
+        iat=int(a.broker.clock.now()),
+        ttl=60,
+        scope=("read:data:7",),
+        client_id="worker",
+        task_id=seen["task_id"],
+        orch_id=seen["orch_id"],
+        principal=seen.get("principal", ""),
+        delegation_chain=(record,),
+        lineage=(f"fed:tasklease.local:{seen['jti']}",),
+    )
+    carol = federated.register(["read:partner:*"])
+    resp = _exchange(federated, forged, carol.access_token)
+    refused(
+        federated,
+        resp,
+        400,
+        "invalid_request",
+        f"names our agent {seen['sub']}",
+        "none of our token ids vouches for its hop out to a.example",
+    )

@@ -254,7 +254,7 @@ class Delegating(Service):
             cfg,
             issuance,
             iat=iat,
-            jti=self._kernel.token_ids.new(),
+            ids=self._kernel.token_ids,
             sub=delegate_to,
             aud=audience,
             client_id=claims.client_id,

@@ -359,7 +359,7 @@ class Exchange(Service):
             cfg,
             issuance,
             iat=iat,
-            jti=self._kernel.token_ids.new(),
+            ids=self._kernel.token_ids,
             sub=claims.sub,
             aud=issuance.audience,
             client_id=claims.client_id,
@@ -477,7 +477,7 @@ class Exchange(Service):
             cfg,
             issuance,
             iat=iat,
-            jti=self._kernel.token_ids.new(),
+            ids=self._kernel.token_ids,
             sub=actor.sub,
             aud=issuance.audience,
             client_id=actor.client_id,
@@ -504,14 +504,19 @@ class Exchange(Service):
         level = kernel.revocations.match(ForeignProbe(ft.claims, parent.lineage))
         if level is not None:
             return f"subject_token revoked here at level {level}"
-        if local.agents and not any(kernel.token_ids.ours(i) for i in local.ids):
-            # A chain that went out from here lists the ids of our token it came from, ids
-            # carrying our MAC (core.tokenids); one naming our agents without such an id
-            # (none at all, or only ids a peer made up) is the peer's word alone, which we
-            # would sign as our own record of a hop our agent never made.
+        if local.agents and not (
+            local.hop_out and any(kernel.token_ids.vouches(i, local.hop_out) for i in local.ids)
+        ):
+            # A chain that went out from here lists the ids of our token it came from, and
+            # that token's id carries our MAC of the hop out it allowed (core.tokenids):
+            # holder, scope, chain, task, principal, the domain it crossed to. A chain
+            # naming our agents without such an id (none at all, ids a peer made up, or
+            # ids of tokens that never crossed there as shown) is the peer's word alone,
+            # which we would sign as our own record of a hop our agent never made.
+            to = local.out_to or "no domain"
             return (
-                f"the chain names our agent {local.agents[0]} but none of our token ids: "
-                "it did not go out from here"
+                f"the chain names our agent {local.agents[0]} but none of our token ids "
+                f"vouches for its hop out to {to}: it did not go out from here"
             )
         for agent in local.agents:
             _, why = kernel.agent_standing(agent, lifetime=False)

@@ -59,7 +59,8 @@ from tasklease.core.config import Config
 from tasklease.core.delegation import PRINCIPAL_MAX_CHARS, verify_chain_records
 from tasklease.core.kernel import Parent
 from tasklease.core.records import MAX_TARGET, RevocationRecord
-from tasklease.core.spiffe import parse_agent_id
+from tasklease.core.spiffe import federation_audience, parse_agent_id
+from tasklease.core.tokenids import hop
 from tasklease.core.tokens import (
     KIND_AGENT,
     Claims,
@@ -70,7 +71,7 @@ from tasklease.core.tokens import (
 from tasklease.rules import jws
 from tasklease.rules import scopes as scope_rules
 from tasklease.rules.claims import MAX_LINEAGE, ClaimRejected, check_claims
-from tasklease.rules.principals import creator_kind
+from tasklease.rules.principals import human_principal
 
 __all__ = [
     "FOREIGN_PREFIX",
@@ -104,11 +105,6 @@ class ForeignRejected(Exception):
         self.reason = reason
 
 
-def federation_audience(trust_domain: str) -> str:
-    """The audience a federated domain's token must name to be exchanged here."""
-    return f"spiffe://{trust_domain}"
-
-
 def namespaced(domain: str, entry: str) -> str:
     """``entry`` of domain ``domain``'s lineage, as our lineage lists it."""
     return f"{FOREIGN_PREFIX}{domain}:{entry}"
@@ -120,9 +116,7 @@ def foreign_principal(domain: str, principal: str) -> str:
     ``admin``, an app or operator of its own), or none, is namespaced under the domain
     (``fed:<domain>:<principal>``): it must never read as one of ours, and no creator
     here may name a ``fed:`` principal (``rules.principals``)."""
-    if principal and not creator_kind(principal):
-        return principal
-    return namespaced(domain, principal or "unknown")
+    return human_principal(principal) or namespaced(domain, principal or "unknown")
 
 
 def domain_entry(domain: str) -> str:
@@ -294,6 +288,11 @@ class LocalAncestry:
     agents: tuple[str, ...] = ()
     tasks: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
+    out_to: str = ""
+    """The trust domain the chain's last hop out of ours went to ("" if no record of the
+    chain is by one of our agents)."""
+    hop_out: bytes = b""
+    """That hop (``core.tokenids.hop``), which one of ``ids`` must vouch for."""
 
 
 def _ancestry(ft: ForeignToken, own_domain: str) -> tuple[list[str], LocalAncestry]:
@@ -337,7 +336,33 @@ def _ancestry(ft: ForeignToken, own_domain: str) -> tuple[list[str], LocalAncest
         parsed = parse_agent_id(agent)
         if parsed is not None and parsed.trust_domain == own_domain and agent not in agents:
             agents.append(agent)
-    return lineage, LocalAncestry(tuple(agents), tuple(tasks), tuple(ids))
+    out_to, hop_out = _last_hop_out(claims, own_domain)
+    return lineage, LocalAncestry(tuple(agents), tuple(tasks), tuple(ids), out_to, hop_out)
+
+
+def _last_hop_out(claims: Claims, own_domain: str) -> tuple[str, bytes]:
+    """The last hop out of our domain that a foreign chain shows: the trust domain it
+    went to (the next agent's) and the hop our token must vouch for (``core.tokenids``),
+    read from the last record by one of our agents and the records before it (a peer
+    signs them again, keeping their agents, scopes and times). ("", b"") when no record
+    of the chain is by one of our agents."""
+    records = claims.delegation_chain
+    for at in range(len(records) - 1, -1, -1):
+        ours = parse_agent_id(records[at].agent)
+        if ours is None or ours.trust_domain != own_domain:
+            continue
+        after = parse_agent_id(records[at + 1].agent if at + 1 < len(records) else claims.sub)
+        domain = after.trust_domain if after is not None else ""
+        vouched = hop(
+            holder=records[at].agent,
+            scope=records[at].scope,
+            chain=records[:at],
+            task_id=claims.task_id,
+            principal=claims.principal,
+            domains=(domain,),
+        )
+        return domain, vouched
+    return "", b""
 
 
 def _as_ours(entry: str, own_domain: str) -> str:

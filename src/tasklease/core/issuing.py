@@ -11,6 +11,7 @@ from tasklease.core.kernel import Issuance
 from tasklease.core.metrics import Metrics
 from tasklease.core.readahead import count
 from tasklease.core.records import ReferenceTokenRecord
+from tasklease.core.tokenids import TokenIds, crossings, hop
 from tasklease.core.tokens import KIND_AGENT, Claims, DelegationRecord, Signer, mint
 from tasklease.rules.grants import digest
 
@@ -44,14 +45,23 @@ def mint_granted(
     orch_id: str,
     agent_key: bytes | None,
     cnf: dict[str, str] | None,
-    jti: str,
+    ids: TokenIds,
     oiat: int | None = None,
     chain: tuple[DelegationRecord, ...] = (),
 ) -> tuple[str, Claims]:
     """The agent token ``issuance`` (the kernel's check) grants: its scope and grants,
     lifetime, renewal count, principal and lineage come from the issuance and nowhere
-    else. ``jti`` is one the kernel minted (``Kernel.token_ids``): an id carrying our MAC,
-    which a chain that went out from here shows when it comes back (``core.tokenids``)."""
+    else. Its ``jti`` comes from ``ids`` (``Kernel.token_ids``): an id carrying our MAC of
+    the one hop out of here the token allows, which a chain that went out from here shows
+    when it comes back (``core.tokenids``)."""
+    vouched = hop(
+        holder=sub,
+        scope=issuance.scope,
+        chain=chain,
+        task_id=task_id,
+        principal=issuance.principal,
+        domains=crossings(aud, config.trust_domain),
+    )
     return mint(
         ring,
         kind=KIND_AGENT,
@@ -75,7 +85,7 @@ def mint_granted(
         max_exp=issuance.max_exp,
         attest=issuance.attest,
         details=issuance.details,
-        jti=jti,
+        jti=ids.new(vouched),
     )
 
 

@@ -468,7 +468,7 @@ class Registration(Service):
             cfg,
             issuance,
             iat=iat,
-            jti=self._kernel.token_ids.new(),
+            ids=self._kernel.token_ids,
             sub=agent_id,
             aud=audience,
             client_id=client_id,

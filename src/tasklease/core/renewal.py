@@ -110,7 +110,7 @@ class Renewal(Service):
             cfg,
             issuance,
             iat=iat,
-            jti=self._kernel.token_ids.new(),
+            ids=self._kernel.token_ids,
             sub=claims.sub,
             aud=claims.aud,
             client_id=claims.client_id,
@@ -303,7 +303,7 @@ class Renewal(Service):
             cfg,
             issuance,
             iat=iat,
-            jti=self._kernel.token_ids.new(),
+            ids=self._kernel.token_ids,
             sub=agent_id,
             # The registration's resource and holder binding (the caller proved it already).
             aud=agent.audience or default_audience(cfg.audience),

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from tasklease.core.errors import InvalidRequest
 from tasklease.rules.secretshapes import holds_credential, holds_secret
 
-__all__ = ["AgentId", "new_agent_id", "parse_agent_id", "validate_segment", "validate_trust_domain"]
+__all__ = [
+    "AgentId",
+    "audience_domain",
+    "federation_audience",
+    "new_agent_id",
+    "parse_agent_id",
+    "validate_segment",
+    "validate_trust_domain",
+]
 
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -79,3 +87,18 @@ def parse_agent_id(value: str) -> AgentId | None:
     if not all(_SEGMENT.fullmatch(p) and p not in (".", "..") for p in (orch, task, inst)):
         return None
     return AgentId(td, orch, task, inst)
+
+
+def federation_audience(trust_domain: str) -> str:
+    """The audience a token must name to be exchanged at the broker of ``trust_domain``
+    (``spiffe://<trust domain>``)."""
+    return f"spiffe://{trust_domain}"
+
+
+def audience_domain(value: str) -> str | None:
+    """The trust domain an audience names as :func:`federation_audience` writes it, or
+    None when ``value`` is any other audience."""
+    if not value.startswith("spiffe://"):
+        return None
+    td = value[len("spiffe://") :]
+    return td if _TRUST_DOMAIN.fullmatch(td) else None

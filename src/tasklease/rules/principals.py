@@ -10,7 +10,7 @@ token and audit event, to a creator that never launched them.
 
 from __future__ import annotations
 
-__all__ = ["CREATOR_KINDS", "creator_kind"]
+__all__ = ["CREATOR_KINDS", "creator_kind", "human_principal"]
 
 CREATOR_KINDS = ("admin", "operator", "app", "attestor", "fed")
 """The kinds of the principals the broker derives from a creator (docs/agents.md), and
@@ -22,3 +22,9 @@ def creator_kind(principal: str) -> str:
     ``attestor``), or "" when it names none and a caller may name it."""
     kind = principal.partition(":")[0]
     return kind if kind in CREATOR_KINDS else ""
+
+
+def human_principal(principal: str) -> str:
+    """``principal`` when it names a human (the chain ends at that human, across any
+    number of trust domains), "" for a creator identity or none."""
+    return principal if principal and not creator_kind(principal) else ""
