@@ -239,6 +239,33 @@ def test_keys_rotate(tmp_path: Path, home: Path) -> None:
         old_agent.close()
 
 
+def test_keys_list_and_retire(tmp_path: Path, home: Path) -> None:
+    """After a compromise: rotate, then retire the key that signed before; nothing it
+    signed authenticates any more, and the active key is not retired."""
+    with BrokerForTests(data_dir=tmp_path / "retire-broker") as running:
+        old_agent = running.agent(SCOPE, task_id="before-retirement")
+        rotated = json.loads(run("keys", "rotate", "--json", broker=running, home=home).stdout)
+        new_kid, old_kid = rotated["kid"], rotated["previous_kid"]
+        listed = run("keys", "list", broker=running, home=home)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.splitlines() == [
+            f"{new_kid}  active: signs new tokens",
+            f"{old_kid}  verifies what it signed",
+        ]
+        active = run("keys", "retire", new_kid, broker=running, home=home)
+        assert active.returncode == 3 and "rotate first" in active.stderr
+        retired = run("keys", "retire", old_kid, broker=running, home=home)
+        assert retired.returncode == 0, retired.stderr
+        assert f"signing key {old_kid} retired" in retired.stdout
+        assert json.loads(run("keys", "list", "--json", broker=running, home=home).stdout) == {
+            "kids": [new_kid]
+        }
+        assert running.admin().validate_token(old_agent.token)["valid"] is False
+        gone = run("keys", "retire", old_kid, broker=running, home=home)
+        assert gone.returncode == 1 and "no signing key has this kid" in gone.stderr
+        old_agent.close()
+
+
 def test_refused_and_unreachable(broker: BrokerForTests, home: Path) -> None:
     wrong = run("app", "list", broker=broker, home=home, secret="not-the-secret-at-all")
     assert wrong.returncode == 3

@@ -212,6 +212,23 @@ def test_retire_removes_old_keys_but_never_the_active_one(tmp_path: Path) -> Non
     assert load_or_create_keyring(tmp_path, PLAIN).kids() == [third]
 
 
+def test_a_retirement_refused_before_removal_removes_nothing(tmp_path: Path) -> None:
+    first = load_or_create_keyring(tmp_path, PLAIN).active_kid
+    second = rotate_key(tmp_path, PLAIN)
+    told: list[list[str]] = []
+
+    def refuse(going: list[str]) -> None:
+        told.append(going)
+        raise RuntimeError("not audited")
+
+    with pytest.raises(RuntimeError):
+        retire_keys(tmp_path, (), PLAIN, before_removal=refuse)
+    assert told == [[first]]
+    assert load_or_create_keyring(tmp_path, PLAIN).kids() == [second, first]
+    assert retire_keys(tmp_path, (), PLAIN, before_removal=told.append) == [first]
+    assert told[-1] == [first] and load_or_create_keyring(tmp_path, PLAIN).kids() == [second]
+
+
 def test_group_readable_key_file_refused(tmp_path: Path) -> None:
     load_or_create_keyring(tmp_path, PLAIN)
     (path,) = _key_files(tmp_path)

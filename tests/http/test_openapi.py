@@ -915,6 +915,17 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     assert rotated["previous_kid"] in rotated["kids"] and rotated["kids"][0] == rotated["kid"]
     check = {"token": resumed["access_token"]}  # signed by the previous key
     assert call("POST", "/v1/token/validate", json=check, expect=200)["valid"] is True
+    # Retiring the previous key ends what it signed; the active one is refused.
+    retire = "/v1/admin/keys/{kid}/retire"
+    previous, active = rotated["previous_kid"], rotated["kid"]
+    call("POST", retire, path=f"/v1/admin/keys/{previous}/retire", token=a_token, expect=403)
+    call("POST", retire, path=f"/v1/admin/keys/{active}/retire", token=admin, expect=409)
+    call("POST", retire, path="/v1/admin/keys/no-such-kid/retire", token=admin, expect=404)
+    retired = call(
+        "POST", retire, path=f"/v1/admin/keys/{previous}/retire", token=admin, expect=200
+    )
+    assert retired == {"kid": previous, "kids": [active]}
+    assert call("POST", "/v1/token/validate", json=check, expect=200)["valid"] is False
 
     # The flow reached every documented operation's success answer.
     succeeded = {(m, p) for m, p, status in call.seen if status < 300}

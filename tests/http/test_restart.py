@@ -228,3 +228,25 @@ def test_key_rotation_reaches_another_process_sharing_the_keys(
     assert jwt_parts(token)[0]["kid"] == new_kid
     assert two.is_valid(token)
     assert jwt_parts(two.admin_token())[0]["kid"] == new_kid
+
+
+def test_key_retirement_reaches_another_process_sharing_the_keys(
+    tmp_path: Path, start_broker: Callable[..., RunningBroker]
+) -> None:
+    """`keys retire` on one process: the other stops trusting the key without a restart,
+    and a token it signed is refused by both."""
+    data = tmp_path / "data"
+    one = start_broker(data)
+    two = start_broker(data)
+    token = one.register(["read:data:*"]).access_token
+    old_kid = jwt_parts(token)[0]["kid"]
+    rotated = one.post("/v1/admin/keys/rotate", headers=one.admin_headers())
+    assert rotated.status_code == 200, rotated.text
+    retired = one.post(f"/v1/admin/keys/{old_kid}/retire", headers=one.admin_headers())
+    assert retired.status_code == 200, retired.text
+    assert not one.is_valid(token)
+    deadline = time.monotonic() + 10.0
+    while old_kid in {k["kid"] for k in two.get("/.well-known/jwks.json").json()["keys"]}:
+        assert time.monotonic() < deadline, "the second process never dropped the key"
+        time.sleep(0.1)
+    assert not two.is_valid(token)

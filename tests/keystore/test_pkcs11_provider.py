@@ -98,6 +98,40 @@ def test_rotation_keeps_old_public_keys_and_retirement_destroys_token_objects(
     assert load_or_create_keyring(keys, provider).kids() == [third, second]
 
 
+def test_retiring_a_key_through_the_broker_destroys_its_token_objects(
+    softhsm: SoftHSM, label: str, tmp_path: Path
+) -> None:
+    from tasklease.core.broker import Broker, RequestContext
+    from tasklease.core.config import Config
+    from tasklease.core.store import AuditQuery
+    from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, mint
+    from tasklease.storage import MemoryStore
+
+    keys = tmp_path / "keys"
+    provider = _provider(softhsm, label)
+    ring = load_or_create_keyring(keys, provider)
+    broker = Broker(Config(key_dir=str(keys)), MemoryStore(), ring, nonce_secret=b"n" * 32)
+    _, admin = mint(
+        ring,
+        kind=KIND_ADMIN,
+        iss=broker.config.issuer,
+        sub="admin",
+        aud=broker.config.audience,
+        iat=int(time.time()),
+        ttl=60,
+        scope=ADMIN_SCOPES,
+        client_id="admin",
+    )
+    ctx = RequestContext(request_id="retire-hsm")
+    new_kid, old_kid = broker.rotate_signing_key(admin, ctx)
+    held = len(softhsm.protection(label))  # both signing keys (and the log's key)
+    assert broker.retire_signing_key(admin, old_kid, ctx) == (new_kid,)
+    assert len(softhsm.protection(label)) == held - 1  # the old key's objects are gone
+    assert load_or_create_keyring(keys, provider).kids() == [new_kid]
+    events, _ = broker.store.query_audit(AuditQuery(limit=100))
+    assert [e.event_type for e in events].count("signing_key_retired") == 1
+
+
 def jwt_kid(token: str) -> str:
     import jwt
 

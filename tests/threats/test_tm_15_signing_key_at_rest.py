@@ -1,6 +1,6 @@
 # Would fail if: the default key provider wrote signing keys as plaintext PKCS#8, or the
 # key loader stopped refusing a key file that group or others can read (or a key
-# directory they can write).
+# directory they can write), or a retired key still verified what it signed.
 """TM-15 — signing-key compromise at rest: whoever reads the broker's Ed25519 signing key
 from the disk or a backup forges any token (TM-07 assumes nobody can).
 
@@ -8,9 +8,9 @@ What exists: keys are encrypted PKCS#8 files (mode 0600, in a 0700 directory) un
 passphrase kept apart from them, so the key directory alone (a backup, a copied volume)
 does not start a broker or yield a key; the broker refuses key files and directories
 others could read or replace; no answer, log line or database page carries key material;
-an operator rotates the signing key with one call. What is missing (docs/security.md,
-TM-15): by default the passphrase file lives in the same data directory, and a
-compromised key is trusted until its file is removed.
+an operator rotates the signing key with one call, and retires the stolen one with
+another: nothing it signed is accepted from then on. What is missing (docs/security.md,
+TM-15): by default the passphrase file lives in the same data directory.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from e2e_support import SHARED_ENV, RunningBroker, b64url, jwt_parts, launch_broker
-from threat_support import bearer, refused
+from nacl.signing import SigningKey
+from threat_support import bearer, compact, refused
 
 pytestmark = pytest.mark.slow
 
@@ -145,3 +146,25 @@ def test_rotation_moves_issuance_to_a_new_key(broker: RunningBroker) -> None:
     for path in _key_files(broker.data_dir):
         assert _mode(path) == 0o600, path.name
         assert path.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+
+
+def test_a_stolen_key_is_retired_at_once(broker: RunningBroker) -> None:
+    """A thief read the active key: tokens it forges verify, as the broker's own do. The
+    operator rotates, then retires the stolen key: at once, nothing it signed (forged or
+    genuine) is accepted, and the JWKS and trust bundle no longer carry it."""
+    stolen = SigningKey(_private_key(broker.data_dir))
+    genuine = broker.register(["read:tickets:1"])
+    header, payload = jwt_parts(genuine.access_token)
+    forged = compact(header, {**payload, "scope": "read:tickets:*"}, stolen)
+    check = {"json": {"token": forged}, "headers": broker.admin_headers()}
+    assert broker.post("/v1/token/validate", **check).json()["valid"] is True
+    rotated = broker.post("/v1/admin/keys/rotate", headers=broker.admin_headers())
+    assert rotated.status_code == 200, rotated.text
+    retired = broker.post(f"/v1/admin/keys/{header['kid']}/retire", headers=broker.admin_headers())
+    assert retired.status_code == 200, retired.text
+    assert broker.post("/v1/token/validate", **check).json()["valid"] is False
+    assert not broker.is_valid(genuine.access_token)
+    kids = [k["kid"] for k in broker.get("/.well-known/jwks.json").json()["keys"]]
+    assert header["kid"] not in kids and kids == retired.json()["kids"]
+    renewal = broker.post("/v1/token/renew", headers=bearer(forged))
+    refused(broker, renewal, 401, "unauthorized")

@@ -298,6 +298,45 @@ def keys_rotate(
     out.print(f"the JWKS now holds {len(answer.get('kids') or [])} keys", highlight=False)
 
 
+@keys_app.command("list")
+def keys_list(
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """The signing keys the broker's JWKS publishes, the active one first."""
+    with broker_errors(), admin_client(url, None, profile, need_secret=False) as admin:
+        jwks = admin.jwks()
+    found = jwks.get("keys")
+    kids = (
+        [str(k.get("kid")) for k in found if isinstance(k, dict)] if isinstance(found, list) else []
+    )
+    if as_json:
+        print_json({"kids": kids})
+        return
+    for index, kid in enumerate(kids):
+        role = "active: signs new tokens" if index == 0 else "verifies what it signed"
+        out.print(f"{kid}  {role}", highlight=False)
+
+
+@keys_app.command("retire")
+def keys_retire(
+    kid: Annotated[str, typer.Argument(help="An older key's kid (tasklease keys list).")],
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Stop trusting an older signing key at once: nothing it signed verifies any more."""
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        answer = admin.retire_signing_key(kid)
+    if as_json:
+        print_json(answer)
+        return
+    out.print(f"signing key {answer.get('kid')} retired: nothing it signed verifies now")
+    out.print(f"the JWKS now holds {len(answer.get('kids') or [])} keys", highlight=False)
+
+
 def status(
     as_json: JsonOpt = False,
     url: UrlOpt = None,

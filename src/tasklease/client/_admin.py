@@ -282,6 +282,11 @@ class AdminClient(AuditCalls):
         """``POST /v1/admin/keys/rotate``: a new active key; old keys keep verifying."""
         return self._json("POST", "/v1/admin/keys/rotate")
 
+    def retire_signing_key(self, kid: str) -> dict[str, Any]:
+        """``POST /v1/admin/keys/{kid}/retire``: nothing the older key ``kid`` signed
+        verifies any more (the active key cannot be retired: rotate first)."""
+        return self._json("POST", f"/v1/admin/keys/{_segment(kid)}/retire")
+
     # -- operators (the admin role) -------------------------------------------------------
 
     def add_operator(

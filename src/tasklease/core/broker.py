@@ -341,6 +341,19 @@ class Broker(BrokerBase):
         self._trust_bundles.republish()
         return rotated
 
+    def retire_signing_key(self, claims: Claims, kid: str, ctx: RequestContext) -> tuple[str, ...]:
+        """Stop trusting the older signing key ``kid`` at once (``core.signing``); returns
+        the kids still trusted. The trust bundle is published anew without it.
+
+        Raises:
+            NotFound: no such key (audited).
+            Conflict: ``kid`` is the active key (audited): rotate first.
+            Unavailable: the audit event could not be stored; nothing changed.
+        """
+        kept = self._keys.retire(claims, kid, ctx)
+        self._trust_bundles.republish()
+        return kept
+
     def accept_restore(self, by: str, ctx: RequestContext) -> RollbackAccepted | None:
         """Accept that this tenant's database went back in time (a restore, lost commits;
         ``core.rollback``), None when it did not.

@@ -123,13 +123,20 @@ class KeyProvider(Protocol):
             ValueError, OSError: as :meth:`load_keys`; anything ``before_activation`` raises.
         """
 
-    def retire_keys(self, directory: Path, keep_kids: Collection[str]) -> list[str]:
+    def retire_keys(
+        self,
+        directory: Path,
+        keep_kids: Collection[str],
+        *,
+        before_removal: Callable[[list[str]], None] | None = None,
+    ) -> list[str]:
         """Remove the keys whose ``kid`` is not in ``keep_kids``, never the active key.
 
-        Returns the removed kids.
+        Returns the removed kids. ``before_removal`` gets them first, with no other writer
+        in the directory, and may refuse by raising: then nothing is removed.
 
         Raises:
-            ValueError, OSError: as :meth:`load_keys`.
+            ValueError, OSError: as :meth:`load_keys`; anything ``before_removal`` raises.
         """
 
 
@@ -193,6 +200,20 @@ class KeyRing:
             verify_keys.setdefault(jwk_thumbprint(bytes(verify_key)), verify_key)
         self._verify_keys: dict[str, nacl.signing.VerifyKey] = verify_keys
         self.provider = provider
+
+    def without(self, kid: str) -> KeyRing:
+        """This ring less the verify-only key ``kid`` (an in-memory ring's retirement).
+
+        Raises:
+            ValueError: ``kid`` is the active key's.
+        """
+        if kid == self._active_kid:
+            raise ValueError("the active key cannot be removed from its ring")
+        ring = object.__new__(KeyRing)
+        ring._active, ring._active_kid = self._active, self._active_kid
+        ring._verify_keys = {k: v for k, v in self._verify_keys.items() if k != kid}
+        ring.provider = self.provider
+        return ring
 
     @classmethod
     def generate(cls) -> KeyRing:
@@ -316,13 +337,21 @@ def rotate_key(
     return provider.add_key(directory, before_activation=before_activation)
 
 
-def retire_keys(directory: Path, keep_kids: Collection[str], provider: KeyProvider) -> list[str]:
+def retire_keys(
+    directory: Path,
+    keep_kids: Collection[str],
+    provider: KeyProvider,
+    *,
+    before_removal: Callable[[list[str]], None] | None = None,
+) -> list[str]:
     """Remove the keys whose ``kid`` is not in ``keep_kids``; return the removed kids.
 
-    The active (newest) key is always kept. Retire a key only after every token it signed
-    has expired.
+    The active (newest) key is always kept. Every token a removed key signed stops
+    verifying, its holder's and a forger's alike. ``before_removal`` as in
+    :meth:`KeyProvider.retire_keys`.
 
     Raises:
-        ValueError, OSError: as :func:`load_or_create_keyring`.
+        ValueError, OSError: as :func:`load_or_create_keyring`; anything
+            ``before_removal`` raises.
     """
-    return provider.retire_keys(directory, keep_kids)
+    return provider.retire_keys(directory, keep_kids, before_removal=before_removal)

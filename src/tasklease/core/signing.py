@@ -1,4 +1,5 @@
-"""The signing keys in use: the one place services read them from, and their rotation.
+"""The signing keys in use: the one place services read them from, their rotation and
+their retirement.
 
 The ring (one signing key, verify-only keys by ``kid``) and the validator built on it are
 replaced when a key is rotated here or by another process sharing the key directory.
@@ -16,8 +17,9 @@ from pathlib import Path
 import nacl.signing
 
 from tasklease.core.auditformat import AuditEntry
+from tasklease.core.errors import Conflict, NotFound, TaskleaseError
 from tasklease.core.kernel import Kernel, RequestContext
-from tasklease.core.keys import KeyRing, jwk_thumbprint, load_keyring, rotate_key
+from tasklease.core.keys import KeyRing, jwk_thumbprint, load_keyring, retire_keys, rotate_key
 from tasklease.core.tokens import Claims, Signer
 from tasklease.core.validation import Validator
 
@@ -122,6 +124,83 @@ class SigningKeys:
                 self._record(claims, ctx, new_kid, previous.active_kid, len(ring.kids()))
             self._install(ring)
         return new_kid, previous.active_kid
+
+    def retire(self, claims: Claims, kid: str, ctx: RequestContext) -> tuple[str, ...]:
+        """Stop trusting the older key ``kid`` at once; returns the kids still trusted.
+
+        Every token ``kid`` signed stops verifying here, its holder's and a forger's alike
+        (a key read from a disk or a backup: docs/operations.md, "Compromise"); other
+        processes sharing the key directory drop it within a second (:meth:`refresh`),
+        resource servers at their next JWKS fetch. With a ``key_dir`` the key's file goes
+        (with ``pkcs11``, its objects on the token too); in-memory brokers drop it from
+        the ring. The ``signing_key_retired`` event is durable before the key is removed
+        anywhere, written with the directory locked, so no rotation comes between.
+
+        Raises:
+            NotFound: no key of the ring has this ``kid`` (audited).
+            Conflict: ``kid`` is the active key's: rotate first (audited).
+            Unavailable: the audit event could not be stored; nothing changed.
+        """
+        config = self._kernel.config
+        with self._lock:
+            previous = self.ring
+            provider = previous.provider
+            about = (claims, kid, ctx)
+            if kid not in previous.kids():
+                raise self._refused(NotFound("no signing key has this kid"), *about)
+            if kid == previous.active_kid:
+                raise self._refused(
+                    Conflict(
+                        "the active signing key cannot be retired",
+                        hint="rotate first (tasklease keys rotate), then retire the key "
+                        "that signed before",
+                    ),
+                    *about,
+                )
+            if config.key_dir and provider is not None:
+                directory = Path(config.key_dir)
+
+                def record(going: list[str]) -> None:
+                    # Under the directory's lock: another process may have retired the
+                    # key, or rotated twice, since this ring was loaded.
+                    if kid not in going:
+                        raise self._refused(NotFound("no signing key has this kid"), *about)
+                    if going != [kid]:
+                        changed = Conflict("the signing keys changed meanwhile: try again")
+                        raise self._refused(changed, *about)
+                    self._retired(claims, ctx, kid, len(previous.kids()) - 1)
+
+                others = [k for k in previous.kids() if k != kid]
+                retire_keys(directory, others, provider, before_removal=record)
+                ring = load_keyring(directory, provider)
+                self._known_files = self._key_files()
+            else:
+                ring = previous.without(kid)
+                self._retired(claims, ctx, kid, len(ring.kids()))
+            self._install(ring)
+        return tuple(ring.kids())
+
+    def _refused(
+        self, exc: TaskleaseError, claims: Claims, kid: str, ctx: RequestContext
+    ) -> TaskleaseError:
+        return self._kernel.deny(
+            exc,
+            AuditEntry(
+                "signing_key_retire_denied",
+                outcome="denied",
+                request_id=ctx.request_id,
+                detail=f"signing key kid={kid} not retired: {exc} by={claims.sub}",
+            ),
+        )
+
+    def _retired(self, claims: Claims, ctx: RequestContext, kid: str, keys: int) -> None:
+        self._kernel.record(
+            AuditEntry(
+                "signing_key_retired",
+                request_id=ctx.request_id,
+                detail=f"signing key retired kid={kid} keys={keys} by={claims.sub}",
+            )
+        )
 
     def created(self, by: str, ctx: RequestContext) -> AuditEntry:
         """The audit entry of the broker's first signing key, made by ``by`` (``init``)."""

@@ -338,6 +338,16 @@ def admin_routes(
             )
         )
 
+    async def retire_key(request: Request) -> Response:
+        kid = request.path_params["kid"]
+        kept = await authed(
+            request,
+            _ADMIN,
+            "admin:keys:*",
+            lambda c, ctx: broker.retire_signing_key(c, kid, ctx),
+        )
+        return json_response(wire.KeyRetirementResponse(kid=kid, kids=list(kept)))
+
     return [
         Route("/v1/revoke", guard(revoke), methods=["POST"]),
         Route("/v1/audit/events", guard(audit_events), methods=["GET"]),
@@ -351,6 +361,7 @@ def admin_routes(
         Route("/v1/admin/apps/{app_id}", guard(delete_app), methods=["DELETE"]),
         Route("/v1/app/auth", guard(app_auth), methods=["POST"]),
         Route("/v1/admin/keys/rotate", guard(rotate_keys), methods=["POST"]),
+        Route("/v1/admin/keys/{kid}/retire", guard(retire_key), methods=["POST"]),
         Route("/v1/operator/auth", guard(operator_auth), methods=["POST"]),
         Route("/v1/admin/operators", guard(create_operator), methods=["POST"]),
         Route("/v1/admin/operators", guard(list_operators), methods=["GET"]),

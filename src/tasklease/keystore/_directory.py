@@ -342,28 +342,41 @@ class DirectoryProvider(abc.ABC):
                 return self._add(directory)
             return self._add_confirmed(directory, before_activation)
 
-    def retire_keys(self, directory: Path, keep_kids: Collection[str]) -> list[str]:
+    def retire_keys(
+        self,
+        directory: Path,
+        keep_kids: Collection[str],
+        *,
+        before_removal: Callable[[list[str]], None] | None = None,
+    ) -> list[str]:
         """Remove the keys whose ``kid`` is not in ``keep_kids``; the active key stays.
 
-        Returns the removed kids.
+        Returns the removed kids. ``before_removal``, when given, gets the kids about to
+        be removed (in the directory's lock, before any is) and may refuse by raising:
+        then nothing is removed. The directory stays locked throughout, so no rotation
+        comes between.
 
         Raises:
-            KeyStoreError, OSError: as :meth:`load_keys`.
+            KeyStoreError, OSError: as :meth:`load_keys`; anything ``before_removal``
+                raises.
         """
         ensure_directory(directory)
         with locked(directory):
             self._load(directory)
             files = key_files(directory)
-            removed: list[str] = []
-            for entry in files[:-1]:
-                kid = self._kid_of(entry, read_key_file(entry.path))
-                if kid not in keep_kids:
-                    self._discard(entry, kid)
-                    entry.path.unlink()
-                    removed.append(kid)
-            if removed:
+            going = [
+                (entry, kid)
+                for entry in files[:-1]
+                if (kid := self._kid_of(entry, read_key_file(entry.path))) not in keep_kids
+            ]
+            if before_removal is not None:
+                before_removal([kid for _, kid in going])
+            for entry, kid in going:
+                self._discard(entry, kid)
+                entry.path.unlink()
+            if going:
                 _fsync_directory(directory)
-            return removed
+            return [kid for _, kid in going]
 
     # -- shared steps ------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ __all__ = [
     "AdminAuthResponse",
     "AuditEvent",
     "AuditEventPage",
+    "KeyRetirementResponse",
     "KeyRotationResponse",
     "Operator",
     "OperatorAuthRequest",
@@ -279,6 +280,11 @@ class KeyRotationResponse(Response):
     kids: Annotated[list[str], doc("Every key id the broker verifies, the active one first.")]
 
 
+class KeyRetirementResponse(Response):
+    kid: Annotated[str, doc("Key id of the key retired: nothing it signed verifies now.")]
+    kids: Annotated[list[str], doc("Every key id the broker verifies, the active one first.")]
+
+
 # --- operations ----------------------------------------------------------------------------
 
 
@@ -296,6 +302,7 @@ def _time_param(name: str, bound: str) -> Param:
 
 
 _OPERATORS = OPERATORS_SCOPE
+_KID = Param("kid", "path", {"type": "string"}, "The signing key's `kid` (from the JWKS).", True)
 _NAME = Param("name", "path", {"type": "string"}, "The operator's name.", True)
 _NO_SUCH_OPERATOR = Failure("not_found", "no operator has this name, or it was removed")
 
@@ -501,6 +508,26 @@ OPERATIONS = (
         "`kid`. Needs `admin:keys:*`: the `admin` role and the built-in admin hold it.",
         admin("admin:keys:*"),
         KeyRotationResponse,
+        commits=True,
+    ),
+    Operation(
+        "POST /v1/admin/keys/{kid}/retire",
+        "retireSigningKey",
+        "operators",
+        "Retire an older signing key at once",
+        "Stops trusting an older signing key: every token it signed is refused from now "
+        "on, its holders' and a forger's alike (after a key was read from a disk or a "
+        "backup), by every broker process within a second and by resource servers at "
+        "their next JWKS fetch; the trust bundle is published again without it. The "
+        "`signing_key_retired` event is durable before the key is removed. The active key "
+        "cannot be retired: rotate first. Needs `admin:keys:*`.",
+        admin("admin:keys:*"),
+        KeyRetirementResponse,
+        parameters=(_KID,),
+        errors=(
+            Failure("not_found", "no signing key has this kid"),
+            Failure("conflict", "`kid` is the active key's: rotate first"),
+        ),
         commits=True,
     ),
 )
