@@ -120,11 +120,13 @@ _INDEX_NAMES = {
     "sqlite": "SELECT name FROM sqlite_master WHERE type = 'index'",
     "postgres": "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_events'",
 }
-# Back from 24 (the admin's credential), 23 (the apps' credential changes), 22 (the
-# agents' ceilings), 21 and 20: the revocations numbered by one sequence again (the log
-# has none).
+# Back from 25 (the federated feeds heard), 24 (the admin's credential), 23 (the apps'
+# credential changes), 22 (the agents' ceilings), 21 and 20: the revocations numbered by
+# one sequence again (the log has none).
 _BACK_TO_19 = {
     "sqlite": (
+        "DROP TABLE federation_feeds",
+        "DELETE FROM schema_version WHERE version = 25",
         "DROP TABLE admin_credential",
         "DELETE FROM schema_version WHERE version = 24",
         "ALTER TABLE apps DROP COLUMN credential_changed_at",
@@ -143,6 +145,8 @@ _BACK_TO_19 = {
         "DELETE FROM schema_version WHERE version = 20",
     ),
     "postgres": (
+        "DROP TABLE federation_feeds",
+        "DELETE FROM schema_version WHERE version = 25",
         "DROP TABLE admin_credential",
         "DELETE FROM schema_version WHERE version = 24",
         "ALTER TABLE apps DROP COLUMN credential_changed_at",

@@ -229,8 +229,8 @@ class BrokerBase:
         self.federation = Federation(kernel)
         # What operators see (core.inventory): listings, trees, tasks; read-only.
         self.inventory = Inventory(kernel)
-        self._exchange = Exchange(kernel, keys, tokens, self.federation)
         self._peer_feeds = PeerFeeds(kernel)
+        self._exchange = Exchange(kernel, keys, tokens, self.federation, self._peer_feeds)
         self._trust_bundles = TrustBundles(kernel, keys, monotonic=elapsed)
         # The transparent audit log (core.transparency): log key, checkpoints, proofs,
         # witnesses, on the Broker as broker.transparency. ``anchors`` keep the last
@@ -601,6 +601,11 @@ class BrokerBase:
         """Take or extend the lease of the one process that follows the federated
         domains' revocation feeds (:class:`~tasklease.core.peerfeed.PeerFeeds`)."""
         return self._peer_feeds.hold_lease(self.instance_id, ttl)
+
+    def federation_feed_heard(self, trust_domain: str) -> None:
+        """Record that ``trust_domain``'s revocation feed is current now (the follower,
+        every few seconds while it is: :class:`~tasklease.core.peerfeed.PeerFeeds`)."""
+        self._peer_feeds.heard(trust_domain)
 
     def apply_federated_revocations(
         self,

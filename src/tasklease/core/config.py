@@ -169,6 +169,10 @@ class Config:
     # The spiffe_refresh_hint of this broker's trust bundle (GET /v1/federation/bundle):
     # how often federated brokers should fetch it (docs/federation.md).
     federation_refresh_hint: int = 300
+    # How long a federated domain's revocation feed (for a domain that has one) may have
+    # been silent before token exchange refuses that domain's tokens (core.peerfeed): a
+    # revocation made there meanwhile cannot have reached us. 0: never refused.
+    federation_feed_max_staleness: float = 60.0
     # The transparent audit log (docs/audit.md). A checkpoint (the Merkle tree's head,
     # signed by the log key) at least every this many events or seconds; the origin its
     # checkpoints name ("" means the issuer without its scheme, + "/audit"); witnesses,
@@ -299,6 +303,12 @@ class Config:
             raise ValueError("metrics_public must be one of off, token")
         if not 1 <= self.federation_refresh_hint <= 86400:
             raise ValueError("federation_refresh_hint must be between 1 and 86400 seconds")
+        staleness = self.federation_feed_max_staleness
+        if staleness != 0 and not 10 <= staleness <= 86400:
+            raise ValueError(
+                "federation_feed_max_staleness must be 0 (never refuse) or between 10 and "
+                "86400 seconds"
+            )
         _check_audit_log(self)
 
 

@@ -74,6 +74,7 @@ from tasklease.core.issuing import (
 from tasklease.core.kernel import IssuedToken, Kernel, Parent, RequestContext, Service
 from tasklease.core.keys import KeyRing
 from tasklease.core.lineage import Refusal
+from tasklease.core.peerfeed import PeerFeeds
 from tasklease.core.policyrequest import agent_actor
 from tasklease.core.records import CallBudget
 from tasklease.core.scopes import scope_param
@@ -201,12 +202,18 @@ class Exchange(Service):
     """RFC 8693 token exchange. Thread-safe; one per broker."""
 
     def __init__(
-        self, kernel: Kernel, keys: SigningKeys, tokens: TokenCheck, federation: Federation
+        self,
+        kernel: Kernel,
+        keys: SigningKeys,
+        tokens: TokenCheck,
+        federation: Federation,
+        feeds: PeerFeeds,
     ) -> None:
         super().__init__(kernel)
         self._keys = keys
         self._tokens = tokens
         self._federation = federation
+        self._feeds = feeds
 
     def exchange(self, request: ExchangeRequest, ctx: RequestContext) -> Exchanged:
         """Issue a token from ``request`` (module docstring), or raise (audited).
@@ -413,6 +420,17 @@ class Exchange(Service):
                 Unauthorized("subject_token is invalid", reason=exc.reason),
                 self._entry(ctx, f"subject_token refused: {exc.reason}", actor),
             ) from None
+        stale = self._feeds.stale(record, now)
+        if stale:
+            # A revocation made there since the feed went quiet cannot have reached us:
+            # the token may have ended. Refused until the feed is current again.
+            raise kernel.deny(
+                Unavailable(
+                    f"revocations of {domain} are not current here: try again later",
+                    retry_after=5,
+                ),
+                self._entry(ctx, f"subject_token of {domain} refused: {stale}", actor),
+            )
         foreign = ft.claims
         about = f"subject={foreign.sub} of {domain} jti={foreign.jti} actor={actor.sub}"
         granted = map_scopes(foreign.scope, record.scope_map, record.scope_ceiling)

@@ -9,7 +9,11 @@ and our verifiers through our own feed, enforce it as they enforce every other. 
 can end only what came from ``D``: every target it reaches is under ``fed:D:``.
 
 One follower per deployment: :meth:`PeerFeeds.hold_lease` takes a store lease, so of
-several workers and replicas sharing a store exactly one reads the feeds.
+several workers and replicas sharing a store exactly one reads the feeds. It records in
+the store when each feed was last heard current (:meth:`PeerFeeds.heard`); a domain whose
+feed has been silent longer than ``federation_feed_max_staleness`` has its tokens refused
+by exchange in every process (:meth:`PeerFeeds.stale`): a revocation made there meanwhile
+cannot have reached us.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Sequence
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.foreign import converted
 from tasklease.core.kernel import Kernel, Service
-from tasklease.core.records import RevocationRecord, RevocationWrite
+from tasklease.core.records import FederationRecord, RevocationRecord, RevocationWrite
 from tasklease.core.store import WriteTx
 
 __all__ = ["FEED_LEASE", "PeerFeeds"]
@@ -64,6 +68,41 @@ class PeerFeeds(Service):
         released = self._kernel.release_lease(FEED_LEASE, holder)
         self._holder = None
         return released
+
+    def heard(self, domain: str) -> None:
+        """Record that ``domain``'s feed is current now: every entry it published until
+        now has been applied here. Written by the follower every few seconds while the
+        feed is current, read by every process's exchange (:meth:`stale`).
+
+        Raises:
+            Unavailable: the store could not be written.
+        """
+        at = self._kernel.now()
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            tx.put_feed_heard(domain, at)
+            return []
+
+        self._kernel.commit(unit)
+
+    def stale(self, record: FederationRecord, now: float) -> str:
+        """Why ``record``'s domain's revocations cannot be taken as current here, or ""
+        when they can: it has a feed, and the feed was last heard current longer than
+        ``federation_feed_max_staleness`` ago (or never). A domain without a feed, or
+        the bound at 0, is never stale. Reads the store (the follower may be another
+        process's)."""
+        bound = self._config.federation_feed_max_staleness
+        if not record.revocation_feed or bound <= 0:
+            return ""
+        heard = self._store.feed_heard(record.trust_domain)
+        if heard is None:
+            return "its revocation feed has not been heard current yet"
+        if now - heard > bound:
+            return (
+                f"its revocation feed was last heard current {now - heard:.0f} s ago "
+                f"(federation_feed_max_staleness {bound:g} s)"
+            )
+        return ""
 
     def apply(
         self, domain: str, records: Sequence[RevocationRecord], *, sent_at: float | None = None

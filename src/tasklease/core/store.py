@@ -215,6 +215,11 @@ class WriteTx(Protocol):
         """Remove the federated domain; False if there was none."""
         ...
 
+    def put_feed_heard(self, trust_domain: str, heard_at: float) -> None:
+        """Record that the federated domain's revocation feed was current at ``heard_at``
+        (never moved back: a later time already recorded stays)."""
+        ...
+
     def get_published_bundle(self) -> PublishedBundle | None:
         """This broker's published bundle, locked until the transaction ends."""
         ...
@@ -433,6 +438,11 @@ class Store(Protocol):
 
     def list_federations(self) -> list[FederationRecord]:
         """Every federated domain, by name."""
+        ...
+
+    def feed_heard(self, trust_domain: str) -> float | None:
+        """When the federated domain's revocation feed was last heard current, or None
+        (never, or it has no feed)."""
         ...
 
     def get_published_bundle(self) -> PublishedBundle | None: ...

@@ -34,6 +34,7 @@ import httpx
 
 from tasklease.bounds import bounded_lines, read_app_token
 from tasklease.core.broker import Broker
+from tasklease.core.errors import TaskleaseError
 from tasklease.core.records import FederationRecord, RevocationRecord
 from tasklease.core.revocation import feed_time
 from tasklease.core.tenants import DEFAULT_TENANT
@@ -41,6 +42,7 @@ from tasklease.federation.refresher import tls_context
 from tasklease.keystore import KeyStoreError, read_secret_file
 
 __all__ = [
+    "HEARD_EVERY",
     "LEASE_TTL",
     "FeedError",
     "FeedFollowers",
@@ -56,6 +58,9 @@ READ_TIMEOUT = 10.0
 """Seconds without a byte before the stream is taken for dead (the feed beats every 2 s)."""
 CONFIG_RETRY = 30.0
 """Seconds before trying again after a refusal that needs fixing (credentials, URL)."""
+HEARD_EVERY = 5.0
+"""Seconds between two records of a current feed in the store (less for a tighter
+``federation_feed_max_staleness``: a quarter of it)."""
 _STREAM = "/v1/revocations/stream"
 _AUTH = "/v1/app/auth"
 _MAX_LINE = 65536
@@ -200,6 +205,11 @@ class _Follower:
         )
         self._gauge = broker.metrics.federation_feed_up.labels(source.trust_domain)
         self._heard = broker.metrics.federation_feed_heard.labels(source.trust_domain)
+        # When the feed was last recorded current in the store (monotonic; None: not since
+        # the stream was opened), and how often it is recorded while it stays current.
+        self._noted: float | None = None
+        bound = broker.config.federation_feed_max_staleness
+        self._note_every = min(HEARD_EVERY, bound / 4) if bound > 0 else HEARD_EVERY
 
     def start(self) -> None:
         self._thread.start()
@@ -234,6 +244,25 @@ class _Follower:
             self._stop.wait(delay)
             backoff = min(backoff * 2, 5.0)
         self._gauge.set(0)
+
+    def _note_heard(self) -> None:
+        """Record in the store that the feed is current (every ``_note_every`` seconds at
+        most): what every process's exchange reads (``PeerFeeds.stale``). A store that
+        cannot be written is logged; the feed goes on, and exchanges fail closed once the
+        record is older than ``federation_feed_max_staleness``."""
+        now = self._monotonic()
+        if self._noted is not None and now - self._noted < self._note_every:
+            return
+        try:
+            self.broker.federation_feed_heard(self.source.trust_domain)
+        except TaskleaseError as exc:
+            _log.warning(
+                "revocation feed of %s: could not record it current: %s",
+                self.source.trust_domain,
+                exc.detail,
+            )
+            return
+        self._noted = now
 
     def _client(self) -> httpx.Client:
         parts = urlsplit(self.source.base_url)
@@ -281,11 +310,13 @@ class _Follower:
                 if response.status_code != 200:
                     raise FeedError(f"feed answered HTTP {response.status_code}")
                 current = False
+                self._noted = None
                 for event in parse_event(bounded_lines(response, _MAX_LINE)):
                     if self._stop.is_set():
                         return
                     if current:  # past the backlog, anything heard proves the feed alive
                         self._heard.set(time.time())
+                        self._note_heard()
                     if event.kind == "revocation":
                         record, sent_at = _entry(event.data)
                         broker.apply_federated_revocations(domain, [record], sent_at=sent_at)
@@ -301,6 +332,7 @@ class _Follower:
                         self._gauge.set(1)
                         self._heard.set(time.time())
                         current = True
+                        self._note_heard()
 
 
 class FeedFollowers:

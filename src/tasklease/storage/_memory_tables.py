@@ -76,6 +76,7 @@ class MemoryTables:
         self._bindings: dict[str, DiscoveryBinding] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._federations: dict[str, FederationRecord] = {}
+        self._feeds_heard: dict[str, float] = {}  # trust domain -> heard current at
         self._published: dict[str, PublishedBundle] = {}  # one entry, key ""
         self._attestors: dict[str, AttestorRecord] = {}
         self._evidence: dict[str, float] = {}  # used attestation evidence -> expires_at
@@ -291,6 +292,11 @@ class MemoryTables:
         with self._lock:
             self._check_open()
             return self._federations.get(trust_domain)
+
+    def feed_heard(self, trust_domain: str) -> float | None:
+        with self._lock:
+            self._check_open()
+            return self._feeds_heard.get(trust_domain)
 
     def list_federations(self) -> list[FederationRecord]:
         """Every federated domain, by name."""

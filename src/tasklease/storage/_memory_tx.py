@@ -320,6 +320,12 @@ class MemoryWriteTx:
         self._check_open()
         self._set(self._store._federations, record.trust_domain, record)
 
+    def put_feed_heard(self, trust_domain: str, heard_at: float) -> None:
+        self._check_open()
+        table = self._store._feeds_heard
+        if table.get(trust_domain, heard_at) <= heard_at:
+            self._set(table, trust_domain, heard_at)
+
     def delete_federation(self, trust_domain: str) -> bool:
         self._check_open()
         table = self._store._federations

@@ -223,6 +223,13 @@ OPERATIONS = (
                 "`resource`/`audience` is malformed or would widen the audience (client "
                 "credentials: names anything but this broker)",
             ),
+            Failure(
+                "service_unavailable",
+                "cross-domain: the federated domain's revocation feed has not been heard "
+                "current for `federation_feed_max_staleness` (60 s by default), so a "
+                "revocation made there may not have reached us; `Retry-After` says when to "
+                "try again (audited, with a `denial_id`)",
+            ),
         ),
     ),
 )

@@ -407,6 +407,14 @@ class Dialect(RowConversions):
         self.list_federations = f"{select_federation} ORDER BY trust_domain"
         self.put_federation = q(upsert("federations", _FEDERATION))
         self.delete_federation = q(f"DELETE FROM federations WHERE {t} AND trust_domain = ?")
+        # When each domain's revocation feed was last heard current (core.peerfeed): only
+        # ever moved forward, whichever process writes.
+        self.feed_heard = q(f"SELECT heard_at FROM federation_feeds WHERE {t} AND trust_domain = ?")
+        self.put_feed_heard = q(
+            f"{insert('federation_feeds', 'trust_domain, heard_at')}"
+            " ON CONFLICT (tenant_id, trust_domain) DO UPDATE SET heard_at = excluded.heard_at"
+            " WHERE federation_feeds.heard_at < excluded.heard_at"
+        )
         select_published = f"SELECT {_PUBLISHED} FROM published_bundles WHERE {t}"
         self.get_published_bundle = select_published
         self.lock_published_bundle = f"{select_published}{for_update}"

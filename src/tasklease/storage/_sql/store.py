@@ -262,6 +262,10 @@ class SQLStore(ListingReads, abc.ABC):
         row = self._one(self.dialect.get_federation, (trust_domain,))
         return None if row is None else self.dialect.federation_from_row(row)
 
+    def feed_heard(self, trust_domain: str) -> float | None:
+        row = self._one(self.dialect.feed_heard, (trust_domain,))
+        return None if row is None else float(row[0])
+
     def list_federations(self) -> list[FederationRecord]:
         """Every federated domain, by name."""
         federation_from_row = self.dialect.federation_from_row

@@ -305,6 +305,9 @@ class SQLWriteTx(Generic[_C]):
         d = self.dialect
         self._db().execute(d.put_federation, d.federation_params(record))
 
+    def put_feed_heard(self, trust_domain: str, heard_at: float) -> None:
+        self._db().execute(self.dialect.put_feed_heard, (trust_domain, heard_at))
+
     def delete_federation(self, trust_domain: str) -> bool:
         cursor = self._db().execute(self.dialect.delete_federation, (trust_domain,))
         return cursor.rowcount == 1
