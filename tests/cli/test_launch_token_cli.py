@@ -1,7 +1,9 @@
-"""``tasklease launch-token create``: uses left, multi-use and resume switched off."""
+"""``tasklease launch-token create``: uses left, multi-use, resume switched off, and a
+token bound to its agent's key."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -10,7 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nacl.signing import SigningKey
 
+from tasklease.client import Agent, TaskleaseError
 from tasklease.client.testing import BrokerForTests
 
 
@@ -67,3 +71,19 @@ def test_bad_values_are_refused(broker: BrokerForTests, tmp_path: Path) -> None:
         refused = create(broker, tmp_path, *args)
         assert refused.returncode != 0, args
         assert "Traceback" not in refused.stderr
+
+
+def test_agent_key_binds_the_token_to_one_agent(broker: BrokerForTests, tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    made = create(broker, tmp_path, "--agent-key", base64.b64encode(bytes(key.verify_key)).decode())
+    assert made.returncode == 0, made.stderr
+    bound = base64.urlsafe_b64encode(bytes(key.verify_key)).decode().rstrip("=")
+    assert f"bound to agent key {bound}" in made.stdout
+    token = made.stdout.splitlines()[0]
+    with pytest.raises(TaskleaseError, match="bound to another agent key"):
+        Agent.register(broker.url, token, "orch", "task-thief", ["read:data:1"])
+    with Agent.register(broker.url, token, "orch", "task-1", ["read:data:1"], key=key) as agent:
+        assert agent.token
+    for bad in ("not-base64", base64.b64encode(b"short").decode()):
+        refused = create(broker, tmp_path, "--agent-key", bad)
+        assert refused.returncode == 2 and "--agent-key" in refused.stderr, refused.stderr

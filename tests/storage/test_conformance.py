@@ -240,7 +240,13 @@ def test_list_apps_newest_first(store: Store) -> None:
 def test_launch_token_round_trip(store: Store) -> None:
     admin = make_launch_token(1)
     by_app = make_launch_token(
-        2, app_id="app-1", single_use=False, allowed_scope=(), max_uses=7, allow_resume=False
+        2,
+        app_id="app-1",
+        single_use=False,
+        allowed_scope=(),
+        max_uses=7,
+        allow_resume=False,
+        agent_key="11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",  # bound to one agent's key
     )
     with store.write() as tx:
         tx.insert_launch_token(admin)

@@ -3,6 +3,7 @@ signing keys and status."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -226,6 +227,13 @@ def launch_token_create(
     resume: Annotated[
         bool, typer.Option(help="Whether its agents may resume by key after a restart.")
     ] = True,
+    agent_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Bind it to one agent: its Ed25519 public key, 32 bytes in standard base64. "
+            "No other key registers with it."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
@@ -242,11 +250,17 @@ def launch_token_create(
             ttl=ttl,
             max_uses=max_uses,
             allow_resume=None if resume else False,
+            agent_key=None if agent_key is None else _agent_key(agent_key),
         )
     if as_json:
         print_json(answer)
         return
     policy = answer.get("policy") or {}
+    bound = (
+        f"; bound to agent key {escape(str(policy['agent_key']))}"
+        if policy.get("agent_key")
+        else ""
+    )
     out.print(str(answer.get("launch_token")), highlight=False)
     out.print(
         f"[dim]expires {escape(str(answer.get('expires_at')))}; "
@@ -254,10 +268,21 @@ def launch_token_create(
         f"{escape(str(answer.get('max_uses')))}; "
         f"scope {escape(' '.join(policy.get('allowed_scope', [])))}; "
         f"agent tokens {escape(str(policy.get('max_ttl')))} s; "
-        f"resume {'allowed' if policy.get('allow_resume', True) else 'off'}[/]",
+        f"resume {'allowed' if policy.get('allow_resume', True) else 'off'}{bound}[/]",
         highlight=False,
         markup=True,
     )
+
+
+def _agent_key(text: str) -> bytes:
+    """``--agent-key``: 32 bytes in standard base64, or a usage error (exit 2)."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        fail("--agent-key must be an Ed25519 public key: 32 bytes in standard base64")
+    return raw
 
 
 def revoke(

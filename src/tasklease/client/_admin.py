@@ -249,12 +249,15 @@ class AdminClient(AuditCalls):
         allow_resume: bool | None = None,
         resource: str | Sequence[str] | None = None,
         authorization_details: Sequence[Mapping[str, Any]] | None = None,
+        agent_key: bytes | None = None,
     ) -> dict[str, Any]:
         """A launch token (``launch_token``, ``expires_at``, ``max_uses``, ``uses_left``,
         ``policy``), shown once. ``max_uses`` needs ``single_use=False``. ``resource``
         (RFC 8707: absolute URIs) names what its agents' tokens may be for: with one, the
         registration's token is for it alone. ``authorization_details`` are structured
-        grants of its ceiling (RFC 9396, docs/grants.md) besides ``allowed_scope``."""
+        grants of its ceiling (RFC 9396, docs/grants.md) besides ``allowed_scope``.
+        ``agent_key`` (the agent's raw 32-byte Ed25519 public key) binds it to that agent:
+        no other key registers with it."""
         body: dict[str, Any] = {
             "agent_name": agent_name,
             "allowed_scope": list(allowed_scope),
@@ -272,6 +275,8 @@ class AdminClient(AuditCalls):
             body["resource"] = resource if isinstance(resource, str) else list(resource)
         if authorization_details:
             body["authorization_details"] = [dict(d) for d in authorization_details]
+        if agent_key is not None:
+            body["agent_key"] = base64.b64encode(agent_key).decode("ascii")
         return self._json("POST", "/v1/admin/launch-tokens", json=body)
 
     def revoke(self, level: str, target: str) -> dict[str, Any]:

@@ -202,12 +202,15 @@ class AppClient:
         allow_resume: bool | None = None,
         resource: str | Sequence[str] | None = None,
         principal: str | None = None,
+        agent_key: bytes | None = None,
     ) -> dict[str, Any]:
         """A launch token (``POST /v1/app/launch-tokens``), within the app's scopes.
 
         ``resource`` (RFC 8707) names what its agents' tokens may be for; ``principal``
         (``kind:value``, e.g. ``user:alice@example.com``) the human its agents work for,
-        carried by every token of theirs (default: this app).
+        carried by every token of theirs (default: this app); ``agent_key`` (the agent's
+        raw 32-byte Ed25519 public key) binds it to that agent: no other key registers
+        with it.
         """
         if isinstance(allowed_scope, str):
             raise TypeError("allowed_scope must be a list of scope strings, not one string")
@@ -223,6 +226,7 @@ class AppClient:
             "allow_resume": allow_resume,
             "principal": principal,
             "resource": list(resource) if isinstance(resource, list | tuple) else resource,
+            "agent_key": None if agent_key is None else base64.b64encode(agent_key).decode(),
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         return self._authed("POST", "/v1/app/launch-tokens", body)
@@ -242,17 +246,20 @@ class AppClient:
         renew_margin: float = 30,
     ) -> Agent:
         """Launch and register one agent run: a single-use launch token for ``scope``,
-        then :meth:`Agent.register` with it (a fresh key unless ``key`` is given).
+        bound to the agent's key (a fresh one unless ``key`` is given), then
+        :meth:`Agent.register` with it: no other key can register with that token.
 
         The agent shares this client's connections; close the agent (or leave its
         ``with`` block, which releases it) before closing this client.
         """
+        key = key or nacl.signing.SigningKey.generate()
         launch = self.create_launch_token(
             agent_name or f"{orch_id}/{task_id}",
             scope,
             max_ttl=max_ttl,
             resource=resource,
             principal=principal,
+            agent_key=bytes(key.verify_key),
         )
         token = launch.get("launch_token")
         if not isinstance(token, str):

@@ -34,6 +34,7 @@ from tasklease.core.errors import (
     Unauthorized,
     Unavailable,
 )
+from tasklease.core.identity import decode_public_key
 from tasklease.core.issuing import clamp_ttl, listed
 from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service, with_denial
 from tasklease.core.launch import (
@@ -573,6 +574,7 @@ class Apps(Service):
         max_uses: object = None,
         allow_resume: object = None,
         authorization_details: object = None,
+        agent_key: object = None,
     ) -> Pending[tuple[str, LaunchTokenRecord]]:
         """A launch token decided, not written (``core.pending``: its record and event
         are committed by whoever completes it). App callers are held to their app's
@@ -598,6 +600,10 @@ class Apps(Service):
         ``launch_token_max_ttl`` (``invalid_ttl``). ``allow_resume`` false keeps the
         agents it launches from resuming by key. ``ttl``, ``max_ttl`` and ``max_uses``
         must be positive integers: anything else is ``invalid_request`` naming the field.
+
+        ``agent_key`` (standard base64 of a raw Ed25519 public key) binds it to one agent:
+        only a registration presenting and proving that key is admitted, so a thief of the
+        launch token cannot register with a key of its own (TM-02).
         """
         cfg = self._config
         if not isinstance(agent_name, str) or not agent_name:
@@ -620,6 +626,11 @@ class Apps(Service):
                 raise InvalidRequest(f"{name} must be a boolean")
         multi_use = single_use is False
         uses = _max_uses(max_uses, multi_use=multi_use)
+        bound_key = (
+            ""
+            if agent_key is None
+            else jws.b64url_encode(decode_public_key(agent_key, field="agent_key"))
+        )
         named = None if principal is None else named_principal(principal)
         resources = validate_ceiling(resource, field="resource", configured=cfg.audience)
         if validity is None:
@@ -703,8 +714,11 @@ class Apps(Service):
             max_uses=uses,
             allow_resume=allow_resume is not False,
             authorization_details=details,
+            agent_key=bound_key,
         )
         suffix = f" app_id={app_id}" if app_id else ""
+        if bound_key:
+            suffix += f" agent_key={bound_key}"
         if resources:
             suffix += f" resource={listed(resources)}"
         suffix += f" principal={record.principal} principal_ref={principal_ref(record.principal)}"

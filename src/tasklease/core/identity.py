@@ -101,13 +101,14 @@ def _std_b64(value: object, *, field: str, size: int) -> bytes:
     return raw
 
 
-def decode_public_key(value: object) -> bytes:
-    """A raw 32-byte Ed25519 public key from standard base64 (400 on anything else)."""
-    raw = _std_b64(value, field="public_key", size=32)
+def decode_public_key(value: object, *, field: str = "public_key") -> bytes:
+    """A raw 32-byte Ed25519 public key from standard base64 (400 naming ``field`` on
+    anything else)."""
+    raw = _std_b64(value, field=field, size=32)
     try:
         VerifyKey(raw)
     except Exception as exc:
-        raise InvalidRequest("invalid public_key: not an Ed25519 public key") from exc
+        raise InvalidRequest(f"invalid {field}: not an Ed25519 public key") from exc
     return raw
 
 

@@ -95,6 +95,9 @@ class LaunchTokenRecord:
     allow_resume: bool = True
     # Structured grants of its ceiling besides ``allowed_scope`` (RFC 9396, rules.grants).
     authorization_details: tuple[Mapping[str, Any], ...] = ()
+    # The agent's Ed25519 public key (base64url of its raw 32 bytes) that a registration
+    # with it must present and prove; "" for any key (docs/agents.md).
+    agent_key: str = ""
 
     @property
     def uses_left(self) -> int:

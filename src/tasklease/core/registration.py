@@ -339,7 +339,7 @@ class Registration(Service):
         lt_hash = ""
         parent: Parent | None = None
         if isinstance(launch_token, str) and launch_token:
-            record, lt_hash, parent = self._inputs.launch_parent(launch_token, now, base, deny)
+            record, lt_hash, parent = self._inputs.launch_parent(launch_token, key, now, base, deny)
         attested: AttestationOutcome | None = None
         if attestation is not None:
             attested = self._inputs.attested(attestation, declaration, iat, base, deny)

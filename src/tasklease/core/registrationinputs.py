@@ -3,6 +3,7 @@ parent, the attestation, the key binding (``cnf``), and the policy actor and aud
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -16,6 +17,7 @@ from tasklease.core.launch import LAUNCH_TOKEN_PATTERN, launch_token_hash
 from tasklease.core.lineage import app_ancestor
 from tasklease.core.policyrequest import Actor
 from tasklease.core.records import LaunchTokenRecord
+from tasklease.rules import jws
 from tasklease.rules.binding import BindingError, DPoPNonceRequired, DPoPProof, DPoPVerifier
 from tasklease.rules.principals import creator_kind
 
@@ -40,6 +42,7 @@ class RegistrationInputs(Service):
     def launch_parent(
         self,
         launch_token: str,
+        key: bytes,
         now: float,
         base: AuditEntry,
         deny: Callable[[TaskleaseError, AuditEntry], Exception],
@@ -47,7 +50,9 @@ class RegistrationInputs(Service):
         """The launch token's record, its hash and the parent it makes (nothing consumed).
 
         Today's registration path (``core.attestors.launch_token``): looked up by hash,
-        unexpired, with a use left; its ceiling the parent's.
+        unexpired, with a use left, its creator standing, and, when it is bound to an
+        agent's key, registering that key (``key``, the raw public key the registration
+        presents; its possession is proven after); its ceiling the parent's.
         """
         if not LAUNCH_TOKEN_PATTERN.fullmatch(launch_token):
             raise deny(
@@ -75,6 +80,18 @@ class RegistrationInputs(Service):
             raise deny(
                 Unauthorized("launch token: launch token revoked"),
                 replace(base, detail=f"{ended} ({lt_hash[:12]})"),
+            )
+        presented = jws.b64url_encode(key)
+        if record.agent_key and not hmac.compare_digest(record.agent_key, presented):
+            # Whoever holds a copy of the token, with a key of its own: refused before
+            # anything is spent, so the agent it was made for still registers (TM-02).
+            raise deny(
+                Unauthorized("launch token: bound to another agent key"),
+                replace(
+                    base,
+                    detail=f"launch token bound to agent_key={record.agent_key}, "
+                    f"presented {presented} ({lt_hash[:12]})",
+                ),
             )
         iat = int(now)
         principal = record.principal or (f"app:{record.app_id}" if record.app_id else "admin")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
+from msgspec import UNSET
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -246,6 +247,7 @@ def admin_routes(
                 max_uses=req.max_uses,
                 allow_resume=req.allow_resume,
                 authorization_details=req.authorization_details,
+                agent_key=req.agent_key,
             ),
         )
         policy = wire.LaunchTokenPolicy(
@@ -254,6 +256,7 @@ def admin_routes(
             single_use=record.single_use,
             allow_resume=record.allow_resume,
             authorization_details=wire.details_out(record.authorization_details),
+            agent_key=record.agent_key or UNSET,
         )
         return json_response(
             wire.LaunchTokenResponse(

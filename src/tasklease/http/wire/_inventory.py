@@ -98,6 +98,9 @@ class LaunchTokenView(Response):
     max_uses: Annotated[int, doc("Registrations it admits.")]
     uses_left: Annotated[int, doc("Registrations it still admits.")]
     allow_resume: Annotated[bool, doc("Whether its agents may resume by key.")]
+    agent_key: Annotated[
+        str, doc("The agent key it is bound to (base64url of the raw key); empty: any key.")
+    ]
 
 
 class LaunchTokenPage(Response):
@@ -206,6 +209,7 @@ def launch_token_view(record: LaunchTokenRecord) -> LaunchTokenView:
         max_uses=record.max_uses,
         uses_left=record.uses_left,
         allow_resume=record.allow_resume,
+        agent_key=record.agent_key,
     )
 
 

@@ -104,6 +104,15 @@ class LaunchTokenRequest(Request):
             "them, carries it."
         ),
     ] = None
+    agent_key: Annotated[
+        _Text,
+        doc(
+            "Binds it to one agent: the agent's Ed25519 public key (32 bytes, standard "
+            "base64, as `POST /v1/register` takes it). Only a registration presenting and "
+            "proving that key is admitted; another key is refused (401) without spending "
+            "a use, so whoever copies the launch token cannot register in the agent's place."
+        ),
+    ] = None
 
 
 class LaunchTokenPolicy(Response):
@@ -113,6 +122,9 @@ class LaunchTokenPolicy(Response):
     allow_resume: Annotated[bool, doc("Whether its agents may resume by key.")]
     authorization_details: (
         Annotated[list[dict[str, Any]], doc("The structured grants of its ceiling.")] | UnsetType
+    ) = UNSET
+    agent_key: (
+        Annotated[str, doc("The agent key it is bound to (base64url of the raw key).")] | UnsetType
     ) = UNSET
 
 
@@ -132,7 +144,8 @@ _LAUNCH_TOKEN_FAILURES = (
         "empty or malformed, `principal` is not `kind:value` or names a creator "
         "(`admin`, `operator:`, `app:`, `attestor:`), `ttl`, `max_ttl` or "
         f"`max_uses` is not a positive integer, `max_uses` is above {MAX_USES} or above 1 "
-        "without `single_use: false`, `single_use` or `allow_resume` is not a boolean, or "
+        "without `single_use: false`, `single_use` or `allow_resume` is not a boolean, "
+        "`agent_key` is not a base64 Ed25519 public key, or "
         "`resource` (or `audience`) lists the broker's default audience, which "
         "restricts nothing",
     ),

@@ -420,7 +420,8 @@ OPERATIONS = (
             ),
             Failure(
                 "unauthorized",
-                "the launch token is unknown, expired or already consumed; the nonce is "
+                "the launch token is unknown, expired or already consumed, or bound to "
+                "another agent key (nothing spent); the nonce is "
                 "unknown, expired or already used; the signature does not verify; or the "
                 "attestation is refused (`detail` `attestation refused`, the reason in the "
                 "audit log under `denial_id`)",

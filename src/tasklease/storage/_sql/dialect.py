@@ -66,7 +66,7 @@ _APP = (
 _LAUNCH = (
     "token_hash, agent_name, allowed_scope, max_ttl, single_use, created_at, expires_at,"
     " created_by, app_id, consumed_at, audience, principal, max_uses, uses, allow_resume,"
-    " authorization_details"
+    " authorization_details, agent_key"
 )
 _AGENT = (
     "agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered_at,"

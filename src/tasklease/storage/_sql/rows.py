@@ -99,7 +99,8 @@ class RowConversions:
 
     def launch_token_from_row(self, row: Row) -> LaunchTokenRecord:
         (token_hash, agent_name, scope, max_ttl, single_use, created, expires, by, app_id,
-         used, audience, principal, max_uses, uses, allow_resume, details) = row  # fmt: skip
+         used, audience, principal, max_uses, uses, allow_resume, details,
+         agent_key) = row  # fmt: skip
         return LaunchTokenRecord(
             token_hash=token_hash,
             agent_name=agent_name,
@@ -117,6 +118,7 @@ class RowConversions:
             uses=int(uses),
             allow_resume=bool(allow_resume),
             authorization_details=load_details(details),
+            agent_key=agent_key,
         )
 
     def launch_token_params(self, record: LaunchTokenRecord) -> tuple[object, ...]:
@@ -137,6 +139,7 @@ class RowConversions:
             record.uses,
             record.allow_resume,
             dump_details(record.authorization_details),
+            record.agent_key,
         )
 
     @staticmethod
