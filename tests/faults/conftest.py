@@ -23,7 +23,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from faults_support import thaw  # noqa: E402
+from faults_support import FakeClock, libfaketime, thaw  # noqa: E402
 
 
 @pytest.fixture
@@ -60,3 +60,14 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mountpoint
     finally:
         subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, check=False)
+
+
+@pytest.fixture
+def fake_clock(tmp_path: Path) -> FakeClock:
+    library = libfaketime()
+    if library is None:
+        why = "libfaketime is not installed (scripts/ensure-faketime.sh installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    return FakeClock(tmp_path / "faketime.rc", library)

@@ -1,16 +1,17 @@
 """Helpers for the fault tests: freezing a PostgreSQL cluster (SIGSTOP of the postmaster
-and every process it started) and thawing it."""
+and every process it started) and thawing it; moving a broker's wall clock (libfaketime)."""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import signal
 from pathlib import Path
 
 import pgcluster
 
-__all__ = ["freeze", "server_pids", "thaw"]
+__all__ = ["FakeClock", "freeze", "libfaketime", "server_pids", "thaw"]
 
 
 def server_pids(cluster: pgcluster.Cluster) -> list[int]:
@@ -42,3 +43,41 @@ def thaw(cluster: pgcluster.Cluster) -> None:
         for pid in server_pids(cluster):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+
+
+def libfaketime() -> str | None:
+    """The preloadable libfaketime (its multi-threaded build), or None where it is missing."""
+    for pattern in (
+        "/usr/lib/*/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+        "/usr/local/lib/faketime/libfaketimeMT.so.1",
+    ):
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
+class FakeClock:
+    """The offset (whole seconds) of every broker started with :meth:`env`."""
+
+    def __init__(self, path: Path, library: str) -> None:
+        self.path = path
+        self.library = library
+        self.set(0)
+
+    def set(self, offset: int) -> None:
+        # Replaced whole: libfaketime never reads a half-written file.
+        draft = self.path.with_suffix(".draft")
+        draft.write_text(f"{offset:+d}\n")
+        os.replace(draft, self.path)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "LD_PRELOAD": self.library,
+            "FAKETIME_TIMESTAMP_FILE": str(self.path),
+            "FAKETIME_NO_CACHE": "1",
+            "DONT_FAKE_MONOTONIC": "1",
+            # Housekeeping (pruning, the clock-step check) every quarter second.
+            "TASKLEASE_PRUNE_INTERVAL": "0.25",
+        }

@@ -10,7 +10,6 @@ tests are skipped, except on CI (``CI=true``), where they fail.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import subprocess
@@ -23,6 +22,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from e2e_support import Agent, RunningBroker, b64, jwt_parts, launch_broker, stop_broker
+from faults_support import FakeClock
 
 pytestmark = pytest.mark.slow
 
@@ -31,54 +31,6 @@ pytestmark = pytest.mark.slow
 JUMP = 7200
 STEP_BACK = 3600
 WAIT = 20.0
-
-
-def _libfaketime() -> str | None:
-    for pattern in (
-        "/usr/lib/*/faketime/libfaketimeMT.so.1",
-        "/usr/lib/faketime/libfaketimeMT.so.1",
-        "/usr/local/lib/faketime/libfaketimeMT.so.1",
-    ):
-        found = sorted(glob.glob(pattern))
-        if found:
-            return found[0]
-    return None
-
-
-class FakeClock:
-    """The offset (whole seconds) of every broker started with :meth:`env`."""
-
-    def __init__(self, path: Path, library: str) -> None:
-        self.path = path
-        self.library = library
-        self.set(0)
-
-    def set(self, offset: int) -> None:
-        # Replaced whole: libfaketime never reads a half-written file.
-        draft = self.path.with_suffix(".draft")
-        draft.write_text(f"{offset:+d}\n")
-        os.replace(draft, self.path)
-
-    def env(self) -> dict[str, str]:
-        return {
-            "LD_PRELOAD": self.library,
-            "FAKETIME_TIMESTAMP_FILE": str(self.path),
-            "FAKETIME_NO_CACHE": "1",
-            "DONT_FAKE_MONOTONIC": "1",
-            # Housekeeping (pruning, the clock-step check) every quarter second.
-            "TASKLEASE_PRUNE_INTERVAL": "0.25",
-        }
-
-
-@pytest.fixture
-def fake_clock(tmp_path: Path) -> FakeClock:
-    library = _libfaketime()
-    if library is None:
-        why = "libfaketime is not installed (scripts/ensure-faketime.sh installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
-    return FakeClock(tmp_path / "faketime.rc", library)
 
 
 @pytest.fixture

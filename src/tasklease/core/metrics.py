@@ -177,6 +177,14 @@ class Metrics:
             ["direction"],
             registry=r,
         )
+        self.clock_offset = Gauge(
+            "tasklease_clock_offset_seconds",
+            "This process's clock minus the database server's, at the last housekeeping"
+            " tick (PostgreSQL only; core.clockoffset): replicas' clocks differ by the"
+            " difference of theirs.",
+            multiprocess_mode="livemostrecent",  # one host's workers share one clock
+            registry=r,
+        )
         self.prune_horizon_lag = Gauge(
             "tasklease_prune_horizon_lag_seconds",
             "How far pruning's safe horizon is behind the wall clock (core.horizon).",

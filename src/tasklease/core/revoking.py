@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.callers import about
+from tasklease.core.clockoffset import measure_offset
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden, InvalidRequest
 from tasklease.core.feedcursor import FeedPage, fingerprint
@@ -332,6 +333,9 @@ class Revoking(Service):
         dropped only once its tokens are dead by every clock the broker may return to.
         """
         tick = self._horizon.tick()
+        measure_offset(
+            self._kernel.clock, self._store.server_time, self._metrics, self._config.clock_skew
+        )
         removed = self._kernel.revocations.prune(tick.point)
         removed_rows = self._store.prune(tick.point)
         self._metrics.revocation_entries.set(len(self._kernel.revocations))

@@ -505,6 +505,11 @@ class Store(Protocol):
         """The greatest horizon :meth:`raise_safe_horizon` recorded, or None (``core.horizon``)."""
         ...
 
+    def server_time(self) -> float | None:
+        """The database server's wall clock now (Unix seconds), or None for a store with
+        no clock of its own (in memory, SQLite: the process's host is the only one)."""
+        ...
+
     def raise_safe_horizon(self, horizon: float) -> float:
         """Record ``horizon`` unless a greater one is recorded; return the greater (durable)."""
         ...

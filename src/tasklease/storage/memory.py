@@ -121,6 +121,9 @@ class MemoryStore(MemoryTables):
                 removed += 1
         return removed
 
+    def server_time(self) -> float | None:
+        return None
+
     def safe_horizon(self) -> float | None:
         with self._lock:
             self._check_open()

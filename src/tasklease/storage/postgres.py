@@ -437,6 +437,11 @@ class PostgresStore(SQLStore):
 
     # Under a read-ahead run (a first half on the event loop), a read of one statement is
     # answered by the run or stops it (core.readahead); anything else runs in a thread.
+    def server_time(self) -> float | None:
+        """The server's wall clock (``clock_timestamp()``: now, not the transaction's start)."""
+        row = self._one("SELECT extract(epoch FROM clock_timestamp())::float8", ())
+        return None if row is None else float(row[0])
+
     def _one(self, sql: str, params: Row) -> Row | None:
         if readahead.active():
             found: Row | None = readahead.answer(("one", sql, params))

@@ -191,6 +191,10 @@ class SQLStore(ListingReads, abc.ABC):
         row = self._one(self.dialect.safe_horizon, ())
         return None if row is None else float(row[0])
 
+    def server_time(self) -> float | None:
+        """None: SQLite's clock is the process's own (PostgreSQL overrides this)."""
+        return None
+
     # -- reads ---------------------------------------------------------------------------
 
     def get_tenant(self, name: str) -> TenantRecord | None:
