@@ -84,8 +84,9 @@ def for_domain(broker: Broker, kit: Any, token: str, domain: str, **params: Any)
 
 
 def minted_at_a(a: Broker, alice: Any, clock: ManualClock, **claims: Any) -> str:
-    """A token A signs for its agent ``alice`` (task ``t-alice``), for B's audience, with
-    ``claims`` of A's own making (a lineage, a delegation chain)."""
+    """A token A signs for its agent ``alice`` (task ``t-alice`` unless ``claims`` say
+    otherwise), for B's audience, with ``claims`` of A's own making (a lineage, a
+    delegation chain, a task, a principal)."""
     token, _ = mint(
         a.keyring,
         kind=KIND_AGENT,
@@ -96,9 +97,7 @@ def minted_at_a(a: Broker, alice: Any, clock: ManualClock, **claims: Any) -> str
         ttl=60,
         scope=("read:data:1",),
         client_id=alice.claims.client_id,
-        task_id="t-alice",
-        orch_id="orch-1",
-        **claims,
+        **{"task_id": "t-alice", "orch_id": "orch-1", **claims},
     )
     return token
 
@@ -584,16 +583,10 @@ def hop_at_a(
         signature=a.keyring.sign_detached(record_signing_input(agent, alice.sub, scope, at)).hex(),
     )
     ids = [*seen.lineage, *([seen.grant] if seen.grant else []), seen.jti]
-    token, _ = mint(
-        a.keyring,
-        kind=KIND_AGENT,
-        iss=a.config.issuer,
-        sub=alice.sub,
-        aud=(f"spiffe://{B}",),
-        iat=int(clock.now()),
-        ttl=60,
-        scope=("read:data:1",),
-        client_id=alice.claims.client_id,
+    token = minted_at_a(
+        a,
+        alice,
+        clock,
         task_id=changed.get("task_id", seen.task_id),
         orch_id=seen.orch_id,
         principal=changed.get("principal", seen.principal),

@@ -16,7 +16,7 @@ from tasklease.core.store import AuditQuery
 from tasklease.rules import jws
 
 
-def _bound(broker: Any, kit: Any, key: SigningKey, **extra: Any) -> str:
+def _create(broker: Any, kit: Any, agent_key: Any) -> tuple[str, Any]:
     token, record = broker.create_launch_token(
         kit.admin(broker).claims,
         agent_name="bound-agent",
@@ -25,11 +25,15 @@ def _bound(broker: Any, kit: Any, key: SigningKey, **extra: Any) -> str:
         single_use=None,
         ttl=None,
         ctx=kit.ctx,
-        agent_key=base64.b64encode(bytes(key.verify_key)).decode(),
-        **extra,
+        agent_key=agent_key,
     )
+    return str(token), record
+
+
+def _bound(broker: Any, kit: Any, key: SigningKey) -> str:
+    token, record = _create(broker, kit, base64.b64encode(bytes(key.verify_key)).decode())
     assert record.agent_key == jws.b64url_encode(bytes(key.verify_key))
-    return str(token)
+    return token
 
 
 def test_only_the_bound_key_registers_and_a_thief_spends_nothing(
@@ -67,13 +71,4 @@ def test_an_unbound_token_admits_any_key(make_broker: Any, kit: Any) -> None:
 def test_a_malformed_agent_key_is_refused_by_name(make_broker: Any, kit: Any, bad: Any) -> None:
     broker = make_broker()
     with pytest.raises(InvalidRequest, match="agent_key"):
-        broker.create_launch_token(
-            kit.admin(broker).claims,
-            agent_name="bound-agent",
-            allowed_scope=["read:data:*"],
-            max_ttl=None,
-            single_use=None,
-            ttl=None,
-            ctx=kit.ctx,
-            agent_key=bad,
-        )
+        _create(broker, kit, bad)
