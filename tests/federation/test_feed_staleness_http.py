@@ -68,6 +68,9 @@ def test_a_silent_feed_holds_the_domains_tokens(peers: tuple[Peer, Peer]) -> Non
     subject = a.for_domain(alice.access_token, b)
     # Once B has fetched A's bundle and heard A's feed current, the exchange goes through.
     wait_until(lambda: _attempt(b, subject, bob.access_token).status_code == 200, timeout=30)
+    shown = json.loads(b.cli("federation", "show", A, "--json").stdout)
+    assert shown["feed_heard_at"], shown  # when B last heard A's feed current
+    assert "feed heard at" in b.cli("federation", "show", A).stdout
 
     # A's operator removes the app: its stream ends, and B cannot sign in to the feed again.
     a.cli("app", "remove", app["app_id"])

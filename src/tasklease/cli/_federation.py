@@ -86,6 +86,8 @@ def _show(answer: dict[str, Any]) -> None:
     line("scope ceiling", " ".join(str(s) for s in answer.get("scope_ceiling") or []) or "-")
     line("max ttl", f"{answer.get('max_ttl')} s")
     line("revocation feed", answer.get("revocation_feed") or "-")
+    if answer.get("revocation_feed"):
+        line("feed heard at", answer.get("feed_heard_at") or "never")
     line("declared", f"{answer.get('created_at')} by {answer.get('created_by')}")
 
 

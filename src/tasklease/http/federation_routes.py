@@ -9,6 +9,8 @@ an endpoint fetches its bundle before answering, so the answer says whether it w
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,9 +38,12 @@ def federation_routes(broker: Broker, *, authed: Authed) -> list[Route]:
     local = broker.store.local_reads
     max_age = min(broker.config.federation_refresh_hint, _MAX_CACHE)
 
+    def fields_of(record: FederationRecord) -> dict[str, Any]:
+        heard = broker.store.feed_heard(record.trust_domain) if record.revocation_feed else None
+        return wire.federation_view(record, federation.bundle(record), broker.clock.now(), heard)
+
     def view(record: FederationRecord) -> wire.Federation:
-        fields = wire.federation_view(record, federation.bundle(record), broker.clock.now())
-        return wire.Federation(**fields)
+        return wire.Federation(**fields_of(record))
 
     async def bundle(request: Request) -> Response:
         document = broker.trust_bundle() if local else await run_in_threadpool(broker.trust_bundle)
@@ -75,8 +80,7 @@ def federation_routes(broker: Broker, *, authed: Authed) -> list[Route]:
             if not record.static:
                 refresh_domain(broker, record)  # the outcome lands on the stored record
                 current = federation.get(record.trust_domain)
-            fields = wire.federation_view(current, federation.bundle(current), broker.clock.now())
-            return wire.FederationAdded(**fields, replaced=replaced)
+            return wire.FederationAdded(**fields_of(current), replaced=replaced)
 
         return json_response(await run_in_threadpool(fetched), 201)
 
@@ -90,7 +94,7 @@ def federation_routes(broker: Broker, *, authed: Authed) -> list[Route]:
     async def show(request: Request) -> Response:
         domain = request.path_params["trust_domain"]
         record = await authed(request, _ADMIN, _SCOPE, lambda _c, _ctx: federation.get(domain))
-        return json_response(view(record))
+        return json_response(await run_in_threadpool(view, record))
 
     async def remove(request: Request) -> Response:
         domain = request.path_params["trust_domain"]

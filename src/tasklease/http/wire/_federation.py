@@ -154,6 +154,14 @@ class Federation(Response):
     revocation_feed: Annotated[
         str | None, doc("The base URL whose revocation feed is followed; null when none.")
     ]
+    feed_heard_at: Annotated[
+        str | None,
+        doc(
+            "When its revocation feed was last heard current (RFC 3339); null when it has "
+            "none or it was never heard. Older than `federation_feed_max_staleness`, and "
+            "the domain's tokens are not exchanged (503)."
+        ),
+    ]
 
 
 class FederationAdded(Federation):
@@ -175,9 +183,10 @@ def _time(value: float | None) -> str | None:
 
 
 def federation_view(
-    record: FederationRecord, bundle: TrustBundle | None, now: float
+    record: FederationRecord, bundle: TrustBundle | None, now: float, feed_heard: float | None
 ) -> dict[str, Any]:
-    """The fields of :class:`Federation` for ``record`` with its parsed last good bundle."""
+    """The fields of :class:`Federation` for ``record`` with its parsed last good bundle
+    and when its revocation feed was last heard current."""
     if bundle is None or record.fetched_at is None:
         status = "pending"
     elif not record.static and now - record.fetched_at > record.max_bundle_age:
@@ -203,6 +212,7 @@ def federation_view(
         "created_at": format_rfc3339_seconds(record.created_at),
         "created_by": record.created_by,
         "revocation_feed": record.revocation_feed or None,
+        "feed_heard_at": _time(feed_heard) if record.revocation_feed else None,
     }
 
 
