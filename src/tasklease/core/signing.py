@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nacl.signing
 
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.errors import Conflict, NotFound, TaskleaseError
 from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.keys import KeyRing, jwk_thumbprint, load_keyring, retire_keys, rotate_key
@@ -189,7 +189,8 @@ class SigningKeys:
                 "signing_key_retire_denied",
                 outcome="denied",
                 request_id=ctx.request_id,
-                detail=f"signing key kid={kid} not retired: {exc} by={claims.sub}",
+                detail=f"signing key kid={clipped(kid, 128)} not retired: {exc.detail} "
+                f"by={claims.sub}",
             ),
         )
 
