@@ -285,6 +285,12 @@ def test_heartbeat_and_identity_defaults(data: Path) -> None:
     assert not checks & {"heartbeat-supervision-off", "default-issuer", "default-trust-domain"}
 
 
+def test_a_federation_feed_left_unbounded(data: Path) -> None:
+    assert not findings(doctor(data)[1], "federation-feed-unbounded")  # 60 s, the default
+    _, report = doctor(data, env={"TASKLEASE_FEDERATION_FEED_MAX_STALENESS": "0"})
+    assert [f["severity"] for f in findings(report, "federation-feed-unbounded")] == ["medium"]
+
+
 def test_clock_not_synchronised(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not findings(doctor(data)[1], "clock-unsynchronised")  # undetectable: quiet
     monkeypatch.setattr(_doctor, "clock_synchronised", lambda: False)

@@ -295,6 +295,19 @@ def _heartbeat(config: Config) -> Iterator[Finding]:
         )
 
 
+def _federation(config: Config) -> Iterator[Finding]:
+    if config.federation_feed_max_staleness == 0:
+        yield Finding(
+            "federation-feed-unbounded",
+            "medium",
+            "federated domains' tokens are exchanged however long their revocation feed "
+            "has been silent (federation_feed_max_staleness = 0)",
+            "while a peer's feed is down, a token revoked there is still exchanged here for "
+            "a fresh one, for as long as the outage lasts",
+            "remove federation_feed_max_staleness (60 s by default; docs/federation.md)",
+        )
+
+
 def _proxies(config: Config) -> Iterator[Finding]:
     for value in config.trusted_proxies:
         network = ipaddress.ip_network(value, strict=False)
@@ -499,6 +512,7 @@ def diagnose(
         *_admin_secret(config, env),
         *_passphrase_beside_keys(config, env),
         *_heartbeat(config),
+        *_federation(config),
         *_clock(clock(), config),
         *_identity(config),
     ]
