@@ -33,6 +33,7 @@ from tasklease.cli import (
     _policy,
     _remote,
     _restore,
+    _sbom,
     _tenants,
     _token,
     _transparency,
@@ -605,6 +606,7 @@ def audit_verify(
 
 
 _doctor.register(app)  # local, like init and serve
+_sbom.register(app)  # local: the installed distributions' metadata
 
 # The commands that talk to a running broker, after the local ones in --help.
 _remote.register(app)
