@@ -63,6 +63,7 @@ __all__ = [
     "out",
     "print_json",
     "private_output",
+    "raw_base64",
     "read_public_key",
     "resolve_connection",
     "select_tenant",
@@ -454,7 +455,8 @@ def write_private(
 # -- Ed25519 key files ----------------------------------------------------------------------
 
 
-def _raw_base64(text: str, size: int) -> bytes | None:
+def raw_base64(text: str, size: int) -> bytes | None:
+    """``size`` bytes from standard base64 (surrounding space ignored), or None."""
     try:
         raw = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
@@ -481,7 +483,7 @@ def _read_private_key(path: Path) -> bytes:
             serialization.PrivateFormat.Raw,
             serialization.NoEncryption(),
         )
-    seed = _raw_base64(data.decode("ascii", "replace"), 32)
+    seed = raw_base64(data.decode("ascii", "replace"), 32)
     if seed is None:
         fail(f"operator key file {path} is neither a PEM Ed25519 key nor a base64 seed")
     return seed
@@ -504,7 +506,7 @@ def read_public_key(path: Path) -> bytes:
         if not isinstance(key, Ed25519PublicKey):
             fail(f"{path} does not hold an Ed25519 public key")
         return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    raw = _raw_base64(data.decode("ascii", "replace"), 32)
+    raw = raw_base64(data.decode("ascii", "replace"), 32)
     if raw is None:
         fail(f"{path} is neither a PEM Ed25519 public key nor 32 bytes in base64")
     return raw

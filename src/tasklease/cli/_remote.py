@@ -3,7 +3,6 @@ signing keys and status."""
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +22,7 @@ from tasklease.cli._common import (
     fail,
     out,
     print_json,
+    raw_base64,
 )
 from tasklease.cli._output import OutputOpt, emit, field
 
@@ -276,11 +276,8 @@ def launch_token_create(
 
 def _agent_key(text: str) -> bytes:
     """``--agent-key``: 32 bytes in standard base64, or a usage error (exit 2)."""
-    try:
-        raw = base64.b64decode(text.strip(), validate=True)
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
+    raw = raw_base64(text, 32)
+    if raw is None:
         fail("--agent-key must be an Ed25519 public key: 32 bytes in standard base64")
     return raw
 
