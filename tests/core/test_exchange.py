@@ -589,6 +589,7 @@ def hop_at_a(
         clock,
         task_id=changed.get("task_id", seen.task_id),
         orch_id=seen.orch_id,
+        oiat=seen.oiat,
         principal=changed.get("principal", seen.principal),
         delegation_chain=(record,),
         lineage=tuple(f"fed:{B}:{i}" for i in ids),
@@ -640,6 +641,24 @@ def test_a_peer_that_has_seen_our_token_cannot_turn_its_id_into_another_hop(
     [event] = [e for e in events if f"denial={error.denial_id}" in e.detail]
     assert f"none of our token ids vouches for its hop out to {A}" in event.detail
     assert not [e for e in events if e.event_type == "token_exchanged" and bob.sub in e.detail]
+
+
+def test_what_comes_back_lives_no_longer_than_its_lineage_could_here(
+    a: Broker, b: Broker, kit: Any, clock: ManualClock
+) -> None:
+    """The hop our token allowed, brought back by the peer after its lineage's ceiling
+    (registered at its oiat, ended by renewal_ceiling here) in a token of the peer's
+    fresh making: refused, as our own lineage would be. Within it, the same goes through."""
+    federate(b, a, kit)
+    victim = victim_of_b(b, kit)
+    for_a = narrow(b, kit, victim.token, resource=f"spiffe://{A}", scope="read:data:1")
+    clock.advance(b.config.renewal_ceiling + 1)
+    late, _ = hop_at_a(a, kit, clock, for_a.issued.claims)
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    error = refused(b, InvalidRequest, lambda: exchange(b, kit, late, bob.token))
+    events, _ = b.store.query_audit(AuditQuery(limit=10_000))
+    [event] = [e for e in events if f"denial={error.denial_id}" in e.detail]
+    assert "lineage ceiling reached" in event.detail
 
 
 def test_the_hop_our_token_allowed_comes_back(

@@ -65,7 +65,13 @@ def test_register_happy_path_claims(broker: Any, kit: Any, clock: Any) -> None:
     # An id carrying our MAC of the token's one hop out (core.tokenids): none here, as
     # its audience names no other trust domain.
     vouched = hop(
-        holder=c.sub, scope=c.scope, chain=(), task_id="task-1", principal=c.principal, domains=()
+        holder=c.sub,
+        scope=c.scope,
+        chain=(),
+        task_id="task-1",
+        principal=c.principal,
+        domains=(),
+        oiat=c.oiat,
     )
     assert broker.kernel.token_ids.vouches(c.jti, vouched)
     # The token the caller gets carries exactly these claims.

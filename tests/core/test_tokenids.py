@@ -27,6 +27,7 @@ FIELDS: dict[str, Any] = {
     "task_id": "t-1",
     "principal": "user:alice@example.com",
     "domains": ("b.example",),
+    "oiat": 1_800_000_000,
 }
 HOP = hop(**FIELDS)
 
@@ -68,11 +69,12 @@ def test_an_id_under_another_key_or_altered_vouches_for_nothing() -> None:
         ("domains", ("c.example",)),
         ("domains", ("b.example", "c.example")),
         ("domains", ()),
+        ("oiat", 1_800_000_001),
     ],
 )
 def test_an_id_vouches_for_no_other_hop(field: str, value: Any) -> None:
     """Every part of the hop counts: a peer that has seen the id cannot move it to another
-    holder, scope, chain, task, principal or domain."""
+    holder, scope, chain, task, principal, domain or lineage."""
     ids = TokenIds(KEY)
     jti = ids.new(HOP)
     assert not ids.vouches(jti, hop(**{**FIELDS, field: value}))

@@ -360,6 +360,7 @@ def _last_hop_out(claims: Claims, own_domain: str) -> tuple[str, bytes]:
             task_id=claims.task_id,
             principal=claims.principal,
             domains=(domain,),
+            oiat=claims.oiat,
         )
         return domain, vouched
     return "", b""
@@ -406,6 +407,14 @@ def foreign_parent(
     if len(principal) > PRINCIPAL_MAX_CHARS:
         raise ForeignRejected(f"principal of {len(principal)} characters here is too long")
     ceiling = min(claims.max_exp, claims.exp) if claims.max_exp else claims.exp
+    records = claims.delegation_chain
+    root = parse_agent_id(records[0].agent) if records else None
+    if local.agents and root is not None and root.trust_domain == own_domain:
+        # A chain that started here and comes back lives no longer than its lineage could
+        # have here: registered at its oiat (which our token's id vouches for), it ends by
+        # renewal_ceiling, whatever the peer's token says. (A chain that started in
+        # another domain keeps that domain's registration time and ceilings.)
+        ceiling = min(ceiling, claims.oiat + config.renewal_ceiling)
     parent = Parent(
         holder=claims.sub,
         scope=scope,

@@ -61,6 +61,7 @@ def mint_granted(
         task_id=task_id,
         principal=issuance.principal,
         domains=crossings(aud, config.trust_domain),
+        oiat=iat if oiat is None else oiat,
     )
     return mint(
         ring,

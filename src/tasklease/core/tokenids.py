@@ -8,8 +8,9 @@ string), so an id we mint authenticates itself, and what it authenticates is the
 out of here its token allows: 10 random bytes and the first 6 bytes of an HMAC-SHA256,
 under a key derived from the broker's nonce secret and its trust domain, of those bytes
 and the token's :func:`hop` (its holder, scope, delegation chain, task, human principal,
-and the federated trust domains its audience names). 16 bytes shown as 32 lowercase hex
-characters, the shape AgentWrit's wire contract gives a ``jti``.
+the federated trust domains its audience names, and its lineage's registration time).
+16 bytes shown as 32 lowercase hex characters, the shape AgentWrit's wire contract gives
+a ``jti``.
 
 When the chain comes back, the exchange reads the same :func:`hop` from it (the last
 record by one of our agents, the records before it, the domain after it) and needs a
@@ -17,7 +18,9 @@ listed id whose tag verifies for that hop. So a peer that has seen one of our to
 (presented to one of its resource servers) cannot turn its id into a hop our agent never
 made: the id vouches only for a token that named the peer's trust domain as its audience,
 the token its holder made to cross there, and only for that token's holder, scope, chain,
-task and principal. A token naming several federated domains can be exchanged at each,
+task and principal. What comes back lives here no longer than its lineage could have:
+its registration time (``oiat``, vouched for too) plus ``renewal_ceiling``
+(``core.foreign``). A token naming several federated domains can be exchanged at each,
 but what comes back from it is refused (its hop names them all; the chain shows one).
 
 80 random bits keep ids apart (about 2**-41 for two alike among a trillion tokens); 48
@@ -72,11 +75,14 @@ def hop(
     task_id: str,
     principal: str,
     domains: Sequence[str],
+    oiat: int,
 ) -> bytes:
     """What an agent token's id vouches for: the hop its ``holder`` may make out of here,
     with ``scope``, after ``chain`` (each record's agent, scope and time: a peer signs
     them again), in ``task_id``, for the human ``principal`` (a creator identity counts
-    as none: it is renamed at each crossing), into one of ``domains``. A digest."""
+    as none: it is renamed at each crossing), into one of ``domains``, in the lineage
+    registered at ``oiat`` (which bounds, by ``renewal_ceiling``, how long what comes
+    back may live here). A digest."""
     content = [
         holder,
         list(scope),
@@ -84,6 +90,7 @@ def hop(
         task_id,
         human_principal(principal),
         sorted(domains),
+        oiat,
     ]
     text = json.dumps(content, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).digest()
