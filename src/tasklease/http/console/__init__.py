@@ -71,6 +71,8 @@ CONSOLE_CSP = (
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 _ADMIN = frozenset({KIND_ADMIN})
+KEYS_SCOPE = "admin:keys:*"
+"""The scope of the signing-key routes (``POST /v1/admin/keys/...``): the admin role's."""
 
 
 class _Page(NamedTuple):
@@ -91,6 +93,7 @@ _PAGES = (
     _Page("apps", "Apps", "/apps", APPS_SCOPE),
     _Page("revocations", "Revocations", "/revocations", INVENTORY_SCOPE),
     _Page("audit", "Audit", "/audit", AUDIT_READ_SCOPE),
+    _Page("keys", "Signing keys", "/keys", KEYS_SCOPE),
 )
 _SCOPE_OF = {page.key: page.scope for page in _PAGES}
 
@@ -548,6 +551,33 @@ def console_routes(
             headers={"content-disposition": 'attachment; filename="audit.jsonl"'},
         )
 
+    async def keys(request: Request, me: dict[str, Any]) -> Response:
+        kids = broker.keyring.kids()
+        return page(request, "keys.html", me=me, nav="keys", active=kids[0], older=kids[1:])
+
+    async def retire_confirm(request: Request, me: dict[str, Any]) -> Response:
+        kid = request.query_params.get("kid", "")
+        if kid not in broker.keyring.kids()[1:]:
+            raise NotFound("no older signing key has this kid")
+        return page(request, "retire.html", me=me, nav="keys", kid=kid)
+
+    async def retire(request: Request, me: dict[str, Any]) -> Response:
+        form = await _form(request)
+        # Its origin was checked before its session (guarded).
+        if not valid_csrf(me["csrf"], form.get("csrf", "")):
+            return await refused_form(request, "stale_form", operator=me["who"], signed_in=True)
+        token = request.cookies.get(SESSION_COOKIE, "")
+        ctx = context(request)
+
+        def act() -> None:
+            # The broker authenticates the session for the keys' scope, then retires: the
+            # refusals (the active key, a kid gone) are audited there.
+            claims = broker.authenticate(f"Bearer {token}", ctx, kinds=_ADMIN, scope=KEYS_SCOPE)
+            broker.retire_signing_key(claims, form.get("kid", ""), ctx)
+
+        await run_in_threadpool(act)
+        return RedirectResponse(f"{base(request)}/keys", 303)
+
     async def revoke_confirm(request: Request, me: dict[str, Any]) -> Response:
         level = request.query_params.get("level", "")
         target = request.query_params.get("target", "")
@@ -598,6 +628,9 @@ def console_routes(
         Route("/audit/export", guarded(audit_export, _SCOPE_OF["audit"]), methods=["GET"]),
         Route("/revoke", guarded(revoke_confirm, REVOKE_SCOPE), methods=["GET"]),
         Route("/revoke", guarded(revoke, REVOKE_SCOPE), methods=["POST"]),
+        Route("/keys", guarded(keys, KEYS_SCOPE), methods=["GET"]),
+        Route("/keys/retire", guarded(retire_confirm, KEYS_SCOPE), methods=["GET"]),
+        Route("/keys/retire", guarded(retire, KEYS_SCOPE), methods=["POST"]),
         static_route(),
     ]
     return [
