@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from verify_support import Served, app_credentials, poll
 
-from tasklease.verify import InvalidToken, Verifier
+from tasklease.verify import InvalidToken, KeySetStale, Verifier, VerifierUnavailable
 from tasklease.verify.asgi import TaskleaseAuthMiddleware
 
 pytestmark = pytest.mark.slow
@@ -331,3 +331,66 @@ def test_a_failed_fetch_keeps_the_last_good_set(own_broker: RunningBroker) -> No
     assert asyncio.run(on_the_event_loop())
     assert verifier.stats()["jwks_fetches"] == fetches + 2
     assert verifier.stats()["kids"] == kids
+
+
+# --- d) no successful fetch for jwks_max_stale: every verification fails closed ---------------
+
+
+def test_d_a_key_set_not_refreshed_for_jwks_max_stale_fails_closed_until_a_fetch_succeeds(
+    own_broker: RunningBroker, serve: Any
+) -> None:
+    """TM-61: a verifier cut off from the broker keeps its last good key set for
+    ``jwks_max_stale`` seconds, not for as long as it runs: past it, the sync path raises
+    ``KeySetStale`` and the ASGI middleware answers 503 ``key_set_stale`` (a remembered
+    token, a token never seen, without a feed); once the broker answers again, the next
+    verifications fetch the set and accept again."""
+    max_age = TTL + 1.5
+    verifier = Verifier(
+        own_broker.url,
+        audience="svc-a",
+        feed=False,
+        jwks_ttl=TTL,
+        jwks_min_refresh_interval=MIN_INTERVAL,
+        jwks_max_stale=max_age,
+    )
+    _OPEN.append(verifier)
+    assert verifier.start() and verifier.ready
+    served = serve(asgi_app(verifier))
+    remembered = own_broker.register(["read:data:42"]).access_token
+    unseen = own_broker.register(["read:data:42"]).access_token
+    assert verifier.verify(remembered).jti
+    port = int(own_broker.url.rsplit(":", 1)[1])
+    stop_broker(own_broker)
+
+    def status(token: str) -> httpx.Response:
+        with httpx.Client(base_url=served.url, timeout=10) as client:
+            return client.get("/data/42", headers={"Authorization": f"Bearer {token}"})
+
+    assert verifier.verify(remembered).jti  # within the bound: the last good set serves
+    poll(lambda: verifier.jwks_age() > max_age, timeout=max_age + 5.0)
+    assert not verifier.ready
+    for token in (remembered, unseen):
+        with pytest.raises(KeySetStale) as caught:
+            verifier.verify(token)
+        assert isinstance(caught.value, VerifierUnavailable)
+        answer = status(token)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error_code"] == "key_set_stale"
+        assert "signing keys are stale" in answer.json()["detail"]
+        assert answer.headers["retry-after"] == "1"
+    assert "tasklease_verifier_jwks_age_seconds{" in verifier.metrics_text()
+    env = {**SHARED_ENV, "TASKLEASE_AUDIENCE": "svc-a"}
+    back = launch_broker(own_broker.data_dir, env, port=port)
+    try:
+        poll(lambda: status(unseen).status_code == 200, timeout=MIN_INTERVAL + 10.0)
+        assert verifier.verify(remembered).jti and verifier.ready
+        assert verifier.jwks_age() < max_age
+    finally:
+        stop_broker(back)
+
+
+def test_jwks_max_stale_must_exceed_jwks_ttl() -> None:
+    with pytest.raises(ValueError, match="jwks_max_stale"):
+        Verifier(
+            "http://127.0.0.1:9", audience="svc-a", feed=False, jwks_ttl=300, jwks_max_stale=300
+        )

@@ -255,6 +255,7 @@ def test_public_surface() -> None:
         "FederatedDomain",
         "InsufficientScope",
         "InvalidToken",
+        "KeySetStale",
         "RevocationStateStale",
         "TokenIntrospector",
         "VerificationError",
@@ -406,6 +407,55 @@ def test_a_key_is_usable_only_while_the_last_good_set_holds_it() -> None:
     assert keys.resolve(old_kid) is None and keys.fetches == 3  # this lookup fetched
     assert keys.get(old_kid) is None and keys.kids == [both.active_kid]
     assert not keys.refresh_due()
+    client.close()
+
+
+def test_a_key_set_no_fetch_refreshed_for_max_age_vouches_for_nothing() -> None:
+    """TM-61: the last good set serves while fetches fail, but only for ``max_age``
+    seconds after the last one that succeeded; then every lookup fails closed (503
+    ``key_set_stale``), the network-free one too, until a fetch succeeds again. A lookup
+    past the bound makes its own fetch attempt first (rate limited)."""
+    import nacl.signing
+
+    from tasklease.rules.jws import jwk_thumbprint
+    from tasklease.verify import KeySetStale, VerifierUnavailable
+    from tasklease.verify._jwks import KeySet
+
+    key = nacl.signing.SigningKey.generate()
+    served: list[Any] = [KeyRing(key).jwks()]
+
+    def answer(_request: httpx.Request) -> httpx.Response:
+        body = served[0]
+        return httpx.Response(503) if body is None else httpx.Response(200, json=body)
+
+    clock = [0.0]
+    client = httpx.Client(base_url="http://broker", transport=httpx.MockTransport(answer))
+    keys = KeySet(client, ttl=300, min_interval=30, max_age=3600, monotonic=lambda: clock[0])
+    kid = jwk_thumbprint(bytes(key.verify_key))
+    with pytest.raises(KeySetStale):  # never fetched: nothing to vouch with
+        keys.get(kid)
+    assert keys.refresh() and keys.age() == 0.0
+    served[0] = None  # the broker is away from now on
+    clock[0] = 3600.0  # at the bound: still served, the failed fetch by age kept the set
+    assert keys.resolve(kid) is not None and keys.get(kid) is not None
+    clock[0] = 3600.5
+    with pytest.raises(KeySetStale) as caught:
+        keys.get(kid)
+    assert isinstance(caught.value, VerifierUnavailable)
+    assert caught.value.code == "key_set_stale" and caught.value.bound == 3600
+    assert "last fetched 3600.5 s ago" in caught.value.message and kid not in caught.value.message
+    fetches = keys.fetches
+    with pytest.raises(KeySetStale):
+        keys.resolve(kid)  # it tried the network first (the last attempt was 0.5 s ago)
+    assert keys.fetches == fetches
+    clock[0] = 3631.0
+    with pytest.raises(KeySetStale):
+        keys.resolve(kid)
+    assert keys.fetches == fetches + 1  # tried, failed: still closed
+    served[0] = KeyRing(key).jwks()  # back
+    clock[0] = 3662.0
+    assert keys.resolve(kid) is not None and keys.fetches == fetches + 2
+    assert keys.get(kid) is not None and keys.age() == 0.0
     client.close()
 
 

@@ -217,12 +217,16 @@ def test_the_staleness_is_a_metric() -> None:
         policy=rules,
         connections=3,
         revocation_entries=7,
+        jwks_age=12.5,
+        jwks_max_stale=3600.0,
     )
     lines = text.splitlines()
     assert 'tasklease_verifier_feed_staleness_seconds{audience="svc-\\"a\\""} 75.25' in lines
     assert "# TYPE tasklease_verifier_feed_staleness_seconds gauge" in lines
     assert 'tasklease_verifier_feed_live{audience="svc-\\"a\\""} 0.0' in lines
     assert 'tasklease_verifier_stale_refusals_total{audience="svc-\\"a\\""} 1.0' in lines
+    assert 'tasklease_verifier_jwks_age_seconds{audience="svc-\\"a\\""} 12.5' in lines
+    assert 'tasklease_verifier_jwks_max_stale_seconds{audience="svc-\\"a\\""} 3600.0' in lines
     assert 'tasklease_verifier_max_feed_staleness_seconds{audience="svc-\\"a\\""} 60.0' in lines
     never = prometheus_text(
         audience="a",
@@ -231,5 +235,8 @@ def test_the_staleness_is_a_metric() -> None:
         policy=rules,
         connections=0,
         revocation_entries=0,
+        jwks_age=math.inf,
+        jwks_max_stale=3600.0,
     )
     assert 'tasklease_verifier_feed_staleness_seconds{audience="a"} +Inf' in never.splitlines()
+    assert 'tasklease_verifier_jwks_age_seconds{audience="a"} +Inf' in never.splitlines()

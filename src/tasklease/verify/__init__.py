@@ -24,7 +24,10 @@ While the broker is away, verification goes on from the cached keys and the last
 of the revocation feed for ``max_feed_staleness`` (60 s), then fails closed with
 :class:`RevocationStateStale` (503 ``revocation_state_stale``); tokens with a critical
 scope or grant type (``critical_scopes``, ``critical_grant_types``) need a live feed. The
-staleness is a metric (``verifier.feed_staleness()``, ``verifier.metrics_text()``).
+staleness is a metric (``verifier.feed_staleness()``, ``verifier.metrics_text()``). The
+cached keys serve for ``jwks_max_stale`` (3600 s) after the last successful JWKS fetch, feed
+or not, then every verification fails closed with :class:`KeySetStale` (503
+``key_set_stale``): a key the broker removed meanwhile is not trusted for ever.
 ``verifier.verify_peer`` checks another agent's token for offline peer authentication
 (docs/broker-optional.md).
 
@@ -58,6 +61,7 @@ from tasklease.verify._claims import DelegationHop, VerifiedToken
 from tasklease.verify._errors import (
     InsufficientScope,
     InvalidToken,
+    KeySetStale,
     RevocationStateStale,
     VerificationError,
     VerifierUnavailable,
@@ -79,6 +83,7 @@ __all__ = [
     "FederatedDomain",
     "InsufficientScope",
     "InvalidToken",
+    "KeySetStale",
     "RevocationStateStale",
     "TokenIntrospector",
     "VerificationError",

@@ -4,7 +4,8 @@
     ├── InvalidToken           no, malformed, forged, expired, revoked or foreign token (401)
     ├── InsufficientScope      a valid token without the scope a route needs (403)
     └── VerifierUnavailable    the verifier cannot vouch for freshness: fail closed (503)
-        └── RevocationStateStale   the revocation state is older than the token's bound
+        ├── RevocationStateStale   the revocation state is older than the token's bound
+        └── KeySetStale            no JWKS fetch has succeeded for ``jwks_max_stale``
 
 Like the broker, the verifier shows one generic message outward; the precise ``reason``
 (for example ``"audience mismatch"`` or ``"revoked (level task)"``) is for logs only.
@@ -15,6 +16,7 @@ from __future__ import annotations
 __all__ = [
     "InsufficientScope",
     "InvalidToken",
+    "KeySetStale",
     "RevocationStateStale",
     "VerificationError",
     "VerifierUnavailable",
@@ -92,3 +94,26 @@ class RevocationStateStale(VerifierUnavailable):
         )
         self.message = f"revocation state is stale: {heard}; {limit}"
         super().__init__(f"revocation state stale ({staleness:.3f} s > {bound:g} s)")
+
+
+class KeySetStale(VerifierUnavailable):
+    """No fetch of the broker's JWKS has succeeded for longer than ``jwks_max_stale``.
+
+    The last good key set may still list a key the broker has since removed (retired, or
+    dropped after a compromise); past the bound it vouches for nothing, whatever the
+    token. ``age`` and ``bound`` are seconds. Like :class:`RevocationStateStale`, the
+    message says what happened (how old, which bound) and names no token.
+    """
+
+    code = "key_set_stale"
+
+    def __init__(self, age: float, bound: float) -> None:
+        self.age = age
+        self.bound = bound
+        fetched = (
+            "no fetch of the broker's JWKS has succeeded yet"
+            if age == float("inf")
+            else f"the broker's JWKS was last fetched {age:.1f} s ago"
+        )
+        self.message = f"signing keys are stale: {fetched}; the limit is {bound:g} s"
+        super().__init__(f"key set stale ({age:.3f} s > {bound:g} s)")

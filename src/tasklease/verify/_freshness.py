@@ -159,8 +159,11 @@ def prometheus_text(
     policy: FreshnessPolicy,
     connections: int,
     revocation_entries: int,
+    jwks_age: float,
+    jwks_max_stale: float,
 ) -> str:
-    """The verifier's freshness metrics in the Prometheus text exposition format (0.0.4)."""
+    """The verifier's freshness metrics, its revocation feed's and its key set's, in the
+    Prometheus text exposition format (0.0.4)."""
     labels = f'{{audience="{_label(audience)}"}}'
     rows = (
         (
@@ -204,6 +207,18 @@ def prometheus_text(
             "gauge",
             "Revocation entries held.",
             float(revocation_entries),
+        ),
+        (
+            "tasklease_verifier_jwks_age_seconds",
+            "gauge",
+            "Seconds since the broker's JWKS was last fetched (+Inf before the first fetch).",
+            jwks_age,
+        ),
+        (
+            "tasklease_verifier_jwks_max_stale_seconds",
+            "gauge",
+            "The key set's age bound: past it every verification is refused.",
+            jwks_max_stale,
         ),
     )
     lines: list[str] = []

@@ -13,10 +13,12 @@ the broker removed (retired, or dropped after a compromise) stops verifying at t
 successful fetch that no longer lists it, for every token (the token whose use started
 that fetch, and tokens remembered before it: the verifier asks for the key again at every
 use). A failed fetch keeps the last good set: while the broker is away, the keys already
-known keep serving (the JWKS has no age limit of its own; the revocation feed's
-``max_feed_staleness`` bounds how long a verifier rides out an outage), and a token whose
-key is known never waits for a refresh another caller is making (a fetch from an
-unreachable broker can take the whole timeout).
+known keep serving, and a token whose key is known never waits for a refresh another
+caller is making (a fetch from an unreachable broker can take the whole timeout). But not
+for ever: once no fetch has succeeded for ``max_age`` seconds, every lookup raises
+:class:`~tasklease.verify.KeySetStale` (fail closed, 503) until one does. A verifier cut
+off from the broker would otherwise keep trusting a key the broker removed for as long as
+it runs, where no revocation feed bounds the outage.
 
 The JWKS is read off the wire uncompressed, at most :data:`MAX_JWKS_BYTES` of it: a
 compressed or larger answer is a failed fetch, refused before it fills the verifier's
@@ -36,10 +38,14 @@ import nacl.signing
 
 from tasklease.bounds import bounded_body, json_document
 from tasklease.rules import jws
+from tasklease.verify._errors import KeySetStale
 
-__all__ = ["KeySet", "parse_jwks"]
+__all__ = ["DEFAULT_JWKS_MAX_STALE", "KeySet", "parse_jwks"]
 
 MAX_JWKS_BYTES = 65536
+# How long (seconds) a verifier trusts its last good key set with no fetch succeeding:
+# as long as a federated domain's bundle (``FederatedDomain.max_bundle_age``).
+DEFAULT_JWKS_MAX_STALE = 3600.0
 _HEADERS = {"accept-encoding": "identity"}
 _log = logging.getLogger("tasklease.verify")
 
@@ -80,10 +86,12 @@ class KeySet:
         *,
         ttl: float,
         min_interval: float,
+        max_age: float = float("inf"),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._ttl = ttl
+        self._max_age = max_age
         self._min_interval = min_interval
         self._monotonic = monotonic
         self._keys: dict[str, nacl.signing.VerifyKey] = {}
@@ -102,8 +110,22 @@ class KeySet:
 
         For code that must not wait for the network (the event loop): it makes the
         refreshes :meth:`resolve` makes itself, elsewhere (:meth:`refresh_due`).
+
+        Raises:
+            KeySetStale: no fetch has succeeded for ``max_age`` seconds.
         """
+        self.check_age()
         return self._keys.get(kid)
+
+    def age(self) -> float:
+        """Seconds since the last successful fetch (infinite before the first)."""
+        return self._monotonic() - self._fetched_at
+
+    def check_age(self) -> None:
+        """Raise :class:`KeySetStale` when the last good set is older than ``max_age``."""
+        age = self._monotonic() - self._fetched_at
+        if age > self._max_age:
+            raise KeySetStale(age, self._max_age)
 
     def may_refresh(self) -> bool:
         """True when an unknown kid would be allowed to trigger a fetch now."""
@@ -124,16 +146,23 @@ class KeySet:
 
     def resolve(self, kid: str) -> nacl.signing.VerifyKey | None:
         """The key for ``kid`` in the last good set, or None; fetches first (rate limited)
-        when ``kid`` is unknown or the set older than ``ttl``."""
+        when ``kid`` is unknown or the set older than ``ttl``.
+
+        Raises:
+            KeySetStale: no fetch has succeeded for ``max_age`` seconds, this one's
+                attempt (if it made one) included.
+        """
         key = self._keys.get(kid)
         if key is None:
             self.refresh_for_unknown_kid()
         elif self._monotonic() - self._fetched_at >= self._ttl:  # self.stale(), inline
-            self.refresh_if_stale(wait=False)
+            # Past max_age this lookup waits for a fetch under way: it fails closed else.
+            self.refresh_if_stale(wait=self.age() > self._max_age)
         else:
             return key
         # A successful fetch replaced the set: what it holds for kid, None for a key the
         # broker removed; a failed (or skipped) one left the last good set in place.
+        self.check_age()
         return self._keys.get(kid)
 
     def refresh_for_unknown_kid(self) -> bool:

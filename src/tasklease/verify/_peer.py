@@ -46,6 +46,7 @@ def verify_peer_token(verifier: Any, token: str) -> VerifiedToken:
     Raises:
         InvalidToken: any failed check.
         RevocationStateStale: the revocation state is older than the token's bound.
+        KeySetStale: no JWKS fetch has succeeded for ``jwks_max_stale``.
     """
     if type(token) is not str or not token:
         raise InvalidToken("no token")

@@ -108,6 +108,11 @@ class Verifier(VerifierBase):
             seconds after its removal while the broker answers.
         jwks_min_refresh_interval: at most one JWKS fetch per this many seconds, however
             many tokens name unknown kids.
+        jwks_max_stale: seconds the last good key set serves with no JWKS fetch succeeding
+            (the broker away, or this verifier cut off from it); past it every
+            verification fails closed (:class:`KeySetStale`, a :class:`VerifierUnavailable`)
+            until a fetch succeeds, so a key the broker removed meanwhile is not trusted
+            for as long as this verifier runs. Must exceed ``jwks_ttl``.
         feed: follow the broker's revocation feed (needs ``credentials``). Without it,
             revocations reach this verifier only through token expiry: use it only where
             that is acceptable.
@@ -204,8 +209,9 @@ class Verifier(VerifierBase):
 
         Raises:
             InvalidToken: any failed check (the reason is in ``.reason`` only).
-            VerifierUnavailable: the revocation feed is stale, or introspection failed:
-                fail closed.
+            VerifierUnavailable: the revocation feed is stale, no JWKS fetch has succeeded
+                for ``jwks_max_stale`` (:class:`KeySetStale`), or introspection failed: fail
+                closed.
         """
         presented = (
             None
@@ -288,6 +294,7 @@ class Verifier(VerifierBase):
         Raises:
             InvalidToken: any failed check.
             RevocationStateStale: the revocation state is older than the token's bound.
+            KeySetStale: no JWKS fetch has succeeded for ``jwks_max_stale``.
         """
         return verify_peer_token(self, token)
 

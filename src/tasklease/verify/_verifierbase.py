@@ -29,7 +29,7 @@ from tasklease.verify._freshness import (
     prometheus_text,
 )
 from tasklease.verify._introspection import BrokerIntrospector, TokenIntrospector
-from tasklease.verify._jwks import KeySet
+from tasklease.verify._jwks import DEFAULT_JWKS_MAX_STALE, KeySet
 from tasklease.verify._revocations import RevocationIndex
 from tasklease.verify._usereports import UseReporter
 
@@ -51,6 +51,7 @@ class VerifierBase:
         issuer: str = "tasklease",
         jwks_ttl: float = 300,
         jwks_min_refresh_interval: float = 30.0,
+        jwks_max_stale: float = DEFAULT_JWKS_MAX_STALE,
         feed: bool = True,
         credentials: AppCredentials | Callable[[], str] | None = None,
         max_feed_staleness: float = DEFAULT_MAX_STALENESS,
@@ -93,6 +94,11 @@ class VerifierBase:
         )
         if not 0 <= exp_leeway <= 300:
             raise ValueError("exp_leeway must be between 0 and 300 seconds")
+        if not jwks_max_stale > jwks_ttl:
+            raise ValueError(
+                f"jwks_max_stale ({jwks_max_stale:g} s) must exceed jwks_ttl ({jwks_ttl:g} s): "
+                "the key set is fetched again every jwks_ttl seconds"
+            )
         self.audience = audience
         self.issuer = issuer
         self.max_feed_staleness = max_feed_staleness
@@ -127,7 +133,13 @@ class VerifierBase:
         self._client = loopback_direct(
             httpx.Client(base_url=broker_url.rstrip("/"), transport=transport, timeout=timeout)
         )
-        self._keys = KeySet(self._client, ttl=jwks_ttl, min_interval=jwks_min_refresh_interval)
+        self.jwks_max_stale = jwks_max_stale
+        self._keys = KeySet(
+            self._client,
+            ttl=jwks_ttl,
+            min_interval=jwks_min_refresh_interval,
+            max_age=jwks_max_stale,
+        )
         self._federation = (
             Federations(federations, timeout=timeout, min_interval=jwks_min_refresh_interval)
             if federations
@@ -233,8 +245,18 @@ class VerifierBase:
 
     @property
     def ready(self) -> bool:
-        """Keys known and, with a feed, the feed current within the staleness bound."""
-        return bool(self._keys.kids) and self.feed_staleness() <= self.max_feed_staleness
+        """Keys known and fetched within ``jwks_max_stale`` and, with a feed, the feed current
+        within the staleness bound."""
+        return (
+            bool(self._keys.kids)
+            and self._keys.age() <= self.jwks_max_stale
+            and self.feed_staleness() <= self.max_feed_staleness
+        )
+
+    def jwks_age(self) -> float:
+        """Seconds since the broker's JWKS was last fetched (infinite before the first
+        fetch): past ``jwks_max_stale`` every verification fails closed. A metric."""
+        return self._keys.age()
 
     def feed_staleness(self) -> float:
         """Seconds since the feed last proved current (0 without a feed; infinite before
@@ -261,6 +283,8 @@ class VerifierBase:
             policy=self._freshness,
             connections=0 if self._feed is None else self._feed.connections,
             revocation_entries=len(self._revocations),
+            jwks_age=self._keys.age(),
+            jwks_max_stale=self.jwks_max_stale,
         )
 
     def stats(self) -> dict[str, Any]:
@@ -269,6 +293,7 @@ class VerifierBase:
             "jwks_fetches": self._keys.fetches,
             "federations": {} if self._federation is None else self._federation.stats(),
             "kids": self._keys.kids,
+            "jwks_age": self._keys.age(),
             "cached_tokens": len(self._cache),
             "cached_references": len(self._references),
             "introspections": getattr(self._introspector, "calls", None),
