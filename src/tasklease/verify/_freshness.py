@@ -146,6 +146,8 @@ def _label(value: str) -> str:
 
 
 def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     return repr(float(value))
@@ -161,6 +163,7 @@ def prometheus_text(
     revocation_entries: int,
     jwks_age: float,
     jwks_max_stale: float,
+    clock_offset: float | None = None,
 ) -> str:
     """The verifier's freshness metrics, its revocation feed's and its key set's, in the
     Prometheus text exposition format (0.0.4)."""
@@ -219,6 +222,12 @@ def prometheus_text(
             "gauge",
             "The key set's age bound: past it every verification is refused.",
             jwks_max_stale,
+        ),
+        (
+            "tasklease_verifier_clock_offset_seconds",
+            "gauge",
+            "This host's clock minus the broker's, read from its JWKS answers (NaN before).",
+            math.nan if clock_offset is None else clock_offset,
         ),
     )
     lines: list[str] = []

@@ -87,9 +87,11 @@ class KeySet:
         ttl: float,
         min_interval: float,
         max_age: float = float("inf"),
+        on_date: Callable[[str | None], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
+        self._on_date = on_date  # told each successful answer's Date header
         self._ttl = ttl
         self._max_age = max_age
         self._min_interval = min_interval
@@ -207,12 +209,15 @@ class KeySet:
                 ) as response:
                     response.raise_for_status()
                     body = bounded_body(response, MAX_JWKS_BYTES)
+                    date = response.headers.get("date")
                 keys = parse_jwks(json_document(body))
             except (httpx.HTTPError, ValueError) as exc:
                 _log.warning("fetching the broker's JWKS failed: %s", exc)
                 return False
             self._keys = keys
             self._fetched_at = self._monotonic()
+            if self._on_date is not None:
+                self._on_date(date)
             return True
         finally:
             self._lock.release()

@@ -18,6 +18,7 @@ from tasklease.rules import jws
 from tasklease.rules.binding import DEFAULT_HOLDER_QUOTA, DPoPVerifier, ProofLedger
 from tasklease.rules.chainverify import offline_limits
 from tasklease.rules.cleartext import KEYS_ONLY, check_credential_url
+from tasklease.verify._brokertime import BrokerPacedClock
 from tasklease.verify._claims import VerifiedToken
 from tasklease.verify._errors import VerifierUnavailable
 from tasklease.verify._federation import FederatedDomain, Federations
@@ -124,10 +125,14 @@ class VerifierBase:
             audience=broker_audiences,
         )
         self._bearer_chains = bearer_chains
-        self._clock = clock or SystemClock()
+        local = clock or SystemClock()
+        # Tokens are judged by the later of this clock and the broker's, as its JWKS
+        # answers tell it (verify._brokertime): a clock set back lengthens no token.
+        self._clock = BrokerPacedClock(local, warn_after=clock_skew / 2)
         # Pruning never runs ahead of the time that elapsed: a wall clock stepped forward
-        # would forget revocations of tokens still valid by the true time (core.clock).
-        self._horizon = ElapsedHorizon(self._clock)
+        # would forget revocations of tokens still valid by the true time (core.clock). By
+        # the local clock: never ahead of the time tokens are judged by.
+        self._horizon = ElapsedHorizon(local)
         # Its requests carry the app's credentials and fetch the keys: a loopback broker
         # is reached directly, never through a proxy the environment names (bounds).
         self._client = loopback_direct(
@@ -139,6 +144,7 @@ class VerifierBase:
             ttl=jwks_ttl,
             min_interval=jwks_min_refresh_interval,
             max_age=jwks_max_stale,
+            on_date=self._clock.note,
         )
         self._federation = (
             Federations(federations, timeout=timeout, min_interval=jwks_min_refresh_interval)
@@ -253,6 +259,12 @@ class VerifierBase:
             and self.feed_staleness() <= self.max_feed_staleness
         )
 
+    def clock_offset(self) -> float | None:
+        """This host's clock minus the broker's, as its last JWKS answer told it (within
+        about a second; None before the first): negative when this clock is behind, which
+        verification makes up for. A metric."""
+        return self._clock.offset()
+
     def jwks_age(self) -> float:
         """Seconds since the broker's JWKS was last fetched (infinite before the first
         fetch): past ``jwks_max_stale`` every verification fails closed. A metric."""
@@ -285,6 +297,7 @@ class VerifierBase:
             revocation_entries=len(self._revocations),
             jwks_age=self._keys.age(),
             jwks_max_stale=self.jwks_max_stale,
+            clock_offset=self._clock.offset(),
         )
 
     def stats(self) -> dict[str, Any]:
@@ -294,6 +307,7 @@ class VerifierBase:
             "federations": {} if self._federation is None else self._federation.stats(),
             "kids": self._keys.kids,
             "jwks_age": self._keys.age(),
+            "clock_offset": self._clock.offset(),
             "cached_tokens": len(self._cache),
             "cached_references": len(self._references),
             "introspections": getattr(self._introspector, "calls", None),
