@@ -154,3 +154,73 @@ def test_the_trust_bundle_is_published_again_without_the_key(make_broker: Any, k
     broker.retire_signing_key(kit.admin(broker).claims, old_kid, kit.ctx)
     retired = parse_bundle(broker.trust_bundle(), domain)
     assert list(retired.keys) == [new_kid] and retired.sequence > rotated.sequence
+
+
+def _copy_keys(source: Path, target: Path) -> None:
+    """A replica's own copy of the key directory (``cp -a``), replacing what it held."""
+    import shutil
+
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, symlinks=True)
+
+
+def test_a_process_with_its_own_copy_of_the_keys_drops_a_key_retired_elsewhere(
+    make_broker: Any, kit: Any, tmp_path: Path
+) -> None:
+    """Decision 252: the retirement is recorded in the store with its event, and every
+    process drops the key at its next refresh, one whose key directory still holds the
+    key's file too, and from its start after a restart; it never publishes the key in
+    the trust bundle again."""
+    ours, theirs = tmp_path / "keys-a", tmp_path / "keys-b"
+    store = MemoryStore()
+    first = make_broker(store=store, keyring=load_or_create_keyring(ours, PLAIN), key_dir=str(ours))
+    token = kit.register(first).token
+    new_kid, old_kid = first.rotate_signing_key(kit.admin(first).claims, kit.ctx)
+    _copy_keys(ours, theirs)  # distributed after the rotation
+    ring = load_or_create_keyring(theirs, PLAIN)
+    second = make_broker(store=store, keyring=ring, key_dir=str(theirs))
+    domain = first.config.trust_domain
+    first.publish_trust_bundle()
+    assert not _rejected(second, token) and not second.refresh_keys()
+    first.retire_signing_key(kit.admin(first).claims, old_kid, kit.ctx)
+    assert store.retired_keys() == frozenset({old_kid})
+    assert second.refresh_keys() and second.keyring.kids() == [new_kid]
+    assert _rejected(second, token)
+    assert load_or_create_keyring(theirs, PLAIN).kids() == [new_kid, old_kid]  # file kept
+    second.publish_trust_bundle()
+    assert list(parse_bundle(second.trust_bundle(), domain).keys) == [new_kid]
+    restarted = make_broker(
+        store=store, keyring=load_or_create_keyring(theirs, PLAIN), key_dir=str(theirs)
+    )
+    assert restarted.keyring.kids() == [new_kid] and _rejected(restarted, token)
+    assert kit.register(restarted).token  # signs with the key that replaced it
+
+
+def test_a_process_whose_active_key_was_retired_elsewhere_signs_nothing(
+    make_broker: Any, kit: Any, tmp_path: Path
+) -> None:
+    """A replica whose copy of the key directory predates the rotation has the retired
+    key as its active one: it signs nothing (503) and trusts nothing that key signed
+    until its directory holds the key that replaced it, then signs with that."""
+    ours, theirs = tmp_path / "keys-a", tmp_path / "keys-b"
+    store = MemoryStore()
+    first = make_broker(store=store, keyring=load_or_create_keyring(ours, PLAIN), key_dir=str(ours))
+    _copy_keys(ours, theirs)  # before the rotation
+    second = make_broker(
+        store=store, keyring=load_or_create_keyring(theirs, PLAIN), key_dir=str(theirs)
+    )
+    token = kit.register(second).token
+    new_kid, old_kid = first.rotate_signing_key(kit.admin(first).claims, kit.ctx)
+    first.publish_trust_bundle()
+    first.retire_signing_key(kit.admin(first).claims, old_kid, kit.ctx)
+    published = first.trust_bundle()
+    assert second.refresh_keys() and second.keyring.kids() == []
+    assert not second.keyring.signs and _rejected(second, token)
+    with pytest.raises(Unavailable) as stopped:
+        kit.register(second)
+    assert "key directory" in stopped.value.detail
+    assert not second.publish_trust_bundle()  # never over the newer set
+    assert first.trust_bundle() == published
+    _copy_keys(ours, theirs)  # the operator copies the rotated directory over
+    assert second.refresh_keys() and second.keyring.kids() == [new_kid]
+    assert second.keyring.signs and not _rejected(first, kit.register(second).token)

@@ -23,6 +23,7 @@ from typing import NamedTuple, Protocol, cast
 
 import nacl.signing
 
+from tasklease.core.errors import Unavailable
 from tasklease.rules import jws as _jws
 
 __all__ = [
@@ -215,6 +216,16 @@ class KeyRing:
         ring.provider = self.provider
         return ring
 
+    def stopped(self) -> KeyRing:
+        """This ring with its active key retired (elsewhere: a replica whose copy of the
+        key directory lacks the key that followed it): it verifies with its other keys
+        only and signs nothing (:class:`~tasklease.core.errors.Unavailable`)."""
+        ring = object.__new__(_StoppedRing)
+        ring._active, ring._active_kid = self._active, self._active_kid
+        ring._verify_keys = {k: v for k, v in self._verify_keys.items() if k != self._active_kid}
+        ring.provider = self.provider
+        return ring
+
     @classmethod
     def generate(cls) -> KeyRing:
         """A ring with one fresh in-memory key (for tests and ephemeral brokers)."""
@@ -224,6 +235,11 @@ class KeyRing:
     def active_kid(self) -> str:
         """The ``kid`` new tokens are signed under."""
         return self._active_kid
+
+    @property
+    def signs(self) -> bool:
+        """False for a ring whose active key was retired (:meth:`stopped`)."""
+        return type(self) is KeyRing
 
     def sign(self, payload: bytes, typ: str) -> str:
         """Compact JWS of ``payload`` (serialized JSON) under the active key (RFC 7515)."""
@@ -355,3 +371,23 @@ def retire_keys(
             ``before_removal`` raises.
     """
     return provider.retire_keys(directory, keep_kids, before_removal=before_removal)
+
+
+class _StoppedRing(KeyRing):
+    """:meth:`KeyRing.stopped`: signing refused, the retired active key not verified."""
+
+    __slots__ = ()
+
+    def sign(self, payload: bytes, typ: str) -> str:
+        raise _signing_stopped()
+
+    def sign_detached(self, message: bytes) -> bytes:
+        raise _signing_stopped()
+
+
+def _signing_stopped() -> Unavailable:
+    return Unavailable(
+        "this broker's signing key was retired; its key directory lacks the key that replaced it",
+        reason="signing key retired elsewhere: copy the key directory to this process",
+        retry_after=5,
+    )

@@ -2,7 +2,10 @@
 their retirement.
 
 The ring (one signing key, verify-only keys by ``kid``) and the validator built on it are
-replaced when a key is rotated here or by another process sharing the key directory.
+replaced when a key is rotated here or by another process sharing the key directory, and
+when a key is retired anywhere: the retired kids are recorded in the store with the
+retirement's event, and no process trusts one of them again, whatever its key directory
+still holds (a replica with a copy of its own).
 Services hold the :class:`SigningKeys` and read :attr:`~SigningKeys.ring` and
 :attr:`~SigningKeys.validator` at each use, never a copy kept from before, so none goes on
 signing or verifying with a ring that has been replaced.
@@ -17,9 +20,10 @@ from pathlib import Path
 import nacl.signing
 
 from tasklease.core.auditformat import AuditEntry, clipped
-from tasklease.core.errors import Conflict, NotFound, TaskleaseError
+from tasklease.core.errors import Conflict, NotFound, TaskleaseError, Unavailable
 from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.keys import KeyRing, jwk_thumbprint, load_keyring, retire_keys, rotate_key
+from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims, Signer
 from tasklease.core.validation import Validator
 
@@ -49,6 +53,23 @@ def verify_keys(ring: KeyRing) -> list[nacl.signing.VerifyKey]:
     return [key for kid in ring.kids() if (key := ring.verify_key(kid)) is not None]
 
 
+def trusted(ring: KeyRing, retired: frozenset[str]) -> KeyRing:
+    """``ring`` less every key retired; with its active key retired, a ring that signs
+    nothing (:meth:`KeyRing.stopped`)."""
+    for kid in ring.kids():
+        if kid in retired and kid != ring.active_kid:
+            ring = ring.without(kid)
+    if ring.active_kid in retired and ring.active_kid in ring.kids():
+        _log.error(
+            "signing key %s was retired, and this process's key directory holds no key "
+            "that replaced it: nothing is signed here until the key directory is copied "
+            "from where the key was rotated",
+            ring.active_kid,
+        )
+        ring = ring.stopped()
+    return ring
+
+
 class SigningKeys:
     """The current key ring and validator, swapped together on rotation. Thread-safe.
 
@@ -60,6 +81,8 @@ class SigningKeys:
     def __init__(self, kernel: Kernel, ring: KeyRing) -> None:
         self._kernel = kernel
         self._lock = threading.Lock()
+        self._retired = kernel.store.retired_keys()
+        ring = trusted(ring, self._retired)
         self.validator = self._validator(ring)
         self.ring = ring
         self._known_files = self._key_files()
@@ -81,6 +104,8 @@ class SigningKeys:
         return _Remembering(ring, self.validator)
 
     def _install(self, ring: KeyRing) -> None:
+        """Make ``ring``, less every key retired, the one in use."""
+        ring = trusted(ring, self._retired)
         self.validator = self._validator(ring)
         self.ring = ring
 
@@ -168,7 +193,7 @@ class SigningKeys:
                     if going != [kid]:
                         changed = Conflict("the signing keys changed meanwhile: try again")
                         raise self._refused(changed, *about)
-                    self._retired(claims, ctx, kid, len(previous.kids()) - 1)
+                    self._record_retired(claims, ctx, kid, len(previous.kids()) - 1)
 
                 others = [k for k in previous.kids() if k != kid]
                 retire_keys(directory, others, provider, before_removal=record)
@@ -176,9 +201,10 @@ class SigningKeys:
                 self._known_files = self._key_files()
             else:
                 ring = previous.without(kid)
-                self._retired(claims, ctx, kid, len(ring.kids()))
+                self._record_retired(claims, ctx, kid, len(ring.kids()))
+            self._retired = self._retired | {kid}
             self._install(ring)
-        return tuple(ring.kids())
+        return tuple(self.ring.kids())
 
     def _refused(
         self, exc: TaskleaseError, claims: Claims, kid: str, ctx: RequestContext
@@ -194,14 +220,21 @@ class SigningKeys:
             ),
         )
 
-    def _retired(self, claims: Claims, ctx: RequestContext, kid: str, keys: int) -> None:
-        self._kernel.record(
-            AuditEntry(
-                "signing_key_retired",
-                request_id=ctx.request_id,
-                detail=f"signing key retired kid={kid} keys={keys} by={claims.sub}",
-            )
+    def _record_retired(self, claims: Claims, ctx: RequestContext, kid: str, keys: int) -> None:
+        """The retirement, durable with its event: every process reads it at its next
+        :meth:`refresh` and trusts the key no more."""
+        entry = AuditEntry(
+            "signing_key_retired",
+            request_id=ctx.request_id,
+            detail=f"signing key retired kid={kid} keys={keys} by={claims.sub}",
         )
+        at = self._kernel.now()
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            tx.put_retired_key(kid, at)
+            return [entry]
+
+        self._kernel.commit(unit)
 
     def created(self, by: str, ctx: RequestContext) -> AuditEntry:
         """The audit entry of the broker's first signing key, made by ``by`` (``init``)."""
@@ -225,20 +258,33 @@ class SigningKeys:
         )
 
     def refresh(self) -> bool:
-        """Adopt signing keys another process sharing the key directory added or retired.
+        """Adopt signing keys another process sharing the key directory added or retired,
+        and drop every key retired anywhere (recorded in the store).
 
-        Cheap when nothing changed (one directory listing); run by the server's
-        housekeeping loop, so a rotation on one worker or replica reaches the others.
-        Returns True when the ring changed.
+        Cheap when nothing changed (one directory listing and one read of the retired
+        kids); run by the server's housekeeping loop, so a rotation on one worker or
+        replica reaches the others, and a retirement reaches every process, a replica
+        with its own copy of the key directory too. A store that cannot be read leaves
+        the retired kids as last read (the next refresh reads them again). Returns True
+        when the ring changed.
         """
         files = self._key_files()
         provider = self.ring.provider
-        if files is None or files == self._known_files or provider is None:
+        try:
+            retired = self._kernel.store.retired_keys()
+        except Unavailable:
+            retired = self._retired
+        reload = files is not None and files != self._known_files and provider is not None
+        if not reload and retired <= self._retired:
             return False
         with self._lock:
-            ring = load_keyring(Path(self._kernel.config.key_dir), provider)
-            self._known_files = files
-            if ring.kids() == self.ring.kids():
+            ring = self.ring
+            if reload and provider is not None:
+                ring = load_keyring(Path(self._kernel.config.key_dir), provider)
+                self._known_files = files
+            self._retired = self._retired | retired
+            ring = trusted(ring, self._retired)
+            if ring.kids() == self.ring.kids() and ring.signs == self.ring.signs:
                 return False
             self._install(ring)
         _log.info("signing keys reloaded: active kid %s", ring.active_kid)

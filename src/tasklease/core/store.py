@@ -220,6 +220,10 @@ class WriteTx(Protocol):
         (never moved back: a later time already recorded stays)."""
         ...
 
+    def put_retired_key(self, kid: str, retired_at: float) -> None:
+        """Record the signing key ``kid`` as retired (its first retirement's time stays)."""
+        ...
+
     def get_published_bundle(self) -> PublishedBundle | None:
         """This broker's published bundle, locked until the transaction ends."""
         ...
@@ -443,6 +447,10 @@ class Store(Protocol):
     def feed_heard(self, trust_domain: str) -> float | None:
         """When the federated domain's revocation feed was last heard current, or None
         (never, or it has no feed)."""
+        ...
+
+    def retired_keys(self) -> frozenset[str]:
+        """The ``kid`` of every signing key retired: no process trusts one of them."""
         ...
 
     def get_published_bundle(self) -> PublishedBundle | None: ...

@@ -146,7 +146,12 @@ class TrustBundles(Service):
         """:meth:`publish` when the ring's key set is not the one last published by this
         process (cheap otherwise: no store access). Run every second with the key refresh;
         returns whether it looked at the store."""
-        if " ".join(sorted(self._keys.ring.kids())) == self._published_kids:
+        ring = self._keys.ring
+        if " ".join(sorted(ring.kids())) == self._published_kids:
+            return False
+        if not ring.signs:
+            # Its active key was retired elsewhere and its key directory lacks the one
+            # that replaced it: its set is behind the stored one, not a newer one.
             return False
         self.publish()
         return True

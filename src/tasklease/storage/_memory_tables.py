@@ -77,6 +77,7 @@ class MemoryTables:
         self._leases: dict[str, tuple[str, float]] = {}
         self._federations: dict[str, FederationRecord] = {}
         self._feeds_heard: dict[str, float] = {}  # trust domain -> heard current at
+        self._retired_keys: dict[str, float] = {}  # kid -> retired at
         self._published: dict[str, PublishedBundle] = {}  # one entry, key ""
         self._attestors: dict[str, AttestorRecord] = {}
         self._evidence: dict[str, float] = {}  # used attestation evidence -> expires_at
@@ -297,6 +298,11 @@ class MemoryTables:
         with self._lock:
             self._check_open()
             return self._feeds_heard.get(trust_domain)
+
+    def retired_keys(self) -> frozenset[str]:
+        with self._lock:
+            self._check_open()
+            return frozenset(self._retired_keys)
 
     def list_federations(self) -> list[FederationRecord]:
         """Every federated domain, by name."""

@@ -326,6 +326,12 @@ class MemoryWriteTx:
         if table.get(trust_domain, heard_at) <= heard_at:
             self._set(table, trust_domain, heard_at)
 
+    def put_retired_key(self, kid: str, retired_at: float) -> None:
+        self._check_open()
+        table = self._store._retired_keys
+        if kid not in table:
+            self._set(table, kid, retired_at)
+
     def delete_federation(self, trust_domain: str) -> bool:
         self._check_open()
         table = self._store._federations

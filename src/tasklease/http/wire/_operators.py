@@ -517,9 +517,10 @@ OPERATIONS = (
         "Retire an older signing key at once",
         "Stops trusting an older signing key: every token it signed is refused from now "
         "on, its holders' and a forger's alike (after a key was read from a disk or a "
-        "backup), by every broker process within a second and by resource servers at "
-        "their next JWKS fetch; the trust bundle is published again without it. The "
-        "`signing_key_retired` event is durable before the key is removed. The active key "
+        "backup), by every broker process and replica within a second (one with a copy of "
+        "the key directory of its own too) and by resource servers at their next JWKS "
+        "fetch; the trust bundle is published again without it. The `signing_key_retired` "
+        "event and the retirement are durable before the key is removed. The active key "
         "cannot be retired: rotate first. Needs `admin:keys:*`.",
         admin("admin:keys:*"),
         KeyRetirementResponse,

@@ -415,6 +415,12 @@ class Dialect(RowConversions):
             " ON CONFLICT (tenant_id, trust_domain) DO UPDATE SET heard_at = excluded.heard_at"
             " WHERE federation_feeds.heard_at < excluded.heard_at"
         )
+        # The signing keys retired (core.signing), read by every process at each refresh.
+        self.retired_keys = f"SELECT kid FROM retired_signing_keys WHERE {t}"
+        self.put_retired_key = q(
+            f"{insert('retired_signing_keys', 'kid, retired_at')}"
+            " ON CONFLICT (tenant_id, kid) DO NOTHING"
+        )
         select_published = f"SELECT {_PUBLISHED} FROM published_bundles WHERE {t}"
         self.get_published_bundle = select_published
         self.lock_published_bundle = f"{select_published}{for_update}"

@@ -270,6 +270,9 @@ class SQLStore(ListingReads, abc.ABC):
         row = self._one(self.dialect.feed_heard, (trust_domain,))
         return None if row is None else float(row[0])
 
+    def retired_keys(self) -> frozenset[str]:
+        return frozenset(str(row[0]) for row in self._all(self.dialect.retired_keys))
+
     def list_federations(self) -> list[FederationRecord]:
         """Every federated domain, by name."""
         federation_from_row = self.dialect.federation_from_row
