@@ -291,6 +291,15 @@ def test_a_federation_feed_left_unbounded(data: Path) -> None:
     assert [f["severity"] for f in findings(report, "federation-feed-unbounded")] == ["medium"]
 
 
+def test_bearer_agents_admitted_beyond_loopback(data: Path) -> None:
+    assert not findings(doctor(data)[1], "bearer-agents")  # loopback, the default
+    beyond = {"TASKLEASE_HOST": "0.0.0.0"}
+    _, report = doctor(data, env=beyond)
+    assert [f["severity"] for f in findings(report, "bearer-agents")] == ["low"]
+    required = {**beyond, "TASKLEASE_HOLDER_BINDING": "required"}
+    assert not findings(doctor(data, env=required)[1], "bearer-agents")
+
+
 def test_clock_not_synchronised(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not findings(doctor(data)[1], "clock-unsynchronised")  # undetectable: quiet
     monkeypatch.setattr(_doctor, "clock_synchronised", lambda: False)

@@ -308,6 +308,25 @@ def _federation(config: Config) -> Iterator[Finding]:
         )
 
 
+def _binding(config: Config) -> Iterator[Finding]:
+    if (
+        is_loopback_host(config.host)
+        or config.holder_binding == "required"
+        or config.tls_mode == "mtls"
+    ):
+        return
+    yield Finding(
+        "bearer-agents",
+        "low",
+        f"the broker listens on {config.host} and admits agents whose tokens are bound to "
+        'no key (holder_binding = "optional")',
+        "a token read from a log, a proxy or a compromised resource server works for "
+        "whoever holds it until it expires",
+        'set holder_binding = "required" once every agent registers with a DPoP proof (the '
+        "SDK's dpop=True) or a client certificate (the AgentWrit SDK does neither)",
+    )
+
+
 def _proxies(config: Config) -> Iterator[Finding]:
     for value in config.trusted_proxies:
         network = ipaddress.ip_network(value, strict=False)
@@ -513,6 +532,7 @@ def diagnose(
         *_passphrase_beside_keys(config, env),
         *_heartbeat(config),
         *_federation(config),
+        *_binding(config),
         *_clock(clock(), config),
         *_identity(config),
     ]

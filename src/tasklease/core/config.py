@@ -120,6 +120,11 @@ class Config:
     # "required": proofs sent to the broker must carry a nonce it provided (RFC 9449
     # sections 8 and 9: DPoP-Nonce, use_dpop_nonce); "off": none is asked for.
     dpop_nonce: str = "off"
+    # "required": a registration must bind its agent's tokens to a key it holds (a DPoP
+    # proof, or a client certificate over mTLS), else it is refused before anything is
+    # spent; every token of the agent, renewed, resumed or delegated to it, then carries
+    # that binding (docs/decisions.md 253). "optional": bearer agents are admitted.
+    holder_binding: str = "optional"
     # Not read by the broker since its replay cache is in the store (used_dpop_proofs,
     # shared by workers and replicas, pruned at expiry); kept so configurations load.
     dpop_replay_cache_size: int = 1_000_000
@@ -244,6 +249,8 @@ class Config:
             raise ValueError("dpop_proof_window must be between 1 and 600 seconds")
         if self.dpop_nonce not in ("off", "required"):
             raise ValueError("dpop_nonce must be one of off, required")
+        if self.holder_binding not in ("optional", "required"):
+            raise ValueError("holder_binding must be one of optional, required")
         if not 1 <= self.dpop_replay_cache_size <= 100_000_000:
             raise ValueError("dpop_replay_cache_size must be between 1 and 100000000")
         if self.tls_mode in ("tls", "mtls") and not (self.tls_cert and self.tls_key):

@@ -11,7 +11,13 @@ from tasklease.core.attestation import AttestationOutcome, AttestationService
 from tasklease.core.attestors import AttestationRefused, evidence_hash
 from tasklease.core.attestors.launch_token import refusal as launch_refusal
 from tasklease.core.auditformat import AuditEntry
-from tasklease.core.errors import InvalidDPoPProof, TaskleaseError, Unauthorized, UseDPoPNonce
+from tasklease.core.errors import (
+    InvalidDPoPProof,
+    InvalidRequest,
+    TaskleaseError,
+    Unauthorized,
+    UseDPoPNonce,
+)
 from tasklease.core.kernel import Kernel, Parent, RequestContext, Service
 from tasklease.core.launch import LAUNCH_TOKEN_PATTERN, launch_token_hash
 from tasklease.core.lineage import app_ancestor
@@ -196,7 +202,11 @@ class RegistrationInputs(Service):
     ) -> tuple[dict[str, str], DPoPProof | None]:
         """The ``cnf`` a registration earns (its client certificate and/or DPoP key), and
         the DPoP proof for the registration's transaction to record as used (RFC 9449
-        section 11.1: single use, in the store every worker and replica shares)."""
+        section 11.1: single use, in the store every worker and replica shares).
+
+        With ``holder_binding = "required"`` a registration that earns none is refused
+        (400, before anything is spent): every token of an agent carries its
+        registration's binding, so this is the one place that decides it."""
         cnf: dict[str, str] = {}
         if ctx.cert_thumbprint:
             cnf["x5t#S256"] = ctx.cert_thumbprint
@@ -215,6 +225,17 @@ class RegistrationInputs(Service):
                     replace(base, detail=f"registration DPoP proof refused: {exc.reason}"),
                 ) from None
             cnf["jkt"] = proof.jkt
+        if not cnf and self._config.holder_binding == "required":
+            raise deny(
+                InvalidRequest(
+                    "holder binding required: register with a DPoP proof, or over mTLS "
+                    "with a client certificate",
+                    hint="the SDK binds with Agent.register(..., dpop=True); see docs/agents.md",
+                ),
+                replace(
+                    base, detail="holder binding required: no DPoP proof, no client certificate"
+                ),
+            )
         return cnf, proof
 
 

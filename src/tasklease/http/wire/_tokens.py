@@ -407,7 +407,9 @@ OPERATIONS = (
                 "a field is missing or malformed (`orch_id`/`task_id` not a SPIFFE path "
                 "segment, or holding a token or a secret, a scope not "
                 "`action:resource:identifier`, a key or signature not padded standard base64 "
-                "of the right length, a nonce not 64 hex characters)",
+                "of the right length, a nonce not 64 hex characters); or `holder_binding` is "
+                "`required` and the registration binds to no key (no `DPoP` proof, no client "
+                "certificate; nothing spent)",
             ),
             Failure(
                 "invalid_dpop_proof",
