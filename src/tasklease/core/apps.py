@@ -603,7 +603,8 @@ class Apps(Service):
 
         ``agent_key`` (standard base64 of a raw Ed25519 public key) binds it to one agent:
         only a registration presenting and proving that key is admitted, so a thief of the
-        launch token cannot register with a key of its own (TM-02).
+        launch token cannot register with a key of its own (TM-02). With
+        ``launch_token_binding = "required"`` it is required (``invalid_request``).
         """
         cfg = self._config
         if not isinstance(agent_name, str) or not agent_name:
@@ -626,6 +627,22 @@ class Apps(Service):
                 raise InvalidRequest(f"{name} must be a boolean")
         multi_use = single_use is False
         uses = _max_uses(max_uses, multi_use=multi_use)
+        if agent_key is None and cfg.launch_token_binding == "required":  # noqa: S105
+            raise self._kernel.deny(
+                InvalidRequest(
+                    "agent_key is required: launch tokens here admit only the agent key they name",
+                    hint="pass the agent's public key (--agent-key; AppClient.create_agent "
+                    "binds its own)",
+                ),
+                AuditEntry(
+                    "launch_token_denied",
+                    outcome="denied",
+                    agent_id=claims.sub,
+                    request_id=ctx.request_id,
+                    detail=f"launch token denied for agent={agent_name} by={claims.sub} "
+                    "reason=no agent_key (launch_token_binding = required)",
+                ),
+            )
         bound_key = (
             ""
             if agent_key is None

@@ -125,6 +125,10 @@ class Config:
     # spent; every token of the agent, renewed, resumed or delegated to it, then carries
     # that binding (docs/decisions.md 253). "optional": bearer agents are admitted.
     holder_binding: str = "optional"
+    # "required": every launch token names the agent key that alone may register with it
+    # (``agent_key``), so a stolen launch token registers no key of the thief's (TM-02;
+    # docs/decisions.md 254). "optional": a launch token may admit any key.
+    launch_token_binding: str = "optional"  # noqa: S105 - a setting, not a secret
     # Not read by the broker since its replay cache is in the store (used_dpop_proofs,
     # shared by workers and replicas, pruned at expiry); kept so configurations load.
     dpop_replay_cache_size: int = 1_000_000
@@ -251,6 +255,8 @@ class Config:
             raise ValueError("dpop_nonce must be one of off, required")
         if self.holder_binding not in ("optional", "required"):
             raise ValueError("holder_binding must be one of optional, required")
+        if self.launch_token_binding not in ("optional", "required"):
+            raise ValueError("launch_token_binding must be one of optional, required")
         if not 1 <= self.dpop_replay_cache_size <= 100_000_000:
             raise ValueError("dpop_replay_cache_size must be between 1 and 100000000")
         if self.tls_mode in ("tls", "mtls") and not (self.tls_cert and self.tls_key):

@@ -110,7 +110,8 @@ class LaunchTokenRequest(Request):
             "Binds it to one agent: the agent's Ed25519 public key (32 bytes, standard "
             "base64, as `POST /v1/register` takes it). Only a registration presenting and "
             "proving that key is admitted; another key is refused (401) without spending "
-            "a use, so whoever copies the launch token cannot register in the agent's place."
+            "a use, so whoever copies the launch token cannot register in the agent's place. "
+            "Required when the broker's `launch_token_binding` is `required`."
         ),
     ] = None
 
@@ -145,7 +146,8 @@ _LAUNCH_TOKEN_FAILURES = (
         "(`admin`, `operator:`, `app:`, `attestor:`), `ttl`, `max_ttl` or "
         f"`max_uses` is not a positive integer, `max_uses` is above {MAX_USES} or above 1 "
         "without `single_use: false`, `single_use` or `allow_resume` is not a boolean, "
-        "`agent_key` is not a base64 Ed25519 public key, or "
+        "`agent_key` is not a base64 Ed25519 public key (or is missing while "
+        "`launch_token_binding` is `required`: a `denial_id`), or "
         "`resource` (or `audience`) lists the broker's default audience, which "
         "restricts nothing",
     ),
