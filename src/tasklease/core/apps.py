@@ -559,6 +559,28 @@ class Apps(Service):
         record."""
         return complete(self._kernel, self.prepare_launch_token(claims, **request))
 
+    def _launch_denied(
+        self,
+        error: TaskleaseError,
+        claims: Claims,
+        agent_name: str,
+        ctx: RequestContext,
+        reason: str,
+    ) -> TaskleaseError:
+        """A launch token refused: ``error`` under its ``denial_id``, with the one
+        ``launch_token_denied`` event saying who asked, for which agent, and why."""
+        return self._kernel.deny(
+            error,
+            AuditEntry(
+                "launch_token_denied",
+                outcome="denied",
+                agent_id=claims.sub,
+                request_id=ctx.request_id,
+                detail=f"launch token denied for agent={agent_name} by={claims.sub} "
+                f"reason={reason}",
+            ),
+        )
+
     def prepare_launch_token(
         self,
         claims: Claims,
@@ -628,20 +650,16 @@ class Apps(Service):
         multi_use = single_use is False
         uses = _max_uses(max_uses, multi_use=multi_use)
         if agent_key is None and cfg.launch_token_binding == "required":  # noqa: S105
-            raise self._kernel.deny(
+            raise self._launch_denied(
                 InvalidRequest(
                     "agent_key is required: launch tokens here admit only the agent key they name",
                     hint="pass the agent's public key (--agent-key; AppClient.create_agent "
                     "binds its own)",
                 ),
-                AuditEntry(
-                    "launch_token_denied",
-                    outcome="denied",
-                    agent_id=claims.sub,
-                    request_id=ctx.request_id,
-                    detail=f"launch token denied for agent={agent_name} by={claims.sub} "
-                    "reason=no agent_key (launch_token_binding = required)",
-                ),
+                claims,
+                agent_name,
+                ctx,
+                "no agent_key (launch_token_binding = required)",
             )
         bound_key = (
             ""
@@ -665,16 +683,12 @@ class Apps(Service):
             app_id = claims.sub.removeprefix("app:")
             app = self._store.get_app(app_id)
             if app is None or app.status != "active":
-                raise self._kernel.deny(
+                raise self._launch_denied(
                     Forbidden("app not found or not active"),
-                    AuditEntry(
-                        "launch_token_denied",
-                        outcome="denied",
-                        agent_id=claims.sub,
-                        request_id=ctx.request_id,
-                        detail=f"launch token denied for agent={agent_name} by={claims.sub} "
-                        "reason=app not active",
-                    ),
+                    claims,
+                    agent_name,
+                    ctx,
+                    "app not active",
                 )
         principal_of = named or (f"app:{app_id}" if app_id else claims.sub)
         try:
@@ -703,16 +717,8 @@ class Apps(Service):
                         f"{refusal.detail.removeprefix('ceiling would widen')}",
                     ),
                 ) from None
-            raise self._kernel.deny(
-                refusal.error,
-                AuditEntry(
-                    "launch_token_denied",
-                    outcome="denied",
-                    agent_id=claims.sub,
-                    request_id=ctx.request_id,
-                    detail=f"launch token denied for agent={agent_name} by={claims.sub} "
-                    f"reason={refusal.detail}",
-                ),
+            raise self._launch_denied(
+                refusal.error, claims, agent_name, ctx, refusal.detail
             ) from None
         now = self._kernel.now()
         token, digest = new_launch_token()
