@@ -147,8 +147,10 @@ class Kit:
         max_ttl: int | None = None,
         single_use: bool | None = None,
         ttl: int | None = None,
+        agent_key: str | None = None,
     ) -> str:
-        """A launch token created by the admin with ``scope`` as its ceiling."""
+        """A launch token created by the admin with ``scope`` as its ceiling (bound to
+        ``agent_key``, standard base64 of a raw Ed25519 public key, when given)."""
         token, _ = broker.create_launch_token(
             Kit.admin(broker).claims,
             agent_name="test-agent",
@@ -157,6 +159,7 @@ class Kit:
             single_use=single_use,
             ttl=ttl,
             ctx=CTX,
+            agent_key=agent_key,
         )
         return token
 
