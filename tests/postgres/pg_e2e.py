@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -45,6 +46,17 @@ def verify_chain(url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def start_replica(url: str, data_dir: Path, env: dict[str, str] | None = None) -> RunningBroker:
     """A replica on ``url`` using the keys in ``data_dir`` (shared by every replica)."""
     return launch_broker(data_dir, {**SHARED_ENV, "TASKLEASE_DATABASE": url, **(env or {})})
+
+
+def start_replica_with_own_keys(
+    url: str, source: Path, other: Path, env: dict[str, str] | None = None
+) -> RunningBroker:
+    """A replica on ``url`` whose data directory ``other`` holds a copy (``cp -a``) of
+    ``source``'s key directory and passphrase, taken now, anchors and all."""
+    other.mkdir(mode=0o700)
+    shutil.copytree(source / "keys", other / "keys", symlinks=True)
+    shutil.copy2(source / "key-passphrase", other / "key-passphrase")
+    return start_replica(url, other, env)
 
 
 async def warm(store: PostgresStore) -> None:

@@ -7,14 +7,13 @@ event, and every replica drops the key at its next key refresh and from its star
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from e2e_support import RunningBroker, jwt_parts, stop_broker
-from pg_e2e import start_replica
+from pg_e2e import start_replica, start_replica_with_own_keys
 
 pytestmark = pytest.mark.slow
 
@@ -44,10 +43,7 @@ def test_a_key_retired_on_one_replica_is_dropped_by_one_with_its_own_copy(
     new_kid = rotated.json()["kid"]
     # The second replica's key directory is a copy (cp -a) taken after the rotation.
     other = tmp_path / "other"
-    other.mkdir(mode=0o700)
-    shutil.copytree(a.data_dir / "keys", other / "keys", symlinks=True)
-    shutil.copy2(a.data_dir / "key-passphrase", other / "key-passphrase")
-    b = start_replica(pg_url, other)
+    b = start_replica_with_own_keys(pg_url, a.data_dir, other)
     replicas.track(b)  # type: ignore[attr-defined]
     assert _kids(b) == {new_kid, old_kid} and b.is_valid(token)
     a._admin_token = None  # signed by the key about to go

@@ -20,7 +20,7 @@ from pathlib import Path
 import pgcluster
 import pytest
 from e2e_support import SHARED_ENV, RunningBroker, launch_broker, stop_broker
-from pg_e2e import start_replica
+from pg_e2e import start_replica, start_replica_with_own_keys
 
 from tasklease.rules.note import parse_checkpoint, parse_note
 
@@ -106,10 +106,7 @@ def test_replicas_with_their_own_copy_of_the_key_directory_never_trip(
     _wait_anchor(a.data_dir / "keys", _events(a))
     # The second replica's key directory is a copy (cp -a), anchors and all.
     other = tmp_path / "other"
-    other.mkdir(mode=0o700)
-    shutil.copytree(a.data_dir / "keys", other / "keys", symlinks=True)
-    shutil.copy2(a.data_dir / "key-passphrase", other / "key-passphrase")
-    b = start_replica(pg_url, other, FAST)
+    b = start_replica_with_own_keys(pg_url, a.data_dir, other, FAST)
     replicas.track(b)  # type: ignore[attr-defined]
     for replica in (a, b, a, b):
         replica.register(["read:data:2"])
@@ -129,10 +126,7 @@ def test_a_tenant_made_on_a_is_refused_by_a_replica_without_its_keys_until_they_
     # or did not serve it once its key directory was copied over.
     [a] = replicas(pg_url, n=1)
     other = tmp_path / "other"
-    other.mkdir(mode=0o700)
-    shutil.copytree(a.data_dir / "keys", other / "keys", symlinks=True)
-    shutil.copy2(a.data_dir / "key-passphrase", other / "key-passphrase")
-    b = start_replica(pg_url, other)
+    b = start_replica_with_own_keys(pg_url, a.data_dir, other)
     replicas.track(b)  # type: ignore[attr-defined]
     acme_a = a.create_tenant("acme")
     agent = acme_a.register(["read:data:1"])
