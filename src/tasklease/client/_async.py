@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import ssl
@@ -271,6 +272,7 @@ class AsyncAgent(AgentBase):
             renew_margin=renew_margin,
             dpop=proof_key,
             mtls=cert is not None,
+            resume=functools.partial(resume_flow, broker_url, registration.agent_id, signing_key),
         )
         return cls(http, credential, owns_client=owns, key=signing_key)
 
@@ -394,6 +396,7 @@ class AsyncAgent(AgentBase):
             renew_margin=renew_margin,
             dpop=proof_key,
             mtls=cert is not None,
+            resume=functools.partial(resume_flow, broker_url, registration.agent_id, key),
         )
         return cls(http, credential, owns_client=owns, key=key)
 

@@ -13,7 +13,7 @@ import base64
 import logging
 import random
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Protocol, TypeVar
@@ -310,6 +310,12 @@ class Credential:
     request after the broker is back renews; at ``exp`` the token is dead and every use
     raises :class:`~tasklease.client.CredentialExpired` until a renewal succeeds (which
     the broker then refuses: an expired token is not renewed; resume or register again).
+
+    *Answer lost* (a renewal sent, and no answer read: the connection dropped, the read
+    timed out): the broker may have renewed, and revoked this token with it. When the
+    next renewal is then refused as unauthorized, the agent resumes instead (``resume``:
+    it proves its registered key, and its DPoP key or certificate, for a fresh token of
+    the same identity), if it was given the means to; else the refusal is raised.
     """
 
     def __init__(
@@ -322,6 +328,7 @@ class Credential:
         renew_margin: float,
         dpop: DPoPKey | None = None,
         mtls: bool = False,
+        resume: Callable[[], Flow[Registration]] | None = None,
     ) -> None:
         if renew_margin < 0:
             raise ValueError("renew_margin must not be negative")
@@ -342,6 +349,10 @@ class Credential:
         self.unreachable_since: float | None = None
         self.renewal_failures = 0
         self._retry_at = -float("inf")
+        # The agent's resumption (its registered key's proof), to recover from a renewal
+        # whose answer was lost; and whether the last renewal sent went unanswered.
+        self._resume = resume
+        self._renewal_unanswered = False
         self._set(registration.token, registration.expires_in)
 
     def _set(self, token: str, expires_in: int) -> None:
@@ -425,15 +436,42 @@ class Credential:
         self.check_usable()
         if self.limit is not None:
             raise self.limit
+        lost = self._renewal_unanswered
+        # Set until an answer is read: a flow abandoned on a transport error leaves it.
+        self._renewal_unanswered = True
         response = yield json_request(
             "POST", endpoint_url(self.base_url, "/v1/token/renew"), None, self.token
         )
+        self._renewal_unanswered = False
         try:
             answer = expect_json(response)
         except RenewalLimitReached as exc:
             self.limit = exc
             raise
+        except Unauthorized as refused:
+            if not lost or self._resume is None:
+                raise
+            yield from self._resume_after_lost_answer(refused)
+            return
         self._set(answer_field(answer, "access_token", str), answer_lifetime(answer))
+
+    def _resume_after_lost_answer(self, refused: Unauthorized) -> Flow[None]:
+        """The renewal before this one went unanswered and this one is refused: the broker
+        renewed then, most likely, and revoked this token. Resume for a fresh token (the
+        successor whose answer was lost expires unused); raise ``refused`` if the broker
+        will not resume this agent either."""
+        if self._resume is None:  # pragma: no cover - checked by the caller
+            raise refused
+        try:
+            registration = yield from self._resume()
+        except TaskleaseError as exc:
+            raise refused from exc
+        _log.warning(
+            "the answer to a renewal of %s was lost and its token was no longer accepted: "
+            "it resumed with its registered key",
+            self.agent_id,
+        )
+        self._set(registration.token, registration.expires_in)
 
     def release_flow(self) -> Flow[None]:
         if self.released:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import ssl
@@ -209,6 +210,7 @@ class Agent(AgentBase):
             renew_margin=renew_margin,
             dpop=proof_key,
             mtls=cert is not None,
+            resume=functools.partial(resume_flow, broker_url, registration.agent_id, signing_key),
         )
         return cls(http, credential, owns_client=owns, key=signing_key)
 
@@ -409,6 +411,7 @@ class Agent(AgentBase):
             renew_margin=renew_margin,
             dpop=proof_key,
             mtls=cert is not None,
+            resume=functools.partial(resume_flow, broker_url, registration.agent_id, key),
         )
         return cls(http, credential, owns_client=owns, key=key)
 
