@@ -60,7 +60,7 @@ def run(
 
     async def main() -> Any:
         transport = httpx.ASGITransport(app=create_app(broker, background=False), client=client)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             return await go(c)
 
     return asyncio.run(main())

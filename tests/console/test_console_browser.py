@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -260,33 +262,102 @@ def test_the_console_shows_a_role_no_more_than_the_api_does(
         context.close()
 
 
-def test_the_sign_in_form_sends_no_secret_from_a_plain_http_page_beyond_loopback(
+class _LocalProxy:
+    """A reverse proxy on this machine in front of ``upstream``, speaking plain HTTP to
+    browsers and sending the upstream's own ``Host`` (what nginx's ``proxy_pass`` does by
+    default): to the broker every request is a loopback client asking for 127.0.0.1."""
+
+    def __init__(self, upstream: str) -> None:
+        import threading
+
+        import httpx
+        import uvicorn
+        from starlette.requests import Request
+        from starlette.responses import Response
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            request = Request(scope, receive)
+            headers = [(k, v) for k, v in request.headers.items() if k not in ("host",)]
+            async with httpx.AsyncClient(base_url=upstream) as client:
+                answer = await client.request(
+                    request.method,
+                    request.url.path,
+                    params=request.query_params,
+                    headers=headers,
+                    content=await request.body(),
+                )
+            out = [(k, v) for k, v in answer.headers.multi_items() if k != "content-encoding"]
+            response = Response(answer.content, answer.status_code)
+            response.raw_headers = [(k.encode(), v.encode()) for k, v in out]
+            await response(scope, receive, send)
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the proxy did not start"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def test_the_console_is_refused_for_a_name_beyond_loopback_over_plain_http(
     broker: RunningBroker, browser: Any
 ) -> None:
-    """A proxy on the broker's machine that speaks plain HTTP to browsers elsewhere makes
-    every client look local: the sign-in page is served (its GET names no page), but a
-    secret typed into it would cross the network in clear. The page turns its form off;
-    on the broker's own machine it stays on."""
+    """A proxy on the broker's machine, not in trusted_proxies, relays a browser elsewhere
+    over plain HTTP and keeps its ``Host``: every client looks local, but the name asked
+    for is not. The sign-in page itself is refused (403, saying why), so no secret is
+    typed; from the broker's own machine it is served."""
     port = broker.url.rsplit(":", 1)[1]
     context = browser.new_context()
     page = context.new_page()
-    sent: list[str] = []
-    page.on("request", lambda r: sent.append(r.url) if r.method == "POST" else None)
-    page.goto(f"http://{ALIAS}:{port}/console/login")
-    warning = page.locator("#clear-text")
-    warning.wait_for(state="visible")
-    assert "plain HTTP" in warning.inner_text()
-    assert page.get_by_label("Secret", exact=True).is_disabled()
-    assert page.get_by_role("button", name="Sign in").is_disabled()
-    page.get_by_label("Secret", exact=True).press("Enter")  # no form is sent either way
-    page.wait_for_timeout(300)
-    assert sent == []
-    _shot(page, "15-login-plain-http-beyond-loopback")
-
+    answer = page.goto(f"http://{ALIAS}:{port}/console/login")
+    assert answer is not None and answer.status == 403
+    assert "Turn TLS on" in page.content()
+    assert page.get_by_label("Secret", exact=True).count() == 0
+    _shot(page, "15-login-plain-http-name-beyond-loopback")
     page.goto(f"{broker.url}/console/login")
-    assert page.locator("#clear-text").is_hidden()
     assert page.get_by_label("Secret", exact=True).is_enabled()
     context.close()
+
+
+def test_the_sign_in_form_sends_no_secret_from_a_plain_http_page_beyond_loopback(
+    broker: RunningBroker, browser: Any
+) -> None:
+    """The same proxy, rewriting ``Host`` to the broker's own address (nginx's default):
+    the sign-in page is served (nothing in its GET names the page), but a secret typed
+    into it would cross the network in clear. The page turns its form off."""
+    proxy = _LocalProxy(broker.url)
+    try:
+        context = browser.new_context()
+        page = context.new_page()
+        sent: list[str] = []
+        page.on("request", lambda r: sent.append(r.url) if r.method == "POST" else None)
+        page.goto(f"http://{ALIAS}:{proxy.port}/console/login")
+        warning = page.locator("#clear-text")
+        warning.wait_for(state="visible")
+        assert "plain HTTP" in warning.inner_text()
+        assert page.get_by_label("Secret", exact=True).is_disabled()
+        assert page.get_by_role("button", name="Sign in").is_disabled()
+        page.get_by_label("Secret", exact=True).press("Enter")  # no form is sent either way
+        page.wait_for_timeout(300)
+        assert sent == []
+        _shot(page, "16-login-plain-http-behind-a-local-proxy")
+        context.close()
+    finally:
+        proxy.stop()
 
 
 def test_the_sign_in_form_stays_on_over_https_at_a_host_beyond_loopback(

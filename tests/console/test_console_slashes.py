@@ -48,7 +48,7 @@ def _broker() -> Broker:
 def _answers() -> dict[tuple[str, str], httpx.Response]:
     async def main() -> dict[tuple[str, str], httpx.Response]:
         transport = httpx.ASGITransport(app=create_app(_broker(), background=False))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             signed = await c.post("/v1/admin/auth", json={"secret": ADMIN_SECRET})
             bearer = {"authorization": f"Bearer {signed.json()['access_token']}"}
             made = await c.post(

@@ -79,10 +79,20 @@ def _page_scheme(request: Request) -> tuple[str, str]:
         return "", ""
 
 
+def _asked_host(request: Request) -> str:
+    """The host name the browser asked for (its ``Host``), "" when there is none that
+    parses."""
+    try:
+        return urlsplit("//" + request.headers.get("host", "")).hostname or ""
+    except ValueError:
+        return ""
+
+
 def plain_http_refused(request: Request) -> bool:
     """True when the console is asked over plain HTTP by a client beyond loopback, or by
-    a page that is plain HTTP on a host beyond loopback (relayed by a proxy on this
-    machine): its cookie would cross the network in clear."""
+    a page that is plain HTTP on a host beyond loopback, or for a host beyond loopback
+    (each relayed by a proxy on this machine): its cookie would cross the network in
+    clear, and a secret typed into its sign-in page would have."""
     if _secure(request):
         return False
     host = request.client.host if request.client else ""
@@ -90,6 +100,11 @@ def plain_http_refused(request: Request) -> bool:
         if not ipaddress.ip_address(host).is_loopback:
             return True
     except ValueError:
+        return True
+    if not may_carry_credentials("http", _asked_host(request)):
+        # The browser asked for a name beyond loopback, and a proxy on this machine that
+        # is not in trusted_proxies relayed it over plain HTTP: the page itself is plain
+        # HTTP there. Its GET names no page (no Origin), so only Host says so.
         return True
     scheme, page_host = _page_scheme(request)
     return scheme == "http" and not may_carry_credentials(scheme, page_host)
