@@ -143,3 +143,39 @@ def test_a_broker_without_an_admin_secret_records_nothing() -> None:
     assert not changed
     with starts.store.write() as tx:
         assert tx.get_admin_credential() is None
+
+
+def test_a_process_not_yet_restarted_refuses_the_old_secret(hashes: dict[str, str]) -> None:
+    """A rolling restart: once one process has started with the new secret, another still
+    running with the old one refuses it too (it is no longer the one on record), audited
+    with the reason; it signs in nobody until restarted with the new one."""
+    starts = _Starts()
+    old, _ = starts.start(hashes["first"])
+    assert old.admin_auth(ADMIN_SECRET, CTX).token  # before the restart: as ever
+    new, changed = starts.start(hashes["other"])
+    assert changed
+    with pytest.raises(Unauthorized) as refused:
+        old.admin_auth(ADMIN_SECRET, CTX)
+    events, _ = starts.store.query_audit(AuditQuery(event_type="admin_auth_failed"))
+    (event,) = [e for e in events if f"denial={refused.value.denial_id}" in e.detail]
+    assert "changed by another broker process's start" in event.detail
+    with pytest.raises(Unauthorized):  # the new secret is not this process's either
+        old.admin_auth(OTHER_SECRET, CTX)
+    starts.clock.advance(new.config.clock_skew + 1)  # past the change's entry
+    assert new.admin_auth(OTHER_SECRET, CTX).token
+    with pytest.raises(Unauthorized):
+        old.admin_auth(ADMIN_SECRET, CTX)  # still refused, however late
+    again, changed = starts.start(hashes["other"])  # the old process restarted
+    assert not changed and again.admin_auth(OTHER_SECRET, CTX).token
+
+
+def test_the_same_secret_under_another_salt_still_signs_in(hashes: dict[str, str]) -> None:
+    """Processes started from the plain secret each hash it with a salt of their own; the
+    record keeps the first hash, and the secret matches it everywhere."""
+    starts = _Starts()
+    first, _ = starts.start(hashes["first"], ADMIN_SECRET)
+    second, changed = starts.start(hashes["again"], ADMIN_SECRET)
+    assert not changed
+    assert first.admin_auth(ADMIN_SECRET, CTX).token
+    assert second.admin_auth(ADMIN_SECRET, CTX).token
+    assert second.admin_auth(ADMIN_SECRET, CTX).token  # the record's match remembered

@@ -97,3 +97,29 @@ def test_a_restart_with_another_admin_secret_ends_what_the_old_one_made(tmp_path
         assert len(_changes(broker, _signed_in(broker))) == 2
     finally:
         stop_broker(broker)
+
+
+def test_a_process_not_yet_restarted_refuses_the_old_secret(tmp_path: Path) -> None:
+    """A rolling restart of two processes sharing one database: once one runs the new
+    secret, the other, still running with the old one, signs nobody in with it (401, the
+    reason under its denial_id); restarted with the new one, it does again."""
+    data = tmp_path / "broker"
+    old = _start(data, ADMIN_SECRET)
+    try:
+        assert old.post("/v1/admin/auth", json={"secret": ADMIN_SECRET}).status_code == 200
+        new = _start(data, OTHER_SECRET)
+        try:
+            token = _signed_in(new)
+            refused = old.post("/v1/admin/auth", json={"secret": ADMIN_SECRET})
+            assert refused.status_code == 401, refused.text
+            denial = refused.json()["denial_id"]
+            events = new.get(
+                "/v1/audit/events?event_type=admin_auth_failed&limit=10",
+                headers={"Authorization": f"Bearer {token}"},
+            ).json()["events"]
+            [event] = [e for e in events if f"denial={denial}" in e["detail"]]
+            assert "changed by another broker process's start" in event["detail"]
+        finally:
+            stop_broker(new)
+    finally:
+        stop_broker(old)

@@ -123,21 +123,32 @@ class Apps(Service):
         super().__init__(kernel)
         self._keys = keys
         self._app_sign_in = AppSignIn(kernel, dpop, self._sign_in)
+        # The admin secret's hash on record that this process's secret last matched: the
+        # same record needs no second check of the same secret (core.adminsecret).
+        self._admin_record_matched: str | None = None
 
     def admin_auth(self, secret: object, ctx: RequestContext) -> IssuedToken:
+        """An admin token for the admin secret: this process's, and the one on record.
+
+        A broker process started with another secret changes the record (and ends what
+        the one before made: ``core.adminsecret``); a process still running with the one
+        before then refuses it too, so a rolling restart leaves no window in which the
+        old secret signs in on a process not yet restarted.
+        """
         if not isinstance(secret, str) or not secret:
             raise InvalidRequest("secret is required")
-        if not verify_secret(self._config.admin_secret_hash or None, secret):
-            self._metrics.auth.labels("admin", "failure").inc()
-            raise self._kernel.deny(
-                Unauthorized("invalid credentials"),
-                AuditEntry(
-                    "admin_auth_failed",
-                    outcome="denied",
-                    request_id=ctx.request_id,
-                    detail=f"admin authentication failed from {ctx.remote}",
-                ),
-            )
+        configured = self._config.admin_secret_hash or None
+        if not verify_secret(configured, secret):
+            raise self._admin_refused(ctx, "")
+        held = self._store.admin_credential()
+        if held is not None and held not in (configured, self._admin_record_matched):
+            if not verify_secret(held, secret):
+                raise self._admin_refused(
+                    ctx,
+                    ": the admin secret on record was changed by another broker process's "
+                    "start, and this one still runs the one before (restart it)",
+                )
+            self._admin_record_matched = held
         return self._sign_in(
             "admin",
             kind=KIND_ADMIN,
@@ -150,6 +161,18 @@ class Apps(Service):
             detail=lambda claims: (
                 f"admin authenticated as admin from {ctx.remote} jti={claims.jti} "
                 "operator=admin (built-in admin, the admin secret)"
+            ),
+        )
+
+    def _admin_refused(self, ctx: RequestContext, why: str) -> TaskleaseError:
+        self._metrics.auth.labels("admin", "failure").inc()
+        return self._kernel.deny(
+            Unauthorized("invalid credentials"),
+            AuditEntry(
+                "admin_auth_failed",
+                outcome="denied",
+                request_id=ctx.request_id,
+                detail=f"admin authentication failed from {ctx.remote}{why}",
             ),
         )
 

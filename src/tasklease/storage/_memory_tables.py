@@ -304,6 +304,12 @@ class MemoryTables:
             self._check_open()
             return frozenset(self._retired_keys)
 
+    def admin_credential(self) -> str | None:
+        with self._lock:
+            self._check_open()
+            held = self._shared.admin_credential
+            return None if held is None else held[0]
+
     def list_federations(self) -> list[FederationRecord]:
         """Every federated domain, by name."""
         with self._lock:

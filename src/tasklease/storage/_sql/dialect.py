@@ -502,9 +502,8 @@ class Dialect(RowConversions):
         # recorded (core.horizon). Time is not per tenant.
         # One row (id 1) for the whole database too: the built-in admin's credential as
         # the broker last started with it (core.adminsecret). The admin is not per tenant.
-        self.lock_admin_credential = (
-            f"SELECT secret_hash FROM admin_credential WHERE id = 1{for_update}"
-        )
+        self.admin_credential = "SELECT secret_hash FROM admin_credential WHERE id = 1"
+        self.lock_admin_credential = f"{self.admin_credential}{for_update}"
         self.put_admin_credential = q(
             "INSERT INTO admin_credential (id, secret_hash, changed_at) VALUES (1, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET secret_hash = excluded.secret_hash,"

@@ -273,6 +273,10 @@ class SQLStore(ListingReads, abc.ABC):
     def retired_keys(self) -> frozenset[str]:
         return frozenset(str(row[0]) for row in self._all(self.dialect.retired_keys))
 
+    def admin_credential(self) -> str | None:
+        row = self._one(self.dialect.admin_credential, ())
+        return None if row is None else str(row[0])
+
     def list_federations(self) -> list[FederationRecord]:
         """Every federated domain, by name."""
         federation_from_row = self.dialect.federation_from_row
