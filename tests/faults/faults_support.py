@@ -30,11 +30,20 @@ def server_pids(cluster: pgcluster.Cluster) -> list[int]:
 
 
 def freeze(cluster: pgcluster.Cluster) -> list[int]:
-    """SIGSTOP the server and all its processes: it accepts bytes and answers nothing."""
-    pids = server_pids(cluster)
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    return pids
+    """SIGSTOP the server and all its processes: it accepts bytes and answers nothing.
+
+    The postmaster first, so that it starts no backend while its children are listed (a
+    connection a pool opens meanwhile would otherwise get a backend that runs on); then
+    its children, listed again until a listing finds none not stopped."""
+    postmaster = server_pids(cluster)[0]
+    os.kill(postmaster, signal.SIGSTOP)
+    stopped = [postmaster]
+    while fresh := [pid for pid in server_pids(cluster) if pid not in stopped]:
+        for pid in fresh:
+            with contextlib.suppress(ProcessLookupError):  # a backend that just ended
+                os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+    return stopped
 
 
 def thaw(cluster: pgcluster.Cluster) -> None:
