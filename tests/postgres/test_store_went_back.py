@@ -1,9 +1,9 @@
 """A database that goes back in time under running brokers (a failover to a standby that
 missed the last commits, a restore) hands revocation numbers out again. A broker that had
 read past them reloads its revocations instead of skipping the new ones for good, and the
-feed answers a reader past them with a snapshot and a smaller cursor. Shown on PostgreSQL
-and SQLite, the going back done by hand: the last revocations deleted, the tenant's
-counter set back."""
+feed answers a reader past them with a snapshot and a smaller cursor; what it still holds
+and the store lost, it writes back (decision 259). Shown on PostgreSQL and SQLite, the
+going back done by hand: the last revocations deleted, the tenant's counter set back."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tasklease.core.broker import Broker
 from tasklease.core.clock import ManualClock
 from tasklease.core.config import Config
 from tasklease.core.keys import KeyRing
-from tasklease.core.records import RevocationRecord
+from tasklease.core.records import AuditQuery, RevocationRecord
 from tasklease.storage import open_store
 
 START = 1_800_000_000.0
@@ -179,6 +179,82 @@ def test_the_anchor_holds_after_a_reload_whose_last_entry_expired(
     reader.refresh_revocations()
     assert ("agent", "spiffe://d/agent/o/t/lost") in _held(reader.kernel.revocations)
     assert reader.revocation_reloads == 2
+    for broker in (writer, reader):
+        broker.store.close()
+
+
+def _restored(broker: Broker) -> list[str]:
+    events, _ = broker.store.query_audit(AuditQuery(event_type="revocations_restored"))
+    return [event.detail for event in events]
+
+
+def test_what_the_store_lost_is_written_back_once_by_the_replicas_that_hold_it(
+    database: tuple[str, str],
+) -> None:
+    """The last three revocations are lost with the commits; both replicas had read them.
+    The first to notice writes them back, with one event; the other finds them stored
+    and writes nothing; a replica started afterwards enforces them."""
+    kind, url = database
+    writer, reader = _brokers(url)
+    _revoke(writer, "jti-1")
+    _revoke(writer, "jti-2")
+    _revoke(writer, "spiffe://d/agent/o/t/lost", level="agent")
+    _revoke(writer, "a-task", level="task", expires_at=START + 7200)
+    reader.refresh_revocations()
+    writer.refresh_revocations()
+    assert reader.write_back_revocations() == 0  # nothing lost: no store access
+    _rewind(kind, url, keep=1)  # jti-2, the agent and the task are lost
+    _revoke(writer, "after-2")  # numbered 2 again
+    reader.refresh_revocations()  # notices, reloads, notes what the store lacks
+    assert reader.revocation_reloads == 1
+    assert [r.target for r in reader._freshness.lost()] == [  # noqa: SLF001
+        "jti-2",
+        "spiffe://d/agent/o/t/lost",
+        "a-task",
+    ]
+    assert reader.write_back_revocations() == 3
+    assert _restored(reader) == [
+        "3 revocation entries the database lost (it went back in time) written again from "
+        "this process's index: token 1, agent 1, task 1"
+    ]
+    stored = {(r.level, r.target): r for r in reader.store.load_revocations(START)}
+    assert stored[("task", "a-task")].expires_at == START + 7200
+    assert stored[("task", "a-task")].revoked_at == int(START)
+    assert {("token", "jti-2"), ("agent", "spiffe://d/agent/o/t/lost")} <= set(stored)
+    assert reader.write_back_revocations() == 0  # written: forgotten
+    # The other replica held them too: it notices, and finds them stored again.
+    writer.refresh_revocations()
+    assert writer.write_back_revocations() == 0
+    assert len(_restored(writer)) == 1
+    # A replica started now loads them from the store.
+    late = _brokers(url)[0]
+    assert {("token", "jti-2"), ("agent", "spiffe://d/agent/o/t/lost")} <= _held(
+        late.kernel.revocations
+    )
+    for broker in (writer, reader, late):
+        broker.store.close()
+
+
+def test_an_entry_past_its_expiry_is_not_written_back(database: tuple[str, str]) -> None:
+    """Lost, but no token it could match is valid any more: nothing to write, no event.
+    One within the clock skew of its end is not even noted (another replica, its clock
+    ahead, may have pruned it)."""
+    kind, url = database
+    writer, reader = _brokers(url)
+    _revoke(writer, "jti-1")
+    _revoke(writer, "jti-2", expires_at=START + 90)
+    _revoke(writer, "jti-3", expires_at=START + 20)
+    reader.refresh_revocations()
+    _rewind(kind, url, keep=1)
+    _revoke(writer, "after-2")
+    reader.refresh_revocations()
+    assert [r.target for r in reader._freshness.lost()] == ["jti-2"]  # noqa: SLF001
+    reader.kernel.clock.advance(120)  # type: ignore[attr-defined]
+    assert reader.write_back_revocations() == 0
+    assert _restored(reader) == []
+    assert ("token", "jti-2") not in {
+        (r.level, r.target) for r in reader.store.load_revocations(START)
+    }
     for broker in (writer, reader):
         broker.store.close()
 

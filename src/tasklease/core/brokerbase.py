@@ -694,6 +694,17 @@ class BrokerBase:
         """Apply revocations other processes committed since we last looked."""
         return self._freshness.refresh()
 
+    def write_back_revocations(self) -> int:
+        """Write back to the store the revocation entries it lost when it went back in time
+        (a failover to a standby that missed the last commits, a restore) and this process
+        still holds; return how many were written. Nothing noted lost: no store access."""
+        lost = self._freshness.lost()
+        if not lost:
+            return 0
+        written = self._revoking.write_back(lost)
+        self._freshness.written_back(lost)
+        return written
+
     def watch_revocations(self) -> Callable[[], None] | None:
         """Follow the store's change notifications, if it offers them; return a stopper."""
         return self._freshness.watch()

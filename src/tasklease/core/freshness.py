@@ -1,10 +1,12 @@
 """Keeping this process's revocation index current: loading, refreshing, the store watch,
-and the staleness bound past which protected requests fail closed."""
+the staleness bound past which protected requests fail closed, and noting what a store
+that went back in time lost."""
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +47,10 @@ class Freshness:
         # How many times the index was loaded again for that (the feed's hub ends its
         # streams when it sees this move).
         self.reloads = 0
+        # Entries this index holds that the store no longer did at a reload (it went back
+        # in time), by (level, target): written back by ``Revoking.write_back``.
+        self._lost: dict[tuple[str, str], RevocationRecord] = {}
+        self._lost_lock = threading.Lock()
 
     def load(self) -> None:
         """Apply every revocation in the store unexpired by the safe horizon (at start-up):
@@ -102,19 +108,71 @@ class Freshness:
         The revocation listeners learn it through :attr:`reloads` (the feed's streams end,
         so that their readers reconnect with their cursors and get the check)."""
         kernel = self._kernel
-        records = kernel.store.load_revocations(self._horizon.now())
+        now = self._horizon.now()
+        records = kernel.store.load_revocations(now)
         last = records[-1].seq if records else 0
         _log.warning(
             "the store no longer holds the last revocation this process read (at %d): the "
             "database went back in time, or the entry was widened or pruned; reloading",
             kernel.revocations.last_seq,
         )
+        # An entry within the clock skew of its end is left out: an index loaded again
+        # because another replica, its clock ahead, pruned the last entry would otherwise
+        # write back what that replica had just pruned.
+        self._note_lost(kernel.revocations.entries(now + kernel.config.clock_skew), records)
         kernel.revocations.rewind(last)
         self._anchor = records[-1] if records else None
         self.reloads += 1
         kernel.apply_revocations(records)
         self._applied_at = kernel.now()
         return len(records)
+
+    def _note_lost(self, held: list[RevocationRecord], stored: list[RevocationRecord]) -> None:
+        """Keep the entries of ``held`` (this index) that ``stored`` (the store, reloaded)
+        lacks or holds narrower, until :meth:`written_back` says they are stored again."""
+        kept = {(r.level, r.target): (r.revoked_at, r.expires_at) for r in stored}
+        lost = [
+            r
+            for r in held
+            if (found := kept.get((r.level, r.target))) is None
+            or r.revoked_at > found[0]
+            or r.expires_at > found[1]
+        ]
+        if not lost:
+            return
+        _log.warning(
+            "the store lost %d revocation entries this process holds; they stay enforced "
+            "here and are written back",
+            len(lost),
+        )
+        with self._lost_lock:
+            for record in lost:
+                key = (record.level, record.target)
+                old = self._lost.get(key)
+                self._lost[key] = (
+                    record
+                    if old is None
+                    else RevocationRecord(
+                        record.level,
+                        record.target,
+                        max(record.revoked_at, old.revoked_at),
+                        max(record.expires_at, old.expires_at),
+                    )
+                )
+
+    def lost(self) -> list[RevocationRecord]:
+        """The entries the store lost that this index still holds (oldest note first)."""
+        with self._lost_lock:
+            return list(self._lost.values())
+
+    def written_back(self, records: list[RevocationRecord]) -> None:
+        """``records`` (from :meth:`lost`) are in the store again: forget them, unless a
+        later reload noted a wider entry for the same target meanwhile."""
+        with self._lost_lock:
+            for record in records:
+                key = (record.level, record.target)
+                if self._lost.get(key) == record:
+                    del self._lost[key]
 
     def watch(self) -> Callable[[], None] | None:
         """Follow the store's change notifications, if it offers them; return a stopper.

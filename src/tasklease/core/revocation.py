@@ -194,6 +194,17 @@ class RevocationIndex:
             found.update((("agent", record.agent), ("chain", record.agent)))
         return found
 
+    def entries(self, now: float) -> list[RevocationRecord]:
+        """Every entry that can still match a valid token at ``now`` (``seq`` 0: the
+        index does not keep where the store numbered it)."""
+        with self._lock:
+            return [
+                RevocationRecord(level, target, revoked_at, expires_at)
+                for level, held in self._levels.items()
+                for target, (revoked_at, expires_at) in held.items()
+                if expires_at > now
+            ]
+
     def revoked_at(self, level: str, target: str) -> int | None:
         """The ``revoked_at`` of the entry at ``level`` on ``target``, or None if none."""
         hit = self._levels.get(level, {}).get(target)

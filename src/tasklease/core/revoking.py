@@ -1,5 +1,6 @@
 """Revocation: by operators at four levels, by a token's holder (RFC 7009), the feed that
-carries revocations to resource servers' verifiers, and pruning what can match no more.
+carries revocations to resource servers' verifiers, pruning what can match no more, and
+writing back what a store that went back in time lost.
 
 A revocation is written to the store first (durable), then applied to this process's
 index (enforced at once), then published (the feed's listeners, other replicas through
@@ -9,6 +10,7 @@ the store). Revocation is idempotent, and ending a token ends its descendants.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import replace
 
 from tasklease.core.auditformat import AuditEntry, clipped
@@ -21,7 +23,7 @@ from tasklease.core.horizon import SafeHorizon
 from tasklease.core.kernel import Kernel, RequestContext, Service
 from tasklease.core.lineage import ending_records
 from tasklease.core.pending import Pending, complete
-from tasklease.core.records import MAX_TARGET, RevocationRecord
+from tasklease.core.records import MAX_TARGET, RevocationRecord, RevocationWrite
 from tasklease.core.revocation import LEVELS
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import WriteTx
@@ -66,7 +68,8 @@ def _names_operator(level: str, target: str) -> bool:
 
 
 class Revoking(Service):
-    """Revoke, revoke a held token, read the feed, prune. Thread-safe; one per broker."""
+    """Revoke, revoke a held token, read the feed, prune, write back what a store lost.
+    Thread-safe; one per broker."""
 
     def __init__(self, kernel: Kernel, tokens: TokenCheck, horizon: SafeHorizon) -> None:
         super().__init__(kernel)
@@ -342,6 +345,49 @@ class Revoking(Service):
         self._metrics.prune_horizon_lag.set(tick.lag)
         _log.debug("pruned %d index entries and %d rows", removed, removed_rows)
         return removed
+
+    def write_back(self, lost: list[RevocationRecord]) -> int:
+        """Store again the entries of ``lost`` (``Freshness.lost``: held here, no longer in
+        the store after it went back in time) that can still match a valid token; return
+        how many were written.
+
+        Each goes through ``insert_revocation`` under a new ``seq``: an entry another
+        replica wrote back first, or that was revoked again since, is left as it is, so
+        replicas holding the same entries write each once. One ``revocations_restored``
+        event says what was written; nothing written, no event.
+        """
+        now = self._horizon.now()
+        due = [record for record in lost if record.expires_at > now]
+        written: list[RevocationRecord] = []
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            written.clear()  # a unit may run again when its batch is retried
+            for record in due:
+                if tx.insert_revocation(record) is not RevocationWrite.UNCHANGED:
+                    written.append(record)
+            if not written:
+                return []
+            levels = Counter(record.level for record in written)
+            counts = ", ".join(f"{level} {levels[level]}" for level in LEVELS if level in levels)
+            return [
+                AuditEntry(
+                    "revocations_restored",
+                    detail=(
+                        f"{len(written)} revocation entries the database lost (it went back "
+                        f"in time) written again from this process's index: {counts}"
+                    ),
+                )
+            ]
+
+        if due:
+            self._kernel.commit(unit)
+        if written:
+            _log.warning(
+                "wrote back %d revocation entries the store had lost (audited as "
+                "revocations_restored)",
+                len(written),
+            )
+        return len(written)
 
 
 def _false() -> bool:

@@ -114,6 +114,8 @@ def create_app(
             tasks.append(asyncio.create_task(_refreshing(readiness)))
             for interval, job in (
                 (cfg.prune_interval, Broker.prune),
+                # What a store that went back in time lost, and this process holds.
+                (KEY_REFRESH_INTERVAL, Broker.write_back_revocations),
                 (KEY_REFRESH_INTERVAL, Broker.refresh_keys),
                 # The trust bundle follows the keys (its sequence grows on each change).
                 (KEY_REFRESH_INTERVAL, Broker.publish_trust_bundle),
