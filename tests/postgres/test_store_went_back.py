@@ -58,6 +58,7 @@ def _revoke(
         return []
 
     broker.kernel.commit(unit)  # type: ignore[arg-type]
+    broker.kernel.apply_revocations([record])  # enforced here at once, as a service does
 
 
 def test_a_broker_reloads_when_the_store_went_back(database: tuple[str, str]) -> None:
@@ -256,6 +257,50 @@ def test_an_entry_past_its_expiry_is_not_written_back(database: tuple[str, str])
         (r.level, r.target) for r in reader.store.load_revocations(START)
     }
     for broker in (writer, reader):
+        broker.store.close()
+
+
+def test_a_revocation_lost_before_its_replica_read_it_back_is_written_back(
+    database: tuple[str, str],
+) -> None:
+    """The database loses a revocation in the moment between its commit and its replica's
+    next refresh: the replica never read it there, so no reload shows the loss, and the
+    entries numbered again read on as new. The refresh that follows the commit finds it
+    missing, and it is written back."""
+    kind, url = database
+    writer, other = _brokers(url)
+    writer.refresh_revocations()  # following, as the server does from its start
+    _revoke(writer, "spiffe://d/agent/o/t/unread", level="agent")
+    _rewind(kind, url, keep=0)  # lost before the writer read it back
+    _revoke(other, "after-1")  # numbered 1 again
+    assert writer.refresh_revocations() == 1  # after-1, read on as new: no reload
+    assert writer.revocation_reloads == 0
+    assert [r.target for r in writer._freshness.lost()] == [  # noqa: SLF001
+        "spiffe://d/agent/o/t/unread"
+    ]
+    assert writer.write_back_revocations() == 1
+    stored = {(r.level, r.target) for r in writer.store.load_revocations(START)}
+    assert ("agent", "spiffe://d/agent/o/t/unread") in stored
+    for broker in (writer, other):
+        broker.store.close()
+
+
+def test_a_revocation_committed_again_unchanged_is_not_taken_for_lost(
+    database: tuple[str, str],
+) -> None:
+    """Revoking what is revoked already writes nothing and gets no new number, so no
+    refresh reads it back: the store, asked, holds it, and nothing is noted lost."""
+    _kind, url = database
+    writer, _other = _brokers(url)
+    writer.refresh_revocations()
+    _revoke(writer, "jti-1")
+    assert writer.refresh_revocations() == 1  # read back
+    _revoke(writer, "jti-1")  # the same entry: unchanged in the store
+    _revoke(writer, "jti-2")
+    assert writer.refresh_revocations() == 1  # jti-2 only
+    assert writer._freshness.lost() == []  # noqa: SLF001
+    assert writer.write_back_revocations() == 0
+    for broker in (writer, _other):
         broker.store.close()
 
 

@@ -8,7 +8,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tasklease.core.errors import Unavailable
@@ -22,6 +22,9 @@ _log = logging.getLogger("tasklease.broker")
 
 # How often a store watch checks in (confirms the revocation index is current).
 WATCH_INTERVAL = 1.0
+# The most revocations committed here and not read back yet that are followed: beyond it
+# (refreshes that stopped), later ones are not.
+_UNREAD_MOST = 100_000
 
 
 class Freshness:
@@ -51,6 +54,14 @@ class Freshness:
         # in time), by (level, target): written back by ``Revoking.write_back``.
         self._lost: dict[tuple[str, str], RevocationRecord] = {}
         self._lost_lock = threading.Lock()
+        # Revocations committed here, by (level, target), with the monotonic time they were
+        # applied, until a refresh reads them back: one committed before a read began that
+        # the read does not return (nor the store hold) was lost with the commits, which
+        # no reload shows when this process had not read it yet. Followed once refreshes
+        # run (``_following``).
+        self._unread: dict[tuple[str, str], tuple[RevocationRecord, float]] = {}
+        self._following = False
+        kernel.on_committed = self._committed_here
 
     def load(self) -> None:
         """Apply every revocation in the store unexpired by the safe horizon (at start-up):
@@ -83,6 +94,8 @@ class Freshness:
         widened meanwhile has moved to a new ``seq``: that costs a reload, never a miss.
         """
         kernel = self._kernel
+        self._following = True
+        started = self.monotonic()
         store, since, anchor = kernel.store, kernel.revocations.last_seq, self._anchor
         if since == 0:
             fresh = store.revocations_since(0)
@@ -94,19 +107,22 @@ class Freshness:
                 # at ``since`` becomes the anchor; none there, and the index is reloaded.
                 anchor = at
             if at is None or at != anchor:
-                return self._reload()
+                return self._reload(started)
             fresh = read[1:]
         if fresh:
-            kernel.apply_revocations(fresh)
+            kernel.apply_revocations(fresh, read=True)
             self._applied_at = kernel.now()
         self._anchor = fresh[-1] if fresh else anchor
+        self._check_unread(fresh, started)
         return len(fresh)
 
-    def _reload(self) -> int:
+    def _reload(self, started: float) -> int:
         """Load the store's unexpired revocations again, keeping what the index holds, and
         continue from the last of them (an expired one above is read once more: harmless).
         The revocation listeners learn it through :attr:`reloads` (the feed's streams end,
-        so that their readers reconnect with their cursors and get the check)."""
+        so that their readers reconnect with their cursors and get the check). What the
+        index holds and the store lacks is noted lost (the revocations committed here before
+        the refresh began included: they are in the index)."""
         kernel = self._kernel
         now = self._horizon.now()
         records = kernel.store.load_revocations(now)
@@ -120,24 +136,56 @@ class Freshness:
         # because another replica, its clock ahead, pruned the last entry would otherwise
         # write back what that replica had just pruned.
         self._note_lost(kernel.revocations.entries(now + kernel.config.clock_skew), records)
+        with self._lost_lock:
+            self._unread = {k: v for k, v in self._unread.items() if v[1] >= started}
         kernel.revocations.rewind(last)
         self._anchor = records[-1] if records else None
         self.reloads += 1
-        kernel.apply_revocations(records)
+        kernel.apply_revocations(records, read=True)
         self._applied_at = kernel.now()
         return len(records)
 
     def _note_lost(self, held: list[RevocationRecord], stored: list[RevocationRecord]) -> None:
         """Keep the entries of ``held`` (this index) that ``stored`` (the store, reloaded)
         lacks or holds narrower, until :meth:`written_back` says they are stored again."""
-        kept = {(r.level, r.target): (r.revoked_at, r.expires_at) for r in stored}
-        lost = [
-            r
-            for r in held
-            if (found := kept.get((r.level, r.target))) is None
-            or r.revoked_at > found[0]
-            or r.expires_at > found[1]
-        ]
+        self._note(_uncovered(held, stored))
+
+    def _committed_here(self, records: Sequence[RevocationRecord]) -> None:
+        """``Kernel.on_committed``: follow ``records`` until a refresh reads them back."""
+        if not self._following:
+            return
+        applied = self.monotonic()
+        with self._lost_lock:
+            for record in records:
+                if len(self._unread) >= _UNREAD_MOST:
+                    return
+                self._unread[(record.level, record.target)] = (record, applied)
+
+    def _check_unread(self, fresh: list[RevocationRecord], started: float) -> None:
+        """After a refresh that began at ``started`` and read ``fresh``: a revocation
+        committed here before it began is in ``fresh`` unless the store lost it (or wrote
+        nothing for it, an entry at least as wide being there already: the store is asked).
+        """
+        with self._lost_lock:
+            if not self._unread:
+                return
+            for record in fresh:
+                key = (record.level, record.target)
+                mine = self._unread.get(key)
+                if mine is not None and _covers(record, mine[0]):
+                    del self._unread[key]
+            due = [record for record, applied in self._unread.values() if applied < started]
+            for record in due:
+                del self._unread[(record.level, record.target)]
+        horizon = self._horizon.now() + self._kernel.config.clock_skew
+        due = [record for record in due if record.expires_at > horizon]
+        if not due:
+            return
+        stored = self._kernel.store.find_revocations([(r.level, r.target) for r in due])
+        self._note(_uncovered(due, stored))
+
+    def _note(self, lost: list[RevocationRecord]) -> None:
+        """Keep ``lost`` until :meth:`written_back` (an entry noted twice: the wider)."""
         if not lost:
             return
         _log.warning(
@@ -214,3 +262,21 @@ class Freshness:
             kernel.metrics.revocation_propagation_seconds.observe(
                 max(0.0, self._applied_at - committed_at)
             )
+
+
+def _covers(stored: RevocationRecord, record: RevocationRecord) -> bool:
+    """Whether ``stored`` is at least as wide as ``record`` (same level and target)."""
+    return stored.revoked_at >= record.revoked_at and stored.expires_at >= record.expires_at
+
+
+def _uncovered(
+    records: list[RevocationRecord], stored: list[RevocationRecord]
+) -> list[RevocationRecord]:
+    """The entries of ``records`` that ``stored`` lacks or holds narrower."""
+    by_key = {(r.level, r.target): r for r in stored}
+    return [
+        record
+        for record in records
+        if (found := by_key.get((record.level, record.target))) is None
+        or not _covers(found, record)
+    ]

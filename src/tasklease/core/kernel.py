@@ -255,6 +255,9 @@ class Kernel:
         )
         self._listeners: tuple[Callable[[], None], ...] = ()
         self._listeners_lock = threading.Lock()
+        # Told of every revocation committed here (``Freshness`` follows each until it reads
+        # it back from the store).
+        self.on_committed: Callable[[Sequence[RevocationRecord]], None] | None = None
         self.started_at = time.monotonic()
         # Issuance policy (core.policy): the tenant's Cedar policies, the default until
         # an adapter gives it a source.
@@ -584,9 +587,14 @@ class Kernel:
         longest = max(cfg.max_ttl, cfg.renewal_ceiling, cfg.launch_token_max_ttl)
         return revoked_at + longest + cfg.clock_skew + 1
 
-    def apply_revocations(self, records: Sequence[RevocationRecord]) -> None:
-        """Enforce committed revocations in this process and wake the feed's listeners."""
+    def apply_revocations(self, records: Sequence[RevocationRecord], *, read: bool = False) -> None:
+        """Enforce committed revocations in this process and wake the feed's listeners.
+
+        ``read``: read from the store (``Freshness``); otherwise committed here, and
+        :attr:`on_committed` is told."""
         self.revocations.apply(records)
+        if not read and self.on_committed is not None:
+            self.on_committed(records)
         self.metrics.revocation_entries.set(len(self.revocations))
         self.wake_listeners()
 
