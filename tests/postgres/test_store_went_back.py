@@ -1,5 +1,6 @@
 """A database that goes back in time under running brokers (a failover to a standby that
-missed the last commits, a restore) hands revocation numbers out again. A broker that had
+missed the last commits, a restore) hands revocation numbers out again, and loses the
+last revocations and key retirements. A broker that had
 read past them reloads its revocations instead of skipping the new ones for good, and the
 feed answers a reader past them with a snapshot and a smaller cursor; what it still holds
 and the store lost, it writes back (decision 259). Shown on PostgreSQL and SQLite, the
@@ -17,8 +18,9 @@ import pytest
 from tasklease.core.broker import Broker
 from tasklease.core.clock import ManualClock
 from tasklease.core.config import Config
-from tasklease.core.keys import KeyRing
+from tasklease.core.keys import KeyRing, load_or_create_keyring, rotate_key
 from tasklease.core.records import AuditQuery, RevocationRecord
+from tasklease.keystore import PlaintextKeyProvider
 from tasklease.storage import open_store
 
 START = 1_800_000_000.0
@@ -301,6 +303,54 @@ def test_a_revocation_committed_again_unchanged_is_not_taken_for_lost(
     assert writer._freshness.lost() == []  # noqa: SLF001
     assert writer.write_back_revocations() == 0
     for broker in (writer, _other):
+        broker.store.close()
+
+
+def test_a_key_retirement_the_store_lost_is_recorded_again(
+    database: tuple[str, str], tmp_path: Path
+) -> None:
+    """A key is retired (recorded in the store by the process that retired it), both
+    replicas drop it, then the database loses the record. The first replica to refresh
+    records it again, with one event; the other finds it recorded; a replica started
+    afterwards, its key directory still holding the key, does not trust it."""
+    kind, url = database
+    plain = PlaintextKeyProvider()
+    keys = tmp_path / "keys"
+    old_kid = load_or_create_keyring(keys, plain).active_kid
+    new_kid = rotate_key(keys, plain)
+
+    def replica() -> Broker:
+        config = Config(key_dir=str(keys))
+        ring = load_or_create_keyring(keys, plain)
+        return Broker(
+            config, open_store(url), ring, clock=ManualClock(START), nonce_secret=b"n" * 32
+        )
+
+    first, second = replica(), replica()
+    assert first.keyring.kids() == [new_kid, old_kid]
+    with first.store.write() as tx:  # what the retiring process records
+        tx.put_retired_key(old_kid, START)
+    assert first.refresh_keys() and second.refresh_keys()
+    assert first.keyring.kids() == second.keyring.kids() == [new_kid]
+    statement = f"DELETE FROM retired_signing_keys WHERE kid = '{old_kid}'"
+    if kind == "sqlite":
+        with sqlite3.connect(url) as conn:
+            conn.execute(statement)
+    else:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(statement)
+    assert first.store.retired_keys() == frozenset()
+    first.refresh_keys()
+    assert first.store.retired_keys() == frozenset({old_kid})
+    second.refresh_keys()
+    events, _ = first.store.query_audit(AuditQuery(event_type="signing_key_retirements_restored"))
+    assert [e.detail for e in events] == [
+        "1 signing key retirements the database lost (it went back in time) recorded "
+        f"again: kid={old_kid}"
+    ]
+    late = replica()
+    assert late.keyring.kids() == [new_kid]
+    for broker in (first, second, late):
         broker.store.close()
 
 

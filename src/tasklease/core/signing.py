@@ -5,7 +5,8 @@ The ring (one signing key, verify-only keys by ``kid``) and the validator built 
 replaced when a key is rotated here or by another process sharing the key directory, and
 when a key is retired anywhere: the retired kids are recorded in the store with the
 retirement's event, and no process trusts one of them again, whatever its key directory
-still holds (a replica with a copy of its own).
+still holds (a replica with a copy of its own). A process that finds the store lost a
+retirement it knew (the database went back in time) records it again.
 Services hold the :class:`SigningKeys` and read :attr:`~SigningKeys.ring` and
 :attr:`~SigningKeys.validator` at each use, never a copy kept from before, so none goes on
 signing or verifying with a ring that has been replaced.
@@ -236,6 +237,36 @@ class SigningKeys:
 
         self._kernel.commit(unit)
 
+    def _record_lost(self, kids: frozenset[str]) -> None:
+        """Record again the retirements of ``kids``, which this process knew and the store
+        no longer holds (a failover to a standby that missed the last commits, a restore
+        under a running process), with one ``signing_key_retirements_restored`` event: a
+        process started afterwards, or one whose key directory still holds such a key,
+        would trust it again otherwise. Another process that recorded them first leaves
+        nothing to write. A store that cannot be written leaves them for the next refresh.
+        """
+        at = self._kernel.now()
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            written = [kid for kid in sorted(kids) if tx.put_retired_key(kid, at)]
+            if not written:
+                return []  # another process recorded them first
+            listed = ", ".join(clipped(kid, 128) for kid in written)
+            return [
+                AuditEntry(
+                    "signing_key_retirements_restored",
+                    detail=f"{len(written)} signing key retirements the database lost (it "
+                    f"went back in time) recorded again: kid={listed}",
+                )
+            ]
+
+        try:
+            self._kernel.commit(unit)
+        except Unavailable as exc:
+            _log.warning("signing key retirements not recorded again yet: %s", exc.detail)
+            return
+        _log.warning("the store lost %d signing key retirements: recorded again", len(kids))
+
     def created(self, by: str, ctx: RequestContext) -> AuditEntry:
         """The audit entry of the broker's first signing key, made by ``by`` (``init``)."""
         ring = self.ring
@@ -274,6 +305,8 @@ class SigningKeys:
             retired = self._kernel.store.retired_keys()
         except Unavailable:
             retired = self._retired
+        if self._retired - retired:
+            self._record_lost(self._retired - retired)
         reload = files is not None and files != self._known_files and provider is not None
         if not reload and retired <= self._retired:
             return False

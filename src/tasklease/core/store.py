@@ -220,8 +220,9 @@ class WriteTx(Protocol):
         (never moved back: a later time already recorded stays)."""
         ...
 
-    def put_retired_key(self, kid: str, retired_at: float) -> None:
-        """Record the signing key ``kid`` as retired (its first retirement's time stays)."""
+    def put_retired_key(self, kid: str, retired_at: float) -> bool:
+        """Record the signing key ``kid`` as retired (its first retirement's time stays);
+        False when it was recorded already."""
         ...
 
     def get_published_bundle(self) -> PublishedBundle | None:

@@ -326,11 +326,13 @@ class MemoryWriteTx:
         if table.get(trust_domain, heard_at) <= heard_at:
             self._set(table, trust_domain, heard_at)
 
-    def put_retired_key(self, kid: str, retired_at: float) -> None:
+    def put_retired_key(self, kid: str, retired_at: float) -> bool:
         self._check_open()
         table = self._store._retired_keys
-        if kid not in table:
-            self._set(table, kid, retired_at)
+        if kid in table:
+            return False
+        self._set(table, kid, retired_at)
+        return True
 
     def delete_federation(self, trust_domain: str) -> bool:
         self._check_open()

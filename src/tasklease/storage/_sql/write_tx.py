@@ -308,8 +308,8 @@ class SQLWriteTx(Generic[_C]):
     def put_feed_heard(self, trust_domain: str, heard_at: float) -> None:
         self._db().execute(self.dialect.put_feed_heard, (trust_domain, heard_at))
 
-    def put_retired_key(self, kid: str, retired_at: float) -> None:
-        self._db().execute(self.dialect.put_retired_key, (kid, retired_at))
+    def put_retired_key(self, kid: str, retired_at: float) -> bool:
+        return self._db().execute(self.dialect.put_retired_key, (kid, retired_at)).rowcount == 1
 
     def delete_federation(self, trust_domain: str) -> bool:
         cursor = self._db().execute(self.dialect.delete_federation, (trust_domain,))
