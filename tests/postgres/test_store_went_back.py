@@ -18,6 +18,7 @@ import pytest
 from tasklease.core.broker import Broker
 from tasklease.core.clock import ManualClock
 from tasklease.core.config import Config
+from tasklease.core.errors import Unavailable
 from tasklease.core.keys import KeyRing, load_or_create_keyring, rotate_key
 from tasklease.core.records import AuditQuery, RevocationRecord
 from tasklease.keystore import PlaintextKeyProvider
@@ -283,6 +284,35 @@ def test_a_revocation_lost_before_its_replica_read_it_back_is_written_back(
     assert writer.write_back_revocations() == 1
     stored = {(r.level, r.target) for r in writer.store.load_revocations(START)}
     assert ("agent", "spiffe://d/agent/o/t/unread") in stored
+    for broker in (writer, other):
+        broker.store.close()
+
+
+def test_a_lookup_that_fails_is_made_again_at_the_next_refresh(
+    database: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store cannot be read when a refresh asks it about a revocation committed here
+    and not read back: the refresh fails, the revocation stays followed, and the next
+    refresh asks again and notes it lost."""
+    kind, url = database
+    writer, other = _brokers(url)
+    writer.refresh_revocations()
+    _revoke(writer, "spiffe://d/agent/o/t/unread", level="agent")
+    _rewind(kind, url, keep=0)
+    _revoke(other, "after-1")
+
+    def down(_keys: object) -> list[RevocationRecord]:
+        raise Unavailable("storage is down")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(writer.store, "find_revocations", down)
+        with pytest.raises(Unavailable):
+            writer.refresh_revocations()
+    assert writer._freshness.lost() == []  # noqa: SLF001
+    assert writer.refresh_revocations() == 0
+    assert [r.target for r in writer._freshness.lost()] == [  # noqa: SLF001
+        "spiffe://d/agent/o/t/unread"
+    ]
     for broker in (writer, other):
         broker.store.close()
 

@@ -174,15 +174,17 @@ class Freshness:
                 mine = self._unread.get(key)
                 if mine is not None and _covers(record, mine[0]):
                     del self._unread[key]
-            due = [record for record, applied in self._unread.values() if applied < started]
-            for record in due:
-                del self._unread[(record.level, record.target)]
+            due = {key: held for key, held in self._unread.items() if held[1] < started}
         horizon = self._horizon.now() + self._kernel.config.clock_skew
-        due = [record for record in due if record.expires_at > horizon]
-        if not due:
-            return
-        stored = self._kernel.store.find_revocations([(r.level, r.target) for r in due])
-        self._note(_uncovered(due, stored))
+        asked = [record for record, _ in due.values() if record.expires_at > horizon]
+        # A store that cannot be read raises here, and the next refresh asks again.
+        keys = [(record.level, record.target) for record in asked]
+        stored = self._kernel.store.find_revocations(keys) if keys else []
+        with self._lost_lock:
+            for key, held in due.items():
+                if self._unread.get(key) == held:  # not committed again meanwhile
+                    del self._unread[key]
+        self._note(_uncovered(asked, stored))
 
     def _note(self, lost: list[RevocationRecord]) -> None:
         """Keep ``lost`` until :meth:`written_back` (an entry noted twice: the wider)."""
