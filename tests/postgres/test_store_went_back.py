@@ -239,6 +239,34 @@ def test_what_the_store_lost_is_written_back_once_by_the_replicas_that_hold_it(
         broker.store.close()
 
 
+def test_a_write_back_that_fails_is_made_again(
+    database: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store cannot be written when the lost entries are written back: they stay
+    noted, and the next round writes them."""
+    kind, url = database
+    writer, reader = _brokers(url)
+    _revoke(writer, "jti-1")
+    _revoke(writer, "jti-2")
+    reader.refresh_revocations()
+    _rewind(kind, url, keep=1)
+    _revoke(writer, "after-2")
+    reader.refresh_revocations()
+
+    def down(_unit: object) -> list[object]:
+        raise Unavailable("storage is down")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(reader.kernel, "commit", down)
+        with pytest.raises(Unavailable):
+            reader.write_back_revocations()
+    assert [r.target for r in reader._freshness.lost()] == ["jti-2"]  # noqa: SLF001
+    assert reader.write_back_revocations() == 1
+    assert ("token", "jti-2") in {(r.level, r.target) for r in reader.store.load_revocations(START)}
+    for broker in (writer, reader):
+        broker.store.close()
+
+
 def test_an_entry_past_its_expiry_is_not_written_back(database: tuple[str, str]) -> None:
     """Lost, but no token it could match is valid any more: nothing to write, no event.
     One within the clock skew of its end is not even noted (another replica, its clock
