@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import psycopg
 import pytest
@@ -252,14 +253,7 @@ def test_a_write_back_that_fails_is_made_again(
     _rewind(kind, url, keep=1)
     _revoke(writer, "after-2")
     reader.refresh_revocations()
-
-    def down(_unit: object) -> list[object]:
-        raise Unavailable("storage is down")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(reader.kernel, "commit", down)
-        with pytest.raises(Unavailable):
-            reader.write_back_revocations()
+    _with_storage_down(monkeypatch, reader.kernel, "commit", reader.write_back_revocations)
     assert [r.target for r in reader._freshness.lost()] == ["jti-2"]  # noqa: SLF001
     assert reader.write_back_revocations() == 1
     assert ("token", "jti-2") in {(r.level, r.target) for r in reader.store.load_revocations(START)}
@@ -328,14 +322,7 @@ def test_a_lookup_that_fails_is_made_again_at_the_next_refresh(
     _revoke(writer, "spiffe://d/agent/o/t/unread", level="agent")
     _rewind(kind, url, keep=0)
     _revoke(other, "after-1")
-
-    def down(_keys: object) -> list[RevocationRecord]:
-        raise Unavailable("storage is down")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(writer.store, "find_revocations", down)
-        with pytest.raises(Unavailable):
-            writer.refresh_revocations()
+    _with_storage_down(monkeypatch, writer.store, "find_revocations", writer.refresh_revocations)
     assert writer._freshness.lost() == []  # noqa: SLF001
     assert writer.refresh_revocations() == 0
     assert [r.target for r in writer._freshness.lost()] == [  # noqa: SLF001
@@ -410,6 +397,21 @@ def test_a_key_retirement_the_store_lost_is_recorded_again(
     assert late.keyring.kids() == [new_kid]
     for broker in (first, second, late):
         broker.store.close()
+
+
+def _with_storage_down(
+    monkeypatch: pytest.MonkeyPatch, owner: object, name: str, call: Callable[[], object]
+) -> None:
+    """``call()`` while ``owner.name`` raises ``Unavailable``, as a storage outage makes
+    it; ``call`` must raise it too."""
+
+    def down(*_args: object) -> NoReturn:
+        raise Unavailable("storage is down")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(owner, name, down)
+        with pytest.raises(Unavailable):
+            call()
 
 
 def _held(index: object) -> set[tuple[str, str]]:
