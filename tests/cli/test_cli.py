@@ -266,6 +266,17 @@ def test_keys_list_and_retire(tmp_path: Path, home: Path) -> None:
         old_agent.close()
 
 
+def test_a_kid_beginning_with_a_hyphen_is_the_kid_not_an_option(home: Path) -> None:
+    """A kid is base64url, and one in 64 begins with "-": copied from `keys list`, it is
+    retired as it is (here: asked of an unreachable broker), never refused as an option."""
+    kid = "-d7yfecFHmEQB779Bsk8CBCyfYH4h2OzqU-PYJJHIbg"
+    env = {"TASKLEASE_URL": "http://127.0.0.1:9", "TASKLEASE_ADMIN_SECRET": "s" * 32}
+    answer = run("keys", "retire", kid, home=home, extra_env=env)
+    assert answer.returncode == 4 and "cannot reach" in answer.stderr, answer.stderr
+    both = run("keys", "retire", "--json", kid, home=home, extra_env=env)
+    assert both.returncode == 4 and "cannot reach" in both.stderr, both.stderr
+
+
 def test_refused_and_unreachable(broker: BrokerForTests, home: Path) -> None:
     wrong = run("app", "list", broker=broker, home=home, secret="not-the-secret-at-all")
     assert wrong.returncode == 3

@@ -341,7 +341,9 @@ def keys_list(
         out.print(f"{kid}  {role}", highlight=False)
 
 
-@keys_app.command("retire")
+# A kid is base64url: one in 64 begins with "-", which would otherwise be read as an option
+# (this command has long options only, so any other word beginning with "-" is the kid).
+@keys_app.command("retire", context_settings={"ignore_unknown_options": True})
 def keys_retire(
     kid: Annotated[str, typer.Argument(help="An older key's kid (tasklease keys list).")],
     as_json: JsonOpt = False,
