@@ -253,3 +253,60 @@ def test_a_policy_nested_too_deeply_is_refused_whole_and_the_broker_stays_up(
         assert broker.proc.poll() is None and broker.get("/v1/health").status_code == 200
     finally:
         stop_broker(broker)
+
+
+def test_a_path_member_narrows_at_a_slash_through_the_broker(broker: RunningBroker) -> None:
+    """An operator's type whose ``folder`` narrows by ``path``: an agent granted
+    ``/data/alice`` hands on ``/data/alice/reports``, never ``/data/alice-archive`` nor a
+    way out through dot segments or encoded slashes; each refusal audited once."""
+    admin = broker.admin_headers()
+    schema = {
+        "type": "object",
+        "properties": {"type": {"const": "files"}, "folder": {"type": "string"}},
+        "required": ["folder"],
+        "additionalProperties": False,
+    }
+    added = broker.post(
+        "/v1/admin/grant-types",
+        headers=admin,
+        json={"name": "files", "schema": schema, "narrowing": {"folder": "path"}},
+    )
+    assert added.status_code == 201, added.text
+    alice = {"type": "files", "folder": "/data/alice"}
+    created = broker.post(
+        "/v1/admin/launch-tokens",
+        headers=admin,
+        json={
+            "agent_name": "filer",
+            "authorization_details": [alice],
+            "single_use": False,
+            "max_uses": 2,
+            "ttl": 600,
+        },
+    )
+    assert created.status_code == 201, created.text
+    launch = created.json()["launch_token"]
+    holder = register(broker, launch, [alice])
+    helper = register(broker, launch, [alice])
+
+    def delegate(folder: str) -> httpx.Response:
+        return broker.post(
+            "/v1/delegate",
+            headers={"Authorization": f"Bearer {holder['access_token']}"},
+            json={
+                "delegate_to": helper["agent_id"],
+                "authorization_details": [{"type": "files", "folder": folder}],
+            },
+        )
+
+    handed = delegate("/data/alice/reports")
+    assert handed.status_code == 200, handed.text
+    assert handed.json()["authorization_details"] == [
+        {"type": "files", "folder": "/data/alice/reports"}
+    ]
+    for wider in ("/data/alice-archive", "/data/alice/../bob", "/data/alice%2f..%2fbob"):
+        refused = delegate(wider)
+        assert refused.status_code == 403, (wider, refused.text)
+        denial = refused.json()["denial_id"]
+        events = audit(broker, "delegation_attenuation_violation")
+        assert len([e for e in events if denial in e["detail"]]) == 1

@@ -34,7 +34,13 @@ PAYEES = ["P", "Q", "R"]
 SCOPES = ["read:data:*", "read:data:1", "read:data:2", "write:data:1", "write:pay:*"]
 RULES = {
     "region_access": g.TypeRule(
-        (("regions", "subset"), ("rows", "at_most"), ("path", "prefix"), ("rating", "at_least"))
+        (
+            ("regions", "subset"),
+            ("rows", "at_most"),
+            ("path", "prefix"),
+            ("rating", "at_least"),
+            ("where", "path"),
+        )
     )
 }
 
@@ -55,6 +61,7 @@ _IDENTIFIER = st.sampled_from(["acct-1", "acct-2"])
 _REGIONS = _sub(["eu", "us", "ap"])
 _ROWS = st.integers(0, 100)
 _PATH = st.sampled_from(["/a", "/a/b", "/a/b/c", "/b"])
+_WHERE = st.sampled_from(["/a", "/a/b", "/a/b/c", "/ab", "/b", "/a/"])
 _RATING = st.integers(0, 5)
 _TIER = st.sampled_from(["gold", "silver"])
 _MAX_AMOUNT = st.integers(0, 1000)
@@ -117,6 +124,8 @@ def grants(draw: st.DrawFn) -> dict[str, Any]:
         if draw(_BOOL):
             out["path"] = draw(_PATH)
         if draw(_BOOL):
+            out["where"] = draw(_WHERE)
+        if draw(_BOOL):
             out["rating"] = draw(_RATING)
         if draw(_BOOL):
             out["tier"] = draw(_TIER)
@@ -158,6 +167,9 @@ def narrower(draw: st.DrawFn, parent: dict[str, Any]) -> dict[str, Any]:
             child["rows"] = draw(st.integers(0, parent["rows"]))
         if "path" in parent:
             child["path"] = parent["path"] + draw(st.sampled_from(["", "/z"]))
+        if "where" in parent:
+            below = "z" if parent["where"].endswith("/") else "/z"
+            child["where"] = parent["where"] + draw(st.sampled_from(["", below]))
         if "rating" in parent:
             child["rating"] = draw(st.integers(parent["rating"], 9))
     plim = parent.get("limits", {})
@@ -201,6 +213,7 @@ def nearby(draw: st.DrawFn, parent: dict[str, Any]) -> dict[str, Any]:
                 "scope",
                 "rows",
                 "path",
+                "where",
             ]
         )
     )
@@ -231,6 +244,10 @@ def nearby(draw: st.DrawFn, parent: dict[str, Any]) -> dict[str, Any]:
         child["rows"] += 1
     elif change == "path" and "path" in child:
         child["path"] = "/b"
+    elif change == "where" and "where" in child:
+        # A sibling that shares the parent's characters, or a way out of it.
+        way_out = draw(st.sampled_from(["x", "/../b", "/%2e%2e"]))
+        child["where"] = child["where"].rstrip("/") + way_out
     child.pop("limits", None)
     if lim:
         child["limits"] = lim

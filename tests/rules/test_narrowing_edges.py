@@ -141,7 +141,13 @@ def test_a_parents_datatypes_and_privileges_bind_its_child() -> None:
 
 _REGION = {
     "region_access": g.TypeRule(
-        (("regions", "subset"), ("rows", "at_most"), ("path", "prefix"), ("rating", "at_least"))
+        (
+            ("regions", "subset"),
+            ("rows", "at_most"),
+            ("path", "prefix"),
+            ("rating", "at_least"),
+            ("where", "path"),
+        )
     )
 }
 
@@ -154,6 +160,7 @@ def _region(**members: Any) -> dict[str, Any]:
         "path": "/data",
         "rating": 3,
         "team": "ops",
+        "where": "/data",
     }
     return g.parse_detail({**base, **members})
 
@@ -166,17 +173,19 @@ def _region(**members: Any) -> dict[str, Any]:
         {"path": "/dat"},
         {"rating": 2},
         {"team": "dev"},
+        {"where": "/datax"},
     ],
-    ids=["subset", "at_most", "prefix", "at_least", "equal"],
+    ids=["subset", "at_most", "prefix", "at_least", "equal", "path"],
 )
 def test_each_narrowing_operator_refuses_one_step_wider(members: dict[str, Any]) -> None:
     parent = _region()
     assert g.covers(parent, _region(), _REGION)
-    assert g.covers(parent, _region(regions=["eu"], rows=100, path="/data/x", rating=3), _REGION)
+    narrower = _region(regions=["eu"], rows=100, path="/data/x", rating=3, where="/data/x")
+    assert g.covers(parent, narrower, _REGION)
     assert not g.covers(parent, _region(**members), _REGION)
 
 
-@pytest.mark.parametrize("member", ["regions", "rows", "path", "rating", "team"])
+@pytest.mark.parametrize("member", ["regions", "rows", "path", "rating", "team", "where"])
 def test_a_member_the_parent_sets_the_child_cannot_leave_out(member: str) -> None:
     child = {k: v for k, v in _region().items() if k != member}
     assert not g.covers(_region(), child, _REGION)
@@ -186,3 +195,38 @@ def test_an_operators_type_without_a_rule_covers_only_itself() -> None:
     assert g.covers(_region(), _region())
     assert not g.covers(_region(), _region(rows=1))
     assert not g.covers(_region(), _region(rows=True), _REGION)  # a bool is not a number
+
+
+@pytest.mark.parametrize(
+    "child",
+    [
+        "/data-archive",
+        "/data/../secrets",
+        "/data/x/..",
+        "/data/./x",
+        "/data/..;/secrets",
+        "/data%2f..%2fsecrets",
+        "/data/%2e%2e/secrets",
+        "/data//x",
+        "/data/x?y=1",
+        "/data/x#y",
+        "/data\\..\\secrets",
+    ],
+)
+def test_a_path_member_covers_no_sibling_and_no_way_out(child: str) -> None:
+    """``path`` reads the member as ``locations`` are read: below the parent at a ``/``,
+    never through a dot segment or an encoded separator. ``prefix`` compares characters,
+    and covers what ``path`` refuses: that is why ``path`` exists."""
+    parent = _region()
+    assert g.covers(parent, _region(where="/data/x/y"), _REGION)
+    assert not g.covers(parent, _region(where=child), _REGION)
+    if child.startswith("/data"):
+        assert g.covers(parent, _region(path=child), _REGION)
+
+
+def test_a_path_member_ending_in_a_slash_covers_what_is_below_it() -> None:
+    parent = _region(where="/data/")
+    assert g.covers(parent, _region(where="/data/"), _REGION)
+    assert g.covers(parent, _region(where="/data/x"), _REGION)
+    assert not g.covers(parent, _region(where="/data"), _REGION)
+    assert not g.covers(parent, _region(where=["/data/x"]), _REGION)  # not a string

@@ -219,7 +219,7 @@ def grant_type_add(
         Path | None,
         typer.Option(
             "--narrowing",
-            help="A JSON object: member -> equal, subset, at_most, at_least or prefix.",
+            help="A JSON object: member -> equal, subset, at_most, at_least, prefix or path.",
         ),
     ] = None,
     description: Annotated[str | None, typer.Option(help="What the type grants.")] = None,

@@ -3,7 +3,7 @@
 The types ``scope`` and ``resource_access`` are built in (``rules.grants``). An operator
 registers more per tenant (``tasklease grant-type add``): a name, a JSON Schema (2020-12)
 every grant of the type must match, and a narrowing rule (each member ``equal``,
-``subset``, ``at_most``, ``at_least`` or ``prefix``; ``rules.grants.TypeRule``). A grant's
+``subset``, ``at_most``, ``at_least``, ``prefix`` or ``path``; ``rules.grants.TypeRule``). A grant's
 ``limits`` are the broker's for every type and are not part of the schema.
 
 :class:`GrantTypeRegistry` is what issuance reads: the rules of the types a request names

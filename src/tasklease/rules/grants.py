@@ -17,8 +17,8 @@ its own here, as pure functions the broker, the verifier and the SDK share:
     parent leaves out does not restrict it.
 an operator's type
     Registered per tenant with a JSON Schema and a narrowing rule (:class:`TypeRule`):
-    each member ``equal``, ``subset``, ``at_most``, ``at_least`` or ``prefix``; a member
-    the rule does not name must be equal.
+    each member ``equal``, ``subset``, ``at_most``, ``at_least``, ``prefix`` or ``path``; a
+    member the rule does not name must be equal.
 
 Every grant may carry ``limits`` (:func:`parse_limits`): ``max_amount`` with
 ``currency``, ``max_calls``, a ``not_before``/``not_after`` window (Unix seconds; RFC
@@ -87,7 +87,7 @@ MAX_CALLS = 1_000_000_000
 # value past them is refused: a float holds no integer of 400 digits, so a type's schema
 # check (``multipleOf``) or a verifier that reads numbers as floats could not compare it.
 MAX_EXACT_INT = 2**53 - 1
-NARROWING_OPERATORS = ("equal", "subset", "at_most", "at_least", "prefix")
+NARROWING_OPERATORS = ("equal", "subset", "at_most", "at_least", "prefix", "path")
 
 _TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:/-]{0,127}")
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
@@ -120,7 +120,10 @@ class TypeRule:
 
     ``equal`` (the same JSON value), ``subset`` (a list whose items are among the
     parent's), ``at_most``/``at_least`` (a number no greater/smaller), ``prefix`` (a string
-    starting with the parent's). A member not named must be equal.
+    starting with the parent's, character by character: ``/data/a`` covers ``/data/ab``),
+    ``path`` (the parent's location or one below it, as :func:`location_covers` reads
+    them: ``/data/a`` covers ``/data/a/b``, not ``/data/ab`` nor ``/data/a/../b``). A
+    member not named must be equal.
     """
 
     fields: tuple[tuple[str, str], ...] = ()
@@ -516,6 +519,11 @@ def _custom_covers(parent: Grant, child: Grant, rule: TypeRule) -> bool:
                 return False
         elif op == "prefix":
             if not (isinstance(mine, str) and isinstance(value, str) and mine.startswith(value)):
+                return False
+        elif op == "path":
+            if not (
+                isinstance(mine, str) and isinstance(value, str) and location_covers(value, mine)
+            ):
                 return False
         elif canonical({"v": mine}) != canonical({"v": value}):
             return False

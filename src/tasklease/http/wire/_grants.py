@@ -98,7 +98,9 @@ class GrantTypeCreateRequest(Request):
         dict[str, str] | None,
         doc(
             "How a grant narrows, member by member: `equal`, `subset`, `at_most`, "
-            "`at_least` or `prefix`; a member not named must be equal."
+            "`at_least`, `prefix` (a string starting with the parent's) or `path` (the "
+            "parent's location or one below it, at a `/`; dot segments and encoded "
+            "separators never narrow); a member not named must be equal."
         ),
     ] = None
     description: Annotated[_Text, doc("What the type grants, for operators.")] = None
