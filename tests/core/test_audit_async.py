@@ -532,14 +532,23 @@ def test_a_failed_proof_spends_the_nonce_only_when_completed(broker: Any, kit: A
     assert broker.store.get_launch_token(launch_token_hash(launch)).consumed_at is None
 
 
-def test_an_unaudited_bad_request_raises_from_prepare(broker: Any, kit: Any) -> None:
+def test_an_unaudited_bad_request_writes_no_event(broker: Any, kit: Any) -> None:
+    """A malformed field is refused without an audit event; unsigned, it writes nothing
+    and raises from the first half; signed by the key, it spends its nonce (decision
+    262)."""
     from tasklease.core.errors import InvalidRequest
 
     args, _ = kit.register_args(broker, kit.launch(broker))
     head = broker.store.audit_head()
     with pytest.raises(InvalidRequest):
-        broker.prepare_register(**dict(args, orch_id="not a segment/"))
+        broker.prepare_register(**dict(args, orch_id="not a segment/", signature="A" * 86 + "=="))
+    pending = broker.prepare_register(**dict(args, orch_id="not a segment/"))
+    assert isinstance(pending.refusal, InvalidRequest) and pending.denial is None
+    with pytest.raises(InvalidRequest):
+        asyncio.run(broker.complete_register(pending))
     assert broker.store.audit_head() == head
+    with pytest.raises(Unauthorized, match="nonce"):
+        broker.register(**args)
 
 
 def test_a_committer_started_for_a_withdrawn_coroutine_writes_no_empty_batch() -> None:

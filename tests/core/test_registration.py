@@ -140,9 +140,23 @@ def test_single_use_launch_token_registers_one_agent(broker: Any, kit: Any) -> N
 # --- nothing consumed by a request that fails its own validation -----------------------------
 
 
-def assert_untouched(broker: Any, kit: Any, launch: str, nonce: str | None = None) -> None:
-    """The launch token is unconsumed, the nonce (if given) is reusable: a retry works."""
+# Fields a request can get wrong while its signature still proves the key: refused, such a
+# request spends its nonce all the same (decision 262).
+SIGNED_FIELDS = ("orch_id", "task_id", "requested_scope")
+
+
+def assert_untouched(
+    broker: Any, kit: Any, launch: str, nonce: str | None = None, *, spent: bool = False
+) -> None:
+    """The launch token is unconsumed and a retry works: with the refused request's
+    nonce (if given), or, when the refusal ``spent`` it, only with a fresh one."""
     assert not consumed(broker, launch)
+    if nonce is not None and spent:
+        args, _ = kit.register_args(broker, launch, nonce=nonce)
+        with pytest.raises(Unauthorized, match="nonce"):
+            broker.register(**args)
+        assert not consumed(broker, launch)
+        nonce = None
     args, _ = kit.register_args(broker, launch, nonce=nonce)
     issued = broker.register(**args)
     assert SPIFFE.match(issued.claims.sub)
@@ -169,7 +183,7 @@ def test_missing_field_is_invalid_request(broker: Any, kit: Any, field: str, val
     with pytest.raises(InvalidRequest) as info:
         broker.register(**args)
     assert field in info.value.detail
-    assert_untouched(broker, kit, launch, nonce=args["nonce"] or None)
+    assert_untouched(broker, kit, launch, nonce=args["nonce"] or None, spent=field in SIGNED_FIELDS)
 
 
 @pytest.mark.parametrize(
@@ -208,7 +222,7 @@ def test_invalid_field_rejected_before_anything_is_consumed(
     with pytest.raises(InvalidRequest) as info:
         broker.register(**args)
     assert field in info.value.detail
-    assert_untouched(broker, kit, launch, nonce=good_nonce)
+    assert_untouched(broker, kit, launch, nonce=good_nonce, spent=field in SIGNED_FIELDS)
 
 
 @pytest.mark.parametrize(
@@ -250,26 +264,24 @@ def test_unknown_and_malformed_launch_tokens(broker: Any, kit: Any) -> None:
     args, _ = kit.register_args(broker, "ab" * 32)
     with pytest.raises(Unauthorized):
         broker.register(**args)
-    args["launch_token"] = "not-a-launch-token"
+    fresh, _ = kit.register_args(broker, "not-a-launch-token")
     with pytest.raises(Unauthorized):
-        broker.register(**args)
-    # The nonce was not spent by either failure.
-    args["launch_token"] = launch
-    assert broker.register(**args).claims.sub
+        broker.register(**fresh)
+    # Each refusal spent its nonce (decision 262); the launch token is untouched.
+    assert_untouched(broker, kit, launch, nonce=args["nonce"], spent=True)
     failed = events(broker, "registration_failed")
     assert any("launch token not found" in e.detail for e in failed)
 
 
-def test_reused_launch_token_is_refused_and_leaves_nonce_reusable(broker: Any, kit: Any) -> None:
+def test_reused_launch_token_is_refused_and_spends_the_nonce(broker: Any, kit: Any) -> None:
     launch = kit.launch(broker)
     kit.register(broker, launch)
     args, _ = kit.register_args(broker, launch)
     with pytest.raises(Unauthorized) as info:
         broker.register(**args)
     assert "consumed" in info.value.detail
-    other = kit.launch(broker)
-    args["launch_token"] = other
-    assert broker.register(**args).claims.sub  # the same nonce still works
+    # Its signature proves no other request (decision 262); a fresh nonce registers.
+    assert_untouched(broker, kit, kit.launch(broker), nonce=args["nonce"], spent=True)
 
 
 def test_reused_nonce_is_refused_and_leaves_launch_token_unconsumed(broker: Any, kit: Any) -> None:
@@ -293,9 +305,8 @@ def test_expired_launch_token(broker: Any, kit: Any, clock: Any) -> None:
     assert "expired" in info.value.detail
     assert not consumed(broker, launch)
     assert any("expired" in e.detail for e in events(broker, "registration_failed"))
-    # The nonce survives: it works with a live launch token.
-    args["launch_token"] = kit.launch(broker)
-    assert broker.register(**args).claims.sub
+    # The nonce is spent: with a live launch token only a fresh one registers.
+    assert_untouched(broker, kit, kit.launch(broker), nonce=args["nonce"], spent=True)
 
 
 def test_launch_token_at_its_last_second_still_works(broker: Any, kit: Any, clock: Any) -> None:
@@ -385,9 +396,12 @@ def test_scope_not_covered_is_violation_and_consumes_nothing(broker: Any, kit: A
     assert "write:data:1" in violations[0].detail
     assert violations[0].task_id == "task-1"
     assert not consumed(broker, launch)
-    # The nonce too is still good.
+    # The nonce is spent with the refusal (decision 262); a fresh one registers.
     args["requested_scope"] = ["read:data:1"]
-    assert broker.register(**args).claims.scope == ("read:data:1",)
+    with pytest.raises(Unauthorized, match="nonce"):
+        broker.register(**args)
+    again, _ = kit.register_args(broker, launch, ["read:data:1"])
+    assert broker.register(**again).claims.scope == ("read:data:1",)
 
 
 def test_wildcard_request_under_specific_ceiling_is_violation(broker: Any, kit: Any) -> None:

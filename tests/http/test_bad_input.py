@@ -154,8 +154,11 @@ def test_invalid_orch_id_checked_before_launch_token_is_consumed(broker: Running
     lt = broker.launch_token(SCOPE)
     body, _ = broker.register_body(lt, SCOPE, orch_id="a/b")
     assert_problem(broker.post("/v1/register", json=body), 400, "invalid_request")
-    # The nonce was not spent either: the same nonce and token work with a valid orch_id.
+    # Signed by the key, the refused request spent its nonce (decision 262): the token
+    # registers with a fresh one.
     body["orch_id"] = "a-b"
+    assert_problem(broker.post("/v1/register", json=body), 401, "unauthorized")
+    body, _ = broker.register_body(lt, SCOPE, orch_id="a-b")
     resp = broker.post("/v1/register", json=body)
     assert resp.status_code == 200, resp.text
 

@@ -7,6 +7,11 @@ however often it is called, and any replica sharing the secret accepts a nonce i
 another. Single use is enforced when a nonce is spent: its hash is recorded in the same
 transaction as the registration (``WriteTx.consume_nonce``) until it expires.
 
+Registration and resumption prove a key by signing the same bytes, so a nonce is spent by
+the request that presents it whatever the answer (:func:`spending`): a signature in a
+refused registration, seen by whoever logs request bodies, resumes no agent, and one in a
+refused resumption registers none (decision 262).
+
 The agent signs the 32 hex-decoded nonce bytes (not the ASCII text) with Ed25519; the
 public key and signature are standard base64 with padding (AgentWrit v2 wire contract).
 """
@@ -20,10 +25,13 @@ import hmac
 import os
 import re
 import struct
+from collections.abc import Callable
 
 from nacl.signing import VerifyKey
 
-from tasklease.core.errors import InvalidRequest, Unauthorized
+from tasklease.core.auditformat import AuditEntry
+from tasklease.core.errors import InvalidRequest, TaskleaseError, Unauthorized
+from tasklease.core.store import WriteTx
 from tasklease.rules import jws as _jws
 from tasklease.rules.claims import is_expired
 from tasklease.rules.messages import challenge_nonce_bytes
@@ -33,6 +41,7 @@ __all__ = [
     "decode_public_key",
     "decode_signature",
     "nonce_hash",
+    "spending",
     "verify_possession",
 ]
 
@@ -82,9 +91,32 @@ class NonceIssuer:
             raise Unauthorized("nonce: nonce not found or expired", reason="nonce expired")
         return int(expires)
 
+    def live(self, nonce: object, now: float) -> int | None:
+        """The expiry of ``nonce`` if it is one of ours and live, else None (never raises)."""
+        if not isinstance(nonce, str):
+            return None
+        try:
+            return self.check(nonce, now)
+        except TaskleaseError:
+            return None
+
 
 def nonce_hash(nonce: str) -> str:
     return hashlib.sha256(nonce.encode("ascii")).hexdigest()
+
+
+def spending(
+    nonce: str, until: float, *entries: AuditEntry
+) -> Callable[[WriteTx], list[AuditEntry]]:
+    """A refused request's write: ``nonce`` spent (recorded until ``until``) with the
+    refusal's audit entries, if any (a malformed request's refusal has none)."""
+    n_hash = nonce_hash(nonce)
+
+    def unit(tx: WriteTx) -> list[AuditEntry]:
+        tx.consume_nonce(n_hash, until)  # False: spent already, which is as good
+        return list(entries)
+
+    return unit
 
 
 def _std_b64(value: object, *, field: str, size: int) -> bytes:

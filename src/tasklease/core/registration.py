@@ -33,12 +33,14 @@ from tasklease.core.errors import (
     TaskleaseError,
     Unauthorized,
     Unavailable,
+    UseDPoPNonce,
 )
 from tasklease.core.identity import (
     NonceIssuer,
     decode_public_key,
     decode_signature,
     nonce_hash,
+    spending,
     verify_possession,
 )
 from tasklease.core.issuing import binding_suffix, clamp_ttl, listed, mint_granted, size_adapted
@@ -48,7 +50,6 @@ from tasklease.core.kernel import (
     Parent,
     RequestContext,
     Service,
-    new_denial_id,
     with_denial,
 )
 from tasklease.core.lineage import Refusal, joint_parent
@@ -87,6 +88,15 @@ class PendingRegistration:
     started: float  # perf_counter at the start, for the issuance histogram
     refusal: TaskleaseError | None = None
     denial: AuditEntry | None = None
+    # The nonce ``unit`` spends and until when: spent with the denial should ``unit`` lose
+    # a race (the launch token used meanwhile), so its proof is spent either way.
+    nonce: str = ""
+    nonce_until: float = 0.0
+
+    def lost(self, exc: TaskleaseError) -> Callable[[WriteTx], Sequence[AuditEntry]]:
+        """What to write when ``unit`` raised ``exc``: the nonce spent, the denial."""
+        denial = with_denial(exc, replace(self.base, detail=exc.reason))
+        return spending(self.nonce, self.nonce_until, denial)
 
 
 class _Refused(Exception):
@@ -190,7 +200,8 @@ class Registration(Service):
                 if pending.unit is not None:
                     self._kernel.commit(pending.unit)
             except (Unauthorized, InvalidDPoPProof) as exc:
-                raise self._kernel.deny(exc, replace(pending.base, detail=exc.reason)) from None
+                self._kernel.commit(pending.lost(exc))
+                raise exc from None
         except TaskleaseError:
             self._metrics.registrations.labels("failure").inc()
             raise
@@ -263,8 +274,8 @@ class Registration(Service):
                 try:
                     await self._kernel.acommit(pending.unit)
                 except (Unauthorized, InvalidDPoPProof) as exc:
-                    denial = replace(pending.base, detail=exc.reason)
-                    raise await self._kernel.adeny(exc, denial) from None
+                    await asyncio.shield(self._kernel.acommit(pending.lost(exc)))
+                    raise exc from None
             if pending.refusal is not None:
                 raise pending.refusal
         except TaskleaseError:
@@ -309,24 +320,44 @@ class Registration(Service):
             raise InvalidRequest("missing required field: launch_token")
         if not isinstance(nonce, str) or not nonce:
             raise InvalidRequest("missing required field: nonce")
-        orch = validate_segment(orch_id, field="orch_id")
-        task = validate_segment(task_id, field="task_id")
-        details = self._kernel.grant_types.check(
-            authorization_details, field="authorization_details"
-        )
-        if requested_scope is None or requested_scope == []:
-            if not details:
-                raise InvalidRequest("missing required field: requested_scope")
-            scope: tuple[str, ...] = ()
-        else:
-            scope = validate_scopes(requested_scope, field="requested_scope")
         key = decode_public_key(public_key)
         sig = decode_signature(signature)
-        named_resource = validate_resource(resource, field="resource")
-        declaration = declared_facts(declared)
-        if attestation is not None:
-            check_attestation(attestation)
         now = self._kernel.now()
+
+        def refuse(exc: TaskleaseError, entry: AuditEntry | None) -> Exception:
+            """A refusal from here on spends the nonce, if it is ours and live, with its
+            one event; a malformed field's (``entry`` None, not audited) only when the
+            signature proves the key, so garbage writes nothing (decision 262). A DPoP
+            nonce asked for is no refusal of the registration: RFC 9449 section 8 has the
+            client send the same request again with a proof that carries it."""
+            until = None if isinstance(exc, UseDPoPNonce) else self._nonces.live(nonce, now)
+            if until is None or (entry is None and not verify_possession(key, nonce, sig)):
+                return exc if entry is None else deny(exc, entry)
+            events = () if entry is None else (with_denial(exc, entry),)
+            unit = spending(nonce, until + cfg.clock_skew, *events)
+            if deny is _defer_denial:
+                return _Refused(exc, unit=unit)
+            self._kernel.commit(unit)
+            return exc
+
+        try:
+            orch = validate_segment(orch_id, field="orch_id")
+            task = validate_segment(task_id, field="task_id")
+            details = self._kernel.grant_types.check(
+                authorization_details, field="authorization_details"
+            )
+            if requested_scope is None or requested_scope == []:
+                if not details:
+                    raise InvalidRequest("missing required field: requested_scope")
+                scope: tuple[str, ...] = ()
+            else:
+                scope = validate_scopes(requested_scope, field="requested_scope")
+            named_resource = validate_resource(resource, field="resource")
+            declaration = declared_facts(declared)
+            if attestation is not None:
+                check_attestation(attestation)
+        except TaskleaseError as exc:
+            raise refuse(exc, None) from None
         iat = int(now)
         base = AuditEntry(
             event_type="registration_failed",
@@ -339,10 +370,12 @@ class Registration(Service):
         lt_hash = ""
         parent: Parent | None = None
         if isinstance(launch_token, str) and launch_token:
-            record, lt_hash, parent = self._inputs.launch_parent(launch_token, key, now, base, deny)
+            record, lt_hash, parent = self._inputs.launch_parent(
+                launch_token, key, now, base, refuse
+            )
         attested: AttestationOutcome | None = None
         if attestation is not None:
-            attested = self._inputs.attested(attestation, declaration, iat, base, deny)
+            attested = self._inputs.attested(attestation, declaration, iat, base, refuse)
         elif declaration and parent is not None:
             # A launch token's agent may declare facts too; nothing is attested.
             claim = Attestation(LAUNCH_TOKEN, declared=declaration)
@@ -370,7 +403,7 @@ class Registration(Service):
             )
         except Refusal as refusal:
             if refusal.event_type == "audience":
-                raise deny(
+                raise refuse(
                     refusal.error,
                     replace(
                         base,
@@ -390,7 +423,7 @@ class Registration(Service):
                     what += f" (its app's ceiling now; launched with {listed(parent.scope)})"
                 if refusal.detail.startswith("grants would widen"):
                     what = f"grants violation: {refusal.detail}"
-                raise deny(
+                raise refuse(
                     refusal.error,
                     replace(
                         base,
@@ -399,7 +432,7 @@ class Registration(Service):
                     ),
                 ) from None
             if refusal.event_type == "policy":
-                raise deny(
+                raise refuse(
                     refusal.error,
                     replace(
                         base,
@@ -409,12 +442,12 @@ class Registration(Service):
                 ) from None
             if record is None:
                 # The attestor's app was removed, or an ancestor revoked.
-                raise deny(
+                raise refuse(
                     Unauthorized("attestation refused"),
                     replace(base, detail=f"{refusal.detail}{attested_suffix(attested)}"),
                 ) from None
             # The launch token's app was removed: the token is as dead as an unknown one.
-            raise deny(
+            raise refuse(
                 Unauthorized("launch token: launch token not found"),
                 replace(base, detail=f"{refusal.detail} ({lt_hash[:12]})"),
             ) from None
@@ -423,7 +456,7 @@ class Registration(Service):
             # The task was revoked moments ago: its entry covers what every clock within
             # the skew made before it, so a run registered now would be born revoked
             # (docs/decisions.md 142). Refused before anything is spent.
-            raise deny(
+            raise refuse(
                 Unavailable(
                     f"task {task} was revoked moments ago: a new run of it may register in "
                     f"{wait} s",
@@ -436,26 +469,17 @@ class Registration(Service):
                 ),
             )
         audience = issuance.audience
-        cnf, proof = self._inputs.binding(ctx, now, base, deny)
+        cnf, proof = self._inputs.binding(ctx, now, base, refuse)
         try:
             nonce_expiry = self._nonces.check(nonce, now)
         except Unauthorized as exc:
             raise deny(exc, replace(base, detail=f"nonce refused: {exc.reason}")) from None
         n_hash = nonce_hash(nonce)
         if not verify_possession(key, nonce, sig):
-            # Spend the nonce: a failed proof must not leave it reusable.
-            failure = Unauthorized("nonce signature verification failed")
-            failure.denial_id = new_denial_id()
-
-            def burn(tx: WriteTx) -> list[AuditEntry]:
-                tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew)
-                detail = f"nonce signature verification failed | denial={failure.denial_id}"
-                return [replace(base, detail=detail)]
-
-            if deny is _defer_denial:
-                raise _Refused(failure, unit=burn)
-            self._kernel.commit(burn)
-            raise failure
+            raise refuse(
+                Unauthorized("nonce signature verification failed"),
+                replace(base, detail="nonce signature verification failed"),
+            )
 
         agent_id = str(new_agent_id(cfg.trust_domain, orch, task))
         client_id = "admin" if attested is None or record is not None else "attestor"
@@ -553,4 +577,11 @@ class Registration(Service):
                 ),
             ]
 
-        return PendingRegistration(unit, IssuedToken(token, claims), base, started)
+        return PendingRegistration(
+            unit,
+            IssuedToken(token, claims),
+            base,
+            started,
+            nonce=nonce,
+            nonce_until=nonce_expiry + cfg.clock_skew,
+        )

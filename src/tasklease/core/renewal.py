@@ -28,7 +28,13 @@ from tasklease.core.binding import recording
 from tasklease.core.callers import about, refused, require_agent
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden, InvalidRequest, TaskleaseError, Unauthorized
-from tasklease.core.identity import NonceIssuer, decode_signature, nonce_hash, verify_possession
+from tasklease.core.identity import (
+    NonceIssuer,
+    decode_signature,
+    nonce_hash,
+    spending,
+    verify_possession,
+)
 from tasklease.core.issuing import (
     binding_suffix,
     cnf_of,
@@ -241,31 +247,29 @@ class Renewal(Service):
         except Unauthorized as exc:
             raise refuse(exc, f"nonce refused: {exc.reason}") from None
         n_hash = nonce_hash(nonce)
+
+        def spent(exc: TaskleaseError, why: str) -> Pending[IssuedToken]:
+            """A refusal from here on: the nonce spent with its one event, so the
+            signature over it registers no agent either (decision 262)."""
+            denial = with_denial(exc, replace(base, detail=f"resume refused: {why}"))
+
+            def refused() -> IssuedToken:
+                raise exc
+
+            return Pending(spending(nonce, nonce_expiry + cfg.clock_skew, denial), refused)
+
         if agent is None:
-            raise refuse(Unauthorized(_REFUSED), "agent not registered")
+            return spent(Unauthorized(_REFUSED), "agent not registered")
         base = replace(base, task_id=agent.task_id, orch_id=agent.orch_id, app_id=agent.app_id)
         if not verify_possession(agent.public_key, nonce, sig):
-            failure = Unauthorized(_REFUSED)
-            burnt = with_denial(
-                failure,
-                replace(
-                    base,
-                    detail="resume refused: signature does not verify with the agent's "
-                    "registered key (a different key: impostor)",
-                ),
+            return spent(
+                Unauthorized(_REFUSED),
+                "signature does not verify with the agent's registered key "
+                "(a different key: impostor)",
             )
-
-            def burn(tx: WriteTx) -> list[AuditEntry]:
-                tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew)
-                return [burnt]
-
-            def impostor() -> IssuedToken:
-                raise failure
-
-            return Pending(burn, impostor)
         _, why = kernel.agent_standing(agent_id, lifetime=False)
         if why:
-            raise refuse(Forbidden("agent is not active"), why)
+            return spent(Forbidden("agent is not active"), why)
         session = self._store.get_agent_session(agent_id) or new_session(
             cfg, agent_id, "", agent.registered_at
         )
@@ -297,7 +301,7 @@ class Renewal(Service):
                 details=agent.authorization_details,
             )
         except Refusal as refusal:
-            raise refuse(refusal.error, refusal.detail) from None
+            return spent(refusal.error, refusal.detail)
         token, claims = mint_granted(
             self._keys,
             cfg,
@@ -317,12 +321,17 @@ class Renewal(Service):
         # Too large a token is issued by reference, as at registration and renewal.
         token, reference = size_adapted(token, claims, cfg, self._metrics)
 
+        lost_race: list[Unauthorized] = []
+
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if not tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew):
                 raise Unauthorized(_REFUSED, reason="nonce already consumed")
             current = tx.get_agent_session(agent_id) or session
             if current.state != "active" or current.resumes != session.resumes:
-                raise Unauthorized(_REFUSED, reason="concurrent resume or session ended")
+                # Refused, and the nonce stays spent: nothing raised undoes it.
+                lost_race.append(Unauthorized(_REFUSED))
+                why = "concurrent resume or session ended"
+                return [with_denial(lost_race[0], replace(base, detail=f"resume refused: {why}"))]
             tx.put_agent_session(replace(current, resumes=issuance.renewals, last_heartbeat=now))
             if reference is not None:
                 tx.insert_reference_token(reference)
@@ -348,6 +357,8 @@ class Renewal(Service):
             ]
 
         def done() -> IssuedToken:
+            if lost_race:
+                raise lost_race[0]
             self._metrics.tokens_issued.labels("resume").inc()
             return IssuedToken(token, claims)
 

@@ -380,8 +380,11 @@ OPERATIONS = (
         "Register an agent instance",
         "Proves possession of an Ed25519 key by signing a nonce from `GET /v1/challenge`, "
         "redeems a launch token, and issues the agent's SPIFFE ID and first access token. "
-        "Every field is checked before anything is consumed; the nonce and the launch "
-        "token are consumed together with the registration. `resource` (or `audience`, "
+        "Every field is checked before the launch token is consumed, with the registration. "
+        "The nonce is spent by the request that presents it, registered or refused (a "
+        "malformed one only when its signature verifies; not by a `use_dpop_nonce` answer, "
+        "which asks for the same request again): a signature over it proves nothing "
+        "twice, here or at `POST /v1/resume`. `resource` (or `audience`, "
         "RFC 8707) names the one resource the token is for; it must be among the launch "
         "token's resources when that names any (with exactly one, it is the default). "
         "Over mTLS the token is bound to the client certificate (`cnf.x5t#S256`); with a "
@@ -409,7 +412,7 @@ OPERATIONS = (
                 "`action:resource:identifier`, a key or signature not padded standard base64 "
                 "of the right length, a nonce not 64 hex characters); or `holder_binding` is "
                 "`required` and the registration binds to no key (no `DPoP` proof, no client "
-                "certificate; nothing spent)",
+                "certificate; the launch token not spent)",
             ),
             Failure(
                 "invalid_dpop_proof",
@@ -423,8 +426,8 @@ OPERATIONS = (
             Failure(
                 "unauthorized",
                 "the launch token is unknown, expired or already consumed, or bound to "
-                "another agent key (nothing spent); the nonce is "
-                "unknown, expired or already used; the signature does not verify; or the "
+                "another agent key (the launch token not spent); the nonce is "
+                "unknown, expired or already presented; the signature does not verify; or the "
                 "attestation is refused (`detail` `attestation refused`, the reason in the "
                 "audit log under `denial_id`)",
             ),

@@ -304,13 +304,14 @@ OPERATIONS = (
             _MALFORMED,
             Failure(
                 "unauthorized",
-                "the nonce is unknown, expired or used, the agent is unknown, or the "
+                "the nonce is unknown, expired or already presented (by any registration "
+                "or resumption, accepted or refused), the agent is unknown, or the "
                 "signature does not verify with its registered key",
             ),
             Failure(
                 "forbidden",
-                "the agent is revoked, released or was swept, or its launch token switched "
-                "resumption off (`allow_resume: false`)",
+                "the agent is revoked, released (a heartbeat with `done`) or was swept, or "
+                "its launch token switched resumption off (`allow_resume: false`)",
             ),
             Failure("renewal_count_exceeded", "the agent resumed `max_renewals` times"),
             Failure(
