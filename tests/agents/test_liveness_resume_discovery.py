@@ -237,6 +237,22 @@ def test_resume_is_bounded_by_the_ceiling_and_revocation(env: Env) -> None:
     assert refused.json()["error_code"] == "renewal_ceiling_exceeded"
 
 
+def test_a_released_token_leaves_the_agent_resumable_and_done_does_not(env: Env) -> None:
+    """Releasing a token ends that token, not the agent; a ``done`` heartbeat ends the
+    agent's supervision and its resumption (docs/agents.md, section 5)."""
+    agent = env.register("task-a")
+    released = env.http.post(
+        "/v1/token/release", headers={"Authorization": f"Bearer {agent.token}"}
+    )
+    assert released.status_code == 204, released.text
+    again = _resume(env, agent.agent_id, agent.key)
+    assert again.status_code == 200, again.text
+    finished = AgentHandle(agent.agent_id, again.json()["access_token"], agent.key)
+    assert _beat(env, finished, done=True).json()["status"] == "released"
+    refused = _resume(env, agent.agent_id, agent.key)
+    assert refused.status_code == 403 and refused.json()["error_code"] == "forbidden"
+
+
 def test_resume_nonce_is_single_use(env: Env) -> None:
     agent = env.register("task-a")
     nonce = env.http.get("/v1/challenge").json()["nonce"]
