@@ -1,11 +1,13 @@
 """Registration: a challenge nonce, then an agent instance's identity and first token.
 
-Nothing is consumed by a request whose own fields are invalid: every field is checked
-first, then the launch token and the scope ceiling (nothing consumed), then the nonce and
-the proof of possession; the nonce, the launch token, the agent record, its session and
-the audit events are then committed in one transaction. An event loop runs the two
-halves apart (:meth:`Registration.prepare_register` reads and signs, writing nothing;
-:meth:`Registration.complete_register` group-commits what it decided).
+Every field is checked first, then the launch token and the scope ceiling, then the nonce
+and the proof of possession; the nonce, the launch token, the agent record, its session
+and the audit events are then committed in one transaction. A refused request consumes
+no launch token, but spends its nonce with its one audit event (a malformed one only when
+its signature verifies): registration and resumption sign the same bytes, so a refused
+registration's signature must not resume the agent (decision 262). An event loop runs
+the two halves apart (:meth:`Registration.prepare_register` reads and signs, writing
+nothing; :meth:`Registration.complete_register` group-commits what it decided).
 """
 
 from __future__ import annotations
@@ -175,10 +177,10 @@ class Registration(Service):
         proof (``ctx.dpop``) to the proof's key (``cnf``); delegated tokens for this agent
         are bound the same way.
 
-        Nothing is consumed by a request whose own fields are invalid: every field is
-        checked first (400), then the launch token and scope ceiling (401/403, nothing
-        consumed), then the nonce and the signature; the nonce, the launch token, the
-        agent record and the audit events are then committed in one transaction.
+        Every field is checked first (400), then the launch token and scope ceiling
+        (401/403), then the nonce and the signature; the nonce, the launch token, the
+        agent record and the audit events are then committed in one transaction. A
+        refusal consumes no launch token and spends the nonce (module docstring).
         """
         try:
             pending = self._register(
@@ -225,10 +227,11 @@ class Registration(Service):
     ) -> PendingRegistration:
         """The first half of :meth:`register` for an event loop: checks and signing only.
 
-        Writes nothing and never waits for a commit: an audited refusal comes back as a
-        pending result for :meth:`complete_register` to record and raise (a malformed
-        request, which is not audited, raises here). It reads the store and verifies a
-        signature, so a loop calls it inline only when ``store.local_reads``.
+        Writes nothing and never waits for a commit: an audited refusal, or a malformed
+        request whose signature verifies (its nonce to spend), comes back as a pending
+        result for :meth:`complete_register` to write and raise; any other malformed
+        request raises here. It reads the store and verifies a signature, so a loop calls
+        it inline only when ``store.local_reads``.
         """
         try:
             return self._register(
