@@ -102,3 +102,25 @@ def test_a_fresh_nonce_still_resumes_the_agent(broker: RunningBroker) -> None:
     fresh, _ = broker.register_body("unused", ["read:data:x"], key=key)
     answer = resumed(broker, agent_id, fresh)
     assert answer.status_code == 200, answer.text
+
+
+def test_an_answer_asking_for_the_same_request_again_spends_nothing(
+    broker: RunningBroker,
+) -> None:
+    """A task revoked moments ago answers 503 with ``Retry-After``: the SDK sends the
+    same body again, so its nonce stays live (decision 262)."""
+    admin = broker.admin_headers()
+    first, _ = broker.register_body(broker.launch_token(["read:data:*"]), ["read:data:x"])
+    assert broker.post("/v1/register", json=first).status_code == 200
+    revoked = broker.post(
+        "/v1/revoke", headers=admin, json={"level": "task", "target": first["task_id"]}
+    )
+    assert revoked.status_code == 200, revoked.text
+    body, _ = broker.register_body(
+        broker.launch_token(["read:data:*"]), ["read:data:x"], task_id=first["task_id"]
+    )
+    soon = broker.post("/v1/register", json=body)
+    assert soon.status_code == 503 and "Retry-After" in soon.headers, soon.text
+    body["task_id"] = "task-another-run"  # the same nonce and signature, another task
+    answer = broker.post("/v1/register", json=body)
+    assert answer.status_code == 200, answer.text

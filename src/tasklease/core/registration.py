@@ -330,10 +330,12 @@ class Registration(Service):
         def refuse(exc: TaskleaseError, entry: AuditEntry | None) -> Exception:
             """A refusal from here on spends the nonce, if it is ours and live, with its
             one event; a malformed field's (``entry`` None, not audited) only when the
-            signature proves the key, so garbage writes nothing (decision 262). A DPoP
-            nonce asked for is no refusal of the registration: RFC 9449 section 8 has the
-            client send the same request again with a proof that carries it."""
-            until = None if isinstance(exc, UseDPoPNonce) else self._nonces.live(nonce, now)
+            signature proves the key, so garbage writes nothing (decision 262). Two answers
+            ask for the same request again and spend nothing: a DPoP nonce asked for (RFC
+            9449 section 8: the proof is to carry it) and ``Unavailable`` (a task revoked
+            moments ago: come back after ``Retry-After``, as the SDK does by itself)."""
+            again = isinstance(exc, (UseDPoPNonce, Unavailable))
+            until = None if again else self._nonces.live(nonce, now)
             if until is None or (entry is None and not verify_possession(key, nonce, sig)):
                 return exc if entry is None else deny(exc, entry)
             events = () if entry is None else (with_denial(exc, entry),)
