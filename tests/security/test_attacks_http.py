@@ -12,25 +12,17 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from e2e_support import SHARED_ENV, RunningBroker, launch_broker, stop_broker
+from e2e_support import RunningBroker
 from nacl.signing import SigningKey
 from security_support import b64url, dpop_proof, forge, token_parts
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBroker]:
-    running = launch_broker(tmp_path_factory.mktemp("attack-broker"), SHARED_ENV)
-    yield running
-    stop_broker(running)
 
 
 @pytest.fixture(scope="module")

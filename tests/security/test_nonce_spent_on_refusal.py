@@ -9,22 +9,14 @@ agent's key; while the nonce lives, it must neither resume the agent nor registe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from e2e_support import SHARED_ENV, RunningBroker, launch_broker, stop_broker
+from e2e_support import RunningBroker
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBroker]:
-    running = launch_broker(tmp_path_factory.mktemp("nonce-broker"), SHARED_ENV)
-    yield running
-    stop_broker(running)
 
 
 def one_event(broker: RunningBroker, answer: httpx.Response) -> dict[str, Any]:
