@@ -59,7 +59,7 @@ def test_derivations_wait_for_the_broker_and_are_reported_once(
 ) -> None:
     key = nacl.signing.SigningKey.generate()
     before = len(_reported(broker))
-    with broker.agent(["read:data:*"], key=key) as agent, httpx.Client() as client:
+    with broker.agent(["read:data:*"], key=key, dpop=True) as agent, httpx.Client() as client:
         levels = _levels(agent, key, 3)
         away = OfflineReporter(client, _unreachable(), agent.auth)
         for chain in levels:
@@ -86,7 +86,7 @@ def test_a_spool_keeps_reports_across_a_crash_and_is_private(
     key = nacl.signing.SigningKey.generate()
     spool = tmp_path / "reports.jsonl"
     before = len(_reported(broker))
-    with broker.agent(["read:data:*"], key=key) as agent, httpx.Client() as client:
+    with broker.agent(["read:data:*"], key=key, dpop=True) as agent, httpx.Client() as client:
         levels = _levels(agent, key, 2)
         crashed = OfflineReporter(client, _unreachable(), agent.auth, spool=spool)
         for chain in levels:
@@ -103,7 +103,7 @@ def test_a_spool_keeps_reports_across_a_crash_and_is_private(
 
 def test_a_full_queue_drops_the_oldest_and_counts_it(broker: BrokerForTests) -> None:
     key = nacl.signing.SigningKey.generate()
-    with broker.agent(["read:data:*"], key=key) as agent, httpx.Client() as client:
+    with broker.agent(["read:data:*"], key=key, dpop=True) as agent, httpx.Client() as client:
         levels = _levels(agent, key, 3)
         reporter = OfflineReporter(client, _unreachable(), agent.auth, limit=2)
         for chain in levels:
@@ -115,7 +115,7 @@ def test_a_delegate_derives_on_and_reports_with_its_chain(broker: BrokerForTests
     # The agent hands on offline; its delegate, with no token of its own, hands on again
     # and reports with the chain it holds (presented as DPoP with its key's proof).
     helper_key, worker_key = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
-    with broker.agent(["read:data:*"]) as agent, httpx.Client() as client:
+    with broker.agent(["read:data:*"], dpop=True) as agent, httpx.Client() as client:
         helper_id = agent.agent_id + "/helper"
         own = OfflineReporter(client, broker.url, agent.auth)
         chain = own.attenuate(agent, helper_id, bytes(helper_key.verify_key), ttl=60)
@@ -133,7 +133,9 @@ def test_a_delegate_derives_on_and_reports_with_its_chain(broker: BrokerForTests
 def test_an_async_agent_reports_with_an_async_client(broker: BrokerForTests) -> None:
     async def main() -> int:
         launch = broker.launch_token(["read:data:*"])
-        agent = await AsyncAgent.register(broker.url, launch, "orch", "task-a", ["read:data:*"])
+        agent = await AsyncAgent.register(
+            broker.url, launch, "orch", "task-a", ["read:data:*"], dpop=True
+        )
         async with agent, httpx.AsyncClient() as client:
             reporter = OfflineReporter(client, broker.url, agent.auth)
             helper = nacl.signing.SigningKey.generate()
@@ -156,7 +158,7 @@ def test_a_spool_is_never_written_through_a_planted_link(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.write_text("someone else's file\n")
     (tmp_path / "reports.jsonl.tmp").symlink_to(elsewhere)
-    with broker.agent(["read:data:*"], key=key) as agent, httpx.Client() as client:
+    with broker.agent(["read:data:*"], key=key, dpop=True) as agent, httpx.Client() as client:
         first, second = _levels(agent, key, 2)
         reporter = OfflineReporter(client, _unreachable(), agent.auth, limit=1, spool=spool)
         reporter.derived(first)

@@ -9,8 +9,11 @@ password check; the few tests about the secrets themselves call the real methods
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
+import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -199,16 +202,49 @@ class Kit:
         *,
         orch_id: str = "orch-1",
         task_id: str = "task-1",
+        dpop: bool = False,
     ) -> Agent:
-        """Register an agent end to end: challenge, sign the nonce bytes, register."""
+        """Register an agent end to end: challenge, sign the nonce bytes, register;
+        ``dpop``: with a DPoP proof by the agent's key, which its tokens are then bound to."""
         if launch_token is None:
             launch_token = Kit.launch(broker, scope)
         args, key = Kit.register_args(broker, launch_token, scope, orch_id=orch_id, task_id=task_id)
+        if dpop:
+            args["ctx"] = Kit.dpop_ctx(key, broker.clock.now(), "POST", REGISTER_URL)
         return Agent(broker.register(**args), key)
+
+    @staticmethod
+    def dpop_ctx(
+        key: SigningKey, now: float, method: str, url: str, token: str | None = None
+    ) -> RequestContext:
+        """The request context of a call with an RFC 9449 proof by ``key`` for ``method``
+        ``url`` (and ``token``'s ``ath``), dated ``now``."""
+        jwk = {"kty": "OKP", "crv": "Ed25519", "x": _b64url(bytes(key.verify_key))}
+        header = {"typ": "dpop+jwt", "alg": "EdDSA", "jwk": jwk}
+        claims: dict[str, Any] = {
+            "jti": secrets.token_hex(12),
+            "htm": method,
+            "htu": url,
+            "iat": int(now),
+        }
+        if token is not None:
+            claims["ath"] = _b64url(hashlib.sha256(token.encode("ascii")).digest())
+        text = ".".join(
+            _b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
+        )
+        proof = f"{text}.{_b64url(key.sign(text.encode('ascii')).signature)}"
+        return replace(CTX, dpop=proof, method=method, url=url)
 
     @staticmethod
     def bearer(token: str) -> str:
         return f"Bearer {token}"
+
+
+REGISTER_URL = "https://broker.example/v1/register"
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 @pytest.fixture(scope="session")

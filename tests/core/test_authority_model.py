@@ -40,6 +40,7 @@ from hypothesis.stateful import (
     rule,
 )
 from nacl.signing import SigningKey
+from tests.core.conftest import REGISTER_URL, Kit
 
 from tasklease.core.auditformat import verify_chain
 from tasklease.core.broker import Broker, IssuedToken, RequestContext
@@ -51,6 +52,7 @@ from tasklease.core.liveness import heartbeat_signing_input
 from tasklease.core.store import AuditQuery
 from tasklease.core.tokens import APP_SCOPES, KIND_APP, Claims, mint
 from tasklease.core.validation import TokenRejected
+from tasklease.rules.binding import Presentation
 from tasklease.rules.scopes import is_subset
 from tasklease.storage import open_store
 
@@ -319,9 +321,31 @@ class AuthorityMachine(RuleBasedStateMachine):
             hits = [e for e in every if e.detail.endswith(f"denial={exc.denial_id}")]
         assert len(hits) == 1, (exc, hits)
 
+    # Whether agents register bound to their key (RFC 9449: a DPoP proof by it), and so
+    # present their tokens with a proof.
+    bound = False
+
+    def registration_ctx(self, key: SigningKey) -> RequestContext:
+        if not self.bound:
+            return CTX
+        return Kit.dpop_ctx(key, self.now, "POST", REGISTER_URL)
+
+    def presented(self, tok: MToken) -> Presentation | None:
+        """How a resource server saw ``tok`` presented: with its holder's proof when bound."""
+        if not self.bound:
+            return None
+        url = "https://rs.example/model"
+        ctx = Kit.dpop_ctx(tok.holder.key, self.now, "GET", url, tok.issued.token)
+        return Presentation(scheme="DPoP", dpop_proof=ctx.dpop, htm="GET", htu=url)
+
     def authenticate(self, tok: MToken) -> Claims | None:
-        """As the HTTP layer does: the bearer token is checked before any operation."""
+        """As the HTTP layer does: the token is checked before any operation (with a
+        proof by its holder's key when agents are bound)."""
         try:
+            if self.bound:
+                url = "https://broker.example/v1/model"
+                ctx = Kit.dpop_ctx(tok.holder.key, self.now, "POST", url, tok.issued.token)
+                return self.broker.authenticate(f"DPoP {tok.issued.token}", ctx)
             return self.broker.authenticate(f"Bearer {tok.issued.token}", CTX)
         except TaskleaseError as exc:
             assert not self.model.valid(tok, self.now), "a valid token was refused"
@@ -472,7 +496,7 @@ class AuthorityMachine(RuleBasedStateMachine):
                 orch_id="orch-m",
                 task_id=task,
                 requested_scope=scope,
-                ctx=CTX,
+                ctx=self.registration_ctx(key),
             )
         except TaskleaseError as exc:
             assert not may, f"registration refused: {exc!r}"
@@ -541,8 +565,13 @@ class AuthorityMachine(RuleBasedStateMachine):
             and int(self.now) < ceiling
         )
         try:
+            ctx = (
+                Kit.dpop_ctx(agent.key, self.now, "POST", "https://broker.example/v1/resume")
+                if self.bound
+                else CTX
+            )
             issued = self.broker.resume(
-                agent_id=agent.agent_id, nonce=nonce, signature=signature, ctx=CTX
+                agent_id=agent.agent_id, nonce=nonce, signature=signature, ctx=ctx
             )
         except TaskleaseError as exc:
             assert not may, f"resume refused: {exc!r}"
@@ -805,7 +834,7 @@ class AuthorityMachine(RuleBasedStateMachine):
         now = self.now
         for tok in self.model.tokens:
             try:
-                self.broker.validate(tok.issued.token)
+                self.broker.validate(tok.issued.token, presented=self.presented(tok))
                 broker_valid = True
             except TokenRejected:
                 broker_valid = False

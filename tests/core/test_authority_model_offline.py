@@ -46,6 +46,8 @@ class MChain:
 
 
 class OfflineAuthorityMachine(AuthorityMachine):
+    bound = True  # a chain starts only from a token bound to its holder's key
+
     def __init__(self) -> None:
         super().__init__()
         self.chains: list[MChain] = []

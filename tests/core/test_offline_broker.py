@@ -33,7 +33,7 @@ from tasklease.rules.attenuation import ChainError
 from tasklease.rules.binding import Presentation
 from tasklease.rules.chainverify import derive
 
-from .conftest import CTX, Kit
+from .conftest import CTX, REGISTER_URL, Kit
 
 URL = "https://rs.example/v1/data"
 
@@ -69,7 +69,7 @@ class _Chain:
     """Three levels derived offline from a registered agent's token: A -> B -> C -> D."""
 
     def __init__(self, broker: Broker, kit: type[Kit]) -> None:
-        self.root = kit.register(broker, scope=("read:data:*",))
+        self.root = kit.register(broker, scope=("read:data:*",), dpop=True)
         now = int(broker.clock.now())
         self.keys = [SigningKey.generate() for _ in range(3)]
         # Each delegate is named under its delegator (docs/formats.md, ``sub``).
@@ -173,7 +173,7 @@ def test_a_block_whose_id_cannot_be_revoked_is_refused(
     with pytest.raises(InvalidRequest):
         broker.revoke(kit.admin(broker).claims, level="token", target=jti, ctx=CTX)
     # So no chain may carry one: it would be valid where no revocation by its id could end it.
-    root = kit.register(broker, scope=("read:data:*",))
+    root = kit.register(broker, scope=("read:data:*",), dpop=True)
     now = int(broker.clock.now())
     hand = root.sub + "/hand"
     text, key = _block_by_hand(root.token, root.key, sub=hand, jti=jti, now=now)
@@ -188,8 +188,8 @@ def test_a_block_naming_another_registered_agent_is_refused(broker: Broker, kit:
     """A holder writes its delegate's name beside a key of its choosing: Alice naming
     Carol's registered id, with a key Alice made, is refused; a name nested under Alice's
     own is accepted and reported as it is written (docs/formats.md, ``sub``)."""
-    alice = kit.register(broker, scope=("read:data:*",))
-    carol = kit.register(broker, scope=("read:data:*",), task_id="task-2")
+    alice = kit.register(broker, scope=("read:data:*",), dpop=True)
+    carol = kit.register(broker, scope=("read:data:*",), task_id="task-2", dpop=True)
     now = int(broker.clock.now())
     made = SigningKey.generate()  # Alice's, not Carol's
 
@@ -215,9 +215,9 @@ def test_a_registered_delegate_reports_what_was_handed_to_its_key(
     """A delegate is named under its delegator, never by its own id; the registered agent
     whose key a block names reports that derivation with its own token (its delegator may
     be revoked by then), and an agent whose key no block names may not."""
-    alice = kit.register(broker, scope=("read:data:*",))
-    bob = kit.register(broker, scope=("read:data:*",), task_id="task-b")
-    stranger = kit.register(broker, scope=("read:data:*",), task_id="task-s")
+    alice = kit.register(broker, scope=("read:data:*",), dpop=True)
+    bob = kit.register(broker, scope=("read:data:*",), task_id="task-b", dpop=True)
+    stranger = kit.register(broker, scope=("read:data:*",), task_id="task-s", dpop=True)
     now = int(broker.clock.now())
     chain = derive(
         alice.token,
@@ -313,7 +313,7 @@ def test_a_chain_naming_anothers_block_jti_does_not_silence_its_report(
     """A block's jti is its deriver's choice: a chain of another agent that names the jti
     of someone else's block, reported first, must not have the real derivation's report
     (or a verifier's use of it) taken for a replay."""
-    mallory = kit.register(broker, scope=("read:data:*",), task_id="task-m")
+    mallory = kit.register(broker, scope=("read:data:*",), task_id="task-m", dpop=True)
     key = SigningKey.generate()
     now = int(broker.clock.now())
     decoy = derive(
@@ -347,7 +347,7 @@ def test_a_report_the_broker_cannot_verify_is_refused_with_a_denial(
     head, _, last = text.rpartition("~")
     payload, _, signature = last.partition(".")
     forged = f"{head}~{payload}.{jws.b64url_encode(bytes(64))}"
-    stranger = kit.register(broker, scope=("read:data:*",), task_id="task-2")
+    stranger = kit.register(broker, scope=("read:data:*",), task_id="task-2", dpop=True)
     outcome = broker.offline_audit.report(
         chain.root.claims,
         derivations=[DerivationReport(forged), DerivationReport("eyJ.not.achain")],
@@ -448,6 +448,7 @@ def test_a_chain_holding_a_critical_scope_as_a_limited_grant_is_checked_against_
     broker = make_broker(clock=clock, critical_scopes=("write:payments:*",))
     grant = {"type": "scope", "scope": "write:payments:acct-1", "limits": {"max_calls": 3}}
     args, root_key = kit.register_args(broker, kit.launch(broker, ("write:payments:*",)), ())
+    args["ctx"] = kit.dpop_ctx(root_key, broker.clock.now(), "POST", REGISTER_URL)
     root = broker.register(**args, authorization_details=[grant])
     leaf_key = SigningKey.generate()
     now = broker.clock.now()
@@ -508,11 +509,13 @@ def test_an_offline_leaf_never_spends_a_budget_it_names_by_jti(
         authorization_details=[grant],
     )
 
-    def agent(task: str) -> Any:
+    def agent(task: str, *, bound: bool = False) -> Any:
         args, key = kit.register_args(broker, launch, (), task_id=task)
+        if bound:  # its token may start a chain
+            args["ctx"] = kit.dpop_ctx(key, broker.clock.now(), "POST", REGISTER_URL)
         return broker.register(**args, authorization_details=[grant]), key
 
-    (mallory, mallory_key), (victim, _) = agent("t-m"), agent("t-v")
+    (mallory, mallory_key), (victim, _) = agent("t-m", bound=True), agent("t-v")
     helper = kit.register(broker, scope=("read:data:*",), task_id="t-h")
     handed = broker.delegate(
         victim.claims,
@@ -550,7 +553,7 @@ def test_an_offline_leaf_never_spends_a_budget_it_names_by_jti(
     assert "no agent record" in event.detail or "offline chain" in event.detail
     # Neither the victim's delegated budget nor mallory's own was touched.
     assert [count(handed.token).remaining for _ in range(2)] == [1, 0]
-    assert count(mallory.token).remaining == 1
+    assert count(mallory.token, _presented(mallory_key, mallory.token, now)).remaining == 1
 
 
 def test_a_block_exp_no_float_holds_is_a_refused_report_not_an_error(
@@ -560,7 +563,7 @@ def test_a_block_exp_no_float_holds_is_a_refused_report_not_an_error(
     window was computed (before the chain is verified), failing the whole batch with no
     denial. Such a block is malformed: its report is refused with its own audited denial,
     and the rest of the batch is kept."""
-    alice = kit.register(broker, scope=("read:data:*",))
+    alice = kit.register(broker, scope=("read:data:*",), dpop=True)
     now = int(broker.clock.now())
     fields = {
         "sub": alice.sub + "/bob",

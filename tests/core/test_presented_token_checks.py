@@ -77,7 +77,7 @@ def test_introspection_reads_the_store_for_a_critical_scope(make_broker: Any, ki
 
 def _offline_chain(broker: Any, kit: Any) -> tuple[str, SigningKey]:
     """A registered agent's token (audience ``tasklease``) attenuated once offline."""
-    root = kit.register(broker, scope=("read:data:*",))
+    root = kit.register(broker, scope=("read:data:*",), dpop=True)
     leaf = SigningKey.generate()
     chain = derive(
         root.token,

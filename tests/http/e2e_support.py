@@ -8,6 +8,7 @@ Named ``e2e_support`` (not ``conftest``) so test modules can import it unambiguo
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -130,6 +131,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def dpop_proof(key: Ed25519PrivateKey, htm: str, htu: str, token: str | None = None) -> str:
+    """A DPoP proof (RFC 9449) by ``key`` for ``htm`` ``htu`` (and ``token``'s ``ath``)."""
+    public = key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    header = {"typ": "dpop+jwt", "alg": "EdDSA", "jwk": {"kty": "OKP", "crv": "Ed25519",
+              "x": _b64url(public)}}  # fmt: skip
+    claims: dict[str, Any] = {
+        "jti": secrets.token_hex(16),
+        "htm": htm,
+        "htu": htu,
+        "iat": int(time.time()),
+    }
+    if token is not None:
+        claims["ath"] = _b64url(hashlib.sha256(token.encode("ascii")).digest())
+    text = ".".join(
+        _b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
+    )
+    return f"{text}.{_b64url(key.sign(text.encode('ascii')))}"
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
 @dataclass
 class Agent:
     agent_id: str
@@ -139,10 +165,19 @@ class Agent:
     orch_id: str
     task_id: str
     scope: list[str]
+    dpop: bool = False  # its token bound to ``key`` (RFC 9449)
 
     @property
     def bearer(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.access_token}"}
+
+    def auth(self, method: str, url: str) -> dict[str, str]:
+        """The headers that present its token for ``method`` ``url``: a DPoP proof by its
+        key when the token is bound, else the bearer header."""
+        if not self.dpop:
+            return self.bearer
+        proof = dpop_proof(self.key, method, url, self.access_token)
+        return {"Authorization": f"DPoP {self.access_token}", "DPoP": proof}
 
 
 @dataclass
@@ -306,11 +341,15 @@ class RunningBroker:
         launch_token: str | None = None,
         orch_id: str = "orch-e2e",
         task_id: str | None = None,
+        dpop: bool = False,
         **launch: Any,
     ) -> Agent:
+        """An agent registered over HTTP; ``dpop``: its token bound (RFC 9449) to its
+        registered key, which then signs a proof for each use at the broker."""
         lt = launch_token or self.launch_token(scope, **launch)
         body, key = self.register_body(lt, scope, orch_id=orch_id, task_id=task_id)
-        resp = self.post("/v1/register", json=body)
+        headers = {"DPoP": dpop_proof(key, "POST", f"{self.url}/v1/register")} if dpop else {}
+        resp = self.post("/v1/register", json=body, headers=headers)
         assert resp.status_code == 200, resp.text
         data = resp.json()
         return Agent(
@@ -321,6 +360,7 @@ class RunningBroker:
             orch_id=body["orch_id"],
             task_id=body["task_id"],
             scope=scope,
+            dpop=dpop,
         )
 
     def validate(self, token: str) -> dict[str, Any]:

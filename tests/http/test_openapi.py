@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from starlette.routing import Route
 
+from tasklease.client._holder import DPoPKey
 from tasklease.core.broker import VERSION, Broker
 from tasklease.core.config import DEFAULT_ISSUER, Config
 from tasklease.core.discovery import statement
@@ -43,6 +44,9 @@ from tasklease.storage import open_store
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_SECRET = "s" * 40
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+BASE = "http://testserver:8000"  # a port of its own: the origin DPoP proofs name
 
 
 def _new_broker() -> Broker:
@@ -68,7 +72,7 @@ class Client:
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         async def send() -> httpx.Response:
             transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            async with httpx.AsyncClient(transport=transport, base_url=BASE) as c:
                 return await c.request(method, url, **kwargs)
 
         return asyncio.run(send())
@@ -347,6 +351,7 @@ class Recorder:
         **kwargs: Any,
     ) -> Any:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers.update(kwargs.pop("headers", {}))
         response = self.client.request(method, path or template, headers=headers, **kwargs)
         where = f"{method} {template} -> {response.status_code}"
         assert response.status_code == expect, f"{where}: {response.text}"
@@ -385,6 +390,7 @@ def _register(
     task: str,
     key: nacl.signing.SigningKey | None = None,
     details: list[dict[str, Any]] | None = None,
+    dpop: DPoPKey | None = None,
 ) -> dict[str, Any]:
     key = key or nacl.signing.SigningKey.generate()
     nonce = call("GET", "/v1/challenge", expect=200)["nonce"]
@@ -399,7 +405,8 @@ def _register(
     }
     if details is not None:
         body.update(requested_scope=None, authorization_details=details)
-    result: dict[str, Any] = call("POST", "/v1/register", json=body, expect=200)
+    bound = {"DPoP": dpop.proof("POST", f"{BASE}/v1/register")} if dpop else {}
+    result: dict[str, Any] = call("POST", "/v1/register", json=body, headers=bound, expect=200)
     return result
 
 
@@ -543,19 +550,27 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     call("POST", "/v1/token/renew", token=first["access_token"], expect=401)
     call("POST", "/v1/token/renew", token=admin, expect=403)
 
-    # Offline work reported late (docs/audit.md): a derivation, by an agent of its chain.
+    # Offline work reported late (docs/audit.md): a derivation, by an agent of its chain,
+    # from a token bound to its key (a chain's root always is).
+    holder_key = nacl.signing.SigningKey.generate()
+    holder_dpop = DPoPKey(holder_key)
+    lt_bound = call("POST", "/v1/admin/launch-tokens", token=admin, json=lt, expect=201)
+    holder = _register(call, lt_bound["launch_token"], "task-3", holder_key, dpop=holder_dpop)
     offline = derive(
-        renewed["access_token"],
-        first_key,
-        delegate=first["agent_id"] + "/offline",
+        holder["access_token"],
+        holder_key,
+        delegate=holder["agent_id"] + "/offline",
         delegate_key=bytes(nacl.signing.SigningKey.generate().verify_key),
         now=int(time.time()),
         ttl=60,
     )
     late = {"derivations": [{"chain": offline}]}
-    reported = call(
-        "POST", "/v1/audit/offline", token=renewed["access_token"], json=late, expect=200
-    )
+    report_url = f"{BASE}/v1/audit/offline"
+    as_holder = {
+        "Authorization": f"DPoP {holder['access_token']}",
+        "DPoP": holder_dpop.proof("POST", report_url, holder["access_token"]),
+    }
+    reported = call("POST", "/v1/audit/offline", headers=as_holder, json=late, expect=200)
     assert reported["accepted"] == 1
     call("POST", "/v1/audit/offline", token=admin, json=late, expect=403)
     call("POST", "/v1/audit/offline", token=renewed["access_token"], json={}, expect=400)

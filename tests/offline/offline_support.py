@@ -84,6 +84,8 @@ def root_token(
         },
         "lineage": ["app:app-1"],
         "max_exp": iat + 3600,
+        # Bound to its holder's key (DPoP), as every chain's root must be.
+        "cnf": {"jkt": jws.jwk_thumbprint(public_key)},
     }
     if details:
         payload["authorization_details"] = [dict(d) for d in details]

@@ -77,7 +77,9 @@ def service(broker: RunningBroker) -> Iterator[tuple[Served, Verifier]]:
 
 def _agent(broker: RunningBroker, scope: list[str]) -> Agent:
     launch = broker.launch_token(scope)
-    return Agent.register(broker.url, launch, "orch-1", "task-offline", scope, resource=RS)
+    return Agent.register(
+        broker.url, launch, "orch-1", "task-offline", scope, resource=RS, dpop=True
+    )
 
 
 def _delegate_id(holder: str, *labels: str) -> str:

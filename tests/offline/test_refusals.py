@@ -362,3 +362,30 @@ def test_decode_reads_what_verify_refuses() -> None:
     # The codec parses; only verification decides (a forged root still decodes).
     forged = hops(NAMES[:2], root=root_token(holder="root", signer=key("mallory")))
     assert decode(forged).blocks[0].sub == NAME["b1"]
+
+
+@pytest.mark.parametrize(
+    ("cnf", "category"), [(None, "binding"), ({}, "claims"), ({"unknown": "x"}, "claims")]
+)
+def test_a_bearer_root_starts_no_chain_and_no_verifier_accepts_one(
+    cnf: object, category: str
+) -> None:
+    """The chain carries its root as issued: a bearer root, cut out, would be the root
+    holder's whole authority to every delegate (decision 263). No holder derives from one,
+    and a chain written on one by hand is refused before its blocks are read."""
+    bearer = root_token(holder="root", extra={"cnf": cnf})
+    with pytest.raises(ChainRejected) as caught:
+        hops(("root", "b1"), root=bearer)
+    assert caught.value.category == "binding" and "bearer" in caught.value.reason
+    written = raw_block(
+        PREFIX + bearer,
+        "root",
+        sub=nested("root", "b1"),
+        key=public("b1"),
+        exp=NOW + 60,
+        iat=NOW,
+        jti="1" * 32,
+        depth=1,
+    )
+    # A verifier reads the root's claims first: a malformed cnf is refused there.
+    refused(written, "b1", category)

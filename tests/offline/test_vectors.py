@@ -47,7 +47,7 @@ def _public(name: str) -> str:
     return jws.b64url_encode(bytes(_key(name).verify_key))
 
 
-def _root() -> tuple[dict[str, Any], str]:
+def _root(*, bound: bool = True) -> tuple[dict[str, Any], str]:
     holder = bytes(_key("alice").verify_key)
     payload = {
         "iss": "tasklease",
@@ -73,7 +73,10 @@ def _root() -> tuple[dict[str, Any], str]:
         },
         "lineage": ["app:app-1"],
         "max_exp": NOW + 3600,
+        "cnf": {"jkt": jws.jwk_thumbprint(holder)},  # a chain starts from a bound token
     }
+    if not bound:
+        del payload["cnf"]
     broker = _key("broker")
     kid = jws.jwk_thumbprint(bytes(broker.verify_key))
     data = json.dumps(payload, separators=(",", ":")).encode()
@@ -177,6 +180,8 @@ def build() -> dict[str, Any]:
          "chain": chain, "now": NOW + 320},
         {"name": "last block naming a delegate outside its signer's name", "category":
          "attenuation", "chain": _renamed(chain, "carol", f"{TRUST}/dave")},
+        {"name": "a bearer root (no cnf): it could be cut out and presented alone",
+         "category": "binding", "chain": "~".join([parts[0], _root(bound=False)[1], *parts[2:]])},
     ]  # fmt: skip
     return doc
 

@@ -93,6 +93,11 @@ def _as_holder(broker: RunningBroker, chain: str, key: nacl.signing.SigningKey, 
     return {"Authorization": f"DPoP {chain}", "DPoP": dpop_proof(key, "POST", url, token=chain)}
 
 
+def _as_agent(broker: RunningBroker, agent: Any) -> dict[str, str]:
+    """``agent``'s own token at the report route (bound to its key: a proof each time)."""
+    return agent.auth("POST", broker.url + "/v1/audit/offline")  # type: ignore[no-any-return]
+
+
 def _report(broker: RunningBroker, headers: dict[str, str], *chains: str) -> Any:
     return broker.post(
         "/v1/audit/offline",
@@ -102,14 +107,14 @@ def _report(broker: RunningBroker, headers: dict[str, str], *chains: str) -> Any
 
 
 def test_a_widening_block_signed_by_the_holder_is_worth_nothing(broker: RunningBroker) -> None:
-    agent = broker.register(SCOPE)
+    agent = broker.register(SCOPE, dpop=True)
     exp = json.loads(jws.b64url_decode(agent.access_token.split(".")[1]))["exp"]
     wider, key = _forged(agent, scope=["read:tickets:*", "write:tickets:*"], exp=exp)
     later, later_key = _forged(agent, scope=SCOPE, exp=exp + 600)
     assert not _valid_at_broker(broker, wider, key)
     assert not _valid_at_broker(broker, later, later_key)
     # Reported as if it had been derived: refused, each with its own audited denial.
-    answer = _report(broker, bearer(agent.access_token), wider, later)
+    answer = _report(broker, _as_agent(broker, agent), wider, later)
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["accepted"] == 0 and [r["error"] for r in body["refused"]] == [
@@ -125,7 +130,7 @@ def test_a_widening_block_signed_by_the_holder_is_worth_nothing(broker: RunningB
 
 
 def test_a_chain_without_its_holders_key_is_refused(broker: RunningBroker) -> None:
-    agent = broker.register(SCOPE)
+    agent = broker.register(SCOPE, dpop=True)
     chain, key, _ = _derive(agent)
     thief = nacl.signing.SigningKey.generate()
     assert _valid_at_broker(broker, chain, key)
@@ -137,7 +142,7 @@ def test_a_chain_without_its_holders_key_is_refused(broker: RunningBroker) -> No
 
 
 def test_an_offline_leaf_cannot_renew_or_delegate(broker: RunningBroker) -> None:
-    agent, other = broker.register(SCOPE), broker.register(SCOPE)
+    agent, other = broker.register(SCOPE, dpop=True), broker.register(SCOPE, dpop=True)
     chain, key, _ = _derive(agent)
     renew = broker.post(
         "/v1/token/renew", headers=_as_holder(broker, chain, key, "/v1/token/renew")
@@ -155,14 +160,14 @@ def test_an_offline_leaf_cannot_renew_or_delegate(broker: RunningBroker) -> None
 
 
 def test_late_reports_are_not_recorded_twice_nor_from_a_stranger(broker: RunningBroker) -> None:
-    agent, stranger = broker.register(SCOPE), broker.register(SCOPE)
+    agent, stranger = broker.register(SCOPE, dpop=True), broker.register(SCOPE, dpop=True)
     chain, _, helper_id = _derive(agent)
-    first = _report(broker, bearer(agent.access_token), chain)
+    first = _report(broker, _as_agent(broker, agent), chain)
     assert first.json() == {"accepted": 1, "duplicates": 0, "refused": []}
     for _ in range(3):  # replayed
-        again = _report(broker, bearer(agent.access_token), chain)
+        again = _report(broker, _as_agent(broker, agent), chain)
         assert again.json() == {"accepted": 0, "duplicates": 1, "refused": []}
-    by_stranger = _report(broker, bearer(stranger.access_token), chain).json()
+    by_stranger = _report(broker, _as_agent(broker, stranger), chain).json()
     assert [r["error"] for r in by_stranger["refused"]] == ["forbidden"]
     events = audit_events(broker, event_type="offline_derivation_reported", agent_id=helper_id)
     assert len(events) == 1 and events[0]["detail"].startswith("reported late | occurred_at=")
@@ -175,17 +180,17 @@ def test_late_reports_are_not_recorded_twice_nor_from_a_stranger(broker: Running
 
 def test_a_chain_of_another_tenant_is_worth_nothing_here(broker: RunningBroker) -> None:
     acme = broker.create_tenant(f"acme-{secrets.token_hex(3)}")
-    agent = acme.register(SCOPE)
+    agent = acme.register(SCOPE, dpop=True)
     chain, key, helper_id = _derive(agent)
     assert _valid_at_broker(acme, chain, key)
     assert not _valid_at_broker(broker, chain, key)  # the default tenant's keys and issuer
     # Reported to the default tenant by one of its own agents: refused, nothing recorded.
-    local = broker.register(SCOPE)
-    body = _report(broker, bearer(local.access_token), chain).json()
+    local = broker.register(SCOPE, dpop=True)
+    body = _report(broker, _as_agent(broker, local), chain).json()
     assert body["accepted"] == 0 and [r["error"] for r in body["refused"]] == ["invalid_request"]
     assert audit_events(broker, event_type="offline_derivation_reported", agent_id=helper_id) == []
     # Its own tenant records it, in its own log.
-    mine = _report(acme, bearer(agent.access_token), chain).json()
+    mine = _report(acme, _as_agent(acme, agent), chain).json()
     assert mine["accepted"] == 1
     assert (
         len(audit_events(acme, event_type="offline_derivation_reported", agent_id=helper_id)) == 1

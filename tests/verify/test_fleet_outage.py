@@ -177,8 +177,10 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 def register(
     broker: RunningBroker, scope: list[str], task: str, server: str, **options: Any
 ) -> Agent:
-    """A new agent whose tokens are for ``server`` (its launch token names that one)."""
+    """A new agent whose tokens are for ``server`` (its launch token names that one),
+    bound to a DPoP key: its tokens may start offline chains."""
     launch = broker.launch_token(scope, audience=[server])
+    options.setdefault("dpop", True)
     return Agent.register(broker.url, launch, "fleet", task, scope, **options)
 
 

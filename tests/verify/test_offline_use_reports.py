@@ -32,7 +32,7 @@ class _Clock:
 
 def _chain(broker: RunningBroker) -> tuple[str, nacl.signing.SigningKey, str]:
     """A chain of one block from a new agent's token, its holder's key and identity."""
-    agent = broker.register(["read:data:*"])
+    agent = broker.register(["read:data:*"], dpop=True)
     seed = agent.key.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )

@@ -22,6 +22,7 @@ from tasklease.client import (
     OfflineCredential,
     OfflinePeerAuth,
     PeerAuthenticationFailed,
+    TaskleaseError,
 )
 from tasklease.rules import attenuation, jws
 from tasklease.verify import InvalidToken, Verifier
@@ -184,26 +185,26 @@ def test_dpop_agents_authenticate_and_a_bearer_agent_does_not_answer(
 
 
 def test_a_helper_shows_its_chain_when_the_root_is_bound(broker: Any, verifier: Verifier) -> None:
+    """A chain starts only from a bound root; a bearer root makes none (decision 263)."""
     bob = register(broker, ["read:data:2"], dpop=True)
     bound_lead = register(broker, ["read:data:1"], dpop=True)
     bearer_lead = register(broker, ["read:data:1"], dpop=False)
     try:
         bob_side = bob.offline_peer(verifier.verify_peer)
-        for lead, answers in ((bound_lead, True), (bearer_lead, False)):
-            key = SigningKey.generate()
-            helper_id = lead.agent_id + "/helper"
-            held = OfflineCredential(
-                lead.attenuate(helper_id, bytes(key.verify_key), scope=["read:data:1"]), key
+        key = SigningKey.generate()
+        helper_id = bound_lead.agent_id + "/helper"
+        held = OfflineCredential(
+            bound_lead.attenuate(helper_id, bytes(key.verify_key), scope=["read:data:1"]), key
+        )
+        helper = OfflinePeerAuth(helper_id, lambda h=held: h.chain, key, verifier.verify_peer)
+        seen_by_bob, seen_by_helper = handshake(bob_side, helper, helper_id)
+        assert seen_by_bob.agent_id == helper_id
+        assert seen_by_helper.agent_id == bob.agent_id
+        with pytest.raises(TaskleaseError) as refused:
+            bearer_lead.attenuate(
+                bearer_lead.agent_id + "/helper", bytes(key.verify_key), scope=["read:data:1"]
             )
-            helper = OfflinePeerAuth(helper_id, lambda h=held: h.chain, key, verifier.verify_peer)
-            if answers:
-                seen_by_bob, seen_by_helper = handshake(bob_side, helper, helper_id)
-                assert seen_by_bob.agent_id == helper_id
-                assert seen_by_helper.agent_id == bob.agent_id
-            else:
-                with pytest.raises(PeerAuthenticationFailed) as caught:
-                    handshake(bob_side, helper, helper_id)
-                assert "bearer token" in caught.value.reason
+        assert refused.value.code == "invalid_chain" and "bearer token" in str(refused.value)
     finally:
         for agent in (bob, bound_lead, bearer_lead):
             agent.close()

@@ -32,6 +32,7 @@ from tasklease.rules.claims import (
     ClaimRejected,
     DelegationRecord,
     check_claims,
+    well_formed_cnf,
 )
 from tasklease.rules.grants import GrantError, TypeRule, parse_details
 from tasklease.rules.issuance import IssuanceLimits, Limits, Parent, Refusal, check_issuance
@@ -172,6 +173,14 @@ def walk(
     root_key = fmt.holder_key_of(root.raw)
     if root_key is None:
         raise ChainRejected("root names no holder key (agent_jwk)", "holder")
+    if not well_formed_cnf(root.raw.get("cnf")):
+        # A chain carries its root token as issued: a bearer root, cut out, would be the
+        # root holder's whole authority to every delegate and every verifier shown it.
+        raise ChainRejected(
+            "root is a bearer token: a chain starts only from a token bound to its "
+            "holder's DPoP key or certificate (cnf)",
+            "binding",
+        )
     root_parent = parent = Parent.of_token(root, limits)
     signer, parent_iat, steps = root_key, root.iat, []
     depth = len(root.delegation_chain)
