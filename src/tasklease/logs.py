@@ -32,6 +32,7 @@ __all__ = [
     "JsonLineHandler",
     "access_writer",
     "configure_logging",
+    "json_line",
 ]
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -60,7 +61,7 @@ class JsonLineFormatter(logging.Formatter):
             line["exception"] = record.exc_text
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return _render(line)
+        return json_line(line)
 
 
 # The last second a timestamp was made for, and its text up to the seconds: most records
@@ -79,8 +80,10 @@ def _timestamp(created: float) -> str:
     return f"{text}.{int((created - whole) * 1_000_000):06d}Z"
 
 
-def _render(line: dict[str, Any]) -> str:
-    """One log line's JSON text, ASCII only."""
+def json_line(line: Any) -> str:
+    """One JSON line's text, ASCII only: the rule of every JSON-lines output (the log
+    records here, ``tasklease audit export``, the CLI's ``--json`` lines). A value no
+    JSON type holds is written as its ``repr``."""
     try:
         data: bytes | None = _encode(line)
     except (TypeError, msgspec.EncodeError):  # an extra no JSON type holds: its repr below
@@ -100,7 +103,7 @@ class JsonLineHandler(logging.StreamHandler[TextIO]):
         :class:`JsonLineFormatter` renders it, without a :class:`logging.LogRecord`."""
         line = {"event": event, **fields, "level": "info", "logger": logger}
         line["timestamp"] = _timestamp(time.time())
-        text = _render(line) + self.terminator
+        text = json_line(line) + self.terminator
         with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
             try:
                 self.stream.write(text)

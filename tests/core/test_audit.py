@@ -369,7 +369,8 @@ def test_sanitize_strips_non_printable_control_characters_only() -> None:
     # Text with no control character skips the search; a tab is not printable but stays.
     assert sanitize("plain text, a=b") == "plain text, a=b"
     assert sanitize("a\tb c") == "a\tb c"
-    assert sanitize("a\u0085b\x1fc") == "a\u0085b c"  # NEL is not one of ours; US is
+    assert sanitize("a\u00a0b\x1fc") == "a\u00a0b c"  # NBSP is not one of ours; US is
+    assert sanitize("a\u0085b\u2028c") == "a b c"  # NEL (C1) and U+2028 end lines
 
 
 def test_the_length_cap_keeps_a_refusals_denial_id() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -156,9 +155,13 @@ def audit_export(
 
 
 def _write_lines(events: Iterable[dict[str, Any]], write: Callable[[str], object]) -> int:
+    """Each event as one JSON line, ASCII only: an event stored before the sanitizer
+    masked C1 controls and U+2028/U+2029 is still one line for every reader."""
+    from tasklease.logs import json_line
+
     count = 0
     for event in events:
-        write(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n")
+        write(json_line(event) + "\n")
         count += 1
     return count
 

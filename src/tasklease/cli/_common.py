@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import stat
 import sys
@@ -165,8 +164,11 @@ def broker_errors() -> Iterator[None]:
 
 
 def print_json(value: Any) -> None:
-    """One JSON document on one line (JSON lines when called repeatedly)."""
-    sys.stdout.write(json.dumps(value, separators=(",", ":"), ensure_ascii=False) + "\n")
+    """One JSON document on one line (JSON lines when called repeatedly), ASCII only as
+    every JSON line is: no character of it ends a line or drives a terminal."""
+    from tasklease.logs import json_line
+
+    sys.stdout.write(json_line(value) + "\n")
     sys.stdout.flush()
 
 

@@ -1,7 +1,9 @@
 """How listings print: ``-o table`` (the default on a terminal), ``-o json`` (one JSON
 document: an array of objects, the API's fields, stable), ``-o yaml`` (the same as YAML)
 or, when the output is not a terminal and no format is asked for, plain tab-separated
-lines with a header and nothing cut. Every value is data, never Rich markup."""
+lines with a header and nothing cut. Every value is data, never Rich markup, and reaches
+the terminal with no control character or Unicode line break as it is (``rules.controls``:
+each is written ``\\uXXXX``, as JSON writes it)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import typer
 from rich.table import Table
 
 from tasklease.cli._common import out
+from tasklease.rules.controls import escaped
 
 __all__ = ["Column", "Output", "OutputOpt", "dump", "emit", "field", "plural"]
 
@@ -46,12 +49,23 @@ def plural(count: int, word: str, words: str | None = None) -> str:
 
 def dump(rows: Sequence[dict[str, Any]], output: Output) -> None:
     if output is Output.json:
-        sys.stdout.write(json.dumps(list(rows), indent=2, ensure_ascii=False) + "\n")
+        # JSON escapes C0 controls itself, not DEL, C1 or the Unicode separators.
+        sys.stdout.write(escaped(json.dumps(list(rows), indent=2, ensure_ascii=False)) + "\n")
     else:
         import yaml  # type: ignore[import-untyped]
 
+        class Dumper(yaml.SafeDumper):  # type: ignore[misc]
+            pass
+
+        def text(dumper: Any, value: str) -> Any:
+            # Double-quoted, every control character is escaped (``\x9B``, ``\N``, ``\L``,
+            # ``\P``); PyYAML's own choice writes U+0085, U+2028 and U+2029 raw.
+            style = '"' if escaped(value) != value else None
+            return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+        Dumper.add_representer(str, text)
         sys.stdout.write(
-            yaml.safe_dump(list(rows), sort_keys=False, allow_unicode=True, width=10_000)
+            yaml.dump(list(rows), Dumper=Dumper, sort_keys=False, allow_unicode=True, width=10_000)
         )
     sys.stdout.flush()
 
@@ -71,13 +85,15 @@ def emit(
     if output is None and not sys.stdout.isatty():
         sys.stdout.write("\t".join(header for _, header, _ in columns) + "\n")
         for row in rows:
-            cells = (shown(row).replace("\t", " ").replace("\n", " ") for _, _, shown in columns)
+            cells = (
+                escaped(shown(row).replace("\t", " ").replace("\n", " ")) for _, _, shown in columns
+            )
             sys.stdout.write("\t".join(cells) + "\n")
         sys.stdout.flush()
         return
     table = Table(*(header for _, header, _ in columns), caption=caption or None)
     for row in rows:
-        table.add_row(*(shown(row) for _, _, shown in columns))
+        table.add_row(*(escaped(shown(row)) for _, _, shown in columns))
     out.print(table)  # markup off: every cell as written
 
 

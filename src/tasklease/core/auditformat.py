@@ -20,6 +20,7 @@ import msgspec
 
 from tasklease.core.records import AuditEvent
 from tasklease.rules.auditchain import GENESIS_HASH, prefix, uncovered_lineage
+from tasklease.rules.controls import CONTROLS
 from tasklease.rules.secretshapes import HEX_SECRET, JWT, REFERENCE
 
 __all__ = [
@@ -152,8 +153,9 @@ def _plain_identifier(text: str) -> bool:
     return len(rest) < 64 or HEX_SECRET.search(rest) is None
 
 
-_CONTROL_TO_SPACE = {c: " " for c in (*range(0x20), 0x7F) if c != 0x09}
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+# Every control character (C0, DEL, C1) and Unicode line break but a tab (rules.controls).
+_CONTROL_TO_SPACE = {c: " " for c in CONTROLS if c != 0x09}
+_CONTROL = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(_CONTROL_TO_SPACE)) + "]")
 MAX_DETAIL = 2048
 _TRUNCATED = "[truncated]"
 # The denial id a refusal's detail ends with (``core.kernel.with_denial``): set aside while
@@ -211,8 +213,10 @@ def sanitize(detail: str) -> str:
     secret-looking keys (``client_secret=...``, ``password: ...``), runs of 64 or more hex
     characters (launch tokens, nonces, secrets, whatever surrounds them: audit events name
     things by their id or hash prefix instead; ``rules.secretshapes``) and e-mail
-    addresses (kept as ``a***@example.com``). Control characters become spaces, text that
-    is not valid Unicode (lone surrogates) is replaced, and the result is capped at
+    addresses (kept as ``a***@example.com``). Control characters (C0 but a tab, DEL, C1)
+    and Unicode line and paragraph separators become spaces (``rules.controls``: no
+    reader takes them for a line break, no terminal for a command), text that is not
+    valid Unicode (lone surrogates) is replaced, and the result is capped at
     :data:`MAX_DETAIL` characters, keeping the denial id a refusal's detail ends with.
 
     A longer text is cut to the cap *before* the rules run, so sanitizing any text costs
@@ -238,7 +242,7 @@ def sanitize(detail: str) -> str:
         out = HEX_SECRET.sub("[REDACTED:hex]", out)
         if "@" in out:
             out = _mask_emails(out)
-    # isprintable() is false for every control character (and for a tab, which stays):
+    # isprintable() is false for every character mapped (and for a tab, which stays):
     # a tenth of the cost of the search on the text that has none, which is nearly all.
     if not out.isprintable() and _CONTROL.search(out) is not None:
         out = out.translate(_CONTROL_TO_SPACE)  # a search is ten times cheaper than this
