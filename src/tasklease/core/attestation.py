@@ -7,8 +7,9 @@ An agent registering with evidence (``POST /v1/register`` with ``attestation``) 
 checked here: the attestor is chosen (by name, or by the issuer the evidence names), the
 evidence verified with the issuer's keys, the policy decides the ceiling, and the result
 is a :class:`~tasklease.core.kernel.Parent` for the kernel's one issuance check, with the
-attestation as an ancestor (``attest:<type>:<attestor>:<subject>`` in the lineage) and the
-``attest`` claim every descendant token carries.
+attestation as an ancestor (``attest:<type>:<attestor>:<subject>`` in the lineage; also
+``fed:<domain>`` when the keys are a federated domain's, so removing the domain ends the
+agent) and the ``attest`` claim every descendant token carries.
 
 Keys: given in the settings (a JWK Set, a SPIFFE bundle) they are parsed here; a
 federated trust domain's bundle comes from ``core.federation``; keys on the network are
@@ -54,6 +55,7 @@ from tasklease.core.callers import change_refused
 from tasklease.core.delegation import named_principal
 from tasklease.core.errors import InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.federation import Federation, UntrustedDomain
+from tasklease.core.foreign import domain_entry
 from tasklease.core.kernel import Kernel, Parent, RequestContext, Service, with_denial
 from tasklease.core.lineage import app_ancestor
 from tasklease.core.records import AttestorRecord
@@ -368,6 +370,12 @@ class AttestationService(Service):
         record = configured.record
         app_id = record.app_id
         lineage = (app_ancestor(app_id),) if app_id else ()
+        source = ATTESTORS[record.type].source(configured.settings)
+        if source is not None and source.federation:
+            # Evidence checked with a federated domain's bundle derives from that domain:
+            # removing it (``Federation.remove``: a chain revocation of ``fed:<domain>``)
+            # ends the agent, its renewals and all it delegated, as it ends exchanged tokens.
+            lineage = (*lineage, domain_entry(source.federation))
         cfg = self._config
         parent = Parent(
             holder="",

@@ -326,13 +326,15 @@ class Federation(Service):
         """Stop trusting ``trust_domain``: from now on its credentials are refused, and
         so is everything derived here from them.
 
-        Tokens exchanged from the domain's credentials, and all they were delegated,
-        renewed or narrowed to, list ``fed:<trust_domain>`` in their ``lineage``
-        (``core.foreign``): the removal writes a chain-level revocation on it in the same
-        unit, so none of them validates, renews or hands authority on afterwards, in any
-        worker or replica, nor at resource servers following the revocation feed. The
-        entry lives as an operator's does (:meth:`Kernel.revocation_expiry`); until it
-        expires, declaring the domain again is refused (Conflict, saying until when).
+        Tokens exchanged from the domain's credentials, those of agents registered with
+        evidence checked against its bundle (``core.attestation``), and all they were
+        delegated, renewed or narrowed to, list ``fed:<trust_domain>`` in their
+        ``lineage`` (``core.foreign``): the removal writes a chain-level revocation on it
+        in the same unit, so none of them validates, renews or hands authority on
+        afterwards, in any worker or replica, nor at resource servers following the
+        revocation feed. The entry lives as an operator's does
+        (:meth:`Kernel.revocation_expiry`); until it expires, declaring the domain again
+        is refused (Conflict, saying until when).
 
         Raises:
             NotFound: it is not federated (audited).
