@@ -171,7 +171,8 @@ class Federation(Service):
         ``bundle`` (a static SPIFFE bundle, JSON text) is given. ``ca_pem`` (PEM
         certificates) is the trust anchor for the endpoint's server certificate; without
         it, the system's. A static bundle is trusted from now; an endpoint's from its
-        first fetch. Replacing a record with the same endpoint keeps its last good bundle.
+        first fetch. Replacing a record with the same endpoint and the same ``ca_pem`` keeps
+        its last good bundle; a new endpoint or trust anchor starts with none.
         ``revocation_feed`` (the peer broker's base URL, https) and ``feed_credentials_file``
         (a file name in this tenant's credentials directory on the broker's host,
         ``<data_dir>/federation/``; read where the feed is followed, never here) go
@@ -273,8 +274,11 @@ class Federation(Service):
             nonlocal record, replaced
             previous = tx.get_federation(domain)
             replaced = previous is not None
-            if previous is not None and url and previous.bundle_endpoint_url == url:
-                # The same endpoint: what it served stays good until the next refresh.
+            if previous is not None and _same_source(previous, record):
+                # The same endpoint, trusted the same way: what it served stays good until
+                # the next refresh. Otherwise nothing fetched before is kept, nor its
+                # sequence as a baseline: a bundle served under an anchor the operator
+                # replaced (a CA found compromised) is not this declaration's.
                 record = replace(record, bundle=previous.bundle, fetched_at=previous.fetched_at)
             tx.put_federation(record)
             source = f"endpoint={url}" if url else f"static bundle {_describe(static, domain)}"
@@ -506,6 +510,17 @@ def _describe(static: str | None, domain: str) -> str:
         return ""
     bundle = parse_bundle(static, domain)
     return f"sequence={bundle.sequence} kids=[{' '.join(bundle.keys)}]"
+
+
+def _same_source(previous: FederationRecord, record: FederationRecord) -> bool:
+    """Whether ``record`` fetches its bundle where ``previous`` did and trusts the server
+    it reaches as ``previous`` did: the same endpoint URL and the same CA certificates (or
+    both the system's store). Only then is a bundle ``previous`` fetched still good."""
+    return (
+        bool(record.bundle_endpoint_url)
+        and previous.bundle_endpoint_url == record.bundle_endpoint_url
+        and previous.ca_pem == record.ca_pem
+    )
 
 
 def _goes_back(bundle: TrustBundle, previous: TrustBundle | None) -> bool:
