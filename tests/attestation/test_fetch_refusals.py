@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from tasklease.attestation import FetchError, HttpKeyFetcher, fetch_jwks
 from tasklease.core.attestors import JwksSource
-from tasklease.core.errors import TaskleaseError, Unauthorized
+from tasklease.core.errors import InvalidRequest, TaskleaseError, Unauthorized
 
 POLICY = [{"match": {"namespace": "billing"}, "scope": ["read:invoices:*"]}]
 # jwks_uri values a discovery document may name that pass "https://" and are no URL.
@@ -63,6 +63,27 @@ def test_a_ca_that_is_no_certificate_is_a_fetch_error(issuer: Served, ca_pem: st
     source = JwksSource(issuer=f"{issuer.url}/nul", ca_pem=ca_pem)
     with pytest.raises(FetchError, match="ca_pem"):
         fetch_jwks(source, timeout=5.0)
+
+
+def test_a_ca_file_with_a_non_ascii_comment_anchors_the_fetch(issuer: Served, ca: IssuerCA) -> None:
+    # The comment is no business of TLS: the file's certificate checks the issuer, and the
+    # fetch goes on to what the discovery document names (no URL, here).
+    source = JwksSource(issuer=f"{issuer.url}/nul", ca_pem=f"# Autorité racine\n{ca.pem}")
+    with pytest.raises(FetchError) as info:
+        fetch_jwks(source, timeout=5.0)
+    assert "ca_pem" not in info.value.reason
+
+
+@pytest.mark.parametrize("ca_pem", ["-----BEGIN CERTIFICATE-----\nAA\n", "\u00e9"])
+def test_an_attestor_whose_ca_no_tls_context_takes_is_refused(ca_pem: str) -> None:
+    # Checked where it is given, as the key fetcher will use it (core.tlsanchor).
+    broker = make_broker()
+    settings = {"issuer": "https://issuer.test", "ca_pem": ca_pem}
+    with pytest.raises(InvalidRequest, match="ca_pem"):
+        broker.attestation.add(
+            admin(broker), name="prod", type="k8s_sat", settings=settings, policy=POLICY, ctx=CTX
+        )
+    assert broker.attestation.list_attestors() == []
 
 
 @pytest.mark.parametrize("name", sorted(BAD_URIS))

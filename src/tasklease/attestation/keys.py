@@ -18,10 +18,8 @@ deadline of :data:`TIMEOUT` seconds. Times come from the caller (the broker's cl
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from tasklease.core.attestors import (
     keys_from_jwks,
     parse_jwks,
 )
+from tasklease.core.tlsanchor import UnusableAnchor, anchor_context
 
 __all__ = ["MIN_REFETCH", "TIMEOUT", "FetchError", "HttpKeyFetcher", "fetch_jwks"]
 
@@ -52,13 +51,6 @@ class FetchError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@functools.lru_cache(maxsize=64)
-def _tls_context(ca_pem: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(cadata=ca_pem or None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
 
 
 def _https(url: object) -> str:
@@ -102,8 +94,8 @@ def fetch_jwks(source: JwksSource, *, timeout: float = TIMEOUT) -> dict[str, Ver
             malformed or holds no usable key.
     """
     try:
-        context = _tls_context(source.ca_pem)
-    except (ssl.SSLError, ValueError, TypeError):  # TypeError: not ASCII
+        context = anchor_context(source.ca_pem)
+    except UnusableAnchor:
         raise FetchError("ca_pem holds no usable CA certificate") from None
     with (
         httpx.Client(

@@ -9,11 +9,10 @@ import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from cryptography import x509
-
 from tasklease.core.auditformat import clipped
 from tasklease.core.errors import InvalidRequest
 from tasklease.core.spiffe import validate_trust_domain
+from tasklease.core.tlsanchor import UnusableAnchor, anchor_context
 from tasklease.rules import scopes as scope_rules
 from tasklease.rules.bundle import BundleError, parse_bundle
 
@@ -98,16 +97,18 @@ def static_bundle(value: object, domain: str) -> str | None:
 
 
 def ca_pem(value: object) -> str:
+    """PEM CA certificates, checked as every connection made with them will use them
+    (``core.tlsanchor``), or "" when not given (the system's trust store)."""
     if value is None or value == "":
         return ""
     if not isinstance(value, str) or len(value) > _MAX_CA_PEM:
         raise InvalidRequest("ca_pem must be PEM certificates")
     try:
-        certificates = x509.load_pem_x509_certificates(value.encode("utf-8"))
-    except ValueError:
-        raise InvalidRequest("ca_pem must be PEM certificates") from None
-    if not certificates:
-        raise InvalidRequest("ca_pem must be PEM certificates")
+        anchor_context(value)
+    except UnusableAnchor as exc:
+        raise InvalidRequest(
+            f"ca_pem must be PEM certificates: {clipped(exc.reason, 200)}"
+        ) from None
     return value
 
 

@@ -31,6 +31,7 @@ from tasklease.core.broker import Broker
 from tasklease.core.errors import NotFound
 from tasklease.core.federation import BundleRefused
 from tasklease.core.records import FederationRecord
+from tasklease.core.tlsanchor import UnusableAnchor, anchor_context
 from tasklease.rules.bundle import MAX_BUNDLE_BYTES
 
 __all__ = [
@@ -58,14 +59,15 @@ class FetchError(Exception):
         super().__init__(reason)
 
 
-@functools.lru_cache(maxsize=64)
 def tls_context(ca_pem: str) -> ssl.SSLContext:
     """The client context of ``https_web``: certificate and host name checked, against
-    ``ca_pem`` or the system's trust store."""
-    # cadata=None loads the system's store; a PEM string trusts only what it holds.
-    context = ssl.create_default_context(cadata=ca_pem or None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
+    ``ca_pem`` or the system's trust store (``core.tlsanchor``, the rule the declaration
+    was checked with).
+
+    Raises:
+        UnusableAnchor: ``ca_pem`` cannot be used (a ``ValueError``).
+    """
+    return anchor_context(ca_pem)
 
 
 def fetch_bundle(url: str, *, ca_pem: str = "", timeout: float | None = None) -> bytes:
@@ -81,8 +83,8 @@ def fetch_bundle(url: str, *, ca_pem: str = "", timeout: float | None = None) ->
     """
     try:
         context = tls_context(ca_pem)
-    except ssl.SSLError:
-        raise FetchError("the CA certificates cannot be used") from None
+    except UnusableAnchor as exc:  # stored before the declaration was checked as used
+        raise FetchError(f"the CA certificates cannot be used: {exc.reason}") from None
     try:
         return bounded_get(
             url,

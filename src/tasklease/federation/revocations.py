@@ -268,9 +268,13 @@ class _Follower:
         parts = urlsplit(self.source.base_url)
         if parts.scheme != "https" or not parts.hostname or "@" in parts.netloc:
             raise FeedError("revocation_feed must be an https URL without userinfo")
+        try:
+            context = tls_context(self.source.ca_pem)
+        except ValueError as exc:  # UnusableAnchor: a record stored before it was checked
+            raise FeedError(f"the CA certificates cannot be used: {exc}") from None
         return httpx.Client(
             base_url=self.source.base_url,
-            verify=tls_context(self.source.ca_pem),
+            verify=context,
             trust_env=False,
             timeout=httpx.Timeout(READ_TIMEOUT),
             follow_redirects=False,

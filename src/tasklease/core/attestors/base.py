@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from tasklease.core.tlsanchor import UnusableAnchor, anchor_context
 from tasklease.rules.attest import FACT_NAME, MAX_FACT_CHARS, MAX_FACTS
 
 __all__ = [
@@ -223,11 +224,17 @@ def jwks_source(raw: Mapping[str, Any], issuer: str) -> JwksSource:
     max_stale = seconds(raw, "jwks_max_stale", DEFAULT_MAX_STALE)
     if max_stale < refresh:
         raise SettingsError("jwks_max_stale must be at least jwks_refresh")
+    ca_pem = text(raw, "ca_pem", limit=MAX_SETTINGS_CHARS)
+    if ca_pem:
+        try:
+            anchor_context(ca_pem)  # checked as the key fetcher will use it
+        except UnusableAnchor as exc:
+            raise SettingsError(f"ca_pem must be PEM CA certificates: {exc.reason}") from None
     return JwksSource(
         issuer=issuer,
         jwks=jwks,
         jwks_uri=jwks_uri,
-        ca_pem=text(raw, "ca_pem", limit=MAX_SETTINGS_CHARS),
+        ca_pem=ca_pem,
         refresh=refresh,
         max_stale=max_stale,
     )

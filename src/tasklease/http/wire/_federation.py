@@ -72,7 +72,8 @@ class FederationCreateRequest(Request):
         _Text,
         multiline(
             "PEM certificates the endpoint's server certificate must chain to; absent: the "
-            "system's trust store. The certificate must name the URL's host."
+            "system's trust store. The certificate must name the URL's host. Only the "
+            "certificates count: text outside the PEM blocks (a comment) is ignored."
         ),
     ] = None
     max_bundle_age: Annotated[
@@ -280,8 +281,8 @@ OPERATIONS = (
                 "invalid_request",
                 "a malformed trust domain, this broker's own, neither or both of "
                 "`bundle_endpoint_url` and `bundle`, an endpoint that is not `https` or "
-                "carries userinfo, a static bundle that does not parse, `ca_pem` that is "
-                "not PEM certificates, or a malformed scope, age or TTL",
+                "carries userinfo, a static bundle that does not parse, `ca_pem` that holds "
+                "no PEM certificate a TLS client can trust, or a malformed scope, age or TTL",
             ),
             Failure(
                 "conflict",
