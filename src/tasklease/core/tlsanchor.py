@@ -7,8 +7,11 @@ applied both where the text is given (a declaration that does not make a context
 refused) and where it is used (a stored one that cannot is a failed fetch, never a crash):
 the certificates the PEM blocks hold, and nothing else of the text. A file's comments
 outside the blocks (distributions' bundles name each CA, in any language) are not
-OpenSSL's business: it is handed the certificates in DER, so a non-ASCII comment neither
-makes ``ssl`` raise ``TypeError`` nor changes what is trusted.
+OpenSSL's business: it is handed the certificates written out again as PEM, ASCII only,
+so a non-ASCII comment neither makes ``ssl`` raise ``TypeError`` nor changes what is
+trusted. Not DER: OpenSSL's DER reader ends without an error of its own, and ``ssl`` then
+takes whatever error an earlier operation of the thread left behind (a PKCS#11 engine's,
+say) for a failure to load the certificates.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def anchor_context(ca_pem: str) -> ssl.SSLContext:
     Raises:
         UnusableAnchor: ``ca_pem`` holds no PEM certificate, or one OpenSSL refuses.
     """
-    cadata: bytes | None = None
+    cadata: str | None = None
     if ca_pem:
         try:
             certificates = x509.load_pem_x509_certificates(ca_pem.encode("utf-8", "replace"))
@@ -46,7 +49,7 @@ def anchor_context(ca_pem: str) -> ssl.SSLContext:
             certificates = []
         if not certificates:
             raise UnusableAnchor("ca_pem holds no PEM certificate")
-        cadata = b"".join(c.public_bytes(Encoding.DER) for c in certificates)
+        cadata = "".join(c.public_bytes(Encoding.PEM).decode("ascii") for c in certificates)
     try:
         context = ssl.create_default_context(cadata=cadata)
     except (ssl.SSLError, ValueError, TypeError) as exc:
