@@ -58,6 +58,32 @@ def test_advance_keeps_the_larger_and_replace_does_not(tmp_path: Path) -> None:
     assert files.read(tmp_path, LOG) == note(1)
 
 
+# Would fail if: the anchors of other logs in a log key's directory were not listed (a
+# database naming itself otherwise would find no anchor), were read with less care than
+# the log's own, or were left in place when an operator accepts another log.
+def test_other_logs_anchors_are_listed_and_set_aside_when_one_is_accepted(
+    tmp_path: Path,
+) -> None:
+    files = CheckpointFiles()
+    assert files.others(tmp_path / "missing", LOG) == []
+    other = bytes(32)
+    files.advance(tmp_path, LOG, note(3))
+    assert files.others(tmp_path, LOG) == []
+    files.advance(tmp_path, other, note(5))
+    (tmp_path / "checkpoint-not-an-anchor.bak").write_text("whatever")
+    assert files.others(tmp_path, LOG) == [(files.where(tmp_path, other), note(5))]
+    assert files.others(tmp_path, other) == [(files.where(tmp_path, LOG), note(3))]
+    files.path(tmp_path, other).chmod(0o644)
+    with pytest.raises(KeyStoreError, match="accessible by group or others"):
+        files.others(tmp_path, LOG)
+    files.path(tmp_path, other).chmod(0o600)
+    files.replace(tmp_path, LOG, note(1))  # an operator accepted this log
+    assert files.read(tmp_path, LOG) == note(1) and files.others(tmp_path, LOG) == []
+    retired = tmp_path / f"retired-{files.path(tmp_path, other).name}"
+    assert retired.read_text() == note(5) and stat.S_IMODE(retired.stat().st_mode) == 0o600
+    assert files.read(tmp_path, other) is None
+
+
 def test_a_file_others_may_touch_or_a_link_is_refused(tmp_path: Path) -> None:
     files = CheckpointFiles()
     files.advance(tmp_path, LOG, note(1))

@@ -49,6 +49,7 @@ __all__ = [
     "plaintext_refused",
     "read_key_file",
     "rewrite_key_file",
+    "set_aside",
 ]
 
 _KEY_FILE = re.compile(r"signing-(\d{8}T\d{12})Z-([A-Za-z0-9_-]{8})\.pem")
@@ -234,6 +235,15 @@ def rewrite_key_file(path: Path, data: bytes) -> None:
     Call it under :func:`locked`.
     """
     _write_aside(path, data)
+
+
+def set_aside(path: Path, name: str) -> None:
+    """Rename ``path`` to ``name`` in its directory (replacing a file of that name), durably.
+
+    Call it under :func:`locked`.
+    """
+    path.replace(path.with_name(name))
+    _fsync_directory(path.parent)
 
 
 def _next_timestamp(directory: Path) -> str:
