@@ -2,9 +2,11 @@
 # kept only after its commit, so that a checkpoint could be served that no anchor covers,
 # or signed when it could not be kept, or lowered by a process signing an older tree), a database
 # behind it or beside it (a restore, lost commits, a restore that grew again) were
-# judged current, the log key signed a checkpoint that does not extend it, a second
-# database or a tenant made again were taken for a restore of the first, or accepting a
-# restore left the old log key signing the new branch or no trace of it in the log.
+# judged current, the log key signed a checkpoint that does not extend it, a database
+# (or a tenant) whose name in the database was edited, or another database on the same
+# log key, were taken for a new log rather than judged against the anchor the key keeps,
+# or accepting a restore left the old log key signing the new branch or no trace of it in
+# the log.
 """A database that went back in time (core.rollback) in process: brokers on SQLite files
 with their keys in a directory (the plaintext provider), their log's anchor kept there by
 the key store (``keystore.CheckpointFiles``). A restore is SQLite's online backup of the
@@ -31,7 +33,7 @@ from tasklease.core.rollback import DatabaseWentBack, WentBack, log_id, read_anc
 from tasklease.core.transparency import logs_went_back
 from tasklease.keystore import CheckpointFiles, KeyStoreError
 from tasklease.keystore.plaintext import PlaintextKeyProvider
-from tasklease.rules.note import VerifierKey, parse_note, verify_note
+from tasklease.rules.note import VerifierKey, parse_checkpoint, parse_note, verify_note
 from tasklease.storage import open_store
 from tasklease.tenancy import Tenancy
 
@@ -95,6 +97,20 @@ def _restore(backup: Path, database: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{database}{suffix}").unlink(missing_ok=True)
     database.write_bytes(backup.read_bytes())
+
+
+def _edit(database: Path, statement: str) -> None:
+    """What whoever can write the database file (and nothing else) may do."""
+    conn = sqlite3.connect(database)
+    try:
+        conn.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _root(note: str) -> bytes:
+    return parse_checkpoint(parse_note(note).text).root
 
 
 def _anchors(key_dir: Path) -> list[Path]:
@@ -216,18 +232,119 @@ def test_accepting_records_the_rollback_and_a_new_log_key_signs_from_there(
     assert verify_note(parse_note(next_one.note), [VerifierKey.parse(accepted.new_vkey)])
 
 
-def test_another_database_with_the_same_key_directory_is_not_a_restore(
+def test_another_database_on_the_same_log_key_is_refused_until_accepted(
     open_broker: Factory, tmp_path: Path
 ) -> None:
+    # From the key directory, another database and this one restored and renamed look
+    # the same: the log key anchors one log, and signs another only once accepted.
     first = open_broker()
     _grow(first, 5)
-    first.transparency.sign_if_due(force=True)
+    assert first.transparency.sign_if_due(force=True) is not None
     second = open_broker(database=tmp_path / "other.db")  # a new database, same keys
+    [found] = _went_back(second)
+    assert found.other_log and (found.size, found.anchor.size) == (0, 5)
+    assert "is not the one its log key signs" in DatabaseWentBack([found]).args[0]
+    _grow(second, 1)
+    assert second.transparency.sign_if_due(force=True) is None
+    [kept] = _anchors(tmp_path / "keys")  # the first database's, untouched
+    assert read_anchor(kept.read_text()).size == 5
+    accepted = second.accept_restore("the test", CTX)
+    assert accepted is not None and accepted.found.other_log
     assert _went_back(second) == []
     _grow(second, 1)
     assert second.transparency.sign_if_due(force=True) is not None
-    assert len(_anchors(tmp_path / "keys")) == 2  # one per database
-    assert _went_back(first) == [] and _went_back(second) == []
+    # The first database's anchor is set aside, not lost; the key now anchors the second,
+    # so the first is the one refused.
+    [retired] = sorted((tmp_path / "keys" / "log").glob("retired-checkpoint-*"))
+    assert retired.name == f"retired-{kept.name}"
+    [now] = _anchors(tmp_path / "keys")
+    assert now.name != kept.name
+    [back] = _went_back(first)
+    assert back.other_log and back.anchor.size == 3
+
+
+def test_a_restore_renamed_in_the_database_is_still_refused_and_never_signed(
+    open_broker: Factory, tmp_path: Path
+) -> None:
+    # Whoever can write the database restores an old copy and edits the one value the
+    # anchor's name was read from (schema_version): still a database that went back.
+    database = tmp_path / "broker.db"
+    broker = open_broker()
+    _grow(broker, 4)
+    broker.transparency.sign_if_due(force=True)
+    backup = _backup(database, tmp_path / "backup.db")
+    _grow(broker, 3, "after the backup")
+    seven = broker.transparency.sign_if_due(force=True)
+    assert seven is not None and seven.size == 7
+    broker.audit.close()
+    broker.store.close()
+    _restore(backup, database)
+    _edit(database, "UPDATE schema_version SET applied_at = applied_at + 1 WHERE version = 1")
+    restored = open_broker()
+    [found] = _went_back(restored)
+    assert found.other_log and (found.tenant, found.size, found.anchor.size) == ("default", 4, 7)
+    assert found.anchor.root == _root(seven.note)
+    _grow(restored, 5, "another history")  # as far as, and past, what the key signed
+    assert restored.transparency.sign_if_due(force=True) is None
+    assert restored.transparency.went_back == _went_back(restored)[0]
+    [anchor] = _anchors(tmp_path / "keys")
+    assert anchor.read_text() == seven.note  # the key signed nothing since
+    # Accepting it is the way on, as for any restore: a new key signs from there.
+    accepted = restored.accept_restore("the test", CTX)
+    assert accepted is not None and accepted.previous_vkey != accepted.new_vkey
+    assert _went_back(restored) == []
+    signed = restored.transparency.sign_if_due(force=True)
+    assert signed is not None
+    assert verify_note(parse_note(signed.note), [VerifierKey.parse(accepted.new_vkey)])
+
+
+def test_a_database_that_lost_its_name_is_judged_against_the_anchor(
+    open_broker: Factory, tmp_path: Path
+) -> None:
+    database = tmp_path / "broker.db"
+    broker = open_broker()
+    _grow(broker, 3)
+    broker.transparency.sign_if_due(force=True)
+    backup = _backup(database, tmp_path / "backup.db")
+    _grow(broker, 2)
+    broker.transparency.sign_if_due(force=True)
+    broker.audit.close()
+    broker.store.close()
+    _restore(backup, database)
+    _edit(database, "DELETE FROM schema_version WHERE version = 1")
+    restored = open_broker()
+    [found] = _went_back(restored)
+    assert found.other_log and (found.size, found.anchor.size) == (3, 5)
+    _grow(restored, 1)
+    assert restored.transparency.sign_if_due(force=True) is None
+
+
+def test_a_tenant_log_renamed_in_the_database_is_still_refused(
+    open_broker: Factory, tmp_path: Path
+) -> None:
+    # A tenant's log is named by when the tenant was made, also read from the database.
+    database = tmp_path / "broker.db"
+    broker = open_broker()
+    tenancy = Tenancy(broker)
+    tenancy.create(Kit.admin(broker).claims, name="acme", trust_domain="acme.example", ctx=CTX)
+    acme = tenancy.broker("acme")
+    assert acme is not None
+    acme.transparency.sign_if_due(force=True)
+    backup = _backup(database, tmp_path / "backup.db")
+    _grow(acme, 3, "revocations made after the backup")
+    acme.transparency.sign_if_due(force=True)
+    tenancy.close()
+    broker.audit.close()
+    broker.store.close()
+    _restore(backup, database)
+    _edit(database, "UPDATE tenants SET created_at = created_at + 1 WHERE name = 'acme'")
+    restored = open_broker()
+    [found] = _went_back(restored)
+    assert found.tenant == "acme" and found.other_log
+    later = Tenancy(restored)
+    with pytest.raises(Unavailable):
+        later.broker("acme", request_id="req-renamed")
+    later.close()
 
 
 def test_a_backup_taken_before_the_first_event_is_known_for_what_it_is(
@@ -386,4 +503,39 @@ def test_a_tenant_whose_anchor_arrives_after_start_is_not_served_on_a_restore(
     accepted = opened.accept_restore("the test", CTX)
     assert accepted is not None and accepted.found.tenant == "acme"
     accepting.close()
+    assert Tenancy(restored).broker("acme") is not None
+
+
+def test_a_tenant_made_again_over_its_old_log_key_is_refused_until_accepted(
+    open_broker: Factory, tmp_path: Path
+) -> None:
+    # A restore to before the tenant was made, then the tenant made again: its key
+    # directory (kept) holds the log key and the anchor of the tenant's first log, and
+    # that key must not sign the new log from scratch.
+    database = tmp_path / "broker.db"
+    broker = open_broker()
+    backup = _backup(database, tmp_path / "backup.db")
+    tenancy = Tenancy(broker)
+    tenancy.create(Kit.admin(broker).claims, name="acme", trust_domain="acme.example", ctx=CTX)
+    acme = tenancy.broker("acme")
+    assert acme is not None
+    _grow(acme, 2)
+    acme.transparency.sign_if_due(force=True)
+    tenancy.close()
+    broker.audit.close()
+    broker.store.close()
+    _restore(backup, database)
+    restored = open_broker()
+    assert _went_back(restored) == []  # no tenant acme in the database
+    again = Tenancy(restored)
+    with pytest.raises(Unavailable):
+        again.create(Kit.admin(restored).claims, name="acme", trust_domain="acme.example", ctx=CTX)
+    again.close()
+    [found] = _went_back(restored)
+    assert found.tenant == "acme" and found.other_log
+    accepting = Tenancy(restored, refuse_went_back=False)
+    opened = accepting.broker("acme")
+    assert opened is not None and opened.accept_restore("the test", CTX) is not None
+    accepting.close()
+    assert _went_back(restored) == []
     assert Tenancy(restored).broker("acme") is not None

@@ -10,15 +10,21 @@ So the last checkpoint the log key signed is kept outside the database, beside t
 (the *anchor*, a signed checkpoint note kept by a :class:`CheckpointAnchors`: the key
 store, with the care it takes of the keys), one per log. A log is named by its database
 (``Store.database_id``: a backup, a dump or a standby shares it with the database it was
-taken from, a new database does not) and its tenant (and when the tenant was made, so a
-tenant made again after a restore is another log): one key directory may serve several
-databases, each checked against its own anchor, and even a backup taken before the first
-event is known for what it is. Before a
-process serves a database, and before it signs a checkpoint, the tree must extend the
-anchor: be at least as large, with a consistency proof from the anchor's size to its own
-that leads to the anchor's root (RFC 9162 section 2.1.4.2). Otherwise the database went
-back (:class:`WentBack`): the broker refuses to start (:class:`DatabaseWentBack`) and to
-sign, until an operator accepts the restore (``tasklease db accept-restore``).
+taken from, a new database does not) and its tenant (and when the tenant was made), so
+that even a backup taken before the first event is known for what it is. That name is
+read from the database, which whoever can write the database can change: so a log key
+anchors one log. A log key directory that keeps the anchor of a non-empty tree for
+another log than the one the database now names (another database, or this one with its
+name edited, or a tenant made again over the old one's keys) is judged as the anchor of
+the log it is asked to sign: the database went back, whatever it calls itself, and the
+log key would otherwise sign a second tree that no consistency proof links to the first.
+Before a process serves a database, and before it signs a checkpoint, the tree must
+extend the anchor: be at least as large, with a consistency proof from the anchor's size
+to its own that leads to the anchor's root (RFC 9162 section 2.1.4.2), and no other log's
+anchor may be kept beside it. Otherwise the database went back (:class:`WentBack`): the
+broker refuses to start (:class:`DatabaseWentBack`) and to sign, until an operator
+accepts the restore (``tasklease db accept-restore``), which keeps the log as it is as the
+only anchor beside a new log key.
 
 Order: a checkpoint's tree is read from the database, committed; its anchor is written
 next, and the checkpoint itself committed (and so served) only then. An anchor never
@@ -87,9 +93,18 @@ class CheckpointAnchors(Protocol):
             ValueError, OSError: as :meth:`read`, or it could not be written.
         """
 
+    def others(self, directory: Path, log_id: bytes) -> list[tuple[str, str]]:
+        """The anchors kept in ``directory`` for other logs than ``log_id``: where each is
+        kept and its note (a signed checkpoint note).
+
+        Raises:
+            ValueError, OSError: as :meth:`read`, for any of them.
+        """
+
     def replace(self, directory: Path, log_id: bytes, note: str) -> None:
-        """Keep ``note`` as the anchor of ``log_id``, whatever was kept (an operator accepted
-        a database that went back).
+        """Keep ``note`` as the anchor of ``log_id``, whatever was kept, and set the anchors
+        of other logs in ``directory`` aside (an operator accepted a database that went
+        back: the log key anchors this log only from now on).
 
         Raises:
             ValueError, OSError: as :meth:`advance`.
@@ -112,6 +127,10 @@ class WentBack:
     where: str  # where the anchor is kept
     size: int  # the database's tree, as found
     root: bytes
+    # True when the anchor is another log's (the database names itself otherwise than the
+    # database the log key anchored: another one, or this one edited); False when it is
+    # this log's own.
+    other_log: bool = False
 
     @property
     def forked(self) -> bool:
@@ -122,6 +141,12 @@ class WentBack:
     def describe(self) -> str:
         """One sentence: what was found (sizes and roots) and where the anchor is."""
         how = "holds other events than" if self.forked else "is behind"
+        if self.other_log:
+            how = (
+                "is not the one its log key signs (the database names itself otherwise "
+                "than the database the key signed for: another database, or a restored or "
+                "edited one), so it does not extend"
+            )
         return (
             f"the audit log of tenant {self.tenant} {how} the last checkpoint its log key "
             f"signed: {self.size} events (root {_b64(self.root)}) in the database, "
@@ -198,26 +223,39 @@ def examine(
     tenant: str,
     log: bytes,
 ) -> LogState:
-    """Read the anchor of log ``log`` (:func:`log_id`), then the tree, and judge it.
+    """Read the anchors kept in ``directory`` (log ``log``'s, :func:`log_id`, and any
+    other log's), then the tree, and judge it: an anchor of a non-empty tree kept for
+    another log means the log key anchors another log than the one the database names
+    (:attr:`WentBack.other_log`), whatever the tree; else the tree must extend this log's.
 
     Raises:
-        ValueError: the anchor is unsafe or not a signed checkpoint (the message names
+        ValueError: an anchor is unsafe or not a signed checkpoint (the message names
             it).
         OSError: it could not be read.
     """
     kept = anchors.read(directory, log)
-    tree = store.audit_tree()  # after the anchor: see the module's docstring
+    others = [(where, _parsed(note, where)) for where, note in anchors.others(directory, log)]
+    tree = store.audit_tree()  # after the anchors: see the module's docstring
     state = LogState(tree, log)
+    bound = [(where, anchor) for where, anchor in others if anchor.size > 0]
+    if bound:
+        where, anchor = max(bound, key=lambda item: item[1].size)
+        found = WentBack(tenant, log, anchor, where, state.size, state.root, other_log=True)
+        return LogState(tree, log, found)
     if kept is None:
         return state
-    try:
-        anchor = read_anchor(kept)
-    except ValueError as exc:
-        raise ValueError(f"checkpoint anchor {anchors.where(directory, log)}: {exc}") from None
+    anchor = _parsed(kept, anchors.where(directory, log))
     if _extends(store, tree, anchor):
         return state
     found = WentBack(tenant, log, anchor, anchors.where(directory, log), state.size, state.root)
     return LogState(tree, log, found)
+
+
+def _parsed(note: str, where: str) -> Checkpoint:
+    try:
+        return read_anchor(note)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint anchor {where}: {exc}") from None
 
 
 def _extends(reader: TileReader, tree: AuditTree | None, anchor: Checkpoint) -> bool:

@@ -18,9 +18,10 @@ the events' own transactions. Here that tree is made answerable to outsiders:
 * **proofs**: inclusion and consistency proofs (RFC 9162) read from the tiles;
 * the **anchor** (``core.rollback``): the last checkpoint the log key signed, kept beside
   it, outside the database. A tree that does not extend it (a database that went back in
-  time) is never signed, and a broker does not start on it (:func:`logs_went_back`) until
-  an operator accepts it (:meth:`AuditTransparency.accept_rollback`), which a new log key
-  signs from: one key never signs two checkpoints that no consistency proof links.
+  time), or a database that names itself otherwise than the one the key anchors, is never
+  signed, and a broker does not start on it (:func:`logs_went_back`) until an operator
+  accepts it (:meth:`AuditTransparency.accept_rollback`), which a new log key signs from:
+  one key never signs two checkpoints that no consistency proof links.
 
 No checkpoint is ever audited as an event: that would grow the log it describes, forever.
 """
@@ -96,9 +97,10 @@ _COMPLAIN_EVERY = 60.0
 
 
 def logs_went_back(store: Store, anchors: CheckpointAnchors, key_dir: str) -> list[WentBack]:
-    """Every log of the database that does not extend its anchor: the default tenant's and
-    each active tenant's, each against the anchor beside its own log key (nothing without
-    a key directory, whose log keys are in memory, nor for a memory store).
+    """Every log of the database that does not extend its anchor, or whose log key anchors
+    another log (``core.rollback``): the default tenant's and each active tenant's, each
+    against the anchors beside its own log key (nothing without a key directory, whose log
+    keys are in memory, nor for a memory store, which has no copies).
 
     Raises:
         ValueError: an anchor is unsafe or not a signed checkpoint (the message names it).
@@ -463,7 +465,8 @@ class AuditTransparency:
     # -- the anchor (core.rollback) -------------------------------------------------------
 
     def examine(self) -> LogState:
-        """This log as it is now, judged against its anchor (none kept: it extends it).
+        """This log as it is now, judged against the anchors beside its log key (none kept:
+        it extends them).
 
         Raises:
             ValueError: the anchor is unsafe or not a signed checkpoint.
@@ -526,7 +529,8 @@ class AuditTransparency:
     def accept_rollback(self, found: WentBack, *, by: str, ctx: RequestContext) -> RollbackAccepted:
         """Accept a database that went back (``found``): record it (``audit_rollback_accepted``),
         have a new log key sign from here, and keep a checkpoint of the tree as it is now,
-        signed by that key, as the anchor.
+        signed by that key, as the anchor (the only one: the anchors of other logs beside
+        the key are set aside, so the key anchors this log from now on).
 
         The event names both trees (sizes, roots) and both keys; it is durable before the
         new key takes effect (as :meth:`rotate_key`'s). The old key, which signed the
@@ -546,6 +550,11 @@ class AuditTransparency:
             f"{anchor.size} events (root {_b64(anchor.root)}) in the last checkpoint the "
             f"log key signed; events and revocations after the backup are lost"
         )
+        if found.other_log:
+            detail += (
+                "; the database names itself otherwise than the one the log key signed for "
+                "(another database, or a restored or edited one)"
+            )
 
         def record(new: str, old: str) -> None:
             entry = AuditEntry(

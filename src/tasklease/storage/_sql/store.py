@@ -380,9 +380,11 @@ class SQLStore(ListingReads, abc.ABC):
 
     def database_id(self) -> str:
         """When the first migration was applied here (``schema_version``), which every
-        copy of the database (a backup, a dump, a standby) keeps, as ``repr`` of the float."""
+        copy of the database (a backup, a dump, a standby) keeps, as ``repr`` of the float;
+        never "" (a database that lost that row is named as no database is, and so judged
+        against the anchors its log keys keep: ``core.rollback``)."""
         row = self._one("SELECT applied_at FROM schema_version WHERE version = 1", ())
-        return "" if row is None else repr(float(row[0]))
+        return "no schema_version 1" if row is None else repr(float(row[0]))
 
     def get_checkpoint(self, kind: str) -> CheckpointRecord | None:
         row = self._one(self.dialect.get_checkpoint, (kind,))
