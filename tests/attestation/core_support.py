@@ -14,6 +14,7 @@ from tasklease.core.config import Config
 from tasklease.core.keys import KeyRing
 from tasklease.core.store import AuditQuery
 from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, mint
+from tasklease.core.validation import TokenRejected
 from tasklease.storage import MemoryStore
 
 START = 1_800_000_000.0
@@ -82,3 +83,12 @@ def audit_detail(broker: Broker, denial_id: str) -> list[str]:
     broker.audit.flush() if hasattr(broker.audit, "flush") else None
     events, _ = broker.audit_events(AuditQuery(limit=1000))
     return [e.detail for e in events if denial_id in e.detail]
+
+
+def valid(broker: Broker, token: str) -> bool:
+    """Whether the broker takes ``token`` now."""
+    try:
+        broker.validate(token, ctx=CTX)
+    except TokenRejected:
+        return False
+    return True

@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 import pytest
-from core_support import CTX, START, admin, make_broker, register
+from core_support import CTX, START, admin, make_broker, register, valid
 from issuers import SigningKey, k8s_claims, mint
 
 from tasklease.core.broker import Broker
@@ -26,7 +26,6 @@ from tasklease.core.errors import NotFound
 from tasklease.core.lineage import agent_lineage
 from tasklease.core.records import AgentRecord
 from tasklease.core.store import AuditQuery
-from tasklease.core.validation import TokenRejected
 
 K8S_ISS = "https://kubernetes.default.svc.cluster.local"
 ISSUER = "https://broker.example"
@@ -59,14 +58,6 @@ def evidence(key: SigningKey, namespace: str, now: float = START) -> dict[str, s
 def audit_details(broker: Broker, kind: str) -> list[str]:
     events, _ = broker.audit_events(AuditQuery(limit=1000))
     return [e.detail for e in events if kind in e.event_type]
-
-
-def valid(broker: Broker, token: str) -> bool:
-    try:
-        broker.validate(token, ctx=CTX)
-    except TokenRejected:
-        return False
-    return True
 
 
 def test_revoking_an_attestation_ends_what_was_delegated_to_its_agents() -> None:

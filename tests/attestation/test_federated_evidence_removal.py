@@ -13,13 +13,12 @@ the entry.
 from __future__ import annotations
 
 import pytest
-from core_support import CTX, START, admin, make_broker, register
+from core_support import CTX, START, admin, make_broker, register, valid
 from issuers import SigningKey, mint, spiffe_bundle, svid_claims
 
 from tasklease.core.broker import Broker
 from tasklease.core.errors import Conflict, TaskleaseError
 from tasklease.core.foreign import domain_entry
-from tasklease.core.validation import TokenRejected
 
 ISSUER = "https://broker.example"
 DOMAIN = "partner.example"
@@ -40,14 +39,6 @@ def federated_broker() -> tuple[Broker, SigningKey]:
 def evidence(key: SigningKey, workload: str) -> dict[str, str]:
     claims = svid_claims(f"spiffe://{DOMAIN}/{workload}", ISSUER, START)
     return {"type": "jwt_svid", "evidence": mint(key, claims)}
-
-
-def valid(broker: Broker, token: str) -> bool:
-    try:
-        broker.validate(token, ctx=CTX)
-    except TokenRejected:
-        return False
-    return True
 
 
 def test_removing_a_federation_ends_agents_registered_with_its_svids() -> None:

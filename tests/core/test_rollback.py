@@ -19,6 +19,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,6 +100,45 @@ def _restore(backup: Path, database: Path) -> None:
     database.write_bytes(backup.read_bytes())
 
 
+def _signed_then_restored(
+    open_broker: Factory, tmp_path: Path, kept: int, lost: int, what: str = "after the backup"
+) -> Any:
+    """A broker's log of ``kept`` events signed and backed up, then ``lost`` more signed,
+    the broker closed and the backup put back: the last checkpoint signed."""
+    database = tmp_path / "broker.db"
+    broker = open_broker()
+    _grow(broker, kept)
+    broker.transparency.sign_if_due(force=True)
+    backup = _backup(database, tmp_path / "backup.db")
+    _grow(broker, lost, what)
+    signed = broker.transparency.sign_if_due(force=True)
+    broker.audit.close()
+    broker.store.close()
+    _restore(backup, database)
+    return signed
+
+
+def _tenant_signed_then_restored(
+    open_broker: Factory, tmp_path: Path, what: str = "revocations made after the backup"
+) -> None:
+    """Tenant acme's log signed empty and backed up, then three events signed in it, the
+    brokers closed and the backup put back."""
+    database = tmp_path / "broker.db"
+    broker = open_broker()
+    tenancy = Tenancy(broker)
+    tenancy.create(Kit.admin(broker).claims, name="acme", trust_domain="acme.example", ctx=CTX)
+    acme = tenancy.broker("acme")
+    assert acme is not None
+    acme.transparency.sign_if_due(force=True)
+    backup = _backup(database, tmp_path / "backup.db")
+    _grow(acme, 3, what)  # only the tenant's log grows
+    acme.transparency.sign_if_due(force=True)
+    tenancy.close()
+    broker.audit.close()
+    broker.store.close()
+    _restore(backup, database)
+
+
 def _edit(database: Path, statement: str) -> None:
     """What whoever can write the database file (and nothing else) may do."""
     conn = sqlite3.connect(database)
@@ -141,16 +181,7 @@ def test_the_last_checkpoint_signed_is_kept_beside_the_log_key(
 
 
 def test_a_restored_database_is_behind_its_anchor(open_broker: Factory, tmp_path: Path) -> None:
-    database = tmp_path / "broker.db"
-    broker = open_broker()
-    _grow(broker, 4)
-    broker.transparency.sign_if_due(force=True)
-    backup = _backup(database, tmp_path / "backup.db")
-    _grow(broker, 3, "after the backup")
-    broker.transparency.sign_if_due(force=True)
-    broker.audit.close()
-    broker.store.close()
-    _restore(backup, database)
+    _signed_then_restored(open_broker, tmp_path, 4, 3)
     restored = open_broker()
     [found] = _went_back(restored)
     assert (found.tenant, found.size, found.anchor.size, found.forked) == ("default", 4, 7, False)
@@ -164,16 +195,7 @@ def test_a_restored_database_is_behind_its_anchor(open_broker: Factory, tmp_path
 def test_a_restore_that_grew_again_is_a_fork_and_its_key_never_signs_it(
     open_broker: Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    database = tmp_path / "broker.db"
-    broker = open_broker()
-    _grow(broker, 2)
-    broker.transparency.sign_if_due(force=True)
-    backup = _backup(database, tmp_path / "backup.db")
-    _grow(broker, 3, "lost")
-    broker.transparency.sign_if_due(force=True)
-    broker.audit.close()
-    broker.store.close()
-    _restore(backup, database)
+    _signed_then_restored(open_broker, tmp_path, 2, 3, "lost")
     # A process that took the restored database without the start-up check: it appends
     # other events as far as, and past, the size its key signed.
     restored = open_broker()
@@ -269,16 +291,8 @@ def test_a_restore_renamed_in_the_database_is_still_refused_and_never_signed(
     # Whoever can write the database restores an old copy and edits the one value the
     # anchor's name was read from (schema_version): still a database that went back.
     database = tmp_path / "broker.db"
-    broker = open_broker()
-    _grow(broker, 4)
-    broker.transparency.sign_if_due(force=True)
-    backup = _backup(database, tmp_path / "backup.db")
-    _grow(broker, 3, "after the backup")
-    seven = broker.transparency.sign_if_due(force=True)
+    seven = _signed_then_restored(open_broker, tmp_path, 4, 3)
     assert seven is not None and seven.size == 7
-    broker.audit.close()
-    broker.store.close()
-    _restore(backup, database)
     _edit(database, "UPDATE schema_version SET applied_at = applied_at + 1 WHERE version = 1")
     restored = open_broker()
     [found] = _went_back(restored)
@@ -302,15 +316,7 @@ def test_a_database_that_lost_its_name_is_judged_against_the_anchor(
     open_broker: Factory, tmp_path: Path
 ) -> None:
     database = tmp_path / "broker.db"
-    broker = open_broker()
-    _grow(broker, 3)
-    broker.transparency.sign_if_due(force=True)
-    backup = _backup(database, tmp_path / "backup.db")
-    _grow(broker, 2)
-    broker.transparency.sign_if_due(force=True)
-    broker.audit.close()
-    broker.store.close()
-    _restore(backup, database)
+    _signed_then_restored(open_broker, tmp_path, 3, 2)
     _edit(database, "DELETE FROM schema_version WHERE version = 1")
     restored = open_broker()
     [found] = _went_back(restored)
@@ -324,19 +330,7 @@ def test_a_tenant_log_renamed_in_the_database_is_still_refused(
 ) -> None:
     # A tenant's log is named by when the tenant was made, also read from the database.
     database = tmp_path / "broker.db"
-    broker = open_broker()
-    tenancy = Tenancy(broker)
-    tenancy.create(Kit.admin(broker).claims, name="acme", trust_domain="acme.example", ctx=CTX)
-    acme = tenancy.broker("acme")
-    assert acme is not None
-    acme.transparency.sign_if_due(force=True)
-    backup = _backup(database, tmp_path / "backup.db")
-    _grow(acme, 3, "revocations made after the backup")
-    acme.transparency.sign_if_due(force=True)
-    tenancy.close()
-    broker.audit.close()
-    broker.store.close()
-    _restore(backup, database)
+    _tenant_signed_then_restored(open_broker, tmp_path)
     _edit(database, "UPDATE tenants SET created_at = created_at + 1 WHERE name = 'acme'")
     restored = open_broker()
     [found] = _went_back(restored)
@@ -428,21 +422,8 @@ def test_nothing_is_signed_when_the_anchor_cannot_be_kept(
 
 
 def test_each_tenant_is_judged_against_its_own_anchor(open_broker: Factory, tmp_path: Path) -> None:
-    database = tmp_path / "broker.db"
-    broker = open_broker()
-    tenancy = Tenancy(broker)
-    tenancy.create(Kit.admin(broker).claims, name="acme", trust_domain="acme.example", ctx=CTX)
-    acme = tenancy.broker("acme")
-    assert acme is not None
-    acme.transparency.sign_if_due(force=True)
-    backup = _backup(database, tmp_path / "backup.db")
-    _grow(acme, 3, "the tenant's own")  # only the tenant's log grows
-    acme.transparency.sign_if_due(force=True)
+    _tenant_signed_then_restored(open_broker, tmp_path, "the tenant's own")
     assert (tmp_path / "keys" / "tenants" / "acme" / "log").is_dir()
-    tenancy.close()
-    broker.audit.close()
-    broker.store.close()
-    _restore(backup, database)
     [found] = _went_back(open_broker())
     assert found.tenant == "acme" and str(tmp_path / "keys" / "tenants" / "acme") in found.where
 
@@ -468,20 +449,7 @@ def test_a_tenant_whose_anchor_arrives_after_start_is_not_served_on_a_restore(
     # The tenant's key directory was left out of the restore (decision 152: copying it in
     # serves the tenant without a restart): the start-up check finds no anchor for it, so
     # the tenant's log must be judged when its broker is opened, not only at start.
-    database = tmp_path / "broker.db"
-    broker = open_broker()
-    tenancy = Tenancy(broker)
-    tenancy.create(Kit.admin(broker).claims, name="acme", trust_domain="acme.example", ctx=CTX)
-    acme = tenancy.broker("acme")
-    assert acme is not None
-    acme.transparency.sign_if_due(force=True)
-    backup = _backup(database, tmp_path / "backup.db")
-    _grow(acme, 3, "revocations made after the backup")
-    acme.transparency.sign_if_due(force=True)
-    tenancy.close()
-    broker.audit.close()
-    broker.store.close()
-    _restore(backup, database)
+    _tenant_signed_then_restored(open_broker, tmp_path)
     keys = tmp_path / "keys" / "tenants" / "acme"
     aside = tmp_path / "acme-keys"
     keys.rename(aside)
