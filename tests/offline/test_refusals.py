@@ -389,3 +389,13 @@ def test_a_bearer_root_starts_no_chain_and_no_verifier_accepts_one(
     )
     # A verifier reads the root's claims first: a malformed cnf is refused there.
     refused(written, "b1", category)
+
+
+def test_a_verified_chain_shows_no_credential_in_its_repr() -> None:
+    """A resource server that logs what it verified writes no root token: the chain's
+    text, which holds it, is left out of the repr."""
+    chain = hops(("root", "b1"))
+    verified = verify(chain, holder="b1")
+    shown = repr(verified)
+    assert "VerifiedChain(" in shown and verified.holder in shown
+    assert chain not in shown and chain.split("~")[1] not in shown

@@ -17,7 +17,7 @@ import datetime
 import hmac
 import secrets
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -213,9 +213,10 @@ class VerifiedChain:
     element's ``jti`` (the root's first), ``agents`` every agent in the chain (the root's
     delegators, the root holder, each delegate), ``probes`` each element for the
     revocation index, ``delegators`` the broker-style delegation records of every holder
-    that handed the authority on (the root's own records, then one per block)."""
+    that handed the authority on (the root's own records, then one per block). Its repr
+    leaves out ``text``, the chain itself: it holds the root token, a credential."""
 
-    text: str
+    text: str = field(repr=False)
     root_claims: Mapping[str, Any]
     blocks: tuple[Block, ...]
     holder: str
