@@ -131,8 +131,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def dpop_proof(key: Ed25519PrivateKey, htm: str, htu: str, token: str | None = None) -> str:
-    """A DPoP proof (RFC 9449) by ``key`` for ``htm`` ``htu`` (and ``token``'s ``ath``)."""
+def dpop_proof(
+    key: Ed25519PrivateKey, htm: str, htu: str, token: str | None = None, nonce: str | None = None
+) -> str:
+    """A DPoP proof (RFC 9449) by ``key`` for ``htm`` ``htu`` (and ``token``'s ``ath``, the
+    server's ``nonce``)."""
     public = key.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
@@ -146,6 +149,8 @@ def dpop_proof(key: Ed25519PrivateKey, htm: str, htu: str, token: str | None = N
     }
     if token is not None:
         claims["ath"] = _b64url(hashlib.sha256(token.encode("ascii")).digest())
+    if nonce is not None:
+        claims["nonce"] = nonce
     text = ".".join(
         _b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
     )

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from e2e_support import RunningBroker
+from e2e_support import SHARED_ENV, RunningBroker, dpop_proof, launch_broker, stop_broker
 
 pytestmark = pytest.mark.slow
 
@@ -96,12 +96,15 @@ def test_a_fresh_nonce_still_resumes_the_agent(broker: RunningBroker) -> None:
     assert answer.status_code == 200, answer.text
 
 
-def test_an_answer_asking_for_the_same_request_again_spends_nothing(
+def test_an_answer_asking_for_the_same_request_again_keeps_the_nonce_for_registration(
     broker: RunningBroker,
 ) -> None:
     """A task revoked moments ago answers 503 with ``Retry-After``: the SDK sends the
-    same body again, so its nonce stays live (decision 262)."""
+    same body again, so its nonce stays live for registration (decision 262), and for
+    registration only: its signature resumes no agent (decision 268)."""
     admin = broker.admin_headers()
+    key = Ed25519PrivateKey.generate()
+    agent_id = registered(broker, key)  # the agent, registered before with this key
     first, _ = broker.register_body(broker.launch_token(["read:data:*"]), ["read:data:x"])
     assert broker.post("/v1/register", json=first).status_code == 200
     revoked = broker.post(
@@ -109,10 +112,50 @@ def test_an_answer_asking_for_the_same_request_again_spends_nothing(
     )
     assert revoked.status_code == 200, revoked.text
     body, _ = broker.register_body(
-        broker.launch_token(["read:data:*"]), ["read:data:x"], task_id=first["task_id"]
+        broker.launch_token(["read:data:*"]), ["read:data:x"], key=key, task_id=first["task_id"]
     )
     soon = broker.post("/v1/register", json=body)
     assert soon.status_code == 503 and "Retry-After" in soon.headers, soon.text
+    one_event(broker, soon)
+
+    replayed = resumed(broker, agent_id, body)  # whoever saw the body, without the key
+    assert replayed.status_code == 401, replayed.text
+    assert "asked to come again" in one_event(broker, replayed)["detail"]
+
     body["task_id"] = "task-another-run"  # the same nonce and signature, another task
     answer = broker.post("/v1/register", json=body)
     assert answer.status_code == 200, answer.text
+
+
+def test_a_registration_asked_for_a_dpop_nonce_resumes_no_agent(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """With DPoP nonces required, a registration without one is 400 ``use_dpop_nonce``
+    and the client sends the same body again with a proof carrying it: that body's
+    signature must not resume the agent registered before with the key (decision 268)."""
+    running = launch_broker(
+        tmp_path_factory.mktemp("dpop-nonce-broker"),
+        {**SHARED_ENV, "TASKLEASE_DPOP_NONCE": "required"},
+    )
+    try:
+        key = Ed25519PrivateKey.generate()
+        agent_id = registered(running, key)
+        body, _ = running.register_body(
+            running.launch_token(["read:data:*"]), ["read:data:x"], key=key
+        )
+        htu = f"{running.url}/v1/register"
+        asked = running.post(
+            "/v1/register", json=body, headers={"DPoP": dpop_proof(key, "POST", htu)}
+        )
+        assert asked.status_code == 400 and asked.json()["error"] == "use_dpop_nonce", asked.text
+
+        replayed = resumed(running, agent_id, body)
+        assert replayed.status_code == 401, replayed.text
+        assert "asked to come again" in one_event(running, replayed)["detail"]
+
+        proof = dpop_proof(key, "POST", htu, nonce=asked.headers["DPoP-Nonce"])
+        answer = running.post("/v1/register", json=body, headers={"DPoP": proof})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["token_type"] == "DPoP"
+    finally:
+        stop_broker(running)

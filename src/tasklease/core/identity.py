@@ -41,6 +41,8 @@ __all__ = [
     "decode_public_key",
     "decode_signature",
     "nonce_hash",
+    "registration_mark",
+    "reserving",
     "spending",
     "verify_possession",
 ]
@@ -103,6 +105,27 @@ class NonceIssuer:
 
 def nonce_hash(nonce: str) -> str:
     return hashlib.sha256(nonce.encode("ascii")).hexdigest()
+
+
+def registration_mark(nonce: str) -> str:
+    """What a registration asked to come again keeps among the spent nonces under its
+    nonce: a resumption's unit spends this mark too, so the registration's signature
+    resumes no agent while the registration may still spend the nonce (decision 268)."""
+    return hashlib.sha256(b"tasklease-registration-again-v1:" + nonce.encode("ascii")).hexdigest()
+
+
+def reserving(
+    nonce: str, until: float, *entries: AuditEntry
+) -> Callable[[WriteTx], list[AuditEntry]]:
+    """A registration asked to come again: its nonce kept for registration (recorded until
+    ``until``, see :func:`registration_mark`) with the answer's audit entries."""
+    mark = registration_mark(nonce)
+
+    def unit(tx: WriteTx) -> list[AuditEntry]:
+        tx.consume_nonce(mark, until)  # False: marked already by an earlier answer
+        return list(entries)
+
+    return unit
 
 
 def spending(

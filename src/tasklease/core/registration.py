@@ -42,6 +42,7 @@ from tasklease.core.identity import (
     decode_public_key,
     decode_signature,
     nonce_hash,
+    reserving,
     spending,
     verify_possession,
 )
@@ -331,15 +332,18 @@ class Registration(Service):
             """A refusal from here on spends the nonce, if it is ours and live, with its
             one event; a malformed field's (``entry`` None, not audited) only when the
             signature proves the key, so garbage writes nothing (decision 262). Two answers
-            ask for the same request again and spend nothing: a DPoP nonce asked for (RFC
+            ask for the same request again and do not spend it: a DPoP nonce asked for (RFC
             9449 section 8: the proof is to carry it) and ``Unavailable`` (a task revoked
-            moments ago: come back after ``Retry-After``, as the SDK does by itself)."""
+            moments ago: come back after ``Retry-After``, as the SDK does by itself). Their
+            nonce is kept for registration instead, so their signature resumes no agent
+            (decision 268)."""
             again = isinstance(exc, (UseDPoPNonce, Unavailable))
-            until = None if again else self._nonces.live(nonce, now)
-            if until is None or (entry is None and not verify_possession(key, nonce, sig)):
+            until = self._nonces.live(nonce, now)
+            proven = entry is not None and not again
+            if until is None or (not proven and not verify_possession(key, nonce, sig)):
                 return exc if entry is None else deny(exc, entry)
             events = () if entry is None else (with_denial(exc, entry),)
-            unit = spending(nonce, until + cfg.clock_skew, *events)
+            unit = (reserving if again else spending)(nonce, until + cfg.clock_skew, *events)
             if deny is _defer_denial:
                 return _Refused(exc, unit=unit)
             self._kernel.commit(unit)

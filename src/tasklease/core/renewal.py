@@ -32,6 +32,7 @@ from tasklease.core.identity import (
     NonceIssuer,
     decode_signature,
     nonce_hash,
+    registration_mark,
     spending,
     verify_possession,
 )
@@ -324,6 +325,12 @@ class Renewal(Service):
         lost_race: list[Unauthorized] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
+            if not tx.consume_nonce(registration_mark(nonce), nonce_expiry + cfg.clock_skew):
+                # A registration was asked to come again with this signature (decision
+                # 268): refused, and the nonce left for that registration.
+                lost_race.append(Unauthorized(_REFUSED))
+                why = "the nonce was presented to a registration asked to come again"
+                return [with_denial(lost_race[0], replace(base, detail=f"resume refused: {why}"))]
             if not tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew):
                 raise Unauthorized(_REFUSED, reason="nonce already consumed")
             current = tx.get_agent_session(agent_id) or session
