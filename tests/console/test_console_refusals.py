@@ -312,6 +312,34 @@ def test_a_console_request_over_plain_http_from_afar_is_audited_once(
     assert ADMIN_SECRET not in event.detail
 
 
+def test_a_sign_out_over_plain_http_from_afar_ends_the_session() -> None:
+    """The one console form served over plain HTTP beyond loopback: its cookie has just
+    crossed the network in clear, so refusing it would keep alive a session anyone on
+    the path could copy; served, it revokes the session's token."""
+    broker = in_process_broker()
+
+    async def signed_in(client: httpx.AsyncClient) -> tuple[str, str]:
+        assert (await sign_in(client)).status_code == 303
+        home = await client.get("/console/")
+        return client.cookies[COOKIE], form_csrf(home.text)
+
+    token, csrf = run(broker, signed_in)
+
+    async def sign_out(client: httpx.AsyncClient) -> httpx.Response:
+        client.cookies.set(COOKIE, token)
+        return await client.post("/console/logout", data={"csrf": csrf}, headers={"origin": ORIGIN})
+
+    out = _from_afar(broker, sign_out)
+    assert out.status_code == 303, out.text
+
+    async def copied(client: httpx.AsyncClient) -> httpx.Response:
+        client.cookies.set(COOKIE, token)
+        return await client.get("/console/")
+
+    again = run(broker, copied)  # the copy no longer opens the console, even from here
+    assert again.status_code == 303 and "denial=den_" in again.headers["location"]
+
+
 # -- behind a proxy on this machine -------------------------------------------------------
 # A broker bound to loopback behind a proxy of its own machine needs no trusted_proxies to
 # be reached, and without them every browser is a loopback client over plain HTTP: the
