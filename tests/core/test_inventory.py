@@ -196,6 +196,14 @@ def test_a_resumption_is_told_by_the_brokers_own_marker() -> None:
     assert [node.operation if node else None for node in drawn] == ["resume", "register"]
 
 
+# Would fail if: a ttl no date holds (text an operator-granted scope could carry into the
+# event) raised OverflowError, a 500 on the console's task, agent and token pages.
+@pytest.mark.parametrize("ttl", ["9" * 30, "99999999999999"])
+def test_a_ttl_no_date_holds_draws_no_expiry(ttl: str) -> None:
+    node = token_of(_issued(f"Token issued, jti={'ab' * 16}, ttl={ttl}"))
+    assert node is not None and node.expires_at == ""
+
+
 # Would fail if: the views read a token's scope list up to its first "]". A scope's
 # identifier under a wildcard may end with "]", so a delegate asking for
 # ["read:data:x]", "write:pay:1"] was drawn as holding read:data:x alone.

@@ -254,7 +254,10 @@ def _plus(timestamp: str, ttl: str | None) -> str:
         start = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
     except ValueError:
         return ""
-    end = datetime.fromtimestamp(start.timestamp() + int(ttl), start.tzinfo)
+    try:
+        end = datetime.fromtimestamp(start.timestamp() + int(ttl), start.tzinfo)
+    except (OverflowError, OSError, ValueError):  # no date: a ttl no broker writes
+        return ""
     return end.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
