@@ -44,6 +44,8 @@ from tasklease.rules.binding import (
 
 __all__ = ["AppSignIn"]
 
+_MAX_CLIENT_ID = 128
+
 
 class AppSignIn(Service):
     """Apps signing in. Thread-safe; one per broker, inside ``core.apps.Apps``.
@@ -95,7 +97,7 @@ class AppSignIn(Service):
             or not client_secret
         ):
             raise InvalidRequest("client_id and client_secret are required")
-        app = self._store.get_app_by_client_id(client_id) if len(client_id) <= 128 else None
+        app = self._find(client_id)
         ok = verify_secret(app.secret_hash if app else None, client_secret)
         reason = (
             "unknown_client_id"
@@ -135,7 +137,7 @@ class AppSignIn(Service):
         if issuer is None or (client_id is not None and client_id != issuer):
             why = "malformed_assertion" if issuer is None else "client_id_differs_from_iss"
             raise self._auth_failed("<unknown>", why, ctx)
-        app = self._store.get_app_by_client_id(issuer)
+        app = self._find(issuer)
         if app is None:
             raise self._auth_failed("<unknown>", "unknown_client_id", ctx)
         try:
@@ -159,6 +161,17 @@ class AppSignIn(Service):
             method="private_key_jwt",
             spent=(checked.replay_key, checked.expires_at),
         )
+
+    def _find(self, client_id: str) -> AppRecord | None:
+        """The app whose client id a sign-in names, or None: also for one no app can have
+        (over 128 characters, or holding a control or other unprintable character), which
+        is not looked up. The edge refuses control characters in a body, but a Basic
+        header's percent-encoded parts and an assertion's ``iss`` pass it; a store may
+        refuse such a value (PostgreSQL: NUL in text), and the sign-in must fail as an
+        unknown client's does, with its ``denial_id`` and audit event, on every backend."""
+        if len(client_id) > _MAX_CLIENT_ID or not client_id.isprintable():
+            return None
+        return self._store.get_app_by_client_id(client_id)
 
     def refuse(self, reason: str, ctx: RequestContext) -> TaskleaseError:
         """Audit a client refused before it named an app (no credentials, a malformed or
