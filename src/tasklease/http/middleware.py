@@ -226,6 +226,7 @@ class EnvelopeMiddleware:
         declared = -1
         form = False
         content_types = 0
+        authorizations = 0
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 request_id = value
@@ -234,6 +235,8 @@ class EnvelopeMiddleware:
             elif name == b"content-type":
                 content_types += 1
                 form = value.split(b";", 1)[0].strip().lower() == _FORM
+            elif name == b"authorization":
+                authorizations += 1
         if not _SAFE_ID.fullmatch(request_id) or _CREDENTIAL_SHAPED.search(request_id):
             request_id = secrets.token_hex(8).encode()
         rid = request_id.decode()
@@ -274,6 +277,13 @@ class EnvelopeMiddleware:
             # one value and a route decode it by another (Starlette reads the first), so a
             # form could pass as JSON, its percent-escaped control characters unseen.
             detail = "Content-Type must be given once"
+            await self._problem(scope, send_with_headers, rid, "invalid_request", detail)
+            return
+        if authorizations > 1:
+            # A singleton field too (RFC 9110 section 11.6.2; RFC 6749 section 2.3: one
+            # authentication method a request): a route reads the first, a proxy or a log
+            # may read the last, and the two would name different callers.
+            detail = "Authorization must be given once"
             await self._problem(scope, send_with_headers, rid, "invalid_request", detail)
             return
         if body and not form:

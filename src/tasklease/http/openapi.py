@@ -272,7 +272,8 @@ def _build() -> dict[str, Any]:
             "`error_code`; a 503 says in `Retry-After` when to try again. Every response "
             "carries an `X-Request-ID` header. No string of a request (path, query, form or "
             "JSON) may hold a control character (C0, DEL, C1), except line breaks in PEM "
-            "fields, and a request gives `Content-Type` at most once: such a request is "
+            "fields, and a request gives `Content-Type` and `Authorization` each at most "
+            "once: such a request is "
             "refused with 400 `invalid_request` on every route.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
