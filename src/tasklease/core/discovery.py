@@ -118,7 +118,8 @@ class Discovery(Service):
         agent, why = self._kernel.agent_standing(claims.sub)
         if agent is None or why:
             raise self._kernel.deny(Forbidden("agent is not active"), replace(base, detail=why))
-        if abs(now - issued_at) > cfg.clock_skew:
+        # Compared, never subtracted: an integer no float holds is out of the skew too.
+        if not now - cfg.clock_skew <= issued_at <= now + cfg.clock_skew:
             raise self._kernel.deny(
                 Unauthorized("discovery binding verification failed"),
                 replace(base, detail=f"issued_at {issued_at} outside the clock skew"),
