@@ -20,7 +20,11 @@ token), live for 30 s. Single use is enforced by spending ``respond:<hid>`` and
 ``complete:<hid>`` in the used-nonce table inside each step's transaction, which works
 across replicas like registration nonces do; nothing is allocated until a party has
 authenticated. Each step re-checks both parties' standing (registered, active, not
-revoked, not swept), so a party revoked mid-handshake stops it.
+revoked, not swept) and the token each presented at its own step (unexpired, not revoked
+at any level: the offer and the answer carry what the revocation index matches it by), so
+a party revoked mid-handshake stops it, and so does a token released, renewed, revoked or
+expired after the step that read its scope: the broker never vouches for a scope no live
+token carries.
 
 What fails, and why: a replayed respond/complete (the hid is spent); reflection (the
 initiator cannot name itself, cannot respond to its own offer - the bearer must be the
@@ -37,7 +41,7 @@ import hashlib
 import json
 import re
 import secrets
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from nacl.signing import VerifyKey
@@ -70,7 +74,76 @@ __all__ = ["Handshakes"]
 
 _NONCE = re.compile(r"[0-9a-f]{32,128}")
 _FAILED = "mutual authentication failed"
+_INITIATOR_HELD = "ini_held"  # the ticket claims naming what _Presented reads
+_RESPONDER_HELD = "rsp_held"
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Hop:
+    agent: str
+    delegated_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Presented:
+    """The token a party presented at its step, as a later step checks that it still
+    stands: its ``exp`` and what the revocation index matches it by
+    (``core.revocation.RevocableToken``)."""
+
+    jti: str
+    sub: str
+    iat: int
+    oiat: int
+    exp: int
+    task_id: str
+    lineage: tuple[str, ...]
+    delegation_chain: tuple[_Hop, ...]
+
+
+def _presented(claims: Claims) -> dict[str, Any]:
+    """What a ticket carries of the token ``claims`` were read from (:class:`_Presented`)."""
+    return {
+        "jti": claims.jti,
+        "iat": claims.iat,
+        "oiat": claims.oiat,
+        "exp": claims.exp,
+        "task": claims.task_id,
+        "lineage": list(claims.lineage),
+        "chain": [[hop.agent, hop.delegated_at] for hop in claims.delegation_chain],
+    }
+
+
+def _read_presented(ticket: dict[str, Any], name: str, sub: str) -> _Presented:
+    """The token a ticket says party ``sub`` presented; raises ProofRejected if it names
+    none (a ticket of an older broker: fail closed)."""
+    held = ticket.get(name)
+    if type(held) is not dict:
+        raise ProofRejected(f"ticket without {name}")
+    jti, task, lineage, chain = (
+        held.get("jti"),
+        held.get("task"),
+        held.get("lineage"),
+        held.get("chain"),
+    )
+    iat, oiat, exp = held.get("iat"), held.get("oiat"), held.get("exp")
+    if (
+        type(jti) is not str
+        or not isinstance(iat, int)
+        or not isinstance(oiat, int)
+        or not isinstance(exp, int)
+        or any(type(v) is not int for v in (iat, oiat, exp))
+        or type(task) is not str
+        or type(lineage) is not list
+        or not all(type(v) is str for v in lineage)
+        or type(chain) is not list
+        or not all(
+            type(h) is list and len(h) == 2 and all(type(v) is str for v in h) for h in chain
+        )
+    ):
+        raise ProofRejected(f"ticket with a malformed {name}")
+    hops = tuple(_Hop(agent, at) for agent, at in chain)
+    return _Presented(jti, sub, iat, oiat, exp, task, tuple(lineage), hops)
 
 
 def _nonce(value: object, field: str) -> str:
@@ -122,6 +195,7 @@ class Handshakes(Service):
                 "rsp": responder,
                 "na": na,
                 "ini_scope": list(claims.scope),
+                _INITIATOR_HELD: _presented(claims),
                 "iat": now,
                 "exp": now + HANDSHAKE_TTL,
             },
@@ -165,6 +239,7 @@ class Handshakes(Service):
         step = _Step(self._kernel, claims, "respond", ctx)
         try:
             ticket = self._open_ticket(offer, KIND_OFFER)
+            initiator_token = _read_presented(ticket, _INITIATOR_HELD, ticket["ini"])
         except ProofRejected as exc:
             raise step.fail(f"offer: {exc.reason}") from None
         hid, ini, rsp, na = ticket["hid"], ticket["ini"], ticket["rsp"], ticket["na"]
@@ -175,7 +250,16 @@ class Handshakes(Service):
         message = transcript("responder", hid, ini, rsp, na, nb)
         step.verify(responder_agent, message, sig, "responder")
         step.standing(ini, "initiator")
-        answer = self._ticket(KIND_ANSWER, {**ticket, "nb": nb, "rsp_scope": list(claims.scope)})
+        step.token(initiator_token, "initiator")
+        answer = self._ticket(
+            KIND_ANSWER,
+            {
+                **ticket,
+                "nb": nb,
+                "rsp_scope": list(claims.scope),
+                _RESPONDER_HELD: _presented(claims),
+            },
+        )
         result = HandshakeResult(hid, ini, string_list(ticket.get("ini_scope")))
         return step.spend(
             (answer, result),
@@ -217,6 +301,8 @@ class Handshakes(Service):
             nb = ticket.get("nb")
             if not isinstance(nb, str):
                 raise ProofRejected("answer without responder nonce")
+            initiator_token = _read_presented(ticket, _INITIATOR_HELD, ticket["ini"])
+            responder_token = _read_presented(ticket, _RESPONDER_HELD, ticket["rsp"])
         except ProofRejected as exc:
             raise step.fail(f"answer: {exc.reason}") from None
         hid, ini, rsp, na = ticket["hid"], ticket["ini"], ticket["rsp"], ticket["na"]
@@ -226,9 +312,14 @@ class Handshakes(Service):
         message = transcript("initiator", hid, ini, rsp, na, nb)
         step.verify(initiator_agent, message, sig, "initiator")
         step.standing(rsp, "responder")
+        # The scopes the receipt and the answer vouch for are these tokens': both must
+        # still stand (the bearer here may be another token of the initiator's).
+        step.token(initiator_token, "initiator")
+        step.token(responder_token, "responder")
         now = int(self._kernel.now())
+        vouched = {k: v for k, v in ticket.items() if k not in (_INITIATOR_HELD, _RESPONDER_HELD)}
         receipt = self._ticket(
-            KIND_RECEIPT, {**ticket, "aud": rsp, "iat": now, "exp": now + HANDSHAKE_TTL}
+            KIND_RECEIPT, {**vouched, "aud": rsp, "iat": now, "exp": now + HANDSHAKE_TTL}
         )
         result = HandshakeResult(hid, rsp, string_list(ticket.get("rsp_scope")))
         return step.spend(
@@ -283,6 +374,16 @@ class _Step:
         if agent is None or why:
             raise self.fail(f"{who} {agent_id}: {why or 'agent not registered'}")
         return agent
+
+    def token(self, presented: _Presented, who: str) -> None:
+        """Refuse unless the token ``who`` presented at its step still stands: unexpired
+        (dead at its ``exp``) and matched by no revocation (itself, its agent, task,
+        lineage or delegators), so no scope it carried is vouched for once it is gone."""
+        if is_expired(presented.exp, self._kernel.now()):
+            raise self.fail(f"{who}'s token jti={presented.jti} expired")
+        level = self._kernel.revocations.match(presented)
+        if level is not None:
+            raise self.fail(f"{who}'s token jti={presented.jti} revoked at level {level}")
 
     def verify(self, agent: AgentRecord, message: bytes, signature: bytes, who: str) -> None:
         if not jws.verify_detached(message, signature, VerifyKey(agent.public_key)):

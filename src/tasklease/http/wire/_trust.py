@@ -215,7 +215,8 @@ OPERATIONS = (
         '`"tasklease-mutual-v1\\n" || JSON ["responder", handshake_id, initiator, '
         "responder, initiator_nonce, responder_nonce]`. The broker checks the bearer is the "
         "offer's responder, the signature verifies with that agent's registered key, both "
-        "parties are still in good standing and the offer was not answered before, then "
+        "parties are still in good standing, the token the initiator presented is still "
+        "valid (unexpired, not revoked) and the offer was not answered before, then "
         "answers the initiator's verified identity and scope and an `answer` ticket for "
         "the initiator.",
         PEER_TOKEN,
@@ -228,7 +229,8 @@ OPERATIONS = (
                 "unauthorized",
                 "the offer is not the broker's, expired or already answered; the caller is "
                 "not its responder; the signature does not verify with the responder's "
-                "registered key; or a party was revoked",
+                "registered key; or a party, or the token the initiator presented, was "
+                "revoked or expired",
             ),
         ),
     ),
@@ -238,7 +240,9 @@ OPERATIONS = (
         "agent trust",
         "Complete a handshake, proving the initiator's key",
         "Step 3 of 3. The initiator presents the answer and its signature over the same "
-        'transcript with role `"initiator"`. The broker answers the responder\'s verified '
+        'transcript with role `"initiator"`. The tokens both parties presented at their '
+        "earlier steps, whose scopes it vouches for, must still be valid (unexpired, not "
+        "revoked). The broker answers the responder's verified "
         "identity and scope and a `receipt` (`typ` `tasklease-mutual-receipt+jwt`, `aud` "
         "the responder) that the initiator forwards; the responder verifies it offline "
         "with the JWKS. Each handshake completes once.",
@@ -252,7 +256,8 @@ OPERATIONS = (
                 "unauthorized",
                 "the answer is not the broker's, expired or already completed; the caller "
                 "is not its initiator; the signature does not verify with the initiator's "
-                "registered key; or a party was revoked",
+                "registered key; or a party, or a token presented at an earlier step, was "
+                "revoked or expired",
             ),
         ),
     ),
