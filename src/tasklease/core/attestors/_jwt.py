@@ -3,8 +3,8 @@
 Hazmat for :mod:`tasklease.core.attestors`: parse, then verify, then validate the claims,
 as separate steps (RFC 8725):
 
-* compact JWS only, at most :data:`MAX_EVIDENCE_BYTES`; canonical unpadded base64url; the
-  header and payload are JSON objects without duplicate names;
+* compact JWS only, ASCII, at most :data:`MAX_EVIDENCE_BYTES`; canonical unpadded
+  base64url; the header and payload are JSON objects without duplicate names;
 * the header holds ``alg`` and ``kid`` (required: the key is chosen by it, never tried in
   turn) and only the other names the caller allows (``typ``; ``x5t`` for issuers that add
   it); ``jku``, ``x5u``, ``jwk``, ``x5c``, ``crit``... are refused, never followed;
@@ -277,6 +277,10 @@ def _split(token: object) -> list[str]:
         raise AttestationRefused("evidence is not a string", "evidence")
     if len(token) > MAX_EVIDENCE_BYTES:
         raise AttestationRefused("evidence larger than allowed", "evidence")
+    # A compact JWS is ASCII (base64url and dots): its signing input is encoded as such,
+    # and its size is counted in characters, which are then bytes.
+    if not token.isascii():
+        raise AttestationRefused("evidence is not ASCII", "evidence")
     parts = token.split(".")
     if len(parts) != 3 or not all(parts):
         raise AttestationRefused("evidence is not a compact JWS", "evidence")
