@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from http_support import ISSUER, Deployment, deploy
-from issuers import SigningKey, k8s_claims, mint
+from issuers import SigningKey, k8s_claims, mint, spiffe_bundle, svid_claims
 
 K8S_ISS = "https://kubernetes.default.svc.cluster.local"
 POLICY = [{"match": {"namespace": "billing"}, "scope": ["read:invoices:*"]}]
@@ -50,3 +50,41 @@ def test_evidence_whose_payload_is_not_base64url_is_refused(
     )
     assert tested.status_code == 400, tested.text
     assert tested.json()["denial_id"]
+
+
+# Would fail if: the SPIFFE trust domain check's refusal (a ValueError) were not the one
+# the jwt_svid attestor catches, so that a trust domain of capitals in its settings made
+# the operator's request a 500 rather than a 400 naming the field.
+@pytest.mark.parametrize("domain", ["Prod.Example", "prod example", "prod/example"])
+def test_a_jwt_svid_attestor_for_a_malformed_trust_domain_is_refused(
+    broker: Deployment, domain: str
+) -> None:
+    settings = {"trust_domain": domain, "bundle": spiffe_bundle(SigningKey.generate("ES256"))}
+    answer = broker.client.post(
+        "/v1/admin/attestors",
+        json={"name": "spire", "type": "jwt_svid", "settings": settings, "policy": POLICY},
+        headers=broker.admin_headers(),
+    )
+    assert answer.status_code == 400, answer.text
+    assert "trust_domain" in answer.json()["detail"]
+
+
+# Would fail if: a JWT-SVID whose subject names a malformed trust domain (signed by the
+# configured domain's key) made the registration a 500, unaudited, rather than a refusal.
+@pytest.mark.parametrize(
+    "subject", ["spiffe://Prod.Example/ns/billing", "spiffe:///ns/billing", "spiffe://a b/x"]
+)
+def test_a_jwt_svid_naming_a_malformed_trust_domain_is_refused(
+    broker: Deployment, subject: str
+) -> None:
+    key = SigningKey.generate("ES256")
+    settings = {"trust_domain": "prod.example", "bundle": spiffe_bundle(key)}
+    broker.add_attestor(
+        {"name": "spire", "type": "jwt_svid", "settings": settings, "policy": POLICY}
+    )
+    svid = mint(key, svid_claims(subject, ISSUER, broker.now()))
+    answer = broker.register(
+        ["read:invoices:1"], {"type": "jwt_svid", "evidence": svid, "attestor": "spire"}
+    )
+    assert answer.json()["detail"] == "attestation refused", answer.text
+    assert "(claims)" in broker.denial(answer)

@@ -37,7 +37,6 @@ from tasklease.core.attestors.base import (
     seconds,
     text,
 )
-from tasklease.core.errors import InvalidRequest
 from tasklease.core.spiffe import validate_trust_domain
 from tasklease.rules.attest import fact_matches
 from tasklease.rules.bundle import BundleError, jwt_svid_jwks
@@ -63,7 +62,7 @@ def parse_spiffe_id(value: object) -> tuple[str, str] | None:
     domain, slash, path = rest.partition("/")
     try:
         validate_trust_domain(domain)
-    except InvalidRequest:
+    except ValueError:  # validate_trust_domain's refusal
         return None
     if not slash:
         return domain, ""
@@ -91,7 +90,7 @@ class JwtSvidAttestor:
         domain = text(raw, "trust_domain", required=True, limit=255)
         try:
             validate_trust_domain(domain)
-        except InvalidRequest:
+        except ValueError:  # validate_trust_domain's refusal
             raise SettingsError("trust_domain is not a SPIFFE trust domain name") from None
         bundle = text(raw, "bundle", limit=MAX_SETTINGS_CHARS)
         federation = raw.get("federation", False)
