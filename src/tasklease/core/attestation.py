@@ -59,6 +59,7 @@ from tasklease.core.foreign import domain_entry
 from tasklease.core.kernel import Kernel, Parent, RequestContext, Service, with_denial
 from tasklease.core.lineage import app_ancestor
 from tasklease.core.records import AttestorRecord
+from tasklease.core.revoking import unrevocable
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules import scopes as scope_rules
@@ -530,7 +531,7 @@ def _issuer_named(kind: str, claims: Mapping[str, Any]) -> str:
 
 def _claim(attested: Attested, declared: Mapping[str, str]) -> Attestation:
     try:
-        return Attestation(
+        claim = Attestation(
             type=attested.type,
             attestor=attested.attestor,
             issuer=attested.issuer,
@@ -540,6 +541,15 @@ def _claim(attested: Attested, declared: Mapping[str, str]) -> Attestation:
         )
     except AttestClaimError as exc:
         raise AttestationRefused(f"attested facts unusable: {exc.reason}", "claims") from None
+    # Its agents are ended through it (level chain): a subject no revocation may name
+    # (too long, shaped like a token) would leave them revocable one at a time only.
+    why = unrevocable("chain", claim.ancestor)
+    if why:
+        shape = {"long": "too long", "credential": "shaped like a token"}.get(why, why)
+        raise AttestationRefused(
+            f"subject {shape}, so that no revocation could name its agents' ancestor", "claims"
+        )
+    return claim
 
 
 def _missing() -> NotFound:

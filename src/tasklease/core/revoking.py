@@ -34,11 +34,31 @@ from tasklease.rules.principals import creator_kind
 from tasklease.rules.scopes import is_subset
 from tasklease.rules.secretshapes import holds_credential, holds_secret
 
-__all__ = ["Revoking"]
+__all__ = ["Revoking", "unrevocable"]
 
 _log = logging.getLogger("tasklease.broker")
 # Subjects of operators' tokens: the built-in admin's and ``operator:<name>``.
 _OPERATOR_KINDS = ("admin", "operator")
+
+
+def unrevocable(level: str, target: str) -> str:
+    """Why no revocation may name ``target`` at ``level``; "" when one may.
+
+    ``"long"``: longer than :data:`MAX_TARGET`. ``"credential"``: shaped like a token
+    (a pasted credential would be stored, audited and published on the feed every
+    resource server reads, and revoke nothing). ``"secret"``: shaped like one of our
+    secrets, unless it is a public id that may be shaped like anything (a SPIFFE ID, an
+    id a federated domain chose, an attestation ancestor: the subject an identity
+    provider chose; refused, it could not be revoked here at all). What puts an id in a
+    token's lineage checks it here first, so that every ancestor can be revoked.
+    """
+    if len(target) > MAX_TARGET:
+        return "long"
+    if (level == "token" and target.count(".") == 2) or holds_credential(target):
+        return "credential"
+    if holds_secret(target) and not target.startswith(("spiffe://", "fed:", "attest:")):
+        return "secret"
+    return ""
 
 
 def ended_by_holder(kernel: Kernel, claims: Claims, entry: AuditEntry, label: str) -> Pending[None]:
@@ -96,19 +116,15 @@ class Revoking(Service):
                 f"invalid revocation level: {clipped(level, 32)}",
                 hint="use token, agent, task or chain",
             )
-        if len(target) > MAX_TARGET:
+        why = unrevocable(level, target)
+        if why == "long":
             raise InvalidRequest("target is too long")
-        # Never a credential as a target: it would be stored, audited and published (the
-        # revocation feed is read by every resource server), and revoke nothing.
-        if (level == "token" and target.count(".") == 2) or holds_credential(target):
+        if why == "credential":
             raise InvalidRequest(
                 "target must be a token id (jti), not a token",
                 hint="read the jti with `tasklease token inspect`",
             )
-        if holds_secret(target) and not target.startswith(("spiffe://", "fed:", "attest:")):
-            # A SPIFFE ID, an id a federated domain chose, or an attestation ancestor (the
-            # subject an identity provider chose) is public and may be shaped like
-            # anything: refused, it could not be revoked here at all.
+        if why == "secret":
             raise InvalidRequest(
                 "target must not hold a secret (64 hexadecimal characters: a launch token "
                 "or a client secret)",
