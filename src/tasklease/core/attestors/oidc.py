@@ -81,7 +81,7 @@ class OidcAttestor:
         if (
             not isinstance(algorithms, list)
             or not algorithms
-            or any(a not in ALGORITHMS for a in algorithms)
+            or any(type(a) is not str or a not in ALGORITHMS for a in algorithms)
         ):
             raise SettingsError(f"algorithms must be a list among {', '.join(ALGORITHMS)}")
         return OidcSettings(
