@@ -152,10 +152,14 @@ def test_heartbeat_needs_the_registered_key_and_is_single_use(env: Env) -> None:
 
 def test_done_releases_instead_of_being_swept(env: Env) -> None:
     agent = env.register("task-a")
+    helper = env.register("task-a")
+    delegated = _delegate(env, agent, helper)
     _beat(env, agent)
     answer = _beat(env, agent, done=True)
     assert answer.status_code == 200 and answer.json()["status"] == "released"
     assert env.validate(agent.token) is None  # the presented token was given up
+    assert env.validate(delegated) is None  # with what was delegated from it
+    assert env.validate(helper.token) is not None  # the delegate's own identity lives on
     env.clock.advance(1000)
     assert env.broker.sweep_silent_agents() == []
     assert env.audit("agent_released")
