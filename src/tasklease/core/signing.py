@@ -188,10 +188,14 @@ class SigningKeys:
 
                 def record(going: list[str]) -> None:
                     # Under the directory's lock: another process may have retired the
-                    # key, or rotated twice, since this ring was loaded.
+                    # key, or rotated twice, since this ring was loaded. The files of
+                    # keys retired before (recorded in the store, so trusted nowhere) may
+                    # still be there: a replica's own copy, or a crash between a
+                    # retirement's event and the removal of its file. They go too; any
+                    # other key not in this ring is a change since it was loaded.
                     if kid not in going:
                         raise self._refused(NotFound("no signing key has this kid"), *about)
-                    if going != [kid]:
+                    if any(k != kid and k not in self._retired for k in going):
                         changed = Conflict("the signing keys changed meanwhile: try again")
                         raise self._refused(changed, *about)
                     self._record_retired(claims, ctx, kid, len(previous.kids()) - 1)
