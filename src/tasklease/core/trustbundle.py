@@ -103,10 +103,23 @@ class TrustBundles(Service):
         self, *, adopt_missing: bool, force: bool = False
     ) -> tuple[str, PublishedBundle | None]:
         """One transaction of :meth:`publish`: the ring's key set and the bundle now stored,
-        None when the stored set holds a key the ring lacks and ``adopt_missing`` is false
-        (then nothing is written)."""
+        None when the stored set holds a key the ring lacks, or the ring a key retired in
+        the store, and ``adopt_missing`` is false (then nothing is written).
+
+        Raises:
+            Unavailable: with ``adopt_missing``, the ring (just refreshed) still holds a
+                retired key; or the store could not be read or written.
+        """
         ring = self._keys.ring
         kids = " ".join(sorted(ring.kids()))
+        # A ring that still holds a key retired by another process (its next key refresh
+        # has not come yet) is behind, not newer: publishing it would vouch for the key
+        # again (read before the transaction: the retiring process publishes after its
+        # retirement is committed, so it writes over a set read before that).
+        if set(ring.kids()) & self._store.retired_keys():
+            if not adopt_missing:
+                return kids, None
+            raise Unavailable("the signing keys here still hold a retired key")
         keys = {kid: key for kid in ring.kids() if (key := ring.public_key(kid)) is not None}
         result: PublishedBundle | None = None
 
