@@ -97,22 +97,30 @@ def kind_of(data: bytes) -> str | None:
 
 
 def ensure_directory(directory: Path) -> None:
-    """Create ``directory`` (0700) if needed; refuse one that others can write to, or
-    that another user owns (root aside): its owner may delete what it holds, and deleting
-    the newest signing key makes a rotated-away key the active one again, deleting an
-    anchor hides a restored database.
+    """Create ``directory`` and its missing parents (0700 each) if needed; refuse one
+    that others can write to, or that another user owns (root aside): its owner may
+    delete what it holds, and deleting the newest signing key makes a rotated-away key
+    the active one again, deleting an anchor hides a restored database.
 
     Raises:
         KeyStoreError: not a directory, owned by another user, or writable by group or
             others.
     """
-    try:
-        directory.mkdir(mode=0o700, parents=True)
-    except FileExistsError:
-        pass
-    else:
-        directory.chmod(0o700)  # mkdir's mode is filtered by the umask
-        _fsync_directory(directory.parent)
+    # Each directory made on the way (``<key_dir>/tenants`` for a tenant's keys) is 0700
+    # too: mkdir's parents get the umask's mode, and one that others may write lets them
+    # rename a key directory away or put a link to another in its place.
+    missing = []
+    ancestor = directory
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        missing.append(ancestor)
+        ancestor = ancestor.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile by another process, which sets its mode
+        path.chmod(0o700)  # mkdir's mode is filtered by the umask
+        _fsync_directory(path.parent)
     st = directory.stat()
     if not stat.S_ISDIR(st.st_mode):
         raise KeyStoreError(f"key directory {directory} is not a directory")
