@@ -100,7 +100,10 @@ class SoftHSM:
         """Each such key's protection attributes, as the token itself reports them."""
         from pkcs11 import Attribute
 
-        names = ("SENSITIVE", "EXTRACTABLE", "ALWAYS_SENSITIVE", "NEVER_EXTRACTABLE", "TOKEN")
+        names = (
+            "SENSITIVE", "EXTRACTABLE", "ALWAYS_SENSITIVE", "NEVER_EXTRACTABLE", "TOKEN",
+            "MODIFIABLE", "COPYABLE", "SIGN_RECOVER", "DECRYPT", "DERIVE", "UNWRAP",
+        )  # fmt: skip
         with self.session() as session:
             return {
                 label: {name: bool(key[getattr(Attribute, name)]) for name in names}

@@ -59,6 +59,9 @@ def test_keys_are_made_on_the_token_and_never_leave_it(
     assert attributes["NEVER_EXTRACTABLE"] is True
     assert attributes["ALWAYS_SENSITIVE"] is True
     assert attributes["TOKEN"] is True
+    # A signing key only: never copied, changed, nor used for anything but signing.
+    for use in ("MODIFIABLE", "COPYABLE", "SIGN_RECOVER", "DECRYPT", "DERIVE", "UNWRAP"):
+        assert attributes[use] is False, use
     # Signatures come from the token and verify with the published key.
     token = ring.sign(b'{"sub":"hsm"}', "JWT")
     assert verify_with_jwks(token, ring.jwks()) == {"sub": "hsm"}

@@ -227,12 +227,20 @@ class Pkcs11KeyProvider(DirectoryProvider):
                     attribute.PRIVATE: False,
                     attribute.VERIFY: True,
                 },
+                # A signing key and nothing else: never extracted, copied, changed, nor
+                # used to decrypt, derive, unwrap or sign with recovery.
                 private_template={
                     attribute.TOKEN: True,
                     attribute.PRIVATE: True,
                     attribute.SENSITIVE: True,
                     attribute.EXTRACTABLE: False,
+                    attribute.MODIFIABLE: False,
+                    attribute.COPYABLE: False,
                     attribute.SIGN: True,
+                    attribute.SIGN_RECOVER: False,
+                    attribute.DECRYPT: False,
+                    attribute.DERIVE: False,
+                    attribute.UNWRAP: False,
                 },
             )
         except p11.PKCS11Error as exc:
