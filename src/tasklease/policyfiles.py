@@ -6,8 +6,9 @@ name, with a signature of their names, sizes and modification times, so the brok
 reloads only what changed (every few seconds, and on ``POST /v1/admin/policy/reload``).
 No directory, or one without a ``.cedar`` file: the tenant has no policies of its own (the
 default applies). A directory that cannot be read, a ``.cedar`` entry that cannot be read
-(a link whose target is gone, a directory of that name), or a file that is not UTF-8,
-fails the load (the set in force stays): a policy that disappears that way must not take
+(a link whose target is gone, a directory of that name), a file that is not UTF-8, or
+a root that is not a directory (gone, a link to nothing), fails the load (the set in
+force stays): a policy that disappears that way must not take
 its ``forbid`` rules with it silently.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 from tasklease.core.policy import MAX_POLICY_BYTES, PolicyError, PolicySnapshot
@@ -60,18 +62,38 @@ class PolicyDirectory:
     """A tenant's policy directory, ``<root>/<tenant>``."""
 
     def __init__(self, root: str | Path, tenant: str) -> None:
-        self.path = Path(root) / tenant
+        self.root = Path(root)
+        self.path = self.root / tenant
 
     def snapshot(self) -> PolicySnapshot | None:
         """The directory's policy files now, or None when it has none (or does not exist).
 
+        ``root`` (``policy_dir``) must be a directory: when it is gone (a link to a
+        release whose target was removed, a volume not mounted) the tenant's directory is
+        not "absent" but unreadable, and the load fails, as for a tenant directory that
+        is a link to nothing.
+
         The signature is a digest of every file's name and text: a file rewritten within
         the clock's resolution at the same size is still seen.
+
+        Raises:
+            PolicyError: ``root`` is not a directory, or the tenant's directory, or a file
+                of it, cannot be read.
         """
-        if not self.path.exists():
+        try:
+            is_dir = stat.S_ISDIR(os.stat(self.root).st_mode)
+        except OSError as exc:
+            raise PolicyError(f"cannot read {self.root}: {exc.strerror or exc}") from None
+        if not is_dir:
+            raise PolicyError(f"cannot read {self.root}: not a directory")
+        try:
+            os.stat(self.path)
+        except FileNotFoundError:
             if os.path.lexists(self.path):  # a link whose target is gone: not "no policies"
-                raise PolicyError(f"cannot read {self.path}: its link's target is gone")
+                raise PolicyError(f"cannot read {self.path}: its link's target is gone") from None
             return None
+        except OSError as exc:
+            raise PolicyError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         files = read_policy_files(self.path)
         if not files:
             return None

@@ -104,6 +104,43 @@ def test_a_policy_file_that_can_no_longer_be_read_fails_the_reload(tmp_path: Pat
     assert engine.current.origin != DEFAULT_SOURCE and not engine.decide(DELEGATE).allowed
 
 
+def test_a_policy_dir_that_is_gone_fails_the_reload(tmp_path: Path) -> None:
+    """Found by review: ``policy_dir`` itself (a link to the release in force, a mounted
+    volume) whose target went read as "no directory for this tenant", so every tenant
+    fell back to the default set, its ``forbid`` rules gone. A ``policy_dir`` that is not
+    a directory fails the load as a tenant directory that is a dangling link does: the
+    set in force stays, and at the start no set is in force."""
+    release = tmp_path / "release-1"
+    (release / "acme").mkdir(parents=True)
+    (release / "acme" / "all.cedar").write_text(DEFAULT_POLICY + "\n" + CAP)
+    root = tmp_path / "policies"
+    root.symlink_to(release)
+    engine = PolicyEngine()
+    engine.use_source(PolicyDirectory(root, "acme"))
+    assert not engine.decide(DELEGATE).allowed
+    (release / "acme" / "all.cedar").unlink()
+    (release / "acme").rmdir()
+    release.rmdir()
+    reloaded = engine.reload()
+    assert reloaded is not None and reloaded.error is not None
+    assert "delegations-up-to-50-eur" in engine.current.ids
+    assert not engine.decide(DELEGATE).allowed
+    assert engine.reload() is None  # the same failure: reported once
+
+    (tmp_path / "release-2" / "acme").mkdir(parents=True)
+    (tmp_path / "release-2" / "acme" / "default.cedar").write_text(DEFAULT_POLICY)
+    root.unlink()
+    root.symlink_to(tmp_path / "release-2")
+    loaded = engine.reload()
+    assert loaded is not None and loaded.policies is not None and engine.decide(DELEGATE).allowed
+
+    for gone in (tmp_path / "missing", tmp_path / "release-2" / "acme" / "default.cedar"):
+        engine = PolicyEngine()
+        outcome = engine.use_source(PolicyDirectory(gone, "acme"))
+        assert outcome is not None and outcome.error is not None
+        assert not engine.decide(DELEGATE).allowed
+
+
 def test_policies_that_do_not_load_at_the_start_deny_everything(tmp_path: Path) -> None:
     folder = tmp_path / "acme"
     folder.mkdir()
