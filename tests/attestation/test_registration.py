@@ -394,3 +394,45 @@ def test_an_attested_subject_cannot_name_the_principal_in_the_views() -> None:
     assert issued.claims.principal == "attestor:gha"
     view = broker.inventory.delegations(issued.claims.jti)
     assert view.principal == "attestor:gha"
+
+
+# Would fail if: the registering workload's Cedar entity id were clipped (it was cut at
+# 512 characters). An attested subject may hold up to 2048: a policy naming a workload
+# whose id is longer (`principal == Workload::"<attestor>:<subject>"`, as docs/policy.md
+# writes it) never matched it, so a forbid on that workload let it register, and a
+# permit for it matched every subject sharing its first 512 characters.
+def test_a_policy_names_a_workload_by_its_whole_subject() -> None:
+    from tasklease.core.policy import DEFAULT_POLICY, compile_policies
+
+    broker = make_broker()
+    key = SigningKey.generate("RS256")
+    issuer = "https://token.actions.githubusercontent.com"
+    broker.attestation.add(
+        admin(broker),
+        name="gha",
+        type="oidc",
+        settings={"issuer": issuer, "jwks": json.dumps({"keys": [key.jwk()]})},
+        policy=[{"match": {"repository": "octo-org/octo-repo"}, "scope": ["read:invoices:*"]}],
+        ctx=CTX,
+    )
+    banned = "refs/heads/" + "b" * 600
+    claims = github_claims(ISSUER, START, ref=banned)
+    forbid = (
+        '@id("banned-branch")\n'
+        f'forbid (principal == Workload::"gha:{claims["sub"]}", action, resource);\n'
+    )
+    broker.policy.use(compile_policies([("all.cedar", DEFAULT_POLICY + forbid)], "test"))
+    error = refusal(
+        lambda: register(
+            broker, ["read:invoices:1"], attestation={"type": "oidc", "evidence": mint(key, claims)}
+        )
+    )
+    assert error.denial_id and any(
+        "policy=deny[banned-branch]" in d for d in audit_detail(broker, error.denial_id)
+    )
+    # Another branch sharing the banned one's first 512 characters is not it.
+    other = github_claims(ISSUER, START, ref=banned + "-fixed")
+    issued = register(
+        broker, ["read:invoices:1"], attestation={"type": "oidc", "evidence": mint(key, other)}
+    )
+    assert issued.claims.scope == ("read:invoices:1",)

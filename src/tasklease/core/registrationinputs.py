@@ -255,7 +255,9 @@ def actor_of(
         return Actor("LaunchToken", "unknown")
     used = attested.attested
     attrs = {"attestor": used.attestor, "type": used.type, "subject": used.subject}
-    return Actor("Workload", f"{used.attestor}:{used.subject}"[:512], attrs, facts, app_id)
+    # The whole id, never clipped: a policy names the workload by it (an attestor's name
+    # holds no ':', and the subject is at most 2048 printable characters).
+    return Actor("Workload", f"{used.attestor}:{used.subject}", attrs, facts, app_id)
 
 
 def policy_of(detail: str) -> str:
