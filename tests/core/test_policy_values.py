@@ -7,8 +7,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
+from tests.core.conftest import CTX
+
+from tasklease.core.errors import Forbidden
 from tasklease.core.policy import DEFAULT_POLICY, compile_policies, evaluate
 from tasklease.core.policyrequest import Actor, PolicyRequest
+from tasklease.core.store import AuditQuery
 
 # docs/policy.md's example.
 KNOWN_PAYEES = (
@@ -56,3 +61,66 @@ def test_an_integer_value_is_not_the_string_a_policy_lists() -> None:
     by_number = compile_policies((("default.cedar", DEFAULT_POLICY), ("p.cedar", integers)), "t")
     assert evaluate(by_number, _launch(pay(1))).allowed
     assert not evaluate(by_number, _launch(pay("1"))).allowed
+
+
+# A policy letting payments out only to known payees' locations: it must see a grant
+# without ``locations`` (any location), as ``unbounded_values`` shows any value.
+KNOWN_LOCATIONS = (
+    '@id("known-locations")\n'
+    'forbid (principal, action == Action::"launch", resource)\n'
+    'when { resource.actions.contains("pay") }\n'
+    "unless { !resource.unbounded_locations\n"
+    '         && ["https://pay.example/payees/P"].containsAll(resource.locations) };\n'
+    '@id("no-medical")\n'
+    'forbid (principal, action == Action::"launch", resource)\n'
+    'when { resource.unbounded_datatypes || resource.datatypes.contains("medical") };\n'
+)
+AT_P = {
+    "type": "resource_access",
+    "actions": ["pay"],
+    "locations": ["https://pay.example/payees/P"],
+    "datatypes": ["invoice"],
+}
+ANYWHERE = {"type": "resource_access", "actions": ["pay"], "datatypes": ["invoice"]}
+ANY_DATA = {"type": "resource_access", "actions": ["read"], "locations": ["https://x.example"]}
+
+
+def test_a_grant_without_locations_or_datatypes_is_seen_as_unbounded(broker: Any, kit: Any) -> None:
+    """Found by review: ``locations`` and ``datatypes`` were the union of the grants that
+    listed some, but a grant without them allows every location or datatype: a payment
+    grant to anywhere (alone, or beside one to a known payee) passed a policy that lets
+    out only known locations, and no policy could tell. ``unbounded_locations`` and
+    ``unbounded_datatypes`` say it, as ``unbounded_values`` does for values."""
+    files = (("default.cedar", DEFAULT_POLICY), ("places.cedar", KNOWN_LOCATIONS))
+    broker.policy.use(compile_policies(files, "test"))
+
+    def launch(*details: Mapping[str, Any]) -> str:
+        token, _ = broker.create_launch_token(
+            kit.admin(broker).claims,
+            agent_name="payer",
+            allowed_scope=[],
+            authorization_details=list(details),
+            max_ttl=None,
+            single_use=None,
+            ttl=None,
+            ctx=CTX,
+        )
+        return token
+
+    assert launch(AT_P)
+    for refused, by in (
+        ((ANYWHERE,), "known-locations"),
+        ((AT_P, ANYWHERE), "known-locations"),
+        ((ANY_DATA,), "no-medical"),
+        ((AT_P, ANY_DATA), "no-medical"),
+    ):
+        with pytest.raises(Forbidden) as info:
+            launch(*refused)
+        assert info.value.denial_id
+        events, _ = broker.audit_events(AuditQuery(limit=1000))
+        (event,) = [e for e in events if info.value.denial_id in e.detail]
+        denied_by = event.detail.split("policy=deny[", 1)[1].split("]", 1)[0]
+        assert by in denied_by.split(",")
+    # A request of plain scopes names no location or datatype it could widen.
+    scopes = PolicyRequest("launch", Actor("App", "app-1"), ("read:data:1",), ttl=60)
+    assert evaluate(compile_policies(files, "t"), scopes).allowed

@@ -55,6 +55,8 @@ entity Grants {
   max_amount?: decimal,
   unbounded_amount: Bool,
   unbounded_values: Bool,
+  unbounded_locations: Bool,
+  unbounded_datatypes: Bool,
   max_calls?: Long,
   not_after?: Long,
   ttl: Long,
@@ -343,6 +345,8 @@ def _grants_entity(request: PolicyRequest) -> dict[str, Any]:
     amount: Decimal | None = None
     unbounded = False
     any_value = False  # a grant (not a scope) without allowed_values: any value goes
+    # A grant (not a scope) without locations or datatypes covers every one of them.
+    any_location = any_datatype = False
     calls: int | None = None
     end: int | None = None
     # A grant without max_calls or not_after (a plain scope has neither) is unbounded in
@@ -355,6 +359,9 @@ def _grants_entity(request: PolicyRequest) -> dict[str, Any]:
             scopes.add(str(grant.get("scope")))
         for name in ("actions", "locations", "datatypes"):
             sets[name].update(_strings(grant.get(name)))
+        if kind != "scope":
+            any_location = any_location or not _strings(grant.get("locations"))
+            any_datatype = any_datatype or not _strings(grant.get("datatypes"))
         limits = grant.get("limits") or {}
         if "max_amount" in limits:
             value = Decimal(str(limits["max_amount"]))
@@ -386,6 +393,8 @@ def _grants_entity(request: PolicyRequest) -> dict[str, Any]:
         **{name: sorted(values) for name, values in sets.items()},
         "unbounded_amount": unbounded,
         "unbounded_values": any_value,
+        "unbounded_locations": any_location,
+        "unbounded_datatypes": any_datatype,
         "ttl": request.ttl,
     }
     if amount is not None:
