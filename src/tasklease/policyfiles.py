@@ -6,10 +6,10 @@ name, with a signature of their names, sizes and modification times, so the brok
 reloads only what changed (every few seconds, and on ``POST /v1/admin/policy/reload``).
 No directory, or one without a ``.cedar`` file: the tenant has no policies of its own (the
 default applies). A directory that cannot be read, a ``.cedar`` entry that cannot be read
-(a link whose target is gone, a directory of that name), a file that is not UTF-8, or
-a root that is not a directory (gone, a link to nothing), fails the load (the set in
-force stays): a policy that disappears that way must not take
-its ``forbid`` rules with it silently.
+(a link whose target is gone, a directory of that name, a pipe or a device: anything but
+a regular file), a file that is not UTF-8, or a root that is not a directory (gone, a
+link to nothing), fails the load (the set in force stays): a policy that disappears that
+way must not take its ``forbid`` rules with it silently.
 """
 
 from __future__ import annotations
@@ -45,7 +45,12 @@ def read_policy_files(directory: Path) -> tuple[tuple[str, str], ...]:
     total = 0
     for path in paths:
         try:
-            raw = path.read_bytes()
+            # A regular file only (its link followed): a pipe would wait for a writer
+            # forever, a device read without end.
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise PolicyError(f"cannot read {path}: not a regular file")
+            with path.open("rb") as file:
+                raw = file.read(MAX_POLICY_BYTES - total + 1)
         except OSError as exc:
             raise PolicyError(f"cannot read {path}: {exc.strerror or exc}") from None
         total += len(raw)

@@ -5,6 +5,8 @@ the start; nothing of a reload takes effect before its audit event is durable.""
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +141,34 @@ def test_a_policy_dir_that_is_gone_fails_the_reload(tmp_path: Path) -> None:
         outcome = engine.use_source(PolicyDirectory(gone, "acme"))
         assert outcome is not None and outcome.error is not None
         assert not engine.decide(DELEGATE).allowed
+
+
+def test_a_policy_entry_that_is_not_a_file_fails_the_load_at_once(tmp_path: Path) -> None:
+    """A ``.cedar`` entry that is a pipe, or a link to a device, is not a file: reading it
+    waited forever for a writer (the reload holding the engine's lock, every later reload
+    and ``POST /v1/admin/policy/reload`` stuck behind it; at the start, the broker never
+    served) or read without end. It fails the load as a directory of that name does."""
+    folder = tmp_path / "acme"
+    folder.mkdir()
+    (folder / "default.cedar").write_text(DEFAULT_POLICY)
+    engine = PolicyEngine()
+    engine.use_source(PolicyDirectory(tmp_path, "acme"))
+    os.mkfifo(folder / "pipe.cedar")
+    outcome: list[Reloaded | None] = []
+    reader = threading.Thread(target=lambda: outcome.append(engine.reload()), daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # let it go: a writer that writes nothing
+        with open(folder / "pipe.cedar", "wb"):
+            pass
+        reader.join(10)
+    assert outcome and outcome[0] is not None and outcome[0].error is not None
+    assert "pipe.cedar" in str(outcome[0].error) and not reader.is_alive()
+    (folder / "pipe.cedar").unlink()
+    (folder / "zero.cedar").symlink_to("/dev/zero")
+    refused = engine.reload()
+    assert refused is not None and refused.error is not None and "zero.cedar" in str(refused.error)
+    assert engine.decide(DELEGATE).allowed  # the set in force stays
 
 
 def test_policies_that_do_not_load_at_the_start_deny_everything(tmp_path: Path) -> None:
