@@ -57,10 +57,22 @@ def read_policy_files(directory: Path) -> tuple[tuple[str, str], ...]:
         if total > MAX_POLICY_BYTES:
             raise PolicyError(f"the policies of {directory} exceed {MAX_POLICY_BYTES} bytes")
         try:
-            files.append((path.name, raw.decode("utf-8")))
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise PolicyError(f"{path} is not UTF-8") from None
+        if not _holds_a_statement(text):
+            # As a file being written in place reads for an instant (an editor, `cat >`):
+            # loaded, it would drop the file's forbid rules until the next reload.
+            raise PolicyError(
+                f"{path} holds no policy (a file being written?): remove it to drop its policies"
+            )
+        files.append((path.name, text))
     return tuple(files)
+
+
+def _holds_a_statement(text: str) -> bool:
+    """Whether ``text`` holds anything but blank lines and ``//`` comments."""
+    return any(line.strip() and not line.lstrip().startswith("//") for line in text.splitlines())
 
 
 class PolicyDirectory:

@@ -171,6 +171,25 @@ def test_a_policy_entry_that_is_not_a_file_fails_the_load_at_once(tmp_path: Path
     assert engine.decide(DELEGATE).allowed  # the set in force stays
 
 
+@pytest.mark.parametrize("text", ["", "\n  \n", "// cap: being rewritten\n"])
+def test_a_policy_file_with_no_policy_fails_the_load(tmp_path: Path, text: str) -> None:
+    """A file being written in place (an editor, ``cat >``) is empty for an instant: loaded
+    then, the set would lose its ``forbid`` rules until the next reload. A ``.cedar`` file
+    that holds no policy fails the load instead; the set in force stays."""
+    folder = tmp_path / "acme"
+    folder.mkdir()
+    (folder / "default.cedar").write_text(DEFAULT_POLICY)
+    (folder / "cap.cedar").write_text(CAP)
+    engine = PolicyEngine()
+    engine.use_source(PolicyDirectory(tmp_path, "acme"))
+    assert not engine.decide(DELEGATE).allowed
+    (folder / "cap.cedar").write_text(text)
+    refused = engine.reload()
+    assert refused is not None and refused.error is not None
+    assert "cap.cedar holds no policy" in str(refused.error)
+    assert not engine.decide(DELEGATE).allowed  # the forbid in force stays
+
+
 def test_policies_that_do_not_load_at_the_start_deny_everything(tmp_path: Path) -> None:
     folder = tmp_path / "acme"
     folder.mkdir()
