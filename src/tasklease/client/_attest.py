@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 
 import httpx
 
+from tasklease.bounds import json_document
 from tasklease.client._errors import InvalidRequest, TaskleaseError
 from tasklease.client._flows import Flow
 
@@ -84,7 +85,7 @@ def github_actions_token_flow(audience: str, env: Mapping[str, str] | None = Non
             status=response.status_code,
         )
     try:
-        value = response.json().get("value")
+        value = json_document(response.content).get("value")
     except (ValueError, AttributeError):
         value = None
     if not isinstance(value, str) or not value:

@@ -34,12 +34,12 @@ answer at all) raise :class:`TransportError`.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import httpx
 
+from tasklease.bounds import json_document
 from tasklease.client._retry import retry_after_seconds
 
 __all__ = [
@@ -278,7 +278,7 @@ def error_from_response(response: httpx.Response) -> TaskleaseError:
     """
     body: dict[str, Any] = {}
     try:
-        parsed = json.loads(response.content) if response.content else {}
+        parsed = json_document(response.content) if response.content else {}
     except ValueError:
         parsed = {}
     if isinstance(parsed, dict):

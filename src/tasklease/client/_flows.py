@@ -99,11 +99,15 @@ def json_request(
 
 
 def expect_json(response: httpx.Response) -> dict[str, Any]:
-    """The JSON object of a successful answer; the matching exception otherwise."""
+    """The JSON object of a successful answer; the matching exception otherwise.
+
+    Read as the verifier reads the broker's answers (:func:`bounds.json_document`): JSON
+    nested deeper than the decoder goes is no JSON (``bad_response``), not the decoder's
+    ``RecursionError``."""
     if response.status_code >= 400:
         raise error_from_response(response)
     try:
-        data = response.json()
+        data = bounds.json_document(response.content)
     except ValueError:
         raise TaskleaseError(
             "the broker answered with a body that is not JSON",

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import httpx
 import nacl.signing
 
+from tasklease.bounds import json_document
 from tasklease.rules import attenuation, jws
 from tasklease.rules.binding import DPOP_PROOF_TYPE, access_token_hash
 from tasklease.rules.claims import CNF_MEMBERS
@@ -143,7 +144,7 @@ class DPoPKey:
         if 'error="use_dpop_nonce"' in response.headers.get("WWW-Authenticate", ""):
             return True
         try:
-            return bool(response.json().get("error") == "use_dpop_nonce")
+            return bool(json_document(response.content).get("error") == "use_dpop_nonce")
         except (ValueError, AttributeError, httpx.ResponseNotRead):
             return False
 

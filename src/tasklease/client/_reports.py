@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from tasklease.bounds import json_document
 from tasklease.client._brokerurl import check_broker_url
 from tasklease.rules.offlinereports import (
     MAX_BATCH,
@@ -246,7 +247,7 @@ class OfflineReporter:
         refused = len(batch)  # the batch itself refused (malformed, not ours): for good
         if status < 300:
             try:
-                answer = response.json()
+                answer = json_document(response.content)
             except ValueError:
                 answer = {}
             items = answer.get("refused") if isinstance(answer, dict) else None
