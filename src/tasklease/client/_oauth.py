@@ -239,8 +239,22 @@ def _get(url: str) -> httpx.Request:
     return httpx.Request("GET", url, headers={"Accept": "application/json"})
 
 
+def _http_url(url: str) -> bool:
+    """An absolute ``http(s)`` URL with a host, that ``urllib`` can split (a URL in a
+    document someone else wrote may be none: ``https://[x``, a port out of range)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is none
+    except ValueError:
+        return False
+    return parts.scheme in ("https", "http") and bool(parts.hostname)
+
+
 def _safe(url: str) -> bool:
-    """An ``https`` URL, or ``http`` to a loopback host (``rules.cleartext``)."""
+    """An ``https`` URL, or ``http`` to a loopback host (``rules.cleartext``); never one
+    that :func:`_http_url` refuses."""
+    if not _http_url(url):
+        return False
     parts = urlsplit(url)
     return may_carry_credentials(parts.scheme, parts.hostname or "")
 
@@ -282,10 +296,19 @@ def discover_flow(
     An authorization server whose document does not name the issuer its URL was built
     from is left out (RFC 8414 section 3.3).
 
+    An authorization server named by a URL that is malformed (or has a query), not over
+    https (or http to loopback), or whose token endpoint is either, is left out.
+
     Raises:
         TaskleaseError: (``bad_metadata``) the resource's document is missing or names
-            another resource.
+            another resource, or ``metadata_url`` (which a resource server's
+            ``WWW-Authenticate`` names) is not an http(s) URL.
     """
+    if metadata_url is not None and not _http_url(metadata_url):
+        raise TaskleaseError(
+            f"the metadata URL {metadata_url[:200]!r} is not an http(s) URL",
+            code="bad_metadata",
+        )
     url = metadata_url or well_known_url(resource, "oauth-protected-resource")
     document = expect_json((yield _get(url)))
     named = document.get("resource")
@@ -301,7 +324,11 @@ def discover_flow(
     # The resource's document chooses where the SDK goes next: only the first few, each
     # over https (or http to loopback), where credentials may follow.
     for issuer in [s for s in named_servers if _safe(s)][:MAX_AUTHORIZATION_SERVERS]:
-        answer = yield _get(well_known_url(issuer, "oauth-authorization-server"))
+        try:
+            server_metadata = well_known_url(issuer, "oauth-authorization-server")
+        except InvalidRequest:  # an issuer with a query or fragment: none (RFC 8414 2)
+            continue
+        answer = yield _get(server_metadata)
         if answer.status_code != 200:
             continue
         try:
