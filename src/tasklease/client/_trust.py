@@ -17,7 +17,7 @@ import nacl.signing
 
 from tasklease import bounds
 from tasklease.bounds import MAX_EXPIRES_IN
-from tasklease.client._errors import Unauthorized
+from tasklease.client._errors import TaskleaseError, Unauthorized
 from tasklease.client._flows import (
     Flow,
     Registration,
@@ -53,18 +53,32 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def _ticket_claims(ticket: str) -> dict[str, Any]:
-    """The claims of a broker ticket, read without verification: only to build the
-    transcript we sign; the broker verifies the ticket itself.
+_OFFER_FIELDS = ("hid", "ini", "rsp", "na")
+_ANSWER_FIELDS = (*_OFFER_FIELDS, "nb")
+
+
+def _ticket_fields(ticket: str, names: tuple[str, ...], what: str) -> dict[str, str]:
+    """The fields ``names`` of a broker ticket, read without verification: only to build
+    the transcript we sign; the broker verifies the ticket itself.
+
+    A ticket reaches us from the peer (the offer a responder is handed, the answer an
+    initiator gets back), so it may be anything.
 
     Raises:
-        ValueError: not a compact JWS with a JSON object as payload.
+        Unauthorized: ``ticket`` is not a compact JWS whose payload is a JSON object
+            holding each of ``names`` as a string (nothing is signed or sent).
     """
     try:
         _, claims = jws.decode_unverified(ticket)
     except jws.JWSError as exc:
-        raise ValueError(f"not a broker ticket: {exc.reason}") from None
-    return claims
+        raise Unauthorized(f"the {what} is not a broker ticket: {exc.reason}") from None
+    fields: dict[str, str] = {}
+    for name in names:
+        value = claims.get(name)
+        if not isinstance(value, str):
+            raise Unauthorized(f"the {what} is not a broker ticket: no {name!r}")
+        fields[name] = value
+    return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +110,13 @@ class HeartbeatStatus:
 
 
 def _peer(data: Any) -> Peer:
-    if not isinstance(data, dict):
-        raise TypeError("peer is not an object")
+    """The peer the broker's answer names (``bad_response`` when it names none)."""
+    agent_id = data.get("agent_id") if isinstance(data, dict) else None
+    if not isinstance(agent_id, str) or not agent_id:
+        raise TaskleaseError("the broker's answer names no peer", code="bad_response")
     scope = data.get("scope")
-    return Peer(str(data.get("agent_id", "")), tuple(scope) if isinstance(scope, list) else ())
+    held = tuple(s for s in scope if isinstance(s, str)) if isinstance(scope, list) else ()
+    return Peer(agent_id, held)
 
 
 def initiate_flow(base_url: str, token: str, responder_id: str) -> Flow[tuple[str, str]]:
@@ -115,8 +132,13 @@ def initiate_flow(base_url: str, token: str, responder_id: str) -> Flow[tuple[st
 def respond_flow(
     base_url: str, token: str, key: nacl.signing.SigningKey, offer: str
 ) -> Flow[tuple[str, Peer, str, str]]:
-    """Step 2 (responder): ``(answer, initiator, handshake_id, responder_nonce)``."""
-    ticket = _ticket_claims(offer)
+    """Step 2 (responder): ``(answer, initiator, handshake_id, responder_nonce)``.
+
+    Raises:
+        Unauthorized: ``offer`` (the initiator's) is not a broker ticket (nothing is
+            signed or sent), or the broker refused it.
+    """
+    ticket = _ticket_fields(offer, _OFFER_FIELDS, "offer")
     nonce = secrets.token_hex(16)
     message = transcript(
         "responder", ticket["hid"], ticket["ini"], ticket["rsp"], ticket["na"], nonce
@@ -155,14 +177,14 @@ def complete_flow(
     opened in our name with a third agent.
 
     Raises:
-        Unauthorized: the answer is not one to ``offer`` (nothing is signed or sent).
+        Unauthorized: the answer is not a broker ticket, or not one to ``offer`` (nothing
+            is signed or sent).
     """
-    ticket = _ticket_claims(answer_ticket)
-    ours = _ticket_claims(offer)
-    if any(
-        not isinstance(ticket.get(name), str) or ticket[name] != ours.get(name)
-        for name in ("hid", "ini", "rsp", "na")
-    ) or not hmac.compare_digest(str(ticket["na"]), initiator_nonce):
+    ticket = _ticket_fields(answer_ticket, _ANSWER_FIELDS, "answer")
+    ours = _ticket_fields(offer, _OFFER_FIELDS, "offer")
+    if any(ticket[name] != ours[name] for name in _OFFER_FIELDS) or not hmac.compare_digest(
+        ticket["na"].encode(), initiator_nonce.encode()
+    ):
         raise Unauthorized("the answer is not one to this agent's offer")
     message = transcript(
         "initiator", ticket["hid"], ticket["ini"], ticket["rsp"], ticket["na"], ticket["nb"]
