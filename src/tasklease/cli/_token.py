@@ -55,9 +55,14 @@ def in_words(exp: float, now: float) -> str:
 
 
 def _when(ts: Any) -> str:
+    """A time claim as a UTC date, or as written when it is no number or no date a
+    calendar holds (the token is whoever made it's: ``exp`` in the year three million)."""
     if not isinstance(ts, int | float):
         return str(ts)
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return "not a date"
 
 
 def _check_signature(token: str, header: dict[str, Any], jwks: object) -> tuple[bool, str]:
