@@ -65,7 +65,7 @@ async def arun_flow(
 ) -> T:
     """Drive a sans-I/O flow through ``client``; network failures become TransportError.
 
-    Retries as :func:`tasklease.client._transport.run_flow` does.
+    Retries, and follows no redirect, as :func:`tasklease.client._transport.run_flow` does.
     """
     try:
         request = next(flow)
@@ -74,7 +74,8 @@ async def arun_flow(
             while True:
                 request.extensions.setdefault("timeout", client.timeout.as_dict())
                 try:
-                    response = await client.send(request)
+                    # Never on to where a redirect points (as run_flow).
+                    response = await client.send(request, follow_redirects=False)
                 except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                     attempt += 1
                     wait = retry.wait(attempt)

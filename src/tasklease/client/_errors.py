@@ -270,7 +270,8 @@ _BY_STATUS: dict[int, type[TaskleaseError]] = {
 
 
 def error_from_response(response: httpx.Response) -> TaskleaseError:
-    """The exception for a failed broker response (status >= 400).
+    """The exception for a failed broker response (status >= 400, or a redirect, which
+    the SDK does not follow).
 
     The class comes from the problem body's ``error_code`` when it is one the SDK knows,
     else from the HTTP status; ``code`` is always the broker's own code when it sent one.

@@ -104,7 +104,7 @@ def expect_json(response: httpx.Response) -> dict[str, Any]:
     Read as the verifier reads the broker's answers (:func:`bounds.json_document`): JSON
     nested deeper than the decoder goes is no JSON (``bad_response``), not the decoder's
     ``RecursionError``."""
-    if response.status_code >= 400:
+    if response.status_code >= 300:  # a redirect too: the SDK follows none (run_flow)
         raise error_from_response(response)
     try:
         data = bounds.json_document(response.content)
@@ -274,7 +274,7 @@ def release_flow(base_url: str, token: str) -> Flow[None]:
     leaves a live token behind, so it is raised.
     """
     response = yield json_request("POST", endpoint_url(base_url, "/v1/token/release"), None, token)
-    if response.status_code < 400:
+    if 200 <= response.status_code < 300:
         return
     error = error_from_response(response)
     if response.status_code == 401 and error.oauth_error == "invalid_token":

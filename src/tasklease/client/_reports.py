@@ -201,7 +201,12 @@ class OfflineReporter:
         try:
             while batch := self._queue.batch(MAX_BATCH):
                 try:
-                    response = client.post(self._url, json=request_body(batch), auth=self._auth)
+                    response = client.post(
+                        self._url,
+                        json=request_body(batch),
+                        auth=self._auth,
+                        follow_redirects=False,  # the reports carry credentials
+                    )
                 except httpx.HTTPError as exc:
                     _log.info("offline reports kept for later: %s", type(exc).__name__)
                     break
@@ -226,7 +231,9 @@ class OfflineReporter:
             while batch := self._queue.batch(MAX_BATCH):
                 try:
                     body = request_body(batch)
-                    response = await client.post(self._url, json=body, auth=self._auth)
+                    response = await client.post(
+                        self._url, json=body, auth=self._auth, follow_redirects=False
+                    )
                 except httpx.HTTPError as exc:
                     _log.info("offline reports kept for later: %s", type(exc).__name__)
                     break

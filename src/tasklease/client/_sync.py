@@ -141,7 +141,8 @@ class Agent(AgentBase):
         an ``ssl.SSLContext``) presents a client certificate on every connection; over a
         broker in ``mtls`` mode the token is bound to it (RFC 8705). ``client``: an
         ``httpx.Client`` of your own (its certificates, proxies, transport) that the
-        agent uses as it is and does not close.
+        agent uses as it is and does not close, but for redirects: the agent's requests
+        to the broker follow none (a redirect is an error).
 
         The client the agent builds (without ``client``) asks for the broker's answers
         uncompressed and refuses one compressed or over 1 MiB (a ``TransportError``,

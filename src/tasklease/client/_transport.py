@@ -39,7 +39,9 @@ def run_flow(
 ) -> T:
     """Drive a sans-I/O flow through ``client``; network failures become TransportError.
 
-    A 429 or 503, or a connection never made, is tried again as ``retry`` says. Each
+    Requests go to the URL they name and nowhere else: a redirect is not followed, also
+    by a ``client`` that follows them. A 429 or 503, or a connection never made, is tried
+    again as ``retry`` says. Each
     retry sends ``rebind(request)`` when given: the request with fresh single-use
     credentials (a DPoP proof, a client assertion). A request with a DPoP proof and no
     ``rebind`` is not retried.
@@ -51,7 +53,10 @@ def run_flow(
             while True:
                 request.extensions.setdefault("timeout", client.timeout.as_dict())
                 try:
-                    response = client.send(request)  # reads the body and closes the stream
+                    # Never on to where a redirect points (a client of the caller's own
+                    # may follow them): the body would go too, and its answer would be
+                    # taken for the broker's. A redirect is an answer, an error here.
+                    response = client.send(request, follow_redirects=False)
                 except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                     attempt += 1
                     wait = retry.wait(attempt)
