@@ -1263,6 +1263,21 @@ def test_find_revocations_is_a_point_read(store: Store) -> None:
     assert store.find_revocations([("agent", "nobody")]) == []
 
 
+def test_a_write_finds_a_revocation_committed_before_it_and_its_own(store: Store) -> None:
+    """``WriteTx.find_revocation``: what a write unit reads to decide on an entry another
+    unit (of its batch, or another process) committed before it."""
+    with store.write() as tx:
+        tx.insert_revocation(RevocationRecord("agent", "operator:alice", 10, NOW + 5))
+    with store.write() as tx:
+        found = tx.find_revocation("agent", "operator:alice")
+        assert found is not None and (found.revoked_at, found.seq) == (10, 1)
+        assert tx.find_revocation("chain", "operator:alice") is None
+        assert tx.find_revocation("agent", "operator:bob") is None
+        tx.insert_revocation(RevocationRecord("agent", "operator:bob", 20, NOW + 5))
+        own = tx.find_revocation("agent", "operator:bob")
+        assert own is not None and own.revoked_at == 20
+
+
 # -- operators ------------------------------------------------------------------------------
 
 

@@ -547,6 +547,13 @@ class Registration(Service):
                 raise InvalidDPoPProof("invalid DPoP proof", reason=PROOF_REPLAYED)
             if record is not None and not tx.consume_launch_token(lt_hash, now):
                 raise Unauthorized("consume launch token: launch token already consumed")
+            # Its creator ended since it was checked (removed, re-keyed, its tokens
+            # revoked): the end committed first, so it wins.
+            ended = "" if record is None else self._inputs.creator_revoked_in(tx, record)
+            if ended:
+                raise Unauthorized(
+                    "launch token: launch token revoked", reason=f"{ended} ({lt_hash[:12]})"
+                )
             if attested is not None:
                 used = attested.attested
                 # Single use within its validity: by a hash, never the evidence itself.

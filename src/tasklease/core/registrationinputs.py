@@ -4,7 +4,7 @@ parent, the attestation, the key binding (``cnf``), and the policy actor and aud
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from tasklease.core.attestation import AttestationOutcome, AttestationService
@@ -23,6 +23,7 @@ from tasklease.core.launch import LAUNCH_TOKEN_PATTERN, launch_token_hash
 from tasklease.core.lineage import app_ancestor
 from tasklease.core.policyrequest import Actor
 from tasklease.core.records import LaunchTokenRecord
+from tasklease.core.store import WriteTx
 from tasklease.rules import jws
 from tasklease.rules.binding import BindingError, DPoPNonceRequired, DPoPProof, DPoPVerifier
 from tasklease.rules.principals import creator_kind
@@ -157,7 +158,8 @@ class RegistrationInputs(Service):
         as every token's is when validated (the admin's: a start with another secret
         writes it before any worker starts, and an operator's revocation reaches every
         process within milliseconds), so a registration under the admin's launch token
-        costs no read more."""
+        costs no read more. Either way :meth:`creator_revoked_in` reads it again in the
+        registration's own transaction."""
         creator = record.created_by
         if held:
             at = self._kernel.revocations.revoked_at("agent", creator)
@@ -166,13 +168,16 @@ class RegistrationInputs(Service):
             ends = [
                 entry.revoked_at for entry in self._store.find_revocations([("agent", creator)])
             ]
-        for revoked_at in ends:
-            if record.created_at <= revoked_at:
-                return (
-                    f"launch token of {creator}, made by a token ended at {revoked_at:.0f} "
-                    "(its credential changed or its tokens were revoked)"
-                )
-        return ""
+        return _made_before_an_end(record, ends)
+
+    @staticmethod
+    def creator_revoked_in(tx: WriteTx, record: LaunchTokenRecord) -> str:
+        """:meth:`_creator_revoked` as the registration's own transaction sees it, under
+        its write lock: an end of the creator (its removal, a new credential or key, its
+        tokens revoked at level ``agent``: each writes that entry) committed after the
+        registration was checked, and before it is written, refuses it, on every replica."""
+        entry = tx.find_revocation("agent", record.created_by)
+        return _made_before_an_end(record, [] if entry is None else [entry.revoked_at])
 
     def attested(
         self,
@@ -282,3 +287,15 @@ def attested_suffix(attested: AttestationOutcome | None) -> str:
         f" attestor={used.attestor} type={used.type} subject={used.subject} "
         f"rule={attested.grant.rule} evidence={used.digest}"
     )
+
+
+def _made_before_an_end(record: LaunchTokenRecord, ends: Sequence[float]) -> str:
+    """Why ``record`` was made at or before one of its creator's ends (``revoked_at`` of
+    its ``agent``-level entries), or ""."""
+    for revoked_at in ends:
+        if record.created_at <= revoked_at:
+            return (
+                f"launch token of {record.created_by}, made by a token ended at "
+                f"{revoked_at:.0f} (its credential changed or its tokens were revoked)"
+            )
+    return ""

@@ -164,6 +164,12 @@ class WriteTx(Protocol):
         """
         ...
 
+    def find_revocation(self, level: str, target: str) -> RevocationRecord | None:
+        """The entry at ``level`` on ``target`` as this transaction sees it: committed
+        before its write lock was taken, or written by this transaction (an earlier unit
+        of its batch), or None."""
+        ...
+
     def get_agent_session(self, agent_id: str) -> AgentSession | None:
         """The session as this transaction sees it (read under its write lock)."""
         ...

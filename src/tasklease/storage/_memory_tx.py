@@ -273,6 +273,10 @@ class MemoryWriteTx:
         self._check_open()
         self._set(self._store._sessions, session.agent_id, session)
 
+    def find_revocation(self, level: str, target: str) -> RevocationRecord | None:
+        self._check_open()
+        return self._store._revocations.get(f"{level}\x00{target}")
+
     def raise_resumes(self, agent_id: str, resumes: int) -> bool | None:
         self._check_open()
         session = self._store._sessions.get(agent_id)

@@ -21,6 +21,7 @@ from tasklease.core.store import (
     OperatorRecord,
     PublishedBundle,
     ReferenceTokenRecord,
+    RevocationRecord,
     TenantRecord,
     TileAppend,
 )
@@ -31,6 +32,7 @@ from tasklease.storage._sql.dialect import (
     budget_from_row,
     grant_type_params,
     published_bundle_from_row,
+    revocation_from_row,
     session_from_row,
     tenant_params,
 )
@@ -260,6 +262,10 @@ class SQLWriteTx(Generic[_C]):
                 session.expires_at,
             ),
         )
+
+    def find_revocation(self, level: str, target: str) -> RevocationRecord | None:
+        row = self._db().execute(self.dialect.find_revocation, (level, target)).fetchone()
+        return None if row is None else revocation_from_row(row)
 
     def raise_resumes(self, agent_id: str, resumes: int) -> bool | None:
         db = self._db()
