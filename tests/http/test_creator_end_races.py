@@ -1,9 +1,10 @@
 # Would fail if: a registration checked while its launch token's creator stood, and
 # committed after the creator was ended (removed, re-keyed, its tokens revoked at level
-# agent), were admitted: an agent registered after the end was answered, and valid.
+# agent) or its app narrowed, were admitted: an agent registered after the change was
+# answered, and valid.
 """Races over real sockets, ``tasklease serve --workers 2`` on one SQLite file: ending a
-launch token's creator wins over the registrations in flight with it
-(docs/decisions.md 178, 185 and 220)."""
+launch token's creator, or narrowing its app, wins over the registrations in flight with
+it (docs/decisions.md 128, 178, 185 and 220)."""
 
 from __future__ import annotations
 
@@ -107,5 +108,33 @@ def test_an_apps_new_key_wins_over_registrations_in_flight(
             headers=broker.admin_headers(),
         ),
         "app_updated",
+    )
+    _assert_the_end_won(outcome)
+
+
+def test_narrowing_an_app_wins_over_registrations_in_flight(
+    start_broker: Callable[..., RunningBroker],
+) -> None:
+    broker = _two_workers(start_broker)
+    app = broker.create_app(["read:data:*", "write:data:*"])
+    launch = broker.launch_token(
+        ["read:data:*", "write:data:*"],
+        bearer=broker.app_token(app),
+        route="/v1/app/launch-tokens",
+        single_use=False,
+        max_uses=10_000,
+        ttl=600,
+    )
+    outcome = race_registrations(
+        [broker],
+        launch,
+        ["write:data:x"],
+        lambda: broker.client.put(
+            f"/v1/admin/apps/{app['app_id']}",
+            json={"scopes": ["read:data:*"]},
+            headers=broker.admin_headers(),
+        ),
+        "app_updated",
+        refused=frozenset({401, 403}),
     )
     _assert_the_end_won(outcome)

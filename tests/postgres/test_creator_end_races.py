@@ -1,7 +1,9 @@
 # Would fail if: a registration on one replica, checked while its launch token's creator
-# stood and committed after another replica ended the creator, were admitted.
-"""Two replicas on one PostgreSQL database: ending a launch token's creator on one wins
-over the registrations in flight with it on both (docs/decisions.md 220)."""
+# stood (or its app's ceiling allowed it) and committed after another replica ended the
+# creator (or narrowed the app), were admitted.
+"""Two replicas on one PostgreSQL database: ending a launch token's creator, or narrowing
+its app, on one wins over the registrations in flight with it on both
+(docs/decisions.md 128 and 220)."""
 
 from __future__ import annotations
 
@@ -42,3 +44,32 @@ def test_operator_removal_on_one_replica_wins_over_registrations_on_both(
     assert outcome.registered_before >= 1
     assert outcome.registered_after_end == [], outcome
     assert outcome.valid_after_end == [], outcome
+
+
+def test_narrowing_an_app_on_one_replica_wins_over_registrations_on_both(
+    pg_url: str, replicas: Replicas
+) -> None:
+    a, b = replicas(pg_url)
+    app = a.create_app(["read:data:*", "write:data:*"])
+    launch = a.launch_token(
+        ["read:data:*", "write:data:*"],
+        bearer=a.app_token(app),
+        route="/v1/app/launch-tokens",
+        single_use=False,
+        max_uses=10_000,
+        ttl=600,
+    )
+    outcome = race_registrations(
+        [a, b],
+        launch,
+        ["write:data:x"],
+        lambda: b.client.put(
+            f"/v1/admin/apps/{app['app_id']}",
+            json={"scopes": ["read:data:*"]},
+            headers=b.admin_headers(),
+        ),
+        "app_updated",
+        refused=frozenset({401, 403}),
+    )
+    assert outcome.registered_before >= 1
+    assert outcome.registered_after_end == [], outcome

@@ -89,6 +89,7 @@ from tasklease.core.store import Store, WriteTx
 from tasklease.core.tokenids import TokenIds
 from tasklease.core.tokens import Claims
 from tasklease.rules import grants as grant_rules
+from tasklease.rules.grants import TypeRule
 from tasklease.rules.issuance import (
     NEW_HOLDER,
     OPERATIONS,
@@ -372,14 +373,9 @@ class Kernel:
         """
         apps: tuple[AppRecord, ...] = ()
         if operation == "register":
-            apps, gone = self._apps_of(parent)
+            apps, gone = self._apps_of(parent, self.store.get_app)
             dead_ancestor = dead_ancestor or gone
-        ceilings = (d for app in apps for d in app.authorization_details)
-        names = {str(d.get("type")) for d in (*details, *parent.details, *ceilings)}
-        names.difference_update(grant_rules.BUILTIN_TYPES)
-        rules = self.grant_types.rules(names) if names else None
-        for app in apps:
-            parent = within_app(parent, app, rules)
+        parent, rules = self._within_apps(parent, apps, details)
         if holder_agent is not None:
             parent = replace(
                 parent,
@@ -452,13 +448,54 @@ class Kernel:
             )
         return issuance
 
-    def _apps_of(self, parent: Parent) -> tuple[tuple[AppRecord, ...], str]:
-        """The apps a registration's parent descends from, as they are now, and why one of
-        them is no longer alive ("" when all are): a registration is held to each app's
-        current ceiling, not to the one its launch token or attestor was made under."""
+    def held_to_apps(
+        self,
+        tx: WriteTx,
+        parent: Parent,
+        scope: tuple[str, ...],
+        details: tuple[Mapping[str, Any], ...],
+    ) -> str:
+        """Why a registration :meth:`check_issuance` admitted is no longer within the apps
+        its parent descends from, as its own write transaction reads them, locked ("" when
+        it is): an app removed, or narrowed below what it asks, by a change committed
+        after the check and before this write. Rule 4 of docs/authority.md, decided
+        again on the rows the transaction holds, so the change wins on every replica."""
+        if not app_ids(parent.lineage):
+            return ""
+        apps, gone = self._apps_of(parent, tx.get_app)
+        if gone:
+            return gone
+        held, rules = self._within_apps(parent, apps, details)
+        if within_ceiling(scope, details, held.scope, held.details, rules):
+            return ""
+        return f"its app's ceiling was narrowed meanwhile to {', '.join(held.scope) or '(none)'}"
+
+    def _within_apps(
+        self,
+        parent: Parent,
+        apps: tuple[AppRecord, ...],
+        details: tuple[Mapping[str, Any], ...],
+    ) -> tuple[Parent, Mapping[str, TypeRule] | None]:
+        """``parent`` held to every app's ceiling (:func:`within_app`), and the grant
+        types' rules that decide it."""
+        ceilings = (d for app in apps for d in app.authorization_details)
+        names = {str(d.get("type")) for d in (*details, *parent.details, *ceilings)}
+        names.difference_update(grant_rules.BUILTIN_TYPES)
+        rules = self.grant_types.rules(names) if names else None
+        for app in apps:
+            parent = within_app(parent, app, rules)
+        return parent, rules
+
+    def _apps_of(
+        self, parent: Parent, read: Callable[[str], AppRecord | None]
+    ) -> tuple[tuple[AppRecord, ...], str]:
+        """The apps a registration's parent descends from, as ``read`` finds them now, and
+        why one of them is no longer alive ("" when all are): a registration is held to
+        each app's current ceiling, not to the one its launch token or attestor was made
+        under."""
         apps = []
         for app_id in app_ids(parent.lineage):
-            app = self.store.get_app(app_id)
+            app = read(app_id)
             if app is None or app.status != "active":
                 return (), f"app {app_id} removed"
             apps.append(app)

@@ -460,6 +460,7 @@ class Registration(Service):
                 Unauthorized("launch token: launch token not found"),
                 replace(base, detail=f"{refusal.detail} ({lt_hash[:12]})"),
             ) from None
+        held = parent  # what the kernel held to its apps, again in the unit
         wait = self._kernel.reissue_wait("task", task, iat)
         if wait:
             # The task was revoked moments ago: its entry covers what every clock within
@@ -554,6 +555,10 @@ class Registration(Service):
                 raise Unauthorized(
                     "launch token: launch token revoked", reason=f"{ended} ({lt_hash[:12]})"
                 )
+            # Its app removed or narrowed since it was checked: the change wins too.
+            narrowed = self._kernel.held_to_apps(tx, held, scope, details)
+            if narrowed:
+                raise Unauthorized("registration refused", reason=f"{narrowed}{origin}")
             if attested is not None:
                 used = attested.attested
                 # Single use within its validity: by a hash, never the evidence itself.

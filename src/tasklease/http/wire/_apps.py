@@ -239,7 +239,8 @@ OPERATIONS = (
         "Changes the scope ceiling, the token TTL and/or the public key, all or none. Give "
         "at least one of them. A new or removed key revokes the app's live tokens (it "
         "signs in again); a narrower ceiling holds the registrations of the launch tokens "
-        "it made before. A deregistered app is not changed (409).",
+        "it made before, also those in flight when the change is answered. A deregistered "
+        "app is not changed (409).",
         admin(_SCOPE),
         App,
         request=AppUpdateRequest,
