@@ -278,6 +278,27 @@ def test_single_use_launch_token_is_consumed_once(store: Store) -> None:
     assert used.uses_left == 0
 
 
+def test_a_launch_token_whose_creator_was_ended_is_not_consumable(store: Store) -> None:
+    """An entry of level agent on the creator, at or after the token was made, ends it
+    (the registration's write reads it so); one made after the entry is not ended, nor is
+    another creator's."""
+    before = make_launch_token(1, created_by="operator:alice", single_use=False, max_uses=5)
+    after = make_launch_token(2, created_by="operator:alice", created_at=NOW + 20)
+    other = make_launch_token(3, created_by="operator:bob")
+    with store.write() as tx:
+        for token in (before, after, other):
+            tx.insert_launch_token(token)
+        assert tx.consume_launch_token(before.token_hash, NOW + 1) is True
+        tx.insert_revocation(RevocationRecord("agent", "operator:alice", int(NOW) + 10, NOW + 99))
+        # Its own batch's entry counts too.
+        assert tx.consume_launch_token(before.token_hash, NOW + 11) is False
+    with store.write() as tx:
+        assert tx.consume_launch_token(before.token_hash, NOW + 12) is False
+        assert tx.consume_launch_token(after.token_hash, NOW + 21) is True
+        assert tx.consume_launch_token(other.token_hash, NOW + 12) is True
+    assert store.get_launch_token(before.token_hash).uses == 1  # type: ignore[union-attr]
+
+
 def test_expired_launch_token_is_never_consumable(store: Store) -> None:
     single = make_launch_token(1)
     multi = make_launch_token(2, single_use=False)

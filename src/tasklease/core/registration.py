@@ -547,14 +547,14 @@ class Registration(Service):
             if proof is not None and not tx.consume_dpop_proof(proof.key, proof.expires_at):
                 raise InvalidDPoPProof("invalid DPoP proof", reason=PROOF_REPLAYED)
             if record is not None and not tx.consume_launch_token(lt_hash, now):
+                # Spent meanwhile, or its creator ended since it was checked (removed,
+                # re-keyed, its tokens revoked): the end committed first, so it wins.
+                ended = self._inputs.creator_revoked_in(tx, record)
+                if ended:
+                    raise Unauthorized(
+                        "launch token: launch token revoked", reason=f"{ended} ({lt_hash[:12]})"
+                    )
                 raise Unauthorized("consume launch token: launch token already consumed")
-            # Its creator ended since it was checked (removed, re-keyed, its tokens
-            # revoked): the end committed first, so it wins.
-            ended = "" if record is None else self._inputs.creator_revoked_in(tx, record)
-            if ended:
-                raise Unauthorized(
-                    "launch token: launch token revoked", reason=f"{ended} ({lt_hash[:12]})"
-                )
             # Its app removed or narrowed since it was checked: the change wins too.
             narrowed = self._kernel.held_to_apps(tx, held, scope, details)
             if narrowed:

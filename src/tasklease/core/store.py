@@ -134,8 +134,10 @@ class WriteTx(Protocol):
     def consume_launch_token(self, token_hash: str, now: float) -> bool:
         """Atomically take one use of a launch token.
 
-        True iff it existed, was unexpired at ``now`` and had a use left; the use is
-        counted (``uses``), and taking the last one sets ``consumed_at`` to ``now``. Of
+        True iff it existed, was unexpired at ``now``, had a use left and its creator was
+        not ended since it was made (no ``agent``-level revocation of ``created_by`` with
+        ``revoked_at`` at or after ``created_at``, as this transaction sees them); the use
+        is counted (``uses``), and taking the last one sets ``consumed_at`` to ``now``. Of
         any number of concurrent callers, exactly as many win as it had uses left.
         """
         ...

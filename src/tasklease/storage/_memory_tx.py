@@ -176,6 +176,9 @@ class MemoryWriteTx:
         record = tokens.get(token_hash)
         if record is None or record.expires_at <= now or record.uses >= record.max_uses:
             return False
+        ended = self._store._revocations.get(f"agent\x00{record.created_by}")
+        if ended is not None and ended.revoked_at >= record.created_at:
+            return False
         uses = record.uses + 1
         used_up = now if uses >= record.max_uses else record.consumed_at
         self._set(tokens, token_hash, dataclasses.replace(record, uses=uses, consumed_at=used_up))

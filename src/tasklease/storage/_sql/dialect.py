@@ -365,10 +365,17 @@ class Dialect(RowConversions):
         )
         self.insert_launch_token = q(f"{insert('launch_tokens', _LAUNCH)} ON CONFLICT DO NOTHING")
         # One use taken, and the time of the last one recorded, in one conditional UPDATE.
+        # Not for a token whose creator was ended at or after it was made (an entry of
+        # level agent on its creator): read in the same statement, so it costs no round
+        # trip (WriteTx.consume_launch_token).
         self.consume_launch_token = q(
             "UPDATE launch_tokens SET uses = uses + 1,"
             " consumed_at = CASE WHEN uses + 1 >= max_uses THEN ? ELSE consumed_at END"
             f" WHERE {t} AND token_hash = ? AND uses < max_uses AND expires_at > ?"
+            " AND NOT EXISTS (SELECT 1 FROM revocations r"
+            " WHERE r.tenant_id = launch_tokens.tenant_id AND r.level = 'agent'"
+            " AND r.target = launch_tokens.created_by"
+            " AND r.revoked_at >= launch_tokens.created_at)"
         )
         self.consume_nonce = q(
             f"{insert('used_nonces', 'nonce_hash, expires_at')}"
