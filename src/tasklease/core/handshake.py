@@ -68,6 +68,7 @@ from tasklease.core.signing import SigningKeys
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
 from tasklease.rules import jws
+from tasklease.rules.chainverify import Hop
 from tasklease.rules.claims import is_expired
 
 __all__ = ["Handshakes"]
@@ -77,12 +78,6 @@ _FAILED = "mutual authentication failed"
 _INITIATOR_HELD = "ini_held"  # the ticket claims naming what _Presented reads
 _RESPONDER_HELD = "rsp_held"
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class _Hop:
-    agent: str
-    delegated_at: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +93,7 @@ class _Presented:
     exp: int
     task_id: str
     lineage: tuple[str, ...]
-    delegation_chain: tuple[_Hop, ...]
+    delegation_chain: tuple[Hop, ...]
 
 
 def _presented(claims: Claims) -> dict[str, Any]:
@@ -142,7 +137,7 @@ def _read_presented(ticket: dict[str, Any], name: str, sub: str) -> _Presented:
         )
     ):
         raise ProofRejected(f"ticket with a malformed {name}")
-    hops = tuple(_Hop(agent, at) for agent, at in chain)
+    hops = tuple(Hop(agent, at) for agent, at in chain)
     return _Presented(jti, sub, iat, oiat, exp, task, tuple(lineage), hops)
 
 
