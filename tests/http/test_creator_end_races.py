@@ -12,6 +12,7 @@ import base64
 import secrets
 from collections.abc import Callable
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -55,36 +56,25 @@ def _assert_the_end_won(outcome: Outcome) -> None:
     assert outcome.valid_after_end == [], outcome
 
 
-def test_operator_removal_wins_over_registrations_in_flight(
-    start_broker: Callable[..., RunningBroker],
+@pytest.mark.parametrize("end", ["removal", "agent_revocation"])
+def test_an_operators_end_wins_over_registrations_in_flight(
+    start_broker: Callable[..., RunningBroker], end: str
 ) -> None:
     broker = _two_workers(start_broker)
     name, bearer = _operator(broker)
     launch = _many_uses(broker, bearer)
-    outcome = race_registrations(
-        [broker],
-        launch,
-        SCOPE,
-        lambda: broker.client.delete(f"/v1/admin/operators/{name}", headers=broker.admin_headers()),
-        "operator_removed",
-    )
-    _assert_the_end_won(outcome)
 
+    def removal() -> httpx.Response:
+        return broker.client.delete(f"/v1/admin/operators/{name}", headers=broker.admin_headers())
 
-def test_an_operators_agent_level_revocation_wins_over_registrations_in_flight(
-    start_broker: Callable[..., RunningBroker],
-) -> None:
-    broker = _two_workers(start_broker)
-    name, bearer = _operator(broker)
-    launch = _many_uses(broker, bearer)
-    outcome = race_registrations(
-        [broker],
-        launch,
-        SCOPE,
-        lambda: broker.revoke("agent", f"operator:{name}"),
-        "token_revoked",
-    )
-    _assert_the_end_won(outcome)
+    def agent_revocation() -> httpx.Response:
+        return broker.revoke("agent", f"operator:{name}")
+
+    ending, event = {
+        "removal": (removal, "operator_removed"),
+        "agent_revocation": (agent_revocation, "token_revoked"),
+    }[end]
+    _assert_the_end_won(race_registrations([broker], launch, SCOPE, ending, event))
 
 
 def test_an_apps_new_key_wins_over_registrations_in_flight(
