@@ -130,7 +130,7 @@ def test_a_token_is_dead_at_its_exp_while_the_broker_is_away(running: RunningBro
         transport=httpx.MockTransport(lambda r: seen.append(r) or httpx.Response(200))
     )
     with service, pytest.raises(CredentialExpired):
-        service.get("http://resource.invalid/data", auth=agent.auth)
+        service.get("https://resource.invalid/data", auth=agent.auth)
     assert seen == []
     agent.close()
 

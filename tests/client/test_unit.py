@@ -140,6 +140,7 @@ def test_exported_members() -> None:
         "Forbidden",
         "Handshake",
         "HeartbeatStatus",
+        "InsecureHTTP",
         "InsufficientScope",
         "InternalError",
         "InvalidClient",

@@ -18,7 +18,10 @@ agents); :class:`AdminClient` is for operators (and the ``tasklease`` CLI);
 Credentials go only over ``https://``, or ``http://`` to a loopback host: any other
 ``http://`` broker URL is refused with ``ValueError`` before a request, unless the caller
 passes ``insecure_http=True`` or sets ``TASKLEASE_INSECURE_HTTP=1`` (then an
-:class:`~tasklease.rules.cleartext.InsecureHTTPWarning`, once per URL).
+:class:`~tasklease.rules.cleartext.InsecureHTTPWarning`, once per URL). Every ``auth``
+applies the same rule to each request it is given, with the opt-in its agent (or
+credential) was made with: such a request raises :class:`InsecureHTTP` before the token
+is attached or anything sent; so does :func:`discover` for such a resource.
 
 Every error is a :class:`TaskleaseError` whose subclass mirrors the broker's
 ``error_code``; network failures raise :class:`TransportError`. Requests answered 429
@@ -45,6 +48,7 @@ from tasklease.client._errors import (
     Conflict,
     CredentialExpired,
     Forbidden,
+    InsecureHTTP,
     InsufficientScope,
     InternalError,
     InvalidClient,
@@ -92,6 +96,7 @@ __all__ = [
     "Forbidden",
     "Handshake",
     "HeartbeatStatus",
+    "InsecureHTTP",
     "InsufficientScope",
     "InternalError",
     "InvalidClient",

@@ -22,7 +22,7 @@ import nacl.signing
 from tasklease.client._agentbase import AgentBase
 from tasklease.client._attest import KUBERNETES_TOKEN_PATH, attestation, kubernetes_token
 from tasklease.client._bounded import AnswerRefused, bounded_async_client
-from tasklease.client._brokerurl import check_broker_url
+from tasklease.client._brokerurl import check_broker_url, check_request_url
 from tasklease.client._compat import dual
 from tasklease.client._errors import RateLimited, TaskleaseError, TransportError, Unavailable
 from tasklease.client._flows import (
@@ -101,7 +101,8 @@ async def arun_flow(
 
 
 class _AsyncAgentAuth(httpx.Auth):
-    """Attach the agent's current token, renewing it first when it is about to expire."""
+    """Attach the agent's current token, renewing it first when it is about to expire;
+    never on a request over plain HTTP beyond loopback without the agent's opt-in."""
 
     def __init__(self, agent: AsyncAgent) -> None:
         self._agent = agent
@@ -115,6 +116,7 @@ class _AsyncAgentAuth(httpx.Auth):
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        check_request_url(request.url, self._agent._insecure_http)
         await self._agent.ensure_fresh()
         request.headers["Authorization"] = f"Bearer {self._agent.token}"
         dpop = self._agent._credential.dpop
@@ -137,10 +139,13 @@ class AsyncDelegatedToken:
         agent_id: str,
         scope: Sequence[str],
         clock: Clock,
+        *,
+        insecure_http: bool | None = None,
     ) -> None:
         self._client = client
         self._base_url = base_url
         self._clock = clock
+        self._insecure_http = insecure_http
         self.token = delegation.token
         self.agent_id = agent_id
         self.scope: tuple[str, ...] = tuple(scope)
@@ -153,7 +158,9 @@ class AsyncDelegatedToken:
 
     @property
     def auth(self) -> httpx.Auth:
-        return dual(BearerAuth)(self.token)
+        """As :attr:`tasklease.client.DelegatedToken.auth` (for httpx and httpx2 clients,
+        sync or async)."""
+        return dual(BearerAuth)(self.token, insecure_http=self._insecure_http)
 
     async def delegate(
         self, delegate_to: str, scope: Sequence[str], ttl: int | None = None
@@ -162,7 +169,13 @@ class AsyncDelegatedToken:
         flow = delegate_flow(self._base_url, self.token, delegate_to, scope, ttl)
         delegation = await arun_flow(self._client, flow)
         return AsyncDelegatedToken(
-            self._client, self._base_url, delegation, delegate_to, scope, self._clock
+            self._client,
+            self._base_url,
+            delegation,
+            delegate_to,
+            scope,
+            self._clock,
+            insecure_http=self._insecure_http,
         )
 
     async def release(self) -> None:
@@ -204,6 +217,7 @@ class AsyncAgent(AgentBase):
         *,
         owns_client: bool,
         key: nacl.signing.SigningKey | None = None,
+        insecure_http: bool | None = None,
     ) -> None:
         """Internal: use :meth:`AsyncAgent.register` or :meth:`AsyncAgent.resume`."""
         self._client = client
@@ -211,6 +225,7 @@ class AsyncAgent(AgentBase):
         self._owns_client = owns_client
         self._lock = asyncio.Lock()
         self._key = key
+        self._insecure_http = insecure_http
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -275,7 +290,7 @@ class AsyncAgent(AgentBase):
             mtls=cert is not None,
             resume=functools.partial(resume_flow, broker_url, registration.agent_id, signing_key),
         )
-        return cls(http, credential, owns_client=owns, key=signing_key)
+        return cls(http, credential, owns_client=owns, key=signing_key, insecure_http=insecure_http)
 
     @classmethod
     async def from_kubernetes(
@@ -316,7 +331,9 @@ class AsyncAgent(AgentBase):
 
     @property
     def auth(self) -> httpx.Auth:
-        """An ``httpx.Auth`` for ``httpx.AsyncClient``; renews when due (see ``Agent.auth``)."""
+        """An ``httpx.Auth`` for ``httpx.AsyncClient``; renews when due, and refuses plain
+        HTTP beyond loopback without the agent's opt-in (``InsecureHTTP``), as
+        ``Agent.auth``."""
         return dual(_AsyncAgentAuth)(self)
 
     async def _run(self, flow: Flow[T], retry: Retry | None = None) -> T:
@@ -399,7 +416,7 @@ class AsyncAgent(AgentBase):
             mtls=cert is not None,
             resume=functools.partial(resume_flow, broker_url, registration.agent_id, key),
         )
-        return cls(http, credential, owns_client=owns, key=key)
+        return cls(http, credential, owns_client=owns, key=key, insecure_http=insecure_http)
 
     async def handshake(self, peer_id: str, exchange: Exchange) -> Handshake:
         """As :meth:`tasklease.client.Agent.handshake`; ``exchange`` is called as is
@@ -492,6 +509,7 @@ class AsyncAgent(AgentBase):
             delegate_to,
             scope,
             self._credential.clock,
+            insecure_http=self._insecure_http,
         )
 
     async def exchange(
@@ -516,7 +534,10 @@ class AsyncAgent(AgentBase):
         """As :meth:`tasklease.client.Agent.auth_for`, for ``AsyncClient`` (httpx or
         httpx2, the ``mcp`` package's client)."""
         auth: httpx.Auth = dual(AsyncResourceAuth)(
-            lambda: self.exchange(resource, scope), self._credential.clock, margin
+            lambda: self.exchange(resource, scope),
+            self._credential.clock,
+            margin,
+            insecure_http=self._insecure_http,
         )
         return auth
 

@@ -29,7 +29,10 @@ answer at all) raise :class:`TransportError`.
     ├── RateLimited                rate_limited (``retry_after`` seconds)
     ├── Unavailable                service_unavailable
     ├── InternalError              internal_error and other 5xx answers
-    └── TransportError             the broker could not be reached
+    ├── TransportError             the broker could not be reached
+    └── InsecureHTTP               insecure_http: the SDK would send a credential (or
+                                   fetch what decides where its tokens go) over plain
+                                   HTTP beyond loopback without an opt-in; nothing sent
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ __all__ = [
     "Conflict",
     "CredentialExpired",
     "Forbidden",
+    "InsecureHTTP",
     "InsufficientScope",
     "InternalError",
     "InvalidClient",
@@ -228,6 +232,17 @@ class TransportError(TaskleaseError):
     """The broker could not be reached (connection refused, timeout, TLS failure...)."""
 
     code = "transport_error"
+
+
+class InsecureHTTP(TaskleaseError):
+    """Refused by the SDK itself, before anything was sent: the request would carry the
+    agent's token (or another credential) over plain HTTP to a host beyond loopback, or
+    fetch a resource's metadata, which chooses the servers the agent then trusts, that way
+    (``tasklease.rules.cleartext``, decision 151). Use ``https://`` or a loopback host;
+    on a network you trust, opt in with ``insecure_http=True`` where the agent (or the
+    credential) was made, or ``TASKLEASE_INSECURE_HTTP=1``. Never a broker's answer."""
+
+    code = "insecure_http"
 
 
 _BY_CODE: dict[str, type[TaskleaseError]] = {

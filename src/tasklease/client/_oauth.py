@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from tasklease import bounds
+from tasklease.client._brokerurl import METADATA, check_request_url
 from tasklease.client._errors import InvalidRequest, TaskleaseError
 from tasklease.client._flows import Clock, Flow, expect_json
 from tasklease.client._holder import DPoPKey
@@ -131,12 +132,22 @@ def _present(request: httpx.Request, token: ResourceToken) -> httpx.Request:
 
 class ResourceAuth(httpx.Auth):
     """Presents a token for one resource, exchanged from the agent's own when due
-    (``margin`` seconds before it expires) and once more when the resource answers 401."""
+    (``margin`` seconds before it expires) and once more when the resource answers 401;
+    never on a request over plain HTTP beyond loopback without ``insecure_http`` (checked
+    before any exchange)."""
 
-    def __init__(self, fetch: Callable[[], ResourceToken], clock: Clock, margin: float) -> None:
+    def __init__(
+        self,
+        fetch: Callable[[], ResourceToken],
+        clock: Clock,
+        margin: float,
+        *,
+        insecure_http: bool | None = None,
+    ) -> None:
         self._fetch = fetch
         self._clock = clock
         self._margin = margin
+        self._insecure_http = insecure_http
         self._token: ResourceToken | None = None
         self._lock = threading.Lock()
 
@@ -149,6 +160,7 @@ class ResourceAuth(httpx.Auth):
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
+        check_request_url(request.url, self._insecure_http)
         used = self._current()
         response = yield _present(request, used)
         if response.status_code == 401 and self._token is used:
@@ -165,11 +177,17 @@ class AsyncResourceAuth(httpx.Auth):
     """The async twin of :class:`ResourceAuth`, for ``AsyncClient`` (httpx or httpx2)."""
 
     def __init__(
-        self, fetch: Callable[[], Awaitable[ResourceToken]], clock: Clock, margin: float
+        self,
+        fetch: Callable[[], Awaitable[ResourceToken]],
+        clock: Clock,
+        margin: float,
+        *,
+        insecure_http: bool | None = None,
     ) -> None:
         self._fetch = fetch
         self._clock = clock
         self._margin = margin
+        self._insecure_http = insecure_http
         self._token: ResourceToken | None = None
         self._lock = asyncio.Lock()
 
@@ -188,6 +206,7 @@ class AsyncResourceAuth(httpx.Auth):
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        check_request_url(request.url, self._insecure_http)
         used = await self._current()
         response = yield _present(request, used)
         if response.status_code == 401 and self._token is used:
@@ -286,7 +305,7 @@ def _encloses(named: str, called: str) -> bool:
 
 
 def discover_flow(
-    resource: str, *, metadata_url: str | None = None
+    resource: str, *, metadata_url: str | None = None, insecure_http: bool | None = None
 ) -> Generator[httpx.Request, httpx.Response, ProtectedResource]:
     """Fetch and check the metadata of ``resource`` and of its authorization servers.
 
@@ -299,10 +318,17 @@ def discover_flow(
     An authorization server named by a URL that is malformed (or has a query), not over
     https (or http to loopback), or whose token endpoint is either, is left out.
 
+    The resource's document, which chooses those servers, is read over https, or http to
+    loopback; from any other ``http://`` URL only with ``insecure_http`` (None: as
+    ``TASKLEASE_INSECURE_HTTP`` says), announced once per server by an
+    ``InsecureHTTPWarning`` (``rules.cleartext``).
+
     Raises:
         TaskleaseError: (``bad_metadata``) the resource's document is missing or names
             another resource, or ``metadata_url`` (which a resource server's
             ``WWW-Authenticate`` names) is not an http(s) URL.
+        InsecureHTTP: the document's URL is plain HTTP beyond loopback without the
+            opt-in; nothing was fetched.
     """
     if metadata_url is not None and not _http_url(metadata_url):
         raise TaskleaseError(
@@ -310,6 +336,7 @@ def discover_flow(
             code="bad_metadata",
         )
     url = metadata_url or well_known_url(resource, "oauth-protected-resource")
+    check_request_url(url, insecure_http, what=METADATA, named="resource metadata URL")
     document = expect_json((yield _get(url)))
     named = document.get("resource")
     if not isinstance(named, str) or not (

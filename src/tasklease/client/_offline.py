@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import nacl.signing
 
+from tasklease.client._brokerurl import check_request_url
 from tasklease.client._errors import ScopeViolation, TaskleaseError
 from tasklease.client._holder import DPoPKey
 from tasklease.rules import attenuation
@@ -93,10 +94,14 @@ def _holder(credential: str) -> str:
 
 
 class _ChainAuth(httpx.Auth):
+    """Presents the chain with a fresh proof; never on a request over plain HTTP beyond
+    loopback without the credential's ``insecure_http`` (``_brokerurl``)."""
+
     def __init__(self, credential: OfflineCredential) -> None:
         self._credential = credential
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        check_request_url(request.url, self._credential._insecure_http)
         request.headers.update(self._credential.headers(request.method, str(request.url)))
         yield request
 
@@ -106,6 +111,8 @@ class OfflineCredential:
 
     ``chain`` is the ``tla1~...`` text; ``key`` the delegate's Ed25519 signing key (the
     block's ``key`` must be its public key). ``clock`` dates DPoP proofs.
+    ``insecure_http``: whether :attr:`auth` may present the chain over plain HTTP beyond
+    loopback (True), never (False), or as ``TASKLEASE_INSECURE_HTTP`` says (None).
 
     Raises:
         TaskleaseError: code ``invalid_chain`` when the chain is malformed, its blocks do
@@ -118,6 +125,7 @@ class OfflineCredential:
         key: nacl.signing.SigningKey,
         *,
         clock: Callable[[], float] = time.time,
+        insecure_http: bool | None = None,
     ) -> None:
         try:
             decoded = attenuation.decode(chain)
@@ -131,6 +139,7 @@ class OfflineCredential:
             )
         self.chain = chain
         self._key = key
+        self._insecure_http = insecure_http
         self._clock = clock
         self._dpop = DPoPKey(key, clock=clock)
         leaf = steps[-1]
@@ -176,7 +185,14 @@ class OfflineCredential:
 
     @property
     def auth(self) -> httpx.Auth:
-        """An ``httpx.Auth`` presenting the chain on every request (a fresh proof each)."""
+        """An ``httpx.Auth`` presenting the chain on every request (a fresh proof each):
+        over ``https://``, or ``http://`` to a loopback host; to any other ``http://`` URL
+        only with ``insecure_http`` (or ``TASKLEASE_INSECURE_HTTP=1``), then with an
+        ``InsecureHTTPWarning`` once per server.
+
+        Raises (from the request call): InsecureHTTP for such a URL without the opt-in,
+        before the chain is attached or anything sent.
+        """
         return _ChainAuth(self)
 
     @property

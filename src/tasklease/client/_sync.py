@@ -22,7 +22,7 @@ from tasklease.client._attest import (
     kubernetes_token,
 )
 from tasklease.client._bounded import bounded_client
-from tasklease.client._brokerurl import check_broker_url
+from tasklease.client._brokerurl import check_broker_url, check_request_url
 from tasklease.client._compat import dual
 from tasklease.client._errors import RateLimited, TaskleaseError, TransportError, Unavailable
 from tasklease.client._flows import (
@@ -55,7 +55,8 @@ _log = logging.getLogger("tasklease.client")
 
 
 class _AgentAuth(httpx.Auth):
-    """Attach the agent's current token, renewing it first when it is about to expire."""
+    """Attach the agent's current token, renewing it first when it is about to expire;
+    never on a request over plain HTTP beyond loopback without the agent's opt-in."""
 
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
@@ -63,6 +64,7 @@ class _AgentAuth(httpx.Auth):
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
+        check_request_url(request.url, self._agent._insecure_http)
         self._agent.ensure_fresh()
         request.headers["Authorization"] = f"Bearer {self._agent.token}"
         dpop = self._agent._credential.dpop
@@ -92,6 +94,7 @@ class Agent(AgentBase):
         *,
         owns_client: bool,
         key: nacl.signing.SigningKey | None = None,
+        insecure_http: bool | None = None,
     ):
         """Internal: use :meth:`Agent.register` or :meth:`Agent.resume`."""
         self._client = client
@@ -99,6 +102,7 @@ class Agent(AgentBase):
         self._owns_client = owns_client
         self._lock = threading.Lock()
         self._key = key
+        self._insecure_http = insecure_http
         self._heartbeat_stop: threading.Event | None = None
         self._heartbeat_thread: threading.Thread | None = None
 
@@ -166,6 +170,10 @@ class Agent(AgentBase):
         ``broker_url`` is ``https://``, or ``http://`` to a loopback host (``localhost``,
         127.0.0.0/8, ``::1``), also with a ``client`` of your own; ``insecure_http`` opts
         in to plain HTTP beyond loopback as :class:`~tasklease.client.AdminClient`'s does.
+        The agent keeps that choice for the token it presents: :attr:`auth`,
+        :meth:`auth_for` and its delegated tokens' ``auth`` put the token on a request
+        over plain HTTP beyond loopback only with it (None: as
+        ``TASKLEASE_INSECURE_HTTP`` says at the time of the request).
 
         Raises:
             ValueError: ``broker_url`` is plain HTTP beyond loopback without an opt-in
@@ -213,7 +221,7 @@ class Agent(AgentBase):
             mtls=cert is not None,
             resume=functools.partial(resume_flow, broker_url, registration.agent_id, signing_key),
         )
-        return cls(http, credential, owns_client=owns, key=signing_key)
+        return cls(http, credential, owns_client=owns, key=signing_key, insecure_http=insecure_http)
 
     @classmethod
     def from_kubernetes(
@@ -284,9 +292,15 @@ class Agent(AgentBase):
     def auth(self) -> httpx.Auth:
         """An ``httpx.Auth`` for ``httpx.Client`` that renews when due, then attaches the token.
 
-        Raises (from the request call): RenewalLimitReached once the broker refuses to
-        renew (the token is then used until it expires, then the same error is raised);
-        Unauthorized after :meth:`release`.
+        The token goes over ``https://``, or ``http://`` to a loopback host; to any other
+        ``http://`` URL only with the opt-in the agent was made with (``insecure_http``
+        of :meth:`register` or :meth:`resume`, or ``TASKLEASE_INSECURE_HTTP=1``), then
+        with an ``InsecureHTTPWarning`` once per server.
+
+        Raises (from the request call): InsecureHTTP for such a URL without the opt-in,
+        before the token is attached or anything sent (nor renewed); RenewalLimitReached
+        once the broker refuses to renew (the token is then used until it expires, then
+        the same error is raised); Unauthorized after :meth:`release`.
         """
         return dual(_AgentAuth)(self)
 
@@ -414,7 +428,7 @@ class Agent(AgentBase):
             mtls=cert is not None,
             resume=functools.partial(resume_flow, broker_url, registration.agent_id, key),
         )
-        return cls(http, credential, owns_client=owns, key=key)
+        return cls(http, credential, owns_client=owns, key=key, insecure_http=insecure_http)
 
     def handshake(self, peer_id: str, exchange: Exchange) -> Handshake:
         """Mutually authenticate with the agent ``peer_id`` through the broker.
@@ -532,6 +546,7 @@ class Agent(AgentBase):
             delegate_to,
             scope,
             self._credential.clock,
+            insecure_http=self._insecure_http,
         )
 
     def exchange(
@@ -563,9 +578,15 @@ class Agent(AgentBase):
     ) -> httpx.Auth:
         """An ``httpx.Auth`` (also an ``httpx2.Auth`` when httpx2 is installed) presenting
         a token for ``resource`` from :meth:`exchange`, exchanged again ``margin`` seconds
-        before it expires and once when the resource answers 401."""
+        before it expires and once when the resource answers 401.
+
+        Over plain HTTP beyond loopback as :attr:`auth`: the request call raises
+        InsecureHTTP, before any exchange, unless the agent was made with the opt-in."""
         auth: httpx.Auth = dual(ResourceAuth)(
-            lambda: self.exchange(resource, scope), self._credential.clock, margin
+            lambda: self.exchange(resource, scope),
+            self._credential.clock,
+            margin,
+            insecure_http=self._insecure_http,
         )
         return auth
 

@@ -12,6 +12,7 @@ from typing import TypeVar
 import httpx
 
 from tasklease.client._bounded import AnswerRefused, bounded_client
+from tasklease.client._brokerurl import check_request_url
 from tasklease.client._compat import dual
 from tasklease.client._errors import TaskleaseError, TransportError
 from tasklease.client._flows import Clock, Delegation, Flow, delegate_flow, release_flow
@@ -88,12 +89,15 @@ def auth_headers(dpop: DPoPKey | None, token: str, method: str, url: str) -> dic
 
 
 class BearerAuth(httpx.Auth):
-    """Attach a fixed bearer token (a delegated token: it is not renewed)."""
+    """Attach a fixed bearer token (a delegated token: it is not renewed); never on a
+    request over plain HTTP beyond loopback without ``insecure_http`` (``_brokerurl``)."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, *, insecure_http: bool | None = None) -> None:
         self._token = token
+        self._insecure_http = insecure_http
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        check_request_url(request.url, self._insecure_http)
         request.headers["Authorization"] = f"Bearer {self._token}"
         yield request
 
@@ -122,6 +126,7 @@ class DelegatedToken:
 
     ``token`` works as a bearer token (``bearer_header``, ``auth``) until ``expires_at``;
     it is not renewed. It can be delegated further (narrowing again) and released.
+    ``insecure_http`` is the delegating agent's choice, which ``auth`` follows.
     """
 
     def __init__(
@@ -132,10 +137,13 @@ class DelegatedToken:
         agent_id: str,
         scope: Sequence[str],
         clock: Clock,
+        *,
+        insecure_http: bool | None = None,
     ) -> None:
         self._client = client
         self._base_url = base_url
         self._clock = clock
+        self._insecure_http = insecure_http
         self.token = delegation.token
         self.agent_id = agent_id
         self.scope: tuple[str, ...] = tuple(scope)
@@ -149,8 +157,14 @@ class DelegatedToken:
 
     @property
     def auth(self) -> httpx.Auth:
-        """An ``httpx.Auth`` that attaches this token."""
-        return dual(BearerAuth)(self.token)
+        """An ``httpx.Auth`` that attaches this token: over ``https://``, or ``http://``
+        to a loopback host; to any other ``http://`` URL only with the opt-in of the agent
+        that delegated it (its ``insecure_http``, or ``TASKLEASE_INSECURE_HTTP=1``).
+
+        Raises (from the request call): InsecureHTTP for such a URL without the opt-in,
+        before the token is attached or anything sent.
+        """
+        return dual(BearerAuth)(self.token, insecure_http=self._insecure_http)
 
     def delegate(
         self, delegate_to: str, scope: Sequence[str], ttl: int | None = None
@@ -167,7 +181,13 @@ class DelegatedToken:
         flow = delegate_flow(self._base_url, self.token, delegate_to, scope, ttl)
         delegation = run_flow(self._client, flow)
         return DelegatedToken(
-            self._client, self._base_url, delegation, delegate_to, scope, self._clock
+            self._client,
+            self._base_url,
+            delegation,
+            delegate_to,
+            scope,
+            self._clock,
+            insecure_http=self._insecure_http,
         )
 
     def release(self) -> None:

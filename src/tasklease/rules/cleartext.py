@@ -1,7 +1,9 @@
 """Where a credential may go over plain HTTP: to this machine only, unless asked.
 
 The one rule of every side that sends a credential to a broker (the agent SDK, the
-verifier's feed, the ``tasklease`` CLI) and of what ``serve`` and ``doctor`` call local:
+verifier's feed, the ``tasklease`` CLI), of the SDK's ``auth`` objects that present a
+token to resource servers and of its ``discover`` (``client._brokerurl``), and of what
+``serve`` and ``doctor`` call local:
 ``https`` always; ``http`` only to a loopback host (``localhost``, 127.0.0.0/8, ``::1``),
 since anything else crosses a network in clear. Beyond loopback, plain HTTP is an explicit
 opt-in (``insecure_http=True``, or ``TASKLEASE_INSECURE_HTTP=1`` in the environment), and
@@ -40,7 +42,8 @@ _NO = frozenset({"", "0", "false", "f", "no", "n", "off"})
 
 
 class InsecureHTTPWarning(UserWarning):
-    """Credentials go to a broker beyond loopback over plain HTTP, as the caller asked.
+    """Credentials go to a host beyond loopback over plain HTTP (a broker, or a resource
+    server through an SDK ``auth``), as the caller asked.
 
     Issued once per URL and process. Silence it, once the choice is made for good, with
     ``warnings.filterwarnings("ignore", category=InsecureHTTPWarning)``.
@@ -100,13 +103,15 @@ def check_credential_url(
     *,
     insecure_http: bool | None,
     environ: Mapping[str, str],
-    what: tuple[str, str] = _CREDENTIALS,
+    what: tuple[str, str] | None = None,
+    named: str = "broker URL",
 ) -> None:
     """Refuse to send credentials to ``url`` over plain HTTP beyond loopback, unless the
     caller opted in; then warn, once per URL in this process.
 
-    ``what``: what is at stake, as the refusal and the warning say it (by default the
+    ``what``: what is at stake, as the refusal and the warning say it (None: the
     credentials sent; :data:`KEYS_ONLY` for a client that trusts the keys it fetches).
+    ``named``: what the URL is, as the refusal names it (a broker's, by default).
 
     ``insecure_http``: True allows it, False refuses it whatever the environment says,
     None leaves it to ``environ[INSECURE_HTTP_ENV]`` (read only for such a URL). A URL of
@@ -119,6 +124,7 @@ def check_credential_url(
     scheme, host = url.scheme.lower(), url.host
     if scheme != "http" or may_carry_credentials(scheme, host):
         return
+    stake = _CREDENTIALS if what is None else what
     shown = f"{scheme}://{url.netloc.decode('ascii', 'replace')}{url.path}".rstrip("/")
     if insecure_http is None:
         value = environ.get(INSECURE_HTTP_ENV, "").strip().lower()
@@ -130,8 +136,8 @@ def check_credential_url(
         source, allowed = "insecure_http=True", insecure_http
     if not allowed:
         raise ValueError(
-            f"broker URL {shown} is plain HTTP to {host}, which is not a loopback address: "
-            f"{what[0]}. Use https://, or "
+            f"{named} {shown} is plain HTTP to {host}, which is not a loopback address: "
+            f"{stake[0]}. Use https://, or "
             "http://127.0.0.1 through a tunnel; on a network you trust, pass "
             f"insecure_http=True or set {INSECURE_HTTP_ENV}=1"
         )
@@ -139,18 +145,23 @@ def check_credential_url(
         if shown in _warned:
             return
         warnings.warn(
-            f"{what[1]} {shown} over plain HTTP ({source})",
+            f"{stake[1]} {shown} over plain HTTP ({source})",
             InsecureHTTPWarning,
             stacklevel=_callers_level(),
         )
         _warned.add(shown)
 
 
+# Frames passed over to find the program's line: the SDK's, and the HTTP client's when the
+# check runs in an ``httpx.Auth`` flow (a request to a resource server).
+_LIBRARIES = ("tasklease.", "httpx.", "httpx2.")
+
+
 def _callers_level() -> int:
-    """The ``stacklevel`` that names the first frame outside tasklease: the line of the
-    program that built the client, not the SDK's own."""
+    """The ``stacklevel`` that names the first frame outside tasklease (and httpx): the
+    line of the program that built the client or made the request, not a library's."""
     level, frame = 2, sys._getframe(2)  # the function that called warnings.warn's caller
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("tasklease."):
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(_LIBRARIES):
         frame = frame.f_back
         level += 1
     return level

@@ -91,7 +91,7 @@ class VerifierBase:
             httpx.URL(broker_url),
             insecure_http=insecure_http,
             environ=os.environ,
-            **({} if credentials is not None else {"what": KEYS_ONLY}),
+            what=None if credentials is not None else KEYS_ONLY,
         )
         if not 0 <= exp_leeway <= 300:
             raise ValueError("exp_leeway must be between 0 and 300 seconds")
