@@ -5,7 +5,9 @@ installs one root handler whose formatter renders every record, uvicorn's includ
 one JSON object: the message as ``event``, the access record's fields
 (:data:`ACCESS_FIELDS`, no other ``extra``), ``level``, ``logger``, ``timestamp`` (UTC,
 microseconds) and, with an exception, its traceback as ``exception``. Secrets never reach
-a log call in the first place: token failures log their reason class, never the token.
+a log call in the first place: token failures log their reason class, never the token;
+a URL the configuration holds is named without its user and password; and the HTTP
+client's per-request lines, which name whole URLs, are not kept.
 
 The access log writes a line per request on the event loop. When its records would reach
 only the handler installed here, :func:`access_writer` lets it write that line directly,
@@ -158,3 +160,7 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The HTTP client's line for each request the broker makes (to witnesses, federated
+    # domains' feeds, attestation issuers' keys) names the whole URL, a user and password
+    # in it included: only its warnings and errors are kept, whatever the level.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

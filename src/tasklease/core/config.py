@@ -15,7 +15,14 @@ from tasklease.rules.cleartext import is_loopback_host  # re-exported: serve and
 from tasklease.rules.note import COSIGNATURE, NoteError, VerifierKey
 from tasklease.rules.scopes import check_scope_patterns
 
-__all__ = ["DEFAULT_ISSUER", "Config", "is_loopback_host", "issuer_from", "listen_address"]
+__all__ = [
+    "DEFAULT_ISSUER",
+    "Config",
+    "is_loopback_host",
+    "issuer_from",
+    "listen_address",
+    "without_userinfo",
+]
 
 DEFAULT_ISSUER = "tasklease"
 """The ``iss`` of a broker configured with neither ``issuer`` nor ``public_url``."""
@@ -367,7 +374,7 @@ def _check_audit_log(config: Config) -> None:
     seen: set[bytes] = set()
     for entry in config.audit_witnesses:
         url, _, vkey = entry.partition(" ")
-        shown = _without_userinfo(entry)
+        shown = without_userinfo(entry)
         try:
             key = VerifierKey.parse(vkey)
         except NoteError as exc:
@@ -438,10 +445,11 @@ def _check_network(value: str) -> None:
         ) from None
 
 
-def _without_userinfo(value: str) -> str:
+def without_userinfo(value: str) -> str:
     """``value`` with whatever precedes the last ``@`` of what follows its ``://`` (a URL's
     user and password, however they are written) replaced by ``***``: fit for an error
-    message, which goes to terminals and logs."""
+    message or a log line, which go to terminals and logs (an audit witness's URL is
+    shown so wherever the broker names it: ``core.transparency.Witness.shown``)."""
     scheme, sep, rest = value.partition("://")
     if not sep:
         scheme, rest = "", value
@@ -453,7 +461,7 @@ def _without_userinfo(value: str) -> str:
 def _check_origin(value: str) -> None:
     """An absolute http(s) origin: no user info, path (but "/"), query or fragment."""
     problem = (
-        f"public_url: {_without_userinfo(value)!r} must be an origin such as "
+        f"public_url: {without_userinfo(value)!r} must be an origin such as "
         "https://broker.example.com (no user or password, path, query or fragment)"
     )
     try:

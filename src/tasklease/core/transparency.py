@@ -40,6 +40,7 @@ import nacl.signing
 
 from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.audittree import consistency_proof, inclusion_proof, root_at
+from tasklease.core.config import without_userinfo
 from tasklease.core.errors import NotFound
 from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.keys import KeyRing, load_keyring, load_or_create_keyring, rotate_key
@@ -145,6 +146,12 @@ class Witness:
 
     url: str
     key: VerifierKey
+
+    @property
+    def shown(self) -> str:
+        """The URL as logs name it: without its user and password (the witness's
+        credential, sent to it as HTTP Basic and written nowhere else)."""
+        return without_userinfo(self.url)
 
     @classmethod
     def parse(cls, entry: str) -> Witness:
@@ -635,7 +642,7 @@ class AuditTransparency:
                 _log.error(
                     "witness %s holds a checkpoint of size %d, larger than ours (%d): "
                     "this log was rolled back or forked",
-                    witness.url,
+                    witness.shown,
                     old,
                     size,
                 )
@@ -644,7 +651,7 @@ class AuditTransparency:
             try:
                 answer = push(witness.url, format_request(old, proof, note))
             except Exception as exc:  # noqa: BLE001 - any transport failure: try next time
-                _log.warning("witness %s unreachable: %s", witness.url, type(exc).__name__)
+                _log.warning("witness %s unreachable: %s", witness.shown, type(exc).__name__)
                 return None
             if answer.status == 409 and answer.content_type.startswith(SIZE_CONTENT_TYPE):
                 try:
@@ -656,7 +663,7 @@ class AuditTransparency:
             if answer.status != 200:
                 _log.error(
                     "witness %s refused the audit checkpoint of size %d (HTTP %d): %s",
-                    witness.url,
+                    witness.shown,
                     size,
                     answer.status,
                     clipped(answer.body[:800].decode("utf-8", "replace").strip(), 200),
@@ -665,11 +672,11 @@ class AuditTransparency:
             try:
                 lines = parse_cosignatures(answer.body)
             except WitnessError as exc:
-                _log.error("witness %s answered a malformed cosignature: %s", witness.url, exc)
+                _log.error("witness %s answered a malformed cosignature: %s", witness.shown, exc)
                 return None
             mine = [s for s in lines if s.by(witness.key)]
             if not mine or not cosigned_by(note.with_signatures(mine), [witness.key]):
-                _log.error("witness %s answered no valid cosignature", witness.url)
+                _log.error("witness %s answered no valid cosignature", witness.shown)
                 return None
             self._witness_sizes[witness.url] = size
             return mine[0]
