@@ -323,3 +323,64 @@ def test_an_unusable_configuration_is_exit_2(data: Path) -> None:
     )
     assert result.exit_code == 2
     assert "tls_mode" in result.stderr
+
+
+# --- the database connection ---------------------------------------------------------------
+
+
+_REMOTE = "postgresql://tasklease:S3cretDbPass@db.internal:5432/tasklease"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        _REMOTE,  # libpq's default, sslmode=prefer: clear text whenever an attacker says so
+        f"{_REMOTE}?sslmode=disable",
+        f"{_REMOTE}?sslmode=allow",
+        f"{_REMOTE}?sslmode=prefer",
+        "postgresql://tasklease@127.0.0.1,db.internal/tasklease",  # one host of a list
+        "postgresql:///tasklease?host=db.internal",  # the host as a query parameter
+    ],
+)
+def test_a_database_reached_over_the_network_without_tls_is_high(data: Path, url: str) -> None:
+    code, report = doctor(data, env={"TASKLEASE_DATABASE": url})
+    assert code == 2
+    finding = assert_high(report, "database-tls")
+    assert "db.internal" in finding["title"]
+    assert "S3cretDbPass" not in json.dumps(report)  # the URL's password is never shown
+
+
+def test_a_database_connection_that_does_not_check_the_server_is_medium(data: Path) -> None:
+    code, report = doctor(data, env={"TASKLEASE_DATABASE": f"{_REMOTE}?sslmode=require"})
+    assert code == 0
+    assert [f["severity"] for f in findings(report, "database-tls")] == ["medium"]
+
+
+@pytest.mark.parametrize(
+    ("url", "extra"),
+    [
+        (f"{_REMOTE}?sslmode=verify-full", {}),
+        (f"{_REMOTE}?sslmode=verify-ca", {}),
+        (_REMOTE, {"PGSSLMODE": "verify-full"}),  # libpq's own variable
+        ("postgresql://tasklease@localhost/tasklease", {}),
+        ("postgresql://tasklease@127.0.0.1:5432/tasklease", {}),
+        ("postgresql://tasklease@[::1]/tasklease", {}),
+        ("postgresql:///tasklease?host=/run/postgresql", {}),  # a unix socket
+        ("postgresql:///tasklease", {}),  # libpq's default: the local socket
+    ],
+)
+def test_a_database_reached_with_tls_verified_or_on_this_machine_is_fine(
+    data: Path, url: str, extra: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PGSSLMODE", raising=False)
+    monkeypatch.delenv("PGHOST", raising=False)
+    _, report = doctor(data, env={"TASKLEASE_DATABASE": url, **extra})
+    assert not findings(report, "database-tls"), report["findings"]
+
+
+def test_a_database_password_holding_url_characters_is_never_shown(data: Path) -> None:
+    url = "postgresql://tasklease:Pa?host=S3cret,x@y/z@db.internal/tasklease"
+    code, report = doctor(data, env={"TASKLEASE_DATABASE": url})
+    assert code == 2
+    assert "db.internal" in assert_high(report, "database-tls")["title"]
+    assert "S3cret" not in json.dumps(report)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import typer
 from rich.markup import escape
@@ -263,6 +263,79 @@ def _transport(config: Config) -> Iterator[Finding]:
         "can read and replay them",
         'set tls_mode = "tls" (or "mtls") with tls_cert and tls_key, or put the broker '
         "behind a TLS proxy and list it in trusted_proxies",
+    )
+
+
+# libpq's sslmode values that check the server's certificate; ``require`` encrypts but
+# takes any server, the others (and no sslmode: ``prefer``) fall back to clear text.
+_VERIFYING_SSLMODES = ("verify-ca", "verify-full")
+
+
+def _database_query(database: str) -> dict[str, str]:
+    """The query parameters of a PostgreSQL URL, read after its last ``@`` (never from a
+    password that holds a ``?``)."""
+    after = database.partition("://")[2].rpartition("@")[2]
+    return dict(parse_qsl(after.partition("?")[2]))
+
+
+def _database_hosts(database: str, env: Mapping[str, str]) -> list[str]:
+    """The hosts a PostgreSQL URL has libpq connect to: the ``host`` query parameter, else
+    the URL's (a comma-separated list, each with an optional port), else ``PGHOST``; ``""``
+    or a path is a unix socket. Only what follows the URL's last ``@`` is read, so no
+    part of a password is ever taken for a host (``storage.redact_url``'s rule)."""
+    query = _database_query(database)
+    if query.get("host"):
+        return query["host"].split(",")
+    authority = database.partition("://")[2].rpartition("@")[2]
+    authority = authority.partition("/")[0].partition("?")[0]
+    hosts = []
+    for item in unquote(authority).split(","):
+        if item.startswith("[") and "]" in item:
+            hosts.append(item[1 : item.index("]")])  # an IPv6 address
+        else:
+            hosts.append(item.partition(":")[0])
+    if any(hosts):
+        return hosts
+    return env.get("PGHOST", "").split(",")
+
+
+def _database_transport(config: Config, env: Mapping[str, str]) -> Iterator[Finding]:
+    from tasklease.storage import is_shared_database
+
+    if not is_shared_database(config.database):
+        return
+    remote = [
+        host
+        for host in _database_hosts(config.database, env)
+        if host and not host.startswith(("/", "@")) and not is_loopback_host(host)
+    ]
+    if not remote:
+        return  # a unix socket or this machine
+    query = _database_query(config.database)
+    mode = (query.get("sslmode") or env.get("PGSSLMODE") or "prefer").lower()
+    if mode in _VERIFYING_SSLMODES:
+        return
+    where = ", ".join(remote)
+    if mode == "require":
+        yield Finding(
+            "database-tls",
+            "medium",
+            f"the database at {where} is reached with sslmode=require: encrypted, but any "
+            "server is taken for it",
+            "whoever can put itself on the path answers as the database: it reads and "
+            "rewrites revocations, operators and the audit log",
+            "add sslmode=verify-full (and sslrootcert) to the database URL",
+        )
+        return
+    yield Finding(
+        "database-tls",
+        "high",
+        f"the database at {where} is reached without TLS that checks the server (sslmode={mode})",
+        "libpq sends the connection in clear when TLS is refused or missing: anyone on "
+        "the path reads and rewrites revocations, operators, app credentials' hashes and "
+        "the audit log",
+        "add sslmode=verify-full (and sslrootcert) to the database URL, or reach the "
+        "database over a unix socket",
     )
 
 
@@ -526,6 +599,7 @@ def diagnose(
         *_signing_keys(config),
         *_permissions(config, config_path, env, euid),
         *_transport(config),
+        *_database_transport(config, env),
         *_metrics(config),
         *_proxies(config),
         *_admin_secret(config, env),
