@@ -140,16 +140,29 @@ def _from_text(kind: type, text: str) -> Any:
 
 
 def _check_environment_names(env: Mapping[str, str]) -> None:
-    """Refuse a ``TASKLEASE_*`` variable that nothing reads (a misspelt setting)."""
+    """Refuse a ``TASKLEASE_*`` variable that nothing reads (a misspelt setting), and one
+    whose prefix is ``TASKLEASE_`` misspelt or in another case: ignored, it would leave a
+    setting such as ``holder_binding`` at its default without a word."""
     known = _ENV_SETTINGS.keys() | _NOT_SETTINGS
     for name in sorted(env):
-        if name.startswith("TASKLEASE_") and name not in known:
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if name not in known and _meant_for_us(name):
+            close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)
             guess = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(
                 f"{name} is not a setting{guess}: fix its name or unset it "
                 "(docs/configuration.md lists the settings)"
             )
+
+
+def _meant_for_us(name: str) -> bool:
+    """Whether ``name`` reads as a ``TASKLEASE_`` variable: that prefix in any case, or a
+    prefix one letter from it (``TASKLEAS_``, ``TASKLESE_``)."""
+    prefix, sep, _ = name.partition("_")
+    if not sep:
+        return False
+    return prefix.upper() == "TASKLEASE" or bool(
+        difflib.get_close_matches(prefix.upper(), ["TASKLEASE"], n=1, cutoff=0.88)
+    )
 
 
 def load_config(

@@ -53,6 +53,23 @@ def test_a_misspelt_setting_in_the_environment_is_refused(name: str, meant: str)
         _load(**{name: "true"})
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["Tasklease_HOLDER_BINDING", "tasklease_holder_binding", "TASKLEAS_HOLDER_BINDING",
+     "TASKLESE_HOLDER_BINDING"],
+)  # fmt: skip
+def test_a_setting_under_a_misspelt_prefix_is_refused(name: str) -> None:
+    """Ignored, it would leave holder binding at its default without a word."""
+    expected = f"{name} is not a setting \\(did you mean TASKLEASE_HOLDER_BINDING\\?\\)"
+    with pytest.raises(ConfigError, match=expected):
+        _load(**{name: "required"})
+
+
+@pytest.mark.parametrize("name", ["TASKLIST_FILE", "TASK_LEASE", "LEASE_TASK", "TASKLEASEX"])
+def test_other_variables_are_not_taken_for_ours(name: str) -> None:
+    _load(**{name: "1"})
+
+
 def test_an_unknown_variable_is_refused_even_when_empty() -> None:
     with pytest.raises(ConfigError, match="TASKLEASE_NOTHING_LIKE_IT is not a setting: fix"):
         _load(TASKLEASE_NOTHING_LIKE_IT="")
