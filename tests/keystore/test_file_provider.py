@@ -180,6 +180,16 @@ def test_short_passphrases_are_refused() -> None:
         EncryptedFileKeyProvider(b"short")
 
 
+@pytest.mark.parametrize(
+    "example", [b"replace-with-a-long-random-passphrase", b"change-me-change-me-change-me"]
+)
+def test_an_examples_placeholder_passphrase_is_refused(example: bytes) -> None:
+    """The deployment examples' placeholders are long enough to pass the length rule:
+    a passphrase copied from one is refused as the admin secret's placeholder is."""
+    with pytest.raises(KeyStoreError, match="placeholder of an example"):
+        EncryptedFileKeyProvider(example)
+
+
 # -- choosing the provider and its secret -------------------------------------------------
 
 

@@ -9,6 +9,8 @@ import secrets
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from tasklease.rules.secretshapes import is_placeholder
+
 __all__ = [
     "MIN_SECRET_DISTINCT",
     "MIN_SECRET_LENGTH",
@@ -22,10 +24,6 @@ MIN_SECRET_LENGTH = 24
 """Fewest characters of a plain-text admin secret (``new_secret`` makes 64)."""
 MIN_SECRET_DISTINCT = 8
 """Fewest distinct characters of one: ``aaaa…`` or ``abab…`` is guessed, whatever its length."""
-# Words of the placeholders that deploy/ and the docs show where a secret goes
-# (deploy/env.example, deploy/kubernetes/secret.example.yaml), looked for in the secret's
-# letters and digits, lowercased: a copied example must not become a broker's secret.
-_PLACEHOLDER_WORDS = ("changeme", "replacewith", "replaceme", "placeholder")
 
 # RFC 9106 second recommended option (t=3, m=64 MiB, p=4): tens of milliseconds per check,
 # which the rate limits on the two auth endpoints make affordable.
@@ -74,8 +72,7 @@ def secret_weakness(secret: str) -> str | None:
     distinct = len(set(secret))
     if distinct < MIN_SECRET_DISTINCT:
         return f"it has fewer than {MIN_SECRET_DISTINCT} distinct characters ({distinct})"
-    folded = "".join(ch for ch in secret.lower() if ch.isalnum())
-    if any(word in folded for word in _PLACEHOLDER_WORDS):
+    if is_placeholder(secret):
         return "it is the placeholder of an example, not a secret"
     return None
 

@@ -29,6 +29,7 @@ from tasklease.keystore._directory import (
     rewrite_key_file,
 )
 from tasklease.rules.jws import jwk_thumbprint
+from tasklease.rules.secretshapes import is_placeholder
 
 __all__ = ["MIN_PASSPHRASE_CHARS", "EncryptedFileKeyProvider", "encrypt_directory"]
 
@@ -53,6 +54,11 @@ class EncryptedFileKeyProvider(DirectoryProvider):
         if len(passphrase) < MIN_PASSPHRASE_CHARS:
             raise KeyStoreError(
                 f"{source} is shorter than {MIN_PASSPHRASE_CHARS} characters: use a random "
+                "secret (tasklease init makes one)"
+            )
+        if is_placeholder(passphrase.decode("utf-8", "replace")):
+            raise KeyStoreError(
+                f"{source} is the placeholder of an example, not a secret: use a random "
                 "secret (tasklease init makes one)"
             )
         self._passphrase = passphrase

@@ -19,13 +19,35 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["HEX_SECRET", "JWT", "REFERENCE", "holds_credential", "holds_secret", "redacted"]
+__all__ = [
+    "HEX_SECRET",
+    "JWT",
+    "REFERENCE",
+    "holds_credential",
+    "holds_secret",
+    "is_placeholder",
+    "redacted",
+]
 
 JWT = re.compile(
     r"(?<![A-Za-z0-9_-])(?>([A-Za-z0-9_-]*?)eyJ)[A-Za-z0-9_-]*+\.[A-Za-z0-9_-]*+\.[A-Za-z0-9_-]*+"
 )
 REFERENCE = re.compile(r"tlr_[A-Za-z0-9_-]{43}")
 HEX_SECRET = re.compile(r"[0-9A-Fa-f]{64,}")
+
+
+# Words of the placeholders that deploy/ and the docs show where a secret goes
+# (deploy/env.example, deploy/kubernetes/secret.example.yaml), looked for in a secret's
+# letters and digits, lowercased: a copied example must not become a broker's secret.
+_PLACEHOLDER_WORDS = ("changeme", "replacewith", "replaceme", "placeholder")
+
+
+def is_placeholder(secret: str) -> bool:
+    """True when ``secret`` holds the placeholder of an example (``change-me``,
+    ``replace-with-a-long-random-passphrase``): the one rule for the admin secret
+    (``core.passwords.secret_weakness``) and the key passphrase (``keystore.file``)."""
+    folded = "".join(ch for ch in secret.lower() if ch.isalnum())
+    return any(word in folded for word in _PLACEHOLDER_WORDS)
 
 
 def holds_credential(text: str) -> bool:
