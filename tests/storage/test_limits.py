@@ -4,6 +4,7 @@ parameters (server timeouts, keepalives), and SQLite's ``check_writable``."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import pgcluster
 import pytest
@@ -17,7 +18,7 @@ def test_connections_carry_server_timeouts_and_keepalives() -> None:
     kwargs = Limits().connect_kwargs("postgresql:///db?host=/tmp")
     assert kwargs["options"] == (
         "-c statement_timeout=5000 -c lock_timeout=3000 "
-        "-c idle_in_transaction_session_timeout=10000"
+        "-c idle_in_transaction_session_timeout=10000 -c synchronous_commit=on"
     )
     assert kwargs["keepalives"] == 1
     assert (kwargs["keepalives_idle"], kwargs["keepalives_interval"]) == (5, 2)
@@ -31,8 +32,26 @@ def test_what_the_url_says_wins() -> None:
     kwargs = Limits().connect_kwargs(url)
     assert "keepalives_idle" not in kwargs and "connect_timeout" not in kwargs
     # Ours first, the URL's after: PostgreSQL applies the last -c of a name.
-    assert kwargs["options"].endswith("-c lock_timeout=0")
+    assert kwargs["options"].endswith("-c lock_timeout=0 -c synchronous_commit=on")
     assert kwargs["options"].startswith("-c statement_timeout=5000")
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["-c synchronous_commit=off", "-csynchronous_commit=OFF", "--synchronous-commit=false"],
+)
+def test_a_url_cannot_make_commits_asynchronous(given: str) -> None:
+    # An acknowledged commit must survive a crash of the server (docs/postgresql.md):
+    # ours comes after the URL's, and PostgreSQL applies the last one.
+    kwargs = Limits().connect_kwargs(f"postgresql:///db?options={quote(given)}")
+    assert kwargs["options"].endswith(f"{given} -c synchronous_commit=on")
+
+
+@pytest.mark.parametrize("level", ["remote_apply", "remote_write", "on", "local"])
+def test_a_url_may_ask_for_commits_as_durable_or_more(level: str) -> None:
+    given = f"-c synchronous_commit={level}"
+    kwargs = Limits().connect_kwargs(f"postgresql:///db?options={quote(given)}")
+    assert kwargs["options"].endswith(given)
 
 
 def test_limits_are_checked() -> None:

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -91,7 +92,9 @@ class Limits:
         """libpq parameters to connect with; what ``conninfo`` sets itself wins.
 
         The server-side timeouts travel in ``options`` (no round trip of their own) ahead
-        of any ``options`` of the URL, so ``-c`` settings the operator wrote take effect.
+        of any ``options`` of the URL, so ``-c`` settings the operator wrote take effect;
+        ``synchronous_commit = on`` after them, unless they ask for as much or more
+        (:func:`_durable_commits`).
 
         Raise ``ValueError`` for a URL libpq cannot parse, naming it redacted: libpq's
         own message quotes the part it could not read, which may be the password.
@@ -114,7 +117,7 @@ class Limits:
         )
         theirs = str(given.get("options") or "")
         kwargs: dict[str, Any] = {
-            "options": f"{ours} {theirs}".strip(),
+            "options": " ".join(part for part in (ours, theirs, _durable_commits(theirs)) if part),
             # libpq counts whole seconds and treats less than 2 as 2.
             "connect_timeout": max(2, math.ceil(self.connect_timeout)),
             "keepalives": 1,
@@ -127,6 +130,30 @@ class Limits:
             if name != "options" and name in given:
                 del kwargs[name]
         return kwargs
+
+
+# ``synchronous_commit`` set in a URL's options (``-c name=value``, ``-cname=value``,
+# ``--name=value``; PostgreSQL reads ``-`` in a name as ``_``).
+_SYNCHRONOUS_COMMIT = re.compile(r"(?:-c\s*|--)synchronous[_-]commit=(\S+)", re.IGNORECASE)
+# The values with which a commit returns before its WAL is written (off, and the
+# boolean spellings PostgreSQL accepts for it).
+_ASYNCHRONOUS = frozenset({"off", "false", "no", "0"})
+
+
+def _durable_commits(theirs: str) -> str:
+    """The option that makes every commit of ours wait for its WAL to be flushed, to be
+    put after the URL's own options; "" when those already ask for that or more.
+
+    A commit is acknowledged (a revocation answered 200, a token issued with its audit
+    event) only once it is durable: with ``synchronous_commit = off`` (a server's default,
+    a role's or database's setting, or the URL's), PostgreSQL returns before the WAL is
+    written and a crash of the server loses the last commits, acknowledged revocations
+    among them. The URL may choose a stronger level (``remote_apply``, ...), never off.
+    """
+    found = _SYNCHRONOUS_COMMIT.findall(theirs)
+    if found and found[-1].strip("'\"").lower() not in _ASYNCHRONOUS:
+        return ""
+    return "-c synchronous_commit=on"
 
 
 def _milliseconds(seconds: float) -> int:
