@@ -19,6 +19,7 @@ from tasklease.client import Agent, AsyncAgent, OfflineCredential, OfflineReport
 from tasklease.client.testing import BrokerForTests
 from tasklease.core.store import AuditQuery
 from tasklease.rules.chainverify import derive
+from tasklease.rules.offlinereports import PendingReport
 
 
 def _levels(agent: Agent, key: nacl.signing.SigningKey, count: int) -> list[str]:
@@ -197,3 +198,41 @@ def test_a_spool_that_is_a_link_is_refused(broker: BrokerForTests, tmp_path: Pat
         pytest.raises(ValueError, match="symbolic link"),
     ):
         OfflineReporter(client, _unreachable(), agent.auth, spool=spool)
+
+
+def _spool_lines(count: int) -> list[bytes]:
+    """``count`` reports as the spool holds them, one a line."""
+    reports = [
+        PendingReport("derivation", f"key-{i}", {"chain": f"chain-{i}-" + "x" * 500})
+        for i in range(count)
+    ]
+    return [(report.to_json() + "\n").encode("ascii") for report in reports]
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def test_a_spool_torn_by_a_crash_keeps_the_reports_before_the_tear(tmp_path: Path) -> None:
+    spool = tmp_path / "reports.jsonl"
+    lines = _spool_lines(3)
+    kept = b"".join(lines[:2])
+    with httpx.Client() as client:
+        # The agent died in the middle of writing its third report, at any byte of it.
+        for cut in range(0, len(lines[2]) - 1, 37):
+            _write_private(spool, kept + lines[2][:cut])
+            loaded = OfflineReporter(client, _unreachable(), lambda r: r, spool=spool)
+            assert loaded.pending == 2, cut
+            assert spool.read_bytes() == kept  # the torn line is gone, not appended to
+        # Bytes damaged on disk (a crash of the machine) in the middle line: that report
+        # is lost, the others are read, and loading does not fail.
+        damaged = bytearray(b"".join(lines))
+        damaged[len(lines[0]) + 40] = 0xFF
+        _write_private(spool, bytes(damaged))
+        loaded = OfflineReporter(client, _unreachable(), lambda r: r, spool=spool)
+        assert loaded.pending == 2
+        assert spool.read_bytes() == lines[0] + lines[2]

@@ -336,10 +336,14 @@ class OfflineReporter:
             fd = _open_private(spool, os.O_RDONLY)
         except FileNotFoundError:
             return
-        with os.fdopen(fd, encoding="utf-8") as lines:
-            for line in lines:
+        with os.fdopen(fd, "rb") as lines:
+            for raw in lines:
+                # A report is written as ASCII JSON (PendingReport.to_json): a line that is
+                # not, or not JSON, was torn by a crash mid-write or damaged on disk. Its
+                # report is lost; the others are read on (decoding the whole file would
+                # raise at the first bad byte, and lose them all).
                 try:
-                    self._queue.add(PendingReport.from_json(line))
-                except ValueError:
-                    continue  # a line torn by a crash mid-write: its report is lost
+                    self._queue.add(PendingReport.from_json(raw.decode("ascii")))
+                except ValueError:  # UnicodeDecodeError included
+                    continue
         self._rewrite()
