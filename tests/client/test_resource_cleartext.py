@@ -441,3 +441,31 @@ def test_discover_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
         _discover(_fresh_plain_url("/mcp"), asynchronous=False)
     with pytest.raises(InsecureHTTP):
         _discover(_fresh_plain_url("/mcp"), asynchronous=False, insecure_http=False)
+
+
+def test_an_https_request_is_passed_without_parsing_its_url_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check runs on every request an ``auth`` is given: an ``https`` request (the
+    common case) is decided by its scheme alone, with no URL parsed again nor the rule's
+    work done; a plain HTTP one still goes through the rule."""
+    from tasklease.client import _brokerurl
+
+    judged: list[str] = []
+
+    def rule(url: httpx.URL, **_: Any) -> None:
+        judged.append(str(url))
+
+    monkeypatch.setattr(_brokerurl, "check_credential_url", rule)
+    monkeypatch.setattr(_brokerurl.httpx, "URL", _refusing_url_parse)
+    _brokerurl.check_request_url(httpx.Request("GET", "https://orders.example/x").url, None)
+    _brokerurl.check_request_url(httpx.Request("GET", "HTTPS://orders.example/x").url, None)
+    assert judged == []
+    monkeypatch.undo()
+    monkeypatch.setattr(_brokerurl, "check_credential_url", rule)
+    _brokerurl.check_request_url(httpx.Request("GET", PLAIN).url, None)
+    assert judged == ["http://orders.example/"]
+
+
+def _refusing_url_parse(*args: Any, **kwargs: Any) -> httpx.URL:
+    raise AssertionError("an https request's URL was parsed again")

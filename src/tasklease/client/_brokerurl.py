@@ -69,6 +69,11 @@ def check_request_url(
         InsecureHTTP: the rule refused (or ``TASKLEASE_INSECURE_HTTP`` holds neither a yes
             nor a no); nothing has been sent.
     """
+    # Every request an ``auth`` is given comes here: one over ``https`` (or any scheme but
+    # ``http``, which the rule passes at once) is decided by its scheme, parsed already.
+    scheme = getattr(url, "scheme", None)
+    if isinstance(scheme, str) and scheme and scheme.lower() != "http":
+        return
     parsed = httpx.URL(str(url))  # an httpx2.URL too: the same parts, as httpx reads them
     origin = parsed.copy_with(path="/", query=None, fragment=None)
     try:
