@@ -55,6 +55,24 @@ def test_sync_agents_handshake(env: Env) -> None:
         assert seen.peer_id == a.agent_id
 
 
+def test_a_handshake_starts_with_tokens_that_outlive_its_steps(env: Env) -> None:
+    """The broker checks at each step that the token a party presented at its own step
+    still stands (decision 271), and a renewal ends it. So both parties renew first when
+    their token would not outlive the steps' 30 s, even when no renewal is due yet."""
+    with _agent(env, "task-a", ["read:data:*"]) as a, _agent(env, "task-b", ["write:x:*"]) as b:
+        env.clock.advance(290)  # 10 s left: at renew_margin 0, no renewal is due
+        before = (a.token, b.token)
+
+        def exchange(offer: str) -> str:
+            answer, _, _, _ = b.respond_to_handshake(offer)
+            env.clock.advance(15)  # the answer took its time: past both tokens' old exp
+            return answer
+
+        done = a.handshake(b.agent_id, exchange)
+        assert done.peer.agent_id == b.agent_id
+        assert a.token != before[0] and b.token != before[1]
+
+
 def test_background_heartbeats_stop_on_release(env: Env) -> None:
     agent = _agent(env, "task-a", ["read:data:*"])
     agent.start_heartbeats(interval=3600)  # the first beat is sent now; no sleeping here

@@ -26,6 +26,7 @@ from tasklease.client._brokerurl import check_broker_url, check_request_url
 from tasklease.client._compat import dual
 from tasklease.client._errors import RateLimited, TaskleaseError, TransportError, Unavailable
 from tasklease.client._flows import (
+    HANDSHAKE_SPAN,
     Clock,
     Credential,
     Delegation,
@@ -346,12 +347,12 @@ class AsyncAgent(AgentBase):
             **({} if retry is None else {"retry": retry}),
         )
 
-    async def ensure_fresh(self) -> None:
+    async def ensure_fresh(self, ahead: float = 0.0) -> None:
         """As :meth:`tasklease.client.Agent.ensure_fresh` (rides out a broker outage)."""
         credential = self._credential
         async with self._lock:
             try:
-                await self._run(credential.refresh_flow(), NO_RETRY)
+                await self._run(credential.refresh_flow(ahead), NO_RETRY)
             except (TransportError, Unavailable, RateLimited) as exc:
                 credential.renewal_unreachable(exc)
 
@@ -421,7 +422,7 @@ class AsyncAgent(AgentBase):
     async def handshake(self, peer_id: str, exchange: Exchange) -> Handshake:
         """As :meth:`tasklease.client.Agent.handshake`; ``exchange`` is called as is
         (run blocking I/O in a thread yourself)."""
-        await self.ensure_fresh()
+        await self.ensure_fresh(HANDSHAKE_SPAN)  # its token must outlive the steps
         base = self._credential.base_url
         offer, nonce = await self._run(initiate_flow(base, self.token, peer_id))
         answer = exchange(offer)
@@ -438,7 +439,7 @@ class AsyncAgent(AgentBase):
 
     async def respond_to_handshake(self, offer: str) -> tuple[str, Peer, str, str]:
         """As :meth:`tasklease.client.Agent.respond_to_handshake`."""
-        await self.ensure_fresh()
+        await self.ensure_fresh(HANDSHAKE_SPAN)  # its token must outlive the steps
         return await self._run(
             respond_flow(self._credential.base_url, self.token, self._signing_key(), offer),
         )

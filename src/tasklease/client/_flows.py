@@ -298,6 +298,12 @@ def holder_dpop(key: DPoPKey | None, registration: Registration) -> DPoPKey | No
     return key
 
 
+HANDSHAKE_SPAN = 30.0
+"""Seconds a handshake's steps may span (the broker's offer and answer live 30 s): a token
+that would be renewed within them, ending the one the handshake presented, is renewed
+before it starts (docs/decisions.md 271)."""
+
+
 class Credential:
     """One agent's token and the decision when to renew it (the state machine).
 
@@ -375,12 +381,13 @@ class Credential:
         to it."""
         return self.dpop is not None or self.mtls
 
-    def renewal_due(self) -> bool:
-        """True when the next request should renew first."""
+    def renewal_due(self, ahead: float = 0.0) -> bool:
+        """True when the next request should renew first; ``ahead``: seconds more the
+        token must last beyond ``renew_margin`` (a handshake's steps)."""
         if self.released or self.limit is not None:
             return False
         now = self.clock.now()
-        return now >= self.expires_at - self.renew_margin and now >= self._retry_at
+        return now >= self.expires_at - self.renew_margin - ahead and now >= self._retry_at
 
     def check_usable(self) -> None:
         """Raise when the token must not be sent: released, past a renewal limit, or past
@@ -429,10 +436,11 @@ class Credential:
             wait,
         )
 
-    def refresh_flow(self) -> Flow[None]:
-        """Before a request: renew if the token is about to expire (see the class doc)."""
+    def refresh_flow(self, ahead: float = 0.0) -> Flow[None]:
+        """Before a request: renew if the token is about to expire (see the class doc),
+        or would within ``ahead`` seconds more."""
         self.check_usable()
-        if self.renewal_due():
+        if self.renewal_due(ahead):
             yield from self.renew_flow()
 
     def renew_flow(self) -> Flow[None]:

@@ -26,6 +26,7 @@ from tasklease.client._brokerurl import check_broker_url, check_request_url
 from tasklease.client._compat import dual
 from tasklease.client._errors import RateLimited, TaskleaseError, TransportError, Unavailable
 from tasklease.client._flows import (
+    HANDSHAKE_SPAN,
     Clock,
     Credential,
     Flow,
@@ -316,8 +317,9 @@ class Agent(AgentBase):
             **({} if retry is None else {"retry": retry}),
         )
 
-    def ensure_fresh(self) -> None:
-        """Renew now if the token expires within ``renew_margin`` seconds.
+    def ensure_fresh(self, ahead: float = 0.0) -> None:
+        """Renew now if the token expires within ``renew_margin`` seconds (and ``ahead``
+        seconds more).
 
         While the broker cannot be reached (or answers 503 or 429), the token is used on until
         its ``exp`` and renewal is tried again after a short backoff (at most 2 s): the
@@ -330,7 +332,7 @@ class Agent(AgentBase):
         with self._lock:
             try:
                 # No retries inside one attempt: the credential spaces the attempts out.
-                self._run(credential.refresh_flow(), NO_RETRY)
+                self._run(credential.refresh_flow(ahead), NO_RETRY)
             except (TransportError, Unavailable, RateLimited) as exc:
                 credential.renewal_unreachable(exc)
 
@@ -441,7 +443,7 @@ class Agent(AgentBase):
         Raises:
             Unauthorized: the broker refused a step (a party is revoked, a proof failed).
         """
-        self.ensure_fresh()
+        self.ensure_fresh(HANDSHAKE_SPAN)  # its token must outlive the steps
         offer, nonce = self._run(initiate_flow(self._credential.base_url, self.token, peer_id))
         answer = exchange(offer)
         return self._run(
@@ -461,7 +463,7 @@ class Agent(AgentBase):
         Send ``answer`` back to the initiator; check the receipt it then forwards with
         ``tasklease.core.mutual.verify_receipt(..., handshake_id=, responder_nonce=our_nonce)``.
         """
-        self.ensure_fresh()
+        self.ensure_fresh(HANDSHAKE_SPAN)  # its token must outlive the steps
         return self._run(
             respond_flow(self._credential.base_url, self.token, self._signing_key(), offer),
         )
