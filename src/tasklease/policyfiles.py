@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tasklease.core.policy import MAX_POLICY_BYTES, PolicyError, PolicySnapshot
 
-__all__ = ["PolicyDirectory", "read_policy_files"]
+__all__ = ["PolicyDirectory", "read_policy_file", "read_policy_files"]
 
 MAX_FILES = 256
 
@@ -44,30 +44,41 @@ def read_policy_files(directory: Path) -> tuple[tuple[str, str], ...]:
     files = []
     total = 0
     for path in paths:
-        try:
-            # A regular file only (its link followed): a pipe would wait for a writer
-            # forever, a device read without end.
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                raise PolicyError(f"cannot read {path}: not a regular file")
-            with path.open("rb") as file:
-                raw = file.read(MAX_POLICY_BYTES - total + 1)
-        except OSError as exc:
-            raise PolicyError(f"cannot read {path}: {exc.strerror or exc}") from None
-        total += len(raw)
-        if total > MAX_POLICY_BYTES:
-            raise PolicyError(f"the policies of {directory} exceed {MAX_POLICY_BYTES} bytes")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise PolicyError(f"{path} is not UTF-8") from None
-        if not _holds_a_statement(text):
-            # As a file being written in place reads for an instant (an editor, `cat >`):
-            # loaded, it would drop the file's forbid rules until the next reload.
-            raise PolicyError(
-                f"{path} holds no policy (a file being written?): remove it to drop its policies"
-            )
+        text = read_policy_file(path, MAX_POLICY_BYTES - total)
+        total += len(text.encode("utf-8"))
         files.append((path.name, text))
     return tuple(files)
+
+
+def read_policy_file(path: Path, limit: int = MAX_POLICY_BYTES) -> str:
+    """The text of one policy file, read as the broker reads it (and ``tasklease policy
+    check``): a regular file (its link followed: a pipe would wait for a writer forever,
+    a device read without end), at most ``limit`` bytes, UTF-8, holding a policy.
+
+    Raises:
+        PolicyError: it cannot be read, is not a regular file, is larger than ``limit``,
+            is not UTF-8 or holds no policy.
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise PolicyError(f"cannot read {path}: not a regular file")
+        with path.open("rb") as file:
+            raw = file.read(max(limit, 0) + 1)
+    except OSError as exc:
+        raise PolicyError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(raw) > limit:
+        raise PolicyError(f"the policies of {path.parent} exceed {MAX_POLICY_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError(f"{path} is not UTF-8") from None
+    if not _holds_a_statement(text):
+        # As a file being written in place reads for an instant (an editor, `cat >`):
+        # loaded, it would drop the file's forbid rules until the next reload.
+        raise PolicyError(
+            f"{path} holds no policy (a file being written?): remove it to drop its policies"
+        )
+    return text
 
 
 def _holds_a_statement(text: str) -> bool:

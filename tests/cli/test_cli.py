@@ -423,6 +423,22 @@ def test_a_checkpoint_that_cannot_be_written_is_one_error_line(
     assert f"cannot write {target}: No such file or directory" in result.stderr
 
 
+@pytest.mark.parametrize("kind", ["empty", "comments", "pipe"])
+def test_policy_validate_reads_a_file_as_the_broker_does(kind: str, home: Path) -> None:
+    """A file named on the command line is read by the broker's rule: one holding no
+    policy, or a pipe (which waited for a writer for ever), is refused, not validated."""
+    path = home / "cap.cedar"
+    if kind == "pipe":
+        os.mkfifo(path)
+    else:
+        path.write_text("" if kind == "empty" else "// being rewritten\n")
+    result = run("policy", "validate", str(path), home=home)
+    assert result.returncode != 0, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    said = "not a regular file" if kind == "pipe" else "holds no policy"
+    assert said in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(
     ("condition", "said"),
     [

@@ -53,16 +53,16 @@ _Paths = Annotated[
 
 def _policy_files(paths: list[Path]) -> tuple[tuple[str, str], ...]:
     from tasklease.core.policy import PolicyError
-    from tasklease.policyfiles import read_policy_files
+    from tasklease.policyfiles import read_policy_file, read_policy_files
 
     files: list[tuple[str, str]] = []
     for path in paths:
         try:
             if path.is_dir():
                 files.extend(read_policy_files(path))
-            else:
-                files.append((path.name, path.read_text(encoding="utf-8")))
-        except (PolicyError, OSError, UnicodeDecodeError) as exc:
+            else:  # read as the broker reads it: an empty file or a pipe fails here too
+                files.append((path.name, read_policy_file(path)))
+        except (PolicyError, OSError) as exc:
             fail(f"cannot read {path}: {exc}")
     if not files:
         fail("no policy file given (*.cedar files, or a directory holding them)")
