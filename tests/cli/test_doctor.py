@@ -350,6 +350,15 @@ def test_a_database_reached_over_the_network_without_tls_is_high(data: Path, url
     assert "S3cretDbPass" not in json.dumps(report)  # the URL's password is never shown
 
 
+def test_a_database_reached_at_a_remote_hostaddr_is_judged_by_it(data: Path) -> None:
+    """libpq connects to ``hostaddr`` whatever ``host`` names (``host`` then only names
+    the server for its certificate): a local-looking ``host`` is not a local database."""
+    url = "postgresql://tasklease@localhost/tasklease?hostaddr=10.0.0.5"
+    code, report = doctor(data, env={"TASKLEASE_DATABASE": url})
+    assert code == 2
+    assert "10.0.0.5" in assert_high(report, "database-tls")["title"]
+
+
 def test_a_database_connection_that_does_not_check_the_server_is_medium(data: Path) -> None:
     code, report = doctor(data, env={"TASKLEASE_DATABASE": f"{_REMOTE}?sslmode=require"})
     assert code == 0
@@ -374,6 +383,7 @@ def test_a_database_reached_with_tls_verified_or_on_this_machine_is_fine(
 ) -> None:
     monkeypatch.delenv("PGSSLMODE", raising=False)
     monkeypatch.delenv("PGHOST", raising=False)
+    monkeypatch.delenv("PGHOSTADDR", raising=False)
     _, report = doctor(data, env={"TASKLEASE_DATABASE": url, **extra})
     assert not findings(report, "database-tls"), report["findings"]
 

@@ -279,11 +279,16 @@ def _database_query(database: str) -> dict[str, str]:
 
 
 def _database_hosts(database: str, env: Mapping[str, str]) -> list[str]:
-    """The hosts a PostgreSQL URL has libpq connect to: the ``host`` query parameter, else
-    the URL's (a comma-separated list, each with an optional port), else ``PGHOST``; ``""``
-    or a path is a unix socket. Only what follows the URL's last ``@`` is read, so no
-    part of a password is ever taken for a host (``storage.redact_url``'s rule)."""
+    """The hosts a PostgreSQL URL has libpq connect to: the ``hostaddr`` query parameter
+    (or ``PGHOSTADDR``), which libpq connects to whatever ``host`` names, else the
+    ``host`` query parameter, else the URL's (a comma-separated list, each with an optional
+    port), else ``PGHOST``; ``""`` or a path is a unix socket. Only what follows the URL's
+    last ``@`` is read, so no part of a password is ever taken for a host
+    (``storage.redact_url``'s rule)."""
     query = _database_query(database)
+    addresses = query.get("hostaddr") or env.get("PGHOSTADDR", "")
+    if addresses:
+        return addresses.split(",")
     if query.get("host"):
         return query["host"].split(",")
     authority = database.partition("://")[2].rpartition("@")[2]
