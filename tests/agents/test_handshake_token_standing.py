@@ -8,6 +8,7 @@ for authority no live token carries any more.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -145,3 +146,29 @@ def test_a_handshake_whose_tokens_stand_completes(env: Env) -> None:
     )
     assert completed.status_code == 200, completed.text
     assert _receipt_scope(completed) == ["write:payments:*"]
+
+
+def test_the_tickets_show_the_peer_nothing_of_a_token_it_never_saw(env: Env) -> None:
+    """The offer goes to the responder through the initiator, the answer back: what they
+    carry of each party's token (to check it still stands) is sealed under the broker's
+    key, so neither peer reads the other's token id, task, lineage or delegators."""
+    delegator, a, wide = _delegated(env, ["write:payments:*"])
+    b = env.register("task-b")
+    offer = _initiate_with(env, a, wide, b)
+    answer = _respond_with(env, b, b.token, offer)
+    assert answer.status_code == 200, answer.text
+    seen = {
+        "offer": _claims(offer),
+        "answer": _claims(answer.json()["answer"]),
+    }
+    held = {
+        "offer": env.validate(wide),
+        "answer": env.validate(b.token),
+    }
+    for ticket, claims in seen.items():
+        text = json.dumps(claims)
+        token = held[ticket]
+        assert token is not None
+        assert token["jti"] not in text, ticket
+        assert "task-delegator" not in text and delegator.agent_id not in text, ticket
+        assert all(type(claims[k]) is str for k in ("ini_held", "rsp_held") if k in claims)

@@ -222,7 +222,7 @@ class BrokerBase:
         self._operators = Operators(kernel, keys, self.nonces)
         self._tenants = Tenants(kernel)
         self._liveness = Liveness(kernel)
-        self._handshakes = Handshakes(kernel, keys)
+        self._handshakes = Handshakes(kernel, keys, self.nonces.derived_key(b"handshake-held"))
         self._discovery = Discovery(kernel)
         self._workload = WorkloadIdentities(kernel, keys)
         # Federated trust domains (core.federation): records, bundles, trusted keys.

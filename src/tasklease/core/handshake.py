@@ -44,6 +44,8 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from nacl.exceptions import CryptoError
+from nacl.secret import SecretBox
 from nacl.signing import VerifyKey
 
 from tasklease.core.auditformat import AuditEntry
@@ -109,12 +111,36 @@ def _presented(claims: Claims) -> dict[str, Any]:
     }
 
 
-def _read_presented(ticket: dict[str, Any], name: str, sub: str) -> _Presented:
-    """The token a ticket says party ``sub`` presented; raises ProofRejected if it names
-    none (a ticket of an older broker: fail closed)."""
-    held = ticket.get(name)
+class _Seal:
+    """What a ticket carries of a presented token (:func:`_presented`), sealed
+    (XSalsa20-Poly1305) under a key of the broker's: the peer the offer or the answer
+    passes through learns nothing of a token it was never shown (its ``jti``, lineage,
+    delegators). The key is derived from the nonce secret, which the replicas share."""
+
+    def __init__(self, key: bytes) -> None:
+        self._box = SecretBox(key)
+
+    def seal(self, claims: Claims) -> str:
+        text = json.dumps(_presented(claims), separators=(",", ":"))
+        return jws.b64url_encode(self._box.encrypt(text.encode("utf-8")))
+
+    def open(self, ticket: dict[str, Any], name: str, sub: str) -> _Presented:
+        """The token a ticket says party ``sub`` presented; raises ProofRejected if it
+        names none (a ticket of an older broker: fail closed) or one not sealed here."""
+        sealed = ticket.get(name)
+        if type(sealed) is not str:
+            raise ProofRejected(f"ticket without {name}")
+        try:
+            held = json.loads(self._box.decrypt(jws.b64url_decode(sealed)))
+        except (jws.JWSError, CryptoError, ValueError):
+            raise ProofRejected(f"ticket with a {name} not sealed here") from None
+        return _read_presented(held, name, sub)
+
+
+def _read_presented(held: object, name: str, sub: str) -> _Presented:
+    """The token ``held`` (a ticket's record, opened) says party ``sub`` presented."""
     if type(held) is not dict:
-        raise ProofRejected(f"ticket without {name}")
+        raise ProofRejected(f"ticket with a malformed {name}")
     jti, task, lineage, chain = (
         held.get("jti"),
         held.get("task"),
@@ -150,9 +176,10 @@ def _nonce(value: object, field: str) -> str:
 class Handshakes(Service):
     """The three handshake steps. Thread-safe (stateless); one per broker."""
 
-    def __init__(self, kernel: Kernel, keys: SigningKeys) -> None:
+    def __init__(self, kernel: Kernel, keys: SigningKeys, seal_key: bytes) -> None:
         super().__init__(kernel)
         self._keys = keys
+        self._seal = _Seal(seal_key)
 
     def initiate(
         self,
@@ -190,7 +217,7 @@ class Handshakes(Service):
                 "rsp": responder,
                 "na": na,
                 "ini_scope": list(claims.scope),
-                _INITIATOR_HELD: _presented(claims),
+                _INITIATOR_HELD: self._seal.seal(claims),
                 "iat": now,
                 "exp": now + HANDSHAKE_TTL,
             },
@@ -234,7 +261,7 @@ class Handshakes(Service):
         step = _Step(self._kernel, claims, "respond", ctx)
         try:
             ticket = self._open_ticket(offer, KIND_OFFER)
-            initiator_token = _read_presented(ticket, _INITIATOR_HELD, ticket["ini"])
+            initiator_token = self._seal.open(ticket, _INITIATOR_HELD, ticket["ini"])
         except ProofRejected as exc:
             raise step.fail(f"offer: {exc.reason}") from None
         hid, ini, rsp, na = ticket["hid"], ticket["ini"], ticket["rsp"], ticket["na"]
@@ -252,7 +279,7 @@ class Handshakes(Service):
                 **ticket,
                 "nb": nb,
                 "rsp_scope": list(claims.scope),
-                _RESPONDER_HELD: _presented(claims),
+                _RESPONDER_HELD: self._seal.seal(claims),
             },
         )
         result = HandshakeResult(hid, ini, string_list(ticket.get("ini_scope")))
@@ -296,8 +323,8 @@ class Handshakes(Service):
             nb = ticket.get("nb")
             if not isinstance(nb, str):
                 raise ProofRejected("answer without responder nonce")
-            initiator_token = _read_presented(ticket, _INITIATOR_HELD, ticket["ini"])
-            responder_token = _read_presented(ticket, _RESPONDER_HELD, ticket["rsp"])
+            initiator_token = self._seal.open(ticket, _INITIATOR_HELD, ticket["ini"])
+            responder_token = self._seal.open(ticket, _RESPONDER_HELD, ticket["rsp"])
         except ProofRejected as exc:
             raise step.fail(f"answer: {exc.reason}") from None
         hid, ini, rsp, na = ticket["hid"], ticket["ini"], ticket["rsp"], ticket["na"]
