@@ -619,3 +619,15 @@ def test_a_subset_member_narrows_only_to_values_of_the_parents_json_type() -> No
         assert gu.allows([parent], "region_access", now=0, fields=call) is None
     same = g.parse_detail({"type": "region_access", "regions": [{"id": 2}, 1]})
     assert g.covers(parent, same, RULES)
+
+
+def test_the_members_a_call_may_state_are_what_allows_weighs_and_the_route_reads() -> None:
+    """One list of a call's members serves the resource side's rule, the broker's counting
+    route and the verifier: a member ``allows`` gains is read and accepted by all."""
+    import inspect
+
+    from tasklease.http.wire import CallCountRequest
+
+    weighed = set(inspect.signature(gu.allows).parameters) - {"grants", "kind", "now"}
+    assert set(gu.CALL_MEMBERS) == weighed
+    assert set(gu.CALL_MEMBERS) <= set(CallCountRequest.__struct_fields__)

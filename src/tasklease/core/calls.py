@@ -136,20 +136,6 @@ class CallCount:
     grant: Mapping[str, Any] | None
 
 
-_CALL_ARGS = (
-    "scope",
-    "action",
-    "location",
-    "datatype",
-    "privilege",
-    "identifier",
-    "amount",
-    "currency",
-    "values",
-    "fields",
-)
-
-
 class CallCounting(Service):
     """Counting calls against grants' budgets, for resource servers. Thread-safe."""
 
@@ -170,7 +156,7 @@ class CallCounting(Service):
         kernel = self._kernel
         if not isinstance(kind, str) or not kind:
             raise InvalidRequest("type is required")
-        unknown = set(call) - set(_CALL_ARGS)
+        unknown = set(call).difference(grant_use.CALL_MEMBERS)
         if unknown:
             raise InvalidRequest(f"unknown call members: {', '.join(sorted(unknown))}")
         base = replace(

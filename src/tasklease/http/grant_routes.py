@@ -24,23 +24,12 @@ from tasklease.http import wire
 from tasklease.http._handling import Authed, first_half, guard, json_response, read_body
 from tasklease.http.lease_routes import presentation
 from tasklease.policyfiles import PolicyDirectory
+from tasklease.rules.grantuse import CALL_MEMBERS
 
 __all__ = ["grant_routes"]
 
 _ADMIN = frozenset({KIND_ADMIN})
 _SCOPE = "admin:keys:*"
-_CALL = (
-    "scope",
-    "action",
-    "location",
-    "datatype",
-    "privilege",
-    "identifier",
-    "amount",
-    "currency",
-    "values",
-    "fields",
-)
 
 
 def grant_routes(
@@ -88,7 +77,7 @@ def grant_routes(
         if not req.token:
             raise InvalidRequest("token field is required")
         call: dict[str, Any] = {
-            name: getattr(req, name) for name in _CALL if getattr(req, name) is not None
+            name: getattr(req, name) for name in CALL_MEMBERS if getattr(req, name) is not None
         }
         ctx = context(request)
         token = req.token

@@ -10,6 +10,21 @@ from typing import Any
 from tasklease.rules import scopes as scope_rules
 from tasklease.rules.grants import BAD_LOCATION, Grant, location_covers, same_json_value
 
+CALL_MEMBERS = (
+    "scope",
+    "action",
+    "location",
+    "datatype",
+    "privilege",
+    "identifier",
+    "amount",
+    "currency",
+    "values",
+    "fields",
+)
+"""What a call may state for :func:`allows` to weigh: its keyword arguments but ``now``.
+A resource server's call, the broker's counting route and the verifier refuse any other."""
+
 
 def allows(
     grants: Iterable[Grant],

@@ -25,6 +25,7 @@ import httpx
 
 from tasklease.bounds import bounded_body, json_document
 from tasklease.rules.binding import Presentation
+from tasklease.rules.grantuse import CALL_MEMBERS
 from tasklease.verify._claims import VerifiedToken
 from tasklease.verify._errors import InsufficientScope, InvalidToken, VerifierUnavailable
 
@@ -34,20 +35,7 @@ __all__ = ["CallCount", "count_call", "has_max_calls", "require_grant"]
 # wire, uncompressed, at most this much (bounds.bounded_body).
 MAX_ANSWER_BYTES = 65536
 
-CALL_ARGS = frozenset(
-    (
-        "scope",
-        "action",
-        "location",
-        "datatype",
-        "privilege",
-        "identifier",
-        "amount",
-        "currency",
-        "values",
-        "fields",
-    )
-)
+CALL_ARGS = frozenset(CALL_MEMBERS)
 
 
 def require_grant(
