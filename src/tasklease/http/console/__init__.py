@@ -42,6 +42,7 @@ from tasklease.core.errors import (
     Unavailable,
 )
 from tasklease.core.records import AuditQuery
+from tasklease.core.tenants import DEFAULT_TENANT
 from tasklease.core.tokencheck import held_scopes
 from tasklease.core.tokens import KIND_ADMIN, Claims
 from tasklease.http.admin_routes import APPS_SCOPE, REVOKE_SCOPE, parse_int
@@ -143,7 +144,10 @@ def console_routes(
     if not broker.config.console:
         return []
     inventory = broker.inventory
-    sampler = MetricSampler(broker.metrics.registry)
+    # The process's metrics are the platform's, every tenant's summed (docs/tenants.md):
+    # only the default tenant's console draws them; another tenant's operators would
+    # read in them how busy the other tenants are.
+    sampler = MetricSampler(broker.metrics.registry) if broker.tenant == DEFAULT_TENANT else None
     uri = RequestURI(broker.config)
 
     def own_origin(request: Request) -> bool:
@@ -394,12 +398,18 @@ def console_routes(
             agents = inventory.agents(state="active", limit=500)
             tokens = inventory.launch_tokens(limit=500)
             revocations = inventory.revocations(limit=500)
-            charts, p99 = sampler.charts()
-            return {
+            counts: dict[str, Any] = {
                 "live_agents": len(agents.items),
                 "more_agents": bool(agents.next_cursor),
                 "launch_tokens": len(tokens.items),
                 "revocations": len(revocations.items),
+                "platform": sampler is not None,
+            }
+            if sampler is None:
+                return {**counts, "charts": [], "p99": ""}
+            charts, p99 = sampler.charts()
+            return {
+                **counts,
                 "charts": [(c, Markup(sparkline(c.rates))) for c in charts],  # noqa: S704 - numbers only
                 "p99": _seconds_text(p99),
             }
