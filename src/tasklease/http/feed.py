@@ -122,10 +122,19 @@ class RevocationHub:
         self._cursor = 0
         self._anchor = ""
         self._reloads = 0
+        # True from a failed read of new entries until one succeeds: this process may
+        # enforce revocations its streams have not sent (see :attr:`behind`).
+        self._behind = False
 
     @property
     def subscribers(self) -> int:
         return len(self._subscriptions)
+
+    @property
+    def behind(self) -> bool:
+        """Whether the last read of new entries failed: revocations this process enforces
+        may be unsent, and no stream may tell its reader it is current (a keepalive)."""
+        return self._behind
 
     async def subscribe(self) -> _Subscription:
         """A new stream's subscription; dropped already when the broker no longer serves
@@ -187,11 +196,13 @@ class RevocationHub:
                 page = await run_in_threadpool(
                     self._broker.revocation_feed, self._cursor, self._anchor or None
                 )
-            except Exception:  # noqa: BLE001 - retry on the next wake-up; streams keep beating
+            except Exception:  # noqa: BLE001 - retried; meanwhile no stream beats
                 _log.exception("reading new revocations failed")
+                self._behind = True
                 await asyncio.sleep(0.2)
                 wake.set()
                 continue
+            self._behind = False
             self._cursor, self._anchor = page.cursor, page.anchor
             if page.restarted or reloads != self._reloads:
                 # The database went back in time (the hub's cursor no longer names the
@@ -356,6 +367,13 @@ class _EventStream(Response):
             stop.cancel()
             if not getter.done():
                 getter.cancel()
+                if self._hub.behind:
+                    # Revocations this process enforces could not be read from the store
+                    # to be sent: a keepalive would tell the reader it holds them. It
+                    # reconnects, is refused while the reads fail, and fails closed past
+                    # its own staleness bound.
+                    _log.info("revocation stream ended: new revocations could not be read")
+                    return
                 if not disconnected.is_set() and not subscription.dropped:
                     await write(_KEEPALIVE)
                 continue

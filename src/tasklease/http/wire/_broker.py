@@ -345,7 +345,10 @@ OPERATIONS = (
         "database went back in time (the reader reconnects with its cursor, and gets a "
         "snapshot if the entry it names is no longer there), or when its tenant is "
         "removed (on every broker process within about a second: reconnecting, the reader "
-        "is answered 404; docs/tenants.md). A reader (an app, an "
+        "is answered 404; docs/tenants.md), or when the broker cannot read the "
+        "revocations it enforces back from its database to send them (instead of a "
+        "keepalive: the reader reconnects and fails closed past its bound while the "
+        "reads fail). A reader (an app, an "
         "operator) holds at most `feed_streams_per_reader` streams at once on one broker "
         "process, and a process serves at most `feed_streams_per_process`: one more is "
         "refused (429, with `Retry-After`) until a stream ends.",
