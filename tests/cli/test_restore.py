@@ -260,7 +260,8 @@ def test_a_restored_database_is_refused_until_the_restore_is_accepted(tmp_path: 
     said = outputs[0]
     assert f"went back from {kept.size} events" in said and f"to {restored_size}" in said
     assert "audit_rollback_accepted" in said
-    assert "Revocations, removals and key retirements made after the backup are lost" in said
+    assert "Revocations and removals made after the backup are lost" in said
+    assert "Key retirements the key directory kept are recorded again" in said
     assert "Issue them again now" in said
     assert "audit chain intact" in outputs[1]
     # Nothing more to accept: a second run says so.
@@ -339,3 +340,56 @@ def test_a_restore_behind_a_checkpoint_made_before_a_kill_is_refused(tmp_path: P
     broker.client.close()
     _restore(backup, data)
     assert "the database went back in time" in _refused_start(data)
+
+
+def _retired_rows(data_dir: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(data_dir / "tasklease.db")) as conn:
+        return {kid for (kid,) in conn.execute("SELECT kid FROM retired_signing_keys")}
+
+
+def test_a_key_retirement_the_restore_lost_is_recorded_again_once_served(tmp_path: Path) -> None:
+    """A restore onto the stopped broker loses the retirement's row; the key directory
+    kept the kid, so the broker started after `db accept-restore` records it again (one
+    `signing_key_retirements_restored` event), for every replica with a copy of the keys."""
+    data = tmp_path / "data"
+    broker = launch_broker(data, dict(SHARED_ENV))
+    try:
+        rotated = broker.post("/v1/admin/keys/rotate", headers=broker.admin_headers())
+        assert rotated.status_code == 200, rotated.text
+        backup = _backup(data, tmp_path / "backup.db")
+        old_kid = next(
+            key["kid"]
+            for key in broker.get("/.well-known/jwks.json").json()["keys"]
+            if key["kid"] != rotated.json()["kid"]
+        )
+        broker._admin_token = None  # signed by the key about to go
+        retired = broker.post(f"/v1/admin/keys/{old_kid}/retire", headers=broker.admin_headers())
+        assert retired.status_code == 200, retired.text
+    finally:
+        stop_broker(broker)
+    assert _retired_rows(data) == {old_kid}
+    _restore(backup, data)
+    assert _retired_rows(data) == set()
+    assert "went back in time" in _refused_start(data)
+    accepted = _cli(data, "db", "accept-restore")
+    assert accepted.returncode == 0, accepted
+
+    broker = launch_broker(data, dict(SHARED_ENV))
+    try:
+        deadline = time.monotonic() + 10
+        while old_kid not in _retired_rows(data):
+            assert time.monotonic() < deadline, "the retirement the restore lost stays lost"
+            time.sleep(0.1)
+        answer = broker.get(
+            "/v1/audit/events",
+            params={"event_type": "signing_key_retirements_restored"},
+            headers=broker.admin_headers(),
+        )
+        assert answer.status_code == 200, answer.text
+        [event] = answer.json()["events"]
+        assert f"kid={old_kid}" in event["detail"]
+        assert old_kid not in {
+            k["kid"] for k in broker.get("/.well-known/jwks.json").json()["keys"]
+        }
+    finally:
+        stop_broker(broker)

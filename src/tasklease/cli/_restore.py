@@ -23,10 +23,11 @@ __all__ = ["accept_restore", "register"]
 
 
 LOST = (
-    "Revocations, removals and key retirements made after the backup are lost: the tokens "
-    "they ended are valid again until they expire. Issue them again now (tasklease revoke "
-    "--level ... --target ..., app remove, operator remove), and tell the witnesses' and "
-    "auditors' operators about the new log key."
+    "Revocations and removals made after the backup are lost: the tokens they ended are "
+    "valid again until they expire. Issue them again now (tasklease revoke --level ... "
+    "--target ..., app remove, operator remove), and tell the witnesses' and auditors' "
+    "operators about the new log key. Key retirements the key directory kept are recorded "
+    "again when the broker starts (signing_key_retirements_restored)."
 )
 
 

@@ -140,6 +140,23 @@ class KeyProvider(Protocol):
             ValueError, OSError: as :meth:`load_keys`; anything ``before_removal`` raises.
         """
 
+    def retired_kids(self, directory: Path) -> frozenset[str]:
+        """The kids kept as retired in ``directory`` (:meth:`keep_retired`).
+
+        Raises:
+            ValueError: what is kept is unsafe or not a list of kids.
+            OSError: it could not be read.
+        """
+
+    def keep_retired(self, directory: Path, kids: Collection[str]) -> None:
+        """Keep ``kids`` as retired in ``directory``, beside those kept already: the keys
+        they name are never trusted again by a process using it, and a database that lost
+        their retirement is told again (``core.signing``).
+
+        Raises:
+            ValueError, OSError: as :meth:`retired_kids`, or they could not be kept.
+        """
+
 
 class _Signature(NamedTuple):
     signature: bytes

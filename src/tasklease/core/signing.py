@@ -6,7 +6,10 @@ replaced when a key is rotated here or by another process sharing the key direct
 when a key is retired anywhere: the retired kids are recorded in the store with the
 retirement's event, and no process trusts one of them again, whatever its key directory
 still holds (a replica with a copy of its own). A process that finds the store lost a
-retirement it knew (the database went back in time) records it again.
+retirement it knew (the database went back in time) records it again; and each key
+directory keeps the retired kids its processes learnt (``retired-signing-keys``), so a
+process started on a database restored under stopped processes trusts none of them and
+records them again too.
 Services hold the :class:`SigningKeys` and read :attr:`~SigningKeys.ring` and
 :attr:`~SigningKeys.validator` at each use, never a copy kept from before, so none goes on
 signing or verifying with a ring that has been replaced.
@@ -80,13 +83,55 @@ class SigningKeys:
     """
 
     def __init__(self, kernel: Kernel, ring: KeyRing) -> None:
+        """Raises ``ValueError`` or ``OSError`` when the retired kids kept in the key
+        directory cannot be read (unsafe, not a list of kids)."""
         self._kernel = kernel
         self._lock = threading.Lock()
-        self._retired = kernel.store.retired_keys()
+        self._directory: Path | None = None
+        if kernel.config.key_dir and ring.provider is not None:
+            self._directory = Path(kernel.config.key_dir)
+        # The retired kids the key directory keeps: trusted nowhere here from the start.
+        # Those the store lacks (it went back under stopped processes) are recorded again
+        # by the first refresh (:meth:`_record_lost`), as those a running process knew.
+        self._kept = self._read_kept(ring)
+        stored = kernel.store.retired_keys()
+        self._retired = stored | self._kept
+        self._unkept: frozenset[str] = frozenset()  # what could not be kept, as last logged
         ring = trusted(ring, self._retired)
         self.validator = self._validator(ring)
         self.ring = ring
         self._known_files = self._key_files()
+        self._keep(stored)
+
+    def _read_kept(self, ring: KeyRing) -> frozenset[str]:
+        if self._directory is None or ring.provider is None:
+            return frozenset()
+        return ring.provider.retired_kids(self._directory)
+
+    def _keep(self, retired: frozenset[str]) -> None:
+        """Keep in the key directory the retired kids it does not keep yet: a database
+        that loses their retirement is told again from there (:meth:`refresh`). One that
+        cannot be written is logged once, and tried again at the next refresh."""
+        adding = retired - self._kept
+        provider = self.ring.provider
+        if not adding or self._directory is None or provider is None:
+            return
+        try:
+            provider.keep_retired(self._directory, adding)
+        except (ValueError, OSError) as exc:
+            if adding != self._unkept:
+                self._unkept = adding
+                _log.error(
+                    "the key directory %s does not keep the %d signing keys retired it "
+                    "lacks (%s): a database restored under stopped processes would lose "
+                    "their retirement unseen",
+                    self._directory,
+                    len(adding),
+                    exc,
+                )
+            return
+        self._kept = self._kept | adding
+        self._unkept = frozenset()
 
     def _validator(self, ring: KeyRing) -> Validator:
         kernel = self._kernel
@@ -209,6 +254,7 @@ class SigningKeys:
                 self._record_retired(claims, ctx, kid, len(ring.kids()))
             self._retired = self._retired | {kid}
             self._install(ring)
+        self._keep(self._retired)
         return tuple(self.ring.kids())
 
     def _refused(
@@ -311,6 +357,7 @@ class SigningKeys:
             retired = self._retired
         if self._retired - retired:
             self._record_lost(self._retired - retired)
+        self._keep(retired)
         reload = files is not None and files != self._known_files and provider is not None
         if not reload and retired <= self._retired:
             return False

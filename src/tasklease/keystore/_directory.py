@@ -14,6 +14,9 @@ A rotation that must be confirmed first (audited, :meth:`DirectoryProvider.add_k
 writes its key as ``.pending-signing-...pem``, a name no load picks up, and holds the lock
 until the key is renamed into place or destroyed; so a pending file found under the lock
 was left by a crash, and is destroyed, never made active.
+``retired-signing-keys`` lists the kids retired that the processes using the directory
+learnt (one a line, :meth:`DirectoryProvider.keep_retired`): a database that loses their
+retirement (restored under stopped processes) is told again, and none of them is trusted.
 :class:`DirectoryProvider` is the part of a provider that deals with all this; each
 provider says how a key is made, opened and discarded.
 """
@@ -57,6 +60,9 @@ _PENDING = ".pending-"
 _PENDING_FILE = re.compile(r"\.pending-signing-(\d{8}T\d{12})Z-[A-Za-z0-9_-]{8}\.pem")
 _TIMESTAMP_FORMAT = "%Y%m%dT%H%M%S%f"
 _MAX_KEY_FILE_BYTES = 4096
+_RETIRED_FILE = "retired-signing-keys"
+_RETIRED_KID = re.compile(r"[A-Za-z0-9_-]{43}")  # a JWK thumbprint (SHA-256, base64url)
+_MAX_RETIRED_BYTES = 1 << 20
 _LOCK_FILE = ".lock"
 
 # The three kinds of key file, named after the provider that reads them.
@@ -395,6 +401,48 @@ class DirectoryProvider(abc.ABC):
             if going:
                 _fsync_directory(directory)
             return [kid for _, kid in going]
+
+    def retired_kids(self, directory: Path) -> frozenset[str]:
+        """The kids kept as retired in ``directory`` (:meth:`keep_retired`); none when it
+        keeps none.
+
+        Raises:
+            KeyStoreError: the file is unsafe (a link, not this user's, readable or
+                writable by others), too large, or holds a line that is not a kid.
+            OSError: it could not be read.
+        """
+        path = directory / _RETIRED_FILE
+        label = f"retired keys file {path}"
+        try:
+            data = read_private_file(path, label, _MAX_RETIRED_BYTES, fix=f": chmod 600 {path}")
+        except FileNotFoundError:
+            return frozenset()
+        if len(data) > _MAX_RETIRED_BYTES:
+            raise KeyStoreError(f"{label} is too large")
+        kids = data.decode("ascii", "replace").split("\n")
+        if kids and kids[-1] == "":
+            kids.pop()
+        if not all(_RETIRED_KID.fullmatch(kid) for kid in kids):
+            raise KeyStoreError(f"{label} holds a line that is not a key's kid")
+        return frozenset(kids)
+
+    def keep_retired(self, directory: Path, kids: Collection[str]) -> None:
+        """Add ``kids`` (retired keys: never trusted again) to those kept in ``directory``,
+        under its lock, written aside and renamed into place; what is not a kid is left
+        out (nothing a key of the directory could be named by).
+
+        Raises:
+            KeyStoreError, OSError: as :meth:`retired_kids`, or the file could not be
+                written.
+        """
+        ensure_directory(directory)
+        with locked(directory):
+            kept = self.retired_kids(directory)
+            adding = {kid for kid in kids if _RETIRED_KID.fullmatch(kid)} - kept
+            if not adding:
+                return
+            text = "".join(f"{kid}\n" for kid in sorted(kept | adding))
+            rewrite_key_file(directory / _RETIRED_FILE, text.encode("ascii"))
 
     # -- shared steps ------------------------------------------------------------------
 
