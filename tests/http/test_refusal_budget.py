@@ -146,3 +146,35 @@ def test_sign_ins_from_one_slash_64_share_one_limit() -> None:
     first, same = asyncio.run(run())
     assert first == [401, 401]
     assert same == [429]
+
+
+def _spent_nonces(broker: RunningBroker) -> int:
+    db = broker.data_dir / "tasklease.db"
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        (count,) = con.execute("SELECT count(*) FROM used_nonces").fetchone()
+    finally:
+        con.close()
+    return int(count)
+
+
+def test_a_malformed_registration_that_spends_its_nonce_spends_the_budget(
+    start_broker: Callable[..., RunningBroker],
+) -> None:
+    # A malformed registration (400, not audited) spends its nonce when its signature
+    # verifies (decision 262): a write to the store. Anyone can sign a free challenge
+    # with a key of their own, so without a charge one anonymous client forced a
+    # durable write per request, past its spent budget, for ever.
+    broker = start_broker(
+        env={"TASKLEASE_REFUSAL_BURST": str(BURST), "TASKLEASE_REFUSAL_RATE": "0.001"}
+    )
+    n = 4 * BURST
+    nonces = [broker.nonce() for _ in range(n)]  # free, and stateless
+    before = _spent_nonces(broker)
+    statuses = []
+    for nonce in nonces:
+        body, _ = broker.register_body("x" * 64, ["read:data:x"], nonce=nonce)
+        body["orch_id"] = "not a segment/"
+        statuses.append(broker.post("/v1/register", json=body).status_code)
+    assert statuses == [400] * BURST + [429] * (n - BURST)
+    assert _spent_nonces(broker) - before == BURST

@@ -8,7 +8,8 @@ token bucket of ``refusal_burst`` refusals, refilled at ``refusal_rate`` a secon
 
 - a request is served while its client's bucket holds a whole token, and every refusal
   audited while serving it spends one (:meth:`RefusalBudget.charging` names the client,
-  :func:`charge_refusal` spends);
+  :func:`charge_refusal` spends), as does a refusal that writes to the store without
+  an audit event (a malformed registration spending its nonce, ``core.registration``);
 - once the bucket is empty the client's requests are refused up front, before any work
   (:meth:`RefusalBudget.check`): the first of such a run is audited once, as a
   ``refusals_rate_limited`` event, and every refusal of the run carries that event's

@@ -58,6 +58,7 @@ from tasklease.core.kernel import (
 from tasklease.core.lineage import Refusal, joint_parent
 from tasklease.core.liveness import new_session
 from tasklease.core.records import AgentRecord, LaunchTokenRecord
+from tasklease.core.refusalbudget import charge_refusal
 from tasklease.core.registrationinputs import (
     RegistrationInputs,
     actor_of,
@@ -336,12 +337,17 @@ class Registration(Service):
             9449 section 8: the proof is to carry it) and ``Unavailable`` (a task revoked
             moments ago: come back after ``Retry-After``, as the SDK does by itself). Their
             nonce is kept for registration instead, so their signature resumes no agent
-            (decision 268)."""
+            (decision 268). A malformed request whose nonce is spent writes to the store
+            with no audited refusal to pay for it, and anyone can sign a free challenge
+            with a key of their own: it spends one of its client's budget of refusals as
+            an audited one does, so the write is bounded like theirs."""
             again = isinstance(exc, (UseDPoPNonce, Unavailable))
             until = self._nonces.live(nonce, now)
             proven = entry is not None and not again
             if until is None or (not proven and not verify_possession(key, nonce, sig)):
                 return exc if entry is None else deny(exc, entry)
+            if entry is None:
+                charge_refusal()
             events = () if entry is None else (with_denial(exc, entry),)
             unit = (reserving if again else spending)(nonce, until + cfg.clock_skew, *events)
             if deny is _defer_denial:
