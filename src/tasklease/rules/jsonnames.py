@@ -21,6 +21,7 @@ from tasklease.rules._codec import (
 )
 
 __all__ = [
+    "MAX_JSON_CONTAINERS",
     "MAX_JSON_DEPTH",
     "JSONTextError",
     "json_nesting_error",
@@ -50,6 +51,12 @@ def repeated_name(data: bytes) -> str | None:
 MAX_JSON_DEPTH = 32
 """Deepest nesting of arrays and objects a request body may have (ours need 3)."""
 
+MAX_JSON_CONTAINERS = 16384
+"""Most arrays and objects a request body may hold outside its strings (a large one of
+ours, a hundred offline reports or a federation's scope map, holds a few thousand): what
+the depth check and the checks after it cost is bounded by it, not only by the body's
+size."""
+
 # Brackets only, both kinds as one: "(" opens, ")" closes (a decoder stops at a mismatched
 # pair, so treating them alike can only over-estimate how deep it would go).
 _BRACKETS = bytes.maketrans(b"[{]}", b"(())")
@@ -71,14 +78,17 @@ def json_nesting_error(body: bytes, limit: int = MAX_JSON_DEPTH) -> str | None:
     """Why ``body`` must not reach a JSON decoder, or ``None``.
 
     ``body`` is refused when a decoder reading it would go more than ``limit`` arrays or
-    objects deep (brackets inside strings do not count). Invalid JSON that stays shallow
-    is left for the decoder, which gives its own answer. At most ``limit`` passes of
-    C-level byte operations, so a megabyte of brackets costs milliseconds.
+    objects deep, or when it opens more than :data:`MAX_JSON_CONTAINERS` of them (brackets
+    inside strings do not count). Invalid JSON that stays shallow is left for the decoder,
+    which gives its own answer. A few C-level byte operations over the body, then at most
+    ``limit`` passes over its brackets alone, so a megabyte costs a few milliseconds.
     """
     if body.count(b"[") + body.count(b"{") <= limit:
         return None  # fewer openers than levels: every ordinary request ends here
     deep = f"malformed JSON body: nested deeper than {limit} levels"
     skeleton = _outside_strings(body).translate(_BRACKETS, _NOT_BRACKETS)
+    if skeleton.count(b"(") > MAX_JSON_CONTAINERS:
+        return f"malformed JSON body: more than {MAX_JSON_CONTAINERS} arrays and objects"
     too_many_openers = b"(" * (limit + 1)
     rounds = 0
     # Each pass removes the innermost pairs, so the nesting of what is matched drops by
