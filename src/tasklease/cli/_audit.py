@@ -24,6 +24,7 @@ from tasklease.cli._common import (
     out,
     print_json,
     private_output,
+    write_private,
 )
 from tasklease.cli._output import OutputOpt, emit, field
 
@@ -195,13 +196,28 @@ def _as_event(data: dict[str, Any]) -> AuditEvent:
         fail(f"the broker sent a malformed audit event: {str(data)[:200]}", EXIT_FAILED)
 
 
-def verify_over_http(url: str | None, admin_secret: str | None, profile: str | None) -> None:
-    """Page through every event of the broker's log and walk the hash chain."""
+def verify_over_http(
+    url: str | None,
+    admin_secret: str | None,
+    profile: str | None,
+    *,
+    checkpoint_file: Path | None = None,
+    log_keys: list[str] | None = None,
+    update: bool = False,
+) -> None:
+    """Page through every event of the broker's log, walk the hash chain and rebuild the
+    Merkle tree: the events must make the tree of the broker's latest checkpoint (signed:
+    a writer of the database who edits events and chains them again cannot redo it) and,
+    with ``checkpoint_file``, of the checkpoint the user kept, which the latest must
+    extend."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tasklease.core.auditformat import verify_chain
 
+    held_note = _transparency.read_checkpoint(checkpoint_file) if checkpoint_file else None
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        anchors = _transparency.online_checkpoints(admin, held_note, log_keys)
+        rebuilt = _transparency.RebuiltTree(anchors.sizes)
         total = admin.audit_total()
         with Progress(
             TextColumn("verifying audit chain"),
@@ -213,22 +229,44 @@ def verify_over_http(url: str | None, admin_secret: str | None, profile: str | N
             disable=total < 5000,
         ) as progress:
             task = progress.add_task("verify", total=total)
-            report = verify_chain(_tracked(admin, progress, task))
-    if report.ok:
-        out.print(f"audit chain intact: {report.checked} events, head {report.head_hash}")
-        return
-    err.print(
-        f"[bold red]audit chain broken[/] at {escape(str(report.broken_at))}: "
-        f"{escape(report.reason)} ({report.checked} events verified before it)",
+            report = verify_chain(_tracked(admin, progress, task, rebuilt))
+    _transparency.chain_verdict(report)
+    held, latest = anchors.held, anchors.latest
+    if held is not None:
+        _transparency.checkpoint_verdict(
+            held, rebuilt, report.checked, holds="the broker serves", first="its first"
+        )
+    if latest is not None:
+        _transparency.tree_verdict(
+            latest.size, latest.root, rebuilt, report.checked, "the broker's latest checkpoint"
+        )
+    covered = f"; the checkpoint of {latest.size} events matches" if latest else ""
+    out.print(
+        f"audit chain intact: {report.checked} events, head {report.head_hash}{covered}",
         highlight=False,
-        markup=True,
     )
-    raise typer.Exit(EXIT_FAILED)
+    if held is None or latest is None or checkpoint_file is None:
+        return
+    out.print(
+        f"CONSISTENT: {held.origin} grew from {held.size} to {latest.size} events; "
+        "none of the ones you held changed",
+        highlight=False,
+    )
+    if update and latest.size > held.size:
+        # --update asked for it: a new 0600 file replaces the one read (never a link).
+        write_private(checkpoint_file, anchors.latest_note, force=True)
+        out.print(
+            f"{checkpoint_file} now holds the checkpoint of size {latest.size}", highlight=False
+        )
 
 
-def _tracked(admin: AdminClient, progress: Progress, task: Any) -> Iterator[AuditEvent]:
+def _tracked(
+    admin: AdminClient, progress: Progress, task: Any, rebuilt: _transparency.RebuiltTree
+) -> Iterator[AuditEvent]:
     for n, data in enumerate(admin.iter_audit_events(), 1):
-        yield _as_event(data)
+        event = _as_event(data)
+        rebuilt.add(event.hash)
+        yield event
         if n % 500 == 0:
             progress.update(task, completed=n)
 

@@ -14,7 +14,8 @@ import json
 import math
 import secrets
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -43,7 +44,18 @@ if TYPE_CHECKING:
     from tasklease.core.store import Store
     from tasklease.verify import AuditProofError, Checkpoint
 
-__all__ = ["LogKeyOpt", "register", "verify_checkpoint_file", "verify_database"]
+__all__ = [
+    "LogKeyOpt",
+    "OnlineCheckpoints",
+    "RebuiltTree",
+    "chain_verdict",
+    "checkpoint_verdict",
+    "online_checkpoints",
+    "read_checkpoint",
+    "register",
+    "tree_verdict",
+    "verify_database",
+]
 
 LogKeyOpt = Annotated[
     list[str] | None,
@@ -79,6 +91,11 @@ def _read(path: Path, what: str) -> str:
         fail(f"cannot read {what} {path}: {exc.strerror or exc}")
     except UnicodeDecodeError:
         fail(f"{what} {path} is not UTF-8 text: is it the right file?")
+
+
+def read_checkpoint(path: Path) -> str:
+    """The text of a checkpoint file the user named (exit 2 as :func:`_read`)."""
+    return _read(path, "checkpoint")
 
 
 def _proof_failed(exc: AuditProofError) -> typer.Exit:
@@ -243,55 +260,127 @@ def audit_rotate_log_key(
     out.print(f"log key rotated: {answer['key']} (was {answer['previous_key']})", highlight=False)
 
 
-# -- audit verify --checkpoint ------------------------------------------------------------
+# -- audit verify: the events against the checkpoints -------------------------------------
 
 
-def verify_checkpoint_file(
-    path: Path,
-    log_keys: list[str] | None,
-    *,
-    url: str | None,
-    admin_secret: str | None,
-    profile: str | None,
-    update: bool,
+class RebuiltTree:
+    """The Merkle tree of the events walked, rebuilt from their hashes, and its roots at
+    the sizes wanted (those of the checkpoints and tree the events are held to)."""
+
+    def __init__(self, wanted: Iterable[int]) -> None:
+        from tasklease.rules.merkle import CompactRange
+
+        self._compact = CompactRange()
+        self._wanted = frozenset(wanted)
+        self.roots: dict[int, bytes] = {}
+
+    def add(self, event_hash: str) -> None:
+        """Append the leaf of the event whose chain hash is ``event_hash``."""
+        from tasklease.rules.merkle import leaf_hash
+
+        try:
+            leaf = leaf_hash(bytes.fromhex(event_hash))
+        except ValueError:  # not hex: the chain walk names this event broken
+            leaf = leaf_hash(event_hash.encode())
+        compact = self._compact
+        compact.append(leaf)
+        if compact.size in self._wanted:
+            self.roots[compact.size] = compact.root()
+
+
+def checkpoint_verdict(
+    checkpoint: Checkpoint, rebuilt: RebuiltTree, checked: int, *, holds: str, first: str
 ) -> None:
-    """Online: check that the broker's latest checkpoint extends the one in ``path``."""
-    from tasklease.verify import AuditProofError, verify_checkpoint, verify_log_consistency
-
-    held_note = _read(path, "checkpoint")
-    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
-        keys = _trusted_keys(admin, log_keys)
-        try:
-            held = verify_checkpoint(held_note, keys)
-        except AuditProofError as exc:
-            raise _proof_failed(exc) from None
-        latest_note = admin.audit_checkpoint()
-        try:
-            latest = verify_checkpoint(latest_note, keys, origin=held.origin)
-        except AuditProofError as exc:
-            raise _proof_failed(exc) from None
-        proof: list[str] = []
-        if 0 < held.size < latest.size:
-            proof = admin.audit_consistency_proof(held.size, latest.size)["proof"]
-    try:
-        verify_log_consistency(held, latest, proof)
-    except AuditProofError as exc:
+    """Exit 1 with ``CUT`` or ``FORK`` unless the first ``checkpoint.size`` of the
+    ``checked`` events walked make the tree ``checkpoint`` signed. ``holds`` and ``first``
+    name where the events came from ("the database holds", "the database's first")."""
+    if checkpoint.size > checked:
         err.print(
-            f"[bold red]FORK:[/] the log's checkpoint of size {latest.size} does not extend "
-            f"the one you hold (size {held.size}): {escape(exc.reason)}",
+            f"[bold red]CUT:[/] {holds} {checked} events, fewer than the "
+            f"{checkpoint.size} the checkpoint covers: the log was cut, or this is a copy "
+            "older than the checkpoint",
             highlight=False,
             markup=True,
         )
-        raise typer.Exit(EXIT_FAILED) from None
-    out.print(
-        f"CONSISTENT: {held.origin} grew from {held.size} to {latest.size} events; "
-        "none of the ones you held changed",
-        highlight=False,
-    )
-    if update and latest.size > held.size:
-        # --update asked for it: a new 0600 file replaces the one read (never a link).
-        write_private(path, latest_note, force=True)
-        out.print(f"{path} now holds the checkpoint of size {latest.size}", highlight=False)
+        raise typer.Exit(EXIT_FAILED)
+    if checkpoint.size and rebuilt.roots.get(checkpoint.size) != checkpoint.root:
+        err.print(
+            f"[bold red]FORK:[/] {first} {checkpoint.size} events are not the ones the "
+            "checkpoint covers: the log was rewritten",
+            highlight=False,
+            markup=True,
+        )
+        raise typer.Exit(EXIT_FAILED)
+
+
+def tree_verdict(size: int, root: bytes, rebuilt: RebuiltTree, checked: int, what: str) -> None:
+    """Exit 1 (``audit tree broken``) unless the events walked make the tree ``what``
+    names (``size`` leaves, ``root``): the broker's checkpoint, or the tree on record."""
+    if size and (size > checked or rebuilt.roots.get(size) != root):
+        err.print(
+            f"[bold red]audit tree broken:[/] {what} (size {size}) is not the tree of the "
+            "chain's events",
+            highlight=False,
+            markup=True,
+        )
+        raise typer.Exit(EXIT_FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineCheckpoints:
+    """What ``audit verify --url`` holds the broker's events to: its latest final
+    checkpoint (None before the first) and its note, and the checkpoint the user kept."""
+
+    latest: Checkpoint | None
+    latest_note: str
+    held: Checkpoint | None
+
+    @property
+    def sizes(self) -> set[int]:
+        return {c.size for c in (self.latest, self.held) if c is not None}
+
+
+def online_checkpoints(
+    admin: AdminClient, held_note: str | None, log_keys: list[str] | None
+) -> OnlineCheckpoints:
+    """The broker's latest checkpoint, checked against the log keys (those given, else the
+    ones it serves, which is said), and, with ``held_note`` (a checkpoint the user kept),
+    that checkpoint and the latest's consistency with it (exit 1, ``FORK``, if none)."""
+    from tasklease.client import NotFound
+    from tasklease.verify import AuditProofError, verify_checkpoint, verify_log_consistency
+
+    try:
+        latest_note = admin.audit_checkpoint()
+    except NotFound:
+        if held_note is not None:
+            raise
+        err.print(
+            "no checkpoint published yet: the chain is walked, not held to a signed tree",
+            highlight=False,
+        )
+        return OnlineCheckpoints(None, "", None)
+    keys = _trusted_keys(admin, log_keys)
+    try:
+        held = verify_checkpoint(held_note, keys) if held_note is not None else None
+        origin = held.origin if held is not None else None
+        latest = verify_checkpoint(latest_note, keys, origin=origin)
+    except AuditProofError as exc:
+        raise _proof_failed(exc) from None
+    if held is not None:
+        proof: list[str] = []
+        if 0 < held.size < latest.size:
+            proof = admin.audit_consistency_proof(held.size, latest.size)["proof"]
+        try:
+            verify_log_consistency(held, latest, proof)
+        except AuditProofError as exc:
+            err.print(
+                f"[bold red]FORK:[/] the log's checkpoint of size {latest.size} does not "
+                f"extend the one you hold (size {held.size}): {escape(exc.reason)}",
+                highlight=False,
+                markup=True,
+            )
+            raise typer.Exit(EXIT_FAILED) from None
+    return OnlineCheckpoints(latest, latest_note, held)
 
 
 class _Lookups:
@@ -397,7 +486,6 @@ def verify_database(
     record and, with ``checkpoint_file``, with the checkpoint (a signed tree head kept
     outside the database)."""
     from tasklease.core.auditformat import verify_chain
-    from tasklease.rules.merkle import CompactRange, leaf_hash
     from tasklease.verify import AuditProofError, verify_checkpoint
 
     checkpoint: Checkpoint | None = None
@@ -409,14 +497,12 @@ def verify_database(
             raise _proof_failed(exc) from None
     tree = store.audit_tree()
     total, _ = store.audit_head()
-    compact = CompactRange()
-    roots: dict[int, bytes] = {}
-    wanted = {tree.size if tree else 0, checkpoint.size if checkpoint else 0}
+    rebuilt = RebuiltTree({tree.size if tree else 0, checkpoint.size if checkpoint else 0})
     lookups = _Lookups(store)
     times = _Times()
 
     def leaves(events: Iterator[tuple[AuditEvent, float]]) -> Iterator[AuditEvent]:
-        append = compact.append
+        add = rebuilt.add
         stamp, seconds = "", math.nan  # events of one commit share a timestamp: parse it once
         for event, ts in events:
             lookups.expect(event)
@@ -424,12 +510,7 @@ def verify_database(
                 stamp, seconds = event.timestamp, times.expected(event.timestamp)
             if ts != seconds:
                 times.mismatch(event, ts)
-            try:
-                append(leaf_hash(bytes.fromhex(event.hash)))
-            except ValueError:  # not hex: the chain walk names this event broken
-                append(leaf_hash(event.hash.encode()))
-            if compact.size in wanted:
-                roots[compact.size] = compact.root()
+            add(event.hash)
             yield event
 
     with out.status("verifying audit chain") as status:
@@ -437,15 +518,9 @@ def verify_database(
             leaves(store.iter_audit_ts()),
             progress=lambda n: status.update(f"verifying audit chain: {n}/{total} events"),
         )
-    _chain_verdict(report)
-    if tree is not None and tree.size and roots.get(tree.size) != tree.root:
-        err.print(
-            f"[bold red]audit tree broken:[/] the tree on record (size {tree.size}) is not "
-            "the tree of the chain's events",
-            highlight=False,
-            markup=True,
-        )
-        raise typer.Exit(EXIT_FAILED)
+    chain_verdict(report)
+    if tree is not None:
+        tree_verdict(tree.size, tree.root, rebuilt, report.checked, "the tree on record")
     lookups.check()
     times.check()
     tree_text = f"; Merkle tree of {tree.size} leaves matches" if tree else ""
@@ -455,23 +530,13 @@ def verify_database(
     )
     if checkpoint is None:
         return
-    if checkpoint.size > report.checked:
-        err.print(
-            f"[bold red]CUT:[/] the database holds {report.checked} events, fewer than the "
-            f"{checkpoint.size} the checkpoint covers: the log was cut, or this is a copy "
-            "older than the checkpoint",
-            highlight=False,
-            markup=True,
-        )
-        raise typer.Exit(EXIT_FAILED)
-    if checkpoint.size and roots.get(checkpoint.size) != checkpoint.root:
-        err.print(
-            f"[bold red]FORK:[/] the database's first {checkpoint.size} events are not the "
-            "ones the checkpoint covers: the log was rewritten",
-            highlight=False,
-            markup=True,
-        )
-        raise typer.Exit(EXIT_FAILED)
+    checkpoint_verdict(
+        checkpoint,
+        rebuilt,
+        report.checked,
+        holds="the database holds",
+        first="the database's first",
+    )
     out.print(
         f"CONSISTENT: the database holds the {checkpoint.size} events of the checkpoint of "
         f"{checkpoint.origin}, unchanged, and {report.checked - checkpoint.size} after them",
@@ -479,7 +544,8 @@ def verify_database(
     )
 
 
-def _chain_verdict(report: ChainReport) -> None:
+def chain_verdict(report: ChainReport) -> None:
+    """Exit 1 naming the first broken link unless ``report`` found none."""
     if report.ok:
         return
     err.print(

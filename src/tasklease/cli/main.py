@@ -559,7 +559,8 @@ def audit_verify(
         Path | None,
         typer.Option(
             help="A checkpoint you kept: prove the log only grew since (with --url, against "
-            "the broker's latest checkpoint; else against the database's events)."
+            "the broker's latest checkpoint and the events it serves; else against the "
+            "database's events)."
         ),
     ] = None,
     log_key: _transparency.LogKeyOpt = None,
@@ -570,20 +571,18 @@ def audit_verify(
     """Walk the audit hash chain and its Merkle tree; exit 1 naming the first broken link.
 
     Without --url it reads the database directly (works offline, broker stopped or not);
-    with --url it pages through the broker's /v1/audit/events as the operator. With
+    with --url it pages through the broker's /v1/audit/events as the operator and holds
+    them to its latest checkpoint (checked with --log-key, else with the keys it serves). With
     --checkpoint it proves against a checkpoint kept outside the database (a fork, a
     rewritten or cut log, exits 1).
     """
     if url is not None:
         if database is not None:
             raise _fail("give either --url or --database, not both")
-        if checkpoint is not None:
-            _transparency.verify_checkpoint_file(
-                checkpoint, log_key, url=url, admin_secret=admin_secret, profile=profile,
-                update=update,
-            )  # fmt: skip
-            return
-        _audit.verify_over_http(url, admin_secret, profile)
+        _audit.verify_over_http(
+            url, admin_secret, profile, checkpoint_file=checkpoint, log_keys=log_key,
+            update=update,
+        )  # fmt: skip
         return
     if database is None:
         from tasklease.settings import ConfigError, load_config
