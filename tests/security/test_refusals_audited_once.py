@@ -63,9 +63,8 @@ class _Callers:
             operator = http.post(
                 "/v1/operator/auth", json={"name": name, "secret": auditor["secret"]}
             ).json()["access_token"]
-            root = http.post(
-                "/v1/admin/auth", json={"secret": self.broker.admin_secret}
-            ).json()["access_token"]
+            signed_in = http.post("/v1/admin/auth", json={"secret": self.broker.admin_secret})
+            root = signed_in.json()["access_token"]
         return {
             "anonymous": {},
             "malformed": {"authorization": "Bearer eyJhbGciOiJub25lIn0.e30."},
@@ -111,9 +110,7 @@ def _call(
 
 
 @pytest.mark.parametrize(("method", "template"), _operations())
-def test_every_refusal_names_one_audit_event(
-    callers: _Callers, method: str, template: str
-) -> None:
+def test_every_refusal_names_one_audit_event(callers: _Callers, method: str, template: str) -> None:
     path = re.sub(r"\{[^}]+\}", "nothing-here", template)
     problems: list[str] = []
     kinds = callers.headers
