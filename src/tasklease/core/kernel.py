@@ -69,6 +69,7 @@ from tasklease.core.lineage import (
     ending_records,
     joint_parent,
     refusal_of,
+    registration_app,
     registration_ceiling,
     within_app,
 )
@@ -357,7 +358,8 @@ class Kernel:
         A registration's parent (its launch token, attestation, or both) is held to the
         current ceiling of every app its lineage names (``app:<app_id>``): an app whose
         scopes or grants were narrowed after it made a launch token (or got an attestor)
-        launches no agent beyond the narrower ceiling, and a removed app none at all.
+        launches no agent beyond the narrower ceiling, and a removed app none at all. It
+        may name one app only (:func:`registration_app`): the agent's.
 
         A registration, delegation or exchange is decided by the policy first
         (``actor`` asks; ``domain`` is the federated domain of an exchange): a denial
@@ -373,6 +375,7 @@ class Kernel:
         """
         apps: tuple[AppRecord, ...] = ()
         if operation == "register":
+            registration_app(parent)  # one app at most: the one the agent belongs to
             apps, gone = self._apps_of(parent, self.store.get_app)
             dead_ancestor = dead_ancestor or gone
         parent, rules = self._within_apps(parent, apps, details)

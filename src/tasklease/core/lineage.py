@@ -32,6 +32,7 @@ __all__ = [
     "ending_records",
     "joint_parent",
     "refusal_of",
+    "registration_app",
     "registration_ceiling",
     "within_app",
 ]
@@ -150,6 +151,33 @@ def check_issuance(
         )
     except _issuance.Refusal as refusal:
         raise refusal_of(refusal) from None
+
+
+def registration_app(parent: Parent) -> str:
+    """The app a registration belongs to: the one app its parent descends from (its
+    launch token's, its attestor's, or both when they are the same), "" for none. An
+    agent is recorded under that app, the registering principal is in it for the issuance
+    policy, and what is delegated to the agent lists it (:func:`agent_lineage`): an agent
+    registered through an app's attestor is that app's agent whoever made its launch
+    token.
+
+    Raises:
+        Refusal: the parent descends from two apps (one app's launch token with another
+            app's attestor); an agent can be one app's only, and it would escape the
+            other's policies and end (event type ``apps``).
+    """
+    apps = app_ids(parent.lineage)
+    if len(set(apps)) > 1:
+        raise Refusal(
+            Forbidden(
+                "the launch token and the attestor belong to different apps",
+                hint="register with the launch token alone, or with an attestor of its app",
+            ),
+            "launch token and attestor of different apps: "
+            + " ".join(app_ancestor(a) for a in apps),
+            "apps",
+        )
+    return apps[0] if apps else ""
 
 
 def joint_parent(

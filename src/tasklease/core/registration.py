@@ -55,14 +55,13 @@ from tasklease.core.kernel import (
     Service,
     with_denial,
 )
-from tasklease.core.lineage import Refusal, joint_parent
+from tasklease.core.lineage import Refusal, joint_parent, registration_app
 from tasklease.core.liveness import new_session
 from tasklease.core.records import AgentRecord, LaunchTokenRecord
 from tasklease.core.refusalbudget import charge_refusal
 from tasklease.core.registrationinputs import (
     RegistrationInputs,
     actor_of,
-    app_of,
     attested_suffix,
     policy_of,
 )
@@ -402,7 +401,8 @@ class Registration(Service):
                 )
             if parent is None:  # pragma: no cover - one of the two is required above
                 raise InvalidRequest("missing required field: launch_token")
-            app_id = app_of(record, attested)
+            # The app its launch token or attestor is of (the kernel refuses two).
+            app_id = registration_app(parent)
             issuance = self._kernel.check_issuance(
                 "register",
                 parent,
@@ -453,6 +453,13 @@ class Registration(Service):
                         base,
                         event_type="registration_policy_violation",
                         detail=f"{refusal.detail}{attested_suffix(attested)}",
+                    ),
+                ) from None
+            if refusal.event_type == "apps":
+                raise refuse(
+                    refusal.error,
+                    replace(
+                        base, detail=f"{refusal.detail} ({lt_hash[:12]}){attested_suffix(attested)}"
                     ),
                 ) from None
             if record is None:

@@ -31,7 +31,6 @@ from tasklease.rules.principals import creator_kind
 __all__ = [
     "RegistrationInputs",
     "actor_of",
-    "app_of",
     "attested_suffix",
     "policy_of",
 ]
@@ -269,13 +268,6 @@ def policy_of(detail: str) -> str:
     """The policy decision a refusal's detail ends with (`` policy=...``), or ""."""
     at = detail.find(" policy=")
     return detail[at:] if at >= 0 else ""
-
-
-def app_of(record: LaunchTokenRecord | None, attested: AttestationOutcome | None) -> str:
-    """The app an agent registers under: its launch token's, else its attestor's."""
-    if record is not None:
-        return record.app_id
-    return attested.attestor.app_id if attested is not None else ""
 
 
 def attested_suffix(attested: AttestationOutcome | None) -> str:
