@@ -269,17 +269,19 @@ class AppSignIn(Service):
         and a proof came; the assertion's ``jti`` (``spent``) and the proof are recorded as
         used in the transaction that audits the sign-in.
 
-        That transaction reads the app again: its credential was checked against ``app``
-        as read before the (slow) check, and a removal or update committed since refuses
-        the sign-in (a removal's revocation entry, written a second earlier, would not
-        match the token). A removal committed after it revokes the tokens issued until its
-        own time of change.
+        That transaction reads the app again, itself: its credential was checked against
+        ``app`` as read before the (slow) check, and a removal or update written since
+        (committed, or earlier in the same batch) refuses the sign-in (a removal's
+        revocation entry, written a second earlier, would not match the token). A removal
+        committed after it revokes the tokens issued until its own time of change.
         """
         self._within_app_token(app, wanted, ctx)
         proof = self._dpop_proof(app, ctx) if bind and ctx.dpop else None
 
         def spend(tx: WriteTx, claims: Claims) -> tuple[TaskleaseError, str] | None:
-            changed = self._store.get_app_by_client_id(app.client_id) != app
+            # Read through this transaction: a removal or update earlier in its batch is
+            # not committed yet, and the store's read connection would not see it.
+            changed = tx.get_app(app.app_id) != app
             # First, before anything is spent: the client is asked to retry, and may send
             # the same assertion and proof again. (Not an app changed since it was read:
             # it is refused as ever, below.)

@@ -255,7 +255,7 @@ class Operators(Service):
         The time of the change, which the revocation entry's ``revoked_at`` is, is read
         inside the write unit: a sign-in whose own unit committed before this one minted
         its token before that time, so the entry ends it; one whose unit comes after sees
-        the changed row and is refused (:meth:`_still_standing`).
+        the changed row and is refused (:func:`_still_standing`).
         """
         written: list[tuple[OperatorRecord, list[RevocationRecord]]] = []
         refused: list[TaskleaseError] = []
@@ -438,7 +438,7 @@ class Operators(Service):
             if record is not None and (not why or wait):
                 # An operator changed since it was read is refused as such, not asked to
                 # come back (its token would be born revoked too).
-                why = self._still_standing(record) or why
+                why = _still_standing(tx, record) or why
             if why or issued is None or record is None:
                 failure = _refusal(why, wait)
                 refused[:] = [failure]
@@ -450,17 +450,6 @@ class Operators(Service):
             self._metrics.auth.labels("operator", "failure").inc()
             raise refused[0]
         return self._issued(issued, started), record
-
-    def _still_standing(self, record: OperatorRecord) -> str:
-        """Why the operator no longer stands as ``record`` says, or "": read again inside
-        the sign-in's write unit, where a change is either committed already (then seen
-        here) or comes after (then its revocation entry ends the token, :meth:`_change`)."""
-        current = self._store.get_operator(record.name)
-        if current is None or current.status != record.status:
-            return "operator was removed during sign-in"
-        if current != record:  # a new secret or key, or any other change: updated_at
-            return "operator's credential changed during sign-in"
-        return ""
 
     @staticmethod
     def _failure(record: OperatorRecord | None, credential: str) -> str:
@@ -539,6 +528,20 @@ class Operators(Service):
         self._metrics.tokens_issued.labels("operator").inc()
         self._metrics.issuance_seconds.labels("operator").observe(time.perf_counter() - started)
         return issued
+
+
+def _still_standing(tx: WriteTx, record: OperatorRecord) -> str:
+    """Why the operator no longer stands as ``record`` says, or "": read again through the
+    sign-in's own write transaction, where a change is either written already (committed,
+    or earlier in the same batch: then seen here) or comes after (then its revocation
+    entry ends the token, :meth:`Operators._change`). Never through the store's read
+    connection, which does not see a change earlier in the batch."""
+    current = tx.get_operator(record.name)
+    if current is None or current.status != record.status:
+        return "operator was removed during sign-in"
+    if current != record:  # a new secret or key, or any other change: updated_at
+        return "operator's credential changed during sign-in"
+    return ""
 
 
 def _refusal(reason: str, wait: int = 0) -> TaskleaseError:
