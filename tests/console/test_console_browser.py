@@ -164,7 +164,7 @@ def test_an_operator_watches_an_agent_appear_opens_its_tree_and_revokes_its_task
     ):
         page.goto(f"{url}/console/{path}")
         _shot(page, name)
-    assert "Hash chain intact" in page.locator("#chain-status").inner_text()
+    assert "Audit log intact" in page.locator("#chain-status").inner_text()
     assert violations == []
     context.close()
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from tasklease.client import AdminClient
+    from tasklease.core.auditcheck import RebuiltTree
     from tasklease.core.records import AuditEvent
 
 __all__ = ["register", "verify_over_http"]
@@ -212,12 +213,13 @@ def verify_over_http(
     extend."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from tasklease.core.auditcheck import RebuiltTree
     from tasklease.core.auditformat import verify_chain
 
     held_note = _transparency.read_checkpoint(checkpoint_file) if checkpoint_file else None
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         anchors = _transparency.online_checkpoints(admin, held_note, log_keys)
-        rebuilt = _transparency.RebuiltTree(anchors.sizes)
+        rebuilt = RebuiltTree(anchors.sizes)
         total = admin.audit_total()
         with Progress(
             TextColumn("verifying audit chain"),
@@ -261,7 +263,7 @@ def verify_over_http(
 
 
 def _tracked(
-    admin: AdminClient, progress: Progress, task: Any, rebuilt: _transparency.RebuiltTree
+    admin: AdminClient, progress: Progress, task: Any, rebuilt: RebuiltTree
 ) -> Iterator[AuditEvent]:
     for n, data in enumerate(admin.iter_audit_events(), 1):
         event = _as_event(data)

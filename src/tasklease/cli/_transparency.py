@@ -14,7 +14,7 @@ import json
 import math
 import secrets
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -39,6 +39,7 @@ from tasklease.cli._common import (
 
 if TYPE_CHECKING:
     from tasklease.client import AdminClient
+    from tasklease.core.auditcheck import Problem, RebuiltTree
     from tasklease.core.auditformat import ChainReport
     from tasklease.core.records import AuditEvent
     from tasklease.core.store import Store
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 __all__ = [
     "LogKeyOpt",
     "OnlineCheckpoints",
-    "RebuiltTree",
     "chain_verdict",
     "checkpoint_verdict",
     "online_checkpoints",
@@ -263,29 +263,16 @@ def audit_rotate_log_key(
 # -- audit verify: the events against the checkpoints -------------------------------------
 
 
-class RebuiltTree:
-    """The Merkle tree of the events walked, rebuilt from their hashes, and its roots at
-    the sizes wanted (those of the checkpoints and tree the events are held to)."""
-
-    def __init__(self, wanted: Iterable[int]) -> None:
-        from tasklease.rules.merkle import CompactRange
-
-        self._compact = CompactRange()
-        self._wanted = frozenset(wanted)
-        self.roots: dict[int, bytes] = {}
-
-    def add(self, event_hash: str) -> None:
-        """Append the leaf of the event whose chain hash is ``event_hash``."""
-        from tasklease.rules.merkle import leaf_hash
-
-        try:
-            leaf = leaf_hash(bytes.fromhex(event_hash))
-        except ValueError:  # not hex: the chain walk names this event broken
-            leaf = leaf_hash(event_hash.encode())
-        compact = self._compact
-        compact.append(leaf)
-        if compact.size in self._wanted:
-            self.roots[compact.size] = compact.root()
+def _verdict(problem: Problem | None) -> None:
+    """Exit 1 naming ``problem`` (the rules are ``core.auditcheck``'s), if there is one."""
+    if problem is None:
+        return
+    err.print(
+        f"[bold red]{escape(problem.label)}[/] {escape(problem.text)}",
+        highlight=False,
+        markup=True,
+    )
+    raise typer.Exit(EXIT_FAILED)
 
 
 def checkpoint_verdict(
@@ -294,36 +281,17 @@ def checkpoint_verdict(
     """Exit 1 with ``CUT`` or ``FORK`` unless the first ``checkpoint.size`` of the
     ``checked`` events walked make the tree ``checkpoint`` signed. ``holds`` and ``first``
     name where the events came from ("the database holds", "the database's first")."""
-    if checkpoint.size > checked:
-        err.print(
-            f"[bold red]CUT:[/] {holds} {checked} events, fewer than the "
-            f"{checkpoint.size} the checkpoint covers: the log was cut, or this is a copy "
-            "older than the checkpoint",
-            highlight=False,
-            markup=True,
-        )
-        raise typer.Exit(EXIT_FAILED)
-    if checkpoint.size and rebuilt.roots.get(checkpoint.size) != checkpoint.root:
-        err.print(
-            f"[bold red]FORK:[/] {first} {checkpoint.size} events are not the ones the "
-            "checkpoint covers: the log was rewritten",
-            highlight=False,
-            markup=True,
-        )
-        raise typer.Exit(EXIT_FAILED)
+    from tasklease.core.auditcheck import checkpoint_problem
+
+    _verdict(checkpoint_problem(checkpoint, rebuilt, checked, holds=holds, first=first))
 
 
 def tree_verdict(size: int, root: bytes, rebuilt: RebuiltTree, checked: int, what: str) -> None:
     """Exit 1 (``audit tree broken``) unless the events walked make the tree ``what``
     names (``size`` leaves, ``root``): the broker's checkpoint, or the tree on record."""
-    if size and (size > checked or rebuilt.roots.get(size) != root):
-        err.print(
-            f"[bold red]audit tree broken:[/] {what} (size {size}) is not the tree of the "
-            "chain's events",
-            highlight=False,
-            markup=True,
-        )
-        raise typer.Exit(EXIT_FAILED)
+    from tasklease.core.auditcheck import tree_problem
+
+    _verdict(tree_problem(size, root, rebuilt, checked, what))
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,6 +453,7 @@ def verify_database(
     """Offline: walk the chain, rebuild the Merkle tree, and compare it with the tree on
     record and, with ``checkpoint_file``, with the checkpoint (a signed tree head kept
     outside the database)."""
+    from tasklease.core.auditcheck import RebuiltTree
     from tasklease.core.auditformat import verify_chain
     from tasklease.verify import AuditProofError, verify_checkpoint
 
@@ -546,15 +515,9 @@ def verify_database(
 
 def chain_verdict(report: ChainReport) -> None:
     """Exit 1 naming the first broken link unless ``report`` found none."""
-    if report.ok:
-        return
-    err.print(
-        f"[bold red]audit chain broken[/] at {escape(report.broken_at)}: "
-        f"{escape(report.reason)} ({report.checked} events verified before it)",
-        highlight=False,
-        markup=True,
-    )
-    raise typer.Exit(EXIT_FAILED)
+    from tasklease.core.auditcheck import chain_problem
+
+    _verdict(chain_problem(report))
 
 
 def register(audit_app: typer.Typer) -> None:

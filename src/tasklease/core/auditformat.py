@@ -30,6 +30,7 @@ __all__ = [
     "AuditEntry",
     "ChainReport",
     "clipped",
+    "content_hash",
     "event_hash",
     "sanitize",
     "sanitized_entry",
@@ -376,6 +377,26 @@ def timestamp_seconds(timestamp: str) -> float:
     return parsed.timestamp()
 
 
+def content_hash(ev: AuditEvent) -> str:
+    """The hash of ``ev`` recomputed from its stored fields and its ``prev_hash``: what its
+    chain hash and its Merkle leaf must be if nobody edited it.
+
+    Raises:
+        ValueError: it has none, and the message says why: a format v1 event that carries
+            lineage its hash omits (edited), or an unknown format.
+    """
+    uncovered = uncovered_lineage(
+        ev.version,
+        {"app_id": ev.app_id, "principal_ref": ev.principal_ref, "chain_root": ev.chain_root},
+    )
+    if uncovered is not None:
+        raise ValueError(f"format v1 event carries {uncovered}: edited")
+    try:
+        return event_hash(ev.prev_hash, ev.seq, ev.timestamp, ev)
+    except ValueError:
+        raise ValueError(f"unknown format v{ev.version}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class ChainReport:
     ok: bool
@@ -419,18 +440,10 @@ def verify_chain(
                 False, checked, ev.id, f"format v{ev.version} after format v{version}", prev
             )
         version = ev.version
-        uncovered = uncovered_lineage(
-            ev.version,
-            {"app_id": ev.app_id, "principal_ref": ev.principal_ref, "chain_root": ev.chain_root},
-        )
-        if uncovered is not None:
-            return ChainReport(
-                False, checked, ev.id, f"format v1 event carries {uncovered}: edited", prev
-            )
         try:
-            digest = event_hash(prev, ev.seq, ev.timestamp, ev)
-        except ValueError:
-            return ChainReport(False, checked, ev.id, f"unknown format v{ev.version}", prev)
+            digest = content_hash(ev)
+        except ValueError as exc:
+            return ChainReport(False, checked, ev.id, str(exc), prev)
         if digest != ev.hash:
             return ChainReport(False, checked, ev.id, "event content does not match its hash", prev)
         prev = ev.hash

@@ -58,6 +58,7 @@ __all__ = [
     "LogStore",
     "WentBack",
     "examine",
+    "extends",
     "log_id",
     "read_anchor",
 ]
@@ -245,7 +246,7 @@ def examine(
     if kept is None:
         return state
     anchor = _parsed(kept, anchors.where(directory, log))
-    if _extends(store, tree, anchor):
+    if extends(store, tree, anchor):
         return state
     found = WentBack(tenant, log, anchor, anchors.where(directory, log), state.size, state.root)
     return LogState(tree, log, found)
@@ -258,7 +259,7 @@ def _parsed(note: str, where: str) -> Checkpoint:
         raise ValueError(f"checkpoint anchor {where}: {exc}") from None
 
 
-def _extends(reader: TileReader, tree: AuditTree | None, anchor: Checkpoint) -> bool:
+def extends(reader: TileReader, tree: AuditTree | None, anchor: Checkpoint) -> bool:
     """Whether ``tree`` extends the tree the anchor names (a consistency proof from its
     size to the tree's leads to its root)."""
     if anchor.size == 0:

@@ -15,7 +15,10 @@ a Broker call, as the API makes it: no rule is written twice. Turned off with
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import threading
+import time
 from collections.abc import Callable
 from importlib.resources import files
 from typing import Any, NamedTuple
@@ -28,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 
-from tasklease.core.auditformat import verify_chain
+from tasklease.core.auditcheck import WalkResult, check_shown, walk_log
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.brokerbase import ConsoleFormRefusal
 from tasklease.core.clock import format_rfc3339_seconds
@@ -65,7 +68,9 @@ from tasklease.http.ratelimit import limit_sign_in
 from tasklease.http.token_routes import RequestURI
 from tasklease.rules.scopes import is_subset
 
-__all__ = ["CONSOLE_CSP", "console_routes"]
+__all__ = ["CONSOLE_CSP", "WALK_EVERY", "console_routes"]
+
+_log = logging.getLogger("tasklease.audit")
 
 CONSOLE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -132,6 +137,51 @@ class _SignIn(Exception):
 _DENIAL_ID = re.compile(r"den_[0-9a-f]{16}")
 
 
+WALK_EVERY = 600.0
+"""Seconds between the starts of two full walks of the audit log in one process."""
+
+
+class _FullWalks:
+    """The full walk of the audit log (:func:`walk_log`: the chain, and the Merkle tree
+    rebuilt from every event) for the audit page: ``O(n)``, about 10 s per million events,
+    so never in a page's request. A view of the page starts one, in a thread of its own,
+    when none is running and none started in the last :data:`WALK_EVERY` seconds; every
+    view shows the last one's verdict, when it ran and through which event."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+        self._lock = threading.Lock()
+        self._started: float | None = None  # monotonic seconds of the latest start
+        self._running_since: float | None = None  # the broker's clock, while one runs
+        self.last: WalkResult | None = None
+
+    def view(self) -> tuple[WalkResult | None, float | None]:
+        """The last walk's result and when the one running started (None: none runs),
+        once a walk was started if one is due."""
+        broker = self._broker
+        with self._lock:
+            now = time.monotonic()
+            due = self._started is None or now - self._started >= WALK_EVERY
+            if self._running_since is None and due:
+                self._started = now
+                self._running_since = broker.kernel.now()
+                threading.Thread(target=self._walk, name="audit-walk", daemon=True).start()
+            return self.last, self._running_since
+
+    def _walk(self) -> None:
+        broker = self._broker
+        result: WalkResult | None = None
+        try:
+            result = walk_log(broker.store, broker.transparency.log_keys(), broker.kernel.now)
+        except Exception:  # noqa: BLE001 - logged; walked again after the interval
+            _log.exception("the full walk of the audit log did not finish")
+        finally:
+            with self._lock:
+                if result is not None:
+                    self.last = result
+                self._running_since = None
+
+
 def console_routes(
     broker: Broker,
     *,
@@ -149,6 +199,7 @@ def console_routes(
     # read in them how busy the other tenants are.
     sampler = MetricSampler(broker.metrics.registry) if broker.tenant == DEFAULT_TENANT else None
     uri = RequestURI(broker.config)
+    walks = _FullWalks(broker)
 
     def own_origin(request: Request) -> bool:
         return same_origin(request, uri.origins(request.scope))
@@ -524,11 +575,19 @@ def console_routes(
         query, filters = _audit_query(request, 100, offset)
 
         def read() -> dict[str, Any]:
+            # The events shown, each held to the Merkle tree (O(log n) each); every event
+            # by the last full walk, which this view starts when one is due (_FullWalks).
             events, total = broker.audit_events(query)
-            report = verify_chain(broker.store.iter_audit())
-            tree = getattr(broker.store, "audit_tree", None)
-            merkle = tree() if callable(tree) else None
-            return {"events": events, "total": total, "report": report, "merkle": merkle}
+            shown = check_shown(broker.store, events, broker.transparency.log_keys())
+            walk, running_since = walks.view()
+            return {
+                "events": events,
+                "total": total,
+                "shown": shown,
+                "walk": walk,
+                "walking_since": running_since,
+                "walk_every": WALK_EVERY,
+            }
 
         return page(
             request,
