@@ -113,3 +113,24 @@ def test_sdk_validate_garbage(broker: RunningBroker) -> None:
     result = agentwrit.validate(broker.url, "not-a-token")
     assert result.valid is False
     assert result.error == "token is invalid or expired"
+
+
+def test_sdk_longest_ids_make_a_launch_token(broker: RunningBroker, sdk_app: AgentWritApp) -> None:
+    """The SDK names its launch token ``f"{orch_id}/{task_id}"`` when no label is given:
+    with both ids as long as a SPIFFE segment may be here (128 characters), that name is
+    257 characters, and the launch token must still be made."""
+    orch, task = "o" * 128, "t" * 128
+    agent = sdk_app.create_agent(orch, task, ["read:data:x"])
+    assert agent.agent_id.startswith(f"spiffe://tasklease.local/agent/{orch}/{task}/")
+    result = sdk_app.validate(agent.access_token)
+    assert result.valid is True
+    assert result.claims is not None
+    assert (result.claims.orch_id, result.claims.task_id) == (orch, task)
+    # One character more than that label still refused: the bound stays.
+    resp = broker.post(
+        "/v1/admin/launch-tokens",
+        json={"agent_name": "n" * 258, "allowed_scope": ["read:data:x"]},
+        headers=broker.admin_headers(),
+    )
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error_code"] == "invalid_request"

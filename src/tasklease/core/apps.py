@@ -50,6 +50,7 @@ from tasklease.core.policyrequest import Actor
 from tasklease.core.records import AppRecord, LaunchTokenRecord, RevocationRecord
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys
+from tasklease.core.spiffe import MAX_SEGMENT_CHARS
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, KIND_APP, Claims, mint
 from tasklease.rules import jws
@@ -59,6 +60,10 @@ from tasklease.rules.grants import digest
 __all__ = ["Apps", "expires_at_text"]
 
 _APP_NAME = re.compile(r"[a-z][a-z0-9]+(?:-[a-z0-9]+)*")
+# A launch token's label. The ``agentwrit`` SDK (and ours) names the launch token it makes
+# for an agent ``<orch_id>/<task_id>`` when given no label: every such name of ids a
+# registration accepts fits, the longest included.
+MAX_AGENT_NAME_CHARS = 2 * MAX_SEGMENT_CHARS + 1
 
 
 def expires_at_text(record: LaunchTokenRecord) -> str:
@@ -654,8 +659,8 @@ class Apps(Service):
         cfg = self._config
         if not isinstance(agent_name, str) or not agent_name:
             raise InvalidRequest("agent_name is required")
-        if len(agent_name) > 256:
-            raise InvalidRequest("agent_name must be at most 256 characters")
+        if len(agent_name) > MAX_AGENT_NAME_CHARS:
+            raise InvalidRequest(f"agent_name must be at most {MAX_AGENT_NAME_CHARS} characters")
         details = self._kernel.grant_types.check(
             authorization_details, field="authorization_details"
         )

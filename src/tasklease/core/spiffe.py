@@ -15,6 +15,7 @@ from tasklease.core.errors import InvalidRequest
 from tasklease.rules.secretshapes import holds_credential, holds_secret
 
 __all__ = [
+    "MAX_SEGMENT_CHARS",
     "AgentId",
     "audience_domain",
     "federation_audience",
@@ -25,7 +26,8 @@ __all__ = [
 ]
 
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
-_SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,128}")
+MAX_SEGMENT_CHARS = 128  # an orch_id or task_id
+_SEGMENT = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_SEGMENT_CHARS}}}")
 MAX_ID_LENGTH = 2048
 
 
@@ -43,7 +45,7 @@ def validate_segment(value: object, *, field: str) -> str:
         raise InvalidRequest(f"missing required field: {field}")
     if value in (".", "..") or not _SEGMENT.fullmatch(value):
         raise InvalidRequest(
-            f"invalid {field}: use 1-128 characters from A-Z a-z 0-9 . - _",
+            f"invalid {field}: use 1-{MAX_SEGMENT_CHARS} characters from A-Z a-z 0-9 . - _",
             hint="the value becomes a segment of the agent's SPIFFE ID",
         )
     if holds_credential(value) or holds_secret(value):

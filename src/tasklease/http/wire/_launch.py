@@ -37,7 +37,7 @@ _Resources = str | list[str] | None
 
 class LaunchTokenRequest(Request):
     agent_name: Annotated[
-        _Text, required("A label for the agent(s) it launches, at most 256 characters.")
+        _Text, required("A label for the agent(s) it launches, at most 257 characters.")
     ] = None
     allowed_scope: Annotated[
         list[str] | None,
@@ -141,7 +141,7 @@ _LAUNCH_TOKEN_FAILURES = (
     DETAILS_FAILURE,
     Failure(
         "invalid_request",
-        "`agent_name` is missing or longer than 256 characters, `allowed_scope` is "
+        "`agent_name` is missing or longer than 257 characters, `allowed_scope` is "
         "empty or malformed, `principal` is not `kind:value` or names a creator "
         "(`admin`, `operator:`, `app:`, `attestor:`), `ttl`, `max_ttl` or "
         f"`max_uses` is not a positive integer, `max_uses` is above {MAX_USES} or above 1 "
