@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import agentwrit
 import httpx
 import pytest
 from agentwrit import AgentWritApp
-from agentwrit.errors import AuthenticationError, AuthorizationError, ProblemResponseError
+from agentwrit.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    ProblemResponseError,
+    RateLimitError,
+)
 from e2e_support import RunningBroker, jwt_parts
 
 SCOPES = ["read:data:*", "write:reports:*"]
@@ -134,3 +139,30 @@ def test_sdk_longest_ids_make_a_launch_token(broker: RunningBroker, sdk_app: Age
     )
     assert resp.status_code == 400, resp.text
     assert resp.json()["error_code"] == "invalid_request"
+
+
+def test_sdk_sign_in_limit_is_its_rate_limit_error(
+    start_broker: Callable[..., RunningBroker],
+) -> None:
+    """A 429 from the app sign-in limit reaches the SDK as its ``RateLimitError`` (it maps
+    by status), with the problem body it parses: ``rate_limited`` and a ``Retry-After``."""
+    broker = start_broker(env={"TASKLEASE_APP_AUTH_BURST": "1", "TASKLEASE_APP_AUTH_RATE": "0.001"})
+    created = broker.create_app(SCOPES)
+    first = AgentWritApp(broker.url, created["client_id"], created["client_secret"])
+    second = AgentWritApp(broker.url, created["client_id"], created["client_secret"])
+    try:
+        first.create_agent("orch-sdk", "task-limit", ["read:data:x"])
+        with pytest.raises(RateLimitError) as excinfo:
+            second.create_agent("orch-sdk", "task-limit", ["read:data:x"])
+        assert excinfo.value.status_code == 429
+        assert excinfo.value.problem.error_code == "rate_limited"
+        assert excinfo.value.problem.instance == "/v1/app/auth"
+        resp = broker.post(
+            "/v1/app/auth",
+            json={"client_id": created["client_id"], "client_secret": created["client_secret"]},
+        )
+        assert resp.status_code == 429
+        assert int(resp.headers["retry-after"]) >= 1
+    finally:
+        first.close()
+        second.close()
