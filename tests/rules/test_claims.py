@@ -363,3 +363,34 @@ def test_act_actors_refuses_one_level_past_the_limit() -> None:
     three = {"sub": "a", "act": {"sub": "b", "act": {"sub": "c"}}}
     assert act_actors(three, 3) == ["a", "b", "c"]
     assert act_actors(three, 2) is None
+
+
+def test_the_chain_hash_is_gos_serialisation_and_the_older_one_still_names_the_chain() -> None:
+    """AgentWrit hashes a chain as Go serialises it, ``&``, ``<`` and ``>`` escaped; a
+    token minted before with them written as themselves names the same chain and still
+    passes, and nothing else does."""
+    import hashlib
+
+    hop = DelegationRecord(ROOT, ("read:data:a&b<c>",), "2026-01-01T00:00:00Z", "ab")
+    go = (
+        b'[{"agent":"spiffe://t/agent/root","scope":["read:data:a\\u0026b\\u003cc\\u003e"],'
+        b'"delegated_at":"2026-01-01T00:00:00Z","signature":"ab"}]'
+    )
+    older = go.replace(b"\\u0026", b"&").replace(b"\\u003c", b"<").replace(b"\\u003e", b">")
+    assert chain_hash((hop,)) == hashlib.sha256(go).hexdigest()
+    token = dataclasses.replace(delegated(sub=ROOT, act={"sub": LEAF}), delegation_chain=(hop,))
+    accepted = outcome(dataclasses.replace(token, chain_hash=chain_hash((hop,))))
+    assert accepted == (LEAF,)
+    assert outcome(dataclasses.replace(token, chain_hash=hashlib.sha256(older).hexdigest())) == (
+        accepted
+    )
+    for wrong in (hashlib.sha256(older + b" ").hexdigest(), chain_hash((HOP,))):
+        assert outcome(dataclasses.replace(token, chain_hash=wrong)) == (
+            "delegation chain hash mismatch"
+        )
+    # Without a character Go escapes, both ways are the same bytes.
+    plain = (
+        b'[{"agent":"spiffe://t/agent/root","scope":["read:data:*"],'
+        b'"delegated_at":"2026-01-01T00:00:00Z","signature":"ab"}]'
+    )
+    assert chain_hash((HOP,)) == hashlib.sha256(plain).hexdigest()

@@ -41,6 +41,7 @@ __all__ = [
     "act_actors",
     "act_claim",
     "chain_hash",
+    "chain_hash_matches",
     "check_act",
     "check_claims",
     "check_time",
@@ -262,8 +263,14 @@ def well_formed_cnf(cnf: object) -> bool:
 # -- delegation ---------------------------------------------------------------------------
 
 
-def chain_hash(chain: Sequence[DelegationHopLike]) -> str:
-    """SHA-256 (hex) of the compact JSON array of the chain's records, keys in wire order."""
+# What Go's encoding/json writes escaped that Python's json writes as itself (AgentWrit's
+# wire contract: the chain is hashed as Go serialises it).
+_GO_ESCAPES = str.maketrans(
+    {"&": "\\u0026", "<": "\\u003c", ">": "\\u003e", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+def _chain_json(chain: Sequence[DelegationHopLike]) -> str:
     records = [
         {
             "agent": hop.agent,
@@ -273,8 +280,32 @@ def chain_hash(chain: Sequence[DelegationHopLike]) -> str:
         }
         for hop in chain
     ]
-    encoded = json.dumps(records, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(records, separators=(",", ":"), ensure_ascii=False)
+
+
+def chain_hash(chain: Sequence[DelegationHopLike]) -> str:
+    """SHA-256 (hex) of the compact JSON array of the chain's records, keys in wire order,
+    as Go serialises it (AgentWrit's rule): non-ASCII as UTF-8, and ``&``, ``<``, ``>``,
+    U+2028 and U+2029 escaped as ``\\u`` sequences."""
+    encoded = _chain_json(chain).translate(_GO_ESCAPES).encode("utf-8")
     return hashlib.sha256(encoded).hexdigest()
+
+
+def chain_hash_matches(given: str, chain: Sequence[DelegationHopLike]) -> bool:
+    """Whether ``given`` is the chain's hash (:func:`chain_hash`), compared in constant
+    time. A chain whose scopes hold one of the characters Go escapes was hashed before
+    with them written as themselves; that hash names the same chain as well, and tokens
+    minted so are accepted until their lineage ends."""
+    text = _chain_json(chain)
+    go = text.translate(_GO_ESCAPES)
+    wanted = given.encode()
+    hashes = {hashlib.sha256(go.encode("utf-8")).hexdigest()}
+    if go != text:
+        hashes.add(hashlib.sha256(text.encode("utf-8")).hexdigest())
+    found = False
+    for candidate in hashes:
+        found |= hmac.compare_digest(wanted, candidate.encode())
+    return found
 
 
 def act_actors(act: object, limit: int) -> list[str] | None:
@@ -453,7 +484,7 @@ def check_claims(
     if chain:
         if len(chain) > max_depth:
             raise ClaimRejected("delegation chain longer than the depth limit", "delegation")
-        if not hmac.compare_digest(token.chain_hash.encode(), chain_hash(chain).encode()):
+        if not chain_hash_matches(token.chain_hash, chain):
             raise ClaimRejected("delegation chain hash mismatch", "delegation")
         return check_act(token, payload, max_depth)
     if token.chain_hash:
