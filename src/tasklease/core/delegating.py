@@ -117,7 +117,7 @@ class Delegating(Service):
         parties = f"delegator={claims.sub} | target={clipped(delegate_to, 256)}"
         # Both ends in good standing (invariant 1): the delegator is an ancestor of what
         # it hands on, its own registration's lifetime left to the check's ceilings.
-        held = kernel.holder_standing(claims)
+        holder, held = kernel.holder(claims)
         target, dead = kernel.agent_standing(delegate_to)
         if held:
             dead = f"delegator {claims.sub}: {held}"
@@ -135,7 +135,7 @@ class Delegating(Service):
                 dead_ancestor=dead,
                 resource=named_resource,
                 details=details,
-                actor=agent_actor(claims),
+                actor=agent_actor(claims, holder),
                 holder_agent=target,
             )
         except Refusal as refusal:

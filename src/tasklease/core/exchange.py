@@ -341,7 +341,7 @@ class Exchange(Service):
     ) -> Exchanged:
         kernel, cfg = self._kernel, self._config
         claims = self._credential(subject, ctx)
-        _, dead = kernel.agent_standing(claims.sub, lifetime=False)
+        holder, dead = kernel.agent_standing(claims.sub, lifetime=False)
         iat = int(kernel.now())
         wanted = scope if scope is not None else claims.scope
         # Absent, each keeps what the subject token holds; given, each narrows apart.
@@ -357,7 +357,7 @@ class Exchange(Service):
                 dead_ancestor=dead,
                 resource=resource,
                 details=grants,
-                actor=agent_actor(claims),
+                actor=agent_actor(claims, holder),
             )
         except Refusal as refusal:
             self._refused(refusal, ctx, claims, f"narrowing jti={claims.jti}")
@@ -467,7 +467,7 @@ class Exchange(Service):
                 requested_ttl=clamp_ttl(None, cfg.default_ttl, cfg),
                 dead_ancestor=dead,
                 resource=resource,
-                actor=agent_actor(actor),
+                actor=agent_actor(actor, target),
                 domain=domain,
                 holder_agent=target,
             )

@@ -672,15 +672,22 @@ class Kernel:
         released (done) or swept. A delegated token carries its delegator's task and
         lineage, so its holder's own standing is read whole.
         """
+        return self.holder(claims, session)[1]
+
+    def holder(
+        self, claims: Claims, session: AgentSession | _Unread | None = _UNREAD
+    ) -> tuple[AgentRecord | None, str]:
+        """:meth:`holder_standing`, with the holder's registration when it was read (for
+        a delegated token; None for the holder's own token, whose lineage names its app
+        and attestation first: :func:`tasklease.core.policyrequest.agent_actor`)."""
         if claims.delegation_chain:
-            _, why = self.agent_standing(claims.sub, lifetime=False)
-            return why
+            return self.agent_standing(claims.sub, lifetime=False)
         found = (
             self.store.get_agent_session(claims.sub) if isinstance(session, _Unread) else session
         )
         if found is not None and found.state != "active":
-            return f"agent session is {found.state}"
-        return ""
+            return None, f"agent session is {found.state}"
+        return None, ""
 
     def agent_standing(
         self, agent_id: str, *, lifetime: bool = True

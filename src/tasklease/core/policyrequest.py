@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from tasklease.core.records import AgentRecord
 from tasklease.core.tokens import Claims
 from tasklease.rules import grants as grant_rules
 from tasklease.rules import scopes as scope_rules
@@ -132,10 +133,16 @@ class Actor:
         return out
 
 
-def agent_actor(claims: Claims) -> Actor:
+def agent_actor(claims: Claims, holder: AgentRecord | None) -> Actor:
     """An agent asking with its token: its task, orchestrator, client and depth, the
-    facts its workload attested (the ``attest`` claim) as tags, its app from its
-    lineage."""
+    facts its workload attested (the ``attest`` claim) as tags, and the app it is
+    registered under.
+
+    That app is ``holder``'s, the asking agent's registration, when the caller read it.
+    Without it, the token's lineage names it first only for the holder's own tokens; a
+    token handed to it (a delegation, an exchange) names its delegator's app first, so
+    another app's agent asking with it would be decided as that app's: such a token
+    without its holder's registration is of no app ("")."""
     attest = claims.raw.get("attest")
     facts = attest.get("facts") if isinstance(attest, dict) else None
     tags = (
@@ -143,7 +150,12 @@ def agent_actor(claims: Claims) -> Actor:
         if isinstance(facts, dict)
         else {}
     )
-    app = next((a[4:] for a in claims.lineage if a.startswith("app:")), "")
+    if holder is not None:
+        app = holder.app_id
+    elif claims.delegation_chain:
+        app = ""
+    else:
+        app = next((a[4:] for a in claims.lineage if a.startswith("app:")), "")
     attrs: dict[str, str | int] = {
         "task_id": claims.task_id,
         "orch_id": claims.orch_id,
