@@ -293,7 +293,8 @@ class Apps(Service):
     ) -> AppRecord:
         """Change an app's ceiling (scopes, grants), token TTL and/or public key,
         atomically (all or none). ``public_key`` ``""`` removes the key (secret only from
-        then on); ``authorization_details`` replaces the app's grants (``[]`` removes them).
+        then on); ``scopes`` and ``authorization_details`` replace the app's scopes and
+        grants (``[]`` removes them; None leaves them).
 
         Raises:
             NotFound: no such app (audited).
@@ -307,18 +308,20 @@ class Apps(Service):
                 authorization_details, field="authorization_details"
             )
         )
-        if (
-            (scopes is None or scopes == [])
-            and token_ttl is None
-            and public_key is None
-            and details is None
-        ):
+        if scopes is None and token_ttl is None and public_key is None and details is None:
             raise InvalidRequest(
                 "at least one of scopes, authorization_details, token_ttl or public_key "
                 "must be provided"
             )
+        # ``scopes: []`` is a new, empty scope ceiling (grants only), as ``[]`` of grants
+        # removes them: never "not given", which would leave the app the scopes the
+        # operator took away.
         ceiling = (
-            None if scopes is None or scopes == [] else validate_scopes(scopes, field="scopes")
+            None
+            if scopes is None
+            else ()
+            if scopes == []
+            else validate_scopes(scopes, field="scopes")
         )
         ttl = _app_token_ttl(token_ttl)
         key = None if public_key is None or public_key == "" else app_public_key(public_key)

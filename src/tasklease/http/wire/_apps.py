@@ -82,7 +82,9 @@ class AppCreateRequest(Request):
 
 
 class AppUpdateRequest(Request):
-    scopes: Annotated[list[str] | None, doc("A new scope ceiling.")] = None
+    scopes: Annotated[
+        list[str] | None, doc("A new scope ceiling; `[]` removes it (the app keeps its grants).")
+    ] = None
     authorization_details: Annotated[
         list[dict[str, Any]] | None,
         doc("A new grants ceiling (RFC 9396 structured grants); `[]` removes it."),
