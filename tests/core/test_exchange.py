@@ -5,6 +5,7 @@ refusals audited once each, and revocations crossing the bridge (core.peerfeed).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -1269,3 +1270,74 @@ def test_a_task_we_revoked_ends_what_comes_back_carrying_it(
     eve, back = three_domains_and_back(a, b, c, kit, clock, revoke)
     exc = refused(a, InvalidRequest, lambda: exchange(a, kit, back, eve.token))
     assert "our task t-c of the chain revoked at level task" in denial_detail(a, exc)
+
+
+# --- a peer naming one of our apps -------------------------------------------------------
+
+
+def agent_of_app(broker: Broker, kit: Any, name: str, task_id: str) -> tuple[Any, Any]:
+    """An app of ``broker`` named ``name``, and an agent registered under it."""
+    admin = kit.admin(broker).claims
+    app, secret = broker.register_app(
+        admin, name=name, scopes=["read:data:*"], token_ttl=None, ctx=kit.ctx
+    )
+    launch, _ = broker.create_launch_token(
+        broker.app_auth(app.client_id, secret, kit.ctx).claims, agent_name=name,
+        allowed_scope=["read:data:*"], max_ttl=None, single_use=None, ttl=None, ctx=kit.ctx,
+    )  # fmt: skip
+    return app, kit.register(broker, launch, task_id=task_id)
+
+
+def test_a_peer_cannot_name_one_of_our_apps_as_what_its_token_descends_from(
+    a: Broker, b: Broker, kit: Any, clock: ManualClock
+) -> None:
+    """An app of ours listed in a peer's lineage (``fed:<us>:app:<id>``) would be read as
+    the app the new token descends from: its audit events', and the App the issuance
+    policy sees its holder in, so a ``forbid`` on the holder's own app would not apply to
+    what it hands on. Only an app one of our agents in the chain registered under is
+    ours to name; here none is, so the exchange is refused, audited once."""
+    from tasklease.core.policy import DEFAULT_POLICY, compile_policies
+
+    federate(b, a, kit)
+    payroll, _ = agent_of_app(b, kit, "payroll", "t-pay")
+    bridge, bob = agent_of_app(b, kit, "bridge", "t-bob")
+    carol = kit.register(b, scope=["read:data:*"], task_id="t-carol")
+    rule = (
+        '@id("bridge-hands-nothing-on")\n'
+        f'forbid (principal in App::"{bridge.app_id}", action == Action::"delegate", resource);\n'
+    )
+    b.kernel.policy.use(compile_policies([("d.cedar", DEFAULT_POLICY), ("f.cedar", rule)], "t"))
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    honest = exchange(b, kit, minted_at_a(a, alice, clock), bob.token).issued.claims
+    assert honest.lineage[-1] == f"app:{bridge.app_id}"
+    with pytest.raises(TaskleaseError):  # the policy holds bob's app to its rule
+        b.delegate(honest, delegate_to=carol.sub, scope=["read:data:1"], ttl=None, ctx=kit.ctx)
+    forged = minted_at_a(a, alice, clock, lineage=(f"fed:{B}:app:{payroll.app_id}",))
+    error = refused(b, InvalidRequest, lambda: exchange(b, kit, forged, bob.token))
+    assert f"names our app:{payroll.app_id}" in denial_detail(b, error)
+    # A genuine chain that comes back keeps a vouched hop, yet may add no app either.
+    victim = victim_of_b(b, kit)
+    for_a = narrow(b, kit, victim.token, resource=f"spiffe://{A}", scope="read:data:1")
+    seen = replace(
+        for_a.issued.claims, lineage=(*for_a.issued.claims.lineage, f"app:{payroll.app_id}")
+    )
+    back, _ = hop_at_a(a, kit, clock, seen)
+    error = refused(b, InvalidRequest, lambda: exchange(b, kit, back, bob.token))
+    assert f"names our app:{payroll.app_id}" in denial_detail(b, error)
+
+
+def test_a_chain_that_went_out_from_an_apps_agent_comes_back_descending_from_it(
+    a: Broker, b: Broker, kit: Any, clock: ManualClock
+) -> None:
+    """The counterpart: our agent's token lists its app; what comes back lists it again,
+    and removing the app ends it."""
+    federate(b, a, kit)
+    app, victim = agent_of_app(b, kit, "orders", "t-victim")
+    for_a = narrow(b, kit, victim.token, resource=f"spiffe://{A}", scope="read:data:1")
+    assert f"app:{app.app_id}" in for_a.issued.claims.lineage
+    back, _ = hop_at_a(a, kit, clock, for_a.issued.claims)
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    home = exchange(b, kit, back, bob.token)
+    assert f"app:{app.app_id}" in home.issued.claims.lineage and valid(b, home.token)
+    b.deregister_app(kit.admin(b).claims, app.app_id, kit.ctx)
+    assert not valid(b, home.token)

@@ -73,7 +73,7 @@ from tasklease.core.issuing import (
 )
 from tasklease.core.kernel import IssuedToken, Kernel, Parent, RequestContext, Service
 from tasklease.core.keys import KeyRing
-from tasklease.core.lineage import Refusal
+from tasklease.core.lineage import Refusal, agent_lineage
 from tasklease.core.peerfeed import PeerFeeds
 from tasklease.core.policyrequest import agent_actor
 from tasklease.core.records import CallBudget
@@ -536,10 +536,24 @@ class Exchange(Service):
                 f"the chain names our agent {local.agents[0]} but none of our token ids "
                 f"vouches for its hop out to {to}: it did not go out from here"
             )
+        theirs: set[str] = set()
         for agent in local.agents:
-            _, why = kernel.agent_standing(agent, lifetime=False)
+            record, why = kernel.agent_standing(agent, lifetime=False)
             if why:
                 return f"our agent {agent} in the chain: {why}"
+            if record is not None:
+                theirs.update(agent_lineage(record) or ())
+        for app in local.apps:
+            if app not in theirs:
+                # An app of ours read from the peer's lineage names what the token descends
+                # from: its audit events' app, the App the issuance policy sees its holder
+                # in. Only one an agent of ours in the chain registered under is ours to
+                # name; any other is the peer's word (a chain naming none of our agents
+                # descends from no app of ours at all).
+                return (
+                    f"the chain names our {app} but no agent of ours in it registered "
+                    "under that app: it did not come from there"
+                )
         for task in local.tasks:
             level = kernel.revocations.match(_TaskProbe(task, ft.claims.oiat))
             if level is not None:

@@ -58,6 +58,7 @@ import nacl.signing
 from tasklease.core.config import Config
 from tasklease.core.delegation import PRINCIPAL_MAX_CHARS, verify_chain_records
 from tasklease.core.kernel import Parent
+from tasklease.core.lineage import app_ids
 from tasklease.core.records import MAX_TARGET, RevocationRecord
 from tasklease.core.spiffe import federation_audience, parse_agent_id
 from tasklease.core.tokenids import hop
@@ -288,6 +289,10 @@ class LocalAncestry:
     agents: tuple[str, ...] = ()
     tasks: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
+    apps: tuple[str, ...] = ()
+    """Our apps it lists (``app:<app_id>``): the peer's word, which names the app the
+    token descends from (its audit events, the issuance policy's ``App``), so each must
+    be the app of one of ``agents`` by our own records."""
     out_to: str = ""
     """The trust domain the chain's last hop out of ours went to ("" if no record of the
     chain is by one of our agents)."""
@@ -309,6 +314,7 @@ def _ancestry(ft: ForeignToken, own_domain: str) -> tuple[list[str], LocalAncest
     agents: list[str] = []
     tasks: list[str] = []
     ids: list[str] = []
+    apps: list[str] = []
     for entry in raw:
         mine = local_part(entry, own_domain)
         if mine is None:
@@ -330,6 +336,8 @@ def _ancestry(ft: ForeignToken, own_domain: str) -> tuple[list[str], LocalAncest
         else:
             found = mine
             ids.append(mine)
+            if app_ids((mine,)):
+                apps.append(mine)
         if found not in lineage:
             lineage.append(found)
     for agent in (*hops, claims.sub):
@@ -337,7 +345,9 @@ def _ancestry(ft: ForeignToken, own_domain: str) -> tuple[list[str], LocalAncest
         if parsed is not None and parsed.trust_domain == own_domain and agent not in agents:
             agents.append(agent)
     out_to, hop_out = _last_hop_out(claims, own_domain)
-    return lineage, LocalAncestry(tuple(agents), tuple(tasks), tuple(ids), out_to, hop_out)
+    return lineage, LocalAncestry(
+        tuple(agents), tuple(tasks), tuple(ids), tuple(apps), out_to, hop_out
+    )
 
 
 def _last_hop_out(claims: Claims, own_domain: str) -> tuple[str, bytes]:
