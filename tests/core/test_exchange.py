@@ -1341,3 +1341,34 @@ def test_a_chain_that_went_out_from_an_apps_agent_comes_back_descending_from_it(
     assert f"app:{app.app_id}" in home.issued.claims.lineage and valid(b, home.token)
     b.deregister_app(kit.admin(b).claims, app.app_id, kit.ctx)
     assert not valid(b, home.token)
+
+
+@pytest.mark.parametrize("revoked", ["t-middle", "t-holder"])
+def test_a_task_a_revokes_ends_what_b_derived_from_its_agents_of_that_task(
+    a: Broker, b: Broker, kit: Any, revoked: str
+) -> None:
+    """A task revocation in A ends the tokens held by, or delegated through, A's agents
+    of that task (their SPIFFE IDs name it), whatever the token's own ``task_id`` (its
+    root's, ``t-root``): what B derived from such a token ends too, and it is exchanged
+    no more."""
+    federate(b, a, kit)
+    root = kit.register(a, scope=["read:data:*"], task_id="t-root")
+    middle = kit.register(a, scope=["read:data:*"], task_id="t-middle")
+    holder = kit.register(a, scope=["read:data:*"], task_id="t-holder")
+    first = a.delegate(
+        root.claims, delegate_to=middle.sub, scope=["read:data:*"], ttl=None, ctx=kit.ctx
+    )
+    second = a.delegate(
+        first.claims, delegate_to=holder.sub, scope=["read:data:*"], ttl=None, ctx=kit.ctx
+    )
+    assert second.claims.task_id == "t-root"
+    subject = for_domain(a, kit, second.token, B)
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    held = exchange(b, kit, subject, bob.token)
+    assert valid(b, held.token)
+    a.revoke(kit.admin(a).claims, level="task", target=revoked, ctx=kit.ctx)
+    assert not valid(a, subject)  # A's own rule
+    assert cross(a, b) == 1
+    assert not valid(b, held.token)
+    refused(b, InvalidRequest, lambda: exchange(b, kit, subject, bob.token))
+    assert valid(b, bob.token)

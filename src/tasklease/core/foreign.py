@@ -27,8 +27,10 @@ domain cannot be replayed at another.
 domain's revocations can end it here (``docs/federation.md``). For a token of ``D``:
 
 * ``fed:D`` — everything that came from ``D`` (an operator can end it all at once);
-* ``fed:D:task:<task_id>`` — its task, ``fed:D:agent:<spiffe id>`` for its holder and
-  every delegator in its chain;
+* ``fed:D:task:<task_id>`` — its task, and the task of each of ``D``'s agents among its
+  holder and delegators (``D``'s task revocation ends what they hold or delegated, as
+  their SPIFFE IDs name it); ``fed:D:agent:<spiffe id>`` for its holder and every
+  delegator in its chain;
 * ``fed:D:<id>`` for every entry of its own ``lineage`` (apps, grants, token ids,
   themselves possibly namespaced by a third domain) and, added by the issuance check,
   its grant and ``jti``.
@@ -309,6 +311,13 @@ def _ancestry(ft: ForeignToken, own_domain: str) -> tuple[list[str], LocalAncest
         raw.append(task_entry(d, claims.task_id))
     hops = [record.agent for record in claims.delegation_chain]
     raw += [agent_entry(d, agent) for agent in (*hops, claims.sub)]
+    # D's task revocation also ends what its agents of that task hold or delegated (their
+    # SPIFFE IDs name it), whatever the token's own task: so do its entries here.
+    raw += [
+        task_entry(d, parsed.task_id)
+        for agent in (*hops, claims.sub)
+        if (parsed := parse_agent_id(agent)) is not None and parsed.trust_domain == d
+    ]
     raw += [namespaced(d, entry) for entry in claims.lineage]
     lineage: list[str] = []
     agents: list[str] = []
