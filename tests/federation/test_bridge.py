@@ -344,6 +344,30 @@ def test_a_revocation_in_a_is_seen_in_b(followed: dict[str, Peer], level: str) -
     assert refused["error"] == "invalid_request"
 
 
+def test_a_task_revoked_in_a_ends_in_b_what_a_delegate_of_that_task_handed_on(
+    followed: dict[str, Peer],
+) -> None:
+    """A delegated token carries its root's task; A's revocation of the delegate's own
+    task ends it in A (the delegate's SPIFFE ID names the task), and in B what B derived
+    from it, through the feed: B's token lists that task too."""
+    a, b = followed[A], followed[B]
+    root = a.register(["read:data:*"], "t-deleg-root")
+    helper = a.register(["read:data:*"], "t-deleg-helper")
+    handed = a.running.delegate(root.access_token, helper.agent_id, ["read:data:*"])
+    assert handed.status_code == 200, handed.text
+    hop = handed.json()["access_token"]
+    assert claims(hop)["task_id"] == "t-deleg-root"
+    bob = b.register(["read:records:*"], "t-deleg-b")
+    subject = a.for_domain(hop, b)
+    held = exchange(b, subject, bob.access_token)["access_token"]
+    assert b.valid(held)
+    a.cli("revoke", "--level", "task", "--target", "t-deleg-helper")
+    assert not a.valid(subject)
+    _seconds_until_refused(b, held, time.monotonic())
+    assert b.valid(bob.access_token)
+    assert exchange(b, subject, bob.access_token, expect=400)["error"] == "invalid_request"
+
+
 def test_a_b_token_from_a_chain_is_refused_by_a_b_resource_server(
     followed: dict[str, Peer],
 ) -> None:
