@@ -461,9 +461,10 @@ def test_a_to_b_to_a_maps_back_to_a_and_refuses_a_cycle(a: Broker, b: Broker, ki
     back = for_domain(b, kit, at_b, A)
     done = exchange(a, kit, back, dave.token)
     home = done.issued.claims
-    # A's own ancestors are A's local ids again; B's are namespaced.
+    # A's own ancestors are A's local ids again; B's are namespaced. They are listed as B
+    # names them too, which B's revocations of what it derived from A reach.
     assert alice.claims.jti in home.lineage and f"fed:{B}" in home.lineage
-    assert not any(entry.startswith(f"fed:{B}:fed:{A}") for entry in home.lineage)
+    assert f"fed:{B}:fed:{A}:{alice.claims.jti}" in home.lineage
     assert [r.agent for r in home.delegation_chain] == [alice.sub, bob.sub]
     # The agent that started the chain may not receive it back: no cycles.
     refused(a, InvalidRequest, lambda: exchange(a, kit, back, alice.token))
@@ -1372,3 +1373,33 @@ def test_a_task_a_revokes_ends_what_b_derived_from_its_agents_of_that_task(
     assert not valid(b, held.token)
     refused(b, InvalidRequest, lambda: exchange(b, kit, subject, bob.token))
     assert valid(b, bob.token)
+
+
+@pytest.mark.parametrize("ended", ["removal", "its view of our token"])
+def test_what_b_ends_of_what_it_derived_from_us_ends_what_came_back_through_b(
+    a: Broker, b: Broker, kit: Any, ended: str
+) -> None:
+    """A→B→A: B ending what it derived from A (removing A's domain, or revoking its
+    namespaced view of A's token, ``fed:a.example:<jti>``) ends, through B's feed, what
+    came back to A through B, and A exchanges that token no more, as it would for any
+    other revocation of B's."""
+    federate(b, a, kit)
+    federate(a, b, kit)
+    alice = kit.register(a, scope=["read:data:*"], task_id="t-alice")
+    bob = kit.register(b, scope=["read:data:*"], task_id="t-bob")
+    dave = kit.register(a, scope=["read:data:*"], task_id="t-dave")
+    at_b = exchange(b, kit, for_domain(a, kit, alice.token, B), bob.token)
+    back = for_domain(b, kit, at_b.token, A)
+    home = exchange(a, kit, back, dave.token)
+    if ended == "removal":
+        b.federation.remove(kit.admin(b).claims, A, kit.ctx)
+    else:
+        b.revoke(kit.admin(b).claims, level="chain", target=f"fed:{A}:{alice.claims.jti}",
+                 ctx=kit.ctx)  # fmt: skip
+    assert not valid(b, at_b.token) and not valid(b, back)  # B's own rule
+    assert valid(a, home.token) and valid(a, alice.token)
+    assert cross(b, a) >= 1
+    assert not valid(a, home.token)
+    erin = kit.register(a, scope=["read:data:*"], task_id="t-erin")
+    refused(a, InvalidRequest, lambda: exchange(a, kit, back, erin.token))
+    assert valid(a, alice.token)  # B reaches only what came back through it

@@ -38,7 +38,10 @@ domain's revocations can end it here (``docs/federation.md``). For a token of ``
 An entry that passes through our own domain (``fed:D:x`` where ``x`` was ours, or
 ``fed:D:fed:E:...:fed:<us>:x``) is mapped back to our local id ``x``, so our own
 revocation index applies to a token that went out and came back; our own agents and
-tasks named that way are checked in our store by the exchange service instead.
+tasks named that way are checked in our store by the exchange service instead. The
+entry is listed as the peer names it too: ``D``'s revocation of what it derived from
+ours (``fed:<us>:x``, or ``fed:<us>`` when ``D`` removes our domain) reaches us as
+``fed:D:fed:<us>:…`` and ends what came back through ``D``.
 
 **Revocations crossing.** :func:`converted` turns one entry of ``D``'s revocation feed
 into our own chain-level entry on the namespaced target, which the ``lineage`` of every
@@ -326,6 +329,11 @@ def _ancestry(ft: ForeignToken, own_domain: str) -> tuple[list[str], LocalAncest
     apps: list[str] = []
     for entry in raw:
         mine = local_part(entry, own_domain)
+        if mine is not None and entry not in lineage:
+            # Ours again below; as the peer names it too, so that the peer's revocations of
+            # what it derived from ours (its removal of our domain, ``fed:<us>``, included)
+            # end what came back through it, as they end everything else it sent us.
+            lineage.append(entry)
         if mine is None:
             found = entry
         elif not mine:
