@@ -50,6 +50,16 @@ def _deregister_twice(broker: Any, kit: Any, admin: Any) -> None:
     broker.deregister_app(admin, app.app_id, kit.ctx)
 
 
+def _rotate_unknown(broker: Any, kit: Any, admin: Any) -> None:
+    broker.rotate_app_secret(admin, "app-nope-000000", kit.ctx)
+
+
+def _rotate_deregistered(broker: Any, kit: Any, admin: Any) -> None:
+    app = _app(broker, kit)
+    broker.deregister_app(admin, app.app_id, kit.ctx)
+    broker.rotate_app_secret(admin, app.app_id, kit.ctx)
+
+
 def _attestor_for_unknown_app(broker: Any, kit: Any, admin: Any) -> None:
     broker.attestation.add(
         admin,
@@ -96,6 +106,8 @@ Change = Callable[[Any, Any, Any], None]
         (_update_deregistered, 409, "app_update_denied"),
         (_deregister_unknown, 404, "app_deregistration_denied"),
         (_deregister_twice, 409, "app_deregistration_denied"),
+        (_rotate_unknown, 404, "app_secret_rotation_denied"),
+        (_rotate_deregistered, 409, "app_secret_rotation_denied"),
         (_attestor_for_unknown_app, 404, "attestor_denied"),
         (_remove_unknown_attestor, 404, "attestor_denied"),
         (_federate_while_removed, 409, "federation_refused"),

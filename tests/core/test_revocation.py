@@ -632,14 +632,15 @@ def test_a_public_id_shaped_like_a_secret_can_be_revoked(broker: Any, kit: Any) 
         revoke(broker, kit, "chain", "ef" * 32)
 
 
-@pytest.mark.parametrize("change", ["new-key", "key-removed", "deregistered"])
+@pytest.mark.parametrize("change", ["new-key", "key-removed", "secret-rotated", "deregistered"])
 def test_an_apps_launch_tokens_end_with_its_credential(
     broker: Any, kit: Any, clock: Any, change: str
 ) -> None:
     """As an operator's do (decision 178): a launch token an app made before its key
-    changed (someone held the old one) or before it was deregistered admits no agent
-    more. Agents it launched before keep their identity; a change of scopes alone keeps
-    the launch token (held to the app's ceiling as it is now)."""
+    changed or its secret was rotated (someone held the old one) or before it was
+    deregistered admits no agent more. Agents it launched before keep their identity; a
+    change of scopes alone keeps the launch token (held to the app's ceiling as it is
+    now)."""
     import base64
 
     from nacl.signing import SigningKey
@@ -673,6 +674,8 @@ def test_an_apps_launch_tokens_end_with_its_credential(
     clock.advance(1)
     if change == "deregistered":
         broker.deregister_app(admin, app.app_id, kit.ctx)
+    elif change == "secret-rotated":
+        broker.rotate_app_secret(admin, app.app_id, kit.ctx)
     else:
         new = key() if change == "new-key" else ""
         broker.update_app(

@@ -227,7 +227,7 @@ def test_an_operator_rotated_on_a_slower_replica_loses_a_token_signed_in_ahead(
     assert r.slow.authenticate(kit.bearer(issued.token), kit.ctx).sub == "operator:alice"
 
 
-@pytest.mark.parametrize("change", ["new key", "deregistration"])
+@pytest.mark.parametrize("change", ["new key", "new secret", "deregistration"])
 def test_an_app_changed_on_a_slower_replica_loses_a_token_signed_in_ahead(
     replicas: Replicas, kit: Any, change: str
 ) -> None:
@@ -242,6 +242,8 @@ def test_an_app_changed_on_a_slower_replica_loses_a_token_signed_in_ahead(
         r.slow.update_app(
             admin, app.app_id, scopes=None, token_ttl=None, public_key=key, ctx=kit.ctx
         )
+    elif change == "new secret":
+        r.slow.rotate_app_secret(admin, app.app_id, kit.ctx)
     else:
         r.slow.deregister_app(admin, app.app_id, kit.ctx)
     ended_everywhere(r, ahead.token, "agent")

@@ -759,8 +759,14 @@ def test_responses_match_the_document(client: Client, doc: dict[str, Any]) -> No
     assert resumed["agent_id"] == b["agent_id"]
 
     call("POST", "/v1/token/release", token=renewed["access_token"], expect=204)
+    rotate_secret = "/v1/admin/apps/{app_id}/rotate-secret"
+    call("POST", rotate_secret, path=f"{one}/rotate-secret", token=app_token, expect=403)
+    rotated_app = call("POST", rotate_secret, path=f"{one}/rotate-secret", token=admin, expect=200)
+    assert rotated_app["client_secret"] != app["client_secret"]
+    call("POST", rotate_secret, path=f"{one}x/rotate-secret", token=admin, expect=404)
     call("DELETE", "/v1/admin/apps/{app_id}", path=one, token=admin, expect=200)
     call("DELETE", "/v1/admin/apps/{app_id}", path=one, token=admin, expect=409)
+    call("POST", rotate_secret, path=f"{one}/rotate-secret", token=admin, expect=409)
 
     # Named operators: added with a secret or a key, signed in both ways, rotated, removed.
     alice = call(

@@ -130,3 +130,31 @@ def test_an_app_sign_in_batched_after_its_deregistration_is_refused(
     assert not [e for e in events if e.event_type == "app_authenticated"]
     (hit,) = [e.detail for e in events if e.detail.endswith(f"denial={refused.denial_id}")]
     assert "app_changed_during_sign_in" in hit
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_an_app_sign_in_with_the_old_secret_batched_after_its_rotation_is_refused(
+    tmp_path: Path, kind: str
+) -> None:
+    """A sign-in with the secret a rotation replaces, its credential checked against the
+    row as it was, and its write in the rotation's batch, after it: refused (401, with a
+    denial), never answered with a token once the rotation has answered."""
+    broker = _broker(kind, tmp_path)
+    admin = broker.admin_auth(ADMIN_SECRET, CTX).claims
+    app, secret = broker.register_app(
+        admin, name="billing", scopes=["read:invoices:*"], token_ttl=300, ctx=CTX
+    )
+    broker.clock.advance(5)
+    rotated, refused = _batched(
+        broker,
+        lambda: broker.rotate_app_secret(admin, app.app_id, CTX),
+        lambda: broker.app_auth(app.client_id, secret, CTX),
+    )
+    assert not isinstance(rotated, BaseException), rotated
+    assert rotated[1] and rotated[1] != secret
+    assert isinstance(refused, Unauthorized), refused
+    assert refused.denial_id
+    events, _ = broker.audit_events(AuditQuery(limit=1000))
+    assert not [e for e in events if e.event_type == "app_authenticated"]
+    (hit,) = [e.detail for e in events if e.detail.endswith(f"denial={refused.denial_id}")]
+    assert "app_changed_during_sign_in" in hit

@@ -175,6 +175,29 @@ def test_of_two_deregistrations_of_one_app_one_is_refused(
     assert [e.event_type for e in events].count("app_deregistered") == 1
 
 
+def test_a_secret_rotation_racing_a_deregistration_is_refused(
+    broker: Broker, interleaved: Interleaved
+) -> None:
+    """A deregistration committed between a rotation's first look and its write: the
+    rotation is refused (409, audited), writes nothing, and hands out no secret."""
+    admin = _admin(broker)
+    app, _ = _app(broker)
+    interleaved.after_read(
+        "get_app", app.app_id, lambda: broker.deregister_app(admin, app.app_id, CTX)
+    )
+
+    with pytest.raises(Conflict) as info:
+        broker.rotate_app_secret(admin, app.app_id, CTX)
+
+    assert interleaved.fired
+    assert _refused(broker, info.value) == "app_secret_rotation_denied"
+    stored = broker.store.get_app(app.app_id)
+    assert stored is not None and stored.status == "inactive"
+    assert stored.secret_hash == app.secret_hash
+    events, _ = broker.store.query_audit(AuditQuery(limit=10_000))
+    assert "app_secret_rotated" not in [e.event_type for e in events]
+
+
 def _operator(broker: Broker) -> str:
     _, secret = broker.add_operator(
         _admin(broker), name="alice", role="admin", public_key=None, ctx=CTX

@@ -189,6 +189,29 @@ def app_update(
     _show_app(app, as_json)
 
 
+@app_app.command("rotate-secret")
+def app_rotate_secret(
+    app_id: str,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    admin_secret: AdminSecretOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Replace an app's client secret: the new one is shown once; the old one, the app's
+    live app tokens and the launch tokens it made stop working at once (its agents keep
+    theirs)."""
+    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+        app = admin.rotate_app_secret(app_id)
+    _show_app(app, as_json)
+    if not as_json:
+        out.print(
+            "[yellow]The client_secret is shown only this once: store it now. The old one "
+            "no longer signs in; the app signs in again with this one (and makes new "
+            "launch tokens).[/]",
+            markup=True,
+        )
+
+
 @app_app.command("remove")
 def app_remove(
     app_id: str,

@@ -231,6 +231,14 @@ class AdminClient(AuditCalls):
             body["public_key"] = public_key
         return self._json("PUT", f"/v1/admin/apps/{_segment(app_id)}", json=body)
 
+    def rotate_app_secret(self, app_id: str) -> dict[str, Any]:
+        """``POST /v1/admin/apps/{app_id}/rotate-secret``: a new ``client_secret`` made by
+        the broker, in the answer only this once. The old secret stops working at once;
+        the app's live app tokens and the launch tokens it made end, its agents keep
+        theirs. Raises NotFound for an unknown ``app_id``, Conflict for a deregistered
+        app."""
+        return self._json("POST", f"/v1/admin/apps/{_segment(app_id)}/rotate-secret")
+
     def remove_app(self, app_id: str) -> dict[str, Any]:
         """Deregister an app: its secret stops working and its app tokens are revoked."""
         return self._json("DELETE", f"/v1/admin/apps/{_segment(app_id)}")

@@ -5,7 +5,8 @@ with a public key, its signed client assertion (``core.clientauth``, RFC 7523); 
 token asked for with a DPoP proof is bound to the proof's key (RFC 9449 section 5).
 Launch tokens are the ceiling (scope, audience, agent token lifetime, principal) an
 agent registers under. Removing an app ends every token it issued or launched, with
-their descendants.
+their descendants; a new secret or key ends its app tokens and launch tokens, not the
+agents it launched.
 """
 
 from __future__ import annotations
@@ -347,19 +348,12 @@ class Apps(Service):
                     details if details is not None else app.authorization_details
                 ),
             )
-            rekeyed = updated.public_key != app.public_key
-            if rekeyed:
-                updated = replace(updated, credential_changed_at=now)
-            tx.update_app(updated)
-            written[:] = [updated]
             ended = ""
-            # A new or removed key ends the app's live tokens and the launch tokens it
-            # made, as an operator's rotation does: whoever held the old key (or a token
-            # signed in with it) holds nothing.
-            if rekeyed:
-                records[:] = [self._kernel.revocation_entry("agent", f"app:{app_id}")]
-                tx.insert_revocation(records[0])
-                ended = f"; revoked level=agent target=app:{app_id}"
+            if updated.public_key != app.public_key:  # a key added, replaced or removed
+                updated, ended = self._new_credential(tx, updated, records)
+            else:
+                tx.update_app(updated)
+            written[:] = [updated]
             return [
                 AuditEntry(
                     "app_updated",
@@ -376,6 +370,77 @@ class Apps(Service):
             raise refused[0]
         self._kernel.apply_revocations(records)
         return written[0]
+
+    def rotate_secret(
+        self, claims: Claims, app_id: str, ctx: RequestContext
+    ) -> tuple[AppRecord, str]:
+        """Replace an app's client secret with one the broker makes; returns the record
+        and the new secret (shown only this once).
+
+        The old secret stops working at once; the app's live tokens and the launch tokens
+        it made end, its agents keep theirs (:meth:`_new_credential`). A public key the
+        app has stays (every app has a secret, a key besides it or not: it is the secret
+        that is replaced).
+
+        Raises:
+            NotFound: no such app (audited).
+            Conflict: the app was deregistered, before or while this ran (audited;
+                nothing is written).
+        """
+        event = "app_secret_rotation_denied"
+        self._known(app_id, event, claims, ctx)
+        secret = new_secret()
+        secret_hash = hash_secret(secret)  # the slow part, before the write lock
+        written: list[AppRecord] = []
+        records: list[RevocationRecord] = []
+        refused: list[TaskleaseError] = []
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            # Read under the write lock, as update_app does: a deregistration committed
+            # since the request began is refused, never undone, and a change committed
+            # meanwhile is kept.
+            app = tx.get_app(app_id)
+            if app is None or app.status != "active":
+                return [self._refused(refused, event, app, app_id, claims, ctx)]
+            rotated = replace(app, secret_hash=secret_hash, updated_at=self._kernel.now())
+            rotated, ended = self._new_credential(tx, rotated, records)
+            written[:] = [rotated]
+            return [
+                AuditEntry(
+                    "app_secret_rotated",
+                    request_id=ctx.request_id,
+                    detail=f"app_id={app_id} name={app.name} client_id={app.client_id} "
+                    f"client secret replaced{_key_suffix(app.public_key)}{ended} "
+                    f"rotated_by={claims.sub}",
+                )
+            ]
+
+        self._kernel.commit(unit)
+        if refused:
+            raise refused[0]
+        self._kernel.apply_revocations(records)
+        return written[0], secret
+
+    def _new_credential(
+        self, tx: WriteTx, app: AppRecord, records: list[RevocationRecord]
+    ) -> tuple[AppRecord, str]:
+        """Write ``app``, whose credential changed at its ``updated_at`` (a new secret, a
+        key added, replaced or removed), in ``tx``; returns the record written and the
+        audit detail's suffix.
+
+        Whoever held the old credential, or a token signed in with it, holds nothing, as
+        when an operator is rotated: the app's live tokens end (an ``agent``-level entry
+        on ``app:<app_id>``, put in ``records`` to apply once committed), and so do the
+        launch tokens it made (its ``credential_changed_at``, and that entry: decisions
+        185, 220 and 276). The agents it launched keep their tokens: the change says the
+        credential may be known to someone else, not that the work it started was
+        illegitimate (only the app's removal ends its ``app:`` ancestor)."""
+        now = app.updated_at
+        changed = replace(app, credential_changed_at=now)
+        tx.update_app(changed)
+        records[:] = [self._kernel.revocation_entry("agent", f"app:{app.app_id}", at=now)]
+        tx.insert_revocation(records[0])
+        return changed, f"; revoked level=agent target=app:{app.app_id}"
 
     def deregister_app(self, claims: Claims, app_id: str, ctx: RequestContext) -> AppRecord:
         """Deactivate an app: its secret stops working and its live app tokens are revoked.

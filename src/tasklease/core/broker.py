@@ -145,6 +145,13 @@ class Broker(BrokerBase):
             authorization_details=authorization_details,
         )
 
+    def rotate_app_secret(
+        self, claims: Claims, app_id: str, ctx: RequestContext
+    ) -> tuple[AppRecord, str]:
+        """Replace an app's client secret (returned, shown once); its app tokens and
+        launch tokens end, its agents keep theirs."""
+        return self._apps.rotate_secret(claims, app_id, ctx)
+
     def deregister_app(self, claims: Claims, app_id: str, ctx: RequestContext) -> AppRecord:
         """Deactivate an app: its secret stops working and its live app tokens are revoked."""
         return self._apps.deregister_app(claims, app_id, ctx)

@@ -323,6 +323,16 @@ def admin_routes(
         )
         return json_response(wire.app_view(app))
 
+    async def rotate_app_secret(request: Request) -> Response:
+        app_id = request.path_params["app_id"]
+        app, secret = await authed(
+            request,
+            _ADMIN,
+            APPS_SCOPE,
+            lambda c, ctx: broker.rotate_app_secret(c, app_id, ctx),
+        )
+        return json_response(wire.app_with_secret(app, secret))
+
     async def delete_app(request: Request) -> Response:
         app_id = request.path_params["app_id"]
         app = await authed(
@@ -362,6 +372,7 @@ def admin_routes(
         Route("/v1/admin/apps/{app_id}", guard(get_app), methods=["GET"]),
         Route("/v1/admin/apps/{app_id}", guard(update_app), methods=["PUT"]),
         Route("/v1/admin/apps/{app_id}", guard(delete_app), methods=["DELETE"]),
+        Route("/v1/admin/apps/{app_id}/rotate-secret", guard(rotate_app_secret), methods=["POST"]),
         Route("/v1/app/auth", guard(app_auth), methods=["POST"]),
         Route("/v1/admin/keys/rotate", guard(rotate_keys), methods=["POST"]),
         Route("/v1/admin/keys/{kid}/retire", guard(retire_key), methods=["POST"]),

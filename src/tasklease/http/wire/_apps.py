@@ -261,6 +261,24 @@ OPERATIONS = (
         ),
     ),
     Operation(
+        "POST /v1/admin/apps/{app_id}/rotate-secret",
+        "rotateAppSecret",
+        "apps",
+        "Rotate an app's client secret",
+        "Replaces the app's `client_secret` with a new one the broker makes, shown once, "
+        "here; no body is read. The old secret stops working at once, and the app's live "
+        "app tokens are revoked (level `agent` on `app:<app_id>`), with the launch tokens "
+        "it made: they admit no agent from then on. The agents it launched keep their "
+        "tokens (revoke them, or deregister the app, to end them). A public key the app "
+        "has stays. The new secret signs in once `clock_skew` has passed (until then: 503 "
+        "with `Retry-After`). A deregistered app is not changed (409).",
+        admin(_SCOPE),
+        AppWithSecret,
+        parameters=(_APP_ID,),
+        commits=True,
+        errors=(_NO_SUCH_APP, Failure("conflict", "the app was deregistered (nothing is written)")),
+    ),
+    Operation(
         "DELETE /v1/admin/apps/{app_id}",
         "deregisterApp",
         "apps",
