@@ -166,3 +166,63 @@ def test_health_keeps_its_shape_when_storage_never_answered(
     assert body["status"] == "degraded" and body["db_connected"] is False
     for field in ("version", "uptime", "audit_events_count", "signing_kid"):
         assert field in body and body[field] != "", body  # and ours, for operators
+
+
+class _AuditTableLocked:
+    """A transaction whose audit appends fail, as under a lock held on the audit table
+    (``LOCK TABLE audit_events``, ``VACUUM FULL``): everything else it writes commits."""
+
+    def __init__(self, tx: Any) -> None:
+        self._tx = tx
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx, name)
+
+    def append_audit(self, events: Any) -> None:
+        raise Unavailable("the database did not finish in time", retry_after=1)
+
+
+class AuditLockedStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.audit_locked = False
+
+    @contextmanager
+    def write(self) -> Iterator[Any]:
+        with super().write() as tx:
+            yield _AuditTableLocked(tx) if self.audit_locked else tx
+
+
+def test_a_batch_without_audit_events_does_not_end_a_run_of_failed_audit_writes() -> None:
+    # Seen on PostgreSQL with the audit table locked: the transparency claim (a batch that
+    # appends no event) committed between the failing issuances, so the broker logged
+    # "audit writes succeed again" and readiness said ready while every audited write
+    # still failed.
+    store = AuditLockedStore()
+    broker = Broker(
+        Config(admin_secret_hash=hash_secret(ADMIN_SECRET)),
+        store,
+        KeyRing.generate(),
+        nonce_secret=b"n" * 32,
+    )
+    app = create_app(broker, background=False)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+    async def admin_auth() -> httpx.Response:
+        return await client.post("/v1/admin/auth", json={"secret": ADMIN_SECRET})
+
+    assert asyncio.run(admin_auth()).status_code == 200
+    store.audit_locked = True
+    assert asyncio.run(admin_auth()).status_code == 503
+    assert broker.audit.commit(lambda tx: []) == []  # commits: it appends nothing
+    assert broker.audit.failure() is not None
+    ready = _get(client, "/v1/health/ready")[1]
+    assert ready.status_code == 503 and "writes fail" in ready.json()["detail"], ready.text
+
+    store.audit_locked = False
+    assert asyncio.run(admin_auth()).status_code == 200
+    assert broker.audit.failure() is None
+    deadline = time.monotonic() + 5
+    while _get(client, "/v1/health/ready")[1].status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)

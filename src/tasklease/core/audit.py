@@ -686,7 +686,10 @@ class AuditLog:
             self._last_seq = max(self._last_seq, seq)
             if tree is not None:
                 self._tree = tree
-            self._succeeded()
+                # Only a batch that appended events shows audited writes work again: one
+                # that appended none (a claim, a publication) commits under a lock held on
+                # the audit table while every audited operation still fails.
+                self._succeeded()
         finally:
             for slot in batch:
                 slot.done = True
