@@ -19,7 +19,11 @@ made, so that tasklease imports without it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +32,7 @@ import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from tasklease.core.errors import Unavailable
 from tasklease.keystore._directory import PKCS11, DirectoryProvider, KeyFile, KeyStoreError
 from tasklease.rules.jws import jwk_thumbprint
 
@@ -39,6 +44,10 @@ __all__ = ["Pkcs11KeyProvider", "Pkcs11Signer"]
 # DER of the OID 1.3.101.112 (id-Ed25519, RFC 8410): CKA_EC_PARAMS of an Ed25519 key.
 _ED25519_PARAMS = bytes.fromhex("06032b6570")
 _SELF_TEST = b"tasklease: does this token key match its public key file?"
+# After a failed signature, the key is looked for again at most this often (seconds).
+_RETRY_PAUSE = 1.0
+
+_log = logging.getLogger("tasklease.keystore")
 
 
 class Pkcs11Signer:
@@ -46,22 +55,85 @@ class Pkcs11Signer:
 
     Satisfies :class:`tasklease.core.keys.Signer`. The session serializes its
     operations, so one signer may be shared by threads.
+
+    A token that fails a signature (gone, restarted, its session or key handle dead)
+    fails it with :class:`Unavailable`, never a driver's error. The key is then found
+    again, on a new session, by the first signature asked for after a pause
+    (``find``, which must find a key whose signatures its public half verifies): the
+    broker signs again by itself once the token is back.
     """
 
-    __slots__ = ("_key", "_mechanism", "kid", "public_key")
+    __slots__ = ("_find", "_key", "_lock", "_mechanism", "_retry_at", "kid", "public_key")
 
-    def __init__(self, key: Any, public_key: bytes, mechanism: Any) -> None:
-        self._key = key  # a pkcs11.PrivateKey (whose stub omits its sign method)
+    def __init__(
+        self,
+        key: Any,
+        public_key: bytes,
+        mechanism: Any,
+        find: Callable[[], Any] | None = None,
+    ) -> None:
+        self._key = key  # a pkcs11.PrivateKey (whose stub omits its sign method); None: lost
         self._mechanism = mechanism
+        self._find = find
+        self._lock = threading.Lock()
+        self._retry_at = 0.0  # no new session before then (time.monotonic())
         self.public_key = public_key
         self.kid = jwk_thumbprint(public_key)
 
     def sign(self, message: bytes) -> bytes:
-        """The Ed25519 signature of ``message`` (64 bytes), computed by the token."""
-        return bytes(self._key.sign(message, mechanism=self._mechanism))
+        """The Ed25519 signature of ``message`` (64 bytes), computed by the token.
+
+        Raises:
+            Unavailable: the token did not sign (nothing was signed).
+        """
+        key = self._key
+        if key is None:
+            key = self._found_again()
+        try:
+            return bytes(key.sign(message, mechanism=self._mechanism))
+        except Exception as exc:  # noqa: BLE001 - any failure of the token or its module
+            self._lost(key)
+            raise _unavailable(type(exc).__name__) from None
+
+    def _found_again(self) -> Any:
+        with self._lock:
+            if self._key is not None:
+                return self._key
+            now = time.monotonic()
+            if self._find is None or now < self._retry_at:
+                raise _unavailable("the token failed a signature moments ago")
+            self._retry_at = now + _RETRY_PAUSE
+            try:
+                key = self._find()
+                signature = bytes(key.sign(_SELF_TEST, mechanism=self._mechanism))
+                nacl.signing.VerifyKey(self.public_key).verify(_SELF_TEST, signature)
+            except Exception as exc:  # noqa: BLE001 - still away, or not our key
+                raise _unavailable(type(exc).__name__) from None
+            self._key = key
+            _log.warning("the PKCS#11 token signs again with key %s", self.kid)
+            return key
+
+    def _lost(self, key: Any) -> None:
+        with self._lock:
+            if self._key is key and key is not None:
+                self._key = None
+                self._retry_at = time.monotonic() + _RETRY_PAUSE
+                _log.error(
+                    "the PKCS#11 token failed a signature with key %s; signing requests "
+                    "are refused until it is found again",
+                    self.kid,
+                )
 
     def __repr__(self) -> str:
         return f"Pkcs11Signer(kid={self.kid!r})"
+
+
+def _unavailable(reason: str) -> Unavailable:
+    return Unavailable(
+        "the signing key's PKCS#11 token is not available",
+        reason=f"PKCS#11 signature failed: {reason}",
+        retry_after=1,
+    )
 
 
 class Pkcs11KeyProvider(DirectoryProvider):
@@ -157,6 +229,22 @@ class Pkcs11KeyProvider(DirectoryProvider):
                 self._session.close()
                 self._session = None
 
+    def _restart_module(self) -> None:
+        """Finalize and initialize the module again: a module that saw its token fail
+        (SoftHSM, for one) may keep it failed until then. Other sessions this process
+        has on the module end with it; their signers find their keys again the same way."""
+        with self._lock:
+            self._session = None
+            self._p11.lib(self.module).reinitialize()
+
+    def _drop_session(self) -> None:
+        """Forget the session, closing it if the token still can (a signer found it dead)."""
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            with contextlib.suppress(Exception):
+                session.close()
+
     def _label(self, timestamp: str) -> str:
         return f"{self.key_label}{timestamp}Z"
 
@@ -196,11 +284,20 @@ class Pkcs11KeyProvider(DirectoryProvider):
         if not active:
             return nacl.signing.VerifyKey(public)
         key = self._private_key(self._open_session(), entry.timestamp)
-        signer = Pkcs11Signer(key, public, self._p11.Mechanism.EDDSA)
+
+        def find() -> Any:
+            self._drop_session()
+            try:
+                return self._private_key(self._open_session(), entry.timestamp)
+            except Exception:  # noqa: BLE001 - the module may hold the token as failed
+                self._restart_module()
+                return self._private_key(self._open_session(), entry.timestamp)
+
+        signer = Pkcs11Signer(key, public, self._p11.Mechanism.EDDSA, find)
         try:
             signature = signer.sign(_SELF_TEST)
             nacl.signing.VerifyKey(public).verify(_SELF_TEST, signature)
-        except (nacl.exceptions.BadSignatureError, ValueError, self._p11.PKCS11Error):
+        except (nacl.exceptions.BadSignatureError, ValueError, Unavailable):
             raise KeyStoreError(
                 f"the key labelled {self._label(entry.timestamp)!r} on the PKCS#11 token "
                 f"{self.token_label!r} does not match {entry.path}"
