@@ -273,6 +273,49 @@ def test_busy_database_fails_closed(db_path: Path) -> None:
         assert store.get_app("app-1") == make_app()
 
 
+def test_a_write_waits_no_longer_than_its_busy_timeout_behind_this_processs_writers(
+    db_path: Path,
+) -> None:
+    # Seen with the database locked by another process (a `BEGIN EXCLUSIVE` held by a
+    # sqlite3 shell): each writer of the broker's own (the group committer, the readiness
+    # check, housekeeping) waited its busy_timeout for SQLite's lock in turn, while the
+    # others queued on the store's in-process lock without a bound, so a request waited
+    # 20 to 30 s for its 503 behind a 5 s busy_timeout.
+    import time
+
+    SQLiteStore(db_path).close()
+    busy = 0.3
+    with SQLiteStore(db_path, busy_timeout=busy) as store:
+        other = sqlite3.connect(db_path, isolation_level=None)
+        took: list[float] = []
+        failed: list[BaseException] = []
+
+        def write() -> None:
+            started = time.monotonic()
+            try:
+                with store.write():
+                    pass
+            except Unavailable as exc:
+                failed.append(exc)
+            took.append(time.monotonic() - started)
+
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            writers = [threading.Thread(target=write) for _ in range(8)]
+            for writer in writers:
+                writer.start()
+            for writer in writers:
+                writer.join(30)
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert len(failed) == 8
+        # Its turn in this process, then SQLite's lock: each within busy_timeout.
+        assert max(took) < 2 * busy + 0.5, sorted(took)
+        with store.write() as tx:  # the lock gone, writes go on
+            tx.insert_app(make_app())
+
+
 def _probe_held(path: Path) -> bool:
     """True while some store holds a lock on ``path`` (as another process would see it)."""
     import fcntl

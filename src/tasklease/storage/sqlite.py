@@ -142,7 +142,9 @@ class SQLiteStore(SQLStore):
     ``tasklease db migrate``). A database newer than this code is always refused.
 
     ``busy_timeout`` is how long, in seconds, a transaction waits for another process's
-    write lock before failing with ``Unavailable``.
+    write lock before failing with ``Unavailable``; it waits as long again at most for
+    this process's other writers, so a write fails within a bound however many of them
+    queue behind a lock held elsewhere.
     """
 
     dialect = DIALECT
@@ -361,7 +363,15 @@ class SQLiteStore(SQLStore):
         if self._write_owner == threading.get_ident() or _INSIDE_WRITE.get() is shared:
             raise RuntimeError("write() is not reentrant: use the open transaction")
         revoked = False
-        with self._write_lock, self._turns._writer_turn():
+        # This process's other writers wait their busy_timeout for SQLite's lock one at a
+        # time: without a bound here, the last of them would wait for all of theirs.
+        if not self._write_lock.acquire(timeout=self._busy_timeout):
+            raise Unavailable(
+                "storage is busy",
+                reason="another write of this process held the store for busy_timeout",
+                retry_after=1,
+            )
+        with _released(self._write_lock), self._turns._writer_turn():
             if self._closed:
                 raise RuntimeError("store is closed")
             self._write_owner = threading.get_ident()
@@ -477,6 +487,15 @@ class SQLiteStore(SQLStore):
             self._readers.clear()
         for slot in readers:
             slot.close()
+
+
+@contextmanager
+def _released(lock: threading.Lock) -> Iterator[None]:
+    """Release ``lock``, which the caller acquired, when the block ends."""
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _rollback_quietly(conn: sqlite3.Connection) -> None:
