@@ -191,6 +191,10 @@ class SQLiteStore(SQLStore):
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
         self._writer = self._connect(reader=False)
+        # The files the writer has open, by (device, inode): a commit into a file that no
+        # longer has its name is lost at the next start (``_same_files``).
+        self._identity = _identity(self.path)
+        self._wal_identity: tuple[int, int] | None = None  # known after the first commit
         try:
             self._prepare_writer()
             if not create and _schema_version(self._writer) == 0:
@@ -379,6 +383,11 @@ class SQLiteStore(SQLStore):
             try:
                 conn = self._writer
                 self._begin(conn)
+                try:
+                    self._same_files()
+                except BaseException:
+                    _rollback_quietly(conn)
+                    raise
                 changes = conn.total_changes
                 tx = SQLiteWriteTx(conn, self.dialect)
                 try:
@@ -407,6 +416,8 @@ class SQLiteStore(SQLStore):
                     ) from exc
                 if conn.total_changes != changes:  # it wrote, so there was room again
                     self._full_at = None
+                if self._wal_identity is None:  # committed: the WAL exists now
+                    self._wal_identity = _identity(self._wal_path)
                 revoked = tx.revoked
             finally:
                 _INSIDE_WRITE.reset(inside)
@@ -414,6 +425,27 @@ class SQLiteStore(SQLStore):
         if revoked:
             # Committed (durable): the other processes may look now; outside the turn.
             self._wakes.wake_peers()
+
+    @property
+    def _wal_path(self) -> Path:
+        return self.path.with_name(self.path.name + "-wal")
+
+    def _same_files(self) -> None:
+        """Raise ``Unavailable`` unless the database and its WAL still have their names.
+
+        A file replaced or removed under a running broker (a backup moved over it, the WAL
+        deleted) keeps the writer's descriptor: SQLite goes on committing into a file no
+        one will open again, so every acknowledged write would be lost at the next start.
+        Checked in the write transaction, before any statement; writes go on by
+        themselves if the file the writer opened is put back under its name.
+        """
+        for path, opened in ((self.path, self._identity), (self._wal_path, self._wal_identity)):
+            if opened is not None and _identity(path) != opened:
+                raise Unavailable(
+                    "the database file was replaced or removed while the broker ran",
+                    reason=f"{path} is not the file this process opened: restart the broker",
+                    retry_after=5,
+                )
 
     def open_revocation_wake(self) -> WakeSocket | None:
         """A socket that becomes readable when another process commits a revocation.
@@ -487,6 +519,15 @@ class SQLiteStore(SQLStore):
             self._readers.clear()
         for slot in readers:
             slot.close()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The (device, inode) of the file at ``path``, None when there is none."""
+    try:
+        stats = os.stat(path)
+    except OSError:
+        return None
+    return stats.st_dev, stats.st_ino
 
 
 @contextmanager
