@@ -316,6 +316,38 @@ def test_a_write_waits_no_longer_than_its_busy_timeout_behind_this_processs_writ
             tx.insert_app(make_app())
 
 
+def test_a_read_sqlite_cannot_make_is_unavailable(db_path: Path) -> None:
+    # Seen with the database file replaced under a running broker: reads on a thread
+    # that opened its connection afterwards raised sqlite3.DatabaseError ("file is not
+    # a database"), which the routes answered 500 "internal error" with a traceback.
+    with SQLiteStore(db_path) as store:
+        with store.write() as tx:
+            tx.insert_app(make_app())
+        garbage = db_path.with_name("garbage")
+        garbage.write_bytes(b"\x01" * 8192)
+        os.replace(garbage, db_path)
+        for name in ("-wal", "-shm"):
+            db_path.with_name(db_path.name + name).unlink(missing_ok=True)
+        raised: list[BaseException] = []
+
+        def read() -> None:
+            for call in (
+                lambda: store.get_app("app-1"),
+                store.audit_head,
+                lambda: store.find_revocations([("agent", "x")]),
+            ):
+                try:
+                    call()
+                except BaseException as exc:  # noqa: BLE001 - what it raised is the point
+                    raised.append(exc)
+
+        reader = threading.Thread(target=read)  # a new thread: a new reader connection
+        reader.start()
+        reader.join(10)
+        assert [type(exc) for exc in raised] == [Unavailable] * 3, raised
+        assert all(exc.retry_after for exc in raised if isinstance(exc, Unavailable))
+
+
 def _probe_held(path: Path) -> bool:
     """True while some store holds a lock on ``path`` (as another process would see it)."""
     import fcntl

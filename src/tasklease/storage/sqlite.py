@@ -269,19 +269,22 @@ class SQLiteStore(SQLStore):
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: several statements see one snapshot."""
-        conn = self._reader()
-        conn.execute("BEGIN")
-        try:
-            yield conn
-        finally:
-            conn.execute("COMMIT")
+        with _read_errors():
+            conn = self._reader()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
 
     def _one(self, sql: str, params: Row) -> Row | None:
-        row: Row | None = self._reader().execute(sql, params).fetchone()
+        with _read_errors():
+            row: Row | None = self._reader().execute(sql, params).fetchone()
         return row
 
     def _all(self, sql: str, params: Row = ()) -> list[Row]:
-        return self._reader().execute(sql, params).fetchall()
+        with _read_errors():
+            return self._reader().execute(sql, params).fetchall()
 
     def _count_and_page(
         self, count_sql: str, count_params: list[object], page_sql: str, page_params: list[object]
@@ -499,7 +502,8 @@ class SQLiteStore(SQLStore):
         return [found[seq] for seq in sorted(found)]
 
     def audit_head(self) -> tuple[int, str]:
-        return read_audit_head(self._reader(), self.dialect)
+        with _read_errors():
+            return read_audit_head(self._reader(), self.dialect)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -519,6 +523,21 @@ class SQLiteStore(SQLStore):
             self._readers.clear()
         for slot in readers:
             slot.close()
+
+
+@contextmanager
+def _read_errors() -> Iterator[None]:
+    """A read SQLite could not make (its file unreadable, replaced, corrupt; locked past
+    busy_timeout) is ``Unavailable``, as on PostgreSQL: a 503, never a driver's error.
+    Misuse (``ProgrammingError``, ``InterfaceError``) stays what it is: a bug."""
+    try:
+        yield
+    except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
+        raise
+    except sqlite3.Error as exc:
+        raise Unavailable(
+            "storage could not be read", reason=f"{type(exc).__name__}: {exc}", retry_after=1
+        ) from exc
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
