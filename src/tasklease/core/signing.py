@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nacl.signing
@@ -187,8 +189,9 @@ class SigningKeys:
                     kid = jwk_thumbprint(bytes(key))
                     self._record(claims, ctx, kid, previous.active_kid, keys)
 
-                new_kid = rotate_key(directory, provider, before_activation=record)
-                ring = load_keyring(directory, provider)
+                with _directory_errors():
+                    new_kid = rotate_key(directory, provider, before_activation=record)
+                    ring = load_keyring(directory, provider)
             else:
                 ring = KeyRing(nacl.signing.SigningKey.generate(), verify_keys(previous))
                 new_kid = ring.active_kid
@@ -246,8 +249,9 @@ class SigningKeys:
                     self._record_retired(claims, ctx, kid, len(previous.kids()) - 1)
 
                 others = [k for k in previous.kids() if k != kid]
-                retire_keys(directory, others, provider, before_removal=record)
-                ring = load_keyring(directory, provider)
+                with _directory_errors():
+                    retire_keys(directory, others, provider, before_removal=record)
+                    ring = load_keyring(directory, provider)
                 self._known_files = self._key_files()
             else:
                 ring = previous.without(kid)
@@ -382,3 +386,20 @@ class SigningKeys:
             return tuple(sorted(p.name for p in Path(key_dir).glob("signing-*.pem")))
         except OSError:
             return None
+
+
+@contextmanager
+def _directory_errors() -> Iterator[None]:
+    """A key directory that cannot be used (gone, not a directory, unreadable, a file in
+    it corrupt: ``KeyStoreError`` is a ``ValueError``) is a 503 naming it, its path and
+    the cause only in the reason (logged), never a 500. Our own refusals pass."""
+    try:
+        yield
+    except TaskleaseError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise Unavailable(
+            "the key directory cannot be used",
+            reason=f"{type(exc).__name__}: {exc}",
+            retry_after=5,
+        ) from exc
