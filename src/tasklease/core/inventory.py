@@ -94,7 +94,8 @@ def decode_cursor(cursor: str | None) -> tuple[float, str] | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         number, text = json.loads(raw)
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, binascii.Error, RecursionError):
+        # RecursionError: caller text of a thousand nested arrays, which no cursor is
         raise InvalidRequest("cursor is malformed", hint="pass next_cursor as given") from None
     if (
         not isinstance(number, int | float)

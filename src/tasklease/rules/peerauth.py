@@ -329,7 +329,7 @@ def _load(text: object, kind: str) -> dict[str, Any]:
         raise PeerRejected("peer message missing or too large")
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # anyone may send a hello of nested arrays
         raise PeerRejected("peer message is not JSON") from None
     if type(data) is not dict or data.get("typ") != kind:
         raise PeerRejected(f"not a {kind} message")
