@@ -44,12 +44,14 @@ from tasklease.rules.grants import TypeRule
 
 __all__ = [
     "OFFLINE_HOLDER",
+    "REGISTRATION_HOLDER",
     "CallCount",
     "CallCounting",
     "budget_holder",
     "budget_key",
     "budgets_for",
     "counted_grant",
+    "registration_budgets",
 ]
 
 
@@ -93,7 +95,8 @@ def budgets_for(
     rules: Mapping[str, TypeRule] | None = None,
 ) -> list[CallBudget]:
     """The budgets of a new credential's grants with ``max_calls``: each under the first
-    parent grant with ``max_calls`` that covers it (none for a registration)."""
+    parent grant with ``max_calls`` that covers it (a registration's parent is its
+    ceiling, :func:`registration_budgets`)."""
     out = []
     for grant in details:
         calls = _calls(grant)
@@ -107,6 +110,47 @@ def budgets_for(
                     break
         out.append(CallBudget(budget_key(holder, grant), parent, calls, 0, expires_at))
     return out
+
+
+REGISTRATION_HOLDER = "registration:"
+"""The prefix of the thread that holds a registration's ceiling budgets
+(:func:`registration_budgets`)."""
+
+
+def registration_budgets(
+    agent_id: str,
+    details: Iterable[Mapping[str, Any]],
+    ceiling: Sequence[Mapping[str, Any]],
+    *,
+    expires_at: float,
+    rules: Mapping[str, TypeRule] | None = None,
+) -> list[CallBudget]:
+    """The budgets of a registration: its ceiling's grants with ``max_calls`` (the launch
+    token's or the attestor's, ``ceiling``), in a thread of that registration's own
+    (``registration:<agent id>``), and the agent's grants (``details``, thread
+    ``agent:<agent id>``) each under the first of them that covers it.
+
+    A registration may ask for grants narrower than its ceiling's; each within it, their
+    calls together are bounded by the ceiling grant's ``max_calls`` all the same, as a
+    delegate's are by its delegator's. Each registration has its own ceiling budgets
+    (decision 97): the thread is the new agent's."""
+    parent_holder = f"{REGISTRATION_HOLDER}{agent_id}"
+    above = [
+        CallBudget(budget_key(parent_holder, grant), "", _calls(grant), 0, expires_at)
+        for grant in ceiling
+        if _calls(grant)
+    ]
+    return [
+        *above,
+        *budgets_for(
+            f"agent:{agent_id}",
+            details,
+            expires_at=expires_at,
+            parent_holder=parent_holder if above else "",
+            parent_grants=ceiling,
+            rules=rules,
+        ),
+    ]
 
 
 def counted_grant(

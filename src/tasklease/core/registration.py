@@ -27,7 +27,7 @@ from tasklease.core.attestation import (
 from tasklease.core.attestors import LAUNCH_TOKEN
 from tasklease.core.audience import validate_resource
 from tasklease.core.auditformat import AuditEntry
-from tasklease.core.calls import budgets_for
+from tasklease.core.calls import registration_budgets
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import (
     InvalidDPoPProof,
@@ -546,8 +546,12 @@ class Registration(Service):
             ),
             ceiling=issuance.max_exp,
         )
-        budgets = budgets_for(
-            f"agent:{agent_id}", issuance.details, expires_at=issuance.max_exp + cfg.clock_skew
+        budgets = registration_budgets(
+            agent_id,
+            issuance.details,
+            parent.details,
+            expires_at=issuance.max_exp + cfg.clock_skew,
+            rules=self._kernel.grant_types.rules({str(d["type"]) for d in issuance.details}),
         )
         suffix = f" app_id={app_id}" if app_id else ""
         suffix += binding_suffix(claims, reference) + issuance.decision
