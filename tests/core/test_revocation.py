@@ -695,3 +695,50 @@ def test_an_apps_launch_tokens_end_with_its_credential(
     assert ("credential changed since" if change != "deregistered" else "removed") in hit
     if change != "deregistered":
         assert valid(broker, before.token)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        lambda sub: sub.replace("spiffe://", "SPIFFE://", 1),
+        lambda sub: sub.replace("spiffe://tasklease.local", "spiffe://TaskLease.local", 1),
+        lambda sub: sub + "/",
+        lambda sub: sub.replace("/agent/", "/agent//", 1),
+    ],
+)
+@pytest.mark.parametrize("level", ["agent", "chain"])
+def test_a_spiffe_id_spelt_as_no_token_names_it_is_refused_not_written(
+    broker: Any, kit: Any, launch: str, spelling: Any, level: str
+) -> None:
+    """An entry on ``SPIFFE://...`` or an uppercase trust domain was written, answered 1
+    and published, and matched nothing: the agent's token went on validating."""
+    a = kit.register(broker, launch)
+    with pytest.raises(InvalidRequest) as info:
+        revoke(broker, kit, level, spelling(a.claims.sub))
+    assert info.value.detail == "target is not a SPIFFE ID as tokens name it"
+    assert len(broker.revocations) == 0
+    assert valid(broker, a.token)
+    assert revoke(broker, kit, level, a.claims.sub) == 1
+    if level == "agent":  # a chain entry ends what the agent handed on, not its own
+        assert not valid(broker, a.token)
+
+
+def test_spiffe_ids_are_read_as_the_specification_writes_them() -> None:
+    from tasklease.core.spiffe import is_spiffe_id
+
+    for good in ("spiffe://td", "spiffe://t-d.x_1/a/B.c/-", "spiffe://td/" + "a" * 2000):
+        assert is_spiffe_id(good), good
+    for bad in (
+        "spiffe://",
+        "Spiffe://td",
+        "spiffe://TD/a",
+        "spiffe://td/",
+        "spiffe://td//a",
+        "spiffe://td/a/./b",
+        "spiffe://td/a/..",
+        "spiffe://td/a b",
+        "spiffe://td/é",
+        "spiffe://td:8080/a",
+        "spiffe://td/" + "a" * 2040,
+    ):
+        assert not is_spiffe_id(bad), bad

@@ -25,7 +25,7 @@ from tasklease.core.lineage import ending_records
 from tasklease.core.pending import Pending, complete
 from tasklease.core.records import MAX_TARGET, RevocationRecord, RevocationWrite
 from tasklease.core.revocation import LEVELS
-from tasklease.core.spiffe import parse_agent_id
+from tasklease.core.spiffe import is_spiffe_id, parse_agent_id
 from tasklease.core.store import WriteTx
 from tasklease.core.tokencheck import TokenCheck, held_scopes
 from tasklease.core.tokens import KIND_AGENT, OPERATOR_JTI_PREFIX, OPERATORS_SCOPE, Claims
@@ -44,7 +44,9 @@ _OPERATOR_KINDS = ("admin", "operator")
 def unrevocable(level: str, target: str) -> str:
     """Why no revocation may name ``target`` at ``level``; "" when one may.
 
-    ``"long"``: longer than :data:`MAX_TARGET`. ``"credential"``: shaped like a token
+    ``"long"``: longer than :data:`MAX_TARGET`. ``"spiffe"``: a SPIFFE ID not written as
+    the specification (and every token) writes it, which no token could match.
+    ``"credential"``: shaped like a token
     (a pasted credential would be stored, audited and published on the feed every
     resource server reads, and revoke nothing). ``"secret"``: shaped like one of our
     secrets, unless it is a public id that may be shaped like anything (a SPIFFE ID, an
@@ -58,6 +60,11 @@ def unrevocable(level: str, target: str) -> str:
         return "credential"
     if holds_secret(target) and not target.startswith(("spiffe://", "fed:", "attest:")):
         return "secret"
+    if target[: len("spiffe://")].lower() == "spiffe://" and not is_spiffe_id(target):
+        # Tokens name SPIFFE IDs as the specification writes them; an entry on another
+        # spelling (``SPIFFE://``, an uppercase trust domain) would be written, answered
+        # and published, and match nothing.
+        return "spiffe"
     return ""
 
 
@@ -130,6 +137,12 @@ class Revoking(Service):
                 "or a client secret)",
                 hint="revocation targets are ids; a launch token ends when it expires or is "
                 "used up, an app's secret when the app is deregistered",
+            )
+        if why == "spiffe":
+            raise InvalidRequest(
+                "target is not a SPIFFE ID as tokens name it",
+                hint="the scheme and the trust domain are lowercase "
+                "(spiffe://example.org/...), and no path segment is empty, . or ..",
             )
         if _names_operator(level, target) and not is_subset(
             (OPERATORS_SCOPE,), held_scopes(claims)

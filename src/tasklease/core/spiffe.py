@@ -19,6 +19,7 @@ __all__ = [
     "AgentId",
     "audience_domain",
     "federation_audience",
+    "is_spiffe_id",
     "new_agent_id",
     "parse_agent_id",
     "validate_segment",
@@ -29,6 +30,7 @@ _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
 MAX_SEGMENT_CHARS = 128  # an orch_id or task_id
 _SEGMENT = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_SEGMENT_CHARS}}}")
 MAX_ID_LENGTH = 2048
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def validate_trust_domain(td: str) -> str:
@@ -89,6 +91,20 @@ def parse_agent_id(value: str) -> AgentId | None:
     if not all(_SEGMENT.fullmatch(p) and p not in (".", "..") for p in (orch, task, inst)):
         return None
     return AgentId(td, orch, task, inst)
+
+
+def is_spiffe_id(value: str) -> bool:
+    """Whether ``value`` is a SPIFFE ID as the specification writes one, and so as every
+    token names it: the scheme and the trust domain in lowercase, path segments of
+    ``[A-Za-z0-9.-_]`` (none empty, ``.`` or ``..``), at most 2048 bytes."""
+    if not value.startswith("spiffe://") or len(value.encode()) > MAX_ID_LENGTH:
+        return False
+    td, slash, path = value[len("spiffe://") :].partition("/")
+    if not _TRUST_DOMAIN.fullmatch(td):
+        return False
+    return not slash or all(
+        s not in (".", "..") and _PATH_SEGMENT.fullmatch(s) for s in path.split("/")
+    )
 
 
 def federation_audience(trust_domain: str) -> str:

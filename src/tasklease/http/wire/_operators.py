@@ -325,7 +325,8 @@ OPERATIONS = (
                 "`level` or `target` is missing, `level` is not one of the four levels, "
                 f"`target` is longer than {MAX_TARGET} characters, or `target` holds a token or "
                 "a secret (64 hexadecimal characters: a launch token, a client secret) "
-                "instead of an id",
+                "instead of an id, or a SPIFFE ID not written as tokens name it (the "
+                "scheme and trust domain in lowercase, no empty, `.` or `..` segment)",
             ),
             Failure(
                 "forbidden",
