@@ -47,3 +47,37 @@ def test_a_rotation_without_its_key_directory_is_a_503_and_works_once_it_is_back
         assert rotated.json()["previous_kid"] == kids[0]
     finally:
         stop_broker(broker)
+
+
+def test_a_job_failing_every_round_is_logged_once_a_run_and_its_end_once(
+    tmp_path: Path,
+) -> None:
+    """The key refresh runs every second: with the directory away it failed every round,
+    and each round wrote a traceback to the log for as long as the outage lasted."""
+    import time
+
+    data = tmp_path / "data"
+    broker = launch_broker(data, SHARED_ENV)
+    try:
+        os.rename(data / "keys", tmp_path / "keys-away")
+        (data / "keys").write_text("not a directory\n")
+        failed = "background job refresh_keys failed for tenant default"
+        deadline = time.monotonic() + 30
+        while broker.log().count("Traceback") < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)  # every job the outage fails has failed once by now
+        tracebacks = broker.log().count("Traceback")
+        time.sleep(4)  # four more rounds of the refresh
+        log = broker.log()
+        assert log.count("Traceback") == tracebacks, log[-3000:]
+        assert log.count(failed) == 1, log[-3000:]
+        (data / "keys").unlink()
+        os.rename(tmp_path / "keys-away", data / "keys")
+        back = "background job refresh_keys succeeds again for tenant default after"
+        while back not in broker.log() and time.monotonic() < deadline + 30:
+            time.sleep(0.2)
+        log = broker.log()
+        assert log.count(back) == 1, log[-3000:]
+        assert log.count(failed) == 1
+    finally:
+        stop_broker(broker)

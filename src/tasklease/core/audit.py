@@ -39,7 +39,7 @@ from tasklease.core.auditformat import (
 )
 from tasklease.core.audittree import append_leaves
 from tasklease.core.clock import Clock, format_rfc3339
-from tasklease.core.errors import Conflict, TaskleaseError, Unavailable
+from tasklease.core.errors import Conflict, TaskleaseError, Unavailable, failure_summary
 from tasklease.core.handoff import run_on_loop
 from tasklease.core.readahead import refuse as refuse_on_loop
 from tasklease.core.records import AuditEvent, AuditTree
@@ -384,7 +384,7 @@ class AuditLog:
     def _failed(self, exc: BaseException) -> None:
         """Count a failed batch; log the first of a run, and a change of cause, only."""
         now = time.monotonic()
-        summary = _summary(exc)
+        summary = failure_summary(exc)
         if self._on_failure is not None:
             self._on_failure()
         previous = self._failure
@@ -797,12 +797,3 @@ def _fail(batch: list[_Slot], reason: str, cause: BaseException | None = None) -
         if slot.error is None:
             slot.error = Unavailable(detail, reason=reason, retry_after=retry_after)
         slot.events = []
-
-
-def _summary(exc: BaseException) -> str:
-    """What the log says about a failed batch: our own words for a store's Unavailable
-    (no data in them), only the type of anything else (a driver's message may quote a
-    value)."""
-    if isinstance(exc, Unavailable):
-        return exc.detail
-    return type(exc).__name__

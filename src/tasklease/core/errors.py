@@ -55,6 +55,7 @@ __all__ = [
     "Unavailable",
     "UnsupportedGrantType",
     "UseDPoPNonce",
+    "failure_summary",
 ]
 
 INVALID_TOKEN = ("Bearer", "invalid_token")
@@ -207,3 +208,12 @@ class Unavailable(TaskleaseError):
 class InternalError(TaskleaseError):
     code = "internal_error"
     default_detail = "internal error"
+
+
+def failure_summary(exc: BaseException) -> str:
+    """What a log line says about a failure that repeats (a write batch, a background
+    job): our own words for :class:`Unavailable` (no data in them), only the type of
+    anything else (a driver's message may quote a value)."""
+    if isinstance(exc, Unavailable):
+        return exc.detail
+    return type(exc).__name__

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import importlib.util
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
@@ -25,6 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
 from tasklease.core.broker import Broker
+from tasklease.core.errors import failure_summary
 from tasklease.core.readiness import INTERVAL, Readiness
 from tasklease.federation import refresh_due
 from tasklease.federation.revocations import FeedFollowers
@@ -216,14 +218,47 @@ def tracing_configured(tracer_provider: object | None) -> bool:
 
 
 def _each(tenancy: Tenancy, job: Callable[[Broker], object]) -> Callable[[], None]:
-    """``job`` run on every tenant's broker in turn; one failing does not stop the rest."""
+    """``job`` run on every tenant's broker in turn; one failing does not stop the rest.
+
+    A job fails every round for as long as what it needs is away (storage locked, the key
+    directory moved, a module's token gone), every second or so: the first failure of a
+    run is logged with its traceback, a change of cause again, and the end of the run
+    once (``core.errors.failure_summary``, as the audit writes' runs are); the rounds in
+    between only at debug level."""
+    name = getattr(getattr(job, "func", job), "__name__", "job")
+    runs: dict[str, tuple[str, int, float]] = {}  # tenant: (summary, rounds, since)
 
     def run() -> None:
         for broker in tenancy.brokers():
+            tenant = broker.tenant
             try:
                 job(broker)
-            except Exception:  # noqa: BLE001 - housekeeping must never take the server down
-                _log.exception("background job failed for tenant %s", broker.tenant)
+            except Exception as exc:  # noqa: BLE001 - housekeeping must never take the server down
+                summary = failure_summary(exc)
+                previous = runs.get(tenant)
+                if previous is None or previous[0] != summary:
+                    _log.exception(
+                        "background job %s failed for tenant %s (logged once a run): %s",
+                        name,
+                        tenant,
+                        summary,
+                    )
+                    runs[tenant] = (summary, 1, time.monotonic())
+                else:
+                    _log.debug("background job %s failed again for tenant %s", name, tenant)
+                    runs[tenant] = (summary, previous[1] + 1, previous[2])
+                continue
+            ended = runs.pop(tenant, None)
+            if ended is not None:
+                _log.warning(
+                    "background job %s succeeds again for tenant %s after %d failed rounds "
+                    "in %.1fs (%s)",
+                    name,
+                    tenant,
+                    ended[1],
+                    time.monotonic() - ended[2],
+                    ended[0],
+                )
 
     return run
 
