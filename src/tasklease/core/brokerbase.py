@@ -7,6 +7,7 @@ agent-side operations to them; :class:`tasklease.core.broker.Broker` adds the op
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -50,7 +51,7 @@ from tasklease.core.liveness import Liveness
 from tasklease.core.metrics import Metrics
 from tasklease.core.mutual import HandshakeResult
 from tasklease.core.offlineaudit import OfflineAudit
-from tasklease.core.operators import Operators, operator_name, operator_subject
+from tasklease.core.operators import UNKNOWN_OPERATOR, Operators, operator_subject
 from tasklease.core.peerfeed import PeerFeeds
 from tasklease.core.pending import Pending, aanswer, asettle, complete
 from tasklease.core.readiness import Readiness
@@ -512,11 +513,10 @@ class BrokerBase:
         the admin secret, an empty ``operator``) holds the cause's safe description; the
         returned error carries its ``denial_id`` and no cause. Raises ``Unavailable``
         when the event cannot be written (no refusal can then be named)."""
-        try:
-            subject = operator_subject(operator_name(operator)) if operator else ""
-        except InvalidRequest:
-            subject = ""
-        who = f"operator={clipped(operator, 64)}" if operator else "operator=admin"
+        # The name as typed is kept only when an operator has it (``Operators.shown_name``).
+        shown = await asyncio.to_thread(self._operators.shown_name, operator) if operator else ""
+        subject = operator_subject(shown) if shown and shown != UNKNOWN_OPERATOR else ""
+        who = f"operator={shown}" if operator else "operator=admin"
         error: TaskleaseError = Unauthorized("invalid credentials")
         why = clipped(cause.detail, 200)
         if isinstance(cause, Unavailable):

@@ -46,17 +46,28 @@ from tasklease.core.tokens import KIND_ADMIN, ROLE_SCOPES, ROLES, Claims, mint
 from tasklease.rules import jws as _jws
 from tasklease.rules.messages import operator_sign_in_input
 
-__all__ = ["INIT", "Operators", "operator_name", "operator_subject"]
+__all__ = ["INIT", "UNKNOWN_OPERATOR", "Operators", "operator_name", "operator_subject"]
 
 _NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,62}[a-z0-9])?")
 # Who the audit log names for what `tasklease init` does on the local database.
 INIT = "init"
 _JUST_CHANGED = "credential changed moments ago"
+# What a refused sign-in records for a name no operator has (as an unknown app client id).
+UNKNOWN_OPERATOR = "<unknown>"
 
 
 def operator_subject(name: str) -> str:
     """The ``sub`` of an operator's tokens, and its name in the audit log."""
     return f"operator:{name}"
+
+
+def _shown(name: str, record: OperatorRecord | None) -> str:
+    """``name`` as a refused sign-in records it: the name of an operator the store holds
+    (active or removed: a name is never given to another), else :data:`UNKNOWN_OPERATOR`.
+    A name no operator has is only what was typed in the name field, and that is where a
+    secret lands when it is typed, pasted or filled in one field too early: the audit log,
+    which an auditor reads without holding any secret, must not keep it."""
+    return name if record is not None and record.name == name else UNKNOWN_OPERATOR
 
 
 def operator_name(name: object) -> str:
@@ -380,7 +391,7 @@ class Operators(Service):
         verified = verify_secret(stored, secret)  # the same work for every failure
         reason = self._failure(record, "secret") or ("" if verified else "wrong secret")
         if reason or record is None:
-            raise self._sign_in_refused(name, reason, ctx)
+            raise self._sign_in_refused(name, record, reason, ctx)
         return self._issue(name, record, "", ctx, started)
 
     def _by_key(
@@ -391,11 +402,12 @@ class Operators(Service):
         sig = decode_signature(signature)
         started = time.perf_counter()
         now = self._kernel.now()
+        record = self._store.get_operator(name)
         try:
             nonce_expiry = self._nonces.check(nonce, now)
         except Unauthorized as exc:
-            raise self._sign_in_refused(name, f"nonce refused: {exc.reason}", ctx) from None
-        record = self._store.get_operator(name)
+            why = f"nonce refused: {exc.reason}"
+            raise self._sign_in_refused(name, record, why, ctx) from None
         reason = self._failure(record, "key")
         if not reason and record is not None:
             message = operator_sign_in_input(name, nonce)
@@ -442,7 +454,7 @@ class Operators(Service):
             if why or issued is None or record is None:
                 failure = _refusal(why, wait)
                 refused[:] = [failure]
-                return [with_denial(failure, self._failure_entry(name, why, ctx))]
+                return [with_denial(failure, self._failure_entry(name, record, why, ctx))]
             return [self._signed_in(record, issued.claims, ctx)]
 
         self._kernel.commit(unit)
@@ -462,18 +474,34 @@ class Operators(Service):
             return f"operator signs in with a {_credential(record)}, not a {credential}"
         return ""
 
-    def _failure_entry(self, name: str, reason: str, ctx: RequestContext) -> AuditEntry:
+    def shown_name(self, name: str) -> str:
+        """``name`` as a sign-in refused before its operator was read records it (the
+        console's form): looked up now; :data:`UNKNOWN_OPERATOR` for a malformed name, one
+        no operator has, or when the store cannot say."""
+        try:
+            return _shown(name, self._store.get_operator(operator_name(name)))
+        except TaskleaseError:
+            return UNKNOWN_OPERATOR
+
+    def _failure_entry(
+        self, name: str, record: OperatorRecord | None, reason: str, ctx: RequestContext
+    ) -> AuditEntry:
+        """The refusal's event; ``record``: the operator read for ``name`` (None: none)."""
+        shown = _shown(name, record)
         return AuditEntry(
             "operator_auth_failed",
             outcome="denied",
-            agent_id=operator_subject(name),
+            agent_id=operator_subject(shown) if shown != UNKNOWN_OPERATOR else "",
             request_id=ctx.request_id,
-            detail=f"operator sign-in failed: {reason} | operator={name} from {ctx.remote}",
+            detail=f"operator sign-in failed: {reason} | operator={shown} from {ctx.remote}",
         )
 
-    def _sign_in_refused(self, name: str, reason: str, ctx: RequestContext) -> TaskleaseError:
+    def _sign_in_refused(
+        self, name: str, record: OperatorRecord | None, reason: str, ctx: RequestContext
+    ) -> TaskleaseError:
         self._metrics.auth.labels("operator", "failure").inc()
-        return self._kernel.deny(_refusal(reason), self._failure_entry(name, reason, ctx))
+        entry = self._failure_entry(name, record, reason, ctx)
+        return self._kernel.deny(_refusal(reason), entry)
 
     def _born_revoked(self, record: OperatorRecord, claims: Claims) -> int:
         """Seconds until a token like the one just minted would not be revoked already
