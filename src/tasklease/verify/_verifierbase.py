@@ -135,8 +135,19 @@ class VerifierBase:
         self._horizon = ElapsedHorizon(local)
         # Its requests carry the app's credentials and fetch the keys: a loopback broker
         # is reached directly, never through a proxy the environment names (bounds).
+        # A user and password in the URL (a proxy's HTTP Basic credential) are sent as the
+        # client's auth, never kept in its URL: every URL the client names (its request
+        # log lines, an error answer's message, which the key set's failures log) is then
+        # one without them.
+        base = httpx.URL(broker_url.rstrip("/"))
+        basic = (base.username, base.password) if base.userinfo else None
         self._client = loopback_direct(
-            httpx.Client(base_url=broker_url.rstrip("/"), transport=transport, timeout=timeout)
+            httpx.Client(
+                base_url=base.copy_with(userinfo=b""),
+                auth=basic,
+                transport=transport,
+                timeout=timeout,
+            )
         )
         self.jwks_max_stale = jwks_max_stale
         self._keys = KeySet(
