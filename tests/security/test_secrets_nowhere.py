@@ -24,9 +24,12 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from e2e_support import (
+    ADMIN_SECRET,
     TASKLEASE,
     RunningBroker,
     dpop_proof,
+    free_port,
+    init_data_dir,
     launch_broker,
     metrics_url,
     stop_broker,
@@ -160,12 +163,33 @@ def _drive(broker: RunningBroker, seen: Seen) -> None:  # noqa: PLR0915 - one lo
     resp = post("/v1/operator/auth", json={"name": "olga", "secret": op_secret})
     op_token = s("operator-token", resp.json()["access_token"])
     seen.answer("operator ok", resp, shows=(op_token,))
-    resp = post("/v1/admin/operators/olga/rotate", headers=ah)
+    resp = post("/v1/admin/operators/olga/rotate", json={}, headers=ah)
     if resp.status_code == 200:
         s("operator-rotated", resp.json()["secret"])
         seen.answer("operator rotate", resp, shows=(resp.json()["secret"],))
     else:
         seen.answer("operator rotate", resp)
+
+    # A tenant: its first admin's secret, signed in with wrongly and rightly.
+    resp = post("/v1/admin/tenants", json={"name": "acme"}, headers=ah)
+    assert resp.status_code == 201, resp.text
+    tenant_secret = s("tenant-admin-secret", resp.json()["admin_secret"])
+    seen.answer("tenant create", resp, shows=(tenant_secret,))
+    seen.answer(
+        "tenant wrong",
+        post("/t/acme/v1/operator/auth", json={"name": "admin", "secret": wrong_admin}),
+    )
+    seen.answer(
+        "tenant secret elsewhere",
+        post("/v1/operator/auth", json={"name": "admin", "secret": tenant_secret}),
+    )
+    resp = post("/t/acme/v1/operator/auth", json={"name": "admin", "secret": tenant_secret})
+    tenant_token = s("tenant-token", resp.json()["access_token"])
+    seen.answer("tenant ok", resp, shows=(tenant_token,))
+    seen.answer(
+        "tenant token at default",
+        get("/v1/admin/agents", headers={"Authorization": f"Bearer {tenant_token}"}),
+    )
 
     # Apps: create, sign in wrong and right, client credentials, launch tokens.
     resp = post("/v1/admin/apps", json={"name": "leaky", "scopes": ["read:data:*"]}, headers=ah)
@@ -460,6 +484,13 @@ def _drive(broker: RunningBroker, seen: Seen) -> None:  # noqa: PLR0915 - one lo
         if not got or offset >= page.json()["total"]:
             break
     seen.texts.append(("audit events", json.dumps(events)))
+    tenant_events = get(
+        "/t/acme/v1/audit/events",
+        params={"limit": 1000},
+        headers={"Authorization": f"Bearer {tenant_token}"},
+    )
+    assert tenant_events.status_code == 200, tenant_events.text
+    seen.texts.append(("tenant audit events", tenant_events.text))
     seen.texts.append(("audit events raw", page.text))
 
     # The console: a wrong sign-in, a right one, and every page, with a secret in the
@@ -557,6 +588,10 @@ def test_the_drive_did_what_it_meant(driven: tuple[RunningBroker, Seen]) -> None
     assert labels["register ok"].startswith("200"), labels["register ok"]
     assert labels["renew ok"].startswith("200"), labels["renew ok"]
     assert labels["app ok"].startswith("200")
+    assert labels["operator rotate"].startswith("200"), labels["operator rotate"]
+    assert labels["tenant ok"].startswith("200"), labels["tenant ok"]
+    assert labels["delegate ok"].startswith("200"), labels["delegate ok"]
+    assert labels["exchange ok"].startswith("200"), labels["exchange ok"]
     assert labels["metrics listener"].startswith("200")
     assert any(label.startswith("cli audit") and "rc=0" in label for label in labels)
 
@@ -630,3 +665,40 @@ def test_a_secret_typed_as_an_operator_name_is_not_audited(
     for where in (events.text, broker.log(), console.text, *(r.text for r in refusals)):
         for form in _forms(admin_secret):
             assert form not in where, where
+
+
+# Would fail if: a database setting whose password no URL redaction finds (a libpq
+# keyword=value string, taken for a SQLite path; a PostgreSQL URL with parameters after
+# a space) were named in full when serve refused it, or if one that does not parse
+# stopped serve with a traceback.
+DB_PASSWORD = "db-Pa55word-not-for-logs"  # noqa: S105 - the secret that must not leak
+
+
+@pytest.mark.parametrize(
+    "database",
+    [
+        f"host=127.0.0.1 port=1 user=tasklease password={DB_PASSWORD} dbname=tasklease",
+        f"postgresql://tasklease@127.0.0.1:1/tasklease password={DB_PASSWORD}",
+        f"postgresql://tasklease:{DB_PASSWORD}@[127.0.0.1:1/tasklease",
+    ],
+)
+def test_serve_refuses_a_database_setting_without_naming_its_password(
+    tmp_path: Path, database: str
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
+    env["TASKLEASE_ADMIN_SECRET"] = ADMIN_SECRET
+    init_data_dir(data, env)
+    env["TASKLEASE_DATABASE"] = database
+    env["TASKLEASE_LOG_LEVEL"] = "debug"
+    done = subprocess.run(
+        [TASKLEASE, "serve", "--data-dir", str(data), "--port", str(free_port())],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, said
+    assert "Traceback" not in said, said
+    assert "database:" in said, said
+    for form in _forms(DB_PASSWORD):
+        assert form not in said, said
