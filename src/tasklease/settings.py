@@ -193,8 +193,16 @@ def load_config(
     hash_from = ""  # where admin_secret_hash was set, for the notice below
     data_dir = (overrides or {}).get("data_dir") or env.get("TASKLEASE_DATA_DIR") or ".tasklease"
     path = config_path or env.get("TASKLEASE_CONFIG")
-    if path is None and (Path(data_dir) / "config.toml").is_file():
-        path = str(Path(data_dir) / "config.toml")
+    if path is None:
+        default = Path(data_dir) / "config.toml"
+        try:
+            found = default.is_file()
+        except OSError as exc:  # a data directory this user may not look into
+            raise ConfigError(
+                f"cannot look for {default} in the data directory: {exc.strerror or exc}"
+            ) from None
+        if found:
+            path = str(default)
     if path:
         try:
             with open(path, "rb") as fh:
@@ -205,6 +213,10 @@ def load_config(
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text (TOML is)") from None
+        except OSError as exc:  # a directory, a file this user may not read, ...
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
         for key, value in document.items():
             if key not in _FIELDS:
                 raise ConfigError(f"{path}: unknown setting {key!r}")

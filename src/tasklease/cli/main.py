@@ -257,7 +257,11 @@ def init(
         fail(f"--key-provider must be one of {', '.join(_keys.KEY_PROVIDERS)}")
     # Absolute, so that the config file names this directory wherever it is read from.
     directory = Path(data_dir or ".tasklease").absolute()
-    if directory.exists() and not directory.is_dir():
+    try:
+        not_a_directory = directory.exists() and not directory.is_dir()
+    except OSError as exc:  # a directory on the way this user may not look into
+        fail(f"cannot use data directory {directory}: {_os_problem(exc)}")
+    if not_a_directory:
         fail(f"data directory {directory} exists and is not a directory")
     config_path = directory / "config.toml"
     kept = _kept_config(config_path) if force else None
@@ -487,6 +491,8 @@ def serve(
         fail(f"signing keys: {exc}")
     except sqlite3.DatabaseError as exc:
         fail(_sqlite_problem(redact_url(cfg.database), exc))
+    except OSError as exc:  # a file of the broker's state this user may not read or write
+        fail(f"cannot open the broker's files: {_os_problem(exc)}")
 
 
 def _port_taken(host: str, port: int) -> tuple[str, str] | None:

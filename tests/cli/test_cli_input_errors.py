@@ -1,0 +1,152 @@
+"""Bad input to ``tasklease`` is one ``error:`` line and the documented exit code, never a
+traceback (docs/cli.md, Errors and exit codes): a config file that is no file of text, a
+database URL no store opens, a local JSON file nested past the decoder, a broker that
+answers what no broker answers, a start-up that cannot bind what it was told to. Real
+``tasklease`` processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+from e2e_support import free_port, init_data_dir
+
+SECRET = "cli-input-errors-admin-secret-0123456789"
+
+
+def cli(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``tasklease`` in ``cwd`` with no TASKLEASE_* variable but ``env``."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
+    full.update({"COLUMNS": "200", "NO_COLOR": "1", "TASKLEASE_METRICS_LISTEN": "off"})
+    full.update({"HOME": str(cwd), "XDG_CONFIG_HOME": str(cwd / ".config")})
+    full.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "tasklease.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=str(cwd),
+        env=full,
+        input=stdin,
+        timeout=60,
+        check=False,
+    )
+
+
+def one_error(result: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    """The one ``error:`` line (and its hint) of a command that must fail with ``code``."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    said = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert said and said[0].startswith("error: "), result.stderr
+    assert len([line for line in said if not line.startswith("hint: ")]) == 1, result.stderr
+    return " ".join(said)
+
+
+# --- the config file -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["directory", "not-utf8"])
+@pytest.mark.parametrize(
+    "command",
+    [["serve"], ["db", "migrate"], ["doctor"], ["audit", "verify"]],
+    ids=lambda command: "-".join(command),
+)
+def test_a_config_file_that_is_no_text_file_is_one_error_line(
+    command: list[str], kind: str, tmp_path: Path
+) -> None:
+    """``--config`` naming a directory, or a file that is not UTF-8, is a configuration
+    error naming the file (exit 2): it was the open's or the decoder's traceback."""
+    if kind == "directory":
+        config = tmp_path / "conf.d"
+        config.mkdir()
+    else:
+        config = tmp_path / "config.toml"
+        config.write_bytes(b"\xff\xfe port = 8080\n")
+        config.chmod(0o600)
+    said = one_error(cli(*command, "--config", str(config), cwd=tmp_path))
+    assert f"config file {config}" in said, said
+
+
+# --- a data directory this user may not read --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A broker's data directory, made by ``tasklease init``."""
+    data = tmp_path_factory.mktemp("broker") / "d"
+    init_data_dir(data, {"TASKLEASE_DATA_DIR": str(data), "TASKLEASE_ADMIN_SECRET": SECRET})
+    return data
+
+
+def _as_a_user(command: list[str]) -> list[str]:
+    """``command`` bound by file modes: as root, without the capabilities that bypass them
+    (a broker run as root is refused nothing by a mode)."""
+    if os.geteuid() != 0:
+        return command
+    drop = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *command]
+
+
+@pytest.fixture
+def copied(data_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the broker's data directory, its config naming the copy."""
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy)
+    config = copy / "config.toml"
+    config.write_text(config.read_text().replace(str(data_dir), str(copy)))
+    return copy
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="needs setpriv")
+@pytest.mark.parametrize(
+    ("unreadable", "said"),
+    [
+        (
+            "keys/nonce.secret",
+            "cannot open the broker's files: Permission denied: {d}/keys/nonce.secret",
+        ),
+        ("key-passphrase", "cannot open the broker's files: Permission denied: {d}/key-passphrase"),
+        (".", "cannot look for {d}/config.toml in the data directory: Permission denied"),
+    ],
+    ids=["nonce-secret", "key-passphrase", "data-directory"],
+)
+def test_serve_on_files_it_may_not_read_is_one_error_line(
+    unreadable: str, said: str, copied: Path, tmp_path: Path
+) -> None:
+    """A data directory with the wrong owner or modes (restored as another user, a
+    ``chmod`` too far) is a configuration error naming the file: it was PermissionError's
+    traceback, from the key files, the nonce secret and the config file's lookup alike."""
+    (copied / unreadable).chmod(0)
+    full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
+    full.update({"TASKLEASE_METRICS_LISTEN": "off", "COLUMNS": "200"})
+    command = [sys.executable, "-m", "tasklease.cli.main", "serve", "--data-dir", str(copied)]
+    try:
+        result = subprocess.run(
+            _as_a_user([*command, "--port", str(free_port())]),
+            capture_output=True, text=True, env=full, cwd=str(tmp_path), timeout=60,
+        )  # fmt: skip
+    finally:
+        (copied / unreadable).chmod(0o700)
+    assert said.format(d=copied) in one_error(result), result.stderr
+
+
+def test_init_under_a_directory_it_may_not_read_is_one_error_line(tmp_path: Path) -> None:
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0)
+    full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
+    command = [sys.executable, "-m", "tasklease.cli.main", "init", "--data-dir", str(closed / "d")]
+    try:
+        result = subprocess.run(
+            _as_a_user(command), capture_output=True, text=True, env=full, timeout=60
+        )
+    finally:
+        closed.chmod(0o700)
+    said = one_error(result)
+    assert f"cannot use data directory {closed / 'd'}: Permission denied" in said, said
