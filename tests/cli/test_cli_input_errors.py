@@ -150,3 +150,29 @@ def test_init_under_a_directory_it_may_not_read_is_one_error_line(tmp_path: Path
         closed.chmod(0o700)
     said = one_error(result)
     assert f"cannot use data directory {closed / 'd'}: Permission denied" in said, said
+
+
+# --- the database URL ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "database", "why"),
+    [
+        (["serve"], "mysql://db.example/tasklease", "'mysql'"),
+        (["serve"], "postgresql://[::1/tasklease", "Invalid IPv6 URL"),
+        (["serve"], "sqlite://host/x.db", "sqlite:///absolute/path"),
+        (["doctor"], "mysql://db.example/tasklease", "'mysql'"),
+        (["db", "migrate"], "postgresql://[::1/tasklease", "Invalid IPv6 URL"),
+    ],
+    ids=["unknown-scheme", "malformed-postgresql", "sqlite-with-host", "doctor", "migrate"],
+)
+def test_a_database_url_no_store_opens_names_the_setting(
+    command: list[str], database: str, why: str, tmp_path: Path
+) -> None:
+    """A ``database`` this build cannot open stops the broker as every invalid setting
+    does (docs/configuration.md): exit 2 naming ``database``. ``serve`` ended in the
+    store's ValueError and its traceback."""
+    env = {"TASKLEASE_DATABASE": database, "TASKLEASE_ADMIN_SECRET": SECRET}
+    result = cli(*command, "--data-dir", str(tmp_path / "d"), cwd=tmp_path, env=env)
+    said = one_error(result)
+    assert said.startswith("error: database: ") and why in said, said

@@ -15,6 +15,7 @@ from tasklease.core.spiffe import validate_trust_domain
 from tasklease.rules.cleartext import is_loopback_host  # re-exported: serve and doctor use it
 from tasklease.rules.note import COSIGNATURE, NoteError, VerifierKey
 from tasklease.rules.scopes import check_scope_patterns
+from tasklease.rules.storeurls import parse_store_url
 
 __all__ = [
     "DEFAULT_ISSUER",
@@ -320,6 +321,11 @@ class Config:
         if not 1 <= self.http_max_connections_per_client <= 1_000_000:
             raise ValueError("http_max_connections_per_client must be between 1 and 1000000")
         _check_key_provider(self)
+        if self.database:  # "" is <data_dir>/tasklease.db (settings.resolve_paths)
+            try:
+                parse_store_url(self.database)  # the rule open_store opens it by
+            except ValueError as exc:
+                raise ValueError(f"database: {exc}") from None
         listen_address(self.metrics_listen)  # ValueError for a malformed one
         if self.metrics_public not in ("off", "token"):
             raise ValueError("metrics_public must be one of off, token")

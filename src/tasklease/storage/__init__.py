@@ -13,10 +13,11 @@ Every implementation passes the one conformance suite in ``tests/storage``.
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from tasklease.core.config import Config
 from tasklease.core.store import Store
+from tasklease.rules.storeurls import parse_store_url
 from tasklease.storage._sql import SchemaError
 from tasklease.storage.memory import MemoryStore
 from tasklease.storage.sqlite import SQLiteStore
@@ -54,26 +55,12 @@ def open_store(
     here). ``config`` gives PostgreSQL its limits (the ``database_*`` settings; defaults
     without it). Raise ``ValueError`` for a URL this build cannot open.
     """
-    if "://" not in url:
-        if not url:
-            raise ValueError("store URL is empty")
-        return SQLiteStore(url, migrate=migrate, create=create)
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "memory":
-        if parts.netloc or parts.path or parts.query:
-            raise ValueError("the memory store URL is exactly memory://")
+    kind, where = parse_store_url(url)  # ValueError: no store opens it
+    if kind == "sqlite":
+        return SQLiteStore(where, migrate=migrate, create=create)
+    if kind == "memory":
         return MemoryStore()
-    if scheme == "sqlite":
-        if parts.netloc:
-            raise ValueError("SQLite URLs name a local file: sqlite:///absolute/path")
-        if parts.query or parts.fragment:
-            raise ValueError("SQLite URLs take no query or fragment")
-        path = unquote(parts.path)
-        if not path.startswith("/") or path == "/":
-            raise ValueError("SQLite URLs name a local file: sqlite:///absolute/path")
-        return SQLiteStore(path, migrate=migrate, create=create)
-    if scheme in ("postgresql", "postgres"):
+    if kind == "postgresql":  # the only other kind
         try:
             from tasklease.storage.postgres import PostgresStore
         except ImportError:
@@ -92,4 +79,4 @@ def open_store(
                 tcp_timeout=config.database_tcp_timeout,
             )
         return PostgresStore(url, migrate=migrate, limits=limits)
-    raise ValueError(f"unsupported store URL scheme {scheme!r}")
+    raise ValueError(f"unsupported store {kind!r}")  # pragma: no cover - parse_store_url's
