@@ -328,8 +328,8 @@ def _describe(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__}: {str(exc)[:120]}"
 
 
-def json_document(body: bytes) -> Any:
-    """``body`` decoded as JSON.
+def json_document(body: bytes | str) -> Any:
+    """``body`` decoded as JSON: an answer, or a file the CLI is given.
 
     Raises:
         ValueError: it is not JSON, or nests too deeply to decode (the decoder's

@@ -176,3 +176,60 @@ def test_a_database_url_no_store_opens_names_the_setting(
     result = cli(*command, "--data-dir", str(tmp_path / "d"), cwd=tmp_path, env=env)
     said = one_error(result)
     assert said.startswith("error: database: ") and why in said, said
+
+
+# --- local JSON files ----------------------------------------------------------------------
+
+_DEEP = "[" * 100_000 + "]" * 100_000
+_NOWHERE = "http://127.0.0.1:9"  # never reached: the file is read first
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["attestor", "add", "a", "--type", "oidc", "--settings", "{deep}", "--policy", "{arr}"],
+        ["attestor", "add", "a", "--type", "oidc", "--settings", "{obj}", "--policy", "{deep}"],
+        ["grant-type", "add", "g", "--schema", "{deep}"],
+        ["grant-type", "add", "g", "--schema", "{obj}", "--narrowing", "{deep}"],
+        ["audit", "prove", "--bundle", "{deep}", "--log-key", "k"],
+        ["policy", "test", "{deep}"],
+    ],
+    ids=[
+        "attestor-settings",
+        "attestor-policy",
+        "grant-type-schema",
+        "grant-type-narrowing",
+        "proof-bundle",
+        "policy-request",
+    ],
+)
+def test_a_json_file_nested_too_deeply_is_one_error_line(args: list[str], tmp_path: Path) -> None:
+    """JSON nested deeper than the decoder goes is no JSON (``bounds.json_document``, the
+    rule the SDK and the verifier read answers by), not a RecursionError's traceback."""
+    (tmp_path / "deep.json").write_text(_DEEP)
+    (tmp_path / "obj.json").write_text("{}")
+    (tmp_path / "arr.json").write_text("[]")
+    files = {name: str(tmp_path / f"{name}.json") for name in ("deep", "obj", "arr")}
+    env = {"TASKLEASE_URL": _NOWHERE, "TASKLEASE_ADMIN_SECRET": SECRET}
+    said = one_error(cli(*[a.format(**files) for a in args], cwd=tmp_path, env=env))
+    assert files["deep"] in said, said
+
+
+# --- local directories ---------------------------------------------------------------------
+
+
+def test_witness_init_in_a_file_is_one_error_line(tmp_path: Path) -> None:
+    """The witness's directory is a file: it was mkdir's traceback."""
+    taken = tmp_path / "witness"
+    taken.write_text("not a directory")
+    said = one_error(
+        cli("audit", "witness", "init", str(taken), "--name", "w.example", cwd=tmp_path)
+    )
+    assert str(taken) in said, said
+
+
+def test_accept_restore_without_a_broker_is_one_error_line(tmp_path: Path) -> None:
+    """A data directory holding no broker is a configuration error (exit 2), as it is for
+    ``serve``: ``db accept-restore`` ended in StateError's traceback."""
+    said = one_error(cli("db", "accept-restore", "--data-dir", str(tmp_path / "d"), cwd=tmp_path))
+    assert "no broker here" in said and "tasklease init" in said, said

@@ -10,7 +10,6 @@ would get. These commands need ``admin:keys:*``; ``--tenant`` addresses a tenant
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -62,8 +61,10 @@ def _read(path: Path, what: str) -> str:
 
 
 def _json_file(path: Path, what: str, kind: type) -> Any:
+    from tasklease.bounds import json_document
+
     try:
-        value = json.loads(_read(path, what))
+        value = json_document(_read(path, what))  # nested too deeply: ValueError
     except ValueError as exc:
         fail(f"the {what} {path} is not JSON: {exc}")
     if not isinstance(value, kind):

@@ -12,7 +12,6 @@ reload`` has it read its files now. The broker's commands need ``admin:keys:*``;
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -116,11 +115,12 @@ def policy_test(
 ) -> None:
     """Evaluate a request against policies; print the decision and the policies that
     determined it. Exit 1 when it is denied."""
+    from tasklease.bounds import json_document
     from tasklease.core.policy import evaluate
     from tasklease.core.policyrequest import PolicyRequest, RequestFileError
 
     try:
-        request = PolicyRequest.from_json(json.loads(request_file.read_text(encoding="utf-8")))
+        request = PolicyRequest.from_json(json_document(request_file.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         fail(f"the request file {request_file}: {exc}")
     except RequestFileError as exc:  # pragma: no cover - a ValueError, caught above
@@ -200,8 +200,10 @@ def _print_policy(shown: dict[str, Any], as_json: bool, *, files: bool = True) -
 
 
 def _json_object(path: Path, what: str) -> dict[str, Any]:
+    from tasklease.bounds import json_document
+
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json_document(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         fail(f"the {what} {path}: {exc}")
     if not isinstance(value, dict):

@@ -53,6 +53,7 @@ def accept_restore(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> Non
     broker stopped, on the data directory (or configuration) the broker uses. Revocations
     made after the backup are lost: issue them again.
     """
+    from tasklease.brokerstate import StateError
     from tasklease.core.errors import TaskleaseError
     from tasklease.core.kernel import RequestContext
     from tasklease.core.transparency import logs_went_back
@@ -67,6 +68,8 @@ def accept_restore(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> Non
         fail(str(exc))
     try:
         broker = build_broker(cfg, refuse_went_back=False)
+    except StateError as exc:  # no broker here: serve's words
+        fail(str(exc))
     except (KeyStoreError, TaskleaseError) as exc:
         fail(f"cannot open the broker's keys and database: {exc}", EXIT_USAGE)
     except OSError as exc:

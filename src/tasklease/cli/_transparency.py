@@ -183,6 +183,7 @@ def audit_prove(
     --output the event, the checkpoint and the proof go to a bundle anyone can check
     offline with --bundle (or tasklease.verify.verify_proof_bundle).
     """
+    from tasklease.bounds import json_document
     from tasklease.verify import (
         AuditProofError,
         verify_checkpoint,
@@ -194,7 +195,7 @@ def audit_prove(
         if not log_key:
             fail("--bundle needs the log's verifier key: --log-key")
         try:
-            data: Any = json.loads(_read(bundle, "proof bundle"))
+            data: Any = json_document(_read(bundle, "proof bundle"))
             checkpoint, index = verify_proof_bundle(data, log_key)
         except AuditProofError as exc:
             raise _proof_failed(exc) from None

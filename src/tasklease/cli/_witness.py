@@ -174,7 +174,12 @@ def witness_init(
 
     from tasklease.rules.note import COSIGNATURE, NoteError, parse_private_key, private_key_text
 
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:  # a file, or a link to one
+        fail(f"{directory} exists and is not a directory")
+    except OSError as exc:
+        fail(f"cannot make the witness directory {directory}: {exc.strerror or exc}")
     key_file = directory / KEY_FILE
     if key_file.exists():
         fail(f"{key_file} already exists")
