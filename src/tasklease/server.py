@@ -34,6 +34,7 @@ from tasklease import brokerstate
 from tasklease.core.broker import Broker
 from tasklease.core.config import Config, is_loopback_host
 from tasklease.core.keys import KeyRing, load_keyring, load_or_create_keyring
+from tasklease.core.passwords import hash_problem
 from tasklease.core.rollback import DatabaseWentBack
 from tasklease.core.transparency import LOG_KEY_DIR, logs_went_back
 from tasklease.http.metrics import (
@@ -613,6 +614,13 @@ def serve(
     if not config.admin_secret_hash:
         raise SystemExit(
             "no admin secret configured: run `tasklease init` or set TASKLEASE_ADMIN_SECRET"
+        )
+    unusable = hash_problem(config.admin_secret_hash)
+    if unusable is not None:  # no secret would ever sign in as the admin: said, not served
+        raise SystemExit(
+            f"admin_secret_hash (of the config file or TASKLEASE_ADMIN_SECRET_HASH) cannot be "
+            f"used: {unusable}. In a shell put the hash tasklease init wrote in single "
+            "quotes, in a Compose file write each $ as $$; or set TASKLEASE_ADMIN_SECRET"
         )
     if workers < 1:
         raise SystemExit("--workers must be at least 1")

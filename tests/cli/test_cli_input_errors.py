@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,63 @@ def test_accept_restore_without_a_broker_is_one_error_line(tmp_path: Path) -> No
     ``serve``: ``db accept-restore`` ended in StateError's traceback."""
     said = one_error(cli("db", "accept-restore", "--data-dir", str(tmp_path / "d"), cwd=tmp_path))
     assert "no broker here" in said and "tasklease init" in said, said
+
+
+# --- serve's start-up ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def test_a_metrics_address_already_taken_is_a_configuration_error(
+    data_dir: Path, taken_port: int, tmp_path: Path
+) -> None:
+    """``metrics_listen`` that cannot be bound stops ``serve`` as ``port`` does: one
+    ``error:`` line naming the setting and exit 2, not a bare line and exit 1."""
+    env = {"TASKLEASE_METRICS_LISTEN": f"127.0.0.1:{taken_port}"}
+    result = cli(
+        "serve", "--data-dir", str(data_dir), "--port", str(free_port()), cwd=tmp_path, env=env
+    )
+    said = one_error(result)
+    assert "metrics_listen" in said and f"127.0.0.1:{taken_port}" in said, said
+
+
+def test_no_admin_secret_is_a_configuration_error(data_dir: Path, tmp_path: Path) -> None:
+    """A configuration without an admin secret stops ``serve`` with exit 2 and an
+    ``error:`` line, as every configuration error does (it was exit 1, no prefix)."""
+    config = tmp_path / "config.toml"
+    text = (data_dir / "config.toml").read_text()
+    config.write_text(
+        "".join(line for line in text.splitlines(True) if "admin_secret_hash" not in line)
+    )
+    config.chmod(0o600)
+    result = cli("serve", "--config", str(config), "--port", str(free_port()), cwd=tmp_path)
+    said = one_error(result)
+    assert "no admin secret" in said, said
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "garbage",
+        "argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaA",
+        "$2b$12$abcdefghijklmnopqrstuv",
+    ],
+    ids=["garbage", "dollar-eaten-by-a-shell", "bcrypt"],
+)
+def test_an_admin_secret_hash_that_is_no_argon2id_hash_is_refused(
+    stored: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """A hash no secret can match (mangled by a shell's ``$`` expansion, or another
+    scheme's) started a broker whose admin secret never worked, without a word."""
+    env = {"TASKLEASE_ADMIN_SECRET_HASH": stored}
+    result = cli(
+        "serve", "--data-dir", str(data_dir), "--port", str(free_port()), cwd=tmp_path, env=env
+    )
+    said = one_error(result)
+    assert "admin_secret_hash" in said and stored not in said, said

@@ -479,6 +479,14 @@ def serve(
             notices=notices,
             admin_secret=os.environ.get(ADMIN_SECRET_ENV) or None,
         )
+    except SystemExit as exc:
+        # The server's refusals to start (no admin secret, metrics_listen or a worker's
+        # port that cannot be bound, a worker that died starting) are configuration
+        # errors told in words: exit 2 and an error line, as every other. A number is the
+        # server's own status and stays.
+        if isinstance(exc.code, str):
+            fail(exc.code)
+        raise
     except DatabaseWentBack as exc:
         fail(str(exc))
     except TLSFileError as exc:

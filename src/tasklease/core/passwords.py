@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import secrets
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from tasklease.rules.secretshapes import is_placeholder
@@ -14,6 +14,7 @@ from tasklease.rules.secretshapes import is_placeholder
 __all__ = [
     "MIN_SECRET_DISTINCT",
     "MIN_SECRET_LENGTH",
+    "hash_problem",
     "hash_secret",
     "new_secret",
     "secret_weakness",
@@ -74,6 +75,24 @@ def secret_weakness(secret: str) -> str | None:
         return f"it has fewer than {MIN_SECRET_DISTINCT} distinct characters ({distinct})"
     if is_placeholder(secret):
         return "it is the placeholder of an example, not a secret"
+    return None
+
+
+def hash_problem(stored: str) -> str | None:
+    """Why ``stored`` is no hash :func:`verify_secret` can match a secret against, or None.
+
+    Only the form is judged (an argon2 PHC string, ``$argon2id$v=19$m=...,t=...,p=...$
+    <salt>$<hash>``, as :func:`hash_secret` writes), never the secret it was made from: a
+    hash shows nothing of that. One that is not (another scheme's, or one a shell or
+    Compose emptied each ``$word`` of) matches no secret, so the admin secret would never
+    sign in. The reason never quotes the hash.
+    """
+    try:
+        parameters = extract_parameters(stored)
+    except (InvalidHashError, ValueError):
+        return "it is not an argon2 hash ($argon2id$v=19$m=...,t=...,p=...$<salt>$<hash>)"
+    if not parameters.salt_len or not parameters.hash_len:
+        return "it is an argon2 hash without its salt or digest"
     return None
 
 
