@@ -6,11 +6,13 @@ answers what no broker answers, a start-up that cannot bind what it was told to.
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -294,3 +296,70 @@ def test_an_admin_secret_hash_that_is_no_argon2id_hash_is_refused(
     )
     said = one_error(result)
     assert "admin_secret_hash" in said and stored not in said, said
+
+
+# --- a broker's answers --------------------------------------------------------------------
+
+
+def _answering(status: int, content_type: str, body: bytes) -> Iterator[str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def html_page() -> Iterator[str]:
+    """A web server that is no broker: 200 and an HTML page."""
+    yield from _answering(200, "text/html", b"<html><body>Welcome to nginx!</body></html>")
+
+
+@pytest.fixture(scope="module")
+def other_json() -> Iterator[str]:
+    """A JSON API that is no broker: 200 and an object without the fields asked for."""
+    yield from _answering(200, "application/json", b'{"status": "ok"}')
+
+
+_COMMANDS = [["status"], ["app", "list"], ["audit", "events"], ["keys", "list"], ["login"]]
+
+
+@pytest.mark.parametrize("command", _COMMANDS, ids=lambda c: "-".join(c))
+def test_an_answer_that_is_not_json_is_a_broker_that_failed(
+    command: list[str], html_page: str, tmp_path: Path
+) -> None:
+    """An answer no broker gives is exit 4 (the broker is unreachable or failed), as
+    ``login`` already said of a sign-in answer without a token; it was 3, the code of a
+    refusal (a 4xx), for a 200."""
+    env = {"TASKLEASE_URL": html_page, "TASKLEASE_ADMIN_SECRET": SECRET}
+    said = one_error(cli(*command, cwd=tmp_path, env=env), code=4)
+    assert "not JSON" in said, said
+
+
+@pytest.mark.parametrize("command", _COMMANDS, ids=lambda c: "-".join(c))
+def test_an_answer_without_what_was_asked_is_a_broker_that_failed(
+    command: list[str], other_json: str, tmp_path: Path
+) -> None:
+    """A JSON answer lacking what the command asked for: exit 4 for every command. The
+    admin sign-in said exit 2 (a usage error), and ``keys list`` printed nothing and
+    exited 0, as if the broker published no key."""
+    env = {"TASKLEASE_URL": other_json, "TASKLEASE_ADMIN_SECRET": SECRET}
+    one_error(cli(*command, cwd=tmp_path, env=env), code=4)

@@ -7,7 +7,7 @@ Exit codes (documented in ``tasklease --help`` and docs/cli.md):
     1  a check failed, or the thing asked for does not exist (404)
     2  usage or configuration error (bad flags, no URL or secret, unsafe profile file)
     3  the broker refused the request (a 4xx answer other than 404)
-    4  the broker is unreachable or failed (network error, 5xx)
+    4  the broker is unreachable or failed (network error, 5xx, an answer no broker gives)
 """
 
 from __future__ import annotations
@@ -141,6 +141,11 @@ def exit_code_for(error: TaskleaseError) -> int:
     from tasklease.client import NotFound, TransportError
 
     if isinstance(error, TransportError):
+        return EXIT_UNAVAILABLE
+    if error.code == "bad_response" and (error.status is None or error.status < 300):
+        # An answer no broker gives (not JSON, not an object, without what was asked):
+        # the broker failed, or what answered is no broker. Not a refusal (3), and not
+        # the user's input to correct (2).
         return EXIT_UNAVAILABLE
     if isinstance(error, NotFound):
         return EXIT_FAILED

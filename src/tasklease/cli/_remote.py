@@ -13,6 +13,7 @@ from rich.text import Text
 
 from tasklease.cli._common import (
     EXIT_CODES_HELP,
+    EXIT_UNAVAILABLE,
     AdminSecretOpt,
     JsonOpt,
     ProfileOpt,
@@ -350,12 +351,16 @@ def keys_list(
     profile: ProfileOpt = None,
 ) -> None:
     """The signing keys the broker's JWKS publishes, the active one first."""
+    from tasklease.verify import parse_jwks
+
     with broker_errors(), admin_client(url, None, profile, need_secret=False) as admin:
         jwks = admin.jwks()
-    found = jwks.get("keys")
-    kids = (
-        [str(k.get("kid")) for k in found if isinstance(k, dict)] if isinstance(found, list) else []
-    )
+    try:
+        # Read by the verifier's rule, as `token inspect` reads it: the kids listed are
+        # those of keys resource servers accept, in the broker's order (active first).
+        kids = list(parse_jwks(jwks))
+    except ValueError:
+        fail("the broker's answer is not a JWK Set", EXIT_UNAVAILABLE)
     if as_json:
         print_json({"kids": kids})
         return

@@ -128,7 +128,7 @@ class AdminClient(AuditCalls):
             return {"name": name, "secret": self._operator_secret}
         nonce = expect_json(self._send("GET", "/v1/challenge")).get("nonce")
         if not isinstance(nonce, str):
-            raise Unauthorized("the broker's challenge lacks a nonce")
+            raise Unauthorized("the broker's challenge lacks a nonce", code="bad_response")
         signed = self._operator_key.sign(operator_sign_in_input(name, nonce)).signature
         return {"name": name, "nonce": nonce, "signature": base64.b64encode(signed).decode()}
 
@@ -137,7 +137,7 @@ class AdminClient(AuditCalls):
             answer = self._sign_in()
             token = answer.get("access_token")
             if not isinstance(token, str):
-                raise Unauthorized("the broker's answer lacks an access token")
+                raise Unauthorized("the broker's answer lacks an access token", code="bad_response")
             life = bounds.lifetime(answer.get("expires_in")) or 60
             self._token = token
             self._token_deadline = time.monotonic() + max(1.0, life - _REAUTH_MARGIN)
