@@ -1,4 +1,5 @@
-"""Exit 1, saying so first, when HOST:PORT cannot be bound (another broker is there).
+"""Exit 1, saying so first, when HOST:PORT cannot be bound (another broker is there) or
+PORT is no port number.
 
 Used by `make run` before anything else: `python scripts/port_free.py HOST PORT`.
 """
@@ -11,7 +12,13 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    host, port = argv[0], int(argv[1])
+    host, text = argv[0], argv[1]
+    port = int(text) if text.isascii() and text.isdigit() else 0
+    if not 1 <= port <= 65535:  # said as serve says it, not int()'s or bind()'s traceback
+        sys.stderr.write(
+            f"error: TASKLEASE_PORT must be a port number from 1 to 65535, not {text!r}\n"
+        )
+        return 1
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

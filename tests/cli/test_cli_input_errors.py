@@ -363,3 +363,20 @@ def test_an_answer_without_what_was_asked_is_a_broker_that_failed(
     exited 0, as if the broker published no key."""
     env = {"TASKLEASE_URL": other_json, "TASKLEASE_ADMIN_SECRET": SECRET}
     one_error(cli(*command, cwd=tmp_path, env=env), code=4)
+
+
+# --- make run ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", ["abc", "70000", "0"])
+def test_make_runs_port_check_refuses_what_is_no_port(port: str) -> None:
+    """``make run TASKLEASE_PORT=abc`` ended in int()'s traceback (bind()'s for 70000)
+    before any broker was started."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "port_free.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "127.0.0.1", port], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == (
+        f"error: TASKLEASE_PORT must be a port number from 1 to 65535, not {port!r}\n"
+    )
