@@ -162,10 +162,10 @@ def test_init_under_a_directory_it_may_not_read_is_one_error_line(tmp_path: Path
     ("command", "database", "why"),
     [
         (["serve"], "mysql://db.example/tasklease", "'mysql'"),
-        (["serve"], "postgresql://[::1/tasklease", "Invalid IPv6 URL"),
+        (["serve"], "postgresql://[::1/tasklease", "does not parse"),
         (["serve"], "sqlite://host/x.db", "sqlite:///absolute/path"),
         (["doctor"], "mysql://db.example/tasklease", "'mysql'"),
-        (["db", "migrate"], "postgresql://[::1/tasklease", "Invalid IPv6 URL"),
+        (["db", "migrate"], "postgresql://[::1/tasklease", "does not parse"),
     ],
     ids=["unknown-scheme", "malformed-postgresql", "sqlite-with-host", "doctor", "migrate"],
 )

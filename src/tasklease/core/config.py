@@ -7,7 +7,6 @@ The core never reads the environment or files: :func:`tasklease.config_loader.lo
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -219,7 +218,6 @@ class Config:
 
     def __post_init__(self) -> None:
         validate_trust_domain(self.trust_domain)
-        _check_database(self.database)
         check_scope_patterns("critical_scopes", self.critical_scopes)
         for proxy in self.trusted_proxies:
             _check_network(proxy)
@@ -451,43 +449,6 @@ def _check_network(value: str) -> None:
         raise ValueError(
             f"trusted_proxies: {value!r} is not an IP address or network (CIDR)"
         ) from None
-
-
-# A libpq keyword=value connection string (``host=db password=...``): what ``database`` is
-# not, though libpq and psycopg take it; read as a SQLite path, it would be named in full.
-_LIBPQ_PAIR = re.compile(
-    r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|sslmode|sslpassword|passfile|service)"
-    r"\s*=",
-    re.IGNORECASE,
-)
-
-
-def _check_database(value: str) -> None:
-    """Refuse a ``database`` setting that cannot be what it would be taken for, without
-    quoting it: a connection string may hold a password, and an error goes to terminals
-    and logs. A URL that does not parse (every reader of the setting would fail on it,
-    some with a traceback); a PostgreSQL URL with whitespace, where libpq would read
-    what follows as more parameters (a ``password=`` there is no part a URL's redaction
-    knows); a libpq keyword=value string, which would be taken for a SQLite path."""
-    shown = "it is not shown here: it may hold a password"
-    if "://" in value:
-        try:
-            scheme = urlsplit(value).scheme.lower()
-        except ValueError:
-            raise ValueError(
-                f"database: the URL does not parse (check its brackets and "
-                f"percent-encoding); {shown}"
-            ) from None
-        if scheme in ("postgresql", "postgres") and any(ch.isspace() for ch in value):
-            raise ValueError(
-                f"database: a PostgreSQL URL holds no whitespace (percent-encode it, %20); {shown}"
-            )
-        return
-    if _LIBPQ_PAIR.search(value):
-        raise ValueError(
-            "database: a libpq keyword=value string is not a setting the broker reads: give "
-            f"a postgresql:// URL (docs/postgresql.md) or a SQLite path; {shown}"
-        )
 
 
 def without_userinfo(value: str) -> str:
