@@ -180,3 +180,21 @@ def test_a_per_client_connection_cap_out_of_range_is_refused(value: int) -> None
     with pytest.raises(ValueError, match="http_max_connections_per_client"):
         Config(http_max_connections_per_client=value)
     Config(http_max_connections_per_client=1)
+
+
+@pytest.mark.parametrize("value", [*_BAD, 9.9, 86401])
+def test_a_console_audit_walk_interval_out_of_range_is_refused(value: float) -> None:
+    # Would fail if: a NaN or zero interval walked the whole audit log on every view of the
+    # console's audit page (O(n) each), or a negative one were taken for a typo's sake.
+    with pytest.raises(ValueError, match="console_audit_walk_interval must be between 10"):
+        Config(console_audit_walk_interval=value)
+
+
+def test_the_console_audit_walk_interval_accepts_its_edges_and_the_environment() -> None:
+    from tasklease.settings import load_config
+
+    assert Config().console_audit_walk_interval == 600
+    Config(console_audit_walk_interval=10)
+    Config(console_audit_walk_interval=86400)
+    env = {"TASKLEASE_CONSOLE_AUDIT_WALK_INTERVAL": "3600"}
+    assert load_config(env=env).console_audit_walk_interval == 3600

@@ -183,6 +183,10 @@ class Config:
     metrics_public: str = "off"
     # The operator's web console at /console (docs/console.md); false: not served.
     console: bool = True
+    # Seconds between the starts of two full walks of the audit log (the chain and the
+    # Merkle tree rebuilt from every event, O(n)) that views of the console's audit page
+    # start, in each process (docs/console.md).
+    console_audit_walk_interval: float = 600.0
     # The spiffe_refresh_hint of this broker's trust bundle (GET /v1/federation/bundle):
     # how often federated brokers should fetch it (docs/federation.md).
     federation_refresh_hint: int = 300
@@ -327,6 +331,8 @@ class Config:
         listen_address(self.metrics_listen)  # ValueError for a malformed one
         if self.metrics_public not in ("off", "token"):
             raise ValueError("metrics_public must be one of off, token")
+        if not 10 <= self.console_audit_walk_interval <= 86400:
+            raise ValueError("console_audit_walk_interval must be between 10 and 86400 seconds")
         if not 1 <= self.federation_refresh_hint <= 86400:
             raise ValueError("federation_refresh_hint must be between 1 and 86400 seconds")
         staleness = self.federation_feed_max_staleness

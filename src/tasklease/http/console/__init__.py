@@ -19,7 +19,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.resources import files
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, quote, urlencode
@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 
-from tasklease.core.auditcheck import WalkResult, check_shown, walk_log
+from tasklease.core.auditcheck import ShownCheck, WalkResult, check_shown, walk_log
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.brokerbase import ConsoleFormRefusal
 from tasklease.core.clock import format_rfc3339_seconds
@@ -43,8 +43,9 @@ from tasklease.core.errors import (
     TaskleaseError,
     Unauthorized,
     Unavailable,
+    failure_summary,
 )
-from tasklease.core.records import AuditQuery
+from tasklease.core.records import AuditEvent, AuditQuery
 from tasklease.core.tenants import DEFAULT_TENANT
 from tasklease.core.tokencheck import held_scopes
 from tasklease.core.tokens import KIND_ADMIN, Claims
@@ -68,7 +69,7 @@ from tasklease.http.ratelimit import limit_sign_in
 from tasklease.http.token_routes import RequestURI
 from tasklease.rules.scopes import is_subset
 
-__all__ = ["CONSOLE_CSP", "WALK_EVERY", "console_routes"]
+__all__ = ["CONSOLE_CSP", "WalkFailure", "WalkView", "console_routes"]
 
 _log = logging.getLogger("tasklease.audit")
 
@@ -137,49 +138,91 @@ class _SignIn(Exception):
 _DENIAL_ID = re.compile(r"den_[0-9a-f]{16}")
 
 
-WALK_EVERY = 600.0
-"""Seconds between the starts of two full walks of the audit log in one process."""
+class WalkFailure(NamedTuple):
+    """The last attempt at a full walk, when it did not finish: when it started and failed
+    (the broker's clock) and why, in words that quote nothing it read
+    (:func:`~tasklease.core.errors.failure_summary`)."""
+
+    started_at: float
+    failed_at: float
+    cause: str
+
+
+class WalkView(NamedTuple):
+    """What the audit page says of the full walks: the last finished one's result, when
+    the one running started (None: none runs), and the last attempt's failure (None: the
+    last attempt finished, or none failed since)."""
+
+    last: WalkResult | None
+    running_since: float | None
+    failed: WalkFailure | None
 
 
 class _FullWalks:
     """The full walk of the audit log (:func:`walk_log`: the chain, and the Merkle tree
     rebuilt from every event) for the audit page: ``O(n)``, about 10 s per million events,
     so never in a page's request. A view of the page starts one, in a thread of its own,
-    when none is running and none started in the last :data:`WALK_EVERY` seconds; every
-    view shows the last one's verdict, when it ran and through which event."""
+    when none is running and none started in the last ``console_audit_walk_interval``
+    seconds; every view shows the last one's verdict, when it ran and through which event,
+    and, when the last attempt did not finish (the store unreadable, no thread), that it
+    failed, when and why: the earlier verdict is then no longer the current one."""
 
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
+        self._every = broker.config.console_audit_walk_interval
         self._lock = threading.Lock()
         self._started: float | None = None  # monotonic seconds of the latest start
         self._running_since: float | None = None  # the broker's clock, while one runs
         self.last: WalkResult | None = None
+        self.failed: WalkFailure | None = None
 
-    def view(self) -> tuple[WalkResult | None, float | None]:
-        """The last walk's result and when the one running started (None: none runs),
-        once a walk was started if one is due."""
+    def view(self) -> WalkView:
+        """The walks' state, once a walk was started if one is due."""
         broker = self._broker
         with self._lock:
             now = time.monotonic()
-            due = self._started is None or now - self._started >= WALK_EVERY
+            due = self._started is None or now - self._started >= self._every
             if self._running_since is None and due:
                 self._started = now
-                self._running_since = broker.kernel.now()
-                threading.Thread(target=self._walk, name="audit-walk", daemon=True).start()
-            return self.last, self._running_since
+                since = self._running_since = broker.kernel.now()
+                try:
+                    self._launch(since)
+                except Exception as exc:  # noqa: BLE001 - shown and logged; tried again later
+                    self._running_since = None
+                    self._fail(since, exc)
+            return WalkView(self.last, self._running_since, self.failed)
 
-    def _walk(self) -> None:
+    def _launch(self, started: float) -> None:
+        """Start the walk begun at ``started`` (the broker's clock) in a thread of its own."""
+        thread = threading.Thread(target=self._walk, args=(started,), name="audit-walk")
+        thread.daemon = True
+        thread.start()
+
+    def _fail(self, started: float, exc: Exception) -> None:
+        """Record (under the lock) and log that the attempt begun at ``started`` failed."""
+        self.failed = WalkFailure(started, self._broker.kernel.now(), failure_summary(exc))
+        _log.error(
+            "the full walk of the audit log did not finish: %s; tried again in %g s",
+            self.failed.cause,
+            self._every,
+            exc_info=exc,
+        )
+
+    def _walk(self, started: float) -> None:
         broker = self._broker
         result: WalkResult | None = None
+        failure: Exception | None = None
         try:
             result = walk_log(broker.store, broker.transparency.log_keys(), broker.kernel.now)
-        except Exception:  # noqa: BLE001 - logged; walked again after the interval
-            _log.exception("the full walk of the audit log did not finish")
+        except Exception as exc:  # noqa: BLE001 - shown and logged; walked again later
+            failure = exc
         finally:
             with self._lock:
-                if result is not None:
-                    self.last = result
                 self._running_since = None
+                if result is not None:
+                    self.last, self.failed = result, None
+                elif failure is not None:
+                    self._fail(started, failure)
 
 
 def console_routes(
@@ -200,6 +243,12 @@ def console_routes(
     sampler = MetricSampler(broker.metrics.registry) if broker.tenant == DEFAULT_TENANT else None
     uri = RequestURI(broker.config)
     walks = _FullWalks(broker)
+
+    def held(events: Sequence[AuditEvent]) -> ShownCheck:
+        """The audit events a page shows (just read), each held to the Merkle tree on
+        record and that tree to the signed checkpoint (``O(log n)`` each): every page
+        listing events marks, from this one check, those not as written."""
+        return check_shown(broker.store, events, broker.transparency.log_keys())
 
     def own_origin(request: Request) -> bool:
         return same_origin(request, uri.origins(request.scope))
@@ -508,14 +557,24 @@ def console_routes(
             view = inventory.agent(agent_id)
             task = inventory.task(view.agent.task_id)
             events, total = broker.audit_events(AuditQuery(agent_id=agent_id, limit=100))
-            return {"view": view, "task": task, "events": events, "events_total": total}
+            return {
+                "view": view,
+                "task": task,
+                "events": events,
+                "events_total": total,
+                "shown": held(events),
+            }
 
         return page(request, "agent.html", me=me, nav="agents", **await run_in_threadpool(read))
 
     async def task(request: Request, me: dict[str, Any]) -> Response:
         task_id = request.path_params["task_id"]
-        view = await run_in_threadpool(lambda: inventory.task(task_id))
-        return page(request, "task.html", me=me, nav="agents", task=view)
+
+        def read() -> dict[str, Any]:
+            view = inventory.task(task_id)
+            return {"task": view, "shown": held(view.events)}
+
+        return page(request, "task.html", me=me, nav="agents", **await run_in_threadpool(read))
 
     async def token(request: Request, me: dict[str, Any]) -> Response:
         jti = request.path_params["jti"]
@@ -578,15 +637,16 @@ def console_routes(
             # The events shown, each held to the Merkle tree (O(log n) each); every event
             # by the last full walk, which this view starts when one is due (_FullWalks).
             events, total = broker.audit_events(query)
-            shown = check_shown(broker.store, events, broker.transparency.log_keys())
-            walk, running_since = walks.view()
+            shown = held(events)
+            walks_now = walks.view()
             return {
                 "events": events,
                 "total": total,
                 "shown": shown,
-                "walk": walk,
-                "walking_since": running_since,
-                "walk_every": WALK_EVERY,
+                "walk": walks_now.last,
+                "walking_since": walks_now.running_since,
+                "walk_failed": walks_now.failed,
+                "walk_every": _interval_text(broker.config.console_audit_walk_interval),
             }
 
         return page(
@@ -742,6 +802,15 @@ _EXPORTED = (
     "hash",
     "prev_hash",
 )
+
+
+def _interval_text(seconds: float) -> str:
+    """``seconds`` as the audit page says how often its full walk runs."""
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:g} hour" + ("" if seconds == 3600 else "s")
+    if seconds % 60 == 0:
+        return f"{seconds / 60:g} minute" + ("" if seconds == 60 else "s")
+    return f"{seconds:g} seconds"
 
 
 def _seconds_text(value: float | None) -> str:
