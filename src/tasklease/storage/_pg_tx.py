@@ -119,7 +119,18 @@ _APP_CONSTRAINTS = {
 def unit_error(exc: BaseException) -> BaseException:
     """What a block that failed inside a savepoint raises, once rolled back to it: a value
     the driver or the server refused as ``InvalidRequest`` (as on SQLite), a statement or
-    lock timeout as ``Unavailable``, anything else as it is."""
+    lock timeout as ``Unavailable``, a server that takes no writes (SQLSTATE 25006: a
+    standby, or ``default_transaction_read_only``) as ``Unavailable`` that says so,
+    anything else as it is."""
+    if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+        return Unavailable(
+            "the database is read-only",
+            reason=(
+                "the database is read-only (SQLSTATE 25006: a standby, or "
+                f"default_transaction_read_only = on): {type(exc).__name__}: {exc}"
+            ),
+            retry_after=1,
+        )
     if isinstance(exc, psycopg.DataError):
         return InvalidRequest(
             "a value in the request cannot be stored", reason=f"{type(exc).__name__}: {exc}"
