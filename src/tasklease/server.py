@@ -89,8 +89,9 @@ def build_broker(
     accepts it).
 
     Raises:
-        tasklease.brokerstate.StateError: ``database = "memory://"``, or (without
-            ``create``) part of the state is missing; the message names it.
+        tasklease.brokerstate.StateError: ``database = "memory://"``, a ``database``
+            the store cannot open (a URL libpq cannot parse), or (without ``create``)
+            part of the state is missing; the message names it.
         tasklease.keystore.KeyStoreError: the keys cannot be opened with the configured
             key provider (the message says why and what to do), or a checkpoint anchor
             is unsafe or unreadable.
@@ -106,9 +107,15 @@ def build_broker(
     keyring = _load_keyring(config, create=create)
     # A shared (PostgreSQL) database is only migrated by `tasklease db migrate`.
     shared = is_shared_database(config.database)
-    store = open_store(
-        config.database, migrate=migrate and not shared, config=config, create=create
-    )
+    try:
+        store = open_store(
+            config.database, migrate=migrate and not shared, config=config, create=create
+        )
+    except ValueError as exc:
+        # A setting the configuration's check let through that the store still cannot
+        # open (libpq's own parser refused the URL, or psycopg is not installed): a
+        # configuration error, in words that never quote the setting.
+        raise brokerstate.StateError(f"database: {exc}") from None
     anchors = CheckpointFiles()
     try:
         make_log_key = create

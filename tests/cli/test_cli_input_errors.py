@@ -181,6 +181,27 @@ def test_a_database_url_no_store_opens_names_the_setting(
     assert said.startswith("error: database: ") and why in said, said
 
 
+@pytest.mark.parametrize(
+    "database",
+    [
+        "postgresql://tasklease:pw-not-shown@127.0.0.1:1/tasklease?no_such_keyword=1",
+        "postgresql://tasklease:pw-not-shown%zz@127.0.0.1:1/tasklease",
+    ],
+    ids=["unknown-parameter", "bad-percent-encoding"],
+)
+def test_a_postgresql_url_libpq_cannot_parse_names_the_setting_not_the_url(
+    database: str, tmp_path: Path
+) -> None:
+    """A URL Python's parser reads but libpq's does not is refused when the store is
+    opened: exit 2 naming ``database``, the URL not shown (not even masked: what libpq
+    could not read is no URL whose password a redaction surely finds)."""
+    env = {"TASKLEASE_DATABASE": database, "TASKLEASE_ADMIN_SECRET": SECRET}
+    result = cli("db", "migrate", "--data-dir", str(tmp_path / "d"), cwd=tmp_path, env=env)
+    said = one_error(result)
+    assert said.startswith("error: database: libpq cannot parse the PostgreSQL URL"), said
+    assert "127.0.0.1" not in said and "pw-not-shown" not in said, said
+
+
 # --- local JSON files ----------------------------------------------------------------------
 
 _DEEP = "[" * 100_000 + "]" * 100_000

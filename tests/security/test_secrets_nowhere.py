@@ -670,7 +670,7 @@ def test_a_secret_typed_as_an_operator_name_is_not_audited(
 # Would fail if: a database setting whose password no URL redaction finds (a libpq
 # keyword=value string, taken for a SQLite path; a PostgreSQL URL with parameters after
 # a space) were named in full when serve refused it, or if one that does not parse
-# stopped serve with a traceback.
+# (by Python's URL parser or by libpq's) stopped serve with a traceback.
 DB_PASSWORD = "db-Pa55word-not-for-logs"  # noqa: S105 - the secret that must not leak
 
 
@@ -680,6 +680,11 @@ DB_PASSWORD = "db-Pa55word-not-for-logs"  # noqa: S105 - the secret that must no
         f"host=127.0.0.1 port=1 user=tasklease password={DB_PASSWORD} dbname=tasklease",
         f"postgresql://tasklease@127.0.0.1:1/tasklease password={DB_PASSWORD}",
         f"postgresql://tasklease:{DB_PASSWORD}@[127.0.0.1:1/tasklease",
+        # URLs a URL parser reads but libpq does not (a query parameter libpq has no
+        # keyword for, a stray % in the password): libpq's parser refuses them when the
+        # store is opened, after the configuration's check.
+        f"postgresql://tasklease:{DB_PASSWORD}@127.0.0.1:1/tasklease?no_such_keyword=1",
+        f"postgresql://tasklease:{DB_PASSWORD}%zz@127.0.0.1:1/tasklease",
     ],
 )
 def test_serve_refuses_a_database_setting_without_naming_its_password(

@@ -168,8 +168,8 @@ def _open_local_store(database: str, *, migrate: bool) -> Store:
         return open_store(database, migrate=migrate, create=False)
     except (SchemaError, Unavailable) as exc:
         fail(str(exc.reason or exc))
-    except ValueError as exc:
-        fail(str(exc))
+    except ValueError as exc:  # its words never quote the URL
+        fail(f"database: {exc}")
     except sqlite3.DatabaseError as exc:
         fail(_sqlite_problem(shown, exc))
     except FileExistsError as exc:  # a directory on the way to it is a file

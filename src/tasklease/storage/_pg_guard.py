@@ -34,7 +34,6 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from tasklease.core.errors import Unavailable
-from tasklease.storage.urls import redact_url
 
 __all__ = [
     "OUTAGE_PAUSE",
@@ -96,15 +95,17 @@ class Limits:
         ``synchronous_commit = on`` after them, unless they ask for as much or more
         (:func:`_durable_commits`).
 
-        Raise ``ValueError`` for a URL libpq cannot parse, naming it redacted: libpq's
-        own message quotes the part it could not read, which may be the password.
+        Raise ``ValueError`` for a URL libpq cannot parse, without quoting it: libpq's
+        own message quotes the part it could not read, which may be the password, and a
+        URL libpq does not read is no URL whose password a redaction surely finds.
         """
         try:
             given = conninfo_to_dict(conninfo)
         except psycopg.ProgrammingError:
             raise ValueError(
-                f"libpq cannot parse the database URL {redact_url(conninfo)}"
-                " (check its percent-encoding, brackets and query parameters)"
+                "libpq cannot parse the PostgreSQL URL (check its percent-encoding, brackets "
+                "and query parameters, which must be libpq's own); it is not shown here: it "
+                "may hold a password"
             ) from None
         idle_in_transaction = 2 * self.statement_timeout
         ours = " ".join(
