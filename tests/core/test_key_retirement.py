@@ -219,8 +219,14 @@ def test_a_process_whose_active_key_was_retired_elsewhere_signs_nothing(
     with pytest.raises(Unavailable) as stopped:
         kit.register(second)
     assert "key directory" in stopped.value.detail
+    # Not ready either: a load balancer sends it nothing that would be refused.
+    second.readiness.refresh().result(timeout=10)
+    verdict = second.readiness.ready()
+    assert not verdict.ready and "signing fails:" in verdict.reason, verdict
+    assert "key directory" in verdict.reason, verdict
     assert not second.publish_trust_bundle()  # never over the newer set
     assert first.trust_bundle() == published
     _copy_keys(ours, theirs)  # the operator copies the rotated directory over
     assert second.refresh_keys() and second.keyring.kids() == [new_kid]
     assert second.keyring.signs and not _rejected(first, kit.register(second).token)
+    assert second.readiness.ready().ready

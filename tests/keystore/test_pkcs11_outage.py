@@ -11,13 +11,14 @@ once the token is back.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from e2e_support import SHARED_ENV, launch_broker, stop_broker
+from e2e_support import SHARED_ENV, TASKLEASE, RunningBroker, launch_broker, stop_broker
 from keystore_support import SoftHSM
 
 pytestmark = pytest.mark.slow
@@ -30,10 +31,8 @@ def _wait_until(condition: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.1)
 
 
-def test_signing_fails_closed_while_the_token_is_away_and_recovers(
-    softhsm: SoftHSM, tmp_path: Path
-) -> None:
-    # A token of this test's own: its directory is moved away under the broker.
+def _own_token(softhsm: SoftHSM, tmp_path: Path) -> tuple[SoftHSM, Path]:
+    """A token of the test's own, and the directory to move away under the broker."""
     root = tmp_path / "hsm"
     tokens = root / "tokens"
     tokens.mkdir(parents=True)
@@ -43,7 +42,30 @@ def test_signing_fails_closed_while_the_token_is_away_and_recovers(
     )
     hsm = SoftHSM(module=softhsm.module, conf=conf, token_label="away", pin=softhsm.pin)
     hsm.init_token(hsm.token_label, hsm.pin)
-    broker = launch_broker(tmp_path / "data", {**SHARED_ENV, **hsm.env("away-")})
+    return hsm, tokens
+
+
+def _launch_on(hsm: SoftHSM, data: Path) -> RunningBroker:
+    """A broker whose key is on ``hsm``'s token. ``init`` runs as a process of its own: the
+    PKCS#11 module this process may have loaded reads the token directory of the
+    configuration it was first loaded with, another test's."""
+    env = {**SHARED_ENV, **hsm.env("away-")}
+    data.mkdir(mode=0o700)
+    made = subprocess.run(
+        [TASKLEASE, "init", "--data-dir", str(data), "--secret-file", str(data / "secret")],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}, **env},
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    return launch_broker(data, env)
+
+
+def test_signing_fails_closed_while_the_token_is_away_and_recovers(
+    softhsm: SoftHSM, tmp_path: Path
+) -> None:
+    hsm, tokens = _own_token(softhsm, tmp_path)
+    root = tokens.parent
+    broker = _launch_on(hsm, tmp_path / "data")
     broker.client.timeout = httpx.Timeout(20)
     try:
         admin = broker.admin_headers()
@@ -84,5 +106,44 @@ def test_signing_fails_closed_while_the_token_is_away_and_recovers(
         answer = broker.post("/v1/register", json=bodies[2])
         assert answer.status_code == 200, answer.text
         assert broker.is_valid(answer.json()["access_token"])
+    finally:
+        stop_broker(broker)
+
+
+# Would fail if: readiness said ready while the token failed every signature (a load
+# balancer kept sending sign-ins and registrations to a replica that answers each 503),
+# or if, once not ready, the replica waited for a signing request to find its key again
+# (a balancer sends none to a replica that is not ready: it would stay out for good).
+def test_readiness_fails_while_the_token_fails_and_recovers_by_itself(
+    softhsm: SoftHSM, tmp_path: Path
+) -> None:
+    hsm, tokens = _own_token(softhsm, tmp_path)
+    root = tokens.parent
+    broker = _launch_on(hsm, tmp_path / "data")
+    broker.client.timeout = httpx.Timeout(20)
+    try:
+        assert broker.get("/v1/health/ready").status_code == 200
+        os.rename(tokens, root / "away")
+        refused = broker.post("/v1/admin/auth", json={"secret": broker.admin_secret})
+        assert refused.status_code == 503, refused.text
+        ready = broker.get("/v1/health/ready")
+        assert ready.status_code == 503, ready.text
+        assert "signing key" in ready.json()["detail"], ready.text
+        assert ready.headers["retry-after"].isdigit()
+        health = broker.get("/v1/health").json()
+        assert health["status"] == "degraded" and "signing key" in health["reason"], health
+        # Still away a few probes later: readiness looks for the key again (at most once
+        # a second), and says not ready while it is not found.
+        time.sleep(2.5)
+        assert broker.get("/v1/health/ready").status_code == 503
+
+        os.rename(root / "away", tokens)
+        # No signing request in between: readiness alone finds the key again.
+        _wait_until(lambda: broker.get("/v1/health/ready").status_code == 200, 10)
+        assert broker.get("/v1/health").json()["status"] == "ok"
+        signed = broker.post("/v1/admin/auth", json={"secret": broker.admin_secret})
+        assert signed.status_code == 200, signed.text
+        assert "the PKCS#11 token signs again" in broker.log()
+        assert "unhandled error" not in broker.log()
     finally:
         stop_broker(broker)

@@ -249,6 +249,7 @@ class BrokerBase:
             self.health,
             skeleton=lambda: {"version": VERSION, "signing_kid": keys.ring.active_kid},
             revocations_current=freshness.current,
+            keyring=lambda: keys.ring,
         )
         freshness.load()
 

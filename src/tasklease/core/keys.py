@@ -67,7 +67,13 @@ class Signer(Protocol):
         """The raw 32-byte Ed25519 public key."""
 
     def sign(self, message: bytes) -> bytes:
-        """The 64-byte Ed25519 signature of ``message`` (RFC 8032 section 5.1.6)."""
+        """The 64-byte Ed25519 signature of ``message`` (RFC 8032 section 5.1.6).
+
+        A signer whose key can be away (an HSM's) may also have ``signing_problem()``
+        (why it does not sign now, "" when it does; no I/O) and ``recover()`` (look for
+        its key again; may block): :meth:`KeyRing.signing_problem` and
+        :meth:`KeyRing.recover_signing` use them when it has.
+        """
 
 
 ActiveKey = nacl.signing.SigningKey | Signer
@@ -176,6 +182,15 @@ class _SignerAsKey:
             raise ValueError("the signer returned a malformed Ed25519 signature")
         return _Signature(signature)
 
+    def problem(self) -> str:
+        problem = getattr(self._signer, "signing_problem", None)
+        return str(problem()) if problem is not None else ""
+
+    def recover(self) -> None:
+        recover = getattr(self._signer, "recover", None)
+        if recover is not None:
+            recover()
+
 
 class KeyRing:
     """One active Ed25519 signing key plus verify-only keys, each found by its ``kid``.
@@ -265,6 +280,20 @@ class KeyRing:
     def sign_detached(self, message: bytes) -> bytes:
         """Ed25519 signature of ``message`` by the active key (64 bytes)."""
         return _jws.sign_detached(message, self._active)
+
+    def signing_problem(self) -> str:
+        """Why the active key does not sign now, in words safe to show; "" when nothing
+        says so. Asks no token: what the key's signer last found (an HSM's key lost to a
+        failed signature and not found again), for readiness."""
+        active = self._active
+        return active.problem() if isinstance(active, _SignerAsKey) else ""
+
+    def recover_signing(self) -> None:
+        """Have the active key's signer look for a lost key again (may block on its token;
+        at most once a pause). Nothing for a key in memory."""
+        active = self._active
+        if isinstance(active, _SignerAsKey):
+            active.recover()
 
     def verify_key(self, kid: str) -> nacl.signing.VerifyKey | None:
         """The verify key for ``kid``, or None when the ring does not hold it."""
@@ -400,6 +429,12 @@ class _StoppedRing(KeyRing):
 
     def sign_detached(self, message: bytes) -> bytes:
         raise _signing_stopped()
+
+    def signing_problem(self) -> str:
+        return _signing_stopped().detail
+
+    def recover_signing(self) -> None:
+        return None  # the next key refresh ends it, once the key directory holds the new key
 
 
 def _signing_stopped() -> Unavailable:

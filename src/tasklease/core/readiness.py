@@ -12,7 +12,11 @@ Two checks read storage, each on a thread of its own, one at a time, started by
 :meth:`Readiness.health` and :meth:`Readiness.ready` answer from what those checks last
 found and never wait: a check that has run longer than ``bound`` counts as storage not
 answering. Readiness also fails while the audit log's recent batches failed (a full disk,
-a lost database): the broker then refuses every operation that changes state.
+a lost database): the broker then refuses every operation that changes state; and while
+the active signing key does not sign (``KeyRing.signing_problem``: an HSM's key lost to a
+failed signature, a key retired elsewhere), when every issuance and sign-in would be
+refused. Then a third check, on its own thread, has the key looked for again
+(``KeyRing.recover_signing``): a broker no signing request reaches recovers by itself.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 
 from tasklease.core.errors import TaskleaseError
 from tasklease.core.kernel import Kernel
+from tasklease.core.keys import KeyRing
 
 __all__ = ["BOUND", "INTERVAL", "Readiness", "Verdict"]
 
@@ -103,8 +108,9 @@ class Readiness:
     check's thread. ``skeleton`` gives the report's fields that need no storage (the
     version, the signing key id), for answers before the first report is in.
     ``revocations_current``, when given, says now (no I/O) whether the revocation index is
-    current, instead of the last report. ``monotonic`` is the clock checks are timed with
-    (tests replace it).
+    current, instead of the last report. ``keyring``, when given, is the current signing
+    key ring (its :meth:`~KeyRing.signing_problem` asked at each answer, no I/O).
+    ``monotonic`` is the clock checks are timed with (tests replace it).
     """
 
     def __init__(
@@ -114,6 +120,7 @@ class Readiness:
         *,
         skeleton: Callable[[], dict[str, Any]] | None = None,
         revocations_current: Callable[[], bool] | None = None,
+        keyring: Callable[[], KeyRing] | None = None,
         bound: float = BOUND,
         interval: float = INTERVAL,
         monotonic: Callable[[], float] = time.monotonic,
@@ -121,6 +128,7 @@ class Readiness:
         self._kernel = kernel
         self._skeleton = skeleton
         self._current = revocations_current
+        self._keyring = keyring
         self._bound = bound
         self._interval = interval
         self._monotonic = monotonic
@@ -128,6 +136,11 @@ class Readiness:
         writable = getattr(kernel.store, "check_writable", None)
         self._writable = (
             None if writable is None else _Check("tasklease-writable", writable, monotonic)
+        )
+        self._signing = (
+            None
+            if keyring is None
+            else _Check("tasklease-signing", lambda: keyring().recover_signing(), monotonic)
         )
 
     @property
@@ -138,9 +151,11 @@ class Readiness:
         """Start the checks that are due; return a future done when those finished (done
         at once when none was due). Never waits."""
         now = self._monotonic()
+        # The signing key is looked for again only while it is lost.
+        signing = self._signing if self._signing_problem() else None
         started = [
             check.start()
-            for check in (self._report, self._writable)
+            for check in (self._report, self._writable, signing)
             if check is not None and check.due(now, self._interval)
         ]
         if len(started) == 1:
@@ -198,7 +213,8 @@ class Readiness:
         return report
 
     def ready(self) -> Verdict:
-        """Ready: storage answers and takes writes, and the revocation index is current.
+        """Ready: storage answers and takes writes, the revocation index is current, and
+        the signing key signs.
 
         From the last checks (see :meth:`refresh`); never waits.
         """
@@ -237,7 +253,14 @@ class Readiness:
         writes = self._write_problem(now)
         if writes:
             reasons.append(writes)
+        signing = self._signing_problem()
+        if signing:
+            reasons.append(f"signing fails: {signing}")
         return reasons
+
+    def _signing_problem(self) -> str:
+        """Why the active signing key does not sign now, or "" (no I/O)."""
+        return "" if self._keyring is None else self._keyring().signing_problem()
 
     def _write_problem(self, now: float) -> str:
         """Why writes would fail now, or ""."""

@@ -58,12 +58,22 @@ class Pkcs11Signer:
 
     A token that fails a signature (gone, restarted, its session or key handle dead)
     fails it with :class:`Unavailable`, never a driver's error. The key is then found
-    again, on a new session, by the first signature asked for after a pause
-    (``find``, which must find a key whose signatures its public half verifies): the
-    broker signs again by itself once the token is back.
+    again, on a new session, by the first signature asked for after a pause, or by
+    :meth:`recover` (``find``, which must find a key whose signatures its public half
+    verifies): the broker signs again by itself once the token is back. Until then
+    :meth:`signing_problem` says why it does not (readiness reports it).
     """
 
-    __slots__ = ("_find", "_key", "_lock", "_mechanism", "_retry_at", "kid", "public_key")
+    __slots__ = (
+        "_failure",
+        "_find",
+        "_key",
+        "_lock",
+        "_mechanism",
+        "_retry_at",
+        "kid",
+        "public_key",
+    )
 
     def __init__(
         self,
@@ -77,6 +87,7 @@ class Pkcs11Signer:
         self._find = find
         self._lock = threading.Lock()
         self._retry_at = 0.0  # no new session before then (time.monotonic())
+        self._failure = ""  # why the last signature or search failed (a driver's error type)
         self.public_key = public_key
         self.kid = jwk_thumbprint(public_key)
 
@@ -92,8 +103,25 @@ class Pkcs11Signer:
         try:
             return bytes(key.sign(message, mechanism=self._mechanism))
         except Exception as exc:  # noqa: BLE001 - any failure of the token or its module
-            self._lost(key)
+            self._lost(key, type(exc).__name__)
             raise _unavailable(type(exc).__name__) from None
+
+    def signing_problem(self) -> str:
+        """Why this key does not sign now ("" when it does, as far as is known): the key
+        was lost to a failed signature and not found again since. No call to the token:
+        what the last signature, or search for the key, found."""
+        if self._key is not None:
+            return ""
+        return f"the signing key's PKCS#11 token failed a signature ({self._failure})"
+
+    def recover(self) -> None:
+        """While the key is lost, look for it again as the next signature would (at most
+        once a pause; a self-test signature when found). For readiness, on a thread of
+        its own: a broker no signing request reaches (a load balancer took it out as not
+        ready) finds its key once the token is back, not only at the next request."""
+        if self._key is None:
+            with contextlib.suppress(Unavailable):
+                self._found_again()
 
     def _found_again(self) -> Any:
         with self._lock:
@@ -108,15 +136,17 @@ class Pkcs11Signer:
                 signature = bytes(key.sign(_SELF_TEST, mechanism=self._mechanism))
                 nacl.signing.VerifyKey(self.public_key).verify(_SELF_TEST, signature)
             except Exception as exc:  # noqa: BLE001 - still away, or not our key
+                self._failure = type(exc).__name__
                 raise _unavailable(type(exc).__name__) from None
             self._key = key
             _log.warning("the PKCS#11 token signs again with key %s", self.kid)
             return key
 
-    def _lost(self, key: Any) -> None:
+    def _lost(self, key: Any, failure: str) -> None:
         with self._lock:
             if self._key is key and key is not None:
                 self._key = None
+                self._failure = failure
                 self._retry_at = time.monotonic() + _RETRY_PAUSE
                 _log.error(
                     "the PKCS#11 token failed a signature with key %s; signing requests "
