@@ -248,16 +248,18 @@ OPERATIONS = (
         "Readiness",
         "Whether to send this broker traffic: storage answers and takes writes (a check "
         "bounded to 2 s: free disk space and the write lock on SQLite; a live, writable "
-        "server on PostgreSQL), no write failed in the last seconds, and the revocation "
-        "index is current. A 503 says why in `detail`.",
+        "server on PostgreSQL), no write failed in the last seconds, the revocation "
+        "index is current, and the signing key signs (a PKCS#11 token that failed a "
+        "signature is looked for again about once a second). A 503 says why in `detail`.",
         PUBLIC,
         ReadyResponse,
         errors=(
             Failure(
                 "service_unavailable",
                 "storage did not answer or does not take writes (the disk is full, the "
-                "database is read-only or unreachable), or the revocation index is not "
-                "confirmed current",
+                "database is read-only or unreachable), the revocation index is not "
+                "confirmed current, or the signing key does not sign (its PKCS#11 token "
+                "failed a signature, or it was retired elsewhere)",
             ),
         ),
     ),
