@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -229,6 +230,41 @@ def test_admin_secret_missing(data: Path, tmp_path: Path) -> None:
     code, report = doctor(data, "--config", str(config))
     assert code == 2
     assert_high(report, "admin-secret-missing")
+
+
+# Would fail if: doctor, the deployment gate, passed (a medium finding) a configuration
+# `serve` refuses to start with: an admin_secret_hash that is no argon2 hash (the secret
+# pasted in place of its hash, or a hash a shell mangled), or quoted it.
+PLAIN_HASH = "plain-admin-secret-where-its-hash-belongs-42"  # noqa: S105 - not to be shown
+
+
+@pytest.mark.parametrize("where", ["file", "environment"])
+def test_an_admin_secret_hash_serve_refuses_is_high(data: Path, where: str) -> None:
+    env: dict[str, str] = {}
+    if where == "file":
+        config = data / "config.toml"
+        text = re.sub(
+            r'^admin_secret_hash = "[^"]*"$', f'admin_secret_hash = "{PLAIN_HASH}"',
+            config.read_text(), flags=re.MULTILINE,
+        )  # fmt: skip
+        config.write_text(text)
+    else:
+        env["TASKLEASE_ADMIN_SECRET_HASH"] = PLAIN_HASH
+    code, report = doctor(data, env=env)
+    assert code == 2
+    finding = assert_high(report, "admin-secret-hash")
+    assert "it is not an argon2 hash" in finding["title"], finding
+    assert "serve" in finding["why"], finding
+    assert PLAIN_HASH not in json.dumps(report)
+
+
+def test_an_argon2_hash_of_another_type_is_medium(data: Path) -> None:
+    from argon2 import PasswordHasher, Type
+
+    other = PasswordHasher(type=Type.I).hash("an admin secret of thirty characters")
+    code, report = doctor(data, env={"TASKLEASE_ADMIN_SECRET_HASH": other})
+    assert code == 0
+    assert [f["severity"] for f in findings(report, "admin-secret-hash")] == ["medium"]
 
 
 @pytest.mark.parametrize(

@@ -487,6 +487,20 @@ def _admin_secret(config: Config, env: Mapping[str, str]) -> Iterator[Finding]:
 
 
 def _admin_hash(encoded: str) -> Iterator[Finding]:
+    from tasklease.core.passwords import hash_problem
+
+    unusable = hash_problem(encoded)  # the rule serve refuses to start by
+    if unusable is not None:
+        yield Finding(
+            "admin-secret-hash",
+            "high",
+            f"admin_secret_hash cannot be used: {unusable}",
+            "`tasklease serve` refuses to start with it: no secret would ever sign in as "
+            "the admin (plain text there may be the secret itself, kept in the clear)",
+            "run `tasklease init --force` to make a new admin secret and write its hash, "
+            "or set the secret in TASKLEASE_ADMIN_SECRET",
+        )
+        return
     parts = encoded.split("$")
     if len(parts) < 5 or parts[1] != "argon2id":
         yield Finding(
