@@ -20,6 +20,7 @@ import stat
 from pathlib import Path
 
 from tasklease.core.policy import MAX_POLICY_BYTES, PolicyError, PolicySnapshot
+from tasklease.localfiles import open_regular
 
 __all__ = ["PolicyDirectory", "read_policy_file", "read_policy_files"]
 
@@ -60,9 +61,7 @@ def read_policy_file(path: Path, limit: int = MAX_POLICY_BYTES) -> str:
             is not UTF-8 or holds no policy.
     """
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise PolicyError(f"cannot read {path}: not a regular file")
-        with path.open("rb") as file:
+        with open(open_regular(path), "rb") as file:
             raw = file.read(max(limit, 0) + 1)
     except OSError as exc:
         raise PolicyError(f"cannot read {path}: {exc.strerror or exc}") from None

@@ -40,6 +40,7 @@ from typing import Any
 
 from tasklease.core.config import Config
 from tasklease.core.passwords import hash_secret, secret_weakness, verify_secret
+from tasklease.localfiles import open_regular
 
 __all__ = ["ADMIN_SECRET_ENV", "ConfigError", "load_config", "resolve_paths"]
 
@@ -205,7 +206,8 @@ def load_config(
             path = str(default)
     if path:
         try:
-            with open(path, "rb") as fh:
+            # A named pipe is refused, not waited on; /dev/null reads as empty (201).
+            with open(open_regular(path, devices=True), "rb") as fh:
                 if check_file:
                     _check_file_trust(path, os.fstat(fh.fileno()))
                 document = tomllib.load(fh)

@@ -23,7 +23,11 @@ SECRET = "cli-input-errors-admin-secret-0123456789"
 
 
 def cli(
-    *args: str, cwd: Path, env: Mapping[str, str] | None = None, stdin: str = ""
+    *args: str,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    stdin: str = "",
+    timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
     """``tasklease`` in ``cwd`` with no TASKLEASE_* variable but ``env``."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
@@ -37,7 +41,7 @@ def cli(
         cwd=str(cwd),
         env=full,
         input=stdin,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
 
@@ -153,6 +157,44 @@ def test_init_under_a_directory_it_may_not_read_is_one_error_line(tmp_path: Path
         closed.chmod(0o700)
     said = one_error(result)
     assert f"cannot use data directory {closed / 'd'}: Permission denied" in said, said
+
+
+# --- a named pipe where a file is expected -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "setting", "said"),
+    [
+        (["doctor"], "--config", "cannot read config file {f}: not a regular file: a named pipe"),
+        (["serve"], "--config", "cannot read config file {f}: not a regular file: a named pipe"),
+        (
+            ["serve"],
+            "TASKLEASE_KEY_PASSPHRASE_FILE",
+            "key_passphrase_file: {f} is not a regular file: a named pipe",
+        ),
+        (["serve"], "TASKLEASE_TLS_CERT", "tls_cert {f} and tls_key"),
+        (["serve"], "TASKLEASE_TLS_KEY", "not a regular file: a named pipe"),
+    ],
+    ids=["doctor-config", "serve-config", "passphrase", "tls-cert", "tls-key"],
+)
+def test_a_named_pipe_where_a_file_is_expected_is_one_error_line(
+    command: list[str], setting: str, said: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """A FIFO's ``open`` waits for a writer: the command hung for ever, without a word.
+    Now the one reader of local files (``localfiles.open_regular``) refuses it at once."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    env = {"TASKLEASE_DATA_DIR": str(data_dir)}
+    args = [*command, "--port", str(free_port())] if command == ["serve"] else list(command)
+    if setting == "--config":
+        args += ["--config", str(fifo)]
+    else:
+        env[setting] = str(fifo)
+    if setting in ("TASKLEASE_TLS_CERT", "TASKLEASE_TLS_KEY"):
+        env.update(TASKLEASE_TLS_MODE="tls", TASKLEASE_TLS_CERT=str(fifo))
+        env.update(TASKLEASE_TLS_KEY=str(fifo))
+    result = cli(*args, cwd=tmp_path, env=env, timeout=30)
+    assert said.format(f=fifo) in one_error(result), result.stderr
 
 
 # --- the database URL ----------------------------------------------------------------------
@@ -401,3 +443,4 @@ def test_make_runs_port_check_refuses_what_is_no_port(port: str) -> None:
     assert result.stderr == (
         f"error: TASKLEASE_PORT must be a port number from 1 to 65535, not {port!r}\n"
     )
+

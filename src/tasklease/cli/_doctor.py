@@ -29,6 +29,7 @@ import typer
 from rich.markup import escape
 
 from tasklease.cli._common import EXIT_OK, EXIT_USAGE, fail, out, print_json
+from tasklease.localfiles import open_regular
 from tasklease.rules.cleartext import is_loopback_host
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ def _key_files(key_dir: Path) -> list[Path]:
 
 def _is_plaintext_pem(path: Path) -> bool:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(path, follow_symlinks=False)
     except OSError:
         return False  # unreadable here: its mode and owner are checked on their own
     try:
@@ -448,8 +449,11 @@ def _admin_secret(config: Config, env: Mapping[str, str]) -> Iterator[Finding]:
         return
     plain = [("TASKLEASE_ADMIN_SECRET", env.get("TASKLEASE_ADMIN_SECRET", ""))]
     secret_file = Path(config.data_dir) / _ADMIN_SECRET_FILE
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        plain.append((str(secret_file), secret_file.read_text(encoding="utf-8").strip()))
+    with (
+        contextlib.suppress(OSError, UnicodeDecodeError),
+        open(open_regular(secret_file), encoding="utf-8") as fh,
+    ):
+        plain.append((str(secret_file), fh.read().strip()))
     for source, secret in plain:
         # The rule `serve` applies to TASKLEASE_ADMIN_SECRET (load_config refuses a weak
         # one before this runs); here for the plain text `init --secret-file` left.

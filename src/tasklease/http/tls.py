@@ -28,6 +28,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tasklease.core.config import Config
+from tasklease.localfiles import check_regular
 from tasklease.rules.binding import cert_thumbprint
 
 __all__ = [
@@ -142,6 +143,9 @@ def check_tls_files(config: Config) -> None:
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
+        # OpenSSL opens them by name and would wait for ever on a named pipe.
+        check_regular(config.tls_cert)
+        check_regular(config.tls_key)
         context.load_cert_chain(config.tls_cert, config.tls_key)
     except (OSError, ssl.SSLError) as exc:
         raise TLSFileError(
@@ -150,6 +154,7 @@ def check_tls_files(config: Config) -> None:
         ) from None
     if config.tls_mode == "mtls":
         try:
+            check_regular(config.tls_client_ca)
             context.load_verify_locations(cafile=config.tls_client_ca)
         except (OSError, ssl.SSLError) as exc:
             raise TLSFileError(

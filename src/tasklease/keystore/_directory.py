@@ -38,6 +38,8 @@ from typing import Any, ClassVar
 
 import nacl.signing
 
+from tasklease.localfiles import NotRegularFileError, open_regular
+
 __all__ = [
     "ENCRYPTED",
     "PKCS11",
@@ -179,15 +181,16 @@ def read_private_file(path: Path, label: str, limit: int, fix: str = "") -> byte
         OSError: it could not be opened or read (FileNotFoundError when missing).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # Never waits: a named pipe here is refused, not read once a writer comes.
+        fd = open_regular(path, follow_symlinks=False)
+    except NotRegularFileError as exc:
+        raise KeyStoreError(f"{label} is {exc.strerror}") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise KeyStoreError(f"{label} is a symlink") from None
         raise
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyStoreError(f"{label} is not a regular file")
         if st.st_uid != os.geteuid():
             raise KeyStoreError(f"{label} is not owned by this user")
         if st.st_mode & 0o077:

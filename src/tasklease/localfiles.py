@@ -1,0 +1,79 @@
+"""Opening a local file that the broker or the CLI reads: never a pipe that blocks.
+
+``open`` of a named pipe (FIFO) for reading waits until some process opens it for
+writing: a FIFO where the configuration, a key passphrase or a TLS file is expected left
+``serve`` or ``doctor`` waiting for ever, without a word. :func:`open_regular` opens
+without waiting (``O_NONBLOCK``: a FIFO opens at once, writer or not), then asks the
+open file (``fstat``, so no other file can be swapped in between) what it is, and refuses
+anything but a regular file with an ``OSError`` whose ``strerror`` says what it is
+instead. A caller's existing handler for a file it cannot read (``exc.strerror``) then
+says so in one line.
+
+Used by ``settings.load_config`` (the configuration file), ``keystore``'s private files
+(keys, the key passphrase, the nonce secret), ``http.tls`` (the TLS files, which
+OpenSSL opens itself: :func:`check_regular` first), ``policyfiles`` and ``doctor``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+__all__ = ["NotRegularFileError", "check_regular", "open_regular"]
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+class NotRegularFileError(OSError):
+    """The path names something other than a regular file (``strerror`` says what)."""
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a file")
+
+
+def open_regular(
+    path: str | os.PathLike[str], *, follow_symlinks: bool = True, devices: bool = False
+) -> int:
+    """A blocking, close-on-exec, read-only descriptor on ``path`` if it is a regular
+    file (a character device too, with ``devices``: ``/dev/null`` read as an empty file).
+
+    Raises:
+        NotRegularFileError: ``path`` is a directory, a named pipe, a device or a socket
+            (``strerror``: "not a regular file: a named pipe", ...).
+        OSError: it cannot be opened (``ELOOP`` for a symbolic link when not
+            ``follow_symlinks``; ``ENXIO`` for a socket).
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or (devices and stat.S_ISCHR(mode))):
+            raise NotRegularFileError(
+                errno.EINVAL, f"not a regular file: {_kind(mode)}", os.fspath(path)
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_regular(path: str | os.PathLike[str]) -> None:
+    """Refuse ``path`` unless it is a regular file that this process may open, for a file
+    that a library opens by name afterwards (OpenSSL's ``load_cert_chain``).
+
+    Raises:
+        NotRegularFileError, OSError: as :func:`open_regular`.
+    """
+    os.close(open_regular(Path(path)))
