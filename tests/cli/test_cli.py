@@ -332,6 +332,8 @@ def test_a_malformed_broker_url_is_a_usage_error(url: str, home: Path) -> None:
 
 _NOT_TEXT = b"\xff\xfe not a database, not text " * 10
 _NOWHERE = "http://127.0.0.1:9"  # never reached: the bad file is found first
+# A well-formed log verifier key (of no log): --log-key values are read when parsed.
+A_LOG_KEY = "test.example/log+e601e8b4+AQABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
 
 
 @pytest.mark.parametrize(
@@ -356,7 +358,10 @@ _NOWHERE = "http://127.0.0.1:9"  # never reached: the bad file is found first
             ["audit", "verify", "--checkpoint", "{bin}", "--url", _NOWHERE],
             "checkpoint {bin} is not UTF-8 text",
         ),
-        (["audit", "prove", "--bundle", "{bin}", "--log-key", "k"], "{bin} is not UTF-8 text"),
+        (
+            ["audit", "prove", "--bundle", "{bin}", "--log-key", A_LOG_KEY],
+            "{bin} is not UTF-8 text",
+        ),
         (
             ["app", "register", "x", "-s", "read:a:b", "--public-key", "{bin}", "--url", _NOWHERE],
             "public key {bin} is not text",

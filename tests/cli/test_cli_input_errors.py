@@ -20,6 +20,8 @@ import pytest
 from e2e_support import free_port, init_data_dir
 
 SECRET = "cli-input-errors-admin-secret-0123456789"
+# A well-formed log verifier key (of no log): --log-key values are read when parsed.
+A_LOG_KEY = "test.example/log+e601e8b4+AQABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
 
 
 def cli(
@@ -257,7 +259,7 @@ _NOWHERE = "http://127.0.0.1:9"  # never reached: the file is read first
         ["attestor", "add", "a", "--type", "oidc", "--settings", "{obj}", "--policy", "{deep}"],
         ["grant-type", "add", "g", "--schema", "{deep}"],
         ["grant-type", "add", "g", "--schema", "{obj}", "--narrowing", "{deep}"],
-        ["audit", "prove", "--bundle", "{deep}", "--log-key", "k"],
+        ["audit", "prove", "--bundle", "{deep}", "--log-key", A_LOG_KEY],
         ["policy", "test", "{deep}"],
     ],
     ids=[
@@ -444,3 +446,29 @@ def test_make_runs_port_check_refuses_what_is_no_port(port: str) -> None:
         f"error: TASKLEASE_PORT must be a port number from 1 to 65535, not {port!r}\n"
     )
 
+
+# --- a malformed --log-key ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["audit", "checkpoint", "--url", "http://127.0.0.1:9"],
+        ["audit", "verify", "--checkpoint", "held.note"],
+        ["audit", "prove", "evt-1", "--bundle", "bundle.json"],
+    ],
+    ids=["checkpoint", "verify-offline", "prove-offline"],
+)
+def test_a_malformed_log_key_is_a_usage_error(
+    command: list[str], data_dir: Path, tmp_path: Path
+) -> None:
+    """``--log-key garbage`` is a malformed flag value: exit 2 naming the flag, before
+    anything is fetched or read (it was exit 1, ``FAILED``, as if a proof had failed)."""
+    (tmp_path / "held.note").write_text("tasklease.test/log\n1\nAAAA\n\n— x AAAA\n")
+    (tmp_path / "bundle.json").write_text("{}")
+    env = {"TASKLEASE_DATA_DIR": str(data_dir), "TASKLEASE_ADMIN_SECRET": SECRET}
+    result = cli(*command, "--log-key", "garbage", cwd=tmp_path, env=env)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    said = " ".join(result.stderr.split())
+    assert "Invalid value for '--log-key': 'garbage' is not a log verifier key" in said, said

@@ -57,12 +57,28 @@ __all__ = [
     "verify_database",
 ]
 
+
+def _log_keys_given(values: list[str] | None) -> list[str] | None:
+    """``--log-key`` values, each read as a verifier key before anything is fetched: a
+    malformed one is a usage error (exit 2) naming the flag, not a failed check (1)."""
+    from tasklease.rules.note import NoteError, VerifierKey
+
+    for value in values or ():
+        try:
+            VerifierKey.parse(value)
+        except NoteError as exc:
+            shown = value if len(value) <= 80 else f"{value[:77]}..."
+            raise typer.BadParameter(f"{shown!r} is not a log verifier key: {exc}") from None
+    return values
+
+
 LogKeyOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--log-key",
         help="A verifier key (vkey) of the log, from a channel you trust; repeat for "
         "several. Without it, the keys the broker serves are used (and that is said).",
+        callback=_log_keys_given,
     ),
 ]
 
