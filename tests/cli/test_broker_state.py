@@ -396,7 +396,9 @@ def test_relative_paths_in_a_config_file_are_read_from_its_directory(tmp_path: P
         'database = "db/broker.db"\n'
         'key_dir = "../keys"\n'
         'key_passphrase_file = "secrets/kek"\n'
+        'tls_mode = "tls"\n'
         'tls_cert = "tls/cert.pem"\n'
+        'tls_key = "/etc/tls/key.pem"\n'
         'policy_dir = "policies"\n'
     )
     loaded = load_config(str(config), env={})
@@ -405,6 +407,7 @@ def test_relative_paths_in_a_config_file_are_read_from_its_directory(tmp_path: P
     assert loaded.key_dir == str(folder / "../keys")
     assert loaded.key_passphrase_file == str(folder / "secrets" / "kek")
     assert loaded.tls_cert == str(folder / "tls" / "cert.pem")
+    assert loaded.tls_key == "/etc/tls/key.pem"
     assert loaded.policy_dir == str(folder / "policies")
     # URLs, library names and absolute paths stay as written; the environment's relative
     # paths are the current directory's, as on the command line.

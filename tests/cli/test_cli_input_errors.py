@@ -199,6 +199,45 @@ def test_a_named_pipe_where_a_file_is_expected_is_one_error_line(
     assert said.format(f=fifo) in one_error(result), result.stderr
 
 
+# --- TLS material that the mode leaves unused ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        (
+            {"TASKLEASE_TLS_CERT": "/etc/tls/c.pem", "TASKLEASE_TLS_KEY": "/etc/tls/k.pem"},
+            'tls_cert and tls_key are set but tls_mode is "none": the broker would serve '
+            'plain HTTP; set tls_mode = "tls" (or "mtls")',
+        ),
+        ({"TASKLEASE_TLS_KEY": "/etc/tls/k.pem"}, 'tls_key is set but tls_mode is "none"'),
+        (
+            {"TASKLEASE_TLS_CLIENT_CA": "/etc/tls/ca.pem"},
+            'tls_client_ca is set but tls_mode is "none"',
+        ),
+        (
+            {
+                "TASKLEASE_TLS_MODE": "tls",
+                "TASKLEASE_TLS_CERT": "/etc/tls/c.pem",
+                "TASKLEASE_TLS_KEY": "/etc/tls/k.pem",
+                "TASKLEASE_TLS_CLIENT_CA": "/etc/tls/ca.pem",
+            },
+            'tls_client_ca is set but tls_mode is "tls": no client would be asked for a '
+            'certificate; set tls_mode = "mtls"',
+        ),
+    ],
+    ids=["cert-and-key", "key", "client-ca", "client-ca-under-tls"],
+)
+def test_tls_files_the_mode_would_not_use_stop_serve(
+    settings: dict[str, str], said: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """TLS files with ``tls_mode`` left at ``none`` served plain HTTP, and a client CA
+    without ``mtls`` asked no client for a certificate, without a word."""
+    env = {"TASKLEASE_DATA_DIR": str(data_dir), **settings}
+    result = cli("serve", "--port", str(free_port()), cwd=tmp_path, env=env, timeout=30)
+    assert said in one_error(result), result.stderr
+
+
 # --- the database URL ----------------------------------------------------------------------
 
 

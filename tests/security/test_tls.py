@@ -42,11 +42,12 @@ def tls_broker(
         TASKLEASE_TLS_MODE=mode,
         TASKLEASE_TLS_CERT=str(pki.server_cert),
         TASKLEASE_TLS_KEY=str(pki.server_key),
-        TASKLEASE_TLS_CLIENT_CA=str(pki.ca_cert),
         TASKLEASE_ADMIN_AUTH_BURST="1000",
         TASKLEASE_METRICS_LISTEN="127.0.0.1:0",  # never a port another broker holds
         **settings,
     )
+    if mode == "mtls":  # a client CA under any other mode is refused (unused TLS material)
+        env["TASKLEASE_TLS_CLIENT_CA"] = str(pki.ca_cert)
     init_data_dir(data_dir, env)
     log = data_dir / "broker.log"
     with open(log, "wb") as out:
@@ -203,9 +204,10 @@ def _refused(data_dir: Path, pki: PKI, workers: str, **files: str) -> str:
         TASKLEASE_ADMIN_SECRET=ADMIN_SECRET,
         TASKLEASE_TLS_CERT=str(pki.server_cert),
         TASKLEASE_TLS_KEY=str(pki.server_key),
-        TASKLEASE_TLS_CLIENT_CA=str(pki.ca_cert),
         TASKLEASE_METRICS_LISTEN="off",
     )
+    if files.get("TASKLEASE_TLS_MODE") == "mtls":
+        env["TASKLEASE_TLS_CLIENT_CA"] = str(pki.ca_cert)
     env.update(files)
     said = subprocess.run(
         [sys.executable, "-m", "tasklease.cli.main", "serve", "--data-dir", str(data_dir),

@@ -275,6 +275,20 @@ class Config:
             raise ValueError("tls_mode tls and mtls need tls_cert and tls_key")
         if self.tls_mode == "mtls" and not self.tls_client_ca:
             raise ValueError("tls_mode mtls needs tls_client_ca")
+        # TLS files left unused would be a broker on plain HTTP, or one that asks no
+        # client for a certificate, where its operator meant otherwise.
+        if self.tls_mode == "none" and (self.tls_cert or self.tls_key):
+            given = [name for name in ("tls_cert", "tls_key") if getattr(self, name)]
+            raise ValueError(
+                f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} set but "
+                'tls_mode is "none": the broker would serve plain HTTP; set tls_mode = '
+                '"tls" (or "mtls"), or remove them'
+            )
+        if self.tls_mode != "mtls" and self.tls_client_ca:
+            raise ValueError(
+                f'tls_client_ca is set but tls_mode is "{self.tls_mode}": no client would be '
+                'asked for a certificate; set tls_mode = "mtls", or remove tls_client_ca'
+            )
         # Written as ranges, so NaN (which compares false both ways) is refused too: a NaN
         # rate would refill a sign-in limiter on every call, and a zero one divide by it.
         for name in ("admin_auth_rate", "app_auth_rate"):
