@@ -106,6 +106,14 @@ _PATH_SETTINGS = frozenset(
 )
 
 
+# An empty TASKLEASE_<SETTING> counts as unset (``${VAR:-}`` in Compose, ``VAR=`` in an
+# env file), so the setting keeps its default: read as "", ``host`` would be every
+# interface and ``data_dir`` the current directory. Except where "" is itself the
+# documented value, as in the file: there the variable would otherwise do the opposite
+# of what it says (``TASKLEASE_METRICS_LISTEN=`` leaving the listener on).
+_EMPTY_IS_A_VALUE = frozenset({"metrics_listen"})
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message says which setting and why."""
 
@@ -227,7 +235,7 @@ def load_config(
             hash_from = f"the admin_secret_hash of {path}"
     for variable, name in _ENV_SETTINGS.items():
         raw = env.get(variable)
-        if raw:
+        if raw or (raw == "" and name in _EMPTY_IS_A_VALUE):
             values[name] = _coerce(name, raw, variable)
     if env.get("TASKLEASE_ADMIN_SECRET_HASH"):
         hash_from = "TASKLEASE_ADMIN_SECRET_HASH"

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from e2e_support import free_port, init_data_dir
+from e2e_support import free_port, init_data_dir, launch_broker, stop_broker
 
 SECRET = "cli-input-errors-admin-secret-0123456789"
 # A well-formed log verifier key (of no log): --log-key values are read when parsed.
@@ -236,6 +236,31 @@ def test_tls_files_the_mode_would_not_use_stop_serve(
     env = {"TASKLEASE_DATA_DIR": str(data_dir), **settings}
     result = cli("serve", "--port", str(free_port()), cwd=tmp_path, env=env, timeout=30)
     assert said in one_error(result), result.stderr
+
+
+# --- an empty variable -------------------------------------------------------------------
+
+
+def test_an_empty_metrics_listen_variable_turns_the_listener_off(tmp_path: Path) -> None:
+    """``TASKLEASE_METRICS_LISTEN=`` says what the file's ``metrics_listen = ""`` says: no
+    listener. It was read as unset, and the listener came up on its default address."""
+    broker = launch_broker(tmp_path / "b", {"TASKLEASE_METRICS_LISTEN": ""})
+    try:
+        assert broker.client.get("/v1/health").status_code == 200
+    finally:
+        stop_broker(broker)
+    assert "metrics on" not in broker.log(), broker.log()
+
+
+def test_other_empty_variables_still_count_as_unset(tmp_path: Path) -> None:
+    """Every other empty ``TASKLEASE_<SETTING>=`` keeps its setting's default (Compose's
+    ``${VAR:-}``): read as "", ``host`` would be every interface."""
+    from tasklease.settings import load_config
+
+    env = {"TASKLEASE_HOST": "", "TASKLEASE_DATA_DIR": str(tmp_path), "TASKLEASE_MAX_TTL": ""}
+    loaded = load_config(None, env=env)
+    assert loaded.host == "127.0.0.1" and loaded.max_ttl == 3600, loaded
+    assert load_config(None, env={**env, "TASKLEASE_METRICS_LISTEN": ""}).metrics_address is None
 
 
 # --- the database URL ----------------------------------------------------------------------
