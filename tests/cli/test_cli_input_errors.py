@@ -146,6 +146,60 @@ def test_serve_on_files_it_may_not_read_is_one_error_line(
     assert said.format(d=copied) in one_error(result), result.stderr
 
 
+@pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="needs setpriv")
+@pytest.mark.parametrize(
+    ("unreadable", "said"),
+    [
+        ("keys/nonce.secret", "cannot read {d}/keys/nonce.secret (the nonce secret)"),
+        ("key-passphrase", "cannot read {d}/key-passphrase (the signing keys' passphrase)"),
+        ("tasklease.db", "cannot read {d}/tasklease.db (the database)"),
+        ("keys/signing-*.pem", "cannot read {d}/keys/signing-"),
+        ("keys", "cannot list {d}/keys (the key directory)"),
+    ],
+    ids=["nonce-secret", "key-passphrase", "database", "signing-key", "key-directory"],
+)
+def test_doctor_reports_files_the_broker_may_not_read(
+    unreadable: str, said: str, copied: Path, tmp_path: Path
+) -> None:
+    """``doctor`` passed (exit 0) a data directory whose files ``serve`` then could not
+    open, and refused to start on: now a high finding, ``file-unreadable``."""
+    (target,) = copied.glob(unreadable)
+    target.chmod(0)
+    full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
+    full.update({"COLUMNS": "400", "NO_COLOR": "1"})
+    command = [sys.executable, "-m", "tasklease.cli.main", "doctor", "--data-dir", str(copied)]
+    try:
+        result = subprocess.run(
+            _as_a_user(command), capture_output=True, text=True, env=full, timeout=60
+        )
+    finally:
+        target.chmod(0o700 if target.is_dir() else 0o600)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "HIGH   file-unreadable" in result.stdout, result.stdout
+    assert said.format(d=copied) in result.stdout, result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root checks for the data directory's owner")
+def test_doctor_run_as_root_reports_what_the_owner_may_not_read(copied: Path) -> None:
+    """Run as root, ``doctor`` checks for the data directory's owner (the broker's user),
+    whom the owner's mode bits bind even where they do not bind root."""
+    nobody = 65534
+    for path in [copied, *copied.rglob("*")]:
+        os.chown(path, nobody, nobody)
+    (copied / "keys" / "nonce.secret").chmod(0o200)
+    full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
+    full.update({"COLUMNS": "400", "NO_COLOR": "1"})
+    command = [sys.executable, "-m", "tasklease.cli.main", "doctor", "--data-dir", str(copied)]
+    result = subprocess.run(command, capture_output=True, text=True, env=full, timeout=60)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    unreadable = [line for line in result.stdout.splitlines() if "file-unreadable" in line]
+    assert unreadable == [
+        f"HIGH   file-unreadable: the broker's user (uid {nobody}) cannot read "
+        f"{copied}/keys/nonce.secret (the nonce secret)"
+    ], result.stdout
+
+
 def test_init_under_a_directory_it_may_not_read_is_one_error_line(tmp_path: Path) -> None:
     closed = tmp_path / "closed"
     closed.mkdir(mode=0)

@@ -189,6 +189,54 @@ def _files(
     return found
 
 
+# What `serve` opens at start-up, and refuses to start without.
+_SERVE_READS = frozenset(
+    {
+        "the data directory",
+        "the key directory",
+        "a signing key",
+        "the nonce secret",
+        "the signing keys' passphrase",
+        "the HSM PIN",
+        "the TLS private key",
+        "the configuration (admin secret hash)",
+        "the database",
+    }
+)
+# A directory is entered (the key directory listed too); a file read.
+_NEEDS = {"the data directory": os.X_OK, "the key directory": os.R_OK | os.X_OK}
+_VERB = {os.X_OK: "enter", os.R_OK | os.X_OK: "list", os.R_OK: "read"}
+_MODE_FOR = {"enter": "x", "list": "rx", "read": "r"}
+
+
+def _broker_may_use(path: Path, what: str, st: os.stat_result, euid: int, expected: int) -> bool:
+    """Whether the broker's user may do with ``path`` what ``serve`` does (``_NEEDS``)."""
+    wanted = _NEEDS.get(what, os.R_OK)
+    if euid == expected:  # doctor runs as the broker's user: ask the kernel
+        return os.access(path, wanted, effective_ids=os.access in os.supports_effective_ids)
+    if st.st_uid != expected:
+        return True  # another owner: file-owner says so, and the broker refuses it anyway
+    bits = (stat.S_IRUSR if wanted & os.R_OK else 0) | (stat.S_IXUSR if wanted & os.X_OK else 0)
+    return st.st_mode & bits == bits  # root for the owner: the owner's bits decide
+
+
+def _unusable(path: Path, what: str, expected: int, verb: str) -> Finding:
+    fix = (
+        f"let uid {expected} search (chmod u+x, as their owner) the directories above {path}"
+        if verb == "reach"
+        else f"chown {expected} {path} and chmod u+{_MODE_FOR[verb]} it, or run the broker "
+        "as the user who owns the data directory"
+    )
+    return Finding(
+        "file-unreadable",
+        "high",
+        f"the broker's user (uid {expected}) cannot {verb} {path} ({what})",
+        "`tasklease serve` opens it at start-up and refuses to start without it (a "
+        "restore as another user, a chmod too far)",
+        fix,
+    )
+
+
 def _permissions(
     config: Config, config_path: Path | None, env: Mapping[str, str], euid: int
 ) -> Iterator[Finding]:
@@ -205,8 +253,14 @@ def _permissions(
         seen.add(path)
         try:
             st = os.stat(path)
+        except PermissionError:  # a directory above it this user may not search
+            if what in _SERVE_READS and euid == expected:
+                yield _unusable(path, what, expected, "reach")
+            continue
         except OSError:
-            continue  # absent (or not reachable): nothing to expose
+            continue  # absent: nothing to expose
+        if what in _SERVE_READS and not _broker_may_use(path, what, st, euid, expected):
+            yield _unusable(path, what, expected, _VERB[_NEEDS.get(what, os.R_OK)])
         if st.st_uid != expected:
             yield Finding(
                 "file-owner",
