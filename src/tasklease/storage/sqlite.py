@@ -193,7 +193,8 @@ class SQLiteStore(SQLStore):
         self._writer = self._connect(reader=False)
         # The files the writer has open, by (device, inode): a commit into a file that no
         # longer has its name is lost at the next start (``_same_files``).
-        self._identity = _identity(self.path)
+        self._files = (os.fspath(self.path), os.fspath(self.path) + "-wal")  # db, its WAL
+        self._identity = _identity(self._files[0])
         self._wal_identity: tuple[int, int] | None = None  # known after the first commit
         try:
             self._prepare_writer()
@@ -378,60 +379,63 @@ class SQLiteStore(SQLStore):
                 reason="another write of this process held the store for busy_timeout",
                 retry_after=1,
             )
-        with _released(self._write_lock), self._turns._writer_turn():
-            if self._closed:
-                raise RuntimeError("store is closed")
-            self._write_owner = threading.get_ident()
-            inside = _INSIDE_WRITE.set(shared)
-            try:
-                conn = self._writer
-                self._begin(conn)
+        try:
+            with self._turns._writer_turn():
+                if self._closed:
+                    raise RuntimeError("store is closed")
+                self._write_owner = threading.get_ident()
+                inside = _INSIDE_WRITE.set(shared)
                 try:
-                    self._same_files()
-                except BaseException:
-                    _rollback_quietly(conn)
-                    raise
-                changes = conn.total_changes
-                tx = SQLiteWriteTx(conn, self.dialect)
-                try:
-                    yield tx
-                except BaseException:
+                    conn = self._writer
+                    self._begin(conn)
+                    try:
+                        self._same_files()
+                    except BaseException:
+                        _rollback_quietly(conn)
+                        raise
+                    changes = conn.total_changes
+                    tx = SQLiteWriteTx(conn, self.dialect)
+                    try:
+                        yield tx
+                    except BaseException:
+                        tx._end()
+                        _rollback_quietly(conn)
+                        raise
                     tx._end()
-                    _rollback_quietly(conn)
-                    raise
-                tx._end()
-                if tx.lost is not None:  # never commit what is left of a lost transaction
-                    _rollback_quietly(conn)
-                    if tx.lost.detail == DISK_FULL:
-                        self._full_at = self._free_bytes()
-                    raise tx.lost
-                try:
-                    conn.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    _rollback_quietly(conn)
-                    if disk_full(exc):
-                        self._full_at = self._free_bytes()
+                    if tx.lost is not None:  # never commit what is left of a lost transaction
+                        _rollback_quietly(conn)
+                        if tx.lost.detail == DISK_FULL:
+                            self._full_at = self._free_bytes()
+                        raise tx.lost
+                    try:
+                        conn.execute("COMMIT")
+                    except sqlite3.Error as exc:
+                        _rollback_quietly(conn)
+                        if disk_full(exc):
+                            self._full_at = self._free_bytes()
+                            raise Unavailable(
+                                DISK_FULL,
+                                reason=f"COMMIT failed: {exc}",
+                                retry_after=DISK_FULL_RETRY,
+                            ) from exc
                         raise Unavailable(
-                            DISK_FULL, reason=f"COMMIT failed: {exc}", retry_after=DISK_FULL_RETRY
+                            "storage could not commit",
+                            reason=f"COMMIT failed: {exc}",
+                            retry_after=1,
                         ) from exc
-                    raise Unavailable(
-                        "storage could not commit", reason=f"COMMIT failed: {exc}", retry_after=1
-                    ) from exc
-                if conn.total_changes != changes:  # it wrote, so there was room again
-                    self._full_at = None
-                if self._wal_identity is None:  # committed: the WAL exists now
-                    self._wal_identity = _identity(self._wal_path)
-                revoked = tx.revoked
-            finally:
-                _INSIDE_WRITE.reset(inside)
-                self._write_owner = None
+                    if conn.total_changes != changes:  # it wrote, so there was room again
+                        self._full_at = None
+                    if self._wal_identity is None:  # committed: the WAL exists now
+                        self._wal_identity = _identity(self._files[1])
+                    revoked = tx.revoked
+                finally:
+                    _INSIDE_WRITE.reset(inside)
+                    self._write_owner = None
+        finally:
+            self._write_lock.release()
         if revoked:
             # Committed (durable): the other processes may look now; outside the turn.
             self._wakes.wake_peers()
-
-    @property
-    def _wal_path(self) -> Path:
-        return self.path.with_name(self.path.name + "-wal")
 
     def _same_files(self) -> None:
         """Raise ``Unavailable`` unless the database and its WAL still have their names.
@@ -442,7 +446,8 @@ class SQLiteStore(SQLStore):
         Checked in the write transaction, before any statement; writes go on by
         themselves if the file the writer opened is put back under its name.
         """
-        for path, opened in ((self.path, self._identity), (self._wal_path, self._wal_identity)):
+        database, wal = self._files
+        for path, opened in ((database, self._identity), (wal, self._wal_identity)):
             if opened is not None and _identity(path) != opened:
                 raise Unavailable(
                     "the database file was replaced or removed while the broker ran",
@@ -552,22 +557,13 @@ class _ReadErrors:
 _read_errors = _ReadErrors()
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def _identity(path: str) -> tuple[int, int] | None:
     """The (device, inode) of the file at ``path``, None when there is none."""
     try:
         stats = os.stat(path)
     except OSError:
         return None
     return stats.st_dev, stats.st_ino
-
-
-@contextmanager
-def _released(lock: threading.Lock) -> Iterator[None]:
-    """Release ``lock``, which the caller acquired, when the block ends."""
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _rollback_quietly(conn: sqlite3.Connection) -> None:
