@@ -430,3 +430,19 @@ def test_a_database_password_holding_url_characters_is_never_shown(data: Path) -
     assert code == 2
     assert "db.internal" in assert_high(report, "database-tls")["title"]
     assert "S3cret" not in json.dumps(report)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://tasklease:pw-not-shown@127.0.0.1:1/tasklease?no_such_keyword=1",
+        "postgresql://tasklease:pw-not-shown%zz@127.0.0.1:1/tasklease",
+    ],
+)
+def test_a_database_url_libpq_cannot_parse_is_high(data: Path, url: str) -> None:
+    """``serve`` refuses such a URL (decision 317); the deployment check passed it."""
+    code, report = doctor(data, env={"TASKLEASE_DATABASE": url})
+    assert code == 2
+    finding = assert_high(report, "database-url")
+    assert "libpq cannot parse" in finding["why"]
+    assert "pw-not-shown" not in json.dumps(report)

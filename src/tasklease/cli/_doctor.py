@@ -360,9 +360,20 @@ def _database_hosts(database: str, env: Mapping[str, str]) -> list[str]:
 
 
 def _database_transport(config: Config, env: Mapping[str, str]) -> Iterator[Finding]:
-    from tasklease.storage import is_shared_database
+    from tasklease.storage import is_shared_database, postgres_url_problem
 
     if not is_shared_database(config.database):
+        return
+    unreadable = postgres_url_problem(config.database)  # as the store reads it, unconnected
+    if unreadable is not None:
+        yield Finding(
+            "database-url",
+            "high",
+            "the database URL is one libpq cannot parse: the broker will not start",
+            unreadable,
+            "fix the URL's percent-encoding, brackets or query parameters (libpq's own "
+            "keywords only); docs/postgresql.md",
+        )
         return
     remote = [
         host

@@ -29,6 +29,7 @@ __all__ = [
     "SchemaError",
     "is_shared_database",
     "open_store",
+    "postgres_url_problem",
     "redact_url",
 ]
 
@@ -41,6 +42,22 @@ def is_shared_database(url: str) -> bool:
     other during a rolling upgrade. SQLite (one host) migrates when it is opened.
     """
     return urlsplit(url).scheme.lower() in ("postgresql", "postgres") if "://" in url else False
+
+
+def postgres_url_problem(url: str) -> str | None:
+    """Why libpq cannot read the PostgreSQL URL ``url``, in words that do not quote it, or
+    None: the reading the store connects by (``_pg_guard.parse_conninfo``), for a check
+    made before any connection (``tasklease doctor``). None without the ``postgres``
+    extra, whose absence the store reports itself."""
+    try:
+        from tasklease.storage._pg_guard import parse_conninfo
+    except ImportError:  # pragma: no cover - the postgres extra is installed here
+        return None
+    try:
+        parse_conninfo(url)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def open_store(

@@ -43,7 +43,28 @@ __all__ = [
     "Timer",
     "Watchdog",
     "cut_connection",
+    "parse_conninfo",
 ]
+
+
+def parse_conninfo(conninfo: str) -> dict[str, Any]:
+    """libpq's reading of a PostgreSQL URL (or connection string), as the store connects
+    by it.
+
+    Raises:
+        ValueError: libpq cannot parse it; the message does not quote it: libpq's own
+            quotes the part it could not read, which may be the password, and a URL libpq
+            does not read is no URL whose password a redaction surely finds.
+    """
+    try:
+        return dict(conninfo_to_dict(conninfo))
+    except psycopg.ProgrammingError:
+        raise ValueError(
+            "libpq cannot parse the PostgreSQL URL (check its percent-encoding, brackets "
+            "and query parameters, which must be libpq's own); it is not shown here: it "
+            "may hold a password"
+        ) from None
+
 
 _log = logging.getLogger("tasklease.storage.postgres")  # the store's logger
 
@@ -95,18 +116,9 @@ class Limits:
         ``synchronous_commit = on`` after them, unless they ask for as much or more
         (:func:`_durable_commits`).
 
-        Raise ``ValueError`` for a URL libpq cannot parse, without quoting it: libpq's
-        own message quotes the part it could not read, which may be the password, and a
-        URL libpq does not read is no URL whose password a redaction surely finds.
+        Raise ``ValueError`` for a URL libpq cannot parse (:func:`parse_conninfo`).
         """
-        try:
-            given = conninfo_to_dict(conninfo)
-        except psycopg.ProgrammingError:
-            raise ValueError(
-                "libpq cannot parse the PostgreSQL URL (check its percent-encoding, brackets "
-                "and query parameters, which must be libpq's own); it is not shown here: it "
-                "may hold a password"
-            ) from None
+        given = parse_conninfo(conninfo)
         idle_in_transaction = 2 * self.statement_timeout
         ours = " ".join(
             f"-c {name}={_milliseconds(seconds)}"
