@@ -510,6 +510,7 @@ def test_public_surface() -> None:
         "SchemaError",
         "is_shared_database",
         "open_store",
+        "postgres_url_problem",
         "redact_url",
     ]
 
