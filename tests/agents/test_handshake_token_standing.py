@@ -172,3 +172,33 @@ def test_the_tickets_show_the_peer_nothing_of_a_token_it_never_saw(env: Env) -> 
         assert token["jti"] not in text, ticket
         assert "task-delegator" not in text and delegator.agent_id not in text, ticket
         assert all(type(claims[k]) is str for k in ("ini_held", "rsp_held") if k in claims)
+
+
+def test_a_receipt_lives_no_longer_than_the_tokens_it_vouches_for(env: Env) -> None:
+    # A's delegated token dies in 10 s (it can not be renewed past its delegator's grant):
+    # a receipt signed now + 30 s would tell B for 20 s more that A holds its scope.
+    delegator = env.register("task-delegator", ["read:data:*", "write:payments:*"])
+    a, b = env.register("task-a"), env.register("task-b")
+    short = env.http.post(
+        "/v1/delegate",
+        headers=delegator.auth(),
+        json={"delegate_to": a.agent_id, "scope": ["write:payments:*"], "ttl": 10},
+    )
+    assert short.status_code == 200, short.text
+    token = str(short.json()["access_token"])
+    offer = _initiate_with(env, a, token, b)
+    answered = _respond(env, b, offer)
+    assert answered.status_code == 200, answered.text
+    completed = env.http.post(
+        "/v1/mutual/complete",
+        headers=a.auth(token),
+        json={
+            "answer": answered.json()["answer"],
+            "signature": _sign(a, "initiator", _claims(answered.json()["answer"]), NB),
+        },
+    )
+    assert completed.status_code == 200, completed.text
+    receipt = _claims(completed.json()["receipt"])
+    assert receipt["ini_scope"] == ["write:payments:*"]
+    assert receipt["exp"] <= _claims(token)["exp"], (receipt["exp"], _claims(token)["exp"])
+    assert receipt["exp"] <= _claims(b.token)["exp"]

@@ -340,9 +340,10 @@ class Handshakes(Service):
         step.token(responder_token, "responder")
         now = int(self._kernel.now())
         vouched = {k: v for k, v in ticket.items() if k not in (_INITIATOR_HELD, _RESPONDER_HELD)}
-        receipt = self._ticket(
-            KIND_RECEIPT, {**vouched, "aud": rsp, "iat": now, "exp": now + HANDSHAKE_TTL}
-        )
+        # The receipt vouches for both tokens' scopes: it lives no longer than either
+        # (both are past now: step.token refused them otherwise).
+        exp = min(now + HANDSHAKE_TTL, initiator_token.exp, responder_token.exp)
+        receipt = self._ticket(KIND_RECEIPT, {**vouched, "aud": rsp, "iat": now, "exp": exp})
         result = HandshakeResult(hid, rsp, string_list(ticket.get("rsp_scope")))
         return step.spend(
             (receipt, result),

@@ -244,8 +244,9 @@ OPERATIONS = (
         "earlier steps, whose scopes it vouches for, must still be valid (unexpired, not "
         "revoked). The broker answers the responder's verified "
         "identity and scope and a `receipt` (`typ` `tasklease-mutual-receipt+jwt`, `aud` "
-        "the responder) that the initiator forwards; the responder verifies it offline "
-        "with the JWKS. Each handshake completes once.",
+        "the responder; it lives 30 s, and never past either token's `exp`) that the "
+        "initiator forwards; the responder verifies it offline with the JWKS. Each "
+        "handshake completes once.",
         PEER_TOKEN,
         HandshakeReceipt,
         request=MutualCompleteRequest,
