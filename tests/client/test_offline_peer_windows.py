@@ -80,3 +80,16 @@ def test_a_finish_is_accepted_only_by_the_responder_that_answered() -> None:
         dave.accept(finish)
     assert refused.value.reason == "the finish answers another agent's challenge"
     assert bob.accept(finish).agent_id == alice.agent_id
+
+
+@pytest.mark.parametrize("iat", [10**400, -(10**400)])
+def test_a_hello_dated_where_no_float_reaches_is_refused_as_outside_the_window(iat: int) -> None:
+    # Anyone can send a hello: its date is compared with the clock, never subtracted from
+    # it (an integer past every float raised OverflowError in the responder's code).
+    fleet, clock = Fleet(), Clock()
+    alice, bob = fleet.peer("alice", clock), fleet.peer("bob", clock)
+    hello = rules.parse_hello(alice.hello(bob.agent_id, channel=CHANNEL))
+    forged = rules.Hello(hello.initiator, hello.responder, hello.nonce, iat)
+    with pytest.raises(PeerAuthenticationFailed) as refused:
+        bob.answer(rules.hello_message(forged), channel=CHANNEL)
+    assert refused.value.reason == "the hello is too old or dated in the future"

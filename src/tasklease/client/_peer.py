@@ -301,7 +301,9 @@ class OfflinePeerAuth:
         if rules.same(parsed.initiator, self.agent_id):
             raise PeerAuthenticationFailed("reflection: the hello names this agent as initiator")
         now = self._clock()
-        if abs(now - parsed.iat) > self._window:
+        # Compared with the clock, never subtracted from it: a hello's iat is any JSON
+        # integer, and one no float holds would raise OverflowError (decision 228).
+        if not now - self._window <= parsed.iat <= now + self._window:
             raise PeerAuthenticationFailed("the hello is too old or dated in the future")
         ours = self._token()
         if not self._show_bearer_token and not sender_constrained(ours, self._opaque_token_bound):
