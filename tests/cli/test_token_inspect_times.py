@@ -28,6 +28,8 @@ CLAIMS = [
     '{"sub":"a","nbf":-1e300}',
     '{"sub":"a","oiat":1e20}',
     '{"sub":"a","exp":1e300}',
+    '{"sub":"a","exp":1' + "0" * 400 + "}",  # an integer no float holds
+    '{"sub":"a","exp":-1' + "0" * 400 + "}",
 ]
 
 

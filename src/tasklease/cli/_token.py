@@ -42,11 +42,20 @@ def _span(duration: float) -> str:
     return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
 
 
+def _minus(a: float, b: float) -> float:
+    """``a - b``, in whole seconds when one is an integer no float holds (a token's
+    ``exp`` is any JSON integer: subtracted from the clock, it raised OverflowError)."""
+    try:
+        return a - b
+    except OverflowError:
+        return int(a) - int(b)
+
+
 def in_words(exp: float, now: float) -> str:
     """``expires in 4 min 12 s`` or ``expired 3 min ago`` (coarser for old tokens)."""
     if exp > now:
-        return f"expires in {_span(exp - now)}"
-    ago = now - exp
+        return f"expires in {_span(_minus(exp, now))}"
+    ago = _minus(now, exp)
     if ago < 60:
         return f"expired {_span(ago)} ago"
     if ago < 3600:
