@@ -11,10 +11,12 @@ import pytest
 
 from tasklease.core.broker import Broker
 from tasklease.core.clock import ManualClock
+from tasklease.core.config import Config
 from tasklease.core.errors import Unavailable
 from tasklease.core.keys import KeyRing
 from tasklease.core.store import AuditQuery
 
+from .conftest import NONCE_SECRET
 from .test_exchange import START, A, B, bundle_of, exchange, for_domain
 
 BOUND = 60.0
@@ -94,3 +96,28 @@ def test_without_a_feed_or_with_the_bound_off_nothing_is_held(
         b, subject, actor, clock = _pair(make_broker, kit, federation_feed_max_staleness=0)
     clock.advance(BOUND + 30)  # past the bound: it would be held if it applied
     assert exchange(b, kit, subject, actor).token
+
+
+def test_a_follower_whose_clock_jumped_ahead_vouches_for_no_time_to_come(
+    make_broker: Any, kit: Any, admin_secret_hash: str
+) -> None:
+    """The feed's follower is another process (another replica) whose wall clock jumped a
+    day ahead (a bad NTP answer). What it records as heard is dated by the time that has
+    passed (``Kernel.lease_now``), as its lease is: dated by its wall clock, it told every
+    process that the feed was current for a day to come, and the time heard never goes
+    back, so a feed that went silent after it was heard did not hold the domain's tokens."""
+    b, subject, actor, clock = _pair(make_broker, kit)
+    elapsed, wall = ManualClock(START), ManualClock(START)
+    follower = Broker(
+        Config(admin_secret_hash=admin_secret_hash, trust_domain=B),
+        b.store,
+        KeyRing.generate(),
+        clock=wall,
+        monotonic=elapsed.now,
+        nonce_secret=NONCE_SECRET,
+    )
+    wall.advance(86_400)  # the jump
+    follower.federation_feed_heard(A)
+    assert exchange(b, kit, subject, actor).token  # heard now, by the time that passed
+    clock.advance(BOUND + 1)  # silent since
+    assert "last heard current 61 s ago" in _refused(b, kit, subject, actor)

@@ -74,10 +74,14 @@ class PeerFeeds(Service):
         now has been applied here. Written by the follower every few seconds while the
         feed is current, read by every process's exchange (:meth:`stale`).
 
+        Dated by :meth:`Kernel.lease_now`, as the follower's lease is: every process takes
+        the feed as current until this time plus the bound, and the time heard never goes
+        back, so a wall clock jumped ahead must not vouch for time that has not passed.
+
         Raises:
             Unavailable: the store could not be written.
         """
-        at = self._kernel.now()
+        at = self._kernel.lease_now()
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             tx.put_feed_heard(domain, at)
