@@ -82,7 +82,7 @@ def test_a_finish_is_accepted_only_by_the_responder_that_answered() -> None:
     assert bob.accept(finish).agent_id == alice.agent_id
 
 
-@pytest.mark.parametrize("iat", [10**400, -(10**400)])
+@pytest.mark.parametrize("iat", [10**400, -(10**400)], ids=["ahead", "behind"])
 def test_a_hello_dated_where_no_float_reaches_is_refused_as_outside_the_window(iat: int) -> None:
     # Anyone can send a hello: its date is compared with the clock, never subtracted from
     # it (an integer past every float raised OverflowError in the responder's code).
