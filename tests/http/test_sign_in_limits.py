@@ -151,3 +151,20 @@ def test_a_sign_in_flood_is_refused_by_runs_each_under_one_audit_event(
     assert sorted(e["detail"].rpartition("denial=")[2] for e in events) == sorted(
         [denial_id, again]
     )
+
+
+def test_a_tenant_sign_in_refused_counts_under_the_route_template(
+    start_broker: Callable[..., RunningBroker],
+) -> None:
+    """``tasklease_rate_limited_total`` labels a sign-in's 429 by its route template, as
+    every metric labels a route: a tenant's name (or any other part of the path a caller
+    chooses) never becomes a label of its own."""
+    door = Door("/v1/admin/auth", _admin_auth, "admin", _operator_auth)
+    broker = start_broker(env=door.env)
+    tenant = broker.create_tenant("acme")
+
+    _, limited = _flood(tenant, door)
+    _run_id(limited)
+    text = httpx.get(metrics_url(broker), timeout=10).text
+    assert not re.search(r'endpoint="/t/acme/', text), "a tenant's name became a label"
+    assert _rate_limited(broker, "/t/{tenant}/v1/admin/auth") == len(limited)

@@ -67,7 +67,8 @@ async def limit_sign_in(broker: Broker, kind: SignIn, request: Request) -> None:
         kind, client_of(request), request_id=_request_id(request.scope)
     )
     if refused is not None:
-        broker.metrics.rate_limited.labels(request.url.path).inc()  # as it always was
+        # By route template, as every metric labels a route: never the raw path.
+        broker.metrics.rate_limited.labels(route_template(request.scope)).inc()
         raise refused
 
 
