@@ -258,6 +258,20 @@ def test_an_admin_secret_hash_serve_refuses_is_high(data: Path, where: str) -> N
     assert PLAIN_HASH not in json.dumps(report)
 
 
+def test_an_admin_secret_hash_cut_short_is_high(data: Path) -> None:
+    """A real argon2id hash with characters cut off its end still parses as one, but no
+    secret matches it: `serve` refuses it, and doctor says so as high."""
+    from argon2 import PasswordHasher
+
+    whole = PasswordHasher().hash("an admin secret of thirty characters")
+    for cut in (whole[:-3], whole[:-1]):
+        code, report = doctor(data, env={"TASKLEASE_ADMIN_SECRET_HASH": cut})
+        assert code == 2
+        finding = assert_high(report, "admin-secret-hash")
+        assert "it was cut" in finding["title"], finding
+        assert cut not in json.dumps(report)
+
+
 def test_an_argon2_hash_of_another_type_is_medium(data: Path) -> None:
     from argon2 import PasswordHasher, Type
 

@@ -12,6 +12,8 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from tasklease.rules.secretshapes import is_placeholder
 
 __all__ = [
+    "HASH_LEN",
+    "MIN_SALT_LEN",
     "MIN_SECRET_DISTINCT",
     "MIN_SECRET_LENGTH",
     "hash_problem",
@@ -29,6 +31,12 @@ MIN_SECRET_DISTINCT = 8
 # RFC 9106 second recommended option (t=3, m=64 MiB, p=4): tens of milliseconds per check,
 # which the rate limits on the two auth endpoints make affordable.
 _hasher = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4)
+
+HASH_LEN = _hasher.hash_len
+"""Fewest bytes of a stored hash's digest (32: what :func:`hash_secret`, argon2's reference
+tool and the common libraries write; RFC 9106 recommends a 256-bit tag)."""
+MIN_SALT_LEN = 8
+"""Fewest bytes of a stored hash's salt: argon2's own minimum (RFC 9106 section 3.1)."""
 
 
 def _unmatched_hash() -> str:
@@ -93,7 +101,30 @@ def hash_problem(stored: str) -> str | None:
         return "it is not an argon2 hash ($argon2id$v=19$m=...,t=...,p=...$<salt>$<hash>)"
     if not parameters.salt_len or not parameters.hash_len:
         return "it is an argon2 hash without its salt or digest"
+    # The salt and digest as the encoded form writes them: unpadded base64 of whole bytes,
+    # the digest HASH_LEN bytes or more. A hash with characters cut off or changed fails
+    # this (a cut 32-byte digest is shorter; most cuts are no base64 of whole bytes).
+    *_, salt, digest = stored.split("$")
+    salt_len, digest_len = _b64_length(salt), _b64_length(digest)
+    if salt_len is None or digest_len is None:
+        return "its salt or digest is not the unpadded base64 of whole bytes: it was cut or changed"
+    if salt_len < MIN_SALT_LEN:
+        return f"its salt is {salt_len} bytes, fewer than argon2's {MIN_SALT_LEN}: it was cut"
+    if digest_len < HASH_LEN:
+        return f"its digest is {digest_len} bytes, fewer than {HASH_LEN}: it was cut"
     return None
+
+
+def _b64_length(text: str) -> int | None:
+    """How many bytes ``text`` encodes as the argon2 encoded form writes them (standard
+    base64 without padding, nothing left over), or None when it is no such encoding."""
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except ValueError:
+        return None
+    if base64.b64encode(raw).decode("ascii").rstrip("=") != text:
+        return None  # a length no bytes have, or bits left over: characters were cut
+    return len(raw)
 
 
 def hash_secret(secret: str) -> str:
