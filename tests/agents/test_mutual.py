@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from agents_support import AgentHandle, Env, b64
+from agents_support import CTX, AgentHandle, Env, b64
 from nacl.signing import SigningKey
 
 from tasklease.core.liveness import heartbeat_signing_input
@@ -528,3 +528,32 @@ def test_a_receipt_binds_its_issuer_handshake_nonce_and_responder(env: Env) -> N
     ):
         with pytest.raises(ProofRejected, match=reason):
             verify_receipt(receipt, **{**right, **change})
+
+
+def test_asking_again_with_the_same_token_writes_no_new_event(env: Env) -> None:
+    # Each WIT issued wrote a permanent event, and nothing bounded the asking: an agent
+    # calling in a loop filled the audit log. One token gets one WIT (its one event);
+    # another token (a renewal, itself audited) or another signing key gets a new one.
+    a = env.register("task-a")
+    first = _wit(env, a)
+    for _ in range(20):
+        assert _wit(env, a) == first
+    assert len(env.audit("workload_identity_issued")) == 1
+
+    renewed = env.http.post("/v1/token/renew", headers=a.auth())
+    assert renewed.status_code == 200, renewed.text
+    b = AgentHandle(a.agent_id, renewed.json()["access_token"], a.key)
+    second = _wit(env, b)
+    assert second != first and _wit(env, b) == second
+    assert len(env.audit("workload_identity_issued")) == 2
+
+    env.broker.rotate_signing_key(env.admin_claims(), CTX)
+    third = _wit(env, b)
+    assert third != second
+    header = json.loads(_jws.b64url_decode(third.split(".")[0]))
+    assert header["kid"] == env.broker.keyring.active_kid
+    assert len(env.audit("workload_identity_issued")) == 3
+
+    # Still checked every time: a holder no longer in good standing is refused.
+    _declare_done(env, b, "q" * 16)
+    assert env.http.post("/v1/workload/identity", headers=b.auth()).status_code in (401, 403)

@@ -8,12 +8,22 @@ scope): what the agent may do is its access token's, which travels beside it and
 bound to the proof by ``ath``. It lives no longer than the token it was asked with, is
 issued only to a holder in good standing (``Kernel.holder_standing``, as renewal and
 delegation ask), and its issuance is audited.
+
+One token gets one WIT: asked again with the same token (checked and in good standing
+each time), a process answers the WIT it issued for it, under the event it wrote then,
+rather than a new WIT and a new permanent event each call (an agent asking in a loop
+would fill the audit log). Every WIT issued has its one event; the events of a token's
+WITs are bounded by the processes that serve it (each remembers its own, at most
+:data:`MAX_REMEMBERED`), as its tokens are by their own audited issuance. A WIT is issued
+again once the broker signs with another key (the one it was signed with may be retired).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 
 from tasklease.core.callers import about, require_agent
 from tasklease.core.errors import Forbidden
@@ -22,7 +32,18 @@ from tasklease.core.signing import SigningKeys
 from tasklease.core.tokens import Claims, agent_key_of, new_jti
 from tasklease.rules.wimse import WIT_TYPE, wit_claims
 
-__all__ = ["WorkloadIdentities"]
+__all__ = ["MAX_REMEMBERED", "WorkloadIdentities"]
+
+MAX_REMEMBERED = 65_536
+"""Most WITs a process remembers for their tokens (the least recently issued forgotten
+first, and any whose token has expired)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Issued:
+    wit: str
+    exp: int
+    kid: str
 
 
 class WorkloadIdentities(Service):
@@ -31,6 +52,9 @@ class WorkloadIdentities(Service):
     def __init__(self, kernel: Kernel, keys: SigningKeys) -> None:
         super().__init__(kernel)
         self._keys = keys
+        self._lock = threading.Lock()
+        # (agent, token jti) -> the WIT issued for that token, oldest first.
+        self._issued: OrderedDict[tuple[str, str], _Issued] = OrderedDict()
 
     def issue(self, claims: Claims, ctx: RequestContext) -> tuple[str, int]:
         """A WIT for the holder of ``claims`` (an agent token); ``(wit, expires_in)``.
@@ -62,6 +86,10 @@ class WorkloadIdentities(Service):
                 ),
             )
         iat = int(kernel.now())
+        ring = self._keys.ring
+        held = self._remembered((claims.sub, claims.jti), ring.active_kid, iat)
+        if held is not None:
+            return held.wit, max(0, held.exp - iat)
         jti = new_jti()
         payload = wit_claims(
             issuer=self._config.issuer,
@@ -71,7 +99,7 @@ class WorkloadIdentities(Service):
             exp=claims.exp,
             jti=jti,
         )
-        wit = self._keys.ring.sign(json.dumps(payload, separators=(",", ":")).encode(), WIT_TYPE)
+        wit = ring.sign(json.dumps(payload, separators=(",", ":")).encode(), WIT_TYPE)
         kernel.record(
             replace(
                 about(claims),
@@ -80,4 +108,23 @@ class WorkloadIdentities(Service):
                 detail=f"WIT issued jti={jti} exp={claims.exp} for token jti={claims.jti}",
             )
         )
+        self._remember((claims.sub, claims.jti), _Issued(wit, claims.exp, ring.active_kid), iat)
         return wit, max(0, claims.exp - iat)
+
+    def _remembered(self, key: tuple[str, str], kid: str, now: int) -> _Issued | None:
+        """The WIT issued for the token ``key`` names, while it lives and is signed by the
+        active key ``kid``; else None (a new one is issued)."""
+        with self._lock:
+            held = self._issued.get(key)
+            if held is None or held.exp <= now or held.kid != kid:
+                return None
+            return held
+
+    def _remember(self, key: tuple[str, str], issued: _Issued, now: int) -> None:
+        with self._lock:
+            table = self._issued
+            table[key] = issued
+            table.move_to_end(key)
+            # The oldest first: expired ones, then any over the bound.
+            while table and (len(table) > MAX_REMEMBERED or next(iter(table.values())).exp <= now):
+                table.popitem(last=False)

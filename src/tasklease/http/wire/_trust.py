@@ -386,7 +386,9 @@ OPERATIONS = (
         "`wth` the WIT's hash, `ath` its access token's) in the `Workload-Proof-Token` "
         "header, which peers verify offline (`tasklease.rules.wimse`). The WIT carries no "
         "scope and lives no longer than the presented token. Audited "
-        "(`workload_identity_issued`).",
+        "(`workload_identity_issued`). Asked again with the same token, the broker answers "
+        "the WIT it issued for it, without a new event: one token, one WIT, until the "
+        "broker signs with another key.",
         PEER_TOKEN,
         WorkloadIdentityResponse,
     ),
