@@ -124,3 +124,76 @@ def test_a_broken_chain_is_refused_though_its_stored_hashes_make_the_tree(
         assert code == 1, out + err
         assert "audit chain broken" in err and "evt-000003" in err
         assert "audit chain intact" not in out and "CONSISTENT" not in out
+
+
+# Would fail if: `audit verify --database` without --checkpoint ignored the signed
+# checkpoint stored in the same database (a log whose events and tree on record were
+# both rewritten passed), took one the log key did not sign, or did not say when the
+# database holds no signed checkpoint at all.
+
+
+def _store_checkpoint(database: Path, leaves: list[bytes], key: nacl.signing.SigningKey) -> None:
+    from tasklease.core.records import CheckpointRecord
+
+    note = checkpoint_note(
+        Checkpoint(ORIGIN, len(leaves), root_of(leaves)),
+        bytes(key.verify_key),
+        lambda message: bytes(key.sign(message).signature),
+    )
+    with SQLiteStore(database) as store, store.write() as tx:
+        tx.put_checkpoint(CheckpointRecord("final", len(leaves), str(note), 1.0))
+
+
+def _verify_stored(database: Path, home: Path) -> tuple[int, str, str]:
+    done = run("audit", "verify", "--database", str(database), "--log-key", VKEY, home=home)
+    return done.returncode, " ".join(done.stdout.split()), " ".join(done.stderr.split())
+
+
+def test_without_a_checkpoint_stored_it_says_so(tmp_path: Path) -> None:
+    database = tmp_path / "tasklease.db"
+    _log(database)
+    code, out, err = _verify_stored(database, tmp_path)
+    assert code == 0, out + err
+    assert "audit chain intact: 6 events" in out
+    assert "no signed checkpoint found in the database" in err, err
+
+
+def test_the_signed_checkpoint_in_the_database_holds_the_events(tmp_path: Path) -> None:
+    database = tmp_path / "tasklease.db"
+    leaves = _log(database)
+    _store_checkpoint(database, leaves[:4], _KEY)
+    code, out, err = _verify_stored(database, tmp_path)
+    assert code == 0, out + err
+    assert "the signed checkpoint of 4 events in the database matches" in out, out
+    assert "no signed checkpoint found" not in err, err
+
+
+def test_events_that_are_not_the_stored_checkpoints_are_refused(tmp_path: Path) -> None:
+    # The log the key signed held other events: these, with a tree on record rebuilt from
+    # them (as a writer who rewrote the events would leave it), are a rewrite.
+    database = tmp_path / "tasklease.db"
+    leaves = _log(database)
+    signed = [leaf_hash(b"the first event as written"), *leaves[1:4]]
+    _store_checkpoint(database, signed, _KEY)
+    code, out, err = _verify_stored(database, tmp_path)
+    assert code == 1, out + err
+    assert "audit tree broken: the latest signed checkpoint in the database (size 4)" in err, err
+
+
+def test_a_stored_checkpoint_the_log_key_did_not_sign_is_refused(tmp_path: Path) -> None:
+    database = tmp_path / "tasklease.db"
+    leaves = _log(database)
+    _store_checkpoint(database, leaves, nacl.signing.SigningKey.generate())
+    code, out, err = _verify_stored(database, tmp_path)
+    assert code == 1, out + err
+    assert "checkpoint broken:" in err, err
+
+
+def test_a_stored_checkpoint_without_a_key_to_check_it_is_said_unchecked(tmp_path: Path) -> None:
+    database = tmp_path / "tasklease.db"
+    leaves = _log(database)
+    _store_checkpoint(database, leaves, _KEY)
+    done = run("audit", "verify", "--database", str(database), home=tmp_path)
+    err = " ".join(done.stderr.split())
+    assert done.returncode == 0, done.stdout + err
+    assert "the signed checkpoint in the database (size 6) was not checked" in err, err

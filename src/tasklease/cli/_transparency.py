@@ -464,12 +464,55 @@ class _Times:
         raise typer.Exit(EXIT_FAILED)
 
 
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """The latest signed checkpoint the database holds, as far as it could be checked:
+    ``checkpoint`` when its signature verifies; ``found`` whether there is one at all;
+    ``unchecked`` why its signature could not be checked (no log key to check it with)."""
+
+    checkpoint: Checkpoint | None
+    found: bool
+    size: int = 0
+    unchecked: str = ""
+
+
+def _stored_checkpoint(
+    store: Store, log_keys: list[str] | None, local_keys: Callable[[], list[str] | str]
+) -> StoredCheckpoint:
+    """The database's latest final checkpoint, its signature checked with ``log_keys``
+    (``--log-key``), else with the broker's own log keys (``local_keys``: its key
+    directory's, or why they cannot be read). A checkpoint the keys did not sign: exit 1."""
+    from tasklease.core.auditcheck import latest_checkpoint
+    from tasklease.rules.note import NoteError, VerifierKey
+
+    record = store.get_checkpoint("final")
+    if record is None:
+        return StoredCheckpoint(None, found=False)
+    keys = log_keys or local_keys()
+    if isinstance(keys, str):
+        return StoredCheckpoint(None, found=True, size=record.size, unchecked=keys)
+    try:
+        parsed = [VerifierKey.parse(k) for k in keys]
+    except NoteError as exc:
+        return StoredCheckpoint(None, found=True, size=record.size, unchecked=str(exc))
+    checkpoint, problem = latest_checkpoint(store, parsed)
+    _verdict(problem)
+    return StoredCheckpoint(checkpoint, found=True, size=record.size)
+
+
 def verify_database(
-    store: Store, *, checkpoint_file: Path | None, log_keys: list[str] | None
+    store: Store,
+    *,
+    checkpoint_file: Path | None,
+    log_keys: list[str] | None,
+    local_keys: Callable[[], list[str] | str] = lambda: "no log key given (--log-key)",
 ) -> None:
     """Offline: walk the chain, rebuild the Merkle tree, and compare it with the tree on
-    record and, with ``checkpoint_file``, with the checkpoint (a signed tree head kept
-    outside the database)."""
+    record, with the latest signed checkpoint the database holds (its signature checked
+    with ``log_keys``, else the broker's own log keys, ``local_keys``) and, with
+    ``checkpoint_file``, with the checkpoint (a signed tree head kept outside the
+    database). A checkpoint in the database shows no rewrite by a writer who cannot sign,
+    but one who rewrites the events can delete it: that there is none is said."""
     from tasklease.core.auditcheck import RebuiltTree
     from tasklease.core.auditformat import verify_chain
     from tasklease.verify import AuditProofError, verify_checkpoint
@@ -481,9 +524,17 @@ def verify_database(
             checkpoint = verify_checkpoint(note, _trusted_keys(None, log_keys))
         except AuditProofError as exc:
             raise _proof_failed(exc) from None
-    tree = store.audit_tree()
+    stored = _stored_checkpoint(store, log_keys, local_keys)
+    signed = stored.checkpoint
+    tree = store.audit_tree()  # after the checkpoint, before the events: the walk covers both
     total, _ = store.audit_head()
-    rebuilt = RebuiltTree({tree.size if tree else 0, checkpoint.size if checkpoint else 0})
+    rebuilt = RebuiltTree(
+        {
+            tree.size if tree else 0,
+            checkpoint.size if checkpoint else 0,
+            signed.size if signed else 0,
+        }
+    )
     lookups = _Lookups(store)
     times = _Times()
 
@@ -507,13 +558,24 @@ def verify_database(
     chain_verdict(report)
     if tree is not None:
         tree_verdict(tree.size, tree.root, rebuilt, report.checked, "the tree on record")
+    if signed is not None:
+        tree_verdict(
+            signed.size,
+            signed.root,
+            rebuilt,
+            report.checked,
+            "the latest signed checkpoint in the database",
+        )
     lookups.check()
     times.check()
     tree_text = f"; Merkle tree of {tree.size} leaves matches" if tree else ""
+    if signed is not None:
+        tree_text += f"; the signed checkpoint of {signed.size} events in the database matches"
     out.print(
         f"audit chain intact: {report.checked} events, head {report.head_hash}{tree_text}",
         highlight=False,
     )
+    _say_stored(stored, held=checkpoint is not None)
     if checkpoint is None:
         return
     checkpoint_verdict(
@@ -528,6 +590,35 @@ def verify_database(
         f"{checkpoint.origin}, unchanged, and {report.checked - checkpoint.size} after them",
         highlight=False,
     )
+
+
+def _say_stored(stored: StoredCheckpoint, *, held: bool) -> None:
+    """What the database's own checkpoint proved, and what it could not."""
+    outside = (
+        "" if held else "; only a checkpoint kept outside the database (--checkpoint) shows that"
+    )
+    if not stored.found:
+        err.print(
+            "no signed checkpoint found in the database: the events make the tree on "
+            "record, which whoever rewrites them can rebuild, so a rewritten log is not "
+            f"ruled out{outside}",
+            highlight=False,
+        )
+    elif stored.checkpoint is None:
+        err.print(
+            f"[yellow]warning:[/] the signed checkpoint in the database (size {stored.size}) "
+            f"was not checked: {escape(stored.unchecked)}; give the log's key with "
+            "--log-key",
+            highlight=False,
+            markup=True,
+        )
+    else:
+        err.print(
+            f"the events before the database's latest signed checkpoint (size "
+            f"{stored.size}) are the ones the log key signed; a writer who also deletes "
+            f"checkpoints is not ruled out{outside}",
+            highlight=False,
+        )
 
 
 def chain_verdict(report: ChainReport) -> None:

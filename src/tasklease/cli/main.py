@@ -613,9 +613,39 @@ def audit_verify(
     if tenant is not None:
         store = store.for_tenant(tenant)  # that tenant's own chain
     try:
-        _transparency.verify_database(store, checkpoint_file=checkpoint, log_keys=log_key)
+        _transparency.verify_database(
+            store,
+            checkpoint_file=checkpoint,
+            log_keys=log_key,
+            local_keys=lambda: _local_log_keys(config, data_dir, tenant),
+        )
     finally:
         store.close()
+
+
+def _local_log_keys(
+    config: str | None, data_dir: str | None, tenant: str | None
+) -> list[str] | str:
+    """The broker's own audit log verifier keys, from the key directory its configuration
+    names (through its key provider, with its secrets), as ``vkey`` strings; else why
+    they cannot be read."""
+    from tasklease.core.keys import load_keyring
+    from tasklease.core.transparency import LOG_KEY_DIR
+    from tasklease.keystore import KeyStoreError, open_key_provider
+    from tasklease.rules.note import ED25519, VerifierKey
+    from tasklease.settings import ConfigError, load_config
+
+    if tenant is not None:  # its origin is its own issuer's, which its record holds
+        return f"tenant {tenant}'s log keys are not read offline"
+    try:
+        cfg = load_config(config, overrides={"data_dir": data_dir})
+        if not cfg.key_dir:
+            return "the configuration names no key directory"
+        ring = load_keyring(Path(cfg.key_dir) / LOG_KEY_DIR, open_key_provider(cfg))
+    except (ConfigError, KeyStoreError, ValueError, OSError) as exc:
+        return f"the broker's log key cannot be read ({exc})"
+    keys = (ring.public_key(kid) for kid in ring.kids())
+    return [VerifierKey(cfg.audit_origin, ED25519, key).vkey for key in keys if key is not None]
 
 
 _doctor.register(app)  # local, like init and serve
