@@ -250,3 +250,33 @@ def test_key_retirement_reaches_another_process_sharing_the_keys(
         assert time.monotonic() < deadline, "the second process never dropped the key"
         time.sleep(0.1)
     assert not two.is_valid(token)
+
+
+# Would fail if: `audit verify` run on a stopped broker's own data directory, without
+# --log-key, did not check the signed checkpoint the broker stored with the broker's own
+# log keys (read from its key directory), or took the checkpoint's word over the events.
+def test_audit_verify_holds_the_events_to_the_checkpoint_the_broker_signed(
+    tmp_path: Path, start_broker: Callable[..., RunningBroker]
+) -> None:
+    data = tmp_path / "data"
+    running = start_broker(data)
+    running.register(["read:data:x"])
+    running.register(["read:data:x"])
+    _sigterm(running)
+    ok = _cli("audit", "verify", "--data-dir", str(data), cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    said = " ".join((ok.stdout + ok.stderr).split())
+    assert "in the database matches" in said, said
+    assert "not checked" not in said and "no signed checkpoint" not in said, said
+
+    # A stored checkpoint the broker's log key did not sign (here its note edited).
+    database = data / "tasklease.db"
+    conn = sqlite3.connect(database)
+    try:
+        with conn:
+            conn.execute("UPDATE audit_checkpoints SET note = replace(note, 'a', 'b')")
+    finally:
+        conn.close()
+    broken = _cli("audit", "verify", "--data-dir", str(data), cwd=tmp_path)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "checkpoint broken" in broken.stderr, broken.stderr
