@@ -225,8 +225,6 @@ class Renewal(Service):
             else None
         )
         cnf: dict[str, str] = json.loads(agent.cnf) if agent is not None and agent.cnf else {}
-        if agent is not None and cnf:
-            self._prove_binding(agent, cnf, ctx)
         if not isinstance(agent_id, str) or not agent_id:
             raise InvalidRequest("missing required field: agent_id")
         if not isinstance(nonce, str) or not nonce:
@@ -268,6 +266,11 @@ class Renewal(Service):
                 "signature does not verify with the agent's registered key "
                 "(a different key: impostor)",
             )
+        # The binding only once the key is proven: checked before, it told a bound
+        # agent's id from one no agent has to anyone, without a nonce or a key.
+        unproven = self._unproven_binding(agent, cnf, ctx) if cnf else ""
+        if unproven:
+            return spent(Unauthorized(_REFUSED, reason=unproven), unproven)
         _, why = kernel.agent_standing(agent_id, lifetime=False)
         if why:
             return spent(Forbidden("agent is not active"), why)
@@ -374,11 +377,15 @@ class Renewal(Service):
 
         return Pending(unit, done, lost)
 
-    def _prove_binding(self, agent: AgentRecord, cnf: dict[str, str], ctx: RequestContext) -> None:
-        """Refuse (audited) a resumption that does not prove the registration's binding.
+    def _unproven_binding(
+        self, agent: AgentRecord, cnf: dict[str, str], ctx: RequestContext
+    ) -> str:
+        """Why a resumption does not prove the registration's binding, or "" when it does.
 
-        Under ``core.audit.deferring`` its DPoP proof is recorded as used with the
-        request's deferred events, refused or not; one used before then refuses it."""
+        Asked only of a caller that proved the agent's key (the same refusal as any other
+        then: the nonce spent with one event). Under ``core.audit.deferring`` its DPoP
+        proof is recorded as used with the request's deferred events, refused or not; one
+        used before then refuses it."""
 
         def refusal(reason: str) -> tuple[TaskleaseError, AuditEntry]:
             return Unauthorized(_REFUSED, reason=reason), AuditEntry(
@@ -404,7 +411,8 @@ class Renewal(Service):
                 if not hmac.compare_digest(proven.encode(), str(jkt).encode()):
                     raise BindingError("resume DPoP proof signed by another key")
         except BindingError as exc:
-            raise self._kernel.deny(*refusal(exc.reason)) from None
+            return exc.reason
         finally:
             if deferred is not None:  # a proof checked before a refusal is spent by it too
                 deferred.defer(lambda: refusal(PROOF_REPLAYED))
+        return ""
