@@ -10,6 +10,7 @@ import nacl.signing
 import pytest
 
 import tasklease.core.operators as operators_module
+import tasklease.rules.jws as jws_module
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.clock import ManualClock
 from tasklease.core.config import Config
@@ -314,7 +315,7 @@ def test_a_key_signature_checked_across_a_credential_change_gives_no_token(
     public = base64.b64encode(bytes(key.verify_key)).decode()
     broker.add_operator(admin, name="bob", role="operator", public_key=public, ctx=CTX)
     clock.advance(5.4)  # .9 into a second
-    real_verify = operators_module._jws.verify_detached
+    real_verify = jws_module.verify_detached
     changed: list[str] = []
 
     def verify_while_the_admin_changes_it(*args: object) -> bool:
@@ -328,7 +329,7 @@ def test_a_key_signature_checked_across_a_credential_change_gives_no_token(
             clock.advance(0.2)
         return ok
 
-    monkeypatch.setattr(operators_module._jws, "verify_detached", verify_while_the_admin_changes_it)
+    monkeypatch.setattr(jws_module, "verify_detached", verify_while_the_admin_changes_it)
     nonce, _ = broker.challenge()
     signature = base64.b64encode(key.sign(operator_sign_in_input("bob", nonce)).signature)
     with pytest.raises(Unauthorized) as refused:

@@ -27,7 +27,7 @@ import re
 import struct
 from collections.abc import Callable
 
-from nacl.signing import VerifyKey
+from nacl.signing import SigningKey, VerifyKey
 
 from tasklease.core.auditformat import AuditEntry
 from tasklease.core.errors import InvalidRequest, TaskleaseError, Unauthorized
@@ -45,6 +45,7 @@ __all__ = [
     "reserving",
     "spending",
     "verify_possession",
+    "verify_signed",
 ]
 
 _STD_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -171,6 +172,23 @@ def decode_signature(value: object) -> bytes:
     return _std_b64(value, field="signature", size=64)
 
 
-def verify_possession(public_key: bytes, nonce: str, signature: bytes) -> bool:
-    """True iff ``signature`` is the key holder's Ed25519 signature of the nonce bytes."""
-    return _jws.verify_detached(challenge_nonce_bytes(nonce), signature, VerifyKey(public_key))
+# A key whose private half was never kept: what a signature is checked against when the
+# name it is presented for has no key (core.passwords' unmatched hash, for signatures).
+_UNMATCHED_KEY = bytes(SigningKey.generate().verify_key)
+
+
+def verify_signed(public_key: bytes | None, message: bytes, signature: bytes) -> bool:
+    """True iff ``signature`` is the Ed25519 signature of ``message`` by ``public_key``.
+
+    Constant work: with no key (``None`` or empty: a name no one has, or one with no key
+    to sign in with) the signature is checked against a key nobody holds and is False,
+    so a refusal takes the time a wrong signature's does, and its time does not say
+    whether the name has a key."""
+    key = public_key or _UNMATCHED_KEY
+    return _jws.verify_detached(message, signature, VerifyKey(key)) and bool(public_key)
+
+
+def verify_possession(public_key: bytes | None, nonce: str, signature: bytes) -> bool:
+    """True iff ``signature`` is the key holder's Ed25519 signature of the nonce bytes
+    (:func:`verify_signed`: the same work when there is no key)."""
+    return verify_signed(public_key, challenge_nonce_bytes(nonce), signature)

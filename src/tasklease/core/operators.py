@@ -23,8 +23,6 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from nacl.signing import VerifyKey
-
 from tasklease.core.audience import default_audience
 from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.errors import (
@@ -35,7 +33,13 @@ from tasklease.core.errors import (
     Unauthorized,
     Unavailable,
 )
-from tasklease.core.identity import NonceIssuer, decode_public_key, decode_signature, nonce_hash
+from tasklease.core.identity import (
+    NonceIssuer,
+    decode_public_key,
+    decode_signature,
+    nonce_hash,
+    verify_signed,
+)
 from tasklease.core.issuing import clamp_ttl
 from tasklease.core.kernel import IssuedToken, Kernel, RequestContext, Service, with_denial
 from tasklease.core.passwords import hash_secret, new_secret, verify_secret
@@ -43,7 +47,6 @@ from tasklease.core.records import OperatorRecord, RevocationRecord
 from tasklease.core.signing import SigningKeys
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import KIND_ADMIN, ROLE_SCOPES, ROLES, Claims, mint
-from tasklease.rules import jws as _jws
 from tasklease.rules.messages import operator_sign_in_input
 
 __all__ = ["INIT", "UNKNOWN_OPERATOR", "Operators", "operator_name", "operator_subject"]
@@ -409,10 +412,10 @@ class Operators(Service):
             why = f"nonce refused: {exc.reason}"
             raise self._sign_in_refused(name, record, why, ctx) from None
         reason = self._failure(record, "key")
-        if not reason and record is not None:
-            message = operator_sign_in_input(name, nonce)
-            if not _jws.verify_detached(message, sig, VerifyKey(record.public_key)):
-                reason = "signature does not verify"
+        key = record.public_key if record is not None and not reason else None
+        # One signature checked for every name, as one argon2 check is for a secret.
+        if not verify_signed(key, operator_sign_in_input(name, nonce), sig) and not reason:
+            reason = "signature does not verify"
         spent = (nonce_hash(nonce), nonce_expiry + self._config.clock_skew)
         return self._issue(name, record, reason, ctx, started, spent=spent)
 

@@ -257,10 +257,12 @@ class Renewal(Service):
 
             return Pending(spending(nonce, nonce_expiry + cfg.clock_skew, denial), refused)
 
+        # Checked for an unknown agent too (against no one's key): the time does not say.
+        proven = verify_possession(agent.public_key if agent is not None else None, nonce, sig)
         if agent is None:
             return spent(Unauthorized(_REFUSED), "agent not registered")
         base = replace(base, task_id=agent.task_id, orch_id=agent.orch_id, app_id=agent.app_id)
-        if not verify_possession(agent.public_key, nonce, sig):
+        if not proven:
             return spent(
                 Unauthorized(_REFUSED),
                 "signature does not verify with the agent's registered key "
