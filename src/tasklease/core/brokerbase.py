@@ -685,6 +685,8 @@ class BrokerBase:
         (``tasklease.http.feed``) rather than keep them beating. For good: the tenancy
         never hands out a broker that stopped serving."""
         self._serving = False
+        # Its index leaves the process's tasklease_revocation_entries.
+        self.metrics.revocations_held(self.kernel.revocations, 0)
         self.kernel.wake_listeners()
 
     def prune(self) -> int:

@@ -265,7 +265,7 @@ class Delegating(Service):
             agent_key=target.public_key,
             cnf=json.loads(target.cnf) if target.cnf else None,
         )
-        token, reference = size_adapted(token, new_claims, cfg, self._metrics)
+        token, reference = size_adapted(token, new_claims, cfg)
         budgets = budgets_for(
             budget_holder(new_claims),
             issuance.details,

@@ -571,7 +571,7 @@ class Exchange(Service):
         ctx: RequestContext,
         budgets: Sequence[CallBudget] = (),
     ) -> Exchanged:
-        token, reference = size_adapted(token, new, self._config, self._metrics)
+        token, reference = size_adapted(token, new, self._config)
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if reference is not None:

@@ -70,7 +70,7 @@ class Freshness:
         records = kernel.store.load_revocations(self._horizon.now())
         kernel.revocations.apply(records)
         self._anchor = records[-1] if records else None
-        kernel.metrics.revocation_entries.set(len(kernel.revocations))
+        kernel.metrics.revocations_held(kernel.revocations, len(kernel.revocations))
 
     def current(self) -> bool:
         return self.monotonic() <= self.until

@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from tasklease.core.config import Config
 from tasklease.core.introspection import new_reference
 from tasklease.core.kernel import Issuance
-from tasklease.core.metrics import Metrics
-from tasklease.core.readahead import count
 from tasklease.core.records import ReferenceTokenRecord
 from tasklease.core.tokenids import TokenIds, crossings, hop
 from tasklease.core.tokens import KIND_AGENT, Claims, DelegationRecord, Signer, mint
@@ -91,14 +89,16 @@ def mint_granted(
 
 
 def size_adapted(
-    token: str, claims: Claims, config: Config, metrics: Metrics
+    token: str, claims: Claims, config: Config
 ) -> tuple[str, ReferenceTokenRecord | None]:
-    """``token``, or a by-reference token (and its record to store) when it is too large."""
+    """``token``, or a by-reference token (and its record to store) when it is too large.
+
+    Not counted here: a by-reference token is a form, not another token. It is counted
+    once, under its kind, when its issuance is written (``tokens_issued``); its audit
+    event says ``by_reference=true``."""
     if len(token) <= config.reference_token_threshold:
         return token, None
-    reference, record = new_reference(claims, clock_skew=config.clock_skew)
-    count(metrics.tokens_issued.labels("by_reference").inc)  # once, if run again (readahead)
-    return reference, record
+    return new_reference(claims, clock_skew=config.clock_skew)
 
 
 def cnf_of(claims: Claims) -> dict[str, str] | None:

@@ -635,7 +635,7 @@ class Kernel:
         self.revocations.apply(records)
         if not read and self.on_committed is not None:
             self.on_committed(records)
-        self.metrics.revocation_entries.set(len(self.revocations))
+        self.metrics.revocations_held(self.revocations, len(self.revocations))
         self.wake_listeners()
 
     def wake_listeners(self) -> None:

@@ -9,6 +9,9 @@ a gauge says there how its workers' values combine.
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -248,6 +251,18 @@ class Metrics:
         # process_cpu_seconds_total, process_resident_memory_bytes... of this process
         # (one process; with --workers the sum has no process series).
         ProcessCollector(registry=r)
+        # The size of each revocation index this process holds (the default tenant's and
+        # every tenant's broker share these metrics): the gauge is their sum.
+        self._held: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
+        self._held_lock = threading.Lock()
+
+    def revocations_held(self, index: object, entries: int) -> None:
+        """``index`` (a broker's revocation index) now holds ``entries``: set
+        ``tasklease_revocation_entries`` to what every index of the process holds. An
+        index no longer referenced (a tenant no longer served) leaves the sum."""
+        with self._held_lock:
+            self._held[index] = entries
+            self.revocation_entries.set(sum(self._held.values()))
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.audit_batch_size.observe(size)

@@ -524,7 +524,7 @@ class Registration(Service):
             agent_key=key,
             cnf=cnf or None,
         )
-        token, reference = size_adapted(token, claims, cfg, self._metrics)
+        token, reference = size_adapted(token, claims, cfg)
         agent = AgentRecord(
             agent_id=agent_id,
             public_key=key,

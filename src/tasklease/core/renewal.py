@@ -128,7 +128,7 @@ class Renewal(Service):
             agent_key=agent_key_of(claims.raw),
             cnf=cnf_of(claims),  # the holder keeps its binding (RFC 8705, RFC 9449)
         )
-        token, reference = size_adapted(token, new_claims, cfg, self._metrics)
+        token, reference = size_adapted(token, new_claims, cfg)
         predecessor = RevocationRecord("token", claims.jti, iat, claims.exp + cfg.clock_skew + 1)
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -325,7 +325,7 @@ class Renewal(Service):
             cnf=cnf or None,
         )
         # Too large a token is issued by reference, as at registration and renewal.
-        token, reference = size_adapted(token, claims, cfg, self._metrics)
+        token, reference = size_adapted(token, claims, cfg)
 
         lost_race: list[Unauthorized] = []
 

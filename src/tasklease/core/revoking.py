@@ -370,7 +370,7 @@ class Revoking(Service):
         )
         removed = self._kernel.revocations.prune(tick.point)
         removed_rows = self._store.prune(tick.point)
-        self._metrics.revocation_entries.set(len(self._kernel.revocations))
+        self._metrics.revocations_held(self._kernel.revocations, len(self._kernel.revocations))
         self._metrics.prune_horizon_lag.set(tick.lag)
         _log.debug("pruned %d index entries and %d rows", removed, removed_rows)
         return removed
