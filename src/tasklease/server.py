@@ -41,7 +41,7 @@ from tasklease.http.metrics import (
     MULTIPROCESS_ENV,
     MetricsListener,
     WorkerMetrics,
-    multiprocess_renderer,
+    multiprocess_registry,
 )
 from tasklease.http.protocol import http_protocol
 from tasklease.http.tls import HandshakeBoundServer, uvicorn_tls_options
@@ -243,10 +243,11 @@ def worker_app() -> Starlette:
     broker = build_broker(config, migrate=False)
     atexit.register(broker.store.close)
     # Under a supervisor that sums its workers' metrics, /v1/metrics (metrics_public =
-    # "token") answers with the same sum as the metrics listener.
+    # "token") and the console's charts read the same sum as the metrics listener.
     shared = os.environ.get(MULTIPROCESS_ENV)
-    render = multiprocess_renderer(shared) if shared else None
-    app = create_app(broker, close_store=True, metrics_render=render)
+    if shared:
+        broker.metrics.scraped = multiprocess_registry(shared)
+    app = create_app(broker, close_store=True)
     settle_heap()
     return app
 

@@ -185,6 +185,59 @@ def test_one_scrape_sums_every_worker_and_outlives_a_replaced_one(
     assert registrations(httpx.get(metrics_url(running), timeout=10).text) == total
 
 
+_ISSUED_RATE = re.compile(
+    r'<div class="value">([0-9.]+)</div><div class="label">tokens issued / min'
+)
+
+
+@pytest.mark.slow
+def test_the_consoles_charts_are_every_workers(
+    start_broker: Callable[..., RunningBroker],
+) -> None:
+    """The console's overview draws its rates from what a scrape reads: with workers,
+    their sum. Each worker sampled its own counters only, so the tokens issued per
+    minute it drew were the share of the worker that happened to answer."""
+    running = start_broker(env=SHARED_ENV, args=("--workers", "2"))
+    port = int(urlsplit(running.url).port or 0)
+    deadline = time.monotonic() + 30
+    while len(workers := worker_pids(running.proc.pid)) != 2:
+        assert time.monotonic() < deadline, "the two workers did not start"
+        time.sleep(0.1)
+    launch = [running.launch_token(["read:data:x"]) for _ in range(40)]
+    with httpx.Client(base_url=running.url, timeout=10) as console:  # one worker's
+        form = console.get("/console/login")
+        found = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert found is not None, form.text[:500]
+        signed = console.post(
+            "/console/login",
+            data={"csrf": found[1], "operator": "", "secret": running.admin_secret},
+            headers={"origin": running.url},
+        )
+        assert signed.status_code == 303, signed.text[:500]
+        began = time.monotonic()
+        first = console.get("/console/live/overview")  # the first sample
+        assert first.status_code == 200, first.text[:500]
+        # Registrations over connections of their own until each worker served some.
+        served: dict[int, int] = dict.fromkeys(workers, 0)
+        for token in launch:
+            if min(served.values()) >= 2:
+                break
+            body, _ = running.register_body(token, ["read:data:x"])
+            with httpx.Client(base_url=running.url, timeout=10) as fresh:
+                answer = fresh.post("/v1/register", json=body)
+                assert answer.status_code == 200, answer.text
+                served[_serving_worker(answer, port, workers)] += 1
+        assert min(served.values()) >= 2, served
+        time.sleep(max(0.0, began + 2.2 - time.monotonic()))  # a sample every 2 s
+        second = console.get("/console/live/overview")
+        assert second.status_code == 200, second.text[:500]
+        elapsed = time.monotonic() - began
+    rate = _ISSUED_RATE.search(second.text)
+    assert rate is not None, second.text[:2000]
+    # Between its two samples, every registration was issued, within ``elapsed``.
+    assert float(rate[1]) * elapsed / 60.0 >= sum(served.values()) - 0.5, (rate[1], served)
+
+
 def _cache_samples(broker: RunningBroker) -> tuple[float, float]:
     text = httpx.get(metrics_url(broker), timeout=10).text
     hits = re.search(r'^tasklease_token_cache_total\{result="hit"\} (\S+)$', text, re.M)

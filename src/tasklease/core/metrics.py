@@ -251,6 +251,10 @@ class Metrics:
         # process_cpu_seconds_total, process_resident_memory_bytes... of this process
         # (one process; with --workers the sum has no process series).
         ProcessCollector(registry=r)
+        # What a scrape of this broker reads (render(), the console's charts): this
+        # registry, or a worker's of several the sum over every worker
+        # (``tasklease.http.metrics.multiprocess_registry``, set by the server).
+        self.scraped: CollectorRegistry = r
         # The size of each revocation index this process holds (the default tenant's and
         # every tenant's broker share these metrics): the gauge is their sum.
         self._held: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
@@ -269,4 +273,4 @@ class Metrics:
         self.audit_batch_seconds.observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.scraped)

@@ -32,6 +32,7 @@ __all__ = [
     "PATHS",
     "MetricsListener",
     "WorkerMetrics",
+    "multiprocess_registry",
     "multiprocess_renderer",
 ]
 
@@ -54,8 +55,8 @@ _CLIENT_TIMEOUT = 10.0
 _MAX_CONNECTIONS = 16
 
 
-def multiprocess_renderer(directory: str) -> Callable[[], bytes]:
-    """The text exposition of every worker's values in ``directory``, summed.
+def multiprocess_registry(directory: str) -> CollectorRegistry:
+    """Every worker's values in ``directory``, summed, read at each collection.
 
     Counters and histograms add up over every worker that ever ran (a replaced worker's
     counts stay, so counters never go backwards); gauges combine as each declares
@@ -64,6 +65,12 @@ def multiprocess_renderer(directory: str) -> Callable[[], bytes]:
     registry = CollectorRegistry(auto_describe=False)
     # prometheus-client's multiprocess module is not annotated.
     MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def multiprocess_renderer(directory: str) -> Callable[[], bytes]:
+    """The text exposition of :func:`multiprocess_registry`."""
+    registry = multiprocess_registry(directory)
 
     def render() -> bytes:
         return generate_latest(registry)

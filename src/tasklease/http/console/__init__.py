@@ -240,7 +240,7 @@ def console_routes(
     # The process's metrics are the platform's, every tenant's summed (docs/tenants.md):
     # only the default tenant's console draws them; another tenant's operators would
     # read in them how busy the other tenants are.
-    sampler = MetricSampler(broker.metrics.registry) if broker.tenant == DEFAULT_TENANT else None
+    sampler = MetricSampler(broker.metrics) if broker.tenant == DEFAULT_TENANT else None
     uri = RequestURI(broker.config)
     walks = _FullWalks(broker)
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from tasklease.core.metrics import Metrics
+
 __all__ = ["Chart", "MetricSampler", "sparkline"]
 
 _SERIES = {
@@ -56,10 +58,13 @@ def _totals(registry: CollectorRegistry) -> tuple[dict[str, float], float | None
 
 class MetricSampler:
     """Samples of the broker's counters, taken whenever the overview is drawn (at most
-    one every ``every`` seconds), ``keep`` of them: enough for a few minutes of rates."""
+    one every ``every`` seconds), ``keep`` of them: enough for a few minutes of rates.
 
-    def __init__(self, registry: CollectorRegistry, *, every: float = 2.0, keep: int = 60) -> None:
-        self._registry = registry
+    From what a scrape reads (``Metrics.scraped``): with several workers, their sum, so
+    that the charts agree with the metrics whichever worker draws them."""
+
+    def __init__(self, metrics: Metrics, *, every: float = 2.0, keep: int = 60) -> None:
+        self._metrics = metrics
         self._every = every
         self._samples: deque[tuple[float, dict[str, float]]] = deque(maxlen=keep)
         self._lock = threading.Lock()
@@ -67,7 +72,7 @@ class MetricSampler:
     def charts(self) -> tuple[list[Chart], float | None]:
         """A chart per series, in events per minute between samples, and the p99 of
         revocation propagation in seconds."""
-        totals, p99 = _totals(self._registry)
+        totals, p99 = _totals(self._metrics.scraped)
         now = time.monotonic()
         with self._lock:
             if not self._samples or now - self._samples[-1][0] >= self._every:
