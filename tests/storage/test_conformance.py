@@ -405,6 +405,19 @@ def test_agent_ceiling_round_trip(store: Store) -> None:
     assert stored is not None and stored.ceiling == 0  # registration time + renewal_ceiling
 
 
+def test_agent_lineage_round_trip(store: Store) -> None:
+    """What an agent's registration descends from is kept with it (its standing, and what
+    is handed to it, end with each ancestor)."""
+    lineage = ("app:app-a-0123ab", "fed:partner.example", "attest:jwt_svid:p:spiffe://x/y")
+    agent = replace(make_agent(15), lineage=lineage)
+    with store.write() as tx:
+        tx.insert_agent(agent)
+        tx.insert_agent(make_agent(16))
+    assert store.get_agent(agent.agent_id) == agent
+    stored = store.get_agent(make_agent(16).agent_id)
+    assert stored is not None and stored.lineage == ()  # its app and attestation alone
+
+
 def test_nonce_is_consumed_once(store: Store) -> None:
     with store.write() as tx:
         assert tx.consume_nonce("n1", NOW + 30) is True

@@ -47,22 +47,25 @@ def app_ancestor(app_id: str) -> str:
 
 
 def agent_lineage(agent: AgentRecord) -> tuple[str, ...] | None:
-    """What an agent's registration descends from: its app (:func:`app_ancestor`) and the
-    attestation it registered through (``attest:<type>:<attestor>:<subject>``). Its own
-    tokens list them; its standing is matched against them, and a token delegated or
-    exchanged to it lists them too, so that ending either ends what the agent holds.
+    """What an agent's registration descends from: its app (:func:`app_ancestor`), the
+    attestation it registered through (``attest:<type>:<attestor>:<subject>``) and every
+    other ancestor its first token listed (``AgentRecord.lineage``: the federated domain
+    whose evidence it registered with, ``fed:<domain>``). Its own tokens list them; its
+    standing is matched against them, and a token delegated or exchanged to it lists them
+    too, so that ending any of them ends what the agent holds.
 
     None when the record's ``attest`` is not a readable claim: the agent is then in no
     good standing (:meth:`tasklease.core.kernel.Kernel.standing`), never read as unattested.
     """
     lineage = (app_ancestor(agent.app_id),) if agent.app_id else ()
-    if not agent.attest:
-        return lineage
-    try:
-        claim = attestation_of({ATTEST_CLAIM: json.loads(agent.attest)})
-    except (ValueError, AttestClaimError):  # a JSONDecodeError is a ValueError
-        return None
-    return lineage if claim is None else (*lineage, claim.ancestor)
+    if agent.attest:
+        try:
+            claim = attestation_of({ATTEST_CLAIM: json.loads(agent.attest)})
+        except (ValueError, AttestClaimError):  # a JSONDecodeError is a ValueError
+            return None
+        if claim is not None:
+            lineage = (*lineage, claim.ancestor)
+    return (*lineage, *(a for a in agent.lineage if a and a not in lineage))
 
 
 def registration_ceiling(agent: AgentRecord, config: Config) -> int:

@@ -155,6 +155,10 @@ class AgentRecord:
     # earlier than ``renewal_ceiling`` allows when an attestation policy's ``lifetime`` is
     # shorter); 0 for agents registered before it was kept (``registration_ceiling``).
     ceiling: int = 0
+    # The lineage ids its registration descends from, as its first token listed them
+    # (``lineage.agent_lineage``: its app, its attestation, the federated domain whose
+    # evidence it registered with); () for agents registered before it was kept.
+    lineage: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

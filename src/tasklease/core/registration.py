@@ -545,6 +545,9 @@ class Registration(Service):
                 else ""
             ),
             ceiling=issuance.max_exp,
+            # What it descends from, kept: its standing and what is handed to it end with
+            # each (``lineage.agent_lineage``), a federated domain's end included.
+            lineage=issuance.lineage,
         )
         budgets = registration_budgets(
             agent_id,

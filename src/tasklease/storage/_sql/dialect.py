@@ -71,7 +71,7 @@ _LAUNCH = (
 _AGENT = (
     "agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered_at,"
     " status, cnf, audience, token_ttl, allow_resume, authorization_details, attest,"
-    " ceiling"
+    " ceiling, lineage"
 )
 _OPERATOR = "name, role, secret_hash, public_key, status, created_at, updated_at, created_by"
 _SESSION = "agent_id, principal, heartbeat_required, last_heartbeat, resumes, state, expires_at"

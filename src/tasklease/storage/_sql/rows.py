@@ -171,7 +171,8 @@ class RowConversions:
 
     def agent_from_row(self, row: Row) -> AgentRecord:
         (agent_id, public_key, orch_id, task_id, scope, app_id, client_id, registered, status,
-         cnf, audience, token_ttl, allow_resume, details, attest, ceiling) = row  # fmt: skip
+         cnf, audience, token_ttl, allow_resume, details, attest, ceiling,
+         lineage) = row  # fmt: skip
         return AgentRecord(
             agent_id=agent_id,
             public_key=bytes(public_key),
@@ -189,6 +190,7 @@ class RowConversions:
             authorization_details=load_details(details),
             attest=attest,
             ceiling=int(ceiling),
+            lineage=self._load_scopes(lineage),
         )
 
     def agent_params(self, agent: AgentRecord) -> tuple[object, ...]:
@@ -209,6 +211,7 @@ class RowConversions:
             dump_details(agent.authorization_details),
             agent.attest,
             agent.ceiling,
+            self._dump_scopes(agent.lineage),
         )
 
     def federation_from_row(self, row: Row) -> FederationRecord:
