@@ -428,3 +428,24 @@ def test_an_operators_launch_tokens_end_with_its_credential(
     (detail,) = [d for d in _events(broker, "registration_failed") if refused.value.denial_id in d]
     assert "operator:mallory" in detail and ("removed" in detail or "changed" in detail)
     assert broker.validate(before.token).sub == before.claims.sub  # type: ignore[attr-defined]
+
+
+def test_a_name_taken_while_the_add_ran_is_a_refusal_with_its_denial(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another replica (or a racing request) adds "dave" after this add looked: the
+    # store's unique name refuses the second insert, which must be audited like the first
+    # check's refusal, never a bare 409 without a denial_id.
+    admin = _builtin(broker)
+    store = broker.store
+    real = store.get_operator
+    monkeypatch.setattr(store, "get_operator", lambda name: None)
+    broker.add_operator(admin, name="dave", role="auditor", public_key=None, ctx=CTX)
+    with pytest.raises(Conflict) as taken:
+        broker.add_operator(admin, name="dave", role="admin", public_key=None, ctx=CTX)
+    monkeypatch.setattr(store, "get_operator", real)
+    assert taken.value.denial_id
+    (denial,) = _events(broker, "operator_denied")
+    assert "operator=dave" in denial and f"denial={taken.value.denial_id}" in denial
+    assert store.get_operator("dave").role == "auditor"  # type: ignore[union-attr]
+    assert len(_events(broker, "operator_added")) == 1

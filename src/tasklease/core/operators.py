@@ -153,9 +153,15 @@ class Operators(Service):
         )
 
         how = _credential(record)
+        refused: list[TaskleaseError] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            tx.insert_operator(record)
+            try:
+                tx.insert_operator(record)
+            except Conflict:  # taken since the check above (another process, a racing add)
+                refused[:] = [Conflict("operator name already exists")]
+                why = "name taken (operator names are never reused)"
+                return [with_denial(refused[0], self._denied(name, by, ctx, why))]
             return [
                 AuditEntry(
                     "operator_added",
@@ -166,6 +172,8 @@ class Operators(Service):
             ]
 
         self._kernel.commit(unit)
+        if refused:
+            raise refused[0]
         return record, secret
 
     def list_operators(self) -> list[OperatorRecord]:
