@@ -211,3 +211,27 @@ def test_one_operator_name_added_on_two_replicas_at_once(pg_url: str, replicas: 
         assert statuses == [201, 409], [r.text for r in answers]
         refused = next(r for r in answers if r.status_code == 409)
         assert refused.json().get("denial_id"), refused.text
+
+
+def test_a_key_rotated_and_retired_on_one_replica_ends_the_others_cached_tokens(
+    pg_url: str, replicas: Replicas
+) -> None:
+    from e2e_support import jwt_parts
+
+    a, b = replicas(pg_url)
+    agent = b.register(["read:data:1"])
+    old_kid = jwt_parts(agent.access_token)[0]["kid"]
+    for _ in range(3):  # remembered by B's token cache
+        assert b.is_valid(agent.access_token)
+    rotated = a.post("/v1/admin/keys/rotate", headers=a.admin_headers())
+    assert rotated.status_code == 200, rotated.text
+    new_kid = rotated.json()["kid"]
+    a._admin_token = None  # signed by the key about to go
+    retired = a.post(f"/v1/admin/keys/{old_kid}/retire", headers=a.admin_headers())
+    assert retired.status_code == 200, retired.text
+    _within(lambda: not b.is_valid(agent.access_token))
+    # B signs with the new key only, and its JWKS no longer lists the old one.
+    b._admin_token = None  # its admin token was signed by the retired key
+    fresh = b.register(["read:data:1"])
+    assert jwt_parts(fresh.access_token)[0]["kid"] == new_kid
+    assert {k["kid"] for k in b.get("/.well-known/jwks.json").json()["keys"]} == {new_kid}
