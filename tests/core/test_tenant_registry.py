@@ -13,7 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tasklease.core.broker import Broker
-from tasklease.core.errors import Conflict, InvalidRequest, Unauthorized
+from tasklease.core.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from tasklease.core.records import AuditQuery
 from tasklease.core.tenants import check_tenant_id
 from tasklease.http.app import create_app
@@ -146,6 +146,26 @@ def test_a_removed_tenant_is_not_brought_back_by_creating_it_again(
         assert "removed" in _refusals(broker)[-1]
     finally:
         tenancy.close()
+
+
+def test_a_removal_that_lost_a_race_with_another_is_refused(
+    broker: Broker, kit: type[Kit], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two removals of one tenant at once (two replicas): the one that looked before the
+    other committed is refused in its write (404, audited), never a second removal
+    answered 200 and audited as done, its time written over the first's."""
+    admin = kit.admin(broker).claims
+    active = broker.create_tenant(admin, name="acme", trust_domain="acme.example", ctx=kit.ctx)
+    first = broker.remove_tenant(admin, "acme", kit.ctx)
+    monkeypatch.setattr(broker.store, "get_tenant", lambda name: active)  # looked before
+    with pytest.raises(NotFound) as lost:
+        broker.remove_tenant(admin, "acme", kit.ctx)
+    monkeypatch.undo()
+    assert lost.value.denial_id
+    assert f"denial={lost.value.denial_id}" in _refusals(broker)[-1]
+    removed, _ = broker.store.query_audit(AuditQuery(event_type="tenant_removed", limit=10))
+    assert len(removed) == 1
+    assert broker.list_tenants() == [first]
 
 
 @pytest.mark.parametrize(

@@ -235,3 +235,25 @@ def test_a_key_rotated_and_retired_on_one_replica_ends_the_others_cached_tokens(
     fresh = b.register(["read:data:1"])
     assert jwt_parts(fresh.access_token)[0]["kid"] == new_kid
     assert {k["kid"] for k in b.get("/.well-known/jwks.json").json()["keys"]} == {new_kid}
+
+
+def test_one_tenant_removed_on_two_replicas_at_once(pg_url: str, replicas: Replicas) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    a, b = replicas(pg_url)
+    heads = (a.admin_headers(), b.admin_headers())
+    for round_ in range(4):
+        name = f"gone{round_}"
+        a.create_tenant(name)
+        barrier = threading.Barrier(2)
+
+        def remove(i: int, name: str = name, barrier: threading.Barrier = barrier) -> Any:
+            barrier.wait()
+            return (a, b)[i].client.delete(f"/v1/admin/tenants/{name}", headers=heads[i])
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(remove, range(2)))
+        assert sorted(r.status_code for r in answers) == [200, 404], [r.text for r in answers]
+        refused = next(r for r in answers if r.status_code == 404)
+        assert refused.json().get("denial_id"), refused.text

@@ -54,6 +54,9 @@ def test_the_registry_keeps_names_and_trust_domains_unique(store: Store) -> None
         tx.update_tenant(removed)
     with pytest.raises(NotFound), store.write() as tx:
         tx.update_tenant(_tenant("nobody"))
+    # A removed tenant stays so: a second removal (one that raced the first) changes nothing.
+    with pytest.raises(NotFound), store.write() as tx:
+        tx.update_tenant(replace(removed, removed_at=NOW + 9))
     # Every tenant's view reads the same registry.
     assert store.for_tenant("globex").get_tenant("acme") == removed
     assert [t.name for t in store.list_tenants()] == ["acme"]

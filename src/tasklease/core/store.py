@@ -102,7 +102,9 @@ class WriteTx(Protocol):
         ...
 
     def update_tenant(self, tenant: TenantRecord) -> None:
-        """Replace the tenant named ``tenant.name``; raise ``NotFound`` if there is none."""
+        """Replace the active tenant named ``tenant.name``; raise ``NotFound`` if there is
+        none (no such name, or removed: a removed tenant stays so, and a removal racing
+        another is refused)."""
         ...
 
     def insert_app(self, app: AppRecord) -> None:

@@ -18,7 +18,7 @@ from pathlib import PurePath
 from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.config import Config
 from tasklease.core.errors import Conflict, InvalidRequest, NotFound, TaskleaseError
-from tasklease.core.kernel import RequestContext, Service
+from tasklease.core.kernel import RequestContext, Service, with_denial
 from tasklease.core.records import TenantRecord
 from tasklease.core.spiffe import validate_trust_domain
 from tasklease.core.store import WriteTx
@@ -156,16 +156,22 @@ class Tenants(Service):
         the database, never served), and its name and trust domain are never reused.
 
         Raises:
-            NotFound: no active tenant of that name (audited).
+            NotFound: no active tenant of that name, before or while this ran (another
+                process removed it meanwhile: nothing is written again), audited.
         """
         record = self.get(name) if isinstance(name, str) else None
         if record is None:
             shown = name if isinstance(name, str) else ""
             raise self._refuse(NotFound("tenant not found"), shown, claims, ctx)
         removed = replace(record, status="removed", removed_at=self._kernel.now())
+        refused: list[TaskleaseError] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            tx.update_tenant(removed)
+            try:
+                tx.update_tenant(removed)  # only while still active, under the write lock
+            except NotFound as exc:
+                refused[:] = [exc]
+                return [with_denial(exc, self._refused_entry(exc, record.name, claims, ctx))]
             return [
                 AuditEntry(
                     "tenant_removed",
@@ -175,15 +181,22 @@ class Tenants(Service):
             ]
 
         self._kernel.commit(unit)
+        if refused:
+            raise refused[0]
         return removed
 
     def _refuse(
         self, error: TaskleaseError, name: str, claims: Claims, ctx: RequestContext
     ) -> TaskleaseError:
-        entry = AuditEntry(
+        return self._kernel.deny(error, self._refused_entry(error, name, claims, ctx))
+
+    @staticmethod
+    def _refused_entry(
+        error: TaskleaseError, name: str, claims: Claims, ctx: RequestContext
+    ) -> AuditEntry:
+        return AuditEntry(
             "tenant_refused",
             outcome="denied",
             request_id=ctx.request_id,
             detail=f"tenant={clipped(name, 64)} by={claims.sub}: {error.detail}",
         )
-        return self._kernel.deny(error, entry)

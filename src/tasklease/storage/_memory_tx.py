@@ -96,10 +96,12 @@ class MemoryWriteTx:
         self._set(tenants, tenant.name, tenant)
 
     def update_tenant(self, tenant: TenantRecord) -> None:
-        """Replace the tenant named ``tenant.name``; raise ``NotFound`` if there is none."""
+        """Replace the active tenant named ``tenant.name``; raise ``NotFound`` if there is
+        none (no such name, or removed: a removed tenant stays so)."""
         self._check_open()
         tenants = self._store._shared.tenants
-        if tenant.name not in tenants:
+        found = tenants.get(tenant.name)
+        if found is None or found.status != "active":
             raise NotFound("tenant not found")
         self._set(tenants, tenant.name, tenant)
 

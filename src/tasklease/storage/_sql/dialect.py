@@ -496,7 +496,7 @@ class Dialect(RowConversions):
         self.tenant_name_taken = q("SELECT 1 FROM tenants WHERE name = ?")
         self.update_tenant = q(
             "UPDATE tenants SET trust_domain = ?, status = ?, created_at = ?, created_by = ?,"
-            " removed_at = ? WHERE name = ?"
+            " removed_at = ? WHERE name = ? AND status = 'active'"
         )
         # migrations: the version a migration brought the schema to (not per tenant)
         self.record_migration = q(

@@ -132,7 +132,8 @@ class SQLWriteTx(Generic[_C]):
         raise Conflict("tenant trust domain already exists")
 
     def update_tenant(self, tenant: TenantRecord) -> None:
-        """Replace the tenant named ``tenant.name``; raise ``NotFound`` if there is none."""
+        """Replace the active tenant named ``tenant.name``; raise ``NotFound`` if there is
+        none (no such name, or removed: a removed tenant stays so)."""
         params = (*tenant_params(tenant)[1:], tenant.name)
         if self._db().execute(self.dialect.update_tenant, params).rowcount != 1:
             raise NotFound("tenant not found")
