@@ -742,3 +742,19 @@ def test_spiffe_ids_are_read_as_the_specification_writes_them() -> None:
         "spiffe://td/" + "a" * 2040,
     ):
         assert not is_spiffe_id(bad), bad
+
+
+def test_a_target_is_bounded_in_bytes_as_a_database_indexes_it(broker: Any, kit: Any) -> None:
+    """2,048 characters outside ASCII passed the bound and failed PostgreSQL's index on
+    (level, target) with a 500 (``postgres/test_revocation_target_bytes.py``)."""
+    from tasklease.core.records import MAX_TARGET
+    from tasklease.core.revoking import unrevocable
+
+    wide = "\u6f22" * (MAX_TARGET // 3 + 1)  # 683 characters, 2,049 bytes
+    assert unrevocable("task", wide) == "long"
+    assert unrevocable("task", wide[:-1]) == ""
+    with pytest.raises(InvalidRequest) as info:
+        revoke(broker, kit, "task", wide)
+    assert info.value.detail == "target is too long"
+    assert len(broker.revocations) == 0
+    assert revoke(broker, kit, "task", wide[:-1]) == 1

@@ -64,7 +64,7 @@ from tasklease.core.config import Config
 from tasklease.core.delegation import PRINCIPAL_MAX_CHARS, verify_chain_records
 from tasklease.core.kernel import Parent
 from tasklease.core.lineage import app_ids
-from tasklease.core.records import MAX_TARGET, RevocationRecord
+from tasklease.core.records import MAX_TARGET, RevocationRecord, target_size
 from tasklease.core.spiffe import federation_audience, parse_agent_id
 from tasklease.core.tokenids import hop
 from tasklease.core.tokens import (
@@ -424,10 +424,10 @@ def foreign_parent(
     jti = _as_ours(namespaced(ft.domain, claims.jti), own_domain)
     if len(lineage) + 2 > MAX_LINEAGE:
         raise ForeignRejected(f"lineage of {len(lineage) + 2} ancestors exceeds {MAX_LINEAGE}")
-    longest = max(len(entry) for entry in (*lineage, grant, jti))
+    longest = max(target_size(entry) for entry in (*lineage, grant, jti))
     if longest > MAX_TARGET:
         raise ForeignRejected(
-            f"a lineage id of {longest} characters here exceeds {MAX_TARGET}: "
+            f"a lineage id of {longest} bytes here exceeds {MAX_TARGET}: "
             f"{ft.domain} could not revoke it here"
         )
     principal = foreign_principal(ft.domain, claims.principal)
@@ -514,7 +514,7 @@ def converted(
     ``clock_skew`` ahead of ours: ``ahead`` is twice that, so that an entry heard again
     converts to the same one, not a wider one at every read. docs/decisions.md 142.)
 
-    An entry whose target here would be longer than :data:`MAX_TARGET` is logged and
+    An entry whose target here would be longer than :data:`MAX_TARGET` (bytes) is logged and
     None: no lineage of ours lists such an id (:func:`foreign_parent` refuses it), and
     stored it would be an event too large for our own feed's readers.
     """
@@ -533,13 +533,14 @@ def converted(
         ours = namespaced(domain, target)
     else:
         return None
-    if len(ours) > MAX_TARGET:
+    size = target_size(ours)
+    if size > MAX_TARGET:
         _log.warning(
             "revocation feed of %s: skipped a %s-level entry whose target here would be "
-            "%d characters (at most %d); seq=%d",
+            "%d bytes (at most %d); seq=%d",
             domain,
             level,
-            len(ours),
+            size,
             MAX_TARGET,
             record.seq,
         )

@@ -30,6 +30,7 @@ __all__ = [
     "RevocationWrite",
     "TenantRecord",
     "TileAppend",
+    "target_size",
 ]
 
 
@@ -207,9 +208,18 @@ class ReferenceTokenRecord:
 
 
 MAX_TARGET = 2048
-"""The longest revocation target, in characters: an operator's, a federated domain's
-entry as ours (``fed:<domain>:...``), any a store takes. Every entry fits, with room to
-spare, in one event of the revocation feed as verifiers and followers read it (64 KiB)."""
+"""The longest revocation target, in UTF-8 bytes (:func:`target_size`): an operator's, a
+federated domain's entry as ours (``fed:<domain>:...``), any a store takes. Every entry
+fits, with room to spare, in one event of the revocation feed as verifiers and followers
+read it (64 KiB), and in one row of PostgreSQL's unique index on (level, target), which
+holds at most 2,704 bytes: 2,048 characters outside ASCII (up to 8 KiB) did not."""
+
+
+def target_size(target: str) -> int:
+    """The size of a revocation target as :data:`MAX_TARGET` bounds it: its UTF-8 bytes,
+    what a database indexes (a lone surrogate, which no JSON body carries, counted as
+    three). The one measure of every check of a target's length."""
+    return len(target.encode("utf-8", "surrogatepass"))
 
 
 @dataclass(frozen=True, slots=True)

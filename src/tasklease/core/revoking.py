@@ -23,7 +23,7 @@ from tasklease.core.horizon import SafeHorizon
 from tasklease.core.kernel import Kernel, RequestContext, Service
 from tasklease.core.lineage import ending_records
 from tasklease.core.pending import Pending, complete
-from tasklease.core.records import MAX_TARGET, RevocationRecord, RevocationWrite
+from tasklease.core.records import MAX_TARGET, RevocationRecord, RevocationWrite, target_size
 from tasklease.core.revocation import LEVELS
 from tasklease.core.spiffe import is_spiffe_id, parse_agent_id
 from tasklease.core.store import WriteTx
@@ -44,8 +44,9 @@ _OPERATOR_KINDS = ("admin", "operator")
 def unrevocable(level: str, target: str) -> str:
     """Why no revocation may name ``target`` at ``level``; "" when one may.
 
-    ``"long"``: longer than :data:`MAX_TARGET`. ``"spiffe"``: a SPIFFE ID not written as
-    the specification (and every token) writes it, which no token could match.
+    ``"long"``: longer than :data:`MAX_TARGET` (in UTF-8 bytes, ``records.target_size``).
+    ``"spiffe"``: a SPIFFE ID not written as the specification (and every token) writes
+    it, which no token could match.
     ``"credential"``: shaped like a token
     (a pasted credential would be stored, audited and published on the feed every
     resource server reads, and revoke nothing). ``"secret"``: shaped like one of our
@@ -54,7 +55,7 @@ def unrevocable(level: str, target: str) -> str:
     provider chose; refused, it could not be revoked here at all). What puts an id in a
     token's lineage checks it here first, so that every ancestor can be revoked.
     """
-    if len(target) > MAX_TARGET:
+    if target_size(target) > MAX_TARGET:
         return "long"
     if (level == "token" and target.count(".") == 2) or holds_credential(target):
         return "credential"

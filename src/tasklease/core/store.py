@@ -43,6 +43,7 @@ from tasklease.core.records import (
     RevocationWrite,
     TenantRecord,
     TileAppend,
+    target_size,
 )
 
 __all__ = [
@@ -77,13 +78,14 @@ __all__ = [
 
 def check_revocation_target(record: RevocationRecord) -> None:
     """What every store's :meth:`WriteTx.insert_revocation` checks first: raise
-    ``InvalidRequest`` for a target longer than :data:`MAX_TARGET` (an event that size
-    on the revocation feed would be too large for its readers)."""
-    if len(record.target) > MAX_TARGET:
+    ``InvalidRequest`` for a target longer than :data:`MAX_TARGET` bytes (an event that
+    size on the revocation feed would be too large for its readers, and a row that size
+    more than PostgreSQL's index on it holds)."""
+    size = target_size(record.target)
+    if size > MAX_TARGET:
         raise InvalidRequest(
             "revocation target is too long",
-            reason=f"{record.level}-level target of {len(record.target)} characters, "
-            f"at most {MAX_TARGET}",
+            reason=f"{record.level}-level target of {size} bytes, at most {MAX_TARGET}",
         )
 
 

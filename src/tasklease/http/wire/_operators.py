@@ -323,7 +323,7 @@ OPERATIONS = (
             Failure(
                 "invalid_request",
                 "`level` or `target` is missing, `level` is not one of the four levels, "
-                f"`target` is longer than {MAX_TARGET} characters, or `target` holds a token or "
+                f"`target` is longer than {MAX_TARGET} bytes (UTF-8), or `target` holds a token or "
                 "a secret (64 hexadecimal characters: a launch token, a client secret) "
                 "instead of an id, or a SPIFFE ID not written as tokens name it (the "
                 "scheme and trust domain in lowercase, no empty, `.` or `..` segment)",
