@@ -37,7 +37,7 @@ from tasklease.core.attestors.base import (
     seconds,
     text,
 )
-from tasklease.core.spiffe import validate_trust_domain
+from tasklease.core.spiffe import is_spiffe_id, validate_trust_domain
 from tasklease.rules.attest import fact_matches
 from tasklease.rules.bundle import BundleError, jwt_svid_jwks
 
@@ -45,32 +45,18 @@ __all__ = ["ATTESTOR", "SvidSettings", "parse_spiffe_id"]
 
 TYPE = "jwt_svid"
 ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512")
-_MAX_ID = 2048
-_SEGMENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
 
 
 def parse_spiffe_id(value: object) -> tuple[str, str] | None:
     """``(trust_domain, path)`` of a SPIFFE ID (SPIFFE-ID.md section 2), None if it is not
-    one: scheme ``spiffe``, a lowercase trust domain, a path of non-empty segments of
-    ``[A-Za-z0-9._-]`` other than ``.`` and ``..``, no trailing ``/``, query, fragment,
-    port or userinfo; at most 2048 bytes."""
-    if not isinstance(value, str) or len(value.encode()) > _MAX_ID:
+    one as :func:`tasklease.core.spiffe.is_spiffe_id` reads it (the one rule of what a
+    SPIFFE ID is, which revocation targets follow too): a lowercase trust domain,
+    non-empty segments of ``[A-Za-z0-9._-]`` other than ``.`` and ``..``, no trailing
+    ``/``, query, fragment, port or userinfo, at most 2048 bytes."""
+    if not isinstance(value, str) or not is_spiffe_id(value):
         return None
-    if not value.startswith("spiffe://"):
-        return None
-    rest = value[len("spiffe://") :]
-    domain, slash, path = rest.partition("/")
-    try:
-        validate_trust_domain(domain)
-    except ValueError:  # validate_trust_domain's refusal
-        return None
-    if not slash:
-        return domain, ""
-    segments = path.split("/")
-    for segment in segments:
-        if not segment or segment in (".", "..") or set(segment) - _SEGMENT_CHARS:
-            return None
-    return domain, "/" + path
+    domain, slash, path = value[len("spiffe://") :].partition("/")
+    return domain, "/" + path if slash else ""
 
 
 @dataclass(frozen=True, slots=True)
