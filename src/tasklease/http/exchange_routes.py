@@ -47,6 +47,7 @@ from tasklease.core.tokens import token_type_of
 from tasklease.http import wire
 from tasklease.http._handling import one_of, request_id
 from tasklease.http.jsonbody import decode_json_body
+from tasklease.http.middleware import is_form
 from tasklease.http.problems import problem_response_parts
 from tasklease.http.ratelimit import limit_sign_in
 from tasklease.http.token_routes import RequestURI
@@ -54,7 +55,6 @@ from tasklease.http.token_routes import RequestURI
 __all__ = ["CLIENT_CREDENTIALS", "exchange_routes", "parse_exchange_request"]
 
 Handler = Callable[[Request], Awaitable[Response]]
-_FORM = "application/x-www-form-urlencoded"
 _FIELDS = frozenset(f.name for f in msgspec.structs.fields(wire.TokenExchangeRequest))
 _encoder = msgspec.json.Encoder()
 _NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
@@ -160,8 +160,7 @@ async def parse_exchange_request(request: Request) -> wire.TokenExchangeRequest:
     raw = await request.body()
     if not raw.strip():
         raise InvalidRequest("missing required field: grant_type")
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != _FORM:
+    if not is_form(request.headers.get("content-type")):
         return decode_json_body(raw, wire.TokenExchangeRequest, form_too=True)
     try:
         pairs = parse_qsl(

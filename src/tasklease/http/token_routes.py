@@ -31,12 +31,12 @@ from tasklease.core.tokens import KIND_AGENT
 from tasklease.http import wire
 from tasklease.http._reading import first_half
 from tasklease.http.jsonbody import decode_json_body
+from tasklease.http.middleware import is_form
 from tasklease.rules.binding import expected_htu, origin_of, url_path
 
 __all__ = ["RequestURI", "parse_token_request", "request_path", "token_routes"]
 
 Handler = Callable[[Request], Awaitable[Response]]
-_FORM = "application/x-www-form-urlencoded"
 _FIELDS = ("token", "token_type_hint", "audience")
 _AGENT = frozenset({KIND_AGENT})
 _encoder = msgspec.json.Encoder()
@@ -119,8 +119,7 @@ async def parse_token_request(request: Request) -> wire.TokenRequest:
     raw = await request.body()
     if not raw.strip():
         raise InvalidRequest("missing required field: token")
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != _FORM:
+    if not is_form(request.headers.get("content-type")):
         return decode_json_body(raw, wire.TokenRequest, form_too=True)
     try:
         pairs = parse_qsl(

@@ -64,6 +64,7 @@ from tasklease.http.console._session import (
 )
 from tasklease.http.console._static import static_route
 from tasklease.http.inventory_routes import READ_SCOPE as INVENTORY_SCOPE
+from tasklease.http.middleware import is_form
 from tasklease.http.problems import status_for
 from tasklease.http.ratelimit import limit_sign_in
 from tasklease.http.token_routes import RequestURI
@@ -820,7 +821,11 @@ def _seconds_text(value: float | None) -> str:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    """The urlencoded form of a POST (the last value of each field)."""
+    """The urlencoded form of a POST (the last value of each field); no field at all for a
+    body of another ``Content-Type`` (``middleware.is_form``), whose control characters
+    the edge judged as JSON's, not by their percent-escapes: it holds no CSRF value."""
+    if not is_form(request.headers.get("content-type")):
+        return {}
     raw = (await request.body()).decode("utf-8", "replace")
     return {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
 
