@@ -35,6 +35,7 @@ from tasklease.http.problems import problem_body, status_for
 from tasklease.rules.jsonnames import MAX_JSON_DEPTH, json_nesting_error
 
 __all__ = [
+    "ENVELOPE_HEADERS",
     "MAX_JSON_DEPTH",
     "EnvelopeMiddleware",
     "TrustedProxyMiddleware",
@@ -66,6 +67,9 @@ _BASE_HEADERS = [
 # With the envelope's ``no-store``, never beside a handler's own policy: RFC 6749 section
 # 5.1 wants both on any answer holding tokens, credentials or other sensitive information.
 _PRAGMA = (b"pragma", b"no-cache")
+ENVELOPE_HEADERS = (*_BASE_HEADERS, _PRAGMA)
+"""What every answer without a cache policy of its own carries (but ``X-Request-ID`` and,
+under TLS, HSTS): also what the server's own answers, before any route, carry."""
 _HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
 _FORM = "application/x-www-form-urlencoded"
 

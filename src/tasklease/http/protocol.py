@@ -8,6 +8,7 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tasklease.core.config import Config
 from tasklease.http.access import ANSWERED_BY_SERVER
+from tasklease.http.middleware import ENVELOPE_HEADERS
 from tasklease.http.problems import TYPE_PREFIX, status_for
 from tasklease.http.ratelimit import client_key
 from tasklease.http.tls import TLSScopeMixin
@@ -38,8 +40,11 @@ MAX_HEADER_BYTES = 512 * 1024
 
 def _closing_answer(code: str, detail: str, *headers: bytes) -> bytes:
     """A whole problem response (RFC 9457) that closes its connection, for the protocol to
-    write before the application has a request: without ``instance`` or ``request_id``."""
+    write before the application has a request: without ``instance``, with a request id of
+    its own and the headers every answer of the envelope carries (``X-Request-ID``, the
+    security headers, ``no-store``)."""
     status = status_for(code)
+    request_id = secrets.token_hex(8)
     body = msgspec.json.encode(
         {
             "type": TYPE_PREFIX + code,
@@ -47,6 +52,7 @@ def _closing_answer(code: str, detail: str, *headers: bytes) -> bytes:
             "status": status,
             "detail": detail,
             "error_code": code,
+            "request_id": request_id,
         }
     )
     return b"".join(
@@ -54,6 +60,8 @@ def _closing_answer(code: str, detail: str, *headers: bytes) -> bytes:
             b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode()),
             b"content-type: application/problem+json\r\n",
             b"content-length: %d\r\n" % (len(body) + 1),
+            *(b"%s: %s\r\n" % pair for pair in ENVELOPE_HEADERS),
+            b"x-request-id: %s\r\n" % request_id.encode(),
             *headers,
             b"connection: close\r\n\r\n",
             body,
@@ -63,19 +71,31 @@ def _closing_answer(code: str, detail: str, *headers: bytes) -> bytes:
 
 
 # What a connection whose request headers or body are late receives before it is closed
-# (RFC 9110 section 15.5.9: a 408 says the server closes the connection).
-_HEADERS_LATE_RESPONSE = _closing_answer(
-    "request_timeout", "the request headers did not arrive in time"
+# (RFC 9110 section 15.5.9: a 408 says the server closes the connection). Each made when
+# it is written, with a request id of its own.
+_HEADERS_LATE_RESPONSE = functools.partial(
+    _closing_answer, "request_timeout", "the request headers did not arrive in time"
 )
-_BODY_LATE_RESPONSE = _closing_answer("request_timeout", "the request body did not arrive in time")
-_HEADERS_TOO_LARGE_RESPONSE = _closing_answer(
-    "headers_too_large", f"the request line and headers exceed {MAX_HEADER_BYTES} bytes"
+_BODY_LATE_RESPONSE = functools.partial(
+    _closing_answer, "request_timeout", "the request body did not arrive in time"
+)
+_HEADERS_TOO_LARGE_RESPONSE = functools.partial(
+    _closing_answer,
+    "headers_too_large",
+    f"the request line and headers exceed {MAX_HEADER_BYTES} bytes",
 )
 # What a connection past the process's cap receives, as it arrives, before it is closed.
-_BUSY_RESPONSE = _closing_answer(
+_BUSY_RESPONSE = functools.partial(
+    _closing_answer,
     "service_unavailable",
     "the broker holds as many connections as it accepts; retry",
     b"retry-after: 1\r\n",
+)
+# What a request the parser refuses receives (a method or request target it does not
+# take, a body framed twice, a folded or malformed header): uvicorn answered a bare
+# ``text/plain`` 400 without the envelope's headers.
+_MALFORMED_RESPONSE = functools.partial(
+    _closing_answer, "invalid_request", "the request is not HTTP/1.1 the broker accepts"
 )
 
 
@@ -221,7 +241,7 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         if self._headers_pending:
             self._header_bytes += len(data)
             if self._header_bytes > MAX_HEADER_BYTES:
-                self._cut(_HEADERS_TOO_LARGE_RESPONSE)
+                self._cut(_HEADERS_TOO_LARGE_RESPONSE())
                 return
         self._await_body()
 
@@ -267,6 +287,12 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         self._headers_pending = True
         super().on_message_complete()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser refused: a problem with the envelope's headers, then the
+        connection closed (uvicorn's answer, ``msg``, is a bare ``text/plain``)."""
+        self.transport.write(_MALFORMED_RESPONSE())
+        self.transport.close()
+
     def _cut(self, answer: bytes) -> None:
         """Close the connection now (with ``answer`` first, when it is not empty); what
         else it sends is not read."""
@@ -277,7 +303,7 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
 
     def _turn_away(self, transport: Any) -> None:
         self._turned_away = True
-        transport.write(_BUSY_RESPONSE)
+        transport.write(_BUSY_RESPONSE())
         transport.close()
 
     def _await_headers(self) -> None:
@@ -317,7 +343,7 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
             # The application, still waiting for the body, ends without an answer when the
             # connection closes: the access log and metrics take the status from here.
             cast("dict[str, Any]", self.cycle.scope)[ANSWERED_BY_SERVER] = 408
-            self.transport.write(_BODY_LATE_RESPONSE)
+            self.transport.write(_BODY_LATE_RESPONSE())
         self.transport.close()
 
     def _headers_late(self) -> None:
@@ -326,7 +352,7 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.cycle is None or self.cycle.response_complete:
             # Not while an earlier (pipelined) response is being written: only close then.
-            self.transport.write(_HEADERS_LATE_RESPONSE)
+            self.transport.write(_HEADERS_LATE_RESPONSE())
         self.transport.close()
 
 

@@ -1,0 +1,73 @@
+"""What the server answers itself, before any route (a request it cannot parse, headers
+too large), carries what every answer does (docs/api.md: a problem body with its
+``request_id``, the ``X-Request-ID`` header; docs/compatibility.md: the security
+headers), not uvicorn's bare ``text/plain`` "Invalid HTTP request received.".
+
+Against a real broker, over raw sockets (no client sends these).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+
+import pytest
+from e2e_support import RunningBroker
+
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "cache-control": "no-store",
+    "pragma": "no-cache",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+}
+MALFORMED = {
+    "unknown method": b"FOO /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
+    "relative target": b"GET v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
+    "length and chunked": b"POST /v1/token/validate HTTP/1.1\r\nHost: x\r\nContent-Length: 4"
+    b"\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "folded header": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+    "control byte in a header": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-A: a\x1bb\r\n\r\n",
+    "headers too large": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 600_000,
+}
+
+
+def _exchange(broker: RunningBroker, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    port = int(broker.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        # Closed while sending (headers too large): what it answered is still to be read.
+        with contextlib.suppress(OSError):
+            sock.sendall(raw)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
+def test_an_answer_before_any_route_is_a_problem_with_every_header(
+    broker: RunningBroker, raw: bytes
+) -> None:
+    status, headers, body = _exchange(broker, raw)
+    assert status in (400, 431), (status, headers, body)
+    assert headers["content-type"] == "application/problem+json", headers
+    assert headers["connection"] == "close"
+    for name, value in SECURITY_HEADERS.items():
+        assert headers.get(name) == value, (name, headers)
+    problem = json.loads(body)
+    assert problem["status"] == status
+    assert problem["request_id"] == headers["x-request-id"]
+    assert len(headers["x-request-id"]) == 16
+
+
+def test_each_such_answer_has_its_own_request_id(broker: RunningBroker) -> None:
+    ids = {_exchange(broker, MALFORMED["unknown method"])[1]["x-request-id"] for _ in range(3)}
+    assert len(ids) == 3
