@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 
 import pytest
@@ -71,3 +72,27 @@ def test_an_answer_before_any_route_is_a_problem_with_every_header(
 def test_each_such_answer_has_its_own_request_id(broker: RunningBroker) -> None:
     ids = {_exchange(broker, MALFORMED["unknown method"])[1]["x-request-id"] for _ in range(3)}
     assert len(ids) == 3
+
+
+def test_a_malformed_request_is_answered_after_the_requests_ahead_of_it(
+    broker: RunningBroker,
+) -> None:
+    """Pipelined in one write: a revocation, then a request the parser refuses. The
+    revocation is answered (200), then the malformed request (400), in order; the 400
+    used to come alone, read as the revocation's answer though it had been made."""
+    body = b'{"level":"task","target":"pipelined-before-garbage"}'
+    token = broker.admin_token().encode()
+    revoke = (
+        b"POST /v1/revoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+    ) % (token, len(body), body)
+    port = int(broker.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(revoke + MALFORMED["unknown method"])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
+    assert statuses == [b"200", b"400"], answer
+    listed = broker.get("/v1/admin/revocations", headers=broker.admin_headers())
+    assert "pipelined-before-garbage" in listed.text

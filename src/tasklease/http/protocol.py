@@ -206,6 +206,8 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         self._body_pending = False
         self._turned_away = False
         self._cut_off = False
+        # A request of the connection was refused by the parser (``send_400_response``).
+        self._malformed = False
         # Bytes received while the current request's headers are incomplete (counted per
         # read, so over by at most one read; reset when they are complete).
         self._header_bytes = 0
@@ -233,7 +235,7 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         self._await_headers()
 
     def data_received(self, data: bytes) -> None:
-        if self._turned_away or self._cut_off:
+        if self._turned_away or self._cut_off or self._malformed:
             return
         super().data_received(data)  # a _Cut in a callback ends it as a parser error
         if self._cut_off:
@@ -247,6 +249,9 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self._malformed:
+            self._answer_malformed()
+            return
         self._await_body()  # a pipelined request, waiting until now, has started
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -289,7 +294,24 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """A request the parser refused: a problem with the envelope's headers, then the
-        connection closed (uvicorn's answer, ``msg``, is a bare ``text/plain``)."""
+        connection closed (uvicorn's answer, ``msg``, is a bare ``text/plain``).
+
+        Not before the answers to the requests ahead of it on the connection (pipelined
+        in the same read): uvicorn wrote it at once and closed, so the answer to the
+        request ahead, which still ran (a revocation committed), never came, and its
+        client read this 400 as that request's answer. Now it is written once they are
+        answered; nothing more of the connection is read.
+        """
+        self._malformed = True
+        self._headers_arrived()  # refused: no deadline for headers that will not be read
+        self._answer_malformed()
+
+    def _answer_malformed(self) -> None:
+        """Write the malformed request's answer and close, once no answer is ahead of it."""
+        if self.transport.is_closing():
+            return
+        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            return  # on_response_complete calls again
         self.transport.write(_MALFORMED_RESPONSE())
         self.transport.close()
 
