@@ -4,7 +4,8 @@ A wheel built from this tree goes into a fresh virtual environment with its depe
 only, pinned to httpx 0.28 (the SDK works with httpx 0.28 and later, and with httpx2:
 ``test_sdk_parity``). The environment must stay small (at most 15 packages and 50 MB of
 installed files besides pip), import ``tasklease.client`` and ``tasklease.verify``, lack
-the server's dependencies, and register a real agent with a real broker.
+the server's dependencies, and register a real agent with a real broker. The
+``tasklease`` script installed with it says to install the ``cli`` extra.
 
 Packages come from the package index, or pip's cache when it holds them.
 """
@@ -100,3 +101,9 @@ def test_slim_install_is_the_sdk_and_the_verifier(tmp_path: Path, broker: Broker
     ran = _run(python, "-c", probe, broker.url, broker.launch_token(["read:data:1"]), timeout=60)
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout) == {"server": [], "valid": True}
+
+    # The script comes along; without the cli extra it names what to install, exit 2.
+    command = _run(venv / "bin" / "tasklease", "--version", timeout=60)
+    assert command.returncode == 2, (command.stdout, command.stderr)
+    assert "Traceback" not in command.stderr
+    assert "pip install 'tasklease[cli]'" in command.stderr
