@@ -88,4 +88,4 @@ bench-postgres: $(VENV)/.test-deps ## benchmarks on PostgreSQL
 	$(BIN)/python -m bench --database postgresql
 
 clean: ## remove .venv and build outputs
-	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .mypy_cache .ruff_cache .pytest_cache
