@@ -7,9 +7,10 @@ import stat
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
-from tasklease.cli._sbom import _requirement, bill_of_materials
+from tasklease.cli._sbom import _applies, _normal, _requirement, bill_of_materials
 from tasklease.cli.main import app
 
 runner = CliRunner()
@@ -34,6 +35,58 @@ def test_it_lists_what_the_broker_runs_on_as_installed() -> None:
     assert set(graph) <= refs and all(set(on) <= refs for on in graph.values())
     assert by_name["pynacl"]["bom-ref"] in graph[main["bom-ref"]]
     assert by_name["cffi"]["bom-ref"] in graph[by_name["pynacl"]["bom-ref"]]
+
+
+_MARKERS = (
+    'python_version < "3.11"',
+    'python_version >= "3.11"',
+    'python_full_version < "3.11.0" or python_full_version >= "3.11.0"',
+    'python_version >= "3.14" and python_version < "3.15"',
+    'sys_platform != "win32" and (sys_platform != "cygwin" and '
+    'platform_python_implementation != "PyPy")',
+    'sys_platform == "win32" or platform_system == "Windows"',
+    'implementation_name == "cpython" and python_version ~= "3.0"',
+    'platform_machine in "x86_64 aarch64 arm64"',
+    '"linux" in sys_platform',
+    'os_name not in "nt java"',
+    '(python_version<"3.11")and(os_name=="posix")',
+    'python_version >= "3.9" and extra == "standard"',
+    'extra == "Standard"',
+    "extra == 'other' or python_version > '2.7'",
+)
+
+
+def test_environment_markers_are_judged_as_pip_judges_them() -> None:
+    # packaging (pip's own marker evaluator) as the reference, on this interpreter.
+    reference = pytest.importorskip("packaging.markers")
+    for marker in _MARKERS:
+        for extra in ("", "standard"):
+            expected = reference.Marker(marker).evaluate({"extra": extra})
+            assert _applies(marker, {extra} - {""}) is expected, (marker, extra)
+
+
+def test_the_graph_has_no_requirement_of_another_python_or_platform() -> None:
+    # Every edge is a requirement line whose marker holds here (or that has none); a
+    # distribution installed for another reason is no dependency of one that asks for it
+    # only on another Python (anyio's exceptiongroup, cryptography's typing-extensions).
+    reference = pytest.importorskip("packaging.requirements")
+    bom = bill_of_materials()
+    names = {c["bom-ref"]: c["name"] for c in bom["components"]}
+    main = bom["metadata"]["component"]
+    names[main["bom-ref"]] = main["name"]
+    for edge in bom["dependencies"]:
+        dist = metadata.distribution(names[edge["ref"]])
+        extras = [""] + list(dist.metadata.get_all("Provides-Extra") or [])
+        for target in edge["dependsOn"]:
+            lines = [
+                reference.Requirement(line)
+                for line in dist.requires or []
+                if _normal(reference.Requirement(line).name) == _normal(names[target])
+            ]
+            assert any(
+                r.marker is None or any(r.marker.evaluate({"extra": e}) for e in extras)
+                for r in lines
+            ), (edge["ref"], target, [str(r.marker) for r in lines])
 
 
 def test_requirements_are_read_with_their_extras_and_markers() -> None:
