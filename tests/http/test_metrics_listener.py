@@ -261,3 +261,35 @@ def test_the_token_cache_is_counted_and_can_be_turned_off(
         assert (after_hits - hits, after_misses - misses) == (0, 3)
     else:
         assert (after_hits - hits, after_misses - misses) == (3, 0)
+
+
+@pytest.mark.slow
+def test_active_agents_is_the_deployments_figure_once_with_workers(
+    start_broker: Callable[..., RunningBroker],
+) -> None:
+    """Each worker reads the deployment's live agents from the store at its housekeeping
+    tick and the scrape reports that figure, not the sum over the workers (twice it with
+    two), nor each worker's registrations (which a revocation never lowered)."""
+    env = {**TOKEN_ENV, "TASKLEASE_PRUNE_INTERVAL": "0.2"}
+    running = start_broker(env=env, args=("--workers", "2"))
+    deadline = time.monotonic() + 30
+    while len(worker_pids(running.proc.pid)) != 2:
+        assert time.monotonic() < deadline, "the two workers did not start"
+        time.sleep(0.1)
+    agents = [running.register(["read:data:x"]) for _ in range(3)]
+    assert running.revoke("agent", agents[0].agent_id).status_code == 200
+
+    def active(text: str) -> float:
+        return _sample(text, "tasklease_active_agents")
+
+    deadline = time.monotonic() + 20
+    while active(httpx.get(metrics_url(running), timeout=10).text) != 2:
+        assert time.monotonic() < deadline, "the gauge never read the 2 live agents"
+        time.sleep(0.2)
+    time.sleep(1)  # every worker has ticked again since
+    assert active(httpx.get(metrics_url(running), timeout=10).text) == 2
+    for _ in range(4):  # whichever worker answers /v1/metrics
+        with httpx.Client(base_url=running.url, timeout=10) as fresh:
+            scrape = fresh.get("/v1/metrics", headers=running.admin_headers())
+        assert scrape.status_code == 200, scrape.text
+        assert active(scrape.text) == 2

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
+from tasklease.core.activeagents import ACTIVE_AGENTS_DUTY, ACTIVE_AGENTS_SLOW, live_agents
 from tasklease.core.apps import Apps
 from tasklease.core.attestation import AttestationService
 from tasklease.core.audit import Deferred
@@ -72,6 +73,7 @@ from tasklease.core.rollback import CheckpointAnchors
 from tasklease.core.signing import SigningKeys
 from tasklease.core.status import VERSION, health
 from tasklease.core.store import Store
+from tasklease.core.tenantids import DEFAULT_TENANT
 from tasklease.core.tenants import Tenants
 from tasklease.core.tokencheck import ALL_KINDS, OPERATOR_KINDS, TokenCheck
 from tasklease.core.tokenids import TokenIds, token_id_label
@@ -191,6 +193,8 @@ class BrokerBase:
         # Cleared once, for good, when the process stops serving this broker's tenant
         # (stop_serving: the tenant was removed, or the process is stopping).
         self._serving = True
+        # When tasklease_active_agents may be counted again (time.monotonic()).
+        self._active_due = 0.0
         # Names this process as the holder of store leases (the liveness sweeper's).
         self.instance_id = secrets.token_hex(8)
         # DPoP proofs are single use across workers and replicas: the store remembers them.
@@ -690,8 +694,28 @@ class BrokerBase:
         self.kernel.wake_listeners()
 
     def prune(self) -> int:
-        """Drop revocation entries, nonces and launch tokens nothing can use any more."""
-        return self._revoking.prune()
+        """Drop revocation entries, nonces and launch tokens nothing can use any more;
+        then, the default tenant's broker, count the deployment's live agents
+        (:meth:`refresh_active_agents`): the housekeeping tick."""
+        removed = self._revoking.prune()
+        self.refresh_active_agents()
+        return removed
+
+    def refresh_active_agents(self) -> int | None:
+        """Set ``tasklease_active_agents`` to the deployment's live agents, read from the
+        store (``core.activeagents``), and return it; the default tenant's broker only
+        (the count is every tenant's): another tenant's returns None and reads nothing."""
+        if self.store.tenant != DEFAULT_TENANT or time.monotonic() < self._active_due:
+            return None
+        started = time.monotonic()
+        count = live_agents(self.store, self.kernel.now(), self.config)
+        self.metrics.active_agents.set(count)
+        # A count that took long (a million agents registered within the ceiling) is not
+        # made again before 20 times as long has passed: at most 5 % of one connection.
+        elapsed = time.monotonic() - started
+        if elapsed >= ACTIVE_AGENTS_SLOW:
+            self._active_due = started + ACTIVE_AGENTS_DUTY * elapsed
+        return count
 
     def refresh_revocations(self) -> int:
         """Apply revocations other processes committed since we last looked."""

@@ -107,9 +107,12 @@ class Metrics:
         )
         self.active_agents = Gauge(
             "tasklease_active_agents",
-            "Agents registered by this process and not revoked.",
+            "Agents of the deployment (every tenant not removed) whose registration is live:"
+            " within its ceiling, not revoked, released or swept, its app not deregistered"
+            " (read from the store every prune_interval; core.activeagents).",
             registry=r,
-            multiprocess_mode="livesum",  # with --workers: the sum over live workers
+            # every worker reads the same deployment-wide count: the latest, never a sum
+            multiprocess_mode="livemostrecent",
         )
         self.validation_failures = Counter(
             "tasklease_validation_failures_total",

@@ -292,7 +292,6 @@ class Registration(Service):
             raise TypeError("a refused registration has no token")
         self._metrics.registrations.labels("success").inc()
         self._metrics.tokens_issued.labels("agent").inc()
-        self._metrics.active_agents.inc()
         elapsed = time.perf_counter() - pending.started
         self._metrics.issuance_seconds.labels("register").observe(elapsed)
         return pending.issued

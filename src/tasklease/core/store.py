@@ -419,6 +419,17 @@ class Store(Protocol):
         oldest heartbeat first, at most ``limit``."""
         ...
 
+    def live_agents(self, now: float, registered_from: float) -> int:
+        """How many agents of the whole database, every tenant's but a removed one's
+        (the default tenant is never removed), are live (``core.activeagents``):
+        ``registered_at >= registered_from``, status ``active``, ``ceiling`` 0 or after
+        ``now``, no session or an ``active`` one, no app or an ``active`` one, and no
+        revocation entry in force at ``now`` (``expires_at > now``) at level ``task`` on
+        its task made in or after the second it registered (``revoked_at + 1 >
+        registered_at``), nor at level ``chain`` on its app (``app:<app_id>``) or on an
+        id its ``lineage`` lists. One count, whichever tenant's store is asked."""
+        ...
+
     def get_discovery_binding(self, agent_id: str) -> DiscoveryBinding | None: ...
 
     def get_reference_token(self, token_hash: str) -> ReferenceTokenRecord | None:

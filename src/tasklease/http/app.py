@@ -115,6 +115,7 @@ def create_app(
             tenancy.watching = stop_watch is not None
             tasks.append(asyncio.create_task(_refreshing(readiness)))
             for interval, job in (
+                # With tasklease_active_agents, read from the store (default tenant only).
                 (cfg.prune_interval, Broker.prune),
                 # What a store that went back in time lost, and this process holds.
                 (KEY_REFRESH_INTERVAL, Broker.write_back_revocations),
@@ -131,6 +132,8 @@ def create_app(
                 (CHECKPOINT_TICK, functools.partial(checkpoint_job, client=witness_client)),
             ):
                 tasks.append(asyncio.create_task(_every(interval, _each(tenancy, job))))
+            # The deployment's live agents from the start, not one interval later.
+            tasks.append(asyncio.create_task(_once(_each(tenancy, Broker.refresh_active_agents))))
             # Tenants removed by another process or replica stop being served here, with
             # their revocation streams, even when no request for them comes here.
             tasks.append(asyncio.create_task(_every(RECHECK, tenancy.recheck)))
@@ -285,6 +288,11 @@ async def _every(interval: float, job: Callable[[], object]) -> None:
             raise
         except Exception:  # noqa: BLE001 - housekeeping must never take the server down
             _log.exception("background job failed")
+
+
+async def _once(job: Callable[[], object]) -> None:
+    """``job`` run once, at once, on a thread (``_each`` logs what it raises)."""
+    await run_in_threadpool(job)
 
 
 def _failed(round_: asyncio.Future[object]) -> None:

@@ -27,7 +27,7 @@ from tasklease.core.store import (
     RevocationRecord,
     TenantRecord,
 )
-from tasklease.core.tenantids import check_tenant_id
+from tasklease.core.tenantids import DEFAULT_TENANT, check_tenant_id
 
 __all__ = ["MemoryShared", "MemoryTables"]
 
@@ -216,6 +216,41 @@ class MemoryTables:
                 if s.heartbeat_required and s.state == "active" and s.last_heartbeat < before
             ]
         return sorted(silent, key=lambda s: (s.last_heartbeat, s.agent_id))[:limit]
+
+    def live_agents(self, now: float, registered_from: float) -> int:
+        with self._lock:
+            self._check_open()
+            views = [
+                view
+                for name, view in self._shared.views.items()
+                if name == DEFAULT_TENANT
+                or (name in self._shared.tenants and self._shared.tenants[name].status == "active")
+            ]
+            return sum(view._live_agents(now, registered_from) for view in views)
+
+    def _live_agents(self, now: float, registered_from: float) -> int:
+        """This tenant's part of :meth:`live_agents` (under the lock)."""
+        in_force = {
+            (r.level, r.target): r.revoked_at
+            for r in self._revocations.values()
+            if r.expires_at > now and r.level in ("task", "chain")
+        }
+        count = 0
+        for agent in self._agents.values():
+            session = self._sessions.get(agent.agent_id)
+            app = self._apps.get(agent.app_id)
+            task = in_force.get(("task", agent.task_id))
+            ancestors = {*agent.lineage, *((f"app:{agent.app_id}",) if agent.app_id else ())}
+            count += (
+                agent.registered_at >= registered_from
+                and agent.status == "active"
+                and (agent.ceiling == 0 or agent.ceiling > now)
+                and (session is None or session.state == "active")
+                and (not agent.app_id or (app is not None and app.status == "active"))
+                and (task is None or not task + 1 > agent.registered_at)
+                and not any(("chain", a) in in_force for a in ancestors)
+            )
+        return count
 
     # -- the operators' listings (core.inventory): newest first, keyset-paged ------------
 

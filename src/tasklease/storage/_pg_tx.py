@@ -49,6 +49,7 @@ DIALECT = Dialect(
     is_set="{}",
     for_update=" FOR UPDATE",
     contains="strpos({}, ?) > 0",
+    lineage_ids="unnest({}) AS j(value)",
     load_scopes=tuple,
     dump_scopes=list,
 )

@@ -73,6 +73,7 @@ DIALECT = Dialect(
     is_set="{} = 1",
     for_update="",
     contains="instr({}, ?) > 0",
+    lineage_ids="json_each({}) AS j",
     load_scopes=_load_scopes,
     dump_scopes=_dump_scopes,
 )

@@ -133,8 +133,9 @@ class Dialect(RowConversions):
     spelled as the dialect's partial indexes spell it, which the planners match by its
     text. ``contains`` tests whether a text column (``{}``) holds a parameter's text exactly,
     case and ``_`` and ``%`` included (``LIKE`` would take them as patterns, and SQLite's
-    ignores case). ``for_update`` ends a read inside a write transaction that locks
-    the row it reads. ``load_scopes`` and ``dump_scopes`` convert a scope list column.
+    ignores case). ``lineage_ids`` is a table ``j`` of the ids (``j.value``) a lineage
+    column (``{}``) lists. ``for_update`` ends a read inside a write transaction that
+    locks the row it reads. ``load_scopes`` and ``dump_scopes`` convert a scope list column.
 
     Every statement reads and writes the rows of one tenant only (``tenant``): each
     carries ``tenant_id = '<tenant>'`` as a literal, so a tenant's statements are fixed
@@ -153,6 +154,7 @@ class Dialect(RowConversions):
         is_set: str,
         for_update: str,
         contains: str,
+        lineage_ids: str,
         load_scopes: Callable[[Any], tuple[str, ...]],
         dump_scopes: Callable[[Sequence[str]], object],
         tenant: str = DEFAULT_TENANT,
@@ -160,7 +162,7 @@ class Dialect(RowConversions):
         self.name = name
         self.folder = folder
         self.tenant = check_tenant_id(tenant)
-        self._fragments = (placeholder, is_set, for_update, contains)
+        self._fragments = (placeholder, is_set, for_update, contains, lineage_ids)
         self._load_scopes = load_scopes
         self._dump_scopes = dump_scopes
         self._tenants: dict[str, Dialect] = {tenant: self}
@@ -494,6 +496,30 @@ class Dialect(RowConversions):
             f"INSERT INTO tenants ({_TENANT}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
         )
         self.tenant_name_taken = q("SELECT 1 FROM tenants WHERE name = ?")
+        # The agents whose registration is live, in every tenant not removed (the whole
+        # deployment: tasklease_active_agents; Store.live_agents says what is counted).
+        # Parameters: the earliest registered_at still within renewal_ceiling, then now
+        # four times (the ceiling column's bound; revocation entries still in force).
+        # Each revocation test is a lookup by the entries' unique (tenant, level, target).
+        in_force = "r.tenant_id = a.tenant_id AND r.expires_at > ?"
+        self.live_agents = q(
+            "SELECT COUNT(*) FROM agents a"
+            " WHERE a.registered_at >= ? AND a.status = 'active'"
+            " AND (a.ceiling = 0 OR a.ceiling > ?)"
+            f" AND (a.tenant_id = '{DEFAULT_TENANT}' OR EXISTS (SELECT 1 FROM tenants n"
+            " WHERE n.name = a.tenant_id AND n.status = 'active'))"
+            " AND NOT EXISTS (SELECT 1 FROM agent_sessions s WHERE s.tenant_id = a.tenant_id"
+            " AND s.agent_id = a.agent_id AND s.state <> 'active')"
+            " AND (a.app_id = '' OR EXISTS (SELECT 1 FROM apps p WHERE p.tenant_id = a.tenant_id"
+            " AND p.app_id = a.app_id AND p.status = 'active'))"
+            # a task entry matches a registration made at or before its second (floor)
+            f" AND NOT EXISTS (SELECT 1 FROM revocations r WHERE {in_force}"
+            " AND r.level = 'task' AND r.target = a.task_id AND r.revoked_at + 1 > a.registered_at)"
+            f" AND NOT EXISTS (SELECT 1 FROM revocations r WHERE {in_force}"
+            " AND r.level = 'chain' AND r.target = 'app:' || a.app_id AND a.app_id <> '')"
+            f" AND NOT EXISTS (SELECT 1 FROM {lineage_ids.format('a.lineage')}"
+            f" JOIN revocations r ON r.level = 'chain' AND r.target = j.value WHERE {in_force})"
+        )
         self.update_tenant = q(
             "UPDATE tenants SET trust_domain = ?, status = ?, created_at = ?, created_by = ?,"
             " removed_at = ? WHERE name = ? AND status = 'active'"
@@ -530,7 +556,7 @@ class Dialect(RowConversions):
         """
         found = self._tenants.get(tenant)
         if found is None:
-            placeholder, is_set, for_update, contains = self._fragments
+            placeholder, is_set, for_update, contains, lineage_ids = self._fragments
             found = Dialect(
                 name=self.name,
                 folder=self.folder,
@@ -538,6 +564,7 @@ class Dialect(RowConversions):
                 is_set=is_set,
                 for_update=for_update,
                 contains=contains,
+                lineage_ids=lineage_ids,
                 load_scopes=self._load_scopes,
                 dump_scopes=self._dump_scopes,
                 tenant=tenant,

@@ -254,6 +254,10 @@ class SQLStore(ListingReads, abc.ABC):
         rows = self._all(self.dialect.silent_agents, (before, limit))
         return [session_from_row(row) for row in rows]
 
+    def live_agents(self, now: float, registered_from: float) -> int:
+        row = self._one(self.dialect.live_agents, (registered_from, now, now, now, now))
+        return 0 if row is None else int(row[0])
+
     def get_discovery_binding(self, agent_id: str) -> DiscoveryBinding | None:
         row = self._one(self.dialect.get_binding, (agent_id,))
         return None if row is None else binding_from_row(row)
