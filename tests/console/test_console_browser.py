@@ -387,3 +387,63 @@ def test_the_sign_in_form_stays_on_over_https_at_a_host_beyond_loopback(
         context.close()
     finally:
         stop_broker(running)
+
+
+# In a table cell, no word up to this long is split across lines (a state, an event id, a
+# time, a header); longer ones may wrap, and so may any in a cell of identifiers or free
+# text (an agent's SPIFFE ID, a task id, an event's detail), which would otherwise widen
+# the page.
+_SHORT_WORD = 27
+_SPLIT_WORDS = """(limit) => {
+  const split = [];
+  for (const cell of document.querySelectorAll("th, td")) {
+    if (cell.matches("td.long, td.mono:not(.nowrap)")) continue;
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const re = /\\S+/g;
+      let m;
+      while ((m = re.exec(node.data)) !== null) {
+        if (m[0].length > limit) continue;
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        const lines = new Set(Array.from(range.getClientRects(), (r) => Math.round(r.top)));
+        if (lines.size > 1) split.push(m[0]);
+      }
+    }
+  }
+  return split;
+}"""
+
+
+def test_the_tables_read_on_a_laptop_screen_without_splitting_short_words(
+    broker: RunningBroker, browser: Any
+) -> None:
+    """docs/console.md: pages read on a 1366x768 screen. A long SPIFFE ID wraps, but a
+    header, a state, an event id, a time or an app name is never cut in the middle, and
+    no page is wider than the screen; every column has a header that says what it is."""
+    long_task = "t" * 120
+    launch = broker.launch_token(SCOPE, single_use=False, max_uses=2, ttl=300)
+    agent = broker.register(SCOPE, launch_token=launch, task_id=long_task)
+    broker.register(SCOPE, launch_token=launch, task_id=long_task)
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    _sign_in(page, broker.url, broker.admin_secret)
+    quoted = agent.agent_id.replace(":", "%3A").replace("/", "%2F")
+    for path in (
+        "agents",
+        "audit",
+        f"agents/{quoted}",
+        f"tasks/{long_task}",
+        "apps",
+        "launch-tokens",
+        "revocations",
+        "keys",
+    ):
+        page.goto(f"{broker.url}/console/{path}")
+        split = page.evaluate(_SPLIT_WORDS, _SHORT_WORD)
+        assert split == [], f"/console/{path} splits {sorted(set(split))[:10]}"
+        assert page.locator("th:empty").count() == 0, f"/console/{path}: a header says nothing"
+        wide = page.evaluate("document.documentElement.scrollWidth")
+        assert wide <= 1366, f"/console/{path} is {wide} px wide"
+    context.close()

@@ -15,6 +15,7 @@ a Broker call, as the API makes it: no rule is written twice. Turned off with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import threading
@@ -113,6 +114,8 @@ def _holds(claims: Claims, scope: str) -> bool:
 
 
 _LEVELS = ("token", "agent", "task", "chain")
+_EVENTS = 100
+"""The audit events a page lists at a time."""
 
 _templates = Environment(
     loader=FileSystemLoader(str(files("tasklease.http.console") / "templates")),
@@ -261,7 +264,7 @@ def console_routes(
         return root if root.endswith("/console") else root + "/console"
 
     def page(request: Request, template: str, status: int = 200, **values: Any) -> Response:
-        html = _templates.get_template(template).render(base=base(request), **values)
+        html = _templates.get_template(template).render(base=base(request), status=status, **values)
         response = HTMLResponse(html, status)
         response.headers["content-security-policy"] = CONSOLE_CSP
         # Browsers send ``Origin: null`` under no-referrer; the CSRF check reads Origin.
@@ -429,6 +432,8 @@ def console_routes(
                 # Not "check the secret": the secret may well be right.
                 return sign_in_refused(request, refused, expected, "")
             # One message whichever was wrong; the denial id leads to the audited reason.
+            # The name typed is not sent back: a secret typed one field too early lands
+            # there, and keeping only the names of operators would say which exist.
             return page(
                 request,
                 "login.html",
@@ -503,7 +508,9 @@ def console_routes(
                 "live_agents": len(agents.items),
                 "more_agents": bool(agents.next_cursor),
                 "launch_tokens": len(tokens.items),
+                "more_launch_tokens": bool(tokens.next_cursor),
                 "revocations": len(revocations.items),
+                "more_revocations": bool(revocations.next_cursor),
                 "platform": sampler is not None,
             }
             if sampler is None:
@@ -523,19 +530,18 @@ def console_routes(
 
     async def agents(request: Request, me: dict[str, Any]) -> Response:
         filters = _agent_filters(request)
-        listing = await _agents(filters, request.query_params.get("cursor"))
         return page(
             request,
             "agents.html",
             me=me,
             nav="agents",
             filters=filters,
-            query=urlencode(filters),
-            **listing,
+            **await _agents(filters, request.query_params.get("cursor") or None),
         )
 
     async def agents_rows(request: Request, me: dict[str, Any]) -> Response:
-        listing = await _agents(_agent_filters(request), request.query_params.get("cursor"))
+        filters = _agent_filters(request)
+        listing = await _agents(filters, request.query_params.get("cursor") or None)
         return page(request, "_agent_rows.html", me=me, **listing)
 
     async def _agents(filters: dict[str, str], cursor: str | None) -> dict[str, Any]:
@@ -549,7 +555,17 @@ def console_routes(
                 limit=100,
             )
         )
-        return {"agents": found.items, "next_cursor": found.next_cursor}
+        older = found.next_cursor
+        return {
+            "agents": found.items,
+            "query": urlencode(filters),
+            # The table's refresh keeps to the page shown (a cursor's page, not the
+            # newest), and draws the link to the next page with the rows it shows: the
+            # rows a refresh pushes off this page are the next page's first.
+            "refresh": urlencode({**filters, "cursor": cursor} if cursor else filters),
+            "older": urlencode({**filters, "cursor": older}) if older else "",
+            "paged": cursor is not None,
+        }
 
     async def agent(request: Request, me: dict[str, Any]) -> Response:
         agent_id = request.path_params["agent_id"]
@@ -557,7 +573,12 @@ def console_routes(
         def read() -> dict[str, Any]:
             view = inventory.agent(agent_id)
             task = inventory.task(view.agent.task_id)
-            events, total = broker.audit_events(AuditQuery(agent_id=agent_id, limit=100))
+            # Its latest events, as the task page lists its task's (the log is in chain
+            # order, oldest first).
+            events, total = broker.audit_events(AuditQuery(agent_id=agent_id, limit=_EVENTS))
+            if total > _EVENTS:
+                query = AuditQuery(agent_id=agent_id, limit=_EVENTS, offset=total - _EVENTS)
+                events, total = broker.audit_events(query)
             return {
                 "view": view,
                 "task": task,
@@ -593,6 +614,7 @@ def console_routes(
             nav="launch-tokens",
             tokens=found.items,
             next_cursor=found.next_cursor,
+            paged=bool(request.query_params.get("cursor")),
         )
 
     async def apps(request: Request, me: dict[str, Any]) -> Response:
@@ -614,6 +636,7 @@ def console_routes(
             level=level or "",
             entries=found.items,
             next_cursor=found.next_cursor,
+            paged=bool(request.query_params.get("cursor")),
             levels=_LEVELS,
         )
 
@@ -628,21 +651,33 @@ def console_routes(
         return AuditQuery(limit=limit, offset=offset, **filters), filters  # type: ignore[arg-type]
 
     async def audit(request: Request, me: dict[str, Any]) -> Response:
+        # Without an offset (or with one that is no number), the latest page: the log is
+        # in chain order, oldest first, and an operator comes to it for what just happened.
+        raw = request.query_params.get("offset")
         try:
-            offset = max(0, parse_int(request.query_params.get("offset"), "offset", 0))
+            asked = max(0, parse_int(raw, "offset", 0)) if raw else None
         except InvalidRequest:
-            offset = 0
-        query, filters = _audit_query(request, 100, offset)
+            asked = None
+        query, filters = _audit_query(request, _EVENTS, asked or 0)
 
         def read() -> dict[str, Any]:
             # The events shown, each held to the Merkle tree (O(log n) each); every event
             # by the last full walk, which this view starts when one is due (_FullWalks).
             events, total = broker.audit_events(query)
+            offset = query.offset
+            if asked is None and total > _EVENTS:
+                offset = total - _EVENTS
+                events, total = broker.audit_events(dataclasses.replace(query, offset=offset))
             shown = held(events)
             walks_now = walks.view()
             return {
                 "events": events,
                 "total": total,
+                "offset": offset,
+                # The pages around this one (offsets; None: no such page): past the end,
+                # "earlier" leads back to the last page.
+                "earlier": max(0, min(offset, total) - _EVENTS) if offset > 0 else None,
+                "later": offset + _EVENTS if offset + len(events) < total else None,
                 "shown": shown,
                 "walk": walks_now.last,
                 "walking_since": walks_now.running_since,
@@ -656,7 +691,6 @@ def console_routes(
             me=me,
             nav="audit",
             filters=filters,
-            offset=offset,
             query=urlencode(filters),
             **await run_in_threadpool(read),
         )
@@ -734,6 +768,9 @@ def console_routes(
         back = _local(form.get("back", ""), base(request))
         return RedirectResponse(back, 303)
 
+    async def unknown(request: Request) -> Response:
+        return page(request, "error.html", 404, message="No such console page.")
+
     # Each route under the scope of the navigation page it belongs to (_PAGES); the
     # agent, task and token pages mirror the inventory routes, as the agents page does.
     routes = [
@@ -762,6 +799,9 @@ def console_routes(
         Route("/keys/retire", guarded(retire_confirm, KEYS_SCOPE), methods=["GET"]),
         Route("/keys/retire", guarded(retire, KEYS_SCOPE), methods=["POST"]),
         static_route(),
+        # Last: any other path under the console (a mistyped or stale link) is a page
+        # saying so, not the API's problem body. It reads no session and shows nothing.
+        Route("/{rest:path}", unknown, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
     return [
         Route("/console", home, methods=["GET"], include_in_schema=False),
