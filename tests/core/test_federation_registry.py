@@ -334,6 +334,36 @@ def test_a_removal_writes_a_chain_revocation_that_holds_off_a_new_declaration(
     assert not replaced and broker.federation.trusted_keys(PEER, clock.now())
 
 
+def test_a_declaration_that_lost_a_race_with_the_removal_is_refused(
+    broker: Broker, kit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The domain removed (another replica, another request) after a declaration was
+    checked and before it is written: the declaration finds the removal in its own write
+    and is refused as one made after it is, with its ``denial_id``."""
+    admin = kit.admin(broker).claims
+    _add(broker, kit, bundle=_bundle(SigningKey.generate()).decode())
+    kernel = broker.federation._kernel
+    commit = kernel.commit
+    raced: list[bool] = []
+
+    def removed_first(unit: Any) -> Any:
+        if not raced:
+            raced.append(True)
+            broker.federation.remove(admin, PEER, kit.ctx)
+        return commit(unit)
+
+    monkeypatch.setattr(kernel, "commit", removed_first)
+    with pytest.raises(Conflict) as caught:
+        _add(broker, kit, bundle=_bundle(SigningKey.generate()).decode())
+    monkeypatch.undo()
+    assert raced and "its removal stands until" in caught.value.detail
+    assert broker.federation.list_federations() == []
+    [refused] = _events(broker, "federation_refused")
+    assert refused.outcome == "denied" and f"by={admin.sub}" in refused.detail
+    assert refused.detail.endswith(f"denial={caught.value.denial_id}")
+    assert not _events(broker, "federation_added")[1:]
+
+
 def _ca_pem() -> str:
     key = Ed25519PrivateKey.generate()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "peer CA")])

@@ -257,3 +257,47 @@ def test_one_tenant_removed_on_two_replicas_at_once(pg_url: str, replicas: Repli
         assert sorted(r.status_code for r in answers) == [200, 404], [r.text for r in answers]
         refused = next(r for r in answers if r.status_code == 404)
         assert refused.json().get("denial_id"), refused.text
+
+
+def test_a_domain_declared_and_removed_on_two_replicas_at_once(
+    pg_url: str, replicas: Replicas
+) -> None:
+    """A declaration racing the domain's removal never leaves the domain declared while
+    its removal stands: either the declaration came first (the removal then ends it) or
+    it is refused 409 with its ``denial_id``."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    a, b = replicas(pg_url)
+    heads = (a.admin_headers(), b.admin_headers())
+    static = '{"keys":[]}'
+    for round_ in range(12):
+        domain = f"race{round_}.example"
+        made = a.post(
+            "/v1/admin/federations",
+            json={"trust_domain": domain, "bundle": static},
+            headers=heads[0],
+        )
+        assert made.status_code == 201, made.text
+        barrier = threading.Barrier(2)
+
+        def change(i: int, domain: str = domain, barrier: threading.Barrier = barrier) -> Any:
+            barrier.wait()
+            if i == 0:
+                return a.post(
+                    "/v1/admin/federations",
+                    json={"trust_domain": domain, "bundle": static},
+                    headers=heads[0],
+                )
+            return b.client.delete(f"/v1/admin/federations/{domain}", headers=heads[1])
+
+        with ThreadPoolExecutor(2) as pool:
+            added, removed = pool.map(change, range(2))
+        assert removed.status_code == 200, removed.text
+        assert added.status_code in (201, 409), added.text
+        if added.status_code == 409:
+            assert added.json().get("denial_id"), added.text
+        # Whichever won, the removal stands and the domain is not declared.
+        for replica, head in zip((a, b), heads, strict=True):
+            shown = replica.get(f"/v1/admin/federations/{domain}", headers=head)
+            assert shown.status_code == 404, (added.status_code, shown.text)

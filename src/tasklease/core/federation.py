@@ -233,7 +233,6 @@ class Federation(Service):
                 "a broker does not federate with its own trust domain",
                 hint="name the other broker's trust domain",
             )
-        self._refuse_while_removed(domain)
         url = fields.endpoint(bundle_endpoint_url)
         static = fields.static_bundle(bundle, domain)
         if bool(url) == (static is not None):
@@ -272,6 +271,7 @@ class Federation(Service):
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             nonlocal record, replaced
+            _refuse_while_removed(tx, domain, self._kernel.now())
             previous = tx.get_federation(domain)
             replaced = previous is not None
             if previous is not None and _same_source(previous, record):
@@ -296,24 +296,6 @@ class Federation(Service):
 
         self._kernel.commit(unit)
         return record, replaced
-
-    def _refuse_while_removed(self, domain: str) -> None:
-        """A removed domain's revocation (:meth:`remove`) ends whatever is derived from it,
-        whenever issued: declared again meanwhile, it would admit exchanges that are born
-        dead. Refused, saying until when, rather than accepted and useless."""
-        now = self._kernel.now()
-        live = [
-            r.expires_at
-            for r in self._store.find_revocations([("chain", domain_entry(domain))])
-            if r.expires_at > now
-        ]
-        if live:
-            until = format_rfc3339_seconds(max(live))
-            raise Conflict(
-                f"{domain} was removed; its removal stands until {until}",
-                hint="tokens derived from it may be live until then: declare it again after "
-                "that (to change a declared domain, declare it again without removing it)",
-            )
 
     def list_federations(self) -> list[FederationRecord]:
         """Every federated domain, by name."""
@@ -503,6 +485,24 @@ class Federation(Service):
 
 
 # --- checks of operators' input ---------------------------------------------------------
+
+
+def _refuse_while_removed(tx: WriteTx, domain: str, now: float) -> None:
+    """A removed domain's revocation (:meth:`Federation.remove`) ends whatever is derived
+    from it, whenever issued: declared again meanwhile, it would admit exchanges that are
+    born dead. Refused, saying until when, rather than accepted and useless.
+
+    Read in the declaration's own write, under its lock: a removal committed after the
+    declaration's inputs were checked (another replica, a request at the same time) is
+    seen, so a declaration and a removal of one domain never both win."""
+    entry = tx.find_revocation("chain", domain_entry(domain))
+    if entry is not None and entry.expires_at > now:
+        until = format_rfc3339_seconds(entry.expires_at)
+        raise Conflict(
+            f"{domain} was removed; its removal stands until {until}",
+            hint="tokens derived from it may be live until then: declare it again after "
+            "that (to change a declared domain, declare it again without removing it)",
+        )
 
 
 def _describe(static: str | None, domain: str) -> str:
