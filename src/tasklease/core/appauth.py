@@ -241,15 +241,17 @@ class AppSignIn(Service):
             error, why = InvalidDPoPProof("invalid DPoP proof", reason=exc.reason), exc.reason
         raise self._refused(error, f"{shown} reason=dpop_proof_refused: {why}", ctx)
 
-    def _born_revoked(self, claims: Claims) -> int:
+    def _born_revoked(self, tx: WriteTx, claims: Claims) -> int:
         """Seconds until a token like the one about to be issued would not be revoked
         already (0: it is not). A key change revokes the app's tokens up to and including
         its entry's ``revoked_at``, ``clock_skew`` past the second of the change
         (``Kernel.revocation_entry``: so that it also ends what a replica whose clock runs
         ahead signed in before it), so a sign-in until then is asked to come back when it
-        is past. (An app's record changes for its scopes too, which revoke nothing, so its
-        time of change is no sign: the revocation itself is.)"""
-        wait = self._kernel.reissue_wait("agent", claims.sub, claims.iat)
+        is past. The entry is read through the sign-in's own write too (``tx``): another
+        replica's, not applied here yet, counts. (An app's record changes for its scopes
+        too, which revoke nothing, so its time of change is no sign: the revocation
+        itself is.)"""
+        wait = self._kernel.reissue_wait("agent", claims.sub, claims.iat, tx)
         if not wait and self._kernel.revocations.match(claims) is not None:
             wait = 1  # ended by another entry: nothing to wait for, but nothing to issue
         return wait
@@ -285,7 +287,7 @@ class AppSignIn(Service):
             # First, before anything is spent: the client is asked to retry, and may send
             # the same assertion and proof again. (Not an app changed since it was read:
             # it is refused as ever, below.)
-            wait = 0 if changed else self._born_revoked(claims)
+            wait = 0 if changed else self._born_revoked(tx, claims)
             if wait:
                 return (
                     Unavailable(

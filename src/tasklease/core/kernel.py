@@ -605,12 +605,22 @@ class Kernel:
             revoked_at += self.config.clock_skew
         return RevocationRecord(level, target, revoked_at, self.revocation_expiry(revoked_at))
 
-    def reissue_wait(self, level: str, target: str, iat: int) -> int:
+    def reissue_wait(self, level: str, target: str, iat: int, tx: WriteTx | None = None) -> int:
         """Seconds until what is issued for ``target`` at ``iat`` is past this process's
         entry at ``level`` on it (0 when there is none, or ``iat`` is past it already): a
         sign-in or a registration made now would be born revoked, so it is refused and
-        asked to come back then (:meth:`revocation_entry`)."""
+        asked to come back then (:meth:`revocation_entry`).
+
+        With ``tx``, the issuance's own write, the entry as that transaction sees it counts
+        too: one another replica committed that this process has not applied yet (its
+        notification on its way) asks to come back as one written here does, rather than
+        letting a token be issued, and audited as issued, that the entry ends on arrival
+        (a sign-in with the new secret right after a rotation elsewhere). docs/decisions.md
+        287, 296."""
         revoked_at = self.revocations.revoked_at(level, target)
+        stored = tx.find_revocation(level, target) if tx is not None else None
+        if stored is not None and (revoked_at is None or stored.revoked_at > revoked_at):
+            revoked_at = stored.revoked_at
         return 0 if revoked_at is None or iat > revoked_at else revoked_at + 1 - iat
 
     def revocation_expiry(self, revoked_at: float) -> float:

@@ -447,21 +447,20 @@ class Operators(Service):
         token its revocation entry, written a second earlier, does not match.
         """
         issued = self._mint(record) if not reason and record is not None else None
-        wait = 0
-        if issued is not None and record is not None:
-            wait = self._born_revoked(record, issued.claims)
-            if wait:
-                reason, issued = f"{_JUST_CHANGED}: come back in {wait}s", None
         refused: list[TaskleaseError] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             # The nonce is spent in every case: a failed proof must not leave it reusable.
             fresh = spent is None or tx.consume_nonce(*spent)
             why = reason or ("" if fresh else "nonce already used")
-            if record is not None and (not why or wait):
+            wait = 0
+            if record is not None and not why:
                 # An operator changed since it was read is refused as such, not asked to
                 # come back (its token would be born revoked too).
-                why = _still_standing(tx, record) or why
+                why = _still_standing(tx, record)
+            if issued is not None and not why:
+                wait = self._born_revoked(tx, issued.claims)
+                why = f"{_JUST_CHANGED}: come back in {wait}s" if wait else ""
             if why or issued is None or record is None:
                 failure = _refusal(why, wait)
                 refused[:] = [failure]
@@ -514,7 +513,7 @@ class Operators(Service):
         entry = self._failure_entry(name, record, reason, ctx)
         return self._kernel.deny(_refusal(reason), entry)
 
-    def _born_revoked(self, record: OperatorRecord, claims: Claims) -> int:
+    def _born_revoked(self, tx: WriteTx, claims: Claims) -> int:
         """Seconds until a token like the one just minted would not be revoked already
         (0: it is not).
 
@@ -522,15 +521,11 @@ class Operators(Service):
         tokens issued up to and including its ``revoked_at``, which is ``clock_skew`` past
         the second of the change (``Kernel.revocation_entry``: so that it also ends what a
         replica whose clock runs ahead signed in before it). A token minted until then is
-        therefore not issued; the caller is asked to come back when it is past. The
-        record's time of change says so too where this process has not applied the entry
-        yet (another replica's), dated as the kernel dates it.
+        therefore not issued; the caller is asked to come back when it is past. The entry
+        is read through the sign-in's own write (``tx``) as well as this process's index,
+        so another replica's, not applied here yet, counts as this one's does.
         """
-        sub, iat = claims.sub, claims.iat
-        wait = self._kernel.reissue_wait("agent", sub, iat)
-        if record.updated_at > record.created_at:
-            changed = self._kernel.revocation_entry("agent", sub, at=record.updated_at)
-            wait = max(wait, changed.revoked_at + 1 - iat)
+        wait = self._kernel.reissue_wait("agent", claims.sub, claims.iat, tx)
         if not wait and self._kernel.revocations.match(claims) is not None:
             wait = 1  # ended by another entry: nothing to wait for, but nothing to issue
         return wait
