@@ -25,13 +25,14 @@ from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, Claims, mint
 from tasklease.storage.postgres import PostgresStore
 
 CTX = RequestContext(request_id="req-pg", remote="127.0.0.1", path="/v1/test")
+ADMIN_SECRET = "an admin secret long enough to pass"
 
 
 @pytest.fixture
 def pair(pg_url: str) -> Iterator[tuple[Broker, Broker, ManualClock]]:
     clock = ManualClock(1_800_000_000.0)
     keys = KeyRing.generate()
-    config = Config(admin_secret_hash=hash_secret("an admin secret long enough to pass"))
+    config = Config(admin_secret_hash=hash_secret(ADMIN_SECRET))
     made = []
     for _ in range(2):
         made.append(
@@ -122,3 +123,17 @@ def test_an_operators_tokens_revoked_on_one_replica_wait_out_the_entry_on_the_ot
     with pytest.raises(Unavailable) as caught:
         b.operator_auth(name="held", secret=secret, nonce=None, signature=None, ctx=CTX)
     _refused_once(b, caught.value, "operator_auth_failed")
+
+
+def test_the_admins_tokens_revoked_on_one_replica_wait_out_the_entry_on_the_other(
+    pair: tuple[Broker, Broker, ManualClock],
+) -> None:
+    a, b, clock = pair
+    admin = _admin(a, clock)
+    b.admin_auth(ADMIN_SECRET, CTX)
+    a.revoke(admin, level="agent", target="admin", ctx=CTX)
+    with pytest.raises(Unavailable) as caught:
+        b.admin_auth(ADMIN_SECRET, CTX)
+    _refused_once(b, caught.value, "admin_auth_failed")
+    clock.advance(caught.value.retry_after or 0)
+    assert b.admin_auth(ADMIN_SECRET, CTX).claims.sub == "admin"

@@ -582,7 +582,8 @@ class Apps(Service):
         ``spend`` records single-use credentials (an assertion's ``jti``, a DPoP proof) in
         the transaction of the audit event, and checks the token about to be issued;
         when it finds a reason to refuse it returns the error and reason, and the sign-in
-        is refused instead (audited, nothing issued).
+        is refused instead (audited, nothing issued). Without it (the built-in admin's),
+        the check is its subject's entry alone, read in the same write.
         """
         started = time.perf_counter()
         cfg = self._config
@@ -599,50 +600,46 @@ class Apps(Service):
             cnf=cnf,
         )
         entry = AuditEntry(event, request_id=ctx.request_id, detail=detail(claims))
-        if spend is None:
+
+        def born_revoked(tx: WriteTx, claims: Claims) -> tuple[TaskleaseError, str] | None:
             # The built-in admin's: its subject revoked moments ago (an ``agent``-level
-            # entry on ``admin``, dated clock_skew ahead: decision 142) would end the token
-            # at birth. Come back when it is past.
-            wait = self._kernel.reissue_wait("agent", sub, claims.iat)
-            if wait:
-                self._metrics.auth.labels(label, "failure").inc()
-                raise self._kernel.deny(
-                    Unavailable(
-                        f"the {label}'s tokens were revoked moments ago: sign in again in {wait} s",
-                        retry_after=wait,
-                    ),
-                    AuditEntry(
-                        f"{label}_auth_failed",
-                        outcome="denied",
-                        request_id=ctx.request_id,
-                        detail=f"client_id={client_id} reason=revoked_moments_ago "
-                        f"(come back in {wait}s) from {ctx.remote}",
-                    ),
-                )
-            self._kernel.record(entry)
-        else:
-            refused: list[tuple[TaskleaseError, str]] = []
+            # entry on ``admin``, dated clock_skew ahead: decision 142), here or on another
+            # replica (read through this write), would end the token at birth. Come back
+            # when it is past.
+            wait = self._kernel.reissue_wait("agent", sub, claims.iat, tx)
+            if not wait:
+                return None
+            return (
+                Unavailable(
+                    f"the {label}'s tokens were revoked moments ago: sign in again in {wait} s",
+                    retry_after=wait,
+                ),
+                f"revoked_moments_ago (come back in {wait}s) from {ctx.remote}",
+            )
 
-            def unit(tx: WriteTx) -> list[AuditEntry]:
-                refusal = spend(tx, claims)
-                if refusal is not None:
-                    refused.append(refusal)
-                    return []
-                return [entry]
+        check = born_revoked if spend is None else spend
+        refused: list[tuple[TaskleaseError, str]] = []
 
-            self._kernel.commit(unit)
-            if refused:
-                error, why = refused[0]
-                self._metrics.auth.labels(label, "failure").inc()
-                raise self._kernel.deny(
-                    error,
-                    AuditEntry(
-                        f"{label}_auth_failed",
-                        outcome="denied",
-                        request_id=ctx.request_id,
-                        detail=f"client_id={client_id} reason={why}",
-                    ),
-                )
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            refusal = check(tx, claims)
+            if refusal is not None:
+                refused.append(refusal)
+                return []
+            return [entry]
+
+        self._kernel.commit(unit)
+        if refused:
+            error, why = refused[0]
+            self._metrics.auth.labels(label, "failure").inc()
+            raise self._kernel.deny(
+                error,
+                AuditEntry(
+                    f"{label}_auth_failed",
+                    outcome="denied",
+                    request_id=ctx.request_id,
+                    detail=f"client_id={client_id} reason={why}",
+                ),
+            )
         self._metrics.auth.labels(label, "success").inc()
         self._metrics.tokens_issued.labels(label).inc()
         self._metrics.issuance_seconds.labels(label).observe(time.perf_counter() - started)
