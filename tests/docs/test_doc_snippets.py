@@ -8,8 +8,9 @@ build on each other). The blocks of one file run in order against one broker, wi
 ``TASKLEASE_URL`` and ``TASKLEASE_ADMIN_SECRET`` set and the ``tasklease`` command on the
 PATH; a shell block runs under ``bash -euo pipefail``, a Python block in a fresh
 interpreter. Blocks other tests run say so in their own marker (``run by tests/...``);
-the README's other blocks say why they are not run (``<!-- not run: ... -->``), and a
-test holds every README block to one of the two.
+the other blocks of the README and of the SDK's documents (docs/agents.md, verifier.md,
+oauth.md) say why they are not run (``<!-- not run: ... -->``), and a test holds every
+block of theirs to one of the two.
 """
 
 from __future__ import annotations
@@ -67,13 +68,29 @@ def test_the_runner_finds_the_readme_blocks() -> None:
     assert {b.lang for b in readme} == {"sh", "python"} and len(readme) >= 4
 
 
-def test_every_readme_code_block_is_run_or_says_why_not() -> None:
+# The README and the SDK's documents: every example a developer copies is run by a test,
+# or says why not.
+_HELD = ("README.md", "docs/agents.md", "docs/verifier.md", "docs/oauth.md")
+
+
+@pytest.mark.parametrize("name", _HELD)
+def test_every_code_block_is_run_or_says_why_not(name: str) -> None:
     unmarked = [
-        f"README.md:{b.line}"
-        for b in blocks(ROOT / "README.md")
+        f"{name}:{b.line}"
+        for b in blocks(ROOT / name)
         if b.lang in ("sh", "python", "bash") and not b.marker
     ]
     assert unmarked == [], "mark these blocks as run by a test, or say why they are not run"
+
+
+@pytest.mark.parametrize("name", _HELD)
+def test_every_block_a_marker_names_a_test_that_exists(name: str) -> None:
+    named = {
+        found
+        for b in blocks(ROOT / name)
+        for found in re.findall(r"run by (tests/[\w/]+\.py)", b.marker)
+    }
+    assert [path for path in sorted(named) if not (ROOT / path).is_file()] == []
 
 
 @pytest.mark.slow

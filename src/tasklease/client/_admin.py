@@ -198,7 +198,7 @@ class AdminClient(AuditCalls):
 
         ``public_key`` (an Ed25519 JWK as JSON text, or the raw key in base64) lets the
         app authenticate with client assertions it signs (``private_key_jwt``)."""
-        body: dict[str, Any] = {"name": name, "scopes": list(scopes)}
+        body: dict[str, Any] = {"name": name, "scopes": _scope_list("scopes", scopes)}
         if token_ttl is not None:
             body["token_ttl"] = token_ttl
         if public_key is not None:
@@ -206,6 +206,7 @@ class AdminClient(AuditCalls):
         return self._json("POST", "/v1/admin/apps", json=body)
 
     def list_apps(self) -> list[dict[str, Any]]:
+        """``GET /v1/admin/apps``: every registered app (no secrets)."""
         apps = self._json("GET", "/v1/admin/apps").get("apps")
         return [a for a in apps if isinstance(a, dict)] if isinstance(apps, list) else []
 
@@ -224,7 +225,7 @@ class AdminClient(AuditCalls):
         """Change an app; ``public_key`` ``""`` removes its key."""
         body: dict[str, Any] = {}
         if scopes is not None:
-            body["scopes"] = list(scopes)
+            body["scopes"] = _scope_list("scopes", scopes)
         if token_ttl is not None:
             body["token_ttl"] = token_ttl
         if public_key is not None:
@@ -258,6 +259,7 @@ class AdminClient(AuditCalls):
         resource: str | Sequence[str] | None = None,
         authorization_details: Sequence[Mapping[str, Any]] | None = None,
         agent_key: bytes | None = None,
+        principal: str | None = None,
     ) -> dict[str, Any]:
         """A launch token (``launch_token``, ``expires_at``, ``max_uses``, ``uses_left``,
         ``policy``), shown once. ``max_uses`` needs ``single_use=False``. ``resource``
@@ -265,10 +267,18 @@ class AdminClient(AuditCalls):
         registration's token is for it alone. ``authorization_details`` are structured
         grants of its ceiling (RFC 9396, docs/grants.md) besides ``allowed_scope``.
         ``agent_key`` (the agent's raw 32-byte Ed25519 public key) binds it to that agent:
-        no other key registers with it."""
+        no other key registers with it. ``principal`` (``kind:value``, e.g.
+        ``user:alice@example.com``) is the human its agents work for, carried by every
+        token of theirs (default: its creator, ``operator:<name>`` for a named operator,
+        ``admin`` for the admin secret; docs/agents.md).
+
+        Raises:
+            TypeError: ``allowed_scope`` is one string, not a list of scopes.
+            InvalidRequest: a field is malformed (a scope, ``principal``, ``resource``).
+        """
         body: dict[str, Any] = {
             "agent_name": agent_name,
-            "allowed_scope": list(allowed_scope),
+            "allowed_scope": _scope_list("allowed_scope", allowed_scope),
             "single_use": single_use,
         }
         if max_ttl is not None:
@@ -285,6 +295,8 @@ class AdminClient(AuditCalls):
             body["authorization_details"] = [dict(d) for d in authorization_details]
         if agent_key is not None:
             body["agent_key"] = base64.b64encode(agent_key).decode("ascii")
+        if principal is not None:
+            body["principal"] = principal
         return self._json("POST", "/v1/admin/launch-tokens", json=body)
 
     def revoke(self, level: str, target: str) -> dict[str, Any]:
@@ -524,6 +536,7 @@ class AdminClient(AuditCalls):
     # -- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Close the HTTP connections (``with AdminClient(...)`` does it on exit)."""
         self._client.close()
 
     def __enter__(self) -> AdminClient:
@@ -540,6 +553,14 @@ class AdminClient(AuditCalls):
     def __repr__(self) -> str:
         who = f", operator={self._operator!r}" if self._operator else ""
         return f"AdminClient({self.broker_url!r}{who})"
+
+
+def _scope_list(name: str, scopes: Sequence[str]) -> list[str]:
+    """``scopes`` as the list the broker takes; one string (a ``Sequence[str]`` too, of
+    its characters) is a mistake the type checker lets through, refused here."""
+    if isinstance(scopes, str):
+        raise TypeError(f"{name} must be a list of scope strings, not one string")
+    return list(scopes)
 
 
 def _segment(value: str) -> str:

@@ -41,6 +41,7 @@ class AgentBase:
 
     @property
     def scope(self) -> tuple[str, ...]:
+        """The scope the agent asked for at registration (or resumption)."""
         return self._credential.scope
 
     @property

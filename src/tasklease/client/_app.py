@@ -298,6 +298,8 @@ class AppClient:
         return self._run(flow())
 
     def close(self) -> None:
+        """Close the HTTP connections, which the agents of :meth:`create_agent` share:
+        close (or release) them first. ``with AppClient(...)`` closes on exit."""
         self._client.close()
 
     def __enter__(self) -> AppClient:

@@ -155,6 +155,7 @@ class AsyncDelegatedToken:
 
     @property
     def bearer_header(self) -> dict[str, str]:
+        """``{"Authorization": "Bearer <token>"}``."""
         return {"Authorization": f"Bearer {self.token}"}
 
     @property
@@ -363,10 +364,14 @@ class AsyncAgent(AgentBase):
         return None if since is None else self._credential.clock.now() - since
 
     async def renew(self) -> None:
+        """As :meth:`tasklease.client.Agent.renew`: the successor now, the predecessor
+        revoked; raises the same errors."""
         async with self._lock:
             await self._run(self._credential.renew_flow())
 
     async def release(self) -> None:
+        """As :meth:`tasklease.client.Agent.release` (idempotent; ``async with`` calls it
+        on exit)."""
         if await self._stop_heartbeats() and not self._credential.released:
             try:
                 await self.heartbeat(done=True)
@@ -499,6 +504,8 @@ class AsyncAgent(AgentBase):
         *,
         authorization_details: Sequence[Mapping[str, Any]] | None = None,
     ) -> AsyncDelegatedToken:
+        """As :meth:`tasklease.client.Agent.delegate`: part of this agent's scope (and
+        grants) for the registered agent ``delegate_to``, raising the same errors."""
         await self.ensure_fresh()
         delegation = await self._run(
             self._credential.delegate_flow(delegate_to, scope, ttl, authorization_details)
@@ -543,6 +550,7 @@ class AsyncAgent(AgentBase):
         return auth
 
     async def aclose(self) -> None:
+        """Close the HTTP connections (does not release; see :meth:`release`)."""
         await self._stop_heartbeats()
         if self._owns_client:
             await self._client.aclose()

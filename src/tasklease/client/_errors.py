@@ -121,38 +121,65 @@ class TaskleaseError(Exception):
 
 
 class InvalidRequest(TaskleaseError):
+    """The broker refused the request as malformed (``invalid_request``, 400; also
+    ``unsupported_media_type``): a field, a scope's format, the body. Nothing changed."""
+
     code = "invalid_request"
 
 
 class InvalidTTL(InvalidRequest):
+    """A requested lifetime is out of bounds (``invalid_ttl``, 400)."""
+
     code = "invalid_ttl"
 
 
 class InvalidScope(InvalidRequest):
+    """The token endpoint refused the scope asked for (``invalid_scope``, RFC 6749
+    section 5.2), or a scope an operation names is not within the caller's."""
+
     code = "invalid_scope"
 
 
 class InvalidTarget(InvalidRequest):
+    """The resource asked for is malformed or not one the token may be for
+    (``invalid_target``, RFC 8707)."""
+
     code = "invalid_target"
 
 
 class UnsupportedGrantType(InvalidRequest):
+    """The token endpoint does not offer that ``grant_type``
+    (``unsupported_grant_type``)."""
+
     code = "unsupported_grant_type"
 
 
 class InvalidDPoPProof(InvalidRequest):
+    """A DPoP proof was refused (``invalid_dpop_proof``, RFC 9449): missing,
+    malformed, replayed, or signed by another key than the token's."""
+
     code = "invalid_dpop_proof"
 
 
 class UseDPoPNonce(InvalidRequest):
+    """The broker asks for its DPoP nonce in the proof (``use_dpop_nonce``, RFC 9449
+    section 8); the SDK sends the request once more with it, and raises this only when
+    that is refused too."""
+
     code = "use_dpop_nonce"
 
 
 class PayloadTooLarge(InvalidRequest):
+    """The request body is over the broker's limit (``payload_too_large``, 413)."""
+
     code = "payload_too_large"
 
 
 class Unauthorized(TaskleaseError):
+    """The credential presented was refused (``unauthorized``, 401): unknown,
+    expired, revoked, released or consumed (a launch token), or a proof that failed.
+    ``denial_id`` names the audit event with the precise reason."""
+
     code = "unauthorized"
 
 
@@ -170,14 +197,24 @@ class InvalidClient(Unauthorized):
 
 
 class Forbidden(TaskleaseError):
+    """Authenticated, but not allowed (``forbidden``, 403): an app or operator role
+    without the right, an agent revoked or released, a resumption switched off."""
+
     code = "forbidden"
 
 
 class InsufficientScope(Forbidden):
+    """The caller's token lacks the scope the operation needs
+    (``insufficient_scope``, 403)."""
+
     code = "insufficient_scope"
 
 
 class ScopeViolation(Forbidden):
+    """A scope (or grant) asked for is wider than allowed (``scope_violation``,
+    403): beyond the launch token's ceiling at registration, the delegator's at
+    delegation, or the chain at its maximum depth."""
+
     code = "scope_violation"
 
 
@@ -191,22 +228,36 @@ class RenewalLimitReached(Forbidden):
 
 
 class RenewalCountExceeded(RenewalLimitReached):
+    """The registration has used up its renewals (``max_renewals``;
+    ``renewal_count_exceeded``)."""
+
     code = "renewal_count_exceeded"
 
 
 class RenewalCeilingExceeded(RenewalLimitReached):
+    """The registration is older than ``renewal_ceiling``
+    (``renewal_ceiling_exceeded``)."""
+
     code = "renewal_ceiling_exceeded"
 
 
 class NotFound(TaskleaseError):
+    """What the request names does not exist, or is not the caller's to see
+    (``not_found``, 404): an agent to delegate to, an app, a task."""
+
     code = "not_found"
 
 
 class MethodNotAllowed(TaskleaseError):
+    """The route does not take this HTTP method (``method_not_allowed``, 405)."""
+
     code = "method_not_allowed"
 
 
 class Conflict(TaskleaseError):
+    """The request conflicts with the broker's state (``conflict``, 409): a name
+    taken, an app deregistered."""
+
     code = "conflict"
 
 
@@ -221,10 +272,15 @@ class RateLimited(TaskleaseError):
 
 
 class Unavailable(TaskleaseError):
+    """The broker could not make the operation durable, or is not current yet
+    (``service_unavailable``, 503): it changed nothing. Retried first (:class:`Retry`)."""
+
     code = "service_unavailable"
 
 
 class InternalError(TaskleaseError):
+    """The broker failed (``internal_error``, or any other 5xx answer)."""
+
     code = "internal_error"
 
 

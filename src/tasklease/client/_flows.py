@@ -75,7 +75,9 @@ _jitter = random.Random()  # noqa: S311 - jitter, not a secret
 class Clock(Protocol):
     """Where the SDK reads the time: seconds since the epoch (``tasklease`` clocks fit)."""
 
-    def now(self) -> float: ...
+    def now(self) -> float:
+        """The current time, in seconds since the epoch."""
+        ...
 
 
 class SystemClock:

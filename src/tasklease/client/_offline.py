@@ -197,6 +197,7 @@ class OfflineCredential:
 
     @property
     def expired(self) -> bool:
+        """Whether the chain's last block is past its ``exp`` (it then verifies nowhere)."""
         return self._clock() >= self.exp
 
     def __repr__(self) -> str:

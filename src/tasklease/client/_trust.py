@@ -104,6 +104,10 @@ class Handshake:
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatStatus:
+    """The broker's answer to a heartbeat: ``status`` (``alive``, or ``released`` after
+    ``done``), the ``interval`` it expects the next within, and the ``deadline`` (seconds
+    since the epoch) past which the agent is swept as silent."""
+
     status: str
     interval: float
     deadline: float

@@ -131,6 +131,7 @@ class DelegationRecord:
     signature: str
 
     def as_json(self) -> dict[str, Any]:
+        """The record as the ``delegation_chain`` claim carries it."""
         return {
             "agent": self.agent,
             "scope": list(self.scope),

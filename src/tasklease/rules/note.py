@@ -263,6 +263,8 @@ class Checkpoint:
 
     @property
     def text(self) -> str:
+        """The checkpoint's signed body: origin, size, root (base64) and extensions, one a
+        line."""
         root = base64.b64encode(self.root).decode("ascii")
         return "".join(
             f"{line}\n" for line in (self.origin, str(self.size), root, *self.extensions)

@@ -44,7 +44,10 @@ class TokenIntrospector(Protocol):
     the token's ``exp`` (and drops them on a matching revocation from the feed).
     """
 
-    def introspect(self, token: str) -> Mapping[str, Any] | None: ...
+    def introspect(self, token: str) -> Mapping[str, Any] | None:
+        """The RFC 7662 answer for ``token``, or None (inactive); raises
+        :class:`~tasklease.verify.VerifierUnavailable` when it cannot tell."""
+        ...
 
 
 class BrokerIntrospector:
@@ -73,6 +76,8 @@ class BrokerIntrospector:
         self.calls = 0
 
     def introspect(self, token: str) -> Mapping[str, Any] | None:
+        """Ask the broker (``POST /v1/introspect``); a 401 drops the cached credential
+        token and asks once more. Raises VerifierUnavailable when it cannot tell."""
         for attempt in range(2):
             self.calls += 1
             try:

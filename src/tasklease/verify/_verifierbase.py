@@ -218,6 +218,7 @@ class VerifierBase:
 
     @property
     def started(self) -> bool:
+        """Whether :meth:`start` (or :meth:`astart`) has been called."""
         return self._started
 
     def start(self, *, wait: float | None = None) -> bool:
@@ -251,6 +252,7 @@ class VerifierBase:
         self._client.close()
 
     async def aclose(self) -> None:
+        """:meth:`close` without blocking the event loop."""
         await asyncio.to_thread(self.close)
 
     def __enter__(self) -> Self:
@@ -259,6 +261,15 @@ class VerifierBase:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> Self:
+        """``async with Verifier(...) as verifier``: :meth:`astart`, without blocking the
+        event loop; :meth:`aclose` on exit."""
+        await self.astart()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
 
     @property
     def ready(self) -> bool:

@@ -47,6 +47,9 @@ class TaskleaseTokenVerifier:
         self.verifier = verifier
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        """The ``AccessToken`` for a bearer ``token`` this server accepts, or None (the
+        SDK answers 401): refused, for another resource, or the feed stale. Starts the
+        verifier on first use."""
         if not self.verifier.started:
             await self.verifier.astart()
         try:

@@ -1,0 +1,118 @@
+"""What docs/agents.md section 8 promises a program: threads and tasks sharing one agent
+renew it once, ``AdminClient`` takes what the launch-token endpoint takes and refuses a
+scope list given as one string, and ``Verifier`` works as an async context manager."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tasklease.client import AdminClient, Agent, AsyncAgent
+from tasklease.client.testing import BrokerForTests
+from tasklease.core.clock import ManualClock
+from tasklease.verify import AppCredentials, Verifier
+
+SCOPE = ["read:data:*"]
+
+
+def renewals(broker: BrokerForTests, token: str) -> int:
+    answer = broker.admin().validate_token(token)
+    assert answer["valid"] is True
+    count: int = answer["claims"]["rnc"]
+    return count
+
+
+def test_threads_sharing_a_due_agent_renew_it_once(broker: BrokerForTests, echo_url: str) -> None:
+    clock = ManualClock(time.time())
+    launch = broker.launch_token(SCOPE)
+    with Agent.register(broker.url, launch, "orch", "threads", SCOPE, clock=clock) as agent:
+        clock.advance(300 - 29)  # inside the renewal margin: the next request renews
+        start = threading.Barrier(8)
+        seen: list[str] = []
+        failures: list[BaseException] = []
+
+        def call() -> None:
+            start.wait()
+            try:
+                with httpx.Client(auth=agent.auth) as http:
+                    seen.append(http.get(echo_url).json()["jti"])
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert failures == []
+        assert len(seen) == 8 and len(set(seen)) == 1  # every request carried the successor
+        assert renewals(broker, agent.token) == 1
+
+
+def test_tasks_sharing_a_due_async_agent_renew_it_once(
+    broker: BrokerForTests, echo_url: str
+) -> None:
+    async def main() -> tuple[list[str], int]:
+        clock = ManualClock(time.time())
+        launch = broker.launch_token(SCOPE)
+        agent = await AsyncAgent.register(broker.url, launch, "orch", "tasks", SCOPE, clock=clock)
+        async with agent:
+            clock.advance(300 - 29)
+            async with httpx.AsyncClient(auth=agent.auth) as http:
+                answers = await asyncio.gather(*(http.get(echo_url) for _ in range(8)))
+            return [a.json()["jti"] for a in answers], renewals(broker, agent.token)
+
+    seen, renewed = asyncio.run(main())
+    assert len(seen) == 8 and len(set(seen)) == 1
+    assert renewed == 1
+
+
+def test_admin_launch_tokens_name_the_principal(broker: BrokerForTests) -> None:
+    made = broker.admin().create_launch_token("support", SCOPE, principal="user:alice@example.com")
+    with Agent.register(broker.url, made["launch_token"], "orch", "principal", SCOPE) as agent:
+        claims = broker.admin().validate_token(agent.token)["claims"]
+        assert claims["principal"] == "user:alice@example.com"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda admin: admin.create_launch_token("support", "read:data:1"),
+        lambda admin: admin.register_app("one-string", "read:data:*"),
+        lambda admin: admin.update_app("app-x", scopes="read:data:*"),
+    ],
+    ids=["create_launch_token", "register_app", "update_app"],
+)
+def test_admin_refuses_a_scope_list_given_as_one_string(
+    broker: BrokerForTests, call: Callable[[AdminClient], object]
+) -> None:
+    sent: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(500)
+
+    admin = AdminClient(broker.url, broker.admin_secret, transport=httpx.MockTransport(record))
+    with admin, pytest.raises(TypeError, match="not one string"):
+        call(admin)
+    assert sent == []  # refused before signing in or sending anything
+
+
+def test_verifier_is_an_async_context_manager(broker: BrokerForTests) -> None:
+    app = broker.admin().register_app(f"async-ctx-{time.monotonic_ns()}", SCOPE)
+    credentials = AppCredentials(app["client_id"], app["client_secret"])
+
+    async def main(token: str) -> tuple[bool, str]:
+        async with Verifier(broker.url, audience="tasklease", credentials=credentials) as v:
+            ready = v.ready
+            verified = await v.averify(token)
+        return ready, verified.sub
+
+    with broker.agent(SCOPE, task_id="async-verifier") as agent:
+        ready, sub = asyncio.run(main(agent.token))
+    assert ready and sub == agent.agent_id
