@@ -1,6 +1,7 @@
 """What docs/agents.md section 8 promises a program: threads and tasks sharing one agent
 renew it once, ``AdminClient`` takes what the launch-token endpoint takes and refuses a
-scope list given as one string, and ``Verifier`` works as an async context manager."""
+scope list given as one string, ``Verifier`` works as an async context manager, and an
+error's ``repr`` names the denial and request it came with."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tasklease.client import AdminClient, Agent, AsyncAgent
+from tasklease.client import AdminClient, Agent, AsyncAgent, Unauthorized
 from tasklease.client.testing import BrokerForTests
 from tasklease.core.clock import ManualClock
 from tasklease.verify import AppCredentials, Verifier
@@ -116,3 +117,15 @@ def test_verifier_is_an_async_context_manager(broker: BrokerForTests) -> None:
     with broker.agent(SCOPE, task_id="async-verifier") as agent:
         ready, sub = asyncio.run(main(agent.token))
     assert ready and sub == agent.agent_id
+
+
+def test_an_errors_repr_names_its_denial_and_request(broker: BrokerForTests) -> None:
+    launch = broker.launch_token(SCOPE)
+    Agent.register(broker.url, launch, "orch", "spent", SCOPE).close()
+    with pytest.raises(Unauthorized) as refused:
+        Agent.register(broker.url, launch, "orch", "spent", SCOPE)
+    error = refused.value
+    assert error.denial_id is not None and error.denial_id.startswith("den_")
+    assert f"denial_id={error.denial_id!r}" in repr(error)
+    assert f"request_id={error.request_id!r}" in repr(error)
+    assert str(error) == error.detail  # the message stays the problem's detail

@@ -116,8 +116,15 @@ class TaskleaseError(Exception):
         super().__init__(self.detail)
 
     def __repr__(self) -> str:
+        """The class, ``code``, ``status`` and ``detail``, and the ``denial_id`` and
+        ``request_id`` that lead to the broker's audit event and log lines, when given."""
         name = type(self).__name__
-        return f"{name}(code={self.code!r}, status={self.status}, detail={self.detail!r})"
+        ids = "".join(
+            f", {label}={value!r}"
+            for label, value in (("denial_id", self.denial_id), ("request_id", self.request_id))
+            if value is not None
+        )
+        return f"{name}(code={self.code!r}, status={self.status}, detail={self.detail!r}{ids})"
 
 
 class InvalidRequest(TaskleaseError):
