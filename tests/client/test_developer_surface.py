@@ -13,7 +13,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tasklease.client import AdminClient, Agent, AsyncAgent, Unauthorized
+from tasklease.client import AdminClient, Agent, AsyncAgent, CredentialExpired, Unauthorized
 from tasklease.client.testing import BrokerForTests
 from tasklease.core.clock import ManualClock
 from tasklease.verify import AppCredentials, Verifier
@@ -129,3 +129,51 @@ def test_an_errors_repr_names_its_denial_and_request(broker: BrokerForTests) -> 
     assert f"denial_id={error.denial_id!r}" in repr(error)
     assert f"request_id={error.request_id!r}" in repr(error)
     assert str(error) == error.detail  # the message stays the problem's detail
+
+
+class _Counting(httpx.HTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return super().handle_request(request)
+
+
+def test_an_agent_idle_past_its_exp_is_expired_and_sends_no_dead_token(
+    broker: BrokerForTests, echo_url: str
+) -> None:
+    clock = ManualClock(time.time())
+    transport = _Counting()
+    launch = broker.launch_token(SCOPE)
+    agent = Agent.register(
+        broker.url, launch, "orch", "idle", SCOPE, clock=clock, transport=transport
+    )
+    try:
+        clock.advance(agent.expires_at - clock.now() + 1)  # idle one second past exp
+        transport.paths.clear()
+        with httpx.Client() as http, pytest.raises(CredentialExpired) as expired:
+            http.get(echo_url, auth=agent.auth)
+        assert "resume" in str(expired.value) and "ensure_fresh" in str(expired.value)
+        assert isinstance(expired.value, Unauthorized)
+        with pytest.raises(CredentialExpired):
+            agent.delegate(agent.agent_id, SCOPE)
+        assert transport.paths == []  # no renewal of a dead token was sent
+    finally:
+        agent.close()
+
+
+def test_ensure_fresh_from_a_thread_keeps_an_idle_agent_alive(broker: BrokerForTests) -> None:
+    """The recipe of docs/agents.md section 8: a thread that calls ``ensure_fresh``."""
+    clock = ManualClock(time.time())
+    launch = broker.launch_token(SCOPE)
+    with Agent.register(broker.url, launch, "orch", "kept", SCOPE, clock=clock) as agent:
+        first = agent.token
+        for _ in range(3):  # three token lifetimes, renewed each time within its margin
+            clock.advance(300 - 20)
+            keeper = threading.Thread(target=agent.ensure_fresh)
+            keeper.start()
+            keeper.join(timeout=30)
+        assert agent.token != first
+        assert renewals(broker, agent.token) == 3

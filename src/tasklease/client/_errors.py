@@ -16,7 +16,8 @@ answer at all) raise :class:`TransportError`.
     │   └── PayloadTooLarge        payload_too_large
     ├── Unauthorized               unauthorized
     │   ├── InvalidClient          unauthorized with OAuth error invalid_client
-    │   └── CredentialExpired      the token reached its exp while the broker was away
+    │   └── CredentialExpired      the token reached its exp unrenewed (broker away, or
+    │                              the agent unused for longer than its token lives)
     ├── Forbidden                  forbidden
     │   ├── InsufficientScope      insufficient_scope
     │   ├── ScopeViolation         scope_violation
@@ -191,8 +192,10 @@ class Unauthorized(TaskleaseError):
 
 
 class CredentialExpired(Unauthorized):
-    """The agent's token reached its ``exp`` while the broker could not be reached to
-    renew it (raised by the SDK itself: a token is dead at its ``exp``)."""
+    """The agent's token reached its ``exp`` before it was renewed: while the broker could
+    not be reached, or while the agent went unused (renewal comes with use: ``auth``,
+    ``ensure_fresh``). Raised by the SDK itself, with nothing sent: a token is dead at
+    its ``exp``. Resume with the registered key (``Agent.resume``) or register again."""
 
     code = "credential_expired"
 

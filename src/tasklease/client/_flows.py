@@ -404,7 +404,14 @@ class Credential:
             raise self._expired(now)
 
     def _expired(self, now: float) -> CredentialExpired:
-        since = now if self.unreachable_since is None else self.unreachable_since
+        if self.unreachable_since is None:
+            return CredentialExpired(
+                f"the agent's token expired {now - self.expires_at:.1f} s ago and nothing "
+                "renewed it before (an agent is renewed when it is used: call ensure_fresh() "
+                "while it idles); resume it with its registered key (Agent.resume) or "
+                "register again"
+            )
+        since = self.unreachable_since
         return CredentialExpired(
             f"the agent's token expired {now - self.expires_at:.1f} s ago while the "
             f"broker could not be reached to renew it (unreachable for "
@@ -440,9 +447,18 @@ class Credential:
 
     def refresh_flow(self, ahead: float = 0.0) -> Flow[None]:
         """Before a request: renew if the token is about to expire (see the class doc),
-        or would within ``ahead`` seconds more."""
+        or would within ``ahead`` seconds more.
+
+        A token already past its ``exp`` is dead, and the broker renews no dead token: it
+        is not sent to be renewed, :class:`CredentialExpired` is raised instead (nothing
+        renewed it in time: the agent was idle longer than its token lives). Unless the
+        last renewal went unanswered: that one may have been made, and the renewal sent
+        now recovers from it by resuming (``renew_flow``)."""
         self.check_usable()
         if self.renewal_due(ahead):
+            now = self.clock.now()
+            if now >= self.expires_at and not self._renewal_unanswered:
+                raise self._expired(now)
             yield from self.renew_flow()
 
     def renew_flow(self) -> Flow[None]:

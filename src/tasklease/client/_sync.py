@@ -325,8 +325,13 @@ class Agent(AgentBase):
         its ``exp`` and renewal is tried again after a short backoff (at most 2 s): the
         first request after the broker is back renews.
 
+        Renewal happens only here (and so with each use of the agent): an agent left
+        unused longer than its token lives is dead at its ``exp``. Call this every few
+        seconds from a thread to keep an idle agent alive; it renews only when due.
+
         Raises: as :meth:`renew`, when a renewal was due; CredentialExpired when the token
-            is past its ``exp`` and the broker still cannot be reached.
+            is past its ``exp`` (the broker still cannot be reached, or nothing renewed it
+            in time), with nothing sent.
         """
         credential = self._credential
         with self._lock:
