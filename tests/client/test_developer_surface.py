@@ -177,3 +177,28 @@ def test_ensure_fresh_from_a_thread_keeps_an_idle_agent_alive(broker: BrokerForT
             keeper.join(timeout=30)
         assert agent.token != first
         assert renewals(broker, agent.token) == 3
+
+
+def test_threads_sharing_an_admin_client_sign_in_once(broker: BrokerForTests) -> None:
+    """Each sign-in is audited and counted against the per-address sign-in limit (a burst
+    of 10 by default): a pool of threads on one client must not spend it."""
+    transport = _Counting()
+    with AdminClient(broker.url, broker.admin_secret, transport=transport) as admin:
+        start = threading.Barrier(12)
+        failures: list[BaseException] = []
+
+        def call() -> None:
+            start.wait()
+            try:
+                admin.list_apps()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=call) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert failures == []
+    assert transport.paths.count("/v1/admin/auth") == 1
+    assert transport.paths.count("/v1/admin/apps") == 12

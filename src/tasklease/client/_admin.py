@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -40,6 +41,8 @@ class AdminClient(AuditCalls):
     the broker's ``error_code`` (for example ``Unauthorized`` for a wrong secret,
     ``InsufficientScope``, ``NotFound``), or :class:`~tasklease.client.TransportError`
     when the broker cannot be reached.
+
+    Thread-safe: threads sharing one client sign in once and share its token.
     """
 
     def __init__(
@@ -91,6 +94,9 @@ class AdminClient(AuditCalls):
         )
         self._token: str | None = access_token
         self._token_deadline = time.monotonic() + token_expires_in if access_token else 0.0
+        # One sign-in at a time: threads sharing the client share its token, rather than
+        # each signing in (an audited event, counted against the sign-in rate limit).
+        self._token_lock = threading.Lock()
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -132,7 +138,14 @@ class AdminClient(AuditCalls):
         signed = self._operator_key.sign(operator_sign_in_input(name, nonce)).signature
         return {"name": name, "nonce": nonce, "signature": base64.b64encode(signed).decode()}
 
-    def _admin_token(self, *, force: bool = False) -> str:
+    def _admin_token(self, *, refused: str | None = None) -> str:
+        """The operator token, signed in for when there is none, it is about to expire, or
+        it is ``refused`` (a 401 answered it; another thread may have replaced it since)."""
+        with self._token_lock:
+            force = refused is not None and self._token == refused
+            return self._current_token(force)
+
+    def _current_token(self, force: bool) -> str:
         if self._token is None or force or time.monotonic() >= self._token_deadline:
             answer = self._sign_in()
             token = answer.get("access_token")
@@ -144,10 +157,11 @@ class AdminClient(AuditCalls):
         return self._token
 
     def _authed(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self._admin_token()}"}
+        token = self._admin_token()
+        headers = {"Authorization": f"Bearer {token}"}
         response = self._send(method, path, headers=headers, **kwargs)
         if response.status_code == 401:  # expired or revoked admin token: once more, fresh
-            headers = {"Authorization": f"Bearer {self._admin_token(force=True)}"}
+            headers = {"Authorization": f"Bearer {self._admin_token(refused=token)}"}
             response = self._send(method, path, headers=headers, **kwargs)
         return response
 
