@@ -137,7 +137,11 @@ class Agent(AgentBase):
         ``GET /v1/challenge``, signs its hex-decoded bytes and redeems ``launch_token``
         at ``POST /v1/register`` for ``scope``. ``renew_margin`` is how many seconds
         before expiry :attr:`auth` renews; ``clock`` (an object with ``now()``) is the
-        time source for that decision.
+        time source for that decision. ``timeout`` (seconds) bounds each phase of every
+        request the agent sends (connecting, each read and write, a pooled connection);
+        an answer 429 or 503, or a connection never made, is tried again 3 times with
+        backoff (:class:`~tasklease.client.Retry`), and nothing else is (docs/agents.md
+        section 8).
 
         Holder binding, where the broker offers it: ``dpop=True`` (or an Ed25519
         ``SigningKey`` to use) binds the token to a DPoP key (RFC 9449): every later
