@@ -7,7 +7,8 @@ prints) and held to the documentation, both ways:
   command the documentation names exists;
 * every option a command takes is named in one of its spans, or in the section that
   documents the options several commands share (:data:`SHARED`);
-* every option a command's span names is one the command takes;
+* every option a command's span names is one the command takes, and the placeholder a
+  span shows for its value is the metavar ``--help`` shows (``--ttl SECONDS``);
 * the exit codes are the ones the CLI uses.
 """
 
@@ -144,6 +145,44 @@ def test_every_documented_command_and_option_exists() -> None:
         for option in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", span):
             if option not in COMMANDS[command] | GLOBAL:
                 wrong.append(f"`{command}` takes no {option}")
+    assert wrong == []
+
+
+def _metavars() -> dict[str, dict[str, str]]:
+    """Every command's options that take a value, with the metavar ``--help`` shows."""
+    found: dict[str, dict[str, str]] = {}
+
+    def walk(command: Any, path: list[str]) -> None:
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                walk(sub, [*path, name])
+            return
+        found[" ".join(path)] = {
+            opt: param.metavar
+            for param in command.params
+            if param.param_type_name == "option" and param.metavar
+            for opt in param.opts
+        }
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_documented_placeholder_is_the_metavar_help_shows() -> None:
+    metavars = _metavars()
+    wrong = []
+    for span in set(_spans()) - NOT_COMMANDS:
+        named = [c for c in COMMANDS if span == c or span.startswith(f"{c} ")]
+        if not named:
+            continue
+        command = max(named, key=len)
+        for option, shown in re.findall(
+            r"(?<![\w-])(--[a-z][a-z0-9-]*)[ =]([A-Z][A-Z0-9_]*(?:[=:][A-Z][A-Z0-9_]*)?)\b",
+            span,
+        ):
+            metavar = metavars[command].get(option)
+            if metavar is not None and metavar != shown:
+                wrong.append(f"`{command} {option} {shown}`: --help says {metavar}")
     assert wrong == []
 
 

@@ -33,9 +33,9 @@ from tasklease.cli._common import (
 __all__ = ["attestor_app", "register"]
 
 attestor_app = typer.Typer(
-    help="Workload attestation: the attestors (k8s_sat, jwt_svid, oidc) that let agents "
-    "register with platform evidence instead of a launch token, and their policies.\n\n"
-    + EXIT_CODES_HELP,
+    help="Workload attestors: agents register with platform evidence, not a launch token.\n\n"
+    "An attestor (k8s_sat, jwt_svid or oidc) says whose evidence the broker trusts, and its "
+    "policy what the attested facts earn.\n\n" + EXIT_CODES_HELP,
     no_args_is_help=True,
 )
 
@@ -80,34 +80,51 @@ def _line(label: str, value: object) -> None:
 def attestor_add(
     name: Annotated[str, typer.Argument(help="The attestor's name (a-z 0-9 - _).")],
     kind: Annotated[
-        str, typer.Option("--type", help="k8s_sat, jwt_svid or oidc.", show_default=False)
+        str,
+        typer.Option(
+            "--type", metavar="TYPE", help="k8s_sat, jwt_svid or oidc.", show_default=False
+        ),
     ],
     settings_file: Annotated[
         Path,
-        typer.Option("--settings", help="A JSON object: the type's settings (issuer, keys...)."),
+        typer.Option(
+            "--settings",
+            metavar="FILE",
+            help="A JSON object: the type's settings (issuer, keys...).",
+        ),
     ],
     policy_file: Annotated[
         Path,
-        typer.Option("--policy", help="A JSON array of rules: {match, scope, ttl, lifetime}."),
+        typer.Option(
+            "--policy", metavar="FILE", help="A JSON array of rules: {match, scope, ttl, lifetime}."
+        ),
     ],
     jwks_file: Annotated[
         Path | None,
         typer.Option(
             "--jwks-file",
+            metavar="FILE",
             help="A JWK Set file (e.g. `kubectl get --raw /openid/v1/jwks`): pins the keys "
             "(the settings' `jwks`), nothing is fetched.",
         ),
     ] = None,
     bundle_file: Annotated[
         Path | None,
-        typer.Option("--bundle-file", help="jwt_svid: a SPIFFE bundle file (`bundle`)."),
+        typer.Option(
+            "--bundle-file", metavar="FILE", help="jwt_svid: a SPIFFE bundle file (`bundle`)."
+        ),
     ] = None,
     ca_file: Annotated[
         Path | None,
-        typer.Option("--ca-file", help="PEM CA certificates for the issuer's HTTPS (`ca_pem`)."),
+        typer.Option(
+            "--ca-file",
+            metavar="FILE",
+            help="PEM CA certificates for the issuer's HTTPS (`ca_pem`).",
+        ),
     ] = None,
     app_id: Annotated[
-        str | None, typer.Option("--app", help="The app whose agents it registers.")
+        str | None,
+        typer.Option("--app", metavar="APP_ID", help="The app whose agents it registers."),
     ] = None,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
@@ -172,7 +189,11 @@ def attestor_test(
     name: Annotated[str, typer.Argument(help="The attestor to verify with.")],
     evidence_file: Annotated[
         Path,
-        typer.Option("--evidence", help="A file holding sample evidence (a token); '-': stdin."),
+        typer.Option(
+            "--evidence",
+            metavar="FILE",
+            help="A file holding sample evidence (a token); '-': stdin.",
+        ),
     ],
     as_json: JsonOpt = False,
     url: UrlOpt = None,
@@ -205,7 +226,7 @@ def attestor_test(
 
 @attestor_app.command("remove")
 def attestor_remove(
-    name: str,
+    name: Annotated[str, typer.Argument(help="The attestor to remove.")],
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,

@@ -37,16 +37,25 @@ if TYPE_CHECKING:
 
 __all__ = ["register", "verify_over_http"]
 
-AgentIdOpt = Annotated[str | None, typer.Option(help="Only events about this agent SPIFFE ID.")]
-TaskIdOpt = Annotated[str | None, typer.Option(help="Only events of this task id.")]
-EventTypeOpt = Annotated[str | None, typer.Option(help="Only events of this type.")]
-OutcomeOpt = Annotated[str | None, typer.Option(help="success or denied.")]
+AgentIdOpt = Annotated[
+    str | None, typer.Option(metavar="SPIFFE_ID", help="Only events about this agent SPIFFE ID.")
+]
+TaskIdOpt = Annotated[
+    str | None, typer.Option(metavar="TASK_ID", help="Only events of this task id.")
+]
+EventTypeOpt = Annotated[str | None, typer.Option(metavar="TYPE", help="Only events of this type.")]
+OutcomeOpt = Annotated[str | None, typer.Option(metavar="OUTCOME", help="success or denied.")]
 PrincipalOpt = Annotated[
     str | None,
-    typer.Option(help="Only events done for this human principal (kind:value, e.g. user:ada)."),
+    typer.Option(
+        metavar="KIND:VALUE",
+        help="Only events done for this human principal (kind:value, e.g. user:ada).",
+    ),
 ]
-SinceOpt = Annotated[str | None, typer.Option(help="RFC 3339 time, e.g. 2025-01-01T00:00:00Z.")]
-UntilOpt = Annotated[str | None, typer.Option(help="RFC 3339 time, inclusive.")]
+SinceOpt = Annotated[
+    str | None, typer.Option(metavar="TIME", help="RFC 3339 time, e.g. 2025-01-01T00:00:00Z.")
+]
+UntilOpt = Annotated[str | None, typer.Option(metavar="TIME", help="RFC 3339 time, inclusive.")]
 
 
 def _filters(**values: str | None) -> dict[str, Any]:
@@ -61,8 +70,8 @@ def audit_events(
     since: SinceOpt = None,
     until: UntilOpt = None,
     principal: PrincipalOpt = None,
-    limit: Annotated[int, typer.Option(help="Events per page (at most 1000).")] = 50,
-    offset: Annotated[int, typer.Option(help="Events to skip.")] = 0,
+    limit: Annotated[int, typer.Option(metavar="N", help="Events per page (at most 1000).")] = 50,
+    offset: Annotated[int, typer.Option(metavar="N", help="Events to skip.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one event each.")] = False,
     output: OutputOpt = None,
     url: UrlOpt = None,
@@ -123,7 +132,9 @@ def audit_export(
     principal: PrincipalOpt = None,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Write to this new file (0600), not stdout."),
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="Write to this new file (0600), not stdout."
+        ),
     ] = None,
     force: ForceOpt = False,
     url: UrlOpt = None,

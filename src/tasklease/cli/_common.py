@@ -46,7 +46,9 @@ __all__ = [
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
     "AdminSecretOpt",
+    "ConfigOpt",
     "Connection",
+    "DataDirOpt",
     "ForceOpt",
     "JsonOpt",
     "ProfileOpt",
@@ -92,6 +94,7 @@ UrlOpt = Annotated[
     str | None,
     typer.Option(
         "--url",
+        metavar="URL",
         envvar="TASKLEASE_URL",
         help="Broker URL, e.g. http://127.0.0.1:8080 (or TASKLEASE_URL, or the profile).",
         show_envvar=False,
@@ -101,6 +104,7 @@ AdminSecretOpt = Annotated[
     str | None,
     typer.Option(
         "--admin-secret",
+        metavar="SECRET",
         envvar="TASKLEASE_ADMIN_SECRET",
         help="Admin secret (prefer TASKLEASE_ADMIN_SECRET or the profile: flags show in ps).",
         show_envvar=False,
@@ -110,11 +114,30 @@ ProfileOpt = Annotated[
     str | None,
     typer.Option(
         "--profile",
+        metavar="FILE",
         envvar="TASKLEASE_PROFILE",
         help="Profile TOML with `url`, and `admin_secret` or `operator` with "
         "`operator_secret` or `operator_key_file` "
         "(default ~/.config/tasklease/profile.toml; must be mode 0600).",
         show_envvar=False,
+    ),
+]
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="TOML config file (default: <data-dir>/config.toml).",
+    ),
+]
+DataDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data-dir",
+        metavar="DIR",
+        help="Directory for the database and keys.",
+        envvar="TASKLEASE_DATA_DIR",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

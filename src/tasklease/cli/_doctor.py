@@ -28,7 +28,15 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import typer
 from rich.markup import escape
 
-from tasklease.cli._common import EXIT_OK, EXIT_USAGE, fail, out, print_json
+from tasklease.cli._common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigOpt,
+    DataDirOpt,
+    fail,
+    out,
+    print_json,
+)
 from tasklease.localfiles import open_regular
 from tasklease.rules.cleartext import is_loopback_host
 
@@ -717,16 +725,8 @@ def _config_path(config: str | None, data_dir: str | None, env: Mapping[str, str
 
 
 def doctor(
-    config: Annotated[
-        str | None,
-        typer.Option("--config", "-c", help="TOML config file (default: <data-dir>/config.toml)."),
-    ] = None,
-    data_dir: Annotated[
-        str | None,
-        typer.Option(
-            "--data-dir", help="Directory for the database and keys.", envvar="TASKLEASE_DATA_DIR"
-        ),
-    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Check a data directory and its configuration for risky settings.

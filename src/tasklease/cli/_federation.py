@@ -30,11 +30,15 @@ from tasklease.cli._output import OutputOpt, emit, field
 __all__ = ["federation_app", "register"]
 
 federation_app = typer.Typer(
-    help="Federation between brokers: the trust domains whose SPIFFE bundles this broker "
-    "trusts, where the bundles come from, and the policy for their credentials. This "
+    help="Federation: the other brokers' trust domains this broker trusts.\n\n"
+    "For each: where its SPIFFE bundle comes from, and the policy for its credentials. This "
     "broker's own bundle is at /v1/federation/bundle.\n\n" + EXIT_CODES_HELP,
     no_args_is_help=True,
 )
+
+DomainArg = Annotated[
+    str, typer.Argument(metavar="DOMAIN", help="The other broker's trust domain.")
+]
 
 # What a file given on the command line may be: a bundle or CA certificates, not more.
 _MAX_FILE = 65536
@@ -93,11 +97,12 @@ def _show(answer: dict[str, Any]) -> None:
 
 @federation_app.command("add")
 def federation_add(
-    trust_domain: Annotated[str, typer.Argument(help="The other broker's trust domain.")],
+    trust_domain: DomainArg,
     bundle_endpoint: Annotated[
         str | None,
         typer.Option(
             "--bundle-endpoint",
+            metavar="URL",
             help="Its bundle endpoint, an https URL (e.g. https://b.example/v1/federation/"
             "bundle); fetched now, then on the bundle's refresh hint.",
         ),
@@ -106,6 +111,7 @@ def federation_add(
         Path | None,
         typer.Option(
             "--bundle-file",
+            metavar="FILE",
             help="A static SPIFFE bundle (JSON) instead of an endpoint: read now; run "
             "`federation add` again with the new file to replace it.",
         ),
@@ -114,6 +120,7 @@ def federation_add(
         Path | None,
         typer.Option(
             "--ca-file",
+            metavar="FILE",
             help="PEM CA certificates the endpoint's certificate must chain to (default: "
             "the system's trust store).",
         ),
@@ -122,6 +129,7 @@ def federation_add(
         int | None,
         typer.Option(
             "--max-age",
+            metavar="SECONDS",
             help="Seconds a fetched bundle stays trusted without a successful refresh "
             "(default 3600); beyond, the domain's credentials are refused.",
         ),
@@ -130,24 +138,30 @@ def federation_add(
         list[str] | None,
         typer.Option(
             "--map",
+            metavar="FOREIGN=LOCAL",
             help="FOREIGN=LOCAL: the domain's scope FOREIGN maps to our scope LOCAL ('*' as "
             "the last part of FOREIGN covers any); repeat for more.",
         ),
     ] = None,
     ceiling: Annotated[
         list[str] | None,
-        typer.Option("--ceiling", help="A local scope bounding what it maps to; repeat."),
+        typer.Option(
+            "--ceiling", metavar="SCOPE", help="A local scope bounding what it maps to; repeat."
+        ),
     ] = None,
     max_ttl: Annotated[
         int | None,
         typer.Option(
-            "--max-ttl", help="Longest lifetime of a token minted here from its credentials."
+            "--max-ttl",
+            metavar="SECONDS",
+            help="Longest lifetime of a token minted here from its credentials.",
         ),
     ] = None,
     revocation_feed: Annotated[
         str | None,
         typer.Option(
             "--revocation-feed",
+            metavar="URL",
             help="The other broker's base URL (https): follow its revocation feed, so that "
             "its revocations end what this broker derived from its tokens.",
         ),
@@ -156,6 +170,7 @@ def federation_add(
         str | None,
         typer.Option(
             "--feed-credentials",
+            metavar="NAME",
             help="With --revocation-feed: the name of a 0600 JSON file in the broker's "
             "<data-dir>/federation/ directory (<data-dir>/federation/tenants/<tenant>/ for a "
             "tenant) holding the client_id and client_secret of the app the other broker's "
@@ -227,7 +242,7 @@ def federation_list(
 
 @federation_app.command("show")
 def federation_show(
-    trust_domain: str,
+    trust_domain: DomainArg,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
@@ -244,7 +259,7 @@ def federation_show(
 
 @federation_app.command("remove")
 def federation_remove(
-    trust_domain: str,
+    trust_domain: DomainArg,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,

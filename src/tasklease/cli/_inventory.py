@@ -30,8 +30,10 @@ revocation_app = typer.Typer(
 )
 task_app = typer.Typer(help=f"See one task.\n\n{EXIT_CODES_HELP}", no_args_is_help=True)
 
-LimitOpt = Annotated[int, typer.Option(help="Rows per page (at most 500).")]
-CursorOpt = Annotated[str | None, typer.Option(help="The next_cursor a previous page gave.")]
+LimitOpt = Annotated[int, typer.Option(metavar="N", help="Rows per page (at most 500).")]
+CursorOpt = Annotated[
+    str | None, typer.Option(metavar="CURSOR", help="The next_cursor a previous page gave.")
+]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every page, not only the first.")]
 
 
@@ -71,12 +73,19 @@ _AGENT_COLUMNS = [
 
 @agents_app.command("list")
 def agents_list(
-    app_id: Annotated[str | None, typer.Option(help="Only agents of this app.")] = None,
-    task_id: Annotated[str | None, typer.Option(help="Only agents of this task.")] = None,
-    principal: Annotated[
-        str | None, typer.Option(help="Only agents working for this principal.")
+    app_id: Annotated[
+        str | None, typer.Option(metavar="APP_ID", help="Only agents of this app.")
     ] = None,
-    state: Annotated[str | None, typer.Option(help="active, revoked, released or expired.")] = None,
+    task_id: Annotated[
+        str | None, typer.Option(metavar="TASK_ID", help="Only agents of this task.")
+    ] = None,
+    principal: Annotated[
+        str | None,
+        typer.Option(metavar="KIND:VALUE", help="Only agents working for this principal."),
+    ] = None,
+    state: Annotated[
+        str | None, typer.Option(metavar="STATE", help="active, revoked, released or expired.")
+    ] = None,
     limit: LimitOpt = 50,
     cursor: CursorOpt = None,
     every: AllOpt = False,
@@ -121,8 +130,12 @@ _LAUNCH_COLUMNS = [
 
 
 def launch_token_list(
-    app_id: Annotated[str | None, typer.Option(help="Only those made by this app.")] = None,
-    principal: Annotated[str | None, typer.Option(help="Only those for this principal.")] = None,
+    app_id: Annotated[
+        str | None, typer.Option(metavar="APP_ID", help="Only those made by this app.")
+    ] = None,
+    principal: Annotated[
+        str | None, typer.Option(metavar="KIND:VALUE", help="Only those for this principal.")
+    ] = None,
     limit: LimitOpt = 50,
     cursor: CursorOpt = None,
     every: AllOpt = False,
@@ -155,7 +168,9 @@ _REVOCATION_COLUMNS = [
 
 @revocation_app.command("list")
 def revocation_list(
-    level: Annotated[str | None, typer.Option(help="token, agent, task or chain.")] = None,
+    level: Annotated[
+        str | None, typer.Option(metavar="LEVEL", help="token, agent, task or chain.")
+    ] = None,
     limit: LimitOpt = 50,
     cursor: CursorOpt = None,
     every: AllOpt = False,
@@ -195,8 +210,11 @@ def tree(
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
-    """A token's delegation tree: the chain above it up to the human principal, and every
-    token made from it (exit 1 when the audit log records no such token)."""
+    """Show a token's delegation tree: the chain above it and every token made from it.
+
+    The chain goes up to the human principal. Exit 1 when the audit log records no such
+    token.
+    """
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         found = admin.delegation_tree(jti)
     if output in (Output.json, Output.yaml):

@@ -9,11 +9,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
 
-from tasklease.cli._common import EXIT_USAGE, fail, out
+from tasklease.cli._common import EXIT_USAGE, ConfigOpt, DataDirOpt, fail, out
 from tasklease.cli._configfile import setting_line
 
 if TYPE_CHECKING:
@@ -104,18 +104,6 @@ def init_keys(config: Config, *, secret_file: str | None) -> tuple[list[str], bo
             highlight=False,
         )
     return lines, not existing
-
-
-ConfigOpt = Annotated[
-    str | None,
-    typer.Option("--config", "-c", help="TOML config file (default: <data-dir>/config.toml)."),
-]
-DataDirOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--data-dir", help="Directory for the database and keys.", envvar="TASKLEASE_DATA_DIR"
-    ),
-]
 
 
 def keys_encrypt(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:

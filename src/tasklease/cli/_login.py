@@ -42,7 +42,9 @@ def _write(path: Path, document: dict[str, Any]) -> None:
 def login(
     operator: Annotated[
         str | None,
-        typer.Option(help="Sign in as this named operator (default TASKLEASE_OPERATOR)."),
+        typer.Option(
+            metavar="NAME", help="Sign in as this named operator (default TASKLEASE_OPERATOR)."
+        ),
     ] = None,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,

@@ -27,16 +27,18 @@ from tasklease.cli._output import OutputOpt, emit, field
 __all__ = ["operator_app", "register"]
 
 operator_app = typer.Typer(
-    help="Named operators, each with its own credential and a role: admin (everything), "
-    "operator (apps, launch tokens, revocation, the audit log) or auditor (the audit log "
-    f"only).\n\n{EXIT_CODES_HELP}",
+    help="Named operators, each with its own credential and a role.\n\n"
+    "The roles: admin (everything), operator (apps, launch tokens, revocation, the audit "
+    f"log) or auditor (the audit log only).\n\n{EXIT_CODES_HELP}",
     no_args_is_help=True,
 )
 
+NameArg = Annotated[str, typer.Argument(help="The operator's name.")]
 KeyOpt = Annotated[
     Path | None,
     typer.Option(
         "--key",
+        metavar="PUBLIC_KEY_FILE",
         help="The operator's Ed25519 public key (PEM, e.g. from `openssl pkey -pubout`, or "
         "32 bytes in base64): it signs in with the matching private key. Without: a secret "
         "is generated and shown once.",
@@ -65,7 +67,7 @@ def _show_credential(answer: dict[str, Any], as_json: bool) -> None:
 @operator_app.command("add")
 def operator_add(
     name: Annotated[str, typer.Argument(help="1-64 lowercase letters, digits and hyphens.")],
-    role: Annotated[str, typer.Option(help="admin, operator or auditor.")],
+    role: Annotated[str, typer.Option(metavar="ROLE", help="admin, operator or auditor.")],
     key: KeyOpt = None,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
@@ -111,7 +113,7 @@ def operator_list(
 
 @operator_app.command("remove")
 def operator_remove(
-    name: str,
+    name: NameArg,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
@@ -132,15 +134,17 @@ def operator_remove(
 
 @operator_app.command("rotate")
 def operator_rotate(
-    name: str,
+    name: NameArg,
     key: KeyOpt = None,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
-    """Replace an operator's credential (a new secret, shown once, or --key); its live
-    tokens are revoked."""
+    """Replace an operator's credential; its live tokens are revoked.
+
+    The new credential is a secret, shown once, or the public key given with --key.
+    """
     public_key = read_public_key(key) if key is not None else None
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         answer = admin.rotate_operator(name, public_key=public_key)

@@ -33,6 +33,7 @@ OutputOpt = Annotated[
     typer.Option(
         "--output",
         "-o",
+        metavar="FORMAT",
         help="table (default on a terminal), json or yaml; piped without -o: plain "
         "tab-separated lines, nothing cut.",
         case_sensitive=False,

@@ -34,19 +34,22 @@ from tasklease.cli._common import (
 __all__ = ["grant_type_app", "policy_app", "register"]
 
 policy_app = typer.Typer(
-    help="Issuance policy in Cedar: validate and test policy files offline, show and "
-    "reload a broker's.\n\n" + EXIT_CODES_HELP,
+    help="Issuance policy in Cedar: check policy files, show and reload a broker's.\n\n"
+    "The validate and test commands work offline, on files; show and reload ask a broker.\n\n"
+    + EXIT_CODES_HELP,
     no_args_is_help=True,
 )
 grant_type_app = typer.Typer(
-    help="Structured grant types (RFC 9396 authorization_details) operators add: a JSON "
-    "Schema and a narrowing rule.\n\n" + EXIT_CODES_HELP,
+    help="Structured grant types (RFC 9396 authorization_details) operators add.\n\n"
+    "Each is a JSON Schema its grants match and a rule for how one narrows.\n\n" + EXIT_CODES_HELP,
     no_args_is_help=True,
 )
 
 _Paths = Annotated[
     list[Path],
-    typer.Argument(help="Policy files (*.cedar), or directories of them (a tenant's)."),
+    typer.Argument(
+        metavar="PATH...", help="Policy files (*.cedar), or directories of them (a tenant's)."
+    ),
 ]
 
 
@@ -101,20 +104,26 @@ def policy_test(
     request_file: Annotated[
         Path,
         typer.Argument(
+            metavar="REQUEST_FILE",
             help="A request (JSON): operation, principal {type, id, attrs, tags, app}, "
-            "scope, authorization_details, ttl, now, human, depth, domain, within_ceiling."
+            "scope, authorization_details, ttl, now, human, depth, domain, within_ceiling.",
         ),
     ],
     policies: Annotated[
         list[Path] | None,
         typer.Option(
-            "--policies", "-p", help="Policy files or directories (default: the default policy)."
+            "--policies",
+            "-p",
+            metavar="PATH",
+            help="Policy files or directories (default: the default policy).",
         ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Evaluate a request against policies; print the decision and the policies that
-    determined it. Exit 1 when it is denied."""
+    """Evaluate a request against policies, offline; exit 1 when it is denied.
+
+    Prints the decision (ALLOW or DENY) and the policies that determined it.
+    """
     from tasklease.bounds import json_document
     from tasklease.core.policy import evaluate
     from tasklease.core.policyrequest import PolicyRequest, RequestFileError
@@ -215,16 +224,22 @@ def _json_object(path: Path, what: str) -> dict[str, Any]:
 def grant_type_add(
     name: Annotated[str, typer.Argument(help="The type's name (the grants' `type`).")],
     schema_file: Annotated[
-        Path, typer.Option("--schema", help="A JSON Schema (2020-12) object schema file.")
+        Path,
+        typer.Option(
+            "--schema", metavar="FILE", help="A JSON Schema (2020-12) object schema file."
+        ),
     ],
     narrowing_file: Annotated[
         Path | None,
         typer.Option(
             "--narrowing",
+            metavar="FILE",
             help="A JSON object: member -> equal, subset, at_most, at_least, prefix or path.",
         ),
     ] = None,
-    description: Annotated[str | None, typer.Option(help="What the type grants.")] = None,
+    description: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="What the type grants.")
+    ] = None,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,

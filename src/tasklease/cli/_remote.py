@@ -41,9 +41,15 @@ keys_app = typer.Typer(
     help=f"Manage the broker's signing keys.\n\n{EXIT_CODES_HELP}", no_args_is_help=True
 )
 
+AppIdArg = Annotated[str, typer.Argument(help="The app's id (app list shows it).")]
 ScopeOpt = Annotated[
     list[str],
-    typer.Option("--scope", "-s", help="A scope action:resource:identifier (repeat for more)."),
+    typer.Option(
+        "--scope",
+        "-s",
+        metavar="SCOPE",
+        help="A scope action:resource:identifier (repeat for more).",
+    ),
 ]
 
 
@@ -51,6 +57,7 @@ PublicKeyOpt = Annotated[
     Path | None,
     typer.Option(
         "--public-key",
+        metavar="FILE",
         help="A file with the app's Ed25519 public key for private_key_jwt: a JWK, the raw "
         "key in base64, or a PEM public key.",
         exists=True,
@@ -102,7 +109,8 @@ def app_register(
     name: Annotated[str, typer.Argument(help="2-64 lowercase letters, digits and hyphens.")],
     scope: ScopeOpt,
     token_ttl: Annotated[
-        int | None, typer.Option(help="App token lifetime in seconds (60-86400).")
+        int | None,
+        typer.Option(metavar="SECONDS", help="App token lifetime in seconds (60-86400)."),
     ] = None,
     public_key: PublicKeyOpt = None,
     as_json: JsonOpt = False,
@@ -150,7 +158,7 @@ def app_list(
 
 @app_app.command("show")
 def app_show(
-    app_id: str,
+    app_id: AppIdArg,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
@@ -164,12 +172,16 @@ def app_show(
 
 @app_app.command("update")
 def app_update(
-    app_id: str,
+    app_id: AppIdArg,
     scope: Annotated[
         list[str] | None,
-        typer.Option("--scope", "-s", help="The new scope ceiling (repeat for more)."),
+        typer.Option(
+            "--scope", "-s", metavar="SCOPE", help="The new scope ceiling (repeat for more)."
+        ),
     ] = None,
-    token_ttl: Annotated[int | None, typer.Option(help="New app token lifetime (s).")] = None,
+    token_ttl: Annotated[
+        int | None, typer.Option(metavar="SECONDS", help="New app token lifetime (s).")
+    ] = None,
     public_key: PublicKeyOpt = None,
     no_public_key: Annotated[
         bool, typer.Option("--no-public-key", help="Remove the app's public key.")
@@ -192,15 +204,17 @@ def app_update(
 
 @app_app.command("rotate-secret")
 def app_rotate_secret(
-    app_id: str,
+    app_id: AppIdArg,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
-    """Replace an app's client secret: the new one is shown once; the old one, the app's
-    live app tokens and the launch tokens it made stop working at once (its agents keep
-    theirs)."""
+    """Replace an app's client secret; the new one is shown once.
+
+    The old secret, the app's live app tokens and the launch tokens it made stop working at
+    once (its agents keep theirs).
+    """
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         app = admin.rotate_app_secret(app_id)
     _show_app(app, as_json)
@@ -215,7 +229,7 @@ def app_rotate_secret(
 
 @app_app.command("remove")
 def app_remove(
-    app_id: str,
+    app_id: AppIdArg,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
@@ -232,21 +246,29 @@ def app_remove(
 
 @launch_token_app.command("create")
 def launch_token_create(
-    agent_name: Annotated[str, typer.Option(help="A label for the agent it launches.")],
+    agent_name: Annotated[
+        str, typer.Option(metavar="NAME", help="A label for the agent it launches.")
+    ],
     scope: ScopeOpt,
     max_ttl: Annotated[
-        int | None, typer.Option(help="Lifetime of the agent's tokens in seconds.")
+        int | None,
+        typer.Option(metavar="SECONDS", help="Lifetime of the agent's tokens in seconds."),
     ] = None,
     ttl: Annotated[
         int | None,
-        typer.Option(help="How long the launch token stays valid (s, default 30, at most 3600)."),
+        typer.Option(
+            metavar="SECONDS",
+            help="How long the launch token stays valid (s, default 30, at most 3600).",
+        ),
     ] = None,
     multi_use: Annotated[
         bool, typer.Option(help="Let several agents register with it (10 unless --max-uses).")
     ] = False,
     max_uses: Annotated[
         int | None,
-        typer.Option(help="How many agents may register with it (implies --multi-use)."),
+        typer.Option(
+            metavar="N", help="How many agents may register with it (implies --multi-use)."
+        ),
     ] = None,
     resume: Annotated[
         bool, typer.Option(help="Whether its agents may resume by key after a restart.")
@@ -254,8 +276,9 @@ def launch_token_create(
     agent_key: Annotated[
         str | None,
         typer.Option(
+            metavar="PUBLIC_KEY",
             help="Bind it to one agent: its Ed25519 public key, 32 bytes in standard base64. "
-            "No other key registers with it."
+            "No other key registers with it.",
         ),
     ] = None,
     as_json: JsonOpt = False,
@@ -307,8 +330,12 @@ def _agent_key(text: str) -> bytes:
 
 
 def revoke(
-    level: Annotated[str, typer.Option(help="token (a jti), agent, task or chain.")],
-    target: Annotated[str, typer.Option(help="The jti, agent SPIFFE ID, task id or chain root.")],
+    level: Annotated[
+        str, typer.Option(metavar="LEVEL", help="token (a jti), agent, task or chain.")
+    ],
+    target: Annotated[
+        str, typer.Option(metavar="TARGET", help="The jti, agent SPIFFE ID, task id or chain root.")
+    ],
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,

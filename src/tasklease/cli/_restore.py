@@ -16,8 +16,7 @@ import getpass
 
 import typer
 
-from tasklease.cli._common import EXIT_USAGE, fail, out
-from tasklease.cli._keys import ConfigOpt, DataDirOpt
+from tasklease.cli._common import EXIT_USAGE, ConfigOpt, DataDirOpt, fail, out
 
 __all__ = ["accept_restore", "register"]
 
@@ -44,8 +43,9 @@ def _who() -> str:
 
 
 def accept_restore(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """Accept a database that went back in time (restored from a backup, or missing its
-    last commits), which the broker refuses to start on.
+    """Accept a database that went back in time, which the broker refuses to start on.
+
+    Such a database was restored from a backup, or is missing its last commits.
 
     For each audit log that went back, records it in the log (audit_rollback_accepted,
     with both sizes and roots), rotates the log key, keeps a checkpoint of the log as it is

@@ -346,12 +346,16 @@ def bill_of_materials(root: str = ROOT) -> dict[str, Any]:
 def sbom(
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Write it to this new file rather than stdout."),
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="Write it to this new file rather than stdout."
+        ),
     ] = None,
     force: ForceOpt = False,
 ) -> None:
-    """A CycloneDX 1.5 bill of materials (JSON) of tasklease and what it runs on, as
-    installed here (local; reads installed metadata only)."""
+    """Print a CycloneDX 1.5 bill of materials (JSON) of tasklease as installed here.
+
+    It lists tasklease and what it runs on, read from the installed metadata only (local).
+    """
     try:
         document = bill_of_materials()
     except LookupError as exc:

@@ -29,9 +29,9 @@ from tasklease.cli._output import OutputOpt, emit, field
 __all__ = ["register", "tenant_app"]
 
 tenant_app = typer.Typer(
-    help="Tenants: each its own SPIFFE trust domain, signing keys, apps, agents, operators "
-    "and audit log, served under /t/<name>/ by the same broker. Managed by the default "
-    f"tenant's admins.\n\n{EXIT_CODES_HELP}",
+    help="Tenants: isolated parts of this broker, each served under /t/<name>/.\n\n"
+    "Each has its own SPIFFE trust domain, signing keys, apps, agents, operators and audit "
+    f"log. The default tenant's admins manage them.\n\n{EXIT_CODES_HELP}",
     no_args_is_help=True,
 )
 
@@ -47,7 +47,9 @@ def tenant_create(
     name: Annotated[str, typer.Argument(help="1-63 lowercase letters, digits and hyphens.")],
     trust_domain: Annotated[
         str | None,
-        typer.Option(help="Its SPIFFE trust domain (default: <name>.<the broker's>)."),
+        typer.Option(
+            metavar="DOMAIN", help="Its SPIFFE trust domain (default: <name>.<the broker's>)."
+        ),
     ] = None,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
@@ -109,7 +111,7 @@ def tenant_list(
 
 @tenant_app.command("remove")
 def tenant_remove(
-    name: str,
+    name: Annotated[str, typer.Argument(help="The tenant's name.")],
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,

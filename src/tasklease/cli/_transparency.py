@@ -76,6 +76,7 @@ LogKeyOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--log-key",
+        metavar="VKEY",
         help="A verifier key (vkey) of the log, from a channel you trust; repeat for "
         "several. Without it, the keys the broker serves are used (and that is said).",
         callback=_log_keys_given,
@@ -121,7 +122,8 @@ def _proof_failed(exc: AuditProofError) -> typer.Exit:
 
 def audit_checkpoint(
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write it to this new file (0600).")
+        Path | None,
+        typer.Option("--output", "-o", metavar="FILE", help="Write it to this new file (0600)."),
     ] = None,
     force: ForceOpt = False,
     log_key: LogKeyOpt = None,
@@ -158,8 +160,10 @@ def audit_log_keys(
     profile: ProfileOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
 ) -> None:
-    """Print the log's verifier keys (vkeys), the active one first, to hand to auditors and
-    witnesses through a channel they trust."""
+    """Print the log's verifier keys (vkeys), the active one first.
+
+    Hand them to auditors and witnesses through a channel they trust.
+    """
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         answer = admin.audit_log_keys()
     if as_json:
@@ -175,16 +179,23 @@ def audit_prove(
     ] = None,
     checkpoint_file: Annotated[
         Path | None,
-        typer.Option("--checkpoint", help="Prove against this checkpoint (default: latest)."),
+        typer.Option(
+            "--checkpoint", metavar="FILE", help="Prove against this checkpoint (default: latest)."
+        ),
     ] = None,
     bundle: Annotated[
         Path | None,
-        typer.Option(help="Verify this proof bundle offline instead (needs --log-key)."),
+        typer.Option(
+            metavar="BUNDLE", help="Verify this proof bundle offline instead (needs --log-key)."
+        ),
     ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Write the proof bundle (JSON) to this new file (0600)."
+            "--output",
+            "-o",
+            metavar="BUNDLE",
+            help="Write the proof bundle (JSON) to this new file (0600).",
         ),
     ] = None,
     force: ForceOpt = False,

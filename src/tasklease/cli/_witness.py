@@ -38,7 +38,9 @@ witness_app = typer.Typer(
     help="Run a witness of a broker's audit log (C2SP tlog-witness).", no_args_is_help=True
 )
 
-DirArg = Annotated[Path, typer.Argument(help="The witness's directory (its key and state).")]
+DirArg = Annotated[
+    Path, typer.Argument(metavar="DIR", help="The witness's directory (its key and state).")
+]
 
 
 def _save_state(path: Path, text: str) -> None:
@@ -166,7 +168,9 @@ def witness_init(
     directory: DirArg,
     name: Annotated[
         str,
-        typer.Option(help="The witness's name in its cosignatures, e.g. witness.example.org."),
+        typer.Option(
+            metavar="NAME", help="The witness's name in its cosignatures, e.g. witness.example.org."
+        ),
     ],
 ) -> None:
     """Make the witness's cosignature key and print its vkey (give it to the operator)."""
@@ -198,11 +202,19 @@ def witness_serve(
     directory: DirArg,
     log: Annotated[
         list[str],
-        typer.Option(help="A log's verifier key (its vkey; repeat for several logs or keys)."),
+        typer.Option(
+            metavar="VKEY", help="A log's verifier key (its vkey; repeat for several logs or keys)."
+        ),
     ],
-    listen: Annotated[str, typer.Option(help="host:port to listen on.")] = "127.0.0.1:7380",
-    tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this cert.")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="The certificate's private key.")] = None,
+    listen: Annotated[
+        str, typer.Option(metavar="HOST:PORT", help="host:port to listen on.")
+    ] = "127.0.0.1:7380",
+    tls_cert: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Serve HTTPS with this cert.")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="The certificate's private key.")
+    ] = None,
 ) -> None:
     """Answer POST /add-checkpoint: cosign checkpoints that extend the last one cosigned."""
     import http.server

@@ -41,6 +41,8 @@ from tasklease.cli import (
 from tasklease.cli._common import (
     EXIT_CODES_HELP,
     AdminSecretOpt,
+    ConfigOpt,
+    DataDirOpt,
     ProfileOpt,
     allow_insecure_http,
     error_line,
@@ -50,6 +52,7 @@ from tasklease.cli._common import (
     selected_tenant,
 )
 from tasklease.cli._configfile import setting_line, with_settings
+from tasklease.cli._help import CommandTree
 
 # `tasklease --help` and every command import this module: what only the local commands
 # use (sqlite3, the settings, storage, the broker) is imported in them.
@@ -65,6 +68,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    cls=CommandTree,
 )
 audit_app = typer.Typer(help="Inspect and verify the audit log.", no_args_is_help=True)
 db_app = typer.Typer(
@@ -93,6 +97,7 @@ def _every_command(
         str | None,
         typer.Option(
             "--tenant",
+            metavar="NAME",
             envvar="TASKLEASE_TENANT",
             help="The tenant to address (its API under /t/<name>/; default: the default "
             "tenant). Sign in as one of its operators.",
@@ -119,18 +124,6 @@ def _every_command(
     """Options that apply to every command."""
     select_tenant(tenant)
     allow_insecure_http(insecure_http)
-
-
-ConfigOpt = Annotated[
-    str | None,
-    typer.Option("--config", "-c", help="TOML config file (default: <data-dir>/config.toml)."),
-]
-DataDirOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--data-dir", help="Directory for the database and keys.", envvar="TASKLEASE_DATA_DIR"
-    ),
-]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -199,7 +192,8 @@ def init(
     secret_file: Annotated[
         str | None,
         typer.Option(
-            help="Write the admin secret to this file (mode 0600) instead of printing it."
+            metavar="FILE",
+            help="Write the admin secret to this file (mode 0600) instead of printing it.",
         ),
     ] = None,
     force: Annotated[
@@ -213,6 +207,7 @@ def init(
     key_provider: Annotated[
         str | None,
         typer.Option(
+            metavar="PROVIDER",
             help="Where the signing keys live: file (encrypted, the default), pkcs11 "
             "(an HSM, set up by TASKLEASE_PKCS11_* variables) or plaintext.",
             envvar="TASKLEASE_KEY_PROVIDER",
@@ -221,6 +216,7 @@ def init(
     key_passphrase_file: Annotated[
         str | None,
         typer.Option(
+            metavar="FILE",
             help="An existing 0600 file holding the signing-key passphrase (file provider). "
             "Default: TASKLEASE_KEY_PASSPHRASE, else a new random key-passphrase file "
             "beside the admin secret file (or in the data directory).",
@@ -229,14 +225,17 @@ def init(
     operator_name: Annotated[
         str,
         typer.Option(
+            metavar="NAME",
             help="Name of the first admin operator; its secret goes to a 0600 file "
             "operator-<name>-secret beside the admin secret file (or in the data directory).",
         ),
     ] = "admin",
 ) -> None:
-    """Create a broker: a data directory, a config with a fresh admin secret, a signing
-    key, the database and the first admin operator. The only command that creates a
-    broker's state: serve and the others refuse to start without it.
+    """Create a broker: its data directory, config, keys, database and first operator.
+
+    The config gets a fresh admin secret, and the first operator is an admin. This is the
+    only command that creates a broker's state: serve and the others refuse to start
+    without it.
 
     Refuses a data directory that already holds a broker (a config file, a database or
     keys) unless --force. The admin secret is shown once (or written once to
@@ -431,13 +430,19 @@ def _first_operator(
 def serve(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
-    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8080).")] = None,
+    host: Annotated[
+        str | None, typer.Option(metavar="HOST", help="Bind address (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(metavar="PORT", help="Port (default 8080).")] = None,
     workers: Annotated[
         int,
-        typer.Option(min=1, help="Worker processes sharing the database and revocations."),
+        typer.Option(
+            min=1, metavar="N", help="Worker processes sharing the database and revocations."
+        ),
     ] = 1,
-    loop: Annotated[str, typer.Option(help="Event loop: asyncio (default) or uvloop.")] = "asyncio",
+    loop: Annotated[
+        str, typer.Option(metavar="LOOP", help="Event loop: asyncio (default) or uvloop.")
+    ] = "asyncio",
 ) -> None:
     """Run the broker in the foreground."""
     from tasklease.server import LOOPS
@@ -559,22 +564,26 @@ _restore.register(db_app)
 @audit_app.command("verify")
 def audit_verify(
     database: Annotated[
-        str | None, typer.Option(help="Verify this database file directly (works offline).")
+        str | None,
+        typer.Option(metavar="FILE", help="Verify this database file directly (works offline)."),
     ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     url: Annotated[
         str | None,
-        typer.Option(help="Verify a running broker's log over HTTP instead of a database."),
+        typer.Option(
+            metavar="URL", help="Verify a running broker's log over HTTP instead of a database."
+        ),
     ] = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
     checkpoint: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="A checkpoint you kept: prove the log only grew since (with --url, against "
             "the broker's latest checkpoint and the events it serves; else against the "
-            "database's events)."
+            "database's events).",
         ),
     ] = None,
     log_key: _transparency.LogKeyOpt = None,
