@@ -8,10 +8,12 @@ Against a real broker, over raw sockets (no client sends these).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
 import socket
+from pathlib import Path
 
 import pytest
 from e2e_support import RunningBroker
@@ -96,3 +98,84 @@ def test_a_malformed_request_is_answered_after_the_requests_ahead_of_it(
     assert statuses == [b"200", b"400"], answer
     listed = broker.get("/v1/admin/revocations", headers=broker.admin_headers())
     assert "pipelined-before-garbage" in listed.text
+
+
+class _Transport:
+    """What the protocol writes to a connection, and whether it closed it."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(
+            name, default
+        )
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+@pytest.mark.parametrize("tls_mode", ["none", "tls", "mtls"])
+def test_the_servers_own_answers_carry_hsts_under_tls(tls_mode: str, tmp_path: Path) -> None:
+    """Under TLS every answer of the envelope carries ``Strict-Transport-Security``; the
+    answers the protocol writes itself (a parser refusal, 408, 431, the 503 past the
+    cap) lacked it. Built as ``serve`` builds the protocol, each answer is written to a
+    connection of its own."""
+    from uvicorn.config import Config as UvicornConfig
+    from uvicorn.server import ServerState
+
+    from tasklease.core.config import Config
+    from tasklease.http.protocol import http_protocol
+
+    files = {}
+    if tls_mode != "none":
+        files = {"tls_cert": str(tmp_path / "c.pem"), "tls_key": str(tmp_path / "k.pem")}
+    if tls_mode == "mtls":
+        files["tls_client_ca"] = str(tmp_path / "ca.pem")
+    config = Config(data_dir=tmp_path, tls_mode=tls_mode, http_max_connections=16, **files)
+
+    async def app(scope: object, receive: object, send: object) -> None: ...
+
+    async def answers() -> dict[str, bytes]:
+        uv = UvicornConfig(app, lifespan="off", log_config=None)
+        uv.load()
+        factory = http_protocol(config)
+        written = {}
+        for why in ("malformed", "headers late", "headers too large", "busy"):
+            state = ServerState()
+            if why == "busy":  # the process holds its cap already
+                state.connections.update(object() for _ in range(16))  # type: ignore[misc]
+            protocol = factory(config=uv, server_state=state, app_state={})
+            transport = _Transport()
+            protocol.connection_made(transport)
+            if why == "malformed":
+                protocol.data_received(b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n")
+            elif why == "headers late":
+                protocol._headers_late()
+            elif why == "headers too large":
+                protocol.data_received(b"GET / HTTP/1.1\r\nX-A: " + b"a" * 600_000)
+            assert transport.closed, why
+            written[why] = transport.written
+            protocol.connection_lost(None)
+        return written
+
+    for why, answer in asyncio.run(answers()).items():
+        head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+        assert head.startswith("http/1.1 4") or head.startswith("http/1.1 503"), (why, head)
+        if tls_mode == "none":
+            assert "strict-transport-security" not in head, (why, head)
+        else:
+            assert (
+                "\r\nstrict-transport-security: max-age=63072000; includesubdomains\r\n" in head
+            ), (why, head)

@@ -188,7 +188,7 @@ def create_app(
     app.add_middleware(
         EnvelopeMiddleware,
         max_body=cfg.max_body_bytes,
-        hsts=cfg.tls_mode != "none",
+        config=cfg,
         multiline=wire.MULTILINE_FIELDS,
     )
     # Around the envelope (its own refusals are requests too); it reads the request id,

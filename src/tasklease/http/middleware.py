@@ -27,21 +27,25 @@ import ipaddress
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from tasklease.http.problems import problem_body, status_for
 from tasklease.rules.jsonnames import MAX_JSON_DEPTH, json_nesting_error
 
+if TYPE_CHECKING:
+    from tasklease.core.config import Config
+
 __all__ = [
-    "ENVELOPE_HEADERS",
     "MAX_JSON_DEPTH",
     "EnvelopeMiddleware",
     "TrustedProxyMiddleware",
     "control_character_error",
+    "envelope_headers",
     "is_form",
     "json_nesting_error",
+    "security_headers",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -67,10 +71,21 @@ _BASE_HEADERS = [
 # With the envelope's ``no-store``, never beside a handler's own policy: RFC 6749 section
 # 5.1 wants both on any answer holding tokens, credentials or other sensitive information.
 _PRAGMA = (b"pragma", b"no-cache")
-ENVELOPE_HEADERS = (*_BASE_HEADERS, _PRAGMA)
-"""What every answer without a cache policy of its own carries (but ``X-Request-ID`` and,
-under TLS, HSTS): also what the server's own answers, before any route, carry."""
 _HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
+
+
+def security_headers(config: Config) -> tuple[tuple[bytes, bytes], ...]:
+    """The security headers every answer carries: the envelope's, and the server's own
+    answers before any route (``http.protocol``); with HSTS when ``config`` serves TLS."""
+    return (*_BASE_HEADERS, _HSTS) if config.tls_mode != "none" else tuple(_BASE_HEADERS)
+
+
+def envelope_headers(config: Config) -> tuple[tuple[bytes, bytes], ...]:
+    """What every answer without a cache policy of its own carries (but ``X-Request-ID``):
+    also what the server's own answers, before any route, carry."""
+    return (*security_headers(config), _PRAGMA)
+
+
 _FORM = "application/x-www-form-urlencoded"
 
 # C0 controls, DEL and C1 controls, as text and as UTF-8 bytes; and the same but for the
@@ -233,12 +248,12 @@ class EnvelopeMiddleware:
         app: ASGIApp,
         *,
         max_body: int,
-        hsts: bool,
+        config: Config,
         multiline: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.max_body = max_body
-        self.headers = [*_BASE_HEADERS, _HSTS] if hsts else list(_BASE_HEADERS)
+        self.headers = list(security_headers(config))
         self.multiline = multiline
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

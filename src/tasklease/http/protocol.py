@@ -20,7 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tasklease.core.config import Config
 from tasklease.http.access import ANSWERED_BY_SERVER
-from tasklease.http.middleware import ENVELOPE_HEADERS
+from tasklease.http.middleware import envelope_headers
 from tasklease.http.problems import TYPE_PREFIX, status_for
 from tasklease.http.ratelimit import client_key
 from tasklease.http.tls import TLSScopeMixin
@@ -38,11 +38,14 @@ MAX_PIPELINED = 16
 MAX_HEADER_BYTES = 512 * 1024
 
 
-def _closing_answer(code: str, detail: str, *headers: bytes) -> bytes:
+def _closing_answer(
+    code: str, detail: str, *headers: bytes, envelope: tuple[tuple[bytes, bytes], ...]
+) -> bytes:
     """A whole problem response (RFC 9457) that closes its connection, for the protocol to
     write before the application has a request: without ``instance``, with a request id of
     its own and the headers every answer of the envelope carries (``X-Request-ID``, the
-    security headers, ``no-store``)."""
+    security headers with HSTS under TLS, ``no-store``): ``envelope``, the protocol's
+    :func:`~tasklease.http.middleware.envelope_headers`."""
     status = status_for(code)
     request_id = secrets.token_hex(8)
     body = msgspec.json.encode(
@@ -60,7 +63,7 @@ def _closing_answer(code: str, detail: str, *headers: bytes) -> bytes:
             b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode()),
             b"content-type: application/problem+json\r\n",
             b"content-length: %d\r\n" % (len(body) + 1),
-            *(b"%s: %s\r\n" % pair for pair in ENVELOPE_HEADERS),
+            *(b"%s: %s\r\n" % pair for pair in envelope),
             b"x-request-id: %s\r\n" % request_id.encode(),
             *headers,
             b"connection: close\r\n\r\n",
@@ -182,11 +185,15 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
     arrives, so connections held open (idle, trickling, or simply many) cannot take the
     descriptors the process needs for its database and its other clients, and one client
     alone cannot take them all. Pass these with :func:`http_protocol`.
+
+    What it answers itself carries ``envelope``: the headers of the envelope's answers
+    (:func:`~tasklease.http.middleware.envelope_headers`, HSTS under TLS).
     """
 
     def __init__(
         self,
         *args: Any,
+        envelope: tuple[tuple[bytes, bytes], ...],
         header_timeout: float = 10.0,
         body_timeout: float = 10.0,
         max_connections: int | None = None,
@@ -195,6 +202,7 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self._envelope = envelope
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
         self._max_connections = max_connections
@@ -243,7 +251,7 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         if self._headers_pending:
             self._header_bytes += len(data)
             if self._header_bytes > MAX_HEADER_BYTES:
-                self._cut(_HEADERS_TOO_LARGE_RESPONSE())
+                self._cut(_HEADERS_TOO_LARGE_RESPONSE(envelope=self._envelope))
                 return
         self._await_body()
 
@@ -312,7 +320,7 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
             return  # on_response_complete calls again
-        self.transport.write(_MALFORMED_RESPONSE())
+        self.transport.write(_MALFORMED_RESPONSE(envelope=self._envelope))
         self.transport.close()
 
     def _cut(self, answer: bytes) -> None:
@@ -325,7 +333,7 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
 
     def _turn_away(self, transport: Any) -> None:
         self._turned_away = True
-        transport.write(_BUSY_RESPONSE())
+        transport.write(_BUSY_RESPONSE(envelope=self._envelope))
         transport.close()
 
     def _await_headers(self) -> None:
@@ -365,7 +373,7 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
             # The application, still waiting for the body, ends without an answer when the
             # connection closes: the access log and metrics take the status from here.
             cast("dict[str, Any]", self.cycle.scope)[ANSWERED_BY_SERVER] = 408
-            self.transport.write(_BODY_LATE_RESPONSE())
+            self.transport.write(_BODY_LATE_RESPONSE(envelope=self._envelope))
         self.transport.close()
 
     def _headers_late(self) -> None:
@@ -374,7 +382,7 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.cycle is None or self.cycle.response_complete:
             # Not while an earlier (pipelined) response is being written: only close then.
-            self.transport.write(_HEADERS_LATE_RESPONSE())
+            self.transport.write(_HEADERS_LATE_RESPONSE(envelope=self._envelope))
         self.transport.close()
 
 
@@ -384,8 +392,9 @@ class MTLSNoDelayHttpToolsProtocol(TLSScopeMixin, NoDelayHttpToolsProtocol):
 
 def http_protocol(config: Config) -> Callable[..., HttpToolsProtocol]:
     """The protocol uvicorn builds for each connection (its ``http`` option): ours, with
-    ``http_header_timeout``, ``http_body_timeout`` and ``http_max_connections``; with the
-    client certificate in the scope under mTLS.
+    ``http_header_timeout``, ``http_body_timeout`` and ``http_max_connections``, and the
+    envelope's headers for its own answers; with the client certificate in the scope under
+    mTLS.
 
     A partial of a module-level class, so it reaches spawned workers by pickling.
     """
@@ -397,6 +406,7 @@ def http_protocol(config: Config) -> Callable[..., HttpToolsProtocol]:
         max_connections=config.http_max_connections,
         max_per_client=config.http_max_connections_per_client,
         trusted_proxies=tuple(config.trusted_proxies),
+        envelope=envelope_headers(config),
     )
 
 
