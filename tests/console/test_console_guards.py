@@ -190,3 +190,40 @@ def test_signing_out_clears_the_cookie_and_a_sessions_cookie_lasts_as_its_token(
     [cleared] = [c for c in out.headers.get_list("set-cookie") if c.startswith(COOKIE + "=")]
     assert cleared.startswith(f'{COOKIE}="";') or cleared.startswith(f"{COOKIE}=;")
     assert "max-age=0" in cleared.lower()
+
+
+@pytest.mark.parametrize(
+    ("level", "target", "said"),
+    [
+        ("bogus", "x", "invalid revocation level: bogus"),
+        ("", "x", "level and target are required"),
+        ("task", "", "level and target are required"),
+        ("token", "a" * 20 + ".b.c", "target must be a token id (jti), not a token"),
+    ],
+    ids=["unknown-level", "no-level", "no-target", "a-token"],
+)
+def test_a_revoke_confirmation_refuses_as_the_revocation_would(
+    level: str, target: str, said: str
+) -> None:
+    """The confirmation page checks what it is asked to confirm by the revocation's own
+    rule, message included: an unknown level used to be told "level and target are
+    required", though both were there."""
+    broker = in_process_broker()
+
+    async def go(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
+        signed = await sign_in(client, "", ADMIN_SECRET)
+        assert signed.status_code == 303, signed.text
+        home = await client.get("/console/")
+        confirm = await client.get("/console/revoke", params={"level": level, "target": target})
+        posted = await client.post(
+            "/console/revoke",
+            data={"csrf": form_csrf(home.text), "level": level, "target": target},
+            headers={"origin": ORIGIN},
+        )
+        return confirm, posted
+
+    confirm, posted = run(broker, go)
+    for answer in (confirm, posted):
+        assert answer.status_code == 400, answer.text
+        assert said in answer.text, answer.text
+    assert broker.inventory.revocations(limit=10).items == []

@@ -39,6 +39,7 @@ from tasklease.core.records import (
     RevocationRecord,
 )
 from tasklease.core.revocation import LEVELS
+from tasklease.core.revoking import revocation_request
 
 __all__ = [
     "AGENT_STATES",
@@ -572,10 +573,10 @@ class Inventory(Service):
         """What revoking ``level``/``target`` would end, as far as the records tell.
 
         Raises:
-            InvalidRequest: an unknown level or an empty target.
+            InvalidRequest: what the revocation itself would refuse
+                (:func:`~tasklease.core.revoking.revocation_request`).
         """
-        if level not in LEVELS or not target:
-            raise InvalidRequest("level and target are required")
+        level, target = revocation_request(level, target)
         agents: list[AgentView] = []
         tokens: list[TokenNode] = []
         if level == "task":

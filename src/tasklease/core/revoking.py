@@ -34,7 +34,7 @@ from tasklease.rules.principals import creator_kind
 from tasklease.rules.scopes import is_subset
 from tasklease.rules.secretshapes import holds_credential, holds_secret
 
-__all__ = ["Revoking", "unrevocable"]
+__all__ = ["Revoking", "revocation_request", "unrevocable"]
 
 _log = logging.getLogger("tasklease.broker")
 # Subjects of operators' tokens: the built-in admin's and ``operator:<name>``.
@@ -67,6 +67,45 @@ def unrevocable(level: str, target: str) -> str:
         # and published, and match nothing.
         return "spiffe"
     return ""
+
+
+def revocation_request(level: object, target: object) -> tuple[str, str]:
+    """``level`` and ``target`` as a revocation may name them (the one check, for the
+    admin API and the console's confirmation page alike); each refusal says what is wrong.
+
+    Raises:
+        InvalidRequest: no level or no target, a level not one of :data:`LEVELS`, a target
+            :func:`unrevocable` refuses.
+    """
+    if not isinstance(level, str) or not level or not isinstance(target, str) or not target:
+        raise InvalidRequest("level and target are required")
+    if level not in LEVELS:
+        raise InvalidRequest(
+            f"invalid revocation level: {clipped(level, 32)}",
+            hint="use token, agent, task or chain",
+        )
+    why = unrevocable(level, target)
+    if why == "long":
+        raise InvalidRequest("target is too long")
+    if why == "credential":
+        raise InvalidRequest(
+            "target must be a token id (jti), not a token",
+            hint="read the jti with `tasklease token inspect`",
+        )
+    if why == "secret":
+        raise InvalidRequest(
+            "target must not hold a secret (64 hexadecimal characters: a launch token "
+            "or a client secret)",
+            hint="revocation targets are ids; a launch token ends when it expires or is "
+            "used up, an app's secret when the app is deregistered",
+        )
+    if why == "spiffe":
+        raise InvalidRequest(
+            "target is not a SPIFFE ID as tokens name it",
+            hint="the scheme and the trust domain are lowercase "
+            "(spiffe://example.org/...), and no path segment is empty, . or ..",
+        )
+    return level, target
 
 
 def ended_by_holder(kernel: Kernel, claims: Claims, entry: AuditEntry, label: str) -> Pending[None]:
@@ -117,34 +156,7 @@ class Revoking(Service):
         self, claims: Claims, *, level: object, target: object, ctx: RequestContext
     ) -> Pending[int]:
         """:meth:`revoke` checked, not yet written (``core.pending``)."""
-        if not isinstance(level, str) or not level or not isinstance(target, str) or not target:
-            raise InvalidRequest("level and target are required")
-        if level not in LEVELS:
-            raise InvalidRequest(
-                f"invalid revocation level: {clipped(level, 32)}",
-                hint="use token, agent, task or chain",
-            )
-        why = unrevocable(level, target)
-        if why == "long":
-            raise InvalidRequest("target is too long")
-        if why == "credential":
-            raise InvalidRequest(
-                "target must be a token id (jti), not a token",
-                hint="read the jti with `tasklease token inspect`",
-            )
-        if why == "secret":
-            raise InvalidRequest(
-                "target must not hold a secret (64 hexadecimal characters: a launch token "
-                "or a client secret)",
-                hint="revocation targets are ids; a launch token ends when it expires or is "
-                "used up, an app's secret when the app is deregistered",
-            )
-        if why == "spiffe":
-            raise InvalidRequest(
-                "target is not a SPIFFE ID as tokens name it",
-                hint="the scheme and the trust domain are lowercase "
-                "(spiffe://example.org/...), and no path segment is empty, . or ..",
-            )
+        level, target = revocation_request(level, target)
         if _names_operator(level, target) and not is_subset(
             (OPERATORS_SCOPE,), held_scopes(claims)
         ):
