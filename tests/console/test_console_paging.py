@@ -205,3 +205,57 @@ def test_a_page_past_the_last_says_so_and_leads_back_to_the_newest(broker: Broke
     assert _link(tokens, "Newest").endswith("/console/launch-tokens")
     assert "No older entries at this level." in revocations.text
     assert _link(revocations, "Newest").endswith("/console/revocations?level=task")
+
+
+def _title(page: httpx.Response) -> str:
+    found = re.search(r"<title>(.*?)</title>", page.text)
+    assert found is not None, page.text[:500]
+    return html.unescape(found.group(1))
+
+
+def test_an_agents_a_tasks_and_a_tokens_page_title_names_which(broker: Broker) -> None:
+    """Browser tabs and history tell these pages apart: each title names its agent (its
+    task and the start of its instance), task or token, not only "Agent"."""
+    views = broker.inventory.agents(limit=1000).items[:2]
+    ids = [v.agent.agent_id for v in views]
+    tasks = [v.agent.task_id for v in views]
+    first, second, task = _signed_in(
+        broker,
+        f"/console/agents/{ids[0]}",
+        f"/console/agents/{ids[1]}",
+        f"/console/tasks/{tasks[0]}",
+    )
+    titles = [_title(first), _title(second)]
+    for agent_id, task_id, title in zip(ids, tasks, titles, strict=True):
+        instance = agent_id.rsplit("/", 1)[1]
+        assert title == f"Agent {task_id}/{instance[:8]} · tasklease console", title
+    assert _title(task) == f"Task {tasks[0]} · tasklease console"
+    jti = re.search(r'href="/console/tokens/([^"]+)"', first.text)
+    assert jti is not None
+    (token,) = _signed_in(broker, f"/console/tokens/{jti.group(1)}")
+    assert _title(token) == f"Token {jti.group(1)[:12]} · tasklease console"
+
+
+@pytest.mark.parametrize(
+    ("template", "view", "title"),
+    [
+        (
+            "agent.html",
+            {"agent": {"agent_id": "<b>&x" + "y" * 80}},
+            "Agent &lt;b&gt;&amp;x" + "y" * 42 + "…",
+        ),
+        ("task.html", None, "Task &lt;i&gt;"),
+        ("token.html", {"token": {"jti": "<s>" + "0" * 20}}, "Token &lt;s&gt;000000000"),
+    ],
+    ids=["agent", "task", "token"],
+)
+def test_a_page_title_is_escaped_and_shortened(
+    template: str, view: dict[str, object] | None, title: str
+) -> None:
+    """An id that is no SPIFFE ID (say, from another broker's records) is shortened, and
+    escaped as the rest of the page is."""
+    from tasklease.http.console import _templates
+
+    page = _templates.get_template(template)
+    context = {"view": view, "task": {"task_id": "<i>"}}
+    assert "".join(page.blocks["title"](page.new_context(context))) == title

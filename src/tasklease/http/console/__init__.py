@@ -47,6 +47,7 @@ from tasklease.core.errors import (
     failure_summary,
 )
 from tasklease.core.records import AuditEvent, AuditQuery
+from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.tenants import DEFAULT_TENANT
 from tasklease.core.tokencheck import held_scopes
 from tasklease.core.tokens import KIND_ADMIN, Claims
@@ -117,6 +118,26 @@ _LEVELS = ("token", "agent", "task", "chain")
 _EVENTS = 100
 """The audit events a page lists at a time."""
 
+_TITLE_ID = 48
+"""Characters of an id a page's title names at most."""
+
+
+def _clip(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 1] + "\u2026"
+
+
+def _title_id(value: object) -> str:
+    """An agent's or a task's id as its page's title names it, so browser tabs and
+    history tell the pages apart: an agent's SPIFFE ID by its task and the first 8
+    characters of its instance (the trust domain and orchestrator are most often the same
+    for all), any id clipped to :data:`_TITLE_ID` characters. Escaped by the template."""
+    text = str(value)
+    agent = parse_agent_id(text)
+    if agent is not None:
+        return f"{_clip(agent.task_id, _TITLE_ID - 9)}/{agent.instance_id[:8]}"
+    return _clip(text, _TITLE_ID)
+
+
 _templates = Environment(
     loader=FileSystemLoader(str(files("tasklease.http.console") / "templates")),
     autoescape=select_autoescape(default=True, default_for_string=True),
@@ -125,6 +146,7 @@ _templates = Environment(
 )
 _templates.filters["q"] = lambda value: quote(str(value), safe="")
 _templates.filters["plural"] = lambda n, word: f"{n} {word}" if n == 1 else f"{n} {word}s"
+_templates.filters["title_id"] = _title_id
 _templates.filters["when"] = lambda ts: format_rfc3339_seconds(ts) if ts else ""
 
 
