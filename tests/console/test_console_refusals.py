@@ -509,3 +509,42 @@ def test_a_sign_in_refused_for_its_form_names_its_one_audit_event(
     assert event.outcome == "denied"
     assert event.event_type == ("operator_auth_failed" if operator else "admin_auth_failed")
     assert ADMIN_SECRET not in event.detail and len(event.detail) < 600
+
+
+# -- every 401 carries a challenge (RFC 9110 section 11.6.1) -------------------------------
+
+CHALLENGE = (
+    'Cookie realm="tasklease console", form-action="/console/login", '
+    'cookie-name="tasklease_console"'
+)
+
+
+def test_every_console_401_names_the_console_sign_in_as_its_challenge() -> None:
+    """A 401 must carry ``WWW-Authenticate``: the console's (a failed sign-in, a part of a
+    page whose session ended) name its form sign-in and session cookie, a scheme no
+    browser prompts for, so the page and its script behave as before."""
+    broker = in_process_broker()
+
+    async def go(client: httpx.AsyncClient) -> list[httpx.Response]:
+        form = await client.get("/console/login")
+        wrong = await client.post(
+            "/console/login",
+            data={"csrf": form_csrf(form.text), "operator": "", "secret": "wrong-" + "x" * 30},
+            headers={"origin": ORIGIN},
+        )
+        malformed = await client.post(
+            "/console/login",
+            data={"csrf": form_csrf(form.text), "operator": "Not A Name", "secret": "x"},
+            headers={"origin": ORIGIN},
+        )
+        client.cookies.set(COOKIE, FORGED_SESSION)
+        fragment = await client.get("/console/live/agents", headers={"x-console-fragment": "1"})
+        client.cookies.delete(COOKIE)
+        none = await client.get("/console/live/overview", headers={"x-console-fragment": "1"})
+        return [form, wrong, malformed, fragment, none]
+
+    form, *refused = run(broker, go)
+    for answer in refused:
+        assert answer.status_code == 401, answer.text
+        assert answer.headers.get_list("www-authenticate") == [CHALLENGE], answer.headers
+    assert "www-authenticate" not in form.headers

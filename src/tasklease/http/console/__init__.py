@@ -138,6 +138,11 @@ def _title_id(value: object) -> str:
     return _clip(text, _TITLE_ID)
 
 
+def _quoted(value: str) -> str:
+    """``value`` as an HTTP quoted-string (RFC 9110 section 5.6.4)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 _templates = Environment(
     loader=FileSystemLoader(str(files("tasklease.http.console") / "templates")),
     autoescape=select_autoescape(default=True, default_for_string=True),
@@ -285,13 +290,26 @@ def console_routes(
         root = str(request.scope.get("root_path", ""))
         return root if root.endswith("/console") else root + "/console"
 
+    def challenged(request: Request, response: Response) -> Response:
+        """``response``, with the console's challenge when it is a 401 (RFC 9110 section
+        11.6.1: every 401 carries one): its form sign-in and session cookie, in the
+        ``Cookie`` scheme's shape (draft-broyer-http-cookie-auth), which no browser
+        prompts for."""
+        if response.status_code == 401:
+            action = _quoted(f"{base(request)}/login")
+            response.headers["www-authenticate"] = (
+                f'Cookie realm="tasklease console", form-action={action}, '
+                f"cookie-name={_quoted(SESSION_COOKIE)}"
+            )
+        return response
+
     def page(request: Request, template: str, status: int = 200, **values: Any) -> Response:
         html = _templates.get_template(template).render(base=base(request), status=status, **values)
         response = HTMLResponse(html, status)
         response.headers["content-security-policy"] = CONSOLE_CSP
         # Browsers send ``Origin: null`` under no-referrer; the CSRF check reads Origin.
         response.headers["referrer-policy"] = "same-origin"
-        return response
+        return challenged(request, response)
 
     async def session(request: Request, scope: str) -> tuple[Claims, str]:
         token = request.cookies.get(SESSION_COOKIE, "")
@@ -326,7 +344,7 @@ def console_routes(
             if denial_id:
                 why = f"the audit log's event ending denial={denial_id} says why"
                 text += f"; refusal {denial_id}: {why}"
-            return Response(text + "\n", 401, media_type="text/plain")
+            return challenged(request, Response(text + "\n", 401, media_type="text/plain"))
         query = f"?{urlencode({'denial': denial_id})}" if denial_id else ""
         return RedirectResponse(f"{base(request)}/login{query}", 303)
 
