@@ -569,6 +569,16 @@ def verify_database(
     chain_verdict(report)
     if tree is not None:
         tree_verdict(tree.size, tree.root, rebuilt, report.checked, "the tree on record")
+    if checkpoint is not None:
+        # The checkpoint kept outside the database first: it says how the log differs
+        # from what was signed (CUT, FORK), where the one beside the events only fails.
+        checkpoint_verdict(
+            checkpoint,
+            rebuilt,
+            report.checked,
+            holds="the database holds",
+            first="the database's first",
+        )
     if signed is not None:
         tree_verdict(
             signed.size,
@@ -589,13 +599,6 @@ def verify_database(
     _say_stored(stored, held=checkpoint is not None)
     if checkpoint is None:
         return
-    checkpoint_verdict(
-        checkpoint,
-        rebuilt,
-        report.checked,
-        holds="the database holds",
-        first="the database's first",
-    )
     out.print(
         f"CONSISTENT: the database holds the {checkpoint.size} events of the checkpoint of "
         f"{checkpoint.origin}, unchanged, and {report.checked - checkpoint.size} after them",
