@@ -381,3 +381,18 @@ def test_an_impostor_resumption_on_the_loop_spends_its_nonce_and_its_proof() -> 
     # A fresh nonce and proof resume it.
     fresh = _deferred_resume(broker, agent_id, key, dpop_proof(dpop_key, htu=RESUME_URL))
     assert asyncio.run(broker.answer(fresh)).claims.sub == agent_id
+
+
+# Would fail if: a resumption's DPoP proof were spent only when the request named a bound
+# agent (or only once its key was proven): what became of the proof would then tell a
+# bound agent's id from one no agent has.
+def test_a_proof_presented_for_an_id_no_agent_has_is_spent_as_well() -> None:
+    broker = make_broker()
+    agent_id, key, dpop_key = _resumable(broker)
+    proof = dpop_proof(dpop_key, htu=RESUME_URL)
+    nobody = agent_id.rsplit("/", 1)[0] + "/" + "0" * 32
+    with pytest.raises(Unauthorized):
+        asyncio.run(broker.answer(_deferred_resume(broker, nobody, SigningKey.generate(), proof)))
+    with pytest.raises(Unauthorized) as replay:
+        asyncio.run(broker.answer(_deferred_resume(broker, agent_id, key, proof)))
+    assert PROOF_REPLAYED in audited_denial(broker, replay.value.denial_id).detail

@@ -47,7 +47,7 @@ from tasklease.core.kernel import IssuedToken, Kernel, Parent, RequestContext, S
 from tasklease.core.lineage import Refusal, agent_lineage, registration_ceiling
 from tasklease.core.liveness import new_session
 from tasklease.core.pending import Lost, Pending, complete
-from tasklease.core.records import AgentRecord, RevocationRecord, RevocationWrite
+from tasklease.core.records import RevocationRecord, RevocationWrite
 from tasklease.core.revoking import ended_by_holder
 from tasklease.core.signing import SigningKeys
 from tasklease.core.spiffe import parse_agent_id
@@ -257,6 +257,10 @@ class Renewal(Service):
 
             return Pending(spending(nonce, nonce_expiry + cfg.clock_skew, denial), refused)
 
+        # A DPoP proof presented is checked, and spent, whoever the request names: spent
+        # for a bound agent alone, or only once its key is proven, it would either tell a
+        # bound agent's id from one no agent has or outlive an impostor's use of it.
+        proof = self._presented_proof(base, ctx)
         # Checked for an unknown agent too (against no one's key): the time does not say.
         proven = verify_possession(agent.public_key if agent is not None else None, nonce, sig)
         if agent is None:
@@ -270,7 +274,7 @@ class Renewal(Service):
             )
         # The binding only once the key is proven: checked before, it told a bound
         # agent's id from one no agent has to anyone, without a nonce or a key.
-        unproven = self._unproven_binding(agent, cnf, ctx) if cnf else ""
+        unproven = _unproven_binding(cnf, ctx, proof) if cnf else ""
         if unproven:
             return spent(Unauthorized(_REFUSED, reason=unproven), unproven)
         _, why = kernel.agent_standing(agent_id, lifetime=False)
@@ -379,42 +383,41 @@ class Renewal(Service):
 
         return Pending(unit, done, lost)
 
-    def _unproven_binding(
-        self, agent: AgentRecord, cnf: dict[str, str], ctx: RequestContext
-    ) -> str:
-        """Why a resumption does not prove the registration's binding, or "" when it does.
-
-        Asked only of a caller that proved the agent's key (the same refusal as any other
-        then: the nonce spent with one event). Under ``core.audit.deferring`` its DPoP
-        proof is recorded as used with the request's deferred events, refused or not; one
-        used before then refuses it."""
-
-        def refusal(reason: str) -> tuple[TaskleaseError, AuditEntry]:
-            return Unauthorized(_REFUSED, reason=reason), AuditEntry(
-                "agent_resume_denied",
-                outcome="denied",
-                agent_id=agent.agent_id,
-                task_id=agent.task_id,
-                orch_id=agent.orch_id,
-                request_id=ctx.request_id,
-                detail=f"resume refused: {reason}",
-            )
-
+    def _presented_proof(self, base: AuditEntry, ctx: RequestContext) -> str | BindingError:
+        """The key a resumption's DPoP proof proves, or why it proves none (no proof at all
+        included: what a bound agent's resumption lacks). A proof that verifies is recorded
+        as used, whoever the request names and refused or not; under
+        ``core.audit.deferring`` with the request's deferred events, where one used before
+        then refuses the request."""
+        if not ctx.dpop:
+            return BindingError("resume without the registration's DPoP proof")
         dpop, deferred = recording(self._dpop, ctx.dpop)
         try:
-            x5t = cnf.get("x5t#S256")
-            if x5t is not None and not hmac.compare_digest(
-                ctx.cert_thumbprint.encode(), str(x5t).encode()
-            ):
-                raise BindingError("resume without the registration's client certificate")
-            jkt = cnf.get("jkt")
-            if jkt is not None:
-                proven = dpop.verify(ctx.dpop, htm=ctx.method, htu=ctx.url, now=self._kernel.now())
-                if not hmac.compare_digest(proven.encode(), str(jkt).encode()):
-                    raise BindingError("resume DPoP proof signed by another key")
+            return dpop.verify(ctx.dpop, htm=ctx.method, htu=ctx.url, now=self._kernel.now())
         except BindingError as exc:
-            return exc.reason
+            return exc
         finally:
             if deferred is not None:  # a proof checked before a refusal is spent by it too
-                deferred.defer(lambda: refusal(PROOF_REPLAYED))
-        return ""
+                deferred.defer(
+                    lambda: (
+                        Unauthorized(_REFUSED, reason=PROOF_REPLAYED),
+                        replace(base, detail=f"resume refused: {PROOF_REPLAYED}"),
+                    )
+                )
+
+
+def _unproven_binding(cnf: dict[str, str], ctx: RequestContext, proof: str | BindingError) -> str:
+    """Why a resumption does not prove the registration's binding (``cnf``), or "" when
+    it does. Asked only of a caller that proved the agent's key (the same refusal as any
+    other then: the nonce spent with one event); ``proof`` is what its DPoP proof proved
+    (``Renewal._presented_proof``)."""
+    x5t = cnf.get("x5t#S256")
+    if x5t is not None and not hmac.compare_digest(ctx.cert_thumbprint.encode(), str(x5t).encode()):
+        return "resume without the registration's client certificate"
+    jkt = cnf.get("jkt")
+    if jkt is not None:
+        if isinstance(proof, BindingError):
+            return proof.reason
+        if not hmac.compare_digest(proof.encode(), str(jkt).encode()):
+            return "resume DPoP proof signed by another key"
+    return ""
