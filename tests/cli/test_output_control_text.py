@@ -23,7 +23,7 @@ from tasklease.cli import _output
 from tasklease.cli._audit import _write_lines
 from tasklease.cli._common import print_json
 
-RAW = ("\x85", "\x9b", "\u2028", "\u2029", "\x7f", "\x1b")
+RAW = ("\x85", "\x9b", "\u2028", "\u2029", "\x7f", "\x1b", "\u202e", "\u2067")
 
 
 def _old_events() -> list[dict[str, Any]]:

@@ -44,4 +44,4 @@ def test_a_deregistered_apps_claims_make_no_launch_token(broker: Any, kit: Any) 
     assert denial_id
     events, _ = broker.store.query_audit(AuditQuery(event_type="launch_token_denied"))
     (event,) = [e for e in events if e.detail.endswith(f"denial={denial_id}")]
-    assert event.agent_id == f"app:{app.app_id}" and "reason=app not active" in event.detail
+    assert event.agent_id == f"app:{app.app_id}" and 'reason="app not active"' in event.detail

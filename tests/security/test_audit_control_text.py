@@ -16,6 +16,7 @@ import asyncio
 import httpx
 from security_support import make_broker
 
+from tasklease.core import auditformat
 from tasklease.core.auditformat import AuditEntry, event_hash, sanitize, verify_chain
 from tasklease.core.broker import Broker
 from tasklease.core.passwords import hash_secret
@@ -70,8 +71,27 @@ def test_a_c1_control_from_a_header_never_reaches_the_audit_log() -> None:
         "http://127.0.0.1",
     )
     [refused] = [e for e in events if e.event_type == "console_form_refused"]
-    assert "origin=https://evil.example 2J 8m forged from" in refused.detail, refused.detail
+    assert 'origin="https://evil.example 2J 8m forged" from' in refused.detail, refused.detail
     assert not _raw_in(refused), refused.detail
+
+
+def test_an_origin_header_cannot_name_another_client_address() -> None:
+    """The ``Origin`` is a field's value (``auditformat.detail_field``): quoted when it
+    holds a space, so ``from 10.9.8.7`` in it is not the address the event names."""
+    events = _stored_after(
+        {
+            "method": "POST",
+            "url": "/console/login",
+            "headers": {"Origin": "https://evil.example from 10.9.8.7 |"},
+            "data": {"secret": "x"},
+        },
+        "http://127.0.0.1",
+    )
+    [refused] = [e for e in events if e.event_type == "console_form_refused"]
+    assert 'origin="https://evil.example from 10.9.8.7 |" from ' in refused.detail, refused.detail
+    assert (
+        auditformat.read_fields(refused.detail)["origin"] == "https://evil.example from 10.9.8.7 |"
+    )
 
 
 def test_a_unicode_line_separator_in_a_path_never_reaches_the_audit_log() -> None:

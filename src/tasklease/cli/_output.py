@@ -65,8 +65,14 @@ def dump(rows: Sequence[dict[str, Any]], output: Output) -> None:
             return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
         Dumper.add_representer(str, text)
+        # PyYAML writes the bidi controls raw even double-quoted: each is escaped after,
+        # inside the double quotes the representer gave its string.
         sys.stdout.write(
-            yaml.dump(list(rows), Dumper=Dumper, sort_keys=False, allow_unicode=True, width=10_000)
+            escaped(
+                yaml.dump(
+                    list(rows), Dumper=Dumper, sort_keys=False, allow_unicode=True, width=10_000
+                )
+            )
         )
     sys.stdout.flush()
 

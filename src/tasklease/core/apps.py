@@ -20,7 +20,7 @@ from typing import Any
 
 from tasklease.core.appauth import AppSignIn
 from tasklease.core.audience import default_audience, validate_ceiling
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field, quoted
 from tasklease.core.callers import change_refused
 from tasklease.core.clientauth import app_public_key
 from tasklease.core.clock import format_rfc3339_seconds
@@ -108,7 +108,7 @@ def _grants(details: Sequence[Mapping[str, Any]]) -> str:
     """Audit detail: structured grants by type and digest (`` grants=[type#digest ...]``)."""
     if not details:
         return ""
-    return " grants=" + listed([f"{d.get('type')}#{digest(d)[:12]}" for d in details])
+    return " grants=" + listed([f"{quoted(str(d.get('type')))}#{digest(d)[:12]}" for d in details])
 
 
 def _app_token_ttl(token_ttl: object) -> int | None:
@@ -253,7 +253,8 @@ class Apps(Service):
                             "app_registration_denied",
                             outcome="denied",
                             request_id=ctx.request_id,
-                            detail=f"app={name} refused: {exc.detail} by={claims.sub}",
+                            detail=f"{detail_field('app', name)} refused: {exc.detail} "
+                            f"by={claims.sub}",
                         ),
                     )
                 ]
@@ -261,7 +262,8 @@ class Apps(Service):
                 AuditEntry(
                     "app_registered",
                     request_id=ctx.request_id,
-                    detail=f"app={name} app_id={app.app_id} client_id={app.client_id} "
+                    detail=f"{detail_field('app', name)} app_id={app.app_id} "
+                    f"client_id={app.client_id} "
                     f"scopes={listed(ceiling)}{_grants(details)} token_ttl={app.token_ttl}"
                     f"{_key_suffix(key)} by={claims.sub}",
                 )
@@ -409,7 +411,8 @@ class Apps(Service):
                 AuditEntry(
                     "app_secret_rotated",
                     request_id=ctx.request_id,
-                    detail=f"app_id={app_id} name={app.name} client_id={app.client_id} "
+                    detail=f"app_id={app_id} {detail_field('name', app.name)} "
+                    f"client_id={app.client_id} "
                     f"client secret replaced{_key_suffix(app.public_key)}{ended} "
                     f"rotated_by={claims.sub}",
                 )
@@ -479,7 +482,8 @@ class Apps(Service):
                 AuditEntry(
                     "app_deregistered",
                     request_id=ctx.request_id,
-                    detail=f"app_id={app_id} name={app.name} deregistered_by={claims.sub}",
+                    detail=f"app_id={app_id} {detail_field('name', app.name)} "
+                    f"deregistered_by={claims.sub}",
                 )
             ]
 
@@ -637,7 +641,7 @@ class Apps(Service):
                     f"{label}_auth_failed",
                     outcome="denied",
                     request_id=ctx.request_id,
-                    detail=f"client_id={client_id} reason={why}",
+                    detail=f"{detail_field('client_id', client_id)} {detail_field('reason', why)}",
                 ),
             )
         self._metrics.auth.labels(label, "success").inc()
@@ -669,8 +673,9 @@ class Apps(Service):
                 outcome="denied",
                 agent_id=claims.sub,
                 request_id=ctx.request_id,
-                detail=f"launch token denied for agent={agent_name} by={claims.sub} "
-                f"reason={reason}",
+                detail=f"launch token denied for {detail_field('agent', agent_name)} "
+                f"by={claims.sub} "
+                f"{detail_field('reason', reason)}",
             ),
         )
 
@@ -805,7 +810,8 @@ class Apps(Service):
                         outcome="denied",
                         agent_id=claims.sub,
                         request_id=ctx.request_id,
-                        detail=f"app={app_id} requested={listed(scope)}{_grants(details)} "
+                        detail=f"{detail_field('app', app_id)} "
+                        f"requested={listed(scope)}{_grants(details)} "
                         f"ceiling={listed(app.scopes)}{_grants(app.authorization_details)}"
                         f"{refusal.detail.removeprefix('ceiling would widen')}",
                     ),
@@ -832,12 +838,15 @@ class Apps(Service):
             authorization_details=details,
             agent_key=bound_key,
         )
-        suffix = f" app_id={app_id}" if app_id else ""
+        suffix = f" {detail_field('app_id', app_id)}" if app_id else ""
         if bound_key:
-            suffix += f" agent_key={bound_key}"
+            suffix += f" {detail_field('agent_key', bound_key)}"
         if resources:
             suffix += f" resource={listed(resources)}"
-        suffix += f" principal={record.principal} principal_ref={principal_ref(record.principal)}"
+        suffix += (
+            f" {detail_field('principal', record.principal)} "
+            f"principal_ref={principal_ref(record.principal)}"
+        )
         suffix += _grants(details) + decision.audit()
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -850,7 +859,8 @@ class Apps(Service):
                     principal_ref=principal_ref(
                         record.principal or (f"app:{record.app_id}" if record.app_id else "admin")
                     ),
-                    detail=f"launch token issued for agent={agent_name} scope={listed(scope)} "
+                    detail=f"launch token issued for {detail_field('agent', agent_name)} "
+                    f"scope={listed(scope)} "
                     f"max_ttl={agent_ttl} single_use={record.single_use} max_uses={uses} "
                     f"allow_resume={record.allow_resume} ttl={validity} id={digest[:12]} "
                     f"created_by={claims.sub}{suffix}",

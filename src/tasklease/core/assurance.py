@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from tasklease.core.auditformat import detail_field
 from tasklease.core.callers import about
 from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.revocation import RevocationIndex
@@ -75,7 +76,7 @@ def assure(kernel: Kernel, claims: Claims, ctx: RequestContext, *, audit_denial:
         ids,
         event_type="token_validated",
         detail=f"high_assurance=true live revocation and agent record checked "
-        f"jti={claims.jti} path={ctx.path}",
+        f"jti={claims.jti} {detail_field('path', ctx.path)}",
     )
     kernel.record(entry)
     return True

@@ -50,7 +50,7 @@ from tasklease.core.attestpolicy import (
     parse_policy,
 )
 from tasklease.core.audience import check_ceiling
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field
 from tasklease.core.callers import change_refused
 from tasklease.core.delegation import named_principal
 from tasklease.core.errors import InvalidRequest, NotFound, TaskleaseError
@@ -249,7 +249,9 @@ class AttestationService(Service):
                 AuditEntry(
                     "attestor_added",
                     request_id=ctx.request_id,
-                    detail=f"attestor={attestor_name} type={type} app_id={app or '-'} "
+                    detail=f"{detail_field('attestor', attestor_name)} "
+                    f"{detail_field('type', type)} "
+                    f"{detail_field('app_id', app or '-')} "
                     f"rules={len(rules)} replaced={str(replaced).lower()} by={claims.sub}",
                 )
             ]
@@ -295,7 +297,9 @@ class AttestationService(Service):
                 AuditEntry(
                     "attestor_removed",
                     request_id=ctx.request_id,
-                    detail=f"attestor={record.name} type={record.type} by={claims.sub}",
+                    detail=f"{detail_field('attestor', record.name)} "
+                    f"{detail_field('type', record.type)} "
+                    f"by={claims.sub}",
                 )
             ]
 
@@ -315,7 +319,7 @@ class AttestationService(Service):
         base = AuditEntry(
             "attestor_tested",
             request_id=ctx.request_id,
-            detail=f"attestor={record.name} by={claims.sub}",
+            detail=f"{detail_field('attestor', record.name)} by={claims.sub}",
         )
         try:
             if not isinstance(evidence, str) or not evidence:
@@ -340,7 +344,8 @@ class AttestationService(Service):
             AuditEntry(
                 "attestor_tested",
                 request_id=ctx.request_id,
-                detail=f"{base.detail} subject={attested.subject} rule={rule} "
+                detail=f"{base.detail} {detail_field('subject', attested.subject)} "
+                f"{detail_field('rule', rule)} "
                 f"evidence={attested.digest}",
             )
         )

@@ -76,8 +76,12 @@ class AuditEntry:
 _SECRET_KV = re.compile(
     r"(?i)(?<![\w-])((?>[\w-]*(?:secret|password|passwd|private_key|privkey|token_value|"
     r"api_key|apikey|authorization|credential))[\w-]*+)(\s*+[=:]\s*+)"
-    # A quoted value runs to its closing quote, or to the end of a text cut short.
-    r"(\"[^\"]*+(?:\"|\Z)|'[^']*+(?:'|\Z)|[^\s,;|\]]+)"
+    # A value redacted already and ended (by ``quoted``, inside a field's quotes) is not
+    # read again: the rule would take the quote closing the field for part of it.
+    r"(?!\*\*\*REDACTED\*\*\*(?![^\s,;|\]\"'\\]))"
+    # A quoted value runs to its closing quote, or to the end of a text cut short, and on
+    # to the end of its word (no quote); any other value to the end of its word.
+    r"((?:\"[^\"]*+(?:\"|\Z)|'[^']*+(?:'|\Z))[^\s,;|\]\"']*+|[^\s,;|\]]+)"
 )
 _BEARER = re.compile(r"(?i)\b(bearer|dpop)\s++[A-Za-z0-9._~+/=-]{8,}")
 _LOCAL_PART = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-")
@@ -154,7 +158,8 @@ def _plain_identifier(text: str) -> bool:
     return len(rest) < 64 or HEX_SECRET.search(rest) is None
 
 
-# Every control character (C0, DEL, C1) and Unicode line break but a tab (rules.controls).
+# Every control character (C0, DEL, C1), Unicode line break and bidi control but a tab
+# (rules.controls).
 _CONTROL_TO_SPACE = {c: " " for c in CONTROLS if c != 0x09}
 _CONTROL = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(_CONTROL_TO_SPACE)) + "]")
 MAX_DETAIL = 2048
@@ -214,9 +219,10 @@ def sanitize(detail: str) -> str:
     secret-looking keys (``client_secret=...``, ``password: ...``), runs of 64 or more hex
     characters (launch tokens, nonces, secrets, whatever surrounds them: audit events name
     things by their id or hash prefix instead; ``rules.secretshapes``) and e-mail
-    addresses (kept as ``a***@example.com``). Control characters (C0 but a tab, DEL, C1)
-    and Unicode line and paragraph separators become spaces (``rules.controls``: no
-    reader takes them for a line break, no terminal for a command), text that is not
+    addresses (kept as ``a***@example.com``). Control characters (C0 but a tab, DEL, C1),
+    Unicode line and paragraph separators and bidi controls become spaces
+    (``rules.controls``: no reader takes them for a line break, no terminal for a
+    command, no display reorders the text around them), text that is not
     valid Unicode (lone surrogates) is replaced, and the result is capped at
     :data:`MAX_DETAIL` characters, keeping the denial id a refusal's detail ends with.
 
@@ -256,6 +262,53 @@ def sanitize(detail: str) -> str:
         out = out[: room - len(_TRUNCATED)] + _TRUNCATED
     out += tail
     return detail if out == detail else out
+
+
+# --- fields -----------------------------------------------------------------------------
+#
+# A detail is the broker's words and ``key=value`` fields. A value written bare holds only
+# visible ASCII but a space, ``"``, ``'``, backquote, backslash and ``=``: nothing a reader
+# could take for the end of the value or the start of another field. Any other value (a
+# name, a reason, a header: text a caller chose) is double-quoted, ``"`` and ``\`` escaped
+# by a backslash, as logfmt and most key=value parsers read it.
+
+_BARE = re.compile(r"[!#-&(-<>-\[\]-_a-~]+")
+_QUOTE_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\"})
+
+
+def quoted(value: object) -> str:
+    """``value`` as one field's value: itself when bare, else double-quoted with ``"`` and
+    ``\\`` escaped. Its text is sanitized first, alone (:func:`sanitize`), so a secret or
+    address in it is redacted within the quotes and no rule's match runs past them
+    (taking the broker's fields after it); control characters become spaces there."""
+    text = sanitize(str(value))
+    if _BARE.fullmatch(text) is not None:
+        return text
+    return '"' + text.translate(_QUOTE_ESCAPES) + '"'
+
+
+def detail_field(key: str, value: object) -> str:
+    """``key=value`` for an audit detail, the value as :func:`quoted` writes it. Every
+    value that comes from outside the broker is written by this (one rule: none can add a
+    field of its own, nor hide one of the broker's)."""
+    return f"{key}={quoted(value)}"
+
+
+# A quoted string anywhere (skipped whole: a field inside one is a caller's text), or a
+# field at the start or after a space: its value quoted, or bare up to a space, ",", "|"
+# or quote (events written before values were quoted hold a caller's "," and "=").
+_FIELD = re.compile(r'"(?:[^"\\]|\\.)*+"?|(?<!\S)([a-z_]+)=(?:"((?:[^"\\]|\\.)*+)"?|([^\s,|"]*))')
+_UNESCAPE = re.compile(r"\\(.)")
+
+
+def read_fields(detail: str) -> dict[str, str]:
+    """The fields of ``detail`` (:func:`detail_field`), quoted values unescaped; the last one of
+    a key written twice. A ``key=value`` inside a quoted value is no field."""
+    found: dict[str, str] = {}
+    for match in _FIELD.finditer(detail):
+        if match[1] is not None:
+            found[match[1]] = match[3] if match[2] is None else _UNESCAPE.sub(r"\1", match[2])
+    return found
 
 
 def sanitized_entry(entry: AuditEntry) -> AuditEntry:

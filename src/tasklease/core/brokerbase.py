@@ -19,7 +19,7 @@ from tasklease.core.activeagents import ACTIVE_AGENTS_DUTY, ACTIVE_AGENTS_SLOW, 
 from tasklease.core.apps import Apps
 from tasklease.core.attestation import AttestationService
 from tasklease.core.audit import Deferred
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field
 from tasklease.core.binding import DPoPNonces, StoreProofLedger
 from tasklease.core.calls import CallCount, CallCounting
 from tasklease.core.clientlimits import ADMIN_SIGN_IN, APP_SIGN_IN, ClientLimit, Limit
@@ -503,7 +503,8 @@ class BrokerBase:
                 agent_id=operator,
                 resource=ctx.path,
                 request_id=ctx.request_id,
-                detail=f"console form refused: {reason} | origin={sent} from {ctx.remote}",
+                detail=f"console form refused: {reason} | {detail_field('origin', sent)} "
+                f"from {ctx.remote}",
             ),
         )
 
@@ -521,7 +522,7 @@ class BrokerBase:
         # The name as typed is kept only when an operator has it (``Operators.shown_name``).
         shown = await asyncio.to_thread(self._operators.shown_name, operator) if operator else ""
         subject = operator_subject(shown) if shown and shown != UNKNOWN_OPERATOR else ""
-        who = f"operator={shown}" if operator else "operator=admin"
+        who = detail_field("operator", shown if operator else "admin")
         error: TaskleaseError = Unauthorized("invalid credentials")
         why = clipped(cause.detail, 200)
         if isinstance(cause, Unavailable):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tasklease.core.assurance import live_denial
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field
 from tasklease.core.callers import about
 from tasklease.core.errors import Forbidden, InsufficientScope, InvalidRequest
 from tasklease.core.kernel import RequestContext, Service
@@ -218,7 +218,10 @@ class CallCounting(Service):
         except (TypeError, ValueError) as exc:
             raise InvalidRequest(clipped(f"malformed call: {exc}", 200)) from None
         action = clipped(str(call.get("action")), 64)
-        what = f"type={clipped(kind, 64)} action={action} jti={claims.jti}"
+        what = (
+            f"{detail_field('type', clipped(kind, 64))} {detail_field('action', action)} "
+            f"jti={claims.jti}"
+        )
         if not allowed:
             raise kernel.deny(
                 InsufficientScope("no grant of the token allows this call"),

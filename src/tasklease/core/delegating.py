@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 
 from tasklease.core.audience import validate_resource
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field
 from tasklease.core.callers import about, lineage, refused, require_agent
 from tasklease.core.calls import budget_holder, budgets_for
 from tasklease.core.clock import format_rfc3339
@@ -114,7 +114,7 @@ class Delegating(Service):
         denied = replace(
             refused("delegation_attenuation_violation", claims, ctx), deleg_depth=depth
         )
-        parties = f"delegator={claims.sub} | target={clipped(delegate_to, 256)}"
+        parties = f"delegator={claims.sub} | {detail_field('target', clipped(delegate_to, 256))}"
         # Both ends in good standing (invariant 1): the delegator is an ancestor of what
         # it hands on, its own registration's lifetime left to the check's ceilings.
         holder, held = kernel.holder(claims)
@@ -144,7 +144,8 @@ class Delegating(Service):
                     refusal.error,
                     replace(
                         denied,
-                        detail=f"audience would widen | {parties} | requested={named_resource} "
+                        detail=f"audience would widen | {parties} | "
+                        f"{detail_field('requested', named_resource)} "
                         f"| allowed={listed(claims.aud)}",
                     ),
                 ) from None

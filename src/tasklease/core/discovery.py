@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from nacl.signing import VerifyKey
 
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, quoted
 from tasklease.core.callers import refused, require_agent
 from tasklease.core.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from tasklease.core.identity import decode_signature
@@ -154,7 +154,8 @@ class Discovery(Service):
                     outcome="success",
                     # The endpoint may be 2048 characters: the event keeps the
                     # head of a long one, and issued_at after it.
-                    detail=f"endpoint bound: {clipped(url, _RECORDED_ENDPOINT, breaks='/')} "
+                    detail="endpoint bound: "
+                    f"{quoted(clipped(url, _RECORDED_ENDPOINT, breaks='/'))} "
                     f"issued_at={issued_at}",
                 )
             ]

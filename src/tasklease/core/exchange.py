@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from tasklease.core.audience import validate_resource
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field
 from tasklease.core.callers import lineage, refused
 from tasklease.core.calls import budget_holder, budgets_for
 from tasklease.core.clock import format_rfc3339
@@ -432,7 +432,10 @@ class Exchange(Service):
                 self._entry(ctx, f"subject_token of {domain} refused: {stale}", actor),
             )
         foreign = ft.claims
-        about = f"subject={foreign.sub} of {domain} jti={foreign.jti} actor={actor.sub}"
+        about = (
+            f"{detail_field('subject', foreign.sub)} of {domain} "
+            f"{detail_field('jti', foreign.jti)} actor={actor.sub}"
+        )
         granted = map_scopes(foreign.scope, record.scope_map, record.scope_ceiling)
         if not granted:
             raise kernel.deny(
@@ -508,7 +511,7 @@ class Exchange(Service):
         )
         self._metrics.delegation_depth.observe(len(chain))
         detail = (
-            f"cross-domain exchange {about} iss={clipped(foreign.iss, 128)} "
+            f"cross-domain exchange {about} {detail_field('iss', clipped(foreign.iss, 128))} "
             f"granted={listed(granted)} scope={listed(new.scope)} depth={len(chain)} "
             f"jti={new.jti}{issuance.decision}"
         )

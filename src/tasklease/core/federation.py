@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from tasklease.core import federationfields as fields
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.errors import (
     Conflict,
@@ -35,6 +35,7 @@ from tasklease.core.errors import (
     Unauthorized,
 )
 from tasklease.core.foreign import domain_entry
+from tasklease.core.issuing import listed
 from tasklease.core.kernel import Kernel, RequestContext, Service
 from tasklease.core.records import FederationRecord
 from tasklease.core.store import WriteTx
@@ -206,7 +207,7 @@ class Federation(Service):
                 "federation_refused",
                 outcome="denied",
                 request_id=ctx.request_id,
-                detail=f"trust_domain={shown} by={claims.sub}: {exc.detail}",
+                detail=f"{detail_field('trust_domain', shown)} by={claims.sub}: {exc.detail}",
             )
             raise self._kernel.deny(exc, entry) from None
 
@@ -286,9 +287,10 @@ class Federation(Service):
                 AuditEntry(
                     "federation_added",
                     request_id=ctx.request_id,
-                    detail=f"trust_domain={domain} {source} ca={'pem' if pem else 'system'} "
+                    detail=f"{detail_field('trust_domain', domain)} {source} "
+                    f"ca={'pem' if pem else 'system'} "
                     f"max_bundle_age={age} max_ttl={ttl} map={fields.map_text(mapping)} "
-                    f"ceiling=[{' '.join(ceiling)}] feed={feed or 'none'} "
+                    f"ceiling={listed(ceiling)} {detail_field('feed', feed or 'none')} "
                     f"replaced={str(replaced).lower()} "
                     f"by={claims.sub}",
                 )
@@ -340,7 +342,7 @@ class Federation(Service):
                 AuditEntry(
                     "federation_removed",
                     request_id=ctx.request_id,
-                    detail=f"trust_domain={trust_domain} removed by={claims.sub}; "
+                    detail=f"{detail_field('trust_domain', trust_domain)} removed by={claims.sub}; "
                     f"revoked level=chain target={ended.target}",
                 )
             ]
@@ -355,7 +357,8 @@ class Federation(Service):
                     "federation_denied",
                     outcome="denied",
                     request_id=ctx.request_id,
-                    detail=f"remove trust_domain={clipped(trust_domain, 255)}: not federated "
+                    detail=f"remove {detail_field('trust_domain', clipped(trust_domain, 255))}: "
+                    f"not federated "
                     f"by={claims.sub}",
                 ),
             )
@@ -443,7 +446,7 @@ class Federation(Service):
             return [
                 AuditEntry(
                     "federation_bundle_updated",
-                    detail=f"trust_domain={trust_domain} "
+                    detail=f"{detail_field('trust_domain', trust_domain)} "
                     f"sequence={previous.sequence if previous else None}->{bundle.sequence} "
                     f"kids=[{' '.join(bundle.keys)}] skipped={bundle.skipped}",
                 )
@@ -539,5 +542,6 @@ def _refused_entry(record: FederationRecord, error: str) -> AuditEntry:
     return AuditEntry(
         "federation_bundle_refused",
         outcome="denied",
-        detail=f"trust_domain={record.trust_domain} {error} (the last good bundle is kept)",
+        detail=f"{detail_field('trust_domain', record.trust_domain)} {error} (the last good "
+        f"bundle is kept)",
     )

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field
 from tasklease.core.callers import change_refused
 from tasklease.core.errors import Conflict, InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.granttypes import MAX_SCHEMA_BYTES
@@ -177,7 +177,8 @@ class GrantTypes(Service):
                 AuditEntry(
                     "grant_type_added",
                     request_id=ctx.request_id,
-                    detail=f"grant_type={name} narrowing={record.narrowing} by={claims.sub}",
+                    detail=f"{detail_field('grant_type', name)} "
+                    f"{detail_field('narrowing', record.narrowing)} by={claims.sub}",
                 )
             ]
 
@@ -221,7 +222,7 @@ class GrantTypes(Service):
                 AuditEntry(
                     "grant_type_removed",
                     request_id=ctx.request_id,
-                    detail=f"grant_type={record.name} by={claims.sub}",
+                    detail=f"{detail_field('grant_type', record.name)} by={claims.sub}",
                 )
             ]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from tasklease.core.auditformat import clipped
+from tasklease.core.auditformat import clipped, read_fields
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import InvalidRequest, NotFound
 from tasklease.core.kernel import Service
@@ -65,10 +65,13 @@ MAX_TASK_EVENTS = 20_000
 _TOKEN_EVENTS = ("token_issued", "token_renewed", "delegation_created", "token_exchanged")
 _JTI = re.compile(r"[0-9a-f]{32}")
 _NARROWED = re.compile(r"narrowed jti=([0-9a-f]{32}) to jti=([0-9a-f]{32}) ")
-# A field the broker wrote: ``name=value`` after a space (or at the start). A value a
-# caller chose (an audience, a resource) holds no space but may hold "," and "=": a
-# field read after a comma let ``aud=svc,ttl=1,jti=...`` rewrite the token drawn.
-_FIELD = re.compile(r"(?:^|\s)([a-z_]+)=([^\s,|]+)")
+# Every ``principal=`` of a detail, its value quoted or bare (the one counted is the one
+# the event's ``principal_ref`` names: in events written before values were quoted, an
+# attested subject could hold a ``principal=`` of its own).
+_PRINCIPAL = re.compile(r'(?<!\S)principal=(?:"(?:[^"\\]|\\.)*+"?|[^\s,|"]*)')
+# An item of such a list: quoted, or up to a space.
+_ITEM = re.compile(r'"(?:[^"\\]|\\.)*+"|[^\s"]+')
+_UNESCAPE = re.compile(r"\\(.)")
 # A scope list the broker wrote (``listed``): ``[a b c]`` and then a field of its own or
 # the end. A scope's identifier under a wildcard may end with "]" (``read:data:x]``), so
 # the list does not end at its first "]": that hid every scope listed after such a one.
@@ -225,12 +228,22 @@ class RevocationPreview:
 
 
 def _fields(detail: str) -> dict[str, str]:
-    return {m[1]: m[2] for m in _FIELD.finditer(detail)}
+    # A field the broker wrote (``auditformat.read_fields``): a caller's value is quoted
+    # when it holds a space, quote or "=", and a field inside its quotes is not read. A
+    # bare value ends at "," too: in events written before, ``aud=svc,ttl=1,jti=...``.
+    return read_fields(detail)
 
 
 def _scope_in(detail: str) -> str:
+    """The scopes a detail lists, space-separated, each as the caller wrote it: an item
+    the broker quoted (``issuing.listed``: one holding a bracket) is read unquoted."""
     match = _SCOPE.search(detail)
-    return match[1] if match else ""
+    if not match:
+        return ""
+    return " ".join(
+        _UNESCAPE.sub(r"\1", item[1:-1]) if item[0] == '"' else item
+        for item in _ITEM.findall(match[1])
+    )
 
 
 def _principal_in(event: AuditEvent) -> str:
@@ -243,9 +256,10 @@ def _principal_in(event: AuditEvent) -> str:
     """
     if not event.principal_ref:
         return ""
-    for match in _FIELD.finditer(event.detail):
-        if match[1] == "principal" and principal_ref(match[2]) == event.principal_ref:
-            return match[2]
+    for match in _PRINCIPAL.finditer(event.detail):
+        found = read_fields(match[0]).get("principal", "")
+        if found and principal_ref(found) == event.principal_ref:
+            return found
     return ""
 
 

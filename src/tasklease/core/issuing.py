@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tasklease.core.auditformat import quoted
 from tasklease.core.config import Config
 from tasklease.core.introspection import new_reference
 from tasklease.core.kernel import Issuance
@@ -118,17 +119,26 @@ def binding_suffix(claims: Claims, reference: ReferenceTokenRecord | None) -> st
     """Audit detail: which binding, audience, grants and form a freshly issued token has."""
     out = ""
     if claims.details:
-        out += " grants=" + ",".join(f"{d.get('type')}#{digest(d)[:12]}" for d in claims.details)
+        out += " grants=" + ",".join(
+            f"{quoted(str(d.get('type')))}#{digest(d)[:12]}" for d in claims.details
+        )
     cnf = cnf_of(claims)
     if cnf:
         out += " cnf=" + ",".join(sorted(cnf))
     if claims.aud:
-        out += " aud=" + ",".join(claims.aud)
+        out += " aud=" + ",".join(quoted(aud) for aud in claims.aud)
     if reference is not None:
         out += " by_reference=true"
     return out
 
 
 def listed(values: Sequence[str]) -> str:
-    """Scopes, audiences or resources as audit text: ``[a b c]``."""
-    return "[" + " ".join(values) + "]"
+    """Scopes, audiences or resources as audit text: ``[a b c]``, each as a field's value
+    is written (``auditformat.quoted``), and quoted too when it holds a bracket: no item
+    can end the list early or read as a field after it."""
+    return "[" + " ".join(_item(value) for value in values) + "]"
+
+
+def _item(value: str) -> str:
+    text = quoted(value)
+    return text if text[0] == '"' or ("[" not in text and "]" not in text) else f'"{text}"'

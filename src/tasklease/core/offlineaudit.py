@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, detail_field
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.errors import Forbidden, InvalidRequest, TaskleaseError
 from tasklease.core.kernel import Kernel, RequestContext, Service, with_denial
@@ -262,7 +262,8 @@ class OfflineAudit(Service):
         detail = (
             f"reported late | occurred_at={format_rfc3339_seconds(block.iat)} "
             f"received_at={format_rfc3339_seconds(now)} | jti={block.jti} parent={parent} "
-            f"root={chain.root_jti} delegator={delegator} delegate={block.sub} "
+            f"root={chain.root_jti} {detail_field('delegator', delegator)} "
+            f"{detail_field('delegate', block.sub)} "
             f"depth={block.depth} exp={format_rfc3339_seconds(block.exp)} "
             f"scope={','.join(chain.scope)} | reported_by={caller.sub}"
             + (f" | revoked_now={revoked}" if revoked else "")
@@ -303,8 +304,8 @@ class OfflineAudit(Service):
         detail = (
             f"reported late | occurred_at={format_rfc3339_seconds(occurred)} "
             f"received_at={format_rfc3339_seconds(now)} | jti={chain.jti} "
-            f"root={chain.root_jti} holder={chain.holder} depth={chain.depth} "
-            f"verifier={verifier} count={item.count} "
+            f"root={chain.root_jti} {detail_field('holder', chain.holder)} depth={chain.depth} "
+            f"{detail_field('verifier', verifier)} count={item.count} "
             f"minute={format_rfc3339_seconds(minute)}"
             + (f" | revoked_now={revoked}" if revoked else "")
         )

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from tasklease.core.audience import default_audience
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field
 from tasklease.core.errors import (
     Conflict,
     InvalidRequest,
@@ -167,7 +167,8 @@ class Operators(Service):
                     "operator_added",
                     agent_id=operator_subject(name),
                     request_id=ctx.request_id,
-                    detail=f"operator={name} role={role} credential={how} by={by}",
+                    detail=f"{detail_field('operator', name)} {detail_field('role', role)} "
+                    f"credential={how} by={by}",
                 )
             ]
 
@@ -193,7 +194,8 @@ class Operators(Service):
                 "operator_removed",
                 agent_id=operator_subject(current.name),
                 request_id=ctx.request_id,
-                detail=f"operator={current.name} role={current.role} removed, its tokens "
+                detail=f"{detail_field('operator', current.name)} role={current.role} removed, "
+                f"its tokens "
                 f"revoked by={claims.sub}",
             )
 
@@ -238,7 +240,8 @@ class Operators(Service):
                 "operator_credential_rotated",
                 agent_id=operator_subject(current.name),
                 request_id=ctx.request_id,
-                detail=f"operator={current.name} credential={_credential(current)}->{after}, "
+                detail=f"{detail_field('operator', current.name)} "
+                f"credential={_credential(current)}->{after}, "
                 f"its tokens revoked by={by}",
             )
 
@@ -361,7 +364,7 @@ class Operators(Service):
             outcome="denied",
             agent_id=operator_subject(name),
             request_id=ctx.request_id,
-            detail=f"operator={name} refused: {why} by={by}",
+            detail=f"{detail_field('operator', name)} refused: {why} by={by}",
         )
 
     # --- sign-in ---------------------------------------------------------------------------
@@ -503,7 +506,8 @@ class Operators(Service):
             outcome="denied",
             agent_id=operator_subject(shown) if shown != UNKNOWN_OPERATOR else "",
             request_id=ctx.request_id,
-            detail=f"operator sign-in failed: {reason} | operator={shown} from {ctx.remote}",
+            detail=f"operator sign-in failed: {reason} | {detail_field('operator', shown)} from "
+            f"{ctx.remote}",
         )
 
     def _sign_in_refused(
@@ -553,7 +557,7 @@ class Operators(Service):
             "operator_authenticated",
             agent_id=claims.sub,
             request_id=ctx.request_id,
-            detail=f"operator={record.name} role={record.role} signed in with its "
+            detail=f"{detail_field('operator', record.name)} role={record.role} signed in with its "
             f"{_credential(record)} from {ctx.remote} jti={claims.jti}",
         )
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, detail_field
 from tasklease.core.foreign import converted
 from tasklease.core.kernel import Kernel, Service
 from tasklease.core.records import FederationRecord, RevocationRecord, RevocationWrite
@@ -166,8 +166,8 @@ class PeerFeeds(Service):
                     AuditEntry(
                         "federation_revocation",
                         agent_id=theirs.target if theirs.level == "agent" else "",
-                        detail=f"revoked in {domain} level={theirs.level} "
-                        f"target={theirs.target} seq={theirs.seq} -> level=chain "
+                        detail=f"revoked in {domain} {detail_field('level', theirs.level)} "
+                        f"{detail_field('target', theirs.target)} seq={theirs.seq} -> level=chain "
                         f"target={mine.target} entry={outcome.value}",
                     )
                 )

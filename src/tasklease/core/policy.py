@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import cedarpy
 import msgspec
 
-from tasklease.core.auditformat import clipped
+from tasklease.core.auditformat import clipped, quoted
 from tasklease.core.policyreads import Remembered, reads_of
 from tasklease.core.policyrequest import SCHEMA, PolicyRequest
 
@@ -118,7 +118,8 @@ class Decision:
     def audit(self) -> str:
         """The decision as audit text: `` policy=allow[a,b] set=<digest>``."""
         verdict = "allow" if self.allowed else "deny"
-        text = f" policy={verdict}[{','.join(self.policies)}] policy_set={self.digest[:12]}"
+        ids = ",".join(quoted(policy) for policy in self.policies)
+        text = f" policy={verdict}[{ids}] policy_set={self.digest[:12]}"
         if self.errors:
             text += f" policy_errors={len(self.errors)}:{clipped(self.errors[0], 200)}"
         return text

@@ -26,7 +26,7 @@ from tasklease.core.attestation import (
 )
 from tasklease.core.attestors import LAUNCH_TOKEN
 from tasklease.core.audience import validate_resource
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, detail_field
 from tasklease.core.calls import registration_budgets
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import (
@@ -423,7 +423,7 @@ class Registration(Service):
                         base,
                         event_type="registration_policy_violation",
                         detail=f"resource refused: {refusal.error.detail} "
-                        f"requested={named_resource} "
+                        f"{detail_field('requested', named_resource)} "
                         f"allowed={listed(parent.audience if parent else ())}",
                     ),
                 ) from None
@@ -605,7 +605,8 @@ class Registration(Service):
                     ids,
                     event_type="agent_registered",
                     detail=f"Agent registered with scope {listed(scope)}{suffix} "
-                    f"principal={principal} principal_ref={principal_ref(principal)}"
+                    f"{detail_field('principal', principal)} "
+                    f"principal_ref={principal_ref(principal)}"
                     f"{origin}",
                     request_id=ctx.request_id,
                 ),

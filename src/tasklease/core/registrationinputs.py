@@ -10,7 +10,7 @@ from dataclasses import replace
 from tasklease.core.attestation import AttestationOutcome, AttestationService
 from tasklease.core.attestors import AttestationRefused, evidence_hash
 from tasklease.core.attestors.launch_token import refusal as launch_refusal
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, detail_field
 from tasklease.core.errors import (
     InvalidDPoPProof,
     InvalidRequest,
@@ -276,8 +276,9 @@ def attested_suffix(attested: AttestationOutcome | None) -> str:
         return ""
     used = attested.attested
     return (
-        f" attestor={used.attestor} type={used.type} subject={used.subject} "
-        f"rule={attested.grant.rule} evidence={used.digest}"
+        f" {detail_field('attestor', used.attestor)} {detail_field('type', used.type)} "
+        f"{detail_field('subject', used.subject)} {detail_field('rule', attested.grant.rule)} "
+        f"evidence={used.digest}"
     )
 
 

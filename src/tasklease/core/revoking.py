@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from dataclasses import replace
 
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field
 from tasklease.core.callers import about
 from tasklease.core.clockoffset import measure_offset
 from tasklease.core.delegation import principal_ref
@@ -174,7 +174,8 @@ class Revoking(Service):
                     outcome="denied",
                     request_id=ctx.request_id,
                     detail=f"caller={claims.sub} may not revoke level={level} "
-                    f"target={target}: it ends operators' tokens, which needs {OPERATORS_SCOPE}",
+                    f"{detail_field('target', target)}: it ends operators' tokens, which needs "
+                    f"{OPERATORS_SCOPE}",
                 ),
             )
         named = self._named(level, target)
@@ -199,7 +200,8 @@ class Revoking(Service):
                     named,
                     event_type="token_revoked",
                     request_id=ctx.request_id,
-                    detail=f"revoked at level={level} target={target} by={claims.sub}",
+                    detail=f"revoked at level={level} {detail_field('target', target)} "
+                    f"by={claims.sub}",
                 )
             ]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import nacl.signing
 
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field
 from tasklease.core.errors import Conflict, NotFound, TaskleaseError, Unavailable
 from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.keys import KeyRing, jwk_thumbprint, load_keyring, retire_keys, rotate_key
@@ -270,7 +270,8 @@ class SigningKeys:
                 "signing_key_retire_denied",
                 outcome="denied",
                 request_id=ctx.request_id,
-                detail=f"signing key kid={clipped(kid, 128)} not retired: {exc.detail} "
+                detail=f"signing key {detail_field('kid', clipped(kid, 128))} not retired: "
+                f"{exc.detail} "
                 f"by={claims.sub}",
             ),
         )

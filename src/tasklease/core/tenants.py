@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import PurePath
 
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field
 from tasklease.core.config import Config
 from tasklease.core.errors import Conflict, InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.kernel import RequestContext, Service, with_denial
@@ -128,7 +128,8 @@ class Tenants(Service):
                 AuditEntry(
                     "tenant_created",
                     request_id=ctx.request_id,
-                    detail=f"tenant={name} trust_domain={trust_domain} by={claims.sub}",
+                    detail=f"{detail_field('tenant', name)} "
+                    f"{detail_field('trust_domain', trust_domain)} by={claims.sub}",
                 )
             ]
 
@@ -176,7 +177,7 @@ class Tenants(Service):
                 AuditEntry(
                     "tenant_removed",
                     request_id=ctx.request_id,
-                    detail=f"tenant={record.name} by={claims.sub}",
+                    detail=f"{detail_field('tenant', record.name)} by={claims.sub}",
                 )
             ]
 
@@ -198,5 +199,5 @@ class Tenants(Service):
             "tenant_refused",
             outcome="denied",
             request_id=ctx.request_id,
-            detail=f"tenant={clipped(name, 64)} by={claims.sub}: {error.detail}",
+            detail=f"{detail_field('tenant', clipped(name, 64))} by={claims.sub}: {error.detail}",
         )

@@ -15,7 +15,7 @@ from typing import Any
 
 from tasklease.core.assurance import assure
 from tasklease.core.audience import validate_resource
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, detail_field
 from tasklease.core.binding import recording
 from tasklease.core.callers import about
 from tasklease.core.errors import (
@@ -279,19 +279,27 @@ class TokenCheck(Service):
         if not authorization:
             raise kernel.deny(
                 Unauthorized("missing authorization header"),
-                replace(base, detail=f"missing authorization header | path={ctx.path}"),
+                replace(
+                    base, detail=f"missing authorization header | {detail_field('path', ctx.path)}"
+                ),
             )
         try:
             credentials = authorization_credentials(authorization)
         except MalformedAuthorization as exc:
             raise kernel.deny(
                 InvalidRequest("malformed authorization header", challenge=INVALID_REQUEST),
-                replace(base, detail=f"malformed authorization header: {exc} | path={ctx.path}"),
+                replace(
+                    base,
+                    detail=f"malformed authorization header: {exc} | "
+                    f"{detail_field('path', ctx.path)}",
+                ),
             ) from None
         if credentials is None:
             raise kernel.deny(
                 Unauthorized("invalid authorization scheme"),
-                replace(base, detail=f"invalid authorization scheme | path={ctx.path}"),
+                replace(
+                    base, detail=f"invalid authorization scheme | {detail_field('path', ctx.path)}"
+                ),
             )
         scheme, token = credentials
         started = time.perf_counter()
@@ -370,7 +378,7 @@ class TokenCheck(Service):
             challenge=_challenge(scheme, exc),
             dpop_nonce=exc.dpop_nonce or None,
         )
-        detail = f"token verification failed: {exc.reason} | path={ctx.path}"
+        detail = f"token verification failed: {exc.reason} | {detail_field('path', ctx.path)}"
         return error, replace(base, detail=detail)
 
     def _scope_violation(
@@ -390,7 +398,7 @@ class TokenCheck(Service):
             outcome="denied",
             resource=ctx.path,
             request_id=ctx.request_id,
-            detail=f"scope_violation | {why} | path={ctx.path} by={claims.sub}",
+            detail=f"scope_violation | {why} | {detail_field('path', ctx.path)} by={claims.sub}",
         )
         error = InsufficientScope(
             outward, challenge=(scheme, "insufficient_scope"), required_scope=required

@@ -21,6 +21,7 @@ dependencies. Pure functions: time comes in as ``now``.
 ``rules.cleartext``    where a credential may go over plain HTTP (loopback only, unless the
                        caller opts in)
 ``rules.controls``     the characters no line we write may hold as they are (C0, DEL, C1,
-                       U+2028, U+2029): what the audit sanitizer and the CLI's listings mask
+                       U+2028, U+2029, the bidi controls): what the audit sanitizer and the
+                       CLI's listings mask
 =====================  =========================================================================
 """

@@ -70,6 +70,7 @@ from tasklease.http.middleware import is_form
 from tasklease.http.problems import status_for
 from tasklease.http.ratelimit import limit_sign_in
 from tasklease.http.token_routes import RequestURI
+from tasklease.rules.controls import escaped
 from tasklease.rules.scopes import is_subset
 
 __all__ = ["CONSOLE_CSP", "WalkFailure", "WalkView", "console_routes"]
@@ -143,11 +144,21 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+
+def _shown(value: object) -> object:
+    """A value a page writes, every character of ``rules.controls`` in its text (a
+    stored event's, a name's) written ``\\uXXXX``: none reorders or breaks a cell."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return escaped(value)
+    return value
+
+
 _templates = Environment(
     loader=FileSystemLoader(str(files("tasklease.http.console") / "templates")),
     autoescape=select_autoescape(default=True, default_for_string=True),
     trim_blocks=True,
     lstrip_blocks=True,
+    finalize=_shown,
 )
 _templates.filters["q"] = lambda value: quote(str(value), safe="")
 _templates.filters["plural"] = lambda n, word: f"{n} {word}" if n == 1 else f"{n} {word}s"
