@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     import sqlite3
 
     from tasklease.core.config import Config
+    from tasklease.core.records import TenantRecord
     from tasklease.core.store import Store
 
 app = typer.Typer(
@@ -619,42 +620,59 @@ def audit_verify(
         raise _fail(f"database {database} {missing}")
     store = _open_local_store(database, migrate=False)
     tenant = selected_tenant()
+    record: TenantRecord | None = None
     if tenant is not None:
+        # A name the database does not hold has an empty chain, which is not "intact".
+        record = store.get_tenant(tenant)
+        if record is None:
+            store.close()
+            raise _fail(
+                f"database {database} holds no tenant {tenant} (a tenant's log is kept "
+                "after its removal too): see its tenants with `tasklease tenant list`",
+                1,
+            )
         store = store.for_tenant(tenant)  # that tenant's own chain
     try:
         _transparency.verify_database(
             store,
             checkpoint_file=checkpoint,
             log_keys=log_key,
-            local_keys=lambda: _local_log_keys(config, data_dir, tenant),
+            local_keys=lambda: _local_log_keys(config, data_dir, record),
         )
     finally:
         store.close()
 
 
 def _local_log_keys(
-    config: str | None, data_dir: str | None, tenant: str | None
+    config: str | None, data_dir: str | None, tenant: TenantRecord | None
 ) -> list[str] | str:
-    """The broker's own audit log verifier keys, from the key directory its configuration
-    names (through its key provider, with its secrets), as ``vkey`` strings; else why
-    they cannot be read."""
+    """The audit log verifier keys of the broker's own log, or of ``tenant``'s, from the
+    key directory its configuration names (a tenant's: ``<key_dir>/tenants/<name>``,
+    through the same key provider, with its secrets), as ``vkey`` strings under the
+    origin that log's checkpoints name; else why they cannot be read."""
     from tasklease.core.keys import load_keyring
-    from tasklease.core.transparency import LOG_KEY_DIR
+    from tasklease.core.tenants import DEFAULT_TENANT, tenant_config
+    from tasklease.core.transparency import LOG_KEY_DIR, log_origin
     from tasklease.keystore import KeyStoreError, open_key_provider
     from tasklease.rules.note import ED25519, VerifierKey
     from tasklease.settings import ConfigError, load_config
 
-    if tenant is not None:  # its origin is its own issuer's, which its record holds
-        return f"tenant {tenant}'s log keys are not read offline"
+    whose = "the broker's" if tenant is None else f"tenant {tenant.name}'s"
     try:
-        cfg = load_config(config, overrides={"data_dir": data_dir})
-        if not cfg.key_dir:
+        base = load_config(config, overrides={"data_dir": data_dir})
+        if not base.key_dir:
             return "the configuration names no key directory"
-        ring = load_keyring(Path(cfg.key_dir) / LOG_KEY_DIR, open_key_provider(cfg))
+        # A tenant's log is its broker's: its configuration, its key directory, and the
+        # origin its checkpoints name (core.transparency), as the broker opens them.
+        cfg = base if tenant is None else tenant_config(base, tenant)
+        origin = log_origin(
+            cfg.audit_origin, bool(cfg.audit_log_origin), tenant.name if tenant else DEFAULT_TENANT
+        )
+        ring = load_keyring(Path(cfg.key_dir) / LOG_KEY_DIR, open_key_provider(base))
     except (ConfigError, KeyStoreError, ValueError, OSError) as exc:
-        return f"the broker's log key cannot be read ({exc})"
+        return f"{whose} log key cannot be read ({exc})"
     keys = (ring.public_key(kid) for kid in ring.kids())
-    return [VerifierKey(cfg.audit_origin, ED25519, key).vkey for key in keys if key is not None]
+    return [VerifierKey(origin, ED25519, key).vkey for key in keys if key is not None]
 
 
 _doctor.register(app)  # local, like init and serve
