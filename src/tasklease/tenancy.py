@@ -404,7 +404,8 @@ class Tenancy:
 
         Raises:
             InvalidRequest, Conflict: as :meth:`Broker.create_tenant`; Conflict also when
-                the tenant is complete already (its ``admin`` exists).
+                the tenant is complete already (its ``admin`` exists), whose keys open
+                (:meth:`Broker.refuse_complete_tenant`).
             Unavailable: its keys could not be made or do not open here (audited).
         """
         record = self.default.create_tenant(claims, name=name, trust_domain=trust_domain, ctx=ctx)
@@ -419,6 +420,8 @@ class Tenancy:
             raise self._unserved_error(record.name, exc, now, ctx.request_id) from None
         if made:
             broker.record_keys_made(ctx, signing_key=True, log_key=True, by=claims.sub)
+        else:  # its keys open (a tenant whose keys do not was refused above, 503)
+            self.default.refuse_complete_tenant(claims, record, ctx)
         operator, secret = broker.set_up_tenant_admin(claims.sub, ctx)
         return record, operator, secret
 

@@ -148,6 +148,30 @@ def test_a_removed_tenant_is_not_brought_back_by_creating_it_again(
         tenancy.close()
 
 
+# Would fail if: creating a tenant that exists and is complete were answered with its
+# first operator's refusal ("operator name already exists"), written into that tenant's
+# own audit log, rather than refused as the tenant registry's: "tenant already exists",
+# in the default tenant's log, under the denial_id the caller is given.
+def test_creating_a_complete_tenant_again_says_the_tenant_exists(
+    broker: Broker, kit: type[Kit]
+) -> None:
+    tenancy = Tenancy(broker)
+    admin = kit.admin(broker).claims
+    try:
+        tenancy.create(admin, name="acme", trust_domain=None, ctx=kit.ctx)
+        acme = tenancy.broker("acme")
+        assert acme is not None
+        head_before = acme.store.audit_head()
+        with pytest.raises(Conflict, match="tenant acme already exists") as again:
+            tenancy.create(admin, name="acme", trust_domain=None, ctx=kit.ctx)
+        assert again.value.denial_id
+        assert f"denial={again.value.denial_id}" in _refusals(broker)[-1]
+        # Nothing of the refusal in acme's own log: its admins did nothing.
+        assert acme.store.audit_head() == head_before
+    finally:
+        tenancy.close()
+
+
 def test_a_removal_that_lost_a_race_with_another_is_refused(
     broker: Broker, kit: type[Kit], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -72,6 +72,13 @@ class Broker(BrokerBase):
         """Record a tenant (:meth:`Tenants.create`); ``tasklease.tenancy`` sets it up."""
         return self._tenants.create(claims, name=name, trust_domain=trust_domain, ctx=ctx)
 
+    def refuse_complete_tenant(
+        self, claims: Claims, record: TenantRecord, ctx: RequestContext
+    ) -> None:
+        """Refuse (audited Conflict) to finish a tenant created to the end
+        (:meth:`Tenants.refuse_complete`)."""
+        self._tenants.refuse_complete(claims, record, ctx)
+
     def list_tenants(self) -> list[TenantRecord]:
         return self._tenants.list_tenants()
 

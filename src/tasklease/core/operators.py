@@ -46,6 +46,7 @@ from tasklease.core.passwords import hash_secret, new_secret, verify_secret
 from tasklease.core.records import OperatorRecord, RevocationRecord
 from tasklease.core.signing import SigningKeys
 from tasklease.core.store import WriteTx
+from tasklease.core.tenants import FIRST_OPERATOR
 from tasklease.core.tokens import KIND_ADMIN, ROLE_SCOPES, ROLES, Claims, mint
 from tasklease.rules.messages import operator_sign_in_input
 
@@ -337,7 +338,7 @@ class Operators(Service):
             Conflict: the tenant has an operator ``admin`` already (audited): a second
                 call never replaces its secret.
         """
-        return self._add(by, name="admin", role="admin", public_key=None, ctx=ctx)
+        return self._add(by, name=FIRST_OPERATOR, role="admin", public_key=None, ctx=ctx)
 
     def _active(self, by: str, name: object, ctx: RequestContext, what: str) -> OperatorRecord:
         """The active operator ``name``, or an audited NotFound."""

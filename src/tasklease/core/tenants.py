@@ -27,6 +27,7 @@ from tasklease.core.tokens import Claims
 
 __all__ = [
     "DEFAULT_TENANT",
+    "FIRST_OPERATOR",
     "TENANT_KEY_DIRS",
     "TENANT_PATH_PREFIX",
     "Tenants",
@@ -42,6 +43,9 @@ TENANT_PATH_PREFIX = "/t/"
 # The directory, in the default tenant's key directory, of the other tenants' key
 # directories (one per tenant, named after it).
 TENANT_KEY_DIRS = "tenants"
+# A tenant's first operator (role admin), made with it: a tenant whose store holds it
+# (active or removed: names are never reused) was created to the end.
+FIRST_OPERATOR = "admin"
 
 
 def tenant_config(base: Config, tenant: TenantRecord) -> Config:
@@ -81,8 +85,8 @@ class Tenants(Service):
 
         ``trust_domain`` defaults to ``<name>.<the default tenant's trust domain>``. The
         caller then sets up the tenant's keys and first operator (``tasklease.tenancy``);
-        a tenant that exists already is returned as it is, and that second step refuses
-        to run twice.
+        a tenant that exists already is returned as it is (to be finished: a tenant
+        created to the end is refused then, by :meth:`refuse_complete`).
 
         Raises:
             InvalidRequest: a malformed name or trust domain, or a reserved name.
@@ -138,6 +142,29 @@ class Tenants(Service):
         except Conflict as exc:
             raise self._refuse(exc, name, claims, ctx) from None
         return record
+
+    def refuse_complete(self, claims: Claims, record: TenantRecord, ctx: RequestContext) -> None:
+        """Refuse to finish the creation of ``record`` when it was created to the end:
+        its store holds its first operator (active or removed: names are never reused).
+
+        Refused as the registry's conflict, in the default tenant's log, never as its
+        first operator's name taken, in the tenant's own log (its admins did nothing).
+
+        Raises:
+            Conflict: the tenant exists, whole (audited).
+        """
+        if self._store.for_tenant(record.name).get_operator(FIRST_OPERATOR) is None:
+            return
+        name = record.name
+        raise self._refuse(
+            Conflict(
+                f"tenant {name} already exists: its admins (its operator "
+                f"{FIRST_OPERATOR} first) manage it under {TENANT_PATH_PREFIX}{name}/"
+            ),
+            name,
+            claims,
+            ctx,
+        )
 
     def list_tenants(self) -> list[TenantRecord]:
         """Every tenant but the default one, removed ones too, by name."""
