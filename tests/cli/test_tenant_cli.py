@@ -105,3 +105,20 @@ def test_the_walkthrough_runs_as_written(broker: BrokerForTests, tmp_path: Path)
     assert removed.returncode == 0, removed.stderr
     gone = _cli(acme, "--tenant", "acme", "app", "list")
     assert gone.returncode == 1, gone.stdout + gone.stderr  # 404: no such tenant
+
+
+# Would fail if: a command addressed to a tenant the broker does not serve (a typo of its
+# name, or one removed) said only "no such endpoint", without naming the tenant or how
+# to see which tenants there are.
+def test_a_tenant_not_served_is_named_with_what_to_do(
+    broker: BrokerForTests, tmp_path: Path
+) -> None:
+    env = _env(broker, tmp_path)
+    env["TASKLEASE_URL"] = broker.url
+    done = _cli(env, "--tenant", "acmee", "app", "list")
+    assert done.returncode == 1, done.stdout + done.stderr
+    said = " ".join(done.stderr.split())
+    assert "tenant acmee" in said and "tasklease tenant list" in said, said
+    # The default tenant's own 404s are not dressed up as a tenant's absence.
+    own = _cli(env, "task", "show", "no-such-task")
+    assert own.returncode == 1 and "tenant" not in own.stderr, own.stderr

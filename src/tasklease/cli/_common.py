@@ -188,7 +188,25 @@ def broker_errors() -> Iterator[None]:
         yield
     except TaskleaseError as exc:
         where = f" ({exc.code}, HTTP {exc.status})" if exc.status is not None else ""
-        fail(f"{exc.detail}{where}", exit_code_for(exc), exc.hint)
+        fail(f"{exc.detail}{where}", exit_code_for(exc), exc.hint or _tenant_hint(exc))
+
+
+# What a broker answers for every path under /t/<name>/ when it serves no tenant <name>
+# (never created, removed): the answer of a path it does not know.
+_NO_ROUTE = "no such endpoint"
+
+
+def _tenant_hint(error: TaskleaseError) -> str | None:
+    """What to do when the tenant addressed is not served (a 404 for a route every
+    tenant has); None otherwise."""
+    tenant = selected_tenant()
+    if tenant is None or error.status != 404 or error.detail != _NO_ROUTE:
+        return None
+    return (
+        f"the broker serves no tenant {tenant}: a misspelt name, or a tenant removed "
+        "(names are never given again). The default tenant's admins see every tenant "
+        "with `tasklease tenant list`"
+    )
 
 
 def print_json(value: Any) -> None:
