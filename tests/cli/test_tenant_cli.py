@@ -122,3 +122,35 @@ def test_a_tenant_not_served_is_named_with_what_to_do(
     # The default tenant's own 404s are not dressed up as a tenant's absence.
     own = _cli(env, "task", "show", "no-such-task")
     assert own.returncode == 1 and "tenant" not in own.stderr, own.stderr
+
+
+# Would fail if: the tenant registry's commands were sent to the tenant a profile names
+# (answered 404, "no such endpoint", as if that tenant did not exist) rather than to the
+# default tenant, or a tenant's operator refused there were not told that the registry
+# is the default tenant's.
+def test_the_registry_commands_address_the_default_tenant_whatever_names_another(
+    broker: BrokerForTests, tmp_path: Path
+) -> None:
+    env = _env(broker, tmp_path)
+    made = _cli({**env, "TASKLEASE_URL": broker.url}, "tenant", "create", "globex", "--json")
+    assert made.returncode == 0, made.stderr
+    secret = json.loads(made.stdout)["admin_secret"]
+    profile = tmp_path / ".config" / "tasklease" / "profile.toml"
+    profile.parent.mkdir(parents=True, exist_ok=True)
+    profile.write_text(
+        f'url = "{broker.url}"\noperator = "admin"\noperator_secret = "{secret}"\n'
+        'tenant = "globex"\n'
+    )
+    profile.chmod(0o600)
+    bare = {k: v for k, v in env.items() if k != "TASKLEASE_ADMIN_SECRET"}
+    assert _cli(bare, "app", "list").returncode == 0  # the profile opens globex
+    for args in (("tenant", "list"), ("--tenant", "globex", "tenant", "list")):
+        refused = _cli(bare, *args)
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 3, said  # 401 at the default tenant, not a 404
+        assert "no such endpoint" not in said and "serves no tenant" not in said, said
+        assert "sign in to the default tenant, not to tenant globex" in said, said
+    # The default tenant's admin secret, given, lists them: the profile's tenant is
+    # not where the registry is.
+    listed = _cli({**bare, "TASKLEASE_ADMIN_SECRET": broker.admin_secret}, "tenant", "list")
+    assert listed.returncode == 0 and "globex" in listed.stdout, listed.stderr

@@ -53,6 +53,7 @@ __all__ = [
     "JsonOpt",
     "ProfileOpt",
     "UrlOpt",
+    "address_default_tenant",
     "admin_client",
     "allow_insecure_http",
     "broker_errors",
@@ -198,7 +199,16 @@ _NO_ROUTE = "no such endpoint"
 
 def _tenant_hint(error: TaskleaseError) -> str | None:
     """What to do when the tenant addressed is not served (a 404 for a route every
-    tenant has); None otherwise."""
+    tenant has), or when a command of the tenant registry was refused a sign-in with
+    another tenant's credentials; None otherwise."""
+    aside = _set_aside[0].strip()
+    if aside and error.status == 401:
+        return (
+            f"tenant commands sign in to the default tenant, not to tenant {aside} (named "
+            "by --tenant, TASKLEASE_TENANT or the profile): use the default tenant's admin "
+            "secret or one of its admin operators; a tenant's own operators manage "
+            "everything in it but not the tenant registry"
+        )
     tenant = selected_tenant()
     if tenant is None or error.status != 404 or error.detail != _NO_ROUTE:
         return None
@@ -290,11 +300,25 @@ def _read_profile(path: Path, *, explicit: bool) -> dict[str, Any]:
 _tenant: list[str | None] = [None]
 
 
+# The tenant addressed by --tenant, TASKLEASE_TENANT or the profile, when this invocation
+# runs a command of the tenant registry, which is the default tenant's whatever they say
+# (``address_default_tenant``): "" when none was addressed.
+_set_aside: list[str] = [""]
+
+
 def select_tenant(name: str | None) -> None:
     """Address the tenant ``name`` in every remote command of this invocation."""
     if name is not None and name != "default" and tenant_id_error(name) is not None:
         fail(f"invalid tenant name {name!r}", hint=tenant_id_error(name))
     _tenant[0] = name
+
+
+def address_default_tenant() -> None:
+    """Address the default tenant in this invocation, whatever --tenant,
+    TASKLEASE_TENANT or the profile's ``tenant`` name (for the tenant registry's
+    commands): the tenant they name is kept only to say why a sign-in was refused."""
+    _set_aside[0] = selected_tenant() or " "  # " ": the profile's is not read yet
+    _tenant[0] = "default"
 
 
 def selected_tenant() -> str | None:
@@ -391,6 +415,8 @@ def resolve_connection(
         url = url or document.get("url")
         if _tenant[0] is None and document.get("tenant"):
             select_tenant(str(document["tenant"]))
+        elif _set_aside[0] == " " and document.get("tenant"):
+            _set_aside[0] = str(document["tenant"])
         if not explicit:
             admin_secret = document.get("admin_secret")
             if document.get("operator"):

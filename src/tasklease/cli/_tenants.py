@@ -18,11 +18,11 @@ from tasklease.cli._common import (
     JsonOpt,
     ProfileOpt,
     UrlOpt,
+    address_default_tenant,
     admin_client,
     broker_errors,
     out,
     print_json,
-    select_tenant,
 )
 from tasklease.cli._output import OutputOpt, emit, field
 
@@ -37,8 +37,9 @@ tenant_app = typer.Typer(
 
 
 def _default_tenant_client(url: str | None, admin_secret: str | None, profile: str | None) -> Any:
-    # The registry is the default tenant's, whatever --tenant says.
-    select_tenant(None)
+    # The registry is the default tenant's, whatever --tenant, TASKLEASE_TENANT or the
+    # profile's tenant say.
+    address_default_tenant()
     return admin_client(url, admin_secret, profile)
 
 
