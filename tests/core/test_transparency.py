@@ -210,6 +210,30 @@ def test_witness_configuration_is_checked(make_broker: Any) -> None:
         make_broker(audit_log_origin="has space")
 
 
+# Would fail if: a checkpoint held back for want of cosignatures were logged without the
+# log it is of: with tenants, one process signs every tenant's log, and the platform's
+# operator must know which log to give the witnesses (a tenant created after they were
+# set up is unknown to them).
+def test_a_checkpoint_short_of_its_quorum_is_logged_with_its_log(
+    make_broker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tasklease.storage import MemoryStore
+
+    stranger = LocalWitness("odd.example", {})
+    acme = make_broker(
+        store=MemoryStore().for_tenant("acme"),
+        issuer="tasklease/t/acme",
+        audit_witnesses=(stranger.entry,),
+        audit_witness_quorum=1,
+    )
+    events(acme, 2)
+    acme.transparency.sign_if_due(force=True)
+    with caplog.at_level("WARNING", logger="tasklease.audit"):
+        assert acme.transparency.publish(stranger) is None
+    said = [r.getMessage() for r in caplog.records if "not final" in r.getMessage()]
+    assert said and "tasklease/t/acme/audit" in said[0], said
+
+
 def test_each_tenant_has_its_own_log(make_broker: Any) -> None:
     from tasklease.storage import MemoryStore
 

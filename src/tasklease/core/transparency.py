@@ -615,9 +615,11 @@ class AuditTransparency:
         valid = cosigned_by(cosigned, [w.key for w in self.witnesses])
         if len(valid) < self.quorum:
             _log.warning(
-                "audit checkpoint of size %d has %d of the %d witness cosignatures it needs; "
-                "it is not final",
+                "audit checkpoint of size %d of log %s has %d of the %d witness "
+                "cosignatures it needs; it is not final (each log, every tenant's, is given "
+                "to the witnesses by its vkey: tasklease [--tenant NAME] audit log-keys)",
                 signed.size,
+                self.origin,
                 len(valid),
                 self.quorum,
             )
@@ -662,9 +664,10 @@ class AuditTransparency:
                 continue
             if answer.status != 200:
                 _log.error(
-                    "witness %s refused the audit checkpoint of size %d (HTTP %d): %s",
+                    "witness %s refused the audit checkpoint of size %d of log %s (HTTP %d): %s",
                     witness.shown,
                     size,
+                    self.origin,
                     answer.status,
                     clipped(answer.body[:800].decode("utf-8", "replace").strip(), 200),
                 )
