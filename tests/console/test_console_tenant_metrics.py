@@ -77,3 +77,25 @@ def test_the_default_tenants_console_still_shows_them() -> None:
         assert "revocation propagation p99" in page.text
 
     run(broker, go)
+
+
+# Would fail if: a tenant's console sign-in page told its operators to leave the name
+# empty to use "the admin secret", which no tenant has (its operators are its own), or
+# stopped saying so on the default tenant's, which has one.
+def test_only_a_console_with_an_admin_secret_offers_to_sign_in_with_it() -> None:
+    broker: Broker = in_process_broker()
+
+    async def go(client: httpx.AsyncClient) -> None:
+        signed = await client.post("/v1/admin/auth", json={"secret": ADMIN_SECRET})
+        admin = {"Authorization": f"Bearer {signed.json()['access_token']}"}
+        name = f"acme-{secrets.token_hex(3)}"
+        created = await client.post("/v1/admin/tenants", json={"name": name}, headers=admin)
+        assert created.status_code == 201, created.text
+        own = await client.get("/console/login")
+        assert "the admin secret" in own.text
+        tenant = await client.get(f"/t/{name}/console/login")
+        assert tenant.status_code == 200
+        assert "admin secret" not in tenant.text
+        assert re.search(r'<input id="operator" name="operator"[^>]* required', tenant.text)
+
+    run(broker, go)

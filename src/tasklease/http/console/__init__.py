@@ -144,7 +144,6 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-
 def _shown(value: object) -> object:
     """A value a page writes, every character of ``rules.controls`` in its text (a
     stored event's, a name's) written ``\\uXXXX``: none reorders or breaks a cell."""
@@ -314,8 +313,14 @@ def console_routes(
             )
         return response
 
+    # Whether "no operator name" signs in with an admin secret here: never at a tenant's
+    # console (a tenant has no admin secret; its operators are its own).
+    admin_secret = bool(broker.config.admin_secret_hash)
+
     def page(request: Request, template: str, status: int = 200, **values: Any) -> Response:
-        html = _templates.get_template(template).render(base=base(request), status=status, **values)
+        html = _templates.get_template(template).render(
+            base=base(request), status=status, admin_secret=admin_secret, **values
+        )
         response = HTMLResponse(html, status)
         response.headers["content-security-policy"] = CONSOLE_CSP
         # Browsers send ``Origin: null`` under no-referrer; the CSRF check reads Origin.
