@@ -449,3 +449,73 @@ def test_a_name_taken_while_the_add_ran_is_a_refusal_with_its_denial(
     assert "operator=dave" in denial and f"denial={taken.value.denial_id}" in denial
     assert store.get_operator("dave").role == "auditor"  # type: ignore[union-attr]
     assert len(_events(broker, "operator_added")) == 1
+
+
+# Would fail if: a broker without an admin secret (every tenant's: its operators are its
+# own) let its last active admin operator be removed, leaving no one who can ever manage
+# it again (nothing can make another: the default tenant's admins manage the registry,
+# not the tenant, and its name is never reused), or refused the removal of an admin
+# while another stays, or the refusal were not audited under its denial_id.
+def test_the_last_admin_of_a_broker_without_an_admin_secret_is_not_removed(
+    clock: ManualClock,
+) -> None:
+    broker = Broker(
+        Config(admin_secret_hash=""),
+        open_store("memory://"),
+        KeyRing.generate(),
+        clock=clock,
+        nonce_secret=b"n" * 32,
+    )
+    first, secret = broker.set_up_tenant_admin("admin", CTX)
+    issued, _ = broker.operator_auth(
+        name=first.name, secret=secret, nonce=None, signature=None, ctx=CTX
+    )
+    admin = issued.claims
+    auditor, _ = broker.add_operator(admin, name="ann", role="auditor", public_key=None, ctx=CTX)
+    with pytest.raises(Conflict, match="last admin") as refused:
+        broker.remove_operator(admin, first.name, CTX)
+    assert refused.value.denial_id
+    assert any(f"denial={refused.value.denial_id}" in d for d in _events(broker, "operator_denied"))
+    assert broker.store.get_operator(first.name).status == "active"  # type: ignore[union-attr]
+    # Another admin: then either may go, and the other stays.
+    second, _ = broker.add_operator(admin, name="bob", role="admin", public_key=None, ctx=CTX)
+    assert broker.remove_operator(admin, first.name, CTX).status == "removed"
+    with pytest.raises(Conflict, match="last admin"):
+        broker.remove_operator(admin, second.name, CTX)
+    # Operators of other roles come and go as before.
+    assert broker.remove_operator(admin, auditor.name, CTX).status == "removed"
+
+
+def test_a_broker_with_an_admin_secret_may_remove_its_last_admin_operator(
+    broker: Broker,
+) -> None:
+    """The admin secret is the default tenant's way back in: nothing is locked out."""
+    admin = _builtin(broker)
+    only, _ = broker.add_operator(admin, name="ops", role="admin", public_key=None, ctx=CTX)
+    assert broker.remove_operator(admin, only.name, CTX).status == "removed"
+
+
+def test_two_removals_at_once_never_remove_a_tenants_last_two_admins(
+    clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each removal saw the other admin active (two replicas, at once): the one written
+    second finds under the write lock that the other is gone, and is refused."""
+    broker = Broker(
+        Config(admin_secret_hash=""),
+        open_store("memory://"),
+        KeyRing.generate(),
+        clock=clock,
+        nonce_secret=b"n" * 32,
+    )
+    first, secret = broker.set_up_tenant_admin("admin", CTX)
+    admin = broker.operator_auth(
+        name=first.name, secret=secret, nonce=None, signature=None, ctx=CTX
+    )[0].claims
+    broker.add_operator(admin, name="bob", role="admin", public_key=None, ctx=CTX)
+    seen = broker.store.list_operators()  # both active
+    assert broker.remove_operator(admin, "bob", CTX).status == "removed"
+    monkeypatch.setattr(broker.store, "list_operators", lambda: seen)  # looked before
+    with pytest.raises(Conflict, match="last admin") as refused:
+        broker.remove_operator(admin, first.name, CTX)
+    assert refused.value.denial_id
+    assert broker.store.get_operator(first.name).status == "active"  # type: ignore[union-attr]

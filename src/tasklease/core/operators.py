@@ -91,6 +91,13 @@ def _credential(record: OperatorRecord) -> str:
     return "key" if record.public_key else "secret" if record.secret_hash else "none"
 
 
+# Why the last active admin of a broker without an admin secret (a tenant's) is not removed.
+_LAST_ADMIN = (
+    "the last admin operator of a tenant is not removed: no one could manage the tenant "
+    "after it; add another admin operator first"
+)
+
+
 class Operators(Service):
     """Operator identities: add, remove, list, rotate, sign in. Thread-safe; one per broker."""
 
@@ -185,10 +192,27 @@ class Operators(Service):
     def remove(self, claims: Claims, name: object, ctx: RequestContext) -> OperatorRecord:
         """Remove an operator: its credential stops working and its live tokens end, at once.
 
+        A broker without an admin secret (every tenant's) keeps at least one active admin
+        operator: nothing else can ever make one there (the default tenant's admins
+        manage the tenant registry, not what is inside a tenant).
+
         Raises:
             NotFound: no such operator, or it was removed before (audited).
+            Conflict: it is the last active admin of a broker without an admin secret,
+                before or while this ran (audited).
         """
         record = self._active(claims.sub, name, ctx, "remove")
+        others: tuple[str, ...] = ()
+        if record.role == "admin" and not self._config.admin_secret_hash:
+            others = tuple(
+                o.name
+                for o in self._store.list_operators()
+                if o.role == "admin" and o.status == "active" and o.name != record.name
+            )
+            if not others:
+                raise self._refuse(
+                    Conflict(_LAST_ADMIN), record.name, claims.sub, ctx, "remove: " + _LAST_ADMIN
+                )
 
         def entry(current: OperatorRecord) -> AuditEntry:
             return AuditEntry(
@@ -209,6 +233,7 @@ class Operators(Service):
             status="removed",
             secret_hash="",
             public_key=b"",
+            one_of_stays=others,
         )
 
     def rotate(
@@ -269,6 +294,7 @@ class Operators(Service):
         status: str,
         secret_hash: str,
         public_key: bytes,
+        one_of_stays: tuple[str, ...] = (),
     ) -> OperatorRecord:
         """Give the active operator ``name`` a new status and credential (a removal or a
         rotation), audited by ``entry`` of the record as it was, and end every token it
@@ -282,6 +308,11 @@ class Operators(Service):
         inside the write unit: a sign-in whose own unit committed before this one minted
         its token before that time, so the entry ends it; one whose unit comes after sees
         the changed row and is refused (:func:`_still_standing`).
+
+        With ``one_of_stays`` (the other active admins the caller saw, when the change
+        removes the last admin of a broker without an admin secret otherwise), one of them
+        must still be an active admin under the write lock: two removals at once (two
+        replicas) never remove the last two (Conflict, audited, nothing written).
         """
         written: list[tuple[OperatorRecord, list[RevocationRecord]]] = []
         refused: list[TaskleaseError] = []
@@ -293,6 +324,15 @@ class Operators(Service):
                 error: TaskleaseError = NotFound("operator not found")
                 refused[:] = [error]
                 return [with_denial(error, self._denied(name, by, ctx, f"{what}: {why}"))]
+            if one_of_stays and not any(
+                (other := tx.get_operator(n)) is not None
+                and other.status == "active"
+                and other.role == "admin"
+                for n in one_of_stays
+            ):
+                error = Conflict(_LAST_ADMIN)
+                refused[:] = [error]
+                return [with_denial(error, self._denied(name, by, ctx, f"{what}: {_LAST_ADMIN}"))]
             now = self._kernel.now()
             changed = replace(
                 current,

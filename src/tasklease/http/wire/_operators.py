@@ -474,12 +474,19 @@ OPERATIONS = (
         "Remove an operator",
         "Its credential stops working and every token it holds is revoked, at once "
         "(level `agent` on `operator:<name>`). The record is kept (status `removed`) for "
-        "the audit trail, and the name is never reused.",
+        "the audit trail, and the name is never reused. A tenant keeps at least one "
+        "active `admin` operator (it has no admin secret to fall back on).",
         admin(_OPERATORS),
         RemovedOperator,
         parameters=(_NAME,),
         commits=True,
-        errors=(_NO_SUCH_OPERATOR,),
+        errors=(
+            _NO_SUCH_OPERATOR,
+            Failure(
+                "conflict",
+                "it is a tenant's last active `admin` operator: add another admin first",
+            ),
+        ),
     ),
     Operation(
         "POST /v1/admin/operators/{name}/rotate",
