@@ -154,3 +154,28 @@ def test_the_registry_commands_address_the_default_tenant_whatever_names_another
     # not where the registry is.
     listed = _cli({**bare, "TASKLEASE_ADMIN_SECRET": broker.admin_secret}, "tenant", "list")
     assert listed.returncode == 0 and "globex" in listed.stdout, listed.stderr
+
+
+# Would fail if: `token inspect` of a tenant's token, run without --tenant (so against
+# the default tenant's JWKS), said only that the key is unknown, not that the token is
+# another tenant's and how to inspect it.
+def test_token_inspect_names_the_tenant_whose_token_it_is(
+    broker: BrokerForTests, tmp_path: Path
+) -> None:
+    from tasklease.client import AdminClient, Agent
+
+    env = {**_env(broker, tmp_path), "TASKLEASE_URL": broker.url}
+    made = _cli(env, "tenant", "create", "initech", "--json")
+    assert made.returncode == 0, made.stderr
+    secret = json.loads(made.stdout)["admin_secret"]
+    base = f"{broker.url}/t/initech"
+    with AdminClient(base, None, operator="admin", operator_secret=secret) as admin:
+        launch = admin.create_launch_token("reader", ["read:data:*"])["launch_token"]
+    with Agent.register(base, launch, "orch", "task", ["read:data:x"]) as agent:
+        token = agent.token
+        plain = _cli(env, "token", "inspect", token)
+        said = " ".join(plain.stdout.split())
+        assert plain.returncode == 1, said + plain.stderr
+        assert "its iss names tenant initech: inspect it with --tenant initech" in said, said
+        right = _cli(env, "--tenant", "initech", "token", "inspect", token)
+        assert right.returncode == 0 and "valid (kid" in right.stdout, right.stdout

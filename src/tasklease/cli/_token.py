@@ -23,6 +23,7 @@ from tasklease.cli._common import (
     fail,
     out,
     resolve_connection,
+    selected_tenant,
 )
 
 __all__ = ["in_words", "register", "token_app"]
@@ -97,6 +98,25 @@ def _check_signature(token: str, header: dict[str, Any], jwks: object) -> tuple[
     return True, f"valid (kid {decoded.kid})"
 
 
+def _other_tenant(iss: object) -> str:
+    """Why a key may be missing: the token's ``iss`` names another tenant than the one
+    whose JWKS was read (``--tenant``); "" when it does not."""
+    from tasklease.core.tenants import TENANT_PATH_PREFIX, tenant_id_error
+
+    if not isinstance(iss, str):
+        return ""
+    head, found, name = iss.rpartition(TENANT_PATH_PREFIX)
+    named = name if found and head and tenant_id_error(name) is None else None
+    if named == selected_tenant():
+        return ""
+    if named is None:
+        return (
+            "; its iss names no tenant (the default tenant's, or another broker's): "
+            "without --tenant the default tenant's keys are read"
+        )
+    return f"; its iss names tenant {named}: inspect it with --tenant {named}"
+
+
 def _chain_tree(payload: dict[str, Any]) -> Tree | None:
     chain = payload.get("delegation_chain")
     if not isinstance(chain, list) or not chain:
@@ -154,6 +174,8 @@ def token_inspect(
             AdminClient(connection.url, None, insecure_http=connection.insecure_http) as client,
         ):
             signature_ok, signature_text = _check_signature(token, header, client.jwks())
+            if not signature_ok and signature_text.startswith("unknown kid"):
+                signature_text += _other_tenant(payload.get("iss"))
             if signature_ok and header.get("typ") == _AGENT_TYP:
                 broker_valid = client.validate_token(token).get("valid") is True
     now = time.time()
