@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,7 +43,14 @@ def test_each_tenants_log_written_by_two_replicas_verifies_offline_with_its_keys
     acme_b = b.tenant("acme", acme_a.admin_secret)
     acme_a.register(["read:data:x"])
     acme_b.register(["read:data:x"])
-    b.create_tenant("beta").register(["read:data:y"])
+    beta = b.create_tenant("beta")
+    beta.register(["read:data:y"])
+    # Its log checkpointed before its removal: a removed tenant is no longer served, so
+    # nothing signs its log when the replicas stop.
+    deadline = time.monotonic() + 30
+    while beta.get("/v1/audit/checkpoint", headers=beta.admin_headers()).status_code != 200:
+        assert time.monotonic() < deadline, "beta's log was never checkpointed"
+        time.sleep(0.2)
     gone = b.client.delete("/v1/admin/tenants/beta", headers=b.admin_headers())
     assert gone.status_code == 200, gone.text
     for running in (a, b):
