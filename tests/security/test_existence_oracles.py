@@ -198,3 +198,62 @@ def test_a_resumption_checks_one_signature_whether_the_agent_exists(
     known = checks.during(resume(agent.claims.sub))
     unknown = checks.during(resume(_unknown_like(agent.claims.sub)))
     assert (known, unknown) == (1, 1)
+
+
+def _assertion(signer: nacl.signing.SigningKey, client_id: str, audience: str, now: int) -> str:
+    """A well-formed client assertion (RFC 7523) for ``client_id``, signed by ``signer``."""
+    header = jws_module.b64url_encode(b'{"alg":"EdDSA","typ":"JWT"}')
+    body = (
+        f'{{"iss":"{client_id}","sub":"{client_id}","aud":"{audience}",'
+        f'"exp":{now + 60},"iat":{now},"jti":"{secrets.token_hex(8)}"}}'
+    )
+    signing_input = f"{header}.{jws_module.b64url_encode(body.encode())}"
+    signature = signer.sign(signing_input.encode()).signature
+    return f"{signing_input}.{jws_module.b64url_encode(signature)}"
+
+
+def test_a_client_assertion_checks_one_signature_whatever_client_it_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An app's sign-in with a signed client assertion (``private_key_jwt``) checks one
+    signature for an app with a key, one without (a secret only), a removed one and a
+    client id no app has: its time does not tell a client id that exists from one that
+    does not (decision 334's rule for key sign-ins and resumption). It used to check none
+    for an unknown client id or an app without a key."""
+    broker = make_broker()
+    claims = admin(broker).claims
+    key = nacl.signing.SigningKey.generate()
+    public = b64(bytes(key.verify_key))
+    keyed, _ = broker.register_app(
+        claims, name="keyed", scopes=["read:data:*"], token_ttl=None, ctx=CTX, public_key=public
+    )
+    secreted, _ = broker.register_app(
+        claims, name="secreted", scopes=["read:data:*"], token_ttl=None, ctx=CTX
+    )
+    removed, _ = broker.register_app(
+        claims, name="removed", scopes=["read:data:*"], token_ttl=None, ctx=CTX, public_key=public
+    )
+    broker.deregister_app(claims, removed.app_id, CTX)
+    audience = broker.config.issuer
+    stranger = nacl.signing.SigningKey.generate()
+    now = int(broker.clock.now())
+    checks = _Verifications(monkeypatch)
+
+    def sign_in(client_id: str) -> Any:
+        def call() -> Any:
+            assertion = _assertion(stranger, client_id, audience, now)
+            return broker.app_auth_assertion(assertion, CTX, client_id=None, audiences=(audience,))
+
+        return call
+
+    nobody = keyed.client_id[:-4] + ("0000" if not keyed.client_id.endswith("0000") else "1111")
+    counted = {
+        name: checks.during(sign_in(client_id))
+        for name, client_id in (
+            ("keyed", keyed.client_id),
+            ("secreted", secreted.client_id),
+            ("removed", removed.client_id),
+            ("nobody", nobody),
+        )
+    }
+    assert counted == {"keyed": 1, "secreted": 1, "removed": 1, "nobody": 1}

@@ -23,6 +23,7 @@ import nacl.exceptions
 import nacl.signing
 
 from tasklease.core.errors import InvalidRequest
+from tasklease.core.identity import verify_signed
 from tasklease.rules import jws
 from tasklease.rules.claims import finite_number
 from tasklease.rules.jsonnames import JSONTextError, strict_json
@@ -48,6 +49,7 @@ _MAX_JTI_CHARS = 256
 _TYPS = frozenset(("jwt", "client-authentication+jwt"))
 _OKP_PUBLIC = frozenset(("kty", "crv", "x"))
 _JWK_OPTIONAL = frozenset(("kid", "use", "alg", "key_ops"))
+NO_KEY = "the app has no public key registered (private_key_jwt)"
 _KEY_HINT = (
     "an Ed25519 public key: a JWK (kty OKP, crv Ed25519, x) or the 32 raw bytes in "
     "base64 or base64url"
@@ -158,6 +160,11 @@ def check_assertion(
 ) -> CheckedAssertion:
     """Verify an app's client assertion with its registered ``public_key``.
 
+    With none ("": an app with a secret only, or no app: a client id nobody has) the
+    signature is checked all the same, against a key nobody holds
+    (``core.identity.verify_signed``), and refused: the time taken does not say whether
+    the client id exists or has a key (docs/decisions.md 334).
+
     The signature (``alg`` EdDSA or Ed25519, never ``none`` or ``HS*``; no header
     parameter naming another key), then: ``iss`` and ``sub`` equal to ``client_id``;
     ``aud`` one string (or a list of one) among ``audiences``; ``exp`` required, dead at
@@ -172,13 +179,19 @@ def check_assertion(
     Raises:
         AssertionRefused: with the precise reason.
     """
-    if not public_key:
-        raise AssertionRefused("the app has no public key registered (private_key_jwt)")
-    key = nacl.signing.VerifyKey(jws.b64url_decode(public_key))
+    raw = jws.b64url_decode(public_key) if public_key else None
+
+    def verify(message: bytes, signature: bytes) -> bool:
+        return verify_signed(raw, message, signature)
+
     try:
-        claims = jws.decode_with_key(assertion, key, typs=_TYPS, max_bytes=MAX_ASSERTION_BYTES)
+        claims = jws.decode_with_key(assertion, verify, typs=_TYPS, max_bytes=MAX_ASSERTION_BYTES)
     except jws.JWSError as exc:
+        if raw is None:
+            raise AssertionRefused(NO_KEY) from None
         raise AssertionRefused(f"client assertion refused: {exc.reason}") from None
+    if raw is None:  # pragma: no cover - no signature verifies without a key
+        raise AssertionRefused(NO_KEY)
     if claims.get("iss") != client_id or claims.get("sub") != client_id:
         raise AssertionRefused("client assertion iss and sub must both be the client_id")
     aud = claims.get("aud")

@@ -508,12 +508,15 @@ KNOWN_KEY_ALGORITHMS = ("EdDSA", "Ed25519")
 
 def decode_with_key(
     token: str,
-    key: nacl.signing.VerifyKey,
+    key: nacl.signing.VerifyKey | Callable[[bytes, bytes], bool],
     *,
     typs: Container[str],
     max_bytes: int = MAX_PROOF_BYTES,
 ) -> dict[str, Any]:
     """Verify a compact JWS signed by ``key`` (one the verifier holds); return its claims.
+
+    ``key`` is the key, or what checks a signature: ``key(signing_input, signature)``,
+    true iff it is valid (``core.identity.verify_signed``'s rule for a name with no key).
 
     For JWTs made by clients' own libraries (RFC 7523 client assertions): the header has
     ``alg`` (one of :data:`KNOWN_KEY_ALGORITHMS`) and optionally ``typ`` (its media type
@@ -542,7 +545,11 @@ def decode_with_key(
         raise JWSError("kid malformed")
     signature = b64url_decode_for(signature_seg, "signature")
     signing_input = token[: len(header_seg) + 1 + len(payload_seg)].encode("ascii")
-    if not verify_detached(signing_input, signature, key):
+    if isinstance(key, nacl.signing.VerifyKey):
+        valid = verify_detached(signing_input, signature, key)
+    else:
+        valid = key(signing_input, signature)
+    if not valid:
         raise JWSError("bad signature")
     return json_object(b64url_decode_for(payload_seg, "payload"), "payload")
 
