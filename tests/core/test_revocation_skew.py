@@ -121,14 +121,19 @@ def test_an_agent_revoked_on_a_slower_replica_is_ended_with_what_it_renewed(
     r = replicas
     agent = kit.register(r.fast)
     assert agent.claims.oiat == int(START) + AHEAD
-    revoke(r.slow, kit, "agent", agent.sub)
-    assert not valid(r.slow, agent.token)
-    # A renewal the fast replica made before it read the entry (with its own, later iat;
-    # the renewal ends its predecessor by its jti).
+    # A renewal the fast replica made just before the entry was written (with its own,
+    # later iat; the renewal ends its predecessor by its jti).
     renewed = r.fast.renew(r.fast.validate(agent.token), kit.ctx)
     assert renewed.claims.iat > int(START)
+    revoke(r.slow, kit, "agent", agent.sub)
+    assert not valid(r.slow, agent.token)
     ended_everywhere(r, renewed.token, "agent")
     assert not valid(r.fast, agent.token)
+    # One it tries once the entry is written, its token checked before it read the entry,
+    # reads the entry in its own write and is refused (docs/decisions.md 353).
+    with pytest.raises(Unauthorized) as refused:
+        r.fast.renew(renewed.claims, kit.ctx)
+    assert "revoked at level agent" in refused_once(r.fast, refused.value, "token_renewal_failed")
     (entry,) = r.slow.store.find_revocations([("agent", agent.sub)])
     assert entry.revoked_at == int(START) + r.skew  # the revoking clock's second + skew
 

@@ -18,7 +18,13 @@ from tasklease.core.callers import about, lineage, refused, require_agent
 from tasklease.core.calls import budget_holder, budgets_for
 from tasklease.core.clock import format_rfc3339
 from tasklease.core.delegation import record_signing_input, verify_chain_records
-from tasklease.core.errors import InvalidRequest, NotFound, Unauthorized, Unavailable
+from tasklease.core.errors import (
+    InvalidRequest,
+    NotFound,
+    TaskleaseError,
+    Unauthorized,
+    Unavailable,
+)
 from tasklease.core.issuing import (
     binding_suffix,
     clamp_ttl,
@@ -27,7 +33,14 @@ from tasklease.core.issuing import (
     size_adapted,
     token_challenge,
 )
-from tasklease.core.kernel import IssuedToken, Kernel, Parent, RequestContext, Service
+from tasklease.core.kernel import (
+    IssuedToken,
+    Kernel,
+    Parent,
+    RequestContext,
+    Service,
+    with_denial,
+)
 from tasklease.core.lineage import Refusal
 from tasklease.core.pending import Pending, complete
 from tasklease.core.policyrequest import agent_actor
@@ -205,24 +218,6 @@ class Delegating(Service):
             ) from None
         if target is None:  # pragma: no cover - an unknown delegate is refused above
             raise NotFound("delegate agent not found")
-        wait = kernel.reissue_wait("chain", claims.sub, iat)
-        if wait:
-            # A chain entry on the delegator, made moments ago, ends its delegations made
-            # by every clock within the skew before it, so one made now would be born
-            # revoked (docs/decisions.md 142): refused, to be asked again after it.
-            raise kernel.deny(
-                Unavailable(
-                    "the delegator's delegations were revoked moments ago: delegate again "
-                    f"in {wait} s",
-                    retry_after=wait,
-                ),
-                replace(
-                    denied,
-                    event_type="delegation_denied",
-                    detail=f"delegator's delegations revoked moments ago: its chain entry "
-                    f"ends delegations until {iat + wait - 1}; come back in {wait}s | {parties}",
-                ),
-            )
         audience = issuance.audience
         # One ring for the whole hop: the chain is checked, extended and signed under it.
         ring = self._keys.ring
@@ -276,7 +271,57 @@ class Delegating(Service):
             rules=kernel.grant_types.rules({str(d["type"]) for d in issuance.details}),
         )
 
+        refusals: list[TaskleaseError] = []
+
         def unit(tx: WriteTx) -> list[AuditEntry]:
+            refusals.clear()
+            wait = kernel.reissue_wait("chain", claims.sub, iat, tx)
+            if wait:
+                # A chain entry on the delegator, made moments ago here or on another
+                # replica (read through this write), ends its delegations made by every
+                # clock within the skew before it, so one made now would be born revoked
+                # (docs/decisions.md 142, 353): refused, to be asked again after it.
+                error = Unavailable(
+                    "the delegator's delegations were revoked moments ago: delegate again "
+                    f"in {wait} s",
+                    retry_after=wait,
+                )
+                refusals.append(error)
+                return [
+                    with_denial(
+                        error,
+                        replace(
+                            denied,
+                            event_type="delegation_denied",
+                            detail=f"delegator's delegations revoked moments ago: its chain "
+                            f"entry ends delegations until {iat + wait - 1}; come back in "
+                            f"{wait}s | {parties}",
+                        ),
+                    )
+                ]
+            ended = kernel.holder_revoked_in(tx, claims.sub, claims.task_id, new_claims)
+            if ended:
+                # The delegator revoked on another replica, whose entry this one has not
+                # applied yet: it holds nothing left to hand on, as refused above.
+                revoked = Unauthorized(
+                    "token verification failed",
+                    reason=f"delegator {ended}",
+                    challenge=token_challenge(claims),
+                )
+                refusals.append(revoked)
+                return [
+                    with_denial(
+                        revoked,
+                        replace(
+                            about(claims),
+                            event_type="token_auth_failed",
+                            outcome="denied",
+                            request_id=ctx.request_id,
+                            detail=f"delegator has nothing to hand on: delegator {ended} "
+                            f"jti={claims.jti}",
+                        ),
+                    )
+                ]
             if reference is not None:
                 tx.insert_reference_token(reference)
             for budget in budgets:
@@ -299,6 +344,8 @@ class Delegating(Service):
             ]
 
         def done() -> IssuedToken:
+            if refusals:
+                raise refusals[0]
             self._metrics.delegation_depth.observe(len(chain))
             self._metrics.tokens_issued.labels("delegate").inc()
             elapsed = time.perf_counter() - started

@@ -623,6 +623,29 @@ class Kernel:
             revoked_at = stored.revoked_at
         return 0 if revoked_at is None or iat > revoked_at else revoked_at + 1 - iat
 
+    def holder_revoked_in(self, tx: WriteTx, holder: str, task: str, issued: Claims) -> str:
+        """Why ``issued`` (what a renewal, resumption or delegation is about to write for
+        ``holder``, an agent of ``task``) is revoked by the holder's agent- or task-level
+        entry as ``tx`` reads it ("" when it is not): the entry another replica committed
+        that this process has not applied yet (its notification on its way) ends it on
+        arrival, as one written here does. The holder's standing was decided from this
+        process's index, so without this the issuance is answered and audited as made,
+        and ended moments later (decision 353's rule, for what the holder's token and
+        record were checked against). Two key lookups, matched by the index's own rule
+        (:meth:`RevocationIndex.match`)."""
+        now = self.now()
+        found = [
+            record
+            for record in (tx.find_revocation("agent", holder), tx.find_revocation("task", task))
+            if record is not None and record.expires_at > now
+        ]
+        if not found:
+            return ""
+        index = RevocationIndex()
+        index.apply(found)
+        level = index.match(issued)
+        return "" if level is None else f"revoked at level {level} (read in the write)"
+
     def revocation_expiry(self, revoked_at: float) -> float:
         """When an operator's entry made at ``revoked_at`` can no longer matter.
 

@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from tasklease.core.attestation import (
     AttestationOutcome,
@@ -95,6 +95,14 @@ class PendingRegistration:
     # a race (the launch token used meanwhile), so its proof is spent either way.
     nonce: str = ""
     nonce_until: float = 0.0
+    # What ``unit`` refused from inside its write, its denial audited there (the task's
+    # revocation entry, read through the write): raised once ``unit`` is committed.
+    refused: list[TaskleaseError] = field(default_factory=list)
+
+    def raise_refused(self) -> None:
+        """Raise what ``unit`` refused in its write, if it did."""
+        if self.refused:
+            raise self.refused[0]
 
     def lost(self, exc: TaskleaseError) -> Callable[[WriteTx], Sequence[AuditEntry]]:
         """What to write when ``unit`` raised ``exc``: the nonce spent, the denial."""
@@ -205,6 +213,7 @@ class Registration(Service):
             except (Unauthorized, InvalidDPoPProof) as exc:
                 self._kernel.commit(pending.lost(exc))
                 raise exc from None
+            pending.raise_refused()
         except TaskleaseError:
             self._metrics.registrations.labels("failure").inc()
             raise
@@ -280,6 +289,7 @@ class Registration(Service):
                 except (Unauthorized, InvalidDPoPProof) as exc:
                     await asyncio.shield(self._kernel.acommit(pending.lost(exc)))
                     raise exc from None
+                pending.raise_refused()
             if pending.refusal is not None:
                 raise pending.refusal
         except TaskleaseError:
@@ -473,23 +483,6 @@ class Registration(Service):
                 replace(base, detail=f"{refusal.detail} ({lt_hash[:12]})"),
             ) from None
         held = parent  # what the kernel held to its apps, again in the unit
-        wait = self._kernel.reissue_wait("task", task, iat)
-        if wait:
-            # The task was revoked moments ago: its entry covers what every clock within
-            # the skew made before it, so a run registered now would be born revoked
-            # (docs/decisions.md 142). Refused before anything is spent.
-            raise refuse(
-                Unavailable(
-                    f"task {task} was revoked moments ago: a new run of it may register in "
-                    f"{wait} s",
-                    retry_after=wait,
-                ),
-                replace(
-                    base,
-                    detail=f"task revoked moments ago: its entry ends registrations until "
-                    f"{iat + wait - 1}; come back in {wait}s{attested_suffix(attested)}",
-                ),
-            )
         audience = issuance.audience
         cnf, proof = self._inputs.binding(ctx, now, base, refuse)
         try:
@@ -560,7 +553,32 @@ class Registration(Service):
         origin = f" launch_token={lt_hash[:12]}" if record is not None else ""
         origin += attested_suffix(attested)
 
+        refused: list[TaskleaseError] = []
+
         def unit(tx: WriteTx) -> list[AuditEntry]:
+            refused.clear()
+            wait = self._kernel.reissue_wait("task", task, iat, tx)
+            if wait:
+                # The task was revoked moments ago, here or on another replica (its entry
+                # read through this write): the entry covers what every clock within the
+                # skew made before it, so a run registered now would be born revoked
+                # (docs/decisions.md 142, 353). Nothing is spent: the nonce is kept for
+                # this registration, to be asked again after ``Retry-After``.
+                error = Unavailable(
+                    f"task {task} was revoked moments ago: a new run of it may register in "
+                    f"{wait} s",
+                    retry_after=wait,
+                )
+                refused.append(error)
+                denial = with_denial(
+                    error,
+                    replace(
+                        base,
+                        detail=f"task revoked moments ago: its entry ends registrations until "
+                        f"{iat + wait - 1}; come back in {wait}s{attested_suffix(attested)}",
+                    ),
+                )
+                return reserving(nonce, nonce_expiry + cfg.clock_skew, denial)(tx)
             if not tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew):
                 raise Unauthorized("nonce: nonce already consumed")
             if proof is not None and not tx.consume_dpop_proof(proof.key, proof.expires_at):
@@ -625,4 +643,5 @@ class Registration(Service):
             started,
             nonce=nonce,
             nonce_until=nonce_expiry + cfg.clock_skew,
+            refused=refused,
         )

@@ -132,6 +132,15 @@ class Renewal(Service):
         predecessor = RevocationRecord("token", claims.jti, iat, claims.exp + cfg.clock_skew + 1)
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
+            ended = kernel.holder_revoked_in(tx, claims.sub, claims.task_id, new_claims)
+            if ended:
+                # Revoked on another replica, whose entry this one has not applied yet:
+                # the successor would be born revoked.
+                raise Unauthorized(
+                    "token verification failed",
+                    reason=f"holder {ended}",
+                    challenge=token_challenge(claims),
+                )
             # Only the first renewal of a token ends it: any entry already on its jti
             # (renewed, or revoked) refuses this one, widened by it or not.
             if tx.insert_revocation(predecessor) is not RevocationWrite.INSERTED:
@@ -331,7 +340,7 @@ class Renewal(Service):
         # Too large a token is issued by reference, as at registration and renewal.
         token, reference = size_adapted(token, claims, cfg)
 
-        lost_race: list[Unauthorized] = []
+        lost_race: list[Unauthorized | Forbidden] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             if not tx.consume_nonce(registration_mark(nonce), nonce_expiry + cfg.clock_skew):
@@ -347,6 +356,13 @@ class Renewal(Service):
                 # Refused, and the nonce stays spent: nothing raised undoes it.
                 lost_race.append(Unauthorized(_REFUSED))
                 why = "concurrent resume or session ended"
+                return [with_denial(lost_race[0], replace(base, detail=f"resume refused: {why}"))]
+            ended = kernel.holder_revoked_in(tx, agent_id, agent.task_id, claims)
+            if ended:
+                # Revoked on another replica, whose entry this one has not applied yet: as
+                # the standing read above refuses it, and the nonce stays spent.
+                lost_race.append(Forbidden("agent is not active"))
+                why = f"agent {ended}"
                 return [with_denial(lost_race[0], replace(base, detail=f"resume refused: {why}"))]
             tx.put_agent_session(replace(current, resumes=issuance.renewals, last_heartbeat=now))
             if reference is not None:
