@@ -133,6 +133,7 @@ def test_exported_members() -> None:
         "AsyncDelegatedToken",
         "AuthenticatedPeer",
         "AuthorizationServer",
+        "ClientClosed",
         "Clock",
         "Conflict",
         "CredentialExpired",

@@ -24,7 +24,9 @@ credential) was made with: such a request raises :class:`InsecureHTTP` before th
 is attached or anything sent; so does :func:`discover` for such a resource.
 
 Every error is a :class:`TaskleaseError` whose subclass mirrors the broker's
-``error_code``; network failures raise :class:`TransportError`. Requests answered 429
+``error_code``; network failures raise :class:`TransportError`; a call on a closed client
+(or through closed connections) raises :class:`ClientClosed`, with nothing sent.
+Requests answered 429
 or 503, or that could not connect, are retried with backoff, honouring ``Retry-After``
 (:class:`Retry`).
 
@@ -45,6 +47,7 @@ from tasklease.client._app import AppClient
 from tasklease.client._async import AsyncAgent, AsyncDelegatedToken
 from tasklease.client._discovery import adiscover, discover
 from tasklease.client._errors import (
+    ClientClosed,
     Conflict,
     CredentialExpired,
     Forbidden,
@@ -89,6 +92,7 @@ __all__ = [
     "AsyncDelegatedToken",
     "AuthenticatedPeer",
     "AuthorizationServer",
+    "ClientClosed",
     "Clock",
     "Conflict",
     "CredentialExpired",

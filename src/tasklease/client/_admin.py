@@ -20,6 +20,7 @@ from tasklease.client._brokerurl import check_broker_url
 from tasklease.client._errors import TransportError, Unauthorized, error_from_response
 from tasklease.client._flows import expect_json
 from tasklease.client._holder import default_ssl_context
+from tasklease.client._transport import closed
 from tasklease.rules.messages import operator_sign_in_input
 
 __all__ = ["AdminClient"]
@@ -103,6 +104,8 @@ class AdminClient(AuditCalls):
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             return self._client.request(method, path, **kwargs)
+        except RuntimeError as exc:
+            raise closed(self._client, exc) from None
         except AnswerRefused as exc:
             raise TransportError(
                 f"cannot use the answer of the broker at {self.broker_url}: {exc}"

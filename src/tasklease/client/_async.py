@@ -38,7 +38,7 @@ from tasklease.client._flows import (
 from tasklease.client._holder import CertArg, DPoPKey, bind_flow, dpop_key, ssl_context
 from tasklease.client._oauth import AsyncResourceAuth, ResourceToken, exchange_flow
 from tasklease.client._retry import DEFAULT_RETRY, NO_RETRY, Retry
-from tasklease.client._transport import BearerAuth, delegated_release_flow
+from tasklease.client._transport import BearerAuth, closed, delegated_release_flow
 from tasklease.client._trust import (
     Exchange,
     Handshake,
@@ -77,6 +77,8 @@ async def arun_flow(
                 try:
                     # Never on to where a redirect points (as run_flow).
                     response = await client.send(request, follow_redirects=False)
+                except RuntimeError as exc:
+                    raise closed(client, exc) from None
                 except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                     attempt += 1
                     wait = retry.wait(attempt)

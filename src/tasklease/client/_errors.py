@@ -31,9 +31,11 @@ answer at all) raise :class:`TransportError`.
     ├── Unavailable                service_unavailable
     ├── InternalError              internal_error and other 5xx answers
     ├── TransportError             the broker could not be reached
-    └── InsecureHTTP               insecure_http: the SDK would send a credential (or
-                                   fetch what decides where its tokens go) over plain
-                                   HTTP beyond loopback without an opt-in; nothing sent
+    ├── InsecureHTTP               insecure_http: the SDK would send a credential (or
+    │                              fetch what decides where its tokens go) over plain
+    │                              HTTP beyond loopback without an opt-in; nothing sent
+    └── ClientClosed               client_closed: the client (or the HTTP connections it
+                                   uses) was closed; nothing sent
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from tasklease.bounds import json_document
 from tasklease.client._retry import retry_after_seconds
 
 __all__ = [
+    "ClientClosed",
     "Conflict",
     "CredentialExpired",
     "Forbidden",
@@ -309,6 +312,17 @@ class InsecureHTTP(TaskleaseError):
     credential) was made, or ``TASKLEASE_INSECURE_HTTP=1``. Never a broker's answer."""
 
     code = "insecure_http"
+
+
+class ClientClosed(TaskleaseError):
+    """Refused by the SDK itself, with nothing sent: the client was closed (``close()``,
+    ``aclose()``, the end of its ``with`` block), or the HTTP connections it uses were (an
+    ``AppClient``'s, which its agents share; an ``httpx`` client passed in as ``client``).
+    Make a new one (an agent: ``Agent.resume`` with its key, or register again); the
+    credential was not released by closing. Never a broker's answer."""
+
+    code = "client_closed"
+    default_detail = "the client is closed: nothing was sent"
 
 
 _BY_CODE: dict[str, type[TaskleaseError]] = {

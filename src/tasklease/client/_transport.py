@@ -14,7 +14,7 @@ import httpx
 from tasklease.client._bounded import AnswerRefused, bounded_client
 from tasklease.client._brokerurl import check_request_url
 from tasklease.client._compat import dual
-from tasklease.client._errors import TaskleaseError, TransportError
+from tasklease.client._errors import ClientClosed, TaskleaseError, TransportError
 from tasklease.client._flows import Clock, Delegation, Flow, delegate_flow, release_flow
 from tasklease.client._holder import CertArg, DPoPKey, sender_constrained, ssl_context
 from tasklease.client._retry import DEFAULT_RETRY, Retry
@@ -23,6 +23,7 @@ __all__ = [
     "BearerAuth",
     "DelegatedToken",
     "auth_headers",
+    "closed",
     "delegated_release_flow",
     "http_client",
     "run_flow",
@@ -39,6 +40,8 @@ def run_flow(
     rebind: Callable[[httpx.Request], httpx.Request] | None = None,
 ) -> T:
     """Drive a sans-I/O flow through ``client``; network failures become TransportError.
+
+    A closed ``client`` sends nothing: ClientClosed (:func:`closed`).
 
     Requests go to the URL they name and nowhere else: a redirect is not followed, also
     by a ``client`` that follows them. A 429 or 503, or a connection never made, is tried
@@ -58,6 +61,8 @@ def run_flow(
                     # may follow them): the body would go too, and its answer would be
                     # taken for the broker's. A redirect is an answer, an error here.
                     response = client.send(request, follow_redirects=False)
+                except RuntimeError as exc:
+                    raise closed(client, exc) from None
                 except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                     attempt += 1
                     wait = retry.wait(attempt)
@@ -80,6 +85,15 @@ def run_flow(
     except StopIteration as stop:
         result: T = stop.value
         return result
+
+
+def closed(client: httpx.Client | httpx.AsyncClient, error: RuntimeError) -> ClientClosed:
+    """What to raise for ``error``, httpx's refusal to send through ``client``: the
+    SDK's ClientClosed when the client is closed (httpx refuses before sending), else
+    ``error`` itself, which is no such refusal."""
+    if not client.is_closed:
+        raise error
+    return ClientClosed()
 
 
 def auth_headers(dpop: DPoPKey | None, token: str, method: str, url: str) -> dict[str, str]:
