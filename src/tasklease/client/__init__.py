@@ -26,7 +26,8 @@ is attached or anything sent; so does :func:`discover` for such a resource.
 Every error is a :class:`TaskleaseError` whose subclass mirrors the broker's
 ``error_code``; network failures raise :class:`TransportError`; a call on a closed client
 (or through closed connections) raises :class:`ClientClosed`, with nothing sent.
-Requests answered 429
+:class:`InsufficientScope` is the verifier's too (``tasklease.verify.InsufficientScope``
+is the same class). Requests answered 429
 or 503, or that could not connect, are retried with backoff, honouring ``Retry-After``
 (:class:`Retry`).
 

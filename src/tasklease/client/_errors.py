@@ -36,6 +36,10 @@ answer at all) raise :class:`TransportError`.
     │                              HTTP beyond loopback without an opt-in; nothing sent
     └── ClientClosed               client_closed: the client (or the HTTP connections it
                                    uses) was closed; nothing sent
+
+``TaskleaseError``, ``Forbidden`` and ``InsufficientScope`` are defined in
+:mod:`tasklease.rules.errors`: ``InsufficientScope`` is also the verifier's
+(``tasklease.verify.InsufficientScope`` is the same class, a ``VerificationError`` too).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import httpx
 
 from tasklease.bounds import json_document
 from tasklease.client._retry import retry_after_seconds
+from tasklease.rules.errors import Forbidden, InsufficientScope, TaskleaseError
 
 __all__ = [
     "ClientClosed",
@@ -78,57 +83,6 @@ __all__ = [
     "UseDPoPNonce",
     "error_from_response",
 ]
-
-
-class TaskleaseError(Exception):
-    """Root of every error the SDK raises.
-
-    Attributes:
-        code: the broker's ``error_code`` (for example ``"scope_violation"``), or a
-            client-side code such as ``"transport_error"``.
-        status: the HTTP status, or None when the broker gave no answer.
-        detail: the problem's ``detail``, safe to show.
-        hint: the problem's ``hint``, when the broker gave advice.
-        request_id: the broker's ``request_id`` (``X-Request-ID``), for its logs.
-        denial_id: the broker's ``denial_id`` of an audited refusal: the audit event
-            holding the precise reason.
-        oauth_error: the RFC 6749 section 5.2 ``error`` (``invalid_client``...), if any.
-    """
-
-    code = "internal_error"
-    default_detail = "request failed"
-
-    def __init__(
-        self,
-        detail: str | None = None,
-        *,
-        code: str | None = None,
-        status: int | None = None,
-        hint: str | None = None,
-        request_id: str | None = None,
-        denial_id: str | None = None,
-        oauth_error: str | None = None,
-    ) -> None:
-        self.detail = detail if detail is not None else self.default_detail
-        if code is not None:
-            self.code = code
-        self.status = status
-        self.hint = hint
-        self.request_id = request_id
-        self.denial_id = denial_id
-        self.oauth_error = oauth_error
-        super().__init__(self.detail)
-
-    def __repr__(self) -> str:
-        """The class, ``code``, ``status`` and ``detail``, and the ``denial_id`` and
-        ``request_id`` that lead to the broker's audit event and log lines, when given."""
-        name = type(self).__name__
-        ids = "".join(
-            f", {label}={value!r}"
-            for label, value in (("denial_id", self.denial_id), ("request_id", self.request_id))
-            if value is not None
-        )
-        return f"{name}(code={self.code!r}, status={self.status}, detail={self.detail!r}{ids})"
 
 
 class InvalidRequest(TaskleaseError):
@@ -207,20 +161,6 @@ class InvalidClient(Unauthorized):
     """The token endpoint did not authenticate the app (wrong or missing credentials)."""
 
     code = "unauthorized"
-
-
-class Forbidden(TaskleaseError):
-    """Authenticated, but not allowed (``forbidden``, 403): an app or operator role
-    without the right, an agent revoked or released, a resumption switched off."""
-
-    code = "forbidden"
-
-
-class InsufficientScope(Forbidden):
-    """The caller's token lacks the scope the operation needs
-    (``insufficient_scope``, 403)."""
-
-    code = "insufficient_scope"
 
 
 class ScopeViolation(Forbidden):
@@ -404,4 +344,4 @@ def error_from_response(response: httpx.Response) -> TaskleaseError:
     if cls is RateLimited:
         seconds = retry_after_seconds(response.headers.get("retry-after"))
         kwargs["retry_after"] = None if seconds is None else math.ceil(seconds)
-    return cls(detail, **kwargs)
+    return cls(detail=detail, **kwargs)

@@ -23,5 +23,7 @@ dependencies. Pure functions: time comes in as ``now``.
 ``rules.controls``     the characters no line we write may hold as they are (C0, DEL, C1,
                        U+2028, U+2029, the bidi controls): what the audit sanitizer and the
                        CLI's listings mask
+``rules.errors``       the exceptions the SDK and the verifier share: their roots and the one
+                       ``InsufficientScope`` both export
 =====================  =========================================================================
 """

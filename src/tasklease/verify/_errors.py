@@ -7,11 +7,18 @@
         ├── RevocationStateStale   the revocation state is older than the token's bound
         └── KeySetStale            no JWKS fetch has succeeded for ``jwks_max_stale``
 
+``VerificationError`` and ``InsufficientScope`` are defined in
+:mod:`tasklease.rules.errors`: ``InsufficientScope`` is the SDK's too
+(``tasklease.client.InsufficientScope`` is the same class, also a ``Forbidden``), so
+either name catches the broker's refusal and the verifier's.
+
 Like the broker, the verifier shows one generic message outward; the precise ``reason``
 (for example ``"audience mismatch"`` or ``"revoked (level task)"``) is for logs only.
 """
 
 from __future__ import annotations
+
+from tasklease.rules.errors import InsufficientScope, VerificationError
 
 __all__ = [
     "InsufficientScope",
@@ -21,20 +28,6 @@ __all__ = [
     "VerificationError",
     "VerifierUnavailable",
 ]
-
-
-class VerificationError(Exception):
-    """Root of every refusal. ``reason`` is internal: never send it to the caller."""
-
-    code = "unauthorized"
-    message = "token verification failed"
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(self.message)
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(reason={self.reason!r})"
 
 
 class InvalidToken(VerificationError):
@@ -47,17 +40,6 @@ class InvalidToken(VerificationError):
     def __init__(self, reason: str, *, dpop_proof: bool = False) -> None:
         super().__init__(reason)
         self.dpop_proof = dpop_proof
-
-
-class InsufficientScope(VerificationError):
-    """The token is valid but does not carry the required scope."""
-
-    code = "insufficient_scope"
-    message = "token lacks the required scope"
-
-    def __init__(self, reason: str, required: str = "") -> None:
-        super().__init__(reason)
-        self.required = required
 
 
 class VerifierUnavailable(VerificationError):
