@@ -138,3 +138,20 @@ def test_a_closed_agent_as_a_context_manager_says_so(broker: BrokerForTests) -> 
         pass  # the release on exit cannot be sent
     assert broker.admin().validate_token(token)["valid"] is True  # nothing was released
     Agent.__repr__(agent)
+
+
+def test_an_offline_reporter_on_a_closed_client_says_so(broker: BrokerForTests) -> None:
+    import nacl.signing
+
+    from tasklease.client import OfflineReporter
+
+    agent = broker.agent(SCOPE, dpop=True)
+    closed = httpx.Client()
+    closed.close()
+    reporter = OfflineReporter(closed, broker.url, agent.auth)
+    delegate = nacl.signing.SigningKey.generate().verify_key.encode()
+    reporter.derived(agent.attenuate("sub", delegate, scope=["read:data:1"]))
+    _refused(reporter.flush)
+    reporter.close(flush=False)
+    agent.release()
+    agent.close()

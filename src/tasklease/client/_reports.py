@@ -24,6 +24,7 @@ import httpx
 
 from tasklease.bounds import json_document
 from tasklease.client._brokerurl import check_broker_url
+from tasklease.client._transport import closed
 from tasklease.rules.offlinereports import (
     MAX_BATCH,
     PendingReport,
@@ -191,7 +192,8 @@ class OfflineReporter:
         """Report what is queued, a batch at a time; return how many items the broker
         answered for. Stops at the first batch that could not be delivered (no broker,
         a 5xx, a 401 before renewal): those stay queued, in order, for the next flush.
-        A flush already under way (another thread's) makes this one return 0."""
+        A flush already under way (another thread's) makes this one return 0. Through a
+        closed ``client``: ClientClosed, nothing sent, everything kept."""
         client = self._client
         if not isinstance(client, httpx.Client):
             raise TypeError("flush() sends with an httpx.Client; use aflush() with AsyncClient")
@@ -207,6 +209,8 @@ class OfflineReporter:
                         auth=self._auth,
                         follow_redirects=False,  # the reports carry credentials
                     )
+                except RuntimeError as exc:  # nothing sent: the reports stay queued
+                    raise closed(client, exc) from None
                 except httpx.HTTPError as exc:
                     _log.info("offline reports kept for later: %s", type(exc).__name__)
                     break
@@ -234,6 +238,8 @@ class OfflineReporter:
                     response = await client.post(
                         self._url, json=body, auth=self._auth, follow_redirects=False
                     )
+                except RuntimeError as exc:  # nothing sent: the reports stay queued
+                    raise closed(client, exc) from None
                 except httpx.HTTPError as exc:
                     _log.info("offline reports kept for later: %s", type(exc).__name__)
                     break
