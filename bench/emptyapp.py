@@ -8,6 +8,7 @@ touches ``READY_DIR/<pid>`` once it serves, so the harness knows when all are up
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -37,6 +38,8 @@ app = Starlette(routes=[Route("/empty", empty, methods=["GET"])], lifespan=_life
 def main() -> None:
     import uvicorn
 
+    from tasklease.core.config import Config
+    from tasklease.http.middleware import envelope_headers
     from tasklease.http.protocol import NoDelayHttpToolsProtocol
 
     port, workers, loop, ready = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -47,7 +50,8 @@ def main() -> None:
         port=port,
         workers=workers,
         loop=loop,
-        http=NoDelayHttpToolsProtocol,  # served exactly like the broker
+        # Served exactly like the broker: its protocol, with the headers of its own answers.
+        http=functools.partial(NoDelayHttpToolsProtocol, envelope=envelope_headers(Config())),
         log_level="warning",
         access_log=False,
         server_header=False,
