@@ -2,7 +2,8 @@
 the moments before the revocation reached it: renewals and delegations carry the
 registration's time (``oiat``), and the shared index matches agent and task entries by it,
 chain entries by the hop's own time. Two brokers on one SQLite file stand for two workers;
-the second has not yet read the first's revocation when it renews or delegates."""
+the second renews or delegates just before the first revokes, and once the entry is
+written, before it has read it (refused then: the issuance reads it in its own write)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from tasklease.core.clock import ManualClock, format_rfc3339
+from tasklease.core.errors import Unauthorized
 from tasklease.core.keys import KeyRing
 from tasklease.core.records import RevocationRecord
 from tasklease.core.revocation import RevocationIndex
@@ -48,11 +50,17 @@ def test_a_renewal_during_the_lag_is_ended_once_the_revocation_arrives(
     agent = kit.register(first)
     second.refresh_revocations()
     clock.advance(10.4)
-    target = agent.sub if level == "agent" else agent.claims.task_id
-    first.revoke(kit.admin(first).claims, level=level, target=target, ctx=kit.ctx)
-    clock.advance(0.7)  # the next second; the second worker has not read it yet
+    # A renewal the second worker makes just before the entry is written.
     successor = second.renew(second.validate(agent.token), kit.ctx)
     assert successor.claims.iat > agent.claims.iat and successor.claims.oiat == agent.claims.oiat
+    clock.advance(0.7)  # the next second
+    target = agent.sub if level == "agent" else agent.claims.task_id
+    first.revoke(kit.admin(first).claims, level=level, target=target, ctx=kit.ctx)
+    # One it tries once the entry is written, before it has read it, reads the entry in
+    # its own write and is refused (docs/decisions.md 367).
+    with pytest.raises(Unauthorized) as refused:
+        second.renew(second.validate(successor.token), kit.ctx)
+    assert refused.value.denial_id
     second.refresh_revocations()
     for worker in (first, second):
         assert f"(level {level})" in _revoked(worker, successor.token)
@@ -74,15 +82,23 @@ def test_a_delegation_during_the_lag_is_ended_once_the_revocation_arrives(
     delegator, delegate = kit.register(first), kit.register(first, task_id="task-2")
     second.refresh_revocations()
     clock.advance(10.4)
-    first.revoke(kit.admin(first).claims, level="agent", target=delegator.sub, ctx=kit.ctx)
+
+    def delegated() -> Any:
+        return second.delegate(
+            second.validate(delegator.token),
+            delegate_to=delegate.sub,
+            scope=["read:data:*"],
+            ttl=300,
+            ctx=kit.ctx,
+        )
+
+    child = delegated()  # just before the entry is written
     clock.advance(0.7)
-    child = second.delegate(
-        second.validate(delegator.token),
-        delegate_to=delegate.sub,
-        scope=["read:data:*"],
-        ttl=300,
-        ctx=kit.ctx,
-    )
+    first.revoke(kit.admin(first).claims, level="agent", target=delegator.sub, ctx=kit.ctx)
+    # Once it is written, the second worker reads it in the delegation's own write.
+    with pytest.raises(Unauthorized) as refused:
+        delegated()
+    assert refused.value.denial_id
     second.refresh_revocations()
     assert "(level agent)" in _revoked(second, child.token)
     assert "(level agent)" in _revoked(first, child.token)
