@@ -27,7 +27,8 @@ from nacl.signing import SigningKey
 
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.clock import ManualClock
-from tasklease.core.errors import TaskleaseError, Unauthorized, Unavailable
+from tasklease.core.errors import InvalidRequest, TaskleaseError, Unauthorized, Unavailable
+from tasklease.core.exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, ExchangeRequest
 from tasklease.core.keys import KeyRing
 from tasklease.core.revocation import RevocationIndex
 from tasklease.core.store import AuditQuery
@@ -167,6 +168,32 @@ def test_a_chain_revoked_on_a_slower_replica_ends_a_delegation_made_just_before(
     revoke(r.slow, kit, "chain", root.sub)
     ended_everywhere(r, hop.token, "chain")
     assert valid(r.slow, root.token)  # the root's own token lives on
+
+
+def test_a_token_handed_on_is_not_renewed_or_narrowed_past_its_delegators_end_elsewhere(
+    replicas: Replicas, kit: Any
+) -> None:
+    """The delegator's token ended on the other replica (a chain entry on its ``jti``,
+    which the delegated token lists in its lineage): the replica that has not applied it
+    reads it in the renewal's and the exchange's own write and refuses, rather than
+    answering with a token the entry ends on arrival (docs/decisions.md 367)."""
+    r = replicas
+    root = kit.register(r.fast, task_id="task-a")
+    helper = kit.register(r.fast, task_id="task-b")
+    held = delegate(r.fast, kit, root.claims, helper.sub)
+    revoke(r.slow, kit, "token", root.claims.jti)
+    with pytest.raises(Unauthorized) as renewal:
+        r.fast.renew(held.claims, kit.ctx)
+    assert "revoked at level chain" in refused_once(r.fast, renewal.value, "token_renewal_failed")
+    request = ExchangeRequest(
+        grant_type=GRANT_TYPE, subject_token=held.token, subject_token_type=ACCESS_TOKEN_TYPE
+    )
+    with pytest.raises(InvalidRequest) as narrowing:
+        r.fast.exchange_token(request, kit.ctx)
+    assert "revoked at level chain" in refused_once(
+        r.fast, narrowing.value, "token_exchange_denied"
+    )
+    ended_everywhere(r, held.token, "chain")
 
 
 @pytest.mark.parametrize("level", ["agent", "task"])

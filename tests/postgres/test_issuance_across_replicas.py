@@ -23,7 +23,8 @@ from nacl.signing import SigningKey
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.clock import ManualClock
 from tasklease.core.config import Config
-from tasklease.core.errors import Forbidden, Unauthorized, Unavailable
+from tasklease.core.errors import Forbidden, InvalidRequest, NotFound, Unauthorized, Unavailable
+from tasklease.core.exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, ExchangeRequest
 from tasklease.core.keys import KeyRing
 from tasklease.core.records import AuditQuery
 from tasklease.core.tokens import ADMIN_SCOPES, KIND_ADMIN, Claims, mint
@@ -172,7 +173,8 @@ def test_a_delegation_waits_out_the_delegators_chain_entry_on_the_other_replica(
 def _revoked_agent(
     pair: tuple[Broker, Broker, ManualClock], level: str
 ) -> tuple[Broker, Any, dict[str, Any], SigningKey]:
-    """An agent registered on B, then revoked at ``level`` (its id, or its task) on A."""
+    """An agent registered on B, then revoked at ``level`` (its id, its token, or its
+    task) on A."""
     a, b, clock = pair
     admin = _admin(a, clock)
     key = SigningKey.generate()
@@ -182,7 +184,7 @@ def _revoked_agent(
     request["signature"] = _b64(key.sign(bytes.fromhex(nonce)).signature)
     agent = b.register(**request)
     clock.advance(a.config.clock_skew + 5)
-    target = agent.claims.sub if level == "agent" else agent.claims.task_id
+    target = {"agent": agent.claims.sub, "token": agent.claims.jti}.get(level, agent.claims.task_id)
     a.revoke(admin, level=level, target=target, ctx=CTX)
     return b, agent, request, key
 
@@ -241,3 +243,118 @@ def test_a_delegation_by_an_agent_revoked_on_the_other_replica_is_refused(
     detail = _audited_once(b, caught.value, "token_auth_failed")
     assert "revoked at level agent" in detail
     assert "delegation_created" not in _issued(b)
+
+
+# --- what decision 367 left: lineage ancestors, a delegator's entries, token exchange ----
+
+
+def test_a_registration_under_a_lineage_ended_on_the_other_replica_is_refused(
+    pair: tuple[Broker, Broker, ManualClock],
+) -> None:
+    """A chain entry on a registration's lineage ancestor (here its app's, ``app:<id>``:
+    an attestation's or a federated domain's are read the same way) ends every token
+    listing it, whenever issued: the replica that has not applied it refuses as the one
+    that wrote it does, the refusal audited once."""
+    a, b, clock = pair
+    admin = _admin(a, clock)
+    app, secret = a.register_app(
+        admin, name="replicated-app", scopes=["read:data:*"], token_ttl=None, ctx=CTX
+    )
+    launch, _ = a.create_launch_token(
+        a.app_auth(app.client_id, secret, CTX).claims,
+        agent_name="replicated",
+        allowed_scope=["read:data:*"],
+        max_ttl=None,
+        single_use=False,
+        ttl=3600,
+        ctx=CTX,
+    )
+    b.register(**_registration(b, launch, f"task-{secrets.token_hex(4)}"))
+    a.revoke(admin, level="chain", target=f"app:{app.app_id}", ctx=CTX)
+    with pytest.raises(Unauthorized) as on_a:
+        a.register(**_registration(a, launch, f"task-{secrets.token_hex(4)}"))
+    with pytest.raises(Unauthorized) as caught:
+        b.register(**_registration(b, launch, f"task-{secrets.token_hex(4)}"))
+    assert caught.value.detail == on_a.value.detail
+    detail = _audited_once(b, caught.value, "registration_failed")
+    assert f"app:{app.app_id}" in detail
+    assert _issued(b).count("agent_registered") == 1
+
+
+_DELEGATOR_ENDED = {
+    # what A revokes: (level, whose) -> the level at which the delegated token is ended
+    "token": ("token", "chain"),  # the delegator's token: a chain entry on its jti
+    "agent": ("agent", "agent"),  # the delegator
+    "chain": ("chain", "chain"),  # the delegator's delegations
+    "delegate-task": ("task", "task"),  # the holder's own task
+}
+
+
+@pytest.mark.parametrize("ended", sorted(_DELEGATOR_ENDED))
+def test_a_renewal_of_a_delegated_token_ended_on_the_other_replica_is_refused(
+    pair: tuple[Broker, Broker, ManualClock], ended: str
+) -> None:
+    a, b, clock = pair
+    admin = _admin(a, clock)
+    launch = _launch(a, admin)
+    delegator = b.register(**_registration(b, launch, f"task-{secrets.token_hex(4)}"))
+    delegate = b.register(**_registration(b, launch, f"task-{secrets.token_hex(4)}"))
+    held = b.delegate(
+        delegator.claims, delegate_to=delegate.claims.sub, scope=["read:data:x"], ttl=None, ctx=CTX
+    )
+    clock.advance(a.config.clock_skew + 5)
+    level, matched = _DELEGATOR_ENDED[ended]
+    target = {
+        "token": delegator.claims.jti,
+        "agent": delegator.claims.sub,
+        "chain": delegator.claims.sub,
+        "task": delegate.claims.task_id,
+    }[level]
+    a.revoke(admin, level=level, target=target, ctx=CTX)
+    with pytest.raises(Unauthorized) as caught:
+        b.renew(held.claims, CTX)
+    detail = _audited_once(b, caught.value, "token_renewal_failed")
+    assert f"revoked at level {matched}" in detail
+    assert "token_renewed" not in _issued(b)
+
+
+def test_a_delegation_to_an_agent_whose_task_was_revoked_on_the_other_replica_is_refused(
+    pair: tuple[Broker, Broker, ManualClock],
+) -> None:
+    a, b, clock = pair
+    admin = _admin(a, clock)
+    launch = _launch(a, admin)
+    delegator = b.register(**_registration(b, launch, f"task-{secrets.token_hex(4)}"))
+    delegate = b.register(**_registration(b, launch, f"task-{secrets.token_hex(4)}"))
+    clock.advance(a.config.clock_skew + 5)
+    a.revoke(admin, level="task", target=delegate.claims.task_id, ctx=CTX)
+    asked = {"delegate_to": delegate.claims.sub, "scope": ["read:data:x"], "ttl": None}
+    with pytest.raises(NotFound) as on_a:
+        a.delegate(delegator.claims, **asked, ctx=CTX)
+    with pytest.raises(NotFound) as caught:
+        b.delegate(delegator.claims, **asked, ctx=CTX)
+    assert caught.value.detail == on_a.value.detail
+    detail = _audited_once(b, caught.value, "delegation_denied")
+    assert "revoked at level task" in detail
+    assert "delegation_created" not in _issued(b)
+
+
+@pytest.mark.parametrize("level", ["token", "agent", "task"])
+def test_a_token_exchange_of_a_token_revoked_on_the_other_replica_is_refused(
+    pair: tuple[Broker, Broker, ManualClock], level: str
+) -> None:
+    b, agent, _, _ = _revoked_agent(pair, level)
+    request = ExchangeRequest(
+        grant_type=GRANT_TYPE,
+        subject_token=agent.token,
+        subject_token_type=ACCESS_TOKEN_TYPE,
+        scope="read:data:x",
+    )
+    with pytest.raises(InvalidRequest) as caught:
+        b.exchange_token(request, CTX)
+    detail = _audited_once(b, caught.value, "token_exchange_denied")
+    # An agent-level revocation also marks the agent's record, which the exchange reads
+    # from the store; a token's and a task's are only their entries.
+    ended = {"token": "revoked at level chain", "agent": "agent is revoked"}
+    assert ended.get(level, f"revoked at level {level}") in detail
+    assert "token_exchanged" not in _issued(b)

@@ -1312,6 +1312,26 @@ def test_a_write_finds_a_revocation_committed_before_it_and_its_own(store: Store
         assert own is not None and own.revoked_at == 20
 
 
+def test_a_write_finds_many_revocations_committed_before_it_and_its_own(store: Store) -> None:
+    """``WriteTx.find_revocations``: what an issuance reads of the entries that would end
+    it (one statement on PostgreSQL), each found as ``find_revocation`` finds it."""
+    with store.write() as tx:
+        tx.insert_revocation(RevocationRecord("agent", "a-1", 10, NOW + 5))
+        tx.insert_revocation(RevocationRecord("chain", "j-1", 11, NOW + 5))
+    with store.write() as tx:
+        assert tx.find_revocations([]) == []
+        tx.insert_revocation(RevocationRecord("task", "t-1", 12, NOW + 5))
+        found = tx.find_revocations(
+            [("agent", "a-1"), ("chain", "a-1"), ("chain", "j-1"), ("task", "t-1")]
+        )
+        assert sorted((r.level, r.target, r.revoked_at) for r in found) == [
+            ("agent", "a-1", 10),
+            ("chain", "j-1", 11),
+            ("task", "t-1", 12),
+        ]
+        assert tx.find_revocations([("agent", "nobody")]) == []
+
+
 # -- operators ------------------------------------------------------------------------------
 
 

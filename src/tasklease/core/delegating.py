@@ -39,11 +39,13 @@ from tasklease.core.kernel import (
     Parent,
     RequestContext,
     Service,
+    read_in_write,
     with_denial,
 )
 from tasklease.core.lineage import Refusal
 from tasklease.core.pending import Pending, complete
 from tasklease.core.policyrequest import agent_actor
+from tasklease.core.revocation import ends
 from tasklease.core.scopes import validate_scopes
 from tasklease.core.signing import SigningKeys, verify_keys
 from tasklease.core.store import WriteTx
@@ -299,13 +301,30 @@ class Delegating(Service):
                         ),
                     )
                 ]
-            ended = kernel.holder_revoked_in(tx, claims.sub, claims.task_id, new_claims)
-            if ended:
-                # The delegator revoked on another replica, whose entry this one has not
-                # applied yet: it holds nothing left to hand on, as refused above.
+            # Its chain entry read just above; the delegation's token is born revoked by
+            # any other entry another replica committed that this one has not applied yet.
+            ended = kernel.revoked_in(tx, new_claims, read=[("chain", claims.sub)])
+            if ended is not None and not ends(ended, claims):
+                # The delegate ended (its agent or task revoked), the delegator not: an
+                # unknown delegate and a dead one look the same to the caller, as above.
+                gone = NotFound("delegate agent not found")
+                refusals.append(gone)
+                return [
+                    with_denial(
+                        gone,
+                        replace(
+                            denied,
+                            event_type="delegation_denied",
+                            detail=f"delegate {read_in_write(ended)} | {parties}",
+                        ),
+                    )
+                ]
+            if ended is not None:
+                # The delegator (or an ancestor of its token) revoked: it holds nothing
+                # left to hand on, as refused above.
                 revoked = Unauthorized(
                     "token verification failed",
-                    reason=f"delegator {ended}",
+                    reason=f"delegator {read_in_write(ended)}",
                     challenge=token_challenge(claims),
                 )
                 refusals.append(revoked)
@@ -317,8 +336,8 @@ class Delegating(Service):
                             event_type="token_auth_failed",
                             outcome="denied",
                             request_id=ctx.request_id,
-                            detail=f"delegator has nothing to hand on: delegator {ended} "
-                            f"jti={claims.jti}",
+                            detail=f"delegator has nothing to hand on: delegator "
+                            f"{read_in_write(ended)} jti={claims.jti}",
                         ),
                     )
                 ]

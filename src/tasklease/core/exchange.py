@@ -71,12 +71,21 @@ from tasklease.core.issuing import (
     mint_granted,
     size_adapted,
 )
-from tasklease.core.kernel import IssuedToken, Kernel, Parent, RequestContext, Service
+from tasklease.core.kernel import (
+    IssuedToken,
+    Kernel,
+    Parent,
+    RequestContext,
+    Service,
+    read_in_write,
+    with_denial,
+)
 from tasklease.core.keys import KeyRing
 from tasklease.core.lineage import Refusal, agent_lineage
 from tasklease.core.peerfeed import PeerFeeds
 from tasklease.core.policyrequest import agent_actor
 from tasklease.core.records import CallBudget
+from tasklease.core.revocation import ends
 from tasklease.core.scopes import scope_param
 from tasklease.core.signing import SigningKeys
 from tasklease.core.store import WriteTx
@@ -389,7 +398,9 @@ class Exchange(Service):
             parent_grants=claims.details,
             rules=kernel.grant_types.rules({str(d["type"]) for d in issuance.details}),
         )
-        return self._issue(token, new, claims, detail, ctx, budgets)
+        return self._issue(
+            token, new, claims, detail, ctx, budgets, what=f"narrowing jti={claims.jti}"
+        )
 
     # --- cross-domain ------------------------------------------------------------------
 
@@ -515,7 +526,7 @@ class Exchange(Service):
             f"granted={listed(granted)} scope={listed(new.scope)} depth={len(chain)} "
             f"jti={new.jti}{issuance.decision}"
         )
-        return self._issue(token, new, actor, detail, ctx)
+        return self._issue(token, new, actor, detail, ctx, what=about)
 
     def _ended_here(self, ft: ForeignToken, parent: Parent, local: LocalAncestry) -> str:
         """Why an ancestor of a foreign token has ended by our own records ("" if none):
@@ -573,10 +584,30 @@ class Exchange(Service):
         detail: str,
         ctx: RequestContext,
         budgets: Sequence[CallBudget] = (),
+        *,
+        what: str,
     ) -> Exchanged:
+        """Write ``new`` (refusals audited as the checks before it audit theirs, ``what``
+        naming the request)."""
         token, reference = size_adapted(token, new, self._config)
+        refusals: list[TaskleaseError] = []
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
+            refusals.clear()
+            ended = self._kernel.revoked_in(tx, new)
+            if ended is not None:
+                # An entry another replica committed, not applied here yet, ends the new
+                # token at birth: the presented token's own (its holder, its task), or an
+                # ancestor's (the subject token, a delegator, a federated domain). Refused
+                # as the replica that wrote it refuses the presented token or its parent.
+                refusal: TaskleaseError = (
+                    Unauthorized("token verification failed")
+                    if ends(ended, caller)
+                    else Forbidden("an ancestor credential has ended")
+                )
+                refusals.append(refusal)
+                why = f"{what} | its token would be born {read_in_write(ended)}"
+                return [with_denial(refusal, self._entry(ctx, why, caller))]
             if reference is not None:
                 tx.insert_reference_token(reference)
             for budget in budgets:
@@ -596,6 +627,8 @@ class Exchange(Service):
             ]
 
         self._kernel.commit(unit)
+        if refusals:
+            raise refusals[0]
         cnf = cnf_of(new)
         return Exchanged(
             issued=IssuedToken(token, new),

@@ -50,12 +50,12 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from tasklease.core.audit import AuditLog
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field
 from tasklease.core.clock import Clock, ElapsedHorizon
 from tasklease.core.config import Config
 from tasklease.core.errors import Forbidden, ScopeViolation, TaskleaseError
@@ -84,7 +84,7 @@ from tasklease.core.records import (
     RevocationRecord,
 )
 from tasklease.core.refusalbudget import charge_refusal
-from tasklease.core.revocation import RevocationIndex, matches_by_time
+from tasklease.core.revocation import RevocationIndex, ends, matches_by_time
 from tasklease.core.spiffe import parse_agent_id
 from tasklease.core.store import Store, WriteTx
 from tasklease.core.tokenids import TokenIds
@@ -115,6 +115,7 @@ __all__ = [
     "ending_records",
     "joint_parent",
     "new_denial_id",
+    "read_in_write",
     "recorded_path",
     "refusal_of",
     "with_denial",
@@ -188,6 +189,12 @@ def new_denial_id() -> str:
     """
     charge_refusal()
     return "den_" + secrets.token_hex(8)
+
+
+def read_in_write(entry: RevocationRecord) -> str:
+    """What a refusal's audit detail says of ``entry`` (:meth:`Kernel.revoked_in`)."""
+    target = detail_field("target", entry.target)
+    return f"revoked at level {entry.level} ({target}, read in the write)"
 
 
 def with_denial(exc: TaskleaseError, entry: AuditEntry) -> AuditEntry:
@@ -623,28 +630,32 @@ class Kernel:
             revoked_at = stored.revoked_at
         return 0 if revoked_at is None or iat > revoked_at else revoked_at + 1 - iat
 
-    def holder_revoked_in(self, tx: WriteTx, holder: str, task: str, issued: Claims) -> str:
-        """Why ``issued`` (what a renewal, resumption or delegation is about to write for
-        ``holder``, an agent of ``task``) is revoked by the holder's agent- or task-level
-        entry as ``tx`` reads it ("" when it is not): the entry another replica committed
-        that this process has not applied yet (its notification on its way) ends it on
-        arrival, as one written here does. The holder's standing was decided from this
-        process's index, so without this the issuance is answered and audited as made,
-        and ended moments later (decision 353's rule, for what the holder's token and
-        record were checked against). Two key lookups, matched by the index's own rule
-        (:meth:`RevocationIndex.match`)."""
+    def revoked_in(
+        self, tx: WriteTx, issued: Claims, *, read: Collection[tuple[str, str]] = ()
+    ) -> RevocationRecord | None:
+        """The entry, as ``tx`` reads it, that ends ``issued`` at birth (None when there is
+        none): what a registration, renewal, resumption, delegation or exchange is about to
+        write. One another replica committed that this process has not applied yet (its
+        notification on its way) ends it on arrival, as one written here does; the
+        issuance's checks read this process's index, so without this it would be answered
+        and audited as made, and ended moments later (decision 353's rule, for every entry
+        that could end what is issued: the holder's, its task's, each delegator's and
+        their tasks', each lineage ancestor's).
+
+        Every ``(level, target)`` the index could match ``issued`` by
+        (:meth:`RevocationIndex.keys`) is read, one lookup on the unique key each (in one
+        statement on PostgreSQL: one round trip), and matched by the index's own rule
+        (:meth:`RevocationIndex.match`); but the token
+        entry on its own ``jti`` (new and random: nothing names it yet) and ``read``, what
+        the caller read in this write already (:meth:`reissue_wait`) or cannot have an
+        entry (a registration's new, random SPIFFE ID). docs/decisions.md 367."""
         now = self.now()
-        found = [
-            record
-            for record in (tx.find_revocation("agent", holder), tx.find_revocation("task", task))
-            if record is not None and record.expires_at > now
-        ]
-        if not found:
-            return ""
-        index = RevocationIndex()
-        index.apply(found)
-        level = index.match(issued)
-        return "" if level is None else f"revoked at level {level} (read in the write)"
+        keys = sorted(RevocationIndex.keys(issued) - {("token", issued.jti), *read})
+        found = tx.find_revocations(keys) if keys else []
+        for record in sorted(found, key=lambda r: (r.level, r.target)):
+            if record.expires_at > now and ends(record, issued):
+                return record
+        return None
 
     def revocation_expiry(self, revoked_at: float) -> float:
         """When an operator's entry made at ``revoked_at`` can no longer matter.

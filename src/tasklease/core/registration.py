@@ -53,6 +53,7 @@ from tasklease.core.kernel import (
     Parent,
     RequestContext,
     Service,
+    read_in_write,
     with_denial,
 )
 from tasklease.core.lineage import Refusal, joint_parent, registration_app
@@ -579,6 +580,20 @@ class Registration(Service):
                     ),
                 )
                 return reserving(nonce, nonce_expiry + cfg.clock_skew, denial)(tx)
+            # An ancestor in its lineage (its app, attestation, federated domain) ended by
+            # a chain entry another replica committed, not applied here yet: refused as the
+            # kernel's check refuses it there, the nonce spent. Its task was read just
+            # above; its SPIFFE ID is new and random.
+            ancestor = self._kernel.revoked_in(
+                tx, claims, read=[("task", task), ("agent", agent_id)]
+            )
+            if ancestor is not None:
+                raise Unauthorized(
+                    "attestation refused"
+                    if record is None
+                    else "launch token: launch token not found",
+                    reason=f"ancestor {read_in_write(ancestor)}{origin}",
+                )
             if not tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew):
                 raise Unauthorized("nonce: nonce already consumed")
             if proof is not None and not tx.consume_dpop_proof(proof.key, proof.expires_at):

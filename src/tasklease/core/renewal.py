@@ -43,7 +43,15 @@ from tasklease.core.issuing import (
     size_adapted,
     token_challenge,
 )
-from tasklease.core.kernel import IssuedToken, Kernel, Parent, RequestContext, Service, with_denial
+from tasklease.core.kernel import (
+    IssuedToken,
+    Kernel,
+    Parent,
+    RequestContext,
+    Service,
+    read_in_write,
+    with_denial,
+)
 from tasklease.core.lineage import Refusal, agent_lineage, registration_ceiling
 from tasklease.core.liveness import new_session
 from tasklease.core.pending import Lost, Pending, complete
@@ -132,13 +140,14 @@ class Renewal(Service):
         predecessor = RevocationRecord("token", claims.jti, iat, claims.exp + cfg.clock_skew + 1)
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
-            ended = kernel.holder_revoked_in(tx, claims.sub, claims.task_id, new_claims)
-            if ended:
-                # Revoked on another replica, whose entry this one has not applied yet:
-                # the successor would be born revoked.
+            ended = kernel.revoked_in(tx, new_claims)
+            if ended is not None:
+                # Revoked on another replica, whose entry this one has not applied yet
+                # (the holder's, its task's, a delegator's, an ancestor's): the successor
+                # would be born revoked, as the token is.
                 raise Unauthorized(
                     "token verification failed",
-                    reason=f"holder {ended}",
+                    reason=f"token {read_in_write(ended)}",
                     challenge=token_challenge(claims),
                 )
             # Only the first renewal of a token ends it: any entry already on its jti
@@ -357,12 +366,12 @@ class Renewal(Service):
                 lost_race.append(Unauthorized(_REFUSED))
                 why = "concurrent resume or session ended"
                 return [with_denial(lost_race[0], replace(base, detail=f"resume refused: {why}"))]
-            ended = kernel.holder_revoked_in(tx, agent_id, agent.task_id, claims)
-            if ended:
+            ended = kernel.revoked_in(tx, claims)
+            if ended is not None:
                 # Revoked on another replica, whose entry this one has not applied yet: as
                 # the standing read above refuses it, and the nonce stays spent.
                 lost_race.append(Forbidden("agent is not active"))
-                why = f"agent {ended}"
+                why = f"agent {read_in_write(ended)}"
                 return [with_denial(lost_race[0], replace(base, detail=f"resume refused: {why}"))]
             tx.put_agent_session(replace(current, resumes=issuance.renewals, last_heartbeat=now))
             if reference is not None:

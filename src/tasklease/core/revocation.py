@@ -60,7 +60,14 @@ from typing import Protocol
 from tasklease.core.records import RevocationRecord
 from tasklease.core.spiffe import parse_agent_id
 
-__all__ = ["LEVELS", "RevocableToken", "RevocationIndex", "feed_time", "matches_by_time"]
+__all__ = [
+    "LEVELS",
+    "RevocableToken",
+    "RevocationIndex",
+    "ends",
+    "feed_time",
+    "matches_by_time",
+]
 
 LEVELS = ("token", "agent", "task", "chain")
 _LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z
@@ -87,6 +94,13 @@ def matches_by_time(level: str, target: str) -> bool:
     and task entries, and a chain entry on an agent (a SPIFFE ID; one on a lineage id
     matches whenever issued, and a token entry by its ``jti``)."""
     return level in ("agent", "task") or (level == "chain" and target.startswith("spiffe://"))
+
+
+def ends(entry: RevocationRecord, claims: RevocableToken) -> bool:
+    """Whether ``entry`` alone ends ``claims``, by :meth:`RevocationIndex.match`'s rule."""
+    index = RevocationIndex()
+    index.apply([entry])
+    return index.match(claims) is not None
 
 
 class _Hop(Protocol):

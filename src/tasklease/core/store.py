@@ -176,6 +176,12 @@ class WriteTx(Protocol):
         of its batch), or None."""
         ...
 
+    def find_revocations(self, keys: Sequence[tuple[str, str]]) -> list[RevocationRecord]:
+        """The entries at each ``(level, target)`` of ``keys`` there are, as this
+        transaction sees them (:meth:`find_revocation`), in no particular order: point
+        reads by the unique key, in one statement where the store can (PostgreSQL)."""
+        ...
+
     def get_agent_session(self, agent_id: str) -> AgentSession | None:
         """The session as this transaction sees it (read under its write lock)."""
         ...

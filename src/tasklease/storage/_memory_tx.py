@@ -282,6 +282,10 @@ class MemoryWriteTx:
         self._check_open()
         return self._store._revocations.get(f"{level}\x00{target}")
 
+    def find_revocations(self, keys: Sequence[tuple[str, str]]) -> list[RevocationRecord]:
+        found = (self.find_revocation(level, target) for level, target in keys)
+        return [record for record in found if record is not None]
+
     def raise_resumes(self, agent_id: str, resumes: int) -> bool | None:
         self._check_open()
         session = self._store._sessions.get(agent_id)

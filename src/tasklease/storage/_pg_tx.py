@@ -36,6 +36,7 @@ from tasklease.storage._sql import (
     SQLWriteTx,
     audit_rows,
     check_tenant_id,
+    revocation_from_row,
 )
 
 __all__ = ["DIALECT", "PostgresWriteTx", "statements", "unit_error"]
@@ -273,6 +274,17 @@ class PostgresWriteTx(SQLWriteTx[psycopg.Connection[Row]]):
             return RevocationWrite.UNCHANGED
         self.notify_seq = max(self.notify_seq, int(row[0]))
         return RevocationWrite.INSERTED if row[1] else RevocationWrite.WIDENED
+
+    def find_revocations(self, keys: Sequence[tuple[str, str]]) -> list[RevocationRecord]:
+        """Point reads by the ``(level, target)`` unique index, in one statement: what an
+        issuance reads of the entries that would end it (``Kernel.revoked_in``) is one
+        round trip however many keys it has."""
+        if not keys:
+            return []
+        levels = [level for level, _ in keys]
+        targets = [target for _, target in keys]
+        rows = self._db().execute(self.dialect.find_revocations, (levels, targets)).fetchall()
+        return [revocation_from_row(row) for row in rows]
 
     # -- audit ---------------------------------------------------------------------------
 

@@ -268,6 +268,10 @@ class SQLWriteTx(Generic[_C]):
         row = self._db().execute(self.dialect.find_revocation, (level, target)).fetchone()
         return None if row is None else revocation_from_row(row)
 
+    def find_revocations(self, keys: Sequence[tuple[str, str]]) -> list[RevocationRecord]:
+        found = (self.find_revocation(level, target) for level, target in keys)
+        return [record for record in found if record is not None]
+
     def raise_resumes(self, agent_id: str, resumes: int) -> bool | None:
         db = self._db()
         if db.execute(self.dialect.raise_resumes, (resumes, agent_id, resumes)).rowcount == 1:
