@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from e2e_support import SHARED_ENV, TASKLEASE, RunningBroker, launch_broker
+from e2e_support import _INIT_LOCK, SHARED_ENV, TASKLEASE, RunningBroker, launch_broker
 
 from tasklease.core import readahead
 from tasklease.storage.postgres import PostgresStore
@@ -30,10 +30,34 @@ def tasklease_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Comp
     )
 
 
-def migrate(url: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+def tasklease_in_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``tasklease *args`` run in this process, through the CLI's own entry, with ``env``
+    for the TASKLEASE_* environment (the others unset for the run, as for a new process
+    given ``env``): for a command that sets a test up, whose process is not under test; a
+    new interpreter would spend most of its time importing."""
+    from typer.testing import CliRunner
+
+    from tasklease.cli.main import app
+
+    changes: dict[str, str | None] = {k: v for k, v in env.items() if os.environ.get(k) != v}
+    changes.update({k: None for k in os.environ if k.startswith("TASKLEASE_") and k not in env})
+    with _INIT_LOCK:  # the environment is the process's: one command at a time
+        done = CliRunner().invoke(app, list(args), env={"COLUMNS": "200", **changes})
+    failure = "" if done.exception is None else repr(done.exception)
+    return subprocess.CompletedProcess(list(args), done.exit_code, done.output, failure)
+
+
+def migrate(
+    url: str, data_dir: Path, *, in_process: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``tasklease db migrate`` on ``url``: in this process unless ``in_process`` is
+    False (a new ``tasklease`` process, for the tests of the command itself)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {"TASKLEASE_DATABASE": url, "TASKLEASE_DATA_DIR": str(data_dir)}
-    done = tasklease_cli("db", "migrate", env=env, cwd=data_dir)
+    if in_process:
+        done = tasklease_in_process("db", "migrate", env=env)
+    else:
+        done = tasklease_cli("db", "migrate", env=env, cwd=data_dir)
     assert done.returncode == 0, done.stderr + done.stdout
     return done
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pgcluster
 import pytest
 from e2e_support import SHARED_ENV, RunningBroker, launch_broker, stop_broker
-from pg_e2e import start_replica, start_replica_with_own_keys
+from pg_e2e import start_replica, start_replica_with_own_keys, tasklease_in_process
 
 from tasklease.rules.note import parse_checkpoint, parse_note
 
@@ -65,18 +64,10 @@ def _postgres_tool(cluster: pgcluster.Cluster, tool: str, *args: str) -> None:
 
 
 def _cli(data_dir: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """This interpreter's ``tasklease`` (the code under test) on ``url``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
-    env.update({"TASKLEASE_DATA_DIR": str(data_dir), "TASKLEASE_DATABASE": url, "COLUMNS": "400"})
-    return subprocess.run(
-        [sys.executable, "-m", "tasklease.cli.main", *args],
-        cwd=data_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """``tasklease`` (the code under test) on ``url``, in this process: the commands'
+    effects are under test here, not their processes."""
+    env = {"TASKLEASE_DATA_DIR": str(data_dir), "TASKLEASE_DATABASE": url, "COLUMNS": "400"}
+    return tasklease_in_process(*args, env=env)
 
 
 def test_replicas_sharing_a_key_directory_restart_without_tripping(

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from e2e_support import free_port
-from pg_e2e import migrate, tasklease_cli
+from pg_e2e import migrate, tasklease_cli, tasklease_in_process
 
 from tasklease.storage import SchemaError, open_store
 from tasklease.storage.postgres import PostgresStore
@@ -22,7 +22,7 @@ def test_open_without_migrating_refuses_an_empty_database(pg_url: str) -> None:
 
 
 def test_db_migrate_then_open(pg_url: str, tmp_path: Path) -> None:
-    done = migrate(pg_url, tmp_path)
+    done = migrate(pg_url, tmp_path, in_process=False)
     assert "at the current schema" in done.stdout
     store = open_store(pg_url, migrate=False)
     assert isinstance(store, PostgresStore)
@@ -44,7 +44,7 @@ def test_serve_refuses_an_unmigrated_database_with_a_clear_message(
     pg_url: str, tmp_path: Path
 ) -> None:
     # A broker's keys (made on SQLite: init refuses an unmigrated PostgreSQL database too).
-    made = tasklease_cli("init", "--data-dir", str(tmp_path), env={}, cwd=tmp_path)
+    made = tasklease_in_process("init", "--data-dir", str(tmp_path), env={})
     assert made.returncode == 0, made.stdout + made.stderr
     proc = subprocess.run(
         [sys.executable, "-m", "tasklease.cli.main", "serve", "--data-dir", str(tmp_path)],
@@ -72,7 +72,7 @@ def test_a_migrated_database_no_init_ran_on_is_no_broker(pg_url: str, tmp_path: 
     ``init`` on it makes the broker, once: a second init there is refused, whatever data
     directory it is given (docs/decisions.md 145)."""
     migrate(pg_url, tmp_path / "migrate")
-    keys = tasklease_cli("init", "--data-dir", str(tmp_path / "sqlite"), env={}, cwd=tmp_path)
+    keys = tasklease_in_process("init", "--data-dir", str(tmp_path / "sqlite"), env={})
     assert keys.returncode == 0, keys.stdout + keys.stderr
     on_pg = {
         "TASKLEASE_DATABASE": pg_url,
