@@ -60,3 +60,52 @@ def replicas(
     for running in started:
         with contextlib.suppress(Exception):
             stop_broker(running)
+
+
+@contextlib.contextmanager
+def _module_replicas(
+    url: str, tmp_path_factory: pytest.TempPathFactory, n: int
+) -> Iterator[list[RunningBroker]]:
+    """``n`` replicas on ``url`` (migrated first), sharing one key directory; stopped
+    when the block ends."""
+    data_dir = tmp_path_factory.mktemp("shared")
+    migrate(url, data_dir)
+    started: list[RunningBroker] = []
+    try:
+        for _ in range(n):
+            started.append(start_replica(url, data_dir))
+        yield started
+    finally:
+        for running in started:
+            with contextlib.suppress(Exception):
+                stop_broker(running)
+
+
+@pytest.fixture(scope="module")
+def pair_url(pg_cluster: pgcluster.Cluster) -> str:
+    """The database of ``replica_pair``."""
+    return pg_cluster.new_database("pair")
+
+
+@pytest.fixture(scope="module")
+def replica_pair(
+    pair_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RunningBroker, RunningBroker]]:
+    """Two replicas (sharing one key directory) on a database of their own, shared by
+    the tests of a module that need no fresh ones: each such test gives what it makes
+    (apps, operators, tenants, domains) names of its own, reads only what it made, and
+    changes nothing the others rely on (no key rotation, no policy, no replica stopped).
+    Starting a pair of brokers costs more than most of these tests."""
+    with _module_replicas(pair_url, tmp_path_factory, 2) as (a, b):
+        yield a, b
+
+
+@pytest.fixture(scope="module")
+def one_replica(
+    pg_cluster: pgcluster.Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningBroker]:
+    """One replica on a database of its own, shared by the tests of a module as
+    ``replica_pair`` is."""
+    url = pg_cluster.new_database("one")
+    with _module_replicas(url, tmp_path_factory, 1) as (broker,):
+        yield broker

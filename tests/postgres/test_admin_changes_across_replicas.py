@@ -1,6 +1,10 @@
 """An operator's change made through one PostgreSQL replica is enforced by another within
 its documented bound, whatever the other replica had already seen (validated, cached,
-signed) before the change."""
+signed) before the change.
+
+The tests share one pair of replicas (``replica_pair``), each with apps, operators,
+tenants and domains of its own; the two that change what every test relies on (the
+signing key, the policy set) start a pair of their own."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from tasklease.http.console._session import SESSION_COOKIE
 pytestmark = pytest.mark.slow
 
 Replicas = Callable[..., list[RunningBroker]]
+Pair = tuple[RunningBroker, RunningBroker]  # shared by the tests of this module
 BOUND = 3.0  # revocations: milliseconds (NOTIFY); registry rows: RECHECK (1 s)
 
 
@@ -44,8 +49,8 @@ def _register(replica: RunningBroker, launch: str, scope: list[str]) -> int:
     return replica.post("/v1/register", json=body).status_code
 
 
-def test_a_rotated_app_secret_ends_on_the_other_replica(pg_url: str, replicas: Replicas) -> None:
-    a, b = replicas(pg_url)
+def test_a_rotated_app_secret_ends_on_the_other_replica(replica_pair: Pair) -> None:
+    a, b = replica_pair
     app = a.create_app(["read:data:*"])
     token = b.app_token(app)
     made = _app_launch(b, token, ["read:data:1"])  # B has seen and used the app token
@@ -61,8 +66,8 @@ def test_a_rotated_app_secret_ends_on_the_other_replica(pg_url: str, replicas: R
     assert _register(b, launch, ["read:data:1"]) == 401
 
 
-def test_a_removed_app_ends_on_the_other_replica(pg_url: str, replicas: Replicas) -> None:
-    a, b = replicas(pg_url)
+def test_a_removed_app_ends_on_the_other_replica(replica_pair: Pair) -> None:
+    a, b = replica_pair
     app = a.create_app(["read:data:*"])
     token = b.app_token(app)
     launch = _app_launch(b, token, ["read:data:1"]).json()["launch_token"]
@@ -80,10 +85,8 @@ def test_a_removed_app_ends_on_the_other_replica(pg_url: str, replicas: Replicas
     assert old.status_code == 401, old.text
 
 
-def test_a_narrowed_app_issues_nothing_wider_on_the_other_replica(
-    pg_url: str, replicas: Replicas
-) -> None:
-    a, b = replicas(pg_url)
+def test_a_narrowed_app_issues_nothing_wider_on_the_other_replica(replica_pair: Pair) -> None:
+    a, b = replica_pair
     app = a.create_app(["read:data:*", "write:data:*"])
     token = b.app_token(app)
     wide = _app_launch(b, token, ["write:data:1"])
@@ -114,8 +117,8 @@ def _sign_in(replica: RunningBroker, name: str, secret: str) -> Any:
     return replica.post("/v1/operator/auth", json={"name": name, "secret": secret})
 
 
-def test_a_removed_operator_ends_on_the_other_replica(pg_url: str, replicas: Replicas) -> None:
-    a, b = replicas(pg_url)
+def test_a_removed_operator_ends_on_the_other_replica(replica_pair: Pair) -> None:
+    a, b = replica_pair
     name, secret = _operator(a, "admin")
     signed = _sign_in(b, name, secret)
     assert signed.status_code == 200, signed.text
@@ -133,8 +136,8 @@ def test_a_removed_operator_ends_on_the_other_replica(pg_url: str, replicas: Rep
     assert console.status_code == 303, console.text
 
 
-def test_a_rotated_operator_ends_on_the_other_replica(pg_url: str, replicas: Replicas) -> None:
-    a, b = replicas(pg_url)
+def test_a_rotated_operator_ends_on_the_other_replica(replica_pair: Pair) -> None:
+    a, b = replica_pair
     name, secret = _operator(a, "operator")
     token = _sign_in(b, name, secret).json()["access_token"]
     assert b.get("/v1/admin/agents", headers=_bearer(token)).status_code == 200
@@ -144,8 +147,8 @@ def test_a_rotated_operator_ends_on_the_other_replica(pg_url: str, replicas: Rep
     _within(lambda: b.get("/v1/admin/agents", headers=_bearer(token)).status_code == 401)
 
 
-def test_a_removed_tenant_ends_on_the_other_replica(pg_url: str, replicas: Replicas) -> None:
-    a, b = replicas(pg_url)
+def test_a_removed_tenant_ends_on_the_other_replica(replica_pair: Pair) -> None:
+    a, b = replica_pair
     view_a = a.create_tenant("acme")
     secret = view_a.admin_secret
     view_b = b.tenant("acme", secret)
@@ -187,12 +190,12 @@ def test_a_forbid_loaded_on_one_replica_holds_on_the_other(
     assert _register(b, launch, ["read:data:1"]) == 403
 
 
-def test_one_operator_name_added_on_two_replicas_at_once(pg_url: str, replicas: Replicas) -> None:
+def test_one_operator_name_added_on_two_replicas_at_once(replica_pair: Pair) -> None:
     import secrets
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    a, b = replicas(pg_url)
+    a, b = replica_pair
     heads = (a.admin_headers(), b.admin_headers())
     for _ in range(6):
         name = f"race-{secrets.token_hex(3)}"
@@ -237,11 +240,11 @@ def test_a_key_rotated_and_retired_on_one_replica_ends_the_others_cached_tokens(
     assert {k["kid"] for k in b.get("/.well-known/jwks.json").json()["keys"]} == {new_kid}
 
 
-def test_one_tenant_removed_on_two_replicas_at_once(pg_url: str, replicas: Replicas) -> None:
+def test_one_tenant_removed_on_two_replicas_at_once(replica_pair: Pair) -> None:
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    a, b = replicas(pg_url)
+    a, b = replica_pair
     heads = (a.admin_headers(), b.admin_headers())
     for round_ in range(4):
         name = f"gone{round_}"
@@ -259,16 +262,14 @@ def test_one_tenant_removed_on_two_replicas_at_once(pg_url: str, replicas: Repli
         assert refused.json().get("denial_id"), refused.text
 
 
-def test_a_domain_declared_and_removed_on_two_replicas_at_once(
-    pg_url: str, replicas: Replicas
-) -> None:
+def test_a_domain_declared_and_removed_on_two_replicas_at_once(replica_pair: Pair) -> None:
     """A declaration racing the domain's removal never leaves the domain declared while
     its removal stands: either the declaration came first (the removal then ends it) or
     it is refused 409 with its ``denial_id``."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    a, b = replicas(pg_url)
+    a, b = replica_pair
     heads = (a.admin_headers(), b.admin_headers())
     static = '{"keys":[]}'
     for round_ in range(12):
