@@ -26,9 +26,7 @@ if _HERE not in sys.path:
 from faults_support import FakeClock, libfaketime, thaw  # noqa: E402
 
 
-@pytest.fixture
-def own_cluster() -> Iterator[pgcluster.Cluster]:
-    """A throwaway cluster no other test uses (this one stops or freezes it)."""
+def _throwaway_cluster() -> Iterator[pgcluster.Cluster]:
     try:
         cluster = pgcluster.Cluster.create()
     except pgcluster.ClusterUnavailable as exc:
@@ -38,6 +36,20 @@ def own_cluster() -> Iterator[pgcluster.Cluster]:
     finally:
         thaw(cluster)  # never leave stopped processes behind, whatever failed
         cluster.destroy()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[pgcluster.Cluster]:
+    """A throwaway cluster no other test uses (this one stops or freezes it)."""
+    yield from _throwaway_cluster()
+
+
+@pytest.fixture(scope="module")
+def module_cluster() -> Iterator[pgcluster.Cluster]:
+    """A throwaway cluster no test of another module uses: the tests of one module that
+    freeze it and thaw it again before they end (each on a database of its own) share it,
+    one after the other."""
+    yield from _throwaway_cluster()
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from e2e_support import (
+    _INIT_LOCK,
     ADMIN_SECRET,
     SHARED_ENV,
     STARTUP_TIMEOUT,
@@ -218,17 +219,21 @@ def _resume(broker: RunningBroker, held: Held) -> httpx.Response:
 
 
 def _audit_verifies(data: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
-    verify = subprocess.run(
-        [sys.executable, "-m", "tasklease.cli.main", "audit", "verify", "--data-dir", str(data)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert "intact" in verify.stdout
+    """``tasklease audit verify --data-dir data`` finds the chain intact. Run in this
+    process, through the CLI's own entry, with no TASKLEASE_* variable set: the broker's
+    processes are under test here, not this command's (a new interpreter would spend
+    most of its time importing)."""
+    from typer.testing import CliRunner
+
+    from tasklease.cli.main import app
+
+    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TASKLEASE_")}
+    with _INIT_LOCK:  # the environment is the process's: one command at a time
+        verify = CliRunner().invoke(
+            app, ["audit", "verify", "--data-dir", str(data)], env={"COLUMNS": "200", **unset}
+        )
+    assert verify.exit_code == 0, f"{verify.output}{verify.exception!r}"
+    assert "intact" in verify.output
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -53,8 +53,9 @@ def _wait_until(condition: Callable[[], bool], timeout: float) -> float:
 
 
 def test_writes_fail_within_the_bound_while_postgres_is_frozen_then_recover(
-    own_cluster: pgcluster.Cluster, tmp_path: Path
+    module_cluster: pgcluster.Cluster, tmp_path: Path
 ) -> None:
+    own_cluster = module_cluster
     url = own_cluster.new_database("frozen")
     migrate(url, tmp_path)
     broker: RunningBroker = start_replica(url, tmp_path)
@@ -140,10 +141,11 @@ def _frozen_then_thawed(
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_a_read_ahead_past_its_deadline_is_an_outage(own_cluster: pgcluster.Cluster) -> None:
+def test_a_read_ahead_past_its_deadline_is_an_outage(module_cluster: pgcluster.Cluster) -> None:
     """A first half's read on the event loop (decision 124) has the store's deadline:
     past it, its connection is cut, the outage noted, and the read answers
     ``Unavailable``; the next one goes to the thread path, which fails fast."""
+    own_cluster = module_cluster
     store = PostgresStore(own_cluster.new_database("ahead"), limits=Limits(statement_timeout=0.5))
     try:
 
