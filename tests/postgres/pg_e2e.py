@@ -33,8 +33,9 @@ def tasklease_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Comp
 def tasklease_in_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``tasklease *args`` run in this process, through the CLI's own entry, with ``env``
     for the TASKLEASE_* environment (the others unset for the run, as for a new process
-    given ``env``): for a command that sets a test up, whose process is not under test; a
-    new interpreter would spend most of its time importing."""
+    given ``env``): for a command whose process is not under test (one that sets a test
+    up, or whose effect is checked); a new interpreter would spend most of its time
+    importing. Its output is the CompletedProcess's ``stdout``."""
     from typer.testing import CliRunner
 
     from tasklease.cli.main import app
