@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from tasklease.core.config import Config
+from tasklease.core.keydirs import LOG_KEY_DIR
 from tasklease.core.store import Store
 from tasklease.storage.urls import redact_url
 
@@ -36,8 +37,6 @@ __all__ = [
 
 NONCE_SECRET = "nonce.secret"  # noqa: S105 (a file name, not a secret)
 """The file in ``key_dir`` that authenticates challenge nonces."""
-
-_LOG_KEYS = "log"  # core.transparency.LOG_KEY_DIR: the audit log key's directory
 
 INIT_HINT = (
     "Only `tasklease init` creates a broker: run it for a new one; for an existing one, "
@@ -92,8 +91,8 @@ def present(config: Config, config_file: Path | None = None) -> list[str]:
     keys = Path(config.key_dir)
     if _has_keys(keys):
         found.append(f"signing keys in {keys}")
-    if _has_keys(keys / _LOG_KEYS):
-        found.append(f"the audit log key in {keys / _LOG_KEYS}")
+    if _has_keys(keys / LOG_KEY_DIR):
+        found.append(f"the audit log key in {keys / LOG_KEY_DIR}")
     if (keys / NONCE_SECRET).exists():
         found.append(f"the nonce secret {keys / NONCE_SECRET}")
     return found
@@ -192,7 +191,7 @@ def require_store(config: Config, store: Store) -> bool:
             f"no broker here: the database {shown} holds no audit event (`tasklease init` "
             f"never ran on it). {INIT_HINT}"
         )
-    logs = Path(config.key_dir) / _LOG_KEYS
+    logs = Path(config.key_dir) / LOG_KEY_DIR
     if _has_keys(logs):
         return False
     if store.get_checkpoint("signed") is not None:

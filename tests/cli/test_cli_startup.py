@@ -53,6 +53,25 @@ COMMANDS = (
 # The offline verifier: only the audit proof commands use it. The SDK shares its bounded
 # reads (tasklease.bounds) and nothing else.
 VERIFIER = ("tasklease.verify",)
+# The installed distributions' metadata: only `tasklease sbom` reads it (and pydantic's
+# plugin lookup, once typer parses a command's options).
+SBOM = ("importlib.metadata",)
+# What decides issuances and signs tokens: a local command that only reads a data
+# directory (doctor, audit verify --database) has no use for it, nor for the token
+# verifier's side of tasklease.verify (its HTTP client, JWKS, federation).
+ISSUING = (
+    "cedarpy",
+    "tasklease.core.kernel",
+    "tasklease.core.policy",
+    "tasklease.core.tenants",
+    "tasklease.core.transparency",
+    "tasklease.server",
+    "tasklease.http",
+    "httpx",
+    "tasklease.verify._verifier",
+    "tasklease.verify._federation",
+    "tasklease.verify._jwks",
+)
 
 _PROBE = textwrap.dedent(
     """
@@ -108,7 +127,7 @@ def closed_port() -> Iterator[int]:
 def test_importing_the_cli_loads_no_server_module_and_no_sdk(tmp_path: Path) -> None:
     _, modules = _loaded(None, tmp_path)
     assert "tasklease.cli.main" in modules  # the probe saw the import
-    assert _among(modules, SERVER + COMMANDS + VERIFIER) == []
+    assert _among(modules, SERVER + COMMANDS + VERIFIER + SBOM) == []
 
 
 @pytest.mark.parametrize(
@@ -122,6 +141,13 @@ def test_help_loads_no_server_module_and_no_sdk(args: list[str], tmp_path: Path)
     assert _among(modules, SERVER + COMMANDS + VERIFIER) == []
 
 
+def test_the_command_list_reads_no_distribution_metadata(tmp_path: Path) -> None:
+    """`tasklease --help` lists `sbom` without reading what it reads."""
+    code, modules = _loaded(["--help"], tmp_path)
+    assert code == 0
+    assert _among(modules, SBOM) == []
+
+
 def test_a_remote_command_loads_the_sdk_and_no_server_module(
     closed_port: int, tmp_path: Path
 ) -> None:
@@ -130,3 +156,30 @@ def test_a_remote_command_loads_the_sdk_and_no_server_module(
     assert code == 4  # unreachable: the SDK ran
     assert "tasklease.client" in modules
     assert _among(modules, SERVER + VERIFIER) == []
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A broker's data directory, as `tasklease init` leaves it (no broker running)."""
+    from e2e_support import init_data_dir
+
+    data = tmp_path_factory.mktemp("broker") / "data"
+    data.mkdir(mode=0o700)
+    init_data_dir(data, {"TASKLEASE_DATA_DIR": str(data)})
+    return data
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code"),
+    [(["doctor"], 0), (["audit", "verify"], 0)],
+    ids=["doctor", "audit verify"],
+)
+def test_a_local_reading_command_loads_nothing_that_issues(
+    args: list[str], exit_code: int, data_dir: Path, tmp_path: Path
+) -> None:
+    """doctor walks the key directories by their names; audit verify --database checks
+    the chain, the tree and the checkpoint with the log's key: neither builds a kernel."""
+    code, modules = _loaded([*args, "--data-dir", str(data_dir)], tmp_path)
+    assert code == exit_code
+    assert "tasklease.settings" in modules  # the probe ran the command on the directory
+    assert _among(modules, ISSUING) == []

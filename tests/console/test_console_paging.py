@@ -256,6 +256,6 @@ def test_a_page_title_is_escaped_and_shortened(
     escaped as the rest of the page is."""
     from tasklease.http.console import _templates
 
-    page = _templates.get_template(template)
+    page = _templates().get_template(template)
     context = {"view": view, "task": {"task_id": "<i>"}}
     assert "".join(page.blocks["title"](page.new_context(context))) == title

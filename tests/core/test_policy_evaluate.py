@@ -52,7 +52,7 @@ def test_json_text_decides_as_the_dicts_do(request_: PolicyRequest, with_cap: bo
     files = [("default.cedar", DEFAULT_POLICY)] + ([("cap.cedar", CAP)] if with_cap else [])
     policies = compile_policies(files, "test") if with_cap else default_policies()
     cedar_request, entities = request_.cedar()
-    expected = cedarpy.is_authorized(cedar_request, policies.compiled, entities, schema=_schema)
+    expected = cedarpy.is_authorized(cedar_request, policies.compiled, entities, schema=_schema())
     decision = evaluate(policies, request_)
     assert decision.allowed == (expected.decision == cedarpy.Decision.Allow)
     names = expected.diagnostics.id_annotations_by_reason

@@ -12,7 +12,9 @@ Over loopback HTTP, against a fake witness (uvicorn in a thread, answers_support
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
 from answers_support import GZIP, PEAK_BYTES, Answer, FakeServer, bomb, peak_memory, serving
 
@@ -85,3 +87,34 @@ def test_a_witness_answer_is_given_as_it_came(
     fake.answer(Answer(status=status, body=body, headers={"content-type": content_type}))
     assert client(fake.url, NOTE) == PushResult(status, content_type, body)
     assert fake.asked[0].method == "POST"
+
+
+def test_the_http_client_is_made_at_the_first_checkpoint_not_at_start(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every broker start makes a WitnessClient, most with no witness to ask: its HTTP
+    client (a pool, the CA bundle read into a TLS context) waits for the first push, and
+    once closed it sends nothing, made or not."""
+    made: list[httpx.Client] = []
+    real = httpx.Client
+
+    def client(*args: Any, **kwargs: Any) -> httpx.Client:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(httpx, "Client", client)
+    server.reset()
+    witness = WitnessClient(timeout=10)
+    assert made == []
+    server.answer(Answer(body=b"", status=403, headers={"content-type": "text/plain"}))
+    assert witness(server.url, NOTE).status == 403
+    assert witness(server.url, NOTE).status == 403
+    assert len(made) == 1  # one pooled client for every push
+    witness.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        witness(server.url, NOTE)
+    unused = WitnessClient(timeout=10)
+    unused.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        unused(server.url, NOTE)
+    assert len(made) == 1

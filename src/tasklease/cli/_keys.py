@@ -115,7 +115,7 @@ def keys_encrypt(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     <data-dir>/key-passphrase (0600). Each key keeps its file name and kid; tokens it
     signed stay valid. Then remove key_provider = "plaintext" from the configuration.
     """
-    from tasklease.core.tenants import TENANT_KEY_DIRS
+    from tasklease.core.keydirs import TENANT_KEY_DIRS
     from tasklease.keystore import (
         EncryptedFileKeyProvider,
         KeyStoreError,
@@ -183,8 +183,7 @@ def key_directories(key_dir: Path) -> list[Path]:
     Raises:
         OSError: ``key_dir/tenants`` cannot be listed.
     """
-    from tasklease.core.tenants import TENANT_KEY_DIRS
-    from tasklease.core.transparency import LOG_KEY_DIR
+    from tasklease.core.keydirs import LOG_KEY_DIR, TENANT_KEY_DIRS
 
     found = [key_dir]
     tenants = key_dir / TENANT_KEY_DIRS

@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import sys
-import uuid
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from tasklease.cli._common import ForceOpt, fail, out, write_private
+
+# Every command imports this module (`tasklease --help` loads every command): what only
+# `tasklease sbom` uses (importlib.metadata, platform, uuid) is imported when it runs.
+if TYPE_CHECKING:
+    from importlib import metadata
 
 __all__ = ["bill_of_materials", "register"]
 
@@ -65,6 +67,8 @@ class _Undecided(Exception):
 
 
 def _environment() -> dict[str, str]:
+    import platform
+
     impl = sys.implementation.version
     version = f"{impl.major}.{impl.minor}.{impl.micro}"
     if impl.releaselevel != "final":
@@ -218,6 +222,8 @@ def _applies(marker: str, extras: set[str]) -> bool:
 
 
 def _installed(name: str) -> metadata.Distribution | None:
+    from importlib import metadata
+
     try:
         return metadata.distribution(name)
     except metadata.PackageNotFoundError:
@@ -326,6 +332,8 @@ def bill_of_materials(root: str = ROOT) -> dict[str, Any]:
         "purl": _purl(top),
         "licenses": _licence(top),
     }
+    import uuid
+
     return {
         "bomFormat": "CycloneDX",
         "specVersion": "1.5",

@@ -101,7 +101,7 @@ def _check_signature(token: str, header: dict[str, Any], jwks: object) -> tuple[
 def _other_tenant(iss: object) -> str:
     """Why a key may be missing: the token's ``iss`` names another tenant than the one
     whose JWKS was read (``--tenant``); "" when it does not."""
-    from tasklease.core.tenants import TENANT_PATH_PREFIX, tenant_id_error
+    from tasklease.core.tenantids import TENANT_PATH_PREFIX, tenant_id_error
 
     if not isinstance(iss, str):
         return ""

@@ -650,9 +650,9 @@ def _local_log_keys(
     key directory its configuration names (a tenant's: ``<key_dir>/tenants/<name>``,
     through the same key provider, with its secrets), as ``vkey`` strings under the
     origin that log's checkpoints name; else why they cannot be read."""
+    from tasklease.core.keydirs import LOG_KEY_DIR
     from tasklease.core.keys import load_keyring
-    from tasklease.core.tenants import DEFAULT_TENANT, tenant_config
-    from tasklease.core.transparency import LOG_KEY_DIR, log_origin
+    from tasklease.core.tenantids import DEFAULT_TENANT, log_origin
     from tasklease.keystore import KeyStoreError, open_key_provider
     from tasklease.rules.note import ED25519, VerifierKey
     from tasklease.settings import ConfigError, load_config
@@ -664,7 +664,12 @@ def _local_log_keys(
             return "the configuration names no key directory"
         # A tenant's log is its broker's: its configuration, its key directory, and the
         # origin its checkpoints name (core.transparency), as the broker opens them.
-        cfg = base if tenant is None else tenant_config(base, tenant)
+        if tenant is None:
+            cfg = base
+        else:
+            from tasklease.core.tenants import tenant_config
+
+            cfg = tenant_config(base, tenant)
         origin = log_origin(
             cfg.audit_origin, bool(cfg.audit_log_origin), tenant.name if tenant else DEFAULT_TENANT
         )

@@ -23,6 +23,7 @@ a changed set without a restart, once its ``policy_loaded`` event is durable.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -31,7 +32,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import cedarpy
 import msgspec
 
 from tasklease.core.auditformat import clipped, quoted
@@ -161,7 +161,15 @@ class CompiledPolicies:
         return "\n".join(text for _, text in self.files)
 
 
-_schema = cedarpy.Schema.from_str(SCHEMA)
+@functools.cache
+def _schema() -> Any:
+    """:data:`SCHEMA` as Cedar reads it (a ``cedarpy.Schema``), made at the first set
+    compiled: ``cedarpy`` (Cedar's engine and its node types) is imported then, not by
+    every command that imports the kernel and decides nothing."""
+    import cedarpy
+
+    return cedarpy.Schema.from_str(SCHEMA)
+
 
 # Cedar's tokens as far as nesting goes: a string (escapes and all) or a comment, whose
 # content does not count; a bracket; the end of a policy; and the forms each of which is
@@ -205,6 +213,8 @@ def compile_policies(files: Sequence[tuple[str, str]], origin: str) -> CompiledP
             ``@id`` or an ``@id`` used twice; or the set fails validation against the
             schema (each error names its policy's ``@id``).
     """
+    import cedarpy
+
     files = tuple(files)
     if sum(len(text) for _, text in files) > MAX_POLICY_BYTES:
         raise PolicyError(f"policies of {origin} exceed {MAX_POLICY_BYTES} bytes")
@@ -241,7 +251,7 @@ def compile_policies(files: Sequence[tuple[str, str]], origin: str) -> CompiledP
     if not ids:
         raise PolicyError(f"{origin} holds no policy (remove it to use the default)")
     text = "\n".join(text for _, text in files)
-    result = cedarpy.validate_policies(text, _schema)
+    result = cedarpy.validate_policies(text, _schema())
     if not result.validation_passed:
         names = result.id_annotations_by_policy_id
         raise PolicyError(
@@ -397,8 +407,10 @@ def evaluate(policies: CompiledPolicies, request: PolicyRequest) -> Decision:
 def _cedar(policies: CompiledPolicies, request: PolicyRequest) -> Decision:
     """Cedar's decision of ``policies`` on ``request``, the request checked against the
     schema."""
+    import cedarpy  # imported by compile_policies, which made policies.compiled
+
     cedar_request, entities = _as_json(*request.cedar())
-    result = cedarpy.is_authorized(cedar_request, policies.compiled, entities, schema=_schema)
+    result = cedarpy.is_authorized(cedar_request, policies.compiled, entities, schema=_schema())
     names = result.diagnostics.id_annotations_by_reason
     determining = tuple(sorted(names.get(p, p) for p in result.diagnostics.reasons))
     errors = tuple(str(e) for e in result.diagnostics.errors)

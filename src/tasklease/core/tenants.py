@@ -19,10 +19,16 @@ from tasklease.core.auditformat import AuditEntry, clipped, detail_field
 from tasklease.core.config import Config
 from tasklease.core.errors import Conflict, InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.kernel import RequestContext, Service, with_denial
+from tasklease.core.keydirs import TENANT_KEY_DIRS
 from tasklease.core.records import TenantRecord
 from tasklease.core.spiffe import validate_trust_domain
 from tasklease.core.store import WriteTx
-from tasklease.core.tenantids import DEFAULT_TENANT, check_tenant_id, tenant_id_error
+from tasklease.core.tenantids import (
+    DEFAULT_TENANT,
+    TENANT_PATH_PREFIX,
+    check_tenant_id,
+    tenant_id_error,
+)
 from tasklease.core.tokens import Claims
 
 __all__ = [
@@ -38,11 +44,6 @@ __all__ = [
     "tenant_key_dir",
 ]
 
-# Where a tenant other than the default one is served: /t/<name>/...
-TENANT_PATH_PREFIX = "/t/"
-# The directory, in the default tenant's key directory, of the other tenants' key
-# directories (one per tenant, named after it).
-TENANT_KEY_DIRS = "tenants"
 # A tenant's first operator (role admin), made with it: a tenant whose store holds it
 # (active or removed: names are never reused) was created to the end.
 FIRST_OPERATOR = "admin"

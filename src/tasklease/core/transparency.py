@@ -43,6 +43,7 @@ from tasklease.core.audittree import consistency_proof, inclusion_proof, root_at
 from tasklease.core.config import without_userinfo
 from tasklease.core.errors import NotFound
 from tasklease.core.kernel import Kernel, RequestContext
+from tasklease.core.keydirs import LOG_KEY_DIR
 from tasklease.core.keys import KeyRing, load_keyring, load_or_create_keyring, rotate_key
 from tasklease.core.records import AuditEvent, AuditTree, CheckpointRecord
 from tasklease.core.rollback import (
@@ -54,6 +55,7 @@ from tasklease.core.rollback import (
     log_id,
 )
 from tasklease.core.store import Store, WriteTx
+from tasklease.core.tenantids import log_origin
 from tasklease.core.tenants import DEFAULT_TENANT, tenant_key_dir
 from tasklease.core.tokens import Claims
 from tasklease.rules.merkle import EMPTY_ROOT
@@ -78,6 +80,7 @@ from tasklease.rules.witness import (
 
 __all__ = [
     "CHECKPOINT_LEASE",
+    "LOG_KEY_DIR",
     "AuditTransparency",
     "PushResult",
     "RollbackAccepted",
@@ -91,7 +94,6 @@ _log = logging.getLogger("tasklease.audit")
 CHECKPOINT_LEASE = "audit-checkpoints"
 # Seconds before witnesses that did not all cosign the latest checkpoint are asked again.
 RETRY_WITNESSES = 5.0
-LOG_KEY_DIR = "log"
 # Seconds between two logs of one problem with the anchor (a database that went back, an
 # anchor that cannot be written): the checkpoint job meets it every round.
 _COMPLAIN_EVERY = 60.0
@@ -178,15 +180,6 @@ anything the transport raises) when the witness cannot be reached."""
 
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
-
-
-def log_origin(config_origin: str, explicit: bool, tenant: str) -> str:
-    """The origin a tenant's checkpoints name: an origin derived from the issuer is the
-    tenant's already (its issuer is); an explicit one gets ``/t/<tenant>`` for tenants
-    other than the default one."""
-    if explicit and tenant != "default":
-        return f"{config_origin}/t/{tenant}"
-    return config_origin
 
 
 class AuditTransparency:

@@ -4,6 +4,7 @@ background job that makes checkpoints and gets them cosigned (docs/audit.md)."""
 from __future__ import annotations
 
 import logging
+import threading
 
 import httpx
 
@@ -26,14 +27,30 @@ _log = logging.getLogger("tasklease.audit")
 class WitnessClient:
     """``POST <witness>/add-checkpoint`` over one pooled HTTP client (TLS verified with the
     system's CAs for https witnesses). An answer that is compressed or larger than
-    :data:`MAX_ANSWER` is an ``OSError``, as a witness not reached is."""
+    :data:`MAX_ANSWER` is an ``OSError``, as a witness not reached is.
+
+    The HTTP client is made at the first checkpoint taken to a witness: every broker
+    start makes a ``WitnessClient``, most never configure a witness, and making the
+    client (its connection pool, the CA bundle read into a TLS context) took a tenth of
+    a second of the start."""
 
     def __init__(self, timeout: float = 5.0) -> None:
-        self._client = httpx.Client(timeout=timeout, follow_redirects=False)
+        self._timeout = timeout
+        self._client: httpx.Client | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def _pooled(self) -> httpx.Client:
+        with self._lock:
+            if self._closed:  # as httpx says of a closed client
+                raise RuntimeError("Cannot send a request, as the client has been closed.")
+            if self._client is None:
+                self._client = httpx.Client(timeout=self._timeout, follow_redirects=False)
+            return self._client
 
     def __call__(self, url: str, body: bytes) -> PushResult:
         headers = {"content-type": "text/plain; charset=utf-8", "accept-encoding": "identity"}
-        with self._client.stream(
+        with self._pooled().stream(
             "POST", f"{url}/add-checkpoint", content=body, headers=headers
         ) as response:
             try:
@@ -45,7 +62,10 @@ class WitnessClient:
             )
 
     def close(self) -> None:
-        self._client.close()
+        with self._lock:
+            self._closed = True
+            if self._client is not None:
+                self._client.close()
 
 
 def checkpoint_job(broker: Broker, client: WitnessClient) -> None:

@@ -48,30 +48,80 @@ The broker's audit log is verified offline too, from a checkpoint and the log's 
 tools that judge a token by a JWK Set as the verifier would (``tasklease token inspect``).
 """
 
-from tasklease.verify._attest import require_attested
-from tasklease.verify._audit import (
-    AuditProofError,
-    Checkpoint,
-    verify_checkpoint,
-    verify_event_inclusion,
-    verify_log_consistency,
-    verify_proof_bundle,
-)
-from tasklease.verify._claims import DelegationHop, VerifiedToken
-from tasklease.verify._errors import (
-    InsufficientScope,
-    InvalidToken,
-    KeySetStale,
-    RevocationStateStale,
-    VerificationError,
-    VerifierUnavailable,
-)
-from tasklease.verify._federation import FederatedDomain
-from tasklease.verify._feed import AppCredentials
-from tasklease.verify._grants import CallCount, has_max_calls, require_grant
-from tasklease.verify._introspection import BrokerIntrospector, TokenIntrospector
-from tasklease.verify._jwks import parse_jwks
-from tasklease.verify._verifier import Verifier
+from typing import TYPE_CHECKING, Any
+
+# Each name is imported from its module when first asked for (PEP 562): a tool that only
+# checks audit proofs (``tasklease audit verify``) does not load the token verifier, its
+# HTTP client and the federation it is not using.
+if TYPE_CHECKING:
+    from tasklease.verify._attest import require_attested
+    from tasklease.verify._audit import (
+        AuditProofError,
+        Checkpoint,
+        verify_checkpoint,
+        verify_event_inclusion,
+        verify_log_consistency,
+        verify_proof_bundle,
+    )
+    from tasklease.verify._claims import DelegationHop, VerifiedToken
+    from tasklease.verify._errors import (
+        InsufficientScope,
+        InvalidToken,
+        KeySetStale,
+        RevocationStateStale,
+        VerificationError,
+        VerifierUnavailable,
+    )
+    from tasklease.verify._federation import FederatedDomain
+    from tasklease.verify._feed import AppCredentials
+    from tasklease.verify._grants import CallCount, has_max_calls, require_grant
+    from tasklease.verify._introspection import BrokerIntrospector, TokenIntrospector
+    from tasklease.verify._jwks import parse_jwks
+    from tasklease.verify._verifier import Verifier
+
+_HOMES = {
+    "AppCredentials": "_feed",
+    "AuditProofError": "_audit",
+    "BrokerIntrospector": "_introspection",
+    "CallCount": "_grants",
+    "Checkpoint": "_audit",
+    "DelegationHop": "_claims",
+    "FederatedDomain": "_federation",
+    "InsufficientScope": "_errors",
+    "InvalidToken": "_errors",
+    "KeySetStale": "_errors",
+    "RevocationStateStale": "_errors",
+    "TokenIntrospector": "_introspection",
+    "VerificationError": "_errors",
+    "VerifiedToken": "_claims",
+    "Verifier": "_verifier",
+    "VerifierUnavailable": "_errors",
+    "has_max_calls": "_grants",
+    "parse_jwks": "_jwks",
+    "require_attested": "_attest",
+    "require_grant": "_grants",
+    "verify_checkpoint": "_audit",
+    "verify_event_inclusion": "_audit",
+    "verify_log_consistency": "_audit",
+    "verify_proof_bundle": "_audit",
+}
+"""Where each public name lives: its module under ``tasklease.verify``."""
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "AppCredentials",

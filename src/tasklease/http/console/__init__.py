@@ -22,10 +22,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from importlib.resources import files
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs, quote, urlencode
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -72,6 +71,9 @@ from tasklease.http.ratelimit import limit_sign_in
 from tasklease.http.token_routes import RequestURI
 from tasklease.rules.controls import escaped
 from tasklease.rules.scopes import is_subset
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 __all__ = ["CONSOLE_CSP", "WalkFailure", "WalkView", "console_routes"]
 
@@ -152,17 +154,32 @@ def _shown(value: object) -> object:
     return value
 
 
-_templates = Environment(
-    loader=FileSystemLoader(str(files("tasklease.http.console") / "templates")),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    trim_blocks=True,
-    lstrip_blocks=True,
-    finalize=_shown,
-)
-_templates.filters["q"] = lambda value: quote(str(value), safe="")
-_templates.filters["plural"] = lambda n, word: f"{n} {word}" if n == 1 else f"{n} {word}s"
-_templates.filters["title_id"] = _title_id
-_templates.filters["when"] = lambda ts: format_rfc3339_seconds(ts) if ts else ""
+_environment: list[Environment] = []  # made at the first page served (_templates)
+_environment_lock = threading.Lock()
+
+
+def _templates() -> Environment:
+    """The console's templates: made at the first page, not at each broker's start (jinja2
+    is imported then; most brokers serve no console page in their life)."""
+    with _environment_lock:
+        if not _environment:
+            from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+            templates = Environment(
+                loader=FileSystemLoader(str(files("tasklease.http.console") / "templates")),
+                autoescape=select_autoescape(default=True, default_for_string=True),
+                trim_blocks=True,
+                lstrip_blocks=True,
+                finalize=_shown,
+            )
+            templates.filters["q"] = lambda value: quote(str(value), safe="")
+            templates.filters["plural"] = lambda n, word: (
+                f"{n} {word}" if n == 1 else f"{n} {word}s"
+            )
+            templates.filters["title_id"] = _title_id
+            templates.filters["when"] = lambda ts: format_rfc3339_seconds(ts) if ts else ""
+            _environment.append(templates)
+        return _environment[0]
 
 
 class _SignIn(Exception):
@@ -318,9 +335,8 @@ def console_routes(
     admin_secret = bool(broker.config.admin_secret_hash)
 
     def page(request: Request, template: str, status: int = 200, **values: Any) -> Response:
-        html = _templates.get_template(template).render(
-            base=base(request), status=status, admin_secret=admin_secret, **values
-        )
+        shown = _templates().get_template(template)
+        html = shown.render(base=base(request), status=status, admin_secret=admin_secret, **values)
         response = HTMLResponse(html, status)
         response.headers["content-security-policy"] = CONSOLE_CSP
         # Browsers send ``Origin: null`` under no-referrer; the CSRF check reads Origin.
