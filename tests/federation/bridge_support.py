@@ -22,6 +22,7 @@ from e2e_support import (
     RunningBroker,
     jwt_parts,
     launch_broker,
+    run_cli,
     stop_broker,
 )
 
@@ -74,13 +75,8 @@ class Peer:
         return env
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "tasklease.cli.main", *args],
-            capture_output=True,
-            text=True,
-            env=self.env(),
-            timeout=60,
-        )
+        """The operator's ``tasklease *args``, run in this process (:func:`run_cli`)."""
+        done = run_cli(list(args), self.env())
         if check:
             assert done.returncode == 0, f"{args}: {done.stdout}{done.stderr}"
         return done

@@ -498,6 +498,28 @@ def init_data_dir(data_dir: Path, env: dict[str, str]) -> None:
 _INIT_LOCK = threading.Lock()
 
 
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``tasklease *args`` as a shell with environment ``env`` runs it, but in this
+    process, through the CLI's own entry (as :func:`init_data_dir` does): for tests that
+    use a command for what it does and says, not for how its process behaves (signals,
+    its environment beyond ``env``). A new interpreter for each command would spend most
+    of its time importing. Answers as :func:`subprocess.run` does: the exit code, and
+    what the command wrote to stdout and to stderr, apart."""
+    from typer.testing import CliRunner
+
+    from tasklease.cli.main import app
+
+    changes: dict[str, str | None] = {k: v for k, v in env.items() if os.environ.get(k) != v}
+    changes.update({k: None for k in os.environ if k.startswith("TASKLEASE_") and k not in env})
+    with _INIT_LOCK:  # the environment is the process's: one command at a time
+        done = CliRunner().invoke(app, args, env=changes)
+    error = done.exception
+    if error is not None and not isinstance(error, SystemExit):
+        # What the interpreter would have printed, and its exit code.
+        raise RuntimeError(f"tasklease {' '.join(args)} raised: {done.output}") from error
+    return subprocess.CompletedProcess(args, done.exit_code, done.stdout, done.stderr)
+
+
 def launch_broker(
     data_dir: Path,
     env: dict[str, str] | None = None,
