@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +22,14 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_support import SHARED_ENV, RunningBroker, free_port, launch_broker, stop_broker
+from e2e_support import (
+    SHARED_ENV,
+    RunningBroker,
+    free_port,
+    launch_broker,
+    run_cli,
+    stop_broker,
+)
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -93,13 +98,7 @@ def rotate_and_remove(broker: RunningBroker, home: Path) -> tuple[str, str]:
             "TASKLEASE_ADMIN_SECRET": broker.admin_secret,
         }
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "tasklease.cli.main", "keys", "rotate", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    done = run_cli(["keys", "rotate", "--json"], env)
     assert done.returncode == 0, done.stdout + done.stderr
     answer = json.loads(done.stdout)
     new, old = answer["kid"], answer["previous_kid"]
@@ -126,6 +125,12 @@ def verifier_for(broker: RunningBroker, *, feed: bool, audience: str = "svc-a") 
     _OPEN.append(verifier)
     assert verifier.start()
     return verifier
+
+
+def older_than_ttl(verifier: Verifier) -> None:
+    """Wait until ``verifier``'s key set, fetched at its start, is older than jwks_ttl
+    (what sleeping ``TTL`` after the start did, without the sleep when it already is)."""
+    poll(lambda: verifier.jwks_age() >= TTL, timeout=TTL + 5.0)
 
 
 def refused(verifier: Verifier, token: str) -> str:
@@ -242,7 +247,7 @@ def test_b_the_token_that_starts_a_refresh_is_judged_by_the_refreshed_set(
     verifier = verifier_for(keyed, feed=False)
     agent = keyed.register(["read:data:42"])  # never shown to the verifier before
     old, new = rotate_and_remove(keyed, tmp_path)
-    time.sleep(TTL)  # the verifier's set, fetched at start, is older than jwks_ttl now
+    older_than_ttl(verifier)  # the verifier's set, fetched at start, is due by age now
     assert old in verifier.stats()["kids"]
     fetches = verifier.stats()["jwks_fetches"]
     assert refused(verifier, agent.access_token) == "unknown kid"
@@ -259,7 +264,7 @@ def test_b_the_request_that_starts_a_refresh_is_judged_by_the_refreshed_set(
     path = AsyncPath(kind, keyed, serve, feed=False)
     token = path.token()  # never shown to the verifier before
     old, new = rotate_and_remove(keyed, tmp_path)
-    time.sleep(TTL)
+    older_than_ttl(path.verifier)
     assert old in path.verifier.stats()["kids"]
     fetches = path.verifier.stats()["jwks_fetches"]
     assert path.status(token) == 401
@@ -300,7 +305,7 @@ def test_c_without_a_feed_the_async_path_fetches_the_jwks_by_age(
     assert path.status(remembered) == 200
     unseen = path.token()
     _old, new = rotate_and_remove(keyed, tmp_path)
-    time.sleep(TTL)
+    older_than_ttl(path.verifier)
     assert path.status(remembered) == 401
     assert path.status(unseen) == 401
     assert path.verifier.stats()["kids"] == [new]
@@ -319,7 +324,7 @@ def test_a_failed_fetch_keeps_the_last_good_set(own_broker: RunningBroker) -> No
     verifier.verify(remembered)
     fetches = verifier.stats()["jwks_fetches"]
     stop_broker(own_broker)
-    time.sleep(TTL)  # due for a fetch by age, which fails: the broker is down
+    older_than_ttl(verifier)  # due for a fetch by age, which fails: the broker is down
     assert verifier.verify(remembered).jti
     assert verifier.verify(unseen).jti
     assert verifier.stats()["jwks_fetches"] == fetches + 1  # tried once, failed
