@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 from e2e_support import SHARED_ENV, RunningBroker, jwt_parts, launch_broker, stop_broker
-from verify_support import app_credentials, poll
+from verify_support import poll
 
-from tasklease.verify import Verifier
+from tasklease.verify import AppCredentials, Verifier
 from tasklease.verify._feed import FeedFollower
 from tasklease.verify._revocations import RevocationIndex
 
@@ -30,7 +30,9 @@ STREAM = "/v1/revocations/stream"
 ONE_STREAM = {**SHARED_ENV, "TASKLEASE_FEED_STREAMS_PER_READER": "1"}
 
 
-def _denied(broker: RunningBroker) -> list[dict[str, Any]]:
+def _denied(broker: RunningBroker, app: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``feed_stream_denied`` events of ``app``'s reader (the broker is shared by the
+    tests of this module, each with its own app, so each reader's cap is its own)."""
     resp = broker.get(
         "/v1/audit/events",
         params={"event_type": "feed_stream_denied"},
@@ -38,12 +40,13 @@ def _denied(broker: RunningBroker) -> list[dict[str, Any]]:
     )
     assert resp.status_code == 200, resp.text
     events: list[dict[str, Any]] = resp.json()["events"]
-    return events
+    return [event for event in events if event["agent_id"] == f"app:{app['app_id']}"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_stream_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBroker]:
-    """A broker on which a reader holds one revocation stream at most."""
+    """A broker on which a reader holds one revocation stream at most (shared: each test
+    reads the feed as an app of its own)."""
     running = launch_broker(tmp_path_factory.mktemp("one-stream"), ONE_STREAM)
     yield running
     stop_broker(running)
@@ -71,18 +74,19 @@ def test_a_verifier_past_its_readers_cap_waits_for_retry_after(
     one_stream_broker: RunningBroker, verifiers: Callable[..., Verifier]
 ) -> None:
     broker = one_stream_broker
-    credentials = app_credentials(broker)
+    app = broker.create_app(["read:data:*"])
+    credentials = AppCredentials(app["client_id"], app["client_secret"])
     first = verifiers(broker.url, credentials=credentials)
     assert first.start(wait=10)
-    assert _denied(broker) == []
+    assert _denied(broker, app) == []
 
     # A second verifier with the same app's credentials: its reader holds its one stream.
     second = verifiers(broker.url, credentials=credentials)
     assert not second.start(wait=0)
-    poll(lambda: len(_denied(broker)) >= 1, timeout=10)
+    poll(lambda: len(_denied(broker, app)) >= 1, timeout=10)
     time.sleep(7.0)
     # Retry-After: 5 (and a backoff after that), not every 250 ms: 28 refusals before.
-    denied = _denied(broker)
+    denied = _denied(broker, app)
     assert 1 <= len(denied) <= 2, [e["timestamp"] for e in denied]
     assert second.stats()["feed_connections"] == 0 and not second.ready
     assert first.ready and first.stats()["feed_connections"] == 1
@@ -117,11 +121,11 @@ def test_a_verifier_within_its_bound_tries_again_before_the_bound_is_passed(
     assert broker.revoke("token", jti).status_code == 200
     other = _held_stream(broker, tokens[1])
     try:
-        before = len(_denied(broker))
+        before = len(_denied(broker, app))
         # ...so that, let go with a fresh token, it is refused: 429, Retry-After 5.
         current[0] = tokens[2]
         gate.set()
-        poll(lambda: len(_denied(broker)) > before, timeout=10)
+        poll(lambda: len(_denied(broker, app)) > before, timeout=10)
         assert verifier.stats()["feed_connections"] == 1
     finally:
         other.close()
