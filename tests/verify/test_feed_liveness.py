@@ -94,10 +94,13 @@ def test_a_known_key_never_waits_for_a_refresh_that_hangs() -> None:
         "keys": [{"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": jws.b64url_encode(public)}]
     }
     served_once = threading.Event()
+    released = threading.Event()  # the test has seen what it checks while the fetch hangs
 
     async def jwks(request: Request) -> Response:
         if served_once.is_set():
-            await asyncio.sleep(3)  # the broker has gone quiet
+            quiet_until = time.monotonic() + 3  # the broker has gone quiet
+            while not released.is_set() and time.monotonic() < quiet_until:
+                await asyncio.sleep(0.01)
         served_once.set()
         return JSONResponse(document)
 
@@ -113,8 +116,11 @@ def test_a_known_key_never_waits_for_a_refresh_that_hangs() -> None:
         started = time.monotonic()
         assert keys.resolve(kid) is not None
         assert time.monotonic() - started < 0.5
+        assert hanging.is_alive()  # the refresh was still hanging meanwhile
+        released.set()
         hanging.join(10)
         assert keys.fetches == 2  # the hanging one, not one more
     finally:
+        released.set()
         client.close()
         served.stop()
