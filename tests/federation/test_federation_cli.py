@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from bundle_support import make_ca, wait_for
-from e2e_support import RunningBroker
+from e2e_support import RunningBroker, run_cli
 
 from tasklease.client.testing import BrokerForTests
 
@@ -51,7 +51,7 @@ def peer(pki: tuple[Path, Path, Path]) -> Iterator[BrokerForTests]:
         yield running
 
 
-def cli(broker: RunningBroker, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _env(broker: RunningBroker, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
     env.update(
         HOME=str(home),
@@ -60,11 +60,22 @@ def cli(broker: RunningBroker, home: Path, *args: str) -> subprocess.CompletedPr
         TASKLEASE_URL=broker.url,
         TASKLEASE_ADMIN_SECRET=broker.admin_secret,
     )
+    return env
+
+
+def cli(broker: RunningBroker, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """An operator's ``tasklease *args``, run in this process (``run_cli``)."""
+    return run_cli(list(args), _env(broker, home))
+
+
+def cli_process(broker: RunningBroker, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``tasklease *args`` as a process of its own: its exit code and stderr as a shell
+    sees them."""
     return subprocess.run(
         [sys.executable, "-m", "tasklease.cli.main", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=_env(broker, home),
         timeout=60,
     )
 
@@ -140,10 +151,12 @@ def test_usage_errors_are_refused_before_the_broker(
         (("--bundle-file", str(tmp_path / "missing.json")), "cannot read the bundle file"),
         (("--bundle-endpoint", "https://b.example/x", "--map", "nope"), "FOREIGN=LOCAL"),
     ):
-        result = cli(local, tmp_path, "federation", "add", PEER, *args)
+        result = cli_process(local, tmp_path, "federation", "add", PEER, *args)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert message in result.stderr + result.stdout
-    refused = cli(local, tmp_path, "federation", "add", PEER, "--bundle-endpoint", "http://x/")
+    refused = cli_process(
+        local, tmp_path, "federation", "add", PEER, "--bundle-endpoint", "http://x/"
+    )
     assert refused.returncode == 3 and "https" in refused.stderr + refused.stdout
 
 
