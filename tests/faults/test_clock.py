@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +19,15 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from e2e_support import Agent, RunningBroker, b64, jwt_parts, launch_broker, stop_broker
+from e2e_support import (
+    Agent,
+    RunningBroker,
+    b64,
+    jwt_parts,
+    launch_broker,
+    run_cli,
+    stop_broker,
+)
 from faults_support import FakeClock
 
 pytestmark = pytest.mark.slow
@@ -100,14 +106,7 @@ def _renew(broker: RunningBroker, token: str) -> str:
 
 def _audit_verifies(data: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
-    verify = subprocess.run(
-        [sys.executable, "-m", "tasklease.cli.main", "audit", "verify", "--data-dir", str(data)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
+    verify = run_cli(["audit", "verify", "--data-dir", str(data)], env)  # in this process
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "intact" in verify.stdout
 
