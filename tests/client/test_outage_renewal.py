@@ -83,7 +83,8 @@ def test_renewal_rides_out_an_outage_and_renews_on_recovery(
     )
     first = agent.token
     stop_broker(running)
-    time.sleep(1.1)
+    while time.time() < agent.expires_at - 299 + 0.1:  # until the renewal is due
+        time.sleep(0.01)
     outage_started = time.monotonic()
     while time.monotonic() - outage_started < 2.0:
         agent.ensure_fresh()  # never raises while the token lives
@@ -145,7 +146,8 @@ def test_the_async_agent_rides_out_an_outage_too(running: RunningBroker, data_di
         )
         first = agent.token
         stop_broker(running)
-        await asyncio.sleep(1.1)
+        while time.time() < agent.expires_at - 299 + 0.1:  # until the renewal is due
+            await asyncio.sleep(0.01)
         for _ in range(50):
             await agent.ensure_fresh()
             await asyncio.sleep(0.01)
