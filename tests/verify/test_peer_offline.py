@@ -78,45 +78,45 @@ def agents(broker: RunningBroker) -> Iterator[dict[str, Agent]]:
         agent.close()
 
 
-def test_two_agents_authenticate_each_other_with_the_broker_stopped(
+def test_two_agents_authenticate_each_other_and_a_critical_peer_is_refused_with_the_broker_stopped(
     own_broker: RunningBroker,
 ) -> None:
+    """One broker, stopped once, for two checks that each needed a broker to stop: two
+    agents authenticate each other with no broker (no round trip is possible), and a
+    peer holding a critical scope is refused as soon as the feed is lost, while an
+    ordinary peer is still accepted (its bound is 60 s)."""
     verifier = verifier_for(own_broker)
+    critical = verifier_for(own_broker, critical_scopes=("write:payments:*",))
     alice = register(own_broker, ["read:data:1"])
     bob = register(own_broker, ["read:data:2"])
+    payer = register(own_broker, ["write:payments:42"])
+    reader = register(own_broker, ["read:data:1"])
     try:
         alice_side = alice.offline_peer(verifier.verify_peer)
         bob_side = bob.offline_peer(verifier.verify_peer)
+        payer_token, reader_token = payer.token, reader.token
+        assert critical.verify_peer(payer_token).sub == payer.agent_id  # feed live: fine
         stop_broker(own_broker)  # no broker from here on: no round trip is possible
+
+        # Two agents authenticate each other.
         bob_seen, alice_seen = handshake(alice_side, bob_side, bob.agent_id)
         assert (bob_seen.agent_id, bob_seen.scope) == (bob.agent_id, ("read:data:2",))
         assert (alice_seen.agent_id, alice_seen.scope) == (alice.agent_id, ("read:data:1",))
         assert bob_seen.channel == alice_seen.channel == CHANNEL
         assert bob_seen.expires_at == jws.decode_unverified(bob.token)[1]["exp"]
         assert verifier.feed_staleness() < 60  # within the outage bound
-    finally:
-        alice.close()
-        bob.close()
-        verifier.close()
 
-
-def test_a_critical_peer_is_refused_as_soon_as_the_feed_is_lost(own_broker: RunningBroker) -> None:
-    verifier = verifier_for(own_broker, critical_scopes=("write:payments:*",))
-    payer = register(own_broker, ["write:payments:42"])
-    reader = register(own_broker, ["read:data:1"])
-    try:
-        payer_token, reader_token = payer.token, reader.token
-        assert verifier.verify_peer(payer_token).sub == payer.agent_id  # feed live: fine
-        stop_broker(own_broker)
-        poll(lambda: not verifier.feed_live(), timeout=5.0)
+        # A critical peer is refused as soon as the feed is lost.
+        poll(lambda: not critical.feed_live(), timeout=5.0)
         with pytest.raises(RevocationStateStale) as caught:
-            verifier.verify_peer(payer_token)
+            critical.verify_peer(payer_token)
         assert caught.value.critical
-        assert verifier.verify_peer(reader_token).sub == reader.agent_id  # 60 s for it
+        assert critical.verify_peer(reader_token).sub == reader.agent_id  # 60 s for it
     finally:
-        payer.close()
-        reader.close()
+        for agent in (alice, bob, payer, reader):
+            agent.close()
         verifier.close()
+        critical.close()
 
 
 def test_replays_are_refused(verifier: Verifier, agents: dict[str, Agent]) -> None:
