@@ -9,6 +9,7 @@ part of it for a field the broker wrote; the views read it back as the one value
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -109,7 +110,9 @@ def test_a_bidi_override_in_a_name_reaches_no_audit_detail(broker: Any, kit: Any
     assert auditformat.read_fields(issued.detail)["agent"] == "report nimda=yb_detaerc"
 
 
-@pytest.mark.parametrize("name", ["x -----BEGIN A-----", "x password='", 'x secret="'])
+@pytest.mark.parametrize(
+    "name", ["x -----BEGIN A-----", "x password='", 'x secret="', "x password=", "api_key:"]
+)
 def test_a_name_shaped_like_a_secret_erases_none_of_the_fields_after_it(
     broker: Any, kit: Any, name: str
 ) -> None:
@@ -128,3 +131,30 @@ def test_a_name_shaped_like_a_secret_erases_none_of_the_fields_after_it(
     assert " created_by=admin " in issued.detail, issued.detail
     assert " scope=[read:data:*] " in issued.detail, issued.detail
     assert " policy=allow[" in issued.detail, issued.detail
+
+
+@pytest.mark.parametrize(
+    "why",
+    [
+        "kid 'k by=mallory' not among the issuer's keys",
+        "payload: `x password='` is given twice in one object",
+        'kid "x password="',
+        "name x -----BEGIN A-----",
+        "ends in password:",
+        "ends in DPoP",
+        "x\u202e by=mallory",
+        "a" * 3000,
+    ],
+)
+def test_a_refusal_reason_plants_and_erases_no_field(why: str) -> None:
+    """``auditformat.reason_text``: a reason that quotes a caller's text is one value."""
+    detail = sanitize(f"app=x refused: {auditformat.reason_text(why)} by=admin")
+    assert auditformat.read_fields(detail) == {"app": "x", "by": "admin"}, detail
+    assert re.sub(r'"(?:[^"\\]|\\.)*"', "", detail).count("by=") == 1, detail
+
+
+@pytest.mark.parametrize(
+    "why", ["nonce expired", "wrong secret", "subject too long for its agents' ancestor"]
+)
+def test_a_reason_of_the_brokers_own_is_written_as_it_is(why: str) -> None:
+    assert auditformat.reason_text(why) == why

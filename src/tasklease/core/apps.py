@@ -20,7 +20,7 @@ from typing import Any
 
 from tasklease.core.appauth import AppSignIn
 from tasklease.core.audience import default_audience, validate_ceiling
-from tasklease.core.auditformat import AuditEntry, clipped, detail_field, quoted
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field, quoted, reason_text
 from tasklease.core.callers import change_refused
 from tasklease.core.clientauth import app_public_key
 from tasklease.core.clock import format_rfc3339_seconds
@@ -253,7 +253,8 @@ class Apps(Service):
                             "app_registration_denied",
                             outcome="denied",
                             request_id=ctx.request_id,
-                            detail=f"{detail_field('app', name)} refused: {exc.detail} "
+                            detail=f"{detail_field('app', name)} "
+                            f"refused: {reason_text(exc.detail)} "
                             f"by={claims.sub}",
                         ),
                     )

@@ -50,7 +50,7 @@ from tasklease.core.attestpolicy import (
     parse_policy,
 )
 from tasklease.core.audience import check_ceiling
-from tasklease.core.auditformat import AuditEntry, clipped, detail_field
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field, reason_text
 from tasklease.core.callers import change_refused
 from tasklease.core.delegation import named_principal
 from tasklease.core.errors import InvalidRequest, NotFound, TaskleaseError
@@ -332,7 +332,7 @@ class AttestationService(Service):
                 "attestor_tested",
                 outcome="denied",
                 request_id=ctx.request_id,
-                detail=f"{base.detail} refused={exc.category}: {exc.reason}",
+                detail=f"{base.detail} refused={exc.category}: {reason_text(exc.reason)}",
             )
             raise self._kernel.deny(
                 InvalidRequest(f"evidence refused ({exc.category}): {exc.reason}"), entry

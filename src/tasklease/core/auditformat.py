@@ -32,6 +32,7 @@ __all__ = [
     "clipped",
     "content_hash",
     "event_hash",
+    "reason_text",
     "sanitize",
     "sanitized_entry",
     "timestamp_seconds",
@@ -73,9 +74,12 @@ class AuditEntry:
 # through each secret word in it, is quadratic. E-mail addresses are found by their ``@``
 # (``_mask_emails``) for the same reason.
 
-_SECRET_KV = re.compile(
-    r"(?i)(?<![\w-])((?>[\w-]*(?:secret|password|passwd|private_key|privkey|token_value|"
+_KEY_PATTERN = (
+    r"(?<![\w-])((?>[\w-]*(?:secret|password|passwd|private_key|privkey|token_value|"
     r"api_key|apikey|authorization|credential))[\w-]*+)(\s*+[=:]\s*+)"
+)
+_SECRET_KV = re.compile(
+    r"(?i)" + _KEY_PATTERN +
     # A value redacted already and ended (by ``quoted``, inside a field's quotes) is not
     # read again: the rule would take the quote closing the field for part of it.
     r"(?!\*\*\*REDACTED\*\*\*(?![^\s,;|\]\"'\\]))"
@@ -84,6 +88,9 @@ _SECRET_KV = re.compile(
     r"((?:\"[^\"]*+(?:\"|\Z)|'[^']*+(?:'|\Z))[^\s,;|\]\"']*+|[^\s,;|\]]+)"
 )
 _BEARER = re.compile(r"(?i)\b(bearer|dpop)\s++[A-Za-z0-9._~+/=-]{8,}")
+# A text ending where one of these rules would go on to take what follows it as a secret:
+# a secret's key with no value yet (group 1), or the word ``bearer`` or ``dpop``.
+_OPEN_END = re.compile(r"(?i)(?:" + _KEY_PATTERN + r"|\b(?:bearer|dpop))\Z")
 _LOCAL_PART = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-")
 _EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 _PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?(-----END [A-Z ]+-----|$)", re.S)
@@ -273,6 +280,8 @@ def sanitize(detail: str) -> str:
 # by a backslash, as logfmt and most key=value parsers read it.
 
 _BARE = re.compile(r"[!#-&(-<>-\[\]-_a-~]+")
+_OPEN_ENDINGS = frozenset("=:rRpP")  # the last character of an _OPEN_END match, or a space
+_REDACTED = "***REDACTED***"
 _QUOTE_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\"})
 
 
@@ -282,7 +291,14 @@ def quoted(value: object) -> str:
     address in it is redacted within the quotes and no rule's match runs past them
     (taking the broker's fields after it); control characters become spaces there."""
     text = sanitize(str(value))
-    if _BARE.fullmatch(text) is not None:
+    # A text ending in a secret's key or in ``bearer`` would have the rules take the field
+    # after it (its closing quote, written bare) for that secret: the key's value is
+    # written redacted, and the word quoted.
+    last = text[-1:]
+    ending = _OPEN_END.search(text) if last in _OPEN_ENDINGS or last.isspace() else None
+    if ending is not None and ending[1] is not None:
+        text += _REDACTED
+    if ending is None and _BARE.fullmatch(text) is not None:
         return text
     return '"' + text.translate(_QUOTE_ESCAPES) + '"'
 
@@ -292,6 +308,31 @@ def detail_field(key: str, value: object) -> str:
     value that comes from outside the broker is written by this (one rule: none can add a
     field of its own, nor hide one of the broker's)."""
     return f"{key}={quoted(value)}"
+
+
+# A refusal's reason is the broker's prose ("nonce expired", "wrong secret"), which may
+# quote a caller's text (an evidence's kid, a repeated JSON member name, a peer's
+# answer). It stays prose when, sanitized, it is visible ASCII and spaces without a
+# double quote, backquote, backslash, ``=`` or ``|`` (nothing in it reads as a field, a
+# quoted value or a separator), and no sanitizer rule runs from it into a field written
+# after it (a reason ending in ``password:`` or ``DPoP``); any other reason is one
+# quoted value, its redactions inside the quotes.
+MAX_REASON = 512
+_PROSE = re.compile(r"[ !#-<>-\[\]-_a-{}~]*")
+_AFTER = " key=value0000"  # what a field after a reason looks like to the rules
+
+
+def reason_text(text: object) -> str:
+    """A refusal's free-text reason as a detail writes it: as it is when it is plain prose
+    (see above), else as :func:`quoted` writes a value, so a caller's text it carries
+    plants no field before the broker's and makes no rule erase a field after it. At most
+    :data:`MAX_REASON` characters (:func:`clipped`), so a long one pushes none of the
+    fields after it past the detail's cap. Every refusal writes its reason by this."""
+    shown = clipped(str(text), MAX_REASON)
+    clean = sanitize(shown)
+    if _PROSE.fullmatch(clean) is not None and sanitize(shown + _AFTER) == clean + _AFTER:
+        return shown
+    return quoted(shown)
 
 
 # A quoted string anywhere (skipped whole: a field inside one is a caller's text), or a

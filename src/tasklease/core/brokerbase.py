@@ -19,7 +19,7 @@ from tasklease.core.activeagents import ACTIVE_AGENTS_DUTY, ACTIVE_AGENTS_SLOW, 
 from tasklease.core.apps import Apps
 from tasklease.core.attestation import AttestationService
 from tasklease.core.audit import Deferred
-from tasklease.core.auditformat import AuditEntry, clipped, detail_field
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field, reason_text
 from tasklease.core.binding import DPoPNonces, StoreProofLedger
 from tasklease.core.calls import CallCount, CallCounting
 from tasklease.core.clientlimits import ADMIN_SIGN_IN, APP_SIGN_IN, ClientLimit, Limit
@@ -503,7 +503,8 @@ class BrokerBase:
                 agent_id=operator,
                 resource=ctx.path,
                 request_id=ctx.request_id,
-                detail=f"console form refused: {reason} | {detail_field('origin', sent)} "
+                detail=f"console form refused: {reason_text(reason)} | "
+                f"{detail_field('origin', sent)} "
                 f"from {ctx.remote}",
             ),
         )
@@ -535,7 +536,7 @@ class BrokerBase:
                 outcome="denied",
                 agent_id=subject,
                 request_id=ctx.request_id,
-                detail=f"console sign-in failed: {why} | {who} from {ctx.remote}",
+                detail=f"console sign-in failed: {reason_text(why)} | {who} from {ctx.remote}",
             ),
         )
 
@@ -765,7 +766,7 @@ class BrokerBase:
                 outcome="denied",
                 request_id=ctx.request_id,
                 resource=ctx.path,
-                detail=f"token refused: {exc.reason}",
+                detail=f"token refused: {reason_text(exc.reason)}",
             )
 
         try:

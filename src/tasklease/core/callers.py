@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, reason_text
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import Forbidden
 from tasklease.core.kernel import Kernel, RequestContext
@@ -73,7 +73,7 @@ def change_refused(
         event_type,
         outcome="denied",
         request_id=ctx.request_id,
-        detail=f"{what} change refused: {why} by={claims.sub}",
+        detail=f"{what} change refused: {reason_text(why)} by={claims.sub}",
     )
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from tasklease.core.audience import validate_resource
-from tasklease.core.auditformat import AuditEntry, clipped, detail_field
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field, reason_text
 from tasklease.core.callers import lineage, refused
 from tasklease.core.calls import budget_holder, budgets_for
 from tasklease.core.clock import format_rfc3339
@@ -278,7 +278,7 @@ class Exchange(Service):
             except ForeignRejected as exc:
                 raise self._kernel.deny(
                     Unauthorized("subject_token is invalid", reason=exc.reason),
-                    self._entry(ctx, f"subject_token refused: {exc.reason}"),
+                    self._entry(ctx, f"subject_token refused: {reason_text(exc.reason)}"),
                 ) from None
         if domain == own:
             if actor is not None and actor != subject:
@@ -424,12 +424,14 @@ class Exchange(Service):
         except TaskleaseError as exc:
             raise kernel.deny(
                 Unauthorized("subject_token is invalid", reason=exc.reason),
-                self._entry(ctx, f"subject_token of {domain} refused: {exc.reason}", actor),
+                self._entry(
+                    ctx, f"subject_token of {domain} refused: {reason_text(exc.reason)}", actor
+                ),
             ) from None
         except ForeignRejected as exc:
             raise kernel.deny(
                 Unauthorized("subject_token is invalid", reason=exc.reason),
-                self._entry(ctx, f"subject_token refused: {exc.reason}", actor),
+                self._entry(ctx, f"subject_token refused: {reason_text(exc.reason)}", actor),
             ) from None
         stale = self._feeds.stale(record, now)
         if stale:
@@ -440,7 +442,7 @@ class Exchange(Service):
                     f"revocations of {domain} are not current here: try again later",
                     retry_after=5,
                 ),
-                self._entry(ctx, f"subject_token of {domain} refused: {stale}", actor),
+                self._entry(ctx, f"subject_token of {domain} refused: {reason_text(stale)}", actor),
             )
         foreign = ft.claims
         about = (
@@ -465,7 +467,7 @@ class Exchange(Service):
         except ForeignRejected as exc:
             raise kernel.deny(
                 Forbidden("the subject_token's chain is too long to continue here"),
-                self._entry(ctx, f"{about} | {exc.reason}", actor),
+                self._entry(ctx, f"{about} | {reason_text(exc.reason)}", actor),
             ) from None
         # The actor becomes the holder, as a delegate does: within its lifetime too.
         target, dead = kernel.agent_standing(actor.sub)

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from tasklease.core import federationfields as fields
-from tasklease.core.auditformat import AuditEntry, clipped, detail_field
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field, reason_text
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.errors import (
     Conflict,
@@ -207,7 +207,8 @@ class Federation(Service):
                 "federation_refused",
                 outcome="denied",
                 request_id=ctx.request_id,
-                detail=f"{detail_field('trust_domain', shown)} by={claims.sub}: {exc.detail}",
+                detail=f"{detail_field('trust_domain', shown)} by={claims.sub}: "
+                f"{reason_text(exc.detail)}",
             )
             raise self._kernel.deny(exc, entry) from None
 

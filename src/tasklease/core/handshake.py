@@ -48,7 +48,7 @@ from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
 from nacl.signing import VerifyKey
 
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, reason_text
 from tasklease.core.callers import about, refused, require_agent
 from tasklease.core.errors import InvalidRequest, TaskleaseError, Unauthorized
 from tasklease.core.identity import decode_signature
@@ -389,7 +389,7 @@ class _Step:
     def fail(self, why: str) -> TaskleaseError:
         return self._kernel.deny(
             Unauthorized(_FAILED),
-            replace(self._base, detail=f"mutual auth {self._step} refused: {why}"),
+            replace(self._base, detail=f"mutual auth {self._step} refused: {reason_text(why)}"),
         )
 
     def standing(self, agent_id: str, who: str) -> AgentRecord:
@@ -426,6 +426,8 @@ class _Step:
             return [event]
 
         def lost(exc: Lost) -> AuditEntry:
-            return replace(self._base, detail=f"mutual auth {self._step} refused: {exc.reason}")
+            return replace(
+                self._base, detail=f"mutual auth {self._step} refused: {reason_text(exc.reason)}"
+            )
 
         return Pending(unit, lambda: value, lost)

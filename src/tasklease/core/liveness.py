@@ -38,7 +38,7 @@ from dataclasses import replace
 
 from nacl.signing import VerifyKey
 
-from tasklease.core.auditformat import AuditEntry
+from tasklease.core.auditformat import AuditEntry, reason_text
 from tasklease.core.callers import refused, require_agent
 from tasklease.core.clock import format_rfc3339
 from tasklease.core.config import Config
@@ -127,7 +127,8 @@ class Liveness(Service):
         agent, why = self._kernel.agent_standing(claims.sub)
         if agent is None or why:
             raise self._kernel.deny(
-                Forbidden("agent is not active"), replace(base, detail=f"heartbeat refused: {why}")
+                Forbidden("agent is not active"),
+                replace(base, detail=f"heartbeat refused: {reason_text(why)}"),
             )
         # Compared, never subtracted: an integer no float holds is out of the skew too.
         if not now - cfg.clock_skew <= timestamp <= now + cfg.clock_skew:
@@ -189,7 +190,7 @@ class Liveness(Service):
             return []
 
         def lost(exc: Lost) -> AuditEntry:
-            return replace(base, detail=f"heartbeat refused: {exc.reason}")
+            return replace(base, detail=f"heartbeat refused: {reason_text(exc.reason)}")
 
         def answer() -> AgentSession:
             if finished:

@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tasklease.core.auditformat import AuditEntry, detail_field
+from tasklease.core.auditformat import AuditEntry, detail_field, reason_text
 from tasklease.core.clock import format_rfc3339_seconds
 from tasklease.core.errors import Forbidden, InvalidRequest, TaskleaseError
 from tasklease.core.kernel import Kernel, RequestContext, Service, with_denial
@@ -163,7 +163,7 @@ class OfflineAudit(Service):
                         agent_id=caller.sub,
                         resource=ctx.path,
                         request_id=ctx.request_id,
-                        detail=f"offline {kind} report {index} refused: {exc.detail} "
+                        detail=f"offline {kind} report {index} refused: {reason_text(exc.detail)} "
                         f"| by={caller.sub}",
                     ),
                 )

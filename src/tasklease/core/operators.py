@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from tasklease.core.audience import default_audience
-from tasklease.core.auditformat import AuditEntry, clipped, detail_field
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field, reason_text
 from tasklease.core.errors import (
     Conflict,
     InvalidRequest,
@@ -405,7 +405,7 @@ class Operators(Service):
             outcome="denied",
             agent_id=operator_subject(name),
             request_id=ctx.request_id,
-            detail=f"{detail_field('operator', name)} refused: {why} by={by}",
+            detail=f"{detail_field('operator', name)} refused: {reason_text(why)} by={by}",
         )
 
     # --- sign-in ---------------------------------------------------------------------------
@@ -547,7 +547,8 @@ class Operators(Service):
             outcome="denied",
             agent_id=operator_subject(shown) if shown != UNKNOWN_OPERATOR else "",
             request_id=ctx.request_id,
-            detail=f"operator sign-in failed: {reason} | {detail_field('operator', shown)} from "
+            detail=f"operator sign-in failed: {reason_text(reason)} | "
+            f"{detail_field('operator', shown)} from "
             f"{ctx.remote}",
         )
 

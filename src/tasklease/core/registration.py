@@ -26,7 +26,7 @@ from tasklease.core.attestation import (
 )
 from tasklease.core.attestors import LAUNCH_TOKEN
 from tasklease.core.audience import validate_resource
-from tasklease.core.auditformat import AuditEntry, detail_field
+from tasklease.core.auditformat import AuditEntry, detail_field, reason_text
 from tasklease.core.calls import registration_budgets
 from tasklease.core.delegation import principal_ref
 from tasklease.core.errors import (
@@ -433,7 +433,7 @@ class Registration(Service):
                     replace(
                         base,
                         event_type="registration_policy_violation",
-                        detail=f"resource refused: {refusal.error.detail} "
+                        detail=f"resource refused: {reason_text(refusal.error.detail)} "
                         f"{detail_field('requested', named_resource)} "
                         f"allowed={listed(parent.audience if parent else ())}",
                     ),
@@ -489,7 +489,9 @@ class Registration(Service):
         try:
             nonce_expiry = self._nonces.check(nonce, now)
         except Unauthorized as exc:
-            raise deny(exc, replace(base, detail=f"nonce refused: {exc.reason}")) from None
+            raise deny(
+                exc, replace(base, detail=f"nonce refused: {reason_text(exc.reason)}")
+            ) from None
         n_hash = nonce_hash(nonce)
         if not verify_possession(key, nonce, sig):
             raise refuse(

@@ -10,7 +10,7 @@ from dataclasses import replace
 from tasklease.core.attestation import AttestationOutcome, AttestationService
 from tasklease.core.attestors import AttestationRefused, evidence_hash
 from tasklease.core.attestors.launch_token import refusal as launch_refusal
-from tasklease.core.auditformat import AuditEntry, detail_field
+from tasklease.core.auditformat import AuditEntry, detail_field, reason_text
 from tasklease.core.errors import (
     InvalidDPoPProof,
     InvalidRequest,
@@ -192,7 +192,7 @@ class RegistrationInputs(Service):
             return self._attestation.attest(attestation, declaration, iat=iat)
         except AttestationRefused as exc:
             self._metrics.attestation_refusals.labels(exc.category).inc()
-            detail = f"attestation refused ({exc.category}): {exc.reason}"
+            detail = f"attestation refused ({exc.category}): {reason_text(exc.reason)}"
             if isinstance(attestation, dict) and isinstance(attestation.get("evidence"), str):
                 detail += f" evidence={evidence_hash(attestation['evidence'])[:12]}"
             raise deny(Unauthorized("attestation refused"), replace(base, detail=detail)) from None
@@ -221,12 +221,16 @@ class RegistrationInputs(Service):
             except DPoPNonceRequired as exc:  # RFC 9449 section 8: retry with this nonce
                 raise deny(
                     UseDPoPNonce(reason=exc.reason, dpop_nonce=exc.nonce),
-                    replace(base, detail=f"registration DPoP proof refused: {exc.reason}"),
+                    replace(
+                        base, detail=f"registration DPoP proof refused: {reason_text(exc.reason)}"
+                    ),
                 ) from None
             except BindingError as exc:
                 raise deny(
                     InvalidDPoPProof("invalid DPoP proof", reason=exc.reason),
-                    replace(base, detail=f"registration DPoP proof refused: {exc.reason}"),
+                    replace(
+                        base, detail=f"registration DPoP proof refused: {reason_text(exc.reason)}"
+                    ),
                 ) from None
             cnf["jkt"] = proof.jkt
         if not cnf and self._config.holder_binding == "required":

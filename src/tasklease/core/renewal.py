@@ -23,7 +23,7 @@ import time
 from dataclasses import replace
 
 from tasklease.core.audience import default_audience
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, reason_text
 from tasklease.core.binding import recording
 from tasklease.core.callers import about, refused, require_agent
 from tasklease.core.delegation import principal_ref
@@ -178,7 +178,7 @@ class Renewal(Service):
             ]
 
         def lost(exc: Lost) -> AuditEntry:
-            return replace(failed, detail=f"{exc.reason} jti={claims.jti}")
+            return replace(failed, detail=f"{reason_text(exc.reason)} jti={claims.jti}")
 
         def done() -> IssuedToken:
             kernel.apply_revocations([predecessor])
@@ -257,7 +257,7 @@ class Renewal(Service):
         )
 
         def refuse(exc: TaskleaseError, why: str) -> TaskleaseError:
-            return kernel.deny(exc, replace(base, detail=f"resume refused: {why}"))
+            return kernel.deny(exc, replace(base, detail=f"resume refused: {reason_text(why)}"))
 
         try:
             nonce_expiry = self._nonces.check(nonce, now)
@@ -268,7 +268,7 @@ class Renewal(Service):
         def spent(exc: TaskleaseError, why: str) -> Pending[IssuedToken]:
             """A refusal from here on: the nonce spent with its one event, so the
             signature over it registers no agent either (decision 262)."""
-            denial = with_denial(exc, replace(base, detail=f"resume refused: {why}"))
+            denial = with_denial(exc, replace(base, detail=f"resume refused: {reason_text(why)}"))
 
             def refused() -> IssuedToken:
                 raise exc
@@ -357,7 +357,11 @@ class Renewal(Service):
                 # 268): refused, and the nonce left for that registration.
                 lost_race.append(Unauthorized(_REFUSED))
                 why = "the nonce was presented to a registration asked to come again"
-                return [with_denial(lost_race[0], replace(base, detail=f"resume refused: {why}"))]
+                return [
+                    with_denial(
+                        lost_race[0], replace(base, detail=f"resume refused: {reason_text(why)}")
+                    )
+                ]
             if not tx.consume_nonce(n_hash, nonce_expiry + cfg.clock_skew):
                 raise Unauthorized(_REFUSED, reason="nonce already consumed")
             current = tx.get_agent_session(agent_id) or session
@@ -365,14 +369,22 @@ class Renewal(Service):
                 # Refused, and the nonce stays spent: nothing raised undoes it.
                 lost_race.append(Unauthorized(_REFUSED))
                 why = "concurrent resume or session ended"
-                return [with_denial(lost_race[0], replace(base, detail=f"resume refused: {why}"))]
+                return [
+                    with_denial(
+                        lost_race[0], replace(base, detail=f"resume refused: {reason_text(why)}")
+                    )
+                ]
             ended = kernel.revoked_in(tx, claims)
             if ended is not None:
                 # Revoked on another replica, whose entry this one has not applied yet: as
                 # the standing read above refuses it, and the nonce stays spent.
                 lost_race.append(Forbidden("agent is not active"))
                 why = f"agent {read_in_write(ended)}"
-                return [with_denial(lost_race[0], replace(base, detail=f"resume refused: {why}"))]
+                return [
+                    with_denial(
+                        lost_race[0], replace(base, detail=f"resume refused: {reason_text(why)}")
+                    )
+                ]
             tx.put_agent_session(replace(current, resumes=issuance.renewals, last_heartbeat=now))
             if reference is not None:
                 tx.insert_reference_token(reference)
@@ -404,7 +416,7 @@ class Renewal(Service):
             return IssuedToken(token, claims)
 
         def lost(exc: Lost) -> AuditEntry:
-            return replace(base, detail=f"resume refused: {exc.reason}")
+            return replace(base, detail=f"resume refused: {reason_text(exc.reason)}")
 
         return Pending(unit, done, lost)
 

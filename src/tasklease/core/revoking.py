@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from dataclasses import replace
 
-from tasklease.core.auditformat import AuditEntry, clipped, detail_field
+from tasklease.core.auditformat import AuditEntry, clipped, detail_field, reason_text
 from tasklease.core.callers import about
 from tasklease.core.clockoffset import measure_offset
 from tasklease.core.delegation import principal_ref
@@ -276,7 +276,8 @@ class Revoking(Service):
             entry = replace(
                 ids,
                 event_type="token_revocation_ignored",
-                detail=f"RFC 7009 revocation of an inactive token ignored: {exc.reason}",
+                detail="RFC 7009 revocation of an inactive token ignored: "
+                f"{reason_text(exc.reason)}",
             )
             self._kernel.record(entry)
             return Pending(None, _false)

@@ -15,7 +15,7 @@ from typing import Any
 
 from tasklease.core.assurance import assure
 from tasklease.core.audience import validate_resource
-from tasklease.core.auditformat import AuditEntry, detail_field
+from tasklease.core.auditformat import AuditEntry, detail_field, reason_text
 from tasklease.core.binding import recording
 from tasklease.core.callers import about
 from tasklease.core.errors import (
@@ -290,7 +290,7 @@ class TokenCheck(Service):
                 InvalidRequest("malformed authorization header", challenge=INVALID_REQUEST),
                 replace(
                     base,
-                    detail=f"malformed authorization header: {exc} | "
+                    detail=f"malformed authorization header: {reason_text(exc)} | "
                     f"{detail_field('path', ctx.path)}",
                 ),
             ) from None
@@ -378,7 +378,10 @@ class TokenCheck(Service):
             challenge=_challenge(scheme, exc),
             dpop_nonce=exc.dpop_nonce or None,
         )
-        detail = f"token verification failed: {exc.reason} | {detail_field('path', ctx.path)}"
+        detail = (
+            f"token verification failed: {reason_text(exc.reason)} | "
+            f"{detail_field('path', ctx.path)}"
+        )
         return error, replace(base, detail=detail)
 
     def _scope_violation(
