@@ -120,12 +120,19 @@ _INDEX_NAMES = {
     "sqlite": "SELECT name FROM sqlite_master WHERE type = 'index'",
     "postgres": "SELECT indexname FROM pg_indexes WHERE tablename = 'audit_events'",
 }
-# Back from 29 (the agents by registration time), 28 (the agents' lineage), 27 (the
-# retired signing keys), 26 (launch tokens bound to a key), 25 (the federated feeds
-# heard), 24 (the admin's credential), 23 (the apps' credential changes), 22 (the agents'
-# ceilings), 21 and 20: the revocations numbered by one sequence again (the log has none).
+# Back from 30 (the live agents counted by index), 29 (the agents by registration time),
+# 28 (the agents' lineage), 27 (the retired signing keys), 26 (launch tokens bound to a
+# key), 25 (the federated feeds heard), 24 (the admin's credential), 23 (the apps'
+# credential changes), 22 (the agents' ceilings), 21 and 20: the revocations numbered by
+# one sequence again (the log has none).
 _BACK_TO_19 = {
     "sqlite": (
+        "DROP INDEX agents_live",
+        "DROP INDEX agents_by_app",
+        "DROP INDEX agents_by_task",
+        "DROP INDEX agent_sessions_ended",
+        "CREATE INDEX agents_by_registered_at ON agents (registered_at)",
+        "DELETE FROM schema_version WHERE version = 30",
         "DROP INDEX agents_by_registered_at",
         "DELETE FROM schema_version WHERE version = 29",
         "ALTER TABLE agents DROP COLUMN lineage",
@@ -154,6 +161,12 @@ _BACK_TO_19 = {
         "DELETE FROM schema_version WHERE version = 20",
     ),
     "postgres": (
+        "DROP INDEX agents_live",
+        "DROP INDEX agents_by_app",
+        "DROP INDEX agents_by_task",
+        "DROP INDEX agent_sessions_ended",
+        "CREATE INDEX agents_by_registered_at ON agents (registered_at)",
+        "DELETE FROM schema_version WHERE version = 30",
         "DROP INDEX agents_by_registered_at",
         "DELETE FROM schema_version WHERE version = 29",
         "ALTER TABLE agents DROP COLUMN lineage",

@@ -23,8 +23,15 @@ tokens: an agent whose last token was released or expired is live until its ceil
 since it may resume.
 
 The count is refreshed at each housekeeping tick (``prune_interval``) by the default
-tenant's broker only, one statement, whose cost follows the agents registered within
-``renewal_ceiling`` (an index on ``registered_at``), not every agent ever registered; a
+tenant's broker only, one statement that reads indexes rather than the agents' rows
+(schema 30): the agents registered within ``renewal_ceiling``, active and within their
+ceiling, are counted from one index holding those columns, and those of them that are
+not live are found from the rows that end them (sessions not active, apps not active,
+revocation entries in force), each through an index. Its cost follows the index entries
+of the agents within the ceiling and the agents ended, not their rows; a chain-level
+entry in force on an id a lineage lists (an attestation, a federated domain; no index
+finds one) has the lineage of each agent within the ceiling read once. An agent whose
+app has no row at all (the broker deletes no app) is counted by its other tests. A
 count that took a quarter of a second or more is not made again before
 :data:`ACTIVE_AGENTS_DUTY` times as long has passed, so a slow one never takes more than
 5 % of one database connection. Each process

@@ -429,7 +429,8 @@ class Store(Protocol):
         """How many agents of the whole database, every tenant's but a removed one's
         (the default tenant is never removed), are live (``core.activeagents``):
         ``registered_at >= registered_from``, status ``active``, ``ceiling`` 0 or after
-        ``now``, no session or an ``active`` one, no app or an ``active`` one, and no
+        ``now``, no session or an ``active`` one, no app row that is not ``active`` (the
+        broker deletes no app), and no
         revocation entry in force at ``now`` (``expires_at > now``) at level ``task`` on
         its task made in or after the second it registered (``revoked_at + 1 >
         registered_at``), nor at level ``chain`` on its app (``app:<app_id>``) or on an

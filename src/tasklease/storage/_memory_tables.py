@@ -246,7 +246,7 @@ class MemoryTables:
                 and agent.status == "active"
                 and (agent.ceiling == 0 or agent.ceiling > now)
                 and (session is None or session.state == "active")
-                and (not agent.app_id or (app is not None and app.status == "active"))
+                and (app is None or app.status == "active")
                 and (task is None or not task + 1 > agent.registered_at)
                 and not any(("chain", a) in in_force for a in ancestors)
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,6 +79,8 @@ _SESSION = "agent_id, principal, heartbeat_required, last_heartbeat, resumes, st
 _BINDING = "agent_id, endpoint, issued_at, signature, expires_at"
 _REFERENCE = "token_hash, kind, claims, jti, expires_at"
 _TENANT = "name, trust_domain, status, created_at, created_by, removed_at"
+# A parameter named in a statement built with names (``:f``), for one given by position.
+_NAMED = re.compile(r":([a-z])\b")
 _FEDERATION = (
     "trust_domain, bundle_endpoint_url, ca_pem, max_bundle_age, scope_map, scope_ceiling,"
     " max_ttl, bundle, fetched_at, last_error, created_at, created_by, checked_at,"
@@ -497,29 +500,50 @@ class Dialect(RowConversions):
         )
         self.tenant_name_taken = q("SELECT 1 FROM tenants WHERE name = ?")
         # The agents whose registration is live, in every tenant not removed (the whole
-        # deployment: tasklease_active_agents; Store.live_agents says what is counted).
-        # Parameters: the earliest registered_at still within renewal_ceiling, then now
-        # four times (the ceiling column's bound; revocation entries still in force).
-        # Each revocation test is a lookup by the entries' unique (tenant, level, target).
-        in_force = "r.tenant_id = a.tenant_id AND r.expires_at > ?"
-        self.live_agents = q(
-            "SELECT COUNT(*) FROM agents a"
-            " WHERE a.registered_at >= ? AND a.status = 'active'"
-            " AND (a.ceiling = 0 OR a.ceiling > ?)"
-            f" AND (a.tenant_id = '{DEFAULT_TENANT}' OR EXISTS (SELECT 1 FROM tenants n"
-            " WHERE n.name = a.tenant_id AND n.status = 'active'))"
-            " AND NOT EXISTS (SELECT 1 FROM agent_sessions s WHERE s.tenant_id = a.tenant_id"
-            " AND s.agent_id = a.agent_id AND s.state <> 'active')"
-            " AND (a.app_id = '' OR EXISTS (SELECT 1 FROM apps p WHERE p.tenant_id = a.tenant_id"
-            " AND p.app_id = a.app_id AND p.status = 'active'))"
-            # a task entry matches a registration made at or before its second (floor)
-            f" AND NOT EXISTS (SELECT 1 FROM revocations r WHERE {in_force}"
-            " AND r.level = 'task' AND r.target = a.task_id AND r.revoked_at + 1 > a.registered_at)"
-            f" AND NOT EXISTS (SELECT 1 FROM revocations r WHERE {in_force}"
-            " AND r.level = 'chain' AND r.target = 'app:' || a.app_id AND a.app_id <> '')"
-            f" AND NOT EXISTS (SELECT 1 FROM {lineage_ids.format('a.lineage')}"
-            f" JOIN revocations r ON r.level = 'chain' AND r.target = j.value WHERE {in_force})"
+        # deployment: tasklease_active_agents; Store.live_agents says what is counted), as
+        # one statement that reads indexes, not every live agent's rows: those registered
+        # within renewal_ceiling, active and within their ceiling (counted from the index
+        # agents_live alone), less those of them something ends, found from the few rows
+        # that end them: a session not active, an app not active, a task-level entry in
+        # force on their task made since they registered, a chain-level one on their app
+        # or on an id their lineage lists. An agent ended twice is taken off once (UNION).
+        # Parameters, by name: f, the earliest registered_at within the ceiling; n, now.
+        live = (
+            "a.registered_at >= :f AND a.status = 'active' AND (a.ceiling = 0 OR a.ceiling > :n)"
+            # the tenants read once, not once an agent; `|| ''` keeps the planner on the
+            # registration time's index (an index by tenant reads every agent's row)
+            f" AND a.tenant_id || '' IN (SELECT '{DEFAULT_TENANT}' UNION"
+            " SELECT n.name FROM tenants n WHERE n.status = 'active')"
         )
+        # Each set below is read from the rows that end agents (CROSS JOIN: SQLite keeps
+        # them outermost), each agent they name found by an index.
+        in_force = "r.tenant_id = a.tenant_id AND r.expires_at > :n AND a.registered_at >= :f"
+        ended = (
+            "SELECT s.tenant_id, s.agent_id FROM agent_sessions s WHERE s.state <> 'active'"
+            " UNION SELECT a.tenant_id, a.agent_id FROM apps p CROSS JOIN agents a"
+            " WHERE a.tenant_id = p.tenant_id AND a.app_id = p.app_id AND a.registered_at >= :f"
+            " AND p.status <> 'active'"
+            # a task entry matches a registration made at or before its second (floor)
+            " UNION SELECT a.tenant_id, a.agent_id FROM revocations r CROSS JOIN agents a"
+            f" WHERE {in_force} AND a.task_id = r.target"
+            " AND r.level = 'task' AND r.revoked_at + 1 > a.registered_at"
+            " UNION SELECT a.tenant_id, a.agent_id FROM revocations r CROSS JOIN agents a"
+            f" WHERE {in_force} AND a.app_id = substr(r.target, 5)"
+            " AND r.level = 'chain' AND substr(r.target, 1, 4) = 'app:' AND a.app_id <> ''"
+            # no index finds an id in a lineage: the agents within the ceiling, read once
+            # for each chain-level entry in force (mostly none)
+            " UNION SELECT a.tenant_id, a.agent_id FROM revocations r CROSS JOIN agents a"
+            f" WHERE {in_force} AND r.level = 'chain' AND EXISTS"
+            f" (SELECT 1 FROM {lineage_ids.format('a.lineage')} WHERE j.value = r.target)"
+        )
+        counted = (
+            f"SELECT (SELECT COUNT(*) FROM agents a WHERE {live}) - (SELECT COUNT(*) FROM"
+            f" ({ended}) x CROSS JOIN agents a WHERE a.tenant_id = x.tenant_id"
+            f" AND a.agent_id = x.agent_id AND {live})"
+        )
+        # Store.live_agents passes (registered_from, now) in this order, as the names say.
+        self.live_agents_order = tuple(_NAMED.findall(counted))
+        self.live_agents = q(_NAMED.sub("?", counted))
         self.update_tenant = q(
             "UPDATE tenants SET trust_domain = ?, status = ?, created_at = ?, created_by = ?,"
             " removed_at = ? WHERE name = ? AND status = 'active'"

@@ -255,7 +255,9 @@ class SQLStore(ListingReads, abc.ABC):
         return [session_from_row(row) for row in rows]
 
     def live_agents(self, now: float, registered_from: float) -> int:
-        row = self._one(self.dialect.live_agents, (registered_from, now, now, now, now))
+        named = {"f": registered_from, "n": now}
+        params = tuple(named[name] for name in self.dialect.live_agents_order)
+        row = self._one(self.dialect.live_agents, params)
         return 0 if row is None else int(row[0])
 
     def get_discovery_binding(self, agent_id: str) -> DiscoveryBinding | None:
