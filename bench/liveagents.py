@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             from tasklease.storage import open_store
 
             cluster = Cluster.create()  # started
-            url = cluster.url(cluster.new_database("live"))
+            url = cluster.new_database("live")
             store = open_store(url, config=Config(database_statement_timeout=args.timeout))
         try:
             t0 = time.perf_counter()
