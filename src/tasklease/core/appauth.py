@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tasklease.core.audience import default_audience, validate_resource
-from tasklease.core.auditformat import AuditEntry, clipped
+from tasklease.core.auditformat import AuditEntry, clipped, reason_text
 from tasklease.core.clientauth import AssertionRefused, assertion_issuer, check_assertion
 from tasklease.core.errors import (
     InvalidDPoPProof,
@@ -227,7 +227,7 @@ class AppSignIn(Service):
             return
         self._metrics.scope_rejections.labels(ctx.path or "/v1/oauth/token").inc()
         raise self._refused(
-            error, f"client_id={app.client_id} app_id={app.app_id} reason={why}", ctx
+            error, f"client_id={app.client_id} app_id={app.app_id} reason={reason_text(why)}", ctx
         )
 
     def _dpop_proof(self, app: AppRecord, ctx: RequestContext) -> DPoPProof:
@@ -243,7 +243,7 @@ class AppSignIn(Service):
             why = exc.reason
         except BindingError as exc:
             error, why = InvalidDPoPProof("invalid DPoP proof", reason=exc.reason), exc.reason
-        raise self._refused(error, f"{shown} reason=dpop_proof_refused: {why}", ctx)
+        raise self._refused(error, f"{shown} reason=dpop_proof_refused: {reason_text(why)}", ctx)
 
     def _born_revoked(self, tx: WriteTx, claims: Claims) -> int:
         """Seconds until a token like the one about to be issued would not be revoked
