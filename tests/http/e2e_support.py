@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -499,25 +500,30 @@ _INIT_LOCK = threading.Lock()
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``tasklease *args`` as a shell with environment ``env`` runs it, but in this
-    process, through the CLI's own entry (as :func:`init_data_dir` does): for tests that
-    use a command for what it does and says, not for how its process behaves (signals,
-    its environment beyond ``env``). A new interpreter for each command would spend most
-    of its time importing. Answers as :func:`subprocess.run` does: the exit code, and
-    what the command wrote to stdout and to stderr, apart."""
-    from typer.testing import CliRunner
+    """``tasklease *args`` run in this process, with ``env`` as its whole environment for
+    the run (as a new process given ``env`` would have it), for a test about what the
+    command says rather than about the process: a new interpreter for each command
+    would spend most of its time importing.
+
+    Its output is captured at the file descriptors (``capture="fd"``), so what reaches
+    fd 1 or 2 by another way than ``sys.stdout``/``sys.stderr`` is in it too; an
+    exception the command lets out is in ``stderr`` as its traceback, exit code 1, as
+    the interpreter would print it.
+    """
+    from click.testing import CliRunner
+    from typer.main import get_command
 
     from tasklease.cli.main import app
 
     changes: dict[str, str | None] = {k: v for k, v in env.items() if os.environ.get(k) != v}
-    changes.update({k: None for k in os.environ if k.startswith("TASKLEASE_") and k not in env})
+    changes.update({k: None for k in os.environ if k not in env})
     with _INIT_LOCK:  # the environment is the process's: one command at a time
-        done = CliRunner().invoke(app, args, env=changes)
-    error = done.exception
-    if error is not None and not isinstance(error, SystemExit):
-        # What the interpreter would have printed, and its exit code.
-        raise RuntimeError(f"tasklease {' '.join(args)} raised: {done.output}") from error
-    return subprocess.CompletedProcess(args, done.exit_code, done.stdout, done.stderr)
+        runner = CliRunner(capture="fd")  # click's: typer's own captures sys.stdout only
+        done = runner.invoke(get_command(app), args, env=changes, prog_name="tasklease")
+    stderr = done.stderr
+    if done.exception is not None and not isinstance(done.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(done.exception))
+    return subprocess.CompletedProcess(args, done.exit_code, done.stdout, stderr)
 
 
 def launch_broker(

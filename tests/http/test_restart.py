@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from e2e_support import TASKLEASE, RunningBroker, assert_problem, jwt_parts
+from e2e_support import RunningBroker, assert_problem, jwt_parts, run_cli
 
 # uvicorn re-raises a captured SIGTERM after its graceful shutdown, so "stopped by
 # SIGTERM" is a clean exit as well as 0.
@@ -24,16 +24,10 @@ def _sigterm(running: RunningBroker) -> int:
     return code
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TASKLEASE, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=str(cwd),
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "NO_COLOR": "1"},
-        check=False,
-    )
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``tasklease *args`` (every path in them absolute), run in this process: what the
+    command says and its exit code are what these tests check, not the process."""
+    return run_cli(list(args), {"PATH": "/usr/bin:/bin", "COLUMNS": "200", "NO_COLOR": "1"})
 
 
 def test_restart_preserves_keys_revocations_apps_and_agents(
@@ -41,7 +35,7 @@ def test_restart_preserves_keys_revocations_apps_and_agents(
 ) -> None:
     data = tmp_path / "data"
     secret_file = tmp_path / "admin-secret"
-    init = _cli("init", "--data-dir", str(data), "--secret-file", str(secret_file), cwd=tmp_path)
+    init = _cli("init", "--data-dir", str(data), "--secret-file", str(secret_file))
     assert init.returncode == 0, init.stderr
     secret = secret_file.read_text().strip()
     assert secret not in init.stdout
@@ -85,7 +79,7 @@ def test_restart_preserves_keys_revocations_apps_and_agents(
     # The previously issued admin token (same key) still works too.
     assert second.get("/v1/admin/apps", headers=first.admin_headers()).status_code == 200
 
-    verify = _cli("audit", "verify", "--data-dir", str(data), cwd=tmp_path)
+    verify = _cli("audit", "verify", "--data-dir", str(data))
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "intact" in verify.stdout
 
@@ -106,7 +100,7 @@ def test_restart_preserves_keys_revocations_apps_and_agents(
         assert changed == 1
     finally:
         conn.close()
-    broken = _cli("audit", "verify", "--database", str(database), cwd=tmp_path)
+    broken = _cli("audit", "verify", "--database", str(database))
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "evt-000003" in broken.stdout + broken.stderr
 
@@ -120,7 +114,7 @@ def test_audit_verify_detects_a_deleted_event(
     running.register(["read:data:x"])
     _sigterm(running)
     database = data / "tasklease.db"
-    ok = _cli("audit", "verify", "--database", str(database), cwd=tmp_path)
+    ok = _cli("audit", "verify", "--database", str(database))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     conn = sqlite3.connect(database)
     try:
@@ -128,10 +122,10 @@ def test_audit_verify_detects_a_deleted_event(
             conn.execute("DELETE FROM audit_events WHERE seq = 2")
     finally:
         conn.close()
-    broken = _cli("audit", "verify", "--database", str(database), cwd=tmp_path)
+    broken = _cli("audit", "verify", "--database", str(database))
     assert broken.returncode == 1
     assert "evt-000003" in broken.stdout + broken.stderr
-    missing = _cli("audit", "verify", "--database", str(tmp_path / "nope.db"), cwd=tmp_path)
+    missing = _cli("audit", "verify", "--database", str(tmp_path / "nope.db"))
     assert missing.returncode == 2
 
 
@@ -263,7 +257,7 @@ def test_audit_verify_holds_the_events_to_the_checkpoint_the_broker_signed(
     running.register(["read:data:x"])
     running.register(["read:data:x"])
     _sigterm(running)
-    ok = _cli("audit", "verify", "--data-dir", str(data), cwd=tmp_path)
+    ok = _cli("audit", "verify", "--data-dir", str(data))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     said = " ".join((ok.stdout + ok.stderr).split())
     assert "in the database matches" in said, said
@@ -277,6 +271,6 @@ def test_audit_verify_holds_the_events_to_the_checkpoint_the_broker_signed(
             conn.execute("UPDATE audit_checkpoints SET note = replace(note, 'a', 'b')")
     finally:
         conn.close()
-    broken = _cli("audit", "verify", "--data-dir", str(data), cwd=tmp_path)
+    broken = _cli("audit", "verify", "--data-dir", str(data))
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "checkpoint broken" in broken.stderr, broken.stderr

@@ -32,6 +32,7 @@ from e2e_support import (
     init_data_dir,
     launch_broker,
     metrics_url,
+    run_cli,
     stop_broker,
 )
 
@@ -562,10 +563,9 @@ def _drive(broker: RunningBroker, seen: Seen) -> None:  # noqa: PLR0915 - one lo
     home = broker.data_dir / "cli-home"
     home.mkdir(exist_ok=True)
     for args, extra in cli_runs:
-        done = subprocess.run(
-            [TASKLEASE, *args], capture_output=True, text=True, timeout=60, check=False,
-            env={**base, "HOME": str(home), **extra},
-        )  # fmt: skip
+        # In this process (its output captured at fds 1 and 2): what the command says is
+        # what is searched, and 16 interpreters would spend most of this test importing.
+        done = run_cli(args, {**base, "HOME": str(home), **extra})
         seen.texts.append((f"cli {' '.join(args[:2])} rc={done.returncode}",
                            done.stdout + "\n" + done.stderr))  # fmt: skip
 
