@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from e2e_support import RunningBroker, free_port, jwt_parts, launch_broker, stop_broker
-from keystore_support import PASSPHRASE, SoftHSM, cli, key_files, verify_with_jwks
+from e2e_support import (
+    RunningBroker,
+    free_port,
+    jwt_parts,
+    launch_broker,
+    run_cli,
+    stop_broker,
+)
+from keystore_support import PASSPHRASE, SoftHSM, clean_env, cli, key_files, verify_with_jwks
 
 from tasklease.core.keys import load_or_create_keyring
 from tasklease.keystore import EncryptedFileKeyProvider, PlaintextKeyProvider
@@ -158,9 +165,9 @@ def test_plaintext_keys_need_the_explicit_setting_and_keys_encrypt_migrates_them
     tmp_path: Path, brokers: list[RunningBroker]
 ) -> None:
     # A data directory as before key providers: plaintext keys, and no key_provider setting.
-    made = cli("init", "--data-dir", "old", "--key-provider", "plaintext", cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
     data = tmp_path / "old"
+    made = run_cli(["init", "--data-dir", str(data), "--key-provider", "plaintext"], clean_env())
+    assert made.returncode == 0, made.stderr
     config = data / "config.toml"
     config.write_text(config.read_text().replace('key_provider = "plaintext"\n', ""))
     ring = load_or_create_keyring(data / "keys", PlaintextKeyProvider())
@@ -344,9 +351,11 @@ def test_init_with_pkcs11_writes_its_settings(softhsm: SoftHSM, tmp_path: Path) 
 def test_the_key_directory_s_nonce_secret_and_lock_are_refused_when_others_could_swap_them(
     tmp_path: Path,
 ) -> None:
-    init = cli("init", "--data-dir", "data", "--secret-file", "data/admin-secret", cwd=tmp_path)
-    assert init.returncode == 0, init.stderr
     data, keys = tmp_path / "data", tmp_path / "data" / "keys"
+    init = run_cli(
+        ["init", "--data-dir", str(data), "--secret-file", str(data / "admin-secret")], clean_env()
+    )
+    assert init.returncode == 0, init.stderr
     keys.mkdir(mode=0o700, exist_ok=True)
     nonce = keys / "nonce.secret"
     nonce.write_bytes(secrets.token_bytes(32))
