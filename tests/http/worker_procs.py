@@ -28,6 +28,17 @@ def worker_pids(supervisor: int) -> set[int]:
     return found
 
 
+def age(pid: int) -> float:
+    """Seconds since process ``pid`` started (its fork), by the kernel's count.
+
+    The supervisor times a worker's life from its start, before the worker serves: a
+    test that waits for a worker to be past an age counts from here, not from when the
+    broker answered."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # starttime, field 22 of stat
+    return float(Path("/proc/uptime").read_text().split()[0]) - started
+
+
 def socket_inodes(pid: int) -> set[str]:
     """The inodes of the sockets process ``pid`` holds (none once it is gone)."""
     inodes = set()
