@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import typer
-from typer.testing import CliRunner
+from cli_runner import CliRunner
 
 from tasklease.cli.main import app
 

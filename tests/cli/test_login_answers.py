@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from answers_support import Answer, FakeServer, serving
-from typer.testing import CliRunner
+from cli_runner import CliRunner
 
 from tasklease.cli.main import app
 

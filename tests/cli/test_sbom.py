@@ -8,7 +8,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from cli_runner import CliRunner
 
 from tasklease.cli._sbom import _applies, _normal, _requirement, bill_of_materials
 from tasklease.cli.main import app

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
+from cli_runner import CliRunner
 
 from tasklease.cli.main import app
 from tasklease.rules import jws
