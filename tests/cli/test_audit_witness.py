@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cli_forks
 import pytest
 from e2e_support import free_port
 
@@ -35,14 +36,7 @@ SCOPE = ["read:tickets:*"]
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
     full.update({"COLUMNS": "300", **(env or {})})
-    return subprocess.run(
-        [sys.executable, "-m", "tasklease.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=full,
-        timeout=60,
-        check=False,
-    )
+    return cli_forks.run(args, env=full, timeout=60)  # forked from one that made the imports
 
 
 def eventually(check: Callable[[], Any], what: str, timeout: float = 40.0) -> Any:

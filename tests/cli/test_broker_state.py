@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import cli_forks
 import httpx
 import pytest
 from e2e_support import free_port
@@ -32,25 +34,35 @@ ADMIN_SECRET = "state-test-admin-secret-" + "x" * 16
 def cli(
     *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """``tasklease`` in ``cwd`` with no TASKLEASE_* setting but ``env``."""
+    """``tasklease`` in ``cwd`` with no TASKLEASE_* setting but ``env`` (a process forked
+    from one that has made the CLI's imports: cli_forks)."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
     full.update({"COLUMNS": "200", "NO_COLOR": "1", "TASKLEASE_METRICS_LISTEN": "off"})
     full.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "tasklease.cli.main", *args],
-        capture_output=True,
-        text=True,
-        cwd=str(cwd),
-        env=full,
-        timeout=timeout,
-        check=False,
-    )
+    return cli_forks.run(args, cwd=cwd, env=full, timeout=timeout)
 
 
 def init(data: Path, *extra: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     made = cli("init", "--data-dir", str(data), *extra, cwd=cwd)
     assert made.returncode == 0, made.stdout + made.stderr
     return made
+
+
+@pytest.fixture(scope="module")
+def initialised(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory as ``tasklease init`` leaves it, made once for the tests that
+    start from one (each takes its own copy: ``initialised_copy``)."""
+    root = tmp_path_factory.mktemp("initialised")
+    init(root / "data", cwd=root)
+    return root / "data"
+
+
+def initialised_copy(initialised: Path, data: Path) -> None:
+    """``data``: what ``init(data)`` would have made, copied from ``initialised`` (its
+    modes kept, the config naming ``data``)."""
+    shutil.copytree(initialised, data)
+    config = data / "config.toml"
+    config.write_text(config.read_text().replace(str(initialised), str(data)))
 
 
 def refused(result: subprocess.CompletedProcess[str]) -> str:
@@ -109,11 +121,13 @@ def signing_kid(data: Path) -> str:
 # -- serve creates nothing -----------------------------------------------------------------
 
 
-def test_serve_refuses_a_mistyped_database_and_creates_nothing(tmp_path: Path) -> None:
+def test_serve_refuses_a_mistyped_database_and_creates_nothing(
+    tmp_path: Path, initialised: Path
+) -> None:
     """D2: a database path that names no file (a typo, a relative path from another
     directory) is refused: serving an empty database there forgot every revocation."""
     data = tmp_path / "data"
-    init(data, cwd=tmp_path)
+    initialised_copy(initialised, data)
     before = sorted(p.name for p in data.iterdir())
     typo = data / "taskleas.db"
     said = refused(
@@ -140,10 +154,10 @@ def test_serve_refuses_a_mistyped_database_and_creates_nothing(tmp_path: Path) -
     assert not typo.exists()
 
 
-def test_serve_refuses_a_database_no_init_ran_on(tmp_path: Path) -> None:
+def test_serve_refuses_a_database_no_init_ran_on(tmp_path: Path, initialised: Path) -> None:
     """A SQLite file with the schema but an empty audit log is not this broker's."""
     data = tmp_path / "data"
-    init(data, cwd=tmp_path)
+    initialised_copy(initialised, data)
     other = tmp_path / "other.db"
     open_store(str(other)).close()  # the schema, no event
     said = refused(
@@ -160,12 +174,14 @@ def test_serve_refuses_a_database_no_init_ran_on(tmp_path: Path) -> None:
     assert "holds no audit event" in said and "tasklease init" in said
 
 
-def test_serve_refuses_an_empty_key_directory_and_makes_no_key(tmp_path: Path) -> None:
+def test_serve_refuses_an_empty_key_directory_and_makes_no_key(
+    tmp_path: Path, initialised: Path
+) -> None:
     """D3: an empty key_dir (a typo, a lost volume) is refused: serve made a new signing
     key, audit log key and nonce secret there, unaudited, and every token stopped
     verifying."""
     data = tmp_path / "data"
-    init(data, cwd=tmp_path)
+    initialised_copy(initialised, data)
     events = audit_events(data / "tasklease.db")
     empty = tmp_path / "new-keys"
     empty.mkdir(mode=0o700)
@@ -219,11 +235,11 @@ def test_init_audits_the_keys_it_makes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_serve_refuses_the_memory_store(tmp_path: Path, workers: str) -> None:
+def test_serve_refuses_the_memory_store(tmp_path: Path, initialised: Path, workers: str) -> None:
     """D1: ``memory://`` keeps nothing and is one process's: with two workers a token
     revoked on one stayed valid on the other."""
     data = tmp_path / "data"
-    init(data, cwd=tmp_path)
+    initialised_copy(initialised, data)
     said = refused(
         cli(
             "serve",
@@ -276,11 +292,13 @@ def test_the_audit_log_key_is_made_only_for_a_log_without_checkpoints(tmp_path: 
 # -- init ----------------------------------------------------------------------------------
 
 
-def test_init_refuses_a_data_directory_that_holds_a_broker(tmp_path: Path) -> None:
+def test_init_refuses_a_data_directory_that_holds_a_broker(
+    tmp_path: Path, initialised: Path
+) -> None:
     """D9: with the config file moved out of the data directory (TASKLEASE_CONFIG), a
     second init re-keyed the admin operator. It is refused, and changes nothing."""
     data = tmp_path / "data"
-    init(data, cwd=tmp_path)
+    initialised_copy(initialised, data)
     elsewhere = tmp_path / "etc" / "config.toml"
     elsewhere.parent.mkdir()
     (data / "config.toml").rename(elsewhere)
@@ -302,12 +320,13 @@ def test_init_refuses_a_data_directory_that_holds_a_broker(tmp_path: Path) -> No
 
 def test_init_force_keeps_every_setting_and_replaces_only_the_admin_secret(
     tmp_path: Path,
+    initialised: Path,
 ) -> None:
     """D8: ``init --force`` (doctor's advice for a weak admin secret) rewrote the config
     from scratch, dropping every setting the operator added; with the passphrase moved
     out of the data directory, it could not even open the keys. It keeps the file."""
     data = tmp_path / "data"
-    init(data, cwd=tmp_path)
+    initialised_copy(initialised, data)
     kek = tmp_path / "kek"
     (data / "key-passphrase").rename(kek)
     config = data / "config.toml"
@@ -423,10 +442,10 @@ def test_relative_paths_in_a_config_file_are_read_from_its_directory(tmp_path: P
     assert loaded.data_dir == "here"
 
 
-def test_init_records_no_event_for_keys_that_were_there(tmp_path: Path) -> None:
+def test_init_records_no_event_for_keys_that_were_there(tmp_path: Path, initialised: Path) -> None:
     """``init --force`` keeps the keys: no key event, the first operator re-keyed."""
     data = tmp_path / "data"
-    init(data, cwd=tmp_path)
+    initialised_copy(initialised, data)
     before = audit_events(data / "tasklease.db")
     init(data, "--force", cwd=tmp_path)
     added = [kind for _, kind in audit_events(data / "tasklease.db")[len(before) :]]

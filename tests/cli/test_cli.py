@@ -6,15 +6,15 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cli_forks
 import pytest
 import typer
+from cli_runner import CliRunner
 from e2e_support import free_port
-from typer.testing import CliRunner
 
 from tasklease.cli._common import EXIT_REFUSED, broker_errors, exit_code_for
 from tasklease.cli.main import app
@@ -55,13 +55,7 @@ def run(
         env["TASKLEASE_ADMIN_SECRET"] = secret or broker.admin_secret
     env.update(extra_env or {})
     if args and args[0] == "serve":  # a server of its own, as a user starts one
-        return subprocess.run(
-            [sys.executable, "-m", "tasklease.cli.main", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
+        return cli_forks.run(args, env=env, timeout=60)  # forked: cli_forks
     # Everything else through the same entry point in this process, none of its own
     # ``TASKLEASE_`` settings: a process costs half a second of start, and these are many.
     unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TASKLEASE_")}

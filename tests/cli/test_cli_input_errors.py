@@ -2,7 +2,7 @@
 traceback (docs/cli.md, Errors and exit codes): a config file that is no file of text, a
 database URL no store opens, a local JSON file nested past the decoder, a broker that
 answers what no broker answers, a start-up that cannot bind what it was told to. Real
-``tasklease`` processes."""
+``tasklease`` processes (forked from one that has made the CLI's imports: cli_forks)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+import cli_forks
 import pytest
 from e2e_support import free_port, init_data_dir, launch_broker, stop_broker
 
@@ -36,16 +38,7 @@ def cli(
     full.update({"COLUMNS": "200", "NO_COLOR": "1", "TASKLEASE_METRICS_LISTEN": "off"})
     full.update({"HOME": str(cwd), "XDG_CONFIG_HOME": str(cwd / ".config")})
     full.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "tasklease.cli.main", *args],
-        capture_output=True,
-        text=True,
-        cwd=str(cwd),
-        env=full,
-        input=stdin,
-        timeout=timeout,
-        check=False,
-    )
+    return cli_forks.run(args, cwd=cwd, env=full, input=stdin, timeout=timeout)
 
 
 def one_error(result: subprocess.CompletedProcess[str], code: int = 2) -> str:
@@ -94,13 +87,14 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
-def _as_a_user(command: list[str]) -> list[str]:
-    """``command`` bound by file modes: as root, without the capabilities that bypass them
-    (a broker run as root is refused nothing by a mode)."""
-    if os.geteuid() != 0:
-        return command
-    drop = "-dac_override,-dac_read_search"
-    return ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *command]
+def as_a_user(
+    args: list[str], env: Mapping[str, str], **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """``tasklease *args`` bound by file modes: as root, without the capabilities that
+    bypass them (a broker run as root is refused nothing by a mode), as ``setpriv
+    --inh-caps=-dac_override,-dac_read_search --bounding-set=...`` would run it."""
+    bypass = (1, 2) if os.geteuid() == 0 else ()  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    return cli_forks.run(args, env=env, drop_capabilities=bypass, **kwargs)
 
 
 @pytest.fixture
@@ -113,7 +107,6 @@ def copied(data_dir: Path, tmp_path: Path) -> Path:
     return copy
 
 
-@pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="needs setpriv")
 @pytest.mark.parametrize(
     ("unreadable", "said"),
     [
@@ -135,18 +128,14 @@ def test_serve_on_files_it_may_not_read_is_one_error_line(
     (copied / unreadable).chmod(0)
     full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
     full.update({"TASKLEASE_METRICS_LISTEN": "off", "COLUMNS": "200"})
-    command = [sys.executable, "-m", "tasklease.cli.main", "serve", "--data-dir", str(copied)]
+    command = ["serve", "--data-dir", str(copied), "--port", str(free_port())]
     try:
-        result = subprocess.run(
-            _as_a_user([*command, "--port", str(free_port())]),
-            capture_output=True, text=True, env=full, cwd=str(tmp_path), timeout=60,
-        )  # fmt: skip
+        result = as_a_user(command, full, cwd=tmp_path, timeout=60)
     finally:
         (copied / unreadable).chmod(0o700)
     assert said.format(d=copied) in one_error(result), result.stderr
 
 
-@pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="needs setpriv")
 @pytest.mark.parametrize(
     ("unreadable", "said"),
     [
@@ -167,11 +156,8 @@ def test_doctor_reports_files_the_broker_may_not_read(
     target.chmod(0)
     full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
     full.update({"COLUMNS": "400", "NO_COLOR": "1"})
-    command = [sys.executable, "-m", "tasklease.cli.main", "doctor", "--data-dir", str(copied)]
     try:
-        result = subprocess.run(
-            _as_a_user(command), capture_output=True, text=True, env=full, timeout=60
-        )
+        result = as_a_user(["doctor", "--data-dir", str(copied)], full, timeout=60)
     finally:
         target.chmod(0o700 if target.is_dir() else 0o600)
     assert result.returncode == 2, (result.stdout, result.stderr)
@@ -190,8 +176,7 @@ def test_doctor_run_as_root_reports_what_the_owner_may_not_read(copied: Path) ->
     (copied / "keys" / "nonce.secret").chmod(0o200)
     full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
     full.update({"COLUMNS": "400", "NO_COLOR": "1"})
-    command = [sys.executable, "-m", "tasklease.cli.main", "doctor", "--data-dir", str(copied)]
-    result = subprocess.run(command, capture_output=True, text=True, env=full, timeout=60)
+    result = cli_forks.run(["doctor", "--data-dir", str(copied)], env=full, timeout=60)
     assert result.returncode == 2, (result.stdout, result.stderr)
     unreadable = [line for line in result.stdout.splitlines() if "file-unreadable" in line]
     assert unreadable == [
@@ -204,11 +189,8 @@ def test_init_under_a_directory_it_may_not_read_is_one_error_line(tmp_path: Path
     closed = tmp_path / "closed"
     closed.mkdir(mode=0)
     full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
-    command = [sys.executable, "-m", "tasklease.cli.main", "init", "--data-dir", str(closed / "d")]
     try:
-        result = subprocess.run(
-            _as_a_user(command), capture_output=True, text=True, env=full, timeout=60
-        )
+        result = as_a_user(["init", "--data-dir", str(closed / "d")], full, timeout=60)
     finally:
         closed.chmod(0o700)
     said = one_error(result)

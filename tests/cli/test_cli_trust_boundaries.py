@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cli_forks
 import pytest
 
 from tasklease.client import AdminClient, NotFound
@@ -44,10 +45,8 @@ def cli(
     full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
     full.update({"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "COLUMNS": "200"})
     full.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "tasklease.cli.main", *args],
-        capture_output=True,
-        text=True,
+    return cli_forks.run(  # a process forked from one that made the CLI's imports
+        args,
         env=full,
         timeout=timeout,
         umask=0o022,

@@ -15,9 +15,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import cli_forks
 import pytest
 import yaml
-from typer.testing import CliRunner
+from cli_runner import CliRunner
 
 from tasklease.cli.main import app
 from tasklease.client import Agent
@@ -42,14 +43,9 @@ def run(
     secret: bool = True,
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``tasklease <args>`` as its own process, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "tasklease.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=_environment(home, broker, secret, extra_env),
-        timeout=60,
-    )
+    """``tasklease <args>`` as its own process, as a user runs it (forked from one that
+    made the CLI's imports: cli_forks)."""
+    return cli_forks.run(args, env=_environment(home, broker, secret, extra_env), timeout=60)
 
 
 def cli(

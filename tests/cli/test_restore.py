@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cli_forks
 import pytest
 from e2e_support import (
     SHARED_ENV,
@@ -70,15 +71,8 @@ def _env(data_dir: Path, bindir: Path | None = None) -> dict[str, str]:
 
 
 def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tasklease.cli.main", *args],
-        cwd=data_dir,
-        env=_env(data_dir),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    """``tasklease *args``: a process forked from one that made the CLI's imports."""
+    return cli_forks.run(args, cwd=data_dir, env=_env(data_dir), timeout=60)
 
 
 def _backup(data_dir: Path, into: Path) -> Path:

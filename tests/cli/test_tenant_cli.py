@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import cli_forks
 import httpx
 import pytest
 
@@ -51,13 +52,8 @@ def _env(broker: BrokerForTests, home: Path) -> dict[str, str]:
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tasklease.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    """``tasklease *args``: a process forked from one that made the CLI's imports."""
+    return cli_forks.run(args, env=env, timeout=60)
 
 
 def test_the_walkthrough_runs_as_written(broker: BrokerForTests, tmp_path: Path) -> None:
