@@ -268,8 +268,16 @@ def run(
                 "stderr": str(err),
             }
         )
-        pid = int(zygote.line(None))
-        answer = zygote.line(None if timeout is None else time.monotonic() + timeout)
+        pid = 0
+        try:
+            pid = int(zygote.line(None))
+            answer = zygote.line(None if timeout is None else time.monotonic() + timeout)
+        except BaseException:  # interrupted (pytest-timeout, ^C): the zygote is owed a reply
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+            zygote.proc.kill()
+            zygote.close()
+            raise
         if not answer:
             os.kill(pid, signal.SIGKILL)
             zygote.line(None)
