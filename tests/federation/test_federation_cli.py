@@ -51,6 +51,11 @@ def peer(pki: tuple[Path, Path, Path]) -> Iterator[BrokerForTests]:
         yield running
 
 
+# Each command signs in, and one run in this process takes milliseconds: a test polling
+# through the CLI would spend the default burst of sign-ins (10) in half a second.
+MANY_SIGN_INS = {"TASKLEASE_ADMIN_AUTH_BURST": "1000"}
+
+
 def _env(broker: RunningBroker, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
     env.update(
@@ -94,7 +99,7 @@ def test_federation_commands_against_a_real_broker(
     tmp_path: Path,
 ) -> None:
     ca_path, _cert, _key = pki
-    local = start_broker(env={"TASKLEASE_TRUST_DOMAIN": "a.example"})
+    local = start_broker(env={"TASKLEASE_TRUST_DOMAIN": "a.example", **MANY_SIGN_INS})
     endpoint = f"{peer.url}/v1/federation/bundle"
     added = cli(
         local, tmp_path, "federation", "add", PEER,
@@ -144,7 +149,7 @@ def test_federation_commands_against_a_real_broker(
 def test_usage_errors_are_refused_before_the_broker(
     start_broker: Callable[..., RunningBroker], tmp_path: Path
 ) -> None:
-    local = start_broker()
+    local = start_broker(env=MANY_SIGN_INS)
     for args, message in (
         ((), "either --bundle-endpoint or --bundle-file"),
         (("--bundle-endpoint", "https://b.example/x", "--bundle-file", "f"), "either"),
@@ -169,7 +174,7 @@ def test_keys_rotate_raises_the_sequence_which_survives_a_restart_and_other_work
     start_broker: Callable[..., RunningBroker], tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
-    broker = start_broker(data_dir, {"TASKLEASE_TRUST_DOMAIN": "a.example"})
+    broker = start_broker(data_dir, {"TASKLEASE_TRUST_DOMAIN": "a.example", **MANY_SIGN_INS})
     first, kids = _sequence(broker)
     assert first > 1_700_000_000 and len(kids) == 1  # the time of the first bundle
     rotated = cli(broker, tmp_path, "keys", "rotate")
@@ -180,7 +185,9 @@ def test_keys_rotate_raises_the_sequence_which_survives_a_restart_and_other_work
     broker.proc.terminate()
     broker.proc.wait(timeout=20)
     # A restart on the same data: the same keys, the same sequence (not a new one).
-    again = start_broker(data_dir, {"TASKLEASE_TRUST_DOMAIN": "a.example"}, args=("--workers", "2"))
+    again = start_broker(
+        data_dir, {"TASKLEASE_TRUST_DOMAIN": "a.example", **MANY_SIGN_INS}, args=("--workers", "2")
+    )
     assert _sequence(again) == (second, kids)
     # Two workers: whichever answers, after a rotation through one of them, every
     # answer is one later sequence within the key refresh (a second).
@@ -212,7 +219,7 @@ def test_the_commands_of_docs_federation_md(
     commands = [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line]
     assert [c[:3] for c in commands] == [["tasklease", "federation", v] for v in
                                         ("add", "list", "show", "remove")]  # fmt: skip
-    local = start_broker()
+    local = start_broker(env=MANY_SIGN_INS)
     for command in commands:
         result = cli(local, tmp_path, *command[1:])
         assert result.returncode == 0, (command, result.stdout, result.stderr)
