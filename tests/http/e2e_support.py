@@ -514,12 +514,23 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
     from typer.main import get_command
 
     from tasklease.cli.main import app
+    from tasklease.client._holder import default_ssl_context
 
     changes: dict[str, str | None] = {k: v for k, v in env.items() if os.environ.get(k) != v}
     changes.update({k: None for k in os.environ if k not in env})
+    # The process's one default TLS context trusts the CA bundle its first client found
+    # (``client._holder.default_ssl_context``): a command told to trust another gets its
+    # own, and the process's is made again after it.
+    trust = {"SSL_CERT_FILE", "SSL_CERT_DIR"} & changes.keys()
     with _INIT_LOCK:  # the environment is the process's: one command at a time
         runner = CliRunner(capture="fd")  # click's: typer's own captures sys.stdout only
-        done = runner.invoke(get_command(app), args, env=changes, prog_name="tasklease")
+        if trust:
+            default_ssl_context.cache_clear()
+        try:
+            done = runner.invoke(get_command(app), args, env=changes, prog_name="tasklease")
+        finally:
+            if trust:
+                default_ssl_context.cache_clear()
     stderr = done.stderr
     if done.exception is not None and not isinstance(done.exception, SystemExit):
         stderr += "".join(traceback.format_exception(done.exception))
