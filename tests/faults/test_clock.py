@@ -10,7 +10,6 @@ tests are skipped, except on CI (``CI=true``), where they fail.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -25,10 +24,10 @@ from e2e_support import (
     b64,
     jwt_parts,
     launch_broker,
-    run_cli,
     stop_broker,
 )
 from faults_support import FakeClock
+from test_crash import _audit_verifies
 
 pytestmark = pytest.mark.slow
 
@@ -102,13 +101,6 @@ def _renew(broker: RunningBroker, token: str) -> str:
     resp = broker.post("/v1/token/renew", headers={"Authorization": f"Bearer {token}"})
     assert resp.status_code == 200, resp.text
     return str(resp.json()["access_token"])
-
-
-def _audit_verifies(data: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
-    verify = run_cli(["audit", "verify", "--data-dir", str(data)], env)  # in this process
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert "intact" in verify.stdout
 
 
 def test_a_forward_jump_never_reopens_a_revoked_token(

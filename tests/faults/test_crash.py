@@ -30,7 +30,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from e2e_support import (
-    _INIT_LOCK,
     ADMIN_SECRET,
     SHARED_ENV,
     STARTUP_TIMEOUT,
@@ -40,6 +39,7 @@ from e2e_support import (
     free_port,
     init_data_dir,
     jwt_parts,
+    run_cli,
 )
 
 pytestmark = pytest.mark.slow
@@ -220,20 +220,12 @@ def _resume(broker: RunningBroker, held: Held) -> httpx.Response:
 
 def _audit_verifies(data: Path) -> None:
     """``tasklease audit verify --data-dir data`` finds the chain intact. Run in this
-    process, through the CLI's own entry, with no TASKLEASE_* variable set: the broker's
-    processes are under test here, not this command's (a new interpreter would spend
-    most of its time importing)."""
-    from typer.testing import CliRunner
-
-    from tasklease.cli.main import app
-
-    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TASKLEASE_")}
-    with _INIT_LOCK:  # the environment is the process's: one command at a time
-        verify = CliRunner().invoke(
-            app, ["audit", "verify", "--data-dir", str(data)], env={"COLUMNS": "200", **unset}
-        )
-    assert verify.exit_code == 0, f"{verify.output}{verify.exception!r}"
-    assert "intact" in verify.output
+    process (``run_cli``), with no TASKLEASE_* variable set: the broker's processes are
+    under test here, not this command's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
+    verify = run_cli(["audit", "verify", "--data-dir", str(data)], {**env, "COLUMNS": "200"})
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "intact" in verify.stdout
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -458,14 +458,6 @@ def init_data_dir(data_dir: Path, env: dict[str, str]) -> None:
     spend most of init's time importing. tests/cli runs init as a command."""
     if any((data_dir / name).exists() for name in ("config.toml", "keys", "tasklease.db")):
         return
-    from typer.testing import CliRunner
-
-    from tasklease.cli.main import app
-
-    # What differs from this process's environment; TASKLEASE_* variables ``env`` lacks
-    # are unset for the run, as a new process given ``env`` would not have them.
-    changes: dict[str, str | None] = {k: v for k, v in env.items() if os.environ.get(k) != v}
-    changes.update({k: None for k in os.environ if k.startswith("TASKLEASE_") and k not in env})
     args = [
         "init",
         "--data-dir",
@@ -473,10 +465,12 @@ def init_data_dir(data_dir: Path, env: dict[str, str]) -> None:
         "--secret-file",
         str(data_dir / "init-admin-secret"),
     ]
-    with _INIT_LOCK:  # the environment is the process's: one init at a time
-        done = CliRunner().invoke(app, args, env=changes)
-    if done.exit_code != 0:
-        raise RuntimeError(f"tasklease init failed: {done.output}") from done.exception
+    # TASKLEASE_* variables ``env`` lacks are unset for the run, as a new process given
+    # ``env`` would not have them; the rest of this process's environment stays.
+    outside = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
+    done = run_cli(args, {**outside, **env})
+    if done.returncode != 0:
+        raise RuntimeError(f"tasklease init failed: {done.stdout}{done.stderr}")
     secret = env.get("TASKLEASE_ADMIN_SECRET")
     if secret:
         # The file holds this process's hash of the secret the broker is given, so that

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from e2e_support import _INIT_LOCK, SHARED_ENV, TASKLEASE, RunningBroker, launch_broker
+from e2e_support import SHARED_ENV, TASKLEASE, RunningBroker, launch_broker, run_cli
 
 from tasklease.core import readahead
 from tasklease.storage.postgres import PostgresStore
@@ -35,17 +35,12 @@ def tasklease_in_process(*args: str, env: dict[str, str]) -> subprocess.Complete
     for the TASKLEASE_* environment (the others unset for the run, as for a new process
     given ``env``): for a command whose process is not under test (one that sets a test
     up, or whose effect is checked); a new interpreter would spend most of its time
-    importing. Its output is the CompletedProcess's ``stdout``."""
-    from typer.testing import CliRunner
-
-    from tasklease.cli.main import app
-
-    changes: dict[str, str | None] = {k: v for k, v in env.items() if os.environ.get(k) != v}
-    changes.update({k: None for k in os.environ if k.startswith("TASKLEASE_") and k not in env})
-    with _INIT_LOCK:  # the environment is the process's: one command at a time
-        done = CliRunner().invoke(app, list(args), env={"COLUMNS": "200", **changes})
-    failure = "" if done.exception is None else repr(done.exception)
-    return subprocess.CompletedProcess(list(args), done.exit_code, done.output, failure)
+    importing. Its output, stdout then stderr, is the CompletedProcess's ``stdout``."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
+    done = run_cli(list(args), {**full, "COLUMNS": "200", **env})
+    return subprocess.CompletedProcess(
+        list(args), done.returncode, done.stdout + done.stderr, done.stderr
+    )
 
 
 def migrate(
