@@ -504,8 +504,8 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
     exception the command lets out is in ``stderr`` as its traceback, exit code 1, as
     the interpreter would print it.
     """
+    from cli_runner import built
     from click.testing import CliRunner
-    from typer.main import get_command
 
     from tasklease.cli.main import app
     from tasklease.client._holder import default_ssl_context
@@ -521,7 +521,7 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
         if trust:
             default_ssl_context.cache_clear()
         try:
-            done = runner.invoke(get_command(app), args, env=changes, prog_name="tasklease")
+            done = runner.invoke(built(app), args, env=changes, prog_name="tasklease")
         finally:
             if trust:
                 default_ssl_context.cache_clear()
