@@ -277,7 +277,11 @@ class Delegating(Service):
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             refusals.clear()
-            wait = kernel.reissue_wait("chain", claims.sub, iat, tx)
+            # The delegator's chain entry, and every other entry that would end the
+            # delegation's token, in one lookup.
+            wait, ended = kernel.reissue_wait_or_revoked_in(
+                tx, new_claims, wait_on=("chain", claims.sub), iat=iat
+            )
             if wait:
                 # A chain entry on the delegator, made moments ago here or on another
                 # replica (read through this write), ends its delegations made by every
@@ -301,9 +305,8 @@ class Delegating(Service):
                         ),
                     )
                 ]
-            # Its chain entry read just above; the delegation's token is born revoked by
-            # any other entry another replica committed that this one has not applied yet.
-            ended = kernel.revoked_in(tx, new_claims, read=[("chain", claims.sub)])
+            # The delegation's token is born revoked by any other entry another replica
+            # committed that this one has not applied yet.
             if ended is not None and not ends(ended, claims):
                 # The delegate ended (its agent or task revoked), the delegator not: an
                 # unknown delegate and a dead one look the same to the caller, as above.

@@ -624,11 +624,38 @@ class Kernel:
         letting a token be issued, and audited as issued, that the entry ends on arrival
         (a sign-in with the new secret right after a rotation elsewhere). docs/decisions.md
         287, 296."""
-        revoked_at = self.revocations.revoked_at(level, target)
         stored = tx.find_revocation(level, target) if tx is not None else None
+        return self._wait_past(level, target, iat, stored)
+
+    def _wait_past(self, level: str, target: str, iat: int, stored: RevocationRecord | None) -> int:
+        """:meth:`reissue_wait`'s answer from this process's entry and ``stored``, the one
+        the write read (the later of the two counts)."""
+        revoked_at = self.revocations.revoked_at(level, target)
         if stored is not None and (revoked_at is None or stored.revoked_at > revoked_at):
             revoked_at = stored.revoked_at
         return 0 if revoked_at is None or iat > revoked_at else revoked_at + 1 - iat
+
+    def reissue_wait_or_revoked_in(
+        self,
+        tx: WriteTx,
+        issued: Claims,
+        *,
+        wait_on: tuple[str, str],
+        iat: int,
+        read: Collection[tuple[str, str]] = (),
+    ) -> tuple[int, RevocationRecord | None]:
+        """:meth:`reissue_wait` on ``wait_on`` and then :meth:`revoked_in` on every other
+        key, read in one lookup (one round trip on PostgreSQL): a registration waits on its
+        task's entry, a delegation on its delegator's chain entry. ``(wait, None)`` when
+        the wait applies (it is asked first, as each caller's refusal for it keeps what a
+        second attempt needs), else ``(0, the entry that ends issued or None)``."""
+        keys = RevocationIndex.keys(issued) - {("token", issued.jti), wait_on, *read}
+        found = tx.find_revocations(sorted({*keys, wait_on}))
+        stored = next((r for r in found if (r.level, r.target) == wait_on), None)
+        wait = self._wait_past(*wait_on, iat, stored)
+        if wait:
+            return wait, None
+        return 0, self._first_ending([r for r in found if (r.level, r.target) != wait_on], issued)
 
     def revoked_in(
         self, tx: WriteTx, issued: Claims, *, read: Collection[tuple[str, str]] = ()
@@ -649,9 +676,14 @@ class Kernel:
         entry on its own ``jti`` (new and random: nothing names it yet) and ``read``, what
         the caller read in this write already (:meth:`reissue_wait`) or cannot have an
         entry (a registration's new, random SPIFFE ID). docs/decisions.md 367."""
-        now = self.now()
         keys = sorted(RevocationIndex.keys(issued) - {("token", issued.jti), *read})
-        found = tx.find_revocations(keys) if keys else []
+        return self._first_ending(tx.find_revocations(keys) if keys else [], issued)
+
+    def _first_ending(
+        self, found: Sequence[RevocationRecord], issued: Claims
+    ) -> RevocationRecord | None:
+        """The first of ``found``, by level and target, in force and ending ``issued``."""
+        now = self.now()
         for record in sorted(found, key=lambda r: (r.level, r.target)):
             if record.expires_at > now and ends(record, issued):
                 return record

@@ -560,7 +560,11 @@ class Registration(Service):
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             refused.clear()
-            wait = self._kernel.reissue_wait("task", task, iat, tx)
+            # The task's entry and every lineage ancestor's, in one lookup: its SPIFFE ID
+            # is new and random.
+            wait, ancestor = self._kernel.reissue_wait_or_revoked_in(
+                tx, claims, wait_on=("task", task), iat=iat, read=[("agent", agent_id)]
+            )
             if wait:
                 # The task was revoked moments ago, here or on another replica (its entry
                 # read through this write): the entry covers what every clock within the
@@ -584,11 +588,7 @@ class Registration(Service):
                 return reserving(nonce, nonce_expiry + cfg.clock_skew, denial)(tx)
             # An ancestor in its lineage (its app, attestation, federated domain) ended by
             # a chain entry another replica committed, not applied here yet: refused as the
-            # kernel's check refuses it there, the nonce spent. Its task was read just
-            # above; its SPIFFE ID is new and random.
-            ancestor = self._kernel.revoked_in(
-                tx, claims, read=[("task", task), ("agent", agent_id)]
-            )
+            # kernel's check refuses it there, the nonce spent.
             if ancestor is not None:
                 raise Unauthorized(
                     "attestation refused"
