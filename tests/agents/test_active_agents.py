@@ -9,6 +9,7 @@ alike.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ from typing import Any
 import pytest
 from agents_support import CTX, START, AgentHandle, Env, _Served, b64
 
+from tasklease.core import brokerbase
 from tasklease.core.broker import Broker
 from tasklease.core.clock import ManualClock
 from tasklease.core.config import Config
+from tasklease.core.errors import Unavailable
 from tasklease.core.keys import KeyRing
 from tasklease.core.liveness import heartbeat_signing_input
 from tasklease.core.store import Store
@@ -203,3 +206,62 @@ def _register_for(env: Env, launch_token: str, task: str) -> None:
         },
     )
     assert answer.status_code == 200, answer.text
+
+
+class _Monotonic:
+    """``time`` for ``core.brokerbase`` with a monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def test_a_slow_count_and_one_cut_by_the_statement_timeout_are_not_made_at_every_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A count that took 4 s is made again after 80 s, not at the next minute's tick; one
+    the database cut after its 5 s timeout alike (it used to be tried again at every tick,
+    a connection busy 5 s each time), the gauge keeping the last count."""
+    deployment = _Running(MemoryStore())
+    try:
+        env = deployment.broker()
+        env.register("task-a")
+        mono = _Monotonic()
+        monkeypatch.setattr(brokerbase, "time", mono)
+        calls: list[str] = []
+        real = env.broker.store.live_agents
+
+        def slow(now: float, registered_from: float) -> int:
+            calls.append("slow")
+            mono.now += 4.0
+            return real(now, registered_from)
+
+        def cut(now: float, registered_from: float) -> int:
+            calls.append("cut")
+            mono.now += 5.0
+            raise Unavailable("canceling statement due to statement timeout")
+
+        monkeypatch.setattr(env.broker.store, "live_agents", slow)
+        assert env.broker.refresh_active_agents() == 1
+        mono.now += 60
+        assert env.broker.refresh_active_agents() is None
+        mono.now += 20
+        monkeypatch.setattr(env.broker.store, "live_agents", cut)
+        with pytest.raises(Unavailable):
+            env.broker.refresh_active_agents()
+        for _ in range(3):
+            mono.now += 30
+            assert env.broker.refresh_active_agents() is None
+        assert calls == ["slow", "cut"]
+        text = env.broker.metrics.render().decode()
+        assert "tasklease_active_agents 1.0" in text
+        mono.now += 20 * 5.0
+        monkeypatch.setattr(env.broker.store, "live_agents", real)
+        assert env.broker.refresh_active_agents() == 1
+    finally:
+        deployment.close()

@@ -34,7 +34,8 @@ finds one) has the lineage of each agent within the ceiling read once. An agent 
 app has no row at all (the broker deletes no app) is counted by its other tests. A
 count that took a quarter of a second or more is not made again before
 :data:`ACTIVE_AGENTS_DUTY` times as long has passed, so a slow one never takes more than
-5 % of one database connection. Each process
+5 % of one database connection; one the statement timeout cut alike, the gauge keeping
+the last count. Each process
 sets its gauge to what it read, and with ``--workers`` a scrape reports the most recent
 worker's (``livemostrecent``), never a sum.
 """

@@ -710,13 +710,17 @@ class BrokerBase:
         if self.store.tenant != DEFAULT_TENANT or time.monotonic() < self._active_due:
             return None
         started = time.monotonic()
-        count = live_agents(self.store, self.kernel.now(), self.config)
+        try:
+            count = live_agents(self.store, self.kernel.now(), self.config)
+        finally:
+            # A count that took long (a million agents registered within the ceiling) is
+            # not made again before 20 times as long has passed: at most 5 % of one
+            # connection. One cut by the statement timeout took long too: it is not
+            # tried again at every tick, its gauge kept at the last count.
+            elapsed = time.monotonic() - started
+            if elapsed >= ACTIVE_AGENTS_SLOW:
+                self._active_due = started + ACTIVE_AGENTS_DUTY * elapsed
         self.metrics.active_agents.set(count)
-        # A count that took long (a million agents registered within the ceiling) is not
-        # made again before 20 times as long has passed: at most 5 % of one connection.
-        elapsed = time.monotonic() - started
-        if elapsed >= ACTIVE_AGENTS_SLOW:
-            self._active_due = started + ACTIVE_AGENTS_DUTY * elapsed
         return count
 
     def refresh_revocations(self) -> int:
