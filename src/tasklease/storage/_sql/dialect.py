@@ -531,9 +531,12 @@ class Dialect(RowConversions):
             f" WHERE {in_force} AND a.app_id = substr(r.target, 5)"
             " AND r.level = 'chain' AND substr(r.target, 1, 4) = 'app:' AND a.app_id <> ''"
             # no index finds an id in a lineage: the agents within the ceiling, read once
-            # for each chain-level entry in force (mostly none)
+            # for each chain-level entry in force on an id a lineage can list (an
+            # attestation, a federated domain: mostly none). One on an agent's SPIFFE ID
+            # (its delegations ended, the common case) names no lineage, so reads none.
             " UNION SELECT a.tenant_id, a.agent_id FROM revocations r CROSS JOIN agents a"
-            f" WHERE {in_force} AND r.level = 'chain' AND EXISTS"
+            f" WHERE {in_force} AND r.level = 'chain' AND substr(r.target, 1, 9) <> 'spiffe://'"
+            " AND EXISTS"
             f" (SELECT 1 FROM {lineage_ids.format('a.lineage')} WHERE j.value = r.target)"
         )
         counted = (
