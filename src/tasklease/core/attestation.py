@@ -164,7 +164,10 @@ class AttestationService(Service):
         self._federation = federation if federation is not None else Federation(kernel)
         self.fetcher: KeyFetcher | None = None
         self._configured: dict[tuple[str, float], _Configured] = {}
-        self._static: dict[str, Mapping[str, Any]] = {}
+        # Keys parsed from a JWK Set's text, by the federated domain whose bundle it is
+        # ("" for a pinned set) and the text: a bundle's jwt-svid keys alone, or every
+        # signing key of a pinned set, are two readings of one text.
+        self._static: dict[tuple[str, str], Mapping[str, Any]] = {}
         self._lock = threading.Lock()
 
     def use_fetcher(self, fetcher: KeyFetcher) -> None:
@@ -468,25 +471,31 @@ class AttestationService(Service):
             except UntrustedDomain as exc:
                 raise AttestationRefused(f"federated bundle: {exc.reason}", "unavailable") from None
             try:
-                return self._parsed_keys(text, lambda: jwt_svid_jwks(text, source.federation))
+                return self._parsed_keys(
+                    source.federation, text, lambda: jwt_svid_jwks(text, source.federation)
+                )
             except BundleError as exc:
                 raise AttestationRefused(f"federated bundle: {exc.reason}", "keys") from None
         if source.jwks:
-            return self._parsed_keys(source.jwks, lambda: parse_jwks(source.jwks))
+            return self._parsed_keys("", source.jwks, lambda: parse_jwks(source.jwks))
         if self.fetcher is None:
             raise AttestationRefused(
                 "no key fetcher: keys on the network unavailable", "unavailable"
             )
         return self.fetcher.keys(source, now, refresh)
 
-    def _parsed_keys(self, text: str, entries: Any) -> Mapping[str, Any]:
-        found = self._static.get(text)
+    def _parsed_keys(self, domain: str, text: str, entries: Any) -> Mapping[str, Any]:
+        """The keys ``entries`` reads from ``text``, remembered by ``domain`` (the
+        federated domain whose bundle ``text`` is; "" for a pinned JWK Set) and the text:
+        one text read the other way gives other keys."""
+        key = (domain, text)
+        found = self._static.get(key)
         if found is None:
             found = keys_from_jwks(entries())
             with self._lock:
                 if len(self._static) > 256:
                     self._static.clear()
-                self._static[text] = found
+                self._static[key] = found
         return found
 
 
