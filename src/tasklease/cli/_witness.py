@@ -43,6 +43,28 @@ DirArg = Annotated[
 ]
 
 
+# What another user could do with a witness directory (or its state directory) they own or
+# may write: rename the state away, and the witness forgets what it cosigned.
+_RISK = (
+    "its owner could remove the checkpoints this witness cosigned, and it would then cosign "
+    "a rewritten log"
+)
+
+
+def _private_directory(directory: Path, what: str) -> None:
+    """Make ``directory`` (0700, its missing parents too) or check the one there: never one
+    that group or others may write, or that another user than root owns (``keystore``'s
+    rule for a key directory). Exits with the reason otherwise."""
+    from tasklease.keystore import KeyStoreError, ensure_directory
+
+    try:
+        ensure_directory(directory, what=what, risk=_RISK)
+    except KeyStoreError as exc:
+        fail(str(exc), hint=f"chmod 700 {directory}, as its owner")
+    except OSError as exc:
+        fail(f"cannot make the {what} {directory}: {exc.strerror or exc}")
+
+
 def _save_state(path: Path, text: str) -> None:
     """A new 0600 state file, fsynced and renamed over the last (never written through a
     link); raises OSError, as a request's failure, not the command's exit."""
@@ -58,6 +80,8 @@ class Witness:
         from tasklease.rules.note import COSIGNATURE, NoteError, parse_private_key
 
         key_file = directory / KEY_FILE
+        if directory.is_dir():  # a missing one is said below, as a missing key
+            _private_directory(directory, "witness directory")
         try:
             if key_file.stat().st_mode & 0o077:
                 fail(f"{key_file} is readable by others: chmod 600 {key_file}")
@@ -72,7 +96,7 @@ class Witness:
         for key in logs:
             self._logs.setdefault(key.name, []).append(key)
         self._state_dir = directory / "state"
-        self._state_dir.mkdir(mode=0o700, exist_ok=True)
+        _private_directory(self._state_dir, "witness state directory")
         self._lock = threading.Lock()
 
     def _state_file(self, origin: str) -> Path:
@@ -178,12 +202,7 @@ def witness_init(
 
     from tasklease.rules.note import COSIGNATURE, NoteError, parse_private_key, private_key_text
 
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except FileExistsError:  # a file, or a link to one
-        fail(f"{directory} exists and is not a directory")
-    except OSError as exc:
-        fail(f"cannot make the witness directory {directory}: {exc.strerror or exc}")
+    _private_directory(directory, "witness directory")
     key_file = directory / KEY_FILE
     if key_file.exists():
         fail(f"{key_file} already exists")

@@ -52,6 +52,7 @@ __all__ = [
     "Provider",
     "create_passphrase_file",
     "encrypt_directory",
+    "ensure_directory",
     "open_key_provider",
     "passphrase_file",
     "private_file_writer",

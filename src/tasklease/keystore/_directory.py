@@ -104,11 +104,18 @@ def kind_of(data: bytes) -> str | None:
     return None
 
 
-def ensure_directory(directory: Path) -> None:
+def ensure_directory(
+    directory: Path,
+    *,
+    what: str = "key directory",
+    risk: str = "its owner could delete keys, bringing a rotated-away key back",
+) -> None:
     """Create ``directory`` and its missing parents (0700 each) if needed; refuse one
     that others can write to, or that another user owns (root aside): its owner may
     delete what it holds, and deleting the newest signing key makes a rotated-away key
-    the active one again, deleting an anchor hides a restored database.
+    the active one again, deleting an anchor hides a restored database, deleting a
+    witness's state makes it cosign a fork. ``what`` names the directory in the error,
+    ``risk`` says what its owner could do.
 
     Raises:
         KeyStoreError: not a directory, owned by another user, or writable by group or
@@ -131,15 +138,14 @@ def ensure_directory(directory: Path) -> None:
         _fsync_directory(path.parent)
     st = directory.stat()
     if not stat.S_ISDIR(st.st_mode):
-        raise KeyStoreError(f"key directory {directory} is not a directory")
+        raise KeyStoreError(f"{what} {directory} is not a directory")
     if st.st_uid not in (os.geteuid(), 0):
         raise KeyStoreError(
-            f"key directory {directory} is owned by uid {st.st_uid}, not by this user "
-            f"(uid {os.geteuid()}): its owner could delete keys, bringing a rotated-away key "
-            "back; chown it, or serve as its owner"
+            f"{what} {directory} is owned by uid {st.st_uid}, not by this user "
+            f"(uid {os.geteuid()}): {risk}; chown it, or serve as its owner"
         )
     if st.st_mode & 0o022:
-        raise KeyStoreError(f"key directory {directory} is writable by group or others")
+        raise KeyStoreError(f"{what} {directory} is writable by group or others")
 
 
 @contextlib.contextmanager
