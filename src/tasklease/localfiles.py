@@ -12,6 +12,11 @@ says so in one line.
 Used by ``settings.load_config`` (the configuration file), ``keystore``'s private files
 (keys, the key passphrase, the nonce secret), ``http.tls`` (the TLS files, which
 OpenSSL opens itself: :func:`check_regular` first), ``policyfiles`` and ``doctor``.
+
+:func:`make_private_directories` makes a directory the broker or the CLI keeps state in
+(the data directory, a database's, a key directory, a witness's) and every missing
+directory on the way, each 0700 whatever the umask: one that others may write lets them
+rename what it holds away, or put a link to an older copy in its place.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["NotRegularFileError", "check_regular", "open_regular"]
+__all__ = ["NotRegularFileError", "check_regular", "make_private_directories", "open_regular"]
 
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -77,3 +82,36 @@ def check_regular(path: str | os.PathLike[str]) -> None:
         NotRegularFileError, OSError: as :func:`open_regular`.
     """
     os.close(open_regular(Path(path)))
+
+
+def make_private_directories(path: str | os.PathLike[str]) -> None:
+    """Make ``path`` and each missing directory above it, 0700 whatever the umask (an
+    existing one is left as it is: its owner chose its mode).
+
+    ``mkdir(parents=True)`` gives the directories it makes on the way the umask's mode
+    (0777 under umask 000), whatever mode it is asked for the last.
+
+    Raises:
+        OSError: one could not be made (``FileExistsError`` is not raised for one made
+            meanwhile by another process).
+    """
+    missing = []
+    ancestor = Path(path)
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        missing.append(ancestor)
+        ancestor = ancestor.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue  # made meanwhile by another process, which sets its mode
+        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+        _fsync_directory(directory.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -52,6 +52,7 @@ from tasklease.keystore import (
     open_key_provider,
     read_private_file,
 )
+from tasklease.localfiles import make_private_directories
 from tasklease.logs import configure_logging
 from tasklease.storage import is_shared_database, open_store, redact_url
 from tasklease.tenancy import report_tenants_without_keys
@@ -101,7 +102,7 @@ def build_broker(
     """
     if create:
         brokerstate.refuse_unshared(config.database)
-        Path(config.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_directories(config.data_dir)
     else:
         brokerstate.require(config)
     keyring = _load_keyring(config, create=create)

@@ -76,6 +76,20 @@ def _details(admin: AdminClient, event_type: str) -> list[str]:
 # -- D6: a cached session stands in only for the operator named -------------------------
 
 
+def test_login_under_umask_000_makes_its_configuration_directories_0700(
+    broker: BrokerForTests, tmp_path: Path
+) -> None:
+    """The directories `login` makes on the way to its session (``~/.config/tasklease``)
+    are 0700 like ``sessions/``: under umask 000 they were 0777, and another user could
+    put a ``sessions/`` or ``profile.toml`` of theirs there."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEASE_")}
+    full.update({"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "cfg" / "x")})
+    logged = cli_forks.run(["login"], env={**full, **_as_admin(broker)}, timeout=60, umask=0)
+    assert logged.returncode == 0, logged.stderr
+    for directory in ("cfg", "cfg/x", "cfg/x/tasklease", "cfg/x/tasklease/sessions"):
+        assert stat.S_IMODE((tmp_path / directory).stat().st_mode) == 0o700, directory
+
+
 def test_after_an_admin_login_the_operator_named_acts_and_the_audit_log_says_so(
     broker: BrokerForTests, tmp_path: Path
 ) -> None:

@@ -34,7 +34,9 @@ __all__ = ["register"]
 
 
 def _write(path: Path, document: dict[str, Any]) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    from tasklease.localfiles import make_private_directories
+
+    make_private_directories(path.parent)  # ~/.config/tasklease too, when it is made here
     os.chmod(path.parent, 0o700)
     write_private(path, json.dumps(document), force=True, force_flag=None)
 

@@ -248,6 +248,7 @@ def init(
     from tasklease.core.errors import InvalidRequest
     from tasklease.core.operators import operator_name as valid_operator_name
     from tasklease.core.passwords import hash_secret, new_secret
+    from tasklease.localfiles import make_private_directories
 
     try:
         valid_operator_name(operator_name)
@@ -274,7 +275,7 @@ def init(
         if os.path.lexists(path) and not force:
             raise _fail(f"{path} already exists (use --force to replace it)")
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_directories(directory)
     except OSError as exc:
         fail(f"cannot create data directory {directory}: {_os_problem(exc)}")
     secret = new_secret()

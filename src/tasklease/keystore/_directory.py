@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 import nacl.signing
 
-from tasklease.localfiles import NotRegularFileError, open_regular
+from tasklease.localfiles import NotRegularFileError, make_private_directories, open_regular
 
 __all__ = [
     "ENCRYPTED",
@@ -124,18 +124,7 @@ def ensure_directory(
     # Each directory made on the way (``<key_dir>/tenants`` for a tenant's keys) is 0700
     # too: mkdir's parents get the umask's mode, and one that others may write lets them
     # rename a key directory away or put a link to another in its place.
-    missing = []
-    ancestor = directory
-    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
-        missing.append(ancestor)
-        ancestor = ancestor.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            continue  # made meanwhile by another process, which sets its mode
-        path.chmod(0o700)  # mkdir's mode is filtered by the umask
-        _fsync_directory(path.parent)
+    make_private_directories(directory)
     st = directory.stat()
     if not stat.S_ISDIR(st.st_mode):
         raise KeyStoreError(f"{what} {directory} is not a directory")

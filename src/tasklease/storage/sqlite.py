@@ -41,6 +41,7 @@ from urllib.parse import quote
 
 from tasklease.core.errors import Unavailable
 from tasklease.core.store import RevocationRecord
+from tasklease.localfiles import make_private_directories
 from tasklease.storage._sql import (
     Migration,
     Row,
@@ -184,7 +185,7 @@ class SQLiteStore(SQLStore):
         self._readers: weakref.WeakSet[_ReaderSlot] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
 
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_directories(self.path.parent)
         # Create the file ourselves so it is 0600 from the first byte; SQLite gives the
         # -wal and -shm files the same mode as the database file.
         with contextlib.suppress(FileExistsError):
