@@ -7,11 +7,14 @@ default address is checked on the configuration.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -20,6 +23,7 @@ from e2e_support import SHARED_ENV, RunningBroker, assert_problem, metrics_url
 from worker_procs import ESTABLISHED, age, socket_inodes, tcp_inodes, worker_pids
 
 from tasklease.core.config import Config
+from tasklease.http.metrics import WorkerMetrics, remove_abandoned
 from tasklease.settings import ConfigError, load_config
 
 TOKEN_ENV = {**SHARED_ENV, "TASKLEASE_METRICS_PUBLIC": "token"}
@@ -292,3 +296,71 @@ def test_active_agents_is_the_deployments_figure_once_with_workers(
             scrape = fresh.get("/v1/metrics", headers=running.admin_headers())
         assert scrape.status_code == 200, scrape.text
         assert active(scrape.text) == 2
+
+
+# --- the workers' metrics directory ----------------------------------------------------------
+
+
+def _metrics_directories(parent: Path) -> set[str]:
+    return {entry.name for entry in parent.iterdir() if "metrics" in entry.name}
+
+
+@pytest.mark.slow
+def test_a_killed_supervisors_directory_is_removed_by_the_next_start(
+    start_broker: Callable[..., RunningBroker], tmp_path: Path
+) -> None:
+    """A supervisor killed with SIGKILL cannot remove its metrics directory: the next start
+    does (its lock is free), and serves the sum from a directory of its own."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**SHARED_ENV, "TMPDIR": str(temp)}
+    data_dir = tmp_path / "broker"
+    first = start_broker(data_dir, env=env, args=("--workers", "2"))
+    deadline = time.monotonic() + 30
+    while len(workers := worker_pids(first.proc.pid)) != 2:
+        assert time.monotonic() < deadline, "the two workers did not start"
+        time.sleep(0.1)
+    left = _metrics_directories(temp)
+    assert len(left) == 1, left
+    os.kill(first.proc.pid, signal.SIGKILL)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    first.proc.wait(timeout=10)
+    assert _metrics_directories(temp) == left  # nothing removed it
+
+    second = start_broker(data_dir, env=env, args=("--workers", "2"))
+    now = _metrics_directories(temp)
+    assert len(now) == 1 and not now & left, (left, now)
+    scrape = httpx.get(metrics_url(second), timeout=10)
+    assert scrape.status_code == 200 and "tasklease_" in scrape.text
+
+
+def test_only_directories_no_supervisor_holds_are_removed(tmp_path: Path) -> None:
+    """A live supervisor's directory stays; so do a symbolic link and what it points to,
+    and a name that is not a supervisor's; an abandoned one is removed with its files."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(tmp_path))
+        live = WorkerMetrics()
+    try:
+        abandoned = tmp_path / "tasklease-worker-metrics-abandoned"
+        abandoned.mkdir(mode=0o700)
+        (abandoned / "counter_123.db").write_bytes(b"x")
+        target = tmp_path / "elsewhere"
+        target.mkdir()
+        (target / "keep").write_text("keep")
+        (tmp_path / "tasklease-worker-metrics-link").symlink_to(target)
+        other = tmp_path / "unrelated"
+        other.mkdir()
+
+        remove_abandoned(str(tmp_path))
+
+        assert not abandoned.exists()
+        assert Path(live.directory).is_dir()
+        assert (target / "keep").read_text() == "keep"
+        assert (tmp_path / "tasklease-worker-metrics-link").is_symlink()
+        assert other.is_dir()
+        live.render()  # the live directory still reads
+    finally:
+        live.close()
+    assert not Path(live.directory).exists()

@@ -12,7 +12,10 @@ answers ``GET`` and ``HEAD`` on ``/metrics`` (Prometheus's default path) and
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import shutil
 import socket
 import socketserver
@@ -78,12 +81,35 @@ def multiprocess_renderer(directory: str) -> Callable[[], bytes]:
     return render
 
 
+_DIRECTORY_PREFIX = "tasklease-worker-metrics-"
+"""The name of every supervisor's directory begins so (in the temporary directory)."""
+
+
 class WorkerMetrics:
     """The metrics of several worker processes: a private directory (0700) for their
-    values, which a worker uses when it starts with ``MULTIPROCESS_ENV`` naming it."""
+    values, which a worker uses when it starts with ``MULTIPROCESS_ENV`` naming it.
+
+    The supervisor holds an exclusive ``flock`` on the directory for as long as it runs,
+    released by the system however it ends: a directory no process holds was left by a
+    supervisor killed before it could remove it, and the next one to start removes it
+    (:func:`remove_abandoned`). The directory is created under a name beginning with a
+    dot, locked, then renamed: no directory of this name is ever unlocked while its
+    supervisor lives.
+    """
 
     def __init__(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="tasklease-metrics-")
+        parent = tempfile.gettempdir()
+        remove_abandoned(parent)
+        staging = tempfile.mkdtemp(prefix=f".{_DIRECTORY_PREFIX}", dir=parent)
+        self._lock = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.directory = os.path.join(parent, os.path.basename(staging)[1:])
+            os.rename(staging, self.directory)
+        except BaseException:
+            os.close(self._lock)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         self.render = multiprocess_renderer(self.directory)
 
     def process_gone(self, pid: int) -> None:
@@ -92,6 +118,55 @@ class WorkerMetrics:
 
     def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+        os.close(self._lock)
+
+
+def remove_abandoned(parent: str) -> None:
+    """Remove the metrics directories in ``parent`` that no running supervisor holds.
+
+    Only directories (never a symbolic link, never followed) that this user owns, whose
+    name is a supervisor's, and whose lock can be taken: a running supervisor holds its
+    own, so a live broker's directory is never touched. Nothing here stops a start: a
+    directory that cannot be read or removed stays.
+    """
+    try:
+        parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        for name in os.listdir(parent_fd):
+            if name.startswith(_DIRECTORY_PREFIX):
+                _remove_if_abandoned(parent_fd, name)
+    except OSError:
+        pass
+    finally:
+        os.close(parent_fd)
+
+
+def _remove_if_abandoned(parent_fd: int, name: str) -> None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+    except OSError:  # a symbolic link, not a directory, or gone
+        return
+    try:
+        held = os.fstat(fd)
+        if held.st_uid != os.geteuid():
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a running supervisor holds it
+            return
+        # Still the directory that was locked under this name (not swapped meanwhile).
+        named = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+            return
+        _log.info("removing the metrics directory %s left by a stopped broker", name)
+        shutil.rmtree(name, dir_fd=parent_fd, ignore_errors=True)
+    except OSError:
+        return
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 class _Handler(BaseHTTPRequestHandler):
