@@ -235,6 +235,51 @@ def test_a_named_pipe_where_a_file_is_expected_is_one_error_line(
     assert said.format(f=fifo) in one_error(result), result.stderr
 
 
+@pytest.mark.parametrize("where", ["--profile", "default-profile", "operator-key-file"])
+def test_a_named_pipe_where_a_secret_file_is_expected_is_one_error_line(
+    where: str, tmp_path: Path
+) -> None:
+    """The CLI's own secret files (the profile, which may hold the admin secret, and an
+    operator's key file) are read as the broker reads its files: a named pipe with no
+    writer made the command wait for ever; it is now refused at once."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    env = {"TASKLEASE_URL": "http://127.0.0.1:9"}
+    args = ["agents", "list"]
+    if where == "--profile":
+        args += ["--profile", str(fifo)]
+        env = {}
+    elif where == "default-profile":
+        (tmp_path / ".config" / "tasklease").mkdir(parents=True)
+        os.mkfifo(fifo := tmp_path / ".config" / "tasklease" / "profile.toml", 0o600)
+    else:
+        env.update(TASKLEASE_OPERATOR="ops", TASKLEASE_OPERATOR_KEY_FILE=str(fifo))
+    said = one_error(cli(*args, cwd=tmp_path, env=env, timeout=15))
+    assert f"{fifo}: not a regular file: a named pipe" in said, said
+
+
+def test_a_named_pipe_as_the_cached_session_is_no_session(tmp_path: Path) -> None:
+    """A named pipe where ``login`` caches its session is no session, not a wait."""
+    from tasklease.cli._sessions import cached_session, session_path
+
+    url = "http://127.0.0.1:9"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+        path = session_path(url)
+        path.parent.mkdir(parents=True)
+        os.mkfifo(path, 0o600)
+        found: list[object] = []
+        reader = threading.Thread(target=lambda: found.append(cached_session(url)), daemon=True)
+        reader.start()
+        reader.join(timeout=5)
+        waited = reader.is_alive()
+        if waited:  # give the open its writer, so that the thread ends
+            os.close(os.open(path, os.O_WRONLY))
+            reader.join(timeout=5)
+    assert not waited, "reading the cached session waited for a writer"
+    assert found == [None]
+
+
 # --- TLS material that the mode leaves unused ---------------------------------------------
 
 

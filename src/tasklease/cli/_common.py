@@ -31,6 +31,7 @@ from rich.markup import escape
 
 from tasklease.cli._sessions import cached_session, config_dir, session_subject
 from tasklease.core.tenantids import tenant_id_error
+from tasklease.localfiles import open_regular
 from tasklease.rules.cleartext import InsecureHTTPWarning, may_carry_credentials
 
 # Every command imports this module, and `tasklease --help` loads every command: what
@@ -260,9 +261,12 @@ def _default_profile() -> Path:
 
 
 def _read_private(path: Path, what: str, *, explicit: bool = True) -> bytes | None:
-    """The bytes of a file only its owner may read (None if absent and not ``explicit``)."""
+    """The bytes of a file only its owner may read (None if absent and not ``explicit``).
+
+    A regular file, not a symbolic link (``localfiles.open_regular``): a named pipe with
+    no writer would make the command wait for ever."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(path, follow_symlinks=False)
     except FileNotFoundError:
         if explicit:
             fail(f"{what} {path} does not exist")

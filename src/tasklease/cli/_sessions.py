@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasklease.localfiles import open_regular
+
 __all__ = ["Session", "cached_session", "config_dir", "session_path", "session_subject"]
 
 
@@ -46,8 +48,8 @@ def cached_session(url: str) -> Session | None:
     """The session cached for ``url``, if its token is still good."""
     path = session_path(url)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+        fd = open_regular(path, follow_symlinks=False)
+    except OSError:  # absent, a symbolic link, a named pipe: no session
         return None
     with os.fdopen(fd, "rb") as fh:
         if os.fstat(fh.fileno()).st_mode & 0o077:
