@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from tasklease.cli import _transparency, _witness
 from tasklease.cli._common import (
     EXIT_FAILED,
     AdminSecretOpt,
+    ConfigOpt,
+    DataDirOpt,
     ForceOpt,
     ProfileOpt,
     UrlOpt,
@@ -33,9 +36,16 @@ if TYPE_CHECKING:
 
     from tasklease.client import AdminClient
     from tasklease.core.auditcheck import RebuiltTree
-    from tasklease.core.records import AuditEvent
+    from tasklease.core.records import AuditEvent, AuditQuery, TenantRecord
+    from tasklease.core.store import Store
+
+    LocalLog = Callable[[str | None, str | None, str | None], tuple[Store, TenantRecord | None]]
 
 __all__ = ["register", "verify_over_http"]
+
+# How a local command opens the audit log of the database (the broker's own or, with
+# --tenant, that tenant's, removed or not): ``main._local_audit_log``, given to register().
+_local_log: list[LocalLog] = []
 
 AgentIdOpt = Annotated[
     str | None, typer.Option(metavar="SPIFFE_ID", help="Only events about this agent SPIFFE ID.")
@@ -140,8 +150,23 @@ def audit_export(
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="Export from this database file (or URL) directly, not from a broker "
+            "(works offline, and for a removed tenant's log with --tenant).",
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
-    """Every matching event as JSON lines (for a SIEM), in chain order."""
+    """Every matching event as JSON lines (for a SIEM), in chain order.
+
+    From a running broker (--url, the environment or the profile), or with --database,
+    --data-dir or --config from the database itself, as `audit verify` reads it: the
+    platform operator's way to a removed tenant's log (`--tenant NAME`).
+    """
     _check_outcome(outcome)
     filters = _filters(
         agent_id=agent_id,
@@ -152,19 +177,75 @@ def audit_export(
         until=until,
         principal=principal,
     )
+    local = database is not None or config is not None or data_dir is not None
+    if local and url is not None:
+        fail("give either --url or --database (--data-dir, --config), not both")
     # The audit trail names agents, tasks and principals: a file of it is private (0600),
     # new unless --force, never written through a link, whole or not at all.
-    with broker_errors(), admin_client(url, admin_secret, profile) as admin:
+    with contextlib.ExitStack() as stack:
+        if local:
+            query = _local_query(filters)  # refused before the database is opened
+            store, _record = _local_log[0](database, config, data_dir)
+            stack.callback(store.close)
+            events: Iterable[dict[str, Any]] = _store_events(store, query)
+        else:
+            stack.enter_context(broker_errors())
+            admin = stack.enter_context(admin_client(url, admin_secret, profile))
+            events = admin.iter_audit_events(**filters)
         if output is None:
-            count = _write_lines(admin.iter_audit_events(**filters), sys.stdout.write)
+            count = _write_lines(events, sys.stdout.write)
             sys.stdout.flush()
         else:
             with private_output(output, force=force) as fh:
-                count = _write_lines(
-                    admin.iter_audit_events(**filters), lambda line: fh.write(line.encode())
-                )
+                count = _write_lines(events, lambda line: fh.write(line.encode()))
     if output is not None:
         err.print(f"{count} events written to {output}", highlight=False)
+
+
+_PAGE = 1000
+
+
+def _local_query(filters: dict[str, Any]) -> AuditQuery:
+    """The store's query for the export's filters, read as ``/v1/audit/events`` reads
+    them (``audit_query_time``; the principal by its pseudonym)."""
+    from tasklease.core.records import AuditQuery, audit_query_time
+    from tasklease.rules.auditchain import principal_ref
+
+    try:
+        since = audit_query_time(filters.get("since"), "--since")
+        until = audit_query_time(filters.get("until"), "--until")
+    except ValueError as exc:
+        fail(str(exc))
+    principal = filters.get("principal")
+    return AuditQuery(
+        agent_id=filters.get("agent_id"),
+        task_id=filters.get("task_id"),
+        event_type=filters.get("event_type"),
+        outcome=filters.get("outcome"),
+        principal_ref=principal_ref(principal) if principal else None,
+        since=since,
+        until=until,
+        limit=_PAGE,
+    )
+
+
+def _store_events(store: Store, query: AuditQuery) -> Iterator[dict[str, Any]]:
+    """Every event of ``store`` matching ``query`` in chain order, each as the broker
+    serves it (``wire.audit_event``), read page by page."""
+    import dataclasses
+
+    import msgspec
+
+    from tasklease.http.wire import audit_event
+
+    offset = 0
+    while True:
+        page, _ = store.query_audit(dataclasses.replace(query, offset=offset))
+        for event in page:
+            yield msgspec.to_builtins(audit_event(event))
+        if len(page) < _PAGE:
+            return
+        offset += len(page)
 
 
 def _write_lines(events: Iterable[dict[str, Any]], write: Callable[[str], object]) -> int:
@@ -284,7 +365,8 @@ def _tracked(
             progress.update(task, completed=n)
 
 
-def register(audit_app: typer.Typer) -> None:
+def register(audit_app: typer.Typer, local_log: LocalLog) -> None:
+    _local_log[:] = [local_log]
     audit_app.command("events")(audit_events)
     audit_app.command("export")(audit_export)
     _transparency.register(audit_app)

@@ -609,6 +609,28 @@ def audit_verify(
             update=update,
         )  # fmt: skip
         return
+    store, record = _local_audit_log(database, config, data_dir)
+    try:
+        _transparency.verify_database(
+            store,
+            checkpoint_file=checkpoint,
+            log_keys=log_key,
+            local_keys=lambda: _local_log_keys(config, data_dir, record),
+        )
+    finally:
+        store.close()
+
+
+def _local_audit_log(
+    database: str | None, config: str | None, data_dir: str | None
+) -> tuple[Store, TenantRecord | None]:
+    """The audit log a local ``audit`` command reads, from the database itself: the
+    broker's own, or with ``--tenant`` that tenant's chain (and its registry record),
+    whether the tenant is served or was removed (its log is kept). ``database`` is a file
+    or URL; else the one the configuration (``config``, ``data_dir``) names.
+
+    Exits 2 when the database cannot be found or opened, 1 when it holds no such tenant.
+    """
     if database is None:
         from tasklease.settings import ConfigError, load_config
 
@@ -621,27 +643,18 @@ def audit_verify(
         raise _fail(f"database {database} {missing}")
     store = _open_local_store(database, migrate=False)
     tenant = selected_tenant()
-    record: TenantRecord | None = None
-    if tenant is not None:
-        # A name the database does not hold has an empty chain, which is not "intact".
-        record = store.get_tenant(tenant)
-        if record is None:
-            store.close()
-            raise _fail(
-                f"database {database} holds no tenant {tenant} (a tenant's log is kept "
-                "after its removal too): see its tenants with `tasklease tenant list`",
-                1,
-            )
-        store = store.for_tenant(tenant)  # that tenant's own chain
-    try:
-        _transparency.verify_database(
-            store,
-            checkpoint_file=checkpoint,
-            log_keys=log_key,
-            local_keys=lambda: _local_log_keys(config, data_dir, record),
-        )
-    finally:
+    if tenant is None:
+        return store, None
+    # A name the database does not hold has an empty chain, which is not "intact".
+    record = store.get_tenant(tenant)
+    if record is None:
         store.close()
+        raise _fail(
+            f"database {database} holds no tenant {tenant} (a tenant's log is kept "
+            "after its removal too): see its tenants with `tasklease tenant list`",
+            1,
+        )
+    return store.for_tenant(tenant), record  # that tenant's own chain
 
 
 def _local_log_keys(
@@ -693,7 +706,7 @@ _tenants.register(app)
 _federation.register(app)
 _attestors.register(app)
 _policy.register(app)
-_audit.register(audit_app)
+_audit.register(audit_app, _local_audit_log)
 _token.register(app)
 _keys.register(_remote.keys_app)
 

@@ -412,6 +412,27 @@ class AuditQuery:
     principal_ref: str | None = None  # the human principal's pseudonym (format v2 events)
 
 
+def audit_query_time(value: str | None, name: str) -> float | None:
+    """An :class:`AuditQuery` bound (``since``, ``until``) from its text: an RFC 3339 time
+    with a time zone, as Unix seconds; None when empty. The one reading of the filter, for
+    ``/v1/audit/events`` and ``audit export`` from a database alike.
+
+    Raises:
+        ValueError: not such a time (the message names ``name``).
+    """
+    from datetime import datetime
+
+    if value is None or value == "":
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{name} must be an RFC 3339 timestamp") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"{name} must include a time zone (for example Z)")
+    return parsed.timestamp()
+
+
 @dataclass(frozen=True, slots=True)
 class AuditTree:
     """A tenant's Merkle tree over its audit events (``core.audittree``): its size, its

@@ -9,7 +9,6 @@ translate. The Broker checks and audits; nothing here decides anything.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 
 from msgspec import UNSET
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +18,7 @@ from starlette.routing import Route
 
 from tasklease.core.broker import Broker, RequestContext, expires_at_text
 from tasklease.core.errors import InvalidRequest
-from tasklease.core.records import AuditQuery
+from tasklease.core.records import AuditQuery, audit_query_time
 from tasklease.core.tokens import KIND_ADMIN, KIND_APP, OPERATORS_SCOPE
 from tasklease.http import wire
 from tasklease.http._handling import (
@@ -42,15 +41,10 @@ REVOKE_SCOPE = "admin:revoke:*"
 
 
 def _parse_time(value: str | None, name: str) -> float | None:
-    if value is None or value == "":
-        return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an RFC 3339 timestamp") from None
-    if parsed.tzinfo is None:
-        raise InvalidRequest(f"{name} must include a time zone (for example Z)")
-    return parsed.timestamp()
+        return audit_query_time(value, name)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 def _outcome(value: str | None) -> str | None:
