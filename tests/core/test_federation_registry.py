@@ -229,8 +229,9 @@ def test_refresh_schedule_follows_the_hint_and_retries_sooner_after_a_failure(
     # The bundle-age gauge follows every record, and forgets a removed one.
     federation.due(START + 410)
     metrics = broker.metrics.render().decode()
-    assert 'tasklease_federation_bundle_age_seconds{trust_domain="b.example"} 10.0' in metrics
-    assert 'tasklease_federation_refresh_failures_total{trust_domain="b.example"} 1.0' in metrics
+    series = '{tenant="default",trust_domain="b.example"}'
+    assert f"tasklease_federation_bundle_age_seconds{series} 10.0" in metrics
+    assert f"tasklease_federation_refresh_failures_total{series} 1.0" in metrics
     federation.remove(kit.admin(broker).claims, PEER, kit.ctx)
     federation.due(START + 420)
     assert "tasklease_federation_bundle_age_seconds{" not in broker.metrics.render().decode()

@@ -281,16 +281,20 @@ def followed(bridged: dict[str, Peer]) -> dict[str, Peer]:
     return bridged
 
 
+# The default tenant's series of a.example (the peers here serve their default tenants).
+_SERIES = '{tenant="default",trust_domain="a.example"}'
+
+
 def _metrics(peer: Peer) -> str:
     return httpx.get(metrics_url(peer.running), timeout=5).text
 
 
 def _feed_up(peer: Peer) -> bool:
-    return 'tasklease_federation_feed_up{trust_domain="a.example"} 1.0' in _metrics(peer)
+    return f"tasklease_federation_feed_up{_SERIES} 1.0" in _metrics(peer)
 
 
 def _last_heard(peer: Peer) -> float | None:
-    name = 'tasklease_federation_feed_last_heard_timestamp_seconds{trust_domain="a.example"} '
+    name = f"tasklease_federation_feed_last_heard_timestamp_seconds{_SERIES} "
     for line in _metrics(peer).splitlines():
         if line.startswith(name):
             return float(line.removeprefix(name))

@@ -177,7 +177,8 @@ def test_endpoint_down_keeps_the_last_good_bundle_until_max_age_then_fails_close
         local.federation.trusted_keys(PEER, clock.now())
     assert "beyond its max_bundle_age" in caught.value.reason
     metrics = local.metrics.render().decode()
-    assert 'tasklease_federation_refresh_failures_total{trust_domain="b.example"} 5.0' in metrics
+    series = '{tenant="default",trust_domain="b.example"}'
+    assert f"tasklease_federation_refresh_failures_total{series} 5.0" in metrics
     # One audit event for the run of identical failures, not one per attempt.
     refused, _ = local.audit_events(AuditQuery(event_type="federation_bundle_refused"))
     assert len(refused) == 1

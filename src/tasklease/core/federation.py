@@ -389,16 +389,16 @@ class Federation(Service):
         """The records whose bundle endpoint should be fetched now, and the metrics of
         every record's bundle age brought up to date."""
         records = self._store.list_federations()
-        gauge = self._metrics.federation_bundle_age
+        gauge, tenant = self._metrics.federation_bundle_age, self._store.tenant
         names = {record.trust_domain for record in records}
         with self._parsed_lock:
             gone, self._gauged = self._gauged - names, names
         for name in gone:
             with contextlib.suppress(KeyError):
-                gauge.remove(name)
+                gauge.remove(tenant, name)
         for record in records:
             if record.fetched_at is not None:
-                gauge.labels(record.trust_domain).set(max(0.0, now - record.fetched_at))
+                gauge.labels(tenant, record.trust_domain).set(max(0.0, now - record.fetched_at))
         return [record for record in records if self.next_refresh(record) <= now]
 
     def accept_bundle(
@@ -457,7 +457,7 @@ class Federation(Service):
         if outcome is None:
             raise NotFound("federated trust domain not found")
         if refusal:
-            self._metrics.federation_refresh_failures.labels(trust_domain).inc()
+            self._metrics.federation_refresh_failures.labels(self._store.tenant, trust_domain).inc()
             raise BundleRefused(reason=refusal)
         return outcome
 
@@ -470,7 +470,7 @@ class Federation(Service):
 
     def _refused(self, trust_domain: str, error: str, version: float, now: float) -> None:
         error = clipped(error, _MAX_ERROR)
-        self._metrics.federation_refresh_failures.labels(trust_domain).inc()
+        self._metrics.federation_refresh_failures.labels(self._store.tenant, trust_domain).inc()
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
             current = tx.get_federation(trust_domain)

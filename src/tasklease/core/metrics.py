@@ -28,6 +28,13 @@ __all__ = ["Metrics"]
 # the same with one process or several (multiprocess mode has none either).
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
+# The labels of a federated domain's series: the tenant that federates with it, then the
+# domain. Each tenant's admins choose the domains their tenant federates with, and every
+# tenant's broker writes into the process's one registry: labelled by the domain alone, a
+# tenant federating with the domain another tenant follows wrote into that tenant's series
+# (its live feed's 1 over the other's 0, its fresh bundle's age over the other's stale one).
+_FEDERATED = ["tenant", "trust_domain"]
+
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -199,16 +206,16 @@ class Metrics:
         )
         self.federation_bundle_age = Gauge(
             "tasklease_federation_bundle_age_seconds",
-            "Age of the last good bundle of each federated trust domain; beyond the domain's"
-            " max_bundle_age its credentials are refused (fail closed).",
-            ["trust_domain"],
+            "Age of the last good bundle of each tenant's federated trust domain; beyond the"
+            " domain's max_bundle_age its credentials are refused there (fail closed).",
+            _FEDERATED,
             multiprocess_mode="livemax",  # workers read one stored bundle: the oldest view
             registry=r,
         )
         self.federation_refresh_failures = Counter(
             "tasklease_federation_refresh_failures_total",
-            "Bundle fetches that failed or whose bundle was refused, by trust domain.",
-            ["trust_domain"],
+            "Bundle fetches that failed or whose bundle was refused, by tenant and trust domain.",
+            _FEDERATED,
             registry=r,
         )
 
@@ -221,18 +228,18 @@ class Metrics:
         )
         self.federation_feed_up = Gauge(
             "tasklease_federation_feed_up",
-            "1 while this broker is current with a federated trust domain's revocation feed"
-            " (connected and past its backlog), else 0.",
-            ["trust_domain"],
+            "1 while this broker is current with a tenant's federated trust domain's"
+            " revocation feed (connected and past its backlog), else 0.",
+            _FEDERATED,
             multiprocess_mode="livemax",  # one follower per deployment: any worker's 1
             registry=r,
         )
         self.federation_feed_heard = Gauge(
             "tasklease_federation_feed_last_heard_timestamp_seconds",
-            "When this broker last heard from a federated trust domain's current revocation"
-            " feed (an entry, its sync or a keepalive), in seconds since the epoch: the"
-            " feed's staleness is time() minus this.",
-            ["trust_domain"],
+            "When this broker last heard from a tenant's federated trust domain's current"
+            " revocation feed (an entry, its sync or a keepalive), in seconds since the"
+            " epoch: the feed's staleness is time() minus this.",
+            _FEDERATED,
             multiprocess_mode="livemax",  # one follower per deployment: its latest time
             registry=r,
         )

@@ -203,8 +203,10 @@ class _Follower:
         self._thread = threading.Thread(
             target=self._run, name=f"tasklease-feed-{source.trust_domain}", daemon=True
         )
-        self._gauge = broker.metrics.federation_feed_up.labels(source.trust_domain)
-        self._heard = broker.metrics.federation_feed_heard.labels(source.trust_domain)
+        # The tenant's own series: another tenant may follow the same domain's feed.
+        series = (broker.tenant, source.trust_domain)
+        self._gauge = broker.metrics.federation_feed_up.labels(*series)
+        self._heard = broker.metrics.federation_feed_heard.labels(*series)
         # When the feed was last recorded current in the store (monotonic; None: not since
         # the stream was opened), and how often it is recorded while it stays current.
         self._noted: float | None = None
