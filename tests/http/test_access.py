@@ -50,6 +50,14 @@ def test_access_log_metrics_and_request_ids(start_broker: Callable[..., RunningB
     assert running.get(f"/nowhere?token={secret_in_query}").status_code == 404
     tenant = running.create_tenant("acme")
     assert tenant.get("/v1/health").status_code == 200
+    # A tenant's app asking beyond its ceiling: a scope rejection of the tenant's route.
+    tenant_app = tenant.app_token(tenant.create_app(["read:data:*"]))
+    beyond = tenant.post(
+        "/v1/app/launch-tokens",
+        json={"agent_name": "a", "allowed_scope": ["write:data:*"]},
+        headers={"Authorization": f"Bearer {tenant_app}"},
+    )
+    assert beyond.status_code == 403, beyond.text
     assert running.post("/v1/register", json={"nonce": "00"}).status_code == 400
     agent = running.register(["read:data:*"])
     for probe in ("probe-one", "probe-two"):  # an agent may not read apps: 403 each
@@ -99,3 +107,7 @@ def test_access_log_metrics_and_request_ids(start_broker: Callable[..., RunningB
     # Scope rejections by route template too: a label never grows with what callers send.
     assert sample('tasklease_scope_rejections_total{endpoint="/v1/admin/apps/{app_id}"}') == 2
     assert "probe-one" not in scrape
+    # ... whatever the tenant is called: labels stay bounded, and name no tenant.
+    tenant_launch = 'tasklease_scope_rejections_total{endpoint="/t/{tenant}/v1/app/launch-tokens"}'
+    assert sample(tenant_launch) == 1
+    assert "/t/acme/" not in scrape

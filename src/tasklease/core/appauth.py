@@ -225,7 +225,7 @@ class AppSignIn(Service):
             why = f"resource_not_this_broker: {resource}"
         else:
             return
-        self._metrics.scope_rejections.labels(ctx.path or "/v1/oauth/token").inc()
+        self._metrics.scope_rejections.labels(ctx.route or "/v1/oauth/token").inc()
         raise self._refused(
             error, f"client_id={app.client_id} app_id={app.app_id} reason={reason_text(why)}", ctx
         )

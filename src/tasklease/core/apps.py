@@ -801,7 +801,7 @@ class Apps(Service):
             )
         except Refusal as refusal:
             if refusal.event_type == "attenuation" and app is not None:
-                self._metrics.scope_rejections.labels(ctx.path or "launch-tokens").inc()
+                self._metrics.scope_rejections.labels(ctx.route or "launch-tokens").inc()
                 raise self._kernel.deny(
                     Forbidden(
                         f"requested scopes exceed app ceiling; allowed: {listed(app.scopes)}"

@@ -333,7 +333,7 @@ class Exchange(Service):
         self, refusal: Refusal, ctx: RequestContext, claims: Claims, what: str
     ) -> NoReturn:
         if refusal.event_type in ("attenuation", "audience"):
-            self._metrics.scope_rejections.labels(ctx.path or "/v1/oauth/token").inc()
+            self._metrics.scope_rejections.labels(ctx.route or "/v1/oauth/token").inc()
         raise self._kernel.deny(
             _outward(refusal), self._entry(ctx, f"{what} | {refusal.detail}", claims)
         ) from None
