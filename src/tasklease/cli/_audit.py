@@ -297,12 +297,14 @@ def verify_over_http(
     checkpoint_file: Path | None = None,
     log_keys: list[str] | None = None,
     update: bool = False,
+    witnesses: _transparency.Witnessed = _transparency.NO_WITNESSES,
 ) -> None:
     """Page through every event of the broker's log, walk the hash chain and rebuild the
     Merkle tree: the events must make the tree of the broker's latest checkpoint (signed:
     a writer of the database who edits events and chains them again cannot redo it) and,
     with ``checkpoint_file``, of the checkpoint the user kept, which the latest must
-    extend."""
+    extend. With ``witnesses``, the latest checkpoint must carry their quorum's
+    cosignatures."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tasklease.core.auditcheck import RebuiltTree
@@ -310,7 +312,7 @@ def verify_over_http(
 
     held_note = _transparency.read_checkpoint(checkpoint_file) if checkpoint_file else None
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
-        anchors = _transparency.online_checkpoints(admin, held_note, log_keys)
+        anchors = _transparency.online_checkpoints(admin, held_note, log_keys, witnesses)
         rebuilt = RebuiltTree(anchors.sizes)
         total = admin.audit_total()
         with Progress(

@@ -46,8 +46,12 @@ if TYPE_CHECKING:
     from tasklease.verify import AuditProofError, Checkpoint
 
 __all__ = [
+    "NO_WITNESSES",
     "LogKeyOpt",
     "OnlineCheckpoints",
+    "QuorumOpt",
+    "WitnessOpt",
+    "Witnessed",
     "chain_verdict",
     "checkpoint_verdict",
     "online_checkpoints",
@@ -55,6 +59,7 @@ __all__ = [
     "register",
     "tree_verdict",
     "verify_database",
+    "witnessed",
 ]
 
 
@@ -82,6 +87,89 @@ LogKeyOpt = Annotated[
         callback=_log_keys_given,
     ),
 ]
+
+
+def _witness_keys_given(values: list[str] | None) -> list[str] | None:
+    """``--witness`` values, each read as a witness's cosignature key (type 0x04) before
+    anything is fetched: a malformed one is a usage error (exit 2) naming the flag."""
+    from tasklease.rules.note import COSIGNATURE, NoteError, VerifierKey
+
+    for value in values or ():
+        shown = value if len(value) <= 80 else f"{value[:77]}..."
+        try:
+            key = VerifierKey.parse(value)
+        except NoteError as exc:
+            raise typer.BadParameter(f"{shown!r} is not a witness verifier key: {exc}") from None
+        if key.sig_type != COSIGNATURE:
+            raise typer.BadParameter(
+                f"{shown!r} is not a witness's key: a witness cosigns with a type 0x04 key"
+            )
+    return values
+
+
+WitnessOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--witness",
+        metavar="VKEY",
+        help="A witness's cosignature key (vkey), from a channel you trust; repeat for "
+        "several. The log's checkpoint must then be cosigned by --quorum of them: a "
+        "history the broker did not show the witnesses is refused.",
+        callback=_witness_keys_given,
+    ),
+]
+
+QuorumOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--quorum",
+        metavar="K",
+        min=1,
+        help="How many of the --witness keys must have cosigned the checkpoint "
+        "(default: all of them; each key counts once).",
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Witnessed:
+    """The witnesses whose cosignatures a checkpoint must carry (``--witness``,
+    ``--quorum``): none asked, nothing is demanded."""
+
+    keys: tuple[str, ...] = ()
+    quorum: int = 0
+
+
+NO_WITNESSES = Witnessed()
+
+
+def witnessed(witnesses: list[str] | None, quorum: int | None) -> Witnessed:
+    """``--witness`` and ``--quorum`` as one demand; a quorum that no set of the keys
+    given can meet, or one without witnesses, is a usage error (exit 2)."""
+    from tasklease.rules.note import VerifierKey
+
+    keys = tuple(witnesses or ())
+    if not keys:
+        if quorum is not None:
+            fail("--quorum counts the --witness keys: give them")
+        return Witnessed()
+    distinct = len({VerifierKey.parse(k).public_key for k in keys})
+    wanted = distinct if quorum is None else quorum
+    if wanted > distinct:
+        fail(f"--quorum {wanted} is more than the {distinct} distinct --witness keys given")
+    return Witnessed(keys, wanted)
+
+
+def _checked(
+    note: str, keys: list[str], witnesses: Witnessed, *, origin: str | None = None
+) -> Checkpoint:
+    """``note``'s checkpoint once it is signed by one of ``keys`` and cosigned by the
+    witnesses asked for (raises ``AuditProofError``)."""
+    from tasklease.verify import verify_checkpoint
+
+    return verify_checkpoint(
+        note, keys, witnesses=witnesses.keys, quorum=witnesses.quorum, origin=origin
+    )
 
 
 def _trusted_keys(admin: AdminClient | None, log_keys: list[str] | None) -> list[str]:
@@ -127,6 +215,8 @@ def audit_checkpoint(
     ] = None,
     force: ForceOpt = False,
     log_key: LogKeyOpt = None,
+    witness: WitnessOpt = None,
+    quorum: QuorumOpt = None,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
@@ -134,14 +224,16 @@ def audit_checkpoint(
     """Fetch the log's latest final checkpoint, check its signature, print or save it.
 
     Keep it: a later `audit verify --checkpoint FILE` proves the log only grew since.
+    With --witness it must also be cosigned by the witnesses (--quorum of them).
     """
-    from tasklease.verify import AuditProofError, verify_checkpoint
+    from tasklease.verify import AuditProofError
 
+    witnesses = witnessed(witness, quorum)
     with broker_errors(), admin_client(url, admin_secret, profile) as admin:
         note = admin.audit_checkpoint()
         keys = _trusted_keys(admin, log_key)
     try:
-        checkpoint = verify_checkpoint(note, keys)
+        checkpoint = _checked(note, keys, witnesses)
     except AuditProofError as exc:
         raise _proof_failed(exc) from None
     if output is None:
@@ -200,6 +292,8 @@ def audit_prove(
     ] = None,
     force: ForceOpt = False,
     log_key: LogKeyOpt = None,
+    witness: WitnessOpt = None,
+    quorum: QuorumOpt = None,
     url: UrlOpt = None,
     admin_secret: AdminSecretOpt = None,
     profile: ProfileOpt = None,
@@ -208,22 +302,21 @@ def audit_prove(
 
     The event's hash is recomputed from its fields and the proof checked here. With
     --output the event, the checkpoint and the proof go to a bundle anyone can check
-    offline with --bundle (or tasklease.verify.verify_proof_bundle).
+    offline with --bundle (or tasklease.verify.verify_proof_bundle). With --witness the
+    checkpoint must also be cosigned by the witnesses (--quorum of them).
     """
     from tasklease.bounds import json_document
-    from tasklease.verify import (
-        AuditProofError,
-        verify_checkpoint,
-        verify_event_inclusion,
-        verify_proof_bundle,
-    )
+    from tasklease.verify import AuditProofError, verify_event_inclusion, verify_proof_bundle
 
+    witnesses = witnessed(witness, quorum)
     if bundle is not None:
         if not log_key:
             fail("--bundle needs the log's verifier key: --log-key")
         try:
             data: Any = json_document(_read(bundle, "proof bundle"))
-            checkpoint, index = verify_proof_bundle(data, log_key)
+            checkpoint, index = verify_proof_bundle(
+                data, log_key, witnesses=witnesses.keys, quorum=witnesses.quorum
+            )
         except AuditProofError as exc:
             raise _proof_failed(exc) from None
         except ValueError:
@@ -237,7 +330,7 @@ def audit_prove(
         note = _read(checkpoint_file, "checkpoint") if checkpoint_file else admin.audit_checkpoint()
         keys = _trusted_keys(admin, log_key)
         try:
-            checkpoint = verify_checkpoint(note, keys)
+            checkpoint = _checked(note, keys, witnesses)
         except AuditProofError as exc:
             raise _proof_failed(exc) from None
         if seq > checkpoint.size:
@@ -337,11 +430,15 @@ class OnlineCheckpoints:
 
 
 def online_checkpoints(
-    admin: AdminClient, held_note: str | None, log_keys: list[str] | None
+    admin: AdminClient,
+    held_note: str | None,
+    log_keys: list[str] | None,
+    witnesses: Witnessed = NO_WITNESSES,
 ) -> OnlineCheckpoints:
     """The broker's latest checkpoint, checked against the log keys (those given, else the
-    ones it serves, which is said), and, with ``held_note`` (a checkpoint the user kept),
-    that checkpoint and the latest's consistency with it (exit 1, ``FORK``, if none)."""
+    ones it serves, which is said) and cosigned by ``witnesses``, and, with ``held_note``
+    (a checkpoint the user kept), that checkpoint and the latest's consistency with it
+    (exit 1, ``FORK``, if none)."""
     from tasklease.client import NotFound
     from tasklease.verify import AuditProofError, verify_checkpoint, verify_log_consistency
 
@@ -359,7 +456,7 @@ def online_checkpoints(
     try:
         held = verify_checkpoint(held_note, keys) if held_note is not None else None
         origin = held.origin if held is not None else None
-        latest = verify_checkpoint(latest_note, keys, origin=origin)
+        latest = _checked(latest_note, keys, witnesses, origin=origin)
     except AuditProofError as exc:
         raise _proof_failed(exc) from None
     if held is not None:
@@ -517,22 +614,24 @@ def verify_database(
     checkpoint_file: Path | None,
     log_keys: list[str] | None,
     local_keys: Callable[[], list[str] | str] = lambda: "no log key given (--log-key)",
+    witnesses: Witnessed = NO_WITNESSES,
 ) -> None:
     """Offline: walk the chain, rebuild the Merkle tree, and compare it with the tree on
     record, with the latest signed checkpoint the database holds (its signature checked
     with ``log_keys``, else the broker's own log keys, ``local_keys``) and, with
     ``checkpoint_file``, with the checkpoint (a signed tree head kept outside the
     database). A checkpoint in the database shows no rewrite by a writer who cannot sign,
-    but one who rewrites the events can delete it: that there is none is said."""
+    but one who rewrites the events can delete it: that there is none is said. With
+    ``witnesses``, the checkpoint kept must carry their quorum's cosignatures."""
     from tasklease.core.auditcheck import RebuiltTree
     from tasklease.core.auditformat import verify_chain
-    from tasklease.verify import AuditProofError, verify_checkpoint
+    from tasklease.verify import AuditProofError
 
     checkpoint: Checkpoint | None = None
     if checkpoint_file is not None:
         note = _read(checkpoint_file, "checkpoint")
         try:
-            checkpoint = verify_checkpoint(note, _trusted_keys(None, log_keys))
+            checkpoint = _checked(note, _trusted_keys(None, log_keys), witnesses)
         except AuditProofError as exc:
             raise _proof_failed(exc) from None
     stored = _stored_checkpoint(store, log_keys, local_keys)

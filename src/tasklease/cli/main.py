@@ -589,6 +589,8 @@ def audit_verify(
         ),
     ] = None,
     log_key: _transparency.LogKeyOpt = None,
+    witness: _transparency.WitnessOpt = None,
+    quorum: _transparency.QuorumOpt = None,
     update: Annotated[
         bool, typer.Option(help="With --checkpoint and --url: keep the newer checkpoint.")
     ] = False,
@@ -599,16 +601,20 @@ def audit_verify(
     with --url it pages through the broker's /v1/audit/events as the operator and holds
     them to its latest checkpoint (checked with --log-key, else with the keys it serves). With
     --checkpoint it proves against a checkpoint kept outside the database (a fork, a
-    rewritten or cut log, exits 1).
+    rewritten or cut log, exits 1). With --witness the checkpoint it holds the log to (the
+    broker's latest with --url, else the one kept) must be cosigned by the witnesses.
     """
+    witnesses = _transparency.witnessed(witness, quorum)
     if url is not None:
         if database is not None:
             raise _fail("give either --url or --database, not both")
         _audit.verify_over_http(
             url, admin_secret, profile, checkpoint_file=checkpoint, log_keys=log_key,
-            update=update,
+            update=update, witnesses=witnesses,
         )  # fmt: skip
         return
+    if witnesses.keys and checkpoint is None:
+        raise _fail("--witness checks a checkpoint: give the one you kept (--checkpoint)")
     store, record = _local_audit_log(database, config, data_dir)
     try:
         _transparency.verify_database(
@@ -616,6 +622,7 @@ def audit_verify(
             checkpoint_file=checkpoint,
             log_keys=log_key,
             local_keys=lambda: _local_log_keys(config, data_dir, record),
+            witnesses=witnesses,
         )
     finally:
         store.close()
