@@ -58,6 +58,10 @@ def _keys(keys: Iterable[str | VerifierKey]) -> list[VerifierKey]:
 
 
 def _hashes(items: Sequence[str | bytes]) -> list[bytes]:
+    # A proof comes from an answer or a file: anything but a list of hashes is refused as
+    # one that does not verify, never a TypeError.
+    if not isinstance(items, (list, tuple)):
+        raise AuditProofError("a proof is a list of hashes")
     out: list[bytes] = []
     for item in items:
         if isinstance(item, bytes):
@@ -114,6 +118,8 @@ def verify_event_inclusion(
     Raises:
         AuditProofError: the event's fields do not give its hash, or the proof fails.
     """
+    if not isinstance(event, Mapping):
+        raise AuditProofError("an event is a JSON object")
     try:
         digest = event_hash(event)
     except AuditFormatError as exc:
