@@ -9,7 +9,9 @@ default applies). A directory that cannot be read, a ``.cedar`` entry that canno
 (a link whose target is gone, a directory of that name, a pipe or a device: anything but
 a regular file), a file that is not UTF-8, or a root that is not a directory (gone, a
 link to nothing), fails the load (the set in force stays): a policy that disappears that
-way must not take its ``forbid`` rules with it silently.
+way must not take its ``forbid`` rules with it silently. So does a directory or file
+another user could change (owned by another user than this one or root, or writable by
+group or others, off a read-only mount): whoever writes the policies decides issuances.
 """
 
 from __future__ import annotations
@@ -124,5 +126,38 @@ class PolicyDirectory:
         files = read_policy_files(self.path)
         if not files:
             return None
+        # What each name leads to, and the directory holding each file (one linked from
+        # elsewhere, as a Kubernetes ConfigMap mounts them): no one else may change them.
+        held = [(self.path / name).resolve() for name, _ in files]
+        for place in {self.root.resolve(), self.path.resolve(), *held, *(f.parent for f in held)}:
+            _check_trust(place)
         digest = hashlib.sha256(repr(files).encode()).hexdigest()
         return PolicySnapshot(files, str(self.path), digest)
+
+
+def _check_trust(place: Path) -> None:
+    """Refuse a policy directory or file that a user other than this one or root could
+    change, as a config file is refused (``settings``): whoever writes a tenant's policies
+    decides its issuances (forbids them all, or permits what the default refuses, within
+    the kernel's ceilings). On a read-only mount no one writes, whatever the mode says.
+
+    Raises:
+        PolicyError: owned by another user, or writable by group or others.
+    """
+    euid = os.geteuid()
+    try:
+        st = os.stat(place)
+        if os.statvfs(place).f_flag & os.ST_RDONLY:
+            return
+    except OSError as exc:
+        raise PolicyError(f"cannot read {place}: {exc.strerror or exc}") from None
+    if st.st_uid not in (euid, 0):
+        raise PolicyError(
+            f"{place} is owned by uid {st.st_uid}, not by this user (uid {euid}) or root: "
+            "its owner would decide the tenant's issuances; chown it"
+        )
+    if st.st_mode & 0o022:
+        raise PolicyError(
+            f"{place} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
+            f"whoever writes it would decide the tenant's issuances; run: chmod go-w {place}"
+        )

@@ -294,3 +294,41 @@ def test_a_policy_set_is_in_force_only_once_its_load_is_audited(tmp_path: Path) 
     loaded = [e.detail for e in store.iter_audit() if e.event_type == "policy_loaded"]
     assert len(loaded) == 2 and f"policy set {now_in_force[:12]} " in loaded[1]
     assert not broker.reload_policies()  # nothing new
+
+
+def test_policies_another_user_could_change_fail_the_load(tmp_path: Path) -> None:
+    """Whoever may write a tenant's policy files decides its issuances (a ``forbid`` of
+    everything, or a ``permit`` the default does not give). A policy directory, a file,
+    or the directory a linked file sits in, that group or others may write (or, as root,
+    one another user owns) fails the load as an unreadable one does: the set in force
+    stays, and at the start every decision denies. It used to be loaded."""
+    folder = tmp_path / "acme"
+    folder.mkdir()
+    (folder / "default.cedar").write_text(DEFAULT_POLICY)
+    (folder / "cap.cedar").write_text(CAP)
+    engine = PolicyEngine()
+    engine.use_source(PolicyDirectory(tmp_path, "acme"))
+    assert "delegations-up-to-50-eur" in engine.current.ids
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "open.cedar").write_text('@id("open") permit (principal, action, resource);')
+    places = [(tmp_path, 0o775), (folder, 0o777), (folder / "cap.cedar", 0o646), (shared, 0o777)]
+    for place, mode in places:
+        if place == shared:
+            (folder / "open.cedar").symlink_to(shared / "open.cedar")
+        place.chmod(mode)
+        refused = engine.reload()
+        assert refused is not None and refused.error is not None, place
+        assert f"{place} is writable by group or others" in str(refused.error)
+        assert "delegations-up-to-50-eur" in engine.current.ids  # the set in force stays
+        assert "open" not in engine.current.ids
+        fresh = PolicyEngine()
+        fresh.use_source(PolicyDirectory(tmp_path, "acme"))
+        assert not fresh.decide(PolicyRequest("register", DELEGATE.actor)).allowed
+        place.chmod(0o700 if place.is_dir() else 0o600)
+    loaded = engine.reload()
+    assert loaded is not None and loaded.error is None and "open" in engine.current.ids
+    if os.geteuid() == 0:
+        os.chown(folder / "cap.cedar", 12345, 12345)
+        refused = engine.reload()
+        assert refused is not None and "is owned by uid 12345" in str(refused.error)
