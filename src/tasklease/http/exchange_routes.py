@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable
-from urllib.parse import parse_qsl, unquote_plus
+from urllib.parse import unquote_plus
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
@@ -35,7 +35,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tasklease.core.auditformat import clipped
 from tasklease.core.broker import Broker, RequestContext
 from tasklease.core.clientauth import ASSERTION_TYPE
 from tasklease.core.errors import (
@@ -50,7 +49,7 @@ from tasklease.http.jsonbody import decode_json_body
 from tasklease.http.middleware import is_form
 from tasklease.http.problems import problem_response_parts
 from tasklease.http.ratelimit import limit_sign_in
-from tasklease.http.token_routes import RequestURI
+from tasklease.http.token_routes import RequestURI, form_parameters
 
 __all__ = ["CLIENT_CREDENTIALS", "exchange_routes", "parse_exchange_request"]
 
@@ -162,17 +161,7 @@ async def parse_exchange_request(request: Request) -> wire.TokenExchangeRequest:
         raise InvalidRequest("missing required field: grant_type")
     if not is_form(request.headers.get("content-type")):
         return decode_json_body(raw, wire.TokenExchangeRequest, form_too=True)
-    try:
-        pairs = parse_qsl(
-            raw.decode("ascii"), keep_blank_values=True, strict_parsing=True, max_num_fields=32
-        )
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidRequest("malformed form body") from None
-    values: dict[str, str] = {}
-    for name, value in pairs:
-        if name in values:
-            raise InvalidRequest(f"parameter {clipped(name, 32)} given more than once")
-        values[name] = value
+    values = form_parameters(raw, max_fields=32)
     return wire.TokenExchangeRequest(**{k: v for k, v in values.items() if k in _FIELDS})
 
 

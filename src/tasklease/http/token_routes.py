@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tasklease.core.auditformat import clipped
 from tasklease.core.broker import Broker, Pending, RequestContext
 from tasklease.core.config import Config
 from tasklease.core.errors import InvalidRequest
@@ -34,7 +35,13 @@ from tasklease.http.jsonbody import decode_json_body
 from tasklease.http.middleware import is_form
 from tasklease.rules.binding import expected_htu, origin_of, url_path
 
-__all__ = ["RequestURI", "parse_token_request", "request_path", "token_routes"]
+__all__ = [
+    "RequestURI",
+    "form_parameters",
+    "parse_token_request",
+    "request_path",
+    "token_routes",
+]
 
 Handler = Callable[[Request], Awaitable[Response]]
 _FIELDS = ("token", "token_type_hint", "audience")
@@ -121,18 +128,36 @@ async def parse_token_request(request: Request) -> wire.TokenRequest:
         raise InvalidRequest("missing required field: token")
     if not is_form(request.headers.get("content-type")):
         return decode_json_body(raw, wire.TokenRequest, form_too=True)
+    values = form_parameters(raw, max_fields=16)
+    return wire.TokenRequest(**{k: values[k] for k in _FIELDS if k in values})
+
+
+def form_parameters(raw: bytes, *, max_fields: int) -> dict[str, str]:
+    """The parameters of an OAuth form body (``application/x-www-form-urlencoded``) by
+    name, as RFC 6749 section 3.2 reads them: one given more than once is refused (even
+    when one of its values is empty), and one sent without a value is left out, "as if
+    omitted from the request" (``resource=``, ``actor_token=`` or ``client_id=`` beside a
+    Basic header are no value, not an empty one).
+
+    Raises:
+        InvalidRequest: not ASCII, malformed, more than ``max_fields`` parameters, or a
+            parameter given more than once.
+    """
     try:
         pairs = parse_qsl(
-            raw.decode("ascii"), keep_blank_values=True, strict_parsing=True, max_num_fields=16
+            raw.decode("ascii"),
+            keep_blank_values=True,
+            strict_parsing=True,
+            max_num_fields=max_fields,
         )
     except (UnicodeDecodeError, ValueError):
         raise InvalidRequest("malformed form body") from None
     values: dict[str, str] = {}
     for name, value in pairs:
         if name in values:
-            raise InvalidRequest(f"parameter {name} given more than once")
+            raise InvalidRequest(f"parameter {clipped(name, 32)} given more than once")
         values[name] = value
-    return wire.TokenRequest(**{k: values[k] for k in _FIELDS if k in values})
+    return {name: value for name, value in values.items() if value}
 
 
 def _json(data: Any) -> Response:
