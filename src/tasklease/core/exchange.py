@@ -42,6 +42,7 @@ from tasklease.core.errors import (
     Forbidden,
     InternalError,
     InvalidAuthorizationDetails,
+    InvalidDPoPProof,
     InvalidRequest,
     InvalidScope,
     RateLimited,
@@ -50,6 +51,7 @@ from tasklease.core.errors import (
     Unauthorized,
     Unavailable,
     UnsupportedGrantType,
+    UseDPoPNonce,
 )
 from tasklease.core.federation import Federation
 from tasklease.core.foreign import (
@@ -198,11 +200,20 @@ def _details_param(value: object) -> object:
 
 def _as_token_endpoint_error(exc: TaskleaseError) -> TaskleaseError:
     """``exc`` as the token endpoint answers it (RFC 8693 section 2.2.2): a subject or
-    actor token that is invalid, or unacceptable by policy, is ``invalid_request``; the
-    ``denial_id`` (and its one audit event) and the internal reason are kept."""
+    actor token that is invalid, or unacceptable by policy, is ``invalid_request``, except
+    where its DPoP proof failed: ``use_dpop_nonce`` with a fresh ``DPoP-Nonce`` for a proof
+    without the broker's nonce (RFC 9449 section 8), ``invalid_dpop_proof`` for any other
+    refused proof (section 5). The ``denial_id`` (and its one audit event) and the
+    internal reason are kept."""
     if isinstance(exc, InvalidRequest | Unavailable | InternalError | RateLimited):
         return exc
-    outward: TaskleaseError = InvalidRequest(exc.detail, reason=exc.reason, hint=exc.hint)
+    outward: TaskleaseError
+    if exc.dpop_nonce:
+        outward = UseDPoPNonce(reason=exc.reason, dpop_nonce=exc.dpop_nonce)
+    elif exc.challenge == ("DPoP", "invalid_dpop_proof"):
+        outward = InvalidDPoPProof("invalid DPoP proof", reason=exc.reason)
+    else:
+        outward = InvalidRequest(exc.detail, reason=exc.reason, hint=exc.hint)
     outward.denial_id = exc.denial_id
     return outward
 

@@ -191,13 +191,14 @@ OPERATIONS = (
             ),
             Failure(
                 "invalid_dpop_proof",
-                "client credentials: the DPoP proof is malformed, not for this request, or "
-                "replayed",
+                "client credentials, or token exchange of a DPoP-bound token: the DPoP "
+                "proof is malformed, not for this request, or replayed",
             ),
             Failure(
                 "use_dpop_nonce",
-                'client credentials with DPoP, `dpop_nonce = "required"`: the proof lacks a '
-                "current nonce; retry with the one in the `DPoP-Nonce` header",
+                "client credentials with DPoP, or token exchange of a DPoP-bound token, "
+                '`dpop_nonce = "required"`: the proof lacks a current nonce; retry with the '
+                "one in the `DPoP-Nonce` header",
             ),
             Failure(
                 "invalid_request",
