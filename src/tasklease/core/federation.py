@@ -18,7 +18,6 @@ bundle yet, bundle too old).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 from collections.abc import Mapping
@@ -393,9 +392,8 @@ class Federation(Service):
         names = {record.trust_domain for record in records}
         with self._parsed_lock:
             gone, self._gauged = self._gauged - names, names
-        for name in gone:
-            with contextlib.suppress(KeyError):
-                gauge.remove(tenant, name)
+        for name in gone:  # no longer federated: none of its series stays behind
+            self._metrics.end_federation_series(tenant, name)
         for record in records:
             if record.fetched_at is not None:
                 gauge.labels(tenant, record.trust_domain).set(max(0.0, now - record.fetched_at))
@@ -470,16 +468,22 @@ class Federation(Service):
 
     def _refused(self, trust_domain: str, error: str, version: float, now: float) -> None:
         error = clipped(error, _MAX_ERROR)
-        self._metrics.federation_refresh_failures.labels(self._store.tenant, trust_domain).inc()
+        counted = False
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
+            nonlocal counted
             current = tx.get_federation(trust_domain)
             if current is None or current.created_at != version:
                 return []
+            counted = True
             tx.put_federation(replace(current, last_error=error, checked_at=now))
             return [] if current.last_error == error else [_refused_entry(current, error)]
 
         self._kernel.commit(unit)
+        # Counted for a domain still federated only: a fetch that ends after the domain was
+        # removed (or replaced) makes no series that nothing would end.
+        if counted:
+            self._metrics.federation_refresh_failures.labels(self._store.tenant, trust_domain).inc()
 
     def _stored(self, record: FederationRecord) -> TrustBundle | None:
         try:

@@ -9,6 +9,8 @@ a gauge says there how its workers' values combine.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import weakref
 
@@ -269,6 +271,37 @@ class Metrics:
         # every tenant's broker share these metrics): the gauge is their sum.
         self._held: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
         self._held_lock = threading.Lock()
+
+    def end_feed_series(self, tenant: str, trust_domain: str) -> None:
+        """``tenant`` no longer follows ``trust_domain``'s revocation feed: its feed series
+        end (a feed not followed is not down: ``TaskleaseFederationFeedDown`` must not fire
+        for it)."""
+        self._end((self.federation_feed_up, self.federation_feed_heard), tenant, trust_domain)
+
+    def end_federation_series(self, tenant: str, trust_domain: str) -> None:
+        """``tenant`` no longer federates with ``trust_domain``: every series of the
+        domain ends, so declaring and removing domains leaves none behind.
+
+        With ``--workers`` (prometheus-client's multiprocess mode) a series cannot be
+        removed: it stays until the broker restarts (docs/metrics.md)."""
+        self._end(
+            (
+                self.federation_bundle_age,
+                self.federation_refresh_failures,
+                self.federation_feed_up,
+                self.federation_feed_heard,
+            ),
+            tenant,
+            trust_domain,
+        )
+
+    @staticmethod
+    def _end(metrics: tuple[Gauge | Counter, ...], tenant: str, trust_domain: str) -> None:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return  # not removable there (prometheus-client would only warn)
+        for metric in metrics:
+            with contextlib.suppress(KeyError):
+                metric.remove(tenant, trust_domain)
 
     def revocations_held(self, index: object, entries: int) -> None:
         """``index`` (a broker's revocation index) now holds ``entries``: set

@@ -195,6 +195,9 @@ class _Follower:
         self.source = source
         self._monotonic = monotonic
         self._stop = threading.Event()
+        # Held to write the feed's series and to stop: once stopped, a follower writes
+        # them no more (its successor, or their end, owns them: FeedFollowers.tick).
+        self._writing = threading.Lock()
         self._token: tuple[str, float] | None = None
         # The last entry's seq, and the cursor sent back: the id of the last event read
         # (the peer's anchored cursor; a bare seq from a peer that gives none).
@@ -217,7 +220,18 @@ class _Follower:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        with self._writing:
+            self._stop.set()
+
+    def _show(self, up: bool | None = None, *, heard: bool = False) -> None:
+        """Set the feed's series (``up``, and the time it was heard), unless stopped."""
+        with self._writing:
+            if self._stop.is_set():
+                return
+            if up is not None:
+                self._gauge.set(1 if up else 0)
+            if heard:
+                self._heard.set(time.time())
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
@@ -242,10 +256,9 @@ class _Follower:
                 )
             except Exception:  # noqa: BLE001 - a follower must outlive whatever happened
                 _log.exception("revocation feed of %s failed", self.source.trust_domain)
-            self._gauge.set(0)
+            self._show(up=False)
             self._stop.wait(delay)
             backoff = min(backoff * 2, 5.0)
-        self._gauge.set(0)
 
     def _note_heard(self) -> None:
         """Record in the store that the feed is current (every ``_note_every`` seconds at
@@ -321,7 +334,7 @@ class _Follower:
                     if self._stop.is_set():
                         return
                     if current:  # past the backlog, anything heard proves the feed alive
-                        self._heard.set(time.time())
+                        self._show(heard=True)
                         self._note_heard()
                     if event.kind == "revocation":
                         record, sent_at = _entry(event.data)
@@ -335,8 +348,7 @@ class _Follower:
                             # back in time it answers a snapshot and a smaller cursor.
                             self.cursor = cursor
                             self.resume = _cursor_id(event.id, cursor)
-                        self._gauge.set(1)
-                        self._heard.set(time.time())
+                        self._show(up=True, heard=True)
                         current = True
                         self._note_heard()
 
@@ -359,6 +371,7 @@ class FeedFollowers:
             source = feed_source(record, directory)
             if source is not None:
                 sources[source.trust_domain] = source
+        declared = set(sources)
         # The lease is a write: taken only by a tenant that has feeds to follow.
         if sources and not broker.hold_feed_lease(LEASE_TTL):
             sources.clear()
@@ -371,6 +384,16 @@ class FeedFollowers:
                 if key[0] in gone or (key[0] == owner and sources.get(key[1]) != follower.source):
                     follower.stop()
                     del self._running[key]
+                    ended = follower.broker.metrics
+                    if key[0] in gone or key[1] not in declared:
+                        # Not followed any more (no longer declared, or the tenant is
+                        # gone): its series end rather than read "down" until a restart.
+                        ended.end_feed_series(follower.broker.tenant, key[1])
+                    else:
+                        # Still declared: followed elsewhere (the lease is another
+                        # process's; the deployment's figure is the max) or by a successor
+                        # of a changed source, not yet current.
+                        ended.federation_feed_up.labels(follower.broker.tenant, key[1]).set(0)
             for stale in gone:
                 del self._ticked[stale]
             for domain, source in sources.items():
