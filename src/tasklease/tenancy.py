@@ -459,7 +459,7 @@ class Tenancy:
             brokers = [broker for broker, _ in self._brokers.values()]
             self._brokers.clear()
         for broker in brokers:
-            self._stop(broker)
+            self._stop(broker, removed=False)
 
     def _start(self, broker: Broker) -> Broker:
         if self.watching:
@@ -468,10 +468,12 @@ class Tenancy:
                 self._stops[id(broker)] = stop
         return broker
 
-    def _stop(self, broker: Broker) -> None:
+    def _stop(self, broker: Broker, *, removed: bool = True) -> None:
         # First: the tenant's revocation streams end now (Broker.stop_serving), so a
         # resource server following its feed stops hearing it as current.
         broker.stop_serving()
+        if removed:  # no longer served: its federated domains' series end with it
+            broker.federation.end_series()
         stop = self._stops.pop(id(broker), None)
         if stop is not None:
             stop()

@@ -91,3 +91,26 @@ def test_a_tenant_federating_anothers_domain_writes_series_of_its_own(
         assert _value(broker, age, "acme") is None
     finally:
         tenancy.close()
+
+
+def test_a_removed_tenants_federation_series_end_with_it(broker: Broker, kit: Any) -> None:
+    """A tenant removed is served no more: nothing would refresh or end its domains'
+    series, which stayed at their last values until a restart."""
+    tenancy = Tenancy(broker)
+    try:
+        tenancy.create(kit.admin(broker).claims, name="acme", trust_domain=None, ctx=kit.ctx)
+        acme = tenancy.broker("acme")
+        assert acme is not None
+        version = _federate(acme, kit)
+        acme.federation.accept_bundle(PEER, _bundle(), version=version, now=START)
+        acme.federation.due(START + 60)
+        acme.federation.fetch_failed(PEER, "connection refused", version=version, now=START + 60)
+        age = "tasklease_federation_bundle_age_seconds"
+        failures = "tasklease_federation_refresh_failures_total"
+        assert _value(broker, age, "acme") == 60.0
+        assert _value(broker, failures, "acme") == 1.0
+        tenancy.remove(kit.admin(broker).claims, "acme", kit.ctx)
+        assert _value(broker, age, "acme") is None
+        assert _value(broker, failures, "acme") is None
+    finally:
+        tenancy.close()

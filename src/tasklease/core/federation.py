@@ -399,6 +399,13 @@ class Federation(Service):
                 gauge.labels(tenant, record.trust_domain).set(max(0.0, now - record.fetched_at))
         return [record for record in records if self.next_refresh(record) <= now]
 
+    def end_series(self) -> None:
+        """This tenant is served no more (removed): its domains' series end with it."""
+        with self._parsed_lock:
+            gone, self._gauged = self._gauged, set()
+        for name in gone:
+            self._metrics.end_federation_series(self._store.tenant, name)
+
     def accept_bundle(
         self, trust_domain: str, document: bytes, *, version: float, now: float
     ) -> FederationRecord:
