@@ -363,3 +363,32 @@ def test_authlib_token_exchange_narrows_an_agent_token_to_one_resource(
         "https://orders.example/api"
     )
     assert claims["sub"] == agent.agent_id and claims["iss"] == issuer_broker.url
+
+
+def test_token_exchange_refuses_client_credentials_it_would_not_check(
+    issuer_broker: RunningBroker,
+) -> None:
+    """Token exchange authenticates no client (the subject token is the credential). A
+    Basic header, a client secret or a client assertion sent with it used to be ignored:
+    a wrong secret was answered 200, as if it had been checked (RFC 6749 section 2.3 has
+    a server check the credentials it is given). They are refused, with nothing issued."""
+    agent = issuer_broker.register(["read:data:1"], resource=["https://orders.example/api"])
+    form = {
+        "grant_type": EXCHANGE,
+        "subject_token": agent.access_token,
+        "subject_token_type": ACCESS_TOKEN,
+        "resource": "https://orders.example/api",
+    }
+    assertion = {"client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}
+    for extra, headers in (
+        ({}, _basic("some-client", "not-its-secret")),
+        ({"client_id": "some-client", "client_secret": "not-its-secret"}, {}),
+        ({**assertion, "client_assertion": "x.y.z"}, {}),
+    ):
+        answer = _post(issuer_broker, {**form, **extra}, headers=headers)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"] == "invalid_request"
+        assert "no client authentication" in answer.json()["error_description"]
+    # The same exchange without them (a client_id alone names a public client) is made.
+    answer = _post(issuer_broker, {**form, "client_id": "some-client"})
+    assert answer.status_code == 200, answer.text

@@ -42,6 +42,7 @@ from tasklease.core.errors import (
     Unauthorized,
 )
 from tasklease.core.exchange import ACCESS_TOKEN_TYPE, ExchangeRequest
+from tasklease.core.exchange import GRANT_TYPE as EXCHANGE_GRANT
 from tasklease.core.tokens import token_type_of
 from tasklease.http import wire
 from tasklease.http._handling import one_of, request_id
@@ -267,6 +268,20 @@ def exchange_routes(
                 return Response(
                     body, status, headers=headers, media_type="application/problem+json"
                 )
+        if req.grant_type == EXCHANGE_GRANT and (
+            request.headers.get("authorization") is not None
+            or req.client_secret is not None
+            or req.client_assertion is not None
+            or req.client_assertion_type is not None
+        ):
+            # Token exchange authenticates no client (token_endpoint_auth_method "none":
+            # the tokens in the request are the credentials). Credentials sent anyway are
+            # refused, not ignored: RFC 6749 section 2.3 has a server check the ones it is
+            # given, and a caller must not believe a wrong secret was accepted.
+            raise InvalidRequest(
+                "token exchange takes no client authentication: the subject token is the "
+                "credential; send no Authorization header, client_secret or client_assertion"
+            )
         exchange = ExchangeRequest(
             grant_type=req.grant_type,
             subject_token=req.subject_token,
