@@ -25,9 +25,12 @@ from tasklease import bounds
 from tasklease.client._errors import (
     CredentialExpired,
     InvalidRequest,
+    RateLimited,
     RenewalLimitReached,
     TaskleaseError,
+    TransportError,
     Unauthorized,
+    Unavailable,
     error_from_response,
 )
 from tasklease.client._holder import DPoPKey, token_cnf
@@ -481,6 +484,9 @@ class Credential:
         except Unauthorized as refused:
             if not lost or self._resume is None:
                 raise
+            # Still to recover until the resumption is answered: one that is interrupted
+            # (the broker out of reach, the caller cancelled) is made again next time.
+            self._renewal_unanswered = True
             yield from self._resume_after_lost_answer(refused)
             return
         self._set(answer_field(answer, "access_token", str), answer_lifetime(answer))
@@ -489,13 +495,19 @@ class Credential:
         """The renewal before this one went unanswered and this one is refused: the broker
         renewed then, most likely, and revoked this token. Resume for a fresh token (the
         successor whose answer was lost expires unused); raise ``refused`` if the broker
-        will not resume this agent either."""
+        will not resume this agent either. A resumption the broker did not answer (out of
+        reach, a 503 or 429, or this flow abandoned: the caller cancelled) leaves the
+        renewal unanswered, so the next one resumes again; its error is raised as is."""
         if self._resume is None:  # pragma: no cover - checked by the caller
             raise refused
         try:
             registration = yield from self._resume()
+        except (TransportError, Unavailable, RateLimited):
+            raise  # the broker did not answer it: the next renewal resumes again
         except TaskleaseError as exc:
+            self._renewal_unanswered = False
             raise refused from exc
+        self._renewal_unanswered = False
         _log.warning(
             "the answer to a renewal of %s was lost and its token was no longer accepted: "
             "it resumed with its registered key",
