@@ -112,3 +112,43 @@ def test_a_resumption_cancelled_by_its_caller_is_tried_again(broker: BrokerForTe
             assert admin.validate_token(agent.token)["valid"]
 
     asyncio.run(main())
+
+
+def test_heartbeats_started_twice_at_once_stop_with_the_agent(broker: BrokerForTests) -> None:
+    """Two coroutines starting heartbeats together start one task: release stops it,
+    none is left heartbeating a released agent."""
+    launch_token = broker.launch_token(SCOPE)
+
+    async def main() -> None:
+        agent = await AsyncAgent.register(broker.url, launch_token, "orch-1", "task-hb2", SCOPE)
+        async with agent:
+            await asyncio.gather(agent.start_heartbeats(3600), agent.start_heartbeats(3600))
+        await asyncio.sleep(0)
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert not others, others
+
+    asyncio.run(main())
+
+
+def test_threads_starting_heartbeats_together_start_one(broker: BrokerForTests) -> None:
+    import threading
+
+    agent = Agent.register(broker.url, broker.launch_token(SCOPE), "orch-1", "task-hb3", SCOPE)
+    before = set(threading.enumerate())
+    barrier = threading.Barrier(2)
+
+    def start() -> None:
+        barrier.wait()
+        agent.start_heartbeats(3600)
+
+    starters = [threading.Thread(target=start) for _ in range(2)]
+    for t in starters:
+        t.start()
+    for t in starters:
+        t.join()
+    agent.release()
+    agent.close()
+    left = [t for t in set(threading.enumerate()) - before if t.name.startswith("heartbeat")]
+    for t in left:
+        t.join(timeout=1)
+    assert not [t for t in left if t.is_alive()]

@@ -231,6 +231,7 @@ class AsyncAgent(AgentBase):
         self._key = key
         self._insecure_http = insecure_http
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._heartbeats_starting = False
 
     @classmethod
     async def register(
@@ -467,14 +468,24 @@ class AsyncAgent(AgentBase):
         )
 
     async def start_heartbeats(self, interval: float = 30.0) -> None:
-        """Heartbeat every ``interval`` seconds in a task until release or exit."""
-        if self._heartbeat_task is not None:
+        """Heartbeat every ``interval`` seconds in a task until release or exit.
+
+        One task, however many callers start it at once; none after a release."""
+        if self._heartbeat_task is not None or self._heartbeats_starting:
             return
-        await self.heartbeat()
+        self._heartbeats_starting = True
+        try:
+            await self.heartbeat()
+        finally:
+            self._heartbeats_starting = False
+        if self._credential.released:  # released while the first heartbeat was sent
+            return
 
         async def beat() -> None:
             while True:
                 await asyncio.sleep(interval)
+                if self._credential.released:  # released meanwhile: nothing to beat for
+                    return
                 try:
                     await self.heartbeat()
                 except TaskleaseError as exc:

@@ -106,6 +106,8 @@ class Agent(AgentBase):
         self._insecure_http = insecure_http
         self._heartbeat_stop: threading.Event | None = None
         self._heartbeat_thread: threading.Thread | None = None
+        self._heartbeat_lock = threading.Lock()
+        self._heartbeats_starting = False
 
     @classmethod
     def register(
@@ -498,28 +500,38 @@ class Agent(AgentBase):
         The first heartbeat is sent before this returns (it opts the agent in to liveness
         supervision, so a failure shows here). Later failures are logged and retried.
         """
-        if self._heartbeat_thread is not None:
-            return
-        self.heartbeat()
+        with self._heartbeat_lock:  # one thread, however many callers start it at once
+            if self._heartbeat_thread is not None or self._heartbeats_starting:
+                return
+            self._heartbeats_starting = True
+        try:
+            self.heartbeat()
+        finally:
+            with self._heartbeat_lock:
+                self._heartbeats_starting = False
         stop = threading.Event()
 
         def beat() -> None:
-            while not stop.wait(interval):
+            while not stop.wait(interval) and not self._credential.released:
                 try:
                     self.heartbeat()
                 except TaskleaseError as exc:
                     _log.warning("heartbeat of %s failed: %s", self.agent_id, exc)
 
         thread = threading.Thread(target=beat, name=f"heartbeat {self.agent_id}", daemon=True)
-        self._heartbeat_stop, self._heartbeat_thread = stop, thread
-        thread.start()
+        with self._heartbeat_lock:
+            if self._credential.released:  # released while the first heartbeat was sent
+                return
+            self._heartbeat_stop, self._heartbeat_thread = stop, thread
+            thread.start()
 
     def _stop_heartbeats(self) -> bool:
         """Stop the heartbeat thread; True if one was running."""
-        stop, thread = self._heartbeat_stop, self._heartbeat_thread
-        if stop is None or thread is None:
-            return False
-        self._heartbeat_stop = self._heartbeat_thread = None
+        with self._heartbeat_lock:
+            stop, thread = self._heartbeat_stop, self._heartbeat_thread
+            if stop is None or thread is None:
+                return False
+            self._heartbeat_stop = self._heartbeat_thread = None
         stop.set()
         if thread is not threading.current_thread():
             thread.join(timeout=5)
