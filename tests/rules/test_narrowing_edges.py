@@ -6,6 +6,7 @@ than its parent (or a meet of two ceilings from holding more than either).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -230,3 +231,41 @@ def test_a_path_member_ending_in_a_slash_covers_what_is_below_it() -> None:
     assert g.covers(parent, _region(where="/data/x"), _REGION)
     assert not g.covers(parent, _region(where="/data"), _REGION)
     assert not g.covers(parent, _region(where=["/data/x"]), _REGION)  # not a string
+
+
+# Would fail if: comparing a delegation's grants with its parent's ran the location check
+# (a regular expression over up to 512 characters) once per pair of locations rather than
+# once per location: a 1 MB body to POST /v1/delegate held the broker for seconds.
+def test_covering_many_long_locations_checks_each_location_once() -> None:
+    """32 child grants of 64 long locations each against 64 parent locations: each child
+    location is compared with every parent location (the last one is covered by none, so
+    no comparison stops early), and the text check that refuses dot segments and
+    encoded separators runs once per location, not once per comparison."""
+    actions = [f"a{i}" for i in range(64)]
+    parent = g.parse_detail(
+        {
+            "type": "resource_access",
+            "actions": actions,
+            "locations": [f"https://h.example/{i}" for i in range(64)],
+        }
+    )
+    long_tail = "x" * 480
+    locations = [f"https://h.example/63/{long_tail}{i}" for i in range(63)]
+    children = [
+        g.parse_detail(
+            {
+                "type": "resource_access",
+                "actions": [action],
+                "locations": [*locations, "https://elsewhere.example/"],
+            }
+        )
+        for action in actions[:32]
+    ]
+    started = time.perf_counter()
+    assert len(g.uncovered(children, [parent])) == 32
+    assert time.perf_counter() - started < 0.5
+    # The same answers as before, one location at a time.
+    assert g.location_covers("https://h.example/63", locations[0])
+    assert not g.location_covers("https://h.example/6", locations[0])
+    assert not g.location_covers("https://h.example/63", "https://h.example/63/a/../b")
+    assert not g.location_covers("https://h.example/63/a/../b", "https://h.example/63/a/../b")
