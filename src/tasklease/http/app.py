@@ -108,7 +108,17 @@ def create_app(
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
         witness_client = WitnessClient()
-        # A store that notifies (PostgreSQL) is followed by a watch thread; others polled.
+        # A store that notifies (PostgreSQL) is followed by a watch thread; others polled,
+        # and woken by the process that committed (SQLite's datagram: its socket first).
+        notified = getattr(broker.store, "start_watch", None) is not None
+        wake = open_wake(broker.store) if background and not notified else None
+        if background:
+            # The index was loaded when the broker was built, before the application and
+            # the server: what other processes revoked since (a worker respawned beside
+            # others, a replica restarting) reached no wake-up or watch of ours. Read once
+            # more before the first request is answered; later commits wake the socket
+            # opened above, or the watch's reading on connecting takes them.
+            await run_in_threadpool(_each(tenancy, Broker.refresh_revocations))
         # Tenant brokers made later start theirs when they are made (Tenancy.watching).
         stop_watch = broker.watch_revocations() if background else None
         if background:
@@ -142,7 +152,7 @@ def create_app(
             follow = follow_revocations(
                 _each(tenancy, Broker.refresh_revocations),
                 interval=cfg.revocation_poll_interval,
-                wake=open_wake(broker.store),
+                wake=wake,
                 on_loop=broker.store.local_reads,
             )
             tasks.append(asyncio.create_task(follow))
