@@ -172,6 +172,10 @@ def create_app(
                     await task
             await run_in_threadpool(followers.close)
             if background:
+                # What the store lost (it went back in time) and this process still holds
+                # is written back now, not at a round that will not come: gone with the
+                # process, it would be lost for good (decision 259).
+                await run_in_threadpool(_each(tenancy, Broker.write_back_revocations))
                 # What this process wrote gets a checkpoint, so the anchor kept beside the
                 # log key covers it: a restore to before it is refused (core.rollback).
                 await run_in_threadpool(_each(tenancy, final_checkpoint))
