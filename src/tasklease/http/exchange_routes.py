@@ -269,18 +269,19 @@ def exchange_routes(
                     body, status, headers=headers, media_type="application/problem+json"
                 )
         if req.grant_type == EXCHANGE_GRANT and (
-            request.headers.get("authorization") is not None
+            request.headers.get("authorization", "").lower().startswith("basic")
             or req.client_secret is not None
             or req.client_assertion is not None
             or req.client_assertion_type is not None
         ):
             # Token exchange authenticates no client (token_endpoint_auth_method "none":
-            # the tokens in the request are the credentials). Credentials sent anyway are
-            # refused, not ignored: RFC 6749 section 2.3 has a server check the ones it is
-            # given, and a caller must not believe a wrong secret was accepted.
+            # the tokens in the request are the credentials). Client credentials sent
+            # anyway (RFC 6749 section 2.3: Basic, a secret, an assertion) are refused, not
+            # ignored: a server checks the ones it is given, and a caller must not believe
+            # a wrong secret was accepted. (Another scheme is no client authentication.)
             raise InvalidRequest(
                 "token exchange takes no client authentication: the subject token is the "
-                "credential; send no Authorization header, client_secret or client_assertion"
+                "credential; send no Basic header, client_secret or client_assertion"
             )
         exchange = ExchangeRequest(
             grant_type=req.grant_type,
