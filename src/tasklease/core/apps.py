@@ -104,11 +104,29 @@ def _key_suffix(public_key: str) -> str:
     return f" public_key_jkt={jws.jwk_thumbprint(jws.b64url_decode(public_key))}"
 
 
+def _grant_list(details: Sequence[Mapping[str, Any]]) -> str:
+    """Structured grants as audit text, by type and digest (``[type#digest ...]``)."""
+    return listed([f"{quoted(str(d.get('type')))}#{digest(d)[:12]}" for d in details])
+
+
 def _grants(details: Sequence[Mapping[str, Any]]) -> str:
     """Audit detail: structured grants by type and digest (`` grants=[type#digest ...]``)."""
     if not details:
         return ""
-    return " grants=" + listed([f"{quoted(str(d.get('type')))}#{digest(d)[:12]}" for d in details])
+    return " grants=" + _grant_list(details)
+
+
+def _ceiling_change(before: AppRecord, after: AppRecord) -> str:
+    """Audit detail of an app's update: its ceiling before and after, ``scopes=[..]->[..]``
+    and, when it has or had grants, `` grants=[..]->[..]``, so that one event tells a
+    narrowing from a widening and from a change that left the ceiling as it was."""
+    text = f"scopes={listed(before.scopes)}->{listed(after.scopes)}"
+    if before.authorization_details or after.authorization_details:
+        text += (
+            f" grants={_grant_list(before.authorization_details)}"
+            f"->{_grant_list(after.authorization_details)}"
+        )
+    return text
 
 
 def _app_token_ttl(token_ttl: object) -> int | None:
@@ -361,8 +379,7 @@ class Apps(Service):
                 AuditEntry(
                     "app_updated",
                     request_id=ctx.request_id,
-                    detail=f"app_id={app_id} scopes={listed(updated.scopes)}"
-                    f"{_grants(updated.authorization_details)} "
+                    detail=f"app_id={app_id} {_ceiling_change(app, updated)} "
                     f"token_ttl={app.token_ttl}->{updated.token_ttl}"
                     f"{_key_suffix(updated.public_key)}{ended} updated_by={claims.sub}",
                 )

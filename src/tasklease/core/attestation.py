@@ -23,6 +23,7 @@ replay cache, ``consume_evidence``) and the audit log names it by a hash prefix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Mapping
@@ -56,6 +57,7 @@ from tasklease.core.delegation import named_principal
 from tasklease.core.errors import InvalidRequest, NotFound, TaskleaseError
 from tasklease.core.federation import Federation, UntrustedDomain
 from tasklease.core.foreign import domain_entry
+from tasklease.core.issuing import listed
 from tasklease.core.kernel import Kernel, Parent, RequestContext, Service, with_denial
 from tasklease.core.lineage import app_ancestor
 from tasklease.core.records import AttestorRecord
@@ -204,7 +206,7 @@ class AttestationService(Service):
         if not isinstance(settings, dict):
             raise InvalidRequest("settings must be an object")
         try:
-            ATTESTORS[type].settings(settings)
+            parsed = ATTESTORS[type].settings(settings)
         except SettingsError as exc:
             raise InvalidRequest(f"settings: {exc}") from None
         rules = parse_policy(policy, self._config)
@@ -242,6 +244,8 @@ class AttestationService(Service):
             created_at=self._kernel.now(),
             created_by=claims.sub,
         )
+        trusts = _trusts(ATTESTORS[type].issuer_of(parsed), ATTESTORS[type].source(parsed))
+        grants = _policy_scopes(rules)
         replaced = False
 
         def unit(tx: WriteTx) -> list[AuditEntry]:
@@ -254,8 +258,10 @@ class AttestationService(Service):
                     request_id=ctx.request_id,
                     detail=f"{detail_field('attestor', attestor_name)} "
                     f"{detail_field('type', type)} "
-                    f"{detail_field('app_id', app or '-')} "
-                    f"rules={len(rules)} replaced={str(replaced).lower()} by={claims.sub}",
+                    f"{detail_field('app_id', app or '-')} {trusts} "
+                    f"settings={_text_digest(stored.settings)} "
+                    f"policy={_text_digest(stored.policy)} rules={len(rules)} scope={grants} "
+                    f"replaced={str(replaced).lower()} by={claims.sub}",
                 )
             ]
 
@@ -564,6 +570,33 @@ def _claim(attested: Attested, declared: Mapping[str, str]) -> Attestation:
             f"subject {shape}, so that no revocation could name its agents' ancestor", "claims"
         )
     return claim
+
+
+def _trusts(issuer: str, source: JwksSource | None) -> str:
+    """Audit detail of an attestor's trust anchor: the issuer its evidence must name and
+    where the keys that verify it come from (``keys=pinned``, the settings' own JWK Set;
+    ``fed:<domain>``, a federated domain's bundle; a ``jwks_uri``; ``discovery``, the
+    issuer's OIDC discovery document), with the TLS anchor of a fetch."""
+    text = detail_field("issuer", clipped(issuer, 256, breaks="/"))
+    if source is None or source.jwks:
+        return f"{text} keys=pinned"
+    if source.federation:
+        return f"{text} {detail_field('keys', 'fed:' + source.federation)}"
+    where = clipped(source.jwks_uri, 256, breaks="/") if source.jwks_uri else "discovery"
+    return f"{text} {detail_field('keys', where)} ca={'pem' if source.ca_pem else 'system'}"
+
+
+def _policy_scopes(rules: tuple[PolicyRule, ...]) -> str:
+    """Audit detail: every scope an attestor's policy grants, in the rules' order, once
+    each (``[a b c]``), at most 1024 characters."""
+    scopes = dict.fromkeys(scope for rule in rules for scope in rule.scope)
+    return clipped(listed(list(scopes)), 1024)
+
+
+def _text_digest(text: str) -> str:
+    """Audit detail: a stored text by the first 32 hex characters of its SHA-256 (128 bits:
+    no other text is found with them; below the 64 the sanitizer takes for a secret)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def _missing() -> NotFound:
