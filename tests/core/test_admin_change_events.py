@@ -3,14 +3,20 @@ the authority before the change from the authority after it.
 
 An app's update recorded its new scope ceiling (and grants) only, while its token TTL
 was written ``old->new``: an app narrowed, or widened, read the same as one left alone.
-An attestor's addition recorded its type and the number of its policy's rules: an
-attestor replaced under the same name by one that trusts other keys (its settings) and
-grants other scopes (its policy) left two identical events, and nothing in the log said
-what either attestor could grant.
+An operator's addition and rotation wrote how it signs in as ``credential=key`` (or
+``credential=secret->key``), a field the sanitizer takes for a secret's: every such event
+read ``credential=***REDACTED***``, so no event said whether an operator signs in with a
+secret or a key, nor what a rotation changed; and which key signs in as the operator was
+in no event, while an app's key is named by its thumbprint. An attestor's addition
+recorded its type and the number of its policy's rules: an attestor replaced under the
+same name by one that trusts other keys (its settings) and grants other scopes (its
+policy) left two identical events, and nothing in the log said what either could grant.
 
-Would fail if: ``app_updated`` did not write the ceiling before and after the change, or
-``attestor_added`` did not name its issuer, the scopes its policy grants, and digests of
-the settings and policy stored.
+Would fail if: ``app_updated`` did not write the ceiling before and after the change;
+``operator_added`` and ``operator_credential_rotated`` did not say, unredacted, how the
+operator signs in, and name its key by its RFC 7638 thumbprint; or ``attestor_added`` did
+not name its issuer, where its keys come from, the scopes its policy grants, and digests
+of the settings and policy stored.
 """
 
 from __future__ import annotations
@@ -124,3 +130,35 @@ def test_an_attestors_digests_are_those_of_what_the_api_shows(broker: Any, kit: 
     for name in ("settings", "policy"):
         text = json.dumps(view[name], separators=(",", ":"), sort_keys=True)
         assert fields[name] == _digest(text)
+
+
+def test_an_operators_key_is_named_when_it_is_given_and_replaced(broker: Any, kit: Any) -> None:
+    import base64
+
+    from nacl.signing import SigningKey
+
+    from tasklease.rules.jws import jwk_thumbprint
+
+    admin = kit.admin(broker).claims
+    first, second = (bytes(SigningKey.generate().verify_key) for _ in range(2))
+    broker.add_operator(
+        admin, name="keyed", role="admin", public_key=base64.b64encode(first).decode(), ctx=kit.ctx
+    )
+    (added,) = _events(broker, "operator_added")
+    assert f"sign_in=key public_key_jkt={jwk_thumbprint(first)} " in added.detail
+
+    broker.rotate_operator(
+        admin, "keyed", public_key=base64.b64encode(second).decode(), ctx=kit.ctx
+    )
+    broker.rotate_operator(admin, "keyed", public_key=None, ctx=kit.ctx)
+    to_key, to_secret = _events(broker, "operator_credential_rotated")
+    assert (
+        f"sign_in=key->key public_key_jkt={jwk_thumbprint(first)}->{jwk_thumbprint(second)},"
+        in to_key.detail
+    )
+    assert f"sign_in=key->secret public_key_jkt={jwk_thumbprint(second)}->-," in to_secret.detail
+    broker.add_operator(admin, name="plain", role="auditor", public_key=None, ctx=kit.ctx)
+    plain = _events(broker, "operator_added")[-1]
+    assert " sign_in=secret by=admin" in plain.detail
+    for event in (added, to_key, to_secret, plain):
+        assert "REDACTED" not in event.detail

@@ -48,6 +48,7 @@ from tasklease.core.signing import SigningKeys
 from tasklease.core.store import WriteTx
 from tasklease.core.tenants import FIRST_OPERATOR
 from tasklease.core.tokens import KIND_ADMIN, ROLE_SCOPES, ROLES, Claims, mint
+from tasklease.rules.jws import jwk_thumbprint
 from tasklease.rules.messages import operator_sign_in_input
 
 __all__ = ["INIT", "UNKNOWN_OPERATOR", "Operators", "operator_name", "operator_subject"]
@@ -87,8 +88,27 @@ def operator_name(name: object) -> str:
 
 
 def _credential(record: OperatorRecord) -> str:
-    """How ``record`` signs in: ``key``, ``secret``, or ``none`` once removed."""
+    """How ``record`` signs in: ``key``, ``secret``, or ``none`` once removed.
+
+    Written in audit details as ``sign_in=``: a field named ``credential`` would be
+    taken by the sanitizer for a secret's, and its value redacted."""
     return "key" if record.public_key else "secret" if record.secret_hash else "none"
+
+
+def _key_named(record: OperatorRecord) -> str:
+    """Audit detail: the key ``record`` signs in with, by its RFC 7638 thumbprint, as an
+    app's is (`` public_key_jkt=...``); "" for an operator without one."""
+    return f" public_key_jkt={jwk_thumbprint(record.public_key)}" if record.public_key else ""
+
+
+def _key_change(before: OperatorRecord, after: OperatorRecord) -> str:
+    """Audit detail of a rotation: the key before and after, by thumbprint, ``-`` for none
+    (`` public_key_jkt=<before>-><after>``); "" when neither has a key."""
+    if not before.public_key and not after.public_key:
+        return ""
+    was = jwk_thumbprint(before.public_key) if before.public_key else "-"
+    now = jwk_thumbprint(after.public_key) if after.public_key else "-"
+    return f" public_key_jkt={was}->{now}"
 
 
 # Why the last active admin of a broker without an admin secret (a tenant's) is not removed.
@@ -176,7 +196,7 @@ class Operators(Service):
                     agent_id=operator_subject(name),
                     request_id=ctx.request_id,
                     detail=f"{detail_field('operator', name)} {detail_field('role', role)} "
-                    f"credential={how} by={by}",
+                    f"sign_in={how}{_key_named(record)} by={by}",
                 )
             ]
 
@@ -261,13 +281,14 @@ class Operators(Service):
         secret_hash = hash_secret(secret) if secret else ""
 
         def entry(current: OperatorRecord) -> AuditEntry:
-            after = _credential(replace(current, secret_hash=secret_hash, public_key=key))
+            after = replace(current, secret_hash=secret_hash, public_key=key)
             return AuditEntry(
                 "operator_credential_rotated",
                 agent_id=operator_subject(current.name),
                 request_id=ctx.request_id,
                 detail=f"{detail_field('operator', current.name)} "
-                f"credential={_credential(current)}->{after}, "
+                f"sign_in={_credential(current)}->{_credential(after)}"
+                f"{_key_change(current, after)}, "
                 f"its tokens revoked by={by}",
             )
 
