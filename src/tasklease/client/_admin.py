@@ -13,7 +13,7 @@ from urllib.parse import quote
 import httpx
 import nacl.signing
 
-from tasklease import bounds
+from tasklease import bounds, forksafe
 from tasklease.client._admin_audit import AuditCalls
 from tasklease.client._bounded import MAX_ADMIN_ANSWER, AnswerRefused, bounded_client
 from tasklease.client._brokerurl import check_broker_url
@@ -98,6 +98,7 @@ class AdminClient(AuditCalls):
         # One sign-in at a time: threads sharing the client share its token, rather than
         # each signing in (an audited event, counted against the sign-in rate limit).
         self._token_lock = threading.Lock()
+        forksafe.track(self)
 
     # -- plumbing ------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from urllib.parse import quote_plus
 import httpx
 import nacl.signing
 
-from tasklease import bounds
+from tasklease import bounds, forksafe
 from tasklease.client._bounded import bounded_client
 from tasklease.client._brokerurl import check_broker_url
 from tasklease.client._errors import TaskleaseError, Unauthorized
@@ -124,6 +124,7 @@ class AppClient:
             verify=default_ssl_context() if verify is True else verify,
         )
         self._lock = threading.Lock()
+        forksafe.track(self)
         self._token: str | None = None
         self._deadline = 0.0
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import nacl.signing
 
+from tasklease import forksafe
 from tasklease.client._agentbase import AgentBase
 from tasklease.client._attest import KUBERNETES_TOKEN_PATH, attestation, kubernetes_token
 from tasklease.client._bounded import AnswerRefused, bounded_async_client
@@ -228,6 +229,7 @@ class AsyncAgent(AgentBase):
         self._credential = credential
         self._owns_client = owns_client
         self._lock = asyncio.Lock()
+        forksafe.track(self)
         self._key = key
         self._insecure_http = insecure_http
         self._heartbeat_task: asyncio.Task[None] | None = None

@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from tasklease import forksafe
 from tasklease.bounds import loopback_direct, refusal, too_large
 
 __all__ = [
@@ -160,6 +161,7 @@ def bounded_client(limit: int = MAX_ANSWER, **options: Any) -> httpx.Client:
         pattern: None if inner is None else BoundedTransport(inner, limit)
         for pattern, inner in client._mounts.items()
     }
+    forksafe.track(client)  # a forked child opens connections of its own
     return client
 
 
@@ -172,4 +174,5 @@ def bounded_async_client(limit: int = MAX_ANSWER, **options: Any) -> httpx.Async
         pattern: None if inner is None else AsyncBoundedTransport(inner, limit)
         for pattern, inner in client._mounts.items()
     }
+    forksafe.track(client)  # a forked child opens connections of its own
     return client

@@ -13,11 +13,13 @@ import importlib
 import threading
 from typing import TypeVar
 
+from tasklease import forksafe
+
 __all__ = ["dual"]
 
 A = TypeVar("A", bound=type)
 
-_lock = threading.Lock()
+_lock = forksafe.track_lock(threading.Lock())
 _looked_up = False
 _httpx2_auth: type | None = None
 _made: dict[type, type] = {}

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import httpx
 import nacl.signing
 
+from tasklease import forksafe
 from tasklease.bounds import json_document
 from tasklease.rules import attenuation, jws
 from tasklease.rules.binding import DPOP_PROOF_TYPE, access_token_hash
@@ -91,6 +92,7 @@ class DPoPKey:
         # every proof for that server, and to no other.
         self._nonces: OrderedDict[Origin, str] = OrderedDict()
         self._nonces_lock = threading.Lock()
+        forksafe.track(self)
 
     def nonce_for(self, url: str | httpx.URL) -> str | None:
         """The nonce the server of ``url`` provided last, if any."""

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tasklease import bounds
+from tasklease import bounds, forksafe
 from tasklease.client._brokerurl import METADATA, check_request_url
 from tasklease.client._errors import InvalidRequest, TaskleaseError
 from tasklease.client._flows import Clock, Flow, expect_json
@@ -150,6 +150,7 @@ class ResourceAuth(httpx.Auth):
         self._insecure_http = insecure_http
         self._token: ResourceToken | None = None
         self._lock = threading.Lock()
+        forksafe.track(self)
 
     def _current(self, *, again: bool = False) -> ResourceToken:
         with self._lock:
@@ -190,6 +191,7 @@ class AsyncResourceAuth(httpx.Auth):
         self._insecure_http = insecure_http
         self._token: ResourceToken | None = None
         self._lock = asyncio.Lock()
+        forksafe.track(self)
 
     async def _current(self, *, again: bool = False) -> ResourceToken:
         async with self._lock:

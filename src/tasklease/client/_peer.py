@@ -42,6 +42,7 @@ from typing import Any, NoReturn, Protocol
 
 import nacl.signing
 
+from tasklease import forksafe
 from tasklease.client._errors import Unauthorized
 from tasklease.client._holder import sender_constrained
 from tasklease.rules import jws
@@ -222,6 +223,7 @@ class OfflinePeerAuth:
         self._opaque_token_bound = opaque_token_bound
         self._bearer_warned = False
         self._lock = threading.Lock()
+        forksafe.track(self)
         self._asked: dict[str, _Pending] = {}  # initiator: our hellos, by our nonce
 
     # --- initiator ------------------------------------------------------------------------

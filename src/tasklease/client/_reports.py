@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from tasklease import forksafe
 from tasklease.bounds import json_document
 from tasklease.client._brokerurl import check_broker_url
 from tasklease.client._transport import closed
@@ -134,7 +135,9 @@ class OfflineReporter:
         self._flushing = threading.Lock()  # one flush at a time (never held by derived)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._interval: float | None = None  # the thread's, while it runs
         self.refused = 0  # items the broker refused for good (audited there)
+        forksafe.track(self)
         if self._spool is not None:
             self._load()
 
@@ -156,6 +159,8 @@ class OfflineReporter:
             ValueError: the spool has become a link, or open to group or others.
         """
         report = derivation_report(chain)
+        if self._interval is not None and self._thread is None:
+            self.start(self._interval)  # in a forked child: its flushing thread again
         with self._io:
             dropped = self._queue.add(report)
             if self._spool is not None:
@@ -283,6 +288,7 @@ class OfflineReporter:
             raise TypeError("start() flushes with an httpx.Client")
         if self._thread is not None:
             return
+        self._interval = interval
 
         def run() -> None:
             while not self._stop.wait(interval):
@@ -298,11 +304,17 @@ class OfflineReporter:
         """Stop the thread, and report what is queued once more (``flush``, with an
         ``httpx.Client``; with an ``AsyncClient``, ``await aflush()`` before)."""
         self._stop.set()
+        self._interval = None
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
         if flush and isinstance(self._client, httpx.Client):
             self.flush()
+
+    def _after_fork_in_child(self) -> None:
+        # The flushing thread is the parent's (forksafe): the child's starts again at its
+        # first derivation, with the interval the parent's was started with.
+        self._thread = None
 
     # --- the spool ------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import httpx
 import nacl.signing
 
+from tasklease import forksafe
 from tasklease.client._agentbase import AgentBase
 from tasklease.client._attest import (
     KUBERNETES_TOKEN_PATH,
@@ -107,6 +108,13 @@ class Agent(AgentBase):
         self._heartbeat_stop: threading.Event | None = None
         self._heartbeat_thread: threading.Thread | None = None
         self._heartbeat_lock = threading.Lock()
+        self._heartbeats_starting = False
+        forksafe.track(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The heartbeat thread is the parent's, which keeps the agent alive (forksafe):
+        # a forked child sends none unless it starts its own (start_heartbeats).
+        self._heartbeat_stop = self._heartbeat_thread = None
         self._heartbeats_starting = False
 
     @classmethod

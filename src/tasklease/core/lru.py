@@ -6,6 +6,8 @@ import threading
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
+from tasklease import forksafe
+
 __all__ = ["LRUCache"]
 
 K = TypeVar("K")
@@ -19,6 +21,7 @@ class LRUCache(Generic[K, V]):
         self._size = size
         self._entries: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
+        forksafe.track(self)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -57,6 +57,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
+from tasklease import forksafe
 from tasklease.core.records import RevocationRecord
 from tasklease.core.spiffe import parse_agent_id
 
@@ -139,6 +140,7 @@ class RevocationIndex:
         self._expiry: list[tuple[float, str, str]] = []
         self._lock = threading.Lock()
         self.last_seq = 0
+        forksafe.track(self)
 
     def __len__(self) -> int:
         return sum(len(d) for d in self._levels.values())

@@ -37,6 +37,7 @@ from collections.abc import Sequence, Sized
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import quote, urlsplit
 
+from tasklease import forksafe
 from tasklease.rules import jws
 
 __all__ = [
@@ -419,6 +420,7 @@ class MemoryProofLedger:
         self._expiry: list[tuple[float, str, _Holder | None]] = []
         self._held: dict[str, _Holder] = {}  # holders with a live key, by name
         self._lock = threading.Lock()
+        forksafe.track(self)
 
     def __len__(self) -> int:
         return len(self._seen)

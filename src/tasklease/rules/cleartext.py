@@ -22,6 +22,8 @@ import warnings
 from collections.abc import Mapping
 from typing import Protocol
 
+from tasklease import forksafe
+
 __all__ = [
     "INSECURE_HTTP_ENV",
     "KEYS_ONLY",
@@ -85,7 +87,7 @@ def may_carry_credentials(scheme: str, host: str) -> bool:
 
 
 _warned: set[str] = set()
-_warned_lock = threading.Lock()
+_warned_lock = forksafe.track_lock(threading.Lock())
 
 
 _CREDENTIALS = ("credentials sent to it would cross the network in clear", "credentials go to")

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tasklease import forksafe
 from tasklease.rules import attenuation
 
 __all__ = [
@@ -110,6 +111,7 @@ class ReportQueue:
         self._limit = limit
         self._items: OrderedDict[str, PendingReport] = OrderedDict()
         self._lock = threading.Lock()
+        forksafe.track(self)
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -167,6 +169,7 @@ class UseCounter:
         self._limit = limit
         self._counts: dict[tuple[str, int], list[Any]] = {}
         self._lock = threading.Lock()
+        forksafe.track(self)
         self.dropped = 0
 
     def count(self, chain: str, at: float) -> None:

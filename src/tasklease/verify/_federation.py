@@ -31,6 +31,7 @@ from typing import Any
 
 import nacl.signing
 
+from tasklease import forksafe
 from tasklease.bounds import FetchFailed, bounded_get, https_url
 from tasklease.rules import scopes as scope_rules
 from tasklease.rules.bundle import (
@@ -119,6 +120,9 @@ class _Domain:
     lock: threading.Lock = field(default_factory=threading.Lock)
     fetches: int = 0
     last_error: str = ""
+
+    def __post_init__(self) -> None:
+        forksafe.track(self)  # its lock, held by a fetch at a fork, unheld in the child
 
     def interval(self) -> float:
         hint = self.bundle.refresh_hint if self.bundle is not None else None

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from tasklease import forksafe
 from tasklease.bounds import bounded_lines, retry_after_seconds
 from tasklease.verify._freshness import DEFAULT_MAX_STALENESS
 from tasklease.verify._revocations import RevocationIndex, parse_entry
@@ -201,13 +202,31 @@ class FeedFollower:
         self._max_staleness = max_staleness
         # Error answers in a row (reset once the broker serves a stream).
         self.failures = 0
+        self._start_lock = threading.Lock()
+        # Set in a forked child whose copy was following the feed (forksafe): its thread
+        # did not come along, and is started again at the feed's next use.
+        self._forked = False
+        forksafe.track(self)
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="tasklease-revocation-feed", daemon=True
-            )
-            self._thread.start()
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tasklease-revocation-feed", daemon=True
+                )
+                self._thread.start()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child (forksafe, its locks and events unheld already): the thread
+        that followed the stream is the parent's, and so is the stream. The copy keeps the
+        revocations and the cursor it holds, and when it last heard from the broker (its
+        staleness goes on growing from there: that is how current this index is); it is
+        no longer connected, and follows the feed again, from that cursor, at its next use
+        (:meth:`staleness`, which every verification asks)."""
+        self.connected = False
+        if self._thread is not None:
+            self._thread = None
+            self._forked = not self._stop.is_set()  # a closed verifier stays closed
 
     def wait_synced(self, timeout: float) -> bool:
         return self._synced.wait(timeout)
@@ -220,7 +239,16 @@ class FeedFollower:
 
     def staleness(self) -> float:
         """Seconds since the feed last proved current (infinite before the first sync)."""
+        if self._forked:
+            self._resume_after_fork()
         return self._monotonic() - self.last_heard
+
+    def _resume_after_fork(self) -> None:
+        with self._start_lock:
+            if not self._forked:
+                return  # another thread started it
+            self._forked = False
+        self.start()
 
     def live(self, within: float) -> bool:
         """True while a synced stream is connected and was heard from within ``within`` s."""

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from tasklease import forksafe
 from tasklease.rules import grants as grant_rules
 from tasklease.rules import scopes as scope_rules
 from tasklease.verify._claims import VerifiedToken
@@ -81,6 +82,7 @@ class FreshnessPolicy:
             else max_staleness
         )
         self._lock = threading.Lock()
+        forksafe.track(self)
         self.refusals = 0
         self.critical_refusals = 0
 

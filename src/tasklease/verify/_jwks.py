@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 import nacl.signing
 
+from tasklease import forksafe
 from tasklease.bounds import bounded_body, json_document
 from tasklease.rules import jws
 from tasklease.verify._errors import KeySetStale
@@ -102,6 +103,7 @@ class KeySet:
         self._last_kid_attempt = -float("inf")  # fetches for an unknown kid
         self._lock = threading.Lock()
         self.fetches = 0
+        forksafe.track(self)
 
     @property
     def kids(self) -> list[str]:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import httpx
 
+from tasklease import forksafe
 from tasklease.bounds import bounded_body
 from tasklease.rules.offlinereports import (
     MAX_BATCH,
@@ -58,6 +59,7 @@ class UseReporter:
         self._counter = UseCounter(limit)
         self._queue = ReportQueue(limit)
         self._flush_lock = threading.Lock()
+        forksafe.track(self)
 
     @property
     def pending(self) -> int:

@@ -11,6 +11,7 @@ from typing import Any, Self
 
 import httpx
 
+from tasklease import forksafe
 from tasklease.bounds import loopback_direct, read_app_token
 from tasklease.core.clock import Clock, ElapsedHorizon, SystemClock
 from tasklease.core.lru import LRUCache
@@ -149,6 +150,10 @@ class VerifierBase:
                 timeout=timeout,
             )
         )
+        # In a process forked from this one, the client's connections are the parent's:
+        # the child's copy opens its own (forksafe; the feed follows again, the locks of
+        # this verifier's parts are unheld).
+        forksafe.track(self._client)
         self.jwks_max_stale = jwks_max_stale
         self._keys = KeySet(
             self._client,
@@ -213,6 +218,7 @@ class VerifierBase:
             )
         self._started = False
         self._start_lock = threading.Lock()
+        forksafe.track(self)
 
     # --- lifecycle ----------------------------------------------------------------------
 
