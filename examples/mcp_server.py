@@ -6,7 +6,8 @@
 
 The resource URL is the audience: tokens for it come from a launch token that names it as
 its ``resource`` (RFC 8707), and a token minted for any other resource is answered with
-401.
+401. A broker with a ``public_url`` signs its first one as its issuer: give it as
+``TASKLEASE_ISSUER``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def main() -> None:
     verifier = Verifier(
         broker_url,
         audience=resource_url,
+        # The broker's `iss`: its first public_url when it has one (docs/configuration.md).
+        issuer=os.environ.get("TASKLEASE_ISSUER", "tasklease"),
         credentials=AppCredentials(
             os.environ["TASKLEASE_CLIENT_ID"], os.environ["TASKLEASE_CLIENT_SECRET"]
         ),

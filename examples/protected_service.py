@@ -5,7 +5,8 @@
     python examples/protected_service.py
 
 Every request is verified offline (JWKS + revocation feed, no call to the broker per
-request); each route names the scope it needs.
+request); each route names the scope it needs. A broker with a ``public_url`` signs its
+first one as its issuer: give it as ``TASKLEASE_ISSUER``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main() -> None:
     verifier = Verifier(
         os.environ["TASKLEASE_BROKER_URL"],
         audience=os.environ.get("SERVICE_AUDIENCE", "svc-a"),
+        # The broker's `iss`: its first public_url when it has one (docs/configuration.md).
+        issuer=os.environ.get("TASKLEASE_ISSUER", "tasklease"),
         credentials=AppCredentials(
             os.environ["TASKLEASE_CLIENT_ID"], os.environ["TASKLEASE_CLIENT_SECRET"]
         ),
