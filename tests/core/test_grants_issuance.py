@@ -579,3 +579,25 @@ def test_a_grant_integer_no_float_holds_is_refused_as_malformed(
     with pytest.raises(InvalidAuthorizationDetails, match="account"):
         register(broker, kit, lt, [{"type": "charge", "amount": 1, "limits": limits}])
     assert register(broker, kit, lt, [{"type": "charge", "amount": 100}]).claims.details
+
+
+def test_grant_types_added_used_and_removed_in_a_loop_leave_no_memory_behind(
+    broker: Any, kit: Any
+) -> None:
+    # An operator with admin:keys:* adds a type, has it checked once (a launch token's
+    # grant), and removes it, over and over under new names: the store keeps none of them,
+    # and neither may the registry's compiled validators (one per name ever used).
+    admin = kit.admin(broker).claims
+    for i in range(300):
+        name = f"loop_type_{i}"
+        broker.grant_types.add(
+            admin,
+            name=name,
+            schema={"type": "object", "properties": {"type": {"const": name}}},
+            narrowing={},
+            ctx=kit.ctx,
+        )
+        launch(broker, kit, [{"type": name}])
+        broker.grant_types.remove(admin, name, kit.ctx)
+    assert broker.grant_types.list_types() == []
+    assert len(broker.kernel.grant_types._compiled) <= 256

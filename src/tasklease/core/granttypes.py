@@ -17,13 +17,13 @@ changes. The operators' registry is ``core.grantadmin``.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tasklease.core.auditformat import clipped
 from tasklease.core.errors import InvalidAuthorizationDetails
+from tasklease.core.lru import LRUCache
 from tasklease.core.records import GrantTypeRecord
 from tasklease.core.store import Store
 from tasklease.rules import grants as grant_rules
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 __all__ = ["MAX_SCHEMA_BYTES", "GrantTypeRegistry"]
 
 MAX_SCHEMA_BYTES = 65_536
+_COMPILED = 256
+"""Compiled types kept at once, the least recently used dropped first: one per name ever
+checked would grow with every type an operator adds and removes, while the store holds
+only the live ones."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,19 +63,18 @@ class GrantTypeRegistry:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._compiled: dict[str, _Compiled] = {}
-        self._lock = threading.Lock()
+        self._compiled: LRUCache[str, _Compiled] = LRUCache(_COMPILED)
 
     def _type(self, name: str) -> _Compiled | None:
         record = self._store.get_grant_type(name)
         if record is None:
+            self._compiled.discard(name)
             return None
-        with self._lock:
-            found = self._compiled.get(name)
-            if found is None or found.record != record:
-                found = _compile(record)
-                self._compiled[name] = found
-            return found
+        found = self._compiled.get(name)
+        if found is None or found.record != record:
+            found = _compile(record)
+            self._compiled.put(name, found)
+        return found
 
     def rules(self, names: Collection[str]) -> Mapping[str, TypeRule]:
         """The narrowing rules of the operators' types among ``names`` that exist (a
