@@ -37,9 +37,8 @@ from tasklease.rules.note import (
     Checkpoint,
     NoteError,
     VerifierKey,
-    parse_checkpoint,
     parse_note,
-    verify_note,
+    verify_checkpoint_note,
 )
 
 __all__ = [
@@ -144,8 +143,7 @@ def latest_checkpoint(
         return None, None
     try:
         note = parse_note(record.note)
-        verify_note(note, log_keys)
-        return parse_checkpoint(note.text), None
+        return verify_checkpoint_note(note, log_keys), None
     except NoteError as exc:
         return None, Problem(
             "checkpoint broken:",

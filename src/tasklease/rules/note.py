@@ -48,6 +48,7 @@ __all__ = [
     "parse_private_key",
     "private_key_text",
     "sign_note",
+    "verify_checkpoint_note",
     "verify_cosignature",
     "verify_note",
 ]
@@ -284,6 +285,26 @@ def parse_checkpoint(text: str) -> Checkpoint:
     if len(raw) != 32:
         raise NoteError("a checkpoint's root is 32 bytes")
     return Checkpoint(origin, int(size), raw, tuple(extensions))
+
+
+def verify_checkpoint_note(note: Note, keys: Iterable[VerifierKey]) -> Checkpoint:
+    """The checkpoint in ``note``, once a key among ``keys`` named as its origin signed it.
+
+    C2SP ``tlog-checkpoint``: the log's key name is its origin (``checkpoint_note`` signs
+    so, and witnesses look a log's keys up by it). A signature by a known key under
+    another name does not make the note a checkpoint of that origin: a key of one log
+    never vouches for another's. Raise ``NoteError`` if malformed or not so signed.
+    """
+    checkpoint = parse_checkpoint(note.text)
+    keys = list(keys)
+    named = [k for k in keys if k.name == checkpoint.origin]
+    if keys and not named:
+        names = " ".join(sorted({k.name for k in keys}))
+        raise NoteError(
+            f"the checkpoint's origin {checkpoint.origin} is not the log key's name ({names})"
+        )
+    verify_note(note, named)
+    return checkpoint
 
 
 def checkpoint_note(

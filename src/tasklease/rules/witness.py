@@ -38,8 +38,8 @@ from tasklease.rules.note import (
     cosign,
     parse_checkpoint,
     parse_note,
+    verify_checkpoint_note,
     verify_cosignature,
-    verify_note,
 )
 
 __all__ = [
@@ -174,7 +174,7 @@ def add_checkpoint(
     if keys is None:
         return refuse(404, f"unknown log {checkpoint.origin}")
     try:
-        verify_note(request.note, keys)
+        verify_checkpoint_note(request.note, keys)
     except NoteError as exc:
         return refuse(403, f"checkpoint not signed by the log: {exc}")
     if request.old > checkpoint.size:

@@ -26,9 +26,8 @@ from tasklease.rules.note import (
     Checkpoint,
     NoteError,
     VerifierKey,
-    parse_checkpoint,
     parse_note,
-    verify_note,
+    verify_checkpoint_note,
 )
 from tasklease.rules.witness import cosigned_by
 from tasklease.verify._errors import VerificationError
@@ -85,14 +84,16 @@ def verify_checkpoint(
     """The checkpoint in ``note``, once its signature by one of ``log_keys`` verifies
     (and ``quorum`` of ``witnesses`` cosigned it; and its origin is ``origin``, if given).
 
+    The signing key's name must be the checkpoint's origin (C2SP ``tlog-checkpoint``, as
+    the broker signs and witnesses check): a key of another log does not vouch for it.
+
     Raises:
-        AuditProofError: it is malformed, unsigned by the log, short of cosignatures, or
-            of another log.
+        AuditProofError: it is malformed, unsigned by the log (or signed under a key name
+            other than its origin), short of cosignatures, or of another log.
     """
     try:
         parsed = parse_note(note)
-        verify_note(parsed, _keys(log_keys))
-        checkpoint = parse_checkpoint(parsed.text)
+        checkpoint = verify_checkpoint_note(parsed, _keys(log_keys))
     except NoteError as exc:
         raise AuditProofError(f"checkpoint: {exc}") from None
     if origin is not None and checkpoint.origin != origin:
