@@ -36,6 +36,7 @@ from tasklease.core.errors import (
 from tasklease.core.foreign import domain_entry
 from tasklease.core.issuing import listed
 from tasklease.core.kernel import Kernel, RequestContext, Service
+from tasklease.core.keys import jwk_thumbprint
 from tasklease.core.records import FederationRecord
 from tasklease.core.store import WriteTx
 from tasklease.core.tokens import Claims
@@ -454,7 +455,7 @@ class Federation(Service):
                     "federation_bundle_updated",
                     detail=f"{detail_field('trust_domain', trust_domain)} "
                     f"sequence={previous.sequence if previous else None}->{bundle.sequence} "
-                    f"kids=[{' '.join(bundle.keys)}] skipped={bundle.skipped}",
+                    f"{_named_keys(bundle)} skipped={bundle.skipped}",
                 )
             ]
 
@@ -524,7 +525,19 @@ def _describe(static: str | None, domain: str) -> str:
     if static is None:
         return ""
     bundle = parse_bundle(static, domain)
-    return f"sequence={bundle.sequence} kids=[{' '.join(bundle.keys)}]"
+    return f"sequence={bundle.sequence} {_named_keys(bundle)}"
+
+
+def _named_keys(bundle: TrustBundle) -> str:
+    """Audit detail: a bundle's keys, each by its RFC 7638 thumbprint, after its kid when
+    the kid is not that thumbprint (``keys=[<thumbprint> <kid>:<thumbprint>]``). A kid is
+    the peer's name for a key, not the key: a key served anew under a kid it had before
+    is seen to change."""
+    named = []
+    for kid, key in bundle.keys.items():
+        jkt = jwk_thumbprint(key)
+        named.append(jkt if kid == jkt else f"{kid}:{jkt}")
+    return f"keys=[{' '.join(named)}]"
 
 
 def _same_source(previous: FederationRecord, record: FederationRecord) -> bool:
