@@ -298,7 +298,9 @@ def _prepare(config: Config, admin_secret: str | None = None) -> str:
 def _started(broker: Broker, admin_secret: str | None) -> None:
     """What every start does once its broker is built: record the admin secret it starts
     with (a changed one ends the admin's tokens and launch tokens: docs/decisions.md 241)
-    and name the tenants without keys."""
+    and name the tenants without keys. Witnesses and a quorum other than the log last
+    recorded are audited (``audit_witnesses_changed``)."""
+    broker.transparency.record_witnesses()
     if broker.started_with_admin_secret(admin_secret):
         _log.warning(
             "the admin secret changed since the last start: the admin's tokens and launch "

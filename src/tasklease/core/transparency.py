@@ -29,10 +29,12 @@ No checkpoint is ever audited as an event: that would grow the log it describes,
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +44,11 @@ from tasklease.core.auditformat import AuditEntry, clipped
 from tasklease.core.audittree import consistency_proof, inclusion_proof, root_at
 from tasklease.core.config import without_userinfo
 from tasklease.core.errors import NotFound
+from tasklease.core.issuing import listed
 from tasklease.core.kernel import Kernel, RequestContext
 from tasklease.core.keydirs import LOG_KEY_DIR
 from tasklease.core.keys import KeyRing, load_keyring, load_or_create_keyring, rotate_key
-from tasklease.core.records import AuditEvent, AuditTree, CheckpointRecord
+from tasklease.core.records import AuditEvent, AuditQuery, AuditTree, CheckpointRecord
 from tasklease.core.rollback import (
     ACCEPT_COMMAND,
     CheckpointAnchors,
@@ -81,12 +84,14 @@ from tasklease.rules.witness import (
 __all__ = [
     "CHECKPOINT_LEASE",
     "LOG_KEY_DIR",
+    "WITNESSES_CHANGED",
     "AuditTransparency",
     "PushResult",
     "RollbackAccepted",
     "Witness",
     "log_origin",
     "logs_went_back",
+    "witness_set",
 ]
 
 _log = logging.getLogger("tasklease.audit")
@@ -176,6 +181,23 @@ class PushResult:
 Push = Callable[[str, bytes], PushResult]
 """``push(url, body)``: POST ``body`` to ``<url>/add-checkpoint``; raise ``OSError`` (or
 anything the transport raises) when the witness cannot be reached."""
+
+
+WITNESSES_CHANGED = "audit_witnesses_changed"
+# What an ``audit_witnesses_changed`` detail ends with: `` -> <after> set=<before>-><after>``
+# (neither a witness's URL nor its vkey holds a space).
+_RECORDED = re.compile(
+    r" -> (?P<text>quorum=\d+ witnesses=\[.*\]) set=\S+->(?P<digest>[0-9a-f]{32})\Z"
+)
+
+
+def witness_set(witnesses: Sequence[Witness], quorum: int) -> tuple[str, str]:
+    """The witnesses and quorum as audit text (``quorum=N witnesses=[<url>#<vkey> ...]``,
+    sorted, each URL without its user and password) and their digest (the first 32 hex
+    characters of the SHA-256 of the text): two starts with one set give one digest."""
+    entries = sorted(f"{w.shown}#{w.key.vkey}" for w in witnesses)
+    text = f"quorum={quorum} witnesses={listed(entries)}"
+    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def _b64(raw: bytes) -> str:
@@ -326,6 +348,52 @@ class AuditTransparency:
             self.ring = load_keyring(self._key_dir, provider)
             self._key_files = files
         return True
+
+    # -- the witnesses it starts with -----------------------------------------------------
+
+    def record_witnesses(self) -> bool:
+        """Audit the witnesses and quorum this process starts with when they are not the
+        ones the log last recorded (``audit_witnesses_changed``, before -> after); True if
+        written. Nothing is written for a log that never had witnesses and has none.
+
+        The record is the log's last such event, read in the event's own write under the
+        audit head's lock: of processes starting together with one new set, one writes it.
+
+        Raises:
+            Unavailable: the event could not be written.
+        """
+        after, digest = witness_set(self.witnesses, self.quorum)
+        written: list[bool] = []
+
+        def unit(tx: WriteTx) -> list[AuditEntry]:
+            tx.audit_head()  # the head's lock: every other append waits for this write
+            before, held = self._recorded_witnesses()
+            if held == digest or (held is None and not self.witnesses):
+                return []
+            written.append(True)
+            return [
+                AuditEntry(
+                    WITNESSES_CHANGED,
+                    detail=f"audit witnesses changed: {before} -> {after} "
+                    f"set={held or 'none'}->{digest}",
+                )
+            ]
+
+        self._kernel.commit(unit)
+        return bool(written)
+
+    def _recorded_witnesses(self) -> tuple[str, str | None]:
+        """The witness set the log's last ``audit_witnesses_changed`` names (its text and
+        digest), or ``("unrecorded", None)``."""
+        _, total = self._store.query_audit(AuditQuery(event_type=WITNESSES_CHANGED, limit=0))
+        if total:
+            last, _ = self._store.query_audit(
+                AuditQuery(event_type=WITNESSES_CHANGED, limit=1, offset=total - 1)
+            )
+            found = _RECORDED.search(last[0].detail) if last else None
+            if found is not None:
+                return found["text"], found["digest"]
+        return "unrecorded", None
 
     # -- the tree and its proofs ----------------------------------------------------------
 
