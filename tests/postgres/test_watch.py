@@ -14,6 +14,7 @@ from tasklease.core.config import Config
 from tasklease.core.errors import Unavailable
 from tasklease.core.keys import KeyRing
 from tasklease.core.store import RevocationRecord
+from tasklease.storage._pg_watch import CHECK_IN
 from tasklease.storage.postgres import PostgresStore
 
 
@@ -89,7 +90,8 @@ def test_broker_follows_the_watch_and_fails_closed_when_it_goes_quiet(pg_url: st
 
 
 def _listeners(url: str) -> int:
-    return count_backends(url, "query LIKE 'LISTEN%'")
+    # A LISTEN connection's last statement is its LISTEN or a check-in.
+    return count_backends(url, f"query LIKE 'LISTEN%' OR query = '{CHECK_IN}'")
 
 
 def test_tenant_views_share_one_watch_and_each_gets_its_tenants_revocations(pg_url: str) -> None:

@@ -3,6 +3,8 @@
 A transaction that stores a revocation sends ``pg_notify`` on :data:`NOTIFY_CHANNEL`
 with ``"<seq> <commit time> <origin>"`` just before it commits (``PostgresStore.write``);
 a :class:`RevocationWatch`, returned by ``PostgresStore.start_watch``, listens for it.
+A migration sends ``"schema <version>"`` on the same channel; the watch reads the schema
+version then, and at every check-in, for the store's ``SchemaGate``.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import psycopg
 from tasklease.storage._pg_guard import Watchdog
 from tasklease.storage._sql import Row
 
-__all__ = ["NOTIFY_CHANNEL", "RevocationWatch"]
+__all__ = ["CHECK_IN", "NOTIFY_CHANNEL", "RevocationWatch"]
 
 NOTIFY_CHANNEL = "tasklease_revocations"
 _log = logging.getLogger("tasklease.storage.postgres")  # the store's logger
+# The watch's check-in: a round trip that reads the schema version (its own text, so that
+# pg_stat_activity tells the LISTEN connection apart).
+CHECK_IN = "SELECT COALESCE(MAX(version), 0) AS watched_version FROM schema_version"
 
 
 class RevocationWatch:
@@ -37,8 +42,10 @@ class RevocationWatch:
         connect_kwargs: dict[str, Any],
         watchdog: Watchdog,
         deadline: float,
+        on_schema: Callable[[int], None] = lambda _: None,
     ) -> None:
         self._conninfo = conninfo
+        self._on_schema = on_schema
         self._origin = origin
         self._on_change = on_change
         self._interval = interval
@@ -76,6 +83,7 @@ class RevocationWatch:
                 ) as conn:
                     with self._watchdog.bounded(conn, self._deadline):
                         conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self._check_schema(conn)
                     if self._failing:
                         _log.warning("revocation watch reconnected")
                     backoff = 0.05
@@ -95,16 +103,27 @@ class RevocationWatch:
         next_check = time.monotonic() + self._interval
         while not self._stop.is_set():
             wait = max(0.0, min(0.2, next_check - time.monotonic()))
+            migrated = False
             for notify in conn.notifies(timeout=wait):
+                if notify.payload.startswith("schema "):
+                    migrated = True  # read once the generator gives the connection back
                 self._deliver(self._commit_time(notify.payload))
+            if migrated:
+                self._check_schema(conn)
             if time.monotonic() >= next_check:
                 # A round trip on the LISTEN connection: every notification committed
                 # before it was sent has now been received, so a refresh after it is
-                # current as of now. It also proves the connection is alive.
-                with self._watchdog.bounded(conn, self._deadline):
-                    conn.execute("SELECT 1")
+                # current as of now. It also proves the connection is alive, and reads
+                # the schema version (a migration whose notification we missed).
+                self._check_schema(conn)
                 self._deliver(None)
                 next_check = time.monotonic() + self._interval
+
+    def _check_schema(self, conn: psycopg.Connection[Row]) -> None:
+        """Read the schema version and hand it to ``on_schema`` (before any refresh)."""
+        with self._watchdog.bounded(conn, self._deadline):
+            row = conn.execute(CHECK_IN).fetchone()
+        self._on_schema(int(row[0]) if row else 0)
 
     def _commit_time(self, payload: str) -> float | None:
         """The commit time in a notification payload ``"<seq> <time> <origin>"``.

@@ -85,6 +85,42 @@ def _schema_version(conn: psycopg.Connection[Row]) -> int:
     return int(row[0]) if row else 0
 
 
+class SchemaGate:
+    """Whether the database's schema moved past what this code knows while it ran.
+
+    A newer release's ``tasklease db migrate`` under a running replica (a rolling
+    upgrade) leaves it reading and writing rows, and enforcing rules, of a schema it does
+    not know: it would accept what the newer code refuses. Once :meth:`note` sees a newer
+    version (the watch reads it at every check-in, and every migration notifies it), each
+    call fails closed (:meth:`check`) for good: the process must be replaced.
+    """
+
+    def __init__(self, known: int) -> None:
+        self.known = known
+        self.seen: int | None = None
+
+    def note(self, current: int) -> None:
+        if current <= self.known or self.seen is not None:
+            return
+        self.seen = current
+        _log.error(
+            "database schema version %d is newer than this tasklease (knows %d): it was "
+            "migrated under this process, which now refuses every request; replace it "
+            "with the upgraded release",
+            current,
+            self.known,
+        )
+
+    def check(self) -> None:
+        """Raise ``Unavailable`` once the schema was seen newer than this code."""
+        if self.seen is not None:
+            raise Unavailable(
+                "storage is unavailable",
+                reason=f"{newer_error(self.seen, self.known)} (migrated while running)",
+                retry_after=1,
+            )
+
+
 # -- the store ---------------------------------------------------------------------------
 
 
@@ -128,6 +164,7 @@ class PostgresStore(SQLStore):
         self._watch_lock = threading.Lock()
         self._watchdog = Watchdog()
         self._outage = Outage()
+        self._schema = SchemaGate(self.known_schema_version())
         self._purging = threading.Lock()  # one pool check at a time
         self._connect_errors = 0  # the pool's count of failed connection attempts, last seen
         # First halves' reads, made on the event loop (core.readahead).
@@ -178,6 +215,7 @@ class PostgresStore(SQLStore):
         if self._closed:
             raise RuntimeError("store is closed")
         refuse_on_loop("a call of more than one statement")  # see _one
+        self._schema.check()
         self._outage.check()
         trial = self._outage.failing
         limits = self._limits
@@ -333,6 +371,11 @@ class PostgresStore(SQLStore):
                 conn.execute(
                     DIALECT.record_migration, (migration.version, migration.name, time.time())
                 )
+                # Delivered at commit: running replicas' watches read the new version at
+                # once, and those that do not know it stop serving (SchemaGate).
+                conn.execute(
+                    "SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, f"schema {migration.version}")
+                )
         except psycopg.Error as exc:
             raise migration_failed(migration, exc) from exc
         return True
@@ -433,6 +476,7 @@ class PostgresStore(SQLStore):
 
     async def read_ahead(self, query: object) -> Any:
         """See ``Store.read_ahead``: ``query`` as :meth:`_one` and :meth:`_all` make it."""
+        self._schema.check()
         return await self._ahead.fetch(self._outage, query)
 
     # Under a read-ahead run (a first half on the event loop), a read of one statement is
@@ -520,6 +564,7 @@ class PostgresStore(SQLStore):
                         connect_kwargs=self._connect_kwargs,
                         watchdog=self._watchdog,
                         deadline=self._limits.deadline,
+                        on_schema=self._schema.note,
                     )
                 )
             subscription = _Subscription(self, on_change)
