@@ -26,7 +26,13 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["NotRegularFileError", "check_regular", "make_private_directories", "open_regular"]
+__all__ = [
+    "NotRegularFileError",
+    "check_regular",
+    "fsync_directory",
+    "make_private_directories",
+    "open_regular",
+]
 
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -106,10 +112,11 @@ def make_private_directories(path: str | os.PathLike[str]) -> None:
         except FileExistsError:
             continue  # made meanwhile by another process, which sets its mode
         os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
-        _fsync_directory(directory.parent)
+        fsync_directory(directory.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make ``directory``'s entries (a file made, renamed or removed in it) durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

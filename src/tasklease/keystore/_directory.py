@@ -38,7 +38,12 @@ from typing import Any, ClassVar
 
 import nacl.signing
 
-from tasklease.localfiles import NotRegularFileError, make_private_directories, open_regular
+from tasklease.localfiles import (
+    NotRegularFileError,
+    fsync_directory,
+    make_private_directories,
+    open_regular,
+)
 
 __all__ = [
     "ENCRYPTED",
@@ -238,7 +243,7 @@ def _write_aside(final: Path, data: bytes) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _fsync_directory(final.parent)
+    fsync_directory(final.parent)
 
 
 def rewrite_key_file(path: Path, data: bytes) -> None:
@@ -255,7 +260,7 @@ def set_aside(path: Path, name: str) -> None:
     Call it under :func:`locked`.
     """
     path.replace(path.with_name(name))
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def _next_timestamp(directory: Path) -> str:
@@ -267,14 +272,6 @@ def _next_timestamp(directory: Path) -> str:
         if now <= newest:
             now = newest + timedelta(microseconds=1)
     return now.strftime(_TIMESTAMP_FORMAT)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _verify_key_of(key: Any) -> nacl.signing.VerifyKey:
@@ -397,7 +394,7 @@ class DirectoryProvider(abc.ABC):
                 self._discard(entry, kid)
                 entry.path.unlink()
             if going:
-                _fsync_directory(directory)
+                fsync_directory(directory)
             return [kid for _, kid in going]
 
     def retired_kids(self, directory: Path) -> frozenset[str]:
@@ -507,7 +504,7 @@ class DirectoryProvider(abc.ABC):
             with contextlib.suppress(Exception):
                 self._drop_pending(pending, timestamp)
             raise
-        _fsync_directory(directory)
+        fsync_directory(directory)
         return kid
 
     def _drop_pending(self, pending: Path, timestamp: str) -> None:
