@@ -169,6 +169,22 @@ def test_audit_export_and_verify_over_http(broker: BrokerForTests, home: Path) -
     assert "audit chain intact" in verified.stdout
 
 
+def test_audit_export_from_the_database_with_a_broker_url_in_the_environment(
+    broker: BrokerForTests, home: Path
+) -> None:
+    # TASKLEASE_URL (as an operator's shell has it) is where a remote command goes, not a
+    # --url given beside --data-dir: the database is read, as `audit verify` reads it.
+    assert broker.data_dir is not None
+    local = run("audit", "export", "--data-dir", str(broker.data_dir), broker=broker, home=home)
+    assert local.returncode == 0, local.stderr
+    assert [e["seq"] for e in lines(local.stdout)][:1] == [1]
+    both = run(
+        "audit", "export", "--data-dir", str(broker.data_dir), "--url", broker.url,
+        broker=broker, home=home,
+    )  # fmt: skip
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
 def test_audit_verify_names_the_edited_event(tmp_path: Path, home: Path) -> None:
     data = tmp_path / "data"
     with BrokerForTests(data_dir=data) as running:

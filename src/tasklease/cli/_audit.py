@@ -133,6 +133,7 @@ def _check_outcome(outcome: str | None) -> None:
 
 
 def audit_export(
+    ctx: typer.Context,
     agent_id: AgentIdOpt = None,
     task_id: TaskIdOpt = None,
     event_type: EventTypeOpt = None,
@@ -177,9 +178,13 @@ def audit_export(
         until=until,
         principal=principal,
     )
-    local = database is not None or config is not None or data_dir is not None
-    if local and url is not None:
+    # Only what the command line says chooses between the two: a broker URL or a data
+    # directory that the environment sets (TASKLEASE_URL, TASKLEASE_DATA_DIR) does not
+    # refuse, nor redirect, an export the flags ask for.
+    local = database is not None or config is not None or _given(ctx, "data_dir")
+    if local and _given(ctx, "url"):
         fail("give either --url or --database (--data-dir, --config), not both")
+    local = local or (data_dir is not None and url is None)
     # The audit trail names agents, tasks and principals: a file of it is private (0600),
     # new unless --force, never written through a link, whole or not at all.
     with contextlib.ExitStack() as stack:
@@ -200,6 +205,13 @@ def audit_export(
                 count = _write_lines(events, lambda line: fh.write(line.encode()))
     if output is not None:
         err.print(f"{count} events written to {output}", highlight=False)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the option ``name`` was given on the command line (not by its environment
+    variable nor its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
 
 
 _PAGE = 1000
