@@ -204,7 +204,9 @@ OPERATIONS = (
                 "invalid_request",
                 "a parameter is missing, malformed or repeated; a token type is not an "
                 "access token or JWT; `actor_token` is missing for a federated domain's "
-                "subject token; or either token is invalid, expired, revoked, of an "
+                "subject token; a token exchange carries client credentials (a Basic "
+                "header, `client_secret` or `client_assertion`: it authenticates no "
+                "client); or either token is invalid, expired, revoked, of an "
                 "unknown or untrusted domain (its bundle unknown or older than its maximum "
                 "age), or not acceptable (its lineage has ended, the actor is already in "
                 "its chain, the chain is at its depth limit)",
