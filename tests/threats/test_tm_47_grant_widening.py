@@ -16,12 +16,17 @@ pytestmark = pytest.mark.slow
 
 DAY = 86400
 PAYEES = "https://pay.example/payees/"
+# Every window is read from one time taken at import: the parameters below are made at
+# collection and the parent's grant when its fixture runs, maybe past a midnight. A
+# window is two days long, from an hour ago, so the parent's is still open then.
+START = int(time.time()) - 3600
+WINDOW = 2 * DAY
 
 
 def payment(
     amount: str = "100", payee: str = "P", *, day: int = 0, calls: int = 2, action: str = "pay"
 ) -> dict[str, Any]:
-    today = int(time.time()) // DAY * DAY + day * DAY
+    today = START + day * WINDOW
     return {
         "type": "resource_access",
         "actions": [action],
@@ -30,7 +35,7 @@ def payment(
             "max_amount": amount,
             "currency": "EUR",
             "not_before": today,
-            "not_after": today + DAY,
+            "not_after": today + WINDOW,
             "allowed_values": {"payee": [payee]},
             "max_calls": calls,
         },
