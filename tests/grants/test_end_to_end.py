@@ -42,17 +42,21 @@ pytestmark = pytest.mark.slow
 
 DAY = 86400
 PAYEES = "https://pay.example/payees/"
+# Every window is read from one time taken at import, so grants made on either side of a
+# midnight in one run still compare as meant: two days from an hour ago.
+START = int(time.time()) - 3600
+WINDOW = 2 * DAY
 
 
 def payment(
     amount: str, payee: str = "P", day: int = 0, calls: int | None = None
 ) -> dict[str, Any]:
-    today = int(time.time()) // DAY * DAY + day * DAY
+    today = START + day * WINDOW
     limits: dict[str, Any] = {
         "max_amount": amount,
         "currency": "EUR",
         "not_before": today,
-        "not_after": today + DAY,
+        "not_after": today + WINDOW,
         "allowed_values": {"payee": [payee]},
     }
     if calls is not None:

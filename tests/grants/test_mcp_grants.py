@@ -41,14 +41,18 @@ from tasklease.verify.mcp import (  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
+# One time read at import: grants made on either side of a midnight still match.
+TODAY = int(time.time()) - 3600
+
+
 def payment(calls: int) -> dict[str, Any]:
-    today = int(time.time()) // 86400 * 86400
+    today = TODAY
     return {
         "type": "resource_access",
         "actions": ["pay"],
         "locations": ["https://pay.example/payees/P"],
         "limits": {"max_amount": "100", "currency": "EUR", "max_calls": calls,
-                   "not_before": today, "not_after": today + 86400,
+                   "not_before": today, "not_after": today + 2 * 86400,
                    "allowed_values": {"payee": ["P"]}},
     }  # fmt: skip
 
