@@ -9,6 +9,7 @@ A bomb here is 100 MB of zeros, about 100 KB gzipped: inflated, it would take mo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -46,6 +47,7 @@ class Answer:
     body: bytes = b"{}"
     headers: dict[str, str] = field(default_factory=dict)
     chunks: int = 0  # >0: the body sent this many times over, chunked, with no length
+    pause: float = 0.0  # seconds before each chunk: a server that drips its answer
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ class FakeServer:
 
             async def body() -> AsyncIterator[bytes]:
                 for _ in range(answer.chunks):
+                    if answer.pause:
+                        await asyncio.sleep(answer.pause)
                     yield answer.body
 
             return StreamingResponse(body(), answer.status, headers=sent)

@@ -11,6 +11,7 @@ Over loopback HTTP, against a fake witness (uvicorn in a thread, answers_support
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -96,13 +97,13 @@ def test_the_http_client_is_made_at_the_first_checkpoint_not_at_start(
     client (a pool, the CA bundle read into a TLS context) waits for the first push, and
     once closed it sends nothing, made or not."""
     made: list[httpx.Client] = []
-    real = httpx.Client
 
-    def client(*args: Any, **kwargs: Any) -> httpx.Client:
-        made.append(real(*args, **kwargs))
-        return made[-1]
+    class Client(httpx.Client):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
 
-    monkeypatch.setattr(httpx, "Client", client)
+    monkeypatch.setattr(httpx, "Client", Client)
     server.reset()
     witness = WitnessClient(timeout=10)
     assert made == []
@@ -118,3 +119,55 @@ def test_the_http_client_is_made_at_the_first_checkpoint_not_at_start(
     with pytest.raises(RuntimeError, match="closed"):
         unused(server.url, NOTE)
     assert len(made) == 1
+
+
+# Would fail if: a witness that drips its answer (a byte before each read timeout) held
+# the push for as long as it liked: the checkpoint job's round, every tenant's after it,
+# and the broker's stop (which waits for the round under way) with it.
+def test_a_witness_dripping_its_answer_is_an_os_error_within_the_deadline(
+    server: FakeServer,
+) -> None:
+    server.reset()
+    client = WitnessClient(timeout=0.2)
+    try:
+        server.answer(Answer(body=b"x", chunks=200, pause=0.05))
+        started = time.monotonic()
+        with pytest.raises(OSError, match="no answer within"):
+            client(server.url, NOTE)
+        assert time.monotonic() - started < 2
+        # The next push is made on a client of its own: the deadline's closing is no
+        # lasting failure.
+        server.answer(Answer(body=b"", status=403, headers={"content-type": "text/plain"}))
+        assert client(server.url, NOTE).status == 403
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[FakeServer]:
+    with serving() as fake:
+        yield fake
+
+
+# Would fail if: a proxy the environment names carried a push to a loopback witness (its
+# URL's user and password, sent as HTTP Basic, among it) off the machine in clear: the
+# SDK's and the verifier's rule (bounds.loopback_direct).
+@pytest.mark.parametrize("variable", ["http_proxy", "all_proxy"])
+def test_a_loopback_witness_is_never_reached_through_a_proxy_from_the_environment(
+    server: FakeServer, proxy: FakeServer, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv(variable, proxy.url)
+    server.reset()
+    server.answer(Answer(body=b"", status=403, headers={"content-type": "text/plain"}))
+    client = WitnessClient(timeout=10)
+    try:
+        url = server.url.replace("http://", "http://user:password@")
+        assert client(url, NOTE).status == 403
+    finally:
+        client.close()
+    assert proxy.paths == []
+    assert server.paths == ["/add-checkpoint"]
+    assert server.asked[0].authorization.startswith("Basic ")

@@ -8,7 +8,7 @@ import threading
 
 import httpx
 
-from tasklease.bounds import bounded_body
+from tasklease.bounds import TOTAL_TIMES, bounded_body, loopback_direct, total_deadline
 from tasklease.core.broker import Broker
 from tasklease.core.transparency import PushResult
 
@@ -29,6 +29,14 @@ class WitnessClient:
     system's CAs for https witnesses). An answer that is compressed or larger than
     :data:`MAX_ANSWER` is an ``OSError``, as a witness not reached is.
 
+    A push ends within :data:`~tasklease.bounds.TOTAL_TIMES` times ``timeout``
+    (``bounds.total_deadline``): a witness that drips its answer, a byte before each read
+    timeout, would otherwise hold the checkpoint job's round (every tenant's, and the
+    broker's stop, which waits for it) as long as it liked. The deadline closes the pooled
+    client; the next push makes another. A loopback witness is reached directly, never
+    through a proxy the environment names (``bounds.loopback_direct``): a witness URL's
+    user and password are sent to it as HTTP Basic.
+
     The HTTP client is made at the first checkpoint taken to a witness: every broker
     start makes a ``WitnessClient``, most never configure a witness, and making the
     client (its connection pool, the CA bundle read into a TLS context) took a tenth of
@@ -45,21 +53,39 @@ class WitnessClient:
             if self._closed:  # as httpx says of a closed client
                 raise RuntimeError("Cannot send a request, as the client has been closed.")
             if self._client is None:
-                self._client = httpx.Client(timeout=self._timeout, follow_redirects=False)
+                self._client = loopback_direct(
+                    httpx.Client(timeout=self._timeout, follow_redirects=False)
+                )
             return self._client
 
     def __call__(self, url: str, body: bytes) -> PushResult:
         headers = {"content-type": "text/plain; charset=utf-8", "accept-encoding": "identity"}
-        with self._pooled().stream(
-            "POST", f"{url}/add-checkpoint", content=body, headers=headers
-        ) as response:
-            try:
-                answer = bounded_body(response, MAX_ANSWER)
-            except ValueError as exc:
-                raise OSError(f"the witness's answer: {exc}") from None
-            return PushResult(
-                response.status_code, response.headers.get("content-type", ""), answer
-            )
+        client = self._pooled()
+        seconds = TOTAL_TIMES * self._timeout
+        try:
+            with (
+                total_deadline(client, seconds),
+                client.stream(
+                    "POST", f"{url}/add-checkpoint", content=body, headers=headers
+                ) as response,
+            ):
+                try:
+                    answer = bounded_body(response, MAX_ANSWER)
+                except ValueError as exc:
+                    raise OSError(f"the witness's answer: {exc}") from None
+                return PushResult(
+                    response.status_code, response.headers.get("content-type", ""), answer
+                )
+        except (httpx.HTTPError, RuntimeError):
+            if not client.is_closed:
+                raise
+            with self._lock:
+                if self._client is client:
+                    self._client = None  # closed by the deadline: the next push makes one
+                closed = self._closed
+            if closed:
+                raise
+            raise OSError(f"the witness gave no answer within {seconds:g} s") from None
 
     def close(self) -> None:
         with self._lock:
