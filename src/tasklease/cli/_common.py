@@ -33,6 +33,7 @@ from tasklease.cli._sessions import cached_session, config_dir, session_subject
 from tasklease.core.tenantids import tenant_id_error
 from tasklease.localfiles import open_regular
 from tasklease.rules.cleartext import InsecureHTTPWarning, may_carry_credentials
+from tasklease.rules.controls import escaped
 
 # Every command imports this module, and `tasklease --help` loads every command: what
 # only some use (the SDK and httpx, cryptography for key files) is imported where used.
@@ -156,10 +157,13 @@ def fail(message: str, code: int = EXIT_USAGE, hint: str | None = None) -> NoRet
 
 
 def error_line(message: str, hint: str | None = None) -> None:
-    """Print ``error: message`` (and ``hint: ...``) to stderr, both shown as written."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+    """Print ``error: message`` (and ``hint: ...``) to stderr, both shown as written but
+    for the characters that drive a terminal (``rules.controls``), each shown escaped: a
+    message may quote what a server answered (a refusal's detail and hint), and whatever
+    answers at ``--url`` is not necessarily the broker."""
+    err.print(f"[bold red]error:[/] {escape(escaped(message))}", highlight=False, markup=True)
     if hint:
-        err.print(f"[dim]hint:[/] {escape(hint)}", highlight=False, markup=True)
+        err.print(f"[dim]hint:[/] {escape(escaped(hint))}", highlight=False, markup=True)
 
 
 def exit_code_for(error: TaskleaseError) -> int:

@@ -36,6 +36,7 @@ from tasklease.cli._common import (
     print_json,
     write_private,
 )
+from tasklease.rules.controls import escaped
 
 if TYPE_CHECKING:
     from tasklease.client import AdminClient
@@ -204,7 +205,9 @@ def read_checkpoint(path: Path) -> str:
 
 
 def _proof_failed(exc: AuditProofError) -> typer.Exit:
-    err.print(f"[bold red]FAILED:[/] {escape(exc.reason)}", highlight=False, markup=True)
+    # A reason may quote what a server served (an origin, an event's field): escaped.
+    reason = escape(escaped(exc.reason))
+    err.print(f"[bold red]FAILED:[/] {reason}", highlight=False, markup=True)
     return typer.Exit(EXIT_FAILED)
 
 
