@@ -293,6 +293,16 @@ class BrokerBase:
         """A fresh nonce and its lifetime in seconds."""
         return self._registration.challenge()
 
+    def offered_dpop_nonce(self) -> str:
+        """The DPoP nonce a proof sent to this broker must carry now (RFC 9449 sections 8
+        and 9), for an answer to offer in ``DPoP-Nonce``; "" unless ``dpop_nonce`` is
+        ``required``. The challenge's answer offers it, so that a resumption's proof, whose
+        refusal is the one generic 401 and spends the challenge, can carry it from the
+        start."""
+        if self.config.dpop_nonce != "required":
+            return ""
+        return self.dpop_nonces.issue(self.clock.now())
+
     def register(
         self,
         *,

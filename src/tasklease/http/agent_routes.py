@@ -154,8 +154,9 @@ def agent_routes(
         except TaskleaseError as exc:
             # A resumption answers every failure alike; a DPoP client gets the current
             # nonce either way, so that a missing one is no oracle (RFC 9449 section 8).
-            if ctx.dpop and broker.config.dpop_nonce == "required":
-                exc.dpop_nonce = broker.dpop_nonces.issue(broker.clock.now())
+            offered = broker.offered_dpop_nonce() if ctx.dpop else ""
+            if offered:
+                exc.dpop_nonce = offered
             raise
         return json_response(
             wire.RegisterResponse(

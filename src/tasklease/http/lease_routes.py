@@ -90,7 +90,12 @@ def lease_routes(
 
     async def challenge(request: Request) -> Response:
         nonce, ttl = broker.challenge()
-        return json_response(wire.ChallengeResponse(nonce=nonce, expires_in=ttl))
+        answer = json_response(wire.ChallengeResponse(nonce=nonce, expires_in=ttl))
+        # A registration or resumption follows: its DPoP proof can carry the nonce at once.
+        dpop_nonce = broker.offered_dpop_nonce()
+        if dpop_nonce:
+            answer.headers["DPoP-Nonce"] = dpop_nonce
+        return answer
 
     async def validate(request: Request) -> Response:
         req = await read_body(request, wire.ValidateRequest)

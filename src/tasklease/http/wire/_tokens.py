@@ -369,7 +369,9 @@ OPERATIONS = (
         "Get a registration nonce",
         "A fresh single-use nonce (64 lowercase hex characters). The agent signs the "
         "nonce's bytes (hex-decoded) with its Ed25519 key and presents the signature to "
-        "`POST /v1/register` before the nonce expires.",
+        "`POST /v1/register` (or `POST /v1/resume`) before the nonce expires. With "
+        '`dpop_nonce = "required"` the answer carries the current DPoP nonce in '
+        "`DPoP-Nonce` (RFC 9449 section 8.2), for the proof of the request that follows.",
         PUBLIC,
         ChallengeResponse,
     ),
