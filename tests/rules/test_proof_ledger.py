@@ -53,27 +53,55 @@ def test_a_key_at_its_quota_has_its_proofs_refused_and_only_its() -> None:
     assert len(ledger) == 7
 
 
+def _following(capacity: int, quota: int) -> tuple[MemoryProofLedger, list[float]]:
+    """A ledger whose elapsed time is the test's to move (with its calls' ``now``)."""
+    elapsed = [NOW]
+    return MemoryProofLedger(capacity, holder_quota=quota, monotonic=lambda: elapsed[0]), elapsed
+
+
 def test_expiry_frees_a_keys_quota_exactly_as_its_proofs_expire() -> None:
-    ledger = MemoryProofLedger(100, holder_quota=3)
+    ledger, elapsed = _following(100, 3)
     for key, expires in zip(_keys("m", 3), (NOW + 10, NOW + 20, NOW + 30), strict=True):
         assert ledger.remember_for("mallory", key, expires, NOW)
+    elapsed[0] = NOW + 9.999
     with pytest.raises(DPoPProofError, match="quota"):
         ledger.remember_for("mallory", "late", NOW + 70, NOW + 9.999)
     # At the first proof's expiry exactly one place is free, not more.
+    elapsed[0] = NOW + 10
     assert ledger.remember_for("mallory", "x-1", NOW + 70, NOW + 10)
     with pytest.raises(DPoPProofError, match="quota"):
         ledger.remember_for("mallory", "x-2", NOW + 70, NOW + 10)
+    elapsed[0] = NOW + 20
     assert ledger.remember_for("mallory", "x-2", NOW + 70, NOW + 20)
+    elapsed[0] = NOW + 29
     with pytest.raises(DPoPProofError, match="quota"):
         ledger.remember_for("mallory", "x-3", NOW + 70, NOW + 29)
     # Once every proof of the key has expired, it has its whole quota again.
+    elapsed[0] = NOW + 70
     for key in _keys("y", 3):
         assert ledger.remember_for("mallory", key, NOW + 200, NOW + 70)
     assert len(ledger) == 3
 
 
+def test_a_proof_is_kept_until_its_expiry_by_the_clock_and_by_elapsed_time() -> None:
+    # Stepped forward past its expiry, the clock does not drop a proof before that much
+    # time has elapsed; stepped back, it keeps one until the clock passes its expiry again.
+    ledger, elapsed = _following(100, 3)
+    assert ledger.remember_for("alice", "a-0", NOW + 60, NOW)
+    elapsed[0] = NOW + 1
+    assert ledger.remember_for("bob", "b-0", NOW + 3660, NOW + 3600)  # a step forward
+    assert ledger.remember_for("alice", "a-0", NOW + 60, NOW + 2) is False  # and back
+    elapsed[0] = NOW + 3600  # an hour elapsed, the clock an hour behind: both still held
+    assert ledger.remember_for("alice", "a-0", NOW + 60, NOW + 2) is False
+    assert ledger.remember_for("bob", "b-0", NOW + 3660, NOW + 2) is False
+    assert ledger.remember_for("carol", "c-0", NOW + 3660, NOW + 60)  # a-0 over by both
+    assert ledger.remember_for("alice", "a-0", NOW + 60, NOW + 60)
+    assert ledger.remember_for("bob", "b-0", NOW + 3660, NOW + 60) is False
+    assert len(ledger) == 2  # b-0 and c-0; a-0 was over when recorded again
+
+
 def test_the_capacity_still_fails_closed_for_everyone() -> None:
-    ledger = MemoryProofLedger(4, holder_quota=3)
+    ledger, elapsed = _following(4, 3)
     for key in _keys("m", 3):
         assert ledger.remember_for("mallory", key, NOW + 10, NOW)
     assert ledger.remember_for("alice", "a-0", NOW + 60, NOW)
@@ -82,6 +110,7 @@ def test_the_capacity_still_fails_closed_for_everyone() -> None:
     assert full.value.reason == "DPoP replay cache full"
     with pytest.raises(DPoPProofError, match="full"):
         ledger.remember("anonymous", NOW + 60, NOW)  # no holder: the capacity alone
+    elapsed[0] = NOW + 10
     assert ledger.remember_for("bob", "b-0", NOW + 60, NOW + 10)  # mallory's expired
 
 
@@ -145,7 +174,8 @@ def _present(dpop: DPoPVerifier, key: DPoPKey, cnf_key: DPoPKey, now: float) -> 
 
 def test_one_key_flooding_a_verifier_does_not_lock_another_out() -> None:
     clock = [NOW]
-    dpop = DPoPVerifier(60, capacity=12, holder_quota=4)
+    ledger = MemoryProofLedger(12, holder_quota=4, monotonic=lambda: clock[0])
+    dpop = DPoPVerifier(60, ledger=ledger)
     mallory, alice = _dpop_key(b"m", clock), _dpop_key(b"a", clock)
     answers = [_present(dpop, mallory, mallory, NOW) for _ in range(20)]
     assert answers[:4] == ["ok"] * 4 and set(answers[4:]) == {PROOF_OVER_QUOTA}

@@ -36,7 +36,7 @@ from tasklease.core.store import AuditQuery
 from tasklease.core.tokens import KIND_ADMIN, KIND_AGENT, KIND_APP, KIND_DPOP_PROOF
 from tasklease.core.validation import TokenRejected
 from tasklease.rules import jws as _jws
-from tasklease.rules.binding import BindingError, DPoPVerifier, normalize_htu
+from tasklease.rules.binding import BindingError, DPoPVerifier, MemoryProofLedger, normalize_htu
 
 
 def events(broker: Broker, event_type: str | None = None) -> list[Any]:
@@ -539,13 +539,15 @@ def test_dpop_proof_header_rules() -> None:
 
 
 def test_dpop_replay_cache_is_bounded_by_the_window() -> None:
-    verifier = DPoPVerifier(60, capacity=3)
+    elapsed = [START]  # the time that elapsed moves with the clock here (no step)
+    verifier = DPoPVerifier(60, ledger=MemoryProofLedger(3, monotonic=lambda: elapsed[0]))
     key = SigningKey.generate()
     for i in range(3):
         verifier.verify(dpop_proof(key, iat=START + i), htm="POST", htu=HTU, now=START + i)
     with pytest.raises(BindingError, match="full"):
         verifier.verify(dpop_proof(key, iat=START + 3), htm="POST", htu=HTU, now=START + 3)
     # Once the window has passed, the old jtis are forgotten (they could not be replayed).
+    elapsed[0] = START + 100
     verifier.verify(dpop_proof(key, iat=START + 100), htm="POST", htu=HTU, now=START + 100)
     assert len(verifier) == 1
 

@@ -33,7 +33,8 @@ import json
 import re
 import ssl
 import threading
-from collections.abc import Sequence, Sized
+import time
+from collections.abc import Callable, Sequence, Sized
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import quote, urlsplit
 
@@ -403,21 +404,35 @@ class MemoryProofLedger:
     :meth:`remember` name no holder and count against the capacity only. Every call is
     O(log n) (amortized over the expired keys it drops) under one lock: thread-safe.
 
+    Expired means past ``expires_at`` by the ``now`` of the call *and* by the time that
+    elapsed (``monotonic``) since the key was recorded: a wall clock stepped forward does
+    not forget a proof that is still fresh by the time the clock comes back to, and a clock
+    stepped back keeps it until the clock has passed its expiry again.
+
     Raises:
         ValueError: ``holder_quota`` below 1.
     """
 
     def __init__(
-        self, capacity: int = 1_000_000, *, holder_quota: int = DEFAULT_HOLDER_QUOTA
+        self,
+        capacity: int = 1_000_000,
+        *,
+        holder_quota: int = DEFAULT_HOLDER_QUOTA,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if holder_quota < 1:
             raise ValueError("holder_quota must be at least 1")
         self.capacity = capacity
         self.holder_quota = holder_quota
+        self._monotonic = monotonic
         self._seen: dict[str, float] = {}
-        # (expires_at, key, holder or None): the heap orders by expiry, and a holder's count
-        # drops as its keys are popped. Keys are unique, so a tie never compares holders.
+        # (elapsed-time deadline, key, holder or None): by the monotonic time at which the
+        # key's life is over; a holder's count drops as its keys are dropped. Keys are
+        # unique, so a tie never compares holders.
         self._expiry: list[tuple[float, str, _Holder | None]] = []
+        # (expires_at, key, holder or None): keys whose life is over by elapsed time but not
+        # by the clock (it was stepped back), until the clock passes their expiry again.
+        self._stepped: list[tuple[float, str, _Holder | None]] = []
         self._held: dict[str, _Holder] = {}  # holders with a live key, by name
         self._lock = threading.Lock()
         forksafe.track(self)
@@ -430,7 +445,8 @@ class MemoryProofLedger:
 
     def remember_for(self, holder: str, key: str, expires_at: float, now: float) -> bool:
         with self._lock:
-            self._expire(now)
+            elapsed = self._monotonic()
+            self._expire(now, elapsed)
             if key in self._seen:
                 return False
             counted = self._held.get(holder) if holder else None
@@ -443,20 +459,34 @@ class MemoryProofLedger:
             if counted is not None:
                 counted.live += 1
             self._seen[key] = expires_at
-            heapq.heappush(self._expiry, (expires_at, key, counted))
+            # Compared, never subtracted when the key is already over: an expiry no float
+            # holds (a proof's own claim) must not make the deadline NaN or infinite.
+            life = expires_at - now if expires_at > now else 0.0
+            heapq.heappush(self._expiry, (elapsed + life, key, counted))
             return True
 
-    def _expire(self, now: float) -> None:
-        """Drop every key expired at ``now``, counted off its holder (the lock is held)."""
-        expiry, seen = self._expiry, self._seen
-        while expiry and expiry[0][0] <= now:
-            _, old, counted = heapq.heappop(expiry)
-            if seen.get(old, now + 1) <= now:
-                del seen[old]
-                if counted is not None:
-                    counted.live -= 1
-                    if not counted.live:
-                        del self._held[counted.name]
+    def _expire(self, now: float, elapsed: float) -> None:
+        """Drop every key expired at ``now`` and at ``elapsed``, counted off its holder
+        (the lock is held)."""
+        expiry, stepped, seen = self._expiry, self._stepped, self._seen
+        while expiry and expiry[0][0] <= elapsed:
+            entry = heapq.heappop(expiry)
+            expires_at = seen.get(entry[1])
+            if expires_at is not None and expires_at > now:
+                heapq.heappush(stepped, (expires_at, entry[1], entry[2]))
+            else:
+                self._drop(entry[1], entry[2])
+        while stepped and stepped[0][0] <= now:
+            _, old, counted = heapq.heappop(stepped)
+            self._drop(old, counted)
+
+    def _drop(self, key: str, counted: _Holder | None) -> None:
+        if self._seen.pop(key, None) is None:
+            return
+        if counted is not None:
+            counted.live -= 1
+            if not counted.live:
+                del self._held[counted.name]
 
 
 class DPoPVerifier:
