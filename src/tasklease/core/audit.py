@@ -39,7 +39,13 @@ from tasklease.core.auditformat import (
 )
 from tasklease.core.audittree import append_leaves
 from tasklease.core.clock import Clock, format_rfc3339
-from tasklease.core.errors import Conflict, TaskleaseError, Unavailable, failure_summary
+from tasklease.core.errors import (
+    Conflict,
+    FailureRun,
+    TaskleaseError,
+    Unavailable,
+    failure_run,
+)
 from tasklease.core.handoff import run_on_loop
 from tasklease.core.readahead import refuse as refuse_on_loop
 from tasklease.core.records import AuditEvent, AuditTree
@@ -144,18 +150,10 @@ RETRY_AFTER = 1
 unless the store said otherwise."""
 
 
-@dataclass(frozen=True, slots=True)
-class WriteFailure:
-    """A run of batches that could not be committed (see :meth:`AuditLog.failure`).
-
-    ``summary`` is why, in words safe to show; ``since`` and ``last`` are monotonic times
-    of the first and the latest failed batch.
-    """
-
-    summary: str
-    since: float
-    last: float
-    batches: int = 1
+WriteFailure = FailureRun
+"""A run of batches that could not be committed (see :meth:`AuditLog.failure`):
+``summary`` is the latest batch's cause, in words safe to show; ``since`` and ``last``
+are monotonic times of the first and the latest failed batch, ``rounds`` how many."""
 
 
 class _Wake:
@@ -382,21 +380,16 @@ class AuditLog:
         return self._failure
 
     def _failed(self, exc: BaseException) -> None:
-        """Count a failed batch; log the first of a run, and a change of cause, only."""
-        now = time.monotonic()
-        summary = failure_summary(exc)
+        """Count a failed batch; log the first of a run, and a cause the run has not had, only."""
         if self._on_failure is not None:
             self._on_failure()
-        previous = self._failure
-        if previous is None or previous.summary != summary:
+        self._failure, new = failure_run(self._failure, exc, time.monotonic())
+        if new:
             _log.error(
                 "audit writes fail: %s; operations that change state are refused until "
                 "storage recovers (logged once)",
-                summary,
+                self._failure.summary,
             )
-            self._failure = WriteFailure(summary, now, now, 1)
-        else:
-            self._failure = WriteFailure(summary, previous.since, now, previous.batches + 1)
 
     def _succeeded(self) -> None:
         failure = self._failure
@@ -405,9 +398,9 @@ class AuditLog:
             outage = time.monotonic() - failure.since
             _log.warning(
                 "audit writes succeed again after %d failed batches in %.1fs (%s)",
-                failure.batches,
+                failure.rounds,
                 outage,
-                failure.summary,
+                "; ".join(sorted(failure.causes)),
             )
             if self._on_recovery is not None:
                 self._on_recovery(outage)

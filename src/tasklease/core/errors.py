@@ -31,11 +31,14 @@ authentication scheme and the OAuth error code (RFC 6750 section 3.1, RFC 9449 s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 __all__ = [
     "INSUFFICIENT_SCOPE",
     "INVALID_REQUEST",
     "INVALID_TOKEN",
     "Conflict",
+    "FailureRun",
     "Forbidden",
     "InsufficientScope",
     "InternalError",
@@ -55,6 +58,7 @@ __all__ = [
     "Unavailable",
     "UnsupportedGrantType",
     "UseDPoPNonce",
+    "failure_run",
     "failure_summary",
 ]
 
@@ -217,3 +221,36 @@ def failure_summary(exc: BaseException) -> str:
     if isinstance(exc, Unavailable):
         return exc.detail
     return type(exc).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRun:
+    """A run of failures of something that repeats (a write batch, a background job),
+    from its first failure to the next success.
+
+    ``summary`` is the latest failure's cause (:func:`failure_summary`), ``causes`` every
+    cause the run has had; ``since`` and ``last`` are monotonic times of its first and
+    latest failure, ``rounds`` how many failed.
+    """
+
+    summary: str
+    since: float
+    last: float
+    rounds: int = 1
+    causes: frozenset[str] = frozenset()
+
+
+def failure_run(
+    previous: FailureRun | None, exc: BaseException, now: float
+) -> tuple[FailureRun, bool]:
+    """The run ``previous`` (None: none under way) after one more failure, ``exc`` at
+    ``now``, and whether to log this failure: the first of a run, or a cause the run has
+    not had. One outage can alternate between causes (PostgreSQL stopped: a connection
+    attempt that timed out, then a second in which calls fail at once); a cause already
+    logged is not logged again, and the run goes on from its first failure."""
+    summary = failure_summary(exc)
+    if previous is None:
+        return FailureRun(summary, now, now, 1, frozenset({summary})), True
+    new = summary not in previous.causes
+    run = FailureRun(summary, previous.since, now, previous.rounds + 1, previous.causes | {summary})
+    return run, new

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
 from tasklease.core.broker import Broker
-from tasklease.core.errors import failure_summary
+from tasklease.core.errors import FailureRun, failure_run
 from tasklease.core.readiness import INTERVAL, Readiness
 from tasklease.federation import refresh_due
 from tasklease.federation.revocations import FeedFollowers
@@ -239,11 +239,11 @@ def _each(tenancy: Tenancy, job: Callable[[Broker], object]) -> Callable[[], Non
 
     A job fails every round for as long as what it needs is away (storage locked, the key
     directory moved, a module's token gone), every second or so: the first failure of a
-    run is logged with its traceback, a change of cause again, and the end of the run
-    once (``core.errors.failure_summary``, as the audit writes' runs are); the rounds in
-    between only at debug level."""
+    run is logged with its traceback, a cause the run has not had again, and the end of
+    the run once, with every round since its first failure (``core.errors.failure_run``,
+    as the audit writes' runs are); the rounds in between only at debug level."""
     name = getattr(getattr(job, "func", job), "__name__", "job")
-    runs: dict[str, tuple[str, int, float]] = {}  # tenant: (summary, rounds, since)
+    runs: dict[str, FailureRun] = {}  # tenant: its run of failures under way
 
     def run() -> None:
         for broker in tenancy.brokers():
@@ -251,19 +251,17 @@ def _each(tenancy: Tenancy, job: Callable[[Broker], object]) -> Callable[[], Non
             try:
                 job(broker)
             except Exception as exc:  # noqa: BLE001 - housekeeping must never take the server down
-                summary = failure_summary(exc)
-                previous = runs.get(tenant)
-                if previous is None or previous[0] != summary:
+                failures, new = failure_run(runs.get(tenant), exc, time.monotonic())
+                runs[tenant] = failures
+                if new:
                     _log.exception(
                         "background job %s failed for tenant %s (logged once a run): %s",
                         name,
                         tenant,
-                        summary,
+                        failures.summary,
                     )
-                    runs[tenant] = (summary, 1, time.monotonic())
                 else:
                     _log.debug("background job %s failed again for tenant %s", name, tenant)
-                    runs[tenant] = (summary, previous[1] + 1, previous[2])
                 continue
             ended = runs.pop(tenant, None)
             if ended is not None:
@@ -272,9 +270,9 @@ def _each(tenancy: Tenancy, job: Callable[[Broker], object]) -> Callable[[], Non
                     "in %.1fs (%s)",
                     name,
                     tenant,
-                    ended[1],
-                    time.monotonic() - ended[2],
-                    ended[0],
+                    ended.rounds,
+                    time.monotonic() - ended.since,
+                    "; ".join(sorted(ended.causes)),
                 )
 
     return run
