@@ -17,7 +17,12 @@ from tasklease import bounds, forksafe
 from tasklease.client._admin_audit import AuditCalls
 from tasklease.client._bounded import MAX_ADMIN_ANSWER, AnswerRefused, bounded_client
 from tasklease.client._brokerurl import check_broker_url
-from tasklease.client._errors import TransportError, Unauthorized, error_from_response
+from tasklease.client._errors import (
+    TransportError,
+    Unauthorized,
+    Unavailable,
+    error_from_response,
+)
 from tasklease.client._flows import expect_json
 from tasklease.client._holder import default_ssl_context
 from tasklease.client._transport import closed
@@ -177,8 +182,16 @@ class AdminClient(AuditCalls):
     def health(self) -> dict[str, Any]:
         """``GET /v1/health``: status and storage state; signed in (when the client has
         credentials, whose role must hold ``admin:audit:*``) also the version, uptime,
-        counters and ``signing_kid``, which anonymous callers do not get."""
+        counters and ``signing_kid``, which anonymous callers do not get.
+
+        A sign-in the broker refuses as unavailable (storage or its signing key away: a
+        sign-in is an audited write) gives the anonymous answer instead: it still says
+        ``degraded`` and why, which is what the caller needs to see then."""
         if self._secret or self._operator:
+            try:
+                self._admin_token()
+            except Unavailable:
+                return expect_json(self._send("GET", "/v1/health"))
             return self._json("GET", "/v1/health")
         return expect_json(self._send("GET", "/v1/health"))
 
