@@ -66,7 +66,7 @@ def _keyed_app(broker: RunningBroker, key: OKPKey) -> dict[str, Any]:
 def _assertion(
     key: OKPKey | OctKey,
     client_id: str,
-    aud: str,
+    aud: str | list[str],
     *,
     alg: str = "EdDSA",
     lifetime: int = 60,
@@ -131,8 +131,10 @@ def test_authlib_private_key_jwt_gets_an_app_token(
     app = _keyed_app(issuer_broker, key)
     assert app["public_key"] == key.as_dict()["x"]
     token_url = f"{issuer_broker.url}/v1/oauth/token"
-    # authlib's assertions live an hour by default; ours may live 5 minutes at most.
-    auth = PrivateKeyJWT(token_url, alg="EdDSA", claims={"exp": int(time.time()) + 120})
+    # authlib's assertions live an hour by default (ours may live 5 minutes at most), and
+    # are for the token endpoint's URL: the broker takes its issuer only.
+    claims = {"aud": issuer_broker.url, "exp": int(time.time()) + 120}
+    auth = PrivateKeyJWT(token_url, alg="EdDSA", claims=claims)
     with OAuth2Client(app["client_id"], key, token_endpoint_auth_method=auth) as client:
         token = client.fetch_token(token_url, grant_type="client_credentials")
         assert token["token_type"] == "Bearer" and token["expires_in"] > 0
@@ -162,29 +164,32 @@ def test_refused_assertions_are_invalid_client_each_audited_once(
     cid, url = app["client_id"], issuer_broker.url
     endpoint = f"{url}/v1/oauth/token"
 
-    good = _assertion(key, cid, endpoint)
+    good = _assertion(key, cid, url)
     assert _token(issuer_broker, good).status_code == 200
     _denied_once(issuer_broker, _token(issuer_broker, good), "assertion_replayed")
-    # The issuer is an audience too (RFC 7523 section 3 point 3).
-    assert _token(issuer_broker, _assertion(key, cid, url)).status_code == 200
+    # The issuer is the one audience (draft-ietf-oauth-rfc7523bis): not the token
+    # endpoint's URL, which another server's metadata could have named.
+    _denied_once(issuer_broker, _token(issuer_broker, _assertion(key, cid, endpoint)), "aud is not")
+    assert _token(issuer_broker, _assertion(key, cid, [url])).status_code == 200
+    aud = url  # the assertions below are each refused for another reason
 
-    expired = _assertion(key, cid, endpoint, iat=int(time.time()) - 120, exp=int(time.time()) - 1)
+    expired = _assertion(key, cid, aud, iat=int(time.time()) - 120, exp=int(time.time()) - 1)
     _denied_once(issuer_broker, _token(issuer_broker, expired), "expired")
-    long_lived = _assertion(key, cid, endpoint, lifetime=3600)
+    long_lived = _assertion(key, cid, aud, lifetime=3600)
     _denied_once(issuer_broker, _token(issuer_broker, long_lived), "longer than 300")
-    no_exp = _assertion(key, cid, endpoint, exp=None)
+    no_exp = _assertion(key, cid, aud, exp=None)
     _denied_once(issuer_broker, _token(issuer_broker, no_exp), "exp missing")
-    no_jti = _assertion(key, cid, endpoint, jti=None)
+    no_jti = _assertion(key, cid, aud, jti=None)
     _denied_once(issuer_broker, _token(issuer_broker, no_jti), "jti missing")
-    future = _assertion(key, cid, endpoint, nbf=int(time.time()) + 90)
+    future = _assertion(key, cid, aud, nbf=int(time.time()) + 90)
     _denied_once(issuer_broker, _token(issuer_broker, future), "nbf is in the future")
     wrong_aud = _assertion(key, cid, "https://other.example/v1/oauth/token")
     _denied_once(issuer_broker, _token(issuer_broker, wrong_aud), "aud is not")
-    other_sub = _assertion(key, cid, endpoint, sub="someone-else")
+    other_sub = _assertion(key, cid, aud, sub="someone-else")
     _denied_once(issuer_broker, _token(issuer_broker, other_sub), "iss and sub")
-    wrong_key = _assertion(OKPKey.generate_key("Ed25519"), cid, endpoint)
+    wrong_key = _assertion(OKPKey.generate_key("Ed25519"), cid, aud)
     _denied_once(issuer_broker, _token(issuer_broker, wrong_key), "bad signature")
-    hs256 = _assertion(OctKey.import_key(secrets.token_bytes(32)), cid, endpoint, alg="HS256")
+    hs256 = _assertion(OctKey.import_key(secrets.token_bytes(32)), cid, aud, alg="HS256")
     _denied_once(issuer_broker, _token(issuer_broker, hs256), "alg not allowed")
     header, payload, _ = good.split(".")
     unsigned = jws.b64url_encode(b'{"alg":"none","typ":"JWT"}') + "." + payload + "."
@@ -205,7 +210,7 @@ def test_refused_assertions_are_invalid_client_each_audited_once(
     plain = issuer_broker.create_app(["read:data:*"])
     _denied_once(
         issuer_broker,
-        _token(issuer_broker, _assertion(key, plain["client_id"], endpoint)),
+        _token(issuer_broker, _assertion(key, plain["client_id"], aud)),
         "no public key",
     )
     both = httpx.post(
@@ -213,7 +218,7 @@ def test_refused_assertions_are_invalid_client_each_audited_once(
         data={
             "grant_type": "client_credentials",
             "client_assertion_type": ASSERTION_TYPE,
-            "client_assertion": _assertion(key, cid, endpoint),
+            "client_assertion": _assertion(key, cid, aud),
             "client_secret": app["client_secret"],
         },
         timeout=10,
@@ -224,7 +229,7 @@ def test_refused_assertions_are_invalid_client_each_audited_once(
         data={
             "grant_type": "client_credentials",
             "client_assertion_type": "urn:example:saml",
-            "client_assertion": _assertion(key, cid, endpoint),
+            "client_assertion": _assertion(key, cid, aud),
         },
         timeout=10,
     )
@@ -240,7 +245,7 @@ def test_an_assertion_asking_beyond_an_app_token_is_refused_and_not_spent(
     key = OKPKey.generate_key("Ed25519")
     app = _keyed_app(issuer_broker, key)
     endpoint = f"{issuer_broker.url}/v1/oauth/token"
-    assertion = _assertion(key, app["client_id"], endpoint)
+    assertion = _assertion(key, app["client_id"], issuer_broker.url)
     form = {
         "grant_type": "client_credentials",
         "client_assertion_type": ASSERTION_TYPE,
@@ -285,9 +290,9 @@ def test_public_keys_through_the_admin_api(issuer_broker: RunningBroker) -> None
     # A tenant's apps keep their own keys: acme's app is unknown at the default tenant.
     acme = issuer_broker.create_tenant(f"pk{secrets.token_hex(3)}")
     tenant_app = _keyed_app(acme, key)
-    at_acme = _assertion(key, tenant_app["client_id"], f"{acme.url}/v1/oauth/token")
+    at_acme = _assertion(key, tenant_app["client_id"], acme.url)
     assert _token(acme, at_acme).status_code == 200
-    elsewhere = _assertion(key, tenant_app["client_id"], f"{issuer_broker.url}/v1/oauth/token")
+    elsewhere = _assertion(key, tenant_app["client_id"], issuer_broker.url)
     _denied_once(issuer_broker, _token(issuer_broker, elsewhere), "unknown_client_id")
 
 

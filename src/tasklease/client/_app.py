@@ -49,8 +49,9 @@ def client_assertion(
     client_id: str, key: nacl.signing.SigningKey, audience: str, *, now: float | None = None
 ) -> str:
     """A ``private_key_jwt`` client assertion (RFC 7523 section 2.2): ``iss`` and ``sub``
-    the client id, ``aud`` the token endpoint's URL, a minute's life and a fresh ``jti``;
-    EdDSA, ``kid`` the key's RFC 7638 thumbprint."""
+    the client id, ``aud`` the ``audience`` given (the broker's issuer identifier, as
+    draft-ietf-oauth-rfc7523bis says), a minute's life and a fresh ``jti``; EdDSA, ``kid``
+    the key's RFC 7638 thumbprint."""
     issued = int(time.time() if now is None else now)
     claims = {
         "iss": client_id,
@@ -92,12 +93,21 @@ class AppClient:
         verify: ssl.SSLContext | str | bool = True,
         clock: Clock | None = None,
         insecure_http: bool | None = None,
+        issuer: str | None = None,
     ) -> None:
         """No request is made until one is needed.
 
         Authenticate with ``client_secret`` or with ``private_key`` (the Ed25519 key whose
         public half the app registered), exactly one. ``dpop`` (True, a key) binds the app
         token to a DPoP key; its proofs then go with every request.
+
+        ``issuer``: with ``private_key``, the broker's issuer identifier, the one audience
+        of the client assertions (draft-ietf-oauth-rfc7523bis). By default it is read
+        once from the broker's RFC 8414 metadata (``/.well-known/oauth-authorization-server``
+        under ``broker_url``), and taken only if it is ``broker_url`` itself or, for a
+        broker without ``public_url``, no URL at all (RFC 8414 section 3.3: a server that
+        names another issuer could have the app sign for that one); give it when the
+        broker is reached at another URL than its issuer.
 
         ``broker_url`` is ``https://``, or ``http://`` to a loopback host;
         ``insecure_http`` opts in to plain HTTP beyond loopback as
@@ -115,6 +125,7 @@ class AppClient:
         self.client_id = client_id
         self._authorization = _basic(client_id, client_secret) if client_secret else None
         self._private_key = private_key
+        self._issuer = issuer
         self.dpop = dpop_key(dpop)
         self._retry = retry
         self._clock = clock if clock is not None else SystemClock()
@@ -157,10 +168,39 @@ class AppClient:
         headers = {"Accept": "application/json"}
         if self._authorization is not None:
             headers["Authorization"] = self._authorization
-        if self._private_key is not None:
+        if self._private_key is not None and self._issuer is not None:
             form["client_assertion_type"] = ASSERTION_TYPE
-            form["client_assertion"] = client_assertion(self.client_id, self._private_key, url)
+            form["client_assertion"] = client_assertion(
+                self.client_id, self._private_key, self._issuer
+            )
         return httpx.Request("POST", url, data=form, headers=headers)
+
+    def _issuer_flow(self) -> Flow[dict[str, Any]]:
+        url = self._url("/.well-known/oauth-authorization-server")
+        headers = {"Accept": "application/json"}
+        return expect_json((yield httpx.Request("GET", url, headers=headers)))
+
+    def _learn_issuer(self) -> None:
+        """The broker's issuer identifier, read from its metadata once (the audience of
+        the client assertions): ``broker_url`` itself, or a broker's issuer that is no
+        URL (no ``public_url``); any other is refused (RFC 8414 section 3.3)."""
+        if self._private_key is None or self._issuer is not None:
+            return
+        # Public, and no request of the app's: no DPoP proof goes with it.
+        issuer = run_flow(self._client, self._issuer_flow(), retry=self._retry).get("issuer")
+        is_url = isinstance(issuer, str) and issuer.startswith(("https://", "http://"))
+        if (
+            not isinstance(issuer, str)
+            or not issuer
+            or (is_url and issuer.rstrip("/") != self.broker_url)
+        ):
+            raise TaskleaseError(
+                f"the broker's metadata names the issuer {str(issuer)[:200]!r}, not "
+                f"{self.broker_url}: give AppClient the broker's issuer (issuer=...) if it "
+                "is reached at another URL",
+                code="bad_response",
+            )
+        self._issuer = issuer
 
     def _sign_in_flow(self) -> Flow[dict[str, Any]]:
         return expect_json((yield self._sign_in_request()))
@@ -169,6 +209,7 @@ class AppClient:
         """The current app token, signed in again when it expires within a minute."""
         with self._lock:
             if self._token is None or force or self._clock.now() >= self._deadline:
+                self._learn_issuer()
                 answer = self._run(self._sign_in_flow(), remake=self._sign_in_request)
                 token = answer.get("access_token")
                 expires_in = bounds.lifetime(answer.get("expires_in"))

@@ -125,9 +125,10 @@ class AppSignIn(Service):
     ) -> IssuedToken:
         """An app token for an app's signed client assertion (``private_key_jwt``, RFC 7523
         section 2.2): checked with the app's registered public key against ``audiences``
-        (the token endpoint's URLs and the issuer), its ``jti`` spent in the store until
-        ``clock_skew`` past the assertion's ``exp`` (single use across workers and
-        replicas, whatever clock within the skew prunes the store). ``client_id``,
+        (the issuer, and the token endpoint's URLs when the broker allows them), its
+        ``jti`` spent in the store until ``clock_skew`` past the assertion's ``exp``
+        (single use across workers and replicas, whatever clock within the skew prunes
+        the store). ``client_id``,
         when the request names one, must be the assertion's ``iss``. Any failure is one
         generic 401 and one audit event with the precise reason; ``scope`` and
         ``resource`` are held to an app token's as :meth:`app_auth` holds them.

@@ -2,12 +2,13 @@
 
 An app may register an Ed25519 public key (:func:`app_public_key`: a JWK or the raw key
 in base64). At the token endpoint it then authenticates with a JWT it signed
-(:func:`check_assertion`): ``iss`` and ``sub`` its client id, ``aud`` the token
-endpoint's URL or the issuer, a short life (``exp`` required, dead at that instant, at
-most :data:`MAX_ASSERTION_LIFETIME` seconds away), and a ``jti`` that is spent once:
-:func:`assertion_replay_key` names it in the store's used-nonce table (shared by workers
-and replicas) until ``skew`` past its ``exp``: a replica whose clock runs ahead within the
-skew prunes it then, when no replica's clock still takes the assertion as live.
+(:func:`check_assertion`): ``iss`` and ``sub`` its client id, ``aud`` the issuer (or
+what else the token endpoint allows: ``audiences``), a short life (``exp`` required,
+dead at that instant, at most :data:`MAX_ASSERTION_LIFETIME` seconds away), and a
+``jti`` that is spent once: :func:`assertion_replay_key` names it in the store's
+used-nonce table (shared by workers and replicas) until ``skew`` past its ``exp``: a
+replica whose clock runs ahead within the skew prunes it then, when no replica's clock
+still takes the assertion as live.
 
 Every failure raises :class:`AssertionRefused`, whose ``reason`` is for the audit log.
 """
@@ -198,7 +199,7 @@ def check_assertion(
     if isinstance(aud, list) and len(aud) == 1:
         aud = aud[0]
     if type(aud) is not str or aud not in audiences:
-        raise AssertionRefused("client assertion aud is not this token endpoint or issuer")
+        raise AssertionRefused("client assertion aud is not the issuer (or one allowed here)")
     exp = _number(claims, "exp", required=True)
     iat = _number(claims, "iat", required=False)
     nbf = _number(claims, "nbf", required=False)

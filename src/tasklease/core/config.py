@@ -146,6 +146,10 @@ class Config:
     heartbeat_interval: float = 30.0
     heartbeat_misses: int = 3
     heartbeat_required: bool = False
+    # A client assertion's (private_key_jwt) aud is the issuer only, as
+    # draft-ietf-oauth-rfc7523bis says; true also takes the token endpoint's URL, for
+    # clients that cannot be told to send the issuer (docs/compatibility.md).
+    client_assertion_token_endpoint_aud: bool = False
     # Slow clients (docs/operations.md, Slow clients): a request's headers must be
     # complete this many seconds after its first byte, its body this many after its
     # headers, and a kept-alive connection with no request for this long is closed.

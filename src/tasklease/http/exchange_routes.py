@@ -8,8 +8,9 @@ tokens in the body are the credentials, and the one the caller holds (``actor_to
 certificate when bound. **Client credentials** authenticate the app with its client
 secret, in an HTTP Basic header (``client_secret_basic``, RFC 6749 section 2.3.1: each
 part form-urlencoded) or in the body (``client_secret_post``), or with a JWT it signed
-with the key it registered (``private_key_jwt``, RFC 7523 section 2.2: its ``aud`` this
-endpoint's URL or the issuer), exactly one of them; the answer is the app token
+with the key it registered (``private_key_jwt``, RFC 7523 section 2.2: its ``aud`` the
+issuer, draft-ietf-oauth-rfc7523bis; this endpoint's URL too only when
+``client_assertion_token_endpoint_aud`` says so), exactly one of them; the answer is the app token
 ``POST /v1/app/auth`` gives, through the same service and the same rate limit, bound to
 the DPoP key of the request's proof when it carries one (RFC 9449 section 5). The answer
 is never cached (RFC 6749 section 5.1); a refusal is a problem that also carries RFC 6749
@@ -59,6 +60,7 @@ _FIELDS = frozenset(f.name for f in msgspec.structs.fields(wire.TokenExchangeReq
 _encoder = msgspec.json.Encoder()
 _NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 CLIENT_CREDENTIALS = "client_credentials"
+_TARGETS = frozenset(("resource", "audience"))
 _ASSERTION = "client_assertion"
 _BASIC_CHALLENGE = 'Basic realm="tasklease", charset="UTF-8"'
 _BASIC_HINT = "HTTP Basic: form-urlencoded client_id ':' client_secret, base64-encoded"
@@ -162,7 +164,7 @@ async def parse_exchange_request(request: Request) -> wire.TokenExchangeRequest:
         raise InvalidRequest("missing required field: grant_type")
     if not is_form(request.headers.get("content-type")):
         return decode_json_body(raw, wire.TokenExchangeRequest, form_too=True)
-    values = form_parameters(raw, max_fields=32)
+    values = form_parameters(raw, max_fields=32, targets=_TARGETS)
     return wire.TokenExchangeRequest(**{k: v for k, v in values.items() if k in _FIELDS})
 
 
@@ -192,9 +194,14 @@ def exchange_routes(
     )
 
     def assertion_audiences(request: Request) -> tuple[str, ...]:
-        """What a client assertion's ``aud`` may be (RFC 7523 section 3 point 3): this
-        endpoint's URL at one of the broker's own origins (never from ``Host``), the
-        issuer's token endpoint (the metadata's), or the issuer itself."""
+        """What a client assertion's ``aud`` may be: the issuer identifier alone
+        (draft-ietf-oauth-rfc7523bis section 4: a token endpoint URL is what another
+        authorization server's metadata can name, making its client sign an assertion
+        for us). With ``client_assertion_token_endpoint_aud`` (clients that cannot be
+        told): also this endpoint's URL at one of the broker's own origins (never from
+        ``Host``) and the issuer's token endpoint (the metadata's)."""
+        if not cfg.client_assertion_token_endpoint_aud:
+            return (cfg.issuer,)
         path = request.url.path
         here = tuple(origin + path for origin in uri.origins(request.scope))
         return (*here, *issuer_endpoint, cfg.issuer)

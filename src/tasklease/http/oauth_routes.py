@@ -44,6 +44,10 @@ __all__ = [
 METADATA_PATHS = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
 GRANT_TYPES = ["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"]
 _AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+# RFC 8414 section 2: the introspection and revocation endpoints' methods may be OAuth
+# access token types; both take a token (an app's or operator's; an agent's) in
+# Authorization, by either scheme, and no client credentials.
+_TOKEN_AUTH_METHODS = ["Bearer", "DPoP"]
 _SCOPE_PATTERNS = ["<action>:<resource>:<identifier>", "<action>:<resource>:*"]
 _CACHE = "public, max-age=300"
 
@@ -64,6 +68,8 @@ def authorization_server_metadata(config: Config, base: str) -> wire.Authorizati
         grant_types_supported=list(GRANT_TYPES),
         response_types_supported=["none"],
         token_endpoint_auth_methods_supported=list(_AUTH_METHODS),
+        introspection_endpoint_auth_methods_supported=list(_TOKEN_AUTH_METHODS),
+        revocation_endpoint_auth_methods_supported=list(_TOKEN_AUTH_METHODS),
         token_endpoint_auth_signing_alg_values_supported=list(jws.KNOWN_KEY_ALGORITHMS),
         dpop_signing_alg_values_supported=["EdDSA"],
         scopes_supported=list(_SCOPE_PATTERNS),

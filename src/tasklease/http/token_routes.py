@@ -27,7 +27,7 @@ from starlette.routing import Route
 from tasklease.core.auditformat import clipped
 from tasklease.core.broker import Broker, Pending, RequestContext
 from tasklease.core.config import Config
-from tasklease.core.errors import InvalidRequest
+from tasklease.core.errors import InvalidRequest, InvalidTarget
 from tasklease.core.tokens import KIND_AGENT
 from tasklease.http import wire
 from tasklease.http._reading import first_half
@@ -132,16 +132,24 @@ async def parse_token_request(request: Request) -> wire.TokenRequest:
     return wire.TokenRequest(**{k: values[k] for k in _FIELDS if k in values})
 
 
-def form_parameters(raw: bytes, *, max_fields: int) -> dict[str, str]:
+def form_parameters(
+    raw: bytes, *, max_fields: int, targets: frozenset[str] = frozenset()
+) -> dict[str, str]:
     """The parameters of an OAuth form body (``application/x-www-form-urlencoded``) by
     name, as RFC 6749 section 3.2 reads them: one given more than once is refused (even
     when one of its values is empty), and one sent without a value is left out, "as if
     omitted from the request" (``resource=``, ``actor_token=`` or ``client_id=`` beside a
     Basic header are no value, not an empty one).
 
+    ``targets`` name the parameters that say what a token is for (``resource``,
+    ``audience``): given more than once they ask for one token for several targets, which
+    RFC 8707 section 2 and RFC 8693 section 2.2.2 refuse as ``invalid_target`` (a token
+    here has one audience), not as a malformed request.
+
     Raises:
         InvalidRequest: not ASCII, malformed, more than ``max_fields`` parameters, or a
             parameter given more than once.
+        InvalidTarget: one of ``targets`` given more than once.
     """
     try:
         pairs = parse_qsl(
@@ -154,6 +162,11 @@ def form_parameters(raw: bytes, *, max_fields: int) -> dict[str, str]:
         raise InvalidRequest("malformed form body") from None
     values: dict[str, str] = {}
     for name, value in pairs:
+        if name in values and name in targets:
+            raise InvalidTarget(
+                f"{name} given more than once: a token here is for one target",
+                hint=f"send one {name}",
+            )
         if name in values:
             raise InvalidRequest(f"parameter {clipped(name, 32)} given more than once")
         values[name] = value

@@ -223,7 +223,8 @@ OPERATIONS = (
             ),
             Failure(
                 "invalid_target",
-                "`resource`/`audience` is malformed or would widen the audience (client "
+                "`resource`/`audience` is malformed, given more than once in a form (a token "
+                "is for one target, RFC 8707), or would widen the audience (client "
                 "credentials: names anything but this broker)",
             ),
             Failure(

@@ -54,6 +54,22 @@ class AuthorizationServerMetadata(Response):
             "token exchange, where the tokens in the request are the credentials."
         ),
     ]
+    introspection_endpoint_auth_methods_supported: Annotated[
+        list[str],
+        doc(
+            "`Bearer` and `DPoP`: the introspection endpoint takes an app or operator "
+            "token, not client credentials (RFC 7662 section 2.1; RFC 8414 section 2 lets "
+            "this list name OAuth access token types). Absent, a client would assume "
+            "`client_secret_basic`, which is refused."
+        ),
+    ]
+    revocation_endpoint_auth_methods_supported: Annotated[
+        list[str],
+        doc(
+            "`Bearer` and `DPoP`: the revocation endpoint takes an agent token of the "
+            "token's own agent, not client credentials (as for introspection)."
+        ),
+    ]
     token_endpoint_auth_signing_alg_values_supported: Annotated[
         list[str],
         doc(
