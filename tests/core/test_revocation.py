@@ -758,3 +758,30 @@ def test_a_target_is_bounded_in_bytes_as_a_database_indexes_it(broker: Any, kit:
     assert info.value.detail == "target is too long"
     assert len(broker.revocations) == 0
     assert revoke(broker, kit, "task", wide[:-1]) == 1
+
+
+def test_a_widened_entry_reloads_without_a_warning_of_a_database_gone_back(
+    broker: Any,
+    kit: Any,
+    launch: str,
+    store: Any,
+    keyring: Any,
+    clock: Any,
+    make_broker: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Revoking an agent again widens its entry under a new ``seq``: the reader reloads
+    (that costs a read, never a miss) and says why, without the warning meant for a
+    database that went back in time."""
+    replica = make_broker(store=store, keyring=keyring, clock=clock)
+    a = kit.register(broker, launch)
+    revoke(broker, kit, "agent", a.sub)
+    assert replica.refresh_revocations() == 1
+    clock.advance(5)
+    revoke(broker, kit, "agent", a.sub)  # widened: a later revoked_at, a new seq
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tasklease"):
+        replica.refresh_revocations()
+    assert not valid(replica, a.token)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+    assert "widened" in caplog.text

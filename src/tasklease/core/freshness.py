@@ -107,7 +107,7 @@ class Freshness:
                 # at ``since`` becomes the anchor; none there, and the index is reloaded.
                 anchor = at
             if at is None or at != anchor:
-                return self._reload(started)
+                return self._reload(started, anchor)
             fresh = read[1:]
         if fresh:
             kernel.apply_revocations(fresh, read=True)
@@ -116,7 +116,7 @@ class Freshness:
         self._check_unread(fresh, started)
         return len(fresh)
 
-    def _reload(self, started: float) -> int:
+    def _reload(self, started: float, anchor: RevocationRecord | None = None) -> int:
         """Load the store's unexpired revocations again, keeping what the index holds, and
         continue from the last of them (an expired one above is read once more: harmless).
         The revocation listeners learn it through :attr:`reloads` (the feed's streams end,
@@ -127,11 +127,7 @@ class Freshness:
         now = self._horizon.now()
         records = kernel.store.load_revocations(now)
         last = records[-1].seq if records else 0
-        _log.warning(
-            "the store no longer holds the last revocation this process read (at %d): the "
-            "database went back in time, or the entry was widened or pruned; reloading",
-            kernel.revocations.last_seq,
-        )
+        _log_reload(anchor, kernel.revocations.last_seq, records, now)
         # An entry within the clock skew of its end is left out: an index loaded again
         # because another replica, its clock ahead, pruned the last entry would otherwise
         # write back what that replica had just pruned.
@@ -282,3 +278,28 @@ def _uncovered(
         if (found := by_key.get((record.level, record.target))) is None
         or not _covers(found, record)
     ]
+
+
+def _log_reload(
+    anchor: RevocationRecord | None, since: int, records: list[RevocationRecord], now: float
+) -> None:
+    """Say why the index is loaded again. An anchor found again under a later ``seq`` was
+    widened (revoked again), and one past its end was pruned: both are routine. Anything
+    else is what a database gone back in time looks like, and an operator should know."""
+    if anchor is not None:
+        moved = any(
+            r.level == anchor.level and r.target == anchor.target and r.seq > anchor.seq
+            for r in records
+        )
+        if moved or anchor.expires_at <= now:
+            _log.info(
+                "the last revocation this process read (at %d) was %s; reloading",
+                since,
+                "widened under a new seq" if moved else "pruned",
+            )
+            return
+    _log.warning(
+        "the store no longer holds the last revocation this process read (at %d): the "
+        "database went back in time, or the entry was widened or pruned; reloading",
+        since,
+    )
