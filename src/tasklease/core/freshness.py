@@ -61,6 +61,9 @@ class Freshness:
         # run (``_following``).
         self._unread: dict[tuple[str, str], tuple[RevocationRecord, float]] = {}
         self._following = False
+        # One refresh at a time: the watch's thread and a caller (the read made as the
+        # watch starts, the start-up read, the poll) would otherwise move one anchor.
+        self._refreshing = threading.Lock()
         kernel.on_committed = self._committed_here
 
     def load(self) -> None:
@@ -93,6 +96,10 @@ class Freshness:
         there, and the index is loaded again whole (what it holds stays). An anchor
         widened meanwhile has moved to a new ``seq``: that costs a reload, never a miss.
         """
+        with self._refreshing:
+            return self._refresh()
+
+    def _refresh(self) -> int:
         kernel = self._kernel
         self._following = True
         started = self.monotonic()
@@ -225,7 +232,9 @@ class Freshness:
 
         Returns None (nothing started) for a store without the optional ``start_watch``
         capability (``core.store``), or when a watch runs already: the caller polls
-        :meth:`refresh`. With a watch, every notification and check-in refreshes the
+        :meth:`refresh`. The index is read once more after subscribing (and before
+        returning), so that nothing committed before the subscription is left to the
+        next check-in. With a watch, every notification and check-in refreshes the
         index, and from now on validation and protected requests fail closed
         (``Unavailable``) unless a refresh succeeded within ``revocation_staleness_bound``
         seconds.
@@ -236,6 +245,13 @@ class Freshness:
         self.until = self.monotonic() + self._kernel.config.revocation_staleness_bound
         self._watch = start_watch(self._on_store_change, interval=WATCH_INTERVAL)
         watch = self._watch
+        # Subscribed, then read: a commit notified before the subscription (the store's
+        # watch may already run, for another tenant) was handed to the followers of that
+        # moment only, and is read here; one after it is notified to this follower too.
+        try:
+            self.refresh()
+        except Exception as exc:  # noqa: BLE001 - the watch's next check-in reads again
+            _log.warning("revocation refresh failed as the watch started: %s", exc)
 
         def stop() -> None:
             watch.close()
