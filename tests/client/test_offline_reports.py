@@ -236,3 +236,46 @@ def test_a_spool_torn_by_a_crash_keeps_the_reports_before_the_tear(tmp_path: Pat
         loaded = OfflineReporter(client, _unreachable(), lambda r: r, spool=spool)
         assert loaded.pending == 2
         assert spool.read_bytes() == lines[0] + lines[2]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+def test_a_forked_child_does_not_write_its_parents_spool(
+    broker: BrokerForTests, tmp_path: Path
+) -> None:
+    # Would fail if: a reporter copied by fork() (a pre-forking server's workers) went on
+    # appending to and rewriting the parent's spool, so that each process's rewrite
+    # dropped the reports the other had spooled since the fork.
+    import json
+    import select
+
+    key = nacl.signing.SigningKey.generate()
+    spool = tmp_path / "reports.jsonl"
+    with broker.agent(["read:data:*"], key=key, dpop=True) as agent, httpx.Client() as client:
+        levels = _levels(agent, key, 3)
+        reporter = OfflineReporter(client, _unreachable(), agent.auth, spool=spool)
+        reporter.derived(levels[0])
+        before = spool.read_bytes()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never back into pytest
+            os.close(read)
+            try:
+                reporter.derived(levels[1])
+                answer = {"derived": True, "pending": reporter.pending}
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                answer = {"error": f"{type(exc).__name__}: {exc}", "pending": reporter.pending}
+            os.write(write, json.dumps(answer).encode())
+            os._exit(0)
+        os.close(write)
+        try:
+            assert select.select([read], [], [], 10)[0], "the child did not answer"
+            answer = json.loads(os.read(read, 65536))
+        finally:
+            os.close(read)
+            os.waitpid(pid, 0)
+        assert "derived" not in answer, answer
+        assert "ValueError" in answer["error"] and str(spool) in answer["error"]
+        assert answer["pending"] == 0  # the parent's reports stay the parent's to send
+        assert spool.read_bytes() == before  # the child wrote nothing into it
+        reporter.derived(levels[2])  # the parent's spool is still the parent's
+        assert reporter.pending == 2 and len(spool.read_bytes().splitlines()) == 2

@@ -112,7 +112,11 @@ class OfflineReporter:
     ``spool`` must be a file only this user may read and write, or a new one (created
     0600): a symbolic link, another user's file, or one open to group or others is
     refused (ValueError), and the spool is rewritten through a new file moved over it,
-    never through a name someone could have planted beside it.
+    never through a name someone could have planted beside it. The spool is the process
+    that made the reporter's: a copy of the reporter in a forked child (a pre-forking
+    server's worker) refuses to derive (ValueError) and starts with an empty queue,
+    rather than rewrite the parent's file under it; make one with a spool of its own in
+    each process.
     """
 
     def __init__(
@@ -130,7 +134,9 @@ class OfflineReporter:
         self._url = base_url.rstrip("/") + _PATH
         self._auth = auth
         self._queue = ReportQueue(limit)
+        self._limit = limit
         self._spool = Path(spool) if spool is not None else None
+        self._pid = os.getpid()  # the process whose spool it is
         self._io = threading.Lock()  # one spool write at a time
         self._flushing = threading.Lock()  # one flush at a time (never held by derived)
         self._stop = threading.Event()
@@ -156,9 +162,11 @@ class OfflineReporter:
 
         Raises:
             tasklease.rules.attenuation.ChainError: ``chain`` is not a chain.
-            ValueError: the spool has become a link, or open to group or others.
+            ValueError: the spool has become a link, or open to group or others, or
+                belongs to the process this one was forked from.
         """
         report = derivation_report(chain)
+        self._spool_file()
         if self._interval is not None and self._thread is None:
             self.start(self._interval)  # in a forked child: its flushing thread again
         with self._io:
@@ -315,11 +323,29 @@ class OfflineReporter:
         # The flushing thread is the parent's (forksafe): the child's starts again at its
         # first derivation, with the interval the parent's was started with.
         self._thread = None
+        if self._spool is not None:
+            # The queue copied is the parent's, kept in the parent's spool, which the
+            # parent reports: the child neither sends it again nor rewrites that file.
+            self._queue = ReportQueue(self._limit)
+
+    def _spool_file(self) -> Path | None:
+        """The spool, if this reporter has one and this process made the reporter.
+
+        Raises:
+            ValueError: this is a forked copy: the spool is its parent's, which a rewrite
+                here would take the parent's later reports from.
+        """
+        if self._spool is not None and os.getpid() != self._pid:
+            raise ValueError(
+                f"spool {self._spool} belongs to process {self._pid}, which this one was "
+                "forked from: make an OfflineReporter with a spool of its own here"
+            )
+        return self._spool
 
     # --- the spool ------------------------------------------------------------------------
 
     def _append(self, report: PendingReport) -> None:
-        spool = self._spool
+        spool = self._spool_file()
         if spool is None:  # pragma: no cover - only called with a spool
             return
         fd = _open_private(spool, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -329,7 +355,7 @@ class OfflineReporter:
             os.fsync(out.fileno())
 
     def _rewrite(self) -> None:
-        spool = self._spool
+        spool = self._spool_file()
         if spool is None:  # pragma: no cover
             return
         # A new file of a name no one could plant (O_EXCL), moved over the spool: a link
