@@ -17,6 +17,11 @@ OpenSSL opens itself: :func:`check_regular` first), ``policyfiles`` and ``doctor
 (the data directory, a database's, a key directory, a witness's) and every missing
 directory on the way, each 0700 whatever the umask: one that others may write lets them
 rename what it holds away, or put a link to an older copy in its place.
+
+:func:`foreign_owner` is the one test of who owns a file or directory tasklease trusts
+(the configuration, policies, key directories, the CLI's profile, key file and cached
+sessions): one owned by a user other than this one or root is that user's to change or to
+have chosen, whatever its mode says.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 __all__ = [
     "NotRegularFileError",
     "check_regular",
+    "foreign_owner",
     "fsync_directory",
     "make_private_directories",
     "open_regular",
@@ -88,6 +94,12 @@ def check_regular(path: str | os.PathLike[str]) -> None:
         NotRegularFileError, OSError: as :func:`open_regular`.
     """
     os.close(open_regular(Path(path)))
+
+
+def foreign_owner(st: os.stat_result) -> bool:
+    """Whether the file ``st`` describes is owned by a user other than this process's
+    (effective) user or root: whoever owns it may change it, or chose what it holds."""
+    return st.st_uid not in (os.geteuid(), 0)
 
 
 def make_private_directories(path: str | os.PathLike[str]) -> None:

@@ -22,7 +22,7 @@ import stat
 from pathlib import Path
 
 from tasklease.core.policy import MAX_POLICY_BYTES, PolicyError, PolicySnapshot
-from tasklease.localfiles import open_regular
+from tasklease.localfiles import foreign_owner, open_regular
 
 __all__ = ["PolicyDirectory", "read_policy_file", "read_policy_files"]
 
@@ -151,7 +151,7 @@ def _check_trust(place: Path) -> None:
             return
     except OSError as exc:
         raise PolicyError(f"cannot read {place}: {exc.strerror or exc}") from None
-    if st.st_uid not in (euid, 0):
+    if foreign_owner(st):
         raise PolicyError(
             f"{place} is owned by uid {st.st_uid}, not by this user (uid {euid}) or root: "
             "its owner would decide the tenant's issuances; chown it"

@@ -40,7 +40,7 @@ from typing import Any
 
 from tasklease.core.config import Config
 from tasklease.core.passwords import hash_secret, secret_weakness, verify_secret
-from tasklease.localfiles import open_regular
+from tasklease.localfiles import foreign_owner, open_regular
 
 __all__ = ["ADMIN_SECRET_ENV", "ConfigError", "load_config", "resolve_paths"]
 
@@ -263,7 +263,7 @@ def _check_file_trust(path: str, st: os.stat_result) -> None:
     Raises:
         ConfigError: the file is owned by another user, or writable by group or others.
     """
-    if st.st_uid not in (os.geteuid(), 0):
+    if foreign_owner(st):
         raise ConfigError(
             f"config file {path} is owned by uid {st.st_uid}, not by this user "
             f"(uid {os.geteuid()}) or root: its owner would administer the broker; "

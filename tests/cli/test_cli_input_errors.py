@@ -627,3 +627,54 @@ def test_a_malformed_log_key_is_a_usage_error(
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     said = " ".join(result.stderr.split())
     assert "Invalid value for '--log-key': 'garbage' is not a log verifier key" in said, said
+
+
+# --- the CLI's private files, another user's --------------------------------------------
+
+OTHER_UID = 12345
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives a file to another user")
+@pytest.mark.parametrize("where", ["--profile", "default-profile", "operator-key-file"])
+def test_a_secret_file_another_user_owns_is_one_error_line(where: str, tmp_path: Path) -> None:
+    """A profile or an operator key file owned by another user, however private its mode,
+    is that user's: its URL, its secret and its key are theirs to choose (as a policy
+    file or the config file, it is refused)."""
+    env = {"TASKLEASE_URL": "http://127.0.0.1:9"}
+    args = ["agents", "list"]
+    if where == "--profile":
+        path = tmp_path / "profile.toml"
+        args += ["--profile", str(path)]
+        env = {}
+    elif where == "default-profile":
+        (tmp_path / ".config" / "tasklease").mkdir(parents=True)
+        path = tmp_path / ".config" / "tasklease" / "profile.toml"
+    else:
+        path = tmp_path / "operator.key"
+        env.update(TASKLEASE_OPERATOR="ops", TASKLEASE_OPERATOR_KEY_FILE=str(path))
+    path.write_text('url = "http://127.0.0.1:9"\n' if where != "operator-key-file" else "x\n")
+    path.chmod(0o600)
+    os.chown(path, OTHER_UID, OTHER_UID)
+    said = one_error(cli(*args, cwd=tmp_path, env=env, timeout=15))
+    assert f"{path} is owned by uid {OTHER_UID}" in said, said
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives a file to another user")
+def test_a_cached_session_another_user_owns_is_no_session(tmp_path: Path) -> None:
+    """A cached session that another user's file holds is theirs, not this user's."""
+    import json
+    import time
+
+    from tasklease.cli._sessions import cached_session, session_path
+
+    url = "http://127.0.0.1:9"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+        path = session_path(url)
+        path.parent.mkdir(parents=True)
+        session = {"url": url, "access_token": "t", "expires_at": time.time() + 600}
+        path.write_text(json.dumps(session))
+        path.chmod(0o600)
+        assert cached_session(url) is not None  # this user's: used
+        os.chown(path, OTHER_UID, OTHER_UID)
+        assert cached_session(url) is None

@@ -31,7 +31,7 @@ from rich.markup import escape
 
 from tasklease.cli._sessions import cached_session, config_dir, session_subject
 from tasklease.core.tenantids import tenant_id_error
-from tasklease.localfiles import open_regular
+from tasklease.localfiles import foreign_owner, open_regular
 from tasklease.rules.cleartext import InsecureHTTPWarning, may_carry_credentials
 from tasklease.rules.controls import escaped
 
@@ -268,7 +268,9 @@ def _read_private(path: Path, what: str, *, explicit: bool = True) -> bytes | No
     """The bytes of a file only its owner may read (None if absent and not ``explicit``).
 
     A regular file, not a symbolic link (``localfiles.open_regular``): a named pipe with
-    no writer would make the command wait for ever."""
+    no writer would make the command wait for ever. Owned by this user or root
+    (``localfiles.foreign_owner``): another user's would choose the broker the secret
+    goes to, or whom the command acts as."""
     try:
         fd = open_regular(path, follow_symlinks=False)
     except FileNotFoundError:
@@ -278,7 +280,14 @@ def _read_private(path: Path, what: str, *, explicit: bool = True) -> bytes | No
     except OSError as exc:
         fail(f"cannot read {what} {path}: {exc.strerror}")
     with os.fdopen(fd, "rb") as fh:
-        mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
+        st = os.fstat(fh.fileno())
+        if foreign_owner(st):
+            fail(
+                f"{what} {path} is owned by uid {st.st_uid}, not by this user "
+                f"(uid {os.geteuid()}) or root: its owner chose what it holds",
+                hint=f"use a {what} of your own",
+            )
+        mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
             fail(
                 f"{what} {path} is accessible by group or others (mode {mode:04o}); "

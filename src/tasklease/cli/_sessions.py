@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasklease.localfiles import open_regular
+from tasklease.localfiles import foreign_owner, open_regular
 
 __all__ = ["Session", "cached_session", "config_dir", "session_path", "session_subject"]
 
@@ -52,8 +52,9 @@ def cached_session(url: str) -> Session | None:
     except OSError:  # absent, a symbolic link, a named pipe: no session
         return None
     with os.fdopen(fd, "rb") as fh:
-        if os.fstat(fh.fileno()).st_mode & 0o077:
-            return None  # not ours alone: ignore it (login rewrites it 0600)
+        st = os.fstat(fh.fileno())
+        if st.st_mode & 0o077 or foreign_owner(st):
+            return None  # not ours alone: ignore it (login rewrites it, 0600 and ours)
         try:
             data: Any = json.loads(fh.read())
         except ValueError:

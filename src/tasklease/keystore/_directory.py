@@ -40,6 +40,7 @@ import nacl.signing
 
 from tasklease.localfiles import (
     NotRegularFileError,
+    foreign_owner,
     fsync_directory,
     make_private_directories,
     open_regular,
@@ -133,7 +134,7 @@ def ensure_directory(
     st = directory.stat()
     if not stat.S_ISDIR(st.st_mode):
         raise KeyStoreError(f"{what} {directory} is not a directory")
-    if st.st_uid not in (os.geteuid(), 0):
+    if foreign_owner(st):
         raise KeyStoreError(
             f"{what} {directory} is owned by uid {st.st_uid}, not by this user "
             f"(uid {os.geteuid()}): {risk}; chown it, or serve as its owner"
