@@ -11,7 +11,9 @@ says so in one line.
 
 Used by ``settings.load_config`` (the configuration file), ``keystore``'s private files
 (keys, the key passphrase, the nonce secret), ``http.tls`` (the TLS files, which
-OpenSSL opens itself: :func:`check_regular` first), ``policyfiles`` and ``doctor``.
+OpenSSL opens itself: :func:`check_regular` first), ``policyfiles``, ``doctor``, and the
+CLI for every file named on its command line (:func:`read_regular` for those that hold
+no secret).
 
 :func:`make_private_directories` makes a directory the broker or the CLI keeps state in
 (the data directory, a database's, a key directory, a witness's) and every missing
@@ -38,6 +40,7 @@ __all__ = [
     "fsync_directory",
     "make_private_directories",
     "open_regular",
+    "read_regular",
 ]
 
 _KINDS = (
@@ -84,6 +87,19 @@ def open_regular(
         os.close(fd)
         raise
     return fd
+
+
+def read_regular(path: str | os.PathLike[str], limit: int | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (its link followed), at most ``limit``: how
+    the CLI reads every file named on its command line that holds no secret (a request, a
+    schema, a bundle, a checkpoint, a public key), so that a named pipe where one is
+    expected is one error line, never a wait for a writer.
+
+    Raises:
+        NotRegularFileError, OSError: as :func:`open_regular`, or the read failed.
+    """
+    with open(open_regular(path), "rb") as file:
+        return file.read() if limit is None else file.read(limit)
 
 
 def check_regular(path: str | os.PathLike[str]) -> None:

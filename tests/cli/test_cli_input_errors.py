@@ -678,3 +678,40 @@ def test_a_cached_session_another_user_owns_is_no_session(tmp_path: Path) -> Non
         assert cached_session(url) is not None  # this user's: used
         os.chown(path, OTHER_UID, OTHER_UID)
         assert cached_session(url) is None
+
+
+# --- every other file the CLI reads -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (["policy", "test", "{f}"], "the request file {f}"),
+        (["grant-type", "add", "t", "--schema", "{f}"], "the schema file {f}"),
+        (["audit", "prove", "--bundle", "{f}", "--log-key", A_LOG_KEY], "proof bundle {f}"),
+        (["federation", "add", "peer.example", "--bundle-file", "{f}"], "bundle file {f}"),
+        (["attestor", "test", "a", "--evidence", "{f}"], "evidence file {f}"),
+        (["operator", "add", "ops", "--role", "admin", "--key", "{f}"], "public key {f}"),
+        (["app", "register", "a", "--scope", "read:x", "--public-key", "{f}"], "key {f}"),
+    ],
+    ids=[
+        "policy-test",
+        "grant-schema",
+        "proof-bundle",
+        "federation-bundle",
+        "evidence",
+        "operator-key",
+        "app-key",
+    ],
+)
+def test_a_named_pipe_where_any_cli_file_is_expected_is_one_error_line(
+    args: list[str], what: str, tmp_path: Path
+) -> None:
+    """Every file named on the command line is read by one rule (``localfiles``): a
+    named pipe with no writer is refused at once, never waited on."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    env = {"TASKLEASE_URL": "http://127.0.0.1:9", "TASKLEASE_ADMIN_SECRET": SECRET}
+    argv = [a.format(f=fifo) for a in args]
+    said = one_error(cli(*argv, cwd=tmp_path, env=env, timeout=15))
+    assert what.format(f=fifo) in said and "not a regular file: a named pipe" in said, said

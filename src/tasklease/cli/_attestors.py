@@ -29,6 +29,7 @@ from tasklease.cli._common import (
     out,
     print_json,
 )
+from tasklease.localfiles import read_regular
 
 __all__ = ["attestor_app", "register"]
 
@@ -48,8 +49,7 @@ def _read(path: Path, what: str) -> str:
         if str(path) == "-":
             data = sys.stdin.buffer.read(_MAX_FILE + 1)
         else:
-            with path.open("rb") as handle:
-                data = handle.read(_MAX_FILE + 1)
+            data = read_regular(path, _MAX_FILE + 1)
     except OSError as exc:
         fail(f"cannot read the {what} {path}: {exc.strerror or exc}")
     if len(data) > _MAX_FILE:

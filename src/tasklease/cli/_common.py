@@ -31,7 +31,7 @@ from rich.markup import escape
 
 from tasklease.cli._sessions import cached_session, config_dir, session_subject
 from tasklease.core.tenantids import tenant_id_error
-from tasklease.localfiles import foreign_owner, open_regular
+from tasklease.localfiles import foreign_owner, open_regular, read_regular
 from tasklease.rules.cleartext import InsecureHTTPWarning, may_carry_credentials
 from tasklease.rules.controls import escaped
 
@@ -586,7 +586,7 @@ def read_public_key(path: Path) -> bytes:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
     except OSError as exc:
         fail(f"cannot read public key {path}: {exc.strerror}")
     if b"-----BEGIN" in data:

@@ -26,6 +26,7 @@ from tasklease.cli._common import (
     print_json,
 )
 from tasklease.cli._output import OutputOpt, emit, field
+from tasklease.localfiles import read_regular
 
 __all__ = ["federation_app", "register"]
 
@@ -46,8 +47,7 @@ _MAX_FILE = 65536
 
 def _read_text(path: Path, what: str) -> str:
     try:
-        with path.open("rb") as handle:
-            data = handle.read(_MAX_FILE + 1)
+        data = read_regular(path, _MAX_FILE + 1)
     except OSError as exc:
         fail(f"cannot read the {what} {path}: {exc.strerror or exc}")
     if len(data) > _MAX_FILE:

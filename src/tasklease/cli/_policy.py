@@ -30,6 +30,7 @@ from tasklease.cli._common import (
     out,
     print_json,
 )
+from tasklease.localfiles import read_regular
 
 __all__ = ["grant_type_app", "policy_app", "register"]
 
@@ -129,7 +130,8 @@ def policy_test(
     from tasklease.core.policyrequest import PolicyRequest, RequestFileError
 
     try:
-        request = PolicyRequest.from_json(json_document(request_file.read_text(encoding="utf-8")))
+        text = read_regular(request_file).decode("utf-8")
+        request = PolicyRequest.from_json(json_document(text))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         fail(f"the request file {request_file}: {exc}")
     except RequestFileError as exc:  # pragma: no cover - a ValueError, caught above
@@ -212,7 +214,7 @@ def _json_object(path: Path, what: str) -> dict[str, Any]:
     from tasklease.bounds import json_document
 
     try:
-        value = json_document(path.read_text(encoding="utf-8"))
+        value = json_document(read_regular(path).decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         fail(f"the {what} {path}: {exc}")
     if not isinstance(value, dict):

@@ -26,6 +26,7 @@ from tasklease.cli._common import (
     raw_base64,
 )
 from tasklease.cli._output import OutputOpt, emit, field
+from tasklease.localfiles import read_regular
 
 __all__ = ["app_app", "keys_app", "launch_token_app", "register"]
 
@@ -71,7 +72,7 @@ def _public_key(path: Path | None) -> str | None:
     if path is None:
         return None
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        text = read_regular(path).decode("utf-8").strip()
     except OSError as exc:
         fail(f"cannot read public key {path}: {exc.strerror or exc}")
     except UnicodeDecodeError:

@@ -36,6 +36,7 @@ from tasklease.cli._common import (
     print_json,
     write_private,
 )
+from tasklease.localfiles import read_regular
 from tasklease.rules.controls import escaped
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ def _read(path: Path, what: str) -> str:
     """The text of a checkpoint or proof bundle the user named; exit 2 if it cannot be
     read or is not text (a binary file handed by mistake)."""
     try:
-        return path.read_text(encoding="utf-8")
+        return read_regular(path).decode("utf-8")
     except OSError as exc:
         fail(f"cannot read {what} {path}: {exc.strerror or exc}")
     except UnicodeDecodeError:

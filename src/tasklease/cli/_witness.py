@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tasklease.cli._common import err, fail, out, write_private
+from tasklease.localfiles import read_regular
 
 if TYPE_CHECKING:
     import http.server
@@ -85,7 +86,8 @@ class Witness:
         try:
             if key_file.stat().st_mode & 0o077:
                 fail(f"{key_file} is readable by others: chmod 600 {key_file}")
-            self.key, self._signing = parse_private_key(key_file.read_text(encoding="utf-8"))
+            text = read_regular(key_file).decode("utf-8")
+            self.key, self._signing = parse_private_key(text)
         except FileNotFoundError:
             fail(f"no witness key in {directory}: run `tasklease audit witness init` first")
         except NoteError as exc:

@@ -53,6 +53,7 @@ from tasklease.cli._common import (
 )
 from tasklease.cli._configfile import setting_line, with_settings
 from tasklease.cli._help import CommandTree
+from tasklease.localfiles import read_regular
 
 # `tasklease --help` and every command import this module: what only the local commands
 # use (sqlite3, the settings, storage, the broker) is imported in them.
@@ -326,7 +327,7 @@ def _kept_config(path: Path) -> str | None:
     if not os.path.lexists(path):
         return None
     try:
-        return path.read_text(encoding="utf-8")
+        return read_regular(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read the config file {path} that --force keeps: {exc}")
 
