@@ -364,3 +364,32 @@ def test_only_directories_no_supervisor_holds_are_removed(tmp_path: Path) -> Non
     finally:
         live.close()
     assert not Path(live.directory).exists()
+
+
+def test_an_earlier_layouts_directory_is_removed_once_no_process_holds_its_files(
+    tmp_path: Path,
+) -> None:
+    """Directories of the layout before the lock (``tasklease-metrics-*``) carry no lock:
+    one whose files no process holds open (its workers gone) is removed; one whose
+    worker still holds a file open (a running broker of that version) stays, as does
+    one with no worker file at all."""
+    dead = tmp_path / "tasklease-metrics-dead"
+    dead.mkdir(mode=0o700)
+    (dead / "counter_123.db").write_bytes(b"x")
+    (dead / "gauge_livesum_123.db").write_bytes(b"x")
+    running = tmp_path / "tasklease-metrics-running"
+    running.mkdir(mode=0o700)
+    (running / "counter_456.db").write_bytes(b"x")
+    (running / "counter_789.db").write_bytes(b"x")
+    empty = tmp_path / "tasklease-metrics-empty"
+    empty.mkdir(mode=0o700)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "counter_1.db").write_bytes(b"x")
+    (tmp_path / "tasklease-metrics-link").symlink_to(target)
+    with open(running / "counter_789.db", "rb+"):  # as a live worker holds its files
+        remove_abandoned(str(tmp_path))
+    assert not dead.exists()
+    assert sorted(p.name for p in running.iterdir()) == ["counter_456.db", "counter_789.db"]
+    assert empty.is_dir()
+    assert (tmp_path / "tasklease-metrics-link").is_symlink() and target.is_dir()

@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import socketserver
+import stat
 import tempfile
 import threading
 from collections.abc import Callable
@@ -83,6 +84,8 @@ def multiprocess_renderer(directory: str) -> Callable[[], bytes]:
 
 _DIRECTORY_PREFIX = "tasklease-worker-metrics-"
 """The name of every supervisor's directory begins so (in the temporary directory)."""
+_EARLIER_PREFIX = "tasklease-metrics-"
+"""The name of a supervisor's directory before it held a lock (no lock to test)."""
 
 
 class WorkerMetrics:
@@ -126,8 +129,11 @@ def remove_abandoned(parent: str) -> None:
 
     Only directories (never a symbolic link, never followed) that this user owns, whose
     name is a supervisor's, and whose lock can be taken: a running supervisor holds its
-    own, so a live broker's directory is never touched. Nothing here stops a start: a
-    directory that cannot be read or removed stays.
+    own, so a live broker's directory is never touched. A directory of the earlier layout
+    (``tasklease-metrics-*``, no lock) is removed when it holds worker files and no
+    process holds any of its files open (:func:`_unused`): a running broker's workers
+    hold theirs, in whatever PID namespace. Nothing here stops a start: a directory that
+    cannot be read or removed stays.
     """
     try:
         parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -137,13 +143,15 @@ def remove_abandoned(parent: str) -> None:
         for name in os.listdir(parent_fd):
             if name.startswith(_DIRECTORY_PREFIX):
                 _remove_if_abandoned(parent_fd, name)
+            elif name.startswith(_EARLIER_PREFIX):
+                _remove_if_abandoned(parent_fd, name, locked=False)
     except OSError:
         pass
     finally:
         os.close(parent_fd)
 
 
-def _remove_if_abandoned(parent_fd: int, name: str) -> None:
+def _remove_if_abandoned(parent_fd: int, name: str, *, locked: bool = True) -> None:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
     except OSError:  # a symbolic link, not a directory, or gone
@@ -152,10 +160,17 @@ def _remove_if_abandoned(parent_fd: int, name: str) -> None:
         held = os.fstat(fd)
         if held.st_uid != os.geteuid():
             return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # a running supervisor holds it
-            return
+        if locked:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # a running supervisor holds it
+                return
+        else:
+            entries = os.listdir(fd)
+            if not any(entry.endswith(".db") for entry in entries):
+                return  # no worker's file yet: a supervisor of that version starting
+            if not all(_unused(fd, entry) for entry in entries):
+                return  # a worker of a running broker holds its files
         # Still the directory that was locked under this name (not swapped meanwhile).
         named = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
         if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
@@ -167,6 +182,30 @@ def _remove_if_abandoned(parent_fd: int, name: str) -> None:
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def _unused(directory_fd: int, name: str) -> bool:
+    """Whether ``name`` in the directory is a regular file no process holds open: a write
+    lease (``F_SETLEASE``) is granted only then, whoever and wherever the holder is (a
+    file system without leases answers no, and the directory stays)."""
+    try:
+        fd = os.open(
+            name,
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+            dir_fd=directory_fd,
+        )
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return True
+    except OSError:  # EAGAIN: open elsewhere
+        return False
+    finally:
+        os.close(fd)
 
 
 class _Handler(BaseHTTPRequestHandler):
