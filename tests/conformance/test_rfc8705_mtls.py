@@ -32,7 +32,7 @@ from security_support import PKI, make_pki  # noqa: E402
 
 NOT_APPLICABLE = {
     "s2 mutual-TLS client authentication at a token endpoint": "apps authenticate with "
-    "client secrets; mTLS here binds agent tokens (section 3)",
+    "client secrets or assertions; mTLS here binds agent and app tokens (section 3)",
     "s3_2 certificate-bound tokens by introspection": "covered by RFC 7662 introspection, "
     "which reports cnf for the resource server to compare",
 }
@@ -144,3 +144,59 @@ def test_rfc8705_s3_resource_servers_present_what_they_saw(mtls: tuple[str, PKI]
             pem = pki.clients[who][0].read_text()
             answer = alice.post("/v1/token/validate", json={**check, "client_cert": pem})
             assert answer.json()["valid"] is valid, who
+
+
+COUNTED = {
+    "type": "resource_access",
+    "actions": ["read"],
+    "locations": ["https://rs.example/"],
+    "limits": {"max_calls": 2},
+}
+
+
+def test_rfc8705_s3_app_tokens_and_counted_calls_are_held_to_the_certificate(
+    mtls: tuple[str, PKI],
+) -> None:
+    """§3 for apps: client credentials over mTLS give an app token bound to the client
+    certificate (the metadata's `tls_client_certificate_bound_access_tokens`), usable over
+    that certificate only. And a certificate-bound agent token's calls are counted only for
+    an authenticated resource server: whoever holds the token can name its thumbprint."""
+    url, pki = mtls
+    with _client(url, pki, "alice") as alice, _client(url, pki, "mallory") as mallory:
+        admin = alice.post("/v1/admin/auth", json={"secret": ADMIN_SECRET}).json()
+        app = alice.post(
+            "/v1/admin/apps",
+            json={"name": "rs-mtls", "authorization_details": [COUNTED]},
+            headers={"Authorization": f"Bearer {admin['access_token']}"},
+        ).json()
+        signed_in = alice.post(
+            "/v1/oauth/token",
+            data={"grant_type": "client_credentials"},
+            auth=(app["client_id"], app["client_secret"]),
+        )
+        assert signed_in.status_code == 200, signed_in.text
+        app_token = signed_in.json()["access_token"]
+        assert parts(app_token)[1]["cnf"] == {"x5t#S256": _x5t(pki.clients["alice"][0])}
+        as_app = {"Authorization": f"Bearer {app_token}"}
+        ask = {"agent_name": "counted", "authorization_details": [COUNTED]}
+        assert mallory.post("/v1/app/launch-tokens", json=ask, headers=as_app).status_code == 401
+        launched = alice.post("/v1/app/launch-tokens", json=ask, headers=as_app)
+        assert launched.status_code == 201, launched.text
+        helper = RunningBroker.__new__(RunningBroker)
+        helper.client = alice
+        body, _ = helper.register_body(launched.json()["launch_token"], [])
+        registered = alice.post("/v1/register", json={**body, "authorization_details": [COUNTED]})
+        assert registered.status_code == 200, registered.text
+        agent_token = registered.json()["access_token"]
+        call = {
+            "token": agent_token,
+            "type": "resource_access",
+            "action": "read",
+            "location": "https://rs.example/x",
+            "client_cert_thumbprint": parts(agent_token)[1]["cnf"]["x5t#S256"],
+        }
+        stolen = mallory.post("/v1/token/calls", json=call)
+        assert stolen.status_code == 401 and stolen.json()["denial_id"], stolen.text
+        counted = alice.post("/v1/token/calls", json=call, headers=as_app)
+        assert counted.status_code == 200, counted.text
+        assert counted.json()["remaining"] == 1

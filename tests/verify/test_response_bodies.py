@@ -309,6 +309,37 @@ def test_a_sign_in_is_the_bearer_of_the_introspection(
     assert broker.encodings == ["identity", "identity"]
 
 
+def test_a_count_carries_the_verifiers_credential_and_a_401_drops_it(
+    signing_in: tuple[FakeServer, Verifier],
+) -> None:
+    # A certificate-bound token's calls are counted only for an authenticated resource
+    # server: the verifier's app token goes with every count, signed in again after a 401.
+    broker, verifier = signing_in
+    broker.answer(
+        Answer(body=b'{"access_token": "app-token", "expires_in": 600}'),
+        Answer(body=b'{"counted": true, "remaining": 1, "max_calls": 2}'),
+        Answer(status=401, body=b'{"detail": "refused", "denial_id": "d-1"}'),
+        Answer(body=b'{"access_token": "app-token-2", "expires_in": 600}'),
+        Answer(body=b'{"counted": true, "remaining": 0, "max_calls": 2}'),
+    )
+    assert verifier.count_call("token", "resource_access", action="read").remaining == 1
+    with pytest.raises(InvalidToken):
+        verifier.count_call("token", "resource_access", action="read")
+    assert verifier.count_call("token", "resource_access", action="read").remaining == 0
+    assert broker.paths == [
+        "/v1/app/auth",
+        "/v1/token/calls",
+        "/v1/token/calls",
+        "/v1/app/auth",
+        "/v1/token/calls",
+    ]
+    assert [broker.asked[i].authorization for i in (1, 2, 4)] == [
+        "Bearer app-token",
+        "Bearer app-token",
+        "Bearer app-token-2",
+    ]
+
+
 # --- offline use reports (POST /v1/audit/offline) ---------------------------------------
 
 

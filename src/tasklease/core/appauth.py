@@ -1,6 +1,7 @@
 """App sign-in at the token endpoint and ``POST /v1/app/auth``: by client secret or by a
 client assertion the app signs (``private_key_jwt``, RFC 7523 section 2.2, checked by
-``core.clientauth``), bound to the request's DPoP key when asked (RFC 9449 section 5).
+``core.clientauth``), bound when asked (the token endpoint) to the connection's client
+certificate (RFC 8705 section 3) and the request's DPoP key (RFC 9449 section 5).
 
 The assertion's ``jti`` and the DPoP proof are spent in the store (shared by workers and
 replicas) in the transaction that audits the sign-in; every refusal is one generic error
@@ -47,6 +48,20 @@ __all__ = ["AppSignIn"]
 _MAX_CLIENT_ID = 128
 
 
+def token_binding(ctx: RequestContext, proof: DPoPProof | None) -> dict[str, str]:
+    """The ``cnf`` of an app token asked for at the token endpoint: the client certificate
+    of the connection (``x5t#S256``, RFC 8705 section 3: what the authorization server
+    metadata's ``tls_client_certificate_bound_access_tokens`` promises) and the request's
+    DPoP key (``jkt``, RFC 9449 section 5), both when both came, as an agent's registration
+    binds both (decision 24): each is then proven at every use."""
+    cnf: dict[str, str] = {}
+    if ctx.cert_thumbprint:
+        cnf["x5t#S256"] = ctx.cert_thumbprint
+    if proof is not None:
+        cnf["jkt"] = proof.jkt
+    return cnf
+
+
 class AppSignIn(Service):
     """Apps signing in. Thread-safe; one per broker, inside ``core.apps.Apps``.
 
@@ -75,8 +90,9 @@ class AppSignIn(Service):
     ) -> IssuedToken:
         """An app token for an app's client id and secret (``client_secret_*``).
 
-        ``bind``: the request's DPoP proof (``ctx.dpop``), when it has one, binds the token
-        to the proof's key (``cnf.jkt``, RFC 9449 section 5): the token endpoint's.
+        ``bind``: the request's client certificate (``ctx.cert_thumbprint``) and DPoP proof
+        (``ctx.dpop``), when it has them, bind the token (:func:`token_binding`): the token
+        endpoint's.
         ``scope`` and ``resource``: the token request's (RFC 6749 section 4.4.2, RFC 8707),
         held to what an app token is (:meth:`_within_app_token`).
 
@@ -272,9 +288,10 @@ class AppSignIn(Service):
         spent: tuple[str, float] | None = None,
     ) -> IssuedToken:
         """Mint the app token of an authenticated app, if what it asked for (``wanted``:
-        scope and resource) is within one, bound to the request's DPoP key when ``bind``
-        and a proof came; the assertion's ``jti`` (``spent``) and the proof are recorded as
-        used in the transaction that audits the sign-in.
+        scope and resource) is within one, bound when ``bind`` to the request's client
+        certificate and DPoP key, those it has (:func:`token_binding`); the assertion's
+        ``jti`` (``spent``) and the proof are recorded as used in the transaction that
+        audits the sign-in.
 
         That transaction reads the app again, itself: its credential was checked against
         ``app`` as read before the (slow) check, and a removal or update written since
@@ -309,7 +326,8 @@ class AppSignIn(Service):
                 return Unauthorized("Authentication failed"), "app_changed_during_sign_in"
             return None
 
-        bound = f" cnf.jkt={proof.jkt}" if proof is not None else ""
+        cnf = token_binding(ctx, proof) if bind else {}
+        bound = "".join(f" cnf.{name}={value}" for name, value in cnf.items())
         return self._sign_in(
             "app",
             kind=KIND_APP,
@@ -322,6 +340,6 @@ class AppSignIn(Service):
             detail=lambda _: (
                 f"client_id={app.client_id} app_id={app.app_id} method={method}{bound}"
             ),
-            cnf={"jkt": proof.jkt} if proof is not None else None,
+            cnf=cnf or None,
             spend=spend,
         )

@@ -769,8 +769,12 @@ class BrokerBase:
         audience: str | None,
         presented: Presentation | None,
         ctx: RequestContext,
+        caller: Claims | None = None,
     ) -> Pending[tuple[Claims, CallCount]]:
-        """:meth:`count_call` checked, not written; :meth:`answer` commits the count."""
+        """:meth:`count_call` checked, not written; :meth:`answer` commits the count.
+        ``caller``: the resource server's credential, authenticated by
+        :meth:`authenticate_introspector` (None: it sent none); a certificate-bound token's
+        calls are counted only for one (``core.calls.vouching_refusal``)."""
         if not isinstance(kind, str) or not kind:
             raise InvalidRequest("type is required")
 
@@ -789,7 +793,7 @@ class BrokerBase:
             )
         except TokenRejected as exc:
             raise self.kernel.deny(*refusal(exc)) from None
-        counting = self._calls.prepare_count(claims, kind, call, ctx)
+        counting = self._calls.prepare_count(claims, kind, call, ctx, caller=caller)
         return Pending(counting.unit, lambda: (claims, counting.done()), counting.refused)
 
     # --- audit and health ----------------------------------------------------------------

@@ -20,6 +20,15 @@ A resource server asks for a count (``POST /v1/token/calls``) on the broker's
 high-assurance path: the token's live revocation state and agent record are read from
 the store, never a cache (``core.assurance``), and the count is written and audited in
 one transaction (:class:`CallCounting`).
+
+The route is public, like validation: the resource server forwards what its request
+presented, and the broker checks it. A DPoP proof it checks itself (a signature by the
+holder's key, single use); a client certificate it never sees, only a thumbprint the
+caller says it saw, and a certificate-bound token carries that thumbprint in its own
+``cnf``. So a call of a token bound only by a certificate is counted only when the caller
+is an authenticated resource server (:func:`vouching_refusal`): an app, for its own
+agents' tokens, or an operator with ``admin:revoke:*`` (the credentials a verifier holds
+for the feed and introspection), named in the count's audit event.
 """
 
 from __future__ import annotations
@@ -31,13 +40,19 @@ from typing import Any
 from tasklease.core.assurance import live_denial
 from tasklease.core.auditformat import AuditEntry, clipped, detail_field
 from tasklease.core.callers import about
-from tasklease.core.errors import Forbidden, InsufficientScope, InvalidRequest
+from tasklease.core.errors import (
+    Forbidden,
+    InsufficientScope,
+    InvalidRequest,
+    TaskleaseError,
+    Unauthorized,
+)
 from tasklease.core.kernel import RequestContext, Service
 from tasklease.core.offlinechain import offline_root
 from tasklease.core.pending import Lost, Pending
 from tasklease.core.records import CallBudget
 from tasklease.core.store import WriteTx
-from tasklease.core.tokens import Claims
+from tasklease.core.tokens import KIND_APP, Claims
 from tasklease.rules import grants as grant_rules
 from tasklease.rules import grantuse as grant_use
 from tasklease.rules.grants import TypeRule
@@ -52,6 +67,7 @@ __all__ = [
     "budgets_for",
     "counted_grant",
     "registration_budgets",
+    "vouching_refusal",
 ]
 
 
@@ -168,6 +184,45 @@ def counted_grant(
     return allowing[0], True
 
 
+def certificate_only(claims: Claims) -> bool:
+    """True when the token is bound to a client certificate and to nothing the broker can
+    check itself (no DPoP key: ``cnf`` has ``x5t#S256`` and no ``jkt``)."""
+    cnf = claims.raw.get("cnf")
+    return isinstance(cnf, Mapping) and "x5t#S256" in cnf and "jkt" not in cnf
+
+
+def vouching_refusal(claims: Claims, caller: Claims | None) -> tuple[str, str]:
+    """``("", "")`` when a call of ``claims`` may be counted for ``caller`` (the resource
+    server's authenticated credential, or None), else the refusal's kind
+    (``"unauthenticated"`` or ``"another_app"``) and the audit detail's reason.
+
+    A certificate-bound token's binding is proven only to the resource server holding the
+    connection; the thumbprint it forwards is its word, and it is in the token itself. So
+    whoever holds a stolen certificate-bound token could say it, spend the grant's
+    ``max_calls`` and write counts of calls never made. Such a count is taken only from an
+    authenticated resource server: an operator (``admin:revoke:*``), or the app whose
+    agent holds the token (an app sees no other app's agents' tokens at introspection
+    either). A bearer token's thief can use the token itself, and a DPoP-bound token's
+    proof is checked here: neither needs a voucher."""
+    if not certificate_only(claims):
+        return "", ""
+    if caller is None:
+        return "unauthenticated", "certificate-bound token counted without a resource server"
+    if caller.kind == KIND_APP and caller.client_id != claims.client_id:
+        return "another_app", "certificate-bound token of another app's agent"
+    return "", ""
+
+
+def counter_of(caller: Claims | None) -> str:
+    """The audit detail's name of who asked for a count: ``app:<client_id>``,
+    ``operator:<sub>``, or ``anonymous``."""
+    if caller is None:
+        return "anonymous"
+    if caller.kind == KIND_APP:
+        return f"app:{caller.client_id}"
+    return f"operator:{caller.sub}"
+
+
 @dataclass(frozen=True, slots=True)
 class CallCount:
     """What counting a call did: ``counted`` (False when a grant without ``max_calls``
@@ -184,15 +239,26 @@ class CallCounting(Service):
     """Counting calls against grants' budgets, for resource servers. Thread-safe."""
 
     def prepare_count(
-        self, claims: Claims, kind: object, call: Mapping[str, Any], ctx: RequestContext
+        self,
+        claims: Claims,
+        kind: object,
+        call: Mapping[str, Any],
+        ctx: RequestContext,
+        *,
+        caller: Claims | None = None,
     ) -> Pending[CallCount]:
         """Check one call of ``kind`` (``call``: the arguments of ``rules.grantuse.allows``)
         against the token's grant that allows it, after reading the token's live state
         (``core.assurance``: never a cache); the count is written by whoever completes it
-        (``core.pending``), and a budget found spent then is a refusal.
+        (``core.pending``), and a budget found spent then is a refusal. ``caller``: the
+        resource server's authenticated credential, if it sent one; a certificate-bound
+        token's calls are counted only for one (:func:`vouching_refusal`), and the count's
+        event names it.
 
         Raises (audited, with a ``denial_id``):
             InvalidRequest: ``kind`` or ``call`` malformed (not audited).
+            Unauthorized: a certificate-bound token, and no resource server credential.
+            Forbidden: a certificate-bound token of another app's agent, for an app.
             InsufficientScope: no grant of the token allows the call.
             Forbidden: the budget, or one above it, is spent (or gone: fail closed); or
                 the live state refuses the token.
@@ -206,6 +272,26 @@ class CallCounting(Service):
         base = replace(
             about(claims), request_id=ctx.request_id, resource=ctx.path, outcome="denied"
         )
+        counter = detail_field("counter", counter_of(caller))
+        refusal, why = vouching_refusal(claims, caller)
+        if refusal:
+            error: TaskleaseError = (
+                Unauthorized(
+                    "a certificate-bound token's calls are counted only for an "
+                    "authenticated resource server",
+                    hint="send the resource server's app or operator token in Authorization",
+                )
+                if refusal == "unauthenticated"
+                else Forbidden("an app counts calls only of its own agents' tokens")
+            )
+            raise kernel.deny(
+                error,
+                replace(
+                    base,
+                    event_type="grant_call_denied",
+                    detail=f"{why} {counter} jti={claims.jti}",
+                ),
+            )
         live = live_denial(self._store, claims)
         if live is not None:
             raise kernel.deny(
@@ -264,7 +350,7 @@ class CallCounting(Service):
                     base,
                     event_type="grant_call_counted",
                     outcome="success",
-                    detail=f"call counted {what} budget={key[-32:]} "
+                    detail=f"call counted {what} {counter} budget={key[-32:]} "
                     f"calls={budget.calls if budget else '?'}/{_calls(grant)}",
                 )
             ]

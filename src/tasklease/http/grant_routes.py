@@ -2,9 +2,11 @@
 a grant's calls for resource servers, and the policy set in force.
 
 Thin adapters like the rest: parse, authenticate (``admin:keys:*`` for the operators'
-routes; the token itself for a count), call the Broker, translate. Building the routes of
-a broker also gives it its policy source when ``policy_dir`` is set
-(``tasklease.policyfiles``: ``<policy_dir>/<tenant>/*.cedar``); the core reads no file.
+routes; for a count the token itself, and the resource server's own credential when it
+sends one: a certificate-bound token's calls are counted only for one, ``core.calls``),
+call the Broker, translate. Building the routes of a broker also gives it its policy
+source when ``policy_dir`` is set (``tasklease.policyfiles``:
+``<policy_dir>/<tenant>/*.cedar``); the core reads no file.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tasklease.core.broker import Broker, RequestContext
+from tasklease.core.calls import CallCount
 from tasklease.core.errors import InvalidRequest
+from tasklease.core.pending import Pending
 from tasklease.core.policyrequest import SCHEMA
-from tasklease.core.tokens import KIND_ADMIN
+from tasklease.core.tokens import KIND_ADMIN, Claims
 from tasklease.http import wire
 from tasklease.http._handling import Authed, first_half, guard, json_response, read_body
 from tasklease.http.lease_routes import presentation
@@ -82,19 +86,25 @@ def grant_routes(
         ctx = context(request)
         token = req.token
         presented = presentation(req)
-        # Checked on the loop (the token's live state is read there: run_reading), the
-        # count group-committed and awaited with the forwarded proof's record.
-        first = await first_half(
-            lambda: broker.prepare_count_call(
+        header = request.headers.get("authorization")
+
+        def prepare() -> Pending[tuple[Claims, CallCount]]:
+            # The resource server's own credential, when it sends one (a verifier with
+            # credentials does): a certificate-bound token is counted only for one.
+            caller = None if header is None else broker.authenticate_introspector(header, ctx)
+            return broker.prepare_count_call(
                 token,
                 kind=req.type,
                 call=call,
                 audience=req.audience,
                 presented=presented,
                 ctx=ctx,
-            ),
-            store=broker.store,
-        )
+                caller=caller,
+            )
+
+        # Checked on the loop (the token's live state is read there: run_reading), the
+        # count group-committed and awaited with the forwarded proof's record.
+        first = await first_half(prepare, store=broker.store)
         claims, counted = await broker.answer(first)
         return json_response(
             wire.CallCountResponse(

@@ -17,7 +17,7 @@ also counts the calls of every grant it was narrowed from.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,9 +82,17 @@ def count_call(
     audience: str,
     presented: Presentation | None,
     call: Mapping[str, Any],
+    token_source: Callable[[], str] | None = None,
+    forget_token: Callable[[], None] | None = None,
 ) -> CallCount:
     """``POST /v1/token/calls``: count one call of ``token``'s grant of type ``kind`` that
     allows ``call``, as the resource ``audience``.
+
+    ``token_source`` returns this resource server's own admin or app bearer token (the
+    verifier's credentials), sent in ``Authorization``: the broker counts a call of a
+    certificate-bound token only for an authenticated resource server, since the
+    thumbprint forwarded is only this server's word. A 401 drops the cached token
+    (``forget_token``), so that the next count signs in again.
 
     Raises:
         InsufficientScope: no grant allows the call, or its calls (or a delegator's) are
@@ -105,10 +113,16 @@ def count_call(
             body["client_cert_thumbprint"] = presented.cert_thumbprint
         if presented.dpop_proof:
             body.update(dpop=presented.dpop_proof, htm=presented.htm, htu=presented.htu)
+    headers = {"accept-encoding": "identity"}
+    if token_source is not None:
+        try:
+            headers["Authorization"] = f"Bearer {token_source()}"
+        except (httpx.HTTPError, VerifierUnavailable, RuntimeError) as exc:
+            raise VerifierUnavailable(
+                f"counting the call failed: no credential: {type(exc).__name__}"
+            ) from None
     try:
-        with client.stream(
-            "POST", "/v1/token/calls", json=body, headers={"accept-encoding": "identity"}
-        ) as response:
+        with client.stream("POST", "/v1/token/calls", json=body, headers=headers) as response:
             status = response.status_code
             if status not in (200, 400, 401, 403):
                 raise VerifierUnavailable(f"counting the call failed: HTTP {status}")
@@ -123,6 +137,8 @@ def count_call(
     if status == 200:
         return _call_count(answer)
     detail = _problem_detail(status, answer)
+    if status == 401 and forget_token is not None:
+        forget_token()  # perhaps ours that was refused: signed in again next time
     if status == 403:
         raise InsufficientScope(f"broker refused the call: {detail}", required=f"grant:{kind}")
     raise InvalidToken(f"broker refused the token: {detail}")

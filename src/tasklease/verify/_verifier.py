@@ -319,12 +319,25 @@ class Verifier(VerifierBase):
         """Ask the broker to count one call of ``token``'s grant that allows ``call``
         against its ``max_calls`` (``POST /v1/token/calls``; the arguments of
         :meth:`VerifiedToken.allows`, and what the request presented as for
-        :meth:`verify`). Raises :class:`InsufficientScope` when the calls are used up."""
+        :meth:`verify`). Raises :class:`InsufficientScope` when the calls are used up.
+
+        With ``credentials`` the request carries this verifier's app or admin token: the
+        broker counts a certificate-bound token's calls only for an authenticated resource
+        server (for an app, only its own agents'), and names it in the count's audit
+        event. Without them such a count is refused (:class:`InvalidToken`)."""
         presented = self._presentation(
             scheme, client_cert, client_cert_thumbprint, dpop_proof, htm, htu
         )
+        credentials = self._credentials is not None
         return count_call(
-            self._client, token, kind, audience=self.audience, presented=presented, call=call
+            self._client,
+            token,
+            kind,
+            audience=self.audience,
+            presented=presented,
+            call=call,
+            token_source=self._bearer_for_feed if credentials else None,
+            forget_token=self._forget_feed_token if credentials else None,
         )
 
     async def acount_call(self, token: str, kind: str, **kwargs: Any) -> CallCount:

@@ -274,15 +274,27 @@ OPERATIONS = (
         "live state from the store (high assurance), finds the grant that allows the call "
         "and takes one call from its budget and from every budget it was narrowed from, "
         "all or none (so delegation never multiplies calls). A grant without `max_calls` "
-        "allows the call uncounted. Refusals carry a `denial_id`.",
+        "allows the call uncounted. A token bound only to a client certificate "
+        "(`cnf.x5t#S256` without `jkt`) is counted only for an authenticated resource "
+        "server: `Authorization` with an app token (for its own agents' tokens) or an "
+        "operator's token with `admin:revoke:*`, as for introspection; the count's audit "
+        "event names it. Refusals carry a `denial_id`.",
         PUBLIC,
         CallCountResponse,
         request=CallCountRequest,
         commits=True,
         errors=(
-            Failure("unauthorized", "the token is invalid, expired, revoked or not for you"),
+            Failure(
+                "unauthorized",
+                "the token is invalid, expired, revoked or not for you; the `Authorization` "
+                "credential is refused; or a certificate-bound token's count came without one",
+            ),
             Failure("insufficient_scope", "no grant of the token allows the call"),
-            Failure("forbidden", "the grant's calls (or a delegator's) are used up"),
+            Failure(
+                "forbidden",
+                "the grant's calls (or a delegator's) are used up; or an app asked to count "
+                "a certificate-bound token of another app's agent",
+            ),
         ),
     ),
     Operation(
