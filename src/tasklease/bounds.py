@@ -25,21 +25,31 @@ plain HTTP) off the proxies the environment names (``HTTP_PROXY``, ``ALL_PROXY``
 are sent directly, whatever ``NO_PROXY`` says. A proxy would carry an admin secret, app
 secrets, tokens and the keys meant for this machine off it, in clear. Used by the SDK's
 clients and the verifier's.
+
+:func:`with_deadlines` gives every request of a client a total deadline of its own (a
+multiple of its timeout) without closing the client, whose other requests (a feed's
+stream) go on: each connect, TLS handshake, read and write of the request, its body's
+included, is given what is left of the request's deadline at most, and fails with httpx's
+timeout once none is left. A request sent with the extension :data:`NO_DEADLINE` (an event
+stream that never ends by design) keeps httpx's per-operation timeouts only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime
 import email.utils
 import json
 import re
 import ssl
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 
 from tasklease.rules.cleartext import is_loopback_host
@@ -48,8 +58,11 @@ __all__ = [
     "MAX_EXPIRES_IN",
     "MAX_REDIRECTS",
     "MAX_SIGN_IN_BYTES",
+    "NO_DEADLINE",
     "TOTAL_TIMES",
+    "AsyncDeadlineTransport",
     "AsyncLoopbackDirect",
+    "DeadlineTransport",
     "FetchFailed",
     "LoopbackDirect",
     "bounded_body",
@@ -66,6 +79,7 @@ __all__ = [
     "retry_after_seconds",
     "too_large",
     "total_deadline",
+    "with_deadlines",
 ]
 
 TOTAL_TIMES = 3  # a bounded fetch ends within this many of its timeouts
@@ -81,6 +95,12 @@ _DELAY_SECONDS = re.compile(r"[0-9]{1,10}")
 _REDIRECTS = frozenset((302, 303, 307))  # temporary ones (SPIFFE Federation section 5.1)
 
 _Client = TypeVar("_Client", httpx.Client, httpx.AsyncClient)
+# A request extension: this request has no total deadline (with_deadlines).
+NO_DEADLINE = "tasklease.no_deadline"
+# When (time.monotonic) the request under way in this thread or task must have ended.
+_ends_at: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "tasklease_request_ends_at", default=None
+)
 
 
 class FetchFailed(Exception):
@@ -102,6 +122,301 @@ def total_deadline(client: httpx.Client, seconds: float) -> Iterator[None]:
         yield
     finally:
         timer.cancel()
+
+
+def _left(timeout: float | None, late: type[Exception]) -> float | None:
+    """``timeout``, or what is left of the deadline of the request under way when less;
+    raises ``late`` when nothing is."""
+    ends_at = _ends_at.get()
+    if ends_at is None:
+        return timeout
+    left = ends_at - time.monotonic()
+    if left <= 0:
+        raise late("the request's total deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every operation ends by the deadline of the request using it."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self.inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        wait = _left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self.inner.start_tls(ssl_context, server_hostname, wait))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.inner.get_extra_info(info)
+
+
+class _AsyncDeadlineStream(httpcore.AsyncNetworkStream):
+    """The async twin of :class:`_DeadlineStream`."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self.inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self.inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self.inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        wait = _left(timeout, httpcore.ConnectTimeout)
+        inner = await self.inner.start_tls(ssl_context, server_hostname, wait)
+        return _AsyncDeadlineStream(inner)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """``inner``'s connections, each a :class:`_DeadlineStream`."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self.inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        wait = _left(timeout, httpcore.ConnectTimeout)
+        stream = self.inner.connect_tcp(host, port, wait, local_address, socket_options)
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        wait = _left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self.inner.connect_unix_socket(path, wait, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self.inner.sleep(seconds)
+
+
+class _AsyncDeadlineBackend(httpcore.AsyncNetworkBackend):
+    """The async twin of :class:`_DeadlineBackend`."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self.inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        wait = _left(timeout, httpcore.ConnectTimeout)
+        stream = await self.inner.connect_tcp(host, port, wait, local_address, socket_options)
+        return _AsyncDeadlineStream(stream)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.AsyncNetworkStream:
+        wait = _left(timeout, httpcore.ConnectTimeout)
+        stream = await self.inner.connect_unix_socket(path, wait, socket_options)
+        return _AsyncDeadlineStream(stream)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+class _EndingStream(httpx.SyncByteStream):
+    """A response body whose every read is made within its request's deadline."""
+
+    def __init__(self, inner: httpx.SyncByteStream, ends_at: float) -> None:
+        self.inner = inner
+        self.ends_at = ends_at
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunks = iter(self.inner)
+        while True:
+            token = _ends_at.set(self.ends_at)
+            try:
+                chunk = next(chunks, None)
+            finally:
+                _ends_at.reset(token)
+            if chunk is None:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _AsyncEndingStream(httpx.AsyncByteStream):
+    """The async twin of :class:`_EndingStream`."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, ends_at: float) -> None:
+        self.inner = inner
+        self.ends_at = ends_at
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = aiter(self.inner)
+        while True:
+            token = _ends_at.set(self.ends_at)
+            try:
+                chunk = await anext(chunks, None)
+            finally:
+                _ends_at.reset(token)
+            if chunk is None:
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class DeadlineTransport(httpx.BaseTransport):
+    """``inner``, each request ending ``seconds`` after it is sent (:func:`with_deadlines`)."""
+
+    def __init__(self, inner: httpx.BaseTransport, seconds: float) -> None:
+        self.inner = inner
+        self.seconds = seconds
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.extensions.get(NO_DEADLINE):
+            return self.inner.handle_request(request)
+        ends_at = time.monotonic() + self.seconds
+        token = _ends_at.set(ends_at)
+        try:
+            response = self.inner.handle_request(request)
+        finally:
+            _ends_at.reset(token)
+        stream = response.stream
+        if not isinstance(stream, httpx.SyncByteStream):
+            raise TypeError("a transport of httpx.Client answered with an async stream")
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_EndingStream(stream, ends_at),
+            extensions=response.extensions,
+        )
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncDeadlineTransport(httpx.AsyncBaseTransport):
+    """The async twin of :class:`DeadlineTransport`."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, seconds: float) -> None:
+        self.inner = inner
+        self.seconds = seconds
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.extensions.get(NO_DEADLINE):
+            return await self.inner.handle_async_request(request)
+        ends_at = time.monotonic() + self.seconds
+        token = _ends_at.set(ends_at)
+        try:
+            response = await self.inner.handle_async_request(request)
+        finally:
+            _ends_at.reset(token)
+        stream = response.stream
+        if not isinstance(stream, httpx.AsyncByteStream):
+            raise TypeError("a transport of httpx.AsyncClient answered with a sync stream")
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_AsyncEndingStream(stream, ends_at),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def with_deadlines(client: _Client, seconds: float) -> _Client:
+    """``client``, each of its requests (but one sent with the extension
+    :data:`NO_DEADLINE`) ending ``seconds`` after it is sent: its connection's every
+    operation is given what is left at most. Applies to the transports httpx built for the
+    client (its own and the proxies the environment names); a ``transport`` the caller
+    gave is the caller's and unchanged. Call it before :func:`loopback_direct`. Returns
+    ``client``.
+
+    Raises:
+        RuntimeError: this httpx keeps its transports elsewhere (:func:`check_transports`),
+            or its transports keep their connection pool elsewhere.
+    """
+    check_transports(client)
+    if isinstance(client, httpx.Client):
+        sync_wrap = _sync_deadline(seconds)
+        client._transport = sync_wrap(client._transport)
+        client._mounts = {
+            pattern: None if inner is None else sync_wrap(inner)
+            for pattern, inner in client._mounts.items()
+        }
+    else:
+        async_wrap = _async_deadline(seconds)
+        client._transport = async_wrap(client._transport)
+        client._mounts = {
+            pattern: None if inner is None else async_wrap(inner)
+            for pattern, inner in client._mounts.items()
+        }
+    return client
+
+
+def _pool_of(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport) -> Any:
+    """The connection pool httpx keeps its connections in (``_pool`` since 0.18), whose
+    connections httpcore opens through its ``_network_backend``."""
+    pool = getattr(transport, "_pool", None)
+    if pool is None or not hasattr(pool, "_network_backend"):
+        raise RuntimeError("this httpx keeps its connections elsewhere: no deadline applies")
+    return pool
+
+
+def _sync_deadline(seconds: float) -> Callable[[httpx.BaseTransport], httpx.BaseTransport]:
+    def wrap(transport: httpx.BaseTransport) -> httpx.BaseTransport:
+        if not isinstance(transport, httpx.HTTPTransport):
+            return transport  # the caller's own
+        pool = _pool_of(transport)
+        pool._network_backend = _DeadlineBackend(pool._network_backend)
+        return DeadlineTransport(transport, seconds)
+
+    return wrap
+
+
+def _async_deadline(
+    seconds: float,
+) -> Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]:
+    def wrap(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+        if not isinstance(transport, httpx.AsyncHTTPTransport):
+            return transport  # the caller's own
+        pool = _pool_of(transport)
+        pool._network_backend = _AsyncDeadlineBackend(pool._network_backend)
+        return AsyncDeadlineTransport(transport, seconds)
+
+    return wrap
 
 
 class LoopbackDirect(httpx.BaseTransport):

@@ -24,12 +24,12 @@ are used as httpx would.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from tasklease import forksafe
-from tasklease.bounds import loopback_direct, refusal, too_large
+from tasklease.bounds import TOTAL_TIMES, loopback_direct, refusal, too_large, with_deadlines
 
 __all__ = [
     "MAX_ADMIN_ANSWER",
@@ -152,10 +152,28 @@ class AsyncBoundedTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+_Client = TypeVar("_Client", httpx.Client, httpx.AsyncClient)
+
+
+def _deadline(timeout: httpx.Timeout) -> float | None:
+    """A request's total deadline: ``TOTAL_TIMES`` the longest of its timeouts (None when
+    it has none: the caller asked for none)."""
+    parts = [t for t in (timeout.connect, timeout.read, timeout.write, timeout.pool) if t]
+    return TOTAL_TIMES * max(parts) if parts else None
+
+
+def _ending(client: _Client) -> _Client:
+    """``client``, each request ending by its deadline (``bounds.with_deadlines``): a
+    server that drips its answer holds no call longer."""
+    seconds = _deadline(client.timeout)
+    return client if seconds is None else with_deadlines(client, seconds)
+
+
 def bounded_client(limit: int = MAX_ANSWER, **options: Any) -> httpx.Client:
     """``httpx.Client(**options)``, its every transport behind a :class:`BoundedTransport`
-    of ``limit`` bytes, and no proxy for a loopback host."""
-    client = loopback_direct(httpx.Client(**options))
+    of ``limit`` bytes, each request ending within ``TOTAL_TIMES`` its timeout, and no
+    proxy for a loopback host."""
+    client = loopback_direct(_ending(httpx.Client(**options)))
     client._transport = BoundedTransport(client._transport, limit)
     client._mounts = {
         pattern: None if inner is None else BoundedTransport(inner, limit)
@@ -167,8 +185,9 @@ def bounded_client(limit: int = MAX_ANSWER, **options: Any) -> httpx.Client:
 
 def bounded_async_client(limit: int = MAX_ANSWER, **options: Any) -> httpx.AsyncClient:
     """``httpx.AsyncClient(**options)``, its every transport behind an
-    :class:`AsyncBoundedTransport` of ``limit`` bytes, and no proxy for a loopback host."""
-    client = loopback_direct(httpx.AsyncClient(**options))
+    :class:`AsyncBoundedTransport` of ``limit`` bytes, each request ending within
+    ``TOTAL_TIMES`` its timeout, and no proxy for a loopback host."""
+    client = loopback_direct(_ending(httpx.AsyncClient(**options)))
     client._transport = AsyncBoundedTransport(client._transport, limit)
     client._mounts = {
         pattern: None if inner is None else AsyncBoundedTransport(inner, limit)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import httpx
 
 from tasklease import forksafe
-from tasklease.bounds import bounded_lines, retry_after_seconds
+from tasklease.bounds import NO_DEADLINE, bounded_lines, retry_after_seconds
 from tasklease.verify._freshness import DEFAULT_MAX_STALENESS
 from tasklease.verify._revocations import RevocationIndex, parse_entry
 
@@ -314,8 +314,14 @@ class FeedFollower:
             "Accept-Encoding": "identity",
         }
         timeout = httpx.Timeout(self._read_timeout, read=self._read_timeout)
+        # A stream never ends by design (its keepalives prove it alive): no total deadline.
         with self._client.stream(
-            "GET", "/v1/revocations/stream", params=params, headers=headers, timeout=timeout
+            "GET",
+            "/v1/revocations/stream",
+            params=params,
+            headers=headers,
+            timeout=timeout,
+            extensions={NO_DEADLINE: True},
         ) as response:
             if response.status_code == 401:
                 self._forget_token()

@@ -88,6 +88,7 @@ class KeySet:
         ttl: float,
         min_interval: float,
         max_age: float = float("inf"),
+        wait_at_most: float = float("inf"),
         on_date: Callable[[str | None], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -96,6 +97,7 @@ class KeySet:
         self._ttl = ttl
         self._max_age = max_age
         self._min_interval = min_interval
+        self._wait_at_most = wait_at_most
         self._monotonic = monotonic
         self._keys: dict[str, nacl.signing.VerifyKey] = {}
         self._fetched_at = -float("inf")
@@ -190,12 +192,18 @@ class KeySet:
         self, due: Callable[[float], bool], *, for_kid: bool = False, wait: bool = True
     ) -> bool:
         """One caller fetches while concurrent callers wait (unless ``wait`` is False), then
-        see it is no longer due.
+        see it is no longer due. A caller waits ``wait_at_most`` seconds at most (the
+        verifier's timeout; its fetch itself ends within a few): then it goes on with
+        the last good set, as if its fetch had failed.
 
         Returns whether a fetch succeeded. A success replaces the whole set (a key it does
         not list is gone); a failure keeps the last good set.
         """
-        if not self._lock.acquire(blocking=wait):
+        if wait:
+            waited = -1.0 if self._wait_at_most == float("inf") else self._wait_at_most
+            if not self._lock.acquire(timeout=waited):
+                return False
+        elif not self._lock.acquire(blocking=False):
             return False
         try:
             now = self._monotonic()

@@ -12,7 +12,7 @@ from typing import Any, Self
 import httpx
 
 from tasklease import forksafe
-from tasklease.bounds import loopback_direct, read_app_token
+from tasklease.bounds import TOTAL_TIMES, loopback_direct, read_app_token, with_deadlines
 from tasklease.core.clock import Clock, ElapsedHorizon, SystemClock
 from tasklease.core.lru import LRUCache
 from tasklease.rules import jws
@@ -134,6 +134,9 @@ class VerifierBase:
         # would forget revocations of tokens still valid by the true time (core.clock). By
         # the local clock: never ahead of the time tokens are judged by.
         self._horizon = ElapsedHorizon(local)
+        # Each of its requests but the feed's stream ends within TOTAL_TIMES its timeout
+        # (bounds.with_deadlines): a broker, or a path to it, that drips an answer holds no
+        # key fetch, introspection, counted call or sign-in longer.
         # Its requests carry the app's credentials and fetch the keys: a loopback broker
         # is reached directly, never through a proxy the environment names (bounds).
         # A user and password in the URL (a proxy's HTTP Basic credential) are sent as the
@@ -143,11 +146,14 @@ class VerifierBase:
         base = httpx.URL(broker_url.rstrip("/"))
         basic = (base.username, base.password) if base.userinfo else None
         self._client = loopback_direct(
-            httpx.Client(
-                base_url=base.copy_with(userinfo=b""),
-                auth=basic,
-                transport=transport,
-                timeout=timeout,
+            with_deadlines(
+                httpx.Client(
+                    base_url=base.copy_with(userinfo=b""),
+                    auth=basic,
+                    transport=transport,
+                    timeout=timeout,
+                ),
+                TOTAL_TIMES * timeout,
             )
         )
         # In a process forked from this one, the client's connections are the parent's:
@@ -161,6 +167,7 @@ class VerifierBase:
             min_interval=jwks_min_refresh_interval,
             max_age=jwks_max_stale,
             on_date=self._clock.note,
+            wait_at_most=timeout,
         )
         self._federation = (
             Federations(federations, timeout=timeout, min_interval=jwks_min_refresh_interval)
