@@ -19,15 +19,16 @@ import stat
 import sys
 import tomllib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType
 from rich.markup import escape
+from rich.segment import Segment
 
 from tasklease.cli._sessions import cached_session, config_dir, session_subject
 from tasklease.core.tenantids import tenant_id_error
@@ -87,11 +88,32 @@ EXIT_CODES_HELP = (
     "failed (5xx)."
 )
 
+
+class _Screen(Console):
+    """A console that writes no terminal control: every piece of text it renders (a
+    line, a table's cell, a tree's label) has each character of ``rules.controls`` but
+    tab and line feed shown escaped (``\\u001b``), as it renders, whichever call
+    printed it. The CLI's own text holds none; a value a broker returned (an id, a name,
+    a status) could hold any (an ESC sequence, an 8-bit CSI, a bidi override), and
+    would drive the operator's terminal. Text escaped already is unchanged: the escape
+    holds no control. The styles rich writes are its control segments, kept."""
+
+    def render(
+        self, renderable: RenderableType, options: ConsoleOptions | None = None
+    ) -> Iterable[Segment]:
+        for segment in super().render(renderable, options):
+            if segment.control is None and not segment.text.isprintable():
+                yield segment._replace(text=escaped(segment.text))
+            else:
+                yield segment
+
+
 # The only consoles of the CLI. Text printed is data (a path, a name, a broker's answer)
-# and shown as written: rich markup is off unless a call opts in with ``markup=True``,
-# and such a call escapes every value it interpolates (rich.markup.escape).
-out = Console(soft_wrap=True, markup=False)
-err = Console(stderr=True, soft_wrap=True, markup=False)
+# and shown as written, controls escaped (_Screen): rich markup is off unless a call opts
+# in with ``markup=True``, and such a call escapes every value it interpolates
+# (rich.markup.escape).
+out = _Screen(soft_wrap=True, markup=False)
+err = _Screen(stderr=True, soft_wrap=True, markup=False)
 
 UrlOpt = Annotated[
     str | None,

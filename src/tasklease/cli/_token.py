@@ -25,6 +25,7 @@ from tasklease.cli._common import (
     resolve_connection,
     selected_tenant,
 )
+from tasklease.rules.controls import escaped
 
 __all__ = ["in_words", "register", "token_app"]
 
@@ -200,7 +201,8 @@ def token_inspect(
 
 def print_pretty_json(document: dict[str, Any]) -> None:
     """One JSON document, indented for a person (``--json`` of ``token inspect``)."""
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    # A token's claims are the issuer's text: controls escaped as JSON writes them.
+    sys.stdout.write(escaped(json.dumps(document, indent=2, ensure_ascii=False)) + "\n")
     sys.stdout.flush()
 
 
