@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 from tests.federation.bundle_support import make_ca
 
+from tasklease.bounds import DeadlineTransport
 from tasklease.client import AdminClient, AppClient
 from tasklease.client._bounded import BoundedTransport
 from tasklease.client._holder import default_ssl_context, ssl_context
@@ -18,10 +19,12 @@ URL = "http://127.0.0.1:9"  # never reached: nothing here sends a request
 
 
 def _context_of(client: httpx.Client) -> ssl.SSLContext:
-    # Where httpx keeps the context its connections are made with, behind the SDK's bound.
+    # Where httpx keeps the context its connections are made with, behind the SDK's bound
+    # and its deadline.
     transport = client._transport
     assert isinstance(transport, BoundedTransport)
-    context: ssl.SSLContext = transport.inner._pool._ssl_context  # type: ignore[attr-defined]
+    assert isinstance(transport.inner, DeadlineTransport)
+    context: ssl.SSLContext = transport.inner.inner._pool._ssl_context  # type: ignore[attr-defined]
     return context
 
 
