@@ -179,13 +179,12 @@ def fail(message: str, code: int = EXIT_USAGE, hint: str | None = None) -> NoRet
 
 
 def error_line(message: str, hint: str | None = None) -> None:
-    """Print ``error: message`` (and ``hint: ...``) to stderr, both shown as written but
-    for the characters that drive a terminal (``rules.controls``), each shown escaped: a
-    message may quote what a server answered (a refusal's detail and hint), and whatever
-    answers at ``--url`` is not necessarily the broker."""
-    err.print(f"[bold red]error:[/] {escape(escaped(message))}", highlight=False, markup=True)
+    """Print ``error: message`` (and ``hint: ...``) to stderr, both shown as written: a
+    message may quote what a server answered (a refusal's detail and hint), whose
+    terminal controls the console escapes (``_Screen``)."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     if hint:
-        err.print(f"[dim]hint:[/] {escape(escaped(hint))}", highlight=False, markup=True)
+        err.print(f"[dim]hint:[/] {escape(hint)}", highlight=False, markup=True)
 
 
 def exit_code_for(error: TaskleaseError) -> int:

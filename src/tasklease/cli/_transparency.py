@@ -37,7 +37,6 @@ from tasklease.cli._common import (
     write_private,
 )
 from tasklease.localfiles import read_regular
-from tasklease.rules.controls import escaped
 
 if TYPE_CHECKING:
     from tasklease.client import AdminClient
@@ -206,8 +205,9 @@ def read_checkpoint(path: Path) -> str:
 
 
 def _proof_failed(exc: AuditProofError) -> typer.Exit:
-    # A reason may quote what a server served (an origin, an event's field): escaped.
-    reason = escape(escaped(exc.reason))
+    # A reason may quote what a server served (an origin, an event's field): its
+    # terminal controls are escaped by the console (``_Screen``).
+    reason = escape(exc.reason)
     err.print(f"[bold red]FAILED:[/] {reason}", highlight=False, markup=True)
     return typer.Exit(EXIT_FAILED)
 
