@@ -73,6 +73,8 @@ def test_the_walkthrough_runs_as_written(broker: BrokerForTests, tmp_path: Path)
     )
     assert done.returncode == 0, done.stdout + done.stderr
     created = json.loads((tmp_path / "acme.json").read_text())
+    # It holds acme's admin secret: the walkthrough writes it readable by its owner only.
+    assert (tmp_path / "acme.json").stat().st_mode & 0o077 == 0
     assert created["name"] == "acme" and created["base_path"] == "/t/acme"
     assert created["trust_domain"].startswith("acme.")
     # The app, the launch token and the key rotation happened in acme, not in the default.
