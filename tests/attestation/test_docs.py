@@ -121,6 +121,8 @@ def test_the_kubernetes_set_up_as_documented(
         added, tested = run_commands(block("commands", "k8s"), broker, work)
         assert "attestor prod (k8s_sat) added" in added
         assert "read:invoices:*" in tested and "agent-runner" in tested
+        # A fact's name longer than the column stays apart from its value.
+        assert "  service_account agent-runner" in tested.splitlines()
         # The pod's token, mounted where the pod spec puts it (here: a file of the test).
         token_path = work / "token"
         token_path.write_text(mint(issuer.keys[0], k8s_claims(issuer.url, ISSUER, broker.now())))

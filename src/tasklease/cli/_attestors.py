@@ -73,7 +73,8 @@ def _json_file(path: Path, what: str, kind: type) -> Any:
 
 
 def _line(label: str, value: object) -> None:
-    out.print(f"{label:<12}{value}", highlight=False)
+    # Column 12 as before, and never run together: facts have names up to any length.
+    out.print(f"{label:<11} {value}", highlight=False)
 
 
 @attestor_app.command("add")
