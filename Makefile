@@ -72,6 +72,9 @@ soak: $(VENV)/.test-deps ## the authority model at 100,000 steps, the fleet thro
 	$(KEEP_BYTECODE) $(BIN)/pytest -n $(TEST_JOBS) --dist loadfile -m soak
 	TASKLEASE_MODEL_EXAMPLES=1250 TASKLEASE_MODEL_STEPS=80 \
 	  $(BIN)/pytest -p no:cacheprovider -o addopts="" --timeout 0 tests/core/test_authority_model.py
+	TASKLEASE_MODEL_EXAMPLES=300 TASKLEASE_MODEL_STEPS=40 \
+	  $(BIN)/pytest -p no:cacheprovider -o addopts="" --timeout 0 \
+	  tests/security/test_authority_model_http.py
 	TASKLEASE_FLEET_OUTAGE=45 $(BIN)/pytest -p no:cacheprovider tests/verify/test_fleet_outage.py
 
 bench: $(VENV)/.test-deps ## throughput benchmarks
