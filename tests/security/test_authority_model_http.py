@@ -671,7 +671,7 @@ class HttpAuthorityMachine(RuleBasedStateMachine):
 
 
 HttpAuthorityMachine.TestCase.settings = settings(
-    max_examples=EXAMPLES or 20,
+    max_examples=EXAMPLES or 12,
     stateful_step_count=STEPS or 20,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
