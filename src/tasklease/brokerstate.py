@@ -38,6 +38,10 @@ __all__ = [
 NONCE_SECRET = "nonce.secret"  # noqa: S105 (a file name, not a secret)
 """The file in ``key_dir`` that authenticates challenge nonces."""
 
+INTERRUPTED_INIT_HINT = (
+    "An interrupted `tasklease init` leaves signing keys without the rest: "
+    "`tasklease init --force` with the same settings finishes it"
+)
 INIT_HINT = (
     "Only `tasklease init` creates a broker: run it for a new one; for an existing one, "
     "check data_dir, database and key_dir (a config file's relative paths are read from "
@@ -121,7 +125,12 @@ def require(config: Config) -> None:
         if not (keys / NONCE_SECRET).exists():
             missing.append(f"the nonce secret {keys / NONCE_SECRET} does not exist")
     if missing:
-        raise StateError(f"no broker here: {'; '.join(missing)}. {INIT_HINT}")
+        hint = INIT_HINT
+        if keys.is_dir() and _has_keys(keys) and not (keys / NONCE_SECRET).exists():
+            # Signing keys without the nonce secret made after them: what an ``init``
+            # stopped part way leaves (a typo in a path leaves the nonce secret).
+            hint = INTERRUPTED_INIT_HINT
+        raise StateError(f"no broker here: {'; '.join(missing)}. {hint}")
     if database is not None:
         _refuse_changeable_by_others(database)
 

@@ -509,3 +509,19 @@ def test_a_database_file_of_another_user_is_refused(
         monkeypatch.setattr(os, "geteuid", lambda: database.stat().st_uid + 1)
     with pytest.raises(brokerstate.StateError, match="is owned by uid .*, not by this user"):
         brokerstate.require(config)
+
+
+def test_serve_after_an_interrupted_init_says_init_force_finishes_it(
+    tmp_path: Path, initialised: Path
+) -> None:
+    """``init`` stopped (SIGPIPE, Ctrl-C) after its config and signing keys, before the
+    database and nonce secret: serve sent the operator to ``init``, which refused the half
+    broker. The refusal now names the command that finishes it."""
+    data = tmp_path / "data"
+    initialised_copy(initialised, data)
+    for name in ("tasklease.db", "tasklease.db-wal", "tasklease.db-shm"):
+        (data / name).unlink(missing_ok=True)
+    (data / "keys" / "nonce.secret").unlink()
+    shutil.rmtree(data / "keys" / "log", ignore_errors=True)
+    said = refused(cli("serve", "--data-dir", str(data), "--port", str(free_port()), cwd=tmp_path))
+    assert "init --force" in said and "interrupted" in said, said
