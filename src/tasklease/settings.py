@@ -57,7 +57,7 @@ _NOT_SETTINGS = frozenset(
         "TASKLEASE_KEY_PASSPHRASE",  # the `file` key provider's passphrase (keystore)
         "TASKLEASE_PKCS11_PIN",  # the `pkcs11` key provider's PIN (keystore)
         "TASKLEASE_WORKER_CONFIG",  # `serve --workers N`: the parent's Config (server)
-        # The CLI as a client: its broker, profile, tenant and operator credentials.
+        # The CLI as a client: its broker, profile, tenant, operator credentials and TLS.
         "TASKLEASE_URL",
         "TASKLEASE_PROFILE",
         "TASKLEASE_TENANT",
@@ -65,6 +65,8 @@ _NOT_SETTINGS = frozenset(
         "TASKLEASE_OPERATOR_SECRET",
         "TASKLEASE_OPERATOR_KEY_FILE",
         "TASKLEASE_INSECURE_HTTP",  # `tasklease --insecure-http` (147), the SDK's opt-in (151)
+        "TASKLEASE_CLIENT_CERT",  # `tasklease --client-cert`: for a broker with mtls
+        "TASKLEASE_CLIENT_KEY",  # `tasklease --client-key`: that certificate's key
         # examples/ and docs/attestation.md (a CI job's ID token).
         "TASKLEASE_BROKER_URL",
         "TASKLEASE_CLIENT_ID",

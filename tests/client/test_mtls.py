@@ -235,3 +235,22 @@ def test_a_certificate_bound_agent_answers_offline_peers(pki: PKI) -> None:
                 assert _answer(agent) == agent.token
 
         asyncio.run(main())
+
+
+def test_admin_client_presents_a_client_certificate(mtls_broker: BrokerForTests, pki: PKI) -> None:
+    """``AdminClient(cert=..., verify=...)``, as ``Agent`` takes them: what the CLI's
+    ``--client-cert`` uses to reach a broker that asks every connection for one."""
+    from tasklease.client import AdminClient
+
+    with AdminClient(
+        mtls_broker.url,
+        mtls_broker.admin_secret,
+        cert=pki.clients["operator"],
+        verify=str(pki.ca_cert),
+    ) as admin:
+        assert admin.health()["signing_kid"]
+    with (
+        AdminClient(mtls_broker.url, None, verify=str(pki.ca_cert)) as bare,
+        pytest.raises(TransportError),
+    ):
+        bare.health()

@@ -349,7 +349,15 @@ def _toml_blocks() -> list[tuple[str, str]]:
 
 
 # The CLI's profile file (docs/cli.md), not a broker's configuration.
-_PROFILE_KEYS = {"url", "tenant", "operator", "operator_secret", "operator_key_file"}
+_PROFILE_KEYS = {
+    "url",
+    "tenant",
+    "operator",
+    "operator_secret",
+    "operator_key_file",
+    "client_cert",
+    "client_key",
+}
 
 
 @pytest.mark.parametrize(("where", "body"), _toml_blocks(), ids=[w for w, _ in _toml_blocks()])

@@ -39,6 +39,8 @@ from tasklease.rules.controls import escaped
 # Every command imports this module, and `tasklease --help` loads every command: what
 # only some use (the SDK and httpx, cryptography for key files) is imported where used.
 if TYPE_CHECKING:
+    import ssl
+
     from tasklease.client import AdminClient, TaskleaseError
 
 __all__ = [
@@ -66,6 +68,7 @@ __all__ = [
     "exit_code_for",
     "fail",
     "out",
+    "present_client_certificate",
     "print_json",
     "private_output",
     "raw_base64",
@@ -142,8 +145,8 @@ ProfileOpt = Annotated[
         metavar="FILE",
         envvar="TASKLEASE_PROFILE",
         help="Profile TOML with `url`, and `admin_secret` or `operator` with "
-        "`operator_secret` or `operator_key_file` "
-        "(default ~/.config/tasklease/profile.toml; must be mode 0600).",
+        "`operator_secret` or `operator_key_file`, and for mTLS `client_cert` and "
+        "`client_key` (default ~/.config/tasklease/profile.toml; must be mode 0600).",
         show_envvar=False,
     ),
 ]
@@ -215,7 +218,8 @@ def broker_errors() -> Iterator[None]:
         yield
     except TaskleaseError as exc:
         where = f" ({exc.code}, HTTP {exc.status})" if exc.status is not None else ""
-        fail(f"{exc.detail}{where}", exit_code_for(exc), exc.hint or _tenant_hint(exc))
+        hint = exc.hint or _tenant_hint(exc) or _certificate_hint(exc)
+        fail(f"{exc.detail}{where}", exit_code_for(exc), hint)
 
 
 # What a broker answers for every path under /t/<name>/ when it serves no tenant <name>
@@ -245,6 +249,67 @@ def _tenant_hint(error: TaskleaseError) -> str | None:
     )
 
 
+# What OpenSSL reports when the server refused the client's certificate, or its absence,
+# with an alert (a proxy in front may; uvicorn closes the connection without one).
+_CERTIFICATE_ALERTS = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+    }
+)
+
+
+def _closed_unanswered(error: BaseException) -> bool:
+    """Whether ``error`` is a TLS connection the server closed before answering (during
+    or right after the handshake: an EOF, a certificate alert, a disconnect without a
+    response), what a broker with ``tls_mode = "mtls"`` does to a client without an
+    acceptable certificate."""
+    import ssl
+
+    import httpx
+
+    seen: set[int] = set()
+    cause: BaseException | None = error.__cause__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLEOFError):
+            return True
+        if isinstance(cause, ssl.SSLError) and cause.reason in _CERTIFICATE_ALERTS:
+            return True
+        if isinstance(cause, httpx.RemoteProtocolError) and "without sending a response" in str(
+            cause
+        ):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _certificate_hint(error: TaskleaseError) -> str | None:
+    """How to present a client certificate, when an https:// broker closed the connection
+    unanswered (``_closed_unanswered``); None otherwise."""
+    from tasklease.client import TransportError
+
+    https, presented = _presented[0]
+    if not https or not isinstance(error, TransportError) or not _closed_unanswered(error):
+        return None
+    if presented is None:
+        return (
+            'a broker with tls_mode = "mtls" closes the connection of a client that '
+            "presents no certificate: present one issued by its tls_client_ca, with "
+            f"{_HOW_TO_PRESENT}"
+        )
+    return (
+        f'a broker with tls_mode = "mtls" closes the connection of a client whose '
+        f"certificate its tls_client_ca did not issue, or that has expired: check "
+        f"{presented}"
+    )
+
+
 def print_json(value: Any) -> None:
     """One JSON document on one line (JSON lines when called repeatedly), ASCII only as
     every JSON line is: no character of it ends a line or drives a terminal."""
@@ -266,6 +331,9 @@ class Connection:
     operator: str | None = None
     operator_secret: str | None = None
     operator_key: bytes | None = None  # the 32-byte Ed25519 private key seed
+    # What the client trusts and presents (a client certificate, for a broker with
+    # tls_mode = "mtls"), or None: the SDK's default trust, and no certificate.
+    tls: ssl.SSLContext | None = None
 
     @property
     def subject(self) -> str | None:
@@ -279,6 +347,11 @@ class Connection:
     def insecure_http(self) -> bool:
         """Whether the user opted in to plain HTTP beyond loopback, for the SDK's client."""
         return _insecure_http[0]
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """The ``verify=`` for the SDK's client."""
+        return True if self.tls is None else self.tls
 
 
 def _default_profile() -> Path:
@@ -326,7 +399,16 @@ def _read_profile(path: Path, *, explicit: bool) -> dict[str, Any]:
         document = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         fail(f"profile {path} is not valid TOML: {exc}")
-    keys = ("url", "admin_secret", "operator", "operator_secret", "operator_key_file", "tenant")
+    keys = (
+        "url",
+        "admin_secret",
+        "operator",
+        "operator_secret",
+        "operator_key_file",
+        "tenant",
+        "client_cert",
+        "client_key",
+    )
     for key in keys:
         if key in document and not isinstance(document[key], str):
             fail(f"profile {path}: {key} must be a string")
@@ -380,6 +462,84 @@ _warned: set[str] = set()
 def allow_insecure_http(allowed: bool) -> None:
     """Let this invocation send credentials over plain HTTP to a host beyond loopback."""
     _insecure_http[0] = allowed
+
+
+# The client certificate and its key given by ``tasklease --client-cert FILE --client-key
+# FILE ...`` (or TASKLEASE_CLIENT_CERT and TASKLEASE_CLIENT_KEY); the profile's
+# ``client_cert`` and ``client_key`` when neither is given.
+_client_certificate: list[tuple[str | None, str | None]] = [(None, None)]
+
+# Whether this invocation's broker URL is https://, and the client certificate it presents
+# (None: none), for the hint when the broker closes a connection unanswered.
+_presented: list[tuple[bool, Path | None]] = [(False, None)]
+
+
+def present_client_certificate(cert: str | None, key: str | None) -> None:
+    """Present this client certificate (a PEM file) and its private key (a PEM file only
+    this user may read) to the broker in every remote command of this invocation."""
+    _client_certificate[0] = (cert or None, key or None)
+    _presented[0] = (False, None)
+
+
+class _EncryptedKey(Exception):
+    """OpenSSL asked for the passphrase of the client key (raised from its callback)."""
+
+
+def _encrypted_key() -> str:
+    raise _EncryptedKey
+
+
+_HOW_TO_PRESENT = (
+    "`tasklease --client-cert FILE --client-key FILE COMMAND ...`, TASKLEASE_CLIENT_CERT "
+    "and TASKLEASE_CLIENT_KEY, or client_cert and client_key in the profile"
+)
+
+
+def _client_tls(cert: str | None, key: str | None, where: str) -> tuple[ssl.SSLContext, Path]:
+    """The TLS context of the CLI's client that presents the certificate ``cert`` with
+    its private key ``key`` (both PEM), trusting what the SDK's clients trust (the default
+    bundle, or ``SSL_CERT_FILE``), and the certificate's path. ``where``: who named them.
+
+    The key is a secret file (:func:`_read_private`: a regular file, not a link, this
+    user's or root's, mode 0600 or stricter); the certificate a regular file, a link to one
+    followed. One without the other, an encrypted key, or a pair that does not load is
+    one error line, exit 2, before anything is sent."""
+    import ssl
+
+    import httpx
+
+    if key is None:
+        fail(
+            f"client certificate {cert} ({where}) is given without its private key",
+            hint=f"name both: {_HOW_TO_PRESENT}",
+        )
+    if cert is None:
+        fail(
+            f"client key {key} ({where}) is given without its certificate",
+            hint=f"name both: {_HOW_TO_PRESENT}",
+        )
+    cert_path, key_path = Path(cert).expanduser(), Path(key).expanduser()
+    try:
+        read_regular(cert_path)
+    except OSError as exc:
+        fail(f"cannot read client certificate {cert_path}: {exc.strerror or exc}")
+    _read_private(key_path, "client key file")
+    context = httpx.create_ssl_context()
+    try:
+        # OpenSSL opens both by name again: the key is the file just checked, unless this
+        # user replaced it in between (which this user may do anyway).
+        context.load_cert_chain(cert_path, key_path, password=_encrypted_key)
+    except _EncryptedKey:
+        fail(
+            f"client key file {key_path} is encrypted",
+            hint="give the key unencrypted, in a file only you can read (chmod 600)",
+        )
+    except (OSError, ssl.SSLError) as exc:
+        fail(
+            f"client certificate {cert_path} and key {key_path} do not load as a "
+            f"certificate and its private key: {getattr(exc, 'reason', None) or exc}"
+        )
+    return context, cert_path
 
 
 def _check_broker_url(url: str, *, connects: bool = True) -> None:
@@ -439,18 +599,28 @@ def resolve_connection(
     a cached session of that operator serves). ``credentials`` false: only the URL is
     wanted, and the profile is read only when no URL is given.
 
+    A client certificate with its key (``tasklease --client-cert FILE --client-key FILE``,
+    their variables, else the profile's ``client_cert`` and ``client_key`` when it is
+    read) is loaded into the connection's TLS context when the URL is ``https://`` and the
+    command ``connects`` (:func:`_client_tls`).
+
     Exits 2 when no URL (or, with ``need_secret``, no credential) can be found, the URL
     is malformed or plain HTTP beyond loopback (unless ``connects`` is false, or the user
-    opted in), or the profile or key file is unsafe or malformed.
+    opted in), or the profile, key file or client certificate is unsafe or malformed.
     """
     operator = os.environ.get("TASKLEASE_OPERATOR") or None
     operator_secret = os.environ.get("TASKLEASE_OPERATOR_SECRET") or None
     key_file = os.environ.get("TASKLEASE_OPERATOR_KEY_FILE") or None
     explicit = operator is not None or bool(admin_secret)  # by flag or environment
+    client_cert, client_key = _client_certificate[0]
+    certificate_from = "by --client-cert, --client-key or their variables"
     if url is None or (credentials and not explicit):
         path = Path(profile).expanduser() if profile else _default_profile()
         document = _read_profile(path, explicit=profile is not None)
         url = url or document.get("url")
+        if client_cert is None and client_key is None:
+            client_cert, client_key = document.get("client_cert"), document.get("client_key")
+            certificate_from = f"in the profile {path}"
         if _tenant[0] is None and document.get("tenant"):
             select_tenant(str(document["tenant"]))
         elif _set_aside[0] == " " and document.get("tenant"):
@@ -467,24 +637,32 @@ def resolve_connection(
             hint="pass --url, set TASKLEASE_URL, or put url in ~/.config/tasklease/profile.toml",
         )
     _check_broker_url(url, connects=connects)
+    tls, presented = None, None
+    https = url.startswith("https://")
+    if connects and https and (client_cert or client_key):
+        tls, presented = _client_tls(client_cert, client_key, certificate_from)
+    if connects:
+        _presented[0] = (https, presented)
     if operator is not None:
         if not (operator_secret or key_file):
             if not need_secret:
-                return Connection(_tenant_url(url, _tenant[0]), None, operator)
+                return Connection(_tenant_url(url, _tenant[0]), None, operator, tls=tls)
             fail(
                 f"no secret or key for operator {operator}",
                 hint="set TASKLEASE_OPERATOR_SECRET or TASKLEASE_OPERATOR_KEY_FILE, or put "
                 "operator_secret or operator_key_file in the profile file",
             )
         key = _read_private_key(Path(key_file).expanduser()) if key_file else None
-        return Connection(_tenant_url(url, _tenant[0]), None, operator, operator_secret, key)
+        return Connection(
+            _tenant_url(url, _tenant[0]), None, operator, operator_secret, key, tls=tls
+        )
     if need_secret and not admin_secret:
         fail(
             "no admin secret",
             hint="run `tasklease login`, set TASKLEASE_ADMIN_SECRET (or TASKLEASE_OPERATOR "
             "and its secret), pass --admin-secret, or put admin_secret in the profile file",
         )
-    return Connection(_tenant_url(url, _tenant[0]), admin_secret)
+    return Connection(_tenant_url(url, _tenant[0]), admin_secret, tls=tls)
 
 
 def admin_client(
@@ -515,6 +693,7 @@ def admin_client(
         access_token=session.token if session is not None else None,
         token_expires_in=session.expires_in if session is not None else 0.0,
         insecure_http=connection.insecure_http,
+        verify=connection.verify,
     )
 
 

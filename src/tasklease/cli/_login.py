@@ -80,6 +80,7 @@ def login(
             operator_secret=secret,
             operator_key=key,
             insecure_http=connection.insecure_http,
+            verify=connection.verify,
         ) as client,
     ):
         answer = client.sign_in()

@@ -172,7 +172,12 @@ def token_inspect(
         connection = resolve_connection(url, None, profile, need_secret=False, credentials=False)
         with (
             broker_errors(),
-            AdminClient(connection.url, None, insecure_http=connection.insecure_http) as client,
+            AdminClient(
+                connection.url,
+                None,
+                insecure_http=connection.insecure_http,
+                verify=connection.verify,
+            ) as client,
         ):
             signature_ok, signature_text = _check_signature(token, header, client.jwks())
             if not signature_ok and signature_text.startswith("unknown kid"):

@@ -5,7 +5,9 @@ Local commands (``init``, ``serve``, ``db migrate``, ``db accept-restore``,
 to a running broker over HTTP through :class:`tasklease.client.AdminClient`
 (``--url``/``TASKLEASE_URL``; a named operator from ``TASKLEASE_OPERATOR`` with
 ``TASKLEASE_OPERATOR_SECRET`` or ``TASKLEASE_OPERATOR_KEY_FILE``, or the admin secret from
-``TASKLEASE_ADMIN_SECRET`` or ``--admin-secret``; or a 0600 profile file; see docs/cli.md).
+``TASKLEASE_ADMIN_SECRET`` or ``--admin-secret``; or a 0600 profile file; a client
+certificate for a broker with ``tls_mode = "mtls"`` from ``--client-cert`` and
+``--client-key``; see docs/cli.md).
 
 Exit codes: 0 success; 1 a check failed (for example a broken audit chain) or the thing
 asked for does not exist; 2 usage or configuration error; 3 the broker refused the
@@ -48,6 +50,7 @@ from tasklease.cli._common import (
     error_line,
     fail,
     out,
+    present_client_certificate,
     select_tenant,
     selected_tenant,
 )
@@ -116,6 +119,29 @@ def _every_command(
             show_envvar=False,
         ),
     ] = False,
+    client_cert: Annotated[
+        str | None,
+        typer.Option(
+            "--client-cert",
+            metavar="FILE",
+            envvar="TASKLEASE_CLIENT_CERT",
+            help="Present this client certificate (PEM) to an https:// broker, with "
+            '--client-key: a broker with tls_mode = "mtls" asks every connection for one '
+            "(or TASKLEASE_CLIENT_CERT, or client_cert in the profile).",
+            show_envvar=False,
+        ),
+    ] = None,
+    client_key: Annotated[
+        str | None,
+        typer.Option(
+            "--client-key",
+            metavar="FILE",
+            envvar="TASKLEASE_CLIENT_KEY",
+            help="The private key (unencrypted PEM, mode 0600) of --client-cert (or "
+            "TASKLEASE_CLIENT_KEY, or client_key in the profile).",
+            show_envvar=False,
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -126,6 +152,7 @@ def _every_command(
     """Options that apply to every command."""
     select_tenant(tenant)
     allow_insecure_http(insecure_http)
+    present_client_certificate(client_cert, client_key)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import ssl
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -24,7 +26,7 @@ from tasklease.client._errors import (
     error_from_response,
 )
 from tasklease.client._flows import expect_json
-from tasklease.client._holder import default_ssl_context
+from tasklease.client._holder import CertArg, ssl_context
 from tasklease.client._transport import closed
 from tasklease.rules.messages import operator_sign_in_input
 
@@ -64,6 +66,8 @@ class AdminClient(AuditCalls):
         access_token: str | None = None,
         token_expires_in: float = 0.0,
         insecure_http: bool | None = None,
+        cert: CertArg | None = None,
+        verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
     ) -> None:
         """``admin_secret`` may be None for the public calls (health, jwks) or when
         ``operator`` is given with its secret or key. ``access_token`` is an operator token
@@ -78,8 +82,15 @@ class AdminClient(AuditCalls):
         default) follows that variable; an allowed URL is announced once with an
         :class:`~tasklease.rules.cleartext.InsecureHTTPWarning`.
 
+        ``cert=(cert_path, key_path)`` presents a client certificate on every connection
+        (a broker with ``tls_mode = "mtls"`` asks every connection for one), and ``verify``
+        is what to trust, as :class:`~tasklease.client.Agent` takes them: an
+        ``ssl.SSLContext`` (used as is, ``cert`` loaded into it), a CA bundle path, or a
+        bool; the default trusts what every client of the SDK does.
+
         Raises:
             ValueError: ``broker_url`` is plain HTTP beyond loopback without an opt-in.
+            OSError, ssl.SSLError: ``cert`` does not load.
         """
         check_broker_url(broker_url, insecure_http)
         self.broker_url = broker_url.rstrip("/")
@@ -96,7 +107,7 @@ class AdminClient(AuditCalls):
             base_url=self.broker_url,
             transport=transport,
             timeout=timeout,
-            verify=default_ssl_context(),
+            verify=ssl_context(cert, verify),
         )
         self._token: str | None = access_token
         self._token_deadline = time.monotonic() + token_expires_in if access_token else 0.0
