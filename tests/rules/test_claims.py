@@ -394,3 +394,31 @@ def test_the_chain_hash_is_gos_serialisation_and_the_older_one_still_names_the_c
         b'"delegated_at":"2026-01-01T00:00:00Z","signature":"ab"}]'
     )
     assert chain_hash((HOP,)) == hashlib.sha256(plain).hexdigest()
+
+
+# Would fail if: check_act let a holder appear in its own delegation chain (a token whose
+# act chain is otherwise exactly what its chain implies, but that delegates back to a
+# delegator: the broker never mints one, a foreign or forged issuer could).
+def test_a_holder_that_is_in_its_own_delegation_chain_is_refused() -> None:
+    mid = "spiffe://t/agent/mid"
+    cycle = "act chain disagrees with the delegation chain"
+    one = Token(
+        sub=ROOT,
+        delegation_chain=(HOP,),
+        chain_hash=chain_hash((HOP,)),
+        payload={"sub": ROOT, "act": {"sub": ROOT}},
+    )
+    assert outcome(one) == cycle
+    hops = (HOP, DelegationRecord(mid, ("read:data:*",), "2026-01-01T00:00:01Z", "cd"))
+    back = Token(
+        sub=ROOT,
+        delegation_chain=hops,
+        chain_hash=chain_hash(hops),
+        payload={"sub": ROOT, "act": {"sub": ROOT, "act": {"sub": mid}}},
+    )
+    assert outcome(back) == cycle
+    # The same shape with a fresh holder is accepted: the refusal is the cycle's.
+    fresh = dataclasses.replace(
+        back, sub=LEAF, payload={"sub": ROOT, "act": {"sub": LEAF, "act": {"sub": mid}}}
+    )
+    assert outcome(fresh) == (LEAF, mid)
