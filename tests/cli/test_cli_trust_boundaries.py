@@ -291,15 +291,20 @@ def test_a_broker_answer_holding_markup_is_shown_as_written(
 
 
 def test_the_cli_prints_through_two_consoles_that_take_no_markup_by_default() -> None:
-    """One place decides: every Console of the CLI is _common's, built with markup off,
-    so a call that styles text opts in (markup=True) and escapes what it interpolates."""
+    """One place decides: every Console of the CLI is _common's, built with markup off
+    (and escaping terminal controls: ``_Screen``), so a call that styles text opts in
+    (markup=True) and escapes what it interpolates."""
     from tasklease.cli import _common
 
     assert _common.out._markup is False and _common.err._markup is False
+    assert isinstance(_common.out, _common._Screen) and isinstance(_common.err, _common._Screen)
     built = []
     for path in sorted((ROOT / "src" / "tasklease" / "cli").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "Console":
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") in (
+                "Console",
+                "_Screen",
+            ):
                 built.append(f"{path.name}:{node.lineno}")
     assert built and all(site.startswith("_common.py:") for site in built), built
 
