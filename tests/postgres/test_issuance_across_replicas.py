@@ -358,3 +358,31 @@ def test_a_token_exchange_of_a_token_revoked_on_the_other_replica_is_refused(
     ended = {"token": "revoked at level chain", "agent": "agent is revoked"}
     assert ended.get(level, f"revoked at level {level}") in detail
     assert "token_exchanged" not in _issued(b)
+
+
+@pytest.mark.parametrize("ended", ["release", "token"])
+def test_a_delegation_by_a_token_ended_on_the_other_replica_is_refused_as_the_delegators(
+    pair: tuple[Broker, Broker, ManualClock], ended: str
+) -> None:
+    """A delegator whose token was released (or revoked at level ``token``) on the other
+    replica has nothing left to hand on: refused as the replica that ended it refuses it
+    (401, ``token_auth_failed``), not as if its live delegate were gone (404)."""
+    a, b, clock = pair
+    admin = _admin(a, clock)
+    launch = _launch(a, admin)
+    delegator = b.register(**_registration(b, launch, f"task-{secrets.token_hex(4)}"))
+    delegate = b.register(**_registration(b, launch, f"task-{secrets.token_hex(4)}"))
+    clock.advance(a.config.clock_skew + 5)
+    if ended == "release":
+        a.release(delegator.claims, CTX)
+    else:
+        a.revoke(admin, level="token", target=delegator.claims.jti, ctx=CTX)
+    asked = {"delegate_to": delegate.claims.sub, "scope": ["read:data:x"], "ttl": None}
+    with pytest.raises(Unauthorized) as on_a:
+        a.delegate(delegator.claims, **asked, ctx=CTX)
+    with pytest.raises(Unauthorized) as caught:
+        b.delegate(delegator.claims, **asked, ctx=CTX)
+    assert caught.value.detail == on_a.value.detail
+    detail = _audited_once(b, caught.value, "token_auth_failed")
+    assert "delegator has nothing to hand on" in detail
+    assert "delegation_created" not in _issued(b)

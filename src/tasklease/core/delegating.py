@@ -306,8 +306,15 @@ class Delegating(Service):
                     )
                 ]
             # The delegation's token is born revoked by any other entry another replica
-            # committed that this one has not applied yet.
-            if ended is not None and not ends(ended, claims):
+            # committed that this one has not applied yet. A chain entry on its lineage
+            # (the delegator's token or grant, given up or revoked with what descends from
+            # it) ends the delegator's authority to hand on, not the delegate: only an
+            # entry ending neither names the delegate (its agent or task).
+            if (
+                ended is not None
+                and not ends(ended, claims)
+                and not (ended.level == "chain" and ended.target in new_claims.lineage)
+            ):
                 # The delegate ended (its agent or task revoked), the delegator not: an
                 # unknown delegate and a dead one look the same to the caller, as above.
                 gone = NotFound("delegate agent not found")
