@@ -34,6 +34,7 @@ from tasklease.client._errors import (
     error_from_response,
 )
 from tasklease.client._holder import DPoPKey, token_cnf
+from tasklease.client._retry import spread_retry_after
 from tasklease.rules.messages import challenge_nonce_bytes
 
 __all__ = [
@@ -438,7 +439,8 @@ class Credential:
         wait *= 0.5 + _jitter.random() / 2
         asked = getattr(error, "retry_after", None)  # a 429's Retry-After: honoured
         if isinstance(asked, int | float) and asked > wait:
-            wait = float(asked)
+            # Spread as every Retry-After is, not past the token's end.
+            wait = spread_retry_after(float(asked), max(float(asked), self.expires_at - now))
         self._retry_at = now + wait
         _log.warning(
             "renewal could not reach the broker (%s); the token stays in use for %.1f s, "

@@ -2,7 +2,8 @@
 
 A 429 (rate limited) or 503 (the broker could not make the operation durable, or is not
 current yet: it failed closed and changed nothing) is retried after the broker's
-``Retry-After`` when it gives one, else after an exponential backoff with jitter. A
+``Retry-After`` when it gives one (and up to half as long again, at random), else after
+an exponential backoff with jitter. A
 request that never reached the broker (connection refused, connect timeout) is retried
 the same way. Anything else is answered at once. A ``Retry-After`` longer than
 ``max_wait`` is not waited for: the error is raised with it (``RateLimited.retry_after``).
@@ -18,7 +19,7 @@ import httpx
 
 from tasklease import bounds
 
-__all__ = ["DEFAULT_RETRY", "NO_RETRY", "Retry", "retry_after_seconds"]
+__all__ = ["DEFAULT_RETRY", "NO_RETRY", "Retry", "retry_after_seconds", "spread_retry_after"]
 
 _RETRY_STATUSES = frozenset({429, 503})
 
@@ -29,13 +30,27 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return bounds.retry_after_seconds(value, now=time.time() if now is None else now)
 
 
+def spread_retry_after(asked: float, limit: float) -> float:
+    """How long to wait when the broker said ``Retry-After: asked``: at least that, and up
+    to half as long again at random, never past ``limit`` (nor below ``asked``).
+
+    The broker tells every client it refuses together the same whole seconds (a 503's
+    default 1 s, a rate limit's bucket): waited exactly, an orchestrator's hundreds of
+    agents refused in one burst would all come back at one instant, to the broker that
+    has just said it cannot keep up. The SDK's retries and its renewals kept in reserve
+    both wait by this."""
+    room = max(0.0, min(asked / 2, limit - asked))
+    return asked + room * random.random()  # noqa: S311 - jitter, not a secret
+
+
 @dataclass(frozen=True, slots=True)
 class Retry:
     """How often and how long to wait before trying a request again.
 
     ``attempts`` retries after the first try; the n-th waits ``backoff * 2**(n-1)``
     seconds (at most ``max_wait``), scaled by a random factor in [0.5, 1] so that clients
-    refused together do not return together; or the broker's ``Retry-After``.
+    refused together do not return together; or the broker's ``Retry-After``, spread
+    likewise (:func:`spread_retry_after`, at most ``max_wait``).
     """
 
     attempts: int = 3
@@ -57,7 +72,7 @@ class Retry:
                 return None
             asked = retry_after_seconds(response.headers.get("retry-after"))
             if asked is not None:
-                return asked if asked <= self.max_wait else None
+                return spread_retry_after(asked, self.max_wait) if asked <= self.max_wait else None
         computed = min(self.max_wait, self.backoff * 2.0 ** (attempt - 1))
         jitter: float = 0.5 + random.random() / 2  # noqa: S311 - jitter, not a secret
         return computed * jitter
