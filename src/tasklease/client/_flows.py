@@ -531,6 +531,20 @@ class Credential:
         authorization_details: Sequence[Mapping[str, Any]] | None = None,
     ) -> Flow[Delegation]:
         self.check_usable()
+        sent = self.token
+        try:
+            return (
+                yield from delegate_flow(
+                    self.base_url, sent, delegate_to, scope, ttl, authorization_details
+                )
+            )
+        except Unauthorized:
+            if self.token == sent:
+                raise
+        # The agent's own renewal (another thread or task of it) replaced the token while
+        # the request was on its way, and ended the token it carried: the broker refused
+        # it and changed nothing. Once more with the successor.
+        self.check_usable()
         return (
             yield from delegate_flow(
                 self.base_url, self.token, delegate_to, scope, ttl, authorization_details
