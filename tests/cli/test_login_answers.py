@@ -5,12 +5,11 @@ failed), never a traceback nor a session file that expires when no clock reaches
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from answers_support import Answer, FakeServer, serving
+from answers_support import Answer, FakeServer, cli_env, serving
 from cli_runner import CliRunner
 
 from tasklease.cli.main import app
@@ -30,13 +29,7 @@ def test_a_sign_in_answer_without_a_sane_lifetime_is_refused(
 ) -> None:
     body = f'{{"access_token": "t", "token_type": "Bearer", "expires_in": {expires_in}}}'
     server.answer(Answer(body=body.encode()))
-    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TASKLEASE_")}
-    env.update(
-        HOME=str(tmp_path),
-        XDG_CONFIG_HOME=str(tmp_path / ".config"),
-        TASKLEASE_URL=server.url,
-        TASKLEASE_ADMIN_SECRET="s" * 32,
-    )
+    env = cli_env(server.url, str(tmp_path))
     done = CliRunner().invoke(app, ["login"], env=env)
     assert done.exit_code == 4, done.output
     assert "without a token and its lifetime" in done.output
@@ -57,13 +50,7 @@ def test_a_refusal_from_the_server_writes_no_control_character_to_the_terminal(
         "hint": "run\x85 login\u2028again\x1b[8m",
     }
     server.answer(Answer(status=401, body=json.dumps(problem).encode()))
-    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TASKLEASE_")}
-    env.update(
-        HOME=str(tmp_path),
-        XDG_CONFIG_HOME=str(tmp_path / ".config"),
-        TASKLEASE_URL=server.url,
-        TASKLEASE_ADMIN_SECRET="s" * 32,
-    )
+    env = cli_env(server.url, str(tmp_path))
     done = CliRunner().invoke(app, ["login"], env=env)
     assert done.exit_code == 3, done.output
     assert not [c for c in done.output if c in raw], repr(done.output)

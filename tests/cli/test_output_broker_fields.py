@@ -11,12 +11,11 @@ Against a fake broker on loopback (answers_support) that answers with such field
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from answers_support import Answer, FakeServer, serving
+from answers_support import Answer, FakeServer, cli_env, serving
 from cli_runner import CliRunner
 
 from tasklease.cli.main import app
@@ -33,13 +32,7 @@ def server() -> Iterator[FakeServer]:
 
 def _run(server: FakeServer, tmp_path: Path, args: list[str], *answers: Answer) -> str:
     server.answer(*answers)
-    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TASKLEASE_")}
-    env.update(
-        HOME=str(tmp_path),
-        XDG_CONFIG_HOME=str(tmp_path / ".config"),
-        TASKLEASE_URL=server.url,
-        TASKLEASE_ADMIN_SECRET="s" * 32,
-    )
+    env = cli_env(server.url, str(tmp_path))
     done = CliRunner().invoke(app, args, env=env)
     return done.output
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -136,6 +137,19 @@ def serving() -> Iterator[FakeServer]:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def cli_env(url: str, home: str) -> dict[str, str | None]:
+    """The environment of a CLI run against ``url`` as the admin, every other TASKLEASE_
+    variable of this process unset and the home (profiles, sessions) at ``home``."""
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TASKLEASE_")}
+    env.update(
+        HOME=home,
+        XDG_CONFIG_HOME=f"{home}/.config",
+        TASKLEASE_URL=url,
+        TASKLEASE_ADMIN_SECRET="s" * 32,
+    )
+    return env
 
 
 @dataclass
