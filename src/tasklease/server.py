@@ -37,6 +37,7 @@ from tasklease.core.keys import KeyRing, load_keyring, load_or_create_keyring
 from tasklease.core.passwords import hash_problem
 from tasklease.core.rollback import DatabaseWentBack
 from tasklease.core.transparency import LOG_KEY_DIR, logs_went_back
+from tasklease.hardening import protect
 from tasklease.http.metrics import (
     MULTIPROCESS_ENV,
     MetricsListener,
@@ -46,6 +47,8 @@ from tasklease.http.metrics import (
 from tasklease.http.protocol import http_protocol
 from tasklease.http.tls import HandshakeBoundServer, uvicorn_tls_options
 from tasklease.keystore import (
+    PASSPHRASE_ENV,
+    PIN_ENV,
     CheckpointFiles,
     EncryptedFileKeyProvider,
     KeyStoreError,
@@ -73,6 +76,13 @@ LOOPS = ("asyncio", "uvloop")
 """Event loops ``serve`` accepts. asyncio is the default: see docs/performance.md."""
 
 _WORKER_CONFIG_ENV = "TASKLEASE_WORKER_CONFIG"
+
+# Secrets the supervisor's environment may hold that a worker is given another way (with
+# its arguments, over the spawn pipe) rather than in the environment its process starts
+# with: that one stays readable in /proc/<pid>/environ (to the broker's user until the
+# worker marks itself not dumpable, to root always) whatever is removed from it later.
+# Workers need only the key provider's secret; the admin secret reaches them as its hash.
+_WORKER_SECRETS_ENV = (PASSPHRASE_ENV, PIN_ENV, "TASKLEASE_ADMIN_SECRET")
 
 
 def build_broker(
@@ -379,8 +389,15 @@ def _worker_process(
     parent: int,
     conn: Any,
     handshake_timeout: float,
+    core_dumps: bool = False,
+    key_secrets: dict[str, str] | None = None,
 ) -> None:
-    """One worker (a spawned process): its own socket on the port, uvicorn, worker_app."""
+    """One worker (a spawned process): its own socket on the port, uvicorn, worker_app.
+
+    ``key_secrets`` are the key provider's secrets of the supervisor's environment, put
+    back in this process's ``os.environ`` (not in the environment it started with)."""
+    protect(allow_core_dumps=core_dumps)  # execve made the process dumpable again
+    os.environ.update(key_secrets or {})
     import uvicorn
 
     _die_with_parent(parent)
@@ -436,6 +453,7 @@ def _serve_workers(
     on_exit: Callable[[int], None] | None = None,
     *,
     handshake_timeout: float,
+    core_dumps: bool = False,
 ) -> None:
     """Run ``workers`` worker processes until a stop signal; replace one that dies or hangs.
 
@@ -451,6 +469,9 @@ def _serve_workers(
     port = int(reserved.getsockname()[1])
     context = multiprocessing.get_context("spawn")
     stopping = threading.Event()
+    # Out of the environment the workers inherit (given back when the broker stops).
+    held = {name: os.environ.pop(name) for name in _WORKER_SECRETS_ENV if name in os.environ}
+    key_secrets = {name: held[name] for name in (PASSPHRASE_ENV, PIN_ENV) if name in held}
 
     class Worker:
         def __init__(self) -> None:
@@ -464,6 +485,8 @@ def _serve_workers(
                     os.getpid(),
                     child,
                     handshake_timeout,
+                    core_dumps,
+                    key_secrets,
                 ),
             )
             self.process.start()
@@ -534,6 +557,7 @@ def _serve_workers(
         reserved.close()
         for sig, handler in {**previous, **ignored}.items():
             signal.signal(sig, handler)
+        os.environ.update(held)
 
 
 def _metrics_served(config: Config) -> bool:
@@ -635,6 +659,8 @@ def serve(
         )
     if workers < 1:
         raise SystemExit("--workers must be at least 1")
+    # Before the keys are read: no core file holds them (tasklease.hardening).
+    protect(allow_core_dumps=config.core_dumps)
     configure_logging(config.log_level)
     if loop not in LOOPS:
         raise SystemExit(f"--loop must be one of {', '.join(LOOPS)}")
@@ -696,6 +722,7 @@ def serve(
                 reserved,
                 shared.process_gone if shared else None,
                 handshake_timeout=config.http_header_timeout,
+                core_dumps=config.core_dumps,
             )
         finally:
             if listener is not None:

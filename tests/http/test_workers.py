@@ -55,7 +55,23 @@ def _popen(data_dir: Path, port: int, log: IO[bytes]) -> subprocess.Popen[bytes]
         stderr=subprocess.STDOUT,
         env=_clean_env(data_dir, {}, with_secret=True),
         cwd=str(data_dir.parent),
+        preexec_fn=_allow_cores,  # the broker itself must turn them off
     )
+
+
+def _allow_cores() -> None:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+
+
+def _core_limit(pid: int) -> str:
+    """The soft core file size limit of process ``pid``, as /proc shows it."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max core file size"):
+            return line.split()[4]
+    raise AssertionError("no core file size limit in /proc")
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], workers: int) -> set[int]:
@@ -183,6 +199,12 @@ def test_sighup_stops_the_broker_and_its_workers(tmp_path: Path) -> None:
     proc = _start(tmp_path, port)
     try:
         workers = _wait_healthy(url, proc, 2)
+        # Every process of the broker dumps no core (tasklease.hardening), and the
+        # workers' environment holds none of the secrets the supervisor was given.
+        for pid in {proc.pid, *workers}:
+            assert _core_limit(pid) == "0", pid
+        for pid in workers:
+            assert b"TASKLEASE_ADMIN_SECRET=" not in Path(f"/proc/{pid}/environ").read_bytes()
     finally:
         proc.send_signal(signal.SIGHUP)
         code = proc.wait(timeout=30)

@@ -16,6 +16,11 @@ __all__ = ["main"]
 
 def main() -> None:
     """Run the ``tasklease`` command (:mod:`tasklease.cli.main`)."""
+    from tasklease.hardening import core_dumps_allowed, protect
+
+    # No core file holds the secrets and keys a command reads, and the user's other
+    # processes cannot read its memory (docs/operations.md, Process hardening).
+    protect(allow_core_dumps=core_dumps_allowed())
     try:
         from tasklease.cli.main import main as run
 

@@ -187,6 +187,10 @@ class Config:
     metrics_public: str = "off"
     # The operator's web console at /console (docs/console.md); false: not served.
     console: bool = True
+    # Whether serving processes may dump core (and be read or traced by the broker's
+    # user's other processes): false keeps the keys and secrets in memory out of core
+    # files (tasklease.hardening, docs/operations.md); true is for debugging a crash.
+    core_dumps: bool = False
     # Seconds between the starts of two full walks of the audit log (the chain and the
     # Merkle tree rebuilt from every event, O(n)) that views of the console's audit page
     # start, in each process (docs/console.md).
