@@ -14,7 +14,7 @@ KEEP_BYTECODE := PYTHONDONTWRITEBYTECODE=
 # Three on two cores: much of a test's time is spent waiting on its brokers and sockets.
 TEST_JOBS ?= 3
 
-.PHONY: run test lint typecheck unit bench clean install soak help
+.PHONY: run test lint typecheck unit bench clean install soak help lock
 
 help: ## this list
 	@echo "tasklease: make TARGET"
@@ -63,6 +63,15 @@ unit: $(VENV)/.test-deps ## the test suite (installs PostgreSQL, SoftHSM, faketi
 	$(KEEP_BYTECODE) $(BIN)/pytest -m "serial and not soak"
 
 test: lint typecheck unit ## every check: lint, typecheck, unit
+
+# deploy/requirements.lock: tasklease[cli]'s dependencies pinned with the hashes of every
+# file of each version (docs/operations.md, "Installing for production"). Needs the package
+# index; uv (the resolver) goes into .venv for this only. UPGRADE=1 moves every pin to its
+# newest version that pyproject.toml allows; without it, pins that still fit are kept.
+UV_VERSION := 0.13.10
+lock: | $(BIN)/python ## re-lock deploy/requirements.lock (UPGRADE=1: newest versions); needs the package index
+	$(BIN)/pip install --quiet 'uv==$(UV_VERSION)'
+	$(BIN)/python scripts/lock.py $(if $(UPGRADE),--upgrade)
 
 # The authority model at 100,000 steps and more (not in CI): memory and SQLite stores; the
 # fleet test with the broker away for 45 s (CI runs it with 3 s); the tests marked `soak`
