@@ -47,6 +47,7 @@ from tasklease.client._trust import (
     Peer,
     complete_flow,
     heartbeat_flow,
+    heartbeat_wait,
     initiate_flow,
     respond_flow,
     resume_flow,
@@ -365,8 +366,7 @@ class AsyncAgent(AgentBase):
     @property
     def broker_unreachable_for(self) -> float | None:
         """As :attr:`tasklease.client.Agent.broker_unreachable_for`."""
-        since = self._credential.unreachable_since
-        return None if since is None else self._credential.clock.now() - since
+        return self._credential.unreachable_for()
 
     async def renew(self) -> None:
         """As :meth:`tasklease.client.Agent.renew`: the successor now, the predecessor
@@ -470,7 +470,8 @@ class AsyncAgent(AgentBase):
         )
 
     async def start_heartbeats(self, interval: float = 30.0) -> None:
-        """Heartbeat every ``interval`` seconds in a task until release or exit.
+        """Heartbeat every ``interval`` seconds (at most; each wait is 80-100 % of it, at
+        random, so agents started together drift apart) in a task until release or exit.
 
         One task, however many callers start it at once; none after a release."""
         if self._heartbeat_task is not None or self._heartbeats_starting:
@@ -485,7 +486,7 @@ class AsyncAgent(AgentBase):
 
         async def beat() -> None:
             while True:
-                await asyncio.sleep(interval)
+                await asyncio.sleep(heartbeat_wait(interval))
                 if self._credential.released:  # released meanwhile: nothing to beat for
                     return
                 try:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import httpx
 import nacl.signing
@@ -77,16 +77,38 @@ _jitter = random.Random()  # noqa: S311 - jitter, not a secret
 
 
 class Clock(Protocol):
-    """Where the SDK reads the time: seconds since the epoch (``tasklease`` clocks fit)."""
+    """Where the SDK reads the time: seconds since the epoch (``tasklease`` clocks fit).
+
+    A clock may also have ``monotonic()``: seconds on a clock that steps of the wall clock
+    do not move, which the SDK then measures elapsed time by (:func:`elapsed_clock`)."""
 
     def now(self) -> float:
         """The current time, in seconds since the epoch."""
         ...
 
 
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
+
+
 class SystemClock:
+    """The wall clock, and for elapsed time a clock it does not step: ``CLOCK_BOOTTIME``
+    where there is one (it counts a suspended host's sleep), else ``time.monotonic``."""
+
     def now(self) -> float:
         return time.time()
+
+    def monotonic(self) -> float:
+        if _BOOTTIME is not None:
+            return time.clock_gettime(_BOOTTIME)
+        return time.monotonic()  # pragma: no cover - Linux has CLOCK_BOOTTIME
+
+
+def elapsed_clock(clock: Clock) -> Callable[[], float]:
+    """What the SDK measures elapsed time by with ``clock``: its ``monotonic()`` if it has
+    one (:class:`SystemClock` has), else its ``now()`` itself (a test's manual clock,
+    moved by hand, moves both)."""
+    monotonic = getattr(clock, "monotonic", None)
+    return cast("Callable[[], float]", monotonic) if callable(monotonic) else clock.now
 
 
 def endpoint_url(base_url: str, path: str) -> str:
@@ -313,6 +335,11 @@ before it starts (docs/decisions.md 271)."""
 class Credential:
     """One agent's token and the decision when to renew it (the state machine).
 
+    Its time: a token lives ``expires_in`` seconds (the broker's answer) from when it was
+    received, measured on the clock's elapsed time (:func:`elapsed_clock`), which steps of
+    the host's wall clock do not move; the wall clock (``expires_at``) only brings a
+    renewal forward, never back, and never makes the token dead by itself.
+
     States: *live* (renew when the token expires within ``renew_margin`` seconds),
     *at its limit* (the broker refused renewal with ``renewal_count_exceeded`` or
     ``renewal_ceiling_exceeded``: never renew again, keep using the token until it
@@ -357,11 +384,12 @@ class Credential:
         self.agent_id = registration.agent_id
         self.scope: tuple[str, ...] = tuple(scope)
         self.clock = clock
+        self._elapsed = elapsed_clock(clock)
         self.renew_margin = renew_margin
         self.limit: RenewalLimitReached | None = None
         self.released = False
         # While renewals cannot reach the broker: since when, how many failed, and when
-        # the next may be tried.
+        # the next may be tried (in elapsed time).
         self.unreachable_since: float | None = None
         self.renewal_failures = 0
         self._retry_at = -float("inf")
@@ -373,6 +401,10 @@ class Credential:
 
     def _set(self, token: str, expires_in: int) -> None:
         self.token = token
+        # The token's life from now, on elapsed time; ``expires_at`` is the same end on
+        # the wall clock (the agent's ``expires_at``).
+        self._lifetime = float(expires_in)
+        self._received = self._elapsed()
         self.expires_at = self.clock.now() + expires_in
         self.unreachable_since = None
         self.renewal_failures = 0
@@ -387,13 +419,27 @@ class Credential:
         to it."""
         return self.dpop is not None or self.mtls
 
+    def life_left(self) -> float:
+        """Seconds the token lives on: its lifetime less the time elapsed since it was
+        received (negative once it is dead). A step of the wall clock does not move it."""
+        return self._lifetime - (self._elapsed() - self._received)
+
+    def unreachable_for(self) -> float | None:
+        """Seconds (elapsed) since renewals began failing to reach the broker, or None."""
+        since = self.unreachable_since
+        return None if since is None else self._elapsed() - since
+
     def renewal_due(self, ahead: float = 0.0) -> bool:
         """True when the next request should renew first; ``ahead``: seconds more the
-        token must last beyond ``renew_margin`` (a handshake's steps)."""
+        token must last beyond ``renew_margin`` (a handshake's steps).
+
+        Due by elapsed time, or earlier if the wall clock says so (a host that slept
+        through part of the token's life), never later: a wall clock stepped back does
+        not keep a token past its end, nor does one stepped ahead renew more than once."""
         if self.released or self.limit is not None:
             return False
-        now = self.clock.now()
-        return now >= self.expires_at - self.renew_margin - ahead and now >= self._retry_at
+        left = min(self.life_left(), self.expires_at - self.clock.now())
+        return left <= self.renew_margin + ahead and self._elapsed() >= self._retry_at
 
     def check_usable(self) -> None:
         """Raise when the token must not be sent: released, past a renewal limit, or past
@@ -401,25 +447,25 @@ class Credential:
         due yet (a token is never used after its ``exp``)."""
         if self.released:
             raise Unauthorized("the agent's credential has been released", code="released")
-        now = self.clock.now()
-        if self.limit is not None and now >= self.expires_at:
+        dead = self.life_left() <= 0
+        if self.limit is not None and dead:
             raise self.limit
-        if self.unreachable_since is not None and self.expires_at <= now < self._retry_at:
-            raise self._expired(now)
+        if self.unreachable_since is not None and dead and self._elapsed() < self._retry_at:
+            raise self._expired()
 
-    def _expired(self, now: float) -> CredentialExpired:
+    def _expired(self) -> CredentialExpired:
+        ago = max(0.0, -self.life_left())
         if self.unreachable_since is None:
             return CredentialExpired(
-                f"the agent's token expired {now - self.expires_at:.1f} s ago and nothing "
+                f"the agent's token expired {ago:.1f} s ago and nothing "
                 "renewed it before (an agent is renewed when it is used: call ensure_fresh() "
                 "while it idles); resume it with its registered key (Agent.resume) or "
                 "register again"
             )
-        since = self.unreachable_since
         return CredentialExpired(
-            f"the agent's token expired {now - self.expires_at:.1f} s ago while the "
+            f"the agent's token expired {ago:.1f} s ago while the "
             f"broker could not be reached to renew it (unreachable for "
-            f"{now - since:.1f} s, {self.renewal_failures} attempts)"
+            f"{self.unreachable_for() or 0.0:.1f} s, {self.renewal_failures} attempts)"
         )
 
     def renewal_unreachable(self, error: TaskleaseError) -> None:
@@ -429,24 +475,25 @@ class Credential:
         Keeps the token while it lives and schedules the next attempt; raises
         :class:`CredentialExpired` (from ``error``) once the token is past its ``exp``.
         """
-        now = self.clock.now()
+        now = self._elapsed()
         if self.unreachable_since is None:
             self.unreachable_since = now
         self.renewal_failures += 1
-        if now >= self.expires_at:
-            raise self._expired(now) from error
+        left = self.life_left()
+        if left <= 0:
+            raise self._expired() from error
         wait = min(OUTAGE_MAX_BACKOFF, OUTAGE_BACKOFF * 2.0 ** (self.renewal_failures - 1))
         wait *= 0.5 + _jitter.random() / 2
         asked = getattr(error, "retry_after", None)  # a 429's Retry-After: honoured
         if isinstance(asked, int | float) and asked > wait:
             # Spread as every Retry-After is, not past the token's end.
-            wait = spread_retry_after(float(asked), max(float(asked), self.expires_at - now))
+            wait = spread_retry_after(float(asked), max(float(asked), left))
         self._retry_at = now + wait
         _log.warning(
             "renewal could not reach the broker (%s); the token stays in use for %.1f s, "
             "next attempt in %.2f s",
             error,
-            self.expires_at - now,
+            left,
             wait,
         )
 
@@ -461,9 +508,8 @@ class Credential:
         now recovers from it by resuming (``renew_flow``)."""
         self.check_usable()
         if self.renewal_due(ahead):
-            now = self.clock.now()
-            if now >= self.expires_at and not self._renewal_unanswered:
-                raise self._expired(now)
+            if self.life_left() <= 0 and not self._renewal_unanswered:
+                raise self._expired()
             yield from self.renew_flow()
 
     def renew_flow(self) -> Flow[None]:

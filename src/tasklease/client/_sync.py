@@ -45,6 +45,7 @@ from tasklease.client._trust import (
     Peer,
     complete_flow,
     heartbeat_flow,
+    heartbeat_wait,
     initiate_flow,
     respond_flow,
     resume_flow,
@@ -359,8 +360,7 @@ class Agent(AgentBase):
     def broker_unreachable_for(self) -> float | None:
         """Seconds since renewals began failing to reach the broker, or None when the last
         renewal (or registration) went through."""
-        since = self._credential.unreachable_since
-        return None if since is None else self._credential.clock.now() - since
+        return self._credential.unreachable_for()
 
     def renew(self) -> None:
         """Exchange the token for a successor now (the predecessor is revoked).
@@ -503,7 +503,9 @@ class Agent(AgentBase):
         )
 
     def start_heartbeats(self, interval: float = 30.0) -> None:
-        """Heartbeat every ``interval`` seconds on a daemon thread until release or exit.
+        """Heartbeat every ``interval`` seconds on a daemon thread until release or exit:
+        at most, each wait being 80-100 % of it at random, so agents started together
+        drift apart instead of beating together for good.
 
         The first heartbeat is sent before this returns (it opts the agent in to liveness
         supervision, so a failure shows here). Later failures are logged and retried.
@@ -520,7 +522,7 @@ class Agent(AgentBase):
         stop = threading.Event()
 
         def beat() -> None:
-            while not stop.wait(interval) and not self._credential.released:
+            while not stop.wait(heartbeat_wait(interval)) and not self._credential.released:
                 try:
                     self.heartbeat()
                 except TaskleaseError as exc:
