@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ __all__ = [
     "complete_flow",
     "heartbeat_flow",
     "heartbeat_message",
+    "heartbeat_wait",
     "initiate_flow",
     "respond_flow",
     "resume_flow",
@@ -202,6 +204,19 @@ def complete_flow(
         _peer(answer.get("responder")),
         answer_field(answer, "receipt", str),
     )
+
+
+HEARTBEAT_SPREAD = 0.2
+"""Background heartbeats wait between ``1 - HEARTBEAT_SPREAD`` and 1 times their interval,
+at random: agents started together drift apart instead of beating together for good, and
+none beats later than its interval (the broker's ``heartbeat_misses`` counts intervals)."""
+# Jitter from a generator of our own, not the application's global one.
+_jitter = random.Random()  # noqa: S311 - jitter, not a secret
+
+
+def heartbeat_wait(interval: float) -> float:
+    """Seconds to wait before the next background heartbeat (see :data:`HEARTBEAT_SPREAD`)."""
+    return interval * (1.0 - HEARTBEAT_SPREAD * _jitter.random())
 
 
 def heartbeat_flow(
