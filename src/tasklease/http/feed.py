@@ -261,7 +261,11 @@ class _EventStream(Response):
         self._anchor = anchor
         self._reader = reader
         self._slot = slot
+        # The stream ends with its reader's token: at its ``exp`` by the clock, and at
+        # the life it had left when the stream opened by elapsed time, which a clock
+        # stepped back does not lengthen.
         self._ends_at = float(reader.exp)
+        self._ends_elapsed = broker.elapsed() + (self._ends_at - broker.clock.now())
         self._heartbeat = heartbeat
         self._write_timeout = write_timeout
 
@@ -348,7 +352,7 @@ class _EventStream(Response):
                 # lasts, and fails closed past its own staleness bound.
                 _log.info("revocation stream ended: revocation state not confirmed current")
                 return
-            remaining = self._ends_at - clock.now()
+            remaining = min(self._ends_at - clock.now(), self._ends_elapsed - broker.elapsed())
             if remaining <= 0:
                 return  # the reader's token expired: it reconnects with a fresh one
             if revocations.match(self._reader) is not None:
