@@ -64,7 +64,7 @@ unit: $(VENV)/.test-deps ## the test suite (installs PostgreSQL, SoftHSM, faketi
 
 test: lint typecheck unit ## every check: lint, typecheck, unit
 
-# deploy/requirements.lock: tasklease[cli]'s dependencies pinned with the hashes of every
+# deploy/requirements.lock: tasklease[cli,postgres]'s dependencies pinned with the hashes of every
 # file of each version (docs/operations.md, "Installing for production"). Needs the package
 # index; uv (the resolver) goes into .venv for this only. UPGRADE=1 moves every pin to its
 # newest version that pyproject.toml allows; without it, pins that still fit are kept.

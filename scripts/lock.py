@@ -1,13 +1,14 @@
 """Generate deploy/requirements.lock: the broker's dependencies pinned, with their hashes.
 
-The lock holds every package that ``tasklease[cli]`` (the broker and its command) needs at
-run time, each pinned ``==`` with the SHA-256 of every file the package index has for that
-version (wheels for every platform and the sdist), so the one lock installs wherever those
-files do. The resolution is universal (uv's ``--universal``): a dependency that only some
-platforms need carries its environment marker (``colorama`` on Windows, ``uvloop`` where
-it runs) instead of being left out by the machine that locked. ``tasklease`` itself is not
-in it: it is installed from its wheel, after the lock, without dependencies
-(docs/operations.md, "Installing for production").
+The lock holds every package that ``tasklease[cli,postgres]`` (the broker and its
+command, on SQLite or PostgreSQL) needs at run time, each pinned ``==`` with the SHA-256
+of every file the package index has for that version (wheels for every platform and the
+sdist), so the one lock installs wherever those files do. The resolution is universal
+(uv's ``--universal``): a dependency that only some platforms need carries its
+environment marker (``colorama`` on Windows, ``uvloop`` where it runs) instead of being
+left out by the machine that locked. ``tasklease`` itself is not in it: it is installed
+from its wheel, after the lock, without dependencies (docs/operations.md, "Installing
+for production").
 
 Re-locking keeps every version already pinned that still fits pyproject.toml, adding what
 a new dependency needs; ``--upgrade`` moves every package to its newest version that fits.
@@ -31,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = Path("deploy") / "requirements.lock"
-EXTRAS = ("cli",)
+EXTRAS = ("cli", "postgres")
 # The oldest Python pyproject.toml's requires-python admits: the universal resolution
 # holds from it up.
 PYTHON = "3.11"

@@ -115,6 +115,14 @@ def test_dockerfile_is_multi_stage_unprivileged_and_checks_health() -> None:
     assert users and users[-1].split(":")[0] not in ("0", "root")
     assert re.search(r"^HEALTHCHECK .*\n\s+CMD .*/v1/health/live", text, re.M)
     assert "ADD " not in text  # nothing fetched from URLs
+    # Dependencies from the lock, hashes required, nothing built; tasklease without deps.
+    commands = " ".join(text.replace("\\\n", " ").split()).split("&&")
+    installs = [c.split("pip install", 1)[1].strip() for c in commands if "pip install" in c]
+    assert len(installs) == 3, installs
+    assert installs[0] == "--upgrade pip"
+    assert installs[1] == "--require-hashes --only-binary :all: -r deploy/requirements.lock"
+    assert installs[2] == "--no-deps /wheels/tasklease-*.whl"
+    assert "!deploy/requirements.lock" in (REPO / ".dockerignore").read_text()
     ignore = (REPO / ".dockerignore").read_text()
     assert ignore.splitlines()[1] == "*"  # the context is only what the build needs
 

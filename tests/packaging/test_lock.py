@@ -4,7 +4,7 @@ asks for them today (offline: the lock, pyproject.toml and the installed metadat
 Every entry is ``name==version`` (an environment marker may follow) with at least one
 ``--hash=sha256:``, and nothing else a requirements file could say (no index, no URL, no
 editable, no other option). The entries cover the run-time dependency closure of
-``tasklease[cli]``: pyproject.toml's own requirements (so adding a dependency there without
+``tasklease[cli,postgres]``: pyproject.toml's own requirements (so adding a dependency there without
 re-locking fails here), then each dependency's requirements as its installed metadata
 states them, extras followed, markers evaluated for this Python. Every pinned version
 satisfies what pyproject.toml asks of it. And nothing in it is unused: an entry whose
@@ -27,7 +27,7 @@ from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "deploy" / "requirements.lock"
-EXTRAS = ("cli",)
+EXTRAS = ("cli", "postgres")
 PROJECT = canonicalize_name("tasklease")
 _HASH = re.compile(r"--hash=sha256:[0-9a-f]{64}")
 _PIN = re.compile(
@@ -209,7 +209,7 @@ def test_the_lock_covers_the_broker_s_dependency_closure(
     assert not closure.missing, f"not installed, so not followed: {closure.missing}"
     here = {name for name, entry in lock.items() if entry.applies_here()}
     missing = sorted(closure.here - here)
-    assert not missing, f"needed by tasklease[cli] but not locked (run `make lock`): {missing}"
+    assert not missing, f"needed by the broker but not locked (run `make lock`): {missing}"
 
 
 def test_nothing_in_the_lock_is_unused(
@@ -227,7 +227,7 @@ def test_nothing_in_the_lock_is_unused(
     if unused and closure.drifted:
         # What a drifted package needs at its locked version is not installed to be read.
         pytest.skip(f"{unused} may be needed by {closure.drifted} at their locked versions")
-    assert not unused, f"locked but needed by nothing of tasklease[cli] (run `make lock`): {unused}"
+    assert not unused, f"locked but needed by nothing of the broker (run `make lock`): {unused}"
 
 
 def test_every_pin_satisfies_pyproject(lock: dict[NormalizedName, LockEntry]) -> None:
