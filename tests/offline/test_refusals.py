@@ -27,7 +27,7 @@ from tasklease.core.store import RevocationRecord
 from tasklease.rules import jws
 from tasklease.rules.attenuation import PREFIX, decode
 from tasklease.rules.binding import DPoPVerifier, Presentation
-from tasklease.rules.chainverify import ChainRejected
+from tasklease.rules.chainverify import ChainRejected, recheck
 
 NAMES = ("root", "b1", "b2", "b3")
 ROOT = root_token(holder="root")
@@ -239,6 +239,25 @@ def test_a_block_issued_ahead_is_refused_beyond_the_skew() -> None:
     ahead = raw_block(ROOT, "root", **block(iat=NOW + 100, exp=NOW + 600))
     verify(ahead, holder="b1", now=NOW + 71)  # within 30 s of its iat
     refused(ahead, "b1", "not_yet_valid", now=NOW + 69)
+
+
+def test_a_remembered_chain_is_not_yet_valid_again_when_the_clock_goes_back() -> None:
+    """A verifier that remembers a chain rechecks its times at every use: the root's
+    ``nbf`` and each block's ``iat``, within the skew, as at its first use."""
+    remembered = verify(hops(NAMES[:2]), holder="b1")
+    recheck(remembered, now=NOW - 30, skew=30, revoked=None)  # within the skew
+    with pytest.raises(ChainRejected) as caught:
+        recheck(remembered, now=NOW - 31, skew=30, revoked=None)
+    assert caught.value.category == "not_yet_valid", caught.value.reason
+    assert caught.value.reason.startswith("root"), caught.value.reason
+    ahead = verify(
+        raw_block(ROOT, "root", **block(iat=NOW + 100, exp=NOW + 600)), holder="b1", now=NOW + 71
+    )
+    recheck(ahead, now=NOW + 70, skew=30, revoked=None)
+    with pytest.raises(ChainRejected) as caught:
+        recheck(ahead, now=NOW + 69, skew=30, revoked=None)  # the root is valid, its block not
+    assert caught.value.category == "not_yet_valid", caught.value.reason
+    assert not caught.value.reason.startswith("root"), caught.value.reason
 
 
 def test_a_block_dated_before_its_parent_is_refused() -> None:

@@ -220,6 +220,51 @@ def test_each_role_is_allowed_and_refused_exactly_what_it_says(
         assert f"by=operator:{name}" in event["detail"], (what, event)
 
 
+# The routes the matrix above leaves out, each under the scope its module names once
+# (the app registry's, the signing keys'): every one refuses the roles that lack it.
+BEYOND_THE_MATRIX = {
+    "show app": ("GET", "/v1/admin/apps/{app}", None, "admin:launch-tokens:*"),
+    "update app": ("PUT", "/v1/admin/apps/{app}", {"token_ttl": 600}, "admin:launch-tokens:*"),
+    "rotate app secret": (
+        "POST",
+        "/v1/admin/apps/{app}/rotate-secret",
+        None,
+        "admin:launch-tokens:*",
+    ),
+    "remove app": ("DELETE", "/v1/admin/apps/{app}", None, "admin:launch-tokens:*"),
+    "retire signing key": ("POST", "/v1/admin/keys/{kid}/retire", None, "admin:keys:*"),
+    "rotate audit log key": ("POST", "/v1/admin/audit/log-key/rotate", None, "admin:keys:*"),
+    "list grant types": ("GET", "/v1/admin/grant-types", None, "admin:keys:*"),
+    "show policy": ("GET", "/v1/admin/policy", None, "admin:keys:*"),
+    "list federations": ("GET", "/v1/admin/federations", None, "admin:keys:*"),
+    "list attestors": ("GET", "/v1/admin/attestors", None, "admin:keys:*"),
+}
+
+
+@pytest.mark.parametrize("role", ["operator", "auditor"])
+def test_routes_beyond_the_matrix_refuse_the_roles_without_their_scope(
+    broker: RunningBroker, role: str
+) -> None:
+    name = fresh(role)
+    headers = bearer(token_of(broker, name, add_operator(broker, name, role)["secret"]))
+    app = broker.create_app(["read:data:*"])
+    kid = broker.get("/.well-known/jwks.json").json()["keys"][0]["kid"]
+    refused: dict[str, httpx.Response] = {}
+    for what, (method, path, body, scope) in BEYOND_THE_MATRIX.items():
+        if scope in ROLE_SCOPES[role]:
+            continue  # the role's own: the matrix above and the route's tests use it
+        url = path.format(app=app["app_id"], kid=kid)
+        refused[what] = broker.client.request(method, url, json=body, headers=headers)
+    answered = {what: (r.status_code, r.json().get("error_code")) for what, r in refused.items()}
+    assert answered == dict.fromkeys(refused, (403, "insufficient_scope")), answered
+    for resp in refused.values():
+        assert_problem(resp, 403, "insufficient_scope")
+        assert resp.json()["denial_id"].startswith("den_"), resp.text
+    # Nothing the refused calls asked for happened: the app is still there, as it was.
+    shown = broker.get(f"/v1/admin/apps/{app['app_id']}", headers=broker.admin_headers())
+    assert shown.status_code == 200 and shown.json()["status"] == "active", shown.text
+
+
 def test_actions_are_audited_under_the_operators_name(broker: RunningBroker) -> None:
     ops, root = fresh("ops"), fresh("root")
     ops_token = token_of(broker, ops, add_operator(broker, ops, "operator")["secret"])

@@ -78,6 +78,16 @@ def test_a_child_window_stays_inside_its_parents_to_the_second() -> None:
     assert not g.covers(parent, _pay(not_before=1000))
 
 
+def test_a_child_keeps_every_field_its_parent_restricts_to_allowed_values() -> None:
+    """A parent's ``allowed_values`` binds each field it names: a child that leaves the
+    field out (or every allowed value out) may call with any value, a widening."""
+    parent = _pay(allowed_values={"region": ["eu"]})
+    assert not g.covers(parent, _pay(max_calls=5))
+    assert not g.covers(parent, _pay(allowed_values={"tier": ["gold"]}))
+    assert not g.covers(parent, _pay(allowed_values={"region": ["eu", "us"]}))
+    assert g.covers(parent, _pay(allowed_values={"region": ["eu"], "tier": ["gold"]}))
+
+
 def test_a_child_amount_may_equal_but_not_pass_its_parents() -> None:
     parent = _pay(max_amount="100", currency="EUR")
     assert g.covers(parent, _pay(max_amount="100", currency="EUR"))
