@@ -264,3 +264,31 @@ def test_a_peer_that_has_seen_our_token_cannot_forge_a_hop_out_of_here(
         f"names our agent {seen['sub']}",
         "none of our token ids vouches for its hop out to a.example",
     )
+
+
+def test_a_hop_the_domain_never_signed_is_refused(
+    federated: RunningBroker, a: Domain, bob: Agent
+) -> None:
+    """A's token vouches for its delegation records only as far as each carries A's own
+    signature: a record signed by any other key is refused, and nothing is issued."""
+    root = "spiffe://a.example/agent/orch/task-1/00112233aabbccdd"
+    holder = "spiffe://a.example/agent/orch/task-1/44556677eeff0011"
+    scope, at = ("read:data:7",), "2027-01-15T08:00:00Z"
+    stranger = SigningKey.generate().sign(record_signing_input(root, holder, scope, at))
+    record = DelegationRecord(root, scope, at, stranger.signature.hex())
+    forged, _ = mint(
+        a.broker.keyring,
+        kind=KIND_AGENT,
+        iss=a.broker.config.issuer,
+        sub=holder,
+        aud=(US,),
+        iat=int(a.broker.clock.now()),
+        ttl=60,
+        scope=scope,
+        client_id="worker",
+        task_id="task-1",
+        orch_id="orch",
+        delegation_chain=(record,),
+    )
+    resp = _exchange(federated, forged, bob.access_token)
+    refused(federated, resp, 400, "invalid_request", "a delegation record a.example never signed")
