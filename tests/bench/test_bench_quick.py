@@ -56,6 +56,9 @@ def test_quick_bench_completes_and_writes_every_row(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.soak  # make soak: the same harness runs on SQLite in every make test
+# A guard against a hang, not a timing assertion: eighteen scenarios, each with its own
+# server and database, beside the other soak tests (make soak runs them in parallel).
+@pytest.mark.timeout(330)
 def test_quick_bench_on_postgresql_runs_every_http_scenario(tmp_path: Path) -> None:
     import pgcluster
 
@@ -66,7 +69,7 @@ def test_quick_bench_on_postgresql_runs_every_http_scenario(tmp_path: Path) -> N
         pytest.skip(str(exc))
     out = tmp_path / "bench.json"
     args = ["--quick", "--database", "postgresql", "--only", "http", "--json", str(out)]
-    proc = run_module("bench", *args, timeout=100)
+    proc = run_module("bench", *args, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     document = json.loads(out.read_text())
     assert document["database"] == "postgresql"

@@ -102,11 +102,12 @@ def test_an_orchestrators_burst(two_workers: RunningBroker) -> None:
         agents = asyncio.run(burst())
     finally:
         admin.close()
-    assert len(agents) == AGENTS  # the multi-use token's uses and one per single
-    assert len({a.agent_id for a in agents}) == AGENTS
-
+    # Every refusal first: a missing agent is then explained by what refused it (a 5xx, or
+    # no answer at all: status None).
     statuses = Counter((kind, exc.status, exc.code) for kind, exc in refused)
     assert all(status is not None and status < 500 for _, status, _ in statuses), statuses
+    assert len(agents) == AGENTS, statuses  # the multi-use token's uses and one per single
+    assert len({a.agent_id for a in agents}) == AGENTS
     # The shared token's uses past its max, and one of each contended pair.
     assert statuses[("register", 401, "unauthorized")] == 2 * SINGLES, statuses
     assert not any("locked" in (exc.detail or "") for _, exc in refused)
