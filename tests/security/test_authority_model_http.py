@@ -188,9 +188,19 @@ class HttpAuthorityMachine(RuleBasedStateMachine):
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
         resp = self.client.request(method, path, **kw)
-        # The one 503 a decision answers: a run of a task revoked within the clock skew
-        # registers after Retry-After (docs/compatibility.md).
-        retry = resp.status_code == 503 and path == "/v1/register" and "retry-after" in resp.headers
+        # The 503s a decision answers (docs/decisions.md 142): what would be born revoked by
+        # an entry made within the clock skew is refused until Retry-After, audited under a
+        # denial id: a run of a task revoked moments ago registers after it
+        # (docs/compatibility.md), and an agent whose delegations were revoked moments ago
+        # delegates again after it.
+        retry = (
+            resp.status_code == 503
+            and "retry-after" in resp.headers
+            and (
+                path == "/v1/register"
+                or (path == "/v1/delegate" and "revoked moments ago" in resp.text)
+            )
+        )
         assert resp.status_code < 500 or retry, (method, path, resp.status_code, resp.text)
         if resp.status_code >= 400:
             self.refusal(resp)
