@@ -715,3 +715,14 @@ def test_a_named_pipe_where_any_cli_file_is_expected_is_one_error_line(
     argv = [a.format(f=fifo) for a in args]
     said = one_error(cli(*argv, cwd=tmp_path, env=env, timeout=15))
     assert what.format(f=fifo) in said and "not a regular file: a named pipe" in said, said
+
+
+def test_a_bounded_read_of_a_named_file_reads_no_more_than_its_limit(tmp_path: Path) -> None:
+    """The CLI reads a bundle or an attestor's file with a limit one past what it takes, so
+    that a huge file is refused after that many bytes, never read whole into memory."""
+    from tasklease.localfiles import read_regular
+
+    big = tmp_path / "big.json"
+    big.write_bytes(b"x" * 4096)
+    assert read_regular(big, 11) == b"x" * 11
+    assert read_regular(big) == b"x" * 4096

@@ -381,3 +381,18 @@ def test_serve_says_when_the_environments_secret_replaces_the_files(tmp_path: Pa
         f"admin_secret_hash of {data / 'config.toml'} is not used"
     ) in log
     assert ADMIN_SECRET not in log and from_init not in log
+
+
+def test_a_file_owned_by_root_or_this_user_is_not_foreign(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root may change any file anyway: a system-wide config (``/etc``) it owns is trusted
+    like one of this user's; any other owner is foreign."""
+    from tasklease.localfiles import foreign_owner
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+
+    def owned_by(uid: int) -> os.stat_result:
+        return os.stat_result((0o100644, 0, 0, 1, uid, uid, 0, 0, 0, 0))
+
+    assert not foreign_owner(owned_by(0))
+    assert not foreign_owner(owned_by(1000))
+    assert foreign_owner(owned_by(1001))

@@ -239,3 +239,22 @@ def test_a_long_retry_after_never_lets_a_dead_token_out() -> None:
     clock.t += 3600  # the attempt is due again: tried, not refused beforehand
     credential.check_usable()
     assert credential.renewal_due()
+
+
+def test_a_renewal_is_due_early_by_what_the_next_steps_need() -> None:
+    """``ahead``: seconds the token must last beyond ``renew_margin`` (a handshake's
+    steps): due as soon as the token would not, and not before."""
+    from tasklease.client._flows import Credential, Registration
+
+    clock = ManualClock(1_000.0)
+    credential = Credential(
+        "https://broker.invalid",
+        Registration("spiffe://t/agent/o/t/i", "token", 300),
+        SCOPE,
+        clock=clock,
+        renew_margin=30,
+    )
+    clock.t += 200  # 100 s to live
+    assert not credential.renewal_due()
+    assert not credential.renewal_due(ahead=60)
+    assert credential.renewal_due(ahead=70)

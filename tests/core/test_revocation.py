@@ -785,3 +785,94 @@ def test_a_widened_entry_reloads_without_a_warning_of_a_database_gone_back(
     assert not valid(replica, a.token)
     assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
     assert "widened" in caplog.text
+
+
+def test_a_pruned_entry_reloads_without_a_warning_of_a_database_gone_back(
+    broker: Any,
+    kit: Any,
+    launch: str,
+    store: Any,
+    keyring: Any,
+    clock: Any,
+    make_broker: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The last entry a replica read, pruned once nothing it matches can validate, is gone
+    from the store: the reader reloads and says why, without the warning meant for a
+    database that went back in time."""
+    replica = make_broker(store=store, keyring=keyring, clock=clock)
+    a = kit.register(broker, launch)
+    revoke(broker, kit, "agent", a.sub)
+    assert replica.refresh_revocations() == 1
+    cfg = broker.config
+    clock.advance(cfg.max_ttl + 2 * cfg.clock_skew + 1)
+    assert broker.prune() > 0 and store.revocations_since(0) == []
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tasklease"):
+        replica.refresh_revocations()
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+    assert "pruned" in caplog.text
+
+
+def test_another_entry_for_the_same_target_at_the_anchors_seq_is_a_database_gone_back(
+    broker: Any,
+    kit: Any,
+    launch: str,
+    store: Any,
+    keyring: Any,
+    clock: Any,
+    make_broker: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store that went back in time and handed the last ``seq`` a replica read to another
+    revocation of the same target (not widened under a later ``seq``) is warned about."""
+    replica = make_broker(store=store, keyring=keyring, clock=clock)
+    a = kit.register(broker, launch)
+    revoke(broker, kit, "agent", a.sub)
+    assert replica.refresh_revocations() == 1
+    (key,) = list(store._revocations)
+    held = store._revocations[key]
+    # What a restore followed by a new revocation of the same agent leaves at that seq.
+    store._revocations[key] = RevocationRecord(
+        held.level, held.target, held.revoked_at + 3, held.expires_at + 3, held.seq
+    )
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tasklease"):
+        replica.refresh_revocations()
+    assert "went back in time" in caplog.text
+    assert not valid(replica, a.token)
+
+
+def test_one_refresh_reads_the_store_at_a_time(
+    broker: Any, kit: Any, launch: str, store: Any, keyring: Any, clock: Any, make_broker: Any
+) -> None:
+    """The watch's thread and a caller refreshing together would move one anchor from two
+    reads: the second waits for the first."""
+    import threading
+
+    replica = make_broker(store=store, keyring=keyring, clock=clock)
+    a = kit.register(broker, launch)
+    revoke(broker, kit, "agent", a.sub)
+    inside, release, reads = threading.Event(), threading.Event(), []
+    since = store.revocations_since
+
+    def slow_since(seq: int) -> list[RevocationRecord]:
+        reads.append(seq)
+        inside.set()
+        release.wait(5)
+        return since(seq)
+
+    store.revocations_since = slow_since
+    first = threading.Thread(target=replica.refresh_revocations)
+    second = threading.Thread(target=replica.refresh_revocations)
+    first.start()
+    assert inside.wait(5)
+    second.start()
+    second.join(0.2)
+    try:
+        assert len(reads) == 1, reads  # the second refresh has not read yet
+    finally:
+        release.set()
+        first.join(5)
+        second.join(5)
+    assert len(reads) == 2 and not valid(replica, a.token)

@@ -269,3 +269,15 @@ def test_one_workload_flooding_wpts_does_not_lock_its_peers_out() -> None:
     answers = [use(mallory) for _ in range(10)]
     assert answers[:3] == ["ok"] * 3 and set(answers[3:]) == {PROOF_OVER_QUOTA}
     assert [use(alice) for _ in range(3)] == ["ok"] * 3
+
+
+def test_a_proofs_elapsed_deadline_is_its_life_on_the_monotonic_clock() -> None:
+    # A monotonic clock counts from an arbitrary origin (boot), not the epoch: the life left
+    # to a proof is added to it, never the proof's wall-clock expiry, or a key would be
+    # held (and its holder's quota spent) for decades of elapsed time.
+    elapsed = [5.0]
+    ledger = MemoryProofLedger(100, holder_quota=1, monotonic=lambda: elapsed[0])
+    assert ledger.remember_for("alice", "a-0", NOW + 60, NOW)
+    elapsed[0] = 66.0  # 61 s elapsed, and as many on the clock
+    assert ledger.remember_for("alice", "a-1", NOW + 121, NOW + 61)  # the quota came back
+    assert len(ledger) == 1

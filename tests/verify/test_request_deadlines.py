@@ -152,3 +152,28 @@ def test_the_sdk_s_calls_end_by_their_deadline(broker: FakeServer) -> None:
     with pytest.raises(httpx.TimeoutException):
         asyncio.run(ask())
     assert time.monotonic() - started < 3 * TIMEOUT + 0.6
+
+
+def test_no_operation_starts_once_a_requests_deadline_has_passed() -> None:
+    """A read, write or connect begun after the deadline fails as a timeout of its kind,
+    never with a negative timeout handed to the socket; before it, it gets what is left."""
+    import httpcore
+
+    from tasklease.bounds import _ends_at, _left
+
+    assert _left(5.0, httpcore.ReadTimeout) == 5.0  # no request under way: as asked
+    token = _ends_at.set(time.monotonic() - 0.001)
+    try:
+        with pytest.raises(httpcore.ReadTimeout, match="deadline passed"):
+            _left(5.0, httpcore.ReadTimeout)
+        with pytest.raises(httpcore.ConnectTimeout):
+            _left(None, httpcore.ConnectTimeout)
+    finally:
+        _ends_at.reset(token)
+    token = _ends_at.set(time.monotonic() + 2.0)
+    try:
+        left = _left(5.0, httpcore.ReadTimeout)
+        assert left is not None and 0 < left <= 2.0
+        assert _left(0.5, httpcore.ReadTimeout) == 0.5
+    finally:
+        _ends_at.reset(token)
